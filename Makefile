@@ -1,0 +1,23 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8501
+
+.PHONY: app test lint bench demo
+
+# Set up (idempotent), build the demo zoo on first start (with progress), then serve the app.
+app:
+	bash scripts/bootstrap.sh
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m subnetviz demo build
+	$(PY) -m streamlit run app.py --server.headless true --server.port $(PORT)
+
+# Set up (idempotent, with Debian chromium for the browser tests), lint, then every test.
+test:
+	bash scripts/bootstrap.sh --browser
+	$(PY) -m ruff check .
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+lint:
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench:
+	OMP_NUM_THREADS=1 $(PY) -m benches

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with the pinned dependencies; with --browser also Debian's chromium
+# (the e2e tests drive it through Playwright; Playwright's own browser download cannot work offline).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
+STAMP="$VENV/.req-stamp"
+HASH=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt
+  "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  echo "$HASH" > "$STAMP"
+fi
+if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver
+fi

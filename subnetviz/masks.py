@@ -1,0 +1,204 @@
+"""Mask sets: one bool tensor per parameter name, stored as safetensors with provenance.
+
+A mask set is ``name -> torch.bool tensor`` (True = the parameter belongs to the subnetwork)
+plus metadata (source checkpoints, method, tolerance, density...). On disk it is a
+``.safetensors`` file whose tensors are bit-packed ``uint8`` (numpy ``packbits``, big bit order)
+with each tensor's shape in ``__metadata__`` under ``shape:<name>``, and the provenance as JSON
+under ``subnetviz``. Plain ``bool``/``uint8`` 0-1 tensors (unpacked) are read as well.
+
+The released bigram-subnetwork pickles are imported through :func:`import_bigram_pickle`, a
+restricted unpickler that admits only numpy arrays, dicts and strings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from subnetviz.errors import MaskError, UnsafePickleError, suggest
+
+FORMAT = "subnetviz-mask/1"
+
+
+@dataclass
+class MaskSet:
+    """``masks``: name -> bool tensor (shape of the parameter); ``metadata``: provenance (JSON-able)."""
+
+    masks: dict[str, torch.Tensor]
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return sum(m.numel() for m in self.masks.values())
+
+    @property
+    def count(self) -> int:
+        """Number of parameters inside the mask."""
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    @property
+    def density(self) -> float:
+        n = self.numel
+        return self.count / n if n else 0.0
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.masks.items()}
+
+
+def _check_bool(name: str, t: torch.Tensor, where: str) -> torch.Tensor:
+    if t.dtype == torch.bool:
+        return t
+    if t.dtype in (torch.uint8, torch.int8, torch.int32, torch.int64):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) > 1):
+            raise MaskError(f"{where}: mask {name!r} has values outside {{0, 1}} (dtype {t.dtype}).")
+        return t.bool()
+    raise MaskError(f"{where}: mask {name!r} has dtype {t.dtype}; expected bool (or 0/1 uint8).")
+
+
+def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
+    """Write ``mask_set`` bit-packed to ``path`` atomically (temporary file, then rename)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, np.ndarray] = {}
+    meta: dict[str, str] = {"format": FORMAT}
+    for name, m in mask_set.masks.items():
+        m = _check_bool(name, m, str(path))
+        tensors[name] = np.packbits(m.detach().cpu().numpy().reshape(-1))
+        meta[f"shape:{name}"] = ",".join(str(s) for s in m.shape)
+    info = dict(mask_set.metadata)
+    info.setdefault("density", mask_set.density)
+    info.setdefault("count", mask_set.count)
+    info.setdefault("numel", mask_set.numel)
+    meta["subnetviz"] = json.dumps(info, default=str)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_mask_set(path: str | os.PathLike) -> MaskSet:
+    """Read a mask set written by :func:`save_mask_set` (or plain bool/uint8 safetensors)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"{path}: no such mask file.")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+    except MaskError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise MaskError(f"{path}: not a readable safetensors mask file ({exc}).") from exc
+    masks: dict[str, torch.Tensor] = {}
+    for name, arr in raw.items():
+        shape_s = meta.get(f"shape:{name}")
+        if shape_s is not None:
+            shape = tuple(int(s) for s in shape_s.split(",") if s != "")
+            n = int(np.prod(shape)) if shape else 1
+            if arr.dtype != np.uint8 or arr.size != (n + 7) // 8:
+                raise MaskError(
+                    f"{path}: packed mask {name!r} has {arr.size} bytes of {arr.dtype}; "
+                    f"expected {(n + 7) // 8} uint8 bytes for shape {shape}."
+                )
+            bits = np.unpackbits(arr, count=n).astype(bool).reshape(shape)
+            masks[name] = torch.from_numpy(bits)
+        else:
+            masks[name] = _check_bool(name, torch.from_numpy(np.ascontiguousarray(arr)), str(path))
+    try:
+        info = json.loads(meta.get("subnetviz", "{}"))
+    except json.JSONDecodeError:
+        info = {}
+    return MaskSet(masks, info)
+
+
+def validate_mask_set(mask_set: MaskSet, shapes: Mapping[str, tuple[int, ...]], *, where: str = "mask",
+                      require_all: bool = False) -> None:
+    """Refuse a mask whose names or shapes do not fit ``shapes`` (name -> parameter shape).
+
+    Every mask name must exist in ``shapes`` with the same shape; with ``require_all`` every
+    parameter must also be covered.
+    """
+    problems: list[str] = []
+    for name, m in mask_set.masks.items():
+        _check_bool(name, m, where)
+        if name not in shapes:
+            problems.append(f"{name!r} is not a parameter of the model.{suggest(name, shapes)}")
+        elif tuple(m.shape) != tuple(shapes[name]):
+            problems.append(f"{name!r} has shape {tuple(m.shape)}; the model's parameter has {tuple(shapes[name])}.")
+    if require_all:
+        missing = [n for n in shapes if n not in mask_set.masks]
+        if missing:
+            problems.append(f"{len(missing)} parameters have no mask, e.g. {missing[:3]}.")
+    if problems:
+        head = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise MaskError(f"{where} does not fit the model: {head}{more}")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only what a released bigram-subnetwork pickle needs: numpy arrays, dicts, strings."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("builtins", "dict"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"pickle asks for {module}.{name}; only numpy arrays, dicts and strings are admitted. Refused."
+        )
+
+
+def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
+    """Convert a released ``subnetwork_dict_lambda*.pickle`` into a :class:`MaskSet`.
+
+    The file holds ``{param_name: numpy bool array, 'orig_model_name': str}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"{path}: no such pickle.")
+    data = path.read_bytes()
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{path}: {exc}") from None
+    except Exception as exc:
+        raise MaskError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(obj, dict):
+        raise MaskError(f"{path}: expected a dict of masks, found {type(obj).__name__}.")
+    meta: dict = {"method": "bigram-subnetwork (released pickle)", "source": str(path)}
+    masks: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if key == "orig_model_name":
+            meta["orig_model_name"] = str(value)
+            continue
+        if not isinstance(value, np.ndarray):
+            raise MaskError(f"{path}: entry {key!r} is {type(value).__name__}, expected a numpy array.")
+        masks[str(key)] = _check_bool(str(key), torch.from_numpy(np.ascontiguousarray(value)), str(path))
+    if not masks:
+        raise MaskError(f"{path}: the pickle holds no masks.")
+    return MaskSet(masks, meta)

@@ -1,0 +1,16 @@
+"""Shared test set-up: one torch thread (2-core CI box), never the hub, an isolated SUBNETVIZ_HOME."""
+
+import os
+import tempfile
+
+# 2-core CI box: torch's default 2 OpenMP threads thrash under any other load.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub in tests
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never touch the user's real cache: an isolated home, shared by the whole session.
+os.environ["SUBNETVIZ_HOME"] = os.environ.get("SUBNETVIZ_TEST_HOME") or tempfile.mkdtemp(prefix="subnetviz-test-home-")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
