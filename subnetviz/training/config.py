@@ -1,0 +1,179 @@
+"""The training job's configuration: :class:`TrainConfig`, its validation and its JSON form.
+
+One config describes one run (full finetune or subnetwork-only) of SFT, DPO or GRPO with TRL.
+It is what the app's launch form builds, what ``python -m subnetviz train --config FILE`` reads
+and what ``train_config.json`` beside every trained model records.
+
+Decisions documented here:
+- ``beta``: for GRPO it is the KL coefficient (0 = no reference model, TRL's default). For DPO a
+  ``beta`` of 0 makes the loss flat (zero gradient), so ``beta == 0`` means "TRL's default 0.1";
+  :meth:`TrainConfig.effective_beta` says which value a run uses.
+- ``mask``: ``None`` (full finetune), a mask file, or ``"random:<mask file>"`` (a random mask with
+  the same per-tensor density as that file, drawn with ``seed``: the chance baseline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from subnetviz.errors import ConfigError, suggest
+
+ALGORITHMS = ("sft", "dpo", "grpo")
+DPO_DEFAULT_BETA = 0.1
+RANDOM_PREFIX = "random:"
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Paths are plain strings so the config round-trips through JSON."""
+
+    algorithm: str  # "sft" | "dpo" | "grpo"
+    base: str  # HF model folder with its tokenizer
+    data: str  # JSONL; SFT {"prompt","completion"}, DPO {"prompt","chosen","rejected"}, GRPO {"prompt","answer"}
+    output_dir: str  # final folder; must not exist yet
+    mask: str | None = None  # None | mask .safetensors | "random:<mask .safetensors>"
+    steps: int = 100
+    learning_rate: float = 1e-5
+    seed: int = 0
+    batch_size: int = 32
+    num_generations: int = 8  # GRPO
+    max_completion_length: int = 8  # GRPO
+    beta: float = 0.0  # GRPO KL coefficient; DPO beta (0 -> 0.1, see module docstring)
+    weight_decay: float = 0.0  # decoupled (AdamW-style), applied only inside the mask
+    save_steps: list[int] = field(default_factory=list)  # extra bf16 checkpoints -> output_dir/checkpoints/step-<k>/
+    eval_data: str | None = None  # JSONL {"prompt","answer"}: greedy exact-match accuracy after training
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off); clipping a masked gradient keeps zeros zero
+    lr_scheduler_type: str = "constant"  # any transformers scheduler name ("constant", "linear", "cosine")
+    bf16: bool = True  # bf16 autocast (TRL's default) with fp32 master weights; False = all fp32
+    name: str | None = None  # a label for the run (shown in the registry)
+
+    @property
+    def effective_beta(self) -> float:
+        if self.algorithm == "dpo" and self.beta == 0.0:
+            return DPO_DEFAULT_BETA
+        return float(self.beta)
+
+    @property
+    def mask_path(self) -> str | None:
+        """The mask file (for ``random:`` masks, the file whose densities are copied)."""
+        if self.mask is None:
+            return None
+        return self.mask[len(RANDOM_PREFIX) :] if self.mask.startswith(RANDOM_PREFIX) else self.mask
+
+    @property
+    def random_mask(self) -> bool:
+        return self.mask is not None and self.mask.startswith(RANDOM_PREFIX)
+
+    def validate(self, *, check_output: bool = True) -> None:
+        """Raise :class:`ConfigError` naming every field that is missing, unknown or out of range.
+
+        ``check_output=False`` skips the "output_dir must not exist" rule (used when a job writes
+        into its own fresh temporary folder).
+        """
+        problems: list[str] = []
+        if self.algorithm not in ALGORITHMS:
+            problems.append(f"algorithm {self.algorithm!r} is unknown; expected one of {', '.join(ALGORITHMS)}")
+        for name in ("base", "data", "output_dir"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                problems.append(f"{name} must be a non-empty path")
+        if isinstance(self.base, str) and self.base and not (Path(self.base) / "config.json").is_file():
+            problems.append(f"base {self.base!r} is not a Hugging Face model folder (no config.json there)")
+        if isinstance(self.data, str) and self.data and not Path(self.data).is_file():
+            problems.append(f"data {self.data!r}: no such file")
+        if self.eval_data is not None and not Path(self.eval_data).is_file():
+            problems.append(f"eval_data {self.eval_data!r}: no such file")
+        if self.mask is not None:
+            mp = self.mask_path
+            if not mp or not Path(mp).is_file():
+                problems.append(f"mask {self.mask!r}: no such mask file (use a path, 'random:<path>' or null)")
+        if check_output and isinstance(self.output_dir, str) and self.output_dir and Path(self.output_dir).exists():
+            problems.append(
+                f"output_dir {self.output_dir!r} already exists; choose a new folder (runs never overwrite)"
+            )
+        for name, lo in (("steps", 1), ("batch_size", 1), ("num_generations", 2), ("max_completion_length", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                problems.append(f"{name} must be an integer >= {lo}, got {v!r}")
+        for name in ("learning_rate", "beta", "weight_decay", "max_grad_norm"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or isinstance(v, bool) or v < 0 or v != v:
+                problems.append(f"{name} must be a number >= 0, got {v!r}")
+        if isinstance(self.learning_rate, int | float) and not 0 < self.learning_rate < 1:
+            problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
+        if not isinstance(self.bf16, bool):
+            problems.append(f"bf16 must be true or false, got {self.bf16!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            problems.append(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.algorithm == "grpo" and isinstance(self.batch_size, int) and isinstance(self.num_generations, int):
+            if self.num_generations >= 2 and self.batch_size % self.num_generations:
+                problems.append(
+                    f"GRPO batch_size ({self.batch_size}) must be a multiple of num_generations "
+                    f"({self.num_generations}): each prompt's completions form one group"
+                )
+        if not isinstance(self.save_steps, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in self.save_steps
+        ):
+            problems.append(f"save_steps must be a list of integers, got {self.save_steps!r}")
+        elif isinstance(self.steps, int):
+            bad = [s for s in self.save_steps if not 1 <= s <= self.steps]
+            if bad:
+                problems.append(f"save_steps {bad} lie outside 1..steps ({self.steps})")
+        if problems:
+            raise ConfigError("training config: " + "; ".join(problems) + ".")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build from a dict; unknown keys are refused by name (``kind`` is allowed and ignored)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"training config must be a JSON object, got {type(d).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = [k for k in d if k not in known and k != "kind"]
+        if unknown:
+            hints = "".join(suggest(k, known) for k in unknown)
+            raise ConfigError(f"training config: unknown field(s) {unknown}.{hints}")
+        missing = [k for k in ("algorithm", "base", "data", "output_dir") if k not in d]
+        if missing:
+            raise ConfigError(f"training config: missing required field(s) {missing}.")
+        kwargs = {k: v for k, v in d.items() if k in known}
+        for k in ("base", "data", "output_dir", "eval_data"):
+            if isinstance(kwargs.get(k), os.PathLike):
+                kwargs[k] = os.fspath(kwargs[k])
+        if "save_steps" in kwargs and isinstance(kwargs["save_steps"], tuple):
+            kwargs["save_steps"] = list(kwargs["save_steps"])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file.")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc}).") from None
+        return cls.from_dict(d)
+
+
+JOB_OUTPUT_PLACEHOLDER = "<job outputs>/model"
+
+
+def job_train_config(config: dict) -> TrainConfig:
+    """The :class:`TrainConfig` of a ``train`` job: its model always goes to ``<outputs>/model``.
+
+    A job writes only under its run folder, so ``output_dir`` may be left out of a job config
+    (a given one is not used; :func:`subnetviz.training.run.run_job` says so in the log).
+    """
+    d = {k: v for k, v in config.items() if k != "kind"}
+    d["output_dir"] = JOB_OUTPUT_PLACEHOLDER
+    return TrainConfig.from_dict(d)
+
+
+def validate_config(config: dict) -> None:
+    """The ``train`` job kind's validator (called by the runner before a job is queued)."""
+    job_train_config(config).validate(check_output=False)

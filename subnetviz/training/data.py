@@ -1,0 +1,85 @@
+"""Training data: JSONL files -> ``datasets.Dataset`` in the shape each TRL trainer expects.
+
+Row formats (one JSON object per line; blank lines are skipped):
+
+- SFT:  ``{"prompt": str, "completion": str}`` -> TRL's plain prompt-completion format (the loss
+  is on the completion only).
+- DPO:  ``{"prompt": str, "chosen": str, "rejected": str}`` -> TRL's plain preference format.
+- GRPO: ``{"prompt": str, "answer": str}`` -> ``prompt`` plus an ``answer`` column that TRL passes
+  to the reward function; the reward is exact match of the stripped completion with ``answer``.
+- eval: ``{"prompt": str, "answer": str}`` (greedy exact-match accuracy).
+
+Plain text (not chat messages) is what the tiny char-level demo tokenizer needs: prompt
+``"12+34="``, completion ``"46"``. Extra keys are kept. A bad file raises :class:`ConfigError`
+naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from subnetviz.errors import ConfigError
+
+FIELDS: dict[str, tuple[str, ...]] = {
+    "sft": ("prompt", "completion"),
+    "dpo": ("prompt", "chosen", "rejected"),
+    "grpo": ("prompt", "answer"),
+    "eval": ("prompt", "answer"),
+}
+
+
+def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:
+    """Rows of ``path`` checked for the string fields of ``kind`` (a key of :data:`FIELDS`)."""
+    if kind not in FIELDS:
+        raise ConfigError(f"unknown data kind {kind!r}; expected one of {', '.join(FIELDS)}.")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such data file.")
+    rows: list[dict] = []
+    need = FIELDS[kind]
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}, line {lineno}: expected a JSON object, found {type(row).__name__}.")
+            missing = [k for k in need if k not in row]
+            if missing:
+                raise ConfigError(
+                    f"{path}, line {lineno}: missing field(s) {missing}; {kind} rows need {list(need)}, "
+                    f"found {sorted(row)}."
+                )
+            bad = [k for k in need if not isinstance(row[k], str)]
+            if bad:
+                raise ConfigError(f"{path}, line {lineno}: field(s) {bad} must be strings.")
+            rows.append(row)
+    if not rows:
+        raise ConfigError(f"{path}: holds no rows; {kind} data needs at least one {list(need)} object per line.")
+    return rows
+
+
+def load_dataset(path: str | os.PathLike, algorithm: str):
+    """A ``datasets.Dataset`` for ``algorithm`` ("sft" | "dpo" | "grpo") from a JSONL file."""
+    from datasets import Dataset
+
+    rows = read_jsonl(path, algorithm)
+    keys = sorted({k for r in rows for k in r})
+    if any(set(r) != set(keys) for r in rows):
+        # datasets needs one schema: keep only the required columns when extras differ by row.
+        keys = list(FIELDS[algorithm])
+    return Dataset.from_dict({k: [r[k] for r in rows] for k in keys})
+
+
+def exact_match_reward(completions: list, answer: list, **kwargs) -> list[float]:
+    """GRPO reward: 1.0 where the stripped completion equals the row's ``answer``, else 0.0."""
+    out = []
+    for c, a in zip(completions, answer, strict=True):
+        text = c if isinstance(c, str) else c[-1]["content"]  # conversational completions are message lists
+        out.append(1.0 if text.strip() == str(a).strip() else 0.0)
+    return out

@@ -1,0 +1,238 @@
+"""Subnetwork-only training: gradient masks, masked weight decay, and the after-the-fact proof.
+
+How a masked run keeps every parameter outside the mask *bit-identical* with AdamW:
+
+1. A gradient hook on each parameter (``param.register_hook``, the same hook the paper's released
+   verl code uses) multiplies the incoming gradient by the 0/1 mask before it is accumulated, so
+   ``.grad`` is exactly 0 outside the mask from the first backward pass on. Under DDP the hook
+   runs before the all-reduce, so the reduced gradient is 0 there on every rank too.
+2. With zero gradients from step 0, AdamW's ``exp_avg`` and ``exp_avg_sq`` stay exactly 0 on those
+   entries, so the update is ``-lr * 0 / (sqrt(0) + eps) = -0.0`` and ``w + (-0.0) == w`` bitwise.
+   Gradient clipping multiplies the zeros by a finite factor: still 0.
+3. AdamW's decoupled weight decay (``w *= 1 - lr*wd``) would move masked-out weights, so the
+   optimizer runs with ``weight_decay=0`` and :class:`MaskedUpdateCallback` applies the same
+   decoupled decay itself just before each optimizer step, only where the mask is 1 (and only on
+   the parameters transformers decays: not biases or norms). A full run uses the same callback
+   with no mask, so both runs follow one recipe.
+4. :func:`check_outside_mask` compares the saved model with the base bitwise, in the stored dtype,
+   tensor by tensor, and counts changed entries inside and outside the mask.
+
+Parameters that a mask file does not list are frozen (outside the subnetwork). Mask names are
+exactly the model's ``named_parameters()`` names; a mask that does not fit is refused before
+training with the closest names suggested.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from subnetviz.errors import MaskError
+from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
+
+
+def load_training_mask(
+    spec: str, shapes: dict[str, tuple[int, ...]], *, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], MaskSet]:
+    """Read the mask of a config's ``mask`` field and check it against ``shapes`` (name -> shape).
+
+    ``spec`` is a mask file or ``"random:<mask file>"``: then every tensor gets a uniformly random
+    mask with exactly as many ones as the file's tensor (same per-tensor density), drawn from a
+    generator seeded with ``seed``. Returns ``(name -> bool tensor for every parameter, the mask
+    set actually used)``; parameters the file does not list come back all False (frozen).
+    """
+    is_random = spec.startswith("random:")
+    path = spec[len("random:") :] if is_random else spec
+    ms = load_mask_set(path)
+    validate_mask_set(ms, shapes, where=f"mask {path}")
+    masks = dict(ms.masks)
+    if is_random:
+        gen = torch.Generator().manual_seed(int(seed))
+        # Sorted names: the draw must not depend on the file's tensor order.
+        for name in sorted(masks):
+            m = masks[name]
+            k = int(m.sum())
+            flat = torch.zeros(m.numel(), dtype=torch.bool)
+            flat[torch.randperm(m.numel(), generator=gen)[:k]] = True
+            masks[name] = flat.reshape(m.shape)
+        meta = {**ms.metadata, "method": "random (same per-tensor density)", "density_source": str(path), "seed": seed}
+        for key in ("density", "count", "numel"):
+            meta.pop(key, None)
+        ms = MaskSet(masks, meta)
+    full = {n: masks.get(n, torch.zeros(s, dtype=torch.bool)) for n, s in shapes.items()}
+    if not any(bool(m.any()) for m in full.values()):
+        raise MaskError(f"mask {path}: selects no parameter entries; training it would change nothing.")
+    return full, ms
+
+
+class GradientMask:
+    """Gradient hooks ``g -> g * mask`` on a model's parameters; :meth:`remove` takes them off.
+
+    ``masks``: name -> bool tensor of the parameter's shape. All-True masks get no hook (nothing
+    to do); parameters not in ``masks`` are left alone.
+    """
+
+    def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor]):
+        self._handles = []
+        params = dict(model.named_parameters())
+        missing = [n for n in masks if n not in params]
+        if missing:
+            raise MaskError(f"mask names not among the model's parameters: {missing[:3]}")
+        for name, mask in masks.items():
+            p = params[name]
+            if bool(mask.all()):
+                continue
+            m = mask.to(device=p.device, dtype=p.dtype)
+            self._handles.append(p.register_hook(lambda g, m=m: g * m))
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+class MaskedUpdateCallback(TrainerCallback):
+    """Masks gradients and applies decoupled weight decay only inside the mask.
+
+    ``masks`` None = full finetune (decay applies everywhere transformers would decay). The
+    trainer's own ``weight_decay`` must be 0 (:func:`subnetviz.training.trainers.build_trainer`
+    sets it); this callback does the decay so it can respect the mask.
+    """
+
+    def __init__(self, masks: dict[str, torch.Tensor] | None, weight_decay: float, decay_names: set[str]):
+        self.masks = masks
+        self.weight_decay = float(weight_decay)
+        self.decay_names = set(decay_names)
+        self._hooks: GradientMask | None = None
+        self._decay: list[tuple[torch.nn.Parameter, torch.Tensor | None]] = []
+        self._checked = False
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise RuntimeError("MaskedUpdateCallback needs the model in on_train_begin")
+        if self.masks is not None and self._hooks is None:
+            self._hooks = GradientMask(model, self.masks)
+        if self.weight_decay > 0:
+            self._decay = []
+            for name, p in model.named_parameters():
+                if name not in self.decay_names or not p.requires_grad:
+                    continue
+                if self.masks is None or bool(self.masks[name].all()):
+                    self._decay.append((p, None))
+                elif bool(self.masks[name].any()):
+                    self._decay.append((p, self.masks[name].to(p.device)))
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is None:
+            return
+        if not self._checked:
+            # The optimizer's own decoupled decay would move masked-out weights: it must be off.
+            wds = {float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups}
+            if wds != {0.0}:
+                raise RuntimeError(f"optimizer weight_decay must be 0 under MaskedUpdateCallback, found {wds}")
+            self._checked = True
+        if not self._decay:
+            return
+        lr = float(optimizer.param_groups[0]["lr"])
+        factor = 1.0 - lr * self.weight_decay
+        with torch.no_grad():
+            for p, m in self._decay:
+                if m is None:
+                    p.mul_(factor)
+                else:
+                    # torch.where keeps a factor of exactly 1.0 outside the mask: w * 1.0 == w bitwise.
+                    p.mul_(torch.where(m, torch.tensor(factor, dtype=p.dtype, device=p.device), 1.0))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hooks is not None:
+            self._hooks.remove()
+            self._hooks = None
+
+
+@dataclass(frozen=True)
+class MaskCheck:
+    """Bitwise comparison of a trained model with its base, split by the mask."""
+
+    outside_mask_identical: bool
+    changed_inside: int
+    changed_outside: int
+    numel_inside: int
+    numel_outside: int
+    tensors_compared: int
+
+    def to_dict(self) -> dict:
+        return {
+            "outside_mask_identical": self.outside_mask_identical,
+            "changed_inside": self.changed_inside,
+            "changed_outside": self.changed_outside,
+            "numel_inside": self.numel_inside,
+            "numel_outside": self.numel_outside,
+            "tensors_compared": self.tensors_compared,
+        }
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    """tensor name -> safetensors file of an HF folder (single file or sharded index)."""
+    import json
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        wm = json.loads(index.read_text())["weight_map"]
+        return {k: folder / v for k, v in wm.items()}
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        raise MaskError(f"{folder}: no model.safetensors to compare with.")
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as f:
+        return {k: single for k in f.keys()}
+
+
+def check_outside_mask(
+    base_dir: str | os.PathLike, trained_dir: str | os.PathLike, masks: dict[str, torch.Tensor] | None
+) -> MaskCheck:
+    """Count entries that differ bitwise between two saved models, inside vs outside ``masks``.
+
+    Streams one tensor pair at a time. Tensors present in only one folder, or with different
+    dtypes or shapes, are refused (a masked run never changes either). ``masks`` None counts
+    everything as inside.
+    """
+    from safetensors import safe_open
+
+    base_files, new_files = _weight_files(Path(base_dir)), _weight_files(Path(trained_dir))
+    if set(base_files) != set(new_files):
+        only = sorted(set(base_files) ^ set(new_files))[:3]
+        raise MaskError(f"{base_dir} and {trained_dir} hold different tensors, e.g. {only}.")
+    inside = outside = ch_in = ch_out = 0
+    for name in sorted(base_files):
+        with (
+            safe_open(str(base_files[name]), framework="pt") as fa,
+            safe_open(str(new_files[name]), framework="pt") as fb,
+        ):
+            a, b = fa.get_tensor(name), fb.get_tensor(name)
+        if a.dtype != b.dtype or a.shape != b.shape:
+            raise MaskError(f"{name}: base {a.dtype}{tuple(a.shape)} vs trained {b.dtype}{tuple(b.shape)}.")
+        diff = _bitwise_differs(a, b)
+        if masks is None:
+            m = torch.ones_like(diff)
+        else:
+            m = masks.get(name)
+            m = torch.zeros_like(diff) if m is None else m.to(torch.bool)
+        n_in = int(m.sum())
+        inside += n_in
+        outside += diff.numel() - n_in
+        ch_in += int((diff & m).sum())
+        ch_out += int((diff & ~m).sum())
+    return MaskCheck(ch_out == 0, ch_in, ch_out, inside, outside, len(base_files))
+
+
+def _bitwise_differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise 'stored bits differ' for two same-dtype tensors (no float comparison, so -0.0 != 0.0)."""
+    if a.dtype.is_floating_point:
+        int_dtype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        return a.view(int_dtype) != b.view(int_dtype)
+    return a != b

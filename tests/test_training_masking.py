@@ -1,0 +1,213 @@
+"""Masked training: entries outside the mask stay bit-identical, entries inside move; bad input refused.
+
+Every check is against the bf16 base on disk, compared on the integer view of the stored bits
+(independent of :func:`check_outside_mask`, which is also checked against it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from subnetviz.errors import ConfigError, MaskError
+from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
+from subnetviz.training.config import TrainConfig
+from subnetviz.training.data import exact_match_reward, read_jsonl
+from subnetviz.training.masking import check_outside_mask, load_training_mask
+from subnetviz.training.run import SUMMARY_FILE, evaluate_accuracy, train
+from tests.training_fixtures import make_tiny_llama, write_addition_data, write_half_mask
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    base = make_tiny_llama(root / "base")
+    data = write_addition_data(root / "data")
+    # GRPO needs reward variance from a random model: one-digit answers, one-token completions.
+    rows = [{"prompt": f"{a}+{b}=", "answer": str((a + b) % 10)} for a in range(4) for b in range(4)]
+    data["grpo1"] = root / "data" / "grpo1.jsonl"
+    data["grpo1"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mask = write_half_mask(root / "half.safetensors", base, p=0.5, seed=1)
+    return {"root": root, "base": base, "data": data, "mask": mask}
+
+
+def _bits(folder: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k).view(torch.int16) for k in f.keys()}
+
+
+def _changed(base: Path, out: Path, masks: dict[str, torch.Tensor]) -> tuple[int, int]:
+    a, b = _bits(base), _bits(out)
+    assert set(a) == set(b)
+    inside = outside = 0
+    for k in a:
+        d = a[k] != b[k]
+        inside += int((d & masks[k]).sum())
+        outside += int((d & ~masks[k]).sum())
+    return inside, outside
+
+
+def _cfg(tiny, tmp_path, algorithm, **kw):
+    data = {"sft": "sft", "dpo": "dpo", "grpo": "grpo1"}[algorithm]
+    base = dict(
+        algorithm=algorithm,
+        base=str(tiny["base"]),
+        data=str(tiny["data"][data]),
+        output_dir=str(tmp_path / f"out-{algorithm}"),
+        steps=4,
+        learning_rate=1e-2,
+        batch_size=16,
+        num_generations=8,
+        max_completion_length=1,
+        seed=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["sft", "dpo", "grpo"])
+def test_masked_run_leaves_outside_bit_identical(tiny, tmp_path, algorithm):
+    cfg = _cfg(tiny, tmp_path, algorithm, mask=str(tiny["mask"]), weight_decay=0.1, save_steps=[2])
+    res = train(cfg)
+    out = Path(res.output_dir)
+    masks = load_mask_set(tiny["mask"]).masks
+    inside, outside = _changed(tiny["base"], out, masks)
+    assert outside == 0
+    assert inside > 100, f"{algorithm}: only {inside} entries inside the mask changed"
+    # The recorded check agrees with the independent count.
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["mask_check"]["outside_mask_identical"] is True
+    assert summary["mask_check"]["changed_inside"] == inside
+    assert summary["mask_check"]["changed_outside"] == 0
+    assert res.steps_done == 4 and (out / "checkpoints" / "step-2" / "model.safetensors").is_file()
+    assert _changed(tiny["base"], out / "checkpoints" / "step-2", masks)[1] == 0
+    assert json.loads((out / "train_config.json").read_text())["mask"] == str(tiny["mask"])
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+@pytest.mark.slow
+def test_full_run_changes_entries_everywhere_and_decay_moves_all(tiny, tmp_path):
+    res = train(_cfg(tiny, tmp_path, "sft", eval_data=str(tiny["data"]["eval"])))
+    masks = {k: torch.ones_like(v, dtype=torch.bool) for k, v in _bits(tiny["base"]).items()}
+    inside, outside = _changed(tiny["base"], Path(res.output_dir), masks)
+    assert inside > 0.5 * sum(m.numel() for m in masks.values())  # lr 1e-2: most bf16 weights move
+    assert 0.0 <= res.accuracy <= 1.0 and res.mask_check["changed_outside"] == 0
+
+
+@pytest.mark.slow
+def test_random_mask_has_same_per_tensor_counts(tiny, tmp_path):
+    res = train(_cfg(tiny, tmp_path, "sft", mask=f"random:{tiny['mask']}", steps=2, seed=3))
+    used = load_mask_set(Path(res.output_dir) / "subnetwork_mask.safetensors").masks
+    src = load_mask_set(tiny["mask"]).masks
+    assert all(int(used[k].sum()) == int(src[k].sum()) for k in src)
+    assert any(not torch.equal(used[k], src[k]) for k in src)
+    assert _changed(tiny["base"], Path(res.output_dir), used)[1] == 0
+
+
+def test_unfitting_mask_refused_before_training(tiny, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    save_mask_set(bad, MaskSet({"model.layers.0.self_attn.q_proj.weight": torch.ones(3, 3, dtype=torch.bool)}))
+    with pytest.raises(MaskError, match=r"q_proj.weight.*shape \(3, 3\)"):
+        train(_cfg(tiny, tmp_path, "sft", mask=str(bad)))
+    typo = tmp_path / "typo.safetensors"
+    save_mask_set(typo, MaskSet({"model.layers.0.self_attn.q_prj.weight": torch.ones(32, 32, dtype=torch.bool)}))
+    with pytest.raises(MaskError, match="Did you mean"):
+        train(_cfg(tiny, tmp_path, "sft", mask=str(typo)))
+    assert not (tmp_path / "out-sft").exists() and not list(tmp_path.glob(".*.partial"))
+
+
+def test_load_training_mask_fills_unlisted_params_with_false(tiny):
+    shapes = {"a": (2, 3), "b": (4,)}
+    path = tiny["root"] / "ab.safetensors"
+    save_mask_set(path, MaskSet({"a": torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.bool)}))
+    full, _ = load_training_mask(str(path), shapes)
+    assert full["b"].dtype == torch.bool and not full["b"].any()
+    rnd, ms = load_training_mask(f"random:{path}", shapes, seed=0)
+    assert int(rnd["a"].sum()) == 3 and ms.metadata["seed"] == 0
+
+
+def test_check_outside_mask_planted(tmp_path):
+    from safetensors.torch import save_file
+
+    a = torch.zeros(10, dtype=torch.bfloat16)
+    b = a.clone()
+    b[[1, 7]] = 1.0
+    b[8] = -0.0  # a sign-bit flip is a bitwise change
+    for name, t in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        save_file({"w": t}, str(tmp_path / name / "model.safetensors"))
+    m = torch.zeros(10, dtype=torch.bool)
+    m[[1, 2]] = True
+    chk = check_outside_mask(tmp_path / "a", tmp_path / "b", {"w": m})
+    assert (chk.changed_inside, chk.changed_outside, chk.numel_inside, chk.outside_mask_identical) == (1, 2, 2, False)
+
+
+def test_config_validation(tiny, tmp_path):
+    ok = _cfg(tiny, tmp_path, "grpo")
+    ok.validate()
+    cases = [
+        (dict(algorithm="ppo"), "algorithm 'ppo' is unknown"),
+        (dict(base=str(tmp_path / "nope")), "not a Hugging Face model folder"),
+        (dict(output_dir=str(tmp_path)), "already exists"),
+        (dict(steps=0), "steps must be an integer >= 1"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(batch_size=12, num_generations=8), "multiple of num_generations"),
+        (dict(save_steps=[9]), r"save_steps \[9\] lie outside"),
+        (dict(mask=str(tmp_path / "m.safetensors")), "no such mask file"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ConfigError, match=msg):
+            dataclasses.replace(ok, **kw).validate()
+    with pytest.raises(ConfigError, match="unknown field.*Did you mean 'learning_rate'"):
+        TrainConfig.from_dict({**ok.to_dict(), "learning_rat": 1.0})
+    with pytest.raises(ConfigError, match="missing required"):
+        TrainConfig.from_dict({"algorithm": "sft"})
+    assert TrainConfig.from_dict(ok.to_dict()) == ok
+    assert _cfg(tiny, tmp_path, "dpo").effective_beta == 0.1 and ok.effective_beta == 0.0
+
+
+def test_bad_data_names_file_and_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"prompt": "1+1=", "answer": "2"}\n\n{"prompt": "2+2="}\n')
+    with pytest.raises(ConfigError, match=r"d.jsonl, line 3: missing field\(s\) \['answer'\]"):
+        read_jsonl(p, "grpo")
+    p.write_text('{"prompt": "1+1=", "answer": "2"}\nnot json\n')
+    with pytest.raises(ConfigError, match="line 2: not valid JSON"):
+        read_jsonl(p, "grpo")
+
+
+def test_exact_match_reward_strips():
+    assert exact_match_reward(["46", " 46\n", "47", ""], ["46", "46", "46", "46"]) == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_evaluate_accuracy_against_hand_count(tiny, tmp_path):
+    """Accuracy = share of greedy completions equal to the answer, checked with answers built from the model's own output."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["base"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["base"], dtype=torch.float32).eval()
+    rows = read_jsonl(tiny["data"]["eval"], "eval")[:4]
+    outs = []
+    for r in rows:
+        ids = tok(r["prompt"], return_tensors="pt")["input_ids"]
+        g = model.generate(
+            ids, do_sample=False, max_new_tokens=3, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+        )
+        outs.append(tok.decode(g[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    # Rows 0 and 2 get the model's own greedy answer (correct), rows 1 and 3 a wrong one.
+    ev = tmp_path / "ev.jsonl"
+    ev.write_text(
+        "".join(
+            json.dumps({"prompt": r["prompt"], "answer": o if i % 2 == 0 else o + "x"}) + "\n"
+            for i, (r, o) in enumerate(zip(rows, outs, strict=True))
+        )
+    )
+    assert evaluate_accuracy(tiny["base"], ev, max_new_tokens=3) == 0.5
