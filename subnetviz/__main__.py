@@ -1,0 +1,191 @@
+"""The command line: ``python -m subnetviz {analyze,demo,train,job,runs,mask,report} ...``.
+
+Every subcommand turns a :class:`~subnetviz.errors.SubnetvizError` into one readable line on
+stderr and exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from subnetviz.errors import SubnetvizError
+
+
+def _threads() -> None:
+    # A 2-core laptop or CI box: torch's default thread count thrashes under load.
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="tensor", file=sys.stderr, dynamic_ncols=True)
+
+    def update(step: int, total: int, what: str) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix_str(what[-40:], refresh=False)
+        bar.refresh()
+        if step >= total:
+            bar.close()
+
+    return update
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import shutil
+
+    from subnetviz.analysis.sparsity import DEFAULT_TOLERANCES, SparsityOptions
+    from subnetviz.analysis.updates import SpectraOptions, analyze_updates, cached_analysis, write_analysis
+
+    _threads()
+    tols = tuple(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
+    options = SparsityOptions(tolerances=tols, eta=args.eta, precision=args.precision,
+                              mask_tolerance=args.mask_tolerance)  # fmt: skip
+    spectra = SpectraOptions(enabled=args.spectra, max_dim=None if args.spectra_embeddings else 8192)
+    if args.labels and len(args.labels) != len(args.finetuned):
+        raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
+    out = Path(args.out)
+    kwargs = dict(labels=args.labels, options=options, spectra=spectra, device=args.device,
+                  progress=_progress_bar("analyze"))  # fmt: skip
+    if args.no_cache:
+        analysis = analyze_updates(args.base, args.finetuned, **kwargs)
+        write_analysis(analysis, out, params={"base": args.base, "finetuned": args.finetuned})
+    else:
+        analysis = cached_analysis(args.base, args.finetuned, **kwargs)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.copytree(analysis.source_dir, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    for line in analysis.notes:
+        print(f"note: {line}", file=sys.stderr)
+    summary = analysis.summary()
+    print(summary[["model", "sparsity", "density", "numel", "changed"]].to_string(index=False))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from subnetviz.training.runner import main_job
+
+    _threads()
+    return main_job(args.run_dir)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from subnetviz.training.runner import main_train
+
+    _threads()
+    return main_train(args.config, run_dir=args.run_dir)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from subnetviz.demo.build import main
+
+    _threads()
+    return main(args.rest)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from subnetviz.training.runner import JobRunner
+
+    runner = JobRunner()
+    runner.poll()
+    if args.cancel:
+        runner.cancel(args.cancel)
+        print(f"cancelled {args.cancel}")
+        return 0
+    df = runner.list_runs()
+    print(df.to_string(index=False) if len(df) else "no runs")
+    return 0
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    from subnetviz.masks import import_bigram_pickle, load_mask_set, save_mask_set
+
+    if args.action == "import-pickle":
+        ms = import_bigram_pickle(args.src)
+        save_mask_set(args.dst, ms)
+        print(f"wrote {args.dst}: {len(ms.masks)} tensors, density {ms.density:.6f}")
+    else:
+        ms = load_mask_set(args.src)
+        print(json.dumps({"tensors": len(ms.masks), "count": ms.count, "numel": ms.numel, "density": ms.density,
+                          "metadata": ms.metadata}, indent=2, default=str))  # fmt: skip
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from subnetviz.dashboard import analysis_report
+
+    path = analysis_report(args.analysis_dir, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m subnetviz", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="update sparsity (+ spectra, overlap) of finetuned checkpoints vs a base")
+    a.add_argument("base", help="HF folder, .safetensors file, index json, or cached hub id")
+    a.add_argument("finetuned", nargs="+", help="one or more finetuned checkpoints")
+    a.add_argument("--out", required=True, help="output folder (written only when the analysis succeeded)")
+    a.add_argument("--labels", nargs="+", help="a name per finetuned checkpoint")
+    a.add_argument("--tolerances", nargs="+", type=float, help="absolute tolerances (default 1e-8 1e-7 1e-6 1e-5 1e-4)")
+    a.add_argument("--eta", type=float, default=1e-3, help="relative rule |Δ| <= eta·max(|w|,|w'|) (default 1e-3)")
+    a.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="cast both sides before comparing")
+    a.add_argument("--mask-tolerance", type=float, help="save update masks at this tolerance (default: exact)")
+    a.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    a.add_argument("--spectra", action=argparse.BooleanOptionalAction, default=True, help="ranks/spectra of 2-D updates")
+    a.add_argument("--spectra-embeddings", action="store_true", help="also embedding-sized matrices (slow)")
+    a.add_argument("--no-cache", action="store_true", help="recompute even when a cached result exists")
+    a.set_defaults(func=cmd_analyze)
+
+    d = sub.add_parser("demo", help="the demo zoo: demo build [--preset micro] [--force]")
+    d.add_argument("rest", nargs=argparse.REMAINDER)
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="run one training job in the foreground")
+    t.add_argument("--config", required=True, help="JSON training config")
+    t.add_argument("--run-dir", help="run folder (default: a new folder under SUBNETVIZ_HOME/runs)")
+    t.set_defaults(func=cmd_train)
+
+    j = sub.add_parser("job", help="(internal) the worker process of one queued job")
+    j.add_argument("run_dir")
+    j.set_defaults(func=cmd_job)
+
+    r = sub.add_parser("runs", help="list runs in the registry, or cancel one")
+    r.add_argument("--cancel", metavar="RUN_ID")
+    r.set_defaults(func=cmd_runs)
+
+    m = sub.add_parser("mask", help="mask files: import-pickle SRC DST | info SRC")
+    m.add_argument("action", choices=["import-pickle", "info"])
+    m.add_argument("src")
+    m.add_argument("dst", nargs="?")
+    m.set_defaults(func=cmd_mask)
+
+    rep = sub.add_parser("report", help="self-contained HTML dashboard of an analysis folder")
+    rep.add_argument("analysis_dir")
+    rep.add_argument("--out", required=True)
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SubnetvizError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Update sparsity: which parameters did finetuning change, in one streaming pass per tensor.
+
+For each aligned tensor pair (base ``a``, finetuned ``b``) the pass reads both tensors once, in
+their stored dtype (or after casting both to a chosen precision), and computes:
+
+- ``changed``: entries whose bit patterns differ (exact equality on the integer view; the
+  paper's η-relative rule at η < 2^-9 is equivalent for bf16, see the brief);
+- ``changed@tol`` for each absolute tolerance of the sweep (|Δ| > tol), ``changed_rel`` under
+  |Δ| > η·max(|a|, |b|), a histogram of distances in units in the last place (ULPs) of the
+  compared dtype, the largest |Δ|, and per-row / per-column update counts.
+
+Everything except the bitwise comparison and the row/column sums is computed on the *changed*
+entries only (gathered once), so the pass costs little more than reading the two files. Big
+tensors are processed in row chunks so memory stays bounded by a few times the largest tensor.
+
+Naming note: *density* = changed / numel; *sparsity* = 1 − density (the paper's definition).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from subnetviz.errors import ConfigError, NonFiniteError
+
+DEFAULT_TOLERANCES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
+PAPER_TOLERANCE = 1e-5
+DEFAULT_ETA = 1e-3
+# ULP-distance bins: upper edges (inclusive) and labels. 0 ULP = unchanged, not binned.
+ULP_EDGES = (1, 2, 4, 8, 16, 256)
+ULP_LABELS = ("1", "2", "3-4", "5-8", "9-16", "17-256", ">256")
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
+             torch.float64: torch.int64}  # fmt: skip
+CHUNK_ELEMENTS = 1 << 23  # 8M entries per chunk bounds the temporaries
+
+
+@dataclass(frozen=True)
+class SparsityOptions:
+    """How to compare. ``precision``: None = each tensor's stored dtype; 'bf16'/'fp16'/'fp32' = cast first."""
+
+    tolerances: tuple[float, ...] = DEFAULT_TOLERANCES
+    eta: float = DEFAULT_ETA
+    precision: str | None = None
+    mask_tolerance: float | None = None  # None = the exact (bitwise) update mask
+    keep_masks: bool = True
+    row_col: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "tolerances", tuple(sorted({float(t) for t in self.tolerances})))
+        if any((not math.isfinite(t)) or t < 0 for t in self.tolerances):
+            raise ConfigError(f"tolerances must be finite and >= 0, got {self.tolerances}.")
+        if not (0 < self.eta < 1):
+            raise ConfigError(f"eta must lie in (0, 1), got {self.eta}.")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)} or None, got {self.precision!r}.")
+        if self.mask_tolerance is not None and self.mask_tolerance not in self.tolerances:
+            object.__setattr__(self, "tolerances", tuple(sorted({*self.tolerances, self.mask_tolerance})))
+
+
+@dataclass
+class PairStats:
+    """Counts for one tensor pair. ``changed_tol[i]`` goes with ``tolerances[i]``."""
+
+    numel: int
+    dtype: str
+    changed: int
+    changed_tol: tuple[int, ...]
+    changed_rel: int
+    ulp_hist: tuple[int, ...]
+    max_abs_delta: float
+    row_counts: np.ndarray | None = None  # (rows,) changed entries per row of the 2-D view
+    col_counts: np.ndarray | None = None  # (cols,)
+    mask: torch.Tensor | None = None  # bool, the tensor's shape (exact, or at mask_tolerance)
+
+
+def _ordered_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Map sign-magnitude float bit patterns to integers whose order is the floats' order."""
+    wide = bits.to(torch.int64)
+    sign_flip = 1 << (bits.element_size() * 8 - 1)
+    return torch.where(wide < 0, -(wide + sign_flip), wide)
+
+
+def compare_pair(
+    a: torch.Tensor, b: torch.Tensor, options: SparsityOptions = SparsityOptions(), *, name: str = "tensor"
+) -> PairStats:
+    """All update statistics of one tensor pair ``a`` (base) -> ``b`` (finetuned), same shape.
+
+    Shapes: any; 2-D and higher are viewed as (shape[0], rest) for row/column counts.
+    """
+    if a.shape != b.shape:
+        raise ConfigError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)}).")
+    if options.precision is not None:
+        dt = PRECISIONS[options.precision]
+        a, b = a.to(dt), b.to(dt)
+    elif a.dtype != b.dtype:
+        a, b = a.to(torch.float32), b.to(torch.float32)
+    if a.dtype not in _INT_VIEW:
+        raise ConfigError(f"{name}: dtype {a.dtype} is not a floating-point weight type.")
+    itype = _INT_VIEW[a.dtype]
+    ctype = torch.float64 if a.dtype in (torch.float32, torch.float64) else torch.float32
+    a2 = a.reshape(a.shape[0], -1) if a.dim() >= 2 else a.reshape(-1, 1)
+    b2 = b.reshape(a2.shape)
+    rows, cols = a2.shape
+    tols = torch.tensor(options.tolerances, dtype=ctype, device=a.device)
+    edges = torch.tensor(ULP_EDGES, dtype=torch.int64, device=a.device)
+    n_tol = len(options.tolerances)
+    changed = 0
+    tol_counts = torch.zeros(n_tol, dtype=torch.int64, device=a.device)
+    rel = 0
+    ulp = torch.zeros(len(ULP_LABELS), dtype=torch.int64, device=a.device)
+    max_d = torch.zeros((), dtype=ctype, device=a.device)
+    row_counts = torch.zeros(rows, dtype=torch.int64, device=a.device) if options.row_col else None
+    col_counts = torch.zeros(cols, dtype=torch.int64, device=a.device) if options.row_col else None
+    mask = torch.zeros((rows, cols), dtype=torch.bool, device=a.device) if options.keep_masks else None
+    mask_idx = options.tolerances.index(options.mask_tolerance) if options.mask_tolerance is not None else None
+    step = max(1, CHUNK_ELEMENTS // max(cols, 1))
+    for r0 in range(0, rows, step):
+        x, y = a2[r0 : r0 + step], b2[r0 : r0 + step]
+        xb, yb = x.view(itype), y.view(itype)
+        ne = xb != yb
+        if row_counts is not None:
+            row_counts[r0 : r0 + step] = ne.sum(1)
+            col_counts += ne.sum(0)
+        n = int(ne.sum()) if row_counts is None else int(row_counts[r0 : r0 + step].sum())
+        if n == 0:
+            continue
+        changed += n
+        xs, ys = x[ne].to(ctype), y[ne].to(ctype)
+        d = (ys - xs).abs()
+        max_d = torch.maximum(max_d, d.max())
+        # |Δ| <= tol counts as unchanged: bucket i = number of tolerances strictly below |Δ|.
+        buckets = torch.bucketize(d, tols, right=False)
+        per = torch.bincount(buckets, minlength=n_tol + 1)
+        tol_counts += per.flip(0).cumsum(0).flip(0)[1:]  # changed@tol_i = #(bucket > i)
+        rel += int((d > options.eta * torch.maximum(xs.abs(), ys.abs())).sum())
+        dist = (_ordered_bits(yb[ne]) - _ordered_bits(xb[ne])).abs()
+        ulp += torch.bincount(torch.bucketize(dist, edges, right=False), minlength=len(ULP_LABELS))
+        if mask is not None:
+            if mask_idx is None:
+                mask[r0 : r0 + step] = ne
+            else:
+                mask[r0 : r0 + step].masked_scatter_(ne, d > options.tolerances[mask_idx])
+    md = float(max_d)
+    if not math.isfinite(md):
+        raise NonFiniteError(f"{name}: NaN or Inf in the weights (largest |Δ| is {md}).")
+    return PairStats(
+        numel=a.numel(), dtype=str(a.dtype).replace("torch.", ""), changed=changed,
+        changed_tol=tuple(int(v) for v in tol_counts.cpu()), changed_rel=rel,
+        ulp_hist=tuple(int(v) for v in ulp.cpu()), max_abs_delta=md,
+        row_counts=row_counts.cpu().numpy() if row_counts is not None else None,
+        col_counts=col_counts.cpu().numpy() if col_counts is not None else None,
+        mask=mask.reshape(a.shape).cpu() if mask is not None else None,
+    )  # fmt: skip
+
+
+def check_finite(x: torch.Tensor, where: str) -> None:
+    """Raise :class:`NonFiniteError` if ``x`` holds NaN or Inf (one fp32-accumulated sum, then exact check)."""
+    if x.dtype.is_floating_point and not math.isfinite(float(x.sum(dtype=torch.float32))):
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise NonFiniteError(f"{where}: {bad} NaN/Inf value(s). Analyses need finite weights.")
+
+
+@dataclass
+class SparsityReport:
+    """Update statistics of one finetuned model against the base.
+
+    ``tensors``: one row per aligned tensor (columns below). ``masks``: name -> bool update mask.
+    ``row_col``: name -> (row_counts, col_counts). ``notes``: alignment and naming notices.
+    """
+
+    model: str
+    base: str
+    options: SparsityOptions
+    tensors: pd.DataFrame
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    row_col: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    parts: pd.DataFrame | None = None  # fused QKV split: key, module, numel, changed
+    notes: list[str] = field(default_factory=list)
+
+    # --- aggregates ------------------------------------------------------------------------------
+    @property
+    def numel(self) -> int:
+        return int(self.tensors["numel"].sum())
+
+    @property
+    def changed(self) -> int:
+        return int(self.tensors["changed"].sum())
+
+    @property
+    def sparsity(self) -> float:
+        """Global exact sparsity, parameter-weighted: 1 − changed / numel."""
+        return 1.0 - self.changed / self.numel if self.numel else float("nan")
+
+    def sweep(self) -> pd.DataFrame:
+        """Global sparsity per criterion: exact (tolerance 0), each absolute tolerance, and relative η."""
+        n = self.numel
+        rows = [{"model": self.model, "criterion": "exact", "tolerance": 0.0, "changed": self.changed}]
+        for t in self.options.tolerances:
+            rows.append(
+                {
+                    "model": self.model,
+                    "criterion": f"|Δ|>{t:g}",
+                    "tolerance": t,
+                    "changed": int(self.tensors[f"changed@{t:g}"].sum()),
+                }
+            )
+        rows.append(
+            {
+                "model": self.model,
+                "criterion": f"relative η={self.options.eta:g}",
+                "tolerance": float("nan"),
+                "changed": int(self.tensors["changed_rel"].sum()),
+            }
+        )
+        df = pd.DataFrame(rows)
+        df["numel"] = n
+        df["density"] = df["changed"] / n
+        df["sparsity"] = 1.0 - df["density"]
+        return df
+
+    def ulp_histogram(self) -> pd.DataFrame:
+        counts = np.array(self.tensors["ulp_hist"].tolist()).sum(0) if len(self.tensors) else np.zeros(len(ULP_LABELS))
+        return pd.DataFrame({"model": self.model, "bin": list(ULP_LABELS), "count": counts.astype(np.int64)})
+
+    def by_layer_module(self, criterion: str = "changed") -> pd.DataFrame:
+        """Per (layer, module): weighted density (Σchanged/Σnumel) and per-tensor mean density.
+
+        ``criterion`` is a column of :attr:`tensors` (``changed``, ``changed@1e-05``, ``changed_rel``).
+        Fused QKV tensors are split into q/k/v when the split is known (exact criterion only).
+        """
+        t = self.tensors[["key", "layer", "module", "numel", criterion]].rename(columns={criterion: "changed"})
+        if criterion == "changed" and self.parts is not None and len(self.parts):
+            fused = set(self.parts["key"])
+            meta = self.tensors.set_index("key")["layer"]
+            p = self.parts.assign(layer=self.parts["key"].map(meta))
+            t = pd.concat([t[~t["key"].isin(fused)], p[t.columns]], ignore_index=True)
+        t = t.assign(tensor_density=t["changed"] / t["numel"].clip(lower=1))
+        g = t.groupby(["layer", "module"], dropna=False, sort=False)
+        out = g.agg(
+            changed=("changed", "sum"),
+            numel=("numel", "sum"),
+            tensors=("key", "count"),
+            mean_density=("tensor_density", "mean"),
+        ).reset_index()
+        out["density"] = out["changed"] / out["numel"]
+        out["sparsity"] = 1.0 - out["density"]
+        out["mean_sparsity"] = 1.0 - out["mean_density"]
+        out.insert(0, "model", self.model)
+        return out
+
+    def special(self) -> pd.DataFrame:
+        """Norms, embeddings and the head, one row per tensor, apart from the layer matrices."""
+        t = self.tensors[self.tensors["block"].isin(["norm", "embedding", "head"])]
+        return t[["model", "key", "layer", "block", "module", "numel", "changed", "sparsity"]].reset_index(drop=True)
+
+    def summary(self) -> dict:
+        sw = self.sweep()
+        return {
+            "model": self.model, "base": self.base, "numel": self.numel, "changed": self.changed,
+            "sparsity": self.sparsity, "density": 1.0 - self.sparsity,
+            "mean_tensor_sparsity": float(self.tensors["sparsity"].mean()) if len(self.tensors) else float("nan"),
+            "sweep": {r.criterion: r.sparsity for r in sw.itertuples()},
+            "precision": self.options.precision or "stored", "notes": self.notes,
+        }  # fmt: skip
+
+
+def stats_row(model: str, key: str, name: str, info, shape, st: PairStats, options: SparsityOptions) -> dict:
+    row = {
+        "model": model, "key": key, "name": name, "layer": info.layer, "block": info.block,
+        "module": info.module, "param": info.param, "shape": "x".join(str(s) for s in shape),
+        "ndim": len(shape), "numel": st.numel, "dtype": st.dtype, "changed": st.changed,
+        "sparsity": 1.0 - st.changed / st.numel if st.numel else float("nan"),
+        "changed_rel": st.changed_rel, "max_abs_delta": st.max_abs_delta, "ulp_hist": st.ulp_hist,
+    }  # fmt: skip
+    for t, c in zip(options.tolerances, st.changed_tol, strict=True):
+        row[f"changed@{t:g}"] = c
+    return row
+
+
+def fused_part_rows(table, name: str, key: str, shape, st: PairStats) -> list[dict]:
+    """q/k/v changed counts of a fused QKV tensor from its row/column counts (no extra pass)."""
+    if st.row_counts is None or table.family not in ("gpt2", "gpt_neox"):
+        return []
+    if len(shape) == 2:
+        counts = torch.from_numpy(st.col_counts if table.family == "gpt2" else st.row_counts)
+        other = shape[0] if table.family == "gpt2" else shape[1]
+        parts = table.fused_parts(name, counts if table.family == "gpt2" else counts.reshape(-1, 1))
+    else:  # bias: one count per entry = changed or not; row counts hold them
+        counts = torch.from_numpy(st.row_counts)
+        other = 1
+        parts = table.fused_parts(name, counts)
+    if not parts:
+        return []
+    return [
+        {"key": key, "module": k, "numel": int(v.numel()) * other, "changed": int(v.sum())} for k, v in parts.items()
+    ]
+
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def summarize(reports: Sequence[SparsityReport]) -> pd.DataFrame:
+    """One row per finetuned model: exact sparsity, density, the paper's 1e-5 figure, tensors compared."""
+    rows = []
+    for r in reports:
+        s = r.summary()
+        rows.append(
+            {
+                "model": r.model,
+                "sparsity": s["sparsity"],
+                "density": s["density"],
+                f"sparsity@{PAPER_TOLERANCE:g}": s["sweep"].get(f"|Δ|>{PAPER_TOLERANCE:g}", float("nan")),
+                "mean_tensor_sparsity": s["mean_tensor_sparsity"],
+                "numel": s["numel"],
+                "changed": s["changed"],
+                "tensors": len(r.tensors),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,331 @@
+"""The update analysis of one base against N finetuned checkpoints, streamed, cached, written.
+
+:func:`analyze_updates` walks the aligned tensors once: each base tensor is read once, then each
+finetuned tensor in turn is compared with it (:func:`~subnetviz.analysis.sparsity.compare_pair`)
+and, for 2-D tensors when spectra are on, Δ's spectrum is taken. Only one tensor pair (plus the
+small per-tensor results and the update masks) is in memory at a time.
+
+Results are written by :func:`write_analysis` (CSV/JSON/safetensors, to a temporary folder renamed
+when complete) and cached on disk by :func:`cached_analysis`, keyed by the checkpoints'
+fingerprints and every analysis parameter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from subnetviz import __version__
+from subnetviz.analysis.overlap import OverlapReport, mask_overlap
+from subnetviz.analysis.sparsity import (
+    ULP_LABELS,
+    SparsityOptions,
+    SparsityReport,
+    check_finite,
+    compare_pair,
+    fused_part_rows,
+    stats_row,
+    summarize,
+)
+from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
+from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
+from subnetviz.config import resolve_device
+from subnetviz.errors import NonFiniteError
+from subnetviz.masks import MaskSet, save_mask_set
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class SpectraOptions:
+    """Spectra of each 2-D update. ``max_dim``: larger sides (embeddings) are skipped with a notice."""
+
+    enabled: bool = True
+    baseline: bool = True
+    max_dim: int | None = 8192
+    method: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class UpdateAnalysis:
+    base: str
+    labels: list[str]
+    reports: list[SparsityReport]
+    spectra: dict[str, SpectrumTable] | None = None
+    spectra_frame: pd.DataFrame | None = None  # loaded from disk: one row per (model, matrix)
+    sigma_frame: pd.DataFrame | None = None
+    overlap: OverlapReport | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    source_dir: Path | None = None  # set when read back from disk
+
+    def summary(self) -> pd.DataFrame:
+        return summarize(self.reports)
+
+    def report(self, label: str) -> SparsityReport:
+        return self.reports[self.labels.index(label)]
+
+    def spectra_table(self) -> pd.DataFrame:
+        if self.spectra_frame is not None:
+            return self.spectra_frame
+        if not self.spectra:
+            return pd.DataFrame()
+        return pd.concat([t.to_frame().assign(model=m) for m, t in self.spectra.items()], ignore_index=True)
+
+    def sigmas(self) -> pd.DataFrame:
+        if self.sigma_frame is not None:
+            return self.sigma_frame
+        if not self.spectra:
+            return pd.DataFrame(columns=["model", "name", "index", "sigma", "kind"])
+        return pd.concat([t.sigma_frame().assign(model=m) for m, t in self.spectra.items()], ignore_index=True)
+
+
+def _label_for(spec: str, used: set[str]) -> str:
+    base = Path(str(spec).rstrip("/")).name or str(spec)
+    label, i = base, 2
+    while label in used:
+        label, i = f"{base}-{i}", i + 1
+    used.add(label)
+    return label
+
+
+def analyze_updates(
+    base: str | Checkpoint,
+    finetuned: Sequence[str | Checkpoint],
+    *,
+    labels: Sequence[str] | None = None,
+    options: SparsityOptions = SparsityOptions(),
+    spectra: SpectraOptions | None = SpectraOptions(enabled=False),
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+) -> UpdateAnalysis:
+    """Compare ``base`` with every checkpoint in ``finetuned`` in one streaming pass."""
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    cks = [f if isinstance(f, Checkpoint) else open_checkpoint(f) for f in finetuned]
+    used: set[str] = set()
+    labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
+    alignments = [align([ck_base, c]) for c in cks]
+    table = ck_base.names_table
+    notes = [n for n in [table.notice] if n]
+    rows: list[list[dict]] = [[] for _ in cks]
+    parts: list[list[dict]] = [[] for _ in cks]
+    masks: list[dict[str, torch.Tensor]] = [{} for _ in cks]
+    row_col: list[dict] = [{} for _ in cks]
+    spec_results: list[list] = [[] for _ in cks]
+    # Walk the base's tensors in order; each finetuned model contributes where it aligns.
+    per_key = [{t.key: t for t in al.tensors} for al in alignments]
+    keys = [t.key for t in alignments[0].tensors] + [
+        k for pk in per_key[1:] for k in pk if k not in per_key[0]
+    ]
+    keys = list(dict.fromkeys(keys))
+    for step, key in enumerate(keys):
+        if progress:
+            progress(step, len(keys), key)
+        base_tensors: dict = {}
+        for i, (ck, pk) in enumerate(zip(cks, per_key, strict=True)):
+            at = pk.get(key)
+            if at is None:
+                continue
+            rows_key = at.rows
+            if rows_key not in base_tensors:
+                a = read_aligned(ck_base, at, 0, dev)
+                check_finite(a, f"{ck_base.spec} :: {at.names[0]}")
+                base_tensors[rows_key] = a
+            a = base_tensors[rows_key]
+            b = read_aligned(ck, at, 1, dev)
+            check_finite(b, f"{ck.spec} :: {at.names[1]}")
+            try:
+                st = compare_pair(a, b, options, name=at.names[0])
+            except NonFiniteError as exc:
+                raise NonFiniteError(f"{ck.spec}: {exc}") from None
+            info = table.describe(at.names[0])
+            rows[i].append(stats_row(labels[i], key, at.names[0], info, at.shape, st, options))
+            parts[i].extend(fused_part_rows(table, at.names[0], key, at.shape, st))
+            if st.mask is not None:
+                masks[i][at.names[0]] = st.mask
+            if st.row_counts is not None and len(at.shape) >= 2:
+                row_col[i][key] = (st.row_counts, st.col_counts)
+            if spectra is not None and spectra.enabled and a.dim() == 2:
+                delta = b.to(torch.float64) - a.to(torch.float64)
+                spec_results[i].append(update_spectrum(
+                    key, delta, baseline=spectra.baseline, seed=spectra.seed, method=spectra.method,
+                    max_dim=spectra.max_dim, device=dev))  # fmt: skip
+                del delta
+            del b
+        del base_tensors
+    if progress:
+        progress(len(keys), len(keys), "done")
+    reports = []
+    for i in range(len(cks)):
+        df = pd.DataFrame(rows[i])
+        rep = SparsityReport(labels[i], ck_base.spec, options, df, masks[i], row_col[i],
+                             pd.DataFrame(parts[i], columns=["key", "module", "numel", "changed"]),
+                             notes + alignments[i].report())  # fmt: skip
+        reports.append(rep)
+    spec = {labels[i]: SpectrumTable(tuple(spec_results[i])) for i in range(len(cks))} if (
+        spectra is not None and spectra.enabled) else None  # fmt: skip
+    overlap = None
+    if len(cks) >= 2 and options.keep_masks:
+        common = set.intersection(*(set(m) for m in masks))
+        sets = [{k: m[k] for k in m if k in common} for m in masks]
+        overlap = mask_overlap(sets, labels, group_of=lambda n: (table.describe(n).layer, table.describe(n).module))
+    return UpdateAnalysis(ck_base.spec, labels, reports, spec, None, None, overlap, notes,
+                          time.perf_counter() - t0)  # fmt: skip
+
+
+# --- on disk ---------------------------------------------------------------------------------------
+def write_analysis(analysis: UpdateAnalysis, out_dir: str | os.PathLike, *, params: dict | None = None) -> Path:
+    """Write every table, the update masks and a summary; ``out_dir`` appears only when complete."""
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}")
+    tmp.mkdir(parents=True)
+    try:
+        frames = []
+        for rep in analysis.reports:
+            df = rep.tensors.copy()
+            ulp = np.array(df["ulp_hist"].tolist()) if len(df) else np.zeros((0, len(ULP_LABELS)), dtype=int)
+            for j, lab in enumerate(ULP_LABELS):
+                df[f"ulp_{lab}"] = ulp[:, j] if len(df) else []
+            frames.append(df.drop(columns=["ulp_hist"]))
+        tensors = pd.concat(frames, ignore_index=True)
+        spec = analysis.spectra_table()
+        if len(spec):
+            ranks = spec[["model", "name", "rank", "rank_frac", "effective_rank_99", "stable_rank", "baseline_rank",
+                          "baseline_rank_frac"]].rename(columns={"name": "key"})
+            tensors = tensors.merge(ranks, on=["model", "key"], how="left")
+            spec.to_csv(tmp / "spectra.csv", index=False)
+            analysis.sigmas().to_parquet(tmp / "sigma.parquet", index=False)
+        else:
+            tensors["rank"] = pd.array([pd.NA] * len(tensors), dtype="Int64")
+        tensors.to_csv(tmp / "tensors.csv", index=False)
+        pd.concat([r.parts.assign(model=r.model) for r in analysis.reports if r.parts is not None],
+                  ignore_index=True).to_csv(tmp / "parts.csv", index=False)  # fmt: skip
+        rc = {}
+        for r in analysis.reports:
+            for key, (rows_, cols_) in r.row_col.items():
+                rc[f"{r.model}::{key}::rows"] = rows_.astype(np.int32)
+                rc[f"{r.model}::{key}::cols"] = cols_.astype(np.int32)
+        np.savez_compressed(tmp / "row_col.npz", **rc)
+        (tmp / "masks").mkdir()
+        mask_files = {}
+        for r in analysis.reports:
+            if r.masks:
+                meta = {"method": "update mask", "base": r.base, "model": r.model,
+                        "tolerance": r.options.mask_tolerance if r.options.mask_tolerance is not None else "exact",
+                        "precision": r.options.precision or "stored"}  # fmt: skip
+                fname = f"{_safe(r.model)}.safetensors"
+                save_mask_set(tmp / "masks" / fname, MaskSet(r.masks, meta))
+                mask_files[r.model] = f"masks/{fname}"
+        if analysis.overlap is not None:
+            ov = analysis.overlap
+            ov.sizes.to_csv(tmp / "overlap_sizes.csv", index=False)
+            ov.pairwise.to_csv(tmp / "overlap_pairwise.csv", index=False)
+            reg = ov.regions.copy()
+            reg["members"] = reg["members"].map(lambda m: "&".join(m))
+            reg.to_csv(tmp / "overlap_regions.csv", index=False)
+            ov.consensus.to_csv(tmp / "overlap_consensus.csv", index=False)
+        summary = {
+            "subnetviz_version": __version__, "base": analysis.base, "labels": analysis.labels,
+            "models": {r.model: r.summary() for r in analysis.reports},
+            "sparsity": {r.model: r.sparsity for r in analysis.reports},
+            "options": asdict(analysis.reports[0].options) if analysis.reports else {},
+            "mask_files": mask_files, "notes": analysis.notes, "seconds": analysis.seconds, "params": params or {},
+        }  # fmt: skip
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in label)
+
+
+def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
+    """Read back what :func:`write_analysis` wrote (masks stay on disk: see ``mask_path``)."""
+    out = Path(out_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    tensors = pd.read_csv(out / "tensors.csv")
+    parts = pd.read_csv(out / "parts.csv") if (out / "parts.csv").exists() else pd.DataFrame()
+    opts = summary.get("options") or {}
+    options = SparsityOptions(tolerances=tuple(opts.get("tolerances", ())), eta=opts.get("eta", 1e-3),
+                              precision=opts.get("precision"), mask_tolerance=opts.get("mask_tolerance"))
+    rc = np.load(out / "row_col.npz")
+    reports = []
+    for label in summary["labels"]:
+        df = tensors[tensors["model"] == label].reset_index(drop=True)
+        df["ulp_hist"] = [tuple(int(x) for x in v) for v in df[[f"ulp_{b}" for b in ULP_LABELS]].to_numpy()]
+        df["layer"] = df["layer"].astype("Int64")
+        rowcol = {}
+        prefix = f"{label}::"
+        for k in rc.files:
+            if k.startswith(prefix) and k.endswith("::rows"):
+                key = k[len(prefix) : -len("::rows")]
+                rowcol[key] = (rc[k], rc[f"{prefix}{key}::cols"])
+        p = parts[parts["model"] == label].drop(columns=["model"]) if len(parts) else None
+        reports.append(SparsityReport(label, summary["base"], options, df, {}, rowcol, p,
+                                      summary["models"][label].get("notes", [])))  # fmt: skip
+    spectra_frame = pd.read_csv(out / "spectra.csv") if (out / "spectra.csv").exists() else None
+    sigma = pd.read_parquet(out / "sigma.parquet") if (out / "sigma.parquet").exists() else None
+    return UpdateAnalysis(summary["base"], summary["labels"], reports, None, spectra_frame, sigma, None,
+                          summary.get("notes", []), summary.get("seconds", 0.0), out)  # fmt: skip
+
+
+def mask_path(analysis_dir: str | os.PathLike, label: str) -> Path:
+    summary = json.loads((Path(analysis_dir) / "summary.json").read_text())
+    return Path(analysis_dir) / summary["mask_files"][label]
+
+
+def cache_key(base: Checkpoint, finetuned: Sequence[Checkpoint], labels: Sequence[str], options: SparsityOptions,
+              spectra: SpectraOptions | None) -> str:
+    payload = json.dumps({
+        "v": __version__, "base": base.fingerprint, "ft": [c.fingerprint for c in finetuned], "labels": list(labels),
+        "options": asdict(options), "spectra": asdict(spectra) if spectra else None,
+    }, sort_keys=True, default=str)  # fmt: skip
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def cached_analysis(
+    base: str,
+    finetuned: Sequence[str],
+    *,
+    labels: Sequence[str] | None = None,
+    options: SparsityOptions = SparsityOptions(),
+    spectra: SpectraOptions | None = SpectraOptions(enabled=False),
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    cache_root: str | os.PathLike | None = None,
+) -> UpdateAnalysis:
+    """:func:`analyze_updates` through the on-disk cache; returns the analysis as read from disk."""
+    from subnetviz.config import cache_dir
+
+    ck_base = open_checkpoint(base)
+    cks = [open_checkpoint(f) for f in finetuned]
+    used: set[str] = set()
+    labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
+    key = cache_key(ck_base, cks, labels, options, spectra)
+    root = Path(cache_root) if cache_root else cache_dir() / "updates"
+    target = root / key
+    if not (target / "summary.json").exists():
+        analysis = analyze_updates(ck_base, cks, labels=labels, options=options, spectra=spectra, device=device,
+                                   progress=progress)  # fmt: skip
+        root.mkdir(parents=True, exist_ok=True)
+        write_analysis(analysis, target, params={"base": base, "finetuned": list(finetuned)})
+    return read_analysis(target)
