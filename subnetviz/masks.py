@@ -202,3 +202,26 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
     if not masks:
         raise MaskError(f"{path}: the pickle holds no masks.")
     return MaskSet(masks, meta)
+
+
+def load_mask_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
+    """One tensor of a mask file, without reading the others (drill-down views)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if name not in f.keys():
+                raise MaskError(f"{path}: no mask for {name!r}.{suggest(name, f.keys())}")
+            arr = f.get_tensor(name)
+    except MaskError:
+        raise
+    except Exception as exc:
+        raise MaskError(f"{path}: not a readable safetensors mask file ({exc}).") from exc
+    shape_s = meta.get(f"shape:{name}")
+    if shape_s is None:
+        return _check_bool(name, torch.from_numpy(np.ascontiguousarray(arr)), str(path))
+    shape = tuple(int(s) for s in shape_s.split(",") if s != "")
+    n = int(np.prod(shape)) if shape else 1
+    return torch.from_numpy(np.unpackbits(arr, count=n).astype(bool).reshape(shape))
