@@ -1,0 +1,70 @@
+"""Overlap: is it the same subnetwork every time? Venn, UpSet, pairwise matrices, per layer, consensus."""
+
+import streamlit as st
+
+from subnetviz import figures, ui
+from subnetviz.analysis.overlap import mask_overlap
+from subnetviz.analysis.updates import mask_path
+from subnetviz.naming import NameTable, detect_family
+
+
+def body() -> None:
+    st.title("Overlap of subnetworks")
+    st.caption("o1 = |A∩B|/|A| (share of the row mask inside the column mask); its chance value is B's density. "
+               "Jaccard = |A∩B|/|A∪B| against pq/(p+q−pq) for independent masks of the same densities.")  # fmt: skip
+    ws = ui.workspace()
+    c1, c2 = st.columns([1, 3])
+    crit = c1.selectbox("Update masks at", ["exact", "1e-05", "1e-06", "1e-07", "1e-08", "0.0001"], key="ov_crit",
+                        bind="query-params", help="Exact = bitwise changed; a tolerance counts |Δ| ≤ tol as unchanged.")
+    sources: dict[str, str] = {}
+    if ws.base and ws.finetuned:
+        analysis = ui.update_analysis(ws, mask_tolerance=None if crit == "exact" else float(crit))
+        sources.update({f"Δ {m}": str(mask_path(analysis.source_dir, m)) for m in analysis.labels})
+    sources.update({label: path for label, path in ws.masks})
+    ui.need(len(sources) >= 2, "Overlap needs at least two masks: choose finetuned checkpoints or saved masks.")
+    default = list(sources)[: min(3, len(sources))]
+    chosen = c2.multiselect("Masks (2–8)", list(sources), default=default, key="ov_masks", bind="query-params",
+                            max_selections=8)  # fmt: skip
+    ui.need(len(chosen) >= 2, "Pick at least two masks.")
+    sets = [ui.mask_set(sources[c]).masks for c in chosen]
+    common = set.intersection(*(set(s) for s in sets))
+    ui.need(bool(common), "These masks share no tensor names; they are over different models.")
+    if any(len(s) != len(common) for s in sets):
+        st.caption(f"Compared over the {len(common)} tensors present in every chosen mask.")
+    table = NameTable(detect_family(None, sorted(common)))
+    report = mask_overlap([{k: s[k] for k in common} for s in sets], chosen,
+                          group_of=lambda n: (table.describe(n).layer, table.describe(n).module))  # fmt: skip
+    a, b = st.columns(2)
+    with a:
+        if len(chosen) in (2, 3):
+            counts = report.venn_regions()["count"].to_numpy()
+            fig = figures.venn2(counts, chosen) if len(chosen) == 2 else figures.venn3(counts, chosen)
+            ui.chart(fig, key="venn")
+        else:
+            st.info("Venn diagrams are drawn for 2 or 3 masks; the UpSet view shows any number.")
+    with b:
+        ui.chart(figures.upset(report.regions, chosen), key="upset")
+    view = st.radio("Pairwise view", ["value", "ratio"], horizontal=True, key="ov_view", bind="query-params",
+                    format_func=lambda v: "values" if v == "value" else "× chance")  # fmt: skip
+    cols = st.columns(3)
+    for col, metric in zip(cols, ["o1", "o2", "jaccard"], strict=True):
+        with col:
+            ui.chart(figures.pairwise_matrix(report.pairwise, value=metric, view=view, labels=chosen), key=f"pw-{metric}")
+    ui.table(report.pairwise, "pairwise", "Pairwise overlap against chance")
+    by = report.by_group.copy()
+    by["layer"] = by["group"].map(lambda g: g[0])
+    by["module"] = by["group"].map(lambda g: g[1])
+    pair = st.selectbox("Per-layer view of the pair", [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()],
+                        key="ov_pair")  # fmt: skip
+    pa, pb = pair.split(" ∩ ")
+    one = by[(by["a"] == pa) & (by["b"] == pb) & by["layer"].notna()]
+    c, d = st.columns(2)
+    with c:
+        ui.chart(figures.overlap_layer_heatmap(one, view=view), key="layer-overlap")
+    with d:
+        ui.chart(figures.consensus_bars(report.consensus_overall()), key="consensus")
+    ui.export_button("Overlap", {"masks": chosen, "criterion": crit, "view": view},
+                     ["venn", "upset", "pw-o1", "pw-o2", "pw-jaccard", "layer-overlap", "consensus"], ["pairwise"])
+
+
+ui.run_page(body)

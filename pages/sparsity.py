@@ -1,0 +1,76 @@
+"""Update sparsity: which entries changed, per layer × module, along a tolerance sweep, in ULPs."""
+
+import pandas as pd
+import streamlit as st
+
+from subnetviz import figures, ui
+from subnetviz.analysis.updates import mask_path
+from subnetviz.masks import load_mask_tensor
+
+
+def body() -> None:
+    st.title("Update sparsity")
+    st.caption("Sparsity = share of parameters **unchanged** (1 − changed/all); density = share changed. "
+               "'Exact' compares bit patterns; tolerances count |Δ| ≤ tol as unchanged (the paper uses 1e-5).")  # fmt: skip
+    ws = ui.workspace()
+    ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
+    analysis = ui.update_analysis(ws)
+    reports = {r.model: r for r in analysis.reports}
+    tols = list(analysis.reports[0].options.tolerances)
+    criteria = ["exact"] + [f"{t:g}" for t in tols] + ["relative"]
+    c1, c2, c3 = st.columns([3, 2, 2])
+    shown = c1.multiselect("Models side by side", list(reports), default=list(reports)[:3], key="sp_models",
+                           bind="query-params", max_selections=4)  # fmt: skip
+    crit = c2.selectbox("Criterion", criteria, key="sp_crit", bind="query-params",
+                        help="exact = bitwise; a number = absolute tolerance; relative = |Δ| ≤ η·max(|w|,|w'|).")
+    weighting = c3.radio("Average", ["parameter-weighted", "per-tensor mean"], key="sp_avg", bind="query-params",
+                         horizontal=True)  # fmt: skip
+    column = {"exact": "changed", "relative": "changed_rel"}.get(crit, f"changed@{crit}")
+    value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"
+    ui.need(bool(shown), "Pick at least one model.")
+    cols = st.columns(len(shown))
+    for col, model in zip(cols, shown, strict=True):
+        grid = reports[model].by_layer_module(column)
+        grid = grid[grid["layer"].notna()]
+        with col:
+            ui.chart(figures.sparsity_heatmap(grid, value=value, title=f"{model}: {value.replace('_', ' ')} ({crit})"),
+                     key=f"heat-{model}")  # fmt: skip
+    st.subheader("Tolerance sweep and ULP distances")
+    sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
+    a, b = st.columns(2)
+    with a:
+        ui.chart(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]), key="sweep")
+    with b:
+        ui.chart(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports])), key="ulp")
+    ui.table(sweep, "sweep-table", "Sparsity per criterion")
+    st.subheader("Norms, embeddings and head")
+    special = pd.concat([r.special() for r in analysis.reports], ignore_index=True)
+    ui.chart(figures.module_bars(special.rename(columns={"key": "name"})), key="special")
+    drill_down(analysis, reports)
+    ui.export_button("Update sparsity", {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
+                     [f"heat-{m}" for m in shown] + ["sweep", "ulp", "special", "drill-image", "drill-ratios"],
+                     ["sweep-table"])  # fmt: skip
+
+
+def drill_down(analysis, reports) -> None:
+    st.subheader("Drill down into one matrix")
+    a, b = st.columns(2)
+    model = a.selectbox("Model", list(reports), key="dd_model", bind="query-params")
+    rep = reports[model]
+    mats = rep.tensors[rep.tensors["ndim"] == 2]
+    names = list(mats["key"])
+    ui.need(bool(names), "No 2-D tensors to show.")
+    default = next((i for i, n in enumerate(names) if "q_proj" in n or "c_attn" in n), 0)
+    key = b.selectbox("Matrix", names, index=default, key="dd_tensor", bind="query-params")
+    row = mats[mats["key"] == key].iloc[0]
+    mask = load_mask_tensor(mask_path(analysis.source_dir, model), row["name"]).numpy()
+    st.caption(f"`{row['name']}` · shape {row['shape']} · {int(row['changed']):,} of {int(row['numel']):,} changed "
+               f"({100 * (1 - row['sparsity']):.2f} %) · largest |Δ| {row['max_abs_delta']:.3g}")  # fmt: skip
+    c, d = st.columns(2)
+    with c:
+        ui.chart(figures.matrix_image(mask), key="drill-image")
+    with d:
+        ui.chart(figures.row_col_ratios(mask.mean(axis=1), mask.mean(axis=0)), key="drill-ratios")
+
+
+ui.run_page(body)

@@ -1,0 +1,54 @@
+"""Spectra: singular values and rank of each update matrix, against a random-sparse baseline."""
+
+import streamlit as st
+
+from subnetviz import figures, ui
+
+
+def body() -> None:
+    st.title("Spectra of updates")
+    st.caption("Rank at torch's default tolerance (σ > σ₁·max(m,n)·ε_fp32, as the paper's script); effective rank = "
+               "smallest k holding 99 % of Σσ²; stable rank = ‖Δ‖F²/‖Δ‖₂². The random baseline scatters the same "
+               "Δ entries uniformly over the matrix: a sparse random matrix is full-rank too.")  # fmt: skip
+    ws = ui.workspace()
+    ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
+    analysis = ui.update_analysis(ws, spectra=True)
+    spec = analysis.spectra_table()
+    ui.need(len(spec) > 0, "No 2-D update matrices to analyse.")
+    meta = analysis.reports[0].tensors[["key", "layer", "module"]].rename(columns={"key": "name"})
+    spec = spec.merge(meta, on="name", how="left")
+    models = list(analysis.labels)
+    c1, c2, c3 = st.columns(3)
+    model = c1.selectbox("Model", models, key="spec_model", bind="query-params")
+    layers = sorted(int(v) for v in spec["layer"].dropna().unique())
+    layer_opts = ["all"] + [str(v) for v in layers]
+    layer = c2.selectbox("Layer", layer_opts, index=1 if len(layer_opts) > 1 else 0, key="spec_layer",
+                         bind="query-params")  # fmt: skip
+    mods = [m for m in spec["module"].dropna().unique()]
+    module = c3.selectbox("Module", ["all", *mods], key="spec_module", bind="query-params")
+    sel = spec[(spec["model"] == model) & ~spec["skipped"].astype(bool)]
+    if layer != "all":
+        sel = sel[sel["layer"] == int(layer)]
+    if module != "all":
+        sel = sel[sel["module"] == module]
+    sig = analysis.sigmas()
+    sig = sig[(sig["model"] == model) & sig["name"].isin(sel["name"])]
+    ui.chart(figures.spectrum_curves(sig), key="spectra")
+    a, b = st.columns(2)
+    grid = spec[(spec["model"] == model) & spec["layer"].notna() & ~spec["skipped"].astype(bool)]
+    grid = grid.assign(layer=grid["layer"].astype(int), min_dim=grid[["rows", "cols"]].min(axis=1),
+                       rank_frac_random=grid["baseline_rank_frac"])  # fmt: skip
+    with a:
+        ui.chart(figures.rank_heatmap(grid, title=f"{model}: update rank / min(m, n)"),
+                 key="rank-heat")  # fmt: skip
+    with b:
+        ui.chart(figures.rank_heatmap(grid.assign(rank_frac=grid["baseline_rank_frac"], rank=grid["baseline_rank"]),
+                                      title=f"{model}: random-sparse baseline rank / min(m, n)"), key="rank-random")  # fmt: skip
+    cols = ["model", "name", "layer", "module", "rows", "cols", "density", "rank", "rank_frac", "baseline_rank",
+            "baseline_rank_frac", "effective_rank_99", "stable_rank", "method", "skipped", "note"]
+    ui.table(spec[[c for c in cols if c in spec.columns]], "spectra-table", "Rank, effective rank and stable rank")
+    ui.export_button("Spectra", {"base": ws.base, "model": model, "layer": layer, "module": module},
+                     ["spectra", "rank-heat", "rank-random"], ["spectra-table"])
+
+
+ui.run_page(body)

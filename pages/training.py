@@ -1,0 +1,136 @@
+"""Training runs: launch a full or subnetwork-only finetune (TRL), watch it, compare the twins."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from subnetviz import config, figures, ui
+from subnetviz.training.runner import JobRunner
+
+
+@st.cache_resource(show_spinner=False)
+def runner() -> JobRunner:
+    return JobRunner()
+
+
+def data_files() -> dict[str, str]:
+    root = config.zoo_dir() / "data"
+    return {f.stem: str(f) for f in sorted(root.glob("*.jsonl"))} if root.is_dir() else {}
+
+
+def launch(ws) -> None:
+    data = data_files()
+    masks = {"none (full finetune)": None}
+    if ws.base and ws.finetuned:
+        from subnetviz.analysis.updates import mask_path
+
+        analysis = ui.update_analysis(ws)
+        masks.update({f"update mask of {m}": str(mask_path(analysis.source_dir, m)) for m in analysis.labels})
+    masks.update({label: path for label, path in ws.masks})
+    with st.form("launch"):
+        c1, c2, c3 = st.columns(3)
+        algorithm = c1.selectbox("Algorithm", ["grpo", "dpo", "sft"], key="tr_alg")
+        base = c2.text_input("Base checkpoint (folder)", value=ws.base or "", key="tr_base")
+        mask_label = c3.selectbox("Train only", list(masks), key="tr_mask")
+        random_twin = c3.checkbox("use a random mask of the same per-tensor density instead", key="tr_random")
+        train_opts = [k for k in data if k.endswith("train") or "pairs" in k or "gold" in k] or list(data)
+        d1, d2 = st.columns(2)
+        train_data = d1.selectbox("Training data (JSONL)", train_opts, key="tr_data", accept_new_options=True)
+        eval_opts = [k for k in data if k.endswith("eval")]
+        eval_data = d2.selectbox("Held-out data for accuracy", eval_opts, key="tr_eval", index=0 if eval_opts else None)
+        e1, e2, e3 = st.columns(3)
+        steps = e1.number_input("Steps", 1, 100_000, 30, key="tr_steps")
+        lr = e2.number_input("Learning rate", 1e-8, 1.0, 1e-5, format="%.1e", key="tr_lr")
+        seed = e3.number_input("Seed", 0, 2**31 - 1, 0, key="tr_seed")
+        submitted = st.form_submit_button("Launch run", type="primary", icon=":material/play_arrow:")
+    if submitted:
+        mask = masks[mask_label]
+        if mask and random_twin:
+            mask = f"random:{mask}"
+        cfg = {"kind": "train", "algorithm": algorithm, "base": base, "data": data.get(train_data, train_data),
+               "eval_data": data.get(eval_data) if eval_data else None, "mask": mask, "steps": int(steps),
+               "learning_rate": float(lr), "seed": int(seed)}  # fmt: skip
+        if algorithm == "grpo":
+            cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
+        run_id = runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
+        st.success(f"Queued run {run_id}.")
+
+
+@st.fragment(run_every="2s")
+def runs_view() -> None:
+    r = runner()
+    r.poll()
+    df = r.list_runs()
+    if not len(df):
+        st.caption("No runs yet.")
+        return
+    show = df[["id", "name", "kind", "status", "step", "total", "created", "ended", "error"]].copy()
+    for col in ("created", "ended"):
+        show[col] = pd.to_datetime(show[col], unit="s").dt.strftime("%H:%M:%S")
+    st.dataframe(show, hide_index=True, width="stretch", key="runs-table",
+                 column_config={"step": st.column_config.ProgressColumn("progress", min_value=0,
+                                                                        max_value=int(show["total"].max() or 1))})  # fmt: skip
+    run_id = st.selectbox("Run", list(df["id"]), key="tr_run")
+    rec = r.get(run_id)
+    cols = st.columns([1, 1, 4])
+    cols[0].metric("status", rec.status)
+    if not rec.finished and cols[1].button("Cancel", key=f"cancel-{run_id}", icon=":material/stop:"):
+        r.cancel(run_id)
+        st.rerun(scope="fragment")
+    metrics = r.metrics(run_id)
+    if len(metrics):
+        long = metrics.melt(id_vars=["step"], value_vars=[c for c in metrics.columns if c not in ("step", "time", "total")],
+                            var_name="metric").dropna()  # fmt: skip
+        ui.chart(figures.training_curves(long, title=f"Run {run_id}"), key="curves")
+    if rec.error:
+        st.error(rec.error)
+
+
+def compare(ws) -> None:
+
+    z = ui.zoo()
+    candidates: dict[str, str] = {}
+    if z is not None:
+        for m in z.manifest.get("members", []):
+            candidates[f"zoo {m['id']}"] = str(z.root / m["path"])
+    for rec in runner().list_runs().itertuples():
+        model = Path(rec.run_dir) / "outputs" / "model"
+        if rec.status == "succeeded" and model.is_dir():
+            candidates[f"run {rec.id}"] = str(model)
+    ui.need(len(candidates) >= 2, "Two finished models are needed for a comparison.")
+    keys = list(candidates)
+    c1, c2 = st.columns(2)
+    full = c1.selectbox("Full finetune", keys, index=keys.index("zoo grpo-s0") if "zoo grpo-s0" in keys else 0,
+                        key="cmp_full", bind="query-params")  # fmt: skip
+    sub = c2.selectbox("Subnetwork-only twin", keys, index=keys.index("zoo grpo-sub") if "zoo grpo-sub" in keys else 1,
+                       key="cmp_sub", bind="query-params")  # fmt: skip
+    eval_opts = [v for k, v in data_files().items() if k.endswith("eval")]
+    result = _comparison(candidates[full], candidates[sub], eval_opts[0] if eval_opts else None)
+    ui.table(result.to_frame(), "comparison", "Subnetwork-only vs full finetune")
+    ui.chart(figures.ulp_histogram(result.ulp_frame(), title="ULP distance between the two finetunes"), key="cmp-ulp")
+
+
+@st.cache_data(show_spinner="Comparing the two finetunes tensor by tensor…", max_entries=8)
+def _comparison(full: str, sub: str, eval_data: str | None):
+    from subnetviz.training.compare import compare_runs
+
+    return compare_runs(full, sub, eval_data=eval_data)
+
+
+def body() -> None:
+    st.title("Training runs")
+    st.caption("Runs are OS processes with a run folder and a SQLite registry: they survive closing the tab. "
+               "Subnetwork-only runs multiply gradients by the mask and decay only inside it; parameters outside "
+               "stay bit-identical (verified after training).")  # fmt: skip
+    ws = ui.workspace()
+    tab1, tab2, tab3 = st.tabs(["Launch", "Runs", "Subnetwork vs full"])
+    with tab1:
+        launch(ws)
+    with tab2:
+        runs_view()
+    with tab3:
+        compare(ws)
+
+
+ui.run_page(body)

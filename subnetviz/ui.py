@@ -1,0 +1,294 @@
+"""The only module of subnetviz that imports streamlit.
+
+It owns what every page shares: the workspace sidebar (base, finetuned checkpoints, masks, device,
+precision — bound to query parameters so a copied URL reopens the same view), the cached loaders
+(keys include path, fingerprint, device and dtype), the error boundary that turns a
+:class:`~subnetviz.errors.SubnetvizError` into a readable message, and the export buttons.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from subnetviz import config
+from subnetviz.errors import SubnetvizError
+
+PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["sendDataToCloud"], "toImageButtonOptions": {"scale": 2}}
+PRECISIONS = ["stored", "bf16", "fp32", "fp16"]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What the sidebar selected: paths are resolved and checked against the allowed roots."""
+
+    base: str | None
+    base_label: str
+    finetuned: tuple[tuple[str, str], ...]  # (label, path)
+    masks: tuple[tuple[str, str], ...]  # (label, path) of saved mask files
+    precision: str | None  # None = stored dtype
+    device: str
+    zoo_root: str | None
+
+    @property
+    def labels(self) -> list[str]:
+        return [lab for lab, _ in self.finetuned]
+
+    @property
+    def paths(self) -> list[str]:
+        return [p for _, p in self.finetuned]
+
+
+# --- errors ----------------------------------------------------------------------------------------
+def run_page(body: Callable[[], None]) -> None:
+    """Run a page body; input errors become one readable message, bugs a short notice (no traceback).
+
+    ``SUBNETVIZ_DEV=1`` shows the traceback of unexpected errors, for development only.
+    """
+    try:
+        body()
+    except SubnetvizError as exc:
+        st.error(str(exc), icon=":material/error:")
+    except Exception as exc:  # a bug: keep the server alive, say so plainly
+        if type(exc).__module__.startswith("streamlit"):
+            raise  # st.stop / st.rerun / page switches are control flow, not errors
+        st.error(f"Something went wrong inside subnetviz ({type(exc).__name__}). "
+                 "This is a bug; the details are in the server log.", icon=":material/bug_report:")  # fmt: skip
+        print(traceback.format_exc(), flush=True)
+        if os.environ.get("SUBNETVIZ_DEV") == "1":
+            st.code(traceback.format_exc())
+
+
+# --- zoo and choices -----------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False, ttl=30)
+def load_zoo_cached(root: str):
+    from subnetviz.demo.build import load_zoo, zoo_is_built
+
+    return load_zoo(Path(root)) if zoo_is_built(Path(root)) else None
+
+
+def zoo():
+    return load_zoo_cached(str(config.zoo_dir()))
+
+
+def _zoo_members(z) -> dict[str, str]:
+    """Member id -> absolute path, base first; the checkpoint series after the finetunes."""
+    if z is None:
+        return {}
+    out = {m["id"]: str(z.root / m["path"]) for m in z.manifest.get("members", [])}
+    for point in z.manifest.get("series", []):
+        out[f"grpo-s0@{point['step']}"] = str(z.root / point["path"])
+    return out
+
+
+def _label_of(choice: str, members: dict[str, str]) -> str:
+    return choice if choice in members else Path(choice.rstrip("/")).name or choice
+
+
+def resolve_choice(choice: str, members: dict[str, str]) -> str:
+    """A zoo member id, a path under the allowed roots, or a cached hub id -> a path/id to open."""
+    if choice in members:
+        return members[choice]
+    p = Path(choice).expanduser()
+    if p.is_absolute() or choice.startswith((".", "~")) or p.exists():
+        return str(config.check_allowed(p))
+    return choice  # a hub id: resolved only through the local HF cache when opened
+
+
+def saved_masks() -> dict[str, str]:
+    """Mask files the app can see: the zoo's, finished runs' outputs, and uploads."""
+    found: dict[str, str] = {}
+    roots = [config.zoo_dir() / "masks", config.home() / "uploads"]
+    for root in roots:
+        if root.is_dir():
+            for f in sorted(root.glob("*.safetensors")):
+                found[f"{root.name}/{f.stem}"] = str(f)
+    runs = config.runs_dir()
+    for f in sorted(runs.glob("*/outputs/**/*.safetensors")):
+        if f.name.startswith("model") or "checkpoint" in f.parts[-2]:
+            continue
+        rel = f.relative_to(runs)
+        found[f"run {rel.parts[0]}/{'/'.join(rel.parts[2:])[:-12]}"] = str(f)
+    return found
+
+
+def workspace_sidebar() -> Workspace:
+    """Draw the shared sidebar once per run (from app.py) and remember the selection."""
+    z = zoo()
+    members = _zoo_members(z)
+    with st.sidebar:
+        st.markdown("### Workspace")
+        if z is None:
+            st.warning("The demo zoo is not built yet: run `python -m subnetviz demo build` (or `make app`).")
+        ids = list(members)
+        default_base = "base" if "base" in members else None
+        base_opts = ids if ids else []
+        base = st.selectbox("Base checkpoint", base_opts, index=base_opts.index(default_base) if default_base else None,
+                            key="base", bind="query-params", accept_new_options=True,
+                            placeholder="zoo id, folder, .safetensors or org/name",
+                            help="A demo-zoo member, a local folder or file under the allowed roots, or a hub id "
+                                 "already in the local Hugging Face cache (nothing is downloaded).")  # fmt: skip
+        ft_default = [m for m in ("grpo-s0", "grpo-s1", "grpo-s2", "dpo", "sft") if m in members]
+        ft_opts = [m for m in ids if m != base]
+        finetuned = st.multiselect("Finetuned checkpoints", ft_opts, default=[m for m in ft_default if m in ft_opts],
+                                   key="ft", bind="query-params", accept_new_options=True,
+                                   help="Compared with the base, side by side.")  # fmt: skip
+        mask_files = saved_masks()
+        masks = st.multiselect("Saved masks", list(mask_files), default=[], key="masks", bind="query-params",
+                               help="Mask sets from the zoo, finished runs (bigram, continual, training) "
+                                    "or uploads.")  # fmt: skip
+        with st.expander("Compute", expanded=False):
+            prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", bind="query-params",
+                                help="'stored' compares each tensor in its stored dtype (bitwise). bf16/fp32 cast "
+                                     "both sides first (RL's Razor / PNT precision effect).")  # fmt: skip
+            devices = ["auto", "cpu"] + (["cuda"] if _cuda() else [])
+            device = st.selectbox("Device", devices, key="device", bind="query-params")
+        st.caption(f"Allowed roots: {', '.join(str(r) for r in config.allowed_roots())}")
+    try:
+        base_path = resolve_choice(base, members) if base else None
+        fts = tuple((_label_of(c, members), resolve_choice(c, members)) for c in finetuned if c != base)
+    except SubnetvizError as exc:
+        st.sidebar.error(str(exc))
+        base_path, fts = None, ()
+    ws = Workspace(base_path, _label_of(base, members) if base else "", fts,
+                   tuple((k, mask_files[k]) for k in masks if k in mask_files),
+                   None if prec == "stored" else prec, device, str(z.root) if z else None)  # fmt: skip
+    st.session_state["_workspace"] = ws
+    return ws
+
+
+def workspace() -> Workspace:
+    """The sidebar's selection for this run (empty when the sidebar could not be drawn)."""
+    ws = st.session_state.get("_workspace")
+    return ws if ws is not None else Workspace(None, "", (), (), None, "auto", None)
+
+
+@st.cache_resource(show_spinner=False)
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --- cached analyses -----------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def _fingerprint(path: str, mtime_key: float):
+    from subnetviz.checkpoints import open_checkpoint
+
+    ck = open_checkpoint(path)
+    return ck.fingerprint, ck.architecture, ck.num_params, ck.dtypes, ck.names_table.family
+
+
+def checkpoint_info(path: str) -> dict:
+    """Fingerprint, architecture, parameter count and dtypes (headers only), cached by path + mtime."""
+    p = Path(path)
+    mt = p.stat().st_mtime if p.exists() else 0.0
+    fp, arch, n, dtypes, fam = _fingerprint(path, mt)
+    return {"fingerprint": fp, "architecture": arch, "params": n, "dtypes": dtypes, "family": fam}
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _analysis(base: str, fts: tuple, labels: tuple, precision, mask_tolerance, spectra: bool, device: str,
+              fingerprints: tuple, _progress=None):  # fmt: skip
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import SpectraOptions, cached_analysis
+
+    options = SparsityOptions(precision=precision, mask_tolerance=mask_tolerance)
+    return cached_analysis(base, list(fts), labels=list(labels), options=options,
+                           spectra=SpectraOptions(enabled=spectra), device=device, progress=_progress)  # fmt: skip
+
+
+def update_analysis(ws: Workspace, *, spectra: bool = False, mask_tolerance: float | None = None):
+    """The update analysis of the workspace (disk-cached, then memory-cached), with a progress bar."""
+    if not ws.base or not ws.finetuned:
+        raise SubnetvizError("Choose a base and at least one finetuned checkpoint in the sidebar.")
+    fps = tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
+    bar = st.empty()
+
+    def progress(step: int, total: int, what: str) -> None:
+        if total:
+            bar.progress(min(step / total, 1.0), text=f"Comparing tensors: {step}/{total} · {what}")
+
+    result = _analysis(ws.base, tuple(ws.paths), tuple(ws.labels), ws.precision, mask_tolerance, spectra,
+                       ws.device, fps, _progress=progress)  # fmt: skip
+    bar.empty()
+    return result
+
+
+# --- output helpers ------------------------------------------------------------------------------
+def chart(fig, key: str) -> None:
+    st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, width="stretch")
+    st.session_state.setdefault("_figures", {})[key] = fig
+
+
+def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
+    """A dataframe with CSV and Parquet downloads beside it."""
+    from subnetviz.report import download_frame
+
+    st.dataframe(df, key=key, width="stretch", hide_index=True, **kwargs)
+    st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
+    c1, c2, _ = st.columns([1, 1, 6])
+    c1.download_button("CSV", download_frame(df, "csv"), file_name=f"{key}.csv", mime="text/csv", key=f"{key}-csv")
+    c2.download_button("Parquet", download_frame(df, "parquet"), file_name=f"{key}.parquet",
+                       mime="application/octet-stream", key=f"{key}-pq")  # fmt: skip
+
+
+def export_button(title: str, params: dict, figure_keys: Sequence[str] = (), table_keys: Sequence[str] = ()) -> None:
+    """One self-contained HTML dashboard of this page's figures and tables, with their parameters."""
+    from subnetviz.report import ReportSection, build_report
+
+    figs = st.session_state.get("_figures", {})
+    tabs = st.session_state.get("_tables", {})
+    section = ReportSection(title=title, figures=[figs[k] for k in figure_keys if k in figs],
+                            tables=[tabs[k] for k in table_keys if k in tabs],
+                            notes="Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))  # fmt: skip
+    html = build_report(f"subnetviz · {title}", [section], params)
+    st.download_button("Export dashboard (HTML)", html, file_name=f"subnetviz-{title.lower().replace(' ', '-')}.html",
+                       mime="text/html", key=f"export-{title}", icon=":material/download:")  # fmt: skip
+
+
+def need(condition: bool, message: str) -> None:
+    """Stop the page with an informative note (not an error) when a precondition is not met."""
+    if not condition:
+        st.info(message, icon=":material/info:")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _mask_set(path: str, mtime: float):
+    from subnetviz.masks import load_mask_set
+
+    return load_mask_set(path)
+
+
+def mask_set(path: str | os.PathLike):
+    """A mask file, cached by path and modification time."""
+    p = Path(path)
+    return _mask_set(str(p), p.stat().st_mtime if p.exists() else 0.0)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _series(paths: tuple, steps: tuple, fingerprints: tuple, _progress=None):
+    from subnetviz.analysis.series import checkpoint_series
+
+    return checkpoint_series(list(paths), list(steps), progress=_progress)
+
+
+def series(paths: Sequence[str], steps: Sequence[int]):
+    """Checkpoint-series analysis (memory-cached by the checkpoints' fingerprints), with progress."""
+    fps = tuple(checkpoint_info(p)["fingerprint"] for p in paths)
+    bar = st.empty()
+
+    def progress(step: int, total: int, what: str) -> None:
+        if total:
+            bar.progress(min(step / total, 1.0), text=f"Walking the series: {step}/{total} · {what}")
+
+    out = _series(tuple(paths), tuple(steps), fps, _progress=progress)
+    bar.empty()
+    return out
