@@ -1,0 +1,289 @@
+"""How well a (masked) model mimics the bigram model, and what removing a subnetwork costs.
+
+Owns the paper's evaluation (§3.2, §6.3, §A.10):
+
+- fidelity: Pearson r between per-token surprisals (``-log2 p`` of the actual next token) of a model
+  and of the bigram model, with infinite bigram surprisals replaced by the largest finite one
+  (``r``) or dropped (``r_dropinf``); soft cross-entropy and KL to the bigram rows; bits per token;
+- the five settings of ``ablation_perplexities.py`` (full model, subnetwork alone, random subnetwork
+  alone, subnetwork ablated, random subnetwork ablated) plus the empty subnetwork and the bigram
+  model itself; random ones over several seeds (mean ± sd);
+- random subnetworks of the same per-block size (:func:`random_mask`): a uniform shuffle within
+  each block, or the paper code's null (a shuffle of the block's rows);
+- a sparsity–fidelity curve over several masks (a λ sweep) and generations at temperature 0.3.
+
+All positions with a next token (``T - 1`` per sequence) are scored. Masks are applied out of place
+with ``functional_call``; the model's weights are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.func import functional_call
+
+from subnetviz.bigram.maskable import Block, blocks_of, full_mask, masked_parameters
+from subnetviz.bigram.stats import BigramTable, TokenCorpus, check_vocab
+from subnetviz.errors import ConfigError
+from subnetviz.masks import MaskSet
+
+NULLS = ("uniform", "rows")
+LN2 = math.log(2.0)
+
+
+def random_mask(mask_set: MaskSet, blocks: Sequence[Block], seed: int, null: str = "uniform") -> MaskSet:
+    """A random mask with the same number of kept weights in every block as ``mask_set``.
+
+    ``uniform``: the block's entries are permuted uniformly (the paper's description);
+    ``rows``: the rows of the block's stored 2-D sub-matrix are permuted (``np.random.shuffle`` on
+    the un-flattened array, as the paper's code does), which keeps each row's count."""
+    if null not in NULLS:
+        raise ConfigError(f"null model {null!r}; choose one of {NULLS}.")
+    gen = torch.Generator().manual_seed(int(seed))
+    out = {n: m.clone() for n, m in mask_set.masks.items()}
+    for b in blocks:
+        if b.param not in out:
+            continue
+        sub = b.select(mask_set.masks[b.param])
+        if null == "uniform":
+            flat = sub.reshape(-1)
+            shuffled = flat[torch.randperm(flat.numel(), generator=gen)].reshape(sub.shape)
+        else:
+            shuffled = sub[torch.randperm(sub.shape[0], generator=gen)]
+        b.assign(out[b.param], shuffled)
+    meta = {
+        **mask_set.metadata,
+        "method": f"random ({null}) like {mask_set.metadata.get('method', 'mask')}",
+        "seed": int(seed),
+    }
+    return MaskSet(out, meta)
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per-token scores of one model on a corpus (``n`` = sequences × (T - 1) positions)."""
+
+    surprisal_bits: np.ndarray  # (n,) -log2 p(actual next token)
+    soft_ce_bits: float  # mean -sum_v P_bigram(v) log2 q(v)
+    kl_bits: float  # mean KL(P_bigram || q)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def score_tokens(
+    model,
+    corpus: TokenCorpus,
+    table: BigramTable | None = None,
+    params: dict[str, torch.Tensor] | None = None,
+    batch_size: int = 16,
+) -> TokenScores:
+    """Surprisals of ``model`` (with ``params`` substituted, e.g. masked weights) on ``corpus``;
+    logits are truncated to the table's vocabulary when a table is given."""
+    dev = _device(model)
+    model.eval()
+    surp, ce_sum, kl_sum, n = [], 0.0, 0.0, 0
+    for i in range(0, len(corpus.ids), batch_size):
+        ids = corpus.ids[i : i + batch_size].to(dev)
+        out = functional_call(model, params or {}, (ids,))
+        v = table.vocab_size if table is not None else out.logits.shape[-1]
+        logp = torch.log_softmax(out.logits[:, :-1, :v].float(), dim=-1)  # (b, T-1, V)
+        nxt = ids[:, 1:]
+        surp.append((-logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) / LN2).reshape(-1).cpu())
+        if table is not None:
+            p = table.probs_rows(ids[:, :-1])  # (b*(T-1), V)
+            lq = logp.reshape(-1, v)
+            plogp = torch.where(p > 0, p * torch.log(p.clamp_min(1e-45)), torch.zeros_like(p)).sum(-1)
+            ce = -torch.where(p > 0, p * lq, torch.zeros_like(p)).sum(-1)
+            ce_sum += float(ce.sum()) / LN2
+            kl_sum += float((ce + plogp).sum()) / LN2
+        n += nxt.numel()
+    s = torch.cat(surp).double().numpy() if surp else np.zeros(0)
+    return TokenScores(
+        s, ce_sum / n if table is not None else float("nan"), kl_sum / n if table is not None else float("nan")
+    )
+
+
+def bigram_surprisals(table: BigramTable, corpus: TokenCorpus) -> np.ndarray:
+    """(n,) bits of the bigram model on every scored position of ``corpus`` (may hold ``inf``)."""
+    ids = corpus.ids.numpy()
+    return table.surprisal(ids[:, :-1], ids[:, 1:]).reshape(-1)
+
+
+def _replace_inf(x: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(x)
+    if finite.all():
+        return x
+    return np.where(finite, x, x[finite].max() if finite.any() else 0.0)
+
+
+def fidelity(model_bits: np.ndarray, bigram_bits: np.ndarray) -> tuple[float, float]:
+    """(r with inf replaced by the largest finite value, r with inf tokens dropped)."""
+    a, b = np.asarray(model_bits, float), np.asarray(bigram_bits, float)
+    r_rep = _pearson(_replace_inf(a), _replace_inf(b))
+    keep = np.isfinite(a) & np.isfinite(b)
+    return r_rep, _pearson(a[keep], b[keep])
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@dataclass(frozen=True)
+class AblationReport:
+    """One row per (setting, seed); ``summary()`` gives mean ± sd per setting and Δ bits vs full."""
+
+    rows: pd.DataFrame
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.rows
+
+    def summary(self) -> pd.DataFrame:
+        cols = ["r", "r_dropinf", "bits", "soft_ce_bits", "kl_bits", "density"]
+        g = self.rows.groupby("setting", sort=False)
+        out = g[cols].mean().add_suffix("_mean").join(g[cols].std(ddof=1).add_suffix("_sd"))
+        out["n_seeds"] = g.size()
+        full = float(out.loc["full", "bits_mean"]) if "full" in out.index else float("nan")
+        out["delta_bits"] = out["bits_mean"] - full
+        return out.reset_index()
+
+
+def _row(setting: str, seed, scores: TokenScores, ref: np.ndarray, density: float) -> dict:
+    r, r_drop = fidelity(scores.surprisal_bits, ref)
+    return {
+        "setting": setting,
+        "seed": seed,
+        "r": r,
+        "r_dropinf": r_drop,
+        "bits": float(_replace_inf(scores.surprisal_bits).mean()),
+        "soft_ce_bits": scores.soft_ce_bits,
+        "kl_bits": scores.kl_bits,
+        "density": density,
+    }
+
+
+def evaluate_subnetwork(
+    model,
+    mask_set: MaskSet,
+    table: BigramTable,
+    corpus: TokenCorpus,
+    seeds: Sequence[int] = (0, 1, 2),
+    null: str = "uniform",
+    batch_size: int = 16,
+) -> AblationReport:
+    """Fidelity and loss for: the bigram model, the full model, the empty subnetwork, the subnetwork
+    alone, random subnetworks alone, the subnetwork ablated and random subnetworks ablated."""
+    check_vocab(table, model)
+    table.check_ids(corpus.ids)
+    blocks = blocks_of(model)
+    ref = bigram_surprisals(table, corpus)
+    bigram_scores = TokenScores(ref, table.row_entropy()[corpus.ids[:, :-1].numpy().reshape(-1)].mean(), 0.0)
+    rows = [_row("bigram", None, bigram_scores, ref, float("nan"))]
+    rows.append(_row("full", None, score_tokens(model, corpus, table, None, batch_size), ref, 1.0))
+    empty = masked_parameters(model, full_mask(model, False), "keep")
+    rows.append(_row("empty", None, score_tokens(model, corpus, table, empty, batch_size), ref, 0.0))
+    d = mask_set.density
+    for mode, label in (("keep", "subnetwork"), ("ablate", "ablated")):
+        params = masked_parameters(model, mask_set, mode)
+        rows.append(
+            _row(
+                label, None, score_tokens(model, corpus, table, params, batch_size), ref, d if mode == "keep" else 1 - d
+            )
+        )
+    for seed in seeds:
+        rnd = random_mask(mask_set, blocks, seed, null)
+        for mode, label in (("keep", "random subnetwork"), ("ablate", "random ablated")):
+            params = masked_parameters(model, rnd, mode)
+            rows.append(
+                _row(
+                    label,
+                    seed,
+                    score_tokens(model, corpus, table, params, batch_size),
+                    ref,
+                    d if mode == "keep" else 1 - d,
+                )
+            )
+    return AblationReport(pd.DataFrame(rows))
+
+
+def sparsity_fidelity_curve(
+    model, masks: Sequence[MaskSet], table: BigramTable, corpus: TokenCorpus, batch_size: int = 16
+) -> pd.DataFrame:
+    """One row per mask (e.g. a λ sweep): lambda, kept weights, density, fidelity r of the
+    subnetwork alone, its bits/token and the bits/token of the model with it ablated."""
+    check_vocab(table, model)
+    ref = bigram_surprisals(table, corpus)
+    rows = []
+    for ms in masks:
+        keep = score_tokens(model, corpus, table, masked_parameters(model, ms, "keep"), batch_size)
+        abl = score_tokens(model, corpus, table, masked_parameters(model, ms, "ablate"), batch_size)
+        r, r_drop = fidelity(keep.surprisal_bits, ref)
+        rows.append(
+            {
+                "lambda": ms.metadata.get("lambda"),
+                "target": ms.metadata.get("target"),
+                "kept": ms.count,
+                "density": ms.density,
+                "r": r,
+                "r_dropinf": r_drop,
+                "bits": float(keep.surprisal_bits.mean()),
+                "ablated_bits": float(abl.surprisal_bits.mean()),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("density").reset_index(drop=True)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: torch.Tensor,
+    n_new: int = 20,
+    temperature: float = 0.3,
+    seed: int = 0,
+    params: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Sample ``n_new`` tokens after ``prompt_ids`` (1-D) with p^(1/τ) renormalised, then multinomial
+    (the paper's ``generate_text``; seeded). Returns the 1-D prompt + continuation."""
+    if temperature <= 0:
+        raise ConfigError(f"temperature {temperature}; must be > 0.")
+    dev = _device(model)
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    ids = prompt_ids.reshape(1, -1).to(dev)
+    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
+    for _ in range(n_new):
+        logits = functional_call(model, params or {}, (ids[:, -max_pos:],)).logits[0, -1].float()
+        logp = torch.log_softmax(logits, -1) / temperature  # log p^(1/τ), renormalised below
+        nxt = torch.multinomial(torch.softmax(logp, -1), 1, generator=gen)
+        ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    return ids[0].cpu()
+
+
+def generations(
+    model,
+    tokenizer,
+    mask_set: MaskSet,
+    prompt: str = "This is",
+    n_new: int = 20,
+    temperature: float = 0.3,
+    seeds: Sequence[int] = (0,),
+) -> pd.DataFrame:
+    """Text from the full model and with the subnetwork ablated: columns setting, seed, text."""
+    prompt_ids = torch.tensor(tokenizer(prompt, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if prompt_ids.numel() == 0:
+        raise ConfigError(f"prompt {prompt!r} tokenizes to nothing.")
+    settings = {"full": None, "ablated": masked_parameters(model, mask_set, "ablate")}
+    rows = []
+    for label, params in settings.items():
+        for seed in seeds:
+            out = generate(model, prompt_ids, n_new, temperature, seed, params)
+            rows.append({"setting": label, "seed": seed, "text": tokenizer.decode(out.tolist())})
+    return pd.DataFrame(rows)

@@ -1,0 +1,222 @@
+"""Which weights a bigram-subnetwork mask covers, and how each one splits into labelled blocks.
+
+Owns the per-architecture tables (keyed by ``config.model_type``, never by a name substring) of the
+maskable weight matrices, as the paper does (Chang & Bergen 2025, ``select_layers``): every
+attention and MLP weight matrix of every layer. Always kept (never masked): token embeddings,
+unembedding, position embeddings, every norm and every bias.
+
+Each maskable matrix is cut into :class:`Block` s labelled ``Q, K, V, O, MLP-in, MLP-out`` with the
+layouts the models really use:
+
+- GPT-2 ``attn.c_attn.weight`` is a Conv1D of shape ``(d, 3d)`` (in, out): columns in contiguous
+  thirds ``q | k | v``.
+- GPT-NeoX ``attention.query_key_value.weight`` is a Linear of shape ``(3d, d)`` (out, in) whose
+  rows are interleaved per head: for head ``h`` rows ``[h*3s, h*3s+s)`` are q, the next ``s`` k, the
+  next ``s`` v (``s = d / n_heads``), because ``GPTNeoXAttention`` views the output as
+  ``(heads, 3*s)`` and chunks the last axis. The authors' code slices contiguous thirds instead.
+- Llama-family models have separate ``q/k/v/o_proj``; ``gate_proj`` and ``up_proj`` are both MLP-in.
+
+A block is (parameter, axis, indices); random subnetworks and overlap nulls are drawn within
+blocks, so they keep every block's size. Masks are applied out of place
+(:func:`masked_parameters`), for use with ``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from subnetviz.errors import ConfigError, suggest
+from subnetviz.masks import MaskSet, validate_mask_set
+
+BLOCK_LABELS = ("Q", "K", "V", "O", "MLP-in", "MLP-out")
+ATTENTION_LABELS = ("Q", "K", "V", "O")
+
+# family -> [(regex over the parameter name with the layer as group 1, role)]. Roles: a block label,
+# or a fused-QKV layout ("qkv_conv1d_thirds", "qkv_neox_interleaved").
+_GPT2 = [
+    (r"^(?:.+\.)?h\.(\d+)\.attn\.c_attn\.weight$", "qkv_conv1d_thirds"),
+    (r"^(?:.+\.)?h\.(\d+)\.attn\.c_proj\.weight$", "O"),
+    (r"^(?:.+\.)?h\.(\d+)\.mlp\.c_fc\.weight$", "MLP-in"),
+    (r"^(?:.+\.)?h\.(\d+)\.mlp\.c_proj\.weight$", "MLP-out"),
+]
+_NEOX = [
+    (r"^(?:.+\.)?layers\.(\d+)\.attention\.query_key_value\.weight$", "qkv_neox_interleaved"),
+    (r"^(?:.+\.)?layers\.(\d+)\.attention\.dense\.weight$", "O"),
+    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.dense_h_to_4h\.weight$", "MLP-in"),
+    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.dense_4h_to_h\.weight$", "MLP-out"),
+]
+_LLAMA = [
+    (r"^(?:.+\.)?layers\.(\d+)\.self_attn\.q_proj\.weight$", "Q"),
+    (r"^(?:.+\.)?layers\.(\d+)\.self_attn\.k_proj\.weight$", "K"),
+    (r"^(?:.+\.)?layers\.(\d+)\.self_attn\.v_proj\.weight$", "V"),
+    (r"^(?:.+\.)?layers\.(\d+)\.self_attn\.o_proj\.weight$", "O"),
+    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.gate_proj\.weight$", "MLP-in"),
+    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.up_proj\.weight$", "MLP-in"),
+    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.down_proj\.weight$", "MLP-out"),
+]
+FAMILIES: dict[str, list[tuple[str, str]]] = {"gpt2": _GPT2, "gpt_neox": _NEOX, "llama": _LLAMA}
+# config.model_type -> family
+MODEL_TYPES = {
+    "gpt2": "gpt2",
+    "gpt_neox": "gpt_neox",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+}
+# family -> module name (relative to the model) of the final norm, for pre-norm residual streams
+FINAL_NORM = {"gpt2": "ln_f", "gpt_neox": "final_layer_norm", "llama": "norm"}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One labelled part of a maskable matrix: ``param[indices]`` along ``axis`` (None = all)."""
+
+    param: str
+    layer: int
+    label: str  # one of BLOCK_LABELS
+    axis: int | None = None
+    indices: tuple[int, ...] | None = None
+
+    def index(self) -> torch.Tensor | None:
+        return None if self.indices is None else torch.tensor(self.indices, dtype=torch.long)
+
+    def select(self, t: torch.Tensor) -> torch.Tensor:
+        """The block's 2-D sub-matrix of ``t`` (a tensor of the parameter's shape), rows kept as rows."""
+        if self.axis is None:
+            return t
+        return t.index_select(self.axis, self.index().to(t.device))
+
+    def assign(self, t: torch.Tensor, sub: torch.Tensor) -> None:
+        """Write ``sub`` (shape of :meth:`select`) back into ``t`` in place (``t`` is a fresh tensor)."""
+        if self.axis is None:
+            t.copy_(sub)
+        else:
+            t.index_copy_(self.axis, self.index().to(t.device), sub)
+
+
+def family_of(model) -> str:
+    """The architecture family (``gpt2``, ``gpt_neox``, ``llama``) of a model or its config."""
+    config = getattr(model, "config", model)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(
+            f"model type {model_type!r} has no bigram-mask table; supported: {sorted(MODEL_TYPES)}."
+            f"{suggest(str(model_type), MODEL_TYPES)}"
+        )
+    return MODEL_TYPES[model_type]
+
+
+def _roles(model) -> dict[str, tuple[int, str]]:
+    family = family_of(model)
+    found: dict[str, tuple[int, str]] = {}
+    for name, _ in model.named_parameters():
+        for pattern, role in FAMILIES[family]:
+            m = re.match(pattern, name)
+            if m:
+                found[name] = (int(m.group(1)), role)
+                break
+    if not found:
+        raise ConfigError(
+            f"{type(model).__name__} (model_type {model.config.model_type!r}) has none of the expected "
+            f"{family} attention/MLP weight matrices (e.g. {FAMILIES[family][0][0]}); is it a {family} model?"
+        )
+    return found
+
+
+def maskable_names(model) -> list[str]:
+    """Names of the maskable weight matrices of ``model``, in parameter order."""
+    return list(_roles(model))
+
+
+def maskable_shapes(model) -> dict[str, tuple[int, ...]]:
+    params = dict(model.named_parameters())
+    return {n: tuple(params[n].shape) for n in maskable_names(model)}
+
+
+def blocks_of(model) -> list[Block]:
+    """Every labelled block of every maskable matrix (a partition of the mask's entries)."""
+    params = dict(model.named_parameters())
+    n_heads = getattr(model.config, "num_attention_heads", None) or getattr(model.config, "n_head", None)
+    out: list[Block] = []
+    for name, (layer, role) in _roles(model).items():
+        shape = tuple(params[name].shape)
+        if role == "qkv_conv1d_thirds":  # (d, 3d): columns q | k | v
+            d = shape[1] // 3
+            for i, lab in enumerate("QKV"):
+                out.append(Block(name, layer, lab, 1, tuple(range(i * d, (i + 1) * d))))
+        elif role == "qkv_neox_interleaved":  # (3d, d): rows [q_h, k_h, v_h] per head h
+            s = shape[0] // (3 * n_heads)
+            for i, lab in enumerate("QKV"):
+                rows = [h * 3 * s + i * s + j for h in range(n_heads) for j in range(s)]
+                out.append(Block(name, layer, lab, 0, tuple(rows)))
+        else:
+            out.append(Block(name, layer, role))
+    return out
+
+
+def full_mask(model, value: bool = True) -> MaskSet:
+    """All-ones (the full model) or all-zeros (the empty subnetwork) mask over the maskable weights."""
+    shapes = maskable_shapes(model)
+    return MaskSet(
+        {n: torch.full(s, value, dtype=torch.bool) for n, s in shapes.items()}, {"method": "full" if value else "empty"}
+    )
+
+
+def check_mask_fits(model, mask_set: MaskSet, where: str = "mask") -> None:
+    """MaskError unless every mask names a maskable matrix of ``model`` with its shape."""
+    shapes = maskable_shapes(model)
+    validate_mask_set(mask_set, shapes, where=where)
+
+
+def masked_parameters(model, mask_set: MaskSet, mode: str = "keep") -> dict[str, torch.Tensor]:
+    """Out-of-place masked weights for ``functional_call``: ``keep`` zeros the weights outside the
+    mask (the subnetwork alone), ``ablate`` zeros the weights inside it (the complement). Maskable
+    matrices the mask set does not name are left as they are. The model is never modified."""
+    if mode not in ("keep", "ablate"):
+        raise ConfigError(f"mask mode {mode!r}; expected 'keep' or 'ablate'.")
+    check_mask_fits(model, mask_set)
+    params = dict(model.named_parameters())
+    out = {}
+    for name, m in mask_set.masks.items():
+        w = params[name].detach()
+        keep = m.to(w.device) if mode == "keep" else ~m.to(w.device)
+        out[name] = w * keep.to(w.dtype)
+    return out
+
+
+def load_released_mask(path: str | Path, model) -> MaskSet:
+    """Import a released ``subnetwork_dict_lambda*.pickle`` (restricted unpickler) and check it fits
+    ``model``: names are aligned across the ``transformer.`` / ``gpt_neox.`` prefix, shapes must match,
+    otherwise MaskError (e.g. a GPT-2 mask offered to a Pythia checkpoint)."""
+    from subnetviz.masks import import_bigram_pickle
+
+    ms = import_bigram_pickle(path)
+    shapes = maskable_shapes(model)
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    aligned: dict[str, torch.Tensor] = {}
+    for name, m in ms.masks.items():
+        cand = [name, prefix + name, name[len(prefix) :] if name.startswith(prefix) else name]
+        target = next((c for c in cand if c in shapes), name)
+        aligned[target] = m
+    out = MaskSet(aligned, dict(ms.metadata))
+    family = family_of(model)
+    check_mask_fits(model, out, where=f"{path} (for a {family} model)")
+    return out
+
+
+def apply_released_mask(path: str | Path, model_dir: str | Path):
+    """Load the local checkpoint ``model_dir`` and the released mask ``path`` for it.
+
+    Returns ``(model, mask_set)``; use :func:`masked_parameters` to evaluate the subnetwork."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"{model_dir}: not a local model folder (no config.json).")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
+    return model, load_released_mask(path, model)

@@ -1,0 +1,308 @@
+"""Bigram statistics P(next | current) over a model's vocabulary, stored sparsely.
+
+Owns :class:`BigramTable` (counts -> maximum-likelihood rows with back-off to the unigram, then to
+uniform 1/V, as the paper's ``NGramModel.ngram_predict_with_backoff``), the token corpora it is
+built from, and the two ways to build one:
+
+- :func:`count_bigrams` over token sequences (the first token of each sequence is counted under a
+  BOS context, row ``V``), e.g. :func:`corpus_from_text` with the model's own tokenizer;
+- :func:`table_from_transition` from an exact Markov transition matrix (the demo zoo's chain).
+
+Rows live in a SciPy CSR matrix of shape ``(V + 1, V)`` so a 50K vocabulary costs memory in
+proportion to the distinct bigrams seen. Dense rows are materialised only per batch
+(:meth:`BigramTable.probs_rows`: float32 ``(B*T, V)``, never a float64 ``B×T×V`` array).
+
+The demo zoo's ``bigram.npz`` is read by :func:`load_transition_npz` with keys ``transition``
+(``(n, n)`` float, row-stochastic over the chain's states), ``token_ids`` (``(n,)`` int, the
+token id of each state) and optionally ``vocab_size`` (int; default ``max(token_ids) + 1``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from subnetviz.errors import ConfigError
+
+DENSE_CACHE_BYTES = 256 * 2**20  # below this, rows are gathered from one dense float32 copy
+
+
+@dataclass(frozen=True)
+class TokenCorpus:
+    """Token sequences of equal length: ``ids`` LongTensor ``(n_sequences, seq_len)``."""
+
+    ids: torch.Tensor
+    source: str = ""
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.ids.numel())
+
+    def split(self, n_eval: int) -> tuple[TokenCorpus, TokenCorpus]:
+        """(train, eval): the last ``n_eval`` sequences are held out."""
+        n_eval = min(max(n_eval, 1), max(len(self.ids) - 1, 1))
+        return TokenCorpus(self.ids[:-n_eval], self.source), TokenCorpus(self.ids[-n_eval:], self.source)
+
+
+@dataclass(frozen=True)
+class BigramTable:
+    """Next-token distributions for every context ``0..V-1`` plus BOS (row ``V``).
+
+    ``probs``: CSR ``(V+1, V)`` float64 maximum-likelihood rows (all-zero for unseen contexts);
+    ``unigram``: ``(V,)`` float64 back-off distribution (uniform where no token was seen);
+    ``context_counts``: ``(V+1,)`` how often each context occurred (weights for the entropy rate).
+    """
+
+    probs: sp.csr_matrix
+    unigram: np.ndarray
+    context_counts: np.ndarray
+    source: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.probs.shape[1])
+
+    @property
+    def bos(self) -> int:
+        return self.vocab_size
+
+    def seen(self) -> np.ndarray:
+        """(V+1,) bool: contexts with a maximum-likelihood row (the rest back off)."""
+        return np.diff(self.probs.indptr) > 0
+
+    def dense_rows(self, contexts: np.ndarray) -> np.ndarray:
+        """float32 ``(len(contexts), V)`` rows with back-off applied."""
+        contexts = np.asarray(contexts, dtype=np.int64)
+        rows = self.probs[contexts].toarray().astype(np.float32)
+        unseen = ~self.seen()[contexts]
+        if unseen.any():
+            rows[unseen] = self.unigram.astype(np.float32)
+        return rows
+
+    def _dense_cache(self, device: torch.device) -> torch.Tensor | None:
+        v = self.vocab_size
+        if (v + 1) * v * 4 > DENSE_CACHE_BYTES:
+            return None
+        cache = self.__dict__.setdefault("_cache", {})  # per-instance memo (frozen dataclass)
+        key = str(device)
+        if key not in cache:
+            cache[key] = torch.from_numpy(self.dense_rows(np.arange(v + 1))).to(device)
+        return cache[key]
+
+    def probs_rows(self, context_ids: torch.Tensor) -> torch.Tensor:
+        """Target rows for a batch: ``context_ids`` any shape (e.g. ``(B, T)``) -> float32
+        ``(numel, V)`` on the same device, row ``i`` = P(· | context_ids.flatten()[i])."""
+        flat = context_ids.reshape(-1)
+        self.check_ids(flat)
+        dense = self._dense_cache(flat.device)
+        if dense is not None:
+            return dense.index_select(0, flat)
+        uniq, inverse = torch.unique(flat, return_inverse=True)
+        rows = torch.from_numpy(self.dense_rows(uniq.cpu().numpy())).to(flat.device)
+        return rows.index_select(0, inverse)
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > self.vocab_size):
+            raise ConfigError(
+                f"token id {int(ids.max())} outside the bigram table's vocabulary of {self.vocab_size} "
+                f"({self.source or 'table'}); build the table with the model's own tokenizer."
+            )
+
+    def prob(self, prev_ids: np.ndarray, next_ids: np.ndarray) -> np.ndarray:
+        """P(next | prev) elementwise (back-off applied), float64, shape of the inputs."""
+        prev = np.asarray(prev_ids, dtype=np.int64).reshape(-1)
+        nxt = np.asarray(next_ids, dtype=np.int64).reshape(-1)
+        p = np.asarray(self.probs[prev, nxt]).reshape(-1).astype(np.float64)
+        unseen = ~self.seen()[prev]
+        p[unseen] = self.unigram[nxt[unseen]]
+        return p.reshape(np.shape(prev_ids))
+
+    def surprisal(self, prev_ids, next_ids) -> np.ndarray:
+        """-log2 P(next | prev) in bits (``inf`` for a pair the table gives probability 0)."""
+        if isinstance(prev_ids, torch.Tensor):
+            prev_ids = prev_ids.cpu().numpy()
+        if isinstance(next_ids, torch.Tensor):
+            next_ids = next_ids.cpu().numpy()
+        with np.errstate(divide="ignore"):
+            return -np.log2(self.prob(prev_ids, next_ids))
+
+    def row_entropy(self) -> np.ndarray:
+        """(V+1,) entropy in bits of each context's row (back-off rows included)."""
+        terms = self.probs.copy()
+        pos = terms.data > 0
+        terms.data[pos] = -terms.data[pos] * np.log2(terms.data[pos])
+        out = np.asarray(terms.sum(axis=1)).reshape(-1)
+        u = self.unigram[self.unigram > 0]
+        out = np.where(self.seen(), out, -(u * np.log2(u)).sum())
+        return out
+
+    def entropy(self) -> float:
+        """Conditional entropy H(next | current) in bits, weighted by how often each context occurs."""
+        w = self.context_counts.astype(np.float64)
+        if w.sum() == 0:
+            w = self.seen().astype(np.float64)
+        return float((w * self.row_entropy()).sum() / w.sum())
+
+    def sample(self, n_sequences: int, seq_len: int, seed: int = 0) -> TokenCorpus:
+        """Sequences drawn from the table itself (first token from the BOS row), as a corpus."""
+        rng = np.random.default_rng(seed)
+        rows = self.dense_rows(np.arange(self.vocab_size + 1)).astype(np.float64)
+        cdf = np.cumsum(rows, axis=1)
+        cdf /= cdf[:, -1:]
+        out = np.empty((n_sequences, seq_len), dtype=np.int64)
+        cur = np.full(n_sequences, self.bos)
+        for t in range(seq_len):
+            u = rng.random(n_sequences)
+            cur = np.minimum((cdf[cur] < u[:, None]).sum(axis=1), self.vocab_size - 1)
+            out[:, t] = cur
+        return TokenCorpus(torch.from_numpy(out), f"sampled from {self.source or 'bigram table'}")
+
+
+def count_bigrams(sequences, vocab_size: int, source: str = "") -> BigramTable:
+    """Maximum-likelihood bigram table from token sequences (an ``(N, T)`` array/tensor or a list of
+    1-D arrays). Each sequence's first token is counted under the BOS context (row ``vocab_size``)."""
+    if isinstance(sequences, torch.Tensor | np.ndarray):
+        sequences = list(np.asarray(sequences.cpu() if isinstance(sequences, torch.Tensor) else sequences))
+    counts = sp.csr_matrix((vocab_size + 1, vocab_size), dtype=np.float64)
+    unigram = np.zeros(vocab_size, dtype=np.float64)
+    chunk_prev: list[np.ndarray] = []
+    chunk_next: list[np.ndarray] = []
+    n_pairs = 0
+    for seq in sequences:
+        seq = np.asarray(seq, dtype=np.int64).reshape(-1)
+        if seq.size == 0:
+            continue
+        if seq.min() < 0 or seq.max() >= vocab_size:
+            raise ConfigError(f"{source or 'corpus'}: token id {int(seq.max())} >= vocabulary size {vocab_size}.")
+        chunk_prev.append(np.concatenate([[vocab_size], seq[:-1]]))
+        chunk_next.append(seq)
+        n_pairs += seq.size
+        if n_pairs > 5_000_000:  # bounded memory: fold chunks into the sparse counts
+            counts = counts + _pair_counts(chunk_prev, chunk_next, vocab_size)
+            chunk_prev, chunk_next, n_pairs = [], [], 0
+    if chunk_prev:
+        counts = counts + _pair_counts(chunk_prev, chunk_next, vocab_size)
+    if counts.nnz == 0:
+        raise ConfigError(f"{source or 'corpus'}: no tokens to count bigrams from; give a non-empty corpus.")
+    unigram = np.asarray(counts.sum(axis=0)).reshape(-1)
+    return _normalise(counts.tocsr(), unigram, source)
+
+
+def _pair_counts(prev: list[np.ndarray], nxt: list[np.ndarray], v: int) -> sp.csr_matrix:
+    p, n = np.concatenate(prev), np.concatenate(nxt)
+    return sp.coo_matrix((np.ones(p.size), (p, n)), shape=(v + 1, v)).tocsr()  # duplicates are summed
+
+
+def _normalise(counts: sp.csr_matrix, unigram: np.ndarray, source: str) -> BigramTable:
+    counts.sum_duplicates()
+    counts.eliminate_zeros()
+    row_tot = np.asarray(counts.sum(axis=1)).reshape(-1)
+    inv = np.divide(1.0, row_tot, out=np.zeros_like(row_tot), where=row_tot > 0)
+    probs = sp.diags(inv) @ counts
+    uni = unigram / unigram.sum() if unigram.sum() > 0 else np.full(unigram.size, 1.0 / unigram.size)
+    return BigramTable(sp.csr_matrix(probs), uni, row_tot, source)
+
+
+def table_from_transition(
+    transition, token_ids, vocab_size: int | None = None, stationary=None, source: str = "transition matrix"
+) -> BigramTable:
+    """Exact table of a Markov chain: state ``i`` is token ``token_ids[i]``; ``transition[i, j]`` =
+    P(token_ids[j] | token_ids[i]). Contexts outside the chain (and BOS) back off to the
+    stationary distribution (computed by power iteration unless given)."""
+    t = np.asarray(transition, dtype=np.float64)
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] != ids.size:
+        raise ConfigError(
+            f"{source}: transition has shape {t.shape}; expected ({ids.size}, {ids.size}) to match token_ids."
+        )
+    if np.any(t < 0) or not np.allclose(t.sum(axis=1), 1.0, atol=1e-6):
+        raise ConfigError(f"{source}: transition rows must be probabilities summing to 1.")
+    v = int(vocab_size) if vocab_size is not None else int(ids.max()) + 1
+    if ids.min() < 0 or ids.max() >= v or len(np.unique(ids)) != ids.size:
+        raise ConfigError(f"{source}: token_ids must be distinct ids in [0, {v}).")
+    if stationary is None:
+        pi = np.full(ids.size, 1.0 / ids.size)
+        for _ in range(10_000):
+            nxt = pi @ t
+            if np.abs(nxt - pi).max() < 1e-13:
+                break
+            pi = nxt
+    else:
+        pi = np.asarray(stationary, dtype=np.float64)
+    pi = pi / pi.sum()
+    coo = sp.coo_matrix(t)
+    probs = sp.csr_matrix((coo.data, (ids[coo.row], ids[coo.col])), shape=(v + 1, v))
+    unigram = np.zeros(v)
+    unigram[ids] = pi
+    weights = np.zeros(v + 1)
+    weights[ids] = pi
+    table = _normalise(probs, unigram, source)
+    return BigramTable(table.probs, table.unigram, weights, source)
+
+
+def load_transition_npz(path: str | os.PathLike, vocab_size: int | None = None) -> BigramTable:
+    """The demo zoo's ``bigram.npz`` (keys ``transition``, ``token_ids``, optional ``vocab_size`` and
+    ``stationary``); ``vocab_size`` (e.g. the model's) is used when the file does not store one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no bigram table file; build the demo zoo first (python -m subnetviz demo).")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("transition", "token_ids") if k not in z.files]
+        if missing:
+            raise ConfigError(f"{path}: missing keys {missing}; found {z.files}.")
+        vocab = int(z["vocab_size"]) if "vocab_size" in z.files else vocab_size
+        stationary = z["stationary"] if "stationary" in z.files else None
+        return table_from_transition(z["transition"], z["token_ids"], vocab, stationary, source=str(path))
+
+
+def corpus_from_text(
+    path: str | os.PathLike, tokenizer, seq_len: int = 128, max_tokens: int | None = None
+) -> TokenCorpus:
+    """Tokenize a text file with the model's tokenizer (a loaded tokenizer or a local folder) and cut
+    the token stream into sequences of ``seq_len`` (a shorter corpus gives one shorter sequence)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such corpus file.")
+    if isinstance(tokenizer, str | os.PathLike):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    ids: list[int] = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines: list[str] = []
+        for line in fh:
+            lines.append(line)
+            if len(lines) >= 1000:
+                ids.extend(_encode(tokenizer, "".join(lines)))
+                lines = []
+            if max_tokens is not None and len(ids) >= max_tokens:
+                break
+        if lines:
+            ids.extend(_encode(tokenizer, "".join(lines)))
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise ConfigError(f"{path}: tokenizes to {len(ids)} tokens; a corpus needs at least 2 (is the file empty?).")
+    n = len(ids) // seq_len
+    arr = np.asarray(ids[: n * seq_len] if n else ids, dtype=np.int64).reshape(max(n, 1), -1)
+    return TokenCorpus(torch.from_numpy(arr), str(path))
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text.strip() else []
+
+
+def check_vocab(table: BigramTable, model) -> None:
+    """ConfigError unless the model's output vocabulary covers the table's (logits are truncated to
+    the table's ``V``, as the paper does for Pythia's padded 50304 vs 50277)."""
+    n_out = model.get_output_embeddings().weight.shape[0]
+    if table.vocab_size > n_out:
+        raise ConfigError(
+            f"bigram table ({table.source or 'table'}) has a vocabulary of {table.vocab_size} tokens but the model "
+            f"predicts {n_out}; build the table with this model's tokenizer."
+        )

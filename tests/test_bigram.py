@@ -1,0 +1,517 @@
+"""Bigram subnetworks: statistics, maskable blocks, mask training, ablation, overlap nulls and the
+residual-stream metrics, each checked against an independent reference (planted chains, float64
+NumPy/sklearn, hand-computed cases, HF's own attention split)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+import types
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from bigram_fixtures import V, planted_transition, pretrain, tiny_model
+
+from subnetviz.bigram import stats as stats_mod
+from subnetviz.bigram.evaluate import (
+    evaluate_subnetwork,
+    fidelity,
+    generate,
+    random_mask,
+    score_tokens,
+    sparsity_fidelity_curve,
+)
+from subnetviz.bigram.locate import (
+    attention_mlp_split,
+    block_counts,
+    compare_subnetworks,
+    expected_overlap_uniform,
+    subnetwork_shares,
+)
+from subnetviz.bigram.maskable import (
+    blocks_of,
+    full_mask,
+    load_released_mask,
+    maskable_names,
+    masked_parameters,
+)
+from subnetviz.bigram.residual import (
+    ResidualStats,
+    collect_stats,
+    covariance_similarity,
+    hidden_states,
+    median_rotation_deg,
+    ridge_map,
+    rotation_profile,
+)
+from subnetviz.bigram.stats import (
+    TokenCorpus,
+    corpus_from_text,
+    count_bigrams,
+    table_from_transition,
+)
+from subnetviz.bigram.train import preset_config, train_bigram_mask
+from subnetviz.errors import ConfigError, MaskError
+from subnetviz.masks import MaskSet, load_mask_set
+
+KINDS = ("gpt2", "gpt_neox", "llama")
+
+
+@pytest.fixture(scope="module")
+def chain():
+    p = planted_transition()
+    return p, table_from_transition(p, np.arange(V))
+
+
+@pytest.fixture(scope="module")
+def trained_gpt2(chain):
+    _, table = chain
+    data = table.sample(400, 32, seed=1)
+    return pretrain(tiny_model("gpt2"), data.ids, steps=120), table
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_counts_by_hand_with_bos_and_backoff():
+    t = count_bigrams([np.array([0, 1, 1]), np.array([1, 0])], vocab_size=3)
+    dense = t.dense_rows(np.arange(4))
+    np.testing.assert_allclose(dense[0], [0, 1, 0])  # 0 -> 1
+    np.testing.assert_allclose(dense[1], [0.5, 0.5, 0])  # 1 -> 1, 1 -> 0
+    np.testing.assert_allclose(dense[3], [0.5, 0.5, 0])  # BOS -> 0, BOS -> 1
+    np.testing.assert_allclose(dense[2], [0.4, 0.6, 0])  # unseen context: unigram of the 5 tokens
+    assert t.surprisal(np.array([1, 2]), np.array([1, 2])).tolist() == [1.0, np.inf]
+
+
+def test_counts_from_planted_chain_converge_to_exact(chain):
+    p, exact = chain
+    errs = []
+    for n in (50, 2000):
+        counted = count_bigrams(exact.sample(n, 64, seed=3).ids, V)
+        errs.append(np.abs(counted.dense_rows(np.arange(V)) - p).max())
+    assert errs[1] < 0.03 and errs[1] < errs[0] / 3  # error shrinks like 1/sqrt(n)
+    # the exact table's entropy rate equals the chain's, computed directly in float64
+    pi = exact.unigram
+    h = -(pi[:, None] * p * np.log2(p)).sum()
+    assert exact.entropy() == pytest.approx(h, rel=1e-9)
+
+
+def test_probs_rows_sparse_and_dense_paths_agree(chain, monkeypatch):
+    _, table = chain
+    ctx = torch.tensor([[0, 5, 5], [V, 3, 0]])
+    dense = table.probs_rows(ctx)
+    assert dense.shape == (6, V) and dense.dtype == torch.float32
+    monkeypatch.setattr(stats_mod, "DENSE_CACHE_BYTES", 0)
+    fresh = table_from_transition(table.probs[:V].toarray(), np.arange(V))
+    torch.testing.assert_close(fresh.probs_rows(ctx), dense)
+    np.testing.assert_allclose(dense[1].numpy(), table.probs[5].toarray()[0], rtol=1e-6)
+
+
+def test_corpus_from_text_uses_tokenizer(tmp_path):
+    vocab = {c: i for i, c in enumerate("abc \n")}
+
+    def encode(text, add_special_tokens=False):
+        return {"input_ids": [vocab[c] for c in text]}
+
+    tok = encode
+    f = tmp_path / "c.txt"
+    f.write_text("abc\nab\n")
+    c = corpus_from_text(f, tok, seq_len=3)
+    assert c.ids.tolist() == [[0, 1, 2], [4, 0, 1]]
+    (tmp_path / "empty.txt").write_text("\n\n  \n")
+    with pytest.raises(ConfigError, match="tokenizes to 0"):
+        corpus_from_text(tmp_path / "empty.txt", tok)
+    with pytest.raises(ConfigError, match="no tokens"):
+        count_bigrams([np.array([], dtype=np.int64)], 4)
+
+
+# ---------------------------------------------------------------- maskable weights
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_all_ones_is_full_model_and_all_zeros_leaves_only_kept(kind):
+    model = tiny_model(kind)
+    names = set(maskable_names(model))
+    for n, p in model.named_parameters():  # always kept: embeddings, unembedding, norms, biases, wpe
+        assert (n in names) == (
+            p.ndim == 2 and "emb" not in n and "wte" not in n and "wpe" not in n and "lm_head" not in n
+        ), n
+    assert len(names) == (8 if kind == "gpt2" else 8 if kind == "gpt_neox" else 14)
+    ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(0))
+    ones = masked_parameters(model, full_mask(model, True), "keep")
+    ref = model(ids).logits
+    assert torch.equal(torch.func.functional_call(model, ones, (ids,)).logits, ref)
+    zeros = masked_parameters(model, full_mask(model, False), "keep")
+    zeroed = copy.deepcopy(model)  # independent reference: zero the matrices in place on a copy
+    with torch.no_grad():
+        for n, p in zeroed.named_parameters():
+            if n in names:
+                p.zero_()
+    out = torch.func.functional_call(model, zeros, (ids,)).logits
+    torch.testing.assert_close(out, zeroed(ids).logits, rtol=0, atol=0)
+    assert not torch.allclose(out, ref)
+    assert all(float(p.detach().abs().sum()) > 0 for n, p in model.named_parameters())  # model untouched
+
+
+def _capture_qkv(monkeypatch, module, model, ids):
+    """HF's own q, k, v of layer 0 (the first call of the attention function), (B, heads, T, s) each."""
+    calls = []
+    original = module.eager_attention_forward
+
+    def spy(mod, q, k, v, *args, **kwargs):
+        calls.append((q.detach().clone(), k.detach().clone(), v.detach().clone()))
+        return original(mod, q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(module, "eager_attention_forward", spy)
+    model(ids)
+    return calls[0]
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "gpt2"])
+def test_fused_qkv_labels_match_how_hf_splits(kind, monkeypatch):
+    """Perturb one output unit of the fused matrix and see which of HF's q/k/v (and which head) moves."""
+    import transformers.models.gpt2.modeling_gpt2 as m_gpt2
+    import transformers.models.gpt_neox.modeling_gpt_neox as m_neox
+
+    model = tiny_model(kind)
+    module = m_neox if kind == "gpt_neox" else m_gpt2
+    x = torch.tensor([[1, 5, 2, 7, 3]])
+    blocks = [b for b in blocks_of(model) if b.layer == 0 and b.label in "QKV"]
+    assert [b.label for b in blocks] == ["Q", "K", "V"]
+    base = _capture_qkv(monkeypatch, module, model, x)
+    name = blocks[0].param
+    w = dict(model.named_parameters())[name]
+    for b in blocks:
+        for unit in (b.indices[0], b.indices[9], b.indices[-1]):
+            with torch.no_grad():
+                sl = (unit, slice(None)) if kind == "gpt_neox" else (slice(None), unit)
+                saved = w[sl].clone()
+                w[sl] += 1.0
+                moved = _capture_qkv(monkeypatch, module, model, x)
+                w[sl] = saved  # exact restore (w + 1 - 1 is not w in float32)
+            changed = ["QKV"[i] for i in range(3) if not torch.allclose(moved[i], base[i])]
+            assert changed == [b.label], (unit, changed)
+            head = b.indices.index(unit) // 8  # head_size 8: block indices run head by head
+            heads = [
+                h
+                for h in range(4)
+                if not torch.allclose(moved["QKV".index(b.label)][0, h], base["QKV".index(b.label)][0, h])
+            ]
+            assert heads == [head]
+
+
+def test_block_partition_and_shares():
+    for kind in KINDS:
+        model = tiny_model(kind)
+        ms = full_mask(model, True)
+        counts = block_counts(ms, blocks_of(model))
+        assert counts["n"].sum() == ms.numel  # blocks partition every maskable entry
+    model = tiny_model("gpt2")
+    ms = full_mask(model, False)
+    ms.masks["transformer.h.0.mlp.c_fc.weight"][:] = True
+    ms.masks["transformer.h.1.attn.c_attn.weight"][:, 64:70] = True  # 6 columns x 32 rows of V
+    shares = subnetwork_shares(ms, blocks_of(model))
+    assert len(shares) == 12
+    cell = shares.set_index(["layer", "block"])["kept"]
+    assert cell[(0, "MLP-in")] == 32 * 128 and cell[(1, "V")] == 6 * 32 and cell.sum() == 32 * 128 + 192
+    split = attention_mlp_split(shares).set_index("group")["kept"]
+    assert split["attention"] == 192 and split["V+O"] == 192 and split["Q+K"] == 0
+
+
+def test_released_pickle_checks_architecture(tmp_path):
+    gpt2, neox = tiny_model("gpt2"), tiny_model("gpt_neox")
+    rng = np.random.default_rng(0)
+    payload = {
+        n[len("transformer.") :]: rng.random(tuple(s)) < 0.1
+        for n, s in ((n, p.shape) for n, p in gpt2.named_parameters() if n in maskable_names(gpt2))
+    }
+    payload["orig_model_name"] = "gpt2"
+    path = tmp_path / "subnetwork_dict_lambda1e1.pickle"
+    path.write_bytes(pickle.dumps(payload))
+    ms = load_released_mask(path, gpt2)  # names without the "transformer." prefix are aligned
+    assert set(ms.masks) == set(maskable_names(gpt2)) and ms.metadata["orig_model_name"] == "gpt2"
+    with pytest.raises(MaskError, match="gpt_neox"):
+        load_released_mask(path, neox)
+    with pytest.raises(MaskError):
+        masked_parameters(neox, ms)
+
+
+def test_unsupported_models_raise():
+    with pytest.raises(ConfigError, match="bert"):
+        maskable_names(types.SimpleNamespace(config=types.SimpleNamespace(model_type="bert")))
+    odd = torch.nn.Linear(3, 3)
+    odd.config = types.SimpleNamespace(model_type="gpt2")
+    with pytest.raises(ConfigError, match="none of the expected"):
+        maskable_names(odd)
+
+
+# ---------------------------------------------------------------- random masks and overlap
+
+
+def _random_set(model, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    return MaskSet(
+        {
+            n: torch.rand(s, generator=g) < density
+            for n, s in ((n, p.shape) for n, p in model.named_parameters() if n in maskable_names(model))
+        }
+    )
+
+
+def test_random_masks_keep_block_counts_and_row_sums():
+    model = tiny_model("gpt_neox")
+    blocks = blocks_of(model)
+    ms = _random_set(model, 0.2, 0)
+    for null in ("uniform", "rows"):
+        r = random_mask(ms, blocks, seed=1, null=null)
+        assert block_counts(r, blocks)["kept"].tolist() == block_counts(ms, blocks)["kept"].tolist()
+        assert not all(torch.equal(r.masks[n], ms.masks[n]) for n in ms.masks)
+    r = random_mask(ms, blocks, seed=1, null="rows")
+    for b in blocks:
+        a, c = b.select(ms.masks[b.param]), b.select(r.masks[b.param])
+        assert sorted(a.sum(1).tolist()) == sorted(c.sum(1).tolist())  # rows moved whole
+
+
+def test_overlap_null_expectation_matches_formula():
+    model = tiny_model("gpt2")
+    blocks = blocks_of(model)
+    m0, m1 = _random_set(model, 0.1, 0), _random_set(model, 0.3, 1)
+    n = m0.numel
+    c0, c1 = block_counts(m0, blocks), block_counts(m1, blocks)
+    formula = float((c0["kept"] * c1["kept"] / c0["n"]).sum() / n)  # sum_b k0 k1 / n_b / N, by hand
+    assert expected_overlap_uniform(m0, m1, blocks) == pytest.approx(formula, rel=1e-12)
+    draws = (
+        np.array(
+            [sum(int((m0.masks[k] & v).sum()) for k, v in random_mask(m1, blocks, s).masks.items()) for s in range(300)]
+        )
+        / n
+    )
+    se = draws.std() / np.sqrt(len(draws))
+    assert abs(draws.mean() - formula) < 4 * se
+    rep = compare_subnetworks(m0, m1, blocks, draws=2000, seed=0)
+    assert abs(rep.null_uniform.mean() - formula) < 4 * rep.null_uniform.std() / np.sqrt(2000)
+    assert rep.shared == sum(int((m0.masks[k] & m1.masks[k]).sum()) for k in m0.masks)
+    assert rep.share_of_0_in_1 == pytest.approx(rep.shared / m0.count)
+    # the row-shuffle null by gathers agrees with explicit row shuffles of the mask
+    rows = (
+        np.array(
+            [
+                sum(int((m0.masks[k] & v).sum()) for k, v in random_mask(m1, blocks, s, "rows").masks.items())
+                for s in range(300)
+            ]
+        )
+        / n
+    )
+    assert abs(rows.mean() - rep.expected_rows) < 4 * np.hypot(
+        rows.std() / np.sqrt(300), rep.null_rows.std() / np.sqrt(2000)
+    )
+    # a mask compared with itself is far above chance
+    same = compare_subnetworks(m0, m0, blocks, draws=200, seed=0)
+    assert same.ratio_uniform > 5 and same.p_uniform == pytest.approx(1 / 201)
+    assert set(same.to_frame()["null"]) == {"uniform", "rows"}
+
+
+# ---------------------------------------------------------------- residual stream
+
+
+def _rotation(d: int, theta: float) -> np.ndarray:
+    c, s = np.cos(theta), np.sin(theta)
+    return np.kron(np.eye(d // 2), np.array([[c, -s], [s, c]]))
+
+
+def test_rotation_metric_recovers_planted_angle():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(0)
+    x_in = rng.normal(size=(3000, 8)) + 2.0
+    layers = [x_in, x_in @ _rotation(8, np.radians(35)), x_in @ _rotation(8, np.radians(80))]
+    coef = ridge_map(layers[1], x_in)
+    np.testing.assert_allclose(coef, Ridge(alpha=1.0).fit(layers[1], x_in).coef_, atol=1e-10)
+    assert median_rotation_deg(coef) == pytest.approx(35, abs=0.1)
+    prof = rotation_profile(ResidualStats.from_arrays(x_in, layers)).set_index(["layer", "target"])["angle_deg"]
+    assert prof[(0, "input")] == pytest.approx(0, abs=0.1)
+    assert prof[(1, "input")] == pytest.approx(35, abs=0.1)
+    assert prof[(2, "input")] == pytest.approx(80, abs=0.1)
+    assert prof[(1, "output")] == pytest.approx(45, abs=0.1)  # from 35° to 80°
+    assert prof[(2, "output")] == pytest.approx(0, abs=0.1)
+
+
+def test_covariance_similarity_against_numpy_svd():
+    rng = np.random.default_rng(1)
+    x_in = rng.normal(size=(500, 6))
+    layers = [x_in, x_in @ rng.normal(size=(6, 6)), rng.normal(size=(500, 6)) * np.arange(1, 7)]
+    sim = covariance_similarity(ResidualStats.from_arrays(x_in, layers))
+    mat = sim.pivot(index="layer_i", columns="layer_j", values="similarity").to_numpy()
+    np.testing.assert_allclose(np.diag(mat), 1.0, atol=1e-12)
+    covs = []
+    for x in layers:  # reference: SVD of the centred activations, top direction dropped
+        _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+        covs.append((vt[1:].T * s[1:] ** 2) @ vt[1:])
+    ref = np.array([[np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b) for b in covs] for a in covs])
+    np.testing.assert_allclose(mat, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_last_hidden_state_is_before_final_norm(kind):
+    model = tiny_model(kind)
+    ids = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(0))
+    last_layer = model.get_submodule(f"{model.base_model_prefix}.{'h' if kind == 'gpt2' else 'layers'}.1")
+    got = {}
+    h = last_layer.register_forward_hook(lambda m, a, o: got.setdefault("out", o[0] if isinstance(o, tuple) else o))
+    hs = hidden_states(model, ids)
+    h.remove()
+    assert len(hs) == 3
+    torch.testing.assert_close(hs[-1], got["out"])
+    stats = collect_stats(model, TokenCorpus(ids), batch_size=1)
+    emb = model.get_input_embeddings().weight[ids.reshape(-1)].detach().numpy()
+    ref = ResidualStats.from_arrays(emb, [x.reshape(-1, 32).numpy() for x in hs])
+    np.testing.assert_allclose(stats.gram, ref.gram, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(stats.cross_in, ref.cross_in, rtol=1e-9, atol=1e-6)
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+def test_mask_training_lowers_loss_and_ends_binary(trained_gpt2):
+    model, table = trained_gpt2
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    data = table.sample(256, 32, seed=5)
+    cfg = preset_config("fast", lam=1.0, beta_growth=1.03, max_steps=250, batch_size=16)
+    res = train_bigram_mask(model, data, table, cfg, device="cpu")
+    ce = res.curve["ce"].to_numpy()
+    assert ce[-10:].mean() < ce[:10].mean() - 0.05
+    assert res.stopped_by == "rule" and res.soft_final["undecided"] < 0.01
+    assert all(m.dtype == torch.bool for m in res.mask_set.masks.values())
+    assert 0 < res.mask_set.density < 1 and res.mask_set.metadata["lambda"] == 1.0
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # base frozen, untouched
+    # the subnetwork mimics the bigram model better than the full model and a random one
+    rep = evaluate_subnetwork(model, res.mask_set, table, table.sample(60, 32, seed=9), seeds=(0, 1))
+    s = rep.summary().set_index("setting")
+    assert s.loc["subnetwork", "r_mean"] > s.loc["random subnetwork", "r_mean"]
+    assert s.loc["subnetwork", "kl_bits_mean"] < s.loc["empty", "kl_bits_mean"]
+    assert s.loc["bigram", "r_mean"] == pytest.approx(1.0)
+    assert s.loc["random subnetwork", "n_seeds"] == 2
+
+
+def test_evaluation_invariants(trained_gpt2):
+    model, table = trained_gpt2
+    data = table.sample(20, 16, seed=2)
+    ones = full_mask(model, True)
+    rep = evaluate_subnetwork(model, ones, table, data, seeds=(0,)).to_frame().set_index("setting")
+    assert rep.loc["subnetwork", "bits"] == pytest.approx(rep.loc["full", "bits"], abs=1e-6)
+    assert rep.loc["ablated", "bits"] == pytest.approx(rep.loc["empty", "bits"], abs=1e-6)
+    sc = score_tokens(model, data, table)
+    assert sc.kl_bits >= 0 and sc.soft_ce_bits >= sc.kl_bits
+    # KL by hand in float64 for the first sequence
+    ids = data.ids[:1]
+    logq = torch.log_softmax(model(ids).logits[0, :-1].double(), -1).numpy() / np.log(2)
+    p = table.dense_rows(ids[0, :-1].numpy()).astype(np.float64)
+    p /= p.sum(1, keepdims=True)
+    kl = (p * (np.log2(np.where(p > 0, p, 1)) - logq)).sum(1).mean()
+    assert score_tokens(model, TokenCorpus(ids), table).kl_bits == pytest.approx(kl, rel=1e-4)
+    curve = sparsity_fidelity_curve(model, [ones, full_mask(model, False)], table, data)
+    assert curve["density"].tolist() == [0.0, 1.0]
+
+
+def test_fidelity_variants_by_hand():
+    model_bits = np.array([1.0, 2.0, 3.0, 4.0])
+    bigram = np.array([1.0, 2.0, np.inf, 4.5])
+    r, r_drop = fidelity(model_bits, bigram)
+    assert r == pytest.approx(np.corrcoef(model_bits, [1.0, 2.0, 4.5, 4.5])[0, 1])
+    assert r_drop == pytest.approx(np.corrcoef([1.0, 2.0, 4.0], [1.0, 2.0, 4.5])[0, 1])
+
+
+def test_generation_seeded_and_ablation_changes_it(trained_gpt2):
+    model, _ = trained_gpt2
+    prompt = torch.tensor([1, 2])
+    a, b = generate(model, prompt, 12, seed=3), generate(model, prompt, 12, seed=3)
+    assert torch.equal(a, b) and len(a) == 14
+    ablated = masked_parameters(model, full_mask(model, True), "ablate")
+    assert not torch.equal(generate(model, prompt, 12, seed=3, params=ablated), a)
+    with pytest.raises(ConfigError):
+        generate(model, prompt, 2, temperature=0)
+
+
+# ---------------------------------------------------------------- bad input and the job
+
+
+def test_bad_training_input(trained_gpt2):
+    model, table = trained_gpt2
+    with pytest.raises(ConfigError, match="lambda"):
+        preset_config("fast", lam=-1.0)
+    with pytest.raises(ConfigError, match="preset"):
+        preset_config("papr")
+    big = count_bigrams([np.arange(40)], vocab_size=40)
+    with pytest.raises(ConfigError, match="vocabulary of 40"):
+        train_bigram_mask(model, TokenCorpus(torch.zeros(2, 4, dtype=torch.long)), big, device="cpu")
+
+
+def _zoo_files(tmp_path, monkeypatch, model):
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path / "home"))
+    from subnetviz.config import zoo_dir
+
+    zoo_dir().mkdir(parents=True, exist_ok=True)
+    np.savez(zoo_dir() / "bigram.npz", transition=planted_transition(), token_ids=np.arange(V))
+    model.save_pretrained(tmp_path / "model")
+
+
+def test_job_validates_and_writes_outputs(tmp_path, monkeypatch, trained_gpt2):
+    from subnetviz.bigram.job import run_job, validate_config
+    from subnetviz.jobcontext import JobContext
+
+    model, _ = trained_gpt2
+    _zoo_files(tmp_path, monkeypatch, model)
+    cfg = {
+        "model": str(tmp_path / "model"),
+        "corpus": "zoo",
+        "lambda": 1.0,
+        "steps": 15,
+        "seq_len": 16,
+        "eval_sequences": 20,
+        "device": "cpu",
+    }
+    validate_config(cfg)
+    for bad, match in (
+        ({"lambda": -1}, "lambda"),
+        ({"corpus": str(tmp_path / "nope.txt")}, "corpus"),
+        ({"target": "trigram"}, "target"),
+        ({"stepz": 3}, "unknown"),
+        ({"preset": "slow"}, "preset"),
+        ({"model": str(tmp_path)}, "config.json"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            validate_config({**cfg, **bad})
+    ctx = JobContext.for_dir(tmp_path / "run")
+    run_job(cfg, ctx)
+    ms = load_mask_set(ctx.out_dir / "mask.safetensors")
+    assert set(ms.masks) == set(maskable_names(model)) and ms.metadata["lambda"] == 1.0
+    metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
+    assert metrics["steps"] <= 15 and -1 <= metrics["r_subnetwork"] <= 1
+    status = json.loads((ctx.run_dir / "status.json").read_text())
+    assert status["step"] == metrics["steps"]
+
+
+def test_job_honours_cancel(tmp_path, monkeypatch, trained_gpt2):
+    from subnetviz.bigram.job import run_job
+    from subnetviz.jobcontext import CANCEL_FILE, JobContext
+
+    model, _ = trained_gpt2
+    _zoo_files(tmp_path, monkeypatch, model)
+    ctx = JobContext.for_dir(tmp_path / "run")
+    (ctx.run_dir / CANCEL_FILE).touch()
+    run_job({"model": str(tmp_path / "model"), "steps": 50, "seq_len": 16, "device": "cpu"}, ctx)
+    assert not (ctx.out_dir / "mask.safetensors").exists()
+
+
+def test_text_corpus_vocab_mismatch(tmp_path, monkeypatch):
+    from subnetviz.bigram.job import prepare
+
+    model = tiny_model("gpt2")
+    _zoo_files(tmp_path, monkeypatch, model)
+    np.savez(tmp_path / "big.npz", transition=np.eye(3)[[1, 2, 0]], token_ids=[0, 1, 40], vocab_size=41)
+    with pytest.raises(ConfigError, match="vocabulary of 41"):
+        prepare({"model": str(tmp_path / "model"), "bigram": str(tmp_path / "big.npz")})
+    assert sp.issparse(count_bigrams([np.arange(5)], 5).probs)
