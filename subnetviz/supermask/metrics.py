@@ -1,0 +1,253 @@
+"""Continual-learning metrics: accuracy matrix, forgetting, transfer, mask overlap and capacity.
+
+Definitions (``reference/exssnet_supsup.md`` §6), with T tasks and accuracies as fractions:
+
+- ``A[t, j]``: accuracy on task j with mask j after training task t (entries j > t are untrained
+  masks, ≈ chance). ``A_rand[j]``: task j's accuracy before any training.
+- final average accuracy: mean_j A[T-1, j].
+- forgetting (reported ≥ 0, larger = more forgotten): mean over j < T-1 of
+  max_{j ≤ t ≤ T-1} A[t, j] − A[T-1, j]. This is ExSSNeT's ``get_forgetting_metric`` with the
+  sign flipped and each task's value floored at 0 (the code's max runs over t < T-1 only).
+- forward transfer: mean over t ≥ 1 of A[t-1, t] − A_rand[t].
+- overlap of task t (t ≥ 1): common_t = |M_t ∧ U_{t-1}| with U_{t-1} = ∨_{i<t} M_i; sparse
+  overlap = common_t / |M_t|, total overlap = common_t / #weights; exclusive fraction e_t = 1 − sparse
+  overlap (e_0 = 1); capacity used u_t = |U_t| / #weights against 1 − (1 − d)^(t+1) for
+  independent masks (t counted from 0).
+- pairwise: |M_a ∧ M_b| / mean(|M_a|, |M_b|) and Jaccard |M_a ∧ M_b| / |M_a ∨ M_b|.
+- owner image: for each weight of a layer, the first task whose mask holds it (−1: unused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+ALL = "all"  # the layer label of whole-model rows
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One (method, density, seed) run over a task sequence.
+
+    ``acc``: (T, T) accuracy matrix; ``acc_rand``: (T,); ``masks``: per task, mask name ->
+    bool tensor (empty for finetune); ``knn``/``inference``: KKT and task-inference rows.
+    """
+
+    benchmark: str
+    method: str
+    label: str
+    kkt: bool
+    density: float
+    seed: int
+    acc: np.ndarray
+    acc_rand: np.ndarray
+    masks: tuple[dict[str, torch.Tensor], ...] = ()
+    knn: tuple[dict, ...] = ()
+    inference: tuple[dict, ...] = ()
+    wall_s: float = 0.0
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.acc.shape[0])
+
+    def key(self) -> dict:
+        return {"label": self.label, "method": self.method, "kkt": self.kkt, "density": self.density, "seed": self.seed}
+
+
+def final_accuracy(acc: np.ndarray) -> float:
+    """mean_j A[T-1, j] for a (T, T) matrix."""
+    return float(np.mean(acc[-1]))
+
+
+def forgetting(acc: np.ndarray) -> float:
+    """Mean max drop over tasks 0..T-2 (≥ 0); NaN for a single task."""
+    t_count = acc.shape[0]
+    if t_count < 2:
+        return float("nan")
+    drops = [float(np.max(acc[j:, j]) - acc[-1, j]) for j in range(t_count - 1)]
+    return float(np.mean(drops))
+
+
+def forward_transfer(acc: np.ndarray, acc_rand: np.ndarray) -> float:
+    """mean_{t≥1} A[t-1, t] − A_rand[t]; NaN for a single task."""
+    t_count = acc.shape[0]
+    if t_count < 2:
+        return float("nan")
+    return float(np.mean([acc[t - 1, t] - acc_rand[t] for t in range(1, t_count)]))
+
+
+def independent_capacity(density: float, n_masks: int | np.ndarray) -> float | np.ndarray:
+    """Expected share of weights used by ``n_masks`` independent random masks of ``density``."""
+    return 1.0 - (1.0 - density) ** np.asarray(n_masks, dtype=float)
+
+
+def capacity_frame(masks: tuple[dict[str, torch.Tensor], ...] | list, density: float) -> pd.DataFrame:
+    """Per task and layer (plus ``layer == 'all'``): used, reference, exclusive, overlaps, counts."""
+    if not masks:
+        return pd.DataFrame(
+            columns=[
+                "task",
+                "layer",
+                "used",
+                "reference",
+                "exclusive",
+                "sparse_overlap",
+                "total_overlap",
+                "mask_count",
+                "numel",
+            ]
+        )
+    names = list(masks[0])
+    used = {n: torch.zeros_like(masks[0][n]) for n in names}
+    rows = []
+    for t, m in enumerate(masks):
+        tot = {"common": 0, "count": 0, "used": 0, "numel": 0}
+        for n in names:
+            common = int((m[n] & used[n]).sum())
+            count = int(m[n].sum())
+            used[n] |= m[n]
+            numel = m[n].numel()
+            u = int(used[n].sum())
+            rows.append(_cap_row(t, n, common, count, u, numel, density))
+            for k, v in (("common", common), ("count", count), ("used", u), ("numel", numel)):
+                tot[k] += v
+        rows.append(_cap_row(t, ALL, tot["common"], tot["count"], tot["used"], tot["numel"], density))
+    return pd.DataFrame(rows)
+
+
+def _cap_row(t: int, layer: str, common: int, count: int, used: int, numel: int, density: float) -> dict:
+    sparse = common / count if (t > 0 and count) else float("nan")
+    return {
+        "task": t,
+        "layer": layer,
+        "used": used / numel,
+        "reference": float(independent_capacity(density, t + 1)),
+        "exclusive": 1.0 if t == 0 else (1.0 - sparse if count else float("nan")),
+        "sparse_overlap": sparse,
+        "total_overlap": common / numel if t > 0 else float("nan"),
+        "mask_count": count,
+        "numel": numel,
+    }
+
+
+def pairwise_overlap_frame(masks: tuple[dict[str, torch.Tensor], ...] | list) -> pd.DataFrame:
+    """Every ordered task pair (a, b), per layer and ``'all'``: overlap (mean-size) and Jaccard."""
+    rows = []
+    if not masks:
+        return pd.DataFrame(columns=["layer", "task_a", "task_b", "overlap", "jaccard"])
+    names = list(masks[0])
+    for layer in [*names, ALL]:
+        keys = names if layer == ALL else [layer]
+        flat = torch.stack([torch.cat([m[k].flatten() for k in keys]) for m in masks]).to(torch.float32)  # (T, P)
+        inter = (flat @ flat.T).numpy()  # |M_a ∧ M_b|: 0/1 counts are exact in float32 below 2^24
+        sizes = np.diag(inter)
+        union = sizes[:, None] + sizes[None, :] - inter
+        mean_size = (sizes[:, None] + sizes[None, :]) / 2
+        for a in range(len(masks)):
+            for b in range(len(masks)):
+                rows.append(
+                    {
+                        "layer": layer,
+                        "task_a": a,
+                        "task_b": b,
+                        "overlap": inter[a, b] / mean_size[a, b] if mean_size[a, b] else float("nan"),
+                        "jaccard": inter[a, b] / union[a, b] if union[a, b] else float("nan"),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def owner_image(masks: tuple[dict[str, torch.Tensor], ...] | list, layer: str) -> np.ndarray:
+    """Int array shaped like ``layer``'s weight: first task whose mask holds each weight, −1 if none."""
+    owner = np.full(tuple(masks[0][layer].shape), -1, dtype=np.int64)
+    for t in range(len(masks) - 1, -1, -1):  # later tasks first, so earlier ones overwrite
+        owner[masks[t][layer].numpy()] = t
+    return owner
+
+
+def mean_accuracy_matrix(accuracy: pd.DataFrame, label: str, density: float) -> pd.DataFrame:
+    """Seed-mean A[after_task, task] (rows after_task, columns task) from the ``accuracy`` frame."""
+    sel = accuracy[(accuracy["label"] == label) & np.isclose(accuracy["density"], density)]
+    return sel.pivot_table(index="after_task", columns="task", values="acc", aggfunc="mean")
+
+
+@dataclass(frozen=True)
+class ContinualResult:
+    """All runs of one continual job; :meth:`to_frames` gives the tidy tables the app reads."""
+
+    benchmark: str
+    runs: tuple[RunResult, ...]
+    config: dict = field(default_factory=dict)
+
+    def to_frames(self) -> dict[str, pd.DataFrame]:
+        """``runs``, ``summary`` (mean ± sd over seeds), ``accuracy``, ``capacity``, ``pairwise``, ``knn``, ``inference``."""
+        run_rows, acc_rows, cap, pair, knn, inf = [], [], [], [], [], []
+        for r in self.runs:
+            key = r.key()
+            cf = capacity_frame(r.masks, r.density)
+            tot = cf[(cf["layer"] == ALL) & (cf["task"] > 0)] if len(cf) else cf
+            run_rows.append(
+                {
+                    **key,
+                    "tasks": r.num_tasks,
+                    "final_acc": final_accuracy(r.acc),
+                    "forgetting": forgetting(r.acc),
+                    "forward_transfer": forward_transfer(r.acc, r.acc_rand),
+                    "used": float(cf[cf["layer"] == ALL]["used"].iloc[-1]) if len(cf) else float("nan"),
+                    "overlap": float(tot["sparse_overlap"].mean()) if len(tot) else float("nan"),
+                    "exclusive": float(tot["exclusive"].mean()) if len(tot) else float("nan"),
+                    "trained": _trained_share(r.method, tot),
+                    "wall_s": r.wall_s,
+                }
+            )
+            for t in range(r.num_tasks):
+                for j in range(r.num_tasks):
+                    acc_rows.append(
+                        {**key, "after_task": t, "task": j, "acc": float(r.acc[t, j]), "rand_acc": float(r.acc_rand[j])}
+                    )
+            if len(cf):
+                cap.append(cf.assign(**key))
+                pair.append(pairwise_overlap_frame(r.masks).assign(**key))
+            knn += [{**key, **row} for row in r.knn]
+            inf += [{**key, **row} for row in r.inference]
+        runs = pd.DataFrame(run_rows)
+        return {
+            "runs": runs,
+            "summary": summarize(runs),
+            "accuracy": pd.DataFrame(acc_rows),
+            "capacity": pd.concat(cap, ignore_index=True) if cap else capacity_frame([], 0.0),
+            "pairwise": pd.concat(pair, ignore_index=True) if pair else pairwise_overlap_frame([]),
+            "knn": pd.DataFrame(
+                knn,
+                columns=[*self.runs[0].key(), "task", "source_task", "knn_acc", "chance", "chosen"]
+                if self.runs
+                else None,
+            ),
+            "inference": pd.DataFrame(inf),
+        }
+
+
+SUMMARY_METRICS = ("final_acc", "forgetting", "forward_transfer", "used", "overlap", "exclusive", "trained", "wall_s")
+
+
+def _trained_share(method: str, later_tasks: pd.DataFrame) -> float:
+    """Mean share of M_t whose weights task t trains (tasks ≥ 1): ExSSNeT e_t, SSNeT 1, SupSup 0."""
+    if method == "exssnet":
+        return float(later_tasks["exclusive"].mean()) if len(later_tasks) else float("nan")
+    return {"ssnet": 1.0, "supsup": 0.0}.get(method, float("nan"))
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample sd over seeds of each metric, per (label, method, kkt, density)."""
+    if runs.empty:
+        return pd.DataFrame()
+    g = runs.groupby(["label", "method", "kkt", "density"], sort=False)
+    out = g.agg(
+        seeds=("seed", "count"),
+        **{f"{m}_mean": (m, "mean") for m in SUMMARY_METRICS},
+        **{f"{m}_sd": (m, "std") for m in SUMMARY_METRICS},
+    )
+    return out.reset_index()

@@ -1,0 +1,321 @@
+"""Supermask continual learning: top-k, straight-through gradient, the methods' invariants, metrics, jobs.
+
+References are hand computations (2×2 gradient, small matrices), float64 NumPy recomputations of
+mask statistics, and planted structure (independent random masks; a weight-decay leak that the
+ExSSNeT guard must catch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from subnetviz.errors import ConfigError
+from subnetviz.jobcontext import JobContext
+from subnetviz.supermask import job
+from subnetviz.supermask.data import Task, make_benchmark, permuted_digits, split_digits, validate_tasks
+from subnetviz.supermask.layers import MaskedConv2d, MaskedLinear, MaskedMLP, kept_count, topk_mask
+from subnetviz.supermask.methods import MethodConfig, infer_task, knn_accuracies, run_method
+from subnetviz.supermask.metrics import (
+    ContinualResult,
+    capacity_frame,
+    forgetting,
+    forward_transfer,
+    independent_capacity,
+    owner_image,
+    pairwise_overlap_frame,
+)
+
+FAST = {"mask_epochs": 2, "weight_epochs": 2, "finetune_epochs": 3}
+
+
+@pytest.fixture(scope="module")
+def perm3():
+    return permuted_digits(3, seed=0)
+
+
+# ---------------------------------------------------------------- layers
+
+
+@pytest.mark.parametrize(
+    "numel,density,expected", [(10, 0.25, 3), (10, 0.24, 2), (100, 0.05, 5), (7, 1e-6, 1), (9, 1.0, 9)]
+)
+def test_kept_count_rounds_half_up_and_keeps_at_least_one(numel, density, expected):
+    assert kept_count(numel, density) == expected
+
+
+@pytest.mark.parametrize("density", [0.02, 0.05, 0.1, 0.3, 0.5, 1.0])
+def test_topk_keeps_exactly_the_requested_count_per_layer(density):
+    mlp = MaskedMLP((64, 128, 128, 10), num_tasks=2, density=density, seed=1)
+    conv = MaskedConv2d(3, 8, 3, num_tasks=1, density=density)
+    layers = [*mlp.masked_layers().values(), conv]
+    for layer in layers:
+        for task in range(len(layer.scores)):
+            m = layer.mask(task)
+            assert m.dtype == torch.bool and m.shape == layer.weight.shape
+            assert int(m.sum()) == kept_count(m.numel(), density)
+            s = layer.scores[task].detach().abs()
+            if density < 1.0:  # every kept |score| is at least every dropped one
+                assert float(s[m].min()) >= float(s[~m].max())
+
+
+def test_topk_with_ties_still_keeps_exact_count():
+    scores = torch.tensor([[1.0, -1.0, 1.0], [1.0, 0.5, -1.0]])  # five tied |s| = 1
+    m = topk_mask(scores, 0.5)  # 3 of 6
+    assert int(m.sum()) == 3 and not bool(m[1, 1])
+
+
+def test_straight_through_gradient_equals_hand_derivation_2x2():
+    layer = MaskedLinear(2, 2, num_tasks=1, density=0.5)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+        layer.scores[0].copy_(torch.tensor([[0.9, -0.1], [-0.8, 0.2]]))  # |s| top-2: (0,0), (1,0)
+    x = torch.tensor([[2.0, 3.0]])
+    c = torch.tensor([[5.0, 7.0]])
+    loss = (layer(x) * c).sum()
+    loss.backward()
+    # Forward by hand: W~ = [[1, 0], [-1, 0]], y = [2, -2], loss = 10 - 14 = -4.
+    assert loss.item() == -4.0
+    # dL/dW~_ij = c_i x_j = [[10, 15], [14, 21]];  dL/ds_ij = dL/dW~_ij * w_ij * sign(s_ij).
+    expected = torch.tensor([[10 * 1 * 1, 15 * -1 * -1], [14 * -1 * -1, 21 * 1 * 1]], dtype=torch.float32)
+    assert torch.equal(layer.scores[0].grad, expected)
+
+
+def test_signed_constant_weights_and_score_init_range():
+    mlp = MaskedMLP((64, 128, 10), num_tasks=3, density=0.1, seed=0)
+    for layer in mlp.masked_layers().values():
+        fan_in = layer.weight.shape[1]
+        assert torch.allclose(layer.weight.abs(), torch.full_like(layer.weight, math.sqrt(2 / fan_in)))
+        assert 0.3 < float((layer.weight > 0).float().mean()) < 0.7
+        for s in layer.scores:
+            assert s.detach().abs().max().item() <= 1 / math.sqrt(fan_in)
+
+
+# ---------------------------------------------------------------- methods
+
+
+def _bits(t):
+    return t.detach().view(torch.int32).clone()
+
+
+def test_supsup_never_changes_any_weight_and_never_forgets(perm3):
+    cfg = MethodConfig("supsup", density=0.1, **FAST)
+    model = MaskedMLP((64, 128, 128, 10), 3, 0.1, seed=0)
+    before = {n: _bits(m.weight) for n, m in model.masked_layers().items()}
+    r = run_method(perm3, cfg, model=model)
+    for n, m in model.masked_layers().items():
+        assert torch.equal(_bits(m.weight), before[n]), n
+    for j in range(3):  # every trained column is constant
+        assert np.all(r.acc[j:, j] == r.acc[j, j])
+    assert forgetting(r.acc) == 0.0
+
+
+def test_exssnet_never_changes_a_weight_of_an_earlier_mask(perm3):
+    cfg = MethodConfig("exssnet", density=0.1, **FAST)
+    model = MaskedMLP((64, 128, 128, 10), 3, 0.1, seed=0)
+    layers = model.masked_layers()
+    snaps = []
+    run_result = run_method(
+        perm3, cfg, model=model, on_task=lambda t, _: snaps.append({n: _bits(m.weight) for n, m in layers.items()})
+    )
+    masks = run_result.masks
+    final = {n: _bits(m.weight) for n, m in layers.items()}
+    trained_somewhere = 0
+    for t in range(3):
+        for n in layers:
+            used = torch.zeros_like(masks[0][n])
+            for i in range(t + 1):
+                used |= masks[i][n]
+            assert torch.equal(final[n][used], snaps[t][n][used]), (t, n)  # U_t frozen after task t
+            prev = snaps[t - 1][n] if t else None
+            if prev is not None:
+                trained_somewhere += int((snaps[t][n] != prev).sum())
+    assert trained_somewhere > 0  # the weight phase really trained the exclusive weights
+    assert forgetting(run_result.acc) == 0.0
+    for j in range(3):
+        assert np.all(run_result.acc[j:, j] == run_result.acc[j, j])
+
+
+def test_exssnet_guard_raises_when_a_frozen_weight_moves(perm3, monkeypatch):
+    real_adam = torch.optim.Adam
+    monkeypatch.setattr(
+        torch.optim, "Adam", lambda params, lr, weight_decay: real_adam(params, lr=lr, weight_decay=0.5)
+    )
+    with pytest.raises(RuntimeError, match="outside the editable set"):
+        run_method(perm3, MethodConfig("exssnet", density=0.1, **FAST))
+
+
+def test_ssnet_trains_weights_shared_with_earlier_masks(perm3):
+    model = MaskedMLP((64, 128, 128, 10), 3, 0.3, seed=0)
+    snaps = []
+    layers = model.masked_layers()
+    r = run_method(
+        perm3,
+        MethodConfig("ssnet", density=0.3, **FAST),
+        model=model,
+        on_task=lambda t, _: snaps.append({n: _bits(m.weight) for n, m in layers.items()}),
+    )
+    n = "layer2.weight"
+    shared = r.masks[0][n] & r.masks[1][n]
+    assert int((snaps[1][n] != snaps[0][n])[shared].sum()) > 0
+
+
+@pytest.mark.slow
+def test_end_to_end_each_method_on_three_permuted_tasks(perm3):
+    runs = []
+    for method, kkt in [
+        ("finetune", False),
+        ("supsup", False),
+        ("ssnet", False),
+        ("exssnet", False),
+        ("exssnet", True),
+    ]:
+        r = run_method(perm3, MethodConfig(method, density=0.1, kkt=kkt, task_inference=method == "supsup", **FAST))
+        assert r.acc.shape == (3, 3)
+        assert np.all(np.diag(r.acc) > 0.5), (method, np.diag(r.acc))  # chance is 0.1
+        runs.append(r)
+    frames = ContinualResult("permuted-digits", tuple(runs)).to_frames()
+    assert set(frames["runs"]["label"]) == {"finetune", "SupSup", "SSNeT", "ExSSNeT", "ExSSNeT+KKT"}
+    knn = frames["knn"]
+    assert len(knn) == 1 + 2 and np.allclose(knn["chance"], 0.1)  # tasks 1 and 2 ask 1 and 2 earlier masks
+    for _, g in knn.groupby("task"):
+        assert g["chosen"].sum() == int(g["knn_acc"].max() > 0.1)
+    inf = frames["inference"]
+    assert set(inf["samples"]) == {1, 8} and inf["accuracy"].between(0, 1).all()
+    ex = frames["runs"].set_index("label").loc["ExSSNeT"]
+    assert ex["forgetting"] == 0.0 and 0 < ex["used"] <= independent_capacity(0.1, 3) + 0.02
+
+
+def test_knn_transfer_k_is_clamped_and_task_inference_with_one_task(perm3):
+    model = MaskedMLP((64, 128, 128, 10), 3, 0.1, seed=0)
+    accs = knn_accuracies(model, perm3.tasks[1], 1, k=10_000, gen=torch.Generator().manual_seed(0))
+    assert len(accs) == 1 and 0.0 <= accs[0] <= 1.0
+    assert infer_task(model, perm3.tasks[0].x_test[:4], 1) == 0
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_forgetting_and_forward_transfer_by_hand():
+    acc = np.array([[0.9, 0.2, 0.1], [0.7, 0.8, 0.3], [0.8, 0.85, 0.6]])
+    # task 0: max(0.9, 0.7, 0.8) - 0.8 = 0.1; task 1: max(0.8, 0.85) - 0.85 = 0 (floored, no forgetting)
+    assert forgetting(acc) == pytest.approx(0.05)
+    rand = np.array([0.1, 0.15, 0.2])
+    assert forward_transfer(acc, rand) == pytest.approx(((0.2 - 0.15) + (0.3 - 0.2)) / 2)
+    assert math.isnan(forgetting(acc[:1, :1]))
+
+
+def test_capacity_overlap_and_owner_image_on_planted_masks():
+    m0 = {"a": torch.tensor([True, True, False, False]), "b": torch.tensor([[True, False], [False, False]])}
+    m1 = {"a": torch.tensor([False, True, True, False]), "b": torch.tensor([[True, False], [False, True]])}
+    cf = capacity_frame([m0, m1], 0.5).set_index(["task", "layer"])
+    # task 1, all layers: |M1| = 4, common = 1 (a[1]) + 1 (b[0,0]) = 2, U1 = 3 + 2 = 5 of 8.
+    row = cf.loc[(1, "all")]
+    assert row["sparse_overlap"] == 0.5 and row["exclusive"] == 0.5 and row["used"] == 5 / 8
+    assert row["total_overlap"] == 2 / 8 and row["reference"] == pytest.approx(0.75)
+    assert cf.loc[(0, "a")]["exclusive"] == 1.0
+    pw = pairwise_overlap_frame([m0, m1]).set_index(["layer", "task_a", "task_b"])
+    assert pw.loc[("all", 0, 1)]["overlap"] == pytest.approx(2 / 3.5)  # |M0| = 3, |M1| = 4, 2 shared
+    assert pw.loc[("all", 0, 1)]["jaccard"] == pytest.approx(2 / 5)
+    assert pw.loc[("a", 0, 0)]["jaccard"] == 1.0
+    assert owner_image([m0, m1], "a").tolist() == [0, 0, 1, -1]
+
+
+def test_pairwise_overlap_uses_mean_size():
+    m0 = {"x": torch.tensor([True, True, True, False, False, False])}
+    m1 = {"x": torch.tensor([True, False, False, False, False, False])}
+    pw = pairwise_overlap_frame([m0, m1]).set_index(["layer", "task_a", "task_b"])
+    assert pw.loc[("x", 0, 1)]["overlap"] == pytest.approx(1 / 2)  # 1 / mean(3, 1)
+
+
+def test_independent_random_masks_follow_one_minus_one_minus_d_to_the_t():
+    d, n, t_count = 0.1, 40_000, 10
+    g = torch.Generator().manual_seed(0)
+    masks = [{"w": topk_mask(torch.rand(200, 200, generator=g), d)} for _ in range(t_count)]
+    cf = capacity_frame(masks, d)
+    used = cf[cf["layer"] == "all"]["used"].to_numpy()
+    ref = np.array([1 - (1 - d) ** (t + 1) for t in range(t_count)])
+    sd = np.sqrt(ref * (1 - ref) / n)
+    assert np.all(np.abs(used - ref) < 5 * sd + 1e-12), (used, ref)
+    assert np.allclose(cf[cf["layer"] == "all"]["reference"], ref)
+
+
+# ---------------------------------------------------------------- data and config errors
+
+
+def test_benchmarks_shapes_and_labels():
+    s = split_digits(5, seed=0)
+    assert s.num_tasks == 5 and all(set(t.y_train.tolist()) == {0, 1} for t in s.tasks)
+    assert 240 <= s.tasks[0].x_train.shape[0] <= 260
+    p = make_benchmark("permuted-digits", 12, seed=1)
+    assert p.num_tasks == 12 and p.tasks[0].x_train.shape == (1257, 64)
+    assert torch.equal(p.tasks[0].x_train.sort(dim=1).values, p.tasks[5].x_train.sort(dim=1).values)
+    assert not torch.equal(p.tasks[0].x_train, p.tasks[5].x_train)
+
+
+def test_config_errors_before_any_run():
+    ok = {"benchmark": "permuted-digits", "methods": ["supsup"], "tasks": 2, "seeds": [0]}
+    job.validate_config(ok)
+    bad = [
+        ({"density": 0.0}, "outside \\(0, 1\\]"),
+        ({"density": 1.5}, "outside"),
+        ({"density": [0.1, -0.2]}, "outside"),
+        ({"tasks": 0}, "zero tasks"),
+        ({"methods": ["exsnet"]}, "Did you mean 'exssnet'"),
+        ({"benchmark": "split-digits", "tasks": 6}, "1 to 5"),
+        ({"benchmark": "mnist"}, "unknown benchmark"),
+        ({"densty": 0.1}, "Did you mean 'density'"),
+        ({"methods": ["finetune+kkt"]}, "masked method"),
+        ({"tasks": 5_000_000}, "too large for memory"),
+    ]
+    for patch, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            job.validate_config({**ok, **patch})
+    with pytest.raises(ConfigError, match="would need .* GiB"):
+        job.validate_config(ok, available_bytes=10 * 2**20)
+    with pytest.raises(ConfigError, match="python -m subnetviz demo build"):
+        job.validate_config({**ok, "benchmark": "arithmetic-text"})
+
+
+def test_a_task_with_one_class_is_refused():
+    x = torch.zeros(4, 2)
+    one = Task("t", x, torch.zeros(4, dtype=torch.long), x, torch.tensor([0, 1, 0, 1]), 2)
+    with pytest.raises(ConfigError, match="only class \\[0\\] in its train split"):
+        validate_tasks([one])
+    with pytest.raises(ConfigError, match="zero tasks"):
+        validate_tasks([])
+
+
+# ---------------------------------------------------------------- job
+
+
+def test_job_writes_frames_masks_and_reuses_its_cache(tmp_path):
+    config = {
+        "benchmark": "permuted-digits",
+        "methods": ["supsup", "exssnet"],
+        "density": 0.1,
+        "tasks": 2,
+        "seeds": [0],
+        "epochs": {"mask": 1, "weight": 1},
+    }
+    ctx = JobContext.for_dir(tmp_path / "run1")
+    job.run_job(config, ctx)
+    frames = job.load_result(ctx.out_dir)
+    assert len(frames["runs"]) == 2 and set(frames["accuracy"]["after_task"]) == {0, 1}
+    masks = job.load_task_masks(ctx.out_dir, "ExSSNeT", 0.1, 0)
+    assert len(masks) == 2 and set(masks[1]) == {"layer1.weight", "layer2.weight", "layer3.weight"}
+    from subnetviz.masks import load_mask_set
+
+    ms = load_mask_set(job.mask_path(ctx.out_dir, "ExSSNeT", 0.1, 0, 1))
+    assert "task1/layer1.weight" in ms.masks and ms.metadata["method"] == "ExSSNeT"
+    assert int(ms.masks["task1/layer2.weight"].sum()) == kept_count(128 * 128, 0.1)
+    status = json.loads((ctx.run_dir / "status.json").read_text())
+    assert status["step"] == status["total"] == 4
+    ctx2 = JobContext.for_dir(tmp_path / "run2")
+    job.run_job(config, ctx2)
+    assert json.loads((ctx2.run_dir / "status.json").read_text())["metrics"]["cached"] == 1.0
+    assert job.load_result(ctx2.out_dir)["runs"].equals(frames["runs"])
