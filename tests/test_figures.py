@@ -1,0 +1,383 @@
+"""Figure builders draw the numbers they are given: checked against independent references.
+
+Heatmap cells against a hand-built pivot, Venn areas against numerical integration and a fine
+grid (not the layout's own formulas), UpSet bars against element-level sets, block means against
+a loop over blocks, and the JSON that reaches the browser decoded back from plotly's base64.
+"""
+
+import base64
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.integrate import quad
+
+from subnetviz import figures as F
+from subnetviz.venn import REGIONS3, VennInputError, venn2_layout, venn3_layout
+
+
+def decode(v):
+    """plotly>=6 serialises numpy arrays as {'dtype','bdata','shape'} (base64 typed arrays)."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(s) for s in v["shape"].split(",")]) if "shape" in v else a
+    return np.asarray(v)
+
+
+def heat_frame():
+    rows = []
+    rng = np.random.default_rng(1)
+    for layer in (2, 0, 1):  # shuffled on purpose: the figure must order layers itself
+        for module in ("down", "q", "up", "k"):
+            numel = 64 * 64
+            changed = int(rng.integers(0, numel))
+            rows.append(dict(layer=layer, module=module, changed=changed, numel=numel,
+                             density=changed / numel, sparsity=1 - changed / numel))  # fmt: skip
+    rows.append(dict(layer="final", module="lm_head", changed=5, numel=100, density=0.05, sparsity=0.95))
+    df = pd.DataFrame(rows)
+    return df[~((df.layer == 1) & (df.module == "up"))]  # one missing cell
+
+
+# --- heatmaps -------------------------------------------------------------------------------
+
+
+def test_sparsity_heatmap_z_equals_table_and_missing_is_nan():
+    df = heat_frame()
+    fig = F.sparsity_heatmap(df)
+    tr = fig.data[0]
+    assert list(tr.x) == ["q", "k", "up", "down", "lm_head"]  # canonical module order
+    assert list(tr.y) == ["0", "1", "2", "final"]
+    assert fig.layout.yaxis.autorange == "reversed"  # layer 0 on top
+    for row in df.itertuples():
+        i, j = list(tr.y).index(str(row.layer)), list(tr.x).index(row.module)
+        assert tr.z[i, j] == pytest.approx(100 * row.sparsity, rel=1e-12)
+        assert tuple(tr.customdata[i, j, :2]) == (row.changed, row.numel)
+        assert tr.customdata[i, j, 3] == pytest.approx(100 * row.density, rel=1e-12)
+    assert np.isnan(tr.z[1, 2])  # layer 1 × up was never given: blank, not 0
+    assert np.isnan(tr.z[0, 4]) and np.isnan(tr.z[3, 0])
+    assert np.isfinite(tr.z).sum() == len(df)
+    # What reaches the browser is the same array (base64 typed array).
+    spec = json.loads(fig.to_json())
+    np.testing.assert_array_equal(decode(spec["data"][0]["z"]), tr.z)
+    assert "changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}" in tr.hovertemplate
+
+
+def test_sparsity_heatmap_other_value_column_and_errors():
+    df = heat_frame().assign(sparsity_unweighted=lambda d: d.sparsity / 2)
+    fig = F.sparsity_heatmap(df, value="sparsity_unweighted")
+    assert np.nanmax(fig.data[0].z) == pytest.approx(50 * df.sparsity.max())
+    assert "(%)" in fig.data[0].colorbar.title.text
+    with pytest.raises(F.FigureDataError, match="density"):
+        F.sparsity_heatmap(df.drop(columns="density"))
+    with pytest.raises(F.FigureDataError, match="one row per"):
+        F.sparsity_heatmap(pd.concat([df, df.head(1)]))
+
+
+def test_rank_and_overlap_heatmaps():
+    df = heat_frame()[["layer", "module"]].assign(rank_frac=0.5, rank_frac_random=1.0, jaccard=0.2, jaccard_chance=0.1)
+    r = F.rank_heatmap(df).data[0]
+    assert np.nanmin(r.z) == np.nanmax(r.z) == 50
+    o = F.overlap_layer_heatmap(df).data[0]
+    assert np.nanmax(o.z) == pytest.approx(20)
+    ratio = F.overlap_layer_heatmap(df, view="ratio").data[0]
+    assert np.nanmax(ratio.z) == pytest.approx(1.0)  # log2(0.2 / 0.1): ×2 is one step above ×1
+    assert ratio.zmid == 0
+
+
+# --- lines and bars --------------------------------------------------------------------------
+
+
+def test_tolerance_sweep_draws_exact_point_apart():
+    tol = [0, 1e-8, 1e-6, 1e-5]
+    df = pd.DataFrame(
+        {"model": ["a"] * 4 + ["b"] * 4, "tolerance": tol * 2, "sparsity": [0.5, 0.6, 0.7, 0.8, 0.1, 0.2, 0.3, 0.4]}
+    )
+    fig = F.tolerance_sweep(df)
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    exact = [t for t in fig.data if t.mode == "markers"]
+    assert [t.name for t in lines] == ["a", "b"]
+    np.testing.assert_allclose(lines[0].x, [1e-8, 1e-6, 1e-5])
+    np.testing.assert_allclose(lines[0].y, [60, 70, 80])
+    assert exact[0].y[0] == pytest.approx(50) and exact[0].x[0] == pytest.approx(1e-9)
+    assert exact[0].marker.symbol == "diamond-open" and exact[0].marker.color == lines[0].line.color
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.ticktext[0] == "exact"
+    assert fig.layout.yaxis.title.text == "sparsity (%)"
+    with pytest.raises(F.FigureDataError):
+        F.tolerance_sweep(df.assign(tolerance=-1.0))
+
+
+def test_ulp_histogram_keeps_bin_order_and_shares():
+    bins = ["0", "1", "2-3", ">3"]
+    df = pd.DataFrame({"model": ["m"] * 4, "bin": bins, "count": [70, 20, 0, 10]})
+    fig = F.ulp_histogram(df.iloc[::-1].assign(bin=pd.Categorical(df.bin[::-1], categories=bins)))
+    tr = fig.data[0]
+    assert list(tr.x) == bins
+    np.testing.assert_array_equal(tr.y, [70, 20, 0, 10])
+    np.testing.assert_allclose(tr.customdata, [70, 20, 0, 10])  # % of this model's total (100)
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_module_bars_spectrum_series_training_accuracy():
+    mb = F.module_bars(pd.DataFrame({"model": ["a", "b"], "name": ["embed", "embed"], "sparsity": [0.25, 0.75]}))
+    assert [list(t.x) for t in mb.data] == [[25.0], [75.0]]
+    sp = pd.DataFrame(
+        {
+            "name": ["w"] * 4,
+            "index": [0, 1, 0, 1],
+            "sigma": [2.0, 1.0, 0.5, 0.4],
+            "kind": ["update"] * 2 + ["random"] * 2,
+        }
+    )
+    fig = F.spectrum_curves(sp)
+    assert [t.line.dash for t in fig.data] == ["solid", "dash"] and fig.layout.yaxis.type == "log"
+    np.testing.assert_array_equal(fig.data[0].y, [2.0, 1.0])
+    se = F.series_lines(
+        pd.DataFrame({"step": [10, 0], "vs_first": [0.9, 1.0], "vs_previous": [0.95, np.nan], "ever_updated": [0.1, 0]})
+    )
+    np.testing.assert_allclose(se.data[0].y, [100, 90])  # sorted by step
+    assert len(se.data) == 3
+    tc = pd.DataFrame({"step": [0, 1, 0, 1], "metric": ["loss", "loss", "reward", "reward"], "value": [2, 1, 0, 1]})
+    fig = F.training_curves(tc)
+    assert len(fig.data) == 2 and fig.data[1].xaxis == "x2"
+    A = np.array([[0.9, np.nan], [0.8, 0.7]])
+    acc = F.accuracy_matrix(A, ["t1", "t2"]).data[0]
+    np.testing.assert_allclose(acc.z, 100 * A)
+    assert list(acc.text[0]) == ["90.0", ""]
+    with pytest.raises(F.FigureDataError):
+        F.accuracy_matrix(A, ["t1", "t2", "t3"])
+
+
+def test_consensus_bars_leaves_out_k0_and_says_so():
+    df = pd.DataFrame({"k": [0, 1, 2, 3], "count": [1000, 60, 30, 10]})
+    fig = F.consensus_bars(df)
+    np.testing.assert_array_equal(fig.data[0].x, [1, 2, 3])
+    np.testing.assert_allclose(fig.data[0].customdata, [60, 30, 10])  # % of union = 100
+    assert "1,000 parameters in no mask" in fig.layout.title.text
+    per_layer = F.consensus_bars(pd.DataFrame({"layer": [0, 0, 1], "k": [1, 2, 1], "count": [3, 1, 5]}))
+    assert [list(t.y) for t in per_layer.data] == [[75.0, 100.0], [25.0, 0.0]]
+
+
+# --- matrix drill-down ------------------------------------------------------------------------
+
+
+def test_matrix_image_block_mean_matches_loop_and_keeps_aspect():
+    rng = np.random.default_rng(0)
+    mask = rng.random((50, 23)) < 0.3
+    fig = F.matrix_image(mask, max_side=10)  # block 5×5; the last column block is 5×3
+    tr = fig.data[0]
+    assert tr.z.shape == (10, 5)
+    for bi in range(10):
+        for bj in range(5):
+            block = mask[5 * bi : 5 * bi + 5, 5 * bj : 5 * bj + 5]
+            assert tr.z[bi, bj] == pytest.approx(100 * block.mean())
+            assert tr.customdata[bi, bj, 4] == block.sum() and tr.customdata[bi, bj, 5] == block.size
+    assert tr.customdata[-1, -1, 3] == 22  # original column index of the last block's end
+    assert fig.layout.yaxis.scaleanchor == "x"
+    full = F.matrix_image(mask.astype(np.float32), max_side=64).data[0]
+    np.testing.assert_allclose(full.z, 100 * mask)
+    with pytest.raises(F.FigureDataError):
+        F.matrix_image(np.zeros((2, 2, 2), bool))
+
+
+def test_row_col_ratios_downsamples_by_mean():
+    rows = np.arange(10) / 10
+    fig = F.row_col_ratios(rows, np.array([0.5, 1.0]), max_points=5)
+    np.testing.assert_allclose(fig.data[0].y, [5, 25, 45, 65, 85])
+    np.testing.assert_allclose(fig.data[1].y, [50, 100])
+
+
+# --- Venn -------------------------------------------------------------------------------------
+
+
+def circles(fig):
+    """(centres, radii) read back from the figure's circle shapes."""
+    c = np.array([[(s.x0 + s.x1) / 2, (s.y0 + s.y1) / 2] for s in fig.layout.shapes])
+    r = np.array([(s.x1 - s.x0) / 2 for s in fig.layout.shapes])
+    return c, r
+
+
+def lens_by_quadrature(c1, r1, c2, r2):
+    """Intersection area of two disks by integrating the overlap of vertical chords."""
+    lo, hi = max(c1[0] - r1, c2[0] - r2), min(c1[0] + r1, c2[0] + r2)
+    if lo >= hi:
+        return 0.0
+
+    def chord(x):
+        h1 = math.sqrt(max(r1 * r1 - (x - c1[0]) ** 2, 0))
+        h2 = math.sqrt(max(r2 * r2 - (x - c2[0]) ** 2, 0))
+        return max(0.0, min(c1[1] + h1, c2[1] + h2) - max(c1[1] - h1, c2[1] - h2))
+
+    return quad(chord, lo, hi, epsabs=1e-13, epsrel=1e-12, limit=200)[0]
+
+
+def grid_regions(c, r, n=1500):
+    """Exclusive region areas of 3 circles counted on an n×n grid (independent of venn.py)."""
+    lo, hi = (c - r[:, None]).min(0), (c + r[:, None]).max(0)
+    xs, ys = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
+    px, py = np.meshgrid(xs, ys)
+    inside = [(px - cx) ** 2 + (py - cy) ** 2 <= rr**2 for (cx, cy), rr in zip(c, r, strict=True)]
+    cell = (xs[1] - xs[0]) * (ys[1] - ys[0])
+    out = []
+    for code in REGIONS3:
+        sel = np.ones_like(px, bool)
+        for i, ch in enumerate(code):
+            sel &= inside[i] if ch == "1" else ~inside[i]
+        out.append(sel.sum() * cell)
+    return np.array(out)
+
+
+def test_venn2_areas_are_the_planted_counts():
+    only_a, only_b, both = 300, 500, 200
+    fig = F.venn2([only_a, only_b, both], ["A", "B"])
+    (ca, cb), (ra, rb) = circles(fig)
+    union = only_a + only_b + both
+    # Areas are in units of the union: π r² · union = set size; lens · union = |A ∩ B|.
+    assert math.pi * ra**2 * union == pytest.approx(only_a + both, rel=1e-9)
+    assert math.pi * rb**2 * union == pytest.approx(only_b + both, rel=1e-9)
+    assert lens_by_quadrature(ca, ra, cb, rb) * union == pytest.approx(both, rel=1e-6)
+    marker = fig.data[0]
+    np.testing.assert_array_equal(marker.customdata[:, 0], [only_a, only_b, both])
+    np.testing.assert_allclose(marker.customdata[:, 1], [30, 50, 20])
+    assert list(marker.hovertext) == ["only A", "only B", "A ∩ B"]
+    assert fig.layout.yaxis.scaleanchor == "x"  # circles stay round
+
+
+@pytest.mark.parametrize("regions", [(0, 0, 5), (5, 3, 0), (0, 7, 4)])
+def test_venn2_edge_cases_containment_and_disjoint(regions):
+    lay = venn2_layout(regions)
+    assert lay.region_error < 1e-9
+    ok = ~np.isnan(lay.label_points[:, 0])
+    assert list(ok) == [c > 0 for c in regions]
+
+
+def planted_sets(seed=0, n=20000):
+    rng = np.random.default_rng(seed)
+    a = rng.random(n) < 0.30
+    b = (rng.random(n) < 0.25) | (a & (rng.random(n) < 0.3))
+    c = (rng.random(n) < 0.15) | (b & (rng.random(n) < 0.2))
+    sets = np.stack([a, b, c])
+    regions = [int(np.all(sets == np.array([ch == "1" for ch in code])[:, None], axis=0).sum()) for code in REGIONS3]
+    return sets, regions
+
+
+def test_venn3_pairwise_layout_is_exact_per_pair_and_error_is_honest():
+    sets, regions = planted_sets()
+    union = sets.any(0).sum()
+    fig = F.venn3(regions, ["A", "B", "C"], method="pairwise")
+    c, r = circles(fig)
+    for i in range(3):
+        assert math.pi * r[i] ** 2 * union == pytest.approx(sets[i].sum(), rel=1e-9)
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        assert lens_by_quadrature(c[i], r[i], c[j], r[j]) * union == pytest.approx((sets[i] & sets[j]).sum(), rel=1e-6)
+    lay = venn3_layout(regions, method="pairwise")
+    independent = grid_regions(c, r) * union
+    honest = np.abs(independent - np.array(regions)).sum() / union
+    assert lay.region_error == pytest.approx(honest, abs=2e-3)
+    np.testing.assert_allclose(lay.actual * union, independent, atol=2e-3 * union)
+    assert f"{100 * (1 - lay.region_error):.1f}%" in fig.layout.title.text
+
+
+def test_venn3_auto_is_no_worse_and_handles_impossible_triangles():
+    _, regions = planted_sets(3)
+    assert venn3_layout(regions).region_error <= venn3_layout(regions, method="pairwise").region_error + 1e-12
+    # B is half in A and half in C, but A and C are disjoint: no triangle makes all 3 pairs exact.
+    impossible = [50, 0, 5, 50, 0, 5, 0]
+    with pytest.raises(VennInputError, match="triangle"):
+        venn3_layout(impossible, method="pairwise")
+    lay = venn3_layout(impossible)
+    assert lay.method == "cost"
+    c, r = lay.centers, lay.radii
+    honest = np.abs(grid_regions(c, r) - lay.target).sum() / lay.target.sum()
+    assert lay.region_error == pytest.approx(honest, abs=3e-3)
+
+
+@pytest.mark.parametrize("bad", [[1, 2], [1, -1, 1, 1, 1, 1, 1], [0] * 7, [1, np.nan, 1, 1, 1, 1, 1]])
+def test_venn_bad_counts_raise(bad):
+    with pytest.raises(VennInputError):
+        venn3_layout(bad)
+
+
+def test_venn_accepts_region_mapping_and_checks_labels():
+    fig = F.venn3({"100": 4, "111": 2, "011": 1}, ["a", "b", "c"])
+    assert sorted(fig.data[0].customdata[:, 0]) == [1, 2, 4]
+    with pytest.raises(F.FigureDataError):
+        F.venn2([1, 1, 1], ["only one"])
+
+
+# --- UpSet and pairwise -----------------------------------------------------------------------
+
+
+def test_upset_bars_and_set_sizes_match_element_sets():
+    rng = np.random.default_rng(2)
+    n_sets, labels = 8, [f"m{i}" for i in range(8)]
+    member = rng.random((n_sets, 5000)) < np.linspace(0.05, 0.4, n_sets)[:, None]
+    codes = (member.T * (1 << np.arange(n_sets))).sum(1)
+    counts = pd.Series(codes[codes > 0]).value_counts()
+    df = pd.DataFrame({"members": counts.index.astype(int), "count": counts.to_numpy()})
+    fig = F.upset(df, labels, max_bars=40)
+    bars, sizes = fig.data[0], fig.data[3]
+    np.testing.assert_array_equal(bars.y, np.sort(counts.to_numpy())[::-1][:40])
+    np.testing.assert_array_equal(sizes.x, member.sum(1))  # set sizes from every region, not only the top 40
+    assert f"40 of {len(counts)}" in fig.layout.title.text
+    # The same regions given as tuples of labels or '0/1' strings draw the same bars.
+    as_tuples = df.assign(members=[tuple(lab for i, lab in enumerate(labels) if c >> i & 1) for c in df.members])
+    as_bits = df.assign(members=["".join("1" if c >> i & 1 else "0" for i in range(8)) for c in df.members])
+    for other in (as_tuples, as_bits):
+        np.testing.assert_array_equal(F.upset(other, labels).data[0].y, bars.y)
+    # Dots: the member line of the first bar joins exactly its members.
+    top_code = int(df.sort_values("count", ascending=False).members.iloc[0])
+    line = fig.data[2]
+    first = list(line.y[: list(line.y).index(None)])
+    assert first == [i for i in range(8) if top_code >> i & 1]
+
+
+def test_upset_degree_sort_and_bad_members():
+    df = pd.DataFrame({"members": [("a", "b"), ("a",), ("b",)], "count": [10, 1, 5]})
+    fig = F.upset(df, ["a", "b"], sort="degree")
+    np.testing.assert_array_equal(fig.data[0].y, [5, 1, 10])
+    with pytest.raises(F.FigureDataError, match="not among"):
+        F.upset(pd.DataFrame({"members": [("z",)], "count": [1]}), ["a", "b"])
+
+
+def test_pairwise_matrix_fills_mirror_and_ratio():
+    df = pd.DataFrame({"a": ["x"], "b": ["y"], "o1": [0.6], "o2": [0.3], "o1_chance": [0.2], "o2_chance": [0.4],
+                       "jaccard": [0.25], "jaccard_chance": [0.125]})  # fmt: skip
+    o1 = F.pairwise_matrix(df, value="o1").data[0]
+    assert o1.z[0, 1] == pytest.approx(60) and o1.z[1, 0] == pytest.approx(30)  # o1(x, y) = o2(y, x)
+    assert np.isnan(o1.z[0, 0]) and o1.text[0, 1] == "60.0%"
+    assert o1.customdata[1, 0, 2] == pytest.approx(0.3 / 0.4)
+    o2 = F.pairwise_matrix(df, value="o2").data[0]
+    np.testing.assert_allclose(o2.z, o1.z.T)
+    r = F.pairwise_matrix(df, value="jaccard", view="ratio").data[0]
+    assert r.z[0, 1] == pytest.approx(1.0) and r.z[1, 0] == pytest.approx(1.0)  # log2(×2)
+    assert r.text[0, 1] == "×2.00"
+    with pytest.raises(F.FigureDataError):
+        F.pairwise_matrix(df, value="dice")
+
+
+# --- every builder survives an empty frame ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        F.sparsity_heatmap, F.rank_heatmap, F.overlap_layer_heatmap, F.tolerance_sweep, F.ulp_histogram,
+        F.module_bars, F.spectrum_curves, F.series_lines, F.training_curves, F.consensus_bars, F.pairwise_matrix,
+        lambda df: F.upset(df, ["a"]), lambda df: F.matrix_image(np.zeros((0, 0))),
+        lambda df: F.row_col_ratios([], []), lambda df: F.accuracy_matrix(np.zeros((0, 0)), []),
+    ],
+)  # fmt: skip
+def test_empty_input_gives_a_no_data_figure(build):
+    fig = build(pd.DataFrame())
+    assert fig.layout.annotations[0].text == "no data" and fig.layout.title.text
+
+
+def test_palette_is_stable_and_backend_has_no_streamlit():
+    assert F.color_map(["a", "b"]) == {"a": F.PALETTE[0], "b": F.PALETTE[1]}
+    import subprocess
+    import sys
+
+    code = "import subnetviz.figures, subnetviz.report, sys; assert 'streamlit' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
