@@ -41,7 +41,7 @@ def body() -> None:
     with a:
         ui.chart(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]), key="sweep")
     with b:
-        ui.chart(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports])), key="ulp")
+        ui.chart(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)), key="ulp")
     ui.table(sweep, "sweep-table", "Sparsity per criterion")
     st.subheader("Norms, embeddings and head")
     special = pd.concat([r.special() for r in analysis.reports], ignore_index=True)

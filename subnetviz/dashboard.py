@@ -1,0 +1,61 @@
+"""The standard dashboard of an analysis folder as sections of a self-contained HTML report.
+
+Used by ``python -m subnetviz report DIR --out FILE`` (and reusable from a notebook): the same
+figures the Update sparsity, Spectra and Overlap pages draw, built from what
+:func:`subnetviz.analysis.updates.write_analysis` wrote.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from subnetviz import figures
+from subnetviz.analysis.updates import UpdateAnalysis, read_analysis
+from subnetviz.errors import ConfigError
+from subnetviz.report import ReportSection, write_report
+
+
+def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
+    """Sparsity (per model heatmap, sweep, ULPs, special tensors), spectra and overlap sections."""
+    summary = analysis.summary()
+    sections = [ReportSection("Summary", tables=[("Exact update sparsity per model", summary)],
+                              notes="; ".join(analysis.notes))]  # fmt: skip
+    figs = []
+    for rep in analysis.reports:
+        grid = rep.by_layer_module()
+        figs.append(figures.sparsity_heatmap(grid[grid["layer"].notna()], title=f"{rep.model}: update sparsity (exact)"))
+    sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
+    figs.append(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]))
+    figs.append(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)))
+    special = pd.concat([r.special() for r in analysis.reports], ignore_index=True)
+    figs.append(figures.module_bars(special.rename(columns={"key": "name"})))
+    sections.append(ReportSection("Update sparsity", figs, [("Sparsity per criterion", sweep)]))
+    spec = analysis.spectra_table()
+    if len(spec):
+        meta = analysis.reports[0].tensors[["key", "layer", "module"]].rename(columns={"key": "name"})
+        spec = spec.merge(meta, on="name", how="left")
+        sfigs = []
+        for model in analysis.labels:
+            g = spec[(spec["model"] == model) & spec["layer"].notna() & ~spec["skipped"].astype(bool)]
+            g = g.assign(layer=g["layer"].astype(int), min_dim=g[["rows", "cols"]].min(axis=1),
+                         rank_frac_random=g["baseline_rank_frac"])  # fmt: skip
+            sfigs.append(figures.rank_heatmap(g, title=f"{model}: update rank / min(m, n)"))
+        sections.append(ReportSection("Spectra", sfigs, [("Rank, effective rank, stable rank", spec)]))
+    if analysis.source_dir is not None and (analysis.source_dir / "overlap_pairwise.csv").exists():
+        pw = pd.read_csv(analysis.source_dir / "overlap_pairwise.csv")
+        ofigs = [figures.pairwise_matrix(pw, value=v, labels=analysis.labels) for v in ("o1", "jaccard")]
+        sections.append(ReportSection("Overlap of update masks", ofigs, [("Pairwise overlap against chance", pw)]))
+    return sections
+
+
+def analysis_report(analysis_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the dashboard of ``analysis_dir`` (a folder from ``analyze --out``) to ``out``."""
+    d = Path(analysis_dir)
+    if not (d / "summary.json").is_file():
+        raise ConfigError(f"{d}: not an analysis folder (no summary.json); run `python -m subnetviz analyze` first.")
+    analysis = read_analysis(d)
+    return write_report(out, "subnetviz · update analysis", analysis_sections(analysis),
+                        {"base": analysis.base, "models": ", ".join(analysis.labels), "folder": str(d)})  # fmt: skip

@@ -1,0 +1,91 @@
+"""AppTest for every page on the micro zoo: no exception, no error box, charts with data, and the
+numbers shown equal the backend's for the same inputs."""
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app_fixtures import app_home  # noqa: F401
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ["home", "workspace", "sparsity", "spectra", "overlap", "series", "training", "bigram", "continual"]
+pytestmark = pytest.mark.slow
+
+
+def plotly_specs(at):
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def decode(v):
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(s) for s in v["shape"].split(",")]) if "shape" in v else a
+    return np.asarray(v)
+
+
+def open_page(name: str, **query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    if name != "home":
+        at.switch_page(f"pages/{name}.py").run()
+    return at
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_renders_without_errors(app_home, name):  # noqa: F811
+    if not (Path(APP).parent / "pages" / f"{name}.py").exists():
+        pytest.skip(f"page {name} not present")
+    at = open_page(name)
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    if name not in ("home", "workspace", "training", "bigram", "continual"):
+        specs = plotly_specs(at)
+        assert specs, f"{name}: no chart"
+        assert all(s["data"] for s in specs), f"{name}: a chart without traces"
+
+
+def test_workspace_numbers_equal_backend(app_home):  # noqa: F811
+    from subnetviz.analysis.updates import analyze_updates
+    from subnetviz.demo.build import load_zoo
+
+    at = open_page("workspace")
+    assert not at.exception
+    zoo = load_zoo()
+    members = {m["id"]: zoo.root / m["path"] for m in zoo.manifest["members"]}
+    shown = {m.label: m.value for m in at.metric}
+    direct = analyze_updates(members["base"], [members["grpo-s0"]], labels=["grpo-s0"])
+    assert shown["grpo-s0"] == f"{100 * direct.reports[0].sparsity:.2f} %"
+
+
+def test_sparsity_heatmap_equals_backend_table(app_home):  # noqa: F811
+    from subnetviz.analysis.updates import analyze_updates
+    from subnetviz.demo.build import load_zoo
+
+    at = open_page("sparsity", sp_models=["grpo-s0"])
+    assert not at.exception
+    heat = next(s for s in plotly_specs(at) if s["data"][0]["type"] == "heatmap")
+    z = decode(heat["data"][0]["z"]).astype(float)
+    zoo = load_zoo()
+    members = {m["id"]: zoo.root / m["path"] for m in zoo.manifest["members"]}
+    grid = analyze_updates(members["base"], [members["grpo-s0"]], labels=["grpo-s0"]).reports[0].by_layer_module()
+    expected = 100 * grid[grid["layer"].notna()]["sparsity"].to_numpy()
+    assert np.allclose(np.sort(z[np.isfinite(z)]), np.sort(expected))
+
+
+def test_query_params_restore_the_view(app_home):  # noqa: F811
+    at = open_page("sparsity", sp_crit="1e-05", sp_avg="per-tensor mean")
+    assert not at.exception
+    assert at.selectbox(key="sp_crit").value == "1e-05"
+    assert at.radio(key="sp_avg").value == "per-tensor mean"
+
+
+def test_path_outside_roots_is_refused(app_home):  # noqa: F811
+    at = open_page("workspace", base="/etc")
+    assert not at.exception
+    assert any("outside the folders" in e.value for e in at.sidebar.error)

@@ -1,0 +1,151 @@
+"""End-to-end: a real ``streamlit run`` driven by Playwright in Debian's Chromium.
+
+Opens every page, waits for the script to finish and the charts to draw, asserts no exception
+element and that every chart has data, and saves a screenshot per page (docs/screenshots when
+``SUBNETVIZ_SCREENSHOTS`` is set, else a temp folder). Also: a shared URL reopens the same view in a
+fresh browser context, and a short training run started from the page reaches "succeeded".
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.app_fixtures import app_home  # noqa: F401
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = Path(os.environ.get("SUBNETVIZ_SCREENSHOTS") or "/tmp/subnetviz-e2e")
+CHART_PAGES = ["sparsity", "spectra", "overlap", "series"]
+PAGES = ["home", "workspace", *CHART_PAGES, "training", "bigram", "continual"]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK) and not os.environ.get("CI"),
+                       reason="needs Debian chromium (apt-get install chromium)"),  # in CI: fail, don't skip
+]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(app_home):  # noqa: F811
+    port = _free_port()
+    env = {**os.environ, "SUBNETVIZ_HOME": str(app_home), "SUBNETVIZ_ROOTS": str(app_home), "OMP_NUM_THREADS": "1"}
+    log = open(SHOTS.parent / f"streamlit-e2e-{port}.log", "w") if SHOTS.parent.exists() else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("streamlit did not start")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+def wait_for_app(page, timeout: float = 120_000) -> None:
+    """Streamlit's own e2e recipe: connected, script finished, no skeletons left."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
+    expect(page.get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout)
+
+
+def open_page(browser, url: str):
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = ctx.new_page()
+    page.goto(url)
+    wait_for_app(page)
+    return ctx, page
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders(browser, app_url, name):
+    if not (ROOT / "pages" / f"{name}.py").exists():
+        pytest.skip(f"page {name} not present")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    ctx, page = open_page(browser, app_url + ("" if name == "home" else f"/{name}"))
+    try:
+        assert page.get_by_test_id("stException").count() == 0
+        assert page.get_by_test_id("stAlertContentError").count() == 0, page.get_by_test_id("stAlertContentError").all_inner_texts()
+        if name in CHART_PAGES:
+            charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
+            charts.first.wait_for(timeout=60_000)
+            page.wait_for_timeout(500)
+            n = charts.count()
+            assert n >= 2
+            for i in range(n):  # every chart drew at least one trace
+                assert charts.nth(i).locator(".trace, .heatmaplayer image, .bars path, .scatterlayer path").count() > 0
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    finally:
+        ctx.close()
+
+
+def test_shared_url_reopens_the_same_view(browser, app_url):
+    ctx, page = open_page(browser, app_url + "/sparsity")
+    try:
+        page.get_by_test_id("stSelectbox").filter(has_text="Criterion").click()
+        page.get_by_role("option", name="1e-05").click()
+        wait_for_app(page)
+        shared = page.url
+        assert "sp_crit=1e-05" in shared
+    finally:
+        ctx.close()
+    ctx2, page2 = open_page(browser, shared)  # a colleague opening the link: a fresh context
+    try:
+        box = page2.get_by_test_id("stSelectbox").filter(has_text="Criterion")
+        assert "1e-05" in box.inner_text()
+        assert page2.get_by_test_id("stException").count() == 0
+    finally:
+        ctx2.close()
+
+
+def test_training_run_from_the_page_succeeds(browser, app_url):
+    ctx, page = open_page(browser, app_url + "/training")
+    try:
+        page.get_by_label("Algorithm").click()
+        page.get_by_role("option", name="sft").click()
+        steps = page.get_by_label("Steps")
+        steps.fill("2")
+        page.get_by_role("button", name="Launch run").click()
+        page.get_by_text("Queued run").wait_for(timeout=30_000)
+        page.get_by_role("tab", name="Runs").click()
+        page.get_by_text("succeeded").first.wait_for(timeout=240_000)
+        page.screenshot(path=str(SHOTS / "training-run.png"), full_page=True)
+    finally:
+        ctx.close()
