@@ -1,0 +1,175 @@
+"""Tiny checkpoints on disk for the checkpoint, naming, sparsity, mask and CLI tests (no network).
+
+- :func:`ckpt_zoo` (session fixture): random tiny Llama (untied head, *sharded*), GPT-2 (tied,
+  Conv1D), GPT-NeoX (Pythia-like, fused interleaved QKV) and BERT folders written by
+  ``save_pretrained`` in bf16; a single ``.safetensors`` file; a legacy ``.bin`` state dict; a
+  malicious ``.bin`` whose pickle would create a sentinel file when unpickled freely.
+- :func:`read_state_dict` / :func:`write_folder`: a folder's tensors as a dict, and back (one
+  ``model.safetensors`` + the source's ``config.json``), for planting changes into a copy.
+- :func:`bf16_step`: move bf16 values by a whole number of ULPs (the planted-change primitive).
+- :func:`fake_hub_cache`: the local Hugging Face cache layout for one repo id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+HIDDEN, INTER, LAYERS, VOCAB, HEADS = 16, 32, 2, 64, 4
+
+
+def _save(model, folder: Path, **kwargs) -> Path:
+    model.to(torch.bfloat16).save_pretrained(folder, **kwargs)
+    return folder
+
+
+def make_llama(folder: Path, *, seed: int = 0, sharded: bool = False, tie: bool = False) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=tie,
+    )  # fmt: skip
+    return _save(LlamaForCausalLM(cfg), folder, **({"max_shard_size": "8KB"} if sharded else {}))
+
+
+def make_gpt2(folder: Path, *, seed: int = 0) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=32,
+                     bos_token_id=0, eos_token_id=0)  # fmt: skip
+    return _save(GPT2LMHeadModel(cfg), folder)
+
+
+def neox_config():
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+
+
+def make_neox(folder: Path, *, seed: int = 0) -> Path:
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    return _save(GPTNeoXForCausalLM(neox_config()), folder)
+
+
+def make_bert(folder: Path, *, seed: int = 0) -> Path:
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
+                     num_attention_heads=HEADS, max_position_embeddings=32)  # fmt: skip
+    return _save(BertForMaskedLM(cfg), folder)
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a folder's ``*.safetensors`` files (copies, stored dtype)."""
+    from safetensors.torch import load_file
+
+    sd: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        sd.update({k: v.clone() for k, v in load_file(str(f)).items()})
+    return sd
+
+
+def write_folder(folder: Path, sd: dict[str, torch.Tensor], config_from: Path | None = None, **config_edits) -> Path:
+    """Write ``sd`` as one ``model.safetensors`` in ``folder`` (+ ``config.json`` copied and edited)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if config_from is not None:
+        cfg = json.loads((Path(config_from) / "config.json").read_text())
+        cfg.update(config_edits)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def bf16_step(x: torch.Tensor, ulps: int) -> torch.Tensor:
+    """bf16 values moved ``ulps`` representable steps away from zero (same sign; |x| grows)."""
+    assert x.dtype == torch.bfloat16
+    bits = x.view(torch.int16).to(torch.int32)
+    mag = (bits & 0x7FFF) + ulps
+    out = torch.where(bits < 0, mag | 0x8000, mag)
+    return _from_u16(out)
+
+
+def _from_u16(u: torch.Tensor) -> torch.Tensor:
+    # int32 holding an unsigned 16-bit pattern -> bf16 with those bits
+    s = torch.where(u >= 0x8000, u - 0x10000, u).to(torch.int16)
+    return s.view(torch.bfloat16)
+
+
+def fake_hub_cache(
+    cache: Path, repo_id: str, source: Path, commit: str = "0123456789abcdef0123456789abcdef01234567"
+) -> Path:
+    """Lay out ``source``'s files as the local HF cache holds ``repo_id``; returns the snapshot folder."""
+    org, name = repo_id.split("/")
+    repo = cache / f"models--{org}--{name}"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for f in Path(source).iterdir():
+        if f.is_file():
+            shutil.copy2(f, snap / f.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snap
+
+
+class Boom:
+    """Unpickling this runs ``touch <sentinel>``: the canonical malicious pickle."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+@dataclass(frozen=True)
+class Zoo:
+    root: Path
+    llama: Path  # sharded folder (model.safetensors.index.json)
+    gpt2: Path
+    neox: Path
+    bert: Path
+    single: Path  # one .safetensors file (no config next to it)
+    legacy_bin: Path  # pytorch_model.bin holding a plain state dict
+    malicious_bin: Path
+    sentinel: Path  # must never exist
+
+
+@pytest.fixture(scope="session")
+def ckpt_zoo(tmp_path_factory) -> Zoo:
+    root = tmp_path_factory.mktemp("ckpt_zoo")
+    llama = make_llama(root / "llama", sharded=True)
+    gpt2 = make_gpt2(root / "gpt2")
+    neox = make_neox(root / "neox")
+    bert = make_bert(root / "bert")
+    sd = read_state_dict(llama)
+    (root / "single").mkdir()
+    from safetensors.torch import save_file
+
+    single = root / "single" / "weights.safetensors"
+    save_file(sd, str(single))
+    (root / "legacy").mkdir()
+    legacy = root / "legacy" / "pytorch_model.bin"
+    torch.save(sd, legacy)
+    sentinel = root / "PWNED"
+    (root / "evil").mkdir()
+    evil = root / "evil" / "pytorch_model.bin"
+    torch.save({"w": torch.zeros(2), "x": Boom(sentinel)}, evil)
+    return Zoo(root, llama, gpt2, neox, bert, single, legacy, evil, sentinel)

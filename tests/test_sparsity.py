@@ -1,0 +1,368 @@
+"""Update sparsity against planted answers and a float64 NumPy reference.
+
+Proves: per-tensor changed counts (exact, every tolerance, the η rule), the ULP histogram, row /
+column counts and max |Δ| on a hand-planted pair and on random pairs (chunked and not); the
+aggregations (per layer × module sums to the total, weighted vs per-tensor mean, global sparsity,
+density vs sparsity labels); fused QKV splits (GPT-2 thirds, GPT-NeoX interleaved heads, the
+latter checked against HF's attention); the precision option; NaN/Inf refusal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import subnetviz.analysis.sparsity as sp
+from subnetviz.analysis.sparsity import SparsityOptions, compare_pair
+from subnetviz.analysis.updates import analyze_updates
+from subnetviz.errors import NonFiniteError
+from tests import ckpt_fixtures
+from tests.ckpt_fixtures import HEADS, HIDDEN, bf16_step, neox_config, read_state_dict, write_folder
+
+ckpt_zoo = ckpt_fixtures.ckpt_zoo  # the session fixture
+
+TOLS = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
+
+
+# --- the float64 NumPy reference --------------------------------------------------------------------
+def _bits_and_values(t: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
+    """(unsigned bit patterns, exact float64 values, bit width) without torch's float conversions."""
+    if t.dtype == torch.bfloat16:
+        u = t.view(torch.int16).numpy().view(np.uint16)
+        return u, (u.astype(np.uint32) << 16).view(np.float32).astype(np.float64), 16
+    if t.dtype == torch.float32:
+        u = t.view(torch.int32).numpy().view(np.uint32)
+        return u, u.view(np.float32).astype(np.float64), 32
+    raise TypeError(t.dtype)
+
+
+def reference(a: torch.Tensor, b: torch.Tensor, tols=TOLS, eta=1e-3) -> dict:
+    ua, va, w = _bits_and_values(a)
+    ub, vb, _ = _bits_and_values(b)
+    sign = np.uint64(1 << (w - 1))
+
+    def ordered(u):
+        u = u.astype(np.uint64)
+        mag = (u & (sign - np.uint64(1))).astype(np.int64)
+        return np.where(u & sign, -mag, mag)
+
+    ne = ua != ub
+    d = np.abs(vb - va)
+    dist = np.abs(ordered(ub) - ordered(ua))[ne]
+    edges = [(0, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 256), (257, np.inf)]
+    a2 = ne.reshape(ne.shape[0], -1) if ne.ndim >= 2 else ne.reshape(-1, 1)
+    return {
+        "changed": int(ne.sum()),
+        "changed_tol": tuple(int((d > t).sum()) for t in tols),
+        "changed_rel": int((d > eta * np.maximum(np.abs(va), np.abs(vb))).sum()),
+        "ulp_hist": tuple(int(((dist >= lo) & (dist <= hi)).sum()) for lo, hi in edges),
+        "max_abs_delta": float(d[ne].max()) if ne.any() else 0.0,
+        "rows": a2.sum(1),
+        "cols": a2.sum(0),
+        "mask": ne,
+    }
+
+
+def assert_matches(st, ref):
+    assert st.changed == ref["changed"]
+    assert st.changed_tol == ref["changed_tol"]
+    assert st.changed_rel == ref["changed_rel"]
+    assert st.ulp_hist == ref["ulp_hist"]
+    assert st.max_abs_delta == pytest.approx(ref["max_abs_delta"], rel=1e-6, abs=0)
+    np.testing.assert_array_equal(st.row_counts, ref["rows"])
+    np.testing.assert_array_equal(st.col_counts, ref["cols"])
+    np.testing.assert_array_equal(st.mask.numpy(), ref["mask"])
+
+
+# --- planted by hand --------------------------------------------------------------------------------
+def _bf(v: float) -> torch.Tensor:
+    return torch.tensor([v], dtype=torch.bfloat16)
+
+
+def _from_bits(bits: int) -> torch.Tensor:
+    return torch.tensor([bits - 0x10000 if bits >= 0x8000 else bits], dtype=torch.int16).view(torch.bfloat16)
+
+
+# (count, base value, finetuned value): sizes chosen around the tolerances. 1 ULP at 2^-10 is 2^-17 = 7.6e-6.
+GROUPS = [
+    (5, _bf(2**-10), bf16_step(_bf(2**-10), 1)),  # Δ 7.6e-6: > 1e-6, <= 1e-5; 1 ULP
+    (4, _bf(2**-10), bf16_step(_bf(2**-10), 2)),  # Δ 1.5e-5: > 1e-5, <= 1e-4; 2 ULP
+    (3, _bf(-(2**-10)), bf16_step(_bf(-(2**-10)), 3)),  # |Δ| 2.3e-5, negative side; 3 ULP
+    (2, _bf(2**-20), bf16_step(_bf(2**-20), 1)),  # Δ 7.5e-9 <= every tolerance, yet bitwise changed
+    (2, _bf(2**-14), bf16_step(_bf(2**-14), 1)),  # Δ 4.8e-7: > 1e-7, <= 1e-6
+    (1, _bf(0.01), _bf(2.0)),  # large: > 256 ULP, the max |Δ|
+    (1, _bf(-0.0), _bf(0.0)),  # -0 -> +0: bits differ, Δ = 0 (first ULP bin, no tolerance, not relative)
+    (2, _bf(1.0), bf16_step(_bf(1.0), 7)),  # 5-8 ULP
+    (1, _bf(1.0), bf16_step(_bf(1.0), 12)),  # 9-16 ULP
+    (1, _bf(1.0), bf16_step(_bf(1.0), 100)),  # 17-256 ULP
+    (1, _from_bits(0x0001), _from_bits(0x8001)),  # crosses zero between subnormals: 2 ULP
+]
+PLANTED = {
+    "changed": 23,
+    "changed_tol": (19, 19, 17, 12, 5),  # 1e-8 drops 2^-20, ±0, subnormals; 1e-6 drops 2^-14; ...
+    "changed_rel": 22,  # all but ±0: η = 1e-3 is below half a bf16 ULP (relative)
+    "ulp_hist": (10, 5, 3, 2, 1, 1, 1),
+}
+
+
+def planted_pair(shape=(12, 10), stride=5):
+    gen = torch.Generator().manual_seed(0)
+    a = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16).reshape(-1)
+    b = a.clone()
+    pos = []
+    p = 0
+    for count, va, vb in GROUPS:
+        for _ in range(count):
+            a[p], b[p] = va[0], vb[0]
+            pos.append(p)
+            p += stride
+    return a.reshape(shape), b.reshape(shape), np.array(pos)
+
+
+def test_planted_pair_matches_hand_counts_and_reference():
+    a, b, pos = planted_pair()
+    st = compare_pair(a, b, SparsityOptions())
+    assert st.changed == PLANTED["changed"]
+    assert st.changed_tol == PLANTED["changed_tol"]
+    assert st.changed_rel == PLANTED["changed_rel"]
+    assert st.ulp_hist == PLANTED["ulp_hist"]
+    assert sum(st.ulp_hist) == st.changed
+    assert st.max_abs_delta == 2.0 - float(_bf(0.01))
+    np.testing.assert_array_equal(st.row_counts, np.bincount(pos // 10, minlength=12))
+    np.testing.assert_array_equal(st.col_counts, np.bincount(pos % 10, minlength=10))
+    assert st.mask.shape == a.shape and st.mask.reshape(-1).nonzero().reshape(-1).tolist() == pos.tolist()
+    assert_matches(st, reference(a, b))
+
+
+def test_mask_at_a_tolerance_keeps_only_bigger_changes():
+    a, b, _ = planted_pair()
+    st = compare_pair(a, b, SparsityOptions(mask_tolerance=1e-5))
+    ref = reference(a, b)
+    d = np.abs(_bits_and_values(b)[1] - _bits_and_values(a)[1])
+    np.testing.assert_array_equal(st.mask.numpy(), d > 1e-5)
+    assert int(st.mask.sum()) == PLANTED["changed_tol"][3]
+    assert st.changed == ref["changed"]  # the exact count is unaffected by the mask choice
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(37, 23), (101,), (4, 3, 5)])
+def test_random_pairs_match_float64_reference(monkeypatch, chunk, dtype, shape):
+    if chunk:  # several chunks of whole rows, the last one partial: boundaries must not matter
+        monkeypatch.setattr(sp, "CHUNK_ELEMENTS", chunk * (shape[-1] if len(shape) > 1 else 1))
+    gen = torch.Generator().manual_seed(hash((dtype, shape)) % 1000)
+    a = (torch.randn(shape, generator=gen) * 0.05).to(dtype)
+    n = a.numel()
+    which = torch.rand(shape, generator=gen) < 0.4
+    sizes = 10 ** (torch.rand(shape, generator=gen) * 7 - 10)  # 1e-10 .. 1e-3
+    signs = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+    b = torch.where(which, (a.double() + signs * sizes).to(dtype), a)
+    b.view(-1)[: max(1, n // 20)] = -b.view(-1)[: max(1, n // 20)]  # some sign flips
+    st = compare_pair(a, b, SparsityOptions())
+    assert_matches(st, reference(a, b))
+    assert 0 < st.changed < n
+
+
+def test_identical_pair_is_all_zero():
+    a = torch.randn(6, 5).to(torch.bfloat16)
+    st = compare_pair(a, a.clone())
+    assert (st.changed, st.changed_rel, sum(st.changed_tol), sum(st.ulp_hist)) == (0, 0, 0, 0)
+    assert st.max_abs_delta == 0.0 and not st.mask.any()
+
+
+def test_relative_rule_differs_from_exact_in_fp32():
+    a = torch.tensor([1.0, 1.0, 2.0, 0.0], dtype=torch.float32)
+    b = torch.tensor([1.0005, 1.002, 2.0, 1e-12], dtype=torch.float32)
+    st = compare_pair(a, b, SparsityOptions(eta=1e-3))
+    assert st.changed == 3
+    assert st.changed_rel == 2  # 1 -> 1.0005 is within 1e-3 relative; 1 -> 1.002 and 0 -> 1e-12 are not
+    assert st.changed_tol == (2, 2, 2, 2, 2)  # 1e-12 is below every tolerance
+    assert st.changed_rel == reference(a, b)["changed_rel"]
+
+
+# --- precision ---------------------------------------------------------------------------------------
+def _round_to_bf16_bits(x32: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even fp32 -> bf16 bit patterns, in integer arithmetic (no torch)."""
+    u = x32.view(np.uint32).astype(np.uint64)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def test_precision_bf16_compares_after_the_cast():
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(64, 32, generator=gen) * 0.05
+    b = a + torch.randn(64, 32, generator=gen) * 1e-6  # fp32-level updates, most vanish in bf16
+    fp32 = compare_pair(a, b, SparsityOptions())
+    bf16 = compare_pair(a, b, SparsityOptions(precision="bf16"))
+    want = int((_round_to_bf16_bits(a.numpy()) != _round_to_bf16_bits(b.numpy())).sum())
+    assert fp32.changed == int((a.numpy() != b.numpy()).sum()) > 0.9 * a.numel()
+    assert bf16.changed == want and 0 < want < fp32.changed // 4
+    assert bf16.dtype == "bfloat16" and fp32.dtype == "float32"
+    assert_matches(bf16, reference(a.to(torch.bfloat16), b.to(torch.bfloat16)))
+
+
+def test_mixed_stored_dtypes_compare_in_fp32():
+    gen = torch.Generator().manual_seed(2)
+    a = (torch.randn(10, 8, generator=gen) * 0.05).to(torch.bfloat16)
+    b = a.float()
+    b[0, :3] += 1e-4  # real changes; every other entry is the same number stored wider
+    st = compare_pair(a, b)
+    assert st.dtype == "float32" and st.changed == 3
+    assert_matches(st, reference(a.float(), b))
+
+
+# --- non-finite --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_changed_entry_is_refused(bad):
+    a = torch.zeros(4, 4, dtype=torch.bfloat16)
+    b = a.clone()
+    b[2, 1] = bad
+    with pytest.raises(NonFiniteError, match="layers.0.w"):
+        compare_pair(a, b, name="layers.0.w")
+
+
+# --- aggregation over a planted checkpoint pair -------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted_llama(ckpt_zoo, tmp_path_factory):
+    """The zoo Llama and a copy with exactly k_i entries of tensor i moved by 1 ULP (k_i = i % 4 * 3)."""
+    sd = read_state_dict(ckpt_zoo.llama)
+    gen = torch.Generator().manual_seed(3)
+    planted = {}
+    for i, name in enumerate(sorted(sd)):
+        k = (i % 4) * 3
+        flat = sd[name].reshape(-1)
+        idx = torch.randperm(flat.numel(), generator=gen)[:k]
+        flat[idx] = bf16_step(flat[idx], 1)
+        planted[name] = k
+    ft = write_folder(tmp_path_factory.mktemp("planted") / "ft", sd, ckpt_zoo.llama)
+    rep = analyze_updates(ckpt_zoo.llama, [ft], spectra=None, device="cpu").reports[0]
+    return rep, planted, {n: t.numel() for n, t in sd.items()}
+
+
+def test_per_tensor_counts_are_the_planted_ones(planted_llama):
+    rep, planted, numel = planted_llama
+    got = dict(zip(rep.tensors["name"], rep.tensors["changed"], strict=True))
+    assert got == planted
+    assert dict(zip(rep.tensors["name"], rep.tensors["numel"], strict=True)) == numel
+    # every planted change is 1 ULP of a normal-sized weight: one bin, all tolerances agree with exact
+    assert rep.ulp_histogram()["count"].tolist() == [sum(planted.values()), 0, 0, 0, 0, 0, 0]
+
+
+def test_global_and_sweep_labels(planted_llama):
+    rep, planted, numel = planted_llama
+    total, n = sum(planted.values()), sum(numel.values())
+    assert rep.sparsity == 1 - total / n
+    sw = rep.sweep().set_index("criterion")
+    assert sw.loc["exact", "changed"] == total
+    assert sw.loc["exact", "density"] == total / n and sw.loc["exact", "sparsity"] == 1 - total / n
+    assert list(sw.index) == ["exact", *[f"|Δ|>{t:g}" for t in TOLS], "relative η=0.001"]
+    assert (sw["changed"].diff().dropna().iloc[:-1] <= 0).all()  # looser tolerance, fewer changed
+    s = rep.summary()
+    assert s["sparsity"] == rep.sparsity and s["density"] == pytest.approx(total / n)
+    assert s["mean_tensor_sparsity"] == pytest.approx(np.mean([1 - planted[k] / numel[k] for k in planted]))
+
+
+def _layer(x):
+    return None if pd.isna(x) else int(x)
+
+
+def test_by_layer_module_weighted_and_mean(planted_llama):
+    rep, planted, numel = planted_llama
+    t = rep.tensors.set_index("name")
+    groups: dict = {}
+    for name in planted:
+        groups.setdefault((_layer(t.loc[name, "layer"]), t.loc[name, "module"]), []).append(name)
+    blm = rep.by_layer_module()
+    assert int(blm["changed"].sum()) == sum(planted.values()) and int(blm["numel"].sum()) == sum(numel.values())
+    assert len(blm) == len(groups)
+    for row in blm.itertuples():
+        names = groups[(_layer(row.layer), row.module)]
+        ch, nu = sum(planted[x] for x in names), sum(numel[x] for x in names)
+        assert row.changed == ch and row.numel == nu and row.tensors == len(names)
+        assert row.density == pytest.approx(ch / nu) and row.sparsity == pytest.approx(1 - ch / nu)
+        assert row.mean_density == pytest.approx(np.mean([planted[x] / numel[x] for x in names]))
+        assert row.mean_sparsity == pytest.approx(1 - row.mean_density)
+    per_layer = blm.groupby(blm["layer"].map(_layer), dropna=False)["changed"].sum()
+    assert int(per_layer.sum()) == rep.changed
+    assert set(blm["module"]) >= {"q", "k", "v", "o", "gate", "up", "down", "attn_norm", "mlp_norm", "embed", "lm_head"}
+    assert set(rep.special()["module"]) == {"embed", "lm_head", "attn_norm", "mlp_norm", "final_norm"}
+
+
+# --- fused QKV ------------------------------------------------------------------------------------------
+def _changed_parts(rep, layer):
+    blm = rep.by_layer_module()
+    sel = blm[(blm["layer"] == layer) & blm["module"].isin(["q", "k", "v", "qkv"])]
+    return dict(zip(sel["module"], sel["changed"], strict=True)), dict(zip(sel["module"], sel["numel"], strict=True))
+
+
+def test_gpt2_c_attn_split_in_contiguous_thirds(ckpt_zoo, tmp_path):
+    sd = read_state_dict(ckpt_zoo.gpt2)
+    w = sd["transformer.h.1.attn.c_attn.weight"]  # Conv1D: (d, 3d), k = columns [d, 2d)
+    assert w.shape == (HIDDEN, 3 * HIDDEN)
+    w[2:5, HIDDEN : 2 * HIDDEN] = bf16_step(w[2:5, HIDDEN : 2 * HIDDEN], 1)  # 3 x 16 = 48 entries
+    bias = sd["transformer.h.1.attn.c_attn.bias"]
+    bias[HIDDEN + 1] = bf16_step(bias[HIDDEN + 1 : HIDDEN + 2], 2)[0]
+    ft = write_folder(tmp_path / "ft", sd, ckpt_zoo.gpt2)
+    rep = analyze_updates(ckpt_zoo.gpt2, [ft], spectra=None, device="cpu").reports[0]
+    changed, numel = _changed_parts(rep, 1)
+    assert changed == {"q": 0, "k": 49, "v": 0}
+    assert numel == {m: HIDDEN * HIDDEN + HIDDEN for m in "qkv"}
+    assert rep.changed == 49
+    assert _changed_parts(rep, 0)[0] == {"q": 0, "k": 0, "v": 0}
+
+
+def test_gpt_neox_qkv_split_interleaved_per_head(ckpt_zoo, tmp_path):
+    sd = read_state_dict(ckpt_zoo.neox)
+    name = "gpt_neox.layers.0.attention.query_key_value.weight"
+    w = sd[name]  # (3d, d) rows = heads x (q, k, v) x head_size
+    hs = HIDDEN // HEADS
+    v_head1 = slice(1 * 3 * hs + 2 * hs, 1 * 3 * hs + 3 * hs)
+    w[v_head1, :5] = bf16_step(w[v_head1, :5], 1)  # hs x 5 entries
+    ft = write_folder(tmp_path / "ft", sd, ckpt_zoo.neox)
+    rep = analyze_updates(ckpt_zoo.neox, [ft], spectra=None, device="cpu").reports[0]
+    changed, numel = _changed_parts(rep, 0)
+    assert changed == {"q": 0, "k": 0, "v": hs * 5}
+    assert numel == {m: HIDDEN * HIDDEN + HIDDEN for m in "qkv"}
+
+
+def test_gpt_neox_layout_matches_hf_attention():
+    """Perturb one row of query_key_value; HF's attention must see exactly that head's q, k or v move."""
+    from transformers import AttentionInterface, GPTNeoXForCausalLM
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from subnetviz.naming import NameTable
+
+    seen = {}
+
+    def capture(module, query, key, value, *args, **kwargs):
+        seen.update(q=query.detach().clone(), k=key.detach().clone(), v=value.detach().clone())
+        return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+
+    AttentionInterface.register("subnetviz_capture", capture)
+    cfg = neox_config()
+    cfg.num_hidden_layers = 1
+    cfg.rotary_pct = 0.0  # no rotation, so each head's q/k/v is the raw projection
+    cfg._attn_implementation = "subnetviz_capture"
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(cfg).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    table = NameTable("gpt_neox", HEADS)
+    qkv = model.gpt_neox.layers[0].attention.query_key_value
+    with torch.no_grad():
+        model(ids)
+        before = dict(seen)
+        for row in range(qkv.weight.shape[0]):
+            marker = torch.zeros(qkv.weight.shape[0], 1)
+            marker[row] = 1
+            parts = table.fused_parts("gpt_neox.layers.0.attention.query_key_value.weight", marker)
+            (which,) = [k for k, v in parts.items() if v.sum() == 1]
+            head = int(parts[which].sum(dim=(1, 2)).argmax())
+            orig = qkv.weight[row].clone()
+            qkv.weight[row] += 1.0
+            model(ids)
+            qkv.weight[row] = orig
+            moved = {k: (seen[k] - before[k]).abs().amax(dim=(0, 2, 3)) > 0 for k in "qkv"}  # per head
+            assert moved[which].tolist() == [h == head for h in range(HEADS)], (row, which, head)
+            assert not any(moved[k].any() for k in "qkv" if k != which), row
