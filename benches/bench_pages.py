@@ -1,0 +1,114 @@
+"""Time to first complete render of each page in a real browser, first visit and second (cached) visit.
+
+Starts ``streamlit run app.py`` on the demo zoo (``SUBNETVIZ_HOME``, default the user's cache; build
+it first with ``python -m subnetviz demo build``), opens every page in Playwright + Debian
+Chromium and waits until the script finished, no skeleton is left and every chart has drawn.
+The first visit of each page runs on a fresh server process (cold caches for that page's
+analysis, except the on-disk result cache, which is cleared first unless ``--keep-disk-cache``);
+the second visit reopens it in a new browser context. Goals: ≤ 5 s first, ≤ 1 s cached.
+
+    python -m benches.bench_pages [--pages sparsity spectra ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["home", "workspace", "sparsity", "spectra", "overlap", "series", "training", "bigram", "continual"]
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(env: dict) -> tuple[subprocess.Popen, str]:
+    port = _port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("streamlit did not start")
+
+
+def render_seconds(browser, url: str) -> float:
+    from playwright.sync_api import expect
+
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = ctx.new_page()
+    t0 = time.perf_counter()
+    page.goto(url)
+    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=300_000)
+    page.wait_for_timeout(100)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=300_000)
+    expect(page.get_by_test_id("stSkeleton")).to_have_count(0, timeout=300_000)
+    charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
+    for i in range(charts.count()):
+        charts.nth(i).locator(".main-svg").first.wait_for(timeout=300_000)
+    dt = time.perf_counter() - t0
+    errors = page.get_by_test_id("stException").count() + page.get_by_test_id("stAlertContentError").count()
+    ctx.close()
+    if errors:
+        raise RuntimeError(f"{url}: the page shows an error")
+    return dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pages", nargs="+", default=PAGES)
+    ap.add_argument("--keep-disk-cache", action="store_true")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    from subnetviz import config
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=FLAGS)
+        for name in args.pages:
+            if not (ROOT / "pages" / f"{name}.py").exists():
+                continue
+            if not args.keep_disk_cache:
+                shutil.rmtree(config.cache_dir() / "updates", ignore_errors=True)
+            proc, url = start_server(env)  # fresh process: empty in-memory caches
+            try:
+                page_url = url + ("" if name == "home" else f"/{name}")
+                first = render_seconds(browser, page_url)
+                second = render_seconds(browser, page_url)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=20)
+            rows.append((name, first, second))
+            print(f"{name:12s} first {first:6.2f} s   cached {second:6.2f} s", flush=True)
+        browser.close()
+    print("\npage          first (s)  goal 5   cached (s)  goal 1")
+    for name, first, second in rows:
+        print(f"{name:12s}  {first:8.2f}  {'ok  ' if first <= 5 else 'MISS'}   {second:9.2f}  "
+              f"{'ok' if second <= 1 else 'MISS'}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
