@@ -64,6 +64,18 @@ def test_values_match_float64_numpy_svd(method, m, n, cond):
     assert np.max(np.abs(sv.values - reference) / reference) <= 1e-9
 
 
+@pytest.mark.parametrize("shape", [(230, 17), (17, 230)])
+def test_chunked_gram_matches_one_shot(monkeypatch, shape):
+    import subnetviz.analysis.spectra as spectra
+
+    delta = _sparse(*shape, 0.4, seed=21, dtype=torch.float32)
+    one_shot = singular_values(delta, method="gram").values
+    monkeypatch.setattr(spectra, "_CHUNK_ELEMENTS", 17 * 13)  # 13 rows/cols per chunk, last one ragged
+    chunked = singular_values(delta, method="gram").values
+    np.testing.assert_allclose(chunked, one_shot, rtol=1e-12)
+    np.testing.assert_allclose(chunked, np.linalg.svd(delta.double().numpy(), compute_uv=False), rtol=1e-10)
+
+
 def test_gaussian_sparse_bf16_matches_float64_reference_in_norm():
     delta = _sparse(256, 96, 0.3, seed=1)
     reference = np.linalg.svd(delta.double().numpy(), compute_uv=False)

@@ -11,7 +11,8 @@ Numerics (why the fast path is trusted):
 - ``method="gram"`` forms the Gram matrix of the smaller side (ΔᵀΔ when n <= m, else ΔΔᵀ) in
   float64 and takes ``eigvalsh``; σ = sqrt(max(λ, 0)). Only the lower block triangle of the Gram
   is computed, because ``eigvalsh`` reads only the lower triangle (this saves a third of the
-  matmul). Eigenvalues carry an absolute error of about ``k·eps64·σ1²`` (k = min(m, n)), so σ_i
+  matmul), and the long side is cast to float64 chunk by chunk, so an embedding-sized matrix
+  never exists in float64 at once. Eigenvalues carry an absolute error of about ``k·eps64·σ1²`` (k = min(m, n)), so σ_i
   has absolute error about ``k·eps64·σ1²/(2σ_i)``: ~1e-13·σ1 in the norm sense, relative error
   below 1e-9 for σ_i >= 1e-3·σ1, and values below ``resolution ≈ sqrt(k·eps64)·σ1`` are noise.
 - ``method="svd"`` is the reference: ``torch.linalg.svdvals`` in float64.
@@ -41,6 +42,7 @@ EPS32 = float(torch.finfo(torch.float32).eps)  # the eps matrix_rank uses on del
 EPS64 = float(torch.finfo(torch.float64).eps)
 _GRAM_SAFETY = 64.0  # margin on the Gram eigenvalue error k·eps64·σ1² for the rank band
 _GRAM_BLOCKS = 4  # lower-triangular blocks: 10 of 16 block products, measured 35 % faster on CPU
+_CHUNK_ELEMENTS = 1 << 24  # float64 chunk of the long side: 128 MB
 METHODS = ("auto", "gram", "svd")
 
 
@@ -96,14 +98,26 @@ def default_rtol(shape: tuple[int, int]) -> float:
     return max(shape) * EPS32
 
 
-def _gram_lower(x: torch.Tensor) -> torch.Tensor:
-    """Lower block triangle of xᵀx for x (m, k), as a (k, k) matrix whose upper part is zero."""
-    k = x.shape[1]
-    gram = torch.zeros(k, k, dtype=x.dtype, device=x.device)
+def _gram_lower(delta: torch.Tensor) -> torch.Tensor:
+    """Lower block triangle of the smaller Gram of ``delta`` (m, n), float64, (k, k) with k = min(m, n).
+
+    ΔᵀΔ when n <= m, else ΔΔᵀ; the upper triangle is left zero (``eigvalsh`` reads the lower).
+    The long side is streamed in chunks of ``_CHUNK_ELEMENTS`` cast to float64 one at a time, so
+    memory stays at one chunk plus k² even for embedding-sized matrices.
+    """
+    m, n = delta.shape
+    tall = n <= m
+    k, length = (n, m) if tall else (m, n)
+    gram = torch.zeros(k, k, dtype=torch.float64, device=delta.device)
     blocks = min(_GRAM_BLOCKS, k)
     edges = [round(i * k / blocks) for i in range(blocks + 1)]
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        gram[lo:hi, :hi] = x[:, lo:hi].T @ x[:, :hi]
+    step = max(1, _CHUNK_ELEMENTS // k)
+    for start in range(0, length, step):
+        part = delta[start : start + step] if tall else delta[:, start : start + step]
+        x = part.contiguous().to(torch.float64)
+        x = x.T if tall else x  # (k, chunk): the Gram is Σ x xᵀ over chunks
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            gram[lo:hi, :hi] += x[lo:hi] @ x[:hi].T
     return gram
 
 
@@ -147,28 +161,27 @@ def singular_values(
     k = min(m, n)
     if k == 0:
         return SingularValues(np.zeros(0), shape, "svd" if method == "svd" else "gram", rtol, 0.0)
-    x = delta.to(device=resolve_device(device)).to(torch.float64)
+    delta = delta.detach().to(device=resolve_device(device))
 
     if method == "svd":
-        return _svd(x, shape, rtol, name, method="svd")
+        return _svd(delta, shape, rtol, name, method="svd")
 
-    # The smaller Gram: view x as (big, k) without copying (matmul handles the transposed view).
-    y = x if n <= m else x.T
-    gram = _gram_lower(y)
+    gram = _gram_lower(delta)
     if not bool(torch.isfinite(gram).all()):
         raise _nonfinite(name)
     lam = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0)
     lam1 = float(lam[0])
     err = k * EPS64 * lam1  # eigenvalue error scale of the Gram path
     if method == "auto":
-        tol2 = (rtol * lam1**0.5) ** 2
-        if bool(((lam - tol2).abs() <= _GRAM_SAFETY * err).any()) and lam1 > 0:
-            return _svd(x, shape, rtol, name, method="gram+svd")
+        tol2 = rtol**2 * lam1
+        if lam1 > 0 and bool(((lam - tol2).abs() <= _GRAM_SAFETY * err).any()):
+            return _svd(delta, shape, rtol, name, method="gram+svd")
     sigma = lam.sqrt().cpu().numpy()
     return SingularValues(sigma, shape, "gram", rtol, float(err**0.5))
 
 
-def _svd(x: torch.Tensor, shape: tuple[int, int], rtol: float, name: str, method: str) -> SingularValues:
+def _svd(delta: torch.Tensor, shape: tuple[int, int], rtol: float, name: str, method: str) -> SingularValues:
+    x = delta.to(torch.float64)
     if not bool(torch.isfinite(x).all()):
         raise _nonfinite(name)
     sigma = torch.linalg.svdvals(x).cpu().numpy()

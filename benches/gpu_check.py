@@ -1,0 +1,174 @@
+"""GPU check: spectra and sparsity passes on 7B-shaped matrices (meant for an H200; runs on CPU too).
+
+Run on a GPU machine: ``python -m benches.gpu_check``; smoke test on CPU:
+``OMP_NUM_THREADS=1 python -m benches.gpu_check --small`` (shapes divided by 8).
+
+Part 1, spectra, for 4096×4096, 4096×11008, 11008×4096 and 1024×4096 bf16 updates
+(30 % density, N(0, 1e-3)): the fast path (``singular_values``, method "auto") against per-matrix
+float32 ``svdvals`` (the paper's cost), with errors against float64 ``svdvals`` and the rank
+against ``torch.linalg.matrix_rank(delta.float())``.
+
+Part 2, sparsity, for a bf16 pair of 4096×11008 tensors: the bitwise test
+``(a.view(int16) != b.view(int16)).sum()``, a tolerance sweep (|Δ| once, then one count per
+tolerance), and ``subnetviz.analysis.sparsity.tensor_update_stats`` when it exists (else
+``compare_pair``, else skipped with a note).
+
+Every timing synchronises the device before and after, runs once to warm up (CUDA/cuSOLVER
+initialisation), and reports the best of ``--repeat``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from subnetviz.analysis.spectra import singular_values  # noqa: E402
+
+SPECTRA_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (1024, 4096)]
+PAIR_SHAPE = (4096, 11008)
+TOLERANCES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeat: int) -> tuple[float, object]:
+    """Best wall time of ``repeat`` runs after one warm-up, device synchronised around each."""
+    sync(device)
+    out = fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeat):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def sparse_update(shape, density: float, std: float, seed: int, device: str) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(shape, generator=g) * std
+    x[torch.rand(shape, generator=g) >= density] = 0
+    return x.bfloat16().to(device)
+
+
+def spectra_part(shapes, device: str, repeat: int, density: float, std: float) -> None:
+    header = (
+        f"{'shape':>12} {'svd32 s':>9} {'fast s':>9} {'ratio':>7} {'svd64 s':>9} {'rel_all':>8} {'rel_top':>8} "
+        f"{'norm':>8} {'rank':>6} {'torch':>6} {'method':>8}"
+    )
+    print(f"\n== spectra on {device}: bf16 updates, density {density}, N(0, {std:g}), best of {repeat}")
+    print(header)
+    print("-" * len(header))
+    tot32 = totfast = 0.0
+    for i, shape in enumerate(shapes):
+        delta = sparse_update(shape, density, std, seed=i, device=device)
+        t32, _ = timed(lambda d=delta: torch.linalg.svdvals(d.float()), device, repeat)
+        tfast, sv = timed(lambda d=delta: singular_values(d, method="auto", device=device), device, repeat)
+        t64, ref = timed(lambda d=delta: torch.linalg.svdvals(d.double()), device, 1)
+        ref = ref.cpu().numpy()
+        err = np.abs(sv.values - ref)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(ref > 0, err / ref, 0.0)
+        top = ref >= 1e-3 * ref[0]
+        torch_rank = int(torch.linalg.matrix_rank(delta.float()))
+        tot32, totfast = tot32 + t32, totfast + tfast
+        flag = "" if sv.rank == torch_rank else "  <- differs"
+        print(
+            f"{f'{shape[0]}x{shape[1]}':>12} {t32:9.3f} {tfast:9.3f} {t32 / tfast:7.2f} {t64:9.3f} {rel.max():8.1e} "
+            f"{rel[top].max():8.1e} {err.max() / ref[0]:8.1e} {sv.rank:6d} {torch_rank:6d} {sv.method:>8}{flag}"
+        )
+        del delta
+    print("-" * len(header))
+    print(f"{'all':>12} {tot32:9.3f} {totfast:9.3f} {tot32 / totfast:7.2f}")
+
+
+def _update_stats_fn():
+    """The lead's per-tensor sparsity pass, if present: (label, callable(a, b)) or (note, None)."""
+    try:
+        from subnetviz.analysis import sparsity
+    except ImportError as exc:
+        return f"skipped: subnetviz.analysis.sparsity not importable ({exc})", None
+    for name in ("tensor_update_stats", "compare_pair"):
+        fn = getattr(sparsity, name, None)
+        if fn is not None:
+            return name, fn
+    return "skipped: no tensor_update_stats / compare_pair in subnetviz.analysis.sparsity", None
+
+
+def sparsity_part(shape, device: str, repeat: int) -> None:
+    g = torch.Generator(device="cpu").manual_seed(123)
+    a = (torch.randn(shape, generator=g) * 0.02).bfloat16()
+    step = torch.randn(shape, generator=g) * 1e-5 * (torch.rand(shape, generator=g) < 0.3)
+    b = (a.float() + step).bfloat16()
+    a, b = a.to(device), b.to(device)
+    numel = a.numel()
+    gbytes = 2 * a.element_size() * numel / 1e9  # both tensors read once
+
+    def bitwise():
+        return int((a.view(torch.int16) != b.view(torch.int16)).sum())
+
+    def sweep():
+        delta = (b.float() - a.float()).abs()
+        return [int((delta > t).sum()) for t in TOLERANCES]
+
+    rows = []
+    t, changed = timed(bitwise, device, repeat)
+    rows.append(("bitwise != on int16 view", t, f"density {changed / numel:.4f}"))
+    t, counts = timed(sweep, device, repeat)
+    rows.append((f"|Δ| once + {len(TOLERANCES)} tolerance counts", t, " ".join(f"{c / numel:.3f}" for c in counts)))
+    label, fn = _update_stats_fn()
+    if fn is None:
+        rows.append((label, float("nan"), ""))
+    else:
+        try:
+            t, _ = timed(lambda: fn(a, b), device, repeat)
+            rows.append((f"sparsity.{label}(a, b)", t, "all statistics of the pass"))
+        except TypeError as exc:  # its signature changed since this script was written
+            rows.append((f"sparsity.{label}: skipped, call failed ({exc})", float("nan"), ""))
+
+    print(f"\n== sparsity pass on {device}: bf16 pair {shape[0]}x{shape[1]} ({gbytes:.3f} GB read), best of {repeat}")
+    header = f"{'pass':<44} {'time s':>9} {'GB/s':>8}  result"
+    print(header)
+    print("-" * (len(header) + 30))
+    for name, t, note in rows:
+        rate = gbytes / t if t == t and t > 0 else float("nan")
+        print(f"{name:<44} {t:9.4f} {rate:8.1f}  {note}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="shapes divided by 8 (CPU smoke test)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cpu")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--density", type=float, default=0.3)
+    parser.add_argument("--std", type=float, default=1e-3)
+    parser.add_argument("--skip-spectra", action="store_true")
+    parser.add_argument("--skip-sparsity", action="store_true")
+    args = parser.parse_args(argv)
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cpu":
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    div = 8 if args.small else 1
+    shapes = [(m // div, n // div) for m, n in SPECTRA_SHAPES]
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu, {torch.get_num_threads()} thread(s)"
+    print(f"torch {torch.__version__}, device {device} ({name}){', small shapes' if args.small else ''}")
+    if not args.skip_spectra:
+        spectra_part(shapes, device, args.repeat, args.density, args.std)
+    if not args.skip_sparsity:
+        sparsity_part((PAIR_SHAPE[0] // div, PAIR_SHAPE[1] // div), device, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
