@@ -319,3 +319,86 @@ def test_job_writes_frames_masks_and_reuses_its_cache(tmp_path):
     job.run_job(config, ctx2)
     assert json.loads((ctx2.run_dir / "status.json").read_text())["metrics"]["cached"] == 1.0
     assert job.load_result(ctx2.out_dir)["runs"].equals(frames["runs"])
+
+
+# ---------------------------------------------------------------- text benchmark
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A random 2-layer Llama with a character tokenizer over digits, '+' and '=' (the zoo's recipe)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("zoo") / "base"
+    vocab = {t: i for i, t in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *"0123456789", "+", "="])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_arithmetic_text_labels_follow_the_prompts(tiny_base):
+    from subnetviz.supermask.data import TEXT_PROPERTIES, arithmetic_text, encode_prompts
+
+    b = arithmetic_text(3, seed=0, base=tiny_base)
+    assert b.num_tasks == 3 and b.n_features == 32 and b.n_outputs == 2
+    for task in b.tasks:
+        assert task.x_train.shape == (420, 32) and task.x_test.shape == (180, 32)
+        assert task.y_train.sum() == 210  # balanced, stratified
+    feats = encode_prompts(tiny_base, ["12+34=", "12+34=", "99+10="])
+    assert np.array_equal(feats[0], feats[1]) and not np.array_equal(feats[0], feats[2])
+    assert TEXT_PROPERTIES["units carry"](18, 27) == 1 and TEXT_PROPERTIES["sum is odd"](18, 27) == 1
+    r = run_method(b, MethodConfig("exssnet", density=0.1, mask_epochs=1, weight_epochs=1))
+    assert r.acc.shape == (3, 3) and forgetting(r.acc) == 0.0
+    with pytest.raises(ConfigError, match="demo build"):
+        encode_prompts(tiny_base.parent / "missing", ["1+1="])
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_figures_draw_the_numbers_they_are_given():
+    import pandas as pd
+
+    from subnetviz.supermask import figures as sf
+
+    summary = pd.DataFrame({
+        "label": ["SupSup", "SupSup", "ExSSNeT", "finetune"], "density": [0.1, 0.02, 0.1, 1.0],
+        "final_acc_mean": [0.7, 0.2, 0.9, 0.5], "final_acc_sd": [0.01, 0.03, np.nan, 0.02],
+        "forgetting_mean": [0.0, 0.0, 0.0, 0.6], "forgetting_sd": [0.0, 0.0, 0.0, 0.1],
+    })  # fmt: skip
+    fig = sf.accuracy_vs_density(summary)
+    sup = next(t for t in fig.data if t.name == "SupSup")
+    assert list(sup.x) == [2.0, 10.0] and np.allclose(sup.y, [20.0, 70.0])
+    assert fig.layout.shapes[0].y0 == 50.0  # finetune as a horizontal line
+    bars = sf.forgetting_bars(summary, density=0.1).data[0]
+    assert list(bars.x) == ["finetune", "SupSup", "ExSSNeT"] and np.allclose(bars.y, [60.0, 0.0, 0.0])
+    m0 = {"w": torch.tensor([True, False, False, False])}
+    m1 = {"w": torch.tensor([False, True, False, False])}
+    cap = capacity_frame([m0, m1], 0.25).assign(label="ExSSNeT", density=0.25, seed=0)
+    curves = sf.capacity_curves(cap, 0.25).data
+    assert np.allclose(curves[0].y, [25.0, 50.0]) and np.allclose(curves[1].y, [25.0, 43.75])
+    img = sf.owner_image(owner_image([m0, m1], "w").reshape(2, 2)).data[0]
+    assert np.array_equal(np.asarray(img.z), [[0, 1], [-1, -1]])
+    assert sf.accuracy_vs_density(summary.iloc[:0]).layout.annotations[0].text == "no data"
+    knn = pd.DataFrame({"task": [1, 2, 2], "source_task": [0, 0, 1], "knn_acc": [0.5, 0.4, 0.8], "chance": 0.1})
+    assert len(sf.knn_bars(knn).data) == 3

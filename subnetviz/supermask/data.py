@@ -160,8 +160,9 @@ def encode_prompts(base: str | Path, prompts: list[str]) -> np.ndarray:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
-    ids = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, attn_implementation="eager").eval()
+    # The zoo's base was pretrained without special tokens (TRL's add_special_tokens=False).
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     unk = tok.unk_token_id
     if unk is not None and any(unk in s for s in ids):
         raise ConfigError(f"{base}: its tokenizer cannot encode arithmetic prompts such as {prompts[0]!r}.")

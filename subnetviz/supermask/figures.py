@@ -1,0 +1,142 @@
+"""Pure Plotly builders for continual-learning results (frames of :meth:`ContinualResult.to_frames`).
+
+Fractions come in, percent goes out. Method colours are stable (the shared Okabe–Ito palette in
+the order of :data:`METHOD_ORDER`); the accuracy-matrix heatmap itself is
+:func:`subnetviz.figures.accuracy_matrix`. Every builder returns a "no data" figure for an empty frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from subnetviz.figures import PALETTE, no_data_figure
+
+METHOD_ORDER = ("finetune", "SupSup", "SSNeT", "ExSSNeT", "SupSup+KKT", "SSNeT+KKT", "ExSSNeT+KKT")
+_TEMPLATE = "plotly_white"
+
+
+def method_colors(labels) -> dict[str, str]:
+    """Label -> colour, fixed by the label's place in :data:`METHOD_ORDER` (unknown labels after)."""
+    order = [*METHOD_ORDER, *sorted(set(labels) - set(METHOD_ORDER))]
+    return {lab: PALETTE[order.index(lab) % len(PALETTE)] for lab in labels}
+
+
+def _ordered(labels) -> list[str]:
+    labels = list(dict.fromkeys(labels))
+    return sorted(labels, key=lambda s: METHOD_ORDER.index(s) if s in METHOD_ORDER else len(METHOD_ORDER))
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, **kw) -> go.Figure:
+    fig.update_layout(template=_TEMPLATE, title=title, xaxis_title=x, yaxis_title=y, **kw)
+    return fig
+
+
+def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accuracy vs mask density") -> go.Figure:
+    """One line per masked method (mean ± sd over seeds); finetune as a dashed horizontal line."""
+    if summary.empty:
+        return no_data_figure(title)
+    colors = method_colors(summary["label"].unique())
+    fig = go.Figure()
+    for label in _ordered(summary["label"]):
+        s = summary[summary["label"] == label].sort_values("density")
+        y, sd = 100 * s["final_acc_mean"].to_numpy(), 100 * s["final_acc_sd"].fillna(0).to_numpy()
+        if label == "finetune":
+            fig.add_hline(y=float(y[0]), line_dash="dash", line_color=colors[label],
+                          annotation_text=f"finetune (dense) {y[0]:.1f}%")  # fmt: skip
+            continue
+        fig.add_trace(go.Scatter(x=100 * s["density"].to_numpy(), y=y, error_y={"type": "data", "array": sd},
+                                 mode="lines+markers", name=label, line={"color": colors[label]},
+                                 hovertemplate=f"{label}<br>density %{{x:g}}%<br>accuracy %{{y:.1f}}%<extra></extra>"))  # fmt: skip
+    fig.update_xaxes(type="log")
+    return _layout(fig, title, "mask density (% of weights kept, log)", "final average accuracy (%)")
+
+
+def forgetting_bars(summary: pd.DataFrame, density: float | None = None,
+                    title: str = "Forgetting (mean max drop)") -> go.Figure:  # fmt: skip
+    """Bars of forgetting (mean ± sd over seeds) per method at ``density`` (finetune always shown)."""
+    s = (
+        summary
+        if density is None
+        else summary[np.isclose(summary["density"], density) | (summary["label"] == "finetune")]
+    )
+    if s.empty:
+        return no_data_figure(title)
+    colors = method_colors(s["label"].unique())
+    labels = _ordered(s["label"])
+    s = s.set_index("label").loc[labels]
+    fig = go.Figure(go.Bar(x=labels, y=100 * s["forgetting_mean"].to_numpy(),
+                           error_y={"type": "data", "array": 100 * s["forgetting_sd"].fillna(0).to_numpy()},
+                           marker_color=[colors[lab] for lab in labels],
+                           hovertemplate="%{x}: %{y:.2f} pts<extra></extra>"))  # fmt: skip
+    return _layout(fig, title, "method", "forgetting (accuracy points)")
+
+
+def capacity_curves(capacity: pd.DataFrame, density: float, layer: str = "all",
+                    title: str = "Share of weights used after each task") -> go.Figure:  # fmt: skip
+    """u_t per masked method (seed mean) against the independent-mask curve 1 − (1 − d)^t (dashed)."""
+    c = capacity[(capacity["layer"] == layer) & np.isclose(capacity["density"], density)] if len(capacity) else capacity
+    if c.empty:
+        return no_data_figure(title)
+    colors = method_colors(c["label"].unique())
+    fig = go.Figure()
+    for label in _ordered(c["label"]):
+        m = c[c["label"] == label].groupby("task")["used"].mean()
+        fig.add_trace(go.Scatter(x=m.index.to_numpy() + 1, y=100 * m.to_numpy(), mode="lines+markers", name=label,
+                                 line={"color": colors[label]}))  # fmt: skip
+    ref = c.groupby("task")["reference"].first()
+    fig.add_trace(go.Scatter(x=ref.index.to_numpy() + 1, y=100 * ref.to_numpy(), mode="lines", name="independent masks",
+                             line={"color": "grey", "dash": "dash"}))  # fmt: skip
+    return _layout(fig, f"{title} (density {100 * density:g}%, {layer})", "tasks trained", "weights used (%)")
+
+
+def exclusive_fraction(
+    capacity: pd.DataFrame, density: float, title: str = "Exclusive share of each task's mask"
+) -> go.Figure:
+    """e_t = |M_t ∧ ¬U_{t-1}| / |M_t| per task (seed mean), whole model."""
+    c = capacity[(capacity["layer"] == "all") & np.isclose(capacity["density"], density)] if len(capacity) else capacity
+    if c.empty:
+        return no_data_figure(title)
+    colors = method_colors(c["label"].unique())
+    fig = go.Figure()
+    for label in _ordered(c["label"]):
+        m = c[c["label"] == label].groupby("task")["exclusive"].mean()
+        fig.add_trace(go.Scatter(x=m.index.to_numpy(), y=100 * m.to_numpy(), mode="lines+markers", name=label,
+                                 line={"color": colors[label]}))  # fmt: skip
+    return _layout(fig, title, "task", "exclusive share of the mask (%)")
+
+
+def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> go.Figure:
+    """Heatmap of a layer's owner image (first task that claimed each weight; −1 = unused, grey)."""
+    a = np.asarray(owner)
+    if a.size == 0:
+        return no_data_figure(title)
+    n = int(a.max()) + 1
+    colors = ["#DDDDDD", *[PALETTE[i % len(PALETTE)] for i in range(max(n, 1))]]
+    k = len(colors)
+    scale = [[v, colors[i]] for i in range(k) for v in (i / k, (i + 1) / k)]  # one flat band per value
+    fig = go.Figure(go.Heatmap(z=a.astype(float), zmin=-1.5, zmax=k - 1.5, colorscale=scale,
+                               colorbar={"title": {"text": "task"}, "tickvals": list(range(-1, k - 1)),
+                                         "ticktext": ["unused", *map(str, range(k - 1))]},
+                               hovertemplate="row %{y}, col %{x}: task %{z}<extra></extra>"))  # fmt: skip
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, "input unit", "output unit")
+
+
+def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier mask on the new task") -> go.Figure:
+    """Grouped bars: for each new task, the KNN accuracy under each source mask; chance as markers."""
+    if knn.empty:
+        return no_data_figure(title)
+    g = knn.groupby(["task", "source_task"], as_index=False).agg(
+        knn_acc=("knn_acc", "mean"), chance=("chance", "first")
+    )
+    fig = go.Figure()
+    for i, (src, s) in enumerate(g.groupby("source_task")):
+        fig.add_trace(go.Bar(x=s["task"].to_numpy(), y=100 * s["knn_acc"].to_numpy(), name=f"mask of task {src}",
+                             marker_color=PALETTE[i % len(PALETTE)]))  # fmt: skip
+    ch = g.groupby("task")["chance"].first()
+    fig.add_trace(go.Scatter(x=ch.index.to_numpy(), y=100 * ch.to_numpy(), mode="markers", name="chance 1/C",
+                             marker={"symbol": "line-ew-open", "size": 30, "color": "black"}))  # fmt: skip
+    fig.update_layout(barmode="group")
+    return _layout(fig, title, "new task", "KNN accuracy (%)")
