@@ -5,6 +5,8 @@
 - :func:`write_addition_data`: two-digit additions as SFT / DPO / GRPO / eval JSONL.
 - :func:`write_half_mask`: a random mask set over every parameter (density ``p``).
 - :func:`sleep_job`, :func:`fail_job`: job functions for runner tests (``kind: "python"``).
+
+torch is imported inside the functions that need it, so a test job's worker starts fast.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import json
 import random
 import time
 from pathlib import Path
-
-import torch
 
 CHARS = list("0123456789+=")
 
@@ -36,6 +36,7 @@ def make_tiny_llama(
     folder: str | Path, *, hidden: int = 32, intermediate: int = 64, layers: int = 2, heads: int = 2, seed: int = 0
 ) -> Path:
     """Save a random tiny Llama (bf16) and its char tokenizer to ``folder``; returns the folder."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
@@ -86,6 +87,7 @@ def write_addition_data(folder: str | Path, n: int = 16, seed: int = 0) -> dict[
 
 def write_half_mask(path: str | Path, model_dir: str | Path, p: float = 0.5, seed: int = 0) -> Path:
     """A random mask with density ``p`` over every parameter of the model in ``model_dir``."""
+    import torch
     from safetensors import safe_open
 
     from subnetviz.masks import MaskSet, save_mask_set

@@ -1,0 +1,185 @@
+"""Job runner + registry: real OS processes, killed and cancelled ones, restarts, the queue.
+
+Jobs here are ``tests.training_fixtures:sleep_job`` / ``fail_job`` (kind ``python``, allowed by
+``SUBNETVIZ_ALLOW_TEST_JOBS=1``), run through ``main_job`` in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from subnetviz.errors import ConfigError, JobError
+from subnetviz.training.runner import JobRunner, main_train, process_start
+
+WORKER = [
+    sys.executable,
+    "-c",
+    "import sys; from subnetviz.training.runner import main_job; sys.exit(main_job(sys.argv[1]))",
+]
+SLEEP = {"kind": "python", "target": "tests.training_fixtures:sleep_job"}
+
+
+@pytest.fixture(autouse=True)
+def allow_test_jobs(monkeypatch):
+    monkeypatch.setenv("SUBNETVIZ_ALLOW_TEST_JOBS", "1")
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+
+
+def _runner(root, **kw) -> JobRunner:
+    return JobRunner(root, max_concurrent=kw.pop("max_concurrent", 1), command=WORKER, cancel_grace_s=3.0, **kw)
+
+
+def _wait_for(pred, timeout=30.0):
+    deadline = time.time() + timeout
+    while not pred():
+        if time.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def _wait_running(runner, run_id):
+    def started():
+        runner.poll()
+        rec = runner.get(run_id)
+        return rec.status == "running" and (Path(rec.run_dir) / "status.json").exists()
+
+    _wait_for(started)
+    return runner.get(run_id)
+
+
+def test_submit_runs_to_success_with_outputs_and_metrics(tmp_path):
+    r = _runner(tmp_path)
+    rid = r.submit({**SLEEP, "seconds": 0.2, "steps": 4}, name="nap")
+    rec = r.wait(rid, timeout=60)
+    assert rec.status == "succeeded", (rec.error, (Path(rec.run_dir) / "log.txt").read_text())
+    assert (rec.outputs / "done.txt").read_text() == "ok" and not (Path(rec.run_dir) / "outputs.tmp").exists()
+    assert (rec.step, rec.total, rec.name) == (4, 4, "nap")
+    m = r.metrics(rid)
+    assert list(m["step"]) == [1, 2, 3, 4] and m["loss"].iloc[-1] == pytest.approx(0.25)
+    runs = r.list_runs()
+    assert list(runs["id"]) == [rid] and runs["status"].iloc[0] == "succeeded"
+    assert json.loads((Path(rec.run_dir) / "config.json").read_text())["target"] == SLEEP["target"]
+
+
+def test_failing_job_is_failed_with_its_error_and_no_outputs(tmp_path):
+    r = _runner(tmp_path)
+    rec = r.wait(r.submit({"kind": "python", "target": "tests.training_fixtures:fail_job"}), timeout=60)
+    assert rec.status == "failed" and rec.error == "ValueError: planned failure"
+    assert not rec.outputs.exists() and not (Path(rec.run_dir) / "outputs.tmp").exists()
+    assert "planned failure" in (Path(rec.run_dir) / "log.txt").read_text()
+
+
+def test_killed_job_is_failed_and_partial_outputs_removed(tmp_path):
+    r = _runner(tmp_path)
+    rid = r.submit({**SLEEP, "seconds": 60, "steps": 600})
+    rec = _wait_running(r, rid)
+    assert (Path(rec.run_dir) / "outputs.tmp").is_dir()
+    os.killpg(rec.pid, signal.SIGKILL)
+    rec = r.wait(rid, timeout=30)
+    assert rec.status == "failed" and "without a final status" in rec.error
+    assert not (Path(rec.run_dir) / "outputs.tmp").exists() and not rec.outputs.exists()
+
+
+def test_registry_survives_restart_and_dead_runs_are_failed(tmp_path):
+    a = _runner(tmp_path)
+    done = a.wait(a.submit({**SLEEP, "seconds": 0.1, "steps": 1}), timeout=60)
+    rid = a.submit({**SLEEP, "seconds": 60, "steps": 600})
+    rec = _wait_running(a, rid)
+    os.killpg(rec.pid, signal.SIGKILL)
+    _wait_for(lambda: process_start(rec.pid) is None)
+    del a  # the first runner goes away without noticing the death
+    b = _runner(tmp_path)  # a new runner (another session, a restarted server) on the same root
+    assert b.get(done.id).status == "succeeded"
+    assert b.get(rid).status == "failed"
+    # A row claiming to run under a live pid that is not our process (pid reused) is failed too.
+    with sqlite3.connect(tmp_path / "registry.sqlite") as con:
+        con.execute("UPDATE runs SET status='running', pid=?, pid_start=? WHERE id=?", (os.getpid(), 1, done.id))
+    b.poll()
+    assert b.get(done.id).status == "succeeded"  # its status.json still says it succeeded
+    with sqlite3.connect(tmp_path / "registry.sqlite") as con:
+        con.execute("UPDATE runs SET status='running', pid=?, pid_start=? WHERE id=?", (os.getpid(), 1, rid))
+    b.poll()
+    assert b.get(rid).status == "failed"
+    with sqlite3.connect(tmp_path / "registry.sqlite") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_concurrency_limit_queues_second_job_across_runners(tmp_path):
+    a, b = _runner(tmp_path), _runner(tmp_path)
+    first = a.submit({**SLEEP, "seconds": 1.5, "steps": 3})
+    second = b.submit({**SLEEP, "seconds": 0.1, "steps": 1})  # another runner on the same registry
+    assert a.get(first).status == "running" and b.get(second).status == "queued"
+    rec2 = b.wait(second, timeout=60)
+    rec1 = a.get(first)
+    assert rec1.status == rec2.status == "succeeded"
+    assert rec2.started >= rec1.ended - 0.5  # the second started only once the first was done
+
+
+def test_cancel_running_and_queued(tmp_path):
+    r = _runner(tmp_path)
+    run = r.submit({**SLEEP, "seconds": 60, "steps": 600})
+    queued = r.submit({**SLEEP, "seconds": 60, "steps": 600})
+    rec = _wait_running(r, run)
+    assert r.get(queued).status == "queued"
+    assert r.cancel(queued).status == "cancelled"
+    out = r.cancel(run)
+    assert out.status == "cancelled" and process_start(rec.pid) is None
+    assert not (Path(rec.run_dir) / "outputs.tmp").exists() and not out.outputs.exists()
+    assert r.get(queued).started is None
+    with pytest.raises(JobError, match="already cancelled"):
+        r.cancel(run)
+
+
+def test_bad_configs_are_refused_before_anything_starts(tmp_path, monkeypatch):
+    r = _runner(tmp_path)
+    with pytest.raises(ConfigError, match="job kind 'trian' is unknown.*Did you mean 'train'"):
+        r.submit({"kind": "trian"})
+    with pytest.raises(ConfigError, match="training config: .*algorithm 'ppo' is unknown"):
+        r.submit({"kind": "train", "algorithm": "ppo", "base": str(tmp_path), "data": str(tmp_path / "x.jsonl")})
+    monkeypatch.delenv("SUBNETVIZ_ALLOW_TEST_JOBS")
+    with pytest.raises(ConfigError, match="for tests only"):
+        r.submit(SLEEP)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+    assert r.list_runs().empty
+    with pytest.raises(JobError, match="no run"):
+        r.get("nope")
+
+
+@pytest.mark.slow
+def test_train_job_through_runner_and_main_train(tmp_path):
+    from tests.training_fixtures import make_tiny_llama, write_addition_data
+
+    base = make_tiny_llama(tmp_path / "base")
+    data = write_addition_data(tmp_path / "data")
+    cfg = {
+        "algorithm": "sft",
+        "base": str(base),
+        "data": str(data["sft"]),
+        "steps": 3,
+        "learning_rate": 1e-2,
+        "batch_size": 8,
+        "eval_data": str(data["eval"]),
+    }
+    r = _runner(tmp_path / "runs")
+    rec = r.wait(r.submit({"kind": "train", **cfg}), timeout=120)
+    assert rec.status == "succeeded", (Path(rec.run_dir) / "log.txt").read_text()[-3000:]
+    assert (rec.outputs / "model" / "model.safetensors").is_file()
+    summary = json.loads((rec.outputs / "summary.json").read_text())
+    assert summary["steps_done"] == 3 and summary["output_dir"] == str(rec.outputs / "model")
+    assert list(r.metrics(rec.id)["step"])[:3] == [1, 2, 3] and "loss" in r.metrics(rec.id)
+    assert "accuracy" in rec.last_metrics
+    # The foreground CLI form: output_dir from the config; refuses an existing output_dir.
+    cfile = tmp_path / "c.json"
+    cfile.write_text(json.dumps({**cfg, "output_dir": str(tmp_path / "fg")}))
+    assert main_train(str(cfile)) == 0 and (tmp_path / "fg" / "train_summary.json").is_file()
+    assert main_train(str(cfile)) == 2
+    assert main_train(str(cfile), run_dir=str(tmp_path / "fg-run")) == 0
+    assert (tmp_path / "fg-run" / "outputs" / "model" / "config.json").is_file()
