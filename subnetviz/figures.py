@@ -77,18 +77,22 @@ def _module_order(modules) -> list[str]:
     return known + sorted(m for m in present if m not in known and m != "other") + (["other"] * ("other" in present))
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, int | np.integer | float | np.floating) and not pd.isna(v)
+
+
 def _layer_order(layers) -> list[str]:
-    """Numeric layers ascending, then labels (e.g. "final") in order of first appearance."""
-    vals = _unique(layers)
-    nums = sorted(v for v in vals if isinstance(v, int | np.integer | float | np.floating) and not pd.isna(v))
-    rest = [v for v in vals if v not in nums]
-    return [str(int(v)) if float(v).is_integer() else str(v) for v in nums] + [str(v) for v in rest]
+    """Numeric layers ascending, then labels (e.g. "final", or "—" for none) in order of first appearance."""
+    vals = list(layers)
+    nums = sorted({float(v) for v in vals if _is_number(v)})
+    return _unique([_layer_label(v) for v in nums] + [_layer_label(v) for v in vals if not _is_number(v)])
 
 
 def _layer_label(v) -> str:
-    if isinstance(v, int | np.integer | float | np.floating) and not pd.isna(v) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
+    """The y label of a layer: 3 and 3.0 read "3"; a missing layer (embeddings, head) reads "—"."""
+    if _is_number(v):
+        return str(int(v)) if float(v).is_integer() else str(v)
+    return "—" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
 
 
 def _grid(df: pd.DataFrame, columns: Sequence[str], builder: str):

@@ -381,3 +381,11 @@ def test_palette_is_stable_and_backend_has_no_streamlit():
 
     code = "import subnetviz.figures, subnetviz.report, sys; assert 'streamlit' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_heatmap_layers_without_index_share_one_row():
+    df = pd.DataFrame({"layer": [1.0, np.nan, 0.0, None], "module": ["q", "embed", "q", "lm_head"],
+                       "changed": [1, 2, 3, 4], "numel": [10] * 4, "sparsity": [0.9, 0.8, 0.7, 0.6], "density": [0.1, 0.2, 0.3, 0.4]})  # fmt: skip
+    tr = F.sparsity_heatmap(df).data[0]
+    assert list(tr.y) == ["0", "1", "—"] and list(tr.x) == ["embed", "q", "lm_head"]
+    np.testing.assert_allclose(tr.z[2], [80, np.nan, 60])

@@ -1,0 +1,152 @@
+"""The static export of a dashboard: one self-contained HTML file, plus table downloads.
+
+The file opens with no network: plotly.js is embedded exactly once in ``<head>`` and each figure
+is a ``<div>`` drawn by it; there is no external ``<script src>`` or ``<link href>``. Every section
+carries the parameters that made its figures, and the page says when and by which subnetviz
+version it was generated. All user-supplied text (titles, notes, table cells, parameters) is
+HTML-escaped, so a tensor or run name cannot inject markup.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.offline
+
+from subnetviz import __version__
+from subnetviz.errors import ConfigError
+from subnetviz.figures import PLOTLY_CONFIG
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header,main,footer{max-width:1200px;margin:0 auto;padding:0 24px}
+header{padding-top:24px}h1{font-size:1.7em;margin:0 0 4px}h2{font-size:1.3em;margin:0 0 12px}
+.meta{color:#666;font-size:.9em}
+section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:18px 20px;margin:18px 0}
+.figure{margin:12px 0}.notes{white-space:pre-wrap;line-height:1.45}
+table{border-collapse:collapse;font-size:.88em;margin:6px 0 14px}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;font-variant-numeric:tabular-nums}th{background:#f2f2f2}
+td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
+.params td{text-align:left;font-family:ui-monospace,monospace}
+.tablewrap{overflow-x:auto}
+"""
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """One part of the report: figures, (caption, table) pairs, free-text notes and the parameters behind them."""
+
+    title: str
+    figures: Sequence[go.Figure] = ()
+    tables: Sequence[tuple[str, pd.DataFrame]] = ()
+    notes: str = ""
+    params: Mapping[str, object] = field(default_factory=dict)
+
+
+def _params_table(params: Mapping[str, object], caption: str) -> str:
+    if not params:
+        return ""
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt_param(v))}</td></tr>" for k, v in params.items()
+    )
+    return f'<table class="params"><caption>{html.escape(caption)}</caption>{rows}</table>'
+
+
+def _fmt_param(v: object) -> str:
+    if isinstance(v, str):
+        return v
+    try:
+        return json.dumps(v, default=str)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _table_html(caption: str, df: pd.DataFrame, max_rows: int) -> str:
+    shown = df.head(max_rows)
+    body = shown.to_html(
+        classes="data", index=False, escape=True, border=0, na_rep="—", float_format=lambda x: f"{x:.6g}"
+    )
+    more = f'<p class="meta">first {max_rows} of {len(df):,} rows</p>' if len(df) > max_rows else ""
+    return f'<div class="tablewrap"><p><b>{html.escape(caption)}</b></p>{body}{more}</div>'
+
+
+def build_report(
+    title: str,
+    sections: Sequence[ReportSection],
+    params: Mapping[str, object] | None = None,
+    config: Mapping | None = None,
+    max_table_rows: int = 2000,
+) -> str:
+    """The whole report as one HTML string (plotly.js embedded once, no network needed)."""
+    config = dict(PLOTLY_CONFIG if config is None else config)
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style>",
+        # One copy of plotly.js for every figure; "</script" cannot occur inside it un-escaped.
+        '<script type="text/javascript">'
+        + plotly.offline.get_plotlyjs().replace("</script", "<\\/script")
+        + "</script>",
+        "</head><body>",
+        f"<header><h1>{html.escape(title)}</h1>",
+        f'<p class="meta">Generated at {generated} by subnetviz {html.escape(__version__)}</p>',
+        _params_table(params or {}, "Parameters"),
+        "</header><main>",
+    ]
+    for i, sec in enumerate(sections):
+        if not isinstance(sec, ReportSection):
+            raise ConfigError(f"build_report: section {i} is a {type(sec).__name__}, expected a ReportSection.")
+        parts.append(f"<section><h2>{html.escape(sec.title)}</h2>")
+        if sec.notes:
+            parts.append(f'<p class="notes">{html.escape(sec.notes)}</p>')
+        parts.append(_params_table(sec.params, "Parameters of this section"))
+        for fig in sec.figures:
+            div = fig.to_html(full_html=False, include_plotlyjs=False, config=config, default_width="100%")
+            parts.append(f'<div class="figure">{div}</div>')
+        parts.extend(_table_html(caption, df, max_table_rows) for caption, df in sec.tables)
+        parts.append("</section>")
+    parts.append(f'</main><footer><p class="meta">subnetviz {html.escape(__version__)} · {generated}</p></footer>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(
+    path: str | Path, title: str, sections: Sequence[ReportSection], params: Mapping | None = None, **kw
+) -> Path:
+    """Write :func:`build_report` to ``path`` (UTF-8) and return the path."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ConfigError(f"Cannot write the report to {path}: folder {path.parent} does not exist. Create it first.")
+    text = build_report(title, sections, params, **kw)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)  # a reader never sees half a report
+    return path
+
+
+def download_frame(df: pd.DataFrame, fmt: str = "csv") -> bytes:
+    """A table as CSV (UTF-8, no index) or Parquet bytes, for ``st.download_button``."""
+    if fmt == "csv":
+        return df.to_csv(index=False).encode("utf-8")
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        # Parquet needs string column names; object columns holding tuples (e.g. UpSet members) become text.
+        out = df.rename(columns=str)
+        for c in out.columns:
+            if out[c].dtype == object and out[c].map(lambda v: isinstance(v, tuple | list | set | frozenset)).any():
+                out[c] = out[c].map(lambda v: json.dumps(sorted(v) if isinstance(v, set | frozenset) else list(v), default=str)
+                                    if isinstance(v, tuple | list | set | frozenset) else v)  # fmt: skip
+        out.to_parquet(buf, index=False)
+        return buf.getvalue()
+    raise ConfigError(f"download_frame: unknown format {fmt!r}; expected 'csv' or 'parquet'.")

@@ -1,0 +1,147 @@
+"""The HTML export is one self-contained file: plotly.js once, no network, data present, text escaped."""
+
+import base64
+import io
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from subnetviz import __version__
+from subnetviz.errors import ConfigError
+from subnetviz.report import ReportSection, build_report, download_frame, write_report
+
+EVIL = "<script>alert('x')</script>"
+
+
+def decode(v):
+    """plotly>=6 serialises numpy arrays as {'dtype','bdata','shape'} (base64 typed arrays)."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(s) for s in v["shape"].split(",")]) if "shape" in v else a
+    return np.asarray(v)
+
+
+def figure_data(text):
+    """The trace lists passed to every Plotly.newPlot("id", [...], ...) call in the page."""
+    out = []
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*', text):
+        out.append(json.JSONDecoder().raw_decode(text, m.end())[0])
+    return out
+
+
+class _Cells(HTMLParser):
+    """Text of every <td> in tables of class "data" (stdlib only: pandas.read_html needs lxml)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._in_data, self._cell = [], False, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._in_data = "data" in (dict(attrs).get("class") or "")
+        elif tag == "tr" and self._in_data:
+            self.rows.append([])
+        elif tag == "td" and self._in_data:
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.rows[-1].append(self._cell)
+            self._cell = None
+        elif tag == "table":
+            self._in_data = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def sections():
+    z = np.arange(6, dtype=np.float64).reshape(2, 3) / 7
+    heat = go.Figure(go.Heatmap(z=z))
+    line = go.Figure(go.Scatter(x=np.arange(4), y=np.array([1.5, 2.5, 3.5, 4.5])))
+    table = pd.DataFrame({"name": [EVIL, "model.layers.0.q"], "sparsity": [0.5, 0.25]})
+    return (
+        [
+            ReportSection(
+                "Heatmap & friends",
+                figures=[heat, line],
+                tables=[("Per tensor", table)],
+                notes=f"tolerance 1e-5 {EVIL}",
+                params={"tolerance": 1e-5, "models": ["a", EVIL]},
+            ),  # fmt: skip
+            ReportSection("Second", figures=[go.Figure(go.Bar(x=["a"], y=[3]))]),
+        ],
+        z,
+    )
+
+
+def test_report_embeds_plotlyjs_once_and_every_figure():
+    secs, z = sections()
+    text = build_report("Demo dashboard", secs, {"base": "demo/base"})
+    assert text.count("* plotly.js v") == 1  # the banner of the one embedded copy
+    assert text.index("* plotly.js v") < text.index("</head>")
+    assert text.count("Plotly.newPlot(") == 3
+    # Each figure's data is in the file: read the JSON handed to Plotly.newPlot and decode it.
+    data = figure_data(text)
+    assert [d[0]["type"] for d in data] == ["heatmap", "scatter", "bar"]
+    np.testing.assert_array_equal(decode(data[0][0]["z"]), z)
+    np.testing.assert_array_equal(decode(data[1][0]["y"]), [1.5, 2.5, 3.5, 4.5])
+    assert f"subnetviz {__version__}" in text and "Generated at" in text
+
+
+def test_report_needs_no_network():
+    text = build_report("x", sections()[0], {})
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text, flags=re.I)
+    assert not re.search(r"<link[^>]*\bhref\s*=", text, flags=re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text.split("</head>", 1)[1], flags=re.I)
+    assert '"showSendToCloud": false' in text  # no cloud "Share chart" button in the export
+
+
+def test_report_escapes_user_text():
+    secs, _ = sections()
+    text = build_report(f"Title {EVIL}", secs, {"note": EVIL})
+    assert EVIL not in text
+    assert (
+        text.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;")
+        + text.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;")
+        >= 5
+    )  # title ×2, page params, notes, section params, table cell
+    # Parameters are shown with the section that used them.
+    assert "tolerance" in text and "1e-05" in text
+
+
+def test_report_parses_and_keeps_the_table():
+    secs, _ = sections()
+    text = build_report("x", secs)
+    parser = _Cells()
+    parser.feed(text)
+    rows = [r for r in parser.rows if r]
+    assert rows == [[EVIL, "0.5"], ["model.layers.0.q", "0.25"]]  # escaped in HTML, intact once parsed
+
+
+def test_write_report_and_bad_input(tmp_path):
+    secs, _ = sections()
+    path = write_report(tmp_path / "r.html", "x", secs)
+    assert path.read_text(encoding="utf-8").startswith("<!doctype html>")
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        write_report(tmp_path / "missing" / "r.html", "x", secs)
+    with pytest.raises(ConfigError, match="ReportSection"):
+        build_report("x", [go.Figure()])
+
+
+def test_download_frame_roundtrips():
+    df = pd.DataFrame({"members": [("a", "b"), ("c",)], "count": [3, 4], "share": [0.1, np.nan]})
+    back = pd.read_csv(io.BytesIO(download_frame(df, "csv")))
+    assert list(back["count"]) == [3, 4] and np.isnan(back["share"][1])
+    pq = pd.read_parquet(io.BytesIO(download_frame(df, "parquet")))
+    assert [json.loads(v) for v in pq["members"]] == [["a", "b"], ["c"]]
+    assert list(pq["count"]) == [3, 4]
+    with pytest.raises(ConfigError, match="xlsx"):
+        download_frame(df, "xlsx")
