@@ -170,6 +170,11 @@ def test_group_of_layer_module():
     assert groups == {(0, "q"), (0, "k"), (1, "q"), (1, "norm")}
     q0 = rep.consensus[rep.consensus["group"] == (0, "q")]
     assert q0["count"].sum() == 120
+    sizes = rep.sizes_by_group()
+    got = sizes[(sizes["group"] == (1, "q")) & (sizes["label"] == "y")]
+    assert got["count"].item() == int(sets[1]["layers.1.q"].sum()) and got["numel"].item() == 120
+    assert got["density"].item() == got["count"].item() / 120
+    np.testing.assert_array_equal(sizes.groupby("label", sort=False)["count"].sum(), rep.sizes["count"])
     # same numbers as grouping by name when groups are one tensor each
     by_name = mask_overlap(sets, ["x", "y", "z"])
     assert by_name.regions.equals(rep.regions) and by_name.pairwise.equals(rep.pairwise)

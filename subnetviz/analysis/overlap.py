@@ -122,6 +122,16 @@ class OverlapReport:
         frame["fraction"] = _div(frame["count"].to_numpy(), self.numel)
         return frame
 
+    def sizes_by_group(self) -> pd.DataFrame:
+        """group, label, count, numel, density: each mask's size inside each group (heatmaps)."""
+        bits = _membership(len(self.labels))
+        rows = []
+        for group, region in self.region_counts.items():
+            numel = int(region.sum())
+            for label, count in zip(self.labels, bits.T @ region, strict=True):
+                rows.append((group, label, int(count), numel, count / numel if numel else float("nan")))
+        return pd.DataFrame(rows, columns=["group", "label", "count", "numel", "density"])
+
     def venn_regions(self) -> pd.DataFrame:
         """Regions in canonical Venn order: (10, 01, 11) for N = 2, (100, 010, 110, 001, 101, 011, 111) for N = 3.
 
@@ -180,11 +190,15 @@ def _validate(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -
 def _region_counts(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     """(2**N,) int64 exclusive counts of one tensor's membership codes (one bincount)."""
     n_masks = len(tensors)
-    dtype = torch.uint8 if n_masks <= 8 else torch.int32
     device = tensors[0].device
-    code = torch.zeros(tensors[0].numel(), dtype=dtype, device=device)
-    for k, t in enumerate(tensors):
-        code |= t.reshape(-1).to(device=device, dtype=dtype) << k
+    if n_masks <= 8:  # bool and uint8 share one byte: a view, no conversion copy
+        code = tensors[0].reshape(-1).view(torch.uint8).clone()
+        for k, t in enumerate(tensors[1:], start=1):
+            code |= t.reshape(-1).to(device).view(torch.uint8) << k
+    else:
+        code = torch.zeros(tensors[0].numel(), dtype=torch.int32, device=device)
+        for k, t in enumerate(tensors):
+            code |= t.reshape(-1).to(device=device, dtype=torch.int32) << k
     return torch.bincount(code, minlength=2**n_masks).cpu().numpy().astype(np.int64)
 
 
