@@ -191,11 +191,10 @@ def train_bigram_mask(
         opt.step()
         beta *= config.beta_growth
         with torch.no_grad():
-            low = above = 0
-            for s in logits.values():
-                m = torch.sigmoid(beta * s)
-                low += int((m < 0.1).sum())
-                above += int((m > 0.9).sum())
+            # sigmoid(beta*s) > 0.9 <=> s > ln(9)/beta (and < 0.1 <=> s < -ln(9)/beta): compare, no sigmoid
+            cut = math.log(9.0) / beta
+            low = sum(int((s < -cut).sum()) for s in logits.values())
+            above = sum(int((s > cut).sum()) for s in logits.values())
             undecided = n_mask - low - above
             kept = sum(int((s > 0).sum()) for s in logits.values())
         rec = {

@@ -1,0 +1,124 @@
+"""Bigram-subnetwork mask training: optimizer steps per second, against plain training of the same model.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_bigram`` (add ``--cuda`` on a GPU machine).
+
+Two models with random weights, each timed with the same batch and the same bigram target rows:
+
+- ``demo``: a demo-zoo-shaped Llama (3 layers, d 96, MLP 384, vocab 32, 32 × 32 tokens per batch);
+- ``gpt2-small``: GPT-2-small-shaped (12 layers, d 768, vocab 50257, 4 × 128 tokens per batch; the
+  bigram table is counted from 1M random tokens so rows are sparse and gathered per batch).
+
+``mask`` is :func:`subnetviz.bigram.train.train_bigram_mask` (functional_call with W ⊙ σ(βs), AdamW
+on the 0.5 M / 85 M mask logits, the stopping-rule census every step); ``plain`` is ordinary training
+of the same model's weights with the same soft-target loss (AdamW on every parameter): the baseline.
+Times are medians over the timed steps, after one warm-up step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from subnetviz.bigram.stats import TokenCorpus, count_bigrams  # noqa: E402
+from subnetviz.bigram.train import preset_config, soft_cross_entropy, train_bigram_mask  # noqa: E402
+
+
+def build(kind: str):
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    torch.manual_seed(0)
+    if kind == "demo":
+        cfg = LlamaConfig(
+            vocab_size=32,
+            hidden_size=96,
+            intermediate_size=384,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=32,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+        return AutoModelForCausalLM.from_config(cfg), 32, 32
+    cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=128)
+    return AutoModelForCausalLM.from_config(cfg), 4, 128
+
+
+def time_mask(model, corpus, table, batch: int, steps: int, device: str) -> list[float]:
+    stamps: list[float] = []
+    cfg = preset_config("fast", lam=10.0, batch_size=batch, max_steps=steps + 1)
+
+    def on_step(step, total, rec):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    train_bigram_mask(model, corpus, table, cfg, device=device, on_step=on_step)
+    return list(np.diff(stamps))
+
+
+def time_plain(model, corpus, table, batch: int, steps: int, device: str) -> list[float]:
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        ids = corpus.ids[i * batch : (i + 1) * batch].to(device)
+        tgt = table.probs_rows(ids)
+        logits = model(ids).logits
+        loss = soft_cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cuda", action="store_true", help="run on the GPU (default: CPU, one thread)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per model (default 20 demo / 3 gpt2)")
+    parser.add_argument("--models", default="demo,gpt2-small")
+    args = parser.parse_args(argv)
+    device = "cuda" if args.cuda else "cpu"
+    torch.set_num_threads(1)
+    print(f"mask training vs plain training, device {device}" + ("" if args.cuda else ", 1 thread"))
+    header = f"{'model':<11} {'batch':>7} {'mask params':>12} {'mask s/step':>12} {'steps/s':>8} {'plain s/step':>13} {'x plain':>8}"
+    print(header)
+    print("-" * len(header))
+    for kind in args.models.split(","):
+        model, batch, seq = build(kind)
+        steps = args.steps or (20 if kind == "demo" else 3)
+        v = model.config.vocab_size
+        rng = np.random.default_rng(0)
+        table = count_bigrams([rng.integers(0, v, 1_000_000)], v, source="random tokens")
+        corpus = TokenCorpus(torch.from_numpy(rng.integers(0, v, ((steps + 2) * batch, seq))))
+        from subnetviz.bigram.maskable import maskable_names
+
+        n_mask = sum(dict(model.named_parameters())[n].numel() for n in maskable_names(model))
+        t_mask = statistics.median(time_mask(model, corpus, table, batch, steps, device))
+        t_plain = statistics.median(time_plain(model, corpus, table, batch, steps, device))
+        print(
+            f"{kind:<11} {f'{batch}x{seq}':>7} {n_mask:>12,} {t_mask:12.4f} {1 / t_mask:8.2f} {t_plain:13.4f} "
+            f"{t_mask / t_plain:8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
