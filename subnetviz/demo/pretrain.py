@@ -1,0 +1,261 @@
+"""The demo zoo's base model: a tiny Llama pretrained with a plain torch loop, and sampling from it.
+
+Pretraining mixes two document kinds each step (two forward passes, losses summed, so short
+arithmetic documents are not padded to the chain documents' length):
+
+- arithmetic: ``"12+34=46<eos>"`` for the pool problems that are not held out;
+- Markov chain: ``chain_len`` letters drawn fresh from the chain each step, no ``<eos>``.
+
+AdamW (no weight decay), one-cycle schedule, fp32 training, saved with
+``model.to(torch.bfloat16).save_pretrained`` like a real bf16 checkpoint, tokenizer beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from subnetviz.demo.corpus import MarkovChain, Problem, sample_chain
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden_size: int = 96
+    intermediate_size: int = 384
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 32
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    folder: Path
+    params: int
+    steps: int
+    seconds: float
+    final_loss_arith: float
+    final_loss_chain: float
+
+
+def build_model(shape: ModelShape, tokenizer, *, seed: int):
+    """A freshly initialised ``LlamaForCausalLM`` (untied embeddings, eager attention)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_attention_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        attn_implementation="eager",
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _encode(texts: list[str], vocab: dict[str, int], *, eos: int | None, pad: int):
+    """Right-padded ``(batch, max_len)`` ids and labels (-100 on padding). Causal attention never
+    looks right, so right padding needs no attention mask."""
+    import torch
+
+    seqs = [[vocab[c] for c in t] + ([eos] if eos is not None else []) for t in texts]
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    labels = torch.full((len(seqs), n), -100, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        labels[i, : len(s)] = torch.tensor(s)
+    return ids, labels
+
+
+def pretrain(
+    folder: str | os.PathLike,
+    tokenizer,
+    shape: ModelShape,
+    problems: tuple[Problem, ...],
+    chain: MarkovChain,
+    *,
+    steps: int,
+    batch_arith: int,
+    batch_chain: int,
+    chain_len: int,
+    max_lr: float,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> PretrainResult:
+    """Train a base model and save it (bf16 + tokenizer) to ``folder``."""
+    import torch
+
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    model = build_model(shape, tokenizer, seed=seed)
+    model.train()
+    vocab = tokenizer.get_vocab()
+    rng = np.random.default_rng(seed)
+    texts = [p.prompt + p.answer for p in problems]
+    opt = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps)
+    loss_a = loss_c = float("nan")
+    for step in range(steps):
+        pick = rng.integers(len(texts), size=batch_arith)
+        ids, labels = _encode([texts[i] for i in pick], vocab, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+        loss = model(input_ids=ids, labels=labels).loss
+        loss_a = float(loss.detach())
+        if batch_chain:
+            states = sample_chain(chain, batch_chain, chain_len, rng)
+            letter_ids = torch.tensor([vocab[c] for c in chain.letters])
+            cids = letter_ids[torch.from_numpy(states)]
+            closs = model(input_ids=cids, labels=cids).loss
+            loss_c = float(closs.detach())
+            loss = loss + closs
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None and (step + 1) % 50 == 0:
+            progress(step + 1, steps)
+    save_model(model, tokenizer, folder)
+    params = sum(p.numel() for p in model.parameters())
+    return PretrainResult(folder, params, steps, time.perf_counter() - t0, loss_a, loss_c)
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def load_model(folder: str | os.PathLike):
+    """A model folder as float32 (what TRL trains from), eval mode, eager attention."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    return model.eval()
+
+
+def sample_answers(
+    folder: str | os.PathLike,
+    prompts: list[str],
+    *,
+    n_samples: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 4,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> list[list[str]]:
+    """``n_samples`` completions per prompt (greedy when ``temperature == 0``), decoded and stripped.
+
+    Returns one list of ``n_samples`` strings per prompt, in prompt order.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = load_model(folder)
+    torch.manual_seed(seed)
+    expanded = [p for p in prompts for _ in range(n_samples)]
+    outs: list[str] = []
+    for i in range(0, len(expanded), batch_size):
+        chunk = expanded[i : i + batch_size]
+        enc = tok(chunk, return_tensors="pt", padding=True, padding_side="left")
+        with torch.no_grad():
+            gen = model.generate(
+                **enc,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_k=0 if temperature > 0 else None,
+                top_p=1.0 if temperature > 0 else None,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        new = gen[:, enc["input_ids"].shape[1] :]
+        outs.extend(s.strip() for s in tok.batch_decode(new, skip_special_tokens=True))
+    return [outs[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]
+
+
+def update_masks(base_dir: str | os.PathLike, other_dir: str | os.PathLike) -> dict:
+    """Bitwise update masks: name -> bool tensor (True where the stored bit patterns differ).
+
+    Streams both ``model.safetensors`` files one tensor at a time and compares the integer views
+    of the stored dtype (exact equality; -0.0 vs 0.0 and NaN payloads count as different). Every
+    tensor of the base must exist in ``other`` with the same shape and dtype.
+    """
+    import torch
+    from safetensors import safe_open
+
+    from subnetviz.errors import AlignmentError
+
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    base_f, other_f = Path(base_dir) / "model.safetensors", Path(other_dir) / "model.safetensors"
+    out: dict[str, torch.Tensor] = {}
+    with safe_open(str(base_f), framework="pt") as fa, safe_open(str(other_f), framework="pt") as fb:
+        other_keys = set(fb.keys())
+        for name in fa.keys():
+            if name not in other_keys:
+                raise AlignmentError(f"{other_f}: tensor {name!r} of {base_f} is missing.")
+            a, b = fa.get_tensor(name), fb.get_tensor(name)
+            if a.shape != b.shape or a.dtype != b.dtype:
+                raise AlignmentError(
+                    f"{name!r}: {base_f} has {tuple(a.shape)} {a.dtype}, {other_f} has {tuple(b.shape)} {b.dtype}."
+                )
+            it = ints[a.element_size()]
+            out[name] = a.view(it) != b.view(it)
+    return out
+
+
+def preference_pairs(
+    base_dir: str | os.PathLike, rows: list[dict], *, n_prompts: int, n_samples: int, max_new_tokens: int, seed: int
+) -> tuple[list[dict], dict]:
+    """On-policy DPO rows: sample the base ``n_samples`` times (temperature 1) on ``n_prompts``
+    seeded-random ``rows`` (``{"prompt", "answer"}``); keep prompts with both a correct and an
+    incorrect sample. Returns ``(rows, notes)``."""
+    from subnetviz.demo.corpus import dpo_rows
+
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(rows))[:n_prompts]
+    prompts, answers = [rows[i]["prompt"] for i in pick], [rows[i]["answer"] for i in pick]
+    samples = sample_answers(
+        base_dir, prompts, n_samples=n_samples, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed
+    )
+    out = dpo_rows(prompts, answers, samples, rng)
+    correct = sum(s == a for outs, a in zip(samples, answers, strict=True) for s in outs)
+    notes = {
+        "kind": "on-policy: chosen = a correct base sample, rejected = an incorrect one",
+        "sampled_prompts": len(prompts),
+        "samples_per_prompt": n_samples,
+        "sample_accuracy": correct / max(1, len(prompts) * n_samples),
+        "pairs": len(out),
+    }
+    return out, notes
+
+
+def offpolicy_sft_rows(
+    base_dir: str | os.PathLike, rows: list[dict], *, max_new_tokens: int, min_rows: int
+) -> tuple[list[dict], dict]:
+    """SFT rows with gold answers for the prompts whose greedy base answer is wrong: targets the
+    base does not produce (off-policy). With fewer than ``min_rows`` such prompts (a base that is
+    nearly perfect) every prompt's gold answer is used. Returns ``(rows, notes)``."""
+    greedy = sample_answers(base_dir, [r["prompt"] for r in rows], temperature=0.0, max_new_tokens=max_new_tokens)
+    wrong = [r for r, g in zip(rows, greedy, strict=True) if g[0] != r["answer"]]
+    notes = {"kind": "off-policy: gold answers for the prompts the base answers wrongly", "prompts": len(rows)}
+    if len(wrong) < min_rows:
+        wrong = rows
+        notes["kind"] = "gold answers for every prompt (the base answers almost all correctly)"
+    notes["rows"] = len(wrong)
+    return [{"prompt": r["prompt"], "completion": r["answer"]} for r in wrong], notes
