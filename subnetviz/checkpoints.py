@@ -202,7 +202,12 @@ class Checkpoint:
 
 def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # pre-zipfile torch.save format: readable, just not mappable
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for anything but tensors; RuntimeError for corrupt zips
         raise CheckpointError(
             f"{path}: refused or unreadable legacy checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
@@ -219,13 +224,17 @@ def _folder_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         return _index_files(index)
+    # A trainer's checkpoint folder also holds optimizer.pt, scheduler.pt, rng_state.pth and
+    # sometimes other .safetensors files (masks, adapters): the model's own file wins when present.
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
     st = sorted(folder.glob("*.safetensors"))
     if st:
         return st
     bin_index = folder / "pytorch_model.bin.index.json"
     if bin_index.is_file():
         return _index_files(bin_index)
-    legacy = sorted(folder.glob("pytorch_model*.bin")) + sorted(folder.glob("*.pt"))
+    legacy = sorted(folder.glob("pytorch_model*.bin")) or sorted(folder.glob("*.pt"))
     if legacy:
         return legacy
     raise CheckpointError(
@@ -357,10 +366,11 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
         for n in ck.names:
             m.setdefault(strip_prefix(n), n)
         keyed.append(m)
-    # Tied embeddings: a head stored on one side only, in a model that ties it, is the embedding.
+    # Tied embeddings: a head stored in a model that ties it is the embedding (HF ties it on load),
+    # whether one side or every side stored the copy; counting it would count the embedding twice.
     for i, ck in enumerate(checkpoints):
-        for head in ("lm_head.weight", "embed_out.weight"):
-            if head in keyed[i] and ck.tied_embeddings and any(head not in k for k in keyed):
+        for head in ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight"):
+            if head in keyed[i] and ck.tied_embeddings:
                 notes.append(f"{ck.spec}: {head} is tied to the input embedding; counted once (as the embedding).")
                 del keyed[i][head]
     common = [k for k in keyed[0] if all(k in km for km in keyed[1:])]

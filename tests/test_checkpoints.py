@@ -1,0 +1,274 @@
+"""Checkpoint opening, alignment and bad input.
+
+Proves: every storage form (sharded folder, index json, single file, legacy .bin, cached hub id)
+yields the same tensors with the header's dtype; a malicious pickle is refused without running;
+alignment handles ``model.`` prefixes, tied heads, resized vocabularies and one-sided tensors and
+reports them; every bad input ends in a SubnetvizError subclass naming the file or tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from subnetviz.analysis.updates import analyze_updates
+from subnetviz.checkpoints import align, open_checkpoint, read_aligned
+from subnetviz.errors import AlignmentError, CheckpointError, NonFiniteError, NotCachedError, SubnetvizError
+from tests import ckpt_fixtures
+from tests.ckpt_fixtures import VOCAB, bf16_step, fake_hub_cache, make_llama, read_state_dict, write_folder
+
+ckpt_zoo = ckpt_fixtures.ckpt_zoo  # the session fixture
+
+
+@pytest.fixture(scope="module")
+def llama_sd(ckpt_zoo):
+    return read_state_dict(ckpt_zoo.llama)
+
+
+def _same_tensors(ck, sd):
+    assert sorted(ck.names) == sorted(sd)
+    for name, t in sd.items():
+        got = ck.get(name)
+        assert got.dtype == t.dtype and torch.equal(got.view(torch.int16), t.view(torch.int16)), name
+
+
+# --- opening ---------------------------------------------------------------------------------------------
+def test_sharded_folder_and_its_index(ckpt_zoo, llama_sd):
+    index = ckpt_zoo.llama / "model.safetensors.index.json"
+    assert index.is_file()
+    for spec in (ckpt_zoo.llama, index):
+        ck = open_checkpoint(spec)
+        assert len(ck.files) == len(set(json.loads(index.read_text())["weight_map"].values())) >= 2
+        _same_tensors(ck, llama_sd)
+        assert ck.dtypes == {"bfloat16": sum(t.numel() for t in llama_sd.values())}
+        assert ck.meta("lm_head.weight").shape == (VOCAB, 16)
+        assert ck.names_table.family == "llama" and not ck.tied_embeddings
+
+
+def test_single_file_and_legacy_bin(ckpt_zoo, llama_sd):
+    for spec in (ckpt_zoo.single, ckpt_zoo.legacy_bin, ckpt_zoo.legacy_bin.parent):
+        ck = open_checkpoint(spec)
+        _same_tensors(ck, llama_sd)
+        assert ck.names_table.family == "llama"  # detected from the names (no config.json there)
+
+
+def test_other_families_open_with_their_config(ckpt_zoo):
+    for folder, family in [(ckpt_zoo.gpt2, "gpt2"), (ckpt_zoo.neox, "gpt_neox"), (ckpt_zoo.bert, "bert")]:
+        ck = open_checkpoint(folder)
+        assert ck.names_table.family == family
+        _same_tensors(ck, read_state_dict(folder))
+    assert open_checkpoint(ckpt_zoo.gpt2).tied_embeddings
+
+
+def test_malicious_pickle_is_refused_and_never_runs(ckpt_zoo):
+    assert not ckpt_zoo.sentinel.exists()
+    with pytest.raises(CheckpointError, match="pytorch_model.bin") as err:
+        open_checkpoint(ckpt_zoo.malicious_bin)
+    assert "weights_only" in str(err.value)
+    assert not ckpt_zoo.sentinel.exists()
+
+
+def test_hub_id_through_the_local_cache_only(ckpt_zoo, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    snap = fake_hub_cache(tmp_path / "hub", "someorg/tiny-gpt2", ckpt_zoo.gpt2)
+    ck = open_checkpoint("someorg/tiny-gpt2")
+    assert ck.root == snap and ck.names_table.family == "gpt2"
+    _same_tensors(ck, read_state_dict(ckpt_zoo.gpt2))
+    with pytest.raises(NotCachedError, match="someorg/not-there"):
+        open_checkpoint("someorg/not-there")
+
+
+def test_fingerprint_is_stable_and_follows_the_files(ckpt_zoo, tmp_path):
+    folder = shutil.copytree(ckpt_zoo.gpt2, tmp_path / "g")
+    fp = open_checkpoint(folder).fingerprint
+    assert open_checkpoint(folder).fingerprint == fp
+    sd = read_state_dict(folder)
+    sd["transformer.ln_f.weight"][0] = bf16_step(sd["transformer.ln_f.weight"][:1], 1)[0]
+    write_folder(folder, sd)  # same header and size, new data
+    os.utime(folder / "model.safetensors", ns=(1, 2))
+    assert open_checkpoint(folder).fingerprint != fp
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+def test_missing_path(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing-here"):
+        open_checkpoint(tmp_path / "nothing-here")
+
+
+def test_folder_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="no weights found") as err:
+        open_checkpoint(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_truncated_safetensors(ckpt_zoo, tmp_path):
+    f = tmp_path / "cut.safetensors"
+    data = ckpt_zoo.single.read_bytes()
+    f.write_bytes(data[: len(data) // 2])  # cut in the middle of the data section
+    with pytest.raises(CheckpointError, match="truncated") as err:
+        open_checkpoint(f)
+    assert "cut.safetensors" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        os.urandom(64),  # garbage: an absurd header length
+        (20).to_bytes(8, "little") + b"{not json at all!!!}" + b"\0" * 16,  # plausible length, not JSON
+        (2).to_bytes(8, "little") + b"[]",  # JSON but not an object
+        b"\x01\x02",  # shorter than the length field
+    ],
+)
+def test_corrupt_header(tmp_path, payload):
+    f = tmp_path / "bad.safetensors"
+    f.write_bytes(payload)
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        open_checkpoint(f)
+
+
+def test_index_naming_a_missing_shard(ckpt_zoo, tmp_path):
+    folder = shutil.copytree(ckpt_zoo.llama, tmp_path / "l")
+    first = sorted(folder.glob("model-*.safetensors"))[0]
+    first.unlink()
+    with pytest.raises(CheckpointError, match=first.name):
+        open_checkpoint(folder)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("side", ["finetuned", "both"])
+def test_non_finite_weight_names_file_and_tensor(ckpt_zoo, llama_sd, tmp_path, bad, side):
+    name = "model.layers.1.mlp.up_proj.weight"
+    sd = {k: v.clone() for k, v in llama_sd.items()}
+    sd[name][3, 4] = bad
+    ft = write_folder(tmp_path / "ft", sd, ckpt_zoo.llama)
+    base = write_folder(tmp_path / "base", sd, ckpt_zoo.llama) if side == "both" else ckpt_zoo.llama
+    with pytest.raises(NonFiniteError, match="up_proj") as err:
+        analyze_updates(base, [ft], spectra=None, device="cpu")
+    assert str(tmp_path / ("base" if side == "both" else "ft")) in str(err.value)
+
+
+# --- alignment -----------------------------------------------------------------------------------------------
+def test_model_prefix_on_one_side(ckpt_zoo, llama_sd, tmp_path):
+    bare = {k.removeprefix("model."): v for k, v in llama_sd.items()}
+    ft = write_folder(tmp_path / "bare", bare)
+    al = align([open_checkpoint(ckpt_zoo.llama), open_checkpoint(ft)])
+    assert len(al.tensors) == len(llama_sd) and not any(al.only_in.values())
+    pair = {t.names for t in al.tensors}
+    assert ("model.layers.0.self_attn.q_proj.weight", "layers.0.self_attn.q_proj.weight") in pair
+    rep = analyze_updates(ckpt_zoo.llama, [ft], spectra=None, device="cpu").reports[0]
+    assert rep.changed == 0 and rep.numel == sum(t.numel() for t in llama_sd.values())
+
+
+@pytest.fixture(scope="module")
+def tied_llama(tmp_path_factory):
+    return make_llama(tmp_path_factory.mktemp("tied") / "base", tie=True)
+
+
+@pytest.mark.parametrize("stored", ["finetuned", "base", "both"])
+def test_tied_head_counted_once(tied_llama, tmp_path, stored):
+    sd = read_state_dict(tied_llama)
+    assert "lm_head.weight" not in sd  # save_pretrained drops the tied copy
+    with_head = {**sd, "lm_head.weight": sd["model.embed_tokens.weight"].clone()}
+    ft = write_folder(tmp_path / "ft", with_head if stored != "base" else sd, tied_llama)
+    base = write_folder(tmp_path / "b", with_head if stored != "finetuned" else sd, tied_llama)
+    al = align([open_checkpoint(base), open_checkpoint(ft)])
+    keys = [t.key for t in al.tensors]
+    assert "lm_head.weight" not in keys and "embed_tokens.weight" in keys
+    assert not any(al.only_in.values())
+    assert any("tied" in n for n in al.notes)
+    rep = analyze_updates(base, [ft], spectra=None, device="cpu").reports[0]
+    assert rep.numel == sum(t.numel() for t in sd.values())  # the embedding once
+
+
+def test_resized_vocabulary_compares_shared_rows(ckpt_zoo, llama_sd, tmp_path):
+    sd = {k: v.clone() for k, v in llama_sd.items()}
+    extra = torch.randn(3, 16).to(torch.bfloat16)
+    emb, head = "model.embed_tokens.weight", "lm_head.weight"
+    sd[emb] = torch.cat([sd[emb], extra])
+    sd[head] = torch.cat([sd[head], extra])
+    sd[emb][5, :4] = bf16_step(sd[emb][5, :4], 1)  # 4 changes in the shared rows
+    ft = write_folder(tmp_path / "ft", sd, ckpt_zoo.llama, vocab_size=VOCAB + 3)
+    base_ck, ft_ck = open_checkpoint(ckpt_zoo.llama), open_checkpoint(ft)
+    al = align([base_ck, ft_ck])
+    by_key = {t.key: t for t in al.tensors}
+    for key in ("embed_tokens.weight", "lm_head.weight"):
+        assert by_key[key].rows == VOCAB and by_key[key].extra_rows == (0, 3) and by_key[key].shape == (VOCAB, 16)
+        assert read_aligned(ft_ck, by_key[key], 1).shape == (VOCAB, 16)
+    assert sum("vocabulary resized" in line and "[0, 3]" in line for line in al.report()) == 2
+    an = analyze_updates(ckpt_zoo.llama, [ft], spectra=None, device="cpu")
+    rep = an.reports[0]
+    assert rep.changed == 4
+    assert int(rep.tensors.set_index("key").loc["embed_tokens.weight", "numel"]) == VOCAB * 16
+    assert any("vocabulary resized" in n for n in rep.notes)
+
+
+def test_tensor_on_one_side_only_is_reported(ckpt_zoo, llama_sd, tmp_path):
+    sd = {k: v.clone() for k, v in llama_sd.items()}
+    gone = sd.pop("model.layers.1.mlp.gate_proj.weight")
+    sd["model.layers.1.mlp.adapter.weight"] = torch.zeros(4, 4, dtype=torch.bfloat16)
+    ft = write_folder(tmp_path / "ft", sd, ckpt_zoo.llama)
+    al = align([open_checkpoint(ckpt_zoo.llama), open_checkpoint(ft)])
+    assert al.only_in == {0: ["model.layers.1.mlp.gate_proj.weight"], 1: ["model.layers.1.mlp.adapter.weight"]}
+    lines = " ".join(al.report())
+    assert "gate_proj" in lines and "adapter" in lines
+    rep = analyze_updates(ckpt_zoo.llama, [ft], spectra=None, device="cpu").reports[0]
+    assert rep.numel == sum(t.numel() for t in llama_sd.values()) - gone.numel()
+    assert any("adapter" in n for n in rep.notes) and any("gate_proj" in n for n in rep.notes)
+
+
+def test_shape_mismatch_outside_the_vocabulary(ckpt_zoo, llama_sd, tmp_path):
+    sd = {k: v.clone() for k, v in llama_sd.items()}
+    name = "model.layers.0.mlp.up_proj.weight"
+    sd[name] = torch.zeros(33, 16, dtype=torch.bfloat16)
+    ft = write_folder(tmp_path / "ft", sd, ckpt_zoo.llama)
+    with pytest.raises(AlignmentError, match="up_proj") as err:
+        analyze_updates(ckpt_zoo.llama, [ft], spectra=None, device="cpu")
+    assert "(32, 16)" in str(err.value) and "(33, 16)" in str(err.value)
+
+
+def test_nothing_in_common_and_too_few(ckpt_zoo):
+    gpt2, bert = open_checkpoint(ckpt_zoo.gpt2), open_checkpoint(ckpt_zoo.bert)
+    with pytest.raises(AlignmentError, match="no tensor names in common"):
+        align([gpt2, bert])
+    with pytest.raises(AlignmentError):
+        align([gpt2])
+
+
+def test_bf16_base_against_fp32_finetuned(ckpt_zoo, llama_sd, tmp_path):
+    sd = {k: v.float() for k, v in llama_sd.items()}  # the same numbers, stored wider
+    sd["model.norm.weight"][:2] += 1e-3
+    ft = write_folder(tmp_path / "ft", sd, ckpt_zoo.llama)
+    assert open_checkpoint(ft).dtypes == {"float32": sum(t.numel() for t in sd.values())}
+    rep = analyze_updates(ckpt_zoo.llama, [ft], spectra=None, device="cpu").reports[0]
+    assert rep.changed == 2 and set(rep.tensors["dtype"]) == {"float32"}
+
+
+def test_every_error_is_a_subnetviz_error():
+    for cls in (CheckpointError, NotCachedError, AlignmentError, NonFiniteError):
+        assert issubclass(cls, SubnetvizError)
+
+
+def test_trainer_folder_reads_only_the_model_files(ckpt_zoo, llama_sd, tmp_path):
+    """A trainer checkpoint also holds optimizer.pt & co. and maybe a mask file: only the model is read."""
+    st_dir = write_folder(tmp_path / "st", llama_sd, ckpt_zoo.llama)
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    save_mask_set(st_dir / "update_mask.safetensors", MaskSet({"x": torch.ones(3, dtype=torch.bool)}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    torch.save(llama_sd, bin_dir / "pytorch_model.bin")
+    for d in (st_dir, bin_dir):
+        torch.save({"state": {}, "param_groups": [{"lr": 1e-5}]}, d / "optimizer.pt")
+        torch.save({"last_epoch": 3}, d / "scheduler.pt")
+        _same_tensors(open_checkpoint(d), llama_sd)
+
+
+def test_old_format_bin_is_read(llama_sd, tmp_path):
+    f = tmp_path / "old.bin"
+    torch.save(llama_sd, f, _use_new_zipfile_serialization=False)
+    _same_tensors(open_checkpoint(f), llama_sd)
