@@ -140,6 +140,10 @@ def test_effective_and_stable_rank_by_hand():
     # the energy bound is inclusive ("≥"): the identity's 99 % lies in exactly 99 of 100 directions
     assert singular_values(torch.eye(100)).effective_rank(0.99) == 99
     assert singular_values(torch.eye(2)).effective_rank(0.5) == 1
+    # energy 1 needs every nonzero direction, never more (cumsum may round below the total)
+    g = _gen(1)
+    for _ in range(5):
+        assert singular_values(torch.randn(30, 20, generator=g)).effective_rank(1.0) == 20
 
 
 @pytest.mark.parametrize("method", METHODS)

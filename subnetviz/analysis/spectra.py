@@ -9,19 +9,23 @@ files; callers stream tensors in and collect :class:`SpectrumResult` rows into a
 Numerics (why the fast path is trusted):
 
 - ``method="gram"`` forms the Gram matrix of the smaller side (ΔᵀΔ when n <= m, else ΔΔᵀ) in
-  float64 and takes ``eigvalsh``; σ = sqrt(max(λ, 0)). Only the lower block triangle of the Gram
-  is computed, because ``eigvalsh`` reads only the lower triangle (this saves a third of the
-  matmul), and the long side is cast to float64 chunk by chunk, so an embedding-sized matrix
-  never exists in float64 at once. Eigenvalues carry an absolute error of about ``k·eps64·σ1²`` (k = min(m, n)), so σ_i
-  has absolute error about ``k·eps64·σ1²/(2σ_i)``: ~1e-13·σ1 in the norm sense, relative error
-  below 1e-9 for σ_i >= 1e-3·σ1, and values below ``resolution ≈ sqrt(k·eps64)·σ1`` are noise.
+  float64 and takes ``eigvalsh``; σ = sqrt(max(λ, 0)). Only the lower block triangle is
+  computed, because ``eigvalsh`` reads only the lower triangle (a third less matmul), and the
+  long side is cast to float64 chunk by chunk, so an embedding-sized matrix never exists in
+  float64 at once. The eigenvalues carry an absolute error of order ``k·eps64·σ1²``
+  (k = min(m, n)), so σ_i is off by about ``k·eps64·σ1²/(2σ_i)``: ~1e-13·σ1 in the norm sense,
+  a relative ``k·eps64·(σ1/σ_i)²/2`` at worst (measured: <= 1e-11 for σ_i >= 1e-3·σ1 on
+  Qwen-0.5B-shaped sparse updates, see ``benches/bench_spectra.py``), and values below
+  ``resolution = sqrt(k·eps64)·σ1`` are noise.
 - ``method="svd"`` is the reference: ``torch.linalg.svdvals`` in float64.
 - ``method="auto"`` uses the Gram values, except when the rank decision is in doubt: if any
   λ_i lies within ``64·k·eps64·σ1²`` (a 64× margin on the error above) of tol², the values are
   recomputed with float64 ``svdvals`` so the rank is exact. With the default tolerance that
-  band is at most a relative 0.5/k around tol, so in practice (random-like spectra) it is rarely
-  hit, whereas a multiplicative window (e.g. a factor 100 around tol) would send every square
-  matrix of a real model to the slow path: their smallest σ sit within 10× of tol.
+  band is at most a relative 0.5/k around tol, so random-like spectra rarely hit it. A
+  multiplicative window (say 100× around tol) would instead send most square matrices to the
+  slow path: their smallest σ lie near tol (a 30 %-dense 896×896 update has σ_min ≈ 0.03·tol).
+- Where Gram and float32 ``matrix_rank`` could disagree at all is a σ within float32 rounding
+  (~eps32·σ1) of tol; there float64 is the more exact of the two.
 
 Rank follows the paper's script, ``torch.linalg.matrix_rank(delta.float())``: σ_i counts when
 σ_i > tol = σ1 · max(m, n) · eps(float32) (atol = 0), whatever the input dtype.
@@ -84,7 +88,8 @@ class SingularValues:
         total = float(sq.sum())
         if total == 0.0:
             return 0
-        return int(np.searchsorted(np.cumsum(sq), energy * total, side="left") + 1)
+        k = int(np.searchsorted(np.cumsum(sq), energy * total, side="left")) + 1
+        return min(k, sq.size)  # cumsum's last term may round below the pairwise total
 
     @property
     def stable_rank(self) -> float:
