@@ -211,3 +211,102 @@ def test_evaluate_accuracy_against_hand_count(tiny, tmp_path):
         )
     )
     assert evaluate_accuracy(tiny["base"], ev, max_new_tokens=3) == 0.5
+
+
+# --- compare_runs -------------------------------------------------------------------------------
+
+
+def _bf16_plus_ulps(value: float, offsets: list[int]) -> torch.Tensor:
+    """bf16 tensor: ``value`` moved up by each offset in ULPs (adds to the bit pattern; same binade)."""
+    base = torch.full((len(offsets),), value, dtype=torch.bfloat16).view(torch.int16)
+    return (base + torch.tensor(offsets, dtype=torch.int16)).view(torch.bfloat16)
+
+
+def test_compare_runs_planted(tmp_path):
+    from safetensors.torch import save_file
+
+    from subnetviz.training.compare import compare_runs
+
+    big_off = [0] * 60 + [1] * 10 + [2] * 5 + [3] * 4 + [4] * 3 + [8] * 2 + [12, 16] + [17] * 2 + [100] * 12
+    small = torch.full((10,), 2.0**-20, dtype=torch.bfloat16)
+    small_sub = _bf16_plus_ulps(2.0**-20, [0] * 4 + [1] * 3 + [2] * 2 + [0])
+    small_sub[9] = -(2.0**-20)  # sign crossing: |diff| = 2^-19 ~ 1.9e-6
+    full = {
+        "big": torch.ones(100, dtype=torch.bfloat16),
+        "small": small,
+        "zeros": torch.tensor([0.0, 1.0], dtype=torch.bfloat16),
+    }
+    sub = {
+        "big": _bf16_plus_ulps(1.0, big_off),
+        "small": small_sub,
+        "zeros": torch.tensor([-0.0, 1.0], dtype=torch.bfloat16),
+    }
+    base = {k: v.clone() for k, v in full.items()}
+    base["big"][:5] = _bf16_plus_ulps(1.0, [1] * 5)  # the full run changed entries 0..4
+    for name, d in (("full", full), ("sub", sub), ("base", base)):
+        (tmp_path / name).mkdir()
+        save_file(d, str(tmp_path / name / "model.safetensors"))
+    cmp = compare_runs(tmp_path / "full", tmp_path / "sub", tmp_path / "base")
+    pt = cmp.per_tensor.set_index(["name", "criterion", "tolerance"])["identical"]
+    assert pt[("big", "exact", 0.0)] == 60 and all(pt[("big", "atol", t)] == 60 for t in (1e-8, 1e-4))
+    assert [pt[("small", "atol", t)] for t in (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)] == [7, 9, 9, 10, 10]
+    assert pt[("small", "exact", 0.0)] == 4 and pt[("zeros", "exact", 0.0)] == 1 and pt[("zeros", "atol", 1e-8)] == 2
+    hist = dict(zip(cmp.ulp_histogram["bin"], cmp.ulp_histogram["count"], strict=True))
+    assert hist == {"0": 60 + 4 + 2, "1": 10 + 3, "2": 5 + 2, "3-4": 7, "5-8": 2, "9-16": 2, ">16": 14 + 1}
+    summary = cmp.to_frame().set_index(["criterion", "tolerance"])
+    assert summary.loc[("exact", 0.0), "identical"] == 65 and summary.loc[("exact", 0.0), "numel"] == 112
+    assert summary.loc[("exact", 0.0), "mean_tensor_share"] == pytest.approx((0.6 + 0.4 + 0.5) / 3)
+    assert cmp.share_identical == pytest.approx(65 / 112)
+    vb = cmp.vs_base.set_index("name").loc["big"]
+    assert (vb.changed_full, vb.changed_sub, vb.changed_both, vb.sub_outside_full) == (5, 45, 5, 40)
+    assert cmp.unmatched == () and cmp.accuracy is None
+
+
+def test_ulp_distance_matches_nextafter_float32():
+    """Independent reference: step float32 values k times with numpy.nextafter (crossing zero too)."""
+    import numpy as np
+
+    from subnetviz.training.compare import ulp_distance
+
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.normal(size=200), [0.0, -0.0, 1e-45, -1e-45, 3e-45]]).astype(np.float32)
+    ks = rng.integers(-20, 21, size=a.size)
+    b = a.copy()
+    for i, k in enumerate(ks):
+        for _ in range(abs(int(k))):
+            b[i] = np.nextafter(b[i], np.float32(np.inf if k > 0 else -np.inf))
+    got = ulp_distance(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    # nextafter from -0.0 or +0.0 moves to the first subnormal: +0 and -0 count as one point.
+    assert np.array_equal(got, np.abs(ks))
+
+
+def test_compare_refuses_mismatched_runs(tmp_path):
+    from safetensors.torch import save_file
+
+    from subnetviz.errors import AlignmentError
+    from subnetviz.training.compare import compare_runs
+
+    for name, t in (("a", torch.zeros(3, dtype=torch.bfloat16)), ("b", torch.zeros(4, dtype=torch.bfloat16))):
+        (tmp_path / name).mkdir()
+        save_file({"w": t, f"only_{name}": t.clone()}, str(tmp_path / name / "model.safetensors"))
+    with pytest.raises(AlignmentError, match=r"w: full run stores torch.bfloat16\(3,\)"):
+        compare_runs(tmp_path / "a", tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_subnetwork_of_full_update_stays_inside_it(tiny, tmp_path):
+    """The paper's experiment in miniature: mask = entries the full run changed; retrain only those."""
+    from subnetviz.training.compare import compare_runs
+
+    full = train(_cfg(tiny, tmp_path, "sft", output_dir=str(tmp_path / "full"), steps=3))
+    a, b = _bits(tiny["base"]), _bits(Path(full.output_dir))
+    save_mask_set(tmp_path / "upd.safetensors", MaskSet({k: a[k] != b[k] for k in a}))
+    sub = train(
+        _cfg(tiny, tmp_path, "sft", output_dir=str(tmp_path / "sub"), steps=3, mask=str(tmp_path / "upd.safetensors"))
+    )
+    cmp = compare_runs(full.output_dir, sub.output_dir, tiny["base"], eval_data=tiny["data"]["eval"])
+    assert int(cmp.vs_base["sub_outside_full"].sum()) == 0
+    assert list(cmp.accuracy["model"]) == ["base", "full", "subnetwork"]
+    f = cmp.to_frame()
+    assert f["share"].is_monotonic_increasing  # exact <= atol 1e-8 <= ... <= atol 1e-4
+    assert 0 < cmp.share_identical <= 1
