@@ -12,6 +12,7 @@ restricted unpickler that admits only numpy arrays, dicts and strings.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import json
 import os
@@ -161,11 +162,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        # Protocol 5 (Python >= 3.8 with protocol=5, the default from 3.14) pickles contiguous
+        # arrays as _frombuffer(bytes, dtype, shape, order); protocol <= 2 pickles their bytes as
+        # _codecs.encode(str, "latin1"). Neither can build anything but an array or bytes.
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+        ("builtins", "bytes"),
         ("builtins", "dict"),
         ("collections", "OrderedDict"),
     }
 
     def find_class(self, module: str, name: str):
+        # Protocol <= 2 names Python 2 modules (__builtin__.bytes); map them as pickle itself does.
+        # The keys are Python 2 names only, so the mapping never changes a Python 3 name.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise UnsafePickleError(
@@ -198,7 +210,8 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
             continue
         if not isinstance(value, np.ndarray):
             raise MaskError(f"{path}: entry {key!r} is {type(value).__name__}, expected a numpy array.")
-        masks[str(key)] = _check_bool(str(key), torch.from_numpy(np.ascontiguousarray(value)), str(path))
+        arr = np.array(value, order="C")  # a writable copy: a protocol-5 array is a read-only view of bytes
+        masks[str(key)] = _check_bool(str(key), torch.from_numpy(arr), str(path))
     if not masks:
         raise MaskError(f"{path}: the pickle holds no masks.")
     return MaskSet(masks, meta)

@@ -1,0 +1,156 @@
+"""Mask sets on disk: bit-packed round trip, validation against a checkpoint, the released pickles.
+
+Proves: save/load is lossless for odd sizes and 0-d/1-d/3-d masks and the file really is
+bit-packed; validation names the mask and suggests close names; legit released pickles
+(protocols 2-5) import; a pickle that asks for anything else is refused before any code runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from subnetviz.checkpoints import open_checkpoint
+from subnetviz.errors import MaskError, UnsafePickleError
+from subnetviz.masks import MaskSet, import_bigram_pickle, load_mask_set, save_mask_set, validate_mask_set
+from tests import ckpt_fixtures
+from tests.ckpt_fixtures import Boom
+
+ckpt_zoo = ckpt_fixtures.ckpt_zoo  # the session fixture
+
+SHAPES = {"a": (7, 13), "b": (1,), "c": (3, 5, 9), "d": (), "e": (8, 8), "f": (0, 4)}
+
+
+def _random_masks(seed=0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.rand(s, generator=gen) < 0.3 for k, s in SHAPES.items()}
+
+
+def test_round_trip_bit_packed_odd_sizes(tmp_path):
+    masks = _random_masks()
+    path = save_mask_set(tmp_path / "m.safetensors", MaskSet(masks, {"method": "test", "tolerance": 1e-5}))
+    back = load_mask_set(path)
+    assert set(back.masks) == set(masks)
+    for k, m in masks.items():
+        assert back.masks[k].dtype == torch.bool and back.masks[k].shape == m.shape and torch.equal(back.masks[k], m)
+    count, numel = sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
+    assert back.metadata["method"] == "test" and back.metadata["tolerance"] == 1e-5
+    assert back.metadata["count"] == count and back.metadata["numel"] == numel
+    assert back.count == count and back.density == pytest.approx(count / numel)
+    with safe_open(str(path), framework="np") as f:  # stored as packbits: ceil(numel / 8) bytes
+        for k, s in SHAPES.items():
+            arr = f.get_tensor(k)
+            assert arr.dtype == np.uint8 and arr.size == (int(np.prod(s)) + 7) // 8, k
+    assert not list(tmp_path.glob(".*tmp*"))  # written atomically, nothing left behind
+
+
+def test_plain_uint8_and_bool_files_load(tmp_path):
+    m = (torch.arange(10) % 3 == 0).reshape(2, 5)
+    save_file({"u": m.to(torch.uint8), "b": m}, str(tmp_path / "plain.safetensors"))
+    back = load_mask_set(tmp_path / "plain.safetensors")
+    assert torch.equal(back.masks["u"], m) and torch.equal(back.masks["b"], m)
+
+
+@pytest.mark.parametrize(
+    "tensor, match",
+    [(torch.rand(3, 3), "dtype"), (torch.tensor([0, 1, 2], dtype=torch.uint8), "outside")],
+)
+def test_unusable_mask_files(tmp_path, tensor, match):
+    save_file({"model.layers.0.mlp.up_proj.weight": tensor}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(MaskError, match=match) as err:
+        load_mask_set(tmp_path / "bad.safetensors")
+    assert "up_proj" in str(err.value) and "bad.safetensors" in str(err.value)
+
+
+def test_corrupt_and_missing_mask_files(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(os.urandom(100))
+    with pytest.raises(MaskError, match="junk.safetensors"):
+        load_mask_set(tmp_path / "junk.safetensors")
+    with pytest.raises(MaskError, match="nope.safetensors"):
+        load_mask_set(tmp_path / "nope.safetensors")
+
+
+def test_packed_size_mismatch_is_refused(tmp_path):
+    path = save_mask_set(tmp_path / "m.safetensors", MaskSet({"w": torch.ones(4, 4, dtype=torch.bool)}))
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata()
+    meta["shape:w"] = "40,4"  # claims more bits than stored
+    from safetensors.numpy import save_file as save_np
+
+    save_np({"w": np.packbits(np.ones(16, bool))}, str(path), metadata=meta)
+    with pytest.raises(MaskError, match="'w'"):
+        load_mask_set(path)
+
+
+# --- validation against a checkpoint ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llama_shapes(ckpt_zoo):
+    ck = open_checkpoint(ckpt_zoo.llama)
+    return {n: ck.meta(n).shape for n in ck.names}
+
+
+def test_validate_accepts_a_fitting_mask(llama_shapes):
+    ms = MaskSet({n: torch.zeros(s, dtype=torch.bool) for n, s in llama_shapes.items()})
+    validate_mask_set(ms, llama_shapes, require_all=True)
+
+
+def test_validate_wrong_name_suggests(llama_shapes):
+    ms = MaskSet({"model.layers.0.self_attn.q_prj.weight": torch.zeros(16, 16, dtype=torch.bool)})
+    with pytest.raises(MaskError, match="q_prj") as err:
+        validate_mask_set(ms, llama_shapes)
+    assert "Did you mean 'model.layers.0.self_attn.q_proj.weight'" in str(err.value)
+
+
+def test_validate_wrong_shape_and_dtype(llama_shapes):
+    name = "model.layers.1.mlp.down_proj.weight"
+    with pytest.raises(MaskError, match=r"down_proj.*\(32, 16\).*\(16, 32\)"):
+        validate_mask_set(MaskSet({name: torch.zeros(32, 16, dtype=torch.bool)}), llama_shapes)
+    with pytest.raises(MaskError, match="float32"):
+        validate_mask_set(MaskSet({name: torch.zeros(16, 32)}), llama_shapes)
+
+
+def test_validate_require_all_names_the_missing(llama_shapes):
+    ms = MaskSet({"lm_head.weight": torch.zeros(llama_shapes["lm_head.weight"], dtype=torch.bool)})
+    validate_mask_set(ms, llama_shapes)  # a partial mask is fine by default
+    with pytest.raises(MaskError, match="have no mask"):
+        validate_mask_set(ms, llama_shapes, require_all=True)
+
+
+# --- released bigram pickles ----------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_import_legit_released_pickle(tmp_path, protocol):
+    masks = {k: v.numpy() for k, v in _random_masks(1).items()}
+    path = tmp_path / "subnetwork_dict_lambda0.1.pickle"
+    path.write_bytes(pickle.dumps({**masks, "orig_model_name": "EleutherAI/pythia-70m"}, protocol=protocol))
+    ms = import_bigram_pickle(path)
+    assert ms.metadata["orig_model_name"] == "EleutherAI/pythia-70m"
+    assert set(ms.masks) == set(masks)
+    for k, v in masks.items():
+        np.testing.assert_array_equal(ms.masks[k].numpy(), v)
+        assert ms.masks[k].dtype == torch.bool
+
+
+def test_malicious_pickle_never_runs(tmp_path):
+    sentinel = tmp_path / "PWNED"
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps({"w": np.ones(3, bool), "x": Boom(sentinel)}))
+    with pytest.raises(UnsafePickleError, match=r"evil\.pickle.*(posix|os)\.system"):
+        import_bigram_pickle(path)
+    assert not sentinel.exists()
+    assert issubclass(UnsafePickleError, MaskError)
+
+
+def test_pickle_of_a_non_mask(tmp_path):
+    path = tmp_path / "list.pickle"
+    path.write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(MaskError, match="list.pickle"):
+        import_bigram_pickle(path)
+    (tmp_path / "floats.pickle").write_bytes(pickle.dumps({"w": np.ones(3, np.float32)}))
+    with pytest.raises(MaskError, match="'w'"):
+        import_bigram_pickle(tmp_path / "floats.pickle")
