@@ -48,6 +48,7 @@ class TrainResult:
     mask_check: dict | None = None  # MaskCheck.to_dict(): outside_mask_identical, changed_inside, ...
     stopped: bool = False  # True when ctx.should_stop() ended the run early (then nothing is saved)
     is_main_process: bool = True  # False on the other ranks of a multi-process run (they save nothing)
+    train_seconds: float | None = None  # the training loop alone (TRL's train_runtime), without load/save/eval
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,7 +93,17 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
         if stopped or not is_main:
             if stopped and is_main and partial.exists():
                 shutil.rmtree(partial)
-            return TrainResult(str(out), steps_done, progress.last, None, time.time() - start, None, stopped, is_main)
+            return TrainResult(
+                str(out),
+                steps_done,
+                progress.last,
+                None,
+                time.time() - start,
+                None,
+                stopped,
+                is_main,
+                progress.train_seconds,
+            )
         save_bf16(model, trainer.processing_class, partial, {"train_config.json": cfg.to_dict()})
         if mask_set is not None:
             from subnetviz.masks import save_mask_set
@@ -103,7 +114,15 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
         if not check["outside_mask_identical"]:
             _log(ctx, f"WARNING: {check['changed_outside']} entries outside the mask changed; see {SUMMARY_FILE}")
         accuracy = evaluate_accuracy(partial, cfg.eval_data) if cfg.eval_data else None
-        result = TrainResult(str(out), steps_done, progress.last, accuracy, time.time() - start, check)
+        result = TrainResult(
+            str(out),
+            steps_done,
+            progress.last,
+            accuracy,
+            time.time() - start,
+            check,
+            train_seconds=progress.train_seconds,
+        )
         (partial / SUMMARY_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         os.replace(partial, out)
         _log(ctx, f"saved {out} after {steps_done} steps ({result.seconds:.1f} s); accuracy {accuracy}")

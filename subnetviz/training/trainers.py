@@ -134,12 +134,14 @@ class ProgressCallback(TrainerCallback):
         self.ctx = ctx
         self.total = total
         self.last: dict[str, float] = {}
+        self.train_seconds: float | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         numeric = {
             k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)
         }
         if "train_runtime" in numeric:  # the end-of-training summary line, not a step
+            self.train_seconds = numeric["train_runtime"]
             return
         self.last = numeric
         if self.ctx is not None and state.is_world_process_zero:
