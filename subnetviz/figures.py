@@ -48,12 +48,25 @@ def no_data_figure(title: str, message: str = "no data") -> go.Figure:
     return fig
 
 
-def _require(df: pd.DataFrame, columns: Sequence[str], builder: str) -> None:
+def _require(df: pd.DataFrame, columns: Sequence[str], builder: str, shares: Sequence[str] = ()) -> None:
+    """Raise unless df has ``columns``; ``shares`` (those present) must be fractions in [0, 1] or NaN."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise FigureDataError(
             f"{builder}: the frame lacks column(s) {missing}; it has {list(df.columns)}. "
             f"Expected at least {list(columns)}."
+        )
+    for c in shares:
+        if c in df.columns:
+            _check_share(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64), f"{builder}: column {c!r}")
+
+
+def _check_share(v: np.ndarray, what: str) -> None:
+    bad = v[np.isfinite(v) & ((v < -1e-9) | (v > 1 + 1e-9))]
+    if bad.size:
+        raise FigureDataError(
+            f"{what} holds shares outside [0, 1] (e.g. {bad[0]:g}); figures take fractions and draw them in %. "
+            "If the values are already percentages, divide them by 100."
         )
 
 
@@ -152,7 +165,12 @@ def sparsity_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | Non
     title = title or f"Update {value.replace('_', ' ')} by layer and module"
     if df.empty:
         return no_data_figure(title)
-    _require(df, ["layer", "module", "changed", "numel", "sparsity", "density", value], "sparsity_heatmap")
+    _require(
+        df,
+        ["layer", "module", "changed", "numel", "sparsity", "density", value],
+        "sparsity_heatmap",
+        shares=["sparsity", "density", value],
+    )
     layers, modules, g = _grid(df, [value, "changed", "numel", "sparsity", "density"], "sparsity_heatmap")
     custom = np.stack([g["changed"], g["numel"], 100 * g["sparsity"], 100 * g["density"]], axis=-1)
     hover = (
@@ -167,7 +185,7 @@ def rank_heatmap(df: pd.DataFrame, title: str = "Update rank / min(m, n) by laye
     """Layers × module kinds of rank_frac (fraction) in %; optional columns rank, min_dim, rank_frac_random."""
     if df.empty:
         return no_data_figure(title)
-    _require(df, ["layer", "module", "rank_frac"], "rank_heatmap")
+    _require(df, ["layer", "module", "rank_frac"], "rank_heatmap", shares=["rank_frac", "rank_frac_random"])
     layers, modules, g = _grid(df, ["rank_frac", "rank", "min_dim", "rank_frac_random"], "rank_heatmap")
     custom = np.stack([g["rank"], g["min_dim"], 100 * g["rank_frac_random"]], axis=-1)
     hover = "layer %{y} · %{x}<br>rank %{z:.1f}% of full"
@@ -199,7 +217,12 @@ def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | No
     )
     if df.empty:
         return no_data_figure(title)
-    _require(df, ["layer", "module", "jaccard", "jaccard_chance"], "overlap_layer_heatmap")
+    _require(
+        df,
+        ["layer", "module", "jaccard", "jaccard_chance"],
+        "overlap_layer_heatmap",
+        shares=["jaccard", "jaccard_chance"],
+    )
     layers, modules, g = _grid(df, ["jaccard", "jaccard_chance"], "overlap_layer_heatmap")
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = g["jaccard"] / g["jaccard_chance"]
@@ -230,13 +253,13 @@ def tolerance_sweep(
 ) -> go.Figure:
     """Lines per model of sparsity (fraction) against |Δ| tolerance on a log axis.
 
-    df columns model, tolerance (exact comparison = 0), sparsity. The exact point cannot sit on a
+    df columns model, tolerance (exact comparison = 0), sparsity; optional changed, numel (hover). The exact point cannot sit on a
     log axis, so it is drawn a decade left of the smallest tolerance, as a distinct open diamond
     labelled "exact", behind a dotted divider.
     """
     if df.empty:
         return no_data_figure(title)
-    _require(df, ["model", "tolerance", "sparsity"], "tolerance_sweep")
+    _require(df, ["model", "tolerance", "sparsity"], "tolerance_sweep", shares=["sparsity"])
     tol = pd.to_numeric(df["tolerance"]).to_numpy(dtype=np.float64)
     if np.any(tol < 0):
         raise FigureDataError(f"tolerance_sweep: tolerances must be ≥ 0; got {sorted(set(tol[tol < 0]))}.")
@@ -250,14 +273,27 @@ def tolerance_sweep(
         sub = df[df["model"].astype(str) == m].sort_values("tolerance")
         t = sub["tolerance"].to_numpy(dtype=np.float64)
         s = 100 * sub["sparsity"].to_numpy(dtype=np.float64)
-        hov = "%{fullData.name}<br>tolerance %{x:.0e}<br>sparsity %{y:.3f}%<extra></extra>"
-        fig.add_trace(go.Scatter(x=t[t > 0], y=s[t > 0], mode="lines+markers", name=m, legendgroup=m,
+        # Optional counts: changed entries of numel at each tolerance.
+        cd = np.stack(
+            [
+                sub[c].to_numpy(dtype=np.float64) if c in sub else np.full(len(sub), np.nan)
+                for c in ("changed", "numel")
+            ],
+            axis=-1,
+        )
+        counts = (
+            "<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
+            if {"changed", "numel"} <= set(df.columns)
+            else ""
+        )
+        hov = "%{fullData.name}<br>tolerance %{x:.0e}<br>sparsity %{y:.3f}%" + counts + "<extra></extra>"
+        fig.add_trace(go.Scatter(x=t[t > 0], y=s[t > 0], mode="lines+markers", name=m, legendgroup=m, customdata=cd[t > 0],
                                  line={"color": colors[m]}, hovertemplate=hov))  # fmt: skip
         if (t == 0).any():
             fig.add_trace(go.Scatter(
-                x=np.full((t == 0).sum(), exact_x), y=s[t == 0], mode="markers", name=f"{m} (exact)",
+                x=np.full((t == 0).sum(), exact_x), y=s[t == 0], mode="markers", name=f"{m} (exact)", customdata=cd[t == 0],
                 legendgroup=m, showlegend=False, marker={"symbol": "diamond-open", "size": 13, "color": colors[m], "line": {"width": 2}},
-                hovertemplate="%{fullData.name}<br>exact (bitwise)<br>sparsity %{y:.3f}%<extra></extra>",
+                hovertemplate="%{fullData.name}<br>exact (bitwise)<br>sparsity %{y:.3f}%" + counts + "<extra></extra>",
             ))  # fmt: skip
     ticks = np.concatenate([[exact_x], positive])
     fig.update_xaxes(type="log", tickvals=ticks, ticktext=["exact"] + [f"{v:.0e}" for v in positive])
@@ -303,7 +339,7 @@ def module_bars(
     if df.empty:
         return no_data_figure(title)
     key = "name" if "name" in df.columns else "group"
-    _require(df, ["model", key, "sparsity"], "module_bars")
+    _require(df, ["model", key, "sparsity"], "module_bars", shares=["sparsity"])
     models = _unique(df["model"].astype(str))
     names = _unique(df[key].astype(str))
     colors = colors or color_map(models)
@@ -349,9 +385,23 @@ def spectrum_curves(df: pd.DataFrame, title: str = "Singular values of updates (
 
 
 def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
-    """Sum of f×f blocks of a 2-D array (edge blocks are smaller), without a padded copy."""
-    rows = np.add.reduceat(a, np.arange(0, a.shape[0], f), axis=0, dtype=np.float64)
-    return np.add.reduceat(rows, np.arange(0, a.shape[1], f), axis=1)
+    """Sum of f×f blocks of a 2-D array (edge blocks are smaller), without a padded copy.
+
+    Full blocks go through one reshape-sum (about 10× faster than ``np.add.reduceat`` on a bool
+    matrix); the ragged last block row/column are summed on their own.
+    """
+    m, n = a.shape
+    mb, nb = m // f, n // f
+    dt = np.int64 if a.dtype == bool or np.issubdtype(a.dtype, np.integer) else np.float64
+    out = np.zeros((-(-m // f), -(-n // f)), dtype=np.float64)
+    out[:mb, :nb] = a[: mb * f, : nb * f].reshape(mb, f, nb, f).sum(axis=(1, 3), dtype=dt)
+    if n % f:
+        out[:mb, nb] = a[: mb * f, nb * f :].reshape(mb, f, -1).sum(axis=(1, 2), dtype=dt)
+    if m % f:
+        out[mb, :nb] = a[mb * f :, : nb * f].reshape(-1, nb, f).sum(axis=(0, 2), dtype=dt)
+    if m % f and n % f:
+        out[mb, nb] = a[mb * f :, nb * f :].sum(dtype=dt)
+    return out
 
 
 def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries changed (block mean)") -> go.Figure:
@@ -360,6 +410,8 @@ def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries chang
     The same block size f = ceil(max(m, n) / max_side) is used on both axes so the aspect ratio
     is kept; hover gives the original row/column ranges and the changed count of each block.
     """
+    if hasattr(mask_2d, "detach"):  # a torch tensor, possibly on the GPU
+        mask_2d = mask_2d.detach().cpu().numpy()
     a = np.asarray(mask_2d)
     if a.size == 0:
         return no_data_figure(title)
@@ -421,12 +473,17 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
         raise FigureDataError(f"venn: {n} set labels expected; got {len(labels)}: {list(labels)}.")
     colors = colors or color_map(labels)
     fig = go.Figure()
-    for (cx, cy), r, lab in zip(layout.centers, layout.radii, labels, strict=True):
+    drawn = layout.radii > 0  # an empty set has no circle; the subtitle names it instead
+    for (cx, cy), r, lab in zip(
+        layout.centers[drawn], layout.radii[drawn], np.array(labels, dtype=object)[drawn], strict=True
+    ):
         col = colors[str(lab)]
         fig.add_shape(type="circle", x0=cx - r, x1=cx + r, y0=cy - r, y1=cy + r,
                       line={"color": col, "width": 2}, fillcolor=col, opacity=0.25, layer="below")  # fmt: skip
-    centroid = layout.centers.mean(axis=0)
-    for (cx, cy), r, lab in zip(layout.centers, layout.radii, labels, strict=True):
+    centroid = layout.centers[drawn].mean(axis=0)
+    for (cx, cy), r, lab in zip(
+        layout.centers[drawn], layout.radii[drawn], np.array(labels, dtype=object)[drawn], strict=True
+    ):
         d = np.array([cx, cy]) - centroid
         d = d / np.hypot(*d) if np.hypot(*d) > 1e-9 else np.array([0.0, 1.0])
         d = np.array([d[0], 1.0]) / np.hypot(d[0], 1.0) if abs(d[1]) < 0.3 else d  # side-by-side: label above
@@ -434,6 +491,9 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
         ya = "bottom" if d[1] > 0.3 else "top" if d[1] < -0.3 else "middle"
         fig.add_annotation(x=cx + r * d[0], y=cy + r * d[1], text=f"<b>{lab}</b>", showarrow=False,
                            xanchor=xa, yanchor=ya, font={"color": colors[str(lab)], "size": 14})  # fmt: skip
+    empty = [str(lab) for lab, ok in zip(labels, drawn, strict=True) if not ok]
+    if empty:
+        title += f"<br><sup>empty, not drawn: {', '.join(empty)}</sup>"
     total = layout.counts.sum()
     ok = ~np.isnan(layout.label_points[:, 0]) & (layout.counts > 0)
     names = ["only " + " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1") if code.count("1") == 1
@@ -536,7 +596,7 @@ def upset(regions_df: pd.DataFrame, labels: Sequence[str], max_bars: int = 40, s
                         specs=[[None, {}], [{}, {}]], horizontal_spacing=0.01, vertical_spacing=0.02)  # fmt: skip
     cnt = shown["count"].to_numpy(dtype=np.float64)
     fig.add_trace(go.Bar(x=x, y=cnt, marker_color="#333", customdata=np.stack([cnt, 100 * cnt / union], axis=-1),
-                         hovertext=names, text=[_compact(c) for c in cnt], textposition="outside", cliponaxis=False, textangle=-90 if k > 20 else 0,
+                         hovertext=names, text=[_compact(c) for c in cnt], textposition="outside", cliponaxis=False, textangle=-90 if k > 20 else 0, constraintext="none",
                          hovertemplate="%{hovertext} (exclusive)<br>%{customdata[0]:,.0f} parameters"
                          "<br>%{customdata[1]:.2f}% of union<extra></extra>"), row=1, col=2)  # fmt: skip
     gx, gy = np.meshgrid(x, np.arange(n))
@@ -592,7 +652,7 @@ def pairwise_matrix(df: pd.DataFrame, value: str = "jaccard", chance_col: str | 
         return no_data_figure(title)
     chance_col = chance_col or f"{value}_chance"
     mirror = {"o1": "o2", "o2": "o1", "jaccard": "jaccard"}[value]
-    _require(df, ["a", "b", value, chance_col], "pairwise_matrix")
+    _require(df, ["a", "b", value, chance_col], "pairwise_matrix", shares=["o1", "o2", "jaccard", chance_col])
     labels = (
         list(map(str, labels)) if labels is not None else _unique(list(df["a"].astype(str)) + list(df["b"].astype(str)))
     )
@@ -673,7 +733,9 @@ def series_lines(df: pd.DataFrame, title: str = "Checkpoint series: update spars
     """Columns step, vs_first, vs_previous (sparsity fractions); optional ever_updated (share)."""
     if df.empty:
         return no_data_figure(title)
-    _require(df, ["step", "vs_first", "vs_previous"], "series_lines")
+    _require(
+        df, ["step", "vs_first", "vs_previous"], "series_lines", shares=["vs_first", "vs_previous", "ever_updated"]
+    )
     d = df.sort_values("step")
     fig = go.Figure()
     series = [("vs_first", "sparsity vs first checkpoint", "solid"), ("vs_previous", "sparsity vs previous checkpoint", "solid"),
@@ -719,6 +781,7 @@ def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: 
         return no_data_figure(title)
     if a.ndim != 2 or a.shape[1] != len(labels):
         raise FigureDataError(f"accuracy_matrix: A must be (tasks trained, {len(labels)} tasks); got shape {a.shape}.")
+    _check_share(a, "accuracy_matrix: A")
     rows = (
         list(map(str, labels))[: a.shape[0]] if a.shape[0] <= len(labels) else [f"step {t}" for t in range(a.shape[0])]
     )

@@ -389,3 +389,31 @@ def test_heatmap_layers_without_index_share_one_row():
     tr = F.sparsity_heatmap(df).data[0]
     assert list(tr.y) == ["0", "1", "—"] and list(tr.x) == ["embed", "q", "lm_head"]
     np.testing.assert_allclose(tr.z[2], [80, np.nan, 60])
+
+
+def test_venn_leaves_out_an_empty_set_and_names_it():
+    fig = F.venn3([5, 0, 0, 2, 1, 0, 0], ["a", "b", "c"])
+    assert len(fig.layout.shapes) == 2
+    assert [a.text for a in fig.layout.annotations] == ["<b>a</b>", "<b>c</b>"]
+    assert "empty, not drawn: b" in fig.layout.title.text
+
+
+def test_matrix_image_accepts_a_torch_mask():
+    import torch
+
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[0] = True
+    np.testing.assert_allclose(F.matrix_image(mask, max_side=3).data[0].z, [[50, 50, 50], [0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: F.sparsity_heatmap(heat_frame().assign(sparsity=lambda d: 100 * d.sparsity)),
+        lambda: F.series_lines(pd.DataFrame({"step": [0], "vs_first": [85.0], "vs_previous": [np.nan]})),
+        lambda: F.accuracy_matrix(np.array([[95.0]]), ["t"]),
+    ],
+)
+def test_percentages_where_fractions_are_expected_are_refused(build):
+    with pytest.raises(F.FigureDataError, match="divide them by 100"):
+        build()
