@@ -69,6 +69,8 @@ class ZooSettings:
     batch_chain: int = 16
     pretrain_lr: float = 2e-3
     pretrain_seed: int = 0
+    pretrain_target: float | None = 0.4  # stop at this held-out (dev) accuracy: RL needs room to learn
+    pretrain_check_every: int = 25
     ft_steps: int = 100
     ft_lr: float = 2e-6
     batch_size: int = 32
@@ -99,7 +101,8 @@ PRESETS: dict[str, ZooSettings] = {
         range_b=(10, 19),
         n_eval=20,
         shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
-        pretrain_steps=150,
+        pretrain_steps=100,
+        pretrain_target=None,
         batch_arith=32,
         batch_chain=8,
         pretrain_lr=1e-2,
@@ -304,6 +307,7 @@ def _stage_data(root: Path, s: ZooSettings) -> None:
     tmp = _fresh(root / ".data.partial")
     for name, probs in (
         ("pretrain", sets.pretrain),
+        ("dev", sets.dev),
         ("A_train", sets.a_train),
         ("A_eval", sets.a_eval),
         ("B_train", sets.b_train),
@@ -330,7 +334,10 @@ def _stage_base(root: Path, s: ZooSettings, report: Callable[[str], None]) -> di
         chain_len=s.chain_len,
         max_lr=s.pretrain_lr,
         seed=s.pretrain_seed,
-        progress=lambda k, n: report(f"pretraining step {k}/{n}"),
+        dev=sets.dev,
+        target_accuracy=s.pretrain_target,
+        check_every=s.pretrain_check_every,
+        progress=lambda k, n, acc: report(f"step {k}/{n}" + ("" if acc is None else f", dev accuracy {acc:.1%}")),
     )
     info = {
         "params": res.params,
@@ -338,6 +345,8 @@ def _stage_base(root: Path, s: ZooSettings, report: Callable[[str], None]) -> di
         "seconds": res.seconds,
         "final_loss_arith": res.final_loss_arith,
         "final_loss_chain": res.final_loss_chain,
+        "dev_accuracy": res.dev_accuracy,
+        "stop_reason": res.stop_reason,
         "chain_entropy_rate": chain.entropy_rate,
     }
     _write_json(tmp / "pretrain.json", info)

@@ -128,6 +128,7 @@ class ProblemSets:
     """Disjoint splits of the addition problems; ``pretrain`` never contains an eval problem."""
 
     pretrain: tuple[Problem, ...]
+    dev: tuple[Problem, ...]
     a_train: tuple[Problem, ...]
     a_eval: tuple[Problem, ...]
     b_train: tuple[Problem, ...]
@@ -141,9 +142,10 @@ def make_problem_sets(
     """Split every ``a+b`` with operands in the inclusive ranges.
 
     Set A: both operands in ``range_a``; set B: both in ``range_b``. ``n_eval`` problems of each are
-    held out from everything else; the rest of A and B are their training splits. Pretraining
-    uses every pool problem that is not held out (it sees A's and B's training problems too, as
-    a base model would have seen its RL prompts' kind of data).
+    held out from everything else; the rest of A and B are their training splits. ``dev``: another
+    ``n_eval`` pool problems (outside both eval splits) held out to decide when pretraining stops.
+    Pretraining uses every other pool problem (it sees A's and B's training problems too, as a
+    base model would have seen its RL prompts' kind of data).
     """
     rng = np.random.default_rng(seed)
 
@@ -159,9 +161,10 @@ def make_problem_sets(
     a_train, a_eval = split(grid(*range_a))
     b_train, b_eval = split(grid(*range_b))
     held = set(a_eval) | set(b_eval)
-    pretrain = [p for p in grid(*pool) if p not in held]
+    rest, dev = split([p for p in grid(*pool) if p not in held])
     return ProblemSets(
-        tuple(pretrain),
+        tuple(rest),
+        tuple(dev),
         tuple(a_train),
         tuple(a_eval),
         tuple(b_train),

@@ -40,6 +40,8 @@ class PretrainResult:
     seconds: float
     final_loss_arith: float
     final_loss_chain: float
+    dev_accuracy: float | None
+    stop_reason: str
 
 
 def build_model(shape: ModelShape, tokenizer, *, seed: int):
@@ -80,6 +82,38 @@ def _encode(texts: list[str], vocab: dict[str, int], *, eos: int | None, pad: in
     return ids, labels
 
 
+def chain_token_batch(chain: MarkovChain, vocab: dict[str, int], n_docs: int, length: int, rng: np.random.Generator):
+    """``(n_docs, length)`` token ids of fresh chain documents: the chain text exactly as pretraining
+    sees it (no special tokens, so every letter is followed by a letter drawn from the chain)."""
+    import torch
+
+    letter_ids = torch.tensor([vocab[c] for c in chain.letters])
+    return letter_ids[torch.from_numpy(sample_chain(chain, n_docs, length, rng))]
+
+
+def greedy_accuracy(model, vocab: dict[str, int], eos_id: int, problems: tuple[Problem, ...], max_new: int) -> float:
+    """Greedy exact-match accuracy of an in-memory model (prompts grouped by length: no padding)."""
+    import torch
+
+    inv = {i: t for t, i in vocab.items()}
+    by_len: dict[int, list[Problem]] = {}
+    for p in problems:
+        by_len.setdefault(len(p.prompt), []).append(p)
+    correct = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for group in by_len.values():
+            ids = torch.tensor([[vocab[c] for c in p.prompt] for p in group])
+            for _ in range(max_new):
+                ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            for p, row in zip(group, ids[:, len(group[0].prompt) :].tolist(), strict=True):
+                cut = row.index(eos_id) if eos_id in row else len(row)
+                correct += "".join(inv[i] for i in row[:cut]) == p.answer
+    model.train(was_training)
+    return correct / max(1, len(problems))
+
+
 def pretrain(
     folder: str | os.PathLike,
     tokenizer,
@@ -93,9 +127,18 @@ def pretrain(
     chain_len: int,
     max_lr: float,
     seed: int,
-    progress: Callable[[int, int], None] | None = None,
+    dev: tuple[Problem, ...] = (),
+    target_accuracy: float | None = None,
+    check_every: int = 25,
+    progress: Callable[[int, int, float | None], None] | None = None,
 ) -> PretrainResult:
-    """Train a base model and save it (bf16 + tokenizer) to ``folder``."""
+    """Train a base model and save it (bf16 + tokenizer) to ``folder``.
+
+    One-cycle schedule over ``steps``. With ``target_accuracy``, greedy accuracy on ``dev`` (problems
+    held out from pretraining) is checked every ``check_every`` steps and training stops at the
+    first check that reaches it: the zoo wants a base that solves some problems, not all, so RL
+    has a signal.
+    """
     import torch
 
     t0 = time.perf_counter()
@@ -103,20 +146,23 @@ def pretrain(
     model = build_model(shape, tokenizer, seed=seed)
     model.train()
     vocab = tokenizer.get_vocab()
+    eos = tokenizer.eos_token_id
     rng = np.random.default_rng(seed)
     texts = [p.prompt + p.answer for p in problems]
+    max_new = max(len(p.answer) for p in problems) + 1
     opt = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps)
     loss_a = loss_c = float("nan")
-    for step in range(steps):
+    dev_acc: float | None = None
+    stop_reason = f"ran all {steps} steps"
+    done = 0
+    for step in range(1, steps + 1):
         pick = rng.integers(len(texts), size=batch_arith)
-        ids, labels = _encode([texts[i] for i in pick], vocab, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+        ids, labels = _encode([texts[i] for i in pick], vocab, eos=eos, pad=tokenizer.pad_token_id)
         loss = model(input_ids=ids, labels=labels).loss
         loss_a = float(loss.detach())
         if batch_chain:
-            states = sample_chain(chain, batch_chain, chain_len, rng)
-            letter_ids = torch.tensor([vocab[c] for c in chain.letters])
-            cids = letter_ids[torch.from_numpy(states)]
+            cids = chain_token_batch(chain, vocab, batch_chain, chain_len, rng)
             closs = model(input_ids=cids, labels=cids).loss
             loss_c = float(closs.detach())
             loss = loss + closs
@@ -124,11 +170,19 @@ def pretrain(
         loss.backward()
         opt.step()
         sched.step()
-        if progress is not None and (step + 1) % 50 == 0:
-            progress(step + 1, steps)
+        done = step
+        if target_accuracy is not None and dev and step % check_every == 0:
+            dev_acc = greedy_accuracy(model, vocab, eos, dev, max_new)
+            if progress is not None:
+                progress(step, steps, dev_acc)
+            if dev_acc >= target_accuracy:
+                stop_reason = f"dev accuracy {dev_acc:.1%} >= target {target_accuracy:.0%} at step {step}"
+                break
+        elif progress is not None and step % 50 == 0:
+            progress(step, steps, None)
     save_model(model, tokenizer, folder)
     params = sum(p.numel() for p in model.parameters())
-    return PretrainResult(folder, params, steps, time.perf_counter() - t0, loss_a, loss_c)
+    return PretrainResult(folder, params, done, time.perf_counter() - t0, loss_a, loss_c, dev_acc, stop_reason)
 
 
 def save_model(model, tokenizer, folder: Path) -> None:
