@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 import re
 from html.parser import HTMLParser
 
@@ -145,3 +146,38 @@ def test_download_frame_roundtrips():
     assert list(pq["count"]) == [3, 4]
     with pytest.raises(ConfigError, match="xlsx"):
         download_frame(df, "xlsx")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not os.access("/usr/bin/chromium", os.X_OK), reason="needs Debian chromium (apt-get install chromium)"
+)
+def test_report_renders_offline_in_chromium_with_hover(tmp_path):
+    """The exported file draws every figure with the network off, and hover shows counts and percentages."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    from subnetviz import figures as F
+
+    heat = pd.DataFrame({"layer": [0, 0, 1], "module": ["q", "k", "q"], "changed": [5, 7, 9], "numel": [10] * 3,
+                         "sparsity": [0.5, 0.3, 0.1], "density": [0.5, 0.7, 0.9]})  # fmt: skip
+    figs = [F.sparsity_heatmap(heat), F.venn2([3, 5, 2], ["a", "b"])]
+    path = write_report(tmp_path / "r.html", "offline", [ReportSection("s", figures=figs)])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_context(offline=True, viewport={"width": 1200, "height": 900}).new_page()
+            errors, requests = [], []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(path.as_uri())
+            page.wait_for_selector(".plotly-graph-div .main-svg")
+            drawn = "Array.from(document.querySelectorAll('.plotly-graph-div')).filter(d => d._fullData && d._fullData.length).length"
+            assert page.evaluate(drawn) == 2
+            box = page.locator(".plotly-graph-div").first.locator(".nsewdrag").first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)  # layer 1 × q
+            page.wait_for_selector(".hoverlayer .hovertext")
+            hover = page.locator(".hoverlayer").first.text_content()
+            assert "layer 1 · q" in hover and "changed 9 of 10" in hover and "sparsity 10.000%" in hover
+        finally:
+            browser.close()
+    assert not errors
+    assert all(u.startswith("file:") for u in requests)
