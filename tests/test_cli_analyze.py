@@ -1,0 +1,159 @@
+"""``python -m subnetviz analyze BASE FT1 FT2 --out DIR`` end to end on planted checkpoints.
+
+Proves: tensors.csv holds one row per tensor per model with the planted changed counts and, for
+2-D tensors, ``rank`` equal to ``torch.linalg.matrix_rank`` of Δ; summary.json holds each model's
+exact sparsity; the update masks are the planted positions; the overlap tables count the planted
+intersection; a second identical run is served from the cache (the cached entry is not rewritten);
+a failing analysis writes nothing to DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from subnetviz.__main__ import main
+from subnetviz.masks import load_mask_set
+from tests import ckpt_fixtures
+from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+
+ckpt_zoo = ckpt_fixtures.ckpt_zoo  # the session fixture
+REPO = Path(__file__).resolve().parents[1]
+LOW_RANK = "model.layers.0.mlp.up_proj.weight"  # ft1 changes only rows 3 and 7 of it: rank 2
+
+
+def _plant(sd, seed, k_of):
+    """Move k_of(i) random entries of tensor i by 1 ULP; returns the new state dict and the masks."""
+    gen = torch.Generator().manual_seed(seed)
+    out, masks = {}, {}
+    for i, name in enumerate(sorted(sd)):
+        t = sd[name].clone()
+        flat = t.reshape(-1)
+        idx = torch.randperm(flat.numel(), generator=gen)[: k_of(i)]
+        flat[idx] = bf16_step(flat[idx], 1)
+        out[name] = t
+        masks[name] = t.view(torch.int16) != sd[name].view(torch.int16)
+    return out, masks
+
+
+@pytest.fixture(scope="module")
+def planted(ckpt_zoo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    base = read_state_dict(ckpt_zoo.llama)
+    ft1, m1 = _plant(base, 1, lambda i: 5 * (i % 3))
+    ft1[LOW_RANK] = base[LOW_RANK].clone()
+    ft1[LOW_RANK][[3, 7], ::3] = bf16_step(base[LOW_RANK][[3, 7], ::3], 2)
+    m1[LOW_RANK] = ft1[LOW_RANK].view(torch.int16) != base[LOW_RANK].view(torch.int16)
+    ft2, m2 = _plant(base, 2, lambda i: 4 + i % 2)
+    p1 = write_folder(root / "ft1", ft1, ckpt_zoo.llama)
+    p2 = write_folder(root / "ft2", ft2, ckpt_zoo.llama)
+    return {"root": root, "base": base, "fts": [ft1, ft2], "masks": [m1, m2], "paths": [p1, p2]}
+
+
+def _run(args, home):
+    env = {**os.environ, "SUBNETVIZ_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "subnetviz", "analyze", *map(str, args)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cli_runs(ckpt_zoo, planted):
+    home = planted["root"] / "home"
+    outs = [planted["root"] / "out1", planted["root"] / "out2"]
+    procs = []
+    for out in outs:
+        procs.append(_run([ckpt_zoo.llama, *planted["paths"], "--out", out], home))
+        entries = sorted((home / "cache" / "updates").iterdir()) if (home / "cache" / "updates").exists() else []
+        procs[-1].cache = {e.name: (e / "summary.json").stat().st_mtime_ns for e in entries}
+    return procs, outs
+
+
+@pytest.mark.slow
+def test_cli_writes_tables_masks_and_overlap(cli_runs, planted):
+    procs, outs = cli_runs
+    assert procs[0].returncode == 0, procs[0].stderr[-3000:]
+    out = outs[0]
+    base, fts, masks = planted["base"], planted["fts"], planted["masks"]
+    labels = ["ft1", "ft2"]
+    df = pd.read_csv(out / "tensors.csv")
+    assert {"model", "name", "layer", "module", "shape", "numel", "changed", "rank"} <= set(df.columns)
+    assert len(df) == 2 * len(base)
+    for label, ft, mk in zip(labels, fts, masks, strict=True):
+        sub = df[df["model"] == label].set_index("name")
+        assert {n: int(c) for n, c in sub["changed"].items()} == {n: int(m.sum()) for n, m in mk.items()}
+        assert {n: int(c) for n, c in sub["numel"].items()} == {n: t.numel() for n, t in base.items()}
+        for name, a in base.items():
+            if a.dim() != 2:
+                assert pd.isna(sub.loc[name, "rank"]), name
+                continue
+            want = int(torch.linalg.matrix_rank(ft[name].float() - a.float()))
+            assert int(sub.loc[name, "rank"]) == want, (label, name)
+    assert int(df.set_index(["model", "name"]).loc[("ft1", LOW_RANK), "rank"]) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    n = sum(t.numel() for t in base.values())
+    for label, mk in zip(labels, masks, strict=True):
+        assert summary["sparsity"][label] == 1.0 - sum(int(m.sum()) for m in mk.values()) / n
+        ms = load_mask_set(out / summary["mask_files"][label])
+        assert set(ms.masks) == set(mk) and all(torch.equal(ms.masks[k], mk[k]) for k in mk)
+    pair = pd.read_csv(out / "overlap_pairwise.csv").iloc[0]
+    inter = sum(int((masks[0][k] & masks[1][k]).sum()) for k in base)
+    assert int(pair["intersection"]) == inter
+    assert int(pair["count_a"]) == sum(int(m.sum()) for m in masks[0].values())
+    for f in ("overlap_sizes.csv", "overlap_regions.csv", "overlap_consensus.csv"):
+        assert (out / f).is_file()
+
+
+@pytest.mark.slow
+def test_second_identical_run_is_served_from_the_cache(cli_runs):
+    procs, outs = cli_runs
+    assert procs[1].returncode == 0, procs[1].stderr[-3000:]
+    assert len(procs[0].cache) == 1 and procs[1].cache == procs[0].cache  # same entry, not rewritten
+    for f in ("tensors.csv", "summary.json"):
+        assert (outs[0] / f).read_text() == (outs[1] / f).read_text()
+
+
+def _no_trace(out: Path):
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+@pytest.mark.parametrize("no_cache", [False, True])
+def test_nan_in_the_second_model_writes_nothing(ckpt_zoo, planted, tmp_path, capsys, no_cache):
+    sd = {k: v.clone() for k, v in planted["fts"][1].items()}
+    sd["model.layers.1.self_attn.o_proj.weight"][2, 2] = float("nan")
+    bad = write_folder(tmp_path / "ft_nan", sd, ckpt_zoo.llama)
+    out = tmp_path / "out"
+    args = ["analyze", str(ckpt_zoo.llama), str(planted["paths"][0]), str(bad), "--out", str(out), "--no-spectra"]
+    assert main(args + (["--no-cache"] if no_cache else [])) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "o_proj" in err and "ft_nan" in err
+    _no_trace(out)
+
+
+def test_truncated_file_writes_nothing(ckpt_zoo, planted, tmp_path, capsys):
+    data = (planted["paths"][1] / "model.safetensors").read_bytes()
+    bad = tmp_path / "cut"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes(data[: len(data) * 3 // 4])
+    out = tmp_path / "out"
+    assert main(["analyze", str(ckpt_zoo.llama), str(bad), "--out", str(out)]) == 2
+    assert "truncated" in capsys.readouterr().err
+    _no_trace(out)
+
+
+def test_existing_out_survives_a_failed_run(ckpt_zoo, planted, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["analyze", str(ckpt_zoo.llama), str(planted["paths"][0]), "--out", str(out), "--no-spectra"]) == 0
+    before = (out / "summary.json").read_text()
+    assert main(["analyze", str(ckpt_zoo.llama), str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == before
