@@ -12,6 +12,12 @@ Two models with random weights, each timed with the same batch and the same bigr
 on the 0.5 M / 85 M mask logits, the stopping-rule census every step); ``plain`` is ordinary training
 of the same model's weights with the same soft-target loss (AdamW on every parameter): the baseline.
 Times are medians over the timed steps, after one warm-up step.
+
+``--zoo [ROOT]`` instead runs the paper's analyses on the demo zoo's base (default root:
+``zoo_dir()``) with the zoo's exact bigram law: bigram subnetworks over a λ sweep and optimal
+subnetworks, then size, fidelity r (full / subnetwork / random), share in the first MLP layer,
+ablation Δ bits vs random, overlap ×chance with the optimal subnetwork, rotations and covariance
+similarity. Tables are printed and written as CSV under ``--out``.
 """
 
 from __future__ import annotations
@@ -90,12 +96,119 @@ def time_plain(model, corpus, table, batch: int, steps: int, device: str) -> lis
     return times
 
 
+def zoo_study(root, lambdas, optimal_lambdas, steps: int, out) -> None:
+    """The paper's analyses on the zoo base (prints tables, writes CSVs under ``out``)."""
+    from pathlib import Path
+
+    import pandas as pd
+    from transformers import AutoModelForCausalLM
+
+    from subnetviz.bigram.evaluate import analyse_subnetwork, sparsity_fidelity_curve
+    from subnetviz.bigram.job import zoo_doc_length
+    from subnetviz.bigram.stats import load_transition_npz
+    from subnetviz.config import zoo_dir
+    from subnetviz.masks import save_mask_set
+
+    root = Path(root or zoo_dir())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.float32).eval()
+    n_out = model.get_output_embeddings().weight.shape[0]
+    table = load_transition_npz(root / "bigram.npz", n_out)
+    seq = zoo_doc_length(root / "bigram.npz") or 24
+    train, evalc = table.sample(16_000, seq, seed=0), table.sample(500, seq, seed=1)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 30)
+    print(
+        f"zoo base {root / 'base'}: vocab {n_out}, chain of {table.seen()[:-1].sum()} tokens, "
+        f"entropy rate {table.entropy():.3f} bits, sequences of {seq}"
+    )
+    masks, optimal = {}, {}
+    for lam in lambdas:
+        t0 = time.perf_counter()
+        res = train_bigram_mask(model, train, table, preset_config("fast", lam=lam, max_steps=steps), device="cpu")
+        masks[lam] = res.mask_set
+        save_mask_set(out / f"bigram_lambda{lam:g}.safetensors", res.mask_set)
+        print(
+            f"bigram  λ={lam:<5g} {res.steps} steps ({res.stopped_by}), {time.perf_counter() - t0:.0f} s, "
+            f"kept {res.mask_set.density:.3%}",
+            flush=True,
+        )
+    for lam in optimal_lambdas:
+        t0 = time.perf_counter()
+        res = train_bigram_mask(model, train, "optimal", preset_config("fast", lam=lam, max_steps=steps), device="cpu")
+        optimal[lam] = res.mask_set
+        save_mask_set(out / f"optimal_lambda{lam:g}.safetensors", res.mask_set)
+        print(
+            f"optimal λ={lam:<5g} {res.steps} steps ({res.stopped_by}), {time.perf_counter() - t0:.0f} s, "
+            f"kept {res.mask_set.density:.3%}",
+            flush=True,
+        )
+    heads, details = [], None
+    for lam, ms in masks.items():
+        # the paper's partner: the sparsest optimal subnetwork still larger than the bigram one
+        larger = [o for o in optimal.values() if o.count > ms.count]
+        partner = min(larger, key=lambda o: o.count) if larger else max(optimal.values(), key=lambda o: o.count)
+        res = analyse_subnetwork(
+            model,
+            ms,
+            table,
+            evalc,
+            optimal=partner,
+            seeds=(0, 1, 2),
+            residual_tokens=12_000 if lam == lambdas[len(lambdas) // 2] else None,
+        )
+        heads.append(res.headline)
+        if res.residual is not None:
+            details = (lam, res)
+    head = pd.DataFrame(heads)
+    head.to_csv(out / "headline.csv", index=False)
+    print(head.round(4).to_string(index=False))
+    curve = sparsity_fidelity_curve(model, [*masks.values(), *optimal.values()], table, evalc)
+    curve.to_csv(out / "sparsity_fidelity.csv", index=False)
+    print(curve.round(4).to_string(index=False))
+    if details:
+        lam, res = details
+        print(f"\nλ={lam:g}: ablation (mean over seeds)")
+        print(
+            res.ablation.summary()[
+                ["setting", "r_mean", "r_sd", "r_dropinf_mean", "bits_mean", "bits_sd", "kl_bits_mean", "delta_bits"]
+            ]
+            .round(4)
+            .to_string(index=False)
+        )
+        print("shares (layer x block):")
+        print(res.shares.pivot(index="layer", columns="block", values="share").round(3).to_string())
+        print(res.overlap.to_frame().round(6).to_string(index=False))
+        rot = res.residual.rotation.pivot_table(index=["model", "target"], columns="layer", values="angle_deg")
+        print("median rotation (deg):")
+        print(rot.round(1).to_string())
+        cov = res.residual.covariance
+        print("covariance similarity, layer 0 row:")
+        print(cov[cov.layer_i == 0].pivot(index="model", columns="layer_j", values="similarity").round(3).to_string())
+        res.ablation.to_frame().to_csv(out / "ablation.csv", index=False)
+        res.shares.to_csv(out / "shares.csv", index=False)
+        res.residual.rotation.to_csv(out / "rotation.csv", index=False)
+        cov.to_csv(out / "covariance.csv", index=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuda", action="store_true", help="run on the GPU (default: CPU, one thread)")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per model (default 20 demo / 3 gpt2)")
     parser.add_argument("--models", default="demo,gpt2-small")
+    parser.add_argument("--zoo", nargs="?", const="", default=None, help="run the analyses on the demo zoo")
+    parser.add_argument("--lambdas", default="1,10,100")
+    parser.add_argument("--optimal-lambdas", default="10,100")
+    parser.add_argument("--max-steps", type=int, default=3000)
+    parser.add_argument("--out", default="bigram-zoo-study")
     args = parser.parse_args(argv)
+    if args.zoo is not None:
+        torch.set_num_threads(1)
+        lams = [float(x) for x in args.lambdas.split(",")]
+        opt = [float(x) for x in args.optimal_lambdas.split(",")]
+        zoo_study(args.zoo or None, lams, opt, args.max_steps, args.out)
+        return
     device = "cuda" if args.cuda else "cpu"
     torch.set_num_threads(1)
     print(f"mask training vs plain training, device {device}" + ("" if args.cuda else ", 1 thread"))

@@ -515,3 +515,23 @@ def test_text_corpus_vocab_mismatch(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="vocabulary of 41"):
         prepare({"model": str(tmp_path / "model"), "bigram": str(tmp_path / "big.npz")})
     assert sp.issparse(count_bigrams([np.arange(5)], 5).probs)
+
+
+def test_analyse_subnetwork_headline(trained_gpt2):
+    from subnetviz.bigram.evaluate import analyse_subnetwork
+
+    model, table = trained_gpt2
+    data = table.sample(24, 16, seed=4)
+    ms = full_mask(model, False)
+    ms.masks["transformer.h.0.mlp.c_fc.weight"][:, :64] = True
+    opt = full_mask(model, False)
+    opt.masks["transformer.h.0.mlp.c_fc.weight"][:, 32:96] = True
+    res = analyse_subnetwork(model, ms, table, data, optimal=opt, seeds=(0, 1), residual_tokens=200,
+                             overlap_draws=100)
+    h = res.headline
+    assert h["kept"] == 32 * 64 and h["first_mlp_share"] == 1.0 and h["mlp_share"] == 1.0
+    assert h["share_in_optimal"] == pytest.approx(0.5)
+    # uniform null within c_fc: expected = k0 k1 / n_block / N
+    assert res.overlap.expected_uniform == pytest.approx((2048 * 2048 / 4096) / ms.numel)
+    assert set(res.residual.rotation["model"]) == {"full", "bigram subnetwork", "random subnetwork"}
+    assert len(res.residual.covariance) == 3 * 9

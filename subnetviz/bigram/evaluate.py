@@ -287,3 +287,77 @@ def generations(
             out = generate(model, prompt_ids, n_new, temperature, seed, params)
             rows.append({"setting": label, "seed": seed, "text": tokenizer.decode(out.tolist())})
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class SubnetworkAnalysis:
+    """Every analysis of one bigram subnetwork, as the page shows them (frames + a headline)."""
+
+    ablation: AblationReport
+    shares: pd.DataFrame  # layer, block, kept, n, share, density
+    split: pd.DataFrame  # group, kept, share
+    residual: object | None  # ResidualReport (full / subnetwork / random), or None when skipped
+    overlap: object | None  # OverlapReport against the optimal subnetwork, or None
+    headline: dict
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([self.headline])
+
+
+def analyse_subnetwork(
+    model,
+    mask_set: MaskSet,
+    table: BigramTable,
+    corpus: TokenCorpus,
+    optimal: MaskSet | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    null: str = "uniform",
+    residual_tokens: int | None = 20_000,
+    overlap_draws: int = 1000,
+    batch_size: int = 16,
+) -> SubnetworkAnalysis:
+    """Fidelity and ablations, where the subnetwork lives, the residual stream (full / subnetwork /
+    random subnetwork; ``residual_tokens=None`` skips it) and, given ``optimal``, the overlap."""
+    from subnetviz.bigram.locate import attention_mlp_split, compare_subnetworks, subnetwork_shares
+    from subnetviz.bigram.residual import analyse_residual_stream
+
+    blocks = blocks_of(model)
+    ablation = evaluate_subnetwork(model, mask_set, table, corpus, seeds, null, batch_size)
+    shares = subnetwork_shares(mask_set, blocks)
+    split = attention_mlp_split(shares)
+    residual = None
+    if residual_tokens:
+        rnd = random_mask(mask_set, blocks, seeds[0] if seeds else 0, null)
+        residual = analyse_residual_stream(
+            model,
+            corpus,
+            {"full": None, "bigram subnetwork": mask_set, "random subnetwork": rnd},
+            residual_tokens,
+            batch_size,
+        )
+    overlap = compare_subnetworks(mask_set, optimal, blocks, overlap_draws) if optimal is not None else None
+    s = ablation.summary().set_index("setting")
+    first = shares[shares["layer"] == shares["layer"].min()]
+    headline = {
+        "kept": mask_set.count,
+        "density": mask_set.density,
+        "lambda": mask_set.metadata.get("lambda"),
+        "r_full": s.loc["full", "r_mean"],
+        "r_subnetwork": s.loc["subnetwork", "r_mean"],
+        "r_random_mean": s.loc["random subnetwork", "r_mean"] if seeds else float("nan"),
+        "r_random_sd": s.loc["random subnetwork", "r_sd"] if seeds else float("nan"),
+        "first_mlp_share": float(first.loc[first["block"].isin(["MLP-in", "MLP-out"]), "share"].sum()),
+        "mlp_share": float(split.set_index("group").loc["mlp", "share"]),
+        "bits_full": s.loc["full", "bits_mean"],
+        "delta_bits_ablated": s.loc["ablated", "delta_bits"],
+        "delta_bits_random_ablated": s.loc["random ablated", "delta_bits"] if seeds else float("nan"),
+    }
+    if overlap is not None:
+        headline.update(
+            optimal_density=optimal.density,
+            overlap_x_chance=overlap.ratio_uniform,
+            overlap_x_chance_rows=overlap.ratio_rows,
+            overlap_p=overlap.p_uniform,
+            share_in_optimal=overlap.share_of_0_in_1,
+        )
+    return SubnetworkAnalysis(ablation, shares, split, residual, overlap, headline)

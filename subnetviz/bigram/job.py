@@ -11,7 +11,8 @@ Config (JSON)::
     steps     optional cap on optimizer steps (default: the preset's max_steps)
     seed      int (default 0)
     device    "auto" (default) | "cpu" | "cuda[:i]"
-    seq_len   sequence length (default 128, capped at the model's context)
+    seq_len   sequence length (default: the zoo's doc_length for "zoo", else 128; capped at the
+              model's context)
     bigram    optional path of a bigram.npz table to use instead of the corpus' own counts
     eval_sequences  held-out sequences for the closing fidelity check (default 200)
 
@@ -51,6 +52,14 @@ KEYS = {
 
 def zoo_bigram_path() -> Path:
     return zoo_dir() / "bigram.npz"
+
+
+def zoo_doc_length(path) -> int | None:
+    """The chain documents' length the zoo was pretrained on (``doc_length`` in bigram.npz), if stored."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        return int(z["doc_length"]) if "doc_length" in z.files else None
 
 
 def validate_config(config: dict) -> None:
@@ -112,11 +121,14 @@ def prepare(config: dict):
     model_dir = Path(str(config["model"])).expanduser()
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 128)
-    seq_len = min(int(config.get("seq_len") or 128), int(max_pos))
+    seq_len = int(config.get("seq_len") or 128)
+    corpus = config.get("corpus", "zoo")
+    if corpus == "zoo" and not config.get("seq_len"):
+        seq_len = zoo_doc_length(config.get("bigram") or zoo_bigram_path()) or seq_len
+    seq_len = min(seq_len, int(max_pos))
     n_eval = int(config.get("eval_sequences") or 200)
     n_out = int(model.get_output_embeddings().weight.shape[0])
     seed = int(config.get("seed", 0))
-    corpus = config.get("corpus", "zoo")
     if corpus == "zoo":
         table = load_transition_npz(config.get("bigram") or zoo_bigram_path(), n_out)
         n_train = 32 * 500

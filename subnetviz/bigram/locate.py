@@ -96,6 +96,12 @@ def overlap_by_block(mask0: MaskSet, mask1: MaskSet, blocks: Sequence[Block]) ->
     return pd.DataFrame(rows).groupby(["layer", "block"], as_index=False, sort=False).sum()
 
 
+def _ratio(observed: float, expected: float) -> float:
+    if expected:
+        return observed / expected
+    return float("nan") if observed == 0 else float("inf")
+
+
 @dataclass(frozen=True)
 class OverlapReport:
     """Overlap of C0 (e.g. the bigram subnetwork) with C1 (e.g. the optimal one) against two nulls."""
@@ -115,11 +121,11 @@ class OverlapReport:
 
     @property
     def ratio_uniform(self) -> float:
-        return self.overlap / self.expected_uniform if self.expected_uniform else float("inf")
+        return _ratio(self.overlap, self.expected_uniform)
 
     @property
     def ratio_rows(self) -> float:
-        return self.overlap / self.expected_rows if self.expected_rows else float("inf")
+        return _ratio(self.overlap, self.expected_rows)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per null model."""
