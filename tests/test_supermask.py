@@ -95,6 +95,16 @@ def test_signed_constant_weights_and_score_init_range():
             assert s.detach().abs().max().item() <= 1 / math.sqrt(fan_in)
 
 
+def test_per_task_batchnorm_keeps_separate_running_statistics():
+    from subnetviz.supermask.layers import MultitaskNonAffineBN
+
+    bn = MultitaskNonAffineBN(3, num_tasks=2, dims=1).train()
+    bn(torch.randn(16, 3) + 5.0)  # task 0 sees shifted data
+    assert float(bn.bns[0].running_mean.mean()) > 0.3
+    assert torch.equal(bn.bns[1].running_mean, torch.zeros(3))  # task 1 untouched
+    assert not any(p.requires_grad for p in bn.parameters())  # non-affine: nothing shared to learn
+
+
 # ---------------------------------------------------------------- methods
 
 
@@ -188,6 +198,12 @@ def test_end_to_end_each_method_on_three_permuted_tasks(perm3):
     assert set(inf["samples"]) == {1, 8} and inf["accuracy"].between(0, 1).all()
     ex = frames["runs"].set_index("label").loc["ExSSNeT"]
     assert ex["forgetting"] == 0.0 and 0 < ex["used"] <= independent_capacity(0.1, 3) + 0.02
+
+
+def test_runs_are_deterministic_per_seed(perm3):
+    cfg = MethodConfig("exssnet", density=0.05, mask_epochs=1, weight_epochs=1)
+    a, b = run_method(perm3, cfg), run_method(perm3, cfg)
+    assert np.array_equal(a.acc, b.acc) and all(torch.equal(a.masks[2][n], b.masks[2][n]) for n in a.masks[2])
 
 
 def test_knn_transfer_k_is_clamped_and_task_inference_with_one_task(perm3):
@@ -291,6 +307,15 @@ def test_a_task_with_one_class_is_refused():
 
 
 # ---------------------------------------------------------------- job
+
+
+def test_cancelled_job_writes_no_result(tmp_path):
+    ctx = JobContext.for_dir(tmp_path / "run")
+    (ctx.run_dir / "cancel").write_text("")
+    job.run_job({"methods": ["supsup"], "tasks": 2, "epochs": {"mask": 1}}, ctx)
+    assert not (ctx.out_dir / "result.json").exists()
+    with pytest.raises(ConfigError, match="not a finished continual job"):
+        job.load_result(ctx.out_dir)
 
 
 def test_job_writes_frames_masks_and_reuses_its_cache(tmp_path):

@@ -236,18 +236,7 @@ def run_method(
     for t, task in enumerate(bench.tasks):
         model.set_task(t)
         if cfg.kkt and t > 0:
-            accs = knn_accuracies(model, task, t, cfg.kkt_k, gen)
-            best = int(np.argmax(accs))
-            chance = 1.0 / task.n_classes
-            chosen = accs[best] > chance
-            if chosen:
-                with torch.no_grad():
-                    for m in layers.values():
-                        m.scores[t].copy_(m.scores[best])
-            knn_rows += [
-                {"task": t, "source_task": i, "knn_acc": a, "chance": chance, "chosen": chosen and i == best}
-                for i, a in enumerate(accs)
-            ]
+            knn_rows += _kkt_init(model, task, t, cfg, gen)
         # Mask phase: only scores[t] learns; weights frozen.
         for m in layers.values():
             m.weight.requires_grad_(False)
@@ -295,6 +284,23 @@ def run_method(
         inference,
         time.perf_counter() - start,
     )
+
+
+def _kkt_init(model: MaskedMLP, task: Task, t: int, cfg: MethodConfig, gen: torch.Generator) -> list[dict]:
+    """``knn_best``: copy the scores of the earlier mask whose features KNN-classify task t best,
+    if that beats chance 1/C; returns one row per earlier mask."""
+    accs = knn_accuracies(model, task, t, cfg.kkt_k, gen)
+    best = int(np.argmax(accs))
+    chance = 1.0 / task.n_classes
+    chosen = accs[best] > chance
+    if chosen:
+        with torch.no_grad():
+            for m in model.masked_layers().values():
+                m.scores[t].copy_(m.scores[best])
+    return [
+        {"task": t, "source_task": i, "knn_acc": a, "chance": chance, "chosen": chosen and i == best}
+        for i, a in enumerate(accs)
+    ]
 
 
 def _weight_phase(model, layers, editable, task, epochs, cfg, gen, should_stop) -> float:
