@@ -49,6 +49,7 @@ class TrainResult:
     stopped: bool = False  # True when ctx.should_stop() ended the run early (then nothing is saved)
     is_main_process: bool = True  # False on the other ranks of a multi-process run (they save nothing)
     train_seconds: float | None = None  # the training loop alone (TRL's train_runtime), without load/save/eval
+    num_processes: int = 1  # processes that trained together (accelerate launch / DDP)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +72,7 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
         trainer = build_trainer(cfg, scratch, [progress])
         model = trainer.model
         is_main = trainer.accelerator.is_main_process
+        n_proc = int(trainer.accelerator.num_processes)
         masks = mask_set = None
         if cfg.mask is not None:
             shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -103,6 +105,7 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
                 stopped,
                 is_main,
                 progress.train_seconds,
+                n_proc,
             )
         save_bf16(model, trainer.processing_class, partial, {"train_config.json": cfg.to_dict()})
         if mask_set is not None:
@@ -122,6 +125,7 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
             time.time() - start,
             check,
             train_seconds=progress.train_seconds,
+            num_processes=n_proc,
         )
         (partial / SUMMARY_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         os.replace(partial, out)
