@@ -13,8 +13,11 @@ density (it is dense; recorded as density 1.0) and runs once per seed.
 
 Outputs under ``ctx.out_dir``: ``config.json``, ``result.json`` (summary, hash), ``frames/<name>.parquet``
 for every frame of :meth:`ContinualResult.to_frames` plus ``summary.csv``, and each run's task masks
-as :class:`~subnetviz.masks.MaskSet` files ``masks/<slug>/d<density>/seed<s>/task<t>.safetensors``
-holding ``task<t>/<layer>.weight``. Results are cached under ``cache_dir()/continual/<hash>/``.
+as :class:`~subnetviz.masks.MaskSet` files ``masks/<slug>/d<density>/seed<s>/task<t>.safetensors``.
+Inside each file the tensors keep the model's names (``layer1.weight`` ...), identical across tasks,
+with the task in the file name and in the metadata: the overlap page can then align any set of task
+masks name by name for Venn/UpSet (a ``task<t>/`` prefix would make every pair disjoint by name).
+Results are cached under ``cache_dir()/continual/<hash>/``.
 """
 
 from __future__ import annotations
@@ -215,7 +218,7 @@ def save_result(result: ContinualResult, folder: Path) -> None:
     for r in result.runs:
         for t, masks in enumerate(r.masks):
             ms = MaskSet(
-                {f"task{t}/{n}": m for n, m in masks.items()},
+                dict(masks),
                 {
                     "method": r.label,
                     "benchmark": r.benchmark,
@@ -243,11 +246,11 @@ def load_result(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
 
 
 def load_task_masks(folder: str | os.PathLike, label: str, density: float, seed: int) -> list[dict]:
-    """One run's task masks as ``[{layer name: bool tensor}]`` in task order (the ``task<t>/`` prefix removed)."""
+    """One run's task masks as ``[{layer name: bool tensor}]`` in task order."""
     out, t = [], 0
     while (p := mask_path(Path(folder), label, density, seed, t)).is_file():
         ms = load_mask_set(p)
-        out.append({k.split("/", 1)[1]: v for k, v in ms.masks.items()})
+        out.append(dict(ms.masks))
         t += 1
     return out
 
