@@ -132,8 +132,10 @@ def _grid(df: pd.DataFrame, columns: Sequence[str], builder: str):
     return layers, modules, out
 
 
-def _layer_heatmap(layers, modules, z, customdata, hover, title, colorbar, **trace) -> go.Figure:
-    text_ok = z.size <= 400  # cell values printed in the cells while they stay readable
+def _layer_heatmap(layers, modules, z, customdata, hover, title, bar_title, text=None, **trace) -> go.Figure:
+    """The shared layer × module heatmap; ``text`` (strings per cell) replaces the default "%{z:.1f}"."""
+    show_text = z.size <= 400  # cell values printed in the cells while they stay readable
+    bar = {"title": {"text": bar_title}, **trace.pop("colorbar", {})}
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -141,8 +143,9 @@ def _layer_heatmap(layers, modules, z, customdata, hover, title, colorbar, **tra
             y=layers,
             customdata=customdata,
             hovertemplate=hover + "<extra></extra>",
-            colorbar={"title": {"text": colorbar}},
-            texttemplate="%{z:.1f}" if text_ok and "zmid" not in trace else None,
+            colorbar=bar,
+            text=text if show_text else None,
+            texttemplate=("%{text}" if text is not None else "%{z:.1f}") if show_text else None,
             hoverongaps=False,
             xgap=1,
             ygap=1,
@@ -212,6 +215,8 @@ def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | No
 
     view "value" draws Jaccard in %; "ratio" draws Jaccard / chance on a diverging ×-scale.
     """
+    if view not in ("value", "ratio"):
+        raise FigureDataError(f"overlap_layer_heatmap: view must be 'value' or 'ratio'; got {view!r}.")
     title = title or (
         "Jaccard overlap ×chance by layer and module" if view == "ratio" else "Jaccard overlap by layer and module"
     )
@@ -230,22 +235,16 @@ def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | No
     hover = "layer %{y} · %{x}<br>Jaccard %{customdata[0]:.2f}%<br>chance %{customdata[1]:.2f}%<br>×chance %{customdata[2]:.2f}"
     if view == "ratio":
         z, trace = _ratio_axis(ratio)
-        trace["colorbar"]["title"] = {"text": "Jaccard ×chance"}
-        fig = _layer_heatmap(
-            layers,
-            modules,
-            z,
-            custom,
-            hover,
-            title,
-            "Jaccard ×chance",
-            **{k: v for k, v in trace.items() if k != "colorbar"},
-        )
-        fig.update_traces(colorbar=trace["colorbar"])
-        return fig
+        return _layer_heatmap(layers, modules, z, custom, hover, title, "Jaccard ×chance", text=_times(ratio), **trace)
     return _layer_heatmap(
         layers, modules, 100 * g["jaccard"], custom, hover, title, "Jaccard (%)", colorscale=SEQUENTIAL
     )
+
+
+def _times(ratio: np.ndarray) -> np.ndarray:
+    """Cell labels "×1.52" (blank where undefined)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(ratio), np.char.mod("×%.2f", np.nan_to_num(ratio)), "")
 
 
 def tolerance_sweep(
@@ -253,9 +252,9 @@ def tolerance_sweep(
 ) -> go.Figure:
     """Lines per model of sparsity (fraction) against |Δ| tolerance on a log axis.
 
-    df columns model, tolerance (exact comparison = 0), sparsity; optional changed, numel (hover). The exact point cannot sit on a
-    log axis, so it is drawn a decade left of the smallest tolerance, as a distinct open diamond
-    labelled "exact", behind a dotted divider.
+    df columns model, tolerance (exact comparison = 0), sparsity; optional changed, numel (for the
+    hover). The exact point cannot sit on a log axis, so it is drawn a decade left of the smallest
+    tolerance, as a distinct open diamond labelled "exact", behind a dotted divider.
     """
     if df.empty:
         return no_data_figure(title)
@@ -647,6 +646,8 @@ def pairwise_matrix(df: pd.DataFrame, value: str = "jaccard", chance_col: str | 
         "o2": "share of column mask also in row mask",
         "jaccard": "Jaccard",
     }[value]
+    if view not in ("value", "ratio"):
+        raise FigureDataError(f"pairwise_matrix: view must be 'value' or 'ratio'; got {view!r}.")
     title = title or (f"{what} ×chance" if view == "ratio" else f"Pairwise overlap: {what}")
     if df.empty:
         return no_data_figure(title)
@@ -658,7 +659,10 @@ def pairwise_matrix(df: pd.DataFrame, value: str = "jaccard", chance_col: str | 
     )
     idx = {lab: i for i, lab in enumerate(labels)}
     val, chance = np.full((len(labels),) * 2, np.nan), np.full((len(labels),) * 2, np.nan)
-    mirror_chance = f"{mirror}_chance" if chance_col == f"{value}_chance" else chance_col
+    # The mirror cell's baseline: Jaccard is symmetric; o1's mirror is o2 with its own chance column.
+    mirror_chance = (
+        chance_col if value == "jaccard" else f"{mirror}_chance" if chance_col == f"{value}_chance" else None
+    )
     for row in df.itertuples(index=False):
         a, b = idx.get(str(row.a)), idx.get(str(row.b))
         if a is None or b is None or a == b:
@@ -666,10 +670,10 @@ def pairwise_matrix(df: pd.DataFrame, value: str = "jaccard", chance_col: str | 
         rec = row._asdict()
         val[a, b], chance[a, b] = rec[value], rec[chance_col]
         if np.isnan(val[b, a]) and mirror in rec:
-            val[b, a], chance[b, a] = rec[mirror], rec.get(mirror_chance, np.nan)
+            val[b, a], chance[b, a] = rec[mirror], rec.get(mirror_chance, np.nan) if mirror_chance else np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = val / chance
-    text = np.where(np.isnan(val), "", np.char.add(np.char.mod("%.1f%%", 100 * val), ""))
+    text = np.where(np.isnan(val), "", np.char.mod("%.1f%%", np.nan_to_num(100 * val)))
     custom = np.stack([100 * val, 100 * chance, ratio], axis=-1)
     hover = (
         "row %{y} · column %{x}<br>"
@@ -678,7 +682,7 @@ def pairwise_matrix(df: pd.DataFrame, value: str = "jaccard", chance_col: str | 
     )
     if view == "ratio":
         z, trace = _ratio_axis(ratio)
-        text = np.where(np.isnan(ratio), "", np.char.mod("×%.2f", ratio))
+        text = _times(ratio)
         trace["colorbar"]["title"] = {"text": "×chance"}
     else:
         z, trace = (

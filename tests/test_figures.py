@@ -417,3 +417,11 @@ def test_matrix_image_accepts_a_torch_mask():
 def test_percentages_where_fractions_are_expected_are_refused(build):
     with pytest.raises(F.FigureDataError, match="divide them by 100"):
         build()
+
+
+def test_overlap_views_label_ratios_and_reject_unknown_views():
+    df = pd.DataFrame({"layer": [0], "module": ["q"], "jaccard": [0.3], "jaccard_chance": [0.1]})
+    tr = F.overlap_layer_heatmap(df, view="ratio").data[0]
+    assert tr.text[0, 0] == "×3.00" and tr.z[0, 0] == pytest.approx(np.log2(3))
+    with pytest.raises(F.FigureDataError, match="view"):
+        F.overlap_layer_heatmap(df, view="log")

@@ -149,6 +149,7 @@ def test_download_frame_roundtrips():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.skipif(
     not os.access("/usr/bin/chromium", os.X_OK), reason="needs Debian chromium (apt-get install chromium)"
 )
