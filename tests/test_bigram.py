@@ -32,6 +32,7 @@ from subnetviz.bigram.locate import (
     subnetwork_shares,
 )
 from subnetviz.bigram.maskable import (
+    apply_released_mask,
     blocks_of,
     full_mask,
     load_released_mask,
@@ -237,6 +238,14 @@ def test_released_pickle_checks_architecture(tmp_path):
         load_released_mask(path, neox)
     with pytest.raises(MaskError):
         masked_parameters(neox, ms)
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    loaded, ms2 = apply_released_mask(path, tmp_path / "gpt2")
+    ids = torch.tensor([[1, 2, 3]])
+    expect = torch.func.functional_call(gpt2, masked_parameters(gpt2, ms), (ids,)).logits
+    got = torch.func.functional_call(loaded, masked_parameters(loaded, ms2), (ids,)).logits
+    torch.testing.assert_close(got, expect)
+    with pytest.raises(ConfigError, match="no config.json"):
+        apply_released_mask(path, tmp_path / "nothing")
 
 
 def test_unsupported_models_raise():
@@ -375,6 +384,7 @@ def test_last_hidden_state_is_before_final_norm(kind):
 # ---------------------------------------------------------------- training and evaluation
 
 
+@pytest.mark.slow
 def test_mask_training_lowers_loss_and_ends_binary(trained_gpt2):
     model, table = trained_gpt2
     before = {n: p.clone() for n, p in model.named_parameters()}
@@ -458,6 +468,7 @@ def _zoo_files(tmp_path, monkeypatch, model):
     model.save_pretrained(tmp_path / "model")
 
 
+@pytest.mark.slow
 def test_job_validates_and_writes_outputs(tmp_path, monkeypatch, trained_gpt2):
     from subnetviz.bigram.job import run_job, validate_config
     from subnetviz.jobcontext import JobContext
@@ -526,8 +537,7 @@ def test_analyse_subnetwork_headline(trained_gpt2):
     ms.masks["transformer.h.0.mlp.c_fc.weight"][:, :64] = True
     opt = full_mask(model, False)
     opt.masks["transformer.h.0.mlp.c_fc.weight"][:, 32:96] = True
-    res = analyse_subnetwork(model, ms, table, data, optimal=opt, seeds=(0, 1), residual_tokens=200,
-                             overlap_draws=100)
+    res = analyse_subnetwork(model, ms, table, data, optimal=opt, seeds=(0, 1), residual_tokens=200, overlap_draws=100)
     h = res.headline
     assert h["kept"] == 32 * 64 and h["first_mlp_share"] == 1.0 and h["mlp_share"] == 1.0
     assert h["share_in_optimal"] == pytest.approx(0.5)

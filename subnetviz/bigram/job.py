@@ -114,12 +114,11 @@ def validate_config(config: dict) -> None:
 def prepare(config: dict):
     """Load ``(model, train corpus, eval corpus, table)`` for a validated config (table may be None
     only for the optimal target on a text corpus without a bigram file)."""
-    from transformers import AutoModelForCausalLM
-
+    from subnetviz.bigram.maskable import load_local_model
     from subnetviz.bigram.stats import check_vocab, corpus_from_text, count_bigrams, load_transition_npz
 
     model_dir = Path(str(config["model"])).expanduser()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
+    model = load_local_model(model_dir)
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 128)
     seq_len = int(config.get("seq_len") or 128)
     corpus = config.get("corpus", "zoo")

@@ -209,14 +209,24 @@ def load_released_mask(path: str | Path, model) -> MaskSet:
     return out
 
 
-def apply_released_mask(path: str | Path, model_dir: str | Path):
-    """Load the local checkpoint ``model_dir`` and the released mask ``path`` for it.
-
-    Returns ``(model, mask_set)``; use :func:`masked_parameters` to evaluate the subnetwork."""
+def load_local_model(spec: str | Path):
+    """A float32 ``AutoModelForCausalLM`` in eval mode from a local folder or a hub id already in the
+    local Hugging Face cache (never downloads)."""
     from transformers import AutoModelForCausalLM
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ConfigError(f"{model_dir}: not a local model folder (no config.json).")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
+    path = Path(spec).expanduser()
+    if not path.exists() and str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~")):
+        from subnetviz.checkpoints import resolve_hub_id
+
+        path = resolve_hub_id(str(spec))
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{spec}: not a local model folder (no config.json) nor a cached hub id.")
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+
+
+def apply_released_mask(path: str | Path, model_spec: str | Path):
+    """Load the local checkpoint ``model_spec`` (folder or cached hub id, e.g. ``EleutherAI/pythia-160m``)
+    and the released mask ``path`` for it. Returns ``(model, mask_set)``; evaluate the subnetwork
+    with :func:`masked_parameters` (the model itself is never modified)."""
+    model = load_local_model(model_spec)
     return model, load_released_mask(path, model)
