@@ -334,10 +334,13 @@ def ulp_histogram(df: pd.DataFrame, log_y: bool = True, title: str = "Distance b
 def module_bars(
     df: pd.DataFrame, title: str = "Norms, embeddings and head: update sparsity", colors: Mapping | None = None
 ) -> go.Figure:
-    """Horizontal grouped bars: columns model, name (or group), sparsity (fraction); optional changed, numel."""
+    """Horizontal grouped bars: columns model, name (or key, or group), sparsity (fraction); optional changed, numel.
+
+    Takes ``SparsityReport.special()`` as it is (model, key, ..., numel, changed, sparsity).
+    """
     if df.empty:
         return no_data_figure(title)
-    key = "name" if "name" in df.columns else "group"
+    key = next((c for c in ("name", "key", "group") if c in df.columns), "name")
     _require(df, ["model", key, "sparsity"], "module_bars", shares=["sparsity"])
     models = _unique(df["model"].astype(str))
     names = _unique(df[key].astype(str))
@@ -699,9 +702,10 @@ def pairwise_matrix(df: pd.DataFrame, value: str = "jaccard", chance_col: str | 
 
 
 def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks is a changed parameter?") -> go.Figure:
-    """Columns k (number of masks holding a parameter), count; optional layer -> stacked shares per layer.
+    """Columns k (number of masks holding a parameter), count; optional layer (or group) -> stacked shares per layer.
 
     Rows with k = 0 (in no mask) are left out of the bars, and their total is stated in the subtitle.
+    ``OverlapReport.consensus`` (group, k, count) fits as it is, its groups on the x axis.
     """
     if df.empty:
         return no_data_figure(title)
@@ -711,16 +715,15 @@ def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks 
     ks = sorted(d["k"].unique())
     sub = f"<br><sup>not shown: {zero:,.0f} parameters in no mask</sup>" if zero else ""
     fig = go.Figure()
-    if "layer" not in d.columns:
+    by = next((c for c in ("layer", "group") if c in d.columns), None)
+    if by is None:
         g = d.groupby("k")["count"].sum().reindex(ks).to_numpy(dtype=np.float64)
         fig.add_trace(go.Bar(x=np.array(ks), y=g, marker_color=PALETTE[0], customdata=100 * g / g.sum(),
                              hovertemplate="in %{x} masks<br>%{y:,.0f} parameters (%{customdata:.2f}% of union)<extra></extra>"))  # fmt: skip
         fig.update_xaxes(tickvals=np.array(ks), type="linear")
         return _style(fig, title + sub, "number of masks containing the parameter (k)", "parameters (count)")
-    layers = _layer_order(d["layer"])
-    piv = d.assign(layer=d["layer"].map(_layer_label)).pivot_table(
-        index="layer", columns="k", values="count", aggfunc="sum"
-    )
+    layers = _layer_order(d[by])
+    piv = d.assign(_x=d[by].map(_layer_label)).pivot_table(index="_x", columns="k", values="count", aggfunc="sum")
     piv = piv.reindex(index=layers, columns=ks).fillna(0)
     share = 100 * piv.to_numpy(dtype=np.float64) / np.maximum(piv.to_numpy().sum(axis=1, keepdims=True), 1)
     steps = np.linspace(0, 1, len(ks)) if len(ks) > 1 else np.array([0.5])
@@ -728,9 +731,9 @@ def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks 
 
     for j, (kk, col) in enumerate(zip(ks, sample_colorscale(SEQUENTIAL, list(steps * 0.9)), strict=True)):
         fig.add_trace(go.Bar(x=layers, y=share[:, j], name=f"k = {kk}", marker_color=col, customdata=piv.to_numpy()[:, j],
-                             hovertemplate=f"layer %{{x}}<br>in {kk} masks<br>%{{customdata:,.0f}} parameters (%{{y:.2f}}%)<extra></extra>"))  # fmt: skip
+                             hovertemplate=f"{by} %{{x}}<br>in {kk} masks<br>%{{customdata:,.0f}} parameters (%{{y:.2f}}%)<extra></extra>"))  # fmt: skip
     fig.update_xaxes(type="category")
-    return _style(fig, title + sub, "layer", "share of changed parameters (%)", barmode="stack")
+    return _style(fig, title + sub, by, "share of changed parameters (%)", barmode="stack")
 
 
 def series_lines(df: pd.DataFrame, title: str = "Checkpoint series: update sparsity over training") -> go.Figure:

@@ -425,3 +425,25 @@ def test_overlap_views_label_ratios_and_reject_unknown_views():
     assert tr.text[0, 0] == "×3.00" and tr.z[0, 0] == pytest.approx(np.log2(3))
     with pytest.raises(F.FigureDataError, match="view"):
         F.overlap_layer_heatmap(df, view="log")
+
+
+def test_backend_overlap_frames_fit_the_builders_as_they_are():
+    """OverlapReport's frames go straight into venn3 / upset / pairwise_matrix / consensus_bars."""
+    import torch
+
+    from subnetviz.analysis.overlap import mask_overlap
+
+    sets, regions = planted_sets(5, n=3000)
+    masks = [
+        {"layers.0.w": torch.from_numpy(s[:1000].copy()), "layers.1.w": torch.from_numpy(s[1000:].copy())} for s in sets
+    ]
+    rep = mask_overlap(masks, ["a", "b", "c"], group_of=lambda name: int(name.split(".")[1]))
+    venn = rep.venn_regions()
+    fig = F.venn3(dict(zip(venn["region"], venn["count"], strict=True)), ["a", "b", "c"])
+    np.testing.assert_array_equal(np.sort(fig.data[0].customdata[:, 0]), np.sort([r for r in regions if r]))
+    up = F.upset(rep.regions, list(rep.labels))
+    np.testing.assert_array_equal(up.data[3].x, sets.sum(1))
+    pm = F.pairwise_matrix(rep.pairwise, value="o1").data[0]
+    assert pm.z[0, 1] == pytest.approx(100 * (sets[0] & sets[1]).sum() / sets[0].sum())
+    cons = F.consensus_bars(rep.consensus)
+    assert list(cons.data[0].x) == ["0", "1"] and cons.layout.xaxis.title.text == "group"
