@@ -14,6 +14,10 @@ def runner() -> JobRunner:
     return JobRunner()
 
 
+AUTO = "zoo set A in this algorithm's format"
+ZOO_DATA = {"grpo": "A_train", "dpo": "dpo_A", "sft": "sft_A"}
+
+
 def data_files() -> dict[str, str]:
     root = config.zoo_dir() / "data"
     return {f.stem: str(f) for f in sorted(root.glob("*.jsonl"))} if root.is_dir() else {}
@@ -34,9 +38,11 @@ def launch(ws) -> None:
         base = c2.text_input("Base checkpoint (folder)", value=ws.base or "", key="tr_base")
         mask_label = c3.selectbox("Train only", list(masks), key="tr_mask")
         random_twin = c3.checkbox("use a random mask of the same per-tensor density instead", key="tr_random")
-        train_opts = [k for k in data if k.endswith("train") or "pairs" in k or "gold" in k] or list(data)
+        train_opts = [AUTO] + [k for k in data if k not in ("pretrain", "dev") and not k.endswith("eval")]
         d1, d2 = st.columns(2)
-        train_data = d1.selectbox("Training data (JSONL)", train_opts, key="tr_data", accept_new_options=True)
+        train_data = d1.selectbox("Training data (JSONL)", train_opts, key="tr_data", accept_new_options=True,
+                                  help="A zoo data set, or a path to your own JSONL: SFT {prompt, completion}, "
+                                       "DPO {prompt, chosen, rejected}, GRPO {prompt, answer}.")  # fmt: skip
         eval_opts = [k for k in data if k.endswith("eval")]
         eval_data = d2.selectbox("Held-out data for accuracy", eval_opts, key="tr_eval", index=0 if eval_opts else None)
         e1, e2, e3 = st.columns(3)
@@ -48,6 +54,8 @@ def launch(ws) -> None:
         mask = masks[mask_label]
         if mask and random_twin:
             mask = f"random:{mask}"
+        if train_data == AUTO:
+            train_data = ZOO_DATA[algorithm]
         cfg = {"kind": "train", "algorithm": algorithm, "base": base, "data": data.get(train_data, train_data),
                "eval_data": data.get(eval_data) if eval_data else None, "mask": mask, "steps": int(steps),
                "learning_rate": float(lr), "seed": int(seed)}  # fmt: skip
@@ -106,16 +114,25 @@ def compare(ws) -> None:
     sub = c2.selectbox("Subnetwork-only twin", keys, index=keys.index("zoo grpo-sub") if "zoo grpo-sub" in keys else 1,
                        key="cmp_sub", bind="query-params")  # fmt: skip
     eval_opts = [v for k, v in data_files().items() if k.endswith("eval")]
-    result = _comparison(candidates[full], candidates[sub], eval_opts[0] if eval_opts else None)
-    ui.table(result.to_frame(), "comparison", "Subnetwork-only vs full finetune")
-    ui.chart(figures.ulp_histogram(result.ulp_frame(), title="ULP distance between the two finetunes"), key="cmp-ulp")
+    result = _comparison(candidates[full], candidates[sub], ws.base, eval_opts[0] if eval_opts else None)
+    a, b = st.columns(2)
+    with a:
+        st.metric("parameters bitwise identical", f"{100 * result.share_identical:.2f} %")
+        ui.table(result.to_frame(), "comparison", "Share of parameters identical, exact and along the tolerance sweep")
+        if result.accuracy is not None:
+            ui.table(result.accuracy, "accuracy", "Held-out accuracy (greedy exact match)")
+    with b:
+        ui.chart(figures.ulp_histogram(result.ulp_histogram.assign(model=f"{full} vs {sub}"),
+                                       title="ULP distance between the two finetunes"), key="cmp-ulp")  # fmt: skip
+    if result.unmatched:
+        st.caption(f"Not compared (present in one run only): {', '.join(result.unmatched[:10])}")
 
 
 @st.cache_data(show_spinner="Comparing the two finetunes tensor by tensor…", max_entries=8)
-def _comparison(full: str, sub: str, eval_data: str | None):
+def _comparison(full: str, sub: str, base: str | None, eval_data: str | None):
     from subnetviz.training.compare import compare_runs
 
-    return compare_runs(full, sub, eval_data=eval_data)
+    return compare_runs(full, sub, base, eval_data=eval_data)
 
 
 def body() -> None:
@@ -124,13 +141,10 @@ def body() -> None:
                "Subnetwork-only runs multiply gradients by the mask and decay only inside it; parameters outside "
                "stay bit-identical (verified after training).")  # fmt: skip
     ws = ui.workspace()
-    tab1, tab2, tab3 = st.tabs(["Launch", "Runs", "Subnetwork vs full"])
-    with tab1:
-        launch(ws)
-    with tab2:
-        runs_view()
-    with tab3:
-        compare(ws)
+    views = {"Launch": launch, "Runs": lambda _ws: runs_view(), "Subnetwork vs full": compare}
+    view = st.segmented_control("View", list(views), default="Launch", required=True, key="tr_view",
+                                bind="query-params", label_visibility="collapsed")  # fmt: skip
+    views[view](ws)
 
 
 ui.run_page(body)

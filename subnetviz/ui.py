@@ -193,30 +193,68 @@ def checkpoint_info(path: str) -> dict:
     return {"fingerprint": fp, "architecture": arch, "params": n, "dtypes": dtypes, "family": fam}
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _analysis(base: str, fts: tuple, labels: tuple, precision, mask_tolerance, spectra: bool, device: str,
-              fingerprints: tuple, _progress=None):  # fmt: skip
-    from subnetviz.analysis.sparsity import SparsityOptions
-    from subnetviz.analysis.updates import SpectraOptions, cached_analysis
+class _Memo:
+    """A small process-wide LRU of finished results (analyses are immutable once computed).
 
-    options = SparsityOptions(precision=precision, mask_tolerance=mask_tolerance)
-    return cached_analysis(base, list(fts), labels=list(labels), options=options,
-                           spectra=SpectraOptions(enabled=spectra), device=device, progress=_progress)  # fmt: skip
+    Not ``st.cache_resource`` around the computation itself: the computation draws a progress
+    bar into the page, which a cached function must not do (its elements would be replayed).
+    """
+
+    def __init__(self, size: int = 16):
+        import threading
+        from collections import OrderedDict
+
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get_or_compute(self, key, compute):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = compute()  # outside the lock: other sessions keep going
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+@st.cache_resource(show_spinner=False)
+def _memo() -> _Memo:
+    return _Memo()
+
+
+def _progress_bar(what: str):
+    bar = st.empty()
+
+    def progress(step: int, total: int, item: str) -> None:
+        if total:
+            bar.progress(min(step / total, 1.0), text=f"{what}: {step}/{total} · {item}")
+
+    return bar, progress
 
 
 def update_analysis(ws: Workspace, *, spectra: bool = False, mask_tolerance: float | None = None):
-    """The update analysis of the workspace (disk-cached, then memory-cached), with a progress bar."""
+    """The update analysis of the workspace (disk-cached, then memory-cached), with a progress bar.
+
+    The key holds every checkpoint's path and fingerprint, the precision, mask tolerance, spectra
+    flag and device, so a changed file or option never returns a stale result.
+    """
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import SpectraOptions, cached_analysis
+
     if not ws.base or not ws.finetuned:
         raise SubnetvizError("Choose a base and at least one finetuned checkpoint in the sidebar.")
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
-    bar = st.empty()
+    key = ("updates", ws.base, tuple(ws.paths), tuple(ws.labels), ws.precision, mask_tolerance, spectra, ws.device, fps)
+    bar, progress = _progress_bar("Comparing tensors")
 
-    def progress(step: int, total: int, what: str) -> None:
-        if total:
-            bar.progress(min(step / total, 1.0), text=f"Comparing tensors: {step}/{total} · {what}")
+    def compute():
+        options = SparsityOptions(precision=ws.precision, mask_tolerance=mask_tolerance)
+        return cached_analysis(ws.base, list(ws.paths), labels=list(ws.labels), options=options,
+                               spectra=SpectraOptions(enabled=spectra), device=ws.device, progress=progress)  # fmt: skip
 
-    result = _analysis(ws.base, tuple(ws.paths), tuple(ws.labels), ws.precision, mask_tolerance, spectra,
-                       ws.device, fps, _progress=progress)  # fmt: skip
+    result = _memo().get_or_compute(key, compute)
     bar.empty()
     return result
 
@@ -273,22 +311,13 @@ def mask_set(path: str | os.PathLike):
     return _mask_set(str(p), p.stat().st_mtime if p.exists() else 0.0)
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _series(paths: tuple, steps: tuple, fingerprints: tuple, _progress=None):
-    from subnetviz.analysis.series import checkpoint_series
-
-    return checkpoint_series(list(paths), list(steps), progress=_progress)
-
-
 def series(paths: Sequence[str], steps: Sequence[int]):
     """Checkpoint-series analysis (memory-cached by the checkpoints' fingerprints), with progress."""
+    from subnetviz.analysis.series import checkpoint_series
+
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in paths)
-    bar = st.empty()
-
-    def progress(step: int, total: int, what: str) -> None:
-        if total:
-            bar.progress(min(step / total, 1.0), text=f"Walking the series: {step}/{total} · {what}")
-
-    out = _series(tuple(paths), tuple(steps), fps, _progress=progress)
+    bar, progress = _progress_bar("Walking the series")
+    out = _memo().get_or_compute(("series", tuple(paths), tuple(steps), fps),
+                                 lambda: checkpoint_series(list(paths), list(steps), progress=progress))  # fmt: skip
     bar.empty()
     return out

@@ -144,7 +144,7 @@ def test_training_run_from_the_page_succeeds(browser, app_url):
         steps.fill("2")
         page.get_by_role("button", name="Launch run").click()
         page.get_by_text("Queued run").wait_for(timeout=30_000)
-        page.get_by_role("tab", name="Runs").click()
+        page.get_by_role("button", name="Runs").click()
         page.get_by_text("succeeded").first.wait_for(timeout=240_000)
         page.screenshot(path=str(SHOTS / "training-run.png"), full_page=True)
     finally:
