@@ -58,7 +58,10 @@ def _require(df: pd.DataFrame, columns: Sequence[str], builder: str, shares: Seq
         )
     for c in shares:
         if c in df.columns:
-            _check_share(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64), f"{builder}: column {c!r}")
+            _check_share(
+                pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan),
+                f"{builder}: column {c!r}",
+            )
 
 
 def _check_share(v: np.ndarray, what: str) -> None:
@@ -127,7 +130,7 @@ def _grid(df: pd.DataFrame, columns: Sequence[str], builder: str):
     for c in columns:
         grid = np.full((len(layers), len(modules)), np.nan)
         if c in df.columns:
-            grid[rows, cols] = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
+            grid[rows, cols] = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         out[c] = grid
     return layers, modules, out
 
@@ -185,9 +188,19 @@ def sparsity_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | Non
 
 
 def rank_heatmap(df: pd.DataFrame, title: str = "Update rank / min(m, n) by layer and module") -> go.Figure:
-    """Layers × module kinds of rank_frac (fraction) in %; optional columns rank, min_dim, rank_frac_random."""
+    """Layers × module kinds of rank_frac (fraction) in %.
+
+    Optional: rank and min_dim (or rows and cols) for the hover, and the random-sparse baseline as
+    rank_frac_random or baseline_rank_frac — so ``SpectrumTable.to_frame()`` plus layer and module
+    columns fits as it is. Skipped matrices (NaN rank_frac) stay blank.
+    """
     if df.empty:
         return no_data_figure(title)
+    df = df.copy()
+    if "min_dim" not in df.columns and {"rows", "cols"} <= set(df.columns):
+        df["min_dim"] = np.minimum(pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"]))
+    if "rank_frac_random" not in df.columns and "baseline_rank_frac" in df.columns:
+        df["rank_frac_random"] = df["baseline_rank_frac"]
     _require(df, ["layer", "module", "rank_frac"], "rank_heatmap", shares=["rank_frac", "rank_frac_random"])
     layers, modules, g = _grid(df, ["rank_frac", "rank", "min_dim", "rank_frac_random"], "rank_heatmap")
     custom = np.stack([g["rank"], g["min_dim"], 100 * g["rank_frac_random"]], axis=-1)
@@ -259,7 +272,7 @@ def tolerance_sweep(
     if df.empty:
         return no_data_figure(title)
     _require(df, ["model", "tolerance", "sparsity"], "tolerance_sweep", shares=["sparsity"])
-    tol = pd.to_numeric(df["tolerance"]).to_numpy(dtype=np.float64)
+    tol = pd.to_numeric(df["tolerance"]).to_numpy(dtype=np.float64, na_value=np.nan)
     if np.any(tol < 0):
         raise FigureDataError(f"tolerance_sweep: tolerances must be ≥ 0; got {sorted(set(tol[tol < 0]))}.")
     positive = np.unique(tol[tol > 0])
@@ -270,12 +283,12 @@ def tolerance_sweep(
     fig = go.Figure()
     for m in models:
         sub = df[df["model"].astype(str) == m].sort_values("tolerance")
-        t = sub["tolerance"].to_numpy(dtype=np.float64)
-        s = 100 * sub["sparsity"].to_numpy(dtype=np.float64)
+        t = sub["tolerance"].to_numpy(dtype=np.float64, na_value=np.nan)
+        s = 100 * sub["sparsity"].to_numpy(dtype=np.float64, na_value=np.nan)
         # Optional counts: changed entries of numel at each tolerance.
         cd = np.stack(
             [
-                sub[c].to_numpy(dtype=np.float64) if c in sub else np.full(len(sub), np.nan)
+                sub[c].to_numpy(dtype=np.float64, na_value=np.nan) if c in sub else np.full(len(sub), np.nan)
                 for c in ("changed", "numel")
             ],
             axis=-1,
@@ -318,7 +331,7 @@ def ulp_histogram(df: pd.DataFrame, log_y: bool = True, title: str = "Distance b
     for m in models:
         rows = df[df["model"].astype(str) == m]
         sub = rows.groupby(rows["bin"].astype(str), observed=True)["count"].sum()
-        counts = sub.reindex(bins).fillna(0).to_numpy(dtype=np.float64)
+        counts = sub.reindex(bins).fillna(0).to_numpy(dtype=np.float64, na_value=np.nan)
         share = 100 * counts / counts.sum() if counts.sum() else counts
         fig.add_trace(go.Bar(
             x=bins, y=counts, name=m, marker_color=colors[m], customdata=share,
@@ -348,10 +361,10 @@ def module_bars(
     fig = go.Figure()
     for m in models:
         sub = df[df["model"].astype(str) == m]
-        extra = np.stack([sub.get("changed", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=np.float64),
-                          sub.get("numel", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=np.float64)], axis=-1)  # fmt: skip
+        extra = np.stack([sub.get("changed", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=np.float64, na_value=np.nan),
+                          sub.get("numel", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=np.float64, na_value=np.nan)], axis=-1)  # fmt: skip
         fig.add_trace(go.Bar(
-            y=sub[key].astype(str).to_numpy(), x=100 * sub["sparsity"].to_numpy(dtype=np.float64), orientation="h",
+            y=sub[key].astype(str).to_numpy(), x=100 * sub["sparsity"].to_numpy(dtype=np.float64, na_value=np.nan), orientation="h",
             name=m, marker_color=colors[m], customdata=extra,
             hovertemplate="%{fullData.name}<br>%{y}<br>sparsity %{x:.3f}%<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}<extra></extra>",
         ))  # fmt: skip
@@ -376,7 +389,7 @@ def spectrum_curves(df: pd.DataFrame, title: str = "Singular values of updates (
             sub = df[(df["name"].astype(str) == n) & (df["kind"] == kind)].sort_values("index")
             if sub.empty:
                 continue
-            sig = sub["sigma"].to_numpy(dtype=np.float64)
+            sig = sub["sigma"].to_numpy(dtype=np.float64, na_value=np.nan)
             fig.add_trace(go.Scatter(
                 x=sub["index"].to_numpy(), y=np.where(sig > 0, sig, np.nan), mode="lines", name=n if kind == "update" else f"{n} (random)",
                 legendgroup=n, line={"color": colors[n], "dash": "solid" if kind == "update" else "dash", "width": 2 if kind == "update" else 1.5},
@@ -574,7 +587,7 @@ def upset(regions_df: pd.DataFrame, labels: Sequence[str], max_bars: int = 40, s
         raise FigureDataError(f"upset: sort must be 'cardinality', 'degree' or 'input'; got {sort!r}.")
     n = len(labels)
     rows = pd.DataFrame({"members": [_members(v, labels) for v in regions_df["members"]],
-                         "count": pd.to_numeric(regions_df["count"]).to_numpy(dtype=np.float64)})  # fmt: skip
+                         "count": pd.to_numeric(regions_df["count"]).to_numpy(dtype=np.float64, na_value=np.nan)})  # fmt: skip
     rows = (
         rows[(rows["count"] > 0) & (rows["members"].map(len) > 0)]
         .groupby("members", sort=False, as_index=False)["count"]
@@ -596,7 +609,7 @@ def upset(regions_df: pd.DataFrame, labels: Sequence[str], max_bars: int = 40, s
     colors = colors or color_map(labels)
     fig = make_subplots(rows=2, cols=2, column_widths=[0.22, 0.78], row_heights=[0.62, 0.38],
                         specs=[[None, {}], [{}, {}]], horizontal_spacing=0.01, vertical_spacing=0.02)  # fmt: skip
-    cnt = shown["count"].to_numpy(dtype=np.float64)
+    cnt = shown["count"].to_numpy(dtype=np.float64, na_value=np.nan)
     fig.add_trace(go.Bar(x=x, y=cnt, marker_color="#333", customdata=np.stack([cnt, 100 * cnt / union], axis=-1),
                          hovertext=names, text=[_compact(c) for c in cnt], textposition="outside", cliponaxis=False, textangle=-90 if k > 20 else 0, constraintext="none",
                          hovertemplate="%{hovertext} (exclusive)<br>%{customdata[0]:,.0f} parameters"
@@ -717,7 +730,7 @@ def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks 
     fig = go.Figure()
     by = next((c for c in ("layer", "group") if c in d.columns), None)
     if by is None:
-        g = d.groupby("k")["count"].sum().reindex(ks).to_numpy(dtype=np.float64)
+        g = d.groupby("k")["count"].sum().reindex(ks).to_numpy(dtype=np.float64, na_value=np.nan)
         fig.add_trace(go.Bar(x=np.array(ks), y=g, marker_color=PALETTE[0], customdata=100 * g / g.sum(),
                              hovertemplate="in %{x} masks<br>%{y:,.0f} parameters (%{customdata:.2f}% of union)<extra></extra>"))  # fmt: skip
         fig.update_xaxes(tickvals=np.array(ks), type="linear")
@@ -725,7 +738,9 @@ def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks 
     layers = _layer_order(d[by])
     piv = d.assign(_x=d[by].map(_layer_label)).pivot_table(index="_x", columns="k", values="count", aggfunc="sum")
     piv = piv.reindex(index=layers, columns=ks).fillna(0)
-    share = 100 * piv.to_numpy(dtype=np.float64) / np.maximum(piv.to_numpy().sum(axis=1, keepdims=True), 1)
+    share = (
+        100 * piv.to_numpy(dtype=np.float64, na_value=np.nan) / np.maximum(piv.to_numpy().sum(axis=1, keepdims=True), 1)
+    )
     steps = np.linspace(0, 1, len(ks)) if len(ks) > 1 else np.array([0.5])
     from plotly.colors import sample_colorscale
 
@@ -749,7 +764,7 @@ def series_lines(df: pd.DataFrame, title: str = "Checkpoint series: update spars
               ("ever_updated", "ever updated, unchanged at end (share)", "dash")]  # fmt: skip
     for i, (col, name, dash) in enumerate(series):
         if col in d.columns:
-            fig.add_trace(go.Scatter(x=d["step"].to_numpy(), y=100 * d[col].to_numpy(dtype=np.float64), mode="lines+markers", name=name,
+            fig.add_trace(go.Scatter(x=d["step"].to_numpy(), y=100 * d[col].to_numpy(dtype=np.float64, na_value=np.nan), mode="lines+markers", name=name,
                                      line={"color": PALETTE[i], "dash": dash}, hovertemplate=f"step %{{x}}<br>{name}: %{{y:.2f}}%<extra></extra>"))  # fmt: skip
     return _style(fig, title, "training step", "share of parameters (%)", legend={"orientation": "h", "y": -0.2})
 
@@ -772,7 +787,7 @@ def training_curves(df: pd.DataFrame, title: str = "Training curves", colors: Ma
             ].sort_values("step")
             if sub.empty:
                 continue
-            fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=sub["value"].to_numpy(dtype=np.float64), mode="lines", name=run,
+            fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=sub["value"].to_numpy(dtype=np.float64, na_value=np.nan), mode="lines", name=run,
                                      legendgroup=run, showlegend=i == 0 and "run" in df.columns, line={"color": colors[run]},
                                      hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>"),
                           row=i // ncol + 1, col=i % ncol + 1)  # fmt: skip

@@ -447,3 +447,13 @@ def test_backend_overlap_frames_fit_the_builders_as_they_are():
     assert pm.z[0, 1] == pytest.approx(100 * (sets[0] & sets[1]).sum() / sets[0].sum())
     cons = F.consensus_bars(rep.consensus)
     assert list(cons.data[0].x) == ["0", "1"] and cons.layout.xaxis.title.text == "group"
+
+
+def test_rank_heatmap_takes_spectrum_table_columns_with_nullable_ints():
+    df = pd.DataFrame({"layer": [0, 0], "module": ["q", "k"], "rows": [8, 8], "cols": [4, 2],
+                       "rank": pd.array([3, pd.NA], dtype="Int64"), "rank_frac": [0.75, np.nan],
+                       "baseline_rank_frac": [1.0, np.nan]})  # fmt: skip
+    tr = F.rank_heatmap(df).data[0]
+    np.testing.assert_allclose(tr.z, [[75, np.nan]])
+    np.testing.assert_allclose(tr.customdata[0, 0], [3, 4, 100])
+    assert np.isnan(tr.customdata[0, 1, 0]) and "random baseline" in tr.hovertemplate
