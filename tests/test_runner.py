@@ -138,8 +138,19 @@ def test_cancel_running_and_queued(tmp_path):
         r.cancel(run)
 
 
+@pytest.mark.slow
+def test_default_worker_command_is_python_m_subnetviz_job(tmp_path):
+    r = JobRunner(tmp_path, max_concurrent=1)
+    assert r.command[1:] == ["-m", "subnetviz", "job"]
+    rec = r.wait(r.submit({**SLEEP, "seconds": 0.1, "steps": 1, "note": tmp_path / "x"}), timeout=60)
+    assert rec.status == "succeeded", (Path(rec.run_dir) / "log.txt").read_text()[-2000:]
+    assert rec.config["note"] == str(tmp_path / "x")  # Path values are stored as strings
+
+
 def test_bad_configs_are_refused_before_anything_starts(tmp_path, monkeypatch):
     r = _runner(tmp_path)
+    with pytest.raises(ConfigError, match="plain JSON"):
+        r.submit({**SLEEP, "x": object()})
     with pytest.raises(ConfigError, match="job kind 'trian' is unknown.*Did you mean 'train'"):
         r.submit({"kind": "trian"})
     with pytest.raises(ConfigError, match="training config: .*algorithm 'ppo' is unknown"):
@@ -178,6 +189,7 @@ def test_train_job_through_runner_and_main_train(tmp_path):
     assert "accuracy" in rec.last_metrics
     # The foreground CLI form: output_dir from the config; refuses an existing output_dir.
     cfile = tmp_path / "c.json"
+    cfg.pop("eval_data")
     cfile.write_text(json.dumps({**cfg, "output_dir": str(tmp_path / "fg")}))
     assert main_train(str(cfile)) == 0 and (tmp_path / "fg" / "train_summary.json").is_file()
     assert main_train(str(cfile)) == 2

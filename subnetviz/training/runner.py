@@ -65,6 +65,10 @@ def validate_job_config(config: dict) -> None:
     """Check a job config before anything starts, with the kind's own validator when it has one."""
     if not isinstance(config, dict):
         raise ConfigError(f"a job config must be a dict, got {type(config).__name__}.")
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"a job config must be plain JSON (str paths, numbers, lists, dicts): {exc}.") from None
     kind = config.get("kind")
     if kind == TEST_KIND:
         job_function(config)
@@ -108,6 +112,12 @@ def _alive(rec: RunRecord) -> bool:
         return False
     start = process_start(rec.pid)
     return start is not None and (rec.pid_start in (None, 0) or start == rec.pid_start)
+
+
+def _jsonable_path(obj):
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def _read_json(path: Path) -> dict:
@@ -163,6 +173,10 @@ class JobRunner:
 
     def submit(self, config: dict, name: str | None = None) -> str:
         """Validate ``config`` (a dict with ``kind``), create its run folder, queue it; returns the run id."""
+        try:
+            config = json.loads(json.dumps(config, default=_jsonable_path))  # Path objects -> str
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"a job config must be plain JSON (str paths, numbers, lists, dicts): {exc}.") from None
         validate_job_config(config)
         kind = str(config["kind"])
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}"
