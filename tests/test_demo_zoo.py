@@ -8,7 +8,6 @@ and transition counts from a long sample of the pretraining chain documents.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -100,6 +99,7 @@ def test_unknown_preset_and_missing_zoo_are_user_errors(tmp_path):
 # ------------------------------------------------------------------------------------ micro build
 
 
+@pytest.mark.slow
 def test_manifest_names_every_member_with_consistent_numbers(micro_zoo):
     man = micro_zoo.manifest
     assert [m["id"] for m in man["members"]] == list(MEMBER_IDS)
@@ -123,10 +123,12 @@ def test_manifest_names_every_member_with_consistent_numbers(micro_zoo):
     assert man["series"][-1]["path"] == "grpo-s0"
     assert micro_zoo.member_path("grpo-s0@1") == micro_zoo.root / "grpo-s0" / "checkpoints" / "step-1"
     assert set(man["stage_seconds"]) >= {"data", "base", "mask", "manifest", *MEMBER_IDS[1:]}
+    assert 0.0 < by_id["grpo-sub"]["identical_to_grpo_s0"] < 1.0
     with pytest.raises(CheckpointError, match="grpo-s1"):
         micro_zoo.member_path("grpo-s11")
 
 
+@pytest.mark.slow
 def test_sparsity_matches_numpy_on_raw_bf16_bits(micro_zoo):
     man = {m["id"]: m for m in micro_zoo.manifest["members"]}
     for member in ("grpo-s1", "sft"):
@@ -137,6 +139,7 @@ def test_sparsity_matches_numpy_on_raw_bf16_bits(micro_zoo):
         assert 0 < changed < numel  # the comparison is not vacuous either way
 
 
+@pytest.mark.slow
 def test_mask_is_grpo_s0_exact_update_and_overlap_numbers_agree(micro_zoo):
     ms = load_mask_set(micro_zoo.mask_path("grpo-s0"))
     diff = changed_bits(micro_zoo.base, micro_zoo.member_path("grpo-s0"))
@@ -151,6 +154,7 @@ def test_mask_is_grpo_s0_exact_update_and_overlap_numbers_agree(micro_zoo):
     assert row["o1"] == pytest.approx(inter / sum(int(d.sum()) for d in diff.values()))
 
 
+@pytest.mark.slow
 def test_subnetwork_member_changed_nothing_outside_the_mask(micro_zoo):
     mask = load_mask_set(micro_zoo.mask_path("grpo-s0")).masks
     diff = changed_bits(micro_zoo.base, micro_zoo.member_path("grpo-sub"))
@@ -161,6 +165,7 @@ def test_subnetwork_member_changed_nothing_outside_the_mask(micro_zoo):
     assert sum(int((~m).sum()) for m in mask.values()) > 0  # and the mask leaves something outside
 
 
+@pytest.mark.slow
 def test_saved_bigram_law_matches_counts_of_the_pretraining_chain_text(micro_zoo):
     from transformers import AutoTokenizer
 
@@ -187,6 +192,7 @@ def test_saved_bigram_law_matches_counts_of_the_pretraining_chain_text(micro_zoo
     np.testing.assert_allclose(freq, z["stationary"], atol=0.01)
 
 
+@pytest.mark.slow
 def test_second_build_reuses_the_zoo_and_is_fast(micro_zoo):
     before = (micro_zoo.root / "manifest.json").read_bytes()
     seen = []
@@ -198,6 +204,7 @@ def test_second_build_reuses_the_zoo_and_is_fast(micro_zoo):
     assert main(["build", "--preset", "micro", "--root", str(micro_zoo.root)]) == 0
 
 
+@pytest.mark.slow
 def test_a_running_build_holds_the_lock_and_a_stale_lock_is_taken_over(micro_zoo, tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -214,6 +221,7 @@ def test_a_running_build_holds_the_lock_and_a_stale_lock_is_taken_over(micro_zoo
     assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_incomplete_zoo_resumes_only_the_missing_member(micro_zoo, tmp_path):
     import shutil
 
@@ -233,9 +241,3 @@ def test_incomplete_zoo_resumes_only_the_missing_member(micro_zoo, tmp_path):
     assert after["sft"]["changed"] == before["sft"]["changed"]
     a, b = read_bits(micro_zoo.member_path("sft")), read_bits(zoo.member_path("sft"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
-
-
-@pytest.mark.skipif(os.environ.get("SUBNETVIZ_ZOO_CLI") is None, reason="set SUBNETVIZ_ZOO_CLI=1 to run the CLI")
-def test_cli_entry_builds(tmp_path):
-    rc = main(["build", "--preset", "micro", "--root", str(tmp_path)])
-    assert rc == 0 and zoo_is_built(tmp_path)

@@ -64,7 +64,7 @@ class ZooSettings:
     n_eval: int = 200
     data_seed: int = 0
     shape: ModelShape = field(default_factory=ModelShape)
-    pretrain_steps: int = 900
+    pretrain_steps: int = 1500  # at most: it stops at pretrain_target
     batch_arith: int = 64
     batch_chain: int = 16
     pretrain_lr: float = 2e-3
@@ -147,34 +147,42 @@ MASK_FILE = "masks/grpo-seed0.safetensors"
 
 
 class BuildLock:
-    """``root/.build.lock`` holding the owner's pid; refuses while that pid is alive."""
+    """``root/.build.lock`` holding the owner's pid; refuses while that pid is alive.
+
+    Checking and taking the lock happen under an ``flock`` on ``root/.build.lock.guard`` (held for
+    microseconds), so two builds that both find a stale lock cannot both take it over.
+    """
 
     def __init__(self, root: Path):
         self.path = root / LOCK
+        self.guard = root / (LOCK + ".guard")
+
+    def _guarded(self):
+        import fcntl
+
+        fh = open(self.guard, "a")
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when fh is closed
+        return fh
 
     def __enter__(self) -> BuildLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = _lock_owner(self.path)
-                if owner is not None and _alive(owner):
-                    raise JobError(
-                        f"{self.path.parent}: a demo zoo build is already running (pid {owner}, lock {self.path}). "
-                        "Wait for it to finish, or delete the lock file if that process is not a build."
-                    ) from None
-                # Stale (dead owner or unreadable): take it over, then retry the exclusive create.
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            return self
-        raise JobError(f"{self.path}: could not take the build lock (another build keeps taking it).")
+        with self._guarded():
+            owner = _lock_owner(self.path)
+            if owner is not None and _alive(owner):
+                raise JobError(
+                    f"{self.path.parent}: a demo zoo build is already running (pid {owner}, lock {self.path}). "
+                    "Wait for it to finish, or delete the lock file if that process is not a build."
+                )
+            # Free, or stale (its owner is dead): take it.
+            tmp = self.path.with_name(f"{LOCK}.tmp-{os.getpid()}")
+            tmp.write_text(str(os.getpid()))
+            os.replace(tmp, self.path)
+        return self
 
     def __exit__(self, *exc) -> None:
-        if _lock_owner(self.path) == os.getpid():
-            self.path.unlink(missing_ok=True)
+        with self._guarded():
+            if _lock_owner(self.path) == os.getpid():
+                self.path.unlink(missing_ok=True)
 
 
 def _lock_owner(path: Path) -> int | None:
@@ -441,40 +449,37 @@ def _stage_mask(root: Path) -> dict:
 class Stage:
     key: str
     label: str
-    done: Callable[[], bool]
+    outputs: tuple[str, ...]  # paths under the root; the stage is done when they all exist
+    deps: tuple[str, ...]  # stages whose rerun makes this one stale
     run: Callable[[Callable[[str], None]], dict | None]  # run(say) -> notes for the manifest
 
 
 def _stages(root: Path, s: ZooSettings) -> list[Stage]:
     """The build's stages in order (the manifest is the last step, outside this list)."""
-
-    def model_done(name: str) -> Callable[[], bool]:
-        return lambda: (root / name / "model.safetensors").is_file()
-
     out = [
         Stage(
             "data",
             "corpus, tokenizer, bigram law, problem sets",
-            lambda: all((root / p).exists() for p in ("data", "tokenizer", "bigram.npz")),
+            ("data", "tokenizer", "bigram.npz"),
+            (),
             lambda say: _stage_data(root, s),
         ),
         Stage(
             "base",
             f"pretraining the base (up to {s.pretrain_steps} steps)",
-            model_done("base"),
+            ("base/model.safetensors",),
+            ("data",),
             lambda say: _stage_base(root, s, say),
         ),
     ]
     for m in MEMBERS:
-        out.append(Stage(m.id, m.label, model_done(m.id), lambda say, m=m: _stage_member(root, s, m)))
+        deps = ("base", "mask") if m.masked else ("base",)
+        out.append(
+            Stage(m.id, m.label, (f"{m.id}/model.safetensors",), deps, lambda say, m=m: _stage_member(root, s, m))
+        )
         if m.id == "grpo-s0":
             out.append(
-                Stage(
-                    "mask",
-                    "grpo-s0 exact update mask",
-                    lambda: (root / MASK_FILE).is_file(),
-                    lambda say: _stage_mask(root),
-                )
+                Stage("mask", "grpo-s0 exact update mask", (MASK_FILE,), ("grpo-s0",), lambda say: _stage_mask(root))
             )
     return out
 
@@ -486,10 +491,16 @@ def _run_stages(root: Path, preset: str, s: ZooSettings, report: Progress) -> No
     state = _read_json(state_file) or {}
     stages = _stages(root, s)
     total = len(stages) + 1
+    rerun: set[str] = set()
     for i, st in enumerate(stages, start=1):
-        if st.done() and st.key in state:
+        stale = any(d in rerun for d in st.deps)
+        if not stale and all((root / p).exists() for p in st.outputs):
             report(i, total, f"{st.label} (cached)")
+            state.setdefault(st.key, {"seconds": None})  # finished, but its record was lost in a crash
             continue
+        rerun.add(st.key)
+        for p in st.outputs:  # a stale or partial output: train() and the renames need a clean slot
+            _fresh(root / p.split("/")[0] if p.endswith("model.safetensors") else root / p)
         report(i, total, f"{st.label} ...")
         t0 = time.perf_counter()
         info = st.run(lambda msg, i=i, st=st: report(i, total, f"{st.label}: {msg}")) or {}
@@ -499,7 +510,7 @@ def _run_stages(root: Path, preset: str, s: ZooSettings, report: Progress) -> No
     t0 = time.perf_counter()
     man = _manifest(root, preset, s, state)
     man["stage_seconds"]["manifest"] = round(time.perf_counter() - t0, 3)
-    man["build_seconds"] = round(sum(man["stage_seconds"].values()), 3)
+    man["build_seconds"] = round(sum(v for v in man["stage_seconds"].values() if v), 3)
     man["this_run_seconds"] = round(time.perf_counter() - t_start, 3)
     _write_json(root / MANIFEST, man)  # last, atomically: from here on the zoo counts as built
     report(total, total, f"demo zoo written to {root} ({man['build_seconds']:.0f} s of building)")
@@ -584,6 +595,8 @@ def _manifest(root: Path, preset: str, s: ZooSettings, state: dict) -> dict:
         if m.masked:
             entry["mask"] = MASK_FILE
             entry["mask_check"] = summary.get("mask_check")
+            # The paper's parameter-level closeness of theta_sub and theta_full (bitwise here).
+            entry["identical_to_grpo_s0"] = _sparsity(update_masks(root / "grpo-s0", root / m.id))[0]
         members.append(entry)
     series = []
     for k in s.series_steps():

@@ -6,8 +6,10 @@ arithmetic documents are not padded to the chain documents' length):
 - arithmetic: ``"12+34=46<eos>"`` for the pool problems that are not held out;
 - Markov chain: ``chain_len`` letters drawn fresh from the chain each step, no ``<eos>``.
 
-AdamW (no weight decay), one-cycle schedule, fp32 training, saved with
-``model.to(torch.bfloat16).save_pretrained`` like a real bf16 checkpoint, tokenizer beside it.
+AdamW (no weight decay), warm-up then constant learning rate, fp32 training. It stops early once
+a held-out dev accuracy reaches a target (a base that solves everything gives RL no signal).
+Saved with ``model.to(torch.bfloat16).save_pretrained`` like a real bf16 checkpoint, with the
+tokenizer beside it.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def pretrain(
 ) -> PretrainResult:
     """Train a base model and save it (bf16 + tokenizer) to ``folder``.
 
-    One-cycle schedule over ``steps``. With ``target_accuracy``, greedy accuracy on ``dev`` (problems
+    Linear warm-up (``min(50, steps/10)`` steps), then a constant ``max_lr``. With ``target_accuracy``, greedy accuracy on ``dev`` (problems
     held out from pretraining) is checked every ``check_every`` steps and training stops at the
     first check that reaches it: the zoo wants a base that solves some problems, not all, so RL
     has a signal.
@@ -151,7 +153,8 @@ def pretrain(
     texts = [p.prompt + p.answer for p in problems]
     max_new = max(len(p.answer) for p in problems) + 1
     opt = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps)
+    warmup = max(1, min(50, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup))
     loss_a = loss_c = float("nan")
     dev_acc: float | None = None
     stop_reason = f"ran all {steps} steps"

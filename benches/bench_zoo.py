@@ -1,0 +1,80 @@
+"""Benchmark: the full demo zoo build, end to end, on one CPU thread, into a temporary folder.
+
+Run: ``.venv/bin/python -m benches.bench_zoo [--preset demo|micro] [--keep DIR]``
+
+Prints the wall time against the 300 s goal, the CPU time of this process (on a shared box the
+wall/CPU ratio shows how much other load slowed it), each stage's time and share, and the
+manifest's numbers: accuracies, exact sparsities, seed overlap o1 against chance.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+GOAL_S = 300.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--keep", default=None, help="build here (kept) instead of a temporary folder")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from subnetviz.demo.build import build_zoo
+
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-zoo-"))
+    load0 = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    zoo = build_zoo(root, preset=args.preset, force=True)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    man = zoo.manifest
+
+    print(f"\ndemo zoo build, preset {args.preset!r}, 1 torch thread, into {root}")
+    print(f"load average at start {load0:.1f}, at end {os.getloadavg()[0]:.1f} (2 cores)")
+    print(f"{'':28s} {'seconds':>9s} {'vs goal':>8s}")
+    print(f"{'wall, end to end':28s} {wall:9.1f} {wall / GOAL_S:8.2f}x")
+    print(f"{'CPU of this process':28s} {cpu:9.1f} {cpu / GOAL_S:8.2f}x")
+    print(f"{'goal':28s} {GOAL_S:9.1f} {1.0:8.2f}x")
+    print(f"\n{'stage':28s} {'seconds':>9s} {'share':>7s}")
+    total = sum(v for v in man["stage_seconds"].values() if v)
+    for k, v in man["stage_seconds"].items():
+        print(f"{k:28s} {v:9.1f} {v / total:7.1%}")
+
+    base = man["base"]
+    print(
+        f"\nbase: {base['params']:,} params, {base['pretraining_steps']} pretraining steps "
+        f"({base.get('stop_reason')}); accuracy A {base['accuracy_A']:.1%}, B {base['accuracy_B']:.1%}"
+    )
+    print(
+        f"\n{'member':10s} {'algo':5s} {'data':4s} {'seed':>4s} {'acc':>7s} {'acc A':>7s} {'acc B':>7s} {'sparsity':>9s}"
+    )
+    for m in man["members"]:
+        print(
+            f"{m['id']:10s} {m['algorithm'][:5]:5s} {m['data']:4s} {m['seed']:4d} {m['accuracy']:7.1%} "
+            f"{m['accuracy_A']:7.1%} {m['accuracy_B']:7.1%} {m['sparsity']:9.1%}"
+        )
+    print(f"\n{'overlap':22s} {'o1':>7s} {'chance':>7s} {'ratio':>6s} {'o2':>7s} {'chance':>7s}")
+    for o in man["overlap"]:
+        ratio = o["o1"] / o["chance_o1"] if o["chance_o1"] else float("nan")
+        print(
+            f"{o['a'] + ' / ' + o['b']:22s} {o['o1']:7.3f} {o['chance_o1']:7.3f} {ratio:6.2f} "
+            f"{o['o2']:7.3f} {o['chance_o2']:7.3f}"
+        )
+    print("\nseries (grpo-s0):", ", ".join(f"{p['step']}: {p['sparsity']:.1%}" for p in man["series"]))
+
+
+if __name__ == "__main__":
+    main()
