@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_fixtures import app_home  # noqa: F401
+from tests.app_fixtures import app_home, micro_zoo  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -147,5 +147,14 @@ def test_training_run_from_the_page_succeeds(browser, app_url):
         page.get_by_role("button", name="Runs").click()
         page.get_by_text("succeeded").first.wait_for(timeout=240_000)
         page.screenshot(path=str(SHOTS / "training-run.png"), full_page=True)
+    finally:
+        ctx.close()
+
+
+def test_path_outside_the_roots_is_refused_in_the_page(browser, app_url):
+    ctx, page = open_page(browser, app_url + "/workspace?base=%2Fetc")
+    try:
+        assert page.get_by_test_id("stException").count() == 0
+        page.get_by_text("outside the folders this server may read").first.wait_for(timeout=30_000)
     finally:
         ctx.close()
