@@ -168,6 +168,10 @@ def test_config_validation(tiny, tmp_path):
     for kw, msg in cases:
         with pytest.raises(ConfigError, match=msg):
             dataclasses.replace(ok, **kw).validate()
+    bad_rows = tmp_path / "bad.jsonl"
+    bad_rows.write_text('{"prompt": "1+1=", "completion": "2"}\n')  # SFT rows given to GRPO
+    with pytest.raises(ConfigError, match=r"bad.jsonl, line 1: missing field\(s\) \['answer'\]"):
+        dataclasses.replace(ok, data=str(bad_rows)).validate()
     with pytest.raises(ConfigError, match="unknown field.*Did you mean 'learning_rate'"):
         TrainConfig.from_dict({**ok.to_dict(), "learning_rat": 1.0})
     with pytest.raises(ConfigError, match="missing required"):
@@ -183,6 +187,16 @@ def test_bad_data_names_file_and_line(tmp_path):
         read_jsonl(p, "grpo")
     p.write_text('{"prompt": "1+1=", "answer": "2"}\nnot json\n')
     with pytest.raises(ConfigError, match="line 2: not valid JSON"):
+        read_jsonl(p, "grpo")
+
+
+def test_conversational_rows_accepted_but_not_for_answers(tmp_path):
+    p = tmp_path / "c.jsonl"
+    msgs = [{"role": "user", "content": "1+1="}]
+    p.write_text(json.dumps({"prompt": msgs, "completion": [{"role": "assistant", "content": "2"}]}) + "\n")
+    assert read_jsonl(p, "sft")[0]["prompt"] == msgs
+    p.write_text(json.dumps({"prompt": msgs, "answer": ["2"]}) + "\n")
+    with pytest.raises(ConfigError, match=r"\['answer'\] must be strings"):
         read_jsonl(p, "grpo")
 
 

@@ -128,8 +128,8 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.view(iv) == b.view(iv) if iv is not None else a == b
 
 
-class _Reader:
-    """Open safetensors handles (one per file) for the life of a comparison."""
+class TensorReader:
+    """Open safetensors handles (one per file, inside ``stack``); ``get(name)`` reads one tensor."""
 
     def __init__(self, stack: ExitStack, index: dict[str, Path]):
         from safetensors import safe_open
@@ -165,8 +165,8 @@ def compare_runs(
     rows, base_rows = [], []
     ulp_counts = torch.zeros(len(ULP_LABELS), dtype=torch.int64)
     with ExitStack() as stack:
-        rf, rs = _Reader(stack, idx_full), _Reader(stack, idx_sub)
-        rb = _Reader(stack, idx_base) if idx_base is not None else None
+        rf, rs = TensorReader(stack, idx_full), TensorReader(stack, idx_sub)
+        rb = TensorReader(stack, idx_base) if idx_base is not None else None
         for name in names:
             a, b = rf.get(name), rs.get(name)
             if a.dtype != b.dtype or a.shape != b.shape:

@@ -123,6 +123,12 @@ class TrainConfig:
                 problems.append(f"save_steps {bad} lie outside 1..steps ({self.steps})")
         if problems:
             raise ConfigError("training config: " + "; ".join(problems) + ".")
+        # The rows themselves: a bad file is refused here (naming file and line), not mid-job.
+        from subnetviz.training.data import read_jsonl
+
+        read_jsonl(self.data, self.algorithm)
+        if self.eval_data is not None:
+            read_jsonl(self.eval_data, "eval")
 
     def to_dict(self) -> dict:
         return asdict(self)

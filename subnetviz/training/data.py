@@ -9,8 +9,10 @@ Row formats (one JSON object per line; blank lines are skipped):
   to the reward function; the reward is exact match of the stripped completion with ``answer``.
 - eval: ``{"prompt": str, "answer": str}`` (greedy exact-match accuracy).
 
-Plain text (not chat messages) is what the tiny char-level demo tokenizer needs: prompt
-``"12+34="``, completion ``"46"``. Extra keys are kept. A bad file raises :class:`ConfigError`
+Plain text is what the tiny char-level demo tokenizer needs: prompt ``"12+34="``, completion
+``"46"``. Prompts and completions may also be chat messages (a list of ``{"role", "content"}``
+objects, TRL's conversational format; the model's tokenizer then needs a chat template); GRPO
+answers and eval rows are plain strings. Extra keys are kept. A bad file raises :class:`ConfigError`
 naming the file and the line.
 """
 
@@ -55,13 +57,30 @@ def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:
                     f"{path}, line {lineno}: missing field(s) {missing}; {kind} rows need {list(need)}, "
                     f"found {sorted(row)}."
                 )
-            bad = [k for k in need if not isinstance(row[k], str)]
+            bad = [k for k in need if not _text_or_messages(row[k], k)]
             if bad:
-                raise ConfigError(f"{path}, line {lineno}: field(s) {bad} must be strings.")
+                raise ConfigError(
+                    f"{path}, line {lineno}: field(s) {bad} must be strings"
+                    + (" (or chat messages: a list of {'role', 'content'} objects)." if kind != "eval" else ".")
+                )
+            if kind == "eval" and not isinstance(row["prompt"], str):
+                raise ConfigError(f"{path}, line {lineno}: eval prompts must be plain strings.")
             rows.append(row)
     if not rows:
         raise ConfigError(f"{path}: holds no rows; {kind} data needs at least one {list(need)} object per line.")
     return rows
+
+
+def _text_or_messages(value, key: str) -> bool:
+    """A plain string, or (not for ``answer``) a conversational list of role/content messages."""
+    if isinstance(value, str):
+        return True
+    return (
+        key != "answer"
+        and isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value)
+    )
 
 
 def load_dataset(path: str | os.PathLike, algorithm: str):

@@ -25,8 +25,8 @@ training with the closest names suggested.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -175,23 +175,6 @@ class MaskCheck:
         }
 
 
-def _weight_files(folder: Path) -> dict[str, Path]:
-    """tensor name -> safetensors file of an HF folder (single file or sharded index)."""
-    import json
-
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        wm = json.loads(index.read_text())["weight_map"]
-        return {k: folder / v for k, v in wm.items()}
-    single = folder / "model.safetensors"
-    if not single.is_file():
-        raise MaskError(f"{folder}: no model.safetensors to compare with.")
-    from safetensors import safe_open
-
-    with safe_open(str(single), framework="pt") as f:
-        return {k: single for k in f.keys()}
-
-
 def check_outside_mask(
     base_dir: str | os.PathLike, trained_dir: str | os.PathLike, masks: dict[str, torch.Tensor] | None
 ) -> MaskCheck:
@@ -201,32 +184,27 @@ def check_outside_mask(
     dtypes or shapes, are refused (a masked run never changes either). ``masks`` None counts
     everything as inside.
     """
-    from safetensors import safe_open
+    from subnetviz.training.compare import TensorReader, weight_index
 
-    base_files, new_files = _weight_files(Path(base_dir)), _weight_files(Path(trained_dir))
+    base_files, new_files = weight_index(base_dir), weight_index(trained_dir)
     if set(base_files) != set(new_files):
         only = sorted(set(base_files) ^ set(new_files))[:3]
         raise MaskError(f"{base_dir} and {trained_dir} hold different tensors, e.g. {only}.")
     inside = outside = ch_in = ch_out = 0
-    for name in sorted(base_files):
-        with (
-            safe_open(str(base_files[name]), framework="pt") as fa,
-            safe_open(str(new_files[name]), framework="pt") as fb,
-        ):
-            a, b = fa.get_tensor(name), fb.get_tensor(name)
-        if a.dtype != b.dtype or a.shape != b.shape:
-            raise MaskError(f"{name}: base {a.dtype}{tuple(a.shape)} vs trained {b.dtype}{tuple(b.shape)}.")
-        diff = _bitwise_differs(a, b)
-        if masks is None:
-            m = torch.ones_like(diff)
-        else:
-            m = masks.get(name)
+    with ExitStack() as stack:
+        ra, rb = TensorReader(stack, base_files), TensorReader(stack, new_files)
+        for name in sorted(base_files):
+            a, b = ra.get(name), rb.get(name)
+            if a.dtype != b.dtype or a.shape != b.shape:
+                raise MaskError(f"{name}: base {a.dtype}{tuple(a.shape)} vs trained {b.dtype}{tuple(b.shape)}.")
+            diff = _bitwise_differs(a, b)
+            m = masks.get(name) if masks is not None else torch.ones_like(diff)
             m = torch.zeros_like(diff) if m is None else m.to(torch.bool)
-        n_in = int(m.sum())
-        inside += n_in
-        outside += diff.numel() - n_in
-        ch_in += int((diff & m).sum())
-        ch_out += int((diff & ~m).sum())
+            n_in = int(m.sum())
+            inside += n_in
+            outside += diff.numel() - n_in
+            ch_in += int((diff & m).sum())
+            ch_out += int((diff & ~m).sum())
     return MaskCheck(ch_out == 0, ch_in, ch_out, inside, outside, len(base_files))
 
 
