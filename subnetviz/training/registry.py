@@ -8,7 +8,7 @@ time, readers never blocked thanks to WAL), via :meth:`Registry.transaction`.
 Table ``runs``: ``id, kind, name, status, pid, pid_start, created, started, ended, step, total,
 last_metrics (JSON), error, run_dir, config (JSON)``; ``status`` is one of :data:`STATUSES`;
 times are Unix seconds; ``pid_start`` is the process start time (``/proc/<pid>/stat``) that
-tells our process from a later one that reused its pid.
+tells our process from a later one that reused its pid (:func:`process_start`, :func:`is_alive`).
 """
 
 from __future__ import annotations
@@ -162,3 +162,29 @@ class Registry:
         finally:
             if con is None:
                 c.close()
+
+
+def process_start(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of a live, non-zombie process, else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        if not Path("/proc/self/stat").exists():  # no procfs (not Linux): fall back to a signal probe
+            try:
+                os.kill(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return None
+            return 0
+        return None
+    rest = stat[stat.rindex(")") + 2 :].split()  # the fields after "(comm)": state, ppid, ...
+    if rest[0] in ("Z", "X"):
+        return None
+    return int(rest[19])  # field 22 of proc(5): starttime
+
+
+def is_alive(rec: RunRecord) -> bool:
+    """Is the run's recorded process still running (same pid *and* same start time)?"""
+    if rec.pid is None:
+        return False
+    start = process_start(rec.pid)
+    return start is not None and (rec.pid_start in (None, 0) or start == rec.pid_start)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from subnetviz.errors import ConfigError, JobError, SubnetvizError, suggest
 from subnetviz.jobcontext import CANCEL_FILE, JOB_KINDS, METRICS_FILE, STATUS_FILE, JobContext
-from subnetviz.training.registry import COLUMNS, TERMINAL, Registry, RunRecord
+from subnetviz.training.registry import COLUMNS, TERMINAL, Registry, RunRecord, is_alive, process_start
 
 if TYPE_CHECKING:  # pandas is imported lazily: the worker process should start fast
     import pandas as pd
@@ -84,34 +84,6 @@ def validate_job_config(config: dict) -> None:
     validator = getattr(mod, func, None)
     if validator is not None:
         validator(config)
-
-
-# --- process identity ------------------------------------------------------------------------
-
-
-def process_start(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of a live, non-zombie process, else None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        if not Path("/proc/self/stat").exists():  # no procfs (not Linux): fall back to a signal probe
-            try:
-                os.kill(pid, 0)
-            except (ProcessLookupError, PermissionError):
-                return None
-            return 0
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields after "(comm)": state is field 3
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _alive(rec: RunRecord) -> bool:
-    if rec.pid is None:
-        return False
-    start = process_start(rec.pid)
-    return start is not None and (rec.pid_start in (None, 0) or start == rec.pid_start)
 
 
 def _jsonable_path(obj):
@@ -230,7 +202,7 @@ class JobRunner:
         progress = {k: status[k] for k in ("step", "total") if k in status}
         if "metrics" in status and status["metrics"]:
             progress["last_metrics"] = status["metrics"]
-        if _alive(rec):
+        if is_alive(rec):
             if progress:
                 self.registry.update(con, rec.id, **progress)
             return
@@ -284,15 +256,15 @@ class JobRunner:
             raise JobError(f"run {run_id} already {rec.status}; nothing to cancel.")
         run_dir = Path(rec.run_dir)
         (run_dir / CANCEL_FILE).write_text(str(time.time()))
-        if rec.status == "running" and _alive(rec):
+        if rec.status == "running" and is_alive(rec):
             self._signal(rec, signal.SIGTERM)
             deadline = time.time() + self.cancel_grace_s
-            while _alive(rec) and time.time() < deadline:
+            while is_alive(rec) and time.time() < deadline:
                 self._reap(rec.pid)
                 time.sleep(0.05)
-            if _alive(rec):
+            if is_alive(rec):
                 self._signal(rec, signal.SIGKILL)
-                while _alive(rec) and time.time() < deadline + 5:
+                while is_alive(rec) and time.time() < deadline + 5:
                     self._reap(rec.pid)
                     time.sleep(0.05)
         with self.registry.transaction() as con:
@@ -300,7 +272,7 @@ class JobRunner:
             if not now.finished:
                 if (
                     now.status == "running"
-                    and not _alive(now)
+                    and not is_alive(now)
                     and _read_json(run_dir / STATUS_FILE).get("state") == "succeeded"
                 ):
                     self._refresh(con, now)  # it finished before the signal arrived: keep its result
