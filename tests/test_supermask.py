@@ -287,6 +287,10 @@ def test_config_errors_before_any_run():
         ({"densty": 0.1}, "Did you mean 'density'"),
         ({"methods": ["finetune+kkt"]}, "masked method"),
         ({"tasks": 5_000_000}, "too large for memory"),
+        ({"methods": "exssnet"}, "must be a list"),
+        ({"lr": {"mask": "fast"}}, "mask_lr must be > 0"),
+        ({"batch_size": 0}, "batch_size and kkt_k"),
+        ({"epochs": {"mask": -1}}, "mask_epochs must be a non-negative integer"),
     ]
     for patch, msg in bad:
         with pytest.raises(ConfigError, match=msg):

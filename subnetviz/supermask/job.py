@@ -104,6 +104,8 @@ def plan_runs(config: dict) -> tuple[str, int, list[MethodConfig]]:
         raise ConfigError(f"{bench} has 1 to {limit} tasks; got {tasks}.")
     densities = cfg["density"] if isinstance(cfg["density"], list) else [cfg["density"]]
     seeds = cfg["seeds"] if isinstance(cfg["seeds"], list) else [cfg["seeds"]]
+    if not isinstance(cfg["methods"], list):
+        raise ConfigError(f"methods must be a list such as ['supsup', 'exssnet']; got {cfg['methods']!r}.")
     if not densities or not seeds or not cfg["methods"]:
         raise ConfigError("continual config: density, seeds and methods each need at least one value.")
     for d in densities:

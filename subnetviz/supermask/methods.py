@@ -83,9 +83,10 @@ class MethodConfig:
             if v is not None and (not isinstance(v, int) or v < 0):
                 raise ConfigError(f"{name} must be a non-negative integer; got {v!r}.")
         for name in ("mask_lr", "weight_lr", "finetune_lr"):
-            if not getattr(self, name) > 0:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
                 raise ConfigError(f"{name} must be > 0; got {getattr(self, name)!r}.")
-        if self.batch_size < 1 or self.kkt_k < 1:
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (self.batch_size, self.kkt_k)):
             raise ConfigError(f"batch_size and kkt_k must be ≥ 1; got {self.batch_size}, {self.kkt_k}.")
 
     def epochs(self, bench: Benchmark) -> tuple[int, int, int]:
