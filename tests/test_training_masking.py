@@ -326,3 +326,42 @@ def test_subnetwork_of_full_update_stays_inside_it(tiny, tmp_path):
     f = cmp.to_frame()
     assert f["share"].is_monotonic_increasing  # exact <= atol 1e-8 <= ... <= atol 1e-4
     assert 0 < cmp.share_identical <= 1
+
+
+@pytest.mark.slow
+def test_run_job_reports_progress_and_honours_stop(tiny, tmp_path):
+    from subnetviz.jobcontext import JobContext
+    from subnetviz.training.run import run_job
+
+    job = {"kind": "train", **_cfg(tiny, tmp_path, "sft", steps=3, eval_data=str(tiny["data"]["eval"])).to_dict()}
+    del job["output_dir"]  # a job's model always goes to outputs/model
+    ctx = JobContext.for_dir(tmp_path / "run")
+    run_job(job, ctx)
+    assert (ctx.out_dir / "model" / "model.safetensors").is_file()
+    summary = json.loads((ctx.out_dir / "summary.json").read_text())
+    assert summary["output_dir"] == str(tmp_path / "run" / "outputs" / "model") and summary["steps_done"] == 3
+    recs = [json.loads(line) for line in (ctx.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs[:3]] == [1, 2, 3] and all("loss" in r for r in recs[:3])
+    assert recs[-1]["accuracy"] == summary["accuracy"]
+    # A cancel flag stops training after the current step and saves nothing.
+    stop = JobContext.for_dir(tmp_path / "run2")
+    (stop.run_dir / "cancel").write_text("")
+    run_job(job, stop)
+    assert not (stop.out_dir / "model").exists() and not list(stop.out_dir.glob(".*partial"))
+    assert [json.loads(line)["step"] for line in (stop.run_dir / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_gradient_mask_zeroes_nan_gradients_outside():
+    from subnetviz.training.masking import GradientMask
+
+    lin = torch.nn.Linear(3, 2, bias=False)
+    m = torch.tensor([[True, False, True], [False, False, True]])
+    hooks = GradientMask(lin, {"weight": m})
+    (lin(torch.tensor([[1.0, float("nan"), 2.0]])).sum()).backward()
+    g = lin.weight.grad
+    assert torch.equal(g[~m], torch.zeros(int((~m).sum())))  # exactly 0, even where the raw grad is NaN
+    assert torch.equal(g[m], torch.tensor([1.0, 2.0, 2.0]))
+    hooks.remove()
+    lin.weight.grad = None
+    (lin(torch.ones(1, 3)).sum()).backward()
+    assert torch.equal(lin.weight.grad, torch.ones(2, 3))

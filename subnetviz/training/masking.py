@@ -2,8 +2,8 @@
 
 How a masked run keeps every parameter outside the mask *bit-identical* with AdamW:
 
-1. A gradient hook on each parameter (``param.register_hook``, the same hook the paper's released
-   verl code uses) multiplies the incoming gradient by the 0/1 mask before it is accumulated, so
+1. A gradient hook on each parameter (``param.register_hook``, the same place as the paper's
+   released verl code) zeroes the incoming gradient outside the mask before it is accumulated, so
    ``.grad`` is exactly 0 outside the mask from the first backward pass on. Under DDP the hook
    runs before the all-reduce, so the reduced gradient is 0 there on every rank too.
 2. With zero gradients from step 0, AdamW's ``exp_avg`` and ``exp_avg_sq`` stay exactly 0 on those
@@ -70,7 +70,7 @@ def load_training_mask(
 
 
 class GradientMask:
-    """Gradient hooks ``g -> g * mask`` on a model's parameters; :meth:`remove` takes them off.
+    """Gradient hooks ``g -> where(mask, g, 0)`` on a model's parameters; :meth:`remove` takes them off.
 
     ``masks``: name -> bool tensor of the parameter's shape. All-True masks get no hook (nothing
     to do); parameters not in ``masks`` are left alone.
@@ -86,8 +86,9 @@ class GradientMask:
             p = params[name]
             if bool(mask.all()):
                 continue
-            m = mask.to(device=p.device, dtype=p.dtype)
-            self._handles.append(p.register_hook(lambda g, m=m: g * m))
+            m = mask.to(device=p.device, dtype=torch.bool)
+            # where(), not g * m: a NaN or Inf gradient must still become exactly 0 outside the mask.
+            self._handles.append(p.register_hook(lambda g, m=m: torch.where(m, g, 0.0)))
 
     def remove(self) -> None:
         for h in self._handles:
