@@ -123,6 +123,27 @@ def test_concurrency_limit_queues_second_job_across_runners(tmp_path):
     assert rec2.started >= rec1.ended - 0.5  # the second started only once the first was done
 
 
+def test_threads_and_runners_share_one_registry_safely(tmp_path):
+    """Streamlit sessions share a runner across threads; a CLI holds another. The limit holds for all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = _runner(tmp_path), _runner(tmp_path)
+
+    def submit_and_poll(i):
+        r = a if i % 2 else b
+        rid = r.submit({**SLEEP, "seconds": 0.2, "steps": 2})
+        for _ in range(5):
+            r.poll()
+        return rid
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(submit_and_poll, range(4)))
+    recs = sorted((a.wait(i, timeout=60) for i in ids), key=lambda r: r.started)
+    assert all(r.status == "succeeded" for r in recs)
+    for prev, nxt in zip(recs, recs[1:], strict=False):
+        assert nxt.started >= prev.ended  # max_concurrent=1: runs never overlapped
+
+
 def test_cancel_running_and_queued(tmp_path):
     r = _runner(tmp_path)
     run = r.submit({**SLEEP, "seconds": 60, "steps": 600})

@@ -184,7 +184,7 @@ class JobRunner:
         """Reap finished or dead runs, read their progress, and start queued runs while slots are free."""
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
-                del self._children[pid]
+                self._children.pop(pid, None)  # another thread (Streamlit sessions share a runner) may race us
         with self.registry.transaction() as con:
             running = self.registry.rows(con, status="running")
             for rec in running:
@@ -293,7 +293,7 @@ class JobRunner:
     def _reap(self, pid: int | None) -> None:
         proc = self._children.get(pid) if pid is not None else None
         if proc is not None and proc.poll() is not None:
-            del self._children[pid]
+            self._children.pop(pid, None)
 
     def wait(self, run_id: str, timeout: float = 60.0, interval: float = 0.1) -> RunRecord:
         """Poll until ``run_id`` is finished; JobError after ``timeout`` seconds."""
