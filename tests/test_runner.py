@@ -144,6 +144,32 @@ def test_threads_and_runners_share_one_registry_safely(tmp_path):
         assert nxt.started >= prev.ended  # max_concurrent=1: runs never overlapped
 
 
+def test_each_concurrent_job_gets_its_own_gpu(tmp_path):
+    r = _runner(tmp_path, max_concurrent=2, gpus=["3", "5"])
+    ids = [r.submit({**SLEEP, "seconds": 1.0, "steps": 2}) for _ in range(3)]
+    assert [r.get(i).gpu for i in ids] == ["3", "5", None] and r.get(ids[2]).status == "queued"
+    recs = [r.wait(i, timeout=60) for i in ids]
+    assert [(rec.outputs / "gpu.txt").read_text() for rec in recs[:2]] == ["3", "5"]
+    assert recs[2].gpu in ("3", "5") and (recs[2].outputs / "gpu.txt").read_text() == recs[2].gpu
+
+
+def test_registry_adds_columns_to_an_older_table(tmp_path):
+    from subnetviz.training.registry import Registry
+
+    with sqlite3.connect(tmp_path / "registry.sqlite") as con:
+        con.execute(
+            "CREATE TABLE runs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT, status TEXT NOT NULL, "
+            "pid INTEGER, pid_start INTEGER, created REAL NOT NULL, started REAL, ended REAL, step INTEGER, "
+            "total INTEGER, last_metrics TEXT, error TEXT, run_dir TEXT NOT NULL, config TEXT NOT NULL)"
+        )
+        con.execute(
+            "INSERT INTO runs (id, kind, status, created, run_dir, config) VALUES "
+            "('old', 'train', 'succeeded', 1.0, '/x', '{}')"
+        )
+    reg = Registry(tmp_path / "registry.sqlite")
+    assert reg.get("old").gpu is None and reg.get("old").status == "succeeded"
+
+
 def test_cancel_running_and_queued(tmp_path):
     r = _runner(tmp_path)
     run = r.submit({**SLEEP, "seconds": 60, "steps": 600})

@@ -12,6 +12,7 @@ torch is imported inside the functions that need it, so a test job's worker star
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -110,6 +111,7 @@ def sleep_job(config: dict, ctx) -> None:
         time.sleep(float(config.get("seconds", 1.0)) / steps)
         ctx.progress(i + 1, steps, loss=1.0 / (i + 1))
     (ctx.out_dir / "done.txt").write_text("ok")
+    (ctx.out_dir / "gpu.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
 
 
 def fail_job(config: dict, ctx) -> None:

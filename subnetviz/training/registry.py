@@ -6,7 +6,7 @@ connection, and every read-modify-write happens inside ``BEGIN IMMEDIATE`` (one 
 time, readers never blocked thanks to WAL), via :meth:`Registry.transaction`.
 
 Table ``runs``: ``id, kind, name, status, pid, pid_start, created, started, ended, step, total,
-last_metrics (JSON), error, run_dir, config (JSON)``; ``status`` is one of :data:`STATUSES`;
+last_metrics (JSON), error, run_dir, config (JSON), gpu``; ``status`` is one of :data:`STATUSES`;
 times are Unix seconds; ``pid_start`` is the process start time (``/proc/<pid>/stat``) that
 tells our process from a later one that reused its pid (:func:`process_start`, :func:`is_alive`).
 """
@@ -42,10 +42,12 @@ CREATE TABLE IF NOT EXISTS runs (
     last_metrics TEXT,
     error TEXT,
     run_dir TEXT NOT NULL,
-    config TEXT NOT NULL
+    config TEXT NOT NULL,
+    gpu TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created);
 """
+_ADDED_COLUMNS = {"gpu": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class RunRecord:
     error: str | None
     run_dir: str
     config: dict
+    gpu: str | None = None  # the CUDA device id the job was given (None on CPU)
 
     @property
     def finished(self) -> bool:
@@ -98,6 +101,10 @@ class Registry:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     con.execute(stmt)
+            have = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+            for col, decl in _ADDED_COLUMNS.items():  # registries made by an older version
+                if col not in have:
+                    con.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; 30 s busy timeout for writers.

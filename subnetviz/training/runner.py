@@ -86,6 +86,16 @@ def validate_job_config(config: dict) -> None:
         validator(config)
 
 
+def _visible_gpus() -> list[str]:
+    """CUDA device ids this process may use (honouring its own ``CUDA_VISIBLE_DEVICES``); [] on CPU."""
+    import torch
+
+    n = torch.cuda.device_count()
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in env.split(",") if d.strip()] if env else [str(i) for i in range(n)]
+    return ids[:n]
+
+
 def _jsonable_path(obj):
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
@@ -113,7 +123,8 @@ class JobRunner:
 
     ``max_concurrent``: running jobs allowed at once across every runner on this root (default:
     1 on CPU, the number of GPUs with CUDA). ``command``: the worker command, RUN_DIR appended
-    (default ``python -m subnetviz job``).
+    (default ``python -m subnetviz job``). ``gpus``: device ids to hand out (default: the visible
+    CUDA devices); each job gets one free id as its ``CUDA_VISIBLE_DEVICES`` (recorded as ``gpu``).
     """
 
     def __init__(
@@ -123,6 +134,7 @@ class JobRunner:
         command: list[str] | None = None,
         *,
         cancel_grace_s: float = 5.0,
+        gpus: list[str] | None = None,
     ):
         if root is None:
             from subnetviz.config import runs_dir
@@ -130,10 +142,9 @@ class JobRunner:
             root = runs_dir()
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.gpus = list(gpus) if gpus is not None else _visible_gpus()
         if max_concurrent is None:
-            import torch
-
-            max_concurrent = max(1, torch.cuda.device_count())
+            max_concurrent = max(1, len(self.gpus))
         if max_concurrent < 1:
             raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}.")
         self.max_concurrent = int(max_concurrent)
@@ -189,12 +200,14 @@ class JobRunner:
             running = self.registry.rows(con, status="running")
             for rec in running:
                 self._refresh(con, rec)
-            n_running = len(self.registry.rows(con, status="running"))
+            busy = [r.gpu for r in self.registry.rows(con, status="running")]
             for rec in self.registry.rows(con, status="queued"):
-                if n_running >= self.max_concurrent:
+                if len(busy) >= self.max_concurrent:
                     break
-                self._start(con, rec)
-                n_running += 1
+                free = [g for g in self.gpus if g not in busy]
+                gpu = free[0] if free else None
+                self._start(con, rec, gpu)
+                busy.append(gpu)
 
     def _refresh(self, con, rec: RunRecord) -> None:
         run_dir = Path(rec.run_dir)
@@ -217,7 +230,7 @@ class JobRunner:
             con, rec.id, status=state, error=error, ended=status.get("ended") or time.time(), **progress
         )
 
-    def _start(self, con, rec: RunRecord) -> None:
+    def _start(self, con, rec: RunRecord, gpu: str | None) -> None:
         run_dir = Path(rec.run_dir)
         if not (run_dir / "config.json").is_file():
             self.registry.update(
@@ -231,6 +244,8 @@ class JobRunner:
         env = dict(os.environ)
         pkg_root = str(Path(__file__).resolve().parents[2])  # so the worker imports this very subnetviz
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu  # one GPU per job, so concurrent jobs never share a device
         try:
             with open(run_dir / "log.txt", "ab") as log:
                 proc = subprocess.Popen(
@@ -246,7 +261,7 @@ class JobRunner:
             return
         self._children[proc.pid] = proc
         self.registry.update(
-            con, rec.id, status="running", pid=proc.pid, pid_start=process_start(proc.pid), started=time.time()
+            con, rec.id, status="running", pid=proc.pid, pid_start=process_start(proc.pid), started=time.time(), gpu=gpu
         )
 
     def cancel(self, run_id: str) -> RunRecord:
