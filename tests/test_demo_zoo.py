@@ -8,6 +8,7 @@ and transition counts from a long sample of the pretraining chain documents.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -214,6 +215,10 @@ def test_a_running_build_holds_the_lock_and_a_stale_lock_is_taken_over(micro_zoo
     finally:
         sleeper.kill()
         sleeper.wait()
+    # A build in this very process (e.g. another app thread) holds it too.
+    (tmp_path / ".build.lock").write_text(str(os.getpid()))
+    with pytest.raises(JobError, match="already running"):
+        build_zoo(tmp_path, preset="micro")
     # Now that pid is dead: its lock is stale, so a build proceeds (here: finds the zoo built).
     lock = micro_zoo.root / ".build.lock"
     lock.write_text(str(sleeper.pid))

@@ -6,6 +6,18 @@ costs nothing (no torch).
 
 Member ids: ``base``, ``grpo-s0``, ``grpo-s1``, ``grpo-s2``, ``grpo-B``, ``dpo``, ``sft``,
 ``grpo-sub``; grpo-s0's checkpoint series as ``grpo-s0@<step>``.
+
+``manifest.json`` (paths relative to the zoo folder):
+
+- ``members``: one entry per id: ``path, algorithm, seed, data ("A"|"B"|"mix"), steps,
+  learning_rate, accuracy, accuracy_A, accuracy_B, sparsity, changed, numel`` (+ ``mask``,
+  ``mask_check``, ``identical_to_grpo_s0`` for ``grpo-sub``; ``data_notes`` for DPO/SFT data);
+- ``series``: ``[{step, path, sparsity, accuracy}]`` of grpo-s0, the final model last;
+- ``base`` (params, pretraining steps and why it stopped, accuracies, shape), ``tokenizer``,
+  ``corpus``, ``bigram`` (``bigram.npz``: token_ids, letters, transition, stationary),
+  ``problem_sets`` (train/eval JSONL per set), ``masks`` (``grpo-s0``: its exact update mask),
+  ``overlap`` (o1/o2 and chance values for pairs of members), ``stage_seconds``,
+  ``build_seconds``, ``settings``, ``fingerprint``.
 """
 
 from __future__ import annotations
@@ -24,6 +36,10 @@ MEMBER_IDS = ("base", "grpo-s0", "grpo-s1", "grpo-s2", "grpo-B", "dpo", "sft", "
 
 @dataclass(frozen=True)
 class ZooMember:
+    """One model of the zoo (the base included). ``accuracy``: greedy exact match on the held-out
+    eval split of its problem set (``data``; the base is scored on set A); ``sparsity``: share of
+    parameters whose bf16 bit patterns equal the base's (every tensor, parameter-weighted)."""
+
     id: str
     path: Path
     algorithm: str
@@ -96,8 +112,17 @@ def _read_manifest(root: Path) -> dict | None:
 
 
 def _complete(root: Path, man: dict) -> bool:
-    paths = [m["path"] for m in man.get("members", [])] + [p["path"] for p in man.get("series", [])]
-    return bool(paths) and all((root / p / "model.safetensors").is_file() for p in paths)
+    """Every model folder, the bigram file and the masks the manifest names exist."""
+    try:
+        models = [m["path"] for m in man["members"]] + [p["path"] for p in man["series"]]
+        files = [man["bigram"]["path"], *(m["path"] for m in man["masks"].values())]
+    except (KeyError, TypeError):
+        return False
+    return (
+        bool(models)
+        and all((root / p / "model.safetensors").is_file() for p in models)
+        and all((root / f).is_file() for f in files)
+    )
 
 
 def zoo_is_built(root: str | os.PathLike | None = None) -> bool:

@@ -27,6 +27,8 @@ from subnetviz.demo.corpus import MarkovChain, Problem, sample_chain
 
 @dataclass(frozen=True)
 class ModelShape:
+    """The base's Llama dimensions (d_model, d_mlp, n_layers, n_heads, context length)."""
+
     hidden_size: int = 96
     intermediate_size: int = 384
     num_hidden_layers: int = 3
