@@ -340,6 +340,8 @@ def test_run_job_reports_progress_and_honours_stop(tiny, tmp_path):
     assert (ctx.out_dir / "model" / "model.safetensors").is_file()
     summary = json.loads((ctx.out_dir / "summary.json").read_text())
     assert summary["output_dir"] == str(tmp_path / "run" / "outputs" / "model") and summary["steps_done"] == 3
+    for name in ("train_config.json", "train_summary.json"):
+        assert json.loads((ctx.out_dir / "model" / name).read_text())["output_dir"] == summary["output_dir"]
     recs = [json.loads(line) for line in (ctx.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs[:3]] == [1, 2, 3] and all("loss" in r for r in recs[:3])
     assert recs[-1]["accuracy"] == summary["accuracy"]

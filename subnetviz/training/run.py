@@ -154,6 +154,9 @@ def run_job(config: dict, ctx: JobContext) -> None:
         return
     final = ctx.run_dir / "outputs" / "model"  # where the runner's rename puts it
     summary = replace(result, output_dir=str(final))
+    for name in ("train_config.json", SUMMARY_FILE):  # record the final path, not outputs.tmp
+        path = ctx.out_dir / "model" / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "output_dir": str(final)}, indent=2) + "\n")
     (ctx.out_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     extra = {"accuracy": result.accuracy} if result.accuracy is not None else {}
     ctx.progress(result.steps_done, cfg.steps, **{**result.metrics, **extra})
