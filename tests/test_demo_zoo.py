@@ -188,6 +188,8 @@ def test_saved_bigram_law_matches_counts_of_the_pretraining_chain_text(micro_zoo
     se = np.sqrt(p * (1 - p) / n)
     # Each row is multinomial(n_i, p_i): every frequency within 5 standard errors (+ a floor for p ~ 0).
     assert np.all(np.abs(counts / n - p) <= 5 * se + 1e-3)
+    # The same criterion has the power to reject a wrong law (the transposed matrix).
+    assert not np.all(np.abs(counts / n - p.T) <= 5 * se + 1e-3)
     # The first letters follow the stationary law, so letter frequencies do too.
     freq = np.bincount([index[int(t)] for t in batch.ravel()], minlength=len(ids)) / batch.size
     np.testing.assert_allclose(freq, z["stationary"], atol=0.01)

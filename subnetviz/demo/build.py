@@ -19,131 +19,38 @@ a lock file holds the owner's pid, and a lock left by a dead process is taken ov
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from subnetviz.demo import (
     MANIFEST,
+    MASK_FILE,
     MEMBER_IDS,
+    MEMBERS,
+    PRESETS,
     ZOO_FORMAT,
+    Member,
     Zoo,
     ZooMember,
+    ZooSettings,
     _complete,
     _read_manifest,
     _root,
     load_zoo,
     zoo_is_built,
 )
-from subnetviz.demo.pretrain import ModelShape
 from subnetviz.errors import ConfigError, JobError, SubnetvizError, suggest
 
 __all__ = ["PRESETS", "Zoo", "ZooMember", "ZooSettings", "build_zoo", "load_zoo", "main", "zoo_is_built"]
 LOCK = ".build.lock"
 STATE = ".state"  # per-stage timings and notes of the build in progress
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class ZooSettings:
-    """Everything that decides the zoo's contents; its hash keys the cache."""
-
-    n_letters: int = 14
-    concentration: float = 0.3
-    chain_len: int = 24
-    chain_seed: int = 0
-    pool: tuple[int, int] = (10, 99)
-    range_a: tuple[int, int] = (10, 49)
-    range_b: tuple[int, int] = (50, 99)
-    n_eval: int = 200
-    data_seed: int = 0
-    shape: ModelShape = field(default_factory=ModelShape)
-    pretrain_steps: int = 1500  # at most: it stops at pretrain_target
-    batch_arith: int = 64
-    batch_chain: int = 16
-    pretrain_lr: float = 2e-3
-    pretrain_seed: int = 0
-    pretrain_target: float | None = 0.4  # stop at this held-out (dev) accuracy: RL needs room to learn
-    pretrain_check_every: int = 25
-    # Measured (bench_zoo): at 2e-6 x 100 steps GRPO leaves 66-68 % of weights bit-identical, its
-    # seeds overlap at 2.4-2.5x chance, and SFT/DPO at the same lr and steps are denser (28 %/38 %).
-    # The feasibility notes (another base) saw 1e-6: ~93 % sparse, accuracy unchanged; 1e-5: ~53 %
-    # sparse, seed overlap only 1.45x chance.
-    ft_steps: int = 100
-    ft_lr: float = 2e-6
-    batch_size: int = 32
-    num_generations: int = 8
-    max_completion_length: int = 4
-    series_points: int = 8
-    dpo_prompts: int = 256
-    dpo_samples: int = 8
-
-    def fingerprint(self) -> str:
-        blob = json.dumps({"format": ZOO_FORMAT, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def series_steps(self) -> list[int]:
-        """Evenly spaced intermediate checkpoints of grpo-s0 (the final model is the last point)."""
-        k = self.series_points
-        return sorted({max(1, round(self.ft_steps * i / k)) for i in range(1, k)} - {self.ft_steps})
-
-
-PRESETS: dict[str, ZooSettings] = {
-    "demo": ZooSettings(),
-    # Same code, toy sizes: single-digit operands so a 2-layer model learns some of it in seconds.
-    "micro": ZooSettings(
-        n_letters=6,
-        chain_len=12,
-        pool=(0, 19),
-        range_a=(0, 9),
-        range_b=(10, 19),
-        n_eval=20,
-        shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
-        pretrain_steps=100,
-        pretrain_target=None,
-        batch_arith=32,
-        batch_chain=8,
-        pretrain_lr=1e-2,
-        ft_steps=6,
-        ft_lr=1e-4,
-        batch_size=16,
-        num_generations=4,
-        series_points=6,
-        dpo_prompts=48,
-        dpo_samples=4,
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Member:
-    """One finetune of the base (the recipe; numbers live in the manifest)."""
-
-    id: str
-    algorithm: str
-    data: str  # "A" | "B"
-    seed: int
-    label: str
-    series: bool = False
-    masked: bool = False
-
-
-MEMBERS: tuple[Member, ...] = (
-    Member("grpo-s0", "grpo", "A", 0, "GRPO seed 0 on A (with checkpoint series)", series=True),
-    Member("grpo-s1", "grpo", "A", 1, "GRPO seed 1 on A"),
-    Member("grpo-s2", "grpo", "A", 2, "GRPO seed 2 on A"),
-    Member("grpo-B", "grpo", "B", 0, "GRPO seed 0 on B"),
-    Member("dpo", "dpo", "A", 0, "DPO on on-policy pairs from A"),
-    Member("sft", "sft", "A", 0, "SFT on gold answers the base gets wrong (A)"),
-    Member("grpo-sub", "grpo", "A", 0, "GRPO seed 0 on A inside grpo-s0's update mask", masked=True),
-)
-MASK_FILE = "masks/grpo-seed0.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,25 +215,10 @@ def _fresh(path: Path) -> Path:
 
 
 def _stage_data(root: Path, s: ZooSettings) -> None:
-    from subnetviz.demo import corpus
+    from subnetviz.demo.corpus import write_corpus
 
     tok, chain, sets = _corpus(s)
-    tmp_tok = _fresh(root / ".tokenizer.partial")
-    tok.save_pretrained(tmp_tok)
-    os.replace(tmp_tok, _fresh(root / "tokenizer"))
-    ids = tok.convert_tokens_to_ids(list(chain.letters))
-    corpus.save_bigram(root / "bigram.npz", chain, ids, doc_length=s.chain_len)
-    tmp = _fresh(root / ".data.partial")
-    for name, probs in (
-        ("pretrain", sets.pretrain),
-        ("dev", sets.dev),
-        ("A_train", sets.a_train),
-        ("A_eval", sets.a_eval),
-        ("B_train", sets.b_train),
-        ("B_eval", sets.b_eval),
-    ):
-        corpus.write_jsonl(tmp / f"{name}.jsonl", corpus.grpo_rows(probs))
-    os.replace(tmp, _fresh(root / "data"))
+    write_corpus(root, tok, chain, sets, chain_len=s.chain_len)
 
 
 def _stage_base(root: Path, s: ZooSettings, report: Callable[[str], None]) -> dict:
@@ -520,31 +412,10 @@ def _run_stages(root: Path, preset: str, s: ZooSettings, report: Progress) -> No
     report(total, total, f"demo zoo written to {root} ({man['build_seconds']:.0f} s of building)")
 
 
-def _sparsity(masks: dict) -> tuple[float, int, int]:
-    """(exact-equality sparsity, changed, numel) over every tensor, parameter-weighted."""
-    changed = int(sum(int(m.sum()) for m in masks.values()))
-    numel = int(sum(m.numel() for m in masks.values()))
-    return 1.0 - changed / numel, changed, numel
-
-
-def _overlap(a: dict, b: dict) -> dict:
-    """One-sided overlaps o1 = |A∩B|/|A|, o2 = |A∩B|/|B| and their chance values (the other's density)."""
-    inter = sum(int((a[k] & b[k]).sum()) for k in a)
-    na, nb = sum(int(m.sum()) for m in a.values()), sum(int(m.sum()) for m in b.values())
-    n = sum(m.numel() for m in a.values())
-    return {
-        "o1": inter / na if na else 0.0,
-        "o2": inter / nb if nb else 0.0,
-        "chance_o1": nb / n,
-        "chance_o2": na / n,
-        "intersection": inter,
-    }
-
-
 def _manifest(root: Path, preset: str, s: ZooSettings, state: dict) -> dict:
     import numpy as np
 
-    from subnetviz.demo.pretrain import update_masks
+    from subnetviz.demo.pretrain import mask_overlap, mask_sparsity, update_masks
     from subnetviz.demo.tokenizer import vocabulary
     from subnetviz.training.run import evaluate_accuracy
 
@@ -574,7 +445,7 @@ def _manifest(root: Path, preset: str, s: ZooSettings, state: dict) -> dict:
     masks = {}
     for m in MEMBERS:
         masks[m.id] = update_masks(base, root / m.id)
-        sp, changed, numel = _sparsity(masks[m.id])
+        sp, changed, numel = mask_sparsity(masks[m.id])
         a = acc(root / m.id)
         summary = _read_json(root / m.id / "train_summary.json") or {}
         entry = {
@@ -600,12 +471,12 @@ def _manifest(root: Path, preset: str, s: ZooSettings, state: dict) -> dict:
             entry["mask"] = MASK_FILE
             entry["mask_check"] = summary.get("mask_check")
             # The paper's parameter-level closeness of theta_sub and theta_full (bitwise here).
-            entry["identical_to_grpo_s0"] = _sparsity(update_masks(root / "grpo-s0", root / m.id))[0]
+            entry["identical_to_grpo_s0"] = mask_sparsity(update_masks(root / "grpo-s0", root / m.id))[0]
         members.append(entry)
     series = []
     for k in s.series_steps():
         rel = f"grpo-s0/checkpoints/step-{k}"
-        sp, _, _ = _sparsity(update_masks(base, root / rel))
+        sp, _, _ = mask_sparsity(update_masks(base, root / rel))
         series.append({"step": k, "path": rel, "sparsity": sp, "accuracy": acc(root / rel)["A"]})
     final = next(e for e in members if e["id"] == "grpo-s0")
     series.append({"step": s.ft_steps, "path": "grpo-s0", "sparsity": final["sparsity"], "accuracy": final["accuracy"]})
@@ -618,7 +489,7 @@ def _manifest(root: Path, preset: str, s: ZooSettings, state: dict) -> dict:
         ("grpo-s0", "sft"),
         ("grpo-s0", "grpo-sub"),
     ]
-    overlap = [{"a": x, "b": y, **_overlap(masks[x], masks[y])} for x, y in pairs]
+    overlap = [{"a": x, "b": y, **mask_overlap(masks[x], masks[y])} for x, y in pairs]
     with np.load(root / "bigram.npz") as z:
         bigram = {
             "path": "bigram.npz",

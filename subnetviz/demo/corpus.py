@@ -200,3 +200,30 @@ def dpo_rows(prompts: list[str], answers: list[str], samples: list[list[str]], r
         if answer in outs and wrong:
             rows.append({"prompt": prompt, "chosen": answer, "rejected": wrong[int(rng.integers(len(wrong)))]})
     return rows
+
+
+def write_corpus(root: str | os.PathLike, tokenizer, chain: MarkovChain, sets: ProblemSets, *, chain_len: int) -> None:
+    """Write ``root/tokenizer/``, ``root/bigram.npz`` and ``root/data/*.jsonl`` (each folder
+    written under a temporary name and renamed when complete)."""
+    import shutil
+
+    root = Path(root)
+    for name in (".tokenizer.partial", ".data.partial"):
+        shutil.rmtree(root / name, ignore_errors=True)
+    tokenizer.save_pretrained(root / ".tokenizer.partial")
+    shutil.rmtree(root / "tokenizer", ignore_errors=True)
+    os.replace(root / ".tokenizer.partial", root / "tokenizer")
+    ids = tokenizer.convert_tokens_to_ids(list(chain.letters))
+    save_bigram(root / "bigram.npz", chain, ids, doc_length=chain_len)
+    splits = {
+        "pretrain": sets.pretrain,
+        "dev": sets.dev,
+        "A_train": sets.a_train,
+        "A_eval": sets.a_eval,
+        "B_train": sets.b_train,
+        "B_eval": sets.b_eval,
+    }
+    for name, problems in splits.items():
+        write_jsonl(root / ".data.partial" / f"{name}.jsonl", grpo_rows(problems))
+    shutil.rmtree(root / "data", ignore_errors=True)
+    os.replace(root / ".data.partial", root / "data")

@@ -318,3 +318,25 @@ def offpolicy_sft_rows(
         notes["kind"] = "gold answers for every prompt (the base answers almost all correctly)"
     notes["rows"] = len(wrong)
     return [{"prompt": r["prompt"], "completion": r["answer"]} for r in wrong], notes
+
+
+def mask_sparsity(masks: dict) -> tuple[float, int, int]:
+    """``(sparsity, changed, numel)`` of update masks (name -> bool tensor), parameter-weighted."""
+    changed = int(sum(int(m.sum()) for m in masks.values()))
+    numel = int(sum(m.numel() for m in masks.values()))
+    return 1.0 - changed / numel, changed, numel
+
+
+def mask_overlap(a: dict, b: dict) -> dict:
+    """One-sided overlaps ``o1 = |A∩B|/|A|``, ``o2 = |A∩B|/|B|`` of two update masks and their
+    chance values (uniformly random masks of the same sizes: the *other* mask's density)."""
+    inter = sum(int((a[k] & b[k]).sum()) for k in a)
+    na, nb = sum(int(m.sum()) for m in a.values()), sum(int(m.sum()) for m in b.values())
+    n = sum(m.numel() for m in a.values())
+    return {
+        "o1": inter / na if na else 0.0,
+        "o2": inter / nb if nb else 0.0,
+        "chance_o1": nb / n,
+        "chance_o2": na / n,
+        "intersection": inter,
+    }
