@@ -196,6 +196,8 @@ def test_end_to_end_each_method_on_three_permuted_tasks(perm3):
         assert g["chosen"].sum() == int(g["knn_acc"].max() > 0.1)
     inf = frames["inference"]
     assert set(inf["samples"]) == {1, 8} and inf["accuracy"].between(0, 1).all()
+    # the brute-force reference (lowest entropy under each task's own mask) identifies 8-sample batches
+    assert inf[inf["samples"] == 8]["min_entropy_accuracy"].mean() > 0.8
     ex = frames["runs"].set_index("label").loc["ExSSNeT"]
     assert ex["forgetting"] == 0.0 and 0 < ex["used"] <= independent_capacity(0.1, 3) + 0.02
 
