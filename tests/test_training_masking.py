@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pandas import testing as pd_testing
 from safetensors import safe_open
 
 from subnetviz.errors import ConfigError, MaskError
@@ -238,7 +239,7 @@ def _bf16_plus_ulps(value: float, offsets: list[int]) -> torch.Tensor:
     return (base + torch.tensor(offsets, dtype=torch.int16)).view(torch.bfloat16)
 
 
-def test_compare_runs_planted(tmp_path):
+def test_compare_runs_planted(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     from subnetviz.training.compare import compare_runs
@@ -275,7 +276,13 @@ def test_compare_runs_planted(tmp_path):
     assert cmp.share_identical == pytest.approx(65 / 112)
     vb = cmp.vs_base.set_index("name").loc["big"]
     assert (vb.changed_full, vb.changed_sub, vb.changed_both, vb.sub_outside_full) == (5, 45, 5, 40)
-    assert cmp.unmatched == () and cmp.accuracy is None
+    assert cmp.unmatched == () and cmp.accuracy is None and cmp.base_unmatched == ()
+    # Slicing large tensors gives the same counts as one pass.
+    monkeypatch.setattr("subnetviz.training.compare.CHUNK", 7)
+    sliced = compare_runs(tmp_path / "full", tmp_path / "sub", tmp_path / "base")
+    pd_testing.assert_frame_equal(sliced.per_tensor, cmp.per_tensor)
+    pd_testing.assert_frame_equal(sliced.ulp_histogram, cmp.ulp_histogram)
+    pd_testing.assert_frame_equal(sliced.vs_base, cmp.vs_base)
 
 
 def test_ulp_distance_matches_nextafter_float32():

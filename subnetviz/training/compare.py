@@ -54,6 +54,8 @@ class RunComparison:
     - ``vs_base`` (with a base): ``name, numel, changed_full, changed_sub, changed_both, sub_outside_full``
     - ``accuracy`` (with eval data): ``model ("base" | "full" | "subnetwork"), accuracy``
     - ``unmatched``: tensor names present in only one of the two runs (reported, not compared)
+    - ``base_unmatched``: compared tensors missing from the base or stored differently there
+      (left out of ``vs_base``)
     """
 
     full_dir: str
@@ -64,6 +66,7 @@ class RunComparison:
     vs_base: pd.DataFrame | None
     accuracy: pd.DataFrame | None
     unmatched: tuple[str, ...]
+    base_unmatched: tuple[str, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         """One row per criterion: ``criterion, tolerance, identical, numel, share, mean_tensor_share``.
@@ -141,6 +144,37 @@ class TensorReader:
         return self._handles[self.index[name]].get_tensor(name)
 
 
+CHUNK = 1 << 22  # entries per slice of a large tensor: bounds the float64/int64 temporaries (~150 MB)
+
+
+def _pair_counts(name, a, b, c, tol_t, ulp_edges):
+    """One pass over a tensor pair (and its base ``c``), slice by slice.
+
+    Returns ``(bitwise-equal count, [count |a-b| <= tol for each tol], ULP-bin counts,
+    (changed_full, changed_sub, changed_both, sub_outside_full) or None without a base)``.
+    """
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    fc = c.reshape(-1) if c is not None else None
+    exact = 0
+    within = torch.zeros(len(tol_t), dtype=torch.int64)
+    ulp_counts = torch.zeros(len(ULP_LABELS), dtype=torch.int64)
+    changed = torch.zeros(4, dtype=torch.int64) if fc is not None else None
+    for lo in range(0, fa.numel(), CHUNK):
+        x, y = fa[lo : lo + CHUNK], fb[lo : lo + CHUNK]
+        if torch.isnan(x).any() or torch.isnan(y).any():
+            raise NonFiniteError(f"{name}: holds NaN in the {'full' if torch.isnan(x).any() else 'subnetwork'} run.")
+        exact += int(_bits_equal(x, y).sum())
+        absd = (x.to(torch.float64) - y.to(torch.float64)).abs()
+        # bucket i holds tol[i-1] < |d| <= tol[i]; a cumulative sum gives the "|d| <= tol[i]" counts.
+        within += torch.bincount(torch.bucketize(absd, tol_t), minlength=len(tol_t) + 1).cumsum(0)[:-1]
+        ulp_counts += torch.bincount(torch.bucketize(ulp_distance(x, y), ulp_edges), minlength=len(ULP_LABELS))
+        if fc is not None:
+            z = fc[lo : lo + CHUNK]
+            cf, cs = ~_bits_equal(x, z), ~_bits_equal(y, z)
+            changed += torch.stack([cf.sum(), cs.sum(), (cf & cs).sum(), (cs & ~cf).sum()])
+    return exact, within.tolist(), ulp_counts, None if changed is None else changed.tolist()
+
+
 def compare_runs(
     full_dir: str | os.PathLike,
     sub_dir: str | os.PathLike,
@@ -162,7 +196,7 @@ def compare_runs(
         raise AlignmentError(f"{full_dir} and {sub_dir} share no tensor names; are they runs of the same model?")
     tol_t = torch.tensor(tols, dtype=torch.float64)
     ulp_edges = torch.tensor(ULP_EDGES, dtype=torch.int64)
-    rows, base_rows = [], []
+    rows, base_rows, base_unmatched = [], [], []
     ulp_counts = torch.zeros(len(ULP_LABELS), dtype=torch.int64)
     with ExitStack() as stack:
         rf, rs = TensorReader(stack, idx_full), TensorReader(stack, idx_sub)
@@ -177,26 +211,18 @@ def compare_runs(
             if not a.dtype.is_floating_point:  # integer buffers: bitwise equality only
                 rows.append((name, str(a.dtype).removeprefix("torch."), a.numel(), "exact", 0.0, int((a == b).sum())))
                 continue
-            if torch.isnan(a).any() or torch.isnan(b).any():
-                raise NonFiniteError(f"{name}: holds NaN in {'full' if torch.isnan(a).any() else 'subnetwork'} run.")
             n = a.numel()
-            exact = _bits_equal(a, b)
-            rows.append((name, str(a.dtype).removeprefix("torch."), n, "exact", 0.0, int(exact.sum())))
-            absd = (a.to(torch.float64) - b.to(torch.float64)).abs().reshape(-1)
-            # bucket i holds tol[i-1] < |d| <= tol[i]; a cumulative sum gives "|d| <= tol[i]" counts.
-            within = torch.bincount(torch.bucketize(absd, tol_t), minlength=len(tols) + 1).cumsum(0)
-            rows.extend(
-                (name, str(a.dtype).removeprefix("torch."), n, "atol", t, int(within[i])) for i, t in enumerate(tols)
-            )
-            ulp = ulp_distance(a, b).reshape(-1)
-            ulp_counts += torch.bincount(torch.bucketize(ulp, ulp_edges), minlength=len(ULP_LABELS))
-            if rb is not None and name in idx_base:
-                c = rb.get(name)
-                if c.shape == a.shape and c.dtype == a.dtype:
-                    cf, cs = ~_bits_equal(a, c), ~_bits_equal(b, c)
-                    base_rows.append(
-                        (name, n, int(cf.sum()), int(cs.sum()), int((cf & cs).sum()), int((cs & ~cf).sum()))
-                    )
+            c = rb.get(name) if rb is not None and name in idx_base else None
+            if rb is not None and (c is None or c.shape != a.shape or c.dtype != a.dtype):
+                base_unmatched.append(name)
+                c = None
+            exact, within, ulp_t, changed = _pair_counts(name, a, b, c, tol_t, ulp_edges)
+            dtype = str(a.dtype).removeprefix("torch.")
+            rows.append((name, dtype, n, "exact", 0.0, exact))
+            rows.extend((name, dtype, n, "atol", t, within[i]) for i, t in enumerate(tols))
+            ulp_counts += ulp_t
+            if changed is not None:
+                base_rows.append((name, n, *changed))
     per_tensor = pd.DataFrame(rows, columns=["name", "dtype", "numel", "criterion", "tolerance", "identical"])
     per_tensor["share"] = per_tensor["identical"] / per_tensor["numel"]
     total = int(ulp_counts.sum())
@@ -225,4 +251,5 @@ def compare_runs(
         vs_base,
         accuracy,
         unmatched,
+        tuple(base_unmatched),
     )
