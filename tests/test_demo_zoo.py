@@ -95,6 +95,10 @@ def test_unknown_preset_and_missing_zoo_are_user_errors(tmp_path):
     assert not zoo_is_built(tmp_path)
     with pytest.raises(CheckpointError, match="demo build"):
         load_zoo(tmp_path)
+    (tmp_path / "data").mkdir()  # someone's own folder: a build must not wipe it
+    with pytest.raises(ConfigError, match="not empty"):
+        build_zoo(tmp_path, preset="micro")
+    assert (tmp_path / "data").is_dir()
 
 
 # ------------------------------------------------------------------------------------ micro build

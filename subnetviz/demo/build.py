@@ -161,6 +161,12 @@ def build_zoo(
             progress(step, total, message)
 
     root.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(p.name for p in root.iterdir() if not p.name.startswith(LOCK))
+    if foreign and not ((root / "build.json").exists() or (root / MANIFEST).exists()):
+        # A rebuild deletes folders such as data/ and base/: never in a folder that is not a zoo.
+        raise ConfigError(
+            f"{root} is not empty and holds no demo zoo (found {foreign[:5]}); build the zoo in a new or empty folder."
+        )
     with BuildLock(root):
         fp = settings.fingerprint()
         man = _read_manifest(root)
