@@ -73,15 +73,16 @@ def test_straight_through_gradient_equals_hand_derivation_2x2():
     layer = MaskedLinear(2, 2, num_tasks=1, density=0.5)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
-        layer.scores[0].copy_(torch.tensor([[0.9, -0.1], [-0.8, 0.2]]))  # |s| top-2: (0,0), (1,0)
+        layer.scores[0].copy_(torch.tensor([[0.9, 0.1], [-0.8, -0.2]]))  # |s| top-2: (0,0), (1,0)
     x = torch.tensor([[2.0, 3.0]])
     c = torch.tensor([[5.0, 7.0]])
     loss = (layer(x) * c).sum()
     loss.backward()
     # Forward by hand: W~ = [[1, 0], [-1, 0]], y = [2, -2], loss = 10 - 14 = -4.
     assert loss.item() == -4.0
-    # dL/dW~_ij = c_i x_j = [[10, 15], [14, 21]];  dL/ds_ij = dL/dW~_ij * w_ij * sign(s_ij).
-    expected = torch.tensor([[10 * 1 * 1, 15 * -1 * -1], [14 * -1 * -1, 21 * 1 * 1]], dtype=torch.float32)
+    # dL/dW~_ij = c_i x_j = [[10, 15], [14, 21]];  dL/ds_ij = dL/dW~_ij * w_ij * sign(s_ij):
+    # (0,0) 10·1·1, (0,1) 15·(-1)·1, (1,0) 14·(-1)·(-1), (1,1) 21·1·(-1). Dropped entries get gradient too.
+    expected = torch.tensor([[10.0, -15.0], [14.0, -21.0]])
     assert torch.equal(layer.scores[0].grad, expected)
 
 
