@@ -37,7 +37,7 @@ from subnetviz.supermask.data import BENCHMARKS, N_SPLIT_TASKS, TEXT_PROPERTIES,
 from subnetviz.supermask.methods import METHODS, MethodConfig, Stopped, estimate_run_bytes, run_method
 from subnetviz.supermask.metrics import ContinualResult
 
-CACHE_VERSION = 1  # bump when the training code changes results
+CACHE_VERSION = 2  # bump when the training code changes results
 KEYS = (
     "kind",
     "name",
@@ -293,7 +293,7 @@ def run_job(config: dict, ctx: JobContext) -> None:
     save_result(final, ctx.out_dir)
     tmp = cached.with_name(f".{key}.tmp-{os.getpid()}")
     shutil.copytree(ctx.out_dir, tmp, dirs_exist_ok=True)
-    if not cached.exists():
-        os.replace(tmp, cached)
-    else:
-        shutil.rmtree(tmp)
+    try:
+        os.replace(tmp, cached)  # atomic publish; a concurrent identical job may have won the race
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
