@@ -96,7 +96,7 @@ def time_plain(model, corpus, table, batch: int, steps: int, device: str) -> lis
     return times
 
 
-def zoo_study(root, lambdas, optimal_lambdas, steps: int, out) -> None:
+def zoo_study(root, lambdas, optimal_lambdas, steps: int, out, beta_growth=None, train_only=False) -> None:
     """The paper's analyses on the zoo base (prints tables, writes CSVs under ``out``)."""
     from pathlib import Path
 
@@ -107,7 +107,7 @@ def zoo_study(root, lambdas, optimal_lambdas, steps: int, out) -> None:
     from subnetviz.bigram.job import zoo_doc_length
     from subnetviz.bigram.stats import load_transition_npz
     from subnetviz.config import zoo_dir
-    from subnetviz.masks import save_mask_set
+    from subnetviz.masks import load_mask_set, save_mask_set
 
     root = Path(root or zoo_dir())
     out = Path(out)
@@ -124,26 +124,33 @@ def zoo_study(root, lambdas, optimal_lambdas, steps: int, out) -> None:
         f"entropy rate {table.entropy():.3f} bits, sequences of {seq}"
     )
     masks, optimal = {}, {}
-    for lam in lambdas:
-        t0 = time.perf_counter()
-        res = train_bigram_mask(model, train, table, preset_config("fast", lam=lam, max_steps=steps), device="cpu")
-        masks[lam] = res.mask_set
-        save_mask_set(out / f"bigram_lambda{lam:g}.safetensors", res.mask_set)
-        print(
-            f"bigram  λ={lam:<5g} {res.steps} steps ({res.stopped_by}), {time.perf_counter() - t0:.0f} s, "
-            f"kept {res.mask_set.density:.3%}",
-            flush=True,
-        )
-    for lam in optimal_lambdas:
-        t0 = time.perf_counter()
-        res = train_bigram_mask(model, train, "optimal", preset_config("fast", lam=lam, max_steps=steps), device="cpu")
-        optimal[lam] = res.mask_set
-        save_mask_set(out / f"optimal_lambda{lam:g}.safetensors", res.mask_set)
-        print(
-            f"optimal λ={lam:<5g} {res.steps} steps ({res.stopped_by}), {time.perf_counter() - t0:.0f} s, "
-            f"kept {res.mask_set.density:.3%}",
-            flush=True,
-        )
+    for target, lams, store in (("bigram", lambdas, masks), ("optimal", optimal_lambdas, optimal)):
+        for lam in lams:
+            path = out / f"{target}_lambda{lam:g}.safetensors"
+            if path.is_file():  # trained earlier (e.g. by a parallel --train-only run): reuse
+                store[lam] = load_mask_set(path)
+                continue
+            t0 = time.perf_counter()
+            cfg = preset_config("fast", lam=lam, max_steps=steps, beta_growth=beta_growth)
+            res = train_bigram_mask(
+                model,
+                train,
+                table if target == "bigram" else "optimal",
+                cfg,
+                device="cpu",
+                on_step=lambda k, n, r: (
+                    k % 250 or print(f"  step {k}: loss {r['loss']:.4f}, kept {r['kept']:.3%}", flush=True)
+                ),
+            )
+            store[lam] = res.mask_set
+            save_mask_set(path, res.mask_set)
+            print(
+                f"{target:<7} λ={lam:<5g} {res.steps} steps ({res.stopped_by}), {time.perf_counter() - t0:.0f} s, "
+                f"kept {res.mask_set.density:.3%}",
+                flush=True,
+            )
+    if train_only or not masks or not optimal:
+        return
     heads, details = [], None
     for lam, ms in masks.items():
         # the paper's partner: the sparsest optimal subnetwork still larger than the bigram one
@@ -202,12 +209,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimal-lambdas", default="10,100")
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--out", default="bigram-zoo-study")
+    parser.add_argument("--beta-growth", type=float, default=None, help="override the fast preset's 1.003")
+    parser.add_argument("--train-only", action="store_true", help="only train (and save) the masks")
     args = parser.parse_args(argv)
     if args.zoo is not None:
         torch.set_num_threads(1)
-        lams = [float(x) for x in args.lambdas.split(",")]
-        opt = [float(x) for x in args.optimal_lambdas.split(",")]
-        zoo_study(args.zoo or None, lams, opt, args.max_steps, args.out)
+        lams = [float(x) for x in args.lambdas.split(",") if x]
+        opt = [float(x) for x in args.optimal_lambdas.split(",") if x]
+        zoo_study(args.zoo or None, lams, opt, args.max_steps, args.out, args.beta_growth, args.train_only)
         return
     device = "cuda" if args.cuda else "cpu"
     torch.set_num_threads(1)

@@ -503,6 +503,16 @@ def test_job_validates_and_writes_outputs(tmp_path, monkeypatch, trained_gpt2):
     assert metrics["steps"] <= 15 and -1 <= metrics["r_subnetwork"] <= 1
     status = json.loads((ctx.run_dir / "status.json").read_text())
     assert status["step"] == metrics["steps"]
+    from subnetviz.bigram.job import analyse_mask_file
+
+    mask = str(ctx.out_dir / "mask.safetensors")
+    res, gens = analyse_mask_file(
+        cfg["model"], mask, optimal=mask, eval_sequences=20, seeds=(0,), residual_tokens=64, seq_len=16
+    )
+    assert gens is None  # the saved tiny model has no tokenizer
+    assert res.headline["kept"] == ms.count and res.overlap.shared == ms.count
+    # same held-out sequences as the job's closing check -> the same fidelity
+    assert res.headline["r_subnetwork"] == pytest.approx(metrics["r_subnetwork"], rel=1e-9, nan_ok=True)
 
 
 def test_job_honours_cancel(tmp_path, monkeypatch, trained_gpt2):

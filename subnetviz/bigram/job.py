@@ -206,3 +206,49 @@ def run_job(config: dict, ctx) -> None:
     (Path(ctx.out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     ctx.progress(result.steps, result.steps, kept=ms.density, r_subnetwork=metrics["r_subnetwork"])
     ctx.log(f"done: {ms.count} of {ms.numel} weights kept ({ms.density:.4%}), r = {metrics['r_subnetwork']:.3f}")
+
+
+def analyse_mask_file(
+    model: str,
+    mask: str,
+    corpus: str = "zoo",
+    optimal: str | None = None,
+    bigram: str | None = None,
+    eval_sequences: int = 200,
+    seeds=(0, 1, 2),
+    residual_tokens: int | None = 20_000,
+    prompt: str | None = None,
+    seed: int = 0,
+    seq_len: int | None = None,
+):
+    """Everything the page shows for a saved mask, in one call: ``(SubnetworkAnalysis, generations)``.
+
+    ``model``/``corpus``/``bigram``/``seq_len`` as in the job config; ``optimal``: a second mask file to overlap
+    with; ``prompt``: text for the temperature-0.3 generations (default: the first 4 tokens of the
+    first evaluation sequence); generations are None when the model folder has no tokenizer."""
+    from subnetviz.bigram.evaluate import analyse_subnetwork, generations
+    from subnetviz.bigram.maskable import check_mask_fits
+    from subnetviz.masks import load_mask_set
+
+    config = {"model": model, "corpus": corpus, "eval_sequences": eval_sequences, "seed": seed}
+    if bigram:
+        config["bigram"] = bigram
+    if seq_len:
+        config["seq_len"] = seq_len
+    validate_config(config)
+    net, _, evalc, table = prepare(config)
+    ms = load_mask_set(mask)
+    check_mask_fits(net, ms, where=str(mask))
+    opt = load_mask_set(optimal) if optimal else None
+    if opt is not None:
+        check_mask_fits(net, opt, where=str(optimal))
+    result = analyse_subnetwork(net, ms, table, evalc, optimal=opt, seeds=tuple(seeds), residual_tokens=residual_tokens)
+    gens = None
+    model_dir = Path(str(model)).expanduser()
+    if (model_dir / "tokenizer_config.json").is_file() or (model_dir / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        text = prompt or tok.decode(evalc.ids[0, :4].tolist())
+        gens = generations(net, tok, ms, text, n_new=min(20, evalc.ids.shape[1]), seeds=(0, 1, 2))
+    return result, gens
