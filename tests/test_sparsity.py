@@ -182,6 +182,21 @@ def test_relative_rule_differs_from_exact_in_fp32():
     assert st.changed_rel == reference(a, b)["changed_rel"]
 
 
+def test_float64_ulp_distances_including_sign_crossings():
+    one = np.float64(1.0)
+    a = torch.tensor([1.0, -1.0, 1.0, 1e300, -0.0, 5e-324], dtype=torch.float64)
+    b = torch.tensor(
+        [np.nextafter(one, 2), np.nextafter(np.nextafter(-one, -2), -2), 1.0 + 2**-40, -1e300, 0.0, -5e-324],
+        dtype=torch.float64,
+    )
+    st = compare_pair(a, b)
+    # 1 ULP; 2 ULP; 2^12 ULP; opposite huge values (the int64 sum overflows: clamped, still > 256);
+    # -0 vs +0 (first bin, Δ = 0); the two smallest subnormals either side of zero (2 ULP)
+    assert st.changed == 6 and st.ulp_hist == (2, 2, 0, 0, 0, 0, 2)
+    assert st.changed_tol == (1, 1, 1, 1, 1)  # only the sign flip of 1e300 exceeds 1e-8 (2^-40 ≈ 9.1e-13)
+    assert st.max_abs_delta == 2e300
+
+
 # --- precision ---------------------------------------------------------------------------------------
 def _round_to_bf16_bits(x32: np.ndarray) -> np.ndarray:
     """Round-to-nearest-even fp32 -> bf16 bit patterns, in integer arithmetic (no torch)."""
@@ -366,3 +381,28 @@ def test_gpt_neox_layout_matches_hf_attention():
             moved = {k: (seen[k] - before[k]).abs().amax(dim=(0, 2, 3)) > 0 for k in "qkv"}  # per head
             assert moved[which].tolist() == [h == head for h in range(HEADS)], (row, which, head)
             assert not any(moved[k].any() for k in "qkv" if k != which), row
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_check_finite_finds_any_non_finite_entry(dtype, bad):
+    from subnetviz.analysis.sparsity import check_finite
+
+    x = torch.randn(50, 7).to(dtype)
+    check_finite(x, "fine")  # no error
+    check_finite(torch.empty(0, 3, dtype=dtype), "empty")
+    x[31, 4] = bad
+    x[2, 2] = bad
+    with pytest.raises(NonFiniteError, match=r"w\.weight: 2 NaN/Inf"):
+        check_finite(x, "w.weight")
+
+
+@pytest.mark.parametrize("pos", [0, 1, 517, 998, 999])  # vector-lane heads and the scalar tail
+def test_check_finite_single_nan_anywhere(pos):
+    from subnetviz.analysis.sparsity import check_finite
+
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(1000).to(dtype)
+        x[pos] = float("nan")
+        with pytest.raises(NonFiniteError, match="1 NaN"):
+            check_finite(x, "v")

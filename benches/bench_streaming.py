@@ -1,0 +1,245 @@
+"""Benchmark: the streaming update analysis against its floor and against the naive way.
+
+Writes a Qwen2.5-0.5B-shaped bf16 pair (two ~1 GB safetensors checkpoints, tied embeddings; the
+finetuned one has ~30 % of entries moved by 1-3 bf16 ULPs at random positions), tensor by tensor
+so the writer never holds a model, then measures on one thread, each phase in its own process so
+the peaks are separate:
+
+- (a) the floor: ``safe_open`` both files, read each tensor pair, count
+  ``(x.view(int16) != y.view(int16)).sum()``;
+- (b) the full default analysis ``analyze_updates(base, [ft], spectra=SpectraOptions(enabled=False))``
+  (exact mask, tolerance sweep, η rule, ULP histogram, row/column counts);
+- (c) the naive way: ``AutoModelForCausalLM.from_pretrained`` both in bf16, then per parameter
+  ``(Δ == 0)`` and ``isclose(Δ, 0, atol=1e-5)`` counts, as the paper's script does.
+
+Peak anonymous memory (``RssAnon`` in ``/proc/<pid>/status``, sampled by this parent every 2 ms;
+RSS would also count the memory-mapped file pages) is checked against 4 × the largest tensor +
+300 MB. Goals: (b) ≤ 2 × (a); (c) / (b) ≥ 4; (b) within the memory limit.
+
+    .venv/bin/python -m benches.bench_streaming              # writes ~2 GB to a temp dir, deletes it
+    .venv/bin/python -m benches.bench_streaming --layers 4   # a smaller, quicker pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HIDDEN, INTER, HEADS, KV_HEADS, VOCAB = 896, 4864, 14, 2, 151936
+CHANGED = 0.30
+
+
+def qwen_shapes(layers: int) -> dict[str, tuple[int, ...]]:
+    """Qwen2.5-0.5B tensor names and shapes (tied head: no lm_head), in checkpoint order."""
+    kv = HIDDEN // HEADS * KV_HEADS
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (HIDDEN,),
+            p + "mlp.down_proj.weight": (HIDDEN, INTER),
+            p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+            p + "mlp.up_proj.weight": (INTER, HIDDEN),
+            p + "post_attention_layernorm.weight": (HIDDEN,),
+            p + "self_attn.k_proj.bias": (kv,), p + "self_attn.k_proj.weight": (kv, HIDDEN),
+            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            p + "self_attn.q_proj.bias": (HIDDEN,), p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+            p + "self_attn.v_proj.bias": (kv,), p + "self_attn.v_proj.weight": (kv, HIDDEN),
+        })  # fmt: skip
+    shapes["model.norm.weight"] = (HIDDEN,)
+    return shapes
+
+
+def write_pair(folder: Path, layers: int, seed: int = 0) -> tuple[Path, Path, int, int]:
+    """Stream both checkpoints to disk; returns (base, ft, number of changed entries, params)."""
+    import torch
+    from transformers import Qwen2Config
+
+    shapes = qwen_shapes(layers)
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in shapes.items():
+        n = 2 * int(torch.Size(shape).numel())
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    cfg = Qwen2Config(hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=layers,
+                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, vocab_size=VOCAB,
+                      tie_word_embeddings=True, max_position_embeddings=32768, dtype="bfloat16")  # fmt: skip
+    paths = [folder / "base", folder / "ft"]
+    gen = torch.Generator().manual_seed(seed)
+    changed = params = 0
+    handles = []
+    for p in paths:
+        p.mkdir(parents=True)
+        cfg.save_pretrained(p)
+        fh = open(p / "model.safetensors", "wb")  # noqa: SIM115 (two files written in lockstep)
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        handles.append(fh)
+    try:
+        for name, shape in shapes.items():
+            if name.endswith("norm.weight"):
+                a = (1.0 + 0.1 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+            else:
+                a = (0.02 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+            bits = a.view(torch.int16)
+            move = torch.rand(shape, generator=gen) < CHANGED
+            steps = torch.randint(1, 4, shape, generator=gen, dtype=torch.int16)
+            # +k on the int16 view moves |w| up by k ULPs for either sign (sign-magnitude)
+            b = torch.where(move, bits + steps, bits)
+            changed += int(move.sum())
+            params += a.numel()
+            handles[0].write(bits.numpy().tobytes())
+            handles[1].write(b.numpy().tobytes())
+            del a, bits, move, steps, b
+    finally:
+        for fh in handles:
+            fh.close()
+    return paths[0], paths[1], changed, params
+
+
+# --- the three phases, each run in a child process -----------------------------------------------------
+def phase_floor(base: Path, ft: Path) -> dict:
+    import torch
+    from safetensors import safe_open
+
+    count = 0
+    with safe_open(str(base / "model.safetensors"), "pt") as fa, safe_open(str(ft / "model.safetensors"), "pt") as fb:
+        for name in fa.keys():
+            x, y = fa.get_tensor(name), fb.get_tensor(name)
+            count += int((x.view(torch.int16) != y.view(torch.int16)).sum())
+    return {"changed": count}
+
+
+def phase_analysis(base: Path, ft: Path) -> dict:
+    from subnetviz.analysis.updates import SpectraOptions, analyze_updates
+
+    an = analyze_updates(base, [ft], spectra=SpectraOptions(enabled=False))
+    rep = an.reports[0]
+    return {"changed": rep.changed, "masks": len(rep.masks), "changed@1e-05": int(rep.tensors["changed@1e-05"].sum())}
+
+
+def phase_naive(base: Path, ft: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m0 = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    m1 = AutoModelForCausalLM.from_pretrained(ft, dtype=torch.bfloat16)
+    sd1 = dict(m1.named_parameters())
+    zeros = close = n = 0
+    with torch.no_grad():
+        for name, p in m0.named_parameters():
+            delta = sd1[name] - p
+            zeros += int((delta == 0).sum())
+            close += int(torch.isclose(delta, torch.zeros_like(delta), atol=1e-5).sum())
+            n += delta.numel()
+    return {"changed": n - zeros, "changed@1e-05": n - close}
+
+
+PHASES = {"a": phase_floor, "b": phase_analysis, "c": phase_naive}
+
+
+def run_child(phase: str, base: Path, ft: Path) -> dict:
+    """Run one phase in a fresh interpreter; sample its RssAnon from here every 2 ms."""
+    cmd = [sys.executable, "-m", "benches.bench_streaming", "--phase", phase, "--base", str(base), "--ft", str(ft)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    peak = 0
+    status = f"/proc/{proc.pid}/status"
+    while proc.poll() is None:
+        try:
+            with open(status) as fh:
+                for line in fh:
+                    if line.startswith("RssAnon:"):
+                        peak = max(peak, int(line.split()[1]))
+                        break
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.002)
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"phase {phase} failed (exit {proc.returncode})")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_anon_mb"] = peak / 1024
+    return result
+
+
+def child_main(phase: str, base: Path, ft: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    if phase == "b":  # import the library before the clock starts, as (a) and (c) import theirs
+        import subnetviz.analysis.updates  # noqa: F401
+    if phase == "c":
+        import transformers  # noqa: F401
+    t0 = time.perf_counter()
+    result = PHASES[phase](base, ft)
+    result["seconds"] = time.perf_counter() - t0
+    print(json.dumps(result))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=24)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of (a) and (b); the fastest counts")
+    ap.add_argument("--dir", help="where to write the pair (default: a new temp dir, deleted at the end)")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    ap.add_argument("--base", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--ft", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        return child_main(args.phase, args.base, args.ft)
+
+    import torch
+
+    torch.set_num_threads(1)
+    parent = Path(args.dir) if args.dir else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    shapes = qwen_shapes(args.layers)
+    need = 2 * 2 * sum(int(torch.Size(s).numel()) for s in shapes.values())
+    free = shutil.disk_usage(parent).free
+    if free < need + (1 << 30):
+        raise SystemExit(f"{parent}: {free / 2**30:.1f} GiB free; the pair needs {need / 2**30:.1f} GiB + 1 GiB spare.")
+    work = Path(tempfile.mkdtemp(prefix="bench-streaming-", dir=parent))
+    try:
+        t0 = time.perf_counter()
+        base, ft, planted, params = write_pair(work, args.layers)
+        print(f"wrote {2 * need / 2 / 2**30:.2f} GiB ({params:,} params per checkpoint, {planted:,} changed) "
+              f"in {time.perf_counter() - t0:.1f} s to {work}")  # fmt: skip
+        results = {}
+        for phase in ("a", "b") + (() if args.skip_naive else ("c",)):
+            runs = [run_child(phase, base, ft) for _ in range(args.repeat if phase != "c" else 1)]
+            results[phase] = min(runs, key=lambda r: r["seconds"])
+            results[phase]["peak_anon_mb"] = max(r["peak_anon_mb"] for r in runs)
+            assert results[phase]["changed"] == planted, (phase, results[phase]["changed"], planted)
+        largest = max(int(torch.Size(s).numel()) for s in shapes.values()) * 2
+        limit_mb = (4 * largest + 300 * 2**20) / 2**20
+        names = {"a": "(a) floor: int16 views, count", "b": "(b) analyze_updates (default)",
+                 "c": "(c) naive: from_pretrained x2"}  # fmt: skip
+        print(f"\n{'phase':34s} {'seconds':>8s} {'peak RssAnon MB':>16s} {'limit MB':>9s}")
+        for k, r in results.items():
+            print(f"{names[k]:34s} {r['seconds']:8.2f} {r['peak_anon_mb']:16.0f} {limit_mb:9.0f}")
+        a, b = results["a"]["seconds"], results["b"]["seconds"]
+        print(f"\n(b)/(a) = {b / a:.2f}   goal <= 2.0   {'OK' if b <= 2 * a else 'MISSED'}")
+        if "c" in results:
+            c = results["c"]["seconds"]
+            print(f"(c)/(b) = {c / b:.2f}   goal >= 4.0   {'OK' if c >= 4 * b else 'MISSED'}")
+        mem_ok = results["b"]["peak_anon_mb"] <= limit_mb
+        print(f"(b) peak RssAnon {results['b']['peak_anon_mb']:.0f} MB vs limit {limit_mb:.0f} MB "
+              f"(4 x largest tensor {largest / 2**20:.0f} MB + 300 MB)   {'OK' if mem_ok else 'MISSED'}")  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
