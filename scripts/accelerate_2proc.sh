@@ -20,9 +20,13 @@ work, algo = Path(sys.argv[1]), sys.argv[2]
 base = make_tiny_llama(work / "base")
 data = write_addition_data(work / "data", n=32)
 mask = write_half_mask(work / "half.safetensors", base, p=0.5, seed=0)
+if algo == "grpo":  # one-digit answers and one-token completions: a random model gets some reward
+    rows = [{"prompt": f"{a}+{b}=", "answer": str((a + b) % 10)} for a in range(6) for b in range(6)]
+    data["grpo"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+# weight_decay 0: every change inside the mask then comes from (all-reduced) gradients.
 cfg = {"algorithm": algo, "base": str(base), "data": str(data[algo]), "output_dir": str(work / "out"),
-       "mask": str(mask), "steps": 4, "learning_rate": 1e-2, "batch_size": 8, "num_generations": 4,
-       "max_completion_length": 3, "weight_decay": 0.1, "save_steps": [2]}
+       "mask": str(mask), "steps": 4, "learning_rate": 1e-2, "batch_size": 8, "num_generations": 8,
+       "max_completion_length": 1, "weight_decay": 0.0, "save_steps": [2]}
 (work / "config.json").write_text(json.dumps(cfg, indent=2))
 PYEOF
 
