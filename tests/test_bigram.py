@@ -555,3 +555,16 @@ def test_analyse_subnetwork_headline(trained_gpt2):
     assert res.overlap.expected_uniform == pytest.approx((2048 * 2048 / 4096) / ms.numel)
     assert set(res.residual.rotation["model"]) == {"full", "bigram subnetwork", "random subnetwork"}
     assert len(res.residual.covariance) == 3 * 9
+
+
+def test_row_null_sparse_path_equals_dense(monkeypatch):
+    from subnetviz.bigram import locate
+
+    model = tiny_model("gpt_neox")
+    blocks = blocks_of(model)
+    m0, m1 = _random_set(model, 0.05, 3), _random_set(model, 0.2, 4)
+    dense = compare_subnetworks(m0, m1, blocks, draws=300, seed=7)
+    monkeypatch.setattr(locate, "DENSE_ROWS_MAX", 0)
+    sparse = compare_subnetworks(m0, m1, blocks, draws=300, seed=7)
+    np.testing.assert_allclose(sparse.null_rows, dense.null_rows, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(sparse.null_uniform, dense.null_uniform)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from subnetviz.bigram.maskable import ATTENTION_LABELS, BLOCK_LABELS, Block
@@ -168,6 +169,27 @@ class OverlapReport:
         )
 
 
+DENSE_ROWS_MAX = 4096  # up to this many rows, the row-overlap matrix is built dense
+
+
+def _row_shuffle_draws(a: torch.Tensor, c: torch.Tensor, draws: int, gen: torch.Generator) -> np.ndarray:
+    """(draws,) overlaps of ``a`` with row-permuted ``c`` (both ``(rows, cols)`` 0/1 float):
+    ``sum_i g[i, π(i)]`` with ``g = a @ cᵀ``. Dense ``g`` for small blocks; for wide ones only its
+    nonzero entries (sparse masks overlap in few row pairs), so an 8192-row block costs no 8192² matrix."""
+    rows = a.shape[0]
+    perms = torch.argsort(torch.rand(draws, rows, generator=gen), dim=1)  # (draws, rows) permutations
+    if rows <= DENSE_ROWS_MAX:
+        g = (a @ c.T).double()  # g[i, j] = |row i of C0 & row j of C1|
+        return g[torch.arange(rows).unsqueeze(0), perms].sum(1).numpy()
+    g = (sp.csr_matrix(a.numpy()) @ sp.csr_matrix(c.numpy()).T).tocoo()
+    out = np.zeros(draws)
+    perms_np = perms.numpy()
+    step = max(1, 2**24 // max(g.nnz, 1))  # bound the (draws, nnz) comparison's memory
+    for i in range(0, draws, step):
+        out[i : i + step] = (perms_np[i : i + step][:, g.row] == g.col) @ g.data
+    return out
+
+
 def expected_overlap_uniform(mask0: MaskSet, mask1: MaskSet, blocks: Sequence[Block]) -> float:
     """sum_b k0_b k1_b / n_b / N: expected overlap fraction when C1 is redrawn uniformly per block."""
     c0, c1 = block_counts(mask0, blocks), block_counts(mask1, blocks)
@@ -196,10 +218,7 @@ def compare_subnetworks(
         shared += int((a2 * c2).sum())
         if r0["kept"] and r1["kept"]:
             null_u += rng.hypergeometric(int(r1["kept"]), int(r0["n"] - r1["kept"]), int(r0["kept"]), size=draws)
-            g = (a2 @ c2.T).double()  # g[i, j] = |row i of C0 & row j of C1|
-            rows = a2.shape[0]
-            perms = torch.argsort(torch.rand(draws, rows, generator=gen), dim=1)  # (draws, rows) permutations
-            null_r += g[torch.arange(rows).unsqueeze(0), perms].sum(1).numpy()
+            null_r += _row_shuffle_draws(a2, c2, draws, gen)
     k0, k1 = int(c0["kept"].sum()), int(c1["kept"].sum())
     return OverlapReport(
         n_total=n_total,

@@ -170,7 +170,7 @@ def full_mask(model, value: bool = True) -> MaskSet:
 def check_mask_fits(model, mask_set: MaskSet, where: str = "mask") -> None:
     """MaskError unless every mask names a maskable matrix of ``model`` with its shape."""
     shapes = maskable_shapes(model)
-    validate_mask_set(mask_set, shapes, where=where)
+    validate_mask_set(mask_set, shapes, where=f"{where} (a bigram mask covers only attention and MLP weight matrices)")
 
 
 def masked_parameters(model, mask_set: MaskSet, mode: str = "keep") -> dict[str, torch.Tensor]:
