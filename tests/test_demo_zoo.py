@@ -180,6 +180,7 @@ def test_saved_bigram_law_matches_counts_of_the_pretraining_chain_text(micro_zoo
     p, ids, letters = z["transition"], z["token_ids"], [str(c) for c in z["letters"]]
     tok = AutoTokenizer.from_pretrained(micro_zoo.base)
     assert tok.convert_tokens_to_ids(letters) == ids.tolist()
+    assert int(z["vocab_size"]) == len(tok)
     np.testing.assert_allclose(z["stationary"] @ p, z["stationary"], atol=1e-12)
     s = PRESETS["micro"]
     chain = make_chain(tuple(letters), concentration=s.concentration, seed=s.chain_seed)

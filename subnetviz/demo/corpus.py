@@ -85,12 +85,15 @@ def chain_text(chain: MarkovChain, states: np.ndarray) -> list[str]:
     return ["".join(row) for row in letters[states]]
 
 
-def save_bigram(path: str | os.PathLike, chain: MarkovChain, token_ids: list[int], *, doc_length: int) -> Path:
+def save_bigram(
+    path: str | os.PathLike, chain: MarkovChain, token_ids: list[int], *, doc_length: int, vocab_size: int
+) -> Path:
     """``bigram.npz``: the chain's exact bigram law in token space (written atomically).
 
     Keys: ``token_ids`` (K,) the tokenizer ids of the letters, ``letters`` (K,) str,
     ``transition`` (K, K) P[next | current] with rows/cols in ``token_ids`` order,
-    ``stationary`` (K,), ``concentration``, ``seed``, ``doc_length``, ``entropy_rate`` (nats).
+    ``stationary`` (K,), ``concentration``, ``seed``, ``doc_length``, ``entropy_rate`` (nats),
+    ``vocab_size`` (the tokenizer's, so a full-vocabulary table can be laid out).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
@@ -104,6 +107,7 @@ def save_bigram(path: str | os.PathLike, chain: MarkovChain, token_ids: list[int
         seed=np.int64(chain.seed),
         doc_length=np.int64(doc_length),
         entropy_rate=np.float64(chain.entropy_rate),
+        vocab_size=np.int64(vocab_size),
     )
     os.replace(tmp, path)
     return path
@@ -214,7 +218,7 @@ def write_corpus(root: str | os.PathLike, tokenizer, chain: MarkovChain, sets: P
     shutil.rmtree(root / "tokenizer", ignore_errors=True)
     os.replace(root / ".tokenizer.partial", root / "tokenizer")
     ids = tokenizer.convert_tokens_to_ids(list(chain.letters))
-    save_bigram(root / "bigram.npz", chain, ids, doc_length=chain_len)
+    save_bigram(root / "bigram.npz", chain, ids, doc_length=chain_len, vocab_size=len(tokenizer))
     splits = {
         "pretrain": sets.pretrain,
         "dev": sets.dev,
