@@ -121,6 +121,20 @@ def phase_floor(base: Path, ft: Path) -> dict:
     return {"changed": count}
 
 
+def phase_floor_count_nonzero(base: Path, ft: Path) -> dict:
+    """(a) with torch.count_nonzero: torch's default bool .sum() widens to int64 (slow, and a
+    full-size int64 temporary), so this is the floor without that artefact."""
+    import torch
+    from safetensors import safe_open
+
+    count = 0
+    with safe_open(str(base / "model.safetensors"), "pt") as fa, safe_open(str(ft / "model.safetensors"), "pt") as fb:
+        for name in fa.keys():
+            x, y = fa.get_tensor(name), fb.get_tensor(name)
+            count += int(torch.count_nonzero(x.view(torch.int16) != y.view(torch.int16)))
+    return {"changed": count}
+
+
 def phase_analysis(base: Path, ft: Path) -> dict:
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates
 
@@ -136,17 +150,19 @@ def phase_naive(base: Path, ft: Path) -> dict:
     m0 = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
     m1 = AutoModelForCausalLM.from_pretrained(ft, dtype=torch.bfloat16)
     sd1 = dict(m1.named_parameters())
-    zeros = close = n = 0
+    zeros = close = 0.0
+    n = 0
     with torch.no_grad():
         for name, p in m0.named_parameters():
-            delta = sd1[name] - p
-            zeros += int((delta == 0).sum())
-            close += int(torch.isclose(delta, torch.zeros_like(delta), atol=1e-5).sum())
-            n += delta.numel()
-    return {"changed": n - zeros, "changed@1e-05": n - close}
+            delta = sd1[name] - p  # in bf16, as the paper's script
+            k = delta.numel()
+            zeros += float((delta == 0).float().mean()) * k
+            close += float(torch.isclose(delta, torch.zeros_like(delta), atol=1e-5).float().mean()) * k
+            n += k
+    return {"changed": n - round(zeros), "changed@1e-05": n - round(close)}
 
 
-PHASES = {"a": phase_floor, "b": phase_analysis, "c": phase_naive}
+PHASES = {"a": phase_floor, "a2": phase_floor_count_nonzero, "b": phase_analysis, "c": phase_naive}
 
 
 def run_child(phase: str, base: Path, ft: Path) -> dict:
@@ -217,20 +233,22 @@ def main() -> None:
         print(f"wrote {2 * need / 2 / 2**30:.2f} GiB ({params:,} params per checkpoint, {planted:,} changed) "
               f"in {time.perf_counter() - t0:.1f} s to {work}")  # fmt: skip
         results = {}
-        for phase in ("a", "b") + (() if args.skip_naive else ("c",)):
+        for phase in ("a", "a2", "b") + (() if args.skip_naive else ("c",)):
             runs = [run_child(phase, base, ft) for _ in range(args.repeat if phase != "c" else 1)]
             results[phase] = min(runs, key=lambda r: r["seconds"])
             results[phase]["peak_anon_mb"] = max(r["peak_anon_mb"] for r in runs)
-            assert results[phase]["changed"] == planted, (phase, results[phase]["changed"], planted)
+            got = results[phase]["changed"]  # (c) sums fp32 means: agrees to rounding only
+            assert got == planted if phase != "c" else abs(got - planted) <= 1e-5 * params, (phase, got, planted)
         largest = max(int(torch.Size(s).numel()) for s in shapes.values()) * 2
         limit_mb = (4 * largest + 300 * 2**20) / 2**20
-        names = {"a": "(a) floor: int16 views, count", "b": "(b) analyze_updates (default)",
-                 "c": "(c) naive: from_pretrained x2"}  # fmt: skip
+        names = {"a": "(a) floor: int16 views, .sum()", "a2": "(a') floor with count_nonzero",
+                 "b": "(b) analyze_updates (default)", "c": "(c) naive: from_pretrained x2"}  # fmt: skip
         print(f"\n{'phase':34s} {'seconds':>8s} {'peak RssAnon MB':>16s} {'limit MB':>9s}")
         for k, r in results.items():
             print(f"{names[k]:34s} {r['seconds']:8.2f} {r['peak_anon_mb']:16.0f} {limit_mb:9.0f}")
         a, b = results["a"]["seconds"], results["b"]["seconds"]
         print(f"\n(b)/(a) = {b / a:.2f}   goal <= 2.0   {'OK' if b <= 2 * a else 'MISSED'}")
+        print(f"(b)/(a') = {b / results['a2']['seconds']:.2f}   (against the floor without the int64 bool sum)")
         if "c" in results:
             c = results["c"]["seconds"]
             print(f"(c)/(b) = {c / b:.2f}   goal >= 4.0   {'OK' if c >= 4 * b else 'MISSED'}")

@@ -146,10 +146,12 @@ def test_mask_at_a_tolerance_keeps_only_bigger_changes():
     assert st.changed == ref["changed"]  # the exact count is unaffected by the mask choice
 
 
+@pytest.mark.parametrize("numpy_kernels", [True, False])  # False: the torch path a GPU takes
 @pytest.mark.parametrize("chunk", [None, 7])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(37, 23), (101,), (4, 3, 5)])
-def test_random_pairs_match_float64_reference(monkeypatch, chunk, dtype, shape):
+def test_random_pairs_match_float64_reference(monkeypatch, numpy_kernels, chunk, dtype, shape):
+    monkeypatch.setattr(sp, "_NUMPY_ON_CPU", numpy_kernels)
     if chunk:  # several chunks of whole rows, the last one partial: boundaries must not matter
         monkeypatch.setattr(sp, "CHUNK_ELEMENTS", chunk * (shape[-1] if len(shape) > 1 else 1))
     gen = torch.Generator().manual_seed(hash((dtype, shape)) % 1000)
@@ -163,6 +165,17 @@ def test_random_pairs_match_float64_reference(monkeypatch, chunk, dtype, shape):
     st = compare_pair(a, b, SparsityOptions())
     assert_matches(st, reference(a, b))
     assert 0 < st.changed < n
+
+
+def test_small_changes_leave_the_upper_counts_at_zero():
+    """1-ULP changes of weights near 2^-10 (Δ 7.6e-6): the higher tolerances and ULP bins are 0."""
+    a = torch.full((40, 30), 2**-10).to(torch.bfloat16)
+    b = a.clone()
+    b[::3, ::2] = bf16_step(b[::3, ::2], 1)
+    st = compare_pair(a, b)
+    n = 14 * 15
+    assert st.changed == n and st.changed_tol == (n, n, n, 0, 0) and st.ulp_hist == (n, 0, 0, 0, 0, 0, 0)
+    assert_matches(st, reference(a, b))
 
 
 def test_identical_pair_is_all_zero():

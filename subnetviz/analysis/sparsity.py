@@ -38,6 +38,7 @@ PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float
 _INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
              torch.float64: torch.int64}  # fmt: skip
 CHUNK_ELEMENTS = 1 << 23  # 8M entries per chunk bounds the temporaries
+_NUMPY_ON_CPU = True  # NumPy kernels for index/byte-sum steps on CPU (tests switch it off to check the torch path)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def _ulp_distance(xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
 
 def _flat_changed(ne: torch.Tensor) -> torch.Tensor:
     """Flat indices of the True entries of a contiguous bool tensor (int64, ascending)."""
-    if ne.device.type == "cpu":
+    if ne.device.type == "cpu" and _NUMPY_ON_CPU:
         # NumPy's flatnonzero is ~30x faster than torch.nonzero / boolean indexing on one CPU thread.
         return torch.from_numpy(np.flatnonzero(ne.numpy()))
     return ne.reshape(-1).nonzero().squeeze(1)
@@ -111,7 +112,7 @@ def _flat_changed(ne: torch.Tensor) -> torch.Tensor:
 
 def _row_col_counts(ne: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Changed entries per row and per column of a 2-D bool chunk (int32 accumulators)."""
-    if ne.device.type == "cpu":  # NumPy's byte sums are ~2x torch's on one thread
+    if ne.device.type == "cpu" and _NUMPY_ON_CPU:  # NumPy's byte sums are ~2x torch's on one thread
         u8 = ne.numpy().view(np.uint8)
         return torch.from_numpy(u8.sum(1, dtype=np.int32)), torch.from_numpy(u8.sum(0, dtype=np.int32))
     return ne.sum(1, dtype=torch.int32), ne.sum(0, dtype=torch.int32)
@@ -167,11 +168,13 @@ def compare_pair(
             ne = torch.ne(xb, yb, out=mask[r0 : r0 + step])
         else:
             ne = xb != yb
-        n = torch.count_nonzero(ne)
         if row_counts is not None:
             r_counts, c_counts = _row_col_counts(ne)
             row_counts[r0 : r0 + step] = r_counts
             col_counts += c_counts
+            n = r_counts.sum(dtype=torch.int64)  # a few thousand ints, not another pass over ne
+        else:
+            n = torch.count_nonzero(ne)
         if dev.type == "cpu" and int(n) == 0:
             continue
         changed += n
@@ -182,15 +185,22 @@ def compare_pair(
         if d.numel():
             max_d = torch.maximum(max_d, d.max())
         # |Δ| <= tol counts as unchanged; d is 0 for -0 vs +0, which no tolerance counts.
+        # Counts shrink as the threshold grows: once one is 0 the rest are (saves passes on CPU).
         for i, t in enumerate(options.tolerances):
-            tol_counts[i] += torch.count_nonzero(d > t)
+            c = torch.count_nonzero(d > t)
+            tol_counts[i] += c
+            if dev.type == "cpu" and int(c) == 0:
+                break
         if rel_is_nonzero:
             rel += torch.count_nonzero(d)
         else:
             rel += torch.count_nonzero(d > options.eta * torch.maximum(xs.abs(), ys.abs()))
         dist = _ulp_distance(xi, yi)
         for j, e in enumerate(ULP_EDGES):
-            above_edge[j] += torch.count_nonzero(dist > e)
+            c = torch.count_nonzero(dist > e)
+            above_edge[j] += c
+            if dev.type == "cpu" and int(c) == 0:
+                break
         if mask is not None and mask_tol is not None:
             mask.view(-1)[r0 * cols + idx[d > mask_tol]] = True
     md = float(max_d)
