@@ -58,7 +58,9 @@ _BERT = [
     (r"attention\.self\.query\.", "q"), (r"attention\.self\.key\.", "k"), (r"attention\.self\.value\.", "v"),
     (r"attention\.output\.dense\.", "o"), (r"attention\.output\.LayerNorm\.", "attn_norm"),
     (r"intermediate\.dense\.", "mlp_in"), (r"output\.dense\.", "mlp_out"), (r"output\.LayerNorm\.", "mlp_norm"),
-    (r"pooler\.", "other"), (r"cls\.predictions\.decoder\.", "lm_head"), (r"cls\.", "other"),
+    (r"pooler\.", "other"), (r"cls\.predictions\.decoder\.", "lm_head"),
+    (r"cls\.predictions\.bias$", "lm_head"),  # the decoder's (vocab,) bias: resized with the vocabulary
+    (r"cls\.", "other"),
 ]  # fmt: skip
 
 FAMILIES: dict[str, list[tuple[str, str]]] = {"llama": _LLAMA, "gpt2": _GPT2, "gpt_neox": _NEOX, "bert": _BERT}

@@ -272,3 +272,13 @@ def test_old_format_bin_is_read(llama_sd, tmp_path):
     f = tmp_path / "old.bin"
     torch.save(llama_sd, f, _use_new_zipfile_serialization=False)
     _same_tensors(open_checkpoint(f), llama_sd)
+
+
+def test_resized_bert_vocabulary_includes_the_decoder_bias(ckpt_zoo, tmp_path):
+    sd = read_state_dict(ckpt_zoo.bert)
+    for name in ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias"):
+        sd[name] = torch.cat([sd[name], torch.zeros(2, *sd[name].shape[1:], dtype=sd[name].dtype)])
+    ft = write_folder(tmp_path / "ft", sd, ckpt_zoo.bert, vocab_size=VOCAB + 2)
+    al = align([open_checkpoint(ckpt_zoo.bert), open_checkpoint(ft)])
+    resized = {t.key: t.extra_rows for t in al.tensors if t.rows is not None}
+    assert resized == {"embeddings.word_embeddings.weight": (0, 2), "cls.predictions.bias": (0, 2)}

@@ -72,6 +72,8 @@ CASES = {
         ("bert.embeddings.position_embeddings.weight", None, "embedding", "pos_embed"),
         ("bert.embeddings.LayerNorm.weight", None, "norm", "norm"),
         ("cls.predictions.decoder.weight", None, "head", "lm_head"),
+        ("cls.predictions.bias", None, "head", "lm_head"),
+        ("cls.predictions.transform.dense.weight", None, "other", "other"),
     ],
 }
 
