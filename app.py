@@ -6,7 +6,7 @@ import streamlit as st
 
 from subnetviz import ui
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "views"
 SECTIONS = {
     "": [("home", "Home", "home"), ("workspace", "Workspace", "folder_open")],
     "RL subnetworks": [("sparsity", "Update sparsity", "grid_on"), ("spectra", "Spectra", "show_chart"),

@@ -88,7 +88,7 @@ def main() -> int:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=FLAGS)
         for name in args.pages:
-            if not (ROOT / "pages" / f"{name}.py").exists():
+            if not (ROOT / "views" / f"{name}.py").exists():
                 continue
             if not args.keep_disk_cache:
                 shutil.rmtree(config.cache_dir() / "updates", ignore_errors=True)

@@ -1,7 +1,9 @@
-"""The app's test home: SUBNETVIZ_HOME/zoo is the session's micro demo zoo (shared with the zoo tests).
+"""The app's test home: a SUBNETVIZ_HOME whose zoo/ is the session's micro demo zoo.
 
-``SUBNETVIZ_E2E_HOME`` (a home that already holds a built zoo, e.g. the full demo zoo) is used
-as is instead; the README's screenshots are taken that way.
+``app_home`` only builds the folder; ``app_env`` points this process at it (AppTest runs
+in-process) for one test module and restores the environment afterwards, so other test files
+keep their own isolated home. ``SUBNETVIZ_E2E_HOME`` (a home that already holds a built zoo, e.g.
+the full demo zoo) is used as is instead; the README's screenshots are taken that way.
 """
 
 import os
@@ -9,21 +11,33 @@ from pathlib import Path
 
 import pytest
 
-from tests.zoo_fixtures import micro_zoo  # noqa: F401
+from tests import zoo_fixtures
+
+micro_zoo = zoo_fixtures.micro_zoo
 
 
 @pytest.fixture(scope="session")
-def app_home(micro_zoo) -> Path:  # noqa: F811
-    from subnetviz import config
-
+def app_home(micro_zoo, tmp_path_factory) -> Path:  # noqa: F811
     if os.environ.get("SUBNETVIZ_E2E_HOME"):
-        os.environ["SUBNETVIZ_HOME"] = os.environ["SUBNETVIZ_E2E_HOME"]
-        home = config.home()
-        os.environ["SUBNETVIZ_ROOTS"] = str(home)
-        return home
-    home = config.home()
-    link = config.zoo_dir()
-    if not link.exists():
-        link.symlink_to(Path(micro_zoo.root).resolve(), target_is_directory=True)
-    os.environ["SUBNETVIZ_ROOTS"] = os.pathsep.join([str(home), str(Path(micro_zoo.root).resolve())])
+        return Path(os.environ["SUBNETVIZ_E2E_HOME"]).resolve()
+    home = tmp_path_factory.mktemp("app-home").resolve()
+    (home / "zoo").symlink_to(Path(micro_zoo.root).resolve(), target_is_directory=True)
     return home
+
+
+def app_roots(home: Path) -> str:
+    zoo = (home / "zoo").resolve()
+    return os.pathsep.join(dict.fromkeys([str(home), str(zoo)]))
+
+
+@pytest.fixture(scope="module")
+def app_env(app_home):
+    saved = {k: os.environ.get(k) for k in ("SUBNETVIZ_HOME", "SUBNETVIZ_ROOTS")}
+    os.environ["SUBNETVIZ_HOME"] = str(app_home)
+    os.environ["SUBNETVIZ_ROOTS"] = app_roots(app_home)
+    yield app_home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_fixtures import app_home, micro_zoo  # noqa: F401
+from tests import app_fixtures
+
+app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["home", "workspace", "sparsity", "spectra", "overlap", "series", "training", "bigram", "continual"]
@@ -33,13 +35,13 @@ def open_page(name: str, **query) -> AppTest:
         at.query_params[k] = v
     at.run()
     if name != "home":
-        at.switch_page(f"pages/{name}.py").run()
+        at.switch_page(f"views/{name}.py").run()
     return at
 
 
 @pytest.mark.parametrize("name", PAGES)
-def test_page_renders_without_errors(app_home, name):  # noqa: F811
-    if not (Path(APP).parent / "pages" / f"{name}.py").exists():
+def test_page_renders_without_errors(app_env, name):
+    if not (Path(APP).parent / "views" / f"{name}.py").exists():
         pytest.skip(f"page {name} not present")
     at = open_page(name)
     assert not at.exception, [e.message for e in at.exception]
@@ -50,7 +52,7 @@ def test_page_renders_without_errors(app_home, name):  # noqa: F811
         assert all(s["data"] for s in specs), f"{name}: a chart without traces"
 
 
-def test_workspace_numbers_equal_backend(app_home):  # noqa: F811
+def test_workspace_numbers_equal_backend(app_env):
     from subnetviz.analysis.updates import analyze_updates
     from subnetviz.demo.build import load_zoo
 
@@ -63,7 +65,7 @@ def test_workspace_numbers_equal_backend(app_home):  # noqa: F811
     assert shown["grpo-s0"] == f"{100 * direct.reports[0].sparsity:.2f} %"
 
 
-def test_sparsity_heatmap_equals_backend_table(app_home):  # noqa: F811
+def test_sparsity_heatmap_equals_backend_table(app_env):
     from subnetviz.analysis.updates import analyze_updates
     from subnetviz.demo.build import load_zoo
 
@@ -78,19 +80,19 @@ def test_sparsity_heatmap_equals_backend_table(app_home):  # noqa: F811
     assert np.allclose(np.sort(z[np.isfinite(z)]), np.sort(expected))
 
 
-def test_query_params_restore_the_view(app_home):  # noqa: F811
+def test_query_params_restore_the_view(app_env):
     at = open_page("sparsity", sp_crit="1e-05", sp_avg="per-tensor mean")
     assert not at.exception
     assert at.selectbox(key="sp_crit").value == "1e-05"
     assert at.radio(key="sp_avg").value == "per-tensor mean"
 
 
-def test_path_outside_roots_is_refused(app_home):  # noqa: F811
+def test_path_outside_roots_is_refused(app_env):
     """AppTest cannot type a new option into a selectbox; the browser test does that. Here: the resolver."""
     from subnetviz import ui
     from subnetviz.errors import PathNotAllowedError
 
     with pytest.raises(PathNotAllowedError, match="outside the folders"):
         ui.resolve_choice("/etc", {})
-    zoo_base = str(app_home / "zoo" / "base")
+    zoo_base = str(app_env / "zoo" / "base")
     assert ui.resolve_choice(zoo_base, {}).endswith("base")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_fixtures import app_home, micro_zoo  # noqa: F401
+from tests import app_fixtures
+
+app_home, micro_zoo = app_fixtures.app_home, app_fixtures.micro_zoo
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -40,9 +42,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(app_home):  # noqa: F811
+def app_url(app_home):
     port = _free_port()
-    env = {**os.environ, "SUBNETVIZ_HOME": str(app_home), "SUBNETVIZ_ROOTS": str(app_home), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SUBNETVIZ_HOME": str(app_home), "SUBNETVIZ_ROOTS": app_fixtures.app_roots(app_home),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
     log = open(SHOTS.parent / f"streamlit-e2e-{port}.log", "w") if SHOTS.parent.exists() else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
@@ -96,7 +99,7 @@ def open_page(browser, url: str):
 
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders(browser, app_url, name):
-    if not (ROOT / "pages" / f"{name}.py").exists():
+    if not (ROOT / "views" / f"{name}.py").exists():
         pytest.skip(f"page {name} not present")
     SHOTS.mkdir(parents=True, exist_ok=True)
     ctx, page = open_page(browser, app_url + ("" if name == "home" else f"/{name}"))
@@ -129,7 +132,7 @@ def test_shared_url_reopens_the_same_view(browser, app_url):
     ctx2, page2 = open_page(browser, shared)  # a colleague opening the link: a fresh context
     try:
         box = page2.get_by_test_id("stSelectbox").filter(has_text="Criterion")
-        assert "1e-05" in box.inner_text()
+        assert box.locator("input").input_value() == "1e-05"  # the selected value lives in the combobox input
         assert page2.get_by_test_id("stException").count() == 0
     finally:
         ctx2.close()
@@ -144,10 +147,13 @@ def test_training_run_from_the_page_succeeds(browser, app_url):
         steps.fill("2")
         page.get_by_role("button", name="Launch run").click()
         page.get_by_text("Queued run").wait_for(timeout=30_000)
-        page.get_by_role("button", name="Runs").click()
-        page.get_by_text("succeeded").first.wait_for(timeout=240_000)
-        page.screenshot(path=str(SHOTS / "training-run.png"), full_page=True)
+        page.get_by_role("radio", name="Runs").click()  # segmented control options are radios
+        page.get_by_test_id("stMetricValue").filter(has_text="succeeded").wait_for(timeout=240_000)
+        page.wait_for_timeout(2500)  # the polling fragment's last rerun, then the static redraw
+        wait_for_app(page)
+        assert page.get_by_test_id("stException").count() == 0
     finally:
+        page.screenshot(path=str(SHOTS / "training-run.png"), full_page=True)
         ctx.close()
 
 

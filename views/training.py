@@ -65,8 +65,27 @@ def launch(ws) -> None:
         st.success(f"Queued run {run_id}.")
 
 
-@st.fragment(run_every="2s")
+CURVES = ("loss", "reward", "accuracy", "grad_norm", "kept", "entropy")
+
+
 def runs_view() -> None:
+    """Polls every 2 s while a run is queued or running; static (no reruns) otherwise."""
+    r = runner()
+    r.poll()
+    if r.list_runs()["status"].isin(["queued", "running"]).any():
+        _live()
+    else:
+        _runs_view()
+
+
+@st.fragment(run_every="2s")
+def _live() -> None:
+    ui.run_page(_runs_view)  # a fragment rerun is outside the page's error boundary
+    if not runner().list_runs()["status"].isin(["queued", "running"]).any():
+        st.rerun()  # everything finished: redraw once without the timer
+
+
+def _runs_view() -> None:
     r = runner()
     r.poll()
     df = r.list_runs()
@@ -74,11 +93,13 @@ def runs_view() -> None:
         st.caption("No runs yet.")
         return
     show = df[["id", "name", "kind", "status", "step", "total", "created", "ended", "error"]].copy()
+    show.insert(4, "progress", pd.to_numeric(show["step"], errors="coerce").fillna(0)
+                / pd.to_numeric(show["total"], errors="coerce").replace(0, float("nan")))  # fmt: skip
     for col in ("created", "ended"):
         show[col] = pd.to_datetime(show[col], unit="s").dt.strftime("%H:%M:%S")
     st.dataframe(show, hide_index=True, width="stretch", key="runs-table",
-                 column_config={"step": st.column_config.ProgressColumn("progress", min_value=0,
-                                                                        max_value=int(show["total"].max() or 1))})  # fmt: skip
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
+                                                                            format="percent")})  # fmt: skip
     run_id = st.selectbox("Run", list(df["id"]), key="tr_run")
     rec = r.get(run_id)
     cols = st.columns([1, 1, 4])
@@ -88,8 +109,8 @@ def runs_view() -> None:
         st.rerun(scope="fragment")
     metrics = r.metrics(run_id)
     if len(metrics):
-        long = metrics.melt(id_vars=["step"], value_vars=[c for c in metrics.columns if c not in ("step", "time", "total")],
-                            var_name="metric").dropna()  # fmt: skip
+        shown = [c for c in CURVES if c in metrics.columns]
+        long = metrics.melt(id_vars=["step"], value_vars=shown, var_name="metric").dropna()
         ui.chart(figures.training_curves(long, title=f"Run {run_id}"), key="curves")
     if rec.error:
         st.error(rec.error)

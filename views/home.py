@@ -26,7 +26,7 @@ def body() -> None:
     cards = [c for c in cards if (Path(__file__).parent / f"{c[1]}.py").exists()]
     for i, (title, path, text) in enumerate(cards):
         with cols[i % 3].container(border=True):
-            st.page_link(f"pages/{path}.py", label=title, icon=":material/arrow_forward:")
+            st.page_link(f"views/{path}.py", label=title, icon=":material/arrow_forward:")
             st.caption(text)
     z = ui.zoo()
     if z is None:
