@@ -78,12 +78,14 @@ def zoo():
 
 
 def _zoo_members(z) -> dict[str, str]:
-    """Member id -> absolute path, base first; the checkpoint series after the finetunes."""
-    if z is None:
-        return {}
-    out = {m["id"]: str(z.root / m["path"]) for m in z.manifest.get("members", [])}
-    for point in z.manifest.get("series", []):
-        out[f"grpo-s0@{point['step']}"] = str(z.root / point["path"])
+    """Choice id -> absolute path: zoo members (base first), the zoo's series, then finished training runs."""
+    out: dict[str, str] = {}
+    if z is not None:
+        out.update({m["id"]: str(z.root / m["path"]) for m in z.manifest.get("members", [])})
+        for point in z.manifest.get("series", []):
+            out[f"grpo-s0@{point['step']}"] = str(z.root / point["path"])
+    for model in sorted(config.runs_dir().glob("*/outputs/model/config.json")):
+        out[f"run {model.parts[-4]}"] = str(model.parent)  # only complete runs have outputs/ (renamed at the end)
     return out
 
 
@@ -101,10 +103,38 @@ def resolve_choice(choice: str, members: dict[str, str]) -> str:
     return choice  # a hub id: resolved only through the local HF cache when opened
 
 
+def uploads_dir() -> Path:
+    path = config.home() / "uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_upload(name: str, data: bytes) -> Path:
+    """Store an uploaded mask: safetensors as is (validated by reading it), a released bigram pickle
+    converted through the restricted unpickler. Returns the stored safetensors path."""
+    import tempfile
+
+    from subnetviz.errors import MaskError
+    from subnetviz.masks import import_bigram_pickle, load_mask_set, save_mask_set
+
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] or "mask"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / Path(name).name
+        src.write_bytes(data)
+        if name.endswith((".pickle", ".pkl")):
+            ms = import_bigram_pickle(src)
+        elif name.endswith(".safetensors"):
+            ms = load_mask_set(src)
+        else:
+            raise MaskError(f"{name}: upload a mask as .safetensors or a released bigram .pickle.")
+        ms.metadata.setdefault("source", f"upload {name}")
+        return save_mask_set(uploads_dir() / f"{stem}.safetensors", ms)
+
+
 def saved_masks() -> dict[str, str]:
     """Mask files the app can see: the zoo's, finished runs' outputs, and uploads."""
     found: dict[str, str] = {}
-    roots = [config.zoo_dir() / "masks", config.home() / "uploads"]
+    roots = [config.zoo_dir() / "masks", uploads_dir()]
     for root in roots:
         if root.is_dir():
             for f in sorted(root.glob("*.safetensors")):

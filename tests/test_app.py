@@ -96,3 +96,30 @@ def test_path_outside_roots_is_refused(app_env):
         ui.resolve_choice("/etc", {})
     zoo_base = str(app_env / "zoo" / "base")
     assert ui.resolve_choice(zoo_base, {}).endswith("base")
+
+
+def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
+    import os
+    import pickle
+
+    import torch
+
+    from subnetviz import ui
+    from subnetviz.errors import UnsafePickleError
+    from subnetviz.masks import load_mask_set
+
+    good = pickle.dumps({"transformer.h.0.mlp.c_fc.weight": np.eye(3, dtype=bool), "orig_model_name": "gpt2"})
+    stored = ui.save_upload("subnetwork_dict_lambda1e1.pickle", good)
+    ms = load_mask_set(stored)
+    assert torch.equal(ms.masks["transformer.h.0.mlp.c_fc.weight"], torch.eye(3, dtype=torch.bool))
+    assert stored.parent == app_env / "uploads"
+
+    sentinel = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {sentinel}",))
+
+    with pytest.raises(UnsafePickleError):
+        ui.save_upload("evil.pickle", pickle.dumps({"w": Evil()}))
+    assert not sentinel.exists()

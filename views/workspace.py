@@ -1,5 +1,7 @@
 """Workspace: what is loaded (architecture, parameters, dtypes, the zoo manifest) and a one-glance sparsity table."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -20,6 +22,7 @@ def body() -> None:
                      "fingerprint": info["fingerprint"], "path": path})  # fmt: skip
     st.subheader("Checkpoints")
     ui.table(pd.DataFrame(rows), "checkpoints", "Checkpoints in the workspace")
+    analysis = None
     if ws.finetuned:
         st.subheader("Exact update sparsity against the base")
         analysis = ui.update_analysis(ws)
@@ -31,16 +34,27 @@ def body() -> None:
         ui.table(summary, "sparsity-summary", "Exact (bitwise) update sparsity, parameter-weighted")
         for note in analysis.notes:
             st.caption(note)
-    if ws.masks:
-        from subnetviz.masks import load_mask_set
+    st.subheader("Masks")
+    up = st.file_uploader("Add a mask (.safetensors, or a released bigram-subnetwork .pickle — read safely)",
+                          type=["safetensors", "pickle", "pkl"], key="mask_upload")  # fmt: skip
+    if up is not None:
+        stored = ui.save_upload(up.name, up.getvalue())
+        st.success(f"Stored as `{stored.name}`; pick it under *Saved masks* in the sidebar.")
+    files = dict(ws.masks)
+    if ws.finetuned:
+        from subnetviz.analysis.updates import mask_path
 
-        st.subheader("Saved masks")
-        mrows = []
-        for label, path in ws.masks:
-            ms = load_mask_set(path)
-            mrows.append({"mask": label, "tensors": len(ms.masks), "in mask": ms.count, "parameters": ms.numel,
-                          "density": ms.density, "method": ms.metadata.get("method", ""), "path": path})  # fmt: skip
+        files.update({f"update mask of {m}": str(mask_path(analysis.source_dir, m)) for m in analysis.labels})
+    mrows = []
+    for label, path in files.items():
+        ms = ui.mask_set(path)
+        mrows.append({"mask": label, "tensors": len(ms.masks), "in mask": ms.count, "parameters": ms.numel,
+                      "density": ms.density, "method": ms.metadata.get("method", ""), "path": path})  # fmt: skip
+    if mrows:
         ui.table(pd.DataFrame(mrows), "masks", "Mask sets")
+        pick = st.selectbox("Download a mask (safetensors, bit-packed, with provenance)", list(files), key="mask_dl")
+        st.download_button("Download mask", Path(files[pick]).read_bytes(), file_name=Path(files[pick]).name,
+                           mime="application/octet-stream", key="mask-dl-btn", icon=":material/download:")  # fmt: skip
     z = ui.zoo()
     if z is not None:
         st.subheader("Demo zoo manifest")
