@@ -568,3 +568,20 @@ def test_row_null_sparse_path_equals_dense(monkeypatch):
     sparse = compare_subnetworks(m0, m1, blocks, draws=300, seed=7)
     np.testing.assert_allclose(sparse.null_rows, dense.null_rows, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(sparse.null_uniform, dense.null_uniform)
+
+
+def test_rotation_ignores_null_eigenvalues_of_rank_deficient_maps():
+    """Few distinct tokens (< d): the map has exactly-zero eigenvalues whose angle is noise."""
+    rng = np.random.default_rng(2)
+    tokens = rng.normal(size=(4, 8)) * 3  # 4 distinct "embeddings" in d = 8: rank 3 after centring
+    x_in = tokens[rng.integers(0, 4, 2000)]
+    x_l = x_in @ _rotation(8, np.radians(50))
+    prof = rotation_profile(ResidualStats.from_arrays(x_in, [x_in, x_l])).set_index(["layer", "target"])
+    assert prof.loc[(1, "input"), "n_eigenvalues"] == 3
+    assert prof.loc[(0, "input"), "angle_deg"] == pytest.approx(0, abs=0.5)
+    # numerically-zero eigenvalues with a large argument must not move the median
+    coef = np.zeros((8, 8))
+    coef[:2, :2] = _rotation(2, np.radians(30))
+    coef[2:, 2:] = 1e-13 * _rotation(6, np.radians(150))
+    assert median_rotation_deg(coef) == pytest.approx(30)
+    assert median_rotation_deg(coef, rel_tol=0) == pytest.approx(150)

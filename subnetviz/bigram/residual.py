@@ -9,7 +9,8 @@ covariance-similarity matrix, for a model with or without a mask applied.
   paper's ``model_overrides.py`` does. ``X_in`` is the raw token embeddings (no positions).
 - Rotation: ridge maps (alpha 1, with intercept, closed form; sklearn's ``Ridge`` ``coef_``,
   ``(d, d)``) from ``X_ℓ`` to ``X_in`` and to ``X_out = X_L``; the metric is the median over the
-  ``d`` eigenvalues of ``|arg λ|`` in degrees.
+  ``d`` eigenvalues of ``|arg λ|`` in degrees (numerically-zero eigenvalues of a rank-deficient
+  map are left out, see :func:`rotation_angles_deg`).
 - Covariance similarity (Belrose et al. 2023): mean-centre ``X_ℓ``, drop its top singular
   direction, ``C_ℓ = sum_{k>=2} s_k² v_k v_kᵀ``; cell ``(i, j)`` = Frobenius cosine of ``C_i, C_j``.
 
@@ -126,13 +127,25 @@ def ridge_map(x: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> np.ndarray:
     return ridge_coef(x.T @ x, x.T @ y, x.mean(0), y.mean(0), x.shape[0], alpha)
 
 
-def median_rotation_deg(coef: np.ndarray) -> float:
-    """Median over the eigenvalues λ of a square map of ``|arg λ|`` in degrees (in [0, 180])."""
-    return float(np.median(np.degrees(np.abs(np.angle(np.linalg.eigvals(coef))))))
+def rotation_angles_deg(coef: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
+    """``|arg λ|`` in degrees (in [0, 180]) of the eigenvalues λ of a square map, leaving out those
+    with ``|λ| <= rel_tol * max|λ|``: a rank-deficient map (fewer distinct tokens than ``d``, as in
+    the demo zoo's 14-letter chain) has numerically-zero eigenvalues whose argument is rounding
+    noise. With a full-rank map (the paper's setting) every eigenvalue is kept."""
+    lam = np.linalg.eigvals(coef)
+    mag = np.abs(lam)
+    keep = mag > rel_tol * mag.max() if mag.size and mag.max() > 0 else np.zeros(mag.shape, bool)
+    return np.degrees(np.abs(np.angle(lam[keep])))
 
 
-def rotation_profile(stats: ResidualStats, alpha: float = 1.0) -> pd.DataFrame:
-    """Tidy: layer, target ("input" | "output"), angle_deg."""
+def median_rotation_deg(coef: np.ndarray, rel_tol: float = 1e-6) -> float:
+    """Median of :func:`rotation_angles_deg` (NaN for a zero map)."""
+    angles = rotation_angles_deg(coef, rel_tol)
+    return float(np.median(angles)) if angles.size else float("nan")
+
+
+def rotation_profile(stats: ResidualStats, alpha: float = 1.0, rel_tol: float = 1e-6) -> pd.DataFrame:
+    """Tidy: layer, target ("input" | "output"), angle_deg, n_eigenvalues (how many were not ~0)."""
     mean_in = stats.sum_in / stats.n
     mean_out = stats.sums[-1] / stats.n
     rows = []
@@ -140,7 +153,15 @@ def rotation_profile(stats: ResidualStats, alpha: float = 1.0) -> pd.DataFrame:
         mx = stats.sums[layer] / stats.n
         for target, cross, my in (("input", stats.cross_in, mean_in), ("output", stats.cross_out, mean_out)):
             coef = ridge_coef(stats.gram[layer], cross[layer], mx, my, stats.n, alpha)
-            rows.append({"layer": layer, "target": target, "angle_deg": median_rotation_deg(coef)})
+            angles = rotation_angles_deg(coef, rel_tol)
+            rows.append(
+                {
+                    "layer": layer,
+                    "target": target,
+                    "angle_deg": float(np.median(angles)) if angles.size else float("nan"),
+                    "n_eigenvalues": int(angles.size),
+                }
+            )
     return pd.DataFrame(rows)
 
 
