@@ -7,6 +7,9 @@ the peaks are separate:
 
 - (a) the floor: ``safe_open`` both files, read each tensor pair, count
   ``(x.view(int16) != y.view(int16)).sum()``;
+- (a') the same with ``torch.count_nonzero``: torch's bool ``.sum()`` widens to int64 (~30x
+  slower on one thread, plus a full-size int64 temporary), so (a') is the true read-and-compare
+  floor; the goals are stated against (a) as specified, (b)/(a') is printed for honesty;
 - (b) the full default analysis ``analyze_updates(base, [ft], spectra=SpectraOptions(enabled=False))``
   (exact mask, tolerance sweep, η rule, ULP histogram, row/column counts);
 - (c) the naive way: ``AutoModelForCausalLM.from_pretrained`` both in bf16, then per parameter

@@ -137,10 +137,10 @@ def compare_pair(
 
     Shapes: any; 2-D and higher are viewed as (shape[0], rest) for row/column counts.
 
-    Cost per chunk of rows: one bitwise comparison and its row/column counts over every entry
-    (the floor of any exact analysis); everything else runs on the changed entries only,
-    gathered once as integer views. Bool reductions use int32 accumulators (torch's default
-    int64 bool sum is ~30x slower on CPU).
+    Cost per chunk of rows: one bitwise comparison (written straight into the mask) and its
+    row/column counts over every entry; everything else runs on the changed entries only,
+    gathered once as integer views (NumPy kernels on CPU). Bool reductions use int32
+    accumulators (torch's default int64 bool sum is ~30x slower on CPU).
     """
     if a.shape != b.shape:
         raise ConfigError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)}).")
