@@ -585,3 +585,26 @@ def test_rotation_ignores_null_eigenvalues_of_rank_deficient_maps():
     coef[2:, 2:] = 1e-13 * _rotation(6, np.radians(150))
     assert median_rotation_deg(coef) == pytest.approx(30)
     assert median_rotation_deg(coef, rel_tol=0) == pytest.approx(150)
+
+
+def test_text_corpus_with_the_models_tokenizer(tmp_path, monkeypatch):
+    from subnetviz.bigram.job import prepare
+    from subnetviz.demo.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(6)
+    model = tiny_model("llama", vocab=len(tok))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    text = tmp_path / "corpus.txt"
+    text.write_text("abcabd\n" * 50)
+    net, train, evalc, table = prepare(
+        {"model": str(tmp_path / "m"), "corpus": str(text), "seq_len": 8, "eval_sequences": 5}
+    )
+    assert table.vocab_size == len(tok) and train.ids.shape[1] == 8 and len(evalc.ids) == 5
+    a, b, c = tok.convert_tokens_to_ids(["a", "b", "c"])
+    rows = table.dense_rows(np.array([a, b]))
+    assert rows[0, b] == pytest.approx(1.0)  # "a" is always followed by "b"
+    assert rows[1, c] == pytest.approx(0.5, abs=0.05)  # "b" -> "c" or "d"
+    (tmp_path / "blank.txt").write_text("")
+    with pytest.raises(ConfigError, match="tokenizes to 0"):
+        prepare({"model": str(tmp_path / "m"), "corpus": str(tmp_path / "blank.txt")})
