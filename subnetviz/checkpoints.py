@@ -77,8 +77,11 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
         if name == "__metadata__":
             continue
         try:
-            start, end = info["data_offsets"]
+            start, end = (int(v) for v in info["data_offsets"])
             dtype = info["dtype"]
+            numel = 1
+            for dim in info["shape"]:
+                numel *= int(dim)
         except (TypeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}.") from exc
         if end > data_len:
@@ -88,6 +91,11 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
             )
         if dtype not in ST_DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}.")
+        if end - start != numel * ST_DTYPES[dtype].itemsize:
+            raise CheckpointError(
+                f"{path}: corrupt header entry for tensor {name!r}: shape {info.get('shape')} in {dtype} needs "
+                f"{numel * ST_DTYPES[dtype].itemsize} bytes, the offsets give {end - start}."
+            )
     return header, raw
 
 

@@ -121,6 +121,7 @@ def test_truncated_safetensors(ckpt_zoo, tmp_path):
         os.urandom(64),  # garbage: an absurd header length
         (20).to_bytes(8, "little") + b"{not json at all!!!}" + b"\0" * 16,  # plausible length, not JSON
         (2).to_bytes(8, "little") + b"[]",  # JSON but not an object
+        (66).to_bytes(8, "little") + b'{"w": {"dtype": "BF16", "shape": ["a"], "data_offsets": [0, "x"]}}',  # types
         b"\x01\x02",  # shorter than the length field
     ],
 )
@@ -128,6 +129,15 @@ def test_corrupt_header(tmp_path, payload):
     f = tmp_path / "bad.safetensors"
     f.write_bytes(payload)
     with pytest.raises(CheckpointError, match="bad.safetensors"):
+        open_checkpoint(f)
+
+
+def test_header_offsets_that_do_not_fit_the_shape(tmp_path):
+    header = {"w": {"dtype": "BF16", "shape": [4, 4], "data_offsets": [0, 8]}}
+    raw = json.dumps(header).encode()
+    f = tmp_path / "short.safetensors"
+    f.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 8)
+    with pytest.raises(CheckpointError, match=r"short\.safetensors.*'w'.*32 bytes"):
         open_checkpoint(f)
 
 
