@@ -59,6 +59,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         write_analysis(analysis, out, params={"base": args.base, "finetuned": args.finetuned})
     else:
         analysis = cached_analysis(args.base, args.finetuned, **kwargs)
+        if analysis.cached:
+            print(f"cached: served from {analysis.source_dir}", file=sys.stderr)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.copytree(analysis.source_dir, tmp)
         if out.exists():

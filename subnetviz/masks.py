@@ -72,10 +72,14 @@ def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, np.ndarray] = {}
     meta: dict[str, str] = {"format": FORMAT}
-    for name, m in mask_set.masks.items():
-        m = _check_bool(name, m, str(path))
-        tensors[name] = np.packbits(m.detach().cpu().numpy().reshape(-1))
-        meta[f"shape:{name}"] = ",".join(str(s) for s in m.shape)
+    packed = mask_set.masks if isinstance(mask_set.masks, PackedMasks) else None
+    for name in mask_set.masks:
+        if packed is not None:  # already bit-packed: written as is, never unpacked
+            tensors[name], shape = packed.packed(name)
+        else:
+            m = _check_bool(name, mask_set.masks[name], str(path))
+            tensors[name], shape = np.packbits(m.detach().cpu().numpy().reshape(-1)), tuple(m.shape)
+        meta[f"shape:{name}"] = ",".join(str(s) for s in shape)
     info = dict(mask_set.metadata)
     info.setdefault("density", mask_set.density)
     info.setdefault("count", mask_set.count)
@@ -238,3 +242,36 @@ def load_mask_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
     shape = tuple(int(s) for s in shape_s.split(",") if s != "")
     n = int(np.prod(shape)) if shape else 1
     return torch.from_numpy(np.unpackbits(arr, count=n).astype(bool).reshape(shape))
+
+
+class PackedMasks(Mapping):
+    """name -> bool tensor, held bit-packed (1 bit per parameter) and unpacked on access.
+
+    The update pass of a 7B model produces 7 G mask entries per finetuned model: as bool tensors
+    that is 7 GB each, packed it is 0.9 GB. Reading an entry unpacks that one tensor only.
+    """
+
+    def __init__(self):
+        self._bits: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {}
+
+    def add(self, name: str, mask: torch.Tensor) -> None:
+        m = mask.detach().cpu()
+        self._bits[name] = (np.packbits(m.numpy().reshape(-1)), tuple(m.shape))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        bits, shape = self._bits[name]
+        n = int(np.prod(shape)) if shape else 1
+        return torch.from_numpy(np.unpackbits(bits, count=n).astype(bool).reshape(shape))
+
+    def __iter__(self):
+        return iter(self._bits)
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def packed(self, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
+        return self._bits[name]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b, _ in self._bits.values())

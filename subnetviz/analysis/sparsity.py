@@ -19,7 +19,7 @@ Naming note: *density* = changed / numel; *sparsity* = 1 − density (the paper'
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -256,7 +256,7 @@ class SparsityReport:
     base: str
     options: SparsityOptions
     tensors: pd.DataFrame
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: Mapping[str, torch.Tensor] = field(default_factory=dict)  # PackedMasks from analyze_updates
     row_col: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     parts: pd.DataFrame | None = None  # fused QKV split: key, module, numel, changed
     notes: list[str] = field(default_factory=list)

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.config import resolve_device
 from subnetviz.errors import NonFiniteError
-from subnetviz.masks import MaskSet, save_mask_set
+from subnetviz.masks import MaskSet, PackedMasks, save_mask_set
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -69,6 +69,7 @@ class UpdateAnalysis:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     source_dir: Path | None = None  # set when read back from disk
+    cached: bool = False  # served from the on-disk cache
 
     def summary(self) -> pd.DataFrame:
         return summarize(self.reports)
@@ -122,7 +123,7 @@ def analyze_updates(
     notes = [n for n in [table.notice] if n]
     rows: list[list[dict]] = [[] for _ in cks]
     parts: list[list[dict]] = [[] for _ in cks]
-    masks: list[dict[str, torch.Tensor]] = [{} for _ in cks]
+    masks: list[PackedMasks] = [PackedMasks() for _ in cks]  # 1 bit per parameter in memory
     row_col: list[dict] = [{} for _ in cks]
     spec_results: list[list] = [[] for _ in cks]
     # Walk the base's tensors in order; each finetuned model contributes where it aligns.
@@ -155,7 +156,7 @@ def analyze_updates(
             rows[i].append(stats_row(labels[i], key, at.names[0], info, at.shape, st, options))
             parts[i].extend(fused_part_rows(table, at.names[0], key, at.shape, st))
             if st.mask is not None:
-                masks[i][at.names[0]] = st.mask
+                masks[i].add(at.names[0], st.mask)
             if st.row_counts is not None and len(at.shape) >= 2:
                 row_col[i][key] = (st.row_counts, st.col_counts)
             if spectra is not None and spectra.enabled and a.dim() == 2:
@@ -180,10 +181,26 @@ def analyze_updates(
     overlap = None
     if len(cks) >= 2 and options.keep_masks:
         common = set.intersection(*(set(m) for m in masks))
-        sets = [{k: m[k] for k in m if k in common} for m in masks]
+        sets = [_Subset(m, common) for m in masks]  # unpacked one tensor at a time by the overlap pass
         overlap = mask_overlap(sets, labels, group_of=lambda n: (table.describe(n).layer, table.describe(n).module))
     return UpdateAnalysis(ck_base.spec, labels, reports, spec, None, None, overlap, notes,
                           time.perf_counter() - t0)  # fmt: skip
+
+
+class _Subset(Mapping):
+    """The entries of a mask mapping whose names are in ``keep`` (lazy: nothing is copied)."""
+
+    def __init__(self, masks: Mapping, keep: set[str]):
+        self.masks, self.names = masks, [n for n in masks if n in keep]
+
+    def __getitem__(self, name: str):
+        return self.masks[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 # --- on disk ---------------------------------------------------------------------------------------
@@ -323,9 +340,12 @@ def cached_analysis(
     key = cache_key(ck_base, cks, labels, options, spectra)
     root = Path(cache_root) if cache_root else cache_dir() / "updates"
     target = root / key
-    if not (target / "summary.json").exists():
+    hit = (target / "summary.json").exists()
+    if not hit:
         analysis = analyze_updates(ck_base, cks, labels=labels, options=options, spectra=spectra, device=device,
                                    progress=progress)  # fmt: skip
         root.mkdir(parents=True, exist_ok=True)
         write_analysis(analysis, target, params={"base": base, "finetuned": list(finetuned)})
-    return read_analysis(target)
+    result = read_analysis(target)
+    result.cached = hit
+    return result
