@@ -38,6 +38,7 @@ from subnetviz.bigram.maskable import (
     load_released_mask,
     maskable_names,
     masked_parameters,
+    save_released_mask,
 )
 from subnetviz.bigram.residual import (
     ResidualStats,
@@ -246,6 +247,8 @@ def test_released_pickle_checks_architecture(tmp_path):
     torch.testing.assert_close(got, expect)
     with pytest.raises(ConfigError, match="no config.json"):
         apply_released_mask(path, tmp_path / "nothing")
+    saved = load_mask_set(save_released_mask(path, tmp_path / "gpt2", tmp_path / "released.safetensors"))
+    assert all(torch.equal(saved.masks[n], ms.masks[n]) for n in ms.masks)
 
 
 def test_unsupported_models_raise():
@@ -608,3 +611,17 @@ def test_text_corpus_with_the_models_tokenizer(tmp_path, monkeypatch):
     (tmp_path / "blank.txt").write_text("")
     with pytest.raises(ConfigError, match="tokenizes to 0"):
         prepare({"model": str(tmp_path / "m"), "corpus": str(tmp_path / "blank.txt")})
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "llama"])
+def test_training_runs_on_every_architecture(kind, chain):
+    _, table = chain
+    model = tiny_model(kind)
+    res = train_bigram_mask(
+        model, table.sample(64, 16, seed=0), table, preset_config("fast", max_steps=5), device="cpu"
+    )
+    assert res.steps == 5 and set(res.mask_set.masks) == set(maskable_names(model))
+    opt = train_bigram_mask(
+        model, table.sample(64, 16, seed=0), "optimal", preset_config("fast", max_steps=3), device="cpu"
+    )
+    assert opt.mask_set.metadata["target"] == "optimal" and len(opt.curve) == 3

@@ -230,3 +230,13 @@ def apply_released_mask(path: str | Path, model_spec: str | Path):
     with :func:`masked_parameters` (the model itself is never modified)."""
     model = load_local_model(model_spec)
     return model, load_released_mask(path, model)
+
+
+def save_released_mask(path: str | Path, model_spec: str | Path, out: str | Path) -> Path:
+    """Convert a released pickle for the local checkpoint ``model_spec`` into a checked, bit-packed
+    safetensors mask at ``out`` (so the app never unpickles it again)."""
+    from subnetviz.masks import save_mask_set
+
+    _, ms = apply_released_mask(path, model_spec)
+    ms.metadata["model"] = str(model_spec)
+    return save_mask_set(out, ms)
