@@ -558,6 +558,13 @@ def test_analyse_subnetwork_headline(trained_gpt2):
     assert res.overlap.expected_uniform == pytest.approx((2048 * 2048 / 4096) / ms.numel)
     assert set(res.residual.rotation["model"]) == {"full", "bigram subnetwork", "random subnetwork"}
     assert len(res.residual.covariance) == 3 * 9
+    cov = res.residual.covariance_matrix("full")
+    assert cov.shape == (3, 3) and np.allclose(np.diag(cov.to_numpy()), 1.0)
+    from subnetviz.bigram.locate import shares_heatmap_frame
+    from subnetviz.figures import sparsity_heatmap
+
+    fig = sparsity_heatmap(shares_heatmap_frame(res.shares), value="share")
+    assert np.nanmax(np.asarray(fig.data[0].z, dtype=float)) == pytest.approx(100.0)  # all in layer-0 MLP-in
 
 
 def test_row_null_sparse_path_equals_dense(monkeypatch):

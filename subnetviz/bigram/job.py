@@ -2,7 +2,7 @@
 
 Config (JSON)::
 
-    model     local HF model folder (required)
+    model     local HF model folder, or a hub id already in the local HF cache (required)
     corpus    "zoo" (sequences sampled from the demo zoo's exact chain, zoo_dir()/bigram.npz,
               which is also the bigram table) or a text file tokenized with the model's tokenizer
     target    "bigram" (default) | "optimal" (the full model's own distribution)
@@ -75,10 +75,10 @@ def validate_config(config: dict) -> None:
         raise ConfigError(f"bigram_mask config: unknown field {unknown[0]!r}.{suggest(unknown[0], KEYS)}")
     if "model" not in config:
         raise ConfigError("bigram_mask config: 'model' (a local model folder) is required.")
-    model = Path(str(config["model"])).expanduser()
+    from subnetviz.bigram.maskable import model_folder
+
+    model = model_folder(str(config["model"]))
     cfg_file = model / "config.json"
-    if not cfg_file.is_file():
-        raise ConfigError(f"{model}: not a local model folder (no config.json).")
     model_type = json.loads(cfg_file.read_text()).get("model_type")
     if model_type not in MODEL_TYPES:
         raise ConfigError(
@@ -114,10 +114,10 @@ def validate_config(config: dict) -> None:
 def prepare(config: dict):
     """Load ``(model, train corpus, eval corpus, table)`` for a validated config (table may be None
     only for the optimal target on a text corpus without a bigram file)."""
-    from subnetviz.bigram.maskable import load_local_model
+    from subnetviz.bigram.maskable import load_local_model, model_folder
     from subnetviz.bigram.stats import check_vocab, corpus_from_text, count_bigrams, load_transition_npz
 
-    model_dir = Path(str(config["model"])).expanduser()
+    model_dir = model_folder(str(config["model"]))
     model = load_local_model(model_dir)
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 128)
     seq_len = int(config.get("seq_len") or 128)
@@ -227,7 +227,7 @@ def analyse_mask_file(
     with; ``prompt``: text for the temperature-0.3 generations (default: the first 4 tokens of the
     first evaluation sequence); generations are None when the model folder has no tokenizer."""
     from subnetviz.bigram.evaluate import analyse_subnetwork, generations
-    from subnetviz.bigram.maskable import check_mask_fits
+    from subnetviz.bigram.maskable import check_mask_fits, model_folder
     from subnetviz.masks import load_mask_set
 
     config = {"model": model, "corpus": corpus, "eval_sequences": eval_sequences, "seed": seed}
@@ -244,7 +244,7 @@ def analyse_mask_file(
         check_mask_fits(net, opt, where=str(optimal))
     result = analyse_subnetwork(net, ms, table, evalc, optimal=opt, seeds=tuple(seeds), residual_tokens=residual_tokens)
     gens = None
-    model_dir = Path(str(model)).expanduser()
+    model_dir = model_folder(str(model))
     if (model_dir / "tokenizer_config.json").is_file() or (model_dir / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 

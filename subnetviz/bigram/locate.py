@@ -65,6 +65,14 @@ def subnetwork_shares(mask_set: MaskSet, blocks: Sequence[Block]) -> pd.DataFram
     return c
 
 
+def shares_heatmap_frame(shares: pd.DataFrame) -> pd.DataFrame:
+    """:func:`subnetwork_shares` in the columns of :func:`subnetviz.figures.sparsity_heatmap`
+    (layer, module, changed, numel, sparsity, density, share)."""
+    out = shares.rename(columns={"block": "module", "kept": "changed", "n": "numel"})
+    out["sparsity"] = 1 - out["density"]
+    return out
+
+
 def attention_mlp_split(shares: pd.DataFrame) -> pd.DataFrame:
     """From :func:`subnetwork_shares`: group (attention, mlp, Q+K, V+O), kept, share."""
     groups = {"attention": ATTENTION_LABELS, "mlp": ("MLP-in", "MLP-out"), "Q+K": ("Q", "K"), "V+O": ("V", "O")}

@@ -214,6 +214,11 @@ def load_local_model(spec: str | Path):
     local Hugging Face cache (never downloads)."""
     from transformers import AutoModelForCausalLM
 
+    return AutoModelForCausalLM.from_pretrained(model_folder(spec), local_files_only=True, dtype=torch.float32).eval()
+
+
+def model_folder(spec: str | Path) -> Path:
+    """The folder of a local model or of a hub id in the local HF cache; ConfigError without config.json."""
     path = Path(spec).expanduser()
     if not path.exists() and str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~")):
         from subnetviz.checkpoints import resolve_hub_id
@@ -221,7 +226,7 @@ def load_local_model(spec: str | Path):
         path = resolve_hub_id(str(spec))
     if not (path / "config.json").is_file():
         raise ConfigError(f"{spec}: not a local model folder (no config.json) nor a cached hub id.")
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+    return path
 
 
 def apply_released_mask(path: str | Path, model_spec: str | Path):

@@ -196,6 +196,11 @@ class ResidualReport:
     def to_frame(self) -> pd.DataFrame:
         return self.rotation
 
+    def covariance_matrix(self, model: str) -> pd.DataFrame:
+        """The ``(L+1) × (L+1)`` similarity matrix of one model (rows layer_i, columns layer_j)."""
+        one = self.covariance[self.covariance["model"] == model]
+        return one.pivot(index="layer_i", columns="layer_j", values="similarity")
+
 
 def analyse_residual_stream(
     model,
