@@ -439,13 +439,18 @@ def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries chang
     rows_in, cols_in = np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0
     counts = np.outer(rows_in, cols_in).astype(np.float64)
     share = 100 * sums / counts
-    custom = np.stack(np.broadcast_arrays(r0[:, None], (r0 + rows_in - 1)[:, None], c0[None, :],
-                                          (c0 + cols_in - 1)[None, :], sums, counts), axis=-1)  # fmt: skip
+    if f == 1:  # one cell per entry: row and column are the axes, nothing else to say (keeps the payload small)
+        trace = {"customdata": None,
+                 "hovertemplate": "row %{y:.0f}, col %{x:.0f}: %{z:.0f}% changed<extra></extra>"}  # fmt: skip
+    else:  # float32 customdata: a quarter of the bytes plotly would send for float64 stacks
+        custom = np.stack(np.broadcast_arrays(r0[:, None], (r0 + rows_in - 1)[:, None], c0[None, :],
+                                              (c0 + cols_in - 1)[None, :], sums, counts), axis=-1).astype(np.float32)  # fmt: skip
+        trace = {"customdata": custom,
+                 "hovertemplate": "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–"
+                 "%{customdata[3]:.0f}<br>changed %{customdata[4]:,.0f} of %{customdata[5]:,.0f} (%{z:.2f}%)<extra></extra>"}  # fmt: skip
     fig = go.Figure(go.Heatmap(
-        z=share, x=c0 + (cols_in - 1) / 2, y=r0 + (rows_in - 1) / 2, customdata=custom, colorscale=SEQUENTIAL, zmin=0, zmax=100,
-        colorbar={"title": {"text": "changed (%)"}},
-        hovertemplate="rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–%{customdata[3]:.0f}"
-        "<br>changed %{customdata[4]:,.0f} of %{customdata[5]:,.0f} (%{z:.2f}%)<extra></extra>",
+        z=share.astype(np.float32), x=c0 + (cols_in - 1) / 2, y=r0 + (rows_in - 1) / 2, colorscale=SEQUENTIAL, zmin=0,
+        zmax=100, colorbar={"title": {"text": "changed (%)"}}, **trace,
     ))  # fmt: skip
     sub = f"{m}×{n}, blocks of {f}×{f}" if f > 1 else f"{m}×{n}, full resolution"
     _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")

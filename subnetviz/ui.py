@@ -302,9 +302,11 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
     st.dataframe(df, key=key, width="stretch", hide_index=True, **kwargs)
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
     c1, c2, _ = st.columns([1, 1, 6])
-    c1.download_button("CSV", download_frame(df, "csv"), file_name=f"{key}.csv", mime="text/csv", key=f"{key}-csv")
-    c2.download_button("Parquet", download_frame(df, "parquet"), file_name=f"{key}.parquet",
-                       mime="application/octet-stream", key=f"{key}-pq")  # fmt: skip
+    # Callables: the bytes are made only when someone clicks, not on every rerun.
+    c1.download_button("CSV", lambda: download_frame(df, "csv"), file_name=f"{key}.csv", mime="text/csv",
+                       key=f"{key}-csv", on_click="ignore")  # fmt: skip
+    c2.download_button("Parquet", lambda: download_frame(df, "parquet"), file_name=f"{key}.parquet",
+                       mime="application/octet-stream", key=f"{key}-pq", on_click="ignore")  # fmt: skip
 
 
 def export_button(title: str, params: dict, figure_keys: Sequence[str] = (), table_keys: Sequence[str] = ()) -> None:
@@ -316,9 +318,9 @@ def export_button(title: str, params: dict, figure_keys: Sequence[str] = (), tab
     section = ReportSection(title=title, figures=[figs[k] for k in figure_keys if k in figs],
                             tables=[tabs[k] for k in table_keys if k in tabs],
                             notes="Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))  # fmt: skip
-    html = build_report(f"subnetviz · {title}", [section], params)
-    st.download_button("Export dashboard (HTML)", html, file_name=f"subnetviz-{title.lower().replace(' ', '-')}.html",
-                       mime="text/html", key=f"export-{title}", icon=":material/download:")  # fmt: skip
+    st.download_button("Export dashboard (HTML)", lambda: build_report(f"subnetviz · {title}", [section], params),
+                       file_name=f"subnetviz-{title.lower().replace(' ', '-')}.html", mime="text/html",
+                       key=f"export-{title}", icon=":material/download:", on_click="ignore")  # fmt: skip
 
 
 def need(condition: bool, message: str) -> None:

@@ -68,7 +68,7 @@ def drill_down(analysis, reports) -> None:
                f"({100 * (1 - row['sparsity']):.2f} %) · largest |Δ| {row['max_abs_delta']:.3g}")  # fmt: skip
     c, d = st.columns(2)
     with c:
-        ui.chart(figures.matrix_image(mask), key="drill-image")
+        ui.chart(figures.matrix_image(mask, max_side=128), key="drill-image")
     with d:
         ui.chart(figures.row_col_ratios(mask.mean(axis=1), mask.mean(axis=0)), key="drill-ratios")
 

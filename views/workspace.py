@@ -53,8 +53,9 @@ def body() -> None:
     if mrows:
         ui.table(pd.DataFrame(mrows), "masks", "Mask sets")
         pick = st.selectbox("Download a mask (safetensors, bit-packed, with provenance)", list(files), key="mask_dl")
-        st.download_button("Download mask", Path(files[pick]).read_bytes(), file_name=Path(files[pick]).name,
-                           mime="application/octet-stream", key="mask-dl-btn", icon=":material/download:")  # fmt: skip
+        st.download_button("Download mask", Path(files[pick]).read_bytes, file_name=Path(files[pick]).name,
+                           mime="application/octet-stream", key="mask-dl-btn", icon=":material/download:",
+                           on_click="ignore")  # fmt: skip
     z = ui.zoo()
     if z is not None:
         st.subheader("Demo zoo manifest")
