@@ -632,3 +632,19 @@ def test_training_runs_on_every_architecture(kind, chain):
         model, table.sample(64, 16, seed=0), "optimal", preset_config("fast", max_steps=3), device="cpu"
     )
     assert opt.mask_set.metadata["target"] == "optimal" and len(opt.curve) == 3
+
+
+def test_loss_stability_rule():
+    from subnetviz.bigram.train import loss_is_stable
+
+    flat = np.full(300, 2.0)
+    assert loss_is_stable(flat)
+    early = flat.copy()
+    early[50] = 3.0  # a spike long before the end: recovered
+    assert loss_is_stable(early)
+    late = flat.copy()
+    late[250] = 2.3  # +0.3 over the previous mean, within the last 100 steps
+    assert not loss_is_stable(late)
+    ratio = np.full(300, 0.1)
+    ratio[290] = 0.2  # 2x the mean (relative rule), although only +0.1
+    assert not loss_is_stable(ratio)

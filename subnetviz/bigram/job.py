@@ -197,6 +197,7 @@ def run_job(config: dict, ctx) -> None:
         "target": target,
         "lambda": cfg.lam,
         "preset": cfg.preset,
+        "stable": bool(ms.metadata.get("stable", True)),
     }
     model = model.cpu()
     ref = bigram_surprisals(table, evalc)

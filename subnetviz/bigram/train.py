@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.func import functional_call
@@ -108,6 +109,18 @@ def _batches(corpus: TokenCorpus, batch_size: int, seed: int):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
             yield corpus.ids[perm[i : i + batch_size]]
+
+
+def loss_is_stable(ce, window: int = 10, margin: float = 100) -> bool:
+    """The paper's ``check_loss_stability``: a spike is a CE above the mean of the previous ``window``
+    steps + 0.25 or above 1.25 × that mean; a run is unstable when a spike falls in its last
+    ``margin`` steps (not recovered before the end). The paper retries such runs (up to 3 times)."""
+    ce = np.asarray(ce, dtype=np.float64)
+    for t in range(max(window, len(ce) - int(margin)), len(ce)):
+        prev = ce[t - window : t].mean()
+        if ce[t] > prev + 0.25 or ce[t] > 1.25 * prev:
+            return False
+    return True
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -229,6 +242,7 @@ def train_bigram_mask(
     }
     if table is not None:
         meta["bigram_source"] = table.source
+    meta["stable"] = loss_is_stable([r["ce"] for r in rows])
     soft_final = {}
     if rows:
         soft_final = {
