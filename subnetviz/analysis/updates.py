@@ -154,6 +154,7 @@ def analyze_updates(
                 raise NonFiniteError(f"{ck.spec}: {exc}") from None
             info = table.describe(at.names[0])
             rows[i].append(stats_row(labels[i], key, at.names[0], info, at.shape, st, options))
+            rows[i][-1]["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
             parts[i].extend(fused_part_rows(table, at.names[0], key, at.shape, st))
             if st.mask is not None:
                 masks[i].add(at.names[0], st.mask)
@@ -243,6 +244,11 @@ def write_analysis(analysis: UpdateAnalysis, out_dir: str | os.PathLike, *, para
                 meta = {"method": "update mask", "base": r.base, "model": r.model,
                         "tolerance": r.options.mask_tolerance if r.options.mask_tolerance is not None else "exact",
                         "precision": r.options.precision or "stored"}  # fmt: skip
+                if "rows_compared" in r.tensors:  # resized vocabularies: the mask covers the shared rows only
+                    shared = r.tensors.dropna(subset=["rows_compared"])
+                    if len(shared):
+                        meta["shared_rows_only"] = {n: int(k) for n, k in zip(shared["name"], shared["rows_compared"],
+                                                                              strict=True)}  # fmt: skip
                 fname = f"{_safe(r.model)}.safetensors"
                 save_mask_set(tmp / "masks" / fname, MaskSet(r.masks, meta))
                 mask_files[r.model] = f"masks/{fname}"

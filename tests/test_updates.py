@@ -1,0 +1,52 @@
+"""analyze_updates end to end on planted tensors: resized vocabularies, packed masks, the cache flag."""
+
+import json
+
+import torch
+from safetensors.torch import save_file
+
+from subnetviz.analysis.updates import analyze_updates, cached_analysis, mask_path, write_analysis
+from subnetviz.masks import PackedMasks, load_mask_set
+
+
+def _write(path, tensors):
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": False}))
+    return str(path)
+
+
+def test_resized_vocabulary_compares_shared_rows_and_says_so(tmp_path):
+    emb = torch.arange(40, dtype=torch.float32).reshape(10, 4).to(torch.bfloat16)
+    q = torch.ones(4, 4, dtype=torch.bfloat16)
+    emb2 = torch.cat([emb, torch.zeros(2, 4, dtype=torch.bfloat16)])  # two rows added by the finetune
+    emb2[3, 1] += 1  # three changes inside the shared rows
+    emb2[7, 0] += 1
+    emb2[9, 3] += 1
+    q2 = q.clone()
+    q2[0, 0] = 2
+    base = _write(tmp_path / "b", {"model.embed_tokens.weight": emb, "model.layers.0.self_attn.q_proj.weight": q})
+    ft = _write(tmp_path / "f", {"model.embed_tokens.weight": emb2, "model.layers.0.self_attn.q_proj.weight": q2})
+    a = analyze_updates(base, [ft], labels=["ft"])
+    rep = a.reports[0]
+    t = rep.tensors.set_index("key")
+    assert t.loc["embed_tokens.weight", "numel"] == 40 and t.loc["embed_tokens.weight", "changed"] == 3
+    assert t.loc["embed_tokens.weight", "rows_compared"] == 10
+    assert rep.changed == 4 and rep.numel == 56
+    assert any("vocabulary resized" in n for n in rep.notes)
+    assert isinstance(rep.masks, PackedMasks) and rep.masks.nbytes <= 5 + 2
+    assert torch.equal(rep.masks["model.layers.0.self_attn.q_proj.weight"], q2 != q)
+    out = write_analysis(a, tmp_path / "out")
+    ms = load_mask_set(mask_path(out, "ft"))
+    assert ms.metadata["shared_rows_only"] == {"model.embed_tokens.weight": 10}
+    assert int(ms.masks["model.embed_tokens.weight"].sum()) == 3
+
+
+def test_cached_analysis_reports_a_hit(tmp_path):
+    w = torch.zeros(3, 3, dtype=torch.bfloat16)
+    base = _write(tmp_path / "b", {"model.layers.0.mlp.up_proj.weight": w})
+    ft = _write(tmp_path / "f", {"model.layers.0.mlp.up_proj.weight": w + 1})
+    first = cached_analysis(base, [ft], cache_root=tmp_path / "cache")
+    second = cached_analysis(base, [ft], cache_root=tmp_path / "cache")
+    assert not first.cached and second.cached
+    assert second.reports[0].changed == 9 and second.source_dir == first.source_dir
