@@ -89,8 +89,8 @@ def wait_for_app(page, timeout: float = 120_000) -> None:
     expect(page.get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout)
 
 
-def open_page(browser, url: str):
-    ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+def open_page(browser, url: str, height: int = 1000):
+    ctx = browser.new_context(viewport={"width": 1500, "height": height})
     page = ctx.new_page()
     page.goto(url)
     wait_for_app(page)
@@ -102,7 +102,8 @@ def test_every_page_renders(browser, app_url, name):
     if not (ROOT / "views" / f"{name}.py").exists():
         pytest.skip(f"page {name} not present")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    ctx, page = open_page(browser, app_url + ("" if name == "home" else f"/{name}"))
+    # A tall window: Streamlit scrolls inside its own container, so the screenshot shows what fits.
+    ctx, page = open_page(browser, app_url + ("" if name == "home" else f"/{name}"), height=2400)
     try:
         assert page.get_by_test_id("stException").count() == 0
         assert page.get_by_test_id("stAlertContentError").count() == 0, page.get_by_test_id("stAlertContentError").all_inner_texts()

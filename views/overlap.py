@@ -47,9 +47,13 @@ def body() -> None:
     view = st.radio("Pairwise view", ["value", "ratio"], horizontal=True, key="ov_view", bind="query-params",
                     format_func=lambda v: "values" if v == "value" else "× chance")  # fmt: skip
     cols = st.columns(3)
-    for col, metric in zip(cols, ["o1", "o2", "jaccard"], strict=True):
+    titles = {"o1": "o1: share of the row mask in the column mask", "o2": "o2: share of the column mask in the row mask",
+              "jaccard": "Jaccard |A∩B| / |A∪B|"}  # fmt: skip
+    for col, metric in zip(cols, titles, strict=True):
         with col:
-            ui.chart(figures.pairwise_matrix(report.pairwise, value=metric, view=view, labels=chosen), key=f"pw-{metric}")
+            title = titles[metric] + (" (× chance)" if view == "ratio" else "")
+            ui.chart(figures.pairwise_matrix(report.pairwise, value=metric, view=view, labels=chosen, title=title),
+                     key=f"pw-{metric}")  # fmt: skip
     ui.table(report.pairwise, "pairwise", "Pairwise overlap against chance")
     by = report.by_group.copy()
     by["layer"] = by["group"].map(lambda g: g[0])
