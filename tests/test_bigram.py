@@ -51,6 +51,7 @@ from subnetviz.bigram.residual import (
 )
 from subnetviz.bigram.stats import (
     TokenCorpus,
+    corpus_from_dataset,
     corpus_from_text,
     count_bigrams,
     table_from_transition,
@@ -618,6 +619,15 @@ def test_text_corpus_with_the_models_tokenizer(tmp_path, monkeypatch):
     (tmp_path / "blank.txt").write_text("")
     with pytest.raises(ConfigError, match="tokenizes to 0"):
         prepare({"model": str(tmp_path / "m"), "corpus": str(tmp_path / "blank.txt")})
+    import datasets  # a saved dataset folder counts the same bigrams as the text file
+
+    datasets.Dataset.from_dict({"text": ["abcabd\n"] * 50}).save_to_disk(str(tmp_path / "ds"))
+    _, _, _, t2 = prepare(
+        {"model": str(tmp_path / "m"), "corpus": str(tmp_path / "ds"), "seq_len": 8, "eval_sequences": 5}
+    )
+    np.testing.assert_allclose(t2.dense_rows(np.array([a, b])), rows, atol=0.05)
+    with pytest.raises(ConfigError, match="no column"):
+        corpus_from_dataset(str(tmp_path / "ds"), tok, text_field="body")
 
 
 @pytest.mark.parametrize("kind", ["gpt_neox", "llama"])

@@ -4,7 +4,9 @@ Config (JSON)::
 
     model     local HF model folder, or a hub id already in the local HF cache (required)
     corpus    "zoo" (sequences sampled from the demo zoo's exact chain, zoo_dir()/bigram.npz,
-              which is also the bigram table) or a text file tokenized with the model's tokenizer
+              which is also the bigram table), a text file, a saved dataset folder
+              (``Dataset.save_to_disk``, column "text") or ``hf:<name>[:<split>]`` from the local
+              HF datasets cache; tokenized with the model's own tokenizer
     target    "bigram" (default) | "optimal" (the full model's own distribution)
     lambda    sparsity weight >= 0 (default 10)
     preset    "fast" (default) | "paper"
@@ -89,8 +91,8 @@ def validate_config(config: dict) -> None:
         bigram = Path(config.get("bigram") or zoo_bigram_path())
         if not bigram.is_file():
             raise ConfigError(f"{bigram}: the zoo's bigram table is missing; build the demo zoo first.")
-    elif not Path(str(corpus)).expanduser().is_file():
-        raise ConfigError(f"corpus {corpus!r}: not 'zoo' and not an existing text file.")
+    elif not (str(corpus).startswith("hf:") or Path(str(corpus)).expanduser().exists()):
+        raise ConfigError(f"corpus {corpus!r}: not 'zoo', an existing text file, a saved dataset folder or hf:<name>.")
     elif config.get("bigram") and not Path(config["bigram"]).is_file():
         raise ConfigError(f"bigram table {config['bigram']!r} does not exist.")
     target = config.get("target", "bigram")
@@ -115,7 +117,13 @@ def prepare(config: dict):
     """Load ``(model, train corpus, eval corpus, table)`` for a validated config (table may be None
     only for the optimal target on a text corpus without a bigram file)."""
     from subnetviz.bigram.maskable import load_local_model, model_folder
-    from subnetviz.bigram.stats import check_vocab, corpus_from_text, count_bigrams, load_transition_npz
+    from subnetviz.bigram.stats import (
+        check_vocab,
+        corpus_from_dataset,
+        corpus_from_text,
+        count_bigrams,
+        load_transition_npz,
+    )
 
     model_dir = model_folder(str(config["model"]))
     model = load_local_model(model_dir)
@@ -134,7 +142,11 @@ def prepare(config: dict):
         train = table.sample(n_train, seq_len, seed=seed)
         evalc = table.sample(n_eval, seq_len, seed=seed + 10_000)
     else:
-        full = corpus_from_text(corpus, model_dir, seq_len)
+        path = Path(str(corpus)).expanduser()
+        if path.is_file():
+            full = corpus_from_text(path, model_dir, seq_len)
+        else:  # a saved dataset folder or hf:<name>[:<split>] in the local cache
+            full = corpus_from_dataset(str(corpus), model_dir, seq_len, max_tokens=5_000_000)
         train, evalc = full.split(n_eval) if len(full.ids) > 1 else (full, full)
         if config.get("bigram"):
             table = load_transition_npz(config["bigram"], n_out)

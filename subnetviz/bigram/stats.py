@@ -5,7 +5,8 @@ uniform 1/V, as the paper's ``NGramModel.ngram_predict_with_backoff``), the toke
 built from, and the two ways to build one:
 
 - :func:`count_bigrams` over token sequences (the first token of each sequence is counted under a
-  BOS context, row ``V``), e.g. :func:`corpus_from_text` with the model's own tokenizer;
+  BOS context, row ``V``), e.g. :func:`corpus_from_text` / :func:`corpus_from_dataset` with the
+  model's own tokenizer;
 - :func:`table_from_transition` from an exact Markov transition matrix (the demo zoo's chain).
 
 Rows live in a SciPy CSR matrix of shape ``(V + 1, V)`` so a 50K vocabulary costs memory in
@@ -260,6 +261,31 @@ def load_transition_npz(path: str | os.PathLike, vocab_size: int | None = None) 
         return table_from_transition(z["transition"], z["token_ids"], vocab, stationary, source=str(path))
 
 
+def _tokenizer(tokenizer):
+    if isinstance(tokenizer, str | os.PathLike):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    return tokenizer
+
+
+def _corpus_from_texts(texts, tokenizer, seq_len: int, max_tokens: int | None, source: str) -> TokenCorpus:
+    """Tokenize an iterable of text pieces into one stream, cut into ``seq_len`` sequences."""
+    tokenizer = _tokenizer(tokenizer)
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(_encode(tokenizer, text))
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise ConfigError(f"{source}: tokenizes to {len(ids)} tokens; a corpus needs at least 2 (is it empty?).")
+    n = len(ids) // seq_len
+    arr = np.asarray(ids[: n * seq_len] if n else ids, dtype=np.int64).reshape(max(n, 1), -1)
+    return TokenCorpus(torch.from_numpy(arr), source)
+
+
 def corpus_from_text(
     path: str | os.PathLike, tokenizer, seq_len: int = 128, max_tokens: int | None = None
 ) -> TokenCorpus:
@@ -268,29 +294,42 @@ def corpus_from_text(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such corpus file.")
-    if isinstance(tokenizer, str | os.PathLike):
-        from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
-    ids: list[int] = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        lines: list[str] = []
-        for line in fh:
-            lines.append(line)
-            if len(lines) >= 1000:
-                ids.extend(_encode(tokenizer, "".join(lines)))
-                lines = []
-            if max_tokens is not None and len(ids) >= max_tokens:
-                break
-        if lines:
-            ids.extend(_encode(tokenizer, "".join(lines)))
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    if len(ids) < 2:
-        raise ConfigError(f"{path}: tokenizes to {len(ids)} tokens; a corpus needs at least 2 (is the file empty?).")
-    n = len(ids) // seq_len
-    arr = np.asarray(ids[: n * seq_len] if n else ids, dtype=np.int64).reshape(max(n, 1), -1)
-    return TokenCorpus(torch.from_numpy(arr), str(path))
+    def pieces():  # 1000 lines at a time: bounded memory, few tokenizer calls
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines: list[str] = []
+            for line in fh:
+                lines.append(line)
+                if len(lines) >= 1000:
+                    yield "".join(lines)
+                    lines = []
+            if lines:
+                yield "".join(lines)
+
+    return _corpus_from_texts(pieces(), tokenizer, seq_len, max_tokens, str(path))
+
+
+def corpus_from_dataset(
+    spec: str, tokenizer, seq_len: int = 128, text_field: str = "text", max_tokens: int | None = None
+) -> TokenCorpus:
+    """A local dataset's ``text_field`` as a corpus: a folder written by ``Dataset.save_to_disk`` or
+    ``hf:<name>[:<split>]`` already in the local Hugging Face datasets cache (never downloaded).
+    Each record is one piece of the token stream."""
+    import datasets
+
+    try:
+        if spec.startswith("hf:"):
+            name, _, split = spec[3:].partition(":")
+            ds = datasets.load_dataset(name, split=split or "train", download_mode="reuse_cache_if_exists")
+        else:
+            ds = datasets.load_from_disk(spec)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
+        raise ConfigError(f"{spec}: not a local dataset ({type(exc).__name__}: {exc}).") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    if text_field not in ds.column_names:
+        raise ConfigError(f"{spec}: no column {text_field!r}; columns are {ds.column_names}.")
+    return _corpus_from_texts((str(t) for t in ds[text_field]), tokenizer, seq_len, max_tokens, spec)
 
 
 def _encode(tokenizer, text: str) -> list[int]:
