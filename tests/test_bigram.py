@@ -111,6 +111,10 @@ def test_probs_rows_sparse_and_dense_paths_agree(chain, monkeypatch):
     fresh = table_from_transition(table.probs[:V].toarray(), np.arange(V))
     torch.testing.assert_close(fresh.probs_rows(ctx), dense)
     np.testing.assert_allclose(dense[1].numpy(), table.probs[5].toarray()[0], rtol=1e-6)
+    # a sparse counted table with unseen contexts (back-off) and empty trailing rows, vs SciPy rows
+    counted = count_bigrams([np.array([0, 3, 3, 1]), np.array([3, 0, 0])], vocab_size=10)
+    ctx = torch.tensor([[9, 3, 0, 10, 7, 1, 3]])
+    np.testing.assert_array_equal(counted.probs_rows(ctx).numpy(), counted.dense_rows(ctx.numpy().reshape(-1)))
 
 
 def test_corpus_from_text_uses_tokenizer(tmp_path):

@@ -104,8 +104,30 @@ class BigramTable:
         if dense is not None:
             return dense.index_select(0, flat)
         uniq, inverse = torch.unique(flat, return_inverse=True)
-        rows = torch.from_numpy(self.dense_rows(uniq.cpu().numpy())).to(flat.device)
-        return rows.index_select(0, inverse)
+        return self._gather_sparse(uniq).index_select(0, inverse)
+
+    def _gather_sparse(self, contexts: torch.Tensor) -> torch.Tensor:
+        """Dense float32 rows ``(len(contexts), V)`` built on the contexts' device from a CSR copy
+        kept there (no host round trip per batch, so GPU training is not fed by SciPy)."""
+        dev = contexts.device
+        cache = self.__dict__.setdefault("_csr", {})
+        if str(dev) not in cache:
+            p = self.probs
+            cache[str(dev)] = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (
+                p.indptr.astype(np.int64), p.indices.astype(np.int64), p.data.astype(np.float32),
+                self.seen(), self.unigram.astype(np.float32)))  # fmt: skip
+        crow, col, val, seen, unigram = cache[str(dev)]
+        starts, ends = crow[contexts], crow[contexts + 1]
+        lengths = ends - starts
+        rows = torch.zeros(len(contexts), self.vocab_size, dtype=torch.float32, device=dev)
+        row_ids = torch.repeat_interleave(torch.arange(len(contexts), device=dev), lengths)
+        # position of each stored entry: its row's start + its rank within the row
+        first = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        entry = torch.arange(int(lengths.sum()), device=dev) - first + torch.repeat_interleave(starts, lengths)
+        rows[row_ids, col[entry]] = val[entry]
+        unseen = ~seen[contexts]
+        rows[unseen] = unigram
+        return rows
 
     def check_ids(self, ids: torch.Tensor) -> None:
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > self.vocab_size):
