@@ -147,8 +147,8 @@ def train_bigram_mask(
 
     ``target``: a :class:`BigramTable` (the bigram subnetwork) or ``"optimal"`` (the full model's
     softmax). ``on_step(step, total, metrics)`` is called after every optimizer step; the run
-    returns early, marked ``cancelled``, when ``should_stop()`` is true. The model is not modified
-    (it is moved to ``device`` and put in eval mode)."""
+    returns early, marked ``cancelled``, when ``should_stop()`` is true. The model's weights are not
+    modified (it is moved to ``device`` and put in eval mode; ``requires_grad`` flags are restored)."""
     config = config or PRESETS["fast"]
     config.validate()
     family_of(model)
@@ -165,8 +165,17 @@ def train_bigram_mask(
     dev = torch.device(resolve_device(device))
     torch.manual_seed(config.seed)
     model = model.to(dev).eval()
+    grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(False)  # frozen base: only the mask logits get gradients
+    try:
+        return _train(model, corpus, table, config, dev, on_step, should_stop, metadata)
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(grad_flags[n])
+
+
+def _train(model, corpus, table, config, dev, on_step, should_stop, metadata) -> MaskTrainingResult:
     names = maskable_names(model)
     params = dict(model.named_parameters())
     weights = {n: params[n].detach() for n in names}
