@@ -1,0 +1,130 @@
+"""Continual learning: one supermask subnetwork per task (SupSup, SSNeT, ExSSNeT, KKT), launched and compared."""
+
+import streamlit as st
+
+from subnetviz import figures, ui
+from subnetviz.supermask import figures as cl_figures
+from subnetviz.supermask.job import load_result, load_task_masks
+from subnetviz.supermask.metrics import owner_image
+from subnetviz.training.runner import JobRunner
+
+METHODS = ["finetune", "supsup", "ssnet", "exssnet", "exssnet+kkt"]
+BENCHMARKS = ["permuted-digits", "split-digits", "arithmetic-text"]
+DEMO = {"kind": "continual", "benchmark": "permuted-digits", "methods": ["finetune", "supsup", "ssnet", "exssnet"],
+        "density": [0.05], "tasks": 5, "seeds": [0, 1, 2]}  # fmt: skip
+
+
+@st.cache_resource(show_spinner=False)
+def runner() -> JobRunner:
+    return JobRunner()
+
+
+def launch() -> None:
+    with st.form("cl_launch"):
+        c1, c2, c3 = st.columns(3)
+        bench = c1.selectbox("Benchmark", BENCHMARKS, help="Digits from scikit-learn (offline); arithmetic-text "
+                             "uses the demo zoo's base model as a frozen encoder.")  # fmt: skip
+        methods = c2.multiselect("Methods", METHODS, default=["finetune", "supsup", "ssnet", "exssnet"])
+        densities = c3.multiselect("Mask density (share kept per layer)", [0.02, 0.05, 0.1, 0.3], default=[0.05])
+        d1, d2, d3 = st.columns(3)
+        tasks = d1.number_input("Tasks", 1, 100, 5)
+        seeds = d2.number_input("Seeds", 1, 10, 3)
+        epochs = d3.number_input("Epochs per phase (mask / weights)", 1, 100, 10)
+        go = st.form_submit_button("Launch", type="primary", icon=":material/play_arrow:")
+    if go:
+        cfg = {"kind": "continual", "benchmark": bench, "methods": methods, "density": sorted(densities),
+               "tasks": int(tasks), "seeds": list(range(int(seeds))),
+               "epochs": {"mask": int(epochs), "weight": int(epochs), "finetune": 2 * int(epochs)}}  # fmt: skip
+        run_id = runner().submit(cfg, name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
+        st.success(f"Queued run {run_id}; it appears under Results when it finishes.")
+
+
+@st.fragment(run_every="2s")
+def progress() -> None:
+    r = runner()
+    r.poll()
+    df = r.list_runs()
+    active = df[(df["kind"] == "continual") & df["status"].isin(["queued", "running"])]
+    for rec in active.itertuples():
+        step, total = int(rec.step or 0), int(rec.total or 0)
+        st.progress(step / total if total else 0.0, text=f"{rec.name}: {step}/{total} tasks trained ({rec.status})")
+        if st.button("Cancel", key=f"cl-cancel-{rec.id}"):
+            r.cancel(rec.id)
+    if not len(active):
+        st.rerun()
+
+
+def results() -> None:
+    df = runner().list_runs()
+    done = df[(df["kind"] == "continual") & (df["status"] == "succeeded")]
+    if not len(done):
+        st.info("No finished continual-learning run yet. The demo configuration (permuted digits, 5 tasks, "
+                "density 5 %, four methods, 3 seeds) takes a minute or two on one CPU thread.")  # fmt: skip
+        if st.button("Run the demo configuration", type="primary", key="cl-demo"):
+            runner().submit(DEMO, name="demo: permuted-digits, 5 tasks, d=0.05")
+            st.rerun()
+        st.stop()
+    labels = {r.id: f"{r.name} · {r.id}" for r in done.itertuples()}
+    run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="cl_run", bind="query-params")
+    folder = runner().get(run_id).outputs
+    frames = load_result(folder)
+    summary, acc = frames["summary"], frames["accuracy"]
+    densities = sorted(d for d in summary["density"].unique() if d < 1.0) or [1.0]
+    c1, c2 = st.columns(2)
+    density = c1.selectbox("Density", densities, key="cl_density", bind="query-params")
+    seed = c2.selectbox("Seed", sorted(acc["seed"].unique()), key="cl_seed", bind="query-params")
+    table = summary[summary["density"].isin([density, 1.0])]
+    ui.table(table, "cl-summary", "Final accuracy, forgetting, capacity (mean ± sd over seeds)")
+    a, b = st.columns(2)
+    with a:
+        ui.chart(cl_figures.accuracy_vs_density(summary), key="cl-acc-density")
+    with b:
+        ui.chart(cl_figures.forgetting_bars(summary, density), key="cl-forgetting")
+    st.subheader("Accuracy after each task")
+    methods = list(dict.fromkeys(acc["label"]))
+    cols = st.columns(min(len(methods), 3))
+    for i, label in enumerate(methods):
+        one = acc[(acc["label"] == label) & (acc["seed"] == seed) & acc["density"].isin([density, 1.0])]
+        if not len(one):
+            continue
+        A = one.pivot(index="after_task", columns="task", values="acc").to_numpy()
+        with cols[i % len(cols)]:
+            ui.chart(figures.accuracy_matrix(A, [f"task {j}" for j in range(A.shape[1])], title=label), key=f"cl-A-{label}")
+    st.subheader("Capacity: which weights the tasks claim")
+    a, b = st.columns(2)
+    with a:
+        ui.chart(cl_figures.capacity_curves(frames["capacity"], density), key="cl-capacity")
+    with b:
+        masked = [m for m in methods if m != "finetune"]
+        label = st.selectbox("Owner image of", masked, key="cl_owner", bind="query-params") if masked else None
+        if label:
+            masks = load_task_masks(folder, label, density, seed)
+            layer = next(iter(masks[0])) if masks else None
+            if layer:
+                ui.chart(cl_figures.owner_image(owner_image(masks, layer), title=f"{label}: owner task of {layer}"),
+                         key="cl-owner")  # fmt: skip
+    if len(frames["knn"]):
+        ui.chart(cl_figures.knn_bars(frames["knn"]), key="cl-knn")
+    st.caption("Task masks are saved with the run: pick them under *Saved masks* to compare them on the Overlap page.")
+    ui.export_button("Continual learning", {"run": run_id, "density": density, "seed": int(seed)},
+                     ["cl-acc-density", "cl-forgetting", "cl-capacity", "cl-owner", "cl-knn",
+                      *[f"cl-A-{m}" for m in methods]], ["cl-summary"])  # fmt: skip
+
+
+def body() -> None:
+    st.title("Continual learning with supermasks")
+    st.caption("A fixed random network learns one mask per task. SupSup trains masks only (never forgets); SSNeT "
+               "then trains the weights in each mask (forgets); ExSSNeT trains only weights no earlier mask uses "
+               "(no forgetting, more accuracy); KKT starts a task from the most useful earlier mask.")  # fmt: skip
+    view = st.segmented_control("View", ["Results", "Launch"], default="Results", required=True, key="cl_view",
+                                bind="query-params", label_visibility="collapsed")  # fmt: skip
+    runs = runner().list_runs()
+    if len(runs) and runs[(runs["kind"] == "continual") & runs["status"].isin(["queued", "running"])].shape[0]:
+        progress()
+    if view == "Launch":
+        launch()
+    else:
+        results()
+
+
+ui.run_page(body)
