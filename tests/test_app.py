@@ -123,3 +123,21 @@ def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
     with pytest.raises(UnsafePickleError):
         ui.save_upload("evil.pickle", pickle.dumps({"w": Evil()}))
     assert not sentinel.exists()
+
+
+def test_continual_page_shows_the_runs_numbers(app_env):
+    from subnetviz.supermask.job import load_result
+    from subnetviz.training.runner import JobRunner
+
+    runner = JobRunner()
+    rid = runner.submit({"kind": "continual", "benchmark": "permuted-digits", "methods": ["supsup", "exssnet"],
+                         "density": [0.05], "tasks": 3, "seeds": [0], "epochs": {"mask": 2, "weight": 2}},
+                        name="apptest")  # fmt: skip
+    rec = runner.wait(rid, timeout=300)
+    assert rec.status == "succeeded", rec.error
+    at = open_page("continual", cl_run=rid)
+    assert not at.exception and not at.error
+    shown = at.dataframe[0].value
+    expected = load_result(rec.outputs)["summary"]
+    assert np.allclose(shown["final_acc_mean"].to_numpy(), expected["final_acc_mean"].to_numpy())
+    assert len(plotly_specs(at)) >= 5
