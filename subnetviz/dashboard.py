@@ -30,8 +30,7 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
     sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
     figs.append(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]))
     figs.append(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)))
-    special = pd.concat([r.special() for r in analysis.reports], ignore_index=True)
-    figs.append(figures.module_bars(special.rename(columns={"key": "name"})))
+    figs.append(figures.module_bars(pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)))
     sections.append(ReportSection("Update sparsity", figs, [("Sparsity per criterion", sweep)]))
     spec = analysis.spectra_table()
     if len(spec):

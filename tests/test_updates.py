@@ -34,6 +34,9 @@ def test_resized_vocabulary_compares_shared_rows_and_says_so(tmp_path):
     assert t.loc["embed_tokens.weight", "rows_compared"] == 10
     assert rep.changed == 4 and rep.numel == 56
     assert any("vocabulary resized" in n for n in rep.notes)
+    special = rep.special_by_module().set_index("group")
+    assert list(special.index) == ["embed"] and special.loc["embed", "changed"] == 3
+    assert special.loc["embed", "sparsity"] == 1 - 3 / 40
     assert isinstance(rep.masks, PackedMasks) and rep.masks.nbytes <= 5 + 2
     assert torch.equal(rep.masks["model.layers.0.self_attn.q_proj.weight"], q2 != q)
     out = write_analysis(a, tmp_path / "out")

@@ -44,8 +44,10 @@ def body() -> None:
         ui.chart(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)), key="ulp")
     ui.table(sweep, "sweep-table", "Sparsity per criterion")
     st.subheader("Norms, embeddings and head")
-    special = pd.concat([r.special() for r in analysis.reports], ignore_index=True)
-    ui.chart(figures.module_bars(special.rename(columns={"key": "name"})), key="special")
+    special = pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)
+    ui.chart(figures.module_bars(special), key="special")
+    ui.table(pd.concat([r.special() for r in analysis.reports], ignore_index=True), "special-table",
+             "Every norm, embedding and head tensor")
     drill_down(analysis, reports)
     ui.export_button("Update sparsity", {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
                      [f"heat-{m}" for m in shown] + ["sweep", "ulp", "special", "drill-image", "drill-ratios"],

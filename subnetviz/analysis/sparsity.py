@@ -337,6 +337,14 @@ class SparsityReport:
         t = self.tensors[self.tensors["block"].isin(["norm", "embedding", "head"])]
         return t[["model", "key", "layer", "block", "module", "numel", "changed", "sparsity"]].reset_index(drop=True)
 
+    def special_by_module(self) -> pd.DataFrame:
+        """:meth:`special` summed per module kind (all attention norms together, ...): group, changed, numel, sparsity."""
+        t = self.special()
+        g = t.groupby("module", sort=False).agg(changed=("changed", "sum"), numel=("numel", "sum"),
+                                                 tensors=("key", "count")).reset_index()  # fmt: skip
+        g["sparsity"] = 1.0 - g["changed"] / g["numel"].clip(lower=1)
+        return g.rename(columns={"module": "group"}).assign(model=self.model)
+
     def summary(self) -> dict:
         sw = self.sweep()
         return {
