@@ -144,8 +144,27 @@ def saved_masks() -> dict[str, str]:
         if f.name.startswith("model") or "checkpoint" in f.parts[-2]:
             continue
         rel = f.relative_to(runs)
-        found[f"run {rel.parts[0]}/{'/'.join(rel.parts[2:])[:-12]}"] = str(f)
+        label = f"run {rel.parts[0]}/{'/'.join(rel.parts[2:])[:-12]}"
+        if f.name == "mask.safetensors":  # a bigram-mask job: say what it is
+            info = _mask_info(str(f), f.stat().st_mtime)
+            if info.get("target"):
+                label = f"{info['target']} mask λ={info.get('lambda', '?'):g} · {rel.parts[0]}"
+        found[label] = str(f)
     return found
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _mask_info(path: str, mtime: float) -> dict:
+    """A mask file's provenance (its safetensors header only; no tensor is read)."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="np") as f:
+            return json.loads((f.metadata() or {}).get("subnetviz", "{}"))
+    except (OSError, ValueError, SafetensorError):  # unreadable: keeps its plain label; opening it reports why
+        return {}
 
 
 def workspace_sidebar() -> Workspace:

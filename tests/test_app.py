@@ -141,3 +141,26 @@ def test_continual_page_shows_the_runs_numbers(app_env):
     expected = load_result(rec.outputs)["summary"]
     assert np.allclose(shown["final_acc_mean"].to_numpy(), expected["final_acc_mean"].to_numpy())
     assert len(plotly_specs(at)) >= 5
+
+
+def test_bigram_page_shows_the_backend_numbers(app_env):
+    from subnetviz import config, ui
+    from subnetviz.bigram.job import analyse_mask_file
+    from subnetviz.training.runner import JobRunner
+
+    runner = JobRunner()
+    base = str(config.zoo_dir() / "base")
+    ids = [runner.submit({"kind": "bigram_mask", "model": base, "corpus": "zoo", "target": t, "lambda": 10.0,
+                          "preset": "fast", "steps": 60, "seed": 0}) for t in ("bigram", "optimal")]  # fmt: skip
+    for rid in ids:
+        rec = runner.wait(rid, timeout=300)
+        assert rec.status == "succeeded", rec.error
+    masks = {v: k for k, v in ui.saved_masks().items()}
+    bigram, optimal = (str(runner.get(rid).outputs / "mask.safetensors") for rid in ids)
+    at = open_page("bigram", bg_mask=masks[bigram], bg_opt=masks[optimal])
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    shown = {m.label: m.value for m in at.metric}
+    result, _ = analyse_mask_file(ui.resolve_choice(base, {}), bigram, corpus="zoo", optimal=optimal)
+    assert shown["r subnetwork"] == f"{result.headline['r_subnetwork']:.3f}"
+    assert shown["kept weights"].startswith(f"{result.headline['kept']:,} ")
+    assert len(plotly_specs(at)) >= 5

@@ -1,0 +1,168 @@
+"""Bigram subnetworks: train a mask as a job or load one, then fidelity, ablation, location, overlap,
+the residual stream and generations (reference/bigram_subnetworks.md)."""
+
+import os
+
+import plotly.express as px
+import streamlit as st
+
+from subnetviz import config, figures, ui
+from subnetviz.bigram.locate import shares_heatmap_frame
+from subnetviz.training.runner import JobRunner
+
+
+@st.cache_resource(show_spinner=False)
+def runner() -> JobRunner:
+    return JobRunner()
+
+
+@st.cache_data(show_spinner="Analysing the subnetwork (fidelity, ablations, residual stream)…", max_entries=8)
+def _analysis(model: str, mask: str, optimal: str | None, corpus: str, _stamp: tuple):
+    from subnetviz.bigram.job import analyse_mask_file
+
+    return analyse_mask_file(model, mask, corpus=corpus, optimal=optimal)
+
+
+def train(model: str, corpus: str) -> None:
+    with st.form("bg_train"):
+        c = st.columns(5)
+        target = c[0].selectbox("Target (optimal = the model's own softmax)", ["bigram", "optimal"], key="bg_target")
+        lam = c[1].number_input("λ (sparsity)", 0.0, 1e4, 10.0, key="bg_lambda")
+        preset = c[2].selectbox("Preset (fast: lr 1e-2, β×1.003)", ["fast", "paper"], key="bg_preset")
+        steps = c[3].number_input("Max steps", 1, 100_000, 3000, key="bg_steps")
+        seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key="bg_seed")
+        go = st.form_submit_button("Train mask", type="primary", icon=":material/play_arrow:")
+    if go:
+        cfg = {"kind": "bigram_mask", "model": model, "corpus": corpus, "target": target, "lambda": float(lam),
+               "preset": preset, "steps": int(steps), "seed": int(seed), "device": ui.workspace().device}  # fmt: skip
+        run_id = runner().submit(cfg, name=f"{target} mask λ={lam:g}")
+        st.success(f"Queued run {run_id}; its mask joins the saved masks when it finishes.")
+    runs_view()
+
+
+def _active() -> bool:
+    df = runner().list_runs()
+    return bool(len(df) and df[(df["kind"] == "bigram_mask") & df["status"].isin(["queued", "running"])].shape[0])
+
+
+def runs_view() -> None:
+    """Polls every 2 s while a mask is training; static otherwise."""
+    runner().poll()
+    if _active():
+        _live()
+    else:
+        _runs()
+
+
+@st.fragment(run_every="2s")
+def _live() -> None:
+    ui.run_page(_runs)  # a fragment rerun is outside the page's error boundary
+    if not _active():
+        st.rerun()
+
+
+def _runs() -> None:
+    r = runner()
+    r.poll()
+    df = r.list_runs()
+    df = df[df["kind"] == "bigram_mask"] if len(df) else df
+    if not len(df):
+        st.caption("No mask-training runs yet.")
+        return
+    st.dataframe(df[["id", "name", "status", "step", "total", "error"]], hide_index=True, key="bg_runs")
+    run_id = st.selectbox("Run", list(df["id"]), key="bg_run")
+    if not r.get(run_id).finished and st.button("Cancel", key=f"bg-cancel-{run_id}", icon=":material/stop:"):
+        r.cancel(run_id)
+        st.rerun(scope="fragment")
+    metrics = r.metrics(run_id)
+    if len(metrics):
+        long = metrics.melt(id_vars=["step"], value_vars=[c for c in ("loss", "kept", "undecided") if c in metrics],
+                            var_name="metric").dropna()  # fmt: skip
+        ui.chart(figures.training_curves(long, title=f"Run {run_id}"), key="bg-curves")
+
+
+def import_released(model: str) -> None:
+    with st.expander("Import a released bigram-subnetwork pickle (GPT-2 / Pythia)"):
+        path = st.text_input("subnetwork_dict_lambda*.pickle (restricted unpickler)", key="bg_pickle")
+        if path and st.button("Import for this model", key="bg_import"):
+            from subnetviz.bigram.maskable import save_released_mask
+
+            out = config.home() / "uploads" / f"{os.path.basename(path).rsplit('.', 1)[0]}.safetensors"
+            save_released_mask(config.check_allowed(path), model, out)
+            st.success(f"Saved {out.name}; it is now among the saved masks.")
+
+
+def headline(h: dict) -> None:
+    items = [("kept weights", f"{h['kept']:,} ({100 * h['density']:.3f} %)"), ("r full model", f"{h['r_full']:.3f}"),
+             ("r subnetwork", f"{h['r_subnetwork']:.3f}"), ("r random", f"{h['r_random_mean']:.3f} ± {h['r_random_sd']:.3f}"),
+             ("first-layer MLP share", f"{100 * h['first_mlp_share']:.1f} %"),
+             ("Δ bits ablated / random", f"{h['delta_bits_ablated']:+.3f} / {h['delta_bits_random_ablated']:+.3f}")]  # fmt: skip
+    if "overlap_x_chance" in h:
+        items.append(("overlap × chance", f"{h['overlap_x_chance']:.1f}× (p = {h['overlap_p']:.1e})"))
+    for col, (label, value) in zip(st.columns(len(items)), items, strict=True):
+        col.metric(label, value)
+
+
+def analyse(model: str, corpus: str) -> None:
+    import_released(model)
+    masks = {k: v for k, v in ui.saved_masks().items() if v.endswith("outputs/mask.safetensors") or "uploads" in k}
+    if not masks:
+        st.info("No bigram mask yet: train one (*Train a mask*; a λ = 10 mask of the demo base takes a few minutes "
+                "on one CPU thread), upload one on the Workspace page, or import a released pickle above.",
+                icon=":material/info:")  # fmt: skip
+        return
+    a, b = st.columns(2)
+    mask = a.selectbox("Bigram subnetwork mask", list(masks), key="bg_mask", bind="query-params")
+    opt = b.selectbox("Optimal subnetwork mask (overlap)", ["none", *masks], key="bg_opt", bind="query-params")
+    stamp = (ui.checkpoint_info(model)["fingerprint"], os.path.getmtime(masks[mask]))
+    res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, stamp)
+    headline(res.headline)
+    summary = res.ablation.summary()
+    c, d = st.columns(2)
+    with c:
+        ui.chart(px.bar(summary, x="setting", y="r_mean", error_y="r_sd", title="Fidelity: surprisal r vs bigram"),
+                 key="bg-r")  # fmt: skip
+    with d:
+        ui.chart(px.bar(summary, x="setting", y="delta_bits", title="Δ bits per token vs the full model"),
+                 key="bg-bits")  # fmt: skip
+    ui.table(summary, "bg-ablation", "Fidelity and loss per setting (random: mean ± sd over seeds)")
+    ui.chart(figures.sparsity_heatmap(shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives"),
+             key="bg-shares")  # fmt: skip
+    ui.table(res.split, "bg-split", "Attention vs MLP")
+    if res.residual is not None:
+        ui.chart(px.line(res.residual.rotation, x="layer", y="angle_deg", color="model", line_dash="target",
+                         markers=True, title="Rotation to input / output (median |arg λ|, degrees)"), key="bg-rotation")  # fmt: skip
+        labels = list(dict.fromkeys(res.residual.covariance["model"]))
+        for col, label in zip(st.columns(len(labels)), labels, strict=True):
+            with col:
+                ui.chart(px.imshow(res.residual.covariance_matrix(label), zmin=0, zmax=1, color_continuous_scale="Viridis",
+                                   title=f"Covariance similarity: {label}"), key=f"bg-cov-{label}")  # fmt: skip
+    if res.overlap is not None:
+        ui.table(res.overlap.to_frame(), "bg-overlap", "Overlap with the optimal subnetwork vs both nulls")
+        fig = px.histogram(res.overlap.null_frame(), x="overlap", color="null", barmode="overlay",
+                           title="Null overlaps (observed: dashed line)")  # fmt: skip
+        fig.add_vline(x=res.overlap.overlap, line_dash="dash")
+        ui.chart(fig, key="bg-null")
+    if gens is not None:
+        ui.table(gens, "bg-generations", "Generations at temperature 0.3: full model vs subnetwork ablated")
+    ui.export_button("Bigram subnetworks", {"model": model, "mask": mask, "optimal": opt},
+                     ["bg-r", "bg-bits", "bg-shares", "bg-rotation", "bg-null"], ["bg-ablation", "bg-overlap"])  # fmt: skip
+
+
+def body() -> None:
+    st.title("Bigram subnetworks")
+    st.caption("Which weights map the current token to the next one (Chang & Bergen 2025), ablated and located.")
+    a, b = st.columns(2)
+    model = a.text_input("Model", value=ui.workspace().base or "", key="bg_model",
+                         help="A folder or a cached hub id; defaults to the sidebar's base (the demo zoo's base).")  # fmt: skip
+    corpus = b.text_input("Corpus", value="zoo", key="bg_corpus",
+                          help="'zoo' = the demo chain's exact bigram law, or a text file (model's own tokenizer)")  # fmt: skip
+    ui.need(bool(model), "Choose a model (the sidebar's base, a folder or a cached hub id).")
+    model = ui.resolve_choice(model, {})
+    corpus = corpus if corpus == "zoo" else str(config.check_allowed(corpus))
+    view = st.segmented_control("View", ["Analyse a mask", "Train a mask"], default="Analyse a mask", required=True,
+                                key="bg_view", bind="query-params", label_visibility="collapsed")  # fmt: skip
+    (analyse if view == "Analyse a mask" else train)(model, corpus)
+
+
+ui.run_page(body)
