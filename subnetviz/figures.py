@@ -24,8 +24,9 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#0
 SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu_r"
 MODULE_ORDER = (
-    "embed", "q", "k", "v", "o", "qkv", "attn", "gate", "up", "down", "mlp_in", "mlp_out", "mlp",
-    "attn_norm", "mlp_norm", "norm", "lm_head",
+    "embed", "pos_embed", "q", "k", "v", "o", "qkv", "attn", "gate", "up", "down", "mlp_in", "mlp_out", "mlp",
+    "attn_norm", "mlp_norm", "norm", "final_norm", "lm_head",
+    "Q", "K", "V", "O", "MLP-in", "MLP-out",  # the bigram paper's blocks (subnetviz.bigram.maskable)
 )  # fmt: skip
 PLOTLY_CONFIG = {"displaylogo": False, "showSendToCloud": False, "responsive": True}
 """What pages pass as ``st.plotly_chart(config=...)``: no logo, no plotly.js 4 "Share chart" (cloud upload)."""

@@ -20,7 +20,6 @@ import streamlit as st
 from subnetviz import config
 from subnetviz.errors import SubnetvizError
 
-PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["sendDataToCloud"], "toImageButtonOptions": {"scale": 2}}
 PRECISIONS = ["stored", "bf16", "fp32", "fp16"]
 
 
@@ -310,6 +309,8 @@ def update_analysis(ws: Workspace, *, spectra: bool = False, mask_tolerance: flo
 
 # --- output helpers ------------------------------------------------------------------------------
 def chart(fig, key: str) -> None:
+    from subnetviz.figures import PLOTLY_CONFIG
+
     st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, width="stretch")
     st.session_state.setdefault("_figures", {})[key] = fig
 

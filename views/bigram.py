@@ -99,8 +99,9 @@ def headline(h: dict) -> None:
              ("Δ bits ablated / random", f"{h['delta_bits_ablated']:+.3f} / {h['delta_bits_random_ablated']:+.3f}")]  # fmt: skip
     if "overlap_x_chance" in h:
         items.append(("overlap × chance", f"{h['overlap_x_chance']:.1f}× (p = {h['overlap_p']:.1e})"))
-    for col, (label, value) in zip(st.columns(len(items)), items, strict=True):
-        col.metric(label, value)
+    cols = st.columns(4)  # two rows: seven numbers do not fit one row readably
+    for i, (label, value) in enumerate(items):
+        cols[i % 4].metric(label, value)
 
 
 def analyse(model: str, corpus: str) -> None:
@@ -112,8 +113,14 @@ def analyse(model: str, corpus: str) -> None:
                 icon=":material/info:")  # fmt: skip
         return
     a, b = st.columns(2)
-    mask = a.selectbox("Bigram subnetwork mask", list(masks), key="bg_mask", bind="query-params")
-    opt = b.selectbox("Optimal subnetwork mask (overlap)", ["none", *masks], key="bg_opt", bind="query-params")
+    names = list(masks)
+    latest = {t: max((n for n in names if n.startswith(f"{t} mask")), key=lambda n: n.rsplit("· ", 1)[-1], default=None)
+              for t in ("bigram", "optimal")}  # the newest mask of each target is the default  # fmt: skip
+    mask = a.selectbox("Bigram subnetwork mask", names, index=names.index(latest["bigram"]) if latest["bigram"] else 0,
+                       key="bg_mask", bind="query-params")  # fmt: skip
+    opts = ["none", *names]
+    opt = b.selectbox("Optimal subnetwork mask (overlap)", opts,
+                      index=opts.index(latest["optimal"]) if latest["optimal"] else 0, key="bg_opt", bind="query-params")  # fmt: skip
     stamp = (ui.checkpoint_info(model)["fingerprint"], os.path.getmtime(masks[mask]))
     res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, stamp)
     headline(res.headline)
