@@ -154,7 +154,7 @@ def test_training_run_from_the_page_succeeds(browser, app_url):
         wait_for_app(page)
         assert page.get_by_test_id("stException").count() == 0
     finally:
-        page.screenshot(path=str(SHOTS / "training-run.png"), full_page=True)
+        page.screenshot(path=str(SHOTS.parent / "subnetviz-e2e-training-run.png"), full_page=True)
         ctx.close()
 
 

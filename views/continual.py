@@ -71,7 +71,8 @@ def results() -> None:
     summary, acc = frames["summary"], frames["accuracy"]
     densities = sorted(d for d in summary["density"].unique() if d < 1.0) or [1.0]
     c1, c2 = st.columns(2)
-    density = c1.selectbox("Density", densities, key="cl_density", bind="query-params")
+    density = c1.selectbox("Density", densities, index=densities.index(0.05) if 0.05 in densities else 0,
+                           key="cl_density", bind="query-params")  # fmt: skip
     seed = c2.selectbox("Seed", sorted(acc["seed"].unique()), key="cl_seed", bind="query-params")
     table = summary[summary["density"].isin([density, 1.0])]
     ui.table(table, "cl-summary", "Final accuracy, forgetting, capacity (mean ± sd over seeds)")
