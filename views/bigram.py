@@ -98,7 +98,7 @@ def headline(h: dict) -> None:
              ("first-layer MLP share", f"{100 * h['first_mlp_share']:.1f} %"),
              ("Δ bits ablated / random", f"{h['delta_bits_ablated']:+.3f} / {h['delta_bits_random_ablated']:+.3f}")]  # fmt: skip
     if "overlap_x_chance" in h:
-        items.append(("overlap × chance", f"{h['overlap_x_chance']:.1f}× (p = {h['overlap_p']:.1e})"))
+        items.append((f"overlap × chance (p = {h['overlap_p']:.0e})", f"{h['overlap_x_chance']:.1f}×"))
     cols = st.columns(4)  # two rows: seven numbers do not fit one row readably
     for i, (label, value) in enumerate(items):
         cols[i % 4].metric(label, value)
