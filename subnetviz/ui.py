@@ -147,7 +147,8 @@ def saved_masks() -> dict[str, str]:
         if f.name == "mask.safetensors":  # a bigram-mask job: say what it is
             info = _mask_info(str(f), f.stat().st_mtime)
             if info.get("target"):
-                label = f"{info['target']} mask λ={info.get('lambda', '?'):g} · {rel.parts[0]}"
+                lam = info.get("lambda")
+                label = f"{info['target']} mask λ={lam if lam is None else format(lam, 'g')} · {rel.parts[0]}"
         found[label] = str(f)
     return found
 
