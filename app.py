@@ -27,5 +27,5 @@ nav = {
 }
 page = st.navigation({s: p for s, p in nav.items() if p})
 st.session_state.pop("_workspace", None)
-ui.run_page(ui.workspace_sidebar)
+ui.run_page(ui.workspace_sidebar, fresh=False)
 page.run()

@@ -45,11 +45,15 @@ class Workspace:
 
 
 # --- errors ----------------------------------------------------------------------------------------
-def run_page(body: Callable[[], None]) -> None:
+def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
     """Run a page body; input errors become one readable message, bugs a short notice (no traceback).
 
+    ``fresh``: a page run starts with no collected figures, so an export holds this view's figures
+    only, never a stale one (fragments, which redraw a part of the page, pass False).
     ``SUBNETVIZ_DEV=1`` shows the traceback of unexpected errors, for development only.
     """
+    if fresh:
+        st.session_state["_figures"], st.session_state["_tables"] = {}, {}
     try:
         body()
     except SubnetvizError as exc:

@@ -165,3 +165,18 @@ def test_path_outside_the_roots_is_refused_in_the_page(browser, app_url):
         page.get_by_text("outside the folders this server may read").first.wait_for(timeout=30_000)
     finally:
         ctx.close()
+
+
+def test_export_button_downloads_a_self_contained_dashboard(browser, app_url, tmp_path):
+    ctx, page = open_page(browser, app_url + "/sparsity", height=2400)
+    try:
+        with page.expect_download(timeout=60_000) as info:
+            page.get_by_role("button", name="Export dashboard (HTML)").click()
+        path = tmp_path / "dashboard.html"
+        info.value.save_as(path)
+        html = path.read_text()
+        rest = html[html.index("</script>"):]  # after the embedded plotly.js
+        assert "<script src" not in html and 'href="http' not in rest
+        assert html.count('class="figure"') >= 5 and "sparsity (exact)" in html
+    finally:
+        ctx.close()

@@ -56,7 +56,7 @@ def runs_view() -> None:
 
 @st.fragment(run_every="2s")
 def _live() -> None:
-    ui.run_page(_runs)  # a fragment rerun is outside the page's error boundary
+    ui.run_page(_runs, fresh=False)  # a fragment rerun is outside the page's error boundary
     if not _active():
         st.rerun()
 

@@ -80,7 +80,7 @@ def runs_view() -> None:
 
 @st.fragment(run_every="2s")
 def _live() -> None:
-    ui.run_page(_runs_view)  # a fragment rerun is outside the page's error boundary
+    ui.run_page(_runs_view, fresh=False)  # a fragment rerun is outside the page's error boundary
     if not runner().list_runs()["status"].isin(["queued", "running"]).any():
         st.rerun()  # everything finished: redraw once without the timer
 
