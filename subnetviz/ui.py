@@ -378,3 +378,45 @@ def series(paths: Sequence[str], steps: Sequence[int]):
                                  lambda: checkpoint_series(list(paths), list(steps), progress=progress))  # fmt: skip
     bar.empty()
     return out
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def _job_runner(root: str):
+    from subnetviz.training.runner import JobRunner
+
+    return JobRunner(root)
+
+
+def job_runner():
+    """The job runner over this home's registry (one per runs folder, shared by every session)."""
+    return _job_runner(str(config.runs_dir()))
+
+
+def active_runs(kind: str | None = None) -> pd.DataFrame:
+    """Queued or running jobs (of ``kind``), after a poll of the registry."""
+    r = job_runner()
+    r.poll()
+    df = r.list_runs()
+    if not len(df):
+        return df
+    df = df[df["status"].isin(["queued", "running"])]
+    return df[df["kind"] == kind] if kind else df
+
+
+def live(render: Callable[[], None], kind: str | None = None) -> None:
+    """Draw ``render``; while jobs (of ``kind``) are queued or running, redraw it every 2 s.
+
+    Only the fragment reruns, and only while something is active: a finished page is static.
+    """
+    if len(active_runs(kind)):
+        _poll(render, kind)
+    else:
+        run_page(render, fresh=False)
+
+
+@st.fragment(run_every="2s")
+def _poll(render: Callable[[], None], kind: str | None) -> None:
+    run_page(render, fresh=False)  # a fragment rerun is outside the page's error boundary
+    if not len(active_runs(kind)):
+        st.rerun()  # everything finished: redraw once, without the timer

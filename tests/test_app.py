@@ -164,3 +164,19 @@ def test_bigram_page_shows_the_backend_numbers(app_env):
     assert shown["r subnetwork"] == f"{result.headline['r_subnetwork']:.3f}"
     assert shown["kept weights"].startswith(f"{result.headline['kept']:,} ")
     assert len(plotly_specs(at)) >= 5
+
+
+def test_pages_show_live_progress_of_a_queued_or_running_job(app_env):
+    from subnetviz.training.runner import JobRunner
+
+    runner = JobRunner()
+    rid = runner.submit({"kind": "continual", "benchmark": "permuted-digits", "methods": ["supsup"], "density": [0.1],
+                         "tasks": 3, "seeds": [0, 1, 2, 3], "epochs": {"mask": 5, "weight": 5}}, name="live")  # fmt: skip
+    try:
+        at = open_page("continual")  # the job has no step yet (NaN in the registry): must not break the page
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert any("live:" in p.proto.text for p in at.get("progress"))
+        at = open_page("training", tr_view="Runs")
+        assert not at.exception and not at.error
+    finally:
+        runner.cancel(rid)

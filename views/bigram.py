@@ -8,12 +8,6 @@ import streamlit as st
 
 from subnetviz import config, figures, ui
 from subnetviz.bigram.locate import shares_heatmap_frame
-from subnetviz.training.runner import JobRunner
-
-
-@st.cache_resource(show_spinner=False)
-def runner() -> JobRunner:
-    return JobRunner()
 
 
 @st.cache_data(show_spinner="Analysing the subnetwork (fidelity, ablations, residual stream)…", max_entries=8)
@@ -35,34 +29,18 @@ def train(model: str, corpus: str) -> None:
     if go:
         cfg = {"kind": "bigram_mask", "model": model, "corpus": corpus, "target": target, "lambda": float(lam),
                "preset": preset, "steps": int(steps), "seed": int(seed), "device": ui.workspace().device}  # fmt: skip
-        run_id = runner().submit(cfg, name=f"{target} mask λ={lam:g}")
+        run_id = ui.job_runner().submit(cfg, name=f"{target} mask λ={lam:g}")
         st.success(f"Queued run {run_id}; its mask joins the saved masks when it finishes.")
     runs_view()
 
 
-def _active() -> bool:
-    df = runner().list_runs()
-    return bool(len(df) and df[(df["kind"] == "bigram_mask") & df["status"].isin(["queued", "running"])].shape[0])
-
-
 def runs_view() -> None:
-    """Polls every 2 s while a mask is training; static otherwise."""
-    runner().poll()
-    if _active():
-        _live()
-    else:
-        _runs()
-
-
-@st.fragment(run_every="2s")
-def _live() -> None:
-    ui.run_page(_runs, fresh=False)  # a fragment rerun is outside the page's error boundary
-    if not _active():
-        st.rerun()
+    """Mask-training runs; polls every 2 s while one is queued or running, static otherwise."""
+    ui.live(_runs, "bigram_mask")
 
 
 def _runs() -> None:
-    r = runner()
+    r = ui.job_runner()
     r.poll()
     df = r.list_runs()
     df = df[df["kind"] == "bigram_mask"] if len(df) else df

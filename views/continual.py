@@ -1,22 +1,17 @@
 """Continual learning: one supermask subnetwork per task (SupSup, SSNeT, ExSSNeT, KKT), launched and compared."""
 
+import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui
 from subnetviz.supermask import figures as cl_figures
 from subnetviz.supermask.job import load_result, load_task_masks
 from subnetviz.supermask.metrics import owner_image
-from subnetviz.training.runner import JobRunner
 
 METHODS = ["finetune", "supsup", "ssnet", "exssnet", "exssnet+kkt"]
 BENCHMARKS = ["permuted-digits", "split-digits", "arithmetic-text"]
 DEMO = {"kind": "continual", "benchmark": "permuted-digits", "methods": ["finetune", "supsup", "ssnet", "exssnet"],
         "density": [0.05], "tasks": 5, "seeds": [0, 1, 2]}  # fmt: skip
-
-
-@st.cache_resource(show_spinner=False)
-def runner() -> JobRunner:
-    return JobRunner()
 
 
 def launch() -> None:
@@ -35,38 +30,32 @@ def launch() -> None:
         cfg = {"kind": "continual", "benchmark": bench, "methods": methods, "density": sorted(densities),
                "tasks": int(tasks), "seeds": list(range(int(seeds))),
                "epochs": {"mask": int(epochs), "weight": int(epochs), "finetune": 2 * int(epochs)}}  # fmt: skip
-        run_id = runner().submit(cfg, name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
+        run_id = ui.job_runner().submit(cfg, name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
         st.success(f"Queued run {run_id}; it appears under Results when it finishes.")
 
 
-@st.fragment(run_every="2s")
 def progress() -> None:
-    r = runner()
-    r.poll()
-    df = r.list_runs()
-    active = df[(df["kind"] == "continual") & df["status"].isin(["queued", "running"])]
-    for rec in active.itertuples():
-        step, total = int(rec.step or 0), int(rec.total or 0)
+    """Progress bars of the continual-learning jobs that are queued or running."""
+    for rec in ui.active_runs("continual").itertuples():
+        step, total = (0 if pd.isna(v) else int(v) for v in (rec.step, rec.total))  # queued: no progress yet
         st.progress(step / total if total else 0.0, text=f"{rec.name}: {step}/{total} tasks trained ({rec.status})")
         if st.button("Cancel", key=f"cl-cancel-{rec.id}"):
-            r.cancel(rec.id)
-    if not len(active):
-        st.rerun()
+            ui.job_runner().cancel(rec.id)
 
 
 def results() -> None:
-    df = runner().list_runs()
+    df = ui.job_runner().list_runs()
     done = df[(df["kind"] == "continual") & (df["status"] == "succeeded")]
     if not len(done):
         st.info("No finished continual-learning run yet. The demo configuration (permuted digits, 5 tasks, "
                 "density 5 %, four methods, 3 seeds) takes a minute or two on one CPU thread.")  # fmt: skip
         if st.button("Run the demo configuration", type="primary", key="cl-demo"):
-            runner().submit(DEMO, name="demo: permuted-digits, 5 tasks, d=0.05")
+            ui.job_runner().submit(DEMO, name="demo: permuted-digits, 5 tasks, d=0.05")
             st.rerun()
         st.stop()
     labels = {r.id: f"{r.name} · {r.id}" for r in done.itertuples()}
     run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="cl_run", bind="query-params")
-    folder = runner().get(run_id).outputs
+    folder = ui.job_runner().get(run_id).outputs
     frames = load_result(folder)
     summary, acc = frames["summary"], frames["accuracy"]
     densities = sorted(d for d in summary["density"].unique() if d < 1.0) or [1.0]
@@ -119,9 +108,8 @@ def body() -> None:
                "(no forgetting, more accuracy); KKT starts a task from the most useful earlier mask.")  # fmt: skip
     view = st.segmented_control("View", ["Results", "Launch"], default="Results", required=True, key="cl_view",
                                 bind="query-params", label_visibility="collapsed")  # fmt: skip
-    runs = runner().list_runs()
-    if len(runs) and runs[(runs["kind"] == "continual") & runs["status"].isin(["queued", "running"])].shape[0]:
-        progress()
+    if len(ui.active_runs("continual")):
+        ui.live(progress, "continual")
     if view == "Launch":
         launch()
     else:

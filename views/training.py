@@ -6,13 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import config, figures, ui
-from subnetviz.training.runner import JobRunner
-
-
-@st.cache_resource(show_spinner=False)
-def runner() -> JobRunner:
-    return JobRunner()
-
 
 AUTO = "zoo set A in this algorithm's format"
 ZOO_DATA = {"grpo": "A_train", "dpo": "dpo_A", "sft": "sft_A"}
@@ -61,7 +54,7 @@ def launch(ws) -> None:
                "learning_rate": float(lr), "seed": int(seed)}  # fmt: skip
         if algorithm == "grpo":
             cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
-        run_id = runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
+        run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
         st.success(f"Queued run {run_id}.")
 
 
@@ -69,24 +62,12 @@ CURVES = ("loss", "reward", "accuracy", "grad_norm", "kept", "entropy")
 
 
 def runs_view() -> None:
-    """Polls every 2 s while a run is queued or running; static (no reruns) otherwise."""
-    r = runner()
-    r.poll()
-    if r.list_runs()["status"].isin(["queued", "running"]).any():
-        _live()
-    else:
-        _runs_view()
-
-
-@st.fragment(run_every="2s")
-def _live() -> None:
-    ui.run_page(_runs_view, fresh=False)  # a fragment rerun is outside the page's error boundary
-    if not runner().list_runs()["status"].isin(["queued", "running"]).any():
-        st.rerun()  # everything finished: redraw once without the timer
+    """The registry's runs; polls every 2 s while one is queued or running, static otherwise."""
+    ui.live(_runs_view)
 
 
 def _runs_view() -> None:
-    r = runner()
+    r = ui.job_runner()
     r.poll()
     df = r.list_runs()
     if not len(df):
@@ -123,7 +104,7 @@ def compare(ws) -> None:
     if z is not None:
         for m in z.manifest.get("members", []):
             candidates[f"zoo {m['id']}"] = str(z.root / m["path"])
-    for rec in runner().list_runs().itertuples():
+    for rec in ui.job_runner().list_runs().itertuples():
         model = Path(rec.run_dir) / "outputs" / "model"
         if rec.status == "succeeded" and model.is_dir():
             candidates[f"run {rec.id}"] = str(model)
