@@ -1,5 +1,6 @@
 """Continual learning: one supermask subnetwork per task (SupSup, SSNeT, ExSSNeT, KKT), launched and compared."""
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -21,15 +22,19 @@ def launch() -> None:
                              "uses the demo zoo's base model as a frozen encoder.")  # fmt: skip
         methods = c2.multiselect("Methods", METHODS, default=["finetune", "supsup", "ssnet", "exssnet"])
         densities = c3.multiselect("Mask density (share kept per layer)", [0.02, 0.05, 0.1, 0.3], default=[0.05])
-        d1, d2, d3 = st.columns(3)
+        d1, d2, d3, d4 = st.columns(4)
         tasks = d1.number_input("Tasks", 1, 100, 5)
         seeds = d2.number_input("Seeds", 1, 10, 3)
         epochs = d3.number_input("Epochs per phase (mask / weights)", 1, 100, 10)
+        kkt = d4.checkbox("also each masked method + KKT", help="Start each task's mask from the most useful "
+                          "earlier mask (KNN accuracy above chance).")  # fmt: skip
+        inference = d4.checkbox("SupSup one-shot task inference (experimental)")
         go = st.form_submit_button("Launch", type="primary", icon=":material/play_arrow:")
     if go:
         cfg = {"kind": "continual", "benchmark": bench, "methods": methods, "density": sorted(densities),
                "tasks": int(tasks), "seeds": list(range(int(seeds))),
-               "epochs": {"mask": int(epochs), "weight": int(epochs), "finetune": 2 * int(epochs)}}  # fmt: skip
+               "epochs": {"mask": int(epochs), "weight": int(epochs), "finetune": 2 * int(epochs)},
+               "kkt": kkt, "task_inference": inference}  # fmt: skip
         run_id = ui.job_runner().submit(cfg, name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
         st.success(f"Queued run {run_id}; it appears under Results when it finishes.")
 
@@ -84,20 +89,23 @@ def results() -> None:
     a, b = st.columns(2)
     with a:
         ui.chart(cl_figures.capacity_curves(frames["capacity"], density), key="cl-capacity")
+        ui.chart(cl_figures.exclusive_fraction(frames["capacity"], density), key="cl-exclusive")
     with b:
         masked = [m for m in methods if m != "finetune"]
         label = st.selectbox("Owner image of", masked, key="cl_owner", bind="query-params") if masked else None
-        if label:
-            masks = load_task_masks(folder, label, density, seed)
-            layer = next(iter(masks[0])) if masks else None
-            if layer:
-                ui.chart(cl_figures.owner_image(owner_image(masks, layer), title=f"{label}: owner task of {layer}"),
-                         key="cl-owner")  # fmt: skip
-    if len(frames["knn"]):
-        ui.chart(cl_figures.knn_bars(frames["knn"]), key="cl-knn")
+        masks = load_task_masks(folder, label, density, seed) if label else []
+        if masks:
+            layer = st.selectbox("Layer", list(masks[0]), key="cl_layer", bind="query-params")
+            ui.chart(cl_figures.owner_image(owner_image(masks, layer), title=f"{label}: owner task of {layer}"),
+                     key="cl-owner")  # fmt: skip
+    knn = frames["knn"]
+    if len(knn):
+        knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)]
+        ui.chart(cl_figures.knn_bars(knn, title=f"KKT: KNN accuracy of each earlier mask (density {density:g}, "
+                                                f"seed {seed})"), key="cl-knn")  # fmt: skip
     st.caption("Task masks are saved with the run: pick them under *Saved masks* to compare them on the Overlap page.")
     ui.export_button("Continual learning", {"run": run_id, "density": density, "seed": int(seed)},
-                     ["cl-acc-density", "cl-forgetting", "cl-capacity", "cl-owner", "cl-knn",
+                     ["cl-acc-density", "cl-forgetting", "cl-capacity", "cl-exclusive", "cl-owner", "cl-knn",
                       *[f"cl-A-{m}" for m in methods]], ["cl-summary"])  # fmt: skip
 
 
