@@ -3,10 +3,10 @@ the residual stream and generations (reference/bigram_subnetworks.md)."""
 
 import os
 
-import plotly.express as px
 import streamlit as st
 
 from subnetviz import config, figures, ui
+from subnetviz.bigram import figures as bg_figures
 from subnetviz.bigram.locate import shares_heatmap_frame
 
 
@@ -105,33 +105,29 @@ def analyse(model: str, corpus: str) -> None:
     summary = res.ablation.summary()
     c, d = st.columns(2)
     with c:
-        ui.chart(px.bar(summary, x="setting", y="r_mean", error_y="r_sd", title="Fidelity: surprisal r vs bigram"),
-                 key="bg-r")  # fmt: skip
+        ui.chart(bg_figures.fidelity_bars(summary), key="bg-r")
     with d:
-        ui.chart(px.bar(summary, x="setting", y="delta_bits", title="Δ bits per token vs the full model"),
-                 key="bg-bits")  # fmt: skip
+        ui.chart(bg_figures.delta_bits_bars(summary), key="bg-bits")
     ui.table(summary, "bg-ablation", "Fidelity and loss per setting (random: mean ± sd over seeds)")
     ui.chart(figures.sparsity_heatmap(shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives"),
              key="bg-shares")  # fmt: skip
     ui.table(res.split, "bg-split", "Attention vs MLP")
     if res.residual is not None:
-        ui.chart(px.line(res.residual.rotation, x="layer", y="angle_deg", color="model", line_dash="target",
-                         markers=True, title="Rotation to input / output (median |arg λ|, degrees)"), key="bg-rotation")  # fmt: skip
+        ui.chart(bg_figures.rotation_curves(res.residual.rotation), key="bg-rotation")
         labels = list(dict.fromkeys(res.residual.covariance["model"]))
         for col, label in zip(st.columns(len(labels)), labels, strict=True):
             with col:
-                ui.chart(px.imshow(res.residual.covariance_matrix(label), zmin=0, zmax=1, color_continuous_scale="Viridis",
-                                   title=f"Covariance similarity: {label}"), key=f"bg-cov-{label}")  # fmt: skip
+                ui.chart(bg_figures.covariance_heatmap(res.residual.covariance_matrix(label),
+                                                       f"Covariance similarity: {label}"), key=f"bg-cov-{label}")  # fmt: skip
     if res.overlap is not None:
         ui.table(res.overlap.to_frame(), "bg-overlap", "Overlap with the optimal subnetwork vs both nulls")
-        fig = px.histogram(res.overlap.null_frame(), x="overlap", color="null", barmode="overlay",
-                           title="Null overlaps (observed: dashed line)")  # fmt: skip
-        fig.add_vline(x=res.overlap.overlap, line_dash="dash")
-        ui.chart(fig, key="bg-null")
+        ui.chart(bg_figures.null_histogram(res.overlap.null_frame(), res.overlap.overlap), key="bg-null")
     if gens is not None:
         ui.table(gens, "bg-generations", "Generations at temperature 0.3: full model vs subnetwork ablated")
     ui.export_button("Bigram subnetworks", {"model": model, "mask": mask, "optimal": opt},
-                     ["bg-r", "bg-bits", "bg-shares", "bg-rotation", "bg-null"], ["bg-ablation", "bg-overlap"])  # fmt: skip
+                     ["bg-r", "bg-bits", "bg-shares", "bg-rotation", "bg-null",
+                      *[k for k in st.session_state.get("_figures", {}) if k.startswith("bg-cov-")]],
+                     ["bg-ablation", "bg-overlap"])  # fmt: skip
 
 
 def body() -> None:

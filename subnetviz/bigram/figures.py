@@ -1,0 +1,105 @@
+"""Pure Plotly builders for the bigram-subnetwork analyses (frames of :mod:`subnetviz.bigram`).
+
+Inputs are the tidy frames the backend returns: ``AblationReport.summary()``, ``ResidualReport``
+frames and ``OverlapReport.null_frame()``. Every builder returns a "no data" figure for an empty frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from subnetviz.figures import PALETTE, SEQUENTIAL, color_map, no_data_figure
+
+SETTING_ORDER = ("bigram", "full", "subnetwork", "ablated", "random subnetwork", "random ablated", "empty")
+_TEMPLATE = "plotly_white"
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, **kw) -> go.Figure:
+    fig.update_layout(template=_TEMPLATE, title=title, xaxis_title=x, yaxis_title=y,
+                      margin={"l": 70, "r": 30, "t": 70, "b": 60}, **kw)  # fmt: skip
+    return fig
+
+
+def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
+    rank = {s: i for i, s in enumerate(SETTING_ORDER)}
+    return summary.assign(_o=summary["setting"].map(lambda s: rank.get(s, len(rank)))).sort_values("_o")
+
+
+def fidelity_bars(summary: pd.DataFrame, title: str = "Fidelity: surprisal correlation with the bigram model") -> go.Figure:
+    """Bars of r (mean ± sd over random seeds) per setting; columns setting, r_mean, r_sd."""
+    if summary.empty:
+        return no_data_figure(title)
+    s = _ordered(summary)
+    sd = s["r_sd"].fillna(0).to_numpy(dtype=np.float64) if "r_sd" in s else None
+    fig = go.Figure(go.Bar(
+        x=s["setting"].to_numpy(), y=s["r_mean"].to_numpy(dtype=np.float64), marker_color=PALETTE[0],
+        error_y={"type": "data", "array": sd, "visible": sd is not None},
+        hovertemplate="%{x}<br>r = %{y:.4f}<extra></extra>",
+    ))  # fmt: skip
+    fig.update_yaxes(range=[min(0.0, float(s["r_mean"].min())), 1.0])
+    return _layout(fig, title, "setting", "Pearson r of per-token surprisals")
+
+
+def delta_bits_bars(summary: pd.DataFrame, title: str = "Loss against the full model") -> go.Figure:
+    """Bars of Δ bits per token vs the full model per setting; columns setting, delta_bits (+ bits_sd)."""
+    if summary.empty:
+        return no_data_figure(title)
+    s = _ordered(summary[summary["setting"] != "full"])
+    sd = s["bits_sd"].fillna(0).to_numpy(dtype=np.float64) if "bits_sd" in s else None
+    fig = go.Figure(go.Bar(
+        x=s["setting"].to_numpy(), y=s["delta_bits"].to_numpy(dtype=np.float64), marker_color=PALETTE[1],
+        error_y={"type": "data", "array": sd, "visible": sd is not None},
+        hovertemplate="%{x}<br>Δ %{y:+.4f} bits/token<extra></extra>",
+    ))  # fmt: skip
+    return _layout(fig, title, "setting", "Δ bits per token vs full model")
+
+
+def rotation_curves(rotation: pd.DataFrame, title: str = "Rotation to input and to output (median |arg λ|)") -> go.Figure:
+    """Lines per model and target; columns model, layer, target ("input"/"output"), angle_deg."""
+    if rotation.empty:
+        return no_data_figure(title)
+    models = list(dict.fromkeys(rotation["model"]))
+    colors = color_map(models)
+    fig = go.Figure()
+    for m in models:
+        for target, dash in (("input", "solid"), ("output", "dash")):
+            d = rotation[(rotation["model"] == m) & (rotation["target"] == target)].sort_values("layer")
+            if len(d):
+                fig.add_trace(go.Scatter(
+                    x=d["layer"].to_numpy(), y=d["angle_deg"].to_numpy(dtype=np.float64), mode="lines+markers",
+                    name=f"{m} → {target}", line={"color": colors[m], "dash": dash},
+                    hovertemplate=f"{m}, to {target}<br>layer %{{x}}: %{{y:.1f}}°<extra></extra>",
+                ))  # fmt: skip
+    fig.update_xaxes(dtick=1)
+    return _layout(fig, title, "layer (0 = embeddings)", "median rotation angle (degrees)",
+                   legend={"orientation": "h", "y": -0.25})  # fmt: skip
+
+
+def covariance_heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
+    """Layer × layer covariance similarity (0..1); ``matrix`` rows layer_i, columns layer_j."""
+    if matrix.empty:
+        return no_data_figure(title)
+    z = matrix.to_numpy(dtype=np.float64)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[str(c) for c in matrix.columns], y=[str(i) for i in matrix.index], zmin=0, zmax=1,
+        colorscale=SEQUENTIAL, text=np.round(z, 2), texttemplate="%{text}",
+        colorbar={"title": {"text": "similarity"}},
+        hovertemplate="layers %{y} and %{x}: %{z:.3f}<extra></extra>",
+    ))  # fmt: skip
+    fig.update_yaxes(autorange="reversed", scaleanchor="x")
+    return _layout(fig, title, "layer", "layer")
+
+
+def null_histogram(null: pd.DataFrame, observed: float,
+                   title: str = "Overlap with the optimal subnetwork against two nulls") -> go.Figure:  # fmt: skip
+    """Histograms of null overlaps (columns null, overlap) with the observed overlap as a line."""
+    if null.empty:
+        return no_data_figure(title)
+    fig = go.Figure()
+    for i, (name, d) in enumerate(null.groupby("null", sort=False)):
+        fig.add_trace(go.Histogram(x=d["overlap"].to_numpy(dtype=np.float64), name=f"null: {name}", opacity=0.6,
+                                   marker_color=PALETTE[i % len(PALETTE)]))  # fmt: skip
+    fig.add_vline(x=observed, line_dash="dash", line_color="black", annotation_text="observed")
+    return _layout(fig, title, "overlap (share of all maskable weights)", "null draws", barmode="overlay")
