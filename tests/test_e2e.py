@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -46,7 +47,7 @@ def app_url(app_home):
     port = _free_port()
     env = {**os.environ, "SUBNETVIZ_HOME": str(app_home), "SUBNETVIZ_ROOTS": app_fixtures.app_roots(app_home),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
-    log = open(SHOTS.parent / f"streamlit-e2e-{port}.log", "w") if SHOTS.parent.exists() else subprocess.DEVNULL
+    log = open(Path(tempfile.gettempdir()) / f"subnetviz-e2e-streamlit-{port}.log", "w")  # the server's output
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
@@ -154,7 +155,7 @@ def test_training_run_from_the_page_succeeds(browser, app_url):
         wait_for_app(page)
         assert page.get_by_test_id("stException").count() == 0
     finally:
-        page.screenshot(path=str(SHOTS.parent / "subnetviz-e2e-training-run.png"), full_page=True)
+        page.screenshot(path=str(Path(tempfile.gettempdir()) / "subnetviz-e2e-training-run.png"), full_page=True)
         ctx.close()
 
 
