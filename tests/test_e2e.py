@@ -68,6 +68,7 @@ def app_url(app_home):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log.close()
 
 
 @pytest.fixture(scope="module")
