@@ -1,0 +1,172 @@
+"""Shared plotting vocabulary of subnetviz's figure builders: palette, scales, checks, layer grids.
+
+Used by :mod:`subnetviz.figures` (sparsity, spectra, series, training), :mod:`subnetviz.overlap_figures`
+(Venn, UpSet, pairwise matrices) and the bigram / supermask builders. No Streamlit here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from subnetviz.errors import SubnetvizError
+
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
+SEQUENTIAL = "Viridis"
+DIVERGING = "RdBu_r"
+MODULE_ORDER = (
+    "embed", "pos_embed", "q", "k", "v", "o", "qkv", "attn", "gate", "up", "down", "mlp_in", "mlp_out", "mlp",
+    "attn_norm", "mlp_norm", "norm", "final_norm", "lm_head",
+    "Q", "K", "V", "O", "MLP-in", "MLP-out",  # the bigram paper's blocks (subnetviz.bigram.maskable)
+)  # fmt: skip
+PLOTLY_CONFIG = {"displaylogo": False, "showSendToCloud": False, "responsive": True}
+"""What pages pass as ``st.plotly_chart(config=...)``: no logo, no plotly.js 4 "Share chart" (cloud upload)."""
+_TEMPLATE = "plotly_white"
+
+
+class FigureDataError(SubnetvizError):
+    """A frame handed to a figure builder lacks a documented column or has a bad value."""
+
+
+def color_map(labels: Sequence[str]) -> dict[str, str]:
+    """Stable colours: the i-th label gets the i-th palette colour (cycled past 8)."""
+    return {str(lab): PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
+
+
+def no_data_figure(title: str, message: str = "no data") -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 16})
+    fig.update_layout(template=_TEMPLATE, title=title, xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], builder: str, shares: Sequence[str] = ()) -> None:
+    """Raise unless df has ``columns``; ``shares`` (those present) must be fractions in [0, 1] or NaN."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise FigureDataError(
+            f"{builder}: the frame lacks column(s) {missing}; it has {list(df.columns)}. "
+            f"Expected at least {list(columns)}."
+        )
+    for c in shares:
+        if c in df.columns:
+            _check_share(
+                pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan),
+                f"{builder}: column {c!r}",
+            )
+
+
+def _check_share(v: np.ndarray, what: str) -> None:
+    bad = v[np.isfinite(v) & ((v < -1e-9) | (v > 1 + 1e-9))]
+    if bad.size:
+        raise FigureDataError(
+            f"{what} holds shares outside [0, 1] (e.g. {bad[0]:g}); figures take fractions and draw them in %. "
+            "If the values are already percentages, divide them by 100."
+        )
+
+
+def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = None, **layout) -> go.Figure:
+    layout.setdefault("margin", {"l": 70, "r": 30, "t": 80, "b": 60})
+    fig.update_layout(template=_TEMPLATE, title=title, **layout)
+    if x is not None:
+        fig.update_xaxes(title_text=x)
+    if y is not None:
+        fig.update_yaxes(title_text=y)
+    return fig
+
+
+def _unique(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _module_order(modules) -> list[str]:
+    present = _unique(str(m) for m in modules)
+    known = [m for m in MODULE_ORDER if m in present]
+    return known + sorted(m for m in present if m not in known and m != "other") + (["other"] * ("other" in present))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | np.integer | float | np.floating) and not pd.isna(v)
+
+
+def _layer_order(layers) -> list[str]:
+    """Numeric layers ascending, then labels (e.g. "final", or "—" for none) in order of first appearance."""
+    vals = list(layers)
+    nums = sorted({float(v) for v in vals if _is_number(v)})
+    return _unique([_layer_label(v) for v in nums] + [_layer_label(v) for v in vals if not _is_number(v)])
+
+
+def _layer_label(v) -> str:
+    """The y label of a layer: 3 and 3.0 read "3"; a missing layer (embeddings, head) reads "—"."""
+    if _is_number(v):
+        return str(int(v)) if float(v).is_integer() else str(v)
+    return "—" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
+
+
+def _grid(df: pd.DataFrame, columns: Sequence[str], builder: str):
+    """Pivot layer × module; returns (layer labels, module labels, {column: (L, M) float array})."""
+    layers = _layer_order(df["layer"])
+    modules = _module_order(df["module"])
+    keys = list(zip(df["layer"].map(_layer_label), df["module"].astype(str), strict=True))
+    if len(set(keys)) != len(keys):
+        dup = pd.Series(keys).value_counts()
+        raise FigureDataError(
+            f"{builder}: one row per (layer, module) is expected; {dup.iloc[0]} rows for {dup.index[0]}. "
+            "Aggregate the per-tensor table by layer and module first."
+        )
+    li = {v: i for i, v in enumerate(layers)}
+    mi = {v: i for i, v in enumerate(modules)}
+    rows = np.array([li[k[0]] for k in keys], dtype=np.intp)
+    cols = np.array([mi[k[1]] for k in keys], dtype=np.intp)
+    out = {}
+    for c in columns:
+        grid = np.full((len(layers), len(modules)), np.nan)
+        if c in df.columns:
+            grid[rows, cols] = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        out[c] = grid
+    return layers, modules, out
+
+
+def _layer_heatmap(layers, modules, z, customdata, hover, title, bar_title, text=None, **trace) -> go.Figure:
+    """The shared layer × module heatmap; ``text`` (strings per cell) replaces the default "%{z:.1f}"."""
+    show_text = z.size <= 400  # cell values printed in the cells while they stay readable
+    bar = {"title": {"text": bar_title}, **trace.pop("colorbar", {})}
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=modules,
+            y=layers,
+            customdata=customdata,
+            hovertemplate=hover + "<extra></extra>",
+            colorbar=bar,
+            text=text if show_text else None,
+            texttemplate=("%{text}" if text is not None else "%{z:.1f}") if show_text else None,
+            hoverongaps=False,
+            xgap=1,
+            ygap=1,
+            **trace,
+        )
+    )
+    _style(fig, title, "module kind", "layer", height=max(360, 120 + 26 * len(layers)))
+    fig.update_xaxes(type="category", side="bottom", showgrid=False)
+    fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
+    return fig
+
+
+def _ratio_axis(ratio: np.ndarray) -> tuple[np.ndarray, dict]:
+    """log2(ratio) with a diverging scale centred on ×1 and ×-labelled colourbar ticks."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.log2(np.where(ratio > 0, ratio, np.nan))
+    span = max(1.0, float(np.nanmax(np.abs(z)))) if np.isfinite(z).any() else 1.0
+    ticks = np.arange(-np.ceil(span), np.ceil(span) + 1)
+    bar = {"tickvals": ticks, "ticktext": [f"×{2.0**t:g}" for t in ticks]}
+    return z, {"colorscale": DIVERGING, "zmid": 0, "zmin": -span, "zmax": span, "colorbar": bar}
+
+
+def _times(ratio: np.ndarray) -> np.ndarray:
+    """Cell labels "×1.52" (blank where undefined)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(ratio), np.char.mod("×%.2f", np.nan_to_num(ratio)), "")
