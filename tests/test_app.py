@@ -180,3 +180,12 @@ def test_pages_show_live_progress_of_a_queued_or_running_job(app_env):
         assert not at.exception and not at.error
     finally:
         runner.cancel(rid)
+
+
+def test_training_launch_refuses_a_base_outside_the_roots(app_env):
+    at = open_page("training")
+    at.text_input(key="tr_base").input("/etc")
+    submit = next(b for b in at.button if "Launch" in b.label)
+    submit.click().run()
+    assert not at.exception
+    assert any("outside the folders" in e.value for e in at.error)

@@ -49,7 +49,9 @@ def launch(ws) -> None:
             mask = f"random:{mask}"
         if train_data == AUTO:
             train_data = ZOO_DATA[algorithm]
-        cfg = {"kind": "train", "algorithm": algorithm, "base": base, "data": data.get(train_data, train_data),
+        base = ui.resolve_choice(base, {})  # the server reads only under the allowed roots
+        train_path = data.get(train_data) or str(config.check_allowed(train_data))
+        cfg = {"kind": "train", "algorithm": algorithm, "base": base, "data": train_path,
                "eval_data": data.get(eval_data) if eval_data else None, "mask": mask, "steps": int(steps),
                "learning_rate": float(lr), "seed": int(seed)}  # fmt: skip
         if algorithm == "grpo":
