@@ -189,3 +189,10 @@ def test_training_launch_refuses_a_base_outside_the_roots(app_env):
     submit.click().run()
     assert not at.exception
     assert any("outside the folders" in e.value for e in at.error)
+
+
+def test_sparsity_tabs_draw_only_the_open_section_and_are_shareable(app_env):
+    at = open_page("sparsity", sp_tab="Tolerance sweep and ULPs")
+    assert not at.exception and not at.error
+    titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
+    assert len(titles) == 2 and "tolerance" in titles[0].lower() and "ULP" in titles[1]

@@ -28,34 +28,43 @@ def body() -> None:
     column = {"exact": "changed", "relative": "changed_rel"}.get(crit, f"changed@{crit}")
     value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"
     ui.need(bool(shown), "Pick at least one model.")
-    cols = st.columns(len(shown))
-    for col, model in zip(cols, shown, strict=True):
-        grid = reports[model].by_layer_module(column)
-        grid = grid[grid["layer"].notna()]
-        with col:
-            ui.chart(figures.sparsity_heatmap(grid, value=value, title=f"{model}: {value.replace('_', ' ')} ({crit})"),
-                     key=f"heat-{model}")  # fmt: skip
-    st.subheader("Tolerance sweep and ULP distances")
-    sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
-    a, b = st.columns(2)
-    with a:
-        ui.chart(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]), key="sweep")
-    with b:
-        ui.chart(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)), key="ulp")
-    ui.table(sweep, "sweep-table", "Sparsity per criterion")
-    st.subheader("Norms, embeddings and head")
-    special = pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)
-    ui.chart(figures.module_bars(special), key="special")
-    ui.table(pd.concat([r.special() for r in analysis.reports], ignore_index=True), "special-table",
-             "Every norm, embedding and head tensor")
-    drill_down(analysis, reports)
+    # Sections as tabs that draw only when open: a view holds 1–3 charts, not ten (faster to show).
+    tabs = st.tabs(["Layers × modules", "Tolerance sweep and ULPs", "Norms, embeddings, head", "One matrix"],
+                   key="sp_tab", on_change="rerun", bind="query-params")  # fmt: skip
+    if tabs[0].open:
+        with tabs[0]:
+            cols = st.columns(len(shown))
+            for col, model in zip(cols, shown, strict=True):
+                grid = reports[model].by_layer_module(column)
+                grid = grid[grid["layer"].notna()]
+                with col:
+                    ui.chart(figures.sparsity_heatmap(grid, value=value, title=f"{model}: {value.replace('_', ' ')} "
+                                                      f"({crit})"), key=f"heat-{model}")  # fmt: skip
+    if tabs[1].open:
+        with tabs[1]:
+            sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
+            a, b = st.columns(2)
+            with a:
+                ui.chart(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]), key="sweep")
+            with b:
+                ulp = pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)
+                ui.chart(figures.ulp_histogram(ulp), key="ulp")
+            ui.table(sweep, "sweep-table", "Sparsity per criterion")
+    if tabs[2].open:
+        with tabs[2]:
+            special = pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)
+            ui.chart(figures.module_bars(special), key="special")
+            ui.table(pd.concat([r.special() for r in analysis.reports], ignore_index=True), "special-table",
+                     "Every norm, embedding and head tensor")  # fmt: skip
+    if tabs[3].open:
+        with tabs[3]:
+            drill_down(analysis, reports)
     ui.export_button("Update sparsity", {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
                      [f"heat-{m}" for m in shown] + ["sweep", "ulp", "special", "drill-image", "drill-ratios"],
-                     ["sweep-table"])  # fmt: skip
+                     ["sweep-table", "special-table"])  # fmt: skip
 
 
 def drill_down(analysis, reports) -> None:
-    st.subheader("Drill down into one matrix")
     a, b = st.columns(2)
     model = a.selectbox("Model", list(reports), key="dd_model", bind="query-params")
     rep = reports[model]
