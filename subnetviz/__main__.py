@@ -105,7 +105,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"cancelled {args.cancel}")
         return 0
     df = runner.list_runs()
-    print(df.to_string(index=False) if len(df) else "no runs")
+    cols = ["id", "kind", "name", "status", "step", "total", "error"]
+    print(df[cols].to_string(index=False, max_colwidth=60) if len(df) else "no runs")
     return 0
 
 
@@ -113,6 +114,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
     from subnetviz.masks import import_bigram_pickle, load_mask_set, save_mask_set
 
     if args.action == "import-pickle":
+        if not args.dst:
+            raise SubnetvizError("mask import-pickle needs a destination: SRC.pickle DST.safetensors")
         ms = import_bigram_pickle(args.src)
         save_mask_set(args.dst, ms)
         print(f"wrote {args.dst}: {len(ms.masks)} tensors, density {ms.density:.6f}")
