@@ -54,20 +54,26 @@ def start_server(env: dict) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("streamlit did not start")
 
 
+def wait_drawn(page) -> None:
+    """Until the script run finished, no skeleton is left and every Plotly chart has drawn."""
+    from playwright.sync_api import expect
+
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=300_000)
+    expect(page.get_by_test_id("stSkeleton")).to_have_count(0, timeout=300_000)
+    charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
+    for i in range(charts.count()):
+        charts.nth(i).locator(".main-svg").first.wait_for(timeout=300_000)
+
+
 def render_seconds(ctx, url: str) -> float:
     """Open ``url`` in a new tab of ``ctx`` (a new Streamlit session) and time it until fully drawn."""
-    from playwright.sync_api import expect
 
     page = ctx.new_page()
     t0 = time.perf_counter()
     page.goto(url)
     page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=300_000)
     page.wait_for_timeout(100)
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=300_000)
-    expect(page.get_by_test_id("stSkeleton")).to_have_count(0, timeout=300_000)
-    charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
-    for i in range(charts.count()):
-        charts.nth(i).locator(".main-svg").first.wait_for(timeout=300_000)
+    wait_drawn(page)
     dt = time.perf_counter() - t0
     errors = page.get_by_test_id("stException").count() + page.get_by_test_id("stAlertContentError").count()
     page.close()
@@ -89,11 +95,7 @@ def navigate_seconds(ctx, url: str, name: str) -> float:
     page.locator(f"[data-testid='stSidebarNav'] a[href$='/{name}']").click()
     page.wait_for_url(f"**/{name}", timeout=60_000)
     page.wait_for_timeout(50)
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=300_000)
-    expect(page.get_by_test_id("stSkeleton")).to_have_count(0, timeout=300_000)
-    charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
-    for i in range(charts.count()):
-        charts.nth(i).locator(".main-svg").first.wait_for(timeout=300_000)
+    wait_drawn(page)
     dt = time.perf_counter() - t0
     page.close()
     return dt
