@@ -196,3 +196,30 @@ def test_sparsity_tabs_draw_only_the_open_section_and_are_shareable(app_env):
     assert not at.exception and not at.error
     titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
     assert len(titles) == 2 and "tolerance" in titles[0].lower() and "ULP" in titles[1]
+
+
+def test_bigram_analysis_disk_cache_round_trips(app_env, tmp_path):
+    import pandas.testing as pdt
+
+    from subnetviz import config, ui
+    from subnetviz.bigram.store import cached_mask_analysis
+    from subnetviz.training.runner import JobRunner
+
+    runner = JobRunner()
+    ids = [runner.submit({"kind": "bigram_mask", "model": str(config.zoo_dir() / "base"), "corpus": "zoo",
+                          "target": t, "lambda": 10.0, "preset": "fast", "steps": 40, "seed": 1})
+           for t in ("bigram", "optimal")]  # fmt: skip
+    paths = []
+    for rid in ids:
+        assert runner.wait(rid, timeout=300).status == "succeeded"
+        paths.append(str(runner.get(rid).outputs / "mask.safetensors"))
+    model = ui.resolve_choice(str(config.zoo_dir() / "base"), {})
+    fresh, gens = cached_mask_analysis(model, paths[0], optimal=paths[1], cache_root=tmp_path)
+    again, gens2 = cached_mask_analysis(model, paths[0], optimal=paths[1], cache_root=tmp_path)  # from disk
+    assert len(list(tmp_path.iterdir())) == 1
+    assert again.headline == pytest.approx(fresh.headline)
+    pdt.assert_frame_equal(again.ablation.summary(), fresh.ablation.summary())
+    pdt.assert_frame_equal(again.residual.rotation, fresh.residual.rotation)
+    assert again.overlap.ratio_uniform == pytest.approx(fresh.overlap.ratio_uniform)
+    assert np.array_equal(again.overlap.null_rows, fresh.overlap.null_rows)
+    pdt.assert_frame_equal(gens2, gens)

@@ -12,9 +12,9 @@ from subnetviz.bigram.locate import shares_heatmap_frame
 
 @st.cache_data(show_spinner="Analysing the subnetwork (fidelity, ablations, residual stream)…", max_entries=8)
 def _analysis(model: str, mask: str, optimal: str | None, corpus: str, _stamp: tuple):
-    from subnetviz.bigram.job import analyse_mask_file
+    from subnetviz.bigram.store import cached_mask_analysis
 
-    return analyse_mask_file(model, mask, corpus=corpus, optimal=optimal)
+    return cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal)  # on disk, keyed by the files
 
 
 def train(model: str, corpus: str) -> None:
