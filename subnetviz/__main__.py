@@ -43,6 +43,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from subnetviz.analysis.sparsity import DEFAULT_TOLERANCES, SparsityOptions
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates, cached_analysis, write_analysis
+    from subnetviz.atomic import atomic_folder
 
     _threads()
     tols = tuple(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
@@ -61,11 +62,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         analysis = cached_analysis(args.base, args.finetuned, **kwargs)
         if analysis.cached:
             print(f"cached: served from {analysis.source_dir}", file=sys.stderr)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.copytree(analysis.source_dir, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with atomic_folder(out) as tmp:
+            shutil.copytree(analysis.source_dir, tmp, dirs_exist_ok=True)
     for line in analysis.notes:
         print(f"note: {line}", file=sys.stderr)
     summary = analysis.summary()

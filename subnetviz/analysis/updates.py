@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from subnetviz.analysis.sparsity import (
     summarize,
 )
 from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
+from subnetviz.atomic import atomic_folder
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.config import resolve_device
 from subnetviz.errors import NonFiniteError
@@ -208,9 +208,7 @@ class _Subset(Mapping):
 def write_analysis(analysis: UpdateAnalysis, out_dir: str | os.PathLike, *, params: dict | None = None) -> Path:
     """Write every table, the update masks and a summary; ``out_dir`` appears only when complete."""
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         frames = []
         for rep in analysis.reports:
             df = rep.tensors.copy()
@@ -268,12 +266,6 @@ def write_analysis(analysis: UpdateAnalysis, out_dir: str | os.PathLike, *, para
             "mask_files": mask_files, "notes": analysis.notes, "seconds": analysis.seconds, "params": params or {},
         }  # fmt: skip
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from subnetviz.atomic import atomic_folder
 from subnetviz.bigram.evaluate import AblationReport, SubnetworkAnalysis
 from subnetviz.bigram.locate import OverlapReport
 from subnetviz.bigram.residual import ResidualReport
@@ -27,9 +27,7 @@ _OVERLAP_SCALARS = ("n_total", "kept0", "kept1", "shared", "overlap", "expected_
 def save_analysis(folder: str | os.PathLike, result: SubnetworkAnalysis, gens: pd.DataFrame | None) -> Path:
     """Write ``result`` (and the generations) under ``folder``, atomically."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_folder(folder) as tmp:
         result.ablation.rows.to_parquet(tmp / "ablation.parquet", index=False)
         result.shares.to_parquet(tmp / "shares.parquet", index=False)
         result.split.to_parquet(tmp / "split.parquet", index=False)
@@ -43,12 +41,6 @@ def save_analysis(folder: str | os.PathLike, result: SubnetworkAnalysis, gens: p
         if gens is not None:
             gens.to_parquet(tmp / "generations.parquet", index=False)
         (tmp / "headline.json").write_text(json.dumps(result.headline, default=float))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
