@@ -43,7 +43,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from subnetviz.analysis.sparsity import DEFAULT_TOLERANCES, SparsityOptions
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates, cached_analysis, write_analysis
-    from subnetviz.atomic import atomic_folder
+    from subnetviz.cache import atomic_folder
 
     _threads()
     tols = tuple(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
@@ -73,14 +73,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from subnetviz.training.runner import main_job
+    from subnetviz.jobs.worker import main_job
 
     _threads()
     return main_job(args.run_dir)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from subnetviz.training.runner import main_train
+    from subnetviz.jobs.worker import main_train
 
     _threads()
     return main_train(args.config, run_dir=args.run_dir)
@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from subnetviz.training.runner import JobRunner
+    from subnetviz.jobs.runner import JobRunner
 
     runner = JobRunner()
     runner.poll()
@@ -125,7 +125,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from subnetviz.dashboard import analysis_report
+    from subnetviz.report.dashboard import analysis_report
 
     path = analysis_report(args.analysis_dir, args.out)
     print(f"wrote {path}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,29 +18,7 @@ import streamlit as st
 
 from subnetviz import config
 from subnetviz.errors import SubnetvizError
-
-PRECISIONS = ["stored", "bf16", "fp32", "fp16"]
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """What the sidebar selected: paths are resolved and checked against the allowed roots."""
-
-    base: str | None
-    base_label: str
-    finetuned: tuple[tuple[str, str], ...]  # (label, path)
-    masks: tuple[tuple[str, str], ...]  # (label, path) of saved mask files
-    precision: str | None  # None = stored dtype
-    device: str
-    zoo_root: str | None
-
-    @property
-    def labels(self) -> list[str]:
-        return [lab for lab, _ in self.finetuned]
-
-    @property
-    def paths(self) -> list[str]:
-        return [p for _, p in self.finetuned]
+from subnetviz.selection import PRECISIONS, Workspace, label_of, resolve_choice, saved_masks, zoo_members
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -80,101 +57,10 @@ def zoo():
     return load_zoo_cached(str(config.zoo_dir()))
 
 
-def _zoo_members(z) -> dict[str, str]:
-    """Choice id -> absolute path: zoo members (base first), the zoo's series, then finished training runs."""
-    out: dict[str, str] = {}
-    if z is not None:
-        out.update({m["id"]: str(z.root / m["path"]) for m in z.manifest.get("members", [])})
-        for point in z.manifest.get("series", []):
-            out[f"grpo-s0@{point['step']}"] = str(z.root / point["path"])
-    for model in sorted(config.runs_dir().glob("*/outputs/model/config.json")):
-        out[f"run {model.parts[-4]}"] = str(model.parent)  # only complete runs have outputs/ (renamed at the end)
-    return out
-
-
-def _label_of(choice: str, members: dict[str, str]) -> str:
-    return choice if choice in members else Path(choice.rstrip("/")).name or choice
-
-
-def resolve_choice(choice: str, members: dict[str, str]) -> str:
-    """A zoo member id, a path under the allowed roots, or a cached hub id -> a path/id to open."""
-    if choice in members:
-        return members[choice]
-    p = Path(choice).expanduser()
-    if p.is_absolute() or choice.startswith((".", "~")) or p.exists():
-        return str(config.check_allowed(p))
-    return choice  # a hub id: resolved only through the local HF cache when opened
-
-
-def uploads_dir() -> Path:
-    path = config.home() / "uploads"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def save_upload(name: str, data: bytes) -> Path:
-    """Store an uploaded mask: safetensors as is (validated by reading it), a released bigram pickle
-    converted through the restricted unpickler. Returns the stored safetensors path."""
-    import tempfile
-
-    from subnetviz.errors import MaskError
-    from subnetviz.masks import import_bigram_pickle, load_mask_set, save_mask_set
-
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] or "mask"
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / Path(name).name
-        src.write_bytes(data)
-        if name.endswith((".pickle", ".pkl")):
-            ms = import_bigram_pickle(src)
-        elif name.endswith(".safetensors"):
-            ms = load_mask_set(src)
-        else:
-            raise MaskError(f"{name}: upload a mask as .safetensors or a released bigram .pickle.")
-        ms.metadata.setdefault("source", f"upload {name}")
-        return save_mask_set(uploads_dir() / f"{stem}.safetensors", ms)
-
-
-def saved_masks() -> dict[str, str]:
-    """Mask files the app can see: the zoo's, finished runs' outputs, and uploads."""
-    found: dict[str, str] = {}
-    roots = [config.zoo_dir() / "masks", uploads_dir()]
-    for root in roots:
-        if root.is_dir():
-            for f in sorted(root.glob("*.safetensors")):
-                found[f"{root.name}/{f.stem}"] = str(f)
-    runs = config.runs_dir()
-    for f in sorted(runs.glob("*/outputs/**/*.safetensors")):
-        if f.name.startswith("model") or "checkpoint" in f.parts[-2]:
-            continue
-        rel = f.relative_to(runs)
-        label = f"run {rel.parts[0]}/{'/'.join(rel.parts[2:])[:-12]}"
-        if f.name == "mask.safetensors":  # a bigram-mask job: say what it is
-            info = _mask_info(str(f), f.stat().st_mtime)
-            if info.get("target"):
-                lam = info.get("lambda")
-                label = f"{info['target']} mask λ={lam if lam is None else format(lam, 'g')} · {rel.parts[0]}"
-        found[label] = str(f)
-    return found
-
-
-@st.cache_resource(show_spinner=False, max_entries=256)
-def _mask_info(path: str, mtime: float) -> dict:
-    """A mask file's provenance (its safetensors header only; no tensor is read)."""
-    import json
-
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="np") as f:
-            return json.loads((f.metadata() or {}).get("subnetviz", "{}"))
-    except (OSError, ValueError, SafetensorError):  # unreadable: keeps its plain label; opening it reports why
-        return {}
-
-
 def workspace_sidebar() -> Workspace:
     """Draw the shared sidebar once per run (from app.py) and remember the selection."""
     z = zoo()
-    members = _zoo_members(z)
+    members = zoo_members(z)
     with st.sidebar:
         st.markdown("### Workspace")
         if z is None:
@@ -205,11 +91,11 @@ def workspace_sidebar() -> Workspace:
         st.caption(f"Allowed roots: {', '.join(str(r) for r in config.allowed_roots())}")
     try:
         base_path = resolve_choice(base, members) if base else None
-        fts = tuple((_label_of(c, members), resolve_choice(c, members)) for c in finetuned if c != base)
+        fts = tuple((label_of(c, members), resolve_choice(c, members)) for c in finetuned if c != base)
     except SubnetvizError as exc:
         st.sidebar.error(str(exc))
         base_path, fts = None, ()
-    ws = Workspace(base_path, _label_of(base, members) if base else "", fts,
+    ws = Workspace(base_path, label_of(base, members) if base else "", fts,
                    tuple((k, mask_files[k]) for k in masks if k in mask_files),
                    None if prec == "stored" else prec, device, str(z.root) if z else None)  # fmt: skip
     st.session_state["_workspace"] = ws
@@ -322,7 +208,7 @@ def chart(fig, key: str) -> None:
 
 def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
     """A dataframe with CSV and Parquet downloads beside it."""
-    from subnetviz.report import download_frame
+    from subnetviz.report.html import download_frame
 
     st.dataframe(df, key=key, width="stretch", hide_index=True, **kwargs)
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
@@ -336,7 +222,7 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
 
 def export_button(title: str, params: dict, figure_keys: Sequence[str] = (), table_keys: Sequence[str] = ()) -> None:
     """One self-contained HTML dashboard of this page's figures and tables, with their parameters."""
-    from subnetviz.report import ReportSection, build_report
+    from subnetviz.report.html import ReportSection, build_report
 
     figs = st.session_state.get("_figures", {})
     tabs = st.session_state.get("_tables", {})
@@ -383,7 +269,7 @@ def series(paths: Sequence[str], steps: Sequence[int]):
 # --- jobs ----------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def _job_runner(root: str):
-    from subnetviz.training.runner import JobRunner
+    from subnetviz.jobs.runner import JobRunner
 
     return JobRunner(root)
 

@@ -89,13 +89,13 @@ def test_query_params_restore_the_view(app_env):
 
 def test_path_outside_roots_is_refused(app_env):
     """AppTest cannot type a new option into a selectbox; the browser test does that. Here: the resolver."""
-    from subnetviz import ui
+    from subnetviz import selection
     from subnetviz.errors import PathNotAllowedError
 
     with pytest.raises(PathNotAllowedError, match="outside the folders"):
-        ui.resolve_choice("/etc", {})
+        selection.resolve_choice("/etc", {})
     zoo_base = str(app_env / "zoo" / "base")
-    assert ui.resolve_choice(zoo_base, {}).endswith("base")
+    assert selection.resolve_choice(zoo_base, {}).endswith("base")
 
 
 def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
@@ -104,12 +104,12 @@ def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
 
     import torch
 
-    from subnetviz import ui
+    from subnetviz import selection
     from subnetviz.errors import UnsafePickleError
     from subnetviz.masks import load_mask_set
 
     good = pickle.dumps({"transformer.h.0.mlp.c_fc.weight": np.eye(3, dtype=bool), "orig_model_name": "gpt2"})
-    stored = ui.save_upload("subnetwork_dict_lambda1e1.pickle", good)
+    stored = selection.save_upload("subnetwork_dict_lambda1e1.pickle", good)
     ms = load_mask_set(stored)
     assert torch.equal(ms.masks["transformer.h.0.mlp.c_fc.weight"], torch.eye(3, dtype=torch.bool))
     assert stored.parent == app_env / "uploads"
@@ -121,13 +121,13 @@ def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
             return (os.system, (f"touch {sentinel}",))
 
     with pytest.raises(UnsafePickleError):
-        ui.save_upload("evil.pickle", pickle.dumps({"w": Evil()}))
+        selection.save_upload("evil.pickle", pickle.dumps({"w": Evil()}))
     assert not sentinel.exists()
 
 
 def test_continual_page_shows_the_runs_numbers(app_env):
+    from subnetviz.jobs.runner import JobRunner
     from subnetviz.supermask.job import load_result
-    from subnetviz.training.runner import JobRunner
 
     runner = JobRunner()
     rid = runner.submit({"kind": "continual", "benchmark": "permuted-digits", "methods": ["supsup", "exssnet"],
@@ -144,9 +144,9 @@ def test_continual_page_shows_the_runs_numbers(app_env):
 
 
 def test_bigram_page_shows_the_backend_numbers(app_env):
-    from subnetviz import config, ui
+    from subnetviz import config, selection
     from subnetviz.bigram.job import analyse_mask_file
-    from subnetviz.training.runner import JobRunner
+    from subnetviz.jobs.runner import JobRunner
 
     runner = JobRunner()
     base = str(config.zoo_dir() / "base")
@@ -155,19 +155,19 @@ def test_bigram_page_shows_the_backend_numbers(app_env):
     for rid in ids:
         rec = runner.wait(rid, timeout=300)
         assert rec.status == "succeeded", rec.error
-    masks = {v: k for k, v in ui.saved_masks().items()}
+    masks = {v: k for k, v in selection.saved_masks().items()}
     bigram, optimal = (str(runner.get(rid).outputs / "mask.safetensors") for rid in ids)
     at = open_page("bigram", bg_mask=masks[bigram], bg_opt=masks[optimal])
     assert not at.exception and not at.error, [e.value for e in at.error]
     shown = {m.label: m.value for m in at.metric}
-    result, _ = analyse_mask_file(ui.resolve_choice(base, {}), bigram, corpus="zoo", optimal=optimal)
+    result, _ = analyse_mask_file(selection.resolve_choice(base, {}), bigram, corpus="zoo", optimal=optimal)
     assert shown["r subnetwork"] == f"{result.headline['r_subnetwork']:.3f}"
     assert shown["kept weights"].startswith(f"{result.headline['kept']:,} ")
     assert len(plotly_specs(at)) >= 5
 
 
 def test_pages_show_live_progress_of_a_queued_or_running_job(app_env):
-    from subnetviz.training.runner import JobRunner
+    from subnetviz.jobs.runner import JobRunner
 
     runner = JobRunner()
     rid = runner.submit({"kind": "continual", "benchmark": "permuted-digits", "methods": ["supsup"], "density": [0.1],
@@ -201,9 +201,9 @@ def test_sparsity_tabs_draw_only_the_open_section_and_are_shareable(app_env):
 def test_bigram_analysis_disk_cache_round_trips(app_env, tmp_path):
     import pandas.testing as pdt
 
-    from subnetviz import config, ui
+    from subnetviz import config, selection
     from subnetviz.bigram.store import cached_mask_analysis
-    from subnetviz.training.runner import JobRunner
+    from subnetviz.jobs.runner import JobRunner
 
     runner = JobRunner()
     ids = [runner.submit({"kind": "bigram_mask", "model": str(config.zoo_dir() / "base"), "corpus": "zoo",
@@ -213,7 +213,7 @@ def test_bigram_analysis_disk_cache_round_trips(app_env, tmp_path):
     for rid in ids:
         assert runner.wait(rid, timeout=300).status == "succeeded"
         paths.append(str(runner.get(rid).outputs / "mask.safetensors"))
-    model = ui.resolve_choice(str(config.zoo_dir() / "base"), {})
+    model = selection.resolve_choice(str(config.zoo_dir() / "base"), {})
     fresh, gens = cached_mask_analysis(model, paths[0], optimal=paths[1], cache_root=tmp_path)
     again, gens2 = cached_mask_analysis(model, paths[0], optimal=paths[1], cache_root=tmp_path)  # from disk
     assert len(list(tmp_path.iterdir())) == 1

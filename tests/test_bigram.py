@@ -479,7 +479,7 @@ def _zoo_files(tmp_path, monkeypatch, model):
 @pytest.mark.slow
 def test_job_validates_and_writes_outputs(tmp_path, monkeypatch, trained_gpt2):
     from subnetviz.bigram.job import run_job, validate_config
-    from subnetviz.jobcontext import JobContext
+    from subnetviz.jobs.context import JobContext
 
     model, _ = trained_gpt2
     _zoo_files(tmp_path, monkeypatch, model)
@@ -525,7 +525,7 @@ def test_job_validates_and_writes_outputs(tmp_path, monkeypatch, trained_gpt2):
 
 def test_job_honours_cancel(tmp_path, monkeypatch, trained_gpt2):
     from subnetviz.bigram.job import run_job
-    from subnetviz.jobcontext import CANCEL_FILE, JobContext
+    from subnetviz.jobs.context import CANCEL_FILE, JobContext
 
     model, _ = trained_gpt2
     _zoo_files(tmp_path, monkeypatch, model)

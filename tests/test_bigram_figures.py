@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from subnetviz.bigram import figures as bf
+from subnetviz.figures import bigram as bf
 
 
 def _summary():

@@ -15,7 +15,7 @@ import pytest
 from scipy.integrate import quad
 
 from subnetviz import figures as F
-from subnetviz.venn import REGIONS3, VennInputError, venn2_layout, venn3_layout
+from subnetviz.figures.venn import REGIONS3, VennInputError, venn2_layout, venn3_layout
 
 
 def decode(v):

@@ -14,7 +14,7 @@ import pytest
 
 from subnetviz import __version__
 from subnetviz.errors import ConfigError
-from subnetviz.report import ReportSection, build_report, download_frame, write_report
+from subnetviz.report.html import ReportSection, build_report, download_frame, write_report
 
 EVIL = "<script>alert('x')</script>"
 

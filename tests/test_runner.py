@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from subnetviz.errors import ConfigError, JobError
-from subnetviz.training.runner import JobRunner, main_train, process_start
+from subnetviz.jobs.registry import process_start
+from subnetviz.jobs.runner import JobRunner
+from subnetviz.jobs.worker import main_train
 
 WORKER = [
     sys.executable,
     "-c",
-    "import sys; from subnetviz.training.runner import main_job; sys.exit(main_job(sys.argv[1]))",
+    "import sys; from subnetviz.jobs.worker import main_job; sys.exit(main_job(sys.argv[1]))",
 ]
 SLEEP = {"kind": "python", "target": "tests.training_fixtures:sleep_job"}
 
@@ -154,7 +156,7 @@ def test_each_concurrent_job_gets_its_own_gpu(tmp_path):
 
 
 def test_registry_adds_columns_to_an_older_table(tmp_path):
-    from subnetviz.training.registry import Registry
+    from subnetviz.jobs.registry import Registry
 
     with sqlite3.connect(tmp_path / "registry.sqlite") as con:
         con.execute(

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from subnetviz.analysis.series import checkpoint_series
-from subnetviz.dashboard import analysis_report
 from subnetviz.errors import ConfigError
+from subnetviz.report.dashboard import analysis_report
 
 
 def _write(path, tensors):

@@ -360,7 +360,7 @@ def test_gpt_neox_layout_matches_hf_attention():
     from transformers import AttentionInterface, GPTNeoXForCausalLM
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from subnetviz.naming import NameTable
+    from subnetviz.checkpoints.naming import NameTable
 
     seen = {}
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from subnetviz.errors import ConfigError
-from subnetviz.jobcontext import JobContext
+from subnetviz.jobs.context import JobContext
 from subnetviz.supermask import job
 from subnetviz.supermask.data import Task, make_benchmark, permuted_digits, split_digits, validate_tasks
 from subnetviz.supermask.layers import MaskedConv2d, MaskedLinear, MaskedMLP, kept_count, topk_mask
@@ -411,7 +411,7 @@ def test_arithmetic_text_labels_follow_the_prompts(tiny_base):
 def test_figures_draw_the_numbers_they_are_given():
     import pandas as pd
 
-    from subnetviz.supermask import figures as sf
+    from subnetviz.figures import continual as sf
 
     summary = pd.DataFrame({
         "label": ["SupSup", "SupSup", "ExSSNeT", "finetune"], "density": [0.1, 0.02, 0.1, 1.0],

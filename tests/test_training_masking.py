@@ -19,8 +19,9 @@ from subnetviz.errors import ConfigError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
 from subnetviz.training.config import TrainConfig
 from subnetviz.training.data import exact_match_reward, read_jsonl
+from subnetviz.training.evaluate import evaluate_accuracy
 from subnetviz.training.masking import check_outside_mask, load_training_mask
-from subnetviz.training.run import SUMMARY_FILE, evaluate_accuracy, train
+from subnetviz.training.run import SUMMARY_FILE, train
 from tests.training_fixtures import make_tiny_llama, write_addition_data, write_half_mask
 
 
@@ -248,7 +249,7 @@ def _bf16_plus_ulps(value: float, offsets: list[int]) -> torch.Tensor:
 def test_compare_runs_planted(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    from subnetviz.training.compare import compare_runs
+    from subnetviz.analysis.runs import compare_runs
 
     big_off = [0] * 60 + [1] * 10 + [2] * 5 + [3] * 4 + [4] * 3 + [8] * 2 + [12, 16] + [17] * 2 + [100] * 12
     small = torch.full((10,), 2.0**-20, dtype=torch.bfloat16)
@@ -284,7 +285,7 @@ def test_compare_runs_planted(tmp_path, monkeypatch):
     assert (vb.changed_full, vb.changed_sub, vb.changed_both, vb.sub_outside_full) == (5, 45, 5, 40)
     assert cmp.unmatched == () and cmp.accuracy is None and cmp.base_unmatched == ()
     # Slicing large tensors gives the same counts as one pass.
-    monkeypatch.setattr("subnetviz.training.compare.CHUNK", 7)
+    monkeypatch.setattr("subnetviz.analysis.runs.CHUNK", 7)
     sliced = compare_runs(tmp_path / "full", tmp_path / "sub", tmp_path / "base")
     pd_testing.assert_frame_equal(sliced.per_tensor, cmp.per_tensor)
     pd_testing.assert_frame_equal(sliced.ulp_histogram, cmp.ulp_histogram)
@@ -295,7 +296,7 @@ def test_ulp_distance_matches_nextafter_float32():
     """Independent reference: step float32 values k times with numpy.nextafter (crossing zero too)."""
     import numpy as np
 
-    from subnetviz.training.compare import ulp_distance
+    from subnetviz.analysis.runs import ulp_distance
 
     rng = np.random.default_rng(0)
     a = np.concatenate([rng.normal(size=200), [0.0, -0.0, 1e-45, -1e-45, 3e-45]]).astype(np.float32)
@@ -312,8 +313,8 @@ def test_ulp_distance_matches_nextafter_float32():
 def test_compare_refuses_mismatched_runs(tmp_path):
     from safetensors.torch import save_file
 
+    from subnetviz.analysis.runs import compare_runs
     from subnetviz.errors import AlignmentError
-    from subnetviz.training.compare import compare_runs
 
     for name, t in (("a", torch.zeros(3, dtype=torch.bfloat16)), ("b", torch.zeros(4, dtype=torch.bfloat16))):
         (tmp_path / name).mkdir()
@@ -325,7 +326,7 @@ def test_compare_refuses_mismatched_runs(tmp_path):
 @pytest.mark.slow
 def test_subnetwork_of_full_update_stays_inside_it(tiny, tmp_path):
     """The paper's experiment in miniature: mask = entries the full run changed; retrain only those."""
-    from subnetviz.training.compare import compare_runs
+    from subnetviz.analysis.runs import compare_runs
 
     full = train(_cfg(tiny, tmp_path, "sft", output_dir=str(tmp_path / "full"), steps=3))
     a, b = _bits(tiny["base"]), _bits(Path(full.output_dir))
@@ -343,7 +344,7 @@ def test_subnetwork_of_full_update_stays_inside_it(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_run_job_reports_progress_and_honours_stop(tiny, tmp_path):
-    from subnetviz.jobcontext import JobContext
+    from subnetviz.jobs.context import JobContext
     from subnetviz.training.run import run_job
 
     job = {"kind": "train", **_cfg(tiny, tmp_path, "sft", steps=3, eval_data=str(tiny["data"]["eval"])).to_dict()}

@@ -5,9 +5,9 @@ import os
 
 import streamlit as st
 
-from subnetviz import config, figures, ui
-from subnetviz.bigram import figures as bg_figures
+from subnetviz import config, figures, selection, ui
 from subnetviz.bigram.locate import shares_heatmap_frame
+from subnetviz.figures import bigram as bg_figures
 
 
 @st.cache_data(show_spinner="Analysing the subnetwork (fidelity, ablations, residual stream)…", max_entries=8)
@@ -84,7 +84,7 @@ def headline(h: dict) -> None:
 
 def analyse(model: str, corpus: str) -> None:
     import_released(model)
-    masks = {k: v for k, v in ui.saved_masks().items() if v.endswith("outputs/mask.safetensors") or "uploads" in k}
+    masks = {k: v for k, v in selection.saved_masks().items() if v.endswith("outputs/mask.safetensors") or "uploads" in k}
     if not masks:
         st.info("No bigram mask yet: train one (*Train a mask*; a λ = 10 mask of the demo base takes a few minutes "
                 "on one CPU thread), upload one on the Workspace page, or import a released pickle above.",
@@ -139,7 +139,7 @@ def body() -> None:
     corpus = b.text_input("Corpus", value="zoo", key="bg_corpus",
                           help="'zoo' = the demo chain's exact bigram law, or a text file (model's own tokenizer)")  # fmt: skip
     ui.need(bool(model), "Choose a model (the sidebar's base, a folder or a cached hub id).")
-    model = ui.resolve_choice(model, {})
+    model = selection.resolve_choice(model, {})
     corpus = corpus if corpus == "zoo" else str(config.check_allowed(corpus))
     view = st.segmented_control("View", ["Analyse a mask", "Train a mask"], default="Analyse a mask", required=True,
                                 key="bg_view", bind="query-params", label_visibility="collapsed")  # fmt: skip

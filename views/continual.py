@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui
-from subnetviz.supermask import figures as cl_figures
+from subnetviz.figures import continual as cl_figures
 from subnetviz.supermask.job import load_result, load_task_masks
 from subnetviz.supermask.metrics import owner_image
 

@@ -5,7 +5,7 @@ import streamlit as st
 from subnetviz import figures, ui
 from subnetviz.analysis.overlap import mask_overlap
 from subnetviz.analysis.updates import mask_path
-from subnetviz.naming import NameTable, detect_family
+from subnetviz.checkpoints.naming import NameTable, detect_family
 
 
 def body() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from subnetviz import config, figures, ui
+from subnetviz import config, figures, selection, ui
 
 AUTO = "zoo set A in this algorithm's format"
 ZOO_DATA = {"grpo": "A_train", "dpo": "dpo_A", "sft": "sft_A"}
@@ -49,7 +49,7 @@ def launch(ws) -> None:
             mask = f"random:{mask}"
         if train_data == AUTO:
             train_data = ZOO_DATA[algorithm]
-        base = ui.resolve_choice(base, {})  # the server reads only under the allowed roots
+        base = selection.resolve_choice(base, {})  # the server reads only under the allowed roots
         train_path = data.get(train_data) or str(config.check_allowed(train_data))
         cfg = {"kind": "train", "algorithm": algorithm, "base": base, "data": train_path,
                "eval_data": data.get(eval_data) if eval_data else None, "mask": mask, "steps": int(steps),
@@ -134,7 +134,7 @@ def compare(ws) -> None:
 
 @st.cache_data(show_spinner="Comparing the two finetunes tensor by tensor…", max_entries=8)
 def _comparison(full: str, sub: str, base: str | None, eval_data: str | None):
-    from subnetviz.training.compare import compare_runs
+    from subnetviz.analysis.runs import compare_runs
 
     return compare_runs(full, sub, base, eval_data=eval_data)
 

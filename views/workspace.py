@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from subnetviz import ui
+from subnetviz import selection, ui
 
 
 def body() -> None:
@@ -38,7 +38,7 @@ def body() -> None:
     up = st.file_uploader("Add a mask (.safetensors, or a released bigram-subnetwork .pickle — read safely)",
                           type=["safetensors", "pickle", "pkl"], key="mask_upload")  # fmt: skip
     if up is not None:
-        stored = ui.save_upload(up.name, up.getvalue())
+        stored = selection.save_upload(up.name, up.getvalue())
         st.success(f"Stored as `{stored.name}`; pick it under *Saved masks* in the sidebar.")
     files = dict(ws.masks)
     if ws.finetuned:

@@ -37,7 +37,7 @@ from subnetviz.analysis.sparsity import (
     summarize,
 )
 from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
-from subnetviz.atomic import atomic_folder
+from subnetviz.cache import atomic_folder
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.config import resolve_device
 from subnetviz.errors import NonFiniteError

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from subnetviz.atomic import atomic_folder
 from subnetviz.bigram.evaluate import AblationReport, SubnetworkAnalysis
 from subnetviz.bigram.locate import OverlapReport
 from subnetviz.bigram.residual import ResidualReport
+from subnetviz.cache import atomic_folder
 
 _OVERLAP_SCALARS = ("n_total", "kept0", "kept1", "shared", "overlap", "expected_uniform", "expected_rows",
                     "p_uniform", "p_rows", "share_of_0_in_1")  # fmt: skip

@@ -423,7 +423,7 @@ def _manifest(root: Path, preset: str, s: ZooSettings, state: dict) -> dict:
 
     from subnetviz.demo.pretrain import mask_overlap, mask_sparsity, update_masks
     from subnetviz.demo.tokenizer import vocabulary
-    from subnetviz.training.run import evaluate_accuracy
+    from subnetviz.training.evaluate import evaluate_accuracy
 
     def acc(folder: Path) -> dict[str, float]:
         return {k: evaluate_accuracy(folder, root / "data" / f"{k}_eval.jsonl") for k in ("A", "B")}

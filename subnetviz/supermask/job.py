@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from subnetviz.errors import ConfigError, suggest
-from subnetviz.jobcontext import JobContext
+from subnetviz.jobs.context import JobContext
 from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
 from subnetviz.supermask.data import BENCHMARKS, N_SPLIT_TASKS, TEXT_PROPERTIES, make_benchmark
 from subnetviz.supermask.methods import METHODS, MethodConfig, Stopped, estimate_run_bytes, run_method
@@ -258,7 +258,7 @@ def load_task_masks(folder: str | os.PathLike, label: str, density: float, seed:
 
 
 def run_job(config: dict, ctx: JobContext) -> None:
-    """Job entry point for kind ``continual`` (see :mod:`subnetviz.jobcontext`)."""
+    """Job entry point for kind ``continual`` (see :mod:`subnetviz.jobs.context`)."""
     validate_config(config)
     bench_name, tasks, runs = plan_runs(config)
     key = config_hash(config)

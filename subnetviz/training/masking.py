@@ -185,7 +185,7 @@ def check_outside_mask(
     dtypes or shapes, are refused (a masked run never changes either). ``masks`` None counts
     everything as inside.
     """
-    from subnetviz.training.compare import TensorReader, weight_index
+    from subnetviz.analysis.runs import TensorReader, weight_index
 
     base_files, new_files = weight_index(base_dir), weight_index(trained_dir)
     if set(base_files) != set(new_files):

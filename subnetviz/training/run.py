@@ -1,4 +1,4 @@
-"""Run one training job: :func:`train` (library), :func:`run_job` (the ``train`` job kind), accuracy.
+"""Run one training job: :func:`train` (library) and :func:`run_job` (the ``train`` job kind).
 
 :func:`train` builds the TRL trainer, refuses a mask that does not fit the model before the first
 step, trains, and writes into a hidden ``.<name>.partial`` folder that is renamed to
@@ -24,11 +24,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
-
-from subnetviz.jobcontext import JobContext
+from subnetviz.jobs.context import JobContext
 from subnetviz.training.config import TrainConfig, job_train_config
-from subnetviz.training.data import read_jsonl
+from subnetviz.training.evaluate import evaluate_accuracy
 from subnetviz.training.masking import MaskedUpdateCallback, check_outside_mask, load_training_mask
 from subnetviz.training.trainers import CheckpointCallback, ProgressCallback, build_trainer, save_bf16
 
@@ -160,41 +158,3 @@ def run_job(config: dict, ctx: JobContext) -> None:
     (ctx.out_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     extra = {"accuracy": result.accuracy} if result.accuracy is not None else {}
     ctx.progress(result.steps_done, cfg.steps, **{**result.metrics, **extra})
-
-
-def evaluate_accuracy(
-    model_dir: str | os.PathLike, eval_jsonl: str | os.PathLike, *, max_new_tokens: int = 8, batch_size: int = 64
-) -> float:
-    """Greedy exact-match accuracy: share of rows whose stripped completion equals ``answer``.
-
-    Prompts are tokenized as TRL's GRPO trainer tokenizes them (the tokenizer's defaults), left
-    padded; the completion is the decoded new tokens without special tokens.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from subnetviz.config import resolve_device
-
-    rows = read_jsonl(eval_jsonl, "eval")
-    device = resolve_device("auto")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    tok.padding_side = "left"
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True).to(device)
-            gen = model.generate(
-                **enc,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad_id,
-                eos_token_id=tok.eos_token_id,
-                top_p=None,
-                top_k=None,
-                temperature=None,
-            )
-            texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            correct += sum(t.strip() == str(r["answer"]).strip() for t, r in zip(texts, chunk, strict=True))
-    return correct / len(rows)

@@ -1,7 +1,7 @@
 """The contract between the job runner and the work a job does.
 
 A job is a JSON config with a ``kind`` (``train``, ``bigram_mask``, ``continual``, ...). The runner
-(:mod:`subnetviz.training.runner`) starts ``python -m subnetviz job RUN_DIR`` as its own OS
+(:mod:`subnetviz.jobs.runner`) starts ``python -m subnetviz job RUN_DIR`` as its own OS
 process; that process looks up the kind in :data:`JOB_KINDS`, imports ``module:function`` and calls
 ``function(config: dict, ctx: JobContext)``.
 
@@ -73,3 +73,16 @@ def _jsonable(d: dict) -> dict:
         except (TypeError, ValueError):
             out[k] = str(v)
     return out
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)

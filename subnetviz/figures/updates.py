@@ -1,4 +1,5 @@
-"""Pure Plotly figure builders: tidy DataFrame (or array) in, ``plotly.graph_objects.Figure`` out.
+"""Figures of update analyses: sparsity by layer × module, tolerance sweeps, ULP histograms, spectra,
+series and training curves. Tidy DataFrame (or array) in, ``plotly.graph_objects.Figure`` out.
 
 No Streamlit and no ``config`` here: the page (or :mod:`subnetviz.report`) passes
 :data:`PLOTLY_CONFIG` when it shows a figure. Arrays go to Plotly as NumPy so plotly 7 ships them as
@@ -17,19 +18,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from subnetviz.overlap_figures import (  # noqa: F401  (re-exported: one place to import every builder)
-    consensus_bars,
-    overlap_layer_heatmap,
-    pairwise_matrix,
-    upset,
-    venn2,
-    venn3,
-)  # fmt: skip
-from subnetviz.plotting import (  # noqa: F401  (re-exported names used across the app)
-    DIVERGING,
-    MODULE_ORDER,
+from subnetviz.figures.style import (
     PALETTE,
-    PLOTLY_CONFIG,
     SEQUENTIAL,
     FigureDataError,
     _check_share,

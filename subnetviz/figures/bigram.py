@@ -10,21 +10,13 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures import PALETTE, SEQUENTIAL, color_map, no_data_figure
+from subnetviz.figures.style import PALETTE, SEQUENTIAL, _style, color_map, no_data_figure, order_key
 
 SETTING_ORDER = ("bigram", "full", "subnetwork", "ablated", "random subnetwork", "random ablated", "empty")
-_TEMPLATE = "plotly_white"
-
-
-def _layout(fig: go.Figure, title: str, x: str, y: str, **kw) -> go.Figure:
-    fig.update_layout(template=_TEMPLATE, title=title, xaxis_title=x, yaxis_title=y,
-                      margin={"l": 70, "r": 30, "t": 70, "b": 60}, **kw)  # fmt: skip
-    return fig
 
 
 def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
-    rank = {s: i for i, s in enumerate(SETTING_ORDER)}
-    return summary.assign(_o=summary["setting"].map(lambda s: rank.get(s, len(rank)))).sort_values("_o")
+    return summary.sort_values("setting", key=lambda col: col.map(order_key(SETTING_ORDER)), kind="stable")
 
 
 def fidelity_bars(summary: pd.DataFrame, title: str = "Fidelity: surprisal correlation with the bigram model") -> go.Figure:
@@ -39,7 +31,7 @@ def fidelity_bars(summary: pd.DataFrame, title: str = "Fidelity: surprisal corre
         hovertemplate="%{x}<br>r = %{y:.4f}<extra></extra>",
     ))  # fmt: skip
     fig.update_yaxes(range=[min(0.0, float(s["r_mean"].min())), 1.0])
-    return _layout(fig, title, "setting", "Pearson r of per-token surprisals")
+    return _style(fig, title, "setting", "Pearson r of per-token surprisals")
 
 
 def delta_bits_bars(summary: pd.DataFrame, title: str = "Loss against the full model") -> go.Figure:
@@ -53,7 +45,7 @@ def delta_bits_bars(summary: pd.DataFrame, title: str = "Loss against the full m
         error_y={"type": "data", "array": sd, "visible": sd is not None},
         hovertemplate="%{x}<br>Δ %{y:+.4f} bits/token<extra></extra>",
     ))  # fmt: skip
-    return _layout(fig, title, "setting", "Δ bits per token vs full model")
+    return _style(fig, title, "setting", "Δ bits per token vs full model")
 
 
 def rotation_curves(rotation: pd.DataFrame, title: str = "Rotation to input and to output (median |arg λ|)") -> go.Figure:
@@ -73,7 +65,7 @@ def rotation_curves(rotation: pd.DataFrame, title: str = "Rotation to input and 
                     hovertemplate=f"{m}, to {target}<br>layer %{{x}}: %{{y:.1f}}°<extra></extra>",
                 ))  # fmt: skip
     fig.update_xaxes(dtick=1)
-    return _layout(fig, title, "layer (0 = embeddings)", "median rotation angle (degrees)",
+    return _style(fig, title, "layer (0 = embeddings)", "median rotation angle (degrees)",
                    legend={"orientation": "h", "y": -0.25})  # fmt: skip
 
 
@@ -89,7 +81,7 @@ def covariance_heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
         hovertemplate="layers %{y} and %{x}: %{z:.3f}<extra></extra>",
     ))  # fmt: skip
     fig.update_yaxes(autorange="reversed", scaleanchor="x")
-    return _layout(fig, title, "layer", "layer")
+    return _style(fig, title, "layer", "layer")
 
 
 def null_histogram(null: pd.DataFrame, observed: float,
@@ -102,4 +94,4 @@ def null_histogram(null: pd.DataFrame, observed: float,
         fig.add_trace(go.Histogram(x=d["overlap"].to_numpy(dtype=np.float64), name=f"null: {name}", opacity=0.6,
                                    marker_color=PALETTE[i % len(PALETTE)]))  # fmt: skip
     fig.add_vline(x=observed, line_dash="dash", line_color="black", annotation_text="observed")
-    return _layout(fig, title, "overlap (share of all maskable weights)", "null draws", barmode="overlay")
+    return _style(fig, title, "overlap (share of all maskable weights)", "null draws", barmode="overlay")

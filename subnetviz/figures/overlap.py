@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from subnetviz.plotting import (
+from subnetviz.figures.style import (
     PALETTE,
     SEQUENTIAL,
     FigureDataError,
@@ -28,7 +28,7 @@ from subnetviz.plotting import (
     color_map,
     no_data_figure,
 )  # fmt: skip
-from subnetviz.venn import REGIONS2, REGIONS3, VennLayout, venn2_layout, venn3_layout
+from subnetviz.figures.venn import REGIONS2, REGIONS3, VennLayout, venn2_layout, venn3_layout
 
 
 def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | None = None) -> go.Figure:

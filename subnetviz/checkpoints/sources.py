@@ -1,14 +1,10 @@
-"""Checkpoints: one lazy, per-tensor source over any way a model is stored, and name alignment.
+"""Checkpoint sources: one lazy, per-tensor view over any way a model is stored.
 
 :func:`open_checkpoint` accepts a Hugging Face model folder (single or sharded safetensors with
 ``model.safetensors.index.json``), a single ``.safetensors`` file, an index json, a hub id resolved
 *only* through the local Hugging Face cache, or legacy ``.bin``/``.pt`` files (read through
-``torch.load(weights_only=True)``, never unpickled freely).
-
-Safetensors headers are parsed here (8-byte length + JSON) so that a truncated or corrupt file is
-reported with its name and what is wrong before any tensor is read; tensors are then read one at
-a time through ``safetensors.safe_open`` (memory-mapped). :func:`align` pairs the tensors of two or
-more checkpoints by name and reports everything it cannot pair: nothing is silently skipped.
+``torch.load(weights_only=True)``, never unpickled freely). Tensors are read one at a time through
+``safetensors.safe_open`` (memory-mapped).
 """
 
 from __future__ import annotations
@@ -16,87 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
-from subnetviz.errors import AlignmentError, CheckpointError, NotCachedError, suggest
-from subnetviz.naming import NameTable, detect_family, strip_prefix
-
-ST_DTYPES = {
-    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-    "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}  # fmt: skip
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    name: str
-    file: Path
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-
-def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
-    """Parse and validate a safetensors header; returns (header dict, raw header bytes)."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes; no header length).")
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER or 8 + n > size:
-                raise CheckpointError(
-                    f"{path}: corrupt or truncated safetensors header (declares {n} header bytes, file has {size})."
-                )
-            raw = fh.read(n)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror}).") from exc
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors header (not JSON: {exc}).") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (expected an object).")
-    data_len = size - 8 - n
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = (int(v) for v in info["data_offsets"])
-            dtype = info["dtype"]
-            numel = 1
-            for dim in info["shape"]:
-                numel *= int(dim)
-        except (TypeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}.") from exc
-        if end > data_len:
-            raise CheckpointError(
-                f"{path}: truncated file: tensor {name!r} needs bytes up to {end} of the data section, "
-                f"which has {data_len}. Re-download or re-save the checkpoint."
-            )
-        if dtype not in ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}.")
-        if end - start != numel * ST_DTYPES[dtype].itemsize:
-            raise CheckpointError(
-                f"{path}: corrupt header entry for tensor {name!r}: shape {info.get('shape')} in {dtype} needs "
-                f"{numel * ST_DTYPES[dtype].itemsize} bytes, the offsets give {end - start}."
-            )
-    return header, raw
+from subnetviz.checkpoints.header import ST_DTYPES, TensorMeta, read_safetensors_header
+from subnetviz.checkpoints.naming import NameTable, detect_family
+from subnetviz.errors import CheckpointError, NotCachedError, suggest
 
 
 class Checkpoint:
@@ -312,104 +235,3 @@ def open_checkpoint(spec: str | os.PathLike) -> Checkpoint:
         except (OSError, json.JSONDecodeError):
             config = None
     return Checkpoint(s, files, root, config)
-
-
-# --- alignment -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AlignedTensor:
-    """One tensor present in every checkpoint of an alignment.
-
-    ``names[i]`` is its name in checkpoint ``i``; ``rows`` is set when the vocabulary was resized
-    (only the first ``rows`` rows are shared and compared; ``extra_rows[i]`` are beyond them).
-    """
-
-    key: str
-    names: tuple[str, ...]
-    shape: tuple[int, ...]
-    rows: int | None = None
-    extra_rows: tuple[int, ...] = ()
-
-
-@dataclass
-class Alignment:
-    checkpoints: list[Checkpoint]
-    tensors: list[AlignedTensor]
-    only_in: dict[int, list[str]] = field(default_factory=dict)  # checkpoint index -> names only there
-    notes: list[str] = field(default_factory=list)
-
-    def report(self) -> list[str]:
-        """Human-readable lines: everything not compared one-to-one, and why."""
-        lines = list(self.notes)
-        for i, names in self.only_in.items():
-            if names:
-                lines.append(f"{len(names)} tensor(s) only in {self.checkpoints[i].spec}: {', '.join(names[:8])}"
-                             + (" ..." if len(names) > 8 else ""))
-        for t in self.tensors:
-            if t.rows is not None:
-                lines.append(f"{t.key}: vocabulary resized; compared the {t.rows} shared rows, "
-                             f"extra rows per checkpoint: {list(t.extra_rows)}")
-        return lines
-
-    def __iter__(self) -> Iterator[AlignedTensor]:
-        return iter(self.tensors)
-
-
-def _is_vocab_tensor(table: NameTable, name: str) -> bool:
-    return table.describe(name).module in ("embed", "lm_head")
-
-
-def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
-    """Pair tensors across checkpoints by name (``model.``-style prefixes ignored).
-
-    Tied ``lm_head`` weights are counted once (with the embedding); resized vocabularies compare
-    the shared rows; tensors missing on any side are listed in ``only_in``. A shape that differs in
-    anything but the vocabulary rows raises :class:`AlignmentError` naming the tensor.
-    """
-    if len(checkpoints) < 2:
-        raise AlignmentError("align needs at least two checkpoints.")
-    keyed: list[dict[str, str]] = []
-    notes: list[str] = []
-    for ck in checkpoints:
-        m: dict[str, str] = {}
-        for n in ck.names:
-            m.setdefault(strip_prefix(n), n)
-        keyed.append(m)
-    # Tied embeddings: a head stored in a model that ties it is the embedding (HF ties it on load),
-    # whether one side or every side stored the copy; counting it would count the embedding twice.
-    for i, ck in enumerate(checkpoints):
-        for head in ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight"):
-            if head in keyed[i] and ck.tied_embeddings:
-                notes.append(f"{ck.spec}: {head} is tied to the input embedding; counted once (as the embedding).")
-                del keyed[i][head]
-    common = [k for k in keyed[0] if all(k in km for km in keyed[1:])]
-    only_in = {i: sorted(km[k] for k in km if not all(k in o for o in keyed)) for i, km in enumerate(keyed)}
-    table = checkpoints[0].names_table
-    tensors: list[AlignedTensor] = []
-    for key in common:
-        names = tuple(km[key] for km in keyed)
-        shapes = [ck.meta(n).shape for ck, n in zip(checkpoints, names, strict=True)]
-        if all(s == shapes[0] for s in shapes):
-            tensors.append(AlignedTensor(key, names, shapes[0]))
-            continue
-        same_tail = all(len(s) == len(shapes[0]) and s[1:] == shapes[0][1:] for s in shapes)
-        if same_tail and _is_vocab_tensor(table, names[0]):
-            rows = min(s[0] for s in shapes)
-            tensors.append(AlignedTensor(key, names, (rows, *shapes[0][1:]), rows, tuple(s[0] - rows for s in shapes)))
-            continue
-        found = ", ".join(f"{ck.spec}: {tuple(s)}" for ck, s in zip(checkpoints, shapes, strict=True))
-        raise AlignmentError(
-            f"tensor {names[0]!r} has different shapes ({found}); only vocabulary rows may differ. "
-            "Are these checkpoints of the same architecture?"
-        )
-    if not tensors:
-        raise AlignmentError(
-            "no tensor names in common between " + " and ".join(ck.spec for ck in checkpoints)
-            + f" (e.g. {checkpoints[0].names[:2]} vs {checkpoints[1].names[:2]})."
-        )
-    return Alignment(list(checkpoints), tensors, only_in, notes)
-
-
-def read_aligned(ck: Checkpoint, t: AlignedTensor, i: int, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Tensor ``t`` of checkpoint ``ck`` (position ``i`` in the alignment), shared rows only."""
-    x = ck.get(t.names[i], device)
-    return x[: t.rows] if t.rows is not None else x

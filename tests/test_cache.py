@@ -2,7 +2,7 @@
 
 import pytest
 
-from subnetviz.atomic import atomic_folder
+from subnetviz.cache import atomic_folder
 
 
 def test_success_replaces_and_failure_keeps_the_old_folder(tmp_path):

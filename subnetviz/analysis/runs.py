@@ -235,7 +235,7 @@ def compare_runs(
         )
     accuracy = None
     if eval_data is not None:
-        from subnetviz.training.run import evaluate_accuracy
+        from subnetviz.training.evaluate import evaluate_accuracy
 
         models = ([("base", base_dir)] if base_dir is not None else []) + [("full", full_dir), ("subnetwork", sub_dir)]
         accuracy = pd.DataFrame(

@@ -11,12 +11,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures import PALETTE, no_data_figure
+from subnetviz.figures.style import PALETTE, _style, _unique, no_data_figure, order_key
 
 METHOD_ORDER = ("finetune", "SupSup", "SSNeT", "ExSSNeT", "SupSup+KKT", "SSNeT+KKT", "ExSSNeT+KKT")
-_TEMPLATE = "plotly_white"
-
-
 def method_colors(labels) -> dict[str, str]:
     """Label -> colour, fixed by the label's place in :data:`METHOD_ORDER` (unknown labels after)."""
     order = [*METHOD_ORDER, *sorted(set(labels) - set(METHOD_ORDER))]
@@ -24,13 +21,7 @@ def method_colors(labels) -> dict[str, str]:
 
 
 def _ordered(labels) -> list[str]:
-    labels = list(dict.fromkeys(labels))
-    return sorted(labels, key=lambda s: METHOD_ORDER.index(s) if s in METHOD_ORDER else len(METHOD_ORDER))
-
-
-def _layout(fig: go.Figure, title: str, x: str, y: str, **kw) -> go.Figure:
-    fig.update_layout(template=_TEMPLATE, title=title, xaxis_title=x, yaxis_title=y, **kw)
-    return fig
+    return sorted(_unique(labels), key=order_key(METHOD_ORDER))
 
 
 def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accuracy vs mask density") -> go.Figure:
@@ -50,7 +41,7 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
                                  mode="lines+markers", name=label, line={"color": colors[label]},
                                  hovertemplate=f"{label}<br>density %{{x:g}}%<br>accuracy %{{y:.1f}}%<extra></extra>"))  # fmt: skip
     fig.update_xaxes(type="log")
-    return _layout(fig, title, "mask density (% of weights kept, log)", "final average accuracy (%)")
+    return _style(fig, title, "mask density (% of weights kept, log)", "final average accuracy (%)")
 
 
 def forgetting_bars(summary: pd.DataFrame, density: float | None = None,
@@ -70,7 +61,7 @@ def forgetting_bars(summary: pd.DataFrame, density: float | None = None,
                            error_y={"type": "data", "array": 100 * s["forgetting_sd"].fillna(0).to_numpy()},
                            marker_color=[colors[lab] for lab in labels],
                            hovertemplate="%{x}: %{y:.2f} pts<extra></extra>"))  # fmt: skip
-    return _layout(fig, title, "method", "forgetting (accuracy points)")
+    return _style(fig, title, "method", "forgetting (accuracy points)")
 
 
 def capacity_curves(capacity: pd.DataFrame, density: float, layer: str = "all",
@@ -88,7 +79,7 @@ def capacity_curves(capacity: pd.DataFrame, density: float, layer: str = "all",
     ref = c.groupby("task")["reference"].first()
     fig.add_trace(go.Scatter(x=ref.index.to_numpy() + 1, y=100 * ref.to_numpy(), mode="lines", name="independent masks",
                              line={"color": "grey", "dash": "dash"}))  # fmt: skip
-    return _layout(fig, f"{title} (density {100 * density:g}%, {layer})", "tasks trained", "weights used (%)")
+    return _style(fig, f"{title} (density {100 * density:g}%, {layer})", "tasks trained", "weights used (%)")
 
 
 def exclusive_fraction(
@@ -104,7 +95,7 @@ def exclusive_fraction(
         m = c[c["label"] == label].groupby("task")["exclusive"].mean()
         fig.add_trace(go.Scatter(x=m.index.to_numpy(), y=100 * m.to_numpy(), mode="lines+markers", name=label,
                                  line={"color": colors[label]}))  # fmt: skip
-    return _layout(fig, title, "task", "exclusive share of the mask (%)")
+    return _style(fig, title, "task", "exclusive share of the mask (%)")
 
 
 def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> go.Figure:
@@ -121,7 +112,7 @@ def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> 
                                          "ticktext": ["unused", *map(str, range(k - 1))]},
                                hovertemplate="row %{y}, col %{x}: task %{z}<extra></extra>"))  # fmt: skip
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title, "input unit", "output unit")
+    return _style(fig, title, "input unit", "output unit")
 
 
 def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier mask on the new task") -> go.Figure:
@@ -139,4 +130,4 @@ def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier 
     fig.add_trace(go.Scatter(x=ch.index.to_numpy(), y=100 * ch.to_numpy(), mode="markers", name="chance 1/C",
                              marker={"symbol": "line-ew-open", "size": 30, "color": "black"}))  # fmt: skip
     fig.update_layout(barmode="group")
-    return _layout(fig, title, "new task", "KNN accuracy (%)")
+    return _style(fig, title, "new task", "KNN accuracy (%)")

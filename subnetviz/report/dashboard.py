@@ -15,7 +15,7 @@ import pandas as pd
 from subnetviz import figures
 from subnetviz.analysis.updates import UpdateAnalysis, read_analysis
 from subnetviz.errors import ConfigError
-from subnetviz.report import ReportSection, write_report
+from subnetviz.report.html import ReportSection, write_report
 
 
 def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:

@@ -6,18 +6,12 @@ stdout and stderr), ``status.json`` (progress; its ``state`` key is written once
 dies mid-way (killed, crashed, machine restarted) is marked failed and its ``outputs.tmp`` is
 removed, so partial outputs never look complete.
 
-Entry points: :func:`main_job` (the worker: ``python -m subnetviz job RUN_DIR``) and
-:func:`main_train` (``python -m subnetviz train --config FILE``, foreground; works under
-``accelerate launch``).
-
-Test jobs: with ``SUBNETVIZ_ALLOW_TEST_JOBS=1`` in the environment, ``{"kind": "python",
-"target": "module:function"}`` runs any importable job function (the runner tests use
-``tests.training_fixtures:sleep_job``). Without that variable the kind is refused.
+The worker a job runs in is :mod:`subnetviz.jobs.worker`; job kinds and their validation are
+:mod:`subnetviz.jobs.kinds`.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import secrets
@@ -26,64 +20,16 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from subnetviz.errors import ConfigError, JobError, SubnetvizError, suggest
-from subnetviz.jobcontext import CANCEL_FILE, JOB_KINDS, METRICS_FILE, STATUS_FILE, JobContext
-from subnetviz.training.registry import COLUMNS, TERMINAL, Registry, RunRecord, is_alive, process_start
+from subnetviz.errors import ConfigError, JobError
+from subnetviz.jobs.context import CANCEL_FILE, METRICS_FILE, STATUS_FILE, read_json, write_json
+from subnetviz.jobs.kinds import validate_job_config
+from subnetviz.jobs.registry import COLUMNS, TERMINAL, Registry, RunRecord, is_alive, process_start
 
 if TYPE_CHECKING:  # pandas is imported lazily: the worker process should start fast
     import pandas as pd
-
-TEST_KIND = "python"
-TEST_ENV = "SUBNETVIZ_ALLOW_TEST_JOBS"
-VALIDATORS = {"train": "subnetviz.training.config:validate_config"}
-
-
-def _import(target: str):
-    module, _, func = target.partition(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def job_function(config: dict):
-    """The ``function(config, ctx)`` for ``config["kind"]`` (ConfigError for an unknown kind)."""
-    kind = config.get("kind")
-    if kind == TEST_KIND:
-        if os.environ.get(TEST_ENV) != "1":
-            raise ConfigError(f"job kind {TEST_KIND!r} is for tests only (set {TEST_ENV}=1).")
-        return _import(str(config.get("target", "")))
-    if kind not in JOB_KINDS:
-        raise ConfigError(
-            f"job kind {kind!r} is unknown; expected one of {sorted(JOB_KINDS)}.{suggest(str(kind), JOB_KINDS)}"
-        )
-    return _import(JOB_KINDS[kind])
-
-
-def validate_job_config(config: dict) -> None:
-    """Check a job config before anything starts, with the kind's own validator when it has one."""
-    if not isinstance(config, dict):
-        raise ConfigError(f"a job config must be a dict, got {type(config).__name__}.")
-    try:
-        json.dumps(config)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"a job config must be plain JSON (str paths, numbers, lists, dicts): {exc}.") from None
-    kind = config.get("kind")
-    if kind == TEST_KIND:
-        job_function(config)
-        return
-    if kind not in JOB_KINDS:
-        job_function(config)  # raises the unknown-kind error
-    target = VALIDATORS.get(kind) or JOB_KINDS[kind].split(":")[0] + ":validate_config"
-    module, _, func = target.partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        raise JobError(f"job kind {kind!r} is not available in this installation ({exc}).") from None
-    validator = getattr(mod, func, None)
-    if validator is not None:
-        validator(config)
 
 
 def _visible_gpus() -> list[str]:
@@ -100,19 +46,6 @@ def _jsonable_path(obj):
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 # --- the runner --------------------------------------------------------------------------------
@@ -168,7 +101,7 @@ class JobRunner:
             run_dir.mkdir()
         except FileExistsError:
             raise JobError(f"run folder {run_dir} already exists; refusing to reuse it.") from None
-        _write_json(run_dir / "config.json", config)
+        write_json(run_dir / "config.json", config)
         rec = RunRecord(
             run_id,
             kind,
@@ -211,7 +144,7 @@ class JobRunner:
 
     def _refresh(self, con, rec: RunRecord) -> None:
         run_dir = Path(rec.run_dir)
-        status = _read_json(run_dir / STATUS_FILE)
+        status = read_json(run_dir / STATUS_FILE)
         progress = {k: status[k] for k in ("step", "total") if k in status}
         if "metrics" in status and status["metrics"]:
             progress["last_metrics"] = status["metrics"]
@@ -288,7 +221,7 @@ class JobRunner:
                 if (
                     now.status == "running"
                     and not is_alive(now)
-                    and _read_json(run_dir / STATUS_FILE).get("state") == "succeeded"
+                    and read_json(run_dir / STATUS_FILE).get("state") == "succeeded"
                 ):
                     self._refresh(con, now)  # it finished before the signal arrived: keep its result
                 else:
@@ -354,81 +287,3 @@ class JobRunner:
         return df[["time", "step", "total", *[c for c in df.columns if c not in ("time", "step", "total")]]]
 
 
-# --- worker entry points ---------------------------------------------------------------------------
-
-
-def _finish(ctx: JobContext, state: str, error: str | None = None) -> None:
-    status = _read_json(ctx.run_dir / STATUS_FILE)
-    status.update(state=state, error=error, ended=time.time())
-    _write_json(ctx.run_dir / STATUS_FILE, status)
-
-
-def main_job(run_dir: str) -> int:
-    """The worker: run the job in ``run_dir``; 0 succeeded, 1 failed, 2 cancelled.
-
-    stdout/stderr are already ``log.txt`` (the runner points them there).
-    """
-    run_dir_p = Path(run_dir)
-    ctx = JobContext.for_dir(run_dir_p)
-
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return _run_job_in(run_dir_p, ctx)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
-    try:
-        config = json.loads((run_dir_p / "config.json").read_text())
-        fn = job_function(config)
-        ctx.log(f"job {run_dir_p.name}: kind {config.get('kind')!r}, pid {os.getpid()}")
-        fn(config, ctx)
-    except BaseException as exc:  # noqa: BLE001 - the worker reports every failure, then exits non-zero
-        cancelled = ctx.should_stop()
-        if not cancelled:
-            traceback.print_exc()
-        shutil.rmtree(ctx.out_dir, ignore_errors=True)
-        msg = str(exc) if isinstance(exc, SubnetvizError) else f"{type(exc).__name__}: {exc}"
-        _finish(ctx, "cancelled" if cancelled else "failed", "cancelled by the user" if cancelled else msg)
-        return 2 if cancelled else 1
-    if ctx.should_stop():
-        shutil.rmtree(ctx.out_dir, ignore_errors=True)
-        _finish(ctx, "cancelled", "cancelled by the user")
-        return 2
-    os.replace(ctx.out_dir, run_dir_p / "outputs")
-    _finish(ctx, "succeeded")
-    ctx.log(f"job {run_dir_p.name}: succeeded")
-    return 0
-
-
-def main_train(config_path: str, *, run_dir: str | None = None) -> int:
-    """Run one training config in the foreground; 0 on success, 1 on a failed run, 2 on a bad config.
-
-    Without ``run_dir`` the model goes to the config's ``output_dir`` (this is the form to use
-    under ``accelerate launch``). With ``run_dir`` (a new folder) the run gets a job folder like
-    the runner's (config, status, metrics, log on stdout) and the model goes to
-    ``run_dir/outputs/model``.
-    """
-    from subnetviz.training.config import TrainConfig
-    from subnetviz.training.run import train
-
-    try:
-        if run_dir is None:
-            res = train(TrainConfig.from_file(config_path))
-            if res.is_main_process:
-                print(json.dumps(res.to_dict(), indent=2))
-            return 0
-        config = json.loads(Path(config_path).read_text())
-        config["kind"] = "train"
-        validate_job_config(config)
-        rd = Path(run_dir)
-        rd.mkdir(parents=True, exist_ok=False)
-        _write_json(rd / "config.json", config)
-    except (SubnetvizError, FileExistsError, OSError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return main_job(str(rd))

@@ -1,6 +1,6 @@
 """The run registry: one SQLite table of runs (WAL mode), shared safely by many processes.
 
-Several Streamlit sessions and a CLI may each hold a :class:`~subnetviz.training.runner.JobRunner`
+Several Streamlit sessions and a CLI may each hold a :class:`~subnetviz.jobs.runner.JobRunner`
 on the same runs folder. Nothing that matters lives in memory: every read opens a fresh
 connection, and every read-modify-write happens inside ``BEGIN IMMEDIATE`` (one writer at a
 time, readers never blocked thanks to WAL), via :meth:`Registry.transaction`.

@@ -1,6 +1,6 @@
 """Shared plotting vocabulary of subnetviz's figure builders: palette, scales, checks, layer grids.
 
-Used by :mod:`subnetviz.figures` (sparsity, spectra, series, training), :mod:`subnetviz.overlap_figures`
+Used by :mod:`subnetviz.figures` (sparsity, spectra, series, training), :mod:`subnetviz.figures.overlap`
 (Venn, UpSet, pairwise matrices) and the bigram / supermask builders. No Streamlit here.
 """
 
@@ -80,6 +80,12 @@ def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = Non
 
 def _unique(values) -> list:
     return list(dict.fromkeys(values))
+
+
+def order_key(order: Sequence[str]):
+    """A sort key putting values in ``order`` first, in that order, and every other value after them."""
+    rank = {v: i for i, v in enumerate(order)}
+    return lambda v: rank.get(v, len(rank))
 
 
 def _module_order(modules) -> list[str]:

@@ -1,0 +1,73 @@
+"""Pure Plotly figure builders: tidy DataFrame (or array) in, ``plotly.graph_objects.Figure`` out.
+
+No Streamlit and no ``config`` here: the page (or :mod:`subnetviz.report`) passes
+:data:`PLOTLY_CONFIG` when it shows a figure.
+
+- :mod:`~subnetviz.figures.style`: the shared vocabulary (palette, module order, layout, checks);
+- :mod:`~subnetviz.figures.updates`: update sparsity, tolerance sweep, ULP, spectra, series, training;
+- :mod:`~subnetviz.figures.overlap` (+ :mod:`~subnetviz.figures.venn`, the area-proportional layout);
+- :mod:`~subnetviz.figures.bigram`: bigram-subnetwork fidelity, ablations, residual stream;
+- :mod:`~subnetviz.figures.continual`: supermask continual learning.
+
+Every builder of the first three is also available here as ``subnetviz.figures.NAME``.
+"""
+
+from subnetviz.figures.overlap import (
+    consensus_bars,
+    overlap_layer_heatmap,
+    pairwise_matrix,
+    upset,
+    venn2,
+    venn3,
+)
+from subnetviz.figures.style import (
+    DIVERGING,
+    MODULE_ORDER,
+    PALETTE,
+    PLOTLY_CONFIG,
+    SEQUENTIAL,
+    FigureDataError,
+    color_map,
+    no_data_figure,
+)
+from subnetviz.figures.updates import (
+    accuracy_matrix,
+    matrix_image,
+    module_bars,
+    rank_heatmap,
+    row_col_ratios,
+    series_lines,
+    sparsity_heatmap,
+    spectrum_curves,
+    tolerance_sweep,
+    training_curves,
+    ulp_histogram,
+)
+
+__all__ = [
+    "DIVERGING",
+    "MODULE_ORDER",
+    "PALETTE",
+    "PLOTLY_CONFIG",
+    "SEQUENTIAL",
+    "FigureDataError",
+    "accuracy_matrix",
+    "color_map",
+    "consensus_bars",
+    "matrix_image",
+    "module_bars",
+    "no_data_figure",
+    "overlap_layer_heatmap",
+    "pairwise_matrix",
+    "rank_heatmap",
+    "row_col_ratios",
+    "series_lines",
+    "sparsity_heatmap",
+    "spectrum_curves",
+    "tolerance_sweep",
+    "training_curves",
+    "ulp_histogram",
+    "upset",
+    "venn2",
+    "venn3",
+]

@@ -1,0 +1,63 @@
+"""Job kinds: which function runs a config's ``kind``, and its validation before anything starts.
+
+Test jobs: with ``SUBNETVIZ_ALLOW_TEST_JOBS=1`` in the environment, ``{"kind": "python",
+"target": "module:function"}`` runs any importable job function (the runner tests use
+``tests.training_fixtures:sleep_job``). Without that variable the kind is refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+from subnetviz.errors import ConfigError, JobError, suggest
+from subnetviz.jobs.context import JOB_KINDS
+
+TEST_KIND = "python"
+TEST_ENV = "SUBNETVIZ_ALLOW_TEST_JOBS"
+VALIDATORS = {"train": "subnetviz.training.config:validate_config"}
+
+
+def _import(target: str):
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def job_function(config: dict):
+    """The ``function(config, ctx)`` for ``config["kind"]`` (ConfigError for an unknown kind)."""
+    kind = config.get("kind")
+    if kind == TEST_KIND:
+        if os.environ.get(TEST_ENV) != "1":
+            raise ConfigError(f"job kind {TEST_KIND!r} is for tests only (set {TEST_ENV}=1).")
+        return _import(str(config.get("target", "")))
+    if kind not in JOB_KINDS:
+        raise ConfigError(
+            f"job kind {kind!r} is unknown; expected one of {sorted(JOB_KINDS)}.{suggest(str(kind), JOB_KINDS)}"
+        )
+    return _import(JOB_KINDS[kind])
+
+
+def validate_job_config(config: dict) -> None:
+    """Check a job config before anything starts, with the kind's own validator when it has one."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"a job config must be a dict, got {type(config).__name__}.")
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"a job config must be plain JSON (str paths, numbers, lists, dicts): {exc}.") from None
+    kind = config.get("kind")
+    if kind == TEST_KIND:
+        job_function(config)
+        return
+    if kind not in JOB_KINDS:
+        job_function(config)  # raises the unknown-kind error
+    target = VALIDATORS.get(kind) or JOB_KINDS[kind].split(":")[0] + ":validate_config"
+    module, _, func = target.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise JobError(f"job kind {kind!r} is not available in this installation ({exc}).") from None
+    validator = getattr(mod, func, None)
+    if validator is not None:
+        validator(config)

@@ -1,0 +1,95 @@
+"""Worker entry points: :func:`main_job` (``python -m subnetviz job RUN_DIR``, started by the runner
+as its own OS process) and :func:`main_train` (``python -m subnetviz train --config FILE``, in the
+foreground; works under ``accelerate launch``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from subnetviz.errors import SubnetvizError
+from subnetviz.jobs.context import STATUS_FILE, JobContext, read_json, write_json
+from subnetviz.jobs.kinds import job_function, validate_job_config
+
+
+def _finish(ctx: JobContext, state: str, error: str | None = None) -> None:
+    status = read_json(ctx.run_dir / STATUS_FILE)
+    status.update(state=state, error=error, ended=time.time())
+    write_json(ctx.run_dir / STATUS_FILE, status)
+
+
+def main_job(run_dir: str) -> int:
+    """The worker: run the job in ``run_dir``; 0 succeeded, 1 failed, 2 cancelled.
+
+    stdout/stderr are already ``log.txt`` (the runner points them there).
+    """
+    run_dir_p = Path(run_dir)
+    ctx = JobContext.for_dir(run_dir_p)
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run_job_in(run_dir_p, ctx)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
+    try:
+        config = json.loads((run_dir_p / "config.json").read_text())
+        fn = job_function(config)
+        ctx.log(f"job {run_dir_p.name}: kind {config.get('kind')!r}, pid {os.getpid()}")
+        fn(config, ctx)
+    except BaseException as exc:  # noqa: BLE001 - the worker reports every failure, then exits non-zero
+        cancelled = ctx.should_stop()
+        if not cancelled:
+            traceback.print_exc()
+        shutil.rmtree(ctx.out_dir, ignore_errors=True)
+        msg = str(exc) if isinstance(exc, SubnetvizError) else f"{type(exc).__name__}: {exc}"
+        _finish(ctx, "cancelled" if cancelled else "failed", "cancelled by the user" if cancelled else msg)
+        return 2 if cancelled else 1
+    if ctx.should_stop():
+        shutil.rmtree(ctx.out_dir, ignore_errors=True)
+        _finish(ctx, "cancelled", "cancelled by the user")
+        return 2
+    os.replace(ctx.out_dir, run_dir_p / "outputs")
+    _finish(ctx, "succeeded")
+    ctx.log(f"job {run_dir_p.name}: succeeded")
+    return 0
+
+
+def main_train(config_path: str, *, run_dir: str | None = None) -> int:
+    """Run one training config in the foreground; 0 on success, 1 on a failed run, 2 on a bad config.
+
+    Without ``run_dir`` the model goes to the config's ``output_dir`` (this is the form to use
+    under ``accelerate launch``). With ``run_dir`` (a new folder) the run gets a job folder like
+    the runner's (config, status, metrics, log on stdout) and the model goes to
+    ``run_dir/outputs/model``.
+    """
+    from subnetviz.training.config import TrainConfig
+    from subnetviz.training.run import train
+
+    try:
+        if run_dir is None:
+            res = train(TrainConfig.from_file(config_path))
+            if res.is_main_process:
+                print(json.dumps(res.to_dict(), indent=2))
+            return 0
+        config = json.loads(Path(config_path).read_text())
+        config["kind"] = "train"
+        validate_job_config(config)
+        rd = Path(run_dir)
+        rd.mkdir(parents=True, exist_ok=False)
+        write_json(rd / "config.json", config)
+    except (SubnetvizError, FileExistsError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return main_job(str(rd))

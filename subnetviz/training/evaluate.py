@@ -1,0 +1,47 @@
+"""Greedy exact-match accuracy of a saved model on a JSONL problem set (``prompt``, ``answer``)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from subnetviz.training.data import read_jsonl
+
+
+def evaluate_accuracy(
+    model_dir: str | os.PathLike, eval_jsonl: str | os.PathLike, *, max_new_tokens: int = 8, batch_size: int = 64
+) -> float:
+    """Greedy exact-match accuracy: share of rows whose stripped completion equals ``answer``.
+
+    Prompts are tokenized as TRL's GRPO trainer tokenizes them (the tokenizer's defaults), left
+    padded; the completion is the decoded new tokens without special tokens.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from subnetviz.config import resolve_device
+
+    rows = read_jsonl(eval_jsonl, "eval")
+    device = resolve_device("auto")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.padding_side = "left"
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True).to(device)
+            gen = model.generate(
+                **enc,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+                eos_token_id=tok.eos_token_id,
+                top_p=None,
+                top_k=None,
+                temperature=None,
+            )
+            texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            correct += sum(t.strip() == str(r["answer"]).strip() for t, r in zip(texts, chunk, strict=True))
+    return correct / len(rows)
