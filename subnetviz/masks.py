@@ -13,7 +13,6 @@ restricted unpickler that admits only numpy arrays, dicts and strings.
 from __future__ import annotations
 
 import _compat_pickle
-import io
 import json
 import os
 import pickle
@@ -156,8 +155,24 @@ def validate_mask_set(mask_set: MaskSet, shapes: Mapping[str, tuple[int, ...]], 
         raise MaskError(f"{where} does not fit the model: {head}{more}")
 
 
+PICKLE_CAP_BYTES = 16 << 30
+"""Upper bound on what one released pickle may allocate, whatever its size (GPT-2 XL masks: ~1.6 GB)."""
+
+
+def pickle_budget(file_size: int) -> int:
+    """Bytes a pickle of ``file_size`` bytes may allocate: its arrays' bytes are in the file (bool masks
+    take one byte per entry there), so 2× the file plus 1 MiB of slack, never more than the cap."""
+    return min(PICKLE_CAP_BYTES, 2 * file_size + (1 << 20))
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what a released bigram-subnetwork pickle needs: numpy arrays, dicts, strings."""
+    """Admits only what a released bigram-subnetwork pickle needs: numpy arrays, dicts, strings —
+    and allocates nothing beyond ``budget`` bytes in all.
+
+    Every admitted callable that can allocate is wrapped: its size is checked against what is left
+    of the budget *before* it runs. A 300-byte pickle calling ``bytes(10**10)`` (or ``ndarray`` with
+    a huge shape, or a scalar of a giant void dtype) is refused instead of exhausting memory.
+    """
 
     ALLOWED = {
         ("numpy", "ndarray"),
@@ -177,16 +192,89 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("collections", "OrderedDict"),
     }
 
+    def __init__(self, file, budget: int):
+        super().__init__(file)
+        self.left = budget
+
+    def _spend(self, nbytes: int, what: str) -> None:
+        if nbytes < 0 or nbytes > self.left:
+            raise UnsafePickleError(
+                f"pickle asks to allocate {nbytes:,} bytes for {what}, more than its size allows "
+                f"({self.left:,} bytes left of the budget). Refused before allocating."
+            )
+        self.left -= nbytes
+
     def find_class(self, module: str, name: str):
         # Protocol <= 2 names Python 2 modules (__builtin__.bytes); map them as pickle itself does.
         # The keys are Python 2 names only, so the mapping never changes a Python 3 name.
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise UnsafePickleError(
-            f"pickle asks for {module}.{name}; only numpy arrays, dicts and strings are admitted. Refused."
-        )
+        if (module, name) not in self.ALLOWED:
+            raise UnsafePickleError(
+                f"pickle asks for {module}.{name}; only numpy arrays, dicts and strings are admitted. Refused."
+            )
+        real = super().find_class(module, name)
+        guard = {"bytes": self._bytes, "ndarray": self._ndarray_class(), "dtype": self._dtype,
+                 "_reconstruct": self._reconstruct(real), "scalar": self._scalar(real),
+                 "_frombuffer": self._frombuffer(real), "encode": self._encode(real)}  # fmt: skip
+        return guard.get(name, real)
+
+    def _bytes(self, *args):
+        if args and isinstance(args[0], int):
+            self._spend(args[0], "bytes")
+        elif args and isinstance(args[0], (list, tuple)):
+            self._spend(len(args[0]), "bytes")
+        return bytes(*args)
+
+    def _dtype(self, *args, **kwargs):
+        dt = np.dtype(*args, **kwargs)
+        if dt.itemsize > self.left:
+            self._spend(dt.itemsize, f"one element of dtype {dt}")
+        return dt
+
+    def _ndarray_class(self):
+        unpickler = self
+
+        class _Array(np.ndarray):
+            """``numpy.ndarray`` as a pickle sees it: creating one is charged to the budget."""
+
+            def __new__(cls, shape=(), dtype=float, *args, **kwargs):
+                dt = np.dtype(dtype)
+                unpickler._spend(int(np.prod(shape, dtype=np.float64)) * dt.itemsize, f"an array of shape {shape}")
+                return np.ndarray.__new__(cls, shape, dt, *args, **kwargs)
+
+        return _Array
+
+    def _reconstruct(self, real):
+        def reconstruct(subtype, shape, dtype):
+            if not (isinstance(subtype, type) and issubclass(subtype, np.ndarray)):
+                raise UnsafePickleError(f"pickle asks to rebuild a {subtype!r} as an array. Refused.")
+            # numpy's own pickles rebuild an empty (0,) array, then fill it with bytes from the file.
+            self._spend(int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize, "an array")
+            return real(np.ndarray, shape, dtype)
+
+        return reconstruct
+
+    def _scalar(self, real):
+        def scalar(dtype, *args):
+            self._spend(np.dtype(dtype).itemsize, f"a scalar of dtype {dtype}")
+            return real(dtype, *args)
+
+        return scalar
+
+    def _frombuffer(self, real):
+        def frombuffer(buf, dtype, shape, order):
+            self._spend(int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize, f"an array of shape {shape}")
+            return real(buf, dtype, shape, order)
+
+        return frombuffer
+
+    def _encode(self, real):
+        def encode(obj, *args):
+            self._spend(len(obj) if isinstance(obj, (str, bytes)) else 0, "bytes")
+            return real(obj, *args)
+
+        return encode
 
 
 def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
@@ -197,9 +285,9 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"{path}: no such pickle.")
-    data = path.read_bytes()
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data)).load()
+        with open(path, "rb") as fh:
+            obj = _RestrictedUnpickler(fh, pickle_budget(path.stat().st_size)).load()
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path}: {exc}") from None
     except Exception as exc:

@@ -154,3 +154,48 @@ def test_pickle_of_a_non_mask(tmp_path):
     (tmp_path / "floats.pickle").write_bytes(pickle.dumps({"w": np.ones(3, np.float32)}))
     with pytest.raises(MaskError, match="'w'"):
         import_bigram_pickle(tmp_path / "floats.pickle")
+
+
+# --- memory exhaustion from a few hundred bytes ---------------------------------------------------------
+def _bomb(call: bytes) -> bytes:
+    """A protocol-2 pickle ``{"w": <call>}``: tiny file, huge allocation if the call runs."""
+    return b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01" + call + b"s."
+
+
+_BOMBS = {
+    # builtins.bytes(200_000_000): what a 300-byte pickle used to allocate, zero-filled, at once
+    "bytes": b"cbuiltins\nbytes\nJ\x00\xc2\xeb\x0b\x85R",
+    # numpy.ndarray((25_000_000,), "f8"): 200 MB of array from a class call
+    "ndarray": b"cnumpy\nndarray\nJ@x}\x01\x85X\x02\x00\x00\x00f8\x86R",
+    # numpy.core.multiarray._reconstruct(ndarray, (200_000_000,), b"b")
+    "reconstruct": b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\xc2\xeb\x0b\x85C\x01b\x87R",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_BOMBS))
+def test_pickle_bomb_refused_before_allocating(tmp_path, kind):
+    import tracemalloc
+
+    from subnetviz.errors import UnsafePickleError
+
+    path = tmp_path / f"{kind}.pickle"
+    path.write_bytes(_bomb(_BOMBS[kind]))
+    assert path.stat().st_size < 100
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafePickleError, match=r"allocate 200,000,000 bytes.*Refused before allocating"):
+            import_bigram_pickle(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000, f"{kind}: {peak:,} bytes allocated before refusing"
+
+
+def test_pickle_budget_admits_large_legit_masks(tmp_path):
+    """The budget follows the file: a real 8 MB mask (protocols 2 and 4) still imports."""
+    masks = {"h.0.mlp.c_fc.weight": np.random.default_rng(0).random((2048, 4096)) < 0.01}
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"big{protocol}.pickle"
+        path.write_bytes(pickle.dumps(masks, protocol=protocol))
+        ms = import_bigram_pickle(path)
+        assert torch.equal(ms.masks["h.0.mlp.c_fc.weight"], torch.from_numpy(masks["h.0.mlp.c_fc.weight"]))
