@@ -83,11 +83,18 @@ def resolve_device(device: str | None = None) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else is passed through."""
     import torch
 
+    from subnetviz.errors import ConfigError
+
     device = device or default_device()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from subnetviz.errors import ConfigError
-
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"device {device!r} is not one subnetviz can use; expected auto, cpu, cuda or cuda:N.")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU; use 'cpu' or 'auto'.")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 …).")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' asked for, but torch sees no Apple GPU; use 'cpu' or 'auto'.")
     return device

@@ -113,7 +113,7 @@ def load_mask_set(path: str | os.PathLike) -> MaskSet:
     for name, arr in raw.items():
         shape_s = meta.get(f"shape:{name}")
         if shape_s is not None:
-            shape = tuple(int(s) for s in shape_s.split(",") if s != "")
+            shape = _packed_shape(shape_s, name, path)
             n = int(np.prod(shape)) if shape else 1
             if arr.dtype != np.uint8 or arr.size != (n + 7) // 8:
                 raise MaskError(
@@ -129,6 +129,17 @@ def load_mask_set(path: str | os.PathLike) -> MaskSet:
     except json.JSONDecodeError:
         info = {}
     return MaskSet(masks, info)
+
+
+def _packed_shape(text: str, name: str, path: Path) -> tuple[int, ...]:
+    """The ``shape:<name>`` metadata of a packed mask: non-negative integers, comma-separated."""
+    try:
+        shape = tuple(int(s) for s in text.split(",") if s.strip() != "")
+    except ValueError:
+        shape = None
+    if shape is None or any(d < 0 for d in shape):
+        raise MaskError(f"{path}: packed mask {name!r} has shape {text!r} in its metadata; expected non-negative integers.")
+    return shape
 
 
 def validate_mask_set(mask_set: MaskSet, shapes: Mapping[str, tuple[int, ...]], *, where: str = "mask",

@@ -199,3 +199,13 @@ def test_pickle_budget_admits_large_legit_masks(tmp_path):
         path.write_bytes(pickle.dumps(masks, protocol=protocol))
         ms = import_bigram_pickle(path)
         assert torch.equal(ms.masks["h.0.mlp.c_fc.weight"], torch.from_numpy(masks["h.0.mlp.c_fc.weight"]))
+
+
+@pytest.mark.parametrize("shape", ["-8,-1", "3,x", "-1"])
+def test_packed_mask_with_a_bad_shape_is_one_line(tmp_path, shape):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"w": np.zeros(1, np.uint8)}, str(path), metadata={"shape:w": shape})
+    with pytest.raises(MaskError, match=r"bad\.safetensors: packed mask 'w' has shape .*non-negative integers"):
+        load_mask_set(path)
