@@ -73,6 +73,17 @@ class TrainConfig:
         ``check_output=False`` skips the "output_dir must not exist" rule (used when a job writes
         into its own fresh temporary folder).
         """
+        problems = [*self._path_problems(check_output), *self._number_problems(), *self._schedule_problems()]
+        if problems:
+            raise ConfigError("training config: " + "; ".join(problems) + ".")
+        # The rows themselves: a bad file is refused here (naming file and line), not mid-job.
+        from subnetviz.training.data import read_jsonl
+
+        read_jsonl(self.data, self.algorithm)
+        if self.eval_data is not None:
+            read_jsonl(self.eval_data, "eval")
+
+    def _path_problems(self, check_output: bool) -> list[str]:
         problems: list[str] = []
         if self.algorithm not in ALGORITHMS:
             problems.append(f"algorithm {self.algorithm!r} is unknown; expected one of {', '.join(ALGORITHMS)}")
@@ -93,6 +104,10 @@ class TrainConfig:
             problems.append(
                 f"output_dir {self.output_dir!r} already exists; choose a new folder (runs never overwrite)"
             )
+        return problems
+
+    def _number_problems(self) -> list[str]:
+        problems: list[str] = []
         for name, lo in (("steps", 1), ("batch_size", 1), ("num_generations", 2), ("max_completion_length", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -107,6 +122,10 @@ class TrainConfig:
             problems.append(f"bf16 must be true or false, got {self.bf16!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             problems.append(f"seed must be an integer >= 0, got {self.seed!r}")
+        return problems
+
+    def _schedule_problems(self) -> list[str]:
+        problems: list[str] = []
         if self.algorithm == "grpo" and isinstance(self.batch_size, int) and isinstance(self.num_generations, int):
             if self.num_generations >= 2 and self.batch_size % self.num_generations:
                 problems.append(
@@ -121,14 +140,7 @@ class TrainConfig:
             bad = [s for s in self.save_steps if not 1 <= s <= self.steps]
             if bad:
                 problems.append(f"save_steps {bad} lie outside 1..steps ({self.steps})")
-        if problems:
-            raise ConfigError("training config: " + "; ".join(problems) + ".")
-        # The rows themselves: a bad file is refused here (naming file and line), not mid-job.
-        from subnetviz.training.data import read_jsonl
-
-        read_jsonl(self.data, self.algorithm)
-        if self.eval_data is not None:
-            read_jsonl(self.eval_data, "eval")
+        return problems
 
     def to_dict(self) -> dict:
         return asdict(self)
