@@ -1,8 +1,12 @@
-"""atomic_folder: a failed write leaves the old folder untouched and no temporary behind."""
+"""The one disk cache: key scheme, stamps, atomic publishes of folders and files."""
+
+import os
+import threading
+from pathlib import Path
 
 import pytest
 
-from subnetviz.cache import atomic_folder
+from subnetviz.cache import atomic_folder, atomic_write, cache_key, entry, file_stamp
 
 
 def test_success_replaces_and_failure_keeps_the_old_folder(tmp_path):
@@ -15,3 +19,95 @@ def test_success_replaces_and_failure_keeps_the_old_folder(tmp_path):
         raise RuntimeError("crash mid-write")
     assert (target / "a.txt").read_text() == "1"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_replace_swaps_the_whole_folder_and_leaves_nothing_beside_it(tmp_path):
+    target = tmp_path / "out"
+    with atomic_folder(target) as tmp:
+        (tmp / "old.txt").write_text("old")
+    with atomic_folder(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]  # no file of the old folder survives
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_publish_without_replace_keeps_the_first_result(tmp_path):
+    ent = entry("demo", "k1", root=tmp_path)
+    assert not ent.ready and ent.folder == tmp_path / "k1"
+    with ent.publish() as tmp:
+        (tmp / "r.txt").write_text("first")
+        with ent.publish() as tmp2:  # a concurrent identical computation finishes first
+            (tmp2 / "r.txt").write_text("second")
+    assert ent.ready and (ent.folder / "r.txt").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["k1"]
+
+
+def test_concurrent_publishes_of_one_entry_all_succeed_and_leave_one_folder(tmp_path):
+    ent = entry("demo", "k", root=tmp_path)
+    errors = []
+    barrier = threading.Barrier(4)
+
+    def work(i):
+        try:
+            with ent.publish() as tmp:
+                (tmp / "r.txt").write_text(str(i))
+                barrier.wait()
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]
+    assert (ent.folder / "r.txt").read_text() in {"0", "1", "2", "3"}
+
+
+def test_default_entry_lives_under_the_cache_dir_by_kind(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path))
+    from subnetviz.config import cache_dir
+
+    assert entry("bigram", "abc").folder == cache_dir() / "bigram" / "abc"
+
+
+def test_cache_key_changes_with_kind_version_and_every_part():
+    from subnetviz.analysis.sparsity import SparsityOptions
+
+    k = cache_key("updates", 1, base="fp0", options=SparsityOptions())
+    assert len(k) == 24 and k == cache_key("updates", 1, options=SparsityOptions(), base="fp0")  # order-free
+    assert k != cache_key("updates", 2, base="fp0", options=SparsityOptions())
+    assert k != cache_key("bigram", 1, base="fp0", options=SparsityOptions())
+    assert k != cache_key("updates", 1, base="fp1", options=SparsityOptions())
+    assert k != cache_key("updates", 1, base="fp0", options=SparsityOptions(precision="bf16"))
+    assert cache_key("x", 1, p=Path("/a")) == cache_key("x", 1, p="/a")
+
+
+def test_cache_key_refuses_a_part_without_a_stable_form():
+    with pytest.raises(TypeError, match="object"):
+        cache_key("x", 1, thing=object())
+
+
+def test_file_stamp_sees_a_rewrite_in_place_even_inside_a_folder(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    f = folder / "model.safetensors"
+    f.write_bytes(b"a" * 10)
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    file0, folder0 = file_stamp(f), file_stamp(folder)
+    dir_mtime = folder.stat().st_mtime_ns
+    f.write_bytes(b"b" * 10)  # same size, same folder entry: only the file's mtime moves
+    os.utime(folder, ns=(dir_mtime, dir_mtime))  # the folder's own mtime does not
+    assert file_stamp(f) != file0 and file_stamp(folder) != folder0
+    assert file_stamp(None) == "-" and file_stamp(tmp_path / "nope").endswith("missing")
+
+
+def test_atomic_write_replaces_and_a_failed_write_keeps_the_old_file(tmp_path):
+    p = tmp_path / "status.json"
+    atomic_write(p, "old")
+    atomic_write(p, b"new")
+    assert p.read_bytes() == b"new"
+    with pytest.raises(TypeError):  # fails after the temporary file was opened
+        atomic_write(p, 12345)
+    assert p.read_text() == "new" and [q.name for q in tmp_path.iterdir()] == ["status.json"]
