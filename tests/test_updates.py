@@ -53,3 +53,27 @@ def test_cached_analysis_reports_a_hit(tmp_path):
     second = cached_analysis(base, [ft], cache_root=tmp_path / "cache")
     assert not first.cached and second.cached
     assert second.reports[0].changed == 9 and second.source_dir == first.source_dir
+
+
+def test_cache_misses_when_a_checkpoint_an_option_or_the_version_changes(tmp_path, monkeypatch):
+    from subnetviz.analysis import updates
+    from subnetviz.analysis.sparsity import SparsityOptions
+
+    name = "model.layers.0.mlp.up_proj.weight"
+    w = torch.zeros(3, 3, dtype=torch.bfloat16)
+    base = _write(tmp_path / "b", {name: w})
+    ft = _write(tmp_path / "f", {name: w + 1})
+    cache = tmp_path / "cache"
+    first = cached_analysis(base, [ft], cache_root=cache)
+    assert first.reports[0].changed == 9
+    w2 = w.clone()
+    w2[0, 0] = 1
+    _write(tmp_path / "f", {name: w2})  # the same path, new weights: never the old result
+    second = cached_analysis(base, [ft], cache_root=cache)
+    assert not second.cached and second.reports[0].changed == 1
+    assert cached_analysis(base, [ft], cache_root=cache).cached
+    other = cached_analysis(base, [ft], cache_root=cache, options=SparsityOptions(precision="fp32"))
+    assert not other.cached
+    monkeypatch.setattr(updates, "UPDATES_VERSION", updates.UPDATES_VERSION + 1)
+    assert not cached_analysis(base, [ft], cache_root=cache).cached
+    assert len(list(cache.iterdir())) == 4  # one folder per distinct key, nothing half-written beside them

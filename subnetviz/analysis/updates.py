@@ -5,14 +5,14 @@ finetuned tensor in turn is compared with it (:func:`~subnetviz.analysis.sparsit
 and, for 2-D tensors when spectra are on, Δ's spectrum is taken. Only one tensor pair (plus the
 small per-tensor results and the update masks) is in memory at a time.
 
-Results are written by :func:`write_analysis` (CSV/JSON/safetensors, to a temporary folder renamed
-when complete) and cached on disk by :func:`cached_analysis`, keyed by the checkpoints'
-fingerprints and every analysis parameter.
+Results are written by :func:`write_analysis` (CSV/JSON/safetensors, published atomically with
+:func:`subnetviz.cache.atomic_folder`) and cached on disk by :func:`cached_analysis` in the one
+versioned cache (:mod:`subnetviz.cache`), keyed by the checkpoints' fingerprints, every analysis
+parameter and :data:`UPDATES_VERSION`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from subnetviz import __version__
+from subnetviz import cache as _cache
 from subnetviz.analysis.overlap import OverlapReport, mask_overlap
 from subnetviz.analysis.sparsity import (
     ULP_LABELS,
@@ -209,64 +210,68 @@ def write_analysis(analysis: UpdateAnalysis, out_dir: str | os.PathLike, *, para
     """Write every table, the update masks and a summary; ``out_dir`` appears only when complete."""
     out = Path(out_dir)
     with atomic_folder(out) as tmp:
-        frames = []
-        for rep in analysis.reports:
-            df = rep.tensors.copy()
-            ulp = np.array(df["ulp_hist"].tolist()) if len(df) else np.zeros((0, len(ULP_LABELS)), dtype=int)
-            for j, lab in enumerate(ULP_LABELS):
-                df[f"ulp_{lab}"] = ulp[:, j] if len(df) else []
-            frames.append(df.drop(columns=["ulp_hist"]))
-        tensors = pd.concat(frames, ignore_index=True)
-        spec = analysis.spectra_table()
-        if len(spec):
-            ranks = spec[["model", "name", "rank", "rank_frac", "effective_rank_99", "stable_rank", "baseline_rank",
-                          "baseline_rank_frac"]].rename(columns={"name": "key"})
-            tensors = tensors.merge(ranks, on=["model", "key"], how="left")
-            spec.to_csv(tmp / "spectra.csv", index=False)
-            analysis.sigmas().to_parquet(tmp / "sigma.parquet", index=False)
-        else:
-            tensors["rank"] = pd.array([pd.NA] * len(tensors), dtype="Int64")
-        tensors.to_csv(tmp / "tensors.csv", index=False)
-        pd.concat([r.parts.assign(model=r.model) for r in analysis.reports if r.parts is not None],
-                  ignore_index=True).to_csv(tmp / "parts.csv", index=False)  # fmt: skip
-        rc = {}
-        for r in analysis.reports:
-            for key, (rows_, cols_) in r.row_col.items():
-                rc[f"{r.model}::{key}::rows"] = rows_.astype(np.int32)
-                rc[f"{r.model}::{key}::cols"] = cols_.astype(np.int32)
-        np.savez_compressed(tmp / "row_col.npz", **rc)
-        (tmp / "masks").mkdir()
-        mask_files = {}
-        for r in analysis.reports:
-            if r.masks:
-                meta = {"method": "update mask", "base": r.base, "model": r.model,
-                        "tolerance": r.options.mask_tolerance if r.options.mask_tolerance is not None else "exact",
-                        "precision": r.options.precision or "stored"}  # fmt: skip
-                if "rows_compared" in r.tensors:  # resized vocabularies: the mask covers the shared rows only
-                    shared = r.tensors.dropna(subset=["rows_compared"])
-                    if len(shared):
-                        meta["shared_rows_only"] = {n: int(k) for n, k in zip(shared["name"], shared["rows_compared"],
-                                                                              strict=True)}  # fmt: skip
-                fname = f"{_safe(r.model)}.safetensors"
-                save_mask_set(tmp / "masks" / fname, MaskSet(r.masks, meta))
-                mask_files[r.model] = f"masks/{fname}"
-        if analysis.overlap is not None:
-            ov = analysis.overlap
-            ov.sizes.to_csv(tmp / "overlap_sizes.csv", index=False)
-            ov.pairwise.to_csv(tmp / "overlap_pairwise.csv", index=False)
-            reg = ov.regions.copy()
-            reg["members"] = reg["members"].map(lambda m: "&".join(m))
-            reg.to_csv(tmp / "overlap_regions.csv", index=False)
-            ov.consensus.to_csv(tmp / "overlap_consensus.csv", index=False)
-        summary = {
-            "subnetviz_version": __version__, "base": analysis.base, "labels": analysis.labels,
-            "models": {r.model: r.summary() for r in analysis.reports},
-            "sparsity": {r.model: r.sparsity for r in analysis.reports},
-            "options": asdict(analysis.reports[0].options) if analysis.reports else {},
-            "mask_files": mask_files, "notes": analysis.notes, "seconds": analysis.seconds, "params": params or {},
-        }  # fmt: skip
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _write_files(analysis, tmp, params)
     return out
+
+
+def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) -> None:
+    frames = []
+    for rep in analysis.reports:
+        df = rep.tensors.copy()
+        ulp = np.array(df["ulp_hist"].tolist()) if len(df) else np.zeros((0, len(ULP_LABELS)), dtype=int)
+        for j, lab in enumerate(ULP_LABELS):
+            df[f"ulp_{lab}"] = ulp[:, j] if len(df) else []
+        frames.append(df.drop(columns=["ulp_hist"]))
+    tensors = pd.concat(frames, ignore_index=True)
+    spec = analysis.spectra_table()
+    if len(spec):
+        ranks = spec[["model", "name", "rank", "rank_frac", "effective_rank_99", "stable_rank", "baseline_rank",
+                      "baseline_rank_frac"]].rename(columns={"name": "key"})
+        tensors = tensors.merge(ranks, on=["model", "key"], how="left")
+        spec.to_csv(folder / "spectra.csv", index=False)
+        analysis.sigmas().to_parquet(folder / "sigma.parquet", index=False)
+    else:
+        tensors["rank"] = pd.array([pd.NA] * len(tensors), dtype="Int64")
+    tensors.to_csv(folder / "tensors.csv", index=False)
+    pd.concat([r.parts.assign(model=r.model) for r in analysis.reports if r.parts is not None],
+              ignore_index=True).to_csv(folder / "parts.csv", index=False)  # fmt: skip
+    rc = {}
+    for r in analysis.reports:
+        for key, (rows_, cols_) in r.row_col.items():
+            rc[f"{r.model}::{key}::rows"] = rows_.astype(np.int32)
+            rc[f"{r.model}::{key}::cols"] = cols_.astype(np.int32)
+    np.savez_compressed(folder / "row_col.npz", **rc)
+    (folder / "masks").mkdir()
+    mask_files = {}
+    for r in analysis.reports:
+        if r.masks:
+            meta = {"method": "update mask", "base": r.base, "model": r.model,
+                    "tolerance": r.options.mask_tolerance if r.options.mask_tolerance is not None else "exact",
+                    "precision": r.options.precision or "stored"}  # fmt: skip
+            if "rows_compared" in r.tensors:  # resized vocabularies: the mask covers the shared rows only
+                shared = r.tensors.dropna(subset=["rows_compared"])
+                if len(shared):
+                    meta["shared_rows_only"] = {n: int(k) for n, k in zip(shared["name"], shared["rows_compared"],
+                                                                          strict=True)}  # fmt: skip
+            fname = f"{_safe(r.model)}.safetensors"
+            save_mask_set(folder / "masks" / fname, MaskSet(r.masks, meta))
+            mask_files[r.model] = f"masks/{fname}"
+    if analysis.overlap is not None:
+        ov = analysis.overlap
+        ov.sizes.to_csv(folder / "overlap_sizes.csv", index=False)
+        ov.pairwise.to_csv(folder / "overlap_pairwise.csv", index=False)
+        reg = ov.regions.copy()
+        reg["members"] = reg["members"].map(lambda m: "&".join(m))
+        reg.to_csv(folder / "overlap_regions.csv", index=False)
+        ov.consensus.to_csv(folder / "overlap_consensus.csv", index=False)
+    summary = {
+        "subnetviz_version": __version__, "base": analysis.base, "labels": analysis.labels,
+        "models": {r.model: r.summary() for r in analysis.reports},
+        "sparsity": {r.model: r.sparsity for r in analysis.reports},
+        "options": asdict(analysis.reports[0].options) if analysis.reports else {},
+        "mask_files": mask_files, "notes": analysis.notes, "seconds": analysis.seconds, "params": params or {},
+    }  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
 def _safe(label: str) -> str:
@@ -308,13 +313,18 @@ def mask_path(analysis_dir: str | os.PathLike, label: str) -> Path:
     return Path(analysis_dir) / summary["mask_files"][label]
 
 
+UPDATES_VERSION = 1  # bump when the analysis would write different numbers or files for the same inputs
+
+
 def cache_key(base: Checkpoint, finetuned: Sequence[Checkpoint], labels: Sequence[str], options: SparsityOptions,
               spectra: SpectraOptions | None) -> str:
-    payload = json.dumps({
-        "v": __version__, "base": base.fingerprint, "ft": [c.fingerprint for c in finetuned], "labels": list(labels),
-        "options": asdict(options), "spectra": asdict(spectra) if spectra else None,
-    }, sort_keys=True, default=str)  # fmt: skip
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+    """The cache key of an update analysis: every checkpoint's fingerprint, the labels and every option.
+
+    The ULP bin edges are part of the key too: the tables hold one column per bin.
+    """
+    return _cache.cache_key("updates", UPDATES_VERSION, base=base.fingerprint,
+                            finetuned=[c.fingerprint for c in finetuned], labels=list(labels), options=options,
+                            spectra=spectra, ulp_bins=list(ULP_LABELS))  # fmt: skip
 
 
 def cached_analysis(
@@ -328,22 +338,19 @@ def cached_analysis(
     progress: ProgressFn | None = None,
     cache_root: str | os.PathLike | None = None,
 ) -> UpdateAnalysis:
-    """:func:`analyze_updates` through the on-disk cache; returns the analysis as read from disk."""
-    from subnetviz.config import cache_dir
-
+    """:func:`analyze_updates` through the on-disk cache (``cache_dir()/updates/<key>``, or
+    ``cache_root/<key>``); returns the analysis as read from disk."""
     ck_base = open_checkpoint(base)
     cks = [open_checkpoint(f) for f in finetuned]
     used: set[str] = set()
     labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
-    key = cache_key(ck_base, cks, labels, options, spectra)
-    root = Path(cache_root) if cache_root else cache_dir() / "updates"
-    target = root / key
-    hit = (target / "summary.json").exists()
+    ent = _cache.entry("updates", cache_key(ck_base, cks, labels, options, spectra), root=cache_root)
+    hit = ent.ready
     if not hit:
         analysis = analyze_updates(ck_base, cks, labels=labels, options=options, spectra=spectra, device=device,
                                    progress=progress)  # fmt: skip
-        root.mkdir(parents=True, exist_ok=True)
-        write_analysis(analysis, target, params={"base": base, "finetuned": list(finetuned)})
-    result = read_analysis(target)
+        with ent.publish() as folder:
+            _write_files(analysis, folder, {"base": base, "finetuned": list(finetuned)})
+    result = read_analysis(ent.folder)
     result.cached = hit
     return result
