@@ -535,6 +535,30 @@ def test_job_honours_cancel(tmp_path, monkeypatch, trained_gpt2):
     assert not (ctx.out_dir / "mask.safetensors").exists()
 
 
+def test_store_key_follows_the_files_the_corpus_and_the_version(tmp_path, monkeypatch):
+    import os
+
+    from subnetviz.bigram import store
+    from subnetviz.config import zoo_dir
+
+    _zoo_files(tmp_path, monkeypatch, tiny_model("gpt2"))
+    model, mask = str(tmp_path / "model"), tmp_path / "mask.safetensors"
+    mask.write_bytes(b"mask-v1!")
+    key = store.analysis_key(model, str(mask))
+    assert key == store.analysis_key(model, str(mask))  # stable while nothing changes
+    mask.write_bytes(b"mask-v2!")  # same path and size, new content and mtime
+    os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 1_000_000))
+    key2 = store.analysis_key(model, str(mask))
+    assert key2 != key
+    assert store.analysis_key(model, str(mask), optimal=str(mask)) != key2
+    table = zoo_dir() / "bigram.npz"
+    os.utime(table, ns=(table.stat().st_atime_ns, table.stat().st_mtime_ns + 1_000_000))
+    assert store.analysis_key(model, str(mask)) != key2  # the zoo's chain was rebuilt
+    key3 = store.analysis_key(model, str(mask))
+    monkeypatch.setattr(store, "BIGRAM_VERSION", store.BIGRAM_VERSION + 1)
+    assert store.analysis_key(model, str(mask)) != key3  # a format change never serves old entries
+
+
 def test_text_corpus_vocab_mismatch(tmp_path, monkeypatch):
     from subnetviz.bigram.job import prepare
 

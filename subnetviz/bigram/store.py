@@ -1,13 +1,14 @@
 """The bigram page's analysis of a mask, cached on disk (no pickle: Parquet, JSON and NumPy files).
 
-:func:`cached_mask_analysis` keys a result by the model's fingerprint, each mask file's name, size
-and mtime, and the corpus, so re-opening the page is instant for everyone and a changed file never
-returns a stale result. A result is written to a temporary folder and renamed when complete.
+:func:`cached_mask_analysis` keeps a result in the one versioned cache (:mod:`subnetviz.cache`),
+keyed by :func:`analysis_key`: the model's fingerprint, each mask file's stamp (path, size,
+mtime_ns), the corpus, the analysis options and :data:`BIGRAM_VERSION`. Re-opening the page is
+instant for everyone and a changed file never returns a stale result. A result appears only
+when complete (written to a temporary folder, then renamed).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ import pandas as pd
 from subnetviz.bigram.evaluate import AblationReport, SubnetworkAnalysis
 from subnetviz.bigram.locate import OverlapReport
 from subnetviz.bigram.residual import ResidualReport
-from subnetviz.cache import atomic_folder
+from subnetviz.cache import atomic_folder, cache_key, entry, file_stamp
 
 _OVERLAP_SCALARS = ("n_total", "kept0", "kept1", "shared", "overlap", "expected_uniform", "expected_rows",
                     "p_uniform", "p_rows", "share_of_0_in_1")  # fmt: skip
@@ -28,20 +29,24 @@ def save_analysis(folder: str | os.PathLike, result: SubnetworkAnalysis, gens: p
     """Write ``result`` (and the generations) under ``folder``, atomically."""
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
-        result.ablation.rows.to_parquet(tmp / "ablation.parquet", index=False)
-        result.shares.to_parquet(tmp / "shares.parquet", index=False)
-        result.split.to_parquet(tmp / "split.parquet", index=False)
-        if result.residual is not None:
-            result.residual.rotation.to_parquet(tmp / "rotation.parquet", index=False)
-            result.residual.covariance.to_parquet(tmp / "covariance.parquet", index=False)
-        if result.overlap is not None:
-            ov = result.overlap
-            (tmp / "overlap.json").write_text(json.dumps({k: float(getattr(ov, k)) for k in _OVERLAP_SCALARS}))
-            np.savez(tmp / "overlap_null.npz", uniform=ov.null_uniform, rows=ov.null_rows)
-        if gens is not None:
-            gens.to_parquet(tmp / "generations.parquet", index=False)
-        (tmp / "headline.json").write_text(json.dumps(result.headline, default=float))
+        _write_files(tmp, result, gens)
     return folder
+
+
+def _write_files(folder: Path, result: SubnetworkAnalysis, gens: pd.DataFrame | None) -> None:
+    result.ablation.rows.to_parquet(folder / "ablation.parquet", index=False)
+    result.shares.to_parquet(folder / "shares.parquet", index=False)
+    result.split.to_parquet(folder / "split.parquet", index=False)
+    if result.residual is not None:
+        result.residual.rotation.to_parquet(folder / "rotation.parquet", index=False)
+        result.residual.covariance.to_parquet(folder / "covariance.parquet", index=False)
+    if result.overlap is not None:
+        ov = result.overlap
+        (folder / "overlap.json").write_text(json.dumps({k: float(getattr(ov, k)) for k in _OVERLAP_SCALARS}))
+        np.savez(folder / "overlap_null.npz", uniform=ov.null_uniform, rows=ov.null_rows)
+    if gens is not None:
+        gens.to_parquet(folder / "generations.parquet", index=False)
+    (folder / "headline.json").write_text(json.dumps(result.headline, default=float))
 
 
 def load_analysis(folder: str | os.PathLike) -> tuple[SubnetworkAnalysis, pd.DataFrame | None]:
@@ -65,31 +70,39 @@ def load_analysis(folder: str | os.PathLike) -> tuple[SubnetworkAnalysis, pd.Dat
     return result, gens
 
 
-def _file_key(path: str | os.PathLike | None) -> str:
-    if not path:
-        return "-"
-    p = Path(path)
-    st = p.stat()
-    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+BIGRAM_VERSION = 1  # bump when the analysis would write different numbers or files for the same inputs
+# What the page asks of :func:`~subnetviz.bigram.job.analyse_mask_file` beyond the files: part of the key.
+PAGE_OPTIONS = {"eval_sequences": 200, "seeds": (0, 1, 2), "residual_tokens": 20_000, "seed": 0}
+
+
+def analysis_key(model: str, mask: str, corpus: str = "zoo", optimal: str | None = None) -> str:
+    """The cache key of a mask analysis: the model's fingerprint, each file's stamp (path, size,
+    mtime_ns), the corpus, the options and :data:`BIGRAM_VERSION`. The page keys its memory cache
+    with it too, so a changed file is never answered from either cache."""
+    from subnetviz.bigram.job import zoo_bigram_path
+    from subnetviz.bigram.maskable import model_folder
+    from subnetviz.checkpoints import open_checkpoint
+
+    corpus_stamp = file_stamp(zoo_bigram_path()) if corpus == "zoo" else file_stamp(corpus)
+    if str(corpus).startswith("hf:"):
+        corpus_stamp = str(corpus)  # a dataset in the local HF cache, named by its id
+    return cache_key("bigram", BIGRAM_VERSION, model=open_checkpoint(model_folder(model)).fingerprint,
+                     mask=file_stamp(mask), optimal=file_stamp(optimal), corpus=corpus, corpus_file=corpus_stamp,
+                     options=PAGE_OPTIONS)  # fmt: skip
 
 
 def cached_mask_analysis(model: str, mask: str, corpus: str = "zoo", optimal: str | None = None,
                          cache_root: str | os.PathLike | None = None):  # fmt: skip
-    """:func:`subnetviz.bigram.job.analyse_mask_file` through the on-disk cache: ``(result, generations)``."""
-    from subnetviz.bigram.job import analyse_mask_file, zoo_bigram_path
-    from subnetviz.bigram.maskable import model_folder
-    from subnetviz.checkpoints import open_checkpoint
-    from subnetviz.config import cache_dir
+    """:func:`subnetviz.bigram.job.analyse_mask_file` through the on-disk cache: ``(result, generations)``.
 
-    folder = model_folder(model)
-    corpus_key = _file_key(zoo_bigram_path()) if corpus == "zoo" else _file_key(corpus)
-    payload = json.dumps([open_checkpoint(folder).fingerprint, _file_key(mask), _file_key(optimal), corpus_key])
-    key = hashlib.sha256(payload.encode()).hexdigest()[:24]
-    target = Path(cache_root) if cache_root else cache_dir() / "bigram"
-    target = target / key
-    if (target / "headline.json").exists():
-        return load_analysis(target)
-    result, gens = analyse_mask_file(model, mask, corpus=corpus, optimal=optimal)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_analysis(target, result, gens)
+    Entries live in ``cache_dir()/bigram/<key>`` (or ``cache_root/<key>``), key :func:`analysis_key`.
+    """
+    from subnetviz.bigram.job import analyse_mask_file
+
+    ent = entry("bigram", analysis_key(model, mask, corpus, optimal), root=cache_root)
+    if ent.ready:
+        return load_analysis(ent.folder)
+    result, gens = analyse_mask_file(model, mask, corpus=corpus, optimal=optimal, **PAGE_OPTIONS)
+    with ent.publish() as folder:
+        _write_files(folder, result, gens)
     return result, gens
