@@ -172,6 +172,47 @@ def test_registry_adds_columns_to_an_older_table(tmp_path):
     assert reg.get("old").gpu is None and reg.get("old").status == "succeeded"
 
 
+def test_liveness_is_pid_and_creation_time_and_old_tick_rows_are_converted(tmp_path):
+    """psutil's creation time tells our process from a later one reusing its pid; a registry
+    written before schema 1 (pid_start in clock ticks since boot) is converted on opening."""
+    import subprocess
+
+    import psutil
+
+    from subnetviz.jobs.registry import Registry, is_alive
+
+    me = psutil.Process()
+    hz = os.sysconf("SC_CLK_TCK")
+    ticks = round((me.create_time() - psutil.boot_time()) * hz)  # what /proc/<pid>/stat said
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: no such process any more
+    with sqlite3.connect(tmp_path / "registry.sqlite") as con:
+        con.execute(
+            "CREATE TABLE runs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT, status TEXT NOT NULL, "
+            "pid INTEGER, pid_start INTEGER, created REAL NOT NULL, started REAL, ended REAL, step INTEGER, "
+            "total INTEGER, last_metrics TEXT, error TEXT, run_dir TEXT NOT NULL, config TEXT NOT NULL)"
+        )
+        rows = {"mine": (os.getpid(), ticks), "reused": (os.getpid(), ticks - 100 * hz), "unknown": (os.getpid(), None),
+                "gone": (gone.pid, ticks)}  # fmt: skip
+        for rid, (pid, start) in rows.items():
+            con.execute(
+                "INSERT INTO runs (id, kind, status, pid, pid_start, created, run_dir, config) "
+                "VALUES (?, 'train', 'running', ?, ?, 1.0, '/x', '{}')",
+                (rid, pid, start),
+            )
+    reg = Registry(tmp_path / "registry.sqlite")
+    assert reg.get("mine").pid_start == pytest.approx(me.create_time(), abs=0.05)
+    assert is_alive(reg.get("mine"))
+    assert not is_alive(reg.get("reused"))  # our pid, but the row's process was created 100 s earlier
+    assert is_alive(reg.get("unknown"))  # no start recorded: judged by the pid alone, as before
+    assert not is_alive(reg.get("gone"))
+    assert Registry(tmp_path / "registry.sqlite").get("mine").pid_start == reg.get("mine").pid_start  # once only
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    _wait_for(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE)
+    assert process_start(zombie.pid) is None  # ended, not yet reaped by its parent: not alive
+    zombie.wait()
+
+
 def test_cancel_running_and_queued(tmp_path):
     r = _runner(tmp_path)
     run = r.submit({**SLEEP, "seconds": 60, "steps": 600})

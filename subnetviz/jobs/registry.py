@@ -6,9 +6,11 @@ connection, and every read-modify-write happens inside ``BEGIN IMMEDIATE`` (one 
 time, readers never blocked thanks to WAL), via :meth:`Registry.transaction`.
 
 Table ``runs``: ``id, kind, name, status, pid, pid_start, created, started, ended, step, total,
-last_metrics (JSON), error, run_dir, config (JSON), gpu``; ``status`` is one of :data:`STATUSES`;
-times are Unix seconds; ``pid_start`` is the process start time (``/proc/<pid>/stat``) that
-tells our process from a later one that reused its pid (:func:`process_start`, :func:`is_alive`).
+last_metrics (JSON), error, run_dir, config (JSON), gpu``; ``status`` is one of
+:data:`STATUSES`; times are Unix seconds. ``pid_start`` is the process's creation time (Unix
+seconds, ``psutil.Process.create_time``) that tells our process from a later one that reused its
+pid: :func:`is_alive` is the one liveness check of the package. Registries written before schema
+version 1 stored it as clock ticks since boot (``/proc/<pid>/stat``); opening one converts them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+import psutil
 
 from subnetviz.errors import JobError, suggest
 
@@ -33,7 +37,7 @@ CREATE TABLE IF NOT EXISTS runs (
     name TEXT,
     status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     pid INTEGER,
-    pid_start INTEGER,
+    pid_start REAL,
     created REAL NOT NULL,
     started REAL,
     ended REAL,
@@ -48,6 +52,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created);
 """
 _ADDED_COLUMNS = {"gpu": "TEXT"}
+SCHEMA_VERSION = 1  # PRAGMA user_version; 1: pid_start is a creation time in Unix seconds, not clock ticks
+START_TOLERANCE_S = 1.0  # creation times are wall-clock based; allow for clock steps between two reads
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class RunRecord:
     name: str | None
     status: str
     pid: int | None
-    pid_start: int | None
+    pid_start: float | None  # the process's creation time, Unix seconds (None: not recorded)
     created: float
     started: float | None
     ended: float | None
@@ -105,6 +111,9 @@ class Registry:
             for col, decl in _ADDED_COLUMNS.items():  # registries made by an older version
                 if col not in have:
                     con.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
+            if con.execute("PRAGMA user_version").fetchone()[0] < 1:
+                _ticks_to_create_times(con)
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; 30 s busy timeout for writers.
@@ -171,27 +180,57 @@ class Registry:
                 c.close()
 
 
-def process_start(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of a live, non-zombie process, else None."""
+def _ticks_to_create_times(con: sqlite3.Connection) -> None:
+    """Schema 0 -> 1: ``pid_start`` from clock ticks since boot to a creation time in Unix seconds.
+
+    Exact for a process of this boot (the formula psutil uses); after a reboot the old process is
+    gone anyway and the converted time matches no process. 0 (no start recorded) stays as is.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        if not Path("/proc/self/stat").exists():  # no procfs (not Linux): fall back to a signal probe
-            try:
-                os.kill(pid, 0)
-            except (ProcessLookupError, PermissionError):
-                return None
-            return 0
+        hz = os.sysconf("SC_CLK_TCK")
+    except (AttributeError, ValueError, OSError):
+        return  # no clock ticks here: old rows keep the pid-only check
+    boot = psutil.boot_time()
+    con.execute(
+        "UPDATE runs SET pid_start = ? + pid_start / CAST(? AS REAL) WHERE pid_start IS NOT NULL AND pid_start != 0",
+        (boot, hz),
+    )
+
+
+def _process(pid: int | None) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid) if pid is not None and pid > 0 else None
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    rest = stat[stat.rindex(")") + 2 :].split()  # the fields after "(comm)": state, ppid, ...
-    if rest[0] in ("Z", "X"):
+
+
+def creation_time(pid: int | None) -> float | None:
+    """When process ``pid`` was created (Unix seconds), zombie or not; None if there is no such process."""
+    try:
+        proc = _process(pid)
+        return proc.create_time() if proc is not None else None
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # AccessDenied: not ours (another user's pid)
         return None
-    return int(rest[19])  # field 22 of proc(5): starttime
+
+
+def process_start(pid: int | None) -> float | None:
+    """The creation time (Unix seconds) of a live, non-zombie process ``pid``, else None."""
+    try:
+        proc = _process(pid)
+        if proc is None or proc.status() == psutil.STATUS_ZOMBIE:  # a zombie has ended, unreaped
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def is_alive(rec: RunRecord) -> bool:
-    """Is the run's recorded process still running (same pid *and* same start time)?"""
-    if rec.pid is None:
-        return False
+    """Is the run's recorded process still running: same pid *and* same creation time?
+
+    A row without a recorded start (None or 0, from a platform that could not tell) is judged by
+    its pid alone, as before.
+    """
     start = process_start(rec.pid)
-    return start is not None and (rec.pid_start in (None, 0) or start == rec.pid_start)
+    if start is None:
+        return False
+    return not rec.pid_start or abs(start - rec.pid_start) < START_TOLERANCE_S
