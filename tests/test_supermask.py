@@ -304,6 +304,41 @@ def test_config_errors_before_any_run():
         job.validate_config({**ok, "benchmark": "arithmetic-text"})
 
 
+def test_config_reads_the_json_jobs_wrote_and_round_trips():
+    from subnetviz.supermask.config import ContinualConfig, PhaseEpochs, PhaseRates
+
+    # A config.json as the page and older jobs wrote it: scalar density, partial epochs, a kind.
+    written = {"kind": "continual", "benchmark": "permuted-digits", "methods": ["supsup", "exssnet"],
+               "density": 0.05, "tasks": 3, "seeds": [0, 1], "epochs": {"mask": 2, "weight": 2}}  # fmt: skip
+    cfg = ContinualConfig.from_dict(written)
+    assert cfg.density == (0.05,) and cfg.seeds == (0, 1) and cfg.methods == ("supsup", "exssnet")
+    assert cfg.epochs == PhaseEpochs(mask=2, weight=2) and cfg.lr == PhaseRates()
+    assert ContinualConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.to_dict()["kind"] == "continual" and "kind" not in cfg.to_dict(kind=False)
+    labels = [(r.label, r.density, r.seed) for r in cfg.plan()]
+    assert labels == [("SupSup", 0.05, 0), ("SupSup", 0.05, 1), ("ExSSNeT", 0.05, 0), ("ExSSNeT", 0.05, 1)]
+    both = ContinualConfig(methods=("finetune", "exssnet"), density=(0.1, 0.2), kkt=True)
+    assert [(r.method, r.kkt, r.density) for r in both.plan()] == [
+        ("finetune", False, 1.0), ("exssnet", False, 0.1), ("exssnet", False, 0.2),
+        ("exssnet", True, 0.1), ("exssnet", True, 0.2)]  # fmt: skip
+    with pytest.raises(ConfigError, match="epochs must be an object"):
+        ContinualConfig.from_dict({"epochs": {"masks": 2}})
+    with pytest.raises(ConfigError, match="kkt must be true or false"):
+        ContinualConfig(kkt="yes")
+
+
+def test_cache_key_follows_the_plan_and_the_version(monkeypatch):
+    from subnetviz.supermask.config import ContinualConfig
+
+    cfg = ContinualConfig(methods=("supsup",), tasks=2)
+    key = job.config_hash(cfg)
+    assert key == job.config_hash(ContinualConfig.from_dict(cfg.to_dict()))
+    assert job.config_hash(ContinualConfig(methods=("supsup",), tasks=2, name="other label")) == key
+    assert job.config_hash(ContinualConfig(methods=("supsup",), tasks=2, seeds=(1,))) != key
+    monkeypatch.setattr(job, "CACHE_VERSION", job.CACHE_VERSION + 1)
+    assert job.config_hash(cfg) != key
+
+
 def test_a_task_with_one_class_is_refused():
     x = torch.zeros(4, 2)
     one = Task("t", x, torch.zeros(4, dtype=torch.long), x, torch.tensor([0, 1, 0, 1]), 2)

@@ -6,13 +6,14 @@ import streamlit as st
 
 from subnetviz import figures, ui
 from subnetviz.figures import continual as cl_figures
+from subnetviz.supermask.config import ContinualConfig, PhaseEpochs
 from subnetviz.supermask.job import load_result, load_task_masks
 from subnetviz.supermask.metrics import owner_image
 
 METHODS = ["finetune", "supsup", "ssnet", "exssnet", "exssnet+kkt"]
 BENCHMARKS = ["permuted-digits", "split-digits", "arithmetic-text"]
-DEMO = {"kind": "continual", "benchmark": "permuted-digits", "methods": ["finetune", "supsup", "ssnet", "exssnet"],
-        "density": [0.05], "tasks": 5, "seeds": [0, 1, 2]}  # fmt: skip
+DEMO = ContinualConfig(benchmark="permuted-digits", methods=("finetune", "supsup", "ssnet", "exssnet"),
+                       density=(0.05,), tasks=5, seeds=(0, 1, 2))  # fmt: skip
 
 
 def launch() -> None:
@@ -31,11 +32,11 @@ def launch() -> None:
         inference = d4.checkbox("SupSup one-shot task inference (experimental)")
         go = st.form_submit_button("Launch", type="primary", icon=":material/play_arrow:")
     if go:
-        cfg = {"kind": "continual", "benchmark": bench, "methods": methods, "density": sorted(densities),
-               "tasks": int(tasks), "seeds": list(range(int(seeds))),
-               "epochs": {"mask": int(epochs), "weight": int(epochs), "finetune": 2 * int(epochs)},
-               "kkt": kkt, "task_inference": inference}  # fmt: skip
-        run_id = ui.job_runner().submit(cfg, name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
+        cfg = ContinualConfig(benchmark=bench, methods=tuple(methods), density=tuple(sorted(densities)),
+                              tasks=int(tasks), seeds=tuple(range(int(seeds))),
+                              epochs=PhaseEpochs(int(epochs), int(epochs), 2 * int(epochs)), kkt=kkt,
+                              task_inference=inference)  # fmt: skip
+        run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
         st.success(f"Queued run {run_id}; it appears under Results when it finishes.")
 
 
@@ -55,7 +56,7 @@ def results() -> None:
         st.info("No finished continual-learning run yet. The demo configuration (permuted digits, 5 tasks, "
                 "density 5 %, four methods, 3 seeds) takes a minute or two on one CPU thread.")  # fmt: skip
         if st.button("Run the demo configuration", type="primary", key="cl-demo"):
-            ui.job_runner().submit(DEMO, name="demo: permuted-digits, 5 tasks, d=0.05")
+            ui.job_runner().submit(DEMO.to_dict(), name="demo: permuted-digits, 5 tasks, d=0.05")
             st.rerun()
         st.stop()
     labels = {r.id: f"{r.name} · {r.id}" for r in done.itertuples()}
