@@ -1,23 +1,6 @@
 """The ``bigram_mask`` job: train a bigram (or optimal) subnetwork mask as an OS-process job.
 
-Config (JSON)::
-
-    model     local HF model folder, or a hub id already in the local HF cache (required)
-    corpus    "zoo" (sequences sampled from the demo zoo's exact chain, zoo_dir()/bigram.npz,
-              which is also the bigram table), a text file, a saved dataset folder
-              (``Dataset.save_to_disk``, column "text") or ``hf:<name>[:<split>]`` from the local
-              HF datasets cache; tokenized with the model's own tokenizer
-    target    "bigram" (default) | "optimal" (the full model's own distribution)
-    lambda    sparsity weight >= 0 (default 10)
-    preset    "fast" (default) | "paper"
-    steps     optional cap on optimizer steps (default: the preset's max_steps)
-    seed      int (default 0)
-    device    "auto" (default) | "cpu" | "cuda[:i]"
-    seq_len   sequence length (default: the zoo's doc_length for "zoo", else 128; capped at the
-              model's context)
-    bigram    optional path of a bigram.npz table to use instead of the corpus' own counts
-    eval_sequences  held-out sequences for the closing fidelity check (default 200)
-
+Its config is a :class:`~subnetviz.bigram.config.BigramJobConfig` (JSON form described there).
 Outputs under ``ctx.out_dir``: ``mask.safetensors`` (the binary mask, provenance in its metadata),
 ``metrics.json`` (steps, stop reason, kept fraction, final loss, fidelity r of the subnetwork and
 of the full model on held-out sequences when the target is the bigram table) and ``curve.csv``.
@@ -27,33 +10,13 @@ of the full model on held-out sequences when the target is the bigram table) and
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from subnetviz.config import resolve_device, zoo_dir
-from subnetviz.errors import ConfigError, suggest
+from subnetviz.bigram.config import BigramJobConfig, zoo_bigram_path
 
-KEYS = {
-    "kind",
-    "model",
-    "corpus",
-    "target",
-    "lambda",
-    "preset",
-    "steps",
-    "seed",
-    "device",
-    "seq_len",
-    "bigram",
-    "eval_sequences",
-    "name",
-}
-
-
-def zoo_bigram_path() -> Path:
-    return zoo_dir() / "bigram.npz"
+__all__ = ["BigramJobConfig", "analyse_mask_file", "prepare", "run_job", "validate_config", "zoo_bigram_path"]
 
 
 def zoo_doc_length(path) -> int | None:
@@ -64,56 +27,14 @@ def zoo_doc_length(path) -> int | None:
         return int(z["doc_length"]) if "doc_length" in z.files else None
 
 
-def validate_config(config: dict) -> None:
-    """ConfigError for a missing/unknown field, a path that does not exist, λ < 0, an unsupported
-    architecture; reads only ``config.json`` of the model, never its weights."""
-    from subnetviz.bigram.maskable import MODEL_TYPES
-    from subnetviz.bigram.train import PRESETS, TARGETS
-
-    if not isinstance(config, dict):
-        raise ConfigError(f"bigram_mask config must be a dict, got {type(config).__name__}.")
-    unknown = sorted(set(config) - KEYS)
-    if unknown:
-        raise ConfigError(f"bigram_mask config: unknown field {unknown[0]!r}.{suggest(unknown[0], KEYS)}")
-    if "model" not in config:
-        raise ConfigError("bigram_mask config: 'model' (a local model folder) is required.")
-    from subnetviz.bigram.maskable import model_folder
-
-    model = model_folder(str(config["model"]))
-    cfg_file = model / "config.json"
-    model_type = json.loads(cfg_file.read_text()).get("model_type")
-    if model_type not in MODEL_TYPES:
-        raise ConfigError(
-            f"{model}: model_type {model_type!r} has no maskable-weight table; supported: {sorted(MODEL_TYPES)}."
-        )
-    corpus = config.get("corpus", "zoo")
-    if corpus == "zoo":
-        bigram = Path(config.get("bigram") or zoo_bigram_path())
-        if not bigram.is_file():
-            raise ConfigError(f"{bigram}: the zoo's bigram table is missing; build the demo zoo first.")
-    elif not (str(corpus).startswith("hf:") or Path(str(corpus)).expanduser().exists()):
-        raise ConfigError(f"corpus {corpus!r}: not 'zoo', an existing text file, a saved dataset folder or hf:<name>.")
-    elif config.get("bigram") and not Path(config["bigram"]).is_file():
-        raise ConfigError(f"bigram table {config['bigram']!r} does not exist.")
-    target = config.get("target", "bigram")
-    if target not in TARGETS:
-        raise ConfigError(f"target {target!r}; choose one of {TARGETS}.")
-    lam = config.get("lambda", 10.0)
-    if not isinstance(lam, int | float) or isinstance(lam, bool) or math.isnan(lam) or lam < 0:
-        raise ConfigError(f"lambda = {lam!r}; the sparsity weight must be a number >= 0.")
-    preset = config.get("preset", "fast")
-    if preset not in PRESETS:
-        raise ConfigError(f"preset {preset!r}; choose one of {sorted(PRESETS)}.{suggest(str(preset), PRESETS)}")
-    for key in ("steps", "seq_len", "eval_sequences"):
-        v = config.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ConfigError(f"{key} = {v!r}; must be a positive integer.")
-    if not isinstance(config.get("seed", 0), int):
-        raise ConfigError(f"seed = {config.get('seed')!r}; must be an integer.")
-    resolve_device(config.get("device", "auto"))
+def validate_config(config: dict | BigramJobConfig) -> BigramJobConfig:
+    """The config as a :class:`BigramJobConfig`, checked against the file system (the job kind's validator)."""
+    cfg = config if isinstance(config, BigramJobConfig) else BigramJobConfig.from_dict(config)
+    cfg.validate()
+    return cfg
 
 
-def prepare(config: dict):
+def prepare(config: BigramJobConfig | dict):
     """Load ``(model, train corpus, eval corpus, table)`` for a validated config (table may be None
     only for the optimal target on a text corpus without a bigram file)."""
     from subnetviz.bigram.maskable import load_local_model, model_folder
@@ -125,33 +46,31 @@ def prepare(config: dict):
         load_transition_npz,
     )
 
-    model_dir = model_folder(str(config["model"]))
+    cfg = config if isinstance(config, BigramJobConfig) else BigramJobConfig.from_dict(config)
+    model_dir = model_folder(cfg.model)
     model = load_local_model(model_dir)
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 128)
-    seq_len = int(config.get("seq_len") or 128)
-    corpus = config.get("corpus", "zoo")
-    if corpus == "zoo" and not config.get("seq_len"):
-        seq_len = zoo_doc_length(config.get("bigram") or zoo_bigram_path()) or seq_len
+    seq_len = cfg.seq_len or 128
+    if cfg.corpus == "zoo" and not cfg.seq_len:
+        seq_len = zoo_doc_length(cfg.table_path) or seq_len
     seq_len = min(seq_len, int(max_pos))
-    n_eval = int(config.get("eval_sequences") or 200)
     n_out = int(model.get_output_embeddings().weight.shape[0])
-    seed = int(config.get("seed", 0))
-    if corpus == "zoo":
-        table = load_transition_npz(config.get("bigram") or zoo_bigram_path(), n_out)
+    if cfg.corpus == "zoo":
+        table = load_transition_npz(cfg.table_path, n_out)
         n_train = 32 * 500
-        train = table.sample(n_train, seq_len, seed=seed)
-        evalc = table.sample(n_eval, seq_len, seed=seed + 10_000)
+        train = table.sample(n_train, seq_len, seed=cfg.seed)
+        evalc = table.sample(cfg.eval_sequences, seq_len, seed=cfg.seed + 10_000)
     else:
-        path = Path(str(corpus)).expanduser()
+        path = Path(cfg.corpus).expanduser()
         if path.is_file():
             full = corpus_from_text(path, model_dir, seq_len)
         else:  # a saved dataset folder or hf:<name>[:<split>] in the local cache
-            full = corpus_from_dataset(str(corpus), model_dir, seq_len, max_tokens=5_000_000)
-        train, evalc = full.split(n_eval) if len(full.ids) > 1 else (full, full)
-        if config.get("bigram"):
-            table = load_transition_npz(config["bigram"], n_out)
+            full = corpus_from_dataset(cfg.corpus, model_dir, seq_len, max_tokens=5_000_000)
+        train, evalc = full.split(cfg.eval_sequences) if len(full.ids) > 1 else (full, full)
+        if cfg.bigram:
+            table = load_transition_npz(cfg.bigram, n_out)
         else:
-            table = count_bigrams(train.ids, n_out, source=str(corpus))
+            table = count_bigrams(train.ids, n_out, source=cfg.corpus)
     check_vocab(table, model)
     table.check_ids(train.ids)
     return model, train, evalc, table
@@ -164,19 +83,13 @@ def run_job(config: dict, ctx) -> None:
     from subnetviz.bigram.train import preset_config, train_bigram_mask
     from subnetviz.masks import save_mask_set
 
-    validate_config(config)
-    torch.manual_seed(int(config.get("seed", 0)))
-    model, train, evalc, table = prepare(config)
-    cfg = preset_config(
-        config.get("preset", "fast"),
-        lam=float(config.get("lambda", 10.0)),
-        max_steps=config.get("steps"),
-        seed=int(config.get("seed", 0)),
-    )
-    target = config.get("target", "bigram")
+    cfg = validate_config(config)
+    torch.manual_seed(cfg.seed)
+    model, train, evalc, table = prepare(cfg)
+    mcfg = preset_config(cfg.preset, lam=float(cfg.lam), max_steps=cfg.steps, seed=cfg.seed)
     ctx.log(
-        f"bigram_mask: {config['model']} target={target} lambda={cfg.lam} preset={cfg.preset} "
-        f"{len(train.ids)}x{train.ids.shape[1]} tokens, up to {cfg.max_steps} steps"
+        f"bigram_mask: {cfg.model} target={cfg.target} lambda={mcfg.lam} preset={mcfg.preset} "
+        f"{len(train.ids)}x{train.ids.shape[1]} tokens, up to {mcfg.max_steps} steps"
     )
 
     def on_step(step, total, rec):
@@ -186,12 +99,12 @@ def run_job(config: dict, ctx) -> None:
     result = train_bigram_mask(
         model,
         train,
-        table if target == "bigram" else "optimal",
-        cfg,
-        device=config.get("device", "auto"),
+        table if cfg.target == "bigram" else "optimal",
+        mcfg,
+        device=cfg.device,
         on_step=on_step,
         should_stop=ctx.should_stop,
-        metadata={"model": str(config["model"]), "corpus": str(config.get("corpus", "zoo"))},
+        metadata={"model": cfg.model, "corpus": cfg.corpus},
     )
     if result.stopped_by == "cancelled":
         ctx.log("cancelled: no mask written")
@@ -206,9 +119,9 @@ def run_job(config: dict, ctx) -> None:
         "density": ms.density,
         "numel": ms.numel,
         "final_loss": float(result.curve["loss"].iloc[-1]) if len(result.curve) else None,
-        "target": target,
-        "lambda": cfg.lam,
-        "preset": cfg.preset,
+        "target": cfg.target,
+        "lambda": mcfg.lam,
+        "preset": mcfg.preset,
         "stable": bool(ms.metadata.get("stable", True)),
     }
     model = model.cpu()
@@ -243,13 +156,9 @@ def analyse_mask_file(
     from subnetviz.bigram.maskable import check_mask_fits, model_folder
     from subnetviz.masks import load_mask_set
 
-    config = {"model": model, "corpus": corpus, "eval_sequences": eval_sequences, "seed": seed}
-    if bigram:
-        config["bigram"] = bigram
-    if seq_len:
-        config["seq_len"] = seq_len
-    validate_config(config)
-    net, _, evalc, table = prepare(config)
+    cfg = validate_config(BigramJobConfig(model=str(model), corpus=corpus, eval_sequences=eval_sequences, seed=seed,
+                                          bigram=bigram or None, seq_len=seq_len or None))  # fmt: skip
+    net, _, evalc, table = prepare(cfg)
     ms = load_mask_set(mask)
     check_mask_fits(net, ms, where=str(mask))
     opt = load_mask_set(optimal) if optimal else None
