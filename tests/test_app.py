@@ -223,3 +223,26 @@ def test_bigram_analysis_disk_cache_round_trips(app_env, tmp_path):
     assert again.overlap.ratio_uniform == pytest.approx(fresh.overlap.ratio_uniform)
     assert np.array_equal(again.overlap.null_rows, fresh.overlap.null_rows)
     pdt.assert_frame_equal(gens2, gens)
+
+
+def test_bigram_page_follows_a_mask_rewritten_under_the_same_path(app_env):
+    """Regression: the page's memory cache took the file's stamp as ``_stamp``, which st.cache_* does
+    not hash, so a mask saved again under the same name was answered with the old mask's numbers."""
+    import torch
+
+    from subnetviz import config
+    from subnetviz.bigram.maskable import full_mask, load_local_model
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    model = load_local_model(config.zoo_dir() / "base")
+    path = config.home() / "uploads" / "rewritten.safetensors"
+    shown = []
+    for density in (0.2, 0.6):
+        g = torch.Generator().manual_seed(int(10 * density))
+        ms = MaskSet({n: torch.rand(m.shape, generator=g) < density for n, m in full_mask(model).masks.items()})
+        save_mask_set(path, ms)
+        at = open_page("bigram", bg_mask="uploads/rewritten")
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        shown.append(({m.label: m.value for m in at.metric}["kept weights"], ms.count))
+    for value, count in shown:
+        assert value.startswith(f"{count:,} "), (value, count)

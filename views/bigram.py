@@ -6,15 +6,18 @@ import os
 import streamlit as st
 
 from subnetviz import config, figures, selection, ui
+from subnetviz.bigram.config import BigramJobConfig
 from subnetviz.bigram.locate import shares_heatmap_frame
+from subnetviz.bigram.store import analysis_key
 from subnetviz.figures import bigram as bg_figures
 
 
 @st.cache_data(show_spinner="Analysing the subnetwork (fidelity, ablations, residual stream)…", max_entries=8)
-def _analysis(model: str, mask: str, optimal: str | None, corpus: str, _stamp: tuple):
+def _analysis(model: str, mask: str, optimal: str | None, corpus: str, key: str):
+    """``key`` (hashed, unlike an ``_``-prefixed argument): the disk cache's key, which follows every file."""
     from subnetviz.bigram.store import cached_mask_analysis
 
-    return cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal)  # on disk, keyed by the files
+    return cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal)  # on disk under the same key
 
 
 def train(model: str, corpus: str) -> None:
@@ -27,9 +30,9 @@ def train(model: str, corpus: str) -> None:
         seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key="bg_seed")
         go = st.form_submit_button("Train mask", type="primary", icon=":material/play_arrow:")
     if go:
-        cfg = {"kind": "bigram_mask", "model": model, "corpus": corpus, "target": target, "lambda": float(lam),
-               "preset": preset, "steps": int(steps), "seed": int(seed), "device": ui.workspace().device}  # fmt: skip
-        run_id = ui.job_runner().submit(cfg, name=f"{target} mask λ={lam:g}")
+        cfg = BigramJobConfig(model=model, corpus=corpus, target=target, lam=float(lam), preset=preset,
+                              steps=int(steps), seed=int(seed), device=ui.workspace().device)  # fmt: skip
+        run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{target} mask λ={lam:g}")
         st.success(f"Queued run {run_id}; its mask joins the saved masks when it finishes.")
     runs_view()
 
@@ -99,8 +102,8 @@ def analyse(model: str, corpus: str) -> None:
     opts = ["none", *names]
     opt = b.selectbox("Optimal subnetwork mask (overlap)", opts,
                       index=opts.index(latest["optimal"]) if latest["optimal"] else 0, key="bg_opt", bind="query-params")  # fmt: skip
-    stamp = (ui.checkpoint_info(model)["fingerprint"], os.path.getmtime(masks[mask]))
-    res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, stamp)
+    key = analysis_key(model, masks[mask], corpus, masks.get(opt))
+    res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, key)
     headline(res.headline)
     summary = res.ablation.summary()
     c, d = st.columns(2)
