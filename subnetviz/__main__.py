@@ -1,4 +1,4 @@
-"""The command line: ``python -m subnetviz {analyze,demo,train,job,runs,mask,report} ...``.
+"""The command line: ``subnetviz {app,analyze,demo,train,job,runs,mask,report} ...`` (or ``python -m subnetviz``).
 
 Every subcommand turns a :class:`~subnetviz.errors.SubnetvizError` into one readable line on
 stderr and exit status 2; anything else is a bug and keeps its traceback.
@@ -132,9 +132,84 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def app_script() -> Path:
+    """The web app's entry script: the wheel's copy (``subnetviz/_app/app.py``), else the clone's ``app.py``."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_app" / "app.py"  # the wheel maps app.py and views/ here (pyproject.toml)
+    if installed.is_file():
+        return installed
+    clone = package.parent
+    if (clone / "app.py").is_file() and (clone / "views").is_dir():
+        return clone / "app.py"
+    raise SubnetvizError(f"the web app's scripts are missing: neither {installed} nor {clone / 'app.py'} exists. "
+                         "Reinstall subnetviz from a wheel or run it from a clone.")  # fmt: skip
+
+
+def streamlit_config_flags(app: Path, cwd: Path) -> list[str]:
+    """The app's ``.streamlit/config.toml`` as ``--section.key value`` flags.
+
+    Streamlit reads that file only from the working directory; started anywhere else, the app
+    still gets its settings (headless, no usage statistics, upload limit, theme). A config file in
+    the working directory is the user's own choice and is left to Streamlit instead.
+    """
+    import tomllib
+
+    config = app.parent / ".streamlit" / "config.toml"
+    if (cwd / ".streamlit" / "config.toml").is_file() or not config.is_file():
+        return []
+    flags = []
+    for section, options in tomllib.loads(config.read_text()).items():
+        for key, value in options.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            flags += [f"--{section}.{key}", text]
+    return flags
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    app = app_script()
+    env = dict(os.environ)
+    if args.home:
+        env["SUBNETVIZ_HOME"] = str(Path(args.home).expanduser().resolve())
+    if args.roots:
+        env["SUBNETVIZ_ROOTS"] = os.pathsep.join(str(Path(r).expanduser().resolve()) for r in args.roots)
+    extra = args.streamlit_args[1:] if args.streamlit_args[:1] == ["--"] else args.streamlit_args
+    # Later flags win: the packaged settings first, the user's own options last.
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), *streamlit_config_flags(app, Path.cwd()),
+           "--server.port", str(args.port), *extra]  # fmt: skip
+    print(f"subnetviz app: {app} on port {args.port} (SUBNETVIZ_HOME={env.get('SUBNETVIZ_HOME', 'default')})",
+          file=sys.stderr, flush=True)  # fmt: skip
+    if os.name == "posix":
+        os.execve(sys.executable, cmd, env)  # the server takes this process: signals reach it directly
+    import subprocess
+
+    return subprocess.call(cmd, env=env)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version and, from a clone, the git commit (computed only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from subnetviz.version import version_string
+
+        print(version_string())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m subnetviz", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="subnetviz", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action=_VersionAction, help="print the version (and git commit from a clone) and exit")
     sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("app", allow_abbrev=False, help="start the web app; other --options go to streamlit run",
+                       description="Start the web app from anywhere. Options not listed here are passed to "
+                       "`streamlit run` (e.g. --server.address 127.0.0.1, --server.baseUrlPath viz).")  # fmt: skip
+    w.add_argument("--home", help="SUBNETVIZ_HOME for this server: zoo, runs and cache (default ~/.cache/subnetviz)")
+    w.add_argument("--roots", nargs="+", metavar="DIR", help="SUBNETVIZ_ROOTS: the folders the server may read")
+    w.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    w.set_defaults(func=cmd_app)
 
     a = sub.add_parser("analyze", help="update sparsity (+ spectra, overlap) of finetuned checkpoints vs a base")
     a.add_argument("base", help="HF folder, .safetensors file, index json, or cached hub id")
@@ -182,7 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The ``subnetviz`` command (console script) and ``python -m subnetviz``; returns the exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "app":
+        args.streamlit_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except SubnetvizError as exc:
