@@ -17,12 +17,15 @@ only. Stop when ``#(0.1 <= mask <= 0.9) < 1% of #(mask > 0.9)`` (the paper's rul
 is undecided) or at ``max_steps``. The binary mask is ``s > 0``.
 
 The model is run in eval mode (no dropout): the base is frozen, and dropout noise would only blur
-the target. Batches are drawn by a seeded permutation of the training sequences.
+the target. Batches are drawn by a seeded permutation of the training sequences. With
+``tensorboard_dir`` every step's curve values are also written there as TensorBoard scalars
+(``train/loss``, ``train/ce``, ...), like the TRL training runs.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -142,13 +145,16 @@ def train_bigram_mask(
     on_step: Callable[[int, int, dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     metadata: dict | None = None,
+    tensorboard_dir: str | os.PathLike | None = None,
 ) -> MaskTrainingResult:
     """Train a mask over ``model``'s maskable weights to mimic ``target`` on ``corpus``.
 
     ``target``: a :class:`BigramTable` (the bigram subnetwork) or ``"optimal"`` (the full model's
     softmax). ``on_step(step, total, metrics)`` is called after every optimizer step; the run
-    returns early, marked ``cancelled``, when ``should_stop()`` is true. The model's weights are not
-    modified (it is moved to ``device`` and put in eval mode; ``requires_grad`` flags are restored)."""
+    returns early, marked ``cancelled``, when ``should_stop()`` is true. ``tensorboard_dir``: a
+    folder that receives the curve as TensorBoard event files (a job passes its run folder's
+    ``tensorboard/``). The model's weights are not modified (it is moved to ``device`` and put in
+    eval mode; ``requires_grad`` flags are restored)."""
     config = config or PRESETS["fast"]
     config.validate()
     family_of(model)
@@ -168,14 +174,35 @@ def train_bigram_mask(
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)  # frozen base: only the mask logits get gradients
+    events = _EventWriter(tensorboard_dir, config) if tensorboard_dir is not None else None
     try:
-        return _train(model, corpus, table, config, dev, on_step, should_stop, metadata)
+        return _train(model, corpus, table, config, dev, on_step, should_stop, metadata, events)
     finally:
+        if events is not None:
+            events.close()
         for n, p in model.named_parameters():
             p.requires_grad_(grad_flags[n])
 
 
-def _train(model, corpus, table, config, dev, on_step, should_stop, metadata) -> MaskTrainingResult:
+class _EventWriter:
+    """The curve as TensorBoard scalars ``train/<column>`` at each step, plus the config as text."""
+
+    def __init__(self, folder: str | os.PathLike, config: MaskTrainingConfig):
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+        self.writer.add_text("config", "  \n".join(f"{k} = {v}" for k, v in asdict(config).items()))
+
+    def step(self, rec: dict) -> None:
+        for key, value in rec.items():
+            if key != "step":
+                self.writer.add_scalar(f"train/{key}", value, rec["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _train(model, corpus, table, config, dev, on_step, should_stop, metadata, events=None) -> MaskTrainingResult:
     names = maskable_names(model)
     params = dict(model.named_parameters())
     weights = {n: params[n].detach() for n in names}
@@ -231,6 +258,8 @@ def _train(model, corpus, table, config, dev, on_step, should_stop, metadata) ->
             "seconds": time.perf_counter() - t0,
         }
         rows.append(rec)
+        if events is not None:
+            events.step(rec)
         if on_step is not None:
             on_step(step, config.max_steps, rec)
         if undecided < 0.01 * above or undecided == 0:

@@ -9,7 +9,9 @@ Fixed choices (why):
   path (given an instance, TRL tried to build the reference from an empty hub id).
 - ``weight_decay=0`` in the optimizer; the decay is applied by the mask callback (see masking.py).
 - ``save_strategy="no"`` (no TRL checkpoints with optimizer state); the extra bf16 checkpoints of
-  ``save_steps`` are written by :class:`CheckpointCallback`. ``report_to="none"``, logging each step.
+  ``save_steps`` are written by :class:`CheckpointCallback`. Logging each step, reported to
+  TensorBoard (``report_to=["tensorboard"]``) into :func:`tensorboard_dir`, outside the model folder
+  (which appears only when complete) so that a failed run keeps its curves.
 - ``bf16``: TRL's default, bf16 autocast for forward/backward with fp32 master weights (what real
   RL runs do); ``bf16=False`` in the config runs everything in fp32.
 - ``activation_checkpointing=False`` (TRL turns it on by default; pointless for small models and it
@@ -29,6 +31,33 @@ from subnetviz.errors import ConfigError
 from subnetviz.training.config import TrainConfig
 from subnetviz.training.data import exact_match_reward, load_dataset
 
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_dir(output_dir: str | os.PathLike) -> Path:
+    """Where a run writes its TensorBoard event files (``tensorboard --logdir`` opens them).
+
+    A job trains into ``RUN_DIR/outputs.tmp/model`` (:meth:`JobContext.for_dir`, renamed to
+    ``outputs`` at the end): its events go to ``RUN_DIR/tensorboard``. A run outside a job folder
+    writes beside its model folder, to ``<output_dir>.tensorboard``.
+    """
+    out = Path(output_dir)
+    if out.parent.name == "outputs.tmp":
+        return out.parent.parent / TENSORBOARD_DIR
+    return out.with_name(f"{out.name}.{TENSORBOARD_DIR}")
+
+
+def _events_into(trainer, folder: Path):
+    """Point the trainer's TensorBoard callback at ``folder`` (transformers 5 dropped ``logging_dir``;
+    its callback writes to ``TENSORBOARD_LOGGING_DIR`` if set, else under the scratch ``output_dir``)."""
+    from transformers.integrations import TensorBoardCallback
+
+    if not os.environ.get("TENSORBOARD_LOGGING_DIR"):  # the user's explicit choice wins
+        for cb in trainer.callback_handler.callbacks:
+            if isinstance(cb, TensorBoardCallback):
+                cb.logging_dir = str(folder)
+    return trainer
+
 
 def trainer_args(cfg: TrainConfig, scratch_dir: str | os.PathLike) -> dict:
     """The TRL config keyword arguments shared by all three algorithms."""
@@ -44,7 +73,7 @@ def trainer_args(cfg: TrainConfig, scratch_dir: str | os.PathLike) -> dict:
         lr_scheduler_type=cfg.lr_scheduler_type,
         logging_steps=1,
         save_strategy="no",
-        report_to="none",
+        report_to=["tensorboard"],  # into tensorboard_dir(cfg.output_dir): see build_trainer
         use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=False,
         bf16=cfg.bf16,
@@ -55,23 +84,24 @@ def trainer_args(cfg: TrainConfig, scratch_dir: str | os.PathLike) -> dict:
 
 
 def build_trainer(cfg: TrainConfig, scratch_dir: str | os.PathLike, callbacks: list[TrainerCallback]):
-    """A TRL trainer for ``cfg.algorithm`` on ``cfg.data``; ``scratch_dir`` receives TRL's own files."""
+    """A TRL trainer for ``cfg.algorithm`` on ``cfg.data``; ``scratch_dir`` receives TRL's own files,
+    :func:`tensorboard_dir` the TensorBoard events."""
     common = trainer_args(cfg, scratch_dir)
     dataset = load_dataset(cfg.data, cfg.algorithm)
     if cfg.algorithm == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        return SFTTrainer(model=cfg.base, args=SFTConfig(**common), train_dataset=dataset, callbacks=callbacks)
-    if cfg.algorithm == "dpo":
+        trainer = SFTTrainer(model=cfg.base, args=SFTConfig(**common), train_dataset=dataset, callbacks=callbacks)
+    elif cfg.algorithm == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        return DPOTrainer(
+        trainer = DPOTrainer(
             model=cfg.base,
             args=DPOConfig(**common, beta=cfg.effective_beta),
             train_dataset=dataset,
             callbacks=callbacks,
         )
-    if cfg.algorithm == "grpo":
+    elif cfg.algorithm == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
         args = GRPOConfig(
@@ -80,10 +110,12 @@ def build_trainer(cfg: TrainConfig, scratch_dir: str | os.PathLike, callbacks: l
             max_completion_length=cfg.max_completion_length,
             beta=cfg.effective_beta,
         )
-        return GRPOTrainer(
+        trainer = GRPOTrainer(
             model=cfg.base, reward_funcs=exact_match_reward, args=args, train_dataset=dataset, callbacks=callbacks
         )
-    raise ConfigError(f"algorithm {cfg.algorithm!r} is unknown; expected sft, dpo or grpo.")
+    else:
+        raise ConfigError(f"algorithm {cfg.algorithm!r} is unknown; expected sft, dpo or grpo.")
+    return _events_into(trainer, tensorboard_dir(cfg.output_dir))
 
 
 def save_bf16(model: torch.nn.Module, tokenizer, folder: str | os.PathLike, extra: dict | None = None) -> Path:
