@@ -394,28 +394,3 @@ def test_gpt_neox_layout_matches_hf_attention():
             moved = {k: (seen[k] - before[k]).abs().amax(dim=(0, 2, 3)) > 0 for k in "qkv"}  # per head
             assert moved[which].tolist() == [h == head for h in range(HEADS)], (row, which, head)
             assert not any(moved[k].any() for k in "qkv" if k != which), row
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_check_finite_finds_any_non_finite_entry(dtype, bad):
-    from subnetviz.analysis.sparsity import check_finite
-
-    x = torch.randn(50, 7).to(dtype)
-    check_finite(x, "fine")  # no error
-    check_finite(torch.empty(0, 3, dtype=dtype), "empty")
-    x[31, 4] = bad
-    x[2, 2] = bad
-    with pytest.raises(NonFiniteError, match=r"w\.weight: 2 NaN/Inf"):
-        check_finite(x, "w.weight")
-
-
-@pytest.mark.parametrize("pos", [0, 1, 517, 998, 999])  # vector-lane heads and the scalar tail
-def test_check_finite_single_nan_anywhere(pos):
-    from subnetviz.analysis.sparsity import check_finite
-
-    for dtype in (torch.bfloat16, torch.float32):
-        x = torch.randn(1000).to(dtype)
-        x[pos] = float("nan")
-        with pytest.raises(NonFiniteError, match="1 NaN"):
-            check_finite(x, "v")

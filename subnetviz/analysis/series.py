@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from subnetviz.analysis.sparsity import _INT_VIEW, check_finite
+from subnetviz.analysis.bits import INT_VIEW, check_finite, int_view
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.errors import ConfigError
 
@@ -61,9 +61,9 @@ def checkpoint_series(
         for ck, v, n in zip(cks, versions, t.names, strict=True):
             check_finite(v, f"{ck.spec} :: {n}")
         dtypes = {v.dtype for v in versions}
-        if len(dtypes) > 1 or versions[0].dtype not in _INT_VIEW:
+        if len(dtypes) > 1 or versions[0].dtype not in INT_VIEW:
             versions = [v.to(torch.float32) for v in versions]
-        bits = [v.view(_INT_VIEW[v.dtype]) for v in versions]
+        bits = [int_view(v) for v in versions]
         numel += versions[0].numel()
         ever = torch.zeros(versions[0].shape, dtype=torch.bool)
         for i in range(1, k + 1):

@@ -13,6 +13,9 @@ Everything except the bitwise comparison and the row/column sums is computed on 
 entries only (gathered once), so the pass costs little more than reading the two files. Big
 tensors are processed in row chunks so memory stays bounded by a few times the largest tensor.
 
+The comparison itself (integer views, ULP distance and bins, tolerance defaults, the finite check)
+is :mod:`~subnetviz.analysis.bits`; this module runs it over a tensor pair and aggregates.
+
 Naming note: *density* = changed / numel; *sparsity* = 1 − density (the paper's definition).
 """
 
@@ -26,17 +29,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from subnetviz.analysis.bits import (
+    DEFAULT_ETA,
+    DEFAULT_TOLERANCES,
+    INT_VIEW,
+    PAPER_TOLERANCE,
+    ULP_EDGES,
+    ULP_LABELS,
+    counts_above,
+    ulp_bins,
+    ulp_distance_bits,
+)
+from subnetviz.analysis.bits import check_finite as check_finite  # re-exported: callers import it from here
 from subnetviz.errors import ConfigError, NonFiniteError
 
-DEFAULT_TOLERANCES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
-PAPER_TOLERANCE = 1e-5
-DEFAULT_ETA = 1e-3
-# ULP-distance bins: upper edges (inclusive) and labels. 0 ULP = unchanged, not binned.
-ULP_EDGES = (1, 2, 4, 8, 16, 256)
-ULP_LABELS = ("1", "2", "3-4", "5-8", "9-16", "17-256", ">256")
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
-             torch.float64: torch.int64}  # fmt: skip
 # Rows per chunk: ~1M entries on CPU keeps the changed entries' temporaries near L2 (measured
 # ~15 % faster than 8M); a GPU wants big launches and few synchronisations.
 CHUNK_ELEMENTS, GPU_CHUNK_ELEMENTS = 1 << 20, 1 << 26
@@ -82,38 +89,6 @@ class PairStats:
     mask: torch.Tensor | None = None  # bool, the tensor's shape (exact, or at mask_tolerance)
 
 
-def _ulp_distance(xi, yi, xp):
-    """Representable steps between float bit patterns ``xi`` and ``yi`` (1-D integer views).
-
-    ``xp`` is ``numpy`` or ``torch`` (the arrays' library). Sign-magnitude: same sign ->
-    |m_y - m_x|; opposite signs -> m_x + m_y (-0 and +0 are one point). When no pair changes
-    sign (the usual case) the raw patterns' difference is the answer and cannot overflow, so it
-    is taken in the stored width; otherwise 16-bit types work in int32 and wider ones in int64
-    (a float64 sum that overflows is clamped: it is past the last histogram edge anyway).
-    """
-    if not bool(((xi ^ yi) < 0).any()):
-        return xp.abs(yi - xi)
-    width = 8 * (xi.itemsize if xp is np else xi.element_size())
-    if xp is np:
-        x, y = (v.astype(np.int32 if width == 16 else np.int64) for v in (xi, yi))
-    else:
-        x, y = (v.to(torch.int32 if width == 16 else torch.int64) for v in (xi, yi))
-    magnitude = (1 << (width - 1)) - 1
-    mx, my = x & magnitude, y & magnitude
-    dist = xp.where((x ^ y) >= 0, xp.abs(my - mx), mx + my)
-    return xp.where(dist < 0, np.iinfo(np.int64).max, dist) if width == 64 else dist
-
-
-def _counts_above(values, edges, xp) -> list[int]:
-    """``[#(values > e) for e in edges]`` for ascending edges, stopping at the first zero."""
-    out = []
-    for e in edges:
-        out.append(int(xp.count_nonzero(values > e)))
-        if out[-1] == 0:
-            return out + [0] * (len(edges) - len(out))
-    return out
-
-
 def _flat_changed(ne: torch.Tensor) -> torch.Tensor:
     """Flat indices of the True entries of a contiguous bool tensor (int64, ascending)."""
     if ne.device.type == "cpu" and _NUMPY_ON_CPU:
@@ -149,10 +124,10 @@ def compare_pair(
         a, b = a.to(dt), b.to(dt)
     elif a.dtype != b.dtype:
         a, b = a.to(torch.float32), b.to(torch.float32)
-    if a.dtype not in _INT_VIEW:
+    if a.dtype not in INT_VIEW or a.dtype.itemsize == 1:  # fp8 codes: only after a cast (precision)
         raise ConfigError(f"{name}: dtype {a.dtype} is not a floating-point weight type.")
     a, b = a.contiguous(), b.contiguous()
-    itype = _INT_VIEW[a.dtype]
+    itype = INT_VIEW[a.dtype]
     ctype = torch.float64 if a.dtype in (torch.float32, torch.float64) else torch.float32
     a2 = a.reshape(a.shape[0], -1) if a.dim() >= 2 else a.reshape(-1, 1)
     b2 = b.reshape(a2.shape)
@@ -202,20 +177,19 @@ def compare_pair(
             raise NonFiniteError(f"{name}: NaN or Inf in the weights (largest |Δ| is {chunk_max}).")
         max_d = max(max_d, chunk_max)
         # |Δ| <= tol counts as unchanged; d is 0 for -0 vs +0, which no tolerance counts.
-        for i, c in enumerate(_counts_above(d, options.tolerances, xp)):
+        for i, c in enumerate(counts_above(d, options.tolerances, xp)):
             tol_counts[i] += c
         if rel_is_nonzero:
             rel += int(xp.count_nonzero(d))
         else:
             rel += int(xp.count_nonzero(d > options.eta * xp.maximum(xp.abs(xs), xp.abs(ys))))
-        for j, c in enumerate(_counts_above(_ulp_distance(xi, yi, xp), ULP_EDGES, xp)):
+        for j, c in enumerate(counts_above(ulp_distance_bits(xi, yi, xp), ULP_EDGES, xp)):
             above_edge[j] += c
         if mask is not None and mask_tol is not None:
             keep = d > mask_tol
             mask.view(-1)[r0 * cols + idx[torch.from_numpy(keep) if xp is np else keep]] = True
     # bin 0 ("1 ULP") also holds the bit changes at distance 0 (-0 vs +0): every changed entry is binned
-    ab = above_edge
-    ulp = [changed - ab[0]] + [ab[j] - ab[j + 1] for j in range(len(ab) - 1)] + [ab[-1]]
+    ulp = ulp_bins(changed, above_edge)
     return PairStats(
         numel=a.numel(), dtype=str(a.dtype).replace("torch.", ""), changed=changed,
         changed_tol=tuple(tol_counts), changed_rel=rel, ulp_hist=tuple(ulp), max_abs_delta=max_d,
@@ -223,25 +197,6 @@ def compare_pair(
         col_counts=col_counts.cpu().numpy() if col_counts is not None else None,
         mask=mask.reshape(a.shape).cpu() if mask is not None else None,
     )  # fmt: skip
-
-
-def check_finite(x: torch.Tensor, where: str) -> None:
-    """Raise :class:`NonFiniteError` if ``x`` holds NaN or Inf.
-
-    One min/max reduction in the stored dtype (NaN propagates through both, ±Inf lands in one);
-    ~20x cheaper than an fp32-accumulated sum. The exact count is taken only when it fails.
-    """
-    if not x.dtype.is_floating_point or x.numel() == 0:
-        return
-    if x.dtype in _INT_VIEW:
-        lo, hi = torch.aminmax(x)
-        ok = math.isfinite(float(lo)) and math.isfinite(float(hi))
-    else:  # float8 and other exotic types: no aminmax kernel everywhere
-        ok = math.isfinite(float(x.float().sum()))
-    if not ok:
-        bad = int((~torch.isfinite(x)).sum())
-        if bad:
-            raise NonFiniteError(f"{where}: {bad} NaN/Inf value(s). Analyses need finite weights.")
 
 
 @dataclass

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from subnetviz.analysis.bits import bits_differ
 from subnetviz.errors import ConfigError, suggest
 from subnetviz.supermask.data import Benchmark, Task
 from subnetviz.supermask.layers import DenseMLP, MaskedMLP, kept_count
@@ -145,10 +146,6 @@ def _train(
     return loss_mean
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().view(torch.int32).clone()
-
-
 @torch.no_grad()
 def knn_accuracies(model: MaskedMLP, task: Task, t: int, k: int, gen: torch.Generator) -> list[float]:
     """KNN accuracy (L2, majority vote) on task ``t``'s shuffled train data under each mask i < t."""
@@ -230,7 +227,7 @@ def run_method(
         raise ConfigError(f"{cfg.label} needs a MaskedMLP with at least {T} tasks; got {type(model).__name__}.")
     layers = model.masked_layers()
     acc_rand = _evaluate_row(model, bench, masked=True)
-    initial = {n: _bits(m.weight) for n, m in layers.items()}
+    initial = {n: m.weight.detach().clone() for n, m in layers.items()}
     used = {n: torch.zeros_like(m.weight, dtype=torch.bool) for n, m in layers.items()}
     masks: list[dict[str, torch.Tensor]] = []
     knn_rows: list[dict] = []
@@ -254,7 +251,7 @@ def run_method(
             editable = {n: mask_t[n] & ~used[n] if cfg.method == "exssnet" else mask_t[n] for n in layers}
             loss = _weight_phase(model, layers, editable, task, weight_ep, cfg, gen, should_stop)
         if cfg.method == "supsup":
-            changed = [n for n, m in layers.items() if not torch.equal(_bits(m.weight), initial[n])]
+            changed = [n for n, m in layers.items() if bool(bits_differ(m.weight.detach(), initial[n]).any())]
             if changed:
                 raise RuntimeError(f"SupSup changed weights of {changed} during task {t}; they must stay fixed.")
         for n in layers:
@@ -306,7 +303,7 @@ def _kkt_init(model: MaskedMLP, task: Task, t: int, cfg: MethodConfig, gen: torc
 
 def _weight_phase(model, layers, editable, task, epochs, cfg, gen, should_stop) -> float:
     """Train weights where ``editable`` (E_t) is True; verify every other weight is bit-identical."""
-    before = {n: _bits(m.weight) for n, m in layers.items()}
+    before = {n: m.weight.detach().clone() for n, m in layers.items()}
     gates = {n: editable[n].to(torch.float32) for n in layers}
     for m in layers.values():
         m.weight.requires_grad_(True)
@@ -324,7 +321,7 @@ def _weight_phase(model, layers, editable, task, epochs, cfg, gen, should_stop) 
         for m in layers.values():
             m.weight.requires_grad_(False)
     for n, m in layers.items():
-        moved = (_bits(m.weight) != before[n]) & ~editable[n]
+        moved = bits_differ(m.weight.detach(), before[n]) & ~editable[n]
         if bool(moved.any()):
             raise RuntimeError(
                 f"{cfg.label}: {int(moved.sum())} weights of {n} outside the editable set changed "

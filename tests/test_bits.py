@@ -1,0 +1,209 @@
+"""The one comparison (subnetviz.analysis.bits) against independent references.
+
+Proves: ULP distances on hand-computed bit patterns (+0/-0, sign crossings, subnormals, fp8, the
+float64 overflow clamp) and against numpy.nextafter stepping (float16/32/64), the same answer from
+the NumPy and torch paths; bitwise masks (-0 vs +0 differ, equal NaN payloads do not); tolerance
+and ULP-bin counting against NumPy float64; the finite check.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from subnetviz.analysis import bits
+from subnetviz.analysis.bits import (
+    DEFAULT_TOLERANCES,
+    ULP_EDGES,
+    ULP_LABELS,
+    ULP_LABELS_WITH_ZERO,
+    bits_differ,
+    check_finite,
+    counts_above,
+    int_view,
+    ulp_bins,
+    ulp_distance,
+    ulp_distance_bits,
+)
+from subnetviz.errors import ConfigError, NonFiniteError
+
+
+def _from_bits(patterns: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """Float tensor from unsigned bit patterns (e.g. 0x8000 = bf16 -0.0)."""
+    width = torch.finfo(dtype).bits
+    signed = [p - (1 << width) if p >= 1 << (width - 1) else p for p in patterns]
+    return torch.tensor(signed, dtype=bits.INT_VIEW[dtype]).view(dtype)
+
+
+# --- ULP distance: hand-computed cases ----------------------------------------------------------
+# (a bits, b bits, distance). bf16: 1.0 = 0x3F80, magnitude 16256; -1.0 = 0xBF80.
+BF16_CASES = [
+    (0x0000, 0x8000, 0),  # +0 vs -0: one point, 0 ULP (though the bits differ)
+    (0x3F80, 0x3F81, 1),  # 1.0 -> next float up
+    (0xBF80, 0xBF81, 1),  # -1.0 -> next float down (sign-magnitude: the magnitude grows)
+    (0x0001, 0x8001, 2),  # the smallest subnormals either side of zero: 1 + 1 steps
+    (0x0000, 0x8001, 1),  # +0 to the first negative subnormal
+    (0x3F80, 0xBF80, 2 * 16256),  # 1.0 vs -1.0: down to zero and up again
+    (0x7F7F, 0xFF7F, 2 * 0x7F7F),  # the largest finite values of both signs (needs int32)
+    (0x4000, 0x3F80, 0x80),  # 2.0 vs 1.0: one binade of 2^7 steps
+]
+
+
+@pytest.mark.parametrize(("pa", "pb", "want"), BF16_CASES)
+def test_ulp_distance_bf16_hand_cases(pa, pb, want):
+    a, b = _from_bits([pa], torch.bfloat16), _from_bits([pb], torch.bfloat16)
+    assert ulp_distance(a, b).tolist() == [want]
+    assert ulp_distance(b, a).tolist() == [want]  # symmetric
+    assert ulp_distance(a, b).dtype == torch.int64
+
+
+def test_ulp_distance_numpy_and_torch_paths_agree_on_mixed_chunks():
+    """One chunk with and without sign crossings: the wide path must give the same-sign answers too."""
+    pa, pb, want = (list(col) for col in zip(*BF16_CASES, strict=True))
+    xi = _from_bits(pa, torch.bfloat16).view(torch.int16)
+    yi = _from_bits(pb, torch.bfloat16).view(torch.int16)
+    assert ulp_distance_bits(xi, yi, torch).tolist() == want
+    assert ulp_distance_bits(xi.numpy(), yi.numpy(), np).tolist() == want
+    same_sign = [i for i, (x, y) in enumerate(zip(pa, pb, strict=True)) if (x ^ y) < 0x8000]
+    sx, sy = xi[same_sign], yi[same_sign]  # the stored-width fast path (no sign change in the chunk)
+    assert ulp_distance_bits(sx, sy, torch).tolist() == [want[i] for i in same_sign]
+    assert ulp_distance_bits(sx.numpy(), sy.numpy(), np).tolist() == [want[i] for i in same_sign]
+
+
+def test_ulp_distance_fp8_hand_cases():
+    # e4m3fn: 1.0 = 0x38, next = 0x39 (1.125); smallest subnormal 0x01 = 2^-9; -0 = 0x80.
+    a = _from_bits([0x38, 0x01, 0x00, 0x38, 0x38], torch.float8_e4m3fn)
+    b = _from_bits([0x39, 0x81, 0x80, 0xB8, 0x40], torch.float8_e4m3fn)
+    assert float(a[0]) == 1.0 and float(b[0]) == 1.125 and float(b[4]) == 2.0
+    assert ulp_distance(a, b).tolist() == [1, 2, 0, 2 * 0x38, 8]
+    # e5m2: 1.0 = 0x3C; 2 mantissa bits -> 4 steps per binade
+    a, b = _from_bits([0x3C, 0x3C], torch.float8_e5m2), _from_bits([0x40, 0xBC], torch.float8_e5m2)
+    assert ulp_distance(a, b).tolist() == [4, 2 * 0x3C]
+
+
+def test_ulp_distance_float64_overflow_is_clamped_past_every_bin():
+    a = torch.tensor([1e300, 1.0], dtype=torch.float64)
+    b = torch.tensor([-1e300, -1.0], dtype=torch.float64)
+    got = ulp_distance(a, b).tolist()
+    assert got[0] == np.iinfo(np.int64).max  # m_a + m_b overflows int64
+    assert got[1] == 2 * 0x3FF0000000000000
+
+
+@pytest.mark.parametrize("np_dtype", [np.float16, np.float32, np.float64])
+def test_ulp_distance_matches_nextafter(np_dtype):
+    """Independent reference: step values k times with numpy.nextafter (crossing zero too)."""
+    rng = np.random.default_rng(0)
+    tiny = np.finfo(np_dtype).smallest_subnormal
+    a = np.concatenate([rng.normal(size=200), [0.0, -0.0, tiny, -tiny, 3 * tiny]]).astype(np_dtype)
+    ks = rng.integers(-20, 21, size=a.size)
+    b = a.copy()
+    for i, k in enumerate(ks):
+        for _ in range(abs(int(k))):
+            b[i] = np.nextafter(b[i], np_dtype(np.inf if k > 0 else -np.inf))
+    got = ulp_distance(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    # nextafter from -0.0 or +0.0 moves to the first subnormal: +0 and -0 count as one point.
+    assert np.array_equal(got, np.abs(ks))
+
+
+def test_ulp_distance_matches_nextafter_float32():
+    """(Moved from test_training_masking.) float32 with the original draw, including 1e-45 subnormals."""
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.normal(size=200), [0.0, -0.0, 1e-45, -1e-45, 3e-45]]).astype(np.float32)
+    ks = rng.integers(-20, 21, size=a.size)
+    b = a.copy()
+    for i, k in enumerate(ks):
+        for _ in range(abs(int(k))):
+            b[i] = np.nextafter(b[i], np.float32(np.inf if k > 0 else -np.inf))
+    got = ulp_distance(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    assert np.array_equal(got, np.abs(ks))
+
+
+def test_ulp_distance_refuses_mixed_or_non_float_input():
+    with pytest.raises(ConfigError, match="one dtype and shape"):
+        ulp_distance(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ConfigError, match=r"float tensors.*got torch.int32"):
+        int_view(torch.zeros(2, dtype=torch.int32))
+
+
+# --- bitwise masks -----------------------------------------------------------------------------------
+def test_int_view_widths():
+    for dt, it in [(torch.bfloat16, torch.int16), (torch.float16, torch.int16), (torch.float32, torch.int32),
+                   (torch.float64, torch.int64), (torch.float8_e4m3fn, torch.int8), (torch.float8_e5m2, torch.int8)]:  # fmt: skip
+        x = torch.zeros(3, 2).to(dt)
+        assert int_view(x).dtype == it and int_view(x).shape == (3, 2)
+    assert int_view(torch.tensor([-0.0])).tolist() == [-(1 << 31)]  # the sign bit alone
+
+
+def test_bits_differ_is_bitwise():
+    nan = torch.tensor([float("nan")], dtype=torch.float32)
+    other_nan = (nan.view(torch.int32) + 1).view(torch.float32)  # another payload
+    a = torch.cat([torch.tensor([0.0, 1.0, 2.0]), nan, nan])
+    b = torch.cat([torch.tensor([-0.0, 1.0, 2.5]), nan, other_nan])
+    assert bits_differ(a, b).tolist() == [True, False, True, False, True]
+    assert (a != b).tolist() == [False, False, True, True, True]  # float != would say otherwise
+    ints = torch.tensor([1, 2, 3]), torch.tensor([1, 5, 3])
+    assert bits_differ(*ints).tolist() == [False, True, False]
+    # non-contiguous input: the view keeps the strides
+    m = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    assert not bits_differ(m.t(), m.clone().t()).any()
+    with pytest.raises(ConfigError, match="one dtype"):
+        bits_differ(torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16))
+
+
+# --- tolerance and ULP-bin counting -----------------------------------------------------------------
+@pytest.mark.parametrize("xp", [np, torch])
+def test_counts_above_matches_float64_reference(xp):
+    rng = np.random.default_rng(3)
+    a = rng.normal(scale=1e-3, size=5000).astype(np.float32)
+    b = (a + rng.normal(scale=3e-6, size=a.size)).astype(np.float32)
+    d64 = np.abs(b.astype(np.float64) - a.astype(np.float64))  # exact for float32 inputs
+    want = [int(sum(1 for v in d64.tolist() if v > t)) for t in DEFAULT_TOLERANCES]  # plain Python floats
+    got = counts_above(d64 if xp is np else torch.from_numpy(d64), DEFAULT_TOLERANCES, xp)
+    assert got == want and want[0] > want[-1] == 0  # spans the sweep and hits the early exit
+
+
+def test_ulp_bins_hand_case():
+    dist = np.array([0, 1, 1, 2, 3, 4, 5, 8, 9, 16, 17, 256, 257, 10**9])  # 14 changed entries
+    above = counts_above(dist, ULP_EDGES, np)
+    assert ulp_bins(len(dist), above) == [3, 1, 2, 2, 2, 2, 2]  # "1" also holds the distance-0 change
+    assert len(ULP_LABELS) == len(ULP_EDGES) + 1 and ULP_LABELS_WITH_ZERO == ("0", *ULP_LABELS)
+
+
+def test_one_definition_of_the_defaults():
+    from subnetviz.analysis import sparsity
+
+    assert sparsity.DEFAULT_TOLERANCES is bits.DEFAULT_TOLERANCES and sparsity.ULP_LABELS is bits.ULP_LABELS
+    assert sparsity.check_finite is bits.check_finite
+    assert bits.PAPER_TOLERANCE in bits.DEFAULT_TOLERANCES and 0 < bits.DEFAULT_ETA < 1
+
+
+# --- finite check (moved from test_sparsity) -----------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_check_finite_finds_any_non_finite_entry(dtype, bad):
+    x = torch.randn(50, 7).to(dtype)
+    check_finite(x, "fine")  # no error
+    check_finite(torch.empty(0, 3, dtype=dtype), "empty")
+    x[31, 4] = bad
+    x[2, 2] = bad
+    with pytest.raises(NonFiniteError, match=r"w\.weight: 2 NaN/Inf"):
+        check_finite(x, "w.weight")
+
+
+@pytest.mark.parametrize("pos", [0, 1, 517, 998, 999])  # vector-lane heads and the scalar tail
+def test_check_finite_single_nan_anywhere(pos):
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(1000).to(dtype)
+        x[pos] = float("nan")
+        with pytest.raises(NonFiniteError, match="1 NaN"):
+            check_finite(x, "v")
+
+
+def test_check_finite_fp8_and_integers():
+    x = torch.randn(40).to(torch.float8_e4m3fn)
+    check_finite(x, "fp8")
+    x.view(torch.int8)[7] = 0x7F  # e4m3fn NaN
+    with pytest.raises(NonFiniteError, match="fp8: 1 NaN"):
+        check_finite(x, "fp8")
+    check_finite(torch.arange(5), "ints")  # not floats: nothing to check
