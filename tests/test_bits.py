@@ -3,7 +3,8 @@
 Proves: ULP distances on hand-computed bit patterns (+0/-0, sign crossings, subnormals, fp8, the
 float64 overflow clamp) and against numpy.nextafter stepping (float16/32/64), the same answer from
 the NumPy and torch paths; bitwise masks (-0 vs +0 differ, equal NaN payloads do not); tolerance
-and ULP-bin counting against NumPy float64; the finite check.
+and ULP-bin counting against NumPy float64; the finite check; and that the Training page's run
+comparison and the Update sparsity page bin one planted pair into the same ULP bins.
 """
 
 from __future__ import annotations
@@ -207,3 +208,30 @@ def test_check_finite_fp8_and_integers():
     with pytest.raises(NonFiniteError, match="fp8: 1 NaN"):
         check_finite(x, "fp8")
     check_finite(torch.arange(5), "ints")  # not floats: nothing to check
+
+
+# --- both pages bin one planted pair alike ------------------------------------------------------------
+def test_run_comparison_and_update_sparsity_use_the_same_ulp_bins(tmp_path):
+    """The Training page (analysis.runs.compare_runs) and the Update sparsity page
+    (analysis.updates.analyze_updates -> SparsityReport.ulp_histogram) on one planted bf16 pair:
+    same labels after the run comparison's "0" (identical) bin, same counts in every one of them."""
+    from safetensors.torch import save_file
+
+    from subnetviz.analysis.runs import compare_runs
+    from subnetviz.analysis.sparsity import compare_pair
+    from subnetviz.analysis.updates import analyze_updates
+
+    # one entry per bin: 1, 2, 3-4, 5-8, 9-16, 17-256, >256 ULP (added to the bit pattern of 1.0)
+    offsets = [0, 0, 1, 2, 3, 7, 12, 100, 300, 1, 0]
+    a = torch.ones(len(offsets), dtype=torch.bfloat16)
+    b = (a.view(torch.int16) + torch.tensor(offsets, dtype=torch.int16)).view(torch.bfloat16)
+    a[-1], b[-1] = 0.0, -0.0  # a bit change at distance 0: bin "1" on both pages
+    for name, t in (("base", a), ("ft", b)):
+        (tmp_path / name).mkdir()
+        save_file({"w": t}, str(tmp_path / name / "model.safetensors"))
+    runs = compare_runs(tmp_path / "base", tmp_path / "ft").ulp_histogram
+    pages = analyze_updates(tmp_path / "base", [tmp_path / "ft"], device="cpu").reports[0].ulp_histogram()
+    want = [2, 3, 1, 1, 1, 1, 1, 1]  # "0": the two untouched entries; "1": 1 ULP twice and -0/+0
+    assert list(runs["bin"]) == ["0", *pages["bin"]] == list(ULP_LABELS_WITH_ZERO)
+    assert runs["count"].tolist() == want and pages["count"].tolist() == want[1:]
+    assert list(compare_pair(a, b).ulp_hist) == want[1:]

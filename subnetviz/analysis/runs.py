@@ -1,48 +1,42 @@
 """Is the subnetwork enough? Compare a subnetwork-only run with its full-finetune twin.
 
-:func:`compare_runs` streams the two saved models tensor by tensor (``safetensors.safe_open``;
-never two whole models in memory) and reports, as tidy tables:
+:func:`compare_runs` streams the two saved models tensor by tensor through the reading layer
+(:func:`~subnetviz.checkpoints.open_checkpoint`, :func:`~subnetviz.checkpoints.align`; never two
+whole models in memory) and compares each pair with the update analysis' own one-pass comparison
+(:func:`~subnetviz.analysis.sparsity.compare_pair`, built on :mod:`~subnetviz.analysis.bits`), so
+"identical", the tolerance sweep and the ULP bins mean the same here as on the Update sparsity
+page. It reports, as tidy tables:
 
 - the share of entries identical at exact (bitwise) equality and within each absolute tolerance
   of the sweep (the paper's closeness metric: "94.0 % of weights are the same" at 1e-5),
   parameter-weighted and as a per-tensor average;
-- a histogram of ULP distances in the stored dtype (bins 0, 1, 2, 3-4, 5-8, 9-16, >16), which
-  says how far apart the non-identical entries really are (at tol 1e-4 every 1-ULP bf16
-  difference on a weight below 2^-6 counts as "identical");
+- a histogram of ULP distances in the stored dtype over every compared entry: "0" for the
+  bitwise-identical entries, then the update analysis' bins (:data:`~subnetviz.analysis.bits.ULP_LABELS`;
+  a -0/+0 flip is a bit change and lands in "1"), which says how far apart the non-identical
+  entries really are (at tol 1e-4 every 1-ULP bf16 difference on a weight below 2^-6 counts as
+  "identical");
 - with ``base_dir``: which entries each run changed from the base, and how many the subnetwork
   run changed outside the full run's update (0 when its mask is the full run's update mask);
 - with ``eval_data``: greedy exact-match accuracy of base, full and subnetwork models.
 
-ULP distance: the float's bits as a signed integer ``i`` map monotonically to
-``k = i`` (``i >= 0``) or ``k = -(i & magnitude_bits)`` (negative floats), so that consecutive
-floats differ by 1 across zero as well; the distance is ``|k_a - k_b|`` (``+0`` and ``-0`` are
-0 ULPs apart though their bits differ). Each tensor pair is read once; ``|Δ|`` is computed once
-in float64 (exact for bf16/fp16/fp32 inputs) and bucketed once for all tolerances.
+Each tensor pair is read once. Weights must be finite (NaN / Inf are refused, as in the update
+analysis).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from subnetviz.errors import AlignmentError, CheckpointError, NonFiniteError
-
-DEFAULT_TOLERANCES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
-ULP_EDGES = (0, 1, 2, 4, 8, 16)  # right-closed bin edges: 0 | 1 | 2 | 3-4 | 5-8 | 9-16 | >16
-ULP_LABELS = ("0", "1", "2", "3-4", "5-8", "9-16", ">16")
-_INT_VIEW = {
-    torch.bfloat16: torch.int16,
-    torch.float16: torch.int16,
-    torch.float32: torch.int32,
-    torch.float64: torch.int64,
-}
-_CAP = 1 << 40  # sign-crossing distances are capped here (they are far beyond the last bin anyway)
+from subnetviz.analysis.bits import DEFAULT_TOLERANCES, ULP_LABELS_WITH_ZERO, bits_differ, check_finite
+from subnetviz.analysis.sparsity import SparsityOptions, compare_pair
+from subnetviz.checkpoints import Checkpoint, TensorMeta, align, open_checkpoint, read_aligned
+from subnetviz.checkpoints.naming import strip_prefix
+from subnetviz.errors import AlignmentError
 
 
 @dataclass(frozen=True)
@@ -50,7 +44,8 @@ class RunComparison:
     """Subnetwork-only run vs full finetune. Tables are tidy DataFrames.
 
     - ``per_tensor``: ``name, dtype, numel, criterion ("exact" | "atol"), tolerance, identical, share``
-    - ``ulp_histogram``: ``bin, count, share`` over every compared entry (bin labels :data:`ULP_LABELS`)
+    - ``ulp_histogram``: ``bin, count, share`` over every compared float entry (bin labels
+      :data:`~subnetviz.analysis.bits.ULP_LABELS_WITH_ZERO`: "0" = bitwise identical)
     - ``vs_base`` (with a base): ``name, numel, changed_full, changed_sub, changed_both, sub_outside_full``
     - ``accuracy`` (with eval data): ``model ("base" | "full" | "subnetwork"), accuracy``
     - ``unmatched``: tensor names present in only one of the two runs (reported, not compared)
@@ -86,93 +81,27 @@ class RunComparison:
         return float(f.loc[f["criterion"] == "exact", "share"].iloc[0])
 
 
-def weight_index(folder: str | os.PathLike) -> dict[str, Path]:
-    """tensor name -> the ``.safetensors`` file holding it, for an HF folder or a single file."""
-    from safetensors import safe_open
-
-    path = Path(folder)
-    if path.is_file() and path.suffix == ".safetensors":
-        files = [path]
-    elif (path / "model.safetensors.index.json").is_file():
-        wm = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
-        return {k: path / v for k, v in wm.items()}
-    elif (path / "model.safetensors").is_file():
-        files = [path / "model.safetensors"]
-    else:
-        raise CheckpointError(f"{path}: no model.safetensors, sharded index or .safetensors file found.")
-    out: dict[str, Path] = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as h:
-            out.update({k: f for k in h.keys()})
-    return out
+CHUNK = 1 << 22  # entries per slice of the comparison with the base: bounds its bool temporaries
 
 
-def ulp_key(t: torch.Tensor) -> torch.Tensor:
-    """Monotone integer image of a float tensor's bits (int64, same shape): adjacent floats differ by 1."""
-    iv = _INT_VIEW.get(t.dtype)
-    if iv is None:
-        raise AlignmentError(f"ULP distance needs a float tensor; got {t.dtype}.")
-    i = t.contiguous().view(iv).to(torch.int64)
-    bits = torch.finfo(t.dtype).bits
-    mag = i & ((1 << (bits - 1)) - 1)
-    return torch.where(i >= 0, i, -mag)
+def _refuse_mismatch(name: str, full: TensorMeta, sub: TensorMeta) -> None:
+    if full.dtype != sub.dtype or full.shape != sub.shape:
+        raise AlignmentError(
+            f"{name}: full run stores {full.dtype}{tuple(full.shape)}, subnetwork run {sub.dtype}{tuple(sub.shape)}; "
+            "compare runs saved in the same dtype from the same base."
+        )
 
 
-def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|ulp_key(a) - ulp_key(b)| elementwise (int64), capped at 2^41 across a sign change."""
-    ka, kb = ulp_key(a), ulp_key(b)
-    same = (ka >= 0) == (kb >= 0)
-    cross = ka.abs().clamp(max=_CAP) + kb.abs().clamp(max=_CAP)
-    return torch.where(same, (ka - kb).abs(), cross)
-
-
-def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    iv = _INT_VIEW.get(a.dtype)
-    return a.view(iv) == b.view(iv) if iv is not None else a == b
-
-
-class TensorReader:
-    """Open safetensors handles (one per file, inside ``stack``); ``get(name)`` reads one tensor."""
-
-    def __init__(self, stack: ExitStack, index: dict[str, Path]):
-        from safetensors import safe_open
-
-        self.index = index
-        self._handles = {f: stack.enter_context(safe_open(str(f), framework="pt")) for f in set(index.values())}
-
-    def get(self, name: str) -> torch.Tensor:
-        return self._handles[self.index[name]].get_tensor(name)
-
-
-CHUNK = 1 << 22  # entries per slice of a large tensor: bounds the float64/int64 temporaries (~150 MB)
-
-
-def _pair_counts(name, a, b, c, tol_t, ulp_edges):
-    """One pass over a tensor pair (and its base ``c``), slice by slice.
-
-    Returns ``(bitwise-equal count, [count |a-b| <= tol for each tol], ULP-bin counts,
-    (changed_full, changed_sub, changed_both, sub_outside_full) or None without a base)``.
-    """
-    fa, fb = a.reshape(-1), b.reshape(-1)
-    fc = c.reshape(-1) if c is not None else None
-    exact = 0
-    within = torch.zeros(len(tol_t), dtype=torch.int64)
-    ulp_counts = torch.zeros(len(ULP_LABELS), dtype=torch.int64)
-    changed = torch.zeros(4, dtype=torch.int64) if fc is not None else None
+def _changed_vs_base(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> list[int]:
+    """``[changed_full, changed_sub, changed_both, sub_outside_full]``: entries of the full run ``a``
+    and the subnetwork run ``b`` whose bits differ from the base ``c`` (same shape), slice by slice."""
+    fa, fb, fc = a.reshape(-1), b.reshape(-1), c.reshape(-1)
+    out = torch.zeros(4, dtype=torch.int64)
     for lo in range(0, fa.numel(), CHUNK):
-        x, y = fa[lo : lo + CHUNK], fb[lo : lo + CHUNK]
-        if torch.isnan(x).any() or torch.isnan(y).any():
-            raise NonFiniteError(f"{name}: holds NaN in the {'full' if torch.isnan(x).any() else 'subnetwork'} run.")
-        exact += int(_bits_equal(x, y).sum())
-        absd = (x.to(torch.float64) - y.to(torch.float64)).abs()
-        # bucket i holds tol[i-1] < |d| <= tol[i]; a cumulative sum gives the "|d| <= tol[i]" counts.
-        within += torch.bincount(torch.bucketize(absd, tol_t), minlength=len(tol_t) + 1).cumsum(0)[:-1]
-        ulp_counts += torch.bincount(torch.bucketize(ulp_distance(x, y), ulp_edges), minlength=len(ULP_LABELS))
-        if fc is not None:
-            z = fc[lo : lo + CHUNK]
-            cf, cs = ~_bits_equal(x, z), ~_bits_equal(y, z)
-            changed += torch.stack([cf.sum(), cs.sum(), (cf & cs).sum(), (cs & ~cf).sum()])
-    return exact, within.tolist(), ulp_counts, None if changed is None else changed.tolist()
+        z = fc[lo : lo + CHUNK]
+        cf, cs = bits_differ(fa[lo : lo + CHUNK], z), bits_differ(fb[lo : lo + CHUNK], z)
+        out += torch.stack([torch.count_nonzero(m) for m in (cf, cs, cf & cs, cs & ~cf)])
+    return out.tolist()
 
 
 def compare_runs(
@@ -185,54 +114,17 @@ def compare_runs(
     max_new_tokens: int = 8,
 ) -> RunComparison:
     """Compare the full finetune ``full_dir`` with its subnetwork-only twin ``sub_dir`` (see module doc)."""
-    tols = sorted(float(t) for t in tolerances)
-    if any(t < 0 for t in tols):
+    if any(float(t) < 0 for t in tolerances):
         raise AlignmentError(f"tolerances must be >= 0, got {tolerances}.")
-    idx_full, idx_sub = weight_index(full_dir), weight_index(sub_dir)
-    idx_base = weight_index(base_dir) if base_dir is not None else None
-    names = sorted(set(idx_full) & set(idx_sub))
-    unmatched = tuple(sorted(set(idx_full) ^ set(idx_sub)))
-    if not names:
-        raise AlignmentError(f"{full_dir} and {sub_dir} share no tensor names; are they runs of the same model?")
-    tol_t = torch.tensor(tols, dtype=torch.float64)
-    ulp_edges = torch.tensor(ULP_EDGES, dtype=torch.int64)
-    rows, base_rows, base_unmatched = [], [], []
-    ulp_counts = torch.zeros(len(ULP_LABELS), dtype=torch.int64)
-    with ExitStack() as stack:
-        rf, rs = TensorReader(stack, idx_full), TensorReader(stack, idx_sub)
-        rb = TensorReader(stack, idx_base) if idx_base is not None else None
-        for name in names:
-            a, b = rf.get(name), rs.get(name)
-            if a.dtype != b.dtype or a.shape != b.shape:
-                raise AlignmentError(
-                    f"{name}: full run stores {a.dtype}{tuple(a.shape)}, subnetwork run {b.dtype}{tuple(b.shape)}; "
-                    "compare runs saved in the same dtype from the same base."
-                )
-            if not a.dtype.is_floating_point:  # integer buffers: bitwise equality only
-                rows.append((name, str(a.dtype).removeprefix("torch."), a.numel(), "exact", 0.0, int((a == b).sum())))
-                continue
-            n = a.numel()
-            c = rb.get(name) if rb is not None and name in idx_base else None
-            if rb is not None and (c is None or c.shape != a.shape or c.dtype != a.dtype):
-                base_unmatched.append(name)
-                c = None
-            exact, within, ulp_t, changed = _pair_counts(name, a, b, c, tol_t, ulp_edges)
-            dtype = str(a.dtype).removeprefix("torch.")
-            rows.append((name, dtype, n, "exact", 0.0, exact))
-            rows.extend((name, dtype, n, "atol", t, within[i]) for i, t in enumerate(tols))
-            ulp_counts += ulp_t
-            if changed is not None:
-                base_rows.append((name, n, *changed))
-    per_tensor = pd.DataFrame(rows, columns=["name", "dtype", "numel", "criterion", "tolerance", "identical"])
-    per_tensor["share"] = per_tensor["identical"] / per_tensor["numel"]
-    total = int(ulp_counts.sum())
-    hist = pd.DataFrame({"bin": list(ULP_LABELS), "count": ulp_counts.tolist()})
-    hist["share"] = hist["count"] / total if total else 0.0
-    vs_base = None
-    if idx_base is not None:
-        vs_base = pd.DataFrame(
-            base_rows, columns=["name", "numel", "changed_full", "changed_sub", "changed_both", "sub_outside_full"]
-        )
+    options = SparsityOptions(tolerances=tuple(tolerances), keep_masks=False, row_col=False)
+    ck_full, ck_sub = open_checkpoint(full_dir), open_checkpoint(sub_dir)
+    ck_base = open_checkpoint(base_dir) if base_dir is not None else None
+    try:
+        per_tensor, hist, vs_base, unmatched, base_unmatched = _compare(ck_full, ck_sub, ck_base, options)
+    finally:
+        for ck in (ck_full, ck_sub, ck_base):
+            if ck is not None:
+                ck.close()
     accuracy = None
     if eval_data is not None:
         from subnetviz.training.evaluate import evaluate_accuracy
@@ -242,14 +134,49 @@ def compare_runs(
             [(m, evaluate_accuracy(d, eval_data, max_new_tokens=max_new_tokens)) for m, d in models],
             columns=["model", "accuracy"],
         )
-    return RunComparison(
-        str(full_dir),
-        str(sub_dir),
-        None if base_dir is None else str(base_dir),
-        per_tensor,
-        hist,
-        vs_base,
-        accuracy,
-        unmatched,
-        tuple(base_unmatched),
-    )
+    base = None if base_dir is None else str(base_dir)
+    return RunComparison(str(full_dir), str(sub_dir), base, per_tensor, hist, vs_base, accuracy, unmatched, base_unmatched)
+
+
+def _compare(ck_full: Checkpoint, ck_sub: Checkpoint, ck_base: Checkpoint | None, options: SparsityOptions):
+    """``(per_tensor, ulp_histogram, vs_base, unmatched, base_unmatched)`` of :class:`RunComparison`."""
+    # Twins saved from one base store every shared tensor alike: refuse before reading anything.
+    sub_names = {strip_prefix(n): n for n in ck_sub.names}
+    for name in ck_full.names:
+        if strip_prefix(name) in sub_names:
+            _refuse_mismatch(name, ck_full.meta(name), ck_sub.meta(sub_names[strip_prefix(name)]))
+    al = align([ck_full, ck_sub])
+    unmatched = tuple(sorted(n for names in al.only_in.values() for n in names))
+    base_names = {strip_prefix(n): n for n in ck_base.names} if ck_base is not None else {}
+    rows, base_rows, base_unmatched = [], [], []
+    ulp_counts = np.zeros(len(ULP_LABELS_WITH_ZERO), dtype=np.int64)
+    for t in sorted(al.tensors, key=lambda t: t.names[0]):
+        name = t.names[0]
+        a, b = read_aligned(ck_full, t, 0), read_aligned(ck_sub, t, 1)
+        dtype, n = str(a.dtype).removeprefix("torch."), a.numel()
+        if not a.dtype.is_floating_point:  # integer buffers: bitwise equality only
+            rows.append((name, dtype, n, "exact", 0.0, n - int(torch.count_nonzero(bits_differ(a, b)))))
+            continue
+        check_finite(a, f"full run {ck_full.spec} :: {name}")
+        check_finite(b, f"subnetwork run {ck_sub.spec} :: {t.names[1]}")
+        st = compare_pair(a, b, options, name=name)
+        rows.append((name, dtype, n, "exact", 0.0, n - st.changed))
+        rows.extend((name, dtype, n, "atol", tol, n - c) for tol, c in zip(options.tolerances, st.changed_tol, strict=True))
+        ulp_counts += [n - st.changed, *st.ulp_hist]
+        if ck_base is None:
+            continue
+        bn = base_names.get(t.key)
+        if bn is None or ck_base.meta(bn).shape != a.shape or ck_base.meta(bn).dtype != a.dtype:
+            base_unmatched.append(name)
+            continue
+        base_rows.append((name, n, *_changed_vs_base(a, b, ck_base.get(bn))))
+    per_tensor = pd.DataFrame(rows, columns=["name", "dtype", "numel", "criterion", "tolerance", "identical"])
+    per_tensor["share"] = per_tensor["identical"] / per_tensor["numel"]
+    total = int(ulp_counts.sum())
+    hist = pd.DataFrame({"bin": list(ULP_LABELS_WITH_ZERO), "count": ulp_counts.tolist()})
+    hist["share"] = hist["count"] / total if total else 0.0
+    vs_base = None
+    if ck_base is not None:
+        columns = ["name", "numel", "changed_full", "changed_sub", "changed_both", "sub_outside_full"]
+        vs_base = pd.DataFrame(base_rows, columns=columns)
+    return per_tensor, hist, vs_base, unmatched, tuple(base_unmatched)

@@ -25,12 +25,13 @@ training with the closest names suggested.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from transformers import TrainerCallback
 
+from subnetviz.analysis.bits import bits_differ
+from subnetviz.checkpoints import align, open_checkpoint, read_aligned
 from subnetviz.errors import MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
 
@@ -181,37 +182,31 @@ def check_outside_mask(
 ) -> MaskCheck:
     """Count entries that differ bitwise between two saved models, inside vs outside ``masks``.
 
-    Streams one tensor pair at a time. Tensors present in only one folder, or with different
-    dtypes or shapes, are refused (a masked run never changes either). ``masks`` None counts
-    everything as inside.
+    Streams one tensor pair at a time through :mod:`subnetviz.checkpoints`. Tensors present in only
+    one folder, or with different dtypes or shapes, are refused (a masked run never changes
+    either). ``masks`` None counts everything as inside.
     """
-    from subnetviz.analysis.runs import TensorReader, weight_index
-
-    base_files, new_files = weight_index(base_dir), weight_index(trained_dir)
-    if set(base_files) != set(new_files):
-        only = sorted(set(base_files) ^ set(new_files))[:3]
-        raise MaskError(f"{base_dir} and {trained_dir} hold different tensors, e.g. {only}.")
-    inside = outside = ch_in = ch_out = 0
-    with ExitStack() as stack:
-        ra, rb = TensorReader(stack, base_files), TensorReader(stack, new_files)
-        for name in sorted(base_files):
-            a, b = ra.get(name), rb.get(name)
+    ck_base, ck_new = open_checkpoint(base_dir), open_checkpoint(trained_dir)
+    try:
+        if set(ck_base.names) != set(ck_new.names):
+            only = sorted(set(ck_base.names) ^ set(ck_new.names))[:3]
+            raise MaskError(f"{base_dir} and {trained_dir} hold different tensors, e.g. {only}.")
+        for name in sorted(ck_base.names):  # from the headers: refused before any tensor is read
+            a, b = ck_base.meta(name), ck_new.meta(name)
             if a.dtype != b.dtype or a.shape != b.shape:
                 raise MaskError(f"{name}: base {a.dtype}{tuple(a.shape)} vs trained {b.dtype}{tuple(b.shape)}.")
-            diff = _bitwise_differs(a, b)
-            m = masks.get(name) if masks is not None else torch.ones_like(diff)
+        al = align([ck_base, ck_new])
+        inside = outside = ch_in = ch_out = 0
+        for t in sorted(al.tensors, key=lambda t: t.names[0]):
+            diff = bits_differ(read_aligned(ck_base, t, 0), read_aligned(ck_new, t, 1))
+            m = masks.get(t.names[0]) if masks is not None else torch.ones_like(diff)
             m = torch.zeros_like(diff) if m is None else m.to(torch.bool)
             n_in = int(m.sum())
             inside += n_in
             outside += diff.numel() - n_in
             ch_in += int((diff & m).sum())
             ch_out += int((diff & ~m).sum())
-    return MaskCheck(ch_out == 0, ch_in, ch_out, inside, outside, len(base_files))
-
-
-def _bitwise_differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Elementwise 'stored bits differ' for two same-dtype tensors (no float comparison, so -0.0 != 0.0)."""
-    if a.dtype.is_floating_point:
-        int_dtype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        return a.view(int_dtype) != b.view(int_dtype)
-    return a != b
+    finally:
+        ck_base.close()
+        ck_new.close()
+    return MaskCheck(ch_out == 0, ch_in, ch_out, inside, outside, len(al.tensors))
