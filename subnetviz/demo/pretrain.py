@@ -249,33 +249,17 @@ def sample_answers(
 
 
 def update_masks(base_dir: str | os.PathLike, other_dir: str | os.PathLike) -> dict:
-    """Bitwise update masks: name -> bool tensor (True where the stored bit patterns differ).
+    """Exact update masks: name -> bool tensor (True where the stored bit patterns differ).
 
-    Streams both ``model.safetensors`` files one tensor at a time and compares the integer views
-    of the stored dtype (exact equality; -0.0 vs 0.0 and NaN payloads count as different). Every
-    tensor of the base must exist in ``other`` with the same shape and dtype.
+    The update analysis' own masks (:func:`subnetviz.analysis.updates.analyze_updates`, bitwise on
+    the stored dtype, tensors aligned by :mod:`subnetviz.checkpoints`), unpacked into a dict.
     """
-    import torch
-    from safetensors import safe_open
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import analyze_updates
 
-    from subnetviz.errors import AlignmentError
-
-    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-    base_f, other_f = Path(base_dir) / "model.safetensors", Path(other_dir) / "model.safetensors"
-    out: dict[str, torch.Tensor] = {}
-    with safe_open(str(base_f), framework="pt") as fa, safe_open(str(other_f), framework="pt") as fb:
-        other_keys = set(fb.keys())
-        for name in fa.keys():
-            if name not in other_keys:
-                raise AlignmentError(f"{other_f}: tensor {name!r} of {base_f} is missing.")
-            a, b = fa.get_tensor(name), fb.get_tensor(name)
-            if a.shape != b.shape or a.dtype != b.dtype:
-                raise AlignmentError(
-                    f"{name!r}: {base_f} has {tuple(a.shape)} {a.dtype}, {other_f} has {tuple(b.shape)} {b.dtype}."
-                )
-            it = ints[a.element_size()]
-            out[name] = a.view(it) != b.view(it)
-    return out
+    options = SparsityOptions(tolerances=(), row_col=False)
+    report = analyze_updates(base_dir, [other_dir], options=options, device="cpu").reports[0]
+    return dict(report.masks)
 
 
 def preference_pairs(
@@ -322,21 +306,23 @@ def offpolicy_sft_rows(
 
 def mask_sparsity(masks: dict) -> tuple[float, int, int]:
     """``(sparsity, changed, numel)`` of update masks (name -> bool tensor), parameter-weighted."""
-    changed = int(sum(int(m.sum()) for m in masks.values()))
-    numel = int(sum(m.numel() for m in masks.values()))
-    return 1.0 - changed / numel, changed, numel
+    from subnetviz.analysis.overlap import mask_overlap as overlap
+
+    size = overlap([masks]).sizes.iloc[0]
+    return 1.0 - float(size["density"]), int(size["count"]), int(size["numel"])
 
 
 def mask_overlap(a: dict, b: dict) -> dict:
     """One-sided overlaps ``o1 = |A∩B|/|A|``, ``o2 = |A∩B|/|B|`` of two update masks and their
-    chance values (uniformly random masks of the same sizes: the *other* mask's density)."""
-    inter = sum(int((a[k] & b[k]).sum()) for k in a)
-    na, nb = sum(int(m.sum()) for m in a.values()), sum(int(m.sum()) for m in b.values())
-    n = sum(m.numel() for m in a.values())
+    chance values (uniformly random masks of the same sizes: the *other* mask's density), from
+    :func:`subnetviz.analysis.overlap.mask_overlap`; an empty mask's overlap is 0."""
+    from subnetviz.analysis.overlap import mask_overlap as overlap
+
+    p = overlap([a, b]).pairwise.iloc[0]
     return {
-        "o1": inter / na if na else 0.0,
-        "o2": inter / nb if nb else 0.0,
-        "chance_o1": nb / n,
-        "chance_o2": na / n,
-        "intersection": inter,
+        "o1": float(p["o1"]) if p["count_a"] else 0.0,
+        "o2": float(p["o2"]) if p["count_b"] else 0.0,
+        "chance_o1": float(p["o1_chance"]),
+        "chance_o2": float(p["o2_chance"]),
+        "intersection": int(p["intersection"]),
     }
