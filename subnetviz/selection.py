@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from subnetviz import config
+from subnetviz.cache import file_stamp
 
 PRECISIONS = ["stored", "bf16", "fp32", "fp16"]
 
@@ -105,7 +106,7 @@ def saved_masks() -> dict[str, str]:
         rel = f.relative_to(runs)
         label = f"run {rel.parts[0]}/{'/'.join(rel.parts[2:])[:-12]}"
         if f.name == "mask.safetensors":  # a bigram-mask job: say what it is
-            info = mask_info(str(f), f.stat().st_mtime)
+            info = mask_info(str(f), file_stamp(f))
             if info.get("target"):
                 lam = info.get("lambda")
                 label = f"{info['target']} mask λ={lam if lam is None else format(lam, 'g')} · {rel.parts[0]}"
@@ -114,8 +115,9 @@ def saved_masks() -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=256)
-def mask_info(path: str, mtime: float) -> dict:
-    """A mask file's provenance (its safetensors header only; no tensor is read)."""
+def mask_info(path: str, stamp: str) -> dict:
+    """A mask file's provenance (its safetensors header only; no tensor is read); ``stamp``:
+    :func:`~subnetviz.cache.file_stamp` of ``path``, so a rewritten file is read again."""
     import json
 
     from safetensors import SafetensorError, safe_open

@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import config
+from subnetviz.cache import file_stamp
 from subnetviz.errors import SubnetvizError
 from subnetviz.selection import PRECISIONS, Workspace, label_of, resolve_choice, saved_masks, zoo_members
 
@@ -46,15 +47,19 @@ def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
 
 
 # --- zoo and choices -----------------------------------------------------------------------------
-@st.cache_resource(show_spinner=False, ttl=30)
-def load_zoo_cached(root: str):
-    from subnetviz.demo.build import load_zoo, zoo_is_built
+@st.cache_resource(show_spinner=False, max_entries=4, ttl=30)  # ttl: a model folder deleted by hand
+def load_zoo_cached(root: str, stamp: str):
+    from subnetviz.demo import load_zoo, zoo_is_built
 
     return load_zoo(Path(root)) if zoo_is_built(Path(root)) else None
 
 
 def zoo():
-    return load_zoo_cached(str(config.zoo_dir()))
+    """The demo zoo (None while it is not built), cached by its manifest's stamp: a rebuild shows at once."""
+    from subnetviz.demo import MANIFEST
+
+    root = config.zoo_dir()
+    return load_zoo_cached(str(root), file_stamp(root / MANIFEST))
 
 
 def workspace_sidebar() -> Workspace:
@@ -116,20 +121,29 @@ def _cuda() -> bool:
 
 
 # --- cached analyses -----------------------------------------------------------------------------
-@st.cache_resource(show_spinner=False)
-def _fingerprint(path: str, mtime_key: float):
+def _checkpoint_info(path: str) -> dict:
     from subnetviz.checkpoints import open_checkpoint
 
     ck = open_checkpoint(path)
-    return ck.fingerprint, ck.architecture, ck.num_params, ck.dtypes, ck.names_table.family
+    return {"fingerprint": ck.fingerprint, "architecture": ck.architecture, "params": ck.num_params,
+            "dtypes": ck.dtypes, "family": ck.names_table.family}  # fmt: skip
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _checkpoint_info_cached(path: str, stamp: str) -> dict:
+    return _checkpoint_info(path)
 
 
 def checkpoint_info(path: str) -> dict:
-    """Fingerprint, architecture, parameter count and dtypes (headers only), cached by path + mtime."""
-    p = Path(path)
-    mt = p.stat().st_mtime if p.exists() else 0.0
-    fp, arch, n, dtypes, fam = _fingerprint(path, mt)
-    return {"fingerprint": fp, "architecture": arch, "params": n, "dtypes": dtypes, "family": fam}
+    """Fingerprint, architecture, parameter count and dtypes (headers only).
+
+    Cached by :func:`~subnetviz.cache.file_stamp`: size and mtime_ns of every file in a model
+    folder (a folder's own mtime misses a weights file rewritten in place). A hub id is read
+    through the local HF cache each time (headers only).
+    """
+    if not Path(path).exists():
+        return dict(_checkpoint_info(path))
+    return dict(_checkpoint_info_cached(path, file_stamp(path)))
 
 
 class _Memo:
@@ -242,16 +256,15 @@ def need(condition: bool, message: str) -> None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _mask_set(path: str, mtime: float):
+def _mask_set(path: str, stamp: str):
     from subnetviz.masks import load_mask_set
 
     return load_mask_set(path)
 
 
 def mask_set(path: str | os.PathLike):
-    """A mask file, cached by path and modification time."""
-    p = Path(path)
-    return _mask_set(str(p), p.stat().st_mtime if p.exists() else 0.0)
+    """A mask file, cached by its :func:`~subnetviz.cache.file_stamp` (path, size, mtime_ns)."""
+    return _mask_set(str(path), file_stamp(path))
 
 
 def series(paths: Sequence[str], steps: Sequence[int]):

@@ -246,3 +246,29 @@ def test_bigram_page_follows_a_mask_rewritten_under_the_same_path(app_env):
         shown.append(({m.label: m.value for m in at.metric}["kept weights"], ms.count))
     for value, count in shown:
         assert value.startswith(f"{count:,} "), (value, count)
+
+
+def test_training_comparison_follows_a_model_rewritten_under_the_same_path(app_env, monkeypatch):
+    """Regression: the page cached the comparison on the folders' paths only, so a run folder whose
+    model was replaced (a rerun into the same place) kept showing the old comparison."""
+    import shutil
+
+    from subnetviz.analysis.runs import compare_runs
+    from subnetviz.demo import load_zoo
+    from subnetviz.jobs.runner import JobRunner
+
+    monkeypatch.setenv("SUBNETVIZ_ALLOW_TEST_JOBS", "1")
+    zoo, runner = load_zoo(), JobRunner()
+    rid = runner.submit({"kind": "python", "target": "tests.zoo_fixtures:copy_model_job",
+                         "source": str(zoo.member_path("grpo-s1"))})  # fmt: skip
+    rec = runner.wait(rid, timeout=120)
+    assert rec.status == "succeeded", rec.error
+    model = rec.outputs / "model"
+    full = zoo.member_path("grpo-s0")
+    for member in ("grpo-s1", "grpo-s2"):
+        weights = model / "model.safetensors"
+        shutil.copyfile(zoo.member_path(member) / "model.safetensors", weights)  # rewritten in place
+        at = open_page("training", tr_view="Subnetwork vs full", cmp_full="zoo grpo-s0", cmp_sub=f"run {rid}")
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        shown = {m.label: m.value for m in at.metric}["parameters bitwise identical"]
+        assert shown == f"{100 * compare_runs(full, model).share_identical:.2f} %", member

@@ -111,3 +111,36 @@ def test_atomic_write_replaces_and_a_failed_write_keeps_the_old_file(tmp_path):
     with pytest.raises(TypeError):  # fails after the temporary file was opened
         atomic_write(p, 12345)
     assert p.read_text() == "new" and [q.name for q in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_app_loaders_follow_files_rewritten_in_place(tmp_path):
+    """The app's checkpoint-info and mask caches are keyed by file stamps: a weights file rewritten in
+    place inside its folder (whose own mtime does not move) is read again, never answered stale."""
+    import json
+
+    import torch
+    from safetensors.torch import save
+
+    from subnetviz import ui
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": False}))
+    weights = folder / "model.safetensors"
+    infos = []
+    for dtype in (torch.float32, torch.bfloat16):
+        dir_mtime = folder.stat().st_mtime_ns
+        with open(weights, "wb") as fh:  # in place: the folder's entry and mtime stay
+            fh.write(save({"model.layers.0.mlp.up_proj.weight": torch.ones(4, 4, dtype=dtype)}))
+        os.utime(folder, ns=(dir_mtime, dir_mtime))
+        infos.append(ui.checkpoint_info(str(folder)))
+    assert infos[0]["fingerprint"] != infos[1]["fingerprint"]
+    assert infos[1]["dtypes"] == {"bfloat16": 16}
+
+    mask = tmp_path / "m.safetensors"
+    counts = []
+    for n in (3, 7):
+        save_mask_set(mask, MaskSet({"w": torch.arange(10) < n}))
+        counts.append(ui.mask_set(mask).count)
+    assert counts == [3, 7]

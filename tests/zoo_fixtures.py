@@ -16,3 +16,10 @@ def micro_zoo(tmp_path_factory):
     from subnetviz.demo.build import build_zoo
 
     return build_zoo(tmp_path_factory.mktemp("micro-zoo"), preset="micro")
+
+
+def copy_model_job(config: dict, ctx) -> None:
+    """Test job (kind ``python``): a finished run whose model is a copy of ``config["source"]``."""
+    import shutil
+
+    shutil.copytree(config["source"], ctx.out_dir / "model")

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import config, figures, selection, ui
+from subnetviz.cache import file_stamp
 
 AUTO = "zoo set A in this algorithm's format"
 ZOO_DATA = {"grpo": "A_train", "dpo": "dpo_A", "sft": "sft_A"}
@@ -100,12 +101,10 @@ def _runs_view() -> None:
 
 
 def compare(ws) -> None:
-
     z = ui.zoo()
     candidates: dict[str, str] = {}
     if z is not None:
-        for m in z.manifest.get("members", []):
-            candidates[f"zoo {m['id']}"] = str(z.root / m["path"])
+        candidates.update({f"zoo {m.id}": str(m.path) for m in z.members})
     for rec in ui.job_runner().list_runs().itertuples():
         model = Path(rec.run_dir) / "outputs" / "model"
         if rec.status == "succeeded" and model.is_dir():
@@ -118,7 +117,10 @@ def compare(ws) -> None:
     sub = c2.selectbox("Subnetwork-only twin", keys, index=keys.index("zoo grpo-sub") if "zoo grpo-sub" in keys else 1,
                        key="cmp_sub", bind="query-params")  # fmt: skip
     eval_opts = [v for k, v in data_files().items() if k.endswith("eval")]
-    result = _comparison(candidates[full], candidates[sub], ws.base, eval_opts[0] if eval_opts else None)
+    eval_data = eval_opts[0] if eval_opts else None
+    stamp = (*(ui.checkpoint_info(p)["fingerprint"] for p in (candidates[full], candidates[sub], ws.base) if p),
+             file_stamp(eval_data))  # fmt: skip
+    result = _comparison(candidates[full], candidates[sub], ws.base, eval_data, stamp)
     a, b = st.columns(2)
     with a:
         st.metric("parameters bitwise identical", f"{100 * result.share_identical:.2f} %")
@@ -133,7 +135,9 @@ def compare(ws) -> None:
 
 
 @st.cache_data(show_spinner="Comparing the two finetunes tensor by tensor…", max_entries=8)
-def _comparison(full: str, sub: str, base: str | None, eval_data: str | None):
+def _comparison(full: str, sub: str, base: str | None, eval_data: str | None, stamp: tuple):
+    """``stamp``: the checkpoints' fingerprints and the eval file's stamp, so a model rewritten in place
+    (a rerun into the same folder) is compared again instead of being answered from the cache."""
     from subnetviz.analysis.runs import compare_runs
 
     return compare_runs(full, sub, base, eval_data=eval_data)
