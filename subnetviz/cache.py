@@ -126,14 +126,12 @@ def atomic_folder(target: str | os.PathLike, *, replace: bool = True) -> Iterato
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file renamed over it: readers see old or new, never half."""
+    """Write ``data`` (text as UTF-8) to ``path`` through a temporary file renamed over it: readers see
+    the old file or the new one, never half of it."""
     path = Path(path)
     tmp = _tmp_name(path)
     try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data)
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

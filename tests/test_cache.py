@@ -103,14 +103,22 @@ def test_file_stamp_sees_a_rewrite_in_place_even_inside_a_folder(tmp_path):
     assert file_stamp(None) == "-" and file_stamp(tmp_path / "nope").endswith("missing")
 
 
-def test_atomic_write_replaces_and_a_failed_write_keeps_the_old_file(tmp_path):
+def test_atomic_write_replaces_and_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     p = tmp_path / "status.json"
     atomic_write(p, "old")
     atomic_write(p, b"new")
     assert p.read_bytes() == b"new"
-    with pytest.raises(TypeError):  # fails after the temporary file was opened
-        atomic_write(p, 12345)
-    assert p.read_text() == "new" and [q.name for q in tmp_path.iterdir()] == ["status.json"]
+    atomic_write(p, "ünïcode")
+    assert p.read_bytes() == "ünïcode".encode()  # text is UTF-8 whatever the locale
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)  # fails after the temporary file was written
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(p, "newer")
+    monkeypatch.undo()
+    assert p.read_text(encoding="utf-8") == "ünïcode" and [q.name for q in tmp_path.iterdir()] == ["status.json"]
 
 
 def test_app_loaders_follow_files_rewritten_in_place(tmp_path):

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from subnetviz import __version__
+from subnetviz.cache import atomic_write
 from subnetviz.errors import ConfigError
 from subnetviz.figures import PLOTLY_CONFIG
 
@@ -128,11 +129,7 @@ def write_report(
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"Cannot write the report to {path}: folder {path.parent} does not exist. Create it first.")
-    text = build_report(title, sections, params, **kw)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)  # a reader never sees half a report
-    return path
+    return atomic_write(path, build_report(title, sections, params, **kw))  # a reader never sees half a report
 
 
 def download_frame(df: pd.DataFrame, fmt: str = "csv") -> bytes:
