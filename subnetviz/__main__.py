@@ -41,7 +41,8 @@ def _progress_bar(desc: str):
 def cmd_analyze(args: argparse.Namespace) -> int:
     import shutil
 
-    from subnetviz.analysis.sparsity import DEFAULT_TOLERANCES, SparsityOptions
+    from subnetviz.analysis.bits import DEFAULT_TOLERANCES
+    from subnetviz.analysis.sparsity import SparsityOptions
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates, cached_analysis, write_analysis
     from subnetviz.cache import atomic_folder
 
