@@ -47,6 +47,16 @@ def _wait_for(pred, timeout=30.0):
         time.sleep(0.05)
 
 
+def _row(root: Path, run_id: str) -> dict:
+    """The run's registry row, read straight from SQLite (no runner, so nothing polls)."""
+    con = sqlite3.connect(root / "registry.sqlite")
+    try:
+        con.row_factory = sqlite3.Row
+        return dict(con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+    finally:
+        con.close()
+
+
 def _wait_running(runner, run_id):
     def started():
         runner.poll()
@@ -144,6 +154,92 @@ def test_threads_and_runners_share_one_registry_safely(tmp_path):
     assert all(r.status == "succeeded" for r in recs)
     for prev, nxt in zip(recs, recs[1:], strict=False):
         assert nxt.started >= prev.ended  # max_concurrent=1: runs never overlapped
+
+
+def test_queue_advances_with_nobody_polling(tmp_path):
+    """No page open, no CLI: a job that ends records its own status and starts the next queued one."""
+    r = _runner(tmp_path)
+    first = r.submit({**SLEEP, "seconds": 1.0, "steps": 2})
+    second = r.submit({**SLEEP, "seconds": 0.2, "steps": 2})
+    assert (_row(tmp_path, first)["status"], _row(tmp_path, second)["status"]) == ("running", "queued")
+    # From here on nothing calls poll/wait/cancel: only the workers write to the registry.
+    _wait_for(lambda: _row(tmp_path, second)["status"] not in ("queued", "running"), timeout=60)
+    a, b = _row(tmp_path, first), _row(tmp_path, second)
+    assert a["status"] == "succeeded", (a["error"], (Path(a["run_dir"]) / "log.txt").read_text()[-2000:])
+    assert b["status"] == "succeeded", (b["error"], (Path(b["run_dir"]) / "log.txt").read_text()[-2000:])
+    assert b["started"] >= a["ended"]  # max_concurrent=1: started only once the first had ended
+    assert b["pid"] != a["pid"] and (b["step"], b["total"]) == (2, 2)
+    assert (Path(b["run_dir"]) / "outputs" / "done.txt").read_text() == "ok"
+
+
+def test_restart_fails_killed_runs_and_starts_the_queue(tmp_path):
+    """A SIGKILLed worker cannot record its end; the next runner to start (a restarted server, the
+    runs CLI) fails it, removes its partial outputs and starts the queued run, which then ends on its own."""
+    a = _runner(tmp_path)
+    dead = a.submit({**SLEEP, "seconds": 60, "steps": 600})
+    queued = a.submit({**SLEEP, "seconds": 0.2, "steps": 2})
+    rec = _wait_running(a, dead)
+    os.killpg(rec.pid, signal.SIGKILL)
+    _wait_for(lambda: process_start(rec.pid) is None)
+    del a  # the server goes away without noticing
+    assert (_row(tmp_path, dead)["status"], _row(tmp_path, queued)["status"]) == ("running", "queued")
+    assert (Path(rec.run_dir) / "outputs.tmp").is_dir()
+    b = _runner(tmp_path)
+    now = b.get(dead)
+    assert now.status == "failed" and "without a final status" in now.error
+    assert not (Path(rec.run_dir) / "outputs.tmp").exists() and not now.outputs.exists()
+    assert b.get(queued).status in ("running", "succeeded")  # started by the restart (it may be quick)
+    _wait_for(lambda: _row(tmp_path, queued)["status"] not in ("queued", "running"), timeout=60)  # no poll
+    assert _row(tmp_path, queued)["status"] == "succeeded" and _row(tmp_path, queued)["started"] >= now.ended
+
+
+def test_concurrent_advances_start_each_queued_run_once(tmp_path, monkeypatch):
+    """Workers finishing together each advance the queue; the registry's write lock lets only one
+    of them start a given queued run, and the limit holds."""
+    import threading
+    from collections import Counter
+
+    from subnetviz.jobs.scheduler import advance
+
+    r = JobRunner(tmp_path, max_concurrent=2, command=[sys.executable, "-c", "pass"], gpus=[])
+    monkeypatch.setattr(r, "poll", lambda: None)  # keep every submitted run queued
+    ids = [r.submit({**SLEEP, "seconds": 0.1, "steps": 1}) for _ in range(4)]
+    assert {_row(tmp_path, i)["status"] for i in ids} == {"queued"}
+    barrier, started, lock = threading.Barrier(8), [], threading.Lock()
+
+    def advancer():
+        barrier.wait()
+        procs = advance(r.registry, r.launch)
+        with lock:
+            started.extend(procs)
+
+    threads = [threading.Thread(target=advancer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = [_row(tmp_path, i) for i in ids]
+    assert sum(row["status"] == "running" for row in rows) <= 2  # the limit held
+    while any(_row(tmp_path, i)["status"] == "queued" for i in ids):  # the rest, once slots free up
+        for p in started:
+            p.wait()
+        started.extend(advance(r.registry, r.launch))
+    for p in started:
+        p.wait()
+    assert Counter(Path(p.args[-1]).name for p in started) == dict.fromkeys(ids, 1)  # each exactly once
+
+
+def test_a_second_copy_of_a_started_run_does_not_run_it(tmp_path, capsys):
+    """A worker whose registry row names another process (a duplicate start) exits without touching the run."""
+    from subnetviz.jobs.worker import main_job
+
+    r = _runner(tmp_path)
+    rid = r.submit({**SLEEP, "seconds": 0.5, "steps": 2})
+    rec = _wait_running(r, rid)
+    assert main_job(rec.run_dir) == 3
+    assert "does not name this process" in capsys.readouterr().out
+    done = r.wait(rid, timeout=60)
+    assert done.status == "succeeded" and done.pid == rec.pid
 
 
 def test_each_concurrent_job_gets_its_own_gpu(tmp_path):

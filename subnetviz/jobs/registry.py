@@ -6,7 +6,7 @@ connection, and every read-modify-write happens inside ``BEGIN IMMEDIATE`` (one 
 time, readers never blocked thanks to WAL), via :meth:`Registry.transaction`.
 
 Table ``runs``: ``id, kind, name, status, pid, pid_start, created, started, ended, step, total,
-last_metrics (JSON), error, run_dir, config (JSON), gpu``; ``status`` is one of
+last_metrics (JSON), error, run_dir, config (JSON), gpu, launch (JSON)``; ``status`` is one of
 :data:`STATUSES`; times are Unix seconds. ``pid_start`` is the process's creation time (Unix
 seconds, ``psutil.Process.create_time``) that tells our process from a later one that reused its
 pid: :func:`is_alive` is the one liveness check of the package. Registries written before schema
@@ -47,11 +47,12 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     run_dir TEXT NOT NULL,
     config TEXT NOT NULL,
-    gpu TEXT
+    gpu TEXT,
+    launch TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created);
 """
-_ADDED_COLUMNS = {"gpu": "TEXT"}
+_ADDED_COLUMNS = {"gpu": "TEXT", "launch": "TEXT"}
 SCHEMA_VERSION = 1  # PRAGMA user_version; 1: pid_start is a creation time in Unix seconds, not clock ticks
 START_TOLERANCE_S = 1.0  # creation times are wall-clock based; allow for clock steps between two reads
 
@@ -76,6 +77,7 @@ class RunRecord:
     run_dir: str
     config: dict
     gpu: str | None = None  # the CUDA device id the job was given (None on CPU)
+    launch: dict | None = None  # how to start it: {command, max_concurrent, gpus, cuda_visible_devices}
 
     @property
     def finished(self) -> bool:
@@ -94,6 +96,7 @@ def _record(row: sqlite3.Row) -> RunRecord:
     d = dict(row)
     d["last_metrics"] = json.loads(d["last_metrics"]) if d["last_metrics"] else {}
     d["config"] = json.loads(d["config"])
+    d["launch"] = json.loads(d["launch"]) if d["launch"] else None
     return RunRecord(**d)
 
 
@@ -139,7 +142,12 @@ class Registry:
             con.close()
 
     def insert(self, con: sqlite3.Connection, rec: RunRecord) -> None:
-        d = {**rec.__dict__, "last_metrics": json.dumps(rec.last_metrics), "config": json.dumps(rec.config)}
+        d = {
+            **rec.__dict__,
+            "last_metrics": json.dumps(rec.last_metrics),
+            "config": json.dumps(rec.config),
+            "launch": json.dumps(rec.launch) if rec.launch is not None else None,
+        }
         con.execute(
             f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", [d[c] for c in COLUMNS]
         )
@@ -150,8 +158,9 @@ class Registry:
             raise ValueError(f"not registry columns: {bad}")
         if "status" in values and values["status"] not in STATUSES:
             raise ValueError(f"status {values['status']!r} not in {STATUSES}")
-        if "last_metrics" in values:
-            values["last_metrics"] = json.dumps(values["last_metrics"])
+        for col in ("last_metrics", "config", "launch"):
+            if col in values and values[col] is not None:
+                values[col] = json.dumps(values[col])
         sets = ", ".join(f"{k} = ?" for k in values)
         con.execute(f"UPDATE runs SET {sets} WHERE id = ?", [*values.values(), run_id])
 

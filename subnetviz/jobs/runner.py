@@ -6,6 +6,11 @@ stdout and stderr), ``status.json`` (progress; its ``state`` key is written once
 dies mid-way (killed, crashed, machine restarted) is marked failed and its ``outputs.tmp`` is
 removed, so partial outputs never look complete.
 
+The queue needs no runner to move: a worker ends by recording its own status and starting the
+next queued job (:mod:`subnetviz.jobs.scheduler`). A runner's :meth:`JobRunner.poll` does the
+same work, and is what notices a worker that was killed before it could (at the latest when a
+runner is made: a server or CLI that starts recovers the runs folder).
+
 The worker a job runs in is :mod:`subnetviz.jobs.worker`; job kinds and their validation are
 :mod:`subnetviz.jobs.kinds`.
 """
@@ -18,7 +23,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +30,8 @@ from typing import TYPE_CHECKING
 from subnetviz.errors import ConfigError, JobError
 from subnetviz.jobs.context import CANCEL_FILE, METRICS_FILE, STATUS_FILE, read_json, write_json
 from subnetviz.jobs.kinds import validate_job_config
-from subnetviz.jobs.registry import COLUMNS, TERMINAL, Registry, RunRecord, is_alive, process_start
+from subnetviz.jobs.registry import COLUMNS, Registry, RunRecord, is_alive
+from subnetviz.jobs.scheduler import CVD, REGISTRY_FILE, Launch, advance, default_launch, settle
 
 if TYPE_CHECKING:  # pandas is imported lazily: the worker process should start fast
     import pandas as pd
@@ -58,6 +63,8 @@ class JobRunner:
     1 on CPU, the number of GPUs with CUDA). ``command``: the worker command, RUN_DIR appended
     (default ``python -m subnetviz job``). ``gpus``: device ids to hand out (default: the visible
     CUDA devices); each job gets one free id as its ``CUDA_VISIBLE_DEVICES`` (recorded as ``gpu``).
+    A job is stored with these settings (:attr:`launch`), and is started with them by whoever
+    starts it: this runner, another, or the worker of the job before it.
     """
 
     def __init__(
@@ -81,9 +88,10 @@ class JobRunner:
         if max_concurrent < 1:
             raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}.")
         self.max_concurrent = int(max_concurrent)
-        self.command = list(command) if command else [sys.executable, "-m", "subnetviz", "job"]
+        self.command = list(command) if command else default_launch().command
+        self._cuda_visible_devices = os.environ.get(CVD)  # what a job given no GPU sees
         self.cancel_grace_s = cancel_grace_s
-        self.registry = Registry(self.root / "registry.sqlite")
+        self.registry = Registry(self.root / REGISTRY_FILE)
         self._children: dict[int, subprocess.Popen] = {}  # only to reap our own zombies; never consulted
         self.poll()
 
@@ -118,84 +126,29 @@ class JobRunner:
             None,
             str(run_dir),
             config,
+            launch=self.launch.to_dict(),
         )
         with self.registry.transaction() as con:
             self.registry.insert(con, rec)
         self.poll()
         return run_id
 
+    @property
+    def launch(self) -> Launch:
+        """How this runner starts jobs; stored with each job it queues (whoever starts it, starts it so)."""
+        return Launch(list(self.command), self.max_concurrent, list(self.gpus), self._cuda_visible_devices)
+
     def poll(self) -> None:
-        """Reap finished or dead runs, read their progress, and start queued runs while slots are free."""
+        """Settle finished or dead runs, read their progress, and start queued runs while slots are free.
+
+        Not needed for the queue to move (each worker advances it when its job ends); needed to
+        notice a worker that was killed, and to show progress.
+        """
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
                 self._children.pop(pid, None)  # another thread (Streamlit sessions share a runner) may race us
-        with self.registry.transaction() as con:
-            running = self.registry.rows(con, status="running")
-            for rec in running:
-                self._refresh(con, rec)
-            busy = [r.gpu for r in self.registry.rows(con, status="running")]
-            for rec in self.registry.rows(con, status="queued"):
-                if len(busy) >= self.max_concurrent:
-                    break
-                free = [g for g in self.gpus if g not in busy]
-                gpu = free[0] if free else None
-                self._start(con, rec, gpu)
-                busy.append(gpu)
-
-    def _refresh(self, con, rec: RunRecord) -> None:
-        run_dir = Path(rec.run_dir)
-        status = read_json(run_dir / STATUS_FILE)
-        progress = {k: status[k] for k in ("step", "total") if k in status}
-        if "metrics" in status and status["metrics"]:
-            progress["last_metrics"] = status["metrics"]
-        if is_alive(rec):
-            if progress:
-                self.registry.update(con, rec.id, **progress)
-            return
-        state = status.get("state")
-        if state in TERMINAL:
-            error = status.get("error")
-        else:
-            state, error = "failed", "the job process ended without a final status (killed or crashed); see log.txt"
-        if state != "succeeded":
-            shutil.rmtree(run_dir / "outputs.tmp", ignore_errors=True)
-        self.registry.update(
-            con, rec.id, status=state, error=error, ended=status.get("ended") or time.time(), **progress
-        )
-
-    def _start(self, con, rec: RunRecord, gpu: str | None) -> None:
-        run_dir = Path(rec.run_dir)
-        if not (run_dir / "config.json").is_file():
-            self.registry.update(
-                con,
-                rec.id,
-                status="failed",
-                ended=time.time(),
-                error=f"run folder {run_dir} or its config.json disappeared before the start",
-            )
-            return
-        env = dict(os.environ)
-        pkg_root = str(Path(__file__).resolve().parents[2])  # so the worker imports this very subnetviz
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu  # one GPU per job, so concurrent jobs never share a device
-        try:
-            with open(run_dir / "log.txt", "ab") as log:
-                proc = subprocess.Popen(
-                    [*self.command, str(run_dir)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    env=env,
-                )
-        except OSError as exc:
-            self.registry.update(con, rec.id, status="failed", ended=time.time(), error=f"could not start: {exc}")
-            return
-        self._children[proc.pid] = proc
-        self.registry.update(
-            con, rec.id, status="running", pid=proc.pid, pid_start=process_start(proc.pid), started=time.time(), gpu=gpu
-        )
+        for proc in advance(self.registry, self.launch):
+            self._children[proc.pid] = proc
 
     def cancel(self, run_id: str) -> RunRecord:
         """Stop a queued or running job: cancel flag, SIGTERM to its process group, SIGKILL after a grace period."""
@@ -223,7 +176,7 @@ class JobRunner:
                     and not is_alive(now)
                     and read_json(run_dir / STATUS_FILE).get("state") == "succeeded"
                 ):
-                    self._refresh(con, now)  # it finished before the signal arrived: keep its result
+                    settle(self.registry, con, now)  # it finished before the signal arrived: keep its result
                 else:
                     shutil.rmtree(run_dir / "outputs.tmp", ignore_errors=True)
                     self.registry.update(
@@ -285,5 +238,3 @@ class JobRunner:
             if col not in df:
                 df[col] = pd.Series(dtype="float64")
         return df[["time", "step", "total", *[c for c in df.columns if c not in ("time", "step", "total")]]]
-
-

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 import traceback
@@ -16,6 +17,8 @@ from pathlib import Path
 from subnetviz.errors import SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext, read_json, write_json
 from subnetviz.jobs.kinds import job_function, validate_job_config
+from subnetviz.jobs.registry import Registry
+from subnetviz.jobs.scheduler import finish, registry_of, wait_claimed
 
 
 def _finish(ctx: JobContext, state: str, error: str | None = None) -> None:
@@ -25,21 +28,45 @@ def _finish(ctx: JobContext, state: str, error: str | None = None) -> None:
 
 
 def main_job(run_dir: str) -> int:
-    """The worker: run the job in ``run_dir``; 0 succeeded, 1 failed, 2 cancelled.
+    """The worker: run the job in ``run_dir``; 0 succeeded, 1 failed, 2 cancelled, 3 not this
+    process's to run (its registry row names another process, or was never committed).
 
-    stdout/stderr are already ``log.txt`` (the runner points them there).
+    stdout/stderr are already ``log.txt`` (the runner points them there). A run of a registry
+    first waits for its row to name this process; at the end it records its own final status and
+    starts the next queued runs (:func:`~subnetviz.jobs.scheduler.finish`), so the queue advances
+    with no page or CLI polling it.
     """
     run_dir_p = Path(run_dir)
+    registry = registry_of(run_dir_p)
+    if registry is not None and not wait_claimed(registry, run_dir_p.name):
+        print(f"job {run_dir_p.name}: its registry row does not name this process ({os.getpid()}); not running it")
+        return 3
     ctx = JobContext.for_dir(run_dir_p)
+    working = True
 
     def _terminate(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        if working:  # once the job has returned, a late SIGTERM must not cut the bookkeeping short
+            raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _run_job_in(run_dir_p, ctx)
+        code = _run_job_in(run_dir_p, ctx)
+        working = False
+        if registry is not None:
+            _advance_queue(registry, run_dir_p.name, ctx)
+        return code
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _advance_queue(registry: Registry, run_id: str, ctx: JobContext) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # the next job may get this GPU while this process is still exiting
+    try:
+        finish(registry, run_id)
+    except (sqlite3.Error, OSError, SubnetvizError) as exc:  # the status is in status.json: a poll settles it
+        ctx.log(f"job {run_id}: could not record the end in the registry or start the next job: {exc}")
 
 
 def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
