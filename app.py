@@ -16,7 +16,8 @@ SECTIONS = {
     "Continual learning": [("continual", "Continual learning", "stacks")],
 }  # fmt: skip
 
-st.set_page_config(page_title="subnetviz", page_icon=":material/hub:", layout="wide")
+# A local favicon: a Material icon here would make every visitor's browser fetch it from fonts.gstatic.com.
+st.set_page_config(page_title="subnetviz", page_icon=str(PAGES / "favicon.png"), layout="wide")
 nav = {
     section: [
         st.Page(PAGES / f"{name}.py", title=title, icon=f":material/{icon}:", url_path=name, default=name == "home")

@@ -19,11 +19,12 @@ from subnetviz.jobs.context import STATUS_FILE, JobContext, read_json, write_jso
 from subnetviz.jobs.kinds import job_function, validate_job_config
 from subnetviz.jobs.registry import Registry
 from subnetviz.jobs.scheduler import finish, registry_of, wait_claimed
+from subnetviz.version import version_info
 
 
 def _finish(ctx: JobContext, state: str, error: str | None = None) -> None:
     status = read_json(ctx.run_dir / STATUS_FILE)
-    status.update(state=state, error=error, ended=time.time())
+    status.update(state=state, error=error, ended=time.time(), **version_info())
     write_json(ctx.run_dir / STATUS_FILE, status)
 
 

@@ -29,6 +29,7 @@ from subnetviz.training.config import TrainConfig, job_train_config
 from subnetviz.training.evaluate import evaluate_accuracy
 from subnetviz.training.masking import MaskedUpdateCallback, check_outside_mask, load_training_mask
 from subnetviz.training.trainers import CheckpointCallback, ProgressCallback, build_trainer, save_bf16
+from subnetviz.version import version_info
 
 SUMMARY_FILE = "train_summary.json"
 MASK_FILE = "subnetwork_mask.safetensors"
@@ -125,7 +126,7 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
             train_seconds=progress.train_seconds,
             num_processes=n_proc,
         )
-        (partial / SUMMARY_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        (partial / SUMMARY_FILE).write_text(json.dumps({**result.to_dict(), **version_info()}, indent=2) + "\n")
         os.replace(partial, out)
         _log(ctx, f"saved {out} after {steps_done} steps ({result.seconds:.1f} s); accuracy {accuracy}")
         return result
