@@ -41,9 +41,8 @@ def zoo_members(z) -> dict[str, str]:
     """Choice id -> absolute path: zoo members (base first), the zoo's series, then finished training runs."""
     out: dict[str, str] = {}
     if z is not None:
-        out.update({m["id"]: str(z.root / m["path"]) for m in z.manifest.get("members", [])})
-        for point in z.manifest.get("series", []):
-            out[f"grpo-s0@{point['step']}"] = str(z.root / point["path"])
+        out.update({m.id: str(m.path) for m in z.members})
+        out.update({f"grpo-s0@{step}": str(path) for step, path in z.series})
     for model in sorted(config.runs_dir().glob("*/outputs/model/config.json")):
         out[f"run {model.parts[-4]}"] = str(model.parent)  # only complete runs have outputs/ (renamed at the end)
     return out

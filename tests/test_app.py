@@ -59,7 +59,7 @@ def test_workspace_numbers_equal_backend(app_env):
     at = open_page("workspace")
     assert not at.exception
     zoo = load_zoo()
-    members = {m["id"]: zoo.root / m["path"] for m in zoo.manifest["members"]}
+    members = {m.id: m.path for m in zoo.members}
     shown = {m.label: m.value for m in at.metric}
     direct = analyze_updates(members["base"], [members["grpo-s0"]], labels=["grpo-s0"])
     assert shown["grpo-s0"] == f"{100 * direct.reports[0].sparsity:.2f} %"
@@ -74,7 +74,7 @@ def test_sparsity_heatmap_equals_backend_table(app_env):
     heat = next(s for s in plotly_specs(at) if s["data"][0]["type"] == "heatmap")
     z = decode(heat["data"][0]["z"]).astype(float)
     zoo = load_zoo()
-    members = {m["id"]: zoo.root / m["path"] for m in zoo.manifest["members"]}
+    members = {m.id: m.path for m in zoo.members}
     grid = analyze_updates(members["base"], [members["grpo-s0"]], labels=["grpo-s0"]).reports[0].by_layer_module()
     expected = 100 * grid[grid["layer"].notna()]["sparsity"].to_numpy()
     assert np.allclose(np.sort(z[np.isfinite(z)]), np.sort(expected))

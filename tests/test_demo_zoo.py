@@ -8,7 +8,6 @@ and transition counts from a long sample of the pretraining chain documents.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -18,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from subnetviz.demo import MEMBER_IDS, load_zoo, zoo_is_built
+from subnetviz.demo import MEMBER_IDS, ZooManifest, load_zoo, zoo_is_built
 from subnetviz.demo.build import PRESETS, build_zoo, main
 from subnetviz.demo.corpus import make_chain, make_problem_sets, stationary_distribution
+from subnetviz.demo.lock import build_lock
 from subnetviz.demo.tokenizer import build_tokenizer, chain_letters, vocabulary
 from subnetviz.errors import CheckpointError, ConfigError, JobError
 from subnetviz.masks import load_mask_set
@@ -107,41 +107,71 @@ def test_unknown_preset_and_missing_zoo_are_user_errors(tmp_path):
 @pytest.mark.slow
 def test_manifest_names_every_member_with_consistent_numbers(micro_zoo):
     man = micro_zoo.manifest
-    assert [m["id"] for m in man["members"]] == list(MEMBER_IDS)
+    assert [m.id for m in man.members] == list(MEMBER_IDS)
     s = PRESETS["micro"]
-    for m in man["members"]:
-        path = micro_zoo.root / m["path"]
-        assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
-        assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["sparsity"] <= 1.0
-        assert m["sparsity"] == pytest.approx(1 - m["changed"] / m["numel"])
-        if m["id"] != "base":
-            assert (m["steps"], m["learning_rate"]) == (s.ft_steps, s.ft_lr)
-            assert m["accuracy"] == m["accuracy_" + m["data"]]
-            summary = json.loads((path / "train_summary.json").read_text())
+    for m in micro_zoo.members:
+        assert (m.path / "model.safetensors").is_file() and (m.path / "tokenizer.json").is_file()
+        assert 0.0 <= m.accuracy <= 1.0 and 0.0 <= m.sparsity <= 1.0
+        assert m.sparsity == pytest.approx(1 - m.changed / m.numel)
+        if m.id != "base":
+            assert (m.steps, m.learning_rate) == (s.ft_steps, s.ft_lr)
+            assert m.accuracy == getattr(m, "accuracy_" + m.data)
+            summary = json.loads((m.path / "train_summary.json").read_text())
             assert summary["steps_done"] == s.ft_steps
-    by_id = {m["id"]: m for m in man["members"]}
-    assert {by_id[k]["seed"] for k in ("grpo-s0", "grpo-s1", "grpo-s2")} == {0, 1, 2}
-    assert by_id["grpo-B"]["data"] == "B" and by_id["sft"]["algorithm"] == "sft"
-    assert by_id["base"]["numel"] == man["base"]["params"]
-    steps = [p["step"] for p in man["series"]]
+    by_id = {m.id: m for m in man.members}
+    assert {by_id[k].seed for k in ("grpo-s0", "grpo-s1", "grpo-s2")} == {0, 1, 2}
+    assert by_id["grpo-B"].data == "B" and by_id["sft"].algorithm == "sft"
+    assert by_id["base"].numel == man.base.params
+    steps = [p.step for p in man.series]
     assert len(steps) >= 6 and steps == sorted(steps) and steps[-1] == s.ft_steps
-    assert man["series"][-1]["path"] == "grpo-s0"
+    assert man.series[-1].path == Path("grpo-s0")
     assert micro_zoo.member_path("grpo-s0@1") == micro_zoo.root / "grpo-s0" / "checkpoints" / "step-1"
-    assert set(man["stage_seconds"]) >= {"data", "base", "mask", "manifest", *MEMBER_IDS[1:]}
-    assert 0.0 < by_id["grpo-sub"]["identical_to_grpo_s0"] < 1.0
+    assert set(man.stage_seconds) >= {"data", "base", "mask", "manifest", *MEMBER_IDS[1:]}
+    assert 0.0 < by_id["grpo-sub"].identical_to_grpo_s0 < 1.0
     with pytest.raises(CheckpointError, match="grpo-s1"):
         micro_zoo.member_path("grpo-s11")
 
 
 @pytest.mark.slow
-def test_sparsity_matches_numpy_on_raw_bf16_bits(micro_zoo):
-    man = {m["id"]: m for m in micro_zoo.manifest["members"]}
-    for member in ("grpo-s1", "sft"):
-        diff = changed_bits(micro_zoo.base, micro_zoo.member_path(member))
-        changed = sum(int(d.sum()) for d in diff.values())
-        numel = sum(d.size for d in diff.values())
-        assert (man[member]["changed"], man[member]["numel"]) == (changed, numel)
+def test_manifest_json_is_what_the_typed_records_write_and_a_damaged_one_is_named(micro_zoo, tmp_path):
+    raw = json.loads((micro_zoo.root / "manifest.json").read_text())
+    assert ZooManifest.from_dict(raw) == micro_zoo.manifest
+    assert json.loads(json.dumps(micro_zoo.manifest.to_dict(), default=str)) == raw  # nothing lost or added
+    assert set(raw["members"][0]) == {"id", "path", "algorithm", "seed", "data", "steps", "learning_rate", "accuracy",
+                                      "accuracy_A", "accuracy_B", "sparsity", "changed", "numel"}  # fmt: skip
+    assert {"mask", "mask_check", "identical_to_grpo_s0"} <= set(raw["members"][-1])
+    del raw["members"][3]["sparsity"]
+    with pytest.raises(CheckpointError, match="member 'grpo-s2' lacks 'sparsity'"):
+        ZooManifest.from_dict(raw)
+
+
+@pytest.mark.slow
+def test_every_figure_matches_numpy_on_raw_bf16_bits(micro_zoo):
+    """Sparsity of every member and series point, sub-vs-full identity and every overlap row, against
+    bit patterns parsed straight from the safetensors bytes."""
+    man = micro_zoo.manifest
+    diffs = {}
+    for m in micro_zoo.members[1:]:
+        diffs[m.id] = changed_bits(micro_zoo.base, m.path)
+        changed = sum(int(d.sum()) for d in diffs[m.id].values())
+        numel = sum(d.size for d in diffs[m.id].values())
+        assert (m.changed, m.numel) == (changed, numel), m.id
+        assert m.sparsity == 1 - changed / numel
         assert 0 < changed < numel  # the comparison is not vacuous either way
+    for p in man.series:
+        d = changed_bits(micro_zoo.base, micro_zoo.root / p.path)
+        assert p.sparsity == 1 - sum(int(x.sum()) for x in d.values()) / sum(x.size for x in d.values()), p.step
+    d = changed_bits(micro_zoo.member_path("grpo-s0"), micro_zoo.member_path("grpo-sub"))
+    same = 1 - sum(int(x.sum()) for x in d.values()) / sum(x.size for x in d.values())
+    assert man.member("grpo-sub").identical_to_grpo_s0 == same
+    assert len(man.overlap) == 7
+    for o in man.overlap:
+        a, b = diffs[o.a], diffs[o.b]
+        inter = sum(int((a[k] & b[k]).sum()) for k in a)
+        na, nb = (sum(int(x.sum()) for x in m.values()) for m in (a, b))
+        n = sum(x.size for x in a.values())
+        assert (o.intersection, o.o1, o.o2) == (inter, pytest.approx(inter / na), pytest.approx(inter / nb))
+        assert (o.chance_o1, o.chance_o2) == (pytest.approx(nb / n), pytest.approx(na / n))
 
 
 @pytest.mark.slow
@@ -154,9 +184,11 @@ def test_mask_is_grpo_s0_exact_update_and_overlap_numbers_agree(micro_zoo):
     assert ms.metadata["finetuned"] == "grpo-s0" and ms.metadata["tolerance"] == 0.0
     s1 = changed_bits(micro_zoo.base, micro_zoo.member_path("grpo-s1"))
     inter = sum(int((diff[k] & s1[k]).sum()) for k in diff)
-    row = next(o for o in micro_zoo.manifest["overlap"] if (o["a"], o["b"]) == ("grpo-s0", "grpo-s1"))
-    assert row["intersection"] == inter
-    assert row["o1"] == pytest.approx(inter / sum(int(d.sum()) for d in diff.values()))
+    row = micro_zoo.manifest.pair("grpo-s0", "grpo-s1")
+    assert row.intersection == inter
+    assert row.o1 == pytest.approx(inter / sum(int(d.sum()) for d in diff.values()))
+    info = micro_zoo.manifest.masks["grpo-s0"]
+    assert (info.count, info.numel) == (ms.count, ms.numel)
 
 
 @pytest.mark.slow
@@ -212,25 +244,42 @@ def test_second_build_reuses_the_zoo_and_is_fast(micro_zoo):
     assert main(["build", "--preset", "micro", "--root", str(micro_zoo.root)]) == 0
 
 
+HOLD = """import sys, time
+from subnetviz.demo.lock import build_lock
+with build_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(root) -> subprocess.Popen:
+    """Another process holding the build lock of ``root`` (a build in progress elsewhere)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
 @pytest.mark.slow
-def test_a_running_build_holds_the_lock_and_a_stale_lock_is_taken_over(micro_zoo, tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_a_running_build_holds_the_lock_and_a_dead_builds_lock_is_free(micro_zoo, tmp_path):
+    holder = _holder(tmp_path)
     try:
-        (tmp_path / ".build.lock").write_text(str(sleeper.pid))
-        with pytest.raises(JobError, match=str(sleeper.pid)):
+        with pytest.raises(JobError, match=f"already running \\(pid {holder.pid}\\)"):
             build_zoo(tmp_path, preset="micro")
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
     # A build in this very process (e.g. another app thread) holds it too.
-    (tmp_path / ".build.lock").write_text(str(os.getpid()))
-    with pytest.raises(JobError, match="already running"):
+    with build_lock(tmp_path), pytest.raises(JobError, match="already running"):
         build_zoo(tmp_path, preset="micro")
-    # Now that pid is dead: its lock is stale, so a build proceeds (here: finds the zoo built).
-    lock = micro_zoo.root / ".build.lock"
-    lock.write_text(str(sleeper.pid))
-    build_zoo(micro_zoo.root, preset="micro")
-    assert not lock.exists()
+    # A build killed outright leaves its lock file and pid behind; the OS released the lock itself,
+    # so the next build proceeds (here: finds the zoo built), whatever pid the file names.
+    holder = _holder(micro_zoo.root)
+    holder.kill()
+    holder.wait()
+    assert (micro_zoo.root / ".build.lock.pid").read_text() == str(holder.pid)
+    seen = []
+    build_zoo(micro_zoo.root, preset="micro", progress=lambda k, n, msg: seen.append(msg))
+    assert "already built" in seen[-1] and not (micro_zoo.root / ".build.lock.pid").exists()
 
 
 @pytest.mark.slow
@@ -247,9 +296,7 @@ def test_incomplete_zoo_resumes_only_the_missing_member(micro_zoo, tmp_path):
     assert zoo_is_built(root)
     ran = [m for m in seen if m.endswith("...")]
     assert len(ran) == 2 and ran[0].startswith("SFT")  # the missing member, then the manifest
-    before = {m["id"]: m for m in micro_zoo.manifest["members"]}
-    after = {m["id"]: m for m in zoo.manifest["members"]}
     # Deterministic: the rebuilt member is bit-identical to the original one.
-    assert after["sft"]["changed"] == before["sft"]["changed"]
+    assert zoo.manifest.member("sft").changed == micro_zoo.manifest.member("sft").changed
     a, b = read_bits(micro_zoo.member_path("sft")), read_bits(zoo.member_path("sft"))
     assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -32,7 +32,7 @@ def body() -> None:
     if z is None:
         st.warning("The demo zoo is not built. Run `python -m subnetviz demo build` (the README's `make app` does it).")
     else:
-        st.success(f"Demo zoo ready: {len(z.manifest.get('members', []))} models under `{z.root}`. "
+        st.success(f"Demo zoo ready: {len(z.members)} models under `{z.root}`. "
                    "The sidebar starts on it; point it at your own checkpoints any time.")  # fmt: skip
 
 

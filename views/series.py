@@ -13,10 +13,9 @@ def body() -> None:
     ws = ui.workspace()
     z = ui.zoo()
     sources = {}
-    if z is not None and z.manifest.get("series"):
-        pts = z.manifest["series"]
-        sources["demo zoo: GRPO seed 0"] = ([ws.base or str(z.root / "base")] + [str(z.root / p["path"]) for p in pts],
-                                            [0] + [int(p["step"]) for p in pts])  # fmt: skip
+    if z is not None and z.series:
+        sources["demo zoo: GRPO seed 0"] = ([ws.base or str(z.base)] + [str(path) for _, path in z.series],
+                                            [0] + [step for step, _ in z.series])  # fmt: skip
     if ws.base and len(ws.finetuned) >= 1:
         sources["workspace: base → finetuned in sidebar order"] = ([ws.base, *ws.paths], list(range(len(ws.paths) + 1)))
     ui.need(bool(sources), "A series needs ordered checkpoints: build the demo zoo or pick finetuned checkpoints.")

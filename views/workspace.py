@@ -59,10 +59,9 @@ def body() -> None:
     z = ui.zoo()
     if z is not None:
         st.subheader("Demo zoo manifest")
-        members = pd.DataFrame(z.manifest.get("members", []))
-        ui.table(members, "zoo-members", "Demo zoo members")
+        ui.table(pd.DataFrame([m.to_dict() for m in z.manifest.members]), "zoo-members", "Demo zoo members")
         with st.expander("Full manifest (JSON)"):
-            st.json(z.manifest, expanded=False)
+            st.json(z.manifest.to_dict(), expanded=False)
 
 
 ui.run_page(body)

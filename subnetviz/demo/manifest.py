@@ -1,0 +1,383 @@
+"""The demo zoo's ``manifest.json`` as typed records, and reading a built zoo back.
+
+:class:`ZooManifest` is the one definition of what a built zoo holds; the build writes it
+(:meth:`ZooManifest.to_dict`), :func:`load_zoo` reads it (:meth:`ZooManifest.from_dict`, which
+names the missing key of a damaged manifest) and every page reads its attributes. Paths in the
+manifest are relative to the zoo folder; :class:`Zoo` resolves them. Importing this module does
+not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from subnetviz.demo.pretrain import ModelShape
+from subnetviz.errors import CheckpointError, suggest
+
+ZOO_FORMAT = "subnetviz-zoo/1"
+MANIFEST = "manifest.json"
+
+
+def _record(cls, d, where: str, **convert):
+    """``cls(**d)`` for a manifest entry, each ``convert[key]`` applied to its value: a missing key is
+    named; keys written by other versions are ignored."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{MANIFEST}: {where} must be an object, got {type(d).__name__}.")
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: v for k, v in d.items() if k in names}
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in kwargs]
+    if missing:
+        raise CheckpointError(
+            f"{MANIFEST}: {where} lacks {missing[0]!r}; the zoo was written by another version. "
+            "Rebuild it with `python -m subnetviz demo build --force`."
+        )
+    for key, fn in convert.items():
+        if key in kwargs:
+            kwargs[key] = fn(kwargs[key])
+    return cls(**kwargs)
+
+
+def _plain(obj) -> dict:
+    """A record as JSON-ready dict: paths as strings, optional fields left out while unset."""
+    out = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if v is None and f.default is None:
+            continue
+        out[f.name] = str(v) if isinstance(v, Path) else v
+    return out
+
+
+@dataclass(frozen=True)
+class ZooMember:
+    """One model of the zoo (the base included). ``accuracy``: greedy exact match on the held-out
+    eval split of its problem set (``data``; the base is scored on set A); ``sparsity``: share of
+    parameters whose bf16 bit patterns equal the base's (every tensor, parameter-weighted), with
+    ``changed`` of ``numel`` parameters differing. ``path`` is relative to the zoo folder in the
+    manifest and absolute in :attr:`Zoo.members`."""
+
+    id: str
+    path: Path
+    algorithm: str
+    seed: int
+    data: str  # "A" | "B" | "mix" (the base)
+    steps: int
+    learning_rate: float
+    accuracy: float
+    accuracy_A: float
+    accuracy_B: float
+    sparsity: float
+    changed: int
+    numel: int
+    batch_size: int | None = None
+    description: str | None = None
+    train_seconds: float | None = None
+    data_notes: dict | None = None  # how its training data was made (DPO pairs, SFT rows)
+    mask: str | None = None  # grpo-sub: the mask it was trained inside
+    mask_check: dict | None = None  # grpo-sub: the bitwise outside-the-mask check after training
+    identical_to_grpo_s0: float | None = None  # grpo-sub: share of parameters bitwise equal to grpo-s0's
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ZooMember:
+        where = f"member {d.get('id', '?')!r}" if isinstance(d, dict) else "a member"
+        return _record(cls, d, where, path=Path)
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    """One checkpoint of grpo-s0's series (the final model is the last point)."""
+
+    step: int
+    path: Path
+    sparsity: float
+    accuracy: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SeriesPoint:
+        return _record(cls, d, "a series point", path=Path)
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class OverlapPair:
+    """One-sided overlaps ``o1 = |A∩B|/|A|``, ``o2 = |A∩B|/|B|`` of two members' update masks and
+    their chance values (each mask's chance overlap is the *other* mask's density)."""
+
+    a: str
+    b: str
+    o1: float
+    o2: float
+    chance_o1: float
+    chance_o2: float
+    intersection: int
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OverlapPair:
+        return _record(cls, d, "an overlap row")
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    """The pretrained base: size, how pretraining went, accuracies, and its Llama shape."""
+
+    path: Path
+    params: int | None
+    pretraining_steps: int | None
+    pretraining_seconds: float | None
+    accuracy: float
+    accuracy_A: float
+    accuracy_B: float
+    architecture: str
+    shape: ModelShape
+    stop_reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BaseInfo:
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{MANIFEST}: base must be an object.")
+        shape = ModelShape(**{f.name: d[f.name] for f in fields(ModelShape) if f.name in d})  # flattened in the JSON
+        return _record(cls, {**d, "shape": shape}, "base", path=Path)
+
+    def to_dict(self) -> dict:
+        d = _plain(self)
+        shape = d.pop("shape")
+        stop = d.pop("stop_reason", None)
+        return {**d, **asdict(shape), "stop_reason": stop}
+
+
+@dataclass(frozen=True)
+class ProblemSet:
+    description: str
+    train: str
+    eval: str
+    n_train: int
+    n_eval: int
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProblemSet:
+        return _record(cls, d, "a problem set")
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class BigramInfo:
+    """``bigram.npz``: the Markov chain's exact bigram law (its letters and their token ids)."""
+
+    path: str
+    letters: tuple[str, ...]
+    token_ids: tuple[int, ...]
+    entropy_rate_nats: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BigramInfo:
+        return _record(cls, d, "bigram", letters=tuple, token_ids=tuple)
+
+    def to_dict(self) -> dict:
+        return {**_plain(self), "letters": list(self.letters), "token_ids": list(self.token_ids)}
+
+
+@dataclass(frozen=True)
+class ZooMask:
+    """A mask file of the zoo (grpo-s0's exact update mask) and its size."""
+
+    path: str
+    density: float | None = None
+    count: int | None = None
+    numel: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ZooMask:
+        return _record(cls, d, "a mask")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ZooManifest:
+    """Everything ``manifest.json`` records about a built zoo (paths relative to the zoo folder)."""
+
+    format: str
+    preset: str
+    fingerprint: str
+    settings: dict  # the ZooSettings the zoo was built with, as recorded
+    created: str
+    base: BaseInfo
+    tokenizer: dict
+    corpus: dict
+    bigram: BigramInfo
+    problem_sets: dict[str, ProblemSet]
+    members: tuple[ZooMember, ...]
+    series: tuple[SeriesPoint, ...]
+    masks: dict[str, ZooMask]
+    overlap: tuple[OverlapPair, ...]
+    stage_seconds: dict[str, float | None] = field(default_factory=dict)
+    build_seconds: float | None = None
+    this_run_seconds: float | None = None
+
+    def member(self, member_id: str) -> ZooMember:
+        for m in self.members:
+            if m.id == member_id:
+                return m
+        ids = [m.id for m in self.members]
+        raise CheckpointError(f"the demo zoo has no member {member_id!r}.{suggest(member_id, ids)}")
+
+    def pair(self, a: str, b: str) -> OverlapPair:
+        for o in self.overlap:
+            if {o.a, o.b} == {a, b}:
+                return o
+        raise CheckpointError(f"the demo zoo's manifest has no overlap of {a!r} and {b!r}.")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ZooManifest:
+        """Typed records from the JSON; :class:`CheckpointError` naming the first missing key."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{MANIFEST}: expected a JSON object, got {type(d).__name__}.")
+
+        def each(kind, record):
+            def convert(v):
+                if not isinstance(v, kind):
+                    raise CheckpointError(f"{MANIFEST}: expected a {kind.__name__} of {record.__name__} entries.")
+                if kind is dict:
+                    return {k: record.from_dict(x) for k, x in v.items()}
+                return tuple(record.from_dict(x) for x in v)
+
+            return convert
+
+        return _record(
+            cls, d, "the manifest", base=BaseInfo.from_dict, bigram=BigramInfo.from_dict,
+            problem_sets=each(dict, ProblemSet), members=each(list, ZooMember), series=each(list, SeriesPoint),
+            masks=each(dict, ZooMask), overlap=each(list, OverlapPair),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict:
+        """The JSON form (the layout ``manifest.json`` has always had)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if hasattr(v, "to_dict"):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = [x.to_dict() for x in v]
+            elif isinstance(v, dict):
+                v = {k: x.to_dict() if hasattr(x, "to_dict") else x for k, x in v.items()}
+            if v is None and f.default is None:
+                continue
+            out[f.name] = v
+        return out
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """A built zoo: its folder and manifest; :attr:`members` carry absolute paths."""
+
+    root: Path
+    manifest: ZooManifest
+
+    @property
+    def base(self) -> Path:
+        return self.root / self.manifest.base.path
+
+    @property
+    def members(self) -> tuple[ZooMember, ...]:
+        return tuple(replace(m, path=self.root / m.path) for m in self.manifest.members)
+
+    @property
+    def member_ids(self) -> list[str]:
+        return [m.id for m in self.manifest.members]
+
+    @property
+    def series(self) -> list[tuple[int, Path]]:
+        """grpo-s0's checkpoint series as ``(step, folder)``, the final model last."""
+        return [(p.step, self.root / p.path) for p in self.manifest.series]
+
+    @property
+    def bigram_path(self) -> Path:
+        return self.root / self.manifest.bigram.path
+
+    def mask_path(self, name: str = "grpo-s0") -> Path:
+        masks = self.manifest.masks
+        if name not in masks:
+            raise CheckpointError(f"the demo zoo has no mask {name!r}; it has {sorted(masks)}.{suggest(name, masks)}")
+        return self.root / masks[name].path
+
+    def member_path(self, member_id: str) -> Path:
+        """The model folder of ``member_id`` (``"base"``, ``"grpo-s0"``, ..., or ``"grpo-s0@<step>"``)."""
+        for m in self.manifest.members:
+            if m.id == member_id:
+                return self.root / m.path
+        points = {f"grpo-s0@{s}": p for s, p in self.series}
+        if member_id in points:
+            return points[member_id]
+        known = [*self.member_ids, *points]
+        raise CheckpointError(f"the demo zoo has no member {member_id!r}.{suggest(member_id, known)}")
+
+    def to_frame(self):
+        """One row per member: every :class:`ZooMember` field, ``path`` absolute."""
+        import pandas as pd
+
+        return pd.DataFrame([{**m.to_dict(), "path": str(m.path)} for m in self.members])
+
+
+def zoo_root(root: str | os.PathLike | None) -> Path:
+    from subnetviz.config import zoo_dir
+
+    return Path(root).expanduser().resolve() if root is not None else zoo_dir()
+
+
+def read_manifest(root: Path) -> ZooManifest | None:
+    """The manifest under ``root``, or None when it is missing, not this format, or damaged."""
+    try:
+        raw = json.loads((root / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not isinstance(raw, dict) or raw.get("format") != ZOO_FORMAT:
+        return None
+    try:
+        return ZooManifest.from_dict(raw)
+    except (CheckpointError, TypeError):
+        return None
+
+
+def is_complete(root: Path, man: ZooManifest) -> bool:
+    """Every model folder, the bigram file and the masks the manifest names exist."""
+    models = [m.path for m in man.members] + [p.path for p in man.series]
+    files = [man.bigram.path, *(m.path for m in man.masks.values())]
+    return (
+        bool(models)
+        and all((root / p / "model.safetensors").is_file() for p in models)
+        and all((root / f).is_file() for f in files)
+    )
+
+
+def zoo_is_built(root: str | os.PathLike | None = None) -> bool:
+    """True when ``root`` holds a complete zoo (manifest written and every model folder present)."""
+    root = zoo_root(root)
+    man = read_manifest(root)
+    return man is not None and is_complete(root, man)
+
+
+def load_zoo(root: str | os.PathLike | None = None) -> Zoo:
+    """The zoo built under ``root`` (default :func:`~subnetviz.config.zoo_dir`); never builds."""
+    root = zoo_root(root)
+    man = read_manifest(root)
+    if man is None or not is_complete(root, man):
+        raise CheckpointError(
+            f"{root}: no complete demo zoo there (manifest.json missing or a model folder gone). "
+            "Build it with `python -m subnetviz demo build`."
+        )
+    return Zoo(root, man)
