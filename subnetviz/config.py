@@ -5,12 +5,15 @@
 - ``SUBNETVIZ_ROOTS``: ``os.pathsep``-separated folders the app may read checkpoints and masks
   from (default: ``SUBNETVIZ_HOME``, the Hugging Face cache and the current directory). The CLI
   and the library are not restricted; the app is, because shared dashboards are reachable by others.
+- ``SUBNETVIZ_ENFORCE_ROOTS``: ``1`` makes every file read (after resolving symlinks and shard
+  index entries) lie under the roots; the app sets it for itself and the jobs it starts.
 - ``SUBNETVIZ_DEVICE``: default device for analyses (``auto`` = CUDA when present).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from subnetviz.errors import PathNotAllowedError
@@ -62,17 +65,63 @@ def allowed_roots() -> list[Path]:
     return [r.resolve() for r in roots]
 
 
+def enforce_roots() -> bool:
+    """Whether every file read must lie under :func:`allowed_roots` (``SUBNETVIZ_ENFORCE_ROOTS=1``).
+
+    The web app sets it at start, so its page runs and every job it launches (child processes
+    inherit it) read only under the roots; the CLI and the library are not restricted unless the
+    user sets it.
+    """
+    return os.environ.get("SUBNETVIZ_ENFORCE_ROOTS") == "1"
+
+
+def _root_of(resolved: Path) -> Path | None:
+    # The deepest root wins: the HF cache inside SUBNETVIZ_HOME is named as the HF cache.
+    inside = [r for r in allowed_roots() if resolved == r or r in resolved.parents]
+    return max(inside, key=lambda r: len(r.parts), default=None)
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """How a visitor sees a server path: relative to its root (``zoo/base``, named after the root's
+    folder), or only its last component when it lies outside every root — never the absolute path."""
+    p = Path(path).expanduser()
+    resolved = p.resolve() if p.is_absolute() else (Path.cwd() / p).resolve()
+    root = _root_of(resolved)
+    if root is None:
+        return f"…/{p.name}" if p.is_absolute() else str(path)
+    rel = resolved.relative_to(root)
+    return root.name if rel == Path(".") else f"{root.name}/{rel.as_posix()}"
+
+
+_ABS_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s'\"`,;:()<>\[\]{}|]+)")
+
+
+def redact(text: str) -> str:
+    """``text`` with every absolute path shown as :func:`display_path` shows it (error messages to visitors)."""
+    return _ABS_PATH.sub(lambda m: display_path(m.group(0).rstrip(".")) + ("." if m.group(0).endswith(".") else ""), text)
+
+
 def check_allowed(path: str | os.PathLike) -> Path:
     """Resolve ``path`` (symlinks included) and refuse it unless it lies under an allowed root."""
     resolved = Path(path).expanduser().resolve()
-    roots = allowed_roots()
-    for root in roots:
-        if resolved == root or root in resolved.parents:
-            return resolved
+    if _root_of(resolved) is not None:
+        return resolved
+    shown = path if not Path(path).expanduser().is_absolute() else display_path(path)
     raise PathNotAllowedError(
-        f"{path}: outside the folders this server may read ({', '.join(str(r) for r in roots)}). "
-        "Set SUBNETVIZ_ROOTS to add a folder."
+        f"{shown}: outside the folders this server may read (its owner adds folders with SUBNETVIZ_ROOTS)."
     )
+
+
+def check_readable(path: str | os.PathLike, *, what: str | None = None) -> Path:
+    """The one gate before a file is opened: ``path`` with symlinks resolved, refused when roots are
+    enforced (:func:`enforce_roots`) and the file itself lies outside them. ``what`` says how the file
+    was reached (e.g. "model.safetensors in zoo/base"), for the message."""
+    resolved = Path(path).expanduser().resolve()
+    if enforce_roots() and _root_of(resolved) is None:
+        raise PathNotAllowedError(
+            f"{what or display_path(path)}: leads outside the folders this server may read; refused."
+        )
+    return resolved
 
 
 def default_device() -> str:

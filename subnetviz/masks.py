@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from subnetviz.config import check_readable
 from subnetviz.errors import MaskError, UnsafePickleError, suggest
 
 FORMAT = "subnetviz-mask/1"
@@ -101,6 +102,7 @@ def load_mask_set(path: str | os.PathLike) -> MaskSet:
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"{path}: no such mask file.")
+    check_readable(path)
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
@@ -296,6 +298,7 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"{path}: no such pickle.")
+    check_readable(path)
     try:
         with open(path, "rb") as fh:
             obj = _RestrictedUnpickler(fh, pickle_budget(path.stat().st_size)).load()
@@ -325,6 +328,7 @@ def load_mask_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
     from safetensors import safe_open
 
     path = Path(path)
+    check_readable(path)
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}

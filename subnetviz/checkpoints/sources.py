@@ -19,6 +19,7 @@ import torch
 
 from subnetviz.checkpoints.header import ST_DTYPES, TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import NameTable, detect_family
+from subnetviz.config import check_readable, display_path
 from subnetviz.errors import CheckpointError, NotCachedError, suggest
 
 
@@ -174,11 +175,21 @@ def _folder_files(folder: Path) -> list[Path]:
 
 
 def _index_files(index: Path) -> list[Path]:
+    check_readable(index)
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        entries = sorted(set(weight_map.values()))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{index}: not a valid shard index ({exc}).") from exc
-    files = sorted({index.parent / f for f in weight_map.values()})
+    for i, entry in enumerate(entries):
+        # A shard is a file name in the index's own folder (or a plain sub-path): never absolute, never "..".
+        parts = Path(entry).parts if isinstance(entry, str) else ("..",)
+        if not parts or Path(entry).is_absolute() or ".." in parts:
+            kind = "an absolute path" if isinstance(entry, str) and Path(entry).is_absolute() else "a path leaving its folder"
+            raise CheckpointError(
+                f"{index}: shard entry #{i + 1} is {kind}; shards must be files beside the index. Refused."
+            )
+    files = [index.parent / f for f in entries]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(f"{index}: shard(s) listed but missing: {', '.join(missing[:5])}.")
@@ -227,11 +238,15 @@ def open_checkpoint(spec: str | os.PathLike) -> Checkpoint:
         files = _folder_files(root)
     else:
         raise CheckpointError(f"{s}: no such file or folder (and not a hub id of the form org/name).")
+    # Every file actually opened, after resolving symlinks: inside the roots when they are enforced.
+    # (the names stay as given: an HF cache snapshot's files are symlinks to suffix-less blobs).
+    for f in files:
+        check_readable(f, what=f"{f.name} in {display_path(root) if root else s}")
     config = None
     cfg_path = root / "config.json" if root else None
     if cfg_path and cfg_path.is_file():
         try:
-            config = json.loads(cfg_path.read_text())
+            config = json.loads(check_readable(cfg_path).read_text())
         except (OSError, json.JSONDecodeError):
             config = None
     return Checkpoint(s, files, root, config)

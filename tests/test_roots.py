@@ -1,0 +1,102 @@
+"""The server reads only under its roots — every file actually opened, not only the path given.
+
+Reproductions from the issue: a folder inside a root whose ``model.safetensors`` is a symlink to a
+file elsewhere, and a shard index listing ``../../…`` or an absolute path (``/etc/shadow``) were read
+and the absolute name echoed back. And visitors never see absolute server paths.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from subnetviz import config
+from subnetviz.checkpoints import open_checkpoint
+from subnetviz.errors import CheckpointError, PathNotAllowedError
+from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
+
+
+@pytest.fixture
+def two_places(tmp_path, monkeypatch):
+    """A root (``inside``) and a folder outside it holding a real weights file and a secret."""
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    save_file({"w": torch.ones(2, 2)}, str(outside / "model.safetensors"))
+    (outside / "secret.txt").write_text("root:x:0:0")
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(inside))
+    monkeypatch.setenv("SUBNETVIZ_ENFORCE_ROOTS", "1")
+    return inside, outside
+
+
+def test_symlinked_weights_leading_outside_are_refused(two_places):
+    inside, outside = two_places
+    folder = inside / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").symlink_to(outside / "model.safetensors")
+    with pytest.raises(PathNotAllowedError, match=r"^model\.safetensors in inside/ckpt: leads outside") as exc:
+        open_checkpoint(folder)
+    assert str(outside) not in str(exc.value) and str(inside) not in str(exc.value)
+
+
+def test_symlinks_inside_the_roots_still_work(two_places):
+    """An HF cache snapshot is symlinks into blobs/ of the same root: read as before."""
+    inside, outside = two_places
+    (inside / "blobs").mkdir()
+    (outside / "model.safetensors").rename(inside / "blobs" / "abc123")
+    snap = inside / "snap"
+    snap.mkdir()
+    (snap / "model.safetensors").symlink_to(inside / "blobs" / "abc123")
+    assert open_checkpoint(snap).get("w").sum() == 4
+
+
+@pytest.mark.parametrize("entry", ["../../outside/model.safetensors", "ABS", "sub/../../x.safetensors"])
+def test_index_entries_leaving_the_folder_are_refused(two_places, entry):
+    inside, outside = two_places
+    folder = inside / "sharded"
+    folder.mkdir()
+    save_file({"a": torch.zeros(2)}, str(folder / "model-00001.safetensors"))
+    entry = str(outside / "secret.txt") if entry == "ABS" else entry
+    index = {"weight_map": {"a": "model-00001.safetensors", "b": entry}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"shard entry #\d is (an absolute path|a path leaving its folder)") as exc:
+        open_checkpoint(folder)
+    assert "secret" not in str(exc.value) and "outside" not in str(exc.value)
+
+
+def test_index_entries_are_checked_without_roots_too(tmp_path, monkeypatch):
+    """The CLI is not restricted to roots, but an index never names files outside its folder."""
+    monkeypatch.delenv("SUBNETVIZ_ENFORCE_ROOTS", raising=False)
+    (tmp_path / "m.index.json").write_text(json.dumps({"weight_map": {"a": "/etc/shadow"}}))
+    with pytest.raises(CheckpointError, match="shard entry #1 is an absolute path"):
+        open_checkpoint(tmp_path / "m.index.json")
+
+
+def test_mask_symlink_outside_is_refused(two_places):
+    inside, outside = two_places
+    save_mask_set(outside / "m.safetensors", MaskSet({"w": torch.ones(3, dtype=torch.bool)}, {}))
+    (inside / "m.safetensors").symlink_to(outside / "m.safetensors")
+    with pytest.raises(PathNotAllowedError, match="leads outside"):
+        load_mask_set(inside / "m.safetensors")
+
+
+def test_without_enforcement_the_cli_reads_anywhere(two_places, monkeypatch):
+    inside, outside = two_places
+    monkeypatch.delenv("SUBNETVIZ_ENFORCE_ROOTS")
+    (inside / "ckpt").mkdir()
+    (inside / "ckpt" / "model.safetensors").symlink_to(outside / "model.safetensors")
+    assert open_checkpoint(inside / "ckpt").names == ["w"]
+
+
+def test_visitors_see_paths_relative_to_a_root(two_places):
+    inside, outside = two_places
+    assert config.display_path(inside / "zoo" / "base") == "inside/zoo/base"
+    assert config.display_path(outside / "secret.txt") == "…/secret.txt"
+    msg = f"{inside}/zoo/base/model.safetensors: truncated; compare {outside}/secret.txt."
+    assert config.redact(msg) == "inside/zoo/base/model.safetensors: truncated; compare …/secret.txt."
+    with pytest.raises(PathNotAllowedError) as exc:
+        config.check_allowed(outside)
+    assert str(outside) not in str(exc.value) and str(inside) not in str(exc.value)
