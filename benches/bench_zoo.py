@@ -43,7 +43,7 @@ def main() -> None:
     t1 = time.perf_counter()
     build_zoo(root, preset=args.preset)  # the idempotent path: finds the zoo built, does nothing
     reuse = time.perf_counter() - t1
-    man = zoo.manifest
+    man = zoo.manifest.to_dict()  # the JSON form: this report prints its raw fields
 
     print(f"\ndemo zoo build, preset {args.preset!r}, 1 torch thread, into {root}")
     print(f"load average at start {load0:.1f}, at end {os.getloadavg()[0]:.1f} (2 cores)")
