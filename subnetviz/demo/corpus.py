@@ -14,12 +14,15 @@ Everything is deterministic given the seeds.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from subnetviz.cache import atomic_folder, atomic_write
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,9 @@ def save_bigram(
     ``stationary`` (K,), ``concentration``, ``seed``, ``doc_length``, ``entropy_rate`` (nats),
     ``vocab_size`` (the tokenizer's, so a full-vocabulary table can be laid out).
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    buf = io.BytesIO()
     np.savez(
-        tmp,
+        buf,
         token_ids=np.asarray(token_ids, dtype=np.int64),
         letters=np.asarray(chain.letters),
         transition=chain.transition,
@@ -109,8 +111,7 @@ def save_bigram(
         entropy_rate=np.float64(chain.entropy_rate),
         vocab_size=np.int64(vocab_size),
     )
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, buf.getvalue())
 
 
 @dataclass(frozen=True)
@@ -207,16 +208,11 @@ def dpo_rows(prompts: list[str], answers: list[str], samples: list[list[str]], r
 
 
 def write_corpus(root: str | os.PathLike, tokenizer, chain: MarkovChain, sets: ProblemSets, *, chain_len: int) -> None:
-    """Write ``root/tokenizer/``, ``root/bigram.npz`` and ``root/data/*.jsonl`` (each folder
-    written under a temporary name and renamed when complete)."""
-    import shutil
-
+    """Write ``root/tokenizer/``, ``root/bigram.npz`` and ``root/data/*.jsonl`` (each published
+    atomically: :func:`subnetviz.cache.atomic_folder`, :func:`~subnetviz.cache.atomic_write`)."""
     root = Path(root)
-    for name in (".tokenizer.partial", ".data.partial"):
-        shutil.rmtree(root / name, ignore_errors=True)
-    tokenizer.save_pretrained(root / ".tokenizer.partial")
-    shutil.rmtree(root / "tokenizer", ignore_errors=True)
-    os.replace(root / ".tokenizer.partial", root / "tokenizer")
+    with atomic_folder(root / "tokenizer") as tmp:
+        tokenizer.save_pretrained(tmp)
     ids = tokenizer.convert_tokens_to_ids(list(chain.letters))
     save_bigram(root / "bigram.npz", chain, ids, doc_length=chain_len, vocab_size=len(tokenizer))
     splits = {
@@ -227,7 +223,6 @@ def write_corpus(root: str | os.PathLike, tokenizer, chain: MarkovChain, sets: P
         "B_train": sets.b_train,
         "B_eval": sets.b_eval,
     }
-    for name, problems in splits.items():
-        write_jsonl(root / ".data.partial" / f"{name}.jsonl", grpo_rows(problems))
-    shutil.rmtree(root / "data", ignore_errors=True)
-    os.replace(root / ".data.partial", root / "data")
+    with atomic_folder(root / "data") as tmp:
+        for name, problems in splits.items():
+            write_jsonl(tmp / f"{name}.jsonl", grpo_rows(problems))
