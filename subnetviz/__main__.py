@@ -58,19 +58,41 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                   progress=_progress_bar("analyze"))  # fmt: skip
     if args.no_cache:
         analysis = analyze_updates(args.base, args.finetuned, **kwargs)
-        write_analysis(analysis, out, params={"base": args.base, "finetuned": args.finetuned})
     else:
         analysis = cached_analysis(args.base, args.finetuned, **kwargs)
         if analysis.cached:
             print(f"cached: served from {analysis.source_dir}", file=sys.stderr)
-        with atomic_folder(out) as tmp:
-            shutil.copytree(analysis.source_dir, tmp, dirs_exist_ok=True)
+    subspaces = _subspaces(args, analysis.labels) if args.subspaces else None
+    with atomic_folder(out) as tmp:  # the analysis and its subspaces appear together or not at all
+        if args.no_cache:
+            write_analysis(analysis, tmp / "analysis", params={"base": args.base, "finetuned": args.finetuned})
+            source = tmp / "analysis"
+        else:
+            source = analysis.source_dir
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        if source != analysis.source_dir:
+            shutil.rmtree(source)
+        if subspaces is not None:
+            from subnetviz.analysis.subspaces import write_subspaces
+
+            write_subspaces(subspaces, tmp)
     for line in analysis.notes:
         print(f"note: {line}", file=sys.stderr)
     summary = analysis.summary()
     print(summary[["model", "sparsity", "density", "numel", "changed"]].to_string(index=False))
     print(f"wrote {out}")
     return 0
+
+
+def _subspaces(args: argparse.Namespace, labels: list[str]):
+    """``analyze --subspaces K``: principal angles, σ ratios and principal-weight overlap per 2-D weight."""
+    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces
+
+    table = analyze_subspaces(args.base, args.finetuned, labels=labels, options=SubspaceOptions(k=args.subspaces),
+                              device=args.device, progress=_progress_bar("subspaces"))  # fmt: skip
+    for line in table.notes:
+        print(f"note: {line}", file=sys.stderr)
+    return table
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -225,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--spectra", action=argparse.BooleanOptionalAction, default=True, help="ranks/spectra of 2-D updates")
     a.add_argument("--spectra-embeddings", action="store_true", help="also embedding-sized matrices (slow)")
     a.add_argument("--no-cache", action="store_true", help="recompute even when a cached result exists")
+    a.add_argument("--subspaces", type=int, default=16, metavar="K",
+                   help="top-K singular subspaces of W_base vs W_ft per 2-D weight -> subspaces.csv (0: off; "
+                   "default 16)")  # fmt: skip
     a.set_defaults(func=cmd_analyze)
 
     d = sub.add_parser("demo", help="the demo zoo: demo build [--preset micro] [--force]")

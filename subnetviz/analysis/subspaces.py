@@ -1,0 +1,370 @@
+"""Geometry of W_base vs W_ft (not of Δ): principal angles, singular-value ratios, principal weights.
+
+This module owns, per 2-D weight, the comparison of the top-K singular structure of the base and
+the finetuned matrix:
+
+- ``angles_left`` / ``angles_right``: principal angles (degrees, ascending) between the top-K left
+  (right) singular subspaces, θ_i = arccos σ_i(U_baseᵀ U_ft) (arXiv 2508.16546: RL barely moves
+  singular values but rotates singular vectors);
+- ``sv_ratio``: σ_i(W_ft)/σ_i(W_base), i ≤ K; ``sv_ratio_mean`` and ``sv_ratio_maxdev`` =
+  max_i |ratio_i − mean| (arXiv 2509.17866: the ratios are near uniform, a pure scaling);
+- ``principal_overlap``: the share of the update mask (stored bits differ) inside the principal
+  mask (the same number of entries with the largest |rank-K reconstruction of W_base|), against
+  ``principal_overlap_chance`` = the update density (arXiv 2511.08567: RL avoids principal weights).
+
+Numerics:
+
+- ``method="gram"`` (default up to ``max_dim``): the smaller Gram (WᵀW or WWᵀ) in float64, formed
+  chunk by chunk, and ``eigh``; the other side's basis is ``qr(W V_K)``. The subspace error is of
+  order eps64·σ1²/(σ_K² − σ_{K+1}²): tiny unless the K-th gap is. ``gap`` reports
+  (σ_K − σ_{K+1})/σ_1 of the base: when it is ~0 the top-K subspace itself is ill-defined and
+  its angles mean little, whatever the method.
+- ``method="randomized"`` (``auto`` above ``max_dim``: embeddings): ``torch.svd_lowrank`` in
+  float32 with ``oversample`` extra columns and ``power_iters`` power iterations (Halko et al.).
+  Its error against the exact path is measured by ``benches/bench_subspaces.py`` and depends on
+  the spectrum's decay past K; the method used is recorded per row.
+- ``method="svd"``: the reference, float64 ``torch.linalg.svd`` of the whole matrix.
+- Angles use arccos for cos² < ½ and arcsin of the orthogonal residual otherwise (as
+  ``scipy.linalg.subspace_angles``), so small angles keep full relative accuracy.
+
+Nothing here reads files except :func:`analyze_subspaces`, which streams aligned tensors one pair
+at a time (each base matrix decomposed once, for every finetuned model).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from subnetviz import cache as _cache
+from subnetviz.analysis.bits import bits_differ
+from subnetviz.errors import ConfigError
+
+ProgressFn = Callable[[int, int, str], None]
+METHODS = ("auto", "gram", "randomized", "svd")
+_CHUNK_ELEMENTS = 1 << 24  # float64 chunk of the long side: 128 MB
+SUBSPACES_VERSION = 1  # bump when the same inputs would give different numbers or files
+COLUMNS = ["model", "name", "rows", "cols", "k", "method", "angle_left_max", "angle_right_max", "angle_left_mean",
+           "angle_right_mean", "sv_ratio_mean", "sv_ratio_maxdev", "principal_overlap", "principal_overlap_chance",
+           "changed", "gap", "seconds"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SubspaceOptions:
+    """``k``: subspace size (capped at min(m, n)); ``share``: when set, K = ceil(share · min(m, n))
+    instead. ``max_dim``: ``auto`` takes the randomized path when a side is longer."""
+
+    k: int = 16
+    share: float | None = None
+    method: str = "auto"
+    max_dim: int = 32768
+    oversample: int = 16
+    power_iters: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"subspace method {self.method!r} is unknown; expected one of {METHODS}.")
+        if self.k < 1 and self.share is None:
+            raise ConfigError(f"subspace K must be >= 1, got {self.k}.")
+        if self.share is not None and not 0 < self.share <= 1:
+            raise ConfigError(f"subspace share must be in (0, 1], got {self.share}.")
+
+    def k_for(self, shape: tuple[int, int]) -> int:
+        small = min(shape)
+        k = math.ceil(self.share * small) if self.share is not None else self.k
+        return max(1, min(k, small))
+
+
+@dataclass(frozen=True, eq=False)
+class TopK:
+    """Top-K singular structure of one (m, n) matrix: orthonormal bases ``left`` (m, K) and ``right``
+    (n, K), singular values ``sigma`` (K,) descending, float64; ``next_sigma`` = σ_{K+1} (0 if none)."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    sigma: np.ndarray
+    next_sigma: float
+    method: str
+
+
+@dataclass(frozen=True, eq=False)
+class SubspaceResult:
+    """One matrix of one finetuned model. Angles in degrees, ascending; ratios (K,)."""
+
+    name: str
+    shape: tuple[int, int]
+    k: int
+    method: str
+    angles_left: np.ndarray
+    angles_right: np.ndarray
+    sv_ratio: np.ndarray
+    principal_overlap: float
+    principal_overlap_chance: float
+    changed: int
+    gap: float
+    seconds: float
+
+    def row(self) -> dict:
+        finite = self.sv_ratio[np.isfinite(self.sv_ratio)]
+        mean = float(finite.mean()) if finite.size else float("nan")
+        return {"name": self.name, "rows": self.shape[0], "cols": self.shape[1], "k": self.k, "method": self.method,
+                "angle_left_max": float(self.angles_left.max()), "angle_right_max": float(self.angles_right.max()),
+                "angle_left_mean": float(self.angles_left.mean()), "angle_right_mean": float(self.angles_right.mean()),
+                "sv_ratio_mean": mean,
+                "sv_ratio_maxdev": float(np.abs(finite - mean).max()) if finite.size else float("nan"),
+                "principal_overlap": self.principal_overlap, "principal_overlap_chance": self.principal_overlap_chance,
+                "changed": self.changed, "gap": self.gap, "seconds": self.seconds}  # fmt: skip
+
+
+@dataclass
+class SubspaceTable:
+    """Every matrix of every finetuned model: :meth:`to_frame` (one row per matrix and model, the CSV)
+    and :meth:`vectors` (the full angle and ratio vectors, long form, the Parquet twin)."""
+
+    results: dict[str, list[SubspaceResult]] = field(default_factory=dict)  # model -> rows
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [{"model": m, **r.row()} for m, rs in self.results.items() for r in rs]
+        return pd.DataFrame(rows, columns=COLUMNS)
+
+    def vectors(self) -> pd.DataFrame:
+        parts = []
+        for m, rs in self.results.items():
+            for r in rs:
+                parts.append(pd.DataFrame({"model": m, "name": r.name, "index": np.arange(r.k),
+                                           "angle_left": r.angles_left, "angle_right": r.angles_right,
+                                           "sv_ratio": r.sv_ratio}))  # fmt: skip
+        if not parts:
+            return pd.DataFrame(columns=["model", "name", "index", "angle_left", "angle_right", "sv_ratio"])
+        return pd.concat(parts, ignore_index=True)
+
+
+# --- one matrix ------------------------------------------------------------------------------------
+def _gram(w: torch.Tensor) -> torch.Tensor:
+    """WᵀW (n, n) in float64 for ``w`` (m, n), the rows cast to float64 a chunk at a time."""
+    m, n = w.shape
+    g = torch.zeros(n, n, dtype=torch.float64, device=w.device)
+    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    for s in range(0, m, step):
+        c = w[s : s + step].to(torch.float64)
+        g.addmm_(c.T, c)
+    return g
+
+
+def _orth(x: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis (float64) of the span of the columns of ``x`` (m, K)."""
+    return torch.linalg.qr(x.to(torch.float64), mode="reduced").Q
+
+
+def _mul64(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``w`` (m, n) @ ``v`` (n, K) in float64, ``w`` cast a chunk of rows at a time."""
+    m, n = w.shape
+    out = torch.empty(m, v.shape[1], dtype=torch.float64, device=w.device)
+    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    for s in range(0, m, step):
+        out[s : s + step] = w[s : s + step].to(torch.float64) @ v
+    return out
+
+
+def top_k(w: torch.Tensor, k: int, *, method: str = "gram", oversample: int = 16, power_iters: int = 4,
+          seed: int = 0) -> TopK:  # fmt: skip
+    """Top-``k`` singular subspaces and values of ``w`` (m, n) by ``method`` (gram, randomized, svd)."""
+    m, n = w.shape
+    if m < n:  # work on the tall orientation; swap sides back at the end
+        t = top_k(w.T, k, method=method, oversample=oversample, power_iters=power_iters, seed=seed)
+        return TopK(t.right, t.left, t.sigma, t.next_sigma, t.method)
+    if method == "svd":
+        u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)
+        sig = s.cpu().numpy()
+        return TopK(u[:, :k], vh[:k].T, sig[:k], float(sig[k]) if k < sig.size else 0.0, "svd")
+    if method == "gram":
+        lam, vec = torch.linalg.eigh(_gram(w))  # ascending
+        lam, vec = lam.flip(0), vec.flip(1)
+        sig = lam.clamp_min(0).sqrt().cpu().numpy()
+        right = vec[:, :k].contiguous()
+        return TopK(_orth(_mul64(w, right)), right, sig[:k], float(sig[k]) if k < sig.size else 0.0, "gram")
+    if method == "randomized":
+        q = min(k + oversample, n)
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # svd_lowrank draws its test matrix from the global generator
+        try:
+            u, s, v = torch.svd_lowrank(w.to(torch.float32), q=q, niter=power_iters)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        sig = s.to(torch.float64).cpu().numpy()
+        return TopK(_orth(u[:, :k]), _orth(v[:, :k]), sig[:k], float(sig[k]) if k < sig.size else 0.0, "randomized")
+    raise ConfigError(f"top_k method {method!r} is unknown; expected gram, randomized or svd.")
+
+
+def principal_angles(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Principal angles in degrees, ascending, between the spans of orthonormal ``a`` (m, K) and ``b`` (m, K).
+
+    cos θ_i = σ_i(aᵀb); for cos² ≥ ½ the angle is taken from sin θ = σ(b − a aᵀb) instead, which
+    keeps small angles accurate (arccos near 1 loses half the digits).
+    """
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    c = a.T @ b
+    cos = torch.linalg.svdvals(c).clamp(0, 1).cpu().numpy()  # descending -> angles ascending
+    sin = torch.linalg.svdvals(b - a @ c).clamp(0, 1).cpu().numpy()[::-1]  # ascending, paired with cos
+    theta = np.where(cos**2 >= 0.5, np.arcsin(sin[: cos.size]), np.arccos(cos))
+    return np.degrees(np.sort(theta))
+
+
+def principal_mask(w: torch.Tensor, right: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool (m, n): the ``count`` entries of largest |W V Vᵀ| (rank-K reconstruction of ``w``).
+
+    ``right`` (n, K) orthonormal spans W's top-K right singular subspace, so W V Vᵀ = U_K Σ_K V_Kᵀ.
+    Ties at the threshold are broken by flat index order, so the mask holds exactly ``count``.
+    """
+    m, n = w.shape
+    if count <= 0:
+        return torch.zeros(m, n, dtype=torch.bool, device=w.device)
+    mag = (_mul64(w, right) @ right.T).abs().to(torch.float32).flatten()
+    idx = torch.topk(mag, count, sorted=False).indices if count < mag.numel() else torch.arange(mag.numel())
+    mask = torch.zeros(m * n, dtype=torch.bool, device=w.device)
+    mask[idx.to(w.device)] = True
+    return mask.view(m, n)
+
+
+def compare_subspaces(name: str, base: torch.Tensor, ft: torch.Tensor, options: SubspaceOptions = SubspaceOptions(),
+                      *, base_top: TopK | None = None) -> SubspaceResult:  # fmt: skip
+    """The subspace comparison of one (m, n) matrix pair (stored dtype; same shape).
+
+    ``base_top``: the base's :class:`TopK` when already computed (one decomposition per base
+    matrix, whatever the number of finetuned models).
+    """
+    if base.shape != ft.shape or base.dim() != 2:
+        raise ConfigError(f"{name}: subspaces need two 2-D matrices of one shape, got {tuple(base.shape)} and "
+                          f"{tuple(ft.shape)}.")  # fmt: skip
+    t0 = time.perf_counter()
+    shape = (int(base.shape[0]), int(base.shape[1]))
+    k = options.k_for(shape)
+    method = choose_method(shape, options)
+    kw = dict(method=method, oversample=options.oversample, power_iters=options.power_iters, seed=options.seed)
+    tb = base_top if base_top is not None else top_k(base, k, **kw)
+    changed_mask = bits_differ(base, ft) if base.dtype == ft.dtype else base != ft
+    changed = int(changed_mask.sum())
+    numel = base.numel()
+    if not changed:  # identical bits: the same subspaces exactly (no round-off angle of 1e-14°)
+        zeros = np.zeros(tb.sigma.size)
+        return SubspaceResult(name, shape, k, tb.method, zeros, zeros.copy(), np.where(tb.sigma > 0, 1.0, np.nan),
+                              float("nan"), 0.0, 0, _gap(tb), time.perf_counter() - t0)  # fmt: skip
+    tf = top_k(ft, k, **kw)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(tb.sigma > 0, tf.sigma / tb.sigma, np.nan)
+    pm = principal_mask(base, tb.right, changed)
+    overlap = float((pm & changed_mask).sum()) / changed
+    return SubspaceResult(name, shape, k, tb.method, principal_angles(tb.left, tf.left),
+                          principal_angles(tb.right, tf.right), ratio, overlap, changed / numel if numel else 0.0,
+                          changed, _gap(tb), time.perf_counter() - t0)  # fmt: skip
+
+
+def _gap(t: TopK) -> float:
+    """(σ_K − σ_{K+1}) / σ_1: how well the top-K subspace is defined (0: not at all)."""
+    s1 = float(t.sigma[0]) if t.sigma.size else 0.0
+    return (float(t.sigma[-1]) - t.next_sigma) / s1 if s1 > 0 else 0.0
+
+
+def choose_method(shape: tuple[int, int], options: SubspaceOptions) -> str:
+    if options.method != "auto":
+        return options.method
+    return "randomized" if max(shape) > options.max_dim else "gram"
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+def analyze_subspaces(
+    base,
+    finetuned: Sequence,
+    *,
+    labels: Sequence[str] | None = None,
+    options: SubspaceOptions = SubspaceOptions(),
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+) -> SubspaceTable:
+    """Subspace metrics of every aligned 2-D weight, ``base`` against each of ``finetuned``.
+
+    Streams one tensor at a time (the base matrix read and decomposed once per name); tensors that
+    are not 2-D (norms, biases) are not matrices and are left out, as are non-float tensors.
+    """
+    from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
+    from subnetviz.config import resolve_device
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    cks = [f if isinstance(f, Checkpoint) else open_checkpoint(f) for f in finetuned]
+    labels = list(labels) if labels else [Path(str(c.spec).rstrip("/")).name for c in cks]
+    if len(labels) != len(cks):
+        raise ConfigError(f"{len(labels)} labels for {len(cks)} finetuned checkpoints.")
+    per_key = [{t.key: t for t in align([ck_base, c]).tensors} for c in cks]
+    keys = list(dict.fromkeys(k for pk in per_key for k, t in pk.items() if len(t.shape) == 2))
+    out = SubspaceTable({lab: [] for lab in labels})
+    for step, key in enumerate(keys):
+        if progress:
+            progress(step, len(keys), key)
+        base_top: dict = {}
+        for lab, ck, pk in zip(labels, cks, per_key, strict=True):
+            at = pk.get(key)
+            if at is None:
+                continue
+            a = read_aligned(ck_base, at, 0, dev)
+            if not a.is_floating_point():
+                continue
+            b = read_aligned(ck, at, 1, dev)
+            k = options.k_for(tuple(a.shape))
+            if at.rows not in base_top:
+                method = choose_method(tuple(a.shape), options)
+                base_top[at.rows] = top_k(a, k, method=method, oversample=options.oversample,
+                                          power_iters=options.power_iters, seed=options.seed)  # fmt: skip
+            out.results[lab].append(compare_subspaces(at.names[0], a, b, options, base_top=base_top[at.rows]))
+            del b
+    if progress:
+        progress(len(keys), len(keys), "done")
+    methods = sorted({r.method for rs in out.results.values() for r in rs})
+    if "randomized" in methods:
+        out.notes.append(f"subspaces: matrices with a side over {options.max_dim} used randomized SVD "
+                         f"(q = K + {options.oversample}, {options.power_iters} power iterations, float32).")  # fmt: skip
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def write_subspaces(table: SubspaceTable, folder: str | os.PathLike) -> None:
+    """``subspaces.csv`` (one row per matrix and model) and ``subspaces.parquet`` (full vectors) in ``folder``."""
+    folder = Path(folder)
+    table.to_frame().to_csv(folder / "subspaces.csv", index=False)
+    table.vectors().to_parquet(folder / "subspaces.parquet", index=False)
+
+
+def read_subspaces(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two frames :func:`write_subspaces` wrote: (per-matrix rows, long vectors)."""
+    folder = Path(folder)
+    return pd.read_csv(folder / "subspaces.csv"), pd.read_parquet(folder / "subspaces.parquet")
+
+
+def cached_subspaces(base: str, finetuned: Sequence[str], *, labels: Sequence[str], options: SubspaceOptions =
+                     SubspaceOptions(), device: str = "auto", progress: ProgressFn | None = None,
+                     cache_root: str | os.PathLike | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """:func:`analyze_subspaces` through the on-disk cache, keyed by fingerprints, labels and options."""
+    from subnetviz.checkpoints import open_checkpoint
+
+    ck_base = open_checkpoint(base)
+    cks = [open_checkpoint(f) for f in finetuned]
+    key = _cache.cache_key("subspaces", SUBSPACES_VERSION, base=ck_base.fingerprint,
+                           finetuned=[c.fingerprint for c in cks], labels=list(labels), options=options)  # fmt: skip
+    ent = _cache.entry("subspaces", key, root=cache_root)
+    if not ent.ready:
+        table = analyze_subspaces(ck_base, cks, labels=labels, options=options, device=device, progress=progress)
+        with ent.publish() as folder:
+            write_subspaces(table, folder)
+    return read_subspaces(ent.folder)

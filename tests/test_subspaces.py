@@ -1,0 +1,147 @@
+"""Subspace geometry of W_base vs W_ft: planted rotations with a known answer, SciPy and NumPy references,
+the principal-weight mask, and the CLI's subspaces.csv / Parquet twin."""
+
+import numpy as np
+import pytest
+import torch
+
+from subnetviz.analysis.subspaces import (
+    SubspaceOptions,
+    analyze_subspaces,
+    compare_subspaces,
+    principal_angles,
+    principal_mask,
+    top_k,
+)
+from tests.ckpt_fixtures import make_llama, read_state_dict, write_folder
+
+
+def planted(m=40, n=24, k=4, theta_deg=17.0, seed=0):
+    """W_base = U diag(σ) Vᵀ with well separated σ; W_ft rotates left vector u_0 towards u_k (outside the
+    top-k) by θ in the plane (u_0, u_k). Known answer: largest left angle θ, right angles 0, σ ratio 1."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((m, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    sig = np.geomspace(10.0, 0.1, n)
+    sig[k:] *= 0.3  # a clear gap after the top-k
+    t = np.radians(theta_deg)
+    u2 = u.copy()
+    u2[:, 0] = np.cos(t) * u[:, 0] + np.sin(t) * u[:, k]
+    u2[:, k] = -np.sin(t) * u[:, 0] + np.cos(t) * u[:, k]
+    return (u * sig) @ v.T, (u2 * sig) @ v.T
+
+
+@pytest.mark.parametrize("method", ["gram", "svd", "randomized"])
+def test_planted_rotation_gives_the_known_angles(method):
+    wb, wf = planted()
+    res = compare_subspaces("w", torch.tensor(wb), torch.tensor(wf), SubspaceOptions(k=4, method=method))
+    tol = 1e-8 if method != "randomized" else 1e-3  # randomized runs in float32
+    assert abs(res.angles_left.max() - 17.0) < tol
+    assert np.all(np.abs(res.angles_left[:-1]) < tol)  # only one direction moved
+    assert np.all(np.abs(res.angles_right) < max(tol, 1e-6))
+    assert np.allclose(res.sv_ratio, 1.0, atol=1e-6 if method == "randomized" else 1e-12)
+    row = res.row()
+    assert abs(row["sv_ratio_mean"] - 1) < 1e-6 and row["sv_ratio_maxdev"] < 1e-6
+
+
+def test_wide_matrix_swaps_sides():
+    wb, wf = planted()
+    res = compare_subspaces("w", torch.tensor(wb.T.copy()), torch.tensor(wf.T.copy()), SubspaceOptions(k=4))
+    assert abs(res.angles_right.max() - 17.0) < 1e-8 and res.angles_left.max() < 1e-6
+
+
+def test_uniform_scaling_is_a_ratio_not_a_rotation():
+    wb, _ = planted()
+    res = compare_subspaces("w", torch.tensor(wb), torch.tensor(1.5 * wb), SubspaceOptions(k=5))
+    assert np.allclose(res.sv_ratio, 1.5, rtol=1e-12) and res.row()["sv_ratio_maxdev"] < 1e-12
+    assert res.angles_left.max() < 1e-5 and res.angles_right.max() < 1e-5
+
+
+def test_angles_match_scipy_on_random_subspaces():
+    from scipy.linalg import subspace_angles
+
+    rng = np.random.default_rng(3)
+    for m, k in [(30, 5), (12, 6), (50, 1)]:
+        a, _ = np.linalg.qr(rng.standard_normal((m, k)))
+        b, _ = np.linalg.qr(a + 1e-3 * rng.standard_normal((m, k)) if k > 1 else rng.standard_normal((m, k)))
+        ours = principal_angles(torch.tensor(a), torch.tensor(b))
+        ref = np.sort(np.degrees(subspace_angles(a, b)))
+        assert np.allclose(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_gram_top_k_matches_numpy_svd():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((60, 20))
+    t = top_k(torch.tensor(w), 5, method="gram")
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    assert np.allclose(t.sigma, s[:5], rtol=1e-12)
+    assert np.allclose(np.abs(t.right.numpy().T @ vt[:5].T), np.eye(5), atol=1e-10)
+    assert np.allclose(np.abs(t.left.numpy().T @ u[:, :5]), np.eye(5), atol=1e-10)
+
+
+def test_principal_mask_is_the_top_count_of_the_rank_k_reconstruction():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((16, 12))
+    t = top_k(torch.tensor(w), 3, method="svd")
+    mask = principal_mask(torch.tensor(w), t.right, 20).numpy()
+    u, s, vt = np.linalg.svd(w)
+    recon = np.abs((u[:, :3] * s[:3]) @ vt[:3])
+    expected = np.zeros(recon.size, dtype=bool)
+    expected[np.argsort(-recon.ravel())[:20]] = True
+    assert mask.sum() == 20 and np.array_equal(mask.ravel(), expected)
+
+
+def test_principal_overlap_planted_inside_and_outside():
+    """An update placed exactly on the principal entries overlaps 1; on the others, 0; chance = density."""
+    rng = np.random.default_rng(4)
+    wb = torch.tensor(rng.standard_normal((20, 10)), dtype=torch.float32)
+    t = top_k(wb, 2, method="svd")
+    pm = principal_mask(wb, t.right, 30)
+    for where, expected in [(pm, 1.0), (~pm & (torch.rand(20, 10, generator=torch.Generator().manual_seed(0)) < 0.2), 0.0)]:
+        wf = torch.where(where, wb * 1.001 + 1e-3, wb)
+        res = compare_subspaces("w", wb, wf, SubspaceOptions(k=2, method="svd"))
+        assert res.principal_overlap == expected
+        assert res.principal_overlap_chance == int(where.sum()) / 200
+
+
+def test_checkpoints_streamed_and_written(tmp_path):
+    base = make_llama(tmp_path / "base", seed=0)
+    sd = read_state_dict(base)
+    name = "model.layers.0.mlp.down_proj.weight"
+    sd[name] = (sd[name].float() * 1.25).to(torch.bfloat16)  # exact power-of-two-ish scaling: no rotation
+    ft = write_folder(tmp_path / "ft", sd, config_from=base)
+    table = analyze_subspaces(str(base), [str(ft)], labels=["ft"], options=SubspaceOptions(k=4), device="cpu")
+    df = table.to_frame()
+    assert set(df["model"]) == {"ft"} and len(df) == len(set(df["name"]))
+    assert all(n.endswith("weight") for n in df["name"])
+    assert "model.norm.weight" not in set(df["name"])  # 1-D tensors are not matrices
+    row = df[df["name"] == name].iloc[0]
+    assert abs(row["sv_ratio_mean"] - 1.25) < 1e-2 and row["angle_left_max"] < 1.0
+    others = df[df["name"] != name]
+    assert (others["angle_left_max"] == 0).all() and (others["changed"] == 0).all()
+    vec = table.vectors()
+    assert len(vec) == int(df["k"].sum())
+
+
+def test_cli_analyze_writes_subspaces(tmp_path):
+    import pandas as pd
+
+    from subnetviz.__main__ import main
+
+    base = make_llama(tmp_path / "base", seed=0)
+    sd = read_state_dict(base)
+    name = "model.layers.1.self_attn.q_proj.weight"
+    sd[name] = (sd[name].float() + 0.05 * torch.randn_like(sd[name].float())).to(torch.bfloat16)
+    ft = write_folder(tmp_path / "ft", sd, config_from=base)
+    out = tmp_path / "out"
+    assert main(["analyze", str(base), str(ft), "--out", str(out), "--subspaces", "3", "--no-spectra",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    df = pd.read_csv(out / "subspaces.csv")
+    assert (df["k"] <= 3).all() and (out / "tensors.csv").exists()
+    assert df.set_index("name").loc[name, "angle_left_max"] > 0
+    vec = pd.read_parquet(out / "subspaces.parquet")
+    assert set(vec.columns) >= {"angle_left", "angle_right", "sv_ratio"}
+    out2 = tmp_path / "out2"
+    assert main(["analyze", str(base), str(ft), "--out", str(out2), "--subspaces", "0", "--no-spectra",
+                 "--device", "cpu", "--no-cache"]) == 0  # fmt: skip
+    assert (out2 / "tensors.csv").exists() and not (out2 / "subspaces.csv").exists()
