@@ -215,6 +215,9 @@ class SparsityReport:
     row_col: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     parts: pd.DataFrame | None = None  # fused QKV split: key, module, numel, changed
     notes: list[str] = field(default_factory=list)
+    # Buffers (int/bool tensors, rotary inv_freq, ...) and quantization scales: compared, listed,
+    # never counted in the weight sparsity. Columns: key, name, group, layer, module, shape, numel, dtype, changed.
+    buffers: pd.DataFrame | None = None
 
     # --- aggregates ------------------------------------------------------------------------------
     @property

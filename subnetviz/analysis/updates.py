@@ -22,17 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from subnetviz import __version__
 from subnetviz import cache as _cache
 from subnetviz.analysis.overlap import OverlapReport, mask_overlap
+from subnetviz.analysis.quant import SIDE_COLUMNS, FormLog, compare_aligned, side_row, tensor_forms
 from subnetviz.analysis.sparsity import (
     ULP_LABELS,
     SparsityOptions,
     SparsityReport,
     check_finite,
-    compare_pair,
     fused_part_rows,
     stats_row,
     summarize,
@@ -133,6 +132,10 @@ def analyze_updates(
         k for pk in per_key[1:] for k in pk if k not in per_key[0]
     ]
     keys = list(dict.fromkeys(keys))
+    forms_base = tensor_forms({n: ck_base.meta(n) for n in ck_base.names}, ck_base.config)
+    forms = [tensor_forms({n: c.meta(n) for n in c.names}, c.config) for c in cks]
+    side: list[list[dict]] = [[] for _ in cks]
+    log = FormLog()
     for step, key in enumerate(keys):
         if progress:
             progress(step, len(keys), key)
@@ -140,6 +143,11 @@ def analyze_updates(
         for i, (ck, pk) in enumerate(zip(cks, per_key, strict=True)):
             at = pk.get(key)
             if at is None:
+                continue
+            fa, fb = forms_base[at.names[0]], forms[i][at.names[1]]
+            info = table.describe(at.names[0])
+            if "buffer" in (fa.kind, fb.kind) or "scale" in (fa.kind, fb.kind):
+                side[i].append(side_row(labels[i], key, at, info, ck_base, ck, fa, fb, dev, log, i))
                 continue
             rows_key = at.rows
             if rows_key not in base_tensors:
@@ -150,19 +158,20 @@ def analyze_updates(
             b = read_aligned(ck, at, 1, dev)
             check_finite(b, f"{ck.spec} :: {at.names[1]}")
             try:
-                st = compare_pair(a, b, options, name=at.names[0])
+                st, changed_eff, delta_fn = compare_aligned(a, b, fa, fb, at, ck_base, ck, options, dev, log, i)
             except NonFiniteError as exc:
                 raise NonFiniteError(f"{ck.spec}: {exc}") from None
-            info = table.describe(at.names[0])
             rows[i].append(stats_row(labels[i], key, at.names[0], info, at.shape, st, options))
             rows[i][-1]["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
+            rows[i][-1]["stored_as"] = fb.label if fa.kind == fb.kind else f"{fa.label} -> {fb.label}"
+            rows[i][-1]["changed_effective"] = changed_eff
             parts[i].extend(fused_part_rows(table, at.names[0], key, at.shape, st))
             if st.mask is not None:
                 masks[i].add(at.names[0], st.mask)
             if st.row_counts is not None and len(at.shape) >= 2:
                 row_col[i][key] = (st.row_counts, st.col_counts)
-            if spectra is not None and spectra.enabled and a.dim() == 2:
-                delta = b.to(torch.float64) - a.to(torch.float64)
+            if spectra is not None and spectra.enabled and a.dim() == 2 and delta_fn is not None:
+                delta = delta_fn()
                 spec_results[i].append(update_spectrum(
                     key, delta, baseline=spectra.baseline, seed=spectra.seed, method=spectra.method,
                     max_dim=spectra.max_dim, device=dev))  # fmt: skip
@@ -176,7 +185,8 @@ def analyze_updates(
         df = pd.DataFrame(rows[i])
         rep = SparsityReport(labels[i], ck_base.spec, options, df, masks[i], row_col[i],
                              pd.DataFrame(parts[i], columns=["key", "module", "numel", "changed"]),
-                             notes + alignments[i].report())  # fmt: skip
+                             notes + log.notes(i) + alignments[i].report(),
+                             pd.DataFrame(side[i], columns=SIDE_COLUMNS))  # fmt: skip
         reports.append(rep)
     spec = {labels[i]: SpectrumTable(tuple(spec_results[i])) for i in range(len(cks))} if (
         spectra is not None and spectra.enabled) else None  # fmt: skip
@@ -235,6 +245,9 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
     tensors.to_csv(folder / "tensors.csv", index=False)
     pd.concat([r.parts.assign(model=r.model) for r in analysis.reports if r.parts is not None],
               ignore_index=True).to_csv(folder / "parts.csv", index=False)  # fmt: skip
+    side = [r.buffers.assign(model=r.model) for r in analysis.reports if r.buffers is not None and len(r.buffers)]
+    (pd.concat(side, ignore_index=True) if side else pd.DataFrame(columns=SIDE_COLUMNS)).to_csv(
+        folder / "buffers.csv", index=False)  # fmt: skip
     rc = {}
     for r in analysis.reports:
         for key, (rows_, cols_) in r.row_col.items():
@@ -284,6 +297,7 @@ def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
     summary = json.loads((out / "summary.json").read_text())
     tensors = pd.read_csv(out / "tensors.csv")
     parts = pd.read_csv(out / "parts.csv") if (out / "parts.csv").exists() else pd.DataFrame()
+    side = pd.read_csv(out / "buffers.csv") if (out / "buffers.csv").exists() else pd.DataFrame(columns=SIDE_COLUMNS)
     opts = summary.get("options") or {}
     options = SparsityOptions(tolerances=tuple(opts.get("tolerances", ())), eta=opts.get("eta", 1e-3),
                               precision=opts.get("precision"), mask_tolerance=opts.get("mask_tolerance"))
@@ -300,8 +314,9 @@ def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
                 key = k[len(prefix) : -len("::rows")]
                 rowcol[key] = (rc[k], rc[f"{prefix}{key}::cols"])
         p = parts[parts["model"] == label].drop(columns=["model"]) if len(parts) else None
+        buf = side[side["model"] == label].reset_index(drop=True)
         reports.append(SparsityReport(label, summary["base"], options, df, {}, rowcol, p,
-                                      summary["models"][label].get("notes", [])))  # fmt: skip
+                                      summary["models"][label].get("notes", []), buf))  # fmt: skip
     spectra_frame = pd.read_csv(out / "spectra.csv") if (out / "spectra.csv").exists() else None
     sigma = pd.read_parquet(out / "sigma.parquet") if (out / "sigma.parquet").exists() else None
     return UpdateAnalysis(summary["base"], summary["labels"], reports, None, spectra_frame, sigma, None,
@@ -313,7 +328,7 @@ def mask_path(analysis_dir: str | os.PathLike, label: str) -> Path:
     return Path(analysis_dir) / summary["mask_files"][label]
 
 
-UPDATES_VERSION = 1  # bump when the analysis would write different numbers or files for the same inputs
+UPDATES_VERSION = 2  # bump when the analysis would write different numbers or files for the same inputs
 
 
 def cache_key(base: Checkpoint, finetuned: Sequence[Checkpoint], labels: Sequence[str], options: SparsityOptions,

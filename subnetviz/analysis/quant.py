@@ -1,0 +1,403 @@
+"""Tensors that are not plain float weights: buffers, FP8 codes + scales, integer-quantized codes.
+
+This module owns how the per-tensor pass (:func:`~subnetviz.analysis.updates.analyze_updates`)
+compares every stored form that :func:`~subnetviz.analysis.sparsity.compare_pair`'s float path
+does not take:
+
+- **buffers** (int/bool tensors such as ``position_ids``, ``attention.bias``; float buffers named
+  like ``rotary_emb.inv_freq``): compared bitwise (:func:`compare_buffer`), reported in their own
+  group, never counted as parameters.
+- **FP8 weights** (``float8_e4m3fn`` / ``float8_e5m2``) with ``weight_scale_inv`` block scales
+  (``⌈m/bs⌉ × ⌈n/bs⌉``, DeepSeek-V3 style) or a per-tensor / per-channel ``weight_scale``:
+  ``changed`` counts stored codes that differ (ULP histogram in code steps); the *effective*
+  comparison dequantises both sides (w = code × scale[i // bs, j // bs], in float32) and runs the
+  float pass on it, in row bands of whole scale blocks, so memory stays a few bands, not two
+  float32 copies of the tensor (:func:`compare_fp8`).
+- **bitsandbytes int8** (``weight`` int8 + ``SCB``): codes compared exactly, effective
+  w = code × SCB[i] / 127 (:func:`compare_bnb_int8`).
+- **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit packed bytes): compared
+  exactly as codes (:func:`compare_codes`); no effective comparison (a notice says so).
+
+Which form a tensor has is decided from the headers and ``quantization_config``
+(:func:`tensor_forms`); an unknown quantization method or a scale that does not fit its weight's
+blocks is a one-line :class:`~subnetviz.errors.CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from subnetviz.analysis.bits import ULP_EDGES, counts_above, ulp_bins, ulp_distance_bits
+from subnetviz.analysis.sparsity import PairStats, SparsityOptions, compare_pair
+from subnetviz.errors import CheckpointError
+
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+DEFAULT_BLOCK = 128
+# quantization_config.quant_method values this module knows (effective comparison or codes).
+KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "bitsandbytes", "gptq", "awq")
+_CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
+# Float tensors that are buffers by name (HF registers them with persistent=False today, older
+# saves kept them): rotary inverse frequencies, GPT-2's causal-mask constants.
+_BUFFER_NAMES = re.compile(r"(\.inv_freq$|\.masked_bias$|\.position_ids$|\.token_type_ids$)")
+_SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale", "input_scale", "SCB", "scales", "weight_zero_point")
+_BAND_ELEMENTS = 1 << 22  # entries per dequantised band (~16 MB float32 per side)
+
+
+@dataclass(frozen=True)
+class TensorForm:
+    """How one stored tensor is compared.
+
+    ``kind``: ``float`` (compare_pair), ``buffer``, ``fp8`` (codes + ``scale`` companion),
+    ``int8`` (bnb codes + ``scale`` = SCB), ``codes`` (integer codes, no effective comparison),
+    ``scale`` (a weight's scale: compared as floats, reported with the buffers, outside the sparsity).
+    ``scale``: the companion scale tensor's name; ``label``: what the table's ``stored_as`` says.
+    """
+
+    kind: str
+    scale: str | None = None
+    label: str = "float"
+
+
+def quant_method(config: dict) -> str | None:
+    """``quantization_config.quant_method`` (lower case), checked against :data:`KNOWN_METHODS`."""
+    qc = config.get("quantization_config") or config.get("compression_config")
+    if not isinstance(qc, dict):
+        return None
+    method = str(qc.get("quant_method") or ("bitsandbytes" if qc.get("load_in_8bit") or qc.get("load_in_4bit")
+                                            else "")).lower()  # fmt: skip
+    if method and method not in KNOWN_METHODS:
+        raise CheckpointError(
+            f"config.json quantization_config.quant_method: unknown quantization method {method!r} "
+            f"(expected one of {', '.join(KNOWN_METHODS)}); its tensors cannot be compared."
+        )
+    return method or None
+
+
+def block_size(config: dict) -> tuple[int, int]:
+    """FP8 block size from ``quantization_config.weight_block_size`` (default 128 × 128)."""
+    qc = config.get("quantization_config") or {}
+    bs = qc.get("weight_block_size") if isinstance(qc, dict) else None
+    if isinstance(bs, (list, tuple)) and len(bs) == 2:
+        return int(bs[0]), int(bs[1])
+    return DEFAULT_BLOCK, DEFAULT_BLOCK
+
+
+def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
+    """Name -> :class:`TensorForm` for every tensor of one checkpoint (``metas``: name -> TensorMeta)."""
+    method = quant_method(config)
+    forms: dict[str, TensorForm] = {}
+    for name, m in metas.items():
+        stem, _, last = name.rpartition(".")
+        if m.dtype in FP8:
+            scale = next((f"{name}{s}" for s in ("_scale_inv", "_scale") if f"{name}{s}" in metas), None)
+            if scale is None:
+                raise CheckpointError(
+                    f"tensor {name!r} is stored as {str(m.dtype).replace('torch.', '')} but has no "
+                    f"'{name}_scale_inv' or '{name}_scale' beside it; cannot dequantise it."
+                )
+            forms[name] = TensorForm("fp8", scale, f"{str(m.dtype).replace('torch.', '')} codes")
+            forms[scale] = TensorForm("scale", None, "scale")
+        elif m.dtype == torch.int8 and f"{stem}.SCB" in metas and last == "weight":
+            forms[name] = TensorForm("int8", f"{stem}.SCB", "bnb int8 codes")
+            forms[f"{stem}.SCB"] = TensorForm("scale", None, "scale")
+        elif not m.dtype.is_floating_point and method in _CODE_ONLY and last in ("qweight", "qzeros"):
+            forms[name] = TensorForm("codes", None, f"{_CODE_ONLY[method]} packed codes")
+        elif m.dtype == torch.uint8 and method == "bitsandbytes" and last == "weight":
+            forms[name] = TensorForm("codes", None, "bnb 4-bit packed codes")
+        elif name not in forms:
+            if not m.dtype.is_floating_point or _BUFFER_NAMES.search(name):
+                forms[name] = TensorForm("buffer", None, "buffer")
+            elif method and last in _SCALE_SUFFIXES or ".quant_state." in name or name.endswith((".absmax",
+                                                                                                  ".quant_map")):
+                forms[name] = TensorForm("scale", None, "scale")
+            else:
+                forms[name] = TensorForm("float")
+    return forms
+
+
+# --- buffers and codes ---------------------------------------------------------------------------
+def compare_buffer(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Entries of two buffers whose stored values differ (bitwise for floats). A dtype change is
+    compared after casting ``a`` to ``b``'s dtype (the caller notes it)."""
+    if a.dtype != b.dtype:
+        a = a.to(b.dtype)
+    if a.dtype.is_floating_point and a.dtype.itemsize in (2, 4, 8):
+        ai, bi = a.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[a.dtype.itemsize]), b.contiguous()
+        return int(torch.count_nonzero(ai != bi.view(ai.dtype)))
+    return int(torch.count_nonzero(a != b))
+
+
+def _code_steps(xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    """Distance in code steps of changed 1-D code views: FP8 bit patterns are sign-magnitude
+    (bits.ulp_distance_bits), integer codes two's complement (plain difference)."""
+    if xa.dtype in FP8:
+        return ulp_distance_bits(xa.view(torch.int8), xb.view(torch.int8), torch).to(torch.int64)
+    return (xb.to(torch.int64) - xa.to(torch.int64)).abs()
+
+
+def _code_counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, list[int]]:
+    """(changed codes, #(steps > edge) per ULP edge) of two code tensors of one shape."""
+    av, bv = a.reshape(-1), b.reshape(-1)
+    iv = torch.int8 if a.dtype in FP8 else a.dtype
+    ne = av.view(iv) != bv.view(iv)
+    idx = ne.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return 0, [0] * len(ULP_EDGES)
+    steps = _code_steps(av[idx], bv[idx])
+    return int(idx.numel()), counts_above(steps, ULP_EDGES, torch)
+
+
+def compare_codes(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, *, name: str) -> PairStats:
+    """Integer codes compared exactly. Codes carry no tolerance: every changed code counts under
+    every tolerance and the relative rule; ``max_abs_delta`` is the largest code step."""
+    if a.dtype != b.dtype:
+        raise CheckpointError(f"{name}: quantized codes stored as {a.dtype} and {b.dtype}; expected one code type.")
+    a, b = a.contiguous(), b.contiguous()
+    changed, above = _code_counts(a, b)
+    ne = (a != b)
+    a2 = ne.reshape(ne.shape[0], -1) if ne.dim() >= 2 else ne.reshape(-1, 1)
+    steps = float((b.to(torch.int64) - a.to(torch.int64)).abs().max()) if changed else 0.0
+    return PairStats(
+        numel=a.numel(), dtype=str(a.dtype).replace("torch.", ""), changed=changed,
+        changed_tol=(changed,) * len(options.tolerances), changed_rel=changed, ulp_hist=tuple(ulp_bins(changed, above)),
+        max_abs_delta=steps,
+        row_counts=a2.sum(1, dtype=torch.int32).numpy() if options.row_col else None,
+        col_counts=a2.sum(0, dtype=torch.int32).numpy() if options.row_col else None,
+        mask=ne if options.keep_masks else None,
+    )  # fmt: skip
+
+
+# --- scales and dequantisation -------------------------------------------------------------------
+def check_scale(name: str, weight_shape: tuple[int, ...], scale_name: str, scale_shape: tuple[int, ...],
+                block: tuple[int, int]) -> str:
+    """How ``scale`` applies to ``weight``: ``tensor``, ``channel`` or ``block``; else a one-line error."""
+    numel = math.prod(scale_shape)
+    if numel == 1:
+        return "tensor"
+    if len(weight_shape) == 2:
+        m, n = weight_shape
+        if tuple(scale_shape) in ((m,), (m, 1)):
+            return "channel"
+        want = (math.ceil(m / block[0]), math.ceil(n / block[1]))
+        if tuple(scale_shape) == want:
+            return "block"
+        expected = f"{want} for {block[0]}×{block[1]} blocks of a {m}×{n} weight (or ({m},), (1,))"
+    else:
+        expected = f"one value per tensor for a weight of shape {tuple(weight_shape)}"
+    raise CheckpointError(f"scale {scale_name!r} of {name!r}: expected shape {expected}, found {tuple(scale_shape)}.")
+
+
+def dequantize(code: torch.Tensor, scale: torch.Tensor, how: str, block: tuple[int, int], r0: int = 0,
+               divisor: float = 1.0) -> torch.Tensor:
+    """float32 effective weights of the code rows ``code`` (which start at row ``r0`` of the tensor).
+
+    ``how``: ``tensor`` (one scale), ``channel`` (one per row), ``block`` (``scale[i // bs0, j // bs1]``).
+    w = code × scale / divisor (bnb int8: divisor 127).
+    """
+    w = code.to(torch.float32)
+    s = scale.to(torch.float32)
+    if divisor != 1.0:
+        s = s / divisor
+    if how == "tensor":
+        return w.mul_(s.reshape(()))
+    if how == "channel":
+        return w.mul_(s.reshape(-1)[r0 : r0 + w.shape[0]].unsqueeze(1))
+    b0, b1 = block
+    rows, cols = w.shape
+    sr = s[r0 // b0 : (r0 + rows - 1) // b0 + 1]
+    sr = sr.repeat_interleave(b1, dim=1)[:, :cols]  # (row blocks, cols)
+    if r0 % b0 == 0 and rows % b0 == 0:
+        w.view(-1, b0, cols).mul_(sr.unsqueeze(1))
+        return w
+    idx = (torch.arange(r0, r0 + rows, device=w.device) // b0) - r0 // b0
+    return w.mul_(sr.index_select(0, idx))
+
+
+def _merge(parts: list[PairStats], options: SparsityOptions, shape: tuple[int, ...]) -> PairStats:
+    first = parts[0]
+    return replace(
+        first, numel=sum(p.numel for p in parts), changed=sum(p.changed for p in parts),
+        changed_tol=tuple(sum(c) for c in zip(*(p.changed_tol for p in parts), strict=True)),
+        changed_rel=sum(p.changed_rel for p in parts),
+        ulp_hist=tuple(sum(c) for c in zip(*(p.ulp_hist for p in parts), strict=True)),
+        max_abs_delta=max(p.max_abs_delta for p in parts),
+        row_counts=np.concatenate([p.row_counts for p in parts]) if options.row_col else None,
+        col_counts=np.sum([p.col_counts for p in parts], axis=0) if options.row_col else None,
+        mask=torch.cat([p.mask.reshape(-1, *shape[1:]) for p in parts]) if options.keep_masks else None,
+    )  # fmt: skip
+
+
+@dataclass
+class QuantStats:
+    """A quantized pair: ``effective`` is the float pass over the dequantised weights (its mask,
+    tolerances and row/column counts are the effective ones), ``changed`` / ``ulp_hist`` the codes'."""
+
+    stats: PairStats  # codes' changed + code-step histogram; everything else effective
+    changed_effective: int
+
+
+def compare_quantized(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor, options: SparsityOptions,
+                      *, name: str, scale_names: tuple[str, str], block: tuple[int, int] = (DEFAULT_BLOCK, DEFAULT_BLOCK),
+                      divisor: float = 1.0) -> QuantStats:
+    """Codes ``a``/``b`` (FP8 or int8, shape (m, n) or 1-D) with scales ``sa``/``sb``: codes compared
+    exactly, then both sides dequantised band by band (whole row blocks) and compared as floats.
+
+    Cost: one pass over the codes, one dequantisation per side and the float32 pass per band.
+    """
+    if a.shape != b.shape:
+        raise CheckpointError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)}).")
+    how_a = check_scale(name, tuple(a.shape), scale_names[0], tuple(sa.shape), block)
+    how_b = check_scale(name, tuple(b.shape), scale_names[1], tuple(sb.shape), block)
+    a, b = a.contiguous(), b.contiguous()
+    changed, above = _code_counts(a, b)
+    if a.dim() != 2:
+        ea = a.to(torch.float32) * sa.to(torch.float32).reshape(()) / divisor
+        eb = b.to(torch.float32) * sb.to(torch.float32).reshape(()) / divisor
+        eff = compare_pair(ea, eb, options, name=name)
+    else:
+        rows, cols = a.shape
+        step = max(block[0], (_BAND_ELEMENTS // max(cols, 1)) // block[0] * block[0])
+        parts = []
+        for r0 in range(0, rows, step):
+            ea = dequantize(a[r0 : r0 + step], sa, how_a, block, r0, divisor)
+            eb = dequantize(b[r0 : r0 + step], sb, how_b, block, r0, divisor)
+            parts.append(compare_pair(ea, eb, options, name=name))
+            del ea, eb
+        eff = parts[0] if len(parts) == 1 else _merge(parts, options, tuple(a.shape))
+        if eff.mask is not None:
+            eff.mask = eff.mask.reshape(a.shape)
+    stats = replace(eff, changed=changed, ulp_hist=tuple(ulp_bins(changed, above)),
+                    dtype=str(a.dtype).replace("torch.", ""))  # fmt: skip
+    return QuantStats(stats, eff.changed)
+
+
+def effective(code: torch.Tensor, scale: torch.Tensor, form: TensorForm, block: tuple[int, int], *,
+              name: str = "tensor", scale_name: str = "scale") -> torch.Tensor:
+    """The whole float32 effective weight (for spectra, one matrix at a time)."""
+    divisor = 127.0 if form.kind == "int8" else 1.0
+    how = check_scale(name, tuple(code.shape), scale_name, tuple(scale.shape), block)
+    if code.dim() != 2:
+        return code.to(torch.float32) * scale.to(torch.float32).reshape(()) / divisor
+    return dequantize(code, scale, how, block, 0, divisor)
+
+
+# --- the per-tensor dispatch used by analyze_updates ---------------------------------------------
+SIDE_COLUMNS = ["model", "key", "name", "group", "layer", "module", "shape", "numel", "dtype", "changed"]
+
+
+class FormLog:
+    """What took a non-default path, per finetuned model, turned into one note per kind."""
+
+    def __init__(self):
+        self.events: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
+
+    def add(self, i: int, kind: str, name: str, changed: int = 0, numel: int = 0) -> None:
+        self.events.setdefault((i, kind), []).append((name, changed, numel))
+
+    def notes(self, i: int) -> list[str]:
+        out = []
+        for (j, kind), ev in self.events.items():
+            if j != i:
+                continue
+            n, changed, numel = len(ev), sum(e[1] for e in ev), sum(e[2] for e in ev)
+            ex = ", ".join(e[0] for e in ev[:4]) + (" ..." if n > 4 else "")
+            touched = sum(1 for e in ev if e[1])
+            if kind.startswith("cast:"):
+                da, db = kind[5:].split(">")
+                out.append(f"Mixed precision: {n} tensor(s) stored as {da} in the base and {db} in the finetune "
+                           f"({ex}): compared at the finetune's stored dtype {db}, the base cast with "
+                           "round-to-nearest-even as saving would. --precision / the precision control override.")
+            elif kind == "buffer":
+                out.append(f"Buffers: {n} non-parameter tensor(s) ({ex}) compared bitwise: {changed:,} changed entries "
+                           f"in {touched}; listed under buffers, not counted in the weight sparsity.")
+            elif kind == "scale":
+                out.append(f"Quantization scales: {n} tensor(s) ({ex}) compared bitwise: {changed:,} of {numel:,} "
+                           f"scale values changed in {touched}. A changed block scale changes every weight of its "
+                           "block: changed_effective counts them, changed counts stored codes.")
+            elif kind in ("fp8", "int8"):
+                rule = "code × scale[i // bs, j // bs]" if kind == "fp8" else "code × SCB[i] / 127"
+                out.append(f"{'FP8' if kind == 'fp8' else 'bitsandbytes int8'} weights: {n} tensor(s) ({ex}): "
+                           f"changed = stored codes that differ (ULP bins in code steps); changed_effective after "
+                           f"dequantising (w = {rule}, float32): {changed:,}. Masks, spectra and overlap use the "
+                           "effective Δ.")
+            elif kind.startswith("codes:"):
+                out.append(f"{kind[6:]}: {n} tensor(s) ({ex}) compared as stored codes only ({changed:,} changed); "
+                           "this format is not dequantised here, so there is no effective comparison.")
+            elif kind.startswith("forms:"):
+                out.append(f"Stored forms differ ({kind[6:]}): {n} tensor(s) ({ex}); the quantized side was "
+                           "dequantised (float32) and compared with the other at its stored dtype.")
+        return out
+
+
+def side_row(model: str, key: str, at, info, ck_base, ck, fa: TensorForm, fb: TensorForm, dev, log: FormLog,
+             i: int) -> dict:
+    """A buffer or scale pair, compared bitwise, as one row of the report's ``buffers`` table."""
+    from subnetviz.checkpoints import read_aligned
+
+    a, b = read_aligned(ck_base, at, 0, dev), read_aligned(ck, at, 1, dev)
+    group = "buffers" if "buffer" in (fa.kind, fb.kind) else "scales"
+    changed = compare_buffer(a, b)
+    log.add(i, "buffer" if group == "buffers" else "scale", at.names[0], changed, b.numel())
+    dtype = str(b.dtype).replace("torch.", "") + ("" if a.dtype == b.dtype else f" (base {str(a.dtype)[6:]})")
+    return {"model": model, "key": key, "name": at.names[0], "group": group, "layer": info.layer,
+            "module": info.module, "shape": "x".join(map(str, at.shape)), "numel": b.numel(), "dtype": dtype,
+            "changed": changed}  # fmt: skip
+
+
+def compare_aligned(a: torch.Tensor, b: torch.Tensor, fa: TensorForm, fb: TensorForm, at, ck_base, ck,
+                    options: SparsityOptions, dev, log: FormLog, i: int):
+    """One aligned weight pair in whatever form it is stored.
+
+    Returns ``(PairStats, changed_effective, delta)`` where ``delta()`` gives the float64 Δ for
+    spectra (effective for quantized forms) or is None (codes with no effective form).
+    """
+    name = at.names[0]
+    if fa.kind == fb.kind == "float":
+        if options.precision is None and a.dtype != b.dtype:
+            log.add(i, f"cast:{str(a.dtype)[6:]}>{str(b.dtype)[6:]}", name)
+            a = a.to(b.dtype)  # round-to-nearest-even, as saving in b's dtype would
+        st = compare_pair(a, b, options, name=name)
+        return st, st.changed, lambda: b.to(torch.float64) - a.to(torch.float64)
+    if fa.kind == fb.kind == "codes":
+        st = compare_codes(a, b, options, name=name)
+        log.add(i, f"codes:{fb.label}", name, st.changed)
+        return st, st.changed, None
+    if fa.kind == fb.kind and fa.kind in ("fp8", "int8"):
+        sa, sb = ck_base.get(fa.scale, dev), ck.get(fb.scale, dev)
+        block = block_size(ck.config) if fa.kind == "fp8" else (1, 1)
+        divisor = 127.0 if fa.kind == "int8" else 1.0
+        q = compare_quantized(a, sa, b, sb, options, name=name, scale_names=(fa.scale, fb.scale),
+                              block=block_size(ck_base.config) if fa.kind == "fp8" else block, divisor=divisor)
+        log.add(i, fa.kind, name, q.changed_effective)
+
+        def delta():
+            ea = effective(a, sa, fa, block_size(ck_base.config), name=name, scale_name=fa.scale)
+            eb = effective(b, sb, fb, block, name=name, scale_name=fb.scale)
+            return eb.to(torch.float64) - ea.to(torch.float64)
+
+        return q.stats, q.changed_effective, delta
+    # Different stored forms (e.g. a bf16 base and an FP8 release): dequantise the quantized side.
+    ea = _as_float(a, fa, ck_base, dev, name)
+    eb = _as_float(b, fb, ck, dev, name)
+    if ea is None or eb is None:
+        raise CheckpointError(f"{name}: stored as {fa.label} in the base and {fb.label} in the finetune; codes "
+                              "without an effective form cannot be compared with another form.")
+    target = b.dtype if fb.kind == "float" else a.dtype
+    if options.precision is None:
+        ea, eb = ea.to(target), eb.to(target)
+    log.add(i, f"forms:{fa.label} vs {fb.label}", name)
+    st = compare_pair(ea, eb, options, name=name)
+    return st, st.changed, lambda: eb.to(torch.float64) - ea.to(torch.float64)
+
+
+def _as_float(x: torch.Tensor, form: TensorForm, ck, dev, name: str) -> torch.Tensor | None:
+    if form.kind == "float":
+        return x
+    if form.kind in ("fp8", "int8"):
+        return effective(x, ck.get(form.scale, dev), form, block_size(ck.config), name=name, scale_name=form.scale)
+    return None

@@ -1,0 +1,77 @@
+"""Buffers and mixed precision across a pair.
+
+Proves: int/bool buffers (``position_ids``, ``token_type_ids``, Pythia's bool ``attention.bias``)
+are compared bitwise into their own *buffers* table with the exact changed count, a note, and no
+effect on the weight sparsity; an fp16 base against a bf16 finetune is compared at the finetune's
+stored dtype (base cast round-to-nearest-even) so exactly the planted entries count as changed, and
+``precision=`` still overrides; the buffers table survives write/read.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from subnetviz.analysis.sparsity import SparsityOptions
+from subnetviz.analysis.updates import analyze_updates, read_analysis, write_analysis
+from tests import ckpt_fixtures
+from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+
+ckpt_zoo = ckpt_fixtures.ckpt_zoo
+
+
+def test_int_and_bool_buffers_are_their_own_group_and_never_an_error(ckpt_zoo, tmp_path):
+    sd = read_state_dict(ckpt_zoo.bert)
+    sd["bert.embeddings.position_ids"] = torch.arange(32, dtype=torch.int64).unsqueeze(0)
+    sd["bert.embeddings.token_type_ids"] = torch.zeros(1, 32, dtype=torch.int64)
+    base = write_folder(tmp_path / "base", sd, ckpt_zoo.bert)
+    ft_sd = {k: v.clone() for k, v in sd.items()}
+    ft_sd["bert.embeddings.token_type_ids"][0, :3] = 1  # 3 planted buffer changes
+    w = "bert.encoder.layer.0.attention.self.query.weight"
+    ft_sd[w][0, :5] = bf16_step(ft_sd[w][0, :5], 1)  # 5 planted weight changes
+    ft = write_folder(tmp_path / "ft", ft_sd, ckpt_zoo.bert)
+    rep = analyze_updates(str(base), [str(ft)], labels=["ft"]).reports[0]
+    buf = rep.buffers.set_index("key")
+    assert set(buf.index) == {"embeddings.position_ids", "embeddings.token_type_ids"}
+    assert (buf["group"] == "buffers").all()
+    assert buf.loc["embeddings.token_type_ids", "changed"] == 3 and buf.loc["embeddings.position_ids", "changed"] == 0
+    assert rep.changed == 5  # weights only
+    n_float = sum(v.numel() for k, v in sd.items() if v.dtype.is_floating_point and k != "cls.predictions.decoder.weight")
+    assert rep.numel == n_float
+    assert any(n.startswith("Buffers: 2 non-parameter tensor(s)") and "3 changed entries" in n for n in rep.notes)
+    back = read_analysis(write_analysis(analyze_updates(str(base), [str(ft)], labels=["ft"]), tmp_path / "out"))
+    assert back.reports[0].buffers.set_index("key").loc["embeddings.token_type_ids", "changed"] == 3
+
+
+def test_pythia_bool_attention_bias_is_a_buffer(ckpt_zoo, tmp_path):
+    sd = read_state_dict(ckpt_zoo.neox)
+    for layer in range(ckpt_fixtures.LAYERS):  # as Pythia's released checkpoints store them
+        sd[f"gpt_neox.layers.{layer}.attention.bias"] = torch.tril(torch.ones(1, 1, 32, 32, dtype=torch.bool))
+        sd[f"gpt_neox.layers.{layer}.attention.masked_bias"] = torch.tensor(-1e9)
+    base = write_folder(tmp_path / "base", sd, ckpt_zoo.neox)
+    rep = analyze_updates(str(base), [str(base)], labels=["same"]).reports[0]
+    groups = rep.buffers.groupby("group")["key"].count().to_dict()
+    assert groups == {"buffers": 2 * ckpt_fixtures.LAYERS} and rep.buffers["changed"].sum() == 0
+    assert rep.changed == 0 and not rep.tensors["key"].str.contains("attention.bias").any()
+
+
+def test_fp16_base_and_bf16_finetune_are_compared_at_the_finetunes_dtype(tmp_path):
+    torch.manual_seed(0)
+    base32 = torch.randn(64, 48) * 0.05
+    base16 = base32.to(torch.float16)
+    ft = base16.to(torch.bfloat16)  # the same weights saved in bf16 (RNE) ...
+    ft[3, :7] = bf16_step(ft[3, :7], 2)  # ... with 7 entries really updated
+    name = "model.layers.0.mlp.up_proj.weight"
+    cfg = {"model_type": "llama", "tie_word_embeddings": False}
+    b = write_folder(tmp_path / "b", {name: base16})
+    f = write_folder(tmp_path / "f", {name: ft})
+    for folder in (b, f):
+        (folder / "config.json").write_text(__import__("json").dumps(cfg))
+    rep = analyze_updates(str(b), [str(f)], labels=["ft"]).reports[0]
+    assert rep.changed == 7
+    assert rep.tensors.loc[0, "dtype"] == "bfloat16"
+    note = next(n for n in rep.notes if n.startswith("Mixed precision"))
+    assert "float16 in the base and bfloat16 in the finetune" in note and name in note
+    assert "round-to-nearest-even" in note
+    # The override: at fp32 the two roundings differ almost everywhere, and no cast note is written.
+    rep32 = analyze_updates(str(b), [str(f)], labels=["ft"], options=SparsityOptions(precision="fp32")).reports[0]
+    assert rep32.changed > 1000 and not any(n.startswith("Mixed precision") for n in rep32.notes)
