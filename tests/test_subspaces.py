@@ -13,7 +13,10 @@ from subnetviz.analysis.subspaces import (
     principal_mask,
     top_k,
 )
+from tests import app_fixtures
 from tests.ckpt_fixtures import make_llama, read_state_dict, write_folder
+
+app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
 
 
 def planted(m=40, n=24, k=4, theta_deg=17.0, seed=0):
@@ -145,3 +148,34 @@ def test_cli_analyze_writes_subspaces(tmp_path):
     assert main(["analyze", str(base), str(ft), "--out", str(out2), "--subspaces", "0", "--no-spectra",
                  "--device", "cpu", "--no-cache"]) == 0  # fmt: skip
     assert (out2 / "tensors.csv").exists() and not (out2 / "subspaces.csv").exists()
+
+
+def test_figures_draw_the_table():
+    from subnetviz.figures import subspaces as sfig
+
+    wb, wf = planted()
+    res = compare_subspaces("model.layers.0.mlp.up_proj.weight", torch.tensor(wb), torch.tensor(wf),
+                            SubspaceOptions(k=4))  # fmt: skip
+    from dataclasses import replace
+
+    from subnetviz.analysis.subspaces import SubspaceTable
+
+    table = SubspaceTable({"ft": [replace(res, layer=0, module="up")]})
+    df = table.to_frame()
+    heat = sfig.angle_heatmap(df)
+    assert abs(float(np.nanmax(np.asarray(heat.data[0].z, dtype=float))) - 17.0) < 1e-6
+    curves = sfig.angle_curves(table.vectors(), [res.name])
+    assert np.allclose(curves.data[0].y, res.angles_left)
+    scatter = sfig.principal_overlap_scatter(df)
+    assert len(scatter.data) == 2  # one module + the chance diagonal
+
+
+@pytest.mark.slow
+def test_spectra_page_subspaces_tab_renders(app_env):
+    from tests.test_app import open_page, plotly_specs
+
+    at = open_page("spectra", sub_k="4")
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
+    assert any("principal angle" in t.lower() for t in titles), titles

@@ -12,6 +12,44 @@ def body() -> None:
                "Δ entries uniformly over the matrix: a sparse random matrix is full-rank too.")  # fmt: skip
     ws = ui.workspace()
     ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
+    updates_tab, subspaces_tab = st.tabs(["Spectra of Δ", "Subspaces of W_base vs W_ft"])
+    with subspaces_tab:
+        subspaces(ws)
+    with updates_tab:
+        updates(ws)
+
+
+def subspaces(ws) -> None:
+    from subnetviz.analysis.subspaces import SubspaceOptions, cached_subspaces
+    from subnetviz.figures import subspaces as sfig
+
+    st.caption("Principal angles θᵢ = arccos σᵢ(U_baseᵀU_ft) between the top-K singular subspaces of W_base and "
+               "W_ft (arXiv 2508.16546: RL rotates singular vectors, barely moves singular values); σ ratios "
+               "σᵢ(W_ft)/σᵢ(W_base), i ≤ K (2509.17866); the share of the update inside the principal weights "
+               "(largest |rank-K reconstruction of W_base|, as many as changed) against chance = the update density "
+               "(2511.08567: RL avoids principal weights). Float64 Gram; randomized SVD above 32768 rows.")  # fmt: skip
+    c1, c2, c3 = st.columns(3)
+    k = c1.selectbox("K (top singular directions)", [4, 8, 16, 32, 64], index=2, key="sub_k", bind="query-params")
+    model = c2.selectbox("Model", list(ws.labels), key="sub_model", bind="query-params")
+    side = c3.radio("Side", ["left", "right"], horizontal=True, key="sub_side", bind="query-params")
+    with st.spinner("Decomposing every weight matrix of the base and the finetuned models…"):
+        rows, vectors = cached_subspaces(ws.base, list(ws.paths), labels=list(ws.labels),
+                                         options=SubspaceOptions(k=int(k)), device=ws.device)  # fmt: skip
+    ui.need(len(rows) > 0, "No 2-D weight matrices to compare.")
+    sel = rows[rows["model"] == model]
+    a, b = st.columns(2)
+    with a:
+        ui.chart(sfig.angle_heatmap(sel[sel["layer"].notna()], side=side), key="sub-angles")
+    with b:
+        ui.chart(sfig.principal_overlap_scatter(sel), key="sub-principal")
+    top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
+    ui.chart(sfig.angle_curves(vectors[vectors["model"] == model], top, side=side,
+                               title=f"{model}: principal angles of the six most rotated matrices"),
+             key="sub-curves")  # fmt: skip
+    ui.table(rows, "subspaces-table", "Principal angles, σ ratios and principal-weight overlap per matrix")
+
+
+def updates(ws) -> None:
     analysis = ui.update_analysis(ws, spectra=True)
     spec = analysis.spectra_table()
     ui.need(len(spec) > 0, "No 2-D update matrices to analyse.")

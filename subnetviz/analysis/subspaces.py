@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ ProgressFn = Callable[[int, int, str], None]
 METHODS = ("auto", "gram", "randomized", "svd")
 _CHUNK_ELEMENTS = 1 << 24  # float64 chunk of the long side: 128 MB
 SUBSPACES_VERSION = 1  # bump when the same inputs would give different numbers or files
-COLUMNS = ["model", "name", "rows", "cols", "k", "method", "angle_left_max", "angle_right_max", "angle_left_mean",
+COLUMNS = ["model", "name", "layer", "module", "rows", "cols", "k", "method", "angle_left_max", "angle_right_max", "angle_left_mean",
            "angle_right_mean", "sv_ratio_mean", "sv_ratio_maxdev", "principal_overlap", "principal_overlap_chance",
            "changed", "gap", "seconds"]  # fmt: skip
 
@@ -112,11 +112,13 @@ class SubspaceResult:
     changed: int
     gap: float
     seconds: float
+    layer: int | None = None
+    module: str | None = None
 
     def row(self) -> dict:
         finite = self.sv_ratio[np.isfinite(self.sv_ratio)]
         mean = float(finite.mean()) if finite.size else float("nan")
-        return {"name": self.name, "rows": self.shape[0], "cols": self.shape[1], "k": self.k, "method": self.method,
+        return {"name": self.name, "layer": self.layer, "module": self.module, "rows": self.shape[0], "cols": self.shape[1], "k": self.k, "method": self.method,
                 "angle_left_max": float(self.angles_left.max()), "angle_right_max": float(self.angles_right.max()),
                 "angle_left_mean": float(self.angles_left.mean()), "angle_right_mean": float(self.angles_right.mean()),
                 "sv_ratio_mean": mean,
@@ -310,6 +312,7 @@ def analyze_subspaces(
     per_key = [{t.key: t for t in align([ck_base, c]).tensors} for c in cks]
     keys = list(dict.fromkeys(k for pk in per_key for k, t in pk.items() if len(t.shape) == 2))
     out = SubspaceTable({lab: [] for lab in labels})
+    table = ck_base.names_table
     for step, key in enumerate(keys):
         if progress:
             progress(step, len(keys), key)
@@ -327,7 +330,9 @@ def analyze_subspaces(
                 method = choose_method(tuple(a.shape), options)
                 base_top[at.rows] = top_k(a, k, method=method, oversample=options.oversample,
                                           power_iters=options.power_iters, seed=options.seed)  # fmt: skip
-            out.results[lab].append(compare_subspaces(at.names[0], a, b, options, base_top=base_top[at.rows]))
+            res = compare_subspaces(at.names[0], a, b, options, base_top=base_top[at.rows])
+            info = table.describe(at.names[0])
+            out.results[lab].append(replace(res, layer=info.layer, module=info.module))
             del b
     if progress:
         progress(len(keys), len(keys), "done")

@@ -1,0 +1,78 @@
+"""Figures of W_base vs W_ft subspace geometry (:mod:`subnetviz.analysis.subspaces`): pure Plotly builders.
+
+- :func:`angle_heatmap`: layers × module kinds of the largest principal angle (degrees);
+- :func:`angle_curves`: the full angle vector of selected matrices against the subspace index;
+- :func:`principal_overlap_scatter`: the update mask's share inside the principal mask against chance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from subnetviz.figures.style import PALETTE, SEQUENTIAL, _grid, _layer_heatmap, _require, _style, no_data_figure
+
+
+def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None) -> go.Figure:
+    """Layers × modules of ``angle_{side}_max`` in degrees (one row per layer and module; others blank).
+
+    Needs columns layer, module, angle_left_max / angle_right_max; sv_ratio_mean and k in the hover
+    when present.
+    """
+    col = f"angle_{side}_max"
+    title = title or f"Largest principal angle between top-K {side} singular subspaces (°)"
+    if df.empty:
+        return no_data_figure(title)
+    _require(df, ["layer", "module", col], "angle_heatmap")
+    layers, modules, g = _grid(df, [col, "sv_ratio_mean", "k"], "angle_heatmap")
+    custom = np.stack([g["sv_ratio_mean"], g["k"]], axis=-1)
+    hover = "layer %{y} · %{x}<br>largest angle %{z:.2f}°<br>mean σ ratio %{customdata[0]:.4f}<br>K %{customdata[1]:.0f}"
+    return _layer_heatmap(layers, modules, g[col], custom, hover, title, "degrees", colorscale=SEQUENTIAL,
+                          zmin=0, zmax=max(1.0, float(np.nanmax(g[col])) if np.isfinite(g[col]).any() else 1.0))  # fmt: skip
+
+
+def angle_curves(vectors: pd.DataFrame, names: list[str], side: str = "left",
+                 title: str | None = None) -> go.Figure:  # fmt: skip
+    """Principal angles (degrees, ascending) against their index, one line per matrix in ``names``.
+
+    ``vectors``: the long frame of ``SubspaceTable.vectors()`` (name, index, angle_left, angle_right).
+    """
+    col = f"angle_{side}"
+    title = title or f"Principal angles, {side} singular subspaces"
+    _require(vectors, ["name", "index", col], "angle_curves")
+    sel = vectors[vectors["name"].isin(names)]
+    if sel.empty:
+        return no_data_figure(title)
+    fig = go.Figure()
+    for i, (name, g) in enumerate(sel.groupby("name", sort=False)):
+        fig.add_trace(go.Scatter(x=g["index"] + 1, y=g[col], mode="lines+markers", name=str(name),
+                                 line={"color": PALETTE[i % len(PALETTE)]},
+                                 hovertemplate=f"{name}<br>i %{{x}}: %{{y:.3f}}°<extra></extra>"))  # fmt: skip
+    return _style(fig, title, "i (principal angle index)", "angle (degrees)")
+
+
+def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """principal_overlap against principal_overlap_chance (both fractions, drawn in %) per matrix.
+
+    Points under the diagonal: the update avoids the principal weights more than chance.
+    """
+    title = title or "Update mask inside the principal-weight mask vs chance"
+    _require(df, ["name", "principal_overlap", "principal_overlap_chance"], "principal_overlap_scatter",
+             shares=["principal_overlap", "principal_overlap_chance"])  # fmt: skip
+    d = df.dropna(subset=["principal_overlap"])
+    if d.empty:
+        return no_data_figure(title, "no changed entries in any matrix")
+    color = d["module"].astype(str) if "module" in d.columns else None
+    fig = go.Figure()
+    groups = d.groupby(color, sort=False) if color is not None else [("matrices", d)]
+    for i, (mod, g) in enumerate(groups):
+        fig.add_trace(go.Scatter(x=100 * g["principal_overlap_chance"], y=100 * g["principal_overlap"],
+                                 mode="markers", name=str(mod), text=g["name"],
+                                 marker={"color": PALETTE[i % len(PALETTE)], "size": 8},
+                                 hovertemplate="%{text}<br>chance %{x:.2f}%<br>inside principal %{y:.2f}%"
+                                 "<extra></extra>"))  # fmt: skip
+    hi = 100 * float(max(d["principal_overlap"].max(), d["principal_overlap_chance"].max(), 0.01))
+    fig.add_trace(go.Scatter(x=[0, hi], y=[0, hi], mode="lines", name="chance", line={"color": "#888", "dash": "dash"},
+                             hoverinfo="skip"))  # fmt: skip
+    return _style(fig, title, "chance: update density (%)", "share of the update inside principal weights (%)")
