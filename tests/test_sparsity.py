@@ -32,6 +32,9 @@ def _bits_and_values(t: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
     if t.dtype == torch.bfloat16:
         u = t.view(torch.int16).numpy().view(np.uint16)
         return u, (u.astype(np.uint32) << 16).view(np.float32).astype(np.float64), 16
+    if t.dtype == torch.float16:
+        u = t.view(torch.int16).numpy().view(np.uint16)
+        return u, u.view(np.float16).astype(np.float64), 16
     if t.dtype == torch.float32:
         u = t.view(torch.int32).numpy().view(np.uint32)
         return u, u.view(np.float32).astype(np.float64), 32
@@ -165,6 +168,57 @@ def test_random_pairs_match_float64_reference(monkeypatch, numpy_kernels, chunk,
     st = compare_pair(a, b, SparsityOptions())
     assert_matches(st, reference(a, b))
     assert 0 < st.changed < n
+
+
+@pytest.mark.parametrize("numpy_kernels", [True, False])  # False: the fused torch kernel a GPU runs
+@pytest.mark.parametrize("density", [0.02, 0.3, 0.6, 0.97])  # both sides of DENSE_FRACTION
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("seed", range(3))
+def test_one_pass_matches_reference_at_every_density(monkeypatch, numpy_kernels, density, dtype, seed):
+    """Randomized: the gathered (few changed) and whole-chunk (most changed) CPU paths and the fused
+    torch kernel give the float64 NumPy reference's numbers, with a mask at a tolerance and a
+    relative η that is not 'Δ != 0', over several chunks with a partial last one."""
+    monkeypatch.setattr(sp, "_NUMPY_ON_CPU", numpy_kernels)
+    monkeypatch.setattr(sp, "CHUNK_ELEMENTS", 11 * 29)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (50, 29)
+    a = (torch.randn(shape, generator=gen) * 0.05).to(dtype)
+    which = torch.rand(shape, generator=gen) < density
+    sizes = 10 ** (torch.rand(shape, generator=gen) * 8 - 10)  # 1e-10 .. 1e-2
+    b = torch.where(which, (a.double() + sizes * torch.randn(shape, generator=gen).sign()).to(dtype), a)
+    b.view(-1)[:7] = -b.view(-1)[:7]  # sign crossings
+    a.view(-1)[8], b.view(-1)[8] = -0.0, 0.0  # a bit change with Δ = 0
+    eta = 1e-2 if dtype != torch.float32 else 1e-3  # bf16/fp16: above half an ULP, a real relative test
+    st = compare_pair(a, b, SparsityOptions(eta=eta, mask_tolerance=1e-6))
+    ref = reference(a, b, eta=eta)
+    d = np.abs(_bits_and_values(b)[1] - _bits_and_values(a)[1])
+    np.testing.assert_array_equal(st.mask.numpy(), d > 1e-6)
+    ref["mask"] = d > 1e-6
+    assert_matches(st, ref)
+    exact = compare_pair(a, b, SparsityOptions(eta=eta))
+    np.testing.assert_array_equal(exact.mask.numpy(), reference(a, b)["mask"])
+
+
+def test_gpu_kernel_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    """The CUDA dispatcher compiles the fused kernel lazily; a compiler failure warns once and
+    the eager kernel gives the numbers (tested without a GPU: the kernel runs on CPU tensors)."""
+    monkeypatch.setattr(sp, "_COMPILED", {})
+
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("no triton")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    assert sp._chunk_kernel(torch.device("cpu")) is sp._fused_chunk_stats
+    kernel = sp._chunk_kernel(torch.device("cuda"))
+    a, b, _ = planted_pair()
+    args = (a.view(torch.int16), b.view(torch.int16), torch.bfloat16, torch.float32, TOLS, 1e-3, True, None)
+    with pytest.warns(RuntimeWarning, match="no triton"):
+        got = kernel(*args)
+    assert sp._chunk_kernel(torch.device("cuda")) is sp._fused_chunk_stats  # no second attempt
+    assert got[1].tolist() == list(PLANTED["changed_tol"]) and int(got[2]) == PLANTED["changed_rel"]
 
 
 def test_small_changes_leave_the_upper_counts_at_zero():
