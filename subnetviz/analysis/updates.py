@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from subnetviz import __version__
 from subnetviz import cache as _cache
@@ -134,29 +136,41 @@ def analyze_updates(
     keys = list(dict.fromkeys(keys))
     forms_base = tensor_forms({n: ck_base.meta(n) for n in ck_base.names}, ck_base.config)
     forms = [tensor_forms({n: c.meta(n) for n in c.names}, c.config) for c in cks]
+    unknown = [n for n in table.unmatched(ck_base.names) if forms_base[n].kind not in ("buffer", "scale")]
+    if unknown:
+        notes.append(f"{len(unknown)} tensor(s) match no {table.family or 'known'} naming table and are labelled 'other' "
+                     f"(e.g. {', '.join(unknown[:5])}); per-module views leave them out of every module.")  # fmt: skip
     side: list[list[dict]] = [[] for _ in cks]
     log = FormLog()
-    for step, key in enumerate(keys):
+
+    def is_side(at, i: int) -> bool:  # buffers and scales: listed apart, read by side_row
+        fa, fb = forms_base[at.names[0]], forms[i][at.names[1]]
+        return "buffer" in (fa.kind, fb.kind) or "scale" in (fa.kind, fb.kind)
+
+    def load(key: str) -> dict:  # the weight tensors one step compares, read (and checked) ahead
+        out = {}
+        for i, (ck, pk) in enumerate(zip(cks, per_key, strict=True)):
+            at = pk.get(key)
+            if at is None or is_side(at, i):
+                continue
+            if ("a", at.rows) not in out:
+                out["a", at.rows] = _read_checked(ck_base, at, 0, dev)
+            out["b", i] = _read_checked(ck, at, 1, dev)
+        return out
+
+    for step, (key, loaded) in enumerate(zip(keys, prefetched(keys, load), strict=True)):
         if progress:
             progress(step, len(keys), key)
-        base_tensors: dict = {}
         for i, (ck, pk) in enumerate(zip(cks, per_key, strict=True)):
             at = pk.get(key)
             if at is None:
                 continue
             fa, fb = forms_base[at.names[0]], forms[i][at.names[1]]
             info = table.describe(at.names[0])
-            if "buffer" in (fa.kind, fb.kind) or "scale" in (fa.kind, fb.kind):
+            if is_side(at, i):
                 side[i].append(side_row(labels[i], key, at, info, ck_base, ck, fa, fb, dev, log, i))
                 continue
-            rows_key = at.rows
-            if rows_key not in base_tensors:
-                a = read_aligned(ck_base, at, 0, dev)
-                check_finite(a, f"{ck_base.spec} :: {at.names[0]}")
-                base_tensors[rows_key] = a
-            a = base_tensors[rows_key]
-            b = read_aligned(ck, at, 1, dev)
-            check_finite(b, f"{ck.spec} :: {at.names[1]}")
+            a, b = loaded["a", at.rows], loaded.pop(("b", i))
             try:
                 st, changed_eff, delta_fn = compare_aligned(a, b, fa, fb, at, ck_base, ck, options, dev, log, i)
             except NonFiniteError as exc:
@@ -165,7 +179,11 @@ def analyze_updates(
             rows[i][-1]["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
             rows[i][-1]["stored_as"] = fb.label if fa.kind == fb.kind else f"{fa.label} -> {fb.label}"
             rows[i][-1]["changed_effective"] = changed_eff
-            parts[i].extend(fused_part_rows(table, at.names[0], key, at.shape, st))
+            rows[i][-1]["expert"] = None if info.expert is None else str(info.expert)
+            split = fused_part_rows(table, at.names[0], key, at.shape, st) or [
+                {"key": key, "module": m, "numel": n, "changed": c}
+                for m, n, c in table.part_counts(at.names[0], at.shape, st.row_counts, st.col_counts)]  # fmt: skip
+            parts[i].extend(split)
             if st.mask is not None:
                 masks[i].add(at.names[0], st.mask)
             if st.row_counts is not None and len(at.shape) >= 2:
@@ -177,7 +195,7 @@ def analyze_updates(
                     max_dim=spectra.max_dim, device=dev))  # fmt: skip
                 del delta
             del b
-        del base_tensors
+        loaded.clear()  # freed before the next step's tensors arrive: at most two steps in memory
     if progress:
         progress(len(keys), len(keys), "done")
     reports = []
@@ -197,6 +215,40 @@ def analyze_updates(
         overlap = mask_overlap(sets, labels, group_of=lambda n: (table.describe(n).layer, table.describe(n).module))
     return UpdateAnalysis(ck_base.spec, labels, reports, spec, None, None, overlap, notes,
                           time.perf_counter() - t0)  # fmt: skip
+
+
+def prefetched(items: Sequence, load: Callable) -> Iterator:
+    """``load(item)`` for each item in order, the next one read in a background thread while the
+    caller works on the current one (a bounded prefetch: one item ahead, so at most two loaded
+    items exist when the caller drops each one before asking for the next). Reading releases the
+    GIL (safetensors, torch copies), so reading and comparing overlap. Errors surface in order.
+    """
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="subnetviz-read") as pool:
+        ahead = pool.submit(load, items[0])
+        for k in range(len(items)):
+            current = ahead.result()
+            ahead = pool.submit(load, items[k + 1]) if k + 1 < len(items) else None
+            yield current
+            del current
+
+
+def _read_checked(ck: Checkpoint, at, i: int, device: str) -> torch.Tensor:
+    """Tensor ``i`` of an aligned pair, refused if not finite, on ``dev``: read and checked on the
+    CPU, then sent to a GPU from pinned memory on a side stream (the caller's stream may use it
+    at once: the copy is complete and the block is recorded on the caller's stream)."""
+    x = read_aligned(ck, at, i, "cpu")
+    check_finite(x, f"{ck.spec} :: {at.names[i]}")
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return x if dev.type == "cpu" else x.to(dev)
+    stream = torch.cuda.Stream(dev)
+    with torch.cuda.stream(stream):
+        y = x.pin_memory().to(dev, non_blocking=True)
+    stream.synchronize()
+    y.record_stream(torch.cuda.default_stream(dev))
+    return y
 
 
 class _Subset(Mapping):

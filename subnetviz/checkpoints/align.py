@@ -71,6 +71,7 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     for ck in checkpoints:
         m: dict[str, str] = {}
         for n in ck.names:
+            ck.names_table.check_packed(n, ck.meta(n).shape, f"{ck.spec}: ")
             m.setdefault(strip_prefix(n), n)
         keyed.append(m)
     # Tied embeddings: a head stored in a model that ties it is the embedding (HF ties it on load),

@@ -1,14 +1,18 @@
 """Tensor name -> (layer, block, module kind), from one table per architecture family.
 
-Families: Llama/Qwen2/Mistral (separate q/k/v/o, gate/up/down), GPT-2 (Conv1D weights stored
-(in, out); fused ``c_attn`` split in contiguous thirds along the output columns), GPT-NeoX/Pythia
-(fused ``query_key_value`` interleaved per head along the output rows), BERT. An unknown
-architecture falls back to a generic parse (layer = the first integer path component) and says so
-in :attr:`NameTable.notice`; it never raises.
+The tables themselves are :mod:`~subnetviz.checkpoints.families`: Llama/Qwen2/Mistral (separate
+q/k/v/o, gate/up/down), MoE families (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3 with MLA, Llama-4,
+packed 3-D experts), Phi-3 (fused ``qkv_proj`` / ``gate_up_proj``), post-norm families (Gemma-2/3,
+OLMo-2), GPT-2 (Conv1D weights stored (in, out); fused ``c_attn`` split in contiguous thirds along
+the output columns), GPT-NeoX/Pythia (fused ``query_key_value`` interleaved per head along the
+output rows), BERT; multimodal checkpoints' language model under ``model.language_model.`` and a
+vision tower as its own block. An unknown architecture falls back to a generic parse (layer = the
+first integer path component) and says so in :attr:`NameTable.notice`; it never raises. Names no
+table knows are ``other`` and listed by :meth:`NameTable.unmatched` (the analysis notes them).
 
-Module kinds are short canonical strings used across the app (heatmap columns):
-``embed, pos_embed, q, k, v, o, qkv, gate, up, down, mlp_in, mlp_out, attn_norm, mlp_norm,
-norm, final_norm, lm_head, other``.
+Experts sit in block ``moe`` with the dense module kinds (gate/up/down) and an ``expert`` (index,
+``"shared"``, ``"all"`` for packed); routers are module ``router``. Module kinds are short
+canonical strings used across the app (heatmap columns), in :data:`MODULE_ORDER`.
 """
 
 from __future__ import annotations
@@ -18,70 +22,49 @@ from dataclasses import dataclass
 
 import torch
 
+from subnetviz.checkpoints.families import (
+    EXPERT_COUNT_KEYS,
+    EXPERT_INDEX,
+    FAMILIES,
+    MODEL_TYPES,
+    PACKED_EXPERTS,
+    PREFIXES,
+    PROJECTOR,
+    SHARED_EXPERT,
+    TELLTALES,
+    VISION,
+)
+from subnetviz.errors import CheckpointError
+
 MODULE_ORDER = [
-    "embed", "pos_embed", "q", "k", "v", "qkv", "o", "gate", "up", "mlp_in", "down", "mlp_out",
-    "attn_norm", "mlp_norm", "norm", "final_norm", "lm_head", "other",
+    "embed", "pos_embed", "q", "k", "v", "qkv", "q_a", "q_b", "kv_a", "kv_b", "o", "router", "gate", "up",
+    "gate_up", "mlp_in", "down", "mlp_out", "attn_norm", "post_attn_norm", "mlp_norm", "post_mlp_norm", "norm",
+    "final_norm", "mtp_proj", "lm_head", "vision", "projector", "other",
 ]  # fmt: skip
 BLOCK_OF = {
     "embed": "embedding", "pos_embed": "embedding", "lm_head": "head",
     "q": "attention", "k": "attention", "v": "attention", "qkv": "attention", "o": "attention",
-    "gate": "mlp", "up": "mlp", "mlp_in": "mlp", "down": "mlp", "mlp_out": "mlp",
-    "attn_norm": "norm", "mlp_norm": "norm", "norm": "norm", "final_norm": "norm", "other": "other",
+    "q_a": "attention", "q_b": "attention", "kv_a": "attention", "kv_b": "attention",
+    "gate": "mlp", "up": "mlp", "gate_up": "mlp", "mlp_in": "mlp", "down": "mlp", "mlp_out": "mlp",
+    "router": "moe", "mtp_proj": "mtp", "vision": "vision", "projector": "vision",
+    "attn_norm": "norm", "post_attn_norm": "norm", "mlp_norm": "norm", "post_mlp_norm": "norm", "norm": "norm",
+    "final_norm": "norm", "other": "other",
 }  # fmt: skip
-
-# (regex on the name without a leading model prefix, module kind). First match wins.
-_LLAMA = [
-    (r"embed_tokens\.", "embed"),
-    (r"self_attn\.q_proj\.", "q"), (r"self_attn\.k_proj\.", "k"), (r"self_attn\.v_proj\.", "v"),
-    (r"self_attn\.o_proj\.", "o"),
-    (r"mlp\.gate_proj\.", "gate"), (r"mlp\.up_proj\.", "up"), (r"mlp\.down_proj\.", "down"),
-    (r"input_layernorm\.", "attn_norm"), (r"post_attention_layernorm\.", "mlp_norm"),
-    (r"(q_norm|k_norm)\.", "attn_norm"),
-    (r"^norm\.", "final_norm"), (r"lm_head\.", "lm_head"),
-]  # fmt: skip
-_GPT2 = [
-    (r"wte\.", "embed"), (r"wpe\.", "pos_embed"),
-    (r"attn\.c_attn\.", "qkv"), (r"attn\.c_proj\.", "o"),
-    (r"mlp\.c_fc\.", "mlp_in"), (r"mlp\.c_proj\.", "mlp_out"),
-    (r"ln_1\.", "attn_norm"), (r"ln_2\.", "mlp_norm"), (r"ln_f\.", "final_norm"), (r"lm_head\.", "lm_head"),
-]  # fmt: skip
-_NEOX = [
-    (r"embed_in\.", "embed"),
-    (r"attention\.query_key_value\.", "qkv"), (r"attention\.dense\.", "o"),
-    (r"mlp\.dense_h_to_4h\.", "mlp_in"), (r"mlp\.dense_4h_to_h\.", "mlp_out"),
-    (r"input_layernorm\.", "attn_norm"), (r"post_attention_layernorm\.", "mlp_norm"),
-    (r"final_layer_norm\.", "final_norm"), (r"embed_out\.", "lm_head"),
-]  # fmt: skip
-_BERT = [
-    (r"word_embeddings\.", "embed"), (r"position_embeddings\.", "pos_embed"),
-    (r"token_type_embeddings\.", "embed"), (r"embeddings\.LayerNorm\.", "norm"),
-    (r"attention\.self\.query\.", "q"), (r"attention\.self\.key\.", "k"), (r"attention\.self\.value\.", "v"),
-    (r"attention\.output\.dense\.", "o"), (r"attention\.output\.LayerNorm\.", "attn_norm"),
-    (r"intermediate\.dense\.", "mlp_in"), (r"output\.dense\.", "mlp_out"), (r"output\.LayerNorm\.", "mlp_norm"),
-    (r"pooler\.", "other"), (r"cls\.predictions\.decoder\.", "lm_head"),
-    (r"cls\.predictions\.bias$", "lm_head"),  # the decoder's (vocab,) bias: resized with the vocabulary
-    (r"cls\.", "other"),
-]  # fmt: skip
-
-FAMILIES: dict[str, list[tuple[str, str]]] = {"llama": _LLAMA, "gpt2": _GPT2, "gpt_neox": _NEOX, "bert": _BERT}
-# config.json model_type -> family
-MODEL_TYPES = {
-    "llama": "llama", "qwen2": "llama", "qwen3": "llama", "mistral": "llama", "gemma": "llama",
-    "gemma2": "llama", "phi3": "llama", "olmo": "llama", "olmo2": "llama",
-    "gpt2": "gpt2", "gpt_neox": "gpt_neox", "bert": "bert", "roberta": "bert",
-}  # fmt: skip
-_PREFIXES = ("model.", "transformer.", "gpt_neox.", "bert.", "roberta.", "base_model.")
+_PREFIXES = PREFIXES
 _INT = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where a tensor sits: layer index (None outside the blocks), block, module kind, param kind."""
+    """Where a tensor sits: layer index (None outside the blocks), block, module kind, param kind,
+    and for mixture-of-experts tensors the expert (its index, ``"shared"``, or ``"all"`` for a
+    packed 3-D tensor holding every expert along dim 0)."""
 
     layer: int | None
     block: str
     module: str
     param: str  # "weight" | "bias" | other trailing name
+    expert: int | str | None = None
 
     @property
     def layer_label(self) -> str:
@@ -89,7 +72,8 @@ class TensorInfo:
 
 
 def strip_prefix(name: str) -> str:
-    """``model.layers.0.x`` -> ``layers.0.x``; names without a known prefix are returned unchanged."""
+    """``model.layers.0.x`` -> ``layers.0.x`` (also ``model.language_model.``, ...); names without a
+    known prefix are returned unchanged."""
     for p in _PREFIXES:
         if name.startswith(p):
             return name[len(p) :]
@@ -100,25 +84,48 @@ def detect_family(model_type: str | None, names: list[str]) -> str | None:
     """The family from ``config.json``'s model_type, else from tell-tale tensor names, else None."""
     if model_type and model_type in MODEL_TYPES:
         return MODEL_TYPES[model_type]
-    joined = "\n".join(names[:2000])
-    if "self_attn.q_proj" in joined:
-        return "llama"
-    if "attn.c_attn" in joined:
-        return "gpt2"
-    if "attention.query_key_value" in joined:
-        return "gpt_neox"
-    if "attention.self.query" in joined:
-        return "bert"
+    joined = "\n".join(names[:5000])
+    return next((fam for tell, fam in TELLTALES if tell in joined), None)
+
+
+def expert_of(short: str) -> int | str | None:
+    """The expert a (prefix-stripped) name belongs to: index, ``"shared"``, ``"all"`` (packed) or None."""
+    m = EXPERT_INDEX.search(short)
+    if m:
+        return int(m.group(1))
+    if SHARED_EXPERT.search(short):
+        return "shared"
+    if PACKED_EXPERTS.search(short):
+        return "all"
     return None
 
 
 @dataclass(frozen=True)
 class NameTable:
-    """Maps names to :class:`TensorInfo` for one architecture family (or the generic fallback)."""
+    """Maps names to :class:`TensorInfo` for one architecture family (or the generic fallback).
+
+    The config numbers are optional: ``num_heads`` splits GPT-NeoX's interleaved QKV; ``num_kv_heads``
+    and ``hidden_size`` split Phi-3's ``qkv_proj``; ``num_layers`` marks layers past it (DeepSeek-V3's
+    multi-token-prediction layer) as block ``mtp``; ``num_experts`` checks packed expert tensors.
+    """
 
     family: str | None
     num_heads: int | None = None
     model_type: str | None = None
+    num_kv_heads: int | None = None
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_experts: int | None = None
+
+    @classmethod
+    def from_config(cls, config: dict, names: list[str]) -> NameTable:
+        text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        mt = config.get("model_type")
+        heads = text.get("num_attention_heads") or text.get("n_head")
+        experts = next((text[k] for k in EXPERT_COUNT_KEYS if isinstance(text.get(k), int)), None)
+        mtp = text.get("num_nextn_predict_layers") or 0
+        return cls(detect_family(mt, names), heads, mt, text.get("num_key_value_heads") or heads,
+                   text.get("hidden_size"), text.get("num_hidden_layers") if mtp else None, experts)  # fmt: skip
 
     @property
     def notice(self) -> str | None:
@@ -130,30 +137,75 @@ class NameTable:
             )
         return None
 
+    def _match(self, short: str) -> str | None:
+        for pattern, kind in FAMILIES.get(self.family or "", []):
+            if re.search(pattern, short):
+                return kind
+        return None
+
     def describe(self, name: str) -> TensorInfo:
         short = strip_prefix(name)
         param = short.rsplit(".", 1)[-1] if "." in short else short
         m = _INT.search(short)
         layer = int(m.group(1)) if m else None
-        module = "other"
-        for pattern, kind in FAMILIES.get(self.family or "", []):
-            if re.search(pattern, short):
-                module = kind
-                break
-        if module in ("embed", "pos_embed", "lm_head", "final_norm"):
+        if PROJECTOR.match(short):
+            return TensorInfo(None, "vision", "projector", param)
+        if VISION.match(short):
+            return TensorInfo(layer, "vision", "vision", param)
+        module = self._match(short) or "other"
+        expert = expert_of(short) if self.family in FAMILIES else None
+        if expert == "all" and param.endswith("_proj"):
+            param = "weight"  # packed experts are stored without a .weight suffix
+        if module in ("embed", "pos_embed", "lm_head", "final_norm") and not self._is_mtp(layer):
             layer = None
         elif self.family == "bert" and module == "norm":
             layer = None
-        return TensorInfo(layer, BLOCK_OF[module], module, param)
+        block = BLOCK_OF[module]
+        if expert is not None and block == "mlp":
+            block = "moe"
+        if self._is_mtp(layer):
+            block = "mtp"
+        return TensorInfo(layer, block, module, param, expert)
+
+    def _is_mtp(self, layer: int | None) -> bool:
+        return self.num_layers is not None and layer is not None and layer >= self.num_layers
+
+    def unmatched(self, names: list[str]) -> list[str]:
+        """Names no table of this family knows (their module is ``other`` by default, not by a rule)."""
+        if self.family is None:
+            return list(names)
+        out = []
+        for n in names:
+            short = strip_prefix(n)
+            if not (PROJECTOR.match(short) or VISION.match(short) or self._match(short)):
+                out.append(n)
+        return out
+
+    def check_packed(self, name: str, shape: tuple[int, ...], where: str = "") -> None:
+        """A packed-expert tensor must hold the config's expert count along dim 0."""
+        if self.num_experts is None or expert_of(strip_prefix(name)) != "all" or len(shape) != 3:
+            return
+        if shape[0] != self.num_experts:
+            raise CheckpointError(
+                f"{where}packed-expert tensor {name!r}: expected {self.num_experts} experts along dim 0 "
+                f"(config.json), found {shape[0]} (shape {tuple(shape)})."
+            )
 
     def fused_parts(self, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """Split a fused QKV tensor into views ``{"q", "k", "v"}``; None for any other tensor.
+        """Split a fused tensor into views: ``{"q", "k", "v"}`` for QKV, ``{"gate", "up"}`` for gate/up.
 
         GPT-2 ``c_attn`` (Conv1D): weight (d, 3d), bias (3d,) -> contiguous thirds of the last dim.
         GPT-NeoX ``query_key_value`` (Linear): weight (3d, d), bias (3d,) -> rows interleaved per head,
         i.e. reshaped to (heads, 3, head_size, ...) as HF ``GPTNeoXAttention`` does.
+        Phi-3 ``qkv_proj`` (Linear): rows [q (heads·hd); k (kv·hd); v (kv·hd)], hd = hidden / heads.
+        Phi-3 ``gate_up_proj``: rows [gate; up] halves. (Packed 3-D experts: see :meth:`part_counts`.)
         """
         info = self.describe(name)
+        if info.module == "gate_up" and self.family == "phi3":
+            if tensor.shape[0] % 2:
+                return None
+            h = tensor.shape[0] // 2
+            return {"gate": tensor[:h], "up": tensor[h:]}
         if info.module != "qkv":
             return None
         if self.family == "gpt2":
@@ -169,7 +221,35 @@ class NameTable:
             hs = rows // (3 * self.num_heads)
             t = tensor.reshape(self.num_heads, 3, hs, *tensor.shape[1:])
             return {k: t[:, i] for i, k in enumerate("qkv")}
+        if self.family == "phi3" and self.num_heads and self.hidden_size and self.num_kv_heads:
+            hd = self.hidden_size // self.num_heads
+            q, kv = self.num_heads * hd, self.num_kv_heads * hd
+            if tensor.shape[0] != q + 2 * kv:
+                return None
+            return {"q": tensor[:q], "k": tensor[q : q + kv], "v": tensor[q + kv :]}
         return None
+
+    def part_counts(self, name: str, shape: tuple[int, ...], row_counts, col_counts) -> list[tuple[str, int, int]]:
+        """(module, numel, changed) of each part of a fused tensor that :func:`fused_part_rows` does not
+        split (Phi-3 ``qkv_proj`` / ``gate_up_proj``; packed 3-D ``gate_up_proj`` of every expert), from
+        the row/column counts of the (shape[0], rest) view: no extra pass. [] for any other tensor."""
+        info = self.describe(name)
+        if row_counts is None or info.module not in ("qkv", "gate_up") or self.family in ("gpt2", "gpt_neox"):
+            return []
+        if info.expert == "all" and len(shape) == 3:  # (E, 2I, H) v5 layout, or Llama-4's (E, H, 2I)
+            e, r, c = shape
+            cols = torch.as_tensor(col_counts).reshape(r, c)
+            if self.family == "llama4":
+                g, u = cols[:, : c // 2], cols[:, c // 2 :]
+            else:
+                g, u = cols[: r // 2], cols[r // 2 :]
+            return [("gate", g.numel() * e, int(g.sum())), ("up", u.numel() * e, int(u.sum()))]
+        counts = torch.as_tensor(row_counts)
+        width = shape[1] if len(shape) == 2 else 1
+        parts = self.fused_parts(name, counts)
+        if not parts:
+            return []
+        return [(k, int(v.numel()) * width, int(v.sum())) for k, v in parts.items()]
 
 
 def module_sort_key(module: str) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from subnetviz.checkpoints.header import ST_DTYPES, TensorMeta, read_safetensors_header
-from subnetviz.checkpoints.naming import NameTable, detect_family
+from subnetviz.checkpoints.naming import NameTable
 from subnetviz.config import check_readable, display_path
 from subnetviz.errors import CheckpointError, NotCachedError, suggest
 
@@ -80,10 +80,7 @@ class Checkpoint:
 
     @cached_property
     def names_table(self) -> NameTable:
-        mt = self.config.get("model_type")
-        fam = detect_family(mt, self.names)
-        heads = self.config.get("num_attention_heads") or self.config.get("n_head")
-        return NameTable(fam, heads, mt)
+        return NameTable.from_config(self.config, self.names)
 
     @property
     def tied_embeddings(self) -> bool:
