@@ -102,12 +102,24 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
     the runner's (config, status, metrics, log on stdout) and the model goes to
     ``run_dir/outputs/model``.
     """
+    from subnetviz.training import sharded
     from subnetviz.training.config import TrainConfig
-    from subnetviz.training.run import train
+    from subnetviz.training.run import launch_and_train, train
 
     try:
         if run_dir is None:
-            res = train(TrainConfig.from_file(config_path))
+            cfg = TrainConfig.from_file(config_path)
+            if sharded.needs_launch(cfg.strategy):  # start cfg.num_processes processes running this same verb
+                import tempfile
+
+                with tempfile.TemporaryDirectory(prefix="subnetviz-launch-") as folder:
+                    res = launch_and_train(cfg, Path(folder))
+            else:
+                ctx = None
+                if os.environ.get(sharded.RUN_DIR_ENV):  # a rank of a launched job: report into its run folder
+                    rd = Path(os.environ[sharded.RUN_DIR_ENV])
+                    ctx = JobContext(rd, rd / "outputs.tmp")
+                res = train(cfg, ctx)
             if res.is_main_process:
                 print(json.dumps(res.to_dict(), indent=2))
             return 0

@@ -8,6 +8,9 @@ Decisions documented here:
 - ``beta``: for GRPO it is the KL coefficient (0 = no reference model, TRL's default). For DPO a
   ``beta`` of 0 makes the loss flat (zero gradient), so ``beta == 0`` means "TRL's default 0.1";
   :meth:`TrainConfig.effective_beta` says which value a run uses.
+- ``strategy`` / ``num_processes``: how many processes train together and how they share the model
+  (``single``, ``ddp``, ``fsdp2``, ``zero3``: :mod:`subnetviz.training.sharded`); ``batch_size`` is
+  per process.
 - ``mask``: ``None`` (full finetune), a mask file, or ``"random:<mask file>"`` (a random mask with
   the same per-tensor density as that file, drawn with ``seed``: the chance baseline).
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from subnetviz.errors import ConfigError, suggest
 
 ALGORITHMS = ("sft", "dpo", "grpo")
+STRATEGIES = ("single", "ddp", "fsdp2", "zero3")
 DPO_DEFAULT_BETA = 0.1
 RANDOM_PREFIX = "random:"
 
@@ -49,6 +53,8 @@ class TrainConfig:
     lr_scheduler_type: str = "constant"  # any transformers scheduler name ("constant", "linear", "cosine")
     bf16: bool = True  # bf16 autocast (TRL's default) with fp32 master weights; False = all fp32
     name: str | None = None  # a label for the run (shown in the registry)
+    strategy: str = "single"  # "single" | "ddp" | "fsdp2" | "zero3" (see subnetviz.training.sharded)
+    num_processes: int = 1  # processes that train together (launched by accelerate launch / torchrun)
 
     @property
     def effective_beta(self) -> float:
@@ -73,7 +79,12 @@ class TrainConfig:
         ``check_output=False`` skips the "output_dir must not exist" rule (used when a job writes
         into its own fresh temporary folder).
         """
-        problems = [*self._path_problems(check_output), *self._number_problems(), *self._schedule_problems()]
+        problems = [
+            *self._path_problems(check_output),
+            *self._number_problems(),
+            *self._schedule_problems(),
+            *strategy_problems(self.strategy, self.num_processes),
+        ]
         if problems:
             raise ConfigError("training config: " + "; ".join(problems) + ".")
         # The rows themselves: a bad file is refused here (naming file and line), not mid-job.
@@ -176,6 +187,18 @@ class TrainConfig:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc}).") from None
         return cls.from_dict(d)
+
+
+def strategy_problems(strategy, num_processes) -> list[str]:
+    """Config validation for ``strategy`` and ``num_processes`` (used by TrainConfig.validate)."""
+    problems = []
+    if strategy not in STRATEGIES:
+        problems.append(f"strategy {strategy!r} is unknown; expected one of {', '.join(STRATEGIES)}")
+    if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
+        problems.append(f"num_processes must be an integer >= 1, got {num_processes!r}")
+    elif strategy == "single" and num_processes != 1:
+        problems.append(f"strategy 'single' runs one process, got num_processes {num_processes}; use ddp or fsdp2")
+    return problems
 
 
 JOB_OUTPUT_PLACEHOLDER = "<job outputs>/model"

@@ -28,12 +28,14 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
 
 from subnetviz.analysis.bits import bits_differ
 from subnetviz.checkpoints import align, open_checkpoint, read_aligned
 from subnetviz.errors import MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
+from subnetviz.training.sharded import local_mask
 
 
 def load_training_mask(
@@ -73,8 +75,10 @@ def load_training_mask(
 class GradientMask:
     """Gradient hooks ``g -> where(mask, g, 0)`` on a model's parameters; :meth:`remove` takes them off.
 
-    ``masks``: name -> bool tensor of the parameter's shape. All-True masks get no hook (nothing
-    to do); parameters not in ``masks`` are left alone.
+    ``masks``: name -> bool tensor of the parameter's (full) shape. All-True masks get no hook
+    (nothing to do); parameters not in ``masks`` are left alone. A DTensor parameter (FSDP2) gets a
+    ``register_post_accumulate_grad_hook`` that masks its local gradient shard (after the
+    reduce-scatter) with the mask sharded like the parameter; ``register_hook`` never fires there.
     """
 
     def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor]):
@@ -87,7 +91,10 @@ class GradientMask:
             p = params[name]
             if bool(mask.all()):
                 continue
-            m = mask.to(device=p.device, dtype=torch.bool)
+            m = local_mask(mask, p)
+            if isinstance(p, DTensor):
+                self._handles.append(p.register_post_accumulate_grad_hook(lambda q, m=m: _mask_local_grad(q, m)))
+                continue
             # where(), not g * m: a NaN or Inf gradient must still become exactly 0 outside the mask.
             self._handles.append(p.register_hook(lambda g, m=m: torch.where(m, g, 0.0)))
 
@@ -95,6 +102,12 @@ class GradientMask:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def _mask_local_grad(param: torch.Tensor, m: torch.Tensor) -> None:
+    if param.grad is not None:
+        g = param.grad.to_local()
+        g.copy_(torch.where(m, g, 0.0))
 
 
 class MaskedUpdateCallback(TrainerCallback):
@@ -105,8 +118,11 @@ class MaskedUpdateCallback(TrainerCallback):
     sets it); this callback does the decay so it can respect the mask.
     """
 
-    def __init__(self, masks: dict[str, torch.Tensor] | None, weight_decay: float, decay_names: set[str]):
+    def __init__(
+        self, masks: dict[str, torch.Tensor] | None, weight_decay: float, decay_names: set[str], *, zero: bool = False
+    ):
         self.masks = masks
+        self.zero = zero  # DeepSpeed ZeRO: masks and decay go through sharded.ZeroGradientMask instead
         self.weight_decay = float(weight_decay)
         self.decay_names = set(decay_names)
         self._hooks: GradientMask | None = None
@@ -116,6 +132,8 @@ class MaskedUpdateCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise RuntimeError("MaskedUpdateCallback needs the model in on_train_begin")
+        if self.zero:
+            return  # installed by train() on the DeepSpeed engine (sharded.ZeroGradientMask)
         if self.masks is not None and self._hooks is None:
             self._hooks = GradientMask(model, self.masks)
         if self.weight_decay > 0:
@@ -126,7 +144,7 @@ class MaskedUpdateCallback(TrainerCallback):
                 if self.masks is None or bool(self.masks[name].all()):
                     self._decay.append((p, None))
                 elif bool(self.masks[name].any()):
-                    self._decay.append((p, self.masks[name].to(p.device)))
+                    self._decay.append((p, local_mask(self.masks[name], p)))
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is None:
@@ -143,6 +161,8 @@ class MaskedUpdateCallback(TrainerCallback):
         factor = 1.0 - lr * self.weight_decay
         with torch.no_grad():
             for p, m in self._decay:
+                if isinstance(p, DTensor):  # FSDP2: decay this process's shard with its part of the mask
+                    p = p.to_local()
                 if m is None:
                     p.mul_(factor)
                 else:
@@ -210,3 +230,35 @@ def check_outside_mask(
         ck_base.close()
         ck_new.close()
     return MaskCheck(ch_out == 0, ch_in, ch_out, inside, outside, len(al.tensors))
+
+
+def check_state_outside_mask(
+    base_dir: str | os.PathLike, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None
+) -> MaskCheck:
+    """Like :func:`check_outside_mask`, on a trained model's gathered full state dict (fp32 master
+    weights, before the bf16 save) against the base read in its stored dtype and widened exactly.
+
+    Only the state's parameters that the base holds are compared (buffers such as rotary tables
+    are not in checkpoints). A base tensor of another shape is refused.
+    """
+    ck = open_checkpoint(base_dir)
+    try:
+        have = set(ck.names)
+        inside = outside = ch_in = ch_out = n = 0
+        for name in sorted(k for k in state if k in have):
+            new = state[name].detach().cpu()
+            base = ck.get(name)
+            if tuple(base.shape) != tuple(new.shape):
+                raise MaskError(f"{name}: base {tuple(base.shape)} vs trained {tuple(new.shape)}.")
+            diff = bits_differ(base.to(new.dtype), new)
+            m = masks.get(name) if masks is not None else torch.ones_like(diff)
+            m = torch.zeros_like(diff) if m is None else m.to(torch.bool)
+            n_in = int(m.sum())
+            inside += n_in
+            outside += diff.numel() - n_in
+            ch_in += int((diff & m).sum())
+            ch_out += int((diff & ~m).sum())
+            n += 1
+    finally:
+        ck.close()
+    return MaskCheck(ch_out == 0, ch_in, ch_out, inside, outside, n)

@@ -8,10 +8,14 @@ leaves a folder that looks complete. The folder then holds:
 - the bf16 model + tokenizer, ``train_config.json`` (the config as run),
 - ``subnetwork_mask.safetensors`` (masked runs: the mask actually used, e.g. the random one),
 - ``checkpoints/step-<k>/`` for each of ``save_steps``,
-- ``train_summary.json``: steps done, final metrics, accuracy, seconds, and the bitwise check of
-  the saved model against the base (``outside_mask_identical``, changed entries inside/outside).
+- ``train_summary.json``: steps done, final metrics, accuracy, seconds, and the bitwise checks
+  against the base (``outside_mask_identical``, changed entries inside/outside) of the saved bf16
+  model (``mask_check``) and of the gathered full fp32 state dict (``gathered_check``); for FSDP2
+  the evidence that it was active (``fsdp2``: DTensor parameters, mesh size, local vs full sizes),
+- ``accelerate_config.yaml`` for a launched multi-process run.
 
-Under ``accelerate launch`` every process runs :func:`train`; only the main process saves.
+Under ``accelerate launch`` every process runs :func:`train`; only the main process saves. A
+config with a multi-process ``strategy`` is launched by :func:`launch_and_train`.
 """
 
 from __future__ import annotations
@@ -24,10 +28,20 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+from transformers import TrainerCallback
+
+from subnetviz.errors import ConfigError, JobError
 from subnetviz.jobs.context import JobContext
+from subnetviz.training import sharded
 from subnetviz.training.config import TrainConfig, job_train_config
 from subnetviz.training.evaluate import evaluate_accuracy
-from subnetviz.training.masking import MaskedUpdateCallback, check_outside_mask, load_training_mask
+from subnetviz.training.masking import (
+    MaskedUpdateCallback,
+    check_outside_mask,
+    check_state_outside_mask,
+    load_training_mask,
+)
 from subnetviz.training.trainers import CheckpointCallback, ProgressCallback, build_trainer, save_bf16
 from subnetviz.version import version_info
 
@@ -48,7 +62,10 @@ class TrainResult:
     stopped: bool = False  # True when ctx.should_stop() ended the run early (then nothing is saved)
     is_main_process: bool = True  # False on the other ranks of a multi-process run (they save nothing)
     train_seconds: float | None = None  # the training loop alone (TRL's train_runtime), without load/save/eval
-    num_processes: int = 1  # processes that trained together (accelerate launch / DDP)
+    num_processes: int = 1  # processes that trained together (accelerate launch / DDP / FSDP2)
+    strategy: str = "single"  # the config's strategy (single, ddp, fsdp2, zero3)
+    gathered_check: dict | None = None  # MaskCheck of the gathered full (fp32) state dict, before the bf16 save
+    fsdp2: dict | None = None  # sharded.fsdp2_evidence(): DTensor parameters, mesh size, local vs full numel
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,37 +77,59 @@ def _partial_dir(out: Path) -> Path:
 
 
 def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
-    """Train ``cfg`` (full or subnetwork-only) and save the result to ``cfg.output_dir``."""
+    """Train ``cfg`` (full or subnetwork-only) and save the result to ``cfg.output_dir``.
+
+    Runs in this process (or as one rank of an ``accelerate launch``); starting the processes of a
+    multi-process ``strategy`` is :func:`launch_and_train`'s job.
+    """
     cfg.validate()
+    if cfg.strategy == "zero3" and (why := sharded.zero_available()):
+        raise ConfigError(why + ".")
     start = time.time()
     out = Path(cfg.output_dir)
     partial = _partial_dir(out)
     scratch = Path(tempfile.mkdtemp(prefix="subnetviz-trl-"))
-    progress = ProgressCallback(ctx, total=cfg.steps)
+    world = sharded.init_world() if cfg.strategy == "fsdp2" else None
+    gather = sharded.full_state_dict if world is not None else None
+    progress = ProgressCallback(
+        ctx, total=cfg.steps, is_main=world is None or world.is_main, any_rank=sharded.any_rank if world else None
+    )
     try:
-        trainer = build_trainer(cfg, scratch, [progress])
+        trainer = build_trainer(cfg, scratch, [progress], world=world)
         model = trainer.model
-        is_main = trainer.accelerator.is_main_process
-        n_proc = int(trainer.accelerator.num_processes)
+        is_main = world.is_main if world is not None else trainer.accelerator.is_main_process
+        n_proc = world.size if world is not None else int(trainer.accelerator.num_processes)
+        evidence = sharded.fsdp2_evidence(model) if world is not None else None
         masks = mask_set = None
         if cfg.mask is not None:
-            shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+            shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}  # DTensors: the full shapes
             masks, mask_set = load_training_mask(cfg.mask, shapes, seed=cfg.seed)  # refuses before any step
         decay_names = set(trainer.get_decay_parameter_names(model))
-        trainer.add_callback(MaskedUpdateCallback(masks, cfg.weight_decay, decay_names))
+        zero = cfg.strategy == "zero3"
+        trainer.add_callback(MaskedUpdateCallback(masks, cfg.weight_decay, decay_names, zero=zero))
+        if zero:
+            trainer.add_callback(_ZeroMaskInstaller(trainer, masks, cfg.weight_decay, decay_names))
         if cfg.save_steps:
             trainer.add_callback(
-                CheckpointCallback(cfg.save_steps, partial / "checkpoints", trainer.processing_class, is_main)
+                CheckpointCallback(
+                    cfg.save_steps, partial / "checkpoints", trainer.processing_class, is_main, gather=gather
+                )
             )
         if is_main and partial.exists():
             shutil.rmtree(partial)  # left by a crashed earlier attempt at the same output_dir
         _log(
-            ctx,
-            f"training {cfg.algorithm} on {cfg.data} from {cfg.base} ({'mask ' + cfg.mask if cfg.mask else 'full'})",
+            ctx if is_main else None,
+            f"training {cfg.algorithm} on {cfg.data} from {cfg.base} ({'mask ' + cfg.mask if cfg.mask else 'full'}; "
+            f"strategy {cfg.strategy}, {n_proc} process(es))",
         )
+        if evidence is not None and is_main:
+            _log(ctx, f"FSDP2 active: {json.dumps(evidence)}")
         trainer.train()
         steps_done = int(trainer.state.global_step)
         stopped = ctx is not None and ctx.should_stop()
+        if world is not None:
+            stopped = sharded.any_rank(stopped)
+        state = gather(model) if gather is not None and not stopped else None  # every rank takes part
         if stopped or not is_main:
             if stopped and is_main and partial.exists():
                 shutil.rmtree(partial)
@@ -105,16 +144,23 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
                 is_main,
                 progress.train_seconds,
                 n_proc,
+                strategy=cfg.strategy,
             )
-        save_bf16(model, trainer.processing_class, partial, {"train_config.json": cfg.to_dict()})
+        if state is None:
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        gathered = check_state_outside_mask(cfg.base, state, masks).to_dict()
+        save_bf16(model, trainer.processing_class, partial, {"train_config.json": cfg.to_dict()}, state=state)
         if mask_set is not None:
             from subnetviz.masks import save_mask_set
 
             save_mask_set(partial / MASK_FILE, mask_set)
-        del trainer, model
+        if os.environ.get(sharded.ACCELERATE_CONFIG_ENV):
+            shutil.copyfile(os.environ[sharded.ACCELERATE_CONFIG_ENV], partial / sharded.ACCELERATE_CONFIG)
+        del trainer, model, state
         check = check_outside_mask(cfg.base, partial, masks).to_dict()
-        if not check["outside_mask_identical"]:
-            _log(ctx, f"WARNING: {check['changed_outside']} entries outside the mask changed; see {SUMMARY_FILE}")
+        for name, c in (("saved bf16 model", check), ("gathered full state dict", gathered)):
+            if not c["outside_mask_identical"]:
+                _log(ctx, f"WARNING: {c['changed_outside']} entries outside the mask changed in the {name}")
         accuracy = evaluate_accuracy(partial, cfg.eval_data) if cfg.eval_data else None
         result = TrainResult(
             str(out),
@@ -125,17 +171,61 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
             check,
             train_seconds=progress.train_seconds,
             num_processes=n_proc,
+            strategy=cfg.strategy,
+            gathered_check=gathered,
+            fsdp2=evidence,
         )
         (partial / SUMMARY_FILE).write_text(json.dumps({**result.to_dict(), **version_info()}, indent=2) + "\n")
         os.replace(partial, out)
         _log(ctx, f"saved {out} after {steps_done} steps ({result.seconds:.1f} s); accuracy {accuracy}")
         return result
     except BaseException:
-        if partial.exists():
+        if partial.exists() and (world is None or world.is_main):
             shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _ZeroMaskInstaller(TrainerCallback):
+    """Puts :class:`~subnetviz.training.sharded.ZeroGradientMask` on the DeepSpeed engine once the
+    trainer has prepared it (``on_train_begin``)."""
+
+    def __init__(self, trainer, masks, weight_decay, decay_names):
+        self.trainer, self.masks = trainer, masks
+        self.weight_decay, self.decay_names = weight_decay, decay_names
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        tr = self.trainer
+        masks = self.masks
+        if masks is None:  # a full run: decay everywhere the trainer would
+            masks = {n: torch.ones(p.ds_shape if hasattr(p, "ds_shape") else p.shape, dtype=torch.bool)
+                     for n, p in tr.model.named_parameters()}  # fmt: skip
+        sharded.ZeroGradientMask(tr.model, masks, self.weight_decay, self.decay_names).install(
+            tr.accelerator, tr.optimizer
+        )
+
+
+def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = None) -> TrainResult:
+    """Start ``cfg.num_processes`` processes for ``cfg.strategy`` (``accelerate launch``, the config
+    and ``accelerate_config.yaml`` written to ``folder``), wait, and read the run's summary.
+
+    ``ctx``: a job's context; the launched rank 0 reports progress into its run folder.
+    """
+    cfg.validate()
+    folder.mkdir(parents=True, exist_ok=True)
+    config_file = folder / "train_config.launch.json"
+    config_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    code = sharded.launch(
+        cfg.strategy, cfg.num_processes, config_file, folder, run_dir=ctx.run_dir if ctx is not None else None
+    )
+    summary = Path(cfg.output_dir) / SUMMARY_FILE
+    if ctx is not None and ctx.should_stop():
+        return TrainResult(cfg.output_dir, 0, {}, None, 0.0, stopped=True, strategy=cfg.strategy)
+    if code != 0 or not summary.is_file():
+        raise JobError(f"the {cfg.num_processes} {cfg.strategy} training processes failed (exit code {code}); see the log.")
+    d = json.loads(summary.read_text())
+    return TrainResult(**{k: d[k] for k in TrainResult.__dataclass_fields__ if k in d})
 
 
 def _log(ctx: JobContext | None, message: str) -> None:
@@ -148,7 +238,10 @@ def run_job(config: dict, ctx: JobContext) -> None:
     if config.get("output_dir"):
         ctx.log(f"note: output_dir {config['output_dir']!r} is not used by jobs; the model goes to outputs/model")
     cfg = replace(job_train_config(config), output_dir=str(ctx.out_dir / "model"))
-    result = train(cfg, ctx)
+    if sharded.needs_launch(cfg.strategy):
+        result = launch_and_train(cfg, ctx.run_dir, ctx)
+    else:
+        result = train(cfg, ctx)
     if result.stopped or not result.is_main_process:
         return
     final = ctx.run_dir / "outputs" / "model"  # where the runner's rename puts it

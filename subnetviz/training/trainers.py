@@ -83,23 +83,62 @@ def trainer_args(cfg: TrainConfig, scratch_dir: str | os.PathLike) -> dict:
     )
 
 
-def build_trainer(cfg: TrainConfig, scratch_dir: str | os.PathLike, callbacks: list[TrainerCallback]):
+def build_trainer(cfg: TrainConfig, scratch_dir: str | os.PathLike, callbacks: list[TrainerCallback], world=None):
     """A TRL trainer for ``cfg.algorithm`` on ``cfg.data``; ``scratch_dir`` receives TRL's own files,
-    :func:`tensorboard_dir` the TensorBoard events."""
-    common = trainer_args(cfg, scratch_dir)
+    :func:`tensorboard_dir` the TensorBoard events.
+
+    ``world`` (a :class:`~subnetviz.training.sharded.World`, strategy ``fsdp2``): the model is loaded
+    here, wrapped with ``fully_shard`` and handed to TRL as an instance, each process trains on its
+    own shard of the data, and the trainer is built in a one-process view (see sharded.py).
+    """
+    if world is not None:
+        return _build_fsdp2_trainer(cfg, scratch_dir, callbacks, world)
+    return _build(cfg, trainer_args(cfg, scratch_dir), load_dataset(cfg.data, cfg.algorithm), callbacks, cfg.base)
+
+
+def _build_fsdp2_trainer(cfg: TrainConfig, scratch_dir, callbacks, world):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from subnetviz.training.sharded import shard_model, single_process_view
+
+    model = shard_model(AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32), world)
+    ref = None
+    if cfg.algorithm == "dpo" or (cfg.algorithm == "grpo" and cfg.effective_beta > 0):
+        # The frozen reference: sharded like the policy (its forwards all-gather in step on every rank).
+        ref = shard_model(AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32), world).eval()
+        ref.requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(cfg.base)
     dataset = load_dataset(cfg.data, cfg.algorithm)
+    if world.size > 1:
+        if len(dataset) < world.size:
+            raise ConfigError(f"data {cfg.data}: {len(dataset)} rows cannot feed {world.size} processes.")
+        dataset = dataset.shard(num_shards=world.size, index=world.rank)  # each process its own rows
+    common = trainer_args(cfg, scratch_dir)
+    if not world.is_main:
+        common["report_to"] = []  # one TensorBoard writer: rank 0
+    with single_process_view():
+        return _build(cfg, common, dataset, callbacks, model, processing_class=tok, ref_model=ref)
+
+
+def _build(cfg: TrainConfig, common: dict, dataset, callbacks, model, processing_class=None, ref_model=None):
+    extra = {"processing_class": processing_class} if processing_class is not None else {}
+    if not isinstance(model, str):
+        common = {k: v for k, v in common.items() if k != "model_init_kwargs"}  # only for a model path
     if cfg.algorithm == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        trainer = SFTTrainer(model=cfg.base, args=SFTConfig(**common), train_dataset=dataset, callbacks=callbacks)
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=dataset, callbacks=callbacks, **extra)
     elif cfg.algorithm == "dpo":
         from trl import DPOConfig, DPOTrainer
 
+        if ref_model is not None:
+            extra["ref_model"] = ref_model
         trainer = DPOTrainer(
-            model=cfg.base,
+            model=model,
             args=DPOConfig(**common, beta=cfg.effective_beta),
             train_dataset=dataset,
             callbacks=callbacks,
+            **extra,
         )
     elif cfg.algorithm == "grpo":
         from trl import GRPOConfig, GRPOTrainer
@@ -110,21 +149,26 @@ def build_trainer(cfg: TrainConfig, scratch_dir: str | os.PathLike, callbacks: l
             max_completion_length=cfg.max_completion_length,
             beta=cfg.effective_beta,
         )
+        if ref_model is not None:
+            extra["ref_model"] = ref_model
         trainer = GRPOTrainer(
-            model=cfg.base, reward_funcs=exact_match_reward, args=args, train_dataset=dataset, callbacks=callbacks
+            model=model, reward_funcs=exact_match_reward, args=args, train_dataset=dataset, callbacks=callbacks, **extra
         )
     else:
         raise ConfigError(f"algorithm {cfg.algorithm!r} is unknown; expected sft, dpo or grpo.")
     return _events_into(trainer, tensorboard_dir(cfg.output_dir))
 
 
-def save_bf16(model: torch.nn.Module, tokenizer, folder: str | os.PathLike, extra: dict | None = None) -> Path:
+def save_bf16(
+    model: torch.nn.Module, tokenizer, folder: str | os.PathLike, extra: dict | None = None, state: dict | None = None
+) -> Path:
     """Save ``model`` in bf16 (like real RL checkpoints) with its tokenizer, without touching the live model.
 
     ``extra``: file name -> JSON-able object written beside the weights (e.g. ``train_config.json``).
+    ``state``: the full state dict to save (an FSDP2 model's gathered one); default ``model.state_dict()``.
     """
     folder = Path(folder)
-    state = {k: v.detach().to(torch.bfloat16).cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(torch.bfloat16).cpu() for k, v in (state or model.state_dict()).items()}
     model.save_pretrained(folder, state_dict=state)
     cfg_file = folder / "config.json"
     conf = json.loads(cfg_file.read_text())
@@ -140,19 +184,24 @@ def save_bf16(model: torch.nn.Module, tokenizer, folder: str | os.PathLike, extr
 class CheckpointCallback(TrainerCallback):
     """Writes bf16 checkpoints at ``steps`` to ``folder/step-<k>/`` (main process only)."""
 
-    def __init__(self, steps: list[int], folder: Path, tokenizer, is_main: bool = True):
+    def __init__(self, steps: list[int], folder: Path, tokenizer, is_main: bool = True, gather=None):
         self.steps = set(steps)
         self.folder = Path(folder)
         self.tokenizer = tokenizer
         self.is_main = is_main
+        self.gather = gather  # FSDP2: model -> full state dict, a collective every process must call
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step in self.steps and self.is_main and model is not None:
+        if state.global_step not in self.steps or model is None:
+            return
+        full = self.gather(model) if self.gather is not None else None
+        if self.is_main:
             save_bf16(
                 model,
                 self.tokenizer,
                 self.folder / f"step-{state.global_step}",
                 {"step.json": {"step": state.global_step}},
+                state=full,
             )
 
 
@@ -162,9 +211,11 @@ class ProgressCallback(TrainerCallback):
     Also keeps the last logged metrics (``.last``) for the run's summary.
     """
 
-    def __init__(self, ctx=None, total: int = 0):
+    def __init__(self, ctx=None, total: int = 0, is_main: bool = True, any_rank=None):
         self.ctx = ctx
         self.total = total
+        self.is_main = is_main  # a one-process view (FSDP2) makes every rank "world process zero"
+        self.any_rank = any_rank  # FSDP2: bool -> bool, True if any process says so (they stop together)
         self.last: dict[str, float] = {}
         self.train_seconds: float | None = None
 
@@ -176,9 +227,12 @@ class ProgressCallback(TrainerCallback):
             self.train_seconds = numeric["train_runtime"]
             return
         self.last = numeric
-        if self.ctx is not None and state.is_world_process_zero:
+        if self.ctx is not None and state.is_world_process_zero and self.is_main:
             self.ctx.progress(state.global_step, self.total or state.max_steps, **numeric)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.ctx is not None and self.ctx.should_stop():
+        stop = self.ctx is not None and self.ctx.should_stop()
+        if self.any_rank is not None:
+            stop = self.any_rank(stop)
+        if stop:
             control.should_training_stop = True

@@ -1,0 +1,333 @@
+"""Multi-process and sharded masked training: strategies, the launch, FSDP2 and ZeRO gradient masks.
+
+A config's ``strategy`` says how its processes share the work:
+
+- ``single``: one process (``num_processes`` must be 1).
+- ``ddp``: ``num_processes`` replicas under torchrun (through ``accelerate launch``); the gradient
+  hook of :class:`~subnetviz.training.masking.GradientMask` runs before the all-reduce.
+- ``fsdp2``: every decoder layer and then the model are wrapped with ``fully_shard`` by
+  :func:`shard_model`, in each process, *before* the model is handed to TRL. The Hugging Face
+  ``Trainer`` refuses FSDP on CPU, and ``accelerate launch --use_fsdp --fsdp_version 2`` silently
+  trains with DDP there, so subnetviz shards the model itself and builds the trainer in a
+  one-process view of the world (:func:`single_process_view`): accelerate then neither wraps the
+  model in DDP nor splits the data; FSDP2's reduce-scatter is the gradient sync, and each process
+  reads its own shard of the data set. Masks are sharded like their parameter
+  (``distribute_tensor(mask, p.device_mesh, p.placements).to_local()``) and applied to the local
+  gradient shard in ``register_post_accumulate_grad_hook`` (``register_hook`` on a DTensor
+  parameter never fires under FSDP2). :func:`fsdp2_evidence` records that FSDP2 was really active.
+- ``zero3``: DeepSpeed ZeRO-3 (GPU only) through the Trainer's DeepSpeed integration; the mask is
+  applied between DeepSpeed's backward and its step with ``deepspeed.utils.safe_get_local_grad`` /
+  ``safe_set_local_grad`` on the partitioned parameters (:class:`ZeroGradientMask`).
+
+``python -m subnetviz train --config`` (and a ``train`` job) launches ``accelerate launch
+--config_file <accelerate_config.yaml> -m subnetviz train --config ...`` for every strategy but
+``single``; the accelerate config written for the launch is kept in the run folder and beside the
+trained model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from subnetviz.errors import ConfigError
+from subnetviz.training.config import STRATEGIES  # noqa: F401  (re-exported)
+
+ACCELERATE_CONFIG = "accelerate_config.yaml"
+ACCELERATE_CONFIG_ENV = "SUBNETVIZ_ACCELERATE_CONFIG"  # the launched processes copy it beside the model
+RUN_DIR_ENV = "SUBNETVIZ_RUN_DIR"  # the launched processes of a job report into this run folder
+_WORLD_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
+
+
+def launched() -> bool:
+    """True inside a process started by torchrun / ``accelerate launch``."""
+    return "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def needs_launch(strategy: str) -> bool:
+    """Must this process start the run's processes (instead of training itself)?"""
+    return strategy != "single" and not launched()
+
+
+def zero_available() -> str | None:
+    """None when ZeRO can run here, else why not."""
+    if not torch.cuda.is_available():
+        return "strategy zero3 needs CUDA GPUs (DeepSpeed ZeRO has no CPU path here); use fsdp2 on CPU"
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        return "strategy zero3 needs DeepSpeed: pip install deepspeed (GPU machines only)"
+    return None
+
+
+# --- the launch -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_config(strategy: str, num_processes: int, *, port: int | None = None) -> str:
+    """The ``accelerate launch`` config (YAML text) for a strategy.
+
+    ``ddp`` and ``fsdp2`` launch through torchrun (``MULTI_GPU``; with no CUDA GPU the trainer runs
+    on CPU over gloo); for ``fsdp2`` subnetviz applies ``fully_shard`` itself in each process.
+    ``zero3`` uses accelerate's DeepSpeed plugin (stage 3, no offload).
+    """
+    lines = [
+        f"# written by subnetviz for strategy {strategy}",
+        "compute_environment: LOCAL_MACHINE",
+        "debug: false",
+        f"num_processes: {int(num_processes)}",
+        "num_machines: 1",
+        "machine_rank: 0",
+        f"main_process_port: {int(port or _free_port())}",
+        "main_training_function: main",
+        "mixed_precision: 'no'",
+        "rdzv_backend: static",
+        "same_network: true",
+        "use_cpu: false",
+    ]
+    if strategy == "zero3":
+        lines += [
+            "distributed_type: DEEPSPEED",
+            "deepspeed_config:",
+            "  zero_stage: 3",
+            "  offload_optimizer_device: none",
+            "  offload_param_device: none",
+            "  zero3_init_flag: false",
+            "  zero3_save_16bit_model: true",
+        ]
+    else:
+        if strategy == "fsdp2":
+            lines.append("# fully_shard is applied by subnetviz.training.sharded in each process (see its docstring)")
+        lines.append("distributed_type: MULTI_GPU")
+    return "\n".join(lines) + "\n"
+
+
+def launch(strategy: str, num_processes: int, config_file: Path, folder: Path, *, run_dir: Path | None = None) -> int:
+    """Start the run's processes: ``accelerate launch --config_file folder/accelerate_config.yaml
+    -m subnetviz train --config config_file``; waits and returns their exit code.
+
+    Output goes to this process's stdout/stderr (a job's ``log.txt``). ``run_dir``: the job's run
+    folder, where the launched rank 0 reports progress and reads the cancel flag.
+    """
+    if strategy == "zero3" and (why := zero_available()):
+        raise ConfigError(why + ".")
+    folder.mkdir(parents=True, exist_ok=True)
+    yaml = folder / ACCELERATE_CONFIG
+    yaml.write_text(accelerate_config(strategy, num_processes))
+    env = {k: v for k, v in os.environ.items() if k not in _WORLD_ENV}
+    env[ACCELERATE_CONFIG_ENV] = str(yaml)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    if run_dir is not None:
+        env[RUN_DIR_ENV] = str(run_dir)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(yaml),
+           "-m", "subnetviz", "train", "--config", str(config_file)]  # fmt: skip
+    print(f"launching {num_processes} processes ({strategy}): {' '.join(cmd)}", flush=True)
+    sys.stdout.flush()
+    return subprocess.call(cmd, env=env, stdin=subprocess.DEVNULL)
+
+
+# --- FSDP2 ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a launched run."""
+
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world() -> World:
+    """Join the launched run's process group (gloo on CPU, nccl on CUDA) and return this process's place."""
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def shard_model(model: torch.nn.Module, world: World) -> torch.nn.Module:
+    """``fully_shard`` each decoder layer, then the whole model, over a 1-D mesh of every process."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        model.to(f"cuda:{world.local_rank}")
+    mesh = init_device_mesh(device, (world.size,))
+    layers = _decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model._is_fsdp_managed_module = True  # transformers' generate() then keeps the ranks in step (synced_gpus)
+    return model
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks: the children of its largest ModuleList (Llama layers, GPT-2 h, ...)."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+@contextlib.contextmanager
+def single_process_view():
+    """Hide the launch's world variables while a trainer is built, so accelerate sees one process
+    (no DDP wrapper, no data split): FSDP2 does the synchronisation. The process group stays up."""
+    hidden = {k: os.environ.pop(k) for k in _WORLD_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
+def fsdp2_evidence(model: torch.nn.Module) -> dict:
+    """Proof that FSDP2 is active: DTensor parameters sharded over the mesh, local vs full sizes."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor, Shard
+
+    params = list(model.parameters())
+    dt = [p for p in params if isinstance(p, DTensor)]
+    return {
+        "fsdp_modules": sum(isinstance(m, FSDPModule) for m in model.modules()),
+        "parameters": len(params),
+        "dtensor_parameters": len(dt),
+        "sharded_parameters": sum(any(isinstance(pl, Shard) for pl in p.placements) for p in dt),
+        "mesh_size": int(dt[0].device_mesh.size()) if dt else 1,
+        "local_numel": int(sum(p.to_local().numel() for p in dt)),
+        "full_numel": int(sum(p.numel() for p in params)),
+    }
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The gathered full state dict on CPU (a collective: every process calls it; rank 0 gets it, others {})."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def local_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The part of ``mask`` (the parameter's full shape) that this process holds of ``param``.
+
+    A DTensor parameter: the mask distributed with the parameter's mesh and placements, local part.
+    A plain parameter: the mask itself on the parameter's device.
+    """
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        m = mask.to(device=param.to_local().device, dtype=torch.bool)
+        return distribute_tensor(m, param.device_mesh, param.placements).to_local()
+    return mask.to(device=param.device, dtype=torch.bool)
+
+
+# --- DeepSpeed ZeRO (GPU) -----------------------------------------------------------------------
+
+
+def zero_partition(mask: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """ZeRO-3's local partition of a flattened parameter, for its mask: the flat mask padded to a
+    multiple of ``world`` (padding False), chunk ``rank`` (1-D, ``ceil(numel / world)`` long)."""
+    flat = mask.reshape(-1).to(torch.bool)
+    part = -(-flat.numel() // world)
+    padded = torch.zeros(part * world, dtype=torch.bool, device=flat.device)
+    padded[: flat.numel()] = flat
+    return padded[rank * part : (rank + 1) * part]
+
+
+class ZeroGradientMask:
+    """Masks the partitioned gradients of a DeepSpeed engine between its backward and its step.
+
+    ZeRO-3: ``safe_get_local_grad(p)`` returns this rank's flat partition of ``p``'s gradient, masked
+    with :func:`zero_partition` and written back with ``safe_set_local_grad``; ZeRO-1/2 (parameters
+    not partitioned) go through ``safe_get/set_full_grad``. Decoupled weight decay is applied inside the mask to the fp32 master
+    partition (``safe_get_local_fp32_param``/``safe_set_local_fp32_param``). Needs a GPU and
+    DeepSpeed: unmeasured where neither is lent.
+    """
+
+    def __init__(self, model, masks: dict[str, torch.Tensor], weight_decay: float = 0.0, decay_names=()):
+        import torch.distributed as dist
+
+        self.model = model
+        self.masks = masks
+        self.weight_decay = float(weight_decay)
+        self.decay_names = set(decay_names)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self._local: dict[str, torch.Tensor] = {}
+
+    def _mask_for(self, name: str, local: torch.Tensor) -> torch.Tensor:
+        if name not in self._local:
+            m = self.masks[name]
+            if local.numel() == m.numel():
+                lm = m.reshape(local.shape)
+            else:
+                lm = zero_partition(m, self.rank, self.world)[: local.numel()].reshape(local.shape)
+            self._local[name] = lm.to(local.device)
+        return self._local[name]
+
+    def apply(self, lr: float) -> None:
+        """Mask every listed parameter's gradient (and decay its fp32 master weights inside the mask).
+
+        ZeRO-3 parameters (``ds_id``): this rank's partition, ``safe_get/set_local_grad``. ZeRO-1/2:
+        ``safe_get/set_full_grad`` (every rank calls them in the same order: they reduce fragments).
+        """
+        from deepspeed import utils as dsu
+
+        for name, p in self.model.named_parameters():
+            if name not in self.masks:
+                continue
+            local = hasattr(p, "ds_id")
+            get_g, set_g = (dsu.safe_get_local_grad, dsu.safe_set_local_grad) if local else (
+                dsu.safe_get_full_grad, dsu.safe_set_full_grad)  # fmt: skip
+            g = get_g(p)
+            if g is not None:
+                set_g(p, torch.where(self._mask_for(name, g), g, 0.0))
+            if self.weight_decay > 0 and name in self.decay_names:
+                get_w, set_w = (dsu.safe_get_local_fp32_param, dsu.safe_set_local_fp32_param) if local else (
+                    dsu.safe_get_full_fp32_param, dsu.safe_set_full_fp32_param)  # fmt: skip
+                w = get_w(p)
+                factor = torch.tensor(1.0 - lr * self.weight_decay, dtype=w.dtype, device=w.device)
+                set_w(p, w * torch.where(self._mask_for(name, w), factor, 1.0))
+
+    def install(self, accelerator, optimizer) -> None:
+        """Run :meth:`apply` inside accelerate's DeepSpeed backward, between ``engine.backward`` and ``engine.step``."""
+        wrapped = accelerator.deepspeed_engine_wrapped
+        engine = wrapped.engine
+
+        def backward(loss, sync_gradients=True, **kwargs):
+            engine.backward(loss, **kwargs)
+            if sync_gradients:
+                self.apply(float(optimizer.param_groups[0]["lr"]))
+                engine.step()
+
+        wrapped.backward = backward
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every process if ``flag`` is True on any (a collective: all processes call it)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
