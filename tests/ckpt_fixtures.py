@@ -173,3 +173,45 @@ def ckpt_zoo(tmp_path_factory) -> Zoo:
     evil = root / "evil" / "pytorch_model.bin"
     torch.save({"w": torch.zeros(2), "x": Boom(sentinel)}, evil)
     return Zoo(root, llama, gpt2, neox, bert, single, legacy, evil, sentinel)
+
+
+# --- quantized forms (FP8 with block scales, bitsandbytes int8) ----------------------------------
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def fp8_quantize(w: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3-style block FP8: codes (e4m3fn, w's shape) and ``weight_scale_inv`` (⌈m/b0⌉ × ⌈n/b1⌉),
+    with w ≈ code × scale_inv[i // b0, j // b1]."""
+    m, n = w.shape
+    b0, b1 = block
+    w32 = w.float()
+    scale = torch.zeros((m + b0 - 1) // b0, (n + b1 - 1) // b1)
+    codes = torch.zeros(m, n)
+    for i in range(scale.shape[0]):
+        for j in range(scale.shape[1]):
+            blk = w32[i * b0 : (i + 1) * b0, j * b1 : (j + 1) * b1]
+            s = float(blk.abs().max()) / FP8_MAX or 1.0
+            scale[i, j] = s
+            codes[i * b0 : (i + 1) * b0, j * b1 : (j + 1) * b1] = blk / s
+    return codes.to(torch.float8_e4m3fn), scale
+
+
+def fp8_folder(src: Path, out: Path, block: tuple[int, int] = (8, 8), **config_edits) -> Path:
+    """``src``'s 2-D layer weights as block FP8 + ``weight_scale_inv`` (the rest kept), with the
+    ``quantization_config`` a DeepSeek-V3 release carries."""
+    sd = read_state_dict(src)
+    out_sd: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if v.dim() == 2 and ".layers." in k:
+            out_sd[k], out_sd[f"{k}_scale_inv"] = fp8_quantize(v, block)
+        else:
+            out_sd[k] = v
+    qc = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": list(block)}
+    return write_folder(out, out_sd, src, quantization_config=qc, **config_edits)
+
+
+def bnb_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes LLM.int8 row-wise codes and ``SCB`` (row absmax): w ≈ code × SCB[i] / 127."""
+    w32 = w.float()
+    scb = w32.abs().amax(1).clamp_min(1e-8)
+    return torch.round(w32 / scb[:, None] * 127).to(torch.int8), scb

@@ -45,6 +45,7 @@ _CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
 # saves kept them): rotary inverse frequencies, GPT-2's causal-mask constants.
 _BUFFER_NAMES = re.compile(r"(\.inv_freq$|\.masked_bias$|\.position_ids$|\.token_type_ids$)")
 _SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale", "input_scale", "SCB", "scales", "weight_zero_point")
+_QUANT_AUX = ("weight_format", "absmax", "quant_map", "nested_absmax", "nested_quant_map")
 _BAND_ELEMENTS = 1 << 22  # entries per dequantised band (~16 MB float32 per side)
 
 
@@ -100,9 +101,11 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
                     f"tensor {name!r} is stored as {str(m.dtype).replace('torch.', '')} but has no "
                     f"'{name}_scale_inv' or '{name}_scale' beside it; cannot dequantise it."
                 )
+            check_scale(name, m.shape, scale, metas[scale].shape, block_size(config))
             forms[name] = TensorForm("fp8", scale, f"{str(m.dtype).replace('torch.', '')} codes")
             forms[scale] = TensorForm("scale", None, "scale")
         elif m.dtype == torch.int8 and f"{stem}.SCB" in metas and last == "weight":
+            check_scale(name, m.shape, f"{stem}.SCB", metas[f"{stem}.SCB"].shape, (1, 1))
             forms[name] = TensorForm("int8", f"{stem}.SCB", "bnb int8 codes")
             forms[f"{stem}.SCB"] = TensorForm("scale", None, "scale")
         elif not m.dtype.is_floating_point and method in _CODE_ONLY and last in ("qweight", "qzeros"):
@@ -110,11 +113,10 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
         elif m.dtype == torch.uint8 and method == "bitsandbytes" and last == "weight":
             forms[name] = TensorForm("codes", None, "bnb 4-bit packed codes")
         elif name not in forms:
-            if not m.dtype.is_floating_point or _BUFFER_NAMES.search(name):
-                forms[name] = TensorForm("buffer", None, "buffer")
-            elif method and last in _SCALE_SUFFIXES or ".quant_state." in name or name.endswith((".absmax",
-                                                                                                  ".quant_map")):
+            if method and (last in _SCALE_SUFFIXES or ".quant_state." in name or last in _QUANT_AUX):
                 forms[name] = TensorForm("scale", None, "scale")
+            elif not m.dtype.is_floating_point or _BUFFER_NAMES.search(name):
+                forms[name] = TensorForm("buffer", None, "buffer")
             else:
                 forms[name] = TensorForm("float")
     return forms

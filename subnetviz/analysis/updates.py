@@ -42,7 +42,7 @@ from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
 from subnetviz.cache import atomic_folder
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.config import resolve_device
-from subnetviz.errors import NonFiniteError
+from subnetviz.errors import CheckpointError, NonFiniteError
 from subnetviz.masks import MaskSet, PackedMasks, save_mask_set
 
 ProgressFn = Callable[[int, int, str], None]
@@ -120,6 +120,8 @@ def analyze_updates(
     cks = [f if isinstance(f, Checkpoint) else open_checkpoint(f) for f in finetuned]
     used: set[str] = set()
     labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
+    # Stored forms first: a malformed quantized checkpoint is named before any alignment message.
+    forms_base, *forms = [_forms(c) for c in (ck_base, *cks)]
     alignments = [align([ck_base, c]) for c in cks]
     table = ck_base.names_table
     notes = [n for n in [table.notice] if n]
@@ -134,8 +136,6 @@ def analyze_updates(
         k for pk in per_key[1:] for k in pk if k not in per_key[0]
     ]
     keys = list(dict.fromkeys(keys))
-    forms_base = tensor_forms({n: ck_base.meta(n) for n in ck_base.names}, ck_base.config)
-    forms = [tensor_forms({n: c.meta(n) for n in c.names}, c.config) for c in cks]
     unknown = [n for n in table.unmatched(ck_base.names) if forms_base[n].kind not in ("buffer", "scale")]
     if unknown:
         notes.append(f"{len(unknown)} tensor(s) match no {table.family or 'known'} naming table and are labelled 'other' "
@@ -249,6 +249,13 @@ def _read_checked(ck: Checkpoint, at, i: int, device: str) -> torch.Tensor:
     stream.synchronize()
     y.record_stream(torch.cuda.default_stream(dev))
     return y
+
+
+def _forms(ck: Checkpoint) -> dict:
+    try:
+        return tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{ck.spec}: {exc}") from None
 
 
 class _Subset(Mapping):

@@ -1,0 +1,172 @@
+"""Quantized storage: FP8 codes + block scales, bitsandbytes int8 + SCB, GPTQ codes.
+
+Proves: planted FP8 code changes are counted as codes (and in code steps) and effectively; one
+changed block scale leaves the codes equal but changes exactly the nonzero weights of its block in
+``changed_effective`` (checked against a float64 NumPy dequantisation), the scale table says which
+scale changed, the update mask is the effective one; a per-tensor ``weight_scale`` works; a bf16 base
+against an FP8 release is compared after dequantising; bnb int8 codes and an SCB change behave
+alike; GPTQ codes are compared exactly with a notice; a scale that does not fit its weight's blocks
+and an unknown quantization method are one-line errors naming what was expected and found.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from subnetviz.analysis.updates import SpectraOptions, analyze_updates
+from subnetviz.errors import CheckpointError
+from tests import ckpt_fixtures
+from tests.ckpt_fixtures import bnb_int8, fp8_folder, read_state_dict, write_folder
+
+ckpt_zoo = ckpt_fixtures.ckpt_zoo
+W = "model.layers.0.mlp.up_proj.weight"  # (32, 16): 4 × 2 blocks of 8 × 8
+
+
+@pytest.fixture(scope="module")
+def fp8_base(ckpt_zoo, tmp_path_factory):
+    src = tmp_path_factory.mktemp("fp8src")
+    write_folder(src, read_state_dict(ckpt_zoo.llama), ckpt_zoo.llama)
+    return fp8_folder(src, tmp_path_factory.mktemp("fp8") / "base")
+
+
+def _edit(base, out, fn):
+    sd = read_state_dict(base)
+    fn(sd)
+    return write_folder(out, sd, base)
+
+
+def _bump_codes(codes: torch.Tensor, idx: list[tuple[int, int]]) -> None:
+    """Move FP8 codes one representable step (toward zero, or away from it at the smallest magnitudes)."""
+    v = codes.view(torch.int8)
+    for i, j in idx:
+        u = int(v[i, j]) & 0xFF
+        mag = u & 0x7F
+        new = (u & 0x80) | (mag - 1 if mag > 1 else mag + 1)
+        v[i, j] = new - 256 if new > 127 else new
+
+
+def test_fp8_codes_and_effective(fp8_base, tmp_path):
+    same = analyze_updates(str(fp8_base), [str(fp8_base)]).reports[0]
+    assert same.changed == 0 and same.tensors["changed_effective"].sum() == 0
+    row = same.tensors.set_index("name").loc[W]
+    assert row["stored_as"] == "float8_e4m3fn codes" and row["numel"] == 32 * 16
+    assert set(same.buffers["group"]) == {"scales"}
+
+    planted = [(0, 1), (9, 3), (30, 15)]
+    ft = _edit(fp8_base, tmp_path / "codes", lambda sd: _bump_codes(sd[W], planted))
+    rep = analyze_updates(str(fp8_base), [str(ft)], labels=["ft"]).reports[0]
+    r = rep.tensors.set_index("name").loc[W]
+    assert r["changed"] == 3 and r["changed_effective"] == 3 and r["ulp_hist"][0] == 3
+    assert rep.changed == 3
+    assert any(n.startswith("FP8 weights") for n in rep.notes)
+    mask = rep.masks[W]
+    assert sorted(map(tuple, mask.nonzero().tolist())) == planted
+
+
+def test_one_changed_block_scale_changes_its_block_effectively(fp8_base, tmp_path):
+    sd = read_state_dict(fp8_base)
+    codes, scale = sd[W], sd[f"{W}_scale_inv"]
+    new_scale = scale.clone()
+    new_scale[2, 1] *= 1.5
+    ft = _edit(fp8_base, tmp_path / "scale", lambda d: d[f"{W}_scale_inv"].copy_(new_scale))
+    rep = analyze_updates(str(fp8_base), [str(ft)], labels=["ft"]).reports[0]
+    r = rep.tensors.set_index("name").loc[W]
+    # Independent reference: float64 NumPy dequantisation of both sides.
+    c = codes.float().numpy().astype(np.float64)
+    expand = lambda s: np.kron(s.numpy().astype(np.float64), np.ones((8, 8)))  # noqa: E731
+    expected = int(np.count_nonzero(c * expand(scale) != c * expand(new_scale)))
+    assert expected == int(np.count_nonzero(c[16:24, 8:16]))  # the block's nonzero codes
+    assert r["changed"] == 0 and r["changed_effective"] == expected > 0
+    assert int(rep.masks[W][16:24, 8:16].sum()) == expected and int(rep.masks[W].sum()) == expected
+    sc = rep.buffers.set_index("name").loc[f"{W}_scale_inv"]
+    assert sc["group"] == "scales" and sc["changed"] == 1
+    assert any(n.startswith("Quantization scales") and "changes every weight of its block" in n for n in rep.notes)
+    # Spectra take the effective Δ: one 8 × 8 block is nonzero, so its rank is at most 8.
+    spec = analyze_updates(str(fp8_base), [str(ft)], labels=["ft"],
+                           spectra=SpectraOptions(enabled=True, baseline=False)).spectra_table()  # fmt: skip
+    assert 0 < int(spec.set_index("name").loc["layers.0.mlp.up_proj.weight", "rank"]) <= 8
+
+
+def test_per_tensor_weight_scale_and_bf16_base_against_fp8(tmp_path):
+    torch.manual_seed(0)
+    w = torch.randn(8, 6) * 0.1
+    s = (w.abs().max() / ckpt_fixtures.FP8_MAX).reshape(1)
+    codes = (w / s).to(torch.float8_e4m3fn)
+    cfg = {"model_type": "llama", "quantization_config": {"quant_method": "compressed-tensors"}}
+    base = write_folder(tmp_path / "b", {W: codes, f"{W}_scale": s})
+    codes2 = codes.clone()
+    _bump_codes(codes2, [(1, 1)])
+    ft = write_folder(tmp_path / "f", {W: codes2, f"{W}_scale": s.clone()})
+    for f in (base, ft):
+        (f / "config.json").write_text(json.dumps(cfg))
+    rep = analyze_updates(str(base), [str(ft)]).reports[0]
+    assert rep.changed == 1 and rep.tensors.loc[0, "changed_effective"] == 1
+    # A bf16 base against the FP8 release: the FP8 side is dequantised, both compared at bf16.
+    eff = (codes.float() * s).to(torch.bfloat16)
+    bf = write_folder(tmp_path / "bf", {W: eff})
+    (bf / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    mixed = analyze_updates(str(bf), [str(base)]).reports[0]
+    assert mixed.changed == 0 and any(n.startswith("Stored forms differ") for n in mixed.notes)
+
+
+def test_bnb_int8_codes_and_scb(tmp_path):
+    torch.manual_seed(0)
+    w = torch.randn(6, 10) * 0.05
+    codes, scb = bnb_int8(w)
+    cfg = {"model_type": "llama", "quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}}
+    fmt = torch.tensor(0, dtype=torch.uint8)
+    base = write_folder(tmp_path / "b", {W: codes, W.replace("weight", "SCB"): scb,
+                                         W.replace("weight", "weight_format"): fmt})  # fmt: skip
+    codes2, scb2 = codes.clone(), scb.clone()
+    codes2[0, :4] += 1  # 4 codes, one step each
+    scb2[3] *= 1.25  # a whole row effectively
+    ft = write_folder(tmp_path / "f", {W: codes2, W.replace("weight", "SCB"): scb2,
+                                       W.replace("weight", "weight_format"): fmt.clone()})  # fmt: skip
+    for f in (base, ft):
+        (f / "config.json").write_text(json.dumps(cfg))
+    rep = analyze_updates(str(base), [str(ft)]).reports[0]
+    r = rep.tensors.iloc[0]
+    assert r["stored_as"] == "bnb int8 codes" and r["changed"] == 4 and r["ulp_hist"][0] == 4
+    assert r["changed_effective"] == 4 + int(torch.count_nonzero(codes[3]))
+    assert set(rep.buffers["group"]) == {"scales"} and rep.buffers["changed"].sum() == 1
+    assert any(n.startswith("bitsandbytes int8 weights") for n in rep.notes)
+
+
+def test_gptq_codes_are_compared_as_codes_with_a_notice(tmp_path):
+    q = torch.randint(-(2**31), 2**31 - 1, (4, 8), dtype=torch.int32)
+    cfg = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
+    stem = "model.layers.0.mlp.up_proj"
+    tensors = {f"{stem}.qweight": q, f"{stem}.qzeros": torch.zeros(1, 8, dtype=torch.int32),
+               f"{stem}.scales": torch.ones(1, 64, dtype=torch.float16), f"{stem}.g_idx": torch.zeros(32, dtype=torch.int32)}  # fmt: skip
+    base = write_folder(tmp_path / "b", tensors)
+    q2 = q.clone()
+    q2[1, 2] ^= 0x10
+    ft = write_folder(tmp_path / "f", {**{k: v.clone() for k, v in tensors.items()}, f"{stem}.qweight": q2})
+    for f in (base, ft):
+        (f / "config.json").write_text(json.dumps(cfg))
+    rep = analyze_updates(str(base), [str(ft)]).reports[0]
+    t = rep.tensors.set_index("name")
+    assert t.loc[f"{stem}.qweight", "changed"] == 1 and t.loc[f"{stem}.qweight", "stored_as"] == "GPTQ packed codes"
+    assert any(n.startswith("GPTQ packed codes") and "no effective comparison" in n for n in rep.notes)
+    assert set(rep.buffers["key"]) == {"layers.0.mlp.up_proj.scales", "layers.0.mlp.up_proj.g_idx"}
+
+
+def test_bad_scale_shape_is_one_line(fp8_base, tmp_path):
+    ft = _edit(fp8_base, tmp_path / "bad", lambda sd: sd.__setitem__(f"{W}_scale_inv", torch.ones(3, 2)))
+    with pytest.raises(CheckpointError) as err:
+        analyze_updates(str(fp8_base), [str(ft)])
+    msg = str(err.value)
+    assert "\n" not in msg and f"{W}_scale_inv" in msg and "expected shape (4, 2)" in msg and "found (3, 2)" in msg
+
+
+def test_unknown_quantization_method_is_one_line(fp8_base, tmp_path):
+    sd = read_state_dict(fp8_base)
+    ft = write_folder(tmp_path / "hqq", sd, fp8_base, quantization_config={"quant_method": "hqq"})
+    with pytest.raises(CheckpointError) as err:
+        analyze_updates(str(fp8_base), [str(ft)])
+    msg = str(err.value)
+    assert "\n" not in msg and "'hqq'" in msg and "expected one of" in msg and "fp8" in msg
