@@ -1,0 +1,117 @@
+"""Subspace metrics (principal angles, σ ratios, principal overlap) vs per-matrix full float64 ``svd``,
+on Qwen2.5-0.5B-shaped weight pairs (CPU, one thread).
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_subspaces [--layers 2] [--embed-svd]``
+
+Each matrix (q/o 896×896, k/v 128×896, gate/up 4864×896, down 896×4864 per layer; the tied
+embedding 151936×896) is a base with a decaying spectrum (Gaussian noise plus 64 rank-one
+directions of geometric strength) stored in bf16, and a finetune = base + a sparse bf16 update
+(30 % of entries, N(0, (1e-2·|w|)²)). For every matrix it times:
+
+- ``fast``: :func:`subnetviz.analysis.subspaces.compare_subspaces` with ``method="auto"`` (float64
+  Gram for the layer matrices, randomized float32 SVD for the embedding) — the base decomposed
+  once, the finetune once, plus the principal mask;
+- ``svd``: ``torch.linalg.svd`` in float64 of base and finetune (what a per-matrix script pays),
+  then the same angles: the reference.
+
+Accuracy: the largest |Δangle| (degrees) and |Δ σ ratio| against the reference. The embedding is
+compared against the exact Gram path (and full svd with ``--embed-svd``, ~2 min more): that is the
+randomized path's error. ``--layers 24`` is the whole model (~20 min); the default times two
+layers and extrapolates the layer totals to 24.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from subnetviz.analysis.subspaces import SubspaceOptions, compare_subspaces, principal_angles, top_k  # noqa: E402
+
+LAYER = {"q_proj": (896, 896), "k_proj": (128, 896), "v_proj": (128, 896), "o_proj": (896, 896),
+         "gate_proj": (4864, 896), "up_proj": (4864, 896), "down_proj": (896, 4864)}  # fmt: skip
+EMBED = (151936, 896)
+N_LAYERS = 24
+
+
+def weight_pair(shape, seed: int, density: float = 0.3, rel: float = 1e-2):
+    """(base, finetune) bf16: noise + 64 geometric rank-one directions; a sparse relative update."""
+    g = torch.Generator().manual_seed(seed)
+    m, n = shape
+    r = 64
+    u = torch.randn(m, r, generator=g)
+    v = torch.randn(n, r, generator=g)
+    s = torch.logspace(0, -1.5, r) * 4 / (m * n) ** 0.25
+    w = torch.randn(m, n, generator=g) * 0.02 + (u * s) @ v.T
+    upd = torch.randn(m, n, generator=g) * rel * w.abs()
+    upd[torch.rand(m, n, generator=g) >= density] = 0
+    return w.bfloat16(), (w + upd).bfloat16()
+
+
+def reference(a: torch.Tensor, b: torch.Tensor, k: int):
+    """Full float64 svd of both, angles and ratios from them (seconds, left, right, ratio)."""
+    t0 = time.perf_counter()
+    ta, tb = top_k(a, k, method="svd"), top_k(b, k, method="svd")
+    left, right = principal_angles(ta.left, tb.left), principal_angles(ta.right, tb.right)
+    return time.perf_counter() - t0, left, right, tb.sigma / ta.sigma
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=2, help="layers timed (24 = the whole model)")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--embed-svd", action="store_true", help="also the full svd of the embedding pair (slow)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    opts = SubspaceOptions(k=args.k)
+    print(f"Qwen2.5-0.5B shapes, K = {args.k}, 1 thread, {args.layers} layer(s) + tied embedding")
+    hdr = f"{'matrix':<10} {'shape':>12} {'fast s':>8} {'svd s':>8} {'x':>6} {'dθ max °':>9} {'dratio':>9} {'method':>10}"
+    print(hdr + "\n" + "-" * len(hdr))
+    t_fast = t_svd = 0.0
+    worst = np.zeros(2)
+    for layer in range(args.layers):
+        for i, (name, shape) in enumerate(LAYER.items()):
+            a, b = weight_pair(shape, seed=100 * layer + i)
+            t0 = time.perf_counter()
+            res = compare_subspaces(name, a, b, opts)
+            tf = time.perf_counter() - t0
+            ts, left, right, ratio = reference(a, b, res.k)
+            dth = max(np.abs(res.angles_left - left).max(), np.abs(res.angles_right - right).max())
+            drat = np.abs(res.sv_ratio - ratio).max()
+            worst = np.maximum(worst, [dth, drat])
+            t_fast, t_svd = t_fast + tf, t_svd + ts
+            print(f"{name:<10} {str(shape):>12} {tf:8.3f} {ts:8.3f} {ts / tf:6.1f} {dth:9.2e} {drat:9.2e} {res.method:>10}",
+                  flush=True)  # fmt: skip
+    scale = N_LAYERS / args.layers
+    print(f"layers: fast {t_fast:.1f} s, svd {t_svd:.1f} s, x{t_svd / t_fast:.1f}; extrapolated to {N_LAYERS} layers: "
+          f"fast {t_fast * scale:.0f} s, svd {t_svd * scale:.0f} s; worst dθ {worst[0]:.2e}°, dratio {worst[1]:.2e}")
+
+    a, b = weight_pair(EMBED, seed=999)
+    t0 = time.perf_counter()
+    res = compare_subspaces("embed_tokens", a, b, opts)
+    tr = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    exact = compare_subspaces("embed_tokens", a, b, SubspaceOptions(k=args.k, method="gram"))
+    tg = time.perf_counter() - t0
+    dth = max(np.abs(res.angles_left - exact.angles_left).max(), np.abs(res.angles_right - exact.angles_right).max())
+    drat = np.abs(res.sv_ratio - exact.sv_ratio).max()
+    print(f"embedding {EMBED}: randomized {tr:.1f} s, exact float64 Gram {tg:.1f} s (x{tg / tr:.1f}); randomized vs "
+          f"exact: dθ max {dth:.2e}°, dratio {drat:.2e}, principal overlap {res.principal_overlap:.4f} vs "
+          f"{exact.principal_overlap:.4f}; largest angle exact {exact.angles_left.max():.3f}° / "
+          f"{exact.angles_right.max():.3f}°")  # fmt: skip
+    if args.embed_svd:
+        ts, left, right, ratio = reference(a, b, res.k)
+        dg = max(np.abs(exact.angles_left - left).max(), np.abs(exact.angles_right - right).max())
+        print(f"embedding full float64 svd: {ts:.1f} s (x{ts / tr:.1f} randomized, x{ts / tg:.1f} Gram); Gram vs svd "
+              f"dθ max {dg:.2e}°, dratio {np.abs(exact.sv_ratio - ratio).max():.2e}")  # fmt: skip
+    total_fast = t_fast * scale + tr
+    print(f"whole 0.5B pair, subspace metrics (extrapolated): {total_fast:.0f} s on one thread")
+
+
+if __name__ == "__main__":
+    main()
