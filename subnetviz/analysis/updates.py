@@ -41,6 +41,7 @@ from subnetviz.analysis.sparsity import (
 from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
 from subnetviz.cache import atomic_folder
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
+from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.config import resolve_device
 from subnetviz.errors import CheckpointError, NonFiniteError
 from subnetviz.masks import MaskSet, PackedMasks, save_mask_set
@@ -117,7 +118,7 @@ def analyze_updates(
     t0 = time.perf_counter()
     dev = resolve_device(device)
     ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
-    cks = [f if isinstance(f, Checkpoint) else open_checkpoint(f) for f in finetuned]
+    cks = [open_finetune(f, ck_base) for f in finetuned]  # a PEFT adapter folder is merged onto the base
     used: set[str] = set()
     labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
     # Stored forms first: a malformed quantized checkpoint is named before any alignment message.
@@ -203,7 +204,7 @@ def analyze_updates(
         df = pd.DataFrame(rows[i])
         rep = SparsityReport(labels[i], ck_base.spec, options, df, masks[i], row_col[i],
                              pd.DataFrame(parts[i], columns=["key", "module", "numel", "changed"]),
-                             notes + log.notes(i) + alignments[i].report(),
+                             notes + getattr(cks[i], "notes", []) + log.notes(i) + alignments[i].report(),
                              pd.DataFrame(side[i], columns=SIDE_COLUMNS))  # fmt: skip
         reports.append(rep)
     spec = {labels[i]: SpectrumTable(tuple(spec_results[i])) for i in range(len(cks))} if (
@@ -415,7 +416,7 @@ def cached_analysis(
     """:func:`analyze_updates` through the on-disk cache (``cache_dir()/updates/<key>``, or
     ``cache_root/<key>``); returns the analysis as read from disk."""
     ck_base = open_checkpoint(base)
-    cks = [open_checkpoint(f) for f in finetuned]
+    cks = [open_finetune(f, ck_base) for f in finetuned]
     used: set[str] = set()
     labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
     ent = _cache.entry("updates", cache_key(ck_base, cks, labels, options, spectra), root=cache_root)

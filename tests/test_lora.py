@@ -1,0 +1,112 @@
+"""LoRA / PEFT adapters analysed as the merged finetune.
+
+Proves: an adapter folder next to a full finetune is analysed side by side; the merged weights are
+W + (α/r)·B·A rounded once to the base's bf16 (checked against a float64 reference), only target
+tensors change, and Δ's spectrum has r singular values above the bf16 rounding floor (Weyl's bound); rsLoRA uses α/√r; DoRA is refused by name; an
+adapter whose target modules do not exist in the base, or whose tensor targets a missing weight,
+is a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from subnetviz.analysis.updates import SpectraOptions, analyze_updates
+from subnetviz.errors import CheckpointError
+from tests import ckpt_fixtures
+from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+
+ckpt_zoo = ckpt_fixtures.ckpt_zoo
+R, ALPHA = 2, 8
+TARGETS = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+
+
+def _adapter(folder, base_sd, *, targets=TARGETS, rslora=False, dora=False, target_modules=("q_proj", "v_proj"),
+             seed=0):
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for t in targets:
+        out_f, in_f = base_sd.get(f"{t}.weight", torch.zeros(16, 16)).shape
+        tensors[f"base_model.model.{t}.lora_A.weight"] = torch.randn(R, in_f) * 0.1
+        tensors[f"base_model.model.{t}.lora_B.weight"] = torch.randn(out_f, R) * 0.1
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    cfg = {"peft_type": "LORA", "r": R, "lora_alpha": ALPHA, "target_modules": list(target_modules),
+           "use_rslora": rslora, "use_dora": dora, "fan_in_fan_out": False}  # fmt: skip
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return folder, tensors
+
+
+def _reference(base_sd, tensors, scale):
+    """float64 merge, rounded once to bf16: the expected merged weights."""
+    out = {}
+    for t in TARGETS:
+        a = tensors[f"base_model.model.{t}.lora_A.weight"].double()
+        b = tensors[f"base_model.model.{t}.lora_B.weight"].double()
+        out[f"{t}.weight"] = (base_sd[f"{t}.weight"].double() + scale * (b @ a)).to(torch.bfloat16)
+    return out
+
+
+def test_adapter_is_the_merged_model_beside_a_full_finetune(ckpt_zoo, tmp_path):
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, tensors = _adapter(tmp_path / "lora", base_sd)
+    full_sd = {k: v.clone() for k, v in base_sd.items()}
+    w = "model.layers.0.mlp.up_proj.weight"
+    full_sd[w][0, :4] = bf16_step(full_sd[w][0, :4], 1)
+    full = write_folder(tmp_path / "full", full_sd, ckpt_zoo.llama)
+    a = analyze_updates(str(ckpt_zoo.llama), [str(folder), str(full)], labels=["lora", "full"],
+                        spectra=SpectraOptions(enabled=True, baseline=False))  # fmt: skip
+    lora = a.report("lora")
+    ref = _reference(base_sd, tensors, ALPHA / R)
+    t = lora.tensors.set_index("name")
+    for name, merged in ref.items():
+        assert t.loc[name, "changed"] == int((merged.view(torch.int16) != base_sd[name].view(torch.int16)).sum())
+        assert torch.equal(lora.masks[name], merged.view(torch.int16) != base_sd[name].view(torch.int16))
+    assert lora.changed == sum(int(t.loc[n, "changed"]) for n in ref) > 0  # nothing else changed
+    assert a.report("full").changed == 4
+    # Δ = s·B·A (rank ≤ r) + the rounding to bf16 E: by Weyl, σ_{r+1}(Δ) ≤ ‖E‖₂ ≤ ‖E‖_F, and the top r
+    # singular values stand far above that floor.
+    sig = a.sigmas()
+    for name, merged in ref.items():
+        ka = f"base_model.model.{name.removesuffix('.weight')}"
+        exact = ALPHA / R * (tensors[f"{ka}.lora_B.weight"].double() @ tensors[f"{ka}.lora_A.weight"].double())
+        floor = float(torch.linalg.norm(merged.double() - base_sd[name].double() - exact))
+        s = sig[(sig["model"] == "lora") & (sig["name"] == name.removeprefix("model."))
+                & (sig["kind"] != "baseline")].sort_values("index")["sigma"].to_numpy()  # fmt: skip
+        assert s[R] <= floor * (1 + 1e-9) and s[R - 1] > 20 * floor
+    assert any("LoRA adapter merged" in n and "rank(s·B·A) ≤ r" in n for n in lora.notes)
+
+
+def test_rslora_scales_by_sqrt_r(ckpt_zoo, tmp_path):
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, tensors = _adapter(tmp_path / "rs", base_sd, rslora=True)
+    rep = analyze_updates(str(ckpt_zoo.llama), [str(folder)]).reports[0]
+    ref = _reference(base_sd, tensors, ALPHA / R**0.5)
+    t = rep.tensors.set_index("name")
+    for name, merged in ref.items():
+        assert t.loc[name, "changed"] == int((merged.view(torch.int16) != base_sd[name].view(torch.int16)).sum())
+    assert any("α/√r (rsLoRA)" in n for n in rep.notes)
+
+
+def test_dora_is_refused_by_name(ckpt_zoo, tmp_path):
+    folder, _ = _adapter(tmp_path / "dora", read_state_dict(ckpt_zoo.llama), dora=True)
+    with pytest.raises(CheckpointError, match="DoRA"):
+        analyze_updates(str(ckpt_zoo.llama), [str(folder)])
+
+
+def test_adapter_targets_that_do_not_exist_are_one_line_errors(ckpt_zoo, tmp_path):
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, _ = _adapter(tmp_path / "gpt2ish", base_sd, target_modules=("c_attn",))
+    with pytest.raises(CheckpointError) as err:
+        analyze_updates(str(ckpt_zoo.llama), [str(folder)])
+    msg = str(err.value)
+    assert "\n" not in msg and "target module 'c_attn'" in msg and "q_proj" in msg
+    folder2, _ = _adapter(tmp_path / "missing", base_sd, targets=["model.layers.7.self_attn.q_proj"])
+    with pytest.raises(CheckpointError) as err:
+        analyze_updates(str(ckpt_zoo.llama), [str(folder2)])
+    msg = str(err.value)
+    assert "\n" not in msg and "model.layers.7.self_attn.q_proj.lora_A.weight" in msg and "does not hold" in msg
