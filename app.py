@@ -1,5 +1,6 @@
-"""subnetviz: the Streamlit entry point. It only routes: the shared workspace sidebar, then the page."""
+"""subnetviz: the Streamlit entry point. It only routes: access, the shared workspace sidebar, then the page."""
 
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -22,11 +23,15 @@ nav = {
     section: [
         st.Page(PAGES / f"{name}.py", title=title, icon=f":material/{icon}:", url_path=name, default=name == "home")
         for name, title, icon in entries
-        if (PAGES / f"{name}.py").exists()  # a page still being written is left out, not an error
     ]
     for section, entries in SECTIONS.items()
 }
-page = st.navigation({s: p for s, p in nav.items() if p})
+page = st.navigation(nav)
+# A shared server reads only under its roots: every file it opens, and every job it starts (children
+# inherit the environment). The CLI and the library set nothing and are not restricted.
+os.environ["SUBNETVIZ_ENFORCE_ROOTS"] = "1"
+ui.gate()  # closed or read-only servers: admit this session first (subnetviz/access.py)
+ui.job_runner()  # the first run after a start recovers killed jobs and starts the queue
 st.session_state.pop("_workspace", None)
 ui.run_page(ui.workspace_sidebar, fresh=False)
 page.run()

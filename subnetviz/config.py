@@ -93,7 +93,7 @@ def display_path(path: str | os.PathLike) -> str:
     return root.name if rel == Path(".") else f"{root.name}/{rel.as_posix()}"
 
 
-_ABS_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s'\"`,;:()<>\[\]{}|]+)")
+_ABS_PATH = re.compile(r"(?<![\w.~:/<>-])/(?:[^\s'\"`,;:()<>\[\]{}|]+)")  # not inside URLs (://) or tags (</b>)
 
 
 def redact(text: str) -> str:

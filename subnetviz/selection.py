@@ -7,8 +7,13 @@ choice resolution under the allowed roots, uploaded masks, and the saved masks t
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from subnetviz import config
 from subnetviz.cache import file_stamp
@@ -68,26 +73,50 @@ def uploads_dir() -> Path:
     return path
 
 
-def save_upload(name: str, data: bytes) -> Path:
-    """Store an uploaded mask: safetensors as is (validated by reading it), a released bigram pickle
-    converted through the restricted unpickler. Returns the stored safetensors path."""
-    import tempfile
+MAX_UPLOAD_MB = 200
+"""Largest mask upload taken (also ``server.maxUploadSize`` in .streamlit/config.toml, so Streamlit
+refuses a larger file before buffering it). ``SUBNETVIZ_MAX_UPLOAD_MB`` lowers or raises it."""
 
+
+def max_upload_bytes() -> int:
+    return int(float(os.environ.get("SUBNETVIZ_MAX_UPLOAD_MB", MAX_UPLOAD_MB)) * (1 << 20))
+
+
+def save_upload(name: str, data: bytes | BinaryIO) -> Path:
+    """Store an uploaded mask: safetensors as is (validated by reading it), a released bigram pickle
+    converted through the restricted unpickler. Returns the stored safetensors path.
+
+    The upload is copied to disk in chunks, refused past :func:`max_upload_bytes`, inside the uploads
+    folder (a root); the stored name carries the content hash (``my_mask-1a2b3c4d.safetensors``), so two
+    uploads whose names normalise alike never replace each other, and the same file uploaded twice is
+    stored once.
+    """
     from subnetviz.errors import MaskError
     from subnetviz.masks import import_bigram_pickle, load_mask_set, save_mask_set
 
+    if not name.endswith((".pickle", ".pkl", ".safetensors")):
+        raise MaskError(f"{name}: upload a mask as .safetensors or a released bigram .pickle.")
+    stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    cap, digest, size = max_upload_bytes(), hashlib.sha256(), 0
+    fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=Path(name).suffix, dir=uploads_dir())
+    src = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := stream.read(1 << 20):
+                size += len(chunk)
+                if size > cap:
+                    raise MaskError(f"{name}: larger than the {cap >> 20} MB uploads may have (SUBNETVIZ_MAX_UPLOAD_MB).")
+                digest.update(chunk)
+                out.write(chunk)
+        ms = import_bigram_pickle(src) if name.endswith((".pickle", ".pkl")) else load_mask_set(src)
+    finally:
+        src.unlink(missing_ok=True)
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] or "mask"
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / Path(name).name
-        src.write_bytes(data)
-        if name.endswith((".pickle", ".pkl")):
-            ms = import_bigram_pickle(src)
-        elif name.endswith(".safetensors"):
-            ms = load_mask_set(src)
-        else:
-            raise MaskError(f"{name}: upload a mask as .safetensors or a released bigram .pickle.")
-        ms.metadata.setdefault("source", f"upload {name}")
-        return save_mask_set(uploads_dir() / f"{stem}.safetensors", ms)
+    target = uploads_dir() / f"{stem}-{digest.hexdigest()[:8]}.safetensors"
+    if target.exists():
+        return target  # the same bytes uploaded before (under this name): nothing to write
+    ms.metadata.setdefault("source", f"upload {name}")
+    return save_mask_set(target, ms)
 
 
 def saved_masks() -> dict[str, str]:

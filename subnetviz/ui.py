@@ -8,7 +8,10 @@ precision — bound to query parameters so a copied URL reopens the same view), 
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +24,29 @@ from subnetviz.cache import file_stamp
 from subnetviz.errors import SubnetvizError
 from subnetviz.selection import PRECISIONS, Workspace, label_of, resolve_choice, saved_masks, zoo_members
 
+# --- untrusted text ----------------------------------------------------------------------------------
+_MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def plain(text: object) -> str:
+    """``text`` for a Streamlit element that renders Markdown, shown exactly as text.
+
+    Everything a visitor can put into a page (query parameters, file names, config values, error
+    messages quoting them) goes through here: every ASCII punctuation character is backslash-escaped
+    (CommonMark), so ``[x](http://…)`` is no link, ``![i](…)`` fetches nothing, ``$…$`` is no formula,
+    ``:material/…:`` no icon and ``<b>`` no HTML; server paths are shown relative to their root.
+    """
+    return _MD_PUNCT.sub(r"\\\1", config.redact(str(text)))
+
+
+def error(message: object) -> None:
+    """An error box in the main area whose text is shown as text (see :func:`plain`)."""
+    st.error(plain(message), icon=":material/error:")
+
+
+def warning(message: object) -> None:
+    st.warning(plain(message), icon=":material/warning:")
+
 
 # --- errors ----------------------------------------------------------------------------------------
 def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
@@ -32,10 +58,11 @@ def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
     """
     if fresh:
         st.session_state["_figures"], st.session_state["_tables"] = {}, {}
+    t0 = time.perf_counter()
     try:
         body()
     except SubnetvizError as exc:
-        st.error(str(exc), icon=":material/error:")
+        error(exc)
     except Exception as exc:  # a bug: keep the server alive, say so plainly
         if type(exc).__module__.startswith("streamlit"):
             raise  # st.stop / st.rerun / page switches are control flow, not errors
@@ -44,6 +71,120 @@ def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
         print(traceback.format_exc(), flush=True)
         if os.environ.get("SUBNETVIZ_DEV") == "1":
             st.code(traceback.format_exc())
+    finally:
+        _profile(body, time.perf_counter() - t0)
+
+
+def _profile(body: Callable[[], None], seconds: float) -> None:
+    """With ``SUBNETVIZ_PROFILE_LOG`` set, one JSON line per body run (``benches/bench_load.py`` reads them)."""
+    if log := os.environ.get("SUBNETVIZ_PROFILE_LOG"):
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        code = getattr(body, "__code__", None)
+        page = Path(code.co_filename).stem if code and body.__name__ == "body" else getattr(body, "__name__", "?")
+        ctx = get_script_run_ctx()
+        line = {"page": page, "seconds": seconds, "session": ctx.session_id if ctx else "", "t": time.time()}
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+# --- access: who may enter, and launch or upload (policy in subnetviz/access.py) ----------------------
+def _auth_section() -> dict:
+    """The [auth] section of Streamlit's secrets ({} when there is none): it turns on st.login."""
+    return st.secrets.to_dict().get("auth", {}) if st.secrets.load_if_toml_exists() else {}
+
+
+def gate() -> None:
+    """Admit this session or stop the script at a login form; app.py calls it before the sidebar and page.
+
+    The session keeps only the resulting role (``_access``); pages ask :func:`can`. A misconfigured
+    server shows nothing but the one-line reason (it fails closed).
+    """
+    from subnetviz import access
+
+    try:
+        pol = access.policy(auth=_auth_section())
+    except SubnetvizError as exc:
+        error(f"Access to this server is misconfigured: {exc}")
+        st.stop()
+    user = st.user.to_dict() if pol.oidc and st.user.is_logged_in else None
+    given = st.query_params.get("token")
+    found = [access.role_for_user(user, pol) if user else None, access.check_token(given, pol),
+             st.session_state.get("_access"), pol.anonymous()]  # fmt: skip
+    role = max((r for r in found if r is not None), key=lambda r: r.name == "editor", default=None)
+    if role is None:
+        st.session_state.pop("_access", None)
+        _login(pol, refused=user is not None, bad_token=given is not None)  # stops the script
+    st.session_state["_access"] = role
+    if pol.methods:
+        with st.sidebar:
+            st.caption(f"Signed in as {role.name}" + ("" if role.can("launch") else " (view and export)"))
+            if user and st.button("Log out", key="_logout"):
+                st.logout()
+            if role.name == "viewer" and (pol.editor_token or pol.editor_password):
+                with st.expander("Editor access"):
+                    _secret_form(pol, "Editor password or token")
+
+
+def _login(pol, *, refused: bool, bad_token: bool) -> None:
+    st.title("subnetviz")
+    if refused:
+        st.warning("This account may not use this server; ask its owner to add it.", icon=":material/lock:")
+        if st.button("Log out", key="_logout"):
+            st.logout()
+        st.stop()
+    st.caption("This server is shared with invited people only.")
+    if bad_token:
+        time.sleep(1.0)  # slows guessing
+        st.error("The token in this link is not valid (or no longer).", icon=":material/lock:")
+    for provider in pol.oidc_providers:
+        if st.button(f"Log in with {provider}" if provider else "Log in", key=f"_login-{provider}", type="primary"):
+            st.login(provider)
+    if "password" in pol.methods or "token" in pol.methods:
+        _secret_form(pol, "Password" if "password" in pol.methods else "Access token")
+    st.stop()
+
+
+def _secret_form(pol, label: str) -> None:
+    """A password/token form; on success the session keeps the role (never the secret) and reruns."""
+    from subnetviz import access
+
+    with st.form("_access_form", clear_on_submit=True, border=False):
+        secret = st.text_input(label, type="password", key="_access_secret")
+        submitted = st.form_submit_button("Enter", icon=":material/login:")
+    if submitted:
+        role = access.check_password(secret, pol) or access.check_token(secret, pol)
+        if role is not None:
+            st.session_state["_access"] = role
+            st.rerun()
+        time.sleep(1.0)  # slows guessing
+        st.error(f"Wrong {label.lower()}.", icon=":material/lock:")
+
+
+def can(action: str) -> bool:
+    """Whether this session may ``action`` (``"view"``, ``"export"``, ``"launch"``, ``"upload"``).
+
+    Without :func:`gate` (a page run on its own, e.g. in a test) this is the anonymous visitor's right.
+    """
+    from subnetviz import access
+
+    role = st.session_state.get("_access")
+    if role is None:
+        try:
+            role = access.policy(auth=_auth_section()).anonymous()
+        except SubnetvizError:
+            return False
+    return role is not None and role.can(action)
+
+
+def allowed(action: str) -> bool:
+    """:func:`can`, and where not, one line in place of the widget saying why."""
+    from subnetviz import access
+
+    if can(action):
+        return True
+    st.caption(access.refusal(action))
+    return False
 
 
 # --- zoo and choices -----------------------------------------------------------------------------
@@ -93,12 +234,12 @@ def workspace_sidebar() -> Workspace:
                                      "both sides first (RL's Razor / PNT precision effect).")  # fmt: skip
             devices = ["auto", "cpu"] + (["cuda"] if _cuda() else [])
             device = st.selectbox("Device", devices, key="device", bind="query-params")
-        st.caption(f"Allowed roots: {', '.join(str(r) for r in config.allowed_roots())}")
+        st.caption("Reads only under the allowed roots: " + ", ".join(plain(r.name) for r in config.allowed_roots()))
     try:
         base_path = resolve_choice(base, members) if base else None
         fts = tuple((label_of(c, members), resolve_choice(c, members)) for c in finetuned if c != base)
     except SubnetvizError as exc:
-        st.sidebar.error(str(exc))
+        error(exc)  # in the main area, where the visitor looks
         base_path, fts = None, ()
     ws = Workspace(base_path, label_of(base, members) if base else "", fts,
                    tuple((k, mask_files[k]) for k in masks if k in mask_files),

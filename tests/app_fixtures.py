@@ -32,7 +32,7 @@ def app_roots(home: Path) -> str:
 
 @pytest.fixture(scope="module")
 def app_env(app_home):
-    saved = {k: os.environ.get(k) for k in ("SUBNETVIZ_HOME", "SUBNETVIZ_ROOTS")}
+    saved = {k: os.environ.get(k) for k in ("SUBNETVIZ_HOME", "SUBNETVIZ_ROOTS", "SUBNETVIZ_ENFORCE_ROOTS")}
     os.environ["SUBNETVIZ_HOME"] = str(app_home)
     os.environ["SUBNETVIZ_ROOTS"] = app_roots(app_home)
     yield app_home

@@ -39,17 +39,68 @@ def open_page(name: str, **query) -> AppTest:
     return at
 
 
+def _texts(at) -> str:
+    return " ".join(e.value for kind in ("markdown", "caption", "info", "success") for e in getattr(at, kind))
+
+
+# What each page must show on a fresh micro zoo, beyond "no exception, no error box": a page whose
+# file is deleted or that draws nothing fails here (no page is exempt, none is skipped).
+CONTENT = {
+    "home": lambda at: len(at.get("page_link")) == 8 and "Demo zoo ready" in _texts(at),
+    "workspace": lambda at: len(at.metric) >= 1 and len(at.dataframe) >= 1,
+    "training": lambda at: any(b.label.startswith(("Launch", "Train", "Start")) for b in at.button),
+    "bigram": lambda at: len(at.metric) >= 1 or "No bigram mask yet" in _texts(at),
+    "continual": lambda at: plotly_specs(at) or "No finished continual-learning run yet" in _texts(at),
+}
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_page_renders_without_errors(app_env, name):
-    if not (Path(APP).parent / "views" / f"{name}.py").exists():
-        pytest.skip(f"page {name} not present")
+    assert (Path(APP).parent / "views" / f"{name}.py").exists(), f"page {name} is missing"
     at = open_page(name)
     assert not at.exception, [e.message for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    if name not in ("home", "workspace", "training", "bigram", "continual"):
+    if name in CONTENT:
+        assert CONTENT[name](at), f"{name}: the page shows none of what it should"
+    else:
         specs = plotly_specs(at)
         assert specs, f"{name}: no chart"
         assert all(s["data"] for s in specs), f"{name}: a chart without traces"
+
+
+def test_untrusted_text_is_escaped_for_markdown():
+    """What a visitor puts in a URL reaches error boxes as text: ``[x](http://…)`` used to render a live
+    link and ``![i](http://…)`` made the browser fetch a URL (the browser test shows it on a page)."""
+    from subnetviz import ui
+
+    shown = ui.plain("[Session expired — log in](http://evil.example/login)![i](http://evil.example/p.png) $x$ <b>")
+    assert "](http" not in shown and "![" not in shown and "$x$" not in shown and "<b>" not in shown
+    assert shown.replace("\\", "") == "[Session expired — log in](http://evil.example/login)![i](http://evil.example/p.png) $x$ <b>"
+
+
+def test_closed_server_shows_only_a_login(app_env, monkeypatch):
+    token = "viewer-token-0123456789"
+    monkeypatch.setenv("SUBNETVIZ_ACCESS_TOKEN", token)
+    at = open_page("home")
+    assert not at.exception
+    assert [t.value for t in at.title] == ["subnetviz"] and at.text_input(key="_access_secret") is not None
+    assert not any("Workspace" in m.value for m in at.sidebar.markdown) and not at.get("page_link")
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["token"] = "wrong-token-0000000000"
+    at.run()
+    assert at.error and "not valid" in at.error[0].value and not at.get("page_link")
+
+
+def test_viewer_can_look_but_not_upload(app_env, monkeypatch):
+    token = "viewer-token-0123456789"
+    monkeypatch.setenv("SUBNETVIZ_ACCESS_TOKEN", token)
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["token"] = token
+    at.run()
+    assert not at.exception and at.session_state["_access"].name == "viewer"
+    at.switch_page("views/workspace.py").run()
+    assert not at.exception and not at.error and len(at.metric) >= 1
+    assert not at.get("file_uploader") and any("cannot" in c.value.lower() for c in at.caption)
 
 
 def test_workspace_numbers_equal_backend(app_env):
@@ -123,6 +174,33 @@ def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
     with pytest.raises(UnsafePickleError):
         selection.save_upload("evil.pickle", pickle.dumps({"w": Evil()}))
     assert not sentinel.exists()
+
+
+def test_uploads_never_replace_each_other_and_are_capped(app_env, monkeypatch):
+    """``my mask.safetensors`` and ``my_mask.safetensors`` normalise alike: both are kept; the same
+    bytes twice are stored once; past the cap nothing is stored and no temporary file is left."""
+    import io
+
+    import torch
+
+    from subnetviz import selection
+    from subnetviz.errors import MaskError
+    from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
+
+    blobs = []
+    for seed in (0, 1):
+        buf = app_env / f"src{seed}.safetensors"
+        save_mask_set(buf, MaskSet({"w": torch.rand(64, generator=torch.Generator().manual_seed(seed)) < 0.5}, {}))
+        blobs.append(buf.read_bytes())
+    a = selection.save_upload("my mask.safetensors", blobs[0])
+    b = selection.save_upload("my_mask.safetensors", io.BytesIO(blobs[1]))  # streamed like Streamlit's UploadedFile
+    assert a != b and a.exists() and b.exists()
+    assert not torch.equal(load_mask_set(a).masks["w"], load_mask_set(b).masks["w"])
+    assert selection.save_upload("my mask.safetensors", blobs[0]) == a
+    monkeypatch.setenv("SUBNETVIZ_MAX_UPLOAD_MB", str(len(blobs[0]) / 2 / (1 << 20)))
+    with pytest.raises(MaskError, match="larger than the .* uploads may have"):
+        selection.save_upload("big.safetensors", io.BytesIO(blobs[0]))
+    assert not list((app_env / "uploads").glob(".upload-*")) and not list((app_env / "uploads").glob("big*"))
 
 
 def test_continual_page_shows_the_runs_numbers(app_env):

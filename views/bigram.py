@@ -21,6 +21,9 @@ def _analysis(model: str, mask: str, optimal: str | None, corpus: str, key: str)
 
 
 def train(model: str, corpus: str) -> None:
+    if not ui.allowed("launch"):
+        runs_view()
+        return
     with st.form("bg_train"):
         c = st.columns(5)
         target = c[0].selectbox("Target (optimal = the model's own softmax)", ["bigram", "optimal"], key="bg_target")
@@ -52,7 +55,7 @@ def _runs() -> None:
         return
     st.dataframe(df[["id", "name", "status", "step", "total", "error"]], hide_index=True, key="bg_runs")
     run_id = st.selectbox("Run", list(df["id"]), key="bg_run")
-    if not r.get(run_id).finished and st.button("Cancel", key=f"bg-cancel-{run_id}", icon=":material/stop:"):
+    if not r.get(run_id).finished and ui.can("launch") and st.button("Cancel", key=f"bg-cancel-{run_id}", icon=":material/stop:"):
         r.cancel(run_id)
         st.rerun(scope="fragment")
     metrics = r.metrics(run_id)
@@ -63,6 +66,8 @@ def _runs() -> None:
 
 
 def import_released(model: str) -> None:
+    if not ui.can("upload"):
+        return
     with st.expander("Import a released bigram-subnetwork pickle (GPT-2 / Pythia)"):
         path = st.text_input("subnetwork_dict_lambda*.pickle (restricted unpickler)", key="bg_pickle")
         if path and st.button("Import for this model", key="bg_import"):
@@ -70,7 +75,7 @@ def import_released(model: str) -> None:
 
             out = config.home() / "uploads" / f"{os.path.basename(path).rsplit('.', 1)[0]}.safetensors"
             save_released_mask(config.check_allowed(path), model, out)
-            st.success(f"Saved {out.name}; it is now among the saved masks.")
+            st.success(f"Saved {ui.plain(out.name)}; it is now among the saved masks.")
 
 
 def headline(h: dict) -> None:

@@ -17,6 +17,8 @@ DEMO = ContinualConfig(benchmark="permuted-digits", methods=("finetune", "supsup
 
 
 def launch() -> None:
+    if not ui.allowed("launch"):
+        return
     with st.form("cl_launch"):
         c1, c2, c3 = st.columns(3)
         bench = c1.selectbox("Benchmark", BENCHMARKS, help="Digits from scikit-learn (offline); arithmetic-text "
@@ -45,7 +47,7 @@ def progress() -> None:
     for rec in ui.active_runs("continual").itertuples():
         step, total = (0 if pd.isna(v) else int(v) for v in (rec.step, rec.total))  # queued: no progress yet
         st.progress(step / total if total else 0.0, text=f"{rec.name}: {step}/{total} tasks trained ({rec.status})")
-        if st.button("Cancel", key=f"cl-cancel-{rec.id}"):
+        if ui.can("launch") and st.button("Cancel", key=f"cl-cancel-{rec.id}"):
             ui.job_runner().cancel(rec.id)
 
 
@@ -55,7 +57,7 @@ def results() -> None:
     if not len(done):
         st.info("No finished continual-learning run yet. The demo configuration (permuted digits, 5 tasks, "
                 "density 5 %, four methods, 3 seeds) takes a minute or two on one CPU thread.")  # fmt: skip
-        if st.button("Run the demo configuration", type="primary", key="cl-demo"):
+        if ui.can("launch") and st.button("Run the demo configuration", type="primary", key="cl-demo"):
             ui.job_runner().submit(DEMO.to_dict(), name="demo: permuted-digits, 5 tasks, d=0.05")
             st.rerun()
         st.stop()

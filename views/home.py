@@ -1,10 +1,8 @@
 """Home: what subnetviz answers, where to start, and the state of the demo zoo."""
 
-from pathlib import Path
-
 import streamlit as st
 
-from subnetviz import ui
+from subnetviz import config, ui
 
 
 def body() -> None:
@@ -23,7 +21,6 @@ def body() -> None:
         ("Continual learning", "continual", "SupSup / SSNeT / ExSSNeT: disjoint subnetworks per task."),
         ("Workspace", "workspace", "What is loaded: checkpoints, masks, the demo zoo manifest."),
     ]  # fmt: skip
-    cards = [c for c in cards if (Path(__file__).parent / f"{c[1]}.py").exists()]
     for i, (title, path, text) in enumerate(cards):
         with cols[i % 3].container(border=True):
             st.page_link(f"views/{path}.py", label=title, icon=":material/arrow_forward:")
@@ -32,7 +29,7 @@ def body() -> None:
     if z is None:
         st.warning("The demo zoo is not built. Run `python -m subnetviz demo build` (the README's `make app` does it).")
     else:
-        st.success(f"Demo zoo ready: {len(z.members)} models under `{z.root}`. "
+        st.success(f"Demo zoo ready: {len(z.members)} models under {ui.plain(config.display_path(z.root))}. "
                    "The sidebar starts on it; point it at your own checkpoints any time.")  # fmt: skip
 
 

@@ -75,7 +75,7 @@ def drill_down(analysis, reports) -> None:
     key = b.selectbox("Matrix", names, index=default, key="dd_tensor", bind="query-params")
     row = mats[mats["key"] == key].iloc[0]
     mask = load_mask_tensor(mask_path(analysis.source_dir, model), row["name"]).numpy()
-    st.caption(f"`{row['name']}` · shape {row['shape']} · {int(row['changed']):,} of {int(row['numel']):,} changed "
+    st.caption(f"{ui.plain(row['name'])} · shape {row['shape']} · {int(row['changed']):,} of {int(row['numel']):,} changed "
                f"({100 * (1 - row['sparsity']):.2f} %) · largest |Δ| {row['max_abs_delta']:.3g}")  # fmt: skip
     c, d = st.columns(2)
     with c:

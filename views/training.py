@@ -18,6 +18,8 @@ def data_files() -> dict[str, str]:
 
 
 def launch(ws) -> None:
+    if not ui.allowed("launch"):
+        return
     data = data_files()
     masks = {"none (full finetune)": None}
     if ws.base and ws.finetuned:
@@ -88,7 +90,7 @@ def _runs_view() -> None:
     rec = r.get(run_id)
     cols = st.columns([1, 1, 4])
     cols[0].metric("status", rec.status)
-    if not rec.finished and cols[1].button("Cancel", key=f"cancel-{run_id}", icon=":material/stop:"):
+    if not rec.finished and ui.can("launch") and cols[1].button("Cancel", key=f"cancel-{run_id}", icon=":material/stop:"):
         r.cancel(run_id)
         st.rerun(scope="fragment")
     metrics = r.metrics(run_id)
@@ -97,7 +99,7 @@ def _runs_view() -> None:
         long = metrics.melt(id_vars=["step"], value_vars=shown, var_name="metric").dropna()
         ui.chart(figures.training_curves(long, title=f"Run {run_id}"), key="curves")
     if rec.error:
-        st.error(rec.error)
+        ui.error(rec.error)
 
 
 def compare(ws) -> None:
@@ -131,7 +133,7 @@ def compare(ws) -> None:
         ui.chart(figures.ulp_histogram(result.ulp_histogram.assign(model=f"{full} vs {sub}"),
                                        title="ULP distance between the two finetunes"), key="cmp-ulp")  # fmt: skip
     if result.unmatched:
-        st.caption(f"Not compared (present in one run only): {', '.join(result.unmatched[:10])}")
+        st.caption(f"Not compared (present in one run only): {ui.plain(', '.join(result.unmatched[:10]))}")
 
 
 @st.cache_data(show_spinner="Comparing the two finetunes tensor by tensor…", max_entries=8)

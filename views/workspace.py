@@ -33,13 +33,15 @@ def body() -> None:
                        "(bitwise); sparsity = 1 − changed / all, parameter-weighted.")  # fmt: skip
         ui.table(summary, "sparsity-summary", "Exact (bitwise) update sparsity, parameter-weighted")
         for note in analysis.notes:
-            st.caption(note)
+            st.caption(ui.plain(note))
     st.subheader("Masks")
-    up = st.file_uploader("Add a mask (.safetensors, or a released bigram-subnetwork .pickle — read safely)",
-                          type=["safetensors", "pickle", "pkl"], key="mask_upload")  # fmt: skip
+    up = None
+    if ui.allowed("upload"):
+        up = st.file_uploader("Add a mask (.safetensors, or a released bigram-subnetwork .pickle — read safely)",
+                              type=["safetensors", "pickle", "pkl"], key="mask_upload")  # fmt: skip
     if up is not None:
-        stored = selection.save_upload(up.name, up.getvalue())
-        st.success(f"Stored as `{stored.name}`; pick it under *Saved masks* in the sidebar.")
+        stored = selection.save_upload(up.name, up)
+        st.success(f"Stored as {ui.plain(stored.name)}; pick it under *Saved masks* in the sidebar.")
     files = dict(ws.masks)
     if ws.finetuned:
         from subnetviz.analysis.updates import mask_path
