@@ -1,4 +1,4 @@
-"""The command line: ``subnetviz {app,analyze,demo,train,job,runs,mask,report} ...`` (or ``python -m subnetviz``).
+"""The command line: ``subnetviz {app,analyze,behavior,demo,train,job,runs,mask,report} ...`` (or ``python -m subnetviz``).
 
 Every subcommand turns a :class:`~subnetviz.errors.SubnetvizError` into one readable line on
 stderr and exit status 2; anything else is a bug and keeps its traceback.
@@ -93,6 +93,32 @@ def _subspaces(args: argparse.Namespace, labels: list[str]):
     for line in table.notes:
         print(f"note: {line}", file=sys.stderr)
     return table
+
+
+def cmd_behavior(args: argparse.Namespace) -> int:
+    from subnetviz.analysis.behavior import CURVE_POINTS, run_config, write_behavior
+    from subnetviz.cache import atomic_folder
+
+    _threads()
+    masks = {}
+    for spec in args.mask or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        masks[name] = path
+    config = {"kind": "behavior", "base": args.base, "finetuned": args.finetuned, "labels": args.labels,
+              "prompts": args.prompts, "masks": masks, "random_control": not args.no_random,
+              "curve": list(CURVE_POINTS) if args.curve is None else args.curve, "batch_size": args.batch_size,
+              "seed": args.seed, "device": args.device, "limit": args.limit}  # fmt: skip
+    report = run_config(config, progress=_progress_bar("behavior"))
+    with atomic_folder(args.out) as tmp:
+        write_behavior(report, tmp)
+    for line in report.notes:
+        print(f"note: {line}", file=sys.stderr)
+    cols = ["model", "experiment", "kl_forward", "kl_reverse", "accuracy", "fraction_reverted"]
+    print(report.summary[cols].to_string(index=False))
+    print(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}")
+    return 0
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -251,6 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top-K singular subspaces of W_base vs W_ft per 2-D weight -> subspaces.csv (0: off; "
                    "default 16)")  # fmt: skip
     a.set_defaults(func=cmd_analyze)
+
+    b = sub.add_parser("behavior", help="teacher-forced KL and accuracy vs the base, revert experiments for masks")
+    b.add_argument("base", help="base model folder (its tokenizer encodes the prompts)")
+    b.add_argument("finetuned", nargs="+", help="one or more finetuned model folders")
+    b.add_argument("--prompts", nargs="+", help="JSONL with 'prompt' and optional 'answer' (default: the zoo's eval sets)")
+    b.add_argument("--out", required=True, help="output folder: behavior.json, tokens.csv, prompts.csv, curves.csv")
+    b.add_argument("--labels", nargs="+", help="a name per finetuned model")
+    b.add_argument("--mask", action="append", metavar="NAME=FILE", help="a mask set to revert inside/outside (repeat)")
+    b.add_argument("--no-random", action="store_true", help="no random same-density control per mask")
+    b.add_argument("--curve", nargs="*", type=float, help="fractions of Δ reverted, |Δ| and random order "
+                   "(default 0 0.1 0.25 0.5 0.75 1; none: no curve)")  # fmt: skip
+    b.add_argument("--limit", type=int, help="at most this many prompts per file")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+    b.set_defaults(func=cmd_behavior)
 
     d = sub.add_parser("demo", help="the demo zoo: demo build [--preset micro] [--force]")
     d.add_argument("rest", nargs=argparse.REMAINDER)

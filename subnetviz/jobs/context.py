@@ -25,6 +25,7 @@ JOB_KINDS: dict[str, str] = {
     "train": "subnetviz.training.run:run_job",
     "bigram_mask": "subnetviz.bigram.job:run_job",
     "continual": "subnetviz.supermask.job:run_job",
+    "behavior": "subnetviz.analysis.behavior:run_job",
 }
 
 STATUS_FILE = "status.json"

@@ -1,0 +1,169 @@
+"""Behaviour: teacher-forced KL against a float64 NumPy reference from the logits, planted finetunes that
+differ from the base only inside a mask M (revert inside -> KL exactly 0; revert outside -> KL unchanged),
+the random control's per-tensor counts, the revert curve's endpoints, the CLI files, the job and the page."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from subnetviz.analysis.behavior import Prompt, behavior, kl_terms, random_selector, read_prompts
+from tests import app_fixtures
+from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+from tests.training_fixtures import make_tiny_llama, write_addition_data
+
+app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
+
+PROMPTS = [Prompt("12+30=", "42"), Prompt("7+8=", "15"), Prompt("40+2=")]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A base; ``ft`` differs from it only inside M (a random 20 % of two matrices, moved 40 ULPs)."""
+    root = tmp_path_factory.mktemp("behavior")
+    base = make_tiny_llama(root / "base", seed=0)
+    sd = read_state_dict(base)
+    g = torch.Generator().manual_seed(1)
+    masks = {}
+    for name in ("model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.q_proj.weight"):
+        m = torch.rand(sd[name].shape, generator=g) < 0.2
+        sd[name] = torch.where(m, bf16_step(sd[name], 40), sd[name])
+        masks[name] = m
+    ft = write_folder(root / "ft", sd, config_from=base)
+    for f in base.glob("tokenizer*"):
+        shutil.copy(f, ft / f.name)
+    for f in base.glob("special_tokens_map.json"):
+        shutil.copy(f, ft / f.name)
+    return base, ft, masks
+
+
+def test_kl_terms_equal_a_numpy_float64_reference():
+    rng = np.random.default_rng(0)
+    p, q = rng.standard_normal((5, 11)) * 3, rng.standard_normal((5, 11)) * 3
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(p), log_softmax(q)
+    fwd_ref = (np.exp(lp) * (lp - lq)).sum(-1)
+    rev_ref = (np.exp(lq) * (lq - lp)).sum(-1)
+    fwd, rev = kl_terms(torch.tensor(p, dtype=torch.float32), torch.tensor(q, dtype=torch.float32))
+    lp32, lq32 = log_softmax(p.astype(np.float32).astype(np.float64)), log_softmax(q.astype(np.float32).astype(np.float64))
+    assert np.allclose(fwd.numpy(), (np.exp(lp32) * (lp32 - lq32)).sum(-1), rtol=1e-12, atol=1e-15)
+    assert np.allclose(fwd.numpy(), fwd_ref, rtol=1e-5) and np.allclose(rev.numpy(), rev_ref, rtol=1e-5)
+    assert (fwd.numpy() > 0).all() and (rev.numpy() > 0).all()
+
+
+def test_report_kl_equals_numpy_reference_from_model_logits(planted):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, ft, _ = planted
+    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=None, device="cpu")
+    tok = AutoTokenizer.from_pretrained(str(base))
+    mb = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+    mf = AutoModelForCausalLM.from_pretrained(str(ft), dtype=torch.float32).eval()
+    fwd_all, rev_all = [], []
+    for p in PROMPTS:
+        ids = tok(p.text)["input_ids"] + (tok(p.answer, add_special_tokens=False)["input_ids"] if p.answer else [])
+        with torch.no_grad():  # one sequence at a time, no padding: an independent path
+            lb = mb(torch.tensor([ids])).logits[0].double().numpy()
+            lf = mf(torch.tensor([ids])).logits[0].double().numpy()
+        lb = lb - np.logaddexp.reduce(lb, axis=-1, keepdims=True)
+        lf = lf - np.logaddexp.reduce(lf, axis=-1, keepdims=True)
+        fwd_all.append((np.exp(lb) * (lb - lf)).sum(-1))
+        rev_all.append((np.exp(lf) * (lf - lb)).sum(-1))
+    tokens = rep.tokens[rep.tokens["experiment"] == "finetuned"]
+    assert np.allclose(tokens["kl_forward"].to_numpy(), np.concatenate(fwd_all), rtol=1e-4, atol=1e-9)
+    assert np.allclose(tokens["kl_reverse"].to_numpy(), np.concatenate(rev_all), rtol=1e-4, atol=1e-9)
+    row = rep.summary.set_index("experiment").loc["finetuned"]
+    assert row["kl_forward"] > 0 and abs(row["kl_forward"] - np.concatenate(fwd_all).mean()) < 1e-4 * row["kl_forward"]
+    assert row["tokens"] == sum(len(f) for f in fwd_all)
+
+
+def test_revert_inside_is_the_base_and_outside_is_the_finetune(planted):
+    base, ft, masks = planted
+    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], masks={"M": masks}, curve=(0.0, 1.0),
+                   device="cpu")  # fmt: skip
+    s = rep.summary.set_index("experiment")
+    assert s.loc["M/inside", "kl_forward"] == 0.0 and s.loc["M/inside", "kl_reverse"] == 0.0  # exactly
+    assert s.loc["M/inside", "fraction_reverted"] == 1.0 and s.loc["M/outside", "fraction_reverted"] == 0.0
+    assert s.loc["M/outside", "kl_forward"] == s.loc["finetuned", "kl_forward"]  # bit-identical model
+    assert s.loc["M/outside", "kl_reverse"] == s.loc["finetuned", "kl_reverse"]
+    assert 0 < s.loc["random(M)/inside", "fraction_reverted"] < 1  # same count, mostly elsewhere
+    c = rep.curves.set_index(["order", "fraction"])
+    assert c.loc[("abs_delta", 1.0), "kl_forward"] == 0.0 and c.loc[("random", 1.0), "kl_forward"] == 0.0
+    assert c.loc[("abs_delta", 0.0), "kl_forward"] == s.loc["finetuned", "kl_forward"]
+    js = rep.to_json()["models"]["ft"]
+    assert js["reverts"]["M"]["inside"]["kl_forward"] == 0.0 and js["kl_forward"] > 0
+
+
+def test_random_control_keeps_each_tensors_count():
+    masks = {"w": torch.tensor([[True, False, True], [False, False, True]])}
+    sel = random_selector(masks, seed=3)
+    a = torch.zeros(2, 3)
+    out = sel(0, "w", a, a)
+    assert out.sum() == 3 and out.shape == (2, 3)
+    assert sel(0, "other", a, a).sum() == 0  # a tensor the mask does not hold: nothing
+
+
+def test_accuracy_counts_answers_only(planted):
+    base, ft, _ = planted
+    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=None, device="cpu")
+    per = rep.prompts[rep.prompts["experiment"] == "finetuned"]
+    assert per["correct"].isna().sum() == 1  # the prompt without an answer
+    acc = rep.summary.set_index("experiment").loc["finetuned", "accuracy"]
+    assert 0.0 <= acc <= 1.0
+
+
+def test_cli_writes_behavior_json_and_tokens(planted, tmp_path):
+    import pandas as pd
+
+    from subnetviz.__main__ import main
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    base, ft, masks = planted
+    data = write_addition_data(tmp_path / "data", n=4)
+    save_mask_set(tmp_path / "m.safetensors", MaskSet(masks, {"method": "test"}))
+    out = tmp_path / "out"
+    rc = main(["behavior", str(base), str(ft), "--prompts", str(data["eval"]), "--out", str(out), "--device", "cpu",
+               "--mask", f"planted={tmp_path / 'm.safetensors'}", "--curve", "0", "0.5", "1"])  # fmt: skip
+    assert rc == 0
+    js = json.loads((out / "behavior.json").read_text())
+    model = js["models"]["ft"]
+    assert model["kl_forward"] > 0 and model["reverts"]["planted"]["inside"]["kl_forward"] == 0.0
+    assert set(model["reverts"]) == {"planted", "random(planted)"}
+    tokens = pd.read_csv(out / "tokens.csv")
+    assert {"kl_forward", "kl_reverse", "token", "prompt", "position"} <= set(tokens.columns)
+    assert len(read_prompts(data["eval"])) == tokens[tokens["experiment"] == "finetuned"]["prompt"].nunique()
+
+
+def test_job_writes_outputs(planted, tmp_path):
+    from subnetviz.analysis.behavior import run_job, validate_config
+    from subnetviz.errors import ConfigError
+    from subnetviz.jobs.context import JOB_KINDS, JobContext
+
+    base, ft, _ = planted
+    data = write_addition_data(tmp_path / "data", n=3)
+    cfg = {"kind": "behavior", "base": str(base), "finetuned": [str(ft)], "labels": ["ft"],
+           "prompts": str(data["eval"]), "curve": [], "device": "cpu"}  # fmt: skip
+    validate_config(cfg)
+    with pytest.raises(ConfigError, match="finetuned"):
+        validate_config({"kind": "behavior", "base": str(base)})
+    assert JOB_KINDS["behavior"] == "subnetviz.analysis.behavior:run_job"
+    ctx = JobContext.for_dir(tmp_path / "run")
+    run_job(cfg, ctx)
+    assert (ctx.out_dir / "behavior.json").exists() and (ctx.out_dir / "tokens.csv").exists()
+
+
+@pytest.mark.slow
+def test_behaviour_page_renders(app_env):
+    from tests.test_app import open_page, plotly_specs
+
+    at = open_page("behavior")
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    specs = plotly_specs(at)
+    assert specs and all(s["data"] for s in specs)
