@@ -196,13 +196,14 @@ def fp8_quantize(w: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor,
     return codes.to(torch.float8_e4m3fn), scale
 
 
-def fp8_folder(src: Path, out: Path, block: tuple[int, int] = (8, 8), **config_edits) -> Path:
-    """``src``'s 2-D layer weights as block FP8 + ``weight_scale_inv`` (the rest kept), with the
-    ``quantization_config`` a DeepSeek-V3 release carries."""
+def fp8_folder(src: Path, out: Path, block: tuple[int, int] = (8, 8), layer_marker: str = ".layers.",
+               **config_edits) -> Path:
+    """``src``'s 2-D layer weights (names holding ``layer_marker``) as block FP8 + ``weight_scale_inv``
+    (the rest kept), with the ``quantization_config`` a DeepSeek-V3 release carries."""
     sd = read_state_dict(src)
     out_sd: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if v.dim() == 2 and ".layers." in k:
+        if v.dim() == 2 and layer_marker in k:
             out_sd[k], out_sd[f"{k}_scale_inv"] = fp8_quantize(v, block)
         else:
             out_sd[k] = v
