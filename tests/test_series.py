@@ -71,3 +71,66 @@ def test_report_cli_writes_self_contained_html(tmp_path):
     assert "Overlap of update masks" in html and "q" in html
     with pytest.raises(ConfigError, match="not an analysis folder"):
         analysis_report(tmp_path, tmp_path / "x.html")
+
+
+def _reference_series(versions: list[np.ndarray]) -> dict:
+    """All K+1 versions at once, every count straight from its definition (int views as uint16)."""
+    first, k = versions[0], len(versions) - 1
+    ever = np.zeros(first.shape, bool)
+    out = {"vs_first": [], "vs_prev": [], "ever_back": []}
+    for i in range(1, k + 1):
+        step = versions[i] != versions[i - 1]
+        diff = versions[i] != first
+        ever |= step
+        out["vs_first"].append(int(diff.sum()))
+        out["vs_prev"].append(int(step.sum()))
+        out["ever_back"].append(int((ever & ~diff).sum()))
+    final = versions[k] != first
+    out["split"] = [int((~ever).sum()), int((ever & ~final).sum()), int(final.sum())]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp_path, monkeypatch, seed):
+    """Random bit-level walks (moves and returns to the initial value, a float32 tensor, a -0/+0
+    flip) against the all-versions-at-once definition; every (checkpoint, tensor) is read once."""
+    import subnetviz.analysis.series as series
+
+    rng = np.random.default_rng(seed)
+    c = 6
+    names = {"model.layers.0.mlp.up_proj.weight": (30, 7), "model.layers.0.mlp.down_proj.weight": (7, 30),
+             "model.norm.weight": (7,)}  # fmt: skip
+    walks = {}
+    for name, shape in names.items():
+        v = rng.integers(0x3800, 0x3F00, shape).astype(np.int16)  # finite bf16 patterns
+        v[rng.random(shape) < 0.5] |= np.int16(-32768)  # either sign
+        vs = [v]
+        for _ in range(c):
+            nxt = vs[-1].copy()
+            move = rng.random(shape) < 0.2
+            nxt[move] += rng.integers(1, 3, int(move.sum())).astype(np.int16)
+            back = rng.random(shape) < 0.1
+            nxt[back] = v[back]  # cancelled out
+            vs.append(nxt)
+        walks[name] = vs
+    for vs in walks["model.norm.weight"]:
+        vs[0] = 0  # +0 ...
+    walks["model.norm.weight"][2][0] = np.int16(-32768)  # ... and -0 at step 2 only: a bit change, back at 3
+    paths = []
+    for i in range(c + 1):
+        tensors = {n: torch.from_numpy(vs[i].copy()).view(torch.bfloat16) for n, vs in walks.items()}
+        tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"].float()
+        paths.append(_write(tmp_path / f"c{i}", tensors))
+    reads = []
+    real = series.read_aligned
+    monkeypatch.setattr(series, "read_aligned", lambda ck, t, i, *a: reads.append((i, t.names[i])) or real(ck, t, i, *a))
+    res = checkpoint_series(paths)
+    assert sorted(reads) == sorted({(i, k) for i in range(c + 1) for k in names}) and len(reads) == len(set(reads))
+    refs = [_reference_series([vs[i] for i in range(c + 1)]) for vs in walks.values()]
+    total = {key: np.sum([r[key] for r in refs], axis=0).tolist() for key in ("vs_first", "vs_prev", "ever_back")}
+    assert res.steps["changed_vs_first"].tolist() == total["vs_first"]
+    assert res.steps["changed_vs_previous"].tolist() == total["vs_prev"]
+    n = sum(int(np.prod(s)) for s in names.values())
+    assert res.steps["ever_updated"].tolist() == pytest.approx([b / n for b in total["ever_back"]])
+    assert res.split["count"].tolist() == np.sum([r["split"] for r in refs], axis=0).tolist()
+    assert sum(total["ever_back"]) > 0  # the walk did cancel out somewhere

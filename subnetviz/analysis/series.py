@@ -10,9 +10,10 @@ end / the final subnetwork. Comparisons are bitwise on each tensor's stored dtyp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -54,29 +55,31 @@ def checkpoint_series(
     ever_back = [0] * k
     numel = 0
     never = cancelled = final = 0
+    # Each checkpoint is read once, tensor by tensor, one read ahead of the comparison (bounded:
+    # the first and previous versions, the current one and the one being read).
+    from subnetviz.analysis.updates import prefetched  # the one read-ahead; late: updates imports a lot
+
+    def load(item: tuple) -> torch.Tensor:
+        t, i = item
+        v = read_aligned(cks[i], t, i)
+        check_finite(v, f"{cks[i].spec} :: {t.names[i]}")
+        return v
+
+    stream = prefetched([(t, i) for t in al.tensors for i in range(len(cks))], load)
     for t_i, t in enumerate(al.tensors):
         if progress:
             progress(t_i, len(al.tensors), t.key)
-        versions = [read_aligned(ck, t, i) for i, ck in enumerate(cks)]
-        for ck, v, n in zip(cks, versions, t.names, strict=True):
-            check_finite(v, f"{ck.spec} :: {n}")
-        dtypes = {v.dtype for v in versions}
-        if len(dtypes) > 1 or versions[0].dtype not in INT_VIEW:
-            versions = [v.to(torch.float32) for v in versions]
-        bits = [int_view(v) for v in versions]
-        numel += versions[0].numel()
-        ever = torch.zeros(versions[0].shape, dtype=torch.bool)
-        for i in range(1, k + 1):
-            step_ne = bits[i] != bits[i - 1]
-            from_first = bits[i] != bits[0]
-            ever |= step_ne
-            vs_prev[i - 1] += int(step_ne.sum())
-            vs_first[i - 1] += int(from_first.sum())
-            ever_back[i - 1] += int((ever & ~from_first).sum())
-        final_mask = bits[k] != bits[0]
-        final += int(final_mask.sum())
-        cancelled += int((ever & ~final_mask).sum())
-        never += int((~ever).sum())
+        dtypes = {ck.meta(n).dtype for ck, n in zip(cks, t.names, strict=True)}
+        cast = len(dtypes) > 1 or next(iter(dtypes)) not in INT_VIEW  # compare in float32, as before
+        c = _tensor_series((next(stream) for _ in cks), k, cast, t.key)
+        numel += c.numel
+        for i in range(k):
+            vs_prev[i] += c.vs_prev[i]
+            vs_first[i] += c.vs_first[i]
+            ever_back[i] += c.ever_back[i]
+        final += c.vs_first[-1]
+        cancelled += c.ever - c.vs_first[-1]
+        never += c.numel - c.ever
     if progress:
         progress(len(al.tensors), len(al.tensors), "done")
     rows = pd.DataFrame({
@@ -90,3 +93,50 @@ def checkpoint_series(
     })  # fmt: skip
     split["share"] = split["count"] / numel
     return SeriesResult(rows, split, numel)
+
+
+@dataclass(frozen=True)
+class _TensorCounts:
+    """One tensor's series counts: per step i = 1..K changed vs the previous / the first version,
+    ``ever_back`` (updated at some step <= i, equal to the first at i), and entries ever updated."""
+
+    numel: int
+    vs_prev: list[int]
+    vs_first: list[int]
+    ever_back: list[int]
+    ever: int
+
+
+def _tensor_series(versions: Iterator[torch.Tensor], k: int, cast: bool, key: str) -> _TensorCounts:
+    """Counts of one tensor's K+1 versions, consumed in order (only the first, the previous and
+    the current are held). Bitwise on the integer views (NumPy kernels); ``cast``: float32 first.
+
+    One comparison against the previous and one against the first per version; "updated before,
+    back to the first now" is ``#ever - #(≠ first)`` because an entry that differs from the first
+    version changed at some step (no third comparison).
+    """
+
+    def bits(v: torch.Tensor) -> np.ndarray:
+        v = v.to(torch.float32) if cast else v
+        return int_view(v.contiguous()).reshape(-1).numpy()
+
+    v0 = next(versions)
+    first = prev = bits(v0)
+    ever = np.zeros(first.shape, dtype=bool)
+    step_ne, from_first = np.empty_like(ever), np.empty_like(ever)
+    vs_prev, vs_first, ever_back = [], [], []
+    n_ever = 0
+    for _ in range(k):
+        v = next(versions)
+        if not cast and v.dtype != v0.dtype:
+            raise ConfigError(f"{key}: stored as {v.dtype} in one checkpoint but {v0.dtype} in the header.")
+        cur = bits(v)
+        np.not_equal(cur, prev, out=step_ne)
+        np.not_equal(cur, first, out=from_first)
+        np.logical_or(ever, step_ne, out=ever)
+        n_ever = int(np.count_nonzero(ever))
+        vs_prev.append(int(np.count_nonzero(step_ne)))
+        vs_first.append(int(np.count_nonzero(from_first)))
+        ever_back.append(n_ever - vs_first[-1])
+        prev = cur
+    return _TensorCounts(int(first.size), vs_prev, vs_first, ever_back, n_ever)
