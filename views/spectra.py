@@ -12,11 +12,15 @@ def body() -> None:
                "Δ entries uniformly over the matrix: a sparse random matrix is full-rank too.")  # fmt: skip
     ws = ui.workspace()
     ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
-    updates_tab, subspaces_tab = st.tabs(["Spectra of Δ", "Subspaces of W_base vs W_ft"])
-    with subspaces_tab:
-        subspaces(ws)
-    with updates_tab:
-        updates(ws)
+    # Tabs that draw only when open: the subspace pass decomposes every weight, not only the updates.
+    tabs = st.tabs(["Spectra of Δ", "Subspaces of W_base vs W_ft"], key="spec_tab", on_change="rerun",
+                   bind="query-params")  # fmt: skip
+    if tabs[1].open:
+        with tabs[1]:
+            subspaces(ws)
+    if tabs[0].open:
+        with tabs[0]:
+            updates(ws)
 
 
 def subspaces(ws) -> None:
