@@ -13,6 +13,13 @@ Part 2, sparsity, for a bf16 pair of 4096×11008 tensors: the bitwise test
 tolerance), and ``subnetviz.analysis.sparsity.tensor_update_stats`` when it exists (else
 ``compare_pair``, else skipped with a note).
 
+Part 3, the fused pass (issue 15), on 7B-shaped bf16 pairs (4096×11008, 11008×4096, 4096×4096,
+32000×4096; 5 %, 30 % and 90 % changed): ``compare_pair`` on the device (the ``torch.compile``d
+kernel on CUDA, and the eager kernel for comparison) in GB/s of both tensors read, against the
+device's copy bandwidth (``y.copy_(x)`` of one tensor: bytes read + written per second; goal ≥ 50 %),
+with every statistic checked equal to the CPU pass on the same pair; then the host side: pinned
+host→device copy GB/s and ``updates._read_checked``-style pinned transfer of one tensor.
+
 Every timing synchronises the device before and after, runs once to warm up (CUDA/cuSOLVER
 initialisation), and reports the best of ``--repeat``.
 """
@@ -149,6 +156,71 @@ def sparsity_part(shape, device: str, repeat: int) -> None:
         print(f"{name:<44} {t:9.4f} {rate:8.1f}  {note}")
 
 
+FUSED_SHAPES = [(4096, 11008), (11008, 4096), (4096, 4096), (32000, 4096)]
+
+
+def planted_pair(shape, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bf16 pair (CPU) with ``share`` of the entries moved by 1-3 ULPs."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    a = (torch.randn(shape, generator=g) * 0.02).bfloat16()
+    move = torch.rand(shape, generator=g) < share
+    steps = torch.randint(1, 4, shape, generator=g, dtype=torch.int16)
+    return a, torch.where(move, a.view(torch.int16) + steps, a.view(torch.int16)).view(torch.bfloat16)
+
+
+def _same_stats(x, y) -> bool:
+    return (x.changed, x.changed_tol, x.changed_rel, x.ulp_hist, x.max_abs_delta) == (
+        y.changed, y.changed_tol, y.changed_rel, y.ulp_hist, y.max_abs_delta) and bool(
+        np.array_equal(x.row_counts, y.row_counts) and np.array_equal(x.col_counts, y.col_counts)
+        and torch.equal(x.mask, y.mask))  # fmt: skip
+
+
+def fused_part(shapes, device: str, repeat: int) -> None:
+    """compare_pair on the device (compiled and eager kernels) in GB/s vs the copy bandwidth."""
+    from subnetviz.analysis import sparsity
+
+    print(f"\n== fused compare_pair on {device}: bf16 pairs, GB/s of both tensors read, best of {repeat}")
+    header = (f"{'shape':>12} {'changed':>8} {'copy GB/s':>10} {'fused s':>9} {'GB/s':>8} {'of copy':>8} "
+              f"{'eager s':>9} {'GB/s':>8} {'= CPU':>6}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    tot_bytes = tot_fused = tot_copy_bytes = tot_copy = 0.0
+    for i, shape in enumerate(shapes):
+        for share in (0.05, 0.3, 0.9):
+            a_cpu, b_cpu = planted_pair(shape, share, seed=i)
+            ref = sparsity.compare_pair(a_cpu, b_cpu)
+            a, b = a_cpu.to(device), b_cpu.to(device)
+            nbytes = 2 * a.numel() * a.element_size()
+            out = torch.empty_like(a)
+            t_copy, _ = timed(lambda o=out, x=a: o.copy_(x), device, repeat)
+            copy_rate = 2 * a.numel() * a.element_size() / t_copy / 1e9  # read + write
+            t_fused, st = timed(lambda x=a, y=b: sparsity.compare_pair(x, y), device, repeat)
+            same = _same_stats(st, ref)
+            sparsity._COMPILE_ON_CUDA = False
+            try:
+                t_eager, st_e = timed(lambda x=a, y=b: sparsity.compare_pair(x, y), device, repeat)
+                same &= _same_stats(st_e, ref)
+            finally:
+                sparsity._COMPILE_ON_CUDA = True
+            rate = nbytes / t_fused / 1e9
+            tot_bytes, tot_fused = tot_bytes + nbytes, tot_fused + t_fused
+            tot_copy_bytes, tot_copy = tot_copy_bytes + 2 * a.numel() * a.element_size(), tot_copy + t_copy
+            print(f"{f'{shape[0]}x{shape[1]}':>12} {share:8.0%} {copy_rate:10.1f} {t_fused:9.4f} {rate:8.1f} "
+                  f"{rate / copy_rate:8.0%} {t_eager:9.4f} {nbytes / t_eager / 1e9:8.1f} {'yes' if same else 'NO':>6}")
+            del a, b, out
+    print("-" * len(header))
+    rate, copy_rate = tot_bytes / tot_fused / 1e9, tot_copy_bytes / tot_copy / 1e9
+    print(f"{'all':>12} {'':>8} {copy_rate:10.1f} {tot_fused:9.4f} {rate:8.1f} {rate / copy_rate:8.0%}   goal >= 50 %")
+    if device.startswith("cuda"):
+        x = torch.empty(FUSED_SHAPES[0], dtype=torch.bfloat16).pin_memory()
+        t_h2d, _ = timed(lambda: x.to(device, non_blocking=True), device, repeat)
+        y = torch.empty(FUSED_SHAPES[0], dtype=torch.bfloat16)
+        t_pin, _ = timed(lambda: y.pin_memory().to(device, non_blocking=True), device, repeat)
+        gb = x.numel() * x.element_size() / 1e9
+        print(f"host->device {FUSED_SHAPES[0]}: pinned {gb / t_h2d:.1f} GB/s; pin + copy (the read path) "
+              f"{gb / t_pin:.1f} GB/s")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="shapes divided by 8 (CPU smoke test)")
@@ -158,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--std", type=float, default=1e-3)
     parser.add_argument("--skip-spectra", action="store_true")
     parser.add_argument("--skip-sparsity", action="store_true")
+    parser.add_argument("--skip-fused", action="store_true")
     args = parser.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -171,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         spectra_part(shapes, device, args.repeat, args.density, args.std)
     if not args.skip_sparsity:
         sparsity_part((PAIR_SHAPE[0] // div, PAIR_SHAPE[1] // div), device, args.repeat)
+    if not args.skip_fused:
+        fused_part([(m // div, n // div) for m, n in FUSED_SHAPES], device, args.repeat)
 
 
 if __name__ == "__main__":
