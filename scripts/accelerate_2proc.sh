@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Demonstration: one masked training config run by 2 CPU processes (DDP over gloo) through
-# `accelerate launch`, the same `python -m subnetviz train --config FILE` a single process runs.
-# Builds a tiny Llama + two-digit-addition data + a random 50 % mask in a temporary folder,
-# then checks that both processes trained together and every entry outside the mask stayed
-# bit-identical. Usage: bash scripts/accelerate_2proc.sh [sft|dpo|grpo]   (default: grpo)
+# Demonstration: one masked training config run by 2 processes, the same
+# `python -m subnetviz train --config FILE` a single process runs: the config's strategy and
+# num_processes make it start `accelerate launch` itself (DDP or FSDP2 over gloo on CPU; zero3
+# needs 2 CUDA GPUs and deepspeed). Builds a tiny Llama + addition data + a random 50 % mask in a
+# temporary folder, then checks that both processes trained together and every entry outside the
+# mask stayed bit-identical (saved bf16 model and gathered full state dict).
+# Usage: bash scripts/accelerate_2proc.sh [sft|dpo|grpo] [ddp|fsdp2|zero3]   (default: grpo ddp)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ALGO=${1:-grpo}
+STRATEGY=${2:-ddp}
 PY=${PY:-.venv/bin/python}
-ACCELERATE=${ACCELERATE:-.venv/bin/accelerate}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 WORK=$(mktemp -d /tmp/subnetviz-accel-XXXXXX)
 
-"$PY" - "$WORK" "$ALGO" <<'PYEOF'
+"$PY" - "$WORK" "$ALGO" "$STRATEGY" <<'PYEOF'
 import json, sys
 from pathlib import Path
 from tests.training_fixtures import make_tiny_llama, write_addition_data, write_half_mask
-work, algo = Path(sys.argv[1]), sys.argv[2]
+work, algo, strategy = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 base = make_tiny_llama(work / "base")
 data = write_addition_data(work / "data", n=32)
 mask = write_half_mask(work / "half.safetensors", base, p=0.5, seed=0)
@@ -26,23 +28,24 @@ if algo == "grpo":  # one-digit answers and one-token completions: a random mode
 # weight_decay 0: every change inside the mask then comes from (all-reduced) gradients.
 cfg = {"algorithm": algo, "base": str(base), "data": str(data[algo]), "output_dir": str(work / "out"),
        "mask": str(mask), "steps": 4, "learning_rate": 1e-2, "batch_size": 8, "num_generations": 8,
-       "max_completion_length": 1, "weight_decay": 0.0, "save_steps": [2]}
+       "max_completion_length": 1, "weight_decay": 0.0, "save_steps": [2],
+       "strategy": strategy, "num_processes": 2}
 (work / "config.json").write_text(json.dumps(cfg, indent=2))
 PYEOF
 
-# accelerate 1.15: `--cpu --num_processes 2` starts ONE process on a single machine (its multi-CPU
-# mode needs MPI: `--mpirun_hostfile`, and there is no mpirun here). `--multi_gpu` goes through
-# torch.distributed.run (torchrun) instead; with no CUDA GPU the trainer sets use_cpu=True, so
-# the 2 processes form a CPU DDP group over gloo. On a GPU machine the same line is multi-GPU DDP.
-"$ACCELERATE" launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
-    --num_cpu_threads_per_process 1 -m subnetviz train --config "$WORK/config.json" 2>&1 | tee "$WORK/launch.log"
+# The launch: accelerate 1.15's `--cpu --num_processes 2` would start ONE process (its multi-CPU mode
+# needs MPI); subnetviz writes an accelerate config of type MULTI_GPU (torchrun), and with no CUDA
+# GPU the processes form a CPU group over gloo. The config is kept as out/accelerate_config.yaml.
+"$PY" -m subnetviz train --config "$WORK/config.json" 2>&1 | tee "$WORK/launch.log"
 
 "$PY" - "$WORK" <<'PYEOF'
 import json, sys
 from pathlib import Path
 s = json.loads((Path(sys.argv[1]) / "out" / "train_summary.json").read_text())
-print(f"num_processes={s['num_processes']} steps_done={s['steps_done']} mask_check={s['mask_check']}")
-ok = s["num_processes"] == 2 and s["mask_check"]["outside_mask_identical"] and s["mask_check"]["changed_inside"] > 0
+print(f"strategy={s['strategy']} num_processes={s['num_processes']} steps_done={s['steps_done']}")
+print(f"mask_check={s['mask_check']}\ngathered_check={s['gathered_check']}\nfsdp2={s.get('fsdp2')}")
+ok = s["num_processes"] == 2 and all(c["outside_mask_identical"] and c["changed_inside"] > 0
+                                     for c in (s["mask_check"], s["gathered_check"]))
 print("OK: 2-process masked run, outside-mask entries bit-identical" if ok else "FAILED")
 sys.exit(0 if ok else 1)
 PYEOF

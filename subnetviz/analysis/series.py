@@ -10,7 +10,7 @@ end / the final subnetwork. Comparisons are bitwise on each tensor's stored dtyp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +40,13 @@ def checkpoint_series(
     steps: Sequence[int] | None = None,
     *,
     progress: Callable[[int, int, str], None] | None = None,
+    tensors: Collection[str] | None = None,
 ) -> SeriesResult:
-    """Sparsity along ordered checkpoints; ``steps`` label them (default 0, 1, 2, ...)."""
+    """Sparsity along ordered checkpoints; ``steps`` label them (default 0, 1, 2, ...).
+
+    ``tensors``: only these aligned tensor keys (``AlignedTensor.key``), for a fan-out over workers
+    whose integer counts add up to the whole (:func:`subnetviz.jobs.ray_backend.series_fanout`).
+    """
     if len(checkpoints) < 2:
         raise ConfigError(f"a checkpoint series needs at least two checkpoints, got {len(checkpoints)}.")
     steps = list(steps) if steps is not None else list(range(len(checkpoints)))
@@ -49,6 +54,7 @@ def checkpoint_series(
         raise ConfigError(f"{len(steps)} step labels for {len(checkpoints)} checkpoints.")
     cks = [c if isinstance(c, Checkpoint) else open_checkpoint(c) for c in checkpoints]
     al = align(cks)
+    todo = [t for t in al.tensors if tensors is None or t.key in tensors]
     k = len(cks) - 1
     vs_first = [0] * k
     vs_prev = [0] * k
@@ -65,10 +71,10 @@ def checkpoint_series(
         check_finite(v, f"{cks[i].spec} :: {t.names[i]}")
         return v
 
-    stream = prefetched([(t, i) for t in al.tensors for i in range(len(cks))], load)
-    for t_i, t in enumerate(al.tensors):
+    stream = prefetched([(t, i) for t in todo for i in range(len(cks))], load)
+    for t_i, t in enumerate(todo):
         if progress:
-            progress(t_i, len(al.tensors), t.key)
+            progress(t_i, len(todo), t.key)
         dtypes = {ck.meta(n).dtype for ck, n in zip(cks, t.names, strict=True)}
         cast = len(dtypes) > 1 or next(iter(dtypes)) not in INT_VIEW  # compare in float32, as before
         c = _tensor_series((next(stream) for _ in cks), k, cast, t.key)
@@ -81,7 +87,7 @@ def checkpoint_series(
         cancelled += c.ever - c.vs_first[-1]
         never += c.numel - c.ever
     if progress:
-        progress(len(al.tensors), len(al.tensors), "done")
+        progress(len(todo), len(todo), "done")
     rows = pd.DataFrame({
         "step": steps[1:], "changed_vs_first": vs_first, "changed_vs_previous": vs_prev,
         "vs_first": [1 - c / numel for c in vs_first], "vs_previous": [1 - c / numel for c in vs_prev],

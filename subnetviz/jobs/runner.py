@@ -47,6 +47,15 @@ def _visible_gpus() -> list[str]:
     return ids[:n]
 
 
+RAY_MAX_CONCURRENT = 16  # Ray jobs running at once (their tasks wait on the cluster's resources)
+
+
+def _ray_address() -> str | None:
+    from subnetviz.jobs.ray_backend import ray_address
+
+    return ray_address()
+
+
 def _jsonable_path(obj):
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
@@ -58,6 +67,10 @@ def _jsonable_path(obj):
 
 class JobRunner:
     """Submit, poll, cancel and list jobs under ``root`` (default: ``subnetviz.config.runs_dir()``).
+
+    Backend: local OS processes, or a Ray cluster when ``ray_address`` (default:
+    ``SUBNETVIZ_RAY_ADDRESS``) names one (:mod:`subnetviz.jobs.ray_backend`; each job's worker is
+    then a thin local proxy of a Ray task, so everything below holds for both).
 
     ``max_concurrent``: running jobs allowed at once across every runner on this root (default:
     1 on CPU, the number of GPUs with CUDA). ``command``: the worker command, RUN_DIR appended
@@ -75,6 +88,7 @@ class JobRunner:
         *,
         cancel_grace_s: float = 5.0,
         gpus: list[str] | None = None,
+        ray_address: str | None = None,
     ):
         if root is None:
             from subnetviz.config import runs_dir
@@ -82,6 +96,14 @@ class JobRunner:
             root = runs_dir()
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.ray_address = ray_address if ray_address is not None else _ray_address()
+        if self.ray_address and command is None:  # the Ray backend: Ray hands out CPUs and GPUs
+            from subnetviz.jobs.ray_backend import launch_command, require_ray
+
+            require_ray()
+            command = launch_command(self.ray_address)
+            gpus = [] if gpus is None else gpus
+            max_concurrent = RAY_MAX_CONCURRENT if max_concurrent is None else max_concurrent
         self.gpus = list(gpus) if gpus is not None else _visible_gpus()
         if max_concurrent is None:
             max_concurrent = max(1, len(self.gpus))

@@ -26,6 +26,7 @@ from subnetviz.errors import ConfigError, suggest
 
 ALGORITHMS = ("sft", "dpo", "grpo")
 STRATEGIES = ("single", "ddp", "fsdp2", "zero3")
+JOB_KEYS = ("kind", "num_gpus")  # a job config's keys that are not the run's
 DPO_DEFAULT_BETA = 0.1
 RANDOM_PREFIX = "random:"
 
@@ -158,11 +159,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        """Build from a dict; unknown keys are refused by name (``kind`` is allowed and ignored)."""
+        """Build from a dict; unknown keys are refused by name (the job-level keys ``kind`` and
+        ``num_gpus``, the GPUs a Ray job asks for, are allowed and ignored)."""
         if not isinstance(d, dict):
             raise ConfigError(f"training config must be a JSON object, got {type(d).__name__}.")
         known = {f.name for f in fields(cls)}
-        unknown = [k for k in d if k not in known and k != "kind"]
+        unknown = [k for k in d if k not in known and k not in JOB_KEYS]
         if unknown:
             hints = "".join(suggest(k, known) for k in unknown)
             raise ConfigError(f"training config: unknown field(s) {unknown}.{hints}")
@@ -210,7 +212,7 @@ def job_train_config(config: dict) -> TrainConfig:
     A job writes only under its run folder, so ``output_dir`` may be left out of a job config
     (a given one is not used; :func:`subnetviz.training.run.run_job` says so in the log).
     """
-    d = {k: v for k, v in config.items() if k != "kind"}
+    d = {k: v for k, v in config.items() if k not in JOB_KEYS}
     d["output_dir"] = JOB_OUTPUT_PLACEHOLDER
     return TrainConfig.from_dict(d)
 

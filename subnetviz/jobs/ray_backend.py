@@ -1,0 +1,304 @@
+"""The Ray backend: jobs run on a Ray cluster's workers, tracked exactly like local jobs.
+
+Chosen when ``SUBNETVIZ_RAY_ADDRESS`` names a cluster (``host:port`` of its head, as for
+``ray.init(address=...)``); otherwise jobs are local OS processes and Ray is never imported.
+
+How a job runs (one design, so the registry, run folders, logs, progress, cancel and recovery are
+the local backend's own):
+
+- The queue starts, as for every job, a local worker process; with this backend its command is
+  ``python -m subnetviz.jobs.ray_backend --address ADDR RUN_DIR`` (:func:`main`). That process is
+  the registry row's pid: it waits for its claim, submits the job to Ray as a task with declared
+  resources (:func:`job_resources`: CPUs, GPUs), waits for it, and ends like a local worker by
+  advancing the queue. It is a thin proxy; the work happens on a Ray worker.
+- The Ray task runs the job in a child process of its own (``--remote``: the local worker's body,
+  same status file, same ``outputs.tmp`` -> ``outputs`` rename), its output appended to the run's
+  ``log.txt``, progress to ``status.json`` / ``metrics.jsonl``: run folders live on a file system
+  that the server and the cluster share.
+- Cancel: the runner writes the cancel flag (the job stops politely) and signals the proxy,
+  which cancels the Ray task; the task kills its child after a grace period. A proxy that dies
+  (server restart) is marked failed by the next poll, as a dead local worker is; Ray then kills
+  the task it owned, and the child dies with it (``PR_SET_PDEATHSIG``).
+
+Fan-out: :func:`series_fanout` splits a checkpoint series over Ray tasks by groups of tensors
+and merges their integer counts into a result identical to :func:`checkpoint_series`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from subnetviz.errors import ConfigError, JobError
+
+RAY_ADDRESS_ENV = "SUBNETVIZ_RAY_ADDRESS"
+CANCEL_GRACE_S = 5.0
+_PKG_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def ray_address() -> str | None:
+    """The cluster named by ``SUBNETVIZ_RAY_ADDRESS`` (None: the local backend)."""
+    return os.environ.get(RAY_ADDRESS_ENV) or None
+
+
+def require_ray():
+    """Import ray, or say how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise JobError(
+            f"{RAY_ADDRESS_ENV} is set but Ray is not installed: pip install -r requirements-ray.txt "
+            "(or unset it to run jobs as local processes)."
+        ) from None
+    return ray
+
+
+def launch_command(address: str) -> list[str]:
+    """The worker command of a job queued for Ray (the scheduler appends the run folder)."""
+    return [sys.executable, "-m", "subnetviz.jobs.ray_backend", "--address", address]
+
+
+def connect(address: str):
+    """Connect this process to the cluster at ``address`` as a driver that can import subnetviz."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        paths = [_PKG_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
+    return ray
+
+
+def job_resources(config: dict) -> dict:
+    """Ray resources a job declares: ``num_gpus`` from the config (default 0); CPUs: a multi-process
+    training run's ``num_processes`` when it runs on CPU, else 1."""
+    gpus = config.get("num_gpus", 0)
+    if not isinstance(gpus, int | float) or isinstance(gpus, bool) or gpus < 0:
+        raise ConfigError(f"num_gpus must be a number >= 0, got {gpus!r}.")
+    cpus = 1
+    if config.get("kind") == "train" and config.get("strategy", "single") != "single" and not gpus:
+        cpus = int(config.get("num_processes", 1))
+    return {"num_cpus": cpus, "num_gpus": gpus}
+
+
+# --- on the Ray worker ----------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_on_worker(run_dir: str, env: dict) -> int:
+    """The body of the Ray task: the job in a child process; returns its exit code."""
+    from subnetviz.jobs.context import CANCEL_FILE
+
+    rd = Path(run_dir)
+    child_env = {**os.environ, **env}
+    child_env["PYTHONPATH"] = os.pathsep.join([_PKG_ROOT, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    with open(rd / "log.txt", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "subnetviz.jobs.ray_backend", "--remote", str(rd)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    cancelled_at = None
+    try:
+        while proc.poll() is None:
+            if (rd / CANCEL_FILE).exists():
+                cancelled_at = cancelled_at or time.time()
+                if time.time() - cancelled_at > CANCEL_GRACE_S:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.1)
+    except BaseException:  # the task was cancelled: the job goes with it
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=CANCEL_GRACE_S)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc.returncode
+
+
+def _remote_job(run_dir: str) -> int:
+    """``--remote``: run the job in ``run_dir`` here (final status and outputs, like a local worker)."""
+    from subnetviz.jobs.context import JobContext
+    from subnetviz.jobs.worker import _run_job_in
+
+    ctx = JobContext.for_dir(run_dir)
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
+    return _run_job_in(Path(run_dir), ctx)
+
+
+# --- the proxy on the server's machine ------------------------------------------------------------
+
+
+def run_proxy(run_dir: str, address: str) -> int:
+    """The registry's worker for a Ray job: claim, submit, wait, record, advance the queue."""
+    from subnetviz.jobs.context import JobContext, read_json, write_json
+    from subnetviz.jobs.scheduler import registry_of, wait_claimed
+    from subnetviz.jobs.worker import _advance_queue, _finish
+
+    rd = Path(run_dir)
+    registry = registry_of(rd)
+    if registry is not None and not wait_claimed(registry, rd.name):
+        print(f"job {rd.name}: its registry row does not name this process ({os.getpid()}); not running it")
+        return 3
+    ctx = JobContext.for_dir(rd)
+    config = read_json(rd / "config.json")
+    code = 1
+    ref = None
+    ray = None
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        ray = connect(address)
+        res = job_resources(config)
+        env = {k: v for k, v in os.environ.items() if k.startswith(("SUBNETVIZ_", "HF_", "TRANSFORMERS_", "OMP_"))}
+        from subnetviz.jobs import ray_backend  # by reference: this file may be running as __main__
+
+        task = ray.remote(ray_backend.run_on_worker).options(**res, max_retries=0, name=f"subnetviz-job-{rd.name}")
+        ctx.log(f"job {rd.name}: submitted to Ray at {address} with {json.dumps(res)}")
+        ref = task.remote(str(rd), env)
+        code = int(ray.get(ref))
+    except BaseException as exc:  # noqa: BLE001 - a proxy reports every failure in the run's status
+        if ref is not None and ray is not None:
+            try:
+                ray.cancel(ref)
+                ray.wait([ref], timeout=CANCEL_GRACE_S + 5)
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        if read_json(rd / "status.json").get("state") is None:
+            cancelled = ctx.should_stop()
+            _finish(ctx, "cancelled" if cancelled else "failed",
+                    "cancelled by the user" if cancelled else f"Ray: {type(exc).__name__}: {exc}")  # fmt: skip
+        code = 2 if ctx.should_stop() else 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if read_json(rd / "status.json").get("state") is None:  # the job process died without a word
+        status = read_json(rd / "status.json")
+        status.update(state="failed", error=f"the job process on Ray ended with code {code} and no final status")
+        write_json(rd / "status.json", status)
+    if registry is not None:
+        _advance_queue(registry, rd.name, ctx)
+    return code
+
+
+# --- fan-out ------------------------------------------------------------------------------------
+
+
+def _groups(keys_numel: list[tuple[str, int]], n: int) -> list[list[str]]:
+    """Split tensors into ``n`` groups of about equal size (largest first onto the lightest group)."""
+    groups: list[list[str]] = [[] for _ in range(n)]
+    sizes = [0] * n
+    for key, numel in sorted(keys_numel, key=lambda kv: -kv[1]):
+        i = sizes.index(min(sizes))
+        groups[i].append(key)
+        sizes[i] += numel
+    return [g for g in groups if g]
+
+
+def merge_series(parts: Sequence, steps: Sequence[int]):
+    """Merge :class:`SeriesResult` parts computed on disjoint tensor groups into the whole one.
+
+    Counts add; the shares are recomputed from the summed counts by the same formulas as
+    :func:`checkpoint_series`, so the merged frames equal the one-pass result bit for bit. The
+    ever-updated count of a part is recovered exactly from its share (``round(share * numel)``:
+    exact for counts below 2**52).
+    """
+    import pandas as pd
+
+    from subnetviz.analysis.series import SeriesResult
+
+    numel = sum(p.numel for p in parts)
+    vs_first = [sum(int(p.steps["changed_vs_first"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
+    vs_prev = [sum(int(p.steps["changed_vs_previous"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
+    ever_back = [sum(round(float(p.steps["ever_updated"].iloc[i]) * p.numel) for p in parts)
+                 for i in range(len(steps) - 1)]  # fmt: skip
+    rows = pd.DataFrame({
+        "step": list(steps)[1:], "changed_vs_first": vs_first, "changed_vs_previous": vs_prev,
+        "vs_first": [1 - c / numel for c in vs_first], "vs_previous": [1 - c / numel for c in vs_prev],
+        "ever_updated": [c / numel for c in ever_back],
+    })  # fmt: skip
+    counts = [sum(int(p.split["count"].iloc[j]) for p in parts) for j in range(3)]
+    split = pd.DataFrame({"part": list(parts[0].split["part"]), "count": counts})
+    split["share"] = split["count"] / numel
+    return SeriesResult(rows, split, numel)
+
+
+def _series_part(paths: list[str], steps: list[int], keys: list[str]):
+    from subnetviz.analysis.series import checkpoint_series
+
+    return checkpoint_series(paths, steps, tensors=set(keys))
+
+
+def series_fanout(paths: Sequence[str], steps: Sequence[int] | None = None, *, workers: int = 2, address=None):
+    """:func:`~subnetviz.analysis.series.checkpoint_series` fanned out over ``workers`` Ray tasks.
+
+    The series' cumulative counts (ever updated, cancelled out) need every checkpoint of a tensor
+    together, so the work splits by groups of tensors (balanced by size), each task streaming its
+    tensors through all N checkpoints; the integer counts merge exactly (:func:`merge_series`).
+    ``address``: the cluster (default ``SUBNETVIZ_RAY_ADDRESS``).
+    """
+    from subnetviz.checkpoints import align, open_checkpoint
+
+    address = address or ray_address()
+    if not address:
+        raise ConfigError(f"series_fanout needs a Ray cluster: pass address= or set {RAY_ADDRESS_ENV}.")
+    paths = [str(p) for p in paths]
+    steps = list(steps) if steps is not None else list(range(len(paths)))
+    cks = [open_checkpoint(p) for p in paths]
+    try:
+        al = align(cks)
+        sizes = [(t.key, cks[0].meta(t.names[0]).numel) for t in al.tensors]
+    finally:
+        for ck in cks:
+            ck.close()
+    ray = connect(address)
+    from subnetviz.jobs import ray_backend
+
+    task = ray.remote(ray_backend._series_part).options(num_cpus=1, max_retries=0)
+    parts = ray.get([task.remote(paths, steps, g) for g in _groups(sizes, max(1, int(workers)))])
+    return merge_series(parts, steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m subnetviz.jobs.ray_backend", description=__doc__.splitlines()[0])
+    ap.add_argument("--address", help="the Ray cluster (proxy mode)")
+    ap.add_argument("--remote", action="store_true", help="run the job here (inside a Ray task)")
+    ap.add_argument("run_dir")
+    args = ap.parse_args(argv)
+    if args.remote:
+        return _remote_job(args.run_dir)
+    if not args.address:
+        ap.error("--address is required (or --remote)")
+    return run_proxy(args.run_dir, args.address)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

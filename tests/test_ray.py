@@ -1,0 +1,192 @@
+"""The Ray job backend on a local head (127.0.0.1, 2 CPUs) started and stopped by these tests.
+
+Jobs submitted with ``SUBNETVIZ_RAY_ADDRESS`` set get the local backend's registry rows, run
+folders, logs, progress, cancel and recovery; a series fanned out over 2 Ray workers equals the
+one-pass local series bit for bit. Skipped (with the reason) only where ray is not importable;
+the test command installs it (requirements-ray.txt).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
+
+from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, job_resources, merge_series, series_fanout  # noqa: E402
+from subnetviz.jobs.runner import JobRunner  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """``ray start --head --block`` in its own session on 127.0.0.1; the whole session is killed at the end."""
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port = _free_port()
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    cmd = [ray_cli, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+           "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
+           "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
+           "--temp-dir", temp]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    log = open(Path(temp) / "head.log", "wb")
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{address}', "
+                                    "logging_level='ERROR'); print(ray.cluster_resources()['CPU'])"],
+                                   capture_output=True, text=True, timeout=60)  # fmt: skip
+            if probe.returncode == 0:
+                break
+            if head.poll() is not None or time.time() > deadline:
+                raise RuntimeError("ray head did not start:\n" + (Path(temp) / "head.log").read_text()[-3000:])
+            time.sleep(1)
+        yield address
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # our head's own session: gcs, raylet, workers
+        except ProcessLookupError:
+            pass
+        head.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_env(ray_head, monkeypatch):
+    monkeypatch.setenv(RAY_ADDRESS_ENV, ray_head)
+    monkeypatch.setenv("SUBNETVIZ_ALLOW_TEST_JOBS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return ray_head
+
+
+def test_job_runs_on_ray_like_a_local_job(ray_env, tmp_path):
+    runner = JobRunner(tmp_path / "runs")
+    assert runner.ray_address == ray_env and "subnetviz.jobs.ray_backend" in runner.command
+    run_id = runner.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 0.5,
+                            "steps": 5})  # fmt: skip
+    rec = runner.wait(run_id, timeout=120)
+    log = (Path(rec.run_dir) / "log.txt").read_text()
+    assert rec.status == "succeeded", log
+    assert (rec.outputs / "done.txt").read_text() == "ok"
+    assert rec.step == 5 and rec.total == 5 and len(runner.metrics(run_id)) == 5
+    assert "submitted to Ray" in log and "succeeded" in log
+    status = json.loads((Path(rec.run_dir) / "status.json").read_text())
+    assert status["state"] == "succeeded"
+
+
+def test_failed_and_cancelled_jobs_on_ray(ray_env, tmp_path):
+    runner = JobRunner(tmp_path / "runs")
+    bad = runner.submit({"kind": "python", "target": "tests.training_fixtures:fail_job"})
+    rec = runner.wait(bad, timeout=120)
+    assert rec.status == "failed" and "planned failure" in rec.error
+    assert not (Path(rec.run_dir) / "outputs.tmp").exists() and not rec.outputs.exists()
+
+    long = runner.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 60,
+                          "steps": 600})  # fmt: skip
+    deadline = time.time() + 60
+    while (runner.get(long).step or 0) < 1:  # running on a Ray worker, reporting progress
+        assert time.time() < deadline, (Path(runner.get(long).run_dir) / "log.txt").read_text()
+        time.sleep(0.2)
+        runner.poll()
+    rec = runner.cancel(long)
+    assert rec.status == "cancelled"
+    time.sleep(1)
+    assert not rec.outputs.exists()
+
+
+def test_killed_proxy_is_recovered_as_failed(ray_env, tmp_path):
+    runner = JobRunner(tmp_path / "runs")
+    run_id = runner.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 60,
+                            "steps": 600})  # fmt: skip
+    deadline = time.time() + 60
+    while (runner.get(run_id).step or 0) < 1:
+        assert time.time() < deadline
+        time.sleep(0.2)
+        runner.poll()
+    os.killpg(runner.get(run_id).pid, signal.SIGKILL)  # the server's machine "restarts"
+    time.sleep(0.5)
+    rec = JobRunner(tmp_path / "runs").wait(run_id, timeout=30)  # a fresh runner recovers the folder
+    assert rec.status == "failed" and "without a final status" in rec.error
+    assert not (Path(rec.run_dir) / "outputs.tmp").exists()
+
+
+def _planted_series(root: Path, n: int = 5) -> list[str]:
+    """n bf16 checkpoints of a tiny model: each step changes a random 10 % of entries, some back."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    state = {f"layers.{i}.weight": torch.randn(24, 16, generator=gen).to(torch.bfloat16) for i in range(5)}
+    state["embed.weight"] = torch.randn(40, 16, generator=gen).to(torch.bfloat16)
+    first = {k: v.clone() for k, v in state.items()}
+    paths = []
+    for step in range(n):
+        folder = root / f"step-{step}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+        paths.append(str(folder))
+        for k, v in state.items():
+            moved = torch.rand(v.shape, generator=gen) < 0.1
+            back = torch.rand(v.shape, generator=gen) < 0.05  # gradients cancelling out: back to the first value
+            state[k] = torch.where(moved, v + 0.5, torch.where(back, first[k], v))
+    return paths
+
+
+def test_series_fanout_equals_local_bit_for_bit(ray_head, tmp_path):
+    from subnetviz.analysis.series import checkpoint_series
+
+    paths = _planted_series(tmp_path)
+    steps = [0, 10, 20, 30, 40]
+    local = checkpoint_series(paths, steps)
+    fanned = series_fanout(paths, steps, workers=2, address=ray_head)
+    assert fanned.numel == local.numel
+    for a, b in ((local.steps, fanned.steps), (local.split, fanned.split)):
+        assert list(a.columns) == list(b.columns) and a.dtypes.equals(b.dtypes)
+        for col in a.columns:
+            if a[col].dtype.kind == "f":  # bit for bit, not approximately
+                assert (a[col].to_numpy().view("int64") == b[col].to_numpy().view("int64")).all(), col
+            else:
+                assert list(a[col]) == list(b[col]), col
+    assert local.steps["ever_updated"].iloc[-1] > 0  # the planted cancellations are counted
+
+
+def test_merge_of_one_part_is_identity(tmp_path):
+    from subnetviz.analysis.series import checkpoint_series
+
+    paths = _planted_series(tmp_path, n=3)
+    whole = checkpoint_series(paths)
+    merged = merge_series([whole], [0, 1, 2])
+    assert merged.steps.equals(whole.steps) and merged.split.equals(whole.split)
+
+
+def test_job_resources():
+    assert job_resources({"kind": "bigram_mask"}) == {"num_cpus": 1, "num_gpus": 0}
+    assert job_resources({"kind": "train", "strategy": "fsdp2", "num_processes": 2}) == {"num_cpus": 2, "num_gpus": 0}
+    assert job_resources({"kind": "train", "strategy": "ddp", "num_processes": 4, "num_gpus": 4})["num_cpus"] == 1
+
+
+def test_local_backend_without_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
+    runner = JobRunner(tmp_path / "runs")
+    assert runner.ray_address is None and runner.command[-1] == "job"
