@@ -160,10 +160,15 @@ def test_job_writes_outputs(planted, tmp_path):
 
 @pytest.mark.slow
 def test_behaviour_page_renders(app_env):
-    from tests.test_app import open_page, plotly_specs
+    from tests.test_app import decode, open_page, plotly_specs
 
     at = open_page("behavior")
     assert not at.exception, [e.message for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     specs = plotly_specs(at)
     assert specs and all(s["data"] for s in specs)
+    # The zoo's mask is grpo-s0's exact update mask: reverting inside it restores the base, KL exactly 0.
+    bars = next(s for s in specs if s["data"][0]["type"] == "bar")
+    grpo = next(t for t in bars["data"] if t["name"] == "grpo-s0")
+    y = dict(zip(grpo["x"], decode(grpo["y"]).tolist(), strict=True))
+    assert y["finetuned"] > 0 and y["zoo grpo-s0/inside"] == 0.0, y

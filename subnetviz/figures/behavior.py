@@ -1,0 +1,83 @@
+"""Figures of behaviour against the base (:mod:`subnetviz.analysis.behavior`): pure Plotly builders.
+
+- :func:`kl_bars`: mean KL (nats/token) per model and experiment (finetuned, reverts, random control);
+- :func:`revert_curves`: KL or accuracy against the fraction of Δ reverted, |Δ| order vs random order;
+- :func:`prompt_histogram`: the per-prompt distribution of mean KL;
+- :func:`token_bars`: per-token KL along one prompt (which tokens moved).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from subnetviz.figures.style import PALETTE, _require, _style, color_map, no_data_figure
+
+ORDER_DASH = {"abs_delta": "solid", "random": "dash"}
+ORDER_NAME = {"abs_delta": "largest |Δ| first", "random": "random order"}
+
+
+def kl_bars(summary: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
+    """Grouped bars: x = experiment, one bar per model, y = ``value`` (kl_forward, kl_reverse or accuracy)."""
+    title = title or {"kl_forward": "Forward KL(π_base ‖ π) per token", "kl_reverse": "Reverse KL(π ‖ π_base) per token",
+                      "accuracy": "Teacher-forced answer accuracy"}.get(value, value)  # fmt: skip
+    if summary.empty:
+        return no_data_figure(title)
+    _require(summary, ["model", "experiment", value], "kl_bars")
+    colors = color_map(list(dict.fromkeys(summary["model"])))
+    fig = go.Figure()
+    for model, g in summary.groupby("model", sort=False):
+        custom = g["fraction_reverted"] if "fraction_reverted" in g.columns else None
+        fig.add_trace(go.Bar(x=g["experiment"], y=g[value], name=str(model), marker_color=colors[str(model)],
+                             customdata=custom,
+                             hovertemplate="%{x}<br>" + value + " %{y:.4g}"
+                             + ("<br>share of Δ reverted %{customdata:.1%}" if custom is not None else "")
+                             + "<extra>" + str(model) + "</extra>"))  # fmt: skip
+    unit = "share" if value == "accuracy" else "nats per token"
+    return _style(fig, title, "experiment", unit, barmode="group")
+
+
+def revert_curves(curves: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
+    """Lines of ``value`` against the share of Δ actually reverted; solid = |Δ| order, dashed = random."""
+    title = title or f"{value} against the share of Δ reverted"
+    if curves.empty:
+        return no_data_figure(title, "no revert curve computed")
+    _require(curves, ["model", "order", "fraction_reverted", value], "revert_curves")
+    colors = color_map(list(dict.fromkeys(curves["model"])))
+    fig = go.Figure()
+    for (model, order), g in curves.groupby(["model", "order"], sort=False):
+        g = g.sort_values("fraction_reverted")
+        fig.add_trace(go.Scatter(x=100 * g["fraction_reverted"], y=g[value], mode="lines+markers",
+                                 name=f"{model} · {ORDER_NAME.get(order, order)}",
+                                 line={"color": colors[str(model)], "dash": ORDER_DASH.get(order, "dot")},
+                                 hovertemplate="%{x:.1f}% reverted<br>%{y:.4g}<extra></extra>"))  # fmt: skip
+    return _style(fig, title, "share of changed entries reverted to the base (%)",
+                  "accuracy" if value == "accuracy" else "nats per token")  # fmt: skip
+
+
+def prompt_histogram(prompts: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
+    """Histogram of per-prompt mean ``value``, one overlaid series per model."""
+    title = title or "Per-prompt mean forward KL"
+    if prompts.empty:
+        return no_data_figure(title)
+    _require(prompts, ["model", value], "prompt_histogram")
+    fig = go.Figure()
+    for i, (model, g) in enumerate(prompts.groupby("model", sort=False)):
+        fig.add_trace(go.Histogram(x=g[value], name=str(model), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)]))
+    return _style(fig, title, "nats per token", "prompts", barmode="overlay")
+
+
+def token_bars(tokens: pd.DataFrame, title: str = "Per-token KL along the prompt") -> go.Figure:
+    """Bars per position of one prompt: forward and reverse KL; answer positions marked in the hover."""
+    if tokens.empty:
+        return no_data_figure(title)
+    _require(tokens, ["position", "token", "kl_forward", "kl_reverse"], "token_bars")
+    t = tokens.sort_values("position")
+    labels = [f"{p}:{tok}" for p, tok in zip(t["position"], t["token"], strict=True)]
+    fig = go.Figure()
+    for i, col in enumerate(["kl_forward", "kl_reverse"]):
+        fig.add_trace(go.Bar(x=labels, y=t[col], name=col, marker_color=PALETTE[i],
+                             hovertemplate="%{x}<br>%{y:.4g} nats<extra>" + col + "</extra>"))  # fmt: skip
+    fig = _style(fig, title, "position:token (the distribution of the next token after it)", "nats", barmode="group")
+    fig.update_xaxes(type="category")
+    return fig

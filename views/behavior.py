@@ -1,0 +1,100 @@
+"""Behaviour: what the finetunes now do differently from the base (KL, accuracy), and which weights carry it."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from subnetviz import config, ui
+from subnetviz.figures import behavior as bfig
+
+
+def prompt_files() -> dict[str, str]:
+    root = config.zoo_dir() / "data"
+    return {f.stem: str(f) for f in sorted(root.glob("*_eval.jsonl"))} if root.is_dir() else {}
+
+
+def mask_choices(ws) -> dict[str, str]:
+    out = {}
+    z = ui.zoo()
+    if z is not None and z.manifest.masks:
+        out.update({f"zoo {name}": str(z.mask_path(name)) for name in z.manifest.masks})
+    out.update({label: str(path) for label, path in ws.masks})
+    return out
+
+
+def finished_runs() -> dict[str, Path]:
+    df = ui.job_runner().list_runs()
+    if not len(df):
+        return {}
+    done = df[(df["kind"] == "behavior") & (df["status"] == "succeeded")]
+    return {f"run {r.id}": Path(r.run_dir) / "outputs" for r in done.itertuples()}
+
+
+def body() -> None:
+    st.title("Behaviour")
+    st.caption("Teacher-forced on every position of each prompt and its answer: forward KL(π_base ‖ π) and reverse "
+               "KL(π ‖ π_base) in nats per token (RL's Razor, arXiv 2509.04259: the forward KL on the task predicts "
+               "forgetting, where update size and sparsity do not). Revert experiments set the finetune's entries "
+               "inside (or outside) a mask back to the base: is the subnetwork sufficient / necessary for the change? "
+               "The random control reverts as many entries per tensor, drawn uniformly.")  # fmt: skip
+    ws = ui.workspace()
+    ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
+    files, masks = prompt_files(), mask_choices(ws)
+    ui.need(bool(files), "No prompt sets: build the demo zoo, or run `python -m subnetviz behavior ... --prompts FILE`.")
+    c1, c2, c3 = st.columns([2, 2, 1])
+    chosen = c1.multiselect("Prompt sets", list(files), default=list(files)[:1], key="bh_prompts", bind="query-params")
+    mask_names = c2.multiselect("Masks to revert", list(masks), default=list(masks)[:1], key="bh_masks",
+                                bind="query-params")  # fmt: skip
+    limit = c3.selectbox("Prompts per set", [16, 64, 256], key="bh_limit", bind="query-params")
+    curve = st.toggle("Revert curve (|Δ| order vs random order)", value=True, key="bh_curve", bind="query-params")
+    ui.need(bool(chosen), "Pick at least one prompt set.")
+    cfg = {"kind": "behavior", "base": ws.base, "finetuned": list(ws.paths), "labels": list(ws.labels),
+           "prompts": [files[k] for k in chosen], "masks": {k: masks[k] for k in mask_names},
+           "curve": [0.0, 0.25, 0.5, 0.75, 1.0] if curve else [], "limit": int(limit), "device": ws.device}  # fmt: skip
+    runs = finished_runs()
+    source = st.radio("Results", ["computed here (cached)", *runs], horizontal=True, key="bh_source")
+    if source in runs:
+        from subnetviz.analysis.behavior import read_behavior
+
+        res = read_behavior(runs[source])
+    else:
+        with st.spinner("Teacher-forcing the prompts through every model and reverted model…"):
+            from subnetviz.analysis.behavior import cached_behavior
+
+            res = cached_behavior(cfg)
+    if ui.allowed("launch") and st.button("Run as a background job (larger prompt sets)", icon=":material/play_arrow:"):
+        run_id = ui.job_runner().submit({**cfg, "limit": None}, name=f"behaviour {', '.join(ws.labels)}")
+        st.success(f"Queued run {run_id}; it appears under Results when it has finished.")
+    show(res)
+
+
+def show(res: dict[str, pd.DataFrame]) -> None:
+    summary, curves = res["summary"], res["curves"]
+    value = st.radio("Measure", ["kl_forward", "kl_reverse", "accuracy"], horizontal=True, key="bh_value",
+                     bind="query-params")  # fmt: skip
+    a, b = st.columns(2)
+    with a:
+        ui.chart(bfig.kl_bars(summary, value=value), key="bh-bars")
+    with b:
+        ui.chart(bfig.revert_curves(curves, value=value), key="bh-curves")
+    prompts = res["prompts"]
+    ui.chart(bfig.prompt_histogram(prompts[prompts["experiment"] == "finetuned"], value=value if value != "accuracy"
+                                   else "kl_forward"), key="bh-hist")  # fmt: skip
+    tokens = res["tokens"]
+    models = list(dict.fromkeys(tokens["model"]))
+    c1, c2, c3 = st.columns(3)
+    model = c1.selectbox("Model", models, key="bh_model")
+    experiments = list(dict.fromkeys(tokens[tokens["model"] == model]["experiment"]))
+    experiment = c2.selectbox("Experiment", experiments, key="bh_exp")
+    n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
+    prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt")
+    one = tokens[(tokens["model"] == model) & (tokens["experiment"] == experiment) & (tokens["prompt"] == prompt)]
+    ui.chart(bfig.token_bars(one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved"),
+             key="bh-tokens")  # fmt: skip
+    ui.table(summary, "behavior-summary", "KL (nats per token) and accuracy per model and revert experiment")
+    if len(curves):
+        ui.table(curves, "behavior-curves", "KL and accuracy against the share of Δ reverted")
+
+
+ui.run_page(body)
