@@ -170,3 +170,33 @@ def test_unknown_quantization_method_is_one_line(fp8_base, tmp_path):
         analyze_updates(str(fp8_base), [str(ft)])
     msg = str(err.value)
     assert "\n" not in msg and "'hqq'" in msg and "expected one of" in msg and "fp8" in msg
+
+
+@pytest.mark.parametrize("how", ["block", "channel", "tensor", "mixed"])
+def test_candidate_pass_equals_the_whole_dequantised_pass(how):
+    """The float pass over changed codes/scales only gives what compare_pair gives on the whole
+    dequantised tensors: counts, tolerances, relative rule, max |Δ|, row/column counts and mask."""
+    from subnetviz.analysis.quant import compare_quantized, dequantize
+    from subnetviz.analysis.sparsity import SparsityOptions, compare_pair
+
+    g = torch.Generator().manual_seed(3)
+    m, n, blk = 40, 24, (16, 8)
+    a = (torch.randn(m, n, generator=g) * 50).to(torch.float8_e4m3fn)
+    b = a.clone()
+    flip = torch.rand(m, n, generator=g) < 0.2
+    b.view(torch.int8)[flip] ^= 1
+    shapes = {"block": (3, 3), "channel": (m, 1), "tensor": (1,), "mixed": (3, 3)}
+    sa = torch.rand(shapes[how], generator=g) + 0.5
+    sb = sa.clone().reshape(-1)
+    sb[0] *= 1.5
+    sb = sb.reshape(shapes[how]) if how != "mixed" else torch.tensor([0.75])
+    opts = SparsityOptions(mask_tolerance=1e-2)
+    got = compare_quantized(a, sa, b, sb, opts, name="w", scale_names=("sa", "sb"), block=blk)
+    how_b = "tensor" if how == "mixed" else how
+    ref = compare_pair(dequantize(a, sa, "block" if how == "mixed" else how, blk),
+                       dequantize(b, sb, how_b, blk), opts, name="w")  # fmt: skip
+    assert got.changed_effective == ref.changed > int(flip.sum()) // 2
+    st = got.stats
+    assert (st.changed_tol, st.changed_rel, st.max_abs_delta) == (ref.changed_tol, ref.changed_rel, ref.max_abs_delta)
+    assert np.array_equal(st.row_counts, ref.row_counts) and np.array_equal(st.col_counts, ref.col_counts)
+    assert torch.equal(st.mask, ref.mask) and st.changed == int(flip.sum())
