@@ -32,7 +32,7 @@ page = st.navigation(nav)
 # inherit the environment). The CLI and the library set nothing and are not restricted.
 os.environ["SUBNETVIZ_ENFORCE_ROOTS"] = "1"
 ui.gate()  # closed or read-only servers: admit this session first (subnetviz/access.py)
-ui.job_runner()  # the first run after a start recovers killed jobs and starts the queue
+ui.startup()  # once per server: sweep killed writers' temporary folders, recover jobs, start the queue
 st.session_state.pop("_workspace", None)
 ui.run_page(ui.workspace_sidebar, fresh=False)
 page.run()

@@ -38,6 +38,19 @@ def _progress_bar(desc: str):
     return update
 
 
+def check_out(out: str, overwrite: bool) -> Path:
+    """An output folder the command may write: new, empty, or (with ``--overwrite``) replaced atomically
+    once the new result is complete — never a user's folder deleted, never a file taken for a folder."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise SubnetvizError(f"--out {out}: a file is there, not a folder; choose a folder name.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise SubnetvizError(
+            f"--out {out}: the folder exists and is not empty; choose a new folder, or pass --overwrite to replace it."
+        )
+    return path
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     import shutil
 
@@ -53,7 +66,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     spectra = SpectraOptions(enabled=args.spectra, max_dim=None if args.spectra_embeddings else 8192)
     if args.labels and len(args.labels) != len(args.finetuned):
         raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
-    out = Path(args.out)
+    out = check_out(args.out, args.overwrite)
+    from subnetviz.cache import sweep
+    from subnetviz.config import cache_dir
+
+    sweep(cache_dir())  # temporary folders an earlier, killed run left behind
     kwargs = dict(labels=args.labels, options=options, spectra=spectra, device=args.device,
                   progress=_progress_bar("analyze"))  # fmt: skip
     if args.no_cache:
@@ -264,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("base", help="HF folder, .safetensors file, index json, or cached hub id")
     a.add_argument("finetuned", nargs="+", help="one or more finetuned checkpoints")
     a.add_argument("--out", required=True, help="output folder (written only when the analysis succeeded)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace an existing non-empty --out (atomically, once the new result is complete)")
     a.add_argument("--labels", nargs="+", help="a name per finetuned checkpoint")
     a.add_argument("--tolerances", nargs="+", type=float, help="absolute tolerances (default 1e-8 1e-7 1e-6 1e-5 1e-4)")
     a.add_argument("--eta", type=float, default=1e-3, help="relative rule |Δ| <= eta·max(|w|,|w'|) (default 1e-3)")
@@ -336,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SubnetvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment: a read-only or full file system, a permission, a vanished file
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot complete{where}: {exc.strerror or exc} (errno {exc.errno}).", file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,11 @@ scheme:
 - :meth:`CacheEntry.publish` / :func:`atomic_folder`: the folder is written under a temporary name
   and renamed when complete, so a reader (the app, a colleague, the next run) sees either nothing
   or the whole result, never a half-written one that looks complete;
-- :func:`atomic_write`: the same for a single file (JSON status, manifests, exports).
+- :func:`atomic_write`: the same for a single file (JSON status, manifests, exports);
+- every published entry ends with a manifest (:data:`MANIFEST`: each file's size and sha256, and the
+  subnetviz version that wrote it), written last; :meth:`CacheEntry.status` verifies it on read, and a
+  corrupt or truncated entry is removed (with a notice) so that it is computed again, never served;
+- :func:`sweep`: temporary folders left by a killed writer are removed at start.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KEY_LENGTH = 24  # hex digits of sha256
+MANIFEST = ".manifest.json"
+HASH_LIMIT = 256 << 20  # files above this are verified by size only (a 7B model's packed masks: ~1 GB)
 
 
 def _tmp_name(target: Path, tag: str = "tmp") -> Path:
@@ -138,23 +144,107 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike) -> Path:
+    """Record every file under ``folder`` (relative path, size, sha256 up to :data:`HASH_LIMIT`) and the
+    version that wrote them, as the folder's last file."""
+    from subnetviz.version import version_info
+
+    folder = Path(folder)
+    files = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        size = f.stat().st_size
+        files[f.relative_to(folder).as_posix()] = {"size": size, "sha256": _digest(f) if size <= HASH_LIMIT else None}
+    return atomic_write(folder / MANIFEST, json.dumps({"files": files, **version_info()}, indent=1))
+
+
+def verify_manifest(folder: str | os.PathLike) -> str | None:
+    """``None`` when every file the manifest lists is there with its size and hash, else what is wrong."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no readable manifest (an interrupted or older write)"
+    for rel, want in files.items():
+        f = folder / rel
+        try:
+            size = f.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != want["size"]:
+            return f"{rel} has {size:,} bytes, {want['size']:,} were written"
+        if want.get("sha256") and _digest(f) != want["sha256"]:
+            return f"{rel} does not hold what was written (sha256 differs)"
+    return None
+
+
 @dataclass(frozen=True)
 class CacheEntry:
-    """One cached result: a folder that exists only once it is complete."""
+    """One cached result: a folder that exists only once it is complete, with a manifest written last."""
 
     kind: str
     key: str
     folder: Path
 
+    def status(self) -> tuple[bool, str | None]:
+        """``(ready, notice)``: ready when the folder exists and its manifest verifies. A corrupt entry is
+        removed and reported in ``notice``, so the caller computes it again instead of serving it."""
+        if not self.folder.is_dir():
+            return False, None
+        problem = verify_manifest(self.folder)
+        if problem is None:
+            return True, None
+        aside = _tmp_name(self.folder, "corrupt")
+        try:
+            os.replace(self.folder, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        except OSError:
+            pass  # another reader removed it first
+        return False, f"the cached {self.kind} result {self.key} was damaged ({problem}); computed again"
+
     @property
     def ready(self) -> bool:
-        return self.folder.is_dir()
+        return self.status()[0]
 
     @contextmanager
     def publish(self) -> Iterator[Path]:
-        """Write the result into the yielded folder; it appears as :attr:`folder` when the block ends."""
+        """Write the result into the yielded folder; it appears as :attr:`folder` when the block ends,
+        with its manifest written last."""
         with atomic_folder(self.folder, replace=False) as tmp:
             yield tmp
+            write_manifest(tmp)
+
+
+def sweep(root: str | os.PathLike, *, older_than_s: float = 3600.0) -> list[Path]:
+    """Remove the temporary folders and files (``.NAME.tmp-PID-…``, ``.old-``, ``.corrupt-``) that a
+    killed writer left under ``root``: those whose writer process is gone, or older than
+    ``older_than_s``. Returns what was removed."""
+    import psutil
+
+    removed = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for p in root.rglob(".*"):
+        parts = p.name.rsplit(".", 1)[-1].split("-")
+        if len(parts) < 3 or parts[0] not in ("tmp", "old", "corrupt") or not parts[1].isdigit():
+            continue
+        try:
+            stale = not psutil.pid_exists(int(parts[1])) or now - p.lstat().st_mtime > older_than_s
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def entry(kind: str, key: str, *, root: str | os.PathLike | None = None) -> CacheEntry:

@@ -428,6 +428,21 @@ def _job_runner(root: str):
     return JobRunner(root)
 
 
+@st.cache_resource(show_spinner=False)
+def _startup(home: str) -> bool:
+    from subnetviz.cache import sweep
+
+    for folder in (config.cache_dir(), config.home() / "uploads", config.zoo_dir()):
+        sweep(folder)  # temporary folders a killed writer left behind
+    job_runner()  # recovers killed jobs and starts the queue
+    return True
+
+
+def startup() -> None:
+    """Once per server process (and home): sweep what killed writers left, recover the job queue."""
+    _startup(str(config.home()))
+
+
 def job_runner():
     """The job runner over this home's registry (one per runs folder, shared by every session)."""
     return _job_runner(str(config.runs_dir()))

@@ -1,5 +1,6 @@
 """The one disk cache: key scheme, stamps, atomic publishes of folders and files."""
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -152,3 +153,81 @@ def test_app_loaders_follow_files_rewritten_in_place(tmp_path):
         save_mask_set(mask, MaskSet({"w": torch.arange(10) < n}))
         counts.append(ui.mask_set(mask).count)
     assert counts == [3, 7]
+
+
+# --- entries verified on read, and healed ---------------------------------------------------------------
+def _published(tmp_path, files: dict[str, bytes]):
+    ent = entry("demo", "k", root=tmp_path)
+    with ent.publish() as tmp:
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+    return ent
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_entry_is_not_served_but_removed_with_a_notice(tmp_path, damage):
+    ent = _published(tmp_path, {"summary.json": b'{"a": 1}', "masks/m.safetensors": b"\x00" * 1000})
+    assert ent.status() == (True, None)
+    victim = ent.folder / "masks" / "m.safetensors"
+    if damage == "truncate":
+        victim.write_bytes(b"\x00" * 500)
+    elif damage == "flip":
+        victim.write_bytes(b"\x00" * 999 + b"\x01")
+    else:
+        victim.unlink()
+    ready, notice = ent.status()
+    assert not ready and "masks/m.safetensors" in notice and "computed again" in notice
+    assert not ent.folder.exists() and not list(tmp_path.iterdir())  # removed, nothing left beside it
+    assert _published(tmp_path, {"summary.json": b"{}"}).ready  # and the next publish takes its place
+
+
+def test_an_entry_without_its_manifest_is_not_served(tmp_path):
+    """A folder from an interrupted or older writer (no manifest written last) is recomputed."""
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "summary.json").write_text("{")
+    ready, notice = entry("demo", "k", root=tmp_path).status()
+    assert not ready and "no readable manifest" in notice
+
+
+def test_the_cli_heals_a_truncated_cached_analysis(tmp_path, monkeypatch):
+    """A truncated cached summary.json / tensors.csv used to break every later run, and a truncated cached
+    mask was copied into new outputs with exit 0."""
+    from subnetviz.__main__ import main
+    from subnetviz.masks import load_mask_set
+    from tests.ckpt_fixtures import make_llama
+
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path / "home"))
+    base, ft = make_llama(tmp_path / "base", seed=0), make_llama(tmp_path / "ft", seed=1)
+    args = ["analyze", str(base), str(ft), "--no-spectra", "--tolerances", "1e-6"]
+    assert main([*args, "--out", str(tmp_path / "o1")]) == 0
+    (cached,) = (tmp_path / "home" / "cache" / "updates").iterdir()
+    for name in ("summary.json", "tensors.csv"):
+        (cached / name).write_bytes((cached / name).read_bytes()[:40])
+    mask = next((cached / "masks").glob("*.safetensors"))
+    mask.write_bytes(mask.read_bytes()[:100])
+    assert main([*args, "--out", str(tmp_path / "o2")]) == 0
+    assert (tmp_path / "o2" / "tensors.csv").read_bytes() == (tmp_path / "o1" / "tensors.csv").read_bytes()
+    s1, s2 = (json.loads((tmp_path / o / "summary.json").read_text()) for o in ("o1", "o2"))
+    assert s1["models"] == s2["models"]
+    out_mask = next((tmp_path / "o2" / "masks").glob("*.safetensors"))
+    assert load_mask_set(out_mask).count == load_mask_set(next((tmp_path / "o1" / "masks").glob("*"))).count
+
+
+def test_sweep_removes_what_a_killed_writer_left(tmp_path):
+    import subprocess
+    import sys
+
+    from subnetviz.cache import sweep
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    left = tmp_path / "updates" / f".abc.tmp-{pid}-123"
+    left.mkdir(parents=True)
+    (left / "half.csv").write_text("x")
+    alive = tmp_path / "updates" / f".def.tmp-{os.getpid()}-456"  # a writer still at work: kept
+    alive.mkdir()
+    kept = tmp_path / "updates" / "abc"
+    kept.mkdir()
+    assert sweep(tmp_path) == [left]
+    assert not left.exists() and alive.exists() and kept.exists()

@@ -154,6 +154,55 @@ def test_existing_out_survives_a_failed_run(ckpt_zoo, planted, tmp_path, capsys)
     out = tmp_path / "out"
     assert main(["analyze", str(ckpt_zoo.llama), str(planted["paths"][0]), "--out", str(out), "--no-spectra"]) == 0
     before = (out / "summary.json").read_text()
-    assert main(["analyze", str(ckpt_zoo.llama), str(tmp_path / "missing"), "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["analyze", str(ckpt_zoo.llama), str(tmp_path / "missing"), "--out", str(out), "--overwrite"]) == 2
     assert "missing" in capsys.readouterr().err
     assert (out / "summary.json").read_text() == before
+
+
+def test_existing_folder_with_the_users_files_is_never_deleted(ckpt_zoo, planted, tmp_path, capsys):
+    """``analyze … --out DIR`` used to delete an existing DIR with the user's files in it and exit 0."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    args = ["analyze", str(ckpt_zoo.llama), str(planted["paths"][0]), "--out", str(out), "--no-spectra"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty" in err and "--overwrite" in err
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert main([*args, "--overwrite"]) == 0  # asked for: replaced whole, never half
+    assert (out / "summary.json").is_file() and not (out / "notes.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_out_naming_a_file_is_one_line(ckpt_zoo, planted, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert main(["analyze", str(ckpt_zoo.llama), str(planted["paths"][0]), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and "a file is there" in err and err.count("\n") == 1
+    assert target.read_text() == "x"
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
+def test_full_or_read_only_file_system_is_one_line(ckpt_zoo, planted, tmp_path, capsys, monkeypatch, code):
+    """A full, read-only or forbidden file system while the result is written (simulated: CI runs as
+    root, which writes through permissions): one line, exit 2, nothing half-written left at --out."""
+    import errno
+
+    from subnetviz import cache
+
+    real = cache.write_manifest
+
+    def full(folder):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(folder))
+
+    monkeypatch.setattr(cache, "write_manifest", full)
+    out = tmp_path / "out"
+    rc = main(["analyze", str(ckpt_zoo.llama), str(planted["paths"][1]), "--out", str(out), "--no-spectra",
+               "--tolerances", "1e-6"])  # fmt: skip
+    monkeypatch.setattr(cache, "write_manifest", real)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert rc == 2 and len(errors) == 1 and errors[0].startswith("error: cannot complete")
+    assert os.strerror(getattr(errno, code)) in errors[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -59,18 +59,9 @@ def test_import_is_cheap():
 
 
 PUBLIC = sorted(set(__import__("subnetviz").__all__) - {"__version__"})
-UNDOCUMENTED_ELSEWHERE = {"UpdateAnalysis"}  # its docstring belongs in subnetviz/analysis/updates.py
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="no docstring in its module yet"))
-        if n in UNDOCUMENTED_ELSEWHERE
-        else n
-        for n in PUBLIC
-    ],
-)
+@pytest.mark.parametrize("name", PUBLIC)
 def test_public_name_resolves_and_is_documented(name):
     import subnetviz
 

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subnetviz import __version__
 from subnetviz import cache as _cache
 from subnetviz.analysis.overlap import OverlapReport, mask_overlap
 from subnetviz.analysis.quant import SIDE_COLUMNS, FormLog, compare_aligned, side_row, tensor_forms
@@ -45,6 +44,7 @@ from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.config import resolve_device
 from subnetviz.errors import CheckpointError, NonFiniteError
 from subnetviz.masks import MaskSet, PackedMasks, save_mask_set
+from subnetviz.version import version_info
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -62,6 +62,12 @@ class SpectraOptions:
 
 @dataclass
 class UpdateAnalysis:
+    """The update analysis of a base against finetuned checkpoints: one :class:`SparsityReport` per model
+    (``reports``, in ``labels`` order), optional spectra, the overlap of the models' update masks, and the
+    notes on everything not compared one-to-one. Read back from disk, ``source_dir`` names the folder
+    (``tensors.csv``, ``summary.json``, ``masks/``) and ``cached`` says whether it was served from the cache.
+    """
+
     base: str
     labels: list[str]
     reports: list[SparsityReport]
@@ -338,7 +344,7 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
         reg.to_csv(folder / "overlap_regions.csv", index=False)
         ov.consensus.to_csv(folder / "overlap_consensus.csv", index=False)
     summary = {
-        "subnetviz_version": __version__, "base": analysis.base, "labels": analysis.labels,
+        **version_info(), "base": analysis.base, "labels": analysis.labels,
         "models": {r.model: r.summary() for r in analysis.reports},
         "sparsity": {r.model: r.sparsity for r in analysis.reports},
         "options": asdict(analysis.reports[0].options) if analysis.reports else {},
@@ -420,7 +426,7 @@ def cached_analysis(
     used: set[str] = set()
     labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
     ent = _cache.entry("updates", cache_key(ck_base, cks, labels, options, spectra), root=cache_root)
-    hit = ent.ready
+    hit, notice = ent.status()  # a damaged entry is removed here and computed again
     if not hit:
         analysis = analyze_updates(ck_base, cks, labels=labels, options=options, spectra=spectra, device=device,
                                    progress=progress)  # fmt: skip
@@ -428,4 +434,6 @@ def cached_analysis(
             _write_files(analysis, folder, {"base": base, "finetuned": list(finetuned)})
     result = read_analysis(ent.folder)
     result.cached = hit
+    if notice:
+        result.notes = [notice, *result.notes]
     return result

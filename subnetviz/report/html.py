@@ -21,10 +21,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
 
-from subnetviz import __version__
 from subnetviz.cache import atomic_write
 from subnetviz.errors import ConfigError
 from subnetviz.figures import PLOTLY_CONFIG
+from subnetviz.version import version_info, version_string
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -101,8 +101,8 @@ def build_report(
         + "</script>",
         "</head><body>",
         f"<header><h1>{html.escape(title)}</h1>",
-        f'<p class="meta">Generated at {generated} by subnetviz {html.escape(__version__)}</p>',
-        _params_table(params or {}, "Parameters"),
+        f'<p class="meta">Generated at {generated} by {html.escape(version_string())}</p>',
+        _params_table({**(params or {}), **version_info()}, "Parameters"),
         "</header><main>",
     ]
     for i, sec in enumerate(sections):
@@ -117,7 +117,7 @@ def build_report(
             parts.append(f'<div class="figure">{div}</div>')
         parts.extend(_table_html(caption, df, max_table_rows) for caption, df in sec.tables)
         parts.append("</section>")
-    parts.append(f'</main><footer><p class="meta">subnetviz {html.escape(__version__)} · {generated}</p></footer>')
+    parts.append(f'</main><footer><p class="meta">{html.escape(version_string())} · {generated}</p></footer>')
     parts.append("</body></html>")
     return "\n".join(parts)
 
