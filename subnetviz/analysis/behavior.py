@@ -38,6 +38,8 @@ from subnetviz.errors import ConfigError, MaskError, suggest
 ProgressFn = Callable[[int, int, str], None]
 Selector = Callable[[int, str, torch.Tensor, torch.Tensor], torch.Tensor]  # (index, key, base, ft) -> bool mask
 CURVE_POINTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+TOKEN_COLUMNS = ["model", "experiment", "prompt", "position", "token", "next_token_id", "predicts_answer",
+                 "kl_forward", "kl_reverse"]  # fmt: skip
 _BASE_CACHE_BYTES = 1 << 30  # keep the base's logits in memory below this; recompute above
 
 
@@ -132,8 +134,8 @@ def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
     return out
 
 
-def logits_of(model, batch: Sequence[Encoded], device) -> list[torch.Tensor]:
-    """Per sequence (L, V) float32 logits, right-padded batch (positions past L are ignored)."""
+def logits_of(model, batch: Sequence[Encoded], device) -> torch.Tensor:
+    """(B, n, V) float32 logits of a right-padded batch (row i is valid up to ``len(batch[i].ids)``)."""
     n = max(len(e.ids) for e in batch)
     ids = torch.zeros(len(batch), n, dtype=torch.long)
     att = torch.zeros(len(batch), n, dtype=torch.long)
@@ -141,7 +143,7 @@ def logits_of(model, batch: Sequence[Encoded], device) -> list[torch.Tensor]:
         ids[i, : len(e.ids)], att[i, : len(e.ids)] = e.ids, 1
     with torch.no_grad():
         out = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
-    return [out[i, : len(e.ids)] for i, e in enumerate(batch)]
+    return out
 
 
 def kl_terms(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,12 +154,12 @@ def kl_terms(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.Tens
     return (lp.exp() * diff).sum(-1), -(lq.exp() * diff).sum(-1)
 
 
-def correct(logits: torch.Tensor, e: Encoded) -> bool | None:
-    """Teacher-forced exact match of the answer tokens (None without an answer)."""
+def correct(pred: torch.Tensor, e: Encoded) -> bool | None:
+    """Teacher-forced exact match of the answer tokens given the argmax ``pred`` (L,) at each position
+    (None without an answer)."""
     if e.answer_start is None or e.answer_start >= len(e.ids):
         return None
-    pred = logits[e.answer_start - 1 : len(e.ids) - 1].argmax(-1).cpu()
-    return bool(torch.equal(pred, e.ids[e.answer_start :]))
+    return bool(torch.equal(pred[e.answer_start - 1 : len(e.ids) - 1].cpu(), e.ids[e.answer_start :]))
 
 
 # --- reverted models ----------------------------------------------------------------------------------
@@ -347,6 +349,7 @@ def behavior(
                  (f"curve random {f:g}", "curve:random", f"{f:g}", lambda b, f=f: random_order_selector(f, seed))]
 
     summary, tokens, per_prompt, curves = [], [], [], []
+    static = _token_frame(enc, tok)
     total, step, t_fwd, fwd_tokens = len(finetuned) * len(plan), 0, 0.0, 0
     for label, ft in zip(labels, finetuned, strict=True):
         builder = ModelBuilder(str(base), str(ft), dev)
@@ -361,18 +364,20 @@ def behavior(
             for bi, bt in enumerate(batches):
                 lb = base_cache[bi] if keep else logits_of(base_model, bt, dev)
                 lf = logits_of(builder.model, bt, dev)
-                for j, (e, x, y) in enumerate(zip(bt, lb, lf, strict=True)):
-                    fwd, rev = kl_terms(x, y)
-                    pid = bi * batch_size + j
-                    kl_f.append(fwd.cpu().numpy())
-                    kl_r.append(rev.cpu().numpy())
-                    acc.append(correct(y, e))
-                    per_prompt.append({"model": label, "experiment": experiment, "prompt": pid,
-                                       "kl_forward": float(fwd.mean()), "kl_reverse": float(rev.mean()),
+                fwd, rev = (x.cpu().numpy() for x in kl_terms(lb, lf))  # (B, n): padded positions unused
+                pred = lf.argmax(-1)
+                for j, e in enumerate(bt):
+                    n = len(e.ids)
+                    kl_f.append(fwd[j, :n])
+                    kl_r.append(rev[j, :n])
+                    acc.append(correct(pred[j], e))
+                    per_prompt.append({"model": label, "experiment": experiment, "prompt": bi * batch_size + j,
+                                       "kl_forward": float(kl_f[-1].mean()), "kl_reverse": float(kl_r[-1].mean()),
                                        "correct": acc[-1]})  # fmt: skip
-                    if not experiment.startswith("curve"):
-                        tokens.append(_token_rows(label, experiment, pid, e, tok, fwd, rev))
             t_fwd, fwd_tokens = t_fwd + time.perf_counter() - t1, fwd_tokens + n_tokens
+            if not experiment.startswith("curve"):
+                tokens.append(static.assign(model=label, experiment=experiment, kl_forward=np.concatenate(kl_f),
+                                            kl_reverse=np.concatenate(kl_r)))  # fmt: skip
             scored = [a for a in acc if a is not None]
             row = {"model": label, "experiment": experiment, "mask": mask, "side": side,
                    "kl_forward": float(np.concatenate(kl_f).mean()), "kl_reverse": float(np.concatenate(kl_r).mean()),
@@ -388,19 +393,24 @@ def behavior(
     notes = [] if keep else ["base logits recomputed per model (too large to keep in memory)."]
     curve_cols = ["model", "order", "fraction", "fraction_reverted", "kl_forward", "kl_reverse", "accuracy"]
     return BehaviorReport(str(base), labels, pd.DataFrame(summary),
-                          pd.concat(tokens, ignore_index=True) if tokens else pd.DataFrame(),
+                          pd.concat(tokens, ignore_index=True)[TOKEN_COLUMNS],
                           pd.DataFrame(per_prompt), pd.DataFrame(curves, columns=curve_cols), notes,
                           time.perf_counter() - t0, fwd_tokens / t_fwd if t_fwd else 0.0)  # fmt: skip
 
 
-def _token_rows(label, experiment, pid, e: Encoded, tok, fwd, rev) -> pd.DataFrame:
-    ids = e.ids.tolist()
-    nxt = ids[1:] + [-1]
-    start = e.answer_start if e.answer_start is not None else len(ids) + 1
-    return pd.DataFrame({"model": label, "experiment": experiment, "prompt": pid, "position": np.arange(len(ids)),
-                         "token": tok.convert_ids_to_tokens(ids), "next_token_id": nxt,
-                         "predicts_answer": np.arange(1, len(ids) + 1) >= start,
-                         "kl_forward": fwd.cpu().numpy(), "kl_reverse": rev.cpu().numpy()})  # fmt: skip
+def _token_frame(enc: Sequence[Encoded], tok) -> pd.DataFrame:
+    """One row per position of every prompt: prompt, position, token, next_token_id (-1 at the end),
+    predicts_answer (the next token is an answer token)."""
+    cols: dict[str, list] = {"prompt": [], "position": [], "token": [], "next_token_id": [], "predicts_answer": []}
+    for pid, e in enumerate(enc):
+        ids = e.ids.tolist()
+        start = e.answer_start if e.answer_start is not None else len(ids) + 1
+        cols["prompt"] += [pid] * len(ids)
+        cols["position"] += list(range(len(ids)))
+        cols["token"] += tok.convert_ids_to_tokens(ids)
+        cols["next_token_id"] += ids[1:] + [-1]
+        cols["predicts_answer"] += [t + 1 >= start for t in range(len(ids))]
+    return pd.DataFrame(cols)
 
 
 def write_behavior(report: BehaviorReport, folder: str | os.PathLike) -> None:
