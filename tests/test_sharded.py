@@ -24,7 +24,10 @@ from subnetviz.errors import ConfigError
 from subnetviz.masks import load_mask_set
 from subnetviz.training.config import TrainConfig
 from subnetviz.training.sharded import accelerate_config, zero_partition
+from tests import app_fixtures
 from tests.training_fixtures import make_tiny_llama, write_addition_data, write_half_mask
+
+app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,3 +144,29 @@ def test_zero_partition_covers_the_flat_mask(numel, world):
     assert len({p.numel() for p in parts}) == 1  # ZeRO-3 partitions are equal (padded) slices
     joined = torch.cat(parts)
     assert torch.equal(joined[:numel], mask) and not joined[numel:].any()
+
+
+@pytest.mark.slow
+def test_training_page_offers_strategy_and_processes(app_env):
+    from streamlit.testing.v1 import AppTest
+
+    from subnetviz.jobs.runner import JobRunner
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    at.switch_page("views/training.py").run()
+    assert not at.exception
+    assert list(at.selectbox(key="tr_strategy").options) == ["single", "ddp", "fsdp2", "zero3"]
+    at.number_input(key="tr_nproc").set_value(2)
+    next(b for b in at.button if "Launch" in b.label).click().run()  # single with 2 processes: refused
+    assert any("runs one process" in e.value for e in at.error), [e.value for e in at.error]  # markdown-escaped
+    at.selectbox(key="tr_strategy").select("fsdp2")
+    at.number_input(key="tr_nproc").set_value(2)
+    next(b for b in at.button if "Launch" in b.label).click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    runner = JobRunner()
+    rec = runner.registry.rows()[-1]
+    try:
+        assert rec.config["strategy"] == "fsdp2" and rec.config["num_processes"] == 2
+    finally:
+        if not runner.get(rec.id).finished:
+            runner.cancel(rec.id)

@@ -7,6 +7,7 @@ import streamlit as st
 
 from subnetviz import config, figures, selection, ui
 from subnetviz.cache import file_stamp
+from subnetviz.training.config import STRATEGIES
 
 AUTO = "zoo set A in this algorithm's format"
 ZOO_DATA = {"grpo": "A_train", "dpo": "dpo_A", "sft": "sft_A"}
@@ -41,10 +42,13 @@ def launch(ws) -> None:
                                        "DPO {prompt, chosen, rejected}, GRPO {prompt, answer}.")  # fmt: skip
         eval_opts = [k for k in data if k.endswith("eval")]
         eval_data = d2.selectbox("Held-out data for accuracy", eval_opts, key="tr_eval", index=0 if eval_opts else None)
-        e1, e2, e3 = st.columns(3)
+        e1, e2, e3, e4, e5 = st.columns(5)
         steps = e1.number_input("Steps", 1, 100_000, 30, key="tr_steps")
         lr = e2.number_input("Learning rate", 1e-8, 1.0, 1e-5, format="%.1e", key="tr_lr")
         seed = e3.number_input("Seed", 0, 2**31 - 1, 0, key="tr_seed")
+        strategy = e4.selectbox("Strategy", STRATEGIES, key="tr_strategy", help="single process, DDP, FSDP2 "
+                                "(sharded, also on CPU) or DeepSpeed ZeRO-3 (GPUs)")  # fmt: skip
+        nproc = e5.number_input("Processes", 1, 256, 1, key="tr_nproc", help="processes that train together")
         submitted = st.form_submit_button("Launch run", type="primary", icon=":material/play_arrow:")
     if submitted:
         mask = masks[mask_label]
@@ -56,7 +60,7 @@ def launch(ws) -> None:
         train_path = data.get(train_data) or str(config.check_allowed(train_data))
         cfg = {"kind": "train", "algorithm": algorithm, "base": base, "data": train_path,
                "eval_data": data.get(eval_data) if eval_data else None, "mask": mask, "steps": int(steps),
-               "learning_rate": float(lr), "seed": int(seed)}  # fmt: skip
+               "learning_rate": float(lr), "seed": int(seed), "strategy": strategy, "num_processes": int(nproc)}  # fmt: skip
         if algorithm == "grpo":
             cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
         run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
