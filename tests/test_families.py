@@ -219,3 +219,34 @@ def test_unknown_tensors_are_other_and_counted_in_a_notice(tmp_path):
     assert set(rep.tensors.loc[rep.tensors["key"].str.contains("mystery"), "module"]) == {"other"}
     note = next(n for n in rep.notes if "naming table" in n)
     assert note.startswith("2 tensor(s) match no llama naming table") and "model.layers.1.mystery_gate.weight" in note
+
+
+def test_moe_tables_and_figures(family_dirs, tmp_path):
+    """by_expert / routers from a planted Qwen2-MoE pair (routed, shared, router) and a packed layout;
+    the figures draw one cell per (layer, expert) with the planted density."""
+    from subnetviz.analysis.experts import by_expert, routers
+    from subnetviz.analysis.updates import read_analysis, write_analysis
+    from subnetviz.figures.moe import expert_heatmap, router_bars
+
+    base = family_dirs["qwen2_moe"]
+    ft = _plant(base, tmp_path / "ft", {"model.layers.1.mlp.experts.3.up_proj.weight": (0, 6),
+                                        "model.layers.0.mlp.shared_expert.down_proj.weight": (2, 4),
+                                        "model.layers.1.mlp.gate.weight": (0, 2)})  # fmt: skip
+    a = analyze_updates(str(base), [str(ft)], labels=["ft"])
+    back = read_analysis(write_analysis(a, tmp_path / "out"))  # the CSVs keep "3" and "shared" as strings
+    for rep in (a.reports[0], back.reports[0]):
+        e = by_expert(rep).set_index(["layer", "expert"])
+        assert e.loc[(1, "3"), "changed"] == 6 and e.loc[(1, "3"), "numel"] == 3 * 8 * 16
+        assert e.loc[(0, "shared"), "changed"] == 4 and e.loc[(0, "shared"), "kind"] == "shared"
+        assert e["changed"].sum() == 10 and len(e) == 2 * 5
+        r = routers(rep).set_index("key")
+        assert r.loc["layers.1.mlp.gate.weight", "changed"] == 2
+        assert r.loc["layers.0.mlp.shared_expert_gate.weight", "changed"] == 0
+    fig = expert_heatmap(by_expert(a.reports[0]), value="density")
+    heat = fig.data[0]
+    assert list(heat.x) == ["E0", "E1", "E2", "E3", "shared"] and list(heat.y) == ["0", "1"]
+    assert heat.z[1][3] == pytest.approx(100 * 6 / (3 * 8 * 16))
+    bars = router_bars(routers(a.reports[0]))
+    assert len(bars.data) == 1 and list(bars.data[0].y) == pytest.approx([0.0, 100 * 2 / (4 * 16 + 16)])  # gate + shared gate
+    assert expert_heatmap(by_expert(analyze_updates(str(family_dirs["qwen3"]), [str(family_dirs["qwen3"])])
+                                    .reports[0])).layout.annotations[0].text.startswith("no experts")  # fmt: skip

@@ -361,7 +361,7 @@ def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
     """Read back what :func:`write_analysis` wrote (masks stay on disk: see ``mask_path``)."""
     out = Path(out_dir)
     summary = json.loads((out / "summary.json").read_text())
-    tensors = pd.read_csv(out / "tensors.csv")
+    tensors = pd.read_csv(out / "tensors.csv", dtype={"expert": "string"})  # "3", "shared", "all": never 3.0
     parts = pd.read_csv(out / "parts.csv") if (out / "parts.csv").exists() else pd.DataFrame()
     side = pd.read_csv(out / "buffers.csv") if (out / "buffers.csv").exists() else pd.DataFrame(columns=SIDE_COLUMNS)
     opts = summary.get("options") or {}
@@ -437,3 +437,4 @@ def cached_analysis(
     if notice:
         result.notes = [notice, *result.notes]
     return result
+
