@@ -2,6 +2,7 @@
 reference on random masks, N = 8 and N = 10 UpSet regions against brute force, the invariants
 (regions sum to the union, o1·|I1| = o2·|I2|, groups sum to totals) and the error paths."""
 
+import collections
 import itertools
 
 import numpy as np
@@ -132,6 +133,32 @@ def test_upset_regions_against_brute_force(n_masks):
         assert count == expected[code]
         assert members == tuple(lbl for k, lbl in enumerate(labels) if (code >> k) & 1)
         assert degree == len(members)
+
+
+@pytest.mark.parametrize("n_masks", [3, 9, 16])  # uint8 codes, int32 codes, the largest N
+def test_bit_packed_masks_give_the_bool_masks_regions(n_masks):
+    """Masks held bit-packed (as analyze_updates holds them, unpacked by the overlap pass itself)
+    give exactly the regions of the same masks as bool tensors, and those of the brute force."""
+    from subnetviz.masks import PackedMasks
+
+    shapes = {"w1": (13, 11), "w2": (5,), "w3": (3, 4, 5)}
+    sets = _random_sets(n_masks, np.linspace(0.1, 0.9, n_masks), seed=100 + n_masks, shapes=shapes)
+    packed = []
+    for m in sets:
+        pm = PackedMasks()
+        for name, t in m.items():
+            pm.add(name, t)
+        packed.append(pm)
+    plain, bitwise = mask_overlap(sets), mask_overlap(packed)
+    np.testing.assert_array_equal(plain.totals, bitwise.totals)
+    flat = _flat(sets)  # each parameter's membership tuple, counted one by one
+    expected = collections.Counter(sum(int(v) << k for k, v in enumerate(col)) for col in flat.T)
+    assert {c: int(n) for c, n in enumerate(plain.totals) if n} == dict(expected)
+    with pytest.raises(MaskError, match="shape"):
+        bad = PackedMasks()
+        for name, t in sets[1].items():
+            bad.add(name, t.reshape(-1) if name == "w1" else t)
+        mask_overlap([packed[0], bad])
 
 
 def test_invariants():

@@ -20,6 +20,7 @@ Ratios with a zero denominator are NaN.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -174,8 +175,13 @@ def _validate(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -
                     f"same tensors.{suggest(name, masks)}"
                 )
     for name in names:
-        shape = tuple(sets[0][name].shape)
+        shape = _shape(sets[0], name)
         for label, masks in zip(labels, sets, strict=True):
+            if hasattr(masks, "packed"):  # bit-packed bool masks (PackedMasks): the shape, no unpacking
+                if _shape(masks, name) != shape:
+                    raise MaskError(f"tensor {name!r}: mask {label!r} has shape {_shape(masks, name)} but mask "
+                                    f"{labels[0]!r} has {shape}.")  # fmt: skip
+                continue
             t = masks[name]
             if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
                 found = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
@@ -187,19 +193,34 @@ def _validate(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -
     return names
 
 
-def _region_counts(tensors: Sequence[torch.Tensor]) -> np.ndarray:
-    """(2**N,) int64 exclusive counts of one tensor's membership codes (one bincount)."""
-    n_masks = len(tensors)
-    device = tensors[0].device
-    if n_masks <= 8:  # bool and uint8 share one byte: a view, no conversion copy
-        code = tensors[0].reshape(-1).view(torch.uint8).clone()
-        for k, t in enumerate(tensors[1:], start=1):
-            code |= t.reshape(-1).to(device).view(torch.uint8) << k
-    else:
-        code = torch.zeros(tensors[0].numel(), dtype=torch.int32, device=device)
-        for k, t in enumerate(tensors):
-            code |= t.reshape(-1).to(device=device, dtype=torch.int32) << k
-    return torch.bincount(code, minlength=2**n_masks).cpu().numpy().astype(np.int64)
+def _shape(masks: Mapping, name: str) -> tuple[int, ...]:
+    return tuple(masks.packed(name)[1]) if hasattr(masks, "packed") else tuple(masks[name].shape)
+
+
+def _member_bits(masks: Mapping, name: str) -> np.ndarray:
+    """(numel,) uint8 0/1 of one mask tensor: unpacked straight from bit-packed masks, a view of
+    a CPU bool tensor otherwise (no conversion copy)."""
+    if hasattr(masks, "packed"):
+        bits, shape = masks.packed(name)
+        return np.unpackbits(bits, count=math.prod(shape))
+    return masks[name].detach().reshape(-1).cpu().numpy().view(np.uint8)
+
+
+def _region_counts(bits: Sequence[np.ndarray]) -> np.ndarray:
+    """(2**N,) int64 exclusive counts of one tensor's membership codes ``Σ_k bits_k << k``.
+
+    ``bits``: N arrays (numel,) uint8 0/1. Two in-place NumPy passes per mask (shift into a
+    scratch array, or into the code: uint8 codes up to 8 masks, int32 beyond) and one
+    ``torch.bincount`` per tensor (~3x NumPy's on one thread), so the cost is ∝ numel × N.
+    """
+    n_masks = len(bits)
+    wide = np.uint8 if n_masks <= 8 else np.int32
+    code = bits[0].astype(wide)
+    scratch = np.empty_like(code)
+    for k, b in enumerate(bits[1:], start=1):
+        np.left_shift(b, k, out=scratch, dtype=wide)
+        np.bitwise_or(code, scratch, out=code)
+    return torch.bincount(torch.from_numpy(code), minlength=2**n_masks).numpy().astype(np.int64)
 
 
 def mask_overlap(
@@ -229,7 +250,7 @@ def mask_overlap(
     counts: dict[Hashable, np.ndarray] = {}
     for name in names:
         group = group_of(name)
-        region = _region_counts([s[name] for s in sets])
+        region = _region_counts([_member_bits(s, name) for s in sets])
         counts[group] = counts[group] + region if group in counts else region
     if not counts:
         raise MaskError("the mask sets hold no tensors; nothing to compare.")
