@@ -67,8 +67,23 @@ def body() -> None:
         ui.chart(figures.overlap_layer_heatmap(one, view=view), key="layer-overlap")
     with d:
         ui.chart(figures.consensus_bars(report.consensus_overall()), key="consensus")
+    experts_overlap(sets, chosen, common, table, pa, pb, view)
     ui.export_button("Overlap", {"masks": chosen, "criterion": crit, "view": view},
-                     ["venn", "upset", "pw-o1", "pw-o2", "pw-jaccard", "layer-overlap", "consensus"], ["pairwise"])
+                     ["venn", "upset", "pw-o1", "pw-o2", "pw-jaccard", "layer-overlap", "consensus",
+                      "expert-overlap"], ["pairwise"])  # fmt: skip
+
+
+def experts_overlap(sets, chosen, common, table, pa, pb, view) -> None:
+    """Mixture-of-experts masks only: the chosen pair's overlap per layer × expert (per-expert tensors)."""
+    names = [n for n in common if table.describe(n).expert not in (None, "all")]
+    if not names:
+        return
+    rep = mask_overlap([{k: s[k] for k in names} for s in sets], chosen,
+                       group_of=lambda n: (table.describe(n).layer, f"E{table.describe(n).expert}"))  # fmt: skip
+    by = rep.by_group.assign(layer=lambda d: d["group"].map(lambda g: g[0]), module=lambda d: d["group"].map(lambda g: g[1]))
+    st.subheader("Experts")
+    ui.chart(figures.overlap_layer_heatmap(by[(by["a"] == pa) & (by["b"] == pb)], view=view,
+                                           title=f"{pa} ∩ {pb}: Jaccard per layer × expert"), key="expert-overlap")  # fmt: skip
 
 
 ui.run_page(body)

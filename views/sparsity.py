@@ -4,7 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui
+from subnetviz.analysis.experts import by_expert, routers
 from subnetviz.analysis.updates import mask_path
+from subnetviz.figures import moe
 from subnetviz.masks import load_mask_tensor
 
 
@@ -59,9 +61,24 @@ def body() -> None:
     if tabs[3].open:
         with tabs[3]:
             drill_down(analysis, reports)
+    experts_section(analysis, shown)  # MoE models only (issue 10)
     ui.export_button("Update sparsity", {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
                      [f"heat-{m}" for m in shown] + ["sweep", "ulp", "special", "drill-image", "drill-ratios"],
                      ["sweep-table", "special-table"])  # fmt: skip
+
+
+def experts_section(analysis, shown) -> None:
+    """Mixture-of-experts models only: exact sparsity per layer × expert (shared experts apart) and the routers."""
+    experts = {m: by_expert(analysis.report(m)) for m in shown}
+    if all(e.empty for e in experts.values()):
+        return
+    st.subheader("Experts")
+    for col, model in zip(st.columns(len(shown)), shown, strict=True):
+        with col:
+            ui.chart(moe.expert_heatmap(experts[model], title=f"{model}: sparsity per expert (exact)"),
+                     key=f"experts-{model}")  # fmt: skip
+    ui.chart(moe.router_bars(pd.concat([routers(analysis.report(m)) for m in shown], ignore_index=True)), key="routers")
+    ui.table(pd.concat(experts.values(), ignore_index=True), "experts-table", "Per layer × expert")
 
 
 def drill_down(analysis, reports) -> None:
