@@ -132,10 +132,52 @@ def test_sparsity_heatmap_equals_backend_table(app_env):
 
 
 def test_query_params_restore_the_view(app_env):
-    at = open_page("sparsity", sp_crit="1e-05", sp_avg="per-tensor mean")
+    at = open_page("sparsity", sp_crit="1e-05", sp_avg="per-tensor mean", sp_models=["grpo-s0", "dpo"])
     assert not at.exception
     assert at.selectbox(key="sp_crit").value == "1e-05"
-    assert at.radio(key="sp_avg").value == "per-tensor mean"
+    assert at.multiselect(key="sp_models").value == ["grpo-s0", "dpo"]
+    # One tensor per layer × module cell: the per-tensor mean equals the weighted share, so it is not offered
+    # and the stale URL entry falls back to the weighted average.
+    assert at.radio(key="sp_avg").options == ["parameter-weighted"]
+    assert at.radio(key="sp_avg").value == "parameter-weighted"
+
+
+def test_side_by_side_heatmaps_share_one_colour_range(app_env):
+    models = ["grpo-s0", "grpo-s1", "dpo", "sft"]  # more than the old limit of four is allowed too
+    at = open_page("sparsity", sp_models=models)
+    assert not at.exception and not at.error
+    heats = [s["data"][0] for s in plotly_specs(at) if s["data"][0]["type"] == "heatmap"]
+    assert len(heats) == len(models)
+    ranges = {(h["zmin"], h["zmax"]) for h in heats}
+    assert len(ranges) == 1, ranges
+    lo, hi = ranges.pop()
+    zs = np.concatenate([decode(h["z"]).astype(float).ravel() for h in heats])
+    assert np.isclose(lo, np.nanmin(zs)) and np.isclose(hi, np.nanmax(zs))
+    bars = [s for s in plotly_specs(at) if s["data"][0]["type"] == "bar"]
+    assert [str(x) for x in bars[0]["data"][0]["x"]] == models  # overall sparsity, one bar per model
+
+
+def test_one_matrix_follows_the_criterion(app_env):
+    """The One matrix view counts under the chosen criterion, equal to the analysis table's count for that tensor."""
+    from subnetviz.analysis.updates import analyze_updates
+    from subnetviz.demo.build import load_zoo
+
+    zoo = load_zoo()
+    members = {m.id: m.path for m in zoo.members}
+    rep = analyze_updates(members["base"], [members["grpo-s0"]], labels=["grpo-s0"]).reports[0]
+    counts = {}
+    for crit, col in [("exact", "changed"), ("0.0001", "changed@0.0001")]:
+        at = open_page("sparsity", sp_tab="One matrix", sp_crit=crit, dd_model="grpo-s0")
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        key = at.selectbox(key="dd_tensor").value
+        row = rep.tensors[rep.tensors["key"] == key].iloc[0]
+        image = next(s for s in plotly_specs(at) if "changed" in s["layout"]["title"]["text"])
+        assert crit in image["layout"]["title"]["text"]
+        cap = next(c.value for c in at.caption if "criterion" in c.value)
+        counts[crit] = int(cap.split(" · ")[3].split(" of ")[0].replace(",", ""))
+        assert counts[crit] == int(row[col]), (crit, cap)
+        assert any("Signed update" in s["layout"]["title"]["text"] for s in plotly_specs(at))
+    assert counts["0.0001"] < counts["exact"]
 
 
 def test_path_outside_roots_is_refused(app_env):

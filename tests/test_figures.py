@@ -64,6 +64,39 @@ def test_sparsity_heatmap_z_equals_table_and_missing_is_nan():
     assert "changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}" in tr.hovertemplate
 
 
+def test_shared_range_spans_every_frame_and_heatmaps_use_it():
+    a, b = heat_frame(), heat_frame().assign(sparsity=lambda d: d["sparsity"] * 0.5)
+    lo, hi = F.shared_range([a, b])
+    both = np.concatenate([a["sparsity"], b["sparsity"]])
+    assert (lo, hi) == pytest.approx((100 * both.min(), 100 * both.max()))
+    figs = [F.sparsity_heatmap(f, zrange=(lo, hi)) for f in (a, b)]
+    assert {(f.data[0].zmin, f.data[0].zmax) for f in figs} == {(lo, hi)}
+    assert F.sparsity_heatmap(a).data[0].zmin is None  # alone: its own range
+    assert F.sparsity_heatmap(a, cell_text=False).data[0].texttemplate is None  # values on hover only
+    assert F.shared_range([a.assign(sparsity=0.5)]) == (49.5, 50.5)  # a constant grid still gets a drawable bar
+    assert F.shared_range([]) == (0.0, 100.0)
+
+
+def test_overall_bars_one_bar_per_model_in_percent():
+    df = pd.DataFrame({"model": ["grpo", "sft"], "sparsity": [0.681, 0.276], "changed": [10, 20], "numel": [100, 100]})
+    fig = F.overall_bars(df)
+    assert list(fig.data[0].x) == ["grpo", "sft"]
+    assert list(fig.data[0].y) == pytest.approx([68.1, 27.6])
+    assert list(fig.data[0].text) == ["68.1 %", "27.6 %"]
+    with pytest.raises(F.FigureDataError):
+        F.overall_bars(df.assign(sparsity=[68.1, 27.6]))
+
+
+def test_delta_image_is_signed_block_mean_centred_on_zero():
+    d = np.zeros((4, 6))
+    d[:2, :2] = 2.0
+    d[2:, 4:] = -1.0
+    fig = F.delta_image(d, max_side=3)  # blocks of 2×2
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (2, 3) and z[0, 0] == 2.0 and z[1, 2] == -1.0 and z[0, 1] == 0.0
+    assert fig.data[0].zmid == 0 and fig.data[0].zmin == -2.0 and fig.data[0].zmax == 2.0
+
+
 def test_sparsity_heatmap_other_value_column_and_errors():
     df = heat_frame().assign(sparsity_unweighted=lambda d: d.sparsity / 2)
     fig = F.sparsity_heatmap(df, value="sparsity_unweighted")

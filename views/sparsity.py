@@ -4,10 +4,6 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui
-from subnetviz.analysis.experts import by_expert, routers
-from subnetviz.analysis.updates import mask_path
-from subnetviz.figures import moe
-from subnetviz.masks import load_mask_tensor
 
 
 def body() -> None:
@@ -22,12 +18,22 @@ def body() -> None:
     criteria = ["exact"] + [f"{t:g}" for t in tols] + ["relative"]
     c1, c2, c3 = st.columns([3, 2, 2])
     shown = c1.multiselect("Models side by side", list(reports), default=list(reports)[:3], key="sp_models",
-                           bind="query-params", max_selections=4)  # fmt: skip
+                           bind="query-params")  # fmt: skip
+    eta = analysis.reports[0].options.eta
     crit = c2.selectbox("Criterion", criteria, key="sp_crit", bind="query-params",
-                        help="exact = bitwise; a number = absolute tolerance; relative = |Δ| ≤ η·max(|w|,|w'|).")
-    weighting = c3.radio("Average", ["parameter-weighted", "per-tensor mean"], key="sp_avg", bind="query-params",
-                         horizontal=True)  # fmt: skip
+                        help=f"exact = bitwise; a number = absolute tolerance |Δ| ≤ tol; relative = |Δ| ≤ η·max(|w|,|w'|), "
+                        f"η = {eta:g}.")  # fmt: skip
     column = {"exact": "changed", "relative": "changed_rel"}.get(crit, f"changed@{crit}")
+    grids = {m: reports[m].by_layer_module(column) for m in reports}
+    grids = {m: g[g["layer"].notna()] for m, g in grids.items()}
+    # A per-tensor mean differs from the weighted share only where a cell holds several tensors.
+    several = any((g["tensors"] > 1).any() for g in grids.values())
+    weighting = c3.radio("Average", ["parameter-weighted", "per-tensor mean"] if several else ["parameter-weighted"],
+                         key="sp_avg", bind="query-params", horizontal=True,
+                         help="per-tensor mean is offered when a layer × module cell holds several tensors "
+                         "(e.g. experts); with one tensor per cell both are the same.")  # fmt: skip
+    if crit == "relative":
+        st.caption(ui.plain(relative_note(eta)))
     value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"
     ui.need(bool(shown), "Pick at least one model.")
     # Sections as tabs that draw only when open: a view holds 1–3 charts, not ten (faster to show).
@@ -35,13 +41,21 @@ def body() -> None:
                    key="sp_tab", on_change="rerun", bind="query-params")  # fmt: skip
     if tabs[0].open:
         with tabs[0]:
-            cols = st.columns(len(shown))
-            for col, model in zip(cols, shown, strict=True):
-                grid = reports[model].by_layer_module(column)
-                grid = grid[grid["layer"].notna()]
-                with col:
-                    ui.chart(figures.sparsity_heatmap(grid, value=value, title=f"{model}: {value.replace('_', ' ')} "
-                                                      f"({crit})"), key=f"heat-{model}")  # fmt: skip
+            overall = pd.DataFrame([{"model": m, "changed": int(grids[m]["changed"].sum()) + special_changed(reports[m], column),
+                                     "numel": reports[m].numel} for m in shown])  # fmt: skip
+            overall["sparsity"] = 1 - overall["changed"] / overall["numel"]
+            ui.chart(figures.overall_bars(overall, title=f"Overall update sparsity per model ({crit})"), key="overall")
+            zrange = figures.shared_range([grids[m] for m in shown], value)
+            per_row = min(3, len(shown))
+            if len(shown) > 2:
+                st.caption("One colour range across the models; cell values on hover.")
+            for start in range(0, len(shown), per_row):
+                cols = st.columns(per_row)
+                for col, model in zip(cols, shown[start:start + per_row], strict=False):
+                    with col:
+                        ui.chart(figures.sparsity_heatmap(grids[model], value=value, zrange=zrange, cell_text=len(shown) <= 2,
+                                                          title=f"{model}: {value.replace('_', ' ')} ({crit})"),
+                                 key=f"heat-{model}")  # fmt: skip
     if tabs[1].open:
         with tabs[1]:
             sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
@@ -60,28 +74,28 @@ def body() -> None:
                      "Every norm, embedding and head tensor")  # fmt: skip
     if tabs[3].open:
         with tabs[3]:
-            drill_down(analysis, reports)
-    experts_section(analysis, shown)  # MoE models only (issue 10)
+            drill_down(ws, reports, crit, eta)
     ui.export_button("Update sparsity", {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
-                     [f"heat-{m}" for m in shown] + ["sweep", "ulp", "special", "drill-image", "drill-ratios"],
+                     ["overall"] + [f"heat-{m}" for m in shown] + ["sweep", "ulp", "special", "drill-image", "drill-delta",
+                                                                   "drill-ratios"],
                      ["sweep-table", "special-table"])  # fmt: skip
 
 
-def experts_section(analysis, shown) -> None:
-    """Mixture-of-experts models only: exact sparsity per layer × expert (shared experts apart) and the routers."""
-    experts = {m: by_expert(analysis.report(m)) for m in shown}
-    if all(e.empty for e in experts.values()):
-        return
-    st.subheader("Experts")
-    for col, model in zip(st.columns(len(shown)), shown, strict=True):
-        with col:
-            ui.chart(moe.expert_heatmap(experts[model], title=f"{model}: sparsity per expert (exact)"),
-                     key=f"experts-{model}")  # fmt: skip
-    ui.chart(moe.router_bars(pd.concat([routers(analysis.report(m)) for m in shown], ignore_index=True)), key="routers")
-    ui.table(pd.concat(experts.values(), ignore_index=True), "experts-table", "Per layer × expert")
+def special_changed(report, column: str) -> int:
+    """Changed entries outside the layer grid (norms, embeddings, head) under the same criterion."""
+    t = report.tensors
+    return int(t.loc[t["layer"].isna(), column].sum())
 
 
-def drill_down(analysis, reports) -> None:
+def relative_note(eta: float) -> str:
+    return (f"Relative criterion at η = {eta:g}: in bf16 two different values differ by at least 2⁻⁸ ≈ 0.0039 of the "
+            f"larger magnitude, so any η below that counts every changed entry and 'relative' equals 'exact' "
+            f"(set η with analyze --eta for a different view).")  # fmt: skip
+
+
+def drill_down(ws, reports, crit: str, eta: float) -> None:
+    from subnetviz.analysis.drill import matrix_update
+
     a, b = st.columns(2)
     model = a.selectbox("Model", list(reports), key="dd_model", bind="query-params")
     rep = reports[model]
@@ -91,14 +105,18 @@ def drill_down(analysis, reports) -> None:
     default = next((i for i, n in enumerate(names) if "q_proj" in n or "c_attn" in n), 0)
     key = b.selectbox("Matrix", names, index=default, key="dd_tensor", bind="query-params")
     row = mats[mats["key"] == key].iloc[0]
-    mask = load_mask_tensor(mask_path(analysis.source_dir, model), row["name"]).numpy()
-    st.caption(f"{ui.plain(row['name'])} · shape {row['shape']} · {int(row['changed']):,} of {int(row['numel']):,} changed "
-               f"({100 * (1 - row['sparsity']):.2f} %) · largest |Δ| {row['max_abs_delta']:.3g}")  # fmt: skip
+    path = dict(ws.finetuned)[model]
+    upd = matrix_update(ws.base, path, row["name"], criterion=crit, eta=eta)
+    st.caption(f"{ui.plain(row['name'])} · shape {row['shape']} · criterion {crit} · {upd.n_changed:,} of "
+               f"{int(row['numel']):,} changed ({100 * upd.n_changed / max(1, int(row['numel'])):.2f} %) · "
+               f"largest |Δ| {row['max_abs_delta']:.3g}")  # fmt: skip
     c, d = st.columns(2)
     with c:
-        ui.chart(figures.matrix_image(mask, max_side=128), key="drill-image")
+        ui.chart(figures.matrix_image(upd.changed, max_side=128, title=f"Which entries changed ({crit}, block mean)"),
+                 key="drill-image")  # fmt: skip
     with d:
-        ui.chart(figures.row_col_ratios(mask.mean(axis=1), mask.mean(axis=0)), key="drill-ratios")
+        ui.chart(figures.delta_image(upd.delta, max_side=128), key="drill-delta")
+    ui.chart(figures.row_col_ratios(upd.changed.mean(axis=1), upd.changed.mean(axis=0)), key="drill-ratios")
 
 
 ui.run_page(body)

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from subnetviz.figures.style import (
+    DIVERGING,
     PALETTE,
     SEQUENTIAL,
     FigureDataError,
@@ -33,12 +34,30 @@ from subnetviz.figures.style import (
 )  # fmt: skip
 
 
-def sparsity_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None = None) -> go.Figure:
+def shared_range(frames: Sequence[pd.DataFrame], value: str = "sparsity") -> tuple[float, float]:
+    """One colour range (in %) for heatmaps shown side by side: the min and max of ``value`` over all frames.
+
+    Without it each heatmap stretches Viridis over its own range and a 95 % sparse GRPO grid looks
+    like a 30 % sparse SFT grid. An empty or constant range is widened so the colourbar stays drawable.
+    """
+    vals = np.concatenate([pd.to_numeric(f[value], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                           for f in frames if len(f) and value in f.columns] or [np.zeros(0)])  # fmt: skip
+    vals = 100 * vals[np.isfinite(vals)]
+    if not vals.size:
+        return 0.0, 100.0
+    lo, hi = float(vals.min()), float(vals.max())
+    return (lo, hi) if hi > lo else (max(0.0, lo - 0.5), min(100.0, hi + 0.5))
+
+
+def sparsity_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None = None,
+                     zrange: tuple[float, float] | None = None, cell_text: bool = True) -> go.Figure:  # fmt: skip
     """Layers (0 at top) × module kinds of ``value`` in %.
 
     df: one row per (layer, module) with columns layer (int or label), module (str), changed,
     numel, sparsity, density (fractions) and any extra share column to show, e.g.
-    ``sparsity_unweighted``. Missing cells stay NaN (blank), never 0.
+    ``sparsity_unweighted``. Missing cells stay NaN (blank), never 0. ``zrange`` (zmin, zmax in %)
+    shares one colour range between heatmaps drawn side by side (see :func:`shared_range`);
+    ``cell_text=False`` leaves the values to the hover (narrow columns).
     """
     title = title or f"Update {value.replace('_', ' ')} by layer and module"
     if df.empty:
@@ -56,7 +75,58 @@ def sparsity_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | Non
         "<br>sparsity %{customdata[2]:.3f}%<br>density %{customdata[3]:.3f}%"
     )
     label = f"{value.replace('_', ' ')} (%)"
-    return _layer_heatmap(layers, modules, 100 * g[value], custom, hover, title, label, colorscale=SEQUENTIAL)
+    rng = {} if zrange is None else {"zmin": float(zrange[0]), "zmax": float(zrange[1])}
+    fig = _layer_heatmap(layers, modules, 100 * g[value], custom, hover, title, label, colorscale=SEQUENTIAL, **rng)
+    if not cell_text:
+        fig.update_traces(text=None, texttemplate=None)
+    return fig
+
+
+def overall_bars(df: pd.DataFrame, value: str = "sparsity", title: str = "Overall update sparsity per model",
+                 colors: Mapping | None = None) -> go.Figure:  # fmt: skip
+    """One bar per model: columns model, ``value`` (fraction), optional changed and numel for the hover."""
+    if df.empty:
+        return no_data_figure(title)
+    _require(df, ["model", value], "overall_bars", shares=[value])
+    models = df["model"].astype(str).tolist()
+    colors = colors or color_map(models)
+    v = 100 * pd.to_numeric(df[value]).to_numpy(dtype=np.float64)
+    hover = "%{x}: %{y:.2f}%"
+    custom = None
+    if {"changed", "numel"} <= set(df.columns):
+        custom = np.stack([df["changed"].to_numpy(np.float64), df["numel"].to_numpy(np.float64)], axis=-1)
+        hover += "<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
+    fig = go.Figure(go.Bar(x=models, y=v, marker_color=[colors[m] for m in models], text=[f"{x:.1f} %" for x in v],
+                           textposition="outside", customdata=custom, hovertemplate=hover + "<extra></extra>"))  # fmt: skip
+    _style(fig, title, None, f"{value} (%)", height=320, showlegend=False)
+    fig.update_yaxes(range=[0, 105])
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def delta_image(delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base (block mean)") -> go.Figure:
+    """Downsampled signed Δ image on a diverging scale centred on 0 (symmetric range, blocks as in :func:`matrix_image`)."""
+    a = np.asarray(delta_2d, dtype=np.float64)
+    if a.size == 0:
+        return no_data_figure(title)
+    if a.ndim != 2:
+        raise FigureDataError(f"delta_image: expected a 2-D array (rows, cols); got shape {a.shape}.")
+    m, n = a.shape
+    f = max(1, int(np.ceil(max(m, n) / max_side)))
+    r0, c0 = np.arange(0, m, f), np.arange(0, n, f)
+    counts = np.outer(np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0)
+    mean = _block_sum(a, f) / counts
+    span = float(np.nanmax(np.abs(mean))) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=mean.astype(np.float32), x=c0 + (f - 1) / 2, y=r0 + (f - 1) / 2, colorscale=DIVERGING, zmid=0, zmin=-span,
+        zmax=span, colorbar={"title": {"text": "Δ", "side": "right"}, "exponentformat": "e"},
+        hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
+    ))  # fmt: skip
+    sub = f"{m}×{n}, blocks of {f}×{f}" if f > 1 else f"{m}×{n}, full resolution"
+    _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
+    fig.update_xaxes(constrain="domain")
+    return fig
 
 
 def rank_heatmap(df: pd.DataFrame, title: str = "Update rank / min(m, n) by layer and module") -> go.Figure:
