@@ -13,7 +13,7 @@ SECTIONS = {
     "RL subnetworks": [("sparsity", "Update sparsity", "grid_on"), ("spectra", "Spectra", "show_chart"),
                        ("overlap", "Overlap", "join_inner"), ("series", "Series", "timeline"),
                        ("training", "Training runs", "model_training")],
-    "Beyond the papers": [("behavior", "Behaviour", "psychology")],
+    "Beyond the papers": [("behavior", "Behaviour", "psychology"), ("drivers", "What drives sparsity", "science")],
     "Circuits": [("bigram", "Bigram subnetworks", "route")],
     "Continual learning": [("continual", "Continual learning", "stacks")],
 }  # fmt: skip

@@ -1,4 +1,4 @@
-"""The command line: ``subnetviz {app,analyze,behavior,demo,train,job,runs,mask,report} ...`` (or ``python -m subnetviz``).
+"""The command line: ``subnetviz {app,analyze,behavior,experiment,demo,train,job,runs,mask,report} ...`` (or ``python -m subnetviz``).
 
 Every subcommand turns a :class:`~subnetviz.errors.SubnetvizError` into one readable line on
 stderr and exit status 2; anything else is a bug and keeps its traceback.
@@ -135,6 +135,25 @@ def cmd_behavior(args: argparse.Namespace) -> int:
     cols = ["model", "experiment", "kl_forward", "kl_reverse", "accuracy", "fraction_reverted"]
     print(report.summary[cols].to_string(index=False))
     print(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from subnetviz.cache import atomic_folder
+    from subnetviz.experiments.drivers import NOT_AVAILABLE, run_drivers, verdicts
+
+    _threads()
+    results = run_drivers(args.zoo, args.preset, args.seeds, progress=_progress_bar("drivers"))
+    verdict = verdicts(results)
+    with atomic_folder(args.out) as tmp:
+        results.to_csv(tmp / "results.csv", index=False)
+        verdict.to_csv(tmp / "verdicts.csv", index=False)
+    cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]
+    print(results[cols].to_string(index=False))
+    print(verdict.to_string(index=False))
+    for algo, why in NOT_AVAILABLE.items():
+        print(f"note: {algo}: {why}", file=sys.stderr)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -312,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
     b.set_defaults(func=cmd_behavior)
+
+    x = sub.add_parser("experiment", help="experiment drivers: train small grids, sparsity vs each factor")
+    x.add_argument("name", choices=["drivers"])
+    x.add_argument("--out", required=True, help="output folder: results.csv, verdicts.csv")
+    x.add_argument("--preset", default="quick", help="quick (≤ 5 min on 2 cores, default) or micro")
+    x.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
+    x.add_argument("--zoo", help="a built demo zoo (default SUBNETVIZ_HOME/zoo)")
+    x.set_defaults(func=cmd_experiment)
 
     d = sub.add_parser("demo", help="the demo zoo: demo build [--preset micro] [--force]")
     d.add_argument("rest", nargs=argparse.REMAINDER)

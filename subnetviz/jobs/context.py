@@ -26,6 +26,7 @@ JOB_KINDS: dict[str, str] = {
     "bigram_mask": "subnetviz.bigram.job:run_job",
     "continual": "subnetviz.supermask.job:run_job",
     "behavior": "subnetviz.analysis.behavior:run_job",
+    "drivers": "subnetviz.experiments.drivers:run_job",
 }
 
 STATUS_FILE = "status.json"

@@ -1,0 +1,53 @@
+"""Figures of the sparsity-drivers experiment (:mod:`subnetviz.experiments.drivers`): pure Plotly builders.
+
+- :func:`factor_panels`: one panel per factor, update sparsity (bf16 saves) per value, seeds as points;
+- :func:`precision_pairs`: every run's bf16 and fp32 save side by side.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from subnetviz.figures.style import PALETTE, _require, _style, no_data_figure
+
+FACTOR_ORDER = ("learning_rate", "steps", "beta", "clipping", "optimizer", "data", "algorithm")
+
+
+def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | None = None) -> go.Figure:
+    """Small multiples: x = the factor's values, y = ``value`` of the bf16 saves (mean bar, seeds as dots)."""
+    title = title or f"{value} against each factor (bf16 saves)"
+    _require(results, ["factor", "value", "seed", "precision", value], "factor_panels")
+    r = results[results["precision"] == "bf16"]
+    factors = [f for f in FACTOR_ORDER if f in set(r["factor"])] + sorted(set(r["factor"]) - set(FACTOR_ORDER))
+    if not factors:
+        return no_data_figure(title)
+    fig = make_subplots(rows=1, cols=len(factors), subplot_titles=[f.replace("_", " ") for f in factors],
+                        shared_yaxes=True)  # fmt: skip
+    for j, f in enumerate(factors, start=1):
+        g = r[r["factor"] == f]
+        order = list(dict.fromkeys(g["value"].astype(str)))
+        mean = g.groupby(g["value"].astype(str))[value].mean().reindex(order)
+        fig.add_trace(go.Bar(x=order, y=mean.to_numpy(), marker_color=PALETTE[0], showlegend=False,
+                             hovertemplate=f"{f} %{{x}}<br>mean {value} %{{y:.4g}}<extra></extra>"), row=1, col=j)  # fmt: skip
+        fig.add_trace(go.Scatter(x=g["value"].astype(str), y=g[value], mode="markers", showlegend=False,
+                                 marker={"color": PALETTE[1], "size": 7}, text=g["seed"],
+                                 hovertemplate="seed %{text}: %{y:.4g}<extra></extra>"), row=1, col=j)  # fmt: skip
+        fig.update_xaxes(type="category", row=1, col=j)
+    return _style(fig, title, None, value, height=380)
+
+
+def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 vs fp32: update sparsity") -> go.Figure:
+    """Grouped bars per run (factor=value): bf16 save and fp32 save sparsity."""
+    _require(results, ["factor", "value", "seed", "precision", "sparsity"], "precision_pairs")
+    if results.empty:
+        return no_data_figure(title)
+    fig = go.Figure()
+    for i, (prec, g) in enumerate(results.groupby("precision", sort=True)):
+        labels = g["factor"] + "=" + g["value"].astype(str) + " s" + g["seed"].astype(str)
+        fig.add_trace(go.Bar(x=labels, y=g["sparsity"], name=f"{prec} save", marker_color=PALETTE[i],
+                             hovertemplate="%{x}<br>sparsity %{y:.2%}<extra>" + prec + "</extra>"))  # fmt: skip
+    fig = _style(fig, title, "run", "update sparsity", barmode="group")
+    fig.update_yaxes(tickformat=".0%")
+    return fig

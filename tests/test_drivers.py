@@ -1,0 +1,129 @@
+"""The sparsity-drivers experiment: the grid's plan, the verdicts against hand-made results, the micro preset
+trained on the micro zoo (every run's fp32 save is at most as sparse as its bf16 save: a bf16 bit change
+implies an fp32 change), the figures, the CLI parser and the page."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from subnetviz.experiments.drivers import COLUMNS, NOT_AVAILABLE, PRESETS, verdicts
+from tests import app_fixtures
+
+app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
+
+
+def test_plan_covers_every_factor_and_trains_shared_recipes_once():
+    specs = PRESETS["quick"].plan(seeds=2)
+    factors = {s.factor for s in specs}
+    assert factors == {"learning_rate", "steps", "beta", "clipping", "optimizer", "data", "algorithm"}
+    assert {s.algorithm for s in specs} == {"sft", "dpo", "grpo", "rloo"} and "ppo" in NOT_AVAILABLE
+    assert {s.seed for s in specs} == {0, 1}
+    recipes = {s.recipe() for s in specs}
+    assert len(recipes) < len(specs)  # the default run sits on several axes and is trained once per seed
+    default = PRESETS["quick"].default
+    on_axes = [s for s in specs if s.seed == 0 and s.recipe() == default.recipe()]
+    assert len(on_axes) >= 5
+
+
+def _results(rows):
+    base = {"seed": 0, "algorithm": "grpo", "accuracy": 0.5, "kl_forward": 0.0, "learning_rate": 1e-5, "steps": 8,
+            "beta": 0.0, "max_grad_norm": 1.0, "optimizer": "adamw_torch", "data": "task", "train_seconds": 1.0}
+    return pd.DataFrame([{**base, **r} for r in rows], columns=COLUMNS)
+
+
+def test_verdicts_read_hand_made_results():
+    res = _results([
+        {"factor": "data", "value": "on_policy", "precision": "bf16", "sparsity": 0.8},
+        {"factor": "data", "value": "gold", "precision": "bf16", "sparsity": 0.5},
+        {"factor": "beta", "value": "0", "precision": "bf16", "sparsity": 0.70},
+        {"factor": "beta", "value": "0.1", "precision": "bf16", "sparsity": 0.60},
+        {"factor": "learning_rate", "value": "1e-06", "precision": "bf16", "sparsity": 0.9},
+        {"factor": "learning_rate", "value": "0.0001", "precision": "bf16", "sparsity": 0.95},
+        {"factor": "learning_rate", "value": "1e-06", "precision": "fp32", "sparsity": 0.1},
+    ])  # fmt: skip
+    v = verdicts(res).set_index("conjecture")["reproduced"]
+    assert v["in-distribution data drives sparsity"]
+    assert not v["KL coefficient has little effect"]  # 10 points apart
+    assert not v["larger learning rate → denser updates"]  # sparsity rose with the learning rate
+    assert v["bf16 storage hides small updates"]
+
+
+def test_figures_draw_every_factor():
+    from subnetviz.figures import drivers as dfig
+
+    res = _results([{"factor": f, "value": v, "precision": p, "sparsity": s}
+                    for f, v, s in [("steps", "4", 0.9), ("steps", "8", 0.8), ("beta", "0", 0.7)]
+                    for p in ("bf16", "fp32")])  # fmt: skip
+    fig = dfig.factor_panels(res)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 2 and np.allclose(bars[0].y, [0.9, 0.8])
+    assert len(dfig.precision_pairs(res).data) == 2
+
+
+def test_cli_parses_the_experiment():
+    from subnetviz.__main__ import build_parser
+
+    args = build_parser().parse_args(["experiment", "drivers", "--out", "x", "--preset", "micro", "--seeds", "2"])
+    assert args.name == "drivers" and args.preset == "micro" and args.seeds == 2
+
+
+@pytest.mark.slow
+def test_micro_grid_on_the_micro_zoo(micro_zoo, tmp_path):  # noqa: F811
+    from subnetviz.experiments.drivers import run_job, validate_config
+    from subnetviz.jobs.context import JOB_KINDS, JobContext
+
+    assert JOB_KINDS["drivers"] == "subnetviz.experiments.drivers:run_job"
+    cfg = {"kind": "drivers", "preset": "micro", "zoo": str(micro_zoo.root)}
+    validate_config(cfg)
+    ctx = JobContext.for_dir(tmp_path / "run")
+    run_job(cfg, ctx)
+    res = pd.read_csv(ctx.out_dir / "results.csv", dtype={"value": str})
+    assert list(res.columns) == COLUMNS
+    assert set(res["algorithm"]) == {"sft", "dpo", "grpo", "rloo"}
+    pairs = res.pivot_table(index=["factor", "value", "seed"], columns="precision", values="sparsity")
+    assert (pairs["fp32"] <= pairs["bf16"]).all()  # every bf16 bit change is an fp32 change too
+    assert ((res["sparsity"] >= 0) & (res["sparsity"] <= 1)).all()
+    sgd = res[(res["factor"] == "optimizer") & (res["precision"] == "bf16")].set_index("value")["sparsity"]
+    assert sgd["sgd"] >= sgd["adamw"]  # plain SGD at Adam's learning rate moves far fewer bf16 weights
+    assert (ctx.out_dir / "verdicts.csv").exists()
+
+
+@pytest.mark.slow
+def test_drivers_page_renders(app_env):
+    from tests.test_app import open_page
+
+    at = open_page("drivers")
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.slow
+def test_drivers_page_shows_a_finished_run(app_env):
+    """A succeeded drivers run in the registry (outputs written by hand): verdicts, charts and the table."""
+    import time
+
+    from subnetviz import config
+    from subnetviz.jobs.registry import RunRecord
+    from subnetviz.jobs.runner import JobRunner
+    from tests.test_app import decode, open_page, plotly_specs
+
+    res = _results([{"factor": "steps", "value": v, "precision": p, "sparsity": s}
+                    for v, s in [("4", 0.9), ("8", 0.8)] for p in ("bf16", "fp32")])  # fmt: skip
+    run_dir = config.runs_dir() / "fake-drivers-run"
+    (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
+    res.to_csv(run_dir / "outputs" / "results.csv", index=False)
+    runner = JobRunner()
+    with runner.registry.transaction() as con:
+        runner.registry.insert(con, RunRecord("fake-drivers-run", "drivers", "fake", "succeeded", None, None,
+                                              time.time(), time.time(), time.time(), 1, 1, {}, None, str(run_dir),
+                                              {"kind": "drivers"}))  # fmt: skip
+    try:
+        at = open_page("drivers")
+    finally:  # the app home is shared by the session's other page tests: leave its registry as it was
+        with runner.registry.transaction() as con:
+            con.execute("DELETE FROM runs WHERE id = ?", ("fake-drivers-run",))
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    bars = [t for s in plotly_specs(at) for t in s["data"] if t["type"] == "bar"]
+    assert np.allclose(decode(bars[0]["y"]), [0.9, 0.8])
+    assert any("larger steps" in m.value for m in at.markdown)
