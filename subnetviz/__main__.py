@@ -90,9 +90,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if source != analysis.source_dir:
             shutil.rmtree(source)
         if subspaces is not None:
-            from subnetviz.analysis.subspaces import write_subspaces
-
-            write_subspaces(subspaces, tmp)
+            subspaces[0].to_csv(tmp / "subspaces.csv", index=False)
+            subspaces[1].to_parquet(tmp / "subspaces.parquet", index=False)
     for line in analysis.notes:
         print(f"note: {line}", file=sys.stderr)
     summary = analysis.summary()
@@ -102,14 +101,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _subspaces(args: argparse.Namespace, labels: list[str]):
-    """``analyze --subspaces K``: principal angles, σ ratios and principal-weight overlap per 2-D weight."""
-    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces
+    """``analyze --subspaces K``: principal angles, σ ratios and principal-weight overlap per 2-D weight
+    (through the disk cache unless ``--no-cache``); returns the (rows, vectors) frames."""
+    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces, cached_subspaces
 
-    table = analyze_subspaces(args.base, args.finetuned, labels=labels, options=SubspaceOptions(k=args.subspaces),
-                              device=args.device, progress=_progress_bar("subspaces"))  # fmt: skip
+    kwargs = dict(labels=labels, options=SubspaceOptions(k=args.subspaces), device=args.device,
+                  progress=_progress_bar("subspaces"))  # fmt: skip
+    if not args.no_cache:
+        return cached_subspaces(args.base, args.finetuned, **kwargs)
+    table = analyze_subspaces(args.base, args.finetuned, **kwargs)
     for line in table.notes:
         print(f"note: {line}", file=sys.stderr)
-    return table
+    return table.to_frame(), table.vectors()
 
 
 def cmd_behavior(args: argparse.Namespace) -> int:
