@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts", nargs="+", help="JSONL with 'prompt' and optional 'answer' (default: the zoo's eval sets)")
     b.add_argument("--out", required=True, help="output folder: behavior.json, tokens.csv, prompts.csv, curves.csv")
     b.add_argument("--labels", nargs="+", help="a name per finetuned model")
-    b.add_argument("--mask", action="append", metavar="NAME=FILE", help="a mask set to revert inside/outside (repeat)")
+    b.add_argument("--mask", action="append", metavar="NAME=SPEC", help="a mask to revert inside/outside (repeat): "
+                   "a mask file, 'update' (each finetune's own update mask) or 'topk:F' (its top F of |Δ|)")  # fmt: skip
     b.add_argument("--no-random", action="store_true", help="no random same-density control per mask")
     b.add_argument("--curve", nargs="*", type=float, help="fractions of Δ reverted, |Δ| and random order "
                    "(default 0 0.1 0.25 0.5 0.75 1; none: no curve)")  # fmt: skip

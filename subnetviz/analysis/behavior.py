@@ -177,9 +177,18 @@ class ModelBuilder:
         self.device = device
         self.model = AutoModelForCausalLM.from_pretrained(ft, dtype=torch.float32).to(device).eval()
         self.params = [(strip_prefix(n), p) for n, p in self.model.named_parameters()]
+        self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}
         missing = [k for k, _ in self.params if k not in self.aligned]
         if missing:
             raise ConfigError(f"{ft}: model parameters without a tensor in both checkpoints: {missing[:5]}.")
+
+    def resolve(self, masks) -> Mapping[str, torch.Tensor]:
+        """A mask set, or a function of this builder that makes one (:func:`top_delta_masks`), made once."""
+        if not callable(masks):
+            return masks
+        if id(masks) not in self._resolved:
+            self._resolved[id(masks)] = masks(self)
+        return self._resolved[id(masks)]
 
     def build(self, select: Selector | None) -> float:
         """Rewrite every parameter (``select=None``: the finetune itself); returns the share of changed
@@ -282,6 +291,45 @@ def _delta_quantile(builder: ModelBuilder, fraction: float, sample: int, seed: i
     return float(cache[max(0, int(np.ceil(fraction * cache.size)) - 1)])
 
 
+def top_delta_masks(builder: ModelBuilder, fraction: float) -> dict[str, torch.Tensor]:
+    """This finetune's changed entries with the largest |Δ| (the top ``fraction`` of them, one threshold
+    over all tensors), as a mask set keyed by the base's tensor names."""
+    from subnetviz.analysis.bits import bits_differ
+    from subnetviz.checkpoints import read_aligned
+
+    thr = _delta_quantile(builder, fraction, 20_000_000, 0) if 0 < fraction < 1 else (0.0 if fraction >= 1 else None)
+    out = {}
+    for key, _ in builder.params:
+        at = builder.aligned[key]
+        a, b = read_aligned(builder.ck_base, at, 0), read_aligned(builder.ck_ft, at, 1)
+        diff = bits_differ(a, b)
+        out[at.names[0]] = diff & ((b.float() - a.float()).abs() >= thr) if thr is not None else torch.zeros_like(diff)
+    return out
+
+
+def update_masks(builder: ModelBuilder) -> dict[str, torch.Tensor]:
+    """This finetune's exact update mask (stored bits differ), keyed by the base's tensor names."""
+    return top_delta_masks(builder, 1.0)
+
+
+def mask_source(spec: str):
+    """A ``--mask`` value: a mask file, ``update`` (each finetune's own update mask) or ``topk:F`` (each
+    finetune's top fraction F of changed entries by |Δ|)."""
+    from subnetviz.masks import load_mask_set
+
+    if spec == "update":
+        return update_masks
+    if spec.startswith("topk:"):
+        try:
+            frac = float(spec[5:])
+        except ValueError:
+            frac = -1.0
+        if not 0 < frac <= 1:
+            raise ConfigError(f"mask {spec!r}: topk:F needs a fraction F in (0, 1], e.g. topk:0.1.")
+        return lambda b: top_delta_masks(b, frac)
+    return load_mask_set(spec).masks
+
+
 def random_order_selector(fraction: float, seed: int) -> Selector:
     """Revert each changed entry with probability ``fraction`` (nested across fractions: one draw per entry)."""
 
@@ -339,11 +387,11 @@ def behavior(
 
     plan: list[tuple[str, str, str, Callable[[ModelBuilder], Selector | None]]] = [("finetuned", "", "", lambda b: None)]
     for name, ms in masks.items():
-        plan += [(f"{name}/inside", name, "inside", lambda b, ms=ms: mask_selector(ms, True)),
-                 (f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(ms, False))]  # fmt: skip
+        plan += [(f"{name}/inside", name, "inside", lambda b, ms=ms: mask_selector(b.resolve(ms), True)),
+                 (f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(b.resolve(ms), False))]  # fmt: skip
         if random_control:
             plan += [(f"random({name})/inside", f"random({name})", "inside",
-                      lambda b, ms=ms: random_selector(ms, seed))]  # fmt: skip
+                      lambda b, ms=ms: random_selector(b.resolve(ms), seed))]  # fmt: skip
     for f in curve or ():
         plan += [(f"curve abs_delta {f:g}", "curve:abs_delta", f"{f:g}", lambda b, f=f: abs_delta_selector(b, f)),
                  (f"curve random {f:g}", "curve:random", f"{f:g}", lambda b, f=f: random_order_selector(f, seed))]
@@ -354,7 +402,8 @@ def behavior(
     for label, ft in zip(labels, finetuned, strict=True):
         builder = ModelBuilder(str(base), str(ft), dev)
         for name, ms in masks.items():
-            _check_mask_names(ms, builder, name)
+            if not callable(ms):
+                _check_mask_names(ms, builder, name)
         for experiment, mask, side, make in plan:
             if progress:
                 progress(step, total, f"{label}: {experiment}")
@@ -439,7 +488,9 @@ def validate_config(config: dict) -> None:
         raise ConfigError(f"behavior config: unknown key(s) {unknown}.{suggest(unknown[0], CONFIG_KEYS)}")
     if not config.get("base") or not config.get("finetuned"):
         raise ConfigError("behavior config needs 'base' and a non-empty 'finetuned' list.")
-    for f in [config["base"], *config["finetuned"], *(config.get("masks") or {}).values()]:
+    specials = [m for m in (config.get("masks") or {}).values() if m == "update" or str(m).startswith("topk:")]
+    for f in [config["base"], *config["finetuned"], *(m for m in (config.get("masks") or {}).values()
+                                                      if m not in specials)]:  # fmt: skip
         if not Path(f).exists():
             raise ConfigError(f"behavior config: {f} does not exist.")
     curve = config.get("curve") or []
@@ -449,14 +500,13 @@ def validate_config(config: dict) -> None:
 
 def run_config(config: dict, progress: ProgressFn | None = None) -> BehaviorReport:
     """:func:`behavior` for a config dict (prompts: a JSONL path, a list of them, or the zoo's eval sets)."""
-    from subnetviz.masks import load_mask_set
 
     validate_config(config)
     files = config.get("prompts") or zoo_prompt_files()
     files = [files] if isinstance(files, str | os.PathLike) else files
     limit = config.get("limit")
     prompts = [p for f in files for p in read_prompts(f, limit)]
-    masks = {name: load_mask_set(path).masks for name, path in (config.get("masks") or {}).items()}
+    masks = {name: mask_source(spec) for name, spec in (config.get("masks") or {}).items()}
     curve = config.get("curve", CURVE_POINTS)
     return behavior(config["base"], config["finetuned"], prompts, labels=config.get("labels"), masks=masks,
                     random_control=config.get("random_control", True), curve=curve or None,
@@ -480,7 +530,7 @@ def cached_behavior(config: dict, progress: ProgressFn | None = None,
     fps = [open_checkpoint(p).fingerprint for p in [config["base"], *config["finetuned"]]]
     files = config.get("prompts") or [str(p) for p in zoo_prompt_files()]
     stamps = [_cache.file_stamp(f) for f in ([files] if isinstance(files, str) else files)]
-    masks = [_cache.file_stamp(p) for p in (config.get("masks") or {}).values()]
+    masks = [_cache.file_stamp(p) for p in (config.get("masks") or {}).values() if Path(p).exists()]
     key = _cache.cache_key("behavior", BEHAVIOR_VERSION, fps=fps, prompts=stamps, masks=masks,
                            config={k: v for k, v in config.items() if k != "name"})  # fmt: skip
     ent = _cache.entry("behavior", key, root=cache_root)
