@@ -173,11 +173,15 @@ def test_unknown_quantization_method_is_one_line(fp8_base, tmp_path):
 
 
 @pytest.mark.parametrize("how", ["block", "channel", "tensor", "mixed"])
-def test_candidate_pass_equals_the_whole_dequantised_pass(how):
-    """The float pass over changed codes/scales only gives what compare_pair gives on the whole
-    dequantised tensors: counts, tolerances, relative rule, max |Δ|, row/column counts and mask."""
+def test_banded_pass_equals_the_whole_dequantised_pass(how, monkeypatch):
+    """Dequantising and comparing in row bands (three here, ragged last one) gives what compare_pair
+    gives on the whole dequantised tensors: counts, tolerances, relative rule, max |Δ|, row/column
+    counts and mask, for block, per-channel, per-tensor and mixed scale layouts."""
+    from subnetviz.analysis import quant
     from subnetviz.analysis.quant import compare_quantized, dequantize
     from subnetviz.analysis.sparsity import SparsityOptions, compare_pair
+
+    monkeypatch.setattr(quant, "_BAND_ELEMENTS", 16 * 24)  # 16-row bands of a 40-row tensor
 
     g = torch.Generator().manual_seed(3)
     m, n, blk = 40, 24, (16, 8)

@@ -146,13 +146,13 @@ class MergedAdapter(Checkpoint):
         ka, kb, emb = self.pairs[name]
         a = self._adapter[ka].to(device, torch.float32)  # (r, in) or, for embeddings, (r, vocab)
         b = self._adapter[kb].to(device, torch.float32)  # (out, r) or (dim, r)
-        delta = (b @ a) * self._scale(name, a.shape[0])
+        delta = (b @ a).mul_(self._scale(name, a.shape[0]))  # in place: one float32 temporary per tensor
         if emb or self.adapter_config.get("fan_in_fan_out"):
             delta = delta.T
         if tuple(delta.shape) != tuple(w.shape):
             raise CheckpointError(f"{self.spec}: LoRA update of {name!r} has shape {tuple(delta.shape)}, the base "
                                   f"weight {tuple(w.shape)}.")  # fmt: skip
-        return (w.to(torch.float32) + delta).to(w.dtype)
+        return delta.add_(w).to(w.dtype)  # w + Δ in float32 (w is exact in it), rounded once
 
     @cached_property
     def fingerprint(self) -> str:
