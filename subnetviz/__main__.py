@@ -308,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--labels", nargs="+", help="a name per finetuned checkpoint")
     a.add_argument("--tolerances", nargs="+", type=float, help="absolute tolerances (default 1e-8 1e-7 1e-6 1e-5 1e-4)")
     a.add_argument("--eta", type=float, default=1e-3, help="relative rule |Δ| <= eta·max(|w|,|w'|) (default 1e-3)")
-    a.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="cast both sides before comparing")
+    a.add_argument("--precision", choices=["bf16", "fp16", "fp32"],
+                   help="cast both sides to this dtype before comparing (default: each tensor in its stored dtype; "
+                        "a pair stored in two dtypes is compared at the finetune's, the base rounded to nearest even, "
+                        "with a note)")  # fmt: skip
     a.add_argument("--mask-tolerance", type=float, help="save update masks at this tolerance (default: exact)")
     a.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     a.add_argument("--spectra", action=argparse.BooleanOptionalAction, default=True, help="ranks/spectra of 2-D updates")

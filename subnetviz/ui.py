@@ -230,8 +230,10 @@ def workspace_sidebar() -> Workspace:
                                     "or uploads.")  # fmt: skip
         with st.expander("Compute", expanded=False):
             prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", bind="query-params",
-                                help="'stored' compares each tensor in its stored dtype (bitwise). bf16/fp32 cast "
-                                     "both sides first (RL's Razor / PNT precision effect).")  # fmt: skip
+                                help="'stored' compares each tensor in its stored dtype (bitwise); a pair stored in "
+                                     "two dtypes (fp16 base, bf16 finetune) at the finetune's, the base rounded to "
+                                     "nearest even, with a note. bf16/fp32 cast both sides first (RL's Razor / PNT "
+                                     "precision effect).")  # fmt: skip
             devices = ["auto", "cpu"] + (["cuda"] if _cuda() else [])
             device = st.selectbox("Device", devices, key="device", bind="query-params")
         st.caption("Reads only under the allowed roots: " + ", ".join(plain(r.name) for r in config.allowed_roots()))
