@@ -490,3 +490,27 @@ def test_rank_heatmap_takes_spectrum_table_columns_with_nullable_ints():
     np.testing.assert_allclose(tr.z, [[75, np.nan]])
     np.testing.assert_allclose(tr.customdata[0, 0], [3, 4, 100])
     assert np.isnan(tr.customdata[0, 1, 0]) and "random baseline" in tr.hovertemplate
+
+
+def test_spectrum_curves_threshold_line_and_one_legend_entry_per_matrix():
+    sig = pd.DataFrame({"name": ["a"] * 4 + ["b"] * 4, "index": [1, 2] * 4,
+                        "sigma": [4.0, 1.0, 3.0, 2.0, 8.0, 1.0, 6.0, 2.0],
+                        "kind": ["update", "update", "random", "random"] * 2})  # fmt: skip
+    shapes = pd.DataFrame({"name": ["a", "b"], "rows": [10, 3], "cols": [5, 30]})
+    tol = F.rank_thresholds(sig, shapes)
+    eps = float(np.finfo(np.float32).eps)
+    assert tol == pytest.approx({"a": 4.0 * 10 * eps, "b": 8.0 * 30 * eps})  # σ₁ of the update, not of the baseline
+    fig = F.spectrum_curves(sig, thresholds=tol)
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["a", "b"]
+    dotted = [t for t in fig.data if t.line.dash == "dot"]
+    assert [tuple(t.y) for t in dotted] == [(tol["a"],) * 2, (tol["b"],) * 2]
+    assert fig.layout.legend.orientation == "h"  # under the plot, not over the curves
+
+
+def test_rank_measure_heatmap_is_percent_of_min_dim():
+    df = pd.DataFrame({"layer": [0, 0], "module": ["q", "up"], "rows": [10, 40], "cols": [10, 20],
+                       "effective_rank_99": [5, 10], "stable_rank": [2.5, 1.0]})  # fmt: skip
+    z = np.asarray(F.rank_measure_heatmap(df).data[0].z, dtype=float)
+    assert list(z[0]) == pytest.approx([50.0, 50.0])
+    st = F.rank_measure_heatmap(df, "stable_rank", zrange=F.measure_range(df, "stable_rank")).data[0]
+    assert list(np.asarray(st.z, dtype=float)[0]) == pytest.approx([25.0, 5.0]) and (st.zmin, st.zmax) == (0.0, 25.0)

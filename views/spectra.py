@@ -59,38 +59,50 @@ def updates(ws) -> None:
     ui.need(len(spec) > 0, "No 2-D update matrices to analyse.")
     meta = analysis.reports[0].tensors[["key", "layer", "module"]].rename(columns={"key": "name"})
     spec = spec.merge(meta, on="name", how="left")
+    spec = spec[~spec["skipped"].astype(bool)]
     models = list(analysis.labels)
-    c1, c2, c3 = st.columns(3)
-    model = c1.selectbox("Model", models, key="spec_model", bind="query-params")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    chosen = c1.multiselect("Models", models, default=models[:1], key="spec_models", bind="query-params")
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
     layer_opts = ["all"] + [str(v) for v in layers]
     layer = c2.selectbox("Layer", layer_opts, index=1 if len(layer_opts) > 1 else 0, key="spec_layer",
                          bind="query-params")  # fmt: skip
     mods = [m for m in spec["module"].dropna().unique()]
     module = c3.selectbox("Module", ["all", *mods], key="spec_module", bind="query-params")
-    sel = spec[(spec["model"] == model) & ~spec["skipped"].astype(bool)]
+    ui.need(bool(chosen), "Pick at least one model.")
+    sel = spec[spec["model"].isin(chosen)]
     if layer != "all":
         sel = sel[sel["layer"] == int(layer)]
     if module != "all":
         sel = sel[sel["module"] == module]
     sig = analysis.sigmas()
-    sig = sig[(sig["model"] == model) & sig["name"].isin(sel["name"])]
-    ui.chart(figures.spectrum_curves(sig), key="spectra")
-    a, b = st.columns(2)
-    grid = spec[(spec["model"] == model) & spec["layer"].notna() & ~spec["skipped"].astype(bool)]
-    grid = grid.assign(layer=grid["layer"].astype(int), min_dim=grid[["rows", "cols"]].min(axis=1),
-                       rank_frac_random=grid["baseline_rank_frac"])  # fmt: skip
-    with a:
-        ui.chart(figures.rank_heatmap(grid, title=f"{model}: update rank / min(m, n)"),
-                 key="rank-heat")  # fmt: skip
-    with b:
-        ui.chart(figures.rank_heatmap(grid.assign(rank_frac=grid["baseline_rank_frac"], rank=grid["baseline_rank"]),
-                                      title=f"{model}: random-sparse baseline rank / min(m, n)"), key="rank-random")  # fmt: skip
+    sig = sig[sig["model"].isin(chosen)].merge(sel[["model", "name"]], on=["model", "name"])
+    sig = sig.assign(name=sig["model"] + " · " + sig["name"].str.removeprefix("model.")) if len(chosen) > 1 else sig
+    shapes = sel.assign(name=sel["model"] + " · " + sel["name"].str.removeprefix("model.")) if len(chosen) > 1 else sel
+    ui.chart(figures.spectrum_curves(sig, thresholds=figures.rank_thresholds(sig, shapes)), key="spectra")
+    grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
+    grid = grid.assign(layer=grid["layer"].astype(int))
+    below = grid[grid["rank"] < grid[["rows", "cols"]].min(axis=1)]
+    st.caption(f"Numerical rank: {len(grid) - len(below):,} of {len(grid):,} layer matrices are full-rank (as a random "
+               "sparse matrix of the same density is), so rank alone says little; effective and stable rank below show "
+               "how the update's energy is spread." + (f" Below full rank: {', '.join(below['model'] + ' · ' + below['name'])}."
+                                                       if len(below) else ""))  # fmt: skip
+    keys = []
+    for model in chosen:
+        one = grid[grid["model"] == model]
+        a, b = st.columns(2)
+        with a:
+            ui.chart(figures.rank_measure_heatmap(one, "effective_rank_99", title=f"{model}: effective rank (99 % of Σσ²) "
+                                                  "/ min(m, n)"), key=f"eff-{model}")  # fmt: skip
+        with b:
+            ui.chart(figures.rank_measure_heatmap(one, "stable_rank", title=f"{model}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
+                                                  zrange=figures.measure_range(grid, "stable_rank")), key=f"stable-{model}")  # fmt: skip
+        keys += [f"eff-{model}", f"stable-{model}"]
     cols = ["model", "name", "layer", "module", "rows", "cols", "density", "rank", "rank_frac", "baseline_rank",
             "baseline_rank_frac", "effective_rank_99", "stable_rank", "method", "skipped", "note"]
     ui.table(spec[[c for c in cols if c in spec.columns]], "spectra-table", "Rank, effective rank and stable rank")
-    ui.export_button("Spectra", {"base": ws.base, "model": model, "layer": layer, "module": module},
-                     ["spectra", "rank-heat", "rank-random"], ["spectra-table"])
+    ui.export_button("Spectra", {"base": ws.base, "models": chosen, "layer": layer, "module": module},
+                     ["spectra", *keys], ["spectra-table"])
 
 
 ui.run_page(body)
