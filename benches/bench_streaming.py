@@ -43,9 +43,15 @@ HIDDEN, INTER, HEADS, KV_HEADS, VOCAB = 896, 4864, 14, 2, 151936
 CHANGED = 0.30
 
 
-def qwen_shapes(layers: int) -> dict[str, tuple[int, ...]]:
-    """Qwen2.5-0.5B tensor names and shapes (tied head: no lm_head), in checkpoint order."""
-    kv = HIDDEN // HEADS * KV_HEADS
+QWEN_05B = {"hidden": HIDDEN, "inter": INTER, "heads": HEADS, "kv_heads": KV_HEADS, "vocab": VOCAB}
+
+
+def qwen_shapes(layers: int, dims: dict | None = None) -> dict[str, tuple[int, ...]]:
+    """Qwen2.5 tensor names and shapes (tied head: no lm_head), in checkpoint order; ``dims``
+    (hidden, inter, heads, kv_heads, vocab) default to Qwen2.5-0.5B's."""
+    d = {**QWEN_05B, **(dims or {})}
+    HIDDEN, INTER, VOCAB = d["hidden"], d["inter"], d["vocab"]  # noqa: N806 (the module constants' names)
+    kv = HIDDEN // d["heads"] * d["kv_heads"]
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
     for i in range(layers):
         p = f"model.layers.{i}."
@@ -64,12 +70,14 @@ def qwen_shapes(layers: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def write_pair(folder: Path, layers: int, seed: int = 0, changed_share: float = CHANGED) -> tuple[Path, Path, int, int]:
+def write_pair(folder: Path, layers: int, seed: int = 0, changed_share: float = CHANGED,
+               dims: dict | None = None) -> tuple[Path, Path, int, int]:  # fmt: skip
     """Stream both checkpoints to disk; returns (base, ft, number of changed entries, params)."""
     import torch
     from transformers import Qwen2Config
 
-    shapes = qwen_shapes(layers)
+    shapes = qwen_shapes(layers, dims)
+    d = {**QWEN_05B, **(dims or {})}
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in shapes.items():
         n = 2 * int(torch.Size(shape).numel())
@@ -77,8 +85,8 @@ def write_pair(folder: Path, layers: int, seed: int = 0, changed_share: float = 
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    cfg = Qwen2Config(hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=layers,
-                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, vocab_size=VOCAB,
+    cfg = Qwen2Config(hidden_size=d["hidden"], intermediate_size=d["inter"], num_hidden_layers=layers,
+                      num_attention_heads=d["heads"], num_key_value_heads=d["kv_heads"], vocab_size=d["vocab"],
                       tie_word_embeddings=True, max_position_embeddings=32768, dtype="bfloat16")  # fmt: skip
     paths = [folder / "base", folder / "ft"]
     gen = torch.Generator().manual_seed(seed)

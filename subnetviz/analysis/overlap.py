@@ -20,8 +20,9 @@ Ratios with a zero denominator are NaN.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,10 +51,20 @@ _PAIR_COLUMNS = [
 ]
 
 
+@functools.lru_cache(maxsize=4)
 def _membership(n_masks: int) -> np.ndarray:
-    """(2**N, N) int64: bit k of each region code."""
+    """(2**N, N) int64: bit k of each region code (cached: read-only)."""
     codes = np.arange(2**n_masks, dtype=np.int64)
-    return (codes[:, None] >> np.arange(n_masks, dtype=np.int64)) & 1
+    bits = (codes[:, None] >> np.arange(n_masks, dtype=np.int64)) & 1
+    bits.flags.writeable = False
+    return bits
+
+
+@functools.lru_cache(maxsize=4)
+def _membership_f64(n_masks: int) -> np.ndarray:
+    bits = _membership(n_masks).astype(np.float64)
+    bits.flags.writeable = False
+    return bits
 
 
 def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
@@ -66,8 +77,15 @@ def _pairwise(counts: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
     """Pairwise rows (a < b) from one region-count vector of length 2**N."""
     bits = _membership(len(labels))
     numel = int(counts.sum())
-    sizes = bits.T @ counts  # (N,)
-    inter = (bits * counts[:, None]).T @ bits  # (N, N), exact int64
+    # sizes (N,) and intersections (N, N) as float64 BLAS products, exact while the total is below
+    # 2**53 (NumPy's int64 matmul has no BLAS: ~0.4 s per group at N = 16)
+    if numel < 2**53:
+        fbits = _membership_f64(len(labels))
+        weighted = fbits.T * counts.astype(np.float64)
+        sizes = np.rint(weighted.sum(1)).astype(np.int64)
+        inter = np.rint(weighted @ fbits).astype(np.int64)
+    else:
+        sizes, inter = bits.T @ counts, (bits * counts[:, None]).T @ bits
     rows = []
     for i in range(len(labels)):
         for j in range(i + 1, len(labels)):
@@ -162,14 +180,15 @@ def _validate(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -
     names = list(sets[0])
     reference = set(names)
     for label, masks in zip(labels[1:], sets[1:], strict=True):
-        for name in masks:
+        present = set(masks)  # a Mapping's own `in` may fetch (unpack) the tensor
+        for name in present:
             if name not in reference:
                 raise MaskError(
                     f"mask {label!r} has tensor {name!r} that mask {labels[0]!r} lacks; all masks must cover the "
                     f"same tensors.{suggest(name, reference)}"
                 )
         for name in names:
-            if name not in masks:
+            if name not in present:
                 raise MaskError(
                     f"mask {label!r} lacks tensor {name!r} that mask {labels[0]!r} has; all masks must cover the "
                     f"same tensors.{suggest(name, masks)}"
@@ -206,21 +225,27 @@ def _member_bits(masks: Mapping, name: str) -> np.ndarray:
     return masks[name].detach().reshape(-1).cpu().numpy().view(np.uint8)
 
 
-def _region_counts(bits: Sequence[np.ndarray]) -> np.ndarray:
+def _region_counts(bits: Iterable[np.ndarray], n_masks: int) -> np.ndarray:
     """(2**N,) int64 exclusive counts of one tensor's membership codes ``Σ_k bits_k << k``.
 
-    ``bits``: N arrays (numel,) uint8 0/1. Two in-place NumPy passes per mask (shift into a
-    scratch array, or into the code: uint8 codes up to 8 masks, int32 beyond) and one
-    ``torch.bincount`` per tensor (~3x NumPy's on one thread), so the cost is ∝ numel × N.
+    ``bits``: N arrays (numel,) uint8 0/1, consumed one at a time (a generator unpacks each
+    mask only when its turn comes, so one unpacked mask is alive, not N). Two in-place uint8 NumPy passes per mask (shift into
+    a scratch array, or into the code of its group of 8 masks), for N > 8 one int32 merge of the
+    two codes, and one ``torch.bincount`` per tensor (~3x NumPy's on one thread): cost ∝ numel × N.
     """
-    n_masks = len(bits)
-    wide = np.uint8 if n_masks <= 8 else np.int32
-    code = bits[0].astype(wide)
-    scratch = np.empty_like(code)
-    for k, b in enumerate(bits[1:], start=1):
-        np.left_shift(b, k, out=scratch, dtype=wide)
-        np.bitwise_or(code, scratch, out=code)
-    return torch.bincount(torch.from_numpy(code), minlength=2**n_masks).numpy().astype(np.int64)
+    codes: list[np.ndarray] = []  # one uint8 code per 8 masks (uint8 shifts are the fast NumPy loops)
+    scratch = None
+    for k, b in enumerate(bits):
+        if k % 8 == 0:
+            codes.append(b.copy())
+            scratch = np.empty_like(b) if scratch is None else scratch
+        else:
+            np.left_shift(b, k % 8, out=scratch)
+            np.bitwise_or(codes[-1], scratch, out=codes[-1])
+        del b
+    codes = [torch.from_numpy(c) for c in codes]
+    code = codes[0] if n_masks <= 8 else codes[0].to(torch.int32) | (codes[1].to(torch.int32) << 8)
+    return torch.bincount(code, minlength=2**n_masks).numpy().astype(np.int64)
 
 
 def mask_overlap(
@@ -250,7 +275,7 @@ def mask_overlap(
     counts: dict[Hashable, np.ndarray] = {}
     for name in names:
         group = group_of(name)
-        region = _region_counts([_member_bits(s, name) for s in sets])
+        region = _region_counts((_member_bits(s, name) for s in sets), n_masks)
         counts[group] = counts[group] + region if group in counts else region
     if not counts:
         raise MaskError("the mask sets hold no tensors; nothing to compare.")

@@ -1,0 +1,289 @@
+"""Benchmark: do the analysis costs grow linearly? (issue 15; one thread, ratios in one run)
+
+1. **Model size.** The full default analysis (``analyze_updates``, spectra off) and its floor
+   (read both files, ``count_nonzero`` of the integer views) on Qwen2.5-shaped bf16 pairs at
+   30 % changed: 0.1B (SmolLM-135M dims: hidden 576, 30 layers, vocab 49152), 0.5B (Qwen2.5-0.5B)
+   and 1.5B (Qwen2.5-1.5B: hidden 1536, 28 layers). Time per parameter should be constant within
+   20 % (each size in its own process, (floor) and (analysis) alternated).
+2. **N masks.** ``mask_overlap`` of N = 2, 4, 8, 16 random update masks over the 0.5B shapes,
+   held bit-packed as ``analyze_updates`` holds them (unpacked one tensor at a time): time per
+   mask per parameter should be constant within 30 %.
+3. **Series.** ``checkpoint_series`` over 16 checkpoints of the ``--series-size`` shape (default
+   0.1B, so the 16 files stay in the page cache of this 23 GB machine: say so when quoting it)
+   against reading the same 16 checkpoints once each (``safe_open``, every tensor): goal ≤ 1.2×.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_scaling            # ~10 GB of temp files, ~8 min
+    OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_scaling --skip-sizes 1.5B --series-size 0.1B
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benches.bench_streaming import QWEN_05B, qwen_shapes, write_pair  # noqa: E402
+
+SIZES = {
+    "0.1B": (30, {"hidden": 576, "inter": 1536, "heads": 9, "kv_heads": 3, "vocab": 49152}),
+    "0.5B": (24, QWEN_05B),
+    "1.5B": (28, {"hidden": 1536, "inter": 8960, "heads": 12, "kv_heads": 2, "vocab": 151936}),
+}
+N_MASKS = (2, 4, 8, 16)
+SERIES = 16
+
+
+# --- children: each measured phase in a fresh interpreter ------------------------------------------
+def phase_floor(paths: list[str]) -> dict:
+    import torch
+    from safetensors import safe_open
+
+    count = 0
+    with safe_open(f"{paths[0]}/model.safetensors", "pt") as fa, safe_open(f"{paths[1]}/model.safetensors", "pt") as fb:
+        for name in fa.keys():
+            x, y = fa.get_tensor(name), fb.get_tensor(name)
+            count += int(torch.count_nonzero(x.view(torch.int16) != y.view(torch.int16)))
+    return {"changed": count}
+
+
+def phase_analysis(paths: list[str]) -> dict:
+    from subnetviz.analysis.updates import SpectraOptions, analyze_updates
+
+    an = analyze_updates(paths[0], paths[1:], spectra=SpectraOptions(enabled=False))
+    return {"changed": an.reports[0].changed}
+
+
+def phase_read_all(paths: list[str]) -> dict:
+    """Read every tensor of every checkpoint once (the floor of any series analysis)."""
+    from safetensors import safe_open
+
+    n = 0
+    for p in paths:
+        with safe_open(f"{p}/model.safetensors", "pt") as f:
+            for name in f.keys():
+                n += f.get_tensor(name).numel()
+    return {"numel": n}
+
+
+def phase_series(paths: list[str]) -> dict:
+    from subnetviz.analysis.series import checkpoint_series
+
+    res = checkpoint_series(paths)
+    return {"numel": res.numel, "final": int(res.split["count"].iloc[-1])}
+
+
+PHASES = {"floor": phase_floor, "analysis": phase_analysis, "read_all": phase_read_all, "series": phase_series}
+
+
+def run_child(phase: str, paths: list) -> dict:
+    cmd = [sys.executable, "-m", "benches.bench_scaling", "--phase", phase, "--paths", json.dumps([str(p) for p in paths])]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_main(phase: str, paths: list[str]) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    import subnetviz.analysis.series  # noqa: F401  (imports before the clock, as the floors import theirs)
+    import subnetviz.analysis.updates  # noqa: F401
+
+    t0 = time.perf_counter()
+    result = PHASES[phase](paths)
+    result["seconds"] = time.perf_counter() - t0
+    print(json.dumps(result))
+
+
+def alternate(phases: tuple[str, ...], paths: list, repeat: int) -> dict[str, dict]:
+    """Best of ``repeat`` per phase, the phases alternated so a noisy neighbour slows each alike."""
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        for ph in phases:
+            r = run_child(ph, paths)
+            if ph not in best or r["seconds"] < best[ph]["seconds"]:
+                best[ph] = r
+    return best
+
+
+# --- 1. model size -----------------------------------------------------------------------------------
+def sizes_part(names: list[str], parent: Path, repeat: int) -> None:
+    print("\n== 1. analysis time per parameter by model size (bf16 pair, 30 % changed, 1 thread)")
+    rows = []
+    for name in names:
+        layers, dims = SIZES[name]
+        work = Path(tempfile.mkdtemp(prefix=f"bench-scaling-{name}-", dir=parent))
+        try:
+            base, ft, planted, params = write_pair(work, layers, dims=dims)
+            r = alternate(("floor", "analysis"), [base, ft], repeat)
+            assert r["floor"]["changed"] == r["analysis"]["changed"] == planted, (name, r, planted)
+            rows.append((name, params, r["floor"]["seconds"], r["analysis"]["seconds"]))
+            print(f"  {name}: {params:,} params, floor {r['floor']['seconds']:.2f} s, "
+                  f"analysis {r['analysis']['seconds']:.2f} s")  # fmt: skip
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    ref = next((r for r in rows if r[0] == "0.5B"), rows[0])
+    ref_ns = ref[3] / ref[1] * 1e9
+    print(f"\n{'size':>6} {'params':>14} {'floor s':>8} {'analysis s':>10} {'ns/param':>9} {'floor ns/p':>10} "
+          f"{'ratio':>6} {'vs ' + ref[0]:>8}")  # fmt: skip
+    for name, params, fl, an in rows:
+        ns = an / params * 1e9
+        print(f"{name:>6} {params:14,d} {fl:8.2f} {an:10.2f} {ns:9.2f} {fl / params * 1e9:10.2f} {an / fl:6.2f} "
+              f"{ns / ref_ns:8.2f}")  # fmt: skip
+    spread = max(an / p for _, p, _, an in rows) / min(an / p for _, p, _, an in rows)
+    print(f"time per parameter: max/min = {spread:.2f}   goal <= 1.20   {'OK' if spread <= 1.2 else 'MISSED'}")
+
+
+# --- 2. N masks ----------------------------------------------------------------------------------------
+class RandomPackedMasks(Mapping):
+    """name -> bool mask of the 0.5B shapes, random (density 1/2), held bit-packed like
+    :class:`subnetviz.masks.PackedMasks` and unpacked on access."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], seed: int):
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        self.shapes = shapes
+        self.bits = {n: rng.integers(0, 256, (int(np.prod(s)) + 7) // 8, dtype=np.uint8) for n, s in shapes.items()}
+
+    def __getitem__(self, name: str):
+        import numpy as np
+        import torch
+
+        n = int(np.prod(self.shapes[name]))
+        return torch.from_numpy(np.unpackbits(self.bits[name], count=n).astype(bool).reshape(self.shapes[name]))
+
+    def packed(self, name: str):
+        return self.bits[name], self.shapes[name]
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def overlap_part(repeat: int) -> None:
+    from subnetviz.analysis.overlap import mask_overlap
+
+    layers, dims = SIZES["0.5B"]
+    shapes = qwen_shapes(layers, dims)
+    numel = sum(math.prod(s) for s in shapes.values())
+    print(f"\n== 2. overlap of N masks over the 0.5B shapes ({numel:,} params, bit-packed masks, 1 thread)")
+    sets = [RandomPackedMasks(shapes, seed=k) for k in range(max(N_MASKS))]
+    rows = []
+    for n in N_MASKS:
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            rep = mask_overlap(sets[:n], [f"m{k}" for k in range(n)])
+            best = min(best, time.perf_counter() - t0)
+        assert rep.numel == numel
+        rows.append((n, best))
+    ref = rows[0][1] / rows[0][0]
+    print(f"{'N':>4} {'seconds':>8} {'ns/mask/param':>14} {'vs N=2':>7}")
+    for n, t in rows:
+        print(f"{n:4d} {t:8.2f} {t / n / numel * 1e9:14.3f} {t / n / ref:7.2f}")
+    spread = max(t / n for n, t in rows) / min(t / n for n, t in rows)
+    print(f"time per mask per parameter: max/min = {spread:.2f}   goal <= 1.30   {'OK' if spread <= 1.3 else 'MISSED'}")
+
+
+# --- 3. series -----------------------------------------------------------------------------------------
+def write_series(folder: Path, size: str, count: int, seed: int = 0) -> list[Path]:
+    """``count`` checkpoints: a base, then each step moves ~10 % of the entries by 1 ULP and puts
+    ~2 % back to the base's bits (cancelling out)."""
+    import torch
+    from transformers import Qwen2Config
+
+    layers, dims = SIZES[size]
+    shapes = qwen_shapes(layers, dims)
+    d = {**QWEN_05B, **dims}
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in shapes.items():
+        n = 2 * int(torch.Size(shape).numel())
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    cfg = Qwen2Config(hidden_size=d["hidden"], intermediate_size=d["inter"], num_hidden_layers=layers,
+                      num_attention_heads=d["heads"], num_key_value_heads=d["kv_heads"], vocab_size=d["vocab"],
+                      tie_word_embeddings=True, dtype="bfloat16")  # fmt: skip
+    paths = [folder / f"step{i:02d}" for i in range(count)]
+    handles = []
+    for p in paths:
+        p.mkdir(parents=True)
+        cfg.save_pretrained(p)
+        fh = open(p / "model.safetensors", "wb")  # noqa: SIM115 (count files written in lockstep)
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        handles.append(fh)
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        for shape in shapes.values():
+            first = (0.02 * torch.randn(shape, generator=gen)).to(torch.bfloat16).view(torch.int16)
+            cur = first
+            for fh in handles:
+                fh.write(cur.numpy().tobytes())
+                move = torch.rand(shape, generator=gen)
+                cur = torch.where(move < 0.1, cur + 1, torch.where(move > 0.98, first, cur))
+    finally:
+        for fh in handles:
+            fh.close()
+    return paths
+
+
+def series_part(size: str, parent: Path, repeat: int) -> None:
+    print(f"\n== 3. checkpoint series of {SERIES} {size}-shaped checkpoints vs reading them once each (1 thread)")
+    work = Path(tempfile.mkdtemp(prefix="bench-scaling-series-", dir=parent))
+    try:
+        paths = write_series(work, size, SERIES)
+        r = alternate(("read_all", "series"), paths, repeat)
+        assert r["read_all"]["numel"] == r["series"]["numel"] * SERIES
+        rd, se = r["read_all"]["seconds"], r["series"]["seconds"]
+        print(f"{'16 single reads s':>18} {'series s':>9} {'ratio':>6}")
+        print(f"{rd:18.2f} {se:9.2f} {se / rd:6.2f}   goal <= 1.20   {'OK' if se <= 1.2 * rd else 'MISSED'}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--skip-sizes", default="", help="comma-separated sizes to leave out of part 1 (e.g. 1.5B)")
+    ap.add_argument("--series-size", default="0.1B", choices=sorted(SIZES))
+    ap.add_argument("--parts", default="1,2,3")
+    ap.add_argument("--dir", help="where to write the checkpoints (default: the temp dir; deleted at the end)")
+    ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    ap.add_argument("--paths", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        return child_main(args.phase, json.loads(args.paths))
+
+    import torch
+
+    torch.set_num_threads(1)
+    parent = Path(args.dir) if args.dir else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    parts = set(args.parts.split(","))
+    t0 = time.perf_counter()
+    if "1" in parts:
+        skip = {s for s in args.skip_sizes.split(",") if s}
+        sizes_part([s for s in SIZES if s not in skip], parent, args.repeat)
+    if "2" in parts:
+        overlap_part(args.repeat)
+    if "3" in parts:
+        series_part(args.series_size, parent, args.repeat)
+    print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
