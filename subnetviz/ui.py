@@ -26,6 +26,7 @@ from subnetviz.selection import PRECISIONS, Workspace, label_of, resolve_choice,
 
 # --- untrusted text ----------------------------------------------------------------------------------
 _MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
+_AUTOLINK = re.compile(r"(?i)[a-z0-9+.-]:|www\.|[^\s]@")
 
 
 def plain(text: object) -> str:
@@ -36,7 +37,11 @@ def plain(text: object) -> str:
     (CommonMark), so ``[x](http://…)`` is no link, ``![i](…)`` fetches nothing, ``$…$`` is no formula,
     ``:material/…:`` no icon and ``<b>`` no HTML; server paths are shown relative to their root.
     """
-    return _MD_PUNCT.sub(r"\\\1", config.redact(str(text)))
+    text = config.redact(str(text))
+    # Streamlit's Markdown (remark-gfm) also links bare URLs and e-mail addresses found in the *decoded*
+    # text, escapes or not: a zero-width space after a scheme, inside "www." and before "@" breaks those.
+    text = _AUTOLINK.sub(lambda m: m.group(0)[:-1] + "\u200b" + m.group(0)[-1], text)
+    return _MD_PUNCT.sub(r"\\\1", text)
 
 
 def error(message: object) -> None:

@@ -75,7 +75,7 @@ def test_untrusted_text_is_escaped_for_markdown():
 
     shown = ui.plain("[Session expired — log in](http://evil.example/login)![i](http://evil.example/p.png) $x$ <b>")
     assert "](http" not in shown and "![" not in shown and "$x$" not in shown and "<b>" not in shown
-    assert shown.replace("\\", "") == "[Session expired — log in](http://evil.example/login)![i](http://evil.example/p.png) $x$ <b>"
+    assert shown.replace("\\", "").replace("\u200b", "") == "[Session expired — log in](http://evil.example/login)![i](http://evil.example/p.png) $x$ <b>"
 
 
 def test_closed_server_shows_only_a_login(app_env, monkeypatch):
