@@ -153,7 +153,8 @@ def body() -> None:
     st.title("Training runs")
     st.caption("Runs are OS processes with a run folder and a SQLite registry: they survive closing the tab. "
                "Subnetwork-only runs multiply gradients by the mask and decay only inside it; parameters outside "
-               "stay bit-identical (verified after training).")  # fmt: skip
+               "stay bit-identical (verified after training). Every run also writes TensorBoard events into its run "
+               "folder: open them with `tensorboard --logdir $SUBNETVIZ_HOME/runs`.")  # fmt: skip
     ws = ui.workspace()
     views = {"Launch": launch, "Runs": lambda _ws: runs_view(), "Subnetwork vs full": compare}
     view = st.segmented_control("View", list(views), default="Launch", required=True, key="tr_view",

@@ -105,6 +105,7 @@ def run_job(config: dict, ctx) -> None:
         on_step=on_step,
         should_stop=ctx.should_stop,
         metadata={"model": cfg.model, "corpus": cfg.corpus},
+        tensorboard_dir=Path(ctx.run_dir) / "tensorboard",  # `tensorboard --logdir` on the runs folder
     )
     if result.stopped_by == "cancelled":
         ctx.log("cancelled: no mask written")
