@@ -158,6 +158,21 @@ def test_job_writes_outputs(planted, tmp_path):
     assert (ctx.out_dir / "behavior.json").exists() and (ctx.out_dir / "tokens.csv").exists()
 
 
+def test_update_and_top_delta_masks_come_from_each_finetune(planted):
+    from subnetviz.analysis.behavior import mask_source
+
+    base, ft, masks = planted
+    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=None, random_control=False, device="cpu",
+                   masks={"upd": mask_source("update"), "top": mask_source("topk:0.5")})  # fmt: skip
+    s = rep.summary.set_index("experiment")
+    assert s.loc["upd/inside", "kl_forward"] == 0.0 and s.loc["upd/inside", "fraction_reverted"] == 1.0
+    assert s.loc["upd/outside", "kl_forward"] == s.loc["finetuned", "kl_forward"]
+    assert 0.5 <= s.loc["top/inside", "fraction_reverted"] < 1.0  # ties at the threshold are reverted too
+    with pytest.raises(Exception, match="topk"):
+        mask_source("topk:2")
+
+
+# Last in the module: the app sets SUBNETVIZ_ENFORCE_ROOTS for the rest of the module (app_env restores it).
 @pytest.mark.slow
 def test_behaviour_page_renders(app_env):
     from tests.test_app import decode, open_page, plotly_specs
@@ -172,17 +187,3 @@ def test_behaviour_page_renders(app_env):
     grpo = next(t for t in bars["data"] if t["name"] == "grpo-s0")
     y = dict(zip(grpo["x"], decode(grpo["y"]).tolist(), strict=True))
     assert y["finetuned"] > 0 and y["zoo grpo-s0/inside"] == 0.0, y
-
-
-def test_update_and_top_delta_masks_come_from_each_finetune(planted):
-    from subnetviz.analysis.behavior import mask_source
-
-    base, ft, masks = planted
-    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=None, random_control=False, device="cpu",
-                   masks={"upd": mask_source("update"), "top": mask_source("topk:0.5")})  # fmt: skip
-    s = rep.summary.set_index("experiment")
-    assert s.loc["upd/inside", "kl_forward"] == 0.0 and s.loc["upd/inside", "fraction_reverted"] == 1.0
-    assert s.loc["upd/outside", "kl_forward"] == s.loc["finetuned", "kl_forward"]
-    assert 0.5 <= s.loc["top/inside", "fraction_reverted"] < 1.0  # ties at the threshold are reverted too
-    with pytest.raises(Exception, match="topk"):
-        mask_source("topk:2")
