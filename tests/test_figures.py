@@ -514,3 +514,29 @@ def test_rank_measure_heatmap_is_percent_of_min_dim():
     assert list(z[0]) == pytest.approx([50.0, 50.0])
     st = F.rank_measure_heatmap(df, "stable_rank", zrange=F.measure_range(df, "stable_rank")).data[0]
     assert list(np.asarray(st.z, dtype=float)[0]) == pytest.approx([25.0, 5.0]) and (st.zmin, st.zmax) == (0.0, 25.0)
+
+
+def test_chance_consensus_is_the_poisson_binomial_by_enumeration():
+    import itertools
+
+    p = [0.3, 0.5, 0.9]
+    got = F.chance_consensus(p, 1000)
+    want = np.zeros(4)
+    for bits in itertools.product([0, 1], repeat=3):
+        want[sum(bits)] += np.prod([q if b else 1 - q for q, b in zip(p, bits, strict=True)])
+    assert list(got["k"]) == [0, 1, 2, 3]
+    assert got["chance"].to_numpy() == pytest.approx(1000 * want, rel=1e-12)
+    fig = F.consensus_bars(pd.DataFrame({"k": [0, 1, 2, 3], "count": [10, 20, 30, 40]}), chance=got)
+    marks = [t for t in fig.data if t.type == "scatter"]
+    assert list(marks[0].x) == [1, 2, 3] and list(marks[0].y) == pytest.approx(1000 * want[1:])
+
+
+def test_overlap_layer_heatmap_drops_empty_columns_and_fits_the_ratio_range():
+    df = pd.DataFrame({"layer": [0, 0, 1, 1, 0], "module": ["q", "k", "q", "k", "attn_norm"],
+                       "jaccard": [0.5, 0.4, 0.3, 0.45, np.nan], "jaccard_chance": [0.2, 0.2, 0.2, 0.2, np.nan]})  # fmt: skip
+    tr = F.overlap_layer_heatmap(df).data[0]
+    assert list(tr.x) == ["q", "k"]  # the never-changed norm has no overlap to show: no blank column
+    assert "×2.50" in tr.text[0][0] and "50.0%" in tr.text[0][0]  # value and × chance in each cell
+    r = F.overlap_layer_heatmap(df, view="ratio").data[0]
+    assert r.zmax == pytest.approx(np.log2(2.5)) and r.zmin == pytest.approx(-np.log2(2.5))  # fits the data, ×2.5 top
+    assert "×2.5" in r.colorbar.ticktext and all(abs(t) <= r.zmax + 1e-9 for t in r.colorbar.tickvals)

@@ -14,7 +14,7 @@ def body() -> None:
                "Jaccard = |A∩B|/|A∪B| against pq/(p+q−pq) for independent masks of the same densities.")  # fmt: skip
     ws = ui.workspace()
     c1, c2 = st.columns([1, 3])
-    crit = c1.selectbox("Update masks at", ["exact", "1e-05", "1e-06", "1e-07", "1e-08", "0.0001"], key="ov_crit",
+    crit = c1.selectbox("Update masks at", ["exact", "1e-08", "1e-07", "1e-06", "1e-05", "0.0001"], key="ov_crit",
                         bind="query-params", help="Exact = bitwise changed; a tolerance counts |Δ| ≤ tol as unchanged.")
     sources: dict[str, str] = {}
     if ws.base and ws.finetuned:
@@ -34,21 +34,19 @@ def body() -> None:
     table = NameTable(detect_family(None, sorted(common)))
     report = mask_overlap([{k: s[k] for k in common} for s in sets], chosen,
                           group_of=lambda n: (table.describe(n).layer, table.describe(n).module))  # fmt: skip
-    a, b = st.columns(2)
-    with a:
-        if len(chosen) in (2, 3):
+    if len(chosen) in (2, 3):  # Venn beside the UpSet; beyond three masks the UpSet alone, full width
+        a, b = st.columns(2)
+        with a:
             counts = report.venn_regions()["count"].to_numpy()
-            fig = figures.venn2(counts, chosen) if len(chosen) == 2 else figures.venn3(counts, chosen)
-            ui.chart(fig, key="venn")
-        else:
-            st.info("Venn diagrams are drawn for 2 or 3 masks; the UpSet view shows any number.")
+            ui.chart(figures.venn2(counts, chosen) if len(chosen) == 2 else figures.venn3(counts, chosen), key="venn")
+    else:
+        b = st.container()
     with b:
         ui.chart(figures.upset(report.regions, chosen), key="upset")
     view = st.radio("Pairwise view", ["value", "ratio"], horizontal=True, key="ov_view", bind="query-params",
                     format_func=lambda v: "values" if v == "value" else "× chance")  # fmt: skip
-    cols = st.columns(3)
-    titles = {"o1": "o1: share of the row mask in the column mask", "o2": "o2: share of the column mask in the row mask",
-              "jaccard": "Jaccard |A∩B| / |A∪B|"}  # fmt: skip
+    cols = st.columns(2)  # no o2 panel: o2(A, B) = o1(B, A), the o1 matrix read down its columns
+    titles = {"o1": "o1: share of the row mask in the column mask", "jaccard": "Jaccard |A∩B| / |A∪B|"}
     for col, metric in zip(cols, titles, strict=True):
         with col:
             title = titles[metric] + (" (× chance)" if view == "ratio" else "")
@@ -59,17 +57,21 @@ def body() -> None:
     by["layer"] = by["group"].map(lambda g: g[0])
     by["module"] = by["group"].map(lambda g: g[1])
     pair = st.selectbox("Per-layer view of the pair", [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()],
-                        key="ov_pair")  # fmt: skip
+                        key="ov_pair", bind="query-params")  # fmt: skip
     pa, pb = pair.split(" ∩ ")
     one = by[(by["a"] == pa) & (by["b"] == pb) & by["layer"].notna()]
     c, d = st.columns(2)
     with c:
         ui.chart(figures.overlap_layer_heatmap(one, view=view), key="layer-overlap")
     with d:
-        ui.chart(figures.consensus_bars(report.consensus_overall()), key="consensus")
+        pw = report.pairwise
+        dens = {**dict(zip(pw["b"], pw["count_b"] / pw["numel"], strict=True)),
+                **dict(zip(pw["a"], pw["count_a"] / pw["numel"], strict=True))}  # fmt: skip
+        chance = figures.chance_consensus([dens[c] for c in chosen], int(pw["numel"].iloc[0]))
+        ui.chart(figures.consensus_bars(report.consensus_overall(), chance=chance), key="consensus")
     experts_overlap(sets, chosen, common, table, pa, pb, view)
     ui.export_button("Overlap", {"masks": chosen, "criterion": crit, "view": view},
-                     ["venn", "upset", "pw-o1", "pw-o2", "pw-jaccard", "layer-overlap", "consensus",
+                     ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "consensus",
                       "expert-overlap"], ["pairwise"])  # fmt: skip
 
 

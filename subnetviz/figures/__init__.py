@@ -13,6 +13,7 @@ Every builder of the first three is also available here as ``subnetviz.figures.N
 """
 
 from subnetviz.figures.overlap import (
+    chance_consensus,
     consensus_bars,
     overlap_layer_heatmap,
     pairwise_matrix,
@@ -58,6 +59,7 @@ __all__ = [
     "SEQUENTIAL",
     "FigureDataError",
     "accuracy_matrix",
+    "chance_consensus",
     "color_map",
     "consensus_bars",
     "delta_image",

@@ -49,6 +49,11 @@ def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | No
         "overlap_layer_heatmap",
         shares=["jaccard", "jaccard_chance"],
     )
+    # Module kinds with no changed entry in either mask (norms that never move) have no overlap: no column.
+    filled = df.groupby(df["module"].astype(str))["jaccard"].apply(lambda v: pd.to_numeric(v).notna().any())
+    df = df[df["module"].astype(str).map(filled)]
+    if df.empty:
+        return no_data_figure(title)
     layers, modules, g = _grid(df, ["jaccard", "jaccard_chance"], "overlap_layer_heatmap")
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = g["jaccard"] / g["jaccard_chance"]
@@ -57,8 +62,10 @@ def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | No
     if view == "ratio":
         z, trace = _ratio_axis(ratio)
         return _layer_heatmap(layers, modules, z, custom, hover, title, "Jaccard ×chance", text=_times(ratio), **trace)
+    text = np.where(np.isfinite(g["jaccard"]), np.char.mod("%.1f%%", np.nan_to_num(100 * g["jaccard"])), "")
+    text = np.char.add(text, np.where(np.isfinite(ratio), np.char.add("<br>", _times(ratio)), ""))
     return _layer_heatmap(
-        layers, modules, 100 * g["jaccard"], custom, hover, title, "Jaccard (%)", colorscale=SEQUENTIAL
+        layers, modules, 100 * g["jaccard"], custom, hover, title, "Jaccard (%)", text=text, colorscale=SEQUENTIAL
     )
 
 
@@ -294,11 +301,27 @@ def pairwise_matrix(df: pd.DataFrame, value: str = "jaccard", chance_col: str | 
     return _style(fig, title, "column mask", "row mask", height=max(380, 160 + 60 * len(labels)))
 
 
-def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks is a changed parameter?") -> go.Figure:
+def chance_consensus(densities: Sequence[float], numel: int) -> pd.DataFrame:
+    """Expected count of parameters in exactly k of N independent masks of the given densities (k = 0..N).
+
+    The Poisson-binomial distribution, by dynamic programming: P_k after mask i is
+    P_k·(1 − p_i) + P_{k−1}·p_i. Columns k, chance (expected count).
+    """
+    prob = np.zeros(len(densities) + 1)
+    prob[0] = 1.0
+    for p in densities:
+        prob[1:] = prob[1:] * (1 - p) + prob[:-1] * p
+        prob[0] *= 1 - p
+    return pd.DataFrame({"k": np.arange(len(prob)), "chance": numel * prob})
+
+
+def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks is a changed parameter?",
+                   chance: pd.DataFrame | None = None) -> go.Figure:  # fmt: skip
     """Columns k (number of masks holding a parameter), count; optional layer (or group) -> stacked shares per layer.
 
     Rows with k = 0 (in no mask) are left out of the bars, and their total is stated in the subtitle.
-    ``OverlapReport.consensus`` (group, k, count) fits as it is, its groups on the x axis.
+    ``OverlapReport.consensus`` (group, k, count) fits as it is, its groups on the x axis. ``chance``
+    (k, chance; see :func:`chance_consensus`) adds the counts independent masks would give, as markers.
     """
     if df.empty:
         return no_data_figure(title)
@@ -313,8 +336,16 @@ def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks 
         g = d.groupby("k")["count"].sum().reindex(ks).to_numpy(dtype=np.float64, na_value=np.nan)
         fig.add_trace(go.Bar(x=np.array(ks), y=g, marker_color=PALETTE[0], customdata=100 * g / g.sum(),
                              hovertemplate="in %{x} masks<br>%{y:,.0f} parameters (%{customdata:.2f}% of union)<extra></extra>"))  # fmt: skip
+        if chance is not None:
+            ch = chance.set_index("k")["chance"].reindex(ks).to_numpy(dtype=np.float64, na_value=np.nan)
+            fig.data[0].name = "observed"
+            fig.add_trace(go.Scatter(x=np.array(ks), y=ch, mode="markers+lines", name="chance (independent masks)",
+                                     marker={"symbol": "diamond", "size": 10, "color": PALETTE[1]},
+                                     line={"dash": "dot", "color": PALETTE[1]},
+                                     hovertemplate="in %{x} masks by chance: %{y:,.0f}<extra></extra>"))  # fmt: skip
         fig.update_xaxes(tickvals=np.array(ks), type="linear")
-        return _style(fig, title + sub, "number of masks containing the parameter (k)", "parameters (count)")
+        return _style(fig, title + sub, "number of masks containing the parameter (k)", "parameters (count)",
+                      showlegend=chance is not None, legend={"orientation": "h", "y": -0.25})  # fmt: skip
     layers = _layer_order(d[by])
     piv = d.assign(_x=d[by].map(_layer_label)).pivot_table(index="_x", columns="k", values="count", aggfunc="sum")
     piv = piv.reindex(index=layers, columns=ks).fillna(0)

@@ -162,13 +162,22 @@ def _layer_heatmap(layers, modules, z, customdata, hover, title, bar_title, text
     return fig
 
 
+_NICE_RATIOS = np.array([1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 8, 10, 20, 50, 100, 200, 500, 1000, 1e4, 1e5, 1e6])
+
+
 def _ratio_axis(ratio: np.ndarray) -> tuple[np.ndarray, dict]:
-    """log2(ratio) with a diverging scale centred on ×1 and ×-labelled colourbar ticks."""
+    """log2(ratio) with a diverging scale centred on ×1, its range fitted to the data (at least ×0.84–×1.19)
+    and ×-labelled colourbar ticks at round ratios inside it."""
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.log2(np.where(ratio > 0, ratio, np.nan))
-    span = max(1.0, float(np.nanmax(np.abs(z)))) if np.isfinite(z).any() else 1.0
-    ticks = np.arange(-np.ceil(span), np.ceil(span) + 1)
-    bar = {"tickvals": ticks, "ticktext": [f"×{2.0**t:g}" for t in ticks]}
+    span = max(0.25, float(np.nanmax(np.abs(z)))) if np.isfinite(z).any() else 1.0
+    nice = np.log2(_NICE_RATIOS)
+    ticks = np.unique(np.concatenate([-nice, nice]))
+    ticks = ticks[np.abs(ticks) <= span + 1e-9]
+    while len(ticks) > 9:  # keep every other tick (×1 stays: the middle one)
+        mid = int(np.argmin(np.abs(ticks)))
+        ticks = np.concatenate([ticks[mid::-2][::-1], ticks[mid + 2 :: 2]])
+    bar = {"tickvals": ticks, "ticktext": [f"×{2.0**t:.3g}" for t in ticks]}
     return z, {"colorscale": DIVERGING, "zmid": 0, "zmin": -span, "zmax": span, "colorbar": bar}
 
 
