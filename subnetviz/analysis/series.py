@@ -101,6 +101,9 @@ def checkpoint_series(
     return SeriesResult(rows, split, numel)
 
 
+CHUNK_ELEMENTS = 1 << 20
+
+
 @dataclass(frozen=True)
 class _TensorCounts:
     """One tensor's series counts: per step i = 1..K changed vs the previous / the first version,
@@ -129,7 +132,9 @@ def _tensor_series(versions: Iterator[torch.Tensor], k: int, cast: bool, key: st
     v0 = next(versions)
     first = prev = bits(v0)
     ever = np.zeros(first.shape, dtype=bool)
-    step_ne, from_first = np.empty_like(ever), np.empty_like(ever)
+    # blocks of ~1M entries: the two comparison results stay in cache between compare and count
+    step = CHUNK_ELEMENTS
+    step_ne, from_first = np.empty(min(step, first.size), bool), np.empty(min(step, first.size), bool)
     vs_prev, vs_first, ever_back = [], [], []
     n_ever = 0
     for _ in range(k):
@@ -137,12 +142,18 @@ def _tensor_series(versions: Iterator[torch.Tensor], k: int, cast: bool, key: st
         if not cast and v.dtype != v0.dtype:
             raise ConfigError(f"{key}: stored as {v.dtype} in one checkpoint but {v0.dtype} in the header.")
         cur = bits(v)
-        np.not_equal(cur, prev, out=step_ne)
-        np.not_equal(cur, first, out=from_first)
-        np.logical_or(ever, step_ne, out=ever)
-        n_ever = int(np.count_nonzero(ever))
-        vs_prev.append(int(np.count_nonzero(step_ne)))
-        vs_first.append(int(np.count_nonzero(from_first)))
-        ever_back.append(n_ever - vs_first[-1])
+        n_prev = n_first = n_ever = 0
+        for s in range(0, first.size, step):
+            c, e = cur[s : s + step], ever[s : s + step]
+            sn, ff = step_ne[: c.size], from_first[: c.size]
+            np.not_equal(c, prev[s : s + step], out=sn)
+            np.not_equal(c, first[s : s + step], out=ff)
+            np.logical_or(e, sn, out=e)
+            n_prev += int(np.count_nonzero(sn))
+            n_first += int(np.count_nonzero(ff))
+            n_ever += int(np.count_nonzero(e))
+        vs_prev.append(n_prev)
+        vs_first.append(n_first)
+        ever_back.append(n_ever - n_first)
         prev = cur
     return _TensorCounts(int(first.size), vs_prev, vs_first, ever_back, n_ever)
