@@ -131,17 +131,25 @@ def atomic_folder(target: str | os.PathLike, *, replace: bool = True) -> Iterato
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8) to ``path`` through a temporary file renamed over it: readers see
-    the old file or the new one, never half of it."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that wants a file name (``safetensors.save_file``);
+    on normal exit it is renamed over ``path``, on an exception removed: readers never see half a file."""
     path = Path(path)
     tmp = _tmp_name(path)
     try:
-        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` through a temporary file renamed over it: readers see
+    the old file or the new one, never half of it."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return Path(path)
 
 
 def _digest(path: Path) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from subnetviz.cache import atomic_path
 from subnetviz.config import check_readable
 from subnetviz.errors import MaskError, UnsafePickleError, suggest
 
@@ -85,13 +86,8 @@ def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
     info.setdefault("count", mask_set.count)
     info.setdefault("numel", mask_set.numel)
     meta["subnetviz"] = json.dumps(info, default=str)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from subnetviz.cache import atomic_write
+
 JOB_KINDS: dict[str, str] = {
     "train": "subnetviz.training.run:run_job",
     "bigram_mask": "subnetviz.bigram.job:run_job",
@@ -54,10 +56,8 @@ class JobContext:
         if metrics:
             with open(self.run_dir / METRICS_FILE, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-        tmp = self.run_dir / (STATUS_FILE + ".tmp")
-        tmp.write_text(json.dumps({"step": int(step), "total": int(total), "metrics": _jsonable(metrics),
-                                   "time": rec["time"]}))
-        os.replace(tmp, self.run_dir / STATUS_FILE)
+        status = {"step": int(step), "total": int(total), "metrics": _jsonable(metrics), "time": rec["time"]}
+        atomic_write(self.run_dir / STATUS_FILE, json.dumps(status))
 
     def log(self, message: str) -> None:
         """A human-readable line in the run's log (stdout goes to ``log.txt``)."""
@@ -85,6 +85,4 @@ def read_json(path: Path) -> dict:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj))
