@@ -110,3 +110,16 @@ def test_adapter_targets_that_do_not_exist_are_one_line_errors(ckpt_zoo, tmp_pat
         analyze_updates(str(ckpt_zoo.llama), [str(folder2)])
     msg = str(err.value)
     assert "\n" not in msg and "model.layers.7.self_attn.q_proj.lora_A.weight" in msg and "does not hold" in msg
+
+
+def test_cached_analysis_of_an_adapter_follows_the_adapter(ckpt_zoo, tmp_path):
+    from subnetviz.analysis.updates import cached_analysis
+
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, _ = _adapter(tmp_path / "lora", base_sd)
+    first = cached_analysis(str(ckpt_zoo.llama), [str(folder)], cache_root=tmp_path / "cache")
+    again = cached_analysis(str(ckpt_zoo.llama), [str(folder)], cache_root=tmp_path / "cache")
+    assert not first.cached and again.cached and first.reports[0].changed == again.reports[0].changed > 0
+    _adapter(tmp_path / "lora", base_sd, seed=1)  # the adapter rewritten in place: a new key, new numbers
+    third = cached_analysis(str(ckpt_zoo.llama), [str(folder)], cache_root=tmp_path / "cache")
+    assert not third.cached and third.source_dir != first.source_dir

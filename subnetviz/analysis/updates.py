@@ -27,12 +27,18 @@ import torch
 
 from subnetviz import cache as _cache
 from subnetviz.analysis.overlap import OverlapReport, mask_overlap
-from subnetviz.analysis.quant import SIDE_COLUMNS, FormLog, compare_aligned, side_row, tensor_forms
+from subnetviz.analysis.quant import (
+    SIDE_COLUMNS,
+    FormLog,
+    check_finite_stored,
+    compare_aligned,
+    side_row,
+    tensor_forms,
+)
 from subnetviz.analysis.sparsity import (
     ULP_LABELS,
     SparsityOptions,
     SparsityReport,
-    check_finite,
     fused_part_rows,
     stats_row,
     summarize,
@@ -246,7 +252,7 @@ def _read_checked(ck: Checkpoint, at, i: int, device: str) -> torch.Tensor:
     CPU, then sent to a GPU from pinned memory on a side stream (the caller's stream may use it
     at once: the copy is complete and the block is recorded on the caller's stream)."""
     x = read_aligned(ck, at, i, "cpu")
-    check_finite(x, f"{ck.spec} :: {at.names[i]}")
+    check_finite_stored(x, f"{ck.spec} :: {at.names[i]}")  # FP8 codes checked on their bit patterns
     dev = torch.device(device)
     if dev.type != "cuda":
         return x if dev.type == "cpu" else x.to(dev)
