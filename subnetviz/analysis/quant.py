@@ -170,14 +170,14 @@ _FP8_LUT: dict[torch.dtype, np.ndarray] = {}
 
 
 def _codes_to_float(code: torch.Tensor) -> torch.Tensor:
-    """float32 values of FP8 codes. On CPU through a 256-entry table (torch's elementwise FP8
-    conversion is ~20 ns per entry on one thread, the table lookup ~1); int8 codes convert directly."""
+    """float32 values of FP8 codes. On CPU through a 256-entry table (np.take: ~0.8 ns per entry on
+    one thread, torch's elementwise FP8 conversion ~3); int8 codes convert directly."""
     if code.dtype not in FP8 or code.device.type != "cpu":
         return code.to(torch.float32)
     lut = _FP8_LUT.get(code.dtype)
     if lut is None:
         lut = _FP8_LUT[code.dtype] = torch.arange(256, dtype=torch.uint8).view(code.dtype).float().numpy()
-    return torch.from_numpy(lut[code.contiguous().view(torch.uint8).numpy()])
+    return torch.from_numpy(np.take(lut, code.contiguous().view(torch.uint8).numpy()))  # np.take: ~2x lut[idx]
 
 
 def compare_codes(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, *, name: str) -> PairStats:
