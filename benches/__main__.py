@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 
-CPU_BENCHES = ("bench_streaming", "bench_spectra", "bench_masked_grpo", "bench_supermask", "bench_bigram", "bench_zoo")
+CPU_BENCHES = ("bench_streaming", "bench_spectra", "bench_masked_grpo", "bench_supermask", "bench_bigram", "bench_zoo",
+               "bench_forms")
 
 
 def main(argv: list[str]) -> int:

@@ -203,7 +203,7 @@ def compare_codes(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, *,
 def check_finite_stored(x: torch.Tensor, where: str) -> None:
     """:func:`~subnetviz.analysis.bits.check_finite` for any stored form: FP8 codes are checked on their
     bit patterns (e4m3fn: NaN is S.1111.111; e5m2: Inf/NaN have exponent 11111), ~1 ns per entry on
-    CPU instead of an elementwise FP8 conversion (~20); integer codes and buffers are finite."""
+    CPU instead of an elementwise FP8 conversion and a sum; integer codes and buffers are finite."""
     if x.dtype not in FP8 or x.device.type != "cpu":
         check_finite(x, where)
         return

@@ -1,0 +1,196 @@
+"""Benchmark: the default update analysis per stored form, one thread, against a bf16 pair in the same run.
+
+Writes one pair of checkpoints per form (same parameter count, ~30 % of weights changed), then
+runs ``analyze_updates(base, [ft], spectra off)`` on each in its own process, sampling its peak
+anonymous memory (``RssAnon``) every 2 ms:
+
+- ``bf16``: 4 matrices of 2048 × 4096 (the baseline);
+- ``fp8``: the same as ``float8_e4m3fn`` codes + 128 × 128 ``weight_scale_inv`` blocks (5 % of the
+  scales changed too): codes *and* the effective (dequantised, float32) comparison;
+- ``int8``: bitsandbytes int8 codes + ``SCB`` (codes and effective);
+- ``lora``: the bf16 base + a rank-16 LoRA adapter on all four matrices, merged per tensor;
+- ``moe``: one Qwen-MoE layer of 64 experts (gate/up/down 512 × 1024 each) + router.
+
+Printed per form: seconds, ns per parameter, the ratio to bf16 per parameter, peak RssAnon against
+4 × the largest tensor (as stored) + 300 MB. Goals (issue 10): fp8 ≤ 2 × bf16 per parameter; every
+form within its memory limit.
+
+    .venv/bin/python -m benches.bench_forms             # ~0.5 GB in a temp dir, deleted after
+    .venv/bin/python -m benches.bench_forms --rows 1024 # a smaller, quicker run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FORMS = ("bf16", "fp8", "int8", "lora", "moe")
+CHANGED = 0.30
+
+
+def _cfg(folder: Path, **extra) -> None:
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": False, **extra}))
+
+
+def _flip(x, frac: float, gen):
+    """Move a fraction ``frac`` of the entries of a 16- or 8-bit integer view by one step."""
+    import torch
+
+    mask = torch.rand(x.shape, generator=gen) < frac
+    return torch.where(mask, x ^ 1, x)
+
+
+def write_pairs(root: Path, rows: int) -> dict[str, int]:
+    """Every form's base/ft folders under ``root``; returns form -> largest tensor in stored bytes."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    names = [f"model.layers.{i}.mlp.{p}.weight" for i in range(2) for p in ("gate_proj", "up_proj")]
+    shape = (rows, 4096)
+    largest: dict[str, int] = {}
+    base, ft, q8b, q8f, s_b, s_f, i8b, i8f, scb = {}, {}, {}, {}, {}, {}, {}, {}, {}
+    for n in names:
+        w = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+        base[n] = w
+        ft[n] = _flip(w.view(torch.int16), CHANGED, gen).view(torch.bfloat16)
+        codes = (torch.randn(shape, generator=gen) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+        q8b[n] = codes
+        q8f[n] = _flip(codes.view(torch.int8), CHANGED, gen).view(torch.float8_e4m3fn)
+        s = torch.rand(rows // 128, 4096 // 128, generator=gen) * 1e-3 + 1e-4
+        s_b[n + "_scale_inv"] = s
+        s_f[n + "_scale_inv"] = torch.where(torch.rand(s.shape, generator=gen) < 0.05, s * 1.01, s)
+        c = torch.randint(-127, 128, shape, generator=gen, dtype=torch.int8)
+        i8b[n], i8f[n] = c, _flip(c, CHANGED, gen)
+        scb[n.replace(".weight", ".SCB")] = torch.rand(rows, generator=gen) + 0.1
+    for form, (b, f, extra, nbytes) in {
+        "bf16": (base, ft, {}, rows * 4096 * 2),
+        "fp8": ({**q8b, **s_b}, {**q8f, **s_f}, {"quantization_config": {"quant_method": "fp8",
+                                                                           "weight_block_size": [128, 128]}}, rows * 4096),
+        "int8": ({**i8b, **scb}, {**i8f, **scb}, {"quantization_config": {"quant_method": "bitsandbytes",
+                                                                            "load_in_8bit": True}}, rows * 4096),
+    }.items():  # fmt: skip
+        for side, sd in (("base", b), ("ft", f)):
+            d = root / form / side
+            d.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"))
+            _cfg(d, **extra)
+        largest[form] = nbytes
+    # LoRA: the bf16 base + a rank-16 adapter on every matrix.
+    (root / "lora").mkdir()
+    (root / "lora" / "base").symlink_to(root / "bf16" / "base")
+    ad = root / "lora" / "ft"
+    ad.mkdir()
+    lora = {}
+    for n in names:
+        m = n.removesuffix(".weight")
+        lora[f"base_model.model.{m}.lora_A.weight"] = torch.randn(16, 4096, generator=gen) * 0.01
+        lora[f"base_model.model.{m}.lora_B.weight"] = torch.randn(rows, 16, generator=gen) * 0.01
+    save_file(lora, str(ad / "adapter_model.safetensors"))
+    (ad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32,
+                                                        "target_modules": ["gate_proj", "up_proj"]}))  # fmt: skip
+    largest["lora"] = rows * 4096 * 2
+    # MoE: one layer, 64 experts of gate/up (I=512 × H=1024) and down (1024 × 512), and the router.
+    experts, hid, inter = 64, 1024, 512
+    mb, mf = {}, {}
+    for e in range(experts):
+        for p, shp in (("gate_proj", (inter, hid)), ("up_proj", (inter, hid)), ("down_proj", (hid, inter))):
+            n = f"model.layers.0.mlp.experts.{e}.{p}.weight"
+            w = (torch.randn(shp, generator=gen) * 0.02).to(torch.bfloat16)
+            mb[n], mf[n] = w, _flip(w.view(torch.int16), CHANGED, gen).view(torch.bfloat16)
+    r = (torch.randn(experts, hid, generator=gen) * 0.02).to(torch.bfloat16)
+    mb["model.layers.0.mlp.gate.weight"], mf["model.layers.0.mlp.gate.weight"] = r, r.clone()
+    for side, sd in (("base", mb), ("ft", mf)):
+        d = root / "moe" / side
+        d.mkdir(parents=True)
+        save_file(sd, str(d / "model.safetensors"))
+        (d / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "num_experts": experts}))
+    largest["moe"] = inter * hid * 2
+    return largest
+
+
+def run_one(form: str, root: Path) -> None:
+    """Child process: the default analysis of one form's pair; prints JSON."""
+    import torch
+
+    torch.set_num_threads(1)
+    from subnetviz.analysis.updates import SpectraOptions, analyze_updates
+
+    t0 = time.perf_counter()
+    a = analyze_updates(str(root / form / "base"), [str(root / form / "ft")], spectra=SpectraOptions(enabled=False),
+                        device="cpu")  # fmt: skip
+    sec = time.perf_counter() - t0
+    rep = a.reports[0]
+    print(json.dumps({"seconds": sec, "params": rep.numel, "changed": rep.changed,
+                      "changed_effective": int(rep.tensors["changed_effective"].sum())}))  # fmt: skip
+
+
+def _rss_anon(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def measure(form: str, root: Path, repeats: int) -> dict:
+    best = None
+    for _ in range(repeats):
+        proc = subprocess.Popen([sys.executable, "-m", "benches.bench_forms", "--run", form, str(root)],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _rss_anon(proc.pid))
+            time.sleep(0.002)
+        out = json.loads(proc.stdout.read().strip().splitlines()[-1])
+        out["peak_anon"] = peak
+        if best is None or out["seconds"] < best["seconds"]:
+            best = out
+    return best
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=2048, help="rows of each 4096-wide matrix (multiple of 128)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--run", nargs=2, metavar=("FORM", "ROOT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.run:
+        run_one(args.run[0], Path(args.run[1]))
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="bench-forms-"))
+    try:
+        largest = write_pairs(root, args.rows)
+        results = {f: measure(f, root, args.repeats) for f in FORMS}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    base_ns = results["bf16"]["seconds"] / results["bf16"]["params"] * 1e9
+    ok = True
+    print(f"{'form':6} {'params':>11} {'seconds':>8} {'ns/param':>9} {'vs bf16':>8} {'peak MB':>8} {'limit MB':>9}")
+    for f, r in results.items():
+        ns = r["seconds"] / r["params"] * 1e9
+        limit = 4 * largest[f] + 300 * 2**20
+        within = r["peak_anon"] <= limit
+        ok &= within
+        print(f"{f:6} {r['params']:>11,} {r['seconds']:>8.3f} {ns:>9.2f} {ns / base_ns:>7.2f}x "
+              f"{r['peak_anon'] / 2**20:>8.0f} {limit / 2**20:>9.0f}{'' if within else '  OVER'}")  # fmt: skip
+    fp8 = results["fp8"]["seconds"] / results["fp8"]["params"] * 1e9 / base_ns
+    print(f"goal fp8 effective <= 2x bf16 per parameter: {fp8:.2f}x {'met' if fp8 <= 2 else 'NOT met'}; "
+          f"memory {'within' if ok else 'OVER'} 4 x largest tensor + 300 MB")
+    return 0 if (fp8 <= 2 and ok) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
