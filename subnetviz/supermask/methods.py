@@ -210,13 +210,7 @@ def run_method(
     acc = np.zeros((T, T))
     if cfg.method == "finetune":
         model = model if model is not None else DenseMLP(sizes, seed=cfg.seed)
-        acc_rand = _evaluate_row(model, bench, masked=False)
-        for t, task in enumerate(bench.tasks):
-            model.train()
-            loss = _train(model, model.parameters(), task, ft_ep, cfg.finetune_lr, cfg, gen, None, should_stop)
-            acc[t] = _evaluate_row(model, bench, masked=False)
-            if on_task:
-                on_task(t, {"loss": loss, "acc": acc[t, t]})
+        acc_rand = _finetune(model, bench, cfg, ft_ep, gen, acc, on_task, should_stop)
         return RunResult(
             bench.name, cfg.method, cfg.label, False, 1.0, cfg.seed, acc, acc_rand, wall_s=time.perf_counter() - start
         )
@@ -235,17 +229,7 @@ def run_method(
         model.set_task(t)
         if cfg.kkt and t > 0:
             knn_rows += _kkt_init(model, task, t, cfg, gen)
-        # Mask phase: only scores[t] learns; weights frozen.
-        for m in layers.values():
-            m.weight.requires_grad_(False)
-            for i, s in enumerate(m.scores):
-                s.requires_grad_(i == t)
-        loss = _train(
-            model, [m.scores[t] for m in layers.values()], task, mask_ep, cfg.mask_lr, cfg, gen, None, should_stop
-        )
-        for m in layers.values():
-            m.scores[t].requires_grad_(False)
-            m.freeze_mask(t)
+        loss = _mask_phase(model, layers, task, t, mask_ep, cfg, gen, should_stop)
         mask_t = {n: m.mask(t).clone() for n, m in layers.items()}
         if cfg.method in ("ssnet", "exssnet") and weight_ep > 0:
             editable = {n: mask_t[n] & ~used[n] if cfg.method == "exssnet" else mask_t[n] for n in layers}
@@ -282,6 +266,31 @@ def run_method(
         inference,
         time.perf_counter() - start,
     )
+
+
+def _finetune(model, bench: Benchmark, cfg: MethodConfig, epochs: int, gen, acc: np.ndarray, on_task, should_stop):
+    """Dense finetuning over the tasks in order (fills ``acc``); returns the accuracy row before training."""
+    acc_rand = _evaluate_row(model, bench, masked=False)
+    for t, task in enumerate(bench.tasks):
+        model.train()
+        loss = _train(model, model.parameters(), task, epochs, cfg.finetune_lr, cfg, gen, None, should_stop)
+        acc[t] = _evaluate_row(model, bench, masked=False)
+        if on_task:
+            on_task(t, {"loss": loss, "acc": acc[t, t]})
+    return acc_rand
+
+
+def _mask_phase(model: MaskedMLP, layers, task: Task, t: int, epochs: int, cfg: MethodConfig, gen, should_stop) -> float:
+    """Only ``scores[t]`` learns (weights frozen); then task t's mask is frozen. Returns the last loss."""
+    for m in layers.values():
+        m.weight.requires_grad_(False)
+        for i, sc in enumerate(m.scores):
+            sc.requires_grad_(i == t)
+    loss = _train(model, [m.scores[t] for m in layers.values()], task, epochs, cfg.mask_lr, cfg, gen, None, should_stop)
+    for m in layers.values():
+        m.scores[t].requires_grad_(False)
+        m.freeze_mask(t)
+    return loss
 
 
 def _kkt_init(model: MaskedMLP, task: Task, t: int, cfg: MethodConfig, gen: torch.Generator) -> list[dict]:
