@@ -540,3 +540,22 @@ def test_overlap_layer_heatmap_drops_empty_columns_and_fits_the_ratio_range():
     r = F.overlap_layer_heatmap(df, view="ratio").data[0]
     assert r.zmax == pytest.approx(np.log2(2.5)) and r.zmin == pytest.approx(-np.log2(2.5))  # fits the data, ×2.5 top
     assert "×2.5" in r.colorbar.ticktext and all(abs(t) <= r.zmax + 1e-9 for t in r.colorbar.tickvals)
+
+
+def test_series_lines_adds_the_step0_point_and_names_the_start():
+    df = pd.DataFrame({"step": [10, 20], "vs_first": [0.9, 0.8], "vs_previous": [0.9, 0.95], "ever_updated": [0.0, 0.01]})
+    fig = F.series_lines(df, first="base")
+    assert fig.data[0].name == "sparsity vs base"
+    assert list(fig.data[0].x) == [0, 10, 20] and list(fig.data[0].y) == pytest.approx([100, 90, 80])
+    named = F.series_lines(df.assign(step=[1, 2]), ticks=["base", "grpo", "sft"])
+    assert list(named.layout.xaxis.ticktext) == ["base", "grpo", "sft"] and named.layout.xaxis.title.text == "checkpoint"
+
+
+def test_split_bar_stacks_shares_in_fixed_colours_and_module_series_is_weighted():
+    split = pd.DataFrame({"part": ["never updated", "updated, unchanged at the end", "final subnetwork"], "count": [60, 10, 30]})
+    fig = F.split_bar(split)
+    assert fig.layout.barmode == "stack" and [t.x[0] for t in fig.data] == pytest.approx([60, 10, 30])
+    assert [t.marker.color for t in fig.data] == [F.updates.SPLIT_COLORS[p] for p in split["part"]]
+    mods = pd.DataFrame({"step": [1, 1, 2], "module": ["q", "q", "q"], "changed": [1, 3, 8], "numel": [10, 30, 40]})
+    tr = F.module_series(mods).data[0]
+    assert list(tr.x) == [1, 2] and list(tr.y) == pytest.approx([90.0, 80.0])  # Σchanged/Σnumel, not a mean of shares

@@ -1,6 +1,8 @@
 """Series: update sparsity along a training run, against the start and step to step."""
 
-import plotly.express as px
+from dataclasses import replace
+
+import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui
@@ -12,27 +14,32 @@ def body() -> None:
                "parameters updated at some step but back to their initial value — gradients that cancelled out.")  # fmt: skip
     ws = ui.workspace()
     z = ui.zoo()
-    sources = {}
+    sources = {}  # name -> (paths, steps, what step 0 is, axis labels or None for training steps)
     if z is not None and z.series:
-        sources["demo zoo: GRPO seed 0"] = ([ws.base or str(z.base)] + [str(path) for _, path in z.series],
-                                            [0] + [step for step, _ in z.series])  # fmt: skip
+        sources["demo zoo: GRPO seed 0"] = ([str(z.base)] + [str(path) for _, path in z.series],
+                                            [0] + [step for step, _ in z.series], "base", None)  # fmt: skip
     if ws.base and len(ws.finetuned) >= 1:
-        sources["workspace: base → finetuned in sidebar order"] = ([ws.base, *ws.paths], list(range(len(ws.paths) + 1)))
+        sources["workspace: base → finetuned in sidebar order"] = (
+            [ws.base, *ws.paths], list(range(len(ws.paths) + 1)), ws.base_label or "base", [ws.base_label or "base", *ws.labels])
     ui.need(bool(sources), "A series needs ordered checkpoints: build the demo zoo or pick finetuned checkpoints.")
     choice = st.selectbox("Series", list(sources), key="series_src", bind="query-params")
-    paths, steps = sources[choice]
+    paths, steps, first, ticks = sources[choice]
     result = ui.series(paths, steps)
     a, b = st.columns([2, 1])
     with a:
-        ui.chart(figures.series_lines(result.steps), key="series")
+        ui.chart(figures.series_lines(result.steps, first=first, ticks=ticks), key="series")
     with b:
-        fig = px.pie(result.split, names="part", values="count", hole=0.5,
-                     title="Where the parameters ended up")  # fmt: skip
-        fig.update_traces(hovertemplate="%{label}<br>%{value:,} parameters (%{percent})<extra></extra>")
-        ui.chart(fig, key="split")
+        ui.chart(figures.split_bar(result.split), key="split")
+        st.caption("Never updated: equal to the start at every checkpoint; updated, unchanged at the end: changed at "
+                   "some step and back to the start at the end (cancelled out); final subnetwork: changed at the end.")  # fmt: skip
+    if ticks is None:  # one run: its checkpoints against the base, per module kind
+        steps_ws = replace(ws, base=paths[0], finetuned=tuple((f"step {s}", p) for s, p in zip(steps[1:], paths[1:], strict=True)))
+        per = ui.update_analysis(steps_ws)
+        frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(per.reports, steps[1:], strict=True)])
+        ui.chart(figures.module_series(frame, first=first), key="modules")
     ui.table(result.steps, "series-table", "Sparsity per step")
     ui.table(result.split, "split-table", "Never updated / cancelled out / subnetwork")
-    ui.export_button("Series", {"series": choice, "checkpoints": len(paths)}, ["series", "split"],
+    ui.export_button("Series", {"series": choice, "checkpoints": len(paths)}, ["series", "split", "modules"],
                      ["series-table", "split-table"])
 
 

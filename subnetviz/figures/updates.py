@@ -446,22 +446,78 @@ def row_col_ratios(
     return _style(fig, title, showlegend=False)
 
 
-def series_lines(df: pd.DataFrame, title: str = "Checkpoint series: update sparsity over training") -> go.Figure:
-    """Columns step, vs_first, vs_previous (sparsity fractions); optional ever_updated (share)."""
+SPLIT_COLORS = {"never updated": "#BBBBBB", "updated, unchanged at the end": PALETTE[5], "final subnetwork": PALETTE[0]}
+
+
+def series_lines(df: pd.DataFrame, title: str = "Checkpoint series: update sparsity over training",
+                 first: str = "first checkpoint", ticks: Sequence[str] | None = None) -> go.Figure:  # fmt: skip
+    """Columns step, vs_first, vs_previous (sparsity fractions); optional ever_updated (share).
+
+    ``first`` names what step 0 is (``"base"`` when the series starts at the base model); the
+    figure adds that step-0 point (100 % sparse against itself) when the frame starts later.
+    ``ticks`` (one label per step, step 0 first) puts checkpoint names on the axis instead of
+    training steps, for checkpoints that are not one run.
+    """
     if df.empty:
         return no_data_figure(title)
     _require(
         df, ["step", "vs_first", "vs_previous"], "series_lines", shares=["vs_first", "vs_previous", "ever_updated"]
     )
     d = df.sort_values("step")
+    if 0 not in set(d["step"].tolist()):
+        d = pd.concat([pd.DataFrame([{"step": 0, "vs_first": 1.0, "vs_previous": np.nan, "ever_updated": 0.0}]), d],
+                      ignore_index=True)  # fmt: skip
     fig = go.Figure()
-    series = [("vs_first", "sparsity vs first checkpoint", "solid"), ("vs_previous", "sparsity vs previous checkpoint", "solid"),
-              ("ever_updated", "ever updated, unchanged at end (share)", "dash")]  # fmt: skip
+    series = [("vs_first", f"sparsity vs {first}", "solid"), ("vs_previous", "sparsity vs previous checkpoint", "solid"),
+              ("ever_updated", "updated at some step, back to the start at the end (share)", "dash")]  # fmt: skip
     for i, (col, name, dash) in enumerate(series):
         if col in d.columns:
             fig.add_trace(go.Scatter(x=d["step"].to_numpy(), y=100 * d[col].to_numpy(dtype=np.float64, na_value=np.nan), mode="lines+markers", name=name,
                                      line={"color": PALETTE[i], "dash": dash}, hovertemplate=f"step %{{x}}<br>{name}: %{{y:.2f}}%<extra></extra>"))  # fmt: skip
-    return _style(fig, title, "training step", "share of parameters (%)", legend={"orientation": "h", "y": -0.2})
+    _style(fig, title, "checkpoint" if ticks is not None else "training step", "share of parameters (%)",
+           legend={"orientation": "h", "y": -0.2})  # fmt: skip
+    if ticks is not None:
+        fig.update_xaxes(tickvals=d["step"].to_numpy(), ticktext=list(ticks)[: len(d)])
+    return fig
+
+
+def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") -> go.Figure:
+    """One stacked horizontal bar: columns part, count (share computed), in fixed category colours."""
+    if df.empty:
+        return no_data_figure(title)
+    _require(df, ["part", "count"], "split_bar")
+    total = float(df["count"].sum()) or 1.0
+    fig = go.Figure()
+    for i, row in enumerate(df.itertuples()):
+        share = 100 * row.count / total
+        fig.add_trace(go.Bar(y=[""], x=[share], name=str(row.part), orientation="h",
+                             marker_color=SPLIT_COLORS.get(str(row.part), PALETTE[i % len(PALETTE)]),
+                             text=[f"{share:.1f} %"], textposition="inside", customdata=[row.count],
+                             hovertemplate=f"{row.part}<br>%{{customdata:,}} parameters (%{{x:.2f}}%)<extra></extra>"))  # fmt: skip
+    _style(fig, title, None, None, barmode="stack", height=260,
+           legend={"orientation": "h", "y": -0.45}, margin={"l": 20, "r": 20, "t": 60, "b": 40})  # fmt: skip
+    fig.update_xaxes(range=[0, 100], ticksuffix=" %")
+    return fig
+
+
+def module_series(df: pd.DataFrame, title: str = "Sparsity per module kind over training",
+                  first: str = "base") -> go.Figure:  # fmt: skip
+    """Columns step, module, changed, numel: one line per module kind (weighted sparsity vs ``first``, in %)."""
+    if df.empty:
+        return no_data_figure(title)
+    _require(df, ["step", "module", "changed", "numel"], "module_series")
+    g = df.groupby(["module", "step"], as_index=False)[["changed", "numel"]].sum()
+    g["sparsity"] = 100 * (1 - g["changed"] / g["numel"].clip(lower=1))
+    from subnetviz.figures.style import _module_order
+
+    mods = _module_order(g["module"])
+    colors = color_map(mods)
+    fig = go.Figure()
+    for m in mods:
+        sub = g[g["module"] == m].sort_values("step")
+        fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=sub["sparsity"].to_numpy(), mode="lines+markers", name=m,
+                                 line={"color": colors[m]}, hovertemplate=f"{m}<br>step %{{x}}: %{{y:.2f}}%<extra></extra>"))  # fmt: skip
+    return _style(fig, title, "training step", f"sparsity vs {first} (%)", legend={"orientation": "h", "y": -0.2})
 
 
 def training_curves(df: pd.DataFrame, title: str = "Training curves", colors: Mapping | None = None) -> go.Figure:
