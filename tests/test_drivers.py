@@ -2,6 +2,8 @@
 trained on the micro zoo (every run's fp32 save is at most as sparse as its bf16 save: a bf16 bit change
 implies an fp32 change), the figures, the CLI parser and the page."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -68,9 +70,15 @@ def test_cli_parses_the_experiment():
 
 
 @pytest.mark.slow
-def test_micro_grid_on_the_micro_zoo(micro_zoo, tmp_path):  # noqa: F811
+def test_micro_grid_on_the_micro_zoo(micro_zoo, tmp_path, monkeypatch):  # noqa: F811
+    """Run as the app runs jobs: reads enforced under the roots (the zoo and the run folder only)."""
+    import os
+
     from subnetviz.experiments.drivers import run_job, validate_config
     from subnetviz.jobs.context import JOB_KINDS, JobContext
+
+    monkeypatch.setenv("SUBNETVIZ_ENFORCE_ROOTS", "1")
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", os.pathsep.join([str(Path(micro_zoo.root).resolve()), str(tmp_path)]))
 
     assert JOB_KINDS["drivers"] == "subnetviz.experiments.drivers:run_job"
     cfg = {"kind": "drivers", "preset": "micro", "zoo": str(micro_zoo.root)}

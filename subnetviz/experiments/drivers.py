@@ -203,8 +203,13 @@ def measure(base: str, model: Path, eval_file: str, prompts, precision: str | No
 
 # --- the grid -----------------------------------------------------------------------------------------
 def run_drivers(zoo_root: str | os.PathLike | None = None, preset: str = "quick", seeds: int = 1,
-                progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> pd.DataFrame:  # fmt: skip
-    """Train and measure the grid of ``preset`` on the zoo's base; one row per (run, storage precision)."""
+                progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
+                workdir: str | os.PathLike | None = None) -> pd.DataFrame:  # fmt: skip
+    """Train and measure the grid of ``preset`` on the zoo's base; one row per (run, storage precision).
+
+    ``workdir``: where the runs' models live until measured (default: the system's temp folder). A
+    job passes its run folder: under the app's read roots, which the analysis enforces there.
+    """
     from subnetviz.analysis.behavior import read_prompts
     from subnetviz.config import zoo_dir
 
@@ -215,7 +220,9 @@ def run_drivers(zoo_root: str | os.PathLike | None = None, preset: str = "quick"
     base, data = str(root / "base"), root / "data"
     if not (root / "base" / "config.json").is_file():
         raise ConfigError(f"no demo zoo base in {root}: run `python -m subnetviz demo build` first.")
-    work = Path(tempfile.mkdtemp(prefix="subnetviz-drivers-"))
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="subnetviz-drivers-", dir=workdir))
     try:
         eval_rows = read_prompts(data / "A_eval.jsonl", p.eval_prompts)
         eval_file = _write_jsonl(work / "eval.jsonl", [{"prompt": r.text, "answer": r.answer} for r in eval_rows])
@@ -289,7 +296,8 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
 def run_job(config: dict, ctx) -> None:
     """Job kind ``drivers``: ``results.csv`` and ``verdicts.csv`` in the run's outputs."""
     res = run_drivers(config.get("zoo"), config.get("preset", "quick"), int(config.get("seeds", 1)),
-                      progress=lambda s, t, w: ctx.progress(s, t), should_stop=ctx.should_stop)  # fmt: skip
+                      progress=lambda s, t, w: ctx.progress(s, t), should_stop=ctx.should_stop,
+                      workdir=ctx.run_dir / "work")  # fmt: skip
     res.to_csv(ctx.out_dir / "results.csv", index=False)
     verdicts(res).to_csv(ctx.out_dir / "verdicts.csv", index=False)
 
