@@ -193,6 +193,20 @@ def verify_manifest(folder: str | os.PathLike) -> str | None:
     return None
 
 
+def read_json(path: str | os.PathLike, default=None):
+    """A JSON file's content, or ``default`` when it is missing, unreadable or not JSON (a status or
+    state file that a killed writer never wrote)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int | None = None) -> Path:
+    """``obj`` as JSON through :func:`atomic_write` (paths and other objects as their ``str``)."""
+    return atomic_write(path, json.dumps(obj, indent=indent, default=str) + ("\n" if indent else ""))
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """One cached result: a folder that exists only once it is complete, with a manifest written last."""

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from subnetviz.cache import read_json
 from subnetviz.demo import (
     MANIFEST,
     MEMBER_IDS,
@@ -40,7 +41,7 @@ from subnetviz.demo import (
 )
 from subnetviz.demo.lock import LOCK, build_lock
 from subnetviz.demo.manifest import is_complete, read_manifest, zoo_root
-from subnetviz.demo.stages import STATE, read_json, run_stages, stage_count, write_json
+from subnetviz.demo.stages import STATE, run_stages, stage_count, write_json
 from subnetviz.errors import ConfigError, SubnetvizError, suggest
 
 __all__ = ["PRESETS", "Zoo", "ZooMember", "ZooSettings", "build_zoo", "load_zoo", "main", "zoo_is_built"]

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from subnetviz.cache import read_json
 from subnetviz.demo import MASK_FILE, MEMBERS, ZOO_FORMAT, ZooSettings
 from subnetviz.demo.manifest import (
     BaseInfo,
@@ -23,7 +24,6 @@ from subnetviz.demo.manifest import (
     ZooMask,
     ZooMember,
 )
-from subnetviz.demo.stages import read_json
 
 # Pairs of members whose update masks' overlap the manifest records (seeds, data, algorithms, sub vs full).
 OVERLAP_PAIRS = (

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from subnetviz.cache import atomic_folder, atomic_write
+from subnetviz import cache
+from subnetviz.cache import atomic_folder, atomic_write, read_json
 from subnetviz.demo import MASK_FILE, MEMBERS, MemberRecipe, ZooSettings
 from subnetviz.errors import JobError
 
@@ -24,15 +25,8 @@ STATE = ".state"  # per-stage timings and notes of the build in progress
 Progress = Callable[[int, int, str], None]
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+    cache.write_json(path, obj, indent=2)
 
 
 def fresh(path: Path) -> Path:

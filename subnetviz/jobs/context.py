@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from subnetviz import cache
 from subnetviz.cache import atomic_write
 
 JOB_KINDS: dict[str, str] = {
@@ -78,11 +79,9 @@ def _jsonable(d: dict) -> dict:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    """A run folder's JSON file ({} when missing or unreadable)."""
+    return cache.read_json(path, {})
 
 
 def write_json(path: Path, obj: dict) -> None:
-    atomic_write(path, json.dumps(obj))
+    cache.write_json(path, obj)
