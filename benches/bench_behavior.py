@@ -23,7 +23,8 @@ import torch  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    from subnetviz.analysis.behavior import ModelBuilder, behavior, encode, logits_of, mask_selector, read_prompts
+    from subnetviz.analysis.behavior import behavior, encode, logits_of, read_prompts
+    from subnetviz.analysis.revert import ModelBuilder, mask_selector
     from subnetviz.config import zoo_dir
     from subnetviz.masks import load_mask_set
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from subnetviz.analysis.behavior import Prompt, behavior, kl_terms, random_selector, read_prompts
+from subnetviz.analysis.behavior import Prompt, behavior, kl_terms, read_prompts
+from subnetviz.analysis.revert import random_selector
 from tests import app_fixtures
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 from tests.training_fixtures import make_tiny_llama, write_addition_data
@@ -159,7 +160,7 @@ def test_job_writes_outputs(planted, tmp_path):
 
 
 def test_update_and_top_delta_masks_come_from_each_finetune(planted):
-    from subnetviz.analysis.behavior import mask_source
+    from subnetviz.analysis.revert import mask_source
 
     base, ft, masks = planted
     rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=None, random_control=False, device="cpu",

@@ -13,7 +13,8 @@ This module owns the link from "which weights changed" to "what the model now do
   (``inside``) and with those outside M set back (``outside``); a random mask of the same per-tensor
   count as the control; and the curve of KL / accuracy against the fraction of Δ reverted, largest
   |Δ| first vs a random order. A reverted model is built by streaming each tensor pair from disk
-  into one model instance (``where(M, base, ft)``), never by loading a second copy of the weights.
+  into one model instance (``where(M, base, ft)``, :mod:`subnetviz.analysis.revert`), never by
+  loading a second copy of the weights.
 
 Everything runs in float32 weights (bf16 checkpoints upcast exactly), logits to float64 for the KL.
 Results: :class:`BehaviorReport` (frames) and :func:`write_behavior` (``behavior.json``,
@@ -33,10 +34,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subnetviz.errors import ConfigError, MaskError, suggest
+from subnetviz.analysis.revert import (
+    ModelBuilder,
+    Selector,
+    abs_delta_selector,
+    check_mask_names,
+    mask_selector,
+    mask_source,
+    random_order_selector,
+    random_selector,
+)
+from subnetviz.errors import ConfigError, suggest
 
 ProgressFn = Callable[[int, int, str], None]
-Selector = Callable[[int, str, torch.Tensor, torch.Tensor], torch.Tensor]  # (index, key, base, ft) -> bool mask
 CURVE_POINTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 TOKEN_COLUMNS = ["model", "experiment", "prompt", "position", "token", "next_token_id", "predicts_answer",
                  "kl_forward", "kl_reverse"]  # fmt: skip
@@ -162,184 +172,6 @@ def correct(pred: torch.Tensor, e: Encoded) -> bool | None:
     return bool(torch.equal(pred[e.answer_start - 1 : len(e.ids) - 1].cpu(), e.ids[e.answer_start :]))
 
 
-# --- reverted models ----------------------------------------------------------------------------------
-class ModelBuilder:
-    """One model instance whose weights are rewritten, tensor by tensor, as ``where(select, base, ft)``."""
-
-    def __init__(self, base: str, ft: str, device):
-        from transformers import AutoModelForCausalLM
-
-        from subnetviz.checkpoints import align, open_checkpoint
-        from subnetviz.checkpoints.naming import strip_prefix
-
-        self.ck_base, self.ck_ft = open_checkpoint(base), open_checkpoint(ft)
-        self.aligned = {t.key: t for t in align([self.ck_base, self.ck_ft]).tensors}
-        self.device = device
-        self.model = AutoModelForCausalLM.from_pretrained(ft, dtype=torch.float32).to(device).eval()
-        self.params = [(strip_prefix(n), p) for n, p in self.model.named_parameters()]
-        self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}
-        missing = [k for k, _ in self.params if k not in self.aligned]
-        if missing:
-            raise ConfigError(f"{ft}: model parameters without a tensor in both checkpoints: {missing[:5]}.")
-
-    def resolve(self, masks) -> Mapping[str, torch.Tensor]:
-        """A mask set, or a function of this builder that makes one (:func:`top_delta_masks`), made once."""
-        if not callable(masks):
-            return masks
-        if id(masks) not in self._resolved:
-            self._resolved[id(masks)] = masks(self)
-        return self._resolved[id(masks)]
-
-    def build(self, select: Selector | None) -> float:
-        """Rewrite every parameter (``select=None``: the finetune itself); returns the share of changed
-        entries (stored bits differ) that were reverted."""
-        from subnetviz.analysis.bits import bits_differ
-        from subnetviz.checkpoints import read_aligned
-
-        reverted = changed = 0
-        with torch.no_grad():
-            for i, (key, p) in enumerate(self.params):
-                at = self.aligned[key]
-                b = read_aligned(self.ck_ft, at, 1, self.device)
-                if select is None:
-                    p.copy_(b.to(p.dtype))
-                    continue
-                a = read_aligned(self.ck_base, at, 0, self.device)
-                diff = bits_differ(a, b)
-                m = select(i, at.names[0], a, b) & diff
-                p.copy_(torch.where(m, a, b).to(p.dtype))
-                reverted, changed = reverted + int(m.sum()), changed + int(diff.sum())
-        return reverted / changed if changed else 0.0
-
-
-def mask_selector(masks: Mapping[str, torch.Tensor], inside: bool) -> Selector:
-    """Revert inside (``inside=True``) or outside a mask set keyed by tensor name (absent = all False)."""
-
-    def select(i: int, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        m = _mask_for(masks, name, a)
-        return m if inside else ~m
-
-    return select
-
-
-def random_selector(masks: Mapping[str, torch.Tensor], seed: int) -> Selector:
-    """The control: per tensor, as many entries as the mask holds, drawn uniformly (seeded per tensor)."""
-
-    def select(i: int, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        count = int(_mask_for(masks, name, a).sum())
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        out = torch.zeros(a.numel(), dtype=torch.bool)
-        out[torch.randperm(a.numel(), generator=g)[:count]] = True
-        return out.view(a.shape).to(a.device)
-
-    return select
-
-
-def _mask_for(masks: Mapping[str, torch.Tensor], name: str, a: torch.Tensor) -> torch.Tensor:
-    m = masks.get(name)
-    if m is None:
-        return torch.zeros(a.shape, dtype=torch.bool, device=a.device)
-    if tuple(m.shape) != tuple(a.shape):
-        raise MaskError(f"mask for {name!r} has shape {tuple(m.shape)}, the tensor {tuple(a.shape)}.")
-    return m.to(a.device, torch.bool)
-
-
-def _check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> None:
-    names = {t.names[0] for t in builder.aligned.values()}
-    unknown = [n for n in masks if n not in names]
-    if unknown:
-        raise MaskError(f"mask {label!r}: {len(unknown)} tensor name(s) not in the base checkpoint, e.g. "
-                        f"{unknown[0]!r}.{suggest(unknown[0], names)}")  # fmt: skip
-
-
-def abs_delta_selector(builder: ModelBuilder, fraction: float, sample: int = 20_000_000, seed: int = 0) -> Selector:
-    """Revert the ``fraction`` of changed entries with the largest |Δ| (one threshold over all tensors).
-
-    The threshold is the exact quantile of |Δ| over changed entries (a uniform sample of ``sample``
-    of them when there are more); ties at it are all reverted, so the reported share can exceed it.
-    """
-    if fraction <= 0:
-        return lambda i, n, a, b: torch.zeros(a.shape, dtype=torch.bool, device=a.device)
-    if fraction >= 1:
-        return lambda i, n, a, b: torch.ones(a.shape, dtype=torch.bool, device=a.device)
-    thr = _delta_quantile(builder, fraction, sample, seed)
-
-    def select(i: int, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (b.float() - a.float()).abs() >= thr
-
-    return select
-
-
-def _delta_quantile(builder: ModelBuilder, fraction: float, sample: int, seed: int) -> float:
-    from subnetviz.analysis.bits import bits_differ
-    from subnetviz.checkpoints import read_aligned
-
-    cache = getattr(builder, "_abs_delta", None)
-    if cache is None:
-        vals = []
-        for key, _ in builder.params:
-            at = builder.aligned[key]
-            a, b = read_aligned(builder.ck_base, at, 0), read_aligned(builder.ck_ft, at, 1)
-            d = (b.float() - a.float()).abs()[bits_differ(a, b)]
-            vals.append(d.numpy())
-        allv = np.concatenate(vals) if vals else np.zeros(0, np.float32)
-        if allv.size > sample:
-            allv = np.random.default_rng(seed).choice(allv, sample, replace=False)
-        cache = builder._abs_delta = np.sort(allv)[::-1]
-    if cache.size == 0:
-        return float("inf")
-    return float(cache[max(0, int(np.ceil(fraction * cache.size)) - 1)])
-
-
-def top_delta_masks(builder: ModelBuilder, fraction: float) -> dict[str, torch.Tensor]:
-    """This finetune's changed entries with the largest |Δ| (the top ``fraction`` of them, one threshold
-    over all tensors), as a mask set keyed by the base's tensor names."""
-    from subnetviz.analysis.bits import bits_differ
-    from subnetviz.checkpoints import read_aligned
-
-    thr = _delta_quantile(builder, fraction, 20_000_000, 0) if 0 < fraction < 1 else (0.0 if fraction >= 1 else None)
-    out = {}
-    for key, _ in builder.params:
-        at = builder.aligned[key]
-        a, b = read_aligned(builder.ck_base, at, 0), read_aligned(builder.ck_ft, at, 1)
-        diff = bits_differ(a, b)
-        out[at.names[0]] = diff & ((b.float() - a.float()).abs() >= thr) if thr is not None else torch.zeros_like(diff)
-    return out
-
-
-def update_masks(builder: ModelBuilder) -> dict[str, torch.Tensor]:
-    """This finetune's exact update mask (stored bits differ), keyed by the base's tensor names."""
-    return top_delta_masks(builder, 1.0)
-
-
-def mask_source(spec: str):
-    """A ``--mask`` value: a mask file, ``update`` (each finetune's own update mask) or ``topk:F`` (each
-    finetune's top fraction F of changed entries by |Δ|)."""
-    from subnetviz.masks import load_mask_set
-
-    if spec == "update":
-        return update_masks
-    if spec.startswith("topk:"):
-        try:
-            frac = float(spec[5:])
-        except ValueError:
-            frac = -1.0
-        if not 0 < frac <= 1:
-            raise ConfigError(f"mask {spec!r}: topk:F needs a fraction F in (0, 1], e.g. topk:0.1.")
-        return lambda b: top_delta_masks(b, frac)
-    return load_mask_set(spec).masks
-
-
-def random_order_selector(fraction: float, seed: int) -> Selector:
-    """Revert each changed entry with probability ``fraction`` (nested across fractions: one draw per entry)."""
-
-    def select(i: int, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        return (torch.rand(a.shape, generator=g) < fraction).to(a.device)
-
-    return select
-
-
 # --- the experiment -----------------------------------------------------------------------------------
 def behavior(
     base: str,
@@ -403,7 +235,7 @@ def behavior(
         builder = ModelBuilder(str(base), str(ft), dev)
         for name, ms in masks.items():
             if not callable(ms):
-                _check_mask_names(ms, builder, name)
+                check_mask_names(ms, builder, name)
         for experiment, mask, side, make in plan:
             if progress:
                 progress(step, total, f"{label}: {experiment}")
