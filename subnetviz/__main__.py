@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("behavior", help="teacher-forced KL and accuracy vs the base, revert experiments for masks")
     b.add_argument("base", help="base model folder (its tokenizer encodes the prompts)")
     b.add_argument("finetuned", nargs="+", help="one or more finetuned model folders")
-    b.add_argument("--prompts", nargs="+", help="JSONL with 'prompt' and optional 'answer' (default: the zoo's eval sets)")
+    b.add_argument("--prompts", nargs="+", help="JSONL with 'prompt' and optional 'answer', hf:NAME[:CONFIG]:SPLIT "
+                   "from the local datasets cache, or a save_to_disk folder (default: the zoo's eval sets)")  # fmt: skip
     b.add_argument("--out", required=True, help="output folder: behavior.json, tokens.csv, prompts.csv, curves.csv")
     b.add_argument("--labels", nargs="+", help="a name per finetuned model")
     b.add_argument("--mask", action="append", metavar="NAME=SPEC", help="a mask to revert inside/outside (repeat): "

@@ -173,6 +173,20 @@ def test_update_and_top_delta_masks_come_from_each_finetune(planted):
         mask_source("topk:2")
 
 
+
+def test_prompts_from_a_saved_dataset(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"question": ["1+1=", "2+2="], "answer": ["work #### 2", "4"]}).save_to_disk(
+        str(tmp_path / "ds"))
+    ps = read_prompts(tmp_path / "ds")
+    assert ps == [Prompt("1+1=", "2"), Prompt("2+2=", "4")]
+    assert read_prompts(tmp_path / "ds", limit=1) == [Prompt("1+1=", "2")]
+    from subnetviz.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hf:NAME"):
+        read_prompts("hf:only-a-name")
+
 # Last in the module: the app sets SUBNETVIZ_ENFORCE_ROOTS for the rest of the module (app_env restores it).
 @pytest.mark.slow
 def test_behaviour_page_renders(app_env):

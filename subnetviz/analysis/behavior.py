@@ -59,8 +59,20 @@ class Prompt:
     answer: str | None = None
 
 
+PROMPT_COLUMNS = ("prompt", "question", "problem", "input")
+ANSWER_COLUMNS = ("answer", "solution", "output", "target")
+
+
 def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prompt]:
-    """JSONL rows with a string ``prompt`` and an optional string ``answer`` (other keys ignored)."""
+    """JSONL rows with a string ``prompt`` and an optional string ``answer`` (other keys ignored).
+
+    Also a data set already on this machine: ``hf:NAME[:CONFIG]:SPLIT`` from the local ``datasets``
+    cache (offline; nothing is downloaded) or a folder written by ``Dataset.save_to_disk``. Its
+    prompt is the first of the columns :data:`PROMPT_COLUMNS`, its answer the first of
+    :data:`ANSWER_COLUMNS` (text after a GSM8K-style ``####`` when present).
+    """
+    if str(path).startswith("hf:") or (Path(path).is_dir() and (Path(path) / "dataset_info.json").exists()):
+        return _dataset_prompts(str(path), limit)
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such prompt file (JSONL with 'prompt' and optional 'answer').")
@@ -80,6 +92,38 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prom
             break
     if not out:
         raise ConfigError(f"{path}: holds no prompts.")
+    return out
+
+
+def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
+    import datasets
+
+    try:
+        if spec.startswith("hf:"):
+            parts = spec[3:].split(":")
+            if len(parts) not in (2, 3):
+                raise ConfigError(f"{spec!r}: expected hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT.")
+            name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
+            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the local cache only
+            ds = datasets.load_dataset(name, config, split=split)
+        else:
+            ds = datasets.load_from_disk(spec)
+    except (FileNotFoundError, ValueError, ConnectionError) as exc:
+        raise ConfigError(f"{spec}: not a data set on this machine ({exc}).") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise ConfigError(f"{spec}: holds splits {list(ds)}; name one (hf:NAME:SPLIT, or save one split).")
+    cols = ds.column_names
+    pcol = next((c for c in PROMPT_COLUMNS if c in cols), None)
+    if pcol is None:
+        raise ConfigError(f"{spec}: no prompt column; expected one of {PROMPT_COLUMNS}, found {cols}.")
+    acol = next((c for c in ANSWER_COLUMNS if c in cols), None)
+    rows = ds.select(range(min(limit, len(ds)))) if limit else ds
+    out = []
+    for r in rows:
+        ans = None if acol is None or r[acol] is None else str(r[acol])
+        out.append(Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans))
+    if not out:
+        raise ConfigError(f"{spec}: holds no rows.")
     return out
 
 
