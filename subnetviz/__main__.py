@@ -79,7 +79,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         analysis = cached_analysis(args.base, args.finetuned, **kwargs)
         if analysis.cached:
             print(f"cached: served from {analysis.source_dir}", file=sys.stderr)
-    subspaces = _subspaces(args, analysis.labels) if args.subspaces else None
+    subspaces = _subspaces(args, analysis.labels) if args.subspaces or args.subspaces_share else None
     with atomic_folder(out) as tmp:  # the analysis and its subspaces appear together or not at all
         if args.no_cache:
             write_analysis(analysis, tmp / "analysis", params={"base": args.base, "finetuned": args.finetuned})
@@ -105,7 +105,8 @@ def _subspaces(args: argparse.Namespace, labels: list[str]):
     (through the disk cache unless ``--no-cache``); returns the (rows, vectors) frames."""
     from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces, cached_subspaces
 
-    kwargs = dict(labels=labels, options=SubspaceOptions(k=args.subspaces), device=args.device,
+    options = SubspaceOptions(k=args.subspaces, share=args.subspaces_share)
+    kwargs = dict(labels=labels, options=options, device=args.device,
                   progress=_progress_bar("subspaces"))  # fmt: skip
     if not args.no_cache:
         return cached_subspaces(args.base, args.finetuned, **kwargs)
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--subspaces", type=int, default=16, metavar="K",
                    help="top-K singular subspaces of W_base vs W_ft per 2-D weight -> subspaces.csv (0: off; "
                    "default 16)")  # fmt: skip
+    a.add_argument("--subspaces-share", type=float, metavar="F", help="K = ceil(F · min(m, n)) per matrix instead")
     a.set_defaults(func=cmd_analyze)
 
     b = sub.add_parser("behavior", help="teacher-forced KL and accuracy vs the base, revert experiments for masks")

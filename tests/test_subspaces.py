@@ -148,6 +148,11 @@ def test_cli_analyze_writes_subspaces(tmp_path):
     assert main(["analyze", str(base), str(ft), "--out", str(out2), "--subspaces", "0", "--no-spectra",
                  "--device", "cpu", "--no-cache"]) == 0  # fmt: skip
     assert (out2 / "tensors.csv").exists() and not (out2 / "subspaces.csv").exists()
+    out3 = tmp_path / "out3"
+    assert main(["analyze", str(base), str(ft), "--out", str(out3), "--subspaces-share", "0.5", "--no-spectra",
+                 "--device", "cpu", "--no-cache"]) == 0  # fmt: skip
+    df3 = pd.read_csv(out3 / "subspaces.csv")
+    assert (df3["k"] == np.ceil(0.5 * np.minimum(df3["rows"], df3["cols"]))).all()
 
 
 def test_figures_draw_the_table():
