@@ -161,6 +161,34 @@ def test_bit_packed_masks_give_the_bool_masks_regions(n_masks):
         mask_overlap([packed[0], bad])
 
 
+def test_a_filtered_view_of_packed_masks_keeps_its_filter():
+    """analyze_updates passes a Mapping view (names common to every finetune) over PackedMasks,
+    holding the unfiltered masks in ``.masks``: the view's names are the ones compared."""
+    from collections.abc import Mapping
+
+    from subnetviz.masks import PackedMasks
+
+    class View(Mapping):
+        def __init__(self, masks, keep):
+            self.masks, self.names = masks, [n for n in masks if n in keep]
+
+        def __getitem__(self, name):
+            return self.masks[name]
+
+        def __iter__(self):
+            return iter(self.names)
+
+        def __len__(self):
+            return len(self.names)
+
+    a, b = PackedMasks(), PackedMasks()
+    a.add("w", torch.tensor([True, False, True]))
+    b.add("w", torch.tensor([True, True, False]))
+    a.add("only_in_a", torch.ones(4, dtype=torch.bool))
+    rep = mask_overlap([View(a, {"w"}), View(b, {"w"})], ["a", "b"])
+    assert rep.numel == 3 and rep.totals.tolist() == [0, 1, 1, 1]
+
+
 def test_invariants():
     sets = _random_sets(5, [0.05, 0.2, 0.5, 0.5, 0.9], seed=3)
     rep = mask_overlap(sets)

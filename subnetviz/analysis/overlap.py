@@ -168,7 +168,9 @@ class OverlapReport:
 
 
 def _as_dict(mask_set, index: int) -> Mapping[str, torch.Tensor]:
-    masks = getattr(mask_set, "masks", mask_set)  # MaskSet or a plain mapping
+    # a MaskSet holds its mapping in .masks; a Mapping is used as it is (a filtered view may hold
+    # the unfiltered mapping in a .masks attribute of its own)
+    masks = mask_set if isinstance(mask_set, Mapping) else getattr(mask_set, "masks", mask_set)
     if not isinstance(masks, Mapping):
         raise MaskError(
             f"mask set #{index}: expected a MaskSet or a mapping name -> bool tensor, got {type(mask_set).__name__}."
@@ -196,7 +198,7 @@ def _validate(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -
     for name in names:
         shape = _shape(sets[0], name)
         for label, masks in zip(labels, sets, strict=True):
-            if hasattr(masks, "packed"):  # bit-packed bool masks (PackedMasks): the shape, no unpacking
+            if _packed(masks) is not None:  # bit-packed bool masks (PackedMasks): the shape, no unpacking
                 if _shape(masks, name) != shape:
                     raise MaskError(f"tensor {name!r}: mask {label!r} has shape {_shape(masks, name)} but mask "
                                     f"{labels[0]!r} has {shape}.")  # fmt: skip
@@ -212,15 +214,26 @@ def _validate(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -
     return names
 
 
+def _packed(masks: Mapping):
+    """The ``packed(name)`` accessor of bit-packed masks (PackedMasks, or a filtered view of one
+    exposing it as ``.masks``), else None."""
+    if hasattr(masks, "packed"):
+        return masks.packed
+    inner = getattr(masks, "masks", None)
+    return inner.packed if hasattr(inner, "packed") else None
+
+
 def _shape(masks: Mapping, name: str) -> tuple[int, ...]:
-    return tuple(masks.packed(name)[1]) if hasattr(masks, "packed") else tuple(masks[name].shape)
+    packed = _packed(masks)
+    return tuple(packed(name)[1]) if packed is not None else tuple(masks[name].shape)
 
 
 def _member_bits(masks: Mapping, name: str) -> np.ndarray:
     """(numel,) uint8 0/1 of one mask tensor: unpacked straight from bit-packed masks, a view of
     a CPU bool tensor otherwise (no conversion copy)."""
-    if hasattr(masks, "packed"):
-        bits, shape = masks.packed(name)
+    packed = _packed(masks)
+    if packed is not None:
+        bits, shape = packed(name)
         return np.unpackbits(bits, count=math.prod(shape))
     return masks[name].detach().reshape(-1).cpu().numpy().view(np.uint8)
 
