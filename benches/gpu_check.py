@@ -20,6 +20,12 @@ device's copy bandwidth (``y.copy_(x)`` of one tensor: bytes read + written per 
 with every statistic checked equal to the CPU pass on the same pair; then the host side: pinned
 host→device copy GB/s and ``updates._read_checked``-style pinned transfer of one tensor.
 
+Part 4 (``--sharded``, issue 14): masked vs unmasked GRPO on a ~0.5B Llama-shaped model (hidden
+1024, 30 layers, random weights, char tokenizer) with ``strategy: fsdp2`` over every visible GPU
+(``benches.bench_sharded``'s runs: ``python -m subnetviz train --config``), step time masked vs
+unmasked, FSDP2 evidence and the bitwise check outside the mask; ``--small``: a tiny model on 2 CPU
+processes.
+
 Every timing synchronises the device before and after, runs once to warm up (CUDA/cuSOLVER
 initialisation), and reports the best of ``--repeat``.
 """
@@ -221,6 +227,39 @@ def fused_part(shapes, device: str, repeat: int) -> None:
               f"{gb / t_pin:.1f} GB/s")
 
 
+def sharded_part(small: bool, steps: int) -> None:
+    """Issue 14: FSDP2 masked vs unmasked GRPO step time (a 2-process CPU smoke run with ``small``)."""
+    import tempfile
+    from pathlib import Path
+
+    from benches.bench_sharded import _data, run
+    from tests.training_fixtures import make_tiny_llama, write_half_mask
+
+    root = Path(tempfile.mkdtemp(prefix="gpu-check-sharded-"))
+    dims = dict(hidden=64, intermediate=256, layers=2, heads=4) if small else dict(
+        hidden=1024, intermediate=4096, layers=30, heads=16)  # fmt: skip
+    base = make_tiny_llama(root / "base", **dims)
+    mask = write_half_mask(root / "half.safetensors", base, p=0.5, seed=0)
+    nproc = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 2
+    print(f"\n[sharded] FSDP2 masked vs full GRPO, {nproc} process(es), {steps} steps, model {dims}")
+    per_step = {}
+    for variant in ("full", "masked", "full", "masked"):
+        out = root / f"{variant}-{len(per_step.get(variant, []))}"
+        cfg = {"algorithm": "grpo", "base": str(base), "data": str(_data(root, "grpo")),
+               "output_dir": str(out / "model"), "mask": str(mask) if variant == "masked" else None,
+               "steps": steps, "learning_rate": 1e-5, "batch_size": 32, "num_generations": 8,
+               "max_completion_length": 4, "weight_decay": 0.01, "strategy": "fsdp2", "num_processes": nproc}  # fmt: skip
+        summary = run(cfg, out)
+        per_step.setdefault(variant, []).append(summary["train_seconds"] / summary["steps_done"])
+        if variant == "masked":
+            ev, chk = summary["fsdp2"], summary["gathered_check"]
+            print(f"  fsdp2: {ev['dtensor_parameters']}/{ev['parameters']} DTensor parameters, mesh {ev['mesh_size']}, "
+                  f"{ev['full_numel']:,} parameters; outside mask identical: {chk['outside_mask_identical']} "
+                  f"(changed inside {chk['changed_inside']:,})")  # fmt: skip
+    full, masked = min(per_step["full"]), min(per_step["masked"])
+    print(f"  step time full {1000 * full:.1f} ms, masked {1000 * masked:.1f} ms, ratio {masked / full:.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="shapes divided by 8 (CPU smoke test)")
@@ -231,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-spectra", action="store_true")
     parser.add_argument("--skip-sparsity", action="store_true")
     parser.add_argument("--skip-fused", action="store_true")
+    parser.add_argument("--sharded", action="store_true", help="also part 4: FSDP2 masked GRPO (issue 14)")
+    parser.add_argument("--sharded-steps", type=int, default=10)
     args = parser.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -246,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         sparsity_part((PAIR_SHAPE[0] // div, PAIR_SHAPE[1] // div), device, args.repeat)
     if not args.skip_fused:
         fused_part([(m // div, n // div) for m, n in FUSED_SHAPES], device, args.repeat)
+    if args.sharded:
+        sharded_part(args.small, args.sharded_steps)
 
 
 if __name__ == "__main__":

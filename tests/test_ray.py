@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,52 +19,23 @@ import torch
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
 
-from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, job_resources, merge_series, series_fanout  # noqa: E402
+from subnetviz.jobs.ray_backend import (  # noqa: E402
+    RAY_ADDRESS_ENV,
+    job_resources,
+    local_head,
+    merge_series,
+    series_fanout,
+)
 from subnetviz.jobs.runner import JobRunner  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
-    """``ray start --head --block`` in its own session on 127.0.0.1; the whole session is killed at the end."""
-    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port = _free_port()
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    cmd = [ray_cli, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-           "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
-           "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
-           "--temp-dir", temp]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    log = open(Path(temp) / "head.log", "wb")
-    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{address}', "
-                                    "logging_level='ERROR'); print(ray.cluster_resources()['CPU'])"],
-                                   capture_output=True, text=True, timeout=60)  # fmt: skip
-            if probe.returncode == 0:
-                break
-            if head.poll() is not None or time.time() > deadline:
-                raise RuntimeError("ray head did not start:\n" + (Path(temp) / "head.log").read_text()[-3000:])
-            time.sleep(1)
+    """A local head on 127.0.0.1 with 2 CPUs, its own process session killed at the end."""
+    with local_head(num_cpus=2) as address:
         yield address
-    finally:
-        try:
-            os.killpg(head.pid, signal.SIGKILL)  # our head's own session: gcs, raylet, workers
-        except ProcessLookupError:
-            pass
-        head.wait(timeout=30)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture

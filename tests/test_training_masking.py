@@ -160,6 +160,24 @@ def test_check_outside_mask_planted(tmp_path):
     assert (chk.changed_inside, chk.changed_outside, chk.numel_inside, chk.outside_mask_identical) == (1, 2, 2, False)
 
 
+def test_check_state_outside_mask_planted(tmp_path):
+    """The gathered fp32 state against a bf16 base: an fp32 change below bf16's resolution counts."""
+    from safetensors.torch import save_file
+
+    from subnetviz.training.masking import check_state_outside_mask
+
+    base = torch.ones(6, dtype=torch.bfloat16)
+    (tmp_path / "base").mkdir()
+    save_file({"w": base}, str(tmp_path / "base" / "model.safetensors"))
+    state = {"w": base.float(), "rotary.inv_freq": torch.ones(3)}  # a buffer the checkpoint lacks: skipped
+    state["w"][0] = 1.0 + 2**-20  # invisible in bf16, a bit change in the fp32 master weight
+    state["w"][4] = 2.0
+    m = torch.tensor([False, False, False, False, True, True])
+    chk = check_state_outside_mask(tmp_path / "base", state, {"w": m})
+    assert (chk.changed_inside, chk.changed_outside, chk.tensors_compared, chk.outside_mask_identical) == (1, 1, 1, False)
+    assert check_state_outside_mask(tmp_path / "base", {"w": base.float()}, {"w": m}).outside_mask_identical
+
+
 def test_config_validation(tiny, tmp_path):
     ok = _cfg(tiny, tmp_path, "grpo")
     ok.validate()

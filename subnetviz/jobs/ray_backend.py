@@ -27,13 +27,17 @@ and merges their integer counts into a result identical to :func:`checkpoint_ser
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from subnetviz.errors import ConfigError, JobError
@@ -285,6 +289,47 @@ def series_fanout(paths: Sequence[str], steps: Sequence[int] | None = None, *, w
     task = ray.remote(ray_backend._series_part).options(num_cpus=1, max_retries=0)
     parts = ray.get([task.remote(paths, steps, g) for g in _groups(sizes, max(1, int(workers)))])
     return merge_series(parts, steps)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_head(num_cpus: int = 2, timeout: float = 90.0) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 for tests and benchmarks; yields its address, then kills it.
+
+    ``ray start --head --block`` runs in a session of its own (every Ray process it starts stays
+    in it), so the end kills exactly that session, never another Ray on the machine.
+    """
+    require_ray()
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port = _free_port()
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address",
+           "127.0.0.1", "--port", str(port), "--num-cpus", str(num_cpus), "--num-gpus", "0",
+           "--include-dashboard", "false", "--disable-usage-stats", "--dashboard-port", str(_free_port()),
+           "--ray-client-server-port", str(_free_port()), "--temp-dir", temp]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    address = f"127.0.0.1:{port}"
+    with open(Path(temp) / "head.log", "wb") as log:
+        head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        deadline = time.time() + timeout
+        probe = f"import ray; ray.init(address='{address}', logging_level='ERROR'); ray.cluster_resources()['CPU']"
+        while subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=timeout).returncode:
+            if head.poll() is not None or time.time() > deadline:
+                raise JobError("the Ray head did not start:\n" + (Path(temp) / "head.log").read_text()[-3000:])
+            time.sleep(1)
+        yield address
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,8 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
     scratch = Path(tempfile.mkdtemp(prefix="subnetviz-trl-"))
     world = sharded.init_world() if cfg.strategy == "fsdp2" else None
     gather = sharded.full_state_dict if world is not None else None
+    if cfg.strategy == "zero3":
+        gather = sharded.zero_full_state  # fp32 master weights gathered from the ZeRO partitions
     progress = ProgressCallback(
         ctx, total=cfg.steps, is_main=world is None or world.is_main, any_rank=sharded.any_rank if world else None
     )
@@ -102,7 +104,8 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
         evidence = sharded.fsdp2_evidence(model) if world is not None else None
         masks = mask_set = None
         if cfg.mask is not None:
-            shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}  # DTensors: the full shapes
+            # DTensors report their full shape; ZeRO-3 partitioned parameters keep it as ds_shape.
+            shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
             masks, mask_set = load_training_mask(cfg.mask, shapes, seed=cfg.seed)  # refuses before any step
         decay_names = set(trainer.get_decay_parameter_names(model))
         zero = cfg.strategy == "zero3"
@@ -127,8 +130,8 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
         trainer.train()
         steps_done = int(trainer.state.global_step)
         stopped = ctx is not None and ctx.should_stop()
-        if world is not None:
-            stopped = sharded.any_rank(stopped)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            stopped = sharded.any_rank(stopped)  # every rank takes the same branch (the gather is collective)
         state = gather(model) if gather is not None and not stopped else None  # every rank takes part
         if stopped or not is_main:
             if stopped and is_main and partial.exists():

@@ -46,9 +46,12 @@ RUN_DIR_ENV = "SUBNETVIZ_RUN_DIR"  # the launched processes of a job report into
 _WORLD_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
 
 
+LAUNCHED_ENV = "SUBNETVIZ_LAUNCHED"  # set for the launched processes: they never launch again
+
+
 def launched() -> bool:
     """True inside a process started by torchrun / ``accelerate launch``."""
-    return "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+    return os.environ.get(LAUNCHED_ENV) == "1" or ("WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ)
 
 
 def needs_launch(strategy: str) -> bool:
@@ -128,6 +131,7 @@ def launch(strategy: str, num_processes: int, config_file: Path, folder: Path, *
     yaml.write_text(accelerate_config(strategy, num_processes))
     env = {k: v for k, v in os.environ.items() if k not in _WORLD_ENV}
     env[ACCELERATE_CONFIG_ENV] = str(yaml)
+    env[LAUNCHED_ENV] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
@@ -160,6 +164,8 @@ def init_world() -> World:
     """Join the launched run's process group (gloo on CPU, nccl on CUDA) and return this process's place."""
     import torch.distributed as dist
 
+    if "WORLD_SIZE" not in os.environ:  # one process started without torchrun: a group of one
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if not dist.is_initialized():
         if torch.cuda.is_available():
@@ -244,6 +250,13 @@ def local_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
 
 # --- DeepSpeed ZeRO (GPU) -----------------------------------------------------------------------
+
+
+def zero_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter's fp32 master weights gathered from the ZeRO partitions, on CPU (a collective)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    return {n: safe_get_full_fp32_param(p).detach().float().cpu() for n, p in model.named_parameters()}
 
 
 def zero_partition(mask: torch.Tensor, rank: int, world: int) -> torch.Tensor:

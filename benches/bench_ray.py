@@ -1,0 +1,127 @@
+"""The Ray backend against the local one: a checkpoint series fanned out, and job submission latency.
+
+1. The demo zoo's checkpoint series (grpo-s0's 8 checkpoints): :func:`checkpoint_series` in this
+   process vs :func:`series_fanout` over 2 Ray workers of a local head; the merged result must be
+   identical bit for bit (every float column compared on its int64 view).
+2. Job submission latency, local OS-process backend vs Ray: a trivial job (one progress step),
+   from ``submit()`` to the registry saying running, and to the job's own first progress record
+   (the job function really executing), median of ``--jobs`` jobs each.
+
+The head is started here (127.0.0.1, 2 CPUs) and killed at the end. The zoo is the built one in
+SUBNETVIZ_HOME (``python -m subnetviz demo build``) or ``--zoo DIR``.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_ray [--zoo DIR] [--jobs 5] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _identical(a, b) -> bool:
+    if list(a.columns) != list(b.columns) or not a.dtypes.equals(b.dtypes):
+        return False
+    for col in a.columns:
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        if x.dtype.kind == "f" and not (x.view("int64") == y.view("int64")).all():
+            return False
+        if x.dtype.kind != "f" and list(x) != list(y):
+            return False
+    return True
+
+
+def bench_series(paths: list[str], steps: list[int], address: str, reps: int) -> None:
+    from subnetviz.analysis.series import checkpoint_series
+    from subnetviz.jobs.ray_backend import series_fanout
+
+    series_fanout(paths, steps, workers=2, address=address)  # warm: driver connect, worker start, imports
+    local_t, ray_t = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        local = checkpoint_series(paths, steps)
+        local_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fanned = series_fanout(paths, steps, workers=2, address=address)
+        ray_t.append(time.perf_counter() - t)
+    same = _identical(local.steps, fanned.steps) and _identical(local.split, fanned.split)
+    lm, rm = statistics.median(local_t), statistics.median(ray_t)
+    print(f"series of {len(paths)} checkpoints ({local.numel:,} parameters each), median of {reps}:")
+    print(f"  local, one process      {lm:8.3f} s")
+    print(f"  Ray, 2 workers          {rm:8.3f} s   (ratio Ray/local {rm / lm:.2f})")
+    print(f"  merged result identical to local, bit for bit: {'yes' if same else 'NO'}")
+    if not same:
+        raise SystemExit("the fanned-out series differs from the local one")
+
+
+def _latency(runner, n: int) -> tuple[list[float], list[float]]:
+    to_running, to_first = [], []
+    for _ in range(n):
+        t0 = time.time()
+        rid = runner.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 0.01,
+                             "steps": 1})  # fmt: skip
+        running = None
+        while True:
+            rec = runner.get(rid)
+            if running is None and rec.status in ("running", "succeeded"):
+                running = (rec.started or time.time()) - t0
+            if rec.finished:
+                break
+            time.sleep(0.02)
+            runner.poll()
+        assert rec.status == "succeeded", (Path(rec.run_dir) / "log.txt").read_text()
+        first = json.loads((Path(rec.run_dir) / "metrics.jsonl").read_text().splitlines()[0])["time"]
+        to_running.append(running)
+        to_first.append(first - t0)
+    return to_running, to_first
+
+
+def bench_latency(address: str, n: int) -> None:
+    from subnetviz.jobs.runner import JobRunner
+
+    os.environ["SUBNETVIZ_ALLOW_TEST_JOBS"] = "1"
+    root = Path(tempfile.mkdtemp(prefix="bench-ray-runs-"))
+    rows = {}
+    for label, addr in (("local", ""), ("Ray", address)):
+        runner = JobRunner(root / label, ray_address=addr)
+        _latency(runner, 1)  # warm the file cache / the Ray workers
+        rows[label] = _latency(runner, n)
+    print(f"job submission latency, median of {n} trivial jobs (s):")
+    print(f"  {'backend':<8} {'queued -> running':>18} {'-> job executing':>17}")
+    for label, (run, first) in rows.items():
+        print(f"  {label:<8} {statistics.median(run):>18.3f} {statistics.median(first):>17.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", default=None, help="a built demo zoo (default: SUBNETVIZ_HOME's)")
+    ap.add_argument("--jobs", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    from subnetviz import config
+    from subnetviz.demo.build import load_zoo
+    from subnetviz.jobs.ray_backend import local_head
+
+    zoo = load_zoo(Path(args.zoo) if args.zoo else config.zoo_dir())
+    series = zoo.series
+    steps, paths = [s for s, _ in series], [str(p) for _, p in series]
+    print(f"load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    with local_head(num_cpus=2) as address:
+        print(f"Ray head at {address} (2 CPUs)")
+        bench_series(paths, steps, address, args.reps)
+        bench_latency(address, args.jobs)
+
+
+if __name__ == "__main__":
+    main()
