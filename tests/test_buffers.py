@@ -72,6 +72,8 @@ def test_fp16_base_and_bf16_finetune_are_compared_at_the_finetunes_dtype(tmp_pat
     note = next(n for n in rep.notes if n.startswith("Mixed precision"))
     assert "float16 in the base and bfloat16 in the finetune" in note and name in note
     assert "round-to-nearest-even" in note
+    analysis = analyze_updates(str(b), [str(f)], labels=["ft"])  # the page lists the analysis' notes
+    assert any(n.startswith("ft: Mixed precision") for n in analysis.notes)
     # The override: at fp32 the two roundings differ almost everywhere, and no cast note is written.
     rep32 = analyze_updates(str(b), [str(f)], labels=["ft"], options=SparsityOptions(precision="fp32")).reports[0]
     assert rep32.changed > 1000 and not any(n.startswith("Mixed precision") for n in rep32.notes)

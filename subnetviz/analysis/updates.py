@@ -226,6 +226,9 @@ def analyze_updates(
         common = set.intersection(*(set(m) for m in masks))
         sets = [_Subset(m, common) for m in masks]  # unpacked one tensor at a time by the overlap pass
         overlap = mask_overlap(sets, labels, group_of=lambda n: (table.describe(n).layer, table.describe(n).module))
+    # Per-model notes on stored forms (buffers, mixed precision, FP8 / int8 / codes, adapters) also at the
+    # analysis level, labelled, where the pages list notes.
+    notes = notes + [f"{labels[i]}: {n}" for i in range(len(cks)) for n in getattr(cks[i], "notes", []) + log.notes(i)]
     return UpdateAnalysis(ck_base.spec, labels, reports, spec, None, None, overlap, notes,
                           time.perf_counter() - t0)  # fmt: skip
 
