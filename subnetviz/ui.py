@@ -394,6 +394,26 @@ def export_button(title: str, params: dict, figure_keys: Sequence[str] = (), tab
     st.download_button("Export dashboard (HTML)", lambda: build_report(f"subnetviz · {title}", [section], params),
                        file_name=f"subnetviz-{title.lower().replace(' ', '-')}.html", mime="text/html",
                        key=f"export-{title}", icon=":material/download:", on_click="ignore")  # fmt: skip
+    figure_download([k for k in figure_keys if k in figs], title)
+
+
+def figure_download(keys: Sequence[str], title: str) -> None:
+    """Publication figures: any chart of the page as SVG, PDF or PNG (at a chosen scale), rendered
+    server-side by kaleido with the system Chromium only when the button is clicked."""
+    if not keys:
+        return
+    from subnetviz.report.static import FORMATS, figure_bytes
+
+    figs = st.session_state.get("_figures", {})
+    with st.expander("Figure for a paper (SVG, PDF, PNG)", icon=":material/image:"):
+        a, b, c, d = st.columns([3, 1, 1, 2], vertical_alignment="bottom")
+        key = a.selectbox("Chart", list(keys), key=f"pub-chart-{title}")
+        fmt = b.selectbox("Format", list(FORMATS), key=f"pub-fmt-{title}")
+        scale = c.selectbox("PNG scale", [1, 2, 3, 4], index=1, key=f"pub-scale-{title}", disabled=fmt != "png")
+        fig = figs[key]
+        d.download_button("Download figure", lambda: figure_bytes(fig, fmt, scale=float(scale)),
+                          file_name=f"subnetviz-{key}.{fmt}", mime=FORMATS[fmt], key=f"pub-dl-{title}",
+                          icon=":material/download:", on_click="ignore")  # fmt: skip
 
 
 def need(condition: bool, message: str) -> None:

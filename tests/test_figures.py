@@ -559,3 +559,24 @@ def test_split_bar_stacks_shares_in_fixed_colours_and_module_series_is_weighted(
     mods = pd.DataFrame({"step": [1, 1, 2], "module": ["q", "q", "q"], "changed": [1, 3, 8], "numel": [10, 30, 40]})
     tr = F.module_series(mods).data[0]
     assert list(tr.x) == [1, 2] and list(tr.y) == pytest.approx([90.0, 80.0])  # Σchanged/Σnumel, not a mean of shares
+
+
+def test_training_curves_have_markers_and_smooth_like_tensorboard():
+    df = pd.DataFrame({"step": [1], "metric": ["loss"], "value": [2.0]})
+    tr = F.training_curves(df).data[0]
+    assert "markers" in tr.mode  # a one-point curve stays visible
+    v = np.array([1.0, 3.0, np.nan, 5.0])
+    got = F.updates.smooth_ema(v, 0.5)
+    assert got[0] == 1.0 and got[1] == pytest.approx((0.25 * 1 + 0.5 * 3) / 0.75)  # debiased EMA
+    assert got[2] == got[1]  # a NaN step carries the average on
+    many = pd.DataFrame({"step": [1, 2, 1, 2], "metric": ["loss"] * 4, "value": [1.0, 2, 3, 4], "run": ["a", "a", "b", "b"]})
+    fig = F.training_curves(many, smoothing=0.5)
+    assert [t.name for t in fig.data if t.showlegend] == ["a", "b"]
+    assert sum(t.opacity == 0.3 for t in fig.data) == 2  # the raw curve stays, faint, under each smoothed one
+
+
+def test_format_number_never_hides_a_small_number():
+    assert F.format_number(0.00012) == "1.20e-04" and F.format_number(-2.3e-5, sign=True) == "-2.30e-05"
+    assert F.format_number(4e-4, sign=True) == "+4.00e-04"  # the random ablation's tiny Δ bits, not "+0.000"
+    assert F.format_number(12345.6) == "12,346" and F.format_number(0.9873) == "0.987"
+    assert F.format_number(float("nan")) == "—"

@@ -182,3 +182,23 @@ def test_report_renders_offline_in_chromium_with_hover(tmp_path):
             browser.close()
     assert not errors
     assert all(u.startswith("file:") for u in requests)
+
+
+@pytest.mark.skipif(not os.access("/usr/bin/chromium", os.X_OK), reason="needs Debian chromium for kaleido")
+def test_publication_figures_render_server_side_as_svg_pdf_png():
+    """Every chart downloads as a file for a paper: real SVG, PDF and PNG (scale multiplies the pixels)."""
+    import struct
+
+    import pandas as pd
+
+    from subnetviz import figures
+    from subnetviz.report.static import StaticExportError, figure_bytes
+
+    fig = figures.overall_bars(pd.DataFrame({"model": ["grpo", "sft"], "sparsity": [0.68, 0.28]}))
+    svg = figure_bytes(fig, "svg")
+    assert svg.lstrip().startswith(b"<svg") and b"grpo" in svg  # text stays text: editable in a paper
+    assert figure_bytes(fig, "pdf").startswith(b"%PDF")
+    png = figure_bytes(fig, "png", scale=2, width=400, height=300)
+    assert png.startswith(b"\x89PNG") and struct.unpack(">II", png[16:24]) == (800, 600)
+    with pytest.raises(StaticExportError):
+        figure_bytes(fig, "gif")

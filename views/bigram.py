@@ -79,10 +79,11 @@ def import_released(model: str) -> None:
 
 
 def headline(h: dict) -> None:
-    items = [("kept weights", f"{h['kept']:,} ({100 * h['density']:.3f} %)"), ("r full model", f"{h['r_full']:.3f}"),
-             ("r subnetwork", f"{h['r_subnetwork']:.3f}"), ("r random", f"{h['r_random_mean']:.3f} ± {h['r_random_sd']:.3f}"),
-             ("first-layer MLP share", f"{100 * h['first_mlp_share']:.1f} %"),
-             ("Δ bits ablated / random", f"{h['delta_bits_ablated']:+.3f} / {h['delta_bits_random_ablated']:+.3f}")]  # fmt: skip
+    num = figures.format_number  # 3 significant digits, scientific below 1e-3: no "+0.000" hiding a number
+    items = [("kept weights", f"{h['kept']:,} ({num(100 * h['density'])} %)"), ("r full model", num(h["r_full"])),
+             ("r subnetwork", num(h["r_subnetwork"])), ("r random", f"{num(h['r_random_mean'])} ± {num(h['r_random_sd'])}"),
+             ("first-layer MLP share", f"{num(100 * h['first_mlp_share'])} %"),
+             ("Δ bits ablated / random", f"{num(h['delta_bits_ablated'], sign=True)} / {num(h['delta_bits_random_ablated'], sign=True)}")]  # fmt: skip
     if "overlap_x_chance" in h:
         items.append((f"overlap × chance (p = {h['overlap_p']:.0e})", f"{h['overlap_x_chance']:.1f}×"))
     cols = st.columns(4)  # two rows: seven numbers do not fit one row readably
@@ -107,6 +108,8 @@ def analyse(model: str, corpus: str) -> None:
     opts = ["none", *names]
     opt = b.selectbox("Optimal subnetwork mask (overlap)", opts,
                       index=opts.index(latest["optimal"]) if latest["optimal"] else 0, key="bg_opt", bind="query-params")  # fmt: skip
+    if latest["optimal"] is None:
+        st.caption("No optimal-target mask yet: train one with target *optimal* under *Train a mask* to see the overlap.")
     key = analysis_key(model, masks[mask], corpus, masks.get(opt))
     res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, key)
     headline(res.headline)
@@ -116,17 +119,25 @@ def analyse(model: str, corpus: str) -> None:
         ui.chart(bg_figures.fidelity_bars(summary), key="bg-r")
     with d:
         ui.chart(bg_figures.delta_bits_bars(summary), key="bg-bits")
+    st.caption("Left: correlation r of each model's next-token surprisal with the bigram's (1 = predicts like the bigram "
+               "table). Right: extra bits per token when the subnetwork is ablated vs a random set of the same size.")  # fmt: skip
     ui.table(summary, "bg-ablation", "Fidelity and loss per setting (random: mean ± sd over seeds)")
     ui.chart(figures.sparsity_heatmap(shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives"),
              key="bg-shares")  # fmt: skip
+    st.caption("Blocks as in the bigram paper: Q, K, V, O = q_proj, k_proj, v_proj, o_proj (q, k, v, o on the other "
+               "pages); MLP-in = gate_proj + up_proj (gate, up); MLP-out = down_proj (down).")  # fmt: skip
     ui.table(res.split, "bg-split", "Attention vs MLP")
     if res.residual is not None:
         ui.chart(bg_figures.rotation_curves(res.residual.rotation), key="bg-rotation")
+        st.caption("How to read it: similarity of the residual stream after each layer to the current token's and the "
+                   "next token's representation; the paper's full model turns from current to next in the first layer.")  # fmt: skip
         labels = list(dict.fromkeys(res.residual.covariance["model"]))
         for col, label in zip(st.columns(len(labels)), labels, strict=True):
             with col:
                 ui.chart(bg_figures.covariance_heatmap(res.residual.covariance_matrix(label),
                                                        f"Covariance similarity: {label}"), key=f"bg-cov-{label}")  # fmt: skip
+        st.caption("Covariance similarity between layers' residual streams (1 = the same geometry): a block that stays "
+                   "bright across layers means the representation did not change there.")  # fmt: skip
     if res.overlap is not None:
         ui.table(res.overlap.to_frame(), "bg-overlap", "Overlap with the optimal subnetwork vs both nulls")
         ui.chart(bg_figures.null_histogram(res.overlap.null_frame(), res.overlap.overlap), key="bg-null")

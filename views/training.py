@@ -64,7 +64,7 @@ def launch(ws) -> None:
         if algorithm == "grpo":
             cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
         run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
-        st.success(f"Queued run {run_id}.")
+        st.success(f"Queued run {run_id}: [follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
 
 
 CURVES = ("loss", "reward", "accuracy", "grad_norm", "kept", "entropy")
@@ -90,20 +90,56 @@ def _runs_view() -> None:
     st.dataframe(show, hide_index=True, width="stretch", key="runs-table",
                  column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
                                                                             format="percent")})  # fmt: skip
-    run_id = st.selectbox("Run", list(df["id"]), key="tr_run")
+    names = {i: f"{n or k} · {i}" for i, n, k in zip(df["id"], df["name"], df["kind"], strict=True)}
+    run_id = st.selectbox("Run", list(df["id"]), key="tr_run", bind="query-params", format_func=names.get)
     rec = r.get(run_id)
     cols = st.columns([1, 1, 4])
     cols[0].metric("status", rec.status)
     if not rec.finished and ui.can("launch") and cols[1].button("Cancel", key=f"cancel-{run_id}", icon=":material/stop:"):
         r.cancel(run_id)
         st.rerun(scope="fragment")
-    metrics = r.metrics(run_id)
-    if len(metrics):
-        shown = [c for c in CURVES if c in metrics.columns]
-        long = metrics.melt(id_vars=["step"], value_vars=shown, var_name="metric").dropna()
-        ui.chart(figures.training_curves(long, title=f"Run {run_id}"), key="curves")
+    run_card(rec)
+    overlay = st.multiselect("Overlay runs (full / subnetwork / random-mask control)", [i for i in df["id"] if i != run_id],
+                             key="tr_overlay", bind="query-params", format_func=names.get)  # fmt: skip
+    smoothing = st.slider("Smoothing (EMA)", 0.0, 0.95, 0.0, 0.05, key="tr_smooth", bind="query-params")
+    frames = []
+    for rid in [run_id, *overlay]:
+        m = r.metrics(rid)
+        shown = [c for c in CURVES if c in m.columns]
+        if len(m) and shown:
+            frames.append(m.melt(id_vars=["step"], value_vars=shown, var_name="metric").dropna().assign(run=names[rid]))
+    if frames:
+        ui.chart(figures.training_curves(pd.concat(frames, ignore_index=True), title=f"Run {names[run_id]}",
+                                         smoothing=smoothing), key="curves")  # fmt: skip
     if rec.error:
         ui.error(rec.error)
+
+
+def run_card(rec) -> None:
+    """The run's config (algorithm, mask and where it came from, lr, steps, data), final numbers, bit-identity check."""
+    cfg = rec.config or {}
+    mask = cfg.get("mask")
+    prov = "none (full finetune)" if not mask else (f"random twin of {Path(mask[7:]).name}" if str(mask).startswith("random:")
+                                                    else ui.plain(Path(mask).name))  # fmt: skip
+    st.caption(f"{cfg.get('algorithm', rec.kind)} · mask: {prov} · lr {cfg.get('learning_rate', float('nan')):.1e} · "
+               f"{cfg.get('steps', '?')} steps · seed {cfg.get('seed', '?')} · data {ui.plain(Path(str(cfg.get('data', '?'))).name)}")  # fmt: skip
+    summary = Path(rec.run_dir) / "outputs" / "model" / "train_summary.json"
+    if summary.is_file():
+        import json
+
+        s = json.loads(summary.read_text())
+        cols = st.columns(4)
+        for col, (label, value) in zip(cols, [(k, v) for k, v in (s.get("metrics") or {}).items()
+                                              if k in ("loss", "reward", "grad_norm")][:3] + [("accuracy", s.get("accuracy"))], strict=False):  # fmt: skip
+            col.metric(label, "—" if value is None else (f"{100 * value:.1f} %" if label == "accuracy" else f"{value:.4g}"))
+        check = s.get("mask_check") or {}
+        if check:
+            ok = check.get("outside_mask_identical")
+            (st.success if ok else st.warning)(
+                f"Outside the mask: {'bit-identical to the base' if ok else 'NOT bit-identical'} "
+                f"({check.get('changed_outside', 0):,} entries changed outside, {check.get('changed_inside', 0):,} inside).")
+    elif rec.last_metrics:
+        st.caption("Last metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in rec.last_metrics.items() if isinstance(v, float)))
 
 
 def compare(ws) -> None:

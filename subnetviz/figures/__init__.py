@@ -29,6 +29,7 @@ from subnetviz.figures.style import (
     SEQUENTIAL,
     FigureDataError,
     color_map,
+    format_number,
     no_data_figure,
 )
 from subnetviz.figures.updates import (
@@ -65,6 +66,7 @@ __all__ = [
     "color_map",
     "consensus_bars",
     "delta_image",
+    "format_number",
     "matrix_image",
     "measure_range",
     "module_bars",

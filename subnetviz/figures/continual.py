@@ -30,6 +30,19 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
         return no_data_figure(title)
     colors = method_colors(summary["label"].unique())
     fig = go.Figure()
+    masked = summary[summary["label"] != "finetune"]
+    if masked["density"].nunique() <= 1:  # one density: a line over a one-point log axis says nothing; bars per method
+        d = float(masked["density"].iloc[0]) if len(masked) else 1.0
+        labels = _ordered(summary["label"])
+        rows = [summary[summary["label"] == lab].iloc[0] for lab in labels]
+        y = np.array([100 * r["final_acc_mean"] for r in rows])
+        sd = np.array([100 * (0 if pd.isna(r["final_acc_sd"]) else r["final_acc_sd"]) for r in rows])
+        fig.add_trace(go.Bar(x=labels, y=y, error_y={"type": "data", "array": sd}, marker_color=[colors[lab] for lab in labels],
+                             text=[f"{v:.1f} %" for v in y], textposition="outside",
+                             hovertemplate="%{x}<br>final average accuracy %{y:.1f}%<extra></extra>"))  # fmt: skip
+        fig.update_xaxes(type="category")
+        return _style(fig, f"Final average accuracy at density {100 * d:g} % (finetune: dense)", "method",
+                      "final average accuracy (%)", showlegend=False)  # fmt: skip
     for label in _ordered(summary["label"]):
         s = summary[summary["label"] == label].sort_values("density")
         y, sd = 100 * s["final_acc_mean"].to_numpy(), 100 * s["final_acc_sd"].fillna(0).to_numpy()

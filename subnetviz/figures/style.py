@@ -36,6 +36,20 @@ def color_map(labels: Sequence[str]) -> dict[str, str]:
     return {str(lab): PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
 
 
+def format_number(x, digits: int = 3, sign: bool = False) -> str:
+    """A number for people: thousands separators, ``digits`` significant digits, scientific notation
+    below 1e-3 (so a small non-zero value never reads "0.000"), "—" for NaN/None."""
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "—"
+    x = float(x)
+    plus = "+" if sign and x > 0 else ""
+    if x != 0 and abs(x) < 1e-3:
+        return f"{plus}{x:.{digits - 1}e}"
+    if abs(x) >= 10 ** digits:
+        return f"{plus}{x:,.0f}"
+    return f"{plus}{x:,.{max(0, digits - 1 - int(np.floor(np.log10(abs(x)))) if x else digits - 1)}f}"
+
+
 def no_data_figure(title: str, message: str = "no data") -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 16})

@@ -520,8 +520,26 @@ def module_series(df: pd.DataFrame, title: str = "Sparsity per module kind over 
     return _style(fig, title, "training step", f"sparsity vs {first} (%)", legend={"orientation": "h", "y": -0.2})
 
 
-def training_curves(df: pd.DataFrame, title: str = "Training curves", colors: Mapping | None = None) -> go.Figure:
-    """One small multiple per metric: columns step, metric, value; optional run (one line per run)."""
+def smooth_ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's debiased exponential moving average (weight 0 = raw); NaNs are skipped."""
+    v = np.asarray(values, dtype=np.float64)
+    if weight <= 0 or v.size == 0:
+        return v
+    out, acc, norm = np.full_like(v, np.nan), 0.0, 0.0
+    for i, x in enumerate(v):
+        if np.isfinite(x):
+            acc, norm = weight * acc + (1 - weight) * x, weight * norm + (1 - weight)
+        out[i] = acc / norm if norm else np.nan
+    return out
+
+
+def training_curves(df: pd.DataFrame, title: str = "Training curves", colors: Mapping | None = None,
+                    smoothing: float = 0.0) -> go.Figure:  # fmt: skip
+    """One small multiple per metric: columns step, metric, value; optional run (one line per run).
+
+    Lines carry markers, so a one-point curve is visible. ``smoothing`` (0–0.99) draws the
+    exponential moving average over a faint raw curve.
+    """
     if df.empty:
         return no_data_figure(title)
     _require(df, ["step", "metric", "value"], "training_curves")
@@ -538,13 +556,18 @@ def training_curves(df: pd.DataFrame, title: str = "Training curves", colors: Ma
             ].sort_values("step")
             if sub.empty:
                 continue
-            fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=sub["value"].to_numpy(dtype=np.float64, na_value=np.nan), mode="lines", name=run,
+            y = sub["value"].to_numpy(dtype=np.float64, na_value=np.nan)
+            pos = {"row": i // ncol + 1, "col": i % ncol + 1}
+            if smoothing > 0:
+                fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=y, mode="lines", legendgroup=run, showlegend=False,
+                                         line={"color": colors[run], "width": 1}, opacity=0.3, hoverinfo="skip"), **pos)  # fmt: skip
+                y = smooth_ema(y, smoothing)
+            fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=y, mode="lines+markers", name=run, marker={"size": 5},
                                      legendgroup=run, showlegend=i == 0 and "run" in df.columns, line={"color": colors[run]},
-                                     hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>"),
-                          row=i // ncol + 1, col=i % ncol + 1)  # fmt: skip
+                                     hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>"), **pos)  # fmt: skip
         fig.update_xaxes(title_text="step", row=i // ncol + 1, col=i % ncol + 1)
         fig.update_yaxes(title_text=met, row=i // ncol + 1, col=i % ncol + 1)
-    return _style(fig, title, height=320 * nrow + 60)
+    return _style(fig, title, height=320 * nrow + 60, legend={"orientation": "h", "y": -0.12})
 
 
 def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: accuracy after each task") -> go.Figure:
@@ -558,10 +581,13 @@ def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: 
     rows = (
         list(map(str, labels))[: a.shape[0]] if a.shape[0] <= len(labels) else [f"step {t}" for t in range(a.shape[0])]
     )
+    if a.shape[0] == a.shape[1]:  # task j not trained yet after task t < j: grey, not a number to read
+        a = np.where(np.triu(np.ones_like(a, dtype=bool), k=1), np.nan, a)
     text = np.where(np.isnan(a), "", np.char.mod("%.1f", 100 * a))
     fig = go.Figure(go.Heatmap(z=100 * a, x=list(map(str, labels)), y=rows, text=text, texttemplate="%{text}", colorscale=SEQUENTIAL,
                                zmin=0, zmax=100, hoverongaps=False, xgap=2, ygap=2, colorbar={"title": {"text": "accuracy (%)"}},
                                hovertemplate="after training %{y}<br>on %{x}: %{z:.2f}%<extra></extra>"))  # fmt: skip
     fig.update_xaxes(type="category", side="bottom", showgrid=False)
     fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
-    return _style(fig, title, "evaluated on task", "after training task", height=max(360, 140 + 50 * a.shape[0]))
+    return _style(fig, title + "<br><sup>grey: task not trained yet</sup>", "evaluated on task", "after training task",
+                  height=max(360, 140 + 50 * a.shape[0]), plot_bgcolor="#E6E6E6")  # fmt: skip
