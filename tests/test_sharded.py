@@ -170,3 +170,39 @@ def test_training_page_offers_strategy_and_processes(app_env):
     finally:
         if not runner.get(rec.id).finished:
             runner.cancel(rec.id)
+
+
+@pytest.mark.slow
+def test_cancel_of_a_launched_fsdp2_job_leaves_no_process(tiny, tmp_path, monkeypatch):
+    import time
+
+    import psutil
+
+    from subnetviz.jobs.runner import JobRunner
+
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    runner = JobRunner(tmp_path / "runs", cancel_grace_s=10.0)
+    cfg = {"kind": "train", **_config(tiny, tmp_path / "unused", "sft", steps=5000)}
+    cfg.pop("output_dir")
+    run_id = runner.submit(cfg)
+    deadline = time.time() + 180
+    while (runner.get(run_id).step or 0) < 2:  # both ranks are training
+        assert time.time() < deadline and not runner.get(run_id).finished, (
+            Path(runner.get(run_id).run_dir) / "log.txt").read_text()[-3000:]  # fmt: skip
+        time.sleep(0.3)
+        runner.poll()
+    rec = runner.cancel(run_id)
+    assert rec.status == "cancelled" and not rec.outputs.exists()
+
+    def ours():
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            if any(rec.run_dir in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        return found
+
+    deadline = time.time() + 30
+    while ours() and time.time() < deadline:  # the ranks stop at their next step (cancel flag, all ranks)
+        time.sleep(0.5)
+    assert not ours(), [p.info["cmdline"] for p in ours()]
