@@ -91,7 +91,12 @@ def _runs_view() -> None:
                  column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
                                                                             format="percent")})  # fmt: skip
     names = {i: f"{n or k} · {i}" for i, n, k in zip(df["id"], df["name"], df["kind"], strict=True)}
-    run_id = st.selectbox("Run", list(df["id"]), key="tr_run", bind="query-params", format_func=names.get)
+    # Inside this live fragment the URL is read and written by hand (stale ids dropped): bound widgets
+    # in a fragment do not restore from the address bar.
+    ids = list(df["id"])
+    asked = st.query_params.get("tr_run")
+    run_id = st.selectbox("Run", ids, index=ids.index(asked) if asked in ids else 0, key="tr_run", format_func=names.get)
+    st.query_params["tr_run"] = run_id
     rec = r.get(run_id)
     cols = st.columns([1, 1, 4])
     cols[0].metric("status", rec.status)
@@ -99,9 +104,12 @@ def _runs_view() -> None:
         r.cancel(run_id)
         st.rerun(scope="fragment")
     run_card(rec)
-    overlay = st.multiselect("Overlay runs (full / subnetwork / random-mask control)", [i for i in df["id"] if i != run_id],
-                             key="tr_overlay", bind="query-params", format_func=names.get)  # fmt: skip
-    smoothing = st.slider("Smoothing (EMA)", 0.0, 0.95, 0.0, 0.05, key="tr_smooth", bind="query-params")
+    others = [i for i in ids if i != run_id]
+    overlay = st.multiselect("Overlay runs (full / subnetwork / random-mask control)", others, format_func=names.get,
+                             default=[i for i in st.query_params.get_all("tr_overlay") if i in others], key="tr_overlay")  # fmt: skip
+    st.query_params["tr_overlay"] = overlay
+    smoothing = st.slider("Smoothing (EMA)", 0.0, 0.95, float(st.query_params.get("tr_smooth", 0.0)), 0.05, key="tr_smooth")
+    st.query_params["tr_smooth"] = f"{smoothing:g}"
     frames = []
     for rid in [run_id, *overlay]:
         m = r.metrics(rid)
@@ -118,6 +126,10 @@ def _runs_view() -> None:
 def run_card(rec) -> None:
     """The run's config (algorithm, mask and where it came from, lr, steps, data), final numbers, bit-identity check."""
     cfg = rec.config or {}
+    if rec.kind != "train":
+        st.caption(f"{ui.plain(rec.kind)} job · " + ", ".join(f"{k} {ui.plain(str(v))}" for k, v in cfg.items()
+                                                             if k in ("target", "lam", "preset", "steps", "seed", "benchmark")))  # fmt: skip
+        return
     mask = cfg.get("mask")
     prov = "none (full finetune)" if not mask else (f"random twin of {Path(mask[7:]).name}" if str(mask).startswith("random:")
                                                     else ui.plain(Path(mask).name))  # fmt: skip
