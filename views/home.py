@@ -11,15 +11,20 @@ def body() -> None:
                 "subnetwork every time?** Interactive analyses from three papers on subnetworks in language models.")  # fmt: skip
     cols = st.columns(3)
     cards = [
-        ("Update sparsity", "sparsity", "Which entries changed, per layer × module, bitwise and along a tolerance "
-         "sweep; ULP distances; precision effects."),
-        ("Spectra", "spectra", "Singular values and rank of each update against a random-sparse baseline."),
-        ("Overlap", "overlap", "Venn, UpSet and pairwise overlap of update masks across seeds, data and algorithms."),
-        ("Series", "series", "Sparsity over a training run: against the start and step to step."),
-        ("Training runs", "training", "Finetune the whole model or only a subnetwork (TRL SFT/DPO/GRPO)."),
-        ("Bigram subnetworks", "bigram", "Which weights carry current-token → next-token predictions."),
-        ("Continual learning", "continual", "SupSup / SSNeT / ExSSNeT: disjoint subnetworks per task."),
-        ("Workspace", "workspace", "What is loaded: checkpoints, masks, the demo zoo manifest."),
+        ("Update sparsity", "sparsity", "Which parameters did finetuning change — how sparse is an RL update against "
+         "SFT/DPO, per layer × module, bitwise or at a tolerance?"),
+        ("Spectra", "spectra", "Is the sparse update low-rank, or full-rank like random sparse noise? Effective and "
+         "stable rank; do the weights' singular subspaces rotate?"),
+        ("Overlap", "overlap", "Is it the same subnetwork every time — across seeds, data and algorithms, against "
+         "chance?"),
+        ("Series", "series", "How does sparsity evolve during training, per module; which updates cancel out?"),
+        ("Training runs", "training", "Is the subnetwork enough? Train only it and compare with the full finetune and "
+         "a random-mask control."),
+        ("Bigram subnetworks", "bigram", "Which weights carry current → next token predictions; are they necessary; "
+         "what do they do to the residual stream?"),
+        ("Continual learning", "continual", "Can disjoint subnetworks learn tasks in sequence without forgetting "
+         "(SupSup, SSNeT, ExSSNeT)?"),
+        ("Workspace", "workspace", "What is loaded: checkpoints, masks, the demo zoo's measured numbers?"),
     ]  # fmt: skip
     for i, (title, path, text) in enumerate(cards):
         with cols[i % 3].container(border=True):
