@@ -168,7 +168,7 @@ def test_update_and_top_delta_masks_come_from_each_finetune(planted):
     s = rep.summary.set_index("experiment")
     assert s.loc["upd/inside", "kl_forward"] == 0.0 and s.loc["upd/inside", "fraction_reverted"] == 1.0
     assert s.loc["upd/outside", "kl_forward"] == s.loc["finetuned", "kl_forward"]
-    assert 0.5 <= s.loc["top/inside", "fraction_reverted"] < 1.0  # ties at the threshold are reverted too
+    assert abs(s.loc["top/inside", "fraction_reverted"] - 0.5) < 0.1  # ties at the threshold drawn, not all taken
     with pytest.raises(Exception, match="topk"):
         mask_source("topk:2")
 

@@ -112,22 +112,28 @@ def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, l
 def abs_delta_selector(builder: ModelBuilder, fraction: float, sample: int = 20_000_000, seed: int = 0) -> Selector:
     """Revert the ``fraction`` of changed entries with the largest |Δ| (one threshold over all tensors).
 
-    The threshold is the exact quantile of |Δ| over changed entries (a uniform sample of ``sample``
-    of them when there are more); ties at it are all reverted, so the reported share can exceed it.
+    The threshold is the exact quantile of |Δ| over changed entries (over a uniform sample of
+    ``sample`` of them when there are more). bf16 updates tie a lot: entries exactly at the
+    threshold are reverted with the probability that makes the expected count exact (seeded draw
+    per tensor), so the reported share lands on ``fraction`` instead of overshooting it.
     """
     if fraction <= 0:
         return lambda i, n, a, b: torch.zeros(a.shape, dtype=torch.bool, device=a.device)
     if fraction >= 1:
         return lambda i, n, a, b: torch.ones(a.shape, dtype=torch.bool, device=a.device)
-    thr = _delta_quantile(builder, fraction, sample, seed)
+    thr, p_tie = _delta_cut(builder, fraction, sample, seed)
 
     def select(i: int, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (b.float() - a.float()).abs() >= thr
+        d = (b.float() - a.float()).abs()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 + i)
+        tie = (torch.rand(a.shape, generator=g) < p_tie).to(a.device)
+        return (d > thr) | ((d == thr) & tie)
 
     return select
 
 
-def _delta_quantile(builder: ModelBuilder, fraction: float, sample: int, seed: int) -> float:
+def _delta_cut(builder: ModelBuilder, fraction: float, sample: int, seed: int) -> tuple[float, float]:
+    """(threshold, probability of reverting an entry exactly at it) for the top ``fraction`` of |Δ|."""
     from subnetviz.analysis.bits import bits_differ
     from subnetviz.checkpoints import read_aligned
 
@@ -144,23 +150,26 @@ def _delta_quantile(builder: ModelBuilder, fraction: float, sample: int, seed: i
             allv = np.random.default_rng(seed).choice(allv, sample, replace=False)
         cache = builder._abs_delta = np.sort(allv)[::-1]
     if cache.size == 0:
-        return float("inf")
-    return float(cache[max(0, int(np.ceil(fraction * cache.size)) - 1)])
+        return float("inf"), 0.0
+    k = max(1, int(np.ceil(fraction * cache.size)))
+    thr = cache[k - 1]
+    above = int(np.count_nonzero(cache > thr))
+    equal = int(np.count_nonzero(cache == thr))
+    return float(thr), (k - above) / equal
 
 
 def top_delta_masks(builder: ModelBuilder, fraction: float) -> dict[str, torch.Tensor]:
     """This finetune's changed entries with the largest |Δ| (the top ``fraction`` of them, one threshold
-    over all tensors), as a mask set keyed by the base's tensor names."""
+    over all tensors, ties drawn as in :func:`abs_delta_selector`), keyed by the base's tensor names."""
     from subnetviz.analysis.bits import bits_differ
     from subnetviz.checkpoints import read_aligned
 
-    thr = _delta_quantile(builder, fraction, 20_000_000, 0) if 0 < fraction < 1 else (0.0 if fraction >= 1 else None)
+    select = abs_delta_selector(builder, fraction)
     out = {}
-    for key, _ in builder.params:
+    for i, (key, _) in enumerate(builder.params):
         at = builder.aligned[key]
         a, b = read_aligned(builder.ck_base, at, 0), read_aligned(builder.ck_ft, at, 1)
-        diff = bits_differ(a, b)
-        out[at.names[0]] = diff & ((b.float() - a.float()).abs() >= thr) if thr is not None else torch.zeros_like(diff)
+        out[at.names[0]] = bits_differ(a, b) & select(i, at.names[0], a, b)
     return out
 
 
