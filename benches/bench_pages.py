@@ -36,12 +36,12 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict) -> tuple[subprocess.Popen, str]:
+def start_server(env: dict, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     port = _port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        cwd=root, env={**env, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -105,7 +105,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", nargs="+", default=PAGES)
     ap.add_argument("--keep-disk-cache", action="store_true")
+    ap.add_argument("--baseline", metavar="REV", help="also time git revision REV (a temporary worktree), page by page "
+                    "alternated with this tree, in the same run and on the same zoo")  # fmt: skip
     args = ap.parse_args()
+    trees = [("this tree", ROOT)]
+    if args.baseline:
+        import tempfile
+
+        wt = Path(tempfile.mkdtemp(prefix="bench-pages-baseline-")) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(wt), args.baseline], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        trees.insert(0, (f"baseline {args.baseline}", wt))
+    try:
+        return _run(args, trees)
+    finally:
+        if args.baseline:
+            subprocess.run(["git", "worktree", "remove", "--force", str(trees[0][1])], cwd=ROOT, check=False)
+
+
+def _run(args, trees) -> int:
     from playwright.sync_api import sync_playwright
 
     from subnetviz import config
@@ -114,12 +132,12 @@ def main() -> int:
     rows = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=FLAGS)
-        for name in args.pages:
-            if not (ROOT / "views" / f"{name}.py").exists():
+        for name, (tree, root) in ((n, t) for n in args.pages for t in trees):
+            if not (root / "views" / f"{name}.py").exists():
                 continue
             if not args.keep_disk_cache:
                 shutil.rmtree(config.cache_dir() / "updates", ignore_errors=True)
-            proc, url = start_server(env)  # fresh process: empty in-memory caches
+            proc, url = start_server(env, root)  # fresh process: empty in-memory caches
             try:
                 page_url = url + ("" if name == "home" else f"/{name}")
                 # A colleague's browser: a fresh profile for the first visit; the second visit is a new
@@ -132,6 +150,7 @@ def main() -> int:
             finally:
                 proc.terminate()
                 proc.wait(timeout=20)
+            name = f"{name} [{tree}]" if len(trees) > 1 else name
             rows.append((name, first, second, inapp))
             print(f"{name:12s} first {first:6.2f} s   cached {second:6.2f} s   in-app {inapp:6.2f} s", flush=True)
         browser.close()

@@ -382,16 +382,27 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
                        mime="application/octet-stream", key=f"{key}-pq", on_click="ignore")  # fmt: skip
 
 
-def export_button(title: str, params: dict, figure_keys: Sequence[str] = (), table_keys: Sequence[str] = ()) -> None:
-    """One self-contained HTML dashboard of this page's figures and tables, with their parameters."""
+def export_button(title: str, params: dict, figure_keys: Sequence[str] = (), table_keys: Sequence[str] = (),
+                  more=None) -> None:  # fmt: skip
+    """One self-contained HTML dashboard of this page's figures and tables, with their parameters.
+
+    ``more``: a callable returning ``(figures, tables)`` dicts (key -> figure, key -> (caption, frame))
+    for the tabs not open now; it runs only when the button is clicked, so closed tabs cost nothing.
+    """
     from subnetviz.report.html import ReportSection, build_report
 
-    figs = st.session_state.get("_figures", {})
-    tabs = st.session_state.get("_tables", {})
-    section = ReportSection(title=title, figures=[figs[k] for k in figure_keys if k in figs],
-                            tables=[tabs[k] for k in table_keys if k in tabs],
-                            notes="Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))  # fmt: skip
-    st.download_button("Export dashboard (HTML)", lambda: build_report(f"subnetviz · {title}", [section], params),
+    figs = dict(st.session_state.get("_figures", {}))
+    tabs = dict(st.session_state.get("_tables", {}))
+
+    def build() -> str:
+        f, t = more() if more is not None else ({}, {})
+        allf, allt = {**f, **figs}, {**t, **tabs}
+        section = ReportSection(title=title, figures=[allf[k] for k in figure_keys if k in allf],
+                                tables=[allt[k] for k in table_keys if k in allt],
+                                notes="Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))  # fmt: skip
+        return build_report(f"subnetviz · {title}", [section], params)
+
+    st.download_button("Export dashboard (HTML)", build,
                        file_name=f"subnetviz-{title.lower().replace(' ', '-')}.html", mime="text/html",
                        key=f"export-{title}", icon=":material/download:", on_click="ignore")  # fmt: skip
     figure_download([k for k in figure_keys if k in figs], title)

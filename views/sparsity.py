@@ -1,5 +1,7 @@
 """Update sparsity: which entries changed, per layer × module, along a tolerance sweep, in ULPs."""
 
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
@@ -58,27 +60,37 @@ def body() -> None:
                                  key=f"heat-{model}")  # fmt: skip
     if tabs[1].open:
         with tabs[1]:
-            sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
+            f, tables = other_tabs(analysis)
             a, b = st.columns(2)
             with a:
-                ui.chart(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]), key="sweep")
+                ui.chart(f["sweep"], key="sweep")
             with b:
-                ulp = pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)
-                ui.chart(figures.ulp_histogram(ulp), key="ulp")
-            ui.table(sweep, "sweep-table", "Sparsity per criterion")
+                ui.chart(f["ulp"], key="ulp")
+            ui.table(tables["sweep-table"][1], "sweep-table", "Sparsity per criterion")
     if tabs[2].open:
         with tabs[2]:
-            special = pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)
-            ui.chart(figures.module_bars(special), key="special")
-            ui.table(pd.concat([r.special() for r in analysis.reports], ignore_index=True), "special-table",
-                     "Every norm, embedding and head tensor")  # fmt: skip
+            f, tables = other_tabs(analysis)
+            ui.chart(f["special"], key="special")
+            ui.table(tables["special-table"][1], "special-table", "Every norm, embedding and head tensor")
     if tabs[3].open:
         with tabs[3]:
             drill_down(ws, reports, crit, eta)
     ui.export_button("Update sparsity", {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
                      ["overall"] + [f"heat-{m}" for m in shown] + ["sweep", "ulp", "special", "drill-image", "drill-delta",
                                                                    "drill-ratios"],
-                     ["sweep-table", "special-table"])  # fmt: skip
+                     ["sweep-table", "special-table"], more=partial(other_tabs, analysis))  # fmt: skip
+
+
+def other_tabs(analysis) -> tuple[dict, dict]:
+    """The sweep / ULP and norms tabs' figures and tables (built for the open tab, or at export for all)."""
+    sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
+    ulp = pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)
+    special = pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)
+    return ({"sweep": figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]), "ulp": figures.ulp_histogram(ulp),
+             "special": figures.module_bars(special)},
+            {"sweep-table": ("Sparsity per criterion", sweep),
+             "special-table": ("Every norm, embedding and head tensor",
+                               pd.concat([r.special() for r in analysis.reports], ignore_index=True))})  # fmt: skip
 
 
 def special_changed(report, column: str) -> int:
