@@ -11,6 +11,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never touch the user's real cache: an isolated home, shared by the whole session.
 os.environ["SUBNETVIZ_HOME"] = os.environ.get("SUBNETVIZ_TEST_HOME") or tempfile.mkdtemp(prefix="subnetviz-test-home-")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _roots_enforced_only_where_set():
+    """app.py enforces the read roots for its process (SUBNETVIZ_ENFORCE_ROOTS=1); an AppTest runs it in
+    this process, so the flag is cleared after each test instead of leaking into the next one."""
+    yield
+    os.environ.pop("SUBNETVIZ_ENFORCE_ROOTS", None)
