@@ -143,9 +143,13 @@ def _run(args, trees) -> int:
                 # A colleague's browser: a fresh profile for the first visit; the second visit is a new
                 # tab (a new Streamlit session) in the same profile, with the browser's cache warm.
                 ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
-                first = render_seconds(ctx, page_url)
-                second = render_seconds(ctx, page_url)
-                inapp = navigate_seconds(ctx, url, name) if name != "home" else float("nan")
+                try:
+                    first = render_seconds(ctx, page_url)
+                    second = render_seconds(ctx, page_url)
+                    inapp = navigate_seconds(ctx, url, name) if name != "home" else float("nan")
+                except RuntimeError as exc:  # one page's error is reported, the others are still timed
+                    print(f"{name} [{tree}]: {exc}", flush=True)
+                    first = second = inapp = float("nan")
                 ctx.close()
             finally:
                 proc.terminate()

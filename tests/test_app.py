@@ -392,3 +392,14 @@ def test_training_comparison_follows_a_model_rewritten_under_the_same_path(app_e
         assert not at.exception and not at.error, [e.value for e in at.error]
         shown = {m.label: m.value for m in at.metric}["parameters bitwise identical"]
         assert shown == f"{100 * compare_runs(full, model).share_identical:.2f} %", member
+
+
+def test_training_comparison_is_bitwise_first_and_accuracy_on_request(app_env):
+    """First open shows the bitwise comparison without generating with both models; the toggle (in the URL) adds accuracy."""
+    at = open_page("training", tr_view="Subnetwork vs full")
+    assert not at.exception and not at.error
+    assert "parameters bitwise identical" in {m.label for m in at.metric}
+    assert len(at.dataframe) == 1 and at.toggle(key="cmp_acc").value is False
+    at = open_page("training", tr_view="Subnetwork vs full", cmp_acc="true")
+    assert not at.exception and at.toggle(key="cmp_acc").value is True
+    assert len(at.dataframe) == 2  # + held-out accuracy of both models

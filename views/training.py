@@ -171,7 +171,9 @@ def compare(ws) -> None:
     sub = c2.selectbox("Subnetwork-only twin", keys, index=keys.index("zoo grpo-sub") if "zoo grpo-sub" in keys else 1,
                        key="cmp_sub", bind="query-params")  # fmt: skip
     eval_opts = [v for k, v in data_files().items() if k.endswith("eval")]
-    eval_data = eval_opts[0] if eval_opts else None
+    # Held-out accuracy generates with both models (seconds): on request, so the bitwise comparison shows at once.
+    with_acc = st.toggle("Also held-out accuracy (generates with both models)", key="cmp_acc", bind="query-params")
+    eval_data = eval_opts[0] if eval_opts and with_acc else None
     stamp = (*(ui.checkpoint_info(p)["fingerprint"] for p in (candidates[full], candidates[sub], ws.base) if p),
              file_stamp(eval_data))  # fmt: skip
     result = _comparison(candidates[full], candidates[sub], ws.base, eval_data, stamp)
