@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 STAMP="$VENV/.req-stamp"
-HASH=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+HASH=$(cat requirements.txt requirements-dev.txt requirements-testdata.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt
   "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
