@@ -281,7 +281,12 @@ def test_bigram_page_shows_the_backend_numbers(app_env):
     assert not at.exception and not at.error, [e.value for e in at.error]
     shown = {m.label: m.value for m in at.metric}
     result, _ = analyse_mask_file(selection.resolve_choice(base, {}), bigram, corpus="zoo", optimal=optimal)
-    assert shown["r subnetwork"] == f"{result.headline['r_subnetwork']:.3f}"
+    from subnetviz.figures import format_number
+
+    assert shown["r subnetwork"] == format_number(result.headline["r_subnetwork"])
+    # No rounding hides a number: the random ablation's tiny Δ bits shows its digits, never "+0.000".
+    assert shown["Δ bits/token, random set ablated"] == format_number(result.headline["delta_bits_random_ablated"], sign=True)
+    assert shown["Δ bits/token, random set ablated"] not in ("+0.000", "0.000", "-0.000")
     assert shown["kept weights"].startswith(f"{result.headline['kept']:,} ")
     assert len(plotly_specs(at)) >= 5
 

@@ -83,10 +83,11 @@ def headline(h: dict) -> None:
     items = [("kept weights", f"{h['kept']:,} ({num(100 * h['density'])} %)"), ("r full model", num(h["r_full"])),
              ("r subnetwork", num(h["r_subnetwork"])), ("r random", f"{num(h['r_random_mean'])} ± {num(h['r_random_sd'])}"),
              ("first-layer MLP share", f"{num(100 * h['first_mlp_share'])} %"),
-             ("Δ bits ablated / random", f"{num(h['delta_bits_ablated'], sign=True)} / {num(h['delta_bits_random_ablated'], sign=True)}")]  # fmt: skip
+             ("Δ bits/token, subnetwork ablated", num(h["delta_bits_ablated"], sign=True)),
+             ("Δ bits/token, random set ablated", num(h["delta_bits_random_ablated"], sign=True))]  # fmt: skip
     if "overlap_x_chance" in h:
         items.append((f"overlap × chance (p = {h['overlap_p']:.0e})", f"{h['overlap_x_chance']:.1f}×"))
-    cols = st.columns(4)  # two rows: seven numbers do not fit one row readably
+    cols = st.columns(4)  # two rows: eight numbers do not fit one row readably
     for i, (label, value) in enumerate(items):
         cols[i % 4].metric(label, value)
 
@@ -119,8 +120,9 @@ def analyse(model: str, corpus: str) -> None:
         ui.chart(bg_figures.fidelity_bars(summary), key="bg-r")
     with d:
         ui.chart(bg_figures.delta_bits_bars(summary), key="bg-bits")
-    st.caption("Left: correlation r of each model's next-token surprisal with the bigram's (1 = predicts like the bigram "
-               "table). Right: extra bits per token when the subnetwork is ablated vs a random set of the same size.")  # fmt: skip
+    st.caption("Left: correlation r of each setting's next-token surprisal with the bigram's (1 = predicts like the "
+               "bigram table). Right: extra bits per token against the full model (ablated = the subnetwork removed; "
+               "random ablated = a random set of the same size removed).")  # fmt: skip
     ui.table(summary, "bg-ablation", "Fidelity and loss per setting (random: mean ± sd over seeds)")
     ui.chart(figures.sparsity_heatmap(shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives"),
              key="bg-shares")  # fmt: skip
