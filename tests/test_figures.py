@@ -580,3 +580,16 @@ def test_format_number_never_hides_a_small_number():
     assert F.format_number(4e-4, sign=True) == "+4.00e-04"  # the random ablation's tiny Δ bits, not "+0.000"
     assert F.format_number(12345.6) == "12,346" and F.format_number(0.9873) == "0.987"
     assert F.format_number(float("nan")) == "—"
+
+
+def test_continual_one_density_is_bars_and_untrained_cells_are_blank():
+    from subnetviz.figures import continual as C
+
+    summary = pd.DataFrame({"label": ["finetune", "SupSup", "ExSSNeT"], "density": [1.0, 0.05, 0.05],
+                            "final_acc_mean": [0.9, 0.8, 0.95], "final_acc_sd": [0.01, np.nan, 0.02]})  # fmt: skip
+    fig = C.accuracy_vs_density(summary)
+    assert fig.data[0].type == "bar" and "5 %" in fig.layout.title.text  # no one-point log axis
+    assert sorted(fig.data[0].y) == pytest.approx([80, 90, 95])
+    A = np.array([[0.9, 0.1], [0.8, 0.9]])
+    z = np.asarray(F.accuracy_matrix(A, ["task 1", "task 2"]).data[0].z, dtype=float)
+    assert np.isnan(z[0, 1]) and z[1, 0] == pytest.approx(80)  # task 2 not trained after task 1: grey, no number
