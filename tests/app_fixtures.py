@@ -11,10 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import zoo_fixtures
-
-micro_zoo = zoo_fixtures.micro_zoo
-
 
 @pytest.fixture(scope="session")
 def app_home(micro_zoo, tmp_path_factory) -> Path:  # noqa: F811

@@ -9,10 +9,6 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests import app_fixtures
-
-app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
-
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["home", "workspace", "sparsity", "spectra", "overlap", "series", "training", "bigram", "continual"]
 pytestmark = pytest.mark.slow

@@ -11,11 +11,8 @@ import torch
 
 from subnetviz.analysis.behavior import Prompt, behavior, kl_terms, read_prompts
 from subnetviz.analysis.revert import random_selector
-from tests import app_fixtures
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 from tests.training_fixtures import make_tiny_llama, write_addition_data
-
-app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
 
 PROMPTS = [Prompt("12+30=", "42"), Prompt("7+8=", "15"), Prompt("40+2=")]
 

@@ -16,8 +16,6 @@ from subnetviz.analysis.updates import analyze_updates, read_analysis, write_ana
 from tests import ckpt_fixtures
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 
-ckpt_zoo = ckpt_fixtures.ckpt_zoo
-
 
 def test_int_and_bool_buffers_are_their_own_group_and_never_an_error(ckpt_zoo, tmp_path):
     sd = read_state_dict(ckpt_zoo.bert)

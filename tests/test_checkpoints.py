@@ -18,10 +18,7 @@ import torch
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.checkpoints import align, open_checkpoint, read_aligned
 from subnetviz.errors import AlignmentError, CheckpointError, NonFiniteError, NotCachedError, SubnetvizError
-from tests import ckpt_fixtures
 from tests.ckpt_fixtures import VOCAB, bf16_step, fake_hub_cache, make_llama, read_state_dict, write_folder
-
-ckpt_zoo = ckpt_fixtures.ckpt_zoo  # the session fixture
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,6 @@ from subnetviz.demo.lock import build_lock
 from subnetviz.demo.tokenizer import build_tokenizer, chain_letters, vocabulary
 from subnetviz.errors import CheckpointError, ConfigError, JobError
 from subnetviz.masks import load_mask_set
-from tests import zoo_fixtures
-
-micro_zoo = zoo_fixtures.micro_zoo  # the session fixture, under its own name
 
 
 def read_bits(folder: Path) -> dict[str, np.ndarray]:

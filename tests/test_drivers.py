@@ -9,9 +9,6 @@ import pandas as pd
 import pytest
 
 from subnetviz.experiments.drivers import COLUMNS, NOT_AVAILABLE, PRESETS, verdicts
-from tests import app_fixtures
-
-app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
 
 
 def test_plan_covers_every_factor_and_trains_shared_recipes_once():

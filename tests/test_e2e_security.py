@@ -15,10 +15,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests import app_fixtures
 from tests.test_e2e import CHROMIUM, PAGES, app_url, browser, open_page, wait_for_app  # noqa: F401  (fixtures)
 
-app_home, micro_zoo = app_fixtures.app_home, app_fixtures.micro_zoo
 pytestmark = [pytest.mark.e2e]
 
 

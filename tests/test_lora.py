@@ -17,10 +17,8 @@ from safetensors.torch import save_file
 
 from subnetviz.analysis.updates import SpectraOptions, analyze_updates
 from subnetviz.errors import CheckpointError
-from tests import ckpt_fixtures
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 
-ckpt_zoo = ckpt_fixtures.ckpt_zoo
 R, ALPHA = 2, 8
 TARGETS = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
 

@@ -19,10 +19,7 @@ from safetensors.torch import save_file
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.errors import MaskError, UnsafePickleError
 from subnetviz.masks import MaskSet, import_bigram_pickle, load_mask_set, save_mask_set, validate_mask_set
-from tests import ckpt_fixtures
 from tests.ckpt_fixtures import Boom
-
-ckpt_zoo = ckpt_fixtures.ckpt_zoo  # the session fixture
 
 SHAPES = {"a": (7, 13), "b": (1,), "c": (3, 5, 9), "d": (), "e": (8, 8), "f": (0, 4)}
 

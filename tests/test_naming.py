@@ -16,9 +16,6 @@ from safetensors.torch import save_file
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.checkpoints.naming import NameTable, detect_family, strip_prefix
-from tests import ckpt_fixtures
-
-ckpt_zoo = ckpt_fixtures.ckpt_zoo  # the session fixture
 
 CASES = {
     "llama": [

@@ -22,7 +22,6 @@ from subnetviz.errors import CheckpointError
 from tests import ckpt_fixtures
 from tests.ckpt_fixtures import bnb_int8, fp8_folder, read_state_dict, write_folder
 
-ckpt_zoo = ckpt_fixtures.ckpt_zoo
 W = "model.layers.0.mlp.up_proj.weight"  # (32, 16): 4 × 2 blocks of 8 × 8
 
 

@@ -24,10 +24,7 @@ from subnetviz.errors import ConfigError
 from subnetviz.masks import load_mask_set
 from subnetviz.training.config import TrainConfig
 from subnetviz.training.sharded import accelerate_config, zero_partition
-from tests import app_fixtures
 from tests.training_fixtures import make_tiny_llama, write_addition_data, write_half_mask
-
-app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,7 @@ import subnetviz.analysis.sparsity as sp
 from subnetviz.analysis.sparsity import SparsityOptions, compare_pair
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.errors import NonFiniteError
-from tests import ckpt_fixtures
 from tests.ckpt_fixtures import HEADS, HIDDEN, bf16_step, neox_config, read_state_dict, write_folder
-
-ckpt_zoo = ckpt_fixtures.ckpt_zoo  # the session fixture
 
 TOLS = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
 

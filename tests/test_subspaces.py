@@ -13,10 +13,7 @@ from subnetviz.analysis.subspaces import (
     principal_mask,
     top_k,
 )
-from tests import app_fixtures
 from tests.ckpt_fixtures import make_llama, read_state_dict, write_folder
-
-app_home, app_env, micro_zoo = app_fixtures.app_home, app_fixtures.app_env, app_fixtures.micro_zoo
 
 
 def planted(m=40, n=24, k=4, theta_deg=17.0, seed=0):
