@@ -19,8 +19,6 @@ import pytest
 
 from tests import app_fixtures
 
-app_home, micro_zoo = app_fixtures.app_home, app_fixtures.micro_zoo
-
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]  # fmt: skip
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("SUBNETVIZ_SCREENSHOTS") or "/tmp/subnetviz-e2e")
 CHART_PAGES = ["sparsity", "spectra", "overlap", "series"]
 PAGES = ["home", "workspace", *CHART_PAGES, "training", "bigram", "continual"]
+QUERY = {"training": "?tr_view=Runs"}  # the view a screenshot should show (the launch form is the default)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -105,7 +104,7 @@ def test_every_page_renders(browser, app_url, name):
         pytest.skip(f"page {name} not present")
     SHOTS.mkdir(parents=True, exist_ok=True)
     # A tall window: Streamlit scrolls inside its own container, so the screenshot shows what fits.
-    ctx, page = open_page(browser, app_url + ("" if name == "home" else f"/{name}"), height=2400)
+    ctx, page = open_page(browser, app_url + ("" if name == "home" else f"/{name}{QUERY.get(name, '')}"), height=2400)
     try:
         assert page.get_by_test_id("stException").count() == 0
         assert page.get_by_test_id("stAlertContentError").count() == 0, page.get_by_test_id("stAlertContentError").all_inner_texts()

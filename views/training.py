@@ -95,7 +95,9 @@ def _runs_view() -> None:
     # in a fragment do not restore from the address bar.
     ids = list(df["id"])
     asked = st.query_params.get("tr_run")
-    run_id = st.selectbox("Run", ids, index=ids.index(asked) if asked in ids else 0, key="tr_run", format_func=names.get)
+    live = [i for i, stt in zip(ids, df["status"], strict=True) if stt != "cancelled"]  # default: newest not cancelled
+    default = ids.index(asked) if asked in ids else ids.index(live[0]) if live else 0
+    run_id = st.selectbox("Run", ids, index=default, key="tr_run", format_func=names.get)
     st.query_params["tr_run"] = run_id
     rec = r.get(run_id)
     cols = st.columns([1, 1, 4])
@@ -119,7 +121,9 @@ def _runs_view() -> None:
     if frames:
         ui.chart(figures.training_curves(pd.concat(frames, ignore_index=True), title=f"Run {names[run_id]}",
                                          smoothing=smoothing), key="curves")  # fmt: skip
-    if rec.error:
+    if rec.error and rec.status == "cancelled":  # a cancellation is what the user asked for, not an error
+        st.caption(f"Cancelled: {ui.plain(rec.error)}")
+    elif rec.error:
         ui.error(rec.error)
 
 

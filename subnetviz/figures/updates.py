@@ -563,11 +563,13 @@ def training_curves(df: pd.DataFrame, title: str = "Training curves", colors: Ma
                                          line={"color": colors[run], "width": 1}, opacity=0.3, hoverinfo="skip"), **pos)  # fmt: skip
                 y = smooth_ema(y, smoothing)
             fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=y, mode="lines+markers", name=run, marker={"size": 5},
-                                     legendgroup=run, showlegend=i == 0 and "run" in df.columns, line={"color": colors[run]},
+                                     legendgroup=run, showlegend=i == 0 and len(runs) > 1, line={"color": colors[run]},
                                      hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>"), **pos)  # fmt: skip
         fig.update_xaxes(title_text="step", row=i // ncol + 1, col=i % ncol + 1)
         fig.update_yaxes(title_text=met, row=i // ncol + 1, col=i % ncol + 1)
-    return _style(fig, title, height=320 * nrow + 60, legend={"orientation": "h", "y": -0.12})
+    # The legend at the figure's very bottom, under the last row's axis titles (a bottom margin for both).
+    return _style(fig, title, height=320 * nrow + 110, legend={"orientation": "h", "y": 0.0, "yanchor": "bottom",
+                                                               "yref": "container", "x": 0}, margin={"l": 70, "r": 30, "t": 80, "b": 120})  # fmt: skip
 
 
 def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: accuracy after each task") -> go.Figure:
