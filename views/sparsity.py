@@ -6,6 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui
+from subnetviz.analysis.experts import by_expert, routers
+from subnetviz.figures import moe
 
 
 def body() -> None:
@@ -75,6 +77,7 @@ def body() -> None:
     if tabs[3].open:
         with tabs[3]:
             drill_down(ws, reports, crit, eta)
+    experts_section(analysis, shown)  # MoE models only (issue 10)
     ui.export_button("Update sparsity", {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
                      ["overall"] + [f"heat-{m}" for m in shown] + ["sweep", "ulp", "special", "drill-image", "drill-delta",
                                                                    "drill-ratios"],
@@ -103,6 +106,20 @@ def relative_note(eta: float) -> str:
     return (f"Relative criterion at η = {eta:g}: in bf16 two different values differ by at least 2⁻⁸ ≈ 0.0039 of the "
             f"larger magnitude, so any η below that counts every changed entry and 'relative' equals 'exact' "
             f"(set η with analyze --eta for a different view).")  # fmt: skip
+
+
+def experts_section(analysis, shown) -> None:
+    """Mixture-of-experts models only: exact sparsity per layer × expert (shared experts apart) and the routers."""
+    experts = {m: by_expert(analysis.report(m)) for m in shown}
+    if all(e.empty for e in experts.values()):
+        return
+    st.subheader("Experts")
+    for col, model in zip(st.columns(len(shown)), shown, strict=True):
+        with col:
+            ui.chart(moe.expert_heatmap(experts[model], title=f"{model}: sparsity per expert (exact)"),
+                     key=f"experts-{model}")  # fmt: skip
+    ui.chart(moe.router_bars(pd.concat([routers(analysis.report(m)) for m in shown], ignore_index=True)), key="routers")
+    ui.table(pd.concat(experts.values(), ignore_index=True), "experts-table", "Per layer × expert")
 
 
 def drill_down(ws, reports, crit: str, eta: float) -> None:
