@@ -14,6 +14,7 @@ app:
 test:
 	bash scripts/bootstrap.sh --browser
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 lint:

@@ -10,13 +10,17 @@ from subnetviz import ui
 PAGES = Path(__file__).parent / "views"
 SECTIONS = {
     "": [("home", "Home", "home"), ("workspace", "Workspace", "folder_open")],
-    "RL subnetworks": [("sparsity", "Update sparsity", "grid_on"), ("spectra", "Spectra", "show_chart"),
-                       ("overlap", "Overlap", "join_inner"), ("series", "Series", "timeline"),
-                       ("training", "Training runs", "model_training")],
+    "RL subnetworks": [
+        ("sparsity", "Update sparsity", "grid_on"),
+        ("spectra", "Spectra", "show_chart"),
+        ("overlap", "Overlap", "join_inner"),
+        ("series", "Series", "timeline"),
+        ("training", "Training runs", "model_training"),
+    ],
     "Beyond the papers": [("behavior", "Behaviour", "psychology"), ("drivers", "What drives sparsity", "science")],
     "Circuits": [("bigram", "Bigram subnetworks", "route")],
     "Continual learning": [("continual", "Continual learning", "stacks")],
-}  # fmt: skip
+}
 
 # A local favicon: a Material icon here would make every visitor's browser fetch it from fonts.gstatic.com.
 st.set_page_config(page_title="subnetviz", page_icon=str(PAGES / "favicon.png"), layout="wide")

@@ -1,8 +1,9 @@
 """``python -m benches`` (``make bench``): every CPU benchmark, one after another, each printing its ratios
 against a baseline measured in the same run. ``python -m benches NAME ...`` runs only those.
 
-The browser benchmarks (pages, load) and the GPU check are run on their own:
-``python -m benches.bench_pages``, ``python -m benches.bench_load``, ``python benches/gpu_check.py``.
+The browser benchmarks (pages, load), the Ray one and the GPU check are run on their own:
+``python -m benches.bench_pages``, ``python -m benches.bench_load``, ``python -m benches.bench_ray``,
+``python benches/gpu_check.py``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,19 @@ import subprocess
 import sys
 import time
 
-CPU_BENCHES = ("bench_streaming", "bench_spectra", "bench_masked_grpo", "bench_supermask", "bench_bigram", "bench_zoo",
-               "bench_forms")
+CPU_BENCHES = (
+    "bench_streaming",
+    "bench_spectra",
+    "bench_forms",
+    "bench_scaling",
+    "bench_subspaces",
+    "bench_behavior",
+    "bench_masked_grpo",
+    "bench_sharded",
+    "bench_supermask",
+    "bench_bigram",
+    "bench_zoo",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     n_tok = sum(len(e.ids) for e in enc)
     builder = ModelBuilder(str(base), str(ft), "cpu")
     n_params = sum(p.numel() for p in builder.model.parameters())
-    print(f"demo base: {n_params:,} parameters; {len(prompts)} prompts, {n_tok} tokens; 1 thread, best of {args.repeat}")
+    print(
+        f"demo base: {n_params:,} parameters; {len(prompts)} prompts, {n_tok} tokens; 1 thread, best of {args.repeat}"
+    )
 
     def best(fn):
         t = float("inf")
@@ -64,19 +66,31 @@ def main(argv: list[str] | None = None) -> None:
 
     def kl():
         nonlocal rep
-        rep = behavior(str(base), [str(ft)], prompts, labels=["grpo-s0"], curve=None, random_control=False,
-                       batch_size=args.batch_size, device="cpu")  # fmt: skip
+        rep = behavior(
+            str(base),
+            [str(ft)],
+            prompts,
+            labels=["grpo-s0"],
+            curve=None,
+            random_control=False,
+            batch_size=args.batch_size,
+            device="cpu",
+        )
 
     t_kl = best(kl)
-    print(f"KL, one finetune (end to end):     {t_kl:7.3f} s  {n_tok / t_kl:10.0f} tokens/s "
-          f"(KL loop alone {rep.tokens_per_second:.0f} tokens/s; forward KL {rep.summary['kl_forward'].iloc[0]:.4g} "
-          f"nats/token)")  # fmt: skip
+    print(
+        f"KL, one finetune (end to end):     {t_kl:7.3f} s  {n_tok / t_kl:10.0f} tokens/s "
+        f"(KL loop alone {rep.tokens_per_second:.0f} tokens/s; forward KL {rep.summary['kl_forward'].iloc[0]:.4g} "
+        f"nats/token)"
+    )
     mask_file = root / "masks" / "grpo-seed0.safetensors"
     if mask_file.exists():
         masks = load_mask_set(mask_file).masks
         t_build = best(lambda: builder.build(mask_selector(masks, True)))
-        print(f"revert inside grpo-s0's mask:      {t_build:7.3f} s to stream every tensor pair into the model "
-              f"({t_build / t_fwd:.2f}x one forward pass over the prompts)")  # fmt: skip
+        print(
+            f"revert inside grpo-s0's mask:      {t_build:7.3f} s to stream every tensor pair into the model "
+            f"({t_build / t_fwd:.2f}x one forward pass over the prompts)"
+        )
 
 
 if __name__ == "__main__":

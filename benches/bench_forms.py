@@ -75,11 +75,19 @@ def write_pairs(root: Path, rows: int) -> dict[str, int]:
         scb[n.replace(".weight", ".SCB")] = torch.rand(rows, generator=gen) + 0.1
     for form, (b, f, extra, nbytes) in {
         "bf16": (base, ft, {}, rows * 4096 * 2),
-        "fp8": ({**q8b, **s_b}, {**q8f, **s_f}, {"quantization_config": {"quant_method": "fp8",
-                                                                           "weight_block_size": [128, 128]}}, rows * 4096),
-        "int8": ({**i8b, **scb}, {**i8f, **scb}, {"quantization_config": {"quant_method": "bitsandbytes",
-                                                                            "load_in_8bit": True}}, rows * 4096),
-    }.items():  # fmt: skip
+        "fp8": (
+            {**q8b, **s_b},
+            {**q8f, **s_f},
+            {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
+            rows * 4096,
+        ),
+        "int8": (
+            {**i8b, **scb},
+            {**i8f, **scb},
+            {"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}},
+            rows * 4096,
+        ),
+    }.items():
         for side, sd in (("base", b), ("ft", f)):
             d = root / form / side
             d.mkdir(parents=True)
@@ -97,8 +105,9 @@ def write_pairs(root: Path, rows: int) -> dict[str, int]:
         lora[f"base_model.model.{m}.lora_A.weight"] = torch.randn(16, 4096, generator=gen) * 0.01
         lora[f"base_model.model.{m}.lora_B.weight"] = torch.randn(rows, 16, generator=gen) * 0.01
     save_file(lora, str(ad / "adapter_model.safetensors"))
-    (ad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32,
-                                                        "target_modules": ["gate_proj", "up_proj"]}))  # fmt: skip
+    (ad / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["gate_proj", "up_proj"]})
+    )
     largest["lora"] = rows * 4096 * 2
     # MoE: one layer, 64 experts of gate/up (I=512 × H=1024) and down (1024 × 512), and the router.
     experts, hid, inter = 64, 1024, 512
@@ -127,12 +136,21 @@ def run_one(form: str, root: Path) -> None:
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates
 
     t0 = time.perf_counter()
-    a = analyze_updates(str(root / form / "base"), [str(root / form / "ft")], spectra=SpectraOptions(enabled=False),
-                        device="cpu")  # fmt: skip
+    a = analyze_updates(
+        str(root / form / "base"), [str(root / form / "ft")], spectra=SpectraOptions(enabled=False), device="cpu"
+    )
     sec = time.perf_counter() - t0
     rep = a.reports[0]
-    print(json.dumps({"seconds": sec, "params": rep.numel, "changed": rep.changed,
-                      "changed_effective": int(rep.tensors["changed_effective"].sum())}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": sec,
+                "params": rep.numel,
+                "changed": rep.changed,
+                "changed_effective": int(rep.tensors["changed_effective"].sum()),
+            }
+        )
+    )
 
 
 def _rss_anon(pid: int) -> int:
@@ -148,8 +166,9 @@ def _rss_anon(pid: int) -> int:
 def measure(form: str, root: Path, repeats: int) -> dict:
     best = None
     for _ in range(repeats):
-        proc = subprocess.Popen([sys.executable, "-m", "benches.bench_forms", "--run", form, str(root)],
-                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benches.bench_forms", "--run", form, str(root)], stdout=subprocess.PIPE, text=True
+        )
         peak = 0
         while proc.poll() is None:
             peak = max(peak, _rss_anon(proc.pid))
@@ -184,11 +203,15 @@ def main(argv: list[str]) -> int:
         limit = 4 * largest[f] + 300 * 2**20
         within = r["peak_anon"] <= limit
         ok &= within
-        print(f"{f:6} {r['params']:>11,} {r['seconds']:>8.3f} {ns:>9.2f} {ns / base_ns:>7.2f}x "
-              f"{r['peak_anon'] / 2**20:>8.0f} {limit / 2**20:>9.0f}{'' if within else '  OVER'}")  # fmt: skip
+        print(
+            f"{f:6} {r['params']:>11,} {r['seconds']:>8.3f} {ns:>9.2f} {ns / base_ns:>7.2f}x "
+            f"{r['peak_anon'] / 2**20:>8.0f} {limit / 2**20:>9.0f}{'' if within else '  OVER'}"
+        )
     fp8 = results["fp8"]["seconds"] / results["fp8"]["params"] * 1e9 / base_ns
-    print(f"goal fp8 effective <= 2x bf16 per parameter: {fp8:.2f}x {'met' if fp8 <= 2 else 'NOT met'}; "
-          f"memory {'within' if ok else 'OVER'} 4 x largest tensor + 300 MB")
+    print(
+        f"goal fp8 effective <= 2x bf16 per parameter: {fp8:.2f}x {'met' if fp8 <= 2 else 'NOT met'}; "
+        f"memory {'within' if ok else 'OVER'} 4 x largest tensor + 300 MB"
+    )
     return 0 if (fp8 <= 2 and ok) else 1
 
 

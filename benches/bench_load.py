@@ -234,8 +234,10 @@ async def drive(url: str, pid: int, log: Path, args) -> tuple[list[Phase], float
             phase.server = script_runs(lines, args.pages)
             phases.append(phase)
             done = sum(map(len, phase.server.values()))
-            print(f"N={n}: {len(phase.client)} visits drawn, {done} server script runs, {len(phase.errors)} error(s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"N={n}: {len(phase.client)} visits drawn, {done} server script runs, {len(phase.errors)} error(s)",
+                flush=True,
+            )
         await browser.close()
     return phases, warm_s, hooked
 
@@ -252,22 +254,28 @@ def report(phases: list[Phase], hooked: bool, pages: list[str]) -> None:
     base = stats([s for v in phases[0].server.values() for s in v])[1] if hooked else float("nan")
     base_client = stats(phases[0].client)[1]
     print(f"\nserver-side time per script run (sidebar + page body){'' if hooked else ': ' + NO_HOOK}")
-    print("   N  runs  median s   p95 s   max s  p95/p95(N=1)   client: median s  p95 s  p95/p95(N=1)"
-          "   RSS MiB start → peak  errors")  # fmt: skip
+    print(
+        "   N  runs  median s   p95 s   max s  p95/p95(N=1)   client: median s  p95 s  p95/p95(N=1)"
+        "   RSS MiB start → peak  errors"
+    )
     for ph in phases:
         runs = [s for v in ph.server.values() for s in v]
         med, p95, mx = stats(runs)
         cmed, cp95, _ = stats(ph.client)
-        print(f"{ph.n:4d}  {len(runs):4d}  {med:8.2f}  {p95:6.2f}  {mx:6.2f}  {p95 / base:12.2f}   "
-              f"{cmed:16.2f}  {cp95:5.2f}  {cp95 / base_client:12.2f}   "
-              f"{ph.rss_start / 2**20:9.0f} → {ph.rss_peak / 2**20:5.0f}  {len(ph.errors):6d}")  # fmt: skip
+        print(
+            f"{ph.n:4d}  {len(runs):4d}  {med:8.2f}  {p95:6.2f}  {mx:6.2f}  {p95 / base:12.2f}   "
+            f"{cmed:16.2f}  {cp95:5.2f}  {cp95 / base_client:12.2f}   "
+            f"{ph.rss_start / 2**20:9.0f} → {ph.rss_peak / 2**20:5.0f}  {len(ph.errors):6d}"
+        )
     if hooked:
         last = phases[-1]
         by_page = "   ".join(f"{p} {stats(last.server.get(p, []))[1]:.2f} s" for p in pages)
         print(f"p95 by page at N={last.n}: {by_page}")
         ok = stats([s for v in last.server.values() for s in v])[1] <= GOAL_P95_S
-        print(f"goal: server p95 ≤ {GOAL_P95_S:g} s at N={last.n}: {'ok' if ok else 'MISS'}; "
-              f"errors: {sum(len(p.errors) for p in phases)} (goal 0)")  # fmt: skip
+        print(
+            f"goal: server p95 ≤ {GOAL_P95_S:g} s at N={last.n}: {'ok' if ok else 'MISS'}; "
+            f"errors: {sum(len(p.errors) for p in phases)} (goal 0)"
+        )
     benign = sum(p.benign for p in phases)
     if benign:
         print(f"not counted: {benign} 404s of Streamlit's frontend probing a deep link's base path (/PAGE/_stcore/…)")
@@ -286,8 +294,9 @@ def ensure_zoo(env: dict, preset: str) -> None:
         return
     print(f"building the demo zoo ({preset}) under {config.zoo_dir()} …", flush=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "subnetviz", "demo", "build", "--preset", preset], cwd=ROOT, env=env,
-                   check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "subnetviz", "demo", "build", "--preset", preset], cwd=ROOT, env=env, check=True
+    )
     print(f"zoo built in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -304,8 +313,10 @@ def main() -> int:
         log = Path(tmp) / "profile.jsonl"
         proc, url = start_server({**env, "SUBNETVIZ_PROFILE_LOG": str(log)})
         try:
-            print(f"server {url} (pid {proc.pid}), load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
-                  flush=True)  # fmt: skip
+            print(
+                f"server {url} (pid {proc.pid}), load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+                flush=True,
+            )
             phases, _, hooked = asyncio.run(drive(url, proc.pid, log, args))
         finally:
             proc.terminate()

@@ -26,8 +26,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["home", "workspace", "sparsity", "spectra", "overlap", "series", "training", "bigram", "continual"]
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _port() -> int:
@@ -39,9 +46,28 @@ def _port() -> int:
 def start_server(env: dict, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     port = _port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=root, env={**env, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=root,
+        env={**env, "PYTHONPATH": str(root)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -105,16 +131,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", nargs="+", default=PAGES)
     ap.add_argument("--keep-disk-cache", action="store_true")
-    ap.add_argument("--baseline", metavar="REV", help="also time git revision REV (a temporary worktree), page by page "
-                    "alternated with this tree, in the same run and on the same zoo")  # fmt: skip
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also time git revision REV (a temporary worktree), page by page "
+        "alternated with this tree, in the same run and on the same zoo",
+    )
     args = ap.parse_args()
     trees = [("this tree", ROOT)]
     if args.baseline:
         import tempfile
 
         wt = Path(tempfile.mkdtemp(prefix="bench-pages-baseline-")) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", str(wt), args.baseline], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(wt), args.baseline],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         trees.insert(0, (f"baseline {args.baseline}", wt))
     try:
         return _run(args, trees)
@@ -160,8 +194,10 @@ def _run(args, trees) -> int:
         browser.close()
     print("\npage          first (s)  goal 5   cached: new tab (s)  goal 1   cached: in-app (s)  goal 1")
     for name, first, second, inapp in rows:
-        print(f"{name:12s}  {first:8.2f}  {'ok  ' if first <= 5 else 'MISS'}   {second:17.2f}  "
-              f"{'ok  ' if second <= 1 else 'MISS'}   {inapp:16.2f}  {'ok' if inapp <= 1 else '-' if inapp != inapp else 'MISS'}")  # fmt: skip
+        print(
+            f"{name:12s}  {first:8.2f}  {'ok  ' if first <= 5 else 'MISS'}   {second:17.2f}  "
+            f"{'ok  ' if second <= 1 else 'MISS'}   {inapp:16.2f}  {'ok' if inapp <= 1 else '-' if inapp != inapp else 'MISS'}"
+        )
     return 0
 
 

@@ -66,8 +66,9 @@ def _latency(runner, n: int) -> tuple[list[float], list[float]]:
     to_running, to_first = [], []
     for _ in range(n):
         t0 = time.time()
-        rid = runner.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 0.01,
-                             "steps": 1})  # fmt: skip
+        rid = runner.submit(
+            {"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 0.01, "steps": 1}
+        )
         running = None
         while True:
             rec = runner.get(rid)

@@ -87,7 +87,15 @@ PHASES = {"floor": phase_floor, "analysis": phase_analysis, "read_all": phase_re
 
 
 def run_child(phase: str, paths: list) -> dict:
-    cmd = [sys.executable, "-m", "benches.bench_scaling", "--phase", phase, "--paths", json.dumps([str(p) for p in paths])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benches.bench_scaling",
+        "--phase",
+        phase,
+        "--paths",
+        json.dumps([str(p) for p in paths]),
+    ]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -128,18 +136,24 @@ def sizes_part(names: list[str], parent: Path, repeat: int) -> None:
             r = alternate(("floor", "analysis"), [base, ft], repeat)
             assert r["floor"]["changed"] == r["analysis"]["changed"] == planted, (name, r, planted)
             rows.append((name, params, r["floor"]["seconds"], r["analysis"]["seconds"]))
-            print(f"  {name}: {params:,} params, floor {r['floor']['seconds']:.2f} s, "
-                  f"analysis {r['analysis']['seconds']:.2f} s")  # fmt: skip
+            print(
+                f"  {name}: {params:,} params, floor {r['floor']['seconds']:.2f} s, "
+                f"analysis {r['analysis']['seconds']:.2f} s"
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)
     ref = next((r for r in rows if r[0] == "0.5B"), rows[0])
     ref_ns = ref[3] / ref[1] * 1e9
-    print(f"\n{'size':>6} {'params':>14} {'floor s':>8} {'analysis s':>10} {'ns/param':>9} {'floor ns/p':>10} "
-          f"{'ratio':>6} {'vs ' + ref[0]:>8}")  # fmt: skip
+    print(
+        f"\n{'size':>6} {'params':>14} {'floor s':>8} {'analysis s':>10} {'ns/param':>9} {'floor ns/p':>10} "
+        f"{'ratio':>6} {'vs ' + ref[0]:>8}"
+    )
     for name, params, fl, an in rows:
         ns = an / params * 1e9
-        print(f"{name:>6} {params:14,d} {fl:8.2f} {an:10.2f} {ns:9.2f} {fl / params * 1e9:10.2f} {an / fl:6.2f} "
-              f"{ns / ref_ns:8.2f}")  # fmt: skip
+        print(
+            f"{name:>6} {params:14,d} {fl:8.2f} {an:10.2f} {ns:9.2f} {fl / params * 1e9:10.2f} {an / fl:6.2f} "
+            f"{ns / ref_ns:8.2f}"
+        )
     spread = max(an / p for _, p, _, an in rows) / min(an / p for _, p, _, an in rows)
     print(f"time per parameter: max/min = {spread:.2f}   goal <= 1.20   {'OK' if spread <= 1.2 else 'MISSED'}")
 
@@ -215,9 +229,16 @@ def write_series(folder: Path, size: str, count: int, seed: int = 0) -> list[Pat
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    cfg = Qwen2Config(hidden_size=d["hidden"], intermediate_size=d["inter"], num_hidden_layers=layers,
-                      num_attention_heads=d["heads"], num_key_value_heads=d["kv_heads"], vocab_size=d["vocab"],
-                      tie_word_embeddings=True, dtype="bfloat16")  # fmt: skip
+    cfg = Qwen2Config(
+        hidden_size=d["hidden"],
+        intermediate_size=d["inter"],
+        num_hidden_layers=layers,
+        num_attention_heads=d["heads"],
+        num_key_value_heads=d["kv_heads"],
+        vocab_size=d["vocab"],
+        tie_word_embeddings=True,
+        dtype="bfloat16",
+    )
     paths = [folder / f"step{i:02d}" for i in range(count)]
     handles = []
     for p in paths:

@@ -43,8 +43,12 @@ def _data(root: Path, algorithm: str) -> Path:
 def run(cfg: dict, folder: Path) -> dict:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, "-m", "subnetviz", "train", "--config", str(folder / "config.json")],
-                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "subnetviz", "train", "--config", str(folder / "config.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"run failed:\n{proc.stderr[-3000:]}")
     return json.loads((Path(cfg["output_dir"]) / "train_summary.json").read_text())
@@ -68,10 +72,22 @@ def main() -> None:
     for rep in range(args.reps):
         for variant in ("full", "masked") if rep % 2 == 0 else ("masked", "full"):  # no order bias
             out = root / f"{variant}-{rep}"
-            cfg = {"algorithm": args.algorithm, "base": str(base), "data": str(data), "output_dir": str(out / "model"),
-                   "mask": str(mask) if variant == "masked" else None, "steps": args.steps, "learning_rate": 1e-4,
-                   "batch_size": 16, "num_generations": 8, "max_completion_length": 2, "weight_decay": 0.01,
-                   "seed": rep, "strategy": "fsdp2", "num_processes": 2}  # fmt: skip
+            cfg = {
+                "algorithm": args.algorithm,
+                "base": str(base),
+                "data": str(data),
+                "output_dir": str(out / "model"),
+                "mask": str(mask) if variant == "masked" else None,
+                "steps": args.steps,
+                "learning_rate": 1e-4,
+                "batch_size": 16,
+                "num_generations": 8,
+                "max_completion_length": 2,
+                "weight_decay": 0.01,
+                "seed": rep,
+                "strategy": "fsdp2",
+                "num_processes": 2,
+            }
             s = run(cfg, out)
             per_step[variant].append(s["train_seconds"] / s["steps_done"])
             totals[variant].append(s["seconds"])
@@ -82,9 +98,11 @@ def main() -> None:
                 evidence = ev
                 if not (s["mask_check"]["outside_mask_identical"] and s["gathered_check"]["outside_mask_identical"]):
                     raise SystemExit(f"masked run moved entries outside the mask: {s['gathered_check']}")
-    print(f"FSDP2, 2 CPU processes (gloo), masked vs full {args.algorithm.upper()}, "
-          f"{evidence['full_numel']:,} params ({evidence['local_numel']:,} on rank 0), "
-          f"{args.steps} steps x {args.reps} reps, load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"FSDP2, 2 CPU processes (gloo), masked vs full {args.algorithm.upper()}, "
+        f"{evidence['full_numel']:,} params ({evidence['local_numel']:,} on rank 0), "
+        f"{args.steps} steps x {args.reps} reps, load avg {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'variant':<8} {'ms/step (median)':>17} {'steps/s':>9} {'total s (launch+load+save+checks)':>35}")
     med = {v: statistics.median(t) for v, t in per_step.items()}
     for v in ("full", "masked"):

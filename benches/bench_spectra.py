@@ -72,8 +72,10 @@ def model_part(layers: int, density: float, std: float) -> None:
             err = float(np.abs(sv.values - ref.double().numpy()).max() / ref[0])
             row = per_shape.setdefault(shape, [0, 0.0, 0.0, 0.0])
             row[0], row[1], row[2], row[3] = row[0] + 1, row[1] + t32, row[2] + tfast, max(row[3], err)
-    print(f"every update matrix of {layers} Qwen2.5-0.5B layers (embedding left out: side > 8192), bf16, "
-          f"density {density}, N(0, {std:g}), 1 thread, each timed once")  # fmt: skip
+    print(
+        f"every update matrix of {layers} Qwen2.5-0.5B layers (embedding left out: side > 8192), bf16, "
+        f"density {density}, N(0, {std:g}), 1 thread, each timed once"
+    )
     header = f"{'shape':>10} {'matrices':>8} {'svd32 s':>9} {'fast s':>9} {'x svd32':>8} {'max|Δσ|/σ1 vs svd32':>20}"
     print(header)
     print("-" * len(header))
@@ -83,8 +85,10 @@ def model_part(layers: int, density: float, std: float) -> None:
         print(f"{f'{shape[0]}x{shape[1]}':>10} {n:8d} {t32:9.2f} {tfast:9.2f} {t32 / tfast:8.2f} {err:20.1e}")
     print("-" * len(header))
     n_all = sum(r[0] for r in per_shape.values())
-    print(f"{'all':>10} {n_all:8d} {tot32:9.2f} {totfast:9.2f} {tot32 / totfast:8.2f}   "
-          f"(run {time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    print(
+        f"{'all':>10} {n_all:8d} {tot32:9.2f} {totfast:9.2f} {tot32 / totfast:8.2f}   "
+        f"(run {time.perf_counter() - t0:.0f} s)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,23 +55,29 @@ def qwen_shapes(layers: int, dims: dict | None = None) -> dict[str, tuple[int, .
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (HIDDEN,),
-            p + "mlp.down_proj.weight": (HIDDEN, INTER),
-            p + "mlp.gate_proj.weight": (INTER, HIDDEN),
-            p + "mlp.up_proj.weight": (INTER, HIDDEN),
-            p + "post_attention_layernorm.weight": (HIDDEN,),
-            p + "self_attn.k_proj.bias": (kv,), p + "self_attn.k_proj.weight": (kv, HIDDEN),
-            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            p + "self_attn.q_proj.bias": (HIDDEN,), p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-            p + "self_attn.v_proj.bias": (kv,), p + "self_attn.v_proj.weight": (kv, HIDDEN),
-        })  # fmt: skip
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (HIDDEN,),
+                p + "mlp.down_proj.weight": (HIDDEN, INTER),
+                p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+                p + "mlp.up_proj.weight": (INTER, HIDDEN),
+                p + "post_attention_layernorm.weight": (HIDDEN,),
+                p + "self_attn.k_proj.bias": (kv,),
+                p + "self_attn.k_proj.weight": (kv, HIDDEN),
+                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.q_proj.bias": (HIDDEN,),
+                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.v_proj.bias": (kv,),
+                p + "self_attn.v_proj.weight": (kv, HIDDEN),
+            }
+        )
     shapes["model.norm.weight"] = (HIDDEN,)
     return shapes
 
 
-def write_pair(folder: Path, layers: int, seed: int = 0, changed_share: float = CHANGED,
-               dims: dict | None = None) -> tuple[Path, Path, int, int]:  # fmt: skip
+def write_pair(
+    folder: Path, layers: int, seed: int = 0, changed_share: float = CHANGED, dims: dict | None = None
+) -> tuple[Path, Path, int, int]:
     """Stream both checkpoints to disk; returns (base, ft, number of changed entries, params)."""
     import torch
     from transformers import Qwen2Config
@@ -85,9 +91,17 @@ def write_pair(folder: Path, layers: int, seed: int = 0, changed_share: float = 
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    cfg = Qwen2Config(hidden_size=d["hidden"], intermediate_size=d["inter"], num_hidden_layers=layers,
-                      num_attention_heads=d["heads"], num_key_value_heads=d["kv_heads"], vocab_size=d["vocab"],
-                      tie_word_embeddings=True, max_position_embeddings=32768, dtype="bfloat16")  # fmt: skip
+    cfg = Qwen2Config(
+        hidden_size=d["hidden"],
+        intermediate_size=d["inter"],
+        num_hidden_layers=layers,
+        num_attention_heads=d["heads"],
+        num_key_value_heads=d["kv_heads"],
+        vocab_size=d["vocab"],
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+        dtype="bfloat16",
+    )
     paths = [folder / "base", folder / "ft"]
     gen = torch.Generator().manual_seed(seed)
     changed = params = 0
@@ -241,16 +255,22 @@ def main() -> None:
         raise SystemExit(f"{parent}: {free / 2**30:.1f} GiB free; the pair needs {need / 2**30:.1f} GiB + 1 GiB spare.")
     largest = max(int(torch.Size(s).numel()) for s in shapes.values()) * 2
     limit_mb = (4 * largest + 300 * 2**20) / 2**20
-    names = {"a": "(a) floor: int16 views, .sum()", "a2": "(a') floor: count_nonzero",
-             "b": "(b) analyze_updates (default)", "c": "(c) naive: from_pretrained x2"}  # fmt: skip
+    names = {
+        "a": "(a) floor: int16 views, .sum()",
+        "a2": "(a') floor: count_nonzero",
+        "b": "(b) analyze_updates (default)",
+        "c": "(c) naive: from_pretrained x2",
+    }
     summary = []
     for share in (float(x) for x in args.densities.split(",")):
         work = Path(tempfile.mkdtemp(prefix="bench-streaming-", dir=parent))
         try:
             t0 = time.perf_counter()
             base, ft, planted, params = write_pair(work, args.layers, changed_share=share)
-            print(f"\n== {share:.0%} changed: wrote {need / 2**30:.2f} GiB ({params:,} params per checkpoint, "
-                  f"{planted:,} changed) in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+            print(
+                f"\n== {share:.0%} changed: wrote {need / 2**30:.2f} GiB ({params:,} params per checkpoint, "
+                f"{planted:,} changed) in {time.perf_counter() - t0:.1f} s"
+            )
             extra = ("a", "c") if share == CHANGED and not args.skip_naive else ()
             results = {}
             for phase in ("a2", "b", *extra):
@@ -280,13 +300,17 @@ def main() -> None:
                 print(f"(c)/(b) = {c / b:.2f}   goal >= 4.0   {'OK' if c >= 4 * b else 'MISSED'}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'changed':>8s} {'floor s':>8s} {'analysis s':>10s} {'ratio':>8s} {'goal':>5s} "
-          f"{'peak MB':>8s} {'limit MB':>8s}")  # fmt: skip
+    print(
+        f"\n{'changed':>8s} {'floor s':>8s} {'analysis s':>10s} {'ratio':>8s} {'goal':>5s} "
+        f"{'peak MB':>8s} {'limit MB':>8s}"
+    )
     for share, a2, b, mem in summary:
         ok = "OK" if b <= 2.5 * a2 and mem <= limit_mb else "MISSED"
         print(f"{share:8.0%} {a2:8.2f} {b:10.2f} {b / a2:8.2f} {'2.5':>5s} {mem:8.0f} {limit_mb:8.0f}  {ok}")
-    print(f"(floor = reading both files and count_nonzero of the integer views; limit = 4 x largest tensor "
-          f"{largest / 2**20:.0f} MB + 300 MB)")  # fmt: skip
+    print(
+        f"(floor = reading both files and count_nonzero of the integer views; limit = 4 x largest tensor "
+        f"{largest / 2**20:.0f} MB + 300 MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,15 @@ import torch  # noqa: E402
 
 from subnetviz.analysis.subspaces import SubspaceOptions, compare_subspaces, principal_angles, top_k  # noqa: E402
 
-LAYER = {"q_proj": (896, 896), "k_proj": (128, 896), "v_proj": (128, 896), "o_proj": (896, 896),
-         "gate_proj": (4864, 896), "up_proj": (4864, 896), "down_proj": (896, 4864)}  # fmt: skip
+LAYER = {
+    "q_proj": (896, 896),
+    "k_proj": (128, 896),
+    "v_proj": (128, 896),
+    "o_proj": (896, 896),
+    "gate_proj": (4864, 896),
+    "up_proj": (4864, 896),
+    "down_proj": (896, 4864),
+}
 EMBED = (151936, 896)
 N_LAYERS = 24
 
@@ -70,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     opts = SubspaceOptions(k=args.k)
     print(f"Qwen2.5-0.5B shapes, K = {args.k}, 1 thread, {args.layers} layer(s) + tied embedding")
-    hdr = f"{'matrix':<10} {'shape':>12} {'fast s':>8} {'svd s':>8} {'x':>6} {'dθ max °':>9} {'dratio':>9} {'method':>10}"
+    hdr = (
+        f"{'matrix':<10} {'shape':>12} {'fast s':>8} {'svd s':>8} {'x':>6} {'dθ max °':>9} {'dratio':>9} {'method':>10}"
+    )
     print(hdr + "\n" + "-" * len(hdr))
     t_fast = t_svd = 0.0
     worst = np.zeros(2)
@@ -85,11 +94,15 @@ def main(argv: list[str] | None = None) -> None:
             drat = np.abs(res.sv_ratio - ratio).max()
             worst = np.maximum(worst, [dth, drat])
             t_fast, t_svd = t_fast + tf, t_svd + ts
-            print(f"{name:<10} {str(shape):>12} {tf:8.3f} {ts:8.3f} {ts / tf:6.1f} {dth:9.2e} {drat:9.2e} {res.method:>10}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{name:<10} {str(shape):>12} {tf:8.3f} {ts:8.3f} {ts / tf:6.1f} {dth:9.2e} {drat:9.2e} {res.method:>10}",
+                flush=True,
+            )
     scale = N_LAYERS / args.layers
-    print(f"layers: fast {t_fast:.1f} s, svd {t_svd:.1f} s, x{t_svd / t_fast:.1f}; extrapolated to {N_LAYERS} layers: "
-          f"fast {t_fast * scale:.0f} s, svd {t_svd * scale:.0f} s; worst dθ {worst[0]:.2e}°, dratio {worst[1]:.2e}")
+    print(
+        f"layers: fast {t_fast:.1f} s, svd {t_svd:.1f} s, x{t_svd / t_fast:.1f}; extrapolated to {N_LAYERS} layers: "
+        f"fast {t_fast * scale:.0f} s, svd {t_svd * scale:.0f} s; worst dθ {worst[0]:.2e}°, dratio {worst[1]:.2e}"
+    )
 
     a, b = weight_pair(EMBED, seed=999)
     t0 = time.perf_counter()
@@ -100,15 +113,19 @@ def main(argv: list[str] | None = None) -> None:
     tg = time.perf_counter() - t0
     dth = max(np.abs(res.angles_left - exact.angles_left).max(), np.abs(res.angles_right - exact.angles_right).max())
     drat = np.abs(res.sv_ratio - exact.sv_ratio).max()
-    print(f"embedding {EMBED}: randomized {tr:.1f} s, exact float64 Gram {tg:.1f} s (x{tg / tr:.1f}); randomized vs "
-          f"exact: dθ max {dth:.2e}°, dratio {drat:.2e}, principal overlap {res.principal_overlap:.4f} vs "
-          f"{exact.principal_overlap:.4f}; largest angle exact {exact.angles_left.max():.3f}° / "
-          f"{exact.angles_right.max():.3f}°")  # fmt: skip
+    print(
+        f"embedding {EMBED}: randomized {tr:.1f} s, exact float64 Gram {tg:.1f} s (x{tg / tr:.1f}); randomized vs "
+        f"exact: dθ max {dth:.2e}°, dratio {drat:.2e}, principal overlap {res.principal_overlap:.4f} vs "
+        f"{exact.principal_overlap:.4f}; largest angle exact {exact.angles_left.max():.3f}° / "
+        f"{exact.angles_right.max():.3f}°"
+    )
     if args.embed_svd:
         ts, left, right, ratio = reference(a, b, res.k)
         dg = max(np.abs(exact.angles_left - left).max(), np.abs(exact.angles_right - right).max())
-        print(f"embedding full float64 svd: {ts:.1f} s (x{ts / tr:.1f} randomized, x{ts / tg:.1f} Gram); Gram vs svd "
-              f"dθ max {dg:.2e}°, dratio {np.abs(exact.sv_ratio - ratio).max():.2e}")  # fmt: skip
+        print(
+            f"embedding full float64 svd: {ts:.1f} s (x{ts / tr:.1f} randomized, x{ts / tg:.1f} Gram); Gram vs svd "
+            f"dθ max {dg:.2e}°, dratio {np.abs(exact.sv_ratio - ratio).max():.2e}"
+        )
     total_fast = t_fast * scale + tr
     print(f"whole 0.5B pair, subspace metrics (extrapolated): {total_fast:.0f} s on one thread")
 

@@ -176,9 +176,16 @@ def planted_pair(shape, share: float, seed: int) -> tuple[torch.Tensor, torch.Te
 
 def _same_stats(x, y) -> bool:
     return (x.changed, x.changed_tol, x.changed_rel, x.ulp_hist, x.max_abs_delta) == (
-        y.changed, y.changed_tol, y.changed_rel, y.ulp_hist, y.max_abs_delta) and bool(
-        np.array_equal(x.row_counts, y.row_counts) and np.array_equal(x.col_counts, y.col_counts)
-        and torch.equal(x.mask, y.mask))  # fmt: skip
+        y.changed,
+        y.changed_tol,
+        y.changed_rel,
+        y.ulp_hist,
+        y.max_abs_delta,
+    ) and bool(
+        np.array_equal(x.row_counts, y.row_counts)
+        and np.array_equal(x.col_counts, y.col_counts)
+        and torch.equal(x.mask, y.mask)
+    )
 
 
 def fused_part(shapes, device: str, repeat: int) -> None:
@@ -186,8 +193,10 @@ def fused_part(shapes, device: str, repeat: int) -> None:
     from subnetviz.analysis import sparsity
 
     print(f"\n== fused compare_pair on {device}: bf16 pairs, GB/s of both tensors read, best of {repeat}")
-    header = (f"{'shape':>12} {'changed':>8} {'copy GB/s':>10} {'fused s':>9} {'GB/s':>8} {'of copy':>8} "
-              f"{'eager s':>9} {'GB/s':>8} {'= CPU':>6}")  # fmt: skip
+    header = (
+        f"{'shape':>12} {'changed':>8} {'copy GB/s':>10} {'fused s':>9} {'GB/s':>8} {'of copy':>8} "
+        f"{'eager s':>9} {'GB/s':>8} {'= CPU':>6}"
+    )
     print(header)
     print("-" * len(header))
     tot_bytes = tot_fused = tot_copy_bytes = tot_copy = 0.0
@@ -211,8 +220,10 @@ def fused_part(shapes, device: str, repeat: int) -> None:
             rate = nbytes / t_fused / 1e9
             tot_bytes, tot_fused = tot_bytes + nbytes, tot_fused + t_fused
             tot_copy_bytes, tot_copy = tot_copy_bytes + 2 * a.numel() * a.element_size(), tot_copy + t_copy
-            print(f"{f'{shape[0]}x{shape[1]}':>12} {share:8.0%} {copy_rate:10.1f} {t_fused:9.4f} {rate:8.1f} "
-                  f"{rate / copy_rate:8.0%} {t_eager:9.4f} {nbytes / t_eager / 1e9:8.1f} {'yes' if same else 'NO':>6}")
+            print(
+                f"{f'{shape[0]}x{shape[1]}':>12} {share:8.0%} {copy_rate:10.1f} {t_fused:9.4f} {rate:8.1f} "
+                f"{rate / copy_rate:8.0%} {t_eager:9.4f} {nbytes / t_eager / 1e9:8.1f} {'yes' if same else 'NO':>6}"
+            )
             del a, b, out
     print("-" * len(header))
     rate, copy_rate = tot_bytes / tot_fused / 1e9, tot_copy_bytes / tot_copy / 1e9
@@ -223,8 +234,10 @@ def fused_part(shapes, device: str, repeat: int) -> None:
         y = torch.empty(FUSED_SHAPES[0], dtype=torch.bfloat16)
         t_pin, _ = timed(lambda: y.pin_memory().to(device, non_blocking=True), device, repeat)
         gb = x.numel() * x.element_size() / 1e9
-        print(f"host->device {FUSED_SHAPES[0]}: pinned {gb / t_h2d:.1f} GB/s; pin + copy (the read path) "
-              f"{gb / t_pin:.1f} GB/s")
+        print(
+            f"host->device {FUSED_SHAPES[0]}: pinned {gb / t_h2d:.1f} GB/s; pin + copy (the read path) "
+            f"{gb / t_pin:.1f} GB/s"
+        )
 
 
 def sharded_part(small: bool, steps: int) -> None:
@@ -236,8 +249,11 @@ def sharded_part(small: bool, steps: int) -> None:
     from tests.training_fixtures import make_tiny_llama, write_half_mask
 
     root = Path(tempfile.mkdtemp(prefix="gpu-check-sharded-"))
-    dims = dict(hidden=64, intermediate=256, layers=2, heads=4) if small else dict(
-        hidden=1024, intermediate=4096, layers=30, heads=16)  # fmt: skip
+    dims = (
+        dict(hidden=64, intermediate=256, layers=2, heads=4)
+        if small
+        else dict(hidden=1024, intermediate=4096, layers=30, heads=16)
+    )
     base = make_tiny_llama(root / "base", **dims)
     mask = write_half_mask(root / "half.safetensors", base, p=0.5, seed=0)
     nproc = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 2
@@ -245,17 +261,30 @@ def sharded_part(small: bool, steps: int) -> None:
     per_step = {}
     for variant in ("full", "masked", "full", "masked"):
         out = root / f"{variant}-{len(per_step.get(variant, []))}"
-        cfg = {"algorithm": "grpo", "base": str(base), "data": str(_data(root, "grpo")),
-               "output_dir": str(out / "model"), "mask": str(mask) if variant == "masked" else None,
-               "steps": steps, "learning_rate": 1e-5, "batch_size": 32, "num_generations": 8,
-               "max_completion_length": 4, "weight_decay": 0.01, "strategy": "fsdp2", "num_processes": nproc}  # fmt: skip
+        cfg = {
+            "algorithm": "grpo",
+            "base": str(base),
+            "data": str(_data(root, "grpo")),
+            "output_dir": str(out / "model"),
+            "mask": str(mask) if variant == "masked" else None,
+            "steps": steps,
+            "learning_rate": 1e-5,
+            "batch_size": 32,
+            "num_generations": 8,
+            "max_completion_length": 4,
+            "weight_decay": 0.01,
+            "strategy": "fsdp2",
+            "num_processes": nproc,
+        }
         summary = run(cfg, out)
         per_step.setdefault(variant, []).append(summary["train_seconds"] / summary["steps_done"])
         if variant == "masked":
             ev, chk = summary["fsdp2"], summary["gathered_check"]
-            print(f"  fsdp2: {ev['dtensor_parameters']}/{ev['parameters']} DTensor parameters, mesh {ev['mesh_size']}, "
-                  f"{ev['full_numel']:,} parameters; outside mask identical: {chk['outside_mask_identical']} "
-                  f"(changed inside {chk['changed_inside']:,})")  # fmt: skip
+            print(
+                f"  fsdp2: {ev['dtensor_parameters']}/{ev['parameters']} DTensor parameters, mesh {ev['mesh_size']}, "
+                f"{ev['full_numel']:,} parameters; outside mask identical: {chk['outside_mask_identical']} "
+                f"(changed inside {chk['changed_inside']:,})"
+            )
     full, masked = min(per_step["full"]), min(per_step["masked"])
     print(f"  step time full {1000 * full:.1f} ms, masked {1000 * masked:.1f} ms, ratio {masked / full:.3f}")
 

@@ -61,8 +61,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     _threads()
     tols = tuple(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
-    options = SparsityOptions(tolerances=tols, eta=args.eta, precision=args.precision,
-                              mask_tolerance=args.mask_tolerance)  # fmt: skip
+    options = SparsityOptions(
+        tolerances=tols, eta=args.eta, precision=args.precision, mask_tolerance=args.mask_tolerance
+    )
     spectra = SpectraOptions(enabled=args.spectra, max_dim=None if args.spectra_embeddings else 8192)
     if args.labels and len(args.labels) != len(args.finetuned):
         raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
@@ -71,8 +72,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from subnetviz.config import cache_dir
 
     sweep(cache_dir())  # temporary folders an earlier, killed run left behind
-    kwargs = dict(labels=args.labels, options=options, spectra=spectra, device=args.device,
-                  progress=_progress_bar("analyze"))  # fmt: skip
+    kwargs = dict(
+        labels=args.labels, options=options, spectra=spectra, device=args.device, progress=_progress_bar("analyze")
+    )
     if args.no_cache:
         analysis = analyze_updates(args.base, args.finetuned, **kwargs)
     else:
@@ -106,8 +108,7 @@ def _subspaces(args: argparse.Namespace, labels: list[str]):
     from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces, cached_subspaces
 
     options = SubspaceOptions(k=args.subspaces, share=args.subspaces_share)
-    kwargs = dict(labels=labels, options=options, device=args.device,
-                  progress=_progress_bar("subspaces"))  # fmt: skip
+    kwargs = dict(labels=labels, options=options, device=args.device, progress=_progress_bar("subspaces"))
     if not args.no_cache:
         return cached_subspaces(args.base, args.finetuned, **kwargs)
     table = analyze_subspaces(args.base, args.finetuned, **kwargs)
@@ -127,10 +128,20 @@ def cmd_behavior(args: argparse.Namespace) -> int:
         if not sep:
             name, path = Path(spec).stem, spec
         masks[name] = path
-    config = {"kind": "behavior", "base": args.base, "finetuned": args.finetuned, "labels": args.labels,
-              "prompts": args.prompts, "masks": masks, "random_control": not args.no_random,
-              "curve": list(CURVE_POINTS) if args.curve is None else args.curve, "batch_size": args.batch_size,
-              "seed": args.seed, "device": args.device, "limit": args.limit}  # fmt: skip
+    config = {
+        "kind": "behavior",
+        "base": args.base,
+        "finetuned": args.finetuned,
+        "labels": args.labels,
+        "prompts": args.prompts,
+        "masks": masks,
+        "random_control": not args.no_random,
+        "curve": list(CURVE_POINTS) if args.curve is None else args.curve,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": args.device,
+        "limit": args.limit,
+    }
     report = run_config(config, progress=_progress_bar("behavior"))
     with atomic_folder(args.out) as tmp:
         write_behavior(report, tmp)
@@ -208,8 +219,19 @@ def cmd_mask(args: argparse.Namespace) -> int:
         print(f"wrote {args.dst}: {len(ms.masks)} tensors, density {ms.density:.6f}")
     else:
         ms = load_mask_set(args.src)
-        print(json.dumps({"tensors": len(ms.masks), "count": ms.count, "numel": ms.numel, "density": ms.density,
-                          "metadata": ms.metadata}, indent=2, default=str))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "tensors": len(ms.masks),
+                    "count": ms.count,
+                    "numel": ms.numel,
+                    "density": ms.density,
+                    "metadata": ms.metadata,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 0
 
 
@@ -230,8 +252,10 @@ def app_script() -> Path:
     clone = package.parent
     if (clone / "app.py").is_file() and (clone / "views").is_dir():
         return clone / "app.py"
-    raise SubnetvizError(f"the web app's scripts are missing: neither {installed} nor {clone / 'app.py'} exists. "
-                         "Reinstall subnetviz from a wheel or run it from a clone.")  # fmt: skip
+    raise SubnetvizError(
+        f"the web app's scripts are missing: neither {installed} nor {clone / 'app.py'} exists. "
+        "Reinstall subnetviz from a wheel or run it from a clone."
+    )
 
 
 def streamlit_config_flags(app: Path, cwd: Path) -> list[str]:
@@ -263,10 +287,22 @@ def cmd_app(args: argparse.Namespace) -> int:
         env["SUBNETVIZ_ROOTS"] = os.pathsep.join(str(Path(r).expanduser().resolve()) for r in args.roots)
     extra = args.streamlit_args[1:] if args.streamlit_args[:1] == ["--"] else args.streamlit_args
     # Later flags win: the packaged settings first, the user's own options last.
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), *streamlit_config_flags(app, Path.cwd()),
-           "--server.port", str(args.port), *extra]  # fmt: skip
-    print(f"subnetviz app: {app} on port {args.port} (SUBNETVIZ_HOME={env.get('SUBNETVIZ_HOME', 'default')})",
-          file=sys.stderr, flush=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        *streamlit_config_flags(app, Path.cwd()),
+        "--server.port",
+        str(args.port),
+        *extra,
+    ]
+    print(
+        f"subnetviz app: {app} on port {args.port} (SUBNETVIZ_HOME={env.get('SUBNETVIZ_HOME', 'default')})",
+        file=sys.stderr,
+        flush=True,
+    )
     if os.name == "posix":
         os.execve(sys.executable, cmd, env)  # the server takes this process: signals reach it directly
     import subprocess
@@ -292,9 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_VersionAction, help="print the version (and git commit from a clone) and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
-    w = sub.add_parser("app", allow_abbrev=False, help="start the web app; other --options go to streamlit run",
-                       description="Start the web app from anywhere. Options not listed here are passed to "
-                       "`streamlit run` (e.g. --server.address 127.0.0.1, --server.baseUrlPath viz).")  # fmt: skip
+    w = sub.add_parser(
+        "app",
+        allow_abbrev=False,
+        help="start the web app; other --options go to streamlit run",
+        description="Start the web app from anywhere. Options not listed here are passed to "
+        "`streamlit run` (e.g. --server.address 127.0.0.1, --server.baseUrlPath viz).",
+    )
     w.add_argument("--home", help="SUBNETVIZ_HOME for this server: zoo, runs and cache (default ~/.cache/subnetviz)")
     w.add_argument("--roots", nargs="+", metavar="DIR", help="SUBNETVIZ_ROOTS: the folders the server may read")
     w.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
@@ -304,38 +344,63 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("base", help="HF folder, .safetensors file, index json, or cached hub id")
     a.add_argument("finetuned", nargs="+", help="one or more finetuned checkpoints")
     a.add_argument("--out", required=True, help="output folder (written only when the analysis succeeded)")
-    a.add_argument("--overwrite", action="store_true",
-                   help="replace an existing non-empty --out (atomically, once the new result is complete)")
+    a.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing non-empty --out (atomically, once the new result is complete)",
+    )
     a.add_argument("--labels", nargs="+", help="a name per finetuned checkpoint")
     a.add_argument("--tolerances", nargs="+", type=float, help="absolute tolerances (default 1e-8 1e-7 1e-6 1e-5 1e-4)")
     a.add_argument("--eta", type=float, default=1e-3, help="relative rule |Δ| <= eta·max(|w|,|w'|) (default 1e-3)")
-    a.add_argument("--precision", choices=["bf16", "fp16", "fp32"],
-                   help="cast both sides to this dtype before comparing (default: each tensor in its stored dtype; "
-                        "a pair stored in two dtypes is compared at the finetune's, the base rounded to nearest even, "
-                        "with a note)")  # fmt: skip
+    a.add_argument(
+        "--precision",
+        choices=["bf16", "fp16", "fp32"],
+        help="cast both sides to this dtype before comparing (default: each tensor in its stored dtype; "
+        "a pair stored in two dtypes is compared at the finetune's, the base rounded to nearest even, "
+        "with a note)",
+    )
     a.add_argument("--mask-tolerance", type=float, help="save update masks at this tolerance (default: exact)")
     a.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    a.add_argument("--spectra", action=argparse.BooleanOptionalAction, default=True, help="ranks/spectra of 2-D updates")
+    a.add_argument(
+        "--spectra", action=argparse.BooleanOptionalAction, default=True, help="ranks/spectra of 2-D updates"
+    )
     a.add_argument("--spectra-embeddings", action="store_true", help="also embedding-sized matrices (slow)")
     a.add_argument("--no-cache", action="store_true", help="recompute even when a cached result exists")
-    a.add_argument("--subspaces", type=int, default=16, metavar="K",
-                   help="top-K singular subspaces of W_base vs W_ft per 2-D weight -> subspaces.csv (0: off; "
-                   "default 16)")  # fmt: skip
+    a.add_argument(
+        "--subspaces",
+        type=int,
+        default=16,
+        metavar="K",
+        help="top-K singular subspaces of W_base vs W_ft per 2-D weight -> subspaces.csv (0: off; default 16)",
+    )
     a.add_argument("--subspaces-share", type=float, metavar="F", help="K = ceil(F · min(m, n)) per matrix instead")
     a.set_defaults(func=cmd_analyze)
 
     b = sub.add_parser("behavior", help="teacher-forced KL and accuracy vs the base, revert experiments for masks")
     b.add_argument("base", help="base model folder (its tokenizer encodes the prompts)")
     b.add_argument("finetuned", nargs="+", help="one or more finetuned model folders")
-    b.add_argument("--prompts", nargs="+", help="JSONL with 'prompt' and optional 'answer', hf:NAME[:CONFIG]:SPLIT "
-                   "from the local datasets cache, or a save_to_disk folder (default: the zoo's eval sets)")  # fmt: skip
+    b.add_argument(
+        "--prompts",
+        nargs="+",
+        help="JSONL with 'prompt' and optional 'answer', hf:NAME[:CONFIG]:SPLIT "
+        "from the local datasets cache, or a save_to_disk folder (default: the zoo's eval sets)",
+    )
     b.add_argument("--out", required=True, help="output folder: behavior.json, tokens.csv, prompts.csv, curves.csv")
     b.add_argument("--labels", nargs="+", help="a name per finetuned model")
-    b.add_argument("--mask", action="append", metavar="NAME=SPEC", help="a mask to revert inside/outside (repeat): "
-                   "a mask file, 'update' (each finetune's own update mask) or 'topk:F' (its top F of |Δ|)")  # fmt: skip
+    b.add_argument(
+        "--mask",
+        action="append",
+        metavar="NAME=SPEC",
+        help="a mask to revert inside/outside (repeat): "
+        "a mask file, 'update' (each finetune's own update mask) or 'topk:F' (its top F of |Δ|)",
+    )
     b.add_argument("--no-random", action="store_true", help="no random same-density control per mask")
-    b.add_argument("--curve", nargs="*", type=float, help="fractions of Δ reverted, |Δ| and random order "
-                   "(default 0 0.1 0.25 0.5 0.75 1; none: no curve)")  # fmt: skip
+    b.add_argument(
+        "--curve",
+        nargs="*",
+        type=float,
+        help="fractions of Δ reverted, |Δ| and random order (default 0 0.1 0.25 0.5 0.75 1; none: no curve)",
+    )
     b.add_argument("--limit", type=int, help="at most this many prompts per file")
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--seed", type=int, default=0)

@@ -88,8 +88,11 @@ class AccessPolicy:
     @property
     def methods(self) -> tuple[str, ...]:
         """The checks a visitor can pass, among ``oidc``, ``token`` and ``password``."""
-        used = {"oidc": self.oidc, "token": bool(self.token or self.editor_token),
-                "password": bool(self.password or self.editor_password)}  # fmt: skip
+        used = {
+            "oidc": self.oidc,
+            "token": bool(self.token or self.editor_token),
+            "password": bool(self.password or self.editor_password),
+        }
         return tuple(m for m, on in used.items() if on)
 
     @property
@@ -136,10 +139,20 @@ def policy(environ: Mapping[str, str] | None = None, auth: Mapping | None = None
     viewers, editors = _people(get, "SUBNETVIZ_VIEWERS"), _people(get, "SUBNETVIZ_EDITORS")
     if (viewers or editors) and not providers:
         name = "SUBNETVIZ_VIEWERS" if viewers else "SUBNETVIZ_EDITORS"
-        raise ConfigError(f"{name} lists accounts, but .streamlit/secrets.toml has no [auth] section to log them in "
-                          "with; add one (see the README, 'Sharing a server safely') or unset it.")  # fmt: skip
-    return AccessPolicy(token, editor_token, password, editor_password, providers, viewers, editors,
-                        _visitors_can(get("SUBNETVIZ_VISITORS_CAN")))  # fmt: skip
+        raise ConfigError(
+            f"{name} lists accounts, but .streamlit/secrets.toml has no [auth] section to log them in "
+            "with; add one (see the README, 'Sharing a server safely') or unset it."
+        )
+    return AccessPolicy(
+        token,
+        editor_token,
+        password,
+        editor_password,
+        providers,
+        viewers,
+        editors,
+        _visitors_can(get("SUBNETVIZ_VISITORS_CAN")),
+    )
 
 
 def check_token(given: object, policy: AccessPolicy) -> Role | None:
@@ -171,8 +184,9 @@ def role_for_user(user: Mapping, policy: AccessPolicy) -> Role | None:
 
 def refusal(action: str) -> str:
     """One line for the place where a viewer would have found a launch button or an upload widget."""
-    return (f"Viewers cannot {_REFUSALS.get(action, action)} on this server; "
-            "ask its owner for an editor link or account.")  # fmt: skip
+    return (
+        f"Viewers cannot {_REFUSALS.get(action, action)} on this server; ask its owner for an editor link or account."
+    )
 
 
 # --- parsing --------------------------------------------------------------------------------------
@@ -200,16 +214,19 @@ def _digest(text: str) -> bytes:
 def _token(get, name: str) -> str | None:
     value = get(name)
     if value is not None and (len(value) < MIN_TOKEN or not _TOKEN.fullmatch(value)):
-        raise ConfigError(f"{name} must be at least {MIN_TOKEN} letters, digits or . _ ~ - (it travels in URLs); "
-                          f"make one with: {_MAKE_TOKEN}")  # fmt: skip
+        raise ConfigError(
+            f"{name} must be at least {MIN_TOKEN} letters, digits or . _ ~ - (it travels in URLs); "
+            f"make one with: {_MAKE_TOKEN}"
+        )
     return value
 
 
 def _password(get, name: str) -> str | None:
     value = get(name)
     if value is not None and len(value) < MIN_PASSWORD:
-        raise ConfigError(f"{name} is shorter than {MIN_PASSWORD} characters; choose a longer one "
-                          f"(or a token: {_MAKE_TOKEN}).")  # fmt: skip
+        raise ConfigError(
+            f"{name} is shorter than {MIN_PASSWORD} characters; choose a longer one (or a token: {_MAKE_TOKEN})."
+        )
     return value
 
 
@@ -218,8 +235,9 @@ def _people(get, name: str) -> frozenset[str]:
     entries = [e.strip().lower() for e in re.split(r"[,\s]+", value or "") if e.strip()]
     for entry in entries:
         if not _PERSON.fullmatch(entry):
-            raise ConfigError(f"{name}: {entry!r} is neither an e-mail nor an @domain; "
-                              "expected e.g. 'alice@lab.org, @lab.org'.")  # fmt: skip
+            raise ConfigError(
+                f"{name}: {entry!r} is neither an e-mail nor an @domain; expected e.g. 'alice@lab.org, @lab.org'."
+            )
     return frozenset(entries)
 
 
@@ -237,8 +255,10 @@ def _visitors_can(value: str | None) -> frozenset[str] | None:
     words = [w.strip().lower() for w in re.split(r"[,\s+]+", value) if w.strip()]
     for word in words:
         if word not in allowed:
-            raise ConfigError(f"SUBNETVIZ_VISITORS_CAN: {word!r} is not an action; expected launch, upload, "
-                              f"'launch,upload', all or none.{suggest(word, allowed)}")  # fmt: skip
+            raise ConfigError(
+                f"SUBNETVIZ_VISITORS_CAN: {word!r} is not an action; expected launch, upload, "
+                f"'launch,upload', all or none.{suggest(word, allowed)}"
+            )
     if "all" in words:
         return frozenset({"launch", "upload"})
     return frozenset(words) & {"launch", "upload"}
@@ -268,11 +288,15 @@ def _oidc_providers(auth: Mapping) -> tuple[str | None, ...]:
     if missing:
         raise ConfigError(f"{where} lacks {', '.join(missing)}; see the README, 'Sharing a server safely'.")
     if not str(auth["redirect_uri"]).endswith("/oauth2callback"):
-        raise ConfigError(f"{where}: redirect_uri must be the app's address ending in /oauth2callback, "
-                          "e.g. https://lab.example.org/oauth2callback.")  # fmt: skip
+        raise ConfigError(
+            f"{where}: redirect_uri must be the app's address ending in /oauth2callback, "
+            "e.g. https://lab.example.org/oauth2callback."
+        )
     if len(str(auth["cookie_secret"])) < MIN_COOKIE_SECRET:
-        raise ConfigError(f"{where}: cookie_secret signs the login cookie and must be at least {MIN_COOKIE_SECRET} "
-                          "random characters; make one with: python -c 'import secrets; print(secrets.token_hex(32))'")  # fmt: skip
+        raise ConfigError(
+            f"{where}: cookie_secret signs the login cookie and must be at least {MIN_COOKIE_SECRET} "
+            "random characters; make one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
     named = {k: v for k, v in auth.items() if isinstance(v, Mapping)}
     sections = named or {None: auth}
     for name, section in sections.items():
@@ -283,8 +307,10 @@ def _oidc_providers(auth: Mapping) -> tuple[str | None, ...]:
         if name and "_" in name:
             raise ConfigError(f"{label}: Streamlit refuses provider names with '_'; rename it.")
     if not _authlib_installed():
-        raise ConfigError("OIDC login (the [auth] section of .streamlit/secrets.toml) needs the Authlib package: "
-                          "pip install Authlib (or streamlit[auth]).")  # fmt: skip
+        raise ConfigError(
+            "OIDC login (the [auth] section of .streamlit/secrets.toml) needs the Authlib package: "
+            "pip install Authlib (or streamlit[auth])."
+        )
     return tuple(sections)
 
 

@@ -98,7 +98,9 @@ _ABS_PATH = re.compile(r"(?<![\w.~:/<>-])/(?:[^\s'\"`,;:()<>\[\]{}|]+)")  # not 
 
 def redact(text: str) -> str:
     """``text`` with every absolute path shown as :func:`display_path` shows it (error messages to visitors)."""
-    return _ABS_PATH.sub(lambda m: display_path(m.group(0).rstrip(".")) + ("." if m.group(0).endswith(".") else ""), text)
+    return _ABS_PATH.sub(
+        lambda m: display_path(m.group(0).rstrip(".")) + ("." if m.group(0).endswith(".") else ""), text
+    )
 
 
 def check_allowed(path: str | os.PathLike) -> Path:

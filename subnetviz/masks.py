@@ -136,12 +136,15 @@ def _packed_shape(text: str, name: str, path: Path) -> tuple[int, ...]:
     except ValueError:
         shape = None
     if shape is None or any(d < 0 for d in shape):
-        raise MaskError(f"{path}: packed mask {name!r} has shape {text!r} in its metadata; expected non-negative integers.")
+        raise MaskError(
+            f"{path}: packed mask {name!r} has shape {text!r} in its metadata; expected non-negative integers."
+        )
     return shape
 
 
-def validate_mask_set(mask_set: MaskSet, shapes: Mapping[str, tuple[int, ...]], *, where: str = "mask",
-                      require_all: bool = False) -> None:
+def validate_mask_set(
+    mask_set: MaskSet, shapes: Mapping[str, tuple[int, ...]], *, where: str = "mask", require_all: bool = False
+) -> None:
     """Refuse a mask whose names or shapes do not fit ``shapes`` (name -> parameter shape).
 
     Every mask name must exist in ``shapes`` with the same shape; with ``require_all`` every
@@ -223,9 +226,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"pickle asks for {module}.{name}; only numpy arrays, dicts and strings are admitted. Refused."
             )
         real = super().find_class(module, name)
-        guard = {"bytes": self._bytes, "ndarray": self._ndarray_class(), "dtype": self._dtype,
-                 "_reconstruct": self._reconstruct(real), "scalar": self._scalar(real),
-                 "_frombuffer": self._frombuffer(real), "encode": self._encode(real)}  # fmt: skip
+        guard = {
+            "bytes": self._bytes,
+            "ndarray": self._ndarray_class(),
+            "dtype": self._dtype,
+            "_reconstruct": self._reconstruct(real),
+            "scalar": self._scalar(real),
+            "_frombuffer": self._frombuffer(real),
+            "encode": self._encode(real),
+        }
         return guard.get(name, real)
 
     def _bytes(self, *args):

@@ -105,7 +105,9 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
             while chunk := stream.read(1 << 20):
                 size += len(chunk)
                 if size > cap:
-                    raise MaskError(f"{name}: larger than the {cap >> 20} MB uploads may have (SUBNETVIZ_MAX_UPLOAD_MB).")
+                    raise MaskError(
+                        f"{name}: larger than the {cap >> 20} MB uploads may have (SUBNETVIZ_MAX_UPLOAD_MB)."
+                    )
                 digest.update(chunk)
                 out.write(chunk)
         ms = import_bigram_pickle(src) if name.endswith((".pickle", ".pkl")) else load_mask_set(src)

@@ -71,8 +71,11 @@ def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
     except Exception as exc:  # a bug: keep the server alive, say so plainly
         if type(exc).__module__.startswith("streamlit"):
             raise  # st.stop / st.rerun / page switches are control flow, not errors
-        st.error(f"Something went wrong inside subnetviz ({type(exc).__name__}). "
-                 "This is a bug; the details are in the server log.", icon=":material/bug_report:")  # fmt: skip
+        st.error(
+            f"Something went wrong inside subnetviz ({type(exc).__name__}). "
+            "This is a bug; the details are in the server log.",
+            icon=":material/bug_report:",
+        )
         print(traceback.format_exc(), flush=True)
         if os.environ.get("SUBNETVIZ_DEV") == "1":
             st.code(traceback.format_exc())
@@ -114,8 +117,12 @@ def gate() -> None:
         st.stop()
     user = st.user.to_dict() if pol.oidc and st.user.is_logged_in else None
     given = st.query_params.get("token")
-    found = [access.role_for_user(user, pol) if user else None, access.check_token(given, pol),
-             st.session_state.get("_access"), pol.anonymous()]  # fmt: skip
+    found = [
+        access.role_for_user(user, pol) if user else None,
+        access.check_token(given, pol),
+        st.session_state.get("_access"),
+        pol.anonymous(),
+    ]
     role = max((r for r in found if r is not None), key=lambda r: r.name == "editor", default=None)
     if role is None:
         st.session_state.pop("_access", None)
@@ -219,26 +226,48 @@ def workspace_sidebar() -> Workspace:
         ids = list(members)
         default_base = "base" if "base" in members else None
         base_opts = ids if ids else []
-        base = st.selectbox("Base checkpoint", base_opts, index=base_opts.index(default_base) if default_base else None,
-                            key="base", bind="query-params", accept_new_options=True,
-                            placeholder="zoo id, folder, .safetensors or org/name",
-                            help="A demo-zoo member, a local folder or file under the allowed roots, or a hub id "
-                                 "already in the local Hugging Face cache (nothing is downloaded).")  # fmt: skip
+        base = st.selectbox(
+            "Base checkpoint",
+            base_opts,
+            index=base_opts.index(default_base) if default_base else None,
+            key="base",
+            bind="query-params",
+            accept_new_options=True,
+            placeholder="zoo id, folder, .safetensors or org/name",
+            help="A demo-zoo member, a local folder or file under the allowed roots, or a hub id "
+            "already in the local Hugging Face cache (nothing is downloaded).",
+        )
         ft_default = [m for m in ("grpo-s0", "grpo-s1", "grpo-s2", "dpo", "sft") if m in members]
         ft_opts = [m for m in ids if m != base]
-        finetuned = st.multiselect("Finetuned checkpoints", ft_opts, default=[m for m in ft_default if m in ft_opts],
-                                   key="ft", bind="query-params", accept_new_options=True,
-                                   help="Compared with the base, side by side.")  # fmt: skip
+        finetuned = st.multiselect(
+            "Finetuned checkpoints",
+            ft_opts,
+            default=[m for m in ft_default if m in ft_opts],
+            key="ft",
+            bind="query-params",
+            accept_new_options=True,
+            help="Compared with the base, side by side.",
+        )
         mask_files = saved_masks()
-        masks = st.multiselect("Saved masks", list(mask_files), default=[], key="masks", bind="query-params",
-                               help="Mask sets from the zoo, finished runs (bigram, continual, training) "
-                                    "or uploads.")  # fmt: skip
+        masks = st.multiselect(
+            "Saved masks",
+            list(mask_files),
+            default=[],
+            key="masks",
+            bind="query-params",
+            help="Mask sets from the zoo, finished runs (bigram, continual, training) or uploads.",
+        )
         with st.expander("Compute", expanded=False):
-            prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", bind="query-params",
-                                help="'stored' compares each tensor in its stored dtype (bitwise); a pair stored in "
-                                     "two dtypes (fp16 base, bf16 finetune) at the finetune's, the base rounded to "
-                                     "nearest even, with a note. bf16/fp32 cast both sides first (RL's Razor / PNT "
-                                     "precision effect).")  # fmt: skip
+            prec = st.selectbox(
+                "Comparison precision",
+                PRECISIONS,
+                key="precision",
+                bind="query-params",
+                help="'stored' compares each tensor in its stored dtype (bitwise); a pair stored in "
+                "two dtypes (fp16 base, bf16 finetune) at the finetune's, the base rounded to "
+                "nearest even, with a note. bf16/fp32 cast both sides first (RL's Razor / PNT "
+                "precision effect).",
+            )
             devices = ["auto", "cpu"] + (["cuda"] if _cuda() else [])
             device = st.selectbox("Device", devices, key="device", bind="query-params")
         st.caption("Reads only under the allowed roots: " + ", ".join(plain(r.name) for r in config.allowed_roots()))
@@ -248,9 +277,15 @@ def workspace_sidebar() -> Workspace:
     except SubnetvizError as exc:
         error(exc)  # in the main area, where the visitor looks
         base_path, fts = None, ()
-    ws = Workspace(base_path, label_of(base, members) if base else "", fts,
-                   tuple((k, mask_files[k]) for k in masks if k in mask_files),
-                   None if prec == "stored" else prec, device, str(z.root) if z else None)  # fmt: skip
+    ws = Workspace(
+        base_path,
+        label_of(base, members) if base else "",
+        fts,
+        tuple((k, mask_files[k]) for k in masks if k in mask_files),
+        None if prec == "stored" else prec,
+        device,
+        str(z.root) if z else None,
+    )
     st.session_state["_workspace"] = ws
     return ws
 
@@ -273,8 +308,13 @@ def _checkpoint_info(path: str) -> dict:
     from subnetviz.checkpoints import open_checkpoint
 
     ck = open_checkpoint(path)
-    return {"fingerprint": ck.fingerprint, "architecture": ck.architecture, "params": ck.num_params,
-            "dtypes": ck.dtypes, "family": ck.names_table.family}  # fmt: skip
+    return {
+        "fingerprint": ck.fingerprint,
+        "architecture": ck.architecture,
+        "params": ck.num_params,
+        "dtypes": ck.dtypes,
+        "family": ck.names_table.family,
+    }
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)
@@ -352,8 +392,15 @@ def update_analysis(ws: Workspace, *, spectra: bool = False, mask_tolerance: flo
 
     def compute():
         options = SparsityOptions(precision=ws.precision, mask_tolerance=mask_tolerance)
-        return cached_analysis(ws.base, list(ws.paths), labels=list(ws.labels), options=options,
-                               spectra=SpectraOptions(enabled=spectra), device=ws.device, progress=progress)  # fmt: skip
+        return cached_analysis(
+            ws.base,
+            list(ws.paths),
+            labels=list(ws.labels),
+            options=options,
+            spectra=SpectraOptions(enabled=spectra),
+            device=ws.device,
+            progress=progress,
+        )
 
     result = _memo().get_or_compute(key, compute)
     bar.empty()
@@ -376,14 +423,27 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
     c1, c2, _ = st.columns([1, 1, 6])
     # Callables: the bytes are made only when someone clicks, not on every rerun.
-    c1.download_button("CSV", lambda: download_frame(df, "csv"), file_name=f"{key}.csv", mime="text/csv",
-                       key=f"{key}-csv", on_click="ignore")  # fmt: skip
-    c2.download_button("Parquet", lambda: download_frame(df, "parquet"), file_name=f"{key}.parquet",
-                       mime="application/octet-stream", key=f"{key}-pq", on_click="ignore")  # fmt: skip
+    c1.download_button(
+        "CSV",
+        lambda: download_frame(df, "csv"),
+        file_name=f"{key}.csv",
+        mime="text/csv",
+        key=f"{key}-csv",
+        on_click="ignore",
+    )
+    c2.download_button(
+        "Parquet",
+        lambda: download_frame(df, "parquet"),
+        file_name=f"{key}.parquet",
+        mime="application/octet-stream",
+        key=f"{key}-pq",
+        on_click="ignore",
+    )
 
 
-def export_button(title: str, params: dict, figure_keys: Sequence[str] = (), table_keys: Sequence[str] = (),
-                  more=None) -> None:  # fmt: skip
+def export_button(
+    title: str, params: dict, figure_keys: Sequence[str] = (), table_keys: Sequence[str] = (), more=None
+) -> None:
     """One self-contained HTML dashboard of this page's figures and tables, with their parameters.
 
     ``more``: a callable returning ``(figures, tables)`` dicts (key -> figure, key -> (caption, frame))
@@ -397,14 +457,23 @@ def export_button(title: str, params: dict, figure_keys: Sequence[str] = (), tab
     def build() -> str:
         f, t = more() if more is not None else ({}, {})
         allf, allt = {**f, **figs}, {**t, **tabs}
-        section = ReportSection(title=title, figures=[allf[k] for k in figure_keys if k in allf],
-                                tables=[allt[k] for k in table_keys if k in allt],
-                                notes="Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))  # fmt: skip
+        section = ReportSection(
+            title=title,
+            figures=[allf[k] for k in figure_keys if k in allf],
+            tables=[allt[k] for k in table_keys if k in allt],
+            notes="Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()),
+        )
         return build_report(f"subnetviz · {title}", [section], params)
 
-    st.download_button("Export dashboard (HTML)", build,
-                       file_name=f"subnetviz-{title.lower().replace(' ', '-')}.html", mime="text/html",
-                       key=f"export-{title}", icon=":material/download:", on_click="ignore")  # fmt: skip
+    st.download_button(
+        "Export dashboard (HTML)",
+        build,
+        file_name=f"subnetviz-{title.lower().replace(' ', '-')}.html",
+        mime="text/html",
+        key=f"export-{title}",
+        icon=":material/download:",
+        on_click="ignore",
+    )
     figure_download([k for k in figure_keys if k in figs], title)
 
 
@@ -422,9 +491,15 @@ def figure_download(keys: Sequence[str], title: str) -> None:
         fmt = b.selectbox("Format", list(FORMATS), key=f"pub-fmt-{title}")
         scale = c.selectbox("PNG scale", [1, 2, 3, 4], index=1, key=f"pub-scale-{title}", disabled=fmt != "png")
         fig = figs[key]
-        d.download_button("Download figure", lambda: figure_bytes(fig, fmt, scale=float(scale)),
-                          file_name=f"subnetviz-{key}.{fmt}", mime=FORMATS[fmt], key=f"pub-dl-{title}",
-                          icon=":material/download:", on_click="ignore")  # fmt: skip
+        d.download_button(
+            "Download figure",
+            lambda: figure_bytes(fig, fmt, scale=float(scale)),
+            file_name=f"subnetviz-{key}.{fmt}",
+            mime=FORMATS[fmt],
+            key=f"pub-dl-{title}",
+            icon=":material/download:",
+            on_click="ignore",
+        )
 
 
 def need(condition: bool, message: str) -> None:
@@ -452,8 +527,10 @@ def series(paths: Sequence[str], steps: Sequence[int]):
 
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in paths)
     bar, progress = _progress_bar("Walking the series")
-    out = _memo().get_or_compute(("series", tuple(paths), tuple(steps), fps),
-                                 lambda: checkpoint_series(list(paths), list(steps), progress=progress))  # fmt: skip
+    out = _memo().get_or_compute(
+        ("series", tuple(paths), tuple(steps), fps),
+        lambda: checkpoint_series(list(paths), list(steps), progress=progress),
+    )
     bar.empty()
     return out
 

@@ -28,12 +28,14 @@ def git_revision() -> tuple[str | None, bool | None]:
         return None, None
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # GIT_DIR would point elsewhere
     try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, env=env)  # fmt: skip
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, env=env
+        )
         if head.returncode != 0:
             return None, None
-        diff = subprocess.run(["git", "-C", root, "diff", "--quiet", "HEAD", "--"], capture_output=True,
-                              timeout=30, env=env)  # fmt: skip
+        diff = subprocess.run(
+            ["git", "-C", root, "diff", "--quiet", "HEAD", "--"], capture_output=True, timeout=30, env=env
+        )
     except (OSError, subprocess.SubprocessError):  # no git executable, or it hung
         return None, None
     return head.stdout.strip(), diff.returncode == 1 if diff.returncode in (0, 1) else None

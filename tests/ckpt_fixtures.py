@@ -34,9 +34,15 @@ def make_llama(folder: Path, *, seed: int = 0, sharded: bool = False, tie: bool 
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=tie,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=tie,
+    )
     return _save(LlamaForCausalLM(cfg), folder, **({"max_shard_size": "8KB"} if sharded else {}))
 
 
@@ -44,8 +50,9 @@ def make_gpt2(folder: Path, *, seed: int = 0) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=32,
-                     bos_token_id=0, eos_token_id=0)  # fmt: skip
+    cfg = GPT2Config(
+        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     return _save(GPT2LMHeadModel(cfg), folder)
 
 
@@ -53,9 +60,15 @@ def neox_config():
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
 
 
 def make_neox(folder: Path, *, seed: int = 0) -> Path:
@@ -69,8 +82,14 @@ def make_bert(folder: Path, *, seed: int = 0) -> Path:
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
-                     num_attention_heads=HEADS, max_position_embeddings=32)  # fmt: skip
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        max_position_embeddings=32,
+    )
     return _save(BertForMaskedLM(cfg), folder)
 
 
@@ -196,8 +215,9 @@ def fp8_quantize(w: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor,
     return codes.to(torch.float8_e4m3fn), scale
 
 
-def fp8_folder(src: Path, out: Path, block: tuple[int, int] = (8, 8), layer_marker: str = ".layers.",
-               **config_edits) -> Path:
+def fp8_folder(
+    src: Path, out: Path, block: tuple[int, int] = (8, 8), layer_marker: str = ".layers.", **config_edits
+) -> Path:
     """``src``'s 2-D layer weights (names holding ``layer_marker``) as block FP8 + ``weight_scale_inv``
     (the rest kept), with the ``quantization_config`` a DeepSeek-V3 release carries."""
     sd = read_state_dict(src)

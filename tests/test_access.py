@@ -16,8 +16,13 @@ from subnetviz.errors import ConfigError
 
 TOKEN = "viewer-token-0123456789"
 EDITOR_TOKEN = "editor-token-9876543210"
-AUTH = {"redirect_uri": "https://lab.example.org/oauth2callback", "cookie_secret": "c" * 40,
-        "client_id": "id", "client_secret": "shh", "server_metadata_url": "https://idp.example.org/.well-known"}  # fmt: skip
+AUTH = {
+    "redirect_uri": "https://lab.example.org/oauth2callback",
+    "cookie_secret": "c" * 40,
+    "client_id": "id",
+    "client_secret": "shh",
+    "server_metadata_url": "https://idp.example.org/.well-known",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +58,20 @@ def test_access_token_closes_the_server_and_admits_viewers():
     assert not role.can("launch") and not role.can("upload")
 
 
-@pytest.mark.parametrize("given", [None, "", "viewer-token-012345678", TOKEN + "x", TOKEN.upper(), " " + TOKEN,
-                                   "é" * 20, ["viewer-token-0123456789"], 123])  # fmt: skip
+@pytest.mark.parametrize(
+    "given",
+    [
+        None,
+        "",
+        "viewer-token-012345678",
+        TOKEN + "x",
+        TOKEN.upper(),
+        " " + TOKEN,
+        "é" * 20,
+        ["viewer-token-0123456789"],
+        123,
+    ],
+)
 def test_wrong_or_missing_tokens_are_refused(given):
     assert check_token(given, pol(access_token=TOKEN, editor_token=EDITOR_TOKEN)) is None
 
@@ -121,10 +138,19 @@ def test_non_ascii_passwords_work():
 
 
 # --- viewers' extra rights and public read-only servers --------------------------------------------
-@pytest.mark.parametrize("value, launch, upload", [
-    ("launch", True, False), ("upload", False, True), ("launch,upload", True, True), ("upload launch", True, True),
-    ("launch+upload", True, True), ("ALL", True, True), ("none", False, False), ("view,export", False, False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, launch, upload",
+    [
+        ("launch", True, False),
+        ("upload", False, True),
+        ("launch,upload", True, True),
+        ("upload launch", True, True),
+        ("launch+upload", True, True),
+        ("ALL", True, True),
+        ("none", False, False),
+        ("view,export", False, False),
+    ],
+)
 def test_visitors_can_widens_what_viewers_may_do(value, launch, upload):
     viewer = check_token(TOKEN, pol(access_token=TOKEN, visitors_can=value))
     assert (viewer.can("launch"), viewer.can("upload")) == (launch, upload)
@@ -150,8 +176,9 @@ def test_unknown_action_is_a_bug_not_a_refusal():
 
 
 def test_refusal_says_what_and_what_to_do():
-    assert access.refusal("launch") == ("Viewers cannot launch or cancel jobs on this server; "
-                                        "ask its owner for an editor link or account.")  # fmt: skip
+    assert access.refusal("launch") == (
+        "Viewers cannot launch or cancel jobs on this server; ask its owner for an editor link or account."
+    )
     assert "upload or import files" in access.refusal("upload")
 
 
@@ -188,8 +215,12 @@ def test_an_unverified_email_matches_no_list():
 
 
 def test_oidc_named_providers():
-    auth = {"redirect_uri": AUTH["redirect_uri"], "cookie_secret": AUTH["cookie_secret"],
-            "google": {k: AUTH[k] for k in access.OIDC_KEYS}, "okta": {k: AUTH[k] for k in access.OIDC_KEYS}}  # fmt: skip
+    auth = {
+        "redirect_uri": AUTH["redirect_uri"],
+        "cookie_secret": AUTH["cookie_secret"],
+        "google": {k: AUTH[k] for k in access.OIDC_KEYS},
+        "okta": {k: AUTH[k] for k in access.OIDC_KEYS},
+    }
     assert pol(auth).oidc_providers == ("google", "okta")
 
 
@@ -203,27 +234,37 @@ def test_oidc_settings_can_come_from_secrets_toml(tmp_path, monkeypatch):
 
 
 # --- configuration errors: one line, naming the variable, never the secret --------------------------
-@pytest.mark.parametrize("env, auth, match", [
-    ({"access_token": "short"}, {}, "SUBNETVIZ_ACCESS_TOKEN must be at least 16"),
-    ({"editor_token": "has spaces in it, 16+"}, {}, "SUBNETVIZ_EDITOR_TOKEN must be"),
-    ({"access_token": "a&b=c" * 5}, {}, "travels in URLs"),
-    ({"password": "1234567"}, {}, "SUBNETVIZ_PASSWORD is shorter than 8"),
-    ({"editor_password": "short"}, {}, "SUBNETVIZ_EDITOR_PASSWORD is shorter"),
-    ({"access_token": TOKEN, "editor_token": TOKEN}, {}, "are the same"),
-    ({"password": "same-password", "editor_password": "same-password"}, {}, "are the same"),
-    ({"visitors_can": "launch,uplaod"}, {}, "'uplaod' is not an action.*Did you mean 'upload'"),
-    ({"visitors_can": "delete"}, {}, "'delete' is not an action"),
-    ({"editors": "alice@lab.org"}, {}, "SUBNETVIZ_EDITORS lists accounts, but .* no \\[auth\\]"),
-    ({"viewers": "@lab.org"}, {}, "SUBNETVIZ_VIEWERS lists accounts"),
-    ({"editors": "alice"}, AUTH, "'alice' is neither an e-mail nor an @domain"),
-    ({}, {**AUTH, "redirect_uri": ""}, "lacks redirect_uri"),
-    ({}, {k: v for k, v in AUTH.items() if k != "cookie_secret"}, "lacks cookie_secret"),
-    ({}, {**AUTH, "redirect_uri": "https://lab.example.org/"}, "ending in /oauth2callback"),
-    ({}, {**AUTH, "cookie_secret": "xxx"}, "cookie_secret .* at least 32"),
-    ({}, {k: v for k, v in AUTH.items() if k != "client_secret"}, "lacks client_secret"),
-    ({}, {"redirect_uri": AUTH["redirect_uri"], "cookie_secret": AUTH["cookie_secret"], "my_idp": {"client_id": "x"}},
-     r"\[auth.my_idp\] lacks client_secret, server_metadata_url"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "env, auth, match",
+    [
+        ({"access_token": "short"}, {}, "SUBNETVIZ_ACCESS_TOKEN must be at least 16"),
+        ({"editor_token": "has spaces in it, 16+"}, {}, "SUBNETVIZ_EDITOR_TOKEN must be"),
+        ({"access_token": "a&b=c" * 5}, {}, "travels in URLs"),
+        ({"password": "1234567"}, {}, "SUBNETVIZ_PASSWORD is shorter than 8"),
+        ({"editor_password": "short"}, {}, "SUBNETVIZ_EDITOR_PASSWORD is shorter"),
+        ({"access_token": TOKEN, "editor_token": TOKEN}, {}, "are the same"),
+        ({"password": "same-password", "editor_password": "same-password"}, {}, "are the same"),
+        ({"visitors_can": "launch,uplaod"}, {}, "'uplaod' is not an action.*Did you mean 'upload'"),
+        ({"visitors_can": "delete"}, {}, "'delete' is not an action"),
+        ({"editors": "alice@lab.org"}, {}, "SUBNETVIZ_EDITORS lists accounts, but .* no \\[auth\\]"),
+        ({"viewers": "@lab.org"}, {}, "SUBNETVIZ_VIEWERS lists accounts"),
+        ({"editors": "alice"}, AUTH, "'alice' is neither an e-mail nor an @domain"),
+        ({}, {**AUTH, "redirect_uri": ""}, "lacks redirect_uri"),
+        ({}, {k: v for k, v in AUTH.items() if k != "cookie_secret"}, "lacks cookie_secret"),
+        ({}, {**AUTH, "redirect_uri": "https://lab.example.org/"}, "ending in /oauth2callback"),
+        ({}, {**AUTH, "cookie_secret": "xxx"}, "cookie_secret .* at least 32"),
+        ({}, {k: v for k, v in AUTH.items() if k != "client_secret"}, "lacks client_secret"),
+        (
+            {},
+            {
+                "redirect_uri": AUTH["redirect_uri"],
+                "cookie_secret": AUTH["cookie_secret"],
+                "my_idp": {"client_id": "x"},
+            },
+            r"\[auth.my_idp\] lacks client_secret, server_metadata_url",
+        ),
+    ],
+)
 def test_configuration_errors_are_one_line(env, auth, match):
     with pytest.raises(ConfigError, match=match) as err:
         pol(auth, **env)

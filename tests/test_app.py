@@ -71,7 +71,10 @@ def test_untrusted_text_is_escaped_for_markdown():
 
     shown = ui.plain("[Session expired — log in](http://evil.example/login)![i](http://evil.example/p.png) $x$ <b>")
     assert "](http" not in shown and "![" not in shown and "$x$" not in shown and "<b>" not in shown
-    assert shown.replace("\\", "").replace("\u200b", "") == "[Session expired — log in](http://evil.example/login)![i](http://evil.example/p.png) $x$ <b>"
+    assert (
+        shown.replace("\\", "").replace("\u200b", "")
+        == "[Session expired — log in](http://evil.example/login)![i](http://evil.example/p.png) $x$ <b>"
+    )
 
 
 def test_closed_server_shows_only_a_login(app_env, monkeypatch):
@@ -246,9 +249,18 @@ def test_continual_page_shows_the_runs_numbers(app_env):
     from subnetviz.supermask.job import load_result
 
     runner = JobRunner()
-    rid = runner.submit({"kind": "continual", "benchmark": "permuted-digits", "methods": ["supsup", "exssnet"],
-                         "density": [0.05], "tasks": 3, "seeds": [0], "epochs": {"mask": 2, "weight": 2}},
-                        name="apptest")  # fmt: skip
+    rid = runner.submit(
+        {
+            "kind": "continual",
+            "benchmark": "permuted-digits",
+            "methods": ["supsup", "exssnet"],
+            "density": [0.05],
+            "tasks": 3,
+            "seeds": [0],
+            "epochs": {"mask": 2, "weight": 2},
+        },
+        name="apptest",
+    )
     rec = runner.wait(rid, timeout=300)
     assert rec.status == "succeeded", rec.error
     at = open_page("continual", cl_run=rid)
@@ -266,8 +278,21 @@ def test_bigram_page_shows_the_backend_numbers(app_env):
 
     runner = JobRunner()
     base = str(config.zoo_dir() / "base")
-    ids = [runner.submit({"kind": "bigram_mask", "model": base, "corpus": "zoo", "target": t, "lambda": 10.0,
-                          "preset": "fast", "steps": 60, "seed": 0}) for t in ("bigram", "optimal")]  # fmt: skip
+    ids = [
+        runner.submit(
+            {
+                "kind": "bigram_mask",
+                "model": base,
+                "corpus": "zoo",
+                "target": t,
+                "lambda": 10.0,
+                "preset": "fast",
+                "steps": 60,
+                "seed": 0,
+            }
+        )
+        for t in ("bigram", "optimal")
+    ]
     for rid in ids:
         rec = runner.wait(rid, timeout=300)
         assert rec.status == "succeeded", rec.error
@@ -281,7 +306,9 @@ def test_bigram_page_shows_the_backend_numbers(app_env):
 
     assert shown["r subnetwork"] == format_number(result.headline["r_subnetwork"])
     # No rounding hides a number: the random ablation's tiny Δ bits shows its digits, never "+0.000".
-    assert shown["Δ bits/token, random set ablated"] == format_number(result.headline["delta_bits_random_ablated"], sign=True)
+    assert shown["Δ bits/token, random set ablated"] == format_number(
+        result.headline["delta_bits_random_ablated"], sign=True
+    )
     assert shown["Δ bits/token, random set ablated"] not in ("+0.000", "0.000", "-0.000")
     assert shown["kept weights"].startswith(f"{result.headline['kept']:,} ")
     assert len(plotly_specs(at)) >= 5
@@ -291,8 +318,18 @@ def test_pages_show_live_progress_of_a_queued_or_running_job(app_env):
     from subnetviz.jobs.runner import JobRunner
 
     runner = JobRunner()
-    rid = runner.submit({"kind": "continual", "benchmark": "permuted-digits", "methods": ["supsup"], "density": [0.1],
-                         "tasks": 3, "seeds": [0, 1, 2, 3], "epochs": {"mask": 5, "weight": 5}}, name="live")  # fmt: skip
+    rid = runner.submit(
+        {
+            "kind": "continual",
+            "benchmark": "permuted-digits",
+            "methods": ["supsup"],
+            "density": [0.1],
+            "tasks": 3,
+            "seeds": [0, 1, 2, 3],
+            "epochs": {"mask": 5, "weight": 5},
+        },
+        name="live",
+    )
     try:
         at = open_page("continual")  # the job has no step yet (NaN in the registry): must not break the page
         assert not at.exception and not at.error, [e.value for e in at.error]
@@ -327,9 +364,21 @@ def test_bigram_analysis_disk_cache_round_trips(app_env, tmp_path):
     from subnetviz.jobs.runner import JobRunner
 
     runner = JobRunner()
-    ids = [runner.submit({"kind": "bigram_mask", "model": str(config.zoo_dir() / "base"), "corpus": "zoo",
-                          "target": t, "lambda": 10.0, "preset": "fast", "steps": 40, "seed": 1})
-           for t in ("bigram", "optimal")]  # fmt: skip
+    ids = [
+        runner.submit(
+            {
+                "kind": "bigram_mask",
+                "model": str(config.zoo_dir() / "base"),
+                "corpus": "zoo",
+                "target": t,
+                "lambda": 10.0,
+                "preset": "fast",
+                "steps": 40,
+                "seed": 1,
+            }
+        )
+        for t in ("bigram", "optimal")
+    ]
     paths = []
     for rid in ids:
         assert runner.wait(rid, timeout=300).status == "succeeded"
@@ -380,8 +429,9 @@ def test_training_comparison_follows_a_model_rewritten_under_the_same_path(app_e
 
     monkeypatch.setenv("SUBNETVIZ_ALLOW_TEST_JOBS", "1")
     zoo, runner = load_zoo(), JobRunner()
-    rid = runner.submit({"kind": "python", "target": "tests.zoo_fixtures:copy_model_job",
-                         "source": str(zoo.member_path("grpo-s1"))})  # fmt: skip
+    rid = runner.submit(
+        {"kind": "python", "target": "tests.zoo_fixtures:copy_model_job", "source": str(zoo.member_path("grpo-s1"))}
+    )
     rec = runner.wait(rid, timeout=120)
     assert rec.status == "succeeded", rec.error
     model = rec.outputs / "model"

@@ -49,7 +49,10 @@ def test_kl_terms_equal_a_numpy_float64_reference():
     fwd_ref = (np.exp(lp) * (lp - lq)).sum(-1)
     rev_ref = (np.exp(lq) * (lq - lp)).sum(-1)
     fwd, rev = kl_terms(torch.tensor(p, dtype=torch.float32), torch.tensor(q, dtype=torch.float32))
-    lp32, lq32 = log_softmax(p.astype(np.float32).astype(np.float64)), log_softmax(q.astype(np.float32).astype(np.float64))
+    lp32, lq32 = (
+        log_softmax(p.astype(np.float32).astype(np.float64)),
+        log_softmax(q.astype(np.float32).astype(np.float64)),
+    )
     assert np.allclose(fwd.numpy(), (np.exp(lp32) * (lp32 - lq32)).sum(-1), rtol=1e-12, atol=1e-15)
     assert np.allclose(fwd.numpy(), fwd_ref, rtol=1e-5) and np.allclose(rev.numpy(), rev_ref, rtol=1e-5)
     assert (fwd.numpy() > 0).all() and (rev.numpy() > 0).all()
@@ -83,8 +86,7 @@ def test_report_kl_equals_numpy_reference_from_model_logits(planted):
 
 def test_revert_inside_is_the_base_and_outside_is_the_finetune(planted):
     base, ft, masks = planted
-    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], masks={"M": masks}, curve=(0.0, 1.0),
-                   device="cpu")  # fmt: skip
+    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], masks={"M": masks}, curve=(0.0, 1.0), device="cpu")
     s = rep.summary.set_index("experiment")
     assert s.loc["M/inside", "kl_forward"] == 0.0 and s.loc["M/inside", "kl_reverse"] == 0.0  # exactly
     assert s.loc["M/inside", "fraction_reverted"] == 1.0 and s.loc["M/outside", "fraction_reverted"] == 0.0
@@ -126,8 +128,25 @@ def test_cli_writes_behavior_json_and_tokens(planted, tmp_path):
     data = write_addition_data(tmp_path / "data", n=4)
     save_mask_set(tmp_path / "m.safetensors", MaskSet(masks, {"method": "test"}))
     out = tmp_path / "out"
-    rc = main(["behavior", str(base), str(ft), "--prompts", str(data["eval"]), "--out", str(out), "--device", "cpu",
-               "--mask", f"planted={tmp_path / 'm.safetensors'}", "--curve", "0", "0.5", "1"])  # fmt: skip
+    rc = main(
+        [
+            "behavior",
+            str(base),
+            str(ft),
+            "--prompts",
+            str(data["eval"]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--mask",
+            f"planted={tmp_path / 'm.safetensors'}",
+            "--curve",
+            "0",
+            "0.5",
+            "1",
+        ]
+    )
     assert rc == 0
     js = json.loads((out / "behavior.json").read_text())
     model = js["models"]["ft"]
@@ -145,8 +164,15 @@ def test_job_writes_outputs(planted, tmp_path):
 
     base, ft, _ = planted
     data = write_addition_data(tmp_path / "data", n=3)
-    cfg = {"kind": "behavior", "base": str(base), "finetuned": [str(ft)], "labels": ["ft"],
-           "prompts": str(data["eval"]), "curve": [], "device": "cpu"}  # fmt: skip
+    cfg = {
+        "kind": "behavior",
+        "base": str(base),
+        "finetuned": [str(ft)],
+        "labels": ["ft"],
+        "prompts": str(data["eval"]),
+        "curve": [],
+        "device": "cpu",
+    }
     validate_config(cfg)
     with pytest.raises(ConfigError, match="finetuned"):
         validate_config({"kind": "behavior", "base": str(base)})
@@ -160,8 +186,16 @@ def test_update_and_top_delta_masks_come_from_each_finetune(planted):
     from subnetviz.analysis.revert import mask_source
 
     base, ft, masks = planted
-    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=None, random_control=False, device="cpu",
-                   masks={"upd": mask_source("update"), "top": mask_source("topk:0.5")})  # fmt: skip
+    rep = behavior(
+        str(base),
+        [str(ft)],
+        PROMPTS,
+        labels=["ft"],
+        curve=None,
+        random_control=False,
+        device="cpu",
+        masks={"upd": mask_source("update"), "top": mask_source("topk:0.5")},
+    )
     s = rep.summary.set_index("experiment")
     assert s.loc["upd/inside", "kl_forward"] == 0.0 and s.loc["upd/inside", "fraction_reverted"] == 1.0
     assert s.loc["upd/outside", "kl_forward"] == s.loc["finetuned", "kl_forward"]
@@ -170,12 +204,12 @@ def test_update_and_top_delta_masks_come_from_each_finetune(planted):
         mask_source("topk:2")
 
 
-
 def test_prompts_from_a_saved_dataset(tmp_path):
     import datasets
 
     datasets.Dataset.from_dict({"question": ["1+1=", "2+2="], "answer": ["work #### 2", "4"]}).save_to_disk(
-        str(tmp_path / "ds"))
+        str(tmp_path / "ds")
+    )
     ps = read_prompts(tmp_path / "ds")
     assert ps == [Prompt("1+1=", "2"), Prompt("2+2=", "4")]
     assert read_prompts(tmp_path / "ds", limit=1) == [Prompt("1+1=", "2")]
@@ -183,6 +217,7 @@ def test_prompts_from_a_saved_dataset(tmp_path):
 
     with pytest.raises(ConfigError, match="hf:NAME"):
         read_prompts("hf:only-a-name")
+
 
 # Last in the module: the app sets SUBNETVIZ_ENFORCE_ROOTS for the rest of the module (app_env restores it).
 @pytest.mark.slow

@@ -538,15 +538,29 @@ def test_job_honours_cancel(tmp_path, monkeypatch, trained_gpt2):
 def test_job_config_reads_the_json_jobs_wrote_and_names_bad_keys():
     from subnetviz.bigram.config import BigramJobConfig
 
-    written = {"kind": "bigram_mask", "model": "/m", "corpus": "zoo", "target": "optimal", "lambda": 3,
-               "preset": "fast", "steps": 60, "seed": 1, "device": "cpu"}  # fmt: skip
+    written = {
+        "kind": "bigram_mask",
+        "model": "/m",
+        "corpus": "zoo",
+        "target": "optimal",
+        "lambda": 3,
+        "preset": "fast",
+        "steps": 60,
+        "seed": 1,
+        "device": "cpu",
+    }
     cfg = BigramJobConfig.from_dict(written)
     assert (cfg.lam, cfg.target, cfg.steps, cfg.eval_sequences) == (3, "optimal", 60, 200)
     d = cfg.to_dict()
     assert d["lambda"] == 3 and "lam" not in d and d["kind"] == "bigram_mask"
     assert BigramJobConfig.from_dict(json.loads(json.dumps(d))) == cfg
-    for bad, match in (({"lam": 1.0}, "unknown field 'lam'.*lambda"), ({"lambda": float("nan")}, "lambda"),
-                       ({"seq_len": 0}, "seq_len"), ({"steps": True}, "steps"), ({"model": ""}, "'model'")):  # fmt: skip
+    for bad, match in (
+        ({"lam": 1.0}, "unknown field 'lam'.*lambda"),
+        ({"lambda": float("nan")}, "lambda"),
+        ({"seq_len": 0}, "seq_len"),
+        ({"steps": True}, "steps"),
+        ({"model": ""}, "'model'"),
+    ):
         with pytest.raises(ConfigError, match=match):
             BigramJobConfig.from_dict({**written, **bad})
     with pytest.raises(ConfigError, match="'model'"):

@@ -7,11 +7,15 @@ from subnetviz.figures import bigram as bf
 
 
 def _summary():
-    return pd.DataFrame({
-        "setting": ["full", "random ablated", "subnetwork", "bigram", "ablated", "random subnetwork", "empty"],
-        "r_mean": [0.97, 0.97, 0.99, 1.0, 0.96, 0.67, 0.67], "r_sd": [np.nan, 0.001, np.nan, np.nan, np.nan, 0.002, np.nan],
-        "delta_bits": [0.0, 0.0002, -0.01, -0.03, 0.02, 1.25, 1.26], "bits_sd": [np.nan] * 7,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "setting": ["full", "random ablated", "subnetwork", "bigram", "ablated", "random subnetwork", "empty"],
+            "r_mean": [0.97, 0.97, 0.99, 1.0, 0.96, 0.67, 0.67],
+            "r_sd": [np.nan, 0.001, np.nan, np.nan, np.nan, 0.002, np.nan],
+            "delta_bits": [0.0, 0.0002, -0.01, -0.03, 0.02, 1.25, 1.26],
+            "bits_sd": [np.nan] * 7,
+        }
+    )
 
 
 def test_fidelity_bars_in_setting_order_with_spread():
@@ -28,9 +32,14 @@ def test_delta_bits_leaves_out_the_full_model():
 
 
 def test_rotation_curves_one_line_per_model_and_target():
-    rot = pd.DataFrame({"model": ["full"] * 4 + ["bigram subnetwork"] * 4, "layer": [0, 1, 0, 1] * 2,
-                        "target": ["input", "input", "output", "output"] * 2,
-                        "angle_deg": [0.0, 56.2, 70.5, 46.3, 0.0, 47.0, 68.5, 34.5]})  # fmt: skip
+    rot = pd.DataFrame(
+        {
+            "model": ["full"] * 4 + ["bigram subnetwork"] * 4,
+            "layer": [0, 1, 0, 1] * 2,
+            "target": ["input", "input", "output", "output"] * 2,
+            "angle_deg": [0.0, 56.2, 70.5, 46.3, 0.0, 47.0, 68.5, 34.5],
+        }
+    )
     fig = bf.rotation_curves(rot)
     assert len(fig.data) == 4
     traces = {t.name: list(t.y) for t in fig.data}
@@ -51,6 +60,9 @@ def test_null_histogram_marks_the_observed_overlap():
 
 
 def test_empty_frames_give_no_data_figures():
-    for fig in (bf.fidelity_bars(pd.DataFrame()), bf.rotation_curves(pd.DataFrame()),
-                bf.null_histogram(pd.DataFrame(), 0.0)):  # fmt: skip
+    for fig in (
+        bf.fidelity_bars(pd.DataFrame()),
+        bf.rotation_curves(pd.DataFrame()),
+        bf.null_histogram(pd.DataFrame(), 0.0),
+    ):
         assert any("no data" in (a.text or "") for a in fig.layout.annotations)

@@ -129,8 +129,14 @@ def test_ulp_distance_refuses_mixed_or_non_float_input():
 
 # --- bitwise masks -----------------------------------------------------------------------------------
 def test_int_view_widths():
-    for dt, it in [(torch.bfloat16, torch.int16), (torch.float16, torch.int16), (torch.float32, torch.int32),
-                   (torch.float64, torch.int64), (torch.float8_e4m3fn, torch.int8), (torch.float8_e5m2, torch.int8)]:  # fmt: skip
+    for dt, it in [
+        (torch.bfloat16, torch.int16),
+        (torch.float16, torch.int16),
+        (torch.float32, torch.int32),
+        (torch.float64, torch.int64),
+        (torch.float8_e4m3fn, torch.int8),
+        (torch.float8_e5m2, torch.int8),
+    ]:
         x = torch.zeros(3, 2).to(dt)
         assert int_view(x).dtype == it and int_view(x).shape == (3, 2)
     assert int_view(torch.tensor([-0.0])).tolist() == [-(1 << 31)]  # the sign bit alone

@@ -33,7 +33,9 @@ def test_int_and_bool_buffers_are_their_own_group_and_never_an_error(ckpt_zoo, t
     assert (buf["group"] == "buffers").all()
     assert buf.loc["embeddings.token_type_ids", "changed"] == 3 and buf.loc["embeddings.position_ids", "changed"] == 0
     assert rep.changed == 5  # weights only
-    n_float = sum(v.numel() for k, v in sd.items() if v.dtype.is_floating_point and k != "cls.predictions.decoder.weight")
+    n_float = sum(
+        v.numel() for k, v in sd.items() if v.dtype.is_floating_point and k != "cls.predictions.decoder.weight"
+    )
     assert rep.numel == n_float
     assert any(n.startswith("Buffers: 2 non-parameter tensor(s)") and "3 changed entries" in n for n in rep.notes)
     back = read_analysis(write_analysis(analyze_updates(str(base), [str(ft)], labels=["ft"]), tmp_path / "out"))

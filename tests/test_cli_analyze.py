@@ -59,8 +59,12 @@ def _run(args, home):
     env = {**os.environ, "SUBNETVIZ_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "subnetviz", "analyze", *map(str, args)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +201,18 @@ def test_full_or_read_only_file_system_is_one_line(ckpt_zoo, planted, tmp_path, 
 
     monkeypatch.setattr(cache, "write_manifest", full)
     out = tmp_path / "out"
-    rc = main(["analyze", str(ckpt_zoo.llama), str(planted["paths"][1]), "--out", str(out), "--no-spectra",
-               "--tolerances", "1e-6"])  # fmt: skip
+    rc = main(
+        [
+            "analyze",
+            str(ckpt_zoo.llama),
+            str(planted["paths"][1]),
+            "--out",
+            str(out),
+            "--no-spectra",
+            "--tolerances",
+            "1e-6",
+        ]
+    )
     monkeypatch.setattr(cache, "write_manifest", real)
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert rc == 2 and len(errors) == 1 and errors[0].startswith("error: cannot complete")

@@ -134,8 +134,21 @@ def test_manifest_json_is_what_the_typed_records_write_and_a_damaged_one_is_name
     raw = json.loads((micro_zoo.root / "manifest.json").read_text())
     assert ZooManifest.from_dict(raw) == micro_zoo.manifest
     assert json.loads(json.dumps(micro_zoo.manifest.to_dict(), default=str)) == raw  # nothing lost or added
-    assert set(raw["members"][0]) == {"id", "path", "algorithm", "seed", "data", "steps", "learning_rate", "accuracy",
-                                      "accuracy_A", "accuracy_B", "sparsity", "changed", "numel"}  # fmt: skip
+    assert set(raw["members"][0]) == {
+        "id",
+        "path",
+        "algorithm",
+        "seed",
+        "data",
+        "steps",
+        "learning_rate",
+        "accuracy",
+        "accuracy_A",
+        "accuracy_B",
+        "sparsity",
+        "changed",
+        "numel",
+    }
     assert {"mask", "mask_check", "identical_to_grpo_s0"} <= set(raw["members"][-1])
     del raw["members"][3]["sparsity"]
     with pytest.raises(CheckpointError, match="member 'grpo-s2' lacks 'sparsity'"):

@@ -25,21 +25,34 @@ def test_plan_covers_every_factor_and_trains_shared_recipes_once():
 
 
 def _results(rows):
-    base = {"seed": 0, "algorithm": "grpo", "accuracy": 0.5, "kl_forward": 0.0, "learning_rate": 1e-5, "steps": 8,
-            "beta": 0.0, "max_grad_norm": 1.0, "optimizer": "adamw_torch", "data": "task", "train_seconds": 1.0}
+    base = {
+        "seed": 0,
+        "algorithm": "grpo",
+        "accuracy": 0.5,
+        "kl_forward": 0.0,
+        "learning_rate": 1e-5,
+        "steps": 8,
+        "beta": 0.0,
+        "max_grad_norm": 1.0,
+        "optimizer": "adamw_torch",
+        "data": "task",
+        "train_seconds": 1.0,
+    }
     return pd.DataFrame([{**base, **r} for r in rows], columns=COLUMNS)
 
 
 def test_verdicts_read_hand_made_results():
-    res = _results([
-        {"factor": "data", "value": "on_policy", "precision": "bf16", "sparsity": 0.8},
-        {"factor": "data", "value": "gold", "precision": "bf16", "sparsity": 0.5},
-        {"factor": "beta", "value": "0", "precision": "bf16", "sparsity": 0.70},
-        {"factor": "beta", "value": "0.1", "precision": "bf16", "sparsity": 0.60},
-        {"factor": "learning_rate", "value": "1e-06", "precision": "bf16", "sparsity": 0.9},
-        {"factor": "learning_rate", "value": "0.0001", "precision": "bf16", "sparsity": 0.95},
-        {"factor": "learning_rate", "value": "1e-06", "precision": "fp32", "sparsity": 0.1},
-    ])  # fmt: skip
+    res = _results(
+        [
+            {"factor": "data", "value": "on_policy", "precision": "bf16", "sparsity": 0.8},
+            {"factor": "data", "value": "gold", "precision": "bf16", "sparsity": 0.5},
+            {"factor": "beta", "value": "0", "precision": "bf16", "sparsity": 0.70},
+            {"factor": "beta", "value": "0.1", "precision": "bf16", "sparsity": 0.60},
+            {"factor": "learning_rate", "value": "1e-06", "precision": "bf16", "sparsity": 0.9},
+            {"factor": "learning_rate", "value": "0.0001", "precision": "bf16", "sparsity": 0.95},
+            {"factor": "learning_rate", "value": "1e-06", "precision": "fp32", "sparsity": 0.1},
+        ]
+    )
     v = verdicts(res).set_index("conjecture")["reproduced"]
     assert v["in-distribution data drives sparsity"]
     assert not v["KL coefficient has little effect"]  # 10 points apart
@@ -50,9 +63,13 @@ def test_verdicts_read_hand_made_results():
 def test_figures_draw_every_factor():
     from subnetviz.figures import drivers as dfig
 
-    res = _results([{"factor": f, "value": v, "precision": p, "sparsity": s}
-                    for f, v, s in [("steps", "4", 0.9), ("steps", "8", 0.8), ("beta", "0", 0.7)]
-                    for p in ("bf16", "fp32")])  # fmt: skip
+    res = _results(
+        [
+            {"factor": f, "value": v, "precision": p, "sparsity": s}
+            for f, v, s in [("steps", "4", 0.9), ("steps", "8", 0.8), ("beta", "0", 0.7)]
+            for p in ("bf16", "fp32")
+        ]
+    )
     fig = dfig.factor_panels(res)
     bars = [t for t in fig.data if t.type == "bar"]
     assert len(bars) == 2 and np.allclose(bars[0].y, [0.9, 0.8])
@@ -112,16 +129,38 @@ def test_drivers_page_shows_a_finished_run(app_env):
     from subnetviz.jobs.runner import JobRunner
     from tests.test_app import decode, open_page, plotly_specs
 
-    res = _results([{"factor": "steps", "value": v, "precision": p, "sparsity": s}
-                    for v, s in [("4", 0.9), ("8", 0.8)] for p in ("bf16", "fp32")])  # fmt: skip
+    res = _results(
+        [
+            {"factor": "steps", "value": v, "precision": p, "sparsity": s}
+            for v, s in [("4", 0.9), ("8", 0.8)]
+            for p in ("bf16", "fp32")
+        ]
+    )
     run_dir = config.runs_dir() / "fake-drivers-run"
     (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
     res.to_csv(run_dir / "outputs" / "results.csv", index=False)
     runner = JobRunner()
     with runner.registry.transaction() as con:
-        runner.registry.insert(con, RunRecord("fake-drivers-run", "drivers", "fake", "succeeded", None, None,
-                                              time.time(), time.time(), time.time(), 1, 1, {}, None, str(run_dir),
-                                              {"kind": "drivers"}))  # fmt: skip
+        runner.registry.insert(
+            con,
+            RunRecord(
+                "fake-drivers-run",
+                "drivers",
+                "fake",
+                "succeeded",
+                None,
+                None,
+                time.time(),
+                time.time(),
+                time.time(),
+                1,
+                1,
+                {},
+                None,
+                str(run_dir),
+                {"kind": "drivers"},
+            ),
+        )
     try:
         at = open_page("drivers")
     finally:  # the app home is shared by the session's other page tests: leave its registry as it was

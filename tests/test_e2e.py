@@ -20,8 +20,15 @@ import pytest
 from tests import app_fixtures
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("SUBNETVIZ_SCREENSHOTS") or "/tmp/subnetviz-e2e")
 CHART_PAGES = ["sparsity", "spectra", "overlap", "series"]
@@ -30,9 +37,11 @@ QUERY = {"training": "?tr_view=Runs"}  # the view a screenshot should show (the 
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK) and not os.environ.get("CI"),
-                       reason="needs Debian chromium (apt-get install chromium)"),  # in CI: fail, don't skip
-]  # fmt: skip
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK) and not os.environ.get("CI"),
+        reason="needs Debian chromium (apt-get install chromium)",
+    ),  # in CI: fail, don't skip
+]
 
 
 def _free_port() -> int:
@@ -44,13 +53,36 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def app_url(app_home):
     port = _free_port()
-    env = {**os.environ, "SUBNETVIZ_HOME": str(app_home), "SUBNETVIZ_ROOTS": app_fixtures.app_roots(app_home),
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SUBNETVIZ_HOME": str(app_home),
+        "SUBNETVIZ_ROOTS": app_fixtures.app_roots(app_home),
+        "OMP_NUM_THREADS": "1",
+    }
     log = open(Path(tempfile.gettempdir()) / f"subnetviz-e2e-streamlit-{port}.log", "w")  # the server's output
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -107,7 +139,9 @@ def test_every_page_renders(browser, app_url, name):
     ctx, page = open_page(browser, app_url + ("" if name == "home" else f"/{name}{QUERY.get(name, '')}"), height=2400)
     try:
         assert page.get_by_test_id("stException").count() == 0
-        assert page.get_by_test_id("stAlertContentError").count() == 0, page.get_by_test_id("stAlertContentError").all_inner_texts()
+        assert page.get_by_test_id("stAlertContentError").count() == 0, page.get_by_test_id(
+            "stAlertContentError"
+        ).all_inner_texts()
         if name in CHART_PAGES:
             charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
             charts.first.wait_for(timeout=60_000)
@@ -176,7 +210,7 @@ def test_export_button_downloads_a_self_contained_dashboard(browser, app_url, tm
         path = tmp_path / "dashboard.html"
         info.value.save_as(path)
         html = path.read_text()
-        rest = html[html.index("</script>"):]  # after the embedded plotly.js
+        rest = html[html.index("</script>") :]  # after the embedded plotly.js
         assert "<script src" not in html and 'href="http' not in rest
         assert html.count('class="figure"') >= 6 and "sparsity (exact)" in html  # the open tab's heatmaps
         # ... and the closed tabs' figures and tables, built at export time

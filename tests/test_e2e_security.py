@@ -30,8 +30,12 @@ def _recorded(browser):  # noqa: F811
 
 
 def _outside(urls: list[str]) -> list[str]:
-    return [u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss")
-            and urlparse(u).hostname not in ("127.0.0.1", "localhost")]  # fmt: skip
+    return [
+        u
+        for u in urls
+        if urlparse(u).scheme in ("http", "https", "ws", "wss")
+        and urlparse(u).hostname not in ("127.0.0.1", "localhost")
+    ]
 
 
 def test_markdown_in_a_shared_url_is_shown_as_text(browser, app_url):  # noqa: F811
@@ -43,7 +47,9 @@ def test_markdown_in_a_shared_url_is_shown_as_text(browser, app_url):  # noqa: F
         wait_for_app(page)
         page.get_by_text("Session expired").first.wait_for(timeout=30_000)
         links = page.locator("a[href*='evil.example']")
-        assert links.count() == 0, [links.nth(i).evaluate("e => e.parentElement.parentElement.outerHTML") for i in range(links.count())]
+        assert links.count() == 0, [
+            links.nth(i).evaluate("e => e.parentElement.parentElement.outerHTML") for i in range(links.count())
+        ]
         assert page.locator("img[src*='evil.example']").count() == 0
         assert page.get_by_test_id("stException").count() == 0
         assert not _outside(seen), _outside(seen)  # nothing fetched from evil.example (or anywhere else)

@@ -23,8 +23,18 @@ from subnetviz.checkpoints.naming import NameTable
 from subnetviz.errors import CheckpointError
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 
-BASE = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+BASE = dict(
+    vocab_size=64,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=0,
+    eos_token_id=0,
+)
 
 
 def _build(kind: str):
@@ -32,30 +42,68 @@ def _build(kind: str):
 
     specs = {
         "mixtral": (T.MixtralConfig, T.MixtralForCausalLM, dict(num_local_experts=4, num_experts_per_tok=2)),
-        "qwen2_moe": (T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM, dict(
-            num_experts=4, moe_intermediate_size=8, shared_expert_intermediate_size=16, num_experts_per_tok=2)),
-        "qwen3_moe": (T.Qwen3MoeConfig, T.Qwen3MoeForCausalLM, dict(
-            num_experts=4, moe_intermediate_size=8, num_experts_per_tok=2, head_dim=4)),
-        "deepseek_v3": (T.DeepseekV3Config, T.DeepseekV3ForCausalLM, dict(
-            n_routed_experts=4, n_shared_experts=1, moe_intermediate_size=8, num_experts_per_tok=2,
-            first_k_dense_replace=1, q_lora_rank=8, kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4,
-            v_head_dim=4, n_group=1, topk_group=1)),
-        "llama4_text": (T.Llama4TextConfig, T.Llama4ForCausalLM, dict(
-            intermediate_size_mlp=32, num_local_experts=4, num_experts_per_tok=1, head_dim=4,
-            interleave_moe_layer_step=1)),
+        "qwen2_moe": (
+            T.Qwen2MoeConfig,
+            T.Qwen2MoeForCausalLM,
+            dict(num_experts=4, moe_intermediate_size=8, shared_expert_intermediate_size=16, num_experts_per_tok=2),
+        ),
+        "qwen3_moe": (
+            T.Qwen3MoeConfig,
+            T.Qwen3MoeForCausalLM,
+            dict(num_experts=4, moe_intermediate_size=8, num_experts_per_tok=2, head_dim=4),
+        ),
+        "deepseek_v3": (
+            T.DeepseekV3Config,
+            T.DeepseekV3ForCausalLM,
+            dict(
+                n_routed_experts=4,
+                n_shared_experts=1,
+                moe_intermediate_size=8,
+                num_experts_per_tok=2,
+                first_k_dense_replace=1,
+                q_lora_rank=8,
+                kv_lora_rank=8,
+                qk_rope_head_dim=4,
+                qk_nope_head_dim=4,
+                v_head_dim=4,
+                n_group=1,
+                topk_group=1,
+            ),
+        ),
+        "llama4_text": (
+            T.Llama4TextConfig,
+            T.Llama4ForCausalLM,
+            dict(
+                intermediate_size_mlp=32,
+                num_local_experts=4,
+                num_experts_per_tok=1,
+                head_dim=4,
+                interleave_moe_layer_step=1,
+            ),
+        ),
         "phi3": (T.Phi3Config, T.Phi3ForCausalLM, {}),
         "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM, dict(head_dim=4)),
         "gemma3_text": (T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(head_dim=4)),
         "olmo2": (T.Olmo2Config, T.Olmo2ForCausalLM, {}),
         "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(head_dim=4)),
-    }  # fmt: skip
+    }
     cfg_cls, model_cls, kw = specs[kind]
     torch.manual_seed(0)
     return model_cls(cfg_cls(**BASE, **kw)).to(torch.bfloat16)
 
 
-KINDS = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "llama4_text", "phi3", "gemma2", "gemma3_text",
-         "olmo2", "qwen3"]  # fmt: skip
+KINDS = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v3",
+    "llama4_text",
+    "phi3",
+    "gemma2",
+    "gemma3_text",
+    "olmo2",
+    "qwen3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,36 +125,50 @@ def test_every_saved_tensor_is_known(family_dirs, kind):
 
 
 EXPECT = {
-    "mixtral": [("model.layers.1.block_sparse_moe.experts.3.w1.weight", 1, "moe", "gate", 3),
-                ("model.layers.1.block_sparse_moe.experts.3.w3.weight", 1, "moe", "up", 3),
-                ("model.layers.0.block_sparse_moe.experts.0.w2.weight", 0, "moe", "down", 0),
-                ("model.layers.0.block_sparse_moe.gate.weight", 0, "moe", "router", None)],
-    "qwen2_moe": [("model.layers.0.mlp.experts.2.up_proj.weight", 0, "moe", "up", 2),
-                  ("model.layers.0.mlp.shared_expert.down_proj.weight", 0, "moe", "down", "shared"),
-                  ("model.layers.0.mlp.shared_expert_gate.weight", 0, "moe", "router", "shared"),
-                  ("model.layers.1.mlp.gate.weight", 1, "moe", "router", None)],
-    "deepseek_v3": [("model.layers.0.self_attn.q_a_proj.weight", 0, "attention", "q_a", None),
-                    ("model.layers.0.self_attn.q_b_proj.weight", 0, "attention", "q_b", None),
-                    ("model.layers.0.self_attn.kv_a_proj_with_mqa.weight", 0, "attention", "kv_a", None),
-                    ("model.layers.0.self_attn.kv_b_proj.weight", 0, "attention", "kv_b", None),
-                    ("model.layers.0.self_attn.kv_a_layernorm.weight", 0, "norm", "attn_norm", None),
-                    ("model.layers.0.mlp.gate_proj.weight", 0, "mlp", "gate", None),  # first_k_dense_replace
-                    ("model.layers.1.mlp.experts.3.gate_proj.weight", 1, "moe", "gate", 3),
-                    ("model.layers.1.mlp.shared_experts.up_proj.weight", 1, "moe", "up", "shared"),
-                    ("model.layers.1.mlp.gate.e_score_correction_bias", 1, "moe", "router", None)],
-    "llama4_text": [("model.layers.0.feed_forward.experts.gate_up_proj", 0, "moe", "gate_up", "all"),
-                    ("model.layers.0.feed_forward.experts.down_proj", 0, "moe", "down", "all"),
-                    ("model.layers.0.feed_forward.router.weight", 0, "moe", "router", None),
-                    ("model.layers.0.feed_forward.shared_expert.gate_proj.weight", 0, "moe", "gate", "shared")],
-    "phi3": [("model.layers.0.self_attn.qkv_proj.weight", 0, "attention", "qkv", None),
-             ("model.layers.0.mlp.gate_up_proj.weight", 0, "mlp", "gate_up", None)],
-    "gemma2": [("model.layers.1.post_attention_layernorm.weight", 1, "norm", "post_attn_norm", None),
-               ("model.layers.1.pre_feedforward_layernorm.weight", 1, "norm", "mlp_norm", None),
-               ("model.layers.1.post_feedforward_layernorm.weight", 1, "norm", "post_mlp_norm", None)],
-    "olmo2": [("model.layers.0.post_attention_layernorm.weight", 0, "norm", "post_attn_norm", None),
-              ("model.layers.0.self_attn.q_norm.weight", 0, "norm", "attn_norm", None)],
+    "mixtral": [
+        ("model.layers.1.block_sparse_moe.experts.3.w1.weight", 1, "moe", "gate", 3),
+        ("model.layers.1.block_sparse_moe.experts.3.w3.weight", 1, "moe", "up", 3),
+        ("model.layers.0.block_sparse_moe.experts.0.w2.weight", 0, "moe", "down", 0),
+        ("model.layers.0.block_sparse_moe.gate.weight", 0, "moe", "router", None),
+    ],
+    "qwen2_moe": [
+        ("model.layers.0.mlp.experts.2.up_proj.weight", 0, "moe", "up", 2),
+        ("model.layers.0.mlp.shared_expert.down_proj.weight", 0, "moe", "down", "shared"),
+        ("model.layers.0.mlp.shared_expert_gate.weight", 0, "moe", "router", "shared"),
+        ("model.layers.1.mlp.gate.weight", 1, "moe", "router", None),
+    ],
+    "deepseek_v3": [
+        ("model.layers.0.self_attn.q_a_proj.weight", 0, "attention", "q_a", None),
+        ("model.layers.0.self_attn.q_b_proj.weight", 0, "attention", "q_b", None),
+        ("model.layers.0.self_attn.kv_a_proj_with_mqa.weight", 0, "attention", "kv_a", None),
+        ("model.layers.0.self_attn.kv_b_proj.weight", 0, "attention", "kv_b", None),
+        ("model.layers.0.self_attn.kv_a_layernorm.weight", 0, "norm", "attn_norm", None),
+        ("model.layers.0.mlp.gate_proj.weight", 0, "mlp", "gate", None),  # first_k_dense_replace
+        ("model.layers.1.mlp.experts.3.gate_proj.weight", 1, "moe", "gate", 3),
+        ("model.layers.1.mlp.shared_experts.up_proj.weight", 1, "moe", "up", "shared"),
+        ("model.layers.1.mlp.gate.e_score_correction_bias", 1, "moe", "router", None),
+    ],
+    "llama4_text": [
+        ("model.layers.0.feed_forward.experts.gate_up_proj", 0, "moe", "gate_up", "all"),
+        ("model.layers.0.feed_forward.experts.down_proj", 0, "moe", "down", "all"),
+        ("model.layers.0.feed_forward.router.weight", 0, "moe", "router", None),
+        ("model.layers.0.feed_forward.shared_expert.gate_proj.weight", 0, "moe", "gate", "shared"),
+    ],
+    "phi3": [
+        ("model.layers.0.self_attn.qkv_proj.weight", 0, "attention", "qkv", None),
+        ("model.layers.0.mlp.gate_up_proj.weight", 0, "mlp", "gate_up", None),
+    ],
+    "gemma2": [
+        ("model.layers.1.post_attention_layernorm.weight", 1, "norm", "post_attn_norm", None),
+        ("model.layers.1.pre_feedforward_layernorm.weight", 1, "norm", "mlp_norm", None),
+        ("model.layers.1.post_feedforward_layernorm.weight", 1, "norm", "post_mlp_norm", None),
+    ],
+    "olmo2": [
+        ("model.layers.0.post_attention_layernorm.weight", 0, "norm", "post_attn_norm", None),
+        ("model.layers.0.self_attn.q_norm.weight", 0, "norm", "attn_norm", None),
+    ],
     "qwen3": [("model.layers.1.self_attn.k_norm.weight", 1, "norm", "attn_norm", None)],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECT))
@@ -124,8 +186,16 @@ def test_names_no_installed_class_writes():
     info = v5.describe("model.layers.5.mlp.experts.gate_up_proj")
     assert (info.layer, info.block, info.module, info.expert, info.param) == (5, "moe", "gate_up", "all", "weight")
     assert v5.describe("model.layers.5.mlp.experts.down_proj").module == "down"
-    ds = NameTable.from_config({"model_type": "deepseek_v3", "num_hidden_layers": 61, "num_nextn_predict_layers": 1,
-                                "n_routed_experts": 256, "num_attention_heads": 128}, [])  # fmt: skip
+    ds = NameTable.from_config(
+        {
+            "model_type": "deepseek_v3",
+            "num_hidden_layers": 61,
+            "num_nextn_predict_layers": 1,
+            "n_routed_experts": 256,
+            "num_attention_heads": 128,
+        },
+        [],
+    )
     mtp = ds.describe("model.layers.61.eh_proj.weight")
     assert (mtp.layer, mtp.block, mtp.module) == (61, "mtp", "mtp_proj")
     assert ds.describe("model.layers.61.shared_head.head.weight").block == "mtp"
@@ -151,8 +221,14 @@ def _plant(folder, out, names_steps):
 
 def test_mixtral_pair_counts_per_expert(family_dirs, tmp_path):
     base = family_dirs["mixtral"]
-    ft = _plant(base, tmp_path / "ft", {"model.layers.1.block_sparse_moe.experts.2.w3.weight": (0, 5),
-                                        "model.layers.0.block_sparse_moe.gate.weight": (1, 3)})  # fmt: skip
+    ft = _plant(
+        base,
+        tmp_path / "ft",
+        {
+            "model.layers.1.block_sparse_moe.experts.2.w3.weight": (0, 5),
+            "model.layers.0.block_sparse_moe.gate.weight": (1, 3),
+        },
+    )
     rep = analyze_updates(str(base), [str(ft)], labels=["ft"]).reports[0]
     t = rep.tensors.set_index("key")
     assert t.loc["layers.1.block_sparse_moe.experts.2.w3.weight", "changed"] == 5
@@ -187,13 +263,15 @@ def test_packed_experts_count_per_expert_and_split_gate_up(tmp_path):
     gu = (torch.randn(e, 2 * inter, hid) * 0.1).to(torch.bfloat16)
     dn = (torch.randn(e, hid, inter) * 0.1).to(torch.bfloat16)
     cfg = {"model_type": "qwen3_moe", "num_experts": e, "num_attention_heads": 2, "tie_word_embeddings": False}
-    base = write_folder(tmp_path / "b", {"model.layers.0.mlp.experts.gate_up_proj": gu,
-                                         "model.layers.0.mlp.experts.down_proj": dn})  # fmt: skip
+    base = write_folder(
+        tmp_path / "b", {"model.layers.0.mlp.experts.gate_up_proj": gu, "model.layers.0.mlp.experts.down_proj": dn}
+    )
     gu2 = gu.clone()
     gu2[2, 1, :3] = bf16_step(gu2[2, 1, :3], 1)  # expert 2, gate half: 3
     gu2[3, inter + 1, :2] = bf16_step(gu2[3, inter + 1, :2], 1)  # expert 3, up half: 2
-    ft = write_folder(tmp_path / "f", {"model.layers.0.mlp.experts.gate_up_proj": gu2,
-                                       "model.layers.0.mlp.experts.down_proj": dn})  # fmt: skip
+    ft = write_folder(
+        tmp_path / "f", {"model.layers.0.mlp.experts.gate_up_proj": gu2, "model.layers.0.mlp.experts.down_proj": dn}
+    )
     for f in (base, ft):
         (f / "config.json").write_text(json.dumps(cfg))
     rep = analyze_updates(str(base), [str(ft)], labels=["ft"]).reports[0]
@@ -211,8 +289,11 @@ def test_packed_experts_count_per_expert_and_split_gate_up(tmp_path):
 
 def test_unknown_tensors_are_other_and_counted_in_a_notice(tmp_path):
     w = torch.ones(4, 4, dtype=torch.bfloat16)
-    sd = {"model.layers.0.self_attn.q_proj.weight": w, "model.layers.0.mystery_gate.weight": w.clone(),
-          "model.layers.1.mystery_gate.weight": w.clone()}  # fmt: skip
+    sd = {
+        "model.layers.0.self_attn.q_proj.weight": w,
+        "model.layers.0.mystery_gate.weight": w.clone(),
+        "model.layers.1.mystery_gate.weight": w.clone(),
+    }
     base = write_folder(tmp_path / "b", sd)
     (base / "config.json").write_text(json.dumps({"model_type": "llama"}))
     rep = analyze_updates(str(base), [str(base)]).reports[0]
@@ -229,9 +310,15 @@ def test_moe_tables_and_figures(family_dirs, tmp_path):
     from subnetviz.figures.moe import expert_heatmap, router_bars
 
     base = family_dirs["qwen2_moe"]
-    ft = _plant(base, tmp_path / "ft", {"model.layers.1.mlp.experts.3.up_proj.weight": (0, 6),
-                                        "model.layers.0.mlp.shared_expert.down_proj.weight": (2, 4),
-                                        "model.layers.1.mlp.gate.weight": (0, 2)})  # fmt: skip
+    ft = _plant(
+        base,
+        tmp_path / "ft",
+        {
+            "model.layers.1.mlp.experts.3.up_proj.weight": (0, 6),
+            "model.layers.0.mlp.shared_expert.down_proj.weight": (2, 4),
+            "model.layers.1.mlp.gate.weight": (0, 2),
+        },
+    )
     a = analyze_updates(str(base), [str(ft)], labels=["ft"])
     back = read_analysis(write_analysis(a, tmp_path / "out"))  # the CSVs keep "3" and "shared" as strings
     for rep in (a.reports[0], back.reports[0]):
@@ -247,6 +334,11 @@ def test_moe_tables_and_figures(family_dirs, tmp_path):
     assert list(heat.x) == ["E0", "E1", "E2", "E3", "shared"] and list(heat.y) == ["0", "1"]
     assert heat.z[1][3] == pytest.approx(100 * 6 / (3 * 8 * 16))
     bars = router_bars(routers(a.reports[0]))
-    assert len(bars.data) == 1 and list(bars.data[0].y) == pytest.approx([0.0, 100 * 2 / (4 * 16 + 16)])  # gate + shared gate
-    assert expert_heatmap(by_expert(analyze_updates(str(family_dirs["qwen3"]), [str(family_dirs["qwen3"])])
-                                    .reports[0])).layout.annotations[0].text.startswith("no experts")  # fmt: skip
+    assert len(bars.data) == 1 and list(bars.data[0].y) == pytest.approx(
+        [0.0, 100 * 2 / (4 * 16 + 16)]
+    )  # gate + shared gate
+    assert (
+        expert_heatmap(by_expert(analyze_updates(str(family_dirs["qwen3"]), [str(family_dirs["qwen3"])]).reports[0]))
+        .layout.annotations[0]
+        .text.startswith("no experts")
+    )

@@ -33,8 +33,16 @@ def heat_frame():
         for module in ("down", "q", "up", "k"):
             numel = 64 * 64
             changed = int(rng.integers(0, numel))
-            rows.append(dict(layer=layer, module=module, changed=changed, numel=numel,
-                             density=changed / numel, sparsity=1 - changed / numel))  # fmt: skip
+            rows.append(
+                dict(
+                    layer=layer,
+                    module=module,
+                    changed=changed,
+                    numel=numel,
+                    density=changed / numel,
+                    sparsity=1 - changed / numel,
+                )
+            )
     rows.append(dict(layer="final", module="lm_head", changed=5, numel=100, density=0.05, sparsity=0.95))
     df = pd.DataFrame(rows)
     return df[~((df.layer == 1) & (df.module == "up"))]  # one missing cell
@@ -375,8 +383,18 @@ def test_upset_degree_sort_and_bad_members():
 
 
 def test_pairwise_matrix_fills_mirror_and_ratio():
-    df = pd.DataFrame({"a": ["x"], "b": ["y"], "o1": [0.6], "o2": [0.3], "o1_chance": [0.2], "o2_chance": [0.4],
-                       "jaccard": [0.25], "jaccard_chance": [0.125]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "a": ["x"],
+            "b": ["y"],
+            "o1": [0.6],
+            "o2": [0.3],
+            "o1_chance": [0.2],
+            "o2_chance": [0.4],
+            "jaccard": [0.25],
+            "jaccard_chance": [0.125],
+        }
+    )
     o1 = F.pairwise_matrix(df, value="o1").data[0]
     assert o1.z[0, 1] == pytest.approx(60) and o1.z[1, 0] == pytest.approx(30)  # o1(x, y) = o2(y, x)
     assert np.isnan(o1.z[0, 0]) and o1.text[0, 1] == "60.0%"
@@ -396,12 +414,23 @@ def test_pairwise_matrix_fills_mirror_and_ratio():
 @pytest.mark.parametrize(
     "build",
     [
-        F.sparsity_heatmap, F.rank_heatmap, F.overlap_layer_heatmap, F.tolerance_sweep, F.ulp_histogram,
-        F.module_bars, F.spectrum_curves, F.series_lines, F.training_curves, F.consensus_bars, F.pairwise_matrix,
-        lambda df: F.upset(df, ["a"]), lambda df: F.matrix_image(np.zeros((0, 0))),
-        lambda df: F.row_col_ratios([], []), lambda df: F.accuracy_matrix(np.zeros((0, 0)), []),
+        F.sparsity_heatmap,
+        F.rank_heatmap,
+        F.overlap_layer_heatmap,
+        F.tolerance_sweep,
+        F.ulp_histogram,
+        F.module_bars,
+        F.spectrum_curves,
+        F.series_lines,
+        F.training_curves,
+        F.consensus_bars,
+        F.pairwise_matrix,
+        lambda df: F.upset(df, ["a"]),
+        lambda df: F.matrix_image(np.zeros((0, 0))),
+        lambda df: F.row_col_ratios([], []),
+        lambda df: F.accuracy_matrix(np.zeros((0, 0)), []),
     ],
-)  # fmt: skip
+)
 def test_empty_input_gives_a_no_data_figure(build):
     fig = build(pd.DataFrame())
     assert fig.layout.annotations[0].text == "no data" and fig.layout.title.text
@@ -417,8 +446,16 @@ def test_palette_is_stable_and_backend_has_no_streamlit():
 
 
 def test_heatmap_layers_without_index_share_one_row():
-    df = pd.DataFrame({"layer": [1.0, np.nan, 0.0, None], "module": ["q", "embed", "q", "lm_head"],
-                       "changed": [1, 2, 3, 4], "numel": [10] * 4, "sparsity": [0.9, 0.8, 0.7, 0.6], "density": [0.1, 0.2, 0.3, 0.4]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "layer": [1.0, np.nan, 0.0, None],
+            "module": ["q", "embed", "q", "lm_head"],
+            "changed": [1, 2, 3, 4],
+            "numel": [10] * 4,
+            "sparsity": [0.9, 0.8, 0.7, 0.6],
+            "density": [0.1, 0.2, 0.3, 0.4],
+        }
+    )
     tr = F.sparsity_heatmap(df).data[0]
     assert list(tr.y) == ["0", "1", "—"] and list(tr.x) == ["embed", "q", "lm_head"]
     np.testing.assert_allclose(tr.z[2], [80, np.nan, 60])
@@ -483,9 +520,17 @@ def test_backend_overlap_frames_fit_the_builders_as_they_are():
 
 
 def test_rank_heatmap_takes_spectrum_table_columns_with_nullable_ints():
-    df = pd.DataFrame({"layer": [0, 0], "module": ["q", "k"], "rows": [8, 8], "cols": [4, 2],
-                       "rank": pd.array([3, pd.NA], dtype="Int64"), "rank_frac": [0.75, np.nan],
-                       "baseline_rank_frac": [1.0, np.nan]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "layer": [0, 0],
+            "module": ["q", "k"],
+            "rows": [8, 8],
+            "cols": [4, 2],
+            "rank": pd.array([3, pd.NA], dtype="Int64"),
+            "rank_frac": [0.75, np.nan],
+            "baseline_rank_frac": [1.0, np.nan],
+        }
+    )
     tr = F.rank_heatmap(df).data[0]
     np.testing.assert_allclose(tr.z, [[75, np.nan]])
     np.testing.assert_allclose(tr.customdata[0, 0], [3, 4, 100])
@@ -493,9 +538,14 @@ def test_rank_heatmap_takes_spectrum_table_columns_with_nullable_ints():
 
 
 def test_spectrum_curves_threshold_line_and_one_legend_entry_per_matrix():
-    sig = pd.DataFrame({"name": ["a"] * 4 + ["b"] * 4, "index": [1, 2] * 4,
-                        "sigma": [4.0, 1.0, 3.0, 2.0, 8.0, 1.0, 6.0, 2.0],
-                        "kind": ["update", "update", "random", "random"] * 2})  # fmt: skip
+    sig = pd.DataFrame(
+        {
+            "name": ["a"] * 4 + ["b"] * 4,
+            "index": [1, 2] * 4,
+            "sigma": [4.0, 1.0, 3.0, 2.0, 8.0, 1.0, 6.0, 2.0],
+            "kind": ["update", "update", "random", "random"] * 2,
+        }
+    )
     shapes = pd.DataFrame({"name": ["a", "b"], "rows": [10, 3], "cols": [5, 30]})
     tol = F.rank_thresholds(sig, shapes)
     eps = float(np.finfo(np.float32).eps)
@@ -508,8 +558,16 @@ def test_spectrum_curves_threshold_line_and_one_legend_entry_per_matrix():
 
 
 def test_rank_measure_heatmap_is_percent_of_min_dim():
-    df = pd.DataFrame({"layer": [0, 0], "module": ["q", "up"], "rows": [10, 40], "cols": [10, 20],
-                       "effective_rank_99": [5, 10], "stable_rank": [2.5, 1.0]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "layer": [0, 0],
+            "module": ["q", "up"],
+            "rows": [10, 40],
+            "cols": [10, 20],
+            "effective_rank_99": [5, 10],
+            "stable_rank": [2.5, 1.0],
+        }
+    )
     z = np.asarray(F.rank_measure_heatmap(df).data[0].z, dtype=float)
     assert list(z[0]) == pytest.approx([50.0, 50.0])
     st = F.rank_measure_heatmap(df, "stable_rank", zrange=F.measure_range(df, "stable_rank")).data[0]
@@ -532,8 +590,14 @@ def test_chance_consensus_is_the_poisson_binomial_by_enumeration():
 
 
 def test_overlap_layer_heatmap_drops_empty_columns_and_fits_the_ratio_range():
-    df = pd.DataFrame({"layer": [0, 0, 1, 1, 0], "module": ["q", "k", "q", "k", "attn_norm"],
-                       "jaccard": [0.5, 0.4, 0.3, 0.45, np.nan], "jaccard_chance": [0.2, 0.2, 0.2, 0.2, np.nan]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "layer": [0, 0, 1, 1, 0],
+            "module": ["q", "k", "q", "k", "attn_norm"],
+            "jaccard": [0.5, 0.4, 0.3, 0.45, np.nan],
+            "jaccard_chance": [0.2, 0.2, 0.2, 0.2, np.nan],
+        }
+    )
     tr = F.overlap_layer_heatmap(df).data[0]
     assert list(tr.x) == ["q", "k"]  # the never-changed norm has no overlap to show: no blank column
     assert "×2.50" in tr.text[0][0] and "50.0%" in tr.text[0][0]  # value and × chance in each cell
@@ -543,16 +607,22 @@ def test_overlap_layer_heatmap_drops_empty_columns_and_fits_the_ratio_range():
 
 
 def test_series_lines_adds_the_step0_point_and_names_the_start():
-    df = pd.DataFrame({"step": [10, 20], "vs_first": [0.9, 0.8], "vs_previous": [0.9, 0.95], "ever_updated": [0.0, 0.01]})
+    df = pd.DataFrame(
+        {"step": [10, 20], "vs_first": [0.9, 0.8], "vs_previous": [0.9, 0.95], "ever_updated": [0.0, 0.01]}
+    )
     fig = F.series_lines(df, first="base")
     assert fig.data[0].name == "sparsity vs base"
     assert list(fig.data[0].x) == [0, 10, 20] and list(fig.data[0].y) == pytest.approx([100, 90, 80])
     named = F.series_lines(df.assign(step=[1, 2]), ticks=["base", "grpo", "sft"])
-    assert list(named.layout.xaxis.ticktext) == ["base", "grpo", "sft"] and named.layout.xaxis.title.text == "checkpoint"
+    assert (
+        list(named.layout.xaxis.ticktext) == ["base", "grpo", "sft"] and named.layout.xaxis.title.text == "checkpoint"
+    )
 
 
 def test_split_bar_stacks_shares_in_fixed_colours_and_module_series_is_weighted():
-    split = pd.DataFrame({"part": ["never updated", "updated, unchanged at the end", "final subnetwork"], "count": [60, 10, 30]})
+    split = pd.DataFrame(
+        {"part": ["never updated", "updated, unchanged at the end", "final subnetwork"], "count": [60, 10, 30]}
+    )
     fig = F.split_bar(split)
     assert fig.layout.barmode == "stack" and [t.x[0] for t in fig.data] == pytest.approx([60, 10, 30])
     assert [t.marker.color for t in fig.data] == [F.updates.SPLIT_COLORS[p] for p in split["part"]]
@@ -569,7 +639,9 @@ def test_training_curves_have_markers_and_smooth_like_tensorboard():
     got = F.updates.smooth_ema(v, 0.5)
     assert got[0] == 1.0 and got[1] == pytest.approx((0.25 * 1 + 0.5 * 3) / 0.75)  # debiased EMA
     assert got[2] == got[1]  # a NaN step carries the average on
-    many = pd.DataFrame({"step": [1, 2, 1, 2], "metric": ["loss"] * 4, "value": [1.0, 2, 3, 4], "run": ["a", "a", "b", "b"]})
+    many = pd.DataFrame(
+        {"step": [1, 2, 1, 2], "metric": ["loss"] * 4, "value": [1.0, 2, 3, 4], "run": ["a", "a", "b", "b"]}
+    )
     fig = F.training_curves(many, smoothing=0.5)
     assert [t.name for t in fig.data if t.showlegend] == ["a", "b"]
     assert sum(t.opacity == 0.3 for t in fig.data) == 2  # the raw curve stays, faint, under each smoothed one
@@ -585,8 +657,14 @@ def test_format_number_never_hides_a_small_number():
 def test_continual_one_density_is_bars_and_untrained_cells_are_blank():
     from subnetviz.figures import continual as C
 
-    summary = pd.DataFrame({"label": ["finetune", "SupSup", "ExSSNeT"], "density": [1.0, 0.05, 0.05],
-                            "final_acc_mean": [0.9, 0.8, 0.95], "final_acc_sd": [0.01, np.nan, 0.02]})  # fmt: skip
+    summary = pd.DataFrame(
+        {
+            "label": ["finetune", "SupSup", "ExSSNeT"],
+            "density": [1.0, 0.05, 0.05],
+            "final_acc_mean": [0.9, 0.8, 0.95],
+            "final_acc_sd": [0.01, np.nan, 0.02],
+        }
+    )
     fig = C.accuracy_vs_density(summary)
     assert fig.data[0].type == "bar" and "5 %" in fig.layout.title.text  # no one-point log axis
     assert sorted(fig.data[0].y) == pytest.approx([80, 90, 95])

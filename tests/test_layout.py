@@ -28,7 +28,9 @@ def _imports(path: Path, known: set[str]) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("subnetviz")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("subnetviz") and node.level == 0:
+        elif (
+            isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("subnetviz") and node.level == 0
+        ):
             for a in node.names:
                 sub = f"{node.module}.{a.name}"
                 found.add(sub if sub in known else node.module)
@@ -47,7 +49,7 @@ def test_no_import_cycle_inside_the_package():
         state[m] = 1
         for d in sorted(graph[m]):
             if state.get(d) == 1:
-                cycles.append(stack[stack.index(d):] + [d])
+                cycles.append(stack[stack.index(d) :] + [d])
             elif d not in state:
                 visit(d, [*stack, d])
         state[m] = 2
@@ -59,9 +61,12 @@ def test_no_import_cycle_inside_the_package():
 
 
 def test_only_the_ui_adapter_imports_streamlit():
-    offenders = [str(p.relative_to(PKG.parent)) for m, p in _modules().items()
-                 if re.search(r"^\s*(import streamlit|from streamlit)", p.read_text(), re.M)
-                 and not (m == "subnetviz.ui" or m.startswith("subnetviz.ui."))]  # fmt: skip
+    offenders = [
+        str(p.relative_to(PKG.parent))
+        for m, p in _modules().items()
+        if re.search(r"^\s*(import streamlit|from streamlit)", p.read_text(), re.M)
+        and not (m == "subnetviz.ui" or m.startswith("subnetviz.ui."))
+    ]
     assert not offenders, offenders
 
 
@@ -69,6 +74,9 @@ def test_one_safetensors_reader_and_one_bit_comparison():
     readers = {str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if "safe_open" in p.read_text()}
     # weights through checkpoints/; mask files (their own format) through masks.py and their headers in selection.py
     assert readers <= {"checkpoints/sources.py", "masks.py", "selection.py"}, readers
-    int_views = {str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
-                 if re.search(r"view\(torch\.int(16|32)\)|INT_VIEW = |DEFAULT_TOLERANCES = |ULP_EDGES = ", p.read_text())}  # fmt: skip
+    int_views = {
+        str(p.relative_to(PKG))
+        for p in PKG.rglob("*.py")
+        if re.search(r"view\(torch\.int(16|32)\)|INT_VIEW = |DEFAULT_TOLERANCES = |ULP_EDGES = ", p.read_text())
+    }
     assert int_views == {"analysis/bits.py"}, int_views

@@ -23,8 +23,9 @@ R, ALPHA = 2, 8
 TARGETS = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
 
 
-def _adapter(folder, base_sd, *, targets=TARGETS, rslora=False, dora=False, target_modules=("q_proj", "v_proj"),
-             seed=0):
+def _adapter(
+    folder, base_sd, *, targets=TARGETS, rslora=False, dora=False, target_modules=("q_proj", "v_proj"), seed=0
+):
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -33,8 +34,15 @@ def _adapter(folder, base_sd, *, targets=TARGETS, rslora=False, dora=False, targ
         tensors[f"base_model.model.{t}.lora_A.weight"] = torch.randn(R, in_f) * 0.1
         tensors[f"base_model.model.{t}.lora_B.weight"] = torch.randn(out_f, R) * 0.1
     save_file(tensors, str(folder / "adapter_model.safetensors"))
-    cfg = {"peft_type": "LORA", "r": R, "lora_alpha": ALPHA, "target_modules": list(target_modules),
-           "use_rslora": rslora, "use_dora": dora, "fan_in_fan_out": False}  # fmt: skip
+    cfg = {
+        "peft_type": "LORA",
+        "r": R,
+        "lora_alpha": ALPHA,
+        "target_modules": list(target_modules),
+        "use_rslora": rslora,
+        "use_dora": dora,
+        "fan_in_fan_out": False,
+    }
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     return folder, tensors
 
@@ -56,8 +64,12 @@ def test_adapter_is_the_merged_model_beside_a_full_finetune(ckpt_zoo, tmp_path):
     w = "model.layers.0.mlp.up_proj.weight"
     full_sd[w][0, :4] = bf16_step(full_sd[w][0, :4], 1)
     full = write_folder(tmp_path / "full", full_sd, ckpt_zoo.llama)
-    a = analyze_updates(str(ckpt_zoo.llama), [str(folder), str(full)], labels=["lora", "full"],
-                        spectra=SpectraOptions(enabled=True, baseline=False))  # fmt: skip
+    a = analyze_updates(
+        str(ckpt_zoo.llama),
+        [str(folder), str(full)],
+        labels=["lora", "full"],
+        spectra=SpectraOptions(enabled=True, baseline=False),
+    )
     lora = a.report("lora")
     ref = _reference(base_sd, tensors, ALPHA / R)
     t = lora.tensors.set_index("name")
@@ -73,8 +85,11 @@ def test_adapter_is_the_merged_model_beside_a_full_finetune(ckpt_zoo, tmp_path):
         ka = f"base_model.model.{name.removesuffix('.weight')}"
         exact = ALPHA / R * (tensors[f"{ka}.lora_B.weight"].double() @ tensors[f"{ka}.lora_A.weight"].double())
         floor = float(torch.linalg.norm(merged.double() - base_sd[name].double() - exact))
-        s = sig[(sig["model"] == "lora") & (sig["name"] == name.removeprefix("model."))
-                & (sig["kind"] != "baseline")].sort_values("index")["sigma"].to_numpy()  # fmt: skip
+        s = (
+            sig[(sig["model"] == "lora") & (sig["name"] == name.removeprefix("model.")) & (sig["kind"] != "baseline")]
+            .sort_values("index")["sigma"]
+            .to_numpy()
+        )
         assert s[R] <= floor * (1 + 1e-9) and s[R - 1] > 20 * floor
     assert any("LoRA adapter merged" in n and "rank(s·B·A) ≤ r" in n for n in lora.notes)
 

@@ -51,10 +51,13 @@ def _clean_env(**extra) -> dict:
 
 # ------------------------------------------------------------------------------ the import and the API
 def test_import_is_cheap():
-    code = ("import sys, subnetviz; print(subnetviz.__version__); "
-            "print(sorted(m for m in ('torch', 'pandas', 'streamlit', 'transformers', 'plotly') if m in sys.modules))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_clean_env(), capture_output=True, text=True,
-                         check=True, timeout=60).stdout.split("\n")  # fmt: skip
+    code = (
+        "import sys, subnetviz; print(subnetviz.__version__); "
+        "print(sorted(m for m in ('torch', 'pandas', 'streamlit', 'transformers', 'plotly') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=_clean_env(), capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split("\n")
     assert out[:2] == [_pyproject_version(), "[]"]
 
 
@@ -86,8 +89,14 @@ def test_version_info_from_the_clone():
     assert re.fullmatch(r"[0-9a-f]{40}", info["git_revision"]) and isinstance(info["git_dirty"], bool)
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert info["git_revision"] == head
-    out = subprocess.run([sys.executable, "-m", "subnetviz", "--version"], cwd=REPO, env=_clean_env(),
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "subnetviz", "--version"],
+        cwd=REPO,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout.startswith(f"subnetviz {info['subnetviz_version']} (git {head[:12]}")
 
 
@@ -114,8 +123,10 @@ def test_pyproject_ranges_admit_the_pinned_versions():
     from packaging.specifiers import SpecifierSet
 
     project = PYPROJECT["project"]
-    for declared, pinned_file in ((project["dependencies"], "requirements.txt"),
-                                  (project["optional-dependencies"]["dev"], "requirements-dev.txt")):  # fmt: skip
+    for declared, pinned_file in (
+        (project["dependencies"], "requirements.txt"),
+        (project["optional-dependencies"]["dev"], "requirements-dev.txt"),
+    ):
         ranges = _names(declared)
         pins = _names((REPO / pinned_file).read_text().splitlines())
         pins.pop("setuptools", None)  # the build backend (build-system.requires), not a runtime dependency
@@ -188,8 +199,10 @@ def test_readme_python_api_examples_run(tmp_path, monkeypatch):
         exec(compile(block, f"README.md (Python API, block {i + 1})", "exec"), ns)  # noqa: S102 - our own README
     assert len(shown) >= 5 and all(isinstance(f, go.Figure) and f.data for f in shown)
     summary = ns["analysis"].summary().set_index("model")
-    changed = {k: sum(max(1, t.numel() // 10) for t in read_state_dict(tmp_path / "ckpts" / "base").values())
-               for k in ("rl-seed0", "rl-seed1")}  # fmt: skip
+    changed = {
+        k: sum(max(1, t.numel() // 10) for t in read_state_dict(tmp_path / "ckpts" / "base").values())
+        for k in ("rl-seed0", "rl-seed1")
+    }
     assert summary["changed"].to_dict() == changed  # the planted changes, found by the README's code
     assert ns["mask"].count == changed["rl-seed0"]
     assert (tmp_path / "analysis-out" / "summary.json").is_file() and (tmp_path / "rl-seed0.safetensors").is_file()
@@ -210,8 +223,23 @@ def _build_wheel(tmp: Path) -> Path:
         shutil.copy2(REPO / name, src / name)
     for name in ("subnetviz", "views", ".streamlit"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp / "dist"), str(src)], check=True, timeout=300, env=_clean_env())  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        check=True,
+        timeout=300,
+        env=_clean_env(),
+    )
     (wheel,) = (tmp / "dist").glob("subnetviz-*.whl")
     return wheel
 
@@ -221,12 +249,20 @@ def _venv_seeing_project_deps(tmp: Path, wheel: Path) -> Path:
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(purelib) / "subnetviz_test_deps.pth").write_text("".join(f"{p}\n" for p in sorted(deps)))
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True, timeout=300, env=_clean_env())  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True,
+        timeout=300,
+        env=_clean_env(),
+    )
     return venv
 
 
@@ -243,16 +279,28 @@ def test_wheel_installs_and_runs_outside_the_clone(tmp_path):
     work.mkdir()
     env = _clean_env(SUBNETVIZ_HOME=str(tmp_path / "home"))
 
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import subnetviz; print(subnetviz.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import subnetviz; print(subnetviz.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).is_relative_to(venv) and not Path(where).is_relative_to(REPO / "subnetviz")
 
     version = subprocess.run([str(cli), "--version"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.strip() == f"subnetviz {_pyproject_version()}"  # no git revision
 
     paths = _write_tiny_pair(work, n_finetuned=1)
-    run = subprocess.run([str(cli), "analyze", str(paths["base"]), str(paths["rl-seed0"]), "--out", "out",
-                          "--no-spectra"], cwd=work, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [str(cli), "analyze", str(paths["base"]), str(paths["rl-seed0"]), "--out", "out", "--no-spectra"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     summary = json.loads((work / "out" / "summary.json").read_text())
     numel = sum(t.numel() for t in read_state_dict(paths["base"]).values())
@@ -260,18 +308,26 @@ def test_wheel_installs_and_runs_outside_the_clone(tmp_path):
     assert summary["models"]["rl-seed0"]["changed"] == planted and summary["models"]["rl-seed0"]["numel"] == numel
 
     # The installed entry script routes to the installed page scripts (no browser: AppTest).
-    script = ("import pathlib, subnetviz; from streamlit.testing.v1 import AppTest; "
-              "at = AppTest.from_file(str(pathlib.Path(subnetviz.__file__).parent / '_app' / 'app.py'), "
-              "default_timeout=60).run(); at.switch_page('views/sparsity.py').run(); "
-              "print([e.message for e in at.exception], [t.value for t in at.title])")  # fmt: skip
-    pages = subprocess.run([str(venv / "bin" / "python"), "-c", script], cwd=work, env=env, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+    script = (
+        "import pathlib, subnetviz; from streamlit.testing.v1 import AppTest; "
+        "at = AppTest.from_file(str(pathlib.Path(subnetviz.__file__).parent / '_app' / 'app.py'), "
+        "default_timeout=60).run(); at.switch_page('views/sparsity.py').run(); "
+        "print([e.message for e in at.exception], [t.value for t in at.title])"
+    )
+    pages = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
     assert pages.returncode == 0 and pages.stdout.strip().endswith("[] ['Update sparsity']"), pages.stderr
 
     port = _free_port()
-    app = subprocess.Popen([str(cli), "app", "--port", str(port), "--home", str(tmp_path / "home"),
-                            "--server.address", "127.0.0.1"], cwd=work, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    app = subprocess.Popen(
+        [str(cli), "app", "--port", str(port), "--home", str(tmp_path / "home"), "--server.address", "127.0.0.1"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while True:

@@ -85,8 +85,9 @@ def test_one_changed_block_scale_changes_its_block_effectively(fp8_base, tmp_pat
     assert sc["group"] == "scales" and sc["changed"] == 1
     assert any(n.startswith("Quantization scales") and "changes every weight of its block" in n for n in rep.notes)
     # Spectra take the effective Δ: one 8 × 8 block is nonzero, so its rank is at most 8.
-    spec = analyze_updates(str(fp8_base), [str(ft)], labels=["ft"],
-                           spectra=SpectraOptions(enabled=True, baseline=False)).spectra_table()  # fmt: skip
+    spec = analyze_updates(
+        str(fp8_base), [str(ft)], labels=["ft"], spectra=SpectraOptions(enabled=True, baseline=False)
+    ).spectra_table()
     assert 0 < int(spec.set_index("name").loc["layers.0.mlp.up_proj.weight", "rank"]) <= 8
 
 
@@ -118,13 +119,15 @@ def test_bnb_int8_codes_and_scb(tmp_path):
     codes, scb = bnb_int8(w)
     cfg = {"model_type": "llama", "quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}}
     fmt = torch.tensor(0, dtype=torch.uint8)
-    base = write_folder(tmp_path / "b", {W: codes, W.replace("weight", "SCB"): scb,
-                                         W.replace("weight", "weight_format"): fmt})  # fmt: skip
+    base = write_folder(
+        tmp_path / "b", {W: codes, W.replace("weight", "SCB"): scb, W.replace("weight", "weight_format"): fmt}
+    )
     codes2, scb2 = codes.clone(), scb.clone()
     codes2[0, :4] += 1  # 4 codes, one step each
     scb2[3] *= 1.25  # a whole row effectively
-    ft = write_folder(tmp_path / "f", {W: codes2, W.replace("weight", "SCB"): scb2,
-                                       W.replace("weight", "weight_format"): fmt.clone()})  # fmt: skip
+    ft = write_folder(
+        tmp_path / "f", {W: codes2, W.replace("weight", "SCB"): scb2, W.replace("weight", "weight_format"): fmt.clone()}
+    )
     for f in (base, ft):
         (f / "config.json").write_text(json.dumps(cfg))
     rep = analyze_updates(str(base), [str(ft)]).reports[0]
@@ -139,8 +142,12 @@ def test_gptq_codes_are_compared_as_codes_with_a_notice(tmp_path):
     q = torch.randint(-(2**31), 2**31 - 1, (4, 8), dtype=torch.int32)
     cfg = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
     stem = "model.layers.0.mlp.up_proj"
-    tensors = {f"{stem}.qweight": q, f"{stem}.qzeros": torch.zeros(1, 8, dtype=torch.int32),
-               f"{stem}.scales": torch.ones(1, 64, dtype=torch.float16), f"{stem}.g_idx": torch.zeros(32, dtype=torch.int32)}  # fmt: skip
+    tensors = {
+        f"{stem}.qweight": q,
+        f"{stem}.qzeros": torch.zeros(1, 8, dtype=torch.int32),
+        f"{stem}.scales": torch.ones(1, 64, dtype=torch.float16),
+        f"{stem}.g_idx": torch.zeros(32, dtype=torch.int32),
+    }
     base = write_folder(tmp_path / "b", tensors)
     q2 = q.clone()
     q2[1, 2] ^= 0x10
@@ -196,8 +203,9 @@ def test_banded_pass_equals_the_whole_dequantised_pass(how, monkeypatch):
     opts = SparsityOptions(mask_tolerance=1e-2)
     got = compare_quantized(a, sa, b, sb, opts, name="w", scale_names=("sa", "sb"), block=blk)
     how_b = "tensor" if how == "mixed" else how
-    ref = compare_pair(dequantize(a, sa, "block" if how == "mixed" else how, blk),
-                       dequantize(b, sb, how_b, blk), opts, name="w")  # fmt: skip
+    ref = compare_pair(
+        dequantize(a, sa, "block" if how == "mixed" else how, blk), dequantize(b, sb, how_b, blk), opts, name="w"
+    )
     assert got.changed_effective == ref.changed > int(flip.sum()) // 2
     st = got.stats
     assert (st.changed_tol, st.changed_rel, st.max_abs_delta) == (ref.changed_tol, ref.changed_rel, ref.max_abs_delta)

@@ -49,8 +49,9 @@ def ray_env(ray_head, monkeypatch):
 def test_job_runs_on_ray_like_a_local_job(ray_env, tmp_path):
     runner = JobRunner(tmp_path / "runs")
     assert runner.ray_address == ray_env and "subnetviz.jobs.ray_backend" in runner.command
-    run_id = runner.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 0.5,
-                            "steps": 5})  # fmt: skip
+    run_id = runner.submit(
+        {"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 0.5, "steps": 5}
+    )
     rec = runner.wait(run_id, timeout=120)
     log = (Path(rec.run_dir) / "log.txt").read_text()
     assert rec.status == "succeeded", log
@@ -68,8 +69,7 @@ def test_failed_and_cancelled_jobs_on_ray(ray_env, tmp_path):
     assert rec.status == "failed" and "planned failure" in rec.error
     assert not (Path(rec.run_dir) / "outputs.tmp").exists() and not rec.outputs.exists()
 
-    long = runner.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 60,
-                          "steps": 600})  # fmt: skip
+    long = runner.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 60, "steps": 600})
     deadline = time.time() + 60
     while (runner.get(long).step or 0) < 1:  # running on a Ray worker, reporting progress
         assert time.time() < deadline, (Path(runner.get(long).run_dir) / "log.txt").read_text()
@@ -83,8 +83,9 @@ def test_failed_and_cancelled_jobs_on_ray(ray_env, tmp_path):
 
 def test_killed_proxy_is_recovered_as_failed(ray_env, tmp_path):
     runner = JobRunner(tmp_path / "runs")
-    run_id = runner.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 60,
-                            "steps": 600})  # fmt: skip
+    run_id = runner.submit(
+        {"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 60, "steps": 600}
+    )
     deadline = time.time() + 60
     while (runner.get(run_id).step or 0) < 1:
         assert time.time() < deadline

@@ -45,8 +45,11 @@ def _next_up(x: torch.Tensor) -> torch.Tensor:
 
 def _changed(a: torch.Tensor, b: torch.Tensor) -> int:
     view = {4: np.uint32, 2: np.uint16, 1: np.uint8}[a.element_size()]
-    return int(np.count_nonzero(a.contiguous().view(torch.uint8).numpy().view(view)
-                                != b.contiguous().view(torch.uint8).numpy().view(view)))  # fmt: skip
+    return int(
+        np.count_nonzero(
+            a.contiguous().view(torch.uint8).numpy().view(view) != b.contiguous().view(torch.uint8).numpy().view(view)
+        )
+    )
 
 
 def test_minilm_as_released_and_a_planted_finetune(minilm, tmp_path):
@@ -125,8 +128,9 @@ def test_minilm_lora_adapter_is_the_merged_model(minilm, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     save_file(tensors, str(adapter / "adapter_model.safetensors"))
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["query", "value"]}))  # fmt: skip
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["query", "value"]})
+    )
     rep = analyze_updates(str(minilm), [str(adapter)], labels=["lora"]).reports[0]
     t = rep.tensors.set_index("name")
     for name, merged in ref.items():

@@ -75,7 +75,7 @@ def sections():
                 tables=[("Per tensor", table)],
                 notes=f"tolerance 1e-5 {EVIL}",
                 params={"tolerance": 1e-5, "models": ["a", EVIL]},
-            ),  # fmt: skip
+            ),
             ReportSection("Second", figures=[go.Figure(go.Bar(x=["a"], y=[3]))]),
         ],
         z,
@@ -158,8 +158,16 @@ def test_report_renders_offline_in_chromium_with_hover(tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     from subnetviz import figures as F
 
-    heat = pd.DataFrame({"layer": [0, 0, 1], "module": ["q", "k", "q"], "changed": [5, 7, 9], "numel": [10] * 3,
-                         "sparsity": [0.5, 0.3, 0.1], "density": [0.5, 0.7, 0.9]})  # fmt: skip
+    heat = pd.DataFrame(
+        {
+            "layer": [0, 0, 1],
+            "module": ["q", "k", "q"],
+            "changed": [5, 7, 9],
+            "numel": [10] * 3,
+            "sparsity": [0.5, 0.3, 0.1],
+            "density": [0.5, 0.7, 0.9],
+        }
+    )
     figs = [F.sparsity_heatmap(heat), F.venn2([3, 5, 2], ["a", "b"])]
     path = write_report(tmp_path / "r.html", "offline", [ReportSection("s", figures=figs)])
     with sync_playwright() as p:

@@ -62,7 +62,9 @@ def test_index_entries_leaving_the_folder_are_refused(two_places, entry):
     entry = str(outside / "secret.txt") if entry == "ABS" else entry
     index = {"weight_map": {"a": "model-00001.safetensors", "b": entry}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match=r"shard entry #\d is (an absolute path|a path leaving its folder)") as exc:
+    with pytest.raises(
+        CheckpointError, match=r"shard entry #\d is (an absolute path|a path leaving its folder)"
+    ) as exc:
         open_checkpoint(folder)
     assert "secret" not in str(exc.value) and "outside" not in str(exc.value)
 

@@ -288,8 +288,12 @@ def test_liveness_is_pid_and_creation_time_and_old_tick_rows_are_converted(tmp_p
             "pid INTEGER, pid_start INTEGER, created REAL NOT NULL, started REAL, ended REAL, step INTEGER, "
             "total INTEGER, last_metrics TEXT, error TEXT, run_dir TEXT NOT NULL, config TEXT NOT NULL)"
         )
-        rows = {"mine": (os.getpid(), ticks), "reused": (os.getpid(), ticks - 100 * hz), "unknown": (os.getpid(), None),
-                "gone": (gone.pid, ticks)}  # fmt: skip
+        rows = {
+            "mine": (os.getpid(), ticks),
+            "reused": (os.getpid(), ticks - 100 * hz),
+            "unknown": (os.getpid(), None),
+            "gone": (gone.pid, ticks),
+        }
         for rid, (pid, start) in rows.items():
             con.execute(
                 "INSERT INTO runs (id, kind, status, pid, pid_start, created, run_dir, config) "

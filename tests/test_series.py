@@ -98,8 +98,11 @@ def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp
 
     rng = np.random.default_rng(seed)
     c = 6
-    names = {"model.layers.0.mlp.up_proj.weight": (30, 7), "model.layers.0.mlp.down_proj.weight": (7, 30),
-             "model.norm.weight": (7,)}  # fmt: skip
+    names = {
+        "model.layers.0.mlp.up_proj.weight": (30, 7),
+        "model.layers.0.mlp.down_proj.weight": (7, 30),
+        "model.norm.weight": (7,),
+    }
     walks = {}
     for name, shape in names.items():
         v = rng.integers(0x3800, 0x3F00, shape).astype(np.int16)  # finite bf16 patterns
@@ -124,7 +127,9 @@ def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp
     monkeypatch.setattr(series, "CHUNK_ELEMENTS", 17)  # several blocks per tensor, the last one partial
     reads = []
     real = series.read_aligned
-    monkeypatch.setattr(series, "read_aligned", lambda ck, t, i, *a: reads.append((i, t.names[i])) or real(ck, t, i, *a))
+    monkeypatch.setattr(
+        series, "read_aligned", lambda ck, t, i, *a: reads.append((i, t.names[i])) or real(ck, t, i, *a)
+    )
     res = checkpoint_series(paths)
     assert sorted(reads) == sorted({(i, k) for i in range(c + 1) for k in names}) and len(reads) == len(set(reads))
     refs = [_reference_series([vs[i] for i in range(c + 1)]) for vs in walks.values()]

@@ -41,10 +41,21 @@ def tiny(tmp_path_factory):
 
 
 def _config(tiny, out: Path, algorithm: str, **kw) -> dict:
-    cfg = {"algorithm": algorithm, "base": str(tiny["base"]), "data": str(tiny["data"][algorithm]),
-           "output_dir": str(out), "mask": str(tiny["mask"]), "steps": 3, "learning_rate": 1e-2,
-           "batch_size": 8, "num_generations": 4, "max_completion_length": 1, "weight_decay": 0.1,
-           "strategy": "fsdp2", "num_processes": 2}  # fmt: skip
+    cfg = {
+        "algorithm": algorithm,
+        "base": str(tiny["base"]),
+        "data": str(tiny["data"][algorithm]),
+        "output_dir": str(out),
+        "mask": str(tiny["mask"]),
+        "steps": 3,
+        "learning_rate": 1e-2,
+        "batch_size": 8,
+        "num_generations": 4,
+        "max_completion_length": 1,
+        "weight_decay": 0.1,
+        "strategy": "fsdp2",
+        "num_processes": 2,
+    }
     return {**cfg, **kw}
 
 
@@ -86,8 +97,14 @@ def test_fsdp2_two_processes_cli(tiny, tmp_path, algorithm):
     out = tmp_path / "out"
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(_config(tiny, out, algorithm, save_steps=[2])))
-    proc = subprocess.run([sys.executable, "-m", "subnetviz", "train", "--config", str(cfg)], cwd=ROOT,
-                          env=_env(TORCH_LOGS="+fsdp"), capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "subnetviz", "train", "--config", str(cfg)],
+        cwd=ROOT,
+        env=_env(TORCH_LOGS="+fsdp"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_fsdp2_run(tiny, out)
     assert "FSDP::pre_forward" in proc.stderr  # torch's own log: FSDP2 hooks ran the forward passes
@@ -186,7 +203,8 @@ def test_cancel_of_a_launched_fsdp2_job_leaves_no_process(tiny, tmp_path, monkey
     deadline = time.time() + 180
     while (runner.get(run_id).step or 0) < 2:  # both ranks are training
         assert time.time() < deadline and not runner.get(run_id).finished, (
-            Path(runner.get(run_id).run_dir) / "log.txt").read_text()[-3000:]  # fmt: skip
+            Path(runner.get(run_id).run_dir) / "log.txt"
+        ).read_text()[-3000:]
         time.sleep(0.3)
         runner.poll()
     rec = runner.cancel(run_id)

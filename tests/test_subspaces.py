@@ -97,7 +97,10 @@ def test_principal_overlap_planted_inside_and_outside():
     wb = torch.tensor(rng.standard_normal((20, 10)), dtype=torch.float32)
     t = top_k(wb, 2, method="svd")
     pm = principal_mask(wb, t.right, 30)
-    for where, expected in [(pm, 1.0), (~pm & (torch.rand(20, 10, generator=torch.Generator().manual_seed(0)) < 0.2), 0.0)]:
+    for where, expected in [
+        (pm, 1.0),
+        (~pm & (torch.rand(20, 10, generator=torch.Generator().manual_seed(0)) < 0.2), 0.0),
+    ]:
         wf = torch.where(where, wb * 1.001 + 1e-3, wb)
         res = compare_subspaces("w", wb, wf, SubspaceOptions(k=2, method="svd"))
         assert res.principal_overlap == expected
@@ -134,20 +137,54 @@ def test_cli_analyze_writes_subspaces(tmp_path):
     sd[name] = (sd[name].float() + 0.05 * torch.randn_like(sd[name].float())).to(torch.bfloat16)
     ft = write_folder(tmp_path / "ft", sd, config_from=base)
     out = tmp_path / "out"
-    assert main(["analyze", str(base), str(ft), "--out", str(out), "--subspaces", "3", "--no-spectra",
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(["analyze", str(base), str(ft), "--out", str(out), "--subspaces", "3", "--no-spectra", "--device", "cpu"])
+        == 0
+    )
     df = pd.read_csv(out / "subspaces.csv")
     assert (df["k"] <= 3).all() and (out / "tensors.csv").exists()
     assert df.set_index("name").loc[name, "angle_left_max"] > 0
     vec = pd.read_parquet(out / "subspaces.parquet")
     assert set(vec.columns) >= {"angle_left", "angle_right", "sv_ratio"}
     out2 = tmp_path / "out2"
-    assert main(["analyze", str(base), str(ft), "--out", str(out2), "--subspaces", "0", "--no-spectra",
-                 "--device", "cpu", "--no-cache"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "analyze",
+                str(base),
+                str(ft),
+                "--out",
+                str(out2),
+                "--subspaces",
+                "0",
+                "--no-spectra",
+                "--device",
+                "cpu",
+                "--no-cache",
+            ]
+        )
+        == 0
+    )
     assert (out2 / "tensors.csv").exists() and not (out2 / "subspaces.csv").exists()
     out3 = tmp_path / "out3"
-    assert main(["analyze", str(base), str(ft), "--out", str(out3), "--subspaces-share", "0.5", "--no-spectra",
-                 "--device", "cpu", "--no-cache"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "analyze",
+                str(base),
+                str(ft),
+                "--out",
+                str(out3),
+                "--subspaces-share",
+                "0.5",
+                "--no-spectra",
+                "--device",
+                "cpu",
+                "--no-cache",
+            ]
+        )
+        == 0
+    )
     df3 = pd.read_csv(out3 / "subspaces.csv")
     assert (df3["k"] == np.ceil(0.5 * np.minimum(df3["rows"], df3["cols"]))).all()
 
@@ -156,8 +193,9 @@ def test_figures_draw_the_table():
     from subnetviz.figures import subspaces as sfig
 
     wb, wf = planted()
-    res = compare_subspaces("model.layers.0.mlp.up_proj.weight", torch.tensor(wb), torch.tensor(wf),
-                            SubspaceOptions(k=4))  # fmt: skip
+    res = compare_subspaces(
+        "model.layers.0.mlp.up_proj.weight", torch.tensor(wb), torch.tensor(wf), SubspaceOptions(k=4)
+    )
     from dataclasses import replace
 
     from subnetviz.analysis.subspaces import SubspaceTable

@@ -308,8 +308,15 @@ def test_config_reads_the_json_jobs_wrote_and_round_trips():
     from subnetviz.supermask.config import ContinualConfig, PhaseEpochs, PhaseRates
 
     # A config.json as the page and older jobs wrote it: scalar density, partial epochs, a kind.
-    written = {"kind": "continual", "benchmark": "permuted-digits", "methods": ["supsup", "exssnet"],
-               "density": 0.05, "tasks": 3, "seeds": [0, 1], "epochs": {"mask": 2, "weight": 2}}  # fmt: skip
+    written = {
+        "kind": "continual",
+        "benchmark": "permuted-digits",
+        "methods": ["supsup", "exssnet"],
+        "density": 0.05,
+        "tasks": 3,
+        "seeds": [0, 1],
+        "epochs": {"mask": 2, "weight": 2},
+    }
     cfg = ContinualConfig.from_dict(written)
     assert cfg.density == (0.05,) and cfg.seeds == (0, 1) and cfg.methods == ("supsup", "exssnet")
     assert cfg.epochs == PhaseEpochs(mask=2, weight=2) and cfg.lr == PhaseRates()
@@ -319,8 +326,12 @@ def test_config_reads_the_json_jobs_wrote_and_round_trips():
     assert labels == [("SupSup", 0.05, 0), ("SupSup", 0.05, 1), ("ExSSNeT", 0.05, 0), ("ExSSNeT", 0.05, 1)]
     both = ContinualConfig(methods=("finetune", "exssnet"), density=(0.1, 0.2), kkt=True)
     assert [(r.method, r.kkt, r.density) for r in both.plan()] == [
-        ("finetune", False, 1.0), ("exssnet", False, 0.1), ("exssnet", False, 0.2),
-        ("exssnet", True, 0.1), ("exssnet", True, 0.2)]  # fmt: skip
+        ("finetune", False, 1.0),
+        ("exssnet", False, 0.1),
+        ("exssnet", False, 0.2),
+        ("exssnet", True, 0.1),
+        ("exssnet", True, 0.2),
+    ]
     with pytest.raises(ConfigError, match="epochs must be an object"):
         ContinualConfig.from_dict({"epochs": {"masks": 2}})
     with pytest.raises(ConfigError, match="kkt must be true or false"):
@@ -448,11 +459,16 @@ def test_figures_draw_the_numbers_they_are_given():
 
     from subnetviz.figures import continual as sf
 
-    summary = pd.DataFrame({
-        "label": ["SupSup", "SupSup", "ExSSNeT", "finetune"], "density": [0.1, 0.02, 0.1, 1.0],
-        "final_acc_mean": [0.7, 0.2, 0.9, 0.5], "final_acc_sd": [0.01, 0.03, np.nan, 0.02],
-        "forgetting_mean": [0.0, 0.0, 0.0, 0.6], "forgetting_sd": [0.0, 0.0, 0.0, 0.1],
-    })  # fmt: skip
+    summary = pd.DataFrame(
+        {
+            "label": ["SupSup", "SupSup", "ExSSNeT", "finetune"],
+            "density": [0.1, 0.02, 0.1, 1.0],
+            "final_acc_mean": [0.7, 0.2, 0.9, 0.5],
+            "final_acc_sd": [0.01, 0.03, np.nan, 0.02],
+            "forgetting_mean": [0.0, 0.0, 0.0, 0.6],
+            "forgetting_sd": [0.0, 0.0, 0.0, 0.1],
+        }
+    )
     fig = sf.accuracy_vs_density(summary)
     sup = next(t for t in fig.data if t.name == "SupSup")
     assert list(sup.x) == [2.0, 10.0] and np.allclose(sup.y, [20.0, 70.0])

@@ -45,8 +45,16 @@ def test_training_job_writes_readable_events_into_its_run_folder(tmp_path):
     base = make_tiny_llama(tmp_path / "base")
     data = write_addition_data(tmp_path / "data")
     ctx = JobContext.for_dir(tmp_path / "run")
-    job = {"kind": "train", "algorithm": "sft", "base": str(base), "data": str(data["sft"]), "steps": 3,
-           "learning_rate": 1e-2, "batch_size": 8, "seed": 0}  # fmt: skip
+    job = {
+        "kind": "train",
+        "algorithm": "sft",
+        "base": str(base),
+        "data": str(data["sft"]),
+        "steps": 3,
+        "learning_rate": 1e-2,
+        "batch_size": 8,
+        "seed": 0,
+    }
     run_job(job, ctx)
     scalars = _scalars(ctx.run_dir / "tensorboard")
     reported = [json.loads(line) for line in (ctx.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -67,8 +75,9 @@ def test_bigram_mask_training_writes_its_curve(tmp_path):
     table = table_from_transition(p, np.arange(p.shape[0]))
     torch.manual_seed(0)
     cfg = preset_config("fast", max_steps=5, batch_size=8)
-    res = train_bigram_mask(tiny_model("gpt2"), table.sample(16, 16, seed=1), table, cfg, device="cpu",
-                            tensorboard_dir=tmp_path / "tb")  # fmt: skip
+    res = train_bigram_mask(
+        tiny_model("gpt2"), table.sample(16, 16, seed=1), table, cfg, device="cpu", tensorboard_dir=tmp_path / "tb"
+    )
     scalars = _scalars(tmp_path / "tb")
     curve = res.curve
     assert set(scalars) == {f"train/{c}" for c in curve.columns if c != "step"}

@@ -174,7 +174,12 @@ def test_check_state_outside_mask_planted(tmp_path):
     state["w"][4] = 2.0
     m = torch.tensor([False, False, False, False, True, True])
     chk = check_state_outside_mask(tmp_path / "base", state, {"w": m})
-    assert (chk.changed_inside, chk.changed_outside, chk.tensors_compared, chk.outside_mask_identical) == (1, 1, 1, False)
+    assert (chk.changed_inside, chk.changed_outside, chk.tensors_compared, chk.outside_mask_identical) == (
+        1,
+        1,
+        1,
+        False,
+    )
     assert check_state_outside_mask(tmp_path / "base", {"w": base.float()}, {"w": m}).outside_mask_identical
 
 
@@ -296,7 +301,16 @@ def test_compare_runs_planted(tmp_path, monkeypatch):
     hist = dict(zip(cmp.ulp_histogram["bin"], cmp.ulp_histogram["count"], strict=True))
     # "0" = bitwise identical; the -0/+0 flip of "zeros" is a bit change at distance 0, binned in "1"
     # as on the Update sparsity page; the sign crossing of "small" is 2 x 13696 ULP (> 256).
-    assert hist == {"0": 60 + 4 + 1, "1": 10 + 3 + 1, "2": 5 + 2, "3-4": 7, "5-8": 2, "9-16": 2, "17-256": 14, ">256": 1}
+    assert hist == {
+        "0": 60 + 4 + 1,
+        "1": 10 + 3 + 1,
+        "2": 5 + 2,
+        "3-4": 7,
+        "5-8": 2,
+        "9-16": 2,
+        "17-256": 14,
+        ">256": 1,
+    }
     summary = cmp.to_frame().set_index(["criterion", "tolerance"])
     assert summary.loc[("exact", 0.0), "identical"] == 65 and summary.loc[("exact", 0.0), "numel"] == 112
     assert summary.loc[("exact", 0.0), "mean_tensor_share"] == pytest.approx((0.6 + 0.4 + 0.5) / 3)

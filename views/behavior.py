@@ -33,25 +33,38 @@ def finished_runs() -> dict[str, Path]:
 
 def body() -> None:
     st.title("Behaviour")
-    st.caption("Teacher-forced on every position of each prompt and its answer: forward KL(π_base ‖ π) and reverse "
-               "KL(π ‖ π_base) in nats per token (RL's Razor, arXiv 2509.04259: the forward KL on the task predicts "
-               "forgetting, where update size and sparsity do not). Revert experiments set the finetune's entries "
-               "inside (or outside) a mask back to the base: is the subnetwork sufficient / necessary for the change? "
-               "The random control reverts as many entries per tensor, drawn uniformly.")  # fmt: skip
+    st.caption(
+        "Teacher-forced on every position of each prompt and its answer: forward KL(π_base ‖ π) and reverse "
+        "KL(π ‖ π_base) in nats per token (RL's Razor, arXiv 2509.04259: the forward KL on the task predicts "
+        "forgetting, where update size and sparsity do not). Revert experiments set the finetune's entries "
+        "inside (or outside) a mask back to the base: is the subnetwork sufficient / necessary for the change? "
+        "The random control reverts as many entries per tensor, drawn uniformly."
+    )
     ws = ui.workspace()
     ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
     files, masks = prompt_files(), mask_choices(ws)
-    ui.need(bool(files), "No prompt sets: build the demo zoo, or run `python -m subnetviz behavior ... --prompts FILE`.")
+    ui.need(
+        bool(files), "No prompt sets: build the demo zoo, or run `python -m subnetviz behavior ... --prompts FILE`."
+    )
     c1, c2, c3 = st.columns([2, 2, 1])
     chosen = c1.multiselect("Prompt sets", list(files), default=list(files)[:1], key="bh_prompts", bind="query-params")
-    mask_names = c2.multiselect("Masks to revert", list(masks), default=list(masks)[:1], key="bh_masks",
-                                bind="query-params")  # fmt: skip
+    mask_names = c2.multiselect(
+        "Masks to revert", list(masks), default=list(masks)[:1], key="bh_masks", bind="query-params"
+    )
     limit = c3.selectbox("Prompts per set", [16, 64, 256], key="bh_limit", bind="query-params")
     curve = st.toggle("Revert curve (|Δ| order vs random order)", value=True, key="bh_curve", bind="query-params")
     ui.need(bool(chosen), "Pick at least one prompt set.")
-    cfg = {"kind": "behavior", "base": ws.base, "finetuned": list(ws.paths), "labels": list(ws.labels),
-           "prompts": [files[k] for k in chosen], "masks": {k: masks[k] for k in mask_names},
-           "curve": [0.0, 0.25, 0.5, 0.75, 1.0] if curve else [], "limit": int(limit), "device": ws.device}  # fmt: skip
+    cfg = {
+        "kind": "behavior",
+        "base": ws.base,
+        "finetuned": list(ws.paths),
+        "labels": list(ws.labels),
+        "prompts": [files[k] for k in chosen],
+        "masks": {k: masks[k] for k in mask_names},
+        "curve": [0.0, 0.25, 0.5, 0.75, 1.0] if curve else [],
+        "limit": int(limit),
+        "device": ws.device,
+    }
     runs = finished_runs()
     source = st.radio("Results", ["computed here (cached)", *runs], horizontal=True, key="bh_source")
     if source in runs:
@@ -71,16 +84,21 @@ def body() -> None:
 
 def show(res: dict[str, pd.DataFrame]) -> None:
     summary, curves = res["summary"], res["curves"]
-    value = st.radio("Measure", ["kl_forward", "kl_reverse", "accuracy"], horizontal=True, key="bh_value",
-                     bind="query-params")  # fmt: skip
+    value = st.radio(
+        "Measure", ["kl_forward", "kl_reverse", "accuracy"], horizontal=True, key="bh_value", bind="query-params"
+    )
     a, b = st.columns(2)
     with a:
         ui.chart(bfig.kl_bars(summary, value=value), key="bh-bars")
     with b:
         ui.chart(bfig.revert_curves(curves, value=value), key="bh-curves")
     prompts = res["prompts"]
-    ui.chart(bfig.prompt_histogram(prompts[prompts["experiment"] == "finetuned"], value=value if value != "accuracy"
-                                   else "kl_forward"), key="bh-hist")  # fmt: skip
+    ui.chart(
+        bfig.prompt_histogram(
+            prompts[prompts["experiment"] == "finetuned"], value=value if value != "accuracy" else "kl_forward"
+        ),
+        key="bh-hist",
+    )
     tokens = res["tokens"]
     models = list(dict.fromkeys(tokens["model"]))
     c1, c2, c3 = st.columns(3)
@@ -90,8 +108,9 @@ def show(res: dict[str, pd.DataFrame]) -> None:
     n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
     prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt")
     one = tokens[(tokens["model"] == model) & (tokens["experiment"] == experiment) & (tokens["prompt"] == prompt)]
-    ui.chart(bfig.token_bars(one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved"),
-             key="bh-tokens")  # fmt: skip
+    ui.chart(
+        bfig.token_bars(one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved"), key="bh-tokens"
+    )
     ui.table(summary, "behavior-summary", "KL (nats per token) and accuracy per model and revert experiment")
     if len(curves):
         ui.table(curves, "behavior-curves", "KL and accuracy against the share of Δ reverted")

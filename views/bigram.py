@@ -33,8 +33,16 @@ def train(model: str, corpus: str) -> None:
         seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key="bg_seed")
         go = st.form_submit_button("Train mask", type="primary", icon=":material/play_arrow:")
     if go:
-        cfg = BigramJobConfig(model=model, corpus=corpus, target=target, lam=float(lam), preset=preset,
-                              steps=int(steps), seed=int(seed), device=ui.workspace().device)  # fmt: skip
+        cfg = BigramJobConfig(
+            model=model,
+            corpus=corpus,
+            target=target,
+            lam=float(lam),
+            preset=preset,
+            steps=int(steps),
+            seed=int(seed),
+            device=ui.workspace().device,
+        )
         run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{target} mask λ={lam:g}")
         st.success(f"Queued run {run_id}; its mask joins the saved masks when it finishes.")
     runs_view()
@@ -55,13 +63,18 @@ def _runs() -> None:
         return
     st.dataframe(df[["id", "name", "status", "step", "total", "error"]], hide_index=True, key="bg_runs")
     run_id = st.selectbox("Run", list(df["id"]), key="bg_run")
-    if not r.get(run_id).finished and ui.can("launch") and st.button("Cancel", key=f"bg-cancel-{run_id}", icon=":material/stop:"):
+    if (
+        not r.get(run_id).finished
+        and ui.can("launch")
+        and st.button("Cancel", key=f"bg-cancel-{run_id}", icon=":material/stop:")
+    ):
         r.cancel(run_id)
         st.rerun(scope="fragment")
     metrics = r.metrics(run_id)
     if len(metrics):
-        long = metrics.melt(id_vars=["step"], value_vars=[c for c in ("loss", "kept", "undecided") if c in metrics],
-                            var_name="metric").dropna()  # fmt: skip
+        long = metrics.melt(
+            id_vars=["step"], value_vars=[c for c in ("loss", "kept", "undecided") if c in metrics], var_name="metric"
+        ).dropna()
         ui.chart(figures.training_curves(long, title=f"Run {run_id}"), key="bg-curves")
 
 
@@ -80,11 +93,15 @@ def import_released(model: str) -> None:
 
 def headline(h: dict) -> None:
     num = figures.format_number  # 3 significant digits, scientific below 1e-3: no "+0.000" hiding a number
-    items = [("kept weights", f"{h['kept']:,} ({num(100 * h['density'])} %)"), ("r full model", num(h["r_full"])),
-             ("r subnetwork", num(h["r_subnetwork"])), ("r random", f"{num(h['r_random_mean'])} ± {num(h['r_random_sd'])}"),
-             ("first-layer MLP share", f"{num(100 * h['first_mlp_share'])} %"),
-             ("Δ bits/token, subnetwork ablated", num(h["delta_bits_ablated"], sign=True)),
-             ("Δ bits/token, random set ablated", num(h["delta_bits_random_ablated"], sign=True))]  # fmt: skip
+    items = [
+        ("kept weights", f"{h['kept']:,} ({num(100 * h['density'])} %)"),
+        ("r full model", num(h["r_full"])),
+        ("r subnetwork", num(h["r_subnetwork"])),
+        ("r random", f"{num(h['r_random_mean'])} ± {num(h['r_random_sd'])}"),
+        ("first-layer MLP share", f"{num(100 * h['first_mlp_share'])} %"),
+        ("Δ bits/token, subnetwork ablated", num(h["delta_bits_ablated"], sign=True)),
+        ("Δ bits/token, random set ablated", num(h["delta_bits_random_ablated"], sign=True)),
+    ]
     if "overlap_x_chance" in h:
         items.append((f"overlap × chance (p = {h['overlap_p']:.0e})", f"{h['overlap_x_chance']:.1f}×"))
     cols = st.columns(4)  # two rows: eight numbers do not fit one row readably
@@ -94,23 +111,41 @@ def headline(h: dict) -> None:
 
 def analyse(model: str, corpus: str) -> None:
     import_released(model)
-    masks = {k: v for k, v in selection.saved_masks().items() if v.endswith("outputs/mask.safetensors") or "uploads" in k}
+    masks = {
+        k: v for k, v in selection.saved_masks().items() if v.endswith("outputs/mask.safetensors") or "uploads" in k
+    }
     if not masks:
-        st.info("No bigram mask yet: train one (*Train a mask*; a λ = 10 mask of the demo base takes a few minutes "
-                "on one CPU thread), upload one on the Workspace page, or import a released pickle above.",
-                icon=":material/info:")  # fmt: skip
+        st.info(
+            "No bigram mask yet: train one (*Train a mask*; a λ = 10 mask of the demo base takes a few minutes "
+            "on one CPU thread), upload one on the Workspace page, or import a released pickle above.",
+            icon=":material/info:",
+        )
         return
     a, b = st.columns(2)
     names = list(masks)
-    latest = {t: max((n for n in names if n.startswith(f"{t} mask")), key=lambda n: n.rsplit("· ", 1)[-1], default=None)
-              for t in ("bigram", "optimal")}  # the newest mask of each target is the default  # fmt: skip
-    mask = a.selectbox("Bigram subnetwork mask", names, index=names.index(latest["bigram"]) if latest["bigram"] else 0,
-                       key="bg_mask", bind="query-params")  # fmt: skip
+    latest = {
+        t: max((n for n in names if n.startswith(f"{t} mask")), key=lambda n: n.rsplit("· ", 1)[-1], default=None)
+        for t in ("bigram", "optimal")
+    }  # the newest mask of each target is the default
+    mask = a.selectbox(
+        "Bigram subnetwork mask",
+        names,
+        index=names.index(latest["bigram"]) if latest["bigram"] else 0,
+        key="bg_mask",
+        bind="query-params",
+    )
     opts = ["none", *names]
-    opt = b.selectbox("Optimal subnetwork mask (overlap)", opts,
-                      index=opts.index(latest["optimal"]) if latest["optimal"] else 0, key="bg_opt", bind="query-params")  # fmt: skip
+    opt = b.selectbox(
+        "Optimal subnetwork mask (overlap)",
+        opts,
+        index=opts.index(latest["optimal"]) if latest["optimal"] else 0,
+        key="bg_opt",
+        bind="query-params",
+    )
     if latest["optimal"] is None:
-        st.caption("No optimal-target mask yet: train one with target *optimal* under *Train a mask* to see the overlap.")
+        st.caption(
+            "No optimal-target mask yet: train one with target *optimal* under *Train a mask* to see the overlap."
+        )
     key = analysis_key(model, masks[mask], corpus, masks.get(opt))
     res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, key)
     headline(res.headline)
@@ -120,50 +155,88 @@ def analyse(model: str, corpus: str) -> None:
         ui.chart(bg_figures.fidelity_bars(summary), key="bg-r")
     with d:
         ui.chart(bg_figures.delta_bits_bars(summary), key="bg-bits")
-    st.caption("Left: correlation r of each setting's next-token surprisal with the bigram's (1 = predicts like the "
-               "bigram table). Right: extra bits per token against the full model (ablated = the subnetwork removed; "
-               "random ablated = a random set of the same size removed).")  # fmt: skip
+    st.caption(
+        "Left: correlation r of each setting's next-token surprisal with the bigram's (1 = predicts like the "
+        "bigram table). Right: extra bits per token against the full model (ablated = the subnetwork removed; "
+        "random ablated = a random set of the same size removed)."
+    )
     ui.table(summary, "bg-ablation", "Fidelity and loss per setting (random: mean ± sd over seeds)")
-    ui.chart(figures.sparsity_heatmap(shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives"),
-             key="bg-shares")  # fmt: skip
-    st.caption("Blocks as in the bigram paper: Q, K, V, O = q_proj, k_proj, v_proj, o_proj (q, k, v, o on the other "
-               "pages); MLP-in = gate_proj + up_proj (gate, up); MLP-out = down_proj (down).")  # fmt: skip
+    ui.chart(
+        figures.sparsity_heatmap(shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives"),
+        key="bg-shares",
+    )
+    st.caption(
+        "Blocks as in the bigram paper: Q, K, V, O = q_proj, k_proj, v_proj, o_proj (q, k, v, o on the other "
+        "pages); MLP-in = gate_proj + up_proj (gate, up); MLP-out = down_proj (down)."
+    )
     ui.table(res.split, "bg-split", "Attention vs MLP")
     if res.residual is not None:
         ui.chart(bg_figures.rotation_curves(res.residual.rotation), key="bg-rotation")
-        st.caption("How to read it: similarity of the residual stream after each layer to the current token's and the "
-                   "next token's representation; the paper's full model turns from current to next in the first layer.")  # fmt: skip
+        st.caption(
+            "How to read it: similarity of the residual stream after each layer to the current token's and the "
+            "next token's representation; the paper's full model turns from current to next in the first layer."
+        )
         labels = list(dict.fromkeys(res.residual.covariance["model"]))
         for col, label in zip(st.columns(len(labels)), labels, strict=True):
             with col:
-                ui.chart(bg_figures.covariance_heatmap(res.residual.covariance_matrix(label),
-                                                       f"Covariance similarity: {label}"), key=f"bg-cov-{label}")  # fmt: skip
-        st.caption("Covariance similarity between layers' residual streams (1 = the same geometry): a block that stays "
-                   "bright across layers means the representation did not change there.")  # fmt: skip
+                ui.chart(
+                    bg_figures.covariance_heatmap(
+                        res.residual.covariance_matrix(label), f"Covariance similarity: {label}"
+                    ),
+                    key=f"bg-cov-{label}",
+                )
+        st.caption(
+            "Covariance similarity between layers' residual streams (1 = the same geometry): a block that stays "
+            "bright across layers means the representation did not change there."
+        )
     if res.overlap is not None:
         ui.table(res.overlap.to_frame(), "bg-overlap", "Overlap with the optimal subnetwork vs both nulls")
         ui.chart(bg_figures.null_histogram(res.overlap.null_frame(), res.overlap.overlap), key="bg-null")
     if gens is not None:
         ui.table(gens, "bg-generations", "Generations at temperature 0.3: full model vs subnetwork ablated")
-    ui.export_button("Bigram subnetworks", {"model": model, "mask": mask, "optimal": opt},
-                     ["bg-r", "bg-bits", "bg-shares", "bg-rotation", "bg-null",
-                      *[k for k in st.session_state.get("_figures", {}) if k.startswith("bg-cov-")]],
-                     ["bg-ablation", "bg-overlap"])  # fmt: skip
+    ui.export_button(
+        "Bigram subnetworks",
+        {"model": model, "mask": mask, "optimal": opt},
+        [
+            "bg-r",
+            "bg-bits",
+            "bg-shares",
+            "bg-rotation",
+            "bg-null",
+            *[k for k in st.session_state.get("_figures", {}) if k.startswith("bg-cov-")],
+        ],
+        ["bg-ablation", "bg-overlap"],
+    )
 
 
 def body() -> None:
     st.title("Bigram subnetworks")
     st.caption("Which weights map the current token to the next one (Chang & Bergen 2025), ablated and located.")
     a, b = st.columns(2)
-    model = a.text_input("Model", value=ui.workspace().base or "", key="bg_model",
-                         help="A folder or a cached hub id; defaults to the sidebar's base (the demo zoo's base).")  # fmt: skip
-    corpus = b.text_input("Corpus", value="zoo", key="bg_corpus",
-                          help="'zoo' = the demo chain's exact bigram law, or a text file (model's own tokenizer)")  # fmt: skip
+    model = a.text_input(
+        "Model",
+        value=ui.workspace().base or "",
+        key="bg_model",
+        help="A folder or a cached hub id; defaults to the sidebar's base (the demo zoo's base).",
+    )
+    corpus = b.text_input(
+        "Corpus",
+        value="zoo",
+        key="bg_corpus",
+        help="'zoo' = the demo chain's exact bigram law, or a text file (model's own tokenizer)",
+    )
     ui.need(bool(model), "Choose a model (the sidebar's base, a folder or a cached hub id).")
     model = selection.resolve_choice(model, {})
     corpus = corpus if corpus == "zoo" else str(config.check_allowed(corpus))
-    view = st.segmented_control("View", ["Analyse a mask", "Train a mask"], default="Analyse a mask", required=True,
-                                key="bg_view", bind="query-params", label_visibility="collapsed")  # fmt: skip
+    view = st.segmented_control(
+        "View",
+        ["Analyse a mask", "Train a mask"],
+        default="Analyse a mask",
+        required=True,
+        key="bg_view",
+        bind="query-params",
+        label_visibility="collapsed",
+    )
     (analyse if view == "Analyse a mask" else train)(model, corpus)
 
 

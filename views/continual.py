@@ -12,8 +12,13 @@ from subnetviz.supermask.metrics import owner_image
 
 METHODS = ["finetune", "supsup", "ssnet", "exssnet", "exssnet+kkt"]
 BENCHMARKS = ["permuted-digits", "split-digits", "arithmetic-text"]
-DEMO = ContinualConfig(benchmark="permuted-digits", methods=("finetune", "supsup", "ssnet", "exssnet"),
-                       density=(0.05,), tasks=5, seeds=(0, 1, 2))  # fmt: skip
+DEMO = ContinualConfig(
+    benchmark="permuted-digits",
+    methods=("finetune", "supsup", "ssnet", "exssnet"),
+    density=(0.05,),
+    tasks=5,
+    seeds=(0, 1, 2),
+)
 
 
 def launch() -> None:
@@ -21,23 +26,35 @@ def launch() -> None:
         return
     with st.form("cl_launch"):
         c1, c2, c3 = st.columns(3)
-        bench = c1.selectbox("Benchmark", BENCHMARKS, help="Digits from scikit-learn (offline); arithmetic-text "
-                             "uses the demo zoo's base model as a frozen encoder.")  # fmt: skip
+        bench = c1.selectbox(
+            "Benchmark",
+            BENCHMARKS,
+            help="Digits from scikit-learn (offline); arithmetic-text "
+            "uses the demo zoo's base model as a frozen encoder.",
+        )
         methods = c2.multiselect("Methods", METHODS, default=["finetune", "supsup", "ssnet", "exssnet"])
         densities = c3.multiselect("Mask density (share kept per layer)", [0.02, 0.05, 0.1, 0.3], default=[0.05])
         d1, d2, d3, d4 = st.columns(4)
         tasks = d1.number_input("Tasks", 1, 100, 5)
         seeds = d2.number_input("Seeds", 1, 10, 3)
         epochs = d3.number_input("Epochs per phase (mask / weights)", 1, 100, 10)
-        kkt = d4.checkbox("also each masked method + KKT", help="Start each task's mask from the most useful "
-                          "earlier mask (KNN accuracy above chance).")  # fmt: skip
+        kkt = d4.checkbox(
+            "also each masked method + KKT",
+            help="Start each task's mask from the most useful earlier mask (KNN accuracy above chance).",
+        )
         inference = d4.checkbox("SupSup one-shot task inference (experimental)")
         go = st.form_submit_button("Launch", type="primary", icon=":material/play_arrow:")
     if go:
-        cfg = ContinualConfig(benchmark=bench, methods=tuple(methods), density=tuple(sorted(densities)),
-                              tasks=int(tasks), seeds=tuple(range(int(seeds))),
-                              epochs=PhaseEpochs(int(epochs), int(epochs), 2 * int(epochs)), kkt=kkt,
-                              task_inference=inference)  # fmt: skip
+        cfg = ContinualConfig(
+            benchmark=bench,
+            methods=tuple(methods),
+            density=tuple(sorted(densities)),
+            tasks=int(tasks),
+            seeds=tuple(range(int(seeds))),
+            epochs=PhaseEpochs(int(epochs), int(epochs), 2 * int(epochs)),
+            kkt=kkt,
+            task_inference=inference,
+        )
         run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
         st.success(f"Queued run {run_id}; it appears under Results when it finishes.")
 
@@ -55,8 +72,10 @@ def results() -> None:
     df = ui.job_runner().list_runs()
     done = df[(df["kind"] == "continual") & (df["status"] == "succeeded")]
     if not len(done):
-        st.info("No finished continual-learning run yet. The demo configuration (permuted digits, 5 tasks, "
-                "density 5 %, four methods, 3 seeds) takes a minute or two on one CPU thread.")  # fmt: skip
+        st.info(
+            "No finished continual-learning run yet. The demo configuration (permuted digits, 5 tasks, "
+            "density 5 %, four methods, 3 seeds) takes a minute or two on one CPU thread."
+        )
         if ui.can("launch") and st.button("Run the demo configuration", type="primary", key="cl-demo"):
             ui.job_runner().submit(DEMO.to_dict(), name="demo: permuted-digits, 5 tasks, d=0.05")
             st.rerun()
@@ -68,16 +87,23 @@ def results() -> None:
     summary, acc = frames["summary"], frames["accuracy"]
     densities = sorted(d for d in summary["density"].unique() if d < 1.0) or [1.0]
     c1, c2 = st.columns(2)
-    density = c1.selectbox("Density", densities, index=densities.index(0.05) if 0.05 in densities else 0,
-                           key="cl_density", bind="query-params")  # fmt: skip
+    density = c1.selectbox(
+        "Density",
+        densities,
+        index=densities.index(0.05) if 0.05 in densities else 0,
+        key="cl_density",
+        bind="query-params",
+    )
     seed = c2.selectbox("Seed", sorted(acc["seed"].unique()), key="cl_seed", bind="query-params")
     table = summary[summary["density"].isin([density, 1.0])]
     ui.table(table, "cl-summary", "Final accuracy, forgetting, capacity (mean ± sd over seeds)")
     final = table.set_index("label")["final_acc_mean"]
     if {"SupSup", "finetune"} <= set(final.index) and final["SupSup"] < final["finetune"]:
-        st.caption(f"Note: SupSup ends below finetuning here ({100 * final['SupSup']:.1f} % vs {100 * final['finetune']:.1f} %): "
-                   "at this density a fixed random network's masks hold less than trained dense weights on these small "
-                   "tasks, and finetuning's forgetting stays mild; SupSup still never forgets a task.")  # fmt: skip
+        st.caption(
+            f"Note: SupSup ends below finetuning here ({100 * final['SupSup']:.1f} % vs {100 * final['finetune']:.1f} %): "
+            "at this density a fixed random network's masks hold less than trained dense weights on these small "
+            "tasks, and finetuning's forgetting stays mild; SupSup still never forgets a task."
+        )
     a, b = st.columns(2)
     with a:
         ui.chart(cl_figures.accuracy_vs_density(summary), key="cl-acc-density")
@@ -92,7 +118,10 @@ def results() -> None:
             continue
         A = one.pivot(index="after_task", columns="task", values="acc").to_numpy()
         with cols[i % len(cols)]:
-            ui.chart(figures.accuracy_matrix(A, [f"task {j + 1}" for j in range(A.shape[1])], title=label), key=f"cl-A-{label}")
+            ui.chart(
+                figures.accuracy_matrix(A, [f"task {j + 1}" for j in range(A.shape[1])], title=label),
+                key=f"cl-A-{label}",
+            )
     st.subheader("Capacity: which weights the tasks claim")
     a, b = st.columns(2)
     with a:
@@ -104,26 +133,52 @@ def results() -> None:
         masks = load_task_masks(folder, label, density, seed) if label else []
         if masks:
             layer = st.selectbox("Layer", list(masks[0]), key="cl_layer", bind="query-params")
-            ui.chart(cl_figures.owner_image(owner_image(masks, layer), title=f"{label}: owner task of {layer}"),
-                     key="cl-owner")  # fmt: skip
+            ui.chart(
+                cl_figures.owner_image(owner_image(masks, layer), title=f"{label}: owner task of {layer}"),
+                key="cl-owner",
+            )
     knn = frames["knn"]
     if len(knn):
         knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)]
-        ui.chart(cl_figures.knn_bars(knn, title=f"KKT: KNN accuracy of each earlier mask (density {density:g}, "
-                                                f"seed {seed})"), key="cl-knn")  # fmt: skip
+        ui.chart(
+            cl_figures.knn_bars(
+                knn, title=f"KKT: KNN accuracy of each earlier mask (density {density:g}, seed {seed})"
+            ),
+            key="cl-knn",
+        )
     st.caption("Task masks are saved with the run: pick them under *Saved masks* to compare them on the Overlap page.")
-    ui.export_button("Continual learning", {"run": run_id, "density": density, "seed": int(seed)},
-                     ["cl-acc-density", "cl-forgetting", "cl-capacity", "cl-exclusive", "cl-owner", "cl-knn",
-                      *[f"cl-A-{m}" for m in methods]], ["cl-summary"])  # fmt: skip
+    ui.export_button(
+        "Continual learning",
+        {"run": run_id, "density": density, "seed": int(seed)},
+        [
+            "cl-acc-density",
+            "cl-forgetting",
+            "cl-capacity",
+            "cl-exclusive",
+            "cl-owner",
+            "cl-knn",
+            *[f"cl-A-{m}" for m in methods],
+        ],
+        ["cl-summary"],
+    )
 
 
 def body() -> None:
     st.title("Continual learning with supermasks")
-    st.caption("A fixed random network learns one mask per task. SupSup trains masks only (never forgets); SSNeT "
-               "then trains the weights in each mask (forgets); ExSSNeT trains only weights no earlier mask uses "
-               "(no forgetting, more accuracy); KKT starts a task from the most useful earlier mask.")  # fmt: skip
-    view = st.segmented_control("View", ["Results", "Launch"], default="Results", required=True, key="cl_view",
-                                bind="query-params", label_visibility="collapsed")  # fmt: skip
+    st.caption(
+        "A fixed random network learns one mask per task. SupSup trains masks only (never forgets); SSNeT "
+        "then trains the weights in each mask (forgets); ExSSNeT trains only weights no earlier mask uses "
+        "(no forgetting, more accuracy); KKT starts a task from the most useful earlier mask."
+    )
+    view = st.segmented_control(
+        "View",
+        ["Results", "Launch"],
+        default="Results",
+        required=True,
+        key="cl_view",
+        bind="query-params",
+        label_visibility="collapsed",
+    )
     if len(ui.active_runs("continual")):
         ui.live(progress, "continual")
     if view == "Launch":

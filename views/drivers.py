@@ -26,8 +26,9 @@ def launch() -> None:
     preset = c1.selectbox("Preset", list(PRESETS), key="dr_preset", help="quick: ≤ 5 min on 2 cores (demo base)")
     seeds = c2.number_input("Seeds", 1, 5, 1, key="dr_seeds")
     if c3.button("Run the grid as a job", icon=":material/play_arrow:", key="dr_launch"):
-        run_id = ui.job_runner().submit({"kind": "drivers", "preset": preset, "seeds": int(seeds)},
-                                        name=f"drivers {preset} ×{seeds}")  # fmt: skip
+        run_id = ui.job_runner().submit(
+            {"kind": "drivers", "preset": preset, "seeds": int(seeds)}, name=f"drivers {preset} ×{seeds}"
+        )
         st.success(f"Queued run {run_id}.")
 
 
@@ -35,12 +36,14 @@ def body() -> None:
     from subnetviz.experiments.drivers import NOT_AVAILABLE
 
     st.title("What drives update sparsity")
-    st.caption("Each run finetunes the demo base with the project's TRL training code, varying one factor around a "
-               "default GRPO run (learning rate, steps, KL coefficient β, gradient clipping, optimizer, data origin, "
-               "algorithm); every run is saved twice from the same weights, in bf16 and in fp32. Sparsity is the "
-               "bitwise share of unchanged parameters; accuracy is greedy exact match on held-out set A; KL is the "
-               "forward KL(π_base ‖ π) per token on those prompts. "
-               + " ".join(f"{k.upper()}: {v}" for k, v in NOT_AVAILABLE.items()))  # fmt: skip
+    st.caption(
+        "Each run finetunes the demo base with the project's TRL training code, varying one factor around a "
+        "default GRPO run (learning rate, steps, KL coefficient β, gradient clipping, optimizer, data origin, "
+        "algorithm); every run is saved twice from the same weights, in bf16 and in fp32. Sparsity is the "
+        "bitwise share of unchanged parameters; accuracy is greedy exact match on held-out set A; KL is the "
+        "forward KL(π_base ‖ π) per token on those prompts. "
+        + " ".join(f"{k.upper()}: {v}" for k, v in NOT_AVAILABLE.items())
+    )
     launch()
     ui.live(_results, kind="drivers")
 
@@ -50,19 +53,27 @@ def _results() -> None:
 
     runs = finished_runs()
     if not runs:  # inside a polling fragment: return, not st.stop
-        st.info("No finished drivers run yet: launch the grid above (or `python -m subnetviz experiment drivers "
-                "--out DIR`).", icon=":material/info:")  # fmt: skip
+        st.info(
+            "No finished drivers run yet: launch the grid above (or `python -m subnetviz experiment drivers "
+            "--out DIR`).",
+            icon=":material/info:",
+        )
         return
     choice = st.selectbox("Results", list(runs), key="dr_run")
     results = pd.read_csv(runs[choice] / "results.csv", dtype={"value": str})
     st.subheader("Which of the paper's conjectures does the zoo reproduce?")
     v = verdicts(results)
     seeds = results["seed"].nunique()
-    st.caption(f"{seeds} seed(s) per point on a 0.45M-parameter model: a difference smaller than the spread between "
-               "seeds is not evidence either way.")  # fmt: skip
+    st.caption(
+        f"{seeds} seed(s) per point on a 0.45M-parameter model: a difference smaller than the spread between "
+        "seeds is not evidence either way."
+    )
     for row in v.itertuples():
-        mark = {True: ":material/check_circle: reproduced", False: ":material/cancel: not reproduced",
-                None: ":material/help: undecided"}[row.reproduced]  # fmt: skip
+        mark = {
+            True: ":material/check_circle: reproduced",
+            False: ":material/cancel: not reproduced",
+            None: ":material/help: undecided",
+        }[row.reproduced]
         st.markdown(f"**{row.conjecture}** — {mark}. Expected: {row.expected}; observed: {row.observed}.")
     value = st.radio("Measure", ["sparsity", "accuracy", "kl_forward"], horizontal=True, key="dr_value")
     ui.chart(dfig.factor_panels(results, value=value), key="dr-factors")

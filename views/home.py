@@ -7,25 +7,48 @@ from subnetviz import config, ui
 
 def body() -> None:
     st.title("subnetviz")
-    st.markdown("**Which parameters did finetuning change, what do the updates look like, and is it the same "
-                "subnetwork every time?** Interactive analyses from three papers on subnetworks in language models.")  # fmt: skip
+    st.markdown(
+        "**Which parameters did finetuning change, what do the updates look like, and is it the same "
+        "subnetwork every time?** Interactive analyses from three papers on subnetworks in language models."
+    )
     cols = st.columns(3)
     cards = [
-        ("Update sparsity", "sparsity", "Which parameters did finetuning change — how sparse is an RL update against "
-         "SFT/DPO, per layer × module, bitwise or at a tolerance?"),
-        ("Spectra", "spectra", "Is the sparse update low-rank, or full-rank like random sparse noise? Effective and "
-         "stable rank; do the weights' singular subspaces rotate?"),
-        ("Overlap", "overlap", "Is it the same subnetwork every time — across seeds, data and algorithms, against "
-         "chance?"),
+        (
+            "Update sparsity",
+            "sparsity",
+            "Which parameters did finetuning change — how sparse is an RL update against "
+            "SFT/DPO, per layer × module, bitwise or at a tolerance?",
+        ),
+        (
+            "Spectra",
+            "spectra",
+            "Is the sparse update low-rank, or full-rank like random sparse noise? Effective and "
+            "stable rank; do the weights' singular subspaces rotate?",
+        ),
+        (
+            "Overlap",
+            "overlap",
+            "Is it the same subnetwork every time — across seeds, data and algorithms, against chance?",
+        ),
         ("Series", "series", "How does sparsity evolve during training, per module; which updates cancel out?"),
-        ("Training runs", "training", "Is the subnetwork enough? Train only it and compare with the full finetune and "
-         "a random-mask control."),
-        ("Bigram subnetworks", "bigram", "Which weights carry current → next token predictions; are they necessary; "
-         "what do they do to the residual stream?"),
-        ("Continual learning", "continual", "Can disjoint subnetworks learn tasks in sequence without forgetting "
-         "(SupSup, SSNeT, ExSSNeT)?"),
+        (
+            "Training runs",
+            "training",
+            "Is the subnetwork enough? Train only it and compare with the full finetune and a random-mask control.",
+        ),
+        (
+            "Bigram subnetworks",
+            "bigram",
+            "Which weights carry current → next token predictions; are they necessary; "
+            "what do they do to the residual stream?",
+        ),
+        (
+            "Continual learning",
+            "continual",
+            "Can disjoint subnetworks learn tasks in sequence without forgetting (SupSup, SSNeT, ExSSNeT)?",
+        ),
         ("Workspace", "workspace", "What is loaded: checkpoints, masks, the demo zoo's measured numbers?"),
-    ]  # fmt: skip
+    ]
     for i, (title, path, text) in enumerate(cards):
         with cols[i % 3].container(border=True):
             st.page_link(f"views/{path}.py", label=title, icon=":material/arrow_forward:")
@@ -34,8 +57,10 @@ def body() -> None:
     if z is None:
         st.warning("The demo zoo is not built. Run `python -m subnetviz demo build` (the README's `make app` does it).")
     else:
-        st.success(f"Demo zoo ready: {len(z.members)} models under {ui.plain(config.display_path(z.root))}. "
-                   "The sidebar starts on it; point it at your own checkpoints any time.")  # fmt: skip
+        st.success(
+            f"Demo zoo ready: {len(z.members)} models under {ui.plain(config.display_path(z.root))}. "
+            "The sidebar starts on it; point it at your own checkpoints any time."
+        )
 
 
 ui.run_page(body)

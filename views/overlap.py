@@ -10,12 +10,19 @@ from subnetviz.checkpoints.naming import NameTable, detect_family
 
 def body() -> None:
     st.title("Overlap of subnetworks")
-    st.caption("o1 = |A∩B|/|A| (share of the row mask inside the column mask); its chance value is B's density. "
-               "Jaccard = |A∩B|/|A∪B| against pq/(p+q−pq) for independent masks of the same densities.")  # fmt: skip
+    st.caption(
+        "o1 = |A∩B|/|A| (share of the row mask inside the column mask); its chance value is B's density. "
+        "Jaccard = |A∩B|/|A∪B| against pq/(p+q−pq) for independent masks of the same densities."
+    )
     ws = ui.workspace()
     c1, c2 = st.columns([1, 3])
-    crit = c1.selectbox("Update masks at", ["exact", "1e-08", "1e-07", "1e-06", "1e-05", "0.0001"], key="ov_crit",
-                        bind="query-params", help="Exact = bitwise changed; a tolerance counts |Δ| ≤ tol as unchanged.")
+    crit = c1.selectbox(
+        "Update masks at",
+        ["exact", "1e-08", "1e-07", "1e-06", "1e-05", "0.0001"],
+        key="ov_crit",
+        bind="query-params",
+        help="Exact = bitwise changed; a tolerance counts |Δ| ≤ tol as unchanged.",
+    )
     sources: dict[str, str] = {}
     if ws.base and ws.finetuned:
         analysis = ui.update_analysis(ws, mask_tolerance=None if crit == "exact" else float(crit))
@@ -23,8 +30,9 @@ def body() -> None:
     sources.update({label: path for label, path in ws.masks})
     ui.need(len(sources) >= 2, "Overlap needs at least two masks: choose finetuned checkpoints or saved masks.")
     default = list(sources)[: min(3, len(sources))]
-    chosen = c2.multiselect("Masks (2–8)", list(sources), default=default, key="ov_masks", bind="query-params",
-                            max_selections=8)  # fmt: skip
+    chosen = c2.multiselect(
+        "Masks (2–8)", list(sources), default=default, key="ov_masks", bind="query-params", max_selections=8
+    )
     ui.need(len(chosen) >= 2, "Pick at least two masks.")
     sets = [ui.mask_set(sources[c]).masks for c in chosen]
     common = set.intersection(*(set(s) for s in sets))
@@ -32,8 +40,11 @@ def body() -> None:
     if any(len(s) != len(common) for s in sets):
         st.caption(f"Compared over the {len(common)} tensors present in every chosen mask.")
     table = NameTable(detect_family(None, sorted(common)))
-    report = mask_overlap([{k: s[k] for k in common} for s in sets], chosen,
-                          group_of=lambda n: (table.describe(n).layer, table.describe(n).module))  # fmt: skip
+    report = mask_overlap(
+        [{k: s[k] for k in common} for s in sets],
+        chosen,
+        group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
+    )
     if len(chosen) in (2, 3):  # Venn beside the UpSet; beyond three masks the UpSet alone, full width
         a, b = st.columns(2)
         with a:
@@ -43,21 +54,33 @@ def body() -> None:
         b = st.container()
     with b:
         ui.chart(figures.upset(report.regions, chosen), key="upset")
-    view = st.radio("Pairwise view", ["value", "ratio"], horizontal=True, key="ov_view", bind="query-params",
-                    format_func=lambda v: "values" if v == "value" else "× chance")  # fmt: skip
+    view = st.radio(
+        "Pairwise view",
+        ["value", "ratio"],
+        horizontal=True,
+        key="ov_view",
+        bind="query-params",
+        format_func=lambda v: "values" if v == "value" else "× chance",
+    )
     cols = st.columns(2)  # no o2 panel: o2(A, B) = o1(B, A), the o1 matrix read down its columns
     titles = {"o1": "o1: share of the row mask in the column mask", "jaccard": "Jaccard |A∩B| / |A∪B|"}
     for col, metric in zip(cols, titles, strict=True):
         with col:
             title = titles[metric] + (" (× chance)" if view == "ratio" else "")
-            ui.chart(figures.pairwise_matrix(report.pairwise, value=metric, view=view, labels=chosen, title=title),
-                     key=f"pw-{metric}")  # fmt: skip
+            ui.chart(
+                figures.pairwise_matrix(report.pairwise, value=metric, view=view, labels=chosen, title=title),
+                key=f"pw-{metric}",
+            )
     ui.table(report.pairwise, "pairwise", "Pairwise overlap against chance")
     by = report.by_group.copy()
     by["layer"] = by["group"].map(lambda g: g[0])
     by["module"] = by["group"].map(lambda g: g[1])
-    pair = st.selectbox("Per-layer view of the pair", [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()],
-                        key="ov_pair", bind="query-params")  # fmt: skip
+    pair = st.selectbox(
+        "Per-layer view of the pair",
+        [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()],
+        key="ov_pair",
+        bind="query-params",
+    )
     pa, pb = pair.split(" ∩ ")
     one = by[(by["a"] == pa) & (by["b"] == pb) & by["layer"].notna()]
     c, d = st.columns(2)
@@ -65,14 +88,19 @@ def body() -> None:
         ui.chart(figures.overlap_layer_heatmap(one, view=view), key="layer-overlap")
     with d:
         pw = report.pairwise
-        dens = {**dict(zip(pw["b"], pw["count_b"] / pw["numel"], strict=True)),
-                **dict(zip(pw["a"], pw["count_a"] / pw["numel"], strict=True))}  # fmt: skip
+        dens = {
+            **dict(zip(pw["b"], pw["count_b"] / pw["numel"], strict=True)),
+            **dict(zip(pw["a"], pw["count_a"] / pw["numel"], strict=True)),
+        }
         chance = figures.chance_consensus([dens[c] for c in chosen], int(pw["numel"].iloc[0]))
         ui.chart(figures.consensus_bars(report.consensus_overall(), chance=chance), key="consensus")
     experts_overlap(sets, chosen, common, table, pa, pb, view)
-    ui.export_button("Overlap", {"masks": chosen, "criterion": crit, "view": view},
-                     ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "consensus",
-                      "expert-overlap"], ["pairwise"])  # fmt: skip
+    ui.export_button(
+        "Overlap",
+        {"masks": chosen, "criterion": crit, "view": view},
+        ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "consensus", "expert-overlap"],
+        ["pairwise"],
+    )
 
 
 def experts_overlap(sets, chosen, common, table, pa, pb, view) -> None:
@@ -80,12 +108,21 @@ def experts_overlap(sets, chosen, common, table, pa, pb, view) -> None:
     names = [n for n in common if table.describe(n).expert not in (None, "all")]
     if not names:
         return
-    rep = mask_overlap([{k: s[k] for k in names} for s in sets], chosen,
-                       group_of=lambda n: (table.describe(n).layer, f"E{table.describe(n).expert}"))  # fmt: skip
-    by = rep.by_group.assign(layer=lambda d: d["group"].map(lambda g: g[0]), module=lambda d: d["group"].map(lambda g: g[1]))
+    rep = mask_overlap(
+        [{k: s[k] for k in names} for s in sets],
+        chosen,
+        group_of=lambda n: (table.describe(n).layer, f"E{table.describe(n).expert}"),
+    )
+    by = rep.by_group.assign(
+        layer=lambda d: d["group"].map(lambda g: g[0]), module=lambda d: d["group"].map(lambda g: g[1])
+    )
     st.subheader("Experts")
-    ui.chart(figures.overlap_layer_heatmap(by[(by["a"] == pa) & (by["b"] == pb)], view=view,
-                                           title=f"{pa} ∩ {pb}: Jaccard per layer × expert"), key="expert-overlap")  # fmt: skip
+    ui.chart(
+        figures.overlap_layer_heatmap(
+            by[(by["a"] == pa) & (by["b"] == pb)], view=view, title=f"{pa} ∩ {pb}: Jaccard per layer × expert"
+        ),
+        key="expert-overlap",
+    )
 
 
 ui.run_page(body)

@@ -10,17 +10,27 @@ from subnetviz import figures, ui
 
 def body() -> None:
     st.title("Checkpoint series")
-    st.caption("Sparsity against the first checkpoint and between consecutive ones (bitwise), and the share of "
-               "parameters updated at some step but back to their initial value — gradients that cancelled out.")  # fmt: skip
+    st.caption(
+        "Sparsity against the first checkpoint and between consecutive ones (bitwise), and the share of "
+        "parameters updated at some step but back to their initial value — gradients that cancelled out."
+    )
     ws = ui.workspace()
     z = ui.zoo()
     sources = {}  # name -> (paths, steps, what step 0 is, axis labels or None for training steps)
     if z is not None and z.series:
-        sources["demo zoo: GRPO seed 0"] = ([str(z.base)] + [str(path) for _, path in z.series],
-                                            [0] + [step for step, _ in z.series], "base", None)  # fmt: skip
+        sources["demo zoo: GRPO seed 0"] = (
+            [str(z.base)] + [str(path) for _, path in z.series],
+            [0] + [step for step, _ in z.series],
+            "base",
+            None,
+        )
     if ws.base and len(ws.finetuned) >= 1:
         sources["workspace: base → finetuned in sidebar order"] = (
-            [ws.base, *ws.paths], list(range(len(ws.paths) + 1)), ws.base_label or "base", [ws.base_label or "base", *ws.labels])
+            [ws.base, *ws.paths],
+            list(range(len(ws.paths) + 1)),
+            ws.base_label or "base",
+            [ws.base_label or "base", *ws.labels],
+        )
     ui.need(bool(sources), "A series needs ordered checkpoints: build the demo zoo or pick finetuned checkpoints.")
     choice = st.selectbox("Series", list(sources), key="series_src", bind="query-params")
     paths, steps, first, ticks = sources[choice]
@@ -30,17 +40,25 @@ def body() -> None:
         ui.chart(figures.series_lines(result.steps, first=first, ticks=ticks), key="series")
     with b:
         ui.chart(figures.split_bar(result.split), key="split")
-        st.caption("Never updated: equal to the start at every checkpoint; updated, unchanged at the end: changed at "
-                   "some step and back to the start at the end (cancelled out); final subnetwork: changed at the end.")  # fmt: skip
+        st.caption(
+            "Never updated: equal to the start at every checkpoint; updated, unchanged at the end: changed at "
+            "some step and back to the start at the end (cancelled out); final subnetwork: changed at the end."
+        )
     if ticks is None:  # one run: its checkpoints against the base, per module kind
-        steps_ws = replace(ws, base=paths[0], finetuned=tuple((f"step {s}", p) for s, p in zip(steps[1:], paths[1:], strict=True)))
+        steps_ws = replace(
+            ws, base=paths[0], finetuned=tuple((f"step {s}", p) for s, p in zip(steps[1:], paths[1:], strict=True))
+        )
         per = ui.update_analysis(steps_ws)
         frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(per.reports, steps[1:], strict=True)])
         ui.chart(figures.module_series(frame, first=first), key="modules")
     ui.table(result.steps, "series-table", "Sparsity per step")
     ui.table(result.split, "split-table", "Never updated / cancelled out / subnetwork")
-    ui.export_button("Series", {"series": choice, "checkpoints": len(paths)}, ["series", "split", "modules"],
-                     ["series-table", "split-table"])
+    ui.export_button(
+        "Series",
+        {"series": choice, "checkpoints": len(paths)},
+        ["series", "split", "modules"],
+        ["series-table", "split-table"],
+    )
 
 
 ui.run_page(body)

@@ -12,8 +12,10 @@ from subnetviz.figures import moe
 
 def body() -> None:
     st.title("Update sparsity")
-    st.caption("Sparsity = share of parameters **unchanged** (1 − changed/all); density = share changed. "
-               "'Exact' compares bit patterns; tolerances count |Δ| ≤ tol as unchanged (the paper uses 1e-5).")  # fmt: skip
+    st.caption(
+        "Sparsity = share of parameters **unchanged** (1 − changed/all); density = share changed. "
+        "'Exact' compares bit patterns; tolerances count |Δ| ≤ tol as unchanged (the paper uses 1e-5)."
+    )
     ws = ui.workspace()
     ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
     analysis = ui.update_analysis(ws)
@@ -21,32 +23,55 @@ def body() -> None:
     tols = list(analysis.reports[0].options.tolerances)
     criteria = ["exact"] + [f"{t:g}" for t in tols] + ["relative"]
     c1, c2, c3 = st.columns([3, 2, 2])
-    shown = c1.multiselect("Models side by side", list(reports), default=list(reports)[:3], key="sp_models",
-                           bind="query-params")  # fmt: skip
+    shown = c1.multiselect(
+        "Models side by side", list(reports), default=list(reports)[:3], key="sp_models", bind="query-params"
+    )
     eta = analysis.reports[0].options.eta
-    crit = c2.selectbox("Criterion", criteria, key="sp_crit", bind="query-params",
-                        help=f"exact = bitwise; a number = absolute tolerance |Δ| ≤ tol; relative = |Δ| ≤ η·max(|w|,|w'|), "
-                        f"η = {eta:g}.")  # fmt: skip
+    crit = c2.selectbox(
+        "Criterion",
+        criteria,
+        key="sp_crit",
+        bind="query-params",
+        help=f"exact = bitwise; a number = absolute tolerance |Δ| ≤ tol; relative = |Δ| ≤ η·max(|w|,|w'|), "
+        f"η = {eta:g}.",
+    )
     column = {"exact": "changed", "relative": "changed_rel"}.get(crit, f"changed@{crit}")
     grids = {m: reports[m].by_layer_module(column) for m in reports}
     grids = {m: g[g["layer"].notna()] for m, g in grids.items()}
     # A per-tensor mean differs from the weighted share only where a cell holds several tensors.
     several = any((g["tensors"] > 1).any() for g in grids.values())
-    weighting = c3.radio("Average", ["parameter-weighted", "per-tensor mean"] if several else ["parameter-weighted"],
-                         key="sp_avg", bind="query-params", horizontal=True,
-                         help="per-tensor mean is offered when a layer × module cell holds several tensors "
-                         "(e.g. experts); with one tensor per cell both are the same.")  # fmt: skip
+    weighting = c3.radio(
+        "Average",
+        ["parameter-weighted", "per-tensor mean"] if several else ["parameter-weighted"],
+        key="sp_avg",
+        bind="query-params",
+        horizontal=True,
+        help="per-tensor mean is offered when a layer × module cell holds several tensors "
+        "(e.g. experts); with one tensor per cell both are the same.",
+    )
     if crit == "relative":
         st.caption(ui.plain(relative_note(eta)))
     value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"
     ui.need(bool(shown), "Pick at least one model.")
     # Sections as tabs that draw only when open: a view holds 1–3 charts, not ten (faster to show).
-    tabs = st.tabs(["Layers × modules", "Tolerance sweep and ULPs", "Norms, embeddings, head", "One matrix"],
-                   key="sp_tab", on_change="rerun", bind="query-params")  # fmt: skip
+    tabs = st.tabs(
+        ["Layers × modules", "Tolerance sweep and ULPs", "Norms, embeddings, head", "One matrix"],
+        key="sp_tab",
+        on_change="rerun",
+        bind="query-params",
+    )
     if tabs[0].open:
         with tabs[0]:
-            overall = pd.DataFrame([{"model": m, "changed": int(grids[m]["changed"].sum()) + special_changed(reports[m], column),
-                                     "numel": reports[m].numel} for m in shown])  # fmt: skip
+            overall = pd.DataFrame(
+                [
+                    {
+                        "model": m,
+                        "changed": int(grids[m]["changed"].sum()) + special_changed(reports[m], column),
+                        "numel": reports[m].numel,
+                    }
+                    for m in shown
+                ]
+            )
             overall["sparsity"] = 1 - overall["changed"] / overall["numel"]
             ui.chart(figures.overall_bars(overall, title=f"Overall update sparsity per model ({crit})"), key="overall")
             zrange = figures.shared_range([grids[m] for m in shown], value)
@@ -55,11 +80,18 @@ def body() -> None:
                 st.caption("One colour range across the models; cell values on hover.")
             for start in range(0, len(shown), per_row):
                 cols = st.columns(per_row)
-                for col, model in zip(cols, shown[start:start + per_row], strict=False):
+                for col, model in zip(cols, shown[start : start + per_row], strict=False):
                     with col:
-                        ui.chart(figures.sparsity_heatmap(grids[model], value=value, zrange=zrange, cell_text=len(shown) <= 2,
-                                                          title=f"{model}: {value.replace('_', ' ')} ({crit})"),
-                                 key=f"heat-{model}")  # fmt: skip
+                        ui.chart(
+                            figures.sparsity_heatmap(
+                                grids[model],
+                                value=value,
+                                zrange=zrange,
+                                cell_text=len(shown) <= 2,
+                                title=f"{model}: {value.replace('_', ' ')} ({crit})",
+                            ),
+                            key=f"heat-{model}",
+                        )
     if tabs[1].open:
         with tabs[1]:
             f, tables = other_tabs(analysis)
@@ -78,10 +110,15 @@ def body() -> None:
         with tabs[3]:
             drill_down(ws, reports, crit, eta)
     experts_section(analysis, shown)  # MoE models only (issue 10)
-    ui.export_button("Update sparsity", {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
-                     ["overall"] + [f"heat-{m}" for m in shown] + ["sweep", "ulp", "special", "drill-image", "drill-delta",
-                                                                   "drill-ratios"],
-                     ["sweep-table", "special-table"], more=partial(other_tabs, analysis))  # fmt: skip
+    ui.export_button(
+        "Update sparsity",
+        {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
+        ["overall"]
+        + [f"heat-{m}" for m in shown]
+        + ["sweep", "ulp", "special", "drill-image", "drill-delta", "drill-ratios"],
+        ["sweep-table", "special-table"],
+        more=partial(other_tabs, analysis),
+    )
 
 
 def other_tabs(analysis) -> tuple[dict, dict]:
@@ -89,11 +126,20 @@ def other_tabs(analysis) -> tuple[dict, dict]:
     sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
     ulp = pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)
     special = pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)
-    return ({"sweep": figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]), "ulp": figures.ulp_histogram(ulp),
-             "special": figures.module_bars(special)},
-            {"sweep-table": ("Sparsity per criterion", sweep),
-             "special-table": ("Every norm, embedding and head tensor",
-                               pd.concat([r.special() for r in analysis.reports], ignore_index=True))})  # fmt: skip
+    return (
+        {
+            "sweep": figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]),
+            "ulp": figures.ulp_histogram(ulp),
+            "special": figures.module_bars(special),
+        },
+        {
+            "sweep-table": ("Sparsity per criterion", sweep),
+            "special-table": (
+                "Every norm, embedding and head tensor",
+                pd.concat([r.special() for r in analysis.reports], ignore_index=True),
+            ),
+        },
+    )
 
 
 def special_changed(report, column: str) -> int:
@@ -103,9 +149,11 @@ def special_changed(report, column: str) -> int:
 
 
 def relative_note(eta: float) -> str:
-    return (f"Relative criterion at η = {eta:g}: in bf16 two different values differ by at least 2⁻⁸ ≈ 0.0039 of the "
-            f"larger magnitude, so any η below that counts every changed entry and 'relative' equals 'exact' "
-            f"(set η with analyze --eta for a different view).")  # fmt: skip
+    return (
+        f"Relative criterion at η = {eta:g}: in bf16 two different values differ by at least 2⁻⁸ ≈ 0.0039 of the "
+        f"larger magnitude, so any η below that counts every changed entry and 'relative' equals 'exact' "
+        f"(set η with analyze --eta for a different view)."
+    )
 
 
 def experts_section(analysis, shown) -> None:
@@ -116,8 +164,10 @@ def experts_section(analysis, shown) -> None:
     st.subheader("Experts")
     for col, model in zip(st.columns(len(shown)), shown, strict=True):
         with col:
-            ui.chart(moe.expert_heatmap(experts[model], title=f"{model}: sparsity per expert (exact)"),
-                     key=f"experts-{model}")  # fmt: skip
+            ui.chart(
+                moe.expert_heatmap(experts[model], title=f"{model}: sparsity per expert (exact)"),
+                key=f"experts-{model}",
+            )
     ui.chart(moe.router_bars(pd.concat([routers(analysis.report(m)) for m in shown], ignore_index=True)), key="routers")
     ui.table(pd.concat(experts.values(), ignore_index=True), "experts-table", "Per layer × expert")
 
@@ -136,13 +186,17 @@ def drill_down(ws, reports, crit: str, eta: float) -> None:
     row = mats[mats["key"] == key].iloc[0]
     path = dict(ws.finetuned)[model]
     upd = matrix_update(ws.base, path, row["name"], criterion=crit, eta=eta)
-    st.caption(f"{ui.plain(row['name'])} · shape {row['shape']} · criterion {crit} · {upd.n_changed:,} of "
-               f"{int(row['numel']):,} changed ({100 * upd.n_changed / max(1, int(row['numel'])):.2f} %) · "
-               f"largest |Δ| {row['max_abs_delta']:.3g}")  # fmt: skip
+    st.caption(
+        f"{ui.plain(row['name'])} · shape {row['shape']} · criterion {crit} · {upd.n_changed:,} of "
+        f"{int(row['numel']):,} changed ({100 * upd.n_changed / max(1, int(row['numel'])):.2f} %) · "
+        f"largest |Δ| {row['max_abs_delta']:.3g}"
+    )
     c, d = st.columns(2)
     with c:
-        ui.chart(figures.matrix_image(upd.changed, max_side=128, title=f"Which entries changed ({crit}, block mean)"),
-                 key="drill-image")  # fmt: skip
+        ui.chart(
+            figures.matrix_image(upd.changed, max_side=128, title=f"Which entries changed ({crit}, block mean)"),
+            key="drill-image",
+        )
     with d:
         ui.chart(figures.delta_image(upd.delta, max_side=128), key="drill-delta")
     ui.chart(figures.row_col_ratios(upd.changed.mean(axis=1), upd.changed.mean(axis=0)), key="drill-ratios")

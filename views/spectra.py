@@ -7,14 +7,17 @@ from subnetviz import figures, ui
 
 def body() -> None:
     st.title("Spectra of updates")
-    st.caption("Rank at torch's default tolerance (σ > σ₁·max(m,n)·ε_fp32, as the paper's script); effective rank = "
-               "smallest k holding 99 % of Σσ²; stable rank = ‖Δ‖F²/‖Δ‖₂². The random baseline scatters the same "
-               "Δ entries uniformly over the matrix: a sparse random matrix is full-rank too.")  # fmt: skip
+    st.caption(
+        "Rank at torch's default tolerance (σ > σ₁·max(m,n)·ε_fp32, as the paper's script); effective rank = "
+        "smallest k holding 99 % of Σσ²; stable rank = ‖Δ‖F²/‖Δ‖₂². The random baseline scatters the same "
+        "Δ entries uniformly over the matrix: a sparse random matrix is full-rank too."
+    )
     ws = ui.workspace()
     ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
     # Tabs that draw only when open: the subspace pass decomposes every weight, not only the updates.
-    tabs = st.tabs(["Spectra of Δ", "Subspaces of W_base vs W_ft"], key="spec_tab", on_change="rerun",
-                   bind="query-params")  # fmt: skip
+    tabs = st.tabs(
+        ["Spectra of Δ", "Subspaces of W_base vs W_ft"], key="spec_tab", on_change="rerun", bind="query-params"
+    )
     if tabs[1].open:
         with tabs[1]:
             subspaces(ws)
@@ -27,18 +30,21 @@ def subspaces(ws) -> None:
     from subnetviz.analysis.subspaces import SubspaceOptions, cached_subspaces
     from subnetviz.figures import subspaces as sfig
 
-    st.caption("Principal angles θᵢ = arccos σᵢ(U_baseᵀU_ft) between the top-K singular subspaces of W_base and "
-               "W_ft (arXiv 2508.16546: RL rotates singular vectors, barely moves singular values); σ ratios "
-               "σᵢ(W_ft)/σᵢ(W_base), i ≤ K (2509.17866); the share of the update inside the principal weights "
-               "(largest |rank-K reconstruction of W_base|, as many as changed) against chance = the update density "
-               "(2511.08567: RL avoids principal weights). Float64 Gram; randomized SVD above 32768 rows.")  # fmt: skip
+    st.caption(
+        "Principal angles θᵢ = arccos σᵢ(U_baseᵀU_ft) between the top-K singular subspaces of W_base and "
+        "W_ft (arXiv 2508.16546: RL rotates singular vectors, barely moves singular values); σ ratios "
+        "σᵢ(W_ft)/σᵢ(W_base), i ≤ K (2509.17866); the share of the update inside the principal weights "
+        "(largest |rank-K reconstruction of W_base|, as many as changed) against chance = the update density "
+        "(2511.08567: RL avoids principal weights). Float64 Gram; randomized SVD above 32768 rows."
+    )
     c1, c2, c3 = st.columns(3)
     k = c1.selectbox("K (top singular directions)", [4, 8, 16, 32, 64], index=2, key="sub_k", bind="query-params")
     model = c2.selectbox("Model", list(ws.labels), key="sub_model", bind="query-params")
     side = c3.radio("Side", ["left", "right"], horizontal=True, key="sub_side", bind="query-params")
     with st.spinner("Decomposing every weight matrix of the base and the finetuned models…"):
-        rows, vectors = cached_subspaces(ws.base, list(ws.paths), labels=list(ws.labels),
-                                         options=SubspaceOptions(k=int(k)), device=ws.device)  # fmt: skip
+        rows, vectors = cached_subspaces(
+            ws.base, list(ws.paths), labels=list(ws.labels), options=SubspaceOptions(k=int(k)), device=ws.device
+        )
     ui.need(len(rows) > 0, "No 2-D weight matrices to compare.")
     sel = rows[rows["model"] == model]
     a, b = st.columns(2)
@@ -47,9 +53,15 @@ def subspaces(ws) -> None:
     with b:
         ui.chart(sfig.principal_overlap_scatter(sel), key="sub-principal")
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
-    ui.chart(sfig.angle_curves(vectors[vectors["model"] == model], top, side=side,
-                               title=f"{model}: principal angles of the six most rotated matrices"),
-             key="sub-curves")  # fmt: skip
+    ui.chart(
+        sfig.angle_curves(
+            vectors[vectors["model"] == model],
+            top,
+            side=side,
+            title=f"{model}: principal angles of the six most rotated matrices",
+        ),
+        key="sub-curves",
+    )
     ui.table(rows, "subspaces-table", "Principal angles, σ ratios and principal-weight overlap per matrix")
 
 
@@ -65,8 +77,9 @@ def updates(ws) -> None:
     chosen = c1.multiselect("Models", models, default=models[:1], key="spec_models", bind="query-params")
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
     layer_opts = ["all"] + [str(v) for v in layers]
-    layer = c2.selectbox("Layer", layer_opts, index=1 if len(layer_opts) > 1 else 0, key="spec_layer",
-                         bind="query-params")  # fmt: skip
+    layer = c2.selectbox(
+        "Layer", layer_opts, index=1 if len(layer_opts) > 1 else 0, key="spec_layer", bind="query-params"
+    )
     mods = [m for m in spec["module"].dropna().unique()]
     module = c3.selectbox("Module", ["all", *mods], key="spec_module", bind="query-params")
     ui.need(bool(chosen), "Pick at least one model.")
@@ -83,26 +96,59 @@ def updates(ws) -> None:
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
     below = grid[grid["rank"] < grid[["rows", "cols"]].min(axis=1)]
-    st.caption(f"Numerical rank: {len(grid) - len(below):,} of {len(grid):,} layer matrices are full-rank (as a random "
-               "sparse matrix of the same density is), so rank alone says little; effective and stable rank below show "
-               "how the update's energy is spread." + (f" Below full rank: {', '.join(below['model'] + ' · ' + below['name'])}."
-                                                       if len(below) else ""))  # fmt: skip
+    st.caption(
+        f"Numerical rank: {len(grid) - len(below):,} of {len(grid):,} layer matrices are full-rank (as a random "
+        "sparse matrix of the same density is), so rank alone says little; effective and stable rank below show "
+        "how the update's energy is spread."
+        + (f" Below full rank: {', '.join(below['model'] + ' · ' + below['name'])}." if len(below) else "")
+    )
     keys = []
     for model in chosen:
         one = grid[grid["model"] == model]
         a, b = st.columns(2)
         with a:
-            ui.chart(figures.rank_measure_heatmap(one, "effective_rank_99", title=f"{model}: effective rank (99 % of Σσ²) "
-                                                  "/ min(m, n)"), key=f"eff-{model}")  # fmt: skip
+            ui.chart(
+                figures.rank_measure_heatmap(
+                    one, "effective_rank_99", title=f"{model}: effective rank (99 % of Σσ²) / min(m, n)"
+                ),
+                key=f"eff-{model}",
+            )
         with b:
-            ui.chart(figures.rank_measure_heatmap(one, "stable_rank", title=f"{model}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
-                                                  zrange=figures.measure_range(grid, "stable_rank")), key=f"stable-{model}")  # fmt: skip
+            ui.chart(
+                figures.rank_measure_heatmap(
+                    one,
+                    "stable_rank",
+                    title=f"{model}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
+                    zrange=figures.measure_range(grid, "stable_rank"),
+                ),
+                key=f"stable-{model}",
+            )
         keys += [f"eff-{model}", f"stable-{model}"]
-    cols = ["model", "name", "layer", "module", "rows", "cols", "density", "rank", "rank_frac", "baseline_rank",
-            "baseline_rank_frac", "effective_rank_99", "stable_rank", "method", "skipped", "note"]
+    cols = [
+        "model",
+        "name",
+        "layer",
+        "module",
+        "rows",
+        "cols",
+        "density",
+        "rank",
+        "rank_frac",
+        "baseline_rank",
+        "baseline_rank_frac",
+        "effective_rank_99",
+        "stable_rank",
+        "method",
+        "skipped",
+        "note",
+    ]
     ui.table(spec[[c for c in cols if c in spec.columns]], "spectra-table", "Rank, effective rank and stable rank")
-    ui.export_button("Spectra", {"base": ws.base, "models": chosen, "layer": layer, "module": module},
-                     ["spectra", *keys], ["spectra-table"])
+    ui.export_button(
+        "Spectra",
+        {"base": ws.base, "models": chosen, "layer": layer, "module": module},
+        ["spectra", *keys],
+        ["spectra-table"],
+    )
 
 
 ui.run_page(body)

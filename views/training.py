@@ -37,17 +37,26 @@ def launch(ws) -> None:
         random_twin = c3.checkbox("use a random mask of the same per-tensor density instead", key="tr_random")
         train_opts = [AUTO] + [k for k in data if k not in ("pretrain", "dev") and not k.endswith("eval")]
         d1, d2 = st.columns(2)
-        train_data = d1.selectbox("Training data (JSONL)", train_opts, key="tr_data", accept_new_options=True,
-                                  help="A zoo data set, or a path to your own JSONL: SFT {prompt, completion}, "
-                                       "DPO {prompt, chosen, rejected}, GRPO {prompt, answer}.")  # fmt: skip
+        train_data = d1.selectbox(
+            "Training data (JSONL)",
+            train_opts,
+            key="tr_data",
+            accept_new_options=True,
+            help="A zoo data set, or a path to your own JSONL: SFT {prompt, completion}, "
+            "DPO {prompt, chosen, rejected}, GRPO {prompt, answer}.",
+        )
         eval_opts = [k for k in data if k.endswith("eval")]
         eval_data = d2.selectbox("Held-out data for accuracy", eval_opts, key="tr_eval", index=0 if eval_opts else None)
         e1, e2, e3, e4, e5 = st.columns(5)
         steps = e1.number_input("Steps", 1, 100_000, 30, key="tr_steps")
         lr = e2.number_input("Learning rate", 1e-8, 1.0, 1e-5, format="%.1e", key="tr_lr")
         seed = e3.number_input("Seed", 0, 2**31 - 1, 0, key="tr_seed")
-        strategy = e4.selectbox("Strategy", STRATEGIES, key="tr_strategy", help="single process, DDP, FSDP2 "
-                                "(sharded, also on CPU) or DeepSpeed ZeRO-3 (GPUs)")  # fmt: skip
+        strategy = e4.selectbox(
+            "Strategy",
+            STRATEGIES,
+            key="tr_strategy",
+            help="single process, DDP, FSDP2 (sharded, also on CPU) or DeepSpeed ZeRO-3 (GPUs)",
+        )
         nproc = e5.number_input("Processes", 1, 256, 1, key="tr_nproc", help="processes that train together")
         submitted = st.form_submit_button("Launch run", type="primary", icon=":material/play_arrow:")
     if submitted:
@@ -58,9 +67,19 @@ def launch(ws) -> None:
             train_data = ZOO_DATA[algorithm]
         base = selection.resolve_choice(base, {})  # the server reads only under the allowed roots
         train_path = data.get(train_data) or str(config.check_allowed(train_data))
-        cfg = {"kind": "train", "algorithm": algorithm, "base": base, "data": train_path,
-               "eval_data": data.get(eval_data) if eval_data else None, "mask": mask, "steps": int(steps),
-               "learning_rate": float(lr), "seed": int(seed), "strategy": strategy, "num_processes": int(nproc)}  # fmt: skip
+        cfg = {
+            "kind": "train",
+            "algorithm": algorithm,
+            "base": base,
+            "data": train_path,
+            "eval_data": data.get(eval_data) if eval_data else None,
+            "mask": mask,
+            "steps": int(steps),
+            "learning_rate": float(lr),
+            "seed": int(seed),
+            "strategy": strategy,
+            "num_processes": int(nproc),
+        }
         if algorithm == "grpo":
             cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
         run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
@@ -83,13 +102,23 @@ def _runs_view() -> None:
         st.caption("No runs yet.")
         return
     show = df[["id", "name", "kind", "status", "step", "total", "created", "ended", "error"]].copy()
-    show.insert(4, "progress", pd.to_numeric(show["step"], errors="coerce").fillna(0)
-                / pd.to_numeric(show["total"], errors="coerce").replace(0, float("nan")))  # fmt: skip
+    show.insert(
+        4,
+        "progress",
+        pd.to_numeric(show["step"], errors="coerce").fillna(0)
+        / pd.to_numeric(show["total"], errors="coerce").replace(0, float("nan")),
+    )
     for col in ("created", "ended"):
         show[col] = pd.to_datetime(show[col], unit="s").dt.strftime("%H:%M:%S")
-    st.dataframe(show, hide_index=True, width="stretch", key="runs-table",
-                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
-                                                                            format="percent")})  # fmt: skip
+    st.dataframe(
+        show,
+        hide_index=True,
+        width="stretch",
+        key="runs-table",
+        column_config={
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")
+        },
+    )
     names = {i: f"{n or k} · {i}" for i, n, k in zip(df["id"], df["name"], df["kind"], strict=True)}
     # Inside this live fragment the URL is read and written by hand (stale ids dropped): bound widgets
     # in a fragment do not restore from the address bar.
@@ -102,15 +131,26 @@ def _runs_view() -> None:
     rec = r.get(run_id)
     cols = st.columns([1, 1, 4])
     cols[0].metric("status", rec.status)
-    if not rec.finished and ui.can("launch") and cols[1].button("Cancel", key=f"cancel-{run_id}", icon=":material/stop:"):
+    if (
+        not rec.finished
+        and ui.can("launch")
+        and cols[1].button("Cancel", key=f"cancel-{run_id}", icon=":material/stop:")
+    ):
         r.cancel(run_id)
         st.rerun(scope="fragment")
     run_card(rec)
     others = [i for i in ids if i != run_id]
-    overlay = st.multiselect("Overlay runs (full / subnetwork / random-mask control)", others, format_func=names.get,
-                             default=[i for i in st.query_params.get_all("tr_overlay") if i in others], key="tr_overlay")  # fmt: skip
+    overlay = st.multiselect(
+        "Overlay runs (full / subnetwork / random-mask control)",
+        others,
+        format_func=names.get,
+        default=[i for i in st.query_params.get_all("tr_overlay") if i in others],
+        key="tr_overlay",
+    )
     st.query_params["tr_overlay"] = overlay
-    smoothing = st.slider("Smoothing (EMA)", 0.0, 0.95, float(st.query_params.get("tr_smooth", 0.0)), 0.05, key="tr_smooth")
+    smoothing = st.slider(
+        "Smoothing (EMA)", 0.0, 0.95, float(st.query_params.get("tr_smooth", 0.0)), 0.05, key="tr_smooth"
+    )
     st.query_params["tr_smooth"] = f"{smoothing:g}"
     frames = []
     for rid in [run_id, *overlay]:
@@ -119,8 +159,12 @@ def _runs_view() -> None:
         if len(m) and shown:
             frames.append(m.melt(id_vars=["step"], value_vars=shown, var_name="metric").dropna().assign(run=names[rid]))
     if frames:
-        ui.chart(figures.training_curves(pd.concat(frames, ignore_index=True), title=f"Run {names[run_id]}",
-                                         smoothing=smoothing), key="curves")  # fmt: skip
+        ui.chart(
+            figures.training_curves(
+                pd.concat(frames, ignore_index=True), title=f"Run {names[run_id]}", smoothing=smoothing
+            ),
+            key="curves",
+        )
     if rec.error and rec.status == "cancelled":  # a cancellation is what the user asked for, not an error
         st.caption(f"Cancelled: {ui.plain(rec.error)}")
     elif rec.error:
@@ -131,31 +175,51 @@ def run_card(rec) -> None:
     """The run's config (algorithm, mask and where it came from, lr, steps, data), final numbers, bit-identity check."""
     cfg = rec.config or {}
     if rec.kind != "train":
-        st.caption(f"{ui.plain(rec.kind)} job · " + ", ".join(f"{k} {ui.plain(str(v))}" for k, v in cfg.items()
-                                                             if k in ("target", "lam", "preset", "steps", "seed", "benchmark")))  # fmt: skip
+        st.caption(
+            f"{ui.plain(rec.kind)} job · "
+            + ", ".join(
+                f"{k} {ui.plain(str(v))}"
+                for k, v in cfg.items()
+                if k in ("target", "lam", "preset", "steps", "seed", "benchmark")
+            )
+        )
         return
     mask = cfg.get("mask")
-    prov = "none (full finetune)" if not mask else (f"random twin of {Path(mask[7:]).name}" if str(mask).startswith("random:")
-                                                    else ui.plain(Path(mask).name))  # fmt: skip
-    st.caption(f"{cfg.get('algorithm', rec.kind)} · mask: {prov} · lr {cfg.get('learning_rate', float('nan')):.1e} · "
-               f"{cfg.get('steps', '?')} steps · seed {cfg.get('seed', '?')} · data {ui.plain(Path(str(cfg.get('data', '?'))).name)}")  # fmt: skip
+    prov = (
+        "none (full finetune)"
+        if not mask
+        else (f"random twin of {Path(mask[7:]).name}" if str(mask).startswith("random:") else ui.plain(Path(mask).name))
+    )
+    st.caption(
+        f"{cfg.get('algorithm', rec.kind)} · mask: {prov} · lr {cfg.get('learning_rate', float('nan')):.1e} · "
+        f"{cfg.get('steps', '?')} steps · seed {cfg.get('seed', '?')} · data {ui.plain(Path(str(cfg.get('data', '?'))).name)}"
+    )
     summary = Path(rec.run_dir) / "outputs" / "model" / "train_summary.json"
     if summary.is_file():
         import json
 
         s = json.loads(summary.read_text())
         cols = st.columns(4)
-        for col, (label, value) in zip(cols, [(k, v) for k, v in (s.get("metrics") or {}).items()
-                                              if k in ("loss", "reward", "grad_norm")][:3] + [("accuracy", s.get("accuracy"))], strict=False):  # fmt: skip
-            col.metric(label, "—" if value is None else (f"{100 * value:.1f} %" if label == "accuracy" else f"{value:.4g}"))
+        for col, (label, value) in zip(
+            cols,
+            [(k, v) for k, v in (s.get("metrics") or {}).items() if k in ("loss", "reward", "grad_norm")][:3]
+            + [("accuracy", s.get("accuracy"))],
+            strict=False,
+        ):
+            col.metric(
+                label, "—" if value is None else (f"{100 * value:.1f} %" if label == "accuracy" else f"{value:.4g}")
+            )
         check = s.get("mask_check") or {}
         if check:
             ok = check.get("outside_mask_identical")
             (st.success if ok else st.warning)(
                 f"Outside the mask: {'bit-identical to the base' if ok else 'NOT bit-identical'} "
-                f"({check.get('changed_outside', 0):,} entries changed outside, {check.get('changed_inside', 0):,} inside).")
+                f"({check.get('changed_outside', 0):,} entries changed outside, {check.get('changed_inside', 0):,} inside)."
+            )
     elif rec.last_metrics:
-        st.caption("Last metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in rec.last_metrics.items() if isinstance(v, float)))
+        st.caption(
+            "Last metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in rec.last_metrics.items() if isinstance(v, float))
+        )
 
 
 def compare(ws) -> None:
@@ -170,16 +234,28 @@ def compare(ws) -> None:
     ui.need(len(candidates) >= 2, "Two finished models are needed for a comparison.")
     keys = list(candidates)
     c1, c2 = st.columns(2)
-    full = c1.selectbox("Full finetune", keys, index=keys.index("zoo grpo-s0") if "zoo grpo-s0" in keys else 0,
-                        key="cmp_full", bind="query-params")  # fmt: skip
-    sub = c2.selectbox("Subnetwork-only twin", keys, index=keys.index("zoo grpo-sub") if "zoo grpo-sub" in keys else 1,
-                       key="cmp_sub", bind="query-params")  # fmt: skip
+    full = c1.selectbox(
+        "Full finetune",
+        keys,
+        index=keys.index("zoo grpo-s0") if "zoo grpo-s0" in keys else 0,
+        key="cmp_full",
+        bind="query-params",
+    )
+    sub = c2.selectbox(
+        "Subnetwork-only twin",
+        keys,
+        index=keys.index("zoo grpo-sub") if "zoo grpo-sub" in keys else 1,
+        key="cmp_sub",
+        bind="query-params",
+    )
     eval_opts = [v for k, v in data_files().items() if k.endswith("eval")]
     # Held-out accuracy generates with both models (seconds): on request, so the bitwise comparison shows at once.
     with_acc = st.toggle("Also held-out accuracy (generates with both models)", key="cmp_acc", bind="query-params")
     eval_data = eval_opts[0] if eval_opts and with_acc else None
-    stamp = (*(ui.checkpoint_info(p)["fingerprint"] for p in (candidates[full], candidates[sub], ws.base) if p),
-             file_stamp(eval_data))  # fmt: skip
+    stamp = (
+        *(ui.checkpoint_info(p)["fingerprint"] for p in (candidates[full], candidates[sub], ws.base) if p),
+        file_stamp(eval_data),
+    )
     result = _comparison(candidates[full], candidates[sub], ws.base, eval_data, stamp)
     a, b = st.columns(2)
     with a:
@@ -188,8 +264,12 @@ def compare(ws) -> None:
         if result.accuracy is not None:
             ui.table(result.accuracy, "accuracy", "Held-out accuracy (greedy exact match)")
     with b:
-        ui.chart(figures.ulp_histogram(result.ulp_histogram.assign(model=f"{full} vs {sub}"),
-                                       title="ULP distance between the two finetunes"), key="cmp-ulp")  # fmt: skip
+        ui.chart(
+            figures.ulp_histogram(
+                result.ulp_histogram.assign(model=f"{full} vs {sub}"), title="ULP distance between the two finetunes"
+            ),
+            key="cmp-ulp",
+        )
     if result.unmatched:
         st.caption(f"Not compared (present in one run only): {ui.plain(', '.join(result.unmatched[:10]))}")
 
@@ -205,14 +285,23 @@ def _comparison(full: str, sub: str, base: str | None, eval_data: str | None, st
 
 def body() -> None:
     st.title("Training runs")
-    st.caption("Runs are OS processes with a run folder and a SQLite registry: they survive closing the tab. "
-               "Subnetwork-only runs multiply gradients by the mask and decay only inside it; parameters outside "
-               "stay bit-identical (verified after training). Every run also writes TensorBoard events into its run "
-               "folder: open them with `tensorboard --logdir $SUBNETVIZ_HOME/runs`.")  # fmt: skip
+    st.caption(
+        "Runs are OS processes with a run folder and a SQLite registry: they survive closing the tab. "
+        "Subnetwork-only runs multiply gradients by the mask and decay only inside it; parameters outside "
+        "stay bit-identical (verified after training). Every run also writes TensorBoard events into its run "
+        "folder: open them with `tensorboard --logdir $SUBNETVIZ_HOME/runs`."
+    )
     ws = ui.workspace()
     views = {"Launch": launch, "Runs": lambda _ws: runs_view(), "Subnetwork vs full": compare}
-    view = st.segmented_control("View", list(views), default="Launch", required=True, key="tr_view",
-                                bind="query-params", label_visibility="collapsed")  # fmt: skip
+    view = st.segmented_control(
+        "View",
+        list(views),
+        default="Launch",
+        required=True,
+        key="tr_view",
+        bind="query-params",
+        label_visibility="collapsed",
+    )
     views[view](ws)
 
 

@@ -15,11 +15,18 @@ def body() -> None:
     rows = []
     for label, path in [(ws.base_label or "base", ws.base), *ws.finetuned]:
         info = ui.checkpoint_info(path)
-        rows.append({"role": "base" if path == ws.base else "finetuned", "label": label,
-                     "architecture": info["architecture"], "family": info["family"] or "unknown",
-                     "parameters": info["params"],
-                     "stored dtype": ", ".join(f"{k} ({v:,})" for k, v in info["dtypes"].items()),
-                     "fingerprint": info["fingerprint"], "path": path})  # fmt: skip
+        rows.append(
+            {
+                "role": "base" if path == ws.base else "finetuned",
+                "label": label,
+                "architecture": info["architecture"],
+                "family": info["family"] or "unknown",
+                "parameters": info["params"],
+                "stored dtype": ", ".join(f"{k} ({v:,})" for k, v in info["dtypes"].items()),
+                "fingerprint": info["fingerprint"],
+                "path": path,
+            }
+        )
     st.subheader("Checkpoints")
     ui.table(pd.DataFrame(rows), "checkpoints", "Checkpoints in the workspace")
     analysis = None
@@ -29,16 +36,23 @@ def body() -> None:
         summary = analysis.summary()
         cols = st.columns(min(len(summary), 6))
         for col, r in zip(cols, summary.itertuples(), strict=False):
-            col.metric(r.model, f"{100 * r.sparsity:.2f} %", help=f"{r.changed:,} of {r.numel:,} parameters changed "
-                       "(bitwise); sparsity = 1 − changed / all, parameter-weighted.")  # fmt: skip
+            col.metric(
+                r.model,
+                f"{100 * r.sparsity:.2f} %",
+                help=f"{r.changed:,} of {r.numel:,} parameters changed "
+                "(bitwise); sparsity = 1 − changed / all, parameter-weighted.",
+            )
         ui.table(summary, "sparsity-summary", "Exact (bitwise) update sparsity, parameter-weighted")
         for note in analysis.notes:
             st.caption(ui.plain(note))
     st.subheader("Masks")
     up = None
     if ui.allowed("upload"):
-        up = st.file_uploader("Add a mask (.safetensors, or a released bigram-subnetwork .pickle — read safely)",
-                              type=["safetensors", "pickle", "pkl"], key="mask_upload")  # fmt: skip
+        up = st.file_uploader(
+            "Add a mask (.safetensors, or a released bigram-subnetwork .pickle — read safely)",
+            type=["safetensors", "pickle", "pkl"],
+            key="mask_upload",
+        )
     if up is not None:
         stored = selection.save_upload(up.name, up)
         st.success(f"Stored as {ui.plain(stored.name)}; pick it under *Saved masks* in the sidebar.")
@@ -50,14 +64,29 @@ def body() -> None:
     mrows = []
     for label, path in files.items():
         ms = ui.mask_set(path)
-        mrows.append({"mask": label, "tensors": len(ms.masks), "in mask": ms.count, "parameters": ms.numel,
-                      "density": ms.density, "method": ms.metadata.get("method", ""), "path": path})  # fmt: skip
+        mrows.append(
+            {
+                "mask": label,
+                "tensors": len(ms.masks),
+                "in mask": ms.count,
+                "parameters": ms.numel,
+                "density": ms.density,
+                "method": ms.metadata.get("method", ""),
+                "path": path,
+            }
+        )
     if mrows:
         ui.table(pd.DataFrame(mrows), "masks", "Mask sets")
         pick = st.selectbox("Download a mask (safetensors, bit-packed, with provenance)", list(files), key="mask_dl")
-        st.download_button("Download mask", Path(files[pick]).read_bytes, file_name=Path(files[pick]).name,
-                           mime="application/octet-stream", key="mask-dl-btn", icon=":material/download:",
-                           on_click="ignore")  # fmt: skip
+        st.download_button(
+            "Download mask",
+            Path(files[pick]).read_bytes,
+            file_name=Path(files[pick]).name,
+            mime="application/octet-stream",
+            key="mask-dl-btn",
+            icon=":material/download:",
+            on_click="ignore",
+        )
     z = ui.zoo()
     if z is not None:
         st.subheader("Demo zoo manifest")

@@ -48,8 +48,17 @@ from subnetviz.errors import ConfigError, suggest
 
 ProgressFn = Callable[[int, int, str], None]
 CURVE_POINTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
-TOKEN_COLUMNS = ["model", "experiment", "prompt", "position", "token", "next_token_id", "predicts_answer",
-                 "kl_forward", "kl_reverse"]  # fmt: skip
+TOKEN_COLUMNS = [
+    "model",
+    "experiment",
+    "prompt",
+    "position",
+    "token",
+    "next_token_id",
+    "predicts_answer",
+    "kl_forward",
+    "kl_reverse",
+]
 _BASE_CACHE_BYTES = 1 << 30  # keep the base's logits in memory below this; recompute above
 
 
@@ -158,15 +167,25 @@ class BehaviorReport:
         """``models[label]``: kl_forward, kl_reverse, accuracy and ``reverts[mask][side]`` with the same figures."""
         models: dict = {}
         for row in self.summary.itertuples():
-            figs = {"kl_forward": row.kl_forward, "kl_reverse": row.kl_reverse,
-                    "accuracy": None if pd.isna(row.accuracy) else row.accuracy}  # fmt: skip
+            figs = {
+                "kl_forward": row.kl_forward,
+                "kl_reverse": row.kl_reverse,
+                "accuracy": None if pd.isna(row.accuracy) else row.accuracy,
+            }
             m = models.setdefault(row.model, {"reverts": {}})
             if row.experiment == "finetuned":
                 m.update(figs, tokens=int(row.tokens))
             else:
                 m["reverts"].setdefault(row.mask, {})[row.side] = {**figs, "fraction_reverted": row.fraction_reverted}
-        return {"base": self.base, "labels": self.labels, "unit": "nats per token", "models": models,
-                "notes": self.notes, "seconds": self.seconds, "tokens_per_second": self.tokens_per_second}  # fmt: skip
+        return {
+            "base": self.base,
+            "labels": self.labels,
+            "unit": "nats per token",
+            "models": models,
+            "notes": self.notes,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
+        }
 
 
 # --- teacher-forced forward passes -------------------------------------------------------------------
@@ -261,16 +280,28 @@ def behavior(
     keep = n_tokens * vocab * 4 <= _BASE_CACHE_BYTES
     base_cache = [logits_of(base_model, bt, dev) for bt in batches] if keep else None
 
-    plan: list[tuple[str, str, str, Callable[[ModelBuilder], Selector | None]]] = [("finetuned", "", "", lambda b: None)]
+    plan: list[tuple[str, str, str, Callable[[ModelBuilder], Selector | None]]] = [
+        ("finetuned", "", "", lambda b: None)
+    ]
     for name, ms in masks.items():
-        plan += [(f"{name}/inside", name, "inside", lambda b, ms=ms: mask_selector(b.resolve(ms), True)),
-                 (f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(b.resolve(ms), False))]  # fmt: skip
+        plan += [
+            (f"{name}/inside", name, "inside", lambda b, ms=ms: mask_selector(b.resolve(ms), True)),
+            (f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(b.resolve(ms), False)),
+        ]
         if random_control:
-            plan += [(f"random({name})/inside", f"random({name})", "inside",
-                      lambda b, ms=ms: random_selector(b.resolve(ms), seed))]  # fmt: skip
+            plan += [
+                (
+                    f"random({name})/inside",
+                    f"random({name})",
+                    "inside",
+                    lambda b, ms=ms: random_selector(b.resolve(ms), seed),
+                )
+            ]
     for f in curve or ():
-        plan += [(f"curve abs_delta {f:g}", "curve:abs_delta", f"{f:g}", lambda b, f=f: abs_delta_selector(b, f)),
-                 (f"curve random {f:g}", "curve:random", f"{f:g}", lambda b, f=f: random_order_selector(f, seed))]
+        plan += [
+            (f"curve abs_delta {f:g}", "curve:abs_delta", f"{f:g}", lambda b, f=f: abs_delta_selector(b, f)),
+            (f"curve random {f:g}", "curve:random", f"{f:g}", lambda b, f=f: random_order_selector(f, seed)),
+        ]
 
     summary, tokens, per_prompt, curves = [], [], [], []
     static = _token_frame(enc, tok)
@@ -296,18 +327,38 @@ def behavior(
                     kl_f.append(fwd[j, :n])
                     kl_r.append(rev[j, :n])
                     acc.append(correct(pred[j], e))
-                    per_prompt.append({"model": label, "experiment": experiment, "prompt": bi * batch_size + j,
-                                       "kl_forward": float(kl_f[-1].mean()), "kl_reverse": float(kl_r[-1].mean()),
-                                       "correct": acc[-1]})  # fmt: skip
+                    per_prompt.append(
+                        {
+                            "model": label,
+                            "experiment": experiment,
+                            "prompt": bi * batch_size + j,
+                            "kl_forward": float(kl_f[-1].mean()),
+                            "kl_reverse": float(kl_r[-1].mean()),
+                            "correct": acc[-1],
+                        }
+                    )
             t_fwd, fwd_tokens = t_fwd + time.perf_counter() - t1, fwd_tokens + n_tokens
             if not experiment.startswith("curve"):
-                tokens.append(static.assign(model=label, experiment=experiment, kl_forward=np.concatenate(kl_f),
-                                            kl_reverse=np.concatenate(kl_r)))  # fmt: skip
+                tokens.append(
+                    static.assign(
+                        model=label,
+                        experiment=experiment,
+                        kl_forward=np.concatenate(kl_f),
+                        kl_reverse=np.concatenate(kl_r),
+                    )
+                )
             scored = [a for a in acc if a is not None]
-            row = {"model": label, "experiment": experiment, "mask": mask, "side": side,
-                   "kl_forward": float(np.concatenate(kl_f).mean()), "kl_reverse": float(np.concatenate(kl_r).mean()),
-                   "accuracy": float(np.mean(scored)) if scored else float("nan"), "fraction_reverted": frac,
-                   "tokens": n_tokens}  # fmt: skip
+            row = {
+                "model": label,
+                "experiment": experiment,
+                "mask": mask,
+                "side": side,
+                "kl_forward": float(np.concatenate(kl_f).mean()),
+                "kl_reverse": float(np.concatenate(kl_r).mean()),
+                "accuracy": float(np.mean(scored)) if scored else float("nan"),
+                "fraction_reverted": frac,
+                "tokens": n_tokens,
+            }
             if experiment.startswith("curve"):
                 curves.append({**row, "order": mask.split(":")[1], "fraction": float(side)})
             else:
@@ -317,10 +368,17 @@ def behavior(
         progress(total, total, "done")
     notes = [] if keep else ["base logits recomputed per model (too large to keep in memory)."]
     curve_cols = ["model", "order", "fraction", "fraction_reverted", "kl_forward", "kl_reverse", "accuracy"]
-    return BehaviorReport(str(base), labels, pd.DataFrame(summary),
-                          pd.concat(tokens, ignore_index=True)[TOKEN_COLUMNS],
-                          pd.DataFrame(per_prompt), pd.DataFrame(curves, columns=curve_cols), notes,
-                          time.perf_counter() - t0, fwd_tokens / t_fwd if t_fwd else 0.0)  # fmt: skip
+    return BehaviorReport(
+        str(base),
+        labels,
+        pd.DataFrame(summary),
+        pd.concat(tokens, ignore_index=True)[TOKEN_COLUMNS],
+        pd.DataFrame(per_prompt),
+        pd.DataFrame(curves, columns=curve_cols),
+        notes,
+        time.perf_counter() - t0,
+        fwd_tokens / t_fwd if t_fwd else 0.0,
+    )
 
 
 def _token_frame(enc: Sequence[Encoded], tok) -> pd.DataFrame:
@@ -353,8 +411,21 @@ def read_behavior(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
 
 
 # --- configs: the CLI, the job and the page share one ------------------------------------------------
-CONFIG_KEYS = {"kind", "base", "finetuned", "labels", "prompts", "masks", "curve", "random_control", "batch_size",
-               "seed", "device", "limit", "name"}  # fmt: skip
+CONFIG_KEYS = {
+    "kind",
+    "base",
+    "finetuned",
+    "labels",
+    "prompts",
+    "masks",
+    "curve",
+    "random_control",
+    "batch_size",
+    "seed",
+    "device",
+    "limit",
+    "name",
+}
 
 
 def validate_config(config: dict) -> None:
@@ -365,8 +436,11 @@ def validate_config(config: dict) -> None:
     if not config.get("base") or not config.get("finetuned"):
         raise ConfigError("behavior config needs 'base' and a non-empty 'finetuned' list.")
     specials = [m for m in (config.get("masks") or {}).values() if m == "update" or str(m).startswith("topk:")]
-    for f in [config["base"], *config["finetuned"], *(m for m in (config.get("masks") or {}).values()
-                                                      if m not in specials)]:  # fmt: skip
+    for f in [
+        config["base"],
+        *config["finetuned"],
+        *(m for m in (config.get("masks") or {}).values() if m not in specials),
+    ]:
         if not Path(f).exists():
             raise ConfigError(f"behavior config: {f} does not exist.")
     curve = config.get("curve") or []
@@ -384,10 +458,19 @@ def run_config(config: dict, progress: ProgressFn | None = None) -> BehaviorRepo
     prompts = [p for f in files for p in read_prompts(f, limit)]
     masks = {name: mask_source(spec) for name, spec in (config.get("masks") or {}).items()}
     curve = config.get("curve", CURVE_POINTS)
-    return behavior(config["base"], config["finetuned"], prompts, labels=config.get("labels"), masks=masks,
-                    random_control=config.get("random_control", True), curve=curve or None,
-                    batch_size=int(config.get("batch_size", 16)), seed=int(config.get("seed", 0)),
-                    device=config.get("device", "auto"), progress=progress)  # fmt: skip
+    return behavior(
+        config["base"],
+        config["finetuned"],
+        prompts,
+        labels=config.get("labels"),
+        masks=masks,
+        random_control=config.get("random_control", True),
+        curve=curve or None,
+        batch_size=int(config.get("batch_size", 16)),
+        seed=int(config.get("seed", 0)),
+        device=config.get("device", "auto"),
+        progress=progress,
+    )
 
 
 def run_job(config: dict, ctx) -> None:
@@ -397,8 +480,9 @@ def run_job(config: dict, ctx) -> None:
     ctx.log(f"behaviour: {len(report.summary)} experiments, {report.tokens_per_second:.0f} tokens/s")
 
 
-def cached_behavior(config: dict, progress: ProgressFn | None = None,
-                    cache_root: str | os.PathLike | None = None) -> dict[str, pd.DataFrame]:  # fmt: skip
+def cached_behavior(
+    config: dict, progress: ProgressFn | None = None, cache_root: str | os.PathLike | None = None
+) -> dict[str, pd.DataFrame]:
     """:func:`run_config` through the disk cache (keyed by checkpoints' fingerprints, file stamps, config)."""
     from subnetviz import cache as _cache
     from subnetviz.checkpoints import open_checkpoint
@@ -407,8 +491,14 @@ def cached_behavior(config: dict, progress: ProgressFn | None = None,
     files = config.get("prompts") or [str(p) for p in zoo_prompt_files()]
     stamps = [_cache.file_stamp(f) for f in ([files] if isinstance(files, str) else files)]
     masks = [_cache.file_stamp(p) for p in (config.get("masks") or {}).values() if Path(p).exists()]
-    key = _cache.cache_key("behavior", BEHAVIOR_VERSION, fps=fps, prompts=stamps, masks=masks,
-                           config={k: v for k, v in config.items() if k != "name"})  # fmt: skip
+    key = _cache.cache_key(
+        "behavior",
+        BEHAVIOR_VERSION,
+        fps=fps,
+        prompts=stamps,
+        masks=masks,
+        config={k: v for k, v in config.items() if k != "name"},
+    )
     ent = _cache.entry("behavior", key, root=cache_root)
     if not ent.ready:
         report = run_config({**config, "prompts": files}, progress)

@@ -46,16 +46,22 @@ ULP_EDGES = (1, 2, 4, 8, 16, 256)
 ULP_LABELS = ("1", "2", "3-4", "5-8", "9-16", "17-256", ">256")
 ULP_LABELS_WITH_ZERO = ("0", *ULP_LABELS)  # "0" = bitwise-identical entries
 INT_VIEW = {
-    torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
-    torch.float64: torch.int64, torch.float8_e4m3fn: torch.int8, torch.float8_e5m2: torch.int8,
-}  # fmt: skip
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float8_e4m3fn: torch.int8,
+    torch.float8_e5m2: torch.int8,
+}
 
 
 def int_view(t: torch.Tensor) -> torch.Tensor:
     """The float tensor ``t`` reinterpreted as same-width signed integers (a view: no copy, same shape)."""
     iv = INT_VIEW.get(t.dtype)
     if iv is None:
-        raise ConfigError(f"bit patterns are defined for float tensors ({', '.join(map(str, INT_VIEW))}); got {t.dtype}.")
+        raise ConfigError(
+            f"bit patterns are defined for float tensors ({', '.join(map(str, INT_VIEW))}); got {t.dtype}."
+        )
     return t.view(iv)
 
 
@@ -97,8 +103,9 @@ def ulp_distance_bits(xi, yi, xp):
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """ULP distance between two float tensors of one dtype and shape, elementwise (int64, ``a``'s shape)."""
     if a.dtype != b.dtype or a.shape != b.shape:
-        raise ConfigError(f"ULP distance needs one dtype and shape, got {a.dtype}{tuple(a.shape)} "
-                          f"and {b.dtype}{tuple(b.shape)}.")  # fmt: skip
+        raise ConfigError(
+            f"ULP distance needs one dtype and shape, got {a.dtype}{tuple(a.shape)} and {b.dtype}{tuple(b.shape)}."
+        )
     xi, yi = int_view(a.contiguous()).reshape(-1), int_view(b.contiguous()).reshape(-1)
     return ulp_distance_bits(xi, yi, torch).to(torch.int64).reshape(a.shape)
 

@@ -41,15 +41,19 @@ def matrix_update(base: str, finetuned: str, name: str, criterion: str = "exact"
         raise CheckpointError(f"{base}: no tensor {name!r} (it is in {finetuned}).")
     b, f = ck_b.get(name), ck_f.get(name)
     if b.shape != f.shape or b.ndim != 2:
-        raise CheckpointError(f"{name}: expected two 2-D tensors of one shape; got {tuple(b.shape)} and {tuple(f.shape)}.")
+        raise CheckpointError(
+            f"{name}: expected two 2-D tensors of one shape; got {tuple(b.shape)} and {tuple(f.shape)}."
+        )
     if b.dtype != f.dtype:
         b = b.to(f.dtype)  # compared at the finetune's stored dtype, as the analysis does
     x, y = b.float(), f.float()
     d = y - x
     if criterion == "exact":
         nbytes = b.element_size()  # bit patterns, byte by byte: -0 vs +0 and NaN payloads count as changed
-        changed = (b.contiguous().view(torch.uint8).reshape(*b.shape, nbytes)
-                   != f.contiguous().view(torch.uint8).reshape(*f.shape, nbytes)).any(-1)  # fmt: skip
+        changed = (
+            b.contiguous().view(torch.uint8).reshape(*b.shape, nbytes)
+            != f.contiguous().view(torch.uint8).reshape(*f.shape, nbytes)
+        ).any(-1)
     elif criterion == "relative":
         changed = d.abs() > eta * torch.maximum(x.abs(), y.abs())
     else:

@@ -33,8 +33,11 @@ def by_expert(report: SparsityReport) -> pd.DataFrame:
         else:
             rows.append((r.layer, expert, "shared" if expert == "shared" else "routed", int(r.numel), int(r.changed)))
     df = pd.DataFrame(rows, columns=["layer", "expert", "kind", "numel", "changed"])
-    g = df.groupby(["layer", "expert", "kind"], sort=False).agg(tensors=("numel", "size"), numel=("numel", "sum"),
-                                                                 changed=("changed", "sum")).reset_index()  # fmt: skip
+    g = (
+        df.groupby(["layer", "expert", "kind"], sort=False)
+        .agg(tensors=("numel", "size"), numel=("numel", "sum"), changed=("changed", "sum"))
+        .reset_index()
+    )
     g["density"] = g["changed"] / g["numel"].clip(lower=1)
     g["sparsity"] = 1.0 - g["density"]
     g.insert(0, "model", report.model)
@@ -45,4 +48,6 @@ def routers(report: SparsityReport) -> pd.DataFrame:
     """The router tensors (module ``router``) of an MoE model: one row each, with their update counts."""
     t = report.tensors
     r = t[t["module"] == "router"]
-    return r[["model", "key", "layer", "expert", "numel", "changed", "sparsity", "max_abs_delta"]].reset_index(drop=True)
+    return r[["model", "key", "layer", "expert", "numel", "changed", "sparsity", "max_abs_delta"]].reset_index(
+        drop=True
+    )

@@ -200,8 +200,10 @@ def _validate(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -
         for label, masks in zip(labels, sets, strict=True):
             if _packed(masks) is not None:  # bit-packed bool masks (PackedMasks): the shape, no unpacking
                 if _shape(masks, name) != shape:
-                    raise MaskError(f"tensor {name!r}: mask {label!r} has shape {_shape(masks, name)} but mask "
-                                    f"{labels[0]!r} has {shape}.")  # fmt: skip
+                    raise MaskError(
+                        f"tensor {name!r}: mask {label!r} has shape {_shape(masks, name)} but mask "
+                        f"{labels[0]!r} has {shape}."
+                    )
                 continue
             t = masks[name]
             if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:

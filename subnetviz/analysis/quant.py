@@ -69,8 +69,9 @@ def quant_method(config: dict) -> str | None:
     qc = config.get("quantization_config") or config.get("compression_config")
     if not isinstance(qc, dict):
         return None
-    method = str(qc.get("quant_method") or ("bitsandbytes" if qc.get("load_in_8bit") or qc.get("load_in_4bit")
-                                            else "")).lower()  # fmt: skip
+    method = str(
+        qc.get("quant_method") or ("bitsandbytes" if qc.get("load_in_8bit") or qc.get("load_in_4bit") else "")
+    ).lower()
     if method and method not in KNOWN_METHODS:
         raise CheckpointError(
             f"config.json quantization_config.quant_method: unknown quantization method {method!r} "
@@ -187,17 +188,21 @@ def compare_codes(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, *,
         raise CheckpointError(f"{name}: quantized codes stored as {a.dtype} and {b.dtype}; expected one code type.")
     a, b = a.contiguous(), b.contiguous()
     changed, above = _code_counts(a, b)
-    ne = (a != b)
+    ne = a != b
     a2 = ne.reshape(ne.shape[0], -1) if ne.dim() >= 2 else ne.reshape(-1, 1)
     steps = float((b.to(torch.int64) - a.to(torch.int64)).abs().max()) if changed else 0.0
     return PairStats(
-        numel=a.numel(), dtype=str(a.dtype).replace("torch.", ""), changed=changed,
-        changed_tol=(changed,) * len(options.tolerances), changed_rel=changed, ulp_hist=tuple(ulp_bins(changed, above)),
+        numel=a.numel(),
+        dtype=str(a.dtype).replace("torch.", ""),
+        changed=changed,
+        changed_tol=(changed,) * len(options.tolerances),
+        changed_rel=changed,
+        ulp_hist=tuple(ulp_bins(changed, above)),
         max_abs_delta=steps,
         row_counts=a2.sum(1, dtype=torch.int32).numpy() if options.row_col else None,
         col_counts=a2.sum(0, dtype=torch.int32).numpy() if options.row_col else None,
         mask=ne if options.keep_masks else None,
-    )  # fmt: skip
+    )
 
 
 def check_finite_stored(x: torch.Tensor, where: str) -> None:
@@ -215,8 +220,9 @@ def check_finite_stored(x: torch.Tensor, where: str) -> None:
 
 
 # --- scales and dequantisation -------------------------------------------------------------------
-def check_scale(name: str, weight_shape: tuple[int, ...], scale_name: str, scale_shape: tuple[int, ...],
-                block: tuple[int, int]) -> str:
+def check_scale(
+    name: str, weight_shape: tuple[int, ...], scale_name: str, scale_shape: tuple[int, ...], block: tuple[int, int]
+) -> str:
     """How ``scale`` applies to ``weight``: ``tensor``, ``channel`` or ``block``; else a one-line error."""
     numel = math.prod(scale_shape)
     if numel == 1:
@@ -234,8 +240,9 @@ def check_scale(name: str, weight_shape: tuple[int, ...], scale_name: str, scale
     raise CheckpointError(f"scale {scale_name!r} of {name!r}: expected shape {expected}, found {tuple(scale_shape)}.")
 
 
-def dequantize(code: torch.Tensor, scale: torch.Tensor, how: str, block: tuple[int, int], r0: int = 0,
-               divisor: float = 1.0) -> torch.Tensor:
+def dequantize(
+    code: torch.Tensor, scale: torch.Tensor, how: str, block: tuple[int, int], r0: int = 0, divisor: float = 1.0
+) -> torch.Tensor:
     """float32 effective weights of the code rows ``code`` (which start at row ``r0`` of the tensor).
 
     ``how``: ``tensor`` (one scale), ``channel`` (one per row), ``block`` (``scale[i // bs0, j // bs1]``).
@@ -263,7 +270,9 @@ def dequantize(code: torch.Tensor, scale: torch.Tensor, how: str, block: tuple[i
 def _merge(parts: list[PairStats], options: SparsityOptions, shape: tuple[int, ...]) -> PairStats:
     first = parts[0]
     return replace(
-        first, numel=sum(p.numel for p in parts), changed=sum(p.changed for p in parts),
+        first,
+        numel=sum(p.numel for p in parts),
+        changed=sum(p.changed for p in parts),
         changed_tol=tuple(sum(c) for c in zip(*(p.changed_tol for p in parts), strict=True)),
         changed_rel=sum(p.changed_rel for p in parts),
         ulp_hist=tuple(sum(c) for c in zip(*(p.ulp_hist for p in parts), strict=True)),
@@ -271,7 +280,7 @@ def _merge(parts: list[PairStats], options: SparsityOptions, shape: tuple[int, .
         row_counts=np.concatenate([p.row_counts for p in parts]) if options.row_col else None,
         col_counts=np.sum([p.col_counts for p in parts], axis=0) if options.row_col else None,
         mask=torch.cat([p.mask.reshape(-1, *shape[1:]) for p in parts]) if options.keep_masks else None,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -283,9 +292,18 @@ class QuantStats:
     changed_effective: int
 
 
-def compare_quantized(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor, options: SparsityOptions,
-                      *, name: str, scale_names: tuple[str, str], block: tuple[int, int] = (DEFAULT_BLOCK, DEFAULT_BLOCK),
-                      divisor: float = 1.0) -> QuantStats:
+def compare_quantized(
+    a: torch.Tensor,
+    sa: torch.Tensor,
+    b: torch.Tensor,
+    sb: torch.Tensor,
+    options: SparsityOptions,
+    *,
+    name: str,
+    scale_names: tuple[str, str],
+    block: tuple[int, int] = (DEFAULT_BLOCK, DEFAULT_BLOCK),
+    divisor: float = 1.0,
+) -> QuantStats:
     """Codes ``a``/``b`` (FP8 or int8, shape (m, n) or 1-D) with scales ``sa``/``sb``: codes compared
     exactly, then both sides dequantised band by band (whole row blocks, ~1M entries: cache-sized)
     and compared by the float pass, whose results are merged across bands.
@@ -316,13 +334,21 @@ def compare_quantized(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: to
         eff = parts[0] if len(parts) == 1 else _merge(parts, options, tuple(a.shape))
         if eff.mask is not None:
             eff.mask = eff.mask.reshape(a.shape)
-    stats = replace(eff, changed=changed, ulp_hist=tuple(ulp_bins(changed, above)),
-                    dtype=str(a.dtype).replace("torch.", ""))  # fmt: skip
+    stats = replace(
+        eff, changed=changed, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype).replace("torch.", "")
+    )
     return QuantStats(stats, eff.changed)
 
 
-def effective(code: torch.Tensor, scale: torch.Tensor, form: TensorForm, block: tuple[int, int], *,
-              name: str = "tensor", scale_name: str = "scale") -> torch.Tensor:
+def effective(
+    code: torch.Tensor,
+    scale: torch.Tensor,
+    form: TensorForm,
+    block: tuple[int, int],
+    *,
+    name: str = "tensor",
+    scale_name: str = "scale",
+) -> torch.Tensor:
     """The whole float32 effective weight (for spectra, one matrix at a time)."""
     divisor = 127.0 if form.kind == "int8" else 1.0
     how = check_scale(name, tuple(code.shape), scale_name, tuple(scale.shape), block)
@@ -354,33 +380,46 @@ class FormLog:
             touched = sum(1 for e in ev if e[1])
             if kind.startswith("cast:"):
                 da, db = kind[5:].split(">")
-                out.append(f"Mixed precision: {n} tensor(s) stored as {da} in the base and {db} in the finetune "
-                           f"({ex}): compared at the finetune's stored dtype {db}, the base cast with "
-                           "round-to-nearest-even as saving would. --precision / the precision control override.")
+                out.append(
+                    f"Mixed precision: {n} tensor(s) stored as {da} in the base and {db} in the finetune "
+                    f"({ex}): compared at the finetune's stored dtype {db}, the base cast with "
+                    "round-to-nearest-even as saving would. --precision / the precision control override."
+                )
             elif kind == "buffer":
-                out.append(f"Buffers: {n} non-parameter tensor(s) ({ex}) compared bitwise: {changed:,} changed entries "
-                           f"in {touched}; listed under buffers, not counted in the weight sparsity.")
+                out.append(
+                    f"Buffers: {n} non-parameter tensor(s) ({ex}) compared bitwise: {changed:,} changed entries "
+                    f"in {touched}; listed under buffers, not counted in the weight sparsity."
+                )
             elif kind == "scale":
-                out.append(f"Quantization scales: {n} tensor(s) ({ex}) compared bitwise: {changed:,} of {numel:,} "
-                           f"scale values changed in {touched}. A changed block scale changes every weight of its "
-                           "block: changed_effective counts them, changed counts stored codes.")
+                out.append(
+                    f"Quantization scales: {n} tensor(s) ({ex}) compared bitwise: {changed:,} of {numel:,} "
+                    f"scale values changed in {touched}. A changed block scale changes every weight of its "
+                    "block: changed_effective counts them, changed counts stored codes."
+                )
             elif kind in ("fp8", "int8"):
                 rule = "code × scale[i // bs, j // bs]" if kind == "fp8" else "code × SCB[i] / 127"
-                out.append(f"{'FP8' if kind == 'fp8' else 'bitsandbytes int8'} weights: {n} tensor(s) ({ex}): "
-                           f"changed = stored codes that differ (ULP bins in code steps); changed_effective after "
-                           f"dequantising (w = {rule}, float32): {changed:,}. Masks, spectra and overlap use the "
-                           "effective Δ.")
+                out.append(
+                    f"{'FP8' if kind == 'fp8' else 'bitsandbytes int8'} weights: {n} tensor(s) ({ex}): "
+                    f"changed = stored codes that differ (ULP bins in code steps); changed_effective after "
+                    f"dequantising (w = {rule}, float32): {changed:,}. Masks, spectra and overlap use the "
+                    "effective Δ."
+                )
             elif kind.startswith("codes:"):
-                out.append(f"{kind[6:]}: {n} tensor(s) ({ex}) compared as stored codes only ({changed:,} changed); "
-                           "this format is not dequantised here, so there is no effective comparison.")
+                out.append(
+                    f"{kind[6:]}: {n} tensor(s) ({ex}) compared as stored codes only ({changed:,} changed); "
+                    "this format is not dequantised here, so there is no effective comparison."
+                )
             elif kind.startswith("forms:"):
-                out.append(f"Stored forms differ ({kind[6:]}): {n} tensor(s) ({ex}); the quantized side was "
-                           "dequantised (float32) and compared with the other at its stored dtype.")
+                out.append(
+                    f"Stored forms differ ({kind[6:]}): {n} tensor(s) ({ex}); the quantized side was "
+                    "dequantised (float32) and compared with the other at its stored dtype."
+                )
         return out
 
 
-def side_row(model: str, key: str, at, info, ck_base, ck, fa: TensorForm, fb: TensorForm, dev, log: FormLog,
-             i: int) -> dict:
+def side_row(
+    model: str, key: str, at, info, ck_base, ck, fa: TensorForm, fb: TensorForm, dev, log: FormLog, i: int
+) -> dict:
     """A buffer or scale pair, compared bitwise, as one row of the report's ``buffers`` table."""
     from subnetviz.checkpoints import read_aligned
 
@@ -389,13 +428,33 @@ def side_row(model: str, key: str, at, info, ck_base, ck, fa: TensorForm, fb: Te
     changed = compare_buffer(a, b)
     log.add(i, "buffer" if group == "buffers" else "scale", at.names[0], changed, b.numel())
     dtype = str(b.dtype).replace("torch.", "") + ("" if a.dtype == b.dtype else f" (base {str(a.dtype)[6:]})")
-    return {"model": model, "key": key, "name": at.names[0], "group": group, "layer": info.layer,
-            "module": info.module, "shape": "x".join(map(str, at.shape)), "numel": b.numel(), "dtype": dtype,
-            "changed": changed}  # fmt: skip
+    return {
+        "model": model,
+        "key": key,
+        "name": at.names[0],
+        "group": group,
+        "layer": info.layer,
+        "module": info.module,
+        "shape": "x".join(map(str, at.shape)),
+        "numel": b.numel(),
+        "dtype": dtype,
+        "changed": changed,
+    }
 
 
-def compare_aligned(a: torch.Tensor, b: torch.Tensor, fa: TensorForm, fb: TensorForm, at, ck_base, ck,
-                    options: SparsityOptions, dev, log: FormLog, i: int):
+def compare_aligned(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    fa: TensorForm,
+    fb: TensorForm,
+    at,
+    ck_base,
+    ck,
+    options: SparsityOptions,
+    dev,
+    log: FormLog,
+    i: int,
+):
     """One aligned weight pair in whatever form it is stored.
 
     Returns ``(PairStats, changed_effective, delta)`` where ``delta()`` gives the float64 Δ for
@@ -416,8 +475,17 @@ def compare_aligned(a: torch.Tensor, b: torch.Tensor, fa: TensorForm, fb: Tensor
         sa, sb = ck_base.get(fa.scale, dev), ck.get(fb.scale, dev)
         block = block_size(ck.config) if fa.kind == "fp8" else (1, 1)
         divisor = 127.0 if fa.kind == "int8" else 1.0
-        q = compare_quantized(a, sa, b, sb, options, name=name, scale_names=(fa.scale, fb.scale),
-                              block=block_size(ck_base.config) if fa.kind == "fp8" else block, divisor=divisor)
+        q = compare_quantized(
+            a,
+            sa,
+            b,
+            sb,
+            options,
+            name=name,
+            scale_names=(fa.scale, fb.scale),
+            block=block_size(ck_base.config) if fa.kind == "fp8" else block,
+            divisor=divisor,
+        )
         log.add(i, fa.kind, name, q.changed_effective)
 
         def delta():
@@ -430,8 +498,10 @@ def compare_aligned(a: torch.Tensor, b: torch.Tensor, fa: TensorForm, fb: Tensor
     ea = _as_float(a, fa, ck_base, dev, name)
     eb = _as_float(b, fb, ck, dev, name)
     if ea is None or eb is None:
-        raise CheckpointError(f"{name}: stored as {fa.label} in the base and {fb.label} in the finetune; codes "
-                              "without an effective form cannot be compared with another form.")
+        raise CheckpointError(
+            f"{name}: stored as {fa.label} in the base and {fb.label} in the finetune; codes "
+            "without an effective form cannot be compared with another form."
+        )
     target = b.dtype if fb.kind == "float" else a.dtype
     if options.precision is None:
         ea, eb = ea.to(target), eb.to(target)

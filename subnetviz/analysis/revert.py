@@ -105,8 +105,10 @@ def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, l
     names = {t.names[0] for t in builder.aligned.values()}
     unknown = [n for n in masks if n not in names]
     if unknown:
-        raise MaskError(f"mask {label!r}: {len(unknown)} tensor name(s) not in the base checkpoint, e.g. "
-                        f"{unknown[0]!r}.{suggest(unknown[0], names)}")  # fmt: skip
+        raise MaskError(
+            f"mask {label!r}: {len(unknown)} tensor name(s) not in the base checkpoint, e.g. "
+            f"{unknown[0]!r}.{suggest(unknown[0], names)}"
+        )
 
 
 def abs_delta_selector(builder: ModelBuilder, fraction: float, sample: int = 20_000_000, seed: int = 0) -> Selector:

@@ -135,7 +135,9 @@ def compare_runs(
             columns=["model", "accuracy"],
         )
     base = None if base_dir is None else str(base_dir)
-    return RunComparison(str(full_dir), str(sub_dir), base, per_tensor, hist, vs_base, accuracy, unmatched, base_unmatched)
+    return RunComparison(
+        str(full_dir), str(sub_dir), base, per_tensor, hist, vs_base, accuracy, unmatched, base_unmatched
+    )
 
 
 def _compare(ck_full: Checkpoint, ck_sub: Checkpoint, ck_base: Checkpoint | None, options: SparsityOptions):
@@ -161,7 +163,9 @@ def _compare(ck_full: Checkpoint, ck_sub: Checkpoint, ck_base: Checkpoint | None
         check_finite(b, f"subnetwork run {ck_sub.spec} :: {t.names[1]}")
         st = compare_pair(a, b, options, name=name)
         rows.append((name, dtype, n, "exact", 0.0, n - st.changed))
-        rows.extend((name, dtype, n, "atol", tol, n - c) for tol, c in zip(options.tolerances, st.changed_tol, strict=True))
+        rows.extend(
+            (name, dtype, n, "atol", tol, n - c) for tol, c in zip(options.tolerances, st.changed_tol, strict=True)
+        )
         ulp_counts += [n - st.changed, *st.ulp_hist]
         if ck_base is None:
             continue

@@ -88,15 +88,22 @@ def checkpoint_series(
         never += c.numel - c.ever
     if progress:
         progress(len(todo), len(todo), "done")
-    rows = pd.DataFrame({
-        "step": steps[1:], "changed_vs_first": vs_first, "changed_vs_previous": vs_prev,
-        "vs_first": [1 - c / numel for c in vs_first], "vs_previous": [1 - c / numel for c in vs_prev],
-        "ever_updated": [c / numel for c in ever_back],
-    })  # fmt: skip
-    split = pd.DataFrame({
-        "part": ["never updated", "updated, unchanged at the end", "final subnetwork"],
-        "count": [never, cancelled, final],
-    })  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "step": steps[1:],
+            "changed_vs_first": vs_first,
+            "changed_vs_previous": vs_prev,
+            "vs_first": [1 - c / numel for c in vs_first],
+            "vs_previous": [1 - c / numel for c in vs_prev],
+            "ever_updated": [c / numel for c in ever_back],
+        }
+    )
+    split = pd.DataFrame(
+        {
+            "part": ["never updated", "updated, unchanged at the end", "final subnetwork"],
+            "count": [never, cancelled, final],
+        }
+    )
     split["share"] = split["count"] / numel
     return SeriesResult(rows, split, numel)
 

@@ -135,8 +135,16 @@ def _changed_stats(xi, yi, dtype: torch.dtype, ctype: torch.dtype, options: Spar
     return float(d.max()), tol, rel, counts_above(dist, ULP_EDGES, xp), d
 
 
-def _fused_chunk_stats(xi, yi, dtype: torch.dtype, ctype: torch.dtype, tolerances: tuple[float, ...], eta: float,
-                       rel_is_nonzero: bool, mask_tolerance: float | None):  # fmt: skip
+def _fused_chunk_stats(
+    xi,
+    yi,
+    dtype: torch.dtype,
+    ctype: torch.dtype,
+    tolerances: tuple[float, ...],
+    eta: float,
+    rel_is_nonzero: bool,
+    mask_tolerance: float | None,
+):
     """:func:`_changed_stats` of a whole chunk as branch-free torch ops with no host synchronisation
     (8-, 16- and 32-bit types), so ``torch.compile`` fuses it into one kernel on a GPU.
 
@@ -179,8 +187,11 @@ def _chunk_kernel(device: torch.device) -> Callable:
             try:
                 return compiled(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 (any compiler failure: fall back, never fail the analysis)
-                warnings.warn(f"torch.compile of the comparison kernel failed ({type(exc).__name__}: {exc}); "
-                              "running it eagerly.", RuntimeWarning, stacklevel=2)  # fmt: skip
+                warnings.warn(
+                    f"torch.compile of the comparison kernel failed ({type(exc).__name__}: {exc}); running it eagerly.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 _COMPILED["cuda"] = _fused_chunk_stats
                 return _fused_chunk_stats(*args, **kwargs)
 
@@ -293,12 +304,17 @@ def compare_pair(
     # bin 0 ("1 ULP") also holds the bit changes at distance 0 (-0 vs +0): every changed entry is binned
     ulp = ulp_bins(changed, above_edge)
     return PairStats(
-        numel=a.numel(), dtype=str(a.dtype).replace("torch.", ""), changed=changed,
-        changed_tol=tuple(tol_counts), changed_rel=rel, ulp_hist=tuple(ulp), max_abs_delta=max_d,
+        numel=a.numel(),
+        dtype=str(a.dtype).replace("torch.", ""),
+        changed=changed,
+        changed_tol=tuple(tol_counts),
+        changed_rel=rel,
+        ulp_hist=tuple(ulp),
+        max_abs_delta=max_d,
         row_counts=row_counts.cpu().numpy() if row_counts is not None else None,
         col_counts=col_counts.cpu().numpy() if col_counts is not None else None,
         mask=mask.reshape(a.shape).cpu() if mask is not None else None,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -400,30 +416,49 @@ class SparsityReport:
     def special_by_module(self) -> pd.DataFrame:
         """:meth:`special` summed per module kind (all attention norms together, ...): group, changed, numel, sparsity."""
         t = self.special()
-        g = t.groupby("module", sort=False).agg(changed=("changed", "sum"), numel=("numel", "sum"),
-                                                 tensors=("key", "count")).reset_index()  # fmt: skip
+        g = (
+            t.groupby("module", sort=False)
+            .agg(changed=("changed", "sum"), numel=("numel", "sum"), tensors=("key", "count"))
+            .reset_index()
+        )
         g["sparsity"] = 1.0 - g["changed"] / g["numel"].clip(lower=1)
         return g.rename(columns={"module": "group"}).assign(model=self.model)
 
     def summary(self) -> dict:
         sw = self.sweep()
         return {
-            "model": self.model, "base": self.base, "numel": self.numel, "changed": self.changed,
-            "sparsity": self.sparsity, "density": 1.0 - self.sparsity,
+            "model": self.model,
+            "base": self.base,
+            "numel": self.numel,
+            "changed": self.changed,
+            "sparsity": self.sparsity,
+            "density": 1.0 - self.sparsity,
             "mean_tensor_sparsity": float(self.tensors["sparsity"].mean()) if len(self.tensors) else float("nan"),
             "sweep": {r.criterion: r.sparsity for r in sw.itertuples()},
-            "precision": self.options.precision or "stored", "notes": self.notes,
-        }  # fmt: skip
+            "precision": self.options.precision or "stored",
+            "notes": self.notes,
+        }
 
 
 def stats_row(model: str, key: str, name: str, info, shape, st: PairStats, options: SparsityOptions) -> dict:
     row = {
-        "model": model, "key": key, "name": name, "layer": info.layer, "block": info.block,
-        "module": info.module, "param": info.param, "shape": "x".join(str(s) for s in shape),
-        "ndim": len(shape), "numel": st.numel, "dtype": st.dtype, "changed": st.changed,
+        "model": model,
+        "key": key,
+        "name": name,
+        "layer": info.layer,
+        "block": info.block,
+        "module": info.module,
+        "param": info.param,
+        "shape": "x".join(str(s) for s in shape),
+        "ndim": len(shape),
+        "numel": st.numel,
+        "dtype": st.dtype,
+        "changed": st.changed,
         "sparsity": 1.0 - st.changed / st.numel if st.numel else float("nan"),
-        "changed_rel": st.changed_rel, "max_abs_delta": st.max_abs_delta, "ulp_hist": st.ulp_hist,
-    }  # fmt: skip
+        "changed_rel": st.changed_rel,
+        "max_abs_delta": st.max_abs_delta,
+        "ulp_hist": st.ulp_hist,
+    }
     for t, c in zip(options.tolerances, st.changed_tol, strict=True):
         row[f"changed@{t:g}"] = c
     return row

@@ -52,9 +52,27 @@ ProgressFn = Callable[[int, int, str], None]
 METHODS = ("auto", "gram", "randomized", "svd")
 _CHUNK_ELEMENTS = 1 << 24  # float64 chunk of the long side: 128 MB
 SUBSPACES_VERSION = 1  # bump when the same inputs would give different numbers or files
-COLUMNS = ["model", "name", "layer", "module", "rows", "cols", "k", "method", "angle_left_max", "angle_right_max", "angle_left_mean",
-           "angle_right_mean", "sv_ratio_mean", "sv_ratio_maxdev", "principal_overlap", "principal_overlap_chance",
-           "changed", "gap", "seconds"]  # fmt: skip
+COLUMNS = [
+    "model",
+    "name",
+    "layer",
+    "module",
+    "rows",
+    "cols",
+    "k",
+    "method",
+    "angle_left_max",
+    "angle_right_max",
+    "angle_left_mean",
+    "angle_right_mean",
+    "sv_ratio_mean",
+    "sv_ratio_maxdev",
+    "principal_overlap",
+    "principal_overlap_chance",
+    "changed",
+    "gap",
+    "seconds",
+]
 
 
 @dataclass(frozen=True)
@@ -118,13 +136,26 @@ class SubspaceResult:
     def row(self) -> dict:
         finite = self.sv_ratio[np.isfinite(self.sv_ratio)]
         mean = float(finite.mean()) if finite.size else float("nan")
-        return {"name": self.name, "layer": self.layer, "module": self.module, "rows": self.shape[0], "cols": self.shape[1], "k": self.k, "method": self.method,
-                "angle_left_max": float(self.angles_left.max()), "angle_right_max": float(self.angles_right.max()),
-                "angle_left_mean": float(self.angles_left.mean()), "angle_right_mean": float(self.angles_right.mean()),
-                "sv_ratio_mean": mean,
-                "sv_ratio_maxdev": float(np.abs(finite - mean).max()) if finite.size else float("nan"),
-                "principal_overlap": self.principal_overlap, "principal_overlap_chance": self.principal_overlap_chance,
-                "changed": self.changed, "gap": self.gap, "seconds": self.seconds}  # fmt: skip
+        return {
+            "name": self.name,
+            "layer": self.layer,
+            "module": self.module,
+            "rows": self.shape[0],
+            "cols": self.shape[1],
+            "k": self.k,
+            "method": self.method,
+            "angle_left_max": float(self.angles_left.max()),
+            "angle_right_max": float(self.angles_right.max()),
+            "angle_left_mean": float(self.angles_left.mean()),
+            "angle_right_mean": float(self.angles_right.mean()),
+            "sv_ratio_mean": mean,
+            "sv_ratio_maxdev": float(np.abs(finite - mean).max()) if finite.size else float("nan"),
+            "principal_overlap": self.principal_overlap,
+            "principal_overlap_chance": self.principal_overlap_chance,
+            "changed": self.changed,
+            "gap": self.gap,
+            "seconds": self.seconds,
+        }
 
 
 @dataclass
@@ -144,9 +175,18 @@ class SubspaceTable:
         parts = []
         for m, rs in self.results.items():
             for r in rs:
-                parts.append(pd.DataFrame({"model": m, "name": r.name, "index": np.arange(r.k),
-                                           "angle_left": r.angles_left, "angle_right": r.angles_right,
-                                           "sv_ratio": r.sv_ratio}))  # fmt: skip
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "model": m,
+                            "name": r.name,
+                            "index": np.arange(r.k),
+                            "angle_left": r.angles_left,
+                            "angle_right": r.angles_right,
+                            "sv_ratio": r.sv_ratio,
+                        }
+                    )
+                )
         if not parts:
             return pd.DataFrame(columns=["model", "name", "index", "angle_left", "angle_right", "sv_ratio"])
         return pd.concat(parts, ignore_index=True)
@@ -179,8 +219,9 @@ def _mul64(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def top_k(w: torch.Tensor, k: int, *, method: str = "gram", oversample: int = 16, power_iters: int = 4,
-          seed: int = 0) -> TopK:  # fmt: skip
+def top_k(
+    w: torch.Tensor, k: int, *, method: str = "gram", oversample: int = 16, power_iters: int = 4, seed: int = 0
+) -> TopK:
     """Top-``k`` singular subspaces and values of ``w`` (m, n) by ``method`` (gram, randomized, svd)."""
     m, n = w.shape
     if m < n:  # work on the tall orientation; swap sides back at the end
@@ -259,16 +300,23 @@ def principal_mask(w: torch.Tensor, right: torch.Tensor, count: int) -> torch.Te
     return mask.view(m, n)
 
 
-def compare_subspaces(name: str, base: torch.Tensor, ft: torch.Tensor, options: SubspaceOptions = SubspaceOptions(),
-                      *, base_top: TopK | None = None) -> SubspaceResult:  # fmt: skip
+def compare_subspaces(
+    name: str,
+    base: torch.Tensor,
+    ft: torch.Tensor,
+    options: SubspaceOptions = SubspaceOptions(),
+    *,
+    base_top: TopK | None = None,
+) -> SubspaceResult:
     """The subspace comparison of one (m, n) matrix pair (stored dtype; same shape).
 
     ``base_top``: the base's :class:`TopK` when already computed (one decomposition per base
     matrix, whatever the number of finetuned models).
     """
     if base.shape != ft.shape or base.dim() != 2:
-        raise ConfigError(f"{name}: subspaces need two 2-D matrices of one shape, got {tuple(base.shape)} and "
-                          f"{tuple(ft.shape)}.")  # fmt: skip
+        raise ConfigError(
+            f"{name}: subspaces need two 2-D matrices of one shape, got {tuple(base.shape)} and {tuple(ft.shape)}."
+        )
     t0 = time.perf_counter()
     shape = (int(base.shape[0]), int(base.shape[1]))
     k = options.k_for(shape)
@@ -280,16 +328,39 @@ def compare_subspaces(name: str, base: torch.Tensor, ft: torch.Tensor, options: 
     numel = base.numel()
     if not changed:  # identical bits: the same subspaces exactly (no round-off angle of 1e-14°)
         zeros = np.zeros(tb.sigma.size)
-        return SubspaceResult(name, shape, k, tb.method, zeros, zeros.copy(), np.where(tb.sigma > 0, 1.0, np.nan),
-                              float("nan"), 0.0, 0, _gap(tb), time.perf_counter() - t0)  # fmt: skip
+        return SubspaceResult(
+            name,
+            shape,
+            k,
+            tb.method,
+            zeros,
+            zeros.copy(),
+            np.where(tb.sigma > 0, 1.0, np.nan),
+            float("nan"),
+            0.0,
+            0,
+            _gap(tb),
+            time.perf_counter() - t0,
+        )
     tf = top_k(ft, k, **kw)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(tb.sigma > 0, tf.sigma / tb.sigma, np.nan)
     pm = principal_mask(base, tb.right, changed)
     overlap = float((pm & changed_mask).sum()) / changed
-    return SubspaceResult(name, shape, k, tb.method, principal_angles(tb.left, tf.left),
-                          principal_angles(tb.right, tf.right), ratio, overlap, changed / numel if numel else 0.0,
-                          changed, _gap(tb), time.perf_counter() - t0)  # fmt: skip
+    return SubspaceResult(
+        name,
+        shape,
+        k,
+        tb.method,
+        principal_angles(tb.left, tf.left),
+        principal_angles(tb.right, tf.right),
+        ratio,
+        overlap,
+        changed / numel if numel else 0.0,
+        changed,
+        _gap(tb),
+        time.perf_counter() - t0,
+    )
 
 
 def _gap(t: TopK) -> float:
@@ -348,8 +419,14 @@ def analyze_subspaces(
             k = options.k_for(tuple(a.shape))
             if at.rows not in base_top:
                 method = choose_method(tuple(a.shape), options)
-                base_top[at.rows] = top_k(a, k, method=method, oversample=options.oversample,
-                                          power_iters=options.power_iters, seed=options.seed)  # fmt: skip
+                base_top[at.rows] = top_k(
+                    a,
+                    k,
+                    method=method,
+                    oversample=options.oversample,
+                    power_iters=options.power_iters,
+                    seed=options.seed,
+                )
             res = compare_subspaces(at.names[0], a, b, options, base_top=base_top[at.rows])
             info = table.describe(at.names[0])
             out.results[lab].append(replace(res, layer=info.layer, module=info.module))
@@ -358,8 +435,10 @@ def analyze_subspaces(
         progress(len(keys), len(keys), "done")
     methods = sorted({r.method for rs in out.results.values() for r in rs})
     if "randomized" in methods:
-        out.notes.append(f"subspaces: matrices with a side over {options.max_dim} used randomized SVD "
-                         f"(q = K + {options.oversample}, {options.power_iters} power iterations, float32).")  # fmt: skip
+        out.notes.append(
+            f"subspaces: matrices with a side over {options.max_dim} used randomized SVD "
+            f"(q = K + {options.oversample}, {options.power_iters} power iterations, float32)."
+        )
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -377,16 +456,29 @@ def read_subspaces(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFram
     return pd.read_csv(folder / "subspaces.csv"), pd.read_parquet(folder / "subspaces.parquet")
 
 
-def cached_subspaces(base: str, finetuned: Sequence[str], *, labels: Sequence[str], options: SubspaceOptions =
-                     SubspaceOptions(), device: str = "auto", progress: ProgressFn | None = None,
-                     cache_root: str | os.PathLike | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+def cached_subspaces(
+    base: str,
+    finetuned: Sequence[str],
+    *,
+    labels: Sequence[str],
+    options: SubspaceOptions = SubspaceOptions(),
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    cache_root: str | os.PathLike | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`analyze_subspaces` through the on-disk cache, keyed by fingerprints, labels and options."""
     from subnetviz.checkpoints import open_checkpoint
 
     ck_base = open_checkpoint(base)
     cks = [open_checkpoint(f) for f in finetuned]
-    key = _cache.cache_key("subspaces", SUBSPACES_VERSION, base=ck_base.fingerprint,
-                           finetuned=[c.fingerprint for c in cks], labels=list(labels), options=options)  # fmt: skip
+    key = _cache.cache_key(
+        "subspaces",
+        SUBSPACES_VERSION,
+        base=ck_base.fingerprint,
+        finetuned=[c.fingerprint for c in cks],
+        labels=list(labels),
+        options=options,
+    )
     ent = _cache.entry("subspaces", key, root=cache_root)
     if not ent.ready:
         table = analyze_subspaces(ck_base, cks, labels=labels, options=options, device=device, progress=progress)

@@ -145,14 +145,14 @@ def analyze_updates(
     spec_results: list[list] = [[] for _ in cks]
     # Walk the base's tensors in order; each finetuned model contributes where it aligns.
     per_key = [{t.key: t for t in al.tensors} for al in alignments]
-    keys = [t.key for t in alignments[0].tensors] + [
-        k for pk in per_key[1:] for k in pk if k not in per_key[0]
-    ]
+    keys = [t.key for t in alignments[0].tensors] + [k for pk in per_key[1:] for k in pk if k not in per_key[0]]
     keys = list(dict.fromkeys(keys))
     unknown = [n for n in table.unmatched(ck_base.names) if forms_base[n].kind not in ("buffer", "scale")]
     if unknown:
-        notes.append(f"{len(unknown)} tensor(s) match no {table.family or 'known'} naming table and are labelled 'other' "
-                     f"(e.g. {', '.join(unknown[:5])}); per-module views leave them out of every module.")  # fmt: skip
+        notes.append(
+            f"{len(unknown)} tensor(s) match no {table.family or 'known'} naming table and are labelled 'other' "
+            f"(e.g. {', '.join(unknown[:5])}); per-module views leave them out of every module."
+        )
     side: list[list[dict]] = [[] for _ in cks]
     log = FormLog()
 
@@ -195,7 +195,8 @@ def analyze_updates(
             rows[i][-1]["expert"] = None if info.expert is None else str(info.expert)
             split = fused_part_rows(table, at.names[0], key, at.shape, st) or [
                 {"key": key, "module": m, "numel": n, "changed": c}
-                for m, n, c in table.part_counts(at.names[0], at.shape, st.row_counts, st.col_counts)]  # fmt: skip
+                for m, n, c in table.part_counts(at.names[0], at.shape, st.row_counts, st.col_counts)
+            ]
             parts[i].extend(split)
             if st.mask is not None:
                 masks[i].add(at.names[0], st.mask)
@@ -203,9 +204,17 @@ def analyze_updates(
                 row_col[i][key] = (st.row_counts, st.col_counts)
             if spectra is not None and spectra.enabled and a.dim() == 2 and delta_fn is not None:
                 delta = delta_fn()
-                spec_results[i].append(update_spectrum(
-                    key, delta, baseline=spectra.baseline, seed=spectra.seed, method=spectra.method,
-                    max_dim=spectra.max_dim, device=dev))  # fmt: skip
+                spec_results[i].append(
+                    update_spectrum(
+                        key,
+                        delta,
+                        baseline=spectra.baseline,
+                        seed=spectra.seed,
+                        method=spectra.method,
+                        max_dim=spectra.max_dim,
+                        device=dev,
+                    )
+                )
                 del delta
             del b
         loaded.clear()  # freed before the next step's tensors arrive: at most two steps in memory
@@ -214,13 +223,23 @@ def analyze_updates(
     reports = []
     for i in range(len(cks)):
         df = pd.DataFrame(rows[i])
-        rep = SparsityReport(labels[i], ck_base.spec, options, df, masks[i], row_col[i],
-                             pd.DataFrame(parts[i], columns=["key", "module", "numel", "changed"]),
-                             notes + getattr(cks[i], "notes", []) + log.notes(i) + alignments[i].report(),
-                             pd.DataFrame(side[i], columns=SIDE_COLUMNS))  # fmt: skip
+        rep = SparsityReport(
+            labels[i],
+            ck_base.spec,
+            options,
+            df,
+            masks[i],
+            row_col[i],
+            pd.DataFrame(parts[i], columns=["key", "module", "numel", "changed"]),
+            notes + getattr(cks[i], "notes", []) + log.notes(i) + alignments[i].report(),
+            pd.DataFrame(side[i], columns=SIDE_COLUMNS),
+        )
         reports.append(rep)
-    spec = {labels[i]: SpectrumTable(tuple(spec_results[i])) for i in range(len(cks))} if (
-        spectra is not None and spectra.enabled) else None  # fmt: skip
+    spec = (
+        {labels[i]: SpectrumTable(tuple(spec_results[i])) for i in range(len(cks))}
+        if (spectra is not None and spectra.enabled)
+        else None
+    )
     overlap = None
     if len(cks) >= 2 and options.keep_masks:
         common = set.intersection(*(set(m) for m in masks))
@@ -229,8 +248,7 @@ def analyze_updates(
     # Per-model notes on stored forms (buffers, mixed precision, FP8 / int8 / codes, adapters) also at the
     # analysis level, labelled, where the pages list notes.
     notes = notes + [f"{labels[i]}: {n}" for i in range(len(cks)) for n in getattr(cks[i], "notes", []) + log.notes(i)]
-    return UpdateAnalysis(ck_base.spec, labels, reports, spec, None, None, overlap, notes,
-                          time.perf_counter() - t0)  # fmt: skip
+    return UpdateAnalysis(ck_base.spec, labels, reports, spec, None, None, overlap, notes, time.perf_counter() - t0)
 
 
 def prefetched(items: Sequence, load: Callable) -> Iterator:
@@ -310,19 +328,31 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
     tensors = pd.concat(frames, ignore_index=True)
     spec = analysis.spectra_table()
     if len(spec):
-        ranks = spec[["model", "name", "rank", "rank_frac", "effective_rank_99", "stable_rank", "baseline_rank",
-                      "baseline_rank_frac"]].rename(columns={"name": "key"})
+        ranks = spec[
+            [
+                "model",
+                "name",
+                "rank",
+                "rank_frac",
+                "effective_rank_99",
+                "stable_rank",
+                "baseline_rank",
+                "baseline_rank_frac",
+            ]
+        ].rename(columns={"name": "key"})
         tensors = tensors.merge(ranks, on=["model", "key"], how="left")
         spec.to_csv(folder / "spectra.csv", index=False)
         analysis.sigmas().to_parquet(folder / "sigma.parquet", index=False)
     else:
         tensors["rank"] = pd.array([pd.NA] * len(tensors), dtype="Int64")
     tensors.to_csv(folder / "tensors.csv", index=False)
-    pd.concat([r.parts.assign(model=r.model) for r in analysis.reports if r.parts is not None],
-              ignore_index=True).to_csv(folder / "parts.csv", index=False)  # fmt: skip
+    pd.concat(
+        [r.parts.assign(model=r.model) for r in analysis.reports if r.parts is not None], ignore_index=True
+    ).to_csv(folder / "parts.csv", index=False)
     side = [r.buffers.assign(model=r.model) for r in analysis.reports if r.buffers is not None and len(r.buffers)]
     (pd.concat(side, ignore_index=True) if side else pd.DataFrame(columns=SIDE_COLUMNS)).to_csv(
-        folder / "buffers.csv", index=False)  # fmt: skip
+        folder / "buffers.csv", index=False
+    )
     rc = {}
     for r in analysis.reports:
         for key, (rows_, cols_) in r.row_col.items():
@@ -333,14 +363,19 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
     mask_files = {}
     for r in analysis.reports:
         if r.masks:
-            meta = {"method": "update mask", "base": r.base, "model": r.model,
-                    "tolerance": r.options.mask_tolerance if r.options.mask_tolerance is not None else "exact",
-                    "precision": r.options.precision or "stored"}  # fmt: skip
+            meta = {
+                "method": "update mask",
+                "base": r.base,
+                "model": r.model,
+                "tolerance": r.options.mask_tolerance if r.options.mask_tolerance is not None else "exact",
+                "precision": r.options.precision or "stored",
+            }
             if "rows_compared" in r.tensors:  # resized vocabularies: the mask covers the shared rows only
                 shared = r.tensors.dropna(subset=["rows_compared"])
                 if len(shared):
-                    meta["shared_rows_only"] = {n: int(k) for n, k in zip(shared["name"], shared["rows_compared"],
-                                                                          strict=True)}  # fmt: skip
+                    meta["shared_rows_only"] = {
+                        n: int(k) for n, k in zip(shared["name"], shared["rows_compared"], strict=True)
+                    }
             fname = f"{_safe(r.model)}.safetensors"
             save_mask_set(folder / "masks" / fname, MaskSet(r.masks, meta))
             mask_files[r.model] = f"masks/{fname}"
@@ -353,12 +388,17 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
         reg.to_csv(folder / "overlap_regions.csv", index=False)
         ov.consensus.to_csv(folder / "overlap_consensus.csv", index=False)
     summary = {
-        **version_info(), "base": analysis.base, "labels": analysis.labels,
+        **version_info(),
+        "base": analysis.base,
+        "labels": analysis.labels,
         "models": {r.model: r.summary() for r in analysis.reports},
         "sparsity": {r.model: r.sparsity for r in analysis.reports},
         "options": asdict(analysis.reports[0].options) if analysis.reports else {},
-        "mask_files": mask_files, "notes": analysis.notes, "seconds": analysis.seconds, "params": params or {},
-    }  # fmt: skip
+        "mask_files": mask_files,
+        "notes": analysis.notes,
+        "seconds": analysis.seconds,
+        "params": params or {},
+    }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
@@ -374,8 +414,12 @@ def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
     parts = pd.read_csv(out / "parts.csv") if (out / "parts.csv").exists() else pd.DataFrame()
     side = pd.read_csv(out / "buffers.csv") if (out / "buffers.csv").exists() else pd.DataFrame(columns=SIDE_COLUMNS)
     opts = summary.get("options") or {}
-    options = SparsityOptions(tolerances=tuple(opts.get("tolerances", ())), eta=opts.get("eta", 1e-3),
-                              precision=opts.get("precision"), mask_tolerance=opts.get("mask_tolerance"))
+    options = SparsityOptions(
+        tolerances=tuple(opts.get("tolerances", ())),
+        eta=opts.get("eta", 1e-3),
+        precision=opts.get("precision"),
+        mask_tolerance=opts.get("mask_tolerance"),
+    )
     rc = np.load(out / "row_col.npz")
     reports = []
     for label in summary["labels"]:
@@ -390,12 +434,25 @@ def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
                 rowcol[key] = (rc[k], rc[f"{prefix}{key}::cols"])
         p = parts[parts["model"] == label].drop(columns=["model"]) if len(parts) else None
         buf = side[side["model"] == label].reset_index(drop=True)
-        reports.append(SparsityReport(label, summary["base"], options, df, {}, rowcol, p,
-                                      summary["models"][label].get("notes", []), buf))  # fmt: skip
+        reports.append(
+            SparsityReport(
+                label, summary["base"], options, df, {}, rowcol, p, summary["models"][label].get("notes", []), buf
+            )
+        )
     spectra_frame = pd.read_csv(out / "spectra.csv") if (out / "spectra.csv").exists() else None
     sigma = pd.read_parquet(out / "sigma.parquet") if (out / "sigma.parquet").exists() else None
-    return UpdateAnalysis(summary["base"], summary["labels"], reports, None, spectra_frame, sigma, None,
-                          summary.get("notes", []), summary.get("seconds", 0.0), out)  # fmt: skip
+    return UpdateAnalysis(
+        summary["base"],
+        summary["labels"],
+        reports,
+        None,
+        spectra_frame,
+        sigma,
+        None,
+        summary.get("notes", []),
+        summary.get("seconds", 0.0),
+        out,
+    )
 
 
 def mask_path(analysis_dir: str | os.PathLike, label: str) -> Path:
@@ -406,15 +463,27 @@ def mask_path(analysis_dir: str | os.PathLike, label: str) -> Path:
 UPDATES_VERSION = 2  # bump when the analysis would write different numbers or files for the same inputs
 
 
-def cache_key(base: Checkpoint, finetuned: Sequence[Checkpoint], labels: Sequence[str], options: SparsityOptions,
-              spectra: SpectraOptions | None) -> str:
+def cache_key(
+    base: Checkpoint,
+    finetuned: Sequence[Checkpoint],
+    labels: Sequence[str],
+    options: SparsityOptions,
+    spectra: SpectraOptions | None,
+) -> str:
     """The cache key of an update analysis: every checkpoint's fingerprint, the labels and every option.
 
     The ULP bin edges are part of the key too: the tables hold one column per bin.
     """
-    return _cache.cache_key("updates", UPDATES_VERSION, base=base.fingerprint,
-                            finetuned=[c.fingerprint for c in finetuned], labels=list(labels), options=options,
-                            spectra=spectra, ulp_bins=list(ULP_LABELS))  # fmt: skip
+    return _cache.cache_key(
+        "updates",
+        UPDATES_VERSION,
+        base=base.fingerprint,
+        finetuned=[c.fingerprint for c in finetuned],
+        labels=list(labels),
+        options=options,
+        spectra=spectra,
+        ulp_bins=list(ULP_LABELS),
+    )
 
 
 def cached_analysis(
@@ -437,8 +506,9 @@ def cached_analysis(
     ent = _cache.entry("updates", cache_key(ck_base, cks, labels, options, spectra), root=cache_root)
     hit, notice = ent.status()  # a damaged entry is removed here and computed again
     if not hit:
-        analysis = analyze_updates(ck_base, cks, labels=labels, options=options, spectra=spectra, device=device,
-                                   progress=progress)  # fmt: skip
+        analysis = analyze_updates(
+            ck_base, cks, labels=labels, options=options, spectra=spectra, device=device, progress=progress
+        )
         with ent.publish() as folder:
             _write_files(analysis, folder, {"base": base, "finetuned": list(finetuned)})
     result = read_analysis(ent.folder)
@@ -446,4 +516,3 @@ def cached_analysis(
     if notice:
         result.notes = [notice, *result.notes]
     return result
-

@@ -157,8 +157,16 @@ def analyse_mask_file(
     from subnetviz.bigram.maskable import check_mask_fits, model_folder
     from subnetviz.masks import load_mask_set
 
-    cfg = validate_config(BigramJobConfig(model=str(model), corpus=corpus, eval_sequences=eval_sequences, seed=seed,
-                                          bigram=bigram or None, seq_len=seq_len or None))  # fmt: skip
+    cfg = validate_config(
+        BigramJobConfig(
+            model=str(model),
+            corpus=corpus,
+            eval_sequences=eval_sequences,
+            seed=seed,
+            bigram=bigram or None,
+            seq_len=seq_len or None,
+        )
+    )
     net, _, evalc, table = prepare(cfg)
     ms = load_mask_set(mask)
     check_mask_fits(net, ms, where=str(mask))

@@ -113,9 +113,16 @@ class BigramTable:
         cache = self.__dict__.setdefault("_csr", {})
         if str(dev) not in cache:
             p = self.probs
-            cache[str(dev)] = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (
-                p.indptr.astype(np.int64), p.indices.astype(np.int64), p.data.astype(np.float32),
-                self.seen(), self.unigram.astype(np.float32)))  # fmt: skip
+            cache[str(dev)] = tuple(
+                torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+                for a in (
+                    p.indptr.astype(np.int64),
+                    p.indices.astype(np.int64),
+                    p.data.astype(np.float32),
+                    self.seen(),
+                    self.unigram.astype(np.float32),
+                )
+            )
         crow, col, val, seen, unigram = cache[str(dev)]
         starts, ends = crow[contexts], crow[contexts + 1]
         lengths = ends - starts

@@ -21,8 +21,18 @@ from subnetviz.bigram.locate import OverlapReport
 from subnetviz.bigram.residual import ResidualReport
 from subnetviz.cache import atomic_folder, cache_key, entry, file_stamp
 
-_OVERLAP_SCALARS = ("n_total", "kept0", "kept1", "shared", "overlap", "expected_uniform", "expected_rows",
-                    "p_uniform", "p_rows", "share_of_0_in_1")  # fmt: skip
+_OVERLAP_SCALARS = (
+    "n_total",
+    "kept0",
+    "kept1",
+    "shared",
+    "overlap",
+    "expected_uniform",
+    "expected_rows",
+    "p_uniform",
+    "p_rows",
+    "share_of_0_in_1",
+)
 
 
 def save_analysis(folder: str | os.PathLike, result: SubnetworkAnalysis, gens: pd.DataFrame | None) -> Path:
@@ -63,9 +73,13 @@ def load_analysis(folder: str | os.PathLike) -> tuple[SubnetworkAnalysis, pd.Dat
         null = np.load(f / "overlap_null.npz")
         overlap = OverlapReport(**scalars, null_uniform=null["uniform"], null_rows=null["rows"])
     result = SubnetworkAnalysis(
-        AblationReport(pd.read_parquet(f / "ablation.parquet")), pd.read_parquet(f / "shares.parquet"),
-        pd.read_parquet(f / "split.parquet"), residual, overlap, json.loads((f / "headline.json").read_text()),
-    )  # fmt: skip
+        AblationReport(pd.read_parquet(f / "ablation.parquet")),
+        pd.read_parquet(f / "shares.parquet"),
+        pd.read_parquet(f / "split.parquet"),
+        residual,
+        overlap,
+        json.loads((f / "headline.json").read_text()),
+    )
     gens = pd.read_parquet(f / "generations.parquet") if (f / "generations.parquet").exists() else None
     return result, gens
 
@@ -86,13 +100,21 @@ def analysis_key(model: str, mask: str, corpus: str = "zoo", optimal: str | None
     corpus_stamp = file_stamp(zoo_bigram_path()) if corpus == "zoo" else file_stamp(corpus)
     if str(corpus).startswith("hf:"):
         corpus_stamp = str(corpus)  # a dataset in the local HF cache, named by its id
-    return cache_key("bigram", BIGRAM_VERSION, model=open_checkpoint(model_folder(model)).fingerprint,
-                     mask=file_stamp(mask), optimal=file_stamp(optimal), corpus=corpus, corpus_file=corpus_stamp,
-                     options=PAGE_OPTIONS)  # fmt: skip
+    return cache_key(
+        "bigram",
+        BIGRAM_VERSION,
+        model=open_checkpoint(model_folder(model)).fingerprint,
+        mask=file_stamp(mask),
+        optimal=file_stamp(optimal),
+        corpus=corpus,
+        corpus_file=corpus_stamp,
+        options=PAGE_OPTIONS,
+    )
 
 
-def cached_mask_analysis(model: str, mask: str, corpus: str = "zoo", optimal: str | None = None,
-                         cache_root: str | os.PathLike | None = None):  # fmt: skip
+def cached_mask_analysis(
+    model: str, mask: str, corpus: str = "zoo", optimal: str | None = None, cache_root: str | os.PathLike | None = None
+):
     """:func:`subnetviz.bigram.job.analyse_mask_file` through the on-disk cache: ``(result, generations)``.
 
     Entries live in ``cache_dir()/bigram/<key>`` (or ``cache_root/<key>``), key :func:`analysis_key`.

@@ -26,7 +26,9 @@ from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint
 from subnetviz.config import check_readable
 from subnetviz.errors import CheckpointError, suggest
 
-_LORA = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$")
+_LORA = re.compile(
+    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
+)
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -55,16 +57,21 @@ class MergedAdapter(Checkpoint):
         ac = self.adapter_config
         peft_type = str(ac.get("peft_type", "LORA")).upper()
         if peft_type != "LORA":
-            raise CheckpointError(f"{cfg_path}: peft_type {peft_type!r} is not supported (expected 'LORA'); "
-                                  "merge it with peft and give the merged folder.")  # fmt: skip
+            raise CheckpointError(
+                f"{cfg_path}: peft_type {peft_type!r} is not supported (expected 'LORA'); "
+                "merge it with peft and give the merged folder."
+            )
         if ac.get("use_dora"):
-            raise CheckpointError(f"{cfg_path}: DoRA adapters (use_dora: true) are not supported: the merged weight "
-                                  "depends on a learned magnitude renormalisation; merge with peft and give the merged "
-                                  "folder.")  # fmt: skip
+            raise CheckpointError(
+                f"{cfg_path}: DoRA adapters (use_dora: true) are not supported: the merged weight "
+                "depends on a learned magnitude renormalisation; merge with peft and give the merged "
+                "folder."
+            )
         weights = folder / "adapter_model.safetensors"
         if not weights.is_file():
-            raise CheckpointError(f"{folder}: adapter_config.json without adapter_model.safetensors "
-                                  "(only safetensors adapters are read).")  # fmt: skip
+            raise CheckpointError(
+                f"{folder}: adapter_config.json without adapter_model.safetensors (only safetensors adapters are read)."
+            )
         check_readable(weights)
         super().__init__(base.spec, base.files, base.root, base.config)
         self.spec = spec
@@ -80,7 +87,8 @@ class MergedAdapter(Checkpoint):
             f"for {len(self.pairs)} tensor(s), computed in float32 and rounded to the base's stored dtype "
             "(round-to-nearest-even) as a merge would save it: rank(s·B·A) ≤ r, and the rounding adds a floor "
             "below the r-th singular value of Δ (at most ‖rounding error‖)"
-            + (f"; {len(self.replaced)} tensor(s) replaced by modules_to_save" if self.replaced else "") + "."
+            + (f"; {len(self.replaced)} tensor(s) replaced by modules_to_save" if self.replaced else "")
+            + "."
         ]
 
     def _plan(self, header: dict) -> tuple[dict[str, tuple[str, str, bool]], dict[str, str]]:
@@ -103,15 +111,25 @@ class MergedAdapter(Checkpoint):
         out: dict[str, tuple[str, str, bool]] = {}
         for target, kinds in pairs.items():
             emb = "lora_embedding_A" in kinds
-            a, b = kinds.get("lora_embedding_A" if emb else "lora_A"), kinds.get("lora_embedding_B" if emb else "lora_B")
+            a, b = (
+                kinds.get("lora_embedding_A" if emb else "lora_A"),
+                kinds.get("lora_embedding_B" if emb else "lora_B"),
+            )
             if a is None or b is None:
-                raise CheckpointError(f"{self.adapter_file}: {target!r} has only one of its LoRA A/B tensors "
-                                      f"(found {sorted(kinds.values())}).")  # fmt: skip
+                raise CheckpointError(
+                    f"{self.adapter_file}: {target!r} has only one of its LoRA A/B tensors "
+                    f"(found {sorted(kinds.values())})."
+                )
             out[target] = (a, b, emb)
         for t in self.adapter_config.get("target_modules") or []:
             if isinstance(t, str) and not any(n.endswith(f".{t}.weight") or n == f"{t}.weight" for n in base_names):
-                kinds = sorted({n.rsplit(".", 2)[-2] for n in base_names
-                                if n.endswith(".weight") and "." in n and len(self.base.meta(n).shape) == 2})  # fmt: skip
+                kinds = sorted(
+                    {
+                        n.rsplit(".", 2)[-2]
+                        for n in base_names
+                        if n.endswith(".weight") and "." in n and len(self.base.meta(n).shape) == 2
+                    }
+                )
                 raise CheckpointError(
                     f"{self.spec}: target module {t!r} (adapter_config.json target_modules) matches no module of the "
                     f"base {self.base.spec}; its linear modules are {', '.join(kinds[:12])}."
@@ -150,8 +168,10 @@ class MergedAdapter(Checkpoint):
         if emb or self.adapter_config.get("fan_in_fan_out"):
             delta = delta.T
         if tuple(delta.shape) != tuple(w.shape):
-            raise CheckpointError(f"{self.spec}: LoRA update of {name!r} has shape {tuple(delta.shape)}, the base "
-                                  f"weight {tuple(w.shape)}.")  # fmt: skip
+            raise CheckpointError(
+                f"{self.spec}: LoRA update of {name!r} has shape {tuple(delta.shape)}, the base "
+                f"weight {tuple(w.shape)}."
+            )
         return delta.add_(w).to(w.dtype)  # w + Δ in float32 (w is exact in it), rounded once
 
     @cached_property

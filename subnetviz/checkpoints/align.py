@@ -41,12 +41,16 @@ class Alignment:
         lines = list(self.notes)
         for i, names in self.only_in.items():
             if names:
-                lines.append(f"{len(names)} tensor(s) only in {self.checkpoints[i].spec}: {', '.join(names[:8])}"
-                             + (" ..." if len(names) > 8 else ""))
+                lines.append(
+                    f"{len(names)} tensor(s) only in {self.checkpoints[i].spec}: {', '.join(names[:8])}"
+                    + (" ..." if len(names) > 8 else "")
+                )
         for t in self.tensors:
             if t.rows is not None:
-                lines.append(f"{t.key}: vocabulary resized; compared the {t.rows} shared rows, "
-                             f"extra rows per checkpoint: {list(t.extra_rows)}")
+                lines.append(
+                    f"{t.key}: vocabulary resized; compared the {t.rows} shared rows, "
+                    f"extra rows per checkpoint: {list(t.extra_rows)}"
+                )
         return lines
 
     def __iter__(self) -> Iterator[AlignedTensor]:
@@ -103,7 +107,8 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
         )
     if not tensors:
         raise AlignmentError(
-            "no tensor names in common between " + " and ".join(ck.spec for ck in checkpoints)
+            "no tensor names in common between "
+            + " and ".join(ck.spec for ck in checkpoints)
             + f" (e.g. {checkpoints[0].names[:2]} vs {checkpoints[1].names[:2]})."
         )
     return Alignment(list(checkpoints), tensors, only_in, notes)

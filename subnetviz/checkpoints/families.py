@@ -19,61 +19,94 @@ Table = list[tuple[str, str]]
 
 _DENSE: Table = [
     (r"embed_tokens\.", "embed"),
-    (r"self_attn\.q_proj\.", "q"), (r"self_attn\.k_proj\.", "k"), (r"self_attn\.v_proj\.", "v"),
+    (r"self_attn\.q_proj\.", "q"),
+    (r"self_attn\.k_proj\.", "k"),
+    (r"self_attn\.v_proj\.", "v"),
     (r"self_attn\.o_proj\.", "o"),
-    (r"(mlp|feed_forward)\.gate_proj\.", "gate"), (r"(mlp|feed_forward)\.up_proj\.", "up"),
+    (r"(mlp|feed_forward)\.gate_proj\.", "gate"),
+    (r"(mlp|feed_forward)\.up_proj\.", "up"),
     (r"(mlp|feed_forward)\.down_proj\.", "down"),
-    (r"input_layernorm\.", "attn_norm"), (r"post_attention_layernorm\.", "mlp_norm"),
+    (r"input_layernorm\.", "attn_norm"),
+    (r"post_attention_layernorm\.", "mlp_norm"),
     (r"(q_norm|k_norm)\.", "attn_norm"),
-    (r"^norm\.", "final_norm"), (r"lm_head\.", "lm_head"),
-]  # fmt: skip
+    (r"^norm\.", "final_norm"),
+    (r"lm_head\.", "lm_head"),
+]
 # Experts (per-expert tensors, shared experts, transformers-v5 / Llama-4 packed 3-D tensors) and routers.
 _MOE: Table = [
-    (r"experts\.\d+\.(w1|gate_proj)\.", "gate"), (r"experts\.\d+\.(w3|up_proj)\.", "up"),
+    (r"experts\.\d+\.(w1|gate_proj)\.", "gate"),
+    (r"experts\.\d+\.(w3|up_proj)\.", "up"),
     (r"experts\.\d+\.(w2|down_proj)\.", "down"),
-    (r"shared_experts?\.gate_proj\.", "gate"), (r"shared_experts?\.up_proj\.", "up"),
+    (r"shared_experts?\.gate_proj\.", "gate"),
+    (r"shared_experts?\.up_proj\.", "up"),
     (r"shared_experts?\.down_proj\.", "down"),
-    (r"experts\.gate_up_proj", "gate_up"), (r"experts\.down_proj", "down"),
-    (r"shared_expert_gate\.", "router"), (r"block_sparse_moe\.gate\.", "router"), (r"mlp\.gate\.", "router"),
+    (r"experts\.gate_up_proj", "gate_up"),
+    (r"experts\.down_proj", "down"),
+    (r"shared_expert_gate\.", "router"),
+    (r"block_sparse_moe\.gate\.", "router"),
+    (r"mlp\.gate\.", "router"),
     (r"feed_forward\.router\.", "router"),
-]  # fmt: skip
+]
 _MLA: Table = [
-    (r"self_attn\.q_a_proj\.", "q_a"), (r"self_attn\.q_b_proj\.", "q_b"),
-    (r"self_attn\.kv_a_proj_with_mqa\.", "kv_a"), (r"self_attn\.kv_b_proj\.", "kv_b"),
+    (r"self_attn\.q_a_proj\.", "q_a"),
+    (r"self_attn\.q_b_proj\.", "q_b"),
+    (r"self_attn\.kv_a_proj_with_mqa\.", "kv_a"),
+    (r"self_attn\.kv_b_proj\.", "kv_b"),
     (r"self_attn\.(q_a_layernorm|kv_a_layernorm)\.", "attn_norm"),
     # DeepSeek-V3's multi-token-prediction layer (layer num_hidden_layers; transformers ignores it on load)
-    (r"\.eh_proj\.", "mtp_proj"), (r"\.(enorm|hnorm)\.", "norm"), (r"shared_head\.head\.", "lm_head"),
+    (r"\.eh_proj\.", "mtp_proj"),
+    (r"\.(enorm|hnorm)\.", "norm"),
+    (r"shared_head\.head\.", "lm_head"),
     (r"shared_head\.norm\.", "final_norm"),
-]  # fmt: skip
+]
 _PHI3: Table = [(r"self_attn\.qkv_proj\.", "qkv"), (r"mlp\.gate_up_proj\.", "gate_up")]
 # Gemma-2/3 and OLMo-2 normalise *after* attention and the MLP; Gemma adds a pre-feed-forward norm.
 _POSTNORM: Table = [
-    (r"post_attention_layernorm\.", "post_attn_norm"), (r"pre_feedforward_layernorm\.", "mlp_norm"),
+    (r"post_attention_layernorm\.", "post_attn_norm"),
+    (r"pre_feedforward_layernorm\.", "mlp_norm"),
     (r"post_feedforward_layernorm\.", "post_mlp_norm"),
-]  # fmt: skip
+]
 _GPT2: Table = [
-    (r"wte\.", "embed"), (r"wpe\.", "pos_embed"),
-    (r"attn\.c_attn\.", "qkv"), (r"attn\.c_proj\.", "o"),
-    (r"mlp\.c_fc\.", "mlp_in"), (r"mlp\.c_proj\.", "mlp_out"),
-    (r"ln_1\.", "attn_norm"), (r"ln_2\.", "mlp_norm"), (r"ln_f\.", "final_norm"), (r"lm_head\.", "lm_head"),
-]  # fmt: skip
+    (r"wte\.", "embed"),
+    (r"wpe\.", "pos_embed"),
+    (r"attn\.c_attn\.", "qkv"),
+    (r"attn\.c_proj\.", "o"),
+    (r"mlp\.c_fc\.", "mlp_in"),
+    (r"mlp\.c_proj\.", "mlp_out"),
+    (r"ln_1\.", "attn_norm"),
+    (r"ln_2\.", "mlp_norm"),
+    (r"ln_f\.", "final_norm"),
+    (r"lm_head\.", "lm_head"),
+]
 _NEOX: Table = [
     (r"embed_in\.", "embed"),
-    (r"attention\.query_key_value\.", "qkv"), (r"attention\.dense\.", "o"),
-    (r"mlp\.dense_h_to_4h\.", "mlp_in"), (r"mlp\.dense_4h_to_h\.", "mlp_out"),
-    (r"input_layernorm\.", "attn_norm"), (r"post_attention_layernorm\.", "mlp_norm"),
-    (r"final_layer_norm\.", "final_norm"), (r"embed_out\.", "lm_head"),
-]  # fmt: skip
+    (r"attention\.query_key_value\.", "qkv"),
+    (r"attention\.dense\.", "o"),
+    (r"mlp\.dense_h_to_4h\.", "mlp_in"),
+    (r"mlp\.dense_4h_to_h\.", "mlp_out"),
+    (r"input_layernorm\.", "attn_norm"),
+    (r"post_attention_layernorm\.", "mlp_norm"),
+    (r"final_layer_norm\.", "final_norm"),
+    (r"embed_out\.", "lm_head"),
+]
 _BERT: Table = [
-    (r"word_embeddings\.", "embed"), (r"position_embeddings\.", "pos_embed"),
-    (r"token_type_embeddings\.", "embed"), (r"embeddings\.LayerNorm\.", "norm"),
-    (r"attention\.self\.query\.", "q"), (r"attention\.self\.key\.", "k"), (r"attention\.self\.value\.", "v"),
-    (r"attention\.output\.dense\.", "o"), (r"attention\.output\.LayerNorm\.", "attn_norm"),
-    (r"intermediate\.dense\.", "mlp_in"), (r"output\.dense\.", "mlp_out"), (r"output\.LayerNorm\.", "mlp_norm"),
-    (r"pooler\.", "other"), (r"cls\.predictions\.decoder\.", "lm_head"),
+    (r"word_embeddings\.", "embed"),
+    (r"position_embeddings\.", "pos_embed"),
+    (r"token_type_embeddings\.", "embed"),
+    (r"embeddings\.LayerNorm\.", "norm"),
+    (r"attention\.self\.query\.", "q"),
+    (r"attention\.self\.key\.", "k"),
+    (r"attention\.self\.value\.", "v"),
+    (r"attention\.output\.dense\.", "o"),
+    (r"attention\.output\.LayerNorm\.", "attn_norm"),
+    (r"intermediate\.dense\.", "mlp_in"),
+    (r"output\.dense\.", "mlp_out"),
+    (r"output\.LayerNorm\.", "mlp_norm"),
+    (r"pooler\.", "other"),
+    (r"cls\.predictions\.decoder\.", "lm_head"),
     (r"cls\.predictions\.bias$", "lm_head"),  # the decoder's (vocab,) bias: resized with the vocabulary
     (r"cls\.", "other"),
-]  # fmt: skip
+]
 
 FAMILIES: dict[str, Table] = {
     "llama": _DENSE,
@@ -90,26 +123,60 @@ FAMILIES: dict[str, Table] = {
 }
 # config.json model_type -> family
 MODEL_TYPES = {
-    "llama": "llama", "qwen2": "llama", "qwen3": "llama", "mistral": "llama", "gemma": "llama",
+    "llama": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "mistral": "llama",
+    "gemma": "llama",
     "olmo": "llama",
-    "mixtral": "mixtral", "qwen2_moe": "qwen_moe", "qwen3_moe": "qwen_moe", "olmoe": "qwen_moe",
-    "deepseek_v2": "deepseek", "deepseek_v3": "deepseek", "kimi_k2": "deepseek",
-    "llama4": "llama4", "llama4_text": "llama4", "phi3": "phi3",
-    "gemma2": "gemma2", "gemma3": "gemma2", "gemma3_text": "gemma2", "olmo2": "olmo2",
-    "qwen2_vl": "llama", "qwen2_5_vl": "llama",
-    "gpt2": "gpt2", "gpt_neox": "gpt_neox", "bert": "bert", "roberta": "bert",
-}  # fmt: skip
+    "mixtral": "mixtral",
+    "qwen2_moe": "qwen_moe",
+    "qwen3_moe": "qwen_moe",
+    "olmoe": "qwen_moe",
+    "deepseek_v2": "deepseek",
+    "deepseek_v3": "deepseek",
+    "kimi_k2": "deepseek",
+    "llama4": "llama4",
+    "llama4_text": "llama4",
+    "phi3": "phi3",
+    "gemma2": "gemma2",
+    "gemma3": "gemma2",
+    "gemma3_text": "gemma2",
+    "olmo2": "olmo2",
+    "qwen2_vl": "llama",
+    "qwen2_5_vl": "llama",
+    "gpt2": "gpt2",
+    "gpt_neox": "gpt_neox",
+    "bert": "bert",
+    "roberta": "bert",
+}
 # Tell-tale names, most specific first: the family when config.json is missing or unknown.
 TELLTALES = [
-    ("kv_a_proj_with_mqa", "deepseek"), ("block_sparse_moe.experts", "mixtral"), ("feed_forward.experts", "llama4"),
-    ("mlp.experts.", "qwen_moe"), ("self_attn.qkv_proj", "phi3"), ("pre_feedforward_layernorm", "gemma2"),
-    ("post_feedforward_layernorm", "olmo2"), ("self_attn.q_proj", "llama"), ("attn.c_attn", "gpt2"),
-    ("attention.query_key_value", "gpt_neox"), ("attention.self.query", "bert"),
-]  # fmt: skip
+    ("kv_a_proj_with_mqa", "deepseek"),
+    ("block_sparse_moe.experts", "mixtral"),
+    ("feed_forward.experts", "llama4"),
+    ("mlp.experts.", "qwen_moe"),
+    ("self_attn.qkv_proj", "phi3"),
+    ("pre_feedforward_layernorm", "gemma2"),
+    ("post_feedforward_layernorm", "olmo2"),
+    ("self_attn.q_proj", "llama"),
+    ("attn.c_attn", "gpt2"),
+    ("attention.query_key_value", "gpt_neox"),
+    ("attention.self.query", "bert"),
+]
 
 # Prefixes stripped before matching (longest first): multimodal language models sit under these.
-PREFIXES = ("model.language_model.", "language_model.model.", "language_model.", "model.", "transformer.",
-            "gpt_neox.", "bert.", "roberta.", "base_model.")  # fmt: skip
+PREFIXES = (
+    "model.language_model.",
+    "language_model.model.",
+    "language_model.",
+    "model.",
+    "transformer.",
+    "gpt_neox.",
+    "bert.",
+    "roberta.",
+    "base_model.",
+)
 # A vision tower (its own block, whatever its inner layout) and the projector into the language model.
 VISION = re.compile(r"^(vision_tower|vision_model|visual|vision_encoder)\.")
 PROJECTOR = re.compile(r"^(multi_modal_projector|mm_projector|visual\.merger)\.")

@@ -37,19 +37,67 @@ from subnetviz.checkpoints.families import (
 from subnetviz.errors import CheckpointError
 
 MODULE_ORDER = [
-    "embed", "pos_embed", "q", "k", "v", "qkv", "q_a", "q_b", "kv_a", "kv_b", "o", "router", "gate", "up",
-    "gate_up", "mlp_in", "down", "mlp_out", "attn_norm", "post_attn_norm", "mlp_norm", "post_mlp_norm", "norm",
-    "final_norm", "mtp_proj", "lm_head", "vision", "projector", "other",
-]  # fmt: skip
+    "embed",
+    "pos_embed",
+    "q",
+    "k",
+    "v",
+    "qkv",
+    "q_a",
+    "q_b",
+    "kv_a",
+    "kv_b",
+    "o",
+    "router",
+    "gate",
+    "up",
+    "gate_up",
+    "mlp_in",
+    "down",
+    "mlp_out",
+    "attn_norm",
+    "post_attn_norm",
+    "mlp_norm",
+    "post_mlp_norm",
+    "norm",
+    "final_norm",
+    "mtp_proj",
+    "lm_head",
+    "vision",
+    "projector",
+    "other",
+]
 BLOCK_OF = {
-    "embed": "embedding", "pos_embed": "embedding", "lm_head": "head",
-    "q": "attention", "k": "attention", "v": "attention", "qkv": "attention", "o": "attention",
-    "q_a": "attention", "q_b": "attention", "kv_a": "attention", "kv_b": "attention",
-    "gate": "mlp", "up": "mlp", "gate_up": "mlp", "mlp_in": "mlp", "down": "mlp", "mlp_out": "mlp",
-    "router": "moe", "mtp_proj": "mtp", "vision": "vision", "projector": "vision",
-    "attn_norm": "norm", "post_attn_norm": "norm", "mlp_norm": "norm", "post_mlp_norm": "norm", "norm": "norm",
-    "final_norm": "norm", "other": "other",
-}  # fmt: skip
+    "embed": "embedding",
+    "pos_embed": "embedding",
+    "lm_head": "head",
+    "q": "attention",
+    "k": "attention",
+    "v": "attention",
+    "qkv": "attention",
+    "o": "attention",
+    "q_a": "attention",
+    "q_b": "attention",
+    "kv_a": "attention",
+    "kv_b": "attention",
+    "gate": "mlp",
+    "up": "mlp",
+    "gate_up": "mlp",
+    "mlp_in": "mlp",
+    "down": "mlp",
+    "mlp_out": "mlp",
+    "router": "moe",
+    "mtp_proj": "mtp",
+    "vision": "vision",
+    "projector": "vision",
+    "attn_norm": "norm",
+    "post_attn_norm": "norm",
+    "mlp_norm": "norm",
+    "post_mlp_norm": "norm",
+    "norm": "norm",
+    "final_norm": "norm",
+    "other": "other",
+}
 _PREFIXES = PREFIXES
 _INT = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
@@ -124,8 +172,15 @@ class NameTable:
         heads = text.get("num_attention_heads") or text.get("n_head")
         experts = next((text[k] for k in EXPERT_COUNT_KEYS if isinstance(text.get(k), int)), None)
         mtp = text.get("num_nextn_predict_layers") or 0
-        return cls(detect_family(mt, names), heads, mt, text.get("num_key_value_heads") or heads,
-                   text.get("hidden_size"), text.get("num_hidden_layers") if mtp else None, experts)  # fmt: skip
+        return cls(
+            detect_family(mt, names),
+            heads,
+            mt,
+            text.get("num_key_value_heads") or heads,
+            text.get("hidden_size"),
+            text.get("num_hidden_layers") if mtp else None,
+            experts,
+        )
 
     @property
     def notice(self) -> str | None:

@@ -182,7 +182,11 @@ def _index_files(index: Path) -> list[Path]:
         # A shard is a file name in the index's own folder (or a plain sub-path): never absolute, never "..".
         parts = Path(entry).parts if isinstance(entry, str) else ("..",)
         if not parts or Path(entry).is_absolute() or ".." in parts:
-            kind = "an absolute path" if isinstance(entry, str) and Path(entry).is_absolute() else "a path leaving its folder"
+            kind = (
+                "an absolute path"
+                if isinstance(entry, str) and Path(entry).is_absolute()
+                else "a path leaving its folder"
+            )
             raise CheckpointError(
                 f"{index}: shard entry #{i + 1} is {kind}; shards must be files beside the index. Refused."
             )

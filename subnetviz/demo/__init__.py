@@ -35,9 +35,23 @@ from subnetviz.demo.manifest import (
 from subnetviz.demo.pretrain import ModelShape
 
 __all__ = [
-    "MANIFEST", "MASK_FILE", "MEMBERS", "MEMBER_IDS", "PRESETS", "ZOO_FORMAT", "BaseInfo", "MemberRecipe",
-    "OverlapPair", "SeriesPoint", "Zoo", "ZooManifest", "ZooMember", "ZooSettings", "load_zoo", "zoo_is_built",
-]  # fmt: skip
+    "MANIFEST",
+    "MASK_FILE",
+    "MEMBERS",
+    "MEMBER_IDS",
+    "PRESETS",
+    "ZOO_FORMAT",
+    "BaseInfo",
+    "MemberRecipe",
+    "OverlapPair",
+    "SeriesPoint",
+    "Zoo",
+    "ZooManifest",
+    "ZooMember",
+    "ZooSettings",
+    "load_zoo",
+    "zoo_is_built",
+]
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,18 @@ BUILD_STATE = "build.json"  # the preset and settings fingerprint of the build i
 
 def _wipe(root: Path) -> None:
     """Remove what a build writes (and nothing else that may live in ``root``)."""
-    names = [MANIFEST, STATE, BUILD_STATE, "tokenizer", "data", "bigram.npz", "base", "masks", *MEMBER_IDS,
-             *(f"{m}.tensorboard" for m in MEMBER_IDS)]  # fmt: skip
+    names = [
+        MANIFEST,
+        STATE,
+        BUILD_STATE,
+        "tokenizer",
+        "data",
+        "bigram.npz",
+        "base",
+        "masks",
+        *MEMBER_IDS,
+        *(f"{m}.tensorboard" for m in MEMBER_IDS),
+    ]
     for name in names:
         p = root / name
         if p.is_dir():
@@ -131,9 +141,12 @@ def _build(root: Path, preset: str, s: ZooSettings, report: Progress) -> None:
     t0 = time.perf_counter()
     man = measure_zoo(root, preset, s, state)
     stage_seconds = {**man.stage_seconds, "manifest": round(time.perf_counter() - t0, 3)}
-    man = replace(man, stage_seconds=stage_seconds,
-                  build_seconds=round(sum(v for v in stage_seconds.values() if v), 3),
-                  this_run_seconds=round(time.perf_counter() - t_start, 3))  # fmt: skip
+    man = replace(
+        man,
+        stage_seconds=stage_seconds,
+        build_seconds=round(sum(v for v in stage_seconds.values() if v), 3),
+        this_run_seconds=round(time.perf_counter() - t_start, 3),
+    )
     write_json(root / MANIFEST, man.to_dict())  # last, atomically: from here on the zoo counts as built
     report(total, total, f"demo zoo written to {root} ({man.build_seconds:.0f} s of building)")
 

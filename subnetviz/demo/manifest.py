@@ -259,10 +259,17 @@ class ZooManifest:
             return convert
 
         return _record(
-            cls, d, "the manifest", base=BaseInfo.from_dict, bigram=BigramInfo.from_dict,
-            problem_sets=each(dict, ProblemSet), members=each(list, ZooMember), series=each(list, SeriesPoint),
-            masks=each(dict, ZooMask), overlap=each(list, OverlapPair),
-        )  # fmt: skip
+            cls,
+            d,
+            "the manifest",
+            base=BaseInfo.from_dict,
+            bigram=BigramInfo.from_dict,
+            problem_sets=each(dict, ProblemSet),
+            members=each(list, ZooMember),
+            series=each(list, SeriesPoint),
+            masks=each(dict, ZooMask),
+            overlap=each(list, OverlapPair),
+        )
 
     def to_dict(self) -> dict:
         """The JSON form (the layout ``manifest.json`` has always had)."""

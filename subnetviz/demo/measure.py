@@ -43,8 +43,9 @@ def compare(base: Path, models: dict[str, Path], *, keep_masks: bool = True):
     from subnetviz.analysis.updates import analyze_updates
 
     options = SparsityOptions(tolerances=(), keep_masks=keep_masks, row_col=False)
-    return analyze_updates(str(base), [str(p) for p in models.values()], labels=list(models), options=options,
-                           spectra=None, device="cpu")  # fmt: skip
+    return analyze_updates(
+        str(base), [str(p) for p in models.values()], labels=list(models), options=options, spectra=None, device="cpu"
+    )
 
 
 def update_mask(base: Path, other: Path) -> dict:
@@ -62,8 +63,9 @@ def overlap_pair(pairwise, a: str, b: str) -> OverlapPair:
     o1, o2, c1, c2, n1, n2 = (r[k] for k in ("o1", "o2", "o1_chance", "o2_chance", "count_a", "count_b"))
     if flip:
         o1, o2, c1, c2, n1, n2 = o2, o1, c2, c1, n2, n1
-    return OverlapPair(a, b, float(o1) if n1 else 0.0, float(o2) if n2 else 0.0, float(c1), float(c2),
-                       int(r["intersection"]))  # fmt: skip
+    return OverlapPair(
+        a, b, float(o1) if n1 else 0.0, float(o2) if n2 else 0.0, float(c1), float(c2), int(r["intersection"])
+    )
 
 
 def measure_zoo(root: Path, preset: str, s: ZooSettings, state: dict) -> ZooManifest:
@@ -80,10 +82,21 @@ def measure_zoo(root: Path, preset: str, s: ZooSettings, state: dict) -> ZooMani
     pre = read_json(base / "pretrain.json") or {}
     base_acc = acc(base)
     members = [
-        ZooMember(id="base", path=Path("base"), algorithm="pretrain", seed=s.pretrain_seed, data="mix",
-                  steps=pre.get("steps", s.pretrain_steps), learning_rate=s.pretrain_lr, accuracy=base_acc["A"],
-                  accuracy_A=base_acc["A"], accuracy_B=base_acc["B"], sparsity=1.0, changed=0,
-                  numel=pre.get("params"))  # fmt: skip
+        ZooMember(
+            id="base",
+            path=Path("base"),
+            algorithm="pretrain",
+            seed=s.pretrain_seed,
+            data="mix",
+            steps=pre.get("steps", s.pretrain_steps),
+            learning_rate=s.pretrain_lr,
+            accuracy=base_acc["A"],
+            accuracy_A=base_acc["A"],
+            accuracy_B=base_acc["B"],
+            sparsity=1.0,
+            changed=0,
+            numel=pre.get("params"),
+        )
     ]
     updates = compare(base, {m.id: root / m.id for m in MEMBERS})
     sub_vs_full = compare(root / "grpo-s0", {"grpo-sub": root / "grpo-sub"}, keep_masks=False).reports[0]
@@ -91,16 +104,34 @@ def measure_zoo(root: Path, preset: str, s: ZooSettings, state: dict) -> ZooMani
         a = acc(root / m.id)
         summary = read_json(root / m.id / "train_summary.json") or {}
         members.append(
-            ZooMember(id=m.id, path=Path(m.id), algorithm=m.algorithm, seed=m.seed, data=m.data, steps=s.ft_steps,
-                      learning_rate=s.ft_lr, batch_size=s.batch_size, accuracy=a[m.data], accuracy_A=a["A"],
-                      accuracy_B=a["B"], sparsity=rep.sparsity, changed=rep.changed, numel=rep.numel,
-                      description=m.label, train_seconds=summary.get("seconds"),
-                      data_notes=state.get(m.id, {}).get("data"))  # fmt: skip
+            ZooMember(
+                id=m.id,
+                path=Path(m.id),
+                algorithm=m.algorithm,
+                seed=m.seed,
+                data=m.data,
+                steps=s.ft_steps,
+                learning_rate=s.ft_lr,
+                batch_size=s.batch_size,
+                accuracy=a[m.data],
+                accuracy_A=a["A"],
+                accuracy_B=a["B"],
+                sparsity=rep.sparsity,
+                changed=rep.changed,
+                numel=rep.numel,
+                description=m.label,
+                train_seconds=summary.get("seconds"),
+                data_notes=state.get(m.id, {}).get("data"),
+            )
         )
         if m.masked:
             # The paper's parameter-level closeness of theta_sub and theta_full (bitwise here).
-            members[-1] = replace(members[-1], mask=MASK_FILE, mask_check=summary.get("mask_check"),
-                                  identical_to_grpo_s0=sub_vs_full.sparsity)  # fmt: skip
+            members[-1] = replace(
+                members[-1],
+                mask=MASK_FILE,
+                mask_check=summary.get("mask_check"),
+                identical_to_grpo_s0=sub_vs_full.sparsity,
+            )
     steps = s.series_steps()
     rels = {f"step-{k}": f"grpo-s0/checkpoints/step-{k}" for k in steps}
     points = compare(base, {k: root / rel for k, rel in rels.items()}, keep_masks=False).reports if steps else []
@@ -112,8 +143,12 @@ def measure_zoo(root: Path, preset: str, s: ZooSettings, state: dict) -> ZooMani
     series.append(SeriesPoint(s.ft_steps, Path("grpo-s0"), final.sparsity, final.accuracy))
     overlap = [overlap_pair(updates.overlap.pairwise, a, b) for a, b in OVERLAP_PAIRS]
     with np.load(root / "bigram.npz") as z:
-        bigram = BigramInfo("bigram.npz", tuple(str(c) for c in z["letters"]), tuple(int(i) for i in z["token_ids"]),
-                            float(z["entropy_rate"]))  # fmt: skip
+        bigram = BigramInfo(
+            "bigram.npz",
+            tuple(str(c) for c in z["letters"]),
+            tuple(int(i) for i in z["token_ids"]),
+            float(z["entropy_rate"]),
+        )
     counts = {
         k: sum(1 for _ in open(root / "data" / f"{k}.jsonl"))
         for k in ("pretrain", "A_train", "A_eval", "B_train", "B_eval")
@@ -125,8 +160,18 @@ def measure_zoo(root: Path, preset: str, s: ZooSettings, state: dict) -> ZooMani
         fingerprint=s.fingerprint(),
         settings=asdict(s),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        base=BaseInfo(Path("base"), pre.get("params"), pre.get("steps"), pre.get("seconds"), base_acc["A"],
-                      base_acc["A"], base_acc["B"], "LlamaForCausalLM", s.shape, pre.get("stop_reason")),  # fmt: skip
+        base=BaseInfo(
+            Path("base"),
+            pre.get("params"),
+            pre.get("steps"),
+            pre.get("seconds"),
+            base_acc["A"],
+            base_acc["A"],
+            base_acc["B"],
+            "LlamaForCausalLM",
+            s.shape,
+            pre.get("stop_reason"),
+        ),
         tokenizer={"path": "tokenizer", "kind": "character-level WordLevel", "vocab": vocabulary(s.n_letters)},
         corpus={
             "arithmetic": f"'a+b=' -> 'a+b' + <eos>, operands in {s.pool[0]}..{s.pool[1]}, held-out eval and dev problems "
@@ -137,8 +182,13 @@ def measure_zoo(root: Path, preset: str, s: ZooSettings, state: dict) -> ZooMani
         },
         bigram=bigram,
         problem_sets={
-            k: ProblemSet(f"a+b with a, b in {lo}..{hi}", f"data/{k}_train.jsonl", f"data/{k}_eval.jsonl",
-                          counts[f"{k}_train"], counts[f"{k}_eval"])  # fmt: skip
+            k: ProblemSet(
+                f"a+b with a, b in {lo}..{hi}",
+                f"data/{k}_train.jsonl",
+                f"data/{k}_eval.jsonl",
+                counts[f"{k}_train"],
+                counts[f"{k}_eval"],
+            )
             for k, (lo, hi) in (("A", s.range_a), ("B", s.range_b))
         },
         members=tuple(members),

@@ -40,8 +40,23 @@ from subnetviz.errors import ConfigError
 ProgressFn = Callable[[int, int, str], None]
 ALGORITHMS = ("sft", "dpo", "grpo", "rloo")
 NOT_AVAILABLE = {"ppo": "TRL 1.16 has no PPOTrainer (not in trl nor trl.experimental); not run."}
-COLUMNS = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward", "learning_rate",
-           "steps", "beta", "max_grad_norm", "optimizer", "data", "train_seconds"]  # fmt: skip
+COLUMNS = [
+    "factor",
+    "value",
+    "seed",
+    "algorithm",
+    "precision",
+    "sparsity",
+    "accuracy",
+    "kl_forward",
+    "learning_rate",
+    "steps",
+    "beta",
+    "max_grad_norm",
+    "optimizer",
+    "data",
+    "train_seconds",
+]
 
 
 @dataclass(frozen=True)
@@ -87,8 +102,9 @@ class DriversPreset:
         specs += [replace(d, factor="steps", value=str(v), steps=v) for v in self.steps]
         specs += [replace(d, factor="beta", value=f"{v:g}", beta=v) for v in self.betas]
         specs += [replace(d, factor="clipping", value=v, max_grad_norm=c) for v, c in (("on", 1.0), ("off", 0.0))]
-        specs += [replace(d, factor="optimizer", value=v, optimizer=o) for v, o in (("adamw", "adamw_torch"),
-                                                                                   ("sgd", "sgd"))]  # fmt: skip
+        specs += [
+            replace(d, factor="optimizer", value=v, optimizer=o) for v, o in (("adamw", "adamw_torch"), ("sgd", "sgd"))
+        ]
         specs += [replace(d, factor="data", value=v, algorithm="sft", data=v) for v in ("on_policy", "gold")]
         specs += [replace(d, factor="algorithm", value=a, algorithm=a) for a in self.algorithms]
         return [replace(s, seed=k) for k in range(seeds) for s in specs]
@@ -96,11 +112,22 @@ class DriversPreset:
 
 PRESETS = {
     # ≤ 5 min on a 2-core machine with the demo base (measured: see the README's drivers section).
-    "quick": DriversPreset(RunSpec("default", "default", learning_rate=1e-5, steps=8),
-                           learning_rates=(1e-6, 1e-5, 1e-4), steps=(4, 8, 16), betas=(0.0, 0.1)),  # fmt: skip
-    "micro": DriversPreset(RunSpec("default", "default", learning_rate=1e-4, steps=2), learning_rates=(1e-5, 1e-4),
-                           steps=(1, 2), betas=(0.0, 0.1), batch_size=8, num_generations=2, data_prompts=8,
-                           eval_prompts=8),  # fmt: skip
+    "quick": DriversPreset(
+        RunSpec("default", "default", learning_rate=1e-5, steps=8),
+        learning_rates=(1e-6, 1e-5, 1e-4),
+        steps=(4, 8, 16),
+        betas=(0.0, 0.1),
+    ),
+    "micro": DriversPreset(
+        RunSpec("default", "default", learning_rate=1e-4, steps=2),
+        learning_rates=(1e-5, 1e-4),
+        steps=(1, 2),
+        betas=(0.0, 0.1),
+        batch_size=8,
+        num_generations=2,
+        data_prompts=8,
+        eval_prompts=8,
+    ),
 }
 
 
@@ -119,9 +146,17 @@ def sft_sets(base: str, train_rows: list[dict], n: int, seed: int, max_new_token
     torch.manual_seed(seed)
     enc = tok([r["prompt"] for r in rows], return_tensors="pt", padding=True)
     with torch.no_grad():
-        gen = model.generate(**enc, do_sample=True, num_return_sequences=samples, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, eos_token_id=tok.eos_token_id, top_k=None, top_p=None,
-                             temperature=1.0)  # fmt: skip
+        gen = model.generate(
+            **enc,
+            do_sample=True,
+            num_return_sequences=samples,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=tok.eos_token_id,
+            top_k=None,
+            top_p=None,
+            temperature=1.0,
+        )
     texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     on, wrong = [], []
     for i, r in enumerate(rows):
@@ -150,10 +185,20 @@ def train_run(spec: RunSpec, base: str, data: str, out: Path, preset: DriversPre
     from subnetviz.training.trainers import build_trainer, save_bf16
 
     algo = "grpo" if spec.algorithm == "rloo" else spec.algorithm
-    cfg = TrainConfig(algorithm=algo, base=base, data=data, output_dir=str(out / "bf16"), steps=spec.steps,
-                      learning_rate=spec.learning_rate, seed=spec.seed, batch_size=preset.batch_size,
-                      num_generations=preset.num_generations, max_completion_length=preset.max_completion_length,
-                      beta=spec.beta, max_grad_norm=spec.max_grad_norm)  # fmt: skip
+    cfg = TrainConfig(
+        algorithm=algo,
+        base=base,
+        data=data,
+        output_dir=str(out / "bf16"),
+        steps=spec.steps,
+        learning_rate=spec.learning_rate,
+        seed=spec.seed,
+        batch_size=preset.batch_size,
+        num_generations=preset.num_generations,
+        max_completion_length=preset.max_completion_length,
+        beta=spec.beta,
+        max_grad_norm=spec.max_grad_norm,
+    )
     cfg.validate(check_output=False)
     scratch = Path(tempfile.mkdtemp(prefix="subnetviz-drivers-"))
     try:
@@ -182,10 +227,15 @@ def _rloo_trainer(cfg, scratch: Path):
     from subnetviz.training.data import exact_match_reward, load_dataset
     from subnetviz.training.trainers import trainer_args
 
-    args = RLOOConfig(**trainer_args(cfg, scratch), num_generations=cfg.num_generations,
-                      max_completion_length=cfg.max_completion_length, beta=cfg.beta)  # fmt: skip
-    return RLOOTrainer(model=cfg.base, reward_funcs=exact_match_reward, args=args,
-                       train_dataset=load_dataset(cfg.data, "grpo"))  # fmt: skip
+    args = RLOOConfig(
+        **trainer_args(cfg, scratch),
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        beta=cfg.beta,
+    )
+    return RLOOTrainer(
+        model=cfg.base, reward_funcs=exact_match_reward, args=args, train_dataset=load_dataset(cfg.data, "grpo")
+    )
 
 
 def measure(base: str, model: Path, eval_file: str, prompts, precision: str | None) -> dict:
@@ -202,9 +252,14 @@ def measure(base: str, model: Path, eval_file: str, prompts, precision: str | No
 
 
 # --- the grid -----------------------------------------------------------------------------------------
-def run_drivers(zoo_root: str | os.PathLike | None = None, preset: str = "quick", seeds: int = 1,
-                progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
-                workdir: str | os.PathLike | None = None) -> pd.DataFrame:  # fmt: skip
+def run_drivers(
+    zoo_root: str | os.PathLike | None = None,
+    preset: str = "quick",
+    seeds: int = 1,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    workdir: str | os.PathLike | None = None,
+) -> pd.DataFrame:
     """Train and measure the grid of ``preset`` on the zoo's base; one row per (run, storage precision).
 
     ``workdir``: where the runs' models live until measured (default: the system's temp folder). A
@@ -228,10 +283,14 @@ def run_drivers(zoo_root: str | os.PathLike | None = None, preset: str = "quick"
         eval_file = _write_jsonl(work / "eval.jsonl", [{"prompt": r.text, "answer": r.answer} for r in eval_rows])
         train_rows = [json.loads(x) for x in (data / "A_train.jsonl").read_text().splitlines() if x.strip()]
         on, gold = sft_sets(base, train_rows, p.data_prompts, seed=0, max_new_tokens=p.max_completion_length)
-        files = {("sft", "on_policy"): _write_jsonl(work / "on_policy.jsonl", on),
-                 ("sft", "gold"): _write_jsonl(work / "gold.jsonl", gold),
-                 ("sft", "task"): str(data / "sft_A.jsonl"), ("dpo", "task"): str(data / "dpo_A.jsonl"),
-                 ("grpo", "task"): str(data / "A_train.jsonl"), ("rloo", "task"): str(data / "A_train.jsonl")}  # fmt: skip
+        files = {
+            ("sft", "on_policy"): _write_jsonl(work / "on_policy.jsonl", on),
+            ("sft", "gold"): _write_jsonl(work / "gold.jsonl", gold),
+            ("sft", "task"): str(data / "sft_A.jsonl"),
+            ("dpo", "task"): str(data / "dpo_A.jsonl"),
+            ("grpo", "task"): str(data / "A_train.jsonl"),
+            ("rloo", "task"): str(data / "A_train.jsonl"),
+        }
         specs = p.plan(seeds)
         done: dict[tuple, list[dict]] = {}
         rows = []
@@ -243,9 +302,14 @@ def run_drivers(zoo_root: str | os.PathLike | None = None, preset: str = "quick"
             if spec.recipe() not in done:
                 folder = work / f"run{i}"
                 b16, f32, secs = train_run(spec, base, files[(spec.algorithm, spec.data)], folder, p)
-                done[spec.recipe()] = [{"precision": prec, "train_seconds": secs,
-                                        **measure(base, path, eval_file, eval_rows, "fp32" if prec == "fp32" else None)}
-                                       for prec, path in (("bf16", b16), ("fp32", f32))]  # fmt: skip
+                done[spec.recipe()] = [
+                    {
+                        "precision": prec,
+                        "train_seconds": secs,
+                        **measure(base, path, eval_file, eval_rows, "fp32" if prec == "fp32" else None),
+                    }
+                    for prec, path in (("bf16", b16), ("fp32", f32))
+                ]
                 shutil.rmtree(folder, ignore_errors=True)
             for m in done[spec.recipe()]:
                 rows.append({**asdict(spec), **m, "optimizer": spec.optimizer})
@@ -267,37 +331,63 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
     out = []
 
     def add(name, expected, observed, ok):
-        out.append({"conjecture": name, "expected": expected, "observed": observed,
-                    "reproduced": None if ok is None or (isinstance(ok, float) and np.isnan(ok)) else bool(ok)})  # fmt: skip
+        out.append(
+            {
+                "conjecture": name,
+                "expected": expected,
+                "observed": observed,
+                "reproduced": None if ok is None or (isinstance(ok, float) and np.isnan(ok)) else bool(ok),
+            }
+        )
 
     on, gold = mean("data", "on_policy"), mean("data", "gold")
-    add("in-distribution data drives sparsity", "on-policy SFT sparser than gold SFT",
-        f"on-policy {on:.1%} vs gold {gold:.1%}", None if np.isnan(on + gold) else on > gold)
+    add(
+        "in-distribution data drives sparsity",
+        "on-policy SFT sparser than gold SFT",
+        f"on-policy {on:.1%} vs gold {gold:.1%}",
+        None if np.isnan(on + gold) else on > gold,
+    )
     for factor in ("beta", "clipping"):
         vals = r[r["factor"] == factor].groupby("value")["sparsity"].mean()
         if len(vals) >= 2:
             spread = float(vals.max() - vals.min())
-            add(f"{'KL coefficient' if factor == 'beta' else 'gradient clipping'} has little effect",
+            add(
+                f"{'KL coefficient' if factor == 'beta' else 'gradient clipping'} has little effect",
                 "sparsity within 2 points across its values",
-                ", ".join(f"{k}: {v:.1%}" for k, v in vals.items()), spread <= 0.02)  # fmt: skip
+                ", ".join(f"{k}: {v:.1%}" for k, v in vals.items()),
+                spread <= 0.02,
+            )
     both = results.pivot_table(index=["factor", "value", "seed"], columns="precision", values="sparsity")
     if {"bf16", "fp32"} <= set(both.columns):
         gap = float((both["bf16"] - both["fp32"]).mean())
-        add("bf16 storage hides small updates", "bf16 saves sparser than fp32 saves of the same run",
-            f"bf16 − fp32 sparsity {gap:+.1%} on average", gap > 0)
+        add(
+            "bf16 storage hides small updates",
+            "bf16 saves sparser than fp32 saves of the same run",
+            f"bf16 − fp32 sparsity {gap:+.1%} on average",
+            gap > 0,
+        )
     for factor in ("learning_rate", "steps"):
         sel = r[r["factor"] == factor].assign(x=lambda d: d["value"].astype(float)).groupby("x")["sparsity"].mean()
         if len(sel) >= 2:
-            add(f"larger {factor.replace('_', ' ')} → denser updates", "sparsity falls as it grows",
-                ", ".join(f"{k:g}: {v:.1%}" for k, v in sel.items()), bool(np.all(np.diff(sel.to_numpy()) <= 0)))  # fmt: skip
+            add(
+                f"larger {factor.replace('_', ' ')} → denser updates",
+                "sparsity falls as it grows",
+                ", ".join(f"{k:g}: {v:.1%}" for k, v in sel.items()),
+                bool(np.all(np.diff(sel.to_numpy()) <= 0)),
+            )
     return pd.DataFrame(out, columns=["conjecture", "expected", "observed", "reproduced"])
 
 
 def run_job(config: dict, ctx) -> None:
     """Job kind ``drivers``: ``results.csv`` and ``verdicts.csv`` in the run's outputs."""
-    res = run_drivers(config.get("zoo"), config.get("preset", "quick"), int(config.get("seeds", 1)),
-                      progress=lambda s, t, w: ctx.progress(s, t), should_stop=ctx.should_stop,
-                      workdir=ctx.run_dir / "work")  # fmt: skip
+    res = run_drivers(
+        config.get("zoo"),
+        config.get("preset", "quick"),
+        int(config.get("seeds", 1)),
+        progress=lambda s, t, w: ctx.progress(s, t),
+        should_stop=ctx.should_stop,
+        workdir=ctx.run_dir / "work",
+    )
     res.to_csv(ctx.out_dir / "results.csv", index=False)
     verdicts(res).to_csv(ctx.out_dir / "verdicts.csv", index=False)
 

@@ -19,8 +19,11 @@ ORDER_NAME = {"abs_delta": "largest |Δ| first", "random": "random order"}
 
 def kl_bars(summary: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
     """Grouped bars: x = experiment, one bar per model, y = ``value`` (kl_forward, kl_reverse or accuracy)."""
-    title = title or {"kl_forward": "Forward KL(π_base ‖ π) per token", "kl_reverse": "Reverse KL(π ‖ π_base) per token",
-                      "accuracy": "Teacher-forced answer accuracy"}.get(value, value)  # fmt: skip
+    title = title or {
+        "kl_forward": "Forward KL(π_base ‖ π) per token",
+        "kl_reverse": "Reverse KL(π ‖ π_base) per token",
+        "accuracy": "Teacher-forced answer accuracy",
+    }.get(value, value)
     if summary.empty:
         return no_data_figure(title)
     _require(summary, ["model", "experiment", value], "kl_bars")
@@ -28,11 +31,22 @@ def kl_bars(summary: pd.DataFrame, value: str = "kl_forward", title: str | None 
     fig = go.Figure()
     for model, g in summary.groupby("model", sort=False):
         custom = g["fraction_reverted"] if "fraction_reverted" in g.columns else None
-        fig.add_trace(go.Bar(x=g["experiment"], y=g[value], name=str(model), marker_color=colors[str(model)],
-                             customdata=custom,
-                             hovertemplate="%{x}<br>" + value + " %{y:.4g}"
-                             + ("<br>share of Δ reverted %{customdata:.1%}" if custom is not None else "")
-                             + "<extra>" + str(model) + "</extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=g["experiment"],
+                y=g[value],
+                name=str(model),
+                marker_color=colors[str(model)],
+                customdata=custom,
+                hovertemplate="%{x}<br>"
+                + value
+                + " %{y:.4g}"
+                + ("<br>share of Δ reverted %{customdata:.1%}" if custom is not None else "")
+                + "<extra>"
+                + str(model)
+                + "</extra>",
+            )
+        )
     unit = "share" if value == "accuracy" else "nats per token"
     return _style(fig, title, "experiment", unit, barmode="group")
 
@@ -47,12 +61,22 @@ def revert_curves(curves: pd.DataFrame, value: str = "kl_forward", title: str | 
     fig = go.Figure()
     for (model, order), g in curves.groupby(["model", "order"], sort=False):
         g = g.sort_values("fraction_reverted")
-        fig.add_trace(go.Scatter(x=100 * g["fraction_reverted"], y=g[value], mode="lines+markers",
-                                 name=f"{model} · {ORDER_NAME.get(order, order)}",
-                                 line={"color": colors[str(model)], "dash": ORDER_DASH.get(order, "dot")},
-                                 hovertemplate="%{x:.1f}% reverted<br>%{y:.4g}<extra></extra>"))  # fmt: skip
-    return _style(fig, title, "share of changed entries reverted to the base (%)",
-                  "accuracy" if value == "accuracy" else "nats per token")  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=100 * g["fraction_reverted"],
+                y=g[value],
+                mode="lines+markers",
+                name=f"{model} · {ORDER_NAME.get(order, order)}",
+                line={"color": colors[str(model)], "dash": ORDER_DASH.get(order, "dot")},
+                hovertemplate="%{x:.1f}% reverted<br>%{y:.4g}<extra></extra>",
+            )
+        )
+    return _style(
+        fig,
+        title,
+        "share of changed entries reverted to the base (%)",
+        "accuracy" if value == "accuracy" else "nats per token",
+    )
 
 
 def prompt_histogram(prompts: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
@@ -76,8 +100,15 @@ def token_bars(tokens: pd.DataFrame, title: str = "Per-token KL along the prompt
     labels = [f"{p}:{tok}" for p, tok in zip(t["position"], t["token"], strict=True)]
     fig = go.Figure()
     for i, col in enumerate(["kl_forward", "kl_reverse"]):
-        fig.add_trace(go.Bar(x=labels, y=t[col], name=col, marker_color=PALETTE[i],
-                             hovertemplate="%{x}<br>%{y:.4g} nats<extra>" + col + "</extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=t[col],
+                name=col,
+                marker_color=PALETTE[i],
+                hovertemplate="%{x}<br>%{y:.4g} nats<extra>" + col + "</extra>",
+            )
+        )
     fig = _style(fig, title, "position:token (the distribution of the next token after it)", "nats", barmode="group")
     fig.update_xaxes(type="category")
     return fig

@@ -19,17 +19,23 @@ def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values("setting", key=lambda col: col.map(order_key(SETTING_ORDER)), kind="stable")
 
 
-def fidelity_bars(summary: pd.DataFrame, title: str = "Fidelity: surprisal correlation with the bigram model") -> go.Figure:
+def fidelity_bars(
+    summary: pd.DataFrame, title: str = "Fidelity: surprisal correlation with the bigram model"
+) -> go.Figure:
     """Bars of r (mean ± sd over random seeds) per setting; columns setting, r_mean, r_sd."""
     if summary.empty:
         return no_data_figure(title)
     s = _ordered(summary)
     sd = s["r_sd"].fillna(0).to_numpy(dtype=np.float64) if "r_sd" in s else None
-    fig = go.Figure(go.Bar(
-        x=s["setting"].to_numpy(), y=s["r_mean"].to_numpy(dtype=np.float64), marker_color=PALETTE[0],
-        error_y={"type": "data", "array": sd, "visible": sd is not None},
-        hovertemplate="%{x}<br>r = %{y:.4f}<extra></extra>",
-    ))  # fmt: skip
+    fig = go.Figure(
+        go.Bar(
+            x=s["setting"].to_numpy(),
+            y=s["r_mean"].to_numpy(dtype=np.float64),
+            marker_color=PALETTE[0],
+            error_y={"type": "data", "array": sd, "visible": sd is not None},
+            hovertemplate="%{x}<br>r = %{y:.4f}<extra></extra>",
+        )
+    )
     fig.update_yaxes(range=[min(0.0, float(s["r_mean"].min())), 1.0])
     return _style(fig, title, "setting", "Pearson r of per-token surprisals")
 
@@ -40,15 +46,21 @@ def delta_bits_bars(summary: pd.DataFrame, title: str = "Loss against the full m
         return no_data_figure(title)
     s = _ordered(summary[summary["setting"] != "full"])
     sd = s["bits_sd"].fillna(0).to_numpy(dtype=np.float64) if "bits_sd" in s else None
-    fig = go.Figure(go.Bar(
-        x=s["setting"].to_numpy(), y=s["delta_bits"].to_numpy(dtype=np.float64), marker_color=PALETTE[1],
-        error_y={"type": "data", "array": sd, "visible": sd is not None},
-        hovertemplate="%{x}<br>Δ %{y:+.4f} bits/token<extra></extra>",
-    ))  # fmt: skip
+    fig = go.Figure(
+        go.Bar(
+            x=s["setting"].to_numpy(),
+            y=s["delta_bits"].to_numpy(dtype=np.float64),
+            marker_color=PALETTE[1],
+            error_y={"type": "data", "array": sd, "visible": sd is not None},
+            hovertemplate="%{x}<br>Δ %{y:+.4f} bits/token<extra></extra>",
+        )
+    )
     return _style(fig, title, "setting", "Δ bits per token vs full model")
 
 
-def rotation_curves(rotation: pd.DataFrame, title: str = "Rotation to input and to output (median |arg λ|)") -> go.Figure:
+def rotation_curves(
+    rotation: pd.DataFrame, title: str = "Rotation to input and to output (median |arg λ|)"
+) -> go.Figure:
     """Lines per model and target; columns model, layer, target ("input"/"output"), angle_deg."""
     if rotation.empty:
         return no_data_figure(title)
@@ -59,14 +71,20 @@ def rotation_curves(rotation: pd.DataFrame, title: str = "Rotation to input and 
         for target, dash in (("input", "solid"), ("output", "dash")):
             d = rotation[(rotation["model"] == m) & (rotation["target"] == target)].sort_values("layer")
             if len(d):
-                fig.add_trace(go.Scatter(
-                    x=d["layer"].to_numpy(), y=d["angle_deg"].to_numpy(dtype=np.float64), mode="lines+markers",
-                    name=f"{m} → {target}", line={"color": colors[m], "dash": dash},
-                    hovertemplate=f"{m}, to {target}<br>layer %{{x}}: %{{y:.1f}}°<extra></extra>",
-                ))  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=d["layer"].to_numpy(),
+                        y=d["angle_deg"].to_numpy(dtype=np.float64),
+                        mode="lines+markers",
+                        name=f"{m} → {target}",
+                        line={"color": colors[m], "dash": dash},
+                        hovertemplate=f"{m}, to {target}<br>layer %{{x}}: %{{y:.1f}}°<extra></extra>",
+                    )
+                )
     fig.update_xaxes(dtick=1)
-    return _style(fig, title, "layer (0 = embeddings)", "median rotation angle (degrees)",
-                   legend={"orientation": "h", "y": -0.25})  # fmt: skip
+    return _style(
+        fig, title, "layer (0 = embeddings)", "median rotation angle (degrees)", legend={"orientation": "h", "y": -0.25}
+    )
 
 
 def covariance_heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
@@ -74,24 +92,39 @@ def covariance_heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
     if matrix.empty:
         return no_data_figure(title)
     z = matrix.to_numpy(dtype=np.float64)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[str(c) for c in matrix.columns], y=[str(i) for i in matrix.index], zmin=0, zmax=1,
-        colorscale=SEQUENTIAL, text=np.round(z, 2), texttemplate="%{text}",
-        colorbar={"title": {"text": "similarity"}},
-        hovertemplate="layers %{y} and %{x}: %{z:.3f}<extra></extra>",
-    ))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[str(c) for c in matrix.columns],
+            y=[str(i) for i in matrix.index],
+            zmin=0,
+            zmax=1,
+            colorscale=SEQUENTIAL,
+            text=np.round(z, 2),
+            texttemplate="%{text}",
+            colorbar={"title": {"text": "similarity"}},
+            hovertemplate="layers %{y} and %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
     fig.update_yaxes(autorange="reversed", scaleanchor="x")
     return _style(fig, title, "layer", "layer")
 
 
-def null_histogram(null: pd.DataFrame, observed: float,
-                   title: str = "Overlap with the optimal subnetwork against two nulls") -> go.Figure:  # fmt: skip
+def null_histogram(
+    null: pd.DataFrame, observed: float, title: str = "Overlap with the optimal subnetwork against two nulls"
+) -> go.Figure:
     """Histograms of null overlaps (columns null, overlap) with the observed overlap as a line."""
     if null.empty:
         return no_data_figure(title)
     fig = go.Figure()
     for i, (name, d) in enumerate(null.groupby("null", sort=False)):
-        fig.add_trace(go.Histogram(x=d["overlap"].to_numpy(dtype=np.float64), name=f"null: {name}", opacity=0.6,
-                                   marker_color=PALETTE[i % len(PALETTE)]))  # fmt: skip
+        fig.add_trace(
+            go.Histogram(
+                x=d["overlap"].to_numpy(dtype=np.float64),
+                name=f"null: {name}",
+                opacity=0.6,
+                marker_color=PALETTE[i % len(PALETTE)],
+            )
+        )
     fig.add_vline(x=observed, line_dash="dash", line_color="black", annotation_text="observed")
     return _style(fig, title, "overlap (share of all maskable weights)", "null draws", barmode="overlay")

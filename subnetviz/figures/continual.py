@@ -14,6 +14,8 @@ import plotly.graph_objects as go
 from subnetviz.figures.style import PALETTE, _style, _unique, no_data_figure, order_key
 
 METHOD_ORDER = ("finetune", "SupSup", "SSNeT", "ExSSNeT", "SupSup+KKT", "SSNeT+KKT", "ExSSNeT+KKT")
+
+
 def method_colors(labels) -> dict[str, str]:
     """Label -> colour, fixed by the label's place in :data:`METHOD_ORDER` (unknown labels after)."""
     order = [*METHOD_ORDER, *sorted(set(labels) - set(METHOD_ORDER))]
@@ -37,28 +39,54 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
         rows = [summary[summary["label"] == lab].iloc[0] for lab in labels]
         y = np.array([100 * r["final_acc_mean"] for r in rows])
         sd = np.array([100 * (0 if pd.isna(r["final_acc_sd"]) else r["final_acc_sd"]) for r in rows])
-        fig.add_trace(go.Bar(x=labels, y=y, error_y={"type": "data", "array": sd}, marker_color=[colors[lab] for lab in labels],
-                             text=[f"{v:.1f} %" for v in y], textposition="outside",
-                             hovertemplate="%{x}<br>final average accuracy %{y:.1f}%<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=y,
+                error_y={"type": "data", "array": sd},
+                marker_color=[colors[lab] for lab in labels],
+                text=[f"{v:.1f} %" for v in y],
+                textposition="outside",
+                hovertemplate="%{x}<br>final average accuracy %{y:.1f}%<extra></extra>",
+            )
+        )
         fig.update_xaxes(type="category")
-        return _style(fig, f"Final average accuracy at density {100 * d:g} % (finetune: dense)", "method",
-                      "final average accuracy (%)", showlegend=False)  # fmt: skip
+        return _style(
+            fig,
+            f"Final average accuracy at density {100 * d:g} % (finetune: dense)",
+            "method",
+            "final average accuracy (%)",
+            showlegend=False,
+        )
     for label in _ordered(summary["label"]):
         s = summary[summary["label"] == label].sort_values("density")
         y, sd = 100 * s["final_acc_mean"].to_numpy(), 100 * s["final_acc_sd"].fillna(0).to_numpy()
         if label == "finetune":
-            fig.add_hline(y=float(y[0]), line_dash="dash", line_color=colors[label],
-                          annotation_text=f"finetune (dense) {y[0]:.1f}%")  # fmt: skip
+            fig.add_hline(
+                y=float(y[0]),
+                line_dash="dash",
+                line_color=colors[label],
+                annotation_text=f"finetune (dense) {y[0]:.1f}%",
+            )
             continue
-        fig.add_trace(go.Scatter(x=100 * s["density"].to_numpy(), y=y, error_y={"type": "data", "array": sd},
-                                 mode="lines+markers", name=label, line={"color": colors[label]},
-                                 hovertemplate=f"{label}<br>density %{{x:g}}%<br>accuracy %{{y:.1f}}%<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=100 * s["density"].to_numpy(),
+                y=y,
+                error_y={"type": "data", "array": sd},
+                mode="lines+markers",
+                name=label,
+                line={"color": colors[label]},
+                hovertemplate=f"{label}<br>density %{{x:g}}%<br>accuracy %{{y:.1f}}%<extra></extra>",
+            )
+        )
     fig.update_xaxes(type="log")
     return _style(fig, title, "mask density (% of weights kept, log)", "final average accuracy (%)")
 
 
-def forgetting_bars(summary: pd.DataFrame, density: float | None = None,
-                    title: str = "Forgetting (mean max drop)") -> go.Figure:  # fmt: skip
+def forgetting_bars(
+    summary: pd.DataFrame, density: float | None = None, title: str = "Forgetting (mean max drop)"
+) -> go.Figure:
     """Bars of forgetting (mean ± sd over seeds) per method at ``density`` (finetune always shown)."""
     s = (
         summary
@@ -70,15 +98,21 @@ def forgetting_bars(summary: pd.DataFrame, density: float | None = None,
     colors = method_colors(s["label"].unique())
     labels = _ordered(s["label"])
     s = s.set_index("label").loc[labels]
-    fig = go.Figure(go.Bar(x=labels, y=100 * s["forgetting_mean"].to_numpy(),
-                           error_y={"type": "data", "array": 100 * s["forgetting_sd"].fillna(0).to_numpy()},
-                           marker_color=[colors[lab] for lab in labels],
-                           hovertemplate="%{x}: %{y:.2f} pts<extra></extra>"))  # fmt: skip
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=100 * s["forgetting_mean"].to_numpy(),
+            error_y={"type": "data", "array": 100 * s["forgetting_sd"].fillna(0).to_numpy()},
+            marker_color=[colors[lab] for lab in labels],
+            hovertemplate="%{x}: %{y:.2f} pts<extra></extra>",
+        )
+    )
     return _style(fig, title, "method", "forgetting (accuracy points)")
 
 
-def capacity_curves(capacity: pd.DataFrame, density: float, layer: str = "all",
-                    title: str = "Share of weights used after each task") -> go.Figure:  # fmt: skip
+def capacity_curves(
+    capacity: pd.DataFrame, density: float, layer: str = "all", title: str = "Share of weights used after each task"
+) -> go.Figure:
     """u_t per masked method (seed mean) against the independent-mask curve 1 − (1 − d)^t (dashed)."""
     c = capacity[(capacity["layer"] == layer) & np.isclose(capacity["density"], density)] if len(capacity) else capacity
     if c.empty:
@@ -87,11 +121,25 @@ def capacity_curves(capacity: pd.DataFrame, density: float, layer: str = "all",
     fig = go.Figure()
     for label in _ordered(c["label"]):
         m = c[c["label"] == label].groupby("task")["used"].mean()
-        fig.add_trace(go.Scatter(x=m.index.to_numpy() + 1, y=100 * m.to_numpy(), mode="lines+markers", name=label,
-                                 line={"color": colors[label]}))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=m.index.to_numpy() + 1,
+                y=100 * m.to_numpy(),
+                mode="lines+markers",
+                name=label,
+                line={"color": colors[label]},
+            )
+        )
     ref = c.groupby("task")["reference"].first()
-    fig.add_trace(go.Scatter(x=ref.index.to_numpy() + 1, y=100 * ref.to_numpy(), mode="lines", name="independent masks",
-                             line={"color": "grey", "dash": "dash"}))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=ref.index.to_numpy() + 1,
+            y=100 * ref.to_numpy(),
+            mode="lines",
+            name="independent masks",
+            line={"color": "grey", "dash": "dash"},
+        )
+    )
     return _style(fig, f"{title} (density {100 * density:g}%, {layer})", "tasks trained", "weights used (%)")
 
 
@@ -106,8 +154,15 @@ def exclusive_fraction(
     fig = go.Figure()
     for label in _ordered(c["label"]):
         m = c[c["label"] == label].groupby("task")["exclusive"].mean()
-        fig.add_trace(go.Scatter(x=m.index.to_numpy(), y=100 * m.to_numpy(), mode="lines+markers", name=label,
-                                 line={"color": colors[label]}))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=m.index.to_numpy(),
+                y=100 * m.to_numpy(),
+                mode="lines+markers",
+                name=label,
+                line={"color": colors[label]},
+            )
+        )
     return _style(fig, title, "task", "exclusive share of the mask (%)")
 
 
@@ -120,10 +175,20 @@ def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> 
     colors = ["#DDDDDD", *[PALETTE[i % len(PALETTE)] for i in range(max(n, 1))]]
     k = len(colors)
     scale = [[v, colors[i]] for i in range(k) for v in (i / k, (i + 1) / k)]  # one flat band per value
-    fig = go.Figure(go.Heatmap(z=a.astype(float), zmin=-1.5, zmax=k - 1.5, colorscale=scale,
-                               colorbar={"title": {"text": "task"}, "tickvals": list(range(-1, k - 1)),
-                                         "ticktext": ["unused", *map(str, range(k - 1))]},
-                               hovertemplate="row %{y}, col %{x}: task %{z}<extra></extra>"))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=a.astype(float),
+            zmin=-1.5,
+            zmax=k - 1.5,
+            colorscale=scale,
+            colorbar={
+                "title": {"text": "task"},
+                "tickvals": list(range(-1, k - 1)),
+                "ticktext": ["unused", *map(str, range(k - 1))],
+            },
+            hovertemplate="row %{y}, col %{x}: task %{z}<extra></extra>",
+        )
+    )
     fig.update_yaxes(autorange="reversed")
     return _style(fig, title, "input unit", "output unit")
 
@@ -137,10 +202,23 @@ def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier 
     )
     fig = go.Figure()
     for i, (src, s) in enumerate(g.groupby("source_task")):
-        fig.add_trace(go.Bar(x=s["task"].to_numpy(), y=100 * s["knn_acc"].to_numpy(), name=f"mask of task {src}",
-                             marker_color=PALETTE[i % len(PALETTE)]))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=s["task"].to_numpy(),
+                y=100 * s["knn_acc"].to_numpy(),
+                name=f"mask of task {src}",
+                marker_color=PALETTE[i % len(PALETTE)],
+            )
+        )
     ch = g.groupby("task")["chance"].first()
-    fig.add_trace(go.Scatter(x=ch.index.to_numpy(), y=100 * ch.to_numpy(), mode="markers", name="chance 1/C",
-                             marker={"symbol": "line-ew-open", "size": 30, "color": "black"}))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=ch.index.to_numpy(),
+            y=100 * ch.to_numpy(),
+            mode="markers",
+            name="chance 1/C",
+            marker={"symbol": "line-ew-open", "size": 30, "color": "black"},
+        )
+    )
     fig.update_layout(barmode="group")
     return _style(fig, title, "new task", "KNN accuracy (%)")

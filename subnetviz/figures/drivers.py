@@ -23,17 +23,37 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
     factors = [f for f in FACTOR_ORDER if f in set(r["factor"])] + sorted(set(r["factor"]) - set(FACTOR_ORDER))
     if not factors:
         return no_data_figure(title)
-    fig = make_subplots(rows=1, cols=len(factors), subplot_titles=[f.replace("_", " ") for f in factors],
-                        shared_yaxes=True)  # fmt: skip
+    fig = make_subplots(
+        rows=1, cols=len(factors), subplot_titles=[f.replace("_", " ") for f in factors], shared_yaxes=True
+    )
     for j, f in enumerate(factors, start=1):
         g = r[r["factor"] == f]
         order = list(dict.fromkeys(g["value"].astype(str)))
         mean = g.groupby(g["value"].astype(str))[value].mean().reindex(order)
-        fig.add_trace(go.Bar(x=order, y=mean.to_numpy(), marker_color=PALETTE[0], showlegend=False,
-                             hovertemplate=f"{f} %{{x}}<br>mean {value} %{{y:.4g}}<extra></extra>"), row=1, col=j)  # fmt: skip
-        fig.add_trace(go.Scatter(x=g["value"].astype(str), y=g[value], mode="markers", showlegend=False,
-                                 marker={"color": PALETTE[1], "size": 7}, text=g["seed"],
-                                 hovertemplate="seed %{text}: %{y:.4g}<extra></extra>"), row=1, col=j)  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=order,
+                y=mean.to_numpy(),
+                marker_color=PALETTE[0],
+                showlegend=False,
+                hovertemplate=f"{f} %{{x}}<br>mean {value} %{{y:.4g}}<extra></extra>",
+            ),
+            row=1,
+            col=j,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=g["value"].astype(str),
+                y=g[value],
+                mode="markers",
+                showlegend=False,
+                marker={"color": PALETTE[1], "size": 7},
+                text=g["seed"],
+                hovertemplate="seed %{text}: %{y:.4g}<extra></extra>",
+            ),
+            row=1,
+            col=j,
+        )
         fig.update_xaxes(type="category", row=1, col=j)
     return _style(fig, title, None, value, height=380)
 
@@ -46,8 +66,15 @@ def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 
     fig = go.Figure()
     for i, (prec, g) in enumerate(results.groupby("precision", sort=True)):
         labels = g["factor"] + "=" + g["value"].astype(str) + " s" + g["seed"].astype(str)
-        fig.add_trace(go.Bar(x=labels, y=g["sparsity"], name=f"{prec} save", marker_color=PALETTE[i],
-                             hovertemplate="%{x}<br>sparsity %{y:.2%}<extra>" + prec + "</extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=g["sparsity"],
+                name=f"{prec} save",
+                marker_color=PALETTE[i],
+                hovertemplate="%{x}<br>sparsity %{y:.2%}<extra>" + prec + "</extra>",
+            )
+        )
     fig = _style(fig, title, "run", "update sparsity", barmode="group")
     fig.update_yaxes(tickformat=".0%")
     return fig

@@ -38,12 +38,18 @@ def expert_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None 
         i, j = li[int(r.layer)], ei[str(r.expert)]
         z[i, j] = 100 * getattr(r, value)
         changed[i, j], numel[i, j] = r.changed, r.numel
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[f"E{e}" if e.isdigit() else e for e in experts], y=[str(v) for v in layers],
-        customdata=np.dstack([changed, numel]), colorscale=SEQUENTIAL, colorbar={"title": {"text": f"{value} %"}},
-        hovertemplate="layer %{y} · expert %{x}<br>" + value + " %{z:.2f} %<br>changed %{customdata[0]:,.0f} of "
-                      "%{customdata[1]:,.0f}<extra></extra>",
-    ))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"E{e}" if e.isdigit() else e for e in experts],
+            y=[str(v) for v in layers],
+            customdata=np.dstack([changed, numel]),
+            colorscale=SEQUENTIAL,
+            colorbar={"title": {"text": f"{value} %"}},
+            hovertemplate="layer %{y} · expert %{x}<br>" + value + " %{z:.2f} %<br>changed %{customdata[0]:,.0f} of "
+            "%{customdata[1]:,.0f}<extra></extra>",
+        )
+    )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")
     return _style(fig, title, x="expert", y="layer")
@@ -59,13 +65,19 @@ def router_bars(df: pd.DataFrame, title: str = "Routers: share of entries change
     _require(df, ["model", "layer", "numel", "changed"], "router_bars")
     g = df.groupby(["model", "layer"], sort=False)[["numel", "changed"]].sum().reset_index()
     colors = color_map(list(dict.fromkeys(g["model"])))
-    fig = go.Figure([
-        go.Bar(x=part["layer"].astype(int).astype(str), y=100 * part["changed"] / part["numel"].clip(lower=1),
-               name=str(model), marker_color=colors[str(model)],
-               customdata=np.stack([part["changed"], part["numel"]], axis=1),
-               hovertemplate="layer %{x}<br>%{y:.2f} % changed (%{customdata[0]:,} of %{customdata[1]:,})"
-                             "<extra>" + str(model) + "</extra>")
-        for model, part in g.groupby("model", sort=False)
-    ])  # fmt: skip
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=part["layer"].astype(int).astype(str),
+                y=100 * part["changed"] / part["numel"].clip(lower=1),
+                name=str(model),
+                marker_color=colors[str(model)],
+                customdata=np.stack([part["changed"], part["numel"]], axis=1),
+                hovertemplate="layer %{x}<br>%{y:.2f} % changed (%{customdata[0]:,} of %{customdata[1]:,})"
+                "<extra>" + str(model) + "</extra>",
+            )
+            for model, part in g.groupby("model", sort=False)
+        ]
+    )
     fig.update_layout(barmode="group")
     return _style(fig, title, x="layer", y="density %")

@@ -27,7 +27,7 @@ from subnetviz.figures.style import (
     _unique,
     color_map,
     no_data_figure,
-)  # fmt: skip
+)
 from subnetviz.figures.venn import REGIONS2, REGIONS3, VennLayout, venn2_layout, venn3_layout
 
 
@@ -80,8 +80,17 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
         layout.centers[drawn], layout.radii[drawn], np.array(labels, dtype=object)[drawn], strict=True
     ):
         col = colors[str(lab)]
-        fig.add_shape(type="circle", x0=cx - r, x1=cx + r, y0=cy - r, y1=cy + r,
-                      line={"color": col, "width": 2}, fillcolor=col, opacity=0.25, layer="below")  # fmt: skip
+        fig.add_shape(
+            type="circle",
+            x0=cx - r,
+            x1=cx + r,
+            y0=cy - r,
+            y1=cy + r,
+            line={"color": col, "width": 2},
+            fillcolor=col,
+            opacity=0.25,
+            layer="below",
+        )
     centroid = layout.centers[drawn].mean(axis=0)
     for (cx, cy), r, lab in zip(
         layout.centers[drawn], layout.radii[drawn], np.array(labels, dtype=object)[drawn], strict=True
@@ -91,25 +100,43 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
         d = np.array([d[0], 1.0]) / np.hypot(d[0], 1.0) if abs(d[1]) < 0.3 else d  # side-by-side: label above
         xa = "left" if d[0] > 0.3 else "right" if d[0] < -0.3 else "center"
         ya = "bottom" if d[1] > 0.3 else "top" if d[1] < -0.3 else "middle"
-        fig.add_annotation(x=cx + r * d[0], y=cy + r * d[1], text=f"<b>{lab}</b>", showarrow=False,
-                           xanchor=xa, yanchor=ya, font={"color": colors[str(lab)], "size": 14})  # fmt: skip
+        fig.add_annotation(
+            x=cx + r * d[0],
+            y=cy + r * d[1],
+            text=f"<b>{lab}</b>",
+            showarrow=False,
+            xanchor=xa,
+            yanchor=ya,
+            font={"color": colors[str(lab)], "size": 14},
+        )
     empty = [str(lab) for lab, ok in zip(labels, drawn, strict=True) if not ok]
     if empty:
         title += f"<br><sup>empty, not drawn: {', '.join(empty)}</sup>"
     total = layout.counts.sum()
     ok = ~np.isnan(layout.label_points[:, 0]) & (layout.counts > 0)
-    names = ["only " + " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1") if code.count("1") == 1
-             else " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1") + (" only" if code.count("0") else "")
-             for code in layout.regions]  # fmt: skip
+    names = [
+        "only " + " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1")
+        if code.count("1") == 1
+        else " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1") + (" only" if code.count("0") else "")
+        for code in layout.regions
+    ]
     share = 100 * layout.counts / total
     custom = np.stack([layout.counts, share, 100 * layout.actual / layout.target.sum()], axis=-1)[ok]
-    fig.add_trace(go.Scatter(
-        x=layout.label_points[ok, 0], y=layout.label_points[ok, 1], mode="markers+text",
-        text=[f"{_compact(c)}<br>{s:.1f}%" for c, s in zip(layout.counts[ok], share[ok], strict=True)],
-        customdata=custom, hovertext=np.array(names, dtype=object)[ok], marker={"size": 28, "opacity": 0},
-        hovertemplate="%{hovertext}<br>%{customdata[0]:,.0f} parameters<br>%{customdata[1]:.2f}% of union"
-        "<br>drawn area %{customdata[2]:.2f}% of union<extra></extra>", showlegend=False, textfont={"size": 12},
-    ))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=layout.label_points[ok, 0],
+            y=layout.label_points[ok, 1],
+            mode="markers+text",
+            text=[f"{_compact(c)}<br>{s:.1f}%" for c, s in zip(layout.counts[ok], share[ok], strict=True)],
+            customdata=custom,
+            hovertext=np.array(names, dtype=object)[ok],
+            marker={"size": 28, "opacity": 0},
+            hovertemplate="%{hovertext}<br>%{customdata[0]:,.0f} parameters<br>%{customdata[1]:.2f}% of union"
+            "<br>drawn area %{customdata[2]:.2f}% of union<extra></extra>",
+            showlegend=False,
+            textfont={"size": 12},
+        )
+    )
     ext = float(np.max(np.abs(layout.centers) + layout.radii[:, None])) * 1.25
     fig.update_xaxes(visible=False, range=[-ext, ext])
     fig.update_yaxes(visible=False, range=[-ext, ext], scaleanchor="x", scaleratio=1)
@@ -137,8 +164,13 @@ def venn2(
     return _venn_figure(venn2_layout(_region_counts(sizes_or_regions, 2)), labels, title, colors)
 
 
-def venn3(sizes_or_regions, labels: Sequence[str], title: str = "Overlap (area-proportional)",
-          colors: Mapping | None = None, method: str = "auto") -> go.Figure:  # fmt: skip
+def venn3(
+    sizes_or_regions,
+    labels: Sequence[str],
+    title: str = "Overlap (area-proportional)",
+    colors: Mapping | None = None,
+    method: str = "auto",
+) -> go.Figure:
     """Best-effort 3-set Venn; regions (100, 010, 110, 001, 101, 011, 111). The subtitle states the layout error."""
     layout = venn3_layout(_region_counts(sizes_or_regions, 3), method=method)
     sub = f"layout accuracy {100 * (1 - layout.region_error):.1f}% ({layout.method}; Σ|drawn − true| area = {100 * layout.region_error:.1f}% of union)"
@@ -159,8 +191,14 @@ def _members(v, labels: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(names.index(str(x)) for x in items))
 
 
-def upset(regions_df: pd.DataFrame, labels: Sequence[str], max_bars: int = 40, sort: str = "cardinality",
-          title: str = "Intersections of masks (UpSet)", colors: Mapping | None = None) -> go.Figure:  # fmt: skip
+def upset(
+    regions_df: pd.DataFrame,
+    labels: Sequence[str],
+    max_bars: int = 40,
+    sort: str = "cardinality",
+    title: str = "Intersections of masks (UpSet)",
+    colors: Mapping | None = None,
+) -> go.Figure:
     """UpSet view of exclusive intersections: columns members, count; N = len(labels) ≤ 8 or more.
 
     members is a tuple of labels, an int bit code (bit i = labels[i]) or a '0/1' string. Bars on
@@ -173,8 +211,12 @@ def upset(regions_df: pd.DataFrame, labels: Sequence[str], max_bars: int = 40, s
     if sort not in ("cardinality", "degree", "input"):
         raise FigureDataError(f"upset: sort must be 'cardinality', 'degree' or 'input'; got {sort!r}.")
     n = len(labels)
-    rows = pd.DataFrame({"members": [_members(v, labels) for v in regions_df["members"]],
-                         "count": pd.to_numeric(regions_df["count"]).to_numpy(dtype=np.float64, na_value=np.nan)})  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "members": [_members(v, labels) for v in regions_df["members"]],
+            "count": pd.to_numeric(regions_df["count"]).to_numpy(dtype=np.float64, na_value=np.nan),
+        }
+    )
     rows = (
         rows[(rows["count"] > 0) & (rows["members"].map(len) > 0)]
         .groupby("members", sort=False, as_index=False)["count"]
@@ -194,26 +236,69 @@ def upset(regions_df: pd.DataFrame, labels: Sequence[str], max_bars: int = 40, s
     x = np.arange(k)
     names = [" ∩ ".join(str(labels[i]) for i in m) for m in shown["members"]]
     colors = colors or color_map(labels)
-    fig = make_subplots(rows=2, cols=2, column_widths=[0.22, 0.78], row_heights=[0.62, 0.38],
-                        specs=[[None, {}], [{}, {}]], horizontal_spacing=0.01, vertical_spacing=0.02)  # fmt: skip
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        column_widths=[0.22, 0.78],
+        row_heights=[0.62, 0.38],
+        specs=[[None, {}], [{}, {}]],
+        horizontal_spacing=0.01,
+        vertical_spacing=0.02,
+    )
     cnt = shown["count"].to_numpy(dtype=np.float64, na_value=np.nan)
-    fig.add_trace(go.Bar(x=x, y=cnt, marker_color="#333", customdata=np.stack([cnt, 100 * cnt / union], axis=-1),
-                         hovertext=names, text=[_compact(c) for c in cnt], textposition="outside", cliponaxis=False, textangle=-90 if k > 20 else 0, constraintext="none",
-                         hovertemplate="%{hovertext} (exclusive)<br>%{customdata[0]:,.0f} parameters"
-                         "<br>%{customdata[1]:.2f}% of union<extra></extra>"), row=1, col=2)  # fmt: skip
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=cnt,
+            marker_color="#333",
+            customdata=np.stack([cnt, 100 * cnt / union], axis=-1),
+            hovertext=names,
+            text=[_compact(c) for c in cnt],
+            textposition="outside",
+            cliponaxis=False,
+            textangle=-90 if k > 20 else 0,
+            constraintext="none",
+            hovertemplate="%{hovertext} (exclusive)<br>%{customdata[0]:,.0f} parameters"
+            "<br>%{customdata[1]:.2f}% of union<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
     gx, gy = np.meshgrid(x, np.arange(n))
-    fig.add_trace(go.Scatter(x=gx.ravel(), y=gy.ravel(), mode="markers", marker={"color": "#ddd", "size": 11},
-                             hoverinfo="skip"), row=2, col=2)  # fmt: skip
+    fig.add_trace(
+        go.Scatter(x=gx.ravel(), y=gy.ravel(), mode="markers", marker={"color": "#ddd", "size": 11}, hoverinfo="skip"),
+        row=2,
+        col=2,
+    )
     lx, ly = [], []
     for j, m in enumerate(shown["members"]):
         lx += [j] * len(m) + [None]
         ly += list(m) + [None]
-    fig.add_trace(go.Scatter(x=lx, y=ly, mode="lines+markers", marker={"color": "#333", "size": 11},
-                             line={"color": "#333", "width": 2}, hoverinfo="skip"), row=2, col=2)  # fmt: skip
-    fig.add_trace(go.Bar(y=np.arange(n), x=sizes, orientation="h", marker_color=[colors[str(lab)] for lab in labels],
-                         customdata=np.stack([sizes, 100 * sizes / union], axis=-1), hovertext=list(map(str, labels)),
-                         hovertemplate="%{hovertext}<br>%{customdata[0]:,.0f} parameters<br>%{customdata[1]:.2f}% of union<extra></extra>"),
-                  row=2, col=1)  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=lx,
+            y=ly,
+            mode="lines+markers",
+            marker={"color": "#333", "size": 11},
+            line={"color": "#333", "width": 2},
+            hoverinfo="skip",
+        ),
+        row=2,
+        col=2,
+    )
+    fig.add_trace(
+        go.Bar(
+            y=np.arange(n),
+            x=sizes,
+            orientation="h",
+            marker_color=[colors[str(lab)] for lab in labels],
+            customdata=np.stack([sizes, 100 * sizes / union], axis=-1),
+            hovertext=list(map(str, labels)),
+            hovertemplate="%{hovertext}<br>%{customdata[0]:,.0f} parameters<br>%{customdata[1]:.2f}% of union<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
     # Axes: bars x/y, set sizes x2/y2, dots x3/y3. Bars and dots share x; dots and set sizes share y.
     fig.update_xaxes(matches="x3", visible=False, row=1, col=2)
     fig.update_yaxes(matches="y2", row=2, col=2)
@@ -232,8 +317,14 @@ def upset(regions_df: pd.DataFrame, labels: Sequence[str], max_bars: int = 40, s
     return _style(fig, f"{title}<br><sup>{sub}</sup>", showlegend=False, bargap=0.25, height=420 + 24 * n)
 
 
-def pairwise_matrix(df: pd.DataFrame, value: str = "jaccard", chance_col: str | None = None, view: str = "value",
-                    labels: Sequence[str] | None = None, title: str | None = None) -> go.Figure:  # fmt: skip
+def pairwise_matrix(
+    df: pd.DataFrame,
+    value: str = "jaccard",
+    chance_col: str | None = None,
+    view: str = "value",
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """labels × labels heatmap of o1, o2 or jaccard (fractions), annotated, with ×chance in hover.
 
     df: one row per pair with columns a, b, the value column and its chance baseline (default
@@ -292,8 +383,21 @@ def pairwise_matrix(df: pd.DataFrame, value: str = "jaccard", chance_col: str | 
             100 * val,
             {"colorscale": SEQUENTIAL, "zmin": 0, "zmax": 100, "colorbar": {"title": {"text": f"{value} (%)"}}},
         )
-    fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, text=text, texttemplate="%{text}", customdata=custom,
-                               hovertemplate=hover, hoverongaps=False, xgap=2, ygap=2, **trace))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=labels,
+            text=text,
+            texttemplate="%{text}",
+            customdata=custom,
+            hovertemplate=hover,
+            hoverongaps=False,
+            xgap=2,
+            ygap=2,
+            **trace,
+        )
+    )
     fig.update_xaxes(type="category", side="bottom", showgrid=False, constrain="domain")
     fig.update_yaxes(
         type="category", autorange="reversed", scaleanchor="x", scaleratio=1, showgrid=False, constrain="domain"
@@ -315,8 +419,11 @@ def chance_consensus(densities: Sequence[float], numel: int) -> pd.DataFrame:
     return pd.DataFrame({"k": np.arange(len(prob)), "chance": numel * prob})
 
 
-def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks is a changed parameter?",
-                   chance: pd.DataFrame | None = None) -> go.Figure:  # fmt: skip
+def consensus_bars(
+    df: pd.DataFrame,
+    title: str = "Consensus: in how many masks is a changed parameter?",
+    chance: pd.DataFrame | None = None,
+) -> go.Figure:
     """Columns k (number of masks holding a parameter), count; optional layer (or group) -> stacked shares per layer.
 
     Rows with k = 0 (in no mask) are left out of the bars, and their total is stated in the subtitle.
@@ -334,18 +441,38 @@ def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks 
     by = next((c for c in ("layer", "group") if c in d.columns), None)
     if by is None:
         g = d.groupby("k")["count"].sum().reindex(ks).to_numpy(dtype=np.float64, na_value=np.nan)
-        fig.add_trace(go.Bar(x=np.array(ks), y=g, marker_color=PALETTE[0], customdata=100 * g / g.sum(),
-                             hovertemplate="in %{x} masks<br>%{y:,.0f} parameters (%{customdata:.2f}% of union)<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=np.array(ks),
+                y=g,
+                marker_color=PALETTE[0],
+                customdata=100 * g / g.sum(),
+                hovertemplate="in %{x} masks<br>%{y:,.0f} parameters (%{customdata:.2f}% of union)<extra></extra>",
+            )
+        )
         if chance is not None:
             ch = chance.set_index("k")["chance"].reindex(ks).to_numpy(dtype=np.float64, na_value=np.nan)
             fig.data[0].name = "observed"
-            fig.add_trace(go.Scatter(x=np.array(ks), y=ch, mode="markers+lines", name="chance (independent masks)",
-                                     marker={"symbol": "diamond", "size": 10, "color": PALETTE[1]},
-                                     line={"dash": "dot", "color": PALETTE[1]},
-                                     hovertemplate="in %{x} masks by chance: %{y:,.0f}<extra></extra>"))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=np.array(ks),
+                    y=ch,
+                    mode="markers+lines",
+                    name="chance (independent masks)",
+                    marker={"symbol": "diamond", "size": 10, "color": PALETTE[1]},
+                    line={"dash": "dot", "color": PALETTE[1]},
+                    hovertemplate="in %{x} masks by chance: %{y:,.0f}<extra></extra>",
+                )
+            )
         fig.update_xaxes(tickvals=np.array(ks), type="linear")
-        return _style(fig, title + sub, "number of masks containing the parameter (k)", "parameters (count)",
-                      showlegend=chance is not None, legend={"orientation": "h", "y": -0.25})  # fmt: skip
+        return _style(
+            fig,
+            title + sub,
+            "number of masks containing the parameter (k)",
+            "parameters (count)",
+            showlegend=chance is not None,
+            legend={"orientation": "h", "y": -0.25},
+        )
     layers = _layer_order(d[by])
     piv = d.assign(_x=d[by].map(_layer_label)).pivot_table(index="_x", columns="k", values="count", aggfunc="sum")
     piv = piv.reindex(index=layers, columns=ks).fillna(0)
@@ -356,7 +483,15 @@ def consensus_bars(df: pd.DataFrame, title: str = "Consensus: in how many masks 
     from plotly.colors import sample_colorscale
 
     for j, (kk, col) in enumerate(zip(ks, sample_colorscale(SEQUENTIAL, list(steps * 0.9)), strict=True)):
-        fig.add_trace(go.Bar(x=layers, y=share[:, j], name=f"k = {kk}", marker_color=col, customdata=piv.to_numpy()[:, j],
-                             hovertemplate=f"{by} %{{x}}<br>in {kk} masks<br>%{{customdata:,.0f}} parameters (%{{y:.2f}}%)<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=layers,
+                y=share[:, j],
+                name=f"k = {kk}",
+                marker_color=col,
+                customdata=piv.to_numpy()[:, j],
+                hovertemplate=f"{by} %{{x}}<br>in {kk} masks<br>%{{customdata:,.0f}} parameters (%{{y:.2f}}%)<extra></extra>",
+            )
+        )
     fig.update_xaxes(type="category")
     return _style(fig, title + sub, by, "share of changed parameters (%)", barmode="stack")

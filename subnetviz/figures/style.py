@@ -18,10 +18,32 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#0
 SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu_r"
 MODULE_ORDER = (
-    "embed", "pos_embed", "q", "k", "v", "o", "qkv", "attn", "gate", "up", "down", "mlp_in", "mlp_out", "mlp",
-    "attn_norm", "mlp_norm", "norm", "final_norm", "lm_head",
-    "Q", "K", "V", "O", "MLP-in", "MLP-out",  # the bigram paper's blocks (subnetviz.bigram.maskable)
-)  # fmt: skip
+    "embed",
+    "pos_embed",
+    "q",
+    "k",
+    "v",
+    "o",
+    "qkv",
+    "attn",
+    "gate",
+    "up",
+    "down",
+    "mlp_in",
+    "mlp_out",
+    "mlp",
+    "attn_norm",
+    "mlp_norm",
+    "norm",
+    "final_norm",
+    "lm_head",
+    "Q",
+    "K",
+    "V",
+    "O",
+    "MLP-in",
+    "MLP-out",  # the bigram paper's blocks (subnetviz.bigram.maskable)
+)
 PLOTLY_CONFIG = {"displaylogo": False, "showSendToCloud": False, "responsive": True}
 """What pages pass as ``st.plotly_chart(config=...)``: no logo, no plotly.js 4 "Share chart" (cloud upload)."""
 _TEMPLATE = "plotly_white"
@@ -45,7 +67,7 @@ def format_number(x, digits: int = 3, sign: bool = False) -> str:
     plus = "+" if sign and x > 0 else ""
     if x != 0 and abs(x) < 1e-3:
         return f"{plus}{x:.{digits - 1}e}"
-    if abs(x) >= 10 ** digits:
+    if abs(x) >= 10**digits:
         return f"{plus}{x:,.0f}"
     return f"{plus}{x:,.{max(0, digits - 1 - int(np.floor(np.log10(abs(x)))) if x else digits - 1)}f}"
 

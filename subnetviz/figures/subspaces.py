@@ -27,13 +27,24 @@ def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None
     _require(df, ["layer", "module", col], "angle_heatmap")
     layers, modules, g = _grid(df, [col, "sv_ratio_mean", "k"], "angle_heatmap")
     custom = np.stack([g["sv_ratio_mean"], g["k"]], axis=-1)
-    hover = "layer %{y} · %{x}<br>largest angle %{z:.2f}°<br>mean σ ratio %{customdata[0]:.4f}<br>K %{customdata[1]:.0f}"
-    return _layer_heatmap(layers, modules, g[col], custom, hover, title, "degrees", colorscale=SEQUENTIAL,
-                          zmin=0, zmax=max(1.0, float(np.nanmax(g[col])) if np.isfinite(g[col]).any() else 1.0))  # fmt: skip
+    hover = (
+        "layer %{y} · %{x}<br>largest angle %{z:.2f}°<br>mean σ ratio %{customdata[0]:.4f}<br>K %{customdata[1]:.0f}"
+    )
+    return _layer_heatmap(
+        layers,
+        modules,
+        g[col],
+        custom,
+        hover,
+        title,
+        "degrees",
+        colorscale=SEQUENTIAL,
+        zmin=0,
+        zmax=max(1.0, float(np.nanmax(g[col])) if np.isfinite(g[col]).any() else 1.0),
+    )
 
 
-def angle_curves(vectors: pd.DataFrame, names: list[str], side: str = "left",
-                 title: str | None = None) -> go.Figure:  # fmt: skip
+def angle_curves(vectors: pd.DataFrame, names: list[str], side: str = "left", title: str | None = None) -> go.Figure:
     """Principal angles (degrees, ascending) against their index, one line per matrix in ``names``.
 
     ``vectors``: the long frame of ``SubspaceTable.vectors()`` (name, index, angle_left, angle_right).
@@ -46,9 +57,16 @@ def angle_curves(vectors: pd.DataFrame, names: list[str], side: str = "left",
         return no_data_figure(title)
     fig = go.Figure()
     for i, (name, g) in enumerate(sel.groupby("name", sort=False)):
-        fig.add_trace(go.Scatter(x=g["index"] + 1, y=g[col], mode="lines+markers", name=str(name),
-                                 line={"color": PALETTE[i % len(PALETTE)]},
-                                 hovertemplate=f"{name}<br>i %{{x}}: %{{y:.3f}}°<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=g["index"] + 1,
+                y=g[col],
+                mode="lines+markers",
+                name=str(name),
+                line={"color": PALETTE[i % len(PALETTE)]},
+                hovertemplate=f"{name}<br>i %{{x}}: %{{y:.3f}}°<extra></extra>",
+            )
+        )
     return _style(fig, title, "i (principal angle index)", "angle (degrees)")
 
 
@@ -58,8 +76,12 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
     Points under the diagonal: the update avoids the principal weights more than chance.
     """
     title = title or "Update mask inside the principal-weight mask vs chance"
-    _require(df, ["name", "principal_overlap", "principal_overlap_chance"], "principal_overlap_scatter",
-             shares=["principal_overlap", "principal_overlap_chance"])  # fmt: skip
+    _require(
+        df,
+        ["name", "principal_overlap", "principal_overlap_chance"],
+        "principal_overlap_scatter",
+        shares=["principal_overlap", "principal_overlap_chance"],
+    )
     d = df.dropna(subset=["principal_overlap"])
     if d.empty:
         return no_data_figure(title, "no changed entries in any matrix")
@@ -67,12 +89,21 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
     fig = go.Figure()
     groups = d.groupby(color, sort=False) if color is not None else [("matrices", d)]
     for i, (mod, g) in enumerate(groups):
-        fig.add_trace(go.Scatter(x=100 * g["principal_overlap_chance"], y=100 * g["principal_overlap"],
-                                 mode="markers", name=str(mod), text=g["name"],
-                                 marker={"color": PALETTE[i % len(PALETTE)], "size": 8},
-                                 hovertemplate="%{text}<br>chance %{x:.2f}%<br>inside principal %{y:.2f}%"
-                                 "<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=100 * g["principal_overlap_chance"],
+                y=100 * g["principal_overlap"],
+                mode="markers",
+                name=str(mod),
+                text=g["name"],
+                marker={"color": PALETTE[i % len(PALETTE)], "size": 8},
+                hovertemplate="%{text}<br>chance %{x:.2f}%<br>inside principal %{y:.2f}%<extra></extra>",
+            )
+        )
     hi = 100 * float(max(d["principal_overlap"].max(), d["principal_overlap_chance"].max(), 0.01))
-    fig.add_trace(go.Scatter(x=[0, hi], y=[0, hi], mode="lines", name="chance", line={"color": "#888", "dash": "dash"},
-                             hoverinfo="skip"))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=[0, hi], y=[0, hi], mode="lines", name="chance", line={"color": "#888", "dash": "dash"}, hoverinfo="skip"
+        )
+    )
     return _style(fig, title, "chance: update density (%)", "share of the update inside principal weights (%)")

@@ -31,7 +31,7 @@ from subnetviz.figures.style import (
     _unique,
     color_map,
     no_data_figure,
-)  # fmt: skip
+)
 
 
 def shared_range(frames: Sequence[pd.DataFrame], value: str = "sparsity") -> tuple[float, float]:
@@ -40,8 +40,14 @@ def shared_range(frames: Sequence[pd.DataFrame], value: str = "sparsity") -> tup
     Without it each heatmap stretches Viridis over its own range and a 95 % sparse GRPO grid looks
     like a 30 % sparse SFT grid. An empty or constant range is widened so the colourbar stays drawable.
     """
-    vals = np.concatenate([pd.to_numeric(f[value], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-                           for f in frames if len(f) and value in f.columns] or [np.zeros(0)])  # fmt: skip
+    vals = np.concatenate(
+        [
+            pd.to_numeric(f[value], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            for f in frames
+            if len(f) and value in f.columns
+        ]
+        or [np.zeros(0)]
+    )
     vals = 100 * vals[np.isfinite(vals)]
     if not vals.size:
         return 0.0, 100.0
@@ -49,8 +55,13 @@ def shared_range(frames: Sequence[pd.DataFrame], value: str = "sparsity") -> tup
     return (lo, hi) if hi > lo else (max(0.0, lo - 0.5), min(100.0, hi + 0.5))
 
 
-def sparsity_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None = None,
-                     zrange: tuple[float, float] | None = None, cell_text: bool = True) -> go.Figure:  # fmt: skip
+def sparsity_heatmap(
+    df: pd.DataFrame,
+    value: str = "sparsity",
+    title: str | None = None,
+    zrange: tuple[float, float] | None = None,
+    cell_text: bool = True,
+) -> go.Figure:
     """Layers (0 at top) × module kinds of ``value`` in %.
 
     df: one row per (layer, module) with columns layer (int or label), module (str), changed,
@@ -82,8 +93,12 @@ def sparsity_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | Non
     return fig
 
 
-def overall_bars(df: pd.DataFrame, value: str = "sparsity", title: str = "Overall update sparsity per model",
-                 colors: Mapping | None = None) -> go.Figure:  # fmt: skip
+def overall_bars(
+    df: pd.DataFrame,
+    value: str = "sparsity",
+    title: str = "Overall update sparsity per model",
+    colors: Mapping | None = None,
+) -> go.Figure:
     """One bar per model: columns model, ``value`` (fraction), optional changed and numel for the hover."""
     if df.empty:
         return no_data_figure(title)
@@ -96,15 +111,26 @@ def overall_bars(df: pd.DataFrame, value: str = "sparsity", title: str = "Overal
     if {"changed", "numel"} <= set(df.columns):
         custom = np.stack([df["changed"].to_numpy(np.float64), df["numel"].to_numpy(np.float64)], axis=-1)
         hover += "<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
-    fig = go.Figure(go.Bar(x=models, y=v, marker_color=[colors[m] for m in models], text=[f"{x:.1f} %" for x in v],
-                           textposition="outside", customdata=custom, hovertemplate=hover + "<extra></extra>"))  # fmt: skip
+    fig = go.Figure(
+        go.Bar(
+            x=models,
+            y=v,
+            marker_color=[colors[m] for m in models],
+            text=[f"{x:.1f} %" for x in v],
+            textposition="outside",
+            customdata=custom,
+            hovertemplate=hover + "<extra></extra>",
+        )
+    )
     _style(fig, title, None, f"{value} (%)", height=320, showlegend=False)
     fig.update_yaxes(range=[0, 105])
     fig.update_xaxes(type="category")
     return fig
 
 
-def delta_image(delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base (block mean)") -> go.Figure:
+def delta_image(
+    delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base (block mean)"
+) -> go.Figure:
     """Downsampled signed Δ image on a diverging scale centred on 0 (symmetric range, blocks as in :func:`matrix_image`)."""
     a = np.asarray(delta_2d, dtype=np.float64)
     if a.size == 0:
@@ -117,11 +143,19 @@ def delta_image(delta_2d, max_side: int = 256, title: str = "Signed update Δ = 
     counts = np.outer(np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0)
     mean = _block_sum(a, f) / counts
     span = float(np.nanmax(np.abs(mean))) or 1.0
-    fig = go.Figure(go.Heatmap(
-        z=mean.astype(np.float32), x=c0 + (f - 1) / 2, y=r0 + (f - 1) / 2, colorscale=DIVERGING, zmid=0, zmin=-span,
-        zmax=span, colorbar={"title": {"text": "Δ", "side": "right"}, "exponentformat": "e"},
-        hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
-    ))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=mean.astype(np.float32),
+            x=c0 + (f - 1) / 2,
+            y=r0 + (f - 1) / 2,
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-span,
+            zmax=span,
+            colorbar={"title": {"text": "Δ", "side": "right"}, "exponentformat": "e"},
+            hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
+        )
+    )
     sub = f"{m}×{n}, blocks of {f}×{f}" if f > 1 else f"{m}×{n}, full resolution"
     _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
@@ -151,8 +185,18 @@ def rank_heatmap(df: pd.DataFrame, title: str = "Update rank / min(m, n) by laye
         hover += "<br>rank %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
     if "rank_frac_random" in df.columns:
         hover += "<br>random baseline %{customdata[2]:.1f}%"
-    return _layer_heatmap(layers, modules, 100 * g["rank_frac"], custom, hover, title, "rank (% of full)",
-                          colorscale=SEQUENTIAL, zmin=0, zmax=100)  # fmt: skip
+    return _layer_heatmap(
+        layers,
+        modules,
+        100 * g["rank_frac"],
+        custom,
+        hover,
+        title,
+        "rank (% of full)",
+        colorscale=SEQUENTIAL,
+        zmin=0,
+        zmax=100,
+    )
 
 
 def tolerance_sweep(
@@ -194,22 +238,46 @@ def tolerance_sweep(
             else ""
         )
         hov = "%{fullData.name}<br>tolerance %{x:.0e}<br>sparsity %{y:.3f}%" + counts + "<extra></extra>"
-        fig.add_trace(go.Scatter(x=t[t > 0], y=s[t > 0], mode="lines+markers", name=m, legendgroup=m, customdata=cd[t > 0],
-                                 line={"color": colors[m]}, hovertemplate=hov))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=t[t > 0],
+                y=s[t > 0],
+                mode="lines+markers",
+                name=m,
+                legendgroup=m,
+                customdata=cd[t > 0],
+                line={"color": colors[m]},
+                hovertemplate=hov,
+            )
+        )
         if (t == 0).any():
-            fig.add_trace(go.Scatter(
-                x=np.full((t == 0).sum(), exact_x), y=s[t == 0], mode="markers", name=f"{m} (exact)", customdata=cd[t == 0],
-                legendgroup=m, showlegend=False, marker={"symbol": "diamond-open", "size": 13, "color": colors[m], "line": {"width": 2}},
-                hovertemplate="%{fullData.name}<br>exact (bitwise)<br>sparsity %{y:.3f}%" + counts + "<extra></extra>",
-            ))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=np.full((t == 0).sum(), exact_x),
+                    y=s[t == 0],
+                    mode="markers",
+                    name=f"{m} (exact)",
+                    customdata=cd[t == 0],
+                    legendgroup=m,
+                    showlegend=False,
+                    marker={"symbol": "diamond-open", "size": 13, "color": colors[m], "line": {"width": 2}},
+                    hovertemplate="%{fullData.name}<br>exact (bitwise)<br>sparsity %{y:.3f}%"
+                    + counts
+                    + "<extra></extra>",
+                )
+            )
     ticks = np.concatenate([[exact_x], positive])
     fig.update_xaxes(type="log", tickvals=ticks, ticktext=["exact"] + [f"{v:.0e}" for v in positive])
     fig.add_vline(x=exact_x * np.sqrt(10), line={"dash": "dot", "color": "#999", "width": 1})
     return _style(fig, title, "absolute tolerance |Δ| ≤ τ (log)", "sparsity (%)", hovermode="closest")
 
 
-def ulp_histogram(df: pd.DataFrame, log_y: bool = True, title: str = "Distance between base and finetuned weights in ULPs",
-                  colors: Mapping | None = None) -> go.Figure:  # fmt: skip
+def ulp_histogram(
+    df: pd.DataFrame,
+    log_y: bool = True,
+    title: str = "Distance between base and finetuned weights in ULPs",
+    colors: Mapping | None = None,
+) -> go.Figure:
     """Grouped bars per model: columns model, bin (ordered labels, first appearance order), count."""
     if df.empty:
         return no_data_figure(title)
@@ -228,15 +296,26 @@ def ulp_histogram(df: pd.DataFrame, log_y: bool = True, title: str = "Distance b
         sub = rows.groupby(rows["bin"].astype(str), observed=True)["count"].sum()
         counts = sub.reindex(bins).fillna(0).to_numpy(dtype=np.float64, na_value=np.nan)
         share = 100 * counts / counts.sum() if counts.sum() else counts
-        fig.add_trace(go.Bar(
-            x=bins, y=counts, name=m, marker_color=colors[m], customdata=share,
-            hovertemplate="%{fullData.name}<br>%{x} ULP<br>%{y:,.0f} entries (%{customdata:.3f}%)<extra></extra>",
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=bins,
+                y=counts,
+                name=m,
+                marker_color=colors[m],
+                customdata=share,
+                hovertemplate="%{fullData.name}<br>%{x} ULP<br>%{y:,.0f} entries (%{customdata:.3f}%)<extra></extra>",
+            )
+        )
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=bins)
     if log_y:
         fig.update_yaxes(type="log", dtick=1)
-    return _style(fig, title, "distance (units in the last place of the stored dtype)",
-                  "entries (count, log)" if log_y else "entries (count)", barmode="group")  # fmt: skip
+    return _style(
+        fig,
+        title,
+        "distance (units in the last place of the stored dtype)",
+        "entries (count, log)" if log_y else "entries (count)",
+        barmode="group",
+    )
 
 
 def module_bars(
@@ -256,13 +335,24 @@ def module_bars(
     fig = go.Figure()
     for m in models:
         sub = df[df["model"].astype(str) == m]
-        extra = np.stack([sub.get("changed", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=np.float64, na_value=np.nan),
-                          sub.get("numel", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=np.float64, na_value=np.nan)], axis=-1)  # fmt: skip
-        fig.add_trace(go.Bar(
-            y=sub[key].astype(str).to_numpy(), x=100 * sub["sparsity"].to_numpy(dtype=np.float64, na_value=np.nan), orientation="h",
-            name=m, marker_color=colors[m], customdata=extra,
-            hovertemplate="%{fullData.name}<br>%{y}<br>sparsity %{x:.3f}%<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}<extra></extra>",
-        ))  # fmt: skip
+        extra = np.stack(
+            [
+                sub.get("changed", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=np.float64, na_value=np.nan),
+                sub.get("numel", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=np.float64, na_value=np.nan),
+            ],
+            axis=-1,
+        )
+        fig.add_trace(
+            go.Bar(
+                y=sub[key].astype(str).to_numpy(),
+                x=100 * sub["sparsity"].to_numpy(dtype=np.float64, na_value=np.nan),
+                orientation="h",
+                name=m,
+                marker_color=colors[m],
+                customdata=extra,
+                hovertemplate="%{fullData.name}<br>%{y}<br>sparsity %{x:.3f}%<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}<extra></extra>",
+            )
+        )
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=names, autorange="reversed")
     fig.update_xaxes(range=[0, 100])
     return _style(
@@ -287,8 +377,12 @@ def rank_thresholds(sigmas: pd.DataFrame, shapes: pd.DataFrame) -> dict[str, flo
     return {n: float(v * big[n] * EPS32) for n, v in s1.items() if n in big.index}
 
 
-def spectrum_curves(df: pd.DataFrame, title: str = "Singular values of updates (dashed: random sparse baseline)",
-                    colors: Mapping | None = None, thresholds: Mapping[str, float] | None = None) -> go.Figure:  # fmt: skip
+def spectrum_curves(
+    df: pd.DataFrame,
+    title: str = "Singular values of updates (dashed: random sparse baseline)",
+    colors: Mapping | None = None,
+    thresholds: Mapping[str, float] | None = None,
+) -> go.Figure:
     """Log-y singular value curves: long columns name, index, sigma, kind ("update" | "random").
 
     ``thresholds`` (name -> σ) draws each matrix's rank threshold as a dotted line in its colour: σ
@@ -308,35 +402,64 @@ def spectrum_curves(df: pd.DataFrame, title: str = "Singular values of updates (
             if sub.empty:
                 continue
             sig = sub["sigma"].to_numpy(dtype=np.float64, na_value=np.nan)
-            fig.add_trace(go.Scatter(
-                x=sub["index"].to_numpy(), y=np.where(sig > 0, sig, np.nan), mode="lines", name=n,
-                legendgroup=n, showlegend=kind == "update",
-                line={"color": colors[n], "dash": "solid" if kind == "update" else "dash", "width": 2 if kind == "update" else 1.5},
-                hovertemplate=f"{n} ({kind})<br>σ#%{{x}} = %{{y:.4g}}<extra></extra>",
-            ))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["index"].to_numpy(),
+                    y=np.where(sig > 0, sig, np.nan),
+                    mode="lines",
+                    name=n,
+                    legendgroup=n,
+                    showlegend=kind == "update",
+                    line={
+                        "color": colors[n],
+                        "dash": "solid" if kind == "update" else "dash",
+                        "width": 2 if kind == "update" else 1.5,
+                    },
+                    hovertemplate=f"{n} ({kind})<br>σ#%{{x}} = %{{y:.4g}}<extra></extra>",
+                )
+            )
         if n in thresholds:
             k = int(df.loc[df["name"].astype(str) == n, "index"].max())
-            fig.add_trace(go.Scatter(x=[1, k], y=[thresholds[n]] * 2, mode="lines", legendgroup=n, showlegend=False,
-                                     line={"color": colors[n], "dash": "dot", "width": 1},
-                                     hovertemplate=f"{n}: rank threshold σ₁·max(m,n)·ε = %{{y:.3g}}<extra></extra>"))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=[1, k],
+                    y=[thresholds[n]] * 2,
+                    mode="lines",
+                    legendgroup=n,
+                    showlegend=False,
+                    line={"color": colors[n], "dash": "dot", "width": 1},
+                    hovertemplate=f"{n}: rank threshold σ₁·max(m,n)·ε = %{{y:.3g}}<extra></extra>",
+                )
+            )
     fig.update_yaxes(type="log", exponentformat="power", dtick=1)
     sub = "dashed: random sparse baseline" + (" · dotted: rank threshold (σ₁·max(m,n)·ε_fp32)" if thresholds else "")
     title = title.replace(" (dashed: random sparse baseline)", "")
-    _style(fig, f"{title}<br><sup>{sub}</sup>", "singular value index (descending)", "singular value σ (log)",
-           legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0},
-           height=460 + 22 * ((len(names) + 2) // 3))  # fmt: skip
+    _style(
+        fig,
+        f"{title}<br><sup>{sub}</sup>",
+        "singular value index (descending)",
+        "singular value σ (log)",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0},
+        height=460 + 22 * ((len(names) + 2) // 3),
+    )
     return fig
 
 
 def measure_range(df: pd.DataFrame, measure: str) -> tuple[float, float]:
     """(0, largest ``measure`` / min(m, n) in %) over every row: one colour range for several models' heatmaps."""
-    frac = pd.to_numeric(df[measure]).astype(float) / np.minimum(pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"])).clip(lower=1)
+    frac = pd.to_numeric(df[measure]).astype(float) / np.minimum(
+        pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"])
+    ).clip(lower=1)
     top = float(np.nanmax(100 * frac)) if len(frac) and np.isfinite(frac).any() else 100.0
     return 0.0, max(top, 1e-9)
 
 
-def rank_measure_heatmap(df: pd.DataFrame, measure: str = "effective_rank_99", title: str | None = None,
-                         zrange: tuple[float, float] | None = None) -> go.Figure:  # fmt: skip
+def rank_measure_heatmap(
+    df: pd.DataFrame,
+    measure: str = "effective_rank_99",
+    title: str | None = None,
+    zrange: tuple[float, float] | None = None,
+) -> go.Figure:
     """Layers × module kinds of a rank measure as % of min(m, n): ``effective_rank_99`` or ``stable_rank``.
 
     df: layer, module, rows, cols, ``measure`` (and ``rank`` for the hover). Unlike the numerical
@@ -354,8 +477,9 @@ def rank_measure_heatmap(df: pd.DataFrame, measure: str = "effective_rank_99", t
     custom = np.stack([g[measure], g["min_dim"]], axis=-1)
     hover = f"layer %{{y}} · %{{x}}<br>{names.get(measure, measure)} %{{customdata[0]:,.1f}} of %{{customdata[1]:,.0f}} (%{{z:.1f}}%)"
     rng = {"zmin": 0, "zmax": 100} if zrange is None else {"zmin": float(zrange[0]), "zmax": float(zrange[1])}
-    return _layer_heatmap(layers, modules, 100 * g["frac"], custom, hover, title, "% of min(m, n)",
-                          colorscale=SEQUENTIAL, **rng)  # fmt: skip
+    return _layer_heatmap(
+        layers, modules, 100 * g["frac"], custom, hover, title, "% of min(m, n)", colorscale=SEQUENTIAL, **rng
+    )
 
 
 def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
@@ -399,18 +523,31 @@ def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries chang
     counts = np.outer(rows_in, cols_in).astype(np.float64)
     share = 100 * sums / counts
     if f == 1:  # one cell per entry: row and column are the axes, nothing else to say (keeps the payload small)
-        trace = {"customdata": None,
-                 "hovertemplate": "row %{y:.0f}, col %{x:.0f}: %{z:.0f}% changed<extra></extra>"}  # fmt: skip
+        trace = {"customdata": None, "hovertemplate": "row %{y:.0f}, col %{x:.0f}: %{z:.0f}% changed<extra></extra>"}
     else:  # float32 customdata: a quarter of the bytes plotly would send for float64 stacks
-        custom = np.stack(np.broadcast_arrays(r0[:, None], (r0 + rows_in - 1)[:, None], c0[None, :],
-                                              (c0 + cols_in - 1)[None, :], sums, counts), axis=-1).astype(np.float32)  # fmt: skip
-        trace = {"customdata": custom,
-                 "hovertemplate": "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–"
-                 "%{customdata[3]:.0f}<br>changed %{customdata[4]:,.0f} of %{customdata[5]:,.0f} (%{z:.2f}%)<extra></extra>"}  # fmt: skip
-    fig = go.Figure(go.Heatmap(
-        z=share.astype(np.float32), x=c0 + (cols_in - 1) / 2, y=r0 + (rows_in - 1) / 2, colorscale=SEQUENTIAL, zmin=0,
-        zmax=100, colorbar={"title": {"text": "changed (%)"}}, **trace,
-    ))  # fmt: skip
+        custom = np.stack(
+            np.broadcast_arrays(
+                r0[:, None], (r0 + rows_in - 1)[:, None], c0[None, :], (c0 + cols_in - 1)[None, :], sums, counts
+            ),
+            axis=-1,
+        ).astype(np.float32)
+        trace = {
+            "customdata": custom,
+            "hovertemplate": "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–"
+            "%{customdata[3]:.0f}<br>changed %{customdata[4]:,.0f} of %{customdata[5]:,.0f} (%{z:.2f}%)<extra></extra>",
+        }
+    fig = go.Figure(
+        go.Heatmap(
+            z=share.astype(np.float32),
+            x=c0 + (cols_in - 1) / 2,
+            y=r0 + (rows_in - 1) / 2,
+            colorscale=SEQUENTIAL,
+            zmin=0,
+            zmax=100,
+            colorbar={"title": {"text": "changed (%)"}},
+            **trace,
+        )
+    )
     sub = f"{m}×{n}, blocks of {f}×{f}" if f > 1 else f"{m}×{n}, full resolution"
     _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
@@ -437,10 +574,18 @@ def row_col_ratios(
         if v.size == 0:
             continue
         x, y, f = _downsample_1d(v, max_points)
-        fig.add_trace(go.Scatter(
-            x=x, y=100 * y, mode="lines", name=what, line={"color": PALETTE[k - 1], "width": 1},
-            hovertemplate=f"{what} %{{x:.0f}}<br>changed %{{y:.2f}}%<extra></extra>",
-        ), row=1, col=k)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=100 * y,
+                mode="lines",
+                name=what,
+                line={"color": PALETTE[k - 1], "width": 1},
+                hovertemplate=f"{what} %{{x:.0f}}<br>changed %{{y:.2f}}%<extra></extra>",
+            ),
+            row=1,
+            col=k,
+        )
         fig.update_xaxes(title_text=f"{what} index" + (f" (mean of {f})" if f > 1 else ""), row=1, col=k)
         fig.update_yaxes(title_text="changed (%)", range=[0, 100], row=1, col=k)
     return _style(fig, title, showlegend=False)
@@ -449,8 +594,12 @@ def row_col_ratios(
 SPLIT_COLORS = {"never updated": "#BBBBBB", "updated, unchanged at the end": PALETTE[5], "final subnetwork": PALETTE[0]}
 
 
-def series_lines(df: pd.DataFrame, title: str = "Checkpoint series: update sparsity over training",
-                 first: str = "first checkpoint", ticks: Sequence[str] | None = None) -> go.Figure:  # fmt: skip
+def series_lines(
+    df: pd.DataFrame,
+    title: str = "Checkpoint series: update sparsity over training",
+    first: str = "first checkpoint",
+    ticks: Sequence[str] | None = None,
+) -> go.Figure:
     """Columns step, vs_first, vs_previous (sparsity fractions); optional ever_updated (share).
 
     ``first`` names what step 0 is (``"base"`` when the series starts at the base model); the
@@ -465,17 +614,35 @@ def series_lines(df: pd.DataFrame, title: str = "Checkpoint series: update spars
     )
     d = df.sort_values("step")
     if 0 not in set(d["step"].tolist()):
-        d = pd.concat([pd.DataFrame([{"step": 0, "vs_first": 1.0, "vs_previous": np.nan, "ever_updated": 0.0}]), d],
-                      ignore_index=True)  # fmt: skip
+        d = pd.concat(
+            [pd.DataFrame([{"step": 0, "vs_first": 1.0, "vs_previous": np.nan, "ever_updated": 0.0}]), d],
+            ignore_index=True,
+        )
     fig = go.Figure()
-    series = [("vs_first", f"sparsity vs {first}", "solid"), ("vs_previous", "sparsity vs previous checkpoint", "solid"),
-              ("ever_updated", "updated at some step, back to the start at the end (share)", "dash")]  # fmt: skip
+    series = [
+        ("vs_first", f"sparsity vs {first}", "solid"),
+        ("vs_previous", "sparsity vs previous checkpoint", "solid"),
+        ("ever_updated", "updated at some step, back to the start at the end (share)", "dash"),
+    ]
     for i, (col, name, dash) in enumerate(series):
         if col in d.columns:
-            fig.add_trace(go.Scatter(x=d["step"].to_numpy(), y=100 * d[col].to_numpy(dtype=np.float64, na_value=np.nan), mode="lines+markers", name=name,
-                                     line={"color": PALETTE[i], "dash": dash}, hovertemplate=f"step %{{x}}<br>{name}: %{{y:.2f}}%<extra></extra>"))  # fmt: skip
-    _style(fig, title, "checkpoint" if ticks is not None else "training step", "share of parameters (%)",
-           legend={"orientation": "h", "y": -0.2})  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=d["step"].to_numpy(),
+                    y=100 * d[col].to_numpy(dtype=np.float64, na_value=np.nan),
+                    mode="lines+markers",
+                    name=name,
+                    line={"color": PALETTE[i], "dash": dash},
+                    hovertemplate=f"step %{{x}}<br>{name}: %{{y:.2f}}%<extra></extra>",
+                )
+            )
+    _style(
+        fig,
+        title,
+        "checkpoint" if ticks is not None else "training step",
+        "share of parameters (%)",
+        legend={"orientation": "h", "y": -0.2},
+    )
     if ticks is not None:
         fig.update_xaxes(tickvals=d["step"].to_numpy(), ticktext=list(ticks)[: len(d)])
     return fig
@@ -490,18 +657,36 @@ def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") ->
     fig = go.Figure()
     for i, row in enumerate(df.itertuples()):
         share = 100 * row.count / total
-        fig.add_trace(go.Bar(y=[""], x=[share], name=str(row.part), orientation="h",
-                             marker_color=SPLIT_COLORS.get(str(row.part), PALETTE[i % len(PALETTE)]),
-                             text=[f"{share:.1f} %"], textposition="inside", customdata=[row.count],
-                             hovertemplate=f"{row.part}<br>%{{customdata:,}} parameters (%{{x:.2f}}%)<extra></extra>"))  # fmt: skip
-    _style(fig, title, None, None, barmode="stack", height=260,
-           legend={"orientation": "h", "y": -0.45}, margin={"l": 20, "r": 20, "t": 60, "b": 40})  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                y=[""],
+                x=[share],
+                name=str(row.part),
+                orientation="h",
+                marker_color=SPLIT_COLORS.get(str(row.part), PALETTE[i % len(PALETTE)]),
+                text=[f"{share:.1f} %"],
+                textposition="inside",
+                customdata=[row.count],
+                hovertemplate=f"{row.part}<br>%{{customdata:,}} parameters (%{{x:.2f}}%)<extra></extra>",
+            )
+        )
+    _style(
+        fig,
+        title,
+        None,
+        None,
+        barmode="stack",
+        height=260,
+        legend={"orientation": "h", "y": -0.45},
+        margin={"l": 20, "r": 20, "t": 60, "b": 40},
+    )
     fig.update_xaxes(range=[0, 100], ticksuffix=" %")
     return fig
 
 
-def module_series(df: pd.DataFrame, title: str = "Sparsity per module kind over training",
-                  first: str = "base") -> go.Figure:  # fmt: skip
+def module_series(
+    df: pd.DataFrame, title: str = "Sparsity per module kind over training", first: str = "base"
+) -> go.Figure:
     """Columns step, module, changed, numel: one line per module kind (weighted sparsity vs ``first``, in %)."""
     if df.empty:
         return no_data_figure(title)
@@ -515,8 +700,16 @@ def module_series(df: pd.DataFrame, title: str = "Sparsity per module kind over 
     fig = go.Figure()
     for m in mods:
         sub = g[g["module"] == m].sort_values("step")
-        fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=sub["sparsity"].to_numpy(), mode="lines+markers", name=m,
-                                 line={"color": colors[m]}, hovertemplate=f"{m}<br>step %{{x}}: %{{y:.2f}}%<extra></extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=sub["step"].to_numpy(),
+                y=sub["sparsity"].to_numpy(),
+                mode="lines+markers",
+                name=m,
+                line={"color": colors[m]},
+                hovertemplate=f"{m}<br>step %{{x}}: %{{y:.2f}}%<extra></extra>",
+            )
+        )
     return _style(fig, title, "training step", f"sparsity vs {first} (%)", legend={"orientation": "h", "y": -0.2})
 
 
@@ -533,8 +726,9 @@ def smooth_ema(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def training_curves(df: pd.DataFrame, title: str = "Training curves", colors: Mapping | None = None,
-                    smoothing: float = 0.0) -> go.Figure:  # fmt: skip
+def training_curves(
+    df: pd.DataFrame, title: str = "Training curves", colors: Mapping | None = None, smoothing: float = 0.0
+) -> go.Figure:
     """One small multiple per metric: columns step, metric, value; optional run (one line per run).
 
     Lines carry markers, so a one-point curve is visible. ``smoothing`` (0–0.99) draws the
@@ -559,17 +753,44 @@ def training_curves(df: pd.DataFrame, title: str = "Training curves", colors: Ma
             y = sub["value"].to_numpy(dtype=np.float64, na_value=np.nan)
             pos = {"row": i // ncol + 1, "col": i % ncol + 1}
             if smoothing > 0:
-                fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=y, mode="lines", legendgroup=run, showlegend=False,
-                                         line={"color": colors[run], "width": 1}, opacity=0.3, hoverinfo="skip"), **pos)  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=sub["step"].to_numpy(),
+                        y=y,
+                        mode="lines",
+                        legendgroup=run,
+                        showlegend=False,
+                        line={"color": colors[run], "width": 1},
+                        opacity=0.3,
+                        hoverinfo="skip",
+                    ),
+                    **pos,
+                )
                 y = smooth_ema(y, smoothing)
-            fig.add_trace(go.Scatter(x=sub["step"].to_numpy(), y=y, mode="lines+markers", name=run, marker={"size": 5},
-                                     legendgroup=run, showlegend=i == 0 and len(runs) > 1, line={"color": colors[run]},
-                                     hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>"), **pos)  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["step"].to_numpy(),
+                    y=y,
+                    mode="lines+markers",
+                    name=run,
+                    marker={"size": 5},
+                    legendgroup=run,
+                    showlegend=i == 0 and len(runs) > 1,
+                    line={"color": colors[run]},
+                    hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>",
+                ),
+                **pos,
+            )
         fig.update_xaxes(title_text="step", row=i // ncol + 1, col=i % ncol + 1)
         fig.update_yaxes(title_text=met, row=i // ncol + 1, col=i % ncol + 1)
     # The legend at the figure's very bottom, under the last row's axis titles (a bottom margin for both).
-    return _style(fig, title, height=320 * nrow + 110, legend={"orientation": "h", "y": 0.0, "yanchor": "bottom",
-                                                               "yref": "container", "x": 0}, margin={"l": 70, "r": 30, "t": 80, "b": 120})  # fmt: skip
+    return _style(
+        fig,
+        title,
+        height=320 * nrow + 110,
+        legend={"orientation": "h", "y": 0.0, "yanchor": "bottom", "yref": "container", "x": 0},
+        margin={"l": 70, "r": 30, "t": 80, "b": 120},
+    )
 
 
 def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: accuracy after each task") -> go.Figure:
@@ -586,10 +807,30 @@ def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: 
     if a.shape[0] == a.shape[1]:  # task j not trained yet after task t < j: grey, not a number to read
         a = np.where(np.triu(np.ones_like(a, dtype=bool), k=1), np.nan, a)
     text = np.where(np.isnan(a), "", np.char.mod("%.1f", 100 * a))
-    fig = go.Figure(go.Heatmap(z=100 * a, x=list(map(str, labels)), y=rows, text=text, texttemplate="%{text}", colorscale=SEQUENTIAL,
-                               zmin=0, zmax=100, hoverongaps=False, xgap=2, ygap=2, colorbar={"title": {"text": "accuracy (%)"}},
-                               hovertemplate="after training %{y}<br>on %{x}: %{z:.2f}%<extra></extra>"))  # fmt: skip
+    fig = go.Figure(
+        go.Heatmap(
+            z=100 * a,
+            x=list(map(str, labels)),
+            y=rows,
+            text=text,
+            texttemplate="%{text}",
+            colorscale=SEQUENTIAL,
+            zmin=0,
+            zmax=100,
+            hoverongaps=False,
+            xgap=2,
+            ygap=2,
+            colorbar={"title": {"text": "accuracy (%)"}},
+            hovertemplate="after training %{y}<br>on %{x}: %{z:.2f}%<extra></extra>",
+        )
+    )
     fig.update_xaxes(type="category", side="bottom", showgrid=False)
     fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
-    return _style(fig, title + "<br><sup>grey: task not trained yet</sup>", "evaluated on task", "after training task",
-                  height=max(360, 140 + 50 * a.shape[0]), plot_bgcolor="#E6E6E6")  # fmt: skip
+    return _style(
+        fig,
+        title + "<br><sup>grey: task not trained yet</sup>",
+        "evaluated on task",
+        "after training task",
+        height=max(360, 140 + 50 * a.shape[0]),
+        plot_bgcolor="#E6E6E6",
+    )

@@ -113,7 +113,9 @@ def run_on_worker(run_dir: str, env: dict) -> int:
 
     rd = Path(run_dir)
     child_env = {**os.environ, **env}
-    child_env["PYTHONPATH"] = os.pathsep.join([_PKG_ROOT, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        [_PKG_ROOT, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    )
     with open(rd / "log.txt", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "subnetviz.jobs.ray_backend", "--remote", str(rd)],
@@ -199,8 +201,11 @@ def run_proxy(run_dir: str, address: str) -> int:
                 pass
         if read_json(rd / "status.json").get("state") is None:
             cancelled = ctx.should_stop()
-            _finish(ctx, "cancelled" if cancelled else "failed",
-                    "cancelled by the user" if cancelled else f"Ray: {type(exc).__name__}: {exc}")  # fmt: skip
+            _finish(
+                ctx,
+                "cancelled" if cancelled else "failed",
+                "cancelled by the user" if cancelled else f"Ray: {type(exc).__name__}: {exc}",
+            )
         code = 2 if ctx.should_stop() else 1
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -242,13 +247,19 @@ def merge_series(parts: Sequence, steps: Sequence[int]):
     numel = sum(p.numel for p in parts)
     vs_first = [sum(int(p.steps["changed_vs_first"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
     vs_prev = [sum(int(p.steps["changed_vs_previous"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
-    ever_back = [sum(round(float(p.steps["ever_updated"].iloc[i]) * p.numel) for p in parts)
-                 for i in range(len(steps) - 1)]  # fmt: skip
-    rows = pd.DataFrame({
-        "step": list(steps)[1:], "changed_vs_first": vs_first, "changed_vs_previous": vs_prev,
-        "vs_first": [1 - c / numel for c in vs_first], "vs_previous": [1 - c / numel for c in vs_prev],
-        "ever_updated": [c / numel for c in ever_back],
-    })  # fmt: skip
+    ever_back = [
+        sum(round(float(p.steps["ever_updated"].iloc[i]) * p.numel) for p in parts) for i in range(len(steps) - 1)
+    ]
+    rows = pd.DataFrame(
+        {
+            "step": list(steps)[1:],
+            "changed_vs_first": vs_first,
+            "changed_vs_previous": vs_prev,
+            "vs_first": [1 - c / numel for c in vs_first],
+            "vs_previous": [1 - c / numel for c in vs_prev],
+            "ever_updated": [c / numel for c in ever_back],
+        }
+    )
     counts = [sum(int(p.split["count"].iloc[j]) for p in parts) for j in range(3)]
     split = pd.DataFrame({"part": list(parts[0].split["part"]), "count": counts})
     split["share"] = split["count"] / numel
@@ -307,10 +318,29 @@ def local_head(num_cpus: int = 2, timeout: float = 90.0) -> Iterator[str]:
     require_ray()
     temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
     port = _free_port()
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address",
-           "127.0.0.1", "--port", str(port), "--num-cpus", str(num_cpus), "--num-gpus", "0",
-           "--include-dashboard", "false", "--disable-usage-stats", "--dashboard-port", str(_free_port()),
-           "--ray-client-server-port", str(_free_port()), "--temp-dir", temp]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num-cpus",
+        str(num_cpus),
+        "--num-gpus",
+        "0",
+        "--include-dashboard",
+        "false",
+        "--disable-usage-stats",
+        "--dashboard-port",
+        str(_free_port()),
+        "--ray-client-server-port",
+        str(_free_port()),
+        "--temp-dir",
+        temp,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     address = f"127.0.0.1:{port}"
     with open(Path(temp) / "head.log", "wb") as log:

@@ -21,12 +21,15 @@ from subnetviz.report.html import ReportSection, write_report
 def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
     """Sparsity (per model heatmap, sweep, ULPs, special tensors), spectra and overlap sections."""
     summary = analysis.summary()
-    sections = [ReportSection("Summary", tables=[("Exact update sparsity per model", summary)],
-                              notes="; ".join(analysis.notes))]  # fmt: skip
+    sections = [
+        ReportSection("Summary", tables=[("Exact update sparsity per model", summary)], notes="; ".join(analysis.notes))
+    ]
     figs = []
     for rep in analysis.reports:
         grid = rep.by_layer_module()
-        figs.append(figures.sparsity_heatmap(grid[grid["layer"].notna()], title=f"{rep.model}: update sparsity (exact)"))
+        figs.append(
+            figures.sparsity_heatmap(grid[grid["layer"].notna()], title=f"{rep.model}: update sparsity (exact)")
+        )
     sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
     figs.append(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]))
     figs.append(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)))
@@ -39,8 +42,11 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
         sfigs = []
         for model in analysis.labels:
             g = spec[(spec["model"] == model) & spec["layer"].notna() & ~spec["skipped"].astype(bool)]
-            g = g.assign(layer=g["layer"].astype(int), min_dim=g[["rows", "cols"]].min(axis=1),
-                         rank_frac_random=g["baseline_rank_frac"])  # fmt: skip
+            g = g.assign(
+                layer=g["layer"].astype(int),
+                min_dim=g[["rows", "cols"]].min(axis=1),
+                rank_frac_random=g["baseline_rank_frac"],
+            )
             sfigs.append(figures.rank_heatmap(g, title=f"{model}: update rank / min(m, n)"))
         sections.append(ReportSection("Spectra", sfigs, [("Rank, effective rank, stable rank", spec)]))
     if analysis.source_dir is not None and (analysis.source_dir / "overlap_pairwise.csv").exists():
@@ -56,5 +62,9 @@ def analysis_report(analysis_dir: str | os.PathLike, out: str | os.PathLike) -> 
     if not (d / "summary.json").is_file():
         raise ConfigError(f"{d}: not an analysis folder (no summary.json); run `python -m subnetviz analyze` first.")
     analysis = read_analysis(d)
-    return write_report(out, "subnetviz · update analysis", analysis_sections(analysis),
-                        {"base": analysis.base, "models": ", ".join(analysis.labels), "folder": str(d)})  # fmt: skip
+    return write_report(
+        out,
+        "subnetviz · update analysis",
+        analysis_sections(analysis),
+        {"base": analysis.base, "models": ", ".join(analysis.labels), "folder": str(d)},
+    )

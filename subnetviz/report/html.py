@@ -142,8 +142,13 @@ def download_frame(df: pd.DataFrame, fmt: str = "csv") -> bytes:
         out = df.rename(columns=str)
         for c in out.columns:
             if out[c].dtype == object and out[c].map(lambda v: isinstance(v, tuple | list | set | frozenset)).any():
-                out[c] = out[c].map(lambda v: json.dumps(sorted(v) if isinstance(v, set | frozenset) else list(v), default=str)
-                                    if isinstance(v, tuple | list | set | frozenset) else v)  # fmt: skip
+                out[c] = out[c].map(
+                    lambda v: (
+                        json.dumps(sorted(v) if isinstance(v, set | frozenset) else list(v), default=str)
+                        if isinstance(v, tuple | list | set | frozenset)
+                        else v
+                    )
+                )
         out.to_parquet(buf, index=False)
         return buf.getvalue()
     raise ConfigError(f"download_frame: unknown format {fmt!r}; expected 'csv' or 'parquet'.")

@@ -35,8 +35,9 @@ def figure_bytes(fig, fmt: str = "svg", scale: float = 1.0, width: int = 900, he
         raise StaticExportError("kaleido is not installed: pip install -r requirements.txt.") from exc
     browser = _browser()
     if browser is None:
-        raise StaticExportError("no Chrome/Chromium for kaleido: install Debian's chromium (apt-get install chromium) "
-                                "or set BROWSER_PATH.")  # fmt: skip
+        raise StaticExportError(
+            "no Chrome/Chromium for kaleido: install Debian's chromium (apt-get install chromium) or set BROWSER_PATH."
+        )
     os.environ.setdefault("BROWSER_PATH", browser)
     h = height or int(fig.layout.height or 500)
     for attempt in range(3):  # kaleido's fresh browser tab sometimes runs before its script loaded (under load)

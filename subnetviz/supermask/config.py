@@ -142,8 +142,14 @@ class ContinualConfig:
         for base, kkt in self.variants():
             for d in [1.0] if base == "finetune" else self.density:
                 for s in self.seeds:
-                    mc = MethodConfig(base, density=float(d), seed=s, kkt=kkt,
-                                      task_inference=self.task_inference and base == "supsup", **common)  # fmt: skip
+                    mc = MethodConfig(
+                        base,
+                        density=float(d),
+                        seed=s,
+                        kkt=kkt,
+                        task_inference=self.task_inference and base == "supsup",
+                        **common,
+                    )
                     mc.validate()
                     runs.append(mc)
         return runs

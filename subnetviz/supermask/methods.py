@@ -280,7 +280,9 @@ def _finetune(model, bench: Benchmark, cfg: MethodConfig, epochs: int, gen, acc:
     return acc_rand
 
 
-def _mask_phase(model: MaskedMLP, layers, task: Task, t: int, epochs: int, cfg: MethodConfig, gen, should_stop) -> float:
+def _mask_phase(
+    model: MaskedMLP, layers, task: Task, t: int, epochs: int, cfg: MethodConfig, gen, should_stop
+) -> float:
     """Only ``scores[t]`` learns (weights frozen); then task t's mask is frozen. Returns the last loss."""
     for m in layers.values():
         m.weight.requires_grad_(False)

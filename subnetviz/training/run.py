@@ -202,8 +202,10 @@ class _ZeroMaskInstaller(TrainerCallback):
         tr = self.trainer
         masks = self.masks
         if masks is None:  # a full run: decay everywhere the trainer would
-            masks = {n: torch.ones(p.ds_shape if hasattr(p, "ds_shape") else p.shape, dtype=torch.bool)
-                     for n, p in tr.model.named_parameters()}  # fmt: skip
+            masks = {
+                n: torch.ones(p.ds_shape if hasattr(p, "ds_shape") else p.shape, dtype=torch.bool)
+                for n, p in tr.model.named_parameters()
+            }
         sharded.ZeroGradientMask(tr.model, masks, self.weight_decay, self.decay_names).install(
             tr.accelerator, tr.optimizer
         )
@@ -226,7 +228,9 @@ def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = No
     if ctx is not None and ctx.should_stop():
         return TrainResult(cfg.output_dir, 0, {}, None, 0.0, stopped=True, strategy=cfg.strategy)
     if code != 0 or not summary.is_file():
-        raise JobError(f"the {cfg.num_processes} {cfg.strategy} training processes failed (exit code {code}); see the log.")
+        raise JobError(
+            f"the {cfg.num_processes} {cfg.strategy} training processes failed (exit code {code}); see the log."
+        )
     d = json.loads(summary.read_text())
     return TrainResult(**{k: d[k] for k in TrainResult.__dataclass_fields__ if k in d})
 

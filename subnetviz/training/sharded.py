@@ -137,8 +137,18 @@ def launch(strategy: str, num_processes: int, config_file: Path, folder: Path, *
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     if run_dir is not None:
         env[RUN_DIR_ENV] = str(run_dir)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(yaml),
-           "-m", "subnetviz", "train", "--config", str(config_file)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(yaml),
+        "-m",
+        "subnetviz",
+        "train",
+        "--config",
+        str(config_file),
+    ]
     print(f"launching {num_processes} processes ({strategy}): {' '.join(cmd)}", flush=True)
     sys.stdout.flush()
     return subprocess.call(cmd, env=env, stdin=subprocess.DEVNULL)
@@ -311,14 +321,20 @@ class ZeroGradientMask:
             if name not in self.masks:
                 continue
             local = hasattr(p, "ds_id")
-            get_g, set_g = (dsu.safe_get_local_grad, dsu.safe_set_local_grad) if local else (
-                dsu.safe_get_full_grad, dsu.safe_set_full_grad)  # fmt: skip
+            get_g, set_g = (
+                (dsu.safe_get_local_grad, dsu.safe_set_local_grad)
+                if local
+                else (dsu.safe_get_full_grad, dsu.safe_set_full_grad)
+            )
             g = get_g(p)
             if g is not None:
                 set_g(p, torch.where(self._mask_for(name, g), g, 0.0))
             if self.weight_decay > 0 and name in self.decay_names:
-                get_w, set_w = (dsu.safe_get_local_fp32_param, dsu.safe_set_local_fp32_param) if local else (
-                    dsu.safe_get_full_fp32_param, dsu.safe_set_full_fp32_param)  # fmt: skip
+                get_w, set_w = (
+                    (dsu.safe_get_local_fp32_param, dsu.safe_set_local_fp32_param)
+                    if local
+                    else (dsu.safe_get_full_fp32_param, dsu.safe_set_full_fp32_param)
+                )
                 w = get_w(p)
                 factor = torch.tensor(1.0 - lr * self.weight_decay, dtype=w.dtype, device=w.device)
                 set_w(p, w * torch.where(self._mask_for(name, w), factor, 1.0))
