@@ -115,7 +115,8 @@ def test_accuracy_counts_answers_only(planted):
     per = rep.prompts[rep.prompts["experiment"] == "finetuned"]
     assert per["correct"].isna().sum() == 1  # the prompt without an answer
     acc = rep.summary.set_index("experiment").loc["finetuned", "accuracy"]
-    assert 0.0 <= acc <= 1.0
+    answered = per["correct"].dropna().astype(float)
+    assert len(answered) == len(per) - 1 and acc == pytest.approx(answered.mean())  # a share of answered prompts
 
 
 def test_cli_writes_behavior_json_and_tokens(planted, tmp_path):

@@ -77,8 +77,22 @@ def test_failed_and_cancelled_jobs_on_ray(ray_env, tmp_path):
         runner.poll()
     rec = runner.cancel(long)
     assert rec.status == "cancelled"
-    time.sleep(1)
+    _wait_gone(rec.pid)  # on a condition, not a fixed sleep: the proxy and its Ray task are gone
     assert not rec.outputs.exists()
+
+
+def _wait_gone(pid: int, timeout: float = 30.0) -> None:
+    import psutil
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        assert time.time() < deadline, f"process {pid} still alive"
+        time.sleep(0.05)
 
 
 def test_killed_proxy_is_recovered_as_failed(ray_env, tmp_path):
@@ -92,7 +106,7 @@ def test_killed_proxy_is_recovered_as_failed(ray_env, tmp_path):
         time.sleep(0.2)
         runner.poll()
     os.killpg(runner.get(run_id).pid, signal.SIGKILL)  # the server's machine "restarts"
-    time.sleep(0.5)
+    _wait_gone(runner.get(run_id).pid)
     rec = JobRunner(tmp_path / "runs").wait(run_id, timeout=30)  # a fresh runner recovers the folder
     assert rec.status == "failed" and "without a final status" in rec.error
     assert not (Path(rec.run_dir) / "outputs.tmp").exists()
