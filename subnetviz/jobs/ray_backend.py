@@ -354,6 +354,12 @@ def local_head(num_cpus: int = 2, timeout: float = 90.0) -> Iterator[str]:
             time.sleep(1)
         yield address
     finally:
+        # This process may be a driver of the head (series_fanout connects it): disconnect first. A
+        # driver whose head vanishes quick-exits with status 1 a while later, with no Python cleanup —
+        # it took a whole pytest session down at a random later test.
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
         try:
             os.killpg(head.pid, signal.SIGKILL)
         except ProcessLookupError:
