@@ -31,17 +31,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benches.bench_spectra import SHAPES as LAYER  # noqa: E402  (one Qwen2.5-0.5B layer)
 from subnetviz.analysis.subspaces import SubspaceOptions, compare_subspaces, principal_angles, top_k  # noqa: E402
 
-LAYER = {
-    "q_proj": (896, 896),
-    "k_proj": (128, 896),
-    "v_proj": (128, 896),
-    "o_proj": (896, 896),
-    "gate_proj": (4864, 896),
-    "up_proj": (4864, 896),
-    "down_proj": (896, 4864),
-}
 EMBED = (151936, 896)
 N_LAYERS = 24
 
