@@ -33,7 +33,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benches.bench_streaming import QWEN_05B, qwen_shapes, write_pair  # noqa: E402
+from benches.bench_streaming import QWEN_05B, open_checkpoints, qwen_shapes, write_pair  # noqa: E402
 
 SIZES = {
     "0.1B": (30, {"hidden": 576, "inter": 1536, "heads": 9, "kv_heads": 3, "vocab": 49152}),
@@ -217,36 +217,10 @@ def write_series(folder: Path, size: str, count: int, seed: int = 0) -> list[Pat
     """``count`` checkpoints: a base, then each step moves ~10 % of the entries by 1 ULP and puts
     ~2 % back to the base's bits (cancelling out)."""
     import torch
-    from transformers import Qwen2Config
 
     layers, dims = SIZES[size]
-    shapes = qwen_shapes(layers, dims)
-    d = {**QWEN_05B, **dims}
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in shapes.items():
-        n = 2 * int(torch.Size(shape).numel())
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    cfg = Qwen2Config(
-        hidden_size=d["hidden"],
-        intermediate_size=d["inter"],
-        num_hidden_layers=layers,
-        num_attention_heads=d["heads"],
-        num_key_value_heads=d["kv_heads"],
-        vocab_size=d["vocab"],
-        tie_word_embeddings=True,
-        dtype="bfloat16",
-    )
     paths = [folder / f"step{i:02d}" for i in range(count)]
-    handles = []
-    for p in paths:
-        p.mkdir(parents=True)
-        cfg.save_pretrained(p)
-        fh = open(p / "model.safetensors", "wb")  # noqa: SIM115 (count files written in lockstep)
-        fh.write(len(raw).to_bytes(8, "little") + raw)
-        handles.append(fh)
+    shapes, handles = open_checkpoints(paths, layers, dims)
     gen = torch.Generator().manual_seed(seed)
     try:
         for shape in shapes.values():

@@ -75,10 +75,10 @@ def qwen_shapes(layers: int, dims: dict | None = None) -> dict[str, tuple[int, .
     return shapes
 
 
-def write_pair(
-    folder: Path, layers: int, seed: int = 0, changed_share: float = CHANGED, dims: dict | None = None
-) -> tuple[Path, Path, int, int]:
-    """Stream both checkpoints to disk; returns (base, ft, number of changed entries, params)."""
+def open_checkpoints(paths: list[Path], layers: int, dims: dict | None = None):
+    """Start ``paths`` as Qwen2-shaped bf16 checkpoints written in lockstep: each folder gets the config
+    and a ``model.safetensors`` whose header is already written; returns (tensor shapes, open files).
+    The caller writes each tensor's bytes, in ``shapes`` order, to every file and closes them."""
     import torch
     from transformers import Qwen2Config
 
@@ -102,16 +102,26 @@ def write_pair(
         max_position_embeddings=32768,
         dtype="bfloat16",
     )
-    paths = [folder / "base", folder / "ft"]
-    gen = torch.Generator().manual_seed(seed)
-    changed = params = 0
     handles = []
     for p in paths:
         p.mkdir(parents=True)
         cfg.save_pretrained(p)
-        fh = open(p / "model.safetensors", "wb")  # noqa: SIM115 (two files written in lockstep)
+        fh = open(p / "model.safetensors", "wb")  # noqa: SIM115 (files written in lockstep, closed by the caller)
         fh.write(len(raw).to_bytes(8, "little") + raw)
         handles.append(fh)
+    return shapes, handles
+
+
+def write_pair(
+    folder: Path, layers: int, seed: int = 0, changed_share: float = CHANGED, dims: dict | None = None
+) -> tuple[Path, Path, int, int]:
+    """Stream both checkpoints to disk; returns (base, ft, number of changed entries, params)."""
+    import torch
+
+    paths = [folder / "base", folder / "ft"]
+    shapes, handles = open_checkpoints(paths, layers, dims)
+    gen = torch.Generator().manual_seed(seed)
+    changed = params = 0
     try:
         for name, shape in shapes.items():
             if name.endswith("norm.weight"):
