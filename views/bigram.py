@@ -213,11 +213,14 @@ def body() -> None:
     st.title("Bigram subnetworks")
     st.caption("Which weights map the current token to the next one (Chang & Bergen 2025), ablated and located.")
     a, b = st.columns(2)
+    ws, members = ui.workspace(), selection.zoo_members(ui.zoo())
+    # A zoo member by its id, never by the server's absolute path (visitors see no server paths).
+    default = ws.base_label if ws.base_label in members else (ws.base or "")
     model = a.text_input(
         "Model",
-        value=ui.workspace().base or "",
+        value=default,
         key="bg_model",
-        help="A folder or a cached hub id; defaults to the sidebar's base (the demo zoo's base).",
+        help="A zoo id, a folder or a cached hub id; defaults to the sidebar's base (the demo zoo's base).",
     )
     corpus = b.text_input(
         "Corpus",
@@ -226,7 +229,7 @@ def body() -> None:
         help="'zoo' = the demo chain's exact bigram law, or a text file (model's own tokenizer)",
     )
     ui.need(bool(model), "Choose a model (the sidebar's base, a folder or a cached hub id).")
-    model = selection.resolve_choice(model, {})
+    model = selection.resolve_choice(model, members)
     corpus = corpus if corpus == "zoo" else str(config.check_allowed(corpus))
     view = st.segmented_control(
         "View",

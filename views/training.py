@@ -32,7 +32,9 @@ def launch(ws) -> None:
     with st.form("launch"):
         c1, c2, c3 = st.columns(3)
         algorithm = c1.selectbox("Algorithm", ["grpo", "dpo", "sft"], key="tr_alg")
-        base = c2.text_input("Base checkpoint (folder)", value=ws.base or "", key="tr_base")
+        members = selection.zoo_members(ui.zoo())  # a zoo member shows by its id, never by a server path
+        default = ws.base_label if ws.base_label in members else (ws.base or "")
+        base = c2.text_input("Base checkpoint (zoo id or folder)", value=default, key="tr_base")
         mask_label = c3.selectbox("Train only", list(masks), key="tr_mask")
         random_twin = c3.checkbox("use a random mask of the same per-tensor density instead", key="tr_random")
         train_opts = [AUTO] + [k for k in data if k not in ("pretrain", "dev") and not k.endswith("eval")]
@@ -65,7 +67,7 @@ def launch(ws) -> None:
             mask = f"random:{mask}"
         if train_data == AUTO:
             train_data = ZOO_DATA[algorithm]
-        base = selection.resolve_choice(base, {})  # the server reads only under the allowed roots
+        base = selection.resolve_choice(base, members)  # the server reads only under the allowed roots
         train_path = data.get(train_data) or str(config.check_allowed(train_data))
         cfg = {
             "kind": "train",
