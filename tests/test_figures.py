@@ -625,7 +625,7 @@ def test_split_bar_stacks_shares_in_fixed_colours_and_module_series_is_weighted(
     )
     fig = F.split_bar(split)
     assert fig.layout.barmode == "stack" and [t.x[0] for t in fig.data] == pytest.approx([60, 10, 30])
-    assert [t.marker.color for t in fig.data] == [F.updates.SPLIT_COLORS[p] for p in split["part"]]
+    assert [t.marker.color for t in fig.data] == [F.series.SPLIT_COLORS[p] for p in split["part"]]
     mods = pd.DataFrame({"step": [1, 1, 2], "module": ["q", "q", "q"], "changed": [1, 3, 8], "numel": [10, 30, 40]})
     tr = F.module_series(mods).data[0]
     assert list(tr.x) == [1, 2] and list(tr.y) == pytest.approx([90.0, 80.0])  # Σchanged/Σnumel, not a mean of shares
@@ -636,7 +636,7 @@ def test_training_curves_have_markers_and_smooth_like_tensorboard():
     tr = F.training_curves(df).data[0]
     assert "markers" in tr.mode  # a one-point curve stays visible
     v = np.array([1.0, 3.0, np.nan, 5.0])
-    got = F.updates.smooth_ema(v, 0.5)
+    got = F.series.smooth_ema(v, 0.5)
     assert got[0] == 1.0 and got[1] == pytest.approx((0.25 * 1 + 0.5 * 3) / 0.75)  # debiased EMA
     assert got[2] == got[1]  # a NaN step carries the average on
     many = pd.DataFrame(

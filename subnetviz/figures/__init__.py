@@ -4,22 +4,28 @@ No Streamlit and no ``config`` here: the page (or :mod:`subnetviz.report`) passe
 :data:`PLOTLY_CONFIG` when it shows a figure.
 
 - :mod:`~subnetviz.figures.style`: the shared vocabulary (palette, module order, layout, checks);
-- :mod:`~subnetviz.figures.updates`: update sparsity, tolerance sweep, ULP, spectra, series, training;
-- :mod:`~subnetviz.figures.overlap` (+ :mod:`~subnetviz.figures.venn`, the area-proportional layout);
+- :mod:`~subnetviz.figures.updates`: update sparsity, tolerance sweep, ULP, norms / embeddings / head;
+- :mod:`~subnetviz.figures.spectra`: singular values, rank / effective rank / stable rank;
+- :mod:`~subnetviz.figures.matrix`: one update matrix (changed entries, signed Δ, row / column shares);
+- :mod:`~subnetviz.figures.series`: checkpoint series, training curves, accuracy matrix;
+- :mod:`~subnetviz.figures.overlap`: pairwise matrices, per-layer overlap, consensus;
+- :mod:`~subnetviz.figures.sets`: Venn and UpSet (+ :mod:`~subnetviz.figures.venn`, the area-proportional layout);
 - :mod:`~subnetviz.figures.bigram`: bigram-subnetwork fidelity, ablations, residual stream;
 - :mod:`~subnetviz.figures.continual`: supermask continual learning.
 
-Every builder of the first three is also available here as ``subnetviz.figures.NAME``.
+Every builder of the first six is also available here as ``subnetviz.figures.NAME``.
 """
 
-from subnetviz.figures.overlap import (
-    chance_consensus,
-    consensus_bars,
-    overlap_layer_heatmap,
-    pairwise_matrix,
-    upset,
-    venn2,
-    venn3,
+from subnetviz.figures.matrix import delta_image, matrix_image, row_col_ratios
+from subnetviz.figures.overlap import chance_consensus, consensus_bars, overlap_layer_heatmap, pairwise_matrix
+from subnetviz.figures.series import accuracy_matrix, module_series, series_lines, split_bar, training_curves
+from subnetviz.figures.sets import upset, venn2, venn3
+from subnetviz.figures.spectra import (
+    measure_range,
+    rank_heatmap,
+    rank_measure_heatmap,
+    rank_thresholds,
+    spectrum_curves,
 )
 from subnetviz.figures.style import (
     DIVERGING,
@@ -33,24 +39,11 @@ from subnetviz.figures.style import (
     no_data_figure,
 )
 from subnetviz.figures.updates import (
-    accuracy_matrix,
-    delta_image,
-    matrix_image,
-    measure_range,
     module_bars,
-    module_series,
     overall_bars,
-    rank_heatmap,
-    rank_measure_heatmap,
-    rank_thresholds,
-    row_col_ratios,
-    series_lines,
     shared_range,
     sparsity_heatmap,
-    spectrum_curves,
-    split_bar,
     tolerance_sweep,
-    training_curves,
     ulp_histogram,
 )
 

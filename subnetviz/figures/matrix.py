@@ -1,0 +1,162 @@
+"""Figures of one update matrix: which entries changed (block means), the signed Δ image and the
+row / column shares of changed entries, downsampled for the browser.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from subnetviz.figures.style import (
+    DIVERGING,
+    PALETTE,
+    SEQUENTIAL,
+    FigureDataError,
+    _style,
+    no_data_figure,
+)
+
+
+def delta_image(
+    delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base (block mean)"
+) -> go.Figure:
+    """Downsampled signed Δ image on a diverging scale centred on 0 (symmetric range, blocks as in :func:`matrix_image`)."""
+    a = np.asarray(delta_2d, dtype=np.float64)
+    if a.size == 0:
+        return no_data_figure(title)
+    if a.ndim != 2:
+        raise FigureDataError(f"delta_image: expected a 2-D array (rows, cols); got shape {a.shape}.")
+    m, n = a.shape
+    f = max(1, int(np.ceil(max(m, n) / max_side)))
+    r0, c0 = np.arange(0, m, f), np.arange(0, n, f)
+    counts = np.outer(np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0)
+    mean = _block_sum(a, f) / counts
+    span = float(np.nanmax(np.abs(mean))) or 1.0
+    fig = go.Figure(
+        go.Heatmap(
+            z=mean.astype(np.float32),
+            x=c0 + (f - 1) / 2,
+            y=r0 + (f - 1) / 2,
+            colorscale=DIVERGING,
+            zmid=0,
+            zmin=-span,
+            zmax=span,
+            colorbar={"title": {"text": "Δ", "side": "right"}, "exponentformat": "e"},
+            hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
+        )
+    )
+    sub = f"{m}×{n}, blocks of {f}×{f}" if f > 1 else f"{m}×{n}, full resolution"
+    _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
+    fig.update_xaxes(constrain="domain")
+    return fig
+
+
+def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
+    """Sum of f×f blocks of a 2-D array (edge blocks are smaller), without a padded copy.
+
+    Full blocks go through one reshape-sum (about 10× faster than ``np.add.reduceat`` on a bool
+    matrix); the ragged last block row/column are summed on their own.
+    """
+    m, n = a.shape
+    mb, nb = m // f, n // f
+    dt = np.int64 if a.dtype == bool or np.issubdtype(a.dtype, np.integer) else np.float64
+    out = np.zeros((-(-m // f), -(-n // f)), dtype=np.float64)
+    out[:mb, :nb] = a[: mb * f, : nb * f].reshape(mb, f, nb, f).sum(axis=(1, 3), dtype=dt)
+    if n % f:
+        out[:mb, nb] = a[: mb * f, nb * f :].reshape(mb, f, -1).sum(axis=(1, 2), dtype=dt)
+    if m % f:
+        out[mb, :nb] = a[mb * f :, : nb * f].reshape(-1, nb, f).sum(axis=(0, 2), dtype=dt)
+    if m % f and n % f:
+        out[mb, nb] = a[mb * f :, nb * f :].sum(dtype=dt)
+    return out
+
+
+def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries changed (block mean)") -> go.Figure:
+    """Downsampled image of a 2-D mask (bool, or float in [0, 1]): share changed per block, in %.
+
+    The same block size f = ceil(max(m, n) / max_side) is used on both axes so the aspect ratio
+    is kept; hover gives the original row/column ranges and the changed count of each block.
+    """
+    if hasattr(mask_2d, "detach"):  # a torch tensor, possibly on the GPU
+        mask_2d = mask_2d.detach().cpu().numpy()
+    a = np.asarray(mask_2d)
+    if a.size == 0:
+        return no_data_figure(title)
+    if a.ndim != 2:
+        raise FigureDataError(f"matrix_image: expected a 2-D mask (rows, cols); got shape {a.shape}.")
+    m, n = a.shape
+    f = max(1, int(np.ceil(max(m, n) / max_side)))
+    sums = _block_sum(a, f)
+    r0, c0 = np.arange(0, m, f), np.arange(0, n, f)
+    rows_in, cols_in = np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0
+    counts = np.outer(rows_in, cols_in).astype(np.float64)
+    share = 100 * sums / counts
+    if f == 1:  # one cell per entry: row and column are the axes, nothing else to say (keeps the payload small)
+        trace = {"customdata": None, "hovertemplate": "row %{y:.0f}, col %{x:.0f}: %{z:.0f}% changed<extra></extra>"}
+    else:  # float32 customdata: a quarter of the bytes plotly would send for float64 stacks
+        custom = np.stack(
+            np.broadcast_arrays(
+                r0[:, None], (r0 + rows_in - 1)[:, None], c0[None, :], (c0 + cols_in - 1)[None, :], sums, counts
+            ),
+            axis=-1,
+        ).astype(np.float32)
+        trace = {
+            "customdata": custom,
+            "hovertemplate": "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–"
+            "%{customdata[3]:.0f}<br>changed %{customdata[4]:,.0f} of %{customdata[5]:,.0f} (%{z:.2f}%)<extra></extra>",
+        }
+    fig = go.Figure(
+        go.Heatmap(
+            z=share.astype(np.float32),
+            x=c0 + (cols_in - 1) / 2,
+            y=r0 + (rows_in - 1) / 2,
+            colorscale=SEQUENTIAL,
+            zmin=0,
+            zmax=100,
+            colorbar={"title": {"text": "changed (%)"}},
+            **trace,
+        )
+    )
+    sub = f"{m}×{n}, blocks of {f}×{f}" if f > 1 else f"{m}×{n}, full resolution"
+    _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
+    fig.update_xaxes(constrain="domain")
+    return fig
+
+
+def _downsample_1d(v: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray, int]:
+    f = max(1, int(np.ceil(v.size / max_points)))
+    starts = np.arange(0, v.size, f)
+    means = np.add.reduceat(v, starts) / (np.minimum(starts + f, v.size) - starts)
+    return starts + (np.minimum(starts + f, v.size) - starts - 1) / 2, means, f
+
+
+def row_col_ratios(
+    row_ratio, col_ratio, max_points: int = 2048, title: str = "Share of entries changed per row and per column"
+) -> go.Figure:
+    """Two panels: fraction changed per row (output dim) and per column (input dim), in %."""
+    r, c = np.asarray(row_ratio, dtype=np.float64).ravel(), np.asarray(col_ratio, dtype=np.float64).ravel()
+    if r.size == 0 and c.size == 0:
+        return no_data_figure(title)
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1)
+    for k, (v, what) in enumerate(((r, "row"), (c, "column")), start=1):
+        if v.size == 0:
+            continue
+        x, y, f = _downsample_1d(v, max_points)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=100 * y,
+                mode="lines",
+                name=what,
+                line={"color": PALETTE[k - 1], "width": 1},
+                hovertemplate=f"{what} %{{x:.0f}}<br>changed %{{y:.2f}}%<extra></extra>",
+            ),
+            row=1,
+            col=k,
+        )
+        fig.update_xaxes(title_text=f"{what} index" + (f" (mean of {f})" if f > 1 else ""), row=1, col=k)
+        fig.update_yaxes(title_text="changed (%)", range=[0, 100], row=1, col=k)
+    return _style(fig, title, showlegend=False)

@@ -1,0 +1,269 @@
+"""Figures along training: checkpoint-series lines, where the parameters ended up (stacked bar),
+sparsity per module kind over steps, training curves with EMA smoothing, and the continual-learning
+accuracy matrix (conventions as in :mod:`subnetviz.figures.updates`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from subnetviz.figures.style import (
+    PALETTE,
+    SEQUENTIAL,
+    FigureDataError,
+    _check_share,
+    _require,
+    _style,
+    _unique,
+    color_map,
+    no_data_figure,
+)
+
+SPLIT_COLORS = {"never updated": "#BBBBBB", "updated, unchanged at the end": PALETTE[5], "final subnetwork": PALETTE[0]}
+
+
+def series_lines(
+    df: pd.DataFrame,
+    title: str = "Checkpoint series: update sparsity over training",
+    first: str = "first checkpoint",
+    ticks: Sequence[str] | None = None,
+) -> go.Figure:
+    """Columns step, vs_first, vs_previous (sparsity fractions); optional ever_updated (share).
+
+    ``first`` names what step 0 is (``"base"`` when the series starts at the base model); the
+    figure adds that step-0 point (100 % sparse against itself) when the frame starts later.
+    ``ticks`` (one label per step, step 0 first) puts checkpoint names on the axis instead of
+    training steps, for checkpoints that are not one run.
+    """
+    if df.empty:
+        return no_data_figure(title)
+    _require(
+        df, ["step", "vs_first", "vs_previous"], "series_lines", shares=["vs_first", "vs_previous", "ever_updated"]
+    )
+    d = df.sort_values("step")
+    if 0 not in set(d["step"].tolist()):
+        d = pd.concat(
+            [pd.DataFrame([{"step": 0, "vs_first": 1.0, "vs_previous": np.nan, "ever_updated": 0.0}]), d],
+            ignore_index=True,
+        )
+    fig = go.Figure()
+    series = [
+        ("vs_first", f"sparsity vs {first}", "solid"),
+        ("vs_previous", "sparsity vs previous checkpoint", "solid"),
+        ("ever_updated", "updated at some step, back to the start at the end (share)", "dash"),
+    ]
+    for i, (col, name, dash) in enumerate(series):
+        if col in d.columns:
+            fig.add_trace(
+                go.Scatter(
+                    x=d["step"].to_numpy(),
+                    y=100 * d[col].to_numpy(dtype=np.float64, na_value=np.nan),
+                    mode="lines+markers",
+                    name=name,
+                    line={"color": PALETTE[i], "dash": dash},
+                    hovertemplate=f"step %{{x}}<br>{name}: %{{y:.2f}}%<extra></extra>",
+                )
+            )
+    _style(
+        fig,
+        title,
+        "checkpoint" if ticks is not None else "training step",
+        "share of parameters (%)",
+        legend={"orientation": "h", "y": -0.2},
+    )
+    if ticks is not None:
+        fig.update_xaxes(tickvals=d["step"].to_numpy(), ticktext=list(ticks)[: len(d)])
+    return fig
+
+
+def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") -> go.Figure:
+    """One stacked horizontal bar: columns part, count (share computed), in fixed category colours."""
+    if df.empty:
+        return no_data_figure(title)
+    _require(df, ["part", "count"], "split_bar")
+    total = float(df["count"].sum()) or 1.0
+    fig = go.Figure()
+    for i, row in enumerate(df.itertuples()):
+        share = 100 * row.count / total
+        fig.add_trace(
+            go.Bar(
+                y=[""],
+                x=[share],
+                name=str(row.part),
+                orientation="h",
+                marker_color=SPLIT_COLORS.get(str(row.part), PALETTE[i % len(PALETTE)]),
+                text=[f"{share:.1f} %"],
+                textposition="inside",
+                customdata=[row.count],
+                hovertemplate=f"{row.part}<br>%{{customdata:,}} parameters (%{{x:.2f}}%)<extra></extra>",
+            )
+        )
+    _style(
+        fig,
+        title,
+        None,
+        None,
+        barmode="stack",
+        height=260,
+        legend={"orientation": "h", "y": -0.45},
+        margin={"l": 20, "r": 20, "t": 60, "b": 40},
+    )
+    fig.update_xaxes(range=[0, 100], ticksuffix=" %")
+    return fig
+
+
+def module_series(
+    df: pd.DataFrame, title: str = "Sparsity per module kind over training", first: str = "base"
+) -> go.Figure:
+    """Columns step, module, changed, numel: one line per module kind (weighted sparsity vs ``first``, in %)."""
+    if df.empty:
+        return no_data_figure(title)
+    _require(df, ["step", "module", "changed", "numel"], "module_series")
+    g = df.groupby(["module", "step"], as_index=False)[["changed", "numel"]].sum()
+    g["sparsity"] = 100 * (1 - g["changed"] / g["numel"].clip(lower=1))
+    from subnetviz.figures.style import _module_order
+
+    mods = _module_order(g["module"])
+    colors = color_map(mods)
+    fig = go.Figure()
+    for m in mods:
+        sub = g[g["module"] == m].sort_values("step")
+        fig.add_trace(
+            go.Scatter(
+                x=sub["step"].to_numpy(),
+                y=sub["sparsity"].to_numpy(),
+                mode="lines+markers",
+                name=m,
+                line={"color": colors[m]},
+                hovertemplate=f"{m}<br>step %{{x}}: %{{y:.2f}}%<extra></extra>",
+            )
+        )
+    return _style(fig, title, "training step", f"sparsity vs {first} (%)", legend={"orientation": "h", "y": -0.2})
+
+
+def smooth_ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's debiased exponential moving average (weight 0 = raw); NaNs are skipped."""
+    v = np.asarray(values, dtype=np.float64)
+    if weight <= 0 or v.size == 0:
+        return v
+    out, acc, norm = np.full_like(v, np.nan), 0.0, 0.0
+    for i, x in enumerate(v):
+        if np.isfinite(x):
+            acc, norm = weight * acc + (1 - weight) * x, weight * norm + (1 - weight)
+        out[i] = acc / norm if norm else np.nan
+    return out
+
+
+def training_curves(
+    df: pd.DataFrame, title: str = "Training curves", colors: Mapping | None = None, smoothing: float = 0.0
+) -> go.Figure:
+    """One small multiple per metric: columns step, metric, value; optional run (one line per run).
+
+    Lines carry markers, so a one-point curve is visible. ``smoothing`` (0–0.99) draws the
+    exponential moving average over a faint raw curve.
+    """
+    if df.empty:
+        return no_data_figure(title)
+    _require(df, ["step", "metric", "value"], "training_curves")
+    metrics = _unique(df["metric"].astype(str))
+    runs = _unique(df["run"].astype(str)) if "run" in df.columns else ["run"]
+    colors = colors or color_map(runs)
+    ncol = min(3, len(metrics))
+    nrow = int(np.ceil(len(metrics) / ncol))
+    fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=metrics, horizontal_spacing=0.08, vertical_spacing=0.15)
+    for i, met in enumerate(metrics):
+        for run in runs:
+            sub = df[
+                (df["metric"].astype(str) == met) & ((df["run"].astype(str) == run) if "run" in df.columns else True)
+            ].sort_values("step")
+            if sub.empty:
+                continue
+            y = sub["value"].to_numpy(dtype=np.float64, na_value=np.nan)
+            pos = {"row": i // ncol + 1, "col": i % ncol + 1}
+            if smoothing > 0:
+                fig.add_trace(
+                    go.Scatter(
+                        x=sub["step"].to_numpy(),
+                        y=y,
+                        mode="lines",
+                        legendgroup=run,
+                        showlegend=False,
+                        line={"color": colors[run], "width": 1},
+                        opacity=0.3,
+                        hoverinfo="skip",
+                    ),
+                    **pos,
+                )
+                y = smooth_ema(y, smoothing)
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["step"].to_numpy(),
+                    y=y,
+                    mode="lines+markers",
+                    name=run,
+                    marker={"size": 5},
+                    legendgroup=run,
+                    showlegend=i == 0 and len(runs) > 1,
+                    line={"color": colors[run]},
+                    hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>",
+                ),
+                **pos,
+            )
+        fig.update_xaxes(title_text="step", row=i // ncol + 1, col=i % ncol + 1)
+        fig.update_yaxes(title_text=met, row=i // ncol + 1, col=i % ncol + 1)
+    # The legend at the figure's very bottom, under the last row's axis titles (a bottom margin for both).
+    return _style(
+        fig,
+        title,
+        height=320 * nrow + 110,
+        legend={"orientation": "h", "y": 0.0, "yanchor": "bottom", "yref": "container", "x": 0},
+        margin={"l": 70, "r": 30, "t": 80, "b": 120},
+    )
+
+
+def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: accuracy after each task") -> go.Figure:
+    """A[t, j] (fraction) = accuracy on task j after training task t, as an annotated heatmap in %."""
+    a = np.asarray(A, dtype=np.float64)
+    if a.size == 0:
+        return no_data_figure(title)
+    if a.ndim != 2 or a.shape[1] != len(labels):
+        raise FigureDataError(f"accuracy_matrix: A must be (tasks trained, {len(labels)} tasks); got shape {a.shape}.")
+    _check_share(a, "accuracy_matrix: A")
+    rows = (
+        list(map(str, labels))[: a.shape[0]] if a.shape[0] <= len(labels) else [f"step {t}" for t in range(a.shape[0])]
+    )
+    if a.shape[0] == a.shape[1]:  # task j not trained yet after task t < j: grey, not a number to read
+        a = np.where(np.triu(np.ones_like(a, dtype=bool), k=1), np.nan, a)
+    text = np.where(np.isnan(a), "", np.char.mod("%.1f", 100 * a))
+    fig = go.Figure(
+        go.Heatmap(
+            z=100 * a,
+            x=list(map(str, labels)),
+            y=rows,
+            text=text,
+            texttemplate="%{text}",
+            colorscale=SEQUENTIAL,
+            zmin=0,
+            zmax=100,
+            hoverongaps=False,
+            xgap=2,
+            ygap=2,
+            colorbar={"title": {"text": "accuracy (%)"}},
+            hovertemplate="after training %{y}<br>on %{x}: %{z:.2f}%<extra></extra>",
+        )
+    )
+    fig.update_xaxes(type="category", side="bottom", showgrid=False)
+    fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
+    return _style(
+        fig,
+        title + "<br><sup>grey: task not trained yet</sup>",
+        "evaluated on task",
+        "after training task",
+        height=max(360, 140 + 50 * a.shape[0]),
+        plot_bgcolor="#E6E6E6",
+    )

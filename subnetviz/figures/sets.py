@@ -1,0 +1,269 @@
+"""Set figures of masks: area-proportional Venn (2–3 masks) and UpSet (any number). Pure Plotly;
+inputs are the region counts of :class:`subnetviz.analysis.overlap.OverlapReport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from subnetviz.figures.style import (
+    FigureDataError,
+    _require,
+    _style,
+    color_map,
+    no_data_figure,
+)
+from subnetviz.figures.venn import REGIONS2, REGIONS3, VennLayout, venn2_layout, venn3_layout
+
+
+def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: Mapping | None) -> go.Figure:
+    n = len(layout.radii)
+    if len(labels) != n:
+        raise FigureDataError(f"venn: {n} set labels expected; got {len(labels)}: {list(labels)}.")
+    colors = colors or color_map(labels)
+    fig = go.Figure()
+    drawn = layout.radii > 0  # an empty set has no circle; the subtitle names it instead
+    for (cx, cy), r, lab in zip(
+        layout.centers[drawn], layout.radii[drawn], np.array(labels, dtype=object)[drawn], strict=True
+    ):
+        col = colors[str(lab)]
+        fig.add_shape(
+            type="circle",
+            x0=cx - r,
+            x1=cx + r,
+            y0=cy - r,
+            y1=cy + r,
+            line={"color": col, "width": 2},
+            fillcolor=col,
+            opacity=0.25,
+            layer="below",
+        )
+    centroid = layout.centers[drawn].mean(axis=0)
+    for (cx, cy), r, lab in zip(
+        layout.centers[drawn], layout.radii[drawn], np.array(labels, dtype=object)[drawn], strict=True
+    ):
+        d = np.array([cx, cy]) - centroid
+        d = d / np.hypot(*d) if np.hypot(*d) > 1e-9 else np.array([0.0, 1.0])
+        d = np.array([d[0], 1.0]) / np.hypot(d[0], 1.0) if abs(d[1]) < 0.3 else d  # side-by-side: label above
+        xa = "left" if d[0] > 0.3 else "right" if d[0] < -0.3 else "center"
+        ya = "bottom" if d[1] > 0.3 else "top" if d[1] < -0.3 else "middle"
+        fig.add_annotation(
+            x=cx + r * d[0],
+            y=cy + r * d[1],
+            text=f"<b>{lab}</b>",
+            showarrow=False,
+            xanchor=xa,
+            yanchor=ya,
+            font={"color": colors[str(lab)], "size": 14},
+        )
+    empty = [str(lab) for lab, ok in zip(labels, drawn, strict=True) if not ok]
+    if empty:
+        title += f"<br><sup>empty, not drawn: {', '.join(empty)}</sup>"
+    total = layout.counts.sum()
+    ok = ~np.isnan(layout.label_points[:, 0]) & (layout.counts > 0)
+    names = [
+        "only " + " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1")
+        if code.count("1") == 1
+        else " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1") + (" only" if code.count("0") else "")
+        for code in layout.regions
+    ]
+    share = 100 * layout.counts / total
+    custom = np.stack([layout.counts, share, 100 * layout.actual / layout.target.sum()], axis=-1)[ok]
+    fig.add_trace(
+        go.Scatter(
+            x=layout.label_points[ok, 0],
+            y=layout.label_points[ok, 1],
+            mode="markers+text",
+            text=[f"{_compact(c)}<br>{s:.1f}%" for c, s in zip(layout.counts[ok], share[ok], strict=True)],
+            customdata=custom,
+            hovertext=np.array(names, dtype=object)[ok],
+            marker={"size": 28, "opacity": 0},
+            hovertemplate="%{hovertext}<br>%{customdata[0]:,.0f} parameters<br>%{customdata[1]:.2f}% of union"
+            "<br>drawn area %{customdata[2]:.2f}% of union<extra></extra>",
+            showlegend=False,
+            textfont={"size": 12},
+        )
+    )
+    ext = float(np.max(np.abs(layout.centers) + layout.radii[:, None])) * 1.25
+    fig.update_xaxes(visible=False, range=[-ext, ext])
+    fig.update_yaxes(visible=False, range=[-ext, ext], scaleanchor="x", scaleratio=1)
+    return _style(fig, title, height=520, margin={"l": 20, "r": 20, "t": 80, "b": 20})
+
+
+def _compact(v: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:,.0f}"
+
+
+def _region_counts(sizes_or_regions, n: int) -> np.ndarray:
+    codes = REGIONS2 if n == 2 else REGIONS3
+    if isinstance(sizes_or_regions, Mapping):
+        return np.array([float(sizes_or_regions.get(c, 0)) for c in codes])
+    return np.asarray(sizes_or_regions, dtype=np.float64)
+
+
+def venn2(
+    sizes_or_regions, labels: Sequence[str], title: str = "Overlap (area-proportional)", colors: Mapping | None = None
+) -> go.Figure:
+    """Exact area-proportional 2-set Venn; regions (10, 01, 11) as a sequence or {code: count}."""
+    return _venn_figure(venn2_layout(_region_counts(sizes_or_regions, 2)), labels, title, colors)
+
+
+def venn3(
+    sizes_or_regions,
+    labels: Sequence[str],
+    title: str = "Overlap (area-proportional)",
+    colors: Mapping | None = None,
+    method: str = "auto",
+) -> go.Figure:
+    """Best-effort 3-set Venn; regions (100, 010, 110, 001, 101, 011, 111). The subtitle states the layout error."""
+    layout = venn3_layout(_region_counts(sizes_or_regions, 3), method=method)
+    sub = f"layout accuracy {100 * (1 - layout.region_error):.1f}% ({layout.method}; Σ|drawn − true| area = {100 * layout.region_error:.1f}% of union)"
+    return _venn_figure(layout, labels, f"{title}<br><sup>{sub}</sup>", colors)
+
+
+def _members(v, labels: Sequence[str]) -> tuple[int, ...]:
+    """Member indices from a tuple of labels, an int bit code (bit i = labels[i]) or a '101' string."""
+    if isinstance(v, str) and set(v) <= {"0", "1"} and len(v) == len(labels):
+        return tuple(i for i, ch in enumerate(v) if ch == "1")
+    if isinstance(v, int | np.integer):
+        return tuple(i for i in range(len(labels)) if int(v) >> i & 1)
+    names = list(map(str, labels))
+    items = [v] if isinstance(v, str) else list(v)
+    bad = [x for x in items if str(x) not in names]
+    if bad:
+        raise FigureDataError(f"upset: members {bad} are not among the labels {names}.")
+    return tuple(sorted(names.index(str(x)) for x in items))
+
+
+def upset(
+    regions_df: pd.DataFrame,
+    labels: Sequence[str],
+    max_bars: int = 40,
+    sort: str = "cardinality",
+    title: str = "Intersections of masks (UpSet)",
+    colors: Mapping | None = None,
+) -> go.Figure:
+    """UpSet view of exclusive intersections: columns members, count; N = len(labels) ≤ 8 or more.
+
+    members is a tuple of labels, an int bit code (bit i = labels[i]) or a '0/1' string. Bars on
+    top, the membership dot matrix below, set sizes (summed over every region) on the left.
+    sort: "cardinality" (largest first), "degree" (fewest members first) or "input".
+    """
+    if regions_df.empty or not len(labels):
+        return no_data_figure(title)
+    _require(regions_df, ["members", "count"], "upset")
+    if sort not in ("cardinality", "degree", "input"):
+        raise FigureDataError(f"upset: sort must be 'cardinality', 'degree' or 'input'; got {sort!r}.")
+    n = len(labels)
+    rows = pd.DataFrame(
+        {
+            "members": [_members(v, labels) for v in regions_df["members"]],
+            "count": pd.to_numeric(regions_df["count"]).to_numpy(dtype=np.float64, na_value=np.nan),
+        }
+    )
+    rows = (
+        rows[(rows["count"] > 0) & (rows["members"].map(len) > 0)]
+        .groupby("members", sort=False, as_index=False)["count"]
+        .sum()
+    )
+    if rows.empty:
+        return no_data_figure(title, "every intersection is empty")
+    union = rows["count"].sum()
+    sizes = np.array([rows.loc[rows["members"].map(lambda m, i=i: i in m), "count"].sum() for i in range(n)])
+    rows["degree"] = rows["members"].map(len)
+    if sort == "cardinality":
+        rows = rows.sort_values(["count", "degree"], ascending=[False, True], kind="stable")
+    elif sort == "degree":
+        rows = rows.sort_values(["degree", "count"], ascending=[True, False], kind="stable")
+    shown = rows.head(max_bars)
+    k = len(shown)
+    x = np.arange(k)
+    names = [" ∩ ".join(str(labels[i]) for i in m) for m in shown["members"]]
+    colors = colors or color_map(labels)
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        column_widths=[0.22, 0.78],
+        row_heights=[0.62, 0.38],
+        specs=[[None, {}], [{}, {}]],
+        horizontal_spacing=0.01,
+        vertical_spacing=0.02,
+    )
+    cnt = shown["count"].to_numpy(dtype=np.float64, na_value=np.nan)
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=cnt,
+            marker_color="#333",
+            customdata=np.stack([cnt, 100 * cnt / union], axis=-1),
+            hovertext=names,
+            text=[_compact(c) for c in cnt],
+            textposition="outside",
+            cliponaxis=False,
+            textangle=-90 if k > 20 else 0,
+            constraintext="none",
+            hovertemplate="%{hovertext} (exclusive)<br>%{customdata[0]:,.0f} parameters"
+            "<br>%{customdata[1]:.2f}% of union<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    gx, gy = np.meshgrid(x, np.arange(n))
+    fig.add_trace(
+        go.Scatter(x=gx.ravel(), y=gy.ravel(), mode="markers", marker={"color": "#ddd", "size": 11}, hoverinfo="skip"),
+        row=2,
+        col=2,
+    )
+    lx, ly = [], []
+    for j, m in enumerate(shown["members"]):
+        lx += [j] * len(m) + [None]
+        ly += list(m) + [None]
+    fig.add_trace(
+        go.Scatter(
+            x=lx,
+            y=ly,
+            mode="lines+markers",
+            marker={"color": "#333", "size": 11},
+            line={"color": "#333", "width": 2},
+            hoverinfo="skip",
+        ),
+        row=2,
+        col=2,
+    )
+    fig.add_trace(
+        go.Bar(
+            y=np.arange(n),
+            x=sizes,
+            orientation="h",
+            marker_color=[colors[str(lab)] for lab in labels],
+            customdata=np.stack([sizes, 100 * sizes / union], axis=-1),
+            hovertext=list(map(str, labels)),
+            hovertemplate="%{hovertext}<br>%{customdata[0]:,.0f} parameters<br>%{customdata[1]:.2f}% of union<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    # Axes: bars x/y, set sizes x2/y2, dots x3/y3. Bars and dots share x; dots and set sizes share y.
+    fig.update_xaxes(matches="x3", visible=False, row=1, col=2)
+    fig.update_yaxes(matches="y2", row=2, col=2)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, range=[-0.6, k - 0.4], row=2, col=2)
+    fig.update_yaxes(title_text="intersection size", row=1, col=2)
+    fig.update_yaxes(
+        tickvals=np.arange(n), ticktext=list(map(str, labels)), range=[n - 0.5, -0.5], showgrid=False, row=2, col=1
+    )
+    fig.update_yaxes(showgrid=False, zeroline=False, showticklabels=False, row=2, col=2)
+    fig.update_xaxes(autorange="reversed", title_text="set size", row=2, col=1)
+    sub = (
+        f"{k} of {len(rows)} non-empty intersections, by {sort}"
+        if len(rows) > k
+        else f"{k} non-empty intersections, by {sort}"
+    )
+    return _style(fig, f"{title}<br><sup>{sub}</sup>", showlegend=False, bargap=0.25, height=420 + 24 * n)

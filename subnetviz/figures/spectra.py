@@ -1,0 +1,179 @@
+"""Figures of update spectra: singular-value curves with the rank threshold, rank / effective rank /
+stable rank heatmaps by layer × module (conventions as in :mod:`subnetviz.figures.updates`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from subnetviz.figures.style import (
+    SEQUENTIAL,
+    _grid,
+    _layer_heatmap,
+    _require,
+    _style,
+    _unique,
+    color_map,
+    no_data_figure,
+)
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def rank_heatmap(df: pd.DataFrame, title: str = "Update rank / min(m, n) by layer and module") -> go.Figure:
+    """Layers × module kinds of rank_frac (fraction) in %.
+
+    Optional: rank and min_dim (or rows and cols) for the hover, and the random-sparse baseline as
+    rank_frac_random or baseline_rank_frac — so ``SpectrumTable.to_frame()`` plus layer and module
+    columns fits as it is. Skipped matrices (NaN rank_frac) stay blank.
+    """
+    if df.empty:
+        return no_data_figure(title)
+    df = df.copy()
+    if "min_dim" not in df.columns and {"rows", "cols"} <= set(df.columns):
+        df["min_dim"] = np.minimum(pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"]))
+    if "rank_frac_random" not in df.columns and "baseline_rank_frac" in df.columns:
+        df["rank_frac_random"] = df["baseline_rank_frac"]
+    _require(df, ["layer", "module", "rank_frac"], "rank_heatmap", shares=["rank_frac", "rank_frac_random"])
+    layers, modules, g = _grid(df, ["rank_frac", "rank", "min_dim", "rank_frac_random"], "rank_heatmap")
+    custom = np.stack([g["rank"], g["min_dim"], 100 * g["rank_frac_random"]], axis=-1)
+    hover = "layer %{y} · %{x}<br>rank %{z:.1f}% of full"
+    if "rank" in df.columns and "min_dim" in df.columns:
+        hover += "<br>rank %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
+    if "rank_frac_random" in df.columns:
+        hover += "<br>random baseline %{customdata[2]:.1f}%"
+    return _layer_heatmap(
+        layers,
+        modules,
+        100 * g["rank_frac"],
+        custom,
+        hover,
+        title,
+        "rank (% of full)",
+        colorscale=SEQUENTIAL,
+        zmin=0,
+        zmax=100,
+    )
+
+
+def rank_thresholds(sigmas: pd.DataFrame, shapes: pd.DataFrame) -> dict[str, float]:
+    """Series name -> the rank threshold σ₁·max(m, n)·ε_fp32 (torch's default, the paper's script).
+
+    sigmas: name, sigma, kind (the update's rows are used); shapes: name, rows, cols.
+    """
+    upd = sigmas[sigmas["kind"] == "update"]
+    if upd.empty:
+        return {}
+    s1 = upd.groupby(upd["name"].astype(str))["sigma"].max()
+    dims = shapes.assign(name=shapes["name"].astype(str)).set_index("name")
+    big = np.maximum(pd.to_numeric(dims["rows"]), pd.to_numeric(dims["cols"])).astype(float)
+    return {n: float(v * big[n] * EPS32) for n, v in s1.items() if n in big.index}
+
+
+def spectrum_curves(
+    df: pd.DataFrame,
+    title: str = "Singular values of updates (dashed: random sparse baseline)",
+    colors: Mapping | None = None,
+    thresholds: Mapping[str, float] | None = None,
+) -> go.Figure:
+    """Log-y singular value curves: long columns name, index, sigma, kind ("update" | "random").
+
+    ``thresholds`` (name -> σ) draws each matrix's rank threshold as a dotted line in its colour: σ
+    below it do not count towards the rank. One legend entry per matrix (its baseline toggles with
+    it), laid out under the plot so long names never cover the curves.
+    """
+    if df.empty:
+        return no_data_figure(title)
+    _require(df, ["name", "index", "sigma", "kind"], "spectrum_curves")
+    names = _unique(df["name"].astype(str))
+    colors = colors or color_map(names)
+    thresholds = thresholds or {}
+    fig = go.Figure()
+    for n in names:
+        for kind in ("update", "random"):
+            sub = df[(df["name"].astype(str) == n) & (df["kind"] == kind)].sort_values("index")
+            if sub.empty:
+                continue
+            sig = sub["sigma"].to_numpy(dtype=np.float64, na_value=np.nan)
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["index"].to_numpy(),
+                    y=np.where(sig > 0, sig, np.nan),
+                    mode="lines",
+                    name=n,
+                    legendgroup=n,
+                    showlegend=kind == "update",
+                    line={
+                        "color": colors[n],
+                        "dash": "solid" if kind == "update" else "dash",
+                        "width": 2 if kind == "update" else 1.5,
+                    },
+                    hovertemplate=f"{n} ({kind})<br>σ#%{{x}} = %{{y:.4g}}<extra></extra>",
+                )
+            )
+        if n in thresholds:
+            k = int(df.loc[df["name"].astype(str) == n, "index"].max())
+            fig.add_trace(
+                go.Scatter(
+                    x=[1, k],
+                    y=[thresholds[n]] * 2,
+                    mode="lines",
+                    legendgroup=n,
+                    showlegend=False,
+                    line={"color": colors[n], "dash": "dot", "width": 1},
+                    hovertemplate=f"{n}: rank threshold σ₁·max(m,n)·ε = %{{y:.3g}}<extra></extra>",
+                )
+            )
+    fig.update_yaxes(type="log", exponentformat="power", dtick=1)
+    sub = "dashed: random sparse baseline" + (" · dotted: rank threshold (σ₁·max(m,n)·ε_fp32)" if thresholds else "")
+    title = title.replace(" (dashed: random sparse baseline)", "")
+    _style(
+        fig,
+        f"{title}<br><sup>{sub}</sup>",
+        "singular value index (descending)",
+        "singular value σ (log)",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0},
+        height=460 + 22 * ((len(names) + 2) // 3),
+    )
+    return fig
+
+
+def measure_range(df: pd.DataFrame, measure: str) -> tuple[float, float]:
+    """(0, largest ``measure`` / min(m, n) in %) over every row: one colour range for several models' heatmaps."""
+    frac = pd.to_numeric(df[measure]).astype(float) / np.minimum(
+        pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"])
+    ).clip(lower=1)
+    top = float(np.nanmax(100 * frac)) if len(frac) and np.isfinite(frac).any() else 100.0
+    return 0.0, max(top, 1e-9)
+
+
+def rank_measure_heatmap(
+    df: pd.DataFrame,
+    measure: str = "effective_rank_99",
+    title: str | None = None,
+    zrange: tuple[float, float] | None = None,
+) -> go.Figure:
+    """Layers × module kinds of a rank measure as % of min(m, n): ``effective_rank_99`` or ``stable_rank``.
+
+    df: layer, module, rows, cols, ``measure`` (and ``rank`` for the hover). Unlike the numerical
+    rank (full for any sparse random update), these separate energy spread over many directions from
+    energy in a few.
+    """
+    names = {"effective_rank_99": "effective rank (99 % energy)", "stable_rank": "stable rank ‖Δ‖F²/‖Δ‖₂²"}
+    title = title or f"{names.get(measure, measure)} / min(m, n)"
+    if df.empty:
+        return no_data_figure(title)
+    _require(df, ["layer", "module", "rows", "cols", measure], "rank_measure_heatmap")
+    df = df.assign(min_dim=np.minimum(pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"])).astype(float))
+    df = df.assign(frac=pd.to_numeric(df[measure]).astype(float) / df["min_dim"].clip(lower=1))
+    layers, modules, g = _grid(df, ["frac", measure, "min_dim"], "rank_measure_heatmap")
+    custom = np.stack([g[measure], g["min_dim"]], axis=-1)
+    hover = f"layer %{{y}} · %{{x}}<br>{names.get(measure, measure)} %{{customdata[0]:,.1f}} of %{{customdata[1]:,.0f}} (%{{z:.1f}}%)"
+    rng = {"zmin": 0, "zmax": 100} if zrange is None else {"zmin": float(zrange[0]), "zmax": float(zrange[1])}
+    return _layer_heatmap(
+        layers, modules, 100 * g["frac"], custom, hover, title, "% of min(m, n)", colorscale=SEQUENTIAL, **rng
+    )
