@@ -306,7 +306,10 @@ def _cuda() -> bool:
 # --- cached analyses -----------------------------------------------------------------------------
 def _checkpoint_info(path: str) -> dict:
     from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import adapter_info, is_adapter
 
+    if is_adapter(path):  # an adapter is no model on its own: it is merged onto the base when analysed
+        return adapter_info(path)
     ck = open_checkpoint(path)
     return {
         "fingerprint": ck.fingerprint,

@@ -111,6 +111,32 @@ def test_dora_is_refused_by_name(ckpt_zoo, tmp_path):
         analyze_updates(str(ckpt_zoo.llama), [str(folder)])
 
 
+def test_an_adapter_alone_is_not_read_as_a_model(ckpt_zoo, tmp_path):
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.errors import SubnetvizError
+
+    folder, tensors = _adapter(tmp_path / "lora", read_state_dict(ckpt_zoo.llama))
+    for call in (
+        lambda: open_checkpoint(folder),
+        lambda: analyze_updates(str(folder), [str(ckpt_zoo.llama)]),  # given as the base
+    ):
+        with pytest.raises(SubnetvizError) as err:
+            call()
+        msg = str(err.value)
+        assert "\n" not in msg and str(folder) in msg and "adapter needs its base" in msg
+    # The workspace's checkpoint info of an adapter alone: its own parameters, no architecture.
+    from subnetviz.checkpoints.adapters import adapter_info
+
+    info = adapter_info(folder)
+    assert info["params"] == sum(t.numel() for t in tensors.values()) and info["architecture"] == "LORA adapter (r=2)"
+    # The same folder as a finetune of its base still works; a model folder that also holds an
+    # adapter_config.json (a merged save) is read as the model it holds.
+    assert analyze_updates(str(ckpt_zoo.llama), [str(folder)]).reports[0].changed > 0
+    merged = write_folder(tmp_path / "merged", read_state_dict(ckpt_zoo.llama), ckpt_zoo.llama)
+    (merged / "adapter_config.json").write_text((folder / "adapter_config.json").read_text())
+    assert open_checkpoint(merged).files == [merged / "model.safetensors"]
+
+
 def test_adapter_targets_that_do_not_exist_are_one_line_errors(ckpt_zoo, tmp_path):
     base_sd = read_state_dict(ckpt_zoo.llama)
     folder, _ = _adapter(tmp_path / "gpt2ish", base_sd, target_modules=("c_attn",))

@@ -44,6 +44,31 @@ def open_finetune(spec, base: Checkpoint) -> Checkpoint:
     return MergedAdapter(str(spec), base) if is_adapter(spec) else open_checkpoint(spec)
 
 
+def adapter_info(spec) -> dict:
+    """What a workspace shows of an adapter folder on its own (headers only): it is no model, so no
+    architecture of its own; the fingerprint follows the adapter's file and config."""
+    folder = Path(str(spec)).expanduser()
+    cfg = json.loads(check_readable(folder / "adapter_config.json").read_text())
+    weights = check_readable(folder / "adapter_model.safetensors")
+    header, raw = read_safetensors_header(weights)
+    dtypes: dict[str, int] = {}
+    for name, info in header.items():
+        if name != "__metadata__":
+            n = math.prod(int(d) for d in info["shape"])
+            dtypes[str(info["dtype"]).lower()] = dtypes.get(str(info["dtype"]).lower(), 0) + n
+    h = hashlib.sha256(raw)
+    h.update(json.dumps(cfg, sort_keys=True).encode())
+    st = weights.stat()
+    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return {
+        "fingerprint": h.hexdigest()[:16],
+        "architecture": f"{cfg.get('peft_type', 'LORA')} adapter (r={cfg.get('r', 8)})",
+        "params": sum(dtypes.values()),
+        "dtypes": dtypes,
+        "family": None,
+    }
+
+
 class MergedAdapter(Checkpoint):
     """The base checkpoint with a LoRA adapter merged into its target weights, tensor by tensor."""
 

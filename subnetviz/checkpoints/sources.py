@@ -219,12 +219,25 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
     return Path(path)
 
 
+def _refuse_lone_adapter(folder: Path) -> None:
+    """A PEFT adapter folder on its own is no model: its weights are a low-rank update of a base."""
+    model_files = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+    if (folder / "adapter_config.json").is_file() and not (
+        any((folder / f).is_file() for f in model_files) or any(folder.glob("pytorch_model*.bin"))
+    ):
+        raise CheckpointError(
+            f"{folder}: a LoRA/PEFT adapter (adapter_config.json), not a model: an adapter needs its base; "
+            "give it as a finetuned model beside the base it was trained on."
+        )
+
+
 def open_checkpoint(spec: str | os.PathLike) -> Checkpoint:
     """Open a checkpoint lazily from a folder, a file, an index json or a cached hub id."""
     s = str(spec)
     path = Path(s).expanduser()
     root: Path | None
     if path.is_dir():
+        _refuse_lone_adapter(path)
         root, files = path, _folder_files(path)
     elif path.is_file():
         root = path.parent
