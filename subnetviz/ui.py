@@ -8,9 +8,7 @@ precision — bound to query parameters so a copied URL reopens the same view), 
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -19,31 +17,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from subnetviz import config
+from subnetviz import config, uilogic
 from subnetviz.cache import file_stamp
 from subnetviz.errors import SubnetvizError
-from subnetviz.selection import PRECISIONS, Workspace, label_of, resolve_choice, saved_masks, zoo_members
-
-# --- untrusted text ----------------------------------------------------------------------------------
-_MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
-_AUTOLINK = re.compile(r"(?i)[a-z0-9+.-]:|www\.|[^\s]@")
+from subnetviz.memo import Memo
+from subnetviz.selection import PRECISIONS, Workspace, saved_masks, zoo_members
+from subnetviz.uilogic import plain  # noqa: F401  (pages call ui.plain)
 
 
-def plain(text: object) -> str:
-    """``text`` for a Streamlit element that renders Markdown, shown exactly as text.
-
-    Everything a visitor can put into a page (query parameters, file names, config values, error
-    messages quoting them) goes through here: every ASCII punctuation character is backslash-escaped
-    (CommonMark), so ``[x](http://…)`` is no link, ``![i](…)`` fetches nothing, ``$…$`` is no formula,
-    ``:material/…:`` no icon and ``<b>`` no HTML; server paths are shown relative to their root.
-    """
-    text = config.redact(str(text))
-    # Streamlit's Markdown (remark-gfm) also links bare URLs and e-mail addresses found in the *decoded*
-    # text, escapes or not: a zero-width space after a scheme, inside "www." and before "@" breaks those.
-    text = _AUTOLINK.sub(lambda m: m.group(0)[:-1] + "\u200b" + m.group(0)[-1], text)
-    return _MD_PUNCT.sub(r"\\\1", text)
-
-
+# --- untrusted text: shown as text (uilogic.plain) -----------------------------------------------------
 def error(message: object) -> None:
     """An error box in the main area whose text is shown as text (see :func:`plain`)."""
     st.error(plain(message), icon=":material/error:")
@@ -80,20 +62,11 @@ def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
         if os.environ.get("SUBNETVIZ_DEV") == "1":
             st.code(traceback.format_exc())
     finally:
-        _profile(body, time.perf_counter() - t0)
+        if os.environ.get("SUBNETVIZ_PROFILE_LOG"):
+            from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-
-def _profile(body: Callable[[], None], seconds: float) -> None:
-    """With ``SUBNETVIZ_PROFILE_LOG`` set, one JSON line per body run (``benches/bench_load.py`` reads them)."""
-    if log := os.environ.get("SUBNETVIZ_PROFILE_LOG"):
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-        code = getattr(body, "__code__", None)
-        page = Path(code.co_filename).stem if code and body.__name__ == "body" else getattr(body, "__name__", "?")
-        ctx = get_script_run_ctx()
-        line = {"page": page, "seconds": seconds, "session": ctx.session_id if ctx else "", "t": time.time()}
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
+            ctx = get_script_run_ctx()
+            uilogic.write_profile(body, time.perf_counter() - t0, ctx.session_id if ctx else "")
 
 
 # --- access: who may enter, and launch or upload (policy in subnetviz/access.py) ----------------------
@@ -123,7 +96,7 @@ def gate() -> None:
         st.session_state.get("_access"),
         pol.anonymous(),
     ]
-    role = max((r for r in found if r is not None), key=lambda r: r.name == "editor", default=None)
+    role = uilogic.strongest(found)
     if role is None:
         st.session_state.pop("_access", None)
         _login(pol, refused=user is not None, bad_token=given is not None)  # stops the script
@@ -271,21 +244,11 @@ def workspace_sidebar() -> Workspace:
             devices = ["auto", "cpu"] + (["cuda"] if _cuda() else [])
             device = st.selectbox("Device", devices, key="device", bind="query-params")
         st.caption("Reads only under the allowed roots: " + ", ".join(plain(r.name) for r in config.allowed_roots()))
-    try:
-        base_path = resolve_choice(base, members) if base else None
-        fts = tuple((label_of(c, members), resolve_choice(c, members)) for c in finetuned if c != base)
-    except SubnetvizError as exc:
-        error(exc)  # in the main area, where the visitor looks
-        base_path, fts = None, ()
-    ws = Workspace(
-        base_path,
-        label_of(base, members) if base else "",
-        fts,
-        tuple((k, mask_files[k]) for k in masks if k in mask_files),
-        None if prec == "stored" else prec,
-        device,
-        str(z.root) if z else None,
+    ws, refused = uilogic.workspace_of(
+        base, finetuned, masks, prec, device, members, mask_files, str(z.root) if z else None
     )
+    if refused is not None:
+        error(refused)  # in the main area, where the visitor looks
     st.session_state["_workspace"] = ws
     return ws
 
@@ -293,7 +256,7 @@ def workspace_sidebar() -> Workspace:
 def workspace() -> Workspace:
     """The sidebar's selection for this run (empty when the sidebar could not be drawn)."""
     ws = st.session_state.get("_workspace")
-    return ws if ws is not None else Workspace(None, "", (), (), None, "auto", None)
+    return ws if ws is not None else uilogic.empty_workspace()
 
 
 @st.cache_resource(show_spinner=False)
@@ -303,26 +266,19 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-# --- cached analyses -----------------------------------------------------------------------------
-def _checkpoint_info(path: str) -> dict:
-    from subnetviz.checkpoints import open_checkpoint
-    from subnetviz.checkpoints.adapters import adapter_info, is_adapter
-
-    if is_adapter(path):  # an adapter is no model on its own: it is merged onto the base when analysed
-        return adapter_info(path)
-    ck = open_checkpoint(path)
-    return {
-        "fingerprint": ck.fingerprint,
-        "architecture": ck.architecture,
-        "params": ck.num_params,
-        "dtypes": ck.dtypes,
-        "family": ck.names_table.family,
-    }
+# --- cached analyses: one process-wide memo, shared by every session (subnetviz/memo.py) -------------------
+@st.cache_resource(show_spinner=False)
+def _memo() -> Memo:
+    """Not ``st.cache_data`` (which pickles a copy per hit): results are immutable and handed out as is.
+    Computations run outside any cached function: they draw a progress bar into the page."""
+    return Memo()
 
 
-@st.cache_resource(show_spinner=False, max_entries=256)
-def _checkpoint_info_cached(path: str, stamp: str) -> dict:
-    return _checkpoint_info(path)
+def shared(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` computed once per content of its arguments for every session (a figure,
+    a grouped table): arguments that came from here are keyed by their key, others by their content.
+    ``fn`` must be a module-level function and its result is shared: never mutate it."""
+    return _memo().call(fn, *args, **kwargs)
 
 
 def checkpoint_info(path: str) -> dict:
@@ -333,39 +289,9 @@ def checkpoint_info(path: str) -> dict:
     through the local HF cache each time (headers only).
     """
     if not Path(path).exists():
-        return dict(_checkpoint_info(path))
-    return dict(_checkpoint_info_cached(path, file_stamp(path)))
-
-
-class _Memo:
-    """A small process-wide LRU of finished results (analyses are immutable once computed).
-
-    Not ``st.cache_resource`` around the computation itself: the computation draws a progress
-    bar into the page, which a cached function must not do (its elements would be replayed).
-    """
-
-    def __init__(self, size: int = 16):
-        import threading
-        from collections import OrderedDict
-
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
-
-    def get_or_compute(self, key, compute):
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        value = compute()  # outside the lock: other sessions keep going
-        with self.lock:
-            self.items[key] = value
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-        return value
-
-
-@st.cache_resource(show_spinner=False)
-def _memo() -> _Memo:
-    return _Memo()
+        return uilogic.checkpoint_info(path)
+    key = ("checkpoint", path, file_stamp(path))
+    return dict(_memo().get_or_compute(key, lambda: uilogic.checkpoint_info(path), kind="info"))
 
 
 def _progress_bar(what: str):
@@ -390,7 +316,7 @@ def update_analysis(ws: Workspace, *, spectra: bool = False, mask_tolerance: flo
     if not ws.base or not ws.finetuned:
         raise SubnetvizError("Choose a base and at least one finetuned checkpoint in the sidebar.")
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
-    key = ("updates", ws.base, tuple(ws.paths), tuple(ws.labels), ws.precision, mask_tolerance, spectra, ws.device, fps)
+    key = uilogic.analysis_key(ws, fps, spectra=spectra, mask_tolerance=mask_tolerance)
     bar, progress = _progress_bar("Comparing tensors")
 
     def compute():
@@ -405,7 +331,7 @@ def update_analysis(ws: Workspace, *, spectra: bool = False, mask_tolerance: flo
             progress=progress,
         )
 
-    result = _memo().get_or_compute(key, compute)
+    result = _memo().get_or_compute(key, compute, kind="analysis")
     bar.empty()
     return result
 
@@ -414,14 +340,21 @@ def update_analysis(ws: Workspace, *, spectra: bool = False, mask_tolerance: flo
 def chart(fig, key: str) -> None:
     from subnetviz.figures import PLOTLY_CONFIG
 
+    if _memo().key_of(fig) is not None and "to_dict" not in vars(fig):
+        spec = fig.to_dict()  # a shared figure is never changed: Streamlit's deep copy, made once
+        fig.to_dict = lambda: spec
     st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, width="stretch")
     st.session_state.setdefault("_figures", {})[key] = fig
 
 
 def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
-    """A dataframe with CSV and Parquet downloads beside it."""
+    """A dataframe with CSV and Parquet downloads beside it; numbers formatted by
+    :func:`subnetviz.report.formats.column_formats` (separators, percent, scientific)."""
+    from subnetviz.report.formats import column_formats
     from subnetviz.report.html import download_frame
 
+    formats = {c: st.column_config.NumberColumn(format=f) for c, f in column_formats(df).items()}
+    kwargs["column_config"] = {**formats, **(kwargs.get("column_config") or {})}
     st.dataframe(df, key=key, width="stretch", hide_index=True, **kwargs)
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
     c1, c2, _ = st.columns([1, 1, 6])
@@ -452,25 +385,11 @@ def export_button(
     ``more``: a callable returning ``(figures, tables)`` dicts (key -> figure, key -> (caption, frame))
     for the tabs not open now; it runs only when the button is clicked, so closed tabs cost nothing.
     """
-    from subnetviz.report.html import ReportSection, build_report
-
     figs = dict(st.session_state.get("_figures", {}))
     tabs = dict(st.session_state.get("_tables", {}))
-
-    def build() -> str:
-        f, t = more() if more is not None else ({}, {})
-        allf, allt = {**f, **figs}, {**t, **tabs}
-        section = ReportSection(
-            title=title,
-            figures=[allf[k] for k in figure_keys if k in allf],
-            tables=[allt[k] for k in table_keys if k in allt],
-            notes="Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()),
-        )
-        return build_report(f"subnetviz · {title}", [section], params)
-
     st.download_button(
         "Export dashboard (HTML)",
-        build,
+        lambda: uilogic.dashboard_html(title, params, figs, tabs, figure_keys, table_keys, more),
         file_name=f"subnetviz-{title.lower().replace(' ', '-')}.html",
         mime="text/html",
         key=f"export-{title}",
@@ -512,16 +431,12 @@ def need(condition: bool, message: str) -> None:
         st.stop()
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _mask_set(path: str, stamp: str):
+def mask_set(path: str | os.PathLike):
+    """A mask file, cached by its :func:`~subnetviz.cache.file_stamp` (path, size, mtime_ns), shared."""
     from subnetviz.masks import load_mask_set
 
-    return load_mask_set(path)
-
-
-def mask_set(path: str | os.PathLike):
-    """A mask file, cached by its :func:`~subnetviz.cache.file_stamp` (path, size, mtime_ns)."""
-    return _mask_set(str(path), file_stamp(path))
+    key = ("mask", str(path), file_stamp(path))
+    return _memo().get_or_compute(key, lambda: load_mask_set(path), kind="mask")
 
 
 def series(paths: Sequence[str], steps: Sequence[int]):
@@ -533,6 +448,7 @@ def series(paths: Sequence[str], steps: Sequence[int]):
     out = _memo().get_or_compute(
         ("series", tuple(paths), tuple(steps), fps),
         lambda: checkpoint_series(list(paths), list(steps), progress=progress),
+        kind="analysis",
     )
     bar.empty()
     return out

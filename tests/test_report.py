@@ -123,7 +123,7 @@ def test_report_parses_and_keeps_the_table():
     parser = _Cells()
     parser.feed(text)
     rows = [r for r in parser.rows if r]
-    assert rows == [[EVIL, "0.5"], ["model.layers.0.q", "0.25"]]  # escaped in HTML, intact once parsed
+    assert rows == [[EVIL, "50.00 %"], ["model.layers.0.q", "25.00 %"]]  # escaped, intact once parsed; shares in %
 
 
 def test_write_report_and_bad_input(tmp_path):
@@ -210,3 +210,35 @@ def test_publication_figures_render_server_side_as_svg_pdf_png():
     assert png.startswith(b"\x89PNG") and struct.unpack(">II", png[16:24]) == (800, 600)
     with pytest.raises(StaticExportError):
         figure_bytes(fig, "gif")
+
+
+def test_table_numbers_read_as_in_the_app():
+    """Counts with separators, shares in percent, ratios with ×, small numbers in e-notation; text kept."""
+    from subnetviz.report.formats import COUNT, PERCENT, RATIO, SCIENTIFIC, column_formats, formatted_frame
+
+    df = pd.DataFrame(
+        {
+            "a": ["x", "y"],
+            "count_a": np.array([17144, 15682], dtype=np.int64),
+            "o1": [0.8313, 0.92],
+            "ratio_over_chance": [1.1687, 1.2],
+            "max_abs_delta": [1.2e-6, 3e-2],
+            "numel": [22048.0, 1e6],  # whole numbers in a float column (a NaN elsewhere made it float)
+            "stable_rank": [4.7, 9.3],
+            "delta_bits": [-0.5, 1.5],  # not a share: left to the default
+        }
+    )
+    assert column_formats(df) == {
+        "count_a": COUNT,
+        "o1": PERCENT,
+        "ratio_over_chance": RATIO,
+        "max_abs_delta": SCIENTIFIC,
+        "numel": COUNT,
+    }
+    out = formatted_frame(df)
+    assert list(out.iloc[0]) == ["x", "17,144", "83.13 %", "1.17×", "1.200e-06", "22,048", "4.7", "-0.5"]
+    assert list(out.iloc[1])[:6] == ["y", "15,682", "92.00 %", "1.20×", "3.000e-02", "1,000,000"]
+    # a share-like name whose values leave [0, 1] is no share
+    assert "o1" not in column_formats(pd.DataFrame({"o1": [0.5, 1.5]}))
+    html = build_report("t", [ReportSection("s", tables=[("cap", df)])])
+    assert "17,144" in html and "83.13 %" in html and "1.200e-06" in html

@@ -24,6 +24,7 @@ import plotly.offline
 from subnetviz.cache import atomic_write
 from subnetviz.errors import ConfigError
 from subnetviz.figures import PLOTLY_CONFIG
+from subnetviz.report.formats import formatted_frame
 from subnetviz.version import version_info, version_string
 
 _CSS = """
@@ -71,10 +72,8 @@ def _fmt_param(v: object) -> str:
 
 
 def _table_html(caption: str, df: pd.DataFrame, max_rows: int) -> str:
-    shown = df.head(max_rows)
-    body = shown.to_html(
-        classes="data", index=False, escape=True, border=0, na_rep="—", float_format=lambda x: f"{x:.6g}"
-    )
+    shown = formatted_frame(df.head(max_rows))  # numbers as the app shows them (separators, %, e-notation)
+    body = shown.to_html(classes="data", index=False, escape=True, border=0, na_rep="—")
     more = f'<p class="meta">first {max_rows} of {len(df):,} rows</p>' if len(df) > max_rows else ""
     return f'<div class="tablewrap"><p><b>{html.escape(caption)}</b></p>{body}{more}</div>'
 

@@ -1,0 +1,92 @@
+"""How each numeric column of a table reads, the same in the app and in the HTML export.
+
+One rule set (no Streamlit here; :func:`subnetviz.ui.table` turns it into column configs):
+
+- counts (integer columns, or float columns holding only whole numbers ≥ 1000): thousands separators;
+- shares (a column named like sparsity, density, share, o1, Jaccard, accuracy, ``*_frac``… whose
+  values all lie in [0, 1]): percent, as the charts draw them;
+- ratios against chance (``ratio*``, ``*_x_chance``): ``1.23×``;
+- other floats with a non-zero magnitude below 10⁻³: scientific notation (``1.234e-05``), so a small
+  number never reads as ``0.0000``.
+
+Formats are Streamlit ``NumberColumn`` format names or printf strings; :func:`format_value` writes
+the same text in Python for the export.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+
+COUNT, PERCENT, RATIO, SCIENTIFIC = "localized", "percent", "%.2f×", "%.3e"
+_SHARE = re.compile(
+    r"(^|_)(sparsity|density|share|frac|o1|o2|jaccard|acc|accuracy|identical|kept|chance|progress|"
+    r"capacity|exclusive|vs_first|vs_previous|vs_base|ever_updated)($|_)",
+    re.IGNORECASE,
+)
+_RATIO = re.compile(r"(^|_)(ratio|x_chance|times_chance)($|_)", re.IGNORECASE)
+SMALL = 1e-3
+
+
+def column_format(name: object, values: pd.Series) -> str | None:
+    """The format of one column (``None``: the default, for text, booleans and ordinary floats)."""
+    if values.dtype == bool or not pd.api.types.is_numeric_dtype(values):
+        return None
+    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    v = v[np.isfinite(v)]
+    text = str(name)
+    if pd.api.types.is_integer_dtype(values):
+        return COUNT
+    if not len(v):
+        return None
+    if _RATIO.search(text):
+        return RATIO
+    if _SHARE.search(text) and v.min() >= 0 and v.max() <= 1:
+        return PERCENT
+    if np.all(v == np.round(v)) and np.abs(v).max() >= 1000:
+        return COUNT
+    nonzero = np.abs(v[v != 0])
+    if len(nonzero) and nonzero.min() < SMALL:
+        return SCIENTIFIC
+    return None
+
+
+def column_formats(df: pd.DataFrame) -> dict[str, str]:
+    """Column -> format for every numeric column of ``df`` that has one."""
+    out = {}
+    for c in df.columns:
+        f = column_format(c, df[c])
+        if f is not None:
+            out[str(c)] = f
+    return out
+
+
+def format_value(value: object, fmt: str | None) -> str:
+    """``value`` as the app shows it under ``fmt`` (for the HTML export); missing values read '—'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        return str(value)
+    x = float(value)
+    if fmt == COUNT:
+        return f"{x:,.0f}"
+    if fmt == PERCENT:
+        return f"{100 * x:,.2f} %"
+    if fmt == RATIO:
+        return f"{x:.2f}×"
+    if fmt == SCIENTIFIC:
+        return f"{x:.3e}"
+    return f"{x:.6g}"
+
+
+def formatted_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every numeric column written as text by :func:`format_value` (for the export)."""
+    formats = column_formats(df)
+    out = df.copy()
+    for c in df.columns:
+        if str(c) in formats or pd.api.types.is_float_dtype(df[c]):
+            out[c] = [format_value(v, formats.get(str(c))) for v in df[c]]
+    return out
