@@ -115,8 +115,10 @@ def body() -> None:
         {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
         ["overall"]
         + [f"heat-{m}" for m in shown]
-        + ["sweep", "ulp", "special", "drill-image", "drill-delta", "drill-ratios"],
-        ["sweep-table", "special-table"],
+        + ["sweep", "ulp", "special", "drill-image", "drill-delta", "drill-ratios"]
+        + [f"experts-{m}" for m in shown]
+        + ["routers"],  # MoE models only: the Experts section's figures and table
+        ["sweep-table", "special-table", "experts-table"],
         more=partial(other_tabs, analysis),
     )
 
