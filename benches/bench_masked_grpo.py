@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 from subnetviz.training.config import TrainConfig  # noqa: E402
 from subnetviz.training.run import train  # noqa: E402
-from tests.training_fixtures import make_tiny_llama, write_half_mask  # noqa: E402
+from tests.models import make_tiny_llama  # noqa: E402
+from tests.training_fixtures import write_half_mask  # noqa: E402
 
 
 def main() -> None:

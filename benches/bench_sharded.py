@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
-    from tests.training_fixtures import make_tiny_llama, write_half_mask
+    from tests.models import make_tiny_llama
+    from tests.training_fixtures import write_half_mask
 
     root = Path(tempfile.mkdtemp(prefix="bench-sharded-"))
     base = make_tiny_llama(root / "base", hidden=96, intermediate=384, layers=3, heads=4)

@@ -246,7 +246,8 @@ def sharded_part(small: bool, steps: int) -> None:
     from pathlib import Path
 
     from benches.bench_sharded import _data, run
-    from tests.training_fixtures import make_tiny_llama, write_half_mask
+    from tests.models import make_tiny_llama
+    from tests.training_fixtures import write_half_mask
 
     root = Path(tempfile.mkdtemp(prefix="gpu-check-sharded-"))
     dims = (

@@ -1,8 +1,8 @@
 """Tiny checkpoints on disk for the checkpoint, naming, sparsity, mask and CLI tests (no network).
 
 - :func:`ckpt_zoo` (session fixture): random tiny Llama (untied head, *sharded*), GPT-2 (tied,
-  Conv1D), GPT-NeoX (Pythia-like, fused interleaved QKV) and BERT folders written by
-  ``save_pretrained`` in bf16; a single ``.safetensors`` file; a legacy ``.bin`` state dict; a
+  Conv1D), GPT-NeoX (Pythia-like, fused interleaved QKV) and BERT folders (built by
+  :mod:`tests.models`, written by ``save_pretrained`` in bf16); a single ``.safetensors`` file; a legacy ``.bin`` state dict; a
   malicious ``.bin`` whose pickle would create a sentinel file when unpickled freely.
 - :func:`read_state_dict` / :func:`write_folder`: a folder's tensors as a dict, and back (one
   ``model.safetensors`` + the source's ``config.json``), for planting changes into a copy.
@@ -21,76 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-HIDDEN, INTER, LAYERS, VOCAB, HEADS = 16, 32, 2, 64, 4
-
-
-def _save(model, folder: Path, **kwargs) -> Path:
-    model.to(torch.bfloat16).save_pretrained(folder, **kwargs)
-    return folder
-
-
-def make_llama(folder: Path, *, seed: int = 0, sharded: bool = False, tie: bool = False) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=INTER,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=tie,
-    )
-    return _save(LlamaForCausalLM(cfg), folder, **({"max_shard_size": "8KB"} if sharded else {}))
-
-
-def make_gpt2(folder: Path, *, seed: int = 0) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=32, bos_token_id=0, eos_token_id=0
-    )
-    return _save(GPT2LMHeadModel(cfg), folder)
-
-
-def neox_config():
-    from transformers import GPTNeoXConfig
-
-    return GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=INTER,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        max_position_embeddings=32,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-
-
-def make_neox(folder: Path, *, seed: int = 0) -> Path:
-    from transformers import GPTNeoXForCausalLM
-
-    torch.manual_seed(seed)
-    return _save(GPTNeoXForCausalLM(neox_config()), folder)
-
-
-def make_bert(folder: Path, *, seed: int = 0) -> Path:
-    from transformers import BertConfig, BertForMaskedLM
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=INTER,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        max_position_embeddings=32,
-    )
-    return _save(BertForMaskedLM(cfg), folder)
+from tests.models import make_bert, make_gpt2, make_llama, make_neox
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:

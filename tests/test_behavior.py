@@ -12,7 +12,8 @@ import torch
 from subnetviz.analysis.behavior import Prompt, behavior, kl_terms, read_prompts
 from subnetviz.analysis.revert import random_selector
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
-from tests.training_fixtures import make_tiny_llama, write_addition_data
+from tests.models import make_tiny_llama
+from tests.training_fixtures import write_addition_data
 
 PROMPTS = [Prompt("12+30=", "42"), Prompt("7+8=", "15"), Prompt("40+2=")]
 

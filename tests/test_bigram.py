@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from bigram_fixtures import V, planted_transition, pretrain, tiny_model
+from bigram_fixtures import V, planted_transition, pretrain
 
 from subnetviz.bigram import stats as stats_mod
 from subnetviz.bigram.evaluate import (
@@ -59,6 +59,7 @@ from subnetviz.bigram.stats import (
 from subnetviz.bigram.train import preset_config, train_bigram_mask
 from subnetviz.errors import ConfigError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set
+from tests.models import bigram_model
 
 KINDS = ("gpt2", "gpt_neox", "llama")
 
@@ -73,7 +74,7 @@ def chain():
 def trained_gpt2(chain):
     _, table = chain
     data = table.sample(400, 32, seed=1)
-    return pretrain(tiny_model("gpt2"), data.ids, steps=120), table
+    return pretrain(bigram_model("gpt2"), data.ids, steps=120), table
 
 
 # ---------------------------------------------------------------- statistics
@@ -140,7 +141,7 @@ def test_corpus_from_text_uses_tokenizer(tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_all_ones_is_full_model_and_all_zeros_leaves_only_kept(kind):
-    model = tiny_model(kind)
+    model = bigram_model(kind)
     names = set(maskable_names(model))
     for n, p in model.named_parameters():  # always kept: embeddings, unembedding, norms, biases, wpe
         assert (n in names) == (
@@ -183,7 +184,7 @@ def test_fused_qkv_labels_match_how_hf_splits(kind, monkeypatch):
     import transformers.models.gpt2.modeling_gpt2 as m_gpt2
     import transformers.models.gpt_neox.modeling_gpt_neox as m_neox
 
-    model = tiny_model(kind)
+    model = bigram_model(kind)
     module = m_neox if kind == "gpt_neox" else m_gpt2
     x = torch.tensor([[1, 5, 2, 7, 3]])
     blocks = [b for b in blocks_of(model) if b.layer == 0 and b.label in "QKV"]
@@ -212,11 +213,11 @@ def test_fused_qkv_labels_match_how_hf_splits(kind, monkeypatch):
 
 def test_block_partition_and_shares():
     for kind in KINDS:
-        model = tiny_model(kind)
+        model = bigram_model(kind)
         ms = full_mask(model, True)
         counts = block_counts(ms, blocks_of(model))
         assert counts["n"].sum() == ms.numel  # blocks partition every maskable entry
-    model = tiny_model("gpt2")
+    model = bigram_model("gpt2")
     ms = full_mask(model, False)
     ms.masks["transformer.h.0.mlp.c_fc.weight"][:] = True
     ms.masks["transformer.h.1.attn.c_attn.weight"][:, 64:70] = True  # 6 columns x 32 rows of V
@@ -229,7 +230,7 @@ def test_block_partition_and_shares():
 
 
 def test_released_pickle_checks_architecture(tmp_path):
-    gpt2, neox = tiny_model("gpt2"), tiny_model("gpt_neox")
+    gpt2, neox = bigram_model("gpt2"), bigram_model("gpt_neox")
     rng = np.random.default_rng(0)
     payload = {
         n[len("transformer.") :]: rng.random(tuple(s)) < 0.1
@@ -279,7 +280,7 @@ def _random_set(model, density, seed):
 
 
 def test_random_masks_keep_block_counts_and_row_sums():
-    model = tiny_model("gpt_neox")
+    model = bigram_model("gpt_neox")
     blocks = blocks_of(model)
     ms = _random_set(model, 0.2, 0)
     for null in ("uniform", "rows"):
@@ -293,7 +294,7 @@ def test_random_masks_keep_block_counts_and_row_sums():
 
 
 def test_overlap_null_expectation_matches_formula():
-    model = tiny_model("gpt2")
+    model = bigram_model("gpt2")
     blocks = blocks_of(model)
     m0, m1 = _random_set(model, 0.1, 0), _random_set(model, 0.3, 1)
     n = m0.numel
@@ -373,7 +374,7 @@ def test_covariance_similarity_against_numpy_svd():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_last_hidden_state_is_before_final_norm(kind):
-    model = tiny_model(kind)
+    model = bigram_model(kind)
     ids = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(0))
     last_layer = model.get_submodule(f"{model.base_model_prefix}.{'h' if kind == 'gpt2' else 'layers'}.1")
     got = {}
@@ -573,7 +574,7 @@ def test_store_key_follows_the_files_the_corpus_and_the_version(tmp_path, monkey
     from subnetviz.bigram import store
     from subnetviz.config import zoo_dir
 
-    _zoo_files(tmp_path, monkeypatch, tiny_model("gpt2"))
+    _zoo_files(tmp_path, monkeypatch, bigram_model("gpt2"))
     model, mask = str(tmp_path / "model"), tmp_path / "mask.safetensors"
     mask.write_bytes(b"mask-v1!")
     key = store.analysis_key(model, str(mask))
@@ -594,7 +595,7 @@ def test_store_key_follows_the_files_the_corpus_and_the_version(tmp_path, monkey
 def test_text_corpus_vocab_mismatch(tmp_path, monkeypatch):
     from subnetviz.bigram.job import prepare
 
-    model = tiny_model("gpt2")
+    model = bigram_model("gpt2")
     _zoo_files(tmp_path, monkeypatch, model)
     np.savez(tmp_path / "big.npz", transition=np.eye(3)[[1, 2, 0]], token_ids=[0, 1, 40], vocab_size=41)
     with pytest.raises(ConfigError, match="vocabulary of 41"):
@@ -631,7 +632,7 @@ def test_analyse_subnetwork_headline(trained_gpt2):
 def test_row_null_sparse_path_equals_dense(monkeypatch):
     from subnetviz.bigram import locate
 
-    model = tiny_model("gpt_neox")
+    model = bigram_model("gpt_neox")
     blocks = blocks_of(model)
     m0, m1 = _random_set(model, 0.05, 3), _random_set(model, 0.2, 4)
     dense = compare_subnetworks(m0, m1, blocks, draws=300, seed=7)
@@ -663,7 +664,7 @@ def test_text_corpus_with_the_models_tokenizer(tmp_path, monkeypatch):
     from subnetviz.demo.tokenizer import build_tokenizer
 
     tok = build_tokenizer(6)
-    model = tiny_model("llama", vocab=len(tok))
+    model = bigram_model("llama", vocab=len(tok))
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     text = tmp_path / "corpus.txt"
@@ -693,7 +694,7 @@ def test_text_corpus_with_the_models_tokenizer(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kind", ["gpt_neox", "llama"])
 def test_training_runs_on_every_architecture(kind, chain):
     _, table = chain
-    model = tiny_model(kind)
+    model = bigram_model(kind)
     res = train_bigram_mask(
         model, table.sample(64, 16, seed=0), table, preset_config("fast", max_steps=5), device="cpu"
     )

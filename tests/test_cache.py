@@ -195,7 +195,7 @@ def test_the_cli_heals_a_truncated_cached_analysis(tmp_path, monkeypatch):
     mask was copied into new outputs with exit 0."""
     from subnetviz.__main__ import main
     from subnetviz.masks import load_mask_set
-    from tests.ckpt_fixtures import make_llama
+    from tests.models import make_llama
 
     monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path / "home"))
     base, ft = make_llama(tmp_path / "base", seed=0), make_llama(tmp_path / "ft", seed=1)

@@ -18,7 +18,8 @@ import torch
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.checkpoints import align, open_checkpoint, read_aligned
 from subnetviz.errors import AlignmentError, CheckpointError, NonFiniteError, NotCachedError, SubnetvizError
-from tests.ckpt_fixtures import VOCAB, bf16_step, fake_hub_cache, make_llama, read_state_dict, write_folder
+from tests.ckpt_fixtures import bf16_step, fake_hub_cache, read_state_dict, write_folder
+from tests.models import VOCAB, make_llama
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.ckpt_fixtures import bf16_step, make_llama, read_state_dict, write_folder
+from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+from tests.models import make_llama
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

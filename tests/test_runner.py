@@ -356,7 +356,8 @@ def test_bad_configs_are_refused_before_anything_starts(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_train_job_through_runner_and_main_train(tmp_path):
-    from tests.training_fixtures import make_tiny_llama, write_addition_data
+    from tests.models import make_tiny_llama
+    from tests.training_fixtures import write_addition_data
 
     base = make_tiny_llama(tmp_path / "base")
     data = write_addition_data(tmp_path / "data")

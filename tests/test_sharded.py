@@ -24,7 +24,8 @@ from subnetviz.errors import ConfigError
 from subnetviz.masks import load_mask_set
 from subnetviz.training.config import TrainConfig
 from subnetviz.training.sharded import accelerate_config, zero_partition
-from tests.training_fixtures import make_tiny_llama, write_addition_data, write_half_mask
+from tests.models import make_tiny_llama
+from tests.training_fixtures import write_addition_data, write_half_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,8 @@ import subnetviz.analysis.sparsity as sp
 from subnetviz.analysis.sparsity import SparsityOptions, compare_pair
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.errors import NonFiniteError
-from tests.ckpt_fixtures import HEADS, HIDDEN, bf16_step, neox_config, read_state_dict, write_folder
+from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+from tests.models import HEADS, HIDDEN, neox_config, tiny_model
 
 TOLS = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
 
@@ -408,7 +409,7 @@ def test_gpt_neox_qkv_split_interleaved_per_head(ckpt_zoo, tmp_path):
 
 def test_gpt_neox_layout_matches_hf_attention():
     """Perturb one row of query_key_value; HF's attention must see exactly that head's q, k or v move."""
-    from transformers import AttentionInterface, GPTNeoXForCausalLM
+    from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from subnetviz.checkpoints.naming import NameTable
@@ -424,8 +425,7 @@ def test_gpt_neox_layout_matches_hf_attention():
     cfg.num_hidden_layers = 1
     cfg.rotary_pct = 0.0  # no rotation, so each head's q/k/v is the raw projection
     cfg._attn_implementation = "subnetviz_capture"
-    torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(cfg).eval()
+    model = tiny_model("gpt_neox", seed=0, config=cfg).eval()
     ids = torch.tensor([[1, 2, 3, 4]])
     table = NameTable("gpt_neox", HEADS)
     qkv = model.gpt_neox.layers[0].attention.query_key_value

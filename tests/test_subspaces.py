@@ -13,7 +13,8 @@ from subnetviz.analysis.subspaces import (
     principal_mask,
     top_k,
 )
-from tests.ckpt_fixtures import make_llama, read_state_dict, write_folder
+from tests.ckpt_fixtures import read_state_dict, write_folder
+from tests.models import make_llama
 
 
 def planted(m=40, n=24, k=4, theta_deg=17.0, seed=0):

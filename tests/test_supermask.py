@@ -411,33 +411,10 @@ def test_job_writes_frames_masks_and_reuses_its_cache(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    """A random 2-layer Llama with a character tokenizer over digits, '+' and '=' (the zoo's recipe)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """A random 2-layer, hidden-32 Llama (float32) with a character tokenizer over digits, '+' and '='."""
+    from tests.models import make_tiny_llama
 
-    folder = tmp_path_factory.mktemp("zoo") / "base"
-    vocab = {t: i for i, t in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *"0123456789", "+", "="])}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return make_tiny_llama(tmp_path_factory.mktemp("zoo") / "base", dtype=False)
 
 
 @pytest.mark.slow

@@ -40,7 +40,8 @@ def test_tensorboard_dir_is_outside_the_model_folder(tmp_path):
 def test_training_job_writes_readable_events_into_its_run_folder(tmp_path):
     from subnetviz.jobs.context import JobContext
     from subnetviz.training.run import run_job
-    from tests.training_fixtures import make_tiny_llama, write_addition_data
+    from tests.models import make_tiny_llama
+    from tests.training_fixtures import write_addition_data
 
     base = make_tiny_llama(tmp_path / "base")
     data = write_addition_data(tmp_path / "data")
@@ -66,17 +67,18 @@ def test_training_job_writes_readable_events_into_its_run_folder(tmp_path):
 
 @pytest.mark.slow
 def test_bigram_mask_training_writes_its_curve(tmp_path):
-    from bigram_fixtures import planted_transition, tiny_model
+    from bigram_fixtures import planted_transition
 
     from subnetviz.bigram.stats import table_from_transition
     from subnetviz.bigram.train import preset_config, train_bigram_mask
+    from tests.models import bigram_model
 
     p = planted_transition()
     table = table_from_transition(p, np.arange(p.shape[0]))
     torch.manual_seed(0)
     cfg = preset_config("fast", max_steps=5, batch_size=8)
     res = train_bigram_mask(
-        tiny_model("gpt2"), table.sample(16, 16, seed=1), table, cfg, device="cpu", tensorboard_dir=tmp_path / "tb"
+        bigram_model("gpt2"), table.sample(16, 16, seed=1), table, cfg, device="cpu", tensorboard_dir=tmp_path / "tb"
     )
     scalars = _scalars(tmp_path / "tb")
     curve = res.curve

@@ -22,7 +22,8 @@ from subnetviz.training.data import exact_match_reward, read_jsonl
 from subnetviz.training.evaluate import evaluate_accuracy
 from subnetviz.training.masking import check_outside_mask, load_training_mask
 from subnetviz.training.run import SUMMARY_FILE, train
-from tests.training_fixtures import make_tiny_llama, write_addition_data, write_half_mask
+from tests.models import make_tiny_llama
+from tests.training_fixtures import write_addition_data, write_half_mask
 
 
 @pytest.fixture(scope="session")

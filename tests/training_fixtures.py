@@ -1,7 +1,6 @@
-"""Tiny on-disk models and data for the training and runner tests (and the masked-GRPO bench).
+"""Data and jobs for the training and runner tests (and the masked-GRPO bench); the tiny model they
+train comes from :func:`tests.models.make_tiny_llama`.
 
-- :func:`make_char_tokenizer`: a character-level tokenizer over ``<pad> <bos> <eos> 0-9 + =``.
-- :func:`make_tiny_llama`: a random Llama saved in bf16 with that tokenizer (a real HF folder).
 - :func:`write_addition_data`: two-digit additions as SFT / DPO / GRPO / eval JSONL.
 - :func:`write_half_mask`: a random mask set over every parameter (density ``p``).
 - :func:`sleep_job`, :func:`fail_job`: job functions for runner tests (``kind: "python"``).
@@ -16,51 +15,6 @@ import os
 import random
 import time
 from pathlib import Path
-
-CHARS = list("0123456789+=")
-
-
-def make_char_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<pad>"
-    )
-
-
-def make_tiny_llama(
-    folder: str | Path, *, hidden: int = 32, intermediate: int = 64, layers: int = 2, heads: int = 2, seed: int = 0
-) -> Path:
-    """Save a random tiny Llama (bf16) and its char tokenizer to ``folder``; returns the folder."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = Path(folder)
-    tok = make_char_tokenizer()
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=32,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.to(torch.bfloat16).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def _pairs(n: int, seed: int) -> list[tuple[int, int]]:
