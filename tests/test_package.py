@@ -140,7 +140,7 @@ def test_pyproject_ranges_admit_the_pinned_versions():
 
 # ------------------------------------------------------------------------------ the app from the clone
 def test_app_script_and_settings_from_the_clone(tmp_path):
-    from subnetviz.__main__ import app_script, streamlit_config_flags
+    from subnetviz.cli.app import app_script, streamlit_config_flags
 
     app = app_script()
     assert app == REPO / "app.py" and (REPO / "views" / "home.py").is_file()

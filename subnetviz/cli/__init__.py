@@ -1,0 +1,171 @@
+"""The command line: ``subnetviz {app,analyze,behavior,experiment,demo,train,job,runs,mask,report} ...`` (or ``python -m subnetviz``).
+
+Every subcommand turns a :class:`~subnetviz.errors.SubnetvizError` into one readable line on
+stderr and exit status 2; anything else is a bug and keeps its traceback. The parser is here, the
+commands in :mod:`~subnetviz.cli.analysis` (analyze, behavior, experiment), :mod:`~subnetviz.cli.jobs`
+(train, job, demo, runs, mask, report) and :mod:`~subnetviz.cli.app` (app).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
+from subnetviz.cli.app import cmd_app
+from subnetviz.cli.jobs import cmd_demo, cmd_job, cmd_mask, cmd_report, cmd_runs, cmd_train
+from subnetviz.errors import SubnetvizError
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version and, from a clone, the git commit (computed only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from subnetviz.version import version_string
+
+        print(version_string())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="subnetviz", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action=_VersionAction, help="print the version (and git commit from a clone) and exit")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser(
+        "app",
+        allow_abbrev=False,
+        help="start the web app; other --options go to streamlit run",
+        description="Start the web app from anywhere. Options not listed here are passed to "
+        "`streamlit run` (e.g. --server.address 127.0.0.1, --server.baseUrlPath viz).",
+    )
+    w.add_argument("--home", help="SUBNETVIZ_HOME for this server: zoo, runs and cache (default ~/.cache/subnetviz)")
+    w.add_argument("--roots", nargs="+", metavar="DIR", help="SUBNETVIZ_ROOTS: the folders the server may read")
+    w.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    w.set_defaults(func=cmd_app)
+
+    a = sub.add_parser("analyze", help="update sparsity (+ spectra, overlap) of finetuned checkpoints vs a base")
+    a.add_argument("base", help="HF folder, .safetensors file, index json, or cached hub id")
+    a.add_argument("finetuned", nargs="+", help="one or more finetuned checkpoints")
+    a.add_argument("--out", required=True, help="output folder (written only when the analysis succeeded)")
+    a.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing non-empty --out (atomically, once the new result is complete)",
+    )
+    a.add_argument("--labels", nargs="+", help="a name per finetuned checkpoint")
+    a.add_argument("--tolerances", nargs="+", type=float, help="absolute tolerances (default 1e-8 1e-7 1e-6 1e-5 1e-4)")
+    a.add_argument("--eta", type=float, default=1e-3, help="relative rule |Δ| <= eta·max(|w|,|w'|) (default 1e-3)")
+    a.add_argument(
+        "--precision",
+        choices=["bf16", "fp16", "fp32"],
+        help="cast both sides to this dtype before comparing (default: each tensor in its stored dtype; "
+        "a pair stored in two dtypes is compared at the finetune's, the base rounded to nearest even, "
+        "with a note)",
+    )
+    a.add_argument("--mask-tolerance", type=float, help="save update masks at this tolerance (default: exact)")
+    a.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    a.add_argument(
+        "--spectra", action=argparse.BooleanOptionalAction, default=True, help="ranks/spectra of 2-D updates"
+    )
+    a.add_argument("--spectra-embeddings", action="store_true", help="also embedding-sized matrices (slow)")
+    a.add_argument("--no-cache", action="store_true", help="recompute even when a cached result exists")
+    a.add_argument(
+        "--subspaces",
+        type=int,
+        default=16,
+        metavar="K",
+        help="top-K singular subspaces of W_base vs W_ft per 2-D weight -> subspaces.csv (0: off; default 16)",
+    )
+    a.add_argument("--subspaces-share", type=float, metavar="F", help="K = ceil(F · min(m, n)) per matrix instead")
+    a.set_defaults(func=cmd_analyze)
+
+    b = sub.add_parser("behavior", help="teacher-forced KL and accuracy vs the base, revert experiments for masks")
+    b.add_argument("base", help="base model folder (its tokenizer encodes the prompts)")
+    b.add_argument("finetuned", nargs="+", help="one or more finetuned model folders")
+    b.add_argument(
+        "--prompts",
+        nargs="+",
+        help="JSONL with 'prompt' and optional 'answer', hf:NAME[:CONFIG]:SPLIT "
+        "from the local datasets cache, or a save_to_disk folder (default: the zoo's eval sets)",
+    )
+    b.add_argument("--out", required=True, help="output folder: behavior.json, tokens.csv, prompts.csv, curves.csv")
+    b.add_argument("--labels", nargs="+", help="a name per finetuned model")
+    b.add_argument(
+        "--mask",
+        action="append",
+        metavar="NAME=SPEC",
+        help="a mask to revert inside/outside (repeat): "
+        "a mask file, 'update' (each finetune's own update mask) or 'topk:F' (its top F of |Δ|)",
+    )
+    b.add_argument("--no-random", action="store_true", help="no random same-density control per mask")
+    b.add_argument(
+        "--curve",
+        nargs="*",
+        type=float,
+        help="fractions of Δ reverted, |Δ| and random order (default 0 0.1 0.25 0.5 0.75 1; none: no curve)",
+    )
+    b.add_argument("--limit", type=int, help="at most this many prompts per file")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+    b.set_defaults(func=cmd_behavior)
+
+    x = sub.add_parser("experiment", help="experiment drivers: train small grids, sparsity vs each factor")
+    x.add_argument("name", choices=["drivers"])
+    x.add_argument("--out", required=True, help="output folder: results.csv, verdicts.csv")
+    x.add_argument("--preset", default="quick", help="quick (≤ 5 min on 2 cores, default) or micro")
+    x.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
+    x.add_argument("--zoo", help="a built demo zoo (default SUBNETVIZ_HOME/zoo)")
+    x.set_defaults(func=cmd_experiment)
+
+    d = sub.add_parser("demo", help="the demo zoo: demo build [--preset micro] [--force]")
+    d.add_argument("rest", nargs=argparse.REMAINDER)
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="run one training job in the foreground")
+    t.add_argument("--config", required=True, help="JSON training config")
+    t.add_argument("--run-dir", help="run folder (default: a new folder under SUBNETVIZ_HOME/runs)")
+    t.set_defaults(func=cmd_train)
+
+    j = sub.add_parser("job", help="(internal) the worker process of one queued job")
+    j.add_argument("run_dir")
+    j.set_defaults(func=cmd_job)
+
+    r = sub.add_parser("runs", help="list runs in the registry, or cancel one")
+    r.add_argument("--cancel", metavar="RUN_ID")
+    r.set_defaults(func=cmd_runs)
+
+    m = sub.add_parser("mask", help="mask files: import-pickle SRC DST | info SRC")
+    m.add_argument("action", choices=["import-pickle", "info"])
+    m.add_argument("src")
+    m.add_argument("dst", nargs="?")
+    m.set_defaults(func=cmd_mask)
+
+    rep = sub.add_parser("report", help="self-contained HTML dashboard of an analysis folder")
+    rep.add_argument("analysis_dir")
+    rep.add_argument("--out", required=True)
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``subnetviz`` command (console script) and ``python -m subnetviz``; returns the exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "app":
+        args.streamlit_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args)
+    except SubnetvizError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment: a read-only or full file system, a permission, a vanished file
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot complete{where}: {exc.strerror or exc} (errno {exc.errno}).", file=sys.stderr)
+        return 2

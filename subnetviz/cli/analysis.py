@@ -1,0 +1,132 @@
+"""The analysis subcommands: ``analyze`` (update sparsity, spectra, subspaces), ``behavior`` (KL,
+accuracy, revert experiments) and ``experiment drivers``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from subnetviz.cli.common import check_out, progress_bar, threads
+from subnetviz.errors import SubnetvizError
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import shutil
+
+    from subnetviz.analysis.bits import DEFAULT_TOLERANCES
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import SpectraOptions, analyze_updates, cached_analysis, write_analysis
+    from subnetviz.cache import atomic_folder
+
+    threads()
+    tols = tuple(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
+    options = SparsityOptions(
+        tolerances=tols, eta=args.eta, precision=args.precision, mask_tolerance=args.mask_tolerance
+    )
+    spectra = SpectraOptions(enabled=args.spectra, max_dim=None if args.spectra_embeddings else 8192)
+    if args.labels and len(args.labels) != len(args.finetuned):
+        raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
+    out = check_out(args.out, args.overwrite)
+    from subnetviz.cache import sweep
+    from subnetviz.config import cache_dir
+
+    sweep(cache_dir())  # temporary folders an earlier, killed run left behind
+    kwargs = dict(
+        labels=args.labels, options=options, spectra=spectra, device=args.device, progress=progress_bar("analyze")
+    )
+    if args.no_cache:
+        analysis = analyze_updates(args.base, args.finetuned, **kwargs)
+    else:
+        analysis = cached_analysis(args.base, args.finetuned, **kwargs)
+        if analysis.cached:
+            print(f"cached: served from {analysis.source_dir}", file=sys.stderr)
+    subspaces = _subspaces(args, analysis.labels) if args.subspaces or args.subspaces_share else None
+    with atomic_folder(out) as tmp:  # the analysis and its subspaces appear together or not at all
+        if args.no_cache:
+            write_analysis(analysis, tmp / "analysis", params={"base": args.base, "finetuned": args.finetuned})
+            source = tmp / "analysis"
+        else:
+            source = analysis.source_dir
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        if source != analysis.source_dir:
+            shutil.rmtree(source)
+        if subspaces is not None:
+            subspaces[0].to_csv(tmp / "subspaces.csv", index=False)
+            subspaces[1].to_parquet(tmp / "subspaces.parquet", index=False)
+    for line in analysis.notes:
+        print(f"note: {line}", file=sys.stderr)
+    summary = analysis.summary()
+    print(summary[["model", "sparsity", "density", "numel", "changed"]].to_string(index=False))
+    print(f"wrote {out}")
+    return 0
+
+
+def _subspaces(args: argparse.Namespace, labels: list[str]):
+    """``analyze --subspaces K``: principal angles, σ ratios and principal-weight overlap per 2-D weight
+    (through the disk cache unless ``--no-cache``); returns the (rows, vectors) frames."""
+    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces, cached_subspaces
+
+    options = SubspaceOptions(k=args.subspaces, share=args.subspaces_share)
+    kwargs = dict(labels=labels, options=options, device=args.device, progress=progress_bar("subspaces"))
+    if not args.no_cache:
+        return cached_subspaces(args.base, args.finetuned, **kwargs)
+    table = analyze_subspaces(args.base, args.finetuned, **kwargs)
+    for line in table.notes:
+        print(f"note: {line}", file=sys.stderr)
+    return table.to_frame(), table.vectors()
+
+
+def cmd_behavior(args: argparse.Namespace) -> int:
+    from subnetviz.analysis.behavior import CURVE_POINTS, run_config, write_behavior
+    from subnetviz.cache import atomic_folder
+
+    threads()
+    masks = {}
+    for spec in args.mask or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        masks[name] = path
+    config = {
+        "kind": "behavior",
+        "base": args.base,
+        "finetuned": args.finetuned,
+        "labels": args.labels,
+        "prompts": args.prompts,
+        "masks": masks,
+        "random_control": not args.no_random,
+        "curve": list(CURVE_POINTS) if args.curve is None else args.curve,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": args.device,
+        "limit": args.limit,
+    }
+    report = run_config(config, progress=progress_bar("behavior"))
+    with atomic_folder(args.out) as tmp:
+        write_behavior(report, tmp)
+    for line in report.notes:
+        print(f"note: {line}", file=sys.stderr)
+    cols = ["model", "experiment", "kl_forward", "kl_reverse", "accuracy", "fraction_reverted"]
+    print(report.summary[cols].to_string(index=False))
+    print(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from subnetviz.cache import atomic_folder
+    from subnetviz.experiments.drivers import NOT_AVAILABLE, run_drivers, verdicts
+
+    threads()
+    results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers"))
+    verdict = verdicts(results)
+    with atomic_folder(args.out) as tmp:
+        results.to_csv(tmp / "results.csv", index=False)
+        verdict.to_csv(tmp / "verdicts.csv", index=False)
+    cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]
+    print(results[cols].to_string(index=False))
+    print(verdict.to_string(index=False))
+    for algo, why in NOT_AVAILABLE.items():
+        print(f"note: {algo}: {why}", file=sys.stderr)
+    print(f"wrote {args.out}")
+    return 0

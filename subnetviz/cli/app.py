@@ -1,0 +1,77 @@
+"""``subnetviz app``: the web app started from anywhere (a wheel's copy or a clone's ``app.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from subnetviz.errors import SubnetvizError
+
+
+def app_script() -> Path:
+    """The web app's entry script: the wheel's copy (``subnetviz/_app/app.py``), else the clone's ``app.py``."""
+    package = Path(__file__).resolve().parents[1]  # subnetviz/
+    installed = package / "_app" / "app.py"  # the wheel maps app.py and views/ here (pyproject.toml)
+    if installed.is_file():
+        return installed
+    clone = package.parent
+    if (clone / "app.py").is_file() and (clone / "views").is_dir():
+        return clone / "app.py"
+    raise SubnetvizError(
+        f"the web app's scripts are missing: neither {installed} nor {clone / 'app.py'} exists. "
+        "Reinstall subnetviz from a wheel or run it from a clone."
+    )
+
+
+def streamlit_config_flags(app: Path, cwd: Path) -> list[str]:
+    """The app's ``.streamlit/config.toml`` as ``--section.key value`` flags.
+
+    Streamlit reads that file only from the working directory; started anywhere else, the app
+    still gets its settings (headless, no usage statistics, upload limit, theme). A config file in
+    the working directory is the user's own choice and is left to Streamlit instead.
+    """
+    import tomllib
+
+    config = app.parent / ".streamlit" / "config.toml"
+    if (cwd / ".streamlit" / "config.toml").is_file() or not config.is_file():
+        return []
+    flags = []
+    for section, options in tomllib.loads(config.read_text()).items():
+        for key, value in options.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            flags += [f"--{section}.{key}", text]
+    return flags
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    app = app_script()
+    env = dict(os.environ)
+    if args.home:
+        env["SUBNETVIZ_HOME"] = str(Path(args.home).expanduser().resolve())
+    if args.roots:
+        env["SUBNETVIZ_ROOTS"] = os.pathsep.join(str(Path(r).expanduser().resolve()) for r in args.roots)
+    extra = args.streamlit_args[1:] if args.streamlit_args[:1] == ["--"] else args.streamlit_args
+    # Later flags win: the packaged settings first, the user's own options last.
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        *streamlit_config_flags(app, Path.cwd()),
+        "--server.port",
+        str(args.port),
+        *extra,
+    ]
+    print(
+        f"subnetviz app: {app} on port {args.port} (SUBNETVIZ_HOME={env.get('SUBNETVIZ_HOME', 'default')})",
+        file=sys.stderr,
+        flush=True,
+    )
+    if os.name == "posix":
+        os.execve(sys.executable, cmd, env)  # the server takes this process: signals reach it directly
+    import subprocess
+
+    return subprocess.call(cmd, env=env)

@@ -1,0 +1,81 @@
+"""The job subcommands: ``train`` (one run in the foreground), ``job`` (a queued job's worker), ``demo``,
+``runs`` (list or cancel); and the file subcommands ``mask`` and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from subnetviz.cli.common import threads
+from subnetviz.errors import SubnetvizError
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from subnetviz.jobs.worker import main_job
+
+    threads()
+    return main_job(args.run_dir)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from subnetviz.jobs.worker import main_train
+
+    threads()
+    return main_train(args.config, run_dir=args.run_dir)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from subnetviz.demo.build import main
+
+    threads()
+    return main(args.rest)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from subnetviz.jobs.runner import JobRunner
+
+    runner = JobRunner()
+    runner.poll()
+    if args.cancel:
+        runner.cancel(args.cancel)
+        print(f"cancelled {args.cancel}")
+        return 0
+    df = runner.list_runs()
+    cols = ["id", "kind", "name", "status", "step", "total", "error"]
+    print(df[cols].to_string(index=False, max_colwidth=60) if len(df) else "no runs")
+    return 0
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    from subnetviz.masks import import_bigram_pickle, load_mask_set, save_mask_set
+
+    if args.action == "import-pickle":
+        if not args.dst:
+            raise SubnetvizError("mask import-pickle needs a destination: SRC.pickle DST.safetensors")
+        ms = import_bigram_pickle(args.src)
+        save_mask_set(args.dst, ms)
+        print(f"wrote {args.dst}: {len(ms.masks)} tensors, density {ms.density:.6f}")
+    else:
+        ms = load_mask_set(args.src)
+        print(
+            json.dumps(
+                {
+                    "tensors": len(ms.masks),
+                    "count": ms.count,
+                    "numel": ms.numel,
+                    "density": ms.density,
+                    "metadata": ms.metadata,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from subnetviz.report.dashboard import analysis_report
+
+    path = analysis_report(args.analysis_dir, args.out)
+    print(f"wrote {path}")
+    return 0
