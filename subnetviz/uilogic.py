@@ -1,0 +1,149 @@
+"""The Streamlit-free half of :mod:`subnetviz.ui`: what its widgets show and decide, as plain Python.
+
+Untrusted text made safe for Markdown, the workspace a sidebar selection resolves to, the profile log
+``benches/bench_load.py`` reads, checkpoint headers, the role a visitor gets, and the HTML dashboard an
+export builds. :mod:`subnetviz.ui` draws; this module computes, and is tested without a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from subnetviz import config
+from subnetviz.errors import SubnetvizError
+from subnetviz.selection import Workspace, label_of, resolve_choice
+
+# --- untrusted text ----------------------------------------------------------------------------------
+_MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
+_AUTOLINK = re.compile(r"(?i)[a-z0-9+.-]:|www\.|[^\s]@")
+
+
+def plain(text: object) -> str:
+    """``text`` for a Streamlit element that renders Markdown, shown exactly as text.
+
+    Everything a visitor can put into a page (query parameters, file names, config values, error
+    messages quoting them) goes through here: every ASCII punctuation character is backslash-escaped
+    (CommonMark), so ``[x](http://…)`` is no link, ``![i](…)`` fetches nothing, ``$…$`` is no formula,
+    ``:material/…:`` no icon and ``<b>`` no HTML; server paths are shown relative to their root.
+    """
+    text = config.redact(str(text))
+    # Streamlit's Markdown (remark-gfm) also links bare URLs and e-mail addresses found in the *decoded*
+    # text, escapes or not: a zero-width space after a scheme, inside "www." and before "@" breaks those.
+    text = _AUTOLINK.sub(lambda m: m.group(0)[:-1] + "\u200b" + m.group(0)[-1], text)
+    return _MD_PUNCT.sub(r"\\\1", text)
+
+
+# --- the sidebar's selection ---------------------------------------------------------------------------
+def workspace_of(
+    base: str | None,
+    finetuned: Sequence[str],
+    masks: Sequence[str],
+    precision: str,
+    device: str,
+    members: dict[str, str],
+    mask_files: dict[str, str],
+    zoo_root: str | None,
+) -> tuple[Workspace, SubnetvizError | None]:
+    """The workspace the sidebar's choices name, and the error that refused a choice (the checkpoints
+    are then left out: a path outside the roots is never opened)."""
+    refused = None
+    try:
+        base_path = resolve_choice(base, members) if base else None
+        fts = tuple((label_of(c, members), resolve_choice(c, members)) for c in finetuned if c != base)
+    except SubnetvizError as exc:
+        refused, base_path, fts = exc, None, ()
+    ws = Workspace(
+        base_path,
+        label_of(base, members) if base else "",
+        fts,
+        tuple((k, mask_files[k]) for k in masks if k in mask_files),
+        None if precision == "stored" else precision,
+        device,
+        zoo_root,
+    )
+    return ws, refused
+
+
+def empty_workspace() -> Workspace:
+    return Workspace(None, "", (), (), None, "auto", None)
+
+
+# --- profile log -------------------------------------------------------------------------------------
+def write_profile(body: Callable, seconds: float, session: str) -> None:
+    """With ``SUBNETVIZ_PROFILE_LOG`` set, one JSON line per body run (``benches/bench_load.py`` reads them):
+    the page (a view's ``body`` is named by its file), the seconds, the session and the time."""
+    if log := os.environ.get("SUBNETVIZ_PROFILE_LOG"):
+        code = getattr(body, "__code__", None)
+        page = Path(code.co_filename).stem if code and body.__name__ == "body" else getattr(body, "__name__", "?")
+        line = {"page": page, "seconds": seconds, "session": session, "t": time.time()}
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+def checkpoint_info(path: str) -> dict:
+    """Fingerprint, architecture, parameter count, dtypes and naming family (headers only)."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import adapter_info, is_adapter
+
+    if is_adapter(path):  # an adapter is no model on its own: it is merged onto the base when analysed
+        return adapter_info(path)
+    ck = open_checkpoint(path)
+    return {
+        "fingerprint": ck.fingerprint,
+        "architecture": ck.architecture,
+        "params": ck.num_params,
+        "dtypes": ck.dtypes,
+        "family": ck.names_table.family,
+    }
+
+
+def analysis_key(ws: Workspace, fingerprints: tuple, *, spectra: bool, mask_tolerance: float | None) -> tuple:
+    """Every checkpoint's path and fingerprint, the precision, mask tolerance, spectra flag and device:
+    a changed file or option never finds a stale result."""
+    return (
+        "updates",
+        ws.base,
+        tuple(ws.paths),
+        tuple(ws.labels),
+        ws.precision,
+        mask_tolerance,
+        spectra,
+        ws.device,
+        fingerprints,
+    )
+
+
+# --- access ------------------------------------------------------------------------------------------
+def strongest(roles: Sequence) -> object | None:
+    """The editor role if any of ``roles`` (None: not admitted that way) is one, else a viewer, else None."""
+    return max((r for r in roles if r is not None), key=lambda r: r.name == "editor", default=None)
+
+
+# --- export ------------------------------------------------------------------------------------------
+def dashboard_html(
+    title: str,
+    params: dict,
+    figures: dict,
+    tables: dict,
+    figure_keys: Sequence[str],
+    table_keys: Sequence[str],
+    more: Callable[[], tuple[dict, dict]] | None = None,
+) -> str:
+    """One self-contained HTML dashboard: this view's figures and tables, then ``more()``'s (closed tabs)."""
+    from subnetviz.report.html import ReportSection, build_report
+
+    f, t = more() if more is not None else ({}, {})
+    allf, allt = {**f, **figures}, {**t, **tables}
+    section = ReportSection(
+        title=title,
+        figures=[allf[k] for k in figure_keys if k in allf],
+        tables=[allt[k] for k in table_keys if k in allt],
+        notes="Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()),
+    )
+    return build_report(f"subnetviz · {title}", [section], params)
