@@ -1,12 +1,13 @@
 """Training runs: launch a full or subnetwork-only finetune (TRL), watch it, compare the twins."""
 
+from functools import partial
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
-from subnetviz import config, figures, selection, ui
+from subnetviz import config, selection, ui
 from subnetviz.cache import file_stamp
+from subnetviz.report import training as pages
 from subnetviz.training.config import STRATEGIES
 
 AUTO = "zoo set A in this algorithm's format"
@@ -86,9 +87,28 @@ def launch(ws) -> None:
             cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
         run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
         st.success(f"Queued run {run_id}: [follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
+        if note := mask_note(mask, cfg):
+            ui.warning(note)
 
 
-CURVES = ("loss", "reward", "accuracy", "grad_norm", "kept", "entropy")
+def mask_note(mask: str | None, cfg: dict) -> str | None:
+    """A warning when the training mask is the update mask of a run with other hyperparameters."""
+    from subnetviz.training import mask_origin
+
+    if not mask:
+        return None
+    path = mask[7:] if str(mask).startswith("random:") else str(mask)
+    source = mask_origin.mask_source(selection.mask_info(path, file_stamp(path)))
+    if source is None:
+        return None
+    z = ui.zoo()
+    members = {m.id: m for m in z.members} if z is not None else {}
+    runs = {}
+    if source.startswith("run "):
+        df = ui.job_runner().list_runs()
+        runs = {i: c for i, c in zip(df["id"], df["config"], strict=True) if i == source[4:]}
+    hp = mask_origin.source_hparams(source, members, runs)
+    return mask_origin.mismatch_note(source, hp, cfg) if hp else None
 
 
 def runs_view() -> None:
@@ -103,25 +123,15 @@ def _runs_view() -> None:
     if not len(df):
         st.caption("No runs yet.")
         return
-    show = df[["id", "name", "kind", "status", "step", "total", "created", "ended", "error"]].copy()
-    show.insert(
-        4,
-        "progress",
-        pd.to_numeric(show["step"], errors="coerce").fillna(0)
-        / pd.to_numeric(show["total"], errors="coerce").replace(0, float("nan")),
-    )
-    for col in ("created", "ended"):
-        show[col] = pd.to_datetime(show[col], unit="s").dt.strftime("%H:%M:%S")
-    st.dataframe(
-        show,
-        hide_index=True,
-        width="stretch",
-        key="runs-table",
+    ui.table(
+        pages.runs_table(df),
+        "runs-table",
+        "Runs",
         column_config={
             "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")
         },
     )
-    names = {i: f"{n or k} · {i}" for i, n, k in zip(df["id"], df["name"], df["kind"], strict=True)}
+    names = pages.run_names(df)
     # Inside this live fragment the URL is read and written by hand (stale ids dropped): bound widgets
     # in a fragment do not restore from the address bar.
     ids = list(df["id"])
@@ -154,19 +164,8 @@ def _runs_view() -> None:
         "Smoothing (EMA)", 0.0, 0.95, float(st.query_params.get("tr_smooth", 0.0)), 0.05, key="tr_smooth"
     )
     st.query_params["tr_smooth"] = f"{smoothing:g}"
-    frames = []
-    for rid in [run_id, *overlay]:
-        m = r.metrics(rid)
-        shown = [c for c in CURVES if c in m.columns]
-        if len(m) and shown:
-            frames.append(m.melt(id_vars=["step"], value_vars=shown, var_name="metric").dropna().assign(run=names[rid]))
-    if frames:
-        ui.chart(
-            figures.training_curves(
-                pd.concat(frames, ignore_index=True), title=f"Run {names[run_id]}", smoothing=smoothing
-            ),
-            key="curves",
-        )
+    if (fig := pages.curves_figure(r, [run_id, *overlay], names, smoothing)) is not None:
+        ui.chart(fig, key="curves")
     if rec.error and rec.status == "cancelled":  # a cancellation is what the user asked for, not an error
         st.caption(f"Cancelled: {ui.plain(rec.error)}")
     elif rec.error:
@@ -222,19 +221,14 @@ def run_card(rec) -> None:
         st.caption(
             "Last metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in rec.last_metrics.items() if isinstance(v, float))
         )
+    if note := mask_note(mask, cfg):
+        ui.warning(note)
 
 
 def compare(ws) -> None:
-    z = ui.zoo()
-    candidates: dict[str, str] = {}
-    if z is not None:
-        candidates.update({f"zoo {m.id}": str(m.path) for m in z.members})
-    for rec in ui.job_runner().list_runs().itertuples():
-        model = Path(rec.run_dir) / "outputs" / "model"
-        if rec.status == "succeeded" and model.is_dir():
-            candidates[f"run {rec.id}"] = str(model)
-    ui.need(len(candidates) >= 2, "Two finished models are needed for a comparison.")
-    keys = list(candidates)
+    models = candidates()
+    ui.need(len(models) >= 2, "Two finished models are needed for a comparison.")
+    keys = list(models)
     c1, c2 = st.columns(2)
     full = c1.selectbox(
         "Full finetune",
@@ -255,23 +249,18 @@ def compare(ws) -> None:
     with_acc = st.toggle("Also held-out accuracy (generates with both models)", key="cmp_acc", bind="query-params")
     eval_data = eval_opts[0] if eval_opts and with_acc else None
     stamp = (
-        *(ui.checkpoint_info(p)["fingerprint"] for p in (candidates[full], candidates[sub], ws.base) if p),
+        *(ui.checkpoint_info(p)["fingerprint"] for p in (models[full], models[sub], ws.base) if p),
         file_stamp(eval_data),
     )
-    result = _comparison(candidates[full], candidates[sub], ws.base, eval_data, stamp)
+    result = _comparison(models[full], models[sub], ws.base, eval_data, stamp)
+    figs, tables = pages.comparison_parts(result, full, sub)
     a, b = st.columns(2)
     with a:
         st.metric("parameters bitwise identical", f"{100 * result.share_identical:.2f} %")
-        ui.table(result.to_frame(), "comparison", "Share of parameters identical, exact and along the tolerance sweep")
-        if result.accuracy is not None:
-            ui.table(result.accuracy, "accuracy", "Held-out accuracy (greedy exact match)")
+        for key, (caption, frame) in tables.items():
+            ui.table(frame, key, caption)
     with b:
-        ui.chart(
-            figures.ulp_histogram(
-                result.ulp_histogram.assign(model=f"{full} vs {sub}"), title="ULP distance between the two finetunes"
-            ),
-            key="cmp-ulp",
-        )
+        ui.chart(figs["cmp-ulp"], key="cmp-ulp")
     if result.unmatched:
         st.caption(f"Not compared (present in one run only): {ui.plain(', '.join(result.unmatched[:10]))}")
 
@@ -305,6 +294,45 @@ def body() -> None:
         label_visibility="collapsed",
     )
     views[view](ws)
+    export(ws, view)
+
+
+def candidates() -> dict[str, str]:
+    """Finished models to compare: the zoo's members and succeeded runs' models (label -> path)."""
+    z = ui.zoo()
+    out: dict[str, str] = {}
+    if z is not None:
+        out.update({f"zoo {m.id}": str(m.path) for m in z.members})
+    for rec in ui.job_runner().list_runs().itertuples():
+        model = Path(rec.run_dir) / "outputs" / "model"
+        if rec.status == "succeeded" and model.is_dir():
+            out[f"run {rec.id}"] = str(model)
+    return out
+
+
+def export(ws, view: str) -> None:
+    """One dashboard of every view (runs table, the chosen run's curves with its overlays, the
+    comparison) under the selections in the URL; the views not open are built on click only."""
+    r = ui.job_runner()
+    ids = list(r.list_runs()["id"])
+    asked = st.query_params.get("tr_run")
+    run_ids = [asked if asked in ids else ids[0]] if ids else []
+    run_ids += [i for i in st.query_params.get_all("tr_overlay") if i in ids and i not in run_ids]
+    smoothing = float(st.query_params.get("tr_smooth", 0.0))
+    cand, compare = candidates(), None
+    if len(cand) >= 2:
+        keys = list(cand)
+        full = st.query_params.get("cmp_full", "zoo grpo-s0" if "zoo grpo-s0" in keys else keys[0])
+        sub = st.query_params.get("cmp_sub", "zoo grpo-sub" if "zoo grpo-sub" in keys else keys[1])
+        if full in cand and sub in cand:
+            compare = (full, cand[full], sub, cand[sub], ws.base)
+    ui.export_button(
+        "Training runs",
+        {"view": view, "runs": run_ids, "smoothing": smoothing, "comparison": compare[::2] if compare else None},
+        ["curves", "cmp-ulp"],
+        ["runs-table", "comparison", "accuracy"],
+        more=partial(pages.export_parts, r, run_ids, smoothing, compare if view != "Subnetwork vs full" else None),
+    )
 
 
 ui.run_page(body)
