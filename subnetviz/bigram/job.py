@@ -27,6 +27,33 @@ def zoo_doc_length(path) -> int | None:
         return int(z["doc_length"]) if "doc_length" in z.files else None
 
 
+def sample_zoo_source(path, n_sequences: int, seq_len: int, seed: int = 0):
+    """Sequences of the demo zoo's own text when ``bigram.npz`` holds a second-order source
+    (``transition2`` P[next | previous two] and ``pair_stationary``, in ``token_ids`` order): the
+    first pair from the pair law, then the chain; None for a first-order table (whose own samples
+    are the text). The bigram table stays the target: the source's exact bigram marginal."""
+    import numpy as np
+
+    from subnetviz.bigram.stats import TokenCorpus
+
+    with np.load(path, allow_pickle=False) as z:
+        if "transition2" not in z.files:
+            return None
+        t2, pairs, ids = z["transition2"], z["pair_stationary"], z["token_ids"].astype(np.int64)
+    k = len(ids)
+    rng = np.random.default_rng(seed)
+    cum = np.cumsum(t2.reshape(k * k, k), axis=1)
+    out = np.empty((n_sequences, seq_len), dtype=np.int64)
+    first = np.minimum((np.cumsum(pairs.reshape(-1))[None, :] <= rng.random(n_sequences)[:, None]).sum(1), k * k - 1)
+    out[:, 0] = first // k
+    if seq_len > 1:
+        out[:, 1] = first % k
+    for t in range(2, seq_len):
+        u = rng.random(n_sequences)
+        out[:, t] = np.minimum((cum[out[:, t - 2] * k + out[:, t - 1]] <= u[:, None]).sum(1), k - 1)
+    return TokenCorpus(torch.from_numpy(ids[out]), f"sampled from the second-order source in {path}")
+
+
 def validate_config(config: dict | BigramJobConfig) -> BigramJobConfig:
     """The config as a :class:`BigramJobConfig`, checked against the file system (the job kind's validator)."""
     cfg = config if isinstance(config, BigramJobConfig) else BigramJobConfig.from_dict(config)
@@ -58,8 +85,13 @@ def prepare(config: BigramJobConfig | dict):
     if cfg.corpus == "zoo":
         table = load_transition_npz(cfg.table_path, n_out)
         n_train = 32 * 500
-        train = table.sample(n_train, seq_len, seed=cfg.seed)
-        evalc = table.sample(cfg.eval_sequences, seq_len, seed=cfg.seed + 10_000)
+        # the zoo's own text: a second-order source's samples, else the (first-order) table's
+        train = sample_zoo_source(cfg.table_path, n_train, seq_len, cfg.seed)
+        if train is None:
+            train = table.sample(n_train, seq_len, seed=cfg.seed)
+        evalc = sample_zoo_source(cfg.table_path, cfg.eval_sequences, seq_len, cfg.seed + 10_000)
+        if evalc is None:
+            evalc = table.sample(cfg.eval_sequences, seq_len, seed=cfg.seed + 10_000)
     else:
         path = Path(cfg.corpus).expanduser()
         if path.is_file():

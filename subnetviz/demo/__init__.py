@@ -60,6 +60,10 @@ class ZooSettings:
 
     n_letters: int = 14
     concentration: float = 0.3
+    # Second order: P[c | a, b] ∝ P1[b, c] · Q[a, b, c] (corpus.make_chain). For 14 letters, seed 0:
+    # entropy rate 1.41 nats against 1.89 for the best bigram model (and 2.59 for letter frequencies).
+    chain_order: int = 2
+    concentration2: float = 0.5
     chain_len: int = 24
     chain_seed: int = 0
     pool: tuple[int, int] = (10, 99)

@@ -39,6 +39,7 @@ from subnetviz.demo import (
     load_zoo,
     zoo_is_built,
 )
+from subnetviz.demo.extras import LOGS
 from subnetviz.demo.lock import LOCK, build_lock
 from subnetviz.demo.manifest import is_complete, read_manifest, zoo_root
 from subnetviz.demo.stages import STATE, run_stages, stage_count, write_json
@@ -60,6 +61,7 @@ def _wipe(root: Path) -> None:
         "bigram.npz",
         "base",
         "masks",
+        LOGS,
         *MEMBER_IDS,
         *(f"{m}.tensorboard" for m in MEMBER_IDS),
     ]
@@ -90,11 +92,18 @@ def build_zoo(
     preset: str = "demo",
     progress: Progress | None = None,
     force: bool = False,
+    extras: bool = False,
+    runs_root: str | os.PathLike | None = None,
+    background: bool = True,
 ) -> Zoo:
     """Build (or reuse, or resume) the demo zoo under ``root`` and return it.
 
     ``progress(step, total, message)`` is called at each stage (also printed to stderr).
     ``force`` rebuilds from scratch. Raises :class:`JobError` while another build holds the lock.
+    ``extras`` (the CLI's default): also register the members' training logs as runs in the job
+    registry under ``runs_root`` (default :func:`~subnetviz.config.runs_dir`), precompute the
+    Training page's comparison and, with ``background``, queue the bigram masks and the continual
+    demo as background jobs there (:mod:`subnetviz.demo.extras`); recorded in the manifest's ``extras``.
     """
     if preset not in PRESETS:
         raise ConfigError(
@@ -120,15 +129,32 @@ def build_zoo(
         man = read_manifest(root)
         if not force and man is not None and man.fingerprint == fp and is_complete(root, man):
             report(1, 1, f"demo zoo ({preset}) already built at {root}")
-            return load_zoo(root)
-        _clear_leftovers(root)
-        state = read_json(root / BUILD_STATE)
-        if force or (state or {}).get("fingerprint") != fp:
-            _wipe(root)
-        (root / MANIFEST).unlink(missing_ok=True)  # stale or other settings: written again at the end
-        write_json(root / BUILD_STATE, {"format": ZOO_FORMAT, "preset": preset, "fingerprint": fp})
-        _build(root, preset, settings, report)
+        else:
+            _clear_leftovers(root)
+            state = read_json(root / BUILD_STATE)
+            if force or (state or {}).get("fingerprint") != fp:
+                _wipe(root)
+            (root / MANIFEST).unlink(missing_ok=True)  # stale or other settings: written again at the end
+            write_json(root / BUILD_STATE, {"format": ZOO_FORMAT, "preset": preset, "fingerprint": fp})
+            _build(root, preset, settings, report)
+        if extras:
+            _finish(root, runs_root, background, report)
     return load_zoo(root)
+
+
+def _finish(root: Path, runs_root, background: bool, report: Progress) -> None:
+    """The registry runs, the cached comparison and the background jobs; the manifest records them."""
+    from subnetviz.demo.extras import finish_zoo
+
+    t0 = time.perf_counter()
+    zoo = load_zoo(root)
+    ext = finish_zoo(zoo, runs_root, background=background)
+    if ext != zoo.manifest.extras:  # unchanged on a reuse: the manifest stays untouched
+        man = zoo.manifest
+        seconds = {**man.stage_seconds, "extras": round(time.perf_counter() - t0, 3)}
+        write_json(root / MANIFEST, replace(man, extras=ext, stage_seconds=seconds).to_dict())
+    queued = ", ".join(f"{k} ({i})" for k, i in ext.jobs.items()) or "none"
+    report(1, 1, f"training logs registered as runs in {ext.runs_root}; background jobs: {queued}")
 
 
 def _build(root: Path, preset: str, s: ZooSettings, report: Progress) -> None:
@@ -167,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="rebuild from scratch")
     b.add_argument("--root", default=None, help="zoo folder (default: $SUBNETVIZ_HOME/zoo)")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    b.add_argument(
+        "--no-extras",
+        action="store_true",
+        help="only the models: no runs in the job registry, no cached comparison, no background jobs",
+    )
+    b.add_argument("--no-background", action="store_true", help="no background jobs (bigram masks, continual demo)")
+    b.add_argument("--runs", default=None, help="job registry folder (default: $SUBNETVIZ_HOME/runs)")
     sub.add_parser("path", help="print the zoo folder").add_argument("--root", default=None)
     args = parser.parse_args(argv)
     if args.command == "path":
@@ -181,7 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     try:
         t0 = time.perf_counter()
-        zoo = build_zoo(args.root, preset=args.preset, force=args.force)
+        zoo = build_zoo(
+            args.root,
+            preset=args.preset,
+            force=args.force,
+            extras=not args.no_extras,
+            runs_root=args.runs,
+            background=not args.no_background,
+        )
     except SubnetvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

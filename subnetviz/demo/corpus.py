@@ -1,10 +1,16 @@
-"""The demo zoo's synthetic data: arithmetic problem sets and a first-order Markov-chain language.
+"""The demo zoo's synthetic data: arithmetic problem sets and a Markov-chain language.
 
-- :class:`MarkovChain`: a fixed chain over a small alphabet, transition matrix drawn from a seeded
-  Dirichlet with small concentration (so rows are peaked: structure a bigram subnetwork can find).
-  Documents start from the stationary distribution and never end with ``<eos>``, so in the
-  corpus every chain letter is followed by a chain letter drawn from ``transition[current]``: the
-  token-level bigram target for the chain's tokens is exactly the saved matrix.
+- :class:`MarkovChain`: a fixed chain over a small alphabet. First order: the transition matrix's
+  rows are seeded Dirichlet draws with small concentration (peaked rows: structure a bigram
+  subnetwork can find). Second order (the zoo's default, ``order=2``): the next letter depends on
+  the previous two, ``P[c | a, b] ∝ P1[b, c] · Q[a, b, c]`` with ``P1`` such a peaked bigram
+  matrix and one Dirichlet(``concentration2``) factor ``Q[a, b]`` per previous pair, so a model
+  that looks one letter back is measurably worse than one that looks two back (the full model is
+  no longer almost a bigram model) while the bigram law stays peaked. ``transition`` is then the
+  exact *marginal* bigram law ``P[c | b]`` of the stationary source, and ``stationary`` its letter law.
+  Documents start from the stationary law (of letters, or of letter pairs) and never end with
+  ``<eos>``, so in the corpus every chain letter is followed by a chain letter and the token-level
+  bigram statistics of the chain's tokens are exactly ``transition``.
 - :class:`ProblemSets`: two-digit addition ``"a+b="`` -> ``"a+b"``. The pretraining pool covers
   operands in ``lo..hi``; set A and set B are sub-ranges (different answer distributions), each
   with a training split and a held-out evaluation split that pretraining never sees.
@@ -27,33 +33,86 @@ from subnetviz.cache import atomic_folder, atomic_write
 
 @dataclass(frozen=True)
 class MarkovChain:
-    """``letters``: K characters; ``transition``: (K, K) float64, rows sum to 1 (P[next | current]);
-    ``stationary``: (K,) float64 with ``stationary @ transition == stationary``."""
+    """``letters``: K characters; ``transition``: (K, K) float64, rows sum to 1 (P[next | current],
+    for a second-order chain the stationary marginal); ``stationary``: (K,) float64 with
+    ``stationary @ transition == stationary``. Second order: ``transition2`` (K, K, K)
+    P[next | previous two] and ``pair_stationary`` (K, K), the stationary law of letter pairs."""
 
     letters: tuple[str, ...]
     transition: np.ndarray
     stationary: np.ndarray
     concentration: float
     seed: int
+    transition2: np.ndarray | None = None
+    pair_stationary: np.ndarray | None = None
+    concentration2: float | None = None
+
+    @property
+    def order(self) -> int:
+        return 1 if self.transition2 is None else 2
+
+    @property
+    def bigram_entropy_rate(self) -> float:
+        """H(next | current) under the stationary distribution, in nats (the best a bigram model does)."""
+        return _conditional_entropy(self.stationary, self.transition)
 
     @property
     def entropy_rate(self) -> float:
-        """H(next | current) under the stationary distribution, in nats."""
-        p = self.transition
-        logp = np.log(np.where(p > 0, p, 1.0))
-        return float(-(self.stationary[:, None] * p * logp).sum())
+        """The source's entropy rate in nats: H(next | current), or H(next | previous two) for order 2."""
+        if self.transition2 is None:
+            return self.bigram_entropy_rate
+        k = len(self.letters)
+        return _conditional_entropy(self.pair_stationary.reshape(-1), self.transition2.reshape(k * k, k))
 
 
-def make_chain(letters: tuple[str, ...], *, concentration: float, seed: int) -> MarkovChain:
-    """A chain whose rows are i.i.d. Dirichlet(``concentration``) draws (seeded)."""
-    rng = np.random.default_rng(seed)
-    k = len(letters)
-    p = rng.dirichlet(np.full(k, float(concentration)), size=k)
+def _conditional_entropy(weights: np.ndarray, rows: np.ndarray) -> float:
+    logp = np.log(np.where(rows > 0, rows, 1.0))
+    return float(-(weights[:, None] * rows * logp).sum())
+
+
+def _peaked_rows(rng: np.random.Generator, concentration: float, shape: tuple[int, ...]) -> np.ndarray:
+    k = shape[-1]
+    p = rng.dirichlet(np.full(k, float(concentration)), size=shape[:-1])
     # A tiny floor keeps the chain irreducible and aperiodic (a unique stationary distribution)
     # even when a small concentration underflows entries to 0; the floored matrix is the truth.
     p = np.maximum(p, 1e-6)
-    p /= p.sum(axis=1, keepdims=True)
-    return MarkovChain(tuple(letters), p, stationary_distribution(p), float(concentration), int(seed))
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def make_chain(
+    letters: tuple[str, ...], *, concentration: float, seed: int, order: int = 1, concentration2: float = 0.5
+) -> MarkovChain:
+    """A seeded chain. ``order=1``: rows i.i.d. Dirichlet(``concentration``) draws. ``order=2``:
+    ``P[c | a, b] ∝ P1[b, c] · Q[a, b, c]`` (``P1`` rows Dirichlet(``concentration``), each
+    ``Q[a, b]`` Dirichlet(``concentration2``)); ``transition`` is its exact stationary bigram marginal."""
+    if order not in (1, 2):
+        raise ValueError(f"chain order {order}; 1 or 2.")
+    rng = np.random.default_rng(seed)
+    k = len(letters)
+    p1 = _peaked_rows(rng, concentration, (k, k))
+    if order == 1:
+        return MarkovChain(tuple(letters), p1, stationary_distribution(p1), float(concentration), int(seed))
+    t2 = p1[None, :, :] * _peaked_rows(rng, concentration2, (k, k, k))
+    t2 = np.maximum(t2 / t2.sum(axis=-1, keepdims=True), 1e-6)
+    t2 /= t2.sum(axis=-1, keepdims=True)
+    pairs = pair_stationary(t2)
+    letter = pairs.sum(axis=0)  # the law of the current letter b (pairs (a, b) summed over a)
+    marginal = np.einsum("ab,abc->bc", pairs, t2) / letter[:, None]
+    marginal /= marginal.sum(axis=1, keepdims=True)
+    return MarkovChain(
+        tuple(letters), marginal, letter, float(concentration), int(seed), t2, pairs, float(concentration2)
+    )
+
+
+def pair_stationary(t2: np.ndarray) -> np.ndarray:
+    """(K, K) stationary law of letter pairs ``(a, b)`` of a second-order chain ``t2`` (K, K, K): the
+    stationary distribution of the pair chain ``(a, b) -> (b, c)`` with probability ``t2[a, b, c]``."""
+    k = t2.shape[0]
+    pair = np.zeros((k * k, k * k))
+    for a in range(k):
+        for b in range(k):
+            pair[a * k + b, b * k : (b + 1) * k] = t2[a, b]
+    return stationary_distribution(pair).reshape(k, k)
 
 
 def stationary_distribution(p: np.ndarray) -> np.ndarray:
@@ -69,17 +128,30 @@ def stationary_distribution(p: np.ndarray) -> np.ndarray:
 
 
 def sample_chain(chain: MarkovChain, n_docs: int, length: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_docs, length) int64 state indices: first state from the stationary law, then the chain."""
-    cum_pi = np.cumsum(chain.stationary)
-    cum_p = np.cumsum(chain.transition, axis=1)
+    """(n_docs, length) int64 state indices: the first state (or first pair, for order 2) from the
+    stationary law, then the chain."""
     k = len(chain.letters)
     out = np.empty((n_docs, length), dtype=np.int64)
-    out[:, 0] = np.minimum(np.searchsorted(cum_pi, rng.random(n_docs), side="right"), k - 1)
+    if chain.order == 2:
+        first = _draw(np.cumsum(chain.pair_stationary.reshape(-1))[None, :], rng.random(n_docs), k * k)
+        out[:, 0], start = first // k, 1
+        if length > 1:
+            out[:, 1] = first % k
+            start = 2
+        cum = np.cumsum(chain.transition2.reshape(k * k, k), axis=1)
+        for t in range(start, length):
+            out[:, t] = _draw(cum[out[:, t - 2] * k + out[:, t - 1]], rng.random(n_docs), k)
+        return out
+    out[:, 0] = _draw(np.cumsum(chain.stationary)[None, :], rng.random(n_docs), k)
+    cum_p = np.cumsum(chain.transition, axis=1)
     for t in range(1, length):
-        u = rng.random(n_docs)
-        # Inverse-CDF per row: the number of cumulative entries <= u is the sampled index.
-        out[:, t] = np.minimum((cum_p[out[:, t - 1]] <= u[:, None]).sum(axis=1), k - 1)
+        out[:, t] = _draw(cum_p[out[:, t - 1]], rng.random(n_docs), k)
     return out
+
+
+def _draw(cum: np.ndarray, u: np.ndarray, k: int) -> np.ndarray:
+    """Inverse-CDF per row: the number of cumulative entries <= u is the sampled index."""
+    return np.minimum((cum <= u[:, None]).sum(axis=1), k - 1)
 
 
 def chain_text(chain: MarkovChain, states: np.ndarray) -> list[str]:
@@ -94,13 +166,26 @@ def save_bigram(
     """``bigram.npz``: the chain's exact bigram law in token space (written atomically).
 
     Keys: ``token_ids`` (K,) the tokenizer ids of the letters, ``letters`` (K,) str,
-    ``transition`` (K, K) P[next | current] with rows/cols in ``token_ids`` order,
-    ``stationary`` (K,), ``concentration``, ``seed``, ``doc_length``, ``entropy_rate`` (nats),
-    ``vocab_size`` (the tokenizer's, so a full-vocabulary table can be laid out).
+    ``transition`` (K, K) P[next | current] with rows/cols in ``token_ids`` order (a second-order
+    source's stationary marginal), ``stationary`` (K,), ``concentration``, ``seed``,
+    ``doc_length``, ``entropy_rate`` (the source's, nats), ``bigram_entropy_rate`` (H(next | current),
+    nats), ``order``, ``vocab_size`` (the tokenizer's, so a full-vocabulary table can be laid out);
+    order 2 also ``transition2`` (K, K, K) P[next | previous two] and ``pair_stationary`` (K, K),
+    so the source's own text can be sampled (:func:`subnetviz.bigram.job.sample_zoo_source`).
     """
+    second = {}
+    if chain.order == 2:
+        second = {
+            "transition2": chain.transition2,
+            "pair_stationary": chain.pair_stationary,
+            "concentration2": np.float64(chain.concentration2),
+        }
     buf = io.BytesIO()
     np.savez(
         buf,
+        **second,
+        order=np.int64(chain.order),
+        bigram_entropy_rate=np.float64(chain.bigram_entropy_rate),
         token_ids=np.asarray(token_ids, dtype=np.int64),
         letters=np.asarray(chain.letters),
         transition=chain.transition,

@@ -175,12 +175,17 @@ class ProblemSet:
 
 @dataclass(frozen=True)
 class BigramInfo:
-    """``bigram.npz``: the Markov chain's exact bigram law (its letters and their token ids)."""
+    """``bigram.npz``: the Markov chain's exact bigram law (its letters and their token ids).
+    ``entropy_rate_nats``: the source's entropy rate; ``order`` 2: the next letter depends on the
+    previous two, and ``bigram_entropy_rate_nats`` (H(next | current)) is what a bigram model
+    achieves at best, above the source's rate."""
 
     path: str
     letters: tuple[str, ...]
     token_ids: tuple[int, ...]
     entropy_rate_nats: float
+    order: int = 1
+    bigram_entropy_rate_nats: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> BigramInfo:
@@ -208,6 +213,34 @@ class ZooMask:
 
 
 @dataclass(frozen=True)
+class ZooExtras:
+    """What the build added to the job registry and the analysis cache (:mod:`subnetviz.demo.extras`).
+
+    ``runs_root``: the runs folder (registry) they live in. ``member_runs``: member id -> run id of
+    its training log, a succeeded ``train`` run (the Training page's curves). ``jobs``: ``"bigram"``,
+    ``"optimal"`` (bigram_mask jobs on the base, fast preset, λ = 10; the mask is
+    ``<run>/outputs/mask.safetensors``) and ``"continual"`` (the continual demo) -> run id; they may
+    still be queued or running (:func:`subnetviz.demo.extras.pending_jobs`). ``comparison``: the
+    Training page's precomputed pair (``full``, ``sub`` member ids) and its cache ``key``."""
+
+    runs_root: str
+    member_runs: dict[str, str] = field(default_factory=dict)
+    jobs: dict[str, str] = field(default_factory=dict)
+    comparison: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ZooExtras:
+        return _record(cls, d, "extras", member_runs=dict, jobs=dict, comparison=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def run_id(self, key: str) -> str | None:
+        """The run id of a background job (``bigram``, ``optimal``, ``continual``) or of a member's log."""
+        return self.jobs.get(key) or self.member_runs.get(key)
+
+
+@dataclass(frozen=True)
 class ZooManifest:
     """Everything ``manifest.json`` records about a built zoo (paths relative to the zoo folder)."""
 
@@ -228,6 +261,7 @@ class ZooManifest:
     stage_seconds: dict[str, float | None] = field(default_factory=dict)
     build_seconds: float | None = None
     this_run_seconds: float | None = None
+    extras: ZooExtras | None = None  # set once the registry runs, background jobs and cache are made
 
     def member(self, member_id: str) -> ZooMember:
         for m in self.members:
@@ -269,6 +303,7 @@ class ZooManifest:
             series=each(list, SeriesPoint),
             masks=each(dict, ZooMask),
             overlap=each(list, OverlapPair),
+            extras=ZooExtras.from_dict,
         )
 
     def to_dict(self) -> dict:

@@ -148,6 +148,8 @@ def measure_zoo(root: Path, preset: str, s: ZooSettings, state: dict) -> ZooMani
             tuple(str(c) for c in z["letters"]),
             tuple(int(i) for i in z["token_ids"]),
             float(z["entropy_rate"]),
+            int(z["order"]) if "order" in z.files else 1,
+            float(z["bigram_entropy_rate"]) if "bigram_entropy_rate" in z.files else None,
         )
     counts = {
         k: sum(1 for _ in open(root / "data" / f"{k}.jsonl"))
@@ -176,8 +178,7 @@ def measure_zoo(root: Path, preset: str, s: ZooSettings, state: dict) -> ZooMani
         corpus={
             "arithmetic": f"'a+b=' -> 'a+b' + <eos>, operands in {s.pool[0]}..{s.pool[1]}, held-out eval and dev problems "
             f"excluded ({counts['pretrain']} problems)",
-            "markov_chain": f"{s.n_letters} letters, Dirichlet({s.concentration}) rows (seed {s.chain_seed}); "
-            f"documents of {s.chain_len} letters from the stationary law, no <eos>",
+            "markov_chain": _chain_text(s),
             "mix_per_step": {"arithmetic_docs": s.batch_arith, "chain_docs": s.batch_chain},
         },
         bigram=bigram,
@@ -196,4 +197,18 @@ def measure_zoo(root: Path, preset: str, s: ZooSettings, state: dict) -> ZooMani
         masks={"grpo-s0": ZooMask(MASK_FILE, *(mask_info.get(k) for k in ("density", "count", "numel")))},
         overlap=tuple(overlap),
         stage_seconds={k: v.get("seconds") for k, v in state.items()},
+    )
+
+
+def _chain_text(s: ZooSettings) -> str:
+    if s.chain_order == 2:
+        law = (
+            f"second order, P[c | a, b] ∝ P1[b, c]·Q[a, b, c] with Dirichlet({s.concentration}) rows P1 and "
+            f"Dirichlet({s.concentration2}) factors Q"
+        )
+    else:
+        law = f"Dirichlet({s.concentration}) rows"
+    return (
+        f"{s.n_letters} letters, {law} (seed {s.chain_seed}); documents of {s.chain_len} letters "
+        "from the stationary law, no <eos>"
     )

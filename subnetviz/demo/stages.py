@@ -44,7 +44,13 @@ def corpus_parts(s: ZooSettings):
     from subnetviz.demo.tokenizer import build_tokenizer, chain_letters
 
     tok = build_tokenizer(s.n_letters, model_max_length=s.shape.max_position_embeddings)
-    chain = corpus.make_chain(chain_letters(s.n_letters), concentration=s.concentration, seed=s.chain_seed)
+    chain = corpus.make_chain(
+        chain_letters(s.n_letters),
+        concentration=s.concentration,
+        seed=s.chain_seed,
+        order=s.chain_order,
+        concentration2=s.concentration2,
+    )
     sets = corpus.make_problem_sets(
         pool=s.pool, range_a=s.range_a, range_b=s.range_b, n_eval=s.n_eval, seed=s.data_seed
     )
@@ -89,6 +95,7 @@ def stage_base(root: Path, s: ZooSettings, report: Callable[[str], None]) -> dic
             "dev_accuracy": res.dev_accuracy,
             "stop_reason": res.stop_reason,
             "chain_entropy_rate": chain.entropy_rate,
+            "chain_bigram_entropy_rate": chain.bigram_entropy_rate,
         }
         write_json(tmp / "pretrain.json", info)
     return info
@@ -145,7 +152,14 @@ def stage_member(root: Path, s: ZooSettings, m: MemberRecipe) -> dict:
         save_steps=s.series_steps() if m.series else [],
         name=f"demo-zoo {m.id}",
     )
-    res = train(cfg)
+    from subnetviz.demo.extras import clear_logs
+    from subnetviz.jobs.context import JobContext
+
+    # The member's per-step metrics (loss, reward, ...) go to logs/<id>/metrics.jsonl, as a job's would:
+    # the build registers them as the member's run in the job registry (subnetviz.demo.extras).
+    ctx = JobContext.for_dir(clear_logs(root, m.id))
+    res = train(cfg, ctx)
+    shutil.rmtree(ctx.out_dir, ignore_errors=True)  # a job's output folder: unused here
     return {
         "data": notes,
         "train_seconds": res.seconds,
