@@ -10,7 +10,19 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ["home", "workspace", "sparsity", "spectra", "overlap", "series", "training", "bigram", "continual"]
+PAGES = [
+    "home",
+    "workspace",
+    "sparsity",
+    "spectra",
+    "overlap",
+    "series",
+    "training",
+    "bigram",
+    "continual",
+    "behavior",
+    "drivers",
+]
 pytestmark = pytest.mark.slow
 
 
@@ -47,6 +59,8 @@ CONTENT = {
     "training": lambda at: any(b.label.startswith(("Launch", "Train", "Start")) for b in at.button),
     "bigram": lambda at: len(at.metric) >= 1 or "No bigram mask yet" in _texts(at),
     "continual": lambda at: plotly_specs(at) or "No finished continual-learning run yet" in _texts(at),
+    "behavior": lambda at: len(plotly_specs(at)) >= 4 and len(at.dataframe) >= 1,
+    "drivers": lambda at: plotly_specs(at) or "No finished drivers run yet" in _texts(at),
 }
 
 

@@ -66,7 +66,9 @@ def body() -> None:
         "device": ws.device,
     }
     runs = finished_runs()
-    source = st.radio("Results", ["computed here (cached)", *runs], horizontal=True, key="bh_source")
+    source = st.radio(
+        "Results", ["computed here (cached)", *runs], horizontal=True, key="bh_source", bind="query-params"
+    )
     if source in runs:
         from subnetviz.analysis.behavior import read_behavior
 
@@ -102,11 +104,11 @@ def show(res: dict[str, pd.DataFrame]) -> None:
     tokens = res["tokens"]
     models = list(dict.fromkeys(tokens["model"]))
     c1, c2, c3 = st.columns(3)
-    model = c1.selectbox("Model", models, key="bh_model")
+    model = c1.selectbox("Model", models, key="bh_model", bind="query-params")
     experiments = list(dict.fromkeys(tokens[tokens["model"] == model]["experiment"]))
-    experiment = c2.selectbox("Experiment", experiments, key="bh_exp")
+    experiment = c2.selectbox("Experiment", experiments, key="bh_exp", bind="query-params")
     n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
-    prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt")
+    prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind="query-params")
     one = tokens[(tokens["model"] == model) & (tokens["experiment"] == experiment) & (tokens["prompt"] == prompt)]
     ui.chart(
         bfig.token_bars(one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved"), key="bh-tokens"
@@ -114,6 +116,12 @@ def show(res: dict[str, pd.DataFrame]) -> None:
     ui.table(summary, "behavior-summary", "KL (nats per token) and accuracy per model and revert experiment")
     if len(curves):
         ui.table(curves, "behavior-curves", "KL and accuracy against the share of Δ reverted")
+    ui.export_button(
+        "Behaviour",
+        {"measure": value, "model": model, "experiment": experiment, "prompt": int(prompt)},
+        ["bh-bars", "bh-curves", "bh-hist", "bh-tokens"],
+        ["behavior-summary", "behavior-curves"],
+    )
 
 
 ui.run_page(body)

@@ -79,6 +79,13 @@ def _results() -> None:
     ui.chart(dfig.factor_panels(results, value=value), key="dr-factors")
     ui.chart(dfig.precision_pairs(results), key="dr-precision")
     ui.table(results, "drivers-results", "One row per run and storage precision")
+    ui.table(v, "drivers-verdicts", "The paper's conjectures: expected, observed, reproduced")
+    ui.export_button(
+        "What drives sparsity",
+        {"results": choice, "measure": value},
+        ["dr-factors", "dr-precision"],
+        ["drivers-verdicts", "drivers-results"],
+    )
 
 
 ui.run_page(body)
