@@ -249,6 +249,12 @@ def workspace_sidebar() -> Workspace:
     )
     if refused is not None:
         error(refused)  # in the main area, where the visitor looks
+    elif z is None and not base:
+        # also here, not only in the sidebar: every page's main area says why it has nothing to show
+        warning(
+            "The demo zoo is not built yet: run 'python -m subnetviz demo build' (or 'make app'), "
+            "or choose checkpoints in the sidebar."
+        )
     st.session_state["_workspace"] = ws
     return ws
 

@@ -91,6 +91,16 @@ def test_untrusted_text_is_escaped_for_markdown():
     )
 
 
+def test_missing_zoo_is_said_in_the_main_area(app_env, monkeypatch, tmp_path):
+    """Without a zoo the pages say so where the visitor looks, not only in the sidebar."""
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path))
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path))
+    at = open_page("sparsity")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    main = [w.value for w in at.main.warning]
+    assert any("demo zoo is not built" in w for w in main), main
+
+
 def test_closed_server_shows_only_a_login(app_env, monkeypatch):
     token = "viewer-token-0123456789"
     monkeypatch.setenv("SUBNETVIZ_ACCESS_TOKEN", token)
