@@ -86,108 +86,155 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
     if cfg.strategy == "zero3" and (why := sharded.zero_available()):
         raise ConfigError(why + ".")
     start = time.time()
-    out = Path(cfg.output_dir)
-    partial = _partial_dir(out)
     scratch = Path(tempfile.mkdtemp(prefix="subnetviz-trl-"))
-    world = sharded.init_world() if cfg.strategy == "fsdp2" else None
-    gather = sharded.full_state_dict if world is not None else None
-    if cfg.strategy == "zero3":
-        gather = sharded.zero_full_state  # fp32 master weights gathered from the ZeRO partitions
-    progress = ProgressCallback(
-        ctx, total=cfg.steps, is_main=world is None or world.is_main, any_rank=sharded.any_rank if world else None
-    )
+    run = None
     try:
-        trainer = build_trainer(cfg, scratch, [progress], world=world)
-        model = trainer.model
-        is_main = world.is_main if world is not None else trainer.accelerator.is_main_process
-        n_proc = world.size if world is not None else int(trainer.accelerator.num_processes)
-        evidence = sharded.fsdp2_evidence(model) if world is not None else None
-        masks = mask_set = None
-        if cfg.mask is not None:
-            # DTensors report their full shape; ZeRO-3 partitioned parameters keep it as ds_shape.
-            shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
-            masks, mask_set = load_training_mask(cfg.mask, shapes, seed=cfg.seed)  # refuses before any step
-        decay_names = set(trainer.get_decay_parameter_names(model))
-        zero = cfg.strategy == "zero3"
-        trainer.add_callback(MaskedUpdateCallback(masks, cfg.weight_decay, decay_names, zero=zero))
-        if zero:
-            trainer.add_callback(_ZeroMaskInstaller(trainer, masks, cfg.weight_decay, decay_names))
-        if cfg.save_steps:
-            trainer.add_callback(
-                CheckpointCallback(
-                    cfg.save_steps, partial / "checkpoints", trainer.processing_class, is_main, gather=gather
-                )
-            )
-        if is_main and partial.exists():
-            shutil.rmtree(partial)  # left by a crashed earlier attempt at the same output_dir
-        _log(
-            ctx if is_main else None,
-            f"training {cfg.algorithm} on {cfg.data} from {cfg.base} ({'mask ' + cfg.mask if cfg.mask else 'full'}; "
-            f"strategy {cfg.strategy}, {n_proc} process(es))",
-        )
-        if evidence is not None and is_main:
-            _log(ctx, f"FSDP2 active: {json.dumps(evidence)}")
-        trainer.train()
-        steps_done = int(trainer.state.global_step)
-        stopped = ctx is not None and ctx.should_stop()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            stopped = sharded.any_rank(stopped)  # every rank takes the same branch (the gather is collective)
-        state = gather(model) if gather is not None and not stopped else None  # every rank takes part
-        if stopped or not is_main:
-            if stopped and is_main and partial.exists():
-                shutil.rmtree(partial)
-            return TrainResult(
-                str(out),
-                steps_done,
-                progress.last,
-                None,
-                time.time() - start,
-                None,
-                stopped,
-                is_main,
-                progress.train_seconds,
-                n_proc,
-                strategy=cfg.strategy,
-            )
-        if state is None:
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        gathered = check_state_outside_mask(cfg.base, state, masks).to_dict()
-        save_bf16(model, trainer.processing_class, partial, {"train_config.json": cfg.to_dict()}, state=state)
-        if mask_set is not None:
-            from subnetviz.masks import save_mask_set
-
-            save_mask_set(partial / MASK_FILE, mask_set)
-        if os.environ.get(sharded.ACCELERATE_CONFIG_ENV):
-            shutil.copyfile(os.environ[sharded.ACCELERATE_CONFIG_ENV], partial / sharded.ACCELERATE_CONFIG)
-        del trainer, model, state
-        check = check_outside_mask(cfg.base, partial, masks).to_dict()
-        for name, c in (("saved bf16 model", check), ("gathered full state dict", gathered)):
-            if not c["outside_mask_identical"]:
-                _log(ctx, f"WARNING: {c['changed_outside']} entries outside the mask changed in the {name}")
-        accuracy = evaluate_accuracy(partial, cfg.eval_data) if cfg.eval_data else None
-        result = TrainResult(
-            str(out),
-            steps_done,
-            progress.last,
-            accuracy,
-            time.time() - start,
-            check,
-            train_seconds=progress.train_seconds,
-            num_processes=n_proc,
-            strategy=cfg.strategy,
-            gathered_check=gathered,
-            fsdp2=evidence,
-        )
-        (partial / SUMMARY_FILE).write_text(json.dumps({**result.to_dict(), **version_info()}, indent=2) + "\n")
-        os.replace(partial, out)
-        _log(ctx, f"saved {out} after {steps_done} steps ({result.seconds:.1f} s); accuracy {accuracy}")
-        return result
+        run = _Run(cfg, ctx, start, sharded.init_world() if cfg.strategy == "fsdp2" else None)
+        return _train(run, scratch)
     except BaseException:
-        if partial.exists() and (world is None or world.is_main):
-            shutil.rmtree(partial, ignore_errors=True)
+        if run is not None and run.partial.exists() and (run.world is None or run.world.is_main):
+            shutil.rmtree(run.partial, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _Run:
+    """One :func:`train` call: its config and job context, where it writes, and this process's place
+    in the run (main or not, how many processes, the FSDP2 evidence) once the trainer is built."""
+
+    def __init__(self, cfg: TrainConfig, ctx: JobContext | None, start: float, world):
+        self.cfg, self.ctx, self.start, self.world = cfg, ctx, start, world
+        self.out = Path(cfg.output_dir)
+        self.partial = _partial_dir(self.out)
+        self.progress = ProgressCallback(
+            ctx, total=cfg.steps, is_main=world is None or world.is_main, any_rank=sharded.any_rank if world else None
+        )
+        self.is_main, self.n_proc, self.evidence = True, 1, None
+
+    def attach(self, trainer) -> None:
+        if self.world is not None:
+            self.is_main, self.n_proc = self.world.is_main, self.world.size
+            self.evidence = sharded.fsdp2_evidence(trainer.model)
+        else:
+            self.is_main = trainer.accelerator.is_main_process
+            self.n_proc = int(trainer.accelerator.num_processes)
+
+    def gather(self):
+        """The collective that assembles the full state dict on every rank (None: the model's own)."""
+        if self.cfg.strategy == "zero3":
+            return sharded.zero_full_state  # fp32 master weights gathered from the ZeRO partitions
+        return sharded.full_state_dict if self.world is not None else None
+
+    def result(self, steps_done: int, **fields) -> TrainResult:
+        return TrainResult(
+            str(self.out),
+            steps_done,
+            self.progress.last,
+            fields.pop("accuracy", None),
+            time.time() - self.start,
+            train_seconds=self.progress.train_seconds,
+            num_processes=self.n_proc,
+            strategy=self.cfg.strategy,
+            **fields,
+        )
+
+
+def _train(run: _Run, scratch: Path) -> TrainResult:
+    cfg, ctx = run.cfg, run.ctx
+    trainer = build_trainer(cfg, scratch, [run.progress], world=run.world)
+    model = trainer.model
+    run.attach(trainer)
+    masks, mask_set = _add_mask_callbacks(cfg, trainer)
+    gather = run.gather()
+    if cfg.save_steps:
+        trainer.add_callback(
+            CheckpointCallback(
+                cfg.save_steps, run.partial / "checkpoints", trainer.processing_class, run.is_main, gather=gather
+            )
+        )
+    if run.is_main and run.partial.exists():
+        shutil.rmtree(run.partial)  # left by a crashed earlier attempt at the same output_dir
+    _announce(run)
+    trainer.train()
+    steps_done = int(trainer.state.global_step)
+    stopped = _stop_requested(ctx)
+    state = gather(model) if gather is not None and not stopped else None  # every rank takes part
+    if stopped or not run.is_main:
+        if stopped and run.is_main and run.partial.exists():
+            shutil.rmtree(run.partial)
+        return run.result(steps_done, stopped=stopped, is_main_process=run.is_main)
+    gathered = _save(cfg, trainer, state, masks, mask_set, run.partial)
+    del trainer, model, state  # free the training copy before the saved model is read back
+    return _finish(run, steps_done, masks, gathered)
+
+
+def _add_mask_callbacks(cfg: TrainConfig, trainer):
+    """The run's mask (refused before any step when it does not fit the model) and the callbacks that
+    keep every entry outside it unchanged; returns ``(masks, mask_set)`` (both None for a full run)."""
+    model = trainer.model
+    masks = mask_set = None
+    if cfg.mask is not None:
+        # DTensors report their full shape; ZeRO-3 partitioned parameters keep it as ds_shape.
+        shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
+        masks, mask_set = load_training_mask(cfg.mask, shapes, seed=cfg.seed)
+    decay_names = set(trainer.get_decay_parameter_names(model))
+    zero = cfg.strategy == "zero3"
+    trainer.add_callback(MaskedUpdateCallback(masks, cfg.weight_decay, decay_names, zero=zero))
+    if zero:
+        trainer.add_callback(_ZeroMaskInstaller(trainer, masks, cfg.weight_decay, decay_names))
+    return masks, mask_set
+
+
+def _announce(run: _Run) -> None:
+    cfg = run.cfg
+    if not run.is_main:
+        return
+    _log(
+        run.ctx,
+        f"training {cfg.algorithm} on {cfg.data} from {cfg.base} ({'mask ' + cfg.mask if cfg.mask else 'full'}; "
+        f"strategy {cfg.strategy}, {run.n_proc} process(es))",
+    )
+    if run.evidence is not None:
+        _log(run.ctx, f"FSDP2 active: {json.dumps(run.evidence)}")
+
+
+def _stop_requested(ctx: JobContext | None) -> bool:
+    stopped = ctx is not None and ctx.should_stop()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        stopped = sharded.any_rank(stopped)  # every rank takes the same branch (the gather is collective)
+    return stopped
+
+
+def _save(cfg: TrainConfig, trainer, state, masks, mask_set, partial: Path) -> dict:
+    """Write the bf16 model, config, mask and launch config into ``partial``; returns the bitwise check
+    of the full state dict (gathered, or the model's own) outside the mask."""
+    if state is None:
+        state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+    gathered = check_state_outside_mask(cfg.base, state, masks).to_dict()
+    save_bf16(trainer.model, trainer.processing_class, partial, {"train_config.json": cfg.to_dict()}, state=state)
+    if mask_set is not None:
+        from subnetviz.masks import save_mask_set
+
+        save_mask_set(partial / MASK_FILE, mask_set)
+    if os.environ.get(sharded.ACCELERATE_CONFIG_ENV):
+        shutil.copyfile(os.environ[sharded.ACCELERATE_CONFIG_ENV], partial / sharded.ACCELERATE_CONFIG)
+    return gathered
+
+
+def _finish(run: _Run, steps_done: int, masks, gathered: dict) -> TrainResult:
+    """Check the saved model against the base, evaluate it, write the summary and publish the folder."""
+    cfg, ctx, partial = run.cfg, run.ctx, run.partial
+    check = check_outside_mask(cfg.base, partial, masks).to_dict()
+    for name, c in (("saved bf16 model", check), ("gathered full state dict", gathered)):
+        if not c["outside_mask_identical"]:
+            _log(ctx, f"WARNING: {c['changed_outside']} entries outside the mask changed in the {name}")
+    accuracy = evaluate_accuracy(partial, cfg.eval_data) if cfg.eval_data else None
+    result = run.result(steps_done, accuracy=accuracy, mask_check=check, gathered_check=gathered, fsdp2=run.evidence)
+    (partial / SUMMARY_FILE).write_text(json.dumps({**result.to_dict(), **version_info()}, indent=2) + "\n")
+    os.replace(partial, run.out)
+    _log(ctx, f"saved {run.out} after {steps_done} steps ({result.seconds:.1f} s); accuracy {accuracy}")
+    return result
 
 
 class _ZeroMaskInstaller(TrainerCallback):
