@@ -171,3 +171,72 @@ def test_local_backend_without_the_variable(tmp_path, monkeypatch):
     monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
     runner = JobRunner(tmp_path / "runs")
     assert runner.ray_address is None and runner.command[-1] == "job"
+
+
+def _same_frame(a, b) -> None:
+    """Bit for bit: float columns on their int64 view, everything else by value (in order)."""
+    assert list(a.columns) == list(b.columns) and a.dtypes.equals(b.dtypes) and len(a) == len(b)
+    for col in a.columns:
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        if x.dtype.kind == "f":
+            assert (x.view("int64") == y.view("int64")).all(), col
+        else:
+            assert [repr(v) for v in x] == [repr(v) for v in y], col
+
+
+def test_overlap_fanout_equals_local_bit_for_bit(ray_head, tmp_path):
+    """N-model overlap (base = step 0, 4 finetunes), one Ray task per (base, finetune) pair, merged."""
+    from subnetviz.analysis.updates import analyze_updates
+    from subnetviz.jobs.fanout import updates_fanout
+
+    paths = _planted_series(tmp_path)
+    labels = ["s1", "s2", "s3", "s4"]
+    local = analyze_updates(paths[0], paths[1:], labels=labels, device="cpu")
+    reports, overlap = updates_fanout(paths[0], paths[1:], labels, address=ray_head)
+    assert overlap.labels == local.overlap.labels == tuple(labels)
+    assert list(overlap.region_counts) == list(local.overlap.region_counts)  # same groups, same order
+    for g, counts in local.overlap.region_counts.items():
+        assert counts.dtype == overlap.region_counts[g].dtype and (counts == overlap.region_counts[g]).all(), g
+    for name in ("sizes", "pairwise", "regions", "consensus", "by_group"):
+        _same_frame(getattr(local.overlap, name), getattr(overlap, name))
+    for mine, theirs in zip(reports, local.reports, strict=True):
+        _same_frame(mine.tensors, theirs.tensors)
+        assert list(mine.masks) == list(theirs.masks)
+        assert all((mine.masks[n] == theirs.masks[n]).all() for n in mine.masks)
+    # the planted truth, independently: the last step's changes against step 0, counted with NumPy
+    from safetensors.torch import load_file
+
+    def raw(p):
+        return {k: v.view(torch.int16).numpy() for k, v in load_file(f"{p}/model.safetensors").items()}
+
+    first, last = raw(paths[0]), raw(paths[-1])
+    changed = sum(int((first[k] != last[k]).sum()) for k in first)
+    assert overlap.sizes.set_index("label").loc["s4", "count"] == changed > 0
+    # the 2**4 region counts add up to every parameter, each in exactly one region
+    assert overlap.numel == sum(v.size for v in first.values())
+
+
+@pytest.mark.slow
+def test_drivers_grid_fanout_equals_local(ray_head, micro_zoo, tmp_path):
+    """The micro grid's steps axis: each run trained and measured in a Ray task equals the local run
+    (every column but the train_seconds wall clock, floats bit for bit)."""
+    from subnetviz.experiments.drivers import COLUMNS, run_drivers
+
+    torch.set_num_threads(1)  # the tasks train with the driver's thread count
+    local = run_drivers(micro_zoo.root, "micro", factors=["steps"], workdir=tmp_path / "local")
+    fanned = run_drivers(micro_zoo.root, "micro", factors=["steps"], workdir=tmp_path / "ray", address=ray_head)
+    assert list(local.columns) == COLUMNS and len(local) == 4  # 2 step counts × (bf16, fp32)
+    cols = [c for c in COLUMNS if c != "train_seconds"]
+    _same_frame(local[cols], fanned[cols])
+    pairs = local.pivot_table(index="value", columns="precision", values="sparsity")
+    assert (pairs["fp32"] <= pairs["bf16"]).all() and (pairs["fp32"] < 1).all()  # the runs did train
+
+
+def test_head_and_driver_on_loopback_only(ray_head):
+    """The test head advertises 127.0.0.1, never the machine's IP (Ray swaps a loopback
+    --node-ip-address for it unless told not to), and this driver joins it there."""
+    from subnetviz.jobs.ray_backend import connect
+
+    ray = connect(ray_head)
+    assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.1"]
+    assert ray._private.worker.global_worker.node_ip_address == "127.0.0.1"

@@ -74,13 +74,29 @@ def connect(address: str):
     ray = require_ray()
     if not ray.is_initialized():
         paths = [_PKG_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+        loopback = address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+        if loopback:  # as local_head's processes: 127.0.0.1 stays 127.0.0.1 (Ray would swap in the machine IP)
+            _loopback_only(ray)
         ray.init(
             address=address,
             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
             logging_level="ERROR",
             log_to_driver=False,
+            # a head on loopback (local_head): this driver is on that node, at 127.0.0.1 too
+            **({"_node_ip_address": "127.0.0.1"} if loopback else {}),
         )
     return ray
+
+
+def _loopback_only(ray) -> None:
+    """Ray's "no cluster" switch in this process: its node address is 127.0.0.1, not the machine's IP.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, at import; this process may have
+    imported ray already, so the constant is set as well as the variable (for its children)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def job_resources(config: dict) -> dict:
@@ -341,14 +357,25 @@ def local_head(num_cpus: int = 2, timeout: float = 90.0) -> Iterator[str]:
         "--temp-dir",
         temp,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    # `ray start` replaces a loopback --node-ip-address by the machine's IP (resolve_ip_for_localhost)
+    # unless Ray's own "no cluster" switch is set: with it, every Ray process of this head (and the
+    # workers it starts) takes 127.0.0.1 as the node's address, so nothing advertises the machine IP.
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
     address = f"127.0.0.1:{port}"
     with open(Path(temp) / "head.log", "wb") as log:
         head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.time() + timeout
-        probe = f"import ray; ray.init(address='{address}', logging_level='ERROR'); ray.cluster_resources()['CPU']"
-        while subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=timeout).returncode:
+        probe = (
+            f"import ray; ray.init(address='{address}', logging_level='ERROR', _node_ip_address='127.0.0.1'); "
+            "assert [n['NodeManagerAddress'] for n in ray.nodes()] == ['127.0.0.1'], ray.nodes()"
+        )
+        while subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=timeout, env=env).returncode:
             if head.poll() is not None or time.time() > deadline:
                 raise JobError("the Ray head did not start:\n" + (Path(temp) / "head.log").read_text()[-3000:])
             time.sleep(1)

@@ -1,0 +1,147 @@
+"""Multi-checkpoint work fanned out per checkpoint pair over Ray tasks, merged to the local result.
+
+- :func:`updates_fanout`: the N-model update analysis and the overlap of the N update masks. Each
+  (base, finetune) pair is one Ray task (:func:`pair_report`: the same streaming comparison as the
+  local :func:`~subnetviz.analysis.updates.analyze_updates`, one finetune); the driver merges the
+  N reports' bit-packed masks with :func:`~subnetviz.analysis.overlap.mask_overlap`, grouped by
+  (layer, module) as the local analysis groups them (:func:`merge_overlap`). Per-pair update masks
+  do not depend on the other finetunes, and the overlap is integer arithmetic over them, so the
+  merged :class:`~subnetviz.analysis.overlap.OverlapReport` equals the local one bit for bit.
+- :func:`ray_map`: ``fn(*args)`` for each argument tuple as one Ray task, results in order; the
+  drivers grid (:func:`subnetviz.experiments.drivers.run_drivers` with ``address=``) trains and
+  measures each of its runs (a base/finetune pair) this way.
+
+A task's torch thread count is set to the driver's (``threads``): CPU kernels (matmul
+reductions, Adam) give the same bits for the same thread count, so a run trained on a worker
+equals the one trained in the driver's process.
+
+The series of one run's checkpoints fans out by groups of tensors instead
+(:func:`subnetviz.jobs.ray_backend.series_fanout`): its cumulative counts need every checkpoint of
+a tensor together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from subnetviz.errors import ConfigError
+
+
+def _with_threads(fn: Callable, threads: int | None, args: tuple):
+    """On the worker: ``fn(*args)`` with torch set to ``threads`` threads (None: as the worker is)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    return fn(*args)
+
+
+def ray_map(
+    fn: Callable,
+    arg_tuples: Sequence[tuple],
+    *,
+    address: str | None = None,
+    num_cpus: float = 1,
+    threads: int | None = None,
+) -> list:
+    """``[fn(*a) for a in arg_tuples]`` with each call a Ray task declaring ``num_cpus``; results in order.
+
+    ``fn`` must be importable by the workers (a module-level function of subnetviz). The cluster
+    runs as many at once as its CPUs allow. ``address``: default ``SUBNETVIZ_RAY_ADDRESS``.
+    """
+    from subnetviz.jobs import fanout
+    from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, connect, ray_address
+
+    address = address or ray_address()
+    if not address:
+        raise ConfigError(f"a Ray fan-out needs a cluster: pass address= or set {RAY_ADDRESS_ENV}.")
+    ray = connect(address)
+    task = ray.remote(fanout._with_threads).options(num_cpus=num_cpus, max_retries=0)
+    refs = [task.remote(fn, threads, tuple(a)) for a in arg_tuples]
+    try:
+        return ray.get(refs)
+    except BaseException:
+        for ref in refs:  # one failed (or the driver was interrupted): the others stop too
+            ray.cancel(ref, force=True)
+        raise
+
+
+# --- N-model update analysis and overlap ----------------------------------------------------------
+def pair_report(base: str, finetuned: str, label: str, options):
+    """On a worker: the :class:`SparsityReport` of one (base, finetune) pair, update masks bit-packed."""
+    from subnetviz.analysis.updates import analyze_updates
+
+    return analyze_updates(base, [finetuned], labels=[label], options=options, spectra=None, device="cpu").reports[0]
+
+
+def merge_overlap(base: str, reports: Sequence):
+    """The overlap of the reports' update masks over the tensors all of them cover, grouped by
+    (layer, module) of the base's naming table, in the base's tensor order: as the local N-model
+    analysis computes it (None for fewer than two reports)."""
+    from subnetviz.analysis.overlap import mask_overlap
+    from subnetviz.checkpoints import open_checkpoint
+
+    if len(reports) < 2:
+        return None
+    ck = open_checkpoint(base)
+    try:
+        table = ck.names_table
+    finally:
+        ck.close()
+    common = set.intersection(*(set(r.masks) for r in reports))
+    return mask_overlap(
+        [_Common(r.masks, common) for r in reports],
+        [r.model for r in reports],
+        group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
+    )
+
+
+class _Common(Mapping):
+    """The tensors of one report's packed masks that every report covers, in the report's order;
+    each unpacked only when the overlap pass reaches it (``packed``: the bits as they are)."""
+
+    def __init__(self, masks, keep: set[str]):
+        self.masks, self.names = masks, [n for n in masks if n in keep]
+
+    def __getitem__(self, name: str):
+        return self.masks[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def packed(self, name: str):
+        return self.masks.packed(name)
+
+
+def updates_fanout(
+    base: str,
+    finetuned: Sequence[str],
+    labels: Sequence[str] | None = None,
+    *,
+    options=None,
+    address: str | None = None,
+):
+    """:func:`~subnetviz.analysis.updates.analyze_updates` of ``base`` against N finetunes, one Ray
+    task per (base, finetune) pair; returns ``(reports, overlap)`` equal to the local analysis's
+    ``.reports`` and ``.overlap``. ``options``: :class:`SparsityOptions` (default: the analysis's)."""
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import _label_for
+
+    options = options or SparsityOptions()
+    finetuned = [str(f) for f in finetuned]
+    used: set[str] = set()
+    labels = list(labels) if labels else [_label_for(f, used) for f in finetuned]
+    if len(labels) != len(finetuned):
+        raise ConfigError(f"got {len(finetuned)} finetuned checkpoints but {len(labels)} labels.")
+    from subnetviz.jobs import fanout
+
+    reports = ray_map(
+        fanout.pair_report,
+        [(str(base), f, lab, options) for f, lab in zip(finetuned, labels, strict=True)],
+        address=address,
+    )
+    overlap = merge_overlap(str(base), reports) if options.keep_masks else None
+    return reports, overlap
