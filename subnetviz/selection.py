@@ -48,9 +48,35 @@ def zoo_members(z) -> dict[str, str]:
     if z is not None:
         out.update({m.id: str(m.path) for m in z.members})
         out.update({f"grpo-s0@{step}": str(path) for step, path in z.series})
-    for model in sorted(config.runs_dir().glob("*/outputs/model/config.json")):
-        out[f"run {model.parts[-4]}"] = str(model.parent)  # only complete runs have outputs/ (renamed at the end)
+    out.update(_run_models(str(config.runs_dir()), listing_stamp()))
     return out
+
+
+def _mtime(path: str | os.PathLike) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def listing_stamp() -> tuple:
+    """What the sidebar's lists of runs and masks depend on, from stat calls only (no walk, no read):
+    the runs folder, each run's folder and its ``outputs/`` (a job renames ``outputs.tmp`` to ``outputs``
+    when it finishes, which moves its run folder's mtime), the zoo's masks folder and the uploads."""
+    runs = config.runs_dir()
+    parts: list = [str(runs), _mtime(runs), _mtime(config.zoo_dir() / "masks"), _mtime(config.home() / "uploads")]
+    try:
+        with os.scandir(runs) as it:
+            parts += sorted((e.name, _mtime(e.path), _mtime(os.path.join(e.path, "outputs"))) for e in it)
+    except OSError:
+        pass
+    return tuple(parts)
+
+
+@functools.lru_cache(maxsize=4)
+def _run_models(runs: str, stamp: tuple) -> dict[str, str]:
+    found = sorted(Path(runs).glob("*/outputs/model/config.json"))  # only complete runs have outputs/
+    return {f"run {model.parts[-4]}": str(model.parent) for model in found}
 
 
 def label_of(choice: str, members: dict[str, str]) -> str:
@@ -122,7 +148,15 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
 
 
 def saved_masks() -> dict[str, str]:
-    """Mask files the app can see: the zoo's, finished runs' outputs, and uploads."""
+    """Mask files the app can see: the zoo's, finished runs' outputs, and uploads.
+
+    Listed again only when :func:`listing_stamp` moves, so a rerun of the sidebar walks no folder.
+    """
+    return dict(_saved_masks(str(config.home()), listing_stamp()))
+
+
+@functools.lru_cache(maxsize=4)
+def _saved_masks(home: str, stamp: tuple) -> dict[str, str]:
     found: dict[str, str] = {}
     roots = [config.zoo_dir() / "masks", uploads_dir()]
     for root in roots:

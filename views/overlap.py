@@ -34,26 +34,24 @@ def body() -> None:
         "Masks (2–8)", list(sources), default=default, key="ov_masks", bind="query-params", max_selections=8
     )
     ui.need(len(chosen) >= 2, "Pick at least two masks.")
-    sets = [ui.mask_set(sources[c]).masks for c in chosen]
+    mask_sets = [ui.mask_set(sources[c]) for c in chosen]  # shared, keyed by the files' stamps
+    sets = [m.masks for m in mask_sets]
     common = set.intersection(*(set(s) for s in sets))
     ui.need(bool(common), "These masks share no tensor names; they are over different models.")
     if any(len(s) != len(common) for s in sets):
         st.caption(f"Compared over the {len(common)} tensors present in every chosen mask.")
     table = NameTable(detect_family(None, sorted(common)))
-    report = mask_overlap(
-        [{k: s[k] for k in common} for s in sets],
-        chosen,
-        group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
-    )
+    report = ui.shared(overlap_report, mask_sets, tuple(chosen))  # once per masks, for every session
     if len(chosen) in (2, 3):  # Venn beside the UpSet; beyond three masks the UpSet alone, full width
         a, b = st.columns(2)
         with a:
             counts = report.venn_regions()["count"].to_numpy()
-            ui.chart(figures.venn2(counts, chosen) if len(chosen) == 2 else figures.venn3(counts, chosen), key="venn")
+            venn = figures.venn2 if len(chosen) == 2 else figures.venn3
+            ui.chart(ui.shared(venn, counts, chosen), key="venn")
     else:
         b = st.container()
     with b:
-        ui.chart(figures.upset(report.regions, chosen), key="upset")
+        ui.chart(ui.shared(figures.upset, report.regions, chosen), key="upset")
     view = st.radio(
         "Pairwise view",
         ["value", "ratio"],
@@ -68,7 +66,9 @@ def body() -> None:
         with col:
             title = titles[metric] + (" (× chance)" if view == "ratio" else "")
             ui.chart(
-                figures.pairwise_matrix(report.pairwise, value=metric, view=view, labels=chosen, title=title),
+                ui.shared(
+                    figures.pairwise_matrix, report.pairwise, value=metric, view=view, labels=chosen, title=title
+                ),
                 key=f"pw-{metric}",
             )
     ui.table(report.pairwise, "pairwise", "Pairwise overlap against chance")
@@ -85,7 +85,7 @@ def body() -> None:
     one = by[(by["a"] == pa) & (by["b"] == pb) & by["layer"].notna()]
     c, d = st.columns(2)
     with c:
-        ui.chart(figures.overlap_layer_heatmap(one, view=view), key="layer-overlap")
+        ui.chart(ui.shared(figures.overlap_layer_heatmap, one, view=view), key="layer-overlap")
     with d:
         pw = report.pairwise
         dens = {
@@ -93,13 +93,25 @@ def body() -> None:
             **dict(zip(pw["a"], pw["count_a"] / pw["numel"], strict=True)),
         }
         chance = figures.chance_consensus([dens[c] for c in chosen], int(pw["numel"].iloc[0]))
-        ui.chart(figures.consensus_bars(report.consensus_overall(), chance=chance), key="consensus")
+        ui.chart(ui.shared(figures.consensus_bars, report.consensus_overall(), chance=chance), key="consensus")
     experts_overlap(sets, chosen, common, table, pa, pb, view)
     ui.export_button(
         "Overlap",
         {"masks": chosen, "criterion": crit, "view": view},
         ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "consensus", "expert-overlap"],
         ["pairwise"],
+    )
+
+
+def overlap_report(mask_sets, chosen: tuple):
+    """The chosen masks' overlap over the tensors they share, grouped by (layer, module)."""
+    sets = [m.masks for m in mask_sets]
+    common = set.intersection(*(set(s) for s in sets))
+    table = NameTable(detect_family(None, sorted(common)))
+    return mask_overlap(
+        [{k: s[k] for k in common} for s in sets],
+        list(chosen),
+        group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
     )
 
 

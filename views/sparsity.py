@@ -36,8 +36,7 @@ def body() -> None:
         f"η = {eta:g}.",
     )
     column = {"exact": "changed", "relative": "changed_rel"}.get(crit, f"changed@{crit}")
-    grids = {m: reports[m].by_layer_module(column) for m in reports}
-    grids = {m: g[g["layer"].notna()] for m, g in grids.items()}
+    grids = ui.shared(layer_grids, analysis, column)  # once per analysis and criterion, for every session
     # A per-tensor mean differs from the weighted share only where a cell holds several tensors.
     several = any((g["tensors"] > 1).any() for g in grids.values())
     weighting = c3.radio(
@@ -73,7 +72,10 @@ def body() -> None:
                 ]
             )
             overall["sparsity"] = 1 - overall["changed"] / overall["numel"]
-            ui.chart(figures.overall_bars(overall, title=f"Overall update sparsity per model ({crit})"), key="overall")
+            ui.chart(
+                ui.shared(figures.overall_bars, overall, title=f"Overall update sparsity per model ({crit})"),
+                key="overall",
+            )
             zrange = figures.shared_range([grids[m] for m in shown], value)
             per_row = min(3, len(shown))
             if len(shown) > 2:
@@ -83,7 +85,8 @@ def body() -> None:
                 for col, model in zip(cols, shown[start : start + per_row], strict=False):
                     with col:
                         ui.chart(
-                            figures.sparsity_heatmap(
+                            ui.shared(
+                                figures.sparsity_heatmap,
                                 grids[model],
                                 value=value,
                                 zrange=zrange,
@@ -94,7 +97,7 @@ def body() -> None:
                         )
     if tabs[1].open:
         with tabs[1]:
-            f, tables = other_tabs(analysis)
+            f, tables = ui.shared(other_tabs, analysis)
             a, b = st.columns(2)
             with a:
                 ui.chart(f["sweep"], key="sweep")
@@ -103,7 +106,7 @@ def body() -> None:
             ui.table(tables["sweep-table"][1], "sweep-table", "Sparsity per criterion")
     if tabs[2].open:
         with tabs[2]:
-            f, tables = other_tabs(analysis)
+            f, tables = ui.shared(other_tabs, analysis)
             ui.chart(f["special"], key="special")
             ui.table(tables["special-table"][1], "special-table", "Every norm, embedding and head tensor")
     if tabs[3].open:
@@ -121,6 +124,12 @@ def body() -> None:
         ["sweep-table", "special-table", "experts-table"],
         more=partial(other_tabs, analysis),
     )
+
+
+def layer_grids(analysis, column: str) -> dict:
+    """Each model's layer × module table under one criterion (rows of the layer grid only)."""
+    grids = {r.model: r.by_layer_module(column) for r in analysis.reports}
+    return {m: g[g["layer"].notna()] for m, g in grids.items()}
 
 
 def other_tabs(analysis) -> tuple[dict, dict]:
@@ -160,7 +169,7 @@ def relative_note(eta: float) -> str:
 
 def experts_section(analysis, shown) -> None:
     """Mixture-of-experts models only: exact sparsity per layer × expert (shared experts apart) and the routers."""
-    experts = {m: by_expert(analysis.report(m)) for m in shown}
+    experts = ui.shared(expert_tables, analysis, tuple(shown))
     if all(e.empty for e in experts.values()):
         return
     st.subheader("Experts")
@@ -172,6 +181,10 @@ def experts_section(analysis, shown) -> None:
             )
     ui.chart(moe.router_bars(pd.concat([routers(analysis.report(m)) for m in shown], ignore_index=True)), key="routers")
     ui.table(pd.concat(experts.values(), ignore_index=True), "experts-table", "Per layer × expert")
+
+
+def expert_tables(analysis, shown: tuple) -> dict:
+    return {m: by_expert(analysis.report(m)) for m in shown}
 
 
 def drill_down(ws, reports, crit: str, eta: float) -> None:

@@ -67,11 +67,8 @@ def subspaces(ws) -> None:
 
 def updates(ws) -> None:
     analysis = ui.update_analysis(ws, spectra=True)
-    spec = analysis.spectra_table()
-    ui.need(len(spec) > 0, "No 2-D update matrices to analyse.")
-    meta = analysis.reports[0].tensors[["key", "layer", "module"]].rename(columns={"key": "name"})
-    spec = spec.merge(meta, on="name", how="left")
-    spec = spec[~spec["skipped"].astype(bool)]
+    spec = ui.shared(spectra_rows, analysis)  # once per analysis, for every session
+    ui.need(spec is not None, "No 2-D update matrices to analyse.")
     models = list(analysis.labels)
     c1, c2, c3 = st.columns([2, 1, 1])
     chosen = c1.multiselect("Models", models, default=models[:1], key="spec_models", bind="query-params")
@@ -83,16 +80,7 @@ def updates(ws) -> None:
     mods = [m for m in spec["module"].dropna().unique()]
     module = c3.selectbox("Module", ["all", *mods], key="spec_module", bind="query-params")
     ui.need(bool(chosen), "Pick at least one model.")
-    sel = spec[spec["model"].isin(chosen)]
-    if layer != "all":
-        sel = sel[sel["layer"] == int(layer)]
-    if module != "all":
-        sel = sel[sel["module"] == module]
-    sig = analysis.sigmas()
-    sig = sig[sig["model"].isin(chosen)].merge(sel[["model", "name"]], on=["model", "name"])
-    sig = sig.assign(name=sig["model"] + " · " + sig["name"].str.removeprefix("model.")) if len(chosen) > 1 else sig
-    shapes = sel.assign(name=sel["model"] + " · " + sel["name"].str.removeprefix("model.")) if len(chosen) > 1 else sel
-    ui.chart(figures.spectrum_curves(sig, thresholds=figures.rank_thresholds(sig, shapes)), key="spectra")
+    ui.chart(ui.shared(spectrum_figure, analysis, spec, tuple(chosen), layer, module), key="spectra")
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
     below = grid[grid["rank"] < grid[["rows", "cols"]].min(axis=1)]
@@ -108,14 +96,18 @@ def updates(ws) -> None:
         a, b = st.columns(2)
         with a:
             ui.chart(
-                figures.rank_measure_heatmap(
-                    one, "effective_rank_99", title=f"{model}: effective rank (99 % of Σσ²) / min(m, n)"
+                ui.shared(
+                    figures.rank_measure_heatmap,
+                    one,
+                    "effective_rank_99",
+                    title=f"{model}: effective rank (99 % of Σσ²) / min(m, n)",
                 ),
                 key=f"eff-{model}",
             )
         with b:
             ui.chart(
-                figures.rank_measure_heatmap(
+                ui.shared(
+                    figures.rank_measure_heatmap,
                     one,
                     "stable_rank",
                     title=f"{model}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
@@ -149,6 +141,30 @@ def updates(ws) -> None:
         ["spectra", *keys],
         ["spectra-table"],
     )
+
+
+def spectra_rows(analysis):
+    """Every analysed 2-D update (skipped ones left out) with its layer and module; None when there is none."""
+    spec = analysis.spectra_table()
+    if not len(spec):
+        return None
+    meta = analysis.reports[0].tensors[["key", "layer", "module"]].rename(columns={"key": "name"})
+    spec = spec.merge(meta, on="name", how="left")
+    return spec[~spec["skipped"].astype(bool)]
+
+
+def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str):
+    """The singular-value curves of the chosen models' matrices in one layer and module (or all)."""
+    sel = spec[spec["model"].isin(chosen)]
+    if layer != "all":
+        sel = sel[sel["layer"] == int(layer)]
+    if module != "all":
+        sel = sel[sel["module"] == module]
+    sig = analysis.sigmas()
+    sig = sig[sig["model"].isin(chosen)].merge(sel[["model", "name"]], on=["model", "name"])
+    sig = sig.assign(name=sig["model"] + " · " + sig["name"].str.removeprefix("model.")) if len(chosen) > 1 else sig
+    shapes = sel.assign(name=sel["model"] + " · " + sel["name"].str.removeprefix("model.")) if len(chosen) > 1 else sel
+    return figures.spectrum_curves(sig, thresholds=figures.rank_thresholds(sig, shapes))
 
 
 ui.run_page(body)
