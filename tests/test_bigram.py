@@ -10,6 +10,7 @@ import pickle
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -404,7 +405,12 @@ def test_mask_training_lowers_loss_and_ends_binary(trained_gpt2):
     assert ce[-10:].mean() < ce[:10].mean() - 0.05
     assert res.stopped_by == "rule" and res.soft_final["undecided"] < 0.01
     assert all(m.dtype == torch.bool for m in res.mask_set.masks.values())
-    assert 0 < res.mask_set.density < 1 and res.mask_set.metadata["lambda"] == 1.0
+    # the binary mask is the last step's logits > 0: its density is the curve's last "kept" share
+    kept = sum(int(m.sum()) for m in res.mask_set.masks.values())
+    numel = sum(m.numel() for m in res.mask_set.masks.values())
+    assert res.mask_set.density == pytest.approx(kept / numel, rel=1e-12)
+    assert kept / numel == res.curve["kept"].iloc[-1] and 0 < kept < numel
+    assert res.mask_set.metadata["lambda"] == 1.0 and res.mask_set.metadata["steps"] == res.steps == len(res.curve)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # base frozen, untouched
     # the subnetwork mimics the bigram model better than the full model and a random one
     rep = evaluate_subnetwork(model, res.mask_set, table, table.sample(60, 32, seed=9), seeds=(0, 1))
@@ -509,7 +515,23 @@ def test_job_validates_and_writes_outputs(tmp_path, monkeypatch, trained_gpt2):
     ms = load_mask_set(ctx.out_dir / "mask.safetensors")
     assert set(ms.masks) == set(maskable_names(model)) and ms.metadata["lambda"] == 1.0
     metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
-    assert metrics["steps"] <= 15 and -1 <= metrics["r_subnetwork"] <= 1
+    curve = pd.read_csv(ctx.out_dir / "curve.csv")
+    assert metrics["steps"] == len(curve) == curve["step"].iloc[-1] and metrics["kept"] == ms.count
+    assert metrics["stopped_by"] == "rule" or (metrics["stopped_by"] == "max_steps" and metrics["steps"] == 15)
+    # r_subnetwork recomputed in float64 on the job's held-out sequences (the chain sampled with seed
+    # 0 + 10 000): the masked model's surprisal of each next token vs the planted chain's, Pearson by hand
+    chain = planted_transition()
+    held = table_from_transition(chain, np.arange(V), V).sample(20, 16, seed=10_000).ids
+    sub = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for name, p in sub.named_parameters():  # a tied head is the same tensor as the embedding
+            if name in ms.masks:
+                p.mul_(ms.masks[name].double())
+        logp = torch.log_softmax(sub(held).logits[:, :-1].double(), -1)
+    model_bits = (-logp.gather(-1, held[:, 1:, None])[..., 0] / np.log(2)).numpy().ravel()
+    chain_bits = -np.log2(chain[held[:, :-1].numpy(), held[:, 1:].numpy()]).ravel()
+    a, b = model_bits - model_bits.mean(), chain_bits - chain_bits.mean()
+    assert metrics["r_subnetwork"] == pytest.approx((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()), abs=1e-4)
     status = json.loads((ctx.run_dir / "status.json").read_text())
     assert status["step"] == metrics["steps"]
     from subnetviz.bigram.job import analyse_mask_file

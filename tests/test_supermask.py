@@ -274,9 +274,17 @@ def test_independent_random_masks_follow_one_minus_one_minus_d_to_the_t():
 
 
 def test_benchmarks_shapes_and_labels():
+    from sklearn.datasets import load_digits
+
     s = split_digits(5, seed=0)
     assert s.num_tasks == 5 and all(set(t.y_train.tolist()) == {0, 1} for t in s.tasks)
-    assert 240 <= s.tasks[0].x_train.shape[0] <= 260
+    # sklearn's digits per class, and train_test_split's test size ceil(0.3 n) of each pair's n images
+    per_class = np.bincount(load_digits().target)
+    for t, task in enumerate(s.tasks):
+        n = int(per_class[2 * t] + per_class[2 * t + 1])
+        assert task.x_test.shape[0] == math.ceil(0.3 * n) and task.x_train.shape[0] == n - math.ceil(0.3 * n)
+        assert int(task.y_train.sum()) + int(task.y_test.sum()) == per_class[2 * t + 1]  # label 1 = the odd digit
+    assert s.tasks[0].x_train.shape[0] == 252  # 178 zeros + 182 ones, 108 held out
     p = make_benchmark("permuted-digits", 12, seed=1)
     assert p.num_tasks == 12 and p.tasks[0].x_train.shape == (1257, 64)
     assert torch.equal(p.tasks[0].x_train.sort(dim=1).values, p.tasks[5].x_train.sort(dim=1).values)

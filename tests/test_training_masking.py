@@ -359,7 +359,11 @@ def test_subnetwork_of_full_update_stays_inside_it(tiny, tmp_path):
     assert list(cmp.accuracy["model"]) == ["base", "full", "subnetwork"]
     f = cmp.to_frame()
     assert f["share"].is_monotonic_increasing  # exact <= atol 1e-8 <= ... <= atol 1e-4
-    assert 0 < cmp.share_identical <= 1
+    # the bitwise-identical share, recounted from the two saved folders' int16 views
+    fa, fb = _bits(Path(full.output_dir)), _bits(Path(sub.output_dir))
+    same = sum(int((fa[k] == fb[k]).sum()) for k in fa)
+    assert cmp.share_identical == pytest.approx(same / sum(v.numel() for v in fa.values()), rel=1e-12)
+    assert cmp.to_frame()["identical"].iloc[0] == same
 
 
 @pytest.mark.slow
