@@ -385,10 +385,15 @@ def test_last_hidden_state_is_before_final_norm(kind):
     assert len(hs) == 3
     torch.testing.assert_close(hs[-1], got["out"])
     stats = collect_stats(model, TokenCorpus(ids), batch_size=1)
-    emb = model.get_input_embeddings().weight[ids.reshape(-1)].detach().numpy()
-    ref = ResidualStats.from_arrays(emb, [x.reshape(-1, 32).numpy() for x in hs])
-    np.testing.assert_allclose(stats.gram, ref.gram, rtol=1e-9, atol=1e-6)
-    np.testing.assert_allclose(stats.cross_in, ref.cross_in, rtol=1e-9, atol=1e-6)
+    # reference: the statistics' definitions as plain float64 matrix products of the hooked activations
+    emb = model.get_input_embeddings().weight[ids.reshape(-1)].detach().double().numpy()
+    xs = [x.reshape(-1, 32).double().numpy() for x in hs]
+    assert stats.n == 14
+    np.testing.assert_allclose(stats.sums, np.stack([x.sum(0) for x in xs]), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(stats.gram, np.stack([x.T @ x for x in xs]), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(stats.cross_in, np.stack([x.T @ emb for x in xs]), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(stats.cross_out, np.stack([x.T @ xs[-1] for x in xs]), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(stats.sum_in, emb.sum(0), rtol=1e-9, atol=1e-6)
 
 
 # ---------------------------------------------------------------- training and evaluation
@@ -429,7 +434,14 @@ def test_evaluation_invariants(trained_gpt2):
     assert rep.loc["subnetwork", "bits"] == pytest.approx(rep.loc["full", "bits"], abs=1e-6)
     assert rep.loc["ablated", "bits"] == pytest.approx(rep.loc["empty", "bits"], abs=1e-6)
     sc = score_tokens(model, data, table)
-    assert sc.kl_bits >= 0 and sc.soft_ce_bits >= sc.kl_bits
+    # soft cross-entropy and KL against the chain's rows, by hand in float64 over every scored position
+    with torch.no_grad():
+        lq_all = torch.log_softmax(model(data.ids).logits[:, :-1].double(), -1).reshape(-1, V).numpy() / np.log(2)
+    p_all = table.dense_rows(data.ids[:, :-1].reshape(-1).numpy()).astype(np.float64)
+    p_all /= p_all.sum(1, keepdims=True)
+    ce_ref = -(p_all * lq_all).sum(1).mean()
+    h_ref = -(p_all * np.log2(np.where(p_all > 0, p_all, 1))).sum(1).mean()
+    assert sc.soft_ce_bits == pytest.approx(ce_ref, rel=1e-4) and sc.kl_bits == pytest.approx(ce_ref - h_ref, rel=1e-4)
     # KL by hand in float64 for the first sequence
     ids = data.ids[:1]
     logq = torch.log_softmax(model(ids).logits[0, :-1].double(), -1).numpy() / np.log(2)
