@@ -34,6 +34,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from subnetviz.analysis.behavior_data import (
+    ANSWER_COLUMNS,
+    PROMPT_COLUMNS,
+    Encoded,
+    Prompt,
+    correct,
+    encode,
+    kl_terms,
+    logits_of,
+    read_prompts,
+    token_frame,
+    zoo_prompt_files,
+)
 from subnetviz.analysis.revert import (
     ModelBuilder,
     Selector,
@@ -45,6 +58,21 @@ from subnetviz.analysis.revert import (
     random_selector,
 )
 from subnetviz.errors import ConfigError, suggest
+
+__all__ = [
+    "ANSWER_COLUMNS",
+    "PROMPT_COLUMNS",
+    "BehaviorReport",
+    "Encoded",
+    "Prompt",
+    "behavior",
+    "correct",
+    "encode",
+    "kl_terms",
+    "logits_of",
+    "read_prompts",
+    "zoo_prompt_files",
+]
 
 ProgressFn = Callable[[int, int, str], None]
 CURVE_POINTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
@@ -60,91 +88,6 @@ TOKEN_COLUMNS = [
     "kl_reverse",
 ]
 _BASE_CACHE_BYTES = 1 << 30  # keep the base's logits in memory below this; recompute above
-
-
-@dataclass(frozen=True)
-class Prompt:
-    text: str
-    answer: str | None = None
-
-
-PROMPT_COLUMNS = ("prompt", "question", "problem", "input")
-ANSWER_COLUMNS = ("answer", "solution", "output", "target")
-
-
-def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prompt]:
-    """JSONL rows with a string ``prompt`` and an optional string ``answer`` (other keys ignored).
-
-    Also a data set already on this machine: ``hf:NAME[:CONFIG]:SPLIT`` from the local ``datasets``
-    cache (offline; nothing is downloaded) or a folder written by ``Dataset.save_to_disk``. Its
-    prompt is the first of the columns :data:`PROMPT_COLUMNS`, its answer the first of
-    :data:`ANSWER_COLUMNS` (text after a GSM8K-style ``####`` when present).
-    """
-    if str(path).startswith("hf:") or (Path(path).is_dir() and (Path(path) / "dataset_info.json").exists()):
-        return _dataset_prompts(str(path), limit)
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such prompt file (JSONL with 'prompt' and optional 'answer').")
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ConfigError(f"{path}, line {lineno}: expected an object with a string 'prompt'.")
-        ans = row.get("answer")
-        out.append(Prompt(row["prompt"], None if ans is None else str(ans)))
-        if limit and len(out) >= limit:
-            break
-    if not out:
-        raise ConfigError(f"{path}: holds no prompts.")
-    return out
-
-
-def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
-    import datasets
-
-    try:
-        if spec.startswith("hf:"):
-            parts = spec[3:].split(":")
-            if len(parts) not in (2, 3):
-                raise ConfigError(f"{spec!r}: expected hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT.")
-            name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
-            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the local cache only
-            ds = datasets.load_dataset(name, config, split=split)
-        else:
-            ds = datasets.load_from_disk(spec)
-    except (FileNotFoundError, ValueError, ConnectionError) as exc:
-        raise ConfigError(f"{spec}: not a data set on this machine ({exc}).") from None
-    if isinstance(ds, datasets.DatasetDict):
-        raise ConfigError(f"{spec}: holds splits {list(ds)}; name one (hf:NAME:SPLIT, or save one split).")
-    cols = ds.column_names
-    pcol = next((c for c in PROMPT_COLUMNS if c in cols), None)
-    if pcol is None:
-        raise ConfigError(f"{spec}: no prompt column; expected one of {PROMPT_COLUMNS}, found {cols}.")
-    acol = next((c for c in ANSWER_COLUMNS if c in cols), None)
-    rows = ds.select(range(min(limit, len(ds)))) if limit else ds
-    out = []
-    for r in rows:
-        ans = None if acol is None or r[acol] is None else str(r[acol])
-        out.append(Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans))
-    if not out:
-        raise ConfigError(f"{spec}: holds no rows.")
-    return out
-
-
-def zoo_prompt_files(zoo_root: str | os.PathLike | None = None) -> list[Path]:
-    """The demo zoo's held-out problem sets (``data/*_eval.jsonl``), the default prompt set."""
-    from subnetviz.config import zoo_dir
-
-    data = (Path(zoo_root) if zoo_root else zoo_dir()) / "data"
-    files = sorted(data.glob("*_eval.jsonl")) if data.is_dir() else []
-    if not files:
-        raise ConfigError(f"no prompt file given and no demo zoo problem sets in {data}; pass --prompts FILE.")
-    return files
 
 
 @dataclass
@@ -188,53 +131,6 @@ class BehaviorReport:
         }
 
 
-# --- teacher-forced forward passes -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Encoded:
-    ids: torch.Tensor  # (L,) long: prompt then answer tokens
-    answer_start: int | None  # index of the first answer token
-
-
-def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
-    out = []
-    for p in prompts:
-        ids = list(tokenizer(p.text)["input_ids"])
-        start = None
-        if p.answer is not None:
-            start = len(ids)
-            ids += list(tokenizer(p.answer, add_special_tokens=False)["input_ids"])
-        out.append(Encoded(torch.tensor(ids, dtype=torch.long), start))
-    return out
-
-
-def logits_of(model, batch: Sequence[Encoded], device) -> torch.Tensor:
-    """(B, n, V) float32 logits of a right-padded batch (row i is valid up to ``len(batch[i].ids)``)."""
-    n = max(len(e.ids) for e in batch)
-    ids = torch.zeros(len(batch), n, dtype=torch.long)
-    att = torch.zeros(len(batch), n, dtype=torch.long)
-    for i, e in enumerate(batch):
-        ids[i, : len(e.ids)], att[i, : len(e.ids)] = e.ids, 1
-    with torch.no_grad():
-        out = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
-    return out
-
-
-def kl_terms(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward KL(p ‖ q) and reverse KL(q ‖ p) per row of (L, V) logits, float64 nats, (L,) each."""
-    lp = torch.log_softmax(logits_p.to(torch.float64), dim=-1)
-    lq = torch.log_softmax(logits_q.to(torch.float64), dim=-1)
-    diff = lp - lq
-    return (lp.exp() * diff).sum(-1), -(lq.exp() * diff).sum(-1)
-
-
-def correct(pred: torch.Tensor, e: Encoded) -> bool | None:
-    """Teacher-forced exact match of the answer tokens given the argmax ``pred`` (L,) at each position
-    (None without an answer)."""
-    if e.answer_start is None or e.answer_start >= len(e.ids):
-        return None
-    return bool(torch.equal(pred[e.answer_start - 1 : len(e.ids) - 1].cpu(), e.ids[e.answer_start :]))
-
-
 # --- the experiment -----------------------------------------------------------------------------------
 def behavior(
     base: str,
@@ -262,11 +158,7 @@ def behavior(
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    labels = list(labels) if labels else [Path(str(f).rstrip("/")).name for f in finetuned]
-    if len(labels) != len(finetuned):
-        raise ConfigError(f"{len(labels)} labels for {len(finetuned)} finetuned models.")
-    if not prompts:
-        raise ConfigError("behaviour needs at least one prompt.")
+    labels = _labels(labels, finetuned, prompts)
     masks = dict(masks or {})
     try:
         tok = AutoTokenizer.from_pretrained(str(base))
@@ -280,31 +172,9 @@ def behavior(
     keep = n_tokens * vocab * 4 <= _BASE_CACHE_BYTES
     base_cache = [logits_of(base_model, bt, dev) for bt in batches] if keep else None
 
-    plan: list[tuple[str, str, str, Callable[[ModelBuilder], Selector | None]]] = [
-        ("finetuned", "", "", lambda b: None)
-    ]
-    for name, ms in masks.items():
-        plan += [
-            (f"{name}/inside", name, "inside", lambda b, ms=ms: mask_selector(b.resolve(ms), True)),
-            (f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(b.resolve(ms), False)),
-        ]
-        if random_control:
-            plan += [
-                (
-                    f"random({name})/inside",
-                    f"random({name})",
-                    "inside",
-                    lambda b, ms=ms: random_selector(b.resolve(ms), seed),
-                )
-            ]
-    for f in curve or ():
-        plan += [
-            (f"curve abs_delta {f:g}", "curve:abs_delta", f"{f:g}", lambda b, f=f: abs_delta_selector(b, f)),
-            (f"curve random {f:g}", "curve:random", f"{f:g}", lambda b, f=f: random_order_selector(f, seed)),
-        ]
-
+    plan = _plan(masks, random_control, curve, seed)
     summary, tokens, per_prompt, curves = [], [], [], []
-    static = _token_frame(enc, tok)
+    static = token_frame(enc, tok)
     total, step, t_fwd, fwd_tokens = len(finetuned) * len(plan), 0, 0.0, 0
     for label, ft in zip(labels, finetuned, strict=True):
         builder = ModelBuilder(str(base), str(ft), dev)
@@ -316,45 +186,21 @@ def behavior(
                 progress(step, total, f"{label}: {experiment}")
             step += 1
             frac = builder.build(make(builder))
-            kl_f, kl_r, acc, t1 = [], [], [], time.perf_counter()
-            for bi, bt in enumerate(batches):
-                lb = base_cache[bi] if keep else logits_of(base_model, bt, dev)
-                lf = logits_of(builder.model, bt, dev)
-                fwd, rev = (x.cpu().numpy() for x in kl_terms(lb, lf))  # (B, n): padded positions unused
-                pred = lf.argmax(-1)
-                for j, e in enumerate(bt):
-                    n = len(e.ids)
-                    kl_f.append(fwd[j, :n])
-                    kl_r.append(rev[j, :n])
-                    acc.append(correct(pred[j], e))
-                    per_prompt.append(
-                        {
-                            "model": label,
-                            "experiment": experiment,
-                            "prompt": bi * batch_size + j,
-                            "kl_forward": float(kl_f[-1].mean()),
-                            "kl_reverse": float(kl_r[-1].mean()),
-                            "correct": acc[-1],
-                        }
-                    )
+            t1 = time.perf_counter()
+            base_logits = (base_cache[bi] if keep else logits_of(base_model, bt, dev) for bi, bt in enumerate(batches))
+            kl_f, kl_r, acc, rows = _score(builder.model, base_logits, batches, batch_size, dev)
+            per_prompt += [{"model": label, "experiment": experiment, **r} for r in rows]
             t_fwd, fwd_tokens = t_fwd + time.perf_counter() - t1, fwd_tokens + n_tokens
             if not experiment.startswith("curve"):
-                tokens.append(
-                    static.assign(
-                        model=label,
-                        experiment=experiment,
-                        kl_forward=np.concatenate(kl_f),
-                        kl_reverse=np.concatenate(kl_r),
-                    )
-                )
+                tokens.append(static.assign(model=label, experiment=experiment, kl_forward=kl_f, kl_reverse=kl_r))
             scored = [a for a in acc if a is not None]
             row = {
                 "model": label,
                 "experiment": experiment,
                 "mask": mask,
                 "side": side,
-                "kl_forward": float(np.concatenate(kl_f).mean()),
-                "kl_reverse": float(np.concatenate(kl_r).mean()),
+                "kl_forward": float(kl_f.mean()),
+                "kl_reverse": float(kl_r.mean()),
                 "accuracy": float(np.mean(scored)) if scored else float("nan"),
                 "fraction_reverted": frac,
                 "tokens": n_tokens,
@@ -381,19 +227,62 @@ def behavior(
     )
 
 
-def _token_frame(enc: Sequence[Encoded], tok) -> pd.DataFrame:
-    """One row per position of every prompt: prompt, position, token, next_token_id (-1 at the end),
-    predicts_answer (the next token is an answer token)."""
-    cols: dict[str, list] = {"prompt": [], "position": [], "token": [], "next_token_id": [], "predicts_answer": []}
-    for pid, e in enumerate(enc):
-        ids = e.ids.tolist()
-        start = e.answer_start if e.answer_start is not None else len(ids) + 1
-        cols["prompt"] += [pid] * len(ids)
-        cols["position"] += list(range(len(ids)))
-        cols["token"] += tok.convert_ids_to_tokens(ids)
-        cols["next_token_id"] += ids[1:] + [-1]
-        cols["predicts_answer"] += [t + 1 >= start for t in range(len(ids))]
-    return pd.DataFrame(cols)
+def _labels(labels: Sequence[str] | None, finetuned: Sequence[str], prompts: Sequence) -> list[str]:
+    """One label per finetune (default: its folder's name); refuses an empty prompt set."""
+    labels = list(labels) if labels else [Path(str(f).rstrip("/")).name for f in finetuned]
+    if len(labels) != len(finetuned):
+        raise ConfigError(f"{len(labels)} labels for {len(finetuned)} finetuned models.")
+    if not prompts:
+        raise ConfigError("behaviour needs at least one prompt.")
+    return labels
+
+
+Plan = list[tuple[str, str, str, Callable[[ModelBuilder], Selector | None]]]
+
+
+def _plan(masks: Mapping, random_control: bool, curve: Sequence[float] | None, seed: int) -> Plan:
+    """The experiments run on each finetune: (experiment, mask, side, selector maker), the plain
+    finetune first, then each mask inside / outside (and its random control), then the curves."""
+    plan: Plan = [("finetuned", "", "", lambda b: None)]
+    for name, ms in masks.items():
+        plan += [
+            (f"{name}/inside", name, "inside", lambda b, ms=ms: mask_selector(b.resolve(ms), True)),
+            (f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(b.resolve(ms), False)),
+        ]
+        if random_control:
+            rand = f"random({name})"
+            plan.append((f"{rand}/inside", rand, "inside", lambda b, ms=ms: random_selector(b.resolve(ms), seed)))
+    for f in curve or ():
+        plan += [
+            (f"curve abs_delta {f:g}", "curve:abs_delta", f"{f:g}", lambda b, f=f: abs_delta_selector(b, f)),
+            (f"curve random {f:g}", "curve:random", f"{f:g}", lambda b, f=f: random_order_selector(f, seed)),
+        ]
+    return plan
+
+
+def _score(model, base_logits, batches, batch_size: int, dev):
+    """Teacher-forced pass of ``model`` over the batches against the base's logits (one per batch):
+    per-position forward / reverse KL (concatenated over prompts), per-prompt correctness, and one
+    row per prompt (prompt index, mean KLs, correct)."""
+    kl_f, kl_r, acc, rows = [], [], [], []
+    for bi, (lb, bt) in enumerate(zip(base_logits, batches, strict=True)):
+        lf = logits_of(model, bt, dev)
+        fwd, rev = (x.cpu().numpy() for x in kl_terms(lb, lf))  # (B, n): padded positions unused
+        pred = lf.argmax(-1)
+        for j, e in enumerate(bt):
+            n = len(e.ids)
+            kl_f.append(fwd[j, :n])
+            kl_r.append(rev[j, :n])
+            acc.append(correct(pred[j], e))
+            rows.append(
+                {
+                    "prompt": bi * batch_size + j,
+                    "kl_forward": float(kl_f[-1].mean()),
+                    "kl_reverse": float(kl_r[-1].mean()),
+                    "correct": acc[-1],
+                }
+            )
+    return np.concatenate(kl_f), np.concatenate(kl_r), acc, rows
 
 
 def write_behavior(report: BehaviorReport, folder: str | os.PathLike) -> None:

@@ -1,0 +1,165 @@
+"""Prompts and teacher-forced forward passes of the behaviour experiment
+(:mod:`subnetviz.analysis.behavior`): prompt sets (JSONL, a local data set, the zoo's problem sets),
+encoding with the answer's start, logits of padded batches, the float64 KL terms, teacher-forced
+exact match, and the per-position token table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from subnetviz.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    answer: str | None = None
+
+
+PROMPT_COLUMNS = ("prompt", "question", "problem", "input")
+ANSWER_COLUMNS = ("answer", "solution", "output", "target")
+
+
+def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prompt]:
+    """JSONL rows with a string ``prompt`` and an optional string ``answer`` (other keys ignored).
+
+    Also a data set already on this machine: ``hf:NAME[:CONFIG]:SPLIT`` from the local ``datasets``
+    cache (offline; nothing is downloaded) or a folder written by ``Dataset.save_to_disk``. Its
+    prompt is the first of the columns :data:`PROMPT_COLUMNS`, its answer the first of
+    :data:`ANSWER_COLUMNS` (text after a GSM8K-style ``####`` when present).
+    """
+    if str(path).startswith("hf:") or (Path(path).is_dir() and (Path(path) / "dataset_info.json").exists()):
+        return _dataset_prompts(str(path), limit)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such prompt file (JSONL with 'prompt' and optional 'answer').")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ConfigError(f"{path}, line {lineno}: expected an object with a string 'prompt'.")
+        ans = row.get("answer")
+        out.append(Prompt(row["prompt"], None if ans is None else str(ans)))
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise ConfigError(f"{path}: holds no prompts.")
+    return out
+
+
+def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
+    import datasets
+
+    try:
+        if spec.startswith("hf:"):
+            parts = spec[3:].split(":")
+            if len(parts) not in (2, 3):
+                raise ConfigError(f"{spec!r}: expected hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT.")
+            name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
+            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the local cache only
+            ds = datasets.load_dataset(name, config, split=split)
+        else:
+            ds = datasets.load_from_disk(spec)
+    except (FileNotFoundError, ValueError, ConnectionError) as exc:
+        raise ConfigError(f"{spec}: not a data set on this machine ({exc}).") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise ConfigError(f"{spec}: holds splits {list(ds)}; name one (hf:NAME:SPLIT, or save one split).")
+    cols = ds.column_names
+    pcol = next((c for c in PROMPT_COLUMNS if c in cols), None)
+    if pcol is None:
+        raise ConfigError(f"{spec}: no prompt column; expected one of {PROMPT_COLUMNS}, found {cols}.")
+    acol = next((c for c in ANSWER_COLUMNS if c in cols), None)
+    rows = ds.select(range(min(limit, len(ds)))) if limit else ds
+    out = []
+    for r in rows:
+        ans = None if acol is None or r[acol] is None else str(r[acol])
+        out.append(Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans))
+    if not out:
+        raise ConfigError(f"{spec}: holds no rows.")
+    return out
+
+
+def zoo_prompt_files(zoo_root: str | os.PathLike | None = None) -> list[Path]:
+    """The demo zoo's held-out problem sets (``data/*_eval.jsonl``), the default prompt set."""
+    from subnetviz.config import zoo_dir
+
+    data = (Path(zoo_root) if zoo_root else zoo_dir()) / "data"
+    files = sorted(data.glob("*_eval.jsonl")) if data.is_dir() else []
+    if not files:
+        raise ConfigError(f"no prompt file given and no demo zoo problem sets in {data}; pass --prompts FILE.")
+    return files
+
+
+# --- teacher-forced forward passes -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoded:
+    ids: torch.Tensor  # (L,) long: prompt then answer tokens
+    answer_start: int | None  # index of the first answer token
+
+
+def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
+    out = []
+    for p in prompts:
+        ids = list(tokenizer(p.text)["input_ids"])
+        start = None
+        if p.answer is not None:
+            start = len(ids)
+            ids += list(tokenizer(p.answer, add_special_tokens=False)["input_ids"])
+        out.append(Encoded(torch.tensor(ids, dtype=torch.long), start))
+    return out
+
+
+def logits_of(model, batch: Sequence[Encoded], device) -> torch.Tensor:
+    """(B, n, V) float32 logits of a right-padded batch (row i is valid up to ``len(batch[i].ids)``)."""
+    n = max(len(e.ids) for e in batch)
+    ids = torch.zeros(len(batch), n, dtype=torch.long)
+    att = torch.zeros(len(batch), n, dtype=torch.long)
+    for i, e in enumerate(batch):
+        ids[i, : len(e.ids)], att[i, : len(e.ids)] = e.ids, 1
+    with torch.no_grad():
+        out = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
+    return out
+
+
+def kl_terms(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward KL(p ‖ q) and reverse KL(q ‖ p) per row of (L, V) logits, float64 nats, (L,) each."""
+    lp = torch.log_softmax(logits_p.to(torch.float64), dim=-1)
+    lq = torch.log_softmax(logits_q.to(torch.float64), dim=-1)
+    diff = lp - lq
+    return (lp.exp() * diff).sum(-1), -(lq.exp() * diff).sum(-1)
+
+
+def correct(pred: torch.Tensor, e: Encoded) -> bool | None:
+    """Teacher-forced exact match of the answer tokens given the argmax ``pred`` (L,) at each position
+    (None without an answer)."""
+    if e.answer_start is None or e.answer_start >= len(e.ids):
+        return None
+    return bool(torch.equal(pred[e.answer_start - 1 : len(e.ids) - 1].cpu(), e.ids[e.answer_start :]))
+
+
+def token_frame(enc: Sequence[Encoded], tok) -> pd.DataFrame:
+    """One row per position of every prompt: prompt, position, token, next_token_id (-1 at the end),
+    predicts_answer (the next token is an answer token)."""
+    cols: dict[str, list] = {"prompt": [], "position": [], "token": [], "next_token_id": [], "predicts_answer": []}
+    for pid, e in enumerate(enc):
+        ids = e.ids.tolist()
+        start = e.answer_start if e.answer_start is not None else len(ids) + 1
+        cols["prompt"] += [pid] * len(ids)
+        cols["position"] += list(range(len(ids)))
+        cols["token"] += tok.convert_ids_to_tokens(ids)
+        cols["next_token_id"] += ids[1:] + [-1]
+        cols["predicts_answer"] += [t + 1 >= start for t in range(len(ids))]
+    return pd.DataFrame(cols)
