@@ -31,9 +31,10 @@ FLAGS = [
 ]
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("SUBNETVIZ_SCREENSHOTS") or "/tmp/subnetviz-e2e")
-CHART_PAGES = ["sparsity", "spectra", "overlap", "series"]
-PAGES = ["home", "workspace", *CHART_PAGES, "training", "bigram", "continual"]
+CHART_PAGES = ["sparsity", "spectra", "overlap", "series", "behavior"]
+PAGES = ["home", "workspace", *CHART_PAGES, "training", "bigram", "continual", "drivers"]
 QUERY = {"training": "?tr_view=Runs"}  # the view a screenshot should show (the launch form is the default)
+DRAWN = ".trace, .heatmaplayer image, .bars path, .scatterlayer path"  # a chart's drawn data
 
 pytestmark = [
     pytest.mark.e2e,
@@ -112,14 +113,29 @@ def browser():
         b.close()
 
 
-def wait_for_app(page, timeout: float = 120_000) -> None:
-    """Streamlit's own e2e recipe: connected, script finished, no skeletons left."""
-    from playwright.sync_api import expect
+IDLE = """() => {
+    const app = document.querySelector("[data-testid='stApp']");
+    return !!app && app.dataset.testConnectionState === 'CONNECTED' && app.dataset.testScriptState === 'notRunning'
+        && !!document.querySelector("[data-testid='stMain'] h1")
+        && !document.querySelector("[data-testid='stSkeleton']");
+}"""
 
-    page.wait_for_timeout(300)
-    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout)
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
-    expect(page.get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout)
+
+def wait_for_app(page, timeout: float = 120_000) -> None:
+    """Streamlit's own e2e recipe as one condition: connected, the script finished, the page's title
+    drawn (so a run has happened at all: before the first run the state also reads notRunning) and
+    no skeleton left. After a click, wait first on what the click changes (the URL, an element)."""
+    page.wait_for_function(IDLE, timeout=timeout)
+
+
+def wait_for_charts(page, timeout: float = 60_000) -> int:
+    """Every Plotly chart on the page has drawn a trace; returns how many charts there are."""
+    charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
+    charts.first.wait_for(timeout=timeout)
+    n = charts.count()
+    for i in range(n):
+        charts.nth(i).locator(DRAWN).first.wait_for(timeout=timeout)
+    return n
 
 
 def open_page(browser, url: str, height: int = 1000):
@@ -143,13 +159,7 @@ def test_every_page_renders(browser, app_url, name):
             "stAlertContentError"
         ).all_inner_texts()
         if name in CHART_PAGES:
-            charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
-            charts.first.wait_for(timeout=60_000)
-            page.wait_for_timeout(500)
-            n = charts.count()
-            assert n >= 2
-            for i in range(n):  # every chart drew at least one trace
-                assert charts.nth(i).locator(".trace, .heatmaplayer image, .bars path, .scatterlayer path").count() > 0
+            assert wait_for_charts(page) >= 2  # every chart drew at least one trace
         page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
     finally:
         ctx.close()
@@ -160,6 +170,7 @@ def test_shared_url_reopens_the_same_view(browser, app_url):
     try:
         page.get_by_test_id("stSelectbox").filter(has_text="Criterion").click()
         page.get_by_role("option", name="1e-05").click()
+        page.wait_for_url("**sp_crit=1e-05**", timeout=60_000)  # the rerun wrote the choice into the URL
         wait_for_app(page)
         shared = page.url
         assert "sp_crit=1e-05" in shared
@@ -174,7 +185,7 @@ def test_shared_url_reopens_the_same_view(browser, app_url):
         ctx2.close()
 
 
-def test_training_run_from_the_page_succeeds(browser, app_url):
+def test_training_run_from_the_page_succeeds(browser, app_url, tmp_path):
     ctx, page = open_page(browser, app_url + "/training")
     try:
         page.get_by_label("Algorithm").click()
@@ -185,9 +196,14 @@ def test_training_run_from_the_page_succeeds(browser, app_url):
         page.get_by_text("Queued run").wait_for(timeout=30_000)
         page.get_by_role("radio", name="Runs").click()  # segmented control options are radios
         page.get_by_test_id("stMetricValue").filter(has_text="succeeded").wait_for(timeout=240_000)
-        page.wait_for_timeout(2500)  # the polling fragment's last rerun, then the static redraw
+        # the polling fragment's last rerun, then the static redraw: no Cancel button, the curves drawn
+        page.get_by_role("button", name="Cancel").wait_for(state="detached", timeout=60_000)
         wait_for_app(page)
+        wait_for_charts(page)
         assert page.get_by_test_id("stException").count() == 0
+        html = _export(page, tmp_path)  # every view: the runs table, this run's curves, the comparison
+        assert "<b>Runs</b>" in html and "succeeded" in html and "Run sft" in html
+        assert "ULP distance between the two finetunes" in html  # the closed comparison view, built on click
     finally:
         page.screenshot(path=str(Path(tempfile.gettempdir()) / "subnetviz-e2e-training-run.png"), full_page=True)
         ctx.close()
@@ -240,5 +256,26 @@ def test_publication_figure_downloads_as_svg(browser, app_url, tmp_path):
         path = tmp_path / "figure.svg"
         info.value.save_as(path)
         assert path.read_bytes().lstrip().startswith(b"<svg")
+    finally:
+        ctx.close()
+
+
+def _export(page, tmp_path) -> str:
+    with page.expect_download(timeout=240_000) as info:
+        page.get_by_role("button", name="Export dashboard (HTML)").click()
+    path = tmp_path / "dashboard.html"
+    info.value.save_as(path)
+    return path.read_text()
+
+
+def test_spectra_export_holds_both_tabs(browser, app_url, tmp_path):
+    """Exported from the Subspaces tab, the dashboard also holds the closed Spectra of Δ tab (built on click)."""
+    ctx, page = open_page(browser, app_url + "/spectra?spec_tab=Subspaces+of+W_base+vs+W_ft", height=2400)
+    try:
+        wait_for_charts(page)
+        html = _export(page, tmp_path)
+        assert "Largest principal angle" in html  # the open tab
+        assert "Singular values of updates" in html and "effective rank" in html  # the closed tab
+        assert "Rank, effective rank and stable rank" in html  # and its table
     finally:
         ctx.close()

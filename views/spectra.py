@@ -1,5 +1,7 @@
 """Spectra: singular values and rank of each update matrix, against a random-sparse baseline."""
 
+from functools import partial
+
 import streamlit as st
 
 from subnetviz import figures, ui
@@ -27,9 +29,6 @@ def body() -> None:
 
 
 def subspaces(ws) -> None:
-    from subnetviz.analysis.subspaces import SubspaceOptions, cached_subspaces
-    from subnetviz.figures import subspaces as sfig
-
     st.caption(
         "Principal angles θᵢ = arccos σᵢ(U_baseᵀU_ft) between the top-K singular subspaces of W_base and "
         "W_ft (arXiv 2508.16546: RL rotates singular vectors, barely moves singular values); σ ratios "
@@ -42,27 +41,85 @@ def subspaces(ws) -> None:
     model = c2.selectbox("Model", list(ws.labels), key="sub_model", bind="query-params")
     side = c3.radio("Side", ["left", "right"], horizontal=True, key="sub_side", bind="query-params")
     with st.spinner("Decomposing every weight matrix of the base and the finetuned models…"):
-        rows, vectors = cached_subspaces(
-            ws.base, list(ws.paths), labels=list(ws.labels), options=SubspaceOptions(k=int(k)), device=ws.device
-        )
-    ui.need(len(rows) > 0, "No 2-D weight matrices to compare.")
-    sel = rows[rows["model"] == model]
+        figs, tables = subspace_parts(ws, int(k), model, side)
     a, b = st.columns(2)
     with a:
-        ui.chart(sfig.angle_heatmap(sel[sel["layer"].notna()], side=side), key="sub-angles")
+        ui.chart(figs["sub-angles"], key="sub-angles")
     with b:
-        ui.chart(sfig.principal_overlap_scatter(sel), key="sub-principal")
+        ui.chart(figs["sub-principal"], key="sub-principal")
+    ui.chart(figs["sub-curves"], key="sub-curves")
+    ui.table(tables["subspaces-table"][1], "subspaces-table", tables["subspaces-table"][0])
+    # The export also holds the closed tab (Spectra of Δ) under the selections in the URL.
+    chosen = st.query_params.get_all("spec_models") or list(ws.labels)[:1]
+    layer, module = st.query_params.get("spec_layer"), st.query_params.get("spec_module", "all")
+    ui.export_button(
+        "Spectra",
+        {"base": ws.base, "K": int(k), "model": model, "side": side, "Δ models": chosen},
+        ["sub-angles", "sub-principal", "sub-curves", "spectra"]
+        + [f"{kind}-{m}" for m in chosen for kind in ("eff", "stable")],
+        ["subspaces-table", "spectra-table"],
+        more=partial(delta_parts, ws, tuple(chosen), layer, module),
+    )
+
+
+def subspace_parts(ws, k: int, model: str, side: str) -> tuple[dict, dict]:
+    """The subspaces tab's figures and table (drawn when it is open, or built at export from the other tab)."""
+    from subnetviz.analysis.subspaces import SubspaceOptions, cached_subspaces
+    from subnetviz.figures import subspaces as sfig
+
+    rows, vectors = cached_subspaces(
+        ws.base, list(ws.paths), labels=list(ws.labels), options=SubspaceOptions(k=int(k)), device=ws.device
+    )
+    ui.need(len(rows) > 0, "No 2-D weight matrices to compare.")
+    sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
-    ui.chart(
-        sfig.angle_curves(
+    figs = {
+        "sub-angles": sfig.angle_heatmap(sel[sel["layer"].notna()], side=side),
+        "sub-principal": sfig.principal_overlap_scatter(sel),
+        "sub-curves": sfig.angle_curves(
             vectors[vectors["model"] == model],
             top,
             side=side,
             title=f"{model}: principal angles of the six most rotated matrices",
         ),
-        key="sub-curves",
+    }
+    return figs, {"subspaces-table": ("Principal angles, σ ratios and principal-weight overlap per matrix", rows)}
+
+
+def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple[dict, dict]:
+    """The Spectra of Δ tab's figures and table for the export from the subspaces tab (on click only)."""
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import SpectraOptions, cached_analysis
+
+    analysis = cached_analysis(
+        ws.base,
+        list(ws.paths),
+        labels=list(ws.labels),
+        options=SparsityOptions(precision=ws.precision),
+        spectra=SpectraOptions(enabled=True),
+        device=ws.device,
     )
-    ui.table(rows, "subspaces-table", "Principal angles, σ ratios and principal-weight overlap per matrix")
+    spec = spectra_rows(analysis)
+    if spec is None:
+        return {}, {}
+    chosen = tuple(m for m in chosen if m in analysis.labels) or tuple(analysis.labels[:1])
+    layers = sorted(int(v) for v in spec["layer"].dropna().unique())
+    layer = layer if layer == "all" or (layer or "").isdigit() else (str(layers[0]) if layers else "all")
+    figs = {"spectra": spectrum_figure(analysis, spec, chosen, layer, module)}
+    grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
+    grid = grid.assign(layer=grid["layer"].astype(int))
+    for m in chosen:
+        one = grid[grid["model"] == m]
+        figs[f"eff-{m}"] = figures.rank_measure_heatmap(
+            one, "effective_rank_99", title=f"{m}: effective rank (99 % of Σσ²) / min(m, n)"
+        )
+        figs[f"stable-{m}"] = figures.rank_measure_heatmap(
+            one,
+            "stable_rank",
+            title=f"{m}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
+            zrange=figures.measure_range(grid, "stable_rank"),
+        )
+    return figs, {"spectra-table": ("Rank, effective rank and stable rank", spec)}
 
 
 def updates(ws) -> None:
@@ -138,8 +195,16 @@ def updates(ws) -> None:
     ui.export_button(
         "Spectra",
         {"base": ws.base, "models": chosen, "layer": layer, "module": module},
-        ["spectra", *keys],
-        ["spectra-table"],
+        ["spectra", *keys, "sub-angles", "sub-principal", "sub-curves"],
+        ["spectra-table", "subspaces-table"],
+        # the closed Subspaces tab under the selections in the URL (decomposes every weight: on click only)
+        more=partial(
+            subspace_parts,
+            ws,
+            int(st.query_params.get("sub_k", 16)),
+            st.query_params.get("sub_model", chosen[0]),
+            st.query_params.get("sub_side", "left"),
+        ),
     )
 
 
