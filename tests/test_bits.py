@@ -19,11 +19,14 @@ from subnetviz.analysis.bits import (
     ULP_EDGES,
     ULP_LABELS,
     ULP_LABELS_WITH_ZERO,
+    Scratch,
     bits_differ,
+    changed_stats_numpy,
     check_finite,
     counts_above,
     int_view,
     ulp_bins,
+    ulp_counts_numpy,
     ulp_distance,
     ulp_distance_bits,
 )
@@ -175,6 +178,72 @@ def test_ulp_bins_hand_case():
     above = counts_above(dist, ULP_EDGES, np)
     assert ulp_bins(len(dist), above) == [3, 1, 2, 2, 2, 2, 2]  # "1" also holds the distance-0 change
     assert len(ULP_LABELS) == len(ULP_EDGES) + 1 and ULP_LABELS_WITH_ZERO == ("0", *ULP_LABELS)
+
+
+# --- the CPU kernel of the per-tensor pass --------------------------------------------------------
+def _kernel_reference(xi: np.ndarray, yi: np.ndarray, dtype: torch.dtype, tols, eta: float) -> tuple:
+    """Independent answer for the kernel: exact float64 values, ULP distances from the ordered keys
+    (sign-magnitude -> k = m or -m, Python ints: no overflow), counts by plain comparisons."""
+    t = lambda v: torch.from_numpy(v).view(dtype).to(torch.float64).numpy()  # noqa: E731 (exact upcast)
+    va, vb = t(xi), t(yi)
+    d = np.abs(vb - va)
+    width = 8 * xi.itemsize
+    mag = (1 << (width - 1)) - 1
+
+    def key(v: int) -> int:
+        return -(v & mag) if v < 0 else v
+
+    dist = [abs(key(int(y)) - key(int(x))) for x, y in zip(xi.tolist(), yi.tolist(), strict=True)]
+    rel = int(np.count_nonzero(d > eta * np.maximum(np.abs(va), np.abs(vb))))
+    return (
+        float(d.max()),
+        [int(np.count_nonzero(d > tol)) for tol in tols],
+        rel,
+        [sum(1 for v in dist if v > e) for e in ULP_EDGES],
+        sum(1 for v, x, y in zip(dist, xi.tolist(), yi.tolist(), strict=True) if v == 0 and x != y),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("crossings", [0, 5])
+def test_changed_stats_numpy_matches_float64_reference(dtype, crossings):
+    """The kernel on gathered changed entries: the same-sign fast path and the sign changes counted
+    apart (including -0/+0, which is 0 ULP and not a relative change), in reused buffers of two sizes."""
+    rng = np.random.default_rng(crossings)
+    scratch = Scratch()
+    for n in (257, 64):  # the second call reuses the first call's (larger) buffers
+        a = torch.from_numpy(rng.normal(scale=0.05, size=n)).to(dtype)
+        steps = rng.integers(1, 300, size=n) * np.where(rng.random(n) < 0.5, -1, 1)
+        xi = bits.int_view(a).numpy().copy()
+        yi = (xi.astype(np.int64) + steps).astype(xi.dtype)  # k ULPs away (the magnitude moves by k)
+        yi[:crossings] = xi[:crossings] ^ np.array(-1 << (8 * xi.itemsize - 1)).astype(xi.dtype)  # flip signs
+        if crossings:
+            xi[0], yi[0] = 0, np.array(-1 << (8 * xi.itemsize - 1)).astype(xi.dtype)  # +0 vs -0
+        tols = (0.0, 1e-6, 1e-4, 1e-2)
+        want = _kernel_reference(xi, yi, dtype, tols, eta=1e-2)
+        changed = int(np.count_nonzero(xi != yi))
+        got = changed_stats_numpy(xi, yi, changed, dtype, tols, 1e-2, False, scratch)
+        assert got[0] == pytest.approx(want[0], rel=1e-6) and got[1] == want[1] and got[2] == want[2]
+        assert got[3] == want[3] and want[3][0] > 0
+        above, zero = ulp_counts_numpy(xi, yi, scratch)
+        assert above == want[3] and zero == want[4] == (1 if crossings else 0)
+        # η below half an ULP: the rule is "Δ != 0", counted as the changed pairs minus -0/+0
+        eta = torch.finfo(dtype).eps / 4
+        fast = changed_stats_numpy(xi, yi, changed, dtype, tols, eta, True, scratch)
+        assert fast[2] == _kernel_reference(xi, yi, dtype, tols, eta)[2] == changed - want[4]
+
+
+def test_changed_stats_numpy_on_a_whole_chunk_ignores_unchanged_pairs():
+    """Unchanged pairs (Δ = 0, 0 ULP) count nowhere, so the kernel may run on a whole chunk."""
+    rng = np.random.default_rng(7)
+    xi = bits.int_view(torch.from_numpy(rng.normal(size=300)).to(torch.bfloat16)).numpy().copy()
+    yi = xi.copy()
+    yi[::3] += 2
+    changed = int(np.count_nonzero(xi != yi))
+    whole = changed_stats_numpy(xi, yi, changed, torch.bfloat16, DEFAULT_TOLERANCES, 1e-3, True, Scratch())
+    idx = np.flatnonzero(xi != yi)
+    gathered = changed_stats_numpy(xi[idx], yi[idx], changed, torch.bfloat16, DEFAULT_TOLERANCES, 1e-3, True, Scratch())
+    assert whole[:4] == gathered[:4] and whole[2] == changed and whole[3][0] == changed
 
 
 def test_one_definition_of_the_defaults():

@@ -169,7 +169,7 @@ def test_random_pairs_match_float64_reference(monkeypatch, numpy_kernels, chunk,
 
 
 @pytest.mark.parametrize("numpy_kernels", [True, False])  # False: the fused torch kernel a GPU runs
-@pytest.mark.parametrize("density", [0.02, 0.3, 0.6, 0.97])  # both sides of DENSE_FRACTION
+@pytest.mark.parametrize("density", [0.02, 0.3, 0.6, 0.97])  # both sides of DENSE_FRACTION (0.35)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("seed", range(3))
 def test_one_pass_matches_reference_at_every_density(monkeypatch, numpy_kernels, density, dtype, seed):
@@ -195,6 +195,25 @@ def test_one_pass_matches_reference_at_every_density(monkeypatch, numpy_kernels,
     assert_matches(st, ref)
     exact = compare_pair(a, b, SparsityOptions(eta=eta))
     np.testing.assert_array_equal(exact.mask.numpy(), reference(a, b)["mask"])
+
+
+@pytest.mark.parametrize("density", [0.05, 0.9])  # gathered and whole-chunk statistics
+@pytest.mark.parametrize("shape", [(700, 16), (600, 13), (300, 1), (1000,)])
+def test_row_and_column_counts_of_long_chunks(monkeypatch, density, shape):
+    """Row counts from 8-byte popcounts (columns a multiple of 8) or byte sums (not), column counts
+    from uint8 sums of 255-row blocks plus a remainder: chunks of more than 255 rows, with and
+    without a partial last chunk, against the float64 NumPy reference."""
+    cols = shape[1] if len(shape) > 1 else 1
+    for chunk in (None, 520):
+        if chunk:
+            monkeypatch.setattr(sp, "CHUNK_ELEMENTS", chunk * cols)
+        gen = torch.Generator().manual_seed(len(shape) + cols)
+        a = (torch.randn(shape, generator=gen) * 0.05).to(torch.bfloat16)
+        which = torch.rand(shape, generator=gen) < density
+        b = torch.where(which, (a.float() * (1 + 2**-6)).to(torch.bfloat16), a)
+        st = compare_pair(a, b, SparsityOptions())
+        assert_matches(st, reference(a, b))
+        assert st.col_counts.max() > 0 and st.row_counts.dtype == np.int64
 
 
 def test_gpu_kernel_falls_back_to_eager_when_compilation_fails(monkeypatch):

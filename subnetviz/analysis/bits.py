@@ -11,6 +11,9 @@ This module owns:
   counting helpers :func:`counts_above` and :func:`ulp_bins`.
 - The comparison defaults: :data:`DEFAULT_TOLERANCES`, :data:`PAPER_TOLERANCE`, :data:`DEFAULT_ETA`.
 - :func:`check_finite`: refuse NaN / Inf weights before comparing them.
+- :func:`changed_stats_numpy`: every statistic of a set of changed entries (largest |Δ|, the
+  tolerance sweep, the η rule, the ULP counts) in preallocated NumPy buffers (:class:`Scratch`):
+  the CPU kernel of the per-tensor pass.
 
 ULP distance. IEEE floats are sign-magnitude: with ``m`` the bits below the sign bit, the monotone
 integer key of a pattern is ``k = m`` for a positive sign and ``k = -m`` for a negative one, so
@@ -31,6 +34,7 @@ histogram over *every* entry (two runs compared) prepends "0" for the bitwise-id
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -150,3 +154,113 @@ def check_finite(x: torch.Tensor, where: str) -> None:
         bad = int((~torch.isfinite(x)).sum())
         if bad:
             raise NonFiniteError(f"{where}: {bad} NaN/Inf value(s). Analyses need finite weights.")
+
+
+# --- the CPU kernel of the per-tensor pass ------------------------------------------------------------
+class Scratch:
+    """Reusable NumPy work buffers, one per role, grown on demand (views of the first ``n`` entries).
+
+    The per-tensor pass runs a dozen elementwise steps per chunk; writing each into a buffer that
+    stays warm in cache, instead of a fresh allocation, is what keeps a step near the memory speed.
+    """
+
+    def __init__(self):
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, role: str, dtype, n: int) -> np.ndarray:
+        buf = self._bufs.get(role)
+        if buf is None or buf.dtype != dtype or buf.size < n:
+            buf = self._bufs[role] = np.empty(n, dtype)
+        return buf[:n]
+
+
+def _values(v: np.ndarray, dtype: torch.dtype, out: np.ndarray) -> np.ndarray:
+    """The exact values of float bit patterns ``v`` (1-D integer view of ``dtype``) written into ``out``
+    (float32 for 16-bit types, float64 otherwise): bf16 is the top half of a float32 pattern."""
+    if dtype == torch.bfloat16:
+        w = out.view(np.int32)
+        np.copyto(w, v)  # sign-extended; the shift moves the 16 stored bits to the top
+        np.left_shift(w, 16, out=w)
+    elif dtype == torch.float16:  # torch's conversion is ~10x NumPy's on one thread
+        torch.from_numpy(out).copy_(torch.from_numpy(v).view(torch.float16))
+    else:
+        np.copyto(out, v.view(np.float32 if v.itemsize == 4 else np.float64))
+    return out
+
+
+def counts_above_into(values: np.ndarray, edges: Sequence, flags: np.ndarray) -> list[int]:
+    """:func:`counts_above` (NumPy) with the comparison written into ``flags`` (a bool buffer of
+    ``values``' size): one compare and one count per edge, no allocation."""
+    out = []
+    for e in edges:
+        out.append(int(np.count_nonzero(np.greater(values, e, out=flags))))
+        if out[-1] == 0:
+            return out + [0] * (len(edges) - len(out))
+    return out
+
+
+def ulp_counts_numpy(xi: np.ndarray, yi: np.ndarray, scratch: Scratch) -> tuple[list[int], int]:
+    """``([#(ULP distance > e) for e in ULP_EDGES], #(bits differ at distance 0))`` of 1-D integer views.
+
+    Same-sign pairs (nearly all) are ``|y - x|`` in the stored width, which cannot overflow; the few
+    pairs whose signs differ are set to 0 there and counted apart, exactly (:func:`ulp_distance_bits`).
+    The second number counts the -0 / +0 pairs: every other pair whose bits differ is ≥ 1 ULP apart.
+    """
+    w = scratch.get("ulp", xi.dtype, xi.size)
+    flags = scratch.get("flags", np.bool_, xi.size)
+    np.bitwise_xor(xi, yi, out=w)
+    crossing = None
+    if xi.size and int(np.minimum.reduce(w)) < 0:  # sign bits differ somewhere
+        crossing = np.flatnonzero(np.less(w, 0, out=flags))
+    np.subtract(yi, xi, out=w)
+    np.abs(w, out=w)
+    extra, zero = [0] * len(ULP_EDGES), 0
+    if crossing is not None:
+        dist = ulp_distance_bits(xi[crossing], yi[crossing], np)
+        w[crossing] = 0
+        extra = counts_above(dist, ULP_EDGES, np)
+        zero = int(dist.size - np.count_nonzero(dist))
+    above = counts_above_into(w, ULP_EDGES, flags)
+    return [a + b for a, b in zip(above, extra, strict=True)], zero
+
+
+def changed_stats_numpy(
+    xi: np.ndarray,
+    yi: np.ndarray,
+    changed: int,
+    dtype: torch.dtype,
+    tolerances: Sequence[float],
+    eta: float,
+    rel_is_nonzero: bool,
+    scratch: Scratch,
+) -> tuple[float, list[int], int, list[int], np.ndarray]:
+    """Statistics of 1-D integer views ``xi`` -> ``yi`` of float ``dtype`` holding ``changed`` pairs
+    whose bits differ (the changed entries gathered, or a whole chunk: an unchanged pair has Δ = 0
+    and ULP distance 0, which no count includes).
+
+    Returns (largest |Δ|, ``[#(|Δ| > tol)]``, η-rule count, ``[#(ULP > edge)]``, |Δ| (a scratch
+    view, valid until the next call)). Δ is taken in float32 for 16-bit types and float64 for
+    wider ones, every step writes into a :class:`Scratch` buffer, and with ``rel_is_nonzero`` (η
+    below half an ULP: the rule is "Δ != 0") the η count is ``changed`` minus the -0 / +0 pairs,
+    which the ULP pass finds among the sign changes, so it costs nothing.
+    """
+    ctype = np.float32 if xi.itemsize <= 2 else np.float64
+    n = xi.size
+    xs = _values(xi, dtype, scratch.get("x", ctype, n))
+    ys = _values(yi, dtype, scratch.get("y", ctype, n))
+    d = np.subtract(ys, xs, out=xs if rel_is_nonzero else scratch.get("d", ctype, n))  # the values: not needed after
+    np.abs(d, out=d)
+    flags = scratch.get("flags", np.bool_, n)
+    largest = float(np.maximum.reduce(d)) if n else 0.0
+    # |Δ| <= tol counts as unchanged; d is 0 for -0 vs +0, which no tolerance counts.
+    tol = counts_above_into(d, tolerances, flags)
+    if not rel_is_nonzero:  # η·max(|a|, |b|), in place over the values (not needed after this)
+        np.abs(xs, out=xs)
+        np.abs(ys, out=ys)
+        np.maximum(xs, ys, out=xs)
+        np.multiply(xs, eta, out=xs)
+        rel = int(np.count_nonzero(np.greater(d, xs, out=flags)))
+    above, zero = ulp_counts_numpy(xi, yi, scratch)
+    if rel_is_nonzero:  # |Δ| != 0 <=> ULP distance != 0 for finite values
+        rel = changed - zero
+    return largest, tol, rel, above, d
