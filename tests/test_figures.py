@@ -645,6 +645,10 @@ def test_training_curves_have_markers_and_smooth_like_tensorboard():
     fig = F.training_curves(many, smoothing=0.5)
     assert [t.name for t in fig.data if t.showlegend] == ["a", "b"]
     assert sum(t.opacity == 0.3 for t in fig.data) == 2  # the raw curve stays, faint, under each smoothed one
+    acc = pd.DataFrame({"step": [1, 2], "metric": ["accuracy"] * 2, "value": [0.25, 0.5]})
+    fig = F.training_curves(acc)
+    assert list(fig.data[0].y) == [25.0, 50.0] and fig.layout.yaxis.title.text == "accuracy (%)"  # as elsewhere
+    assert fig.layout.xaxis.dtick == 1  # a short run's steps read 1, 2, not 1, 1.5, 2
 
 
 def test_format_number_never_hides_a_small_number():

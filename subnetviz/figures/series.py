@@ -159,6 +159,9 @@ def smooth_ema(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
+SHARE_METRICS = ("accuracy", "kept")  # fractions in the logs, drawn in percent
+
+
 def training_curves(
     df: pd.DataFrame, title: str = "Training curves", colors: Mapping | None = None, smoothing: float = 0.0
 ) -> go.Figure:
@@ -172,6 +175,7 @@ def training_curves(
     _require(df, ["step", "metric", "value"], "training_curves")
     metrics = _unique(df["metric"].astype(str))
     runs = _unique(df["run"].astype(str)) if "run" in df.columns else ["run"]
+    span = float(df["step"].max() - df["step"].min())
     colors = colors or color_map(runs)
     ncol = min(3, len(metrics))
     nrow = int(np.ceil(len(metrics) / ncol))
@@ -184,6 +188,8 @@ def training_curves(
             if sub.empty:
                 continue
             y = sub["value"].to_numpy(dtype=np.float64, na_value=np.nan)
+            if met in SHARE_METRICS:  # shares in percent, as on every other chart
+                y = 100 * y
             pos = {"row": i // ncol + 1, "col": i % ncol + 1}
             if smoothing > 0:
                 fig.add_trace(
@@ -214,8 +220,9 @@ def training_curves(
                 ),
                 **pos,
             )
-        fig.update_xaxes(title_text="step", row=i // ncol + 1, col=i % ncol + 1)
-        fig.update_yaxes(title_text=met, row=i // ncol + 1, col=i % ncol + 1)
+        # whole steps only: a short run's axis reads 1, 2, 3, not 1, 1.5, 2
+        fig.update_xaxes(title_text="step", dtick=1 if span <= 10 else None, row=i // ncol + 1, col=i % ncol + 1)
+        fig.update_yaxes(title_text=f"{met} (%)" if met in SHARE_METRICS else met, row=i // ncol + 1, col=i % ncol + 1)
     # The legend at the figure's very bottom, under the last row's axis titles (a bottom margin for both).
     return _style(
         fig,
