@@ -1,10 +1,15 @@
 """Benchmark: the full demo zoo build, end to end, on one CPU thread, into a temporary folder.
 
-Run: ``.venv/bin/python -m benches.bench_zoo [--preset demo|micro] [--keep DIR]``
+Run: ``.venv/bin/python -m benches.bench_zoo [--preset demo|micro] [--keep DIR] [--wait]``
 
-Prints the wall time against the 300 s goal, the CPU time of this process (on a shared box the
-wall/CPU ratio shows how much other load slowed it), each stage's time and share, and the
-manifest's numbers: accuracies, exact sparsities, seed overlap o1 against chance.
+Builds what ``make app`` builds (``python -m subnetviz demo build``): the models, the members'
+runs in a job registry (a temporary runs folder beside the zoo), the cached comparison, and the
+queued background jobs (bigram and optimal masks, continual demo). Prints the wall time against
+the 300 s goal, the CPU time of this process (on a shared box the wall/CPU ratio shows how much
+other load slowed it), each stage's time and share, and the manifest's numbers: accuracies, exact
+sparsities, seed overlap o1 against chance, the source's entropy rates. ``--wait``: also wait for
+the background jobs and print each one's queued-to-done time (the pages' "ready in ~N min"
+estimates, :data:`subnetviz.demo.extras.EXPECTED_SECONDS`) and the bigram masks' numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--keep", default=None, help="build here (kept) instead of a temporary folder")
+    ap.add_argument("--wait", action="store_true", help="wait for the background jobs and time them")
     args = ap.parse_args()
 
     import torch
@@ -35,13 +41,14 @@ def main() -> None:
     torch.set_num_threads(1)
     from subnetviz.demo.build import build_zoo
 
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-zoo-"))
+    top = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-zoo-"))
+    root, runs = top / "zoo", top / "runs"
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
-    zoo = build_zoo(root, preset=args.preset, force=True)
+    zoo = build_zoo(root, preset=args.preset, force=True, extras=True, runs_root=runs)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     t1 = time.perf_counter()
-    build_zoo(root, preset=args.preset)  # the idempotent path: finds the zoo built, does nothing
+    build_zoo(root, preset=args.preset, extras=True, runs_root=runs)  # the idempotent path: does nothing
     reuse = time.perf_counter() - t1
     man = zoo.manifest.to_dict()  # the JSON form: this report prints its raw fields
 
@@ -78,6 +85,40 @@ def main() -> None:
             f"{o['o2']:7.3f} {o['chance_o2']:7.3f}"
         )
     print("\nseries (grpo-s0):", ", ".join(f"{p['step']}: {p['sparsity']:.1%}" for p in man["series"]))
+    b = man["bigram"]
+    print(
+        f"text source: order {b.get('order', 1)}, entropy rate {b['entropy_rate_nats']:.3f} nats, "
+        f"best bigram model {b.get('bigram_entropy_rate_nats') or b['entropy_rate_nats']:.3f} nats; "
+        f"base's final chain loss {_pretrain(root).get('final_loss_chain'):.3f} nats"
+    )
+    if args.wait:
+        _wait(zoo, runs)
+
+
+def _pretrain(root: Path) -> dict:
+    import json
+
+    return json.loads((root / "base" / "pretrain.json").read_text())
+
+
+def _wait(zoo, runs: Path) -> None:
+    """Wait for the background jobs; print each one's time from queued to done, and the masks' numbers."""
+    import json
+
+    from subnetviz.jobs.runner import JobRunner
+
+    r = JobRunner(runs, max_concurrent=1, gpus=[])
+    ids = zoo.manifest.extras.jobs
+    print(f"\n{'background job':16s} {'status':10s} {'queued->done s':>15s} {'running s':>10s}")
+    for key, run_id in ids.items():
+        rec = r.wait(run_id, timeout=3 * 3600, interval=2.0)
+        print(
+            f"{key:16s} {rec.status:10s} {(rec.ended or 0) - rec.created:15.1f} "
+            f"{(rec.ended or 0) - (rec.started or 0):10.1f}"
+        )
+        metrics = rec.outputs / "metrics.json"
+        if metrics.is_file():
+            print("   ", json.loads(metrics.read_text()))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,64 @@ def test_background_jobs_are_queued_once_with_estimates(zoo_with_extras, tmp_pat
         for i in ids.values():
             if not r.get(i).finished:
                 r.cancel(i)
+
+
+# ------------------------------------------------------------------------------------------ pages
+
+
+@pytest.fixture(scope="module")
+def home_with_pending_jobs(micro_zoo, tmp_path_factory):
+    """An app home whose zoo has extras and whose background jobs are queued / running (stand-in
+    workers that only sleep), the environment pointed at it for this module's AppTests."""
+    import os
+    from dataclasses import replace
+
+    from subnetviz.demo.build import build_zoo
+    from subnetviz.demo.extras import start_background_jobs
+    from subnetviz.demo.stages import write_json
+    from subnetviz.jobs.runner import JobRunner
+
+    home = tmp_path_factory.mktemp("home-pending").resolve()
+    shutil.copytree(micro_zoo.root, home / "zoo")
+    zoo = build_zoo(home / "zoo", preset="micro", extras=True, runs_root=home / "runs", background=False)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    r = JobRunner(home / "runs", max_concurrent=1, command=sleeper, gpus=[], cancel_grace_s=1.0)
+    ids = start_background_jobs(zoo, r)
+    man = replace(zoo.manifest, extras=replace(zoo.manifest.extras, jobs=ids))
+    write_json(home / "zoo" / "manifest.json", man.to_dict())
+    saved = {k: os.environ.get(k) for k in ("SUBNETVIZ_HOME", "SUBNETVIZ_ROOTS")}
+    os.environ["SUBNETVIZ_HOME"] = str(home)
+    os.environ["SUBNETVIZ_ROOTS"] = str(home)
+    yield home, ids
+    for i in ids.values():
+        if not r.get(i).finished:
+            r.cancel(i)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _open(name: str, **query):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=180)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(f"views/{name}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.slow
+def test_pages_say_what_is_being_built_and_show_the_members_runs(home_with_pending_jobs):
+    home, ids = home_with_pending_jobs
+    bigram = " ".join(e.value for e in _open("bigram").info)
+    assert "bigram subnetwork mask of the base" in bigram and "ready in ~" in bigram
+    continual = " ".join(e.value for e in _open("continual").info)
+    assert "continual-learning demo" in continual and "queued" in continual
+    at = _open("training", tr_view="Runs")
+    names = " ".join(str(x) for x in at.dataframe[0].value["name"])
+    assert all(f": {m} (" in names for m in ("grpo-s0", "grpo-sub", "dpo", "sft"))

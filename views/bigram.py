@@ -109,12 +109,27 @@ def headline(h: dict) -> None:
         cols[i % 4].metric(label, value)
 
 
+def _zoo_mask_note() -> None:
+    """While the demo zoo's bigram mask is being built: when, and the analysis once it is done."""
+    from subnetviz.demo.extras import zoo_job_note
+
+    note = zoo_job_note(ui.zoo(), ui.job_runner(), "bigram")
+    if note is None:
+        st.rerun()  # done: draw the page again, now with the mask
+    st.info(note, icon=":material/hourglass_top:")
+
+
 def analyse(model: str, corpus: str) -> None:
     import_released(model)
     masks = {
         k: v for k, v in selection.saved_masks().items() if v.endswith("outputs/mask.safetensors") or "uploads" in k
     }
     if not masks:
+        from subnetviz.demo.extras import zoo_job_note
+
+        if zoo_job_note(ui.zoo(), ui.job_runner(), "bigram"):  # the zoo's own mask: redrawn until it is done
+            ui.live(_zoo_mask_note, "bigram_mask")
+            return
         st.info(
             "No bigram mask yet: train one (*Train a mask*; a λ = 10 mask of the demo base takes a few minutes "
             "on one CPU thread), upload one on the Workspace page, or import a released pickle above.",
@@ -143,8 +158,11 @@ def analyse(model: str, corpus: str) -> None:
         bind="query-params",
     )
     if latest["optimal"] is None:
+        from subnetviz.demo.extras import zoo_job_note
+
         st.caption(
-            "No optimal-target mask yet: train one with target *optimal* under *Train a mask* to see the overlap."
+            zoo_job_note(ui.zoo(), ui.job_runner(), "optimal")
+            or "No optimal-target mask yet: train one with target *optimal* under *Train a mask* to see the overlap."
         )
     key = analysis_key(model, masks[mask], corpus, masks.get(opt))
     res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, key)

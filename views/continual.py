@@ -72,6 +72,12 @@ def results() -> None:
     df = ui.job_runner().list_runs()
     done = df[(df["kind"] == "continual") & (df["status"] == "succeeded")]
     if not len(done):
+        from subnetviz.demo.extras import zoo_job_note
+
+        note = zoo_job_note(ui.zoo(), ui.job_runner(), "continual")
+        if note:  # the progress bar above redraws; the page reruns when the run is done
+            st.info(note, icon=":material/hourglass_top:")
+            st.stop()
         st.info(
             "No finished continual-learning run yet. The demo configuration (permuted digits, 5 tasks, "
             "density 5 %, four methods, 3 seeds) takes a minute or two on one CPU thread."

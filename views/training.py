@@ -269,9 +269,9 @@ def compare(ws) -> None:
 def _comparison(full: str, sub: str, base: str | None, eval_data: str | None, stamp: tuple):
     """``stamp``: the checkpoints' fingerprints and the eval file's stamp, so a model rewritten in place
     (a rerun into the same folder) is compared again instead of being answered from the cache."""
-    from subnetviz.analysis.runs import compare_runs
+    from subnetviz.demo.comparison import cached_compare_runs  # on disk too: the demo build fills it
 
-    return compare_runs(full, sub, base, eval_data=eval_data)
+    return cached_compare_runs(full, sub, base, eval_data=eval_data)
 
 
 def body() -> None:

@@ -198,3 +198,32 @@ def clear_logs(root: Path, member_id: str) -> Path:
         shutil.rmtree(d)
     d.mkdir(parents=True)
     return d
+
+
+WHAT = {
+    "bigram": "bigram subnetwork mask of the base (fast preset, λ = 10)",
+    "optimal": "optimal subnetwork mask of the base (fast preset, λ = 10)",
+    "continual": "continual-learning demo (permuted digits, 5 tasks, 5 % density)",
+}
+
+
+def zoo_job_note(zoo, runner, key: str) -> str | None:
+    """A sentence for a page while the zoo's background job ``key`` is queued or running: what is
+    being built and about when it is ready; None when there is no such job or it has finished."""
+    if zoo is None or zoo.manifest.extras is None:
+        return None
+    from subnetviz.errors import JobError
+
+    try:
+        pending = {p.key: p for p in pending_jobs(zoo, runner)}
+    except JobError:  # a registry without the zoo's runs (another runs folder): nothing to say
+        return None
+    p = pending.get(key)
+    if p is None:
+        return None
+    minutes = max(1, round(p.eta_s / 60))
+    where = "running" if p.status == "running" else "queued behind the zoo's other jobs"
+    return (
+        f"The demo zoo's {WHAT.get(key, key)} is being built in the background ({where}) — ready in "
+        f"~{minutes} min; this page picks it up when it is done."
+    )
