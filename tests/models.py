@@ -11,6 +11,8 @@
   (a bf16 Llama with that tokenizer: what the SFT / DPO / GRPO and supermask text tests train).
 - Bigram shape: :func:`bigram_model` (vocabulary 16, eager attention, no norm weight or bias at
   exactly its initial value, so a mask over them changes the output).
+- Supermask shape: :func:`digits_mlp` (subnetviz's masked MLP, 64 pixels -> 128 -> 128 -> 10, one
+  mask per task: not a transformer, but built here too so there is one place test models come from).
 
 torch and transformers are imported inside the functions, so a runner test's worker starts fast.
 """
@@ -216,3 +218,14 @@ def bigram_model(kind: str, vocab: int = BIGRAM_VOCAB, seed: int = 0):
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+# --- supermask shape: the continual-learning methods' task network on 8×8 digits -------------------
+
+
+def digits_mlp(num_tasks: int = 3, density: float = 0.1, *, seed: int = 0, hidden: tuple[int, ...] = (128, 128)):
+    """subnetviz's own :class:`~subnetviz.supermask.layers.MaskedMLP` (the network the supermask methods
+    train, one mask per task) in the tests' shape: 64 pixels -> ``hidden`` -> 10 classes."""
+    from subnetviz.supermask.layers import MaskedMLP
+
+    return MaskedMLP((64, *hidden, 10), num_tasks=num_tasks, density=density, seed=seed)

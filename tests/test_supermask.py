@@ -18,7 +18,7 @@ from subnetviz.errors import ConfigError
 from subnetviz.jobs.context import JobContext
 from subnetviz.supermask import job
 from subnetviz.supermask.data import Task, make_benchmark, permuted_digits, split_digits, validate_tasks
-from subnetviz.supermask.layers import MaskedConv2d, MaskedLinear, MaskedMLP, kept_count, topk_mask
+from subnetviz.supermask.layers import MaskedConv2d, MaskedLinear, kept_count, topk_mask
 from subnetviz.supermask.methods import MethodConfig, infer_task, knn_accuracies, run_method
 from subnetviz.supermask.metrics import (
     ContinualResult,
@@ -29,6 +29,7 @@ from subnetviz.supermask.metrics import (
     owner_image,
     pairwise_overlap_frame,
 )
+from tests.models import digits_mlp
 
 FAST = {"mask_epochs": 2, "weight_epochs": 2, "finetune_epochs": 3}
 
@@ -50,7 +51,7 @@ def test_kept_count_rounds_half_up_and_keeps_at_least_one(numel, density, expect
 
 @pytest.mark.parametrize("density", [0.02, 0.05, 0.1, 0.3, 0.5, 1.0])
 def test_topk_keeps_exactly_the_requested_count_per_layer(density):
-    mlp = MaskedMLP((64, 128, 128, 10), num_tasks=2, density=density, seed=1)
+    mlp = digits_mlp(2, density, seed=1)
     conv = MaskedConv2d(3, 8, 3, num_tasks=1, density=density)
     layers = [*mlp.masked_layers().values(), conv]
     for layer in layers:
@@ -87,7 +88,7 @@ def test_straight_through_gradient_equals_hand_derivation_2x2():
 
 
 def test_signed_constant_weights_and_score_init_range():
-    mlp = MaskedMLP((64, 128, 10), num_tasks=3, density=0.1, seed=0)
+    mlp = digits_mlp(3, 0.1, hidden=(128,))
     for layer in mlp.masked_layers().values():
         fan_in = layer.weight.shape[1]
         assert torch.allclose(layer.weight.abs(), torch.full_like(layer.weight, math.sqrt(2 / fan_in)))
@@ -116,7 +117,7 @@ def _bits(t):
 
 def test_supsup_never_changes_any_weight_and_never_forgets(perm3):
     cfg = MethodConfig("supsup", density=0.1, **FAST)
-    model = MaskedMLP((64, 128, 128, 10), 3, 0.1, seed=0)
+    model = digits_mlp(3, 0.1)
     before = {n: _bits(m.weight) for n, m in model.masked_layers().items()}
     r = run_method(perm3, cfg, model=model)
     for n, m in model.masked_layers().items():
@@ -128,7 +129,7 @@ def test_supsup_never_changes_any_weight_and_never_forgets(perm3):
 
 def test_exssnet_never_changes_a_weight_of_an_earlier_mask(perm3):
     cfg = MethodConfig("exssnet", density=0.1, **FAST)
-    model = MaskedMLP((64, 128, 128, 10), 3, 0.1, seed=0)
+    model = digits_mlp(3, 0.1)
     layers = model.masked_layers()
     snaps = []
     run_result = run_method(
@@ -162,7 +163,7 @@ def test_exssnet_guard_raises_when_a_frozen_weight_moves(perm3, monkeypatch):
 
 
 def test_ssnet_trains_weights_shared_with_earlier_masks(perm3):
-    model = MaskedMLP((64, 128, 128, 10), 3, 0.3, seed=0)
+    model = digits_mlp(3, 0.3)
     snaps = []
     layers = model.masked_layers()
     r = run_method(
@@ -219,7 +220,7 @@ def test_runs_are_deterministic_per_seed(perm3):
 
 
 def test_knn_transfer_k_is_clamped_and_task_inference_with_one_task(perm3):
-    model = MaskedMLP((64, 128, 128, 10), 3, 0.1, seed=0)
+    model = digits_mlp(3, 0.1)
     accs = knn_accuracies(model, perm3.tasks[1], 1, k=10_000, gen=torch.Generator().manual_seed(0))
     # k clamped to the whole KNN-train split: every point votes, so the prediction is that split's most
     # common label, and the accuracy is that label's share of the held-out rows (same seeded split).
