@@ -46,11 +46,24 @@ import torch
 
 from subnetviz import cache as _cache
 from subnetviz.analysis.bits import bits_differ
+from subnetviz.analysis.subspaces_linalg import TopK, principal_angles, principal_mask, top_k
 from subnetviz.errors import ConfigError
+
+__all__ = [
+    "SubspaceOptions",
+    "SubspaceResult",
+    "SubspaceTable",
+    "TopK",
+    "analyze_subspaces",
+    "cached_subspaces",
+    "compare_subspaces",
+    "principal_angles",
+    "principal_mask",
+    "top_k",
+]
 
 ProgressFn = Callable[[int, int, str], None]
 METHODS = ("auto", "gram", "randomized", "svd")
-_CHUNK_ELEMENTS = 1 << 24  # float64 chunk of the long side: 128 MB
 SUBSPACES_VERSION = 1  # bump when the same inputs would give different numbers or files
 COLUMNS = [
     "model",
@@ -100,18 +113,6 @@ class SubspaceOptions:
         small = min(shape)
         k = math.ceil(self.share * small) if self.share is not None else self.k
         return max(1, min(k, small))
-
-
-@dataclass(frozen=True, eq=False)
-class TopK:
-    """Top-K singular structure of one (m, n) matrix: orthonormal bases ``left`` (m, K) and ``right``
-    (n, K), singular values ``sigma`` (K,) descending, float64; ``next_sigma`` = σ_{K+1} (0 if none)."""
-
-    left: torch.Tensor
-    right: torch.Tensor
-    sigma: np.ndarray
-    next_sigma: float
-    method: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,113 +194,6 @@ class SubspaceTable:
 
 
 # --- one matrix ------------------------------------------------------------------------------------
-def _gram(w: torch.Tensor) -> torch.Tensor:
-    """WᵀW (n, n) in float64 for ``w`` (m, n), the rows cast to float64 a chunk at a time."""
-    m, n = w.shape
-    g = torch.zeros(n, n, dtype=torch.float64, device=w.device)
-    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
-    for s in range(0, m, step):
-        c = w[s : s + step].to(torch.float64)
-        g.addmm_(c.T, c)
-    return g
-
-
-def _orth(x: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis (float64) of the span of the columns of ``x`` (m, K)."""
-    return torch.linalg.qr(x.to(torch.float64), mode="reduced").Q
-
-
-def _mul64(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``w`` (m, n) @ ``v`` (n, K) in float64, ``w`` cast a chunk of rows at a time."""
-    m, n = w.shape
-    out = torch.empty(m, v.shape[1], dtype=torch.float64, device=w.device)
-    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
-    for s in range(0, m, step):
-        out[s : s + step] = w[s : s + step].to(torch.float64) @ v
-    return out
-
-
-def top_k(
-    w: torch.Tensor, k: int, *, method: str = "gram", oversample: int = 16, power_iters: int = 4, seed: int = 0
-) -> TopK:
-    """Top-``k`` singular subspaces and values of ``w`` (m, n) by ``method`` (gram, randomized, svd)."""
-    m, n = w.shape
-    if m < n:  # work on the tall orientation; swap sides back at the end
-        t = top_k(w.T, k, method=method, oversample=oversample, power_iters=power_iters, seed=seed)
-        return TopK(t.right, t.left, t.sigma, t.next_sigma, t.method)
-    if method == "svd":
-        u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)
-        sig = s.cpu().numpy()
-        return TopK(u[:, :k], vh[:k].T, sig[:k], float(sig[k]) if k < sig.size else 0.0, "svd")
-    if method == "gram":
-        lam, vec = _top_eigh(_gram(w), k + 1)  # descending; one more for σ_{K+1}
-        sig = lam.clamp_min(0).sqrt().cpu().numpy()
-        right = vec[:, :k].contiguous()
-        return TopK(_orth(_mul64(w, right)), right, sig[:k], float(sig[k]) if k < sig.size else 0.0, "gram")
-    if method == "randomized":
-        q = min(k + oversample, n)
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # svd_lowrank draws its test matrix from the global generator
-        try:
-            u, s, v = torch.svd_lowrank(w.to(torch.float32), q=q, niter=power_iters)
-        finally:
-            torch.random.set_rng_state(gen_state)
-        sig = s.to(torch.float64).cpu().numpy()
-        return TopK(_orth(u[:, :k]), _orth(v[:, :k]), sig[:k], float(sig[k]) if k < sig.size else 0.0, "randomized")
-    raise ConfigError(f"top_k method {method!r} is unknown; expected gram, randomized or svd.")
-
-
-def _top_eigh(g: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``count`` largest eigenpairs of symmetric ``g`` (n, n), descending.
-
-    On CPU LAPACK's ``syevr`` computes only those (measured 6× faster than the full ``eigh`` at
-    n = 896); on a GPU the full ``eigh`` is cheap enough.
-    """
-    n = g.shape[0]
-    count = min(count, n)
-    if g.device.type == "cpu":
-        from scipy.linalg import eigh
-
-        lam, vec = eigh(g.numpy(), subset_by_index=[n - count, n - 1], driver="evr")
-        return torch.from_numpy(lam[::-1].copy()), torch.from_numpy(vec[:, ::-1].copy())
-    lam, vec = torch.linalg.eigh(g)
-    return lam.flip(0)[:count], vec.flip(1)[:, :count]
-
-
-def principal_angles(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Principal angles in degrees, ascending, between the spans of orthonormal ``a`` (m, K) and ``b`` (m, K).
-
-    cos θ_i = σ_i(aᵀb); for cos² ≥ ½ the angle is taken from sin θ = σ(b − a aᵀb) instead, which
-    keeps small angles accurate (arccos near 1 loses half the digits).
-    """
-    a, b = a.to(torch.float64), b.to(torch.float64)
-    c = a.T @ b
-    cos = torch.linalg.svdvals(c).clamp(0, 1).cpu().numpy()  # descending -> angles ascending
-    sin = torch.linalg.svdvals(b - a @ c).clamp(0, 1).cpu().numpy()[::-1]  # ascending, paired with cos
-    theta = np.where(cos**2 >= 0.5, np.arcsin(sin[: cos.size]), np.arccos(cos))
-    return np.degrees(np.sort(theta))
-
-
-def principal_mask(w: torch.Tensor, right: torch.Tensor, count: int) -> torch.Tensor:
-    """Bool (m, n): the ``count`` entries of largest |W V Vᵀ| (rank-K reconstruction of ``w``).
-
-    ``right`` (n, K) orthonormal spans W's top-K right singular subspace, so W V Vᵀ = U_K Σ_K V_Kᵀ.
-    Ties at the threshold are broken by flat index order, so the mask holds exactly ``count``.
-    """
-    m, n = w.shape
-    if count <= 0:
-        return torch.zeros(m, n, dtype=torch.bool, device=w.device)
-    if count >= m * n:
-        return torch.ones(m, n, dtype=torch.bool, device=w.device)
-    mag = (_mul64(w, right) @ right.T).abs().to(torch.float32).flatten()
-    # The count-th largest by selection (linear time; topk with a large k sorts).
-    thr = torch.kthvalue(mag.cpu() if mag.device.type == "mps" else mag, mag.numel() - count + 1).values
-    mask = mag > thr
-    ties = torch.nonzero(mag == thr).flatten()
-    mask[ties[: count - int(mask.sum())]] = True
-    return mask.view(m, n)
-
-
 def compare_subspaces(
     name: str,
     base: torch.Tensor,
