@@ -1,0 +1,328 @@
+"""The streaming pass of the update analysis: one base against N finetuned checkpoints.
+
+:func:`analyze_updates` walks the aligned tensors once: each base tensor is read once, then each
+finetuned tensor in turn is compared with it (:func:`~subnetviz.analysis.sparsity.compare_pair`)
+and, for 2-D tensors when spectra are on, Δ's spectrum is taken. Only one tensor pair (plus the
+small per-tensor results and the bit-packed update masks) is in memory at a time, and the next
+step's tensors are read in a background thread while the current ones are compared
+(:func:`prefetched`). Import these names from :mod:`subnetviz.analysis.updates`, which re-exports
+them beside the on-disk format and the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from subnetviz.analysis.overlap import OverlapReport, mask_overlap
+from subnetviz.analysis.quant import (
+    SIDE_COLUMNS,
+    FormLog,
+    check_finite_stored,
+    compare_aligned,
+    side_row,
+    tensor_forms,
+)
+from subnetviz.analysis.sparsity import (
+    SparsityOptions,
+    SparsityReport,
+    fused_part_rows,
+    stats_row,
+    summarize,
+)
+from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
+from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
+from subnetviz.checkpoints.adapters import open_finetune
+from subnetviz.config import resolve_device
+from subnetviz.errors import CheckpointError, NonFiniteError
+from subnetviz.masks import PackedMasks
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class SpectraOptions:
+    """Spectra of each 2-D update. ``max_dim``: larger sides (embeddings) are skipped with a notice."""
+
+    enabled: bool = True
+    baseline: bool = True
+    max_dim: int | None = 8192
+    method: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class UpdateAnalysis:
+    """The update analysis of a base against finetuned checkpoints: one :class:`SparsityReport` per model
+    (``reports``, in ``labels`` order), optional spectra, the overlap of the models' update masks, and the
+    notes on everything not compared one-to-one. Read back from disk, ``source_dir`` names the folder
+    (``tensors.csv``, ``summary.json``, ``masks/``) and ``cached`` says whether it was served from the cache.
+    """
+
+    base: str
+    labels: list[str]
+    reports: list[SparsityReport]
+    spectra: dict[str, SpectrumTable] | None = None
+    spectra_frame: pd.DataFrame | None = None  # loaded from disk: one row per (model, matrix)
+    sigma_frame: pd.DataFrame | None = None
+    overlap: OverlapReport | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    source_dir: Path | None = None  # set when read back from disk
+    cached: bool = False  # served from the on-disk cache
+
+    def summary(self) -> pd.DataFrame:
+        return summarize(self.reports)
+
+    def report(self, label: str) -> SparsityReport:
+        return self.reports[self.labels.index(label)]
+
+    def spectra_table(self) -> pd.DataFrame:
+        if self.spectra_frame is not None:
+            return self.spectra_frame
+        if not self.spectra:
+            return pd.DataFrame()
+        return pd.concat([t.to_frame().assign(model=m) for m, t in self.spectra.items()], ignore_index=True)
+
+    def sigmas(self) -> pd.DataFrame:
+        if self.sigma_frame is not None:
+            return self.sigma_frame
+        if not self.spectra:
+            return pd.DataFrame(columns=["model", "name", "index", "sigma", "kind"])
+        return pd.concat([t.sigma_frame().assign(model=m) for m, t in self.spectra.items()], ignore_index=True)
+
+
+def _label_for(spec: str, used: set[str]) -> str:
+    base = Path(str(spec).rstrip("/")).name or str(spec)
+    label, i = base, 2
+    while label in used:
+        label, i = f"{base}-{i}", i + 1
+    used.add(label)
+    return label
+
+
+def analyze_updates(
+    base: str | Checkpoint,
+    finetuned: Sequence[str | Checkpoint],
+    *,
+    labels: Sequence[str] | None = None,
+    options: SparsityOptions = SparsityOptions(),
+    spectra: SpectraOptions | None = SpectraOptions(enabled=False),
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+) -> UpdateAnalysis:
+    """Compare ``base`` with every checkpoint in ``finetuned`` in one streaming pass."""
+    t0 = time.perf_counter()
+    walk = _Walk(base, finetuned, labels, options, spectra, resolve_device(device))
+    keys = walk.keys()
+    for step, (key, loaded) in enumerate(zip(keys, prefetched(keys, walk.load), strict=True)):
+        if progress:
+            progress(step, len(keys), key)
+        for i in range(len(walk.cks)):
+            walk.step(i, key, loaded)
+        loaded.clear()  # freed before the next step's tensors arrive: at most two steps in memory
+    if progress:
+        progress(len(keys), len(keys), "done")
+    return walk.result(time.perf_counter() - t0)
+
+
+class _Walk:
+    """The state of one :func:`analyze_updates` pass: the checkpoints, their stored forms and
+    alignments, and per finetuned model the rows, parts, packed masks, row/column counts,
+    spectra and side rows collected so far."""
+
+    def __init__(self, base, finetuned, labels, options: SparsityOptions, spectra: SpectraOptions | None, dev: str):
+        self.ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+        self.cks = [open_finetune(f, self.ck_base) for f in finetuned]  # a PEFT adapter folder is merged onto the base
+        used: set[str] = set()
+        self.labels = list(labels) if labels else [_label_for(c.spec, used) for c in self.cks]
+        # Stored forms first: a malformed quantized checkpoint is named before any alignment message.
+        self.forms_base, *self.forms = [_forms(c) for c in (self.ck_base, *self.cks)]
+        self.alignments = [align([self.ck_base, c]) for c in self.cks]
+        self.per_key = [{t.key: t for t in al.tensors} for al in self.alignments]
+        self.table = self.ck_base.names_table
+        self.options, self.spectra, self.dev = options, spectra, dev
+        self.log = FormLog()
+        n = len(self.cks)
+        self.rows: list[list[dict]] = [[] for _ in range(n)]
+        self.parts: list[list[dict]] = [[] for _ in range(n)]
+        self.masks: list[PackedMasks] = [PackedMasks() for _ in range(n)]  # 1 bit per parameter in memory
+        self.row_col: list[dict] = [{} for _ in range(n)]
+        self.spec_results: list[list] = [[] for _ in range(n)]
+        self.side: list[list[dict]] = [[] for _ in range(n)]
+        self.notes = [x for x in [self.table.notice] if x]
+        unknown = [
+            x for x in self.table.unmatched(self.ck_base.names) if self.forms_base[x].kind not in ("buffer", "scale")
+        ]
+        if unknown:
+            self.notes.append(
+                f"{len(unknown)} tensor(s) match no {self.table.family or 'known'} naming table and are labelled "
+                f"'other' (e.g. {', '.join(unknown[:5])}); per-module views leave them out of every module."
+            )
+
+    def keys(self) -> list[str]:
+        """The base's tensors in order, then those only some finetuned model aligns."""
+        keys = [t.key for t in self.alignments[0].tensors]
+        keys += [k for pk in self.per_key[1:] for k in pk if k not in self.per_key[0]]
+        return list(dict.fromkeys(keys))
+
+    def is_side(self, at, i: int) -> bool:  # buffers and scales: listed apart, read by side_row
+        fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
+        return "buffer" in (fa.kind, fb.kind) or "scale" in (fa.kind, fb.kind)
+
+    def load(self, key: str) -> dict:  # the weight tensors one step compares, read (and checked) ahead
+        out = {}
+        for i, (ck, pk) in enumerate(zip(self.cks, self.per_key, strict=True)):
+            at = pk.get(key)
+            if at is None or self.is_side(at, i):
+                continue
+            if ("a", at.rows) not in out:
+                out["a", at.rows] = _read_checked(self.ck_base, at, 0, self.dev)
+            out["b", i] = _read_checked(ck, at, 1, self.dev)
+        return out
+
+    def step(self, i: int, key: str, loaded: dict) -> None:
+        """Finetuned model ``i``'s tensor ``key``: a side row, or the weight pair compared."""
+        at = self.per_key[i].get(key)
+        if at is None:
+            return
+        ck, fa, fb = self.cks[i], self.forms_base[at.names[0]], self.forms[i][at.names[1]]
+        info = self.table.describe(at.names[0])
+        if self.is_side(at, i):
+            row = side_row(self.labels[i], key, at, info, self.ck_base, ck, fa, fb, self.dev, self.log, i)
+            self.side[i].append(row)
+            return
+        a, b = loaded["a", at.rows], loaded.pop(("b", i))
+        try:
+            st, changed_eff, delta_fn = compare_aligned(
+                a, b, fa, fb, at, self.ck_base, ck, self.options, self.dev, self.log, i
+            )
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{ck.spec}: {exc}") from None
+        row = stats_row(self.labels[i], key, at.names[0], info, at.shape, st, self.options)
+        row["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
+        row["stored_as"] = fb.label if fa.kind == fb.kind else f"{fa.label} -> {fb.label}"
+        row["changed_effective"] = changed_eff
+        row["expert"] = None if info.expert is None else str(info.expert)
+        self.rows[i].append(row)
+        self.parts[i].extend(
+            fused_part_rows(self.table, at.names[0], key, at.shape, st)
+            or [
+                {"key": key, "module": m, "numel": n, "changed": c}
+                for m, n, c in self.table.part_counts(at.names[0], at.shape, st.row_counts, st.col_counts)
+            ]
+        )
+        if st.mask is not None:
+            self.masks[i].add(at.names[0], st.mask)
+        if st.row_counts is not None and len(at.shape) >= 2:
+            self.row_col[i][key] = (st.row_counts, st.col_counts)
+        sp = self.spectra
+        if sp is not None and sp.enabled and a.dim() == 2 and delta_fn is not None:
+            self.spec_results[i].append(
+                update_spectrum(
+                    key,
+                    delta_fn(),
+                    baseline=sp.baseline,
+                    seed=sp.seed,
+                    method=sp.method,
+                    max_dim=sp.max_dim,
+                    device=self.dev,
+                )
+            )
+
+    def model_notes(self, i: int) -> list[str]:
+        return getattr(self.cks[i], "notes", []) + self.log.notes(i)
+
+    def result(self, seconds: float) -> UpdateAnalysis:
+        reports = [
+            SparsityReport(
+                self.labels[i],
+                self.ck_base.spec,
+                self.options,
+                pd.DataFrame(self.rows[i]),
+                self.masks[i],
+                self.row_col[i],
+                pd.DataFrame(self.parts[i], columns=["key", "module", "numel", "changed"]),
+                self.notes + self.model_notes(i) + self.alignments[i].report(),
+                pd.DataFrame(self.side[i], columns=SIDE_COLUMNS),
+            )
+            for i in range(len(self.cks))
+        ]
+        spec = None
+        if self.spectra is not None and self.spectra.enabled:
+            spec = {self.labels[i]: SpectrumTable(tuple(self.spec_results[i])) for i in range(len(self.cks))}
+        # Per-model notes on stored forms (buffers, mixed precision, FP8 / int8 / codes, adapters) also at the
+        # analysis level, labelled, where the pages list notes.
+        notes = self.notes + [f"{self.labels[i]}: {n}" for i in range(len(self.cks)) for n in self.model_notes(i)]
+        return UpdateAnalysis(self.ck_base.spec, self.labels, reports, spec, None, None, self.overlap(), notes, seconds)
+
+    def overlap(self) -> OverlapReport | None:
+        if len(self.cks) < 2 or not self.options.keep_masks:
+            return None
+        common = set.intersection(*(set(m) for m in self.masks))
+        sets = [_Subset(m, common) for m in self.masks]  # unpacked one tensor at a time by the overlap pass
+        describe = self.table.describe
+        return mask_overlap(sets, self.labels, group_of=lambda n: (describe(n).layer, describe(n).module))
+
+
+def prefetched(items: Sequence, load: Callable) -> Iterator:
+    """``load(item)`` for each item in order, the next one read in a background thread while the
+    caller works on the current one (a bounded prefetch: one item ahead, so at most two loaded
+    items exist when the caller drops each one before asking for the next). Reading releases the
+    GIL (safetensors, torch copies), so reading and comparing overlap. Errors surface in order.
+    """
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="subnetviz-read") as pool:
+        ahead = pool.submit(load, items[0])
+        for k in range(len(items)):
+            current = ahead.result()
+            ahead = pool.submit(load, items[k + 1]) if k + 1 < len(items) else None
+            yield current
+            del current
+
+
+def _read_checked(ck: Checkpoint, at, i: int, device: str) -> torch.Tensor:
+    """Tensor ``i`` of an aligned pair, refused if not finite, on ``dev``: read and checked on the
+    CPU, then sent to a GPU from pinned memory on a side stream (the caller's stream may use it
+    at once: the copy is complete and the block is recorded on the caller's stream)."""
+    x = read_aligned(ck, at, i, "cpu")
+    check_finite_stored(x, f"{ck.spec} :: {at.names[i]}")  # FP8 codes checked on their bit patterns
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return x if dev.type == "cpu" else x.to(dev)
+    stream = torch.cuda.Stream(dev)
+    with torch.cuda.stream(stream):
+        y = x.pin_memory().to(dev, non_blocking=True)
+    stream.synchronize()
+    y.record_stream(torch.cuda.default_stream(dev))
+    return y
+
+
+def _forms(ck: Checkpoint) -> dict:
+    try:
+        return tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{ck.spec}: {exc}") from None
+
+
+class _Subset(Mapping):
+    """The entries of a mask mapping whose names are in ``keep`` (lazy: nothing is copied)."""
+
+    def __init__(self, masks: Mapping, keep: set[str]):
+        self.masks, self.names = masks, [n for n in masks if n in keep]
+
+    def __getitem__(self, name: str):
+        return self.masks[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
