@@ -137,6 +137,10 @@ def test_workspace_numbers_equal_backend(app_env):
     shown = {m.label: m.value for m in at.metric}
     direct = analyze_updates(members["base"], [members["grpo-s0"]], labels=["grpo-s0"])
     assert shown["grpo-s0"] == f"{100 * direct.reports[0].sparsity:.2f} %"
+    # paths are shown relative to their root, never as the server's absolute path
+    cells = [str(v) for df in at.dataframe for col in df.value.columns for v in df.value[col]]
+    assert not [c for c in cells if c.startswith("/")], [c for c in cells if c.startswith("/")][:3]
+    assert any(c.startswith("micro-zoo") and c.endswith("/base") for c in cells)
 
 
 def test_sparsity_heatmap_equals_backend_table(app_env):

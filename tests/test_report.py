@@ -238,6 +238,7 @@ def test_table_numbers_read_as_in_the_app():
     out = formatted_frame(df)
     assert list(out.iloc[0]) == ["x", "17,144", "83.13 %", "1.17×", "1.200e-06", "22,048", "4.7", "-0.5"]
     assert list(out.iloc[1])[:6] == ["y", "15,682", "92.00 %", "1.20×", "3.000e-02", "1,000,000"]
+    assert column_formats(pd.DataFrame({"sparsity@1e-05": [0.2198]})) == {"sparsity@1e-05": PERCENT}  # per tolerance
     # a share-like name whose values leave [0, 1] is no share
     assert "o1" not in column_formats(pd.DataFrame({"o1": [0.5, 1.5]}))
     html = build_report("t", [ReportSection("s", tables=[("cap", df)])])

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from subnetviz import selection, ui
+from subnetviz import config, selection, ui
 
 
 def body() -> None:
@@ -24,7 +24,7 @@ def body() -> None:
                 "parameters": info["params"],
                 "stored dtype": ", ".join(f"{k} ({v:,})" for k, v in info["dtypes"].items()),
                 "fingerprint": info["fingerprint"],
-                "path": path,
+                "path": config.display_path(path),
             }
         )
     st.subheader("Checkpoints")
@@ -72,7 +72,7 @@ def body() -> None:
                 "parameters": ms.numel,
                 "density": ms.density,
                 "method": ms.metadata.get("method", ""),
-                "path": path,
+                "path": config.display_path(path),
             }
         )
     if mrows:

@@ -24,7 +24,7 @@ import pandas as pd
 COUNT, PERCENT, RATIO, SCIENTIFIC = "localized", "percent", "%.2f×", "%.3e"
 _SHARE = re.compile(
     r"(^|_)(sparsity|density|share|frac|fraction|o1|o2|jaccard|acc|accuracy|identical|kept|chance|progress|"
-    r"capacity|exclusive|vs_first|vs_previous|vs_base|ever_updated)($|_)",
+    r"capacity|exclusive|vs_first|vs_previous|vs_base|ever_updated)($|_|@)",
     re.IGNORECASE,
 )
 _RATIO = re.compile(r"(^|_)(ratio|x_chance|times_chance)($|_)", re.IGNORECASE)
