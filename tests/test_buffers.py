@@ -13,8 +13,8 @@ import torch
 
 from subnetviz.analysis.sparsity import SparsityOptions
 from subnetviz.analysis.updates import analyze_updates, read_analysis, write_analysis
-from tests import ckpt_fixtures
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+from tests.models import LAYERS
 
 
 def test_int_and_bool_buffers_are_their_own_group_and_never_an_error(ckpt_zoo, tmp_path):
@@ -44,13 +44,13 @@ def test_int_and_bool_buffers_are_their_own_group_and_never_an_error(ckpt_zoo, t
 
 def test_pythia_bool_attention_bias_is_a_buffer(ckpt_zoo, tmp_path):
     sd = read_state_dict(ckpt_zoo.neox)
-    for layer in range(ckpt_fixtures.LAYERS):  # as Pythia's released checkpoints store them
+    for layer in range(LAYERS):  # as Pythia's released checkpoints store them
         sd[f"gpt_neox.layers.{layer}.attention.bias"] = torch.tril(torch.ones(1, 1, 32, 32, dtype=torch.bool))
         sd[f"gpt_neox.layers.{layer}.attention.masked_bias"] = torch.tensor(-1e9)
     base = write_folder(tmp_path / "base", sd, ckpt_zoo.neox)
     rep = analyze_updates(str(base), [str(base)], labels=["same"]).reports[0]
     groups = rep.buffers.groupby("group")["key"].count().to_dict()
-    assert groups == {"buffers": 2 * ckpt_fixtures.LAYERS} and rep.buffers["changed"].sum() == 0
+    assert groups == {"buffers": 2 * LAYERS} and rep.buffers["changed"].sum() == 0
     assert rep.changed == 0 and not rep.tensors["key"].str.contains("attention.bias").any()
 
 

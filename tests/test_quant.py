@@ -211,3 +211,62 @@ def test_banded_pass_equals_the_whole_dequantised_pass(how, monkeypatch):
     assert (st.changed_tol, st.changed_rel, st.max_abs_delta) == (ref.changed_tol, ref.changed_rel, ref.max_abs_delta)
     assert np.array_equal(st.row_counts, ref.row_counts) and np.array_equal(st.col_counts, ref.col_counts)
     assert torch.equal(st.mask, ref.mask) and st.changed == int(flip.sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("eta", [1e-3, 1e-9])
+def test_block_pass_equals_the_dense_dequantised_pass(dtype, eta, monkeypatch):
+    """quant_codes.compare_blocks (codes compared once, only changed entries and changed-scale blocks
+    dequantised) gives exactly what the dense pass gives (dequantise both sides whole, compare_pair):
+    counts, tolerances, relative rule, ULP bins, max |Δ|, row/column counts and the mask; the codes'
+    count and code-step bins match the codes compared whole. Planted: changed codes, changed block
+    scales (adjacent and ragged edge blocks), a code doubled while its block's scale halves (the
+    effective weight unchanged), +0 -> -0, a zero scale and a scale below 2^-100."""
+    from subnetviz.analysis import quant_codes
+    from subnetviz.analysis.quant import compare_quantized, dequantize
+    from subnetviz.analysis.quant_codes import _code_counts
+    from subnetviz.analysis.sparsity import SparsityOptions, compare_pair
+
+    monkeypatch.setattr(quant_codes, "FAST_MIN_BAND", 1)
+    g = torch.Generator().manual_seed(11)
+    m, n, blk = 70, 90, (16, 32)  # ragged last block row and column
+    a = (torch.randn(m, n, generator=g) * 8).to(dtype)
+    a[0, :4] = 0.0
+    b = a.clone()
+    flip = torch.rand(m, n, generator=g) < 0.25
+    b.view(torch.int8)[flip] ^= 1
+    b.view(torch.int8)[0, 0] = -128  # +0 -> -0: a changed code at 0 steps
+    sa = torch.rand(5, 3, generator=g) + 0.5
+    sb = sa.clone()
+    sb[1, 0] *= 1.25
+    sb[1, 1] *= 0.75  # adjacent changed blocks
+    sb[4, 2] *= 1.5  # the ragged corner block
+    sa[2, 2] = sb[2, 2] = 0.0  # a zero scale: every weight 0 whatever the code
+    sa[3, 0] = sb[3, 0] = 2.0**-120  # below the plain range: dequantised whole
+    # Block (2, 0): one code doubled exactly while the scale halves: same weight, changed code.
+    sb[2, 0] = sa[2, 0] / 2
+    b[32:48, 0:32] = a[32:48, 0:32]
+    a[33, 3], b[33, 3] = 1.0, 2.0
+    opts = SparsityOptions(eta=eta)
+    ran = []
+    fast = quant_codes.compare_blocks
+    monkeypatch.setattr("subnetviz.analysis.quant.compare_blocks", lambda *a, **k: ran.append(fast(*a, **k)) or ran[-1])
+    got = compare_quantized(a, sa, b, sb, opts, name="w", scale_names=("sa", "sb"), block=blk)
+    assert ran and ran[0] is not None  # the block pass ran
+    monkeypatch.setattr(quant_codes, "FAST_MIN_BAND", 1 << 60)  # the dense bands, as the reference
+    dense = compare_quantized(a, sa, b, sb, opts, name="w", scale_names=("sa", "sb"), block=blk)
+    ref = compare_pair(dequantize(a, sa, "block", blk), dequantize(b, sb, "block", blk), opts, name="w")
+    for st in (got.stats, dense.stats):
+        assert (st.changed_tol, st.changed_rel, st.max_abs_delta) == (
+            ref.changed_tol,
+            ref.changed_rel,
+            ref.max_abs_delta,
+        )
+        assert np.array_equal(st.row_counts, ref.row_counts) and np.array_equal(st.col_counts, ref.col_counts)
+        assert torch.equal(st.mask, ref.mask)
+    assert got.changed_effective == dense.changed_effective == ref.changed
+    assert not got.stats.mask[33, 3] and got.stats.mask[0, 0]  # same weight; -0 has other bits
+    changed, above = _code_counts(a, b)
+    assert got.stats.changed == dense.stats.changed == changed
+    assert got.stats.ulp_hist == dense.stats.ulp_hist
+    assert (got.stats.numel, got.stats.dtype) == (m * n, str(dtype)[6:])

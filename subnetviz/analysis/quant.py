@@ -18,6 +18,9 @@ does not take:
 - **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit packed bytes): compared
   exactly as codes (:func:`compare_codes`); no effective comparison (a notice says so).
 
+The comparisons of stored codes (buffers, codes, the FP8 block-scale pass, row-band dequantisation)
+live in :mod:`subnetviz.analysis.quant_codes`; this module decides forms and dispatches.
+
 Which form a tensor has is decided from the headers and ``quantization_config``
 (:func:`tensor_forms`); an unknown quantization method or a scale that does not fit its weight's
 blocks is a one-line :class:`~subnetviz.errors.CheckpointError`.
@@ -29,14 +32,25 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
-from subnetviz.analysis.bits import ULP_EDGES, check_finite, counts_above, ulp_bins, ulp_distance_bits
+from subnetviz.analysis.bits import ulp_bins
+from subnetviz.analysis.quant_codes import (
+    FP8,
+    _code_counts,
+    _codes_to_float,
+    compare_blocks,
+    compare_buffer,
+    compare_codes,
+    dequantize,
+    merge_bands,
+)
+from subnetviz.analysis.quant_codes import (
+    check_finite_stored as check_finite_stored,  # re-exported for analyze_updates
+)
 from subnetviz.analysis.sparsity import PairStats, SparsityOptions, compare_pair
-from subnetviz.errors import CheckpointError, NonFiniteError
+from subnetviz.errors import CheckpointError
 
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 DEFAULT_BLOCK = 128
 # quantization_config.quant_method values this module knows (effective comparison or codes).
 KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "bitsandbytes", "gptq", "awq")
@@ -123,102 +137,6 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
     return forms
 
 
-# --- buffers and codes ---------------------------------------------------------------------------
-def compare_buffer(a: torch.Tensor, b: torch.Tensor) -> int:
-    """Entries of two buffers whose stored values differ (bitwise for floats). A dtype change is
-    compared after casting ``a`` to ``b``'s dtype (the caller notes it)."""
-    if a.dtype != b.dtype:
-        a = a.to(b.dtype)
-    if a.dtype.is_floating_point and a.dtype.itemsize in (2, 4, 8):
-        ai, bi = a.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[a.dtype.itemsize]), b.contiguous()
-        return int(torch.count_nonzero(ai != bi.view(ai.dtype)))
-    return int(torch.count_nonzero(a != b))
-
-
-def _code_steps(xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-    """Distance in code steps of changed 1-D code views: FP8 bit patterns are sign-magnitude
-    (bits.ulp_distance_bits), integer codes two's complement (plain difference)."""
-    if xa.dtype in FP8:
-        return ulp_distance_bits(xa.view(torch.int8), xb.view(torch.int8), torch).to(torch.int64)
-    return (xb.to(torch.int64) - xa.to(torch.int64)).abs()
-
-
-def _code_counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, list[int]]:
-    """(changed codes, #(steps > edge) per ULP edge) of two code tensors of one shape.
-
-    On CPU in NumPy (flatnonzero is ~30x torch.nonzero on one thread), on a GPU in torch."""
-    iv = torch.int8 if a.dtype in FP8 else a.dtype
-    av, bv = a.reshape(-1).view(iv), b.reshape(-1).view(iv)
-    if av.device.type == "cpu":
-        x, y = av.numpy(), bv.numpy()
-        idx = np.flatnonzero(x != y)
-        if idx.size == 0:
-            return 0, [0] * len(ULP_EDGES)
-        xi, yi = x[idx], y[idx]
-        if a.dtype in FP8:
-            steps = ulp_distance_bits(xi, yi, np)
-        else:
-            steps = np.abs(yi.astype(np.int64) - xi.astype(np.int64))
-        return int(idx.size), counts_above(steps, ULP_EDGES, np)
-    idx = (av != bv).nonzero().squeeze(1)
-    if idx.numel() == 0:
-        return 0, [0] * len(ULP_EDGES)
-    steps = _code_steps(a.reshape(-1)[idx], b.reshape(-1)[idx])
-    return int(idx.numel()), counts_above(steps, ULP_EDGES, torch)
-
-
-_FP8_LUT: dict[torch.dtype, np.ndarray] = {}
-
-
-def _codes_to_float(code: torch.Tensor) -> torch.Tensor:
-    """float32 values of FP8 codes. On CPU through a 256-entry table (np.take: ~0.8 ns per entry on
-    one thread, torch's elementwise FP8 conversion ~3); int8 codes convert directly."""
-    if code.dtype not in FP8 or code.device.type != "cpu":
-        return code.to(torch.float32)
-    lut = _FP8_LUT.get(code.dtype)
-    if lut is None:
-        lut = _FP8_LUT[code.dtype] = torch.arange(256, dtype=torch.uint8).view(code.dtype).float().numpy()
-    return torch.from_numpy(np.take(lut, code.contiguous().view(torch.uint8).numpy()))  # np.take: ~2x lut[idx]
-
-
-def compare_codes(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, *, name: str) -> PairStats:
-    """Integer codes compared exactly. Codes carry no tolerance: every changed code counts under
-    every tolerance and the relative rule; ``max_abs_delta`` is the largest code step."""
-    if a.dtype != b.dtype:
-        raise CheckpointError(f"{name}: quantized codes stored as {a.dtype} and {b.dtype}; expected one code type.")
-    a, b = a.contiguous(), b.contiguous()
-    changed, above = _code_counts(a, b)
-    ne = a != b
-    a2 = ne.reshape(ne.shape[0], -1) if ne.dim() >= 2 else ne.reshape(-1, 1)
-    steps = float((b.to(torch.int64) - a.to(torch.int64)).abs().max()) if changed else 0.0
-    return PairStats(
-        numel=a.numel(),
-        dtype=str(a.dtype).replace("torch.", ""),
-        changed=changed,
-        changed_tol=(changed,) * len(options.tolerances),
-        changed_rel=changed,
-        ulp_hist=tuple(ulp_bins(changed, above)),
-        max_abs_delta=steps,
-        row_counts=a2.sum(1, dtype=torch.int32).numpy() if options.row_col else None,
-        col_counts=a2.sum(0, dtype=torch.int32).numpy() if options.row_col else None,
-        mask=ne if options.keep_masks else None,
-    )
-
-
-def check_finite_stored(x: torch.Tensor, where: str) -> None:
-    """:func:`~subnetviz.analysis.bits.check_finite` for any stored form: FP8 codes are checked on their
-    bit patterns (e4m3fn: NaN is S.1111.111; e5m2: Inf/NaN have exponent 11111), ~1 ns per entry on
-    CPU instead of an elementwise FP8 conversion and a sum; integer codes and buffers are finite."""
-    if x.dtype not in FP8 or x.device.type != "cpu":
-        check_finite(x, where)
-        return
-    u = x.contiguous().view(torch.uint8).numpy()
-    pattern = 0x7F if x.dtype == torch.float8_e4m3fn else 0x7C
-    bad = int(np.count_nonzero((u & pattern) == pattern))
-    if bad:
-        raise NonFiniteError(f"{where}: {bad} NaN/Inf value(s). Analyses need finite weights.")
-
-
 # --- scales and dequantisation -------------------------------------------------------------------
 def check_scale(
     name: str, weight_shape: tuple[int, ...], scale_name: str, scale_shape: tuple[int, ...], block: tuple[int, int]
@@ -238,49 +156,6 @@ def check_scale(
     else:
         expected = f"one value per tensor for a weight of shape {tuple(weight_shape)}"
     raise CheckpointError(f"scale {scale_name!r} of {name!r}: expected shape {expected}, found {tuple(scale_shape)}.")
-
-
-def dequantize(
-    code: torch.Tensor, scale: torch.Tensor, how: str, block: tuple[int, int], r0: int = 0, divisor: float = 1.0
-) -> torch.Tensor:
-    """float32 effective weights of the code rows ``code`` (which start at row ``r0`` of the tensor).
-
-    ``how``: ``tensor`` (one scale), ``channel`` (one per row), ``block`` (``scale[i // bs0, j // bs1]``).
-    w = code × scale / divisor (bnb int8: divisor 127).
-    """
-    w = _codes_to_float(code)
-    s = scale.to(torch.float32)
-    if divisor != 1.0:
-        s = s / divisor
-    if how == "tensor":
-        return w.mul_(s.reshape(()))
-    if how == "channel":
-        return w.mul_(s.reshape(-1)[r0 : r0 + w.shape[0]].unsqueeze(1))
-    b0, b1 = block
-    rows, cols = w.shape
-    sr = s[r0 // b0 : (r0 + rows - 1) // b0 + 1]
-    sr = sr.repeat_interleave(b1, dim=1)[:, :cols]  # (row blocks, cols)
-    if r0 % b0 == 0 and rows % b0 == 0:
-        w.view(-1, b0, cols).mul_(sr.unsqueeze(1))
-        return w
-    idx = (torch.arange(r0, r0 + rows, device=w.device) // b0) - r0 // b0
-    return w.mul_(sr.index_select(0, idx))
-
-
-def _merge(parts: list[PairStats], options: SparsityOptions, shape: tuple[int, ...]) -> PairStats:
-    first = parts[0]
-    return replace(
-        first,
-        numel=sum(p.numel for p in parts),
-        changed=sum(p.changed for p in parts),
-        changed_tol=tuple(sum(c) for c in zip(*(p.changed_tol for p in parts), strict=True)),
-        changed_rel=sum(p.changed_rel for p in parts),
-        ulp_hist=tuple(sum(c) for c in zip(*(p.ulp_hist for p in parts), strict=True)),
-        max_abs_delta=max(p.max_abs_delta for p in parts),
-        row_counts=np.concatenate([p.row_counts for p in parts]) if options.row_col else None,
-        col_counts=np.sum([p.col_counts for p in parts], axis=0) if options.row_col else None,
-        mask=torch.cat([p.mask.reshape(-1, *shape[1:]) for p in parts]) if options.keep_masks else None,
-    )
 
 
 @dataclass
@@ -308,15 +183,19 @@ def compare_quantized(
     exactly, then both sides dequantised band by band (whole row blocks, ~1M entries: cache-sized)
     and compared by the float pass, whose results are merged across bands.
 
-    Cost: one pass over the codes, a table lookup and a multiply per entry and side, and the float32
-    pass. (Running the float pass on the changed codes/scales only was measured 3x slower: the
-    gathers with their index arithmetic cost more than the cache-resident dense bands.)
+    FP8 with block scales on CPU takes :func:`~subnetviz.analysis.quant_codes.compare_blocks`: one pass
+    over the codes, dequantising only the changed entries and the blocks whose scale changed.
     """
     if a.shape != b.shape:
         raise CheckpointError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)}).")
     how_a = check_scale(name, tuple(a.shape), scale_names[0], tuple(sa.shape), block)
     how_b = check_scale(name, tuple(b.shape), scale_names[1], tuple(sb.shape), block)
     a, b = a.contiguous(), b.contiguous()
+    fast = compare_blocks(a, sa, b, sb, options, name=name, block=block) if how_a == how_b == "block" else None
+    if fast is not None:
+        eff, changed, above = fast
+        stats = replace(eff, changed=changed, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype)[6:])
+        return QuantStats(stats, eff.changed)
     changed, above = _code_counts(a, b)
     if a.dim() != 2:
         ea = _codes_to_float(a) * sa.to(torch.float32).reshape(()) / divisor
@@ -331,7 +210,7 @@ def compare_quantized(
             eb = dequantize(b[r0 : r0 + step], sb, how_b, block, r0, divisor)
             parts.append(compare_pair(ea, eb, options, name=name))
             del ea, eb
-        eff = parts[0] if len(parts) == 1 else _merge(parts, options, tuple(a.shape))
+        eff = parts[0] if len(parts) == 1 else merge_bands(parts, options, tuple(a.shape))
         if eff.mask is not None:
             eff.mask = eff.mask.reshape(a.shape)
     stats = replace(

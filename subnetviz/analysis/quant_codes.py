@@ -1,0 +1,298 @@
+"""Stored codes: buffers, FP8 and integer codes compared as stored, and the FP8 block-scale pass.
+
+Split from :mod:`subnetviz.analysis.quant` (which re-exports what the per-tensor dispatch uses):
+
+- :func:`compare_buffer`, :func:`compare_codes`, :func:`check_finite_stored`: bitwise comparisons and
+  the NaN/Inf check on codes' bit patterns;
+- :func:`compare_blocks`: the effective comparison of FP8 codes with ``weight_scale_inv`` blocks in
+  one pass over the codes. In a block whose scale is bitwise the same on both sides (finite, far from
+  float32's range ends) w = fl(code × s) is injective in the code (FP8 values differ by ≥ 1/8
+  relatively), so the effective weight changed exactly where the code did: the codes' comparison is
+  the effective mask there, and only the changed entries are dequantised (gathered once) for the
+  float statistics. Blocks whose scale changed are dequantised whole. The numbers are those of the
+  dense pass (dequantise everything, then :func:`~subnetviz.analysis.sparsity.compare_pair`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from subnetviz.analysis.bits import ULP_EDGES, check_finite, counts_above, ulp_bins, ulp_distance_bits
+from subnetviz.analysis.sparsity import PairStats, SparsityOptions, compare_pair
+from subnetviz.errors import CheckpointError, NonFiniteError
+
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+# compare_blocks runs when a block row holds at least this many entries (narrower tensors: the dense
+# pass, whose per-band overhead is smaller) and on CPU.
+FAST_MIN_BAND = 1 << 15
+# |scale| in [2^-100, 2^100]: every FP8 value times it is a normal float32 (e5m2 spans 2^-16..57344).
+_SAFE_SCALE = (2.0**-100, 2.0**100)
+
+
+def compare_buffer(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Entries of two buffers whose stored values differ (bitwise for floats). A dtype change is
+    compared after casting ``a`` to ``b``'s dtype (the caller notes it)."""
+    if a.dtype != b.dtype:
+        a = a.to(b.dtype)
+    if a.dtype.is_floating_point and a.dtype.itemsize in (2, 4, 8):
+        ai, bi = a.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[a.dtype.itemsize]), b.contiguous()
+        return int(torch.count_nonzero(ai != bi.view(ai.dtype)))
+    return int(torch.count_nonzero(a != b))
+
+
+def _code_steps(xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    """Distance in code steps of changed 1-D code views: FP8 bit patterns are sign-magnitude
+    (bits.ulp_distance_bits), integer codes two's complement (plain difference)."""
+    if xa.dtype in FP8:
+        return ulp_distance_bits(xa.view(torch.int8), xb.view(torch.int8), torch).to(torch.int64)
+    return (xb.to(torch.int64) - xa.to(torch.int64)).abs()
+
+
+def _code_counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, list[int]]:
+    """(changed codes, #(steps > edge) per ULP edge) of two code tensors of one shape.
+
+    On CPU in NumPy (flatnonzero is ~30x torch.nonzero on one thread), on a GPU in torch."""
+    iv = torch.int8 if a.dtype in FP8 else a.dtype
+    av, bv = a.reshape(-1).view(iv), b.reshape(-1).view(iv)
+    if av.device.type == "cpu":
+        x, y = av.numpy(), bv.numpy()
+        idx = np.flatnonzero(x != y)
+        if idx.size == 0:
+            return 0, [0] * len(ULP_EDGES)
+        xi, yi = x[idx], y[idx]
+        if a.dtype in FP8:
+            steps = ulp_distance_bits(xi, yi, np)
+        else:
+            steps = np.abs(yi.astype(np.int64) - xi.astype(np.int64))
+        return int(idx.size), counts_above(steps, ULP_EDGES, np)
+    idx = (av != bv).nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return 0, [0] * len(ULP_EDGES)
+    steps = _code_steps(a.reshape(-1)[idx], b.reshape(-1)[idx])
+    return int(idx.numel()), counts_above(steps, ULP_EDGES, torch)
+
+
+_FP8_LUT: dict[torch.dtype, np.ndarray] = {}
+
+
+def fp8_table(dtype: torch.dtype) -> np.ndarray:
+    """float32 value of each of the 256 codes of an FP8 dtype."""
+    lut = _FP8_LUT.get(dtype)
+    if lut is None:
+        lut = _FP8_LUT[dtype] = torch.arange(256, dtype=torch.uint8).view(dtype).float().numpy()
+    return lut
+
+
+def _codes_to_float(code: torch.Tensor) -> torch.Tensor:
+    """float32 values of FP8 codes. On CPU through a 256-entry table (np.take: ~0.8 ns per entry on
+    one thread, torch's elementwise FP8 conversion ~3); int8 codes convert directly."""
+    if code.dtype not in FP8 or code.device.type != "cpu":
+        return code.to(torch.float32)
+    # np.take with intp indices: ~1 ns per entry on one thread; with the uint8 codes as indices ~4
+    idx = code.contiguous().view(torch.uint8).numpy().astype(np.intp)
+    return torch.from_numpy(np.take(fp8_table(code.dtype), idx))
+
+
+def compare_codes(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, *, name: str) -> PairStats:
+    """Integer codes compared exactly. Codes carry no tolerance: every changed code counts under
+    every tolerance and the relative rule; ``max_abs_delta`` is the largest code step."""
+    if a.dtype != b.dtype:
+        raise CheckpointError(f"{name}: quantized codes stored as {a.dtype} and {b.dtype}; expected one code type.")
+    a, b = a.contiguous(), b.contiguous()
+    changed, above = _code_counts(a, b)
+    ne = a != b
+    a2 = ne.reshape(ne.shape[0], -1) if ne.dim() >= 2 else ne.reshape(-1, 1)
+    steps = float((b.to(torch.int64) - a.to(torch.int64)).abs().max()) if changed else 0.0
+    return PairStats(
+        numel=a.numel(),
+        dtype=str(a.dtype).replace("torch.", ""),
+        changed=changed,
+        changed_tol=(changed,) * len(options.tolerances),
+        changed_rel=changed,
+        ulp_hist=tuple(ulp_bins(changed, above)),
+        max_abs_delta=steps,
+        row_counts=a2.sum(1, dtype=torch.int32).numpy() if options.row_col else None,
+        col_counts=a2.sum(0, dtype=torch.int32).numpy() if options.row_col else None,
+        mask=ne if options.keep_masks else None,
+    )
+
+
+def check_finite_stored(x: torch.Tensor, where: str) -> None:
+    """:func:`~subnetviz.analysis.bits.check_finite` for any stored form: FP8 codes are checked on their
+    bit patterns (e4m3fn: NaN is S.1111.111; e5m2: Inf/NaN have exponent 11111), ~1 ns per entry on
+    CPU instead of an elementwise FP8 conversion and a sum; integer codes and buffers are finite."""
+    if x.dtype not in FP8 or x.device.type != "cpu":
+        check_finite(x, where)
+        return
+    u = x.contiguous().view(torch.uint8).numpy()
+    pattern = 0x7F if x.dtype == torch.float8_e4m3fn else 0x7C
+    bad = int(np.count_nonzero((u & pattern) == pattern))
+    if bad:
+        raise NonFiniteError(f"{where}: {bad} NaN/Inf value(s). Analyses need finite weights.")
+
+
+# --- dequantisation in row bands ----------------------------------------------------------------
+def dequantize(
+    code: torch.Tensor, scale: torch.Tensor, how: str, block: tuple[int, int], r0: int = 0, divisor: float = 1.0
+) -> torch.Tensor:
+    """float32 effective weights of the code rows ``code`` (which start at row ``r0`` of the tensor).
+
+    ``how``: ``tensor`` (one scale), ``channel`` (one per row), ``block`` (``scale[i // bs0, j // bs1]``).
+    w = code × scale / divisor (bnb int8: divisor 127).
+    """
+    w = _codes_to_float(code)
+    s = scale.to(torch.float32)
+    if divisor != 1.0:
+        s = s / divisor
+    if how == "tensor":
+        return w.mul_(s.reshape(()))
+    if how == "channel":
+        return w.mul_(s.reshape(-1)[r0 : r0 + w.shape[0]].unsqueeze(1))
+    b0, b1 = block
+    rows, cols = w.shape
+    sr = s[r0 // b0 : (r0 + rows - 1) // b0 + 1]
+    sr = sr.repeat_interleave(b1, dim=1)[:, :cols]  # (row blocks, cols)
+    if r0 % b0 == 0 and rows % b0 == 0:
+        w.view(-1, b0, cols).mul_(sr.unsqueeze(1))
+        return w
+    idx = (torch.arange(r0, r0 + rows, device=w.device) // b0) - r0 // b0
+    return w.mul_(sr.index_select(0, idx))
+
+
+def merge_bands(parts: list[PairStats], options: SparsityOptions, shape: tuple[int, ...]) -> PairStats:
+    """One tensor's statistics from those of its row bands (in order)."""
+    first = parts[0]
+    return replace(
+        first,
+        numel=sum(p.numel for p in parts),
+        changed=sum(p.changed for p in parts),
+        changed_tol=tuple(sum(c) for c in zip(*(p.changed_tol for p in parts), strict=True)),
+        changed_rel=sum(p.changed_rel for p in parts),
+        ulp_hist=tuple(sum(c) for c in zip(*(p.ulp_hist for p in parts), strict=True)),
+        max_abs_delta=max(p.max_abs_delta for p in parts),
+        row_counts=np.concatenate([p.row_counts for p in parts]) if options.row_col else None,
+        col_counts=np.sum([p.col_counts for p in parts], axis=0) if options.row_col else None,
+        mask=torch.cat([p.mask.reshape(-1, *shape[1:]) for p in parts]) if options.keep_masks else None,
+    )
+
+
+# --- FP8 with block scales: the effective comparison in one pass over the codes ------------------
+def compare_blocks(
+    a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tensor, options: SparsityOptions, *, name: str, block
+) -> tuple[PairStats, int, list[int]] | None:
+    """(effective statistics, changed codes, #(code steps > edge)) of FP8 codes ``a``/``b`` (m × n)
+    with block scales ``sa``/``sb`` (⌈m/bs0⌉ × ⌈n/bs1⌉), block row by block row; None where this pass
+    does not apply (GPU, a cast precision, a mask at a tolerance, narrow tensors): the caller then
+    dequantises in dense bands. Same numbers as the dense pass, tested against it."""
+    b0, b1 = block
+    rows, cols = a.shape
+    if (
+        a.device.type != "cpu"
+        or a.dtype not in FP8
+        or b.dtype != a.dtype
+        or options.precision is not None
+        or (options.keep_masks and options.mask_tolerance is not None)
+        or b0 * cols < FAST_MIN_BAND
+        or sa.shape != sb.shape
+    ):
+        return None
+    x_all, y_all = a.contiguous().view(torch.uint8).numpy(), b.contiguous().view(torch.uint8).numpy()
+    s_a, s_b = sa.to(torch.float32).contiguous().numpy(), sb.to(torch.float32).contiguous().numpy()
+    mag = np.abs(s_a)
+    plain = (s_a.view(np.uint32) == s_b.view(np.uint32)) & (mag >= _SAFE_SCALE[0]) & (mag <= _SAFE_SCALE[1])
+    lut = fp8_table(a.dtype)
+    mask = np.empty((rows, cols), dtype=np.bool_) if options.keep_masks else None
+    row_counts = np.zeros(rows, dtype=np.int64) if options.row_col else None
+    col_counts = np.zeros(cols, dtype=np.int64) if options.row_col else None
+    sub = replace(options, row_col=False, keep_masks=False)
+    parts: list[PairStats] = []
+    code_changed, code_above = 0, [0] * len(ULP_EDGES)
+    img = np.empty((b0, cols), dtype=np.float32)  # the scale of every entry of a block row
+    for br in range(s_a.shape[0]):
+        r0, r1 = br * b0, min(rows, (br + 1) * b0)
+        x, y = x_all[r0:r1], y_all[r0:r1]
+        band = _Band(x, y, s_a[br], s_b[br], np.flatnonzero(~plain[br]), b1, lut, img[: r1 - r0])
+        if mask is not None:
+            mask[r0:r1] = band.ne
+        if row_counts is not None:
+            _add_row_col(band.ne, row_counts, col_counts, r0)
+        for xg, yg, ea, eb in band.gathered:
+            if xg.size == 0:
+                continue
+            # Code steps of every gathered pair: unchanged codes are 0 steps, which no edge counts.
+            steps = ulp_distance_bits(xg.view(np.int8), yg.view(np.int8), np)
+            code_changed += int(np.count_nonzero(np.not_equal(xg, yg)))  # +0 vs -0 is 0 steps
+            code_above = [s + c for s, c in zip(code_above, counts_above(steps, ULP_EDGES, np), strict=True)]
+            parts.append(compare_pair(torch.from_numpy(ea), torch.from_numpy(eb), sub, name=name))
+    eff = PairStats(
+        numel=a.numel(),
+        dtype="float32",
+        changed=sum(p.changed for p in parts),
+        changed_tol=tuple(sum(p.changed_tol[i] for p in parts) for i in range(len(options.tolerances))),
+        changed_rel=sum(p.changed_rel for p in parts),
+        ulp_hist=tuple(sum(c) for c in zip(*(p.ulp_hist for p in parts), strict=True))
+        if parts
+        else tuple(ulp_bins(0, [0] * len(ULP_EDGES))),
+        max_abs_delta=max((p.max_abs_delta for p in parts), default=0.0),
+        row_counts=row_counts,
+        col_counts=col_counts,
+        mask=torch.from_numpy(mask) if mask is not None else None,
+    )
+    return eff, code_changed, code_above
+
+
+def _add_row_col(ne: np.ndarray, row_counts: np.ndarray, col_counts: np.ndarray, r0: int) -> None:
+    """Changed entries per row (popcounts of 8-byte words) and per column (uint8 sums: a block row
+    is at most 255 rows here, else int64) of one block row's mask."""
+    r, c = ne.shape
+    u8 = ne.view(np.uint8)
+    if c % 8 == 0:
+        row_counts[r0 : r0 + r] = np.bitwise_count(ne.view(np.uint64)).sum(1, dtype=np.int64)
+    else:
+        row_counts[r0 : r0 + r] = u8.sum(1, dtype=np.int64)
+    col_counts += u8.sum(0, dtype=np.uint8 if r <= 255 else np.int64)
+
+
+class _Band:
+    """One block row of codes ``x``/``y``: ``ne`` its effective mask, and the entries to compare
+    gathered (``gathered``: a list of (codes x, codes y, float32 effective a, b): the products the
+    dense pass forms) for every changed code and every changed effective weight.
+
+    In plain blocks (same scale both sides) those are the changed codes, dequantised with one scale
+    image; the blocks whose scale changed (or is not plain; ``dense``: block indices) are
+    dequantised whole, column slice by column slice, and their effective mask replaces the codes'."""
+
+    def __init__(self, x, y, sa_row, sb_row, dense, b1: int, lut: np.ndarray, img: np.ndarray):
+        cols = x.shape[1]
+        self.ne = ne = np.not_equal(x, y)
+        slices = []
+        if dense.size:  # runs of adjacent changed-scale blocks as column slices
+            starts = dense[np.r_[True, np.diff(dense) > 1]] * b1
+            ends = np.minimum((dense[np.r_[np.diff(dense) > 1, True]] + 1) * b1, cols)
+            slices = list(zip(starts.tolist(), ends.tolist(), strict=True))
+        pieces = []
+        for c0, c1 in slices:  # dequantised whole; gathered: changed codes or changed weights
+            xd, yd = np.ascontiguousarray(x[:, c0:c1]), np.ascontiguousarray(y[:, c0:c1])
+            sa_cols = np.repeat(sa_row[c0 // b1 : (c1 - 1) // b1 + 1], b1)[: c1 - c0]
+            sb_cols = np.repeat(sb_row[c0 // b1 : (c1 - 1) // b1 + 1], b1)[: c1 - c0]
+            ea = np.take(lut, xd) * sa_cols
+            eb = np.take(lut, yd) * sb_cols
+            e_ne = np.not_equal(ea.view(np.uint32), eb.view(np.uint32))
+            idx = np.flatnonzero(e_ne | ne[:, c0:c1])
+            pieces.append([np.take(v.reshape(-1), idx) for v in (xd, yd, ea, eb)])
+            ne[:, c0:c1] = False  # the plain region's gather below skips these columns
+            slices[len(pieces) - 1] = (c0, c1, e_ne)
+        idx = np.flatnonzero(ne)
+        xg, yg = np.take(x.reshape(-1), idx), np.take(y.reshape(-1), idx)
+        img[:] = np.repeat(sa_row, b1)[:cols]
+        sg = np.take(img.reshape(-1), idx)
+        ea = np.take(lut, xg)  # by the uint8 codes: ~1 ns per entry of CPU time on one thread
+        ea *= sg
+        eb = np.take(lut, yg)
+        eb *= sg
+        for c0, c1, e_ne in slices:
+            ne[:, c0:c1] = e_ne
+        self.gathered = [(xg, yg, ea, eb), *pieces]  # the plain region, then each changed-scale slice
