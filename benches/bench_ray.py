@@ -3,7 +3,10 @@
 1. The demo zoo's checkpoint series (grpo-s0's 8 checkpoints): :func:`checkpoint_series` in this
    process vs :func:`series_fanout` over 2 Ray workers of a local head; the merged result must be
    identical bit for bit (every float column compared on its int64 view).
-2. Job submission latency, local OS-process backend vs Ray: a trivial job (one progress step),
+2. N-model overlap: the zoo's base against its 7 finetunes, :func:`analyze_updates` in this process
+   (its ``.overlap`` and per-model reports) vs :func:`updates_fanout`, one Ray task per (base,
+   finetune) pair, merged by ``mask_overlap``; identical bit for bit (region counts, every frame).
+3. Job submission latency, local OS-process backend vs Ray: a trivial job (one progress step),
    from ``submit()`` to the registry saying running, and to the job's own first progress record
    (the job function really executing), median of ``--jobs`` jobs each.
 
@@ -60,6 +63,42 @@ def bench_series(paths: list[str], steps: list[int], address: str, reps: int) ->
     print(f"  merged result identical to local, bit for bit: {'yes' if same else 'NO'}")
     if not same:
         raise SystemExit("the fanned-out series differs from the local one")
+
+
+def _same_overlap(a, b) -> bool:
+    if list(a.region_counts) != list(b.region_counts):
+        return False
+    if any(not (a.region_counts[g] == b.region_counts[g]).all() for g in a.region_counts):
+        return False
+    return all(
+        _identical(getattr(a, f), getattr(b, f)) for f in ("sizes", "pairwise", "regions", "consensus", "by_group")
+    )
+
+
+def bench_overlap(base: str, finetuned: list[str], labels: list[str], address: str, reps: int) -> None:
+    from subnetviz.analysis.updates import analyze_updates
+    from subnetviz.jobs.fanout import updates_fanout
+
+    updates_fanout(base, finetuned, labels, address=address)  # warm: workers import the analysis
+    local_t, ray_t = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        local = analyze_updates(base, finetuned, labels=labels, device="cpu")
+        local_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        reports, overlap = updates_fanout(base, finetuned, labels, address=address)
+        ray_t.append(time.perf_counter() - t)
+    same = _same_overlap(local.overlap, overlap) and all(
+        _identical(r.tensors.drop(columns="ulp_hist"), q.tensors.drop(columns="ulp_hist"))
+        for r, q in zip(reports, local.reports, strict=True)
+    )
+    lm, rm = statistics.median(local_t), statistics.median(ray_t)
+    print(f"N-model overlap: base vs {len(finetuned)} finetunes ({overlap.numel:,} parameters), median of {reps}:")
+    print(f"  local, one process      {lm:8.3f} s")
+    print(f"  Ray, 2 workers          {rm:8.3f} s   (ratio Ray/local {rm / lm:.2f})")
+    print(f"  merged overlap and reports identical to local, bit for bit: {'yes' if same else 'NO'}")
+    if not same:
+        raise SystemExit("the fanned-out overlap differs from the local one")
 
 
 def _latency(runner, n: int) -> tuple[list[float], list[float]]:
@@ -121,6 +160,8 @@ def main() -> None:
     with local_head(num_cpus=2) as address:
         print(f"Ray head at {address} (2 CPUs)")
         bench_series(paths, steps, address, args.reps)
+        fts = [m for m in zoo.members if m.id != "base"]
+        bench_overlap(str(zoo.base), [str(m.path) for m in fts], [m.id for m in fts], address, args.reps)
         bench_latency(address, args.jobs)
 
 

@@ -218,14 +218,15 @@ def test_overlap_fanout_equals_local_bit_for_bit(ray_head, tmp_path):
 
 @pytest.mark.slow
 def test_drivers_grid_fanout_equals_local(ray_head, micro_zoo, tmp_path):
-    """The micro grid's steps axis: each run trained and measured in a Ray task equals the local run
-    (every column but the train_seconds wall clock, floats bit for bit)."""
+    """The micro grid's data axis (SFT on the policy's own samples vs on gold answers): each run trained
+    and measured in a Ray task equals the local run (every column but the train_seconds wall clock,
+    floats bit for bit)."""
     from subnetviz.experiments.drivers import COLUMNS, run_drivers
 
     torch.set_num_threads(1)  # the tasks train with the driver's thread count
-    local = run_drivers(micro_zoo.root, "micro", factors=["steps"], workdir=tmp_path / "local")
-    fanned = run_drivers(micro_zoo.root, "micro", factors=["steps"], workdir=tmp_path / "ray", address=ray_head)
-    assert list(local.columns) == COLUMNS and len(local) == 4  # 2 step counts × (bf16, fp32)
+    local = run_drivers(micro_zoo.root, "micro", factors=["data"], workdir=tmp_path / "local")
+    fanned = run_drivers(micro_zoo.root, "micro", factors=["data"], workdir=tmp_path / "ray", address=ray_head)
+    assert list(local.columns) == COLUMNS and len(local) == 4  # (on-policy, gold) × (bf16, fp32)
     cols = [c for c in COLUMNS if c != "train_seconds"]
     _same_frame(local[cols], fanned[cols])
     pairs = local.pivot_table(index="value", columns="precision", values="sparsity")

@@ -12,7 +12,11 @@ Factors (one varied at a time around a default GRPO run): learning rate, steps, 
 gradient clipping on/off, optimizer (AdamW vs SGD), data origin (SFT on the policy's own correct
 samples vs SFT on gold answers of prompts the policy gets wrong), algorithm (SFT, DPO, GRPO, RLOO),
 and storage precision (every run's bf16 and fp32 saves). PPO: TRL 1.16 ships no ``PPOTrainer``
-(neither in ``trl`` nor in ``trl.experimental``), so it is reported as not run.
+(neither in ``trl`` nor in ``trl.experimental``; the last release with one is 0.29.1, in
+``trl.experimental.ppo``, which the pin excludes), so it is reported as not run (:data:`NOT_AVAILABLE`).
+
+The grid's runs fan out over a Ray cluster (``run_drivers(address=...)``; a job does it when
+``SUBNETVIZ_RAY_ADDRESS`` is set): one task per run, the merged table equal to the local one.
 
 The paper's conjectures (arXiv 2505.11711 and follow-ups) and how :func:`verdicts` reads the grid:
 in-distribution data drives sparsity (on-policy SFT sparser than gold SFT); KL regularisation and
@@ -26,8 +30,7 @@ import json
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -36,10 +39,19 @@ import pandas as pd
 import torch
 
 from subnetviz.errors import ConfigError
+from subnetviz.experiments.drivers_runs import _write_jsonl, measure, recipe_rows, sft_sets, train_run
+
+__all__ = ["measure", "recipe_rows", "run_drivers", "sft_sets", "train_run", "verdicts"]
 
 ProgressFn = Callable[[int, int, str], None]
 ALGORITHMS = ("sft", "dpo", "grpo", "rloo")
-NOT_AVAILABLE = {"ppo": "TRL 1.16 has no PPOTrainer (not in trl nor trl.experimental); not run."}
+NOT_AVAILABLE = {
+    "ppo": (
+        "not run: TRL 1.16 (the pinned version) has no PPOTrainer, neither in trl nor in trl.experimental. The last "
+        "TRL with one is 0.29.1 (trl.experimental.ppo.PPOTrainer); using it would mean replacing the pinned TRL 1.16 "
+        "(one trl per environment) and with it the SFT, DPO, GRPO and RLOO trainers this grid runs."
+    )
+}
 COLUMNS = [
     "factor",
     "value",
@@ -131,127 +143,39 @@ PRESETS = {
 }
 
 
-# --- data ---------------------------------------------------------------------------------------------
-def sft_sets(base: str, train_rows: list[dict], n: int, seed: int, max_new_tokens: int = 4, samples: int = 4):
-    """(on_policy, gold) SFT rows: the base's own correct samples, and gold answers of prompts it gets
-    wrong in every sample (off its distribution), as many of each (at most ``n``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    rng = np.random.default_rng(seed)
-    rows = [train_rows[i] for i in rng.permutation(len(train_rows))[: 4 * n]]
-    tok = AutoTokenizer.from_pretrained(base)
-    tok.padding_side = "left"
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    torch.manual_seed(seed)
-    enc = tok([r["prompt"] for r in rows], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        gen = model.generate(
-            **enc,
-            do_sample=True,
-            num_return_sequences=samples,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
-            top_k=None,
-            top_p=None,
-            temperature=1.0,
-        )
-    texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    on, wrong = [], []
-    for i, r in enumerate(rows):
-        outs = [t.strip() for t in texts[i * samples : (i + 1) * samples]]
-        (on if r["answer"] in outs else wrong).append(r)
-    k = min(n, len(on), len(wrong)) or min(n, len(rows))
-    on_rows = [{"prompt": r["prompt"], "completion": r["answer"]} for r in (on or rows)[:k]]
-    gold_rows = [{"prompt": r["prompt"], "completion": r["answer"]} for r in (wrong or rows)[:k]]
-    return on_rows, gold_rows
+def _data_files(base: str, data: Path, work: Path, p: DriversPreset) -> dict:
+    """The training file of each (algorithm, data origin); the on-policy / gold SFT sets are sampled here."""
+    train_rows = [json.loads(x) for x in (data / "A_train.jsonl").read_text().splitlines() if x.strip()]
+    on, gold = sft_sets(base, train_rows, p.data_prompts, seed=0, max_new_tokens=p.max_completion_length)
+    return {
+        ("sft", "on_policy"): _write_jsonl(work / "on_policy.jsonl", on),
+        ("sft", "gold"): _write_jsonl(work / "gold.jsonl", gold),
+        ("sft", "task"): str(data / "sft_A.jsonl"),
+        ("dpo", "task"): str(data / "dpo_A.jsonl"),
+        ("grpo", "task"): str(data / "A_train.jsonl"),
+        ("rloo", "task"): str(data / "A_train.jsonl"),
+    }
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+def _plan(p: DriversPreset, seeds: int, factors) -> list[RunSpec]:
+    specs = p.plan(seeds)
+    if factors is not None:
+        unknown = set(factors) - {s.factor for s in specs}
+        if unknown:
+            raise ConfigError(
+                f"unknown drivers factor(s) {sorted(unknown)}; expected {sorted({s.factor for s in specs})}."
+            )
+        specs = [s for s in specs if s.factor in set(factors)]
+    return specs
 
 
-# --- one run ------------------------------------------------------------------------------------------
-def train_run(spec: RunSpec, base: str, data: str, out: Path, preset: DriversPreset) -> tuple[Path, Path, float]:
-    """Train ``spec`` on ``data``; save the same live weights as ``out/bf16`` and ``out/fp32``.
+def _on_ray(jobs: list[tuple], address: str) -> list[list[dict]]:
+    """Each run's :func:`recipe_rows` as one Ray task (same torch thread count as this process)."""
+    from subnetviz.jobs.fanout import ray_map
 
-    Returns the two folders and the training loop's seconds.
-    """
-    from transformers.training_args import OptimizerNames
-
-    from subnetviz.training.config import TrainConfig
-    from subnetviz.training.trainers import build_trainer, save_bf16
-
-    algo = "grpo" if spec.algorithm == "rloo" else spec.algorithm
-    cfg = TrainConfig(
-        algorithm=algo,
-        base=base,
-        data=data,
-        output_dir=str(out / "bf16"),
-        steps=spec.steps,
-        learning_rate=spec.learning_rate,
-        seed=spec.seed,
-        batch_size=preset.batch_size,
-        num_generations=preset.num_generations,
-        max_completion_length=preset.max_completion_length,
-        beta=spec.beta,
-        max_grad_norm=spec.max_grad_norm,
-    )
-    cfg.validate(check_output=False)
-    scratch = Path(tempfile.mkdtemp(prefix="subnetviz-drivers-"))
-    try:
-        if spec.algorithm == "rloo":
-            trainer = _rloo_trainer(cfg, scratch)
-        else:
-            trainer = build_trainer(cfg, scratch, [])
-        trainer.args.optim = OptimizerNames(spec.optimizer)  # read when train() creates the optimizer
-        t0 = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - t0
-        model, tok = trainer.model, trainer.processing_class
-        save_bf16(model, tok, out / "bf16")
-        state = {k: v.detach().to(torch.float32).cpu() for k, v in model.state_dict().items()}
-        model.save_pretrained(out / "fp32", state_dict=state)
-        tok.save_pretrained(out / "fp32")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return out / "bf16", out / "fp32", seconds
+    return ray_map(recipe_rows, jobs, address=address, threads=torch.get_num_threads())
 
 
-def _rloo_trainer(cfg, scratch: Path):
-    """TRL's RLOOTrainer with the project's shared arguments and exact-match reward (GRPO's data format)."""
-    from trl import RLOOConfig, RLOOTrainer
-
-    from subnetviz.training.data import exact_match_reward, load_dataset
-    from subnetviz.training.trainers import trainer_args
-
-    args = RLOOConfig(
-        **trainer_args(cfg, scratch),
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length,
-        beta=cfg.beta,
-    )
-    return RLOOTrainer(
-        model=cfg.base, reward_funcs=exact_match_reward, args=args, train_dataset=load_dataset(cfg.data, "grpo")
-    )
-
-
-def measure(base: str, model: Path, eval_file: str, prompts, precision: str | None) -> dict:
-    """Sparsity (bitwise, in ``precision`` when set), accuracy and forward KL of one saved model."""
-    from subnetviz.analysis.behavior import behavior
-    from subnetviz.analysis.sparsity import SparsityOptions
-    from subnetviz.analysis.updates import analyze_updates
-    from subnetviz.training.evaluate import evaluate_accuracy
-
-    opts = SparsityOptions(tolerances=(), precision=precision, keep_masks=False, row_col=False)
-    rep = analyze_updates(base, [str(model)], labels=["m"], options=opts, spectra=None, device="cpu").reports[0]
-    kl = behavior(base, [str(model)], prompts, labels=["m"], curve=None, device="cpu").summary["kl_forward"].iloc[0]
-    return {"sparsity": rep.sparsity, "accuracy": evaluate_accuracy(model, eval_file), "kl_forward": float(kl)}
-
-
-# --- the grid -----------------------------------------------------------------------------------------
 def run_drivers(
     zoo_root: str | os.PathLike | None = None,
     preset: str = "quick",
@@ -259,11 +183,18 @@ def run_drivers(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     workdir: str | os.PathLike | None = None,
+    *,
+    factors: Sequence[str] | None = None,
+    address: str | None = None,
 ) -> pd.DataFrame:
     """Train and measure the grid of ``preset`` on the zoo's base; one row per (run, storage precision).
 
     ``workdir``: where the runs' models live until measured (default: the system's temp folder). A
     job passes its run folder: under the app's read roots, which the analysis enforces there.
+    ``factors``: only the runs on these axes (default: all). ``address``: a Ray cluster; each
+    distinct run (train + measure against the base) is then one Ray task, the rows merged in the
+    plan's order: the same table as the local grid except the ``train_seconds`` wall clocks. The
+    work folder must be on a file system the workers share.
     """
     from subnetviz.analysis.behavior import read_prompts
     from subnetviz.config import zoo_dir
@@ -275,49 +206,55 @@ def run_drivers(
     base, data = str(root / "base"), root / "data"
     if not (root / "base" / "config.json").is_file():
         raise ConfigError(f"no demo zoo base in {root}: run `python -m subnetviz demo build` first.")
+    specs = _plan(p, seeds, factors)
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="subnetviz-drivers-", dir=workdir))
     try:
         eval_rows = read_prompts(data / "A_eval.jsonl", p.eval_prompts)
         eval_file = _write_jsonl(work / "eval.jsonl", [{"prompt": r.text, "answer": r.answer} for r in eval_rows])
-        train_rows = [json.loads(x) for x in (data / "A_train.jsonl").read_text().splitlines() if x.strip()]
-        on, gold = sft_sets(base, train_rows, p.data_prompts, seed=0, max_new_tokens=p.max_completion_length)
-        files = {
-            ("sft", "on_policy"): _write_jsonl(work / "on_policy.jsonl", on),
-            ("sft", "gold"): _write_jsonl(work / "gold.jsonl", gold),
-            ("sft", "task"): str(data / "sft_A.jsonl"),
-            ("dpo", "task"): str(data / "dpo_A.jsonl"),
-            ("grpo", "task"): str(data / "A_train.jsonl"),
-            ("rloo", "task"): str(data / "A_train.jsonl"),
-        }
-        specs = p.plan(seeds)
-        done: dict[tuple, list[dict]] = {}
-        rows = []
+        files = _data_files(base, data, work, p)
+        firsts = {}  # recipe -> the first spec index that trains it
         for i, spec in enumerate(specs):
-            if should_stop is not None and should_stop():
-                break
+            firsts.setdefault(spec.recipe(), i)
+        jobs = {
+            r: (
+                specs[i],
+                base,
+                files[(specs[i].algorithm, specs[i].data)],
+                eval_file,
+                eval_rows,
+                p,
+                str(work / f"run{i}"),
+            )
+            for r, i in firsts.items()
+        }
+        if address:
             if progress:
-                progress(i, len(specs), f"{spec.factor}={spec.value} seed {spec.seed}")
-            if spec.recipe() not in done:
-                folder = work / f"run{i}"
-                b16, f32, secs = train_run(spec, base, files[(spec.algorithm, spec.data)], folder, p)
-                done[spec.recipe()] = [
-                    {
-                        "precision": prec,
-                        "train_seconds": secs,
-                        **measure(base, path, eval_file, eval_rows, "fp32" if prec == "fp32" else None),
-                    }
-                    for prec, path in (("bf16", b16), ("fp32", f32))
-                ]
-                shutil.rmtree(folder, ignore_errors=True)
-            for m in done[spec.recipe()]:
-                rows.append({**asdict(spec), **m, "optimizer": spec.optimizer})
+                progress(0, len(specs), f"{len(jobs)} runs on Ray at {address}")
+            done = dict(zip(jobs, _on_ray(list(jobs.values()), address), strict=True))
+        else:
+            done = _run_locally(specs, jobs, progress, should_stop)
+        rows = [
+            {**asdict(s), **m, "optimizer": s.optimizer} for s in specs if s.recipe() in done for m in done[s.recipe()]
+        ]
         if progress:
             progress(len(specs), len(specs), "done")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _run_locally(specs: list[RunSpec], jobs: dict, progress, should_stop) -> dict:
+    done: dict[tuple, list[dict]] = {}
+    for i, spec in enumerate(specs):
+        if should_stop is not None and should_stop():
+            break
+        if progress:
+            progress(i, len(specs), f"{spec.factor}={spec.value} seed {spec.seed}")
+        if spec.recipe() not in done:
+            done[spec.recipe()] = recipe_rows(*jobs[spec.recipe()])
+    return done
 
 
 def verdicts(results: pd.DataFrame) -> pd.DataFrame:
@@ -379,7 +316,10 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_job(config: dict, ctx) -> None:
-    """Job kind ``drivers``: ``results.csv`` and ``verdicts.csv`` in the run's outputs."""
+    """Job kind ``drivers``: ``results.csv`` and ``verdicts.csv`` in the run's outputs. With
+    ``SUBNETVIZ_RAY_ADDRESS`` set (and ``fanout`` not false) the runs fan out over the cluster."""
+    from subnetviz.jobs.ray_backend import ray_address
+
     res = run_drivers(
         config.get("zoo"),
         config.get("preset", "quick"),
@@ -387,6 +327,8 @@ def run_job(config: dict, ctx) -> None:
         progress=lambda s, t, w: ctx.progress(s, t),
         should_stop=ctx.should_stop,
         workdir=ctx.run_dir / "work",
+        factors=config.get("factors"),
+        address=ray_address() if config.get("fanout", True) else None,
     )
     res.to_csv(ctx.out_dir / "results.csv", index=False)
     verdicts(res).to_csv(ctx.out_dir / "verdicts.csv", index=False)

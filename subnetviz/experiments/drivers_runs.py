@@ -1,0 +1,159 @@
+"""One run of the sparsity-drivers grid (:mod:`subnetviz.experiments.drivers`): its SFT data sets,
+training with the project's TRL code, bf16 and fp32 saves, and the measures of each save.
+
+``spec`` is a :class:`~subnetviz.experiments.drivers.RunSpec` and ``preset`` a
+:class:`~subnetviz.experiments.drivers.DriversPreset` (not imported here: the grid imports this).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+# --- data ---------------------------------------------------------------------------------------------
+def sft_sets(base: str, train_rows: list[dict], n: int, seed: int, max_new_tokens: int = 4, samples: int = 4):
+    """(on_policy, gold) SFT rows: the base's own correct samples, and gold answers of prompts it gets
+    wrong in every sample (off its distribution), as many of each (at most ``n``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rng = np.random.default_rng(seed)
+    rows = [train_rows[i] for i in rng.permutation(len(train_rows))[: 4 * n]]
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.padding_side = "left"
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    torch.manual_seed(seed)
+    enc = tok([r["prompt"] for r in rows], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        gen = model.generate(
+            **enc,
+            do_sample=True,
+            num_return_sequences=samples,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=tok.eos_token_id,
+            top_k=None,
+            top_p=None,
+            temperature=1.0,
+        )
+    texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    on, wrong = [], []
+    for i, r in enumerate(rows):
+        outs = [t.strip() for t in texts[i * samples : (i + 1) * samples]]
+        (on if r["answer"] in outs else wrong).append(r)
+    k = min(n, len(on), len(wrong)) or min(n, len(rows))
+    on_rows = [{"prompt": r["prompt"], "completion": r["answer"]} for r in (on or rows)[:k]]
+    gold_rows = [{"prompt": r["prompt"], "completion": r["answer"]} for r in (wrong or rows)[:k]]
+    return on_rows, gold_rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+# --- one run ------------------------------------------------------------------------------------------
+def train_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path, float]:
+    """Train ``spec`` on ``data``; save the same live weights as ``out/bf16`` and ``out/fp32``.
+
+    Returns the two folders and the training loop's seconds.
+    """
+    from transformers.training_args import OptimizerNames
+
+    from subnetviz.training.config import TrainConfig
+    from subnetviz.training.trainers import build_trainer, save_bf16
+
+    algo = "grpo" if spec.algorithm == "rloo" else spec.algorithm
+    cfg = TrainConfig(
+        algorithm=algo,
+        base=base,
+        data=data,
+        output_dir=str(out / "bf16"),
+        steps=spec.steps,
+        learning_rate=spec.learning_rate,
+        seed=spec.seed,
+        batch_size=preset.batch_size,
+        num_generations=preset.num_generations,
+        max_completion_length=preset.max_completion_length,
+        beta=spec.beta,
+        max_grad_norm=spec.max_grad_norm,
+    )
+    cfg.validate(check_output=False)
+    scratch = Path(tempfile.mkdtemp(prefix="subnetviz-drivers-"))
+    try:
+        if spec.algorithm == "rloo":
+            trainer = _rloo_trainer(cfg, scratch)
+        else:
+            trainer = build_trainer(cfg, scratch, [])
+        trainer.args.optim = OptimizerNames(spec.optimizer)  # read when train() creates the optimizer
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+        model, tok = trainer.model, trainer.processing_class
+        save_bf16(model, tok, out / "bf16")
+        state = {k: v.detach().to(torch.float32).cpu() for k, v in model.state_dict().items()}
+        model.save_pretrained(out / "fp32", state_dict=state)
+        tok.save_pretrained(out / "fp32")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out / "bf16", out / "fp32", seconds
+
+
+def _rloo_trainer(cfg, scratch: Path):
+    """TRL's RLOOTrainer with the project's shared arguments and exact-match reward (GRPO's data format)."""
+    from trl import RLOOConfig, RLOOTrainer
+
+    from subnetviz.training.data import exact_match_reward, load_dataset
+    from subnetviz.training.trainers import trainer_args
+
+    args = RLOOConfig(
+        **trainer_args(cfg, scratch),
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        beta=cfg.beta,
+    )
+    return RLOOTrainer(
+        model=cfg.base, reward_funcs=exact_match_reward, args=args, train_dataset=load_dataset(cfg.data, "grpo")
+    )
+
+
+def measure(base: str, model: Path, eval_file: str, prompts, precision: str | None) -> dict:
+    """Sparsity (bitwise, in ``precision`` when set), accuracy and forward KL of one saved model."""
+    from subnetviz.analysis.behavior import behavior
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import analyze_updates
+    from subnetviz.training.evaluate import evaluate_accuracy
+
+    opts = SparsityOptions(tolerances=(), precision=precision, keep_masks=False, row_col=False)
+    rep = analyze_updates(base, [str(model)], labels=["m"], options=opts, spectra=None, device="cpu").reports[0]
+    kl = behavior(base, [str(model)], prompts, labels=["m"], curve=None, device="cpu").summary["kl_forward"].iloc[0]
+    return {"sparsity": rep.sparsity, "accuracy": evaluate_accuracy(model, eval_file), "kl_forward": float(kl)}
+
+
+# --- one run, measured ------------------------------------------------------------------------------
+def recipe_rows(spec, base: str, data: str, eval_file: str, eval_rows, preset, folder: str):
+    """Train one run and measure its bf16 and fp32 saves: two rows (precision, train_seconds, the measures).
+
+    Module-level so that a Ray task can run it (:func:`run_drivers` with ``address``); the models
+    live in ``folder`` (deleted after).
+    """
+    folder = Path(folder)
+    try:
+        b16, f32, secs = train_run(spec, base, data, folder, preset)
+        return [
+            {
+                "precision": prec,
+                "train_seconds": secs,
+                **measure(base, path, eval_file, eval_rows, "fp32" if prec == "fp32" else None),
+            }
+            for prec, path in (("bf16", b16), ("fp32", f32))
+        ]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
