@@ -90,11 +90,15 @@ def _reference_series(versions: list[np.ndarray]) -> dict:
     return out
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp_path, monkeypatch, seed):
+@pytest.mark.parametrize(("seed", "window_bytes"), [(0, 1 << 30), (1, 1), (2, 900)])
+def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp_path, monkeypatch, seed, window_bytes):
     """Random bit-level walks (moves and returns to the initial value, a float32 tensor, a -0/+0
-    flip) against the all-versions-at-once definition; every (checkpoint, tensor) is read once."""
+    flip) against the all-versions-at-once definition; every (checkpoint, tensor) is read once.
+    Windows of versions: all at once, one at a time, and a few (900 bytes: 1 to 2 versions of the
+    float32 tensor, ~2 of the bf16 one, all of the norm: windows end mid-series)."""
     import subnetviz.analysis.series as series
+
+    monkeypatch.setattr(series, "WINDOW_BYTES", window_bytes)
 
     rng = np.random.default_rng(seed)
     c = 6

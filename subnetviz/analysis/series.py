@@ -63,7 +63,7 @@ def checkpoint_series(
     never = cancelled = final = 0
     # Each checkpoint is read once, tensor by tensor, one read ahead of the comparison (bounded:
     # the first and previous versions, the current one and the one being read).
-    from subnetviz.analysis.updates import prefetched  # the one read-ahead; late: updates imports a lot
+    from subnetviz.analysis.update_pass import prefetched  # the one read-ahead; late: it imports a lot
 
     def load(item: tuple) -> torch.Tensor:
         t, i = item
@@ -108,7 +108,12 @@ def checkpoint_series(
     return SeriesResult(rows, split, numel)
 
 
-CHUNK_ELEMENTS = 1 << 20
+# Entries per block: each version's block is compared while the first and previous versions' blocks
+# and the "ever updated" flags stay in L2 (~1 MB together), so only the new version streams in.
+CHUNK_ELEMENTS = 1 << 17
+# Versions of one tensor held at a time (a window; the safetensors reader's tensors are views of the
+# memory-mapped file, so this is address space, not copies, unless a cast to float32 is needed).
+WINDOW_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -124,43 +129,58 @@ class _TensorCounts:
 
 
 def _tensor_series(versions: Iterator[torch.Tensor], k: int, cast: bool, key: str) -> _TensorCounts:
-    """Counts of one tensor's K+1 versions, consumed in order (only the first, the previous and
-    the current are held). Bitwise on the integer views (NumPy kernels); ``cast``: float32 first.
+    """Counts of one tensor's K+1 versions, consumed in order. Bitwise on the integer views (NumPy
+    kernels); ``cast``: float32 first.
 
     One comparison against the previous and one against the first per version; "updated before,
     back to the first now" is ``#ever - #(≠ first)`` because an entry that differs from the first
-    version changed at some step (no third comparison).
+    version changed at some step (no third comparison). Versions are taken in windows of up to
+    :data:`WINDOW_BYTES`, and inside a window the loop runs block by block over all its versions:
+    the first and previous blocks and the flags are read from cache, so each version's bytes are
+    read from memory once (version by version, the first and previous versions and the flags would
+    stream in again for every step: ~4x the bytes).
     """
 
     def bits(v: torch.Tensor) -> np.ndarray:
+        if not cast and v.dtype != v0.dtype:
+            raise ConfigError(f"{key}: stored as {v.dtype} in one checkpoint but {v0.dtype} in the header.")
         v = v.to(torch.float32) if cast else v
         return int_view(v.contiguous()).reshape(-1).numpy()
 
     v0 = next(versions)
     first = prev = bits(v0)
     ever = np.zeros(first.shape, dtype=bool)
-    # blocks of ~1M entries: the two comparison results stay in cache between compare and count
-    step = CHUNK_ELEMENTS
-    step_ne, from_first = np.empty(min(step, first.size), bool), np.empty(min(step, first.size), bool)
+    window = max(1, WINDOW_BYTES // max(first.nbytes, 1))
     vs_prev, vs_first, ever_back = [], [], []
     n_ever = 0
-    for _ in range(k):
-        v = next(versions)
-        if not cast and v.dtype != v0.dtype:
-            raise ConfigError(f"{key}: stored as {v.dtype} in one checkpoint but {v0.dtype} in the header.")
-        cur = bits(v)
-        n_prev = n_first = n_ever = 0
-        for s in range(0, first.size, step):
-            c, e = cur[s : s + step], ever[s : s + step]
-            sn, ff = step_ne[: c.size], from_first[: c.size]
-            np.not_equal(c, prev[s : s + step], out=sn)
-            np.not_equal(c, first[s : s + step], out=ff)
-            np.logical_or(e, sn, out=e)
-            n_prev += int(np.count_nonzero(sn))
-            n_first += int(np.count_nonzero(ff))
-            n_ever += int(np.count_nonzero(e))
-        vs_prev.append(n_prev)
-        vs_first.append(n_first)
-        ever_back.append(n_ever - n_first)
-        prev = cur
+    while len(vs_prev) < k:
+        batch = [bits(next(versions)) for _ in range(min(window, k - len(vs_prev)))]
+        counts = _window_counts(first, prev, batch, ever)
+        for n_prev, n_first, n_ever in counts:
+            vs_prev.append(n_prev)
+            vs_first.append(n_first)
+            ever_back.append(n_ever - n_first)
+        prev = batch[-1]
     return _TensorCounts(int(first.size), vs_prev, vs_first, ever_back, n_ever)
+
+
+def _window_counts(first: np.ndarray, prev: np.ndarray, batch: list[np.ndarray], ever: np.ndarray) -> list:
+    """``[(#≠ previous, #≠ first, #ever updated)]`` for each version of ``batch`` (after ``prev``),
+    block by block; ``ever`` (the flags so far) is updated in place."""
+    step = CHUNK_ELEMENTS
+    size = first.size
+    step_ne, from_first = np.empty(min(step, size), bool), np.empty(min(step, size), bool)
+    counts = np.zeros((len(batch), 3), dtype=np.int64)
+    for s in range(0, size, step):
+        f, p, e = first[s : s + step], prev[s : s + step], ever[s : s + step]
+        sn, ff = step_ne[: f.size], from_first[: f.size]
+        for j, cur in enumerate(batch):
+            c = cur[s : s + step]
+            np.not_equal(c, p, out=sn)
+            np.not_equal(c, f, out=ff)
+            np.logical_or(e, sn, out=e)
+            counts[j, 0] += np.count_nonzero(sn)
+            counts[j, 1] += np.count_nonzero(ff)
+            counts[j, 2] += np.count_nonzero(e)
+            p = c
+    return counts.tolist()
