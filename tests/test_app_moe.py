@@ -1,0 +1,169 @@
+"""AppTest of the mixture-of-experts sections of the Update sparsity and Overlap pages, on a tiny
+Qwen2-MoE (2 layers × 4 routed experts + a shared expert, built by transformers) with planted
+updates in two finetunes: the layer × expert heatmaps, the router bars, the per-expert table and the
+experts' Jaccard heatmap show the planted numbers (hand-computed below), and a dense model draws no
+Experts section."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+pytestmark = pytest.mark.slow
+E = "model.layers.{}.mlp.experts.{}.{}_proj.weight"
+ROUTED = 3 * 8 * 16  # gate, up (8 × 16) and down (16 × 8) of one routed expert
+SHARED = 3 * 16 * 16  # the shared expert's gate, up and down (intermediate 16)
+ROUTER = 4 * 16 + 16  # mlp.gate (4 experts × 16) + shared_expert_gate (1 × 16)
+# Planted: tensor -> {finetune: (row, first column, entries moved one bf16 ULP)}
+PLANT = {
+    E.format(0, 1, "gate"): {"ft1": (2, 0, 5), "ft2": (2, 2, 5)},  # overlap: columns 2..4 (3 entries)
+    E.format(1, 3, "down"): {"ft1": (4, 0, 7)},
+    E.format(1, 2, "up"): {"ft2": (1, 0, 6)},
+    "model.layers.1.mlp.shared_expert.up_proj.weight": {"ft1": (0, 0, 4)},
+    "model.layers.0.mlp.gate.weight": {"ft1": (1, 0, 2)},
+}
+
+
+@pytest.fixture(scope="module")
+def moe_home(app_env):
+    """The tiny MoE pair inside the app's test home (under its allowed roots), beside the micro zoo."""
+    import transformers as T
+
+    home = app_env / "moe-pages"
+    torch.manual_seed(0)
+    cfg = T.Qwen2MoeConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=8,
+        shared_expert_intermediate_size=16,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    T.Qwen2MoeForCausalLM(cfg).to(torch.bfloat16).save_pretrained(home / "base")
+    for ft in ("ft1", "ft2"):
+        sd = read_state_dict(home / "base")
+        for name, plants in PLANT.items():
+            if ft in plants:
+                row, c0, n = plants[ft]
+                sd[name][row, c0 : c0 + n] = bf16_step(sd[name][row, c0 : c0 + n], 1)
+        write_folder(home / ft, sd, home / "base")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def typed_options(monkeypatch):
+    """AppTest sends a selectbox's state by the index of its value among the options, which a value
+    typed in (accept_new_options: a folder) does not have; the browser sends the typed text."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+    from streamlit.testing.v1.element_tree import Selectbox
+
+    original = Selectbox._widget_state
+
+    def widget_state(self):
+        if self.value is None or str(self.value) in self.options:
+            return original.fget(self)
+        ws = WidgetState()
+        ws.id = self.id
+        ws.string_value = str(self.value)
+        return ws
+
+    monkeypatch.setattr(Selectbox, "_widget_state", property(widget_state))
+
+
+def _open(page: str, home: Path, **query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["base"] = str(home / "base")  # folders, as a link to the page would carry them
+    at.query_params["ft"] = [str(home / "ft1"), str(home / "ft2")]
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _charts(at) -> dict:
+    out = {}
+    for el in at.get("plotly_chart"):
+        spec = json.loads(el.proto.spec)
+        title = spec["layout"].get("title", {}).get("text", "")
+        out[title] = spec
+    return out
+
+
+def _z(trace) -> np.ndarray:
+    z = trace["z"]
+    if isinstance(z, dict) and "bdata" in z:  # plotly's typed-array encoding
+        a = np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.dtype(z["dtype"]))
+        return a.reshape([int(s) for s in z["shape"].split(",")]) if "shape" in z else a
+    return np.array([[np.nan if v is None else v for v in row] for row in z], dtype=float)
+
+
+def _planted(ft: str, layer: int, expert: str) -> int:
+    part = "shared_expert." if expert == "shared" else f"experts.{expert}."
+    return sum(p[ft][2] for name, p in PLANT.items() if ft in p and f"layers.{layer}.mlp.{part}" in name)
+
+
+def test_update_sparsity_page_shows_the_planted_experts(moe_home):
+    at = _open("sparsity", moe_home)
+    charts = _charts(at)
+    experts = ["0", "1", "2", "3", "shared"]
+    for ft in ("ft1", "ft2"):
+        heat = next(s for t, s in charts.items() if t.startswith(f"{ft}: sparsity per expert"))["data"][0]
+        assert list(heat["x"]) == ["E0", "E1", "E2", "E3", "shared"] and list(heat["y"]) == ["0", "1"]
+        want = np.array(
+            [
+                [100 * (1 - _planted(ft, layer, e) / (SHARED if e == "shared" else ROUTED)) for e in experts]
+                for layer in (0, 1)
+            ]
+        )
+        assert np.allclose(_z(heat), want, rtol=0, atol=1e-9), ft
+        assert (want < 100).sum() == {"ft1": 3, "ft2": 2}[ft]  # the planted cells, nothing else
+    bars = next(s for t, s in charts.items() if t.startswith("Routers"))["data"]
+    got = {b["name"]: [float(v) for v in _z({"z": b["y"]}).reshape(-1)] for b in bars}
+    assert got["ft1"] == pytest.approx([100 * 2 / ROUTER, 0.0]) and got["ft2"] == [0.0, 0.0]
+    table = next(d.value for d in at.dataframe if {"model", "layer", "expert", "changed"} <= set(d.value.columns))
+    changed = table.set_index(["model", "layer", "expert"])["changed"]
+    assert changed.sum() == 5 + 7 + 4 + 5 + 6 and changed[("ft1", 1, "3")] == 7 and changed[("ft2", 1, "2")] == 6
+
+
+def test_overlap_page_shows_the_experts_jaccard(moe_home):
+    at = _open("overlap", moe_home)
+    charts = _charts(at)
+    heat = next(s for t, s in charts.items() if "Jaccard per layer × expert" in t)["data"][0]
+    assert "Δ ft1 ∩ Δ ft2" in next(t for t in charts if "per layer × expert" in t)
+    cells = dict(zip(heat["x"], _z(heat).T.tolist(), strict=True))  # column -> [layer 0, layer 1]
+    # Layer 0, expert 1: ft1 changed columns 0..4 of row 2, ft2 columns 2..6: 3 shared of 7.
+    assert cells["E1"][0] == pytest.approx(100 * 3 / 7)
+    # Changed in one finetune only: Jaccard 0; nothing changed in either: no value (blank).
+    assert cells["E3"][1] == 0.0 and cells["E2"][1] == 0.0 and cells["Eshared"][1] == 0.0
+    assert np.isnan(cells["E1"][1]) and np.isnan(cells["E3"][0])
+    assert "E0" not in cells  # an expert no mask touches has no column
+
+
+def test_dense_model_has_no_experts_section(app_env):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.switch_page("views/sparsity.py").run()
+    assert not at.exception and not any("per expert" in t for t in _charts(at))
+    assert "Experts" not in [h.value for h in at.subheader]
