@@ -55,6 +55,7 @@ class Phase:
     rss_start: int = 0
     rss_peak: int = 0
     server: dict[str, list[float]] = field(default_factory=dict)  # page -> script-run seconds
+    gc: list[float] = field(default_factory=list)  # full collections in the server (they hold the GIL)
     benign: int = 0  # Streamlit's base-path probes of a deep link (404), not errors
 
 
@@ -190,7 +191,7 @@ async def session(browser, url: str, pages: list[str], repeats: int, phase: Phas
             t0 = time.perf_counter()
             try:
                 if first:
-                    await page.goto(f"{url}/{name}{token_query()}")
+                    await page.goto(f"{url}/{name}{token_query()}", timeout=TIMEOUT_MS)
                     first = False
                 else:
                     await page.locator(f"[data-testid='stSidebarNav'] a[href$='/{name}']").click()
@@ -232,6 +233,7 @@ async def drive(url: str, pid: int, log: Path, args) -> tuple[list[Phase], float
             phase.rss_peak = peak.peak
             lines, offset = read_log(log, offset)
             phase.server = script_runs(lines, args.pages)
+            phase.gc = [line["seconds"] for line in lines if line.get("page") == "gc"]
             phases.append(phase)
             done = sum(map(len, phase.server.values()))
             print(
@@ -256,7 +258,7 @@ def report(phases: list[Phase], hooked: bool, pages: list[str]) -> None:
     print(f"\nserver-side time per script run (sidebar + page body){'' if hooked else ': ' + NO_HOOK}")
     print(
         "   N  runs  median s   p95 s   max s  p95/p95(N=1)   client: median s  p95 s  p95/p95(N=1)"
-        "   RSS MiB start → peak  errors"
+        "   RSS MiB start → peak  errors   full GCs: n  max s"
     )
     for ph in phases:
         runs = [s for v in ph.server.values() for s in v]
@@ -265,7 +267,8 @@ def report(phases: list[Phase], hooked: bool, pages: list[str]) -> None:
         print(
             f"{ph.n:4d}  {len(runs):4d}  {med:8.2f}  {p95:6.2f}  {mx:6.2f}  {p95 / base:12.2f}   "
             f"{cmed:16.2f}  {cp95:5.2f}  {cp95 / base_client:12.2f}   "
-            f"{ph.rss_start / 2**20:9.0f} → {ph.rss_peak / 2**20:5.0f}  {len(ph.errors):6d}"
+            f"{ph.rss_start / 2**20:9.0f} → {ph.rss_peak / 2**20:5.0f}  {len(ph.errors):6d}   "
+            f"{len(ph.gc):11d}  {max(ph.gc, default=0.0):5.2f}"
         )
     if hooked:
         last = phases[-1]

@@ -475,6 +475,7 @@ def _startup(home: str) -> bool:
     for folder in (config.cache_dir(), config.home() / "uploads", config.zoo_dir()):
         sweep(folder)  # temporary folders a killed writer left behind
     job_runner()  # recovers killed jobs and starts the queue
+    uilogic.watch_gc()  # SUBNETVIZ_PROFILE_LOG only
     return True
 
 

@@ -85,6 +85,30 @@ def write_profile(body: Callable, seconds: float, session: str) -> None:
             f.write(json.dumps(line) + "\n")
 
 
+def watch_gc() -> None:
+    """With ``SUBNETVIZ_PROFILE_LOG`` set, one ``{"page": "gc"}`` line per full (generation 2) collection:
+    it holds the GIL, so every session waits for it (the bench reports them apart from script runs)."""
+    import gc
+
+    log = os.environ.get("SUBNETVIZ_PROFILE_LOG")
+    if not log or any(getattr(cb, "_subnetviz", False) for cb in gc.callbacks):
+        return
+    started = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        line = {"page": "gc", "seconds": time.perf_counter() - started[0], "session": "", "t": time.time()}
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+    callback._subnetviz = True
+    gc.callbacks.append(callback)
+
+
 # --- checkpoints -------------------------------------------------------------------------------------
 def checkpoint_info(path: str) -> dict:
     """Fingerprint, architecture, parameter count, dtypes and naming family (headers only)."""
