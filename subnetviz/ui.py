@@ -22,7 +22,7 @@ from subnetviz.cache import file_stamp
 from subnetviz.errors import SubnetvizError
 from subnetviz.memo import Memo
 from subnetviz.selection import PRECISIONS, Workspace, saved_masks, zoo_members
-from subnetviz.uilogic import plain  # noqa: F401  (pages call ui.plain)
+from subnetviz.uilogic import plain  # pages call ui.plain
 
 
 # --- untrusted text: shown as text (uilogic.plain) -----------------------------------------------------
@@ -90,13 +90,8 @@ def gate() -> None:
         st.stop()
     user = st.user.to_dict() if pol.oidc and st.user.is_logged_in else None
     given = st.query_params.get("token")
-    found = [
-        access.role_for_user(user, pol) if user else None,
-        access.check_token(given, pol),
-        st.session_state.get("_access"),
-        pol.anonymous(),
-    ]
-    role = uilogic.strongest(found)
+    found = [access.role_for_user(user, pol) if user else None, access.check_token(given, pol)]
+    role = uilogic.strongest([*found, st.session_state.get("_access"), pol.anonymous()])
     if role is None:
         st.session_state.pop("_access", None)
         _login(pol, refused=user is not None, bad_token=given is not None)  # stops the script
@@ -196,54 +191,21 @@ def workspace_sidebar() -> Workspace:
         st.markdown("### Workspace")
         if z is None:
             st.warning("The demo zoo is not built yet: run `python -m subnetviz demo build` (or `make app`).")
-        ids = list(members)
-        default_base = "base" if "base" in members else None
-        base_opts = ids if ids else []
-        base = st.selectbox(
-            "Base checkpoint",
-            base_opts,
-            index=base_opts.index(default_base) if default_base else None,
-            key="base",
-            bind="query-params",
-            accept_new_options=True,
-            placeholder="zoo id, folder, .safetensors or org/name",
-            help="A demo-zoo member, a local folder or file under the allowed roots, or a hub id "
-            "already in the local Hugging Face cache (nothing is downloaded).",
-        )
-        ft_default = [m for m in ("grpo-s0", "grpo-s1", "grpo-s2", "dpo", "sft") if m in members]
+        ids, text, q = list(members), uilogic.SIDEBAR_TEXT, {"bind": "query-params"}
+        first = ids.index("base") if "base" in members else None
+        base = st.selectbox("Base checkpoint", ids, first, key="base", accept_new_options=True, **q, **text["base"])
         ft_opts = [m for m in ids if m != base]
+        ft_default = [m for m in uilogic.FT_DEFAULT if m in ft_opts]
         finetuned = st.multiselect(
-            "Finetuned checkpoints",
-            ft_opts,
-            default=[m for m in ft_default if m in ft_opts],
-            key="ft",
-            bind="query-params",
-            accept_new_options=True,
-            help="Compared with the base, side by side.",
+            "Finetuned checkpoints", ft_opts, ft_default, key="ft", accept_new_options=True, **q, **text["ft"]
         )
         mask_files = saved_masks()
-        masks = st.multiselect(
-            "Saved masks",
-            list(mask_files),
-            default=[],
-            key="masks",
-            bind="query-params",
-            help="Mask sets from the zoo, finished runs (bigram, continual, training) or uploads.",
-        )
+        masks = st.multiselect("Saved masks", list(mask_files), [], key="masks", **q, **text["masks"])
         with st.expander("Compute", expanded=False):
-            prec = st.selectbox(
-                "Comparison precision",
-                PRECISIONS,
-                key="precision",
-                bind="query-params",
-                help="'stored' compares each tensor in its stored dtype (bitwise); a pair stored in "
-                "two dtypes (fp16 base, bf16 finetune) at the finetune's, the base rounded to "
-                "nearest even, with a note. bf16/fp32 cast both sides first (RL's Razor / PNT "
-                "precision effect).",
-            )
+            prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", **q, **text["precision"])
             devices = ["auto", "cpu"] + (["cuda"] if _cuda() else [])
-            device = st.selectbox("Device", devices, key="device", bind="query-params")
-        st.caption("Reads only under the allowed roots: " + ", ".join(plain(r.name) for r in config.allowed_roots()))
+            device = st.selectbox("Device", devices, key="device", **q)
+        st.caption(uilogic.roots_caption())
     ws, refused = uilogic.workspace_of(
         base, finetuned, masks, prec, device, members, mask_files, str(z.root) if z else None
     )
@@ -316,28 +278,16 @@ def update_analysis(ws: Workspace, *, spectra: bool = False, mask_tolerance: flo
     The key holds every checkpoint's path and fingerprint, the precision, mask tolerance, spectra
     flag and device, so a changed file or option never returns a stale result.
     """
-    from subnetviz.analysis.sparsity import SparsityOptions
-    from subnetviz.analysis.updates import SpectraOptions, cached_analysis
-
     if not ws.base or not ws.finetuned:
         raise SubnetvizError("Choose a base and at least one finetuned checkpoint in the sidebar.")
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
     key = uilogic.analysis_key(ws, fps, spectra=spectra, mask_tolerance=mask_tolerance)
     bar, progress = _progress_bar("Comparing tensors")
-
-    def compute():
-        options = SparsityOptions(precision=ws.precision, mask_tolerance=mask_tolerance)
-        return cached_analysis(
-            ws.base,
-            list(ws.paths),
-            labels=list(ws.labels),
-            options=options,
-            spectra=SpectraOptions(enabled=spectra),
-            device=ws.device,
-            progress=progress,
-        )
-
-    result = _memo().get_or_compute(key, compute, kind="analysis")
+    result = _memo().get_or_compute(
+        key,
+        lambda: uilogic.compute_updates(ws, spectra=spectra, mask_tolerance=mask_tolerance, progress=progress),
+        kind="analysis",
+    )
     bar.empty()
     return result
 
@@ -359,28 +309,21 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
     from subnetviz.report.formats import column_formats
     from subnetviz.report.html import download_frame
 
-    formats = {c: st.column_config.NumberColumn(format=f) for c, f in column_formats(df).items()}
+    formats = {c: st.column_config.NumberColumn(format=f) for c, f in shared(column_formats, df).items()}
     kwargs["column_config"] = {**formats, **(kwargs.get("column_config") or {})}
     st.dataframe(df, key=key, width="stretch", hide_index=True, **kwargs)
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
-    c1, c2, _ = st.columns([1, 1, 6])
-    # Callables: the bytes are made only when someone clicks, not on every rerun.
-    c1.download_button(
-        "CSV",
-        lambda: download_frame(df, "csv"),
-        file_name=f"{key}.csv",
-        mime="text/csv",
-        key=f"{key}-csv",
-        on_click="ignore",
-    )
-    c2.download_button(
-        "Parquet",
-        lambda: download_frame(df, "parquet"),
-        file_name=f"{key}.parquet",
-        mime="application/octet-stream",
-        key=f"{key}-pq",
-        on_click="ignore",
-    )
+    kinds = [("CSV", "csv", "csv", "text/csv"), ("Parquet", "parquet", "pq", "application/octet-stream")]
+    for col, (label, fmt, short, mime) in zip(st.columns([1, 1, 6]), kinds, strict=False):
+        # A callable: the bytes are made only when someone clicks, not on every rerun.
+        col.download_button(
+            label,
+            lambda fmt=fmt: download_frame(df, fmt),
+            file_name=f"{key}.{fmt}",
+            mime=mime,
+            key=f"{key}-{short}",
+            on_click="ignore",
+        )
 
 
 def export_button(
@@ -470,10 +413,7 @@ def _job_runner(root: str):
 
 @st.cache_resource(show_spinner=False)
 def _startup(home: str) -> bool:
-    from subnetviz.cache import sweep
-
-    for folder in (config.cache_dir(), config.home() / "uploads", config.zoo_dir()):
-        sweep(folder)  # temporary folders a killed writer left behind
+    uilogic.sweep_temporaries()
     job_runner()  # recovers killed jobs and starts the queue
     uilogic.watch_gc()  # SUBNETVIZ_PROFILE_LOG only
     return True
@@ -493,11 +433,7 @@ def active_runs(kind: str | None = None) -> pd.DataFrame:
     """Queued or running jobs (of ``kind``), after a poll of the registry."""
     r = job_runner()
     r.poll()
-    df = r.list_runs()
-    if not len(df):
-        return df
-    df = df[df["status"].isin(["queued", "running"])]
-    return df[df["kind"] == kind] if kind else df
+    return uilogic.active(r.list_runs(), kind)
 
 
 def live(render: Callable[[], None], kind: str | None = None) -> None:

@@ -73,6 +73,30 @@ def empty_workspace() -> Workspace:
     return Workspace(None, "", (), (), None, "auto", None)
 
 
+FT_DEFAULT = ("grpo-s0", "grpo-s1", "grpo-s2", "dpo", "sft")
+"""The zoo members a fresh sidebar compares with the base."""
+
+SIDEBAR_TEXT = {
+    "base": {
+        "placeholder": "zoo id, folder, .safetensors or org/name",
+        "help": "A demo-zoo member, a local folder or file under the allowed roots, or a hub id "
+        "already in the local Hugging Face cache (nothing is downloaded).",
+    },
+    "ft": {"help": "Compared with the base, side by side."},
+    "masks": {"help": "Mask sets from the zoo, finished runs (bigram, continual, training) or uploads."},
+    "precision": {
+        "help": "'stored' compares each tensor in its stored dtype (bitwise); a pair stored in two dtypes "
+        "(fp16 base, bf16 finetune) at the finetune's, the base rounded to nearest even, with a note. "
+        "bf16/fp32 cast both sides first (RL's Razor / PNT precision effect)."
+    },
+}
+"""Placeholders and help of the sidebar's widgets (keyword arguments, by widget key)."""
+
+
+def roots_caption() -> str:
+    return "Reads only under the allowed roots: " + ", ".join(plain(r.name) for r in config.allowed_roots())
+
+
 # --- profile log -------------------------------------------------------------------------------------
 def write_profile(body: Callable, seconds: float, session: str) -> None:
     """With ``SUBNETVIZ_PROFILE_LOG`` set, one JSON line per body run (``benches/bench_load.py`` reads them):
@@ -141,6 +165,39 @@ def analysis_key(ws: Workspace, fingerprints: tuple, *, spectra: bool, mask_tole
         ws.device,
         fingerprints,
     )
+
+
+def compute_updates(ws: Workspace, *, spectra: bool, mask_tolerance: float | None, progress=None):
+    """The workspace's update analysis: from the disk cache, else computed (``progress`` per tensor)."""
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import SpectraOptions, cached_analysis
+
+    return cached_analysis(
+        ws.base,
+        list(ws.paths),
+        labels=list(ws.labels),
+        options=SparsityOptions(precision=ws.precision, mask_tolerance=mask_tolerance),
+        spectra=SpectraOptions(enabled=spectra),
+        device=ws.device,
+        progress=progress,
+    )
+
+
+# --- jobs --------------------------------------------------------------------------------------------
+def sweep_temporaries() -> None:
+    """Temporary folders a killed writer left behind, in the cache, the uploads and the zoo."""
+    from subnetviz.cache import sweep
+
+    for folder in (config.cache_dir(), config.home() / "uploads", config.zoo_dir()):
+        sweep(folder)
+
+
+def active(runs, kind: str | None = None):
+    """The queued or running rows (of ``kind``) of a run registry's table."""
+    if not len(runs):
+        return runs
+    runs = runs[runs["status"].isin(["queued", "running"])]
+    return runs[runs["kind"] == kind] if kind else runs
 
 
 # --- access ------------------------------------------------------------------------------------------
