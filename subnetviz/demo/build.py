@@ -14,6 +14,12 @@ Build rules: each stage (:mod:`subnetviz.demo.stages`) writes into a temporary f
 renamed when complete, so a crashed build resumes at the first missing stage; ``manifest.json``
 (:mod:`subnetviz.demo.measure`) is written last, atomically, and a zoo whose manifest has the same
 settings is reused untouched. One build at a time per root (:mod:`subnetviz.demo.lock`).
+
+The CLI (what ``make app`` runs) then finishes the zoo for the pages (:mod:`subnetviz.demo.extras`,
+recorded in the manifest's ``extras``): each member's training log becomes a succeeded ``train``
+run of the job registry, the Training page's grpo-s0 vs grpo-sub comparison is computed into the
+analysis cache, and what takes minutes (the base's bigram and optimal subnetwork masks, the
+continual-learning demo) is queued as background jobs that the pages pick up when done.
 """
 
 from __future__ import annotations
