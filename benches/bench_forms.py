@@ -11,7 +11,8 @@ anonymous memory (``RssAnon``) every 2 ms:
 - ``lora``: the bf16 base + a rank-16 LoRA adapter on all four matrices, merged per tensor;
 - ``moe``: one Qwen-MoE layer of 64 experts (gate/up/down 512 × 1024 each) + router.
 
-Printed per form: seconds, ns per parameter, the ratio to bf16 per parameter, peak RssAnon against
+Printed per form: seconds, ns per parameter, the ratio to bf16 per parameter, the same in CPU time of
+the analysis (process time: steadier than wall time on a shared machine), peak RssAnon against
 4 × the largest tensor (as stored) + 300 MB. Goals (issue 10): fp8 ≤ 2 × bf16 per parameter; every
 form within its memory limit.
 
@@ -135,16 +136,17 @@ def run_one(form: str, root: Path) -> None:
     torch.set_num_threads(1)
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     a = analyze_updates(
         str(root / form / "base"), [str(root / form / "ft")], spectra=SpectraOptions(enabled=False), device="cpu"
     )
-    sec = time.perf_counter() - t0
+    sec, cpu = time.perf_counter() - t0, time.process_time() - c0
     rep = a.reports[0]
     print(
         json.dumps(
             {
                 "seconds": sec,
+                "cpu": cpu,
                 "params": rep.numel,
                 "changed": rep.changed,
                 "changed_effective": int(rep.tensors["changed_effective"].sum()),
@@ -176,7 +178,9 @@ def measure(form: str, root: Path, repeats: int) -> dict:
         out = json.loads(proc.stdout.read().strip().splitlines()[-1])
         out["peak_anon"] = peak
         if best is None or out["seconds"] < best["seconds"]:
-            best = out
+            best = {**out, "cpu": min(out["cpu"], best["cpu"]) if best else out["cpu"]}
+        else:
+            best["cpu"] = min(best["cpu"], out["cpu"])
     return best
 
 
@@ -184,6 +188,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=2048, help="rows of each 4096-wide matrix (multiple of 128)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--forms", default=",".join(FORMS), help="comma-separated subset (bf16 always runs)")
     ap.add_argument("--run", nargs=2, metavar=("FORM", "ROOT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run:
@@ -192,27 +197,36 @@ def main(argv: list[str]) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-forms-"))
     try:
         largest = write_pairs(root, args.rows)
-        results = {f: measure(f, root, args.repeats) for f in FORMS}
+        chosen = ["bf16", *(f for f in FORMS if f != "bf16" and f in args.forms.split(","))]
+        results = {f: measure(f, root, args.repeats) for f in chosen}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     base_ns = results["bf16"]["seconds"] / results["bf16"]["params"] * 1e9
+    base_cpu = results["bf16"]["cpu"] / results["bf16"]["params"] * 1e9
     ok = True
-    print(f"{'form':6} {'params':>11} {'seconds':>8} {'ns/param':>9} {'vs bf16':>8} {'peak MB':>8} {'limit MB':>9}")
+    print(
+        f"{'form':6} {'params':>11} {'seconds':>8} {'ns/param':>9} {'vs bf16':>8} {'cpu ns/p':>9} {'vs bf16':>8} "
+        f"{'peak MB':>8} {'limit MB':>9}"
+    )
     for f, r in results.items():
-        ns = r["seconds"] / r["params"] * 1e9
+        ns, cpu = r["seconds"] / r["params"] * 1e9, r["cpu"] / r["params"] * 1e9
         limit = 4 * largest[f] + 300 * 2**20
         within = r["peak_anon"] <= limit
         ok &= within
         print(
-            f"{f:6} {r['params']:>11,} {r['seconds']:>8.3f} {ns:>9.2f} {ns / base_ns:>7.2f}x "
-            f"{r['peak_anon'] / 2**20:>8.0f} {limit / 2**20:>9.0f}{'' if within else '  OVER'}"
+            f"{f:6} {r['params']:>11,} {r['seconds']:>8.3f} {ns:>9.2f} {ns / base_ns:>7.2f}x {cpu:>9.2f} "
+            f"{cpu / base_cpu:>7.2f}x {r['peak_anon'] / 2**20:>8.0f} {limit / 2**20:>9.0f}{'' if within else '  OVER'}"
         )
+    if "fp8" not in results:
+        return 0 if ok else 1
     fp8 = results["fp8"]["seconds"] / results["fp8"]["params"] * 1e9 / base_ns
+    fp8_cpu = results["fp8"]["cpu"] / results["fp8"]["params"] * 1e9 / base_cpu
     print(
-        f"goal fp8 effective <= 2x bf16 per parameter: {fp8:.2f}x {'met' if fp8 <= 2 else 'NOT met'}; "
-        f"memory {'within' if ok else 'OVER'} 4 x largest tensor + 300 MB"
+        f"goal fp8 effective <= 2x bf16 per parameter: wall {fp8:.2f}x, CPU time {fp8_cpu:.2f}x "
+        f"{'met' if max(fp8, fp8_cpu) <= 2 else 'NOT met'}; memory {'within' if ok else 'OVER'} "
+        "4 x largest tensor + 300 MB"
     )
-    return 0 if (fp8 <= 2 and ok) else 1
+    return 0 if (max(fp8, fp8_cpu) <= 2 and ok) else 1
 
 
 if __name__ == "__main__":
