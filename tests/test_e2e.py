@@ -279,3 +279,27 @@ def test_spectra_export_holds_both_tabs(browser, app_url, tmp_path):
         assert "Rank, effective rank and stable rank" in html  # and its table
     finally:
         ctx.close()
+
+
+def test_overlap_view_and_pair_round_trip_through_the_url(browser, app_url):
+    """What the page writes into the URL (the × chance view, the per-layer pair) reopens the same view."""
+    ctx, page = open_page(browser, app_url + "/overlap", height=2400)
+    try:
+        page.get_by_text("× chance", exact=True).click()
+        page.wait_for_url("**ov_view=**", timeout=60_000)
+        wait_for_app(page)
+        page.get_by_test_id("stSelectbox").filter(has_text="Per-layer view of the pair").click()
+        page.get_by_role("option", name="Δ grpo-s1 ∩ Δ grpo-s2").click()
+        page.wait_for_url("**ov_pair=**", timeout=60_000)
+        wait_for_app(page)
+        shared = page.url
+    finally:
+        ctx.close()
+    ctx2, page2 = open_page(browser, shared, height=2400)
+    try:
+        assert page2.get_by_role("radio", name="× chance").is_checked()
+        box = page2.get_by_test_id("stSelectbox").filter(has_text="Per-layer view of the pair")
+        assert box.locator("input").input_value() == "Δ grpo-s1 ∩ Δ grpo-s2"
+        assert page2.get_by_test_id("stException").count() == 0
+    finally:
+        ctx2.close()
