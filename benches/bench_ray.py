@@ -6,6 +6,10 @@
 2. N-model overlap: the zoo's base against its 7 finetunes, :func:`analyze_updates` in this process
    (its ``.overlap`` and per-model reports) vs :func:`updates_fanout`, one Ray task per (base,
    finetune) pair, merged by ``mask_overlap``; identical bit for bit (region counts, every frame).
+   The zoo's models are tiny (0.45 M parameters), so Ray's per-task overhead dominates; the same
+   comparison then runs on a planted set where the per-pair work does: ``--planted-mparams`` million
+   bf16 parameters per checkpoint (default 16; 0 skips it), a base and 4 finetunes each changing a
+   random 10 % of entries.
 3. Job submission latency, local OS-process backend vs Ray: a trivial job (one progress step),
    from ``submit()`` to the registry saying running, and to the job's own first progress record
    (the job function really executing), median of ``--jobs`` jobs each.
@@ -101,6 +105,30 @@ def bench_overlap(base: str, finetuned: list[str], labels: list[str], address: s
         raise SystemExit("the fanned-out overlap differs from the local one")
 
 
+def planted_checkpoints(root: Path, mparams: float, n_ft: int = 4) -> tuple[str, list[str]]:
+    """A base and ``n_ft`` finetunes of ``mparams`` million bf16 parameters (8 matrices of 1024 columns),
+    each finetune changing a random 10 % of the base's entries."""
+    import torch
+    from safetensors.torch import save_file
+
+    rows = max(1, int(mparams * 1e6 / (8 * 1024)))
+    gen = torch.Generator().manual_seed(0)
+    base = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(rows, 1024, generator=gen).bfloat16() for i in range(8)}
+    paths = []
+    for k in range(n_ft + 1):
+        state = (
+            base
+            if k == 0
+            else {n: torch.where(torch.rand(w.shape, generator=gen) < 0.1, w + 1, w) for n, w in base.items()}
+        )
+        folder = root / ("base" if k == 0 else f"ft{k}")
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+        save_file(state, str(folder / "model.safetensors"))
+        paths.append(str(folder))
+    return paths[0], paths[1:]
+
+
 def _latency(runner, n: int) -> tuple[list[float], list[float]]:
     to_running, to_first = [], []
     for _ in range(n):
@@ -145,6 +173,7 @@ def main() -> None:
     ap.add_argument("--zoo", default=None, help="a built demo zoo (default: SUBNETVIZ_HOME's)")
     ap.add_argument("--jobs", type=int, default=5)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--planted-mparams", type=float, default=16, help="planted N-model overlap size (0: skip)")
     args = ap.parse_args()
     import torch
 
@@ -162,6 +191,11 @@ def main() -> None:
         bench_series(paths, steps, address, args.reps)
         fts = [m for m in zoo.members if m.id != "base"]
         bench_overlap(str(zoo.base), [str(m.path) for m in fts], [m.id for m in fts], address, args.reps)
+        if args.planted_mparams > 0:
+            with tempfile.TemporaryDirectory(prefix="bench-ray-planted-") as tmp:
+                base, fts_p = planted_checkpoints(Path(tmp), args.planted_mparams)
+                print(f"planted set: {args.planted_mparams:g} M parameters per checkpoint")
+                bench_overlap(base, fts_p, [f"ft{i + 1}" for i in range(len(fts_p))], address, args.reps)
         bench_latency(address, args.jobs)
 
 
