@@ -118,8 +118,8 @@ def token(obj: object, memo: Memo | None = None) -> Hashable:
     """A hashable key for ``obj``'s content: primitives as themselves (floats by repr, so NaN is equal
     to NaN), memo results by their key, containers item by item, arrays and frames by a digest of their
     values, anything else by a digest of its pickle."""
-    if isinstance(obj, float):
-        return ("float", repr(obj))
+    if isinstance(obj, float | bool):  # True == 1 and hash(True) == hash(1): a bool is no int here
+        return (type(obj).__name__, repr(obj))
     if isinstance(obj, _PRIMITIVE):
         return obj
     if memo is not None and (key := memo.key_of(obj)) is not None:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -64,13 +65,17 @@ def listing_stamp() -> tuple:
     the runs folder, each run's folder and its ``outputs/`` (a job renames ``outputs.tmp`` to ``outputs``
     when it finishes, which moves its run folder's mtime), the zoo's masks folder and the uploads."""
     runs = config.runs_dir()
-    parts: list = [str(runs), _mtime(runs), _mtime(config.zoo_dir() / "masks"), _mtime(config.home() / "uploads")]
+    folders = [runs, config.zoo_dir() / "masks", config.home() / "uploads"]
     try:
         with os.scandir(runs) as it:
-            parts += sorted((e.name, _mtime(e.path), _mtime(os.path.join(e.path, "outputs"))) for e in it)
+            folders += sorted(p for e in it for p in (e.path, os.path.join(e.path, "outputs")))
     except OSError:
         pass
-    return tuple(parts)
+    stamp = tuple((str(f), _mtime(f)) for f in folders)
+    now = time.time_ns()
+    # A change in the same clock tick as the listing leaves the mtime as it was (coarse file-system clocks):
+    # while a folder changed in the last 2 s its stamp is this instant, so the listing is made again.
+    return stamp + ((now,) if any(now - m < 2 * 10**9 for _, m in stamp) else ())
 
 
 @functools.lru_cache(maxsize=4)
