@@ -54,7 +54,7 @@ def _texts(at) -> str:
 # What each page must show on a fresh micro zoo, beyond "no exception, no error box": a page whose
 # file is deleted or that draws nothing fails here (no page is exempt, none is skipped).
 CONTENT = {
-    "home": lambda at: len(at.get("page_link")) == 8 and "Demo zoo ready" in _texts(at),
+    "home": lambda at: len(at.get("page_link")) == 10 and "Demo zoo ready" in _texts(at),
     "workspace": lambda at: len(at.metric) >= 1 and len(at.dataframe) >= 1,
     "training": lambda at: any(b.label.startswith(("Launch", "Train", "Start")) for b in at.button),
     "bigram": lambda at: len(at.metric) >= 1 or "No bigram mask yet" in _texts(at),

@@ -47,6 +47,18 @@ def body() -> None:
             "continual",
             "Can disjoint subnetworks learn tasks in sequence without forgetting (SupSup, SSNeT, ExSSNeT)?",
         ),
+        (
+            "Behaviour",
+            "behavior",
+            "How far did the finetune move the model's predictions (KL per token), and is the subnetwork "
+            "sufficient or necessary for that change?",
+        ),
+        (
+            "What drives sparsity",
+            "drivers",
+            "Which training factor (learning rate, steps, KL, clipping, data, algorithm, precision) makes "
+            "updates sparse?",
+        ),
         ("Workspace", "workspace", "What is loaded: checkpoints, masks, the demo zoo's measured numbers?"),
     ]
     for i, (title, path, text) in enumerate(cards):
@@ -54,9 +66,7 @@ def body() -> None:
             st.page_link(f"views/{path}.py", label=title, icon=":material/arrow_forward:")
             st.caption(text)
     z = ui.zoo()
-    if z is None:
-        st.warning("The demo zoo is not built. Run `python -m subnetviz demo build` (the README's `make app` does it).")
-    else:
+    if z is not None:  # without a zoo, the workspace's warning above every page says how to build it
         st.success(
             f"Demo zoo ready: {len(z.members)} models under {ui.plain(config.display_path(z.root))}. "
             "The sidebar starts on it; point it at your own checkpoints any time."
