@@ -270,3 +270,25 @@ def test_block_pass_equals_the_dense_dequantised_pass(dtype, eta, monkeypatch):
     assert got.stats.changed == dense.stats.changed == changed
     assert got.stats.ulp_hist == dense.stats.ulp_hist
     assert (got.stats.numel, got.stats.dtype) == (m * n, str(dtype)[6:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_finite_check_on_bit_patterns_matches_the_values(dtype):
+    """check_finite_stored (eight codes per 64-bit word, then the tail) raises exactly for the codes
+    whose value is NaN/Inf, at every position in a word and in the tail, naming the count."""
+    from subnetviz.analysis.quant_codes import check_finite_stored
+    from subnetviz.errors import NonFiniteError
+
+    codes = torch.arange(256, dtype=torch.uint8)
+    bad = ~torch.isfinite(codes.view(dtype).float())
+    assert int(bad.sum()) == {torch.float8_e4m3fn: 2, torch.float8_e5m2: 8}[dtype]
+    for code in range(256):
+        for pos in (0, 5, 7, 8, 17, 18):  # in the first word, the second, and the 3-byte tail of 19
+            x = torch.full((19,), 0x38, dtype=torch.uint8)
+            x[pos] = code
+            if bad[code]:
+                with pytest.raises(NonFiniteError, match="1 NaN/Inf"):
+                    check_finite_stored(x.view(dtype), "w")
+            else:
+                check_finite_stored(x.view(dtype), "w")
+    check_finite_stored(torch.full((4, 8), 0x38, dtype=torch.uint8).view(dtype), "w")  # words only

@@ -30,6 +30,7 @@ FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 FAST_MIN_BAND = 1 << 15
 # |scale| in [2^-100, 2^100]: every FP8 value times it is a normal float32 (e5m2 spans 2^-16..57344).
 _SAFE_SCALE = (2.0**-100, 2.0**100)
+_BATCH = 1 << 20  # gathered entries compared per call of the float pass
 
 
 def compare_buffer(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -122,16 +123,23 @@ def compare_codes(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, *,
 
 def check_finite_stored(x: torch.Tensor, where: str) -> None:
     """:func:`~subnetviz.analysis.bits.check_finite` for any stored form: FP8 codes are checked on their
-    bit patterns (e4m3fn: NaN is S.1111.111; e5m2: Inf/NaN have exponent 11111), ~1 ns per entry on
-    CPU instead of an elementwise FP8 conversion and a sum; integer codes and buffers are finite."""
+    bit patterns (e4m3fn: NaN is S.1111.111; e5m2: Inf/NaN have exponent 11111), eight to a 64-bit word,
+    instead of an elementwise FP8 conversion and a sum; integer codes and buffers are finite."""
     if x.dtype not in FP8 or x.device.type != "cpu":
         check_finite(x, where)
         return
-    u = x.contiguous().view(torch.uint8).numpy()
+    u = x.contiguous().view(torch.uint8).numpy().reshape(-1)
     pattern = 0x7F if x.dtype == torch.float8_e4m3fn else 0x7C
+    # Eight codes per 64-bit word (~0.15 ns per code): with the sign masked off (and e5m2's mantissa),
+    # a code is NaN/Inf iff it equals `pattern`, the largest value the masked byte can take, so adding
+    # (0x80 - pattern) to every byte sets its top bit exactly there and never carries into the next.
+    whole = u.size - u.size % 8
+    words = u[:whole].view(np.uint64) & np.uint64(pattern * 0x0101010101010101)
+    words += np.uint64((0x80 - pattern) * 0x0101010101010101)
+    if not (words & np.uint64(0x8080808080808080)).any() and not ((u[whole:] & pattern) == pattern).any():
+        return
     bad = int(np.count_nonzero((u & pattern) == pattern))
-    if bad:
-        raise NonFiniteError(f"{where}: {bad} NaN/Inf value(s). Analyses need finite weights.")
+    raise NonFiniteError(f"{where}: {bad} NaN/Inf value(s). Analyses need finite weights.")
 
 
 # --- dequantisation in row bands ----------------------------------------------------------------
@@ -210,6 +218,7 @@ def compare_blocks(
     sub = replace(options, row_col=False, keep_masks=False)
     parts: list[PairStats] = []
     code_changed, code_above = 0, [0] * len(ULP_EDGES)
+    pending: list[tuple] = []  # gathered pieces not yet compared (compared in batches of ~1M)
     img = np.empty((b0, cols), dtype=np.float32)  # the scale of every entry of a block row
     for br in range(s_a.shape[0]):
         r0, r1 = br * b0, min(rows, (br + 1) * b0)
@@ -219,14 +228,9 @@ def compare_blocks(
             mask[r0:r1] = band.ne
         if row_counts is not None:
             _add_row_col(band.ne, row_counts, col_counts, r0)
-        for xg, yg, ea, eb in band.gathered:
-            if xg.size == 0:
-                continue
-            # Code steps of every gathered pair: unchanged codes are 0 steps, which no edge counts.
-            steps = ulp_distance_bits(xg.view(np.int8), yg.view(np.int8), np)
-            code_changed += int(np.count_nonzero(np.not_equal(xg, yg)))  # +0 vs -0 is 0 steps
-            code_above = [s + c for s, c in zip(code_above, counts_above(steps, ULP_EDGES, np), strict=True)]
-            parts.append(compare_pair(torch.from_numpy(ea), torch.from_numpy(eb), sub, name=name))
+        pending += band.gathered
+        if sum(g[0].size for g in pending) >= _BATCH or br == s_a.shape[0] - 1:
+            code_changed += _flush(pending, parts, code_above, sub, name)
     eff = PairStats(
         numel=a.numel(),
         dtype="float32",
@@ -242,6 +246,23 @@ def compare_blocks(
         mask=torch.from_numpy(mask) if mask is not None else None,
     )
     return eff, code_changed, code_above
+
+
+def _flush(pending: list, parts: list, code_above: list[int], options: SparsityOptions, name: str) -> int:
+    """Compare the gathered pieces in ``pending`` as one batch (one float pass, one code-step pass:
+    fewer, larger calls), append the effective statistics to ``parts``, add the code-step counts to
+    ``code_above`` in place and return the number of changed codes; empties ``pending``."""
+    pieces = [p for p in pending if p[0].size]
+    pending.clear()
+    if not pieces:
+        return 0
+    xg, yg, ea, eb = (np.concatenate([p[i] for p in pieces]) if len(pieces) > 1 else pieces[0][i] for i in range(4))
+    # Code steps of every gathered pair: unchanged codes are 0 steps, which no edge counts.
+    steps = ulp_distance_bits(xg.view(np.int8), yg.view(np.int8), np)
+    for j, c in enumerate(counts_above(steps, ULP_EDGES, np)):
+        code_above[j] += c
+    parts.append(compare_pair(torch.from_numpy(ea), torch.from_numpy(eb), options, name=name))
+    return int(np.count_nonzero(np.not_equal(xg, yg)))  # +0 vs -0 is a changed code at 0 steps
 
 
 def _add_row_col(ne: np.ndarray, row_counts: np.ndarray, col_counts: np.ndarray, r0: int) -> None:
