@@ -136,12 +136,12 @@ def test_upset_regions_against_brute_force(n_masks):
 
 
 @pytest.mark.parametrize("n_masks", [3, 9, 16])  # uint8 codes, int32 codes, the largest N
-def test_bit_packed_masks_give_the_bool_masks_regions(n_masks):
+def test_bit_packed_masks_give_the_bool_masks_regions(n_masks, monkeypatch):
     """Masks held bit-packed (as analyze_updates holds them, unpacked by the overlap pass itself)
     give exactly the regions of the same masks as bool tensors, and those of the brute force."""
     from subnetviz.masks import PackedMasks
 
-    shapes = {"w1": (13, 11), "w2": (5,), "w3": (3, 4, 5)}
+    shapes = {"w1": (13, 11), "w2": (5,), "w3": (3, 4, 5), "w4": (40, 26)}  # 8-byte words and ragged tails
     sets = _random_sets(n_masks, np.linspace(0.1, 0.9, n_masks), seed=100 + n_masks, shapes=shapes)
     packed = []
     for m in sets:
@@ -151,6 +151,14 @@ def test_bit_packed_masks_give_the_bool_masks_regions(n_masks):
         packed.append(pm)
     plain, bitwise = mask_overlap(sets), mask_overlap(packed)
     np.testing.assert_array_equal(plain.totals, bitwise.totals)
+    mixed = mask_overlap([p if k % 2 else m for k, (m, p) in enumerate(zip(sets, packed, strict=True))])
+    np.testing.assert_array_equal(plain.totals, mixed.totals)  # padded unpacked bits beside bool views
+    import subnetviz.analysis.overlap as overlap_module
+
+    monkeypatch.setattr(overlap_module, "CHUNK", 16)  # blocks of 16 parameters, the last one partial
+    for blocked in (mask_overlap(sets), mask_overlap(packed), mask_overlap([packed[0], *sets[1:]])):
+        for name, region in plain.region_counts.items():
+            np.testing.assert_array_equal(blocked.region_counts[name], region)
     flat = _flat(sets)  # each parameter's membership tuple, counted one by one
     expected = collections.Counter(sum(int(v) << k for k, v in enumerate(col)) for col in flat.T)
     assert {c: int(n) for c, n in enumerate(plain.totals) if n} == dict(expected)
