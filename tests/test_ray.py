@@ -241,3 +241,15 @@ def test_head_and_driver_on_loopback_only(ray_head):
     ray = connect(ray_head)
     assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.1"]
     assert ray._private.worker.global_worker.node_ip_address == "127.0.0.1"
+
+
+def test_ray_map_carries_the_read_roots_for_the_call_only(ray_head, monkeypatch):
+    """A fanned-out task reads under the driver's roots (SUBNETVIZ_ENFORCE_ROOTS as the driver has
+    it), and the worker process, reused by later tasks, does not keep the setting."""
+    from subnetviz import config
+    from subnetviz.jobs.fanout import ray_map
+
+    monkeypatch.setenv("SUBNETVIZ_ENFORCE_ROOTS", "1")
+    assert ray_map(config.enforce_roots, [(), ()], address=ray_head) == [True, True]
+    monkeypatch.delenv("SUBNETVIZ_ENFORCE_ROOTS")
+    assert ray_map(config.enforce_roots, [(), (), ()], address=ray_head) == [False, False, False]

@@ -22,18 +22,35 @@ a tensor together.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 from subnetviz.errors import ConfigError
 
 
-def _with_threads(fn: Callable, threads: int | None, args: tuple):
-    """On the worker: ``fn(*args)`` with torch set to ``threads`` threads (None: as the worker is)."""
+def _with_threads(fn: Callable, threads: int | None, args: tuple, env: dict | None = None):
+    """On the worker: ``fn(*args)`` with torch set to ``threads`` threads (None: as the worker is) and
+    the driver's ``SUBNETVIZ_*`` settings (``env``; the read roots above all) in force for the call
+    only: a worker process serves other tasks after this one."""
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
-    return fn(*args)
+    env = env or {}
+    saved = {k: os.environ.get(k) for k in os.environ if k.startswith("SUBNETVIZ_")} | {
+        k: os.environ.get(k) for k in env
+    }
+    os.environ.update(env)
+    for k in [k for k in os.environ if k.startswith("SUBNETVIZ_") and k not in env]:
+        del os.environ[k]
+    try:
+        return fn(*args)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def ray_map(
@@ -47,7 +64,9 @@ def ray_map(
     """``[fn(*a) for a in arg_tuples]`` with each call a Ray task declaring ``num_cpus``; results in order.
 
     ``fn`` must be importable by the workers (a module-level function of subnetviz). The cluster
-    runs as many at once as its CPUs allow. ``address``: default ``SUBNETVIZ_RAY_ADDRESS``.
+    runs as many at once as its CPUs allow. ``address``: default ``SUBNETVIZ_RAY_ADDRESS``. Each
+    call sees this process's ``SUBNETVIZ_*`` variables (e.g. ``SUBNETVIZ_ENFORCE_ROOTS``: a job's
+    read roots hold on the workers too) and no others of that prefix.
     """
     from subnetviz.jobs import fanout
     from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, connect, ray_address
@@ -57,7 +76,8 @@ def ray_map(
         raise ConfigError(f"a Ray fan-out needs a cluster: pass address= or set {RAY_ADDRESS_ENV}.")
     ray = connect(address)
     task = ray.remote(fanout._with_threads).options(num_cpus=num_cpus, max_retries=0)
-    refs = [task.remote(fn, threads, tuple(a)) for a in arg_tuples]
+    env = {k: v for k, v in os.environ.items() if k.startswith("SUBNETVIZ_")}
+    refs = [task.remote(fn, threads, tuple(a), env) for a in arg_tuples]
     try:
         return ray.get(refs)
     except BaseException:
