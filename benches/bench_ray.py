@@ -48,7 +48,7 @@ def _identical(a, b) -> bool:
 
 def bench_series(paths: list[str], steps: list[int], address: str, reps: int) -> None:
     from subnetviz.analysis.series import checkpoint_series
-    from subnetviz.jobs.ray_backend import series_fanout
+    from subnetviz.jobs.fanout import series_fanout
 
     series_fanout(paths, steps, workers=2, address=address)  # warm: driver connect, worker start, imports
     local_t, ray_t = [], []

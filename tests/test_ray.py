@@ -19,13 +19,8 @@ import torch
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
 
-from subnetviz.jobs.ray_backend import (  # noqa: E402
-    RAY_ADDRESS_ENV,
-    job_resources,
-    local_head,
-    merge_series,
-    series_fanout,
-)
+from subnetviz.jobs.fanout import merge_series, series_fanout  # noqa: E402
+from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, job_resources, local_head  # noqa: E402
 from subnetviz.jobs.runner import JobRunner  # noqa: E402
 
 pytestmark = pytest.mark.ray

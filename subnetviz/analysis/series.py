@@ -45,7 +45,7 @@ def checkpoint_series(
     """Sparsity along ordered checkpoints; ``steps`` label them (default 0, 1, 2, ...).
 
     ``tensors``: only these aligned tensor keys (``AlignedTensor.key``), for a fan-out over workers
-    whose integer counts add up to the whole (:func:`subnetviz.jobs.ray_backend.series_fanout`).
+    whose integer counts add up to the whole (:func:`subnetviz.jobs.fanout.series_fanout`).
     """
     if len(checkpoints) < 2:
         raise ConfigError(f"a checkpoint series needs at least two checkpoints, got {len(checkpoints)}.")

@@ -15,9 +15,9 @@ A task's torch thread count is set to the driver's (``threads``): CPU kernels (m
 reductions, Adam) give the same bits for the same thread count, so a run trained on a worker
 equals the one trained in the driver's process.
 
-The series of one run's checkpoints fans out by groups of tensors instead
-(:func:`subnetviz.jobs.ray_backend.series_fanout`): its cumulative counts need every checkpoint of
-a tensor together.
+- :func:`series_fanout`: the series of one run's checkpoints fans out by groups of tensors instead
+  (its cumulative counts need every checkpoint of a tensor together); :func:`merge_series` adds
+  the groups' integer counts into the result of :func:`~subnetviz.analysis.series.checkpoint_series`.
 """
 
 from __future__ import annotations
@@ -84,6 +84,83 @@ def ray_map(
         for ref in refs:  # one failed (or the driver was interrupted): the others stop too
             ray.cancel(ref, force=True)
         raise
+
+
+# --- a checkpoint series, by groups of tensors ------------------------------------------------
+def _groups(keys_numel: list[tuple[str, int]], n: int) -> list[list[str]]:
+    """Split tensors into ``n`` groups of about equal size (largest first onto the lightest group)."""
+    groups: list[list[str]] = [[] for _ in range(n)]
+    sizes = [0] * n
+    for key, numel in sorted(keys_numel, key=lambda kv: -kv[1]):
+        i = sizes.index(min(sizes))
+        groups[i].append(key)
+        sizes[i] += numel
+    return [g for g in groups if g]
+
+
+def merge_series(parts: Sequence, steps: Sequence[int]):
+    """Merge :class:`SeriesResult` parts computed on disjoint tensor groups into the whole one.
+
+    Counts add; the shares are recomputed from the summed counts by the same formulas as
+    :func:`checkpoint_series`, so the merged frames equal the one-pass result bit for bit. The
+    ever-updated count of a part is recovered exactly from its share (``round(share * numel)``:
+    exact for counts below 2**52).
+    """
+    import pandas as pd
+
+    from subnetviz.analysis.series import SeriesResult
+
+    numel = sum(p.numel for p in parts)
+    vs_first = [sum(int(p.steps["changed_vs_first"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
+    vs_prev = [sum(int(p.steps["changed_vs_previous"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
+    ever_back = [
+        sum(round(float(p.steps["ever_updated"].iloc[i]) * p.numel) for p in parts) for i in range(len(steps) - 1)
+    ]
+    rows = pd.DataFrame(
+        {
+            "step": list(steps)[1:],
+            "changed_vs_first": vs_first,
+            "changed_vs_previous": vs_prev,
+            "vs_first": [1 - c / numel for c in vs_first],
+            "vs_previous": [1 - c / numel for c in vs_prev],
+            "ever_updated": [c / numel for c in ever_back],
+        }
+    )
+    counts = [sum(int(p.split["count"].iloc[j]) for p in parts) for j in range(3)]
+    split = pd.DataFrame({"part": list(parts[0].split["part"]), "count": counts})
+    split["share"] = split["count"] / numel
+    return SeriesResult(rows, split, numel)
+
+
+def _series_part(paths: list[str], steps: list[int], keys: list[str]):
+    from subnetviz.analysis.series import checkpoint_series
+
+    return checkpoint_series(paths, steps, tensors=set(keys))
+
+
+def series_fanout(paths: Sequence[str], steps: Sequence[int] | None = None, *, workers: int = 2, address=None):
+    """:func:`~subnetviz.analysis.series.checkpoint_series` fanned out over ``workers`` Ray tasks.
+
+    The series' cumulative counts (ever updated, cancelled out) need every checkpoint of a tensor
+    together, so the work splits by groups of tensors (balanced by size), each task streaming its
+    tensors through all N checkpoints; the integer counts merge exactly (:func:`merge_series`).
+    ``address``: the cluster (default ``SUBNETVIZ_RAY_ADDRESS``).
+    """
+    from subnetviz.checkpoints import align, open_checkpoint
+
+    paths = [str(p) for p in paths]
+    steps = list(steps) if steps is not None else list(range(len(paths)))
+    cks = [open_checkpoint(p) for p in paths]
+    try:
+        al = align(cks)
+        sizes = [(t.key, cks[0].meta(t.names[0]).numel) for t in al.tensors]
+    finally:
+        for ck in cks:
+            ck.close()
+    from subnetviz.jobs import fanout
+
+    groups = _groups(sizes, max(1, int(workers)))
+    return merge_series(ray_map(fanout._series_part, [(paths, steps, g) for g in groups], address=address), steps)
 
 
 # --- N-model update analysis and overlap ----------------------------------------------------------
