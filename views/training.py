@@ -136,7 +136,9 @@ def _runs_view() -> None:
     # in a fragment do not restore from the address bar.
     ids = list(df["id"])
     asked = st.query_params.get("tr_run")
-    live = [i for i, stt in zip(ids, df["status"], strict=True) if stt != "cancelled"]  # default: newest not cancelled
+    # default: the newest training run not cancelled (bigram and continual jobs have their own pages)
+    live = [i for i, stt in zip(ids, df["status"], strict=True) if stt != "cancelled"]
+    live = [i for i, k in zip(ids, df["kind"], strict=True) if k == "train" and i in live] or live
     default = ids.index(asked) if asked in ids else ids.index(live[0]) if live else 0
     run_id = st.selectbox("Run", ids, index=default, key="tr_run", format_func=names.get)
     st.query_params["tr_run"] = run_id

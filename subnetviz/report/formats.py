@@ -3,8 +3,8 @@
 One rule set (no Streamlit here; :func:`subnetviz.ui.table` turns it into column configs):
 
 - counts (integer columns, or float columns holding only whole numbers ≥ 1000): thousands separators;
-- shares (a column named like sparsity, density, share, o1, Jaccard, accuracy, ``*_frac``… whose
-  values all lie in [0, 1]): percent, as the charts draw them;
+- shares (a column named like sparsity, density, share, o1, Jaccard, accuracy, ``*_frac``, forgetting…
+  whose values all lie in [-1, 1]: a share or a difference of shares): percent, as the charts draw them;
 - ratios against chance (``ratio*``, ``*_x_chance``): ``1.23×``;
 - other floats with a non-zero magnitude below 10⁻³: scientific notation (``1.234e-05``), so a small
   number never reads as ``0.0000``.
@@ -24,7 +24,8 @@ import pandas as pd
 COUNT, PERCENT, RATIO, SCIENTIFIC = "localized", "percent", "%.2f×", "%.3e"
 _SHARE = re.compile(
     r"(^|_)(sparsity|density|share|frac|fraction|o1|o2|jaccard|acc|accuracy|identical|kept|chance|progress|"
-    r"capacity|exclusive|vs_first|vs_previous|vs_base|ever_updated)($|_|@)",
+    r"capacity|exclusive|vs_first|vs_previous|vs_base|ever_updated|used|overlap|trained|forgetting|transfer)"
+    r"($|_|@)",
     re.IGNORECASE,
 )
 _RATIO = re.compile(r"(^|_)(ratio|x_chance|times_chance)($|_)", re.IGNORECASE)
@@ -44,7 +45,7 @@ def column_format(name: object, values: pd.Series) -> str | None:
         return None
     if _RATIO.search(text):
         return RATIO
-    if _SHARE.search(text) and v.min() >= 0 and v.max() <= 1:
+    if _SHARE.search(text) and v.min() >= -1 and v.max() <= 1:  # a share, or a difference of shares
         return PERCENT
     if np.all(v == np.round(v)) and np.abs(v).max() >= 1000:
         return COUNT
