@@ -649,6 +649,9 @@ def test_training_curves_have_markers_and_smooth_like_tensorboard():
     fig = F.training_curves(acc)
     assert list(fig.data[0].y) == [25.0, 50.0] and fig.layout.yaxis.title.text == "accuracy (%)"  # as elsewhere
     assert fig.layout.xaxis.dtick == 1  # a short run's steps read 1, 2, not 1, 1.5, 2
+    long = pd.DataFrame({"step": [0, 20, 20], "metric": ["loss", "loss", "accuracy"], "value": [1.0, 0.5, 0.5]})
+    fig = F.training_curves(long)
+    assert fig.layout.xaxis.dtick is None and fig.layout.xaxis2.dtick == 1  # accuracy: one point, whole steps
 
 
 def test_format_number_never_hides_a_small_number():

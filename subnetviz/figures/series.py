@@ -175,7 +175,6 @@ def training_curves(
     _require(df, ["step", "metric", "value"], "training_curves")
     metrics = _unique(df["metric"].astype(str))
     runs = _unique(df["run"].astype(str)) if "run" in df.columns else ["run"]
-    span = float(df["step"].max() - df["step"].min())
     colors = colors or color_map(runs)
     ncol = min(3, len(metrics))
     nrow = int(np.ceil(len(metrics) / ncol))
@@ -221,6 +220,8 @@ def training_curves(
                 **pos,
             )
         # whole steps only: a short run's axis reads 1, 2, 3, not 1, 1.5, 2
+        steps = df.loc[df["metric"].astype(str) == met, "step"]
+        span = float(steps.max() - steps.min())  # per metric: a one-point curve has span 0
         fig.update_xaxes(title_text="step", dtick=1 if span <= 10 else None, row=i // ncol + 1, col=i % ncol + 1)
         fig.update_yaxes(title_text=f"{met} (%)" if met in SHARE_METRICS else met, row=i // ncol + 1, col=i % ncol + 1)
     # The legend at the figure's very bottom, under the last row's axis titles (a bottom margin for both).
