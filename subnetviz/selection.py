@@ -84,6 +84,22 @@ def _run_models(runs: str, stamp: tuple) -> dict[str, str]:
     return {f"run {model.parts[-4]}": str(model.parent) for model in found}
 
 
+def current_zoo():
+    """The demo zoo (None while it is not built), read again when its manifest's stamp moves, and at least
+    every 30 s (a member's folder deleted by hand leaves the manifest as it was)."""
+    from subnetviz.demo import MANIFEST
+
+    root = config.zoo_dir()
+    return _zoo(str(root), file_stamp(root / MANIFEST), int(time.time() // 30))
+
+
+@functools.lru_cache(maxsize=4)
+def _zoo(root: str, stamp: str, period: int):
+    from subnetviz.demo import load_zoo, zoo_is_built
+
+    return load_zoo(Path(root)) if zoo_is_built(Path(root)) else None
+
+
 def label_of(choice: str, members: dict[str, str]) -> str:
     return choice if choice in members else Path(choice.rstrip("/")).name or choice
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from subnetviz import config, uilogic
+from subnetviz import config, selection, uilogic
 from subnetviz.cache import file_stamp
 from subnetviz.errors import SubnetvizError
 from subnetviz.memo import Memo
@@ -67,6 +67,8 @@ def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
 
             ctx = get_script_run_ctx()
             uilogic.write_profile(body, time.perf_counter() - t0, ctx.session_id if ctx else "")
+        if fresh and st.runtime.exists():  # a served page (not an AppTest): see uilogic.freeze_heap
+            uilogic.freeze_heap()
 
 
 # --- access: who may enter, and launch or upload (policy in subnetviz/access.py) ----------------------
@@ -146,14 +148,7 @@ def can(action: str) -> bool:
 
     Without :func:`gate` (a page run on its own, e.g. in a test) this is the anonymous visitor's right.
     """
-    from subnetviz import access
-
-    role = st.session_state.get("_access")
-    if role is None:
-        try:
-            role = access.policy(auth=_auth_section()).anonymous()
-        except SubnetvizError:
-            return False
+    role = st.session_state.get("_access") or uilogic.anonymous_role(_auth_section())
     return role is not None and role.can(action)
 
 
@@ -168,19 +163,9 @@ def allowed(action: str) -> bool:
 
 
 # --- zoo and choices -----------------------------------------------------------------------------
-@st.cache_resource(show_spinner=False, max_entries=4, ttl=30)  # ttl: a model folder deleted by hand
-def load_zoo_cached(root: str, stamp: str):
-    from subnetviz.demo import load_zoo, zoo_is_built
-
-    return load_zoo(Path(root)) if zoo_is_built(Path(root)) else None
-
-
 def zoo():
     """The demo zoo (None while it is not built), cached by its manifest's stamp: a rebuild shows at once."""
-    from subnetviz.demo import MANIFEST
-
-    root = config.zoo_dir()
-    return load_zoo_cached(str(root), file_stamp(root / MANIFEST))
+    return selection.current_zoo()
 
 
 def workspace_sidebar() -> Workspace:
@@ -203,7 +188,7 @@ def workspace_sidebar() -> Workspace:
         masks = st.multiselect("Saved masks", list(mask_files), [], key="masks", **q, **text["masks"])
         with st.expander("Compute", expanded=False):
             prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", **q, **text["precision"])
-            devices = ["auto", "cpu"] + (["cuda"] if _cuda() else [])
+            devices = ["auto", "cpu"] + (["cuda"] if uilogic.has_cuda() else [])
             device = st.selectbox("Device", devices, key="device", **q)
         st.caption(uilogic.roots_caption())
     ws, refused = uilogic.workspace_of(
@@ -225,13 +210,6 @@ def workspace() -> Workspace:
     """The sidebar's selection for this run (empty when the sidebar could not be drawn)."""
     ws = st.session_state.get("_workspace")
     return ws if ws is not None else uilogic.empty_workspace()
-
-
-@st.cache_resource(show_spinner=False)
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 # --- cached analyses: one process-wide memo, shared by every session (subnetviz/memo.py) -------------------

@@ -7,6 +7,7 @@ export builds. :mod:`subnetviz.ui` draws; this module computes, and is tested wi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -93,6 +94,13 @@ SIDEBAR_TEXT = {
 """Placeholders and help of the sidebar's widgets (keyword arguments, by widget key)."""
 
 
+@functools.cache
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def roots_caption() -> str:
     return "Reads only under the allowed roots: " + ", ".join(plain(r.name) for r in config.allowed_roots())
 
@@ -101,9 +109,13 @@ def roots_caption() -> str:
 def write_profile(body: Callable, seconds: float, session: str) -> None:
     """With ``SUBNETVIZ_PROFILE_LOG`` set, one JSON line per body run (``benches/bench_load.py`` reads them):
     the page (a view's ``body`` is named by its file), the seconds, the session and the time."""
+    code = getattr(body, "__code__", None)
+    page = Path(code.co_filename).stem if code and body.__name__ == "body" else getattr(body, "__name__", "?")
+    _log_line(page, seconds, session)
+
+
+def _log_line(page: str, seconds: float, session: str = "") -> None:
     if log := os.environ.get("SUBNETVIZ_PROFILE_LOG"):
-        code = getattr(body, "__code__", None)
-        page = Path(code.co_filename).stem if code and body.__name__ == "body" else getattr(body, "__name__", "?")
         line = {"page": page, "seconds": seconds, "session": session, "t": time.time()}
         with open(log, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
@@ -125,12 +137,31 @@ def watch_gc() -> None:
         if phase == "start":
             started[0] = time.perf_counter()
             return
-        line = {"page": "gc", "seconds": time.perf_counter() - started[0], "session": "", "t": time.time()}
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
+        _log_line("gc", time.perf_counter() - started[0])
 
     callback._subnetviz = True
     gc.callbacks.append(callback)
+
+
+_FROZEN_AT = [0]
+
+
+def freeze_heap() -> bool:
+    """Once the modules a page needs are loaded, move everything alive out of the cyclic collector's way
+    (``gc.freeze``): a full collection then scans only what came after, instead of torch's, pandas' and
+    plotly's ~300 000 objects (0.5-2 s holding the GIL, every session waiting). Runs again only when new
+    modules were imported (a page's first visit); what is frozen is long-lived (modules, shared results)."""
+    import gc
+    import sys
+
+    if len(sys.modules) == _FROZEN_AT[0]:
+        return False
+    _FROZEN_AT[0] = len(sys.modules)
+    t0 = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    _log_line("freeze", time.perf_counter() - t0)
+    return True
 
 
 # --- checkpoints -------------------------------------------------------------------------------------
@@ -204,6 +235,16 @@ def active(runs, kind: str | None = None):
 def strongest(roles: Sequence) -> object | None:
     """The editor role if any of ``roles`` (None: not admitted that way) is one, else a viewer, else None."""
     return max((r for r in roles if r is not None), key=lambda r: r.name == "editor", default=None)
+
+
+def anonymous_role(auth: dict):
+    """What a visitor who showed nothing may do (None: nothing, also on a misconfigured server)."""
+    from subnetviz import access
+
+    try:
+        return access.policy(auth=auth).anonymous()
+    except SubnetvizError:
+        return None
 
 
 # --- export ------------------------------------------------------------------------------------------
