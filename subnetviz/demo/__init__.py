@@ -2,7 +2,7 @@
 
 - this module: :class:`ZooSettings` and :data:`PRESETS` (what decides the zoo's contents),
   :data:`MEMBERS` (one :class:`MemberRecipe` per finetune), and the reading API re-exported
-  from :mod:`~subnetviz.demo.manifest`: :func:`load_zoo`, :func:`zoo_is_built`, :class:`Zoo`,
+  from :mod:`~subnetviz.demo.zoo`: :func:`load_zoo`, :func:`zoo_is_built`, :class:`Zoo`,
   :class:`ZooManifest`, :class:`ZooMember` (``manifest.json`` as typed records);
 - :mod:`~subnetviz.demo.build`: ``python -m subnetviz demo build`` (the build lock and the CLI);
   :mod:`~subnetviz.demo.stages`: the build's stages; :mod:`~subnetviz.demo.measure`: the
@@ -26,13 +26,11 @@ from subnetviz.demo.manifest import (
     BaseInfo,
     OverlapPair,
     SeriesPoint,
-    Zoo,
     ZooManifest,
     ZooMember,
-    load_zoo,
-    zoo_is_built,
 )
 from subnetviz.demo.pretrain import ModelShape
+from subnetviz.demo.zoo import Zoo, load_zoo, zoo_is_built
 
 __all__ = [
     "MANIFEST",

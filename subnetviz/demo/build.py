@@ -47,8 +47,8 @@ from subnetviz.demo import (
 )
 from subnetviz.demo.extras import LOGS
 from subnetviz.demo.lock import LOCK, build_lock
-from subnetviz.demo.manifest import is_complete, read_manifest, zoo_root
 from subnetviz.demo.stages import STATE, run_stages, stage_count, write_json
+from subnetviz.demo.zoo import is_complete, read_manifest, zoo_root
 from subnetviz.errors import ConfigError, SubnetvizError, suggest
 
 __all__ = ["PRESETS", "Zoo", "ZooMember", "ZooSettings", "build_zoo", "load_zoo", "main", "zoo_is_built"]
