@@ -10,7 +10,8 @@
    mask per parameter should be constant within 30 %.
 3. **Series.** ``checkpoint_series`` over 16 checkpoints of the ``--series-size`` shape (default
    0.1B, so the 16 files stay in the page cache of this 23 GB machine: say so when quoting it)
-   against reading the same 16 checkpoints once each (``safe_open``, every tensor): goal ≤ 1.2×.
+   against reading the same 16 checkpoints once each (``safe_open``, every tensor, its bytes touched
+   once by NumPy's ``count_nonzero``: ``get_tensor`` only maps the file): goal ≤ 1.2×.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_scaling            # ~10 GB of temp files, ~8 min
     OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_scaling --skip-sizes 1.5B --series-size 0.1B
