@@ -11,9 +11,16 @@ first, so every timed run is on cached results (the goal: nothing recomputed per
 A *script run* is the shared sidebar plus the page body of one rerun, as the server timed them;
 the browsers share the server's cores, and their own CPU does not count in it. Reported per N:
 median and p95 of the script runs, p95 against the N = 1 p95 measured in the same run, the
-client-side time (click to fully drawn: a colleague's wait), the server's RSS (start and peak) and
-the errors: exception boxes, error alerts, browser console errors, timeouts.
+client-side time (click to fully drawn: a colleague's wait), the server's RSS (start and peak), the
+errors (exception boxes, error alerts, browser console errors, timeouts) and the server's full garbage
+collections (``{"page": "gc"}`` lines: each holds the GIL, so every session's run waits for it).
 Goal: server-side p95 ≤ 1 s at N = 8, 0 errors.
+
+Where a cached rerun's time goes was found with py-spy on the server at N = 8 (``py-spy record -p PID
+-f raw``) and cProfile around AppTest reruns: Plotly figure construction, the Venn layout's optimiser,
+grouping and overlap tables redone per rerun (now built once per content for every session, ui.shared),
+and Streamlit's ``gc.collect(2)`` after every run (``runner.postScriptGC = false`` in .streamlit/config.toml;
+the heap is frozen once the pages' modules are loaded, uilogic.freeze_heap).
 
     python -m benches.bench_load [--sessions 1 4 8] [--repeats 3] [--pages sparsity overlap spectra]
 """
