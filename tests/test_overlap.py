@@ -300,3 +300,23 @@ def test_bad_input_raises():
 def test_pairs_cover_all_combinations_in_label_order():
     rep = mask_overlap(_random_sets(4, [0.5] * 4, seed=6), ["d", "c", "b", "a"])
     assert list(zip(rep.pairwise["a"], rep.pairwise["b"], strict=True)) == list(itertools.combinations("dcba", 2))
+
+
+@pytest.mark.parametrize("n_masks", [9, 12, 16])
+def test_split_reduction_matches_the_direct_products(n_masks):
+    """Above 8 masks the sizes, pair intersections and exactly-k counts come from the codes split
+    into low and high bits; they equal the products over every code, and the brute-force sums."""
+    from subnetviz.analysis import overlap as ov
+
+    rng = np.random.default_rng(n_masks)
+    region = rng.integers(0, 1000, (5, 2**n_masks)).astype(np.int64)
+    sizes, inter, degree = ov._reduce(region, n_masks)
+    codes = np.arange(2**n_masks)
+    bit = [(codes >> k) & 1 for k in range(n_masks)]
+    assert sizes.tolist() == [[int(r[bit[k] == 1].sum()) for k in range(n_masks)] for r in region]
+    ia, ib = np.triu_indices(n_masks, 1)
+    assert inter.tolist() == [
+        [int(r[(bit[a] & bit[b]) == 1].sum()) for a, b in zip(ia, ib, strict=True)] for r in region
+    ]
+    ones = np.sum(bit, axis=0)
+    assert degree.tolist() == [[int(r[ones == k].sum()) for k in range(n_masks + 1)] for r in region]

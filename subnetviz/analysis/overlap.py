@@ -78,12 +78,38 @@ def _reducers(n_masks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _reduce(region: np.ndarray, n_masks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sizes (G, N), pair intersections (G, pairs), exactly-k counts (G, N + 1)) of region counts
     (G, 2**N), exact int64: float64 BLAS products while the total is below 2**53 (NumPy's int64
-    matmul has no BLAS: ~0.4 s per group at N = 16), integer products beyond."""
-    bits, pairs, degree = _reducers(n_masks)
-    if int(region.sum()) < 2**53:
-        r = region.astype(np.float64)
-        return tuple(np.rint(r @ m).astype(np.int64) for m in (bits, pairs, degree))
-    return tuple(region @ m.astype(np.int64) for m in (bits, pairs, degree))
+    matmul has no BLAS: ~0.4 s per group at N = 16), integer products beyond. Above 8 masks the
+    codes are split into their low 8 and high N - 8 bits (:func:`_reduce_split`)."""
+    if int(region.sum()) >= 2**53:
+        return tuple(region @ m.astype(np.int64) for m in _reducers(n_masks))
+    r = region.astype(np.float64)
+    if n_masks > 8:
+        return _reduce_split(r, n_masks)
+    return tuple(np.rint(r @ m).astype(np.int64) for m in _reducers(n_masks))
+
+
+def _reduce_split(r: np.ndarray, n_masks: int, low: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_reduce` of float64 region counts with codes split as ``lo + (hi << low)``: the products
+    run over 2**low and 2**(N - low) codes instead of 2**N (N = 16: ~8x fewer operations)."""
+    high = n_masks - low
+    g = r.shape[0]
+    r3 = r.reshape(g, 2**high, 2**low)
+    bits_lo, pairs_lo, deg_lo = _reducers(low)
+    bits_hi, pairs_hi, deg_hi = _reducers(high)
+    m_lo, m_hi = r3.sum(1), r3.sum(2)  # (G, 2**low), (G, 2**high)
+    sizes = np.concatenate([m_lo @ bits_lo, m_hi @ bits_hi], axis=1)
+    inter = np.zeros((g, n_masks, n_masks))
+    la, lb = np.triu_indices(low, 1)
+    ha, hb = np.triu_indices(high, 1)
+    inter[:, la, lb] = m_lo @ pairs_lo
+    inter[:, low + ha, low + hb] = m_hi @ pairs_hi
+    inter[:, :low, low:] = np.einsum("ghl,hk->glk", r3 @ bits_lo, bits_hi)  # lo mask l with hi mask k
+    ia, ib = np.triu_indices(n_masks, 1)
+    by_deg = np.einsum("ghd,he->ged", r3 @ deg_lo, deg_hi)  # (G, high + 1, low + 1): hi and lo degrees
+    degree = np.zeros((g, n_masks + 1))
+    for e in range(high + 1):
+        degree[:, e : e + low + 1] += by_deg[:, e, :]
+    return tuple(np.rint(x).astype(np.int64) for x in (sizes, inter[:, ia, ib], degree))
 
 
 def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
