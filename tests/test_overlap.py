@@ -153,7 +153,7 @@ def test_bit_packed_masks_give_the_bool_masks_regions(n_masks, monkeypatch):
     np.testing.assert_array_equal(plain.totals, bitwise.totals)
     mixed = mask_overlap([p if k % 2 else m for k, (m, p) in enumerate(zip(sets, packed, strict=True))])
     np.testing.assert_array_equal(plain.totals, mixed.totals)  # padded unpacked bits beside bool views
-    import subnetviz.analysis.overlap as overlap_module
+    import subnetviz.analysis.overlap_counts as overlap_module
 
     monkeypatch.setattr(overlap_module, "CHUNK", 16)  # blocks of 16 parameters, the last one partial
     for blocked in (mask_overlap(sets), mask_overlap(packed), mask_overlap([packed[0], *sets[1:]])):
