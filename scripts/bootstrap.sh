@@ -14,7 +14,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
   "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
   echo "$HASH" > "$STAMP"
 fi
-# The test set-up (make test) also installs the optional Ray backend that tests/test_ray.py covers.
+# The test set-up (make test) also installs the optional Ray backend that tests/integration/test_ray.py covers.
 RAY_STAMP="$VENV/.ray-stamp"
 RAY_HASH=$(sha256sum requirements-ray.txt | cut -d' ' -f1)
 if [ "${1:-}" = "--browser" ] && { [ ! -f "$RAY_STAMP" ] || [ "$(cat "$RAY_STAMP")" != "$RAY_HASH" ]; }; then

@@ -1,4 +1,4 @@
-"""The app's test home: a SUBNETVIZ_HOME whose zoo/ is the session's micro demo zoo.
+"""The app's test home and the AppTest helpers (open a page, decode its Plotly specs): a SUBNETVIZ_HOME whose zoo/ is the session's micro demo zoo.
 
 ``app_home`` only builds the folder; ``app_env`` points this process at it (AppTest runs
 in-process) for one test module and restores the environment afterwards, so other test files
@@ -6,10 +6,15 @@ keep their own isolated home. ``SUBNETVIZ_E2E_HOME`` (a home that already holds 
 the full demo zoo) is used as is instead; the README's screenshots are taken that way.
 """
 
+import base64
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +42,27 @@ def app_env(app_home):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def plotly_specs(at):
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def decode(v):
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(s) for s in v["shape"].split(",")]) if "shape" in v else a
+    return np.asarray(v)
+
+
+def open_page(name: str, **query):
+    """An AppTest of the app opened on page ``name`` (its file in views/) with ``query`` in the URL."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=180)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    if name != "home":
+        at.switch_page(f"views/{name}.py").run()
+    return at

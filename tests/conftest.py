@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 # The shared fixtures, registered once for the whole session: the checkpoint zoo and the micro demo
 # zoo are built once per run (a test module that re-exported them used to build its own copy).
-pytest_plugins = ["tests.zoo_fixtures", "tests.ckpt_fixtures", "tests.app_fixtures"]
+pytest_plugins = ["tests.zoo_fixtures", "tests.ckpt_fixtures", "tests.app_fixtures", "tests.browser"]
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,11 @@ manifest) at toy sizes, in well under a minute.
 
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 
@@ -23,3 +28,18 @@ def copy_model_job(config: dict, ctx) -> None:
     import shutil
 
     shutil.copytree(config["source"], ctx.out_dir / "model")
+
+
+def read_bits(folder: Path) -> dict[str, np.ndarray]:
+    """name -> uint16 bit patterns of every bf16 tensor, parsed from the raw safetensors bytes."""
+    raw = (Path(folder) / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "BF16", (name, info["dtype"])
+        lo, hi = info["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + lo : 8 + n + hi], dtype="<u2").reshape(info["shape"])
+    return out

@@ -162,7 +162,7 @@ def test_extras_are_made_once_and_the_manifest_left_alone_on_reuse(zoo_with_extr
 def test_cached_comparison_matches_the_raw_bits(zoo_with_extras, tmp_path):
     from subnetviz.cache import entry
     from subnetviz.demo.comparison import KIND, cached_compare_runs
-    from tests.test_demo_zoo import read_bits
+    from tests.zoo_fixtures import read_bits
 
     zoo, _ = zoo_with_extras
     full, sub = zoo.member_path("grpo-s0"), zoo.member_path("grpo-sub")
@@ -252,7 +252,7 @@ def home_with_pending_jobs(micro_zoo, tmp_path_factory):
 def _open(name: str, **query):
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=180)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=180)
     for k, v in query.items():
         at.query_params[k] = v
     at.run()

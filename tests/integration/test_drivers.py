@@ -112,7 +112,7 @@ def test_micro_grid_on_the_micro_zoo(micro_zoo, tmp_path, monkeypatch):  # noqa:
 
 @pytest.mark.slow
 def test_drivers_page_renders(app_env):
-    from tests.test_app import open_page
+    from tests.app_fixtures import open_page
 
     at = open_page("drivers")
     assert not at.exception, [e.message for e in at.exception]
@@ -127,7 +127,7 @@ def test_drivers_page_shows_a_finished_run(app_env):
     from subnetviz import config
     from subnetviz.jobs.registry import RunRecord
     from subnetviz.jobs.runner import JobRunner
-    from tests.test_app import decode, open_page, plotly_specs
+    from tests.app_fixtures import decode, open_page, plotly_specs
 
     res = _results(
         [

@@ -32,7 +32,7 @@ SLEEP = {"kind": "python", "target": "tests.training_fixtures:sleep_job"}
 @pytest.fixture(autouse=True)
 def allow_test_jobs(monkeypatch):
     monkeypatch.setenv("SUBNETVIZ_ALLOW_TEST_JOBS", "1")
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
 
 
 def _runner(root, **kw) -> JobRunner:

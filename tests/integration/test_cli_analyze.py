@@ -23,7 +23,7 @@ from subnetviz.__main__ import main
 from subnetviz.masks import load_mask_set
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOW_RANK = "model.layers.0.mlp.up_proj.weight"  # ft1 changes only rows 3 and 7 of it: rank 2
 
 

@@ -1,15 +1,14 @@
 """AppTest for every page on the micro zoo: no exception, no error box, charts with data, and the
 numbers shown equal the backend's for the same inputs."""
 
-import base64
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from tests.app_fixtures import APP, decode, open_page, plotly_specs
+
 PAGES = [
     "home",
     "workspace",
@@ -24,27 +23,6 @@ PAGES = [
     "drivers",
 ]
 pytestmark = pytest.mark.slow
-
-
-def plotly_specs(at):
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-
-
-def decode(v):
-    if isinstance(v, dict) and "bdata" in v:
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        return a.reshape([int(s) for s in v["shape"].split(",")]) if "shape" in v else a
-    return np.asarray(v)
-
-
-def open_page(name: str, **query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    if name != "home":
-        at.switch_page(f"views/{name}.py").run()
-    return at
 
 
 def _texts(at) -> str:

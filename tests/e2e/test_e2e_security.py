@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlparse
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.test_e2e import CHROMIUM, PAGES, app_url, browser, open_page, wait_for_app  # noqa: F401  (fixtures)
+from tests.browser import E2E, PAGES, open_page, wait_for_app
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = E2E
 
 
 def _recorded(browser):  # noqa: F811

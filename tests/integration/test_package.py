@@ -33,7 +33,7 @@ import torch
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 from tests.models import make_llama
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 

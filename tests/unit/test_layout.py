@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "subnetviz"
+PKG = Path(__file__).resolve().parents[2] / "subnetviz"
 
 
 def _modules() -> dict[str, Path]:

@@ -213,7 +213,7 @@ def test_figures_draw_the_table():
 
 @pytest.mark.slow
 def test_spectra_page_subspaces_tab_renders(app_env):
-    from tests.test_app import open_page, plotly_specs
+    from tests.app_fixtures import open_page, plotly_specs
 
     at = open_page("spectra", sub_k="4", spec_tab="Subspaces of W_base vs W_ft")
     assert not at.exception, [e.message for e in at.exception]

@@ -236,7 +236,7 @@ def test_a_second_session_reuses_the_first_sessions_figures(app_env, monkeypatch
 
     REAL["heatmap"] = figures.sparsity_heatmap
     monkeypatch.setattr(figures, "sparsity_heatmap", counting_heatmap)
-    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    app = str(Path(__file__).resolve().parents[2] / "app.py")
     HEATMAPS[:] = []
     specs = []
     for _ in range(2):  # two visitors, two sessions

@@ -28,7 +28,7 @@ from subnetviz.training.sharded import accelerate_config, zero_partition
 from tests.models import make_tiny_llama
 from tests.training_fixtures import write_addition_data, write_half_mask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -224,7 +224,7 @@ def test_prompts_from_a_saved_dataset(tmp_path):
 # Last in the module: the app sets SUBNETVIZ_ENFORCE_ROOTS for the rest of the module (app_env restores it).
 @pytest.mark.slow
 def test_behaviour_page_renders(app_env):
-    from tests.test_app import decode, open_page, plotly_specs
+    from tests.app_fixtures import decode, open_page, plotly_specs
 
     at = open_page("behavior")
     assert not at.exception, [e.message for e in at.exception]

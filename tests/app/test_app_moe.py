@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 pytestmark = pytest.mark.slow
 E = "model.layers.{}.mlp.experts.{}.{}_proj.weight"
 ROUTED = 3 * 8 * 16  # gate, up (8 × 16) and down (16 × 8) of one routed expert

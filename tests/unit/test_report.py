@@ -15,6 +15,7 @@ import pytest
 from subnetviz import __version__
 from subnetviz.errors import ConfigError
 from subnetviz.report.html import ReportSection, build_report, download_frame, write_report
+from tests.browser import CHROMIUM, NEEDS_CHROMIUM
 
 EVIL = "<script>alert('x')</script>"
 
@@ -150,12 +151,11 @@ def test_download_frame_roundtrips():
 
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.access("/usr/bin/chromium", os.X_OK), reason="needs Debian chromium (apt-get install chromium)"
-)
+@NEEDS_CHROMIUM
 def test_report_renders_offline_in_chromium_with_hover(tmp_path):
     """The exported file draws every figure with the network off, and hover shows counts and percentages."""
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    from playwright.sync_api import sync_playwright
+
     from subnetviz import figures as F
 
     heat = pd.DataFrame(
@@ -171,7 +171,7 @@ def test_report_renders_offline_in_chromium_with_hover(tmp_path):
     figs = [F.sparsity_heatmap(heat), F.venn2([3, 5, 2], ["a", "b"])]
     path = write_report(tmp_path / "r.html", "offline", [ReportSection("s", figures=figs)])
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_context(offline=True, viewport={"width": 1200, "height": 900}).new_page()
             errors, requests = [], []

@@ -8,7 +8,6 @@ and transition counts from a long sample of the pretraining chain documents.
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -23,21 +22,7 @@ from subnetviz.demo.lock import build_lock
 from subnetviz.demo.tokenizer import build_tokenizer, chain_letters, vocabulary
 from subnetviz.errors import CheckpointError, ConfigError, JobError
 from subnetviz.masks import load_mask_set
-
-
-def read_bits(folder: Path) -> dict[str, np.ndarray]:
-    """name -> uint16 bit patterns of every bf16 tensor, parsed from the raw safetensors bytes."""
-    raw = (Path(folder) / "model.safetensors").read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "BF16", (name, info["dtype"])
-        lo, hi = info["data_offsets"]
-        out[name] = np.frombuffer(raw[8 + n + lo : 8 + n + hi], dtype="<u2").reshape(info["shape"])
-    return out
+from tests.zoo_fixtures import read_bits
 
 
 def changed_bits(a: Path, b: Path) -> dict[str, np.ndarray]:
@@ -260,7 +245,7 @@ def test_second_build_reuses_the_zoo_and_is_fast(micro_zoo):
     assert weights and {f: f.stat().st_mtime_ns for f in weights} == weights  # nothing retrained or rewritten
     assert (micro_zoo.root / "manifest.json").read_bytes() == before
     assert zoo.manifest == micro_zoo.manifest and "already built" in seen[-1]
-    # --no-extras: the CLI's registry runs and background jobs are tests/test_demo_extras.py's business
+    # --no-extras: the CLI's registry runs and background jobs are tests/integration/test_demo_extras.py's business
     assert main(["build", "--preset", "micro", "--root", str(micro_zoo.root), "--no-extras"]) == 0
     assert (micro_zoo.root / "manifest.json").read_bytes() == before
 

@@ -7,149 +7,22 @@ fresh browser context, and a short training run started from the page reaches "s
 """
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests import app_fixtures
+from tests.browser import CHART_PAGES, CHROMIUM, DRAWN, E2E, PAGES, ROOT, open_page, wait_for_app, wait_for_charts  # noqa: F401
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("SUBNETVIZ_SCREENSHOTS") or "/tmp/subnetviz-e2e")
-CHART_PAGES = ["sparsity", "spectra", "overlap", "series", "behavior"]
-PAGES = ["home", "workspace", *CHART_PAGES, "training", "bigram", "continual", "drivers"]
 QUERY = {"training": "?tr_view=Runs"}  # the view a screenshot should show (the launch form is the default)
-DRAWN = ".trace, .heatmaplayer image, .bars path, .scatterlayer path"  # a chart's drawn data
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not os.access(CHROMIUM, os.X_OK) and not os.environ.get("CI"),
-        reason="needs Debian chromium (apt-get install chromium)",
-    ),  # in CI: fail, don't skip
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url(app_home):
-    port = _free_port()
-    env = {
-        **os.environ,
-        "SUBNETVIZ_HOME": str(app_home),
-        "SUBNETVIZ_ROOTS": app_fixtures.app_roots(app_home),
-        "OMP_NUM_THREADS": "1",
-    }
-    log = open(Path(tempfile.gettempdir()) / f"subnetviz-e2e-streamlit-{port}.log", "w")  # the server's output
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("streamlit did not start")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield b
-        b.close()
-
-
-IDLE = """() => {
-    const app = document.querySelector("[data-testid='stApp']");
-    return !!app && app.dataset.testConnectionState === 'CONNECTED' && app.dataset.testScriptState === 'notRunning'
-        && !!document.querySelector("[data-testid='stMain'] h1")
-        && !document.querySelector("[data-testid='stSkeleton']");
-}"""
-
-
-def wait_for_app(page, timeout: float = 120_000) -> None:
-    """Streamlit's own e2e recipe as one condition: connected, the script finished, the page's title
-    drawn (so a run has happened at all: before the first run the state also reads notRunning) and
-    no skeleton left. After a click, wait first on what the click changes (the URL, an element)."""
-    page.wait_for_function(IDLE, timeout=timeout)
-
-
-def wait_for_charts(page, timeout: float = 60_000) -> int:
-    """Every Plotly chart on the page has drawn a trace; returns how many charts there are."""
-    charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot")
-    charts.first.wait_for(timeout=timeout)
-    n = charts.count()
-    for i in range(n):
-        charts.nth(i).locator(DRAWN).first.wait_for(timeout=timeout)
-    return n
-
-
-def open_page(browser, url: str, height: int = 1000):
-    ctx = browser.new_context(viewport={"width": 1500, "height": height})
-    page = ctx.new_page()
-    page.goto(url)
-    wait_for_app(page)
-    return ctx, page
+pytestmark = E2E
 
 
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders(browser, app_url, name):
-    if not (ROOT / "views" / f"{name}.py").exists():
-        pytest.skip(f"page {name} not present")
+    assert (ROOT / "views" / f"{name}.py").is_file(), f"page {name} is gone"  # a deleted page fails, never skips
     SHOTS.mkdir(parents=True, exist_ok=True)
     # A tall window: Streamlit scrolls inside its own container, so the screenshot shows what fits.
     ctx, page = open_page(browser, app_url + ("" if name == "home" else f"/{name}{QUERY.get(name, '')}"), height=2400)
