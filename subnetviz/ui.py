@@ -250,20 +250,22 @@ def _progress_bar(what: str):
     return bar, progress
 
 
-def update_analysis(ws: Workspace, *, spectra: bool = False, mask_tolerance: float | None = None):
+def update_analysis(
+    ws: Workspace, *, spectra: bool = False, mask_tolerance: float | None = None, eta: float | None = None
+):
     """The update analysis of the workspace (disk-cached, then memory-cached), with a progress bar.
 
-    The key holds every checkpoint's path and fingerprint, the precision, mask tolerance, spectra
-    flag and device, so a changed file or option never returns a stale result.
+    The key holds every checkpoint's path and fingerprint, the precision, mask tolerance, relative η,
+    spectra flag and device, so a changed file or option never returns a stale result.
     """
     if not ws.base or not ws.finetuned:
         raise SubnetvizError("Choose a base and at least one finetuned checkpoint in the sidebar.")
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
-    key = uilogic.analysis_key(ws, fps, spectra=spectra, mask_tolerance=mask_tolerance)
+    key = uilogic.analysis_key(ws, fps, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
     bar, progress = _progress_bar("Comparing tensors")
     result = _memo().get_or_compute(
         key,
-        lambda: uilogic.compute_updates(ws, spectra=spectra, mask_tolerance=mask_tolerance, progress=progress),
+        lambda: uilogic.compute_updates(ws, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta, progress=progress),
         kind="analysis",
     )
     bar.empty()

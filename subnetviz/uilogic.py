@@ -182,9 +182,11 @@ def checkpoint_info(path: str) -> dict:
     }
 
 
-def analysis_key(ws: Workspace, fingerprints: tuple, *, spectra: bool, mask_tolerance: float | None) -> tuple:
-    """Every checkpoint's path and fingerprint, the precision, mask tolerance, spectra flag and device:
-    a changed file or option never finds a stale result."""
+def analysis_key(
+    ws: Workspace, fingerprints: tuple, *, spectra: bool, mask_tolerance: float | None, eta: float | None = None
+) -> tuple:
+    """Every checkpoint's path and fingerprint, the precision, mask tolerance, relative η, spectra flag
+    and device: a changed file or option never finds a stale result."""
     return (
         "updates",
         ws.base,
@@ -192,22 +194,27 @@ def analysis_key(ws: Workspace, fingerprints: tuple, *, spectra: bool, mask_tole
         tuple(ws.labels),
         ws.precision,
         mask_tolerance,
+        eta,
         spectra,
         ws.device,
         fingerprints,
     )
 
 
-def compute_updates(ws: Workspace, *, spectra: bool, mask_tolerance: float | None, progress=None):
-    """The workspace's update analysis: from the disk cache, else computed (``progress`` per tensor)."""
+def compute_updates(
+    ws: Workspace, *, spectra: bool, mask_tolerance: float | None, eta: float | None = None, progress=None
+):
+    """The workspace's update analysis: from the disk cache, else computed (``progress`` per tensor);
+    ``eta``: the relative criterion's η (None: the default)."""
     from subnetviz.analysis.sparsity import SparsityOptions
     from subnetviz.analysis.updates import SpectraOptions, cached_analysis
 
+    extra = {} if eta is None else {"eta": float(eta)}
     return cached_analysis(
         ws.base,
         list(ws.paths),
         labels=list(ws.labels),
-        options=SparsityOptions(precision=ws.precision, mask_tolerance=mask_tolerance),
+        options=SparsityOptions(precision=ws.precision, mask_tolerance=mask_tolerance, **extra),
         spectra=SpectraOptions(enabled=spectra),
         device=ws.device,
         progress=progress,

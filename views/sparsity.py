@@ -35,6 +35,21 @@ def body() -> None:
         help=f"exact = bitwise; a number = absolute tolerance |Δ| ≤ tol; relative = |Δ| ≤ η·max(|w|,|w'|), "
         f"η = {eta:g}.",
     )
+    if crit == "relative":
+        eta = float(
+            st.select_slider(
+                "η of the relative criterion",
+                ETAS,
+                value=_eta_text(eta) if _eta_text(eta) in ETAS else ETAS[1],
+                key="sp_eta",
+                bind="query-params",
+                help="|Δ| ≤ η·max(|w|,|w'|) counts as unchanged. In bf16 any η below 2⁻⁸ ≈ 0.0039 counts every "
+                "changed entry (equal to exact); larger η leaves out changes small against the weight's size.",
+            )
+        )
+        if eta != analysis.reports[0].options.eta:  # another η: the analysis at that η (cached like the default)
+            analysis = ui.update_analysis(ws, eta=eta)
+            reports = {r.model: r for r in analysis.reports}
     column = {"exact": "changed", "relative": "changed_rel"}.get(crit, f"changed@{crit}")
     grids = ui.shared(layer_grids, analysis, column)  # once per analysis and criterion, for every session
     # A per-tensor mean differs from the weighted share only where a cell holds several tensors.
@@ -159,11 +174,24 @@ def special_changed(report, column: str) -> int:
     return int(t.loc[t["layer"].isna(), column].sum())
 
 
+# η choices of the relative criterion (text: a stable URL value); 2⁻⁸ ≈ 0.0039 is bf16's smallest relative step.
+ETAS = ["0.0001", "0.001", "0.002", "0.004", "0.008", "0.01", "0.02", "0.05", "0.1"]
+
+
+def _eta_text(eta: float) -> str:
+    return f"{eta:g}" if eta >= 1e-3 else f"{eta:.4f}".rstrip("0")
+
+
 def relative_note(eta: float) -> str:
+    if eta < 2**-8:
+        return (
+            f"Relative criterion at η = {eta:g}: in bf16 two different values differ by at least 2⁻⁸ ≈ 0.0039 of the "
+            f"larger magnitude, so any η below that counts every changed entry and 'relative' equals 'exact' "
+            f"(choose η ≥ 0.004 above to leave out changes that are small against the weight)."
+        )
     return (
-        f"Relative criterion at η = {eta:g}: in bf16 two different values differ by at least 2⁻⁸ ≈ 0.0039 of the "
-        f"larger magnitude, so any η below that counts every changed entry and 'relative' equals 'exact' "
-        f"(set η with analyze --eta for a different view)."
+        f"Relative criterion at η = {eta:g}: a change with |Δ| ≤ {eta:g}·max(|w|,|w'|) counts as unchanged, "
+        f"so only changes large against the weight's own size remain."
     )
 
 

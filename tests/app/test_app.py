@@ -491,3 +491,37 @@ def test_training_comparison_is_bitwise_first_and_accuracy_on_request(app_env):
     at = open_page("training", tr_view="Subnetwork vs full", cmp_acc="true")
     assert not at.exception and at.toggle(key="cmp_acc").value is True
     assert len(at.dataframe) == 2  # + held-out accuracy of both models
+
+
+def test_relative_criterion_follows_its_eta(app_env):
+    """The η control recomputes the relative criterion: the heatmap at η = 0.01 equals a float64 NumPy count
+    of |Δ| > η·max(|w|, |w'|) on the stored bf16 values, per layer × module, and differs from exact."""
+    from subnetviz.analysis.updates import analyze_updates
+    from subnetviz.demo.build import load_zoo
+    from tests.zoo_fixtures import read_bits
+
+    at = open_page("sparsity", sp_crit="relative", sp_eta="0.01", sp_models=["grpo-s0"])
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.select_slider(key="sp_eta").value == "0.01"
+    heat = next(s for s in plotly_specs(at) if s["data"][0]["type"] == "heatmap")
+    z = decode(heat["data"][0]["z"]).astype(float)
+
+    zoo = load_zoo()
+    members = {m.id: m.path for m in zoo.members}
+    table = analyze_updates(members["base"], [members["grpo-s0"]], labels=["grpo-s0"]).reports[0].tensors
+    base, ft = read_bits(members["base"]), read_bits(members["grpo-s0"])
+
+    def f64(bits):  # bf16 bit patterns -> float64, exactly
+        return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+    cells: dict[tuple, list[int]] = {}
+    exact_changed = 0
+    for row in table[table["layer"].notna()].itertuples():
+        w, w2 = f64(base[row.name]), f64(ft[row.name])
+        changed = int((np.abs(w2 - w) > 0.01 * np.maximum(np.abs(w), np.abs(w2))).sum())
+        exact_changed += int((base[row.name] != ft[row.name]).sum())
+        c = cells.setdefault((row.layer, row.module), [0, 0])
+        c[0], c[1] = c[0] + changed, c[1] + w.size
+    expected = np.array([100 * (1 - c / n) for c, n in cells.values()])
+    assert np.allclose(np.sort(z[np.isfinite(z)]), np.sort(expected))
+    assert sum(c for c, _ in cells.values()) < exact_changed  # η = 0.01 leaves out small relative changes
