@@ -213,7 +213,11 @@ def run_card(rec) -> None:
                 label, "—" if value is None else (f"{100 * value:.1f} %" if label == "accuracy" else f"{value:.4g}")
             )
         check = s.get("mask_check") or {}
-        if check:
+        if check and not mask:  # a full finetune: every parameter trainable, nothing lies outside
+            st.caption(
+                f"Full finetune: {check.get('changed_inside', 0):,} entries changed, no mask to stay outside of."
+            )
+        elif check:
             ok = check.get("outside_mask_identical")
             (st.success if ok else st.warning)(
                 f"Outside the mask: {'bit-identical to the base' if ok else 'NOT bit-identical'} "

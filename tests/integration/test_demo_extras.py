@@ -271,3 +271,16 @@ def test_pages_say_what_is_being_built_and_show_the_members_runs(home_with_pendi
     at = _open("training", tr_view="Runs")
     names = " ".join(str(x) for x in at.dataframe[0].value["name"])
     assert all(f": {m} (" in names for m in ("grpo-s0", "grpo-sub", "dpo", "sft"))
+
+
+@pytest.mark.slow
+def test_a_runs_card_shows_the_outside_the_mask_check_only_when_there_is_a_mask(home_with_pending_jobs):
+    from subnetviz.demo import load_zoo
+
+    home, _ = home_with_pending_jobs
+    runs = load_zoo(home / "zoo").manifest.extras.member_runs
+    sub = _open("training", tr_view="Runs", tr_run=runs["grpo-sub"])
+    assert [s.value for s in sub.success if s.value.startswith("Outside the mask: bit-identical")], sub.success
+    full = _open("training", tr_view="Runs", tr_run=runs["sft"])
+    assert not [s.value for s in full.success if "Outside the mask" in s.value]  # nothing lies outside
+    assert any(c.value.startswith("Full finetune:") for c in full.caption)
