@@ -6,7 +6,6 @@ exact match, and the per-position token table.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,15 +40,11 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prom
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such prompt file (JSONL with 'prompt' and optional 'answer').")
+    from subnetviz.training.data import jsonl_objects
+
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+    for lineno, row in jsonl_objects(path):
+        if not isinstance(row.get("prompt"), str):
             raise ConfigError(f"{path}, line {lineno}: expected an object with a string 'prompt'.")
         ans = row.get("answer")
         out.append(Prompt(row["prompt"], None if ans is None else str(ans)))

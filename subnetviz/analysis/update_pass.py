@@ -266,7 +266,7 @@ class _Walk:
         if len(self.cks) < 2 or not self.options.keep_masks:
             return None
         common = set.intersection(*(set(m) for m in self.masks))
-        sets = [_Subset(m, common) for m in self.masks]  # unpacked one tensor at a time by the overlap pass
+        sets = [MaskSubset(m, common) for m in self.masks]  # unpacked one tensor at a time by the overlap pass
         describe = self.table.describe
         return mask_overlap(sets, self.labels, group_of=lambda n: (describe(n).layer, describe(n).module))
 
@@ -312,7 +312,7 @@ def _forms(ck: Checkpoint) -> dict:
         raise CheckpointError(f"{ck.spec}: {exc}") from None
 
 
-class _Subset(Mapping):
+class MaskSubset(Mapping):
     """The entries of a mask mapping whose names are in ``keep`` (lazy: nothing is copied)."""
 
     def __init__(self, masks: Mapping, keep: set[str]):

@@ -23,7 +23,7 @@ equals the one trained in the driver's process.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from subnetviz.errors import ConfigError
 
@@ -176,6 +176,7 @@ def merge_overlap(base: str, reports: Sequence):
     (layer, module) of the base's naming table, in the base's tensor order: as the local N-model
     analysis computes it (None for fewer than two reports)."""
     from subnetviz.analysis.overlap import mask_overlap
+    from subnetviz.analysis.update_pass import MaskSubset
     from subnetviz.checkpoints import open_checkpoint
 
     if len(reports) < 2:
@@ -187,30 +188,10 @@ def merge_overlap(base: str, reports: Sequence):
         ck.close()
     common = set.intersection(*(set(r.masks) for r in reports))
     return mask_overlap(
-        [_Common(r.masks, common) for r in reports],
+        [MaskSubset(r.masks, common) for r in reports],  # packed bits reach the pass through .masks
         [r.model for r in reports],
         group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
     )
-
-
-class _Common(Mapping):
-    """The tensors of one report's packed masks that every report covers, in the report's order;
-    each unpacked only when the overlap pass reaches it (``packed``: the bits as they are)."""
-
-    def __init__(self, masks, keep: set[str]):
-        self.masks, self.names = masks, [n for n in masks if n in keep]
-
-    def __getitem__(self, name: str):
-        return self.masks[name]
-
-    def __iter__(self):
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def packed(self, name: str):
-        return self.masks.packed(name)
 
 
 def updates_fanout(

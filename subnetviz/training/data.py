@@ -32,15 +32,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:
-    """Rows of ``path`` checked for the string fields of ``kind`` (a key of :data:`FIELDS`)."""
-    if kind not in FIELDS:
-        raise ConfigError(f"unknown data kind {kind!r}; expected one of {', '.join(FIELDS)}.")
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such data file.")
-    rows: list[dict] = []
-    need = FIELDS[kind]
+def jsonl_objects(path: Path):
+    """``(line number, object)`` for every non-blank line of a JSONL file; a line that is not valid JSON
+    or not an object is a ConfigError naming the file and line."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -51,21 +45,34 @@ def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:
                 raise ConfigError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{path}, line {lineno}: expected a JSON object, found {type(row).__name__}.")
-            missing = [k for k in need if k not in row]
-            if missing:
-                raise ConfigError(
-                    f"{path}, line {lineno}: missing field(s) {missing}; {kind} rows need {list(need)}, "
-                    f"found {sorted(row)}."
-                )
-            bad = [k for k in need if not _text_or_messages(row[k], k)]
-            if bad:
-                raise ConfigError(
-                    f"{path}, line {lineno}: field(s) {bad} must be strings"
-                    + (" (or chat messages: a list of {'role', 'content'} objects)." if kind != "eval" else ".")
-                )
-            if kind == "eval" and not isinstance(row["prompt"], str):
-                raise ConfigError(f"{path}, line {lineno}: eval prompts must be plain strings.")
-            rows.append(row)
+            yield lineno, row
+
+
+def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:
+    """Rows of ``path`` checked for the string fields of ``kind`` (a key of :data:`FIELDS`)."""
+    if kind not in FIELDS:
+        raise ConfigError(f"unknown data kind {kind!r}; expected one of {', '.join(FIELDS)}.")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such data file.")
+    rows: list[dict] = []
+    need = FIELDS[kind]
+    for lineno, row in jsonl_objects(path):
+        missing = [k for k in need if k not in row]
+        if missing:
+            raise ConfigError(
+                f"{path}, line {lineno}: missing field(s) {missing}; {kind} rows need {list(need)}, "
+                f"found {sorted(row)}."
+            )
+        bad = [k for k in need if not _text_or_messages(row[k], k)]
+        if bad:
+            raise ConfigError(
+                f"{path}, line {lineno}: field(s) {bad} must be strings"
+                + (" (or chat messages: a list of {'role', 'content'} objects)." if kind != "eval" else ".")
+            )
+        if kind == "eval" and not isinstance(row["prompt"], str):
+            raise ConfigError(f"{path}, line {lineno}: eval prompts must be plain strings.")
+        rows.append(row)
     if not rows:
         raise ConfigError(f"{path}: holds no rows; {kind} data needs at least one {list(need)} object per line.")
     return rows
