@@ -286,10 +286,14 @@ def chart(fig, key: str) -> None:
 def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
     """A dataframe with CSV and Parquet downloads beside it; numbers formatted by
     :func:`subnetviz.report.formats.column_formats` (separators, percent, scientific)."""
-    from subnetviz.report.formats import column_formats
+    from subnetviz.report.formats import SCIENTIFIC, column_formats
     from subnetviz.report.html import download_frame
 
-    formats = {c: st.column_config.NumberColumn(format=f) for c, f in shared(column_formats, df).items()}
+    # e-notation is wider than the column's auto-size guess from its header or its blank cells: fixed width
+    formats = {
+        c: st.column_config.NumberColumn(format=f, width=96 if f == SCIENTIFIC else None)
+        for c, f in shared(column_formats, df).items()
+    }
     kwargs["column_config"] = {**formats, **(kwargs.get("column_config") or {})}
     st.dataframe(df, key=key, width="stretch", hide_index=True, **kwargs)
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
