@@ -37,16 +37,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(app_home):
+def start_server(env: dict, root: Path = ROOT, log=subprocess.DEVNULL, timeout: float = 90.0):
+    """``streamlit run app.py`` of the checkout ``root`` on a free loopback port with ``env``; returns
+    ``(process, url)`` once ``/_stcore/health`` answers (RuntimeError, process killed, if it never does).
+    ``log``: where the server's output goes. The e2e fixture and ``benches/bench_pages`` both start it here."""
     port = free_port()
-    env = {
-        **os.environ,
-        "SUBNETVIZ_HOME": str(app_home),
-        "SUBNETVIZ_ROOTS": app_fixtures.app_roots(app_home),
-        "OMP_NUM_THREADS": "1",
-    }
-    log = open(Path(tempfile.gettempdir()) / f"subnetviz-e2e-streamlit-{port}.log", "w")  # the server's output
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -65,27 +60,43 @@ def app_url(app_home):
             "--server.fileWatcherType",
             "none",
         ],
-        cwd=ROOT,
-        env=env,
+        cwd=root,
+        env={**env, "PYTHONPATH": str(root)},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("streamlit did not start")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def app_url(app_home):
+    env = {
+        **os.environ,
+        "SUBNETVIZ_HOME": str(app_home),
+        "SUBNETVIZ_ROOTS": app_fixtures.app_roots(app_home),
+        "OMP_NUM_THREADS": "1",
+    }
+    # the server's output, kept for a failed run
+    log = tempfile.NamedTemporaryFile("w", prefix="subnetviz-e2e-streamlit-", suffix=".log", delete=False)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("streamlit did not start")
-            time.sleep(0.3)
-        yield url
+        proc, url = start_server(env, log=log)
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
         log.close()
 
 
