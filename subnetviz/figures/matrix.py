@@ -27,11 +27,8 @@ def delta_image(
         return no_data_figure(title)
     if a.ndim != 2:
         raise FigureDataError(f"delta_image: expected a 2-D array (rows, cols); got shape {a.shape}.")
-    m, n = a.shape
-    f = max(1, int(np.ceil(max(m, n) / max_side)))
-    r0, c0 = np.arange(0, m, f), np.arange(0, n, f)
-    counts = np.outer(np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0)
-    mean = _block_sum(a, f) / counts
+    f, r0, c0, rows_in, cols_in = _blocks(a.shape, max_side)
+    mean = _block_sum(a, f) / np.outer(rows_in, cols_in)
     span = float(np.nanmax(np.abs(mean))) or 1.0
     fig = go.Figure(
         go.Heatmap(
@@ -46,6 +43,22 @@ def delta_image(
             hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
         )
     )
+    return _matrix_layout(fig, title, a.shape, f)
+
+
+def _blocks(shape: tuple[int, int], max_side: int):
+    """The block grid of an m × n matrix shown in at most ``max_side`` cells a side: block size
+    f = ceil(max(m, n) / max_side) on both axes (aspect kept), each block's first row and column, and
+    how many rows / columns each block holds (the last ones ragged)."""
+    m, n = shape
+    f = max(1, int(np.ceil(max(m, n) / max_side)))
+    r0, c0 = np.arange(0, m, f), np.arange(0, n, f)
+    return f, r0, c0, np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0
+
+
+def _matrix_layout(fig: go.Figure, title: str, shape: tuple[int, int], f: int) -> go.Figure:
+    """A matrix image's layout: its size and block size under the title, row 0 on top, square cells."""
+    m, n = shape
     sub = f"{m}×{n}, blocks of {f}×{f}" if f > 1 else f"{m}×{n}, full resolution"
     _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
@@ -86,11 +99,8 @@ def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries chang
         return no_data_figure(title)
     if a.ndim != 2:
         raise FigureDataError(f"matrix_image: expected a 2-D mask (rows, cols); got shape {a.shape}.")
-    m, n = a.shape
-    f = max(1, int(np.ceil(max(m, n) / max_side)))
+    f, r0, c0, rows_in, cols_in = _blocks(a.shape, max_side)
     sums = _block_sum(a, f)
-    r0, c0 = np.arange(0, m, f), np.arange(0, n, f)
-    rows_in, cols_in = np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0
     counts = np.outer(rows_in, cols_in).astype(np.float64)
     share = 100 * sums / counts
     if f == 1:  # one cell per entry: row and column are the axes, nothing else to say (keeps the payload small)
@@ -119,11 +129,7 @@ def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries chang
             **trace,
         )
     )
-    sub = f"{m}×{n}, blocks of {f}×{f}" if f > 1 else f"{m}×{n}, full resolution"
-    _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
-    fig.update_xaxes(constrain="domain")
-    return fig
+    return _matrix_layout(fig, title, a.shape, f)
 
 
 def _downsample_1d(v: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray, int]:
