@@ -197,6 +197,26 @@ class MaskCheck:
         }
 
 
+class _Counts:
+    """Entries inside / outside a mask and how many of each changed, summed over tensors."""
+
+    def __init__(self):
+        self.inside = self.outside = self.changed_in = self.changed_out = 0
+
+    def add(self, diff: torch.Tensor, mask: torch.Tensor | bool | None) -> None:
+        """``diff``: the tensor's changed entries; ``mask``: its mask, True (no masks: all inside) or
+        None (a tensor the masks do not cover: all outside)."""
+        m = torch.full_like(diff, mask is True) if mask is None or mask is True else mask.to(torch.bool)
+        n_in = int(m.sum())
+        self.inside += n_in
+        self.outside += diff.numel() - n_in
+        self.changed_in += int((diff & m).sum())
+        self.changed_out += int((diff & ~m).sum())
+
+    def check(self, tensors: int) -> MaskCheck:
+        return MaskCheck(self.changed_out == 0, self.changed_in, self.changed_out, self.inside, self.outside, tensors)
+
+
 def check_outside_mask(
     base_dir: str | os.PathLike, trained_dir: str | os.PathLike, masks: dict[str, torch.Tensor] | None
 ) -> MaskCheck:
@@ -216,20 +236,14 @@ def check_outside_mask(
             if a.dtype != b.dtype or a.shape != b.shape:
                 raise MaskError(f"{name}: base {a.dtype}{tuple(a.shape)} vs trained {b.dtype}{tuple(b.shape)}.")
         al = align([ck_base, ck_new])
-        inside = outside = ch_in = ch_out = 0
+        counts = _Counts()
         for t in sorted(al.tensors, key=lambda t: t.names[0]):
             diff = bits_differ(read_aligned(ck_base, t, 0), read_aligned(ck_new, t, 1))
-            m = masks.get(t.names[0]) if masks is not None else torch.ones_like(diff)
-            m = torch.zeros_like(diff) if m is None else m.to(torch.bool)
-            n_in = int(m.sum())
-            inside += n_in
-            outside += diff.numel() - n_in
-            ch_in += int((diff & m).sum())
-            ch_out += int((diff & ~m).sum())
+            counts.add(diff, masks.get(t.names[0]) if masks is not None else True)
     finally:
         ck_base.close()
         ck_new.close()
-    return MaskCheck(ch_out == 0, ch_in, ch_out, inside, outside, len(al.tensors))
+    return counts.check(len(al.tensors))
 
 
 def check_state_outside_mask(
@@ -244,21 +258,15 @@ def check_state_outside_mask(
     ck = open_checkpoint(base_dir)
     try:
         have = set(ck.names)
-        inside = outside = ch_in = ch_out = n = 0
+        counts, n = _Counts(), 0
         for name in sorted(k for k in state if k in have):
             new = state[name].detach().cpu()
             base = ck.get(name)
             if tuple(base.shape) != tuple(new.shape):
                 raise MaskError(f"{name}: base {tuple(base.shape)} vs trained {tuple(new.shape)}.")
             diff = bits_differ(base.to(new.dtype), new)
-            m = masks.get(name) if masks is not None else torch.ones_like(diff)
-            m = torch.zeros_like(diff) if m is None else m.to(torch.bool)
-            n_in = int(m.sum())
-            inside += n_in
-            outside += diff.numel() - n_in
-            ch_in += int((diff & m).sum())
-            ch_out += int((diff & ~m).sum())
+            counts.add(diff, masks.get(name) if masks is not None else True)
             n += 1
     finally:
         ck.close()
-    return MaskCheck(ch_out == 0, ch_in, ch_out, inside, outside, n)
+    return counts.check(n)
