@@ -14,6 +14,14 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
   "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
   echo "$HASH" > "$STAMP"
 fi
+# PPO (drivers grid): TRL 0.29.1 in its own folder, no dependencies (see requirements-ppo.txt).
+PPO_DIR="$VENV/overlays/trl-ppo"
+PPO_HASH=$(sha256sum requirements-ppo.txt | cut -d' ' -f1)
+if [ ! -f "$PPO_DIR/.stamp" ] || [ "$(cat "$PPO_DIR/.stamp")" != "$PPO_HASH" ]; then
+  rm -rf "$PPO_DIR"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$PPO_DIR" -r requirements-ppo.txt
+  echo "$PPO_HASH" > "$PPO_DIR/.stamp"
+fi
 # The test set-up (make test) also installs the optional Ray backend that tests/integration/test_ray.py covers.
 RAY_STAMP="$VENV/.ray-stamp"
 RAY_HASH=$(sha256sum requirements-ray.txt | cut -d' ' -f1)

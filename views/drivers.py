@@ -33,16 +33,17 @@ def launch() -> None:
 
 
 def body() -> None:
-    from subnetviz.experiments.drivers import NOT_AVAILABLE
+    from subnetviz.experiments.drivers import not_available
 
     st.title("What drives update sparsity")
     st.caption(
         "Each run finetunes the demo base with the project's TRL training code, varying one factor around a "
         "default GRPO run (learning rate, steps, KL coefficient β, gradient clipping, optimizer, data origin, "
-        "algorithm); every run is saved twice from the same weights, in bf16 and in fp32. Sparsity is the "
+        "algorithm: SFT, DPO, GRPO, RLOO and PPO, the last three with the same exact-match reward); every run "
+        "is saved twice from the same weights, in bf16 and in fp32. Sparsity is the "
         "bitwise share of unchanged parameters; accuracy is greedy exact match on held-out set A; KL is the "
         "forward KL(π_base ‖ π) per token on those prompts. "
-        + " ".join(f"{k.upper()}: {v}" for k, v in NOT_AVAILABLE.items())
+        + " ".join(f"{k.upper()}: {v}" for k, v in not_available().items())
     )
     launch()
     ui.live(_results, kind="drivers")

@@ -115,7 +115,7 @@ def cmd_behavior(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from subnetviz.cache import atomic_folder
-    from subnetviz.experiments.drivers import NOT_AVAILABLE, run_drivers, verdicts
+    from subnetviz.experiments.drivers import not_available, run_drivers, verdicts
 
     threads()
     results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers"))
@@ -126,7 +126,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]
     print(results[cols].to_string(index=False))
     print(verdict.to_string(index=False))
-    for algo, why in NOT_AVAILABLE.items():
+    for algo, why in not_available().items():
         print(f"note: {algo}: {why}", file=sys.stderr)
     print(f"wrote {args.out}")
     return 0

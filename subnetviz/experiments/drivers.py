@@ -10,10 +10,11 @@ prompts (:func:`subnetviz.analysis.behavior.behavior`).
 
 Factors (one varied at a time around a default GRPO run): learning rate, steps, KL coefficient β,
 gradient clipping on/off, optimizer (AdamW vs SGD), data origin (SFT on the policy's own correct
-samples vs SFT on gold answers of prompts the policy gets wrong), algorithm (SFT, DPO, GRPO, RLOO),
-and storage precision (every run's bf16 and fp32 saves). PPO: TRL 1.16 ships no ``PPOTrainer``
-(neither in ``trl`` nor in ``trl.experimental``; the last release with one is 0.29.1, in
-``trl.experimental.ppo``, which the pin excludes), so it is reported as not run (:data:`NOT_AVAILABLE`).
+samples vs SFT on gold answers of prompts the policy gets wrong), algorithm (SFT, DPO, GRPO, RLOO, PPO),
+and storage precision (every run's bf16 and fp32 saves). PPO is the ``PPOTrainer`` of TRL 0.29.1 (the
+pinned 1.16 has none), run in a child process with that TRL first on its path (:mod:`subnetviz.experiments.ppo`),
+on GRPO's data with the same exact-match reward; where that TRL is not installed the PPO runs are left out
+and :func:`not_available` says why.
 
 The grid's runs fan out over a Ray cluster (``run_drivers(address=...)``; a job does it when
 ``SUBNETVIZ_RAY_ADDRESS`` is set): one task per run, the merged table equal to the local one.
@@ -44,14 +45,17 @@ from subnetviz.experiments.drivers_runs import _write_jsonl, measure, recipe_row
 __all__ = ["measure", "recipe_rows", "run_drivers", "sft_sets", "train_run", "verdicts"]
 
 ProgressFn = Callable[[int, int, str], None]
-ALGORITHMS = ("sft", "dpo", "grpo", "rloo")
-NOT_AVAILABLE = {
-    "ppo": (
-        "not run: TRL 1.16 (the pinned version) has no PPOTrainer, neither in trl nor in trl.experimental. The last "
-        "TRL with one is 0.29.1 (trl.experimental.ppo.PPOTrainer); using it would mean replacing the pinned TRL 1.16 "
-        "(one trl per environment) and with it the SFT, DPO, GRPO and RLOO trainers this grid runs."
-    )
-}
+ALGORITHMS = ("sft", "dpo", "grpo", "rloo", "ppo")
+
+
+def not_available() -> dict[str, str]:
+    """Algorithms of the grid that cannot run here -> why (PPO needs its TRL 0.29.1 folder)."""
+    from subnetviz.experiments.ppo import unavailable_reason
+
+    reason = unavailable_reason()
+    return {"ppo": reason} if reason else {}
+
+
 COLUMNS = [
     "factor",
     "value",
@@ -154,11 +158,13 @@ def _data_files(base: str, data: Path, work: Path, p: DriversPreset) -> dict:
         ("dpo", "task"): str(data / "dpo_A.jsonl"),
         ("grpo", "task"): str(data / "A_train.jsonl"),
         ("rloo", "task"): str(data / "A_train.jsonl"),
+        ("ppo", "task"): str(data / "A_train.jsonl"),
     }
 
 
 def _plan(p: DriversPreset, seeds: int, factors) -> list[RunSpec]:
-    specs = p.plan(seeds)
+    missing = not_available()
+    specs = [s for s in p.plan(seeds) if s.algorithm not in missing]
     if factors is not None:
         unknown = set(factors) - {s.factor for s in specs}
         if unknown:
@@ -284,6 +290,15 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
         f"on-policy {on:.1%} vs gold {gold:.1%}",
         None if np.isnan(on + gold) else on > gold,
     )
+    algos = r[r["factor"] == "algorithm"].groupby("value")["sparsity"].mean()
+    rl = algos.drop("sft", errors="ignore")
+    if "sft" in algos and len(rl):
+        add(
+            "RL updates are sparser than SFT",
+            "every RL algorithm (and DPO) sparser than SFT on the same task",
+            ", ".join(f"{k.upper()}: {v:.1%}" for k, v in algos.items()),
+            bool((rl > algos["sft"]).all()),
+        )
     for factor in ("beta", "clipping"):
         vals = r[r["factor"] == factor].groupby("value")["sparsity"].mean()
         if len(vals) >= 2:

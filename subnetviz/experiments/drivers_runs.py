@@ -70,6 +70,8 @@ def train_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path
     from subnetviz.training.config import TrainConfig
     from subnetviz.training.trainers import build_trainer, save_bf16
 
+    if spec.algorithm == "ppo":
+        return _ppo_run(spec, base, data, out, preset)
     algo = "grpo" if spec.algorithm == "rloo" else spec.algorithm
     cfg = TrainConfig(
         algorithm=algo,
@@ -104,6 +106,26 @@ def train_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return out / "bf16", out / "fp32", seconds
+
+
+def _ppo_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path, float]:
+    """TRL's PPOTrainer (0.29.1, in a child process: :mod:`subnetviz.experiments.ppo`) on GRPO's data and reward."""
+    from subnetviz.experiments.ppo import train_ppo
+
+    request = {
+        "base": base,
+        "data": data,
+        "out": str(out),
+        "seed": spec.seed,
+        "steps": spec.steps,
+        "learning_rate": spec.learning_rate,
+        "batch_size": preset.batch_size,
+        "max_completion_length": preset.max_completion_length,
+        "beta": spec.beta,
+        "optimizer": spec.optimizer,
+    }
+    result = train_ppo(request)
+    return out / "bf16", out / "fp32", float(result["train_seconds"])
 
 
 def _rloo_trainer(cfg, scratch: Path):

@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from subnetviz.experiments.drivers import COLUMNS, NOT_AVAILABLE, PRESETS, verdicts
+from subnetviz.experiments.drivers import COLUMNS, PRESETS, not_available, verdicts
 
 
 def test_plan_covers_every_factor_and_trains_shared_recipes_once():
     specs = PRESETS["quick"].plan(seeds=2)
     factors = {s.factor for s in specs}
     assert factors == {"learning_rate", "steps", "beta", "clipping", "optimizer", "data", "algorithm"}
-    assert {s.algorithm for s in specs} == {"sft", "dpo", "grpo", "rloo"} and "ppo" in NOT_AVAILABLE
+    assert {s.algorithm for s in specs} == {"sft", "dpo", "grpo", "rloo", "ppo"} and not not_available()
     assert {s.seed for s in specs} == {0, 1}
     recipes = {s.recipe() for s in specs}
     assert len(recipes) < len(specs)  # the default run sits on several axes and is trained once per seed
@@ -58,6 +58,25 @@ def test_verdicts_read_hand_made_results():
     assert not v["KL coefficient has little effect"]  # 10 points apart
     assert not v["larger learning rate → denser updates"]  # sparsity rose with the learning rate
     assert v["bf16 storage hides small updates"]
+    algos = _results(
+        [
+            {"factor": "algorithm", "value": a, "algorithm": a, "precision": "bf16", "sparsity": x}
+            for a, x in (("sft", 0.3), ("grpo", 0.7), ("ppo", 0.5), ("dpo", 0.2))
+        ]
+    )
+    v = verdicts(algos).set_index("conjecture")
+    assert v.loc["RL updates are sparser than SFT", "reproduced"] is False  # DPO 20 % < SFT 30 %
+    assert "PPO: 50.0%" in v.loc["RL updates are sparser than SFT", "observed"]
+    v = verdicts(algos[algos["algorithm"] != "dpo"]).set_index("conjecture")["reproduced"]
+    assert v["RL updates are sparser than SFT"] is True
+
+
+def test_without_the_ppo_trl_the_grid_leaves_ppo_out(tmp_path, monkeypatch):
+    from subnetviz.experiments.drivers import _plan
+
+    monkeypatch.setenv("SUBNETVIZ_PPO_TRL", str(tmp_path / "none"))
+    assert "bootstrap.sh" in not_available()["ppo"]
+    assert "ppo" not in {s.algorithm for s in _plan(PRESETS["quick"], 1, None)}
 
 
 def test_figures_draw_every_factor():
@@ -101,7 +120,7 @@ def test_micro_grid_on_the_micro_zoo(micro_zoo, tmp_path, monkeypatch):  # noqa:
     run_job(cfg, ctx)
     res = pd.read_csv(ctx.out_dir / "results.csv", dtype={"value": str})
     assert list(res.columns) == COLUMNS
-    assert set(res["algorithm"]) == {"sft", "dpo", "grpo", "rloo"}
+    assert set(res["algorithm"]) == {"sft", "dpo", "grpo", "rloo", "ppo"}
     pairs = res.pivot_table(index=["factor", "value", "seed"], columns="precision", values="sparsity")
     assert (pairs["fp32"] <= pairs["bf16"]).all()  # every bf16 bit change is an fp32 change too
     assert ((res["sparsity"] >= 0) & (res["sparsity"] <= 1)).all()
