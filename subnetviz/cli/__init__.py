@@ -30,6 +30,9 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+OVERWRITE_HELP = "replace an existing non-empty --out (atomically, once the new result is complete)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="subnetviz", description=__doc__.splitlines()[0])
     p.add_argument("--version", action=_VersionAction, help="print the version (and git commit from a clone) and exit")
@@ -51,11 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("base", help="HF folder, .safetensors file, index json, or cached hub id")
     a.add_argument("finetuned", nargs="+", help="one or more finetuned checkpoints")
     a.add_argument("--out", required=True, help="output folder (written only when the analysis succeeded)")
-    a.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing non-empty --out (atomically, once the new result is complete)",
-    )
+    a.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     a.add_argument("--labels", nargs="+", help="a name per finetuned checkpoint")
     a.add_argument("--tolerances", nargs="+", type=float, help="absolute tolerances (default 1e-8 1e-7 1e-6 1e-5 1e-4)")
     a.add_argument("--eta", type=float, default=1e-3, help="relative rule |Δ| <= eta·max(|w|,|w'|) (default 1e-3)")
@@ -93,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from the local datasets cache, or a save_to_disk folder (default: the zoo's eval sets)",
     )
     b.add_argument("--out", required=True, help="output folder: behavior.json, tokens.csv, prompts.csv, curves.csv")
+    b.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     b.add_argument("--labels", nargs="+", help="a name per finetuned model")
     b.add_argument(
         "--mask",
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("experiment", help="experiment drivers: train small grids, sparsity vs each factor")
     x.add_argument("name", choices=["drivers"])
     x.add_argument("--out", required=True, help="output folder: results.csv, verdicts.csv")
+    x.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     x.add_argument("--preset", default="quick", help="quick (≤ 5 min on 2 cores, default) or micro")
     x.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
     x.add_argument("--zoo", help="a built demo zoo (default SUBNETVIZ_HOME/zoo)")
@@ -147,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="self-contained HTML dashboard of an analysis folder")
     rep.add_argument("analysis_dir")
-    rep.add_argument("--out", required=True)
+    rep.add_argument("--out", required=True, help="the HTML file to write")
+    rep.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     rep.set_defaults(func=cmd_report)
     return p
 

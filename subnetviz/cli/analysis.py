@@ -82,6 +82,7 @@ def cmd_behavior(args: argparse.Namespace) -> int:
     from subnetviz.cache import atomic_folder
 
     threads()
+    out = check_out(args.out, args.overwrite)  # before the work: a folder in the way is said at once
     masks = {}
     for spec in args.mask or []:
         name, sep, path = spec.partition("=")
@@ -103,7 +104,7 @@ def cmd_behavior(args: argparse.Namespace) -> int:
         "limit": args.limit,
     }
     report = run_config(config, progress=progress_bar("behavior"))
-    with atomic_folder(args.out) as tmp:
+    with atomic_folder(out) as tmp:
         write_behavior(report, tmp)
     for line in report.notes:
         print(f"note: {line}", file=sys.stderr)
@@ -118,9 +119,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from subnetviz.experiments.drivers import not_available, run_drivers, verdicts
 
     threads()
+    out = check_out(args.out, args.overwrite)
     results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers"))
     verdict = verdicts(results)
-    with atomic_folder(args.out) as tmp:
+    with atomic_folder(out) as tmp:
         results.to_csv(tmp / "results.csv", index=False)
         verdict.to_csv(tmp / "verdicts.csv", index=False)
     cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]

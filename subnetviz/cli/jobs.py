@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from subnetviz.cli.common import threads
 from subnetviz.errors import SubnetvizError
@@ -76,6 +77,10 @@ def cmd_mask(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from subnetviz.report.dashboard import analysis_report
 
-    path = analysis_report(args.analysis_dir, args.out)
+    out = Path(args.out).expanduser()
+    if out.is_dir() or (out.exists() and not args.overwrite):
+        what = "a folder" if out.is_dir() else "a file"
+        raise SubnetvizError(f"--out {args.out}: {what} is already there; choose a new file name, or pass --overwrite.")
+    path = analysis_report(args.analysis_dir, out)
     print(f"wrote {path}")
     return 0

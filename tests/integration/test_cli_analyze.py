@@ -218,3 +218,25 @@ def test_full_or_read_only_file_system_is_one_line(ckpt_zoo, planted, tmp_path, 
     assert rc == 2 and len(errors) == 1 and errors[0].startswith("error: cannot complete")
     assert os.strerror(getattr(errno, code)) in errors[0]
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("verb", ["behavior", "experiment", "report"])
+def test_every_writing_verb_keeps_a_users_output(verb, tmp_path, capsys):
+    """``behavior`` and ``experiment`` replaced an existing --out folder, ``report`` an existing file,
+    without being asked; now each stops before any work, in one line, and keeps it."""
+    mine = tmp_path / "mine"
+    if verb == "report":
+        mine.write_text("<html>my report</html>")
+        args = ["report", str(tmp_path / "no-analysis"), "--out", str(mine)]
+    else:
+        mine.mkdir()
+        (mine / "notes.txt").write_text("my notes")
+        rest = ["drivers"] if verb == "experiment" else [str(tmp_path / "base"), str(tmp_path / "ft")]
+        args = [verb, *rest, "--out", str(mine)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err and str(mine) in err
+    if verb == "report":
+        assert mine.read_text() == "<html>my report</html>"
+    else:
+        assert (mine / "notes.txt").read_text() == "my notes"

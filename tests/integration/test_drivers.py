@@ -121,6 +121,8 @@ def test_micro_grid_on_the_micro_zoo(micro_zoo, tmp_path, monkeypatch):  # noqa:
     res = pd.read_csv(ctx.out_dir / "results.csv", dtype={"value": str})
     assert list(res.columns) == COLUMNS
     assert set(res["algorithm"]) == {"sft", "dpo", "grpo", "rloo", "ppo"}
+    ppo = res[res["algorithm"] == "ppo"].set_index("precision")
+    assert ppo.loc["fp32", "sparsity"] < 1 and ppo.loc["fp32", "kl_forward"] > 0  # TRL's PPO really moved the policy
     pairs = res.pivot_table(index=["factor", "value", "seed"], columns="precision", values="sparsity")
     assert (pairs["fp32"] <= pairs["bf16"]).all()  # every bf16 bit change is an fp32 change too
     assert ((res["sparsity"] >= 0) & (res["sparsity"] <= 1)).all()
