@@ -76,17 +76,26 @@ def _reducers(n_masks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return bits, pairs, degree
 
 
-def _reduce(region: np.ndarray, n_masks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _reduce(region: np.ndarray, n_masks: int, total: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sizes (G, N), pair intersections (G, pairs), exactly-k counts (G, N + 1)) of region counts
-    (G, 2**N), exact int64: float64 BLAS products while the total is below 2**53 (NumPy's int64
-    matmul has no BLAS: ~0.4 s per group at N = 16), integer products beyond. Above 8 masks the
-    codes are split into their low 8 and high N - 8 bits (:func:`_reduce_split`)."""
-    if int(region.sum()) >= 2**53:
+    (G, 2**N), exact int64: float64 BLAS products while the total (``total``, else summed here) is
+    below 2**53 (NumPy's int64 matmul has no BLAS: ~0.4 s per group at N = 16), integer products
+    beyond. Above 8 masks the codes are split into their low 8 and high N - 8 bits
+    (:func:`_reduce_split`). Groups go through one reused float64 buffer of ~8 MB at a time (at
+    N = 16 a float copy of every group at once is 0.5 MB per group of fresh pages)."""
+    if (int(region.sum()) if total is None else total) >= 2**53:
         return tuple(region @ m.astype(np.int64) for m in _reducers(n_masks))
-    r = region.astype(np.float64)
-    if n_masks > 8:
-        return _reduce_split(r, n_masks)
-    return tuple(np.rint(r @ m).astype(np.int64) for m in _reducers(n_masks))
+    rows = max(1, (1 << 20) // 2**n_masks)
+    buf = np.empty((min(rows, region.shape[0]), 2**n_masks))
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for g0 in range(0, region.shape[0], rows):
+        r = buf[: min(rows, region.shape[0] - g0)]
+        np.copyto(r, region[g0 : g0 + rows], casting="unsafe")
+        if n_masks > 8:
+            parts.append(_reduce_split(r, n_masks))
+        else:
+            parts.append(tuple(np.rint(r @ m).astype(np.int64) for m in _reducers(n_masks)))
+    return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
 
 
 def _reduce_split(r: np.ndarray, n_masks: int, low: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -287,16 +296,19 @@ def mask_overlap(
     names = _validate(sets, labels)
     group_of = group_of or (lambda name: name)
 
-    counts: dict[Hashable, np.ndarray] = {}
-    for name in names:
-        group = group_of(name)
-        numel = math.prod(_shape(sets[0], name))
-        region = _region_counts([_source(s, name) for s in sets], n_masks, numel)
-        counts[group] = counts[group] + region if group in counts else region
-    if not counts:
+    if not names:
         raise MaskError("the mask sets hold no tensors; nothing to compare.")
-    groups = list(counts)
-    per_group = np.stack([counts[g] for g in groups])  # (G, 2**N)
+    group_index: dict[Hashable, int] = {}
+    rows = [group_index.setdefault(group_of(name), len(group_index)) for name in names]
+    groups = list(group_index)
+    # (G, 2**N) filled in place: the report's per-group arrays are its rows (no copy of 2**N columns
+    # per group at N = 16, where G rows are ~0.5 MB each)
+    per_group = np.zeros((len(groups), 2**n_masks), dtype=np.int64)
+    work: dict = {}  # block buffers, reused from tensor to tensor
+    for name, row in zip(names, rows, strict=True):
+        numel = math.prod(_shape(sets[0], name))
+        per_group[row] += _region_counts([_source(s, name) for s in sets], n_masks, numel, work)
+    counts = {g: per_group[i] for i, g in enumerate(groups)}
     totals = per_group.sum(0)
     bits = _membership(n_masks)
     numel = int(totals.sum())
@@ -312,7 +324,7 @@ def mask_overlap(
         {"members": members[1:], "code": np.arange(1, 2**n_masks), "degree": bits[1:].sum(axis=1), "count": totals[1:]}
     )
 
-    reduced = _reduce(per_group, n_masks)  # one product per statistic for every group at once
+    reduced = _reduce(per_group, n_masks, numel)  # one product per statistic for every group at once
     consensus = pd.DataFrame(
         {
             "group": [g for g in groups for _ in range(n_masks + 1)],

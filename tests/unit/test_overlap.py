@@ -155,7 +155,7 @@ def test_bit_packed_masks_give_the_bool_masks_regions(n_masks, monkeypatch):
     np.testing.assert_array_equal(plain.totals, mixed.totals)  # padded unpacked bits beside bool views
     import subnetviz.analysis.overlap_counts as overlap_module
 
-    monkeypatch.setattr(overlap_module, "CHUNK", 16)  # blocks of 16 parameters, the last one partial
+    monkeypatch.setattr(overlap_module, "CHUNK", 16)  # blocks of 64 parameters (one word), the last one partial
     for blocked in (mask_overlap(sets), mask_overlap(packed), mask_overlap([packed[0], *sets[1:]])):
         for name, region in plain.region_counts.items():
             np.testing.assert_array_equal(blocked.region_counts[name], region)
