@@ -374,7 +374,7 @@ def mask_set(path: str | os.PathLike):
 
 def series(paths: Sequence[str], steps: Sequence[int]):
     """Checkpoint-series analysis (memory-cached by the checkpoints' fingerprints), with progress."""
-    from subnetviz.analysis.series import checkpoint_series
+    from subnetviz.jobs.cluster import checkpoint_series  # on the Ray cluster when SUBNETVIZ_RAY_ADDRESS is set
 
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in paths)
     bar, progress = _progress_bar("Walking the series")

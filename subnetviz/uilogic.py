@@ -207,7 +207,8 @@ def compute_updates(
     """The workspace's update analysis: from the disk cache, else computed (``progress`` per tensor);
     ``eta``: the relative criterion's η (None: the default)."""
     from subnetviz.analysis.sparsity import SparsityOptions
-    from subnetviz.analysis.updates import SpectraOptions, cached_analysis
+    from subnetviz.analysis.updates import SpectraOptions
+    from subnetviz.jobs.cluster import cached_analysis  # on the Ray cluster when SUBNETVIZ_RAY_ADDRESS is set
 
     extra = {} if eta is None else {"eta": float(eta)}
     return cached_analysis(

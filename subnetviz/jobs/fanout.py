@@ -23,9 +23,10 @@ equals the one trained in the driver's process.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 
-from subnetviz.errors import ConfigError
+from subnetviz.errors import ConfigError, JobError, SubnetvizError
 
 
 def _with_threads(fn: Callable, threads: int | None, args: tuple, env: dict | None = None):
@@ -60,6 +61,8 @@ def ray_map(
     address: str | None = None,
     num_cpus: float = 1,
     threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    timeout: float | None = None,
 ) -> list:
     """``[fn(*a) for a in arg_tuples]`` with each call a Ray task declaring ``num_cpus``; results in order.
 
@@ -67,6 +70,10 @@ def ray_map(
     runs as many at once as its CPUs allow. ``address``: default ``SUBNETVIZ_RAY_ADDRESS``. Each
     call sees this process's ``SUBNETVIZ_*`` variables (e.g. ``SUBNETVIZ_ENFORCE_ROOTS``: a job's
     read roots hold on the workers too) and no others of that prefix.
+
+    ``progress(done, total)``: as tasks finish. ``timeout``: seconds for all of them (a
+    :class:`JobError` after it). A task's subnetviz error (a bad checkpoint) is raised as itself,
+    without the worker's traceback; the first failure cancels the other tasks.
     """
     from subnetviz.jobs import fanout
     from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, connect, ray_address
@@ -79,11 +86,35 @@ def ray_map(
     env = {k: v for k, v in os.environ.items() if k.startswith("SUBNETVIZ_")}
     refs = [task.remote(fn, threads, tuple(a), env) for a in arg_tuples]
     try:
-        return ray.get(refs)
-    except BaseException:
+        return _collect(ray, refs, progress, timeout, address)
+    except BaseException as exc:
         for ref in refs:  # one failed (or the driver was interrupted): the others stop too
             ray.cancel(ref, force=True)
+        cause = getattr(exc, "cause", None)  # RayTaskError: the worker's exception
+        if isinstance(cause, SubnetvizError):
+            raise cause from None
         raise
+
+
+def _collect(ray, refs: list, progress, timeout: float | None, address: str) -> list:
+    """The tasks' results in order, failing at the first failed task, ``progress`` as they finish."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending, done = list(refs), 0
+    if progress:
+        progress(0, len(refs))
+    while pending:
+        left = 1.0 if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise JobError(
+                f"the Ray cluster at {address} did not finish {len(pending)} of {len(refs)} tasks in {timeout:g} s."
+            )
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=min(left, 1.0), fetch_local=False)
+        if ready:
+            ray.get(ready)  # a failed task raises here, before the others finish
+            done += len(ready)
+            if progress:
+                progress(done, len(refs))
+    return ray.get(refs)
 
 
 # --- a checkpoint series, by groups of tensors ------------------------------------------------
@@ -138,13 +169,23 @@ def _series_part(paths: list[str], steps: list[int], keys: list[str]):
     return checkpoint_series(paths, steps, tensors=set(keys))
 
 
-def series_fanout(paths: Sequence[str], steps: Sequence[int] | None = None, *, workers: int = 2, address=None):
+def series_fanout(
+    paths: Sequence[str],
+    steps: Sequence[int] | None = None,
+    *,
+    workers: int = 2,
+    address=None,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    timeout: float | None = None,
+):
     """:func:`~subnetviz.analysis.series.checkpoint_series` fanned out over ``workers`` Ray tasks.
 
     The series' cumulative counts (ever updated, cancelled out) need every checkpoint of a tensor
     together, so the work splits by groups of tensors (balanced by size), each task streaming its
     tensors through all N checkpoints; the integer counts merge exactly (:func:`merge_series`).
-    ``address``: the cluster (default ``SUBNETVIZ_RAY_ADDRESS``).
+    ``address``: the cluster (default ``SUBNETVIZ_RAY_ADDRESS``); ``threads``, ``progress``,
+    ``timeout``: as :func:`ray_map`'s.
     """
     from subnetviz.checkpoints import align, open_checkpoint
 
@@ -160,7 +201,9 @@ def series_fanout(paths: Sequence[str], steps: Sequence[int] | None = None, *, w
     from subnetviz.jobs import fanout
 
     groups = _groups(sizes, max(1, int(workers)))
-    return merge_series(ray_map(fanout._series_part, [(paths, steps, g) for g in groups], address=address), steps)
+    jobs = [(paths, steps, g) for g in groups]
+    parts = ray_map(fanout._series_part, jobs, address=address, threads=threads, progress=progress, timeout=timeout)
+    return merge_series(parts, steps)
 
 
 # --- N-model update analysis and overlap ----------------------------------------------------------
@@ -223,3 +266,78 @@ def updates_fanout(
     )
     overlap = merge_overlap(str(base), reports) if options.keep_masks else None
     return reports, overlap
+
+
+# --- the pages' update analysis (sparsity, spectra, overlap), per pair ----------------------------
+def pair_analysis(base: str, finetuned: str, label: str, options, spectra, device: str):
+    """On a worker: the whole update analysis of one (base, finetune) pair, spectra included."""
+    from subnetviz.analysis.updates import analyze_updates
+
+    return analyze_updates(base, [finetuned], labels=[label], options=options, spectra=spectra, device=device)
+
+
+def whole_analysis(base: str, finetuned: list[str], labels: list[str], options, spectra, device: str):
+    """On a worker: the N-model analysis in one task (where the pairs would not merge to it)."""
+    from subnetviz.analysis.updates import analyze_updates
+
+    return analyze_updates(base, finetuned, labels=labels, options=options, spectra=spectra, device=device)
+
+
+def pairs_merge_exactly(ck_base, cks: Sequence) -> bool:
+    """Whether every pair's pass meets its tensors in the order the N-model pass does: the base's
+    tensors that the first finetune aligns, then the others' extra ones; a pair meets its own in
+    the base's order. Equal for checkpoints of one architecture; a finetune that aligns a tensor the
+    first does not, ahead of a shared one, would list its rows in another order."""
+    from subnetviz.checkpoints import align
+
+    keyed = [[t.key for t in align([ck_base, c]).tensors] for c in cks]
+    order = list(dict.fromkeys(k for ks in keyed for k in ks))  # the N-model pass' keys
+    return all([k for k in order if k in set(ks)] == ks for ks in keyed)
+
+
+def _split_notes(analysis) -> tuple[list[str], list[str]]:
+    """A one-pair analysis' notes as (the base's, the model's labelled ones). The pass writes the
+    base's notes, then the model's own labelled ``"label: note"``; its report lists the same base
+    notes, then the model's own unlabelled: the first place where the two lists differ splits them."""
+    notes, own = analysis.notes, analysis.reports[0].notes
+    cut = next((j for j, (a, b) in enumerate(zip(notes, own, strict=False)) if a != b), len(notes))
+    return notes[:cut], notes[cut:]
+
+
+def merge_analyses(base: str, parts: Sequence, options):
+    """One :class:`UpdateAnalysis` from one-pair analyses (one per finetune, in order), as the N-model
+    pass makes it: the reports and spectra side by side, the base's notes once then each model's,
+    and the overlap of the update masks (:func:`merge_overlap`)."""
+    from subnetviz.analysis.updates import UpdateAnalysis
+
+    labels = [a.labels[0] for a in parts]
+    reports = [a.reports[0] for a in parts]
+    split = [_split_notes(a) for a in parts]
+    notes = [*split[0][0], *(n for _, own in split for n in own)]
+    spectra = None if parts[0].spectra is None else {lab: a.spectra[lab] for lab, a in zip(labels, parts, strict=True)}
+    overlap = merge_overlap(base, reports) if options.keep_masks else None
+    return UpdateAnalysis(parts[0].base, labels, reports, spectra, None, None, overlap, notes, 0.0)
+
+
+def analysis_fanout(
+    base: str, finetuned: Sequence[str], labels: Sequence[str], options, spectra, device: str, **ray_kw
+):
+    """:func:`~subnetviz.analysis.updates.analyze_updates` of ``base`` against N finetunes on Ray:
+    one task per (base, finetune) pair merged by :func:`merge_analyses` (equal to the local pass:
+    per-pair results do not depend on the other finetunes), or one task for the whole analysis where
+    :func:`pairs_merge_exactly` says the rows would come in another order. ``ray_kw``: for
+    :func:`ray_map` (address, threads, progress, timeout)."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+    from subnetviz.jobs import fanout
+
+    base, finetuned, labels = str(base), [str(f) for f in finetuned], list(labels)
+    ck_base = open_checkpoint(base)
+    try:
+        per_pair = len(finetuned) == 1 or pairs_merge_exactly(ck_base, [open_finetune(f, ck_base) for f in finetuned])
+    finally:
+        ck_base.close()
+    if not per_pair:
+        return ray_map(fanout.whole_analysis, [(base, finetuned, labels, options, spectra, device)], **ray_kw)[0]
+    jobs = [(base, f, lab, options, spectra, device) for f, lab in zip(finetuned, labels, strict=True)]
+    return merge_analyses(base, ray_map(fanout.pair_analysis, jobs, **ray_kw), options)
