@@ -9,7 +9,7 @@ Decisions documented here:
   ``beta`` of 0 makes the loss flat (zero gradient), so ``beta == 0`` means "TRL's default 0.1";
   :meth:`TrainConfig.effective_beta` says which value a run uses.
 - ``strategy`` / ``num_processes``: how many processes train together and how they share the model
-  (``single``, ``ddp``, ``fsdp2``, ``zero3``: :mod:`subnetviz.training.sharded`); ``batch_size`` is
+  (``single``, ``ddp``, ``fsdp2``, ``zero2``, ``zero3``: :mod:`subnetviz.training.sharded`); ``batch_size`` is
   per process.
 - ``mask``: ``None`` (full finetune), a mask file, or ``"random:<mask file>"`` (a random mask with
   the same per-tensor density as that file, drawn with ``seed``: the chance baseline).
@@ -25,7 +25,7 @@ from pathlib import Path
 from subnetviz.errors import ConfigError, suggest
 
 ALGORITHMS = ("sft", "dpo", "grpo")
-STRATEGIES = ("single", "ddp", "fsdp2", "zero3")
+STRATEGIES = ("single", "ddp", "fsdp2", "zero2", "zero3")
 JOB_KEYS = ("kind", "num_gpus")  # a job config's keys that are not the run's
 DPO_DEFAULT_BETA = 0.1
 RANDOM_PREFIX = "random:"
@@ -54,7 +54,7 @@ class TrainConfig:
     lr_scheduler_type: str = "constant"  # any transformers scheduler name ("constant", "linear", "cosine")
     bf16: bool = True  # bf16 autocast (TRL's default) with fp32 master weights; False = all fp32
     name: str | None = None  # a label for the run (shown in the registry)
-    strategy: str = "single"  # "single" | "ddp" | "fsdp2" | "zero3" (see subnetviz.training.sharded)
+    strategy: str = "single"  # "single" | "ddp" | "fsdp2" | "zero2" | "zero3" (see subnetviz.training.sharded)
     num_processes: int = 1  # processes that train together (launched by accelerate launch / torchrun)
 
     @property

@@ -122,7 +122,7 @@ class MaskedUpdateCallback(TrainerCallback):
         self, masks: dict[str, torch.Tensor] | None, weight_decay: float, decay_names: set[str], *, zero: bool = False
     ):
         self.masks = masks
-        self.zero = zero  # DeepSpeed ZeRO: masks and decay go through sharded.ZeroGradientMask instead
+        self.zero = zero  # DeepSpeed ZeRO: masks and decay go through zero.ZeroGradientMask instead
         self.weight_decay = float(weight_decay)
         self.decay_names = set(decay_names)
         self._hooks: GradientMask | None = None
@@ -133,7 +133,7 @@ class MaskedUpdateCallback(TrainerCallback):
         if model is None:
             raise RuntimeError("MaskedUpdateCallback needs the model in on_train_begin")
         if self.zero:
-            return  # installed by train() on the DeepSpeed engine (sharded.ZeroGradientMask)
+            return  # installed by train() on the DeepSpeed engine (zero.ZeroGradientMask)
         if self.masks is not None and self._hooks is None:
             self._hooks = GradientMask(model, self.masks)
         if self.weight_decay > 0:

@@ -12,6 +12,7 @@ leaves a folder that looks complete. The folder then holds:
   against the base (``outside_mask_identical``, changed entries inside/outside) of the saved bf16
   model (``mask_check``) and of the gathered full fp32 state dict (``gathered_check``); for FSDP2
   the evidence that it was active (``fsdp2``: DTensor parameters, mesh size, local vs full sizes),
+  for ZeRO likewise (``zero``: stage, partitioned parameters, local vs full sizes, masked steps),
 - ``accelerate_config.yaml`` for a launched multi-process run.
 
 Under ``accelerate launch`` every process runs :func:`train`; only the main process saves. A
@@ -33,7 +34,7 @@ from transformers import TrainerCallback
 
 from subnetviz.errors import ConfigError, JobError
 from subnetviz.jobs.context import JobContext
-from subnetviz.training import sharded
+from subnetviz.training import sharded, zero
 from subnetviz.training.config import TrainConfig, job_train_config
 from subnetviz.training.evaluate import evaluate_accuracy
 from subnetviz.training.masking import (
@@ -63,9 +64,10 @@ class TrainResult:
     is_main_process: bool = True  # False on the other ranks of a multi-process run (they save nothing)
     train_seconds: float | None = None  # the training loop alone (TRL's train_runtime), without load/save/eval
     num_processes: int = 1  # processes that trained together (accelerate launch / DDP / FSDP2)
-    strategy: str = "single"  # the config's strategy (single, ddp, fsdp2, zero3)
+    strategy: str = "single"  # the config's strategy (single, ddp, fsdp2, zero2, zero3)
     gathered_check: dict | None = None  # MaskCheck of the gathered full (fp32) state dict, before the bf16 save
     fsdp2: dict | None = None  # sharded.fsdp2_evidence(): DTensor parameters, mesh size, local vs full numel
+    zero: dict | None = None  # zero.zero_evidence() of the DeepSpeed engine, with the steps the mask was applied
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,8 +85,10 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
     multi-process ``strategy`` is :func:`launch_and_train`'s job.
     """
     cfg.validate()
-    if cfg.strategy == "zero3" and (why := sharded.zero_available()):
-        raise ConfigError(why + ".")
+    if cfg.strategy in zero.ZERO_STRATEGIES:
+        if why := zero.zero_available():
+            raise ConfigError(why + ".")
+        zero.prepare_cpu()
     start = time.time()
     scratch = Path(tempfile.mkdtemp(prefix="subnetviz-trl-"))
     run = None
@@ -111,6 +115,7 @@ class _Run:
             ctx, total=cfg.steps, is_main=world is None or world.is_main, any_rank=sharded.any_rank if world else None
         )
         self.is_main, self.n_proc, self.evidence = True, 1, None
+        self.zero_installer: _ZeroMaskInstaller | None = None
 
     def attach(self, trainer) -> None:
         if self.world is not None:
@@ -122,8 +127,8 @@ class _Run:
 
     def gather(self):
         """The collective that assembles the full state dict on every rank (None: the model's own)."""
-        if self.cfg.strategy == "zero3":
-            return sharded.zero_full_state  # fp32 master weights gathered from the ZeRO partitions
+        if self.cfg.strategy in zero.ZERO_STRATEGIES:
+            return zero.zero_full_state  # fp32 master weights gathered from the ZeRO partitions
         return sharded.full_state_dict if self.world is not None else None
 
     def result(self, steps_done: int, **fields) -> TrainResult:
@@ -136,6 +141,7 @@ class _Run:
             train_seconds=self.progress.train_seconds,
             num_processes=self.n_proc,
             strategy=self.cfg.strategy,
+            zero=self.zero_installer.evidence if self.zero_installer is not None else None,
             **fields,
         )
 
@@ -145,7 +151,7 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
     trainer = build_trainer(cfg, scratch, [run.progress], world=run.world)
     model = trainer.model
     run.attach(trainer)
-    masks, mask_set = _add_mask_callbacks(cfg, trainer)
+    masks, mask_set, run.zero_installer = _add_mask_callbacks(cfg, trainer)
     gather = run.gather()
     if cfg.save_steps:
         trainer.add_callback(
@@ -171,7 +177,8 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
 
 def _add_mask_callbacks(cfg: TrainConfig, trainer):
     """The run's mask (refused before any step when it does not fit the model) and the callbacks that
-    keep every entry outside it unchanged; returns ``(masks, mask_set)`` (both None for a full run)."""
+    keep every entry outside it unchanged; returns ``(masks, mask_set, ZeRO installer)`` (masks and
+    mask set None for a full run; the installer None but for ZeRO)."""
     model = trainer.model
     masks = mask_set = None
     if cfg.mask is not None:
@@ -179,11 +186,12 @@ def _add_mask_callbacks(cfg: TrainConfig, trainer):
         shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
         masks, mask_set = load_training_mask(cfg.mask, shapes, seed=cfg.seed)
     decay_names = set(trainer.get_decay_parameter_names(model))
-    zero = cfg.strategy == "zero3"
-    trainer.add_callback(MaskedUpdateCallback(masks, cfg.weight_decay, decay_names, zero=zero))
-    if zero:
-        trainer.add_callback(_ZeroMaskInstaller(trainer, masks, cfg.weight_decay, decay_names))
-    return masks, mask_set
+    is_zero = cfg.strategy in zero.ZERO_STRATEGIES
+    trainer.add_callback(MaskedUpdateCallback(masks, cfg.weight_decay, decay_names, zero=is_zero))
+    installer = _ZeroMaskInstaller(trainer, masks, cfg.weight_decay, decay_names) if is_zero else None
+    if installer is not None:
+        trainer.add_callback(installer)
+    return masks, mask_set, installer
 
 
 def _announce(run: _Run) -> None:
@@ -231,6 +239,8 @@ def _finish(run: _Run, steps_done: int, masks, gathered: dict) -> TrainResult:
             _log(ctx, f"WARNING: {c['changed_outside']} entries outside the mask changed in the {name}")
     accuracy = evaluate_accuracy(partial, cfg.eval_data) if cfg.eval_data else None
     result = run.result(steps_done, accuracy=accuracy, mask_check=check, gathered_check=gathered, fsdp2=run.evidence)
+    if result.zero is not None:
+        _log(ctx, f"DeepSpeed ZeRO active: {json.dumps(result.zero)}")
     (partial / SUMMARY_FILE).write_text(json.dumps({**result.to_dict(), **version_info()}, indent=2) + "\n")
     os.replace(partial, run.out)
     _log(ctx, f"saved {run.out} after {steps_done} steps ({result.seconds:.1f} s); accuracy {accuracy}")
@@ -238,12 +248,21 @@ def _finish(run: _Run, steps_done: int, masks, gathered: dict) -> TrainResult:
 
 
 class _ZeroMaskInstaller(TrainerCallback):
-    """Puts :class:`~subnetviz.training.sharded.ZeroGradientMask` on the DeepSpeed engine once the
-    trainer has prepared it (``on_train_begin``)."""
+    """Puts :class:`~subnetviz.training.zero.ZeroGradientMask` on the DeepSpeed engine once the
+    trainer has prepared it (``on_train_begin``); :attr:`evidence` is then the engine's
+    :func:`~subnetviz.training.zero.zero_evidence` plus how many steps the mask was applied."""
 
     def __init__(self, trainer, masks, weight_decay, decay_names):
         self.trainer, self.masks = trainer, masks
         self.weight_decay, self.decay_names = weight_decay, decay_names
+        self._mask: zero.ZeroGradientMask | None = None
+        self._evidence: dict | None = None
+
+    @property
+    def evidence(self) -> dict | None:
+        if self._evidence is None:
+            return None
+        return {**self._evidence, "mask_applied_steps": self._mask.steps}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         tr = self.trainer
@@ -253,9 +272,9 @@ class _ZeroMaskInstaller(TrainerCallback):
                 n: torch.ones(p.ds_shape if hasattr(p, "ds_shape") else p.shape, dtype=torch.bool)
                 for n, p in tr.model.named_parameters()
             }
-        sharded.ZeroGradientMask(tr.model, masks, self.weight_decay, self.decay_names).install(
-            tr.accelerator, tr.optimizer
-        )
+        self._mask = zero.ZeroGradientMask(tr.model, masks, self.weight_decay, self.decay_names)
+        self._mask.install(tr.accelerator, tr.optimizer)
+        self._evidence = zero.zero_evidence(tr.accelerator.deepspeed_engine_wrapped.engine)
 
 
 def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = None) -> TrainResult:

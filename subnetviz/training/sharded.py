@@ -15,9 +15,10 @@ A config's ``strategy`` says how its processes share the work:
   (``distribute_tensor(mask, p.device_mesh, p.placements).to_local()``) and applied to the local
   gradient shard in ``register_post_accumulate_grad_hook`` (``register_hook`` on a DTensor
   parameter never fires under FSDP2). :func:`fsdp2_evidence` records that FSDP2 was really active.
-- ``zero3``: DeepSpeed ZeRO-3 (GPU only) through the Trainer's DeepSpeed integration; the mask is
-  applied between DeepSpeed's backward and its step with ``deepspeed.utils.safe_get_local_grad`` /
-  ``safe_set_local_grad`` on the partitioned parameters (:class:`ZeroGradientMask`).
+- ``zero2`` / ``zero3``: DeepSpeed ZeRO-2 / ZeRO-3 through the Trainer's DeepSpeed integration, on
+  CUDA GPUs or on CPU (the launch sets ``DS_ACCELERATOR=cpu`` there: gloo); the mask is applied
+  between DeepSpeed's backward and its step with ``deepspeed.utils.safe_get_local_grad`` /
+  ``safe_set_local_grad`` on the partitioned parameters (:mod:`subnetviz.training.zero`).
 
 ``python -m subnetviz train --config`` (and a ``train`` job) launches ``accelerate launch
 --config_file <accelerate_config.yaml> -m subnetviz train --config ...`` for every strategy but
@@ -39,6 +40,14 @@ import torch
 
 from subnetviz.errors import ConfigError
 from subnetviz.training.config import STRATEGIES  # noqa: F401  (re-exported)
+from subnetviz.training.zero import (  # noqa: F401  (re-exported)
+    ZERO_STAGE,
+    ZERO_STRATEGIES,
+    ZeroGradientMask,
+    zero_available,
+    zero_full_state,
+    zero_partition,
+)
 
 ACCELERATE_CONFIG = "accelerate_config.yaml"
 ACCELERATE_CONFIG_ENV = "SUBNETVIZ_ACCELERATE_CONFIG"  # the launched processes copy it beside the model
@@ -59,17 +68,6 @@ def needs_launch(strategy: str) -> bool:
     return strategy != "single" and not launched()
 
 
-def zero_available() -> str | None:
-    """None when ZeRO can run here, else why not."""
-    if not torch.cuda.is_available():
-        return "strategy zero3 needs CUDA GPUs (DeepSpeed ZeRO has no CPU path here); use fsdp2 on CPU"
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        return "strategy zero3 needs DeepSpeed: pip install deepspeed (GPU machines only)"
-    return None
-
-
 # --- the launch -------------------------------------------------------------------------------
 
 
@@ -84,7 +82,7 @@ def accelerate_config(strategy: str, num_processes: int, *, port: int | None = N
 
     ``ddp`` and ``fsdp2`` launch through torchrun (``MULTI_GPU``; with no CUDA GPU the trainer runs
     on CPU over gloo); for ``fsdp2`` subnetviz applies ``fully_shard`` itself in each process.
-    ``zero3`` uses accelerate's DeepSpeed plugin (stage 3, no offload).
+    ``zero2`` / ``zero3`` use accelerate's DeepSpeed plugin (stage 2 / 3, no offload).
     """
     lines = [
         f"# written by subnetviz for strategy {strategy}",
@@ -100,16 +98,16 @@ def accelerate_config(strategy: str, num_processes: int, *, port: int | None = N
         "same_network: true",
         "use_cpu: false",
     ]
-    if strategy == "zero3":
+    if strategy in ZERO_STRATEGIES:
         lines += [
             "distributed_type: DEEPSPEED",
             "deepspeed_config:",
-            "  zero_stage: 3",
+            f"  zero_stage: {ZERO_STAGE[strategy]}",
             "  offload_optimizer_device: none",
             "  offload_param_device: none",
-            "  zero3_init_flag: false",
-            "  zero3_save_16bit_model: true",
         ]
+        if strategy == "zero3":
+            lines += ["  zero3_init_flag: false", "  zero3_save_16bit_model: true"]
     else:
         if strategy == "fsdp2":
             lines.append("# fully_shard is applied by subnetviz.training.sharded in each process (see its docstring)")
@@ -124,7 +122,7 @@ def launch(strategy: str, num_processes: int, config_file: Path, folder: Path, *
     Output goes to this process's stdout/stderr (a job's ``log.txt``). ``run_dir``: the job's run
     folder, where the launched rank 0 reports progress and reads the cancel flag.
     """
-    if strategy == "zero3" and (why := zero_available()):
+    if strategy in ZERO_STRATEGIES and (why := zero_available()):
         raise ConfigError(why + ".")
     folder.mkdir(parents=True, exist_ok=True)
     yaml = folder / ACCELERATE_CONFIG
@@ -133,6 +131,8 @@ def launch(strategy: str, num_processes: int, config_file: Path, folder: Path, *
     env[ACCELERATE_CONFIG_ENV] = str(yaml)
     env[LAUNCHED_ENV] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")
+    if strategy in ZERO_STRATEGIES and not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator (gloo); it would probe for CUDA otherwise
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     if run_dir is not None:
@@ -257,100 +257,6 @@ def local_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         m = mask.to(device=param.to_local().device, dtype=torch.bool)
         return distribute_tensor(m, param.device_mesh, param.placements).to_local()
     return mask.to(device=param.device, dtype=torch.bool)
-
-
-# --- DeepSpeed ZeRO (GPU) -----------------------------------------------------------------------
-
-
-def zero_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter's fp32 master weights gathered from the ZeRO partitions, on CPU (a collective)."""
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    return {n: safe_get_full_fp32_param(p).detach().float().cpu() for n, p in model.named_parameters()}
-
-
-def zero_partition(mask: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """ZeRO-3's local partition of a flattened parameter, for its mask: the flat mask padded to a
-    multiple of ``world`` (padding False), chunk ``rank`` (1-D, ``ceil(numel / world)`` long)."""
-    flat = mask.reshape(-1).to(torch.bool)
-    part = -(-flat.numel() // world)
-    padded = torch.zeros(part * world, dtype=torch.bool, device=flat.device)
-    padded[: flat.numel()] = flat
-    return padded[rank * part : (rank + 1) * part]
-
-
-class ZeroGradientMask:
-    """Masks the partitioned gradients of a DeepSpeed engine between its backward and its step.
-
-    ZeRO-3: ``safe_get_local_grad(p)`` returns this rank's flat partition of ``p``'s gradient, masked
-    with :func:`zero_partition` and written back with ``safe_set_local_grad``; ZeRO-1/2 (parameters
-    not partitioned) go through ``safe_get/set_full_grad``. Decoupled weight decay is applied inside the mask to the fp32 master
-    partition (``safe_get_local_fp32_param``/``safe_set_local_fp32_param``). Needs a GPU and
-    DeepSpeed: unmeasured where neither is lent.
-    """
-
-    def __init__(self, model, masks: dict[str, torch.Tensor], weight_decay: float = 0.0, decay_names=()):
-        import torch.distributed as dist
-
-        self.model = model
-        self.masks = masks
-        self.weight_decay = float(weight_decay)
-        self.decay_names = set(decay_names)
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self._local: dict[str, torch.Tensor] = {}
-
-    def _mask_for(self, name: str, local: torch.Tensor) -> torch.Tensor:
-        if name not in self._local:
-            m = self.masks[name]
-            if local.numel() == m.numel():
-                lm = m.reshape(local.shape)
-            else:
-                lm = zero_partition(m, self.rank, self.world)[: local.numel()].reshape(local.shape)
-            self._local[name] = lm.to(local.device)
-        return self._local[name]
-
-    def apply(self, lr: float) -> None:
-        """Mask every listed parameter's gradient (and decay its fp32 master weights inside the mask).
-
-        ZeRO-3 parameters (``ds_id``): this rank's partition, ``safe_get/set_local_grad``. ZeRO-1/2:
-        ``safe_get/set_full_grad`` (every rank calls them in the same order: they reduce fragments).
-        """
-        from deepspeed import utils as dsu
-
-        for name, p in self.model.named_parameters():
-            if name not in self.masks:
-                continue
-            local = hasattr(p, "ds_id")
-            get_g, set_g = (
-                (dsu.safe_get_local_grad, dsu.safe_set_local_grad)
-                if local
-                else (dsu.safe_get_full_grad, dsu.safe_set_full_grad)
-            )
-            g = get_g(p)
-            if g is not None:
-                set_g(p, torch.where(self._mask_for(name, g), g, 0.0))
-            if self.weight_decay > 0 and name in self.decay_names:
-                get_w, set_w = (
-                    (dsu.safe_get_local_fp32_param, dsu.safe_set_local_fp32_param)
-                    if local
-                    else (dsu.safe_get_full_fp32_param, dsu.safe_set_full_fp32_param)
-                )
-                w = get_w(p)
-                factor = torch.tensor(1.0 - lr * self.weight_decay, dtype=w.dtype, device=w.device)
-                set_w(p, w * torch.where(self._mask_for(name, w), factor, 1.0))
-
-    def install(self, accelerator, optimizer) -> None:
-        """Run :meth:`apply` inside accelerate's DeepSpeed backward, between ``engine.backward`` and ``engine.step``."""
-        wrapped = accelerator.deepspeed_engine_wrapped
-        engine = wrapped.engine
-
-        def backward(loss, sync_gradients=True, **kwargs):
-            engine.backward(loss, **kwargs)
-            if sync_gradients:
-                self.apply(float(optimizer.param_groups[0]["lr"]))
-                engine.step()
-
-        wrapped.backward = backward
 
 
 def any_rank(flag: bool) -> bool:

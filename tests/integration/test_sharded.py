@@ -175,7 +175,7 @@ def test_training_page_offers_strategy_and_processes(app_env):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
     at.switch_page("views/training.py").run()
     assert not at.exception
-    assert list(at.selectbox(key="tr_strategy").options) == ["single", "ddp", "fsdp2", "zero3"]
+    assert list(at.selectbox(key="tr_strategy").options) == ["single", "ddp", "fsdp2", "zero2", "zero3"]
     at.number_input(key="tr_nproc").set_value(2)
     next(b for b in at.button if "Launch" in b.label).click().run()  # single with 2 processes: refused
     assert any("runs one process" in e.value for e in at.error), [e.value for e in at.error]  # markdown-escaped
