@@ -198,13 +198,22 @@ def phase_naive(base: Path, ft: Path) -> dict:
     return {"changed": n - round(zeros), "changed@1e-05": n - round(close)}
 
 
-PHASES = {"a": phase_floor, "a2": phase_floor_count_nonzero, "b": phase_analysis, "c": phase_naive}
+# b0: (b) with the NumPy kernels (SUBNETVIZ_JIT=0), the pass before the compiled one, for comparison
+PHASES = {
+    "a": phase_floor,
+    "a2": phase_floor_count_nonzero,
+    "b": phase_analysis,
+    "b0": phase_analysis,
+    "c": phase_naive,
+}
 
 
 def run_child(phase: str, base: Path, ft: Path) -> dict:
     """Run one phase in a fresh interpreter; sample its RssAnon from here every 2 ms."""
     cmd = [sys.executable, "-m", "benches.bench_streaming", "--phase", phase, "--base", str(base), "--ft", str(ft)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    env = {**os.environ, "SUBNETVIZ_JIT": "0"} if phase == "b0" else None
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=root, env=env)
     peak = 0
     status = f"/proc/{proc.pid}/status"
     while proc.poll() is None:
@@ -229,13 +238,19 @@ def child_main(phase: str, base: Path, ft: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    if phase == "b":  # import the library before the clock starts, as (a) and (c) import theirs
+    warm = 0.0
+    if phase in ("b", "b0"):  # import the library before the clock starts, as (a) and (c) import theirs
         import subnetviz.analysis.updates  # noqa: F401
+        from subnetviz.analysis import bits_jit
+
+        warm = bits_jit.warm(("bfloat16",))  # numba and the bf16 kernel (from the on-disk cache): reported apart
     if phase == "c":
         import transformers  # noqa: F401
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = PHASES[phase](base, ft)
     result["seconds"] = time.perf_counter() - t0
+    result["cpu_seconds"] = time.process_time() - c0
+    result["warm_seconds"] = warm
     print(json.dumps(result))
 
 
@@ -246,6 +261,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs of (a') and (b); the fastest counts")
     ap.add_argument("--dir", help="where to write the pair (default: a new temp dir, deleted at the end)")
     ap.add_argument("--skip-naive", action="store_true", help="skip (a) and (c) (run at 30 %% only)")
+    ap.add_argument("--numpy-too", action="store_true", help="also (b0): (b) with the NumPy kernels (SUBNETVIZ_JIT=0)")
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--ft", type=Path, help=argparse.SUPPRESS)
@@ -269,9 +285,11 @@ def main() -> None:
         "a": "(a) floor: int16 views, .sum()",
         "a2": "(a') floor: count_nonzero",
         "b": "(b) analyze_updates (default)",
+        "b0": "(b0) the same, NumPy kernels",
         "c": "(c) naive: from_pretrained x2",
     }
     summary = []
+    print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for share in (float(x) for x in args.densities.split(",")):
         work = Path(tempfile.mkdtemp(prefix="bench-streaming-", dir=parent))
         try:
@@ -287,8 +305,11 @@ def main() -> None:
                 # (a') and (b) alternate, so a noisy neighbour slows both alike
                 results[phase] = None
             runs: dict[str, list[dict]] = {p: [] for p in results}
+            alternated = ("a2", "b", "b0") if args.numpy_too else ("a2", "b")
+            for phase in alternated[2:]:
+                runs[phase] = []
             for _ in range(args.repeat):
-                for phase in ("a2", "b"):
+                for phase in alternated:
                     runs[phase].append(run_child(phase, base, ft))
             for phase in extra:
                 runs[phase].append(run_child(phase, base, ft))
@@ -297,12 +318,20 @@ def main() -> None:
                 results[phase]["peak_anon_mb"] = max(r["peak_anon_mb"] for r in rs)
                 got = results[phase]["changed"]  # (c) sums fp32 means: agrees to rounding only
                 assert got == planted if phase != "c" else abs(got - planted) <= 1e-5 * params, (phase, got, planted)
-            print(f"{'phase':34s} {'seconds':>8s} {'peak RssAnon MB':>16s} {'limit MB':>9s}")
+            print(f"{'phase':34s} {'seconds':>8s} {'CPU s':>7s} {'peak RssAnon MB':>16s} {'limit MB':>9s}")
             for k, r in results.items():
-                print(f"{names[k]:34s} {r['seconds']:8.2f} {r['peak_anon_mb']:16.0f} {limit_mb:9.0f}")
+                print(
+                    f"{names[k]:34s} {r['seconds']:8.2f} {r['cpu_seconds']:7.2f} {r['peak_anon_mb']:16.0f} {limit_mb:9.0f}"
+                )
             a2, b = results["a2"]["seconds"], results["b"]["seconds"]
+            cpu = results["b"]["cpu_seconds"] / results["a2"]["cpu_seconds"]
+            print(
+                f"kernel load before the clock (numba + bf16 kernel from cache): {results['b']['warm_seconds']:.2f} s"
+            )
+            if "b0" in results:
+                print(f"(b0)/(a') = {results['b0']['seconds'] / a2:.2f}   (the NumPy kernels, same run)")
             mem = results["b"]["peak_anon_mb"]
-            summary.append((share, a2, b, mem))
+            summary.append((share, a2, b, mem, cpu))
             if "a" in results:
                 print(f"(b)/(a) = {b / results['a']['seconds']:.2f}   (the old floor with the int64 bool sum)")
             if "c" in results:
@@ -311,12 +340,13 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\n{'changed':>8s} {'floor s':>8s} {'analysis s':>10s} {'ratio':>8s} {'goal':>5s} "
+        f"\n{'changed':>8s} {'floor s':>8s} {'analysis s':>10s} {'ratio':>8s} {'CPU ratio':>9s} {'goal':>5s} "
         f"{'peak MB':>8s} {'limit MB':>8s}"
     )
-    for share, a2, b, mem in summary:
+    for share, a2, b, mem, cpu in summary:
         ok = "OK" if b <= 2.5 * a2 and mem <= limit_mb else "MISSED"
-        print(f"{share:8.0%} {a2:8.2f} {b:10.2f} {b / a2:8.2f} {'2.5':>5s} {mem:8.0f} {limit_mb:8.0f}  {ok}")
+        print(f"{share:8.0%} {a2:8.2f} {b:10.2f} {b / a2:8.2f} {cpu:9.2f} {'2.5':>5s} {mem:8.0f} {limit_mb:8.0f}  {ok}")
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"(floor = reading both files and count_nonzero of the integer views; limit = 4 x largest tensor "
         f"{largest / 2**20:.0f} MB + 300 MB)"

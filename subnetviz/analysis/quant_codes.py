@@ -15,11 +15,13 @@ Split from :mod:`subnetviz.analysis.quant` (which re-exports what the per-tensor
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
 import torch
 
+from subnetviz.analysis import bits_jit
 from subnetviz.analysis.bits import ULP_EDGES, check_finite, counts_above, ulp_bins, ulp_distance_bits
 from subnetviz.analysis.sparsity import PairStats, SparsityOptions, compare_pair
 from subnetviz.errors import CheckpointError, NonFiniteError
@@ -207,6 +209,8 @@ def compare_blocks(
         or sa.shape != sb.shape
     ):
         return None
+    if bits_jit.kernels() is not None:
+        return _compiled_blocks(a, sa, b, sb, options, name=name, block=block)
     x_all, y_all = a.contiguous().view(torch.uint8).numpy(), b.contiguous().view(torch.uint8).numpy()
     s_a, s_b = sa.to(torch.float32).contiguous().numpy(), sb.to(torch.float32).contiguous().numpy()
     mag = np.abs(s_a)
@@ -246,6 +250,42 @@ def compare_blocks(
         mask=torch.from_numpy(mask) if mask is not None else None,
     )
     return eff, code_changed, code_above
+
+
+def _compiled_blocks(a, sa, b, sb, options: SparsityOptions, *, name: str, block) -> tuple[PairStats, int, list[int]]:
+    """:func:`compare_blocks` as one compiled pass over the codes (:func:`bits_jit.fp8_blocks_pass`): every
+    entry dequantised in registers as the dense pass forms it, no gather, no float32 copy of the tensor."""
+    rows, cols = a.shape
+    mask = np.empty((rows, cols), dtype=np.bool_) if options.keep_masks else None
+    row_counts = np.zeros(rows, dtype=np.int64) if options.row_col else None
+    col_counts = np.zeros(cols, dtype=np.int64) if options.row_col else None
+    eff, code_changed, code_above = bits_jit.fp8_blocks_pass(
+        a.contiguous().view(torch.uint8).numpy(),
+        b.contiguous().view(torch.uint8).numpy(),
+        fp8_table(a.dtype),
+        sa.to(torch.float32).numpy(),
+        sb.to(torch.float32).numpy(),
+        block,
+        options,
+        mask,
+        row_counts,
+        col_counts,
+    )
+    if eff.changed and not math.isfinite(eff.largest):  # as compare_pair refuses it
+        raise NonFiniteError(f"{name}: NaN or Inf in the weights (largest |Δ| is {eff.largest}).")
+    stats = PairStats(
+        numel=a.numel(),
+        dtype="float32",
+        changed=eff.changed,
+        changed_tol=tuple(eff.tol),
+        changed_rel=eff.rel,
+        ulp_hist=tuple(ulp_bins(eff.changed, eff.above)),
+        max_abs_delta=eff.largest if eff.changed else 0.0,
+        row_counts=row_counts,
+        col_counts=col_counts,
+        mask=torch.from_numpy(mask) if mask is not None else None,
+    )
+    return stats, code_changed, code_above
 
 
 def _flush(pending: list, parts: list, code_above: list[int], options: SparsityOptions, name: str) -> int:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from subnetviz.analysis import bits_jit
 from subnetviz.analysis.bits import (
     DEFAULT_ETA,
     DEFAULT_TOLERANCES,
@@ -250,7 +251,10 @@ def compare_pair(
             a2.shape, dtype=torch.bool, device=a.device
         )
     if a.device.type == "cpu" and _NUMPY_ON_CPU:
-        _numpy_pass(int_view(a2).numpy(), int_view(b2).numpy(), a.dtype, options, acc)
+        x2, y2 = int_view(a2).numpy(), int_view(b2).numpy()
+        rel_is_nonzero = _rel_is_nonzero(a.dtype, options.eta)
+        if not bits_jit.run_pass(x2, y2, str(a.dtype)[6:], options, rel_is_nonzero, acc):  # compiled, one pass
+            _numpy_pass(x2, y2, a.dtype, options, acc)
     else:
         _torch_pass(int_view(a2), int_view(b2), a.dtype, options, acc)
     return acc.stats(a)

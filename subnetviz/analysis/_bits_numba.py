@@ -1,0 +1,322 @@
+"""The numba definitions behind :mod:`subnetviz.analysis.bits_jit` (imported only through it: this
+module needs numba at import time). Bit casts are LLVM intrinsics; the value decoding and the ULP
+distance are overloads chosen by the integer type of the view (int16: bf16, uint16: fp16, int32:
+fp32, int64: fp64), so one kernel source compiles to one specialised loop per dtype.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+SEG = 2048  # entries per segment: two buffers of 8-16 KB stay in L1
+
+
+def jit(fn):
+    """``njit(cache=True, nogil=True)``; where no cache location is writable, compiled in memory."""
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except Exception as exc:  # noqa: BLE001 (a read-only package and cache dir must not stop the analysis)
+        warnings.warn(f"numba cache unavailable ({exc}); compiling in memory.", RuntimeWarning, stacklevel=2)
+        return njit(nogil=True)(fn)
+
+
+@intrinsic
+def bf16_value(typingctx, v):  # int16 bit pattern -> float32 (the top half of its pattern)
+    def codegen(context, builder, sig, args):
+        w = builder.shl(builder.sext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(w, ir.FloatType())
+
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def f32_value(typingctx, v):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def f64_value(typingctx, v):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def float_bits(typingctx, v):  # float32 -> int32, float64 -> int64 (same bits)
+    width = v.bitwidth
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(width))
+
+    return getattr(types, f"int{width}")(v), codegen
+
+
+@intrinsic
+def bits_value(typingctx, i, like):  # integer bits (any width) -> a float of like's type
+    width = like.bitwidth
+    fty = ir.FloatType() if width == 32 else ir.DoubleType()
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if i.bitwidth > width:
+            v = builder.trunc(v, ir.IntType(width))
+        elif i.bitwidth < width:
+            v = builder.zext(v, ir.IntType(width))
+        return builder.bitcast(v, fty)
+
+    return like(i, like), codegen
+
+
+def decode(v, lut):  # stub: the compute-dtype value of a bit pattern
+    raise NotImplementedError
+
+
+@overload(decode, inline="always")
+def _decode(v, lut):
+    if v == types.int16:  # bf16
+        return lambda v, lut: bf16_value(v)
+    if v == types.uint16:  # fp16 (passed as uint16 so that the type says which)
+        return lambda v, lut: lut[v]
+    if v == types.int32:
+        return lambda v, lut: np.float64(f32_value(v))
+    if v == types.int64:
+        return lambda v, lut: f64_value(v)
+    return None
+
+
+def ulp(x, y):  # stub: ULP distance of two bit patterns (int32 for 16-bit types, int64, uint64)
+    raise NotImplementedError
+
+
+@overload(ulp, inline="always")
+def _ulp(x, y):
+    # The monotone key of a sign-magnitude pattern: m for a positive sign, -m for a negative one
+    # (conditional negation by the sign mask s: (m ^ s) - s), so |k_y - k_x| counts the steps,
+    # across zero too, and +0 / -0 share the key 0.
+    if x in (types.int16, types.uint16):
+
+        def impl16(x, y):
+            xw, yw = np.int32(np.int16(x)), np.int32(np.int16(y))
+            sx, sy = xw >> 15, yw >> 15
+            return abs((((yw & 0x7FFF) ^ sy) - sy) - (((xw & 0x7FFF) ^ sx) - sx))
+
+        return impl16
+    if x == types.int32:
+
+        def impl32(x, y):
+            xw, yw = np.int64(x), np.int64(y)
+            sx, sy = xw >> 31, yw >> 31
+            return abs((((yw & 0x7FFFFFFF) ^ sy) - sy) - (((xw & 0x7FFFFFFF) ^ sx) - sx))
+
+        return impl32
+    if x == types.int64:
+
+        def impl64(x, y):  # the difference may need all 64 bits: taken unsigned
+            sx, sy = x >> 63, y >> 63
+            kx = ((x & 0x7FFFFFFFFFFFFFFF) ^ sx) - sx
+            ky = ((y & 0x7FFFFFFFFFFFFFFF) ^ sy) - sy
+            s = np.uint64(0) - np.uint64(ky < kx)  # all ones when negative: conditional negation
+            return ((np.uint64(ky) - np.uint64(kx)) ^ s) - s
+
+        return impl64
+    return None
+
+
+@jit
+def count_above(buf, n, edge):
+    c = np.int32(0)
+    for k in range(np.uint64(n)):
+        c += np.int32(buf[k] > edge)
+    return c
+
+
+@jit
+def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc, cr, edges, out, dbuf, ubuf):
+    """Every statistic of one segment of integer views ``xr`` -> ``yr`` (1-D, at most SEG entries), added
+    into ``out`` = [changed, rel, #(ULP > edge)..., #(|Δ| > tol)..., largest |Δ| as bits]; writes the
+    segment's mask into ``mr`` (mask_mode 1: the bits differ, 2: |Δ| > mask_tol, 0: none) and adds its
+    changed entries to the column counts ``cr`` (when ``do_rc``). Returns the segment's changed count.
+    ``dbuf`` / ``ubuf``: buffers of the compute dtype / the ULP type."""
+    n = xr.size
+    n_tol, n_edge = tols.size, edges.size
+    changed = np.int32(0)  # int32 counters and 0/1 values: the compares stay 16 lanes wide or more
+    if mask_mode == 1 and do_rc:
+        for k in range(np.uint64(n)):
+            ne = np.int32(xr[k] != yr[k])
+            mr[k] = np.uint8(ne)
+            cr[k] += ne
+            changed += ne
+    elif mask_mode == 1:
+        for k in range(np.uint64(n)):
+            ne = np.int32(xr[k] != yr[k])
+            mr[k] = np.uint8(ne)
+            changed += ne
+    elif do_rc:
+        for k in range(np.uint64(n)):
+            ne = np.int32(xr[k] != yr[k])
+            cr[k] += ne
+            changed += ne
+    else:
+        for k in range(np.uint64(n)):
+            changed += np.int32(xr[k] != yr[k])
+    if changed == 0:  # (with mask_mode 2 the caller hands a mask of zeros)
+        return 0
+    top = float_bits(eta) & 0
+    far = ubuf[0] & 0
+    rel = np.int32(0)
+    if rel_nonzero:  # η below half an ULP: the rule is Δ != 0, i.e. a nonzero ULP distance
+        for k in range(np.uint64(n)):
+            xv = xr[k]
+            yv = yr[k]
+            d = abs(decode(yv, lut) - decode(xv, lut))
+            dbuf[k] = d
+            top = max(float_bits(d), top)  # |Δ| >= 0: its bits order like the values, NaN above Inf
+            u = ulp(xv, yv)
+            ubuf[k] = u
+            far = max(u, far)
+            rel += np.int32(u != 0)
+    else:
+        for k in range(np.uint64(n)):
+            xv = xr[k]
+            yv = yr[k]
+            xf = decode(xv, lut)
+            yf = decode(yv, lut)
+            d = abs(yf - xf)
+            dbuf[k] = d
+            top = max(float_bits(d), top)
+            u = ulp(xv, yv)
+            ubuf[k] = u
+            far = max(u, far)
+            rel += np.int32(d > eta * max(abs(xf), abs(yf)))
+    if mask_mode == 2:
+        for k in range(np.uint64(n)):
+            mr[k] = np.uint8(dbuf[k] > mask_tol)
+    out[0] += changed
+    out[1] += rel
+    largest = bits_value(top, eta)
+    for j in range(n_tol):  # ascending: the first tolerance the largest |Δ| does not pass ends it
+        if not largest > tols[j]:
+            break
+        out[2 + n_edge + j] += count_above(dbuf, n, tols[j])
+    for j in range(n_edge):
+        if not far > edges[j]:
+            break
+        out[2 + j] += count_above(ubuf, n, edges[j])
+    last = 2 + n_edge + n_tol
+    out[last] = max(out[last], np.int64(top))
+    return changed
+
+
+@jit
+def pair(x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, do_rc, rows, cols, edges, out, dbuf, ubuf):
+    """:func:`segment` over every row of integer views ``x2`` -> ``y2`` (R × C) in segments of SEG entries;
+    ``mask`` (R × C; 1 × 1 when mask_mode is 0), ``rows`` (int64) and ``cols`` (int32: added to) are filled
+    when ``do_rc``."""
+    n_rows, n_cols = x2.shape
+    for r in range(n_rows):
+        row_changed = 0
+        for c0 in range(0, n_cols, SEG):
+            c1 = min(n_cols, c0 + SEG)
+            mr = mask[r, c0:c1] if mask_mode else mask[0, 0:0]
+            cr = cols[c0:c1] if do_rc else cols[0:0]
+            row_changed += segment(
+                x2[r, c0:c1],
+                y2[r, c0:c1],
+                lut,
+                tols,
+                eta,
+                rel_nonzero,
+                mask_mode,
+                mask_tol,
+                mr,
+                do_rc,
+                cr,
+                edges,
+                out,
+                dbuf,
+                ubuf,
+            )
+        if do_rc:
+            rows[r] = row_changed
+
+
+@jit
+def fp8_blocks(
+    x2,
+    y2,
+    lut8,
+    sa,
+    sb,
+    b0,
+    b1,
+    tols,
+    eta,
+    rel_nonzero,
+    mask_mode,
+    mask,
+    do_rc,
+    rows,
+    cols,
+    edges,
+    out,
+    code_out,
+    dbuf,
+    ubuf,
+    ea,
+    eb,
+    sa_row,
+    sb_row,
+):
+    """FP8 codes ``x2`` -> ``y2`` (uint8, R × C) with block scales ``sa`` / ``sb`` (float32, ⌈R/b0⌉ × ⌈C/b1⌉):
+    ``code_out`` = [changed codes, #(code steps > edge)...]; the effective weights w = fl(value(code) ×
+    scale) (float32, as the dense dequantisation forms them) compared by :func:`segment` into ``out``,
+    ``mask``, ``rows``, ``cols`` exactly as :func:`pair` compares two float32 tensors."""
+    n_rows, n_cols = x2.shape
+    n_edge = edges.size
+    dummy = lut8[0:0]
+    for r in range(n_rows):
+        if r % b0 == 0:  # the scale of every column of this block row
+            for c in range(n_cols):
+                sa_row[c] = sa[r // b0, c // b1]
+                sb_row[c] = sb[r // b0, c // b1]
+        row_changed = 0
+        for c0 in range(0, n_cols, SEG):
+            c1 = min(n_cols, c0 + SEG)
+            n = c1 - c0
+            xr = x2[r, c0:c1]
+            yr = y2[r, c0:c1]
+            sar = sa_row[c0:c1]
+            sbr = sb_row[c0:c1]
+            steps = np.int32(0)
+            changed = np.int32(0)
+            for k in range(np.uint64(n)):
+                xc = np.int32(np.int8(xr[k]))
+                yc = np.int32(np.int8(yr[k]))
+                sx, sy = xc >> 7, yc >> 7
+                u = abs((((yc & 0x7F) ^ sy) - sy) - (((xc & 0x7F) ^ sx) - sx))
+                ubuf[k] = u
+                steps = max(steps, u)
+                changed += np.int32(xr[k] != yr[k])
+                ea[k] = float_bits(lut8[xr[k]] * sar[k])
+                eb[k] = float_bits(lut8[yr[k]] * sbr[k])
+            code_out[0] += changed
+            for j in range(n_edge):
+                if not steps > edges[j]:
+                    break
+                code_out[1 + j] += count_above(ubuf, n, edges[j])
+            mr = mask[r, c0:c1] if mask_mode else mask[0, 0:0]
+            cr = cols[c0:c1] if do_rc else cols[0:0]
+            row_changed += segment(
+                ea[:n], eb[:n], dummy, tols, eta, rel_nonzero, mask_mode, eta, mr, do_rc, cr, edges, out, dbuf, ubuf
+            )
+        if do_rc:
+            rows[r] = row_changed

@@ -1,0 +1,240 @@
+"""The per-tensor comparison as one compiled loop (numba): every statistic of a pair in one pass.
+
+:func:`pair_pass` computes, over two 2-D integer views of one float dtype (bf16, fp16, fp32, fp64),
+in one read of both: the changed count, the exact mask (or the mask at a tolerance), per-row and
+per-column counts, the largest |Δ|, the tolerance sweep, the η rule and the ULP counts, the same
+numbers as the NumPy kernel of :mod:`~subnetviz.analysis.bits` (same compute dtypes: float32 for
+16-bit types, float64 otherwise, the tolerances and η rounded to that dtype as NumPy's scalars are).
+:func:`fp8_block_pass` does the same for FP8 codes with block scales, effective weights dequantised
+in registers (:mod:`~subnetviz.analysis.quant_codes`).
+
+Each row is taken in segments of :data:`SEG` entries: a branch-free loop (it vectorises) writes |Δ|
+and the ULP distance of every entry into two cache-resident buffers and keeps the segment's
+largest values; the counts above each tolerance and ULP edge are then short vector loops over those
+buffers, skipped for edges the segment's largest value does not reach.
+
+numba is optional: without it (or with ``SUBNETVIZ_JIT=0``) :func:`kernels` returns None and the
+callers use the NumPy kernels. Compiled code is cached on disk (``cache=True``) next to this file,
+or, where that folder is read-only, under numba's user cache (``NUMBA_CACHE_DIR`` when set); if no
+cache location is writable the kernels are compiled in memory on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+SEG = 2048  # must equal _bits_numba.SEG (the buffers handed to the kernel)
+_LOCK = threading.Lock()
+_STATE: dict = {}
+
+
+def kernels():
+    """The compiled kernels' module (:mod:`subnetviz.analysis._bits_numba`), or None when numba is not
+    installed or ``SUBNETVIZ_JIT=0``. Imported once per process; each kernel compiles (or loads from
+    the on-disk cache) on its first call for a dtype."""
+    if os.environ.get("SUBNETVIZ_JIT", "1") == "0":
+        return None
+    if "k" not in _STATE:
+        with _LOCK:
+            if "k" not in _STATE:
+                try:
+                    from subnetviz.analysis import _bits_numba
+                except ImportError:
+                    _bits_numba = None
+                _STATE["k"] = _bits_numba
+    return _STATE["k"]
+
+
+_TABLES: dict[str, np.ndarray] = {}
+
+
+def _fp16_table() -> np.ndarray:
+    """float32 value of each of the 65536 float16 bit patterns (exact: float16 ⊂ float32)."""
+    t = _TABLES.get("fp16")
+    if t is None:
+        t = _TABLES["fp16"] = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    return t
+
+
+class PairOut:
+    """What :func:`pair_pass` found: changed, largest |Δ|, ``[#(|Δ| > tol)]``, η count, ``[#(ULP > edge)]``."""
+
+    __slots__ = ("above", "changed", "largest", "rel", "tol")
+
+    def __init__(self, changed: int, largest: float, tol: list[int], rel: int, above: list[int]):
+        self.changed, self.largest, self.tol, self.rel, self.above = changed, largest, tol, rel, above
+
+
+def pair_pass(
+    x2: np.ndarray,
+    y2: np.ndarray,
+    dtype_name: str,
+    tolerances,
+    edges,
+    eta: float,
+    rel_nonzero: bool,
+    mask: np.ndarray | None,
+    mask_tolerance: float | None,
+    rows: np.ndarray | None,
+    cols: np.ndarray | None,
+) -> PairOut:
+    """Run the compiled pass over 2-D integer views ``x2`` -> ``y2`` (C-contiguous, one shape) of float
+    ``dtype_name`` ('bfloat16', 'float16', 'float32', 'float64'). ``mask`` (bool, x2's shape) receives
+    the exact mask, or |Δ| > ``mask_tolerance`` when that is set (entries at or below it are written
+    False); ``rows`` / ``cols`` (int64) receive the changed count per row and are added per column.
+    Requires :func:`kernels` to be non-None."""
+    k = kernels()
+    width = x2.itemsize
+    ctype = np.float32 if width <= 2 else np.float64
+    utype = {2: np.int32, 4: np.int64, 8: np.uint64}[width]
+    lut = _fp16_table() if dtype_name == "float16" else np.zeros(1, np.float32)
+    if dtype_name == "float16":  # the kernel tells bf16 (int16) from fp16 (uint16) by the view's type
+        x2, y2 = x2.view(np.uint16), y2.view(np.uint16)
+    tols = np.asarray(tolerances, dtype=ctype)
+    edge_arr = np.asarray(edges, dtype=utype)
+    out = np.zeros(3 + edge_arr.size + tols.size, np.int64)
+    mode = 0 if mask is None else (1 if mask_tolerance is None else 2)
+    do_rc = rows is not None
+    cols32 = np.zeros(x2.shape[1] if do_rc else 0, np.int32)  # column counts: int32 adds in the loop
+    k.pair(
+        x2,
+        y2,
+        lut,
+        tols,
+        ctype(eta),
+        bool(rel_nonzero),
+        mode,
+        ctype(mask_tolerance or 0.0),
+        mask.view(np.uint8) if mask is not None else np.zeros((1, 1), np.uint8),
+        do_rc,
+        rows if do_rc else np.zeros(0, np.int64),
+        cols32,
+        edge_arr,
+        out,
+        np.empty(SEG, ctype),
+        np.empty(SEG, utype),
+    )
+    if do_rc:
+        cols += cols32
+    n_edge = edge_arr.size
+    largest = float(np.array(out[-1], dtype=np.int32 if width <= 2 else np.int64).view(ctype))
+    return PairOut(
+        int(out[0]),
+        largest,
+        out[2 + n_edge : 2 + n_edge + tols.size].tolist(),
+        int(out[1]),
+        out[2 : 2 + n_edge].tolist(),
+    )
+
+
+def run_pass(x2: np.ndarray, y2: np.ndarray, dtype_name: str, options, rel_nonzero: bool, acc) -> bool:
+    """The per-tensor pass of :func:`~subnetviz.analysis.sparsity.compare_pair` over 2-D integer views,
+    compiled: fills ``acc`` (its ``mask``, ``rows`` / ``cols`` when ``options.row_col``, ``changed``, and
+    the statistics through ``acc.add``). Returns False (nothing done) when the kernels are not available."""
+    if kernels() is None:
+        return False
+    from subnetviz.analysis.bits import ULP_EDGES
+
+    rows, cols = x2.shape
+    if options.row_col:
+        acc.rows, acc.cols = np.zeros(rows, np.int64), np.zeros(cols, np.int64)
+    mask = acc.mask.numpy() if acc.mask is not None else None
+    column = cols == 1 and rows > 1  # a 1-D tensor viewed as a column: one row of the kernel
+    if column:
+        x2, y2 = x2.reshape(1, rows), y2.reshape(1, rows)
+        mask = mask.reshape(1, rows) if mask is not None else None
+    out = pair_pass(
+        np.ascontiguousarray(x2),
+        np.ascontiguousarray(y2),
+        dtype_name,
+        options.tolerances,
+        ULP_EDGES,
+        options.eta,
+        rel_nonzero,
+        mask,
+        options.mask_tolerance,
+        None if column or not options.row_col else acc.rows,
+        None if column or not options.row_col else acc.cols,
+    )
+    if column and options.row_col:
+        acc.rows[:] = np.not_equal(x2, y2).reshape(-1)
+        acc.cols[0] = out.changed
+    acc.changed += out.changed
+    if out.changed:
+        acc.add(out.largest, out.tol, out.rel, out.above)
+    return True
+
+
+def warm(dtype_names=("bfloat16", "float16", "float32", "float64")) -> float:
+    """Import numba and load (or compile, the first time on a machine) the kernel for each dtype on a
+    tiny pair, so the first analysis does not pay for it; returns the seconds taken (0 without numba)."""
+    import time
+
+    t0 = time.perf_counter()
+    if kernels() is None:
+        return 0.0
+    from subnetviz.analysis.bits import ULP_EDGES
+
+    for name in dtype_names:
+        itype = {"bfloat16": np.int16, "float16": np.int16, "float32": np.int32, "float64": np.int64}[name]
+        x = np.zeros((1, 2), itype)
+        pair_pass(x, x.copy(), name, (1e-5,), ULP_EDGES, 1e-3, False, None, None, None, None)
+    return time.perf_counter() - t0
+
+
+def fp8_blocks_pass(x2, y2, lut8, sa, sb, block, options, mask, rows, cols):
+    """FP8 codes ``x2`` -> ``y2`` (uint8 views, R × C, C-contiguous) with float32 block scales ``sa`` / ``sb``
+    (⌈R/b0⌉ × ⌈C/b1⌉), compiled: returns (effective :class:`PairOut`, changed codes, #(code steps > edge)
+    per ULP edge) and fills ``mask`` (the effective mask), ``rows`` / ``cols`` (its counts) when given.
+    The effective weights are fl(value(code) × scale) in float32, compared as two float32 tensors are
+    (:func:`pair_pass`): the numbers of dequantising both sides whole and comparing them."""
+    from subnetviz.analysis.bits import ULP_EDGES
+
+    k = kernels()
+    n_cols = x2.shape[1]
+    tols = np.asarray(options.tolerances, dtype=np.float64)
+    edges = np.asarray(ULP_EDGES, dtype=np.int64)
+    out = np.zeros(3 + edges.size + tols.size, np.int64)
+    code_out = np.zeros(1 + edges.size, np.int64)
+    do_rc = rows is not None
+    cols32 = np.zeros(n_cols if do_rc else 0, np.int32)
+    k.fp8_blocks(
+        x2,
+        y2,
+        lut8,
+        np.ascontiguousarray(sa, dtype=np.float32),
+        np.ascontiguousarray(sb, dtype=np.float32),
+        int(block[0]),
+        int(block[1]),
+        tols,
+        float(options.eta),
+        bool(options.eta < np.finfo(np.float32).eps / 2),  # η below half a float32 ULP: the rule is Δ != 0
+        0 if mask is None else 1,
+        mask.view(np.uint8) if mask is not None else np.zeros((1, 1), np.uint8),
+        do_rc,
+        rows if do_rc else np.zeros(0, np.int64),
+        cols32,
+        edges,
+        out,
+        code_out,
+        np.empty(SEG, np.float64),
+        np.empty(SEG, np.int64),
+        np.empty(SEG, np.int32),
+        np.empty(SEG, np.int32),
+        np.empty(n_cols, np.float32),
+        np.empty(n_cols, np.float32),
+    )
+    if do_rc:
+        cols += cols32
+    n_edge = edges.size
+    eff = PairOut(
+        int(out[0]),
+        float(np.array(out[-1], dtype=np.int64).view(np.float64)),
+        out[2 + n_edge : 2 + n_edge + tols.size].tolist(),
+        int(out[1]),
+        out[2 : 2 + n_edge].tolist(),
+    )
+    return eff, int(code_out[0]), code_out[1:].tolist()
