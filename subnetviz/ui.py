@@ -392,7 +392,9 @@ def series(paths: Sequence[str], steps: Sequence[int]):
 def _job_runner(root: str):
     from subnetviz.jobs.runner import JobRunner
 
-    return JobRunner(root)
+    # No NVIDIA driver, no CUDA device: the runner need not import torch to count them (~4 s of the
+    # first page a fresh server shows, on a loaded machine). With a driver it asks torch, as before.
+    return JobRunner(root, gpus=None if uilogic.nvidia_driver() else [])
 
 
 @st.cache_resource(show_spinner=False)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-from scipy.optimize import brentq, minimize
 
 from subnetviz.errors import SubnetvizError
 
@@ -82,6 +81,8 @@ def distance_for_overlap(r1: float, r2: float, area: float) -> float:
         return (r1 + r2) * (1 + _GAP)
     if area >= full * (1 - 1e-12):
         return abs(r1 - r2) / 2  # contained: any d ≤ |r1 − r2| is exact; the middle reads best
+    from scipy.optimize import brentq  # here: scipy.optimize is ~0.8 s of a page's first import
+
     return brentq(lambda d: lens_area(r1, r2, d) - area, abs(r1 - r2), r1 + r2, xtol=1e-14, rtol=1e-14)
 
 
@@ -279,6 +280,8 @@ def venn3_layout(counts, method: str = "auto") -> VennLayout:
 
     # Nelder–Mead (the error is not smooth) from the pairwise layout, or from the nearest triangle
     # when there is none, and from a collinear start; the lowest error wins.
+    from scipy.optimize import minimize
+
     scale = float(radii.max()) or 1.0
     starts = [pairwise if pairwise is not None else _triangle(d[0, 1], d[0, 2], d[1, 2], clip=True)]
     starts.append(np.array([[0.0, 0.0], [d[0, 1], 0.0], [d[0, 1] + d[1, 2], 0.0]]))
