@@ -1,13 +1,17 @@
-"""Cost of the gradient mask under FSDP2: a 2-process masked vs unmasked training run on CPU.
+"""Cost of the gradient mask under FSDP2 (or DeepSpeed ZeRO-2 / ZeRO-3): a 2-process masked vs
+unmasked training run on CPU.
 
 Each run is ``python -m subnetviz train --config`` with ``strategy: fsdp2, num_processes: 2``
+(``--strategy zero2|zero3``: DeepSpeed's CPU accelerator, requirements-deepspeed.txt)
 (2 processes over gloo, one torch thread each), on the zoo-sized tiny Llama (hidden 96, 3 layers),
 a random 50 % mask, masked weight decay on. Runs alternate (full, masked, masked, full, ...) so
 machine load hits both alike; the figure is the median of TRL's train_runtime (the training loop
-alone) per step. Goal: ratio masked/full <= 1.10. Each masked run's summary must show FSDP2 active
-(DTensor parameters on a 2-process mesh) and no entry outside the mask changed.
+alone) per step. Goal: ratio masked/full <= 1.10. Each run's summary must show FSDP2 active
+(DTensor parameters on a 2-process mesh) or ZeRO active (the engine's stage on 2 processes), and
+each masked run no entry outside the mask changed.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_sharded [--algorithm grpo|sft|dpo] [--steps 30] [--reps 2]
+        [--strategy fsdp2|zero2|zero3]
 """
 
 from __future__ import annotations
@@ -54,11 +58,25 @@ def run(cfg: dict, folder: Path) -> dict:
     return json.loads((Path(cfg["output_dir"]) / "train_summary.json").read_text())
 
 
+def _evidence(summary: dict, strategy: str) -> dict:
+    """The run's FSDP2 or ZeRO evidence; exits when the strategy was not active on 2 processes."""
+    if strategy == "fsdp2":
+        ev = summary["fsdp2"]
+        if not (ev and ev["mesh_size"] == 2 and ev["dtensor_parameters"] == ev["parameters"]):
+            raise SystemExit(f"FSDP2 was not active: {ev}")
+        return ev
+    ev = summary["zero"]
+    if not (ev and ev["stage"] == int(strategy[-1]) and ev["world_size"] == 2):
+        raise SystemExit(f"ZeRO ({strategy}) was not active: {ev}")
+    return ev
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--algorithm", default="grpo", choices=["grpo", "sft", "dpo"])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--strategy", default="fsdp2", choices=["fsdp2", "zero2", "zero3"])
     args = ap.parse_args()
     from tests.models import make_tiny_llama
     from tests.training_fixtures import write_half_mask
@@ -86,21 +104,19 @@ def main() -> None:
                 "max_completion_length": 2,
                 "weight_decay": 0.01,
                 "seed": rep,
-                "strategy": "fsdp2",
+                "strategy": args.strategy,
                 "num_processes": 2,
             }
             s = run(cfg, out)
             per_step[variant].append(s["train_seconds"] / s["steps_done"])
             totals[variant].append(s["seconds"])
-            ev = s["fsdp2"]
-            if not (ev and ev["mesh_size"] == 2 and ev["dtensor_parameters"] == ev["parameters"]):
-                raise SystemExit(f"FSDP2 was not active: {ev}")
+            ev = _evidence(s, args.strategy)
             if variant == "masked":
                 evidence = ev
                 if not (s["mask_check"]["outside_mask_identical"] and s["gathered_check"]["outside_mask_identical"]):
                     raise SystemExit(f"masked run moved entries outside the mask: {s['gathered_check']}")
     print(
-        f"FSDP2, 2 CPU processes (gloo), masked vs full {args.algorithm.upper()}, "
+        f"{args.strategy.upper()}, 2 CPU processes (gloo), masked vs full {args.algorithm.upper()}, "
         f"{evidence['full_numel']:,} params ({evidence['local_numel']:,} on rank 0), "
         f"{args.steps} steps x {args.reps} reps, load avg {os.getloadavg()[0]:.1f}"
     )

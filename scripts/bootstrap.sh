@@ -29,6 +29,16 @@ if [ "${1:-}" = "--browser" ] && { [ ! -f "$RAY_STAMP" ] || [ "$(cat "$RAY_STAMP
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-ray.txt torch==2.13.0  # torch stays pinned
   echo "$RAY_HASH" > "$RAY_STAMP"
 fi
+# ... and DeepSpeed (strategies zero2/zero3): a source distribution whose setup.py imports torch, so
+# no build isolation and no prebuilt ops (see requirements-deepspeed.txt).
+DS_STAMP="$VENV/.deepspeed-stamp"
+DS_HASH=$(sha256sum requirements-deepspeed.txt | cut -d' ' -f1)
+if [ "${1:-}" = "--browser" ] && { [ ! -f "$DS_STAMP" ] || [ "$(cat "$DS_STAMP")" != "$DS_HASH" ]; }; then
+  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation \
+    -r requirements-deepspeed.txt torch==2.13.0  # torch stays pinned
+  "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  echo "$DS_HASH" > "$DS_STAMP"
+fi
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
   export DEBIAN_FRONTEND=noninteractive
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -1,15 +1,18 @@
-"""Sharded masked training: FSDP2 with 2 CPU processes (gloo) for SFT, DPO and GRPO.
+"""Sharded masked training with 2 CPU processes (gloo) for SFT, DPO and GRPO: FSDP2, and DeepSpeed
+ZeRO-2 / ZeRO-3 (DeepSpeed's CPU accelerator; the ZeRO tests need requirements-deepspeed.txt).
 
 Each run goes through ``python -m subnetviz train --config`` (or a ``train`` job), which launches
 the processes itself. The tests prove three things independently of the run's own summary:
 FSDP2 was really active (DTensor parameters sharded over a 2-process mesh, local shards half the
-model, and torch's own ``FSDP::pre_forward`` log lines), the processes trained together, and every
-entry outside the mask is bit-identical in the saved bf16 model (read back here from the file)
-while entries inside moved (masked weight decay on).
+model, and torch's own ``FSDP::pre_forward`` log lines), or ZeRO was (the DeepSpeed engine's stage,
+its partitioned parameters and this rank's share of them, counted here from the base's shapes),
+the processes trained together, and every entry outside the mask is bit-identical in the saved
+bf16 model (read back here from the file) while entries inside moved (masked weight decay on).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -23,8 +26,9 @@ from safetensors import safe_open
 
 from subnetviz.errors import ConfigError
 from subnetviz.masks import load_mask_set
+from subnetviz.training import sharded
 from subnetviz.training.config import TrainConfig
-from subnetviz.training.sharded import accelerate_config, zero_partition
+from subnetviz.training.sharded import accelerate_config, zero_available, zero_partition
 from tests.models import make_tiny_llama
 from tests.training_fixtures import write_addition_data, write_half_mask
 
@@ -154,6 +158,8 @@ def test_accelerate_config_per_strategy():
     assert "distributed_type: MULTI_GPU" in ddp and "num_processes: 2" in ddp and "main_process_port: 12345" in ddp
     z3 = accelerate_config("zero3", 4, port=1)
     assert "distributed_type: DEEPSPEED" in z3 and "zero_stage: 3" in z3
+    z2 = accelerate_config("zero2", 2, port=1)
+    assert "distributed_type: DEEPSPEED" in z2 and "zero_stage: 2" in z2 and "zero3_init_flag" not in z2
     assert "fully_shard is applied by subnetviz" in accelerate_config("fsdp2", 2, port=1)
 
 
@@ -227,3 +233,117 @@ def test_cancel_of_a_launched_fsdp2_job_leaves_no_process(tiny, tmp_path, monkey
     while ours() and time.time() < deadline:  # the ranks stop at their next step (cancel flag, all ranks)
         time.sleep(0.5)
     assert not ours(), [p.info["cmdline"] for p in ours()]
+
+
+# --- DeepSpeed ZeRO-2 / ZeRO-3 on CPU ---------------------------------------------------------------
+
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed (requirements-deepspeed.txt)"
+)
+ZERO_STAGES = {"zero2": 2, "zero3": 3}
+
+
+def test_zero_available_on_cpu_when_deepspeed_imports():
+    assert (zero_available() is None) == (importlib.util.find_spec("deepspeed") is not None)
+
+
+def test_zero_launch_sets_the_cpu_accelerator(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(sharded.subprocess, "call", lambda cmd, env, **kw: seen.update(env) or 0)
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    monkeypatch.setattr(sharded, "zero_available", lambda: None)
+    for strategy in ("zero2", "zero3", "fsdp2"):
+        seen.clear()
+        assert sharded.launch(strategy, 2, tmp_path / "c.json", tmp_path / strategy) == 0
+        expected = "cpu" if strategy != "fsdp2" and not torch.cuda.is_available() else None
+        assert seen.get("DS_ACCELERATOR") == expected, strategy
+
+
+@pytest.fixture(scope="module")
+def zero_run(tiny, tmp_path_factory):
+    """``zero_run(strategy, algorithm, weight_decay)``: the output folder of a 2-process
+    ``python -m subnetviz train --config`` run, run once per module."""
+    done: dict[tuple, Path] = {}
+
+    def run(strategy: str, algorithm: str, weight_decay: float = 0.1) -> Path:
+        key = (strategy, algorithm, weight_decay)
+        if key not in done:
+            folder = tmp_path_factory.mktemp(f"{strategy}-{algorithm}")
+            cfg = folder / "config.json"
+            cfg.write_text(
+                json.dumps(_config(tiny, folder / "out", algorithm, strategy=strategy, weight_decay=weight_decay))
+            )
+            env = _env()
+            env.pop("DS_ACCELERATOR", None)  # the launch sets it
+            cmd = [sys.executable, "-m", "subnetviz", "train", "--config", str(cfg)]
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done[key] = folder / "out"
+        return done[key]
+
+    return run
+
+
+def _check_zero_run(tiny, out: Path, strategy: str) -> dict:
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["strategy"] == strategy and summary["num_processes"] == 2
+    ev, stage = summary["zero"], ZERO_STAGES[strategy]
+    assert ev["stage"] == stage and ev["world_size"] == 2 and ev["device"] == "cpu"
+    assert ev["mask_applied_steps"] == summary["steps_done"] == 3  # the mask ran between backward and step
+    with safe_open(str(tiny["base"] / "model.safetensors"), "pt") as f:
+        numels = [math.prod(f.get_slice(k).get_shape()) for k in f.keys()]
+    assert ev["parameters"] == len(numels) and ev["full_numel"] == sum(numels)
+    if stage == 3:  # every parameter partitioned; this rank holds ceil(numel / 2) of each (counted from the base)
+        assert ev["optimizer"] == "DeepSpeedZeroOptimizer_Stage3" and ev["partitioned_parameters"] == len(numels)
+        assert ev["local_numel"] == sum(math.ceil(n / 2) for n in numels)
+    else:  # parameters replicated; this rank's fp32 master partition is half of them (plus alignment padding)
+        assert ev["optimizer"] == "DeepSpeedZeroOptimizer" and ev["partitioned_parameters"] == 0
+        assert sum(numels) / 2 <= ev["local_numel"] < sum(numels)
+    for check in (summary["mask_check"], summary["gathered_check"]):
+        assert check["outside_mask_identical"] and check["changed_outside"] == 0
+        assert check["changed_inside"] > check["numel_inside"] / 2  # lr 1e-2: most entries inside moved
+    changed_in, changed_out = _bit_changes(tiny["base"], out, tiny["mask"])  # independent of the summary
+    assert changed_out == 0 and changed_in == summary["mask_check"]["changed_inside"]
+    yaml = (out / "accelerate_config.yaml").read_text()
+    assert "distributed_type: DEEPSPEED" in yaml and f"zero_stage: {stage}" in yaml
+    return summary
+
+
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["sft", "grpo"])
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_zero_two_processes_cli(tiny, zero_run, strategy, algorithm):
+    _check_zero_run(tiny, zero_run(strategy, algorithm), strategy)
+
+
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_zero_weight_decay_moves_only_entries_inside_the_mask(tiny, zero_run, strategy):
+    """The same run with and without weight decay: the decay changes entries inside the mask and no other."""
+    decayed, plain = zero_run(strategy, "sft", 0.1), zero_run(strategy, "sft", 0.0)
+    _check_zero_run(tiny, plain, strategy)
+    changed_in, changed_out = _bit_changes(plain, decayed, tiny["mask"])
+    assert changed_out == 0 and changed_in > 0
+
+
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_zero_two_processes_dpo_job(tiny, tmp_path, monkeypatch, strategy):
+    from subnetviz.jobs.runner import JobRunner
+
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    runner = JobRunner(tmp_path / "runs")
+    cfg = {"kind": "train", **_config(tiny, tmp_path / "unused", "dpo", strategy=strategy)}
+    cfg.pop("output_dir")
+    run_id = runner.submit(cfg)
+    rec = runner.wait(run_id, timeout=600)
+    log = (Path(rec.run_dir) / "log.txt").read_text()
+    assert rec.status == "succeeded", log[-3000:]
+    assert f'DeepSpeed ZeRO active: {{"stage": {ZERO_STAGES[strategy]}' in log
+    _check_zero_run(tiny, rec.outputs / "model", strategy)
+    assert rec.step == 3 and len(runner.metrics(run_id)) >= 3  # rank 0 reported each step into the run folder
