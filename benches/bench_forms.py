@@ -130,12 +130,16 @@ def write_pairs(root: Path, rows: int) -> dict[str, int]:
 
 
 def run_one(form: str, root: Path) -> None:
-    """Child process: the default analysis of one form's pair; prints JSON."""
+    """Child process: the default analysis of one form's pair; prints JSON. ``form@numpy``: the same with
+    the NumPy kernels (the parent sets SUBNETVIZ_JIT=0)."""
     import torch
 
     torch.set_num_threads(1)
+    from subnetviz.analysis import bits_jit
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates
 
+    form = form.removesuffix("@numpy")
+    warm = bits_jit.warm()  # numba and the kernels (from the on-disk cache) before the clock, reported apart
     t0, c0 = time.perf_counter(), time.process_time()
     a = analyze_updates(
         str(root / form / "base"), [str(root / form / "ft")], spectra=SpectraOptions(enabled=False), device="cpu"
@@ -150,6 +154,7 @@ def run_one(form: str, root: Path) -> None:
                 "params": rep.numel,
                 "changed": rep.changed,
                 "changed_effective": int(rep.tensors["changed_effective"].sum()),
+                "warm": warm,
             }
         )
     )
@@ -167,8 +172,12 @@ def _rss_anon(pid: int) -> int:
 
 def measure_once(form: str, root: Path) -> dict:
     """One child process running the analysis of ``form``: its JSON and peak RssAnon."""
+    env = {**os.environ, "SUBNETVIZ_JIT": "0"} if form.endswith("@numpy") else None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benches.bench_forms", "--run", form, str(root)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "benches.bench_forms", "--run", form, str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     peak = 0
     while proc.poll() is None:
@@ -199,6 +208,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rows", type=int, default=2048, help="rows of each 4096-wide matrix (multiple of 128)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--forms", default=",".join(FORMS), help="comma-separated subset (bf16 always runs)")
+    ap.add_argument(
+        "--numpy-too", action="store_true", help="also bf16 and fp8 with the NumPy kernels (SUBNETVIZ_JIT=0)"
+    )
     ap.add_argument("--run", nargs=2, metavar=("FORM", "ROOT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run:
@@ -208,6 +220,9 @@ def main(argv: list[str]) -> int:
     try:
         largest = write_pairs(root, args.rows)
         chosen = ["bf16", *(f for f in FORMS if f != "bf16" and f in args.forms.split(","))]
+        if args.numpy_too:
+            chosen += ["bf16@numpy", *(["fp8@numpy"] if "fp8" in chosen else [])]
+        print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         results = measure(chosen, root, args.repeats)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -219,6 +234,8 @@ def main(argv: list[str]) -> int:
         f"{'peak MB':>8} {'limit MB':>9}"
     )
     for f, r in results.items():
+        if f.endswith("@numpy"):
+            continue
         ns, cpu = r["seconds"] / r["params"] * 1e9, r["cpu"] / r["params"] * 1e9
         limit = 4 * largest[f] + 300 * 2**20
         within = r["peak_anon"] <= limit
@@ -226,6 +243,16 @@ def main(argv: list[str]) -> int:
         print(
             f"{f:6} {r['params']:>11,} {r['seconds']:>8.3f} {ns:>9.2f} {ns / base_ns:>7.2f}x {cpu:>9.2f} "
             f"{cpu / base_cpu:>7.2f}x {r['peak_anon'] / 2**20:>8.0f} {limit / 2**20:>9.0f}{'' if within else '  OVER'}"
+        )
+    print(f"kernel load before the clock (numba + kernels from the on-disk cache): {results['bf16']['warm']:.2f} s")
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if "fp8@numpy" in results:
+        per = {f: (r["seconds"] / r["params"], r["cpu"] / r["params"]) for f, r in results.items()}
+        print(
+            "NumPy kernels, same run: fp8 / bf16 per parameter "
+            f"wall {per['fp8@numpy'][0] / per['bf16@numpy'][0]:.2f}x, CPU {per['fp8@numpy'][1] / per['bf16@numpy'][1]:.2f}x; "
+            f"compiled / NumPy: bf16 CPU {per['bf16'][1] / per['bf16@numpy'][1]:.2f}x, "
+            f"fp8 CPU {per['fp8'][1] / per['fp8@numpy'][1]:.2f}x"
         )
     if "fp8" not in results:
         return 0 if ok else 1

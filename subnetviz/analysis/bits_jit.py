@@ -168,9 +168,10 @@ def run_pass(x2: np.ndarray, y2: np.ndarray, dtype_name: str, options, rel_nonze
     return True
 
 
-def warm(dtype_names=("bfloat16", "float16", "float32", "float64")) -> float:
-    """Import numba and load (or compile, the first time on a machine) the kernel for each dtype on a
-    tiny pair, so the first analysis does not pay for it; returns the seconds taken (0 without numba)."""
+def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> float:
+    """Import numba and load (or compile, the first time on a machine) the kernel for each dtype (``fp8``:
+    the FP8 block-scale pass) on a tiny pair, so the first analysis does not pay for it; returns the
+    seconds taken (0 without numba)."""
     import time
 
     t0 = time.perf_counter()
@@ -179,6 +180,14 @@ def warm(dtype_names=("bfloat16", "float16", "float32", "float64")) -> float:
     from subnetviz.analysis.bits import ULP_EDGES
 
     for name in dtype_names:
+        if name == "fp8":
+            from types import SimpleNamespace
+
+            x = np.zeros((1, 2), np.uint8)
+            one = np.ones((1, 1), np.float32)
+            opts = SimpleNamespace(tolerances=(1e-5,), eta=1e-3)
+            fp8_blocks_pass(x, x.copy(), np.zeros(256, np.float32), one, one, (1, 2), opts, None, None, None)
+            continue
         itype = {"bfloat16": np.int16, "float16": np.int16, "float32": np.int32, "float64": np.int64}[name]
         x = np.zeros((1, 2), itype)
         pair_pass(x, x.copy(), name, (1e-5,), ULP_EDGES, 1e-3, False, None, None, None, None)
