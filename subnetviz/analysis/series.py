@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from subnetviz.analysis import series_jit
 from subnetviz.analysis.bits import INT_VIEW, check_finite, int_view
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.errors import ConfigError
@@ -66,18 +67,31 @@ def checkpoint_series(
     from subnetviz.analysis.update_pass import prefetched  # the one read-ahead; late: it imports a lot
 
     def load(item: tuple) -> torch.Tensor:
-        t, i = item
+        t, i, check = item
         v = read_aligned(cks[i], t, i)
-        check_finite(v, f"{cks[i].spec} :: {t.names[i]}")
+        if check:
+            check_finite(v, where(t, i))
+        else:  # checked in the compiled loop: map its pages here (one byte each), off the comparing thread
+            series_jit.touch(v)
         return v
 
-    stream = prefetched([(t, i) for t in todo for i in range(len(cks))], load)
+    def where(t, i: int) -> str:
+        return f"{cks[i].spec} :: {t.names[i]}"
+
+    jit = series_jit.available()
+    fused = {}  # tensor key -> versions after the first checked inside the compiled loop
+    for t in todo:
+        dtypes = {ck.meta(n).dtype for ck, n in zip(cks, t.names, strict=True)}
+        cast = len(dtypes) > 1 or next(iter(dtypes)) not in INT_VIEW  # compare in float32, as before
+        fused[t.key] = (cast, jit and not cast and next(iter(dtypes)) in series_jit.IEEE)
+    items = [(t, i, i == 0 or not fused[t.key][1]) for t in todo for i in range(len(cks))]
+    stream = prefetched(items, load)
     for t_i, t in enumerate(todo):
         if progress:
             progress(t_i, len(todo), t.key)
-        dtypes = {ck.meta(n).dtype for ck, n in zip(cks, t.names, strict=True)}
-        cast = len(dtypes) > 1 or next(iter(dtypes)) not in INT_VIEW  # compare in float32, as before
-        c = _tensor_series((next(stream) for _ in cks), k, cast, t.key)
+        cast, in_loop = fused[t.key]
+        checked = (lambda j, v, t=t: check_finite(v, where(t, j))) if in_loop else None
+        c = _tensor_series((next(stream) for _ in cks), k, cast, t.key, checked)
         numel += c.numel
         for i in range(k):
             vs_prev[i] += c.vs_prev[i]
@@ -128,9 +142,13 @@ class _TensorCounts:
     ever: int
 
 
-def _tensor_series(versions: Iterator[torch.Tensor], k: int, cast: bool, key: str) -> _TensorCounts:
-    """Counts of one tensor's K+1 versions, consumed in order. Bitwise on the integer views (NumPy
-    kernels); ``cast``: float32 first.
+def _tensor_series(
+    versions: Iterator[torch.Tensor], k: int, cast: bool, key: str, check: Callable | None = None
+) -> _TensorCounts:
+    """Counts of one tensor's K+1 versions, consumed in order. Bitwise on the integer views;
+    ``cast``: float32 first. ``check``: the compiled loop (:mod:`~subnetviz.analysis.series_jit`),
+    which flags versions holding Inf/NaN patterns; ``check(i, version)`` is called for each flagged
+    version i (>= 1) in order and raises. Without it, the NumPy blocks (:func:`_window_counts`).
 
     One comparison against the previous and one against the first per version; "updated before,
     back to the first now" is ``#ever - #(≠ first)`` because an entry that differs from the first
@@ -149,13 +167,20 @@ def _tensor_series(versions: Iterator[torch.Tensor], k: int, cast: bool, key: st
 
     v0 = next(versions)
     first = prev = bits(v0)
-    ever = np.zeros(first.shape, dtype=bool)
+    ever = np.zeros(first.shape, dtype=bool) if check is None else series_jit.new_flags(first)
+    special = series_jit.special_bits(v0.dtype) if check is not None else None
     window = max(1, WINDOW_BYTES // max(first.nbytes, 1))
     vs_prev, vs_first, ever_back = [], [], []
     n_ever = 0
     while len(vs_prev) < k:
-        batch = [bits(next(versions)) for _ in range(min(window, k - len(vs_prev)))]
-        counts = _window_counts(first, prev, batch, ever)
+        tensors = [next(versions) for _ in range(min(window, k - len(vs_prev)))]
+        batch = [bits(v) for v in tensors]
+        if check is None:
+            counts = _window_counts(first, prev, batch, ever)
+        else:
+            counts, flagged = series_jit.window_counts(first, prev, batch, ever, special, CHUNK_ELEMENTS)
+            for j in flagged:
+                check(len(vs_prev) + j + 1, tensors[j])
         for n_prev, n_first, n_ever in counts:
             vs_prev.append(n_prev)
             vs_first.append(n_first)

@@ -144,3 +144,64 @@ def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp
     assert res.steps["ever_updated"].tolist() == pytest.approx([b / n for b in total["ever_back"]])
     assert res.split["count"].tolist() == np.sum([r["split"] for r in refs], axis=0).tolist()
     assert sum(total["ever_back"]) > 0  # the walk did cancel out somewhere
+
+
+@pytest.fixture(params=["jit", "numpy"])
+def loop(request, monkeypatch):
+    """Both comparison loops: the compiled one (where numba is installed) and the NumPy blocks."""
+    from subnetviz.analysis import series_jit
+
+    if request.param == "jit" and not series_jit.available():
+        pytest.skip("numba not installed")
+    monkeypatch.setenv("SUBNETVIZ_JIT", "1" if request.param == "jit" else "0")
+    return request.param
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_both_loops_give_the_reference_counts(tmp_path, monkeypatch, loop, seed):
+    """bf16 (sizes with 0-3 entries past the last 4-entry word), fp16 and fp32 random walks, blocks
+    of 10 entries and windows of 1-2 versions: every count against the all-at-once reference."""
+    import subnetviz.analysis.series as series
+
+    monkeypatch.setattr(series, "CHUNK_ELEMENTS", 10)
+    monkeypatch.setattr(series, "WINDOW_BYTES", 60)
+    rng = np.random.default_rng(seed)
+    specs = {"a": (torch.bfloat16, 37), "b": (torch.bfloat16, 40), "c": (torch.float16, 23), "d": (torch.float32, 18)}
+    walks = {}
+    for name, (dtype, n) in specs.items():
+        v = torch.randn(n).to(dtype)
+        vs = [v]
+        for _ in range(5):
+            nxt = vs[-1].clone()
+            move = torch.from_numpy(rng.random(n) < 0.3)
+            nxt[move] = (nxt[move].float() * 1.01 + 0.001).to(dtype)
+            back = torch.from_numpy(rng.random(n) < 0.15)
+            nxt[back] = v[back]
+            vs.append(nxt)
+        walks[name] = vs
+    paths = [
+        _write(tmp_path / f"c{i}", {f"model.{n}.weight": vs[i].contiguous() for n, vs in walks.items()})
+        for i in range(6)
+    ]
+    res = checkpoint_series(paths)
+    ints = {
+        n: [x.view({2: torch.int16, 4: torch.int32}[x.element_size()]).numpy() for x in vs] for n, vs in walks.items()
+    }
+    refs = [_reference_series(v) for v in ints.values()]
+    assert res.steps["changed_vs_first"].tolist() == np.sum([r["vs_first"] for r in refs], axis=0).tolist()
+    assert res.steps["changed_vs_previous"].tolist() == np.sum([r["vs_prev"] for r in refs], axis=0).tolist()
+    assert res.split["count"].tolist() == np.sum([r["split"] for r in refs], axis=0).tolist()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bad"), [(torch.bfloat16, float("nan")), (torch.float16, float("-inf")), (torch.float32, float("inf"))]
+)
+def test_non_finite_is_refused_at_the_same_checkpoint_by_both_loops(tmp_path, loop, dtype, bad):
+    from subnetviz.errors import NonFiniteError
+
+    base = torch.linspace(-2, 2, 41).to(dtype)
+    later = base.clone()
+    later[[3, 17]] = bad
+    paths = [_write(tmp_path / f"c{i}", {"model.w.weight": x}) for i, x in enumerate([base, base, later, later])]
+    with pytest.raises(NonFiniteError, match=r"/c2 :: model.w.weight: 2 NaN/Inf value\(s\)"):
+        checkpoint_series(paths)
