@@ -93,49 +93,88 @@ def _decode(v, lut):
     return None
 
 
-def ulp(x, y):  # stub: ULP distance of two bit patterns (int32 for 16-bit types, int64, uint64)
-    raise NotImplementedError
+@intrinsic
+def ulp(typingctx, x, y):
+    """ULP distance of two float bit patterns (any integer view: int8/uint8 FP8 codes, int16/uint16,
+    int32, int64), in explicit-width LLVM integer ops (numba would widen every step to 64 bits).
+
+    The monotone key of a sign-magnitude pattern is m for a positive sign and -m for a negative one,
+    (m ^ s) - s with s the sign mask, so |k_y - k_x| counts the steps, across zero too, and +0 / -0
+    share the key 0. 8- and 16-bit patterns work in int32 (no overflow; result int32); 32- and 64-bit
+    ones in their own width, the difference negated where it is negative, exact as an unsigned
+    number (result uint32 / uint64)."""
+    bits = x.bitwidth
+    width = 32 if bits <= 16 else bits
+    rtype = types.int32 if bits <= 16 else getattr(types, f"uint{bits}")
+
+    def codegen(context, builder, sig, args):
+        ity = ir.IntType(width)
+
+        def key(v):
+            w = builder.sext(v, ity) if bits < width else v
+            sign = builder.ashr(w, ir.Constant(ity, width - 1))
+            mag = builder.and_(w, ir.Constant(ity, (1 << (bits - 1)) - 1))
+            return builder.sub(builder.xor(mag, sign), sign)
+
+        kx, ky = key(args[0]), key(args[1])
+        diff = builder.sub(ky, kx)
+        return builder.select(builder.icmp_signed("<", ky, kx), builder.sub(ir.Constant(ity, 0), diff), diff)
+
+    return rtype(x, y), codegen
 
 
-@overload(ulp, inline="always")
-def _ulp(x, y):
-    # The monotone key of a sign-magnitude pattern: m for a positive sign, -m for a negative one
-    # (conditional negation by the sign mask s: (m ^ s) - s), so |k_y - k_x| counts the steps,
-    # across zero too, and +0 / -0 share the key 0.
-    if x in (types.int16, types.uint16):
+@intrinsic
+def fp8_value(typingctx, code, man_bits, bias, special, sub_scale):
+    """float32 value of an FP8 code (uint8) by its fields, in vector-friendly integer ops (no table
+    gather): sign s, exponent e, mantissa m (``man_bits`` wide). Normal: the float32 with exponent
+    e - bias + 127 and m at the top of its mantissa; e = 0: m × ``sub_scale`` (2^(1 - bias - man_bits),
+    exact); codes whose magnitude is at least ``special`` (e4m3fn: 0x7F, e5m2: 0x7C): Inf / NaN with
+    the quiet bit set where m != 0, as torch's conversion gives them (checked against it in the tests)."""
 
-        def impl16(x, y):
-            xw, yw = np.int32(np.int16(x)), np.int32(np.int16(y))
-            sx, sy = xw >> 15, yw >> 15
-            return abs((((yw & 0x7FFF) ^ sy) - sy) - (((xw & 0x7FFF) ^ sx) - sx))
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        c = lambda v: ir.Constant(i32, v)  # noqa: E731
+        b = builder.zext(args[0], i32)
+        mb = builder.trunc(args[1], i32) if args[1].type.width > 32 else args[1]
+        bias_ = builder.trunc(args[2], i32) if args[2].type.width > 32 else args[2]
+        spec = builder.trunc(args[3], i32) if args[3].type.width > 32 else args[3]
+        sign = builder.shl(builder.lshr(b, c(7)), c(31))
+        mag = builder.and_(b, c(0x7F))
+        e = builder.lshr(mag, mb)
+        m = builder.and_(mag, builder.sub(builder.shl(c(1), mb), c(1)))
+        m_top = builder.shl(m, builder.sub(c(23), mb))
+        normal = builder.or_(builder.shl(builder.add(builder.sub(e, bias_), c(127)), c(23)), m_top)
+        sub = builder.bitcast(builder.fmul(builder.sitofp(m, ir.FloatType()), args[4]), i32)
+        quiet = builder.shl(builder.zext(builder.icmp_unsigned("!=", m, c(0)), i32), c(22))
+        special_bits = builder.or_(builder.or_(c(0x7F800000), m_top), quiet)
+        v = builder.select(builder.icmp_unsigned("==", e, c(0)), sub, normal)
+        v = builder.select(builder.icmp_unsigned(">=", mag, spec), special_bits, v)
+        return builder.bitcast(builder.or_(v, sign), ir.FloatType())
 
-        return impl16
-    if x == types.int32:
+    return types.float32(code, man_bits, bias, special, types.float32), codegen
 
-        def impl32(x, y):
-            xw, yw = np.int64(x), np.int64(y)
-            sx, sy = xw >> 31, yw >> 31
-            return abs((((yw & 0x7FFFFFFF) ^ sy) - sy) - (((xw & 0x7FFFFFFF) ^ sx) - sx))
 
-        return impl32
-    if x == types.int64:
+@intrinsic
+def flag32(typingctx, cond):  # a boolean as int32 0 / 1 (numba's own casts go through int64)
+    def codegen(context, builder, sig, args):
+        return builder.zext(args[0], ir.IntType(32))
 
-        def impl64(x, y):  # the difference may need all 64 bits: taken unsigned
-            sx, sy = x >> 63, y >> 63
-            kx = ((x & 0x7FFFFFFFFFFFFFFF) ^ sx) - sx
-            ky = ((y & 0x7FFFFFFFFFFFFFFF) ^ sy) - sy
-            s = np.uint64(0) - np.uint64(ky < kx)  # all ones when negative: conditional negation
-            return ((np.uint64(ky) - np.uint64(kx)) ^ s) - s
+    return types.int32(cond), codegen
 
-        return impl64
-    return None
+
+@intrinsic
+def add32(typingctx, acc, v):  # int32 + int32 -> int32 (wrapping; the counts here stay below 2^31)
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+
+    return types.int32(types.int32, types.int32), codegen
 
 
 @jit
 def count_above(buf, n, edge):
     c = np.int32(0)
     for k in range(np.uint64(n)):
-        c += np.int32(buf[k] > edge)
+        c = add32(c, flag32(buf[k] > edge))
     return c
 
 
@@ -151,27 +190,27 @@ def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc,
     changed = np.int32(0)  # int32 counters and 0/1 values: the compares stay 16 lanes wide or more
     if mask_mode == 1 and do_rc:
         for k in range(np.uint64(n)):
-            ne = np.int32(xr[k] != yr[k])
+            ne = flag32(xr[k] != yr[k])
             mr[k] = np.uint8(ne)
-            cr[k] += ne
-            changed += ne
+            cr[k] = add32(cr[k], ne)
+            changed = add32(changed, ne)
     elif mask_mode == 1:
         for k in range(np.uint64(n)):
-            ne = np.int32(xr[k] != yr[k])
+            ne = flag32(xr[k] != yr[k])
             mr[k] = np.uint8(ne)
-            changed += ne
+            changed = add32(changed, ne)
     elif do_rc:
         for k in range(np.uint64(n)):
-            ne = np.int32(xr[k] != yr[k])
-            cr[k] += ne
-            changed += ne
+            ne = flag32(xr[k] != yr[k])
+            cr[k] = add32(cr[k], ne)
+            changed = add32(changed, ne)
     else:
         for k in range(np.uint64(n)):
-            changed += np.int32(xr[k] != yr[k])
+            changed = add32(changed, flag32(xr[k] != yr[k]))
     if changed == 0:  # (with mask_mode 2 the caller hands a mask of zeros)
         return 0
-    top = float_bits(eta) & 0
-    far = ubuf[0] & 0
+    top = float_bits(eta - eta)  # typed zeros: the bits of +0.0, a distance of 0
+    far = ulp(xr[0], xr[0])
     rel = np.int32(0)
     if rel_nonzero:  # η below half an ULP: the rule is Δ != 0, i.e. a nonzero ULP distance
         for k in range(np.uint64(n)):
@@ -183,7 +222,7 @@ def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc,
             u = ulp(xv, yv)
             ubuf[k] = u
             far = max(u, far)
-            rel += np.int32(u != 0)
+            rel = add32(rel, flag32(u != 0))
     else:
         for k in range(np.uint64(n)):
             xv = xr[k]
@@ -196,7 +235,7 @@ def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc,
             u = ulp(xv, yv)
             ubuf[k] = u
             far = max(u, far)
-            rel += np.int32(d > eta * max(abs(xf), abs(yf)))
+            rel = add32(rel, flag32(d > eta * max(abs(xf), abs(yf))))
     if mask_mode == 2:
         for k in range(np.uint64(n)):
             mr[k] = np.uint8(dbuf[k] > mask_tol)
@@ -250,10 +289,21 @@ def pair(x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, do_rc, 
 
 
 @jit
+def fp8_values(codes, man_bits, bias, special, sub_scale, out):
+    """:func:`fp8_value` of every code (1-D uint8) into ``out`` (float32): what the tests check against torch."""
+    for k in range(codes.size):
+        out[k] = fp8_value(codes[k], man_bits, bias, special, sub_scale)
+
+
+@jit
 def fp8_blocks(
     x2,
     y2,
     lut8,
+    man_bits,
+    bias,
+    special,
+    sub_scale,
     sa,
     sb,
     b0,
@@ -299,15 +349,12 @@ def fp8_blocks(
             steps = np.int32(0)
             changed = np.int32(0)
             for k in range(np.uint64(n)):
-                xc = np.int32(np.int8(xr[k]))
-                yc = np.int32(np.int8(yr[k]))
-                sx, sy = xc >> 7, yc >> 7
-                u = abs((((yc & 0x7F) ^ sy) - sy) - (((xc & 0x7F) ^ sx) - sx))
+                u = ulp(xr[k], yr[k])  # code steps (sign-magnitude bytes)
                 ubuf[k] = u
                 steps = max(steps, u)
-                changed += np.int32(xr[k] != yr[k])
-                ea[k] = float_bits(lut8[xr[k]] * sar[k])
-                eb[k] = float_bits(lut8[yr[k]] * sbr[k])
+                changed = add32(changed, flag32(xr[k] != yr[k]))
+                ea[k] = float_bits(fp8_value(xr[k], man_bits, bias, special, sub_scale) * sar[k])
+                eb[k] = float_bits(fp8_value(yr[k], man_bits, bias, special, sub_scale) * sbr[k])
             code_out[0] += changed
             for j in range(n_edge):
                 if not steps > edges[j]:

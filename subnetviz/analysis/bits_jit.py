@@ -89,7 +89,7 @@ def pair_pass(
     k = kernels()
     width = x2.itemsize
     ctype = np.float32 if width <= 2 else np.float64
-    utype = {2: np.int32, 4: np.int64, 8: np.uint64}[width]
+    utype = {2: np.int32, 4: np.uint32, 8: np.uint64}[width]  # the kernels' ULP distance type
     lut = _fp16_table() if dtype_name == "float16" else np.zeros(1, np.float32)
     if dtype_name == "float16":  # the kernel tells bf16 (int16) from fp16 (uint16) by the view's type
         x2, y2 = x2.view(np.uint16), y2.view(np.uint16)
@@ -186,7 +186,7 @@ def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> fl
             x = np.zeros((1, 2), np.uint8)
             one = np.ones((1, 1), np.float32)
             opts = SimpleNamespace(tolerances=(1e-5,), eta=1e-3)
-            fp8_blocks_pass(x, x.copy(), np.zeros(256, np.float32), one, one, (1, 2), opts, None, None, None)
+            fp8_blocks_pass(x, x.copy(), "float8_e4m3fn", one, one, (1, 2), opts, None, None, None)
             continue
         itype = {"bfloat16": np.int16, "float16": np.int16, "float32": np.int32, "float64": np.int64}[name]
         x = np.zeros((1, 2), itype)
@@ -194,18 +194,32 @@ def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> fl
     return time.perf_counter() - t0
 
 
-def fp8_blocks_pass(x2, y2, lut8, sa, sb, block, options, mask, rows, cols):
-    """FP8 codes ``x2`` -> ``y2`` (uint8 views, R × C, C-contiguous) with float32 block scales ``sa`` / ``sb``
-    (⌈R/b0⌉ × ⌈C/b1⌉), compiled: returns (effective :class:`PairOut`, changed codes, #(code steps > edge)
-    per ULP edge) and fills ``mask`` (the effective mask), ``rows`` / ``cols`` (its counts) when given.
-    The effective weights are fl(value(code) × scale) in float32, compared as two float32 tensors are
-    (:func:`pair_pass`): the numbers of dequantising both sides whole and comparing them."""
+# FP8 formats by their fields: mantissa bits, exponent bias, the first Inf/NaN magnitude, 2^(1 - bias - mantissa bits)
+FP8_FORMATS = {"float8_e4m3fn": (3, 7, 0x7F, 2.0**-9), "float8_e5m2": (2, 15, 0x7C, 2.0**-16)}
+
+
+def fp8_values(codes: np.ndarray, fmt: str) -> np.ndarray:
+    """float32 values of FP8 codes (uint8) as the compiled pass decodes them (``fmt``: a key of FP8_FORMATS)."""
+    man_bits, bias, special, sub = FP8_FORMATS[fmt]
+    out = np.empty(codes.size, np.float32)
+    kernels().fp8_values(codes.reshape(-1), np.int32(man_bits), np.int32(bias), np.int32(special), np.float32(sub), out)
+    return out
+
+
+def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
+    """FP8 codes ``x2`` -> ``y2`` (uint8 views, R × C, C-contiguous; ``fmt`` 'float8_e4m3fn' or 'float8_e5m2')
+    with float32 block scales ``sa`` / ``sb`` (⌈R/b0⌉ × ⌈C/b1⌉), compiled: returns (effective :class:`PairOut`,
+    changed codes, #(code steps > edge) per ULP edge) and fills ``mask`` (the effective mask), ``rows`` /
+    ``cols`` (its counts) when given. The effective weights are fl(value(code) × scale) in float32,
+    compared as two float32 tensors are (:func:`pair_pass`): the numbers of dequantising both sides
+    whole and comparing them."""
     from subnetviz.analysis.bits import ULP_EDGES
 
     k = kernels()
+    man_bits, bias, special, sub = FP8_FORMATS[fmt]
     n_cols = x2.shape[1]
     tols = np.asarray(options.tolerances, dtype=np.float64)
-    edges = np.asarray(ULP_EDGES, dtype=np.int64)
+    edges = np.asarray(ULP_EDGES, dtype=np.uint32)
     out = np.zeros(3 + edges.size + tols.size, np.int64)
     code_out = np.zeros(1 + edges.size, np.int64)
     do_rc = rows is not None
@@ -213,7 +227,11 @@ def fp8_blocks_pass(x2, y2, lut8, sa, sb, block, options, mask, rows, cols):
     k.fp8_blocks(
         x2,
         y2,
-        lut8,
+        np.zeros(1, np.float32),
+        np.int32(man_bits),
+        np.int32(bias),
+        np.int32(special),
+        np.float32(sub),
         np.ascontiguousarray(sa, dtype=np.float32),
         np.ascontiguousarray(sb, dtype=np.float32),
         int(block[0]),
@@ -230,7 +248,7 @@ def fp8_blocks_pass(x2, y2, lut8, sa, sb, block, options, mask, rows, cols):
         out,
         code_out,
         np.empty(SEG, np.float64),
-        np.empty(SEG, np.int64),
+        np.empty(SEG, np.uint32),
         np.empty(SEG, np.int32),
         np.empty(SEG, np.int32),
         np.empty(n_cols, np.float32),

@@ -262,7 +262,7 @@ def _compiled_blocks(a, sa, b, sb, options: SparsityOptions, *, name: str, block
     eff, code_changed, code_above = bits_jit.fp8_blocks_pass(
         a.contiguous().view(torch.uint8).numpy(),
         b.contiguous().view(torch.uint8).numpy(),
-        fp8_table(a.dtype),
+        str(a.dtype)[6:],
         sa.to(torch.float32).numpy(),
         sb.to(torch.float32).numpy(),
         block,
