@@ -18,6 +18,8 @@ plus one histogram per parameter cost small N ~2x more per mask than large N.
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -70,11 +72,13 @@ def _stages(m: int) -> list[tuple[int, int, int]]:
     return [(1 << i, w, lows[w]) for i, w in enumerate(widths)]
 
 
-def _transpose(x: np.ndarray, scratch: np.ndarray) -> None:
+def _transpose(x: np.ndarray, scratch: np.ndarray, last: bool = True) -> None:
     """The delta swaps of :func:`_stages` on the rows of ``x`` (M, words) uint64, in place: at each
-    stage rows a and a + d (bit i of a clear) trade a's high w-bit fields for b's low ones."""
+    stage rows a and a + d (bit i of a clear) trade a's high w-bit fields for b's low ones.
+    ``last=False`` (M = 16): without the byte interleave, rows 0-7 then hold the low and rows 8-15
+    the high byte of the codes of the same parameters."""
     m, words = x.shape
-    for d, w, low in _stages(m):
+    for d, w, low in _stages(m)[: None if last or m < 16 else -1]:
         pairs = x.reshape(m // (2 * d), 2, d, words)
         a, b = pairs[:, 0], pairs[:, 1]
         t = scratch[: m // 2].reshape(a.shape)
@@ -126,6 +130,26 @@ def _slots(n_masks: int) -> tuple[int, int, np.ndarray, np.ndarray]:
     return m, unit, h_all, c_all
 
 
+def _jit():
+    """The compiled histograms (:mod:`subnetviz.analysis._overlap_numba`), or None without numba or
+    with ``SUBNETVIZ_JIT=0`` (then ``torch.bincount`` per block)."""
+    if os.environ.get("SUBNETVIZ_JIT", "1") == "0":
+        return None
+    if "m" not in _STATE:
+        with _LOCK:
+            if "m" not in _STATE:
+                try:
+                    from subnetviz.analysis import _overlap_numba
+                except ImportError:
+                    _overlap_numba = None
+                _STATE["m"] = _overlap_numba
+    return _STATE["m"]
+
+
+_LOCK = threading.Lock()
+_STATE: dict = {}
+
+
 def _workspace(m: int, unit: int, words: int) -> dict[str, np.ndarray]:
     """Flat buffers for blocks of up to ``words`` words: reused from tensor to tensor (a fresh MB-sized
     array is page-faulted and zeroed by the kernel on first touch), cut to each block's size."""
@@ -152,6 +176,9 @@ def _region_counts(sources: list, n_masks: int, numel: int, work: dict | None = 
     if work.get("key") != (m, step):
         work.clear()
         work.update(_workspace(m, unit, step // 64), key=(m, step))
+    jit = _jit()
+    if jit is not None:  # int64 bins counted in place: 4 sub-histograms of bytes, or the 16-bit codes
+        bins = np.zeros((4, 256) if unit == 8 else 2**unit, dtype=np.int64)
     hist = torch.zeros(2**unit, dtype=torch.int64)
     slots = 0
     for c0 in range(0, numel, step):
@@ -166,7 +193,14 @@ def _region_counts(sources: list, n_masks: int, numel: int, work: dict | None = 
                 rows[k, nb - 1] &= np.uint8((0xFF << (8 - (c1 - c0) % 8)) & 0xFF)
         rows[: len(sources), nb:] = 0
         rows[len(sources) :] = 0
-        _transpose(buf, work["scratch"][: m // 2 * words].reshape(m // 2, words))
+        _transpose(buf, work["scratch"][: m // 2 * words].reshape(m // 2, words), last=jit is None)
+        slots += words * 64
+        if jit is not None:
+            if unit == 8:
+                jit.hist8(rows.reshape(-1), bins)
+            else:
+                jit.hist16(rows[:8].reshape(-1), rows[8:].reshape(-1), bins)
+            continue
         if unit == 8:
             codes = torch.from_numpy(rows.reshape(-1))
         else:
@@ -174,8 +208,8 @@ def _region_counts(sources: list, n_masks: int, numel: int, work: dict | None = 
             np.copyto(lanes, buf.view(np.uint16).reshape(-1), casting="unsafe")
             codes = torch.from_numpy(lanes)
         hist += torch.bincount(codes, minlength=2**unit)
-        slots += words * 64
+    counted = hist.numpy() if jit is None else bins.reshape(-1, 2**unit).sum(0)
     region = np.zeros(2**n_masks, dtype=np.int64)
-    np.add.at(region, c_idx, hist.numpy()[h_idx])
+    np.add.at(region, c_idx, counted[h_idx])
     region[0] -= slots - numel
     return region
