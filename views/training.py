@@ -58,7 +58,7 @@ def launch(ws) -> None:
             "Strategy",
             STRATEGIES,
             key="tr_strategy",
-            help="single process, DDP, FSDP2 (sharded, also on CPU) or DeepSpeed ZeRO-3 (GPUs)",
+            help="single process, DDP, FSDP2 or DeepSpeed ZeRO-2 / ZeRO-3 (sharded; GPUs or CPU)",
         )
         nproc = e5.number_input("Processes", 1, 256, 1, key="tr_nproc", help="processes that train together")
         submitted = st.form_submit_button("Launch run", type="primary", icon=":material/play_arrow:")
