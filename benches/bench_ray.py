@@ -10,7 +10,14 @@
    comparison then runs on a planted set where the per-pair work does: ``--planted-mparams`` million
    bf16 parameters per checkpoint (default 16; 0 skips it), a base and 4 finetunes each changing a
    random 10 % of entries.
-3. Job submission latency, local OS-process backend vs Ray: a trivial job (one progress step),
+3. The pages' own analyses (what the app computes on a cache miss), page-level compute functions of
+   :mod:`subnetviz.jobs.cluster` without and with the cluster's address: the update analysis of the
+   zoo's base against its 7 finetunes (Sparsity, Overlap, Workspace pages), the same with spectra
+   (Spectra page), and the Series page's series. With the address, a driver process connects to
+   the cluster, fans out per (base, finetune) pair or tensor group, and publishes the cache entry;
+   the local run publishes its own (each repeat into an empty cache). Identical: every table read
+   back (floats on their int64 view) and the mask data.
+4. Job submission latency, local OS-process backend vs Ray: a trivial job (one progress step),
    from ``submit()`` to the registry saying running, and to the job's own first progress record
    (the job function really executing), median of ``--jobs`` jobs each.
 
@@ -18,6 +25,7 @@ The head is started here (127.0.0.1, 2 CPUs) and killed at the end. The zoo is t
 SUBNETVIZ_HOME (``python -m subnetviz demo build``) or ``--zoo DIR``.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_ray [--zoo DIR] [--jobs 5] [--reps 3]
+        [--only series,overlap,pages,latency]
 """
 
 from __future__ import annotations
@@ -129,6 +137,69 @@ def planted_checkpoints(root: Path, mparams: float, n_ft: int = 4) -> tuple[str,
     return paths[0], paths[1:]
 
 
+def _same_analysis(a, b) -> bool:
+    same = a.labels == b.labels and a.notes == b.notes and _identical(a.summary(), b.summary())
+    for r, q in zip(a.reports, b.reports, strict=True):
+        same = same and _identical(r.tensors.drop(columns="ulp_hist"), q.tensors.drop(columns="ulp_hist"))
+        same = same and list(r.tensors["ulp_hist"]) == list(q.tensors["ulp_hist"])
+        same = same and (r.parts is None and q.parts is None or _identical(r.parts, q.parts))
+    for name in ("spectra_frame", "sigma_frame"):
+        x, y = getattr(a, name), getattr(b, name)
+        same = same and ((x is None and y is None) or (x is not None and y is not None and _identical(x, y)))
+    from subnetviz.analysis.updates import mask_path
+    from subnetviz.masks import load_mask_set
+
+    for lab in a.labels:
+        ma, mb = load_mask_set(mask_path(a.source_dir, lab)), load_mask_set(mask_path(b.source_dir, lab))
+        same = same and ma.metadata == mb.metadata and list(ma.masks) == list(mb.masks)
+        same = same and all(bool((ma.masks[n] == mb.masks[n]).all()) for n in ma.masks)
+    return same
+
+
+def _timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def bench_pages(base: str, paths: list[str], labels: list[str], series: list[str], address: str, reps: int) -> None:
+    from subnetviz.jobs import cluster
+
+    root = Path(tempfile.mkdtemp(prefix="bench-ray-pages-"))
+    steps = list(range(len(series)))
+    print(f"page analyses: base vs {len(paths)} finetunes, series of {len(series)} checkpoints; median of {reps}")
+    print(f"  {'analysis':<28} {'local s':>8} {'Ray s':>8} {'Ray/local':>9}  identical")
+    rows = [("update analysis (Sparsity)", False), ("with spectra (Spectra)", True), ("series (Series)", None)]
+    for what, spectra in rows:
+        times: dict[str, list[float]] = {"local": [], "ray": []}
+        for i in range(reps):
+            got = {}
+            for side, addr in (("local", None), ("ray", address)):
+                if spectra is None:
+                    out, t = _timed(cluster.checkpoint_series, series, steps, address=addr)
+                else:
+                    kw = dict(labels=labels, spectra=cluster.SpectraOptions(enabled=spectra), device="cpu")
+                    out, t = _timed(
+                        cluster.cached_analysis,
+                        base,
+                        paths,
+                        cache_root=root / f"{side}{spectra}{i}",
+                        address=addr,
+                        **kw,
+                    )
+                times[side].append(t)
+                got[side] = out
+            loc, out = got["local"], got["ray"]
+            if spectra is None:
+                same = _identical(loc.steps, out.steps) and _identical(loc.split, out.split)
+            else:
+                same = _same_analysis(loc, out)
+        lm, rm = statistics.median(times["local"]), statistics.median(times["ray"])
+        print(f"  {what:<28} {lm:8.2f} {rm:8.2f} {rm / lm:9.1f}  {'yes' if same else 'NO'}", flush=True)
+        if not same:
+            raise SystemExit(f"{what}: the cluster's result differs from the local one")
+
+
 def _latency(runner, n: int) -> tuple[list[float], list[float]]:
     to_running, to_first = [], []
     for _ in range(n):
@@ -174,6 +245,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=5)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--planted-mparams", type=float, default=16, help="planted N-model overlap size (0: skip)")
+    ap.add_argument("--only", default="series,overlap,pages,latency", help="comma-separated sections to run")
     args = ap.parse_args()
     import torch
 
@@ -186,17 +258,32 @@ def main() -> None:
     series = zoo.series
     steps, paths = [s for s, _ in series], [str(p) for _, p in series]
     print(f"load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    only = set(args.only.split(","))
     with local_head(num_cpus=2) as address:
         print(f"Ray head at {address} (2 CPUs)")
-        bench_series(paths, steps, address, args.reps)
-        fts = [m for m in zoo.members if m.id != "base"]
-        bench_overlap(str(zoo.base), [str(m.path) for m in fts], [m.id for m in fts], address, args.reps)
-        if args.planted_mparams > 0:
+        if "series" in only:
+            bench_series(paths, steps, address, args.reps)
+        if "overlap" in only:
+            fts = [m for m in zoo.members if m.id != "base"]
+            bench_overlap(str(zoo.base), [str(m.path) for m in fts], [m.id for m in fts], address, args.reps)
+        if "overlap" in only and args.planted_mparams > 0:
             with tempfile.TemporaryDirectory(prefix="bench-ray-planted-") as tmp:
                 base, fts_p = planted_checkpoints(Path(tmp), args.planted_mparams)
                 print(f"planted set: {args.planted_mparams:g} M parameters per checkpoint")
                 bench_overlap(base, fts_p, [f"ft{i + 1}" for i in range(len(fts_p))], address, args.reps)
-        bench_latency(address, args.jobs)
+        if "pages" in only:
+            fts = [m for m in zoo.members if m.id != "base"]
+            series = [str(zoo.base)] + [str(p) for _, p in zoo.series]  # the Series page's zoo series
+            bench_pages(str(zoo.base), [str(m.path) for m in fts], [m.id for m in fts], series, address, args.reps)
+        if "pages" in only and args.planted_mparams > 0:
+            with tempfile.TemporaryDirectory(prefix="bench-ray-planted-") as tmp:
+                base, fts_p = planted_checkpoints(Path(tmp), args.planted_mparams)
+                print(f"planted set: {args.planted_mparams:g} M parameters per checkpoint")
+                labels = [f"ft{i + 1}" for i in range(len(fts_p))]
+                bench_pages(base, fts_p, labels, [base, *fts_p], address, args.reps)
+        if "latency" in only:
+            bench_latency(address, args.jobs)
+    print(f"load avg {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

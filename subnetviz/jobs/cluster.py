@@ -260,9 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         exc = getattr(exc, "cause", None) or exc  # a Ray task's error: the worker's exception
         text = str(exc).strip().splitlines()
         result = ("error", f"{type(exc).__name__}: {text[0] if text else ''}")
-    (tmp / "result.pkl").write_bytes(pickle.dumps(result))
+    from subnetviz.cache import atomic_write
+
+    atomic_write(tmp / "result.pkl", pickle.dumps(result))
     return 0 if result[0] == "ok" else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # At once, without Ray's shutdown of this driver (seconds): the cluster reclaims the workers of a
+    # driver that is gone, as it does when the server kills one it stopped waiting for.
+    os._exit(code)
