@@ -13,8 +13,6 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-SEG = 2048  # entries per segment: two buffers of 8-16 KB stay in L1
-
 
 def jit(fn):
     """``njit(cache=True, nogil=True)``; where no cache location is writable, compiled in memory."""
@@ -180,7 +178,7 @@ def count_above(buf, n, edge):
 
 @jit
 def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc, cr, edges, out, dbuf, ubuf):
-    """Every statistic of one segment of integer views ``xr`` -> ``yr`` (1-D, at most SEG entries), added
+    """Every statistic of one segment of integer views ``xr`` -> ``yr`` (1-D, at most ``dbuf.size`` entries), added
     into ``out`` = [changed, rel, #(ULP > edge)..., #(|Δ| > tol)..., largest |Δ| as bits]; writes the
     segment's mask into ``mr`` (mask_mode 1: the bits differ, 2: |Δ| > mask_tol, 0: none) and adds its
     changed entries to the column counts ``cr`` (when ``do_rc``). Returns the segment's changed count.
@@ -257,14 +255,15 @@ def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc,
 
 @jit
 def pair(x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, do_rc, rows, cols, edges, out, dbuf, ubuf):
-    """:func:`segment` over every row of integer views ``x2`` -> ``y2`` (R × C) in segments of SEG entries;
+    """:func:`segment` over every row of integer views ``x2`` -> ``y2`` (R × C) in segments of ``dbuf.size`` entries
+    (the caller's choice: bits_jit.SEG);
     ``mask`` (R × C; 1 × 1 when mask_mode is 0), ``rows`` (int64) and ``cols`` (int32: added to) are filled
     when ``do_rc``."""
     n_rows, n_cols = x2.shape
     for r in range(n_rows):
         row_changed = 0
-        for c0 in range(0, n_cols, SEG):
-            c1 = min(n_cols, c0 + SEG)
+        for c0 in range(0, n_cols, dbuf.size):
+            c1 = min(n_cols, c0 + dbuf.size)
             mr = mask[r, c0:c1] if mask_mode else mask[0, 0:0]
             cr = cols[c0:c1] if do_rc else cols[0:0]
             row_changed += segment(
@@ -339,8 +338,8 @@ def fp8_blocks(
                 sa_row[c] = sa[r // b0, c // b1]
                 sb_row[c] = sb[r // b0, c // b1]
         row_changed = 0
-        for c0 in range(0, n_cols, SEG):
-            c1 = min(n_cols, c0 + SEG)
+        for c0 in range(0, n_cols, dbuf.size):
+            c1 = min(n_cols, c0 + dbuf.size)
             n = c1 - c0
             xr = x2[r, c0:c1]
             yr = y2[r, c0:c1]

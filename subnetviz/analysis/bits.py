@@ -13,7 +13,8 @@ This module owns:
 - :func:`check_finite`: refuse NaN / Inf weights before comparing them.
 - :func:`changed_stats_numpy`: every statistic of a set of changed entries (largest |Δ|, the
   tolerance sweep, the η rule, the ULP counts) in preallocated NumPy buffers (:class:`Scratch`):
-  the CPU kernel of the per-tensor pass.
+  the CPU kernel of the per-tensor pass where numba is not installed. With numba the pass is one
+  compiled loop with the same definitions and numbers (:mod:`~subnetviz.analysis.bits_jit`).
 
 ULP distance. IEEE floats are sign-magnitude: with ``m`` the bits below the sign bit, the monotone
 integer key of a pattern is ``k = m`` for a positive sign and ``k = -m`` for a negative one, so

@@ -201,3 +201,38 @@ def test_without_numba_the_numpy_kernels_run(monkeypatch):
     b = a.clone()
     b[1, 2] += 1
     assert compare_pair(a, b).changed == 1
+
+
+def test_no_writable_cache_location_compiles_in_memory(tmp_path):
+    """Where numba finds no cache location (a read-only install and no writable user cache; simulated by
+    a locator that never applies), the kernels compile in memory with a warning instead of failing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "noloc.py").write_text(
+        "class NoLocator:\n    @classmethod\n    def from_function(cls, py_func, py_file):\n        return None\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    code = (
+        "import warnings, torch\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    from subnetviz.analysis import bits_jit\n"
+        "    assert bits_jit.kernels() is not None\n"
+        "from subnetviz.analysis.sparsity import compare_pair\n"
+        "a = torch.zeros(3, 4, dtype=torch.bfloat16); b = a.clone(); b[1, 2] = 1\n"
+        "print(compare_pair(a, b).changed, sum('compiling in memory' in str(x.message) for x in w))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{repo}",
+        "NUMBA_CACHE_LOCATOR_CLASSES": "noloc.NoLocator",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("NUMBA_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    changed, warned = out.stdout.split()
+    assert changed == "1" and int(warned) > 0
