@@ -91,13 +91,15 @@ def show(res: dict[str, pd.DataFrame]) -> None:
     )
     a, b = st.columns(2)
     with a:
-        ui.chart(bfig.kl_bars(summary, value=value), key="bh-bars")
+        ui.chart(ui.shared(bfig.kl_bars, summary, value=value), key="bh-bars")
     with b:
-        ui.chart(bfig.revert_curves(curves, value=value), key="bh-curves")
+        ui.chart(ui.shared(bfig.revert_curves, curves, value=value), key="bh-curves")
     prompts = res["prompts"]
     ui.chart(
-        bfig.prompt_histogram(
-            prompts[prompts["experiment"] == "finetuned"], value=value if value != "accuracy" else "kl_forward"
+        ui.shared(
+            bfig.prompt_histogram,
+            prompts[prompts["experiment"] == "finetuned"],
+            value=value if value != "accuracy" else "kl_forward",
         ),
         key="bh-hist",
     )
@@ -111,7 +113,8 @@ def show(res: dict[str, pd.DataFrame]) -> None:
     prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind="query-params")
     one = tokens[(tokens["model"] == model) & (tokens["experiment"] == experiment) & (tokens["prompt"] == prompt)]
     ui.chart(
-        bfig.token_bars(one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved"), key="bh-tokens"
+        ui.shared(bfig.token_bars, one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved"),
+        key="bh-tokens",
     )
     ui.table(summary, "behavior-summary", "KL (nats per token) and accuracy per model and revert experiment")
     if len(curves):

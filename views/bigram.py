@@ -2,6 +2,7 @@
 the residual stream and generations (reference/bigram_subnetworks.md)."""
 
 import os
+from functools import partial
 
 import streamlit as st
 
@@ -167,64 +168,90 @@ def analyse(model: str, corpus: str) -> None:
     key = analysis_key(model, masks[mask], corpus, masks.get(opt))
     res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, key)
     headline(res.headline)
-    summary = res.ablation.summary()
-    c, d = st.columns(2)
-    with c:
-        ui.chart(bg_figures.fidelity_bars(summary), key="bg-r")
-    with d:
-        ui.chart(bg_figures.delta_bits_bars(summary), key="bg-bits")
-    st.caption(
-        "Left: correlation r of each setting's next-token surprisal with the bigram's (1 = predicts like the "
-        "bigram table). Right: extra bits per token against the full model (ablated = the subnetwork removed; "
-        "random ablated = a random set of the same size removed)."
-    )
-    ui.table(summary, "bg-ablation", "Fidelity and loss per setting (random: mean ± sd over seeds)")
-    ui.chart(
-        figures.sparsity_heatmap(shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives"),
-        key="bg-shares",
-    )
-    st.caption(
-        "Blocks as in the bigram paper: Q, K, V, O = q_proj, k_proj, v_proj, o_proj (q, k, v, o on the other "
-        "pages); MLP-in = gate_proj + up_proj (gate, up); MLP-out = down_proj (down)."
-    )
-    ui.table(res.split, "bg-split", "Attention vs MLP")
-    if res.residual is not None:
-        ui.chart(bg_figures.rotation_curves(res.residual.rotation), key="bg-rotation")
-        st.caption(
-            "How to read it: similarity of the residual stream after each layer to the current token's and the "
-            "next token's representation; the paper's full model turns from current to next in the first layer."
-        )
-        labels = list(dict.fromkeys(res.residual.covariance["model"]))
-        for col, label in zip(st.columns(len(labels)), labels, strict=True):
-            with col:
-                ui.chart(
-                    bg_figures.covariance_heatmap(
-                        res.residual.covariance_matrix(label), f"Covariance similarity: {label}"
-                    ),
-                    key=f"bg-cov-{label}",
-                )
-        st.caption(
-            "Covariance similarity between layers' residual streams (1 = the same geometry): a block that stays "
-            "bright across layers means the representation did not change there."
-        )
-    if res.overlap is not None:
-        ui.table(res.overlap.to_frame(), "bg-overlap", "Overlap with the optimal subnetwork vs both nulls")
-        ui.chart(bg_figures.null_histogram(res.overlap.null_frame(), res.overlap.overlap), key="bg-null")
-    if gens is not None:
-        ui.table(gens, "bg-generations", "Generations at temperature 0.3: full model vs subnetwork ablated")
+    figs, tables = ui.shared(result_parts, res, gens)
+    names = ["Ablation", "Location"]
+    names += ["Residual stream"] * (res.residual is not None) + ["Overlap"] * (res.overlap is not None)
+    names += ["Generations"] * (gens is not None)
+    # Sections as tabs that draw only when open (2–4 charts, not 8: a revisit draws faster); in the URL.
+    tabs = dict(zip(names, st.tabs(names, key="bg_tab", on_change="rerun", bind="query-params"), strict=True))
+    if tabs["Ablation"].open:
+        with tabs["Ablation"]:
+            c, d = st.columns(2)
+            with c:
+                ui.chart(figs["bg-r"], key="bg-r")
+            with d:
+                ui.chart(figs["bg-bits"], key="bg-bits")
+            st.caption(
+                "Left: correlation r of each setting's next-token surprisal with the bigram's (1 = predicts like "
+                "the bigram table). Right: extra bits per token against the full model (ablated = the subnetwork "
+                "removed; random ablated = a random set of the same size removed)."
+            )
+            ui.table(tables["bg-ablation"][1], "bg-ablation", tables["bg-ablation"][0])
+    if tabs["Location"].open:
+        with tabs["Location"]:
+            ui.chart(figs["bg-shares"], key="bg-shares")
+            st.caption(
+                "Blocks as in the bigram paper: Q, K, V, O = q_proj, k_proj, v_proj, o_proj (q, k, v, o on the "
+                "other pages); MLP-in = gate_proj + up_proj (gate, up); MLP-out = down_proj (down)."
+            )
+            ui.table(tables["bg-split"][1], "bg-split", tables["bg-split"][0])
+    if "Residual stream" in tabs and tabs["Residual stream"].open:
+        with tabs["Residual stream"]:
+            ui.chart(figs["bg-rotation"], key="bg-rotation")
+            st.caption(
+                "How to read it: similarity of the residual stream after each layer to the current token's and "
+                "the next token's representation; the paper's full model turns from current to next in the "
+                "first layer."
+            )
+            cov = [k for k in figs if k.startswith("bg-cov-")]
+            for col, key in zip(st.columns(len(cov)), cov, strict=True):
+                with col:
+                    ui.chart(figs[key], key=key)
+            st.caption(
+                "Covariance similarity between layers' residual streams (1 = the same geometry): a block that "
+                "stays bright across layers means the representation did not change there."
+            )
+    if "Overlap" in tabs and tabs["Overlap"].open:
+        with tabs["Overlap"]:
+            ui.table(tables["bg-overlap"][1], "bg-overlap", tables["bg-overlap"][0])
+            ui.chart(figs["bg-null"], key="bg-null")
+    if "Generations" in tabs and tabs["Generations"].open:
+        with tabs["Generations"]:
+            ui.table(tables["bg-generations"][1], "bg-generations", tables["bg-generations"][0])
     ui.export_button(
         "Bigram subnetworks",
         {"model": model, "mask": mask, "optimal": opt},
-        [
-            "bg-r",
-            "bg-bits",
-            "bg-shares",
-            "bg-rotation",
-            "bg-null",
-            *[k for k in st.session_state.get("_figures", {}) if k.startswith("bg-cov-")],
-        ],
-        ["bg-ablation", "bg-overlap"],
+        list(figs),
+        list(tables),
+        more=partial(ui.shared, result_parts, res, gens),  # the closed tabs, built on click
     )
+
+
+def result_parts(res, gens) -> tuple[dict, dict]:
+    """Every tab's figures (key -> figure) and tables (key -> (caption, frame)) of one mask analysis:
+    built once per analysis for every session; the open tab draws from them, the export takes them all."""
+    summary = res.ablation.summary()
+    figs = {
+        "bg-r": bg_figures.fidelity_bars(summary),
+        "bg-bits": bg_figures.delta_bits_bars(summary),
+        "bg-shares": figures.sparsity_heatmap(shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives"),
+    }
+    tables = {
+        "bg-ablation": ("Fidelity and loss per setting (random: mean ± sd over seeds)", summary),
+        "bg-split": ("Attention vs MLP", res.split),
+    }
+    if res.residual is not None:
+        figs["bg-rotation"] = bg_figures.rotation_curves(res.residual.rotation)
+        for label in dict.fromkeys(res.residual.covariance["model"]):
+            figs[f"bg-cov-{label}"] = bg_figures.covariance_heatmap(
+                res.residual.covariance_matrix(label), f"Covariance similarity: {label}"
+            )
+    if res.overlap is not None:
+        tables["bg-overlap"] = ("Overlap with the optimal subnetwork vs both nulls", res.overlap.to_frame())
+        figs["bg-null"] = bg_figures.null_histogram(res.overlap.null_frame(), res.overlap.overlap)
+    if gens is not None:
+        tables["bg-generations"] = ("Generations at temperature 0.3: full model vs subnetwork ablated", gens)
+    return figs, tables
 
 
 def body() -> None:

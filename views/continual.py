@@ -1,5 +1,7 @@
 """Continual learning: one supermask subnetwork per task (SupSup, SSNeT, ExSSNeT, KKT), launched and compared."""
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -68,6 +70,11 @@ def progress() -> None:
             ui.job_runner().cancel(rec.id)
 
 
+def owner_figure(masks, layer: str, title: str):
+    """Which task owns each weight of ``layer`` (built once per content of the masks, shared)."""
+    return cl_figures.owner_image(owner_image(masks, layer), title=title)
+
+
 def results() -> None:
     df = ui.job_runner().list_runs()
     done = df[(df["kind"] == "continual") & (df["status"] == "succeeded")]
@@ -89,7 +96,7 @@ def results() -> None:
     labels = {r.id: f"{r.name} · {r.id}" for r in done.itertuples()}
     run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="cl_run", bind="query-params")
     folder = ui.job_runner().get(run_id).outputs
-    frames = load_result(folder)
+    frames = ui.shared(load_result, str(folder))  # a finished run's files: read once, for every session
     summary, acc = frames["summary"], frames["accuracy"]
     densities = sorted(d for d in summary["density"].unique() if d < 1.0) or [1.0]
     c1, c2 = st.columns(2)
@@ -110,48 +117,37 @@ def results() -> None:
             "at this density a fixed random network's masks hold less than trained dense weights on these small "
             "tasks, and finetuning's forgetting stays mild; SupSup still never forgets a task."
         )
-    a, b = st.columns(2)
-    with a:
-        ui.chart(cl_figures.accuracy_vs_density(summary), key="cl-acc-density")
-    with b:
-        ui.chart(cl_figures.forgetting_bars(summary, density), key="cl-forgetting")
-    st.subheader("Accuracy after each task")
     methods = list(dict.fromkeys(acc["label"]))
-    cols = st.columns(min(len(methods), 3))
-    for i, label in enumerate(methods):
-        one = acc[(acc["label"] == label) & (acc["seed"] == seed) & acc["density"].isin([density, 1.0])]
-        if not len(one):
-            continue
-        A = one.pivot(index="after_task", columns="task", values="acc").to_numpy()
-        with cols[i % len(cols)]:
-            ui.chart(
-                figures.accuracy_matrix(A, [f"task {j + 1}" for j in range(A.shape[1])], title=label),
-                key=f"cl-A-{label}",
-            )
-    st.subheader("Capacity: which weights the tasks claim")
-    a, b = st.columns(2)
-    with a:
-        ui.chart(cl_figures.capacity_curves(frames["capacity"], density), key="cl-capacity")
-        ui.chart(cl_figures.exclusive_fraction(frames["capacity"], density), key="cl-exclusive")
-    with b:
-        masked = [m for m in methods if m != "finetune"]
-        label = st.selectbox("Owner image of", masked, key="cl_owner", bind="query-params") if masked else None
-        masks = load_task_masks(folder, label, density, seed) if label else []
-        if masks:
-            layer = st.selectbox("Layer", list(masks[0]), key="cl_layer", bind="query-params")
-            ui.chart(
-                cl_figures.owner_image(owner_image(masks, layer), title=f"{label}: owner task of {layer}"),
-                key="cl-owner",
-            )
     knn = frames["knn"]
-    if len(knn):
-        knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)]
-        ui.chart(
-            cl_figures.knn_bars(
-                knn, title=f"KKT: KNN accuracy of each earlier mask (density {density:g}, seed {seed})"
-            ),
-            key="cl-knn",
-        )
+    knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)] if len(knn) else knn
+    names = ["Summary", "After each task", "Capacity"] + ["KKT"] * bool(len(knn))
+    # Sections as tabs that draw only when open (2–4 charts, not 9: a revisit draws faster); in the URL.
+    tabs = dict(zip(names, st.tabs(names, key="cl_tab", on_change="rerun", bind="query-params"), strict=True))
+    if tabs["Summary"].open:
+        with tabs["Summary"]:
+            a, b = st.columns(2)
+            with a:
+                ui.chart(ui.shared(cl_figures.accuracy_vs_density, summary), key="cl-acc-density")
+            with b:
+                ui.chart(ui.shared(cl_figures.forgetting_bars, summary, density), key="cl-forgetting")
+    if tabs["After each task"].open:
+        with tabs["After each task"]:
+            st.caption("Accuracy on each task (column) after training each task (row), per method.")
+            cols = st.columns(min(len(methods), 3))
+            for i, (label, A) in enumerate(accuracy_matrices(acc, seed, density).items()):
+                with cols[i % len(cols)]:
+                    ui.chart(
+                        ui.shared(
+                            figures.accuracy_matrix, A, [f"task {j + 1}" for j in range(A.shape[1])], title=label
+                        ),
+                        key=f"cl-A-{label}",
+                    )
+    if tabs["Capacity"].open:
+        with tabs["Capacity"]:
+            capacity(frames, folder, methods, density, seed)
+    if "KKT" in tabs and tabs["KKT"].open:
+        with tabs["KKT"]:
+            ui.chart(ui.shared(knn_figure, knn, density, seed), key="cl-knn")
     st.caption("Task masks are saved with the run: pick them under *Saved masks* to compare them on the Overlap page.")
     ui.export_button(
         "Continual learning",
@@ -166,7 +162,63 @@ def results() -> None:
             *[f"cl-A-{m}" for m in methods],
         ],
         ["cl-summary"],
+        more=partial(closed_parts, frames, str(folder), methods, density, seed),  # the closed tabs, on click
     )
+
+
+def capacity(frames, folder, methods, density, seed) -> None:
+    """Which weights the tasks claim: capacity and exclusive share over tasks, and one layer's owner image."""
+    a, b = st.columns(2)
+    with a:
+        ui.chart(ui.shared(cl_figures.capacity_curves, frames["capacity"], density), key="cl-capacity")
+        ui.chart(ui.shared(cl_figures.exclusive_fraction, frames["capacity"], density), key="cl-exclusive")
+    with b:
+        masked = [m for m in methods if m != "finetune"]
+        label = st.selectbox("Owner image of", masked, key="cl_owner", bind="query-params") if masked else None
+        masks = ui.shared(load_task_masks, str(folder), label, density, seed) if label else []
+        if masks:
+            layer = st.selectbox("Layer", list(masks[0]), key="cl_layer", bind="query-params")
+            ui.chart(ui.shared(owner_figure, masks, layer, f"{label}: owner task of {layer}"), key="cl-owner")
+
+
+def accuracy_matrices(acc: pd.DataFrame, seed, density) -> dict:
+    """Each method's accuracy after each task (rows: after task, columns: task) at one seed and density."""
+    out = {}
+    for label in dict.fromkeys(acc["label"]):
+        one = acc[(acc["label"] == label) & (acc["seed"] == seed) & acc["density"].isin([density, 1.0])]
+        if len(one):
+            out[label] = one.pivot(index="after_task", columns="task", values="acc").to_numpy()
+    return out
+
+
+def knn_figure(knn: pd.DataFrame, density, seed):
+    return cl_figures.knn_bars(knn, title=f"KKT: KNN accuracy of each earlier mask (density {density:g}, seed {seed})")
+
+
+def closed_parts(frames, folder: str, methods, density, seed) -> tuple[dict, dict]:
+    """Every tab's figures for the export (the open tab's are drawn; the others are built here on click),
+    the owner image for the method and layer in the URL (else the first of each, as the tab opens)."""
+    summary, acc, cap = frames["summary"], frames["accuracy"], frames["capacity"]
+    figs = {
+        "cl-acc-density": cl_figures.accuracy_vs_density(summary),
+        "cl-forgetting": cl_figures.forgetting_bars(summary, density),
+        "cl-capacity": cl_figures.capacity_curves(cap, density),
+        "cl-exclusive": cl_figures.exclusive_fraction(cap, density),
+    }
+    for label, A in accuracy_matrices(acc, seed, density).items():
+        figs[f"cl-A-{label}"] = figures.accuracy_matrix(A, [f"task {j + 1}" for j in range(A.shape[1])], title=label)
+    knn = frames["knn"]
+    knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)] if len(knn) else knn
+    if len(knn):
+        figs["cl-knn"] = knn_figure(knn, density, seed)
+    masked = [m for m in methods if m != "finetune"]
+    label = st.query_params.get("cl_owner", masked[0] if masked else None)
+    masks = load_task_masks(folder, label, density, seed) if label in masked else []
+    if masks:
+        layer = st.query_params.get("cl_layer", next(iter(masks[0])))
+        layer = layer if layer in masks[0] else next(iter(masks[0]))
+        figs["cl-owner"] = owner_figure(masks, layer, f"{label}: owner task of {layer}")
+    return figs, {}
 
 
 def body() -> None:

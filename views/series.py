@@ -8,6 +8,12 @@ import streamlit as st
 from subnetviz import figures, ui
 
 
+def module_figure(per, steps: tuple[int, ...], first: str):
+    """Sparsity per module kind at each checkpoint of a run (built once per analysis, shared)."""
+    frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(per.reports, steps, strict=True)])
+    return figures.module_series(frame, first=first)
+
+
 def body() -> None:
     st.title("Checkpoint series")
     st.caption(
@@ -37,9 +43,9 @@ def body() -> None:
     result = ui.series(paths, steps)
     a, b = st.columns([2, 1])
     with a:
-        ui.chart(figures.series_lines(result.steps, first=first, ticks=ticks), key="series")
+        ui.chart(ui.shared(figures.series_lines, result.steps, first=first, ticks=ticks), key="series")
     with b:
-        ui.chart(figures.split_bar(result.split), key="split")
+        ui.chart(ui.shared(figures.split_bar, result.split), key="split")
         st.caption(
             "Never updated: equal to the start at every checkpoint; updated, unchanged at the end: changed at "
             "some step and back to the start at the end (cancelled out); final subnetwork: changed at the end."
@@ -49,8 +55,7 @@ def body() -> None:
             ws, base=paths[0], finetuned=tuple((f"step {s}", p) for s, p in zip(steps[1:], paths[1:], strict=True))
         )
         per = ui.update_analysis(steps_ws)
-        frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(per.reports, steps[1:], strict=True)])
-        ui.chart(figures.module_series(frame, first=first), key="modules")
+        ui.chart(ui.shared(module_figure, per, tuple(steps[1:]), first), key="modules")
     ui.table(result.steps, "series-table", "Sparsity per step")
     ui.table(result.split, "split-table", "Never updated / cancelled out / subnetwork")
     ui.export_button(

@@ -281,6 +281,16 @@ def test_uploads_never_replace_each_other_and_are_capped(app_env, monkeypatch):
     assert not list((app_env / "uploads").glob(".upload-*")) and not list((app_env / "uploads").glob("big*"))
 
 
+def _titles_per_tab(at, page: str, key: str, **query) -> dict[str, list[str]]:
+    """Each tab of ``page`` opened through its URL entry ``key``: tab label -> titles of the charts drawn."""
+    out = {}
+    for i, label in enumerate(t.label for t in at.tabs):
+        one = at if i == 0 else open_page(page, **{key: label}, **query)
+        assert not one.exception and not one.error, [e.value for e in one.error]
+        out[label] = [s["layout"]["title"]["text"] for s in plotly_specs(one)]
+    return out
+
+
 def test_continual_page_shows_the_runs_numbers(app_env):
     from subnetviz.jobs.runner import JobRunner
     from subnetviz.supermask.job import load_result
@@ -305,7 +315,12 @@ def test_continual_page_shows_the_runs_numbers(app_env):
     shown = at.dataframe[0].value
     expected = load_result(rec.outputs)["summary"]
     assert np.allclose(shown["final_acc_mean"].to_numpy(), expected["final_acc_mean"].to_numpy())
-    assert len(plotly_specs(at)) >= 5
+    titles = _titles_per_tab(at, "continual", "cl_tab", cl_run=rid)
+    assert list(titles) == ["Summary", "After each task", "Capacity"]
+    # only the open tab draws: the default one holds the two summary charts, the others theirs
+    assert len(titles["Summary"]) == 2 and "accuracy" in titles["Summary"][0].lower()
+    assert sorted(t.split("<br>")[0] for t in titles["After each task"]) == ["ExSSNeT", "SupSup"]
+    assert len(titles["Capacity"]) == 3 and "owner task" in titles["Capacity"][2]
 
 
 def test_bigram_page_shows_the_backend_numbers(app_env):
@@ -348,7 +363,10 @@ def test_bigram_page_shows_the_backend_numbers(app_env):
     )
     assert shown["Δ bits/token, random set ablated"] not in ("+0.000", "0.000", "-0.000")
     assert shown["kept weights"].startswith(f"{result.headline['kept']:,} ")
-    assert len(plotly_specs(at)) >= 5
+    titles = _titles_per_tab(at, "bigram", "bg_tab", bg_mask=masks[bigram], bg_opt=masks[optimal])
+    assert list(titles)[:2] == ["Ablation", "Location"] and "Overlap" in titles
+    assert len(titles["Ablation"]) == 2 and titles["Location"] == ["Where the subnetwork lives"]
+    assert sum(len(t) for t in titles.values()) >= 5
 
 
 def test_pages_show_live_progress_of_a_queued_or_running_job(app_env):
