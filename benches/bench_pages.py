@@ -48,6 +48,33 @@ VIEWS = {"training-compare": ("training", "training?tr_view=Subnetwork+vs+full")
 FIRST_GOAL = {"training-compare": 3.0}
 
 
+# Counts finished script runs (the app's script state going running -> notRunning), so a timing stops
+# when a run has finished instead of after a fixed sleep guarding against the state read before the run
+# (it added 100 ms to every visit and 50 ms to every navigation). A run so short that React shows
+# running and notRunning in one commit is not seen: then notRunning 100 ms after the click counts.
+RUNS = """(() => {
+  window.__runs = 0;
+  window.__since = 0;
+  let last = null;
+  new MutationObserver(() => {
+    const app = document.querySelector("[data-testid='stApp']");
+    const state = app ? app.dataset.testScriptState : null;  // 'running' only ever follows a connection
+    if (state === 'notRunning' && last === 'running') window.__runs += 1;
+    if (state) last = state;
+  }).observe(document, {subtree: true, childList: true, attributes: true});
+})();"""
+FINISHED = """(after) => {
+  const app = document.querySelector("[data-testid='stApp']");
+  return window.__runs > after || (performance.now() - window.__since > 100 && !!app
+    && app.dataset.testConnectionState === 'CONNECTED' && app.dataset.testScriptState === 'notRunning');
+}"""
+
+
+def wait_run(page, after: int = 0) -> None:
+    """Until more than ``after`` script runs have finished in this page since ``window.__since`` (see RUNS)."""
+    page.wait_for_function(FINISHED, arg=after, timeout=300_000, polling=10)
+
+
 def wait_drawn(page) -> None:
     """Until the script run finished, no skeleton is left and every Plotly chart has drawn."""
     from playwright.sync_api import expect
@@ -63,10 +90,10 @@ def render_seconds(ctx, url: str) -> float:
     """Open ``url`` in a new tab of ``ctx`` (a new Streamlit session) and time it until fully drawn."""
 
     page = ctx.new_page()
+    page.add_init_script(RUNS)
     t0 = time.perf_counter()
     page.goto(url)
-    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=300_000)
-    page.wait_for_timeout(100)
+    wait_run(page)
     wait_drawn(page)
     dt = time.perf_counter() - t0
     errors = page.get_by_test_id("stException").count() + page.get_by_test_id("stAlertContentError").count()
@@ -82,13 +109,15 @@ def navigate_seconds(ctx, url: str, name: str) -> float:
     from playwright.sync_api import expect
 
     page = ctx.new_page()
+    page.add_init_script(RUNS)
     page.goto(url)
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=300_000)
+    wait_run(page)
     expect(page.get_by_test_id("stSkeleton")).to_have_count(0, timeout=300_000)
+    runs = page.evaluate("window.__since = performance.now(), window.__runs")
     t0 = time.perf_counter()
     page.locator(f"[data-testid='stSidebarNav'] a[href$='/{name}']").click()
     page.wait_for_url(f"**/{name}", timeout=60_000)
-    page.wait_for_timeout(50)
+    wait_run(page, runs)
     wait_drawn(page)
     dt = time.perf_counter() - t0
     page.close()
