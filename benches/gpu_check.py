@@ -24,7 +24,8 @@ Part 4 (``--sharded``, issue 14): masked vs unmasked GRPO on a ~0.5B Llama-shape
 1024, 30 layers, random weights, char tokenizer) with ``strategy: fsdp2`` over every visible GPU
 (``benches.bench_sharded``'s runs: ``python -m subnetviz train --config``), step time masked vs
 unmasked, FSDP2 evidence and the bitwise check outside the mask; ``--small``: a tiny model on 2 CPU
-processes.
+processes. ``--sharded-strategy zero2|zero3``: the same with DeepSpeed ZeRO (requirements-deepspeed.txt;
+on CPU too) and the engine's evidence.
 
 Every timing synchronises the device before and after, runs once to warm up (CUDA/cuSOLVER
 initialisation), and reports the best of ``--repeat``.
@@ -240,12 +241,12 @@ def fused_part(shapes, device: str, repeat: int) -> None:
         )
 
 
-def sharded_part(small: bool, steps: int) -> None:
-    """Issue 14: FSDP2 masked vs unmasked GRPO step time (a 2-process CPU smoke run with ``small``)."""
+def sharded_part(small: bool, steps: int, strategy: str = "fsdp2") -> None:
+    """Issue 14: FSDP2 (or ZeRO) masked vs unmasked GRPO step time (a 2-process CPU smoke run with ``small``)."""
     import tempfile
     from pathlib import Path
 
-    from benches.bench_sharded import _data, run
+    from benches.bench_sharded import _data, _evidence, run
     from tests.models import make_tiny_llama
     from tests.training_fixtures import write_half_mask
 
@@ -258,7 +259,7 @@ def sharded_part(small: bool, steps: int) -> None:
     base = make_tiny_llama(root / "base", **dims)
     mask = write_half_mask(root / "half.safetensors", base, p=0.5, seed=0)
     nproc = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 2
-    print(f"\n[sharded] FSDP2 masked vs full GRPO, {nproc} process(es), {steps} steps, model {dims}")
+    print(f"\n[sharded] {strategy} masked vs full GRPO, {nproc} process(es), {steps} steps, model {dims}")
     per_step = {}
     for variant in ("full", "masked", "full", "masked"):
         out = root / f"{variant}-{len(per_step.get(variant, []))}"
@@ -274,17 +275,22 @@ def sharded_part(small: bool, steps: int) -> None:
             "num_generations": 8,
             "max_completion_length": 4,
             "weight_decay": 0.01,
-            "strategy": "fsdp2",
+            "strategy": strategy,
             "num_processes": nproc,
         }
         summary = run(cfg, out)
         per_step.setdefault(variant, []).append(summary["train_seconds"] / summary["steps_done"])
         if variant == "masked":
-            ev, chk = summary["fsdp2"], summary["gathered_check"]
+            chk = summary["gathered_check"]
+            if strategy == "fsdp2":
+                ev = summary["fsdp2"]
+                what = f"{ev['dtensor_parameters']}/{ev['parameters']} DTensor parameters, mesh {ev['mesh_size']}"
+            else:
+                ev = _evidence(summary, strategy, world=nproc)
+                what = f"stage {ev['stage']}, {ev['world_size']} ranks, {ev['local_numel']:,} local on rank 0"
             print(
-                f"  fsdp2: {ev['dtensor_parameters']}/{ev['parameters']} DTensor parameters, mesh {ev['mesh_size']}, "
-                f"{ev['full_numel']:,} parameters; outside mask identical: {chk['outside_mask_identical']} "
-                f"(changed inside {chk['changed_inside']:,})"
+                f"  {strategy}: {what}, {ev['full_numel']:,} parameters; outside mask identical: "
+                f"{chk['outside_mask_identical']} (changed inside {chk['changed_inside']:,})"
             )
     full, masked = min(per_step["full"]), min(per_step["masked"])
     print(f"  step time full {1000 * full:.1f} ms, masked {1000 * masked:.1f} ms, ratio {masked / full:.3f}")
@@ -302,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-fused", action="store_true")
     parser.add_argument("--sharded", action="store_true", help="also part 4: FSDP2 masked GRPO (issue 14)")
     parser.add_argument("--sharded-steps", type=int, default=10)
+    parser.add_argument("--sharded-strategy", default="fsdp2", choices=["fsdp2", "zero2", "zero3"])
     args = parser.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -318,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_fused:
         fused_part([(m // div, n // div) for m, n in FUSED_SHAPES], device, args.repeat)
     if args.sharded:
-        sharded_part(args.small, args.sharded_steps)
+        sharded_part(args.small, args.sharded_steps, args.sharded_strategy)
 
 
 if __name__ == "__main__":

@@ -262,7 +262,7 @@ class _ZeroMaskInstaller(TrainerCallback):
     def evidence(self) -> dict | None:
         if self._evidence is None:
             return None
-        return {**self._evidence, "mask_applied_steps": self._mask.steps}
+        return {**self._evidence, "mask_applied_steps": self._mask.steps, "mask_seconds": round(self._mask.seconds, 4)}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         tr = self.trainer

@@ -25,6 +25,7 @@ run (stage, partitioned parameters, local vs full sizes).
 from __future__ import annotations
 
 import importlib.util
+import time
 
 import torch
 
@@ -110,7 +111,13 @@ class ZeroGradientMask:
         self.decay_names = set(decay_names)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._local: dict[str, torch.Tensor] = {}
+        # All-True masks (a full run, or a fully selected tensor) leave the gradient as it is: no
+        # get/set (under ZeRO-2 each get is an all-reduce). The masks are the same on every rank,
+        # so every rank skips the same parameters.
+        self._whole = {n for n, m in masks.items() if bool(m.all())}
+        self._decayed = {n for n, m in masks.items() if n in self.decay_names and bool(m.any())}  # decay changes these
         self.steps = 0  # how many times apply() ran (recorded with the evidence)
+        self.seconds = 0.0  # time spent in apply() (the mask's and the decay's own cost)
 
     def _mask_for(self, name: str, local: torch.Tensor) -> torch.Tensor:
         if name not in self._local:
@@ -126,6 +133,7 @@ class ZeroGradientMask:
         """Mask every listed parameter's gradient (and decay its fp32 master weights inside the mask)."""
         from deepspeed import utils as dsu
 
+        t0 = time.perf_counter()
         for name, p in self.model.named_parameters():
             if name not in self.masks:
                 continue
@@ -135,11 +143,11 @@ class ZeroGradientMask:
                 if local
                 else (dsu.safe_get_full_grad, dsu.safe_set_full_grad)
             )
-            g = get_g(p)
+            g = get_g(p) if name not in self._whole else None
             if g is not None:
                 # where(), not g * m: a NaN or Inf gradient must still become exactly 0 outside the mask.
                 set_g(p, torch.where(self._mask_for(name, g), g, 0.0))
-            if self.weight_decay > 0 and name in self.decay_names:
+            if self.weight_decay > 0 and name in self._decayed:
                 get_w, set_w = (
                     (dsu.safe_get_local_fp32_param, dsu.safe_set_local_fp32_param)
                     if local
@@ -150,6 +158,7 @@ class ZeroGradientMask:
                 # A factor of exactly 1.0 outside the mask: w * 1.0 == w bitwise.
                 set_w(p, w * torch.where(self._mask_for(name, w), factor, 1.0))
         self.steps += 1
+        self.seconds += time.perf_counter() - t0
 
     def install(self, accelerator, optimizer) -> None:
         """Run :meth:`apply` inside accelerate's DeepSpeed backward, between ``engine.backward`` and ``engine.step``."""
