@@ -7,7 +7,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.extending import intrinsic
 
 
 def _jit(fn):
@@ -86,20 +87,33 @@ def block16(first, p, cur, ever, special4):  # pragma: no cover (compiled)
     return n_prev, n_first, n_ever, hit != np.uint64(0)
 
 
+@intrinsic
+def _words_at(typingctx, address):  # an integer address -> a uint64 pointer (for carray)
+    sig = types.CPointer(types.uint64)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.uint64)))
+
+    return sig, codegen
+
+
 @_jit
-def window16(first, prev, batch, ever, special4, step):  # pragma: no cover (compiled)
-    """:func:`block16` over all versions of a window (``batch``: a tuple of uint64 views, compiled
-    once per length), block by block (``step`` words): the first, previous and flags blocks stay in
-    cache and each version's block is read once. Returns (k, 3) counts and (k,) Inf/NaN flags."""
-    k = len(batch)
+def window16(first, prev, addresses, ever, special4, step):  # pragma: no cover (compiled)
+    """:func:`block16` over all versions of a window, block by block (``step`` words): the first,
+    previous and flags blocks stay in cache and each version's block is read once. ``addresses``:
+    the data addresses of the versions' uint64 views (8-byte aligned, each ``first.size`` words,
+    kept alive by the caller): one compiled function for any number of versions, where a tuple of
+    arrays would compile (and load from the cache, ~0.5 s) once per length. Returns (k, 3) counts
+    and (k,) Inf/NaN flags."""
+    k = addresses.size
+    n = first.size
     counts = np.zeros((k, 3), np.int64)
     hits = np.zeros(k, np.bool_)
-    n = first.size
     for s in range(0, n, step):
         e = min(n, s + step)
         p = prev[s:e]
         for j in range(k):
-            c = batch[j][s:e]
+            c = carray(_words_at(addresses[j]), n)[s:e]
             n_prev, n_first, n_ever, hit = block16(first[s:e], p, c, ever[s:e], special4)
             counts[j, 0] += n_prev
             counts[j, 1] += n_first

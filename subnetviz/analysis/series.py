@@ -6,6 +6,11 @@ one (consecutive-step sparsity, PULSE's S_1), and the share of parameters that w
 some step ≤ i but are back to (bitwise) their initial value at step i — "gradients cancelling
 out". At the end it splits all parameters into never updated / updated but unchanged at the
 end / the final subnetwork. Comparisons are bitwise on each tensor's stored dtype.
+
+Each checkpoint is read once: a tensor's versions come in order (one read ahead), and each version
+is compared against the first and the previous one in the same pass, block by block; with numba
+installed the counts and the finite check are one compiled loop (:mod:`~subnetviz.analysis.series_jit`),
+otherwise NumPy blocks and a finite check per version.
 """
 
 from __future__ import annotations

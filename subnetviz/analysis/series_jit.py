@@ -88,10 +88,12 @@ def window_counts(
     if cut:
         special4 = np.uint64(int(special) & 0xFFFF) * np.uint64(0x0001000100010001)
         words = [_words(a, cut) for a in (first, prev, ever)]
-        # the versions as one tuple type: aligned views (a version stored at an odd 2-byte offset is
-        # copied; LLM tensors' sizes keep their offsets 8-byte aligned)
-        versions = tuple(w if w.flags.aligned else w.copy() for w in (_words(a, cut) for a in batch))
-        c, h = m.window16(words[0], words[1], versions, words[2], special4, max(1, step // 4))
+        # the versions by address, 8-byte aligned (a version stored at an odd 2-byte offset is copied;
+        # LLM tensors' sizes keep their offsets 8-byte aligned)
+        versions = [w if w.ctypes.data % 8 == 0 else w.copy() for w in (_words(a, cut) for a in batch)]
+        addresses = np.array([w.ctypes.data for w in versions], dtype=np.int64)
+        c, h = m.window16(words[0], words[1], addresses, words[2], special4, max(1, step // 4))
+        del versions  # alive until here: the compiled loop reads them by address
         counts += c
         hits |= h
     for s in range(cut, first.size, step):  # other widths, and the last size % 4 16-bit entries
@@ -107,3 +109,15 @@ def window_counts(
 
 def _words(a: np.ndarray, cut: int) -> np.ndarray:
     return a[:cut].view(np.uint64)
+
+
+def warm() -> float:
+    """Load the compiled loops (the first one a process loads costs ~0.5 s: numba's code loader);
+    returns the seconds it took. For servers and benchmarks, before the first series."""
+    import time
+
+    t0 = time.perf_counter()
+    if available():
+        x = np.zeros(9, np.int16)
+        window_counts(x, x, [x], new_flags(x), special_bits(torch.bfloat16), 8)
+    return time.perf_counter() - t0
