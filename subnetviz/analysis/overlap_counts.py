@@ -179,7 +179,8 @@ def _region_counts(sources: list, n_masks: int, numel: int, work: dict | None = 
     jit = _jit()
     if jit is not None:  # int64 bins counted in place: 4 sub-histograms of bytes, or the 16-bit codes
         bins = np.zeros((4, 256) if unit == 8 else 2**unit, dtype=np.int64)
-    hist = torch.zeros(2**unit, dtype=torch.int64)
+    else:
+        hist = torch.zeros(2**unit, dtype=torch.int64)
     slots = 0
     for c0 in range(0, numel, step):
         c1 = min(numel, c0 + step)
@@ -210,6 +211,9 @@ def _region_counts(sources: list, n_masks: int, numel: int, work: dict | None = 
         hist += torch.bincount(codes, minlength=2**unit)
     counted = hist.numpy() if jit is None else bins.reshape(-1, 2**unit).sum(0)
     region = np.zeros(2**n_masks, dtype=np.int64)
-    np.add.at(region, c_idx, counted[h_idx])
+    if unit == 16:  # one parameter per unit: each region code once
+        region[c_idx] = counted[h_idx]
+    else:
+        np.add.at(region, c_idx, counted[h_idx])
     region[0] -= slots - numel
     return region
