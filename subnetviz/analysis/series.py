@@ -15,6 +15,8 @@ otherwise NumPy blocks and a finite check per version.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -71,14 +73,17 @@ def checkpoint_series(
     # the first and previous versions, the current one and the one being read).
     from subnetviz.analysis.update_pass import prefetched  # the one read-ahead; late: it imports a lot
 
-    def load(item: tuple) -> torch.Tensor:
-        t, i, check = item
-        v = read_aligned(cks[i], t, i)
-        if check:
-            check_finite(v, where(t, i))
-        else:  # checked in the compiled loop: map its pages here (one byte each), off the comparing thread
-            series_jit.touch(v)
-        return v
+    def load(group: tuple) -> list[torch.Tensor]:
+        t, versions, in_loop = group
+        out = []
+        for i in versions:
+            v = read_aligned(cks[i], t, i)
+            if i == 0 or not in_loop:
+                check_finite(v, where(t, i))
+            else:  # checked in the compiled loop: map its pages here (one byte each), off the comparing thread
+                series_jit.touch(v)
+            out.append(v)
+        return out
 
     def where(t, i: int) -> str:
         return f"{cks[i].spec} :: {t.names[i]}"
@@ -89,8 +94,13 @@ def checkpoint_series(
         dtypes = {ck.meta(n).dtype for ck, n in zip(cks, t.names, strict=True)}
         cast = len(dtypes) > 1 or next(iter(dtypes)) not in INT_VIEW  # compare in float32, as before
         fused[t.key] = (cast, jit and not cast and next(iter(dtypes)) in series_jit.IEEE)
-    items = [(t, i, i == 0 or not fused[t.key][1]) for t in todo for i in range(len(cks))]
-    stream = prefetched(items, load)
+    # read ahead by groups of up to a window's bytes of consecutive versions (one thread handoff per
+    # group, not per version; at most the current and the next group mapped besides the first version)
+    groups = []
+    for t in todo:
+        per = max(1, WINDOW_BYTES // max(1, math.prod(t.shape) * cks[0].meta(t.names[0]).dtype.itemsize))
+        groups += [(t, range(g, min(g + per, len(cks))), fused[t.key][1]) for g in range(0, len(cks), per)]
+    stream = itertools.chain.from_iterable(prefetched(groups, load))
     for t_i, t in enumerate(todo):
         if progress:
             progress(t_i, len(todo), t.key)
