@@ -1,9 +1,10 @@
 """Overlap of N subnetwork masks over the same parameters: Venn, UpSet, pairwise, consensus.
 
 This module owns the set arithmetic of masks. It works tensor by tensor, never on one giant
-flat mask: each parameter gets a membership code ``Σ_k mask_k << k`` and one ``bincount``
-with ``2**N`` bins per tensor gives the exclusive count of every region (the UpSet bars, the
-3 Venn regions for N = 2 and the 7 for N = 3). Everything else (sizes, pairwise intersections,
+flat mask: each parameter gets a membership code ``Σ_k mask_k << k`` and counting the codes per
+tensor gives the exclusive count of every region (the UpSet bars, the 3 Venn regions for N = 2
+and the 7 for N = 3); :mod:`~subnetviz.analysis.overlap_counts` counts them on the packed bits,
+several parameters per histogram entry below 8 masks. Everything else (sizes, pairwise intersections,
 union, consensus histogram) is an exact integer sum over those region counts, per group and
 overall, so per-group numbers always add up to the totals.
 
