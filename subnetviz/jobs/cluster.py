@@ -182,13 +182,13 @@ def drive(kind: str, request: dict, address: str, progress, total: int | None):
         connected = False
         while proc.poll() is None or not lines.empty():
             try:
-                line = lines.get(timeout=0.2).decode().split()
+                line = lines.get(timeout=0.2).decode(errors="replace").split()
             except queue.Empty:
                 line = []
-            if line[:1] == ["connected"]:
+            if line == ["connected"]:
                 connected = True
-            elif line[:1] == ["done"] and progress:
-                progress(int(line[1]), int(line[2]), f"tasks done {where}")
+            elif len(line) == 3 and line[0] == "done" and line[1].isdigit() and line[2].isdigit() and progress:
+                progress(int(line[1]), int(line[2]), f"tasks done {where}")  # other output is a library's
             now = time.monotonic()
             if not connected and now > connect_by and proc.poll() is None:
                 raise JobError(f"Could not connect to the Ray cluster at {address} within {connect_s:g} s.")
