@@ -366,3 +366,34 @@ def fp8_blocks(
             )
         if do_rc:
             rows[r] = row_changed
+
+
+@jit
+def code_counts(x, y, sign_magnitude, edges, out, ubuf):
+    """Stored 1-byte codes ``x`` -> ``y`` (1-D): ``out`` = [changed codes, #(steps > edge)...]; steps are
+    code steps of sign-magnitude FP8 bytes (``sign_magnitude``) or the difference of integer codes."""
+    n = x.size
+    for c0 in range(0, n, ubuf.size):
+        c1 = min(n, c0 + ubuf.size)
+        xr = x[c0:c1]
+        yr = y[c0:c1]
+        m = c1 - c0
+        changed = np.int32(0)
+        far = np.int32(0)
+        if sign_magnitude:
+            for k in range(np.uint64(m)):
+                u = ulp(xr[k], yr[k])
+                ubuf[k] = u
+                far = max(far, u)
+                changed = add32(changed, flag32(xr[k] != yr[k]))
+        else:
+            for k in range(np.uint64(m)):
+                u = np.int32(abs(np.int32(yr[k]) - np.int32(xr[k])))
+                ubuf[k] = u
+                far = max(far, u)
+                changed = add32(changed, flag32(xr[k] != yr[k]))
+        out[0] += changed
+        for j in range(edges.size):
+            if not far > edges[j]:
+                break
+            out[1 + j] += count_above(ubuf, m, edges[j])

@@ -271,3 +271,15 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
         out[2 : 2 + n_edge].tolist(),
     )
     return eff, int(code_out[0]), code_out[1:].tolist()
+
+
+def code_counts(x: np.ndarray, y: np.ndarray, sign_magnitude: bool) -> tuple[int, list[int]]:
+    """(changed codes, #(steps > edge) per ULP edge) of two 1-byte code arrays (any shape, contiguous),
+    compiled, in one pass and no index arrays: FP8 bytes in sign-magnitude code steps
+    (``sign_magnitude``), integer codes (int8 / uint8) by their difference."""
+    from subnetviz.analysis.bits import ULP_EDGES
+
+    edges = np.asarray(ULP_EDGES, dtype=np.int32)
+    out = np.zeros(1 + edges.size, np.int64)
+    kernels().code_counts(x.reshape(-1), y.reshape(-1), bool(sign_magnitude), edges, out, np.empty(SEG, np.int32))
+    return int(out[0]), out[1:].tolist()

@@ -192,6 +192,29 @@ def test_fp8_decoding_by_fields_equals_torch_bit_for_bit(dtype):
     assert np.array_equal(got, want), [hex(c) for c in codes[got != want]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.int8, torch.uint8])
+def test_code_counts_compiled_equals_numpy(dtype, monkeypatch):
+    """Changed codes and code-step bins of 1-byte codes (FP8 sign-magnitude steps, +0 -> -0 at 0 steps;
+    integer codes by difference, up to 255 apart) from the compiled pass and from NumPy, over more than
+    one segment."""
+    from subnetviz.analysis.quant_codes import _code_counts
+
+    g = torch.Generator().manual_seed(5)
+    n = 3 * bits_jit.SEG + 11
+    x = torch.randint(0, 256, (n,), generator=g, dtype=torch.uint8)
+    y = torch.where(torch.rand(n, generator=g) < 0.3, torch.randint(0, 256, (n,), generator=g, dtype=torch.uint8), x)
+    x[:2], y[:2] = torch.tensor([0, 3], dtype=torch.uint8), torch.tensor([0x80, 3], dtype=torch.uint8)
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        bad = (x & 0x7F) >= (0x7F if dtype == torch.float8_e4m3fn else 0x7C)  # no NaN/Inf codes
+        x, y = torch.where(bad, 0, x), torch.where((y & 0x7F) >= 0x7C, 1, y)
+    a, b = x.view(dtype).reshape(7, -1) if n % 7 == 0 else x.view(dtype), y.view(dtype)
+    fast = _code_counts(a, b.reshape(a.shape))
+    with monkeypatch.context() as m:
+        m.setenv("SUBNETVIZ_JIT", "0")
+        slow = _code_counts(a, b.reshape(a.shape))
+    assert fast == slow and fast[0] == int((x != y).sum()) and fast[1][-2] > 0  # 1-byte codes: < 256 steps
+
+
 def test_without_numba_the_numpy_kernels_run(monkeypatch):
     from subnetviz.analysis.sparsity import compare_pair
 
