@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Demonstration: one masked training config run by 2 processes, the same
 # `python -m subnetviz train --config FILE` a single process runs: the config's strategy and
-# num_processes make it start `accelerate launch` itself (DDP or FSDP2 over gloo on CPU; zero3
-# needs 2 CUDA GPUs and deepspeed). Builds a tiny Llama + addition data + a random 50 % mask in a
+# num_processes make it start `accelerate launch` itself (DDP, FSDP2, ZeRO-2/3 over gloo on CPU;
+# ZeRO needs deepspeed: requirements-deepspeed.txt). Builds a tiny Llama + addition data + a random 50 % mask in a
 # temporary folder, then checks that both processes trained together and every entry outside the
 # mask stayed bit-identical (saved bf16 model and gathered full state dict).
-# Usage: bash scripts/accelerate_2proc.sh [sft|dpo|grpo] [ddp|fsdp2|zero3]   (default: grpo ddp)
-# NPROC=1 for a one-GPU machine (zero3 and fsdp2 then run as a group of one).
+# Usage: bash scripts/accelerate_2proc.sh [sft|dpo|grpo] [ddp|fsdp2|zero2|zero3]   (default: grpo ddp)
+# NPROC=1 for a one-GPU machine (zero2/3 and fsdp2 then run as a group of one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ALGO=${1:-grpo}
@@ -19,7 +19,8 @@ WORK=$(mktemp -d /tmp/subnetviz-accel-XXXXXX)
 "$PY" - "$WORK" "$ALGO" "$STRATEGY" <<'PYEOF'
 import json, os, sys
 from pathlib import Path
-from tests.training_fixtures import make_tiny_llama, write_addition_data, write_half_mask
+from tests.models import make_tiny_llama
+from tests.training_fixtures import write_addition_data, write_half_mask
 work, algo, strategy = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 base = make_tiny_llama(work / "base")
 data = write_addition_data(work / "data", n=32)
