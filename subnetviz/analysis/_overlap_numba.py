@@ -5,22 +5,12 @@ bins, no histogram allocated per block.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from numba import njit
+
+from subnetviz.analysis._bits_numba import jit
 
 
-def _jit(fn):
-    """``njit(cache=True, nogil=True)``; where no cache location is writable, compiled in memory."""
-    try:
-        return njit(cache=True, nogil=True)(fn)
-    except Exception as exc:  # noqa: BLE001 (a read-only package and cache dir must not stop the analysis)
-        warnings.warn(f"numba cache unavailable ({exc}); compiling in memory.", RuntimeWarning, stacklevel=2)
-        return njit(nogil=True)(fn)
-
-
-@_jit
+@jit
 def hist8(codes, out):  # pragma: no cover (compiled)
     """``out[k % 4, codes[k]] += 1`` (out: (4, 256) int64): four sub-histograms, so runs of one code
     (sparse masks: mostly code 0) do not wait on the previous increment of the same bin."""
@@ -35,7 +25,7 @@ def hist8(codes, out):  # pragma: no cover (compiled)
         out[0, codes[i]] += 1
 
 
-@_jit
+@jit
 def hist16(lo, hi, out):  # pragma: no cover (compiled)
     """``out[lo[k] | hi[k] << 8] += 1`` (out: (65536,) int64): the 16-bit code of each parameter from
     its two byte planes (masks 0-7 and 8-15), without interleaving them first."""

@@ -4,23 +4,14 @@ needs numba at import time): every count of one version's block in one vectorise
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from numba import carray, njit, types
+from numba import carray, types
 from numba.extending import intrinsic
 
-
-def _jit(fn):
-    """``njit(cache=True, nogil=True)``; where no cache location is writable, compiled in memory."""
-    try:
-        return njit(cache=True, nogil=True)(fn)
-    except Exception as exc:  # noqa: BLE001 (a read-only package and cache dir must not stop the analysis)
-        warnings.warn(f"numba cache unavailable ({exc}); compiling in memory.", RuntimeWarning, stacklevel=2)
-        return njit(nogil=True)(fn)
+from subnetviz.analysis._bits_numba import jit
 
 
-@_jit
+@jit
 def block(first, p, cur, ever, special):  # pragma: no cover (compiled)
     """(#≠ previous, #≠ first, #ever updated, any pattern with every bit of ``special`` set) of one
     version's block (slices of equal length); ``ever`` updated in place. A loop from 0 over views:
@@ -49,7 +40,7 @@ _LANE = np.uint64(0xFFFF)
 _WORDS = 32768  # words per sub-block: a 16-bit lane counts at most this many entries (< 2**16)
 
 
-@_jit
+@jit
 def block16(first, p, cur, ever, special4):  # pragma: no cover (compiled)
     """:func:`block` for 16-bit entries, four to a 64-bit word (uint64 views): a lane is nonzero iff
     ``((d & 0x7FFF) + 0x7FFF | d) & 0x8000`` is set, so each count is a few word operations per four
@@ -97,7 +88,7 @@ def _words_at(typingctx, address):  # an integer address -> a uint64 pointer (fo
     return sig, codegen
 
 
-@_jit
+@jit
 def window16(first, prev, addresses, ever, special4, step):  # pragma: no cover (compiled)
     """:func:`block16` over all versions of a window, block by block (``step`` words): the first,
     previous and flags blocks stay in cache and each version's block is read once. ``addresses``:

@@ -27,6 +27,7 @@ says so). The first use on a machine compiles (seconds per dtype); later process
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 
@@ -37,21 +38,26 @@ _LOCK = threading.Lock()
 _STATE: dict = {}
 
 
-def kernels():
-    """The compiled kernels' module (:mod:`subnetviz.analysis._bits_numba`), or None when numba is not
-    installed or ``SUBNETVIZ_JIT=0``. Imported once per process; each kernel compiles (or loads from
+def compiled(module: str):
+    """The compiled kernels' module ``subnetviz.analysis.<module>`` (``_bits_numba``, ``_series_numba``,
+    ``_overlap_numba``), or None when numba is not installed or ``SUBNETVIZ_JIT=0`` (the callers then
+    use their NumPy / torch kernels). Imported once per process; each kernel compiles (or loads from
     the on-disk cache) on its first call for a dtype."""
     if os.environ.get("SUBNETVIZ_JIT", "1") == "0":
         return None
-    if "k" not in _STATE:
+    if module not in _STATE:
         with _LOCK:
-            if "k" not in _STATE:
+            if module not in _STATE:
                 try:
-                    from subnetviz.analysis import _bits_numba
+                    _STATE[module] = importlib.import_module(f"subnetviz.analysis.{module}")
                 except ImportError:
-                    _bits_numba = None
-                _STATE["k"] = _bits_numba
-    return _STATE["k"]
+                    _STATE[module] = None
+    return _STATE[module]
+
+
+def kernels():
+    """The per-tensor pass' kernels (:mod:`subnetviz.analysis._bits_numba`) or None: :func:`compiled`."""
+    return compiled("_bits_numba")
 
 
 _TABLES: dict[str, np.ndarray] = {}

@@ -18,8 +18,6 @@ plus one histogram per parameter cost small N ~2x more per mask than large N.
 from __future__ import annotations
 
 import functools
-import os
-import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -133,21 +131,9 @@ def _slots(n_masks: int) -> tuple[int, int, np.ndarray, np.ndarray]:
 def _jit():
     """The compiled histograms (:mod:`subnetviz.analysis._overlap_numba`), or None without numba or
     with ``SUBNETVIZ_JIT=0`` (then ``torch.bincount`` per block)."""
-    if os.environ.get("SUBNETVIZ_JIT", "1") == "0":
-        return None
-    if "m" not in _STATE:
-        with _LOCK:
-            if "m" not in _STATE:
-                try:
-                    from subnetviz.analysis import _overlap_numba
-                except ImportError:
-                    _overlap_numba = None
-                _STATE["m"] = _overlap_numba
-    return _STATE["m"]
+    from subnetviz.analysis.bits_jit import compiled
 
-
-_LOCK = threading.Lock()
-_STATE: dict = {}
+    return compiled("_overlap_numba")
 
 
 def _workspace(m: int, unit: int, words: int) -> dict[str, np.ndarray]:

@@ -14,32 +14,18 @@ uses the NumPy blocks and a finite check per version.
 
 from __future__ import annotations
 
-import os
-import threading
-
 import numpy as np
 import torch
 
 from subnetviz.analysis.bits import int_view
+from subnetviz.analysis.bits_jit import compiled
 
-_LOCK = threading.Lock()
-_STATE: dict = {}
 # the dtypes whose Inf/NaN are exactly the patterns with every exponent bit set
 IEEE = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 
 def _module():
-    if os.environ.get("SUBNETVIZ_JIT", "1") == "0":
-        return None
-    if "m" not in _STATE:
-        with _LOCK:
-            if "m" not in _STATE:
-                try:
-                    from subnetviz.analysis import _series_numba
-                except ImportError:
-                    _series_numba = None
-                _STATE["m"] = _series_numba
-    return _STATE["m"]
+    return compiled("_series_numba")
 
 
 def available() -> bool:

@@ -218,7 +218,7 @@ def test_code_counts_compiled_equals_numpy(dtype, monkeypatch):
 def test_without_numba_the_numpy_kernels_run(monkeypatch):
     from subnetviz.analysis.sparsity import compare_pair
 
-    monkeypatch.setitem(bits_jit._STATE, "k", None)  # as if numba were not installed
+    monkeypatch.setitem(bits_jit._STATE, "_bits_numba", None)  # as if numba were not installed
     assert bits_jit.kernels() is None and bits_jit.warm() == 0.0
     a = torch.randn(5, 6).to(torch.bfloat16)
     b = a.clone()
