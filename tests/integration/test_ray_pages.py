@@ -64,7 +64,8 @@ def _safetensors(path: Path) -> tuple[dict, bytes]:
 
 def _same_folder(a: Path, b: Path) -> None:
     """Every file of two published analyses: equal bytes, masks equal header and data, the summary
-    equal but for the wall clock, the manifest equal but for the summary's and masks' digests."""
+    equal but for the wall clock, the manifest equal but for the summary's and masks' digests (and the
+    recorded git revision, which moves when a commit lands between the local and the Ray run)."""
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     for rel in files:
@@ -72,8 +73,9 @@ def _same_folder(a: Path, b: Path) -> None:
             assert _safetensors(a / rel) == _safetensors(b / rel), rel
         elif rel.name in ("summary.json", ".manifest.json"):
             x, y = json.loads((a / rel).read_text()), json.loads((b / rel).read_text())
-            x.pop("seconds", None), y.pop("seconds", None)
-            for d in (x, y):
+            for d in (x, y):  # the wall clock, and the code version if a commit landed between the two runs
+                for k in ("seconds", "git_revision", "git_dirty"):
+                    d.pop(k, None)
                 for f, entry in d.get("files", {}).items():
                     if f == "summary.json" or f.endswith(".safetensors"):
                         entry.pop("sha256"), entry.pop("size")
