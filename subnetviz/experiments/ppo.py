@@ -202,14 +202,17 @@ def train_ppo(request: dict, timeout: float = 3600.0) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(overlay_dir()), env.get("PYTHONPATH", "")) if p)
     env.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     env["SUBNETVIZ_TORCH_THREADS"] = str(torch.get_num_threads())
-    proc = subprocess.run(
-        [sys.executable, "-m", "subnetviz.experiments.ppo", str(req_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "subnetviz.experiments.ppo", str(req_file)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"PPO run stopped after {timeout:.0f} s without finishing (out: {out})") from None
     if proc.returncode != 0 or not res_file.is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise RuntimeError(f"PPO run failed (exit {proc.returncode}):\n{tail}")
