@@ -1,7 +1,7 @@
 """PPO runs of the drivers grid, with TRL's own ``PPOTrainer``, in a child process.
 
 The pinned TRL (1.16) has no PPO trainer; the last TRL with one is 0.29.1 (``trl.experimental.ppo``).
-One Python environment holds one ``trl``, so :mod:`scripts/bootstrap.sh <subnetviz>` installs 0.29.1
+One Python environment holds one ``trl``, so ``scripts/bootstrap.sh`` installs 0.29.1
 *without dependencies* into its own folder, ``<venv>/overlays/trl-ppo`` (it runs on the pinned
 transformers / accelerate / datasets), and a PPO run trains in a child process that puts that folder
 first on ``PYTHONPATH`` (``python -m subnetviz.experiments.ppo REQUEST.json``). Everything else in
@@ -198,6 +198,7 @@ def train_ppo(request: dict, timeout: float = 3600.0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     req_file, res_file = out / "ppo_request.json", out / "ppo_result.json"
     req_file.write_text(json.dumps(request))
+    res_file.unlink(missing_ok=True)  # an earlier run's result is never read as this one's
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(overlay_dir()), env.get("PYTHONPATH", "")) if p)
     env.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
