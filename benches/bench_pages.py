@@ -27,22 +27,10 @@ import time
 from pathlib import Path
 
 from tests.browser import FLAGS, start_server
+from tests.browser import PAGES as BROWSER_PAGES  # every page of the app
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [
-    "home",
-    "workspace",
-    "sparsity",
-    "spectra",
-    "overlap",
-    "series",
-    "training",
-    "training-compare",
-    "bigram",
-    "continual",
-    "behavior",
-    "drivers",
-]
+PAGES = [*BROWSER_PAGES, "training-compare"]  # every page, and the Training page's comparison view
 # A page's view other than its default: name -> (page file, path and query)
 VIEWS = {"training-compare": ("training", "training?tr_view=Subnetwork+vs+full")}
 FIRST_GOAL = {"training-compare": 3.0}

@@ -8,20 +8,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.app_fixtures import APP, decode, open_page, plotly_specs
+from tests.browser import PAGES
 
-PAGES = [
-    "home",
-    "workspace",
-    "sparsity",
-    "spectra",
-    "overlap",
-    "series",
-    "training",
-    "bigram",
-    "continual",
-    "behavior",
-    "drivers",
-]
 pytestmark = pytest.mark.slow
 
 
