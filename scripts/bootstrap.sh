@@ -44,6 +44,11 @@ if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver
 fi
-# Compile the analysis kernels (numba) once here, not on a user's first analysis: ~10 s the first time on a
-# machine, ~1 s to find them cached afterwards (numba recompiles by itself when the source changes).
-OMP_NUM_THREADS=1 "$VENV/bin/python" -c "from subnetviz.analysis import bits_jit, series_jit; bits_jit.warm(); series_jit.warm()"
+# Compile the analysis kernels (numba) once here, not on a user's first analysis (~10 s on a machine);
+# again only when their source or the pins change (numba itself also recompiles a changed source).
+JIT_HASH=$(cat subnetviz/analysis/_*_numba.py requirements.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$VENV/.jit-stamp" 2>/dev/null)" != "$JIT_HASH" ]; then
+  OMP_NUM_THREADS=1 "$VENV/bin/python" -c \
+    "from subnetviz.analysis import bits_jit, series_jit; bits_jit.warm(); series_jit.warm()"
+  echo "$JIT_HASH" > "$VENV/.jit-stamp"
+fi
