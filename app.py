@@ -36,6 +36,7 @@ page = st.navigation(nav)
 # inherit the environment). The CLI and the library set nothing and are not restricted.
 os.environ["SUBNETVIZ_ENFORCE_ROOTS"] = "1"
 ui.gate()  # closed or read-only servers: admit this session first (subnetviz/access.py)
+ui.preload_charts()  # the browser loads the chart library while this run works (ui._PRELOAD)
 ui.startup()  # once per server: sweep killed writers' temporary folders, recover jobs, start the queue
 st.session_state.pop("_workspace", None)
 ui.run_page(ui.workspace_sidebar, fresh=False)

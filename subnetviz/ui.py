@@ -8,6 +8,7 @@ precision — bound to query parameters so a copied URL reopens the same view), 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
@@ -69,6 +70,38 @@ def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
             uilogic.write_profile(body, time.perf_counter() - t0, ctx.session_id if ctx else "")
         if fresh and st.runtime.exists():  # a served page (not an AppTest): see uilogic.freeze_heap
             uilogic.freeze_heap()
+
+
+# --- the chart library, loaded while the page waits ---------------------------------------------------
+# Streamlit's frontend loads its Plotly element (a 4.7 MB module) only when the first chart arrives,
+# and evaluating it took 1.2–1.5 s of the 2–2.7 s a chart page needed after a click from Home on this
+# machine (the script itself ran in 0.05–0.25 s). Importing that same module as soon as any page opens
+# lets the browser do it while it waits for the script (or the user): the module map then hands the
+# chart its already evaluated module. Only Streamlit's own static file is named; nothing else runs.
+_PRELOAD = """<script>(() => {
+  if (window.__subnetvizCharts) return;
+  window.__subnetvizCharts = true;
+  const main = document.querySelector('script[type="module"][src*="static/js/"]');
+  if (main) import(new URL(NAME, main.src).href).then(
+    () => { window.__subnetvizCharts = "loaded"; }, () => { window.__subnetvizCharts = false; });
+})();</script>"""
+
+
+@functools.cache
+def _chart_module() -> str | None:
+    """File name of the frontend's Plotly module in this Streamlit build, or None if not exactly one."""
+    found = list((Path(st.__file__).parent / "static" / "static" / "js").glob("PlotlyChart.*.js"))
+    return found[0].name if len(found) == 1 else None
+
+
+def preload_charts() -> None:
+    """Start loading the chart library in the browser now (once per browser tab; see _PRELOAD)."""
+    name = _chart_module()
+    if name is not None and st.runtime.exists():
+        import json
+
+        with st.sidebar:
+            st.html(_PRELOAD.replace("NAME", json.dumps(name)), unsafe_allow_javascript=True)
 
 
 # --- access: who may enter, and launch or upload (policy in subnetviz/access.py) ----------------------
@@ -190,6 +223,7 @@ def workspace_sidebar() -> Workspace:
             prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", **q, **text["precision"])
             devices = ["auto", "cpu"] + (["cuda"] if uilogic.has_cuda() else [])
             device = st.selectbox("Device", devices, key="device", **q)
+            cluster_choice()
         st.caption(uilogic.roots_caption())
     ws, refused = uilogic.workspace_of(
         base, finetuned, masks, prec, device, members, mask_files, str(z.root) if z else None
@@ -204,6 +238,33 @@ def workspace_sidebar() -> Workspace:
         )
     st.session_state["_workspace"] = ws
     return ws
+
+
+def cluster_choice() -> None:
+    """'Compute on': this server or a Ray cluster the server's owner named (config.ray_clusters). The
+    name is in the URL, never an address: a visitor cannot make the server connect anywhere else."""
+    try:
+        clusters = config.ray_clusters()
+    except SubnetvizError as exc:
+        st.session_state["_cluster"] = None  # the server's default (SUBNETVIZ_RAY_ADDRESS)
+        error(f"The server's cluster list is misconfigured: {exc}")
+        return
+    name = next(iter(clusters))
+    if len(clusters) > 1:
+        name = st.selectbox("Compute on", list(clusters), key="cluster", bind="query-params", help=CLUSTER_HELP)
+    st.session_state["_cluster"] = clusters.get(name)
+
+
+CLUSTER_HELP = (
+    "Where analyses run: in this server's process, or on a Ray cluster the server's owner named "
+    "(results are identical and shared; only where the work happens differs). Jobs you launch go there too."
+)
+
+
+def compute_address() -> str | None:
+    """The Ray address this session computes on (``""``: this server's process; None: the server's
+    default, where no sidebar ran): what jobs.cluster and jobs.cluster_pages take as ``address``."""
+    return st.session_state.get("_cluster")
 
 
 def workspace() -> Workspace:
@@ -265,7 +326,9 @@ def update_analysis(
     bar, progress = _progress_bar("Comparing tensors")
     result = _memo().get_or_compute(
         key,
-        lambda: uilogic.compute_updates(ws, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta, progress=progress),
+        lambda: uilogic.compute_updates(
+            ws, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta, progress=progress, address=compute_address()
+        ),
         kind="analysis",
     )
     bar.empty()
@@ -372,6 +435,23 @@ def mask_set(path: str | os.PathLike):
     return _memo().get_or_compute(key, lambda: load_mask_set(path), kind="mask")
 
 
+def mask_files_overlap(paths: Sequence[str], labels: Sequence[str]):
+    """The Overlap page's overlap of mask files (jobs.cluster_pages.FilesOverlap), shared by every session:
+    here from the shared mask sets, or on this session's cluster (keyed by the files' stamps)."""
+    from subnetviz.jobs import cluster, cluster_pages
+
+    address = cluster._address(compute_address())
+    if not address:
+        return shared(cluster_pages.sets_overlap, [mask_set(p) for p in paths], tuple(labels))
+    key = ("files-overlap", tuple(paths), tuple(labels), tuple(file_stamp(p) for p in paths))
+    bar, progress = _progress_bar("Overlapping the masks")
+    out = _memo().get_or_compute(
+        key, lambda: cluster_pages.files_overlap(paths, labels, address=address, progress=progress), kind="analysis"
+    )
+    bar.empty()
+    return out
+
+
 def series(paths: Sequence[str], steps: Sequence[int]):
     """Checkpoint-series analysis (memory-cached by the checkpoints' fingerprints), with progress."""
     from subnetviz.jobs.cluster import checkpoint_series  # on the Ray cluster when SUBNETVIZ_RAY_ADDRESS is set
@@ -380,7 +460,7 @@ def series(paths: Sequence[str], steps: Sequence[int]):
     bar, progress = _progress_bar("Walking the series")
     out = _memo().get_or_compute(
         ("series", tuple(paths), tuple(steps), fps),
-        lambda: checkpoint_series(list(paths), list(steps), progress=progress),
+        lambda: checkpoint_series(list(paths), list(steps), progress=progress, address=compute_address()),
         kind="analysis",
     )
     bar.empty()
@@ -389,12 +469,14 @@ def series(paths: Sequence[str], steps: Sequence[int]):
 
 # --- jobs ----------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
-def _job_runner(root: str):
+def _job_runner(root: str, ray_address: str | None = None):
     from subnetviz.jobs.runner import JobRunner
 
     # No NVIDIA driver, no CUDA device: the runner need not import torch to count them (~4 s of the
     # first page a fresh server shows, on a loaded machine). With a driver it asks torch, as before.
-    return JobRunner(root, gpus=None if uilogic.nvidia_driver() else [])
+    # ray_address: the session's choice ("": local processes; None: SUBNETVIZ_RAY_ADDRESS). Runners
+    # over one root share its registry; each run keeps the launch (local or Ray) it was queued with.
+    return JobRunner(root, gpus=None if uilogic.nvidia_driver() else [], ray_address=ray_address)
 
 
 @st.cache_resource(show_spinner=False)
@@ -411,8 +493,9 @@ def startup() -> None:
 
 
 def job_runner():
-    """The job runner over this home's registry (one per runs folder, shared by every session)."""
-    return _job_runner(str(config.runs_dir()))
+    """The job runner over this home's registry (one per runs folder and backend, shared by every session):
+    new jobs run where this session computes (:func:`compute_address`)."""
+    return _job_runner(str(config.runs_dir()), compute_address())
 
 
 def active_runs(kind: str | None = None) -> pd.DataFrame:
