@@ -8,6 +8,9 @@
 - ``SUBNETVIZ_ENFORCE_ROOTS``: ``1`` makes every file read (after resolving symlinks and shard
   index entries) lie under the roots; the app sets it for itself and the jobs it starts.
 - ``SUBNETVIZ_DEVICE``: default device for analyses (``auto`` = CUDA when present).
+- ``SUBNETVIZ_RAY_ADDRESS``: the Ray cluster that jobs and the pages' analyses use by default
+  (:mod:`subnetviz.jobs.ray_backend`); ``SUBNETVIZ_RAY_ADDRESSES``: the other clusters a visitor
+  may choose in the app's sidebar (:func:`ray_clusters`). A visitor never types an address.
 """
 
 from __future__ import annotations
@@ -124,6 +127,49 @@ def check_readable(path: str | os.PathLike, *, what: str | None = None) -> Path:
             f"{what or display_path(path)}: leads outside the folders this server may read; refused."
         )
     return resolved
+
+
+LOCAL_COMPUTE = "this server"
+"""The sidebar's name for computing in the server's own process (no cluster)."""
+_CLUSTER_ADDRESS = re.compile(r"(ray://)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}|auto")
+
+
+def ray_clusters() -> dict[str, str]:
+    """Where a visitor may have the pages compute: choice name -> Ray address (``""``: this server's
+    process), the default first.
+
+    The operator names every address; a visitor only picks one of these names (the app keeps the name,
+    never an address, in the URL), so a shared dashboard never connects to a host its owner did not list.
+
+    - ``SUBNETVIZ_RAY_ADDRESS`` (``host:port``): the default cluster.
+    - ``SUBNETVIZ_RAY_ADDRESSES``: more, comma-separated, each ``address`` or ``name=address``
+      (``gpu-lab=10.0.0.5:6379``: shown as ``gpu-lab``, the address stays on the server; naming the
+      default's address names the default); the entry ``local`` offers this server's process.
+    - This server is offered when ``SUBNETVIZ_RAY_ADDRESS`` is unset (then it is the default) or the
+      list names ``local``: with a default cluster, a visitor cannot move the work onto the web server
+      unless its owner allows it.
+    """
+    from subnetviz.errors import ConfigError
+
+    default = (os.environ.get("SUBNETVIZ_RAY_ADDRESS") or "").strip()
+    named: dict[str, str] = {}
+    for e in (e.strip() for e in (os.environ.get("SUBNETVIZ_RAY_ADDRESSES") or "").split(",")):
+        if not e or e == "local":
+            named.update({LOCAL_COMPUTE: ""} if e else {})
+            continue
+        name, _, address = (x.strip() for x in e.rpartition("=")) if "=" in e else ("", "", e)
+        if not _CLUSTER_ADDRESS.fullmatch(address) or name == LOCAL_COMPUTE or ("=" in e and not name):
+            raise ConfigError(
+                f"SUBNETVIZ_RAY_ADDRESSES: {e!r} is not 'host:port' or 'name=host:port' (or 'local'); "
+                "entries are separated by commas."
+            )
+        if named.get(name or address, address) != address:
+            raise ConfigError(f"SUBNETVIZ_RAY_ADDRESSES names {name!r} twice, for two addresses.")
+        named[name or address] = address
+    if not default:
+        return {LOCAL_COMPUTE: "", **named}
+    first = next((n for n, a in named.items() if a == default), default)
+    return {first: default, **{n: a for n, a in named.items() if a != default}}
 
 
 def default_device() -> str:

@@ -373,6 +373,16 @@ def cached_behavior(
     config: dict, progress: ProgressFn | None = None, cache_root: str | os.PathLike | None = None
 ) -> dict[str, pd.DataFrame]:
     """:func:`run_config` through the disk cache (keyed by checkpoints' fingerprints, file stamps, config)."""
+    ent, files = behavior_entry(config, cache_root)
+    if not ent.ready:
+        report = run_config({**config, "prompts": files}, progress)
+        with ent.publish() as folder:
+            write_behavior(report, folder)
+    return read_behavior(ent.folder)
+
+
+def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
+    """The disk-cache entry of ``config``'s behaviour analysis, and its prompt files (the zoo's by default)."""
     from subnetviz import cache as _cache
     from subnetviz.checkpoints import open_checkpoint
 
@@ -388,12 +398,7 @@ def cached_behavior(
         masks=masks,
         config={k: v for k, v in config.items() if k != "name"},
     )
-    ent = _cache.entry("behavior", key, root=cache_root)
-    if not ent.ready:
-        report = run_config({**config, "prompts": files}, progress)
-        with ent.publish() as folder:
-            write_behavior(report, folder)
-    return read_behavior(ent.folder)
+    return _cache.entry("behavior", key, root=cache_root), files
 
 
 BEHAVIOR_VERSION = 1  # bump when the same inputs would give different numbers or files

@@ -59,9 +59,11 @@ def _seconds(env: str, default: float) -> float:
 
 
 def _address(address: str | None) -> str | None:
+    """The cluster to use: ``address``; None: the server's default (``SUBNETVIZ_RAY_ADDRESS``); ``""``:
+    none, this process (a visitor who chose "this server", :func:`subnetviz.config.ray_clusters`)."""
     from subnetviz.jobs.ray_backend import ray_address
 
-    return address or ray_address()
+    return ray_address() if address is None else (address or None)
 
 
 def probe(address: str, timeout: float | None = None) -> None:
@@ -76,7 +78,8 @@ def probe(address: str, timeout: float | None = None) -> None:
     except OSError as exc:
         raise JobError(
             f"No Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}, waited up to "
-            f"{timeout:g} s). Start it, correct SUBNETVIZ_RAY_ADDRESS, or unset it to compute in this process."
+            f"{timeout:g} s). Start it, or choose another place to compute (the sidebar's Compute settings; "
+            "the server's SUBNETVIZ_RAY_ADDRESS)."
         ) from None
 
 
@@ -94,7 +97,7 @@ def cached_analysis(
     address: str | None = None,
 ):
     """:func:`subnetviz.analysis.updates.cached_analysis`, computed on the Ray cluster at ``address``
-    (default ``SUBNETVIZ_RAY_ADDRESS``; none: in this process) on a cache miss."""
+    (default ``SUBNETVIZ_RAY_ADDRESS``; ``""`` or none: in this process) on a cache miss."""
     from subnetviz import cache as _cache
     from subnetviz.analysis import updates
     from subnetviz.analysis.sparsity import SparsityOptions
@@ -140,7 +143,7 @@ def checkpoint_series(
     address: str | None = None,
 ):
     """:func:`subnetviz.analysis.series.checkpoint_series`, fanned out on the Ray cluster at
-    ``address`` (default ``SUBNETVIZ_RAY_ADDRESS``; none: in this process)."""
+    ``address`` (default ``SUBNETVIZ_RAY_ADDRESS``; ``""`` or none: in this process)."""
     from subnetviz.analysis import series
 
     address = _address(address)
@@ -153,7 +156,8 @@ def checkpoint_series(
 
 # --- the driver process ---------------------------------------------------------------------------
 def drive(kind: str, request: dict, address: str, progress, total: int | None):
-    """Run ``kind`` (``updates``, ``series``) in a driver process connected to ``address``; its result.
+    """Run ``kind`` (``updates``, ``series``; ``bigram``, ``behavior``, ``overlap``:
+    :mod:`subnetviz.jobs.cluster_pages`) in a driver process connected to ``address``; its result.
 
     Bounded: the head must answer first (:func:`probe`), the driver must connect within the
     connect timeout plus its start, and the work must end within ``SUBNETVIZ_RAY_TIMEOUT``.
@@ -217,7 +221,7 @@ def _outcome(tmp: Path, code: int, where: str):
 
 def _run(request: dict):
     """In the driver: the request's work on the cluster (its progress on stdout)."""
-    from subnetviz.jobs import fanout
+    from subnetviz.jobs import cluster_pages, fanout
     from subnetviz.jobs.ray_backend import connect
 
     connect(request["address"])
@@ -228,6 +232,8 @@ def _run(request: dict):
         "progress": lambda done, total: print("done", done, total, flush=True),
         "timeout": None,  # the server bounds the whole driver
     }
+    if request["kind"] in cluster_pages.KINDS:
+        return cluster_pages.run_kind(request, ray_kw)
     if request["kind"] == "series":
         import ray
 

@@ -62,6 +62,9 @@ def _safetensors(path: Path) -> tuple[dict, bytes]:
     return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
+_TIMED = ("summary.json", "behavior.json")  # files that record the wall clock of their computation
+
+
 def _same_folder(a: Path, b: Path) -> None:
     """Every file of two published analyses: equal bytes, masks equal header and data, the summary
     equal but for the wall clock, the manifest equal but for the summary's and masks' digests (and the
@@ -71,13 +74,13 @@ def _same_folder(a: Path, b: Path) -> None:
     for rel in files:
         if rel.suffix == ".safetensors":
             assert _safetensors(a / rel) == _safetensors(b / rel), rel
-        elif rel.name in ("summary.json", ".manifest.json"):
+        elif rel.name in (*_TIMED, ".manifest.json"):
             x, y = json.loads((a / rel).read_text()), json.loads((b / rel).read_text())
             for d in (x, y):  # the wall clock, and the code version if a commit landed between the two runs
-                for k in ("seconds", "git_revision", "git_dirty"):
+                for k in ("seconds", "tokens_per_second", "git_revision", "git_dirty"):
                     d.pop(k, None)
                 for f, entry in d.get("files", {}).items():
-                    if f == "summary.json" or f.endswith(".safetensors"):
+                    if f in _TIMED or f.endswith(".safetensors"):
                         entry.pop("sha256"), entry.pop("size")
             assert x == y, rel
         else:
@@ -223,3 +226,140 @@ def test_local_by_default_without_ray(micro_zoo, tmp_path, monkeypatch):  # noqa
     monkeypatch.setattr(cluster, "drive", lambda *a: pytest.fail("the cluster was used without an address"))
     analysis = _compute(_workspace(micro_zoo, 2), tmp_path, monkeypatch, None, spectra=False)
     assert len(analysis.reports) == 2 and np.isfinite(analysis.summary()["sparsity"]).all()
+
+
+# --- Bigram, Behaviour, the overlap of mask files ------------------------------------------------------
+@pytest.fixture
+def zoo_home(micro_zoo, tmp_path, monkeypatch):  # noqa: F811
+    """A home whose zoo is the micro zoo (the bigram corpus, the prompt sets), with two random masks of
+    its base: bigram masks of the base's shape, and the overlap page's mask files."""
+    import torch
+
+    from subnetviz.bigram.maskable import full_mask, load_local_model
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "zoo").symlink_to(micro_zoo.root, target_is_directory=True)
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(home))
+    shapes = {n: m.shape for n, m in full_mask(load_local_model(micro_zoo.base)).masks.items()}
+    paths = []
+    for i, density in enumerate((0.3, 0.6)):
+        g = torch.Generator().manual_seed(i)
+        paths.append(home / f"mask{i}.safetensors")
+        save_mask_set(paths[-1], MaskSet({n: torch.rand(s, generator=g) < density for n, s in shapes.items()}))
+    return home, [str(p) for p in paths]
+
+
+def _no_local(monkeypatch, module, name: str) -> None:
+    monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail(f"the server ran {name} itself"))
+
+
+def _same_bigram(a, b) -> None:
+    (ra, ga), (rb, gb) = a, b
+    assert ra.headline == rb.headline
+    _same_frame(ra.ablation.rows, rb.ablation.rows, "ablation")
+    for name in ("shares", "split"):
+        _same_frame(getattr(ra, name), getattr(rb, name), name)
+    _same_frame(ra.residual.rotation, rb.residual.rotation, "rotation")
+    _same_frame(ra.residual.covariance, rb.residual.covariance, "covariance")
+    assert ra.overlap is not None and vars(ra.overlap).keys() == vars(rb.overlap).keys()
+    for k, v in vars(ra.overlap).items():
+        w = getattr(rb.overlap, k)
+        assert (v.view("int64") == w.view("int64")).all() if isinstance(v, np.ndarray) else repr(v) == repr(w), k
+    _same_frame(ga, gb, "generations")
+
+
+def test_bigram_analysis_on_ray_equals_local(ray_head, micro_zoo, zoo_home, tmp_path, monkeypatch):  # noqa: F811
+    from subnetviz.bigram import job
+    from subnetviz.jobs import cluster_pages
+
+    (_, (mask, optimal)), model = zoo_home, str(micro_zoo.base)
+    local = cluster_pages.cached_mask_analysis(model, mask, optimal=optimal, address="", cache_root=tmp_path / "l")
+    local = cluster_pages.cached_mask_analysis(model, mask, optimal=optimal, address="", cache_root=tmp_path / "l")
+    _no_local(monkeypatch, job, "analyse_mask_file")
+    seen = []
+    far = cluster_pages.cached_mask_analysis(
+        model, mask, optimal=optimal, address=ray_head, cache_root=tmp_path / "r", progress=lambda *a: seen.append(a)
+    )
+    assert seen[-1][:2] == (1, 1) and "on the Ray cluster at" in seen[-1][2]
+    _same_bigram(local, far)
+    (lf,), (rf,) = (tmp_path / "l").iterdir(), (tmp_path / "r").iterdir()
+    assert lf.name == rf.name  # the same cache entry
+    _same_folder(lf, rf)
+    from subnetviz.masks import load_mask_set
+
+    assert far[0].headline["kept"] == load_mask_set(mask).count > 0  # the mask's own count of kept weights
+
+
+def test_behavior_on_ray_equals_local(ray_head, micro_zoo, zoo_home, tmp_path, monkeypatch):  # noqa: F811
+    from subnetviz.analysis import behavior
+    from subnetviz.analysis.behavior_data import zoo_prompt_files
+    from subnetviz.jobs import cluster_pages
+
+    home, (mask, _) = zoo_home
+    ws = _workspace(micro_zoo, 2)
+    cfg = {
+        "kind": "behavior",
+        "base": ws.base,
+        "finetuned": list(ws.paths),
+        "labels": list(ws.labels),
+        "prompts": [str(zoo_prompt_files()[0])],
+        "masks": {"random": mask},
+        "curve": [0.0, 0.5, 1.0],
+        "limit": 4,
+        "device": "cpu",
+    }
+    local = cluster_pages.cached_behavior(cfg, address="", cache_root=tmp_path / "l")
+    _no_local(monkeypatch, behavior, "run_config")
+    far = cluster_pages.cached_behavior(cfg, address=ray_head, cache_root=tmp_path / "r")
+    assert list(local) == list(far) and len(local["summary"]) > 2
+    for name in local:
+        _same_frame(local[name], far[name], name)
+    (lf,), (rf,) = (tmp_path / "l").iterdir(), (tmp_path / "r").iterdir()
+    assert lf.name == rf.name
+    _same_folder(lf, rf)
+    # the finetuned rows against the base: a KL of zero only where the model is the base
+    kl = far["summary"].set_index(["model", "experiment"])["kl_forward"]
+    assert (kl.xs("finetuned", level="experiment") > 0).all()
+
+
+def test_overlap_of_mask_files_on_ray_equals_local(ray_head, micro_zoo, zoo_home, monkeypatch):  # noqa: F811
+    from subnetviz import masks
+    from subnetviz.analysis import overlap
+    from subnetviz.jobs import cluster_pages
+
+    home, paths = zoo_home
+    bits = [{k: v.numpy() for k, v in masks.load_mask_set(p).masks.items()} for p in paths]
+    local = cluster_pages.files_overlap(paths, ["a", "b"], address="")
+    _no_local(monkeypatch, masks, "load_mask_set")  # the server reads no mask file
+    _no_local(monkeypatch, overlap, "mask_overlap")
+    far = cluster_pages.files_overlap(paths, ["a", "b"], address=ray_head)
+    assert (far.common, far.partial, far.experts) == (local.common, local.partial, None) and far.common > 0
+    lo, fo = local.report, far.report
+    assert list(lo.region_counts) == list(fo.region_counts)
+    assert all((lo.region_counts[g] == fo.region_counts[g]).all() for g in lo.region_counts)
+    for name in ("sizes", "pairwise", "regions", "consensus", "by_group"):
+        _same_frame(getattr(lo, name), getattr(fo, name), name)
+    # against the files' bits counted with NumPy: both masks' sizes, their intersection, every entry
+    row = fo.pairwise.iloc[0]
+    assert (row["a"], row["b"]) == ("a", "b")
+    assert int(row["count_a"]) == sum(int(m.sum()) for m in bits[0].values())
+    assert int(row["count_b"]) == sum(int(m.sum()) for m in bits[1].values())
+    assert int(row["intersection"]) == sum(int((m & bits[1][k]).sum()) for k, m in bits[0].items())
+    assert int(row["numel"]) == sum(m.size for m in bits[0].values())
+
+
+def test_this_server_chosen_over_the_default_cluster(micro_zoo, zoo_home, monkeypatch):  # noqa: F811
+    """A visitor who chose "this server" (address "") computes here even where SUBNETVIZ_RAY_ADDRESS names
+    a cluster (here one that does not answer); None is the server's default, that cluster."""
+    from subnetviz.jobs import cluster_pages
+
+    _, paths = zoo_home
+    monkeypatch.setenv(RAY_ADDRESS_ENV, _closed_port())
+    monkeypatch.setattr(cluster, "drive", lambda *a: pytest.fail("the cluster was used"))
+    assert cluster_pages.files_overlap(paths, ["a", "b"], address="").common > 0
+    monkeypatch.undo()
+    monkeypatch.setenv(RAY_ADDRESS_ENV, _closed_port())
+    with pytest.raises(JobError, match="No Ray cluster answers"):
+        cluster_pages.files_overlap(paths, ["a", "b"])

@@ -1,0 +1,187 @@
+"""The Bigram and Behaviour pages' analyses and the Overlap page's overlap of mask files, on a Ray cluster.
+
+The same design as :mod:`subnetviz.jobs.cluster` (the update analysis and the series): with no
+cluster (``address`` ``""``, or None and no ``SUBNETVIZ_RAY_ADDRESS``) each function is the local one,
+in this process, and Ray is never imported. With one, this process only looks the result up and
+waits; on a miss a driver child process (:func:`subnetviz.jobs.cluster.drive`) runs the work as a Ray
+task (:func:`subnetviz.jobs.fanout.ray_map`: the server's torch thread count and ``SUBNETVIZ_*``
+settings, the read roots above all) and publishes exactly the disk-cache entry the local path would:
+
+- :func:`cached_mask_analysis`: the Bigram page's analysis of a mask (fidelity, ablations, residual
+  stream, overlap with the optimal mask, generations), entry ``bigram/<analysis_key>``. One task: a
+  model's forward passes over one corpus.
+- :func:`cached_behavior`: the Behaviour page's teacher-forced KL and revert experiments, entry
+  ``behavior/<key>``. One task: every model of the analysis shares the base's logits.
+- :func:`files_overlap`: the Overlap page's overlap of the chosen mask files (the whole report by
+  (layer, module) and, for mixture-of-experts masks, by layer x expert). It has no disk entry (the
+  page keeps it in its memo by the files' stamps); on the cluster the worker reads the mask files and
+  the server reads none of them.
+
+Every file the workers read must lie at the same path on them (a shared file system), as for jobs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from subnetviz.jobs import cluster
+
+
+# --- Bigram ---------------------------------------------------------------------------------------
+def cached_mask_analysis(
+    model: str,
+    mask: str,
+    corpus: str = "zoo",
+    optimal: str | None = None,
+    *,
+    address: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    cache_root: str | os.PathLike | None = None,
+):
+    """:func:`subnetviz.bigram.store.cached_mask_analysis`, computed on the cluster at ``address`` on a miss."""
+    from subnetviz.bigram import store
+    from subnetviz.cache import entry
+
+    address = cluster._address(address)
+    if not address:
+        return store.cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal, cache_root=cache_root)
+    ent = entry("bigram", store.analysis_key(model, mask, corpus, optimal), root=cache_root)
+    if not ent.ready:
+        request = {"model": model, "mask": mask, "corpus": corpus, "optimal": optimal, "folder": str(ent.folder)}
+        cluster.drive("bigram", request, address, progress, 1)
+    return store.load_analysis(ent.folder)
+
+
+def bigram_task(model: str, mask: str, corpus: str, optimal: str | None):
+    """On a worker: the page's analysis of one mask, ``(SubnetworkAnalysis, generations)``."""
+    from subnetviz.bigram.job import analyse_mask_file
+    from subnetviz.bigram.store import PAGE_OPTIONS
+
+    return analyse_mask_file(model, mask, corpus=corpus, optimal=optimal, **PAGE_OPTIONS)
+
+
+# --- Behaviour ------------------------------------------------------------------------------------
+def cached_behavior(
+    config: dict,
+    *,
+    address: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    cache_root: str | os.PathLike | None = None,
+):
+    """:func:`subnetviz.analysis.behavior.cached_behavior`, computed on the cluster at ``address`` on a miss."""
+    from subnetviz.analysis import behavior
+
+    address = cluster._address(address)
+    if not address:
+        return behavior.cached_behavior(config, progress, cache_root)
+    ent, files = behavior.behavior_entry(config, cache_root)
+    if not ent.ready:
+        cluster.drive(
+            "behavior", {"config": {**config, "prompts": files}, "folder": str(ent.folder)}, address, progress, 1
+        )
+    return behavior.read_behavior(ent.folder)
+
+
+def behavior_task(config: dict):
+    """On a worker: the behaviour report of ``config`` (prompt files resolved by the server)."""
+    from subnetviz.analysis.behavior import run_config
+
+    return run_config(config)
+
+
+# --- Overlap of mask files ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FilesOverlap:
+    """What the Overlap page shows of N mask sets: the overlap over the tensors every set holds, by
+    (layer, module); by (layer, expert) over the per-expert tensors (None: no expert tensor); how
+    many tensors every set holds, and whether some set holds more."""
+
+    report: object  # subnetviz.analysis.overlap.OverlapReport
+    experts: object | None
+    common: int
+    partial: bool
+
+
+def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
+    """The :class:`FilesOverlap` of loaded mask sets (:class:`~subnetviz.masks.MaskSet`), in this process."""
+    from subnetviz.analysis.overlap import mask_overlap
+    from subnetviz.checkpoints.naming import NameTable, detect_family
+
+    sets = [m.masks for m in mask_sets]
+    shared = set.intersection(*(set(s) for s in sets)) if sets else set()
+    common = [k for k in sets[0] if k in shared] if sets else []  # the first file's order, in any process
+    partial = any(len(s) != len(common) for s in sets)
+    if not common:
+        return FilesOverlap(None, None, 0, partial)
+    table = NameTable(detect_family(None, sorted(common)))
+    report = mask_overlap(
+        [{k: s[k] for k in common} for s in sets],
+        list(labels),
+        group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
+    )
+    names = [n for n in common if table.describe(n).expert not in (None, "all")]
+    experts = None
+    if names:
+        experts = mask_overlap(
+            [{k: s[k] for k in names} for s in sets],
+            list(labels),
+            group_of=lambda n: (table.describe(n).layer, f"E{table.describe(n).expert}"),
+        )
+    return FilesOverlap(report, experts, len(common), partial)
+
+
+def files_overlap_task(paths: Sequence[str], labels: Sequence[str]) -> FilesOverlap:
+    """On a worker (or here): read the mask files and overlap them (:func:`sets_overlap`)."""
+    from subnetviz.masks import load_mask_set
+
+    return sets_overlap([load_mask_set(p) for p in paths], labels)  # each file through the read gate
+
+
+def files_overlap(
+    paths: Sequence[str],
+    labels: Sequence[str],
+    *,
+    address: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> FilesOverlap:
+    """The :class:`FilesOverlap` of the mask files ``paths`` (named ``labels``): on the cluster at
+    ``address``, the files read there; with none, here."""
+    paths, labels = [str(Path(p)) for p in paths], list(labels)
+    address = cluster._address(address)
+    if not address:
+        return files_overlap_task(paths, labels)
+    return cluster.drive("overlap", {"paths": paths, "labels": labels}, address, progress, 1)
+
+
+# --- in the driver process ------------------------------------------------------------------------
+KINDS = ("bigram", "behavior", "overlap")
+
+
+def run_kind(request: dict, ray_kw: dict):
+    """In the driver (:func:`subnetviz.jobs.cluster.main`): ``request``'s work as one Ray task; a disk
+    entry published as the local path publishes it, or the result itself (the overlap)."""
+    from subnetviz.cache import CacheEntry
+    from subnetviz.jobs import cluster_pages
+    from subnetviz.jobs.fanout import ray_map
+
+    kind = request["kind"]
+    if kind == "overlap":
+        return ray_map(cluster_pages.files_overlap_task, [(request["paths"], request["labels"])], **ray_kw)[0]
+    folder = Path(request["folder"])
+    if kind == "bigram":
+        from subnetviz.bigram.store import _write_files
+
+        args = (request["model"], request["mask"], request["corpus"], request["optimal"])
+        result, gens = ray_map(cluster_pages.bigram_task, [args], **ray_kw)[0]
+        with CacheEntry("bigram", folder.name, folder).publish() as out:
+            _write_files(out, result, gens)
+        return None
+    from subnetviz.analysis.behavior import write_behavior
+
+    report = ray_map(cluster_pages.behavior_task, [(request["config"],)], **ray_kw)[0]
+    with CacheEntry("behavior", folder.name, folder).publish() as out:
+        write_behavior(report, out)
+    return None

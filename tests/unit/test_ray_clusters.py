@@ -1,0 +1,42 @@
+"""Where a visitor may have the pages compute: only what the server's owner named (config.ray_clusters)."""
+
+from __future__ import annotations
+
+import pytest
+
+from subnetviz import config
+from subnetviz.errors import ConfigError
+
+
+def _clusters(monkeypatch, default: str | None, more: str | None) -> dict[str, str]:
+    for env, value in (("SUBNETVIZ_RAY_ADDRESS", default), ("SUBNETVIZ_RAY_ADDRESSES", more)):
+        if value is None:
+            monkeypatch.delenv(env, raising=False)
+        else:
+            monkeypatch.setenv(env, value)
+    return config.ray_clusters()
+
+
+@pytest.mark.parametrize(
+    ("default", "more", "expected"),
+    [
+        (None, None, {"this server": ""}),  # nothing configured: the server computes, no choice
+        ("head:6379", None, {"head:6379": "head:6379"}),  # a default cluster and nothing else: no choice
+        (None, "a:1, lab=ray://b.x:10001", {"this server": "", "a:1": "a:1", "lab": "ray://b.x:10001"}),
+        ("h:1", "b=c:2,lab=h:1", {"lab": "h:1", "b": "c:2"}),  # the default first, under its name; no server
+        ("h:1", "local,b=[::1]:2", {"h:1": "h:1", "this server": "", "b": "[::1]:2"}),  # the owner allows the server
+        (None, "local,,a:1,a:1", {"this server": "", "a:1": "a:1"}),
+    ],
+)
+def test_choices_are_the_operators(monkeypatch, default, more, expected):
+    got = _clusters(monkeypatch, default, more)
+    assert got == expected and list(got) == list(expected)  # the order too: the first is the default
+
+
+@pytest.mark.parametrize(
+    "more",
+    ["lab=no-port", "=a:1", "a b:1", "x=a:1,x=b:2", "this server=a:1", "http://a:1", "a:1;rm -rf /"],
+)
+def test_malformed_lists_are_refused(monkeypatch, more):
+    with pytest.raises(ConfigError, match="SUBNETVIZ_RAY_ADDRESSES"):
+        _clusters(monkeypatch, None, more)
