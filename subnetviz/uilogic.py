@@ -212,10 +212,17 @@ def analysis_key(
 
 
 def compute_updates(
-    ws: Workspace, *, spectra: bool, mask_tolerance: float | None, eta: float | None = None, progress=None
+    ws: Workspace,
+    *,
+    spectra: bool,
+    mask_tolerance: float | None,
+    eta: float | None = None,
+    progress=None,
+    address: str | None = None,
 ):
     """The workspace's update analysis: from the disk cache, else computed (``progress`` per tensor);
-    ``eta``: the relative criterion's η (None: the default)."""
+    ``eta``: the relative criterion's η (None: the default); ``address``: the Ray cluster to compute on
+    (``""``: this process; None: ``SUBNETVIZ_RAY_ADDRESS``, if set)."""
     from subnetviz.analysis.sparsity import SparsityOptions
     from subnetviz.analysis.updates import SpectraOptions
     from subnetviz.jobs.cluster import cached_analysis  # on the Ray cluster when SUBNETVIZ_RAY_ADDRESS is set
@@ -229,6 +236,7 @@ def compute_updates(
         spectra=SpectraOptions(enabled=spectra),
         device=ws.device,
         progress=progress,
+        address=address,
     )
 
 

@@ -75,9 +75,9 @@ def body() -> None:
         res = read_behavior(runs[source])
     else:
         with st.spinner("Teacher-forcing the prompts through every model and reverted model…"):
-            from subnetviz.analysis.behavior import cached_behavior
+            from subnetviz.jobs.cluster_pages import cached_behavior
 
-            res = cached_behavior(cfg)
+            res = cached_behavior(cfg, address=ui.compute_address())  # on the session's cluster, if any
     if ui.allowed("launch") and st.button("Run as a background job (larger prompt sets)", icon=":material/play_arrow:"):
         run_id = ui.job_runner().submit({**cfg, "limit": None}, name=f"behaviour {', '.join(ws.labels)}")
         st.success(f"Queued run {run_id}; it appears under Results when it has finished.")

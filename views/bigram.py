@@ -14,11 +14,13 @@ from subnetviz.figures import bigram as bg_figures
 
 
 @st.cache_data(show_spinner="Analysing the subnetwork (fidelity, ablations, residual stream)…", max_entries=8)
-def _analysis(model: str, mask: str, optimal: str | None, corpus: str, key: str):
-    """``key`` (hashed, unlike an ``_``-prefixed argument): the disk cache's key, which follows every file."""
-    from subnetviz.bigram.store import cached_mask_analysis
+def _analysis(model: str, mask: str, optimal: str | None, corpus: str, key: str, _address: str | None = None):
+    """``key`` (hashed, unlike an ``_``-prefixed argument): the disk cache's key, which follows every file.
+    ``_address``: the session's Ray cluster, if any (not hashed: the result is the same anywhere)."""
+    from subnetviz.jobs.cluster_pages import cached_mask_analysis
 
-    return cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal)  # on disk under the same key
+    # on disk under the same key; computed on the cluster when the session chose one
+    return cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal, address=_address)
 
 
 def train(model: str, corpus: str) -> None:
@@ -166,7 +168,7 @@ def analyse(model: str, corpus: str) -> None:
             or "No optimal-target mask yet: train one with target *optimal* under *Train a mask* to see the overlap."
         )
     key = analysis_key(model, masks[mask], corpus, masks.get(opt))
-    res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, key)
+    res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, key, ui.compute_address())
     headline(res.headline)
     figs, tables = ui.shared(result_parts, res, gens)
     names = ["Ablation", "Location"]

@@ -3,9 +3,7 @@
 import streamlit as st
 
 from subnetviz import figures, ui
-from subnetviz.analysis.overlap import mask_overlap
 from subnetviz.analysis.updates import mask_path
-from subnetviz.checkpoints.naming import NameTable, detect_family
 
 
 def body() -> None:
@@ -34,14 +32,12 @@ def body() -> None:
         "Masks (2–8)", list(sources), default=default, key="ov_masks", bind="query-params", max_selections=8
     )
     ui.need(len(chosen) >= 2, "Pick at least two masks.")
-    mask_sets = [ui.mask_set(sources[c]) for c in chosen]  # shared, keyed by the files' stamps
-    sets = [m.masks for m in mask_sets]
-    common = set.intersection(*(set(s) for s in sets))
-    ui.need(bool(common), "These masks share no tensor names; they are over different models.")
-    if any(len(s) != len(common) for s in sets):
-        st.caption(f"Compared over the {len(common)} tensors present in every chosen mask.")
-    table = NameTable(detect_family(None, sorted(common)))
-    report = ui.shared(overlap_report, mask_sets, tuple(chosen))  # once per masks, for every session
+    # once per masks for every session, here or on the session's Ray cluster (jobs.cluster_pages)
+    overlap = ui.mask_files_overlap([sources[c] for c in chosen], tuple(chosen))
+    ui.need(overlap.common > 0, "These masks share no tensor names; they are over different models.")
+    if overlap.partial:
+        st.caption(f"Compared over the {overlap.common} tensors present in every chosen mask.")
+    report = overlap.report
     if len(chosen) in (2, 3):  # Venn beside the UpSet; beyond three masks the UpSet alone, full width
         a, b = st.columns(2)
         with a:
@@ -94,7 +90,7 @@ def body() -> None:
         }
         chance = figures.chance_consensus([dens[c] for c in chosen], int(pw["numel"].iloc[0]))
         ui.chart(ui.shared(figures.consensus_bars, report.consensus_overall(), chance=chance), key="consensus")
-    experts_overlap(sets, chosen, common, table, pa, pb, view)
+    experts_overlap(overlap.experts, pa, pb, view)
     ui.export_button(
         "Overlap",
         {"masks": chosen, "criterion": crit, "view": view},
@@ -103,28 +99,11 @@ def body() -> None:
     )
 
 
-def overlap_report(mask_sets, chosen: tuple):
-    """The chosen masks' overlap over the tensors they share, grouped by (layer, module)."""
-    sets = [m.masks for m in mask_sets]
-    common = set.intersection(*(set(s) for s in sets))
-    table = NameTable(detect_family(None, sorted(common)))
-    return mask_overlap(
-        [{k: s[k] for k in common} for s in sets],
-        list(chosen),
-        group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
-    )
-
-
-def experts_overlap(sets, chosen, common, table, pa, pb, view) -> None:
-    """Mixture-of-experts masks only: the chosen pair's overlap per layer × expert (per-expert tensors)."""
-    names = [n for n in common if table.describe(n).expert not in (None, "all")]
-    if not names:
+def experts_overlap(rep, pa, pb, view) -> None:
+    """Mixture-of-experts masks only (``rep``: their overlap per layer × expert over the per-expert
+    tensors, None for others): the chosen pair's."""
+    if rep is None:
         return
-    rep = mask_overlap(
-        [{k: s[k] for k in names} for s in sets],
-        chosen,
-        group_of=lambda n: (table.describe(n).layer, f"E{table.describe(n).expert}"),
-    )
     by = rep.by_group.assign(
         layer=lambda d: d["group"].map(lambda g: g[0]), module=lambda d: d["group"].map(lambda g: g[1])
     )

@@ -55,12 +55,12 @@ def test_pages_render_with_their_analyses_on_the_cluster(ray_head, fresh_home, m
     at = open_page("sparsity")
     _clean(at)
     assert fresh_home == ["updates"] and plotly_specs(at)
-    at = open_page("overlap")  # the same analysis (memo), its masks overlapped here
+    at = open_page("overlap")  # the same analysis (memo), its mask files overlapped on the cluster
     _clean(at)
-    assert fresh_home == ["updates"] and plotly_specs(at)
+    assert fresh_home == ["updates", "overlap"] and plotly_specs(at)
     at = open_page("series")
     _clean(at)
-    assert fresh_home == ["updates", "series", "updates"] and len(plotly_specs(at)) >= 3
+    assert fresh_home == ["updates", "overlap", "series", "updates"] and len(plotly_specs(at)) >= 3
 
 
 def _closed_port() -> str:
@@ -78,3 +78,62 @@ def test_unreachable_cluster_is_one_message_in_the_main_area(fresh_home, monkeyp
     text = at.error[0].value.replace("\\", "").replace("\u200b", "")  # shown as plain text (ui.plain escapes)
     assert len(at.error) == 1 and f"No Ray cluster answers at {address} (Connection refused" in text
     assert "Traceback" not in text
+
+
+# --- the sidebar's choice: this server or a cluster the operator named --------------------------------
+def _random_mask(path, seed: int = 0) -> None:
+    """A random mask of the micro zoo's base, saved as an upload (the Bigram page lists uploads)."""
+    import torch
+
+    from subnetviz import config
+    from subnetviz.bigram.maskable import full_mask, load_local_model
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    g = torch.Generator().manual_seed(seed)
+    masks = full_mask(load_local_model(config.zoo_dir() / "base")).masks
+    save_mask_set(path, MaskSet({n: torch.rand(m.shape, generator=g) < 0.3 for n, m in masks.items()}))
+
+
+def _compute_on(at):
+    return next(s for s in at.sidebar.selectbox if s.label == "Compute on")
+
+
+def test_sidebar_offers_the_operators_clusters_only(ray_head, fresh_home, monkeypatch):
+    """SUBNETVIZ_RAY_ADDRESSES names a cluster: the sidebar offers this server (the default: no
+    SUBNETVIZ_RAY_ADDRESS) and it, by name; the URL keeps the name. An address typed into the URL is no
+    choice: the session stays on this server and nothing connects anywhere."""
+    monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
+    monkeypatch.setenv("SUBNETVIZ_RAY_ADDRESSES", f"lab={ray_head}")
+    at = open_page("sparsity", cluster="127.0.0.1:1")
+    _clean(at)
+    box = _compute_on(at)
+    assert box.options == ["this server", "lab"] and box.value == "this server"
+    assert at.session_state["_cluster"] == "" and fresh_home == []  # computed here, no driver
+    at = open_page("sparsity", precision="fp32", cluster="lab")  # another analysis: not in the cache yet
+    _clean(at)
+    assert _compute_on(at).value == "lab" and at.session_state["_cluster"] == ray_head
+    assert fresh_home == ["updates"] and plotly_specs(at)
+    at.sidebar.selectbox(key="cluster").select("this server").run()
+    assert at.session_state["_cluster"] == ""  # back to this server for what this session computes next
+
+
+def test_bigram_behaviour_overlap_pages_on_the_chosen_cluster(ray_head, fresh_home, monkeypatch):
+    from subnetviz import config
+
+    monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
+    monkeypatch.setenv("SUBNETVIZ_RAY_ADDRESSES", f"lab={ray_head}")
+    uploads = config.home() / "uploads"
+    uploads.mkdir()
+    _random_mask(uploads / "one.safetensors", 0)
+    _random_mask(uploads / "two.safetensors", 1)
+    at = open_page("bigram", bg_mask="uploads/one", cluster="lab")
+    _clean(at)
+    assert fresh_home == ["bigram"] and len(at.metric) >= 7
+    chosen = ["uploads/one", "uploads/two"]
+    at = open_page("overlap", masks=chosen, ov_masks=chosen, cluster="lab")
+    _clean(at)
+    assert fresh_home == ["bigram", "updates", "overlap"] and plotly_specs(at)
+    assert at.multiselect(key="ov_masks").value == chosen
+    at = open_page("behavior", bh_limit="16", cluster="lab")
+    _clean(at)
+    assert fresh_home == ["bigram", "updates", "overlap", "behavior"] and len(plotly_specs(at)) >= 4
