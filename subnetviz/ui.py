@@ -301,6 +301,16 @@ def checkpoint_info(path: str) -> dict:
     return dict(_memo().get_or_compute(key, lambda: uilogic.checkpoint_info(path), kind="info"))
 
 
+def fingerprint(path: str) -> str:
+    """A checkpoint's fingerprint (every file's header, size and mtime) without importing torch for
+    safetensors; cached by :func:`~subnetviz.cache.file_stamp` like :func:`checkpoint_info`."""
+    from subnetviz.checkpoints.sources import fingerprint as of
+
+    if not Path(path).exists():
+        return of(path)
+    return _memo().get_or_compute(("fingerprint", path, file_stamp(path)), lambda: of(path), kind="info")
+
+
 def _progress_bar(what: str):
     bar = st.empty()
 

@@ -255,7 +255,7 @@ def compare(ws) -> None:
     with_acc = st.toggle("Also held-out accuracy (generates with both models)", key="cmp_acc", bind="query-params")
     eval_data = eval_opts[0] if eval_opts and with_acc else None
     stamp = (
-        *(ui.checkpoint_info(p)["fingerprint"] for p in (models[full], models[sub], ws.base) if p),
+        *(ui.fingerprint(p) for p in (models[full], models[sub], ws.base) if p),
         file_stamp(eval_data),
     )
     result = _comparison(models[full], models[sub], ws.base, eval_data, stamp)

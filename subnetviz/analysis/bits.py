@@ -40,16 +40,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from subnetviz.analysis.thresholds import (  # noqa: F401 (the numbers, re-exported beside their comparison)
+    DEFAULT_ETA,
+    DEFAULT_TOLERANCES,
+    PAPER_TOLERANCE,
+    ULP_EDGES,
+    ULP_LABELS,
+    ULP_LABELS_WITH_ZERO,
+)
 from subnetviz.errors import ConfigError, NonFiniteError
 
-DEFAULT_TOLERANCES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
-PAPER_TOLERANCE = 1e-5
-DEFAULT_ETA = 1e-3
-# ULP-distance bins: upper edges (inclusive) and labels; the last bin is open. Saved analyses store
-# one column per label (tensors.csv ``ulp_<label>``), so these are part of the on-disk format.
-ULP_EDGES = (1, 2, 4, 8, 16, 256)
-ULP_LABELS = ("1", "2", "3-4", "5-8", "9-16", "17-256", ">256")
-ULP_LABELS_WITH_ZERO = ("0", *ULP_LABELS)  # "0" = bitwise-identical entries
 INT_VIEW = {
     torch.bfloat16: torch.int16,
     torch.float16: torch.int16,

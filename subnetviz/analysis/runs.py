@@ -26,60 +26,17 @@ analysis).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from subnetviz.analysis.bits import DEFAULT_TOLERANCES, ULP_LABELS_WITH_ZERO, bits_differ, check_finite
+from subnetviz.analysis.run_result import RunComparison
 from subnetviz.analysis.sparsity import SparsityOptions, compare_pair
 from subnetviz.checkpoints import Checkpoint, TensorMeta, align, open_checkpoint, read_aligned
 from subnetviz.checkpoints.naming import strip_prefix
 from subnetviz.errors import AlignmentError
-
-
-@dataclass(frozen=True)
-class RunComparison:
-    """Subnetwork-only run vs full finetune. Tables are tidy DataFrames.
-
-    - ``per_tensor``: ``name, dtype, numel, criterion ("exact" | "atol"), tolerance, identical, share``
-    - ``ulp_histogram``: ``bin, count, share`` over every compared float entry (bin labels
-      :data:`~subnetviz.analysis.bits.ULP_LABELS_WITH_ZERO`: "0" = bitwise identical)
-    - ``vs_base`` (with a base): ``name, numel, changed_full, changed_sub, changed_both, sub_outside_full``
-    - ``accuracy`` (with eval data): ``model ("base" | "full" | "subnetwork"), accuracy``
-    - ``unmatched``: tensor names present in only one of the two runs (reported, not compared)
-    - ``base_unmatched``: compared tensors missing from the base or stored differently there
-      (left out of ``vs_base``)
-    """
-
-    full_dir: str
-    sub_dir: str
-    base_dir: str | None
-    per_tensor: pd.DataFrame
-    ulp_histogram: pd.DataFrame
-    vs_base: pd.DataFrame | None
-    accuracy: pd.DataFrame | None
-    unmatched: tuple[str, ...]
-    base_unmatched: tuple[str, ...] = ()
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per criterion: ``criterion, tolerance, identical, numel, share, mean_tensor_share``.
-
-        ``share`` is parameter-weighted; ``mean_tensor_share`` averages the per-tensor shares.
-        """
-        g = self.per_tensor.groupby(["criterion", "tolerance"], sort=False)
-        out = g.agg(identical=("identical", "sum"), numel=("numel", "sum"), mean_tensor_share=("share", "mean"))
-        out = out.reset_index()
-        out["share"] = out["identical"] / out["numel"]
-        return out[["criterion", "tolerance", "identical", "numel", "share", "mean_tensor_share"]]
-
-    @property
-    def share_identical(self) -> float:
-        """Parameter-weighted share of entries bitwise identical between the two runs."""
-        f = self.to_frame()
-        return float(f.loc[f["criterion"] == "exact", "share"].iloc[0])
-
 
 CHUNK = 1 << 22  # entries per slice of the comparison with the base: bounds its bool temporaries
 

@@ -7,9 +7,24 @@
 - :mod:`~subnetviz.checkpoints.naming`: per-family naming tables (layer, module, fused parts).
 """
 
-from subnetviz.checkpoints.align import AlignedTensor, Alignment, align, read_aligned
-from subnetviz.checkpoints.header import ST_DTYPES, TensorMeta, read_safetensors_header
-from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint, resolve_hub_id
+from __future__ import annotations
+
+import importlib
+
+# public name -> defining module, imported on first use (PEP 562): locating files and reading headers
+# (fingerprints) need no torch, while ``align`` imports it.
+_EXPORTS = {
+    "AlignedTensor": "align",
+    "Alignment": "align",
+    "align": "align",
+    "read_aligned": "align",
+    "ST_DTYPES": "header",
+    "TensorMeta": "header",
+    "read_safetensors_header": "header",
+    "Checkpoint": "sources",
+    "open_checkpoint": "sources",
+    "resolve_hub_id": "sources",
+}
 
 __all__ = [
     "ST_DTYPES",
@@ -23,3 +38,12 @@ __all__ = [
     "read_safetensors_header",
     "resolve_hub_id",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

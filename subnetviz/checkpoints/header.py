@@ -7,25 +7,42 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from subnetviz.errors import CheckpointError
 
-ST_DTYPES = {
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "I16": torch.int16,
-    "I32": torch.int32,
-    "I64": torch.int64,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
+if TYPE_CHECKING:
+    import torch
+
+# safetensors dtype -> (torch dtype name, bytes per entry): validation needs no torch, so reading
+# headers (fingerprints, sizes, dtypes) does not import it.
+ST_DTYPE_INFO = {
+    "BF16": ("bfloat16", 2),
+    "F16": ("float16", 2),
+    "F32": ("float32", 4),
+    "F64": ("float64", 8),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "I16": ("int16", 2),
+    "I32": ("int32", 4),
+    "I64": ("int64", 8),
+    "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
 }
+
+
+def __getattr__(name: str):
+    """``ST_DTYPES`` (safetensors dtype -> torch dtype), built when first asked for (PEP 562)."""
+    if name == "ST_DTYPES":
+        import torch
+
+        table = {k: getattr(torch, v) for k, (v, _) in ST_DTYPE_INFO.items()}
+        globals()[name] = table
+        return table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -83,11 +100,12 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
                 f"{path}: truncated file: tensor {name!r} needs bytes up to {end} of the data section, "
                 f"which has {data_len}. Re-download or re-save the checkpoint."
             )
-        if dtype not in ST_DTYPES:
+        if dtype not in ST_DTYPE_INFO:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}.")
-        if end - start != numel * ST_DTYPES[dtype].itemsize:
+        itemsize = ST_DTYPE_INFO[dtype][1]
+        if end - start != numel * itemsize:
             raise CheckpointError(
                 f"{path}: corrupt header entry for tensor {name!r}: shape {info.get('shape')} in {dtype} needs "
-                f"{numel * ST_DTYPES[dtype].itemsize} bytes, the offsets give {end - start}."
+                f"{numel * itemsize} bytes, the offsets give {end - start}."
             )
     return header, raw

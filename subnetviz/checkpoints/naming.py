@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from subnetviz.checkpoints.families import (
     EXPERT_COUNT_KEYS,
@@ -35,6 +34,9 @@ from subnetviz.checkpoints.families import (
     VISION,
 )
 from subnetviz.errors import CheckpointError
+
+if TYPE_CHECKING:  # naming needs no torch: fused tensors are split with their own methods
+    import torch
 
 MODULE_ORDER = [
     "embed",
@@ -288,6 +290,8 @@ class NameTable:
         """(module, numel, changed) of each part of a fused tensor that :func:`fused_part_rows` does not
         split (Phi-3 ``qkv_proj`` / ``gate_up_proj``; packed 3-D ``gate_up_proj`` of every expert), from
         the row/column counts of the (shape[0], rest) view: no extra pass. [] for any other tensor."""
+        import torch
+
         info = self.describe(name)
         if row_counts is None or info.module not in ("qkv", "gate_up") or self.family in ("gpt2", "gpt_neox"):
             return []

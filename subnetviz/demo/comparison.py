@@ -24,17 +24,11 @@ _TABLES = ("per_tensor", "ulp_histogram", "vs_base", "accuracy")
 
 
 def comparison_key(full, sub, base=None, eval_data=None, tolerances=None) -> str:
-    from subnetviz.analysis.bits import DEFAULT_TOLERANCES
-    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.analysis.thresholds import DEFAULT_TOLERANCES
+    from subnetviz.checkpoints.sources import fingerprint  # headers only: no torch for a cache hit
 
     def fp(path):
-        if path is None:
-            return None
-        ck = open_checkpoint(path)
-        try:
-            return ck.fingerprint
-        finally:
-            ck.close()
+        return None if path is None else fingerprint(path)
 
     return cache_key(
         KIND,
@@ -56,12 +50,13 @@ def cached_compare_runs(
     cache_root: str | os.PathLike | None = None,
 ):
     """:func:`~subnetviz.analysis.runs.compare_runs` ``(full, sub, base, eval_data=...)`` through the disk
-    cache (``cache_dir()/runs/<key>``, or ``cache_root/<key>``): a :class:`RunComparison`."""
-    from subnetviz.analysis.runs import compare_runs
-
+    cache (``cache_dir()/runs/<key>``, or ``cache_root/<key>``): a :class:`RunComparison`. A hit
+    imports no torch (the key reads headers; the tables are Parquet)."""
     ent = entry(KIND, comparison_key(full, sub, base, eval_data), root=cache_root)
     if ent.ready:
         return load_comparison(ent.folder)
+    from subnetviz.analysis.runs import compare_runs
+
     result = compare_runs(full, sub, base, eval_data=eval_data)
     with ent.publish() as folder:
         _write(folder, result)
@@ -85,7 +80,7 @@ def _write(folder: Path, result) -> None:
 
 def load_comparison(folder: str | os.PathLike):
     """Read what :func:`cached_compare_runs` wrote, as a :class:`~subnetviz.analysis.runs.RunComparison`."""
-    from subnetviz.analysis.runs import RunComparison
+    from subnetviz.analysis.run_result import RunComparison
 
     f = Path(folder)
     meta = json.loads((f / "comparison.json").read_text())

@@ -76,10 +76,10 @@ def export_parts(
     if ids and (fig := curves_figure(runner, ids, names, smoothing)) is not None:
         figs["curves"] = fig
     if compare is not None:
-        from subnetviz.analysis.runs import compare_runs
+        from subnetviz.demo.comparison import cached_compare_runs  # the page's own cache entry
 
         full, full_path, sub, sub_path, base = compare
-        f, t = comparison_parts(compare_runs(full_path, sub_path, base), full, sub)
+        f, t = comparison_parts(cached_compare_runs(full_path, sub_path, base), full, sub)
         figs.update(f)
         tables.update(t)
     return figs, tables

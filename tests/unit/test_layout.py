@@ -77,6 +77,13 @@ def test_one_safetensors_reader_and_one_bit_comparison():
     int_views = {
         str(p.relative_to(PKG))
         for p in PKG.rglob("*.py")
-        if re.search(r"view\(torch\.int(16|32)\)|INT_VIEW = |DEFAULT_TOLERANCES = |ULP_EDGES = ", p.read_text())
+        if re.search(r"view\(torch\.int(16|32)\)|INT_VIEW = ", p.read_text())
     }
     assert int_views == {"analysis/bits.py"}, int_views
+    # the thresholds and ULP bins: one definition, torch-free (bits.py re-exports them)
+    numbers = {
+        str(p.relative_to(PKG))
+        for p in PKG.rglob("*.py")
+        if re.search(r"DEFAULT_TOLERANCES = |ULP_EDGES = ", p.read_text())
+    }
+    assert numbers == {"analysis/thresholds.py"}, numbers
