@@ -78,7 +78,7 @@ def checkpoint_series(
         out = []
         for i in versions:
             v = read_aligned(cks[i], t, i)
-            if i == 0 or not in_loop:
+            if not in_loop:
                 check_finite(v, where(t, i))
             else:  # checked in the compiled loop: map its pages here (one byte each), off the comparing thread
                 series_jit.touch(v)
@@ -163,7 +163,7 @@ def _tensor_series(
     """Counts of one tensor's K+1 versions, consumed in order. Bitwise on the integer views;
     ``cast``: float32 first. ``check``: the compiled loop (:mod:`~subnetviz.analysis.series_jit`),
     which flags versions holding Inf/NaN patterns; ``check(i, version)`` is called for each flagged
-    version i (>= 1) in order and raises. Without it, the NumPy blocks (:func:`_window_counts`).
+    version i (>= 0) in order and raises. Without it, the NumPy blocks (:func:`_window_counts`).
 
     One comparison against the previous and one against the first per version; "updated before,
     back to the first now" is ``#ever - #(≠ first)`` because an entry that differs from the first
@@ -173,35 +173,58 @@ def _tensor_series(
     read from memory once (version by version, the first and previous versions and the flags would
     stream in again for every step: ~4x the bytes).
     """
+    v0 = next(versions)
 
-    def bits(v: torch.Tensor) -> np.ndarray:
+    def same_type(v: torch.Tensor) -> torch.Tensor:
         if not cast and v.dtype != v0.dtype:
             raise ConfigError(f"{key}: stored as {v.dtype} in one checkpoint but {v0.dtype} in the header.")
-        v = v.to(torch.float32) if cast else v
+        return v
+
+    def bits(v: torch.Tensor) -> np.ndarray:
+        v = same_type(v).to(torch.float32) if cast else same_type(v)
         return int_view(v.contiguous()).reshape(-1).numpy()
 
-    v0 = next(versions)
+    if check is not None:
+        return _jit_series(versions, v0, k, same_type, check)
     first = prev = bits(v0)
-    ever = np.zeros(first.shape, dtype=bool) if check is None else series_jit.new_flags(first)
-    special = series_jit.special_bits(v0.dtype) if check is not None else None
+    ever = np.zeros(first.shape, dtype=bool)
     window = max(1, WINDOW_BYTES // max(first.nbytes, 1))
     vs_prev, vs_first, ever_back = [], [], []
     n_ever = 0
     while len(vs_prev) < k:
-        tensors = [next(versions) for _ in range(min(window, k - len(vs_prev)))]
-        batch = [bits(v) for v in tensors]
-        if check is None:
-            counts = _window_counts(first, prev, batch, ever)
-        else:
-            counts, flagged = series_jit.window_counts(first, prev, batch, ever, special, CHUNK_ELEMENTS)
-            for j in flagged:
-                check(len(vs_prev) + j + 1, tensors[j])
-        for n_prev, n_first, n_ever in counts:
+        batch = [bits(next(versions)) for _ in range(min(window, k - len(vs_prev)))]
+        for n_prev, n_first, n_ever in _window_counts(first, prev, batch, ever):
             vs_prev.append(n_prev)
             vs_first.append(n_first)
             ever_back.append(n_ever - n_first)
         prev = batch[-1]
     return _TensorCounts(int(first.size), vs_prev, vs_first, ever_back, n_ever)
+
+
+def _jit_series(
+    versions: Iterator[torch.Tensor], v0: torch.Tensor, k: int, same_type: Callable, check: Callable
+) -> _TensorCounts:
+    """:func:`_tensor_series` through the compiled loop, on the tensors themselves (by address: no
+    NumPy view per version). The first window also runs the first version (0 counts) for its
+    finite check, which the loop fuses."""
+    v0 = v0.contiguous()
+    ever = series_jit.new_flags(v0.numel())
+    special = series_jit.special_bits(v0.dtype)
+    window = max(1, WINDOW_BYTES // max(v0.numel() * v0.element_size(), 1))
+    vs_prev, vs_first, ever_back = [], [], []
+    n_ever = 0
+    prev, lead = v0, [v0]
+    while len(vs_prev) < k:
+        tensors = lead + [same_type(next(versions)).contiguous() for _ in range(min(window, k - len(vs_prev)))]
+        counts, flagged = series_jit.window_counts(v0, prev, tensors, ever, special)
+        for j in flagged:
+            check(len(vs_prev) + j + 1 - len(lead), tensors[j])
+        for n_prev, n_first, n_ever in counts[len(lead) :]:
+            vs_prev.append(n_prev)
+            vs_first.append(n_first)
+            ever_back.append(n_ever - n_first)
+        prev, lead = tensors[-1], []
+    return _TensorCounts(v0.numel(), vs_prev, vs_first, ever_back, n_ever)
 
 
 def _window_counts(first: np.ndarray, prev: np.ndarray, batch: list[np.ndarray], ever: np.ndarray) -> list:
