@@ -371,9 +371,10 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
     st.dataframe(df, key=key, width="stretch", hide_index=True, **kwargs)
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
     kinds = [("CSV", "csv", "csv", "text/csv"), ("Parquet", "parquet", "pq", "application/octet-stream")]
-    for col, (label, fmt, short, mime) in zip(st.columns([1, 1, 6]), kinds, strict=False):
+    row = st.container(horizontal=True)  # buttons as wide as their labels, also in a narrow column
+    for label, fmt, short, mime in kinds:
         # A callable: the bytes are made only when someone clicks, not on every rerun.
-        col.download_button(
+        row.download_button(
             label,
             lambda fmt=fmt: download_frame(df, fmt),
             file_name=f"{key}.{fmt}",
