@@ -308,7 +308,7 @@ def mask_overlap(
     work: dict = {}  # block buffers, reused from tensor to tensor
     for name, row in zip(names, rows, strict=True):
         numel = math.prod(_shape(sets[0], name))
-        per_group[row] += _region_counts([_source(s, name) for s in sets], n_masks, numel, work)
+        _region_counts([_source(s, name) for s in sets], n_masks, numel, work, out=per_group[row])
     counts = {g: per_group[i] for i, g in enumerate(groups)}
     totals = per_group.sum(0)
     bits = _membership(n_masks)

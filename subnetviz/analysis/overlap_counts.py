@@ -8,6 +8,10 @@ M = 16) transpose each byte column, the way a bit-matrix transpose does. Afterwa
 (M <= 8) or 16-bit lane (M = 16) holds the M bits of 8 / M parameters (of one parameter for
 M >= 8): one ``torch.bincount`` over those units (256 or 65536 bins) counts composite codes, and
 one small table (:func:`_slots`) turns them into the 2**N region counts of single parameters.
+Compiled (numba) at N > 8, each mask goes into the row whose lane bit is its own bit k
+(:func:`_lane_rows`), so a 16-bit lane *is* the region code (< 2**N): the codes are counted straight
+into the caller's int64 row of 2**N regions (the group's), with no histogram zeroed, remapped and
+added per tensor (at N = 16 that was three passes over 65,536 bins per tensor).
 
 Cost per parameter: each stage is 6 word operations on M / 8 bytes per parameter (log2(M) stages),
 and the histogram sees M / 8 bytes per parameter (M / 16 lanes for M = 16): both grow with N, so
@@ -146,13 +150,40 @@ def _workspace(m: int, unit: int, words: int) -> dict[str, np.ndarray]:
     }
 
 
-def _region_counts(sources: list, n_masks: int, numel: int, work: dict | None = None) -> np.ndarray:
-    """(2**N,) int64 exclusive counts of one tensor's membership codes ``Σ_k bits_k << k``.
+INT32_MAX = 2**31 - 1
+
+
+def _flush(bins: np.ndarray, out: np.ndarray) -> None:
+    """``out += bins`` (int32 counts into the int64 row), then ``bins`` zeroed for the next tensor."""
+    np.add(out, bins, out=out)
+    bins.fill(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _lane_rows() -> tuple[int, ...]:
+    """Row of the (16, words) matrix for each mask k such that, after :func:`_transpose` (M = 16), mask
+    k's bit is bit k of its parameter's 16-bit lane: read off :func:`_slots` (16), the lane value of
+    the code with only bit k set."""
+    _, _, h, c = _slots(16)
+    lane_bit = {
+        int(cc).bit_length() - 1: int(hh).bit_length() - 1
+        for hh, cc in zip(h, c, strict=True)
+        if cc & (cc - 1) == 0 and cc
+    }
+    return tuple(sorted(range(16), key=lambda row: lane_bit[row]))  # row r holds the mask of lane bit r
+
+
+def _region_counts(
+    sources: list, n_masks: int, numel: int, work: dict | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """(2**N,) int64 exclusive counts of one tensor's membership codes ``Σ_k bits_k << k``, added into
+    ``out`` when given (a contiguous int64 row of 2**N, e.g. the tensor's group) and returned.
 
     ``sources``: the N masks (:func:`_source`), read block by block: each block's packed words go
     into the rows of the (M, words) matrix, :func:`_transpose` turns its bytes into composite codes,
     and one ``torch.bincount`` per block counts them; the composite histogram is turned into region
-    counts once per tensor (:func:`_slots`). Padding (bits past ``numel``, rows past N) counts as
+    counts once per tensor (:func:`_slots`), or, compiled at N > 8, the lanes are the codes and
+    are counted into ``out`` directly. Padding (bits past ``numel``, rows past N) counts as
     code 0 and is taken off at the end. ``work``: a dict kept by the caller across tensors (the
     block buffers, :func:`_workspace`).
     """
@@ -163,9 +194,18 @@ def _region_counts(sources: list, n_masks: int, numel: int, work: dict | None = 
         work.clear()
         work.update(_workspace(m, unit, step // 64), key=(m, step))
     jit = _jit()
-    if jit is not None:  # int64 bins counted in place: 4 sub-histograms of bytes, or the 16-bit codes
-        bins = np.zeros((4, 256) if unit == 8 else 2**unit, dtype=np.int64)
-    else:
+    direct = jit is not None and unit == 16  # the lanes are the region codes: counted into `out` itself
+    out = np.zeros(2**n_masks, dtype=np.int64) if out is None else out
+    place = _lane_rows()[:n_masks] if direct else tuple(range(len(sources)))  # the row of each mask
+    spare = [r for r in range(m) if r not in place]
+    if jit is not None and not direct:  # int64 bins counted in place: 4 sub-histograms of bytes
+        bins = np.zeros((4, 256), dtype=np.int64)
+    elif direct:  # int32 bins, hot in cache from tensor to tensor, added into `out` per tensor
+        bins = work.get("bins32")
+        if bins is None or bins.size != 2**n_masks:
+            bins = work["bins32"] = np.zeros(2**n_masks, dtype=np.int32)
+        fresh = 0  # slots counted into bins since they were last added to out
+    elif jit is None:
         hist = torch.zeros(2**unit, dtype=torch.int64)
     slots = 0
     for c0 in range(0, numel, step):
@@ -174,19 +214,24 @@ def _region_counts(sources: list, n_masks: int, numel: int, work: dict | None = 
         buf = work["buf"][: m * words].reshape(m, words)
         rows = buf.view(np.uint8)
         nb = (c1 - c0 + 7) // 8
-        for k, source in enumerate(sources):
-            rows[k, :nb] = _block_bytes(source, c0, c1)
+        for r, source in zip(place, sources, strict=True):
+            rows[r, :nb] = _block_bytes(source, c0, c1)
             if (c1 - c0) % 8:  # clear the bits past c1 (big bit order: the low ones)
-                rows[k, nb - 1] &= np.uint8((0xFF << (8 - (c1 - c0) % 8)) & 0xFF)
-        rows[: len(sources), nb:] = 0
-        rows[len(sources) :] = 0
+                rows[r, nb - 1] &= np.uint8((0xFF << (8 - (c1 - c0) % 8)) & 0xFF)
+            rows[r, nb:] = 0
+        for r in spare:
+            rows[r] = 0
         _transpose(buf, work["scratch"][: m // 2 * words].reshape(m // 2, words), last=jit is None)
         slots += words * 64
         if jit is not None:
-            if unit == 8:
-                jit.hist8(rows.reshape(-1), bins)
-            else:
+            if direct:  # lane lo | hi << 8 < 2**N: the spare rows are the code's zero high bits
+                if fresh + words * 64 > INT32_MAX:
+                    _flush(bins, out)
+                    fresh = 0
                 jit.hist16(rows[:8].reshape(-1), rows[8:].reshape(-1), bins)
+                fresh += words * 64
+            else:
+                jit.hist8(rows.reshape(-1), bins)
             continue
         if unit == 8:
             codes = torch.from_numpy(rows.reshape(-1))
@@ -195,11 +240,15 @@ def _region_counts(sources: list, n_masks: int, numel: int, work: dict | None = 
             np.copyto(lanes, buf.view(np.uint16).reshape(-1), casting="unsafe")
             codes = torch.from_numpy(lanes)
         hist += torch.bincount(codes, minlength=2**unit)
-    counted = hist.numpy() if jit is None else bins.reshape(-1, 2**unit).sum(0)
-    region = np.zeros(2**n_masks, dtype=np.int64)
-    if unit == 16:  # one parameter per unit: each region code once
-        region[c_idx] = counted[h_idx]
+    if direct:
+        _flush(bins, out)
     else:
-        np.add.at(region, c_idx, counted[h_idx])
-    region[0] -= slots - numel
-    return region
+        counted = hist.numpy() if jit is None else bins.sum(0)
+        if unit == 16:  # one parameter per unit: each region code once
+            out[c_idx] += counted[h_idx]
+        else:
+            region = np.zeros(2**n_masks, dtype=np.int64)
+            np.add.at(region, c_idx, counted[h_idx])
+            out += region
+    out[0] -= slots - numel
+    return out
