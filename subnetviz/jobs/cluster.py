@@ -155,9 +155,10 @@ def checkpoint_series(
 
 
 # --- the driver process ---------------------------------------------------------------------------
-def drive(kind: str, request: dict, address: str, progress, total: int | None):
-    """Run ``kind`` (``updates``, ``series``; ``bigram``, ``behavior``, ``overlap``:
-    :mod:`subnetviz.jobs.cluster_pages`) in a driver process connected to ``address``; its result.
+def drive(kind: str, request: dict, address: str, progress, total: int | None, module: str | None = None):
+    """Run ``kind`` (``updates``, ``series``) in a driver process connected to ``address``; its result.
+    ``module``: a module whose ``run_kind(request, ray_kw)`` runs ``kind`` in the driver instead
+    (:mod:`subnetviz.jobs.cluster_pages`: ``bigram``, ``behavior``, ``overlap``).
 
     Bounded: the head must answer first (:func:`probe`), the driver must connect within the
     connect timeout plus its start, and the work must end within ``SUBNETVIZ_RAY_TIMEOUT``.
@@ -174,7 +175,7 @@ def drive(kind: str, request: dict, address: str, progress, total: int | None):
     connect_by = time.monotonic() + connect_s
     deadline = time.monotonic() + _seconds(TIMEOUT_ENV, 3600.0)
     tmp = Path(tempfile.mkdtemp(prefix="subnetviz-ray-"))  # private (0700): the request and result pickles
-    request = {**request, "kind": kind, "address": address, "threads": torch.get_num_threads()}
+    request = {**request, "kind": kind, "address": address, "threads": torch.get_num_threads(), "module": module}
     (tmp / "request.pkl").write_bytes(pickle.dumps(request))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([_PKG_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, "-m", "subnetviz.jobs.cluster", str(tmp)]
@@ -221,7 +222,7 @@ def _outcome(tmp: Path, code: int, where: str):
 
 def _run(request: dict):
     """In the driver: the request's work on the cluster (its progress on stdout)."""
-    from subnetviz.jobs import cluster_pages, fanout
+    from subnetviz.jobs import fanout
     from subnetviz.jobs.ray_backend import connect
 
     connect(request["address"])
@@ -232,8 +233,10 @@ def _run(request: dict):
         "progress": lambda done, total: print("done", done, total, flush=True),
         "timeout": None,  # the server bounds the whole driver
     }
-    if request["kind"] in cluster_pages.KINDS:
-        return cluster_pages.run_kind(request, ray_kw)
+    if request.get("module"):  # another module's kind (cluster_pages): its run_kind, by name (no import cycle)
+        import importlib
+
+        return importlib.import_module(request["module"]).run_kind(request, ray_kw)
     if request["kind"] == "series":
         import ray
 

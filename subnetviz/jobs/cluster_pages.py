@@ -51,7 +51,7 @@ def cached_mask_analysis(
     ent = entry("bigram", store.analysis_key(model, mask, corpus, optimal), root=cache_root)
     if not ent.ready:
         request = {"model": model, "mask": mask, "corpus": corpus, "optimal": optimal, "folder": str(ent.folder)}
-        cluster.drive("bigram", request, address, progress, 1)
+        cluster.drive("bigram", request, address, progress, 1, __name__)
     return store.load_analysis(ent.folder)
 
 
@@ -80,7 +80,12 @@ def cached_behavior(
     ent, files = behavior.behavior_entry(config, cache_root)
     if not ent.ready:
         cluster.drive(
-            "behavior", {"config": {**config, "prompts": files}, "folder": str(ent.folder)}, address, progress, 1
+            "behavior",
+            {"config": {**config, "prompts": files}, "folder": str(ent.folder)},
+            address,
+            progress,
+            1,
+            __name__,
         )
     return behavior.read_behavior(ent.folder)
 
@@ -153,7 +158,7 @@ def files_overlap(
     address = cluster._address(address)
     if not address:
         return files_overlap_task(paths, labels)
-    return cluster.drive("overlap", {"paths": paths, "labels": labels}, address, progress, 1)
+    return cluster.drive("overlap", {"paths": paths, "labels": labels}, address, progress, 1, __name__)
 
 
 # --- in the driver process ------------------------------------------------------------------------
