@@ -72,36 +72,39 @@ def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
             uilogic.freeze_heap()
 
 
-# --- the chart library, loaded while the page waits ---------------------------------------------------
-# Streamlit's frontend loads its Plotly element (a 4.7 MB module) only when the first chart arrives,
-# and evaluating it took 1.2–1.5 s of the 2–2.7 s a chart page needed after a click from Home on this
-# machine (the script itself ran in 0.05–0.25 s). Importing that same module as soon as any page opens
-# lets the browser do it while it waits for the script (or the user): the module map then hands the
-# chart its already evaluated module. Only Streamlit's own static file is named; nothing else runs.
+# --- the chart and table modules, loaded while the page waits -----------------------------------------
+# Streamlit's frontend loads an element's module only when the first such element arrives. Evaluating
+# the Plotly one (4.7 MB) took 1.2-1.5 s of the 2-2.7 s a chart page needed after a click from Home on
+# this machine, and the table's (DataFrame + Arrow, 1.2 MB) most of the rest, while the script itself
+# ran in 0.05-0.25 s. Importing those modules as soon as any page opens lets the browser do it while it
+# waits for the script (or the reader): the module map then hands the elements their evaluated modules.
+# Only Streamlit's own static files are named; nothing else runs.
+_PRELOADED = ("PlotlyChart", "DataFrame")
 _PRELOAD = """<script>(() => {
   if (window.__subnetvizCharts) return;
   window.__subnetvizCharts = true;
   const main = document.querySelector('script[type="module"][src*="static/js/"]');
-  if (main) import(new URL(NAME, main.src).href).then(
+  if (main) Promise.all(NAMES.map((n) => import(new URL(n, main.src).href))).then(
     () => { window.__subnetvizCharts = "loaded"; }, () => { window.__subnetvizCharts = false; });
 })();</script>"""
 
 
 @functools.cache
-def _chart_module() -> str | None:
-    """File name of the frontend's Plotly module in this Streamlit build, or None if not exactly one."""
-    found = list((Path(st.__file__).parent / "static" / "static" / "js").glob("PlotlyChart.*.js"))
-    return found[0].name if len(found) == 1 else None
+def _element_modules() -> tuple[str, ...]:
+    """File names of the frontend's modules in :data:`_PRELOADED` in this Streamlit build (each found once)."""
+    js = Path(st.__file__).parent / "static" / "static" / "js"
+    found = [list(js.glob(f"{name}.*.js")) for name in _PRELOADED]
+    return tuple(f[0].name for f in found if len(f) == 1)
 
 
 def preload_charts() -> None:
-    """Start loading the chart library in the browser now (once per browser tab; see _PRELOAD)."""
-    name = _chart_module()
-    if name is not None and st.runtime.exists():
+    """Start loading the chart and table modules in the browser now (once per tab; see _PRELOAD)."""
+    names = _element_modules()
+    if names and st.runtime.exists():
         import json
 
         with st.sidebar:
-            st.html(_PRELOAD.replace("NAME", json.dumps(name)), unsafe_allow_javascript=True)
+            st.html(_PRELOAD.replace("NAMES", json.dumps(list(names))), unsafe_allow_javascript=True)
 
 
 # --- access: who may enter, and launch or upload (policy in subnetviz/access.py) ----------------------
