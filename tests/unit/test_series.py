@@ -157,16 +157,20 @@ def loop(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_both_loops_give_the_reference_counts(tmp_path, monkeypatch, loop, seed):
-    """bf16 (sizes with 0-3 entries past the last 4-entry word), fp16 and fp32 random walks, blocks
-    of 10 entries and windows of 1-2 versions: every count against the all-at-once reference."""
+@pytest.mark.parametrize(("seed", "read_ahead"), [(3, None), (4, True), (5, False)])
+def test_both_loops_give_the_reference_counts(tmp_path, monkeypatch, loop, seed, read_ahead):
+    """bf16, fp16, fp32 and fp64 random walks of sizes below, at and past the compiled loop's
+    64-entry words (0-63 entries in the last partial word), blocks of 10 entries and windows of 1-2
+    versions of the small tensors (several of the large ones: a window ends mid-series), read with
+    and without the read-ahead thread: every count against the all-at-once reference."""
     import subnetviz.analysis.series as series
 
     monkeypatch.setattr(series, "CHUNK_ELEMENTS", 10)
     monkeypatch.setattr(series, "WINDOW_BYTES", 60)
     rng = np.random.default_rng(seed)
     specs = {"a": (torch.bfloat16, 37), "b": (torch.bfloat16, 40), "c": (torch.float16, 23), "d": (torch.float32, 18)}
+    specs |= {"e": (torch.bfloat16, 64), "f": (torch.bfloat16, 64 * 5 + 3), "g": (torch.float16, 200)}
+    specs |= {"h": (torch.float32, 130), "i": (torch.float64, 70)}
     walks = {}
     for name, (dtype, n) in specs.items():
         v = torch.randn(n).to(dtype)
@@ -183,14 +187,16 @@ def test_both_loops_give_the_reference_counts(tmp_path, monkeypatch, loop, seed)
         _write(tmp_path / f"c{i}", {f"model.{n}.weight": vs[i].contiguous() for n, vs in walks.items()})
         for i in range(6)
     ]
-    res = checkpoint_series(paths)
-    ints = {
-        n: [x.view({2: torch.int16, 4: torch.int32}[x.element_size()]).numpy() for x in vs] for n, vs in walks.items()
-    }
+    res = checkpoint_series(paths, read_ahead=read_ahead)
+    views = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+    ints = {n: [x.view(views[x.element_size()]).numpy() for x in vs] for n, vs in walks.items()}
     refs = [_reference_series(v) for v in ints.values()]
     assert res.steps["changed_vs_first"].tolist() == np.sum([r["vs_first"] for r in refs], axis=0).tolist()
     assert res.steps["changed_vs_previous"].tolist() == np.sum([r["vs_prev"] for r in refs], axis=0).tolist()
     assert res.split["count"].tolist() == np.sum([r["split"] for r in refs], axis=0).tolist()
+    assert res.steps["ever_updated"].tolist() == pytest.approx(
+        [b / res.numel for b in np.sum([r["ever_back"] for r in refs], axis=0)]
+    )
 
 
 @pytest.mark.parametrize(
@@ -204,4 +210,18 @@ def test_non_finite_is_refused_at_the_same_checkpoint_by_both_loops(tmp_path, lo
     later[[3, 17]] = bad
     paths = [_write(tmp_path / f"c{i}", {"model.w.weight": x}) for i, x in enumerate([base, base, later, later])]
     with pytest.raises(NonFiniteError, match=r"/c2 :: model.w.weight: 2 NaN/Inf value\(s\)"):
+        checkpoint_series(paths)
+
+
+@pytest.mark.parametrize("size", [41, 200])
+def test_non_finite_first_checkpoint_is_refused_by_both_loops(tmp_path, loop, size):
+    """The first version's finite check rides in the compiled loop (as a version compared with
+    itself): a NaN there is refused naming the first checkpoint, before any later one."""
+    from subnetviz.errors import NonFiniteError
+
+    base = torch.linspace(-2, 2, size).to(torch.bfloat16)
+    bad = base.clone()
+    bad[[0, size - 1]] = float("nan")
+    paths = [_write(tmp_path / f"c{i}", {"model.w.weight": x}) for i, x in enumerate([bad, base, bad])]
+    with pytest.raises(NonFiniteError, match=r"/c0 :: model.w.weight: 2 NaN/Inf value\(s\)"):
         checkpoint_series(paths)
