@@ -122,37 +122,6 @@ def ulp(typingctx, x, y):
 
 
 @intrinsic
-def fp8_value(typingctx, code, man_bits, bias, special, sub_scale):
-    """float32 value of an FP8 code (uint8) by its fields, in vector-friendly integer ops (no table
-    gather): sign s, exponent e, mantissa m (``man_bits`` wide). Normal: the float32 with exponent
-    e - bias + 127 and m at the top of its mantissa; e = 0: m × ``sub_scale`` (2^(1 - bias - man_bits),
-    exact); codes whose magnitude is at least ``special`` (e4m3fn: 0x7F, e5m2: 0x7C): Inf / NaN with
-    the quiet bit set where m != 0, as torch's conversion gives them (checked against it in the tests)."""
-
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        c = lambda v: ir.Constant(i32, v)  # noqa: E731
-        b = builder.zext(args[0], i32)
-        mb = builder.trunc(args[1], i32) if args[1].type.width > 32 else args[1]
-        bias_ = builder.trunc(args[2], i32) if args[2].type.width > 32 else args[2]
-        spec = builder.trunc(args[3], i32) if args[3].type.width > 32 else args[3]
-        sign = builder.shl(builder.lshr(b, c(7)), c(31))
-        mag = builder.and_(b, c(0x7F))
-        e = builder.lshr(mag, mb)
-        m = builder.and_(mag, builder.sub(builder.shl(c(1), mb), c(1)))
-        m_top = builder.shl(m, builder.sub(c(23), mb))
-        normal = builder.or_(builder.shl(builder.add(builder.sub(e, bias_), c(127)), c(23)), m_top)
-        sub = builder.bitcast(builder.fmul(builder.sitofp(m, ir.FloatType()), args[4]), i32)
-        quiet = builder.shl(builder.zext(builder.icmp_unsigned("!=", m, c(0)), i32), c(22))
-        special_bits = builder.or_(builder.or_(c(0x7F800000), m_top), quiet)
-        v = builder.select(builder.icmp_unsigned("==", e, c(0)), sub, normal)
-        v = builder.select(builder.icmp_unsigned(">=", mag, spec), special_bits, v)
-        return builder.bitcast(builder.or_(v, sign), ir.FloatType())
-
-    return types.float32(code, man_bits, bias, special, types.float32), codegen
-
-
-@intrinsic
 def flag32(typingctx, cond):  # a boolean as int32 0 / 1 (numba's own casts go through int64)
     def codegen(context, builder, sig, args):
         return builder.zext(args[0], ir.IntType(32))
@@ -168,6 +137,25 @@ def add32(typingctx, acc, v):  # int32 + int32 -> int32 (wrapping; the counts he
     return types.int32(types.int32, types.int32), codegen
 
 
+@intrinsic
+def type_max(typingctx, v):  # the largest value of v's integer type (a min's neutral start)
+    width = v.bitwidth
+    top = (1 << (width - 1)) - 1 if v.signed else (1 << width) - 1
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(ir.IntType(width), top)
+
+    return v(v), codegen
+
+
+@intrinsic
+def xor_or(typingctx, acc, x, y):  # acc | (x ^ y) in their own width (numba would widen to 64 bits)
+    def codegen(context, builder, sig, args):
+        return builder.or_(args[0], builder.xor(args[1], args[2]))
+
+    return acc(acc, x, y), codegen
+
+
 @jit
 def count_above(buf, n, edge):
     c = np.int32(0)
@@ -177,14 +165,10 @@ def count_above(buf, n, edge):
 
 
 @jit
-def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc, cr, edges, out, dbuf, ubuf):
-    """Every statistic of one segment of integer views ``xr`` -> ``yr`` (1-D, at most ``dbuf.size`` entries), added
-    into ``out`` = [changed, rel, #(ULP > edge)..., #(|Δ| > tol)..., largest |Δ| as bits]; writes the
-    segment's mask into ``mr`` (mask_mode 1: the bits differ, 2: |Δ| > mask_tol, 0: none) and adds its
-    changed entries to the column counts ``cr`` (when ``do_rc``). Returns the segment's changed count.
-    ``dbuf`` / ``ubuf``: buffers of the compute dtype / the ULP type."""
+def changes(xr, yr, mask_mode, mr, do_rc, cr):
+    """The first pass over a segment of integer views ``xr`` -> ``yr``: returns how many entries' bits differ,
+    writes them into the mask ``mr`` (mask_mode 1) and adds them to the column counts ``cr`` (``do_rc``)."""
     n = xr.size
-    n_tol, n_edge = tols.size, edges.size
     changed = np.int32(0)  # int32 counters and 0/1 values: the compares stay 16 lanes wide or more
     if mask_mode == 1 and do_rc:
         for k in range(np.uint64(n)):
@@ -205,10 +189,26 @@ def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc,
     else:
         for k in range(np.uint64(n)):
             changed = add32(changed, flag32(xr[k] != yr[k]))
-    if changed == 0:  # (with mask_mode 2 the caller hands a mask of zeros)
-        return 0
+    return changed
+
+
+@jit
+def segment_stats(xr, yr, changed, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, edges, out, dbuf, ubuf):
+    """The statistics of a segment of integer views ``xr`` -> ``yr`` (1-D, at most ``dbuf.size`` entries) with
+    ``changed`` > 0 entries whose bits differ (:func:`changes`), added into ``out`` = [changed, rel,
+    #(ULP > edge)..., #(|Δ| > tol)..., largest |Δ| as bits]; with mask_mode 2 writes |Δ| > mask_tol into ``mr``.
+    ``dbuf`` / ``ubuf``: buffers of the compute dtype / the ULP type.
+
+    One pass writes |Δ| and the ULP distance of every entry and keeps their largest values and their
+    smallest over the changed entries (unchanged ones are 0 apart, so no count above a tolerance or an
+    edge ever includes them): a count above a value under the smallest is ``changed`` and one above the
+    largest is 0; only the thresholds in between take a counting pass over a buffer."""
+    n = xr.size
+    n_tol, n_edge = tols.size, edges.size
     top = float_bits(eta - eta)  # typed zeros: the bits of +0.0, a distance of 0
+    low = type_max(top)
     far = ulp(xr[0], xr[0])
+    near = type_max(far)
     rel = np.int32(0)
     if rel_nonzero:  # η below half an ULP: the rule is Δ != 0, i.e. a nonzero ULP distance
         for k in range(np.uint64(n)):
@@ -216,10 +216,14 @@ def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc,
             yv = yr[k]
             d = abs(decode(yv, lut) - decode(xv, lut))
             dbuf[k] = d
-            top = max(float_bits(d), top)  # |Δ| >= 0: its bits order like the values, NaN above Inf
+            db = float_bits(d)
+            top = max(db, top)  # |Δ| >= 0: its bits order like the values, NaN above Inf
             u = ulp(xv, yv)
             ubuf[k] = u
             far = max(u, far)
+            ne = xv != yv
+            low = min(db if ne else type_max(db), low)
+            near = min(u if ne else type_max(u), near)
             rel = add32(rel, flag32(u != 0))
     else:
         for k in range(np.uint64(n)):
@@ -229,10 +233,14 @@ def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc,
             yf = decode(yv, lut)
             d = abs(yf - xf)
             dbuf[k] = d
-            top = max(float_bits(d), top)
+            db = float_bits(d)
+            top = max(db, top)
             u = ulp(xv, yv)
             ubuf[k] = u
             far = max(u, far)
+            ne = xv != yv
+            low = min(db if ne else type_max(db), low)
+            near = min(u if ne else type_max(u), near)
             rel = add32(rel, flag32(d > eta * max(abs(xf), abs(yf))))
     if mask_mode == 2:
         for k in range(np.uint64(n)):
@@ -240,160 +248,42 @@ def segment(xr, yr, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, do_rc,
     out[0] += changed
     out[1] += rel
     largest = bits_value(top, eta)
+    smallest = bits_value(low, eta)  # (a NaN |Δ| makes largest NaN: then every count takes its pass)
     for j in range(n_tol):  # ascending: the first tolerance the largest |Δ| does not pass ends it
         if not largest > tols[j]:
             break
-        out[2 + n_edge + j] += count_above(dbuf, n, tols[j])
+        if smallest > tols[j] and largest == largest:
+            out[2 + n_edge + j] += changed
+        else:
+            out[2 + n_edge + j] += count_above(dbuf, n, tols[j])
     for j in range(n_edge):
         if not far > edges[j]:
             break
-        out[2 + j] += count_above(ubuf, n, edges[j])
+        out[2 + j] += changed if near > edges[j] else count_above(ubuf, n, edges[j])
     last = 2 + n_edge + n_tol
     out[last] = max(out[last], np.int64(top))
-    return changed
 
 
 @jit
 def pair(x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, do_rc, rows, cols, edges, out, dbuf, ubuf):
-    """:func:`segment` over every row of integer views ``x2`` -> ``y2`` (R × C) in segments of ``dbuf.size`` entries
-    (the caller's choice: bits_jit.SEG);
-    ``mask`` (R × C; 1 × 1 when mask_mode is 0), ``rows`` (int64) and ``cols`` (int32: added to) are filled
-    when ``do_rc``."""
+    """:func:`changes` and, where any, :func:`segment_stats` over every row of integer views ``x2`` -> ``y2``
+    (R × C) in segments of ``dbuf.size`` entries (the caller's choice: bits_jit.SEG); mask_mode 1: the
+    bits differ, 2: |Δ| > mask_tol, 0: none. ``mask`` (R × C; 1 × 1 when mask_mode is 0), ``rows`` (int64)
+    and ``cols`` (int32: added to) are filled when ``do_rc``."""
     n_rows, n_cols = x2.shape
     for r in range(n_rows):
         row_changed = 0
         for c0 in range(0, n_cols, dbuf.size):
             c1 = min(n_cols, c0 + dbuf.size)
-            mr = mask[r, c0:c1] if mask_mode else mask[0, 0:0]
-            cr = cols[c0:c1] if do_rc else cols[0:0]
-            row_changed += segment(
-                x2[r, c0:c1],
-                y2[r, c0:c1],
-                lut,
-                tols,
-                eta,
-                rel_nonzero,
-                mask_mode,
-                mask_tol,
-                mr,
-                do_rc,
-                cr,
-                edges,
-                out,
-                dbuf,
-                ubuf,
-            )
-        if do_rc:
-            rows[r] = row_changed
-
-
-@jit
-def fp8_values(codes, man_bits, bias, special, sub_scale, out):
-    """:func:`fp8_value` of every code (1-D uint8) into ``out`` (float32): what the tests check against torch."""
-    for k in range(codes.size):
-        out[k] = fp8_value(codes[k], man_bits, bias, special, sub_scale)
-
-
-@jit
-def fp8_blocks(
-    x2,
-    y2,
-    lut8,
-    man_bits,
-    bias,
-    special,
-    sub_scale,
-    sa,
-    sb,
-    b0,
-    b1,
-    tols,
-    eta,
-    rel_nonzero,
-    mask_mode,
-    mask,
-    do_rc,
-    rows,
-    cols,
-    edges,
-    out,
-    code_out,
-    dbuf,
-    ubuf,
-    ea,
-    eb,
-    sa_row,
-    sb_row,
-):
-    """FP8 codes ``x2`` -> ``y2`` (uint8, R × C) with block scales ``sa`` / ``sb`` (float32, ⌈R/b0⌉ × ⌈C/b1⌉):
-    ``code_out`` = [changed codes, #(code steps > edge)...]; the effective weights w = fl(value(code) ×
-    scale) (float32, as the dense dequantisation forms them) compared by :func:`segment` into ``out``,
-    ``mask``, ``rows``, ``cols`` exactly as :func:`pair` compares two float32 tensors."""
-    n_rows, n_cols = x2.shape
-    n_edge = edges.size
-    dummy = lut8[0:0]
-    for r in range(n_rows):
-        if r % b0 == 0:  # the scale of every column of this block row
-            for c in range(n_cols):
-                sa_row[c] = sa[r // b0, c // b1]
-                sb_row[c] = sb[r // b0, c // b1]
-        row_changed = 0
-        for c0 in range(0, n_cols, dbuf.size):
-            c1 = min(n_cols, c0 + dbuf.size)
-            n = c1 - c0
             xr = x2[r, c0:c1]
             yr = y2[r, c0:c1]
-            sar = sa_row[c0:c1]
-            sbr = sb_row[c0:c1]
-            steps = np.int32(0)
-            changed = np.int32(0)
-            for k in range(np.uint64(n)):
-                u = ulp(xr[k], yr[k])  # code steps (sign-magnitude bytes)
-                ubuf[k] = u
-                steps = max(steps, u)
-                changed = add32(changed, flag32(xr[k] != yr[k]))
-                ea[k] = float_bits(fp8_value(xr[k], man_bits, bias, special, sub_scale) * sar[k])
-                eb[k] = float_bits(fp8_value(yr[k], man_bits, bias, special, sub_scale) * sbr[k])
-            code_out[0] += changed
-            for j in range(n_edge):
-                if not steps > edges[j]:
-                    break
-                code_out[1 + j] += count_above(ubuf, n, edges[j])
             mr = mask[r, c0:c1] if mask_mode else mask[0, 0:0]
             cr = cols[c0:c1] if do_rc else cols[0:0]
-            row_changed += segment(
-                ea[:n], eb[:n], dummy, tols, eta, rel_nonzero, mask_mode, eta, mr, do_rc, cr, edges, out, dbuf, ubuf
-            )
+            changed = changes(xr, yr, mask_mode, mr, do_rc, cr)
+            if changed:  # (with mask_mode 2 the caller hands a mask of zeros)
+                segment_stats(
+                    xr, yr, changed, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, edges, out, dbuf, ubuf
+                )
+            row_changed += changed
         if do_rc:
             rows[r] = row_changed
-
-
-@jit
-def code_counts(x, y, sign_magnitude, edges, out, ubuf):
-    """Stored 1-byte codes ``x`` -> ``y`` (1-D): ``out`` = [changed codes, #(steps > edge)...]; steps are
-    code steps of sign-magnitude FP8 bytes (``sign_magnitude``) or the difference of integer codes."""
-    n = x.size
-    for c0 in range(0, n, ubuf.size):
-        c1 = min(n, c0 + ubuf.size)
-        xr = x[c0:c1]
-        yr = y[c0:c1]
-        m = c1 - c0
-        changed = np.int32(0)
-        far = np.int32(0)
-        if sign_magnitude:
-            for k in range(np.uint64(m)):
-                u = ulp(xr[k], yr[k])
-                ubuf[k] = u
-                far = max(far, u)
-                changed = add32(changed, flag32(xr[k] != yr[k]))
-        else:
-            for k in range(np.uint64(m)):
-                u = np.int32(abs(np.int32(yr[k]) - np.int32(xr[k])))
-                ubuf[k] = u
-                far = max(far, u)
-                changed = add32(changed, flag32(xr[k] != yr[k]))
-        out[0] += changed
-        for j in range(edges.size):
-            if not far > edges[j]:
-                break
-            out[1 + j] += count_above(ubuf, m, edges[j])

@@ -60,6 +60,11 @@ def kernels():
     return compiled("_bits_numba")
 
 
+def fp8_kernels():
+    """The FP8 and 1-byte code kernels (:mod:`subnetviz.analysis._fp8_numba`) or None: :func:`compiled`."""
+    return compiled("_fp8_numba")
+
+
 _TABLES: dict[str, np.ndarray] = {}
 
 
@@ -199,6 +204,7 @@ def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> fl
             one = np.ones((1, 1), np.float32)
             opts = SimpleNamespace(tolerances=(1e-5,), eta=1e-3)
             fp8_blocks_pass(x, x.copy(), "float8_e4m3fn", one, one, (1, 2), opts, None, None, None)
+            fp8_kernels().any_marked(x.reshape(-1), np.uint8(0x7F))  # the finite check on FP8 codes
             continue
         itype = {"bfloat16": np.int16, "float16": np.int16, "float32": np.int32, "float64": np.int64}[name]
         x = np.zeros((1, 2), itype)
@@ -214,7 +220,9 @@ def fp8_values(codes: np.ndarray, fmt: str) -> np.ndarray:
     """float32 values of FP8 codes (uint8) as the compiled pass decodes them (``fmt``: a key of FP8_FORMATS)."""
     man_bits, bias, special, sub = FP8_FORMATS[fmt]
     out = np.empty(codes.size, np.float32)
-    kernels().fp8_values(codes.reshape(-1), np.int32(man_bits), np.int32(bias), np.int32(special), np.float32(sub), out)
+    fp8_kernels().fp8_values(
+        codes.reshape(-1), np.int32(man_bits), np.int32(bias), np.int32(special), np.float32(sub), out
+    )
     return out
 
 
@@ -227,7 +235,7 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
     whole and comparing them."""
     from subnetviz.analysis.bits import ULP_EDGES
 
-    k = kernels()
+    k = fp8_kernels()
     man_bits, bias, special, sub = FP8_FORMATS[fmt]
     n_cols = x2.shape[1]
     tols = np.asarray(options.tolerances, dtype=np.float64)
@@ -235,11 +243,10 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
     out = np.zeros(3 + edges.size + tols.size, np.int64)
     code_out = np.zeros(1 + edges.size, np.int64)
     do_rc = rows is not None
-    cols32 = np.zeros(n_cols if do_rc else 0, np.int32)
+    cols32 = np.zeros(n_cols if do_rc else SEG, np.int32)  # without counts: scratch the kernel writes
     k.fp8_blocks(
         x2,
         y2,
-        np.zeros(1, np.float32),
         np.int32(man_bits),
         np.int32(bias),
         np.int32(special),
@@ -252,7 +259,7 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
         float(options.eta),
         bool(options.eta < np.finfo(np.float32).eps / 2),  # η below half a float32 ULP: the rule is Δ != 0
         0 if mask is None else 1,
-        mask.view(np.uint8) if mask is not None else np.zeros((1, 1), np.uint8),
+        mask.view(np.uint8) if mask is not None else np.zeros((1, SEG), np.uint8),  # (or scratch)
         do_rc,
         rows if do_rc else np.zeros(0, np.int64),
         cols32,
@@ -287,5 +294,5 @@ def code_counts(x: np.ndarray, y: np.ndarray, sign_magnitude: bool) -> tuple[int
 
     edges = np.asarray(ULP_EDGES, dtype=np.int32)
     out = np.zeros(1 + edges.size, np.int64)
-    kernels().code_counts(x.reshape(-1), y.reshape(-1), bool(sign_magnitude), edges, out, np.empty(SEG, np.int32))
+    fp8_kernels().code_counts(x.reshape(-1), y.reshape(-1), bool(sign_magnitude), edges, out, np.empty(SEG, np.int32))
     return int(out[0]), out[1:].tolist()

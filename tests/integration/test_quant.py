@@ -273,18 +273,22 @@ def test_block_pass_equals_the_dense_dequantised_pass(dtype, eta, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
-def test_fp8_finite_check_on_bit_patterns_matches_the_values(dtype):
-    """check_finite_stored (eight codes per 64-bit word, then the tail) raises exactly for the codes
-    whose value is NaN/Inf, at every position in a word and in the tail, naming the count."""
+@pytest.mark.parametrize("jit", ["1", "0"])
+def test_fp8_finite_check_on_bit_patterns_matches_the_values(dtype, jit, monkeypatch):
+    """check_finite_stored (compiled: one pass over the bytes; NumPy: eight codes per 64-bit word, then
+    the tail) raises exactly for the codes whose value is NaN/Inf, at every position in a word and in
+    the tail, and in and after the compiled loop's 64-byte vectors, naming the count."""
     from subnetviz.analysis.quant_codes import check_finite_stored
     from subnetviz.errors import NonFiniteError
 
+    monkeypatch.setenv("SUBNETVIZ_JIT", jit)
     codes = torch.arange(256, dtype=torch.uint8)
     bad = ~torch.isfinite(codes.view(dtype).float())
     assert int(bad.sum()) == {torch.float8_e4m3fn: 2, torch.float8_e5m2: 8}[dtype]
     for code in range(256):
-        for pos in (0, 5, 7, 8, 17, 18):  # in the first word, the second, and the 3-byte tail of 19
-            x = torch.full((19,), 0x38, dtype=torch.uint8)
+        # in the first word, the second, the 3-byte tail of 19; in and after the vectors of 203
+        for n, pos in [(19, p) for p in (0, 5, 7, 8, 17, 18)] + [(203, p) for p in (0, 63, 64, 191, 192, 202)]:
+            x = torch.full((n,), 0x38, dtype=torch.uint8)
             x[pos] = code
             if bad[code]:
                 with pytest.raises(NonFiniteError, match="1 NaN/Inf"):

@@ -24,15 +24,15 @@ pytestmark = pytest.mark.skipif(bits_jit.kernels() is None, reason="numba not in
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
 
 
-def _planted(dtype: torch.dtype, shape: tuple[int, int], share: float, seed: int):
-    """(a, b) of ``dtype``: a share of entries moved by 1..300 ULPs either way, some signs flipped,
-    one +0 -> -0 pair, one unchanged zero."""
+def _planted(dtype: torch.dtype, shape: tuple[int, int], share: float, seed: int, steps=(1, 300)):
+    """(a, b) of ``dtype``: a share of entries moved by 1..300 ULPs (``steps``) either way, some signs
+    flipped, one +0 -> -0 pair, one unchanged zero."""
     rng = np.random.default_rng(seed)
     a = torch.from_numpy(rng.normal(scale=0.05, size=shape)).to(dtype)
     xi = bits.int_view(a).numpy().copy()
     width = 8 * xi.itemsize
     move = rng.random(shape) < share
-    steps = rng.integers(1, 300, size=shape) * np.where(rng.random(shape) < 0.5, -1, 1)
+    steps = rng.integers(*steps, size=shape) * np.where(rng.random(shape) < 0.5, -1, 1)
     neg = xi < 0  # steps move the magnitude, never through zero (no NaN patterns)
     sign_bit = np.array(-1 << (width - 1)).astype(xi.dtype)
     m = (xi & np.array((1 << (width - 1)) - 1).astype(xi.dtype)).astype(np.int64)
@@ -94,6 +94,31 @@ def test_pair_pass_matches_the_float64_reference(dtype, shape):
     at_tol = np.zeros(shape, np.bool_)
     out = bits_jit.pair_pass(xi, yi, name, tols, ULP_EDGES, 1e-2, False, at_tol, 1e-4, None, None)
     assert np.array_equal(at_tol, ref["mask_tol"]) and out.changed == ref["changed"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_counts_from_the_smallest_change_match_the_reference(dtype):
+    """A segment whose changed entries are all further apart than a tolerance / ULP edge takes that count
+    from its changed count instead of a counting pass: planted segments where every change is 300..600
+    ULPs (the shortcut applies to the low thresholds), the +0 -> -0 segment (0 ULPs, |Δ| = 0: never)
+    and segments of 1..300 ULPs; every count as the float64 reference's."""
+    seg = bits_jit.SEG
+    shape = (4, seg + 150)  # two segments a row, the second one ragged
+    far_x, far_y = _planted(dtype, shape, 0.3, seed=7, steps=(300, 600))
+    xi, yi = _planted(dtype, shape, 0.3, seed=8)
+    xi[1:3], yi[1:3] = far_x[1:3], far_y[1:3]
+    tols = (0.0, 1e-20, 1e-6, 1e-4, 1e-2)
+    ref = _reference(xi, yi, dtype, tols, 1e-2, 1e-4)
+    d = np.abs(torch.from_numpy(yi).view(dtype).double().numpy() - torch.from_numpy(xi).view(dtype).double().numpy())
+    ne = xi != yi
+    smallest = [d[r, c0 : c0 + seg][ne[r, c0 : c0 + seg]].min() for r in range(4) for c0 in (0, seg)]
+    assert max(smallest) > 0.0 == min(smallest) and ref["above"][-1] < ref["changed"]  # both ways
+    mask = np.zeros(shape, np.bool_)
+    rows, cols = np.zeros(4, np.int64), np.zeros(shape[1], np.int64)
+    out = bits_jit.pair_pass(xi, yi, str(dtype)[6:], tols, ULP_EDGES, 1e-2, False, mask, None, rows, cols)
+    assert out.changed == ref["changed"] and out.tol == ref["tol"] and out.above == ref["above"]
+    assert out.rel == ref["rel"] and out.largest == ref["largest"] and np.array_equal(mask, ref["mask"])
+    assert np.array_equal(rows, ref["rows"]) and np.array_equal(cols, ref["cols"])
 
 
 def test_pair_pass_float64_extremes():
@@ -165,7 +190,8 @@ def test_fp8_block_pass_compiled_equals_numpy(dtype, share, monkeypatch):
     sb[1, 2] *= 1.25
     sb[3, 4] *= 0.5
     sa[2, 1] = sb[2, 1] = 2.0**-120
-    for opts in (SparsityOptions(), SparsityOptions(eta=1e-9, row_col=False)):
+    b[4:9], b[40:44] = a[4:9], a[40:44]  # same codes: same weights (skipped), and where sb[1, 2] changed
+    for opts in (SparsityOptions(), SparsityOptions(eta=1e-9, row_col=False), SparsityOptions(keep_masks=False)):
         got = compare_quantized(a, sa, b, sb, opts, name="w", scale_names=("sa", "sb"), block=blk)
         with monkeypatch.context() as mp:
             mp.setenv("SUBNETVIZ_JIT", "0")
@@ -178,8 +204,12 @@ def test_fp8_block_pass_compiled_equals_numpy(dtype, share, monkeypatch):
             ref.changed_rel,
             ref.max_abs_delta,
         )
-        assert torch.equal(got.stats.mask, ref.mask)
         assert got.stats.ulp_hist == tuple(ulp_bins(got.stats.changed, quant_codes._code_counts(a, b)[1]))
+        if not opts.keep_masks:
+            assert got.stats.mask is None
+            continue
+        assert torch.equal(got.stats.mask, ref.mask)
+        assert not ref.mask[4:9].any() and ref.mask[40:44, 128:192].all() and not ref.mask[40:44, :128].any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
