@@ -11,6 +11,8 @@ them beside the on-disk format and the cache.
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,8 @@ from subnetviz.errors import CheckpointError, NonFiniteError
 from subnetviz.masks import PackedMasks
 
 ProgressFn = Callable[[int, int, str], None]
+GROUP_ENTRIES = 1 << 23  # entries read ahead per group of small tensors (16 MB of bf16)
+_PARTED = ("qkv", "gate_up")  # the only modules NameTable.part_counts splits (it returns [] for any other)
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,16 @@ def analyze_updates(
     t0 = time.perf_counter()
     walk = _Walk(base, finetuned, labels, options, spectra, resolve_device(device))
     keys = walk.keys()
-    for step, (key, loaded) in enumerate(zip(keys, prefetched(keys, walk.load), strict=True)):
+    # consecutive small tensors are read ahead together (one thread handoff per group, not per tensor)
+    stream = itertools.chain.from_iterable(prefetched(walk.groups(keys), walk.load_group))
+    for step, (key, loaded) in enumerate(zip(keys, stream, strict=True)):
         if progress:
             progress(step, len(keys), key)
+        if isinstance(loaded, BaseException):  # raised at its own step, in order
+            raise loaded
         for i in range(len(walk.cks)):
             walk.step(i, key, loaded)
-        loaded.clear()  # freed before the next step's tensors arrive: at most two steps in memory
+        loaded.clear()  # freed before the next group's tensors arrive: at most two groups in memory
     if progress:
         progress(len(keys), len(keys), "done")
     return walk.result(time.perf_counter() - t0)
@@ -147,6 +155,7 @@ class _Walk:
         self.alignments = [align([self.ck_base, c]) for c in self.cks]
         self.per_key = [{t.key: t for t in al.tensors} for al in self.alignments]
         self.table = self.ck_base.names_table
+        self._info: dict = {}
         self.options, self.spectra, self.dev = options, spectra, dev
         self.log = FormLog()
         n = len(self.cks)
@@ -176,6 +185,39 @@ class _Walk:
         fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
         return "buffer" in (fa.kind, fb.kind) or "scale" in (fa.kind, fb.kind)
 
+    def groups(self, keys: list[str]) -> list[list[str]]:
+        """``keys`` cut into runs of consecutive keys of at most :data:`GROUP_ENTRIES` entries read in
+        all (the base's and every finetuned model's tensor; a larger tensor is a group of its own)."""
+        out: list[list[str]] = []
+        total = 0
+        for key in keys:
+            sizes = [math.prod(pk[key].shape) for pk in self.per_key if key in pk]
+            n = sizes[0] + sum(sizes)  # the base's tensor once, each finetuned model's
+            if out and total + n <= GROUP_ENTRIES:
+                out[-1].append(key)
+                total += n
+            else:
+                out.append([key])
+                total = n
+        return out
+
+    def load_group(self, keys: list[str]) -> list:
+        """:meth:`load` of each key; a key whose read fails gets its exception, raised at its step."""
+        out: list = []
+        for key in keys:
+            try:
+                out.append(self.load(key))
+            except Exception as exc:  # noqa: BLE001 (re-raised by analyze_updates at this key's step)
+                out.append(exc)
+        return out
+
+    def info(self, name: str):
+        """The naming table's description of ``name`` (asked once per tensor, not per model and use)."""
+        got = self._info.get(name)
+        if got is None:
+            got = self._info[name] = self.table.describe(name)
+        return got
+
     def load(self, key: str) -> dict:  # the weight tensors one step compares, read (and checked) ahead
         out = {}
         for i, (ck, pk) in enumerate(zip(self.cks, self.per_key, strict=True)):
@@ -193,7 +235,7 @@ class _Walk:
         if at is None:
             return
         ck, fa, fb = self.cks[i], self.forms_base[at.names[0]], self.forms[i][at.names[1]]
-        info = self.table.describe(at.names[0])
+        info = self.info(at.names[0])
         if self.is_side(at, i):
             row = side_row(self.labels[i], key, at, info, self.ck_base, ck, fa, fb, self.dev, self.log, i)
             self.side[i].append(row)
@@ -211,13 +253,13 @@ class _Walk:
         row["changed_effective"] = changed_eff
         row["expert"] = None if info.expert is None else str(info.expert)
         self.rows[i].append(row)
-        self.parts[i].extend(
-            fused_part_rows(self.table, at.names[0], key, at.shape, st)
-            or [
+        parts = fused_part_rows(self.table, at.names[0], key, at.shape, st)
+        if not parts and st.row_counts is not None and info.module in _PARTED:
+            parts = [
                 {"key": key, "module": m, "numel": n, "changed": c}
                 for m, n, c in self.table.part_counts(at.names[0], at.shape, st.row_counts, st.col_counts)
             ]
-        )
+        self.parts[i].extend(parts)
         if st.mask is not None:
             self.masks[i].add(at.names[0], st.mask)
         if st.row_counts is not None and len(at.shape) >= 2:
