@@ -38,82 +38,111 @@ def body() -> None:
     if overlap.partial:
         st.caption(f"Compared over the {overlap.common} tensors present in every chosen mask.")
     report = overlap.report
-    if len(chosen) in (2, 3):  # Venn beside the UpSet; beyond three masks the UpSet alone, full width
-        a, b = st.columns(2)
-        with a:
-            counts = report.venn_regions()["count"].to_numpy()
-            venn = figures.venn2 if len(chosen) == 2 else figures.venn3
-            ui.chart(ui.shared(venn, counts, chosen), key="venn")
-    else:
-        b = st.container()
-    with b:
-        ui.chart(ui.shared(figures.upset, report.regions, chosen), key="upset")
     view = st.radio(
-        "Pairwise view",
+        "Pairwise and per-layer values",
         ["value", "ratio"],
         horizontal=True,
         key="ov_view",
         bind="query-params",
         format_func=lambda v: "values" if v == "value" else "× chance",
     )
-    cols = st.columns(2)  # no o2 panel: o2(A, B) = o1(B, A), the o1 matrix read down its columns
-    titles = {"o1": "o1: share of the row mask in the column mask", "jaccard": "Jaccard |A∩B| / |A∪B|"}
-    for col, metric in zip(cols, titles, strict=True):
-        with col:
-            title = titles[metric] + (" (× chance)" if view == "ratio" else "")
-            ui.chart(
-                ui.shared(
-                    figures.pairwise_matrix, report.pairwise, value=metric, view=view, labels=chosen, title=title
-                ),
-                key=f"pw-{metric}",
-            )
-    ui.table(report.pairwise, "pairwise", "Pairwise overlap against chance")
-    by = report.by_group.copy()
-    by["layer"] = by["group"].map(lambda g: g[0])
-    by["module"] = by["group"].map(lambda g: g[1])
-    pair = st.selectbox(
-        "Per-layer view of the pair",
-        [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()],
-        key="ov_pair",
-        bind="query-params",
-    )
-    pa, pb = pair.split(" ∩ ")
-    one = by[(by["a"] == pa) & (by["b"] == pb) & by["layer"].notna()]
-    c, d = st.columns(2)
-    with c:
-        ui.chart(ui.shared(figures.overlap_layer_heatmap, one, view=view), key="layer-overlap")
-    with d:
-        pw = report.pairwise
-        dens = {
-            **dict(zip(pw["b"], pw["count_b"] / pw["numel"], strict=True)),
-            **dict(zip(pw["a"], pw["count_a"] / pw["numel"], strict=True)),
-        }
-        chance = figures.chance_consensus([dens[c] for c in chosen], int(pw["numel"].iloc[0]))
-        ui.chart(ui.shared(figures.consensus_bars, report.consensus_overall(), chance=chance), key="consensus")
-    experts_overlap(overlap.experts, pa, pb, view)
+    # Sections as tabs that draw only when open: 1–3 charts per view instead of six (faster to show).
+    tabs = st.tabs(TABS, key="ov_tab", on_change="rerun", bind="query-params")
+    pairs = [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()]
+    for tab, name in zip(tabs, TABS, strict=True):
+        if not tab.open:
+            continue
+        with tab:
+            if name == "Per layer":
+                pair = st.selectbox("Per-layer view of the pair", pairs, key="ov_pair", bind="query-params")
+                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, pair)
+            else:
+                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name)
+            draw(figs, tables)
+    asked = st.query_params.get("ov_pair")
     ui.export_button(
         "Overlap",
         {"masks": chosen, "criterion": crit, "view": view},
-        ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "consensus", "expert-overlap"],
-        ["pairwise"],
+        ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "expert-overlap", "consensus"],
+        ["pairwise", "consensus-table"],
+        more=lambda: every_tab(overlap, tuple(chosen), view, asked if asked in pairs else pairs[0]),
     )
 
 
-def experts_overlap(rep, pa, pb, view) -> None:
-    """Mixture-of-experts masks only (``rep``: their overlap per layer × expert over the per-expert
-    tensors, None for others): the chosen pair's."""
-    if rep is None:
-        return
-    by = rep.by_group.assign(
-        layer=lambda d: d["group"].map(lambda g: g[0]), module=lambda d: d["group"].map(lambda g: g[1])
+TABS = ["Sets", "Pairwise", "Per layer", "Consensus"]
+
+
+def draw(figs: dict, tables: dict) -> None:
+    """A tab's charts, two to a row (a lone last one full width), then its tables."""
+    keys = list(figs)
+    for start in range(0, len(keys), 2):
+        row = keys[start : start + 2]
+        for col, key in zip(st.columns(len(row)), row, strict=True):
+            with col:
+                ui.chart(figs[key], key=key)
+    for key, (caption, frame) in tables.items():
+        ui.table(frame, key, caption)
+
+
+def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = None) -> tuple[dict, dict]:
+    """One tab's figures and tables (key -> figure, key -> (caption, frame)), shared by every session."""
+    report = overlap.report
+    if name == "Sets":
+        figs = {}
+        if len(chosen) in (2, 3):  # Venn beside the UpSet; beyond three masks the UpSet alone, full width
+            venn = figures.venn2 if len(chosen) == 2 else figures.venn3
+            figs["venn"] = venn(report.venn_regions()["count"].to_numpy(), list(chosen))
+        figs["upset"] = figures.upset(report.regions, list(chosen))
+        return figs, {}
+    if name == "Pairwise":  # no o2 panel: o2(A, B) = o1(B, A), the o1 matrix read down its columns
+        titles = {"o1": "o1: share of the row mask in the column mask", "jaccard": "Jaccard |A∩B| / |A∪B|"}
+        figs = {
+            f"pw-{metric}": figures.pairwise_matrix(
+                report.pairwise,
+                value=metric,
+                view=view,
+                labels=list(chosen),
+                title=title + (" (× chance)" if view == "ratio" else ""),
+            )
+            for metric, title in titles.items()
+        }
+        return figs, {"pairwise": ("Pairwise overlap against chance", report.pairwise)}
+    if name == "Per layer":
+        pa, pb = pair.split(" ∩ ")
+        by = report.by_group.assign(
+            layer=lambda d: d["group"].map(lambda g: g[0]), module=lambda d: d["group"].map(lambda g: g[1])
+        )
+        one = by[(by["a"] == pa) & (by["b"] == pb) & by["layer"].notna()]
+        figs = {"layer-overlap": figures.overlap_layer_heatmap(one, view=view)}
+        if (rep := overlap.experts) is not None:  # mixture-of-experts masks: the pair per layer × expert
+            ex = rep.by_group.assign(
+                layer=lambda d: d["group"].map(lambda g: g[0]), module=lambda d: d["group"].map(lambda g: g[1])
+            )
+            figs["expert-overlap"] = figures.overlap_layer_heatmap(
+                ex[(ex["a"] == pa) & (ex["b"] == pb)], view=view, title=f"{pa} ∩ {pb}: Jaccard per layer × expert"
+            )
+        return figs, {}
+    pw = report.pairwise  # Consensus: how many masks agree on each entry, against independent masks
+    dens = {
+        **dict(zip(pw["b"], pw["count_b"] / pw["numel"], strict=True)),
+        **dict(zip(pw["a"], pw["count_a"] / pw["numel"], strict=True)),
+    }
+    chance = figures.chance_consensus([dens[c] for c in chosen], int(pw["numel"].iloc[0]))
+    overall = report.consensus_overall()
+    return (
+        {"consensus": figures.consensus_bars(overall, chance=chance)},
+        {"consensus-table": ("Entries changed in exactly k of the masks", overall)},
     )
-    st.subheader("Experts")
-    ui.chart(
-        figures.overlap_layer_heatmap(
-            by[(by["a"] == pa) & (by["b"] == pb)], view=view, title=f"{pa} ∩ {pb}: Jaccard per layer × expert"
-        ),
-        key="expert-overlap",
-    )
+
+
+def every_tab(overlap, chosen: tuple, view: str, pair: str) -> tuple[dict, dict]:
+    """Every tab's figures and tables, for the export (the closed tabs are built on click only)."""
+    figs, tables = {}, {}
+    for name in TABS:
+        f, t = tab_parts(overlap, chosen, view, name, pair)
+        figs.update(f)
+        tables.update(t)
+    return figs, tables
 
 
 ui.run_page(body)

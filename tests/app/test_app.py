@@ -136,7 +136,12 @@ def test_query_params_restore_the_view(app_env):
 
 
 RESTORE = {  # page -> {widget key: a non-default value}, as a shared URL carries them
-    "overlap": {"ov_crit": "1e-05", "ov_masks": ["Δ grpo-s0", "Δ dpo"], "ov_pair": "Δ grpo-s0 ∩ Δ dpo"},
+    "overlap": {
+        "ov_crit": "1e-05",
+        "ov_masks": ["Δ grpo-s0", "Δ dpo"],
+        "ov_tab": "Per layer",
+        "ov_pair": "Δ grpo-s0 ∩ Δ dpo",
+    },
     "spectra": {"spec_models": ["grpo-s1", "dpo"], "spec_layer": "1", "spec_module": "k"},
     "series": {"series_src": "workspace: base → finetuned in sidebar order"},
     "sparsity": {"sp_tab": "One matrix", "dd_model": "dpo", "dd_tensor": "layers.1.mlp.up_proj.weight"},
