@@ -60,11 +60,6 @@ def kernels():
     return compiled("_bits_numba")
 
 
-def fp8_kernels():
-    """The FP8 and 1-byte code kernels (:mod:`subnetviz.analysis._fp8_numba`) or None: :func:`compiled`."""
-    return compiled("_fp8_numba")
-
-
 _TABLES: dict[str, np.ndarray] = {}
 
 
@@ -204,7 +199,7 @@ def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> fl
             one = np.ones((1, 1), np.float32)
             opts = SimpleNamespace(tolerances=(1e-5,), eta=1e-3)
             fp8_blocks_pass(x, x.copy(), "float8_e4m3fn", one, one, (1, 2), opts, None, None, None)
-            fp8_kernels().any_marked(x.reshape(-1), np.uint8(0x7F))  # the finite check on FP8 codes
+            kernels().any_marked(x.reshape(-1), np.uint8(0x7F))  # the finite check on FP8 codes
             continue
         itype = {"bfloat16": np.int16, "float16": np.int16, "float32": np.int32, "float64": np.int64}[name]
         x = np.zeros((1, 2), itype)
@@ -220,9 +215,7 @@ def fp8_values(codes: np.ndarray, fmt: str) -> np.ndarray:
     """float32 values of FP8 codes (uint8) as the compiled pass decodes them (``fmt``: a key of FP8_FORMATS)."""
     man_bits, bias, special, sub = FP8_FORMATS[fmt]
     out = np.empty(codes.size, np.float32)
-    fp8_kernels().fp8_values(
-        codes.reshape(-1), np.int32(man_bits), np.int32(bias), np.int32(special), np.float32(sub), out
-    )
+    kernels().fp8_values(codes.reshape(-1), np.int32(man_bits), np.int32(bias), np.int32(special), np.float32(sub), out)
     return out
 
 
@@ -235,7 +228,7 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
     whole and comparing them."""
     from subnetviz.analysis.bits import ULP_EDGES
 
-    k = fp8_kernels()
+    k = kernels()
     man_bits, bias, special, sub = FP8_FORMATS[fmt]
     n_cols = x2.shape[1]
     tols = np.asarray(options.tolerances, dtype=np.float64)
@@ -247,10 +240,7 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
     k.fp8_blocks(
         x2,
         y2,
-        np.int32(man_bits),
-        np.int32(bias),
-        np.int32(special),
-        np.float32(sub),
+        (np.int32(man_bits), np.int32(bias), np.int32(special), np.float32(sub)),
         np.ascontiguousarray(sa, dtype=np.float32),
         np.ascontiguousarray(sb, dtype=np.float32),
         int(block[0]),
@@ -266,12 +256,8 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
         edges,
         out,
         code_out,
-        np.empty(SEG, np.float64),
-        np.empty(SEG, np.uint32),
-        np.empty(SEG, np.int32),
-        np.empty(SEG, np.int32),
-        np.empty(n_cols, np.float32),
-        np.empty(n_cols, np.float32),
+        (np.empty(SEG, np.float64), np.empty(SEG, np.uint32), np.empty(SEG, np.int32), np.empty(SEG, np.int32))
+        + (np.empty(n_cols, np.float32), np.empty(n_cols, np.float32)),  # |Δ|, ULPs, weights' bits, scales
     )
     if do_rc:
         cols += cols32
@@ -294,5 +280,5 @@ def code_counts(x: np.ndarray, y: np.ndarray, sign_magnitude: bool) -> tuple[int
 
     edges = np.asarray(ULP_EDGES, dtype=np.int32)
     out = np.zeros(1 + edges.size, np.int64)
-    fp8_kernels().code_counts(x.reshape(-1), y.reshape(-1), bool(sign_magnitude), edges, out, np.empty(SEG, np.int32))
+    kernels().code_counts(x.reshape(-1), y.reshape(-1), bool(sign_magnitude), edges, out, np.empty(SEG, np.int32))
     return int(out[0]), out[1:].tolist()
