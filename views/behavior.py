@@ -84,47 +84,87 @@ def body() -> None:
     show(res)
 
 
+TABS = ["Per model", "Per prompt", "Per token"]
+
+
 def show(res: dict[str, pd.DataFrame]) -> None:
-    summary, curves = res["summary"], res["curves"]
     value = st.radio(
         "Measure", ["kl_forward", "kl_reverse", "accuracy"], horizontal=True, key="bh_value", bind="query-params"
     )
-    a, b = st.columns(2)
-    with a:
-        ui.chart(ui.shared(bfig.kl_bars, summary, value=value), key="bh-bars")
-    with b:
-        ui.chart(ui.shared(bfig.revert_curves, curves, value=value), key="bh-curves")
-    prompts = res["prompts"]
-    ui.chart(
-        ui.shared(
-            bfig.prompt_histogram,
-            prompts[prompts["experiment"] == "finetuned"],
-            value=value if value != "accuracy" else "kl_forward",
-        ),
-        key="bh-hist",
-    )
+    # Sections as tabs that draw only when open: 1-2 charts per view instead of four (faster to show).
+    tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")
+    if tabs[0].open:
+        with tabs[0]:
+            figs, tables = ui.shared(model_parts, res, value)
+            a, b = st.columns(2)
+            with a:
+                ui.chart(figs["bh-bars"], key="bh-bars")
+            with b:
+                ui.chart(figs["bh-curves"], key="bh-curves")
+            for key, (caption, frame) in tables.items():
+                ui.table(frame, key, caption)
+    if tabs[1].open:
+        with tabs[1]:
+            ui.chart(ui.shared(prompt_histogram, res, value), key="bh-hist")
     tokens = res["tokens"]
     models = list(dict.fromkeys(tokens["model"]))
-    c1, c2, c3 = st.columns(3)
-    model = c1.selectbox("Model", models, key="bh_model", bind="query-params")
-    experiments = list(dict.fromkeys(tokens[tokens["model"] == model]["experiment"]))
-    experiment = c2.selectbox("Experiment", experiments, key="bh_exp", bind="query-params")
-    n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
-    prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind="query-params")
-    one = tokens[(tokens["model"] == model) & (tokens["experiment"] == experiment) & (tokens["prompt"] == prompt)]
-    ui.chart(
-        ui.shared(bfig.token_bars, one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved"),
-        key="bh-tokens",
-    )
-    ui.table(summary, "behavior-summary", "KL (nats per token) and accuracy per model and revert experiment")
-    if len(curves):
-        ui.table(curves, "behavior-curves", "KL and accuracy against the share of Δ reverted")
+    selection = {}
+    if tabs[2].open:
+        with tabs[2]:
+            c1, c2, c3 = st.columns(3)
+            model = c1.selectbox("Model", models, key="bh_model", bind="query-params")
+            experiments = list(dict.fromkeys(tokens[tokens["model"] == model]["experiment"]))
+            experiment = c2.selectbox("Experiment", experiments, key="bh_exp", bind="query-params")
+            n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
+            prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind="query-params")
+            selection = {"model": model, "experiment": experiment, "prompt": int(prompt)}
+            ui.chart(ui.shared(token_figure, tokens, model, experiment, int(prompt)), key="bh-tokens")
+    if not selection and models:  # the token view's selection as the URL holds it, for the export
+        q = st.query_params
+        model = q.get("bh_model") if q.get("bh_model") in models else models[0]
+        experiments = list(dict.fromkeys(tokens[tokens["model"] == model]["experiment"]))
+        experiment = q.get("bh_exp") if q.get("bh_exp") in experiments else experiments[0]
+        prompt = int(q["bh_prompt"]) if str(q.get("bh_prompt", "")).isdigit() else 0
+        selection = {"model": model, "experiment": experiment, "prompt": prompt}
     ui.export_button(
         "Behaviour",
-        {"measure": value, "model": model, "experiment": experiment, "prompt": int(prompt)},
+        {"measure": value, **selection},
         ["bh-bars", "bh-curves", "bh-hist", "bh-tokens"],
         ["behavior-summary", "behavior-curves"],
+        more=lambda: every_tab(res, value, selection),
     )
+
+
+def model_parts(res: dict, value: str) -> tuple[dict, dict]:
+    """Per model: KL bars and revert curves, and the two tables."""
+    summary, curves = res["summary"], res["curves"]
+    tables = {"behavior-summary": ("KL (nats per token) and accuracy per model and revert experiment", summary)}
+    if len(curves):
+        tables["behavior-curves"] = ("KL and accuracy against the share of Δ reverted", curves)
+    figs = {"bh-bars": bfig.kl_bars(summary, value=value), "bh-curves": bfig.revert_curves(curves, value=value)}
+    return figs, tables
+
+
+def prompt_histogram(res: dict, value: str):
+    prompts = res["prompts"]
+    finetuned = prompts[prompts["experiment"] == "finetuned"]
+    return bfig.prompt_histogram(finetuned, value=value if value != "accuracy" else "kl_forward")
+
+
+def token_figure(tokens: pd.DataFrame, model: str, experiment: str, prompt: int):
+    one = tokens[(tokens["model"] == model) & (tokens["experiment"] == experiment) & (tokens["prompt"] == prompt)]
+    return bfig.token_bars(one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved")
+
+
+def every_tab(res: dict, value: str, selection: dict) -> tuple[dict, dict]:
+    """Every tab's figures and tables, for the export (the closed tabs are built on click only)."""
+    figs, tables = model_parts(res, value)
+    figs = {**figs, "bh-hist": prompt_histogram(res, value)}
+    if selection:
+        figs["bh-tokens"] = token_figure(
+            res["tokens"], selection["model"], selection["experiment"], selection["prompt"]
+        )
+    return figs, tables
 
 
 ui.run_page(body)

@@ -25,7 +25,7 @@ CONTENT = {
     "training": lambda at: any(b.label.startswith(("Launch", "Train", "Start")) for b in at.button),
     "bigram": lambda at: len(at.metric) >= 1 or "No bigram mask yet" in _texts(at),
     "continual": lambda at: plotly_specs(at) or "No finished continual-learning run yet" in _texts(at),
-    "behavior": lambda at: len(plotly_specs(at)) >= 4 and len(at.dataframe) >= 1,
+    "behavior": lambda at: len(plotly_specs(at)) >= 2 and len(at.dataframe) >= 1,  # the open tab: bars, curves
     "drivers": lambda at: plotly_specs(at) or "No finished drivers run yet" in _texts(at),
 }
 
