@@ -66,6 +66,19 @@ def _address(address: str | None) -> str | None:
     return ray_address() if address is None else (address or None)
 
 
+def shown(address: str) -> str:
+    """How a page names a cluster: by the name its owner gave it (``SUBNETVIZ_RAY_ADDRESSES``
+    ``name=host:port``: the address stays on the server), else by its address."""
+    from subnetviz.config import ray_clusters
+    from subnetviz.errors import ConfigError
+
+    try:
+        names = [n for n, a in ray_clusters().items() if a == address and n != address]
+    except ConfigError:
+        names = []
+    return f"'{names[0]}'" if names else address
+
+
 def probe(address: str, timeout: float | None = None) -> None:
     """Raise a :class:`JobError` unless something accepts a TCP connection at the cluster's head
     (``host:port``, ``ray://host:port``) within ``timeout`` seconds; other forms (``auto``) pass."""
@@ -77,7 +90,7 @@ def probe(address: str, timeout: float | None = None) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         raise JobError(
-            f"No Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}, waited up to "
+            f"No Ray cluster answers at {shown(address)} ({exc.strerror or type(exc).__name__}, waited up to "
             f"{timeout:g} s). Start it, or choose another place to compute (the sidebar's Compute settings; "
             "the server's SUBNETVIZ_RAY_ADDRESS)."
         ) from None
@@ -168,7 +181,7 @@ def drive(kind: str, request: dict, address: str, progress, total: int | None, m
     from subnetviz.jobs.ray_backend import _PKG_ROOT
 
     probe(address)
-    where = f"on the Ray cluster at {address}"
+    where = f"on the Ray cluster at {shown(address)}"
     if progress and total:
         progress(0, total, f"starting {where}")
     connect_s = _seconds(CONNECT_TIMEOUT_ENV, 10.0) + DRIVER_START_S
@@ -196,7 +209,7 @@ def drive(kind: str, request: dict, address: str, progress, total: int | None, m
                 progress(int(line[1]), int(line[2]), f"tasks done {where}")  # other output is a library's
             now = time.monotonic()
             if not connected and now > connect_by and proc.poll() is None:
-                raise JobError(f"Could not connect to the Ray cluster at {address} within {connect_s:g} s.")
+                raise JobError(f"Could not connect to the Ray cluster at {shown(address)} within {connect_s:g} s.")
             if now > deadline and proc.poll() is None:
                 raise JobError(f"The analysis {where} did not finish within {_seconds(TIMEOUT_ENV, 3600.0):g} s.")
         return _outcome(tmp, proc.returncode, where)

@@ -40,3 +40,15 @@ def test_choices_are_the_operators(monkeypatch, default, more, expected):
 def test_malformed_lists_are_refused(monkeypatch, more):
     with pytest.raises(ConfigError, match="SUBNETVIZ_RAY_ADDRESSES"):
         _clusters(monkeypatch, None, more)
+
+
+def test_pages_name_a_named_cluster_by_its_name(monkeypatch):
+    """An error or progress line a visitor sees names the cluster as its owner named it, not its address."""
+    from subnetviz.errors import JobError
+    from subnetviz.jobs import cluster
+
+    _clusters(monkeypatch, "10.0.0.9:1", "lab=127.0.0.1:1")
+    assert cluster.shown("127.0.0.1:1") == "'lab'" and cluster.shown("10.0.0.9:1") == "10.0.0.9:1"
+    with pytest.raises(JobError, match="No Ray cluster answers at 'lab' ") as err:
+        cluster.probe("127.0.0.1:1", timeout=1)
+    assert "127.0.0.1" not in str(err.value)
