@@ -12,8 +12,11 @@
    0.1B, so the 16 files stay in the page cache of this 23 GB machine: say so when quoting it)
    against reading the same 16 checkpoints once each (``safe_open``, every tensor, its bytes touched
    once by NumPy's ``count_nonzero``: ``get_tensor`` only maps the file): goal ≤ 1.2×. The
-   floor's reads are single-threaded; the series maps the next version's pages in its read-ahead
-   thread while it compares, so on an idle second core its wall time hides part of its reading.
+   floor's reads are single-threaded and so is the series by default (its compiled loop maps the
+   pages itself); it is also run with its read-ahead thread (``read_ahead=True``: the next versions
+   mapped in a second thread, which hides that on an idle second core). The other reading of the
+   goal is printed beside it: the series against 15 single-pair analyses (``analyze_updates`` of the
+   first checkpoint against each later one, spectra off), whose last count must equal the series'.
 
 Every part prints wall and CPU seconds (CPU: all threads of the process; on a shared machine the
 CPU ratios are the stabler ones) and the load average.
@@ -88,14 +91,37 @@ def phase_read_all(paths: list[str]) -> dict:
     return {"numel": n, "nonzero": nonzero}
 
 
-def phase_series(paths: list[str]) -> dict:
+def phase_series(paths: list[str], read_ahead: bool | None = None) -> dict:
     from subnetviz.analysis.series import checkpoint_series
 
-    res = checkpoint_series(paths)
+    res = checkpoint_series(paths, read_ahead=read_ahead)
     return {"numel": res.numel, "final": int(res.split["count"].iloc[-1])}
 
 
-PHASES = {"floor": phase_floor, "analysis": phase_analysis, "read_all": phase_read_all, "series": phase_series}
+def phase_series_ahead(paths: list[str]) -> dict:
+    """The series with its read-ahead thread (the next versions mapped in a second thread)."""
+    return phase_series(paths, read_ahead=True)
+
+
+def phase_pairs(paths: list[str]) -> dict:
+    """The other reading of the goal: one single-pair analysis (``analyze_updates``, spectra off)
+    per later checkpoint against the first, each reading the first and that checkpoint."""
+    from subnetviz.analysis.updates import SpectraOptions, analyze_updates
+
+    final = 0
+    for p in paths[1:]:
+        final = analyze_updates(paths[0], [p], spectra=SpectraOptions(enabled=False)).reports[0].changed
+    return {"pairs": len(paths) - 1, "final": final}
+
+
+PHASES = {
+    "floor": phase_floor,
+    "analysis": phase_analysis,
+    "read_all": phase_read_all,
+    "series": phase_series,
+    "series_ahead": phase_series_ahead,
+    "pairs": phase_pairs,
+}
 
 
 def run_child(phase: str, paths: list, env: dict | None = None) -> dict:
@@ -125,9 +151,9 @@ def child_main(phase: str, paths: list[str]) -> None:
     series_jit.available()  # imports numba where installed (~0.5 s), before the clock as every import
     c0 = time.process_time()
     if os.environ.get("BENCH_WARM") == "1":  # the one-time load of the compiled loops, reported apart
-        if phase == "series":
+        if phase.startswith("series"):
             series_jit.warm()
-        elif phase == "analysis":
+        elif phase in ("analysis", "pairs"):
             from subnetviz.analysis import bits_jit
 
             bits_jit.warm()
@@ -286,17 +312,31 @@ def series_part(size: str, parent: Path, repeat: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-scaling-series-", dir=parent))
     try:
         paths = write_series(work, size, SERIES)
-        r = alternate(("read_all", "series", "series+warm"), paths, repeat)
+        phases = ("read_all", "series", "series+warm", "series_ahead+warm", "pairs+warm")
+        r = alternate(phases, paths, repeat)
         assert r["read_all"]["numel"] == r["series"]["numel"] * SERIES == r["series+warm"]["numel"] * SERIES
+        assert r["series"]["final"] == r["series_ahead+warm"]["final"] == r["pairs+warm"]["final"]  # same last step
         print(f"{'':>5} {'16 single reads s':>18} {'series s':>9} {'ratio':>6}   (load average {_load()})")
+        notes = {
+            "series": "",
+            "series+warm": "   (compiled loops loaded before the clock)",
+            "series_ahead+warm": "   (loaded before the clock, read-ahead thread on)",
+        }
         for kind in ("seconds", "cpu"):
             rd = r["read_all"][kind]
-            for ph, note in (("series", ""), ("series+warm", "   (compiled loops loaded before the clock)")):
+            for ph, note in notes.items():
                 se = r[ph][kind]
                 verdict = "OK" if se <= 1.2 * rd else "MISSED"
                 label = "wall" if kind == "seconds" else "CPU"
                 print(f"{label:>5} {rd:18.2f} {se:9.2f} {se / rd:6.2f}   goal <= 1.20   {verdict}{note}")
         print(f"  one-time load of the compiled loops: {r['series+warm']['warm_cpu']:.2f} s CPU")
+        pr, se = r["pairs+warm"], r["series+warm"]
+        print(
+            f"  the other reading of the goal: {pr['pairs']} single-pair analyses (analyze_updates, spectra off, "
+            f"each reading the first + one checkpoint; kernels loaded before the clock) {pr['seconds']:.2f} s wall "
+            f"({pr['cpu']:.2f} s CPU): series / pairs = {se['seconds'] / pr['seconds']:.2f} wall, "
+            f"{se['cpu'] / pr['cpu']:.2f} CPU   (load average {_load()})"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

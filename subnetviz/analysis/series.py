@@ -7,10 +7,11 @@ some step ≤ i but are back to (bitwise) their initial value at step i — "gra
 out". At the end it splits all parameters into never updated / updated but unchanged at the
 end / the final subnetwork. Comparisons are bitwise on each tensor's stored dtype.
 
-Each checkpoint is read once: a tensor's versions come in order (one read ahead), and each version
-is compared against the first and the previous one in the same pass, block by block; with numba
-installed the counts and the finite check are one compiled loop (:mod:`~subnetviz.analysis.series_jit`),
-otherwise NumPy blocks and a finite check per version.
+Each checkpoint is read once: a tensor's versions come in order, and each version is compared
+against the first and the previous one in the same pass; with numba installed the counts and the
+finite check (the first version's too) are one compiled loop over a window of versions
+(:mod:`~subnetviz.analysis.series_jit`), otherwise NumPy blocks, one read ahead in a thread, and a
+finite check per version.
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ def checkpoint_series(
     return SeriesResult(rows, split, numel)
 
 
-# Entries per block: each version's block is compared while the first and previous versions' blocks
-# and the "ever updated" flags stay in L2 (~1 MB together), so only the new version streams in.
+# Entries per block of the NumPy blocks: each version's block is compared while the first and previous
+# versions' blocks and the "ever updated" flags stay in L2 (~1 MB together), so only the new version
+# streams in (the compiled loop has its own blocks: _series_numba.BLOCK_WORDS).
 CHUNK_ELEMENTS = 1 << 17
 # Versions of one tensor held at a time (a window; the safetensors reader's tensors are views of the
 # memory-mapped file, so this is address space, not copies, unless a cast to float32 is needed).
