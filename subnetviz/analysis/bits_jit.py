@@ -80,6 +80,23 @@ class PairOut:
         self.changed, self.largest, self.tol, self.rel, self.above = changed, largest, tol, rel, above
 
 
+_CONSTANTS: dict[tuple, tuple] = {}
+
+
+def _constants(width: int, dtype_name: str, tolerances: tuple, edges: tuple) -> tuple:
+    """(compute dtype, ULP distance dtype, fp16 table, tolerances, edges) of :func:`pair_pass`, built once
+    per dtype and option set (arrays the kernel only reads: shared by every call and thread)."""
+    key = (width, dtype_name, tolerances, edges)
+    got = _CONSTANTS.get(key)
+    if got is None:
+        ctype = np.float32 if width <= 2 else np.float64
+        utype = {2: np.int32, 4: np.uint32, 8: np.uint64}[width]  # the kernels' ULP distance type
+        lut = _fp16_table() if dtype_name == "float16" else np.zeros(1, np.float32)
+        # left writeable: a read-only array is another numba type (another compiled signature)
+        got = _CONSTANTS[key] = (ctype, utype, lut, np.asarray(tolerances, dtype=ctype), np.asarray(edges, dtype=utype))
+    return got
+
+
 def pair_pass(
     x2: np.ndarray,
     y2: np.ndarray,
@@ -100,13 +117,9 @@ def pair_pass(
     Requires :func:`kernels` to be non-None."""
     k = kernels()
     width = x2.itemsize
-    ctype = np.float32 if width <= 2 else np.float64
-    utype = {2: np.int32, 4: np.uint32, 8: np.uint64}[width]  # the kernels' ULP distance type
-    lut = _fp16_table() if dtype_name == "float16" else np.zeros(1, np.float32)
+    ctype, utype, lut, tols, edge_arr = _constants(width, dtype_name, tuple(tolerances), tuple(edges))
     if dtype_name == "float16":  # the kernel tells bf16 (int16) from fp16 (uint16) by the view's type
         x2, y2 = x2.view(np.uint16), y2.view(np.uint16)
-    tols = np.asarray(tolerances, dtype=ctype)
-    edge_arr = np.asarray(edges, dtype=utype)
     out = np.zeros(3 + edge_arr.size + tols.size, np.int64)
     mode = 0 if mask is None else (1 if mask_tolerance is None else 2)
     do_rc = rows is not None

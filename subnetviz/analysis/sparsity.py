@@ -24,6 +24,7 @@ Naming note: *density* = changed / numel; *sparsity* = 1 − density (the paper'
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -223,6 +224,7 @@ def _comparable(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name
     return a, a2, b.reshape(a2.shape)
 
 
+@functools.lru_cache(maxsize=64)
 def _rel_is_nonzero(dtype: torch.dtype, eta: float) -> bool:
     """For a dtype with p significand bits, two different finite values differ by at least 2^-p of
     the larger magnitude, so at eta < 2^-p the relative rule is "Δ != 0" (bf16: p = 8)."""
