@@ -12,10 +12,11 @@ registers: no gather, no float32 copy of the tensor.
 
 Each row is taken in segments of :data:`SEG` entries (:mod:`~subnetviz.analysis._bits_numba`): a
 branch-free loop (it vectorises) writes |Δ| and the ULP distance of every entry of a segment with a
-change into two cache-resident buffers and keeps the segment's largest values; the counts above
-each tolerance and ULP edge are short vector loops over those buffers, skipped for edges the
-segment's largest value does not reach. No branch depends on the data, so the cost per entry is
-the same at 5 % and at 90 % changed.
+change into two cache-resident buffers and keeps the segment's largest values and its smallest
+changes; the counts above each tolerance and ULP edge are short vector loops over those buffers,
+skipped for edges the segment's largest value does not reach and taken from its changed count for
+edges its smallest change passes. No branch depends on the data, so the cost per entry is the same
+at 5 % and at 90 % changed.
 
 numba is optional: without it (or with ``SUBNETVIZ_JIT=0``) :func:`kernels` returns None and the
 callers use the NumPy kernels. Compiled code is cached on disk (``cache=True``): numba's
