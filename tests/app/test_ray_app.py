@@ -136,4 +136,15 @@ def test_bigram_behaviour_overlap_pages_on_the_chosen_cluster(ray_head, fresh_ho
     assert at.multiselect(key="ov_masks").value == chosen
     at = open_page("behavior", bh_limit="16", cluster="lab")
     _clean(at)
-    assert fresh_home == ["bigram", "updates", "overlap", "behavior"] and len(plotly_specs(at)) >= 4
+    assert fresh_home == ["bigram", "updates", "overlap", "behavior"] and len(plotly_specs(at)) >= 2  # the open tab
+    # a job this session launches goes to its cluster: the queued row's launch is the Ray proxy at that address
+    next(b for b in at.button if "background job" in b.label).click().run()
+    _clean(at)
+    from subnetviz.jobs.runner import JobRunner
+
+    runner = JobRunner(ray_address="")
+    (row,) = [r for r in runner.list_runs().itertuples() if r.kind == "behavior"]
+    rec = runner.get(row.id)
+    assert rec.launch["command"][-3:] == ["subnetviz.jobs.ray_backend", "--address", ray_head], rec.launch
+    runner.cancel(rec.id)
+    assert runner.wait(rec.id, timeout=120).status in ("cancelled", "succeeded")
