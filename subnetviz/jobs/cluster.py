@@ -2,7 +2,10 @@
 
 :func:`cached_analysis` and :func:`checkpoint_series` are what the app calls for every analysis
 that reads checkpoints (update sparsity, spectra, the overlap page's masks, a series and its
-per-step analyses). Without ``SUBNETVIZ_RAY_ADDRESS`` they are
+per-step analyses; :mod:`subnetviz.jobs.cluster_pages` does the same for the Bigram and Behaviour
+pages and the overlap of mask files). The cluster is ``address``: the visitor's choice among the
+ones the server's owner named (:func:`subnetviz.config.ray_clusters`; ``""`` = this process), or
+None for the server's default, ``SUBNETVIZ_RAY_ADDRESS``. Without a cluster they are
 :func:`subnetviz.analysis.updates.cached_analysis` and
 :func:`subnetviz.analysis.series.checkpoint_series`, in this process, and Ray is never imported.
 

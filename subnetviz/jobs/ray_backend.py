@@ -1,7 +1,9 @@
 """The Ray backend: jobs run on a Ray cluster's workers, tracked exactly like local jobs.
 
 Chosen when ``SUBNETVIZ_RAY_ADDRESS`` names a cluster (``host:port`` of its head, as for
-``ray.init(address=...)``); otherwise jobs are local OS processes and Ray is never imported.
+``ray.init(address=...)``), or in the app when a visitor chose one of the clusters the server's owner
+named (``JobRunner(ray_address=...)``, one runner per backend over the same registry; each run keeps
+the launch it was queued with); otherwise jobs are local OS processes and Ray is never imported.
 
 How a job runs (one design, so the registry, run folders, logs, progress, cancel and recovery are
 the local backend's own):
