@@ -129,8 +129,11 @@ def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _pairwise(region: np.ndarray, labels: Sequence[str], reduced: tuple | None = None) -> pd.DataFrame:
-    """Pairwise rows (a < b, label order) of region counts (2**N,) or, per group, (G, 2**N): G blocks."""
+def _pairwise(
+    region: np.ndarray, labels: Sequence[str], reduced: tuple | None = None, numel: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Pairwise rows (a < b, label order) of region counts (2**N,) or, per group, (G, 2**N): G blocks.
+    ``numel``: the parameters of each group when the caller knows them (else the rows' sums)."""
     region = np.atleast_2d(region)
     n_masks = len(labels)
     sizes, inter, _ = reduced if reduced is not None else _reduce(region, n_masks)
@@ -143,7 +146,7 @@ def _pairwise(region: np.ndarray, labels: Sequence[str], reduced: tuple | None =
             "b": np.tile(lab[ib], groups).tolist(),
             "count_a": sizes[:, ia].reshape(-1),
             "count_b": sizes[:, ib].reshape(-1),
-            "numel": np.repeat(region.sum(1), n_pairs),
+            "numel": np.repeat(region.sum(1) if numel is None else numel, n_pairs),
             "intersection": inter.reshape(-1),
         },
         columns=_PAIR_COLUMNS[:6],
@@ -306,8 +309,10 @@ def mask_overlap(
     # per group at N = 16, where G rows are ~0.5 MB each)
     per_group = np.zeros((len(groups), 2**n_masks), dtype=np.int64)
     work: dict = {}  # block buffers, reused from tensor to tensor
+    group_numel = np.zeros(len(groups), dtype=np.int64)  # no second pass over (G, 2**N) for it
     for name, row in zip(names, rows, strict=True):
         numel = math.prod(_shape(sets[0], name))
+        group_numel[row] += numel
         _region_counts([_source(s, name) for s in sets], n_masks, numel, work, out=per_group[row])
     counts = {g: per_group[i] for i, g in enumerate(groups)}
     totals = per_group.sum(0)
@@ -334,7 +339,7 @@ def mask_overlap(
         },
         columns=["group", "k", "count"],
     )
-    by_group = _pairwise(per_group, labels, reduced)
+    by_group = _pairwise(per_group, labels, reduced, group_numel)
     by_group.insert(0, "group", [g for g in groups for _ in range(n_masks * (n_masks - 1) // 2)])
 
     return OverlapReport(
