@@ -86,7 +86,8 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
                 notes.append(f"{ck.spec}: {head} is tied to the input embedding; counted once (as the embedding).")
                 del keyed[i][head]
     common = [k for k in keyed[0] if all(k in km for km in keyed[1:])]
-    only_in = {i: sorted(km[k] for k in km if not all(k in o for o in keyed)) for i, km in enumerate(keyed)}
+    shared = set(common)  # in every checkpoint: the rest of each is listed (linear in the checkpoints)
+    only_in = {i: sorted(km[k] for k in km if k not in shared) for i, km in enumerate(keyed)}
     table = checkpoints[0].names_table
     tensors: list[AlignedTensor] = []
     for key in common:
