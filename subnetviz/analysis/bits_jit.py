@@ -214,6 +214,8 @@ def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> fl
             opts = SimpleNamespace(tolerances=(1e-5,), eta=1e-3)
             fp8_blocks_pass(x, x.copy(), "float8_e4m3fn", one, one, (1, 2), opts, None, None, None)
             kernels().any_marked(x.reshape(-1), np.uint8(0x7F))  # the finite check on FP8 codes
+            code_counts(x, x.copy(), True)  # stored 1-byte codes: FP8 / packed 4-bit bytes
+            code_counts(x.view(np.int8), x.view(np.int8).copy(), False)  # and bitsandbytes int8
             continue
         itype = {"bfloat16": np.int16, "float16": np.int16, "float32": np.int32, "float64": np.int64}[name]
         x = np.zeros((1, 2), itype)
