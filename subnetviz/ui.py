@@ -78,14 +78,18 @@ def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
 # this machine, and the table's (DataFrame + Arrow, 1.2 MB) most of the rest, while the script itself
 # ran in 0.05-0.25 s. Importing those modules as soon as any page opens lets the browser do it while it
 # waits for the script (or the reader): the module map then hands the elements their evaluated modules.
-# Only Streamlit's own static files are named; nothing else runs.
+# It starts when the browser is idle, so a page without charts draws first. Only Streamlit's own static
+# files are named; nothing else runs.
 _PRELOADED = ("PlotlyChart", "DataFrame")
 _PRELOAD = """<script>(() => {
   if (window.__subnetvizCharts) return;
   window.__subnetvizCharts = true;
   const main = document.querySelector('script[type="module"][src*="static/js/"]');
-  if (main) Promise.all(NAMES.map((n) => import(new URL(n, main.src).href))).then(
-    () => { window.__subnetvizCharts = "loaded"; }, () => { window.__subnetvizCharts = false; });
+  // when the page has drawn what it has (a page without charts is not slowed by them), or at once
+  // while the server computes: the browser is idle then
+  const later = window.requestIdleCallback || ((f) => setTimeout(f, 50));
+  if (main) later(() => Promise.all(NAMES.map((n) => import(new URL(n, main.src).href))).then(
+    () => { window.__subnetvizCharts = "loaded"; }, () => { window.__subnetvizCharts = false; }));
 })();</script>"""
 
 
