@@ -13,7 +13,9 @@ anonymous memory (``RssAnon``) every 2 ms:
 
 Printed per form: seconds, ns per parameter, the ratio to bf16 per parameter, the same in CPU time of
 the analysis (process time: steadier than wall time on a shared machine), peak RssAnon against
-4 × the largest tensor (as stored) + 300 MB. Goals (issue 10): fp8 ≤ 2 × bf16 per parameter; every
+4 × the largest tensor (as stored) + 300 MB, and (another child) the wall time of the same analysis run
+again in its process (the rate of a server or notebook analysing several checkpoints; the first analysis also pays
+the process's first use of its buffers and result tables). Goals (issue 10): fp8 ≤ 2 × bf16 per parameter; every
 form within its memory limit.
 
     .venv/bin/python -m benches.bench_forms             # ~0.5 GB in a temp dir, deleted after
@@ -145,12 +147,22 @@ def run_one(form: str, root: Path) -> None:
         str(root / form / "base"), [str(root / form / "ft")], spectra=SpectraOptions(enabled=False), device="cpu"
     )
     sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+    again = None
+    if os.environ.get("BENCH_FORMS_AGAIN"):  # a separate child, so the peak above stays one analysis's
+        # The same analysis again in this process: a server or a notebook analysing several checkpoints
+        # runs at this rate; the first one also pays the process's first use of its buffers and tables.
+        t1 = time.perf_counter()
+        analyze_updates(
+            str(root / form / "base"), [str(root / form / "ft")], spectra=SpectraOptions(enabled=False), device="cpu"
+        )
+        again = time.perf_counter() - t1
     rep = a.reports[0]
     print(
         json.dumps(
             {
                 "seconds": sec,
                 "cpu": cpu,
+                "again": again,
                 "params": rep.numel,
                 "changed": rep.changed,
                 "changed_effective": int(rep.tensors["changed_effective"].sum()),
@@ -170,9 +182,12 @@ def _rss_anon(pid: int) -> int:
     return 0
 
 
-def measure_once(form: str, root: Path) -> dict:
-    """One child process running the analysis of ``form``: its JSON and peak RssAnon."""
-    env = {**os.environ, "SUBNETVIZ_JIT": "0"} if form.endswith("@numpy") else None
+def measure_once(form: str, root: Path, again: bool = False) -> dict:
+    """One child process running the analysis of ``form``: its JSON and peak RssAnon (``again``: the
+    analysis twice, the second timed as ``again``; its peak is not one analysis's)."""
+    env = {**os.environ, **({"SUBNETVIZ_JIT": "0"} if form.endswith("@numpy") else {})}
+    if again:
+        env["BENCH_FORMS_AGAIN"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "benches.bench_forms", "--run", form, str(root)],
         stdout=subprocess.PIPE,
@@ -195,10 +210,12 @@ def measure(forms: list[str], root: Path, repeats: int) -> dict[str, dict]:
     for _ in range(repeats):
         for form in forms:
             out = measure_once(form, root)
+            out["again"] = measure_once(form, root, again=True)["again"]
             b = best.setdefault(form, out)
             if out["seconds"] < b["seconds"]:
                 b["seconds"] = out["seconds"]
             b["cpu"] = min(b["cpu"], out["cpu"])
+            b["again"] = min(b["again"], out["again"])
             b["peak_anon"] = max(b["peak_anon"], out["peak_anon"])
     return best
 
@@ -228,21 +245,24 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(root, ignore_errors=True)
     base_ns = results["bf16"]["seconds"] / results["bf16"]["params"] * 1e9
     base_cpu = results["bf16"]["cpu"] / results["bf16"]["params"] * 1e9
+    base_again = results["bf16"]["again"] / results["bf16"]["params"] * 1e9
     ok = True
     print(
         f"{'form':6} {'params':>11} {'seconds':>8} {'ns/param':>9} {'vs bf16':>8} {'cpu ns/p':>9} {'vs bf16':>8} "
-        f"{'peak MB':>8} {'limit MB':>9}"
+        f"{'peak MB':>8} {'limit MB':>9} {'again ns/p':>11} {'vs bf16':>8}"
     )
     for f, r in results.items():
         if f.endswith("@numpy"):
             continue
         ns, cpu = r["seconds"] / r["params"] * 1e9, r["cpu"] / r["params"] * 1e9
+        again = r["again"] / r["params"] * 1e9
         limit = 4 * largest[f] + 300 * 2**20
         within = r["peak_anon"] <= limit
         ok &= within
         print(
             f"{f:6} {r['params']:>11,} {r['seconds']:>8.3f} {ns:>9.2f} {ns / base_ns:>7.2f}x {cpu:>9.2f} "
-            f"{cpu / base_cpu:>7.2f}x {r['peak_anon'] / 2**20:>8.0f} {limit / 2**20:>9.0f}{'' if within else '  OVER'}"
+            f"{cpu / base_cpu:>7.2f}x {r['peak_anon'] / 2**20:>8.0f} {limit / 2**20:>9.0f} {again:>11.2f} "
+            f"{again / base_again:>7.2f}x{'' if within else '  OVER'}"
         )
     print(f"kernel load before the clock (numba + kernels from the on-disk cache): {results['bf16']['warm']:.2f} s")
     print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -258,8 +278,10 @@ def main(argv: list[str]) -> int:
         return 0 if ok else 1
     fp8 = results["fp8"]["seconds"] / results["fp8"]["params"] * 1e9 / base_ns
     fp8_cpu = results["fp8"]["cpu"] / results["fp8"]["params"] * 1e9 / base_cpu
+    fp8_again = results["fp8"]["again"] / results["fp8"]["params"] * 1e9 / base_again
     print(
         f"goal fp8 effective <= 2x bf16 per parameter: wall {fp8:.2f}x, CPU time {fp8_cpu:.2f}x "
+        f"(first analysis of a fresh process), {fp8_again:.2f}x wall for a further one in the same process: "
         f"{'met' if max(fp8, fp8_cpu) <= 2 else 'NOT met'}; memory {'within' if ok else 'OVER'} "
         "4 x largest tensor + 300 MB"
     )
