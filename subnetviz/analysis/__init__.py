@@ -6,7 +6,7 @@ Each module owns one analysis and returns frozen dataclasses or tidy DataFrames
 
 from __future__ import annotations
 
-import importlib
+from subnetviz.lazy import exports
 
 # public name -> defining module, imported on first use (PEP 562): a module of this package that needs
 # no torch (thresholds, run_result) is imported without the ones that do.
@@ -42,10 +42,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _EXPORTS)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-import importlib
+from subnetviz.lazy import exports
 
 # public name -> defining module, imported on first use (PEP 562): locating files and reading headers
 # (fingerprints) need no torch, while ``align`` imports it.
@@ -40,10 +40,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _EXPORTS)
