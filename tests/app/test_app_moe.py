@@ -148,7 +148,7 @@ def test_update_sparsity_page_shows_the_planted_experts(moe_home):
 
 
 def test_overlap_page_shows_the_experts_jaccard(moe_home):
-    at = _open("overlap", moe_home)
+    at = _open("overlap", moe_home, ov_tab="Per layer")  # the tab of the per-layer views
     charts = _charts(at)
     heat = next(s for t, s in charts.items() if "Jaccard per layer × expert" in t)["data"][0]
     assert "Δ ft1 ∩ Δ ft2" in next(t for t in charts if "per layer × expert" in t)
