@@ -458,7 +458,7 @@ def mask_files_overlap(paths: Sequence[str], labels: Sequence[str]):
     here from the shared mask sets, or on this session's cluster (keyed by the files' stamps)."""
     from subnetviz.jobs import cluster, cluster_pages
 
-    address = cluster._address(compute_address())
+    address = cluster.resolve_address(compute_address())
     if not address:
         return shared(cluster_pages.sets_overlap, [mask_set(p) for p in paths], tuple(labels))
     key = ("files-overlap", tuple(paths), tuple(labels), tuple(file_stamp(p) for p in paths))

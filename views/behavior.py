@@ -113,8 +113,7 @@ def show(res: dict[str, pd.DataFrame]) -> None:
         with tabs[2]:
             c1, c2, c3 = st.columns(3)
             model = c1.selectbox("Model", models, key="bh_model", bind="query-params")
-            experiments = list(dict.fromkeys(tokens[tokens["model"] == model]["experiment"]))
-            experiment = c2.selectbox("Experiment", experiments, key="bh_exp", bind="query-params")
+            experiment = c2.selectbox("Experiment", experiments_of(tokens, model), key="bh_exp", bind="query-params")
             n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
             prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind="query-params")
             selection = {"model": model, "experiment": experiment, "prompt": int(prompt)}
@@ -122,7 +121,7 @@ def show(res: dict[str, pd.DataFrame]) -> None:
     if not selection and models:  # the token view's selection as the URL holds it, for the export
         q = st.query_params
         model = q.get("bh_model") if q.get("bh_model") in models else models[0]
-        experiments = list(dict.fromkeys(tokens[tokens["model"] == model]["experiment"]))
+        experiments = experiments_of(tokens, model)
         experiment = q.get("bh_exp") if q.get("bh_exp") in experiments else experiments[0]
         prompt = int(q["bh_prompt"]) if str(q.get("bh_prompt", "")).isdigit() else 0
         selection = {"model": model, "experiment": experiment, "prompt": prompt}
@@ -133,6 +132,11 @@ def show(res: dict[str, pd.DataFrame]) -> None:
         ["behavior-summary", "behavior-curves"],
         more=lambda: every_tab(res, value, selection),
     )
+
+
+def experiments_of(tokens: pd.DataFrame, model: str) -> list[str]:
+    """The revert experiments run on ``model``, in their order."""
+    return list(dict.fromkeys(tokens[tokens["model"] == model]["experiment"]))
 
 
 def model_parts(res: dict, value: str) -> tuple[dict, dict]:

@@ -109,17 +109,11 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
         return figs, {"pairwise": ("Pairwise overlap against chance", report.pairwise)}
     if name == "Per layer":
         pa, pb = pair.split(" ∩ ")
-        by = report.by_group.assign(
-            layer=lambda d: d["group"].map(lambda g: g[0]), module=lambda d: d["group"].map(lambda g: g[1])
-        )
-        one = by[(by["a"] == pa) & (by["b"] == pb) & by["layer"].notna()]
-        figs = {"layer-overlap": figures.overlap_layer_heatmap(one, view=view)}
-        if (rep := overlap.experts) is not None:  # mixture-of-experts masks: the pair per layer × expert
-            ex = rep.by_group.assign(
-                layer=lambda d: d["group"].map(lambda g: g[0]), module=lambda d: d["group"].map(lambda g: g[1])
-            )
+        one = pair_by_layer(report, pa, pb)
+        figs = {"layer-overlap": figures.overlap_layer_heatmap(one[one["layer"].notna()], view=view)}
+        if overlap.experts is not None:  # mixture-of-experts masks: the pair per layer × expert
             figs["expert-overlap"] = figures.overlap_layer_heatmap(
-                ex[(ex["a"] == pa) & (ex["b"] == pb)], view=view, title=f"{pa} ∩ {pb}: Jaccard per layer × expert"
+                pair_by_layer(overlap.experts, pa, pb), view=view, title=f"{pa} ∩ {pb}: Jaccard per layer × expert"
             )
         return figs, {}
     pw = report.pairwise  # Consensus: how many masks agree on each entry, against independent masks
@@ -133,6 +127,13 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
         {"consensus": figures.consensus_bars(overall, chance=chance)},
         {"consensus-table": ("Entries changed in exactly k of the masks", overall)},
     )
+
+
+def pair_by_layer(report, a: str, b: str):
+    """The pair (a, b)'s rows of ``report.by_group``, its (layer, module) group split into two columns."""
+    by = report.by_group
+    one = by[(by["a"] == a) & (by["b"] == b)]
+    return one.assign(layer=one["group"].map(lambda g: g[0]), module=one["group"].map(lambda g: g[1]))
 
 
 def every_tab(overlap, chosen: tuple, view: str, pair: str) -> tuple[dict, dict]:

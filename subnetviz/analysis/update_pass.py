@@ -47,7 +47,6 @@ from subnetviz.masks import PackedMasks
 
 ProgressFn = Callable[[int, int, str], None]
 GROUP_ENTRIES = 1 << 23  # entries read ahead per group of small tensors (16 MB of bf16)
-_PARTED = ("qkv", "gate_up")  # the only modules NameTable.part_counts splits (it returns [] for any other)
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,6 @@ class _Walk:
         self.alignments = [align([self.ck_base, c]) for c in self.cks]
         self.per_key = [{t.key: t for t in al.tensors} for al in self.alignments]
         self.table = self.ck_base.names_table
-        self._info: dict = {}
         self.options, self.spectra, self.dev = options, spectra, dev
         self.log = FormLog()
         n = len(self.cks)
@@ -211,13 +209,6 @@ class _Walk:
                 out.append(exc)
         return out
 
-    def info(self, name: str):
-        """The naming table's description of ``name`` (asked once per tensor, not per model and use)."""
-        got = self._info.get(name)
-        if got is None:
-            got = self._info[name] = self.table.describe(name)
-        return got
-
     def load(self, key: str) -> dict:  # the weight tensors one step compares, read (and checked) ahead
         out = {}
         for i, (ck, pk) in enumerate(zip(self.cks, self.per_key, strict=True)):
@@ -235,7 +226,7 @@ class _Walk:
         if at is None:
             return
         ck, fa, fb = self.cks[i], self.forms_base[at.names[0]], self.forms[i][at.names[1]]
-        info = self.info(at.names[0])
+        info = self.table.describe(at.names[0])
         if self.is_side(at, i):
             row = side_row(self.labels[i], key, at, info, self.ck_base, ck, fa, fb, self.dev, self.log, i)
             self.side[i].append(row)
@@ -253,13 +244,13 @@ class _Walk:
         row["changed_effective"] = changed_eff
         row["expert"] = None if info.expert is None else str(info.expert)
         self.rows[i].append(row)
-        parts = fused_part_rows(self.table, at.names[0], key, at.shape, st)
-        if not parts and st.row_counts is not None and info.module in _PARTED:
-            parts = [
+        self.parts[i].extend(
+            fused_part_rows(self.table, at.names[0], key, at.shape, st)
+            or [
                 {"key": key, "module": m, "numel": n, "changed": c}
                 for m, n, c in self.table.part_counts(at.names[0], at.shape, st.row_counts, st.col_counts)
             ]
-        self.parts[i].extend(parts)
+        )
         if st.mask is not None:
             self.masks[i].add(at.names[0], st.mask)
         if st.row_counts is not None and len(at.shape) >= 2:

@@ -17,6 +17,7 @@ canonical strings used across the app (heatmap columns), in :data:`MODULE_ORDER`
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -201,6 +202,11 @@ class NameTable:
         return None
 
     def describe(self, name: str) -> TensorInfo:
+        """Block, layer, module kind, parameter and expert of ``name``; cached per table and name (an
+        analysis asks once per model and use, and the answer is an immutable :class:`TensorInfo`)."""
+        return _describe(self, name)
+
+    def _describe_name(self, name: str) -> TensorInfo:
         short = strip_prefix(name)
         param = short.rsplit(".", 1)[-1] if "." in short else short
         m = _INT.search(short)
@@ -290,11 +296,11 @@ class NameTable:
         """(module, numel, changed) of each part of a fused tensor that :func:`fused_part_rows` does not
         split (Phi-3 ``qkv_proj`` / ``gate_up_proj``; packed 3-D ``gate_up_proj`` of every expert), from
         the row/column counts of the (shape[0], rest) view: no extra pass. [] for any other tensor."""
-        import torch
-
         info = self.describe(name)
         if row_counts is None or info.module not in ("qkv", "gate_up") or self.family in ("gpt2", "gpt_neox"):
             return []
+        import torch
+
         if info.expert == "all" and len(shape) == 3:  # (E, 2I, H) v5 layout, or Llama-4's (E, H, 2I)
             e, r, c = shape
             cols = torch.as_tensor(col_counts).reshape(r, c)
@@ -309,6 +315,11 @@ class NameTable:
         if not parts:
             return []
         return [(k, int(v.numel()) * width, int(v.sum())) for k, v in parts.items()]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _describe(table: NameTable, name: str) -> TensorInfo:
+    return table._describe_name(name)
 
 
 def module_sort_key(module: str) -> int:

@@ -61,7 +61,7 @@ def _seconds(env: str, default: float) -> float:
     return value if value > 0 else default
 
 
-def _address(address: str | None) -> str | None:
+def resolve_address(address: str | None) -> str | None:
     """The cluster to use: ``address``; None: the server's default (``SUBNETVIZ_RAY_ADDRESS``); ``""``:
     none, this process (a visitor who chose "this server", :func:`subnetviz.config.ray_clusters`)."""
     from subnetviz.jobs.ray_backend import ray_address
@@ -122,7 +122,7 @@ def cached_analysis(
 
     options = options if options is not None else SparsityOptions()
     kw = dict(labels=labels, options=options, spectra=spectra, device=device, progress=progress)
-    address = _address(address)
+    address = resolve_address(address)
     if not address:
         return updates.cached_analysis(base, finetuned, cache_root=cache_root, **kw)
     # the local path's lookup (updates.cached_analysis), its compute step replaced by the cluster's
@@ -162,7 +162,7 @@ def checkpoint_series(
     ``address`` (default ``SUBNETVIZ_RAY_ADDRESS``; ``""`` or none: in this process)."""
     from subnetviz.analysis import series
 
-    address = _address(address)
+    address = resolve_address(address)
     n = len(checkpoints)
     if not address or tensors is not None or n < 2 or (steps is not None and len(steps) != n):
         return series.checkpoint_series(checkpoints, steps, progress=progress, tensors=tensors)  # or its error

@@ -45,7 +45,7 @@ def cached_mask_analysis(
     from subnetviz.bigram import store
     from subnetviz.cache import entry
 
-    address = cluster._address(address)
+    address = cluster.resolve_address(address)
     if not address:
         return store.cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal, cache_root=cache_root)
     ent = entry("bigram", store.analysis_key(model, mask, corpus, optimal), root=cache_root)
@@ -74,7 +74,7 @@ def cached_behavior(
     """:func:`subnetviz.analysis.behavior.cached_behavior`, computed on the cluster at ``address`` on a miss."""
     from subnetviz.analysis import behavior
 
-    address = cluster._address(address)
+    address = cluster.resolve_address(address)
     if not address:
         return behavior.cached_behavior(config, progress, cache_root)
     ent, files = behavior.behavior_entry(config, cache_root)
@@ -155,7 +155,7 @@ def files_overlap(
     """The :class:`FilesOverlap` of the mask files ``paths`` (named ``labels``): on the cluster at
     ``address``, the files read there; with none, here."""
     paths, labels = [str(Path(p)) for p in paths], list(labels)
-    address = cluster._address(address)
+    address = cluster.resolve_address(address)
     if not address:
         return files_overlap_task(paths, labels)
     return cluster.drive("overlap", {"paths": paths, "labels": labels}, address, progress, 1, __name__)
