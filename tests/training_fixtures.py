@@ -66,6 +66,7 @@ def sleep_job(config: dict, ctx) -> None:
         ctx.progress(i + 1, steps, loss=1.0 / (i + 1))
     (ctx.out_dir / "done.txt").write_text("ok")
     (ctx.out_dir / "gpu.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    (ctx.out_dir / "cluster.txt").write_text(os.environ.get("SUBNETVIZ_RAY_ADDRESS", ""))
 
 
 def fail_job(config: dict, ctx) -> None:

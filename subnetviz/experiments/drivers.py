@@ -331,8 +331,9 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_job(config: dict, ctx) -> None:
-    """Job kind ``drivers``: ``results.csv`` and ``verdicts.csv`` in the run's outputs. With
-    ``SUBNETVIZ_RAY_ADDRESS`` set (and ``fanout`` not false) the runs fan out over the cluster."""
+    """Job kind ``drivers``: ``results.csv`` and ``verdicts.csv`` in the run's outputs. A job that runs
+    on a Ray cluster (the one its submitter chose: the worker sees it as ``SUBNETVIZ_RAY_ADDRESS``)
+    fans its runs out over that cluster unless ``fanout`` is false; a local job runs them here."""
     from subnetviz.jobs.ray_backend import ray_address
 
     res = run_drivers(

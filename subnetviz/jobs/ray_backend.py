@@ -204,6 +204,7 @@ def run_proxy(run_dir: str, address: str) -> int:
         ray = connect(address)
         res = job_resources(config)
         env = {k: v for k, v in os.environ.items() if k.startswith(("SUBNETVIZ_", "HF_", "TRANSFORMERS_", "OMP_"))}
+        env[RAY_ADDRESS_ENV] = address  # the job's own fan-out (drivers grid, series) stays on its cluster
         from subnetviz.jobs import ray_backend  # by reference: this file may be running as __main__
 
         task = ray.remote(ray_backend.run_on_worker).options(**res, max_retries=0, name=f"subnetviz-job-{rd.name}")

@@ -27,6 +27,7 @@ import psutil
 
 from subnetviz.errors import JobError
 from subnetviz.jobs.context import STATUS_FILE, read_json
+from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV
 from subnetviz.jobs.registry import TERMINAL, Registry, RunRecord, creation_time, is_alive
 
 REGISTRY_FILE = "registry.sqlite"
@@ -100,6 +101,10 @@ def start(registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | No
         )
         return None
     env = dict(os.environ)
+    # Where the job's own fan-out goes (the drivers grid, a series): the cluster it runs on. A local
+    # worker runs on "this server" even when the server's default cluster is set (a visitor chose it);
+    # the Ray proxy names its cluster to the task (ray_backend.main).
+    env.pop(RAY_ADDRESS_ENV, None)
     pkg_root = str(Path(__file__).resolve().parents[2])  # so the worker imports this very subnetviz
     paths = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *(p for p in paths if p != pkg_root)])

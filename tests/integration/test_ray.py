@@ -57,6 +57,26 @@ def test_job_runs_on_ray_like_a_local_job(ray_env, tmp_path):
     assert status["state"] == "succeeded"
 
 
+def test_a_jobs_fanout_follows_the_cluster_it_was_sent_to(ray_head, monkeypatch, tmp_path):
+    """A job sees as SUBNETVIZ_RAY_ADDRESS the cluster its runner sends it to (the drivers grid fans
+    out there), whatever the server's default: a visitor who chose "this server" gets a local job that
+    fans out nowhere, one who chose a named cluster gets that cluster with no default set."""
+    monkeypatch.setenv("SUBNETVIZ_ALLOW_TEST_JOBS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    job = {"kind": "python", "target": "tests.training_fixtures:sleep_job", "seconds": 0.1, "steps": 1}
+    seen = {}
+    for label, default, chosen in (("here", ray_head, ""), ("named", None, ray_head)):
+        if default:
+            monkeypatch.setenv(RAY_ADDRESS_ENV, default)
+        else:
+            monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
+        runner = JobRunner(tmp_path / label, ray_address=chosen)
+        rec = runner.wait(runner.submit(job), timeout=120)
+        assert rec.status == "succeeded", (Path(rec.run_dir) / "log.txt").read_text()
+        seen[label] = (rec.outputs / "cluster.txt").read_text()
+    assert seen == {"here": "", "named": ray_head}
+
+
 def test_failed_and_cancelled_jobs_on_ray(ray_env, tmp_path):
     runner = JobRunner(tmp_path / "runs")
     bad = runner.submit({"kind": "python", "target": "tests.training_fixtures:fail_job"})
