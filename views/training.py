@@ -50,7 +50,10 @@ def launch(ws) -> None:
         )
         eval_opts = [k for k in data if k.endswith("eval")]
         eval_data = d2.selectbox("Held-out data for accuracy", eval_opts, key="tr_eval", index=0 if eval_opts else None)
-        e1, e2, e3, e4, e5 = st.columns(5)
+        from subnetviz.jobs.cluster import resolve_address
+
+        on_cluster = bool(resolve_address(ui.compute_address()))  # jobs go to a Ray cluster: it hands out GPUs
+        e1, e2, e3, e4, e5, *e6 = st.columns(6 if on_cluster else 5)
         steps = e1.number_input("Steps", 1, 100_000, 30, key="tr_steps")
         lr = e2.number_input("Learning rate", 1e-8, 1.0, 1e-5, format="%.1e", key="tr_lr")
         seed = e3.number_input("Seed", 0, 2**31 - 1, 0, key="tr_seed")
@@ -61,8 +64,23 @@ def launch(ws) -> None:
             help="single process, DDP, FSDP2 or DeepSpeed ZeRO-2 / ZeRO-3 (sharded; GPUs or CPU)",
         )
         nproc = e5.number_input("Processes", 1, 256, 1, key="tr_nproc", help="processes that train together")
+        gpus = (
+            e6[0].number_input(
+                "GPUs",
+                0,
+                256,
+                0,
+                key="tr_gpus",
+                help="GPUs the job asks its Ray cluster for; the processes that train together share them "
+                "(one each). 0: it trains on CPUs.",
+            )
+            if on_cluster
+            else 0
+        )
         submitted = st.form_submit_button("Launch run", type="primary", icon=":material/play_arrow:")
-    if submitted:
+    if submitted and 0 < gpus < nproc:
+        ui.error(f"{int(nproc)} processes need {int(nproc)} GPUs (one each); the job asks for {int(gpus)}.")
+    elif submitted:
         mask = masks[mask_label]
         if mask and random_twin:
             mask = f"random:{mask}"
@@ -82,6 +100,7 @@ def launch(ws) -> None:
             "seed": int(seed),
             "strategy": strategy,
             "num_processes": int(nproc),
+            **({"num_gpus": int(gpus)} if gpus else {}),
         }
         if algorithm == "grpo":
             cfg.update(batch_size=16, num_generations=8, max_completion_length=4)

@@ -148,3 +148,35 @@ def test_bigram_behaviour_overlap_pages_on_the_chosen_cluster(ray_head, fresh_ho
     assert rec.launch["command"][-3:] == ["subnetviz.jobs.ray_backend", "--address", ray_head], rec.launch
     runner.cancel(rec.id)
     assert runner.wait(rec.id, timeout=120).status in ("cancelled", "succeeded")
+
+
+def test_training_form_asks_a_cluster_for_gpus(ray_head, fresh_home, monkeypatch):
+    """On a cluster the Training form asks how many GPUs the job gets (Ray hands them out; the training
+    processes take one each), refuses fewer GPUs than processes, and queues the count with the run; on
+    this server there is no such field."""
+    from subnetviz.jobs.runner import JobRunner
+
+    monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
+    monkeypatch.setenv("SUBNETVIZ_RAY_ADDRESSES", f"lab={ray_head}")
+    queued: list[dict] = []
+
+    at = open_page("training", tr_view="Launch")
+    _clean(at)
+    assert "GPUs" not in [n.label for n in at.number_input]
+    at = open_page("training", tr_view="Launch", cluster="lab")
+    _clean(at)
+    assert "GPUs" in [n.label for n in at.number_input]
+    # the job is recorded, not trained: the form's wiring is what is tested here
+    monkeypatch.setattr(JobRunner, "submit", lambda self, cfg, name=None: queued.append(cfg) or "run-1")
+    at.selectbox(key="tr_strategy").select("ddp")
+    at.number_input(key="tr_nproc").set_value(2)
+    at.number_input(key="tr_gpus").set_value(1)
+    next(b for b in at.button if b.label == "Launch run").click().run()
+    assert not at.exception and queued == []
+    assert [e.value.replace("\\", "") for e in at.main.error] == [
+        "2 processes need 2 GPUs (one each); the job asks for 1."
+    ]
+    at.number_input(key="tr_gpus").set_value(2)
+    next(b for b in at.button if b.label == "Launch run").click().run()
+    _clean(at)
+    assert [(c["strategy"], c["num_processes"], c["num_gpus"]) for c in queued] == [("ddp", 2, 2)]
