@@ -4,11 +4,12 @@ PORT ?= 8501
 
 .PHONY: app test lint bench demo
 
-# Set up (idempotent), build the demo zoo on first start (with progress), then serve the app.
+# Set up (idempotent), build the demo zoo on first start (with progress), then serve the app
+# (streamlit run, importing what the pages need while the server starts: subnetviz/serve.py).
 app:
 	bash scripts/bootstrap.sh
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m subnetviz demo build
-	$(PY) -m streamlit run app.py --server.headless true --server.port $(PORT)
+	$(PY) -m subnetviz.serve run app.py --server.headless true --server.port $(PORT)
 
 # Set up (idempotent, with Debian chromium for the browser tests), lint, then every test.
 test:

@@ -38,15 +38,17 @@ def free_port() -> int:
 
 
 def start_server(env: dict, root: Path = ROOT, log=subprocess.DEVNULL, timeout: float = 90.0):
-    """``streamlit run app.py`` of the checkout ``root`` on a free loopback port with ``env``; returns
-    ``(process, url)`` once ``/_stcore/health`` answers (RuntimeError, process killed, if it never does).
+    """``streamlit run app.py`` of the checkout ``root`` on a free loopback port with ``env``, started as
+    ``make app`` starts it (``subnetviz.serve``, where ``root`` has it); returns ``(process, url)`` once
+    ``/_stcore/health`` answers (RuntimeError, process killed, if it never does).
     ``log``: where the server's output goes. The e2e fixture and ``benches/bench_pages`` both start it here."""
     port = free_port()
+    launcher = "subnetviz.serve" if (root / "subnetviz" / "serve.py").is_file() else "streamlit"
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "streamlit",
+            launcher,
             "run",
             "app.py",
             "--server.headless",

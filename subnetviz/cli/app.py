@@ -57,7 +57,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "streamlit",
+        "subnetviz.serve",  # streamlit run, importing what the pages need while the server starts
         "run",
         str(app),
         *streamlit_config_flags(app, Path.cwd()),

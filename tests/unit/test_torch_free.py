@@ -71,3 +71,16 @@ def test_a_cached_run_comparison_is_read_back_without_torch(tmp_path):
     assert got["share"] == first.share_identical
     assert got["hist"] == first.ulp_histogram["count"].tolist()
     pd.testing.assert_frame_equal(pd.DataFrame(got["vs_base"]), first.vs_base, check_dtype=False)
+
+
+def test_server_warm_up_imports_the_page_modules_without_torch():
+    """``make app``'s launcher (subnetviz.serve) imports what every page's first run needs before the
+    server answers: all of it imports, and none of it pulls in torch (a server that shows cached results
+    never needs it); a module that does not exist is reported, not raised."""
+    got = _child(
+        "import json, sys; from streamlit.web import cli; from subnetviz.serve import WARM, warm; "
+        "failed = warm(); missing = warm(('json', 'subnetviz_no_such_module')); "
+        "print(json.dumps({'failed': failed, 'missing': missing, 'torch': 'torch' in sys.modules, "
+        "'warmed': all(m in sys.modules for m in WARM)}))"
+    )
+    assert got == {"failed": [], "missing": ["subnetviz_no_such_module"], "torch": False, "warmed": True}

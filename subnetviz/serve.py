@@ -1,0 +1,58 @@
+"""``python -m subnetviz.serve run app.py [streamlit options]``: Streamlit's own command line, in a process
+that has imported what the pages need before the server starts.
+
+A plain ``streamlit run`` imports only Streamlit; the first visitor's first script run then pays for
+NumPy, pandas, pyarrow, Plotly and subnetviz's page modules (1-1.5 s on a 2-core machine) while the
+visitor waits. Here they are imported first, in the main thread (the server answers a second later;
+imports running beside the server's start raced with Streamlit's own import of Plotly). Nothing is
+computed and no file is read but modules: the pages' results are the same. A module that fails to
+import is left to the page, which reports it as it always does. Torch is not among them: a server that
+only shows cached results never needs it. ``make app``, ``subnetviz app`` and the browser tests start
+the server this way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# What every page's first run imports beyond Streamlit (the cached views).
+WARM = (
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "plotly.graph_objects",
+    "subnetviz.ui",
+    "subnetviz.report.training",
+    "subnetviz.report.html",
+    "subnetviz.figures.updates",
+    "subnetviz.figures.spectra",
+    "subnetviz.figures.overlap",
+    "subnetviz.figures.series",
+)
+WARM_ENV = "SUBNETVIZ_WARM"  # "0": none (as a plain ``streamlit run``, e.g. to measure against)
+
+
+def warm(modules: tuple[str, ...] = WARM) -> list[str]:
+    """Import ``modules`` in order; the names that failed (each is the page's to report)."""
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a missing optional module is the page's to report, not the server's
+            failed.append(name)
+    return failed
+
+
+def main() -> None:
+    from streamlit.web import cli  # Streamlit first: it configures Plotly's theme as it is imported
+
+    if os.environ.get(WARM_ENV, "1") != "0":
+        warm()
+    sys.argv[0] = "streamlit"  # click's program name in Streamlit's own messages
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
