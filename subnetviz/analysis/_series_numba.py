@@ -84,10 +84,36 @@ def window(first, prev, addresses, ever, special, n, itemsize):  # pragma: no co
     caller; ``special`` (its type is the entries' integer type) the pattern whose bits all set flag
     an entry. ``ever``: the packed flags (uint64 per 64 entries, bit i of word w: entry 64 w + i),
     updated in place. Returns (k, 4) uint64: #≠ previous, #≠ first, #ever updated, any flagged entry
-    (nonzero). Block by block; in a block, :data:`GROUP` versions at a time, 64 entries of each in
-    turn (the flags of those 64 entries and the previous version's entries stay in registers/L1)."""
+    (nonzero)."""
+    acc = np.zeros((addresses.size, 4), np.uint64)
+    _window_into(first, prev, addresses, ever, special, n, itemsize, acc)
+    return acc
+
+
+@jit
+def tensors(addresses, sizes, ever, special, itemsize):  # pragma: no cover (compiled)
+    """:func:`window` of several tensors in one call: row t of ``addresses`` (T, K+1) holds the data
+    addresses of tensor t's versions in order, the first included (compared with itself: its counts
+    are 0 and its finite check rides along), ``sizes[t]`` its entries; ``ever`` (zeros) holds every
+    tensor's packed flags one after another (ceil(size / 64) words each). Returns (T, K+1, 4)."""
+    count, k1 = addresses.shape
+    acc = np.zeros((count, k1, 4), np.uint64)
+    w0 = 0
+    for t in range(count):
+        n = sizes[t]
+        words = (n + LANES - 1) // LANES
+        row = addresses[t]
+        _window_into(row[0], row[0], row, ever[w0 : w0 + words], special, n, itemsize, acc[t])
+        w0 += words
+    return acc
+
+
+@jit
+def _window_into(first, prev, addresses, ever, special, n, itemsize, acc):  # pragma: no cover (compiled)
+    """:func:`window`'s counts added into ``acc`` (k, 4). Block by block; in a block, :data:`GROUP`
+    versions at a time, 64 entries of each in turn (the flags of those 64 entries and the previous
+    version's entries stay in registers/L1)."""
     k = addresses.size
-    acc = np.zeros((k, 4), np.uint64)
     full = n // LANES
     step = LANES * itemsize
     for s in range(0, full, BLOCK_WORDS):
@@ -126,4 +152,3 @@ def window(first, prev, addresses, ever, special, n, itemsize):  # pragma: no co
             acc[j, 2] += _popcount(ev)
             p = c
         ever[full] = ev
-    return acc

@@ -8,10 +8,12 @@ out". At the end it splits all parameters into never updated / updated but uncha
 end / the final subnetwork. Comparisons are bitwise on each tensor's stored dtype.
 
 Each checkpoint is read once: a tensor's versions come in order, and each version is compared
-against the first and the previous one in the same pass; with numba installed the counts and the
-finite check (the first version's too) are one compiled loop over a window of versions
-(:mod:`~subnetviz.analysis.series_jit`), otherwise NumPy blocks, one read ahead in a thread, and a
-finite check per version.
+against the first and the previous one in the same pass. With numba installed the counts and the
+finite check (the first version's too) are one compiled loop (:mod:`~subnetviz.analysis.series_jit`);
+tensors stored in safetensors files are read there by address from one memory map per file, runs of
+consecutive tensors in one call (no tensor object, no Python step per version: a 0.1B model is
+~360 tensors x 16 versions), others tensor by tensor over windows of versions. Without numba:
+NumPy blocks, one read ahead in a thread, and a finite check per version.
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ def checkpoint_series(
 
     ``tensors``: only these aligned tensor keys (``AlignedTensor.key``), for a fan-out over workers
     whose integer counts add up to the whole (:func:`subnetviz.jobs.fanout.series_fanout`).
-    ``read_ahead``: read (and map) the next versions in a background thread while comparing. Default:
-    only without the compiled loop. The compiled loop maps the pages itself without the GIL; a
-    second thread then hides the mapping only on an idle core and costs ~25 % more CPU (16 x 0.1B
-    in the page cache: ~1.15 s CPU with it, ~0.9 s without, on a busy 2-core machine).
+    ``read_ahead``: read (and map) the next versions in a background thread while comparing, tensor
+    by tensor. Default: only without the compiled loop. The compiled loop maps the pages itself
+    without the GIL; a second thread then hides the mapping only on an idle core and costs ~25 %
+    more CPU (16 x 0.1B in the page cache: ~1.15 s CPU with it, ~0.9 s without, on a busy 2-core
+    machine), and it forgoes the reads by address (16 x 0.1B: ~0.45 s CPU).
     """
     if len(checkpoints) < 2:
         raise ConfigError(f"a checkpoint series needs at least two checkpoints, got {len(checkpoints)}.")
@@ -70,58 +73,32 @@ def checkpoint_series(
     al = align(cks)
     todo = [t for t in al.tensors if tensors is None or t.key in tensors]
     k = len(cks) - 1
-    vs_first = [0] * k
-    vs_prev = [0] * k
-    ever_back = [0] * k
-    numel = 0
-    never = cancelled = final = 0
     jit = series_jit.available()
     ahead = (not jit) if read_ahead is None else read_ahead
-    # Each checkpoint is read once, tensor by tensor, optionally one read ahead of the comparison
-    # (bounded: the first and previous versions, the current one and the one being read).
-    from subnetviz.analysis.update_pass import prefetched  # the one read-ahead; late: it imports a lot
-
-    def load(group: tuple) -> list[torch.Tensor]:
-        t, versions, in_loop = group
-        out = []
-        for i in versions:
-            v = read_aligned(cks[i], t, i)
-            if not in_loop:
-                check_finite(v, where(t, i))
-            elif ahead:  # checked in the compiled loop: map its pages here (one byte each), off the comparing thread
-                series_jit.touch(v)
-            out.append(v)
-        return out
 
     def where(t, i: int) -> str:
         return f"{cks[i].spec} :: {t.names[i]}"
 
-    fused = {}  # tensor key -> versions after the first checked inside the compiled loop
-    for t in todo:
-        dtypes = {ck.meta(n).dtype for ck, n in zip(cks, t.names, strict=True)}
-        cast = len(dtypes) > 1 or next(iter(dtypes)) not in INT_VIEW  # compare in float32, as before
-        fused[t.key] = (cast, jit and not cast and next(iter(dtypes)) in series_jit.IEEE)
-    # read ahead by groups of up to a window's bytes of consecutive versions (one thread handoff per
-    # group, not per version; at most the current and the next group mapped besides the first version)
-    groups = []
-    for t in todo:
-        per = max(1, WINDOW_BYTES // max(1, math.prod(t.shape) * cks[0].meta(t.names[0]).dtype.itemsize))
-        groups += [(t, range(g, min(g + per, len(cks))), fused[t.key][1]) for g in range(0, len(cks), per)]
-    stream = itertools.chain.from_iterable(prefetched(groups, load) if ahead else map(load, groups))
-    for t_i, t in enumerate(todo):
-        if progress:
-            progress(t_i, len(todo), t.key)
-        cast, in_loop = fused[t.key]
-        checked = (lambda j, v, t=t: check_finite(v, where(t, j))) if in_loop else None
-        c = _tensor_series((next(stream) for _ in cks), k, cast, t.key, checked)
-        numel += c.numel
-        for i in range(k):
-            vs_prev[i] += c.vs_prev[i]
-            vs_first[i] += c.vs_first[i]
-            ever_back[i] += c.ever_back[i]
-        final += c.vs_first[-1]
-        cancelled += c.ever - c.vs_first[-1]
-        never += c.numel - c.ever
+    way = {t.key: _way(cks, t, jit, ahead) for t in todo}
+    stream = _versions(cks, [t for t in todo if way[t.key][2] is None], way, ahead, where)
+    totals = _Totals(k)
+    maps = series_jit.FileMaps()
+    try:
+        for run in _runs(todo, way):
+            for t in run:
+                if progress:
+                    progress(totals.done, len(todo), t.key)
+                totals.done += 1
+            cast, in_loop, dtype = way[run[0].key]
+            if dtype is not None:  # by address, a run of tensors in one compiled call
+                totals.add_run(*_mapped_counts(cks, run, dtype, maps, where))
+                continue
+            checked = (lambda j, v, t=run[0]: check_finite(v, where(t, j))) if in_loop else None
+            totals.add(_tensor_series((next(stream) for _ in cks), k, cast, run[0].key, checked))
+    finally:
+        maps.close()
+    vs_first, vs_prev, ever_back = totals.vs_first.tolist(), totals.vs_prev.tolist(), totals.ever_back.tolist()
+    numel, never, cancelled, final = totals.numel, totals.never, totals.cancelled, totals.final
     if progress:
         progress(len(todo), len(todo), "done")
     rows = pd.DataFrame(
@@ -144,6 +121,117 @@ def checkpoint_series(
     return SeriesResult(rows, split, numel)
 
 
+def _way(cks: list[Checkpoint], t, jit: bool, ahead: bool) -> tuple[bool, bool, torch.dtype | None]:
+    """How tensor ``t`` is compared: (cast to float32 first, finite check inside the compiled loop, its
+    dtype where it is read by address in a run of tensors, else None). By address: every version a
+    safetensors tensor of one IEEE dtype, the compiled loop on and no read-ahead thread asked for."""
+    metas = [ck.meta(n) for ck, n in zip(cks, t.names, strict=True)]
+    dtype = metas[0].dtype
+    cast = any(m.dtype != dtype for m in metas) or dtype not in INT_VIEW  # compare in float32, as before
+    in_loop = jit and not cast and dtype in series_jit.IEEE
+    mapped = in_loop and not ahead and all(series_jit.FileMaps.mappable(m) for m in metas)
+    return cast, in_loop, dtype if mapped else None
+
+
+def _versions(cks: list[Checkpoint], todo: list, way: dict, ahead: bool, where: Callable) -> Iterator[torch.Tensor]:
+    """The versions of the tensors ``todo`` (those not read by address), tensor by tensor, each in
+    checkpoint order, optionally read one group ahead in a thread (bounded: the first and previous
+    versions, the current group and the one being read). A version whose finite check the compiled
+    loop does not fuse is checked as it is read."""
+
+    def load(group: tuple) -> list[torch.Tensor]:
+        t, versions, in_loop = group
+        out = []
+        for i in versions:
+            v = read_aligned(cks[i], t, i)
+            if not in_loop:
+                check_finite(v, where(t, i))
+            elif ahead:  # checked in the compiled loop: map its pages here (one byte each), off the comparing thread
+                series_jit.touch(v)
+            out.append(v)
+        return out
+
+    # groups of up to a window's bytes of consecutive versions (one thread handoff per group, not per
+    # version; at most the current and the next group mapped besides the first version)
+    groups = []
+    for t in todo:
+        per = max(1, WINDOW_BYTES // max(1, math.prod(t.shape) * cks[0].meta(t.names[0]).dtype.itemsize))
+        groups += [(t, range(g, min(g + per, len(cks))), way[t.key][1]) for g in range(0, len(cks), per)]
+    if ahead and groups:
+        from subnetviz.analysis.update_pass import prefetched  # the one read-ahead; late: it imports a lot
+
+        return itertools.chain.from_iterable(prefetched(groups, load))
+    return itertools.chain.from_iterable(map(load, groups))
+
+
+def _runs(todo: list, way: dict) -> Iterator[list]:
+    """``todo`` in order, cut into runs: consecutive tensors read by address in one dtype, up to
+    :data:`RUN_ENTRIES` entries per version (a larger tensor is a run of its own); any other tensor
+    is a run of one."""
+    run: list = []
+    size = 0
+    for t in todo:
+        dtype, n = way[t.key][2], math.prod(t.shape)
+        if run and (dtype is None or way[run[0].key][2] != dtype or size + n > RUN_ENTRIES):
+            yield run
+            run, size = [], 0
+        run.append(t)
+        size += n
+    if run:
+        yield run
+
+
+def _mapped_counts(cks: list[Checkpoint], run: list, dtype: torch.dtype, maps, where: Callable) -> tuple:
+    """(counts (T, K+1, 4) of :func:`~subnetviz.analysis.series_jit.tensor_counts`, entries per tensor)
+    of a run of tensors read by address from ``maps``. A version the loop flags as holding Inf/NaN is
+    read and checked again (:func:`check_finite` raises with the exact count), in tensor order, then
+    checkpoint order, as the tensor-by-tensor loop would have met them."""
+    sizes = [math.prod(t.shape) for t in run]
+    addresses = np.array(
+        [
+            [maps.address(ck.meta(name), n) for ck, name in zip(cks, t.names, strict=True)]
+            for t, n in zip(run, sizes, strict=True)
+        ],
+        np.int64,
+    )
+    sizes = np.array(sizes, np.int64)
+    counts = series_jit.tensor_counts(addresses, sizes, series_jit.special_bits(dtype), dtype.itemsize)
+    for r, j in zip(*np.nonzero(counts[:, :, 3]), strict=True):
+        check_finite(read_aligned(cks[j], run[r], j), where(run[r], j))
+    return counts, sizes
+
+
+class _Totals:
+    """The counts of the series summed over its tensors: per step i = 1..K (int64 arrays) and the split."""
+
+    def __init__(self, k: int):
+        self.vs_prev, self.vs_first, self.ever_back = (np.zeros(k, np.int64) for _ in range(3))
+        self.numel = self.never = self.cancelled = self.final = self.done = 0
+
+    def add(self, c: _TensorCounts) -> None:
+        self.numel += c.numel
+        self.vs_prev += c.vs_prev
+        self.vs_first += c.vs_first
+        self.ever_back += c.ever_back
+        self.final += c.vs_first[-1]
+        self.cancelled += c.ever - c.vs_first[-1]
+        self.never += c.numel - c.ever
+
+    def add_run(self, counts: np.ndarray, sizes: np.ndarray) -> None:
+        """Counts of several tensors (:func:`_mapped_counts`; column 0 is each tensor's first version)."""
+        steps, last = counts[:, 1:], counts[:, -1]
+        self.vs_prev += steps[..., 0].sum(0)
+        self.vs_first += steps[..., 1].sum(0)
+        self.ever_back += (steps[..., 2] - steps[..., 1]).sum(0)
+        self.numel += int(sizes.sum())
+        self.final += int(last[:, 1].sum())
+        self.cancelled += int((last[:, 2] - last[:, 1]).sum())
+        self.never += int((sizes - last[:, 2]).sum())
+
+
+# Entries per version of one compiled call over a run of tensors read by address (a larger tensor is a
+# call of its own): the packed "ever updated" flags of a call take RUN_ENTRIES / 8 bytes.
+RUN_ENTRIES = 1 << 26
 # Entries per block of the NumPy blocks: each version's block is compared while the first and previous
 # versions' blocks and the "ever updated" flags stay in L2 (~1 MB together), so only the new version
 # streams in (the compiled loop has its own blocks: _series_numba.BLOCK_WORDS).

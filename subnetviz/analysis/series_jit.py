@@ -16,6 +16,9 @@ uses the NumPy blocks and a finite check per version.
 from __future__ import annotations
 
 import functools
+import json
+import mmap
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,6 +81,81 @@ def window_counts(
     return acc[:, :3].astype(np.int64).tolist(), np.flatnonzero(acc[:, 3]).tolist()
 
 
+class FileMaps:
+    """Read-only memory maps of safetensors files, one per file, made on first use: the data address
+    of a stored tensor without a tensor object per read (the series reads thousands of them).
+    :meth:`close` unmaps them all (the addresses are invalid after it)."""
+
+    def __init__(self):
+        self._files: dict[Path, tuple] = {}  # path -> (mmap, data section address, its offset, header)
+
+    @staticmethod
+    def mappable(meta) -> bool:
+        """Whether a tensor (its :class:`~subnetviz.checkpoints.TensorMeta`) is read by address: stored
+        in a safetensors file (a checkpoint reads every other file with ``torch.load``)."""
+        return meta.file.suffix == ".safetensors"
+
+    def address(self, meta, numel: int) -> int:
+        """The data address of the first ``numel`` entries of the tensor ``meta`` describes (valid until
+        :meth:`close`). Its header entry must still say what the checkpoint read: its dtype, at least
+        ``numel`` entries, inside the file."""
+        from subnetviz.checkpoints.header import ST_DTYPE_INFO
+        from subnetviz.errors import CheckpointError
+
+        got = self._files.get(meta.file)
+        if got is None:
+            got = self._files[meta.file] = _map(meta.file)
+        mm, data, offset, header = got
+        info = header.get(meta.name)
+        want = str(meta.dtype).removeprefix("torch.")
+        if info is not None:
+            begin, end = info["data_offsets"]
+            stored, size = ST_DTYPE_INFO.get(info["dtype"], ("", 0))
+        if info is None or stored != want or numel * size > end - begin or offset + end > mm.size():
+            raise CheckpointError(f"{meta.file}: tensor {meta.name!r} changed since the header was read.")
+        return data + begin
+
+    def close(self) -> None:
+        files, self._files = self._files, {}
+        for mm, *_ in files.values():
+            mm.close()
+
+
+def _map(path: Path) -> tuple:
+    """(read-only map of the whole file, the address of its data section, that section's offset, parsed header)."""
+    from subnetviz.errors import CheckpointError
+
+    try:
+        with open(path, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot map ({exc}).") from exc
+    n = int.from_bytes(mm[:8], "little")
+    try:
+        header = json.loads(mm[8 : 8 + n])
+    except ValueError as exc:
+        mm.close()
+        raise CheckpointError(f"{path}: corrupt safetensors header ({exc}).") from exc
+    view = np.frombuffer(mm, np.uint8)  # only for the address: the map stays open until close()
+    address = view.ctypes.data
+    del view
+    return mm, address + 8 + n, 8 + n, header
+
+
+def tensor_counts(addresses: np.ndarray, sizes: np.ndarray, special: np.generic, itemsize: int) -> np.ndarray:
+    """The counts of several tensors' versions in one compiled call: ``addresses`` (T, K+1) int64, row t
+    the data addresses of tensor t's ``sizes[t]`` entries in each version (the first included), kept
+    alive by the caller; ``special``: :func:`special_bits` of their dtype (entries of ``itemsize``
+    bytes). Returns (T, K+1, 4) int64: per version #≠ previous, #≠ first, #ever updated (0 for the
+    first), and whether it holds a pattern with every bit of ``special`` set (Inf/NaN)."""
+    if np.asarray(special).dtype.itemsize != itemsize:
+        raise ValueError(f"special pattern of {np.asarray(special).dtype} for entries of {itemsize} bytes")
+    words = (sizes + 63) // 64
+    ever = np.zeros(int(words.sum()), np.uint64)
+    acc = _module().tensors(addresses, sizes, ever, special, itemsize)
+    return acc.astype(np.int64)
+
+
 def warm() -> float:
     """Load the compiled loops (the first one a process loads costs ~0.5 s: numba's code loader);
     returns the seconds it took. For servers and benchmarks, before the first series."""
@@ -87,4 +165,6 @@ def warm() -> float:
     if available():
         x = torch.zeros(9, dtype=torch.bfloat16)
         window_counts(x, x, [x], new_flags(9), special_bits(torch.bfloat16))
+        at = np.full((1, 2), x.data_ptr(), np.int64)
+        tensor_counts(at, np.array([9], np.int64), special_bits(torch.bfloat16), 2)
     return time.perf_counter() - t0

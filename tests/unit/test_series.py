@@ -90,13 +90,18 @@ def _reference_series(versions: list[np.ndarray]) -> dict:
     return out
 
 
-@pytest.mark.parametrize(("seed", "window_bytes"), [(0, 1 << 30), (1, 1), (2, 900)])
-def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp_path, monkeypatch, seed, window_bytes):
-    """Random bit-level walks (moves and returns to the initial value, a float32 tensor, a -0/+0
-    flip) against the all-versions-at-once definition; every (checkpoint, tensor) is read once.
-    Windows of versions: all at once, one at a time, and a few (900 bytes: 1 to 2 versions of the
-    float32 tensor, ~2 of the bf16 one, all of the norm: windows end mid-series)."""
+@pytest.mark.parametrize(("seed", "window_bytes", "read_ahead"), [(0, 1 << 30, None), (1, 1, True), (2, 900, True)])
+def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(
+    tmp_path, monkeypatch, seed, window_bytes, read_ahead
+):
+    """Random bit-level walks (moves and returns to the initial value, a float32 tensor, a tensor
+    stored as bf16 in some checkpoints and float32 in others, a -0/+0 flip) against the
+    all-versions-at-once definition; every (checkpoint, tensor) is read once, by address (the
+    compiled loop over runs of tensors) or as a tensor. With the read-ahead thread, tensor by
+    tensor in windows of versions: all at once, one at a time, and a few (900 bytes: 1 to 2
+    versions of the float32 tensor, ~2 of the bf16 one, all of the norm: windows end mid-series)."""
     import subnetviz.analysis.series as series
+    from subnetviz.analysis.series_jit import FileMaps
 
     monkeypatch.setattr(series, "WINDOW_BYTES", window_bytes)
 
@@ -105,6 +110,7 @@ def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp
     names = {
         "model.layers.0.mlp.up_proj.weight": (30, 7),
         "model.layers.0.mlp.down_proj.weight": (7, 30),
+        "model.layers.0.mlp.gate_proj.weight": (5, 9),
         "model.norm.weight": (7,),
     }
     walks = {}
@@ -127,6 +133,8 @@ def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp
     for i in range(c + 1):
         tensors = {n: torch.from_numpy(vs[i].copy()).view(torch.bfloat16) for n, vs in walks.items()}
         tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"].float()
+        if i % 2:  # compared in float32 (exact for bf16: the same changes)
+            tensors["model.layers.0.mlp.gate_proj.weight"] = tensors["model.layers.0.mlp.gate_proj.weight"].float()
         paths.append(_write(tmp_path / f"c{i}", tensors))
     monkeypatch.setattr(series, "CHUNK_ELEMENTS", 17)  # several blocks per tensor, the last one partial
     reads = []
@@ -134,7 +142,15 @@ def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(tmp
     monkeypatch.setattr(
         series, "read_aligned", lambda ck, t, i, *a: reads.append((i, t.names[i])) or real(ck, t, i, *a)
     )
-    res = checkpoint_series(paths)
+    by_address = FileMaps.address
+    monkeypatch.setattr(
+        FileMaps,
+        "address",
+        lambda self, meta, n: (
+            reads.append((paths.index(str(meta.file.parent)), meta.name)) or by_address(self, meta, n)
+        ),
+    )
+    res = checkpoint_series(paths, read_ahead=read_ahead)
     assert sorted(reads) == sorted({(i, k) for i in range(c + 1) for k in names}) and len(reads) == len(set(reads))
     refs = [_reference_series([vs[i] for i in range(c + 1)]) for vs in walks.values()]
     total = {key: np.sum([r[key] for r in refs], axis=0).tolist() for key in ("vs_first", "vs_prev", "ever_back")}
@@ -225,3 +241,22 @@ def test_non_finite_first_checkpoint_is_refused_by_both_loops(tmp_path, loop, si
     paths = [_write(tmp_path / f"c{i}", {"model.w.weight": x}) for i, x in enumerate([bad, base, bad])]
     with pytest.raises(NonFiniteError, match=r"/c0 :: model.w.weight: 2 NaN/Inf value\(s\)"):
         checkpoint_series(paths)
+
+
+def test_a_file_rewritten_after_its_header_was_read_is_refused(tmp_path):
+    """Tensors read by address are found through the file's header as it is when mapped: a checkpoint
+    rewritten after it was opened (another dtype) is refused, naming the file and tensor, not
+    compared as whatever bytes sit there now."""
+    from subnetviz.analysis import series_jit
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.errors import CheckpointError
+
+    if not series_jit.available():
+        pytest.skip("numba not installed: no reads by address")
+
+    x = torch.linspace(-2, 2, 130).to(torch.bfloat16)
+    paths = [_write(tmp_path / f"c{i}", {"model.w.weight": x}) for i in range(3)]
+    cks = [open_checkpoint(p) for p in paths]
+    _write(tmp_path / "c1", {"model.w.weight": x.to(torch.float16)})
+    with pytest.raises(CheckpointError, match=r"c1/model.safetensors: tensor 'model.w.weight' changed"):
+        checkpoint_series(cks)
