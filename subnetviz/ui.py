@@ -364,18 +364,20 @@ def chart(fig, key: str) -> None:
 
 
 def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
-    """A dataframe with CSV and Parquet downloads beside it; numbers formatted by
-    :func:`subnetviz.report.formats.column_formats` (separators, percent, scientific)."""
-    from subnetviz.report.formats import SCIENTIFIC, column_formats
+    """A dataframe with CSV and Parquet downloads beside it; numbers shown by
+    :func:`subnetviz.report.formats.display_frame` (separators, percent with two decimals, scientific),
+    as the HTML export writes them; the downloads hold ``df`` itself."""
+    from subnetviz.report.formats import MISSING, SCIENTIFIC, display_frame
     from subnetviz.report.html import download_frame
 
+    shown, fmts = shared(display_frame, df)
     # e-notation is wider than the column's auto-size guess from its header or its blank cells: fixed width
     formats = {
-        c: st.column_config.NumberColumn(format=f, width=96 if f == SCIENTIFIC else None)
-        for c, f in shared(column_formats, df).items()
+        c: st.column_config.NumberColumn(format=f, width=96 if f == SCIENTIFIC else None) for c, f in fmts.items()
     }
     kwargs["column_config"] = {**formats, **(kwargs.get("column_config") or {})}
-    st.dataframe(df, key=key, width="stretch", hide_index=True, **kwargs)
+    kwargs.setdefault("placeholder", MISSING)  # a missing value reads as a dash, not a grey "None"
+    st.dataframe(shown, key=key, width="stretch", hide_index=True, **kwargs)
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
     kinds = [("CSV", "csv", "csv", "text/csv"), ("Parquet", "parquet", "pq", "application/octet-stream")]
     row = st.container(horizontal=True)  # buttons as wide as their labels, also in a narrow column

@@ -30,6 +30,7 @@ _SHARE = re.compile(
 )
 _RATIO = re.compile(r"(^|_)(ratio|x_chance|times_chance)($|_)", re.IGNORECASE)
 SMALL = 1e-3
+MISSING = "—"  # a missing value, in the app's tables (their placeholder) and in the export
 
 
 def column_format(name: object, values: pd.Series) -> str | None:
@@ -68,7 +69,7 @@ def column_formats(df: pd.DataFrame) -> dict[str, str]:
 def format_value(value: object, fmt: str | None) -> str:
     """``value`` as the app shows it under ``fmt`` (for the HTML export); missing values read '—'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
+        return MISSING
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
         return str(value)
     x = float(value)
@@ -91,3 +92,20 @@ def formatted_frame(df: pd.DataFrame) -> pd.DataFrame:
         if str(c) in formats or pd.api.types.is_float_dtype(df[c]):
             out[c] = [format_value(v, formats.get(str(c))) for v in df[c]]
     return out
+
+
+SHOWN_PERCENT = "%.2f %%"  # a share column in the app's tables: its values × 100 (display_frame)
+
+
+def display_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``df`` as the app's tables show it, and each column's format there: shares in percent with two
+    decimals, as the export writes them (Streamlit's own "percent" drops trailing zeros, so one column
+    read "47%" above "48.5%"); other columns as :func:`column_formats` says. The values of a share
+    column are multiplied by 100 for the view only: downloads hold the fractions."""
+    formats = column_formats(df)
+    shares = [c for c in df.columns if formats.get(str(c)) == PERCENT]
+    if shares:
+        df = df.copy()
+        for c in shares:
+            df[c] = pd.to_numeric(df[c]) * 100
+    return df, {c: SHOWN_PERCENT if f == PERCENT else f for c, f in formats.items()}

@@ -107,6 +107,8 @@ def test_workspace_numbers_equal_backend(app_env):
     cells = [str(v) for df in at.dataframe for col in df.value.columns for v in df.value[col]]
     assert not [c for c in cells if c.startswith("/")], [c for c in cells if c.startswith("/")][:3]
     assert any(c.startswith("micro-zoo") and c.endswith("/base") for c in cells)
+    # a missing value reads as the export writes it, not as a grey "None"
+    assert at.dataframe and {df.proto.placeholder for df in at.dataframe} == {"—"}
 
 
 def test_sparsity_heatmap_equals_backend_table(app_env):
@@ -307,7 +309,7 @@ def test_continual_page_shows_the_runs_numbers(app_env):
     assert not at.exception and not at.error
     shown = at.dataframe[0].value
     expected = load_result(rec.outputs)["summary"]
-    assert np.allclose(shown["final_acc_mean"].to_numpy(), expected["final_acc_mean"].to_numpy())
+    assert np.allclose(shown["final_acc_mean"].to_numpy(), 100 * expected["final_acc_mean"].to_numpy())  # in %
     titles = _titles_per_tab(at, "continual", "cl_tab", cl_run=rid)
     assert list(titles) == ["Summary", "After each task", "Capacity"]
     # only the open tab draws: the default one holds the two summary charts, the others theirs

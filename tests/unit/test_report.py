@@ -214,7 +214,15 @@ def test_publication_figures_render_server_side_as_svg_pdf_png():
 
 def test_table_numbers_read_as_in_the_app():
     """Counts with separators, shares in percent, ratios with ×, small numbers in e-notation; text kept."""
-    from subnetviz.report.formats import COUNT, PERCENT, RATIO, SCIENTIFIC, column_formats, formatted_frame
+    from subnetviz.report.formats import (
+        COUNT,
+        PERCENT,
+        RATIO,
+        SCIENTIFIC,
+        column_formats,
+        display_frame,
+        formatted_frame,
+    )
 
     df = pd.DataFrame(
         {
@@ -241,5 +249,9 @@ def test_table_numbers_read_as_in_the_app():
     assert column_formats(pd.DataFrame({"sparsity@1e-05": [0.2198]})) == {"sparsity@1e-05": PERCENT}  # per tolerance
     # a share-like name whose values leave [0, 1] is no share
     assert "o1" not in column_formats(pd.DataFrame({"o1": [0.5, 1.5]}))
+    # the app's tables: shares × 100 under one two-decimal format (Streamlit's "percent" read 47% over 48.5%)
+    shown, fmts = display_frame(df)
+    assert fmts["o1"] == "%.2f %%" and fmts["count_a"] == COUNT and list(shown["o1"]) == [0.8313 * 100, 92.0]
+    assert list(df["o1"]) == [0.8313, 0.92] and shown["numel"].equals(df["numel"])  # the caller's frame is kept
     html = build_report("t", [ReportSection("s", tables=[("cap", df)])])
     assert "17,144" in html and "83.13 %" in html and "1.200e-06" in html
