@@ -122,6 +122,29 @@ def test_fsdp2_two_processes_cli(tiny, tmp_path, algorithm):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
+def test_fsdp2_two_processes_job_on_ray(tiny, tmp_path, monkeypatch):
+    """A training job sent to a Ray cluster (a local head, 2 CPUs) declares the CPUs its processes need
+    and launches them there: FSDP2 over 2 processes, bit-identical outside the mask, as a local job."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
+    from subnetviz.jobs.ray_backend import local_head
+    from subnetviz.jobs.runner import JobRunner
+
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    cfg = {"kind": "train", **_config(tiny, tmp_path / "unused", "sft")}
+    cfg.pop("output_dir")
+    with local_head(num_cpus=2) as address:
+        runner = JobRunner(tmp_path / "runs", ray_address=address)
+        rec = runner.wait(runner.submit(cfg), timeout=500)
+    log = (Path(rec.run_dir) / "log.txt").read_text()
+    assert rec.status == "succeeded", log[-3000:]
+    assert f"submitted to Ray at {address} with " + json.dumps({"num_cpus": 2, "num_gpus": 0}) in log
+    assert "launching 2 processes (fsdp2)" in log
+    _check_fsdp2_run(tiny, rec.outputs / "model")
+
+
+@pytest.mark.slow
 def test_fsdp2_two_processes_dpo_job(tiny, tmp_path, monkeypatch):
     from subnetviz.jobs.runner import JobRunner
 
