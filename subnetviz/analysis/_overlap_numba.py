@@ -1,6 +1,7 @@
-"""The numba histograms behind :mod:`subnetviz.analysis.overlap_counts` (imported only through it:
-this module needs numba at import time): composite membership codes counted straight into int64
-bins, no histogram allocated per block.
+"""The numba kernels behind :mod:`subnetviz.analysis.overlap_counts` (imported only through it:
+this module needs numba at import time): the delta swaps of the bit transpose, the histograms of
+composite codes (no histogram allocated per block), and the scan and take that turn a group's bins
+into its compact codes and counts.
 """
 
 from __future__ import annotations
@@ -31,3 +32,56 @@ def hist16(lo, hi, out):  # pragma: no cover (compiled)
     its two byte planes (masks 0-7 and 8-15), without interleaving them first."""
     for i in range(lo.size):
         out[np.int64(lo[i]) | (np.int64(hi[i]) << 8)] += 1
+
+
+@jit
+def _swap_rows(a, b, width, low):  # pragma: no cover (compiled)
+    """One delta swap of two rows (1-d uint64): a's high ``width``-bit fields traded for b's low ones."""
+    for w in range(a.size):
+        u = ((a[w] >> width) ^ b[w]) & low
+        b[w] ^= u
+        a[w] ^= u << width
+
+
+@jit
+def transpose(x, dist, width, low):  # pragma: no cover (compiled)
+    """:func:`subnetviz.analysis.overlap_counts._transpose` of the (M, words) uint64 rows ``x``, in
+    place: at stage s, rows a and a + dist[s] (that bit of a clear) swap fields of ``width[s]`` bits
+    (``low[s]``: the low field of each pair). One vectorised pass per pair of rows and stage, where
+    NumPy makes six (~4x slower)."""
+    for s in range(dist.size):
+        d = dist[s]
+        for a in range(x.shape[0]):
+            if a & d == 0:
+                _swap_rows(x[a], x[a + d], width[s], low[s])
+
+
+@jit
+def scan(bins, totals):  # pragma: no cover (compiled)
+    """(bins that are not zero, the largest bin) of ``bins`` (int32 or int64), and ``totals += bins``
+    (int64, same size; a zero-size ``totals``: nothing added)."""
+    nonzero = 0
+    top = 0
+    add = totals.size == bins.size
+    for c in range(bins.size):
+        v = np.int64(bins[c])
+        if add:
+            totals[c] += v
+        if v != 0:
+            nonzero += 1
+            top = max(top, v)
+    return nonzero, top
+
+
+@jit
+def take(bins, codes, counts):  # pragma: no cover (compiled)
+    """The codes and counts of the bins that are not zero, in code order, into ``codes`` and ``counts``
+    (sized by :func:`scan`); those bins zeroed."""
+    j = 0
+    for c in range(bins.size):
+        v = bins[c]
+        if v != 0:
+            codes[j] = c
+            counts[j] = v
+            bins[c] = 0
+            j += 1

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subnetviz.analysis.overlap_counts import _packed, _region_counts, _shape, _source
+from subnetviz.analysis.overlap_counts import GroupRegions, _packed, _shape, _source
 from subnetviz.errors import ConfigError, MaskError, suggest
 
 MAX_MASKS = 16  # 2**16 regions; beyond that an UpSet plot is unreadable anyway
@@ -77,46 +77,72 @@ def _reducers(n_masks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return bits, pairs, degree
 
 
-def _reduce(region: np.ndarray, n_masks: int, total: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _reduce(
+    region: np.ndarray | GroupRegions, n_masks: int, numel: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sizes (G, N), pair intersections (G, pairs), exactly-k counts (G, N + 1)) of region counts
-    (G, 2**N), exact int64: float64 BLAS products while the total (``total``, else summed here) is
-    below 2**53 (NumPy's int64 matmul has no BLAS: ~0.4 s per group at N = 16), integer products
-    beyond. Above 8 masks the codes are split into their low 8 and high N - 8 bits
-    (:func:`_reduce_split`). Groups go through one reused float64 buffer of ~8 MB at a time (at
-    N = 16 a float copy of every group at once is 0.5 MB per group of fresh pages)."""
-    if (int(region.sum()) if total is None else total) >= 2**53:
-        return tuple(region @ m.astype(np.int64) for m in _reducers(n_masks))
+    (G, 2**N) (an array, or the groups' :class:`GroupRegions`), exact int64 by BLAS products:
+    float32 for a chunk of groups of fewer than 2**24 parameters each (``numel``, else summed here),
+    float64 below 2**53: every partial sum is then an integer the type holds. Integer products beyond
+    (NumPy's int64 matmul has no BLAS: ~0.4 s per group at N = 16). Above 8 masks the codes are split
+    into their low 8 and high N - 8 bits (:func:`_reduce_split`). Groups go through one reused buffer
+    of 2**20 counts at a time (at N = 16 a float copy of every group at once is 0.5 MB per group)."""
+    if isinstance(region, GroupRegions):
+        fill, n_groups = region.fill_rows, len(region)
+    else:
+        n_groups, numel = region.shape[0], region.sum(1) if numel is None else numel
+
+        def fill(g0: int, out: np.ndarray) -> None:
+            np.copyto(out, region[g0 : g0 + out.shape[0]], casting="unsafe")
+
     rows = max(1, (1 << 20) // 2**n_masks)
-    buf = np.empty((min(rows, region.shape[0]), 2**n_masks))
+    bufs: dict[type, np.ndarray] = {}
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for g0 in range(0, region.shape[0], rows):
-        r = buf[: min(rows, region.shape[0] - g0)]
-        np.copyto(r, region[g0 : g0 + rows], casting="unsafe")
-        if n_masks > 8:
+    for g0 in range(0, n_groups, rows):
+        peak = int(numel[g0 : g0 + rows].max())
+        dtype = np.float32 if peak < 2**24 else np.float64 if peak < 2**53 else np.int64
+        if dtype not in bufs:
+            bufs[dtype] = np.empty((min(rows, n_groups), 2**n_masks), dtype)
+        r = bufs[dtype][: min(rows, n_groups - g0)]
+        fill(g0, r)
+        if dtype is np.int64:
+            parts.append(tuple(r @ m.astype(np.int64) for m in _reducers(n_masks)))
+        elif n_masks > 8:
             parts.append(_reduce_split(r, n_masks))
         else:
-            parts.append(tuple(np.rint(r @ m).astype(np.int64) for m in _reducers(n_masks)))
+            parts.append(tuple(np.rint(r @ m.astype(dtype)).astype(np.int64) for m in _reducers(n_masks)))
     return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
 
 
+@functools.lru_cache(maxsize=2)
+def _low_columns(low: int) -> np.ndarray:
+    """float64 (2**low, 2·low + 2): each low code's bits, its degree (one-hot) and a 1 (cached, read-only)."""
+    bits, _, degree = _reducers(low)
+    cols = np.concatenate([bits, degree, np.ones((2**low, 1))], axis=1)
+    cols.flags.writeable = False
+    return cols
+
+
 def _reduce_split(r: np.ndarray, n_masks: int, low: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_reduce` of float64 region counts with codes split as ``lo + (hi << low)``: the products
-    run over 2**low and 2**(N - low) codes instead of 2**N (N = 16: ~8x fewer operations)."""
+    """:func:`_reduce` of float32 / float64 region counts with codes split as ``lo + (hi << low)``: one product
+    over the 2**low low codes (:func:`_low_columns`) gives, per group and high code, the parameters
+    with each low bit, of each low degree and in all; the rest runs over 2**(N - low) high codes."""
     high = n_masks - low
     g = r.shape[0]
-    r3 = r.reshape(g, 2**high, 2**low)
-    bits_lo, pairs_lo, deg_lo = _reducers(low)
+    bits_lo, pairs_lo, _ = _reducers(low)
     bits_hi, pairs_hi, deg_hi = _reducers(high)
-    m_lo, m_hi = r3.sum(1), r3.sum(2)  # (G, 2**low), (G, 2**high)
-    sizes = np.concatenate([m_lo @ bits_lo, m_hi @ bits_hi], axis=1)
+    y = (r.reshape(g * 2**high, 2**low) @ _low_columns(low).astype(r.dtype)).reshape(g, 2**high, 2 * low + 2)
+    by_bit, by_deg, m_hi = y[..., :low], y[..., low : 2 * low + 1], y[..., -1]  # (G, 2**high, ·)
+    m_lo = r.reshape(g, 2**high, 2**low).sum(1)  # (G, 2**low)
+    sizes = np.concatenate([by_bit.sum(1), m_hi @ bits_hi], axis=1)
     inter = np.zeros((g, n_masks, n_masks))
     la, lb = np.triu_indices(low, 1)
     ha, hb = np.triu_indices(high, 1)
     inter[:, la, lb] = m_lo @ pairs_lo
     inter[:, low + ha, low + hb] = m_hi @ pairs_hi
-    inter[:, :low, low:] = np.einsum("ghl,hk->glk", r3 @ bits_lo, bits_hi)  # lo mask l with hi mask k
+    inter[:, :low, low:] = by_bit.transpose(0, 2, 1) @ bits_hi  # lo mask l with hi mask k
     ia, ib = np.triu_indices(n_masks, 1)
-    by_deg = np.einsum("ghd,he->ged", r3 @ deg_lo, deg_hi)  # (G, high + 1, low + 1): hi and lo degrees
+    by_deg = deg_hi.T @ by_deg  # (G, high + 1, low + 1): hi and lo degrees
     degree = np.zeros((g, n_masks + 1))
     for e in range(high + 1):
         degree[:, e : e + low + 1] += by_deg[:, e, :]
@@ -133,12 +159,15 @@ def _pairwise(
     region: np.ndarray, labels: Sequence[str], reduced: tuple | None = None, numel: np.ndarray | None = None
 ) -> pd.DataFrame:
     """Pairwise rows (a < b, label order) of region counts (2**N,) or, per group, (G, 2**N): G blocks.
-    ``numel``: the parameters of each group when the caller knows them (else the rows' sums)."""
-    region = np.atleast_2d(region)
+    ``reduced``, ``numel``: the groups' :func:`_reduce` and parameters when the caller has them
+    (``region`` is then not read)."""
     n_masks = len(labels)
-    sizes, inter, _ = reduced if reduced is not None else _reduce(region, n_masks)
+    if reduced is None:
+        region = np.atleast_2d(region)
+        reduced, numel = _reduce(region, n_masks), region.sum(1) if numel is None else numel
+    sizes, inter, _ = reduced
     ia, ib = np.triu_indices(n_masks, 1)
-    groups, n_pairs = region.shape[0], len(ia)
+    groups, n_pairs = sizes.shape[0], len(ia)
     lab = np.asarray(labels, dtype=object)
     frame = pd.DataFrame(
         {
@@ -146,7 +175,7 @@ def _pairwise(
             "b": np.tile(lab[ib], groups).tolist(),
             "count_a": sizes[:, ia].reshape(-1),
             "count_b": sizes[:, ib].reshape(-1),
-            "numel": np.repeat(region.sum(1) if numel is None else numel, n_pairs),
+            "numel": np.repeat(numel, n_pairs),
             "intersection": inter.reshape(-1),
         },
         columns=_PAIR_COLUMNS[:6],
@@ -185,6 +214,8 @@ class OverlapReport:
     @property
     def totals(self) -> np.ndarray:
         """(2**N,) int64 region counts over all tensors (code 0 = in no mask)."""
+        if isinstance(self.region_counts, GroupRegions):
+            return self.region_counts.totals.copy()
         return np.sum(list(self.region_counts.values()), axis=0)
 
     @property
@@ -305,17 +336,14 @@ def mask_overlap(
     group_index: dict[Hashable, int] = {}
     rows = [group_index.setdefault(group_of(name), len(group_index)) for name in names]
     groups = list(group_index)
-    # (G, 2**N) filled in place: the report's per-group arrays are its rows (no copy of 2**N columns
-    # per group at N = 16, where G rows are ~0.5 MB each)
-    per_group = np.zeros((len(groups), 2**n_masks), dtype=np.int64)
-    work: dict = {}  # block buffers, reused from tensor to tensor
+    # the groups' region counts, compact above 8 masks (at N = 16 a dense int64 row is 0.5 MB per group)
+    per_group = GroupRegions(groups, n_masks)
     group_numel = np.zeros(len(groups), dtype=np.int64)  # no second pass over (G, 2**N) for it
     for name, row in zip(names, rows, strict=True):
         numel = math.prod(_shape(sets[0], name))
         group_numel[row] += numel
-        _region_counts([_source(s, name) for s in sets], n_masks, numel, work, out=per_group[row])
-    counts = {g: per_group[i] for i, g in enumerate(groups)}
-    totals = per_group.sum(0)
+        per_group.add([_source(s, name) for s in sets], numel, row)
+    totals = per_group.close().totals
     bits = _membership(n_masks)
     numel = int(totals.sum())
 
@@ -330,7 +358,7 @@ def mask_overlap(
         {"members": members[1:], "code": np.arange(1, 2**n_masks), "degree": bits[1:].sum(axis=1), "count": totals[1:]}
     )
 
-    reduced = _reduce(per_group, n_masks, numel)  # one product per statistic for every group at once
+    reduced = _reduce(per_group, n_masks, group_numel)  # one product per statistic for every group at once
     consensus = pd.DataFrame(
         {
             "group": [g for g in groups for _ in range(n_masks + 1)],
@@ -339,12 +367,12 @@ def mask_overlap(
         },
         columns=["group", "k", "count"],
     )
-    by_group = _pairwise(per_group, labels, reduced, group_numel)
+    by_group = _pairwise(None, labels, reduced, group_numel)
     by_group.insert(0, "group", [g for g in groups for _ in range(n_masks * (n_masks - 1) // 2)])
 
     return OverlapReport(
         labels=labels,
-        region_counts=counts,
+        region_counts=per_group,
         sizes=sizes,
         pairwise=_pairwise(totals, labels),
         regions=regions,

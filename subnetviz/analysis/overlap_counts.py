@@ -1,28 +1,26 @@
-"""Counting one tensor's N masks into exclusive region counts: the inner pass of
-:func:`subnetviz.analysis.overlap.mask_overlap`, block by block over bit-packed masks.
+"""Counting one tensor's N masks into exclusive region counts, and keeping them per group: the inner
+pass of :func:`subnetviz.analysis.overlap.mask_overlap`, block by block over bit-packed masks.
 
-The membership codes are built on the packed bits themselves, never unpacked one byte per mask:
-the N masks' packed words are the rows of a (M, words) uint64 matrix (M = N rounded up to a power
-of two, the extra rows zero) and log2(M) in-place delta swaps (widths 4, 2, 1 bits, then 8 for
-M = 16) transpose each byte column, the way a bit-matrix transpose does. Afterwards every byte
-(M <= 8) or 16-bit lane (M = 16) holds the M bits of 8 / M parameters (of one parameter for
-M >= 8): one ``torch.bincount`` over those units (256 or 65536 bins) counts composite codes, and
-one small table (:func:`_slots`) turns them into the 2**N region counts of single parameters.
-Compiled (numba) at N > 8, each mask goes into the row whose lane bit is its own bit k
-(:func:`_lane_rows`), so a 16-bit lane *is* the region code (< 2**N): the codes are counted straight
-into the caller's int64 row of 2**N regions (the group's), with no histogram zeroed, remapped and
-added per tensor (at N = 16 that was three passes over 65,536 bins per tensor).
+The membership codes are built on the packed bits themselves: the N masks' packed words are the
+rows of a (M, words) uint64 matrix (M = N rounded up to a power of two, the extra rows zero) and
+log2(M) in-place delta swaps (widths 4, 2, 1 bits, then 8 for M = 16) transpose each byte column,
+the way a bit-matrix transpose does (compiled: one vectorised pass per pair of rows and stage).
+Afterwards every byte (M <= 8) or 16-bit lane (M = 16) holds the M bits of 8 / M parameters: a
+histogram over those units counts composite codes, and one small table (:func:`_slots`) turns them
+into the 2**N region counts. Compiled at N > 8, each mask goes into the row whose lane bit is its
+own bit k (:func:`_lane_rows`), so a lane *is* the region code, counted into int32 bins that stay
+in cache. :class:`GroupRegions` keeps each group's counts: above 8 masks only the codes that occur,
+in the smallest type that holds them (a dense int64 row is 0.5 MB per group at N = 16).
 
-Cost per parameter: each stage is 6 word operations on M / 8 bytes per parameter (log2(M) stages),
-and the histogram sees M / 8 bytes per parameter (M / 16 lanes for M = 16): both grow with N, so
-the time per mask per parameter stays about constant, where one code byte per parameter and mask
-plus one histogram per parameter cost small N ~2x more per mask than large N.
+Cost per mask per parameter: the copy, the histogram (M / 8 bytes per parameter, M / 16 lanes at
+M = 16) and each of the log2(M) stages see M / 8 bytes per parameter, so only the stages grow with
+N, and they are the cheap part.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -74,12 +72,29 @@ def _stages(m: int) -> list[tuple[int, int, int]]:
     return [(1 << i, w, lows[w]) for i, w in enumerate(widths)]
 
 
+@functools.lru_cache(maxsize=16)
+def _stage_arrays(m: int, last: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_stages` (``last=False``: without M = 16's byte interleave) as the arrays of the compiled
+    :func:`subnetviz.analysis._overlap_numba.transpose`: distances, widths and low masks."""
+    stages = _stages(m)[: None if last or m < 16 else -1]
+    return (
+        np.array([d for d, _, _ in stages], np.int64),
+        np.array([w for _, w, _ in stages], np.uint64),
+        np.array([low for _, _, low in stages], np.uint64),
+    )
+
+
 def _transpose(x: np.ndarray, scratch: np.ndarray, last: bool = True) -> None:
     """The delta swaps of :func:`_stages` on the rows of ``x`` (M, words) uint64, in place: at each
     stage rows a and a + d (bit i of a clear) trade a's high w-bit fields for b's low ones.
     ``last=False`` (M = 16): without the byte interleave, rows 0-7 then hold the low and rows 8-15
-    the high byte of the codes of the same parameters."""
+    the high byte of the codes of the same parameters. Compiled when numba is there (``scratch`` is
+    then not used)."""
     m, words = x.shape
+    jit = _jit()
+    if jit is not None:
+        jit.transpose(x, *_stage_arrays(m, last))
+        return
     for d, w, low in _stages(m)[: None if last or m < 16 else -1]:
         pairs = x.reshape(m // (2 * d), 2, d, words)
         a, b = pairs[:, 0], pairs[:, 1]
@@ -174,18 +189,26 @@ def _lane_rows() -> tuple[int, ...]:
 
 
 def _region_counts(
-    sources: list, n_masks: int, numel: int, work: dict | None = None, out: np.ndarray | None = None
-) -> np.ndarray:
+    sources: list,
+    n_masks: int,
+    numel: int,
+    work: dict | None = None,
+    out: np.ndarray | None = None,
+    sink: Callable[[np.ndarray], None] | None = None,
+) -> np.ndarray | None:
     """(2**N,) int64 exclusive counts of one tensor's membership codes ``Σ_k bits_k << k``, added into
     ``out`` when given (a contiguous int64 row of 2**N, e.g. the tensor's group) and returned.
+    ``sink`` (compiled, N > 8 only: :func:`_direct`): the counts stay in the int32 bins
+    ``work["bins32"]``, added to from tensor to tensor, and ``sink(bins)`` takes them (and zeroes
+    them) only when they could overflow; the caller drains the rest (:func:`_drain`). Returns None.
 
     ``sources``: the N masks (:func:`_source`), read block by block: each block's packed words go
     into the rows of the (M, words) matrix, :func:`_transpose` turns its bytes into composite codes,
-    and one ``torch.bincount`` per block counts them; the composite histogram is turned into region
-    counts once per tensor (:func:`_slots`), or, compiled at N > 8, the lanes are the codes and
-    are counted into ``out`` directly. Padding (bits past ``numel``, rows past N) counts as
-    code 0 and is taken off at the end. ``work``: a dict kept by the caller across tensors (the
-    block buffers, :func:`_workspace`).
+    and a histogram per block counts them (``torch.bincount``, or compiled); the composite histogram
+    is turned into region counts once per tensor (:func:`_slots`), or, compiled at N > 8, the lanes
+    are the codes, counted into int32 bins (added into ``out``, or taken by ``sink``). Padding (bits
+    past ``numel``, rows past N) counts as code 0 and is taken off at the end. ``work``: a dict kept
+    by the caller across tensors (the block buffers, :func:`_workspace`).
     """
     m, unit, h_idx, c_idx = _slots(n_masks)
     step = max(64, (CHUNK * 16 // m) // 64 * 64)  # parameters per block, whole words
@@ -194,8 +217,8 @@ def _region_counts(
         work.clear()
         work.update(_workspace(m, unit, step // 64), key=(m, step))
     jit = _jit()
-    direct = jit is not None and unit == 16  # the lanes are the region codes: counted into `out` itself
-    out = np.zeros(2**n_masks, dtype=np.int64) if out is None else out
+    direct = jit is not None and unit == 16  # the lanes are the region codes: counted into int32 bins
+    out = np.zeros(2**n_masks, dtype=np.int64) if out is None and sink is None else out
     place = _lane_rows()[:n_masks] if direct else tuple(range(len(sources)))  # the row of each mask
     spare = [r for r in range(m) if r not in place]
     if jit is not None and not direct:  # int64 bins counted in place: 4 sub-histograms of bytes
@@ -204,7 +227,9 @@ def _region_counts(
         bins = work.get("bins32")
         if bins is None or bins.size != 2**n_masks:
             bins = work["bins32"] = np.zeros(2**n_masks, dtype=np.int32)
-        fresh = 0  # slots counted into bins since they were last added to out
+            work["fresh"] = 0  # slots counted into bins since they were last taken
+        fresh = work["fresh"]
+        sink, keep = (sink, True) if sink is not None else (functools.partial(_flush, out=out), False)
     elif jit is None:
         hist = torch.zeros(2**unit, dtype=torch.int64)
     slots = 0
@@ -218,15 +243,19 @@ def _region_counts(
             rows[r, :nb] = _block_bytes(source, c0, c1)
             if (c1 - c0) % 8:  # clear the bits past c1 (big bit order: the low ones)
                 rows[r, nb - 1] &= np.uint8((0xFF << (8 - (c1 - c0) % 8)) & 0xFF)
-            rows[r, nb:] = 0
+            if nb < words * 8:
+                rows[r, nb:] = 0
         for r in spare:
             rows[r] = 0
-        _transpose(buf, work["scratch"][: m // 2 * words].reshape(m // 2, words), last=jit is None)
+        if jit is not None:  # compiled at M = 16 without the byte interleave: hist16 reads the two bytes
+            jit.transpose(buf, *_stage_arrays(m, False))
+        else:
+            _transpose(buf, work["scratch"][: m // 2 * words].reshape(m // 2, words))
         slots += words * 64
         if jit is not None:
             if direct:  # lane lo | hi << 8 < 2**N: the spare rows are the code's zero high bits
                 if fresh + words * 64 > INT32_MAX:
-                    _flush(bins, out)
+                    sink(bins)
                     fresh = 0
                 jit.hist16(rows[:8].reshape(-1), rows[8:].reshape(-1), bins)
                 fresh += words * 64
@@ -240,15 +269,152 @@ def _region_counts(
             np.copyto(lanes, buf.view(np.uint16).reshape(-1), casting="unsafe")
             codes = torch.from_numpy(lanes)
         hist += torch.bincount(codes, minlength=2**unit)
-    if direct:
-        _flush(bins, out)
+    if direct:  # the padding was counted into the bins since they were last taken
+        bins[0] -= slots - numel
+        work["fresh"] = fresh
+        if keep:
+            return None
+        _drain(work, sink)
+        return out
+    counted = hist.numpy() if jit is None else bins.sum(0)
+    if unit == 16:  # one parameter per unit: each region code once
+        out[c_idx] += counted[h_idx]
     else:
-        counted = hist.numpy() if jit is None else bins.sum(0)
-        if unit == 16:  # one parameter per unit: each region code once
-            out[c_idx] += counted[h_idx]
-        else:
-            region = np.zeros(2**n_masks, dtype=np.int64)
-            np.add.at(region, c_idx, counted[h_idx])
-            out += region
+        region = np.zeros(2**n_masks, dtype=np.int64)
+        np.add.at(region, c_idx, counted[h_idx])
+        out += region
     out[0] -= slots - numel
     return out
+
+
+def _direct(n_masks: int) -> bool:
+    """Whether :func:`_region_counts` counts N masks' lanes as region codes into int32 bins (compiled,
+    N > 8) and so takes a ``sink``."""
+    return n_masks > 8 and _jit() is not None
+
+
+def _drain(work: dict, sink: Callable[[np.ndarray], None]) -> None:
+    """``sink(bins)`` of the counts left in the int32 bins by :func:`_region_counts` (``sink=``)."""
+    if "bins32" in work:
+        sink(work["bins32"])
+        work["fresh"] = 0
+
+
+_NO_TOTALS = np.zeros(0, np.int64)
+
+
+def _compact(bins: np.ndarray, totals: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(codes, counts) of a (2**N,) row of region counts (int32 or int64; zeroed here, and added into
+    ``totals`` unless that is empty), in the smallest unsigned type that holds the largest count:
+    the codes that occur (uint16) and their counts, or (None, every count) where that is smaller."""
+    jit = _jit()
+    if jit is not None:
+        nonzero, top = jit.scan(bins, totals)
+    else:
+        if totals.size:
+            np.add(totals, bins, out=totals)
+        nonzero, top = int(np.count_nonzero(bins)), int(bins.max(initial=0))
+    dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.int64) if top <= np.iinfo(t).max)
+    if nonzero * (2 + dtype().itemsize) >= bins.size * dtype().itemsize:
+        counts = bins.astype(dtype)
+        bins.fill(0)
+        return None, counts
+    codes, counts = np.empty(nonzero, np.uint16), np.empty(nonzero, dtype)
+    if jit is not None:
+        jit.take(bins, codes, counts)
+    else:
+        at = np.flatnonzero(bins)
+        codes[:], counts[:] = at, bins[at]
+        bins[at] = 0
+    return codes, counts
+
+
+class GroupRegions(Mapping):
+    """group -> (2**N,) int64 region counts of its tensors (:meth:`add`; a new array per ``[group]``).
+
+    Up to 8 masks, the rows of one (G, 2**N) int64 array. Above, each group keeps :func:`_compact`
+    codes and counts, taken from :func:`_region_counts`' int32 bins (hot in cache) when the next
+    tensor is another group's: at N = 16 a dense int64 row per group is 0.5 MB of fresh pages, added
+    into and read again; random masks' groups keep 64 KB. ``totals``: (2**N,) int64, after :meth:`close`.
+    """
+
+    def __init__(self, groups: list, n_masks: int):
+        self.groups, self.n_masks = list(groups), n_masks
+        self._index = {g: i for i, g in enumerate(self.groups)}
+        self.dense = np.zeros((len(self.groups), 2**n_masks), np.int64) if n_masks <= 8 else None
+        self.totals = np.zeros(2**n_masks, np.int64)
+        self._kept: list[tuple[np.ndarray | None, np.ndarray] | None] = [None] * len(self.groups)
+        self._work: dict = {}  # block buffers (and the int32 bins), reused from tensor to tensor
+        self._pending = -1  # the group whose counts are still in the bins (or in self._acc)
+        self._acc: np.ndarray | None = None  # not compiled: the pending group's int64 row
+
+    def add(self, sources: list, numel: int, row: int) -> None:
+        """Count one tensor (its N masks' :func:`_source`, ``numel`` parameters) into group ``row``."""
+        if self.dense is not None:
+            _region_counts(sources, self.n_masks, numel, self._work, out=self.dense[row])
+            return
+        if row != self._pending:
+            self._settle()
+            self._pending = row
+        if _direct(self.n_masks):
+            _region_counts(sources, self.n_masks, numel, self._work, sink=self._take)
+            return
+        self._acc = np.zeros(2**self.n_masks, np.int64) if self._acc is None else self._acc
+        _region_counts(sources, self.n_masks, numel, self._work, out=self._acc)
+
+    def close(self) -> GroupRegions:
+        """The pending counts taken, the totals summed and the buffers let go; returns self."""
+        if self.dense is not None:
+            self.totals = self.dense.sum(0)
+        self._settle()
+        self._pending, self._work, self._acc = -1, {}, None
+        return self
+
+    def _settle(self) -> None:
+        if self._pending >= 0 and self._acc is not None:
+            self._take(self._acc)
+        if self._pending >= 0:
+            _drain(self._work, self._take)
+
+    def _take(self, bins: np.ndarray) -> None:
+        """The pending group's counts in ``bins`` (zeroed here) added to what it keeps."""
+        if self._kept[self._pending] is None:
+            self._kept[self._pending] = _compact(bins, self.totals)
+            return
+        np.add(self.totals, bins, out=self.totals)  # a group met again, or its bins could overflow
+        merged = self._fill(self._pending, np.zeros(bins.size, np.int64))
+        merged += bins
+        bins.fill(0)
+        self._kept[self._pending] = _compact(merged, _NO_TOTALS)
+
+    def _fill(self, i: int, row: np.ndarray) -> np.ndarray:
+        """Group ``i``'s kept counts written into ``row`` (zeros, any numeric dtype); returns ``row``."""
+        if self._kept[i] is not None:
+            codes, counts = self._kept[i]
+            if codes is None:
+                row[:] = counts
+            else:
+                row[codes] = counts
+        return row
+
+    def fill_rows(self, g0: int, out: np.ndarray) -> None:
+        """Rows ``g0 : g0 + len(out)`` of the (G, 2**N) region counts into ``out`` (any numeric dtype)."""
+        if self.dense is not None:
+            np.copyto(out, self.dense[g0 : g0 + out.shape[0]], casting="unsafe")
+            return
+        out.fill(0)
+        for k in range(out.shape[0]):
+            self._fill(g0 + k, out[k])
+
+    def __getitem__(self, group) -> np.ndarray:
+        i = self._index[group]
+        return self.dense[i] if self.dense is not None else self._fill(i, np.zeros(2**self.n_masks, np.int64))
+
+    def __contains__(self, group) -> bool:
+        return group in self._index
+
+    def __iter__(self):
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)

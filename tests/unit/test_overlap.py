@@ -323,3 +323,22 @@ def test_split_reduction_matches_the_direct_products(n_masks):
     ]
     ones = np.sum(bit, axis=0)
     assert degree.tolist() == [[int(r[ones == k].sum()) for k in range(n_masks + 1)] for r in region]
+
+
+@pytest.mark.parametrize("n_masks", [3, 12])
+def test_reduction_is_exact_in_float32_float64_and_int64(n_masks):
+    """A chunk of groups is reduced in float32 when every group there has fewer than 2**24 parameters,
+    in float64 below 2**53 and in int64 beyond (chosen by the groups' parameters): the same numbers."""
+    from subnetviz.analysis import overlap as ov
+
+    region = np.random.default_rng(n_masks).integers(0, 100, (300, 2**n_masks)).astype(np.int64)
+    got = {
+        numel: ov._reduce(region, n_masks, None if numel is None else np.full(300, numel))
+        for numel in (None, 2**24, 2**53)
+    }
+    for numel in (2**24, 2**53):
+        for a, b in zip(got[None], got[numel], strict=True):
+            assert a.dtype == b.dtype == np.int64 and a.tolist() == b.tolist(), numel
+    assert got[None][0].tolist() == (region @ ov._membership(n_masks)).tolist()
+    big = np.random.default_rng(0).integers(2**21, 2**22, (300, 2**n_masks)) | 1  # groups of > 2**24: float64
+    assert ov._reduce(big, n_masks)[0].tolist() == (big @ ov._membership(n_masks)).tolist()

@@ -46,21 +46,48 @@ def _as_dict(region: np.ndarray) -> dict[int, int]:
     return {c: int(n) for c, n in enumerate(region) if n}
 
 
+def _group_stats(codes: collections.Counter, n_masks: int) -> tuple[list, list, list]:
+    """(sizes, pair intersections a < b, parameters in exactly k masks) of one group's codes."""
+    bit = lambda c, k: (c >> k) & 1  # noqa: E731
+    sizes = [sum(n for c, n in codes.items() if bit(c, k)) for k in range(n_masks)]
+    ia, ib = np.triu_indices(n_masks, 1)
+    inter = [sum(n for c, n in codes.items() if bit(c, a) and bit(c, b)) for a, b in zip(ia, ib, strict=True)]
+    degree = [sum(n for c, n in codes.items() if bin(c).count("1") == k) for k in range(n_masks + 1)]
+    return sizes, inter, degree
+
+
+# groups met again after another's tensors (their counts merged), and runs of one group's tensors
+GROUPINGS = {"interleaved": {"a": 0, "b": 1, "c": 0, "d": 1, "e": 0}, "runs": {"a": 0, "b": 0, "c": 1, "d": 1, "e": 0}}
+
+
 @pytest.mark.parametrize("jit", ["1", "0"])
 @pytest.mark.parametrize("n_masks", range(1, 17))
 def test_regions_per_tensor_and_group_match_one_by_one_codes(n_masks, jit, monkeypatch):
+    """Each group's region counts (kept compact above 8 masks), and the sizes, pair intersections
+    and exactly-k counts reduced from them, equal those of every parameter's code counted one by one."""
     monkeypatch.setenv("SUBNETVIZ_JIT", jit)
     sets = _masks(n_masks, seed=7 * n_masks)
     packed = _packed(sets)
     per_tensor = mask_overlap(packed)
     for name in SHAPES:
         assert _as_dict(per_tensor.region_counts[name]) == dict(_codes(sets, [name])), name
-    groups = {"a": 0, "b": 1, "c": 0, "d": 1, "e": 0}  # groups spanning several tensors add up
-    grouped = mask_overlap(packed, group_of=groups.__getitem__)
-    for g in (0, 1):
-        names = [n for n in SHAPES if groups[n] == g]
-        assert _as_dict(grouped.region_counts[g]) == dict(_codes(sets, names))
-    assert grouped.numel == sum(int(np.prod(s)) for s in SHAPES.values())
+    for groups in GROUPINGS.values():
+        grouped = mask_overlap(packed, group_of=groups.__getitem__)
+        assert list(grouped.region_counts) == [0, 1] and 0 in grouped.region_counts and 2 not in grouped.region_counts
+        for g in (0, 1):
+            codes = _codes(sets, [n for n in SHAPES if groups[n] == g])
+            region = grouped.region_counts[g]
+            assert region.dtype == np.int64 and region.shape == (2**n_masks,)
+            assert _as_dict(region) == dict(codes)
+            sizes, inter, degree = _group_stats(codes, n_masks)
+            pairs = grouped.by_group[grouped.by_group["group"] == g]
+            assert pairs["intersection"].tolist() == inter
+            ia, ib = np.triu_indices(n_masks, 1)
+            assert pairs["count_a"].tolist() == [sizes[a] for a in ia]
+            assert pairs["count_b"].tolist() == [sizes[b] for b in ib]
+            assert grouped.consensus[grouped.consensus["group"] == g]["count"].tolist() == degree
+        assert grouped.numel == sum(int(np.prod(s)) for s in SHAPES.values())
+        assert grouped.totals.tolist() == np.sum([grouped.region_counts[g] for g in (0, 1)], axis=0).tolist()
 
 
 @pytest.mark.parametrize("n_masks", [9, 16])
@@ -74,6 +101,34 @@ def test_int32_bins_added_before_they_could_overflow(n_masks, monkeypatch):
     rep = mask_overlap(_packed(sets))
     for name in SHAPES:
         assert _as_dict(rep.region_counts[name]) == dict(_codes(sets, [name])), name
+    whole = mask_overlap(_packed(sets), group_of=lambda name: "all")  # the bins kept across tensors
+    assert _as_dict(whole.region_counts["all"]) == dict(_codes(sets, list(SHAPES)))
+    assert whole.totals.tolist() == whole.region_counts["all"].tolist()
+
+
+@pytest.mark.parametrize("jit", ["1", "0"])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_compact_counts_keep_every_count_in_the_smallest_type(dtype, jit, monkeypatch):
+    """A group's bins become the codes that occur and their counts (or every count, where that is
+    smaller) in uint8 / uint16 / uint32 / int64 by the largest count: the same numbers, bins zeroed,
+    totals added."""
+    monkeypatch.setenv("SUBNETVIZ_JIT", jit)
+    rng = np.random.default_rng(0)
+    for top, want in ((255, np.uint8), (256, np.uint16), (65535, np.uint16), (65536, np.uint32), (2**32, np.int64)):
+        if top > np.iinfo(dtype).max:
+            continue
+        for occupied in (3, 2**12, 2**16):  # few codes: sparse; most or all of them: every count
+            bins = np.zeros(2**16, dtype)
+            at = rng.choice(2**16, occupied, replace=False)
+            bins[at] = rng.integers(1, top, occupied, endpoint=True)
+            bins[at[0]] = top
+            want_bins, totals = bins.astype(np.int64), np.ones(2**16, np.int64)
+            codes, counts = overlap_counts._compact(bins, totals)
+            assert counts.dtype == want and not bins.any()
+            assert (codes is None) == (occupied * (2 + counts.itemsize) >= 2**16 * counts.itemsize)
+            row = np.zeros(2**16, np.int64)
+            row[slice(None) if codes is None else codes] = counts
+            assert row.tolist() == want_bins.tolist() and totals.tolist() == (want_bins + 1).tolist()
 
 
 def test_each_mask_lands_on_its_own_lane_bit():
