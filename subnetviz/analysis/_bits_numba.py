@@ -325,20 +325,27 @@ def fp8_value(typingctx, code, man_bits, bias, special, sub_scale):
 
 
 @intrinsic
-def or_marked(typingctx, acc, code, pattern):  # acc | ((code & pattern) == pattern), all uint8
+def or_marked(
+    typingctx, acc, code, pattern
+):  # acc | ((code & pattern) == pattern): acc uint8, code and pattern one integer type
+    if not isinstance(code, types.Integer) or code != pattern:
+        return None
+
     def codegen(context, builder, sig, args):
         i8 = ir.IntType(8)
         hit = builder.icmp_unsigned("==", builder.and_(args[1], args[2]), args[2])
         return builder.or_(args[0], builder.zext(hit, i8))
 
-    return types.uint8(types.uint8, types.uint8, types.uint8), codegen
+    return types.uint8(types.uint8, code, pattern), codegen
 
 
 @jit
 def any_marked(codes, pattern):
-    """Whether any code (1-D uint8) has all the bits of ``pattern`` set: with the sign masked off, an FP8
-    code is NaN / Inf exactly when it has all of them (e4m3fn: 0x7F, e5m2: 0x7C). One pass, 64 codes a
-    vector and no temporaries."""
+    """Whether any code (1-D integers of ``pattern``'s type) has all the bits of ``pattern`` set: with the
+    sign masked off, an FP8 code is NaN / Inf exactly when it has all of them (e4m3fn: 0x7F, e5m2: 0x7C),
+    and an IEEE float's bit pattern when its exponent bits are all set (bf16: 0x7F80 in its int16 view,
+    fp16 0x7C00, fp32 0x7F800000, fp64 0x7FF0000000000000). One pass, a vector of codes at a time and no
+    temporaries."""
     acc = np.uint8(0)
     for k in range(np.uint64(codes.size)):
         acc = or_marked(acc, codes[k], pattern)

@@ -255,9 +255,16 @@ def test_one_definition_of_the_defaults():
 
 
 # --- finite check (moved from test_sparsity) -----------------------------------------------------------
+@pytest.fixture(params=["1", "0"], ids=["jit", "torch"])
+def finite_jit(request, monkeypatch):
+    """Both finite checks: the compiled pattern pass (where numba is installed) and aminmax."""
+    monkeypatch.setenv("SUBNETVIZ_JIT", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_check_finite_finds_any_non_finite_entry(dtype, bad):
+def test_check_finite_finds_any_non_finite_entry(dtype, bad, finite_jit):
     x = torch.randn(50, 7).to(dtype)
     check_finite(x, "fine")  # no error
     check_finite(torch.empty(0, 3, dtype=dtype), "empty")
@@ -268,12 +275,32 @@ def test_check_finite_finds_any_non_finite_entry(dtype, bad):
 
 
 @pytest.mark.parametrize("pos", [0, 1, 517, 998, 999])  # vector-lane heads and the scalar tail
-def test_check_finite_single_nan_anywhere(pos):
+def test_check_finite_single_nan_anywhere(pos, finite_jit):
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.randn(1000).to(dtype)
         x[pos] = float("nan")
         with pytest.raises(NonFiniteError, match="1 NaN"):
             check_finite(x, "v")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_check_finite_passes_every_finite_edge_pattern(dtype, finite_jit):
+    """The largest finite values, the smallest subnormals and both zeros of each sign (every exponent
+    bit but one set, or none) are finite; every other exponent-all-ones pattern (Inf, quiet and
+    signalling NaN of either sign) is refused, also in a strided view (checked by aminmax)."""
+    fi = torch.finfo(dtype)
+    edge = torch.tensor([fi.max, -fi.max, fi.smallest_normal, fi.tiny * fi.eps, 0.0, -0.0, 1.0], dtype=torch.float64)
+    check_finite(edge.to(dtype).repeat(41), "edges")
+    iv = bits.INT_VIEW[dtype]
+    pattern = int(bits.EXPONENT_BITS[dtype])
+    sign = -(1 << (8 * dtype.itemsize - 1))
+    for special in (pattern, pattern | 1, pattern | (pattern >> 1) ^ pattern | 1, sign | pattern, sign | pattern | 1):
+        x = edge.to(dtype).repeat(41)
+        x.view(iv)[100] = special
+        with pytest.raises(NonFiniteError, match="v: 1 NaN"):
+            check_finite(x, "v")
+        with pytest.raises(NonFiniteError, match="s: 1 NaN"):
+            check_finite(x[::2], "s")  # entry 100 is in the strided view
 
 
 def test_check_finite_fp8_and_integers():
