@@ -131,6 +131,7 @@ def check_readable(path: str | os.PathLike, *, what: str | None = None) -> Path:
 
 LOCAL_COMPUTE = "this server"
 """The sidebar's name for computing in the server's own process (no cluster)."""
+RAY_ADDRESS_ENV = "SUBNETVIZ_RAY_ADDRESS"  # the default cluster (jobs.ray_backend.ray_address)
 _CLUSTER_ADDRESS = re.compile(r"(ray://)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}|auto")
 
 
@@ -151,7 +152,7 @@ def ray_clusters() -> dict[str, str]:
     """
     from subnetviz.errors import ConfigError
 
-    default = (os.environ.get("SUBNETVIZ_RAY_ADDRESS") or "").strip()
+    default = (os.environ.get(RAY_ADDRESS_ENV) or "").strip()
     named: dict[str, str] = {}
     for e in (e.strip() for e in (os.environ.get("SUBNETVIZ_RAY_ADDRESSES") or "").split(",")):
         if not e or e == "local":

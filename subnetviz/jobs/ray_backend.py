@@ -42,9 +42,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from subnetviz.config import RAY_ADDRESS_ENV
 from subnetviz.errors import ConfigError, JobError
 
-RAY_ADDRESS_ENV = "SUBNETVIZ_RAY_ADDRESS"
 CANCEL_GRACE_S = 5.0
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])
 

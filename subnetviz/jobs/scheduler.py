@@ -25,9 +25,9 @@ from pathlib import Path
 
 import psutil
 
+from subnetviz.config import RAY_ADDRESS_ENV
 from subnetviz.errors import JobError
 from subnetviz.jobs.context import STATUS_FILE, read_json
-from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV
 from subnetviz.jobs.registry import TERMINAL, Registry, RunRecord, creation_time, is_alive
 
 REGISTRY_FILE = "registry.sqlite"
