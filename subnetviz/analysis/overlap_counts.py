@@ -198,7 +198,7 @@ def _region_counts(
 ) -> np.ndarray | None:
     """(2**N,) int64 exclusive counts of one tensor's membership codes ``Σ_k bits_k << k``, added into
     ``out`` when given (a contiguous int64 row of 2**N, e.g. the tensor's group) and returned.
-    ``sink`` (compiled, N > 8 only: :func:`_direct`): the counts stay in the int32 bins
+    ``sink`` (compiled, N > 8 only): the counts stay in the int32 bins
     ``work["bins32"]``, added to from tensor to tensor, and ``sink(bins)`` takes them (and zeroes
     them) only when they could overflow; the caller drains the rest (:func:`_drain`). Returns None.
 
@@ -287,20 +287,11 @@ def _region_counts(
     return out
 
 
-def _direct(n_masks: int) -> bool:
-    """Whether :func:`_region_counts` counts N masks' lanes as region codes into int32 bins (compiled,
-    N > 8) and so takes a ``sink``."""
-    return n_masks > 8 and _jit() is not None
-
-
 def _drain(work: dict, sink: Callable[[np.ndarray], None]) -> None:
     """``sink(bins)`` of the counts left in the int32 bins by :func:`_region_counts` (``sink=``)."""
     if "bins32" in work:
         sink(work["bins32"])
         work["fresh"] = 0
-
-
-_NO_TOTALS = np.zeros(0, np.int64)
 
 
 def _compact(bins: np.ndarray, totals: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
@@ -356,7 +347,7 @@ class GroupRegions(Mapping):
         if row != self._pending:
             self._settle()
             self._pending = row
-        if _direct(self.n_masks):
+        if _jit() is not None:  # N > 8 compiled: the lanes are the codes, counted into int32 bins
             _region_counts(sources, self.n_masks, numel, self._work, sink=self._take)
             return
         self._acc = np.zeros(2**self.n_masks, np.int64) if self._acc is None else self._acc
@@ -385,7 +376,7 @@ class GroupRegions(Mapping):
         merged = self._fill(self._pending, np.zeros(bins.size, np.int64))
         merged += bins
         bins.fill(0)
-        self._kept[self._pending] = _compact(merged, _NO_TOTALS)
+        self._kept[self._pending] = _compact(merged, np.zeros(0, np.int64))
 
     def _fill(self, i: int, row: np.ndarray) -> np.ndarray:
         """Group ``i``'s kept counts written into ``row`` (zeros, any numeric dtype); returns ``row``."""
