@@ -162,7 +162,7 @@ def run_pass(x2: np.ndarray, y2: np.ndarray, dtype_name: str, options, rel_nonze
     the statistics through ``acc.add``). Returns False (nothing done) when the kernels are not available."""
     if kernels() is None:
         return False
-    from subnetviz.analysis.bits import ULP_EDGES
+    from subnetviz.analysis.thresholds import ULP_EDGES
 
     rows, cols = x2.shape
     if options.row_col:
@@ -203,7 +203,7 @@ def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> fl
     t0 = time.perf_counter()
     if kernels() is None:
         return 0.0
-    from subnetviz.analysis.bits import ULP_EDGES
+    from subnetviz.analysis.thresholds import ULP_EDGES
 
     for name in dtype_names:
         if name == "fp8":
@@ -243,7 +243,7 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
     ``cols`` (its counts) when given. The effective weights are fl(value(code) × scale) in float32,
     compared as two float32 tensors are (:func:`pair_pass`): the numbers of dequantising both sides
     whole and comparing them."""
-    from subnetviz.analysis.bits import ULP_EDGES
+    from subnetviz.analysis.thresholds import ULP_EDGES
 
     k = kernels()
     man_bits, bias, special, sub = FP8_FORMATS[fmt]
@@ -293,7 +293,7 @@ def code_counts(x: np.ndarray, y: np.ndarray, sign_magnitude: bool) -> tuple[int
     """(changed codes, #(steps > edge) per ULP edge) of two 1-byte code arrays (any shape, contiguous),
     compiled, in one pass and no index arrays: FP8 bytes in sign-magnitude code steps
     (``sign_magnitude``), integer codes (int8 / uint8) by their difference."""
-    from subnetviz.analysis.bits import ULP_EDGES
+    from subnetviz.analysis.thresholds import ULP_EDGES
 
     edges = np.asarray(ULP_EDGES, dtype=np.int32)
     out = np.zeros(1 + edges.size, np.int64)
