@@ -35,6 +35,22 @@ def hist16(lo, hi, out):  # pragma: no cover (compiled)
 
 
 @jit
+def hist16_hot(lo, hi, out, hot):  # pragma: no cover (compiled)
+    """:func:`hist16` for blocks where one code ``hot`` is most parameters (sparse masks: code 0; dense
+    ones: every mask): its increments go round the 8 spare bins past the 2**N (``out``: 2**N + 8), so
+    a run of it does not queue on one bin (1 % density: ~3x faster; random masks: ~1.5x slower)."""
+    n = out.size - 8
+    m = lo.size - lo.size % 8
+    for i in range(0, m, 8):
+        for j in range(8):
+            v = np.int64(lo[i + j]) | (np.int64(hi[i + j]) << 8)
+            out[v if v != hot else n + j] += 1
+    for i in range(m, lo.size):
+        v = np.int64(lo[i]) | (np.int64(hi[i]) << 8)
+        out[v if v != hot else n] += 1
+
+
+@jit
 def _swap_rows(a, b, width, low):  # pragma: no cover (compiled)
     """One delta swap of two rows (1-d uint64): a's high ``width``-bit fields traded for b's low ones."""
     for w in range(a.size):

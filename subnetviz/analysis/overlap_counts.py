@@ -224,11 +224,11 @@ def _region_counts(
     if jit is not None and not direct:  # int64 bins counted in place: 4 sub-histograms of bytes
         bins = np.zeros((4, 256), dtype=np.int64)
     elif direct:  # int32 bins, hot in cache from tensor to tensor, added into `out` per tensor
-        bins = work.get("bins32")
-        if bins is None or bins.size != 2**n_masks:
-            bins = work["bins32"] = np.zeros(2**n_masks, dtype=np.int32)
-            work["fresh"] = 0  # slots counted into bins since they were last taken
-        fresh = work["fresh"]
+        if work.get("bins32") is None or work["bins32"].size != 2**n_masks + 8:  # 8 spare: _count_lanes
+            work["bins32"] = np.zeros(2**n_masks + 8, dtype=np.int32)
+            work["bins"] = work["bins32"][: 2**n_masks]
+            work["fresh"], work["hot"] = 0, -1  # slots counted into bins since they were last taken
+        bins, fresh = work["bins"], work["fresh"]
         sink, keep = (sink, True) if sink is not None else (functools.partial(_flush, out=out), False)
     elif jit is None:
         hist = torch.zeros(2**unit, dtype=torch.int64)
@@ -257,7 +257,7 @@ def _region_counts(
                 if fresh + words * 64 > INT32_MAX:
                     sink(bins)
                     fresh = 0
-                jit.hist16(rows[:8].reshape(-1), rows[8:].reshape(-1), bins)
+                work["hot"] = _count_lanes(jit, rows, work["bins32"], work["hot"], words * 64)
                 fresh += words * 64
             else:
                 jit.hist8(rows.reshape(-1), bins)
@@ -287,10 +287,26 @@ def _region_counts(
     return out
 
 
+def _count_lanes(jit, rows: np.ndarray, bins: np.ndarray, hot: int, slots: int) -> int:
+    """A block's 16-bit lanes (``rows``: (16, ·) bytes, :func:`_transpose` at M = 16 without the byte
+    interleave) counted into ``bins`` (int32, 2**N + 8): by ``hist16``, or by ``hist16_hot`` when the
+    last block had more than a quarter of its ``slots`` in code ``hot`` (0, or 2**N - 1), whose
+    increments then go round the 8 spare bins (added back here). Returns that choice for the next block."""
+    n, lo, hi = bins.size - 8, rows[:8].reshape(-1), rows[8:].reshape(-1)
+    before = int(bins[0]), int(bins[n - 1])
+    if hot < 0:
+        jit.hist16(lo, hi, bins)
+    else:
+        jit.hist16_hot(lo, hi, bins, hot)
+        bins[hot] += bins[n:].sum()
+        bins[n:] = 0
+    return 0 if (bins[0] - before[0]) * 4 > slots else n - 1 if (bins[n - 1] - before[1]) * 4 > slots else -1
+
+
 def _drain(work: dict, sink: Callable[[np.ndarray], None]) -> None:
     """``sink(bins)`` of the counts left in the int32 bins by :func:`_region_counts` (``sink=``)."""
-    if "bins32" in work:
-        sink(work["bins32"])
+    if "bins" in work:
+        sink(work["bins"])
         work["fresh"] = 0
 
 

@@ -106,6 +106,26 @@ def test_int32_bins_added_before_they_could_overflow(n_masks, monkeypatch):
     assert whole.totals.tolist() == whole.region_counts["all"].tolist()
 
 
+@pytest.mark.parametrize("n_masks", [9, 16])
+def test_a_block_mostly_in_one_code_counts_it_round_spare_bins(n_masks, monkeypatch):
+    """Sparse masks (most parameters in no mask) and dense ones (most in every mask): after a block
+    that is mostly code 0 or 2**N - 1, the next one counts that code round 8 spare bins (no run of
+    increments on one bin) and adds them back: the counts are those of the codes one by one."""
+    monkeypatch.setenv("SUBNETVIZ_JIT", "1")
+    monkeypatch.setattr(overlap_counts, "CHUNK", 16)  # blocks of 64 parameters: the choice changes often
+    jit = overlap_counts._jit()
+    calls = collections.Counter()
+    hot = jit.hist16_hot
+    monkeypatch.setattr(jit, "hist16_hot", lambda lo, hi, out, code: calls.update([code]) or hot(lo, hi, out, code))
+    g = torch.Generator().manual_seed(n_masks)
+    for p in (0.01, 0.99, 0.3):
+        sets = [{name: torch.rand(shape, generator=g) < p for name, shape in SHAPES.items()} for _ in range(n_masks)]
+        rep = mask_overlap(_packed(sets), group_of=lambda name: name in "ab")
+        for grp in (True, False):
+            assert _as_dict(rep.region_counts[grp]) == dict(_codes(sets, [n for n in SHAPES if (n in "ab") == grp]))
+    assert calls[0] > 0 and calls[2**n_masks - 1] > 0 and set(calls) == {0, 2**n_masks - 1}
+
+
 @pytest.mark.parametrize("jit", ["1", "0"])
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
 def test_compact_counts_keep_every_count_in_the_smallest_type(dtype, jit, monkeypatch):
