@@ -260,3 +260,46 @@ def test_a_file_rewritten_after_its_header_was_read_is_refused(tmp_path):
     _write(tmp_path / "c1", {"model.w.weight": x.to(torch.float16)})
     with pytest.raises(CheckpointError, match=r"c1/model.safetensors: tensor 'model.w.weight' changed"):
         checkpoint_series(cks)
+
+
+def test_sharded_checkpoints_and_a_resized_vocabulary_match_the_reference(tmp_path, loop):
+    """Tensors spread over two shard files per checkpoint (one map per file) and an embedding whose
+    later checkpoints add rows (only the shared rows are compared: a prefix of each version)."""
+    rng = np.random.default_rng(7)
+    walks = {"model.embed_tokens.weight": (50, 9), "model.layers.0.mlp.up_proj.weight": (13, 9)}
+    versions = {}
+    for name, shape in walks.items():
+        v = rng.integers(0x3800, 0x3F00, shape).astype(np.int16)
+        vs = [v]
+        for _ in range(4):
+            nxt = vs[-1].copy()
+            nxt[rng.random(shape) < 0.3] += 1
+            back = rng.random(shape) < 0.1
+            nxt[back] = v[back]
+            vs.append(nxt)
+        versions[name] = vs
+    paths = []
+    for i in range(5):
+        emb = versions["model.embed_tokens.weight"][i]
+        if i >= 2:  # three more vocabulary rows from here on
+            emb = np.concatenate([emb, rng.integers(0x3800, 0x3F00, (3, 9)).astype(np.int16)])
+        path = tmp_path / f"c{i}"
+        path.mkdir()
+        shards = {
+            "model.embed_tokens.weight": emb,
+            "model.layers.0.mlp.up_proj.weight": versions["model.layers.0.mlp.up_proj.weight"][i],
+        }
+        weight_map = {}
+        for s, (name_s, arr) in enumerate(shards.items()):
+            file = f"model-{s + 1:05d}-of-00002.safetensors"
+            save_file({name_s: torch.from_numpy(arr.copy()).view(torch.bfloat16)}, str(path / file))
+            weight_map[name_s] = file
+        (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+        paths.append(str(path))
+    res = checkpoint_series(paths)
+    refs = [_reference_series(vs) for vs in versions.values()]
+    assert res.numel == 50 * 9 + 13 * 9
+    assert res.steps["changed_vs_first"].tolist() == np.sum([r["vs_first"] for r in refs], axis=0).tolist()
+    assert res.steps["changed_vs_previous"].tolist() == np.sum([r["vs_prev"] for r in refs], axis=0).tolist()
+    assert res.split["count"].tolist() == np.sum([r["split"] for r in refs], axis=0).tolist()
