@@ -370,12 +370,13 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
     from subnetviz.report.formats import MISSING, SCIENTIFIC, display_frame
     from subnetviz.report.html import download_frame
 
-    shown, fmts = shared(display_frame, df)
+    own = kwargs.get("column_config") or {}
+    shown, fmts = shared(display_frame, df, tuple(str(c) for c in own))  # the caller's columns stay its own
     # e-notation is wider than the column's auto-size guess from its header or its blank cells: fixed width
     formats = {
         c: st.column_config.NumberColumn(format=f, width=96 if f == SCIENTIFIC else None) for c, f in fmts.items()
     }
-    kwargs["column_config"] = {**formats, **(kwargs.get("column_config") or {})}
+    kwargs["column_config"] = {**formats, **own}
     kwargs.setdefault("placeholder", MISSING)  # a missing value reads as a dash, not a grey "None"
     st.dataframe(shown, key=key, width="stretch", hide_index=True, **kwargs)
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)

@@ -97,12 +97,13 @@ def formatted_frame(df: pd.DataFrame) -> pd.DataFrame:
 SHOWN_PERCENT = "%.2f %%"  # a share column in the app's tables: its values × 100 (display_frame)
 
 
-def display_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+def display_frame(df: pd.DataFrame, keep: tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict[str, str]]:
     """``df`` as the app's tables show it, and each column's format there: shares in percent with two
     decimals, as the export writes them (Streamlit's own "percent" drops trailing zeros, so one column
     read "47%" above "48.5%"); other columns as :func:`column_formats` says. The values of a share
-    column are multiplied by 100 for the view only: downloads hold the fractions."""
-    formats = column_formats(df)
+    column are multiplied by 100 for the view only: downloads hold the fractions. Columns in ``keep``
+    (the caller configures them itself, e.g. a progress bar over [0, 1]) are left as they are."""
+    formats = {c: f for c, f in column_formats(df).items() if c not in keep}
     shares = [c for c in df.columns if formats.get(str(c)) == PERCENT]
     if shares:
         df = df.copy()

@@ -386,6 +386,9 @@ def test_pages_show_live_progress_of_a_queued_or_running_job(app_env):
         assert any("live:" in p.proto.text for p in at.get("progress"))
         at = open_page("training", tr_view="Runs")
         assert not at.exception and not at.error
+        # the progress bar's column keeps its fractions (the percent view of shares is for plain columns)
+        progress = next(d.value["progress"] for d in at.dataframe if "progress" in d.value.columns)
+        assert progress.dropna().between(0, 1).all() and (progress == 1).any(), list(progress)
     finally:
         runner.cancel(rid)
 

@@ -253,5 +253,7 @@ def test_table_numbers_read_as_in_the_app():
     shown, fmts = display_frame(df)
     assert fmts["o1"] == "%.2f %%" and fmts["count_a"] == COUNT and list(shown["o1"]) == [0.8313 * 100, 92.0]
     assert list(df["o1"]) == [0.8313, 0.92] and shown["numel"].equals(df["numel"])  # the caller's frame is kept
+    kept, kept_fmts = display_frame(df, keep=("o1",))  # a column the caller configures itself (a progress bar)
+    assert kept["o1"].equals(df["o1"]) and "o1" not in kept_fmts and kept_fmts["count_a"] == COUNT
     html = build_report("t", [ReportSection("s", tables=[("cap", df)])])
     assert "17,144" in html and "83.13 %" in html and "1.200e-06" in html
