@@ -122,6 +122,8 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
                 res = train(cfg, ctx)
             if res.is_main_process:
                 print(json.dumps(res.to_dict(), indent=2))
+            if sharded.launched():  # one rank of a launched run, done: leave without the teardown
+                sharded.exit_rank(0)
             return 0
         config = json.loads(Path(config_path).read_text())
         config["kind"] = "train"

@@ -101,18 +101,6 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        _leave_world()
-
-
-def _leave_world() -> None:
-    """A launched rank leaves its process group before its interpreter exits (torch's advice). A ZeRO-3
-    rank that did not was twice aborted at exit ("terminate called without an active exception",
-    SIGABRT) after its work was saved, which failed the whole run. A caller's own group (a notebook
-    that initialised one and trains in-process) is left alone."""
-    import torch.distributed as dist
-
-    if sharded.launched() and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 class _Run:
