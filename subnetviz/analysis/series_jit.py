@@ -16,7 +16,6 @@ uses the NumPy blocks and a finite check per version.
 from __future__ import annotations
 
 import functools
-import json
 import mmap
 from pathlib import Path
 
@@ -122,24 +121,22 @@ class FileMaps:
 
 
 def _map(path: Path) -> tuple:
-    """(read-only map of the whole file, the address of its data section, that section's offset, parsed header)."""
+    """(read-only map of the whole file, the address of its data section, that section's offset, parsed
+    header): the header read and validated by the checkpoints' own reader, the file mapped once."""
+    from subnetviz.checkpoints.header import read_safetensors_header
     from subnetviz.errors import CheckpointError
 
+    header, raw = read_safetensors_header(path)
     try:
         with open(path, "rb") as fh:
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot map ({exc}).") from exc
-    n = int.from_bytes(mm[:8], "little")
-    try:
-        header = json.loads(mm[8 : 8 + n])
-    except ValueError as exc:
-        mm.close()
-        raise CheckpointError(f"{path}: corrupt safetensors header ({exc}).") from exc
     view = np.frombuffer(mm, np.uint8)  # only for the address: the map stays open until close()
     address = view.ctypes.data
     del view
-    return mm, address + 8 + n, 8 + n, header
+    start = 8 + len(raw)
+    return mm, address + start, start, header
 
 
 def tensor_counts(addresses: np.ndarray, sizes: np.ndarray, special: np.generic, itemsize: int) -> np.ndarray:
