@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import json
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -365,6 +366,13 @@ class PackedMasks(Mapping):
     def add(self, name: str, mask: torch.Tensor) -> None:
         m = mask.detach().cpu()
         self._bits[name] = (np.packbits(m.numpy().reshape(-1)), tuple(m.shape))
+
+    def add_bits(self, name: str, bits: np.ndarray, shape: tuple[int, ...]) -> None:
+        """A mask already packed (np.packbits order, ceil(numel / 8) bytes), as the update pass writes it."""
+        n = math.prod(shape)
+        if bits.dtype != np.uint8 or bits.shape != ((n + 7) // 8,):
+            raise MaskError(f"{name}: {bits.dtype} {bits.shape} is not {n} packed bits.")
+        self._bits[name] = (bits, tuple(shape))
 
     def __getitem__(self, name: str) -> torch.Tensor:
         bits, shape = self._bits[name]

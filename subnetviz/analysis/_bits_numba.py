@@ -270,25 +270,66 @@ def segment_stats(xr, yr, changed, lut, tols, eta, rel_nonzero, mask_mode, mask_
 
 
 @jit
-def pair(x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, do_rc, rows, cols, edges, out, dbuf, ubuf):
+def pack_bits(m, n, bits, off):
+    """OR the 0/1 bytes ``m[:n]`` into the bit array ``bits`` (uint8, np.packbits order: the first entry
+    of a byte is its top bit) from bit ``off`` on. The bytes ``m`` covers whole are written, those it
+    shares with the entries before or after it are OR-ed into (``bits`` starts zeroed)."""
+    k = 0
+    while k < n and (off + k) & 7:  # up to the next byte boundary
+        p = off + k
+        bits[p >> 3] |= np.uint8(m[k] << (7 - (p & 7)))
+        k += 1
+    whole = (n - k) >> 3
+    at = (off + k) >> 3
+    for j in range(whole):
+        q = k + 8 * j
+        bits[at + j] = np.uint8(
+            (m[q] << 7)
+            | (m[q + 1] << 6)
+            | (m[q + 2] << 5)
+            | (m[q + 3] << 4)
+            | (m[q + 4] << 3)
+            | (m[q + 5] << 2)
+            | (m[q + 6] << 1)
+            | m[q + 7]
+        )
+    k += 8 * whole
+    while k < n:
+        p = off + k
+        bits[p >> 3] |= np.uint8(m[k] << (7 - (p & 7)))
+        k += 1
+
+
+@jit
+def pair(
+    x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, bits, do_rc, rows, cols, edges, out, dbuf, ubuf
+):
     """:func:`changes` and, where any, :func:`segment_stats` over every row of integer views ``x2`` -> ``y2``
     (R × C) in segments of ``dbuf.size`` entries (the caller's choice: bits_jit.SEG); mask_mode 1: the
-    bits differ, 2: |Δ| > mask_tol, 0: none. ``mask`` (R × C; 1 × 1 when mask_mode is 0), ``rows`` (int64)
-    and ``cols`` (int32: added to) are filled when ``do_rc``."""
+    bits differ, 2: |Δ| > mask_tol, 0: none. The mask goes to ``mask`` (uint8, R × C, zeroed for mode 2),
+    or, when ``bits`` is not empty, bit-packed into ``bits`` (zeroed, R·C bits in np.packbits order;
+    ``mask`` then holds one segment: SEG entries), with no full-size mask written. ``rows`` (int64) and
+    ``cols`` (int32: added to) are filled when ``do_rc``."""
     n_rows, n_cols = x2.shape
+    packed = bits.size > 0
     for r in range(n_rows):
         row_changed = 0
         for c0 in range(0, n_cols, dbuf.size):
             c1 = min(n_cols, c0 + dbuf.size)
             xr = x2[r, c0:c1]
             yr = y2[r, c0:c1]
-            mr = mask[r, c0:c1] if mask_mode else mask[0, 0:0]
+            if packed:  # every entry of the segment is written (mode 2: by segment_stats, when any changed)
+                mr = mask[0, 0 : c1 - c0]
+            else:
+                mr = mask[r, c0:c1] if mask_mode else mask[0, 0:0]
             cr = cols[c0:c1] if do_rc else cols[0:0]
             changed = changes(xr, yr, mask_mode, mr, do_rc, cr)
-            if changed:  # (with mask_mode 2 the caller hands a mask of zeros)
+            if changed:  # (with mask_mode 2 the mask starts zeroed)
                 segment_stats(
                     xr, yr, changed, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, edges, out, dbuf, ubuf
                 )
+                if packed:  # no change: the segment's bits stay zero
+                    pack_bits(mr, c1 - c0, bits, r * n_cols + c0)
             row_changed += changed
         if do_rc:
             rows[r] = row_changed

@@ -110,21 +110,25 @@ def pair_pass(
     mask_tolerance: float | None,
     rows: np.ndarray | None,
     cols: np.ndarray | None,
+    bits: np.ndarray | None = None,
 ) -> PairOut:
     """Run the compiled pass over 2-D integer views ``x2`` -> ``y2`` (C-contiguous, one shape) of float
     ``dtype_name`` ('bfloat16', 'float16', 'float32', 'float64'). ``mask`` (bool, x2's shape) receives
     the exact mask, or |Δ| > ``mask_tolerance`` when that is set (entries at or below it are written
-    False); ``rows`` / ``cols`` (int64) receive the changed count per row and are added per column.
-    Requires :func:`kernels` to be non-None."""
+    False); ``bits`` (uint8, zeroed, ceil(size / 8)) receives that mask bit-packed instead (np.packbits
+    order), with no full-size mask written (``mask`` is then None); ``rows`` / ``cols`` (int64) receive
+    the changed count per row and are added per column. Requires :func:`kernels` to be non-None."""
     k = kernels()
     width = x2.itemsize
     ctype, utype, lut, tols, edge_arr = _constants(width, dtype_name, tuple(tolerances), tuple(edges))
     if dtype_name == "float16":  # the kernel tells bf16 (int16) from fp16 (uint16) by the view's type
         x2, y2 = x2.view(np.uint16), y2.view(np.uint16)
     out = np.zeros(3 + edge_arr.size + tols.size, np.int64)
-    mode = 0 if mask is None else (1 if mask_tolerance is None else 2)
+    packed = bits is not None
+    mode = 0 if mask is None and not packed else (1 if mask_tolerance is None else 2)
     do_rc = rows is not None
     cols32 = np.zeros(x2.shape[1] if do_rc else 0, np.int32)  # column counts: int32 adds in the loop
+    dbuf, ubuf, seg = _scratch(ctype, utype)
     k.pair(
         x2,
         y2,
@@ -134,14 +138,15 @@ def pair_pass(
         bool(rel_nonzero),
         mode,
         ctype(mask_tolerance or 0.0),
-        mask.view(np.uint8) if mask is not None else np.zeros((1, 1), np.uint8),
+        seg if packed else (mask.view(np.uint8) if mask is not None else _NO_MASK),
+        bits if packed else _NO_BITS,
         do_rc,
-        rows if do_rc else np.zeros(0, np.int64),
+        rows if do_rc else _NO_ROWS,
         cols32,
         edge_arr,
         out,
-        np.empty(SEG, ctype),
-        np.empty(SEG, utype),
+        dbuf,
+        ubuf,
     )
     if do_rc:
         cols += cols32
@@ -156,10 +161,31 @@ def pair_pass(
     )
 
 
+# Read-only stand-ins for the kernel's unused array arguments (left writeable: a read-only array is
+# another numba type); and per thread, the segment buffers each call reuses (the read-ahead thread and
+# the caller may run passes at once).
+_NO_MASK, _NO_BITS, _NO_ROWS = np.zeros((1, 1), np.uint8), np.zeros(0, np.uint8), np.zeros(0, np.int64)
+_LOCAL = threading.local()
+
+
+def _scratch(ctype, utype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's segment buffers for :func:`pair_pass`: |Δ| (``ctype``), ULP distance (``utype``) and
+    one segment of mask bytes (uint8, 1 × SEG), allocated once per thread and type."""
+    key = (ctype, utype)
+    cache = getattr(_LOCAL, "bufs", None)
+    if cache is None:
+        cache = _LOCAL.bufs = {}
+    got = cache.get(key)
+    if got is None:
+        got = cache[key] = (np.empty(SEG, ctype), np.empty(SEG, utype), np.empty((1, SEG), np.uint8))
+    return got
+
+
 def run_pass(x2: np.ndarray, y2: np.ndarray, dtype_name: str, options, rel_nonzero: bool, acc) -> bool:
     """The per-tensor pass of :func:`~subnetviz.analysis.sparsity.compare_pair` over 2-D integer views,
-    compiled: fills ``acc`` (its ``mask``, ``rows`` / ``cols`` when ``options.row_col``, ``changed``, and
-    the statistics through ``acc.add``). Returns False (nothing done) when the kernels are not available."""
+    compiled: fills ``acc`` (its ``mask``, or its ``bits`` when it holds a packed array, ``rows`` /
+    ``cols`` when ``options.row_col``, ``changed``, and the statistics through ``acc.add``). Returns False
+    (nothing done) when the kernels are not available."""
     if kernels() is None:
         return False
     from subnetviz.analysis.thresholds import ULP_EDGES
@@ -184,6 +210,7 @@ def run_pass(x2: np.ndarray, y2: np.ndarray, dtype_name: str, options, rel_nonze
         options.mask_tolerance,
         None if column or not options.row_col else acc.rows,
         None if column or not options.row_col else acc.cols,
+        acc.bits,
     )
     if column and options.row_col:
         acc.rows[:] = np.not_equal(x2, y2).reshape(-1)

@@ -333,8 +333,11 @@ def compare_aligned(
     dev,
     log: FormLog,
     i: int,
+    *,
+    packed: bool = False,
 ):
-    """One aligned weight pair in whatever form it is stored.
+    """One aligned weight pair in whatever form it is stored (``packed``: a float pair's mask comes back
+    bit-packed, :func:`~subnetviz.analysis.sparsity.compare_pair`'s ``mask_bits``).
 
     Returns ``(PairStats, changed_effective, delta)`` where ``delta()`` gives the float64 Δ for
     spectra (effective for quantized forms) or is None (codes with no effective form).
@@ -344,7 +347,7 @@ def compare_aligned(
         if options.precision is None and a.dtype != b.dtype:
             log.add(i, f"cast:{str(a.dtype)[6:]}>{str(b.dtype)[6:]}", name)
             a = a.to(b.dtype)  # round-to-nearest-even, as saving in b's dtype would
-        st = compare_pair(a, b, options, name=name)
+        st = compare_pair(a, b, options, name=name, packed=packed)
         return st, st.changed, lambda: b.to(torch.float64) - a.to(torch.float64)
     if fa.kind == fb.kind == "codes":
         st = compare_codes(a, b, options, name=name)

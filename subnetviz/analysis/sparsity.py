@@ -168,6 +168,7 @@ class _Pass:
     rows: np.ndarray | torch.Tensor | None = None
     cols: np.ndarray | torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    bits: np.ndarray | None = None  # the mask bit-packed, written by the compiled pass instead of ``mask``
     device: tuple | None = None
 
     def __post_init__(self):
@@ -188,7 +189,7 @@ class _Pass:
             acc = self.device
             self.device = (torch.maximum(acc[0], out[0]), *(s + o for s, o in zip(acc[1:], out[1:4], strict=True)))
 
-    def stats(self, a: torch.Tensor) -> PairStats:
+    def stats(self, a: torch.Tensor, packed: bool = False) -> PairStats:
         if self.device is not None:  # one synchronisation per tensor
             largest, tol, rel, above = self.device
             self.add(float(largest), tol.tolist(), int(rel), above.tolist())
@@ -204,7 +205,8 @@ class _Pass:
             max_abs_delta=self.largest,
             row_counts=as_np(self.rows) if self.rows is not None else None,
             col_counts=as_np(self.cols) if self.cols is not None else None,
-            mask=self.mask.reshape(a.shape).cpu() if self.mask is not None else None,
+            mask=self.mask.reshape(a.shape).cpu() if self.mask is not None and not packed else None,
+            mask_bits=self.bits if self.bits is not None or not packed or self.mask is None else _pack(self.mask),
         )
 
 
@@ -231,8 +233,17 @@ def _rel_is_nonzero(dtype: torch.dtype, eta: float) -> bool:
     return eta < torch.finfo(dtype).eps / 2  # eps = 2^(1-p)
 
 
+def _pack(mask: torch.Tensor) -> np.ndarray:
+    return np.packbits(mask.cpu().numpy().reshape(-1))
+
+
 def compare_pair(
-    a: torch.Tensor, b: torch.Tensor, options: SparsityOptions = SparsityOptions(), *, name: str = "tensor"
+    a: torch.Tensor,
+    b: torch.Tensor,
+    options: SparsityOptions = SparsityOptions(),
+    *,
+    name: str = "tensor",
+    packed: bool = False,
 ) -> PairStats:
     """All update statistics of one tensor pair ``a`` (base) -> ``b`` (finetuned), same shape.
 
@@ -245,21 +256,28 @@ def compare_pair(
     is used when more did (an unchanged pair has Δ = 0 and ULP distance 0, so it counts nowhere,
     and the gather would cost more than it saves). On a GPU the chunk's statistics are one fused
     kernel (:func:`_chunk_kernel`) accumulated on the device, synchronised once per tensor.
+
+    ``packed``: the mask comes back bit-packed as ``mask_bits`` (np.packbits order) and ``mask`` is
+    None. The compiled CPU pass writes the bits itself (no full-size bool mask is ever allocated);
+    the other paths pack their mask at the end.
     """
     a, a2, b2 = _comparable(a, b, options, name)
     acc = _Pass(name, len(options.tolerances))
-    if options.keep_masks:  # the exact mask is written chunk by chunk by the comparison itself
+    compiled = a.device.type == "cpu" and _NUMPY_ON_CPU and bits_jit.kernels() is not None
+    if options.keep_masks and packed and compiled:  # packed by the compiled pass: no full-size mask
+        acc.bits = np.zeros((a2.numel() + 7) // 8, np.uint8)
+    elif options.keep_masks:  # the exact mask is written chunk by chunk by the comparison itself
         acc.mask = (torch.empty if options.mask_tolerance is None else torch.zeros)(
             a2.shape, dtype=torch.bool, device=a.device
         )
     if a.device.type == "cpu" and _NUMPY_ON_CPU:
         x2, y2 = int_view(a2).numpy(), int_view(b2).numpy()
         rel_is_nonzero = _rel_is_nonzero(a.dtype, options.eta)
-        if not bits_jit.run_pass(x2, y2, str(a.dtype)[6:], options, rel_is_nonzero, acc):  # compiled, one pass
+        if not (compiled and bits_jit.run_pass(x2, y2, str(a.dtype)[6:], options, rel_is_nonzero, acc)):
             _numpy_pass(x2, y2, a.dtype, options, acc)
     else:
         _torch_pass(int_view(a2), int_view(b2), a.dtype, options, acc)
-    return acc.stats(a)
+    return acc.stats(a, packed)
 
 
 def _numpy_pass(x2: np.ndarray, y2: np.ndarray, dtype: torch.dtype, options: SparsityOptions, acc: _Pass) -> None:

@@ -61,6 +61,7 @@ class PairStats:
     row_counts: np.ndarray | None = None  # (rows,) changed entries per row of the 2-D view
     col_counts: np.ndarray | None = None  # (cols,)
     mask: torch.Tensor | None = None  # bool, the tensor's shape (exact, or at mask_tolerance)
+    mask_bits: np.ndarray | None = None  # that mask bit-packed (np.packbits order), instead (packed=True)
 
 
 @dataclass

@@ -234,7 +234,7 @@ class _Walk:
         a, b = loaded["a", at.rows], loaded.pop(("b", i))
         try:
             st, changed_eff, delta_fn = compare_aligned(
-                a, b, fa, fb, at, self.ck_base, ck, self.options, self.dev, self.log, i
+                a, b, fa, fb, at, self.ck_base, ck, self.options, self.dev, self.log, i, packed=True
             )
         except NonFiniteError as exc:
             raise NonFiniteError(f"{ck.spec}: {exc}") from None
@@ -251,7 +251,9 @@ class _Walk:
                 for m, n, c in self.table.part_counts(at.names[0], at.shape, st.row_counts, st.col_counts)
             ]
         )
-        if st.mask is not None:
+        if st.mask_bits is not None:
+            self.masks[i].add_bits(at.names[0], st.mask_bits, tuple(a.shape))
+        elif st.mask is not None:
             self.masks[i].add(at.names[0], st.mask)
         if st.row_counts is not None and len(at.shape) >= 2:
             self.row_col[i][key] = (st.row_counts, st.col_counts)

@@ -170,6 +170,29 @@ def test_compare_pair_compiled_equals_numpy_kernels(dtype, share, monkeypatch):
     _assert_same(fast, slow)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("jit", [True, False])
+def test_packed_mask_is_packbits_of_the_mask(dtype, jit, monkeypatch):
+    """``packed=True``: the compiled pass writes the mask's bits itself, which must be np.packbits of the
+    bool mask at every bit offset (rows whose width is no multiple of 8 or of a segment, a 1-D column,
+    a tensor shorter than a byte), exact and at a tolerance; the other numbers are unchanged. Without
+    the compiled kernels (``jit`` False) the bool mask is packed at the end."""
+    from subnetviz.analysis.sparsity import SparsityOptions, compare_pair
+
+    if not jit:
+        monkeypatch.setenv("SUBNETVIZ_JIT", "0")
+    for seed, shape in enumerate([(5,), (1, 3), (13, 5), (3, 2049), (4100,), (9, 3, 5), (17, 4096), (64, 33)]):
+        rows = shape[0] if len(shape) > 1 else 1
+        xi, yi = _planted(dtype, (rows, int(np.prod(shape)) // rows), 0.3, seed=seed)
+        a, b = (torch.from_numpy(v.reshape(shape)).view(dtype) for v in (xi, yi))
+        for options in (SparsityOptions(), SparsityOptions(mask_tolerance=1e-3), SparsityOptions(row_col=False)):
+            ref, got = compare_pair(a, b, options), compare_pair(a, b, options, packed=True)
+            assert got.mask is None and ref.mask_bits is None
+            want = np.packbits(ref.mask.numpy().reshape(-1))
+            assert got.mask_bits.dtype == np.uint8 and np.array_equal(got.mask_bits, want), (shape, options)
+            _assert_same(dataclasses.replace(got, mask_bits=None), dataclasses.replace(ref, mask=None))
+
+
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 @pytest.mark.parametrize("share", [0.05, 0.3, 0.9])
 def test_fp8_block_pass_compiled_equals_numpy(dtype, share, monkeypatch):
