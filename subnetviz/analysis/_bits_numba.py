@@ -305,11 +305,59 @@ def pair(
     x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, bits, do_rc, rows, cols, edges, out, dbuf, ubuf
 ):
     """:func:`changes` and, where any, :func:`segment_stats` over every row of integer views ``x2`` -> ``y2``
-    (R × C) in segments of ``dbuf.size`` entries (the caller's choice: bits_jit.SEG); mask_mode 1: the
-    bits differ, 2: |Δ| > mask_tol, 0: none. The mask goes to ``mask`` (uint8, R × C, zeroed for mode 2),
-    or, when ``bits`` is not empty, bit-packed into ``bits`` (zeroed, R·C bits in np.packbits order;
-    ``mask`` then holds one segment: SEG entries), with no full-size mask written. ``rows`` (int64) and
-    ``cols`` (int32: added to) are filled when ``do_rc``."""
+    (R × C, C-contiguous) in segments of at most ``dbuf.size`` entries (the caller's choice: bits_jit.SEG);
+    mask_mode 1: the bits differ, 2: |Δ| > mask_tol, 0: none. The mask goes to ``mask`` (uint8, R × C,
+    zeroed for mode 2), or, when ``bits`` is not empty, bit-packed into ``bits`` (zeroed, R·C bits in
+    np.packbits order; ``mask`` then holds one segment: 1 × SEG), with no full-size mask written.
+    ``rows`` (int64) and ``cols`` (int32: added to) are filled when ``do_rc``. Rows shorter than a
+    segment are taken several at a time (:func:`_short_rows`): one statistics call per block of rows."""
+    if x2.shape[1] * 2 <= dbuf.size and x2.shape[0] > 1:
+        _short_rows(
+            x2,
+            y2,
+            lut,
+            tols,
+            eta,
+            rel_nonzero,
+            mask_mode,
+            mask_tol,
+            mask,
+            bits,
+            do_rc,
+            rows,
+            cols,
+            edges,
+            out,
+            dbuf,
+            ubuf,
+        )
+    else:
+        _long_rows(
+            x2,
+            y2,
+            lut,
+            tols,
+            eta,
+            rel_nonzero,
+            mask_mode,
+            mask_tol,
+            mask,
+            bits,
+            do_rc,
+            rows,
+            cols,
+            edges,
+            out,
+            dbuf,
+            ubuf,
+        )
+
+
+@jit
+def _long_rows(
+    x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, bits, do_rc, rows, cols, edges, out, dbuf, ubuf
+):
+    """:func:`pair` row by row, each row in segments of ``dbuf.size`` entries."""
     n_rows, n_cols = x2.shape
     packed = bits.size > 0
     for r in range(n_rows):
@@ -333,6 +381,56 @@ def pair(
             row_changed += changed
         if do_rc:
             rows[r] = row_changed
+
+
+@jit
+def _short_rows(
+    x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, bits, do_rc, rows, cols, edges, out, dbuf, ubuf
+):
+    """:func:`pair` for rows of at most half a segment: blocks of whole rows (contiguous in a C-contiguous
+    view) fill a segment; :func:`changes` runs per row (its row and column counts), :func:`segment_stats`
+    and the packing once per block."""
+    n_rows, n_cols = x2.shape
+    packed = bits.size > 0
+    per = dbuf.size // n_cols
+    xf = x2.reshape(-1)
+    yf = y2.reshape(-1)
+    mf = mask.reshape(-1)
+    for r0 in range(0, n_rows, per):
+        r1 = min(n_rows, r0 + per)
+        lo = r0 * n_cols
+        hi = r1 * n_cols
+        if packed:
+            mr = mf[0 : hi - lo]
+        else:
+            mr = mf[lo:hi] if mask_mode else mf[0:0]
+        changed = 0
+        for r in range(r0, r1):
+            o = (r - r0) * n_cols
+            mrow = mr[o : o + n_cols] if mask_mode else mr
+            c = changes(xf[lo + o : lo + o + n_cols], yf[lo + o : lo + o + n_cols], mask_mode, mrow, do_rc, cols)
+            if do_rc:
+                rows[r] = c
+            changed += c
+        if changed:
+            segment_stats(
+                xf[lo:hi],
+                yf[lo:hi],
+                changed,
+                lut,
+                tols,
+                eta,
+                rel_nonzero,
+                mask_mode,
+                mask_tol,
+                mr,
+                edges,
+                out,
+                dbuf,
+                ubuf,
+            )
+            if packed:
+                pack_bits(mr, hi - lo, bits, lo)
 
 
 # --- FP8 codes: decoding, the effective comparison with block scales, code steps ---------------------

@@ -74,7 +74,7 @@ def _reference(xi: np.ndarray, yi: np.ndarray, dtype: torch.dtype, tols, eta: fl
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(7, 2 * bits_jit.SEG + 37), (300, 5), (1, 400)])
+@pytest.mark.parametrize("shape", [(7, 2 * bits_jit.SEG + 37), (300, 5), (1, 400), (1000, 13), (51, 1000)])
 def test_pair_pass_matches_the_float64_reference(dtype, shape):
     xi, yi = _planted(dtype, shape, 0.4, seed=shape[1])
     tols = (0.0, 1e-6, 1e-4, 1e-2)
@@ -94,6 +94,10 @@ def test_pair_pass_matches_the_float64_reference(dtype, shape):
     at_tol = np.zeros(shape, np.bool_)
     out = bits_jit.pair_pass(xi, yi, name, tols, ULP_EDGES, 1e-2, False, at_tol, 1e-4, None, None)
     assert np.array_equal(at_tol, ref["mask_tol"]) and out.changed == ref["changed"]
+    for mask_tol, want in ((None, ref["mask"]), (1e-4, ref["mask_tol"])):  # the mask bit-packed by the kernel
+        packed = np.zeros((xi.size + 7) // 8, np.uint8)
+        out = bits_jit.pair_pass(xi, yi, name, tols, ULP_EDGES, 1e-2, False, None, mask_tol, None, None, packed)
+        assert np.array_equal(packed, np.packbits(want.reshape(-1))) and out.tol == ref["tol"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
