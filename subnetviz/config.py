@@ -19,6 +19,8 @@ import os
 import re
 from pathlib import Path
 
+from platformdirs import user_cache_dir
+
 from subnetviz.errors import PathNotAllowedError
 
 
@@ -28,8 +30,6 @@ def home() -> Path:
     if env:
         path = Path(env).expanduser()
     else:
-        from platformdirs import user_cache_dir
-
         path = Path(user_cache_dir("subnetviz"))
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()

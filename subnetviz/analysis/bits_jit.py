@@ -34,6 +34,8 @@ import threading
 
 import numpy as np
 
+from subnetviz.analysis.thresholds import ULP_EDGES
+
 SEG = 2048  # entries per segment (the kernels' buffers: 8-16 KB each, they stay in L1)
 _LOCK = threading.Lock()
 _STATE: dict = {}
@@ -84,17 +86,19 @@ class PairOut:
 _CONSTANTS: dict[tuple, tuple] = {}
 
 
-def _constants(width: int, dtype_name: str, tolerances: tuple, edges: tuple) -> tuple:
-    """(compute dtype, ULP distance dtype, fp16 table, tolerances, edges) of :func:`pair_pass`, built once
-    per dtype and option set (arrays the kernel only reads: shared by every call and thread)."""
-    key = (width, dtype_name, tolerances, edges)
+def _constants(width: int, dtype_name: str, tolerances: tuple, edges: tuple, eta=0.0, mask_tol=None) -> tuple:
+    """(compute dtype, ULP distance dtype, fp16 table, tolerances, edges, η, mask tolerance) of
+    :func:`pair_pass`, the numbers in the compute dtype, built once per dtype and option set (arrays
+    the kernel only reads: shared by every call and thread)."""
+    key = (width, dtype_name, tolerances, edges, eta, mask_tol)
     got = _CONSTANTS.get(key)
     if got is None:
         ctype = np.float32 if width <= 2 else np.float64
         utype = {2: np.int32, 4: np.uint32, 8: np.uint64}[width]  # the kernels' ULP distance type
         lut = _fp16_table() if dtype_name == "float16" else np.zeros(1, np.float32)
         # left writeable: a read-only array is another numba type (another compiled signature)
-        got = _CONSTANTS[key] = (ctype, utype, lut, np.asarray(tolerances, dtype=ctype), np.asarray(edges, dtype=utype))
+        tols, edge_arr = np.asarray(tolerances, dtype=ctype), np.asarray(edges, dtype=utype)
+        got = _CONSTANTS[key] = (ctype, utype, lut, tols, edge_arr, ctype(eta), ctype(mask_tol or 0.0))
     return got
 
 
@@ -111,16 +115,20 @@ def pair_pass(
     rows: np.ndarray | None,
     cols: np.ndarray | None,
     bits: np.ndarray | None = None,
+    k=None,
 ) -> PairOut:
     """Run the compiled pass over 2-D integer views ``x2`` -> ``y2`` (C-contiguous, one shape) of float
     ``dtype_name`` ('bfloat16', 'float16', 'float32', 'float64'). ``mask`` (bool, x2's shape) receives
     the exact mask, or |Δ| > ``mask_tolerance`` when that is set (entries at or below it are written
     False); ``bits`` (uint8, zeroed, ceil(size / 8)) receives that mask bit-packed instead (np.packbits
     order), with no full-size mask written (``mask`` is then None); ``rows`` / ``cols`` (int64) receive
-    the changed count per row and are added per column. Requires :func:`kernels` to be non-None."""
-    k = kernels()
+    the changed count per row and are added per column. ``k``: :func:`kernels`, where the caller has them
+    (they must be non-None)."""
+    k = kernels() if k is None else k
     width = x2.itemsize
-    ctype, utype, lut, tols, edge_arr = _constants(width, dtype_name, tuple(tolerances), tuple(edges))
+    ctype, utype, lut, tols, edge_arr, eta_c, mask_tol_c = _constants(
+        width, dtype_name, tuple(tolerances), tuple(edges), eta, mask_tolerance
+    )
     if dtype_name == "float16":  # the kernel tells bf16 (int16) from fp16 (uint16) by the view's type
         x2, y2 = x2.view(np.uint16), y2.view(np.uint16)
     out = np.zeros(3 + edge_arr.size + tols.size, np.int64)
@@ -134,10 +142,10 @@ def pair_pass(
         y2,
         lut,
         tols,
-        ctype(eta),
+        eta_c,
         bool(rel_nonzero),
         mode,
-        ctype(mask_tolerance or 0.0),
+        mask_tol_c,
         seg if packed else (mask.view(np.uint8) if mask is not None else _NO_MASK),
         bits if packed else _NO_BITS,
         do_rc,
@@ -181,15 +189,14 @@ def _scratch(ctype, utype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return got
 
 
-def run_pass(x2: np.ndarray, y2: np.ndarray, dtype_name: str, options, rel_nonzero: bool, acc) -> bool:
+def run_pass(x2: np.ndarray, y2: np.ndarray, dtype_name: str, options, rel_nonzero: bool, acc, k=None) -> bool:
     """The per-tensor pass of :func:`~subnetviz.analysis.sparsity.compare_pair` over 2-D integer views,
     compiled: fills ``acc`` (its ``mask``, or its ``bits`` when it holds a packed array, ``rows`` /
     ``cols`` when ``options.row_col``, ``changed``, and the statistics through ``acc.add``). Returns False
     (nothing done) when the kernels are not available."""
-    if kernels() is None:
+    k = kernels() if k is None else k
+    if k is None:
         return False
-    from subnetviz.analysis.thresholds import ULP_EDGES
-
     rows, cols = x2.shape
     if options.row_col:
         acc.rows, acc.cols = np.zeros(rows, np.int64), np.zeros(cols, np.int64)
@@ -211,6 +218,7 @@ def run_pass(x2: np.ndarray, y2: np.ndarray, dtype_name: str, options, rel_nonze
         None if column or not options.row_col else acc.rows,
         None if column or not options.row_col else acc.cols,
         acc.bits,
+        k,
     )
     if column and options.row_col:
         acc.rows[:] = np.not_equal(x2, y2).reshape(-1)
@@ -230,8 +238,6 @@ def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> fl
     t0 = time.perf_counter()
     if kernels() is None:
         return 0.0
-    from subnetviz.analysis.thresholds import ULP_EDGES
-
     for name in dtype_names:
         if name == "fp8":
             from types import SimpleNamespace
@@ -270,8 +276,6 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
     ``cols`` (its counts) when given. The effective weights are fl(value(code) × scale) in float32,
     compared as two float32 tensors are (:func:`pair_pass`): the numbers of dequantising both sides
     whole and comparing them."""
-    from subnetviz.analysis.thresholds import ULP_EDGES
-
     k = kernels()
     man_bits, bias, special, sub = FP8_FORMATS[fmt]
     n_cols = x2.shape[1]
@@ -320,8 +324,6 @@ def code_counts(x: np.ndarray, y: np.ndarray, sign_magnitude: bool) -> tuple[int
     """(changed codes, #(steps > edge) per ULP edge) of two 1-byte code arrays (any shape, contiguous),
     compiled, in one pass and no index arrays: FP8 bytes in sign-magnitude code steps
     (``sign_magnitude``), integer codes (int8 / uint8) by their difference."""
-    from subnetviz.analysis.thresholds import ULP_EDGES
-
     edges = np.asarray(ULP_EDGES, dtype=np.int32)
     out = np.zeros(1 + edges.size, np.int64)
     kernels().code_counts(x.reshape(-1), y.reshape(-1), bool(sign_magnitude), edges, out, np.empty(SEG, np.int32))

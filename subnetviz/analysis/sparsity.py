@@ -263,8 +263,8 @@ def compare_pair(
     """
     a, a2, b2 = _comparable(a, b, options, name)
     acc = _Pass(name, len(options.tolerances))
-    compiled = a.device.type == "cpu" and _NUMPY_ON_CPU and bits_jit.kernels() is not None
-    if options.keep_masks and packed and compiled:  # packed by the compiled pass: no full-size mask
+    k = bits_jit.kernels() if a.device.type == "cpu" and _NUMPY_ON_CPU else None  # the compiled pass
+    if options.keep_masks and packed and k is not None:  # packed by the compiled pass: no full-size mask
         acc.bits = np.zeros((a2.numel() + 7) // 8, np.uint8)
     elif options.keep_masks:  # the exact mask is written chunk by chunk by the comparison itself
         acc.mask = (torch.empty if options.mask_tolerance is None else torch.zeros)(
@@ -273,7 +273,7 @@ def compare_pair(
     if a.device.type == "cpu" and _NUMPY_ON_CPU:
         x2, y2 = int_view(a2).numpy(), int_view(b2).numpy()
         rel_is_nonzero = _rel_is_nonzero(a.dtype, options.eta)
-        if not (compiled and bits_jit.run_pass(x2, y2, str(a.dtype)[6:], options, rel_is_nonzero, acc)):
+        if k is None or not bits_jit.run_pass(x2, y2, str(a.dtype)[6:], options, rel_is_nonzero, acc, k):
             _numpy_pass(x2, y2, a.dtype, options, acc)
     else:
         _torch_pass(int_view(a2), int_view(b2), a.dtype, options, acc)

@@ -10,6 +10,7 @@ re-exports them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -206,9 +207,14 @@ def stats_row(model: str, key: str, name: str, info, shape, st: PairStats, optio
         "max_abs_delta": st.max_abs_delta,
         "ulp_hist": st.ulp_hist,
     }
-    for t, c in zip(options.tolerances, st.changed_tol, strict=True):
-        row[f"changed@{t:g}"] = c
+    row.update(zip(_tolerance_columns(options.tolerances), st.changed_tol, strict=True))
     return row
+
+
+@functools.lru_cache(maxsize=32)
+def _tolerance_columns(tolerances: tuple[float, ...]) -> tuple[str, ...]:
+    """The ``changed@tol`` column names of ``tolerances`` (formatted once per option set, not per tensor)."""
+    return tuple(f"changed@{t:g}" for t in tolerances)
 
 
 def fused_part_rows(table, name: str, key: str, shape, st: PairStats) -> list[dict]:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+from safetensors import safe_open  # (no torch: safetensors imports it only for its torch helpers)
 
 from subnetviz.checkpoints import header as _header
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
@@ -36,11 +40,13 @@ class Checkpoint:
         self.config = config or {}
         self._meta: dict[str, TensorMeta] = {}
         self._raw_headers: list[bytes] = []
+        self._headers: dict[Path, tuple[dict, bytes]] = {}  # safetensors file -> (header, raw header)
         self._legacy: dict[Path, dict[str, torch.Tensor]] = {}
         for f in files:
             if f.suffix == ".safetensors":
                 header, raw = read_safetensors_header(f)
                 self._raw_headers.append(raw)
+                self._headers[f] = (header, raw)
                 for name, info in header.items():
                     if name == "__metadata__":
                         continue
@@ -56,6 +62,7 @@ class Checkpoint:
         if not self._meta:
             raise CheckpointError(f"{spec}: the checkpoint holds no tensors.")
         self._handles: dict[Path, object] = {}
+        self._maps: dict[Path, tuple[mmap.mmap, int]] = {}  # safetensors file -> (its map, data section offset)
 
     # --- what is in it -------------------------------------------------------------------------
     @property
@@ -105,10 +112,11 @@ class Checkpoint:
         m = self.meta(name)
         if m.file in self._legacy:
             return self._legacy[m.file][name].to(device)
+        t = self._mapped(m)
+        if t is not None:
+            return t.to(device) if str(device) != "cpu" else t
         handle = self._handles.get(m.file)
         if handle is None:
-            from safetensors import safe_open
-
             try:
                 handle = safe_open(str(m.file), framework="pt")
             except Exception as exc:  # safetensors' own error types for files that changed under us
@@ -120,11 +128,50 @@ class Checkpoint:
             raise CheckpointError(f"{m.file}: cannot read tensor {name!r} ({exc}).") from exc
         return t.to(device) if str(device) != "cpu" else t
 
+    def _mapped(self, m: TensorMeta) -> torch.Tensor | None:
+        """Tensor ``m`` as a view of its file mapped copy-on-write (one map per file, made on first use):
+        a NumPy view at the header's offset, seen as the stored dtype, ~4 µs against ~13 for safetensors'
+        ``get_tensor`` (the update pass reads hundreds of tensors per file). None (safetensors reads it)
+        where the data is not aligned to its item size. A file whose header or size no longer matches
+        what was read when the checkpoint was opened is refused, not read."""
+        import torch
+
+        header, raw = self._headers[m.file]
+        begin, end = header[m.name]["data_offsets"]
+        width = m.dtype.itemsize
+        got = self._maps.get(m.file)
+        if got is None:
+            got = self._maps[m.file] = _map_checked(m.file, raw)
+        mm, start = got
+        if (start + begin) % width or begin < 0 or start + end > len(mm):
+            return None
+        arr = np.frombuffer(mm, _INT_OF_WIDTH[width], (end - begin) // width, start + begin)
+        return torch.from_numpy(arr).view(m.dtype).reshape(m.shape)
+
     def close(self) -> None:
         self._handles.clear()
+        self._maps.clear()  # each map closes once no tensor uses it
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.spec!r}, {len(self._meta)} tensors, {self.num_params:,} params)"
+
+
+_INT_OF_WIDTH = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}  # NumPy view of each stored width
+
+
+def _map_checked(path: Path, raw: bytes) -> tuple[mmap.mmap, int]:
+    """(copy-on-write map of ``path``, offset of its data section) after checking that the file still
+    begins with the header ``raw`` read when the checkpoint was opened."""
+    try:
+        with open(path, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot map ({exc}).") from exc
+    start = 8 + len(raw)
+    if len(mm) < start or mm[8:start] != raw:
+        mm.close()
+        raise CheckpointError(f"{path}: the file changed since its header was read; open the checkpoint again.")
+    return mm, start
 
 
 def _load_legacy(path: Path) -> dict[str, torch.Tensor]:

@@ -139,6 +139,68 @@ def test_header_offsets_that_do_not_fit_the_shape(tmp_path):
         open_checkpoint(f)
 
 
+def test_mapped_reads_equal_safetensors_for_every_stored_dtype(tmp_path):
+    """Checkpoint.get reads a safetensors tensor as a view of the mapped file: bit for bit what
+    safetensors' own reader gives, for every dtype the headers allow (bf16, fp8, bool, ints), a 0-d and
+    an empty tensor; a tensor whose data is not aligned to its item size (a header of odd length) is
+    read by safetensors instead; and the tensors stay usable after the checkpoint is closed."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "bf16": torch.randn(5, 7, generator=g).to(torch.bfloat16),
+        "f16": torch.randn(3, generator=g).to(torch.float16),
+        "f32": torch.randn(2, 3, 4, generator=g),
+        "f64": torch.randn(4, generator=g).double(),
+        "e4m3": torch.randn(9, generator=g).to(torch.float8_e4m3fn),
+        "e5m2": torch.randn(6, generator=g).to(torch.float8_e5m2),
+        "flag": torch.rand(10, generator=g) > 0.5,
+        "i64": torch.arange(-3, 8),
+        "i8": torch.arange(-5, 5, dtype=torch.int8),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
+    f = tmp_path / "all.safetensors"
+    save_file(tensors, str(f))
+    ck = open_checkpoint(f)
+    with safe_open(str(f), "pt") as ref:
+        for name, t in tensors.items():
+            got = ck.get(name)
+            want = ref.get_tensor(name)
+            assert got.dtype == want.dtype == t.dtype and got.shape == want.shape == t.shape, name
+            assert got.reshape(-1).view(torch.uint8).tolist() == want.reshape(-1).view(torch.uint8).tolist(), name
+    assert ck._maps  # read through the map
+    kept = ck.get("bf16")
+    ck.close()
+    assert torch.equal(kept.float(), tensors["bf16"].float())
+    # an odd header length: the data section starts at an odd offset, so 2-byte tensors are not aligned
+    header = {"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (1 - len(raw) % 2)  # padded to an odd length
+    assert len(raw) % 2 == 1
+    odd = tmp_path / "odd.safetensors"
+    data = torch.tensor([[1.0, -2.0], [3.0, 0.5]], dtype=torch.bfloat16)
+    odd.write_bytes(len(raw).to_bytes(8, "little") + raw + data.view(torch.uint8).numpy().tobytes())
+    ck_odd = open_checkpoint(odd)
+    assert torch.equal(ck_odd.get("w"), data) and ck_odd._handles  # (safetensors' reader copied it)
+
+
+def test_file_rewritten_after_opening_is_refused(ckpt_zoo, tmp_path):
+    """A safetensors file replaced after the checkpoint read its header (another run saving into the
+    folder) is refused by name, not read at the old offsets."""
+    from safetensors.torch import save_file
+
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(ckpt_zoo.single.read_bytes())
+    ck = open_checkpoint(f)
+    name = ck.names[0]
+    save_file({"other": torch.zeros(f.stat().st_size)}, str(f))  # larger: every old offset lies inside it
+    with pytest.raises(CheckpointError, match="changed since its header was read") as err:
+        ck.get(name)
+    assert "model.safetensors" in str(err.value)
+
+
 def test_index_naming_a_missing_shard(ckpt_zoo, tmp_path):
     folder = shutil.copytree(ckpt_zoo.llama, tmp_path / "l")
     first = sorted(folder.glob("model-*.safetensors"))[0]
