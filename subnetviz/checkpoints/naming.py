@@ -122,6 +122,12 @@ class TensorInfo:
         return "—" if self.layer is None else str(self.layer)
 
 
+@functools.cache
+def _compiled_rules(family: str) -> tuple[tuple[re.Pattern, str], ...]:
+    """``FAMILIES[family]``'s rules with their patterns compiled (once per family, not once per name)."""
+    return tuple((re.compile(pattern), kind) for pattern, kind in FAMILIES.get(family, []))
+
+
 def strip_prefix(name: str) -> str:
     """``model.layers.0.x`` -> ``layers.0.x`` (also ``model.language_model.``, ...); names without a
     known prefix are returned unchanged."""
@@ -196,8 +202,8 @@ class NameTable:
         return None
 
     def _match(self, short: str) -> str | None:
-        for pattern, kind in FAMILIES.get(self.family or "", []):
-            if re.search(pattern, short):
+        for pattern, kind in _compiled_rules(self.family or ""):
+            if pattern.search(short):
                 return kind
         return None
 
