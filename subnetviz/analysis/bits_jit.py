@@ -5,7 +5,7 @@ in one read of both: the changed count, the exact mask (or the mask at a toleran
 per-column counts, the largest |Δ|, the tolerance sweep, the η rule and the ULP counts: the numbers
 of the NumPy kernel of :mod:`~subnetviz.analysis.bits` (same compute dtypes: float32 for 16-bit
 types, float64 otherwise; the tolerances and η rounded to that dtype as NumPy's scalars are).
-:func:`run_pass` is that pass as :func:`~subnetviz.analysis.sparsity.compare_pair` runs it on CPU.
+:func:`~subnetviz.analysis.sparsity.compare_pair` runs it on CPU (``_compiled_pass``).
 :func:`fp8_blocks_pass` does the same for FP8 codes with block scales (the effective comparison of
 :mod:`~subnetviz.analysis.quant_codes`), the codes decoded by their fields and dequantised in
 registers: no gather, no float32 copy of the tensor.
@@ -187,46 +187,6 @@ def _scratch(ctype, utype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if got is None:
         got = cache[key] = (np.empty(SEG, ctype), np.empty(SEG, utype), np.empty((1, SEG), np.uint8))
     return got
-
-
-def run_pass(x2: np.ndarray, y2: np.ndarray, dtype_name: str, options, rel_nonzero: bool, acc, k=None) -> bool:
-    """The per-tensor pass of :func:`~subnetviz.analysis.sparsity.compare_pair` over 2-D integer views,
-    compiled: fills ``acc`` (its ``mask``, or its ``bits`` when it holds a packed array, ``rows`` /
-    ``cols`` when ``options.row_col``, ``changed``, and the statistics through ``acc.add``). Returns False
-    (nothing done) when the kernels are not available."""
-    k = kernels() if k is None else k
-    if k is None:
-        return False
-    rows, cols = x2.shape
-    if options.row_col:
-        acc.rows, acc.cols = np.zeros(rows, np.int64), np.zeros(cols, np.int64)
-    mask = acc.mask.numpy() if acc.mask is not None else None
-    column = cols == 1 and rows > 1  # a 1-D tensor viewed as a column: one row of the kernel
-    if column:
-        x2, y2 = x2.reshape(1, rows), y2.reshape(1, rows)
-        mask = mask.reshape(1, rows) if mask is not None else None
-    out = pair_pass(
-        np.ascontiguousarray(x2),
-        np.ascontiguousarray(y2),
-        dtype_name,
-        options.tolerances,
-        ULP_EDGES,
-        options.eta,
-        rel_nonzero,
-        mask,
-        options.mask_tolerance,
-        None if column or not options.row_col else acc.rows,
-        None if column or not options.row_col else acc.cols,
-        acc.bits,
-        k,
-    )
-    if column and options.row_col:
-        acc.rows[:] = np.not_equal(x2, y2).reshape(-1)
-        acc.cols[0] = out.changed
-    acc.changed += out.changed
-    if out.changed:
-        acc.add(out.largest, out.tol, out.rel, out.above)
-    return True
 
 
 def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> float:

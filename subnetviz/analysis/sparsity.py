@@ -168,7 +168,6 @@ class _Pass:
     rows: np.ndarray | torch.Tensor | None = None
     cols: np.ndarray | torch.Tensor | None = None
     mask: torch.Tensor | None = None
-    bits: np.ndarray | None = None  # the mask bit-packed, written by the compiled pass instead of ``mask``
     device: tuple | None = None
 
     def __post_init__(self):
@@ -206,7 +205,7 @@ class _Pass:
             row_counts=as_np(self.rows) if self.rows is not None else None,
             col_counts=as_np(self.cols) if self.cols is not None else None,
             mask=self.mask.reshape(a.shape).cpu() if self.mask is not None and not packed else None,
-            mask_bits=self.bits if self.bits is not None or not packed or self.mask is None else _pack(self.mask),
+            mask_bits=_pack(self.mask) if packed and self.mask is not None else None,
         )
 
 
@@ -261,20 +260,95 @@ def compare_pair(
     None. The compiled CPU pass writes the bits itself (no full-size bool mask is ever allocated);
     the other paths pack their mask at the end.
     """
-    a, a2, b2 = _comparable(a, b, options, name)
-    acc = _Pass(name, len(options.tolerances))
     k = bits_jit.kernels() if a.device.type == "cpu" and _NUMPY_ON_CPU else None  # the compiled pass
-    if options.keep_masks and packed and k is not None:  # packed by the compiled pass: no full-size mask
-        acc.bits = np.zeros((a2.numel() + 7) // 8, np.uint8)
-    elif options.keep_masks:  # the exact mask is written chunk by chunk by the comparison itself
+    if k is None or not _as_stored(a, b, options):
+        a, a2, b2 = _comparable(a, b, options, name)  # cast, made contiguous, checked
+        if k is None or not a.numel():
+            return _generic_pass(a, a2, b2, options, name, packed)
+        b = b2.reshape(a.shape)
+    return _compiled_pass(k, a, b, options, name, packed)
+
+
+def _as_stored(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions) -> bool:
+    """Whether the compiled pass can take ``a``, ``b`` as they are: same shape and dtype (16 bits or
+    wider), contiguous, not empty, no precision to cast to."""
+    return (
+        options.precision is None
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.dtype in INT_VIEW
+        and a.dtype.itemsize > 1
+        and a.is_contiguous()
+        and b.is_contiguous()
+        and a.numel() > 0
+    )
+
+
+def _compiled_pass(k, a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name: str, packed: bool) -> PairStats:
+    """:func:`compare_pair` by the compiled kernels (:func:`~subnetviz.analysis.bits_jit.pair_pass`): one
+    call over the (shape[0], rest) views, the mask bit-packed by the kernel when ``packed``. Few Python
+    steps: an update pass makes hundreds of these calls, most of them on small tensors."""
+    shape, n = a.shape, a.numel()
+    rows, cols = (shape[0], n // shape[0]) if len(shape) >= 2 else (n, 1)
+    iv = INT_VIEW[a.dtype]
+    x2, y2 = a.view(iv).numpy().reshape(rows, cols), b.view(iv).numpy().reshape(rows, cols)
+    column = cols == 1 and rows > 1  # a 1-D tensor viewed as a column: one row of the kernel
+    if column:
+        x2, y2 = x2.reshape(1, rows), y2.reshape(1, rows)
+    keep = options.keep_masks
+    bits = np.zeros((n + 7) // 8, np.uint8) if keep and packed else None
+    mask = (
+        (np.empty if options.mask_tolerance is None else np.zeros)(x2.shape, np.bool_) if keep and not packed else None
+    )
+    rc = options.row_col and not column
+    row_counts = np.zeros(rows, np.int64) if options.row_col else None
+    col_counts = np.zeros(cols, np.int64) if options.row_col else None
+    dtype = str(a.dtype)[6:]
+    out = bits_jit.pair_pass(
+        x2,
+        y2,
+        dtype,
+        options.tolerances,
+        ULP_EDGES,
+        options.eta,
+        _rel_is_nonzero(a.dtype, options.eta),
+        mask,
+        options.mask_tolerance,
+        row_counts if rc else None,
+        col_counts if rc else None,
+        bits,
+        k,
+    )
+    if out.changed and not math.isfinite(out.largest):  # NaN if any compared entry is NaN; Inf if any is ±Inf
+        raise NonFiniteError(f"{name}: NaN or Inf in the weights (largest |Δ| is {out.largest}).")
+    if column and options.row_col:
+        row_counts[:] = np.not_equal(x2, y2).reshape(-1)
+        col_counts[0] = out.changed
+    return PairStats(
+        numel=n,
+        dtype=dtype,
+        changed=out.changed,
+        changed_tol=tuple(out.tol),
+        changed_rel=out.rel,
+        ulp_hist=tuple(ulp_bins(out.changed, out.above)),
+        max_abs_delta=out.largest,
+        row_counts=row_counts,
+        col_counts=col_counts,
+        mask=torch.from_numpy(mask).reshape(shape) if mask is not None else None,
+        mask_bits=bits,
+    )
+
+
+def _generic_pass(a, a2, b2, options: SparsityOptions, name: str, packed: bool) -> PairStats:
+    """:func:`compare_pair` by the NumPy kernels on CPU (no numba, or ``SUBNETVIZ_JIT=0``), by torch on
+    other devices (and, fused and compiled, on CUDA)."""
+    acc = _Pass(name, len(options.tolerances))
+    if options.keep_masks:  # the exact mask is written chunk by chunk by the comparison itself
         acc.mask = (torch.empty if options.mask_tolerance is None else torch.zeros)(
             a2.shape, dtype=torch.bool, device=a.device
         )
     if a.device.type == "cpu" and _NUMPY_ON_CPU:
-        x2, y2 = int_view(a2).numpy(), int_view(b2).numpy()
-        rel_is_nonzero = _rel_is_nonzero(a.dtype, options.eta)
-        if k is None or not bits_jit.run_pass(x2, y2, str(a.dtype)[6:], options, rel_is_nonzero, acc, k):
-            _numpy_pass(x2, y2, a.dtype, options, acc)
+        _numpy_pass(int_view(a2).numpy(), int_view(b2).numpy(), a.dtype, options, acc)
     else:
         _torch_pass(int_view(a2), int_view(b2), a.dtype, options, acc)
     return acc.stats(a, packed)
