@@ -16,7 +16,6 @@ uses the NumPy blocks and a finite check per version.
 from __future__ import annotations
 
 import functools
-import mmap
 from pathlib import Path
 
 import numpy as np
@@ -121,21 +120,16 @@ class FileMaps:
 
 
 def _map(path: Path) -> tuple:
-    """(read-only map of the whole file, the address of its data section, that section's offset, parsed
-    header): the header read and validated by the checkpoints' own reader, the file mapped once."""
+    """(map of the whole file, the address of its data section, that section's offset, parsed header):
+    the header read and validated by the checkpoints' own reader, the file mapped once by theirs."""
     from subnetviz.checkpoints.header import read_safetensors_header
-    from subnetviz.errors import CheckpointError
+    from subnetviz.checkpoints.sources import map_checked
 
     header, raw = read_safetensors_header(path)
-    try:
-        with open(path, "rb") as fh:
-            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot map ({exc}).") from exc
+    mm, start = map_checked(path, raw)
     view = np.frombuffer(mm, np.uint8)  # only for the address: the map stays open until close()
     address = view.ctypes.data
     del view
-    start = 8 + len(raw)
     return mm, address + start, start, header
 
 

@@ -141,7 +141,7 @@ class Checkpoint:
         width = m.dtype.itemsize
         got = self._maps.get(m.file)
         if got is None:
-            got = self._maps[m.file] = _map_checked(m.file, raw)
+            got = self._maps[m.file] = map_checked(m.file, raw)
         mm, start = got
         if (start + begin) % width or begin < 0 or start + end > len(mm):
             return None
@@ -159,7 +159,7 @@ class Checkpoint:
 _INT_OF_WIDTH = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}  # NumPy view of each stored width
 
 
-def _map_checked(path: Path, raw: bytes) -> tuple[mmap.mmap, int]:
+def map_checked(path: Path, raw: bytes) -> tuple[mmap.mmap, int]:
     """(copy-on-write map of ``path``, offset of its data section) after checking that the file still
     begins with the header ``raw`` read when the checkpoint was opened."""
     try:
