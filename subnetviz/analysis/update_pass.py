@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from subnetviz.analysis import bits_jit
 from subnetviz.analysis.overlap import OverlapReport, mask_overlap
 from subnetviz.analysis.quant import (
     SIDE_COLUMNS,
@@ -304,6 +305,17 @@ class _Walk:
         sets = [MaskSubset(m, common) for m in self.masks]  # unpacked one tensor at a time by the overlap pass
         describe = self.table.describe
         return mask_overlap(sets, self.labels, group_of=lambda n: (describe(n).layer, describe(n).module))
+
+
+def warm() -> float:
+    """Load, ahead of a process's first analysis, what that analysis would otherwise load inside it:
+    the compiled kernels (:func:`~subnetviz.analysis.bits_jit.warm`) and pandas' string arrays (the
+    first frame with a string column sets up pyarrow's conversions, ~15 ms, once per process).
+    Returns the seconds taken."""
+    t = time.perf_counter()
+    bits_jit.warm()
+    pd.DataFrame([{"key": "w", "numel": 1}])
+    return time.perf_counter() - t
 
 
 def prefetched(items: Sequence, load: Callable) -> Iterator:
