@@ -331,33 +331,7 @@ def pair(
             dbuf,
             ubuf,
         )
-    else:
-        _long_rows(
-            x2,
-            y2,
-            lut,
-            tols,
-            eta,
-            rel_nonzero,
-            mask_mode,
-            mask_tol,
-            mask,
-            bits,
-            do_rc,
-            rows,
-            cols,
-            edges,
-            out,
-            dbuf,
-            ubuf,
-        )
-
-
-@jit
-def _long_rows(
-    x2, y2, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mask, bits, do_rc, rows, cols, edges, out, dbuf, ubuf
-):
-    """:func:`pair` row by row, each row in segments of ``dbuf.size`` entries."""
+        return
     n_rows, n_cols = x2.shape
     packed = bits.size > 0
     for r in range(n_rows):
@@ -413,22 +387,8 @@ def _short_rows(
                 rows[r] = c
             changed += c
         if changed:
-            segment_stats(
-                xf[lo:hi],
-                yf[lo:hi],
-                changed,
-                lut,
-                tols,
-                eta,
-                rel_nonzero,
-                mask_mode,
-                mask_tol,
-                mr,
-                edges,
-                out,
-                dbuf,
-                ubuf,
-            )
+            xs, ys = xf[lo:hi], yf[lo:hi]
+            segment_stats(xs, ys, changed, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, edges, out, dbuf, ubuf)
             if packed:
                 pack_bits(mr, hi - lo, bits, lo)
 
