@@ -3,8 +3,9 @@
 :func:`open_checkpoint` accepts a Hugging Face model folder (single or sharded safetensors with
 ``model.safetensors.index.json``), a single ``.safetensors`` file, an index json, a hub id resolved
 *only* through the local Hugging Face cache, or legacy ``.bin``/``.pt`` files (read through
-``torch.load(weights_only=True)``, never unpickled freely). Tensors are read one at a time through
-``safetensors.safe_open`` (memory-mapped).
+``torch.load(weights_only=True)``, never unpickled freely). Tensors are read one at a time as views
+of the safetensors file mapped copy-on-write (:meth:`Checkpoint.get`: one map per file, its header
+checked again when mapped), or through ``safetensors.safe_open`` where the data is not aligned.
 """
 
 from __future__ import annotations
