@@ -1,6 +1,9 @@
 """analyze_updates end to end on planted tensors: resized vocabularies, packed masks, the cache flag."""
 
 import json
+import os
+import subprocess
+import sys
 
 import torch
 from safetensors.torch import save_file
@@ -77,3 +80,31 @@ def test_cache_misses_when_a_checkpoint_an_option_or_the_version_changes(tmp_pat
     monkeypatch.setattr(updates, "UPDATES_VERSION", updates.UPDATES_VERSION + 1)
     assert not cached_analysis(base, [ft], cache_root=cache).cached
     assert len(list(cache.iterdir())) == 4  # one folder per distinct key, nothing half-written beside them
+
+
+def test_warm_loads_what_a_first_analysis_would(tmp_path):
+    """update_pass.warm loads the compiled kernels (where numba is installed) and pandas' string arrays,
+    and an analysis after it gives the same numbers as ever (it changes no state the results depend on)."""
+    from subnetviz.analysis import bits_jit
+    from subnetviz.analysis.update_pass import warm
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 10, generator=g).to(torch.bfloat16)
+    v = w.clone()
+    v[2, :4] += 0.5
+    for name, t in (("base", w), ("ft", v)):
+        (tmp_path / name).mkdir()
+        save_file({"model.layers.0.mlp.up_proj.weight": t}, str(tmp_path / name / "model.safetensors"))
+    assert warm() >= 0
+    # in a fresh process (here other tests may have loaded them): warm() itself loads the kernels
+    code = "import sys; from subnetviz.analysis.update_pass import warm; warm(); print('subnetviz.analysis._bits_numba' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.stdout.strip() == str(bits_jit.kernels() is not None), out.stderr
+    an = analyze_updates(str(tmp_path / "base"), [str(tmp_path / "ft")])
+    assert an.reports[0].changed == int((w.view(torch.int16) != v.view(torch.int16)).sum()) > 0
