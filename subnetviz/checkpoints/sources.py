@@ -146,8 +146,8 @@ class Checkpoint:
         mm, start = got
         if (start + begin) % width or begin < 0 or start + end > len(mm):
             return None
-        arr = np.frombuffer(mm, _INT_OF_WIDTH[width], (end - begin) // width, start + begin)
-        return torch.from_numpy(arr).view(m.dtype).reshape(m.shape)
+        raw_bytes = np.frombuffer(mm, np.uint8, end - begin, start + begin)
+        return torch.from_numpy(raw_bytes).view(m.dtype).reshape(m.shape)
 
     def close(self) -> None:
         self._handles.clear()
@@ -155,9 +155,6 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.spec!r}, {len(self._meta)} tensors, {self.num_params:,} params)"
-
-
-_INT_OF_WIDTH = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}  # NumPy view of each stored width
 
 
 def map_checked(path: Path, raw: bytes) -> tuple[mmap.mmap, int]:
