@@ -18,7 +18,7 @@ Part 3, the fused pass (issue 15), on 7B-shaped bf16 pairs (4096×11008, 11008×
 kernel on CUDA, and the eager kernel for comparison) in GB/s of both tensors read, against the
 device's copy bandwidth (``y.copy_(x)`` of one tensor: bytes read + written per second; goal ≥ 50 %),
 with every statistic checked equal to the CPU pass on the same pair; then the host side: pinned
-host→device copy GB/s and ``updates._read_checked``-style pinned transfer of one tensor.
+host→device copy GB/s and ``update_pass._to_device``-style pinned transfer of one tensor.
 
 Part 4 (``--sharded``, issue 14): masked vs unmasked GRPO on a ~0.5B Llama-shaped model (hidden
 1024, 30 layers, random weights, char tokenizer) with ``strategy: fsdp2`` over every visible GPU

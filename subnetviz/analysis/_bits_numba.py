@@ -153,6 +153,23 @@ def type_max(typingctx, v):  # the largest value of v's integer type (a min's ne
     return v(v), codegen
 
 
+# The exponent bits of the float whose bit pattern an integer view holds (bf16: int16, fp16: uint16 in
+# pair_pass, fp32: int32, fp64: int64): a pattern with all of them set is NaN or Inf.
+EXPONENT_BITS = {(16, True): 0x7F80, (16, False): 0x7C00, (32, True): 0x7F800000, (64, True): 0x7FF0000000000000}
+
+
+@intrinsic
+def exponent_bits(typingctx, v):  # EXPONENT_BITS of v's integer type
+    key = (v.bitwidth, v.signed)
+    if key not in EXPONENT_BITS:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(ir.IntType(key[0]), EXPONENT_BITS[key])
+
+    return v(v), codegen
+
+
 @intrinsic
 def xor_or(typingctx, acc, x, y):  # acc | (x ^ y) in their own width (numba would widen to 64 bits)
     def codegen(context, builder, sig, args):
@@ -310,7 +327,13 @@ def pair(
     zeroed for mode 2), or, when ``bits`` is not empty, bit-packed into ``bits`` (zeroed, R·C bits in
     np.packbits order; ``mask`` then holds one segment: 1 × SEG), with no full-size mask written.
     ``rows`` (int64) and ``cols`` (int32: added to) are filled when ``do_rc``. Rows shorter than a
-    segment are taken several at a time (:func:`_short_rows`): one statistics call per block of rows."""
+    segment are taken several at a time (:func:`_short_rows`): one statistics call per block of rows.
+
+    The finite check of both tensors costs no pass of its own: :func:`segment_stats` takes |Δ| of every
+    entry of a segment with a change, and a NaN / Inf on either side makes that |Δ| NaN / Inf (the same
+    Inf on both sides too: Inf - Inf is NaN), which it keeps as the largest; a segment with no change
+    (the same bits on both sides) has its ``x2`` entries checked for all their exponent bits
+    (:func:`any_marked`, over bytes still in L1), and ``out``'s last entry is set to 1 if one has them."""
     if x2.shape[1] * 2 <= dbuf.size and x2.shape[0] > 1:
         _short_rows(
             x2,
@@ -334,6 +357,7 @@ def pair(
         return
     n_rows, n_cols = x2.shape
     packed = bits.size > 0
+    marked = False
     for r in range(n_rows):
         row_changed = 0
         for c0 in range(0, n_cols, dbuf.size):
@@ -352,9 +376,12 @@ def pair(
                 )
                 if packed:  # no change: the segment's bits stay zero
                     pack_bits(mr, c1 - c0, bits, r * n_cols + c0)
+            else:
+                marked = marked or any_marked(xr, exponent_bits(xr[0]))
             row_changed += changed
         if do_rc:
             rows[r] = row_changed
+    out[out.size - 1] = marked
 
 
 @jit
@@ -370,6 +397,7 @@ def _short_rows(
     xf = x2.reshape(-1)
     yf = y2.reshape(-1)
     mf = mask.reshape(-1)
+    marked = False
     for r0 in range(0, n_rows, per):
         r1 = min(n_rows, r0 + per)
         lo = r0 * n_cols
@@ -391,6 +419,9 @@ def _short_rows(
             segment_stats(xs, ys, changed, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, edges, out, dbuf, ubuf)
             if packed:
                 pack_bits(mr, hi - lo, bits, lo)
+        else:
+            marked = marked or any_marked(xf[lo:hi], exponent_bits(xf[0]))
+    out[out.size - 1] = marked
 
 
 # --- FP8 codes: decoding, the effective comparison with block scales, code steps ---------------------

@@ -75,12 +75,14 @@ def _fp16_table() -> np.ndarray:
 
 
 class PairOut:
-    """What :func:`pair_pass` found: changed, largest |Δ|, ``[#(|Δ| > tol)]``, η count, ``[#(ULP > edge)]``."""
+    """What :func:`pair_pass` found: changed, largest |Δ|, ``[#(|Δ| > tol)]``, η count, ``[#(ULP > edge)]``,
+    and ``marked``: whether an unchanged entry (the same bits in both) is NaN / Inf."""
 
-    __slots__ = ("above", "changed", "largest", "rel", "tol")
+    __slots__ = ("above", "changed", "largest", "marked", "rel", "tol")
 
-    def __init__(self, changed: int, largest: float, tol: list[int], rel: int, above: list[int]):
+    def __init__(self, changed: int, largest: float, tol: list[int], rel: int, above: list[int], marked: bool):
         self.changed, self.largest, self.tol, self.rel, self.above = changed, largest, tol, rel, above
+        self.marked = marked
 
 
 _CONSTANTS: dict[tuple, tuple] = {}
@@ -123,7 +125,10 @@ def pair_pass(
     False); ``bits`` (uint8, zeroed, ceil(size / 8)) receives that mask bit-packed instead (np.packbits
     order), with no full-size mask written (``mask`` is then None); ``rows`` / ``cols`` (int64) receive
     the changed count per row and are added per column. ``k``: :func:`kernels`, where the caller has them
-    (they must be non-None)."""
+    (they must be non-None).
+
+    The same pass checks that both tensors are finite (:func:`~subnetviz.analysis._bits_numba.pair`): a
+    NaN / Inf on either side makes ``largest`` non-finite or sets ``marked``."""
     k = kernels() if k is None else k
     width = x2.itemsize
     ctype, utype, lut, tols, edge_arr, eta_c, mask_tol_c = _constants(
@@ -131,7 +136,7 @@ def pair_pass(
     )
     if dtype_name == "float16":  # the kernel tells bf16 (int16) from fp16 (uint16) by the view's type
         x2, y2 = x2.view(np.uint16), y2.view(np.uint16)
-    out = np.zeros(3 + edge_arr.size + tols.size, np.int64)
+    out = np.zeros(4 + edge_arr.size + tols.size, np.int64)  # [..., largest |Δ| as bits, marked]
     packed = bits is not None
     mode = 0 if mask is None and not packed else (1 if mask_tolerance is None else 2)
     do_rc = rows is not None
@@ -159,13 +164,14 @@ def pair_pass(
     if do_rc:
         cols += cols32
     n_edge = edge_arr.size
-    largest = float(np.array(out[-1], dtype=np.int32 if width <= 2 else np.int64).view(ctype))
+    largest = float(np.array(out[-2], dtype=np.int32 if width <= 2 else np.int64).view(ctype))
     return PairOut(
         int(out[0]),
         largest,
         out[2 + n_edge : 2 + n_edge + tols.size].tolist(),
         int(out[1]),
         out[2 : 2 + n_edge].tolist(),
+        bool(out[-1]),
     )
 
 
@@ -276,6 +282,7 @@ def fp8_blocks_pass(x2, y2, fmt, sa, sb, block, options, mask, rows, cols):
         out[2 + n_edge : 2 + n_edge + tols.size].tolist(),
         int(out[1]),
         out[2 : 2 + n_edge].tolist(),
+        False,  # the codes were checked when read (check_finite_stored)
     )
     return eff, int(code_out[0]), code_out[1:].tolist()
 

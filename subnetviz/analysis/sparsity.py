@@ -70,6 +70,7 @@ __all__ = [
     "SparsityOptions",
     "SparsityReport",
     "check_finite",
+    "checks_finite",
     "compare_pair",
     "fused_part_rows",
     "stats_row",
@@ -269,6 +270,13 @@ def compare_pair(
     return _compiled_pass(k, a, b, options, name, packed)
 
 
+def checks_finite(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions) -> bool:
+    """Whether :func:`compare_pair` of ``a``, ``b`` refuses NaN / Inf in either tensor itself (the compiled
+    pass checks them as it compares, at no extra read), so a caller that reads them need not check them
+    first. Otherwise only a NaN / Inf among the changed entries is refused."""
+    return a.device.type == "cpu" and _NUMPY_ON_CPU and bits_jit.kernels() is not None and _as_stored(a, b, options)
+
+
 def _as_stored(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions) -> bool:
     """Whether the compiled pass can take ``a``, ``b`` as they are: same shape and dtype (16 bits or
     wider), contiguous, not empty, no precision to cast to."""
@@ -319,6 +327,11 @@ def _compiled_pass(k, a: torch.Tensor, b: torch.Tensor, options: SparsityOptions
         bits,
         k,
     )
+    if out.marked:  # an unchanged entry is NaN / Inf (a changed one makes the largest |Δ| non-finite)
+        bad = int((~torch.isfinite(a)).sum())
+        raise NonFiniteError(
+            f"{name}: {bad} NaN/Inf value(s) in the first (base) tensor. Analyses need finite weights."
+        )
     if out.changed and not math.isfinite(out.largest):  # NaN if any compared entry is NaN; Inf if any is ±Inf
         raise NonFiniteError(f"{name}: NaN or Inf in the weights (largest |Δ| is {out.largest}).")
     if column and options.row_col:

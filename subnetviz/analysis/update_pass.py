@@ -35,6 +35,7 @@ from subnetviz.analysis.quant import (
 from subnetviz.analysis.sparsity import (
     SparsityOptions,
     SparsityReport,
+    checks_finite,
     fused_part_rows,
     stats_row,
     summarize,
@@ -210,16 +211,32 @@ class _Walk:
                 out.append(exc)
         return out
 
-    def load(self, key: str) -> dict:  # the weight tensors one step compares, read (and checked) ahead
-        out = {}
+    def load(self, key: str) -> dict:
+        """The weight tensors one step compares, read ahead and checked finite: here, unless the pair's
+        comparison checks them in its own pass (:func:`~subnetviz.analysis.sparsity.checks_finite`: the
+        compiled CPU pass of a float pair as stored), so each tensor's bytes are read once."""
+        out, checked = {}, set()
         for i, (ck, pk) in enumerate(zip(self.cks, self.per_key, strict=True)):
             at = pk.get(key)
             if at is None or self.is_side(at, i):
                 continue
-            if ("a", at.rows) not in out:
-                out["a", at.rows] = _read_checked(self.ck_base, at, 0, self.dev)
-            out["b", i] = _read_checked(ck, at, 1, self.dev)
-        return out
+            ka = ("a", at.rows)
+            if ka not in out:
+                out[ka] = read_aligned(self.ck_base, at, 0, "cpu")
+            a, b = out[ka], read_aligned(ck, at, 1, "cpu")
+            fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
+            if self.dev != "cpu" or not (fa.kind == fb.kind == "float" and checks_finite(a, b, self.options)):
+                if ka not in checked:
+                    check_finite_stored(a, f"{self.ck_base.spec} :: {at.names[0]}")
+                    checked.add(ka)
+                check_finite_stored(b, f"{ck.spec} :: {at.names[1]}")
+            else:  # not read here: their pages are mapped here, so the comparison takes no page faults
+                if ka not in checked:
+                    self.ck_base.populate(at.names[0])
+                    checked.add(ka)
+                ck.populate(at.names[1])
+            out["b", i] = b
+        return {k: _to_device(x, self.dev) for k, x in out.items()}
 
     def step(self, i: int, key: str, loaded: dict) -> None:
         """Finetuned model ``i``'s tensor ``key``: a side row, or the weight pair compared."""
@@ -237,7 +254,9 @@ class _Walk:
             st, changed_eff, delta_fn = compare_aligned(
                 a, b, fa, fb, at, self.ck_base, ck, self.options, self.dev, self.log, i, packed=True
             )
-        except NonFiniteError as exc:
+        except NonFiniteError as exc:  # named by file and tensor where the pass checked them (see load)
+            check_finite_stored(a, f"{self.ck_base.spec} :: {at.names[0]}")
+            check_finite_stored(b, f"{ck.spec} :: {at.names[1]}")
             raise NonFiniteError(f"{ck.spec}: {exc}") from None
         row = stats_row(self.labels[i], key, at.names[0], info, at.shape, st, self.options)
         row["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
@@ -335,12 +354,9 @@ def prefetched(items: Sequence, load: Callable) -> Iterator:
             del current
 
 
-def _read_checked(ck: Checkpoint, at, i: int, device: str) -> torch.Tensor:
-    """Tensor ``i`` of an aligned pair, refused if not finite, on ``dev``: read and checked on the
-    CPU, then sent to a GPU from pinned memory on a side stream (the caller's stream may use it
-    at once: the copy is complete and the block is recorded on the caller's stream)."""
-    x = read_aligned(ck, at, i, "cpu")
-    check_finite_stored(x, f"{ck.spec} :: {at.names[i]}")  # FP8 codes checked on their bit patterns
+def _to_device(x: torch.Tensor, device: str) -> torch.Tensor:
+    """``x`` (read on the CPU) on ``device``: to a GPU from pinned memory on a side stream (the caller's
+    stream may use it at once: the copy is complete and the block is recorded on the caller's stream)."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return x if dev.type == "cpu" else x.to(dev)

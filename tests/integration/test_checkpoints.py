@@ -143,7 +143,8 @@ def test_mapped_reads_equal_safetensors_for_every_stored_dtype(tmp_path):
     """Checkpoint.get reads a safetensors tensor as a view of the mapped file: bit for bit what
     safetensors' own reader gives, for every dtype the headers allow (bf16, fp8, bool, ints), a 0-d and
     an empty tensor; a tensor whose data is not aligned to its item size (a header of odd length) is
-    read by safetensors instead; and the tensors stay usable after the checkpoint is closed."""
+    read by safetensors instead; ``populate`` (pages mapped ahead) changes nothing read; and the tensors
+    stay usable after the checkpoint is closed."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -171,6 +172,9 @@ def test_mapped_reads_equal_safetensors_for_every_stored_dtype(tmp_path):
             assert got.dtype == want.dtype == t.dtype and got.shape == want.shape == t.shape, name
             assert got.reshape(-1).view(torch.uint8).tolist() == want.reshape(-1).view(torch.uint8).tolist(), name
     assert ck._maps  # read through the map
+    for name, t in tensors.items():  # mapping a tensor's pages ahead (update pass) reads, never changes
+        ck.populate(name)
+        assert ck.get(name).reshape(-1).view(torch.uint8).tolist() == t.reshape(-1).view(torch.uint8).tolist()
     kept = ck.get("bf16")
     ck.close()
     assert torch.equal(kept.float(), tensors["bf16"].float())
@@ -184,6 +188,7 @@ def test_mapped_reads_equal_safetensors_for_every_stored_dtype(tmp_path):
     odd.write_bytes(len(raw).to_bytes(8, "little") + raw + data.view(torch.uint8).numpy().tobytes())
     ck_odd = open_checkpoint(odd)
     assert torch.equal(ck_odd.get("w"), data) and ck_odd._handles  # (safetensors' reader copied it)
+    ck_odd.populate("w")  # not mapped: nothing to do
 
 
 def test_file_rewritten_after_opening_is_refused(ckpt_zoo, tmp_path):

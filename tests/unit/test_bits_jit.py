@@ -197,6 +197,37 @@ def test_packed_mask_is_packbits_of_the_mask(dtype, jit, monkeypatch):
             _assert_same(dataclasses.replace(got, mask_bits=None), dataclasses.replace(ref, mask=None))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_the_compiled_pass_refuses_non_finite_entries_changed_or_not(dtype, bad):
+    """The compiled pass checks finiteness as it compares (the update pass then skips its own read of
+    both tensors for it): a NaN / Inf in ``a`` or ``b`` is refused at any position, in long rows, in
+    blocks of short rows and in a 1-D column, whether that entry changed or is the same in both, in a
+    pair with changes and in one without; a finite pair passes. A cast pair is not checked by the pass
+    (``checks_finite`` says so, and the caller checks)."""
+    from subnetviz.analysis.sparsity import SparsityOptions, checks_finite, compare_pair
+    from subnetviz.errors import NonFiniteError
+
+    for seed, shape in enumerate([(3, 2 * bits_jit.SEG + 5), (40, 7), (300,), (1, 9)]):
+        rows = shape[0] if len(shape) > 1 else 1
+        xi, yi = _planted(dtype, (rows, int(np.prod(shape)) // rows), 0.3, seed=seed)
+        a, b = (torch.from_numpy(v.reshape(shape)).view(dtype) for v in (xi, yi))
+        other = torch.float16 if dtype != torch.float16 else torch.float32  # a cast pair: checked by the caller
+        assert checks_finite(a, b, SparsityOptions()) and not checks_finite(a, b.to(other), SparsityOptions())
+        compare_pair(a, b, packed=True)  # finite: passes
+        n = a.numel()
+        # an unchanged pair too: a segment with no change never reaches the statistics, so only the
+        # check in the changes' own loop sees an entry that is the same NaN / Inf on both sides
+        for b0 in (b, a.clone()):
+            for where in (0, n // 2, n - 1):
+                for side in ("a", "both", "b"):
+                    x, y = a.clone(), b0.clone()
+                    for t in (x, y) if side == "both" else (x if side == "a" else y,):
+                        t.view(-1)[where] = bad
+                    with pytest.raises(NonFiniteError, match="w.q"):
+                        compare_pair(x, y, name="w.q", packed=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 @pytest.mark.parametrize("share", [0.05, 0.3, 0.9])
 def test_fp8_block_pass_compiled_equals_numpy(dtype, share, monkeypatch):
