@@ -288,9 +288,11 @@ def segment_stats(xr, yr, changed, lut, tols, eta, rel_nonzero, mask_mode, mask_
 
 @jit
 def pack_bits(m, n, bits, off):
-    """OR the 0/1 bytes ``m[:n]`` into the bit array ``bits`` (uint8, np.packbits order: the first entry
-    of a byte is its top bit) from bit ``off`` on. The bytes ``m`` covers whole are written, those it
-    shares with the entries before or after it are OR-ed into (``bits`` starts zeroed)."""
+    """Write the 0/1 bytes ``m[:n]`` into the bit array ``bits`` (uint8, np.packbits order: the first entry
+    of a byte is its top bit) from bit ``off`` on. Segments are written in order, each right after the
+    one before: a byte is assigned by the segment that holds its first bit (its later bits are 0 until
+    written) and OR-ed into by the next, so ``bits`` needs no zeroing (:func:`clear_bits` for a segment
+    with no change)."""
     k = 0
     while k < n and (off + k) & 7:  # up to the next byte boundary
         p = off + k
@@ -311,10 +313,21 @@ def pack_bits(m, n, bits, off):
             | m[q + 7]
         )
     k += 8 * whole
+    if k < n:  # a byte begins here: assigned
+        bits[(off + k) >> 3] = np.uint8(m[k] << 7)
+        k += 1
     while k < n:
         p = off + k
         bits[p >> 3] |= np.uint8(m[k] << (7 - (p & 7)))
         k += 1
+
+
+@jit
+def clear_bits(n, bits, off):
+    """:func:`pack_bits` of ``n`` zeros from bit ``off`` on: the bytes that begin inside the range are set
+    to 0 (a byte begun by the segment before keeps its bits; these are 0 in it already)."""
+    for j in range((off + 7) >> 3, (off + n + 7) >> 3):
+        bits[j] = 0
 
 
 @jit
@@ -324,8 +337,8 @@ def pair(
     """:func:`changes` and, where any, :func:`segment_stats` over every row of integer views ``x2`` -> ``y2``
     (R × C, C-contiguous) in segments of at most ``dbuf.size`` entries (the caller's choice: bits_jit.SEG);
     mask_mode 1: the bits differ, 2: |Δ| > mask_tol, 0: none. The mask goes to ``mask`` (uint8, R × C,
-    zeroed for mode 2), or, when ``bits`` is not empty, bit-packed into ``bits`` (zeroed, R·C bits in
-    np.packbits order; ``mask`` then holds one segment: 1 × SEG), with no full-size mask written.
+    zeroed for mode 2), or, when ``bits`` is not empty, bit-packed into ``bits`` (R·C bits in np.packbits
+    order, every byte written; ``mask`` then holds one segment: 1 × SEG), with no full-size mask written.
     ``rows`` (int64) and ``cols`` (int32: added to) are filled when ``do_rc``. Rows shorter than a
     segment are taken several at a time (:func:`_short_rows`): one statistics call per block of rows.
 
@@ -374,10 +387,12 @@ def pair(
                 segment_stats(
                     xr, yr, changed, lut, tols, eta, rel_nonzero, mask_mode, mask_tol, mr, edges, out, dbuf, ubuf
                 )
-                if packed:  # no change: the segment's bits stay zero
+                if packed:
                     pack_bits(mr, c1 - c0, bits, r * n_cols + c0)
             else:
                 marked = marked or any_marked(xr, exponent_bits(xr[0]))
+                if packed:
+                    clear_bits(c1 - c0, bits, r * n_cols + c0)
             row_changed += changed
         if do_rc:
             rows[r] = row_changed
@@ -421,6 +436,8 @@ def _short_rows(
                 pack_bits(mr, hi - lo, bits, lo)
         else:
             marked = marked or any_marked(xf[lo:hi], exponent_bits(xf[0]))
+            if packed:
+                clear_bits(hi - lo, bits, lo)
     out[out.size - 1] = marked
 
 

@@ -122,8 +122,9 @@ def pair_pass(
     """Run the compiled pass over 2-D integer views ``x2`` -> ``y2`` (C-contiguous, one shape) of float
     ``dtype_name`` ('bfloat16', 'float16', 'float32', 'float64'). ``mask`` (bool, x2's shape) receives
     the exact mask, or |Δ| > ``mask_tolerance`` when that is set (entries at or below it are written
-    False); ``bits`` (uint8, zeroed, ceil(size / 8)) receives that mask bit-packed instead (np.packbits
-    order), with no full-size mask written (``mask`` is then None); ``rows`` / ``cols`` (int64) receive
+    False); ``bits`` (uint8, ceil(size / 8), need not be zeroed: every byte is written) receives that mask
+    bit-packed instead (np.packbits order), with no full-size mask written (``mask`` is then None);
+    ``rows`` / ``cols`` (int64) receive
     the changed count per row and are added per column. ``k``: :func:`kernels`, where the caller has them
     (they must be non-None).
 

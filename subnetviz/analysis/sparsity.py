@@ -304,7 +304,7 @@ def _compiled_pass(k, a: torch.Tensor, b: torch.Tensor, options: SparsityOptions
     if column:
         x2, y2 = x2.reshape(1, rows), y2.reshape(1, rows)
     keep = options.keep_masks
-    bits = np.zeros((n + 7) // 8, np.uint8) if keep and packed else None
+    bits = np.empty((n + 7) // 8, np.uint8) if keep and packed else None  # every byte written by the pass
     mask = (
         (np.empty if options.mask_tolerance is None else np.zeros)(x2.shape, np.bool_) if keep and not packed else None
     )

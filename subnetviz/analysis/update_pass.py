@@ -43,12 +43,14 @@ from subnetviz.analysis.sparsity import (
 from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.checkpoints.adapters import open_finetune
+from subnetviz.checkpoints.sources import FAULT_AROUND
 from subnetviz.config import resolve_device
 from subnetviz.errors import CheckpointError, NonFiniteError
 from subnetviz.masks import PackedMasks
 
 ProgressFn = Callable[[int, int, str], None]
 GROUP_ENTRIES = 1 << 23  # entries read ahead per group of small tensors (16 MB of bf16)
+_SIDE = ("buffer", "scale")  # stored forms listed apart from the weights (read by side_row)
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,7 @@ class _Walk:
         return list(dict.fromkeys(keys))
 
     def is_side(self, at, i: int) -> bool:  # buffers and scales: listed apart, read by side_row
-        fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
-        return "buffer" in (fa.kind, fb.kind) or "scale" in (fa.kind, fb.kind)
+        return self.forms_base[at.names[0]].kind in _SIDE or self.forms[i][at.names[1]].kind in _SIDE
 
     def groups(self, keys: list[str]) -> list[list[str]]:
         """``keys`` cut into runs of consecutive keys of at most :data:`GROUP_ENTRIES` entries read in
@@ -214,29 +215,32 @@ class _Walk:
     def load(self, key: str) -> dict:
         """The weight tensors one step compares, read ahead and checked finite: here, unless the pair's
         comparison checks them in its own pass (:func:`~subnetviz.analysis.sparsity.checks_finite`: the
-        compiled CPU pass of a float pair as stored), so each tensor's bytes are read once."""
-        out, checked = {}, set()
-        for i, (ck, pk) in enumerate(zip(self.cks, self.per_key, strict=True)):
-            at = pk.get(key)
-            if at is None or self.is_side(at, i):
+        compiled CPU pass of a float pair as stored), so each tensor's bytes are read once. Few Python
+        steps per tensor: a model has hundreds, most of them small."""
+        out, checked, cpu = {}, set(), self.dev == "cpu"
+        for i, ck in enumerate(self.cks):
+            at = self.per_key[i].get(key)
+            if at is None:
+                continue
+            fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
+            if fa.kind in _SIDE or fb.kind in _SIDE:
                 continue
             ka = ("a", at.rows)
-            if ka not in out:
-                out[ka] = read_aligned(self.ck_base, at, 0, "cpu")
-            a, b = out[ka], read_aligned(ck, at, 1, "cpu")
-            fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
-            if self.dev != "cpu" or not (fa.kind == fb.kind == "float" and checks_finite(a, b, self.options)):
+            a = out.get(ka)
+            if a is None:
+                a = out[ka] = read_aligned(self.ck_base, at, 0, "cpu")
+            b = out["b", i] = read_aligned(ck, at, 1, "cpu")
+            if not (cpu and fa.kind == fb.kind == "float" and checks_finite(a, b, self.options)):
                 if ka not in checked:
                     check_finite_stored(a, f"{self.ck_base.spec} :: {at.names[0]}")
                     checked.add(ka)
                 check_finite_stored(b, f"{ck.spec} :: {at.names[1]}")
-            else:  # not read here: their pages are mapped here, so the comparison takes no page faults
+            elif a.nbytes >= FAULT_AROUND:  # not read here: their pages mapped here, so the pass takes no faults
                 if ka not in checked:
                     self.ck_base.populate(at.names[0])
                     checked.add(ka)
                 ck.populate(at.names[1])
-            out["b", i] = b
-        return {k: _to_device(x, self.dev) for k, x in out.items()}
+        return out if cpu else {k: _to_device(x, self.dev) for k, x in out.items()}
 
     def step(self, i: int, key: str, loaded: dict) -> None:
         """Finetuned model ``i``'s tensor ``key``: a side row, or the weight pair compared."""

@@ -197,6 +197,21 @@ def test_packed_mask_is_packbits_of_the_mask(dtype, jit, monkeypatch):
             _assert_same(dataclasses.replace(got, mask_bits=None), dataclasses.replace(ref, mask=None))
 
 
+@pytest.mark.parametrize("share", [0.0, 0.0004, 0.3])
+def test_packed_bits_overwrite_whatever_the_array_held(share):
+    """The pass writes every byte of the packed mask (the caller allocates it without zeroing): an array
+    that starts all ones comes back as np.packbits of the mask, with segments and blocks of short rows
+    that have no change (0 and 0.04 % changed) beside ones that do, at offsets that are no multiple of 8."""
+    for seed, shape in enumerate([(3, 2 * bits_jit.SEG + 3), (301, 13), (1, 5000), (7, 1000), (2, 9)]):
+        xi, yi = _planted(torch.bfloat16, shape, share, seed=seed)
+        n = xi.size
+        mask = np.zeros(shape, np.bool_)
+        bits_jit.pair_pass(xi, yi, "bfloat16", (1e-5,), ULP_EDGES, 1e-3, True, mask, None, None, None)
+        bits = np.full((n + 7) // 8, 0xFF, np.uint8)
+        bits_jit.pair_pass(xi, yi, "bfloat16", (1e-5,), ULP_EDGES, 1e-3, True, None, None, None, None, bits)
+        assert np.array_equal(bits, np.packbits(mask.reshape(-1))), shape
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_the_compiled_pass_refuses_non_finite_entries_changed_or_not(dtype, bad):
