@@ -128,8 +128,9 @@ def analyze_updates(
     t0 = time.perf_counter()
     walk = _Walk(base, finetuned, labels, options, spectra, resolve_device(device))
     keys = walk.keys()
-    # consecutive small tensors are read ahead together (one thread handoff per group, not per tensor)
-    stream = itertools.chain.from_iterable(prefetched(walk.groups(keys), walk.load_group))
+    # consecutive small tensors are read ahead together (one thread handoff per group, not per tensor); the
+    # first group's pages are mapped while it is compared, not before (it is often the embedding alone)
+    stream = itertools.chain.from_iterable(prefetched(walk.groups(keys), walk.load_group, first=walk.load_first))
     for step, (key, loaded) in enumerate(zip(keys, stream, strict=True)):
         if progress:
             progress(step, len(keys), key)
@@ -202,21 +203,34 @@ class _Walk:
                 total = n
         return out
 
-    def load_group(self, keys: list[str]) -> list:
-        """:meth:`load` of each key; a key whose read fails gets its exception, raised at its step."""
+    def load_group(self, keys: list[str], pages: list | None = None) -> list:
+        """:meth:`load` of each key; a key whose read fails gets its exception, raised at its step. The
+        pages of the tensors the comparison reads itself are mapped here, or, when ``pages`` is given,
+        listed in it as (checkpoint, name) to be mapped later (:func:`_map_pages`)."""
+        todo: list = [] if pages is None else pages
         out: list = []
         for key in keys:
             try:
-                out.append(self.load(key))
+                out.append(self.load(key, todo))
             except Exception as exc:  # noqa: BLE001 (re-raised by analyze_updates at this key's step)
                 out.append(exc)
+        if pages is None:
+            _map_pages(todo)
         return out
 
-    def load(self, key: str) -> dict:
+    def load_first(self, keys: list[str]) -> tuple[list, Callable[[], None]]:
+        """:meth:`load_group` of the first group in the caller's thread, and the mapping of its pages to run
+        in the background while the caller compares it (then the comparison's faults and the mapping
+        share the work, and nothing waits for all of it before the first step)."""
+        pages: list = []
+        return self.load_group(keys, pages), lambda: _map_pages(pages)
+
+    def load(self, key: str, pages: list) -> dict:
         """The weight tensors one step compares, read ahead and checked finite: here, unless the pair's
         comparison checks them in its own pass (:func:`~subnetviz.analysis.sparsity.checks_finite`: the
-        compiled CPU pass of a float pair as stored), so each tensor's bytes are read once. Few Python
-        steps per tensor: a model has hundreds, most of them small."""
+        compiled CPU pass of a float pair as stored), so each tensor's bytes are read once; those (of at
+        least 64 KB) are added to ``pages`` as (checkpoint, name), whose pages the caller maps ahead.
+        Few Python steps per tensor: a model has hundreds, most of them small."""
         out, checked, cpu = {}, set(), self.dev == "cpu"
         for i, ck in enumerate(self.cks):
             at = self.per_key[i].get(key)
@@ -235,11 +249,11 @@ class _Walk:
                     check_finite_stored(a, f"{self.ck_base.spec} :: {at.names[0]}")
                     checked.add(ka)
                 check_finite_stored(b, f"{ck.spec} :: {at.names[1]}")
-            elif a.nbytes >= FAULT_AROUND:  # not read here: their pages mapped here, so the pass takes no faults
+            elif a.nbytes >= FAULT_AROUND:  # not read here: their pages mapped ahead, so the pass takes no faults
                 if ka not in checked:
-                    self.ck_base.populate(at.names[0])
+                    pages.append((self.ck_base, at.names[0]))
                     checked.add(ka)
-                ck.populate(at.names[1])
+                pages.append((ck, at.names[1]))
         return out if cpu else {k: _to_device(x, self.dev) for k, x in out.items()}
 
     def step(self, i: int, key: str, loaded: dict) -> None:
@@ -341,21 +355,40 @@ def warm() -> float:
     return time.perf_counter() - t
 
 
-def prefetched(items: Sequence, load: Callable) -> Iterator:
+def prefetched(items: Sequence, load: Callable, first: Callable | None = None) -> Iterator:
     """``load(item)`` for each item in order, the next one read in a background thread while the
     caller works on the current one (a bounded prefetch: one item ahead, so at most two loaded
     items exist when the caller drops each one before asking for the next). Reading releases the
     GIL (safetensors, torch copies), so reading and comparing overlap. Errors surface in order.
+
+    ``first``, when given, loads the first item instead, in the caller's thread: it returns the item's
+    value and the rest of its loading, which runs in the background thread (before the next item's
+    read) while the caller works on the value.
     """
     if not items:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="subnetviz-read") as pool:
-        ahead = pool.submit(load, items[0])
-        for k in range(len(items)):
+        start, ahead = 0, None
+        if first is not None:
+            current, rest = first(items[0])
+            pool.submit(rest)
+            ahead = pool.submit(load, items[1]) if len(items) > 1 else None
+            start = 1
+            yield current
+            del current
+        else:
+            ahead = pool.submit(load, items[0])
+        for k in range(start, len(items)):
             current = ahead.result()
             ahead = pool.submit(load, items[k + 1]) if k + 1 < len(items) else None
             yield current
             del current
+
+
+def _map_pages(pages: list) -> None:
+    """:meth:`~subnetviz.checkpoints.sources.Checkpoint.populate` of each (checkpoint, name)."""
+    for ck, name in pages:
+        ck.populate(name)
 
 
 def _to_device(x: torch.Tensor, device: str) -> torch.Tensor:

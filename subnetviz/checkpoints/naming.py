@@ -128,6 +128,17 @@ def _compiled_rules(family: str) -> tuple[tuple[re.Pattern, str], ...]:
     return tuple((re.compile(pattern), kind) for pattern, kind in FAMILIES.get(family, []))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _match_rules(family: str, short: str) -> str | None:
+    """The module kind of the first of ``family``'s rules that ``short`` matches, or None; cached (a name is
+    matched when the analysis lists the names no rule knows and again when it describes each tensor, and
+    the next analysis of the same family asks for the same names)."""
+    for pattern, kind in _compiled_rules(family):
+        if pattern.search(short):
+            return kind
+    return None
+
+
 def strip_prefix(name: str) -> str:
     """``model.layers.0.x`` -> ``layers.0.x`` (also ``model.language_model.``, ...); names without a
     known prefix are returned unchanged."""
@@ -202,10 +213,7 @@ class NameTable:
         return None
 
     def _match(self, short: str) -> str | None:
-        for pattern, kind in _compiled_rules(self.family or ""):
-            if pattern.search(short):
-                return kind
-        return None
+        return _match_rules(self.family or "", short)
 
     def describe(self, name: str) -> TensorInfo:
         """Block, layer, module kind, parameter and expert of ``name``; cached per table and name (an
