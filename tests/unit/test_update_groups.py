@@ -78,3 +78,33 @@ def test_a_non_finite_tensor_is_named_at_its_own_step(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteError, match="up_proj"):
         analyze_updates(base_path, [ft_path], progress=lambda step, total, key: seen.append(key))
     assert seen[-1] == "layers.1.mlp.up_proj.weight"  # the tensors before it were reached, none after
+
+
+@pytest.mark.parametrize("first", [False, True])
+@pytest.mark.parametrize("n", [0, 1, 2, 5])
+def test_prefetched_hands_out_every_item_in_order_one_ahead(n, first):
+    """The read-ahead gives every item's load in order with at most one item loaded ahead of the caller;
+    with ``first``, the first item is loaded in the caller's thread and the rest of its loading runs in
+    the background before the second item's load, while the caller holds the first."""
+    import threading
+
+    events, caller = [], threading.get_ident()
+
+    def load(i):
+        events.append(("load", i, threading.get_ident() == caller))
+        return i * 10
+
+    def load_first(i):
+        events.append(("first", i, threading.get_ident() == caller))
+        return i * 10, lambda: events.append(("rest", i, threading.get_ident() == caller))
+
+    got = []
+    for value in update_pass.prefetched(list(range(n)), load, first=load_first if first else None):
+        got.append(value)
+        loads = [e[1] for e in events if e[0] in ("load", "first")]
+        assert max(loads) <= value // 10 + 1  # never more than one item ahead
+    assert got == [10 * i for i in range(n)]
+    if first and n:
+        assert events[0] == ("first", 0, True) and ("rest", 0, False) in events
+        assert n == 1 or events.index(("rest", 0, False)) < events.index(("load", 1, False))
+    assert all(not here for kind, _, here in events if kind in ("load", "rest"))  # the background thread
