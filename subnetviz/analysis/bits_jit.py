@@ -124,9 +124,8 @@ def pair_pass(
     the exact mask, or |Δ| > ``mask_tolerance`` when that is set (entries at or below it are written
     False); ``bits`` (uint8, ceil(size / 8), need not be zeroed: every byte is written) receives that mask
     bit-packed instead (np.packbits order), with no full-size mask written (``mask`` is then None);
-    ``rows`` / ``cols`` (int64) receive
-    the changed count per row and are added per column. ``k``: :func:`kernels`, where the caller has them
-    (they must be non-None).
+    ``rows`` / ``cols`` (int64) receive the changed count per row and are added per column. ``k``:
+    :func:`kernels`, where the caller has them (they must be non-None).
 
     The same pass checks that both tensors are finite (:func:`~subnetviz.analysis._bits_numba.pair`): a
     NaN / Inf on either side makes ``largest`` non-finite or sets ``marked``."""

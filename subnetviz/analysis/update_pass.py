@@ -231,7 +231,7 @@ class _Walk:
         compiled CPU pass of a float pair as stored), so each tensor's bytes are read once; those (of at
         least 64 KB) are added to ``pages`` as (checkpoint, name), whose pages the caller maps ahead.
         Few Python steps per tensor: a model has hundreds, most of them small."""
-        out, checked, cpu = {}, set(), self.dev == "cpu"
+        out, checked, mapped, cpu = {}, set(), set(), self.dev == "cpu"
         for i, ck in enumerate(self.cks):
             at = self.per_key[i].get(key)
             if at is None:
@@ -250,9 +250,9 @@ class _Walk:
                     checked.add(ka)
                 check_finite_stored(b, f"{ck.spec} :: {at.names[1]}")
             elif a.nbytes >= FAULT_AROUND:  # not read here: their pages mapped ahead, so the pass takes no faults
-                if ka not in checked:
+                if ka not in mapped:
                     pages.append((self.ck_base, at.names[0]))
-                    checked.add(ka)
+                    mapped.add(ka)
                 pages.append((ck, at.names[1]))
         return out if cpu else {k: _to_device(x, self.dev) for k, x in out.items()}
 

@@ -108,3 +108,26 @@ def test_prefetched_hands_out_every_item_in_order_one_ahead(n, first):
         assert events[0] == ("first", 0, True) and ("rest", 0, False) in events
         assert n == 1 or events.index(("rest", 0, False)) < events.index(("load", 1, False))
     assert all(not here for kind, _, here in events if kind in ("load", "rest"))  # the background thread
+
+
+@pytest.mark.parametrize("order", ["bf16 first", "fp32 first"])
+def test_a_non_finite_base_is_refused_whichever_model_reads_it(tmp_path, order):
+    """A base NaN at an entry no finetune changed, compared with two finetunes: one stored as the base is
+    (its compiled pass checks the base) and one stored in fp32 (a cast pair: the base is checked when
+    read). Whichever comes first, the analysis refuses it and names the base's file and tensor."""
+    (base_path, ft_path), base, ft = _pair(tmp_path)
+    bad = "model.layers.2.self_attn.q_proj.weight"
+    base[bad] = base[bad].clone()
+    base[bad].view(-1)[5] = float("nan")
+    ft[bad] = ft[bad].clone()
+    ft[bad].view(-1)[5] = float("nan")  # the same bits on both sides: unchanged
+    save_file(base, str(tmp_path / "b" / "model.safetensors"))
+    save_file(ft, str(tmp_path / "f" / "model.safetensors"))
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    save_file({k: v.float() for k, v in ft.items()}, str(wide / "model.safetensors"))
+    (wide / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    models = [ft_path, str(wide)] if order == "bf16 first" else [str(wide), ft_path]
+    with pytest.raises(NonFiniteError, match="q_proj") as err:
+        analyze_updates(base_path, models, spectra=None)
+    assert base_path in str(err.value)
