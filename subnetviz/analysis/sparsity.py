@@ -261,7 +261,7 @@ def compare_pair(
     None. The compiled CPU pass writes the bits itself (no full-size bool mask is ever allocated);
     the other paths pack their mask at the end.
     """
-    k = bits_jit.kernels() if a.device.type == "cpu" and _NUMPY_ON_CPU else None  # the compiled pass
+    k = _compiled_kernels(a)
     if k is None or not _as_stored(a, b, options):
         a, a2, b2 = _comparable(a, b, options, name)  # cast, made contiguous, checked
         if k is None or not a.numel():
@@ -274,7 +274,12 @@ def checks_finite(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions) ->
     """Whether :func:`compare_pair` of ``a``, ``b`` refuses NaN / Inf in either tensor itself (the compiled
     pass checks them as it compares, at no extra read), so a caller that reads them need not check them
     first. Otherwise only a NaN / Inf among the changed entries is refused."""
-    return a.device.type == "cpu" and _NUMPY_ON_CPU and bits_jit.kernels() is not None and _as_stored(a, b, options)
+    return _compiled_kernels(a) is not None and _as_stored(a, b, options)
+
+
+def _compiled_kernels(a: torch.Tensor):
+    """The compiled pass' kernels where it runs for ``a`` (a CPU tensor, numba on), else None."""
+    return bits_jit.kernels() if a.device.type == "cpu" and _NUMPY_ON_CPU else None
 
 
 def _as_stored(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions) -> bool:

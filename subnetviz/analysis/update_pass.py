@@ -43,7 +43,6 @@ from subnetviz.analysis.sparsity import (
 from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.checkpoints.adapters import open_finetune
-from subnetviz.checkpoints.sources import FAULT_AROUND
 from subnetviz.config import resolve_device
 from subnetviz.errors import CheckpointError, NonFiniteError
 from subnetviz.masks import PackedMasks
@@ -228,8 +227,9 @@ class _Walk:
     def load(self, key: str, pages: list) -> dict:
         """The weight tensors one step compares, read ahead and checked finite: here, unless the pair's
         comparison checks them in its own pass (:func:`~subnetviz.analysis.sparsity.checks_finite`: the
-        compiled CPU pass of a float pair as stored), so each tensor's bytes are read once; those (of at
-        least 64 KB) are added to ``pages`` as (checkpoint, name), whose pages the caller maps ahead.
+        compiled CPU pass of a float pair as stored), so each tensor's bytes are read once; those are
+        added to ``pages`` as (checkpoint, name), whose pages the caller maps ahead (those of 64 KB or more:
+        :meth:`~subnetviz.checkpoints.sources.Checkpoint.populate`).
         Few Python steps per tensor: a model has hundreds, most of them small."""
         out, checked, mapped, cpu = {}, set(), set(), self.dev == "cpu"
         for i, ck in enumerate(self.cks):
@@ -246,10 +246,10 @@ class _Walk:
             b = out["b", i] = read_aligned(ck, at, 1, "cpu")
             if not (cpu and fa.kind == fb.kind == "float" and checks_finite(a, b, self.options)):
                 if ka not in checked:
-                    check_finite_stored(a, f"{self.ck_base.spec} :: {at.names[0]}")
+                    _check_read(self.ck_base, at, 0, a)
                     checked.add(ka)
-                check_finite_stored(b, f"{ck.spec} :: {at.names[1]}")
-            elif a.nbytes >= FAULT_AROUND:  # not read here: their pages mapped ahead, so the pass takes no faults
+                _check_read(ck, at, 1, b)
+            else:  # not read here: their pages mapped ahead, so the pass takes no faults
                 if ka not in mapped:
                     pages.append((self.ck_base, at.names[0]))
                     mapped.add(ka)
@@ -273,8 +273,8 @@ class _Walk:
                 a, b, fa, fb, at, self.ck_base, ck, self.options, self.dev, self.log, i, packed=True
             )
         except NonFiniteError as exc:  # named by file and tensor where the pass checked them (see load)
-            check_finite_stored(a, f"{self.ck_base.spec} :: {at.names[0]}")
-            check_finite_stored(b, f"{ck.spec} :: {at.names[1]}")
+            _check_read(self.ck_base, at, 0, a)
+            _check_read(ck, at, 1, b)
             raise NonFiniteError(f"{ck.spec}: {exc}") from None
         row = stats_row(self.labels[i], key, at.names[0], info, at.shape, st, self.options)
         row["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
@@ -383,6 +383,11 @@ def prefetched(items: Sequence, load: Callable, first: Callable | None = None) -
             ahead = pool.submit(load, items[k + 1]) if k + 1 < len(items) else None
             yield current
             del current
+
+
+def _check_read(ck: Checkpoint, at, i: int, x: torch.Tensor) -> None:
+    """Tensor ``i`` of an aligned pair, as read from ``ck``, refused if not finite, named by file and tensor."""
+    check_finite_stored(x, f"{ck.spec} :: {at.names[i]}")
 
 
 def _map_pages(pages: list) -> None:
