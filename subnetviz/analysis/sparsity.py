@@ -72,8 +72,10 @@ __all__ = [
     "check_finite",
     "checks_finite",
     "compare_pair",
+    "compare_views",
     "fused_part_rows",
     "stats_row",
+    "stored_kernels",
     "summarize",
 ]
 
@@ -298,13 +300,40 @@ def _as_stored(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions) -> bo
 
 
 def _compiled_pass(k, a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name: str, packed: bool) -> PairStats:
-    """:func:`compare_pair` by the compiled kernels (:func:`~subnetviz.analysis.bits_jit.pair_pass`): one
-    call over the (shape[0], rest) views, the mask bit-packed by the kernel when ``packed``. Few Python
-    steps: an update pass makes hundreds of these calls, most of them on small tensors."""
-    shape, n = a.shape, a.numel()
-    rows, cols = (shape[0], n // shape[0]) if len(shape) >= 2 else (n, 1)
+    """:func:`compare_pair` by the compiled kernels: :func:`compare_views` of the integer views."""
     iv = INT_VIEW[a.dtype]
-    x2, y2 = a.view(iv).numpy().reshape(rows, cols), b.view(iv).numpy().reshape(rows, cols)
+    return compare_views(k, a.view(iv).numpy(), b.view(iv).numpy(), a.dtype, options, name=name, packed=packed)
+
+
+def stored_kernels(dtype_a: torch.dtype, dtype_b: torch.dtype, numel: int, options: SparsityOptions, device: str):
+    """The compiled pass' kernels when a pair stored as ``dtype_a`` -> ``dtype_b`` (``numel`` entries each) is
+    compared on ``device`` as stored by :func:`compare_views` (what :func:`compare_pair` does with such a
+    pair, given contiguous tensors), else None. That pass checks both tensors finite as it compares them."""
+    if device != "cpu" or not _NUMPY_ON_CPU or options.precision is not None or dtype_a != dtype_b or numel == 0:
+        return None
+    if dtype_a not in INT_VIEW or dtype_a.itemsize == 1:
+        return None
+    return bits_jit.kernels()
+
+
+def compare_views(
+    k,
+    x: np.ndarray,
+    y: np.ndarray,
+    dtype: torch.dtype,
+    options: SparsityOptions = SparsityOptions(),
+    *,
+    name: str = "tensor",
+    packed: bool = False,
+) -> PairStats:
+    """:func:`compare_pair` of two tensors of float ``dtype`` given as their C-contiguous integer views
+    (:data:`~subnetviz.analysis.bits.INT_VIEW`, as NumPy arrays of one shape), by the compiled kernels ``k``
+    (:func:`stored_kernels`): one call over the (shape[0], rest) views, the mask bit-packed by the kernel
+    when ``packed``. Few Python steps: an update pass makes hundreds of these calls, most of them on small
+    tensors, straight from the views of the mapped files (no torch tensor per pair)."""
+    shape, n = x.shape, x.size
+    rows, cols = (shape[0], n // shape[0]) if len(shape) >= 2 else (n, 1)
+    x2, y2 = x.reshape(rows, cols), y.reshape(rows, cols)
     column = cols == 1 and rows > 1  # a 1-D tensor viewed as a column: one row of the kernel
     if column:
         x2, y2 = x2.reshape(1, rows), y2.reshape(1, rows)
@@ -316,15 +345,15 @@ def _compiled_pass(k, a: torch.Tensor, b: torch.Tensor, options: SparsityOptions
     rc = options.row_col and not column
     row_counts = np.zeros(rows, np.int64) if options.row_col else None
     col_counts = np.zeros(cols, np.int64) if options.row_col else None
-    dtype = str(a.dtype)[6:]
+    dtype_name = _DTYPE_NAMES[dtype]
     out = bits_jit.pair_pass(
         x2,
         y2,
-        dtype,
+        dtype_name,
         options.tolerances,
         ULP_EDGES,
         options.eta,
-        _rel_is_nonzero(a.dtype, options.eta),
+        _rel_is_nonzero(dtype, options.eta),
         mask,
         options.mask_tolerance,
         row_counts if rc else None,
@@ -333,7 +362,7 @@ def _compiled_pass(k, a: torch.Tensor, b: torch.Tensor, options: SparsityOptions
         k,
     )
     if out.marked:  # an unchanged entry is NaN / Inf (a changed one makes the largest |Δ| non-finite)
-        bad = int((~torch.isfinite(a)).sum())
+        bad = int((~torch.isfinite(torch.from_numpy(x).view(dtype))).sum())
         raise NonFiniteError(
             f"{name}: {bad} NaN/Inf value(s) in the first (base) tensor. Analyses need finite weights."
         )
@@ -344,7 +373,7 @@ def _compiled_pass(k, a: torch.Tensor, b: torch.Tensor, options: SparsityOptions
         col_counts[0] = out.changed
     return PairStats(
         numel=n,
-        dtype=dtype,
+        dtype=dtype_name,
         changed=out.changed,
         changed_tol=tuple(out.tol),
         changed_rel=out.rel,
@@ -355,6 +384,9 @@ def _compiled_pass(k, a: torch.Tensor, b: torch.Tensor, options: SparsityOptions
         mask=torch.from_numpy(mask).reshape(shape) if mask is not None else None,
         mask_bits=bits,
     )
+
+
+_DTYPE_NAMES = {t: str(t)[6:] for t in INT_VIEW}  # torch.bfloat16 -> 'bfloat16'
 
 
 def _generic_pass(a, a2, b2, options: SparsityOptions, name: str, packed: bool) -> PairStats:

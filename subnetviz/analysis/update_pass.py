@@ -19,10 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from subnetviz.analysis import bits_jit
+from subnetviz.analysis.bits import INT_VIEW
 from subnetviz.analysis.overlap import OverlapReport, mask_overlap
 from subnetviz.analysis.quant import (
     SIDE_COLUMNS,
@@ -35,9 +37,10 @@ from subnetviz.analysis.quant import (
 from subnetviz.analysis.sparsity import (
     SparsityOptions,
     SparsityReport,
-    checks_finite,
+    compare_views,
     fused_part_rows,
     stats_row,
+    stored_kernels,
     summarize,
 )
 from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
@@ -50,6 +53,7 @@ from subnetviz.masks import PackedMasks
 ProgressFn = Callable[[int, int, str], None]
 GROUP_ENTRIES = 1 << 23  # entries read ahead per group of small tensors (16 MB of bf16)
 _SIDE = ("buffer", "scale")  # stored forms listed apart from the weights (read by side_row)
+_NP_VIEW = {t: np.dtype(str(v)[6:]) for t, v in INT_VIEW.items()}  # torch.bfloat16 -> int16, ...
 
 
 @dataclass(frozen=True)
@@ -225,13 +229,14 @@ class _Walk:
         return self.load_group(keys, pages), lambda: _map_pages(pages)
 
     def load(self, key: str, pages: list) -> dict:
-        """The weight tensors one step compares, read ahead and checked finite: here, unless the pair's
-        comparison checks them in its own pass (:func:`~subnetviz.analysis.sparsity.checks_finite`: the
-        compiled CPU pass of a float pair as stored), so each tensor's bytes are read once; those are
-        added to ``pages`` as (checkpoint, name), whose pages the caller maps ahead (those of 64 KB or more:
-        :meth:`~subnetviz.checkpoints.sources.Checkpoint.populate`).
+        """What one step compares, read ahead. A float pair that the compiled pass compares as stored
+        (:func:`~subnetviz.analysis.sparsity.stored_kernels`) is handed over as the integer views of the mapped
+        files (``("x", rows)``, ``("y", i)``), not read here: that pass checks them finite as it compares them,
+        so each tensor's bytes are read once; they are added to ``pages`` as (checkpoint, name), whose pages
+        the caller maps ahead (:meth:`~subnetviz.checkpoints.sources.Checkpoint.populate`). Every other
+        pair is read here as tensors (``("a", rows)``, ``("b", i)``) and checked finite.
         Few Python steps per tensor: a model has hundreds, most of them small."""
-        out, checked, mapped, cpu = {}, set(), set(), self.dev == "cpu"
+        out, cpu = {}, self.dev == "cpu"
         for i, ck in enumerate(self.cks):
             at = self.per_key[i].get(key)
             if at is None:
@@ -239,22 +244,27 @@ class _Walk:
             fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
             if fa.kind in _SIDE or fb.kind in _SIDE:
                 continue
-            ka = ("a", at.rows)
-            a = out.get(ka)
-            if a is None:
-                a = out[ka] = read_aligned(self.ck_base, at, 0, "cpu")
-            b = out["b", i] = read_aligned(ck, at, 1, "cpu")
-            if not (cpu and fa.kind == fb.kind == "float" and checks_finite(a, b, self.options)):
-                if ka not in checked:
-                    _check_read(self.ck_base, at, 0, a)
-                    checked.add(ka)
-                _check_read(ck, at, 1, b)
-            else:  # not read here: their pages mapped ahead, so the pass takes no faults
-                if ka not in mapped:
+            if fa.kind == fb.kind == "float" and self.kernels(at, i) is not None:
+                kx = ("x", at.rows)
+                if kx not in out:
+                    out[kx] = _int_view(self.ck_base, at, 0)
                     pages.append((self.ck_base, at.names[0]))
-                    mapped.add(ka)
+                out["y", i] = _int_view(ck, at, 1)
                 pages.append((ck, at.names[1]))
+                continue
+            ka = ("a", at.rows)
+            if ka not in out:
+                out[ka] = read_aligned(self.ck_base, at, 0, "cpu")
+                _check_read(self.ck_base, at, 0, out[ka])
+            b = out["b", i] = read_aligned(ck, at, 1, "cpu")
+            _check_read(ck, at, 1, b)
         return out if cpu else {k: _to_device(x, self.dev) for k, x in out.items()}
+
+    def kernels(self, at, i: int):
+        """The compiled kernels when finetuned model ``i``'s float pair ``at`` is compared as stored by them
+        (:func:`~subnetviz.analysis.sparsity.stored_kernels`), else None."""
+        ma, mb = self.ck_base.meta(at.names[0]), self.cks[i].meta(at.names[1])
+        return stored_kernels(ma.dtype, mb.dtype, math.prod(at.shape), self.options, self.dev)
 
     def step(self, i: int, key: str, loaded: dict) -> None:
         """Finetuned model ``i``'s tensor ``key``: a side row, or the weight pair compared."""
@@ -267,14 +277,20 @@ class _Walk:
             row = side_row(self.labels[i], key, at, info, self.ck_base, ck, fa, fb, self.dev, self.log, i)
             self.side[i].append(row)
             return
-        a, b = loaded["a", at.rows], loaded.pop(("b", i))
         try:
-            st, changed_eff, delta_fn = compare_aligned(
-                a, b, fa, fb, at, self.ck_base, ck, self.options, self.dev, self.log, i, packed=True
-            )
+            if ("y", i) in loaded:  # integer views of a float pair compared as stored (see load)
+                x, y = loaded["x", at.rows], loaded.pop(("y", i))
+                dtype = ck.meta(at.names[1]).dtype
+                st = compare_views(self.kernels(at, i), x, y, dtype, self.options, name=at.names[0], packed=True)
+                changed_eff, delta_fn = st.changed, _delta_of_views(x, y, dtype)
+            else:
+                a, b = loaded["a", at.rows], loaded.pop(("b", i))
+                st, changed_eff, delta_fn = compare_aligned(
+                    a, b, fa, fb, at, self.ck_base, ck, self.options, self.dev, self.log, i, packed=True
+                )
         except NonFiniteError as exc:  # named by file and tensor where the pass checked them (see load)
-            _check_read(self.ck_base, at, 0, a)
-            _check_read(ck, at, 1, b)
+            _check_read(self.ck_base, at, 0, read_aligned(self.ck_base, at, 0, "cpu"))
+            _check_read(ck, at, 1, read_aligned(ck, at, 1, "cpu"))
             raise NonFiniteError(f"{ck.spec}: {exc}") from None
         row = stats_row(self.labels[i], key, at.names[0], info, at.shape, st, self.options)
         row["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
@@ -290,13 +306,13 @@ class _Walk:
             ]
         )
         if st.mask_bits is not None:
-            self.masks[i].add_bits(at.names[0], st.mask_bits, tuple(a.shape))
+            self.masks[i].add_bits(at.names[0], st.mask_bits, tuple(at.shape))
         elif st.mask is not None:
             self.masks[i].add(at.names[0], st.mask)
         if st.row_counts is not None and len(at.shape) >= 2:
             self.row_col[i][key] = (st.row_counts, st.col_counts)
         sp = self.spectra
-        if sp is not None and sp.enabled and a.dim() == 2 and delta_fn is not None:
+        if sp is not None and sp.enabled and len(at.shape) == 2 and delta_fn is not None:
             self.spec_results[i].append(
                 update_spectrum(
                     key,
@@ -383,6 +399,21 @@ def prefetched(items: Sequence, load: Callable, first: Callable | None = None) -
             ahead = pool.submit(load, items[k + 1]) if k + 1 < len(items) else None
             yield current
             del current
+
+
+def _int_view(ck: Checkpoint, at, i: int) -> np.ndarray:
+    """Tensor ``i`` of an aligned float pair as its integer view (shared rows only): over the file's map
+    where it is mapped (:meth:`~subnetviz.checkpoints.sources.Checkpoint.array`), else read and viewed."""
+    dtype = ck.meta(at.names[i]).dtype
+    x = ck.array(at.names[i], _NP_VIEW[dtype])
+    if x is None:  # not mapped (a merged adapter's tensor, legacy or unaligned data): read, shared rows only
+        return read_aligned(ck, at, i, "cpu").contiguous().view(INT_VIEW[dtype]).numpy()
+    return x[: at.rows] if at.rows is not None else x
+
+
+def _delta_of_views(x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """The float64 Δ (for spectra) of a float pair given as integer views of ``dtype``."""
+    return lambda: torch.from_numpy(y).view(dtype).to(torch.float64) - torch.from_numpy(x).view(dtype).to(torch.float64)
 
 
 def _check_read(ck: Checkpoint, at, i: int, x: torch.Tensor) -> None:

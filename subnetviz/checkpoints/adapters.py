@@ -19,6 +19,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from subnetviz.checkpoints.header import read_safetensors_header
@@ -198,6 +199,13 @@ class MergedAdapter(Checkpoint):
                 f"weight {tuple(w.shape)}."
             )
         return delta.add_(w).to(w.dtype)  # w + Δ in float32 (w is exact in it), rounded once
+
+    def array(self, name: str, view: np.dtype) -> np.ndarray | None:
+        """The base's mapped bytes for a tensor the adapter leaves as it is; None (read through :meth:`get`)
+        for a merged or replaced one, which exists only once computed."""
+        if name in self.replaced or name in self.pairs:
+            return None
+        return self.base.array(name, view)
 
     @cached_property
     def fingerprint(self) -> str:
