@@ -231,7 +231,7 @@ class _Walk:
     def load(self, key: str, pages: list) -> dict:
         """What one step compares, read ahead. A float pair that the compiled pass compares as stored
         (:func:`~subnetviz.analysis.sparsity.stored_kernels`) is handed over as the integer views of the mapped
-        files (``("x", rows)``, ``("y", i)``), not read here: that pass checks them finite as it compares them,
+        files (``("x", rows)``, and ``("y", i)``: the view, the kernels and the dtype), not read here: that pass checks them finite as it compares them,
         so each tensor's bytes are read once; they are added to ``pages`` as (checkpoint, name), whose pages
         the caller maps ahead (:meth:`~subnetviz.checkpoints.sources.Checkpoint.populate`). Every other
         pair is read here as tensors (``("a", rows)``, ``("b", i)``) and checked finite.
@@ -244,12 +244,13 @@ class _Walk:
             fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
             if fa.kind in _SIDE or fb.kind in _SIDE:
                 continue
-            if fa.kind == fb.kind == "float" and self.kernels(at, i) is not None:
+            k = self.kernels(at, i) if fa.kind == fb.kind == "float" else None
+            if k is not None:
                 kx = ("x", at.rows)
                 if kx not in out:
                     out[kx] = _int_view(self.ck_base, at, 0)
                     pages.append((self.ck_base, at.names[0]))
-                out["y", i] = _int_view(ck, at, 1)
+                out["y", i] = (_int_view(ck, at, 1), k, ck.meta(at.names[1]).dtype)
                 pages.append((ck, at.names[1]))
                 continue
             ka = ("a", at.rows)
@@ -278,10 +279,10 @@ class _Walk:
             self.side[i].append(row)
             return
         try:
-            if ("y", i) in loaded:  # integer views of a float pair compared as stored (see load)
-                x, y = loaded["x", at.rows], loaded.pop(("y", i))
-                dtype = ck.meta(at.names[1]).dtype
-                st = compare_views(self.kernels(at, i), x, y, dtype, self.options, name=at.names[0], packed=True)
+            views = loaded.pop(("y", i), None)
+            if views is not None:  # integer views of a float pair compared as stored, and its kernels (see load)
+                x, (y, k, dtype) = loaded["x", at.rows], views
+                st = compare_views(k, x, y, dtype, self.options, name=at.names[0], packed=True)
                 changed_eff, delta_fn = st.changed, _delta_of_views(x, y, dtype)
             else:
                 a, b = loaded["a", at.rows], loaded.pop(("b", i))
