@@ -4,9 +4,10 @@
    (read both files, ``count_nonzero`` of the integer views) on Qwen2.5-shaped bf16 pairs at
    30 % changed: 0.1B (SmolLM-135M dims: hidden 576, 30 layers, vocab 49152), 0.5B (Qwen2.5-0.5B)
    and 1.5B (Qwen2.5-1.5B: hidden 1536, 28 layers). Time per parameter should be constant within
-   20 % (each size in its own process, (floor) and (analysis) alternated; the process's one-time
-   loads, ``update_pass.warm``: numba's compiled kernels and pandas' string arrays, before the clock
-   and reported apart, as is a first analysis that pays them). Also printed: a second
+   20 % (each size in its own process; every size is written first, then each round runs every
+   size's (floor) and (analysis) in turn, so a drift of the shared machine's speed reaches each size
+   alike; the process's one-time loads, ``update_pass.warm``: numba's compiled kernels and pandas'
+   string arrays, before the clock and reported apart, as is a first analysis that pays them). Also printed: a second
    analysis in the same process (the rate of a server or notebook), whose time leaves out the
    process's one-time costs that the first analysis pays (lazily imported modules, compiled
    patterns, fresh heap pages), and the floor's own spread.
@@ -185,20 +186,25 @@ def child_main(phase: str, paths: list[str]) -> None:
     print(json.dumps(result))
 
 
-def alternate(phases: tuple[str, ...], paths: list, repeat: int) -> dict[str, dict]:
+def alternate(phases: tuple[str, ...], paths: list | dict, repeat: int) -> dict:
     """Best of ``repeat`` per phase (wall and CPU seconds each their own best), the phases alternated
     so a noisy neighbour slows each alike. A phase ``name+warm`` runs ``name`` with its compiled
-    loops loaded before the clock."""
-    best: dict[str, dict] = {}
+    loops loaded before the clock. ``paths`` may map labels to path lists: then every round runs every
+    phase on each in turn (a drift of the machine's speed over the run reaches each alike) and the
+    result maps each label to its phases' bests."""
+    jobs = paths if isinstance(paths, dict) else {None: paths}
+    best: dict = {label: {} for label in jobs}
     for _ in range(repeat):
-        for ph in phases:
-            name, _, warm = ph.partition("+")
-            r = run_child(name, paths, {**os.environ, "BENCH_WARM": "1"} if warm else None)
-            if ph not in best:
-                best[ph] = r
-            best[ph]["seconds"] = min(best[ph]["seconds"], r["seconds"])
-            best[ph]["cpu"] = min(best[ph]["cpu"], r["cpu"])
-    return best
+        for label, job in jobs.items():
+            for ph in phases:
+                name, _, warm = ph.partition("+")
+                r = run_child(name, job, {**os.environ, "BENCH_WARM": "1"} if warm else None)
+                got = best[label]
+                if ph not in got:
+                    got[ph] = r
+                got[ph]["seconds"] = min(got[ph]["seconds"], r["seconds"])
+                got[ph]["cpu"] = min(got[ph]["cpu"], r["cpu"])
+    return best if isinstance(paths, dict) else best[None]
 
 
 def _load() -> str:
@@ -208,14 +214,19 @@ def _load() -> str:
 # --- 1. model size -----------------------------------------------------------------------------------
 def sizes_part(names: list[str], parent: Path, repeat: int) -> None:
     print("\n== 1. analysis time per parameter by model size (bf16 pair, 30 % changed, 1 thread)")
-    rows = []
-    for name in names:
-        layers, dims = SIZES[name]
-        work = Path(tempfile.mkdtemp(prefix=f"bench-scaling-{name}-", dir=parent))
-        try:
-            base, ft, planted, params = write_pair(work, layers, dims=dims)
-            phases = ("floor", "analysis", "analysis+warm", "analysis_again+warm")
-            r = alternate(phases, [base, ft], repeat)
+    work = Path(tempfile.mkdtemp(prefix="bench-scaling-sizes-", dir=parent))
+    try:
+        pairs = {}  # every size written first, then measured round by round (sizes alternated too)
+        for name in names:
+            layers, dims = SIZES[name]
+            (work / name).mkdir()
+            pairs[name] = write_pair(work / name, layers, dims=dims)
+        os.sync()  # written back before the clocks start, not while the first size is timed
+        phases = ("floor", "analysis", "analysis+warm", "analysis_again+warm")
+        best = alternate(phases, {name: list(pair[:2]) for name, pair in pairs.items()}, repeat)
+        rows = []
+        for name, (_, _, planted, params) in pairs.items():
+            r = best[name]
             assert all(r[ph]["changed"] == planted for ph in phases)
             rows.append((name, params, r["floor"], r["analysis+warm"], r["analysis_again+warm"]))
             print(
@@ -224,11 +235,11 @@ def sizes_part(names: list[str], parent: Path, repeat: int) -> None:
                 f"kernels' one-time load, {r['analysis+warm']['seconds']:.2f} s "
                 f"({r['analysis+warm']['cpu']:.2f} s CPU) with them and pandas' string arrays loaded before the clock "
                 f"(load {r['analysis+warm']['warm_cpu']:.2f} s CPU), a second analysis in the same process "
-                f"{r['analysis_again+warm']['seconds']:.2f} s ({r['analysis_again+warm']['cpu']:.2f} s CPU)   "
-                f"load {_load()}"
+                f"{r['analysis_again+warm']['seconds']:.2f} s ({r['analysis_again+warm']['cpu']:.2f} s CPU)"
             )
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        print(f"  (load average {_load()})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     for kind, label in (("seconds", "wall"), ("cpu", "CPU")):
         _sizes_table(rows, kind, label)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import struct
 import threading
 
 import numpy as np
@@ -163,16 +164,20 @@ def pair_pass(
     )
     if do_rc:
         cols += cols32
-    n_edge = edge_arr.size
-    largest = float(np.array(out[-2], dtype=np.int32 if width <= 2 else np.int64).view(ctype))
+    n_edge, got = edge_arr.size, out.tolist()
+    largest = _AS_FLOAT[width <= 2](got[-2])  # the bits of the largest |Δ| in the compute dtype
     return PairOut(
-        int(out[0]),
-        largest,
-        out[2 + n_edge : 2 + n_edge + tols.size].tolist(),
-        int(out[1]),
-        out[2 : 2 + n_edge].tolist(),
-        bool(out[-1]),
+        got[0], largest, got[2 + n_edge : 2 + n_edge + tols.size], got[1], got[2 : n_edge + 2], bool(got[-1])
     )
+
+
+def _float_of_bits(wide: bool):
+    """The float whose IEEE bits (as a non-negative int) are given: float64 when ``wide``, else float32."""
+    pack, unpack = struct.Struct("<q" if wide else "<i").pack, struct.Struct("<d" if wide else "<f").unpack
+    return lambda v: unpack(pack(v))[0]
+
+
+_AS_FLOAT = {False: _float_of_bits(True), True: _float_of_bits(False)}  # keyed by width <= 2
 
 
 # Read-only stand-ins for the kernel's unused array arguments (left writeable: a read-only array is
