@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,7 +144,7 @@ def test_mapped_reads_equal_safetensors_for_every_stored_dtype(tmp_path):
     """Checkpoint.get reads a safetensors tensor as a view of the mapped file: bit for bit what
     safetensors' own reader gives, for every dtype the headers allow (bf16, fp8, bool, ints), a 0-d and
     an empty tensor; a tensor whose data is not aligned to its item size (a header of odd length) is
-    read by safetensors instead; ``populate`` (pages mapped ahead) changes nothing read; and the tensors
+    read by safetensors instead (and ``array``, the bytes as a NumPy view, gives None for it); ``populate`` (pages mapped ahead) changes nothing read; and the tensors
     stay usable after the checkpoint is closed."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -172,6 +173,11 @@ def test_mapped_reads_equal_safetensors_for_every_stored_dtype(tmp_path):
             assert got.dtype == want.dtype == t.dtype and got.shape == want.shape == t.shape, name
             assert got.reshape(-1).view(torch.uint8).tolist() == want.reshape(-1).view(torch.uint8).tolist(), name
     assert ck._maps  # read through the map
+    for name, t in tensors.items():  # the same bytes as a NumPy array of a same-width type (the update pass's views)
+        view = np.dtype(f"u{t.element_size()}") if t.dtype != torch.bool else np.dtype(np.uint8)
+        arr = ck.array(name, view)
+        assert arr.dtype == view and arr.shape == tuple(t.shape), name
+        assert arr.reshape(-1).view(np.uint8).tolist() == t.reshape(-1).view(torch.uint8).tolist(), name
     for name, t in tensors.items():  # mapping a tensor's pages ahead (update pass) reads, never changes
         ck.populate(name)
         assert ck.get(name).reshape(-1).view(torch.uint8).tolist() == t.reshape(-1).view(torch.uint8).tolist()
@@ -188,6 +194,7 @@ def test_mapped_reads_equal_safetensors_for_every_stored_dtype(tmp_path):
     odd.write_bytes(len(raw).to_bytes(8, "little") + raw + data.view(torch.uint8).numpy().tobytes())
     ck_odd = open_checkpoint(odd)
     assert torch.equal(ck_odd.get("w"), data) and ck_odd._handles  # (safetensors' reader copied it)
+    assert ck_odd.array("w", np.dtype(np.int16)) is None  # not mapped: the caller reads it
     ck_odd.populate("w")  # not mapped: nothing to do
 
 

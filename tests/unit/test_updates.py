@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -108,3 +109,57 @@ def test_warm_loads_what_a_first_analysis_would(tmp_path):
     assert out.stdout.strip() == str(bits_jit.kernels() is not None), out.stderr
     an = analyze_updates(str(tmp_path / "base"), [str(tmp_path / "ft")])
     assert an.reports[0].changed == int((w.view(torch.int16) != v.view(torch.int16)).sum()) > 0
+
+
+def test_views_of_the_maps_read_copies_and_the_numpy_kernels_agree(tmp_path, monkeypatch):
+    """The update pass hands float pairs to the compiled pass as integer views of the mapped files; a tensor
+    not read from a map (Checkpoint.array gives None: legacy or unaligned data, a merged adapter's tensor) is
+    read and viewed instead, and with the compiled kernels off the torch tensors go through compare_pair's
+    NumPy kernels. All three give the same table, row/column counts and masks, for every float dtype, a
+    resized vocabulary (shared rows only), a 0-d and a 1-D tensor; the changed counts are the planted ones."""
+    from subnetviz.checkpoints.sources import Checkpoint
+
+    g = torch.Generator().manual_seed(3)
+    base, ft, planted = {}, {}, 0
+    for i, (dtype, shape) in enumerate(
+        [
+            (torch.bfloat16, (12, 5)),
+            (torch.float16, (7,)),
+            (torch.float32, (3, 4, 2)),
+            (torch.float64, ()),
+            (torch.bfloat16, (9,)),
+        ]
+    ):
+        a = (0.1 * torch.randn(shape, generator=g)).to(dtype)
+        move = torch.rand(shape, generator=g) < 0.4
+        b = torch.where(move, a * 1.5 + 0.01, a).to(dtype)
+        planted += int(
+            (b.reshape(-1).view(torch.uint8) != a.reshape(-1).view(torch.uint8)).reshape(a.numel(), -1).any(1).sum()
+        )
+        base[f"model.layers.{i}.mlp.up_proj.weight"], ft[f"model.layers.{i}.mlp.up_proj.weight"] = a, b
+    emb = torch.randn(10, 4, generator=g).to(torch.bfloat16)
+    emb2 = torch.cat([emb, torch.zeros(3, 4, dtype=torch.bfloat16)])  # rows added by the finetune
+    emb2[2, 1] += 1
+    base["model.embed_tokens.weight"], ft["model.embed_tokens.weight"] = emb, emb2
+    paths = _write(tmp_path / "b", base), _write(tmp_path / "f", ft)
+
+    def run():
+        an = analyze_updates(paths[0], [paths[1]], labels=["ft"])
+        rep = an.reports[0]
+        masks = {n: rep.masks[n].clone() for n in rep.masks}
+        return rep.tensors.drop(columns=["max_abs_delta"]), rep.tensors["max_abs_delta"], rep.row_col, masks
+
+    views = run()
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoint, "array", lambda self, name, view: None)
+        copies = run()
+    with monkeypatch.context() as m:
+        m.setenv("SUBNETVIZ_JIT", "0")
+        numpy_kernels = run()
+    assert int(views[0]["changed"].sum()) == planted + 1
+    for other in (copies, numpy_kernels):
+        assert views[0].equals(other[0])
+        assert views[1].tolist() == other[1].tolist()
+        assert views[2].keys() == other[2].keys()
+        assert all(np.array_equal(views[2][k][j], other[2][k][j]) for k in views[2] for j in (0, 1))
+        assert views[3].keys() == other[3].keys() and all(torch.equal(views[3][n], other[3][n]) for n in views[3])
