@@ -210,10 +210,9 @@ def alternate(phases: tuple[str, ...], paths: list | dict, repeat: int) -> dict:
 
 
 def _touch(paths: list) -> None:
-    """Read every file of ``paths`` once, untimed, before a size's phases in a round: while the other sizes
-    ran, its pages sat idle, and on this shared virtual machine pages idle for minutes come back slower
-    (a run that alternated the sizes without this measured a floor spread of 1.88), which would enter the
-    first phase of each size, the floor, and not the others."""
+    """Read every file of ``paths`` once, untimed, before a size's phases in a round, so that each size's
+    phases start from files read just before, whatever the other sizes' rounds did to the page cache in
+    between (without it the first phase of each size, the floor, would alone pay for that)."""
     buf = bytearray(1 << 24)
     for p in paths:
         for f in sorted(Path(p).glob("*.safetensors")):
