@@ -230,11 +230,12 @@ class _Walk:
 
     def load(self, key: str, pages: list) -> dict:
         """What one step compares, read ahead. A float pair that the compiled pass compares as stored
-        (:func:`~subnetviz.analysis.sparsity.stored_kernels`) is handed over as the integer views of the mapped
-        files (``("x", rows)``, and ``("y", i)``: the view, the kernels and the dtype), not read here: that pass checks them finite as it compares them,
-        so each tensor's bytes are read once; they are added to ``pages`` as (checkpoint, name), whose pages
-        the caller maps ahead (:meth:`~subnetviz.checkpoints.sources.Checkpoint.populate`). Every other
-        pair is read here as tensors (``("a", rows)``, ``("b", i)``) and checked finite.
+        (:func:`~subnetviz.analysis.sparsity.stored_kernels`) is handed over as the integer views of the
+        mapped files (``("x", rows)``, and ``("y", i)``: the view, the kernels and the dtype), not read here:
+        that pass checks them finite as it compares them, so each tensor's bytes are read once; they are
+        added to ``pages`` as (checkpoint, name), whose pages the caller maps ahead
+        (:meth:`~subnetviz.checkpoints.sources.Checkpoint.populate`). Every other pair is read here as
+        tensors (``("a", rows)``, ``("b", i)``) and checked finite.
         Few Python steps per tensor: a model has hundreds, most of them small."""
         out, cpu = {}, self.dev == "cpu"
         for i, ck in enumerate(self.cks):
