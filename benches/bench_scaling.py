@@ -7,8 +7,8 @@
    20 % (each size in its own process; every size is written first, then each round runs every
    size's (floor) and (analysis) in turn, so a drift of the shared machine's speed reaches each size
    alike; the process's one-time loads, ``update_pass.warm``: numba's compiled kernels and pandas'
-   string arrays, before the clock and reported apart, as is a first analysis that pays them). Also printed: a second
-   analysis in the same process (the rate of a server or notebook), whose time leaves out the
+   string arrays, before the clock and reported apart, as is a first analysis that pays them). Also
+   printed: a second analysis in the same process (the rate of a server or notebook), whose time leaves out the
    process's one-time costs that the first analysis pays (lazily imported modules, compiled
    patterns, fresh heap pages), and the floor's own spread.
 2. **N masks.** ``mask_overlap`` of N = 2, 4, 8, 16 random update masks over the 0.5B shapes,
@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -186,18 +186,19 @@ def child_main(phase: str, paths: list[str]) -> None:
     print(json.dumps(result))
 
 
-def alternate(phases: tuple[str, ...], paths: list | dict, repeat: int) -> dict:
+def alternate(phases: tuple[str, ...], paths: list | dict, repeat: int, before: Callable | None = None) -> dict:
     """Best of ``repeat`` per phase (wall and CPU seconds each their own best), the phases alternated
     so a noisy neighbour slows each alike. A phase ``name+warm`` runs ``name`` with its compiled
     loops loaded before the clock. ``paths`` may map labels to path lists: then every round runs every
     phase on each in turn (a drift of the machine's speed over the run reaches each alike) and the
-    result maps each label to its phases' bests."""
+    result maps each label to its phases' bests. ``before(paths)``, when given, runs untimed before
+    each path list's phases in every round."""
     jobs = paths if isinstance(paths, dict) else {None: paths}
     best: dict = {label: {} for label in jobs}
     for _ in range(repeat):
         for label, job in jobs.items():
-            if label is not None:
-                _touch(job)  # (see below)
+            if before is not None:
+                before(job)
             for ph in phases:
                 name, _, warm = ph.partition("+")
                 r = run_child(name, job, {**os.environ, "BENCH_WARM": "1"} if warm else None)
@@ -237,7 +238,7 @@ def sizes_part(names: list[str], parent: Path, repeat: int) -> None:
             pairs[name] = write_pair(work / name, layers, dims=dims)
         os.sync()  # written back before the clocks start, not while the first size is timed
         phases = ("floor", "analysis", "analysis+warm", "analysis_again+warm")
-        best = alternate(phases, {name: list(pair[:2]) for name, pair in pairs.items()}, repeat)
+        best = alternate(phases, {name: list(pair[:2]) for name, pair in pairs.items()}, repeat, before=_touch)
         rows = []
         for name, (_, _, planted, params) in pairs.items():
             r = best[name]

@@ -263,7 +263,7 @@ def compare_pair(
     None. The compiled CPU pass writes the bits itself (no full-size bool mask is ever allocated);
     the other paths pack their mask at the end.
     """
-    k = _compiled_kernels(a)
+    k = _compiled_kernels(a.device.type)
     if k is None or not _as_stored(a, b, options):
         a, a2, b2 = _comparable(a, b, options, name)  # cast, made contiguous, checked
         if k is None or not a.numel():
@@ -276,26 +276,29 @@ def checks_finite(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions) ->
     """Whether :func:`compare_pair` of ``a``, ``b`` refuses NaN / Inf in either tensor itself (the compiled
     pass checks them as it compares, at no extra read), so a caller that reads them need not check them
     first. Otherwise only a NaN / Inf among the changed entries is refused."""
-    return _compiled_kernels(a) is not None and _as_stored(a, b, options)
+    return _compiled_kernels(a.device.type) is not None and _as_stored(a, b, options)
 
 
-def _compiled_kernels(a: torch.Tensor):
-    """The compiled pass' kernels where it runs for ``a`` (a CPU tensor, numba on), else None."""
-    return bits_jit.kernels() if a.device.type == "cpu" and _NUMPY_ON_CPU else None
+def _compiled_kernels(device: str):
+    """The compiled pass' kernels where it runs on ``device`` (the CPU, numba on), else None."""
+    return bits_jit.kernels() if device == "cpu" and _NUMPY_ON_CPU else None
+
+
+def _stored_fits(dtype_a: torch.dtype, dtype_b: torch.dtype, numel: int, options: SparsityOptions) -> bool:
+    """Whether the compiled pass takes a pair stored as ``dtype_a`` -> ``dtype_b`` as it is: one dtype
+    (16 bits or wider), not empty, no precision to cast to."""
+    return (
+        options.precision is None and dtype_a == dtype_b and dtype_a in INT_VIEW and dtype_a.itemsize > 1 and numel > 0
+    )
 
 
 def _as_stored(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions) -> bool:
-    """Whether the compiled pass can take ``a``, ``b`` as they are: same shape and dtype (16 bits or
-    wider), contiguous, not empty, no precision to cast to."""
+    """:func:`_stored_fits` for tensors ``a``, ``b``, which must also be contiguous and of one shape."""
     return (
-        options.precision is None
-        and a.dtype == b.dtype
-        and a.shape == b.shape
-        and a.dtype in INT_VIEW
-        and a.dtype.itemsize > 1
+        a.shape == b.shape
         and a.is_contiguous()
         and b.is_contiguous()
-        and a.numel() > 0
+        and _stored_fits(a.dtype, b.dtype, a.numel(), options)
     )
 
 
@@ -309,11 +312,7 @@ def stored_kernels(dtype_a: torch.dtype, dtype_b: torch.dtype, numel: int, optio
     """The compiled pass' kernels when a pair stored as ``dtype_a`` -> ``dtype_b`` (``numel`` entries each) is
     compared on ``device`` as stored by :func:`compare_views` (what :func:`compare_pair` does with such a
     pair, given contiguous tensors), else None. That pass checks both tensors finite as it compares them."""
-    if device != "cpu" or not _NUMPY_ON_CPU or options.precision is not None or dtype_a != dtype_b or numel == 0:
-        return None
-    if dtype_a not in INT_VIEW or dtype_a.itemsize == 1:
-        return None
-    return bits_jit.kernels()
+    return _compiled_kernels(device) if _stored_fits(dtype_a, dtype_b, numel, options) else None
 
 
 def compare_views(
