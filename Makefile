@@ -11,12 +11,13 @@ app:
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m subnetviz demo build
 	$(PY) -m subnetviz.serve run app.py --server.headless true --server.port $(PORT)
 
-# Set up (idempotent, with Debian chromium for the browser tests), lint, then every test.
+# Set up (idempotent, with Debian chromium for the browser tests), lint, then every test on two workers
+# (pytest-xdist; tests/conftest.py groups the tests by file and keeps the multi-process ones on one worker).
 test:
 	bash scripts/bootstrap.sh --browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -1,5 +1,5 @@
-"""Pages served with ``SUBNETVIZ_RAY_ADDRESS`` set: their analyses run on the cluster (a local head on
-127.0.0.1, 2 CPUs, started and stopped here), the pages render as they do locally; an unreachable
+"""Pages served with ``SUBNETVIZ_RAY_ADDRESS`` set: their analyses run on the cluster (the session's local
+head on 127.0.0.1, 2 CPUs: ``ray_head`` in tests/conftest.py), the pages render as they do locally; an unreachable
 cluster is one clear message in the main area, not a traceback or a hang.
 
 Each test starts from an empty home (its own disk cache) and empty Streamlit caches, so the page
@@ -15,17 +15,11 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
 
 from subnetviz.jobs import cluster  # noqa: E402
-from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, local_head  # noqa: E402
+from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV  # noqa: E402
 from tests.app_fixtures import app_roots, open_page, plotly_specs  # noqa: E402
 from tests.zoo_fixtures import micro_zoo  # noqa: E402, F401
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    with local_head(num_cpus=2) as address:
-        yield address
 
 
 @pytest.fixture

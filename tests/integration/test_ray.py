@@ -1,4 +1,4 @@
-"""The Ray job backend on a local head (127.0.0.1, 2 CPUs) started and stopped by these tests.
+"""The Ray job backend on a local head (127.0.0.1, 2 CPUs; the session's ``ray_head``, tests/conftest.py).
 
 Jobs submitted with ``SUBNETVIZ_RAY_ADDRESS`` set get the local backend's registry rows, run
 folders, logs, progress, cancel and recovery; a series fanned out over 2 Ray workers equals the
@@ -20,17 +20,10 @@ import torch
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
 
 from subnetviz.jobs.fanout import merge_series, series_fanout  # noqa: E402
-from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, job_resources, local_head  # noqa: E402
+from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, job_resources  # noqa: E402
 from subnetviz.jobs.runner import JobRunner  # noqa: E402
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """A local head on 127.0.0.1 with 2 CPUs, its own process session killed at the end."""
-    with local_head(num_cpus=2) as address:
-        yield address
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The pages' analyses on a Ray cluster (a local head on 127.0.0.1, 2 CPUs, started and stopped here).
+"""The pages' analyses on a Ray cluster (the session's local head on 127.0.0.1, 2 CPUs: ``ray_head`` in
+``tests/conftest.py``).
 
 With ``SUBNETVIZ_RAY_ADDRESS`` set, the page-level compute functions (``uilogic.compute_updates``:
 the Sparsity, Spectra, Overlap and Workspace pages' update analysis; ``jobs.cluster.checkpoint_series``:
@@ -22,16 +23,10 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r re
 
 from subnetviz.errors import JobError  # noqa: E402
 from subnetviz.jobs import cluster  # noqa: E402
-from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, local_head  # noqa: E402
+from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV  # noqa: E402
 from tests.zoo_fixtures import micro_zoo, read_bits  # noqa: E402, F401
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    with local_head(num_cpus=2) as address:
-        yield address
 
 
 def _workspace(zoo, n: int | None = None):
