@@ -60,7 +60,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def ray_head():
     """One local Ray head on 127.0.0.1 (2 CPUs) for every test file that needs one, started once (a start
-    takes 7-15 s on the 2-core box), its own process session killed at the end of the session."""
+    takes 7 s on the idle 2-core box, 14-27 s under the suite), its own process session killed at the end."""
     pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
     from subnetviz.jobs.ray_backend import local_head
 
