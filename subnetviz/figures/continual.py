@@ -45,12 +45,25 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
                 y=y,
                 error_y={"type": "data", "array": sd},
                 marker_color=[colors[lab] for lab in labels],
+                customdata=sd,
+                hovertemplate="%{x}<br>final average accuracy %{y:.1f}% ± %{customdata:.1f} (sd over seeds)<extra></extra>",
+            )
+        )
+        # Each value above its error bar's cap (a bar's own outside text sits on the bar's end, where the error bar
+        # crosses it and hides the digits), and the axis tall enough to hold the highest label.
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=y + sd,
+                mode="text",
                 text=[f"{v:.1f} %" for v in y],
-                textposition="outside",
-                hovertemplate="%{x}<br>final average accuracy %{y:.1f}%<extra></extra>",
+                textposition="top center",
+                hoverinfo="skip",
+                cliponaxis=False,
             )
         )
         fig.update_xaxes(type="category")
+        fig.update_yaxes(range=[0, 1.12 * max(float(np.max(y + sd)), 1.0)])
         return _style(
             fig,
             f"Final average accuracy at density {100 * d:g} % (finetune: dense)",
@@ -146,7 +159,7 @@ def capacity_curves(
 def exclusive_fraction(
     capacity: pd.DataFrame, density: float, title: str = "Exclusive share of each task's mask"
 ) -> go.Figure:
-    """e_t = |M_t ∧ ¬U_{t-1}| / |M_t| per task (seed mean), whole model."""
+    """e_t = |M_t ∧ ¬U_{t-1}| / |M_t| per task (seed mean), whole model; tasks numbered from 1, as on every chart."""
     c = capacity[(capacity["layer"] == "all") & np.isclose(capacity["density"], density)] if len(capacity) else capacity
     if c.empty:
         return no_data_figure(title)
@@ -156,7 +169,7 @@ def exclusive_fraction(
         m = c[c["label"] == label].groupby("task")["exclusive"].mean()
         fig.add_trace(
             go.Scatter(
-                x=m.index.to_numpy(),
+                x=m.index.to_numpy() + 1,
                 y=100 * m.to_numpy(),
                 mode="lines+markers",
                 name=label,
@@ -167,7 +180,8 @@ def exclusive_fraction(
 
 
 def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> go.Figure:
-    """Heatmap of a layer's owner image (first task that claimed each weight; −1 = unused, grey)."""
+    """Heatmap of a layer's owner image (first task that claimed each weight, counted from 0; −1 = unused). Shown
+    as the task's number from 1, as on every chart (0 = unused, grey)."""
     a = np.asarray(owner)
     if a.size == 0:
         return no_data_figure(title)
@@ -177,16 +191,16 @@ def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> 
     scale = [[v, colors[i]] for i in range(k) for v in (i / k, (i + 1) / k)]  # one flat band per value
     fig = go.Figure(
         go.Heatmap(
-            z=a.astype(float),
-            zmin=-1.5,
-            zmax=k - 1.5,
+            z=a.astype(float) + 1,
+            zmin=-0.5,
+            zmax=k - 0.5,
             colorscale=scale,
             colorbar={
                 "title": {"text": "task"},
-                "tickvals": list(range(-1, k - 1)),
-                "ticktext": ["unused", *map(str, range(k - 1))],
+                "tickvals": list(range(k)),
+                "ticktext": ["unused", *map(str, range(1, k))],
             },
-            hovertemplate="row %{y}, col %{x}: task %{z}<extra></extra>",
+            hovertemplate="row %{y}, col %{x}: task %{z} (0: unused)<extra></extra>",
         )
     )
     fig.update_yaxes(autorange="reversed")
@@ -194,7 +208,8 @@ def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> 
 
 
 def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier mask on the new task") -> go.Figure:
-    """Grouped bars: for each new task, the KNN accuracy under each source mask; chance as markers."""
+    """Grouped bars: for each new task, the KNN accuracy under each source mask; chance as markers (tasks
+    numbered from 1, as on every chart)."""
     if knn.empty:
         return no_data_figure(title)
     g = knn.groupby(["task", "source_task"], as_index=False).agg(
@@ -204,16 +219,16 @@ def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier 
     for i, (src, s) in enumerate(g.groupby("source_task")):
         fig.add_trace(
             go.Bar(
-                x=s["task"].to_numpy(),
+                x=s["task"].to_numpy() + 1,
                 y=100 * s["knn_acc"].to_numpy(),
-                name=f"mask of task {src}",
+                name=f"mask of task {src + 1}",
                 marker_color=PALETTE[i % len(PALETTE)],
             )
         )
     ch = g.groupby("task")["chance"].first()
     fig.add_trace(
         go.Scatter(
-            x=ch.index.to_numpy(),
+            x=ch.index.to_numpy() + 1,
             y=100 * ch.to_numpy(),
             mode="markers",
             name="chance 1/C",

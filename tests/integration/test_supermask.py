@@ -483,7 +483,12 @@ def test_figures_draw_the_numbers_they_are_given():
     curves = sf.capacity_curves(cap, 0.25).data
     assert np.allclose(curves[0].y, [25.0, 50.0]) and np.allclose(curves[1].y, [25.0, 43.75])
     img = sf.owner_image(owner_image([m0, m1], "w").reshape(2, 2)).data[0]
-    assert np.array_equal(np.asarray(img.z), [[0, 1], [-1, -1]])
+    # tasks numbered from 1 on every chart (the accuracy matrices' "task 1"...), 0 = unused
+    assert np.array_equal(np.asarray(img.z), [[1, 2], [0, 0]])
+    assert list(img.colorbar.ticktext) == ["unused", "1", "2"] and list(img.colorbar.tickvals) == [0, 1, 2]
+    assert list(sf.exclusive_fraction(cap, 0.25).data[0].x) == [1, 2] == list(curves[0].x)
     assert sf.accuracy_vs_density(summary.iloc[:0]).layout.annotations[0].text == "no data"
     knn = pd.DataFrame({"task": [1, 2, 2], "source_task": [0, 0, 1], "knn_acc": [0.5, 0.4, 0.8], "chance": 0.1})
-    assert len(sf.knn_bars(knn).data) == 3
+    kb = sf.knn_bars(knn).data
+    assert len(kb) == 3 and [t.name for t in kb] == ["mask of task 1", "mask of task 2", "chance 1/C"]
+    assert list(kb[0].x) == [2, 3] and list(kb[1].x) == [3] and list(kb[2].x) == [2, 3]
