@@ -237,7 +237,7 @@ def drill_down(ws, reports, crit: str, eta: float) -> None:
     c, d = st.columns(2)
     with c:
         ui.chart(
-            figures.matrix_image(upd.changed, max_side=128, title=f"Which entries changed ({crit}, block mean)"),
+            figures.matrix_image(upd.changed, max_side=128, title=f"Which entries changed ({crit})"),
             key="drill-image",
         )
     with d:

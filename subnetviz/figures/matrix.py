@@ -18,9 +18,7 @@ from subnetviz.figures.style import (
 )
 
 
-def delta_image(
-    delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base (block mean)"
-) -> go.Figure:
+def delta_image(delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base") -> go.Figure:
     """Downsampled signed Δ image on a diverging scale centred on 0 (symmetric range, blocks as in :func:`matrix_image`)."""
     a = np.asarray(delta_2d, dtype=np.float64)
     if a.size == 0:
@@ -39,7 +37,7 @@ def delta_image(
             zmid=0,
             zmin=-span,
             zmax=span,
-            colorbar={"title": {"text": "Δ", "side": "right"}, "exponentformat": "e"},
+            colorbar={"title": {"text": "Δ"}, "exponentformat": "e"},  # on top: at the side it turns, and reads ◁
             hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
         )
     )
@@ -57,9 +55,10 @@ def _blocks(shape: tuple[int, int], max_side: int):
 
 
 def _matrix_layout(fig: go.Figure, title: str, shape: tuple[int, int], f: int) -> go.Figure:
-    """A matrix image's layout: its size and block size under the title, row 0 on top, square cells."""
+    """A matrix image's layout: its size and what a cell shows (an entry, or the mean of an f×f block) under the
+    title, row 0 on top, square cells."""
     m, n = shape
-    sub = f"{m}×{n}, blocks of {f}×{f}" if f > 1 else f"{m}×{n}, full resolution"
+    sub = f"{m}×{n}, each cell the mean of a {f}×{f} block" if f > 1 else f"{m}×{n}, full resolution (a cell per entry)"
     _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
     fig.update_xaxes(constrain="domain")
@@ -86,7 +85,7 @@ def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
     return out
 
 
-def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries changed (block mean)") -> go.Figure:
+def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries changed") -> go.Figure:
     """Downsampled image of a 2-D mask (bool, or float in [0, 1]): share changed per block, in %.
 
     The same block size f = ceil(max(m, n) / max_side) is used on both axes so the aspect ratio

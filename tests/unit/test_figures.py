@@ -103,6 +103,11 @@ def test_delta_image_is_signed_block_mean_centred_on_zero():
     z = np.asarray(fig.data[0].z, dtype=float)
     assert z.shape == (2, 3) and z[0, 0] == 2.0 and z[1, 2] == -1.0 and z[0, 1] == 0.0
     assert fig.data[0].zmid == 0 and fig.data[0].zmin == -2.0 and fig.data[0].zmax == 2.0
+    assert "mean of a 2×2 block" in fig.layout.title.text
+    # the colourbar's title on top: at the side Plotly turns it by 90°, and "Δ" reads as "◁"
+    assert fig.data[0].colorbar.title.text == "Δ" and fig.data[0].colorbar.title.side in (None, "top")
+    full = F.delta_image(d, max_side=8)
+    assert "full resolution" in full.layout.title.text and "mean" not in full.layout.title.text
 
 
 def test_sparsity_heatmap_other_value_column_and_errors():
