@@ -195,8 +195,20 @@ def _saved_masks(home: str, stamp: tuple) -> dict[str, str]:
             if info.get("target"):
                 lam = info.get("lambda")
                 label = f"{info['target']} mask λ={lam if lam is None else format(lam, 'g')} · {rel.parts[0]}"
+        elif f.name.startswith("task"):  # a continual-learning run's task mask (files count tasks from 0)
+            label = _task_mask_label(mask_info(str(f), file_stamp(f)), rel.parts[0]) or label
         found[label] = str(f)
     return found
+
+
+def _task_mask_label(info: dict, run: str) -> str | None:
+    """A continual-learning task mask named as its charts name it: method, task counted from 1, density and
+    seed (from the file's own metadata; None where it has none)."""
+    try:
+        task, density, seed, method = int(info["task"]), float(info["density"]), int(info["seed"]), str(info["method"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return f"{method} task {task + 1} mask (d={density:g}, seed {seed}) · {run}"
 
 
 @functools.lru_cache(maxsize=256)

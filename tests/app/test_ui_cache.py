@@ -179,6 +179,30 @@ def test_the_sidebar_lists_new_runs_and_uploads_and_forgets_removed_ones(home):
     assert selection.saved_masks() == {} and selection.zoo_members(None) == {}
 
 
+def test_continual_task_masks_are_listed_as_their_charts_number_the_tasks(home, tmp_path):
+    """Task masks are stored as task0..task{T-1}; the sidebar names them from their metadata as every chart
+    does (task 1..T). A file without that metadata keeps its path label."""
+    import torch
+
+    from subnetviz import selection
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    meta = {"method": "SupSup", "density": 0.05, "seed": 2, "task": 0, "source": "subnetviz.supermask"}
+    save_mask_set(tmp_path / "task0.safetensors", MaskSet({"w": torch.tensor([True, False])}, meta))
+    _finish_run(
+        home,
+        "r2",
+        {
+            "masks/supsup/d0.05/seed2/task0.safetensors": (tmp_path / "task0.safetensors").read_bytes(),
+            "masks/supsup/d0.05/seed2/task1.safetensors": b"no header",
+        },
+    )
+    assert set(selection.saved_masks()) == {
+        "SupSup task 1 mask (d=0.05, seed 2) · r2",
+        "run r2/masks/supsup/d0.05/seed2/task1",
+    }
+
+
 def _settle(home: Path) -> None:
     """Folders last changed a minute ago (a listing made now cannot share a clock tick with a change)."""
     past = time.time_ns() - 60 * 10**9
