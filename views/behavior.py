@@ -105,7 +105,7 @@ def show(res: dict[str, pd.DataFrame]) -> None:
                 ui.table(frame, key, caption)
     if tabs[1].open:
         with tabs[1]:
-            ui.chart(ui.shared(prompt_histogram, res, value), key="bh-hist")
+            ui.chart(ui.shared(prompt_spread, res, value), key="bh-hist")
     tokens = res["tokens"]
     models = list(dict.fromkeys(tokens["model"]))
     selection = {}
@@ -149,10 +149,12 @@ def model_parts(res: dict, value: str) -> tuple[dict, dict]:
     return figs, tables
 
 
-def prompt_histogram(res: dict, value: str):
+def prompt_spread(res: dict, value: str):
+    """Each finetuned model's per-prompt mean KL (the forward KL when the measure is accuracy: a prompt's
+    accuracy is one right-or-wrong)."""
     prompts = res["prompts"]
     finetuned = prompts[prompts["experiment"] == "finetuned"]
-    return bfig.prompt_histogram(finetuned, value=value if value != "accuracy" else "kl_forward")
+    return bfig.prompt_spread(finetuned, value=value if value != "accuracy" else "kl_forward")
 
 
 def token_figure(tokens: pd.DataFrame, model: str, experiment: str, prompt: int):
@@ -163,7 +165,7 @@ def token_figure(tokens: pd.DataFrame, model: str, experiment: str, prompt: int)
 def every_tab(res: dict, value: str, selection: dict) -> tuple[dict, dict]:
     """Every tab's figures and tables, for the export (the closed tabs are built on click only)."""
     figs, tables = model_parts(res, value)
-    figs = {**figs, "bh-hist": prompt_histogram(res, value)}
+    figs = {**figs, "bh-hist": prompt_spread(res, value)}
     if selection:
         figs["bh-tokens"] = token_figure(
             res["tokens"], selection["model"], selection["experiment"], selection["prompt"]

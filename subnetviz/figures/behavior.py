@@ -2,7 +2,7 @@
 
 - :func:`kl_bars`: mean KL (nats/token) per model and experiment (finetuned, reverts, random control);
 - :func:`revert_curves`: KL or accuracy against the fraction of Δ reverted, |Δ| order vs random order;
-- :func:`prompt_histogram`: the per-prompt distribution of mean KL;
+- :func:`prompt_spread`: the per-prompt distribution of mean KL, per model;
 - :func:`token_bars`: per-token KL along one prompt (which tokens moved).
 """
 
@@ -79,16 +79,38 @@ def revert_curves(curves: pd.DataFrame, value: str = "kl_forward", title: str | 
     )
 
 
-def prompt_histogram(prompts: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
-    """Histogram of per-prompt mean ``value``, one overlaid series per model."""
-    title = title or "Per-prompt mean forward KL"
+def prompt_spread(prompts: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
+    """Per-prompt mean ``value`` (kl_forward or kl_reverse) per model: a box and every prompt as a point, the
+    models side by side on one axis in their colours on the other charts. (Overlaid histograms bin each model
+    on its own, so their bars neither line up nor compare; with a few dozen prompts the points are the data.)"""
+    title = title or {
+        "kl_forward": "Per-prompt mean forward KL(π_base ‖ π)",
+        "kl_reverse": "Per-prompt mean reverse KL(π ‖ π_base)",
+    }.get(value, f"Per-prompt mean {value}")
     if prompts.empty:
         return no_data_figure(title)
-    _require(prompts, ["model", value], "prompt_histogram")
+    _require(prompts, ["model", value], "prompt_spread")
+    colors = color_map(list(dict.fromkeys(prompts["model"])))
     fig = go.Figure()
-    for i, (model, g) in enumerate(prompts.groupby("model", sort=False)):
-        fig.add_trace(go.Histogram(x=g[value], name=str(model), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)]))
-    return _style(fig, title, "nats per token", "prompts", barmode="overlay")
+    for model, g in prompts.groupby("model", sort=False):
+        fig.add_trace(
+            go.Box(
+                y=g[value],
+                name=str(model),
+                boxpoints="all",
+                jitter=0.4,
+                pointpos=0,
+                marker={"color": colors[str(model)], "size": 6, "opacity": 0.8},
+                line={"color": colors[str(model)]},
+                fillcolor="rgba(0,0,0,0)",
+                customdata=g["prompt"] if "prompt" in g.columns else None,
+                hovertemplate=("prompt %{customdata}: " if "prompt" in g.columns else "")
+                + "%{y:.4g} nats per token<extra>"
+                + str(model)
+                + "</extra>",
+            )
+        )
+    return _style(fig, title, "model", "nats per token (mean over the prompt's tokens)", showlegend=False)
 
 
 def token_bars(tokens: pd.DataFrame, title: str = "Per-token KL along the prompt") -> go.Figure:

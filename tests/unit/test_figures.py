@@ -689,3 +689,27 @@ def test_continual_one_density_is_bars_and_untrained_cells_are_blank():
     A = np.array([[0.9, 0.1], [0.8, 0.9]])
     z = np.asarray(F.accuracy_matrix(A, ["task 1", "task 2"]).data[0].z, dtype=float)
     assert np.isnan(z[0, 1]) and z[1, 0] == pytest.approx(80)  # task 2 not trained after task 1: grey, no number
+
+
+def test_prompt_spread_shows_every_prompt_per_model_on_one_axis_and_titles_the_measure():
+    from subnetviz.figures import behavior as B
+    from subnetviz.figures.style import color_map
+
+    prompts = pd.DataFrame(
+        {
+            "model": ["a", "a", "a", "b", "b"],
+            "prompt": [0, 1, 2, 0, 1],
+            "kl_forward": [1e-4, 2e-3, 5e-4, 0.02, 0.01],
+            "kl_reverse": [2e-4, 1e-3, 4e-4, 0.03, 0.02],
+        }
+    )
+    fig = B.prompt_spread(prompts)
+    # one box per model holding every prompt's value as a point (not a histogram binned per model)
+    assert [t.type for t in fig.data] == ["box", "box"] and [t.name for t in fig.data] == ["a", "b"]
+    assert list(fig.data[0].y) == [1e-4, 2e-3, 5e-4] and fig.data[0].boxpoints == "all"
+    assert list(fig.data[1].customdata) == [0, 1]  # the hover names the prompt
+    assert fig.data[0].marker.color == color_map(["a", "b"])["a"]  # the model's colour on the other charts
+    assert "forward KL" in fig.layout.title.text
+    rev = B.prompt_spread(prompts, value="kl_reverse")
+    assert "reverse KL" in rev.layout.title.text and list(rev.data[1].y) == [0.03, 0.02]
+    assert B.prompt_spread(prompts.iloc[:0]).layout.annotations[0].text == "no data"
