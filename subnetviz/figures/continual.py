@@ -50,11 +50,12 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
             )
         )
         # Each value above its error bar's cap (a bar's own outside text sits on the bar's end, where the error bar
-        # crosses it and hides the digits), and the axis tall enough to hold the highest label.
+        # crosses it and hides the digits), clear of the cap, and the axis tall enough to hold the highest label.
+        top = max(float(np.max(y + sd)), 1.0)
         fig.add_trace(
             go.Scatter(
                 x=labels,
-                y=y + sd,
+                y=y + sd + 0.015 * top,
                 mode="text",
                 text=[f"{v:.1f} %" for v in y],
                 textposition="top center",
@@ -63,7 +64,7 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
             )
         )
         fig.update_xaxes(type="category")
-        fig.update_yaxes(range=[0, 1.12 * max(float(np.max(y + sd)), 1.0)])
+        fig.update_yaxes(range=[0, 1.12 * top])
         return _style(
             fig,
             f"Final average accuracy at density {100 * d:g} % (finetune: dense)",

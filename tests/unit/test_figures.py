@@ -682,9 +682,9 @@ def test_continual_one_density_is_bars_and_untrained_cells_are_blank():
     assert sorted(fig.data[0].y) == pytest.approx([80, 90, 95])
     # each value labelled above its error bar's cap (on the bar's end, the error bar crossed its digits)
     assert fig.data[0].text is None and fig.data[1].mode == "text"
-    assert dict(zip(fig.data[1].x, fig.data[1].y, strict=True)) == pytest.approx(
-        {"finetune": 91, "SupSup": 80, "ExSSNeT": 97}
-    )
+    above = dict(zip(fig.data[1].x, fig.data[1].y, strict=True))  # mean + sd, and a little more
+    assert above == pytest.approx({"finetune": 91, "SupSup": 80, "ExSSNeT": 97}, abs=2)
+    assert above["finetune"] > 91 and above["SupSup"] > 80 and above["ExSSNeT"] > 97
     assert list(fig.data[1].text) == ["90.0 %", "80.0 %", "95.0 %"] and fig.layout.yaxis.range[1] >= 97
     A = np.array([[0.9, 0.1], [0.8, 0.9]])
     z = np.asarray(F.accuracy_matrix(A, ["task 1", "task 2"]).data[0].z, dtype=float)
