@@ -227,9 +227,7 @@ def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str):
         sel = sel[sel["module"] == module]
     sig = analysis.sigmas()
     sig = sig[sig["model"].isin(chosen)].merge(sel[["model", "name"]], on=["model", "name"])
-    sig = sig.assign(name=sig["model"] + " · " + sig["name"].str.removeprefix("model.")) if len(chosen) > 1 else sig
-    shapes = sel.assign(name=sel["model"] + " · " + sel["name"].str.removeprefix("model.")) if len(chosen) > 1 else sel
-    return figures.spectrum_curves(sig, thresholds=figures.rank_thresholds(sig, shapes))
+    return figures.model_spectra(sig, sel, chosen)
 
 
 ui.run_page(body)

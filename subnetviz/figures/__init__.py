@@ -22,6 +22,7 @@ from subnetviz.figures.series import accuracy_matrix, module_series, series_line
 from subnetviz.figures.sets import upset, venn2, venn3
 from subnetviz.figures.spectra import (
     measure_range,
+    model_spectra,
     rank_heatmap,
     rank_measure_heatmap,
     rank_thresholds,
@@ -62,6 +63,7 @@ __all__ = [
     "format_number",
     "matrix_image",
     "measure_range",
+    "model_spectra",
     "module_bars",
     "module_series",
     "no_data_figure",

@@ -4,7 +4,7 @@ stable rank heatmaps by layer × module (conventions as in :mod:`subnetviz.figur
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,8 +79,10 @@ def spectrum_curves(
     title: str = "Singular values of updates (dashed: random sparse baseline)",
     colors: Mapping | None = None,
     thresholds: Mapping[str, float] | None = None,
+    colour_note: str = "",
 ) -> go.Figure:
     """Log-y singular value curves: long columns name, index, sigma, kind ("update" | "random").
+    ``colour_note``: what the colours mean when ``colors`` is given (leads the subtitle).
 
     ``thresholds`` (name -> σ) draws each matrix's rank threshold as a dotted line in its colour: σ
     below it do not count towards the rank. One legend entry per matrix (its baseline toggles with
@@ -130,6 +132,8 @@ def spectrum_curves(
             )
     fig.update_yaxes(type="log", exponentformat="power", dtick=1)
     sub = "dashed: random sparse baseline" + (" · dotted: rank threshold (σ₁·max(m,n)·ε_fp32)" if thresholds else "")
+    if colour_note:
+        sub = f"{colour_note} · {sub}"
     title = title.replace(" (dashed: random sparse baseline)", "")
     _style(
         fig,
@@ -140,6 +144,25 @@ def spectrum_curves(
         height=460 + 22 * ((len(names) + 2) // 3),
     )
     return fig
+
+
+def model_spectra(sigmas: pd.DataFrame, shapes: pd.DataFrame, models: Sequence[str]) -> go.Figure:
+    """:func:`spectrum_curves` of the matrices of ``models`` (sigmas: model, name, index, sigma, kind; shapes:
+    model, name, rows, cols), with each matrix's rank threshold. With several models each curve is named
+    "model · matrix" and drawn in its model's colour, so the models compare at a glance (by matrix, seven
+    modules' colours repeat across models and a model's curves cannot be told from another's); the
+    Module picker narrows it to one matrix per model."""
+    models = list(models)
+    if len(models) > 1:
+        sigmas = sigmas.assign(name=sigmas["model"] + " · " + sigmas["name"].astype(str).str.removeprefix("model."))
+        shapes = shapes.assign(name=shapes["model"] + " · " + shapes["name"].astype(str).str.removeprefix("model."))
+        by_model = color_map(models)
+        pairs = sigmas[["name", "model"]].drop_duplicates()
+        colors = {str(n): by_model[m] for n, m in zip(pairs["name"], pairs["model"], strict=True)}
+        note = "colour: model"
+    else:
+        colors, note = None, ""
+    return spectrum_curves(sigmas, colors=colors, thresholds=rank_thresholds(sigmas, shapes), colour_note=note)
 
 
 def measure_range(df: pd.DataFrame, measure: str) -> tuple[float, float]:

@@ -562,6 +562,35 @@ def test_spectrum_curves_threshold_line_and_one_legend_entry_per_matrix():
     assert fig.layout.legend.orientation == "h"  # under the plot, not over the curves
 
 
+def test_model_spectra_colour_each_model_and_keep_each_matrix_threshold():
+    rows = []
+    for model, scale in (("m1", 1.0), ("m2", 2.0)):
+        for name in ("model.layers.0.q.weight", "model.layers.0.k.weight"):
+            rows += [{"model": model, "name": name, "index": i, "sigma": scale / i, "kind": "update"} for i in (1, 2)]
+    sig = pd.DataFrame(rows)
+    shapes = pd.DataFrame(
+        {"model": ["m1", "m1", "m2", "m2"], "name": ["model.layers.0.q.weight", "model.layers.0.k.weight"] * 2}
+    ).assign(rows=4, cols=8)
+    fig = F.model_spectra(sig, shapes, ["m1", "m2"])
+    curves = [t for t in fig.data if t.showlegend is not False]
+    assert [t.name for t in curves] == ["m1 · layers.0.q.weight", "m1 · layers.0.k.weight"] + [
+        "m2 · layers.0.q.weight",
+        "m2 · layers.0.k.weight",
+    ]
+    colour = F.color_map(["m1", "m2"])
+    # one colour per model (by matrix, the modules' colours repeated across models)
+    assert [t.line.color for t in curves] == [colour["m1"]] * 2 + [colour["m2"]] * 2
+    dotted = {t.legendgroup: t.y[0] for t in fig.data if t.line.dash == "dot"}
+    assert dotted["m2 · layers.0.k.weight"] == pytest.approx(2.0 * 8 * float(np.finfo(np.float32).eps))
+    assert "colour: model" in fig.layout.title.text
+    one = F.model_spectra(sig[sig.model == "m1"], shapes[shapes.model == "m1"], ["m1"])
+    assert [t.name for t in one.data if t.showlegend is not False] == [
+        "model.layers.0.q.weight",
+        "model.layers.0.k.weight",
+    ]
+    assert "colour: model" not in one.layout.title.text
+
+
 def test_rank_measure_heatmap_is_percent_of_min_dim():
     df = pd.DataFrame(
         {
