@@ -51,7 +51,8 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
         )
         # Each value above its error bar's cap (a bar's own outside text sits on the bar's end, where the error bar
         # crosses it and hides the digits), clear of the cap, and the axis tall enough to hold the highest label.
-        top = max(float(np.max(y + sd)), 1.0)
+        ends = (y + sd)[np.isfinite(y + sd)]  # a method without a result (NaN) has no bar to label
+        top = max(float(ends.max()) if ends.size else 0.0, 1.0)
         fig.add_trace(
             go.Scatter(
                 x=labels,

@@ -715,6 +715,8 @@ def test_continual_one_density_is_bars_and_untrained_cells_are_blank():
     assert above == pytest.approx({"finetune": 91, "SupSup": 80, "ExSSNeT": 97}, abs=2)
     assert above["finetune"] > 91 and above["SupSup"] > 80 and above["ExSSNeT"] > 97
     assert list(fig.data[1].text) == ["90.0 %", "80.0 %", "95.0 %"] and fig.layout.yaxis.range[1] >= 97
+    no_result = C.accuracy_vs_density(summary.assign(final_acc_mean=[0.9, np.nan, 0.95]))
+    assert 97 <= no_result.layout.yaxis.range[1] < 120  # the axis from the methods with a result, not NaN
     A = np.array([[0.9, 0.1], [0.8, 0.9]])
     z = np.asarray(F.accuracy_matrix(A, ["task 1", "task 2"]).data[0].z, dtype=float)
     assert np.isnan(z[0, 1]) and z[1, 0] == pytest.approx(80)  # task 2 not trained after task 1: grey, no number
