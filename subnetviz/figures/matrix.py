@@ -146,6 +146,11 @@ def row_col_ratios(
     if r.size == 0 and c.size == 0:
         return no_data_figure(title)
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1)
+    # One y range for both panels, fitted to the data: on a fixed 0-100 axis a matrix with 2 % changed
+    # per row drew a flat line on the floor.
+    finite = np.concatenate([r, c])
+    finite = finite[np.isfinite(finite)]
+    top = min(100.0, max(1.0, 115 * float(finite.max()))) if finite.size else 100.0
     for k, (v, what) in enumerate(((r, "row"), (c, "column")), start=1):
         if v.size == 0:
             continue
@@ -163,5 +168,5 @@ def row_col_ratios(
             col=k,
         )
         fig.update_xaxes(title_text=f"{what} index" + (f" (mean of {f})" if f > 1 else ""), row=1, col=k)
-        fig.update_yaxes(title_text="changed (%)", range=[0, 100], row=1, col=k)
+        fig.update_yaxes(title_text="changed (%)", range=[0, top], row=1, col=k)
     return _style(fig, title, showlegend=False)

@@ -117,12 +117,14 @@ def overall_bars(
             marker_color=[colors[m] for m in models],
             text=[f"{x:.1f} %" for x in v],
             textposition="outside",
+            cliponaxis=False,
             customdata=custom,
             hovertemplate=hover + "<extra></extra>",
         )
     )
     _style(fig, title, None, f"{value} (%)", height=320, showlegend=False)
-    fig.update_yaxes(range=[0, 105])
+    # Room above 100 % for a bar's value: at [0, 105] the label of a 98 % bar was cut off at the top.
+    fig.update_yaxes(range=[0, 114], tickvals=[0, 20, 40, 60, 80, 100])
     fig.update_xaxes(type="category")
     return fig
 

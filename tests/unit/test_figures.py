@@ -93,6 +93,9 @@ def test_overall_bars_one_bar_per_model_in_percent():
     assert list(fig.data[0].text) == ["68.1 %", "27.6 %"]
     with pytest.raises(F.FigureDataError):
         F.overall_bars(df.assign(sparsity=[68.1, 27.6]))
+    high = F.overall_bars(df.assign(sparsity=[0.979, 0.999]))  # the label above a 99.9 % bar is not cut off
+    assert high.layout.yaxis.range[1] >= 110 and high.data[0].cliponaxis is False
+    assert max(high.layout.yaxis.tickvals) == 100  # no tick past 100 %
 
 
 def test_delta_image_is_signed_block_mean_centred_on_zero():
@@ -232,6 +235,13 @@ def test_row_col_ratios_downsamples_by_mean():
     fig = F.row_col_ratios(rows, np.array([0.5, 1.0]), max_points=5)
     np.testing.assert_allclose(fig.data[0].y, [5, 25, 45, 65, 85])
     np.testing.assert_allclose(fig.data[1].y, [50, 100])
+    assert fig.layout.yaxis.range[1] == fig.layout.yaxis2.range[1] == 100  # one range for both panels
+
+
+def test_row_col_ratios_axis_fits_a_few_percent():
+    fig = F.row_col_ratios(np.array([0.01, 0.02, 0.0]), np.array([0.04, np.nan]))
+    assert fig.layout.yaxis.range[1] == fig.layout.yaxis2.range[1] == pytest.approx(4.6)  # 1.15 × the largest
+    assert F.row_col_ratios(np.zeros(3), np.zeros(2)).layout.yaxis.range[1] == 1.0  # nothing changed: still an axis
 
 
 # --- Venn -------------------------------------------------------------------------------------
