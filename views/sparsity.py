@@ -67,6 +67,7 @@ def body() -> None:
         st.caption(ui.plain(relative_note(eta)))
     value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"
     ui.need(bool(shown), "Pick at least one model.")
+    colors = figures.color_map(list(reports))  # a model keeps its colour whichever models are shown
     # Sections as tabs that draw only when open: a view holds 1–3 charts, not ten (faster to show).
     tabs = st.tabs(
         ["Layers × modules", "Tolerance sweep and ULPs", "Norms, embeddings, head", "One matrix"],
@@ -88,7 +89,9 @@ def body() -> None:
             )
             overall["sparsity"] = 1 - overall["changed"] / overall["numel"]
             ui.chart(
-                ui.shared(figures.overall_bars, overall, title=f"Overall update sparsity per model ({crit})"),
+                ui.shared(
+                    figures.overall_bars, overall, title=f"Overall update sparsity per model ({crit})", colors=colors
+                ),
                 key="overall",
             )
             zrange = figures.shared_range([grids[m] for m in shown], value)
@@ -112,7 +115,7 @@ def body() -> None:
                         )
     if tabs[1].open:
         with tabs[1]:
-            f, tables = ui.shared(other_tabs, analysis)
+            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors)
             a, b = st.columns(2)
             with a:
                 ui.chart(f["sweep"], key="sweep")
@@ -121,13 +124,13 @@ def body() -> None:
             ui.table(tables["sweep-table"][1], "sweep-table", "Sparsity per criterion")
     if tabs[2].open:
         with tabs[2]:
-            f, tables = ui.shared(other_tabs, analysis)
+            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors)
             ui.chart(f["special"], key="special")
             ui.table(tables["special-table"][1], "special-table", "Every norm, embedding and head tensor")
     if tabs[3].open:
         with tabs[3]:
             drill_down(ws, reports, crit, eta)
-    experts_section(analysis, shown)  # MoE models only (issue 10)
+    experts_section(analysis, shown, colors)  # MoE models only (issue 10)
     ui.export_button(
         "Update sparsity",
         {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
@@ -137,7 +140,7 @@ def body() -> None:
         + [f"experts-{m}" for m in shown]
         + ["routers"],  # MoE models only: the Experts section's figures and table
         ["sweep-table", "special-table", "experts-table"],
-        more=partial(other_tabs, analysis),
+        more=partial(other_tabs, analysis, tuple(shown), colors),
     )
 
 
@@ -147,22 +150,24 @@ def layer_grids(analysis, column: str) -> dict:
     return {m: g[g["layer"].notna()] for m, g in grids.items()}
 
 
-def other_tabs(analysis) -> tuple[dict, dict]:
-    """The sweep / ULP and norms tabs' figures and tables (built for the open tab, or at export for all)."""
-    sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
-    ulp = pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)
-    special = pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)
+def other_tabs(analysis, shown: tuple, colors: dict) -> tuple[dict, dict]:
+    """The sweep / ULP and norms tabs' figures and tables for the models shown, in the page's colours
+    (built for the open tab, or at export for all)."""
+    reports = [analysis.report(m) for m in shown]
+    sweep = pd.concat([r.sweep() for r in reports], ignore_index=True)
+    ulp = pd.concat([r.ulp_histogram() for r in reports], ignore_index=True)
+    special = pd.concat([r.special_by_module() for r in reports], ignore_index=True)
     return (
         {
-            "sweep": figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]),
-            "ulp": figures.ulp_histogram(ulp),
-            "special": figures.module_bars(special),
+            "sweep": figures.tolerance_sweep(sweep[sweep["tolerance"].notna()], colors=colors),
+            "ulp": figures.ulp_histogram(ulp, colors=colors),
+            "special": figures.module_bars(special, colors=colors),
         },
         {
             "sweep-table": ("Sparsity per criterion", sweep),
             "special-table": (
                 "Every norm, embedding and head tensor",
-                pd.concat([r.special() for r in analysis.reports], ignore_index=True),
+                pd.concat([r.special() for r in reports], ignore_index=True),
             ),
         },
     )
@@ -195,7 +200,7 @@ def relative_note(eta: float) -> str:
     )
 
 
-def experts_section(analysis, shown) -> None:
+def experts_section(analysis, shown, colors: dict) -> None:
     """Mixture-of-experts models only: exact sparsity per layer × expert (shared experts apart) and the routers."""
     experts = ui.shared(expert_tables, analysis, tuple(shown))
     if all(e.empty for e in experts.values()):
@@ -207,7 +212,10 @@ def experts_section(analysis, shown) -> None:
                 moe.expert_heatmap(experts[model], title=f"{model}: sparsity per expert (exact)"),
                 key=f"experts-{model}",
             )
-    ui.chart(moe.router_bars(pd.concat([routers(analysis.report(m)) for m in shown], ignore_index=True)), key="routers")
+    ui.chart(
+        moe.router_bars(pd.concat([routers(analysis.report(m)) for m in shown], ignore_index=True), colors=colors),
+        key="routers",
+    )
     ui.table(pd.concat(experts.values(), ignore_index=True), "experts-table", "Per layer × expert")
 
 

@@ -5,6 +5,8 @@ own column after the routed ones) and the routers' updates per layer. Tidy frame
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -55,7 +57,9 @@ def expert_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None 
     return _style(fig, title, x="expert", y="layer")
 
 
-def router_bars(df: pd.DataFrame, title: str = "Routers: share of entries changed per layer") -> go.Figure:
+def router_bars(
+    df: pd.DataFrame, title: str = "Routers: share of entries changed per layer", colors: Mapping | None = None
+) -> go.Figure:
     """Grouped bars, one group per layer, one bar per model: density (%) of the router tensors.
 
     df: rows of :func:`subnetviz.analysis.experts.routers` for one or more models
@@ -64,7 +68,7 @@ def router_bars(df: pd.DataFrame, title: str = "Routers: share of entries change
         return no_data_figure(title, "no routers")
     _require(df, ["model", "layer", "numel", "changed"], "router_bars")
     g = df.groupby(["model", "layer"], sort=False)[["numel", "changed"]].sum().reset_index()
-    colors = color_map(list(dict.fromkeys(g["model"])))
+    colors = colors or color_map(list(dict.fromkeys(g["model"])))
     fig = go.Figure(
         [
             go.Bar(

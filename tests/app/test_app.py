@@ -409,6 +409,26 @@ def test_sparsity_tabs_draw_only_the_open_section_and_are_shareable(app_env):
     assert len(titles) == 2 and "tolerance" in titles[0].lower() and "ULP" in titles[1]
 
 
+def test_sparsity_views_follow_the_chosen_models_in_one_colour_each(app_env):
+    """The sweep and ULP charts show the models chosen above, each in the colour of its bar on the first tab."""
+    chosen = ["dpo", "sft"]  # not the first models of the workspace: their colours must not shift
+    colours = {}
+    for tab in ("Layers × modules", "Tolerance sweep and ULPs"):
+        at = open_page("sparsity", sp_tab=tab, sp_models=chosen)
+        assert not at.exception and not at.error
+        for spec in plotly_specs(at):
+            for trace in spec["data"]:
+                if trace["type"] == "bar" and "name" not in trace:  # overall: one bar per model
+                    for x, c in zip(trace["x"], trace["marker"]["color"], strict=True):
+                        colours.setdefault(x, set()).add(c)
+                elif trace["type"] != "heatmap":  # a model's line, its exact point ('dpo (exact)') or ULP bars
+                    name = trace["name"].removesuffix(" (exact)")
+                    colours.setdefault(name, set()).add((trace.get("line") or trace.get("marker") or {}).get("color"))
+    assert set(colours) == set(chosen), colours
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert colours["dpo"] != colours["sft"]
+
+
 def test_bigram_analysis_disk_cache_round_trips(app_env, tmp_path):
     import pandas.testing as pdt
 
