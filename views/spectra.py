@@ -227,7 +227,8 @@ def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str):
         sel = sel[sel["module"] == module]
     sig = analysis.sigmas()
     sig = sig[sig["model"].isin(chosen)].merge(sel[["model", "name"]], on=["model", "name"])
-    return figures.model_spectra(sig, sel, chosen)
+    # each model in the colour it has on the Update sparsity page (by its place in the workspace)
+    return figures.model_spectra(sig, sel, chosen, colors=figures.color_map(list(analysis.labels)))
 
 
 ui.run_page(body)

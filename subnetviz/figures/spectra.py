@@ -146,23 +146,26 @@ def spectrum_curves(
     return fig
 
 
-def model_spectra(sigmas: pd.DataFrame, shapes: pd.DataFrame, models: Sequence[str]) -> go.Figure:
+def model_spectra(
+    sigmas: pd.DataFrame, shapes: pd.DataFrame, models: Sequence[str], colors: Mapping | None = None
+) -> go.Figure:
     """:func:`spectrum_curves` of the matrices of ``models`` (sigmas: model, name, index, sigma, kind; shapes:
     model, name, rows, cols), with each matrix's rank threshold. With several models each curve is named
     "model · matrix" and drawn in its model's colour, so the models compare at a glance (by matrix, seven
     modules' colours repeat across models and a model's curves cannot be told from another's); the
-    Module picker narrows it to one matrix per model."""
+    Module picker narrows it to one matrix per model. ``colors``: model → colour (default: by order of
+    ``models``), e.g. the workspace's, so a model has the colour it has on the other pages."""
     models = list(models)
     if len(models) > 1:
         sigmas = sigmas.assign(name=sigmas["model"] + " · " + sigmas["name"].astype(str).str.removeprefix("model."))
         shapes = shapes.assign(name=shapes["model"] + " · " + shapes["name"].astype(str).str.removeprefix("model."))
-        by_model = color_map(models)
+        by_model = colors or color_map(models)
         pairs = sigmas[["name", "model"]].drop_duplicates()
-        colors = {str(n): by_model[m] for n, m in zip(pairs["name"], pairs["model"], strict=True)}
+        curves = {str(n): by_model[m] for n, m in zip(pairs["name"], pairs["model"], strict=True)}
         note = "colour: model"
     else:
-        colors, note = None, ""
-    return spectrum_curves(sigmas, colors=colors, thresholds=rank_thresholds(sigmas, shapes), colour_note=note)
+        curves, note = None, ""
+    return spectrum_curves(sigmas, colors=curves, thresholds=rank_thresholds(sigmas, shapes), colour_note=note)
 
 
 def measure_range(df: pd.DataFrame, measure: str) -> tuple[float, float]:

@@ -427,6 +427,12 @@ def test_sparsity_views_follow_the_chosen_models_in_one_colour_each(app_env):
     assert set(colours) == set(chosen), colours
     assert all(len(c) == 1 for c in colours.values()), colours
     assert colours["dpo"] != colours["sft"]
+    # the Spectra page draws each model's curves in that same colour
+    at = open_page("spectra", spec_models=chosen, spec_module="q")
+    assert not at.exception and not at.error
+    curves = [t for t in plotly_specs(at)[0]["data"] if t.get("showlegend") is not False]
+    drawn = {t["name"].split(" · ")[0]: t["line"]["color"] for t in curves}
+    assert drawn == {m: colours[m].pop() for m in chosen}, drawn
 
 
 def test_bigram_analysis_disk_cache_round_trips(app_env, tmp_path):

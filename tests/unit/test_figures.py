@@ -593,6 +593,8 @@ def test_model_spectra_colour_each_model_and_keep_each_matrix_threshold():
     dotted = {t.legendgroup: t.y[0] for t in fig.data if t.line.dash == "dot"}
     assert dotted["m2 · layers.0.k.weight"] == pytest.approx(2.0 * 8 * float(np.finfo(np.float32).eps))
     assert "colour: model" in fig.layout.title.text
+    given = F.model_spectra(sig, shapes, ["m1", "m2"], colors={"m0": "#000", "m1": "#111", "m2": "#222"})
+    assert [t.line.color for t in given.data if t.showlegend is not False] == ["#111"] * 2 + ["#222"] * 2
     one = F.model_spectra(sig[sig.model == "m1"], shapes[shapes.model == "m1"], ["m1"])
     assert [t.name for t in one.data if t.showlegend is not False] == [
         "model.layers.0.q.weight",
