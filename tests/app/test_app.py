@@ -567,3 +567,40 @@ def test_relative_criterion_follows_its_eta(app_env):
     expected = np.array([100 * (1 - c / n) for c, n in cells.values()])
     assert np.allclose(np.sort(z[np.isfinite(z)]), np.sort(expected))
     assert sum(c for c, _ in cells.values()) < exact_changed  # η = 0.01 leaves out small relative changes
+
+
+def test_consensus_table_holds_the_chance_counts_of_its_chart(app_env):
+    """The consensus table gives, beside each k's count, what independent masks of the same densities would
+    give (in no mask: Π(1 − p); in all: Π p) and the ratio, the numbers of the chart's chance markers."""
+    masks = ["Δ grpo-s0", "Δ grpo-s1", "Δ dpo"]
+    at = open_page("overlap", ov_masks=masks, ov_tab="Consensus")
+    assert not at.exception and not at.error
+    table = next(d.value for d in at.dataframe if "chance" in d.value.columns)
+    numel, p = _changed_shares(["grpo-s0", "grpo-s1", "dpo"])
+    chance = table.set_index("k")["chance"]
+    assert chance.sum() == pytest.approx(numel)
+    assert chance[0] == pytest.approx(numel * np.prod(1 - p)) and chance[3] == pytest.approx(numel * np.prod(p))
+    np.testing.assert_allclose(table["observed / chance"], table["count"] / table["chance"])
+    assert table["count"].sum() == numel
+
+
+def _changed_shares(models: list[str]) -> tuple[int, np.ndarray]:
+    """(numel, each model's share of entries whose bits differ from the base's), read from the zoo's files
+    with safetensors and torch, independently of the analysis."""
+    import torch
+    from safetensors.torch import load_file
+
+    from subnetviz.demo.build import load_zoo
+
+    members = {m.id: Path(m.path) for m in load_zoo().members}
+    base = {k: v for f in sorted(members["base"].glob("*.safetensors")) for k, v in load_file(f).items()}
+    numel = sum(v.numel() for v in base.values())
+    shares = []
+    for model in models:
+        ft = {k: v for f in sorted(members[model].glob("*.safetensors")) for k, v in load_file(f).items()}
+        bits = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+        changed = sum(
+            int((v.view(bits[v.element_size()]) != ft[k].view(bits[v.element_size()])).sum()) for k, v in base.items()
+        )
+        shares.append(changed / numel)
+    return numel, np.array(shares, dtype=np.float64)
