@@ -110,10 +110,15 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
     if name == "Per layer":
         pa, pb = pair.split(" ∩ ")
         one = pair_by_layer(report, pa, pb)
-        figs = {"layer-overlap": figures.overlap_layer_heatmap(one[one["layer"].notna()], view=view)}
+        what = "Jaccard × chance" if view == "ratio" else "Jaccard"
+        figs = {  # the pair in the title: the exported dashboard and the paper figure name it
+            "layer-overlap": figures.overlap_layer_heatmap(
+                one[one["layer"].notna()], view=view, title=f"{pa} ∩ {pb}: {what} by layer and module"
+            )
+        }
         if overlap.experts is not None:  # mixture-of-experts masks: the pair per layer × expert
             figs["expert-overlap"] = figures.overlap_layer_heatmap(
-                pair_by_layer(overlap.experts, pa, pb), view=view, title=f"{pa} ∩ {pb}: Jaccard per layer × expert"
+                pair_by_layer(overlap.experts, pa, pb), view=view, title=f"{pa} ∩ {pb}: {what} per layer × expert"
             )
         return figs, {}
     pw = report.pairwise  # Consensus: how many masks agree on each entry, against independent masks

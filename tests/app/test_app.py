@@ -604,3 +604,11 @@ def _changed_shares(models: list[str]) -> tuple[int, np.ndarray]:
         )
         shares.append(changed / numel)
     return numel, np.array(shares, dtype=np.float64)
+
+
+def test_per_layer_chart_names_its_pair(app_env):
+    """The per-layer heatmap's title names the pair it shows (the export and the paper figure carry no picker)."""
+    at = open_page("overlap", ov_masks=["Δ grpo-s0", "Δ dpo", "Δ sft"], ov_tab="Per layer", ov_pair="Δ dpo ∩ Δ sft")
+    assert not at.exception and not at.error
+    titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
+    assert titles == ["Δ dpo ∩ Δ sft: Jaccard by layer and module"], titles
