@@ -242,15 +242,19 @@ def drill_down(ws, reports, crit: str, eta: float) -> None:
         f"{int(row['numel']):,} changed ({100 * upd.n_changed / max(1, int(row['numel'])):.2f} %) · "
         f"largest |Δ| {row['max_abs_delta']:.3g}"
     )
+    subject = f"{model} · {key}"  # in each chart: the export and a paper figure have no picker to say it
     c, d = st.columns(2)
     with c:
         ui.chart(
-            figures.matrix_image(upd.changed, max_side=128, title=f"Which entries changed ({crit})"),
+            figures.matrix_image(upd.changed, max_side=128, title=f"Which entries changed ({crit})", subject=subject),
             key="drill-image",
         )
     with d:
-        ui.chart(figures.delta_image(upd.delta, max_side=128), key="drill-delta")
-    ui.chart(figures.row_col_ratios(upd.changed.mean(axis=1), upd.changed.mean(axis=0)), key="drill-ratios")
+        ui.chart(figures.delta_image(upd.delta, max_side=128, subject=subject), key="drill-delta")
+    ui.chart(
+        figures.row_col_ratios(upd.changed.mean(axis=1), upd.changed.mean(axis=0), subject=subject),
+        key="drill-ratios",
+    )
 
 
 ui.run_page(body)

@@ -18,8 +18,11 @@ from subnetviz.figures.style import (
 )
 
 
-def delta_image(delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base") -> go.Figure:
-    """Downsampled signed Δ image on a diverging scale centred on 0 (symmetric range, blocks as in :func:`matrix_image`)."""
+def delta_image(
+    delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base", subject: str = ""
+) -> go.Figure:
+    """Downsampled signed Δ image on a diverging scale centred on 0 (symmetric range, blocks as in :func:`matrix_image`).
+    ``subject`` (e.g. "model · matrix") opens the subtitle."""
     a = np.asarray(delta_2d, dtype=np.float64)
     if a.size == 0:
         return no_data_figure(title)
@@ -41,7 +44,7 @@ def delta_image(delta_2d, max_side: int = 256, title: str = "Signed update Δ = 
             hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
         )
     )
-    return _matrix_layout(fig, title, a.shape, f)
+    return _matrix_layout(fig, title, a.shape, f, subject)
 
 
 def _blocks(shape: tuple[int, int], max_side: int):
@@ -54,11 +57,12 @@ def _blocks(shape: tuple[int, int], max_side: int):
     return f, r0, c0, np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0
 
 
-def _matrix_layout(fig: go.Figure, title: str, shape: tuple[int, int], f: int) -> go.Figure:
-    """A matrix image's layout: its size and what a cell shows (an entry, or the mean of an f×f block) under the
-    title, row 0 on top, square cells."""
+def _matrix_layout(fig: go.Figure, title: str, shape: tuple[int, int], f: int, subject: str = "") -> go.Figure:
+    """A matrix image's layout: what it shows (``subject``), its size and what a cell shows (an entry, or the mean
+    of an f×f block) under the title, row 0 on top, square cells."""
     m, n = shape
     sub = f"{m}×{n}, each cell the mean of a {f}×{f} block" if f > 1 else f"{m}×{n}, full resolution (a cell per entry)"
+    sub = f"{subject} · {sub}" if subject else sub
     _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
     fig.update_xaxes(constrain="domain")
@@ -85,8 +89,10 @@ def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
     return out
 
 
-def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries changed") -> go.Figure:
+def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries changed", subject: str = "") -> go.Figure:
     """Downsampled image of a 2-D mask (bool, or float in [0, 1]): share changed per block, in %.
+    ``subject`` (e.g. "model · matrix") opens the subtitle; a bool mask at full resolution gets a two-colour
+    key (unchanged / changed) instead of a 0–100 % scale.
 
     The same block size f = ceil(max(m, n) / max_side) is used on both axes so the aspect ratio
     is kept; hover gives the original row/column ranges and the changed count of each block.
@@ -116,19 +122,25 @@ def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries chang
             "hovertemplate": "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–"
             "%{customdata[3]:.0f}<br>changed %{customdata[4]:,.0f} of %{customdata[5]:,.0f} (%{z:.2f}%)<extra></extra>",
         }
+    binary = f == 1 and a.dtype == bool
     fig = go.Figure(
         go.Heatmap(
             z=share.astype(np.float32),
             x=c0 + (cols_in - 1) / 2,
             y=r0 + (rows_in - 1) / 2,
-            colorscale=SEQUENTIAL,
+            # a bool mask a cell per entry is 0 or 100: two colours (Viridis' ends) and their names
+            colorscale=[[0, "#440154"], [0.5, "#440154"], [0.5, "#fde725"], [1, "#fde725"]] if binary else SEQUENTIAL,
             zmin=0,
             zmax=100,
-            colorbar={"title": {"text": "changed (%)"}},
+            colorbar=(
+                {"tickvals": [25, 75], "ticktext": ["unchanged", "changed"]}
+                if binary
+                else {"title": {"text": "changed (%)"}}
+            ),
             **trace,
         )
     )
-    return _matrix_layout(fig, title, a.shape, f)
+    return _matrix_layout(fig, title, a.shape, f, subject)
 
 
 def _downsample_1d(v: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -139,9 +151,14 @@ def _downsample_1d(v: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarr
 
 
 def row_col_ratios(
-    row_ratio, col_ratio, max_points: int = 2048, title: str = "Share of entries changed per row and per column"
+    row_ratio,
+    col_ratio,
+    max_points: int = 2048,
+    title: str = "Share of entries changed per row and per column",
+    subject: str = "",
 ) -> go.Figure:
-    """Two panels: fraction changed per row (output dim) and per column (input dim), in %."""
+    """Two panels: fraction changed per row (output dim) and per column (input dim), in %; ``subject``
+    (e.g. "model · matrix") under the title."""
     r, c = np.asarray(row_ratio, dtype=np.float64).ravel(), np.asarray(col_ratio, dtype=np.float64).ravel()
     if r.size == 0 and c.size == 0:
         return no_data_figure(title)
@@ -169,4 +186,4 @@ def row_col_ratios(
         )
         fig.update_xaxes(title_text=f"{what} index" + (f" (mean of {f})" if f > 1 else ""), row=1, col=k)
         fig.update_yaxes(title_text="changed (%)", range=[0, top], row=1, col=k)
-    return _style(fig, title, showlegend=False)
+    return _style(fig, f"{title}<br><sup>{subject}</sup>" if subject else title, showlegend=False)

@@ -228,6 +228,20 @@ def test_matrix_image_block_mean_matches_loop_and_keeps_aspect():
     np.testing.assert_allclose(full.z, 100 * mask)
     with pytest.raises(F.FigureDataError):
         F.matrix_image(np.zeros((2, 2, 2), bool))
+    assert fig.data[0].colorbar.title.text == "changed (%)" and full.colorbar.title.text == "changed (%)"
+    binary = F.matrix_image(mask, max_side=64, subject="grpo · layers.0.q.weight")  # a cell per entry, 0 or 100
+    assert list(binary.data[0].colorbar.ticktext) == ["unchanged", "changed"]
+    assert "<sup>grpo · layers.0.q.weight · 50×23, full resolution" in binary.layout.title.text
+
+
+def test_one_matrix_charts_name_their_model_and_matrix():
+    subject = "dpo · layers.1.mlp.up_proj.weight"
+    figs = [
+        F.delta_image(np.ones((4, 4)), subject=subject),
+        F.row_col_ratios(np.ones(4), np.ones(4), subject=subject),
+    ]
+    assert all(f"<sup>{subject}" in f.layout.title.text for f in figs)
+    assert "<sup>" not in F.row_col_ratios(np.ones(4), np.ones(4)).layout.title.text
 
 
 def test_row_col_ratios_downsamples_by_mean():
