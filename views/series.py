@@ -56,7 +56,11 @@ def body() -> None:
         )
         per = ui.update_analysis(steps_ws)
         ui.chart(ui.shared(module_figure, per, tuple(steps[1:]), first), key="modules")
-    ui.table(result.steps, "series-table", "Sparsity per step")
+    table = result.steps
+    if ticks is not None:  # not one run: each row names its checkpoint (the step is its place in the sidebar)
+        table = table.copy()
+        table.insert(1, "checkpoint", [ticks[int(s)] for s in table["step"]])
+    ui.table(table, "series-table", "Sparsity per step" if ticks is None else "Sparsity per checkpoint")
     ui.table(result.split, "split-table", "Never updated / cancelled out / subnetwork")
     ui.export_button(
         "Series",

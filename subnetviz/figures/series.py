@@ -29,7 +29,7 @@ SPLIT_COLORS = {"never updated": "#BBBBBB", "updated, unchanged at the end": PAL
 
 def series_lines(
     df: pd.DataFrame,
-    title: str = "Checkpoint series: update sparsity over training",
+    title: str | None = None,
     first: str = "first checkpoint",
     ticks: Sequence[str] | None = None,
 ) -> go.Figure:
@@ -38,8 +38,10 @@ def series_lines(
     ``first`` names what step 0 is (``"base"`` when the series starts at the base model); the
     figure adds that step-0 point (100 % sparse against itself) when the frame starts later.
     ``ticks`` (one label per step, step 0 first) puts checkpoint names on the axis instead of
-    training steps, for checkpoints that are not one run.
+    training steps, for checkpoints that are not one run (title and hover then say checkpoint, not training).
     """
+    if title is None:
+        title = f"Checkpoint series: update sparsity {'over training' if ticks is None else 'along the checkpoints'}"
     if df.empty:
         return no_data_figure(title)
     _require(
@@ -52,6 +54,8 @@ def series_lines(
             ignore_index=True,
         )
     fig = go.Figure()
+    names = list(ticks)[: len(d)] if ticks is not None else None
+    where = "%{text}" if names is not None else "step %{x}"
     series = [
         ("vs_first", f"sparsity vs {first}", "solid"),
         ("vs_previous", "sparsity vs previous checkpoint", "solid"),
@@ -66,7 +70,8 @@ def series_lines(
                     mode="lines+markers",
                     name=name,
                     line={"color": PALETTE[i], "dash": dash},
-                    hovertemplate=f"step %{{x}}<br>{name}: %{{y:.2f}}%<extra></extra>",
+                    text=names,
+                    hovertemplate=f"{where}<br>{name}: %{{y:.2f}}%<extra></extra>",
                 )
             )
     _style(
@@ -77,7 +82,7 @@ def series_lines(
         legend={"orientation": "h", "y": -0.2},
     )
     if ticks is not None:
-        fig.update_xaxes(tickvals=d["step"].to_numpy(), ticktext=list(ticks)[: len(d)])
+        fig.update_xaxes(tickvals=d["step"].to_numpy(), ticktext=names)
     return fig
 
 

@@ -612,3 +612,16 @@ def test_per_layer_chart_names_its_pair(app_env):
     assert not at.exception and not at.error
     titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
     assert titles == ["Δ dpo ∩ Δ sft: Jaccard by layer and module"], titles
+
+
+def test_workspace_series_names_its_checkpoints(app_env):
+    """A series of the sidebar's checkpoints (not one run) names each checkpoint on the axis and in the table,
+    and its title does not say training."""
+    at = open_page("series", series_src="workspace: base → finetuned in sidebar order")
+    assert not at.exception and not at.error
+    labels = at.multiselect(key="ft").value  # the sidebar's finetuned checkpoints, in order
+    table = next(d.value for d in at.dataframe if "vs_first" in d.value.columns)
+    spec = next(s for s in plotly_specs(at) if "Checkpoint series" in s["layout"]["title"]["text"])
+    assert "training" not in spec["layout"]["title"]["text"]
+    ticks = spec["layout"]["xaxis"]["ticktext"]
+    assert list(table["checkpoint"]) == ticks[1:] == labels and ticks[0] == "base"

@@ -677,6 +677,10 @@ def test_series_lines_adds_the_step0_point_and_names_the_start():
     assert (
         list(named.layout.xaxis.ticktext) == ["base", "grpo", "sft"] and named.layout.xaxis.title.text == "checkpoint"
     )
+    # not one run: the title does not say training, and the hover names the checkpoint, not a step number
+    assert "training" not in named.layout.title.text and "training" in fig.layout.title.text
+    assert list(named.data[0].text) == ["base", "grpo", "sft"] and named.data[0].hovertemplate.startswith("%{text}")
+    assert fig.data[0].text is None and fig.data[0].hovertemplate.startswith("step %{x}")
 
 
 def test_split_bar_stacks_shares_in_fixed_colours_and_module_series_is_weighted():
