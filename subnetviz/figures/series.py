@@ -125,7 +125,9 @@ def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") ->
 def module_series(
     df: pd.DataFrame, title: str = "Sparsity per module kind over training", first: str = "base"
 ) -> go.Figure:
-    """Columns step, module, changed, numel: one line per module kind (weighted sparsity vs ``first``, in %)."""
+    """Columns step, module, changed, numel: one line per module kind (weighted sparsity vs ``first``, in %),
+    from the step-0 point (100 %: ``first`` against itself) as the series chart. Past the palette's eight
+    colours the lines are dashed, then dotted, so no two module kinds look alike."""
     if df.empty:
         return no_data_figure(title)
     _require(df, ["step", "module", "changed", "numel"], "module_series")
@@ -136,15 +138,18 @@ def module_series(
     mods = _module_order(g["module"])
     colors = color_map(mods)
     fig = go.Figure()
-    for m in mods:
+    for i, m in enumerate(mods):
         sub = g[g["module"] == m].sort_values("step")
+        x, y = sub["step"].to_numpy(), sub["sparsity"].to_numpy()
+        if x.size and x[0] > 0:
+            x, y = np.r_[0, x], np.r_[100.0, y]
         fig.add_trace(
             go.Scatter(
-                x=sub["step"].to_numpy(),
-                y=sub["sparsity"].to_numpy(),
+                x=x,
+                y=y,
                 mode="lines+markers",
                 name=m,
-                line={"color": colors[m]},
+                line={"color": colors[m], "dash": ("solid", "dash", "dot")[(i // len(PALETTE)) % 3]},
                 hovertemplate=f"{m}<br>step %{{x}}: %{{y:.2f}}%<extra></extra>",
             )
         )

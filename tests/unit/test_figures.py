@@ -692,7 +692,11 @@ def test_split_bar_stacks_shares_in_fixed_colours_and_module_series_is_weighted(
     assert [t.marker.color for t in fig.data] == [F.series.SPLIT_COLORS[p] for p in split["part"]]
     mods = pd.DataFrame({"step": [1, 1, 2], "module": ["q", "q", "q"], "changed": [1, 3, 8], "numel": [10, 30, 40]})
     tr = F.module_series(mods).data[0]
-    assert list(tr.x) == [1, 2] and list(tr.y) == pytest.approx([90.0, 80.0])  # Σchanged/Σnumel, not a mean of shares
+    # Σchanged/Σnumel, not a mean of shares; from the step-0 point (the base against itself)
+    assert list(tr.x) == [0, 1, 2] and list(tr.y) == pytest.approx([100.0, 90.0, 80.0])
+    twelve = pd.DataFrame({"step": 1, "module": [f"m{i}" for i in range(12)], "changed": 1, "numel": 10})
+    styles = [(t.line.color, t.line.dash) for t in F.module_series(twelve).data]
+    assert len(set(styles)) == 12  # past eight colours, dashed: no two module kinds drawn alike
 
 
 def test_training_curves_have_markers_and_smooth_like_tensorboard():
