@@ -37,7 +37,12 @@ def launch(ws) -> None:
         default = ws.base_label if ws.base_label in members else (ws.base or "")
         base = c2.text_input("Base checkpoint (zoo id or folder)", value=default, key="tr_base")
         mask_label = c3.selectbox("Train only", list(masks), key="tr_mask")
-        random_twin = c3.checkbox("use a random mask of the same per-tensor density instead", key="tr_random")
+        random_twin = c3.checkbox(  # a short label: a third of the form's width cut the long one off
+            "random control mask",
+            key="tr_random",
+            help="Train a random mask of the same per-tensor density instead of the chosen one: the control that "
+            "tells whether the chosen subnetwork matters or only its size.",
+        )
         train_opts = [AUTO] + [k for k in data if k not in ("pretrain", "dev") and not k.endswith("eval")]
         d1, d2 = st.columns(2)
         train_data = d1.selectbox(
