@@ -49,23 +49,7 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
                 hovertemplate="%{x}<br>final average accuracy %{y:.1f}% ± %{customdata:.1f} (sd over seeds)<extra></extra>",
             )
         )
-        # Each value above its error bar's cap (a bar's own outside text sits on the bar's end, where the error bar
-        # crosses it and hides the digits), clear of the cap, and the axis tall enough to hold the highest label.
-        ends = (y + sd)[np.isfinite(y + sd)]  # a method without a result (NaN) has no bar to label
-        top = max(float(ends.max()) if ends.size else 0.0, 1.0)
-        fig.add_trace(
-            go.Scatter(
-                x=labels,
-                y=y + sd + 0.015 * top,
-                mode="text",
-                text=[f"{v:.1f} %" for v in y],
-                textposition="top center",
-                hoverinfo="skip",
-                cliponaxis=False,
-            )
-        )
-        fig.update_xaxes(type="category")
-        fig.update_yaxes(range=[0, 1.12 * top])
+        _values_above(fig, labels, y, sd, " %")
         return _style(
             fig,
             f"Final average accuracy at density {100 * d:g} % (finetune: dense)",
@@ -99,6 +83,27 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
     return _style(fig, title, "mask density (% of weights kept, log)", "final average accuracy (%)")
 
 
+def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: str) -> None:
+    """Each bar's value above its error bar's cap (a bar's own outside text sits on the bar's end, where the error
+    bar crosses it and hides the digits; a zero bar would show nothing), clear of the cap, and the axis tall enough
+    to hold the highest label."""
+    ends = (y + sd)[np.isfinite(y + sd)]  # a method without a result (NaN) has no bar to label
+    top = max(float(ends.max()) if ends.size else 0.0, 1.0)
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=y + sd + 0.015 * top,
+            mode="text",
+            text=[f"{v:.1f}{unit}" for v in y],
+            textposition="top center",
+            hoverinfo="skip",
+            cliponaxis=False,
+        )
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(range=[0, 1.12 * top])
+
+
 def forgetting_bars(
     summary: pd.DataFrame, density: float | None = None, title: str = "Forgetting (mean max drop)"
 ) -> go.Figure:
@@ -113,16 +118,20 @@ def forgetting_bars(
     colors = method_colors(s["label"].unique())
     labels = _ordered(s["label"])
     s = s.set_index("label").loc[labels]
+    y = 100 * s["forgetting_mean"].to_numpy(dtype=np.float64)
+    sd = 100 * s["forgetting_sd"].fillna(0).to_numpy(dtype=np.float64)
     fig = go.Figure(
         go.Bar(
             x=labels,
-            y=100 * s["forgetting_mean"].to_numpy(),
-            error_y={"type": "data", "array": 100 * s["forgetting_sd"].fillna(0).to_numpy()},
+            y=y,
+            error_y={"type": "data", "array": sd},
             marker_color=[colors[lab] for lab in labels],
-            hovertemplate="%{x}: %{y:.2f} pts<extra></extra>",
+            customdata=sd,
+            hovertemplate="%{x}: %{y:.2f} pts ± %{customdata:.2f} (sd over seeds)<extra></extra>",
         )
     )
-    return _style(fig, title, "method", "forgetting (accuracy points)")
+    _values_above(fig, labels, y, sd, "")  # a method that never forgets shows 0.0, not an empty slot
+    return _style(fig, title, "method", "forgetting (accuracy points)", showlegend=False)
 
 
 def capacity_curves(

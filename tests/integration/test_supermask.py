@@ -475,8 +475,11 @@ def test_figures_draw_the_numbers_they_are_given():
     sup = next(t for t in fig.data if t.name == "SupSup")
     assert list(sup.x) == [2.0, 10.0] and np.allclose(sup.y, [20.0, 70.0])
     assert fig.layout.shapes[0].y0 == 50.0  # finetune as a horizontal line
-    bars = sf.forgetting_bars(summary, density=0.1).data[0]
+    forgetting = sf.forgetting_bars(summary, density=0.1)
+    bars, values = forgetting.data
     assert list(bars.x) == ["finetune", "SupSup", "ExSSNeT"] and np.allclose(bars.y, [60.0, 0.0, 0.0])
+    # a method that never forgets reads 0.0 above its empty slot; finetune's value above its cap (60 + 10)
+    assert list(values.text) == ["60.0", "0.0", "0.0"] and values.y[0] > 70 and forgetting.layout.yaxis.range[1] > 70
     m0 = {"w": torch.tensor([True, False, False, False])}
     m1 = {"w": torch.tensor([False, True, False, False])}
     cap = capacity_frame([m0, m1], 0.25).assign(label="ExSSNeT", density=0.25, seed=0)
