@@ -138,7 +138,10 @@ def results() -> None:
                 with cols[i % len(cols)]:
                     ui.chart(
                         ui.shared(
-                            figures.accuracy_matrix, A, [f"task {j + 1}" for j in range(A.shape[1])], title=label
+                            figures.accuracy_matrix,
+                            A,
+                            [f"task {j + 1}" for j in range(A.shape[1])],
+                            title=f"{label}, seed {seed}",  # one seed's run: its figure says which
                         ),
                         key=f"cl-A-{label}",
                     )
@@ -206,7 +209,9 @@ def closed_parts(frames, folder: str, methods, density, seed) -> tuple[dict, dic
         "cl-exclusive": cl_figures.exclusive_fraction(cap, density),
     }
     for label, A in accuracy_matrices(acc, seed, density).items():
-        figs[f"cl-A-{label}"] = figures.accuracy_matrix(A, [f"task {j + 1}" for j in range(A.shape[1])], title=label)
+        figs[f"cl-A-{label}"] = figures.accuracy_matrix(
+            A, [f"task {j + 1}" for j in range(A.shape[1])], title=f"{label}, seed {seed}"
+        )
     knn = frames["knn"]
     knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)] if len(knn) else knn
     if len(knn):
