@@ -15,15 +15,22 @@ from subnetviz.figures.style import PALETTE, _require, _style, color_map, no_dat
 
 ORDER_DASH = {"abs_delta": "solid", "random": "dash"}
 ORDER_NAME = {"abs_delta": "largest |Δ| first", "random": "random order"}
+MEASURE = {  # what a measure is called on every chart (its column name is for tables)
+    "kl_forward": "Forward KL(π_base ‖ π)",
+    "kl_reverse": "Reverse KL(π ‖ π_base)",
+    "accuracy": "Teacher-forced answer accuracy",
+}
+
+
+def _scaled(value: str, y):
+    """A measure as drawn, and its axis title: accuracy in % (as the tables show it), KL in nats per token."""
+    return (100 * y, "accuracy (%)") if value == "accuracy" else (y, "nats per token")
 
 
 def kl_bars(summary: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
     """Grouped bars: x = experiment, one bar per model, y = ``value`` (kl_forward, kl_reverse or accuracy)."""
-    title = title or {
-        "kl_forward": "Forward KL(π_base ‖ π) per token",
-        "kl_reverse": "Reverse KL(π ‖ π_base) per token",
-        "accuracy": "Teacher-forced answer accuracy",
-    }.get(value, value)
+    name = MEASURE.get(value, value)
+    title = title or (name if value == "accuracy" else f"{name} per token")
     if summary.empty:
         return no_data_figure(title)
     _require(summary, ["model", "experiment", value], "kl_bars")
@@ -31,29 +38,28 @@ def kl_bars(summary: pd.DataFrame, value: str = "kl_forward", title: str | None 
     fig = go.Figure()
     for model, g in summary.groupby("model", sort=False):
         custom = g["fraction_reverted"] if "fraction_reverted" in g.columns else None
+        y, unit = _scaled(value, g[value])
         fig.add_trace(
             go.Bar(
                 x=g["experiment"],
-                y=g[value],
+                y=y,
                 name=str(model),
                 marker_color=colors[str(model)],
                 customdata=custom,
                 hovertemplate="%{x}<br>"
-                + value
-                + " %{y:.4g}"
+                + f"{name}: %{{y:.4g}} {'%' if value == 'accuracy' else 'nats per token'}"
                 + ("<br>share of Δ reverted %{customdata:.1%}" if custom is not None else "")
                 + "<extra>"
                 + str(model)
                 + "</extra>",
             )
         )
-    unit = "share" if value == "accuracy" else "nats per token"
-    return _style(fig, title, "experiment", unit, barmode="group")
+    return _style(fig, title, "experiment", _scaled(value, 0)[1], barmode="group")
 
 
 def revert_curves(curves: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
     """Lines of ``value`` against the share of Δ actually reverted; solid = |Δ| order, dashed = random."""
-    title = title or f"{value} against the share of Δ reverted"
+    title = title or f"{MEASURE.get(value, value)} against the share of Δ reverted"
     if curves.empty:
         return no_data_figure(title, "no revert curve computed")
     _require(curves, ["model", "order", "fraction_reverted", value], "revert_curves")
@@ -64,18 +70,19 @@ def revert_curves(curves: pd.DataFrame, value: str = "kl_forward", title: str | 
         fig.add_trace(
             go.Scatter(
                 x=100 * g["fraction_reverted"],
-                y=g[value],
+                y=_scaled(value, g[value])[0],
                 mode="lines+markers",
                 name=f"{model} · {ORDER_NAME.get(order, order)}",
                 line={"color": colors[str(model)], "dash": ORDER_DASH.get(order, "dot")},
-                hovertemplate="%{x:.1f}% reverted<br>%{y:.4g}<extra></extra>",
+                hovertemplate="%{x:.1f}% reverted<br>"
+                + f"{MEASURE.get(value, value)}: %{{y:.4g}}{' %' if value == 'accuracy' else ''}<extra></extra>",
             )
         )
     return _style(
         fig,
         title,
         "share of changed entries reverted to the base (%)",
-        "accuracy" if value == "accuracy" else "nats per token",
+        _scaled(value, 0)[1],
     )
 
 
@@ -83,10 +90,7 @@ def prompt_spread(prompts: pd.DataFrame, value: str = "kl_forward", title: str |
     """Per-prompt mean ``value`` (kl_forward or kl_reverse) per model: a box and every prompt as a point, the
     models side by side on one axis in their colours on the other charts. (Overlaid histograms bin each model
     on its own, so their bars neither line up nor compare; with a few dozen prompts the points are the data.)"""
-    title = title or {
-        "kl_forward": "Per-prompt mean forward KL(π_base ‖ π)",
-        "kl_reverse": "Per-prompt mean reverse KL(π ‖ π_base)",
-    }.get(value, f"Per-prompt mean {value}")
+    title = title or f"Per-prompt mean {MEASURE[value][0].lower() + MEASURE[value][1:] if value in MEASURE else value}"
     if prompts.empty:
         return no_data_figure(title)
     _require(prompts, ["model", value], "prompt_spread")

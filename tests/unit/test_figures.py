@@ -778,3 +778,36 @@ def test_prompt_spread_shows_every_prompt_per_model_on_one_axis_and_titles_the_m
     rev = B.prompt_spread(prompts, value="kl_reverse")
     assert "reverse KL" in rev.layout.title.text and list(rev.data[1].y) == [0.03, 0.02]
     assert B.prompt_spread(prompts.iloc[:0]).layout.annotations[0].text == "no data"
+
+
+def test_behaviour_charts_name_the_measure_and_draw_accuracy_in_percent():
+    from subnetviz.figures import behavior as B
+
+    summary = pd.DataFrame(
+        {
+            "model": ["a", "a"],
+            "experiment": ["finetuned", "m/inside"],
+            "kl_forward": [1e-3, 0.0],
+            "accuracy": [0.375, 0.5],
+        }
+    )
+    curves = pd.DataFrame(
+        {
+            "model": "a",
+            "order": ["abs_delta", "abs_delta"],
+            "fraction_reverted": [0.0, 1.0],
+            "kl_reverse": [2e-3, 0.0],
+            "accuracy": [0.25, 0.5],
+        }
+    )
+    acc = B.kl_bars(summary, value="accuracy")
+    assert list(acc.data[0].y) == pytest.approx([37.5, 50.0]) and acc.layout.yaxis.title.text == "accuracy (%)"
+    kl = B.kl_bars(summary)
+    assert list(kl.data[0].y) == pytest.approx([1e-3, 0.0]) and kl.layout.yaxis.title.text == "nats per token"
+    rev = B.revert_curves(curves, value="kl_reverse")
+    assert rev.layout.title.text.startswith("Reverse KL(π ‖ π_base) against")  # not the column name kl_reverse
+    assert "Reverse KL" in rev.data[0].hovertemplate
+    acc_curve = B.revert_curves(curves, value="accuracy")
+    assert (
+        list(acc_curve.data[0].y) == pytest.approx([25.0, 50.0]) and acc_curve.layout.yaxis.title.text == "accuracy (%)"
+    )
