@@ -33,7 +33,10 @@ def fidelity_bars(
             y=s["r_mean"].to_numpy(dtype=np.float64),
             marker_color=PALETTE[0],
             error_y={"type": "data", "array": sd, "visible": sd is not None},
-            hovertemplate="%{x}<br>r = %{y:.4f}<extra></extra>",
+            customdata=sd,
+            hovertemplate="%{x}<br>r = %{y:.4f}"
+            + (" ± %{customdata:.2g} (sd)" if sd is not None else "")
+            + "<extra></extra>",
         )
     )
     fig.update_yaxes(range=[min(0.0, float(s["r_mean"].min())), 1.0])
@@ -52,7 +55,11 @@ def delta_bits_bars(summary: pd.DataFrame, title: str = "Loss against the full m
             y=s["delta_bits"].to_numpy(dtype=np.float64),
             marker_color=PALETTE[1],
             error_y={"type": "data", "array": sd, "visible": sd is not None},
-            hovertemplate="%{x}<br>Δ %{y:+.4f} bits/token<extra></extra>",
+            customdata=sd,
+            # significant digits, not decimals: a random ablation's +0.0007 would read +0.0000 at .4f
+            hovertemplate="%{x}<br>Δ %{y:+.4g} bits/token"
+            + (" ± %{customdata:.2g} (sd)" if sd is not None else "")
+            + "<extra></extra>",
         )
     )
     return _style(fig, title, "setting", "Δ bits per token vs full model")

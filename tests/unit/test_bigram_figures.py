@@ -29,6 +29,8 @@ def test_fidelity_bars_in_setting_order_with_spread():
 def test_delta_bits_leaves_out_the_full_model():
     bar = bf.delta_bits_bars(_summary()).data[0]
     assert "full" not in list(bar.x) and dict(zip(bar.x, bar.y, strict=True))["ablated"] == 0.02
+    # significant digits in the hover: the random ablation's +0.0002 must not read +0.0000 (as .4f rounds 2e-5)
+    assert "%{y:+.4g}" in bar.hovertemplate and "%{y:+.4f}" not in bar.hovertemplate
 
 
 def test_rotation_curves_one_line_per_model_and_target():
