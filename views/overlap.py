@@ -128,8 +128,9 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
     }
     chance = figures.chance_consensus([dens[c] for c in chosen], int(pw["numel"].iloc[0]))
     overall = report.consensus_overall()
-    table = overall.merge(chance, on="k", how="left")  # the chart's chance markers, as numbers
-    table["observed / chance"] = table["count"] / table["chance"]
+    # the chart's chance markers as numbers: the expected count and the observed count over it (× chance)
+    table = overall.merge(chance.rename(columns={"chance": "chance_count"}), on="k", how="left")
+    table["ratio_over_chance"] = table["count"] / table["chance_count"]
     return (
         {"consensus": figures.consensus_bars(overall, chance=chance)},
         {"consensus-table": ("Entries changed in exactly k of the masks, against independent masks", table)},

@@ -48,9 +48,11 @@ def column_format(name: object, values: pd.Series) -> str | None:
         return RATIO
     if _SHARE.search(text) and v.min() >= -1 and v.max() <= 1:  # a share, or a difference of shares
         return PERCENT
-    if np.all(v == np.round(v)) and np.abs(v).max() >= 1000:
-        return COUNT
     nonzero = np.abs(v[v != 0])
+    # thousands separators for large numbers: whole ones (counts), and fractional ones with nothing below 1 that a
+    # grouped display would round away (an expected count, 121,119.318)
+    if np.abs(v).max() >= 1000 and (np.all(v == np.round(v)) or nonzero.min() >= 1):
+        return COUNT
     if len(nonzero) and nonzero.min() < SMALL:
         return SCIENTIFIC
     return None
@@ -73,8 +75,8 @@ def format_value(value: object, fmt: str | None) -> str:
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
         return str(value)
     x = float(value)
-    if fmt == COUNT:
-        return f"{x:,.0f}"
+    if fmt == COUNT:  # as the browser's "localized" shows it: separators, at most three decimals, none trailing
+        return f"{x:,.0f}" if x == round(x) else f"{x:,.3f}".rstrip("0").rstrip(".")
     if fmt == PERCENT:
         return f"{100 * x:,.2f} %"
     if fmt == RATIO:

@@ -575,12 +575,12 @@ def test_consensus_table_holds_the_chance_counts_of_its_chart(app_env):
     masks = ["Δ grpo-s0", "Δ grpo-s1", "Δ dpo"]
     at = open_page("overlap", ov_masks=masks, ov_tab="Consensus")
     assert not at.exception and not at.error
-    table = next(d.value for d in at.dataframe if "chance" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "chance_count" in d.value.columns)
     numel, p = _changed_shares(["grpo-s0", "grpo-s1", "dpo"])
-    chance = table.set_index("k")["chance"]
+    chance = table.set_index("k")["chance_count"]
     assert chance.sum() == pytest.approx(numel)
     assert chance[0] == pytest.approx(numel * np.prod(1 - p)) and chance[3] == pytest.approx(numel * np.prod(p))
-    np.testing.assert_allclose(table["observed / chance"], table["count"] / table["chance"])
+    np.testing.assert_allclose(table["ratio_over_chance"], table["count"] / table["chance_count"])
     assert table["count"].sum() == numel
 
 

@@ -246,6 +246,10 @@ def test_table_numbers_read_as_in_the_app():
     out = formatted_frame(df)
     assert list(out.iloc[0]) == ["x", "17,144", "83.13 %", "1.17×", "1.200e-06", "22,048", "4.7", "-0.5"]
     assert list(out.iloc[1])[:6] == ["y", "15,682", "92.00 %", "1.20×", "3.000e-02", "1,000,000"]
+    # a large fractional number (an expected count) gets separators too, as the app's "localized" shows it
+    expected = pd.DataFrame({"chance_count": [121119.3184, 19829.1003, 5.0], "loss": [1500.5, 0.25, 1.0]})
+    assert column_formats(expected) == {"chance_count": COUNT}  # loss: 0.25 would be rounded by a grouped display
+    assert list(formatted_frame(expected)["chance_count"]) == ["121,119.318", "19,829.1", "5"]
     assert column_formats(pd.DataFrame({"sparsity@1e-05": [0.2198]})) == {"sparsity@1e-05": PERCENT}  # per tolerance
     # a share-like name whose values leave [0, 1] is no share
     assert "o1" not in column_formats(pd.DataFrame({"o1": [0.5, 1.5]}))
