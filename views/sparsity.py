@@ -161,7 +161,9 @@ def other_tabs(analysis, shown: tuple, colors: dict) -> tuple[dict, dict]:
         {
             "sweep": figures.tolerance_sweep(sweep[sweep["tolerance"].notna()], colors=colors),
             "ulp": figures.ulp_histogram(ulp, colors=colors),
-            "special": figures.module_bars(special, colors=colors),
+            "special": figures.module_bars(  # bitwise, whatever the criterion above (the table's 'changed')
+                special, title="Norms, embeddings and head: update sparsity (exact)", colors=colors
+            ),
         },
         {
             "sweep-table": ("Sparsity per criterion", sweep),
