@@ -13,11 +13,19 @@ from plotly.subplots import make_subplots
 from subnetviz.figures.style import PALETTE, _require, _style, no_data_figure
 
 FACTOR_ORDER = ("learning_rate", "steps", "beta", "clipping", "optimizer", "data", "algorithm")
+# how a measure is named and drawn: shares in % (as the tables and the other pages show them), KL in nats
+MEASURE = {
+    "sparsity": ("Update sparsity", "update sparsity (%)", 100.0),
+    "accuracy": ("Held-out accuracy", "accuracy (%)", 100.0),
+    "kl_forward": ("Forward KL(π_base ‖ π)", "nats per token", 1.0),
+}
 
 
 def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | None = None) -> go.Figure:
-    """Small multiples: x = the factor's values, y = ``value`` of the bf16 saves (mean bar, seeds as dots)."""
-    title = title or f"{value} against each factor (bf16 saves)"
+    """Small multiples: x = the factor's values, y = ``value`` of the bf16 saves (mean bar, seeds as dots);
+    sparsity and accuracy in %."""
+    name, axis, scale = MEASURE.get(value, (value, value, 1.0))
+    title = title or f"{name} against each factor (bf16 saves)"
     _require(results, ["factor", "value", "seed", "precision", value], "factor_panels")
     r = results[results["precision"] == "bf16"]
     factors = [f for f in FACTOR_ORDER if f in set(r["factor"])] + sorted(set(r["factor"]) - set(FACTOR_ORDER))
@@ -33,10 +41,11 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
         fig.add_trace(
             go.Bar(
                 x=order,
-                y=mean.to_numpy(),
+                y=scale * mean.to_numpy(),
                 marker_color=PALETTE[0],
                 showlegend=False,
-                hovertemplate=f"{f} %{{x}}<br>mean {value} %{{y:.4g}}<extra></extra>",
+                hovertemplate=f"{f} %{{x}}<br>mean {name.lower()}: %{{y:.4g}}{' %' if scale == 100 else ''}"
+                "<extra></extra>",
             ),
             row=1,
             col=j,
@@ -44,7 +53,7 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
         fig.add_trace(
             go.Scatter(
                 x=g["value"].astype(str),
-                y=g[value],
+                y=scale * g[value],
                 mode="markers",
                 showlegend=False,
                 marker={"color": PALETTE[1], "size": 7},
@@ -55,7 +64,10 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
             col=j,
         )
         fig.update_xaxes(type="category", row=1, col=j)
-    return _style(fig, title, None, value, height=380)
+    _style(fig, title, None, axis, height=380)
+    for j in range(2, len(factors) + 1):  # one y title, on the first panel (the axes are shared)
+        fig.update_yaxes(title_text=None, row=1, col=j)
+    return fig
 
 
 def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 vs fp32: update sparsity") -> go.Figure:
@@ -69,12 +81,10 @@ def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 
         fig.add_trace(
             go.Bar(
                 x=labels,
-                y=g["sparsity"],
+                y=100 * g["sparsity"],
                 name=f"{prec} save",
                 marker_color=PALETTE[i],
-                hovertemplate="%{x}<br>sparsity %{y:.2%}<extra>" + prec + "</extra>",
+                hovertemplate="%{x}<br>sparsity %{y:.2f} %<extra>" + prec + "</extra>",
             )
         )
-    fig = _style(fig, title, "run", "update sparsity", barmode="group")
-    fig.update_yaxes(tickformat=".0%")
-    return fig
+    return _style(fig, title, "run", "update sparsity (%)", barmode="group")

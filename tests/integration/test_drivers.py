@@ -91,8 +91,14 @@ def test_figures_draw_every_factor():
     )
     fig = dfig.factor_panels(res)
     bars = [t for t in fig.data if t.type == "bar"]
-    assert len(bars) == 2 and np.allclose(bars[0].y, [0.9, 0.8])
-    assert len(dfig.precision_pairs(res).data) == 2
+    # shares drawn in %, as the tables and the other pages show them
+    assert (
+        len(bars) == 2 and np.allclose(bars[0].y, [90.0, 80.0]) and fig.layout.yaxis.title.text == "update sparsity (%)"
+    )
+    assert fig.layout.title.text.startswith("Update sparsity against")  # the measure's name, not its column
+    assert fig.layout.yaxis2.title.text is None  # the shared y axis titled once
+    pairs = dfig.precision_pairs(res)
+    assert len(pairs.data) == 2 and np.allclose(sorted(pairs.data[0].y), [70.0, 80.0, 90.0])
 
 
 def test_cli_parses_the_experiment():
