@@ -367,14 +367,15 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
     """A dataframe with CSV and Parquet downloads beside it; numbers shown by
     :func:`subnetviz.report.formats.display_frame` (separators, percent with two decimals, scientific),
     as the HTML export writes them; the downloads hold ``df`` itself."""
-    from subnetviz.report.formats import MISSING, SCIENTIFIC, display_frame
+    from subnetviz.report.formats import MISSING, SCIENTIFIC, SHOWN_SMALL_PERCENT, display_frame
     from subnetviz.report.html import download_frame
 
     own = kwargs.get("column_config") or {}
     shown, fmts = shared(display_frame, df, tuple(str(c) for c in own))  # the caller's columns stay its own
     # e-notation is wider than the column's auto-size guess from its header or its blank cells: fixed width
     formats = {
-        c: st.column_config.NumberColumn(format=f, width=96 if f == SCIENTIFIC else None) for c, f in fmts.items()
+        c: st.column_config.NumberColumn(format=f, width=96 if f in (SCIENTIFIC, SHOWN_SMALL_PERCENT) else None)
+        for c, f in fmts.items()
     }
     kwargs["column_config"] = {**formats, **own}
     kwargs.setdefault("placeholder", MISSING)  # a missing value reads as a dash, not a grey "None"

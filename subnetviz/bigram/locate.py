@@ -150,7 +150,7 @@ class OverlapReport:
                 {
                     **base,
                     "null": "uniform",
-                    "expected": self.expected_uniform,
+                    "expected_overlap": self.expected_uniform,
                     "x_chance": self.ratio_uniform,
                     "p_value": self.p_uniform,
                     "draws": len(self.null_uniform),
@@ -158,7 +158,7 @@ class OverlapReport:
                 {
                     **base,
                     "null": "rows",
-                    "expected": self.expected_rows,
+                    "expected_overlap": self.expected_rows,
                     "x_chance": self.ratio_rows,
                     "p_value": self.p_rows,
                     "draws": len(self.null_rows),

@@ -120,18 +120,24 @@ def covariance_heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
 def null_histogram(
     null: pd.DataFrame, observed: float, title: str = "Overlap with the optimal subnetwork against two nulls"
 ) -> go.Figure:
-    """Histograms of null overlaps (columns null, overlap) with the observed overlap as a line."""
+    """Histograms of null overlaps (columns null, overlap: fractions) with the observed overlap as a line, in %
+    of all maskable weights as the overlap table shows them (not fractions that the axis wrote as 100µ)."""
     if null.empty:
         return no_data_figure(title)
     fig = go.Figure()
     for i, (name, d) in enumerate(null.groupby("null", sort=False)):
         fig.add_trace(
             go.Histogram(
-                x=d["overlap"].to_numpy(dtype=np.float64),
+                x=100 * d["overlap"].to_numpy(dtype=np.float64),
                 name=f"null: {name}",
                 opacity=0.6,
                 marker_color=PALETTE[i % len(PALETTE)],
+                hovertemplate="overlap %{x} %<br>%{y} null draws<extra>%{fullData.name}</extra>",
             )
         )
-    fig.add_vline(x=observed, line_dash="dash", line_color="black", annotation_text="observed")
-    return _style(fig, title, "overlap (share of all maskable weights)", "null draws", barmode="overlay")
+    fig.add_vline(
+        x=100 * observed, line_dash="dash", line_color="black", annotation_text=f"observed {100 * observed:.3g} %"
+    )
+    fig = _style(fig, title, "overlap (% of all maskable weights)", "null draws", barmode="overlay")
+    fig.update_xaxes(exponentformat="e")  # never an SI prefix (µ, m) on a percent axis
+    return fig

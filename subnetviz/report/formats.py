@@ -5,6 +5,8 @@ One rule set (no Streamlit here; :func:`subnetviz.ui.table` turns it into column
 - counts (integer columns, or float columns holding only whole numbers ≥ 1000): thousands separators;
 - shares (a column named like sparsity, density, share, o1, Jaccard, accuracy, ``*_frac``, forgetting…
   whose values all lie in [-1, 1]: a share or a difference of shares): percent, as the charts draw them;
+  a share column holding a non-zero share below 0.01 % (which two decimals round to 0.00 %): percent in
+  scientific notation (``2.453e-03 %``);
 - ratios against chance (``ratio*``, ``*_x_chance``): ``1.23×``;
 - other floats with a non-zero magnitude below 10⁻³: scientific notation (``1.234e-05``), so a small
   number never reads as ``0.0000``.
@@ -22,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 COUNT, PERCENT, RATIO, SCIENTIFIC = "localized", "percent", "%.2f×", "%.3e"
+SMALL_PERCENT = "small percent"  # a share column with a share below SMALL_SHARE: scientific, in %
+SMALL_SHARE = 1e-4
 _SHARE = re.compile(
     r"(^|_)(sparsity|density|share|frac|fraction|o1|o2|jaccard|acc|accuracy|identical|kept|chance|progress|"
     r"capacity|exclusive|vs_first|vs_previous|vs_base|ever_updated|used|overlap|trained|forgetting|transfer)"
@@ -46,9 +50,9 @@ def column_format(name: object, values: pd.Series) -> str | None:
         return None
     if _RATIO.search(text):
         return RATIO
-    if _SHARE.search(text) and v.min() >= -1 and v.max() <= 1:  # a share, or a difference of shares
-        return PERCENT
     nonzero = np.abs(v[v != 0])
+    if _SHARE.search(text) and v.min() >= -1 and v.max() <= 1:  # a share, or a difference of shares
+        return SMALL_PERCENT if len(nonzero) and nonzero.min() < SMALL_SHARE else PERCENT
     # thousands separators for large numbers: whole ones (counts), and fractional ones with nothing below 1 that a
     # grouped display would round away (an expected count, 121,119.318)
     if np.abs(v).max() >= 1000 and (np.all(v == np.round(v)) or nonzero.min() >= 1):
@@ -79,6 +83,8 @@ def format_value(value: object, fmt: str | None) -> str:
         return f"{x:,.0f}" if x == round(x) else f"{x:,.3f}".rstrip("0").rstrip(".")
     if fmt == PERCENT:
         return f"{100 * x:,.2f} %"
+    if fmt == SMALL_PERCENT:
+        return f"{100 * x:.3e} %"
     if fmt == RATIO:
         return f"{x:.2f}×"
     if fmt == SCIENTIFIC:
@@ -97,6 +103,7 @@ def formatted_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 SHOWN_PERCENT = "%.2f %%"  # a share column in the app's tables: its values × 100 (display_frame)
+SHOWN_SMALL_PERCENT = "%.3e %%"
 
 
 def display_frame(df: pd.DataFrame, keep: tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -106,9 +113,10 @@ def display_frame(df: pd.DataFrame, keep: tuple[str, ...] = ()) -> tuple[pd.Data
     column are multiplied by 100 for the view only: downloads hold the fractions. Columns in ``keep``
     (the caller configures them itself, e.g. a progress bar over [0, 1]) are left as they are."""
     formats = {c: f for c, f in column_formats(df).items() if c not in keep}
-    shares = [c for c in df.columns if formats.get(str(c)) == PERCENT]
+    shares = [c for c in df.columns if formats.get(str(c)) in (PERCENT, SMALL_PERCENT)]
     if shares:
         df = df.copy()
         for c in shares:
             df[c] = pd.to_numeric(df[c]) * 100
-    return df, {c: SHOWN_PERCENT if f == PERCENT else f for c, f in formats.items()}
+    shown = {PERCENT: SHOWN_PERCENT, SMALL_PERCENT: SHOWN_SMALL_PERCENT}
+    return df, {c: shown.get(f, f) for c, f in formats.items()}

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from subnetviz.figures import bigram as bf
 
@@ -58,7 +59,9 @@ def test_null_histogram_marks_the_observed_overlap():
     null = pd.DataFrame({"null": ["uniform"] * 3 + ["rows"] * 3, "overlap": [0.1, 0.2, 0.1, 0.3, 0.2, 0.25]})
     fig = bf.null_histogram(null, observed=0.9)
     assert [t.name for t in fig.data] == ["null: uniform", "null: rows"]
-    assert fig.layout.shapes[0].x0 == 0.9
+    # in % of the maskable weights, as the overlap table shows the overlap
+    assert fig.layout.shapes[0].x0 == pytest.approx(90.0) and list(fig.data[0].x) == pytest.approx([10, 20, 10])
+    assert "%" in fig.layout.xaxis.title.text and fig.layout.xaxis.exponentformat == "e"
 
 
 def test_empty_frames_give_no_data_figures():

@@ -246,6 +246,12 @@ def test_table_numbers_read_as_in_the_app():
     out = formatted_frame(df)
     assert list(out.iloc[0]) == ["x", "17,144", "83.13 %", "1.17×", "1.200e-06", "22,048", "4.7", "-0.5"]
     assert list(out.iloc[1])[:6] == ["y", "15,682", "92.00 %", "1.20×", "3.000e-02", "1,000,000"]
+    # a share below 0.01 % would read 0.00 % at two decimals: that column's percents in e-notation
+    tiny = pd.DataFrame({"overlap": [7.5e-4, 2.453e-5], "expected_overlap": [2.453e-5, 0.0]})
+    assert column_formats(tiny) == {"overlap": "small percent", "expected_overlap": "small percent"}
+    assert list(formatted_frame(tiny)["expected_overlap"]) == ["2.453e-03 %", "0.000e+00 %"]
+    shown_tiny, tiny_fmts = display_frame(tiny)
+    assert tiny_fmts["overlap"] == "%.3e %%" and list(shown_tiny["overlap"]) == pytest.approx([0.075, 0.002453])
     # a large fractional number (an expected count) gets separators too, as the app's "localized" shows it
     expected = pd.DataFrame({"chance_count": [121119.3184, 19829.1003, 5.0], "loss": [1500.5, 0.25, 1.0]})
     assert column_formats(expected) == {"chance_count": COUNT}  # loss: 0.25 would be rounded by a grouped display
