@@ -84,12 +84,18 @@ def format_value(value: object, fmt: str | None) -> str:
     if fmt == PERCENT:
         return f"{100 * x:,.2f} %"
     if fmt == SMALL_PERCENT:
-        return f"{100 * x:.3e} %"
+        return f"{_e(100 * x)} %"
     if fmt == RATIO:
         return f"{x:.2f}×"
     if fmt == SCIENTIFIC:
-        return f"{x:.3e}"
+        return _e(x)
     return f"{x:.6g}"
+
+
+def _e(x: float) -> str:
+    """``x`` in e-notation with three decimals as the app's tables write it (printf in the browser: no zero
+    padding of the exponent, 1.200e-6 where Python writes 1.200e-06)."""
+    return re.sub(r"e([+-])0(\d)$", r"e\1\2", f"{x:.3e}")
 
 
 def formatted_frame(df: pd.DataFrame) -> pd.DataFrame:
