@@ -38,11 +38,10 @@ def kl_bars(summary: pd.DataFrame, value: str = "kl_forward", title: str | None 
     fig = go.Figure()
     for model, g in summary.groupby("model", sort=False):
         custom = g["fraction_reverted"] if "fraction_reverted" in g.columns else None
-        y, unit = _scaled(value, g[value])
         fig.add_trace(
             go.Bar(
                 x=g["experiment"],
-                y=y,
+                y=_scaled(value, g[value])[0],
                 name=str(model),
                 marker_color=colors[str(model)],
                 customdata=custom,

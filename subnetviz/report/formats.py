@@ -6,9 +6,9 @@ One rule set (no Streamlit here; :func:`subnetviz.ui.table` turns it into column
 - shares (a column named like sparsity, density, share, o1, Jaccard, accuracy, ``*_frac``, forgetting…
   whose values all lie in [-1, 1]: a share or a difference of shares): percent, as the charts draw them;
   a share column holding a non-zero share below 0.01 % (which two decimals round to 0.00 %): percent in
-  scientific notation (``2.453e-03 %``);
+  scientific notation (``2.453e-3 %``);
 - ratios against chance (``ratio*``, ``*_x_chance``): ``1.23×``;
-- other floats with a non-zero magnitude below 10⁻³: scientific notation (``1.234e-05``), so a small
+- other floats with a non-zero magnitude below 10⁻³: scientific notation (``1.234e-5``), so a small
   number never reads as ``0.0000``.
 
 Formats are Streamlit ``NumberColumn`` format names or printf strings; :func:`format_value` writes
