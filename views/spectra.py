@@ -73,9 +73,16 @@ def subspace_parts(ws, k: int, model: str, side: str) -> tuple[dict, dict]:
     ui.need(len(rows) > 0, "No 2-D weight matrices to compare.")
     sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
+    which = f"<br><sup>{model}, K = {int(k)}</sup>"  # the model in each chart: an export or paper figure has no picker
     figs = {
-        "sub-angles": sfig.angle_heatmap(sel[sel["layer"].notna()], side=side),
-        "sub-principal": sfig.principal_overlap_scatter(sel),
+        "sub-angles": sfig.angle_heatmap(
+            sel[sel["layer"].notna()],
+            side=side,
+            title=f"Largest principal angle between top-K {side} singular subspaces (°){which}",
+        ),
+        "sub-principal": sfig.principal_overlap_scatter(
+            sel, title=f"Update mask inside the principal-weight mask vs chance{which}"
+        ),
         "sub-curves": sfig.angle_curves(
             vectors[vectors["model"] == model],
             top,

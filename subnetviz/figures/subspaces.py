@@ -96,7 +96,12 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
                 mode="markers",
                 name=str(mod),
                 text=g["name"],
-                marker={"color": PALETTE[i % len(PALETTE)], "size": 8},
+                # past the palette's eight colours another symbol, so no two module kinds look alike
+                marker={
+                    "color": PALETTE[i % len(PALETTE)],
+                    "size": 8,
+                    "symbol": ("circle", "diamond", "square")[(i // len(PALETTE)) % 3],
+                },
                 hovertemplate="%{text}<br>chance %{x:.2f}%<br>inside principal %{y:.2f}%<extra></extra>",
             )
         )

@@ -2,6 +2,7 @@
 the principal-weight mask, and the CLI's subspaces.csv / Parquet twin."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -209,6 +210,9 @@ def test_figures_draw_the_table():
     assert np.allclose(curves.data[0].y, res.angles_left)
     scatter = sfig.principal_overlap_scatter(df)
     assert len(scatter.data) == 2  # one module + the chance diagonal
+    nine = pd.concat([df.assign(module=f"m{i}") for i in range(9)], ignore_index=True)
+    marks = [(t.marker.color, t.marker.symbol) for t in sfig.principal_overlap_scatter(nine).data[:9]]
+    assert len(set(marks)) == 9  # past eight colours another symbol: the ninth module is not the first's twin
 
 
 @pytest.mark.slow
@@ -220,3 +224,5 @@ def test_spectra_page_subspaces_tab_renders(app_env):
     assert not at.error, [e.value for e in at.error]
     titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
     assert any("principal angle" in t.lower() for t in titles), titles
+    model = at.selectbox(key="sub_model").value
+    assert all(model in t for t in titles), titles  # each chart names the model it shows
