@@ -136,15 +136,7 @@ def results() -> None:
             cols = st.columns(min(len(methods), 3))
             for i, (label, A) in enumerate(accuracy_matrices(acc, seed, density).items()):
                 with cols[i % len(cols)]:
-                    ui.chart(
-                        ui.shared(
-                            figures.accuracy_matrix,
-                            A,
-                            [f"task {j + 1}" for j in range(A.shape[1])],
-                            title=f"{label}, seed {seed}",  # one seed's run: its figure says which
-                        ),
-                        key=f"cl-A-{label}",
-                    )
+                    ui.chart(ui.shared(accuracy_figure, A, label, seed), key=f"cl-A-{label}")
     if tabs["Capacity"].open:
         with tabs["Capacity"]:
             capacity(frames, folder, methods, density, seed)
@@ -194,6 +186,12 @@ def accuracy_matrices(acc: pd.DataFrame, seed, density) -> dict:
     return out
 
 
+def accuracy_figure(A, label: str, seed):
+    """One method's accuracy matrix, tasks counted from 1; the title names the seed (a downloaded figure has no
+    seed picker beside it)."""
+    return figures.accuracy_matrix(A, [f"task {j + 1}" for j in range(A.shape[1])], title=f"{label}, seed {seed}")
+
+
 def knn_figure(knn: pd.DataFrame, density, seed):
     return cl_figures.knn_bars(knn, title=f"KKT: KNN accuracy of each earlier mask (density {density:g}, seed {seed})")
 
@@ -209,9 +207,7 @@ def closed_parts(frames, folder: str, methods, density, seed) -> tuple[dict, dic
         "cl-exclusive": cl_figures.exclusive_fraction(cap, density),
     }
     for label, A in accuracy_matrices(acc, seed, density).items():
-        figs[f"cl-A-{label}"] = figures.accuracy_matrix(
-            A, [f"task {j + 1}" for j in range(A.shape[1])], title=f"{label}, seed {seed}"
-        )
+        figs[f"cl-A-{label}"] = accuracy_figure(A, label, seed)
     knn = frames["knn"]
     knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)] if len(knn) else knn
     if len(knn):

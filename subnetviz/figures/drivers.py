@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from subnetviz.figures.behavior import MEASURE as BEHAVIOUR
 from subnetviz.figures.style import PALETTE, _require, _style, no_data_figure
 
 FACTOR_ORDER = ("learning_rate", "steps", "beta", "clipping", "optimizer", "data", "algorithm")
@@ -17,7 +18,7 @@ FACTOR_ORDER = ("learning_rate", "steps", "beta", "clipping", "optimizer", "data
 MEASURE = {
     "sparsity": ("Update sparsity", "update sparsity (%)", 100.0),
     "accuracy": ("Held-out accuracy", "accuracy (%)", 100.0),
-    "kl_forward": ("Forward KL(π_base ‖ π)", "nats per token", 1.0),
+    "kl_forward": (BEHAVIOUR["kl_forward"], "nats per token", 1.0),
 }
 
 
