@@ -13,7 +13,8 @@ After the models are built (or found built), :func:`finish_zoo`:
 - queues, as ordinary jobs of the registry, what takes minutes (:func:`start_background_jobs`):
   the bigram subnetwork mask of the base (fast preset, λ = 10), its "optimal" subnetwork mask and
   the continual-learning demo (permuted digits, 5 tasks, finetune / SupSup / SSNeT / ExSSNeT at
-  5 % density). They run in the background, one at a time (the registry's queue moves without
+  5 % density), and the "what drives sparsity" grid (:mod:`subnetviz.experiments.drivers`, one
+  seed of the quick preset; the micro preset on a micro zoo). They run in the background, one at a time (the registry's queue moves without
   any page open), and the pages pick their outputs up like any finished run's;
   :func:`pending_jobs` says which are still queued or running and about how long they need.
 
@@ -37,8 +38,9 @@ from subnetviz.demo.manifest import ZooExtras
 LOGS = "logs"  # zoo folder of the members' training logs (one JobContext folder per member)
 # Measured seconds of each background job on one CPU thread (benches/bench_zoo.py --wait, demo zoo,
 # 2-core box at load average 15-33): the estimate of a queued job, before its own progress gives a
-# better one. Bigram: 2174 steps to the stopping rule; optimal: 1858 steps; continual: 60 units.
-EXPECTED_SECONDS = {"bigram": 740.0, "optimal": 590.0, "continual": 320.0}
+# better one. Bigram: 2174 steps to the stopping rule; optimal: 1858 steps; continual: 60 units;
+# drivers: the quick grid's 19 points, 14 trainings (55 s at load average 0.5, 159 s at 8-10).
+EXPECTED_SECONDS = {"bigram": 740.0, "optimal": 590.0, "continual": 320.0, "drivers": 160.0}
 CONTINUAL_DEMO = {
     "benchmark": "permuted-digits",
     "methods": ["finetune", "supsup", "ssnet", "exssnet"],
@@ -57,7 +59,7 @@ def _tag(zoo) -> str:
 
 
 def job_configs(zoo) -> dict[str, dict]:
-    """The background jobs' configs, by key (``bigram``, ``optimal``, ``continual``)."""
+    """The background jobs' configs, by key (``bigram``, ``optimal``, ``continual``, ``drivers``)."""
     from subnetviz.bigram.config import BigramJobConfig
     from subnetviz.supermask.config import ContinualConfig
 
@@ -77,6 +79,14 @@ def job_configs(zoo) -> dict[str, dict]:
     out["continual"] = ContinualConfig.from_dict(
         {**CONTINUAL_DEMO, "name": f"{tag}: permuted digits, 5 tasks, d=0.05"}
     ).to_dict()
+    grid = "micro" if zoo.manifest.preset == "micro" else "quick"
+    out["drivers"] = {
+        "kind": "drivers",
+        "zoo": str(zoo.root),
+        "preset": grid,
+        "seeds": 1,
+        "name": f"{tag}: what drives sparsity, {grid} grid, 1 seed",
+    }
     return out
 
 
@@ -86,7 +96,7 @@ def _by_name(runner) -> dict[str, object]:
 
 
 def start_background_jobs(zoo, runner) -> dict[str, str]:
-    """Queue the bigram, optimal and continual jobs of ``zoo`` unless one of the same name is queued,
+    """Queue the bigram, optimal, continual and drivers jobs of ``zoo`` unless one of the same name is queued,
     running or succeeded; returns their run ids by key."""
     have = _by_name(runner)
     ids = {}
@@ -205,6 +215,7 @@ WHAT = {
     "bigram": "bigram subnetwork mask of the base (fast preset, λ = 10)",
     "optimal": "optimal subnetwork mask of the base (fast preset, λ = 10)",
     "continual": "continual-learning demo (permuted digits, 5 tasks, 5 % density)",
+    "drivers": "training grid of What drives sparsity (one seed)",
 }
 
 

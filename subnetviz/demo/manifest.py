@@ -217,7 +217,8 @@ class ZooExtras:
     ``runs_root``: the runs folder (registry) they live in. ``member_runs``: member id -> run id of
     its training log, a succeeded ``train`` run (the Training page's curves). ``jobs``: ``"bigram"``,
     ``"optimal"`` (bigram_mask jobs on the base, fast preset, λ = 10; the mask is
-    ``<run>/outputs/mask.safetensors``) and ``"continual"`` (the continual demo) -> run id; they may
+    ``<run>/outputs/mask.safetensors``), ``"continual"`` (the continual demo) and ``"drivers"`` (the
+    What-drives-sparsity grid, ``<run>/outputs/results.csv``) -> run id; they may
     still be queued or running (:func:`subnetviz.demo.extras.pending_jobs`). ``comparison``: the
     Training page's precomputed pair (``full``, ``sub`` member ids) and its cache ``key``."""
 
@@ -234,7 +235,7 @@ class ZooExtras:
         return asdict(self)
 
     def run_id(self, key: str) -> str | None:
-        """The run id of a background job (``bigram``, ``optimal``, ``continual``) or of a member's log."""
+        """The run id of a background job (``bigram``, ``optimal``, ``continual``, ``drivers``) or of a member's log."""
         return self.jobs.get(key) or self.member_runs.get(key)
 
 

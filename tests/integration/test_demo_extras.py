@@ -188,6 +188,9 @@ def test_background_jobs_are_queued_once_with_estimates(zoo_with_extras, tmp_pat
     assert configs["bigram"]["lambda"] == 10.0 and configs["bigram"]["preset"] == "fast"
     assert configs["continual"]["methods"] == ["finetune", "supsup", "ssnet", "exssnet"]
     assert (configs["continual"]["tasks"], configs["continual"]["density"]) == (5, [0.05])
+    # The drivers grid trains on this zoo's base (a micro zoo gets the micro grid), one seed.
+    assert configs["drivers"]["kind"] == "drivers" and configs["drivers"]["zoo"] == str(zoo.root)
+    assert (configs["drivers"]["preset"], configs["drivers"]["seeds"]) == ("micro", 1)
     for cfg in configs.values():
         validate_job_config(cfg)
     # A stand-in worker that only sleeps: the jobs stay queued / running while we look.
@@ -196,14 +199,14 @@ def test_background_jobs_are_queued_once_with_estimates(zoo_with_extras, tmp_pat
     ids: dict[str, str] = {}
     try:
         ids = start_background_jobs(zoo, r)
-        assert start_background_jobs(zoo, r) == ids and len(r.list_runs()) == 3
+        assert start_background_jobs(zoo, r) == ids and len(r.list_runs()) == 4
         statuses = sorted(r.get(i).status for i in ids.values())
-        assert statuses == ["queued", "queued", "running"]
+        assert statuses == ["queued", "queued", "queued", "running"]
         from dataclasses import replace
 
         z = replace(zoo, manifest=replace(zoo.manifest, extras=replace(zoo.manifest.extras, jobs=ids)))
         pend = pending_jobs(z, r)
-        assert [p.run_id for p in pend] == [ids["bigram"], ids["optimal"], ids["continual"]]
+        assert [p.run_id for p in pend] == [ids["bigram"], ids["optimal"], ids["continual"], ids["drivers"]]
         etas = [p.eta_s for p in pend]
         assert etas == sorted(etas) and etas[0] > 0
     finally:
@@ -268,6 +271,9 @@ def test_pages_say_what_is_being_built_and_show_the_members_runs(home_with_pendi
     assert "bigram subnetwork mask of the base" in bigram and "ready in ~" in bigram
     continual = " ".join(e.value for e in _open("continual").info)
     assert "continual-learning demo" in continual and "queued" in continual
+    drivers = " ".join(e.value for e in _open("drivers").info)
+    assert "training grid of What drives sparsity" in drivers and "queued" in drivers
+    assert "No finished drivers run yet" not in drivers  # it is on its way: no call to launch one
     at = _open("training", tr_view="Runs")
     names = " ".join(str(x) for x in at.dataframe[0].value["name"])
     assert all(f": {m} (" in names for m in ("grpo-s0", "grpo-sub", "dpo", "sft"))
