@@ -9,12 +9,16 @@ from subnetviz import ui
 from subnetviz.figures import drivers as dfig
 
 
-def finished_runs() -> dict[str, Path]:
+def finished_runs() -> dict[str, tuple[str, Path]]:
+    """Succeeded drivers runs, newest first: run id -> (its name for the picker, its outputs folder)."""
     df = ui.job_runner().list_runs()
     if not len(df):
         return {}
     done = df[(df["kind"] == "drivers") & (df["status"] == "succeeded")]
-    return {f"run {r.id}": Path(r.run_dir) / "outputs" for r in done.itertuples()}
+    return {
+        r.id: (f"{r.name if isinstance(r.name, str) and r.name else 'drivers'} · {r.id}", Path(r.run_dir) / "outputs")
+        for r in done.itertuples()
+    }
 
 
 def launch() -> None:
@@ -54,14 +58,20 @@ def _results() -> None:
 
     runs = finished_runs()
     if not runs:  # inside a polling fragment: return, not st.stop
+        from subnetviz.demo.extras import zoo_job_note
+
+        note = zoo_job_note(ui.zoo(), ui.job_runner(), "drivers")
+        if note:  # the fragment redraws while it runs; the page picks the grid up when it is done
+            st.info(note, icon=":material/hourglass_top:")
+            return
         st.info(
             "No finished drivers run yet: launch the grid above (or `python -m subnetviz experiment drivers "
             "--out DIR`).",
             icon=":material/info:",
         )
         return
-    choice = st.selectbox("Results", list(runs), key="dr_run")
-    results = pd.read_csv(runs[choice] / "results.csv", dtype={"value": str})
+    choice = st.selectbox("Results", list(runs), format_func=lambda r: runs[r][0], key="dr_run", bind="query-params")
+    results = pd.read_csv(runs[choice][1] / "results.csv", dtype={"value": str})
     st.subheader("Which of the paper's conjectures does the zoo reproduce?")
     v = verdicts(results)
     seeds = results["seed"].nunique()
@@ -76,14 +86,21 @@ def _results() -> None:
             None: ":material/help: undecided",
         }[row.reproduced]
         st.markdown(f"**{row.conjecture}** — {mark}. Expected: {row.expected}; observed: {row.observed}.")
-    value = st.radio("Measure", ["sparsity", "accuracy", "kl_forward"], horizontal=True, key="dr_value")
+    value = st.radio(
+        "Measure",
+        list(dfig.MEASURE),
+        format_func=lambda m: dfig.MEASURE[m][0],
+        horizontal=True,
+        key="dr_value",
+        bind="query-params",
+    )
     ui.chart(dfig.factor_panels(results, value=value), key="dr-factors")
     ui.chart(dfig.precision_pairs(results), key="dr-precision")
     ui.table(results, "drivers-results", "One row per run and storage precision")
     ui.table(v, "drivers-verdicts", "The paper's conjectures: expected, observed, reproduced")
     ui.export_button(
         "What drives sparsity",
-        {"results": choice, "measure": value},
+        {"results": runs[choice][0], "measure": value},
         ["dr-factors", "dr-precision"],
         ["drivers-verdicts", "drivers-results"],
     )

@@ -315,7 +315,7 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
         add(
             "bf16 storage hides small updates",
             "bf16 saves sparser than fp32 saves of the same run",
-            f"bf16 − fp32 sparsity {gap:+.1%} on average",
+            f"bf16 − fp32 sparsity {100 * gap:+.1f} percentage points on average",
             gap > 0,
         )
     for factor in ("learning_rate", "steps"):

@@ -24,7 +24,7 @@ MEASURE = {
 
 def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | None = None) -> go.Figure:
     """Small multiples: x = the factor's values, y = ``value`` of the bf16 saves (mean bar, seeds as dots);
-    sparsity and accuracy in %."""
+    sparsity and accuracy in %, a KL that is positive everywhere on a log axis."""
     name, axis, scale = MEASURE.get(value, (value, value, 1.0))
     title = title or f"{name} against each factor (bf16 saves)"
     _require(results, ["factor", "value", "seed", "precision", value], "factor_panels")
@@ -65,27 +65,45 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
             col=j,
         )
         fig.update_xaxes(type="category", row=1, col=j)
-    _style(fig, title, None, axis, height=380)
+    log = value == "kl_forward" and bool((r[value] > 0).all())  # KL spans decades: 1e-8 beside 0.05
+    _style(fig, title, None, f"{axis} (log)" if log else axis, height=380)
+    if log:
+        fig.update_yaxes(type="log", exponentformat="power")
     for j in range(2, len(factors) + 1):  # one y title, on the first panel (the axes are shared)
         fig.update_yaxes(title_text=None, row=1, col=j)
     return fig
 
 
 def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 vs fp32: update sparsity") -> go.Figure:
-    """Grouped bars per run (factor=value): bf16 save and fp32 save sparsity."""
+    """Per run (factor=value, seed): its bf16 and its fp32 save as two dots joined by a line (a dot stays
+    visible at 0 %, where a bar would not: fp32 saves change nearly every weight)."""
     _require(results, ["factor", "value", "seed", "precision", "sparsity"], "precision_pairs")
     if results.empty:
         return no_data_figure(title)
+    r = results.assign(run=results["factor"] + "=" + results["value"].astype(str) + " s" + results["seed"].astype(str))
+    wide = r.pivot_table(index="run", columns="precision", values="sparsity", sort=False)
+    precisions = sorted(wide.columns)
     fig = go.Figure()
-    for i, (prec, g) in enumerate(results.groupby("precision", sort=True)):
-        labels = g["factor"] + "=" + g["value"].astype(str) + " s" + g["seed"].astype(str)
+    if len(precisions) > 1:  # one grey segment per run, from its lowest to its highest save
+        xs, ys = [], []
+        for run, row in wide.iterrows():
+            xs += [run, run, None]
+            ys += [100 * row.min(), 100 * row.max(), None]
         fig.add_trace(
-            go.Bar(
-                x=labels,
-                y=100 * g["sparsity"],
-                name=f"{prec} save",
-                marker_color=PALETTE[i],
-                hovertemplate="%{x}<br>sparsity %{y:.2f} %<extra>" + prec + "</extra>",
+            go.Scatter(
+                x=xs, y=ys, mode="lines", line={"color": "#b8b8b8", "width": 2}, hoverinfo="skip", showlegend=False
             )
         )
-    return _style(fig, title, "run", "update sparsity (%)", barmode="group")
+    for i, prec in enumerate(precisions):
+        fig.add_trace(
+            go.Scatter(
+                x=wide.index,
+                y=100 * wide[prec],
+                mode="markers",
+                name=f"{prec} save",
+                marker={"color": PALETTE[i], "size": 9, "symbol": ("circle", "diamond")[i % 2]},
+                hovertemplate="%{x}<br>sparsity %{y:.3g} %<extra>" + prec + "</extra>",
+            )
+        )
+    fig.update_xaxes(type="category")
+    return _style(fig, title, "run", "update sparsity (%)")

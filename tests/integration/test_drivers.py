@@ -58,6 +58,8 @@ def test_verdicts_read_hand_made_results():
     assert not v["KL coefficient has little effect"]  # 10 points apart
     assert not v["larger learning rate → denser updates"]  # sparsity rose with the learning rate
     assert v["bf16 storage hides small updates"]
+    observed = verdicts(res).set_index("conjecture")["observed"]
+    assert observed["bf16 storage hides small updates"] == "bf16 − fp32 sparsity +80.0 percentage points on average"
     algos = _results(
         [
             {"factor": "algorithm", "value": a, "algorithm": a, "precision": "bf16", "sparsity": x}
@@ -97,8 +99,18 @@ def test_figures_draw_every_factor():
     )
     assert fig.layout.title.text.startswith("Update sparsity against")  # the measure's name, not its column
     assert fig.layout.yaxis2.title.text is None  # the shared y axis titled once
-    pairs = dfig.precision_pairs(res)
-    assert len(pairs.data) == 2 and np.allclose(sorted(pairs.data[0].y), [70.0, 80.0, 90.0])
+    kl = dfig.factor_panels(res.assign(kl_forward=[1e-8, 1e-8, 2e-2, 2e-2, 3e-4, 3e-4]), value="kl_forward")
+    assert kl.layout.yaxis.type == "log" and kl.layout.yaxis.title.text == "nats per token (log)"
+    assert np.allclose(np.concatenate([t.y for t in kl.data if t.type == "bar"]), [1e-8, 2e-2, 3e-4])
+    assert dfig.factor_panels(res, value="kl_forward").layout.yaxis.type != "log"  # a zero has no place on it
+    fp32 = res.assign(precision="fp32", sparsity=res["sparsity"] / 100)  # fp32 saves: 0.9 %, 0.8 %, 0.7 %
+    pairs = dfig.precision_pairs(pd.concat([res[res["precision"] == "bf16"], fp32]))
+    line, bf16, f32 = pairs.data  # one segment per run, then one marker trace per save precision
+    assert (bf16.name, f32.name) == ("bf16 save", "fp32 save")
+    assert list(bf16.x) == list(f32.x) == ["steps=4 s0", "steps=8 s0", "beta=0 s0"]
+    assert np.allclose(bf16.y, [90.0, 80.0, 70.0]) and np.allclose(f32.y, [0.9, 0.8, 0.7])
+    assert list(line.x) == [x for run in ("steps=4 s0", "steps=8 s0", "beta=0 s0") for x in (run, run, None)]
+    assert np.allclose([y for y in line.y if y is not None], [0.9, 90.0, 0.8, 80.0, 0.7, 70.0])
 
 
 def test_cli_parses_the_experiment():
@@ -156,45 +168,62 @@ def test_drivers_page_shows_a_finished_run(app_env):
     from subnetviz.jobs.runner import JobRunner
     from tests.app_fixtures import decode, open_page, plotly_specs
 
-    res = _results(
-        [
-            {"factor": "steps", "value": v, "precision": p, "sparsity": s}
-            for v, s in [("4", 0.9), ("8", 0.8)]
-            for p in ("bf16", "fp32")
-        ]
-    )
-    run_dir = config.runs_dir() / "fake-drivers-run"
-    (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
-    res.to_csv(run_dir / "outputs" / "results.csv", index=False)
-    runner = JobRunner()
-    with runner.registry.transaction() as con:
-        runner.registry.insert(
-            con,
-            RunRecord(
-                "fake-drivers-run",
-                "drivers",
-                "fake",
-                "succeeded",
-                None,
-                None,
-                time.time(),
-                time.time(),
-                time.time(),
-                1,
-                1,
-                {},
-                None,
-                str(run_dir),
-                {"kind": "drivers"},
-            ),
+    runner, now = JobRunner(), time.time()
+    runs = {  # id -> (name, created, (sparsity, accuracy) at steps 4 and 8): an older and a newer grid
+        "fake-drivers-old": ("grid on the test zoo", now - 60, [(0.9, 0.25), (0.8, 0.5)]),
+        "fake-drivers-new": ("second grid", now, [(0.7, 0.75), (0.6, 1.0)]),
+    }
+    for run_id, (name, created, values) in runs.items():
+        res = _results(
+            [
+                {"factor": "steps", "value": v, "precision": p, "sparsity": s, "accuracy": a}
+                for v, (s, a) in zip(["4", "8"], values, strict=True)
+                for p in ("bf16", "fp32")
+            ]
         )
+        run_dir = config.runs_dir() / run_id
+        (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
+        res.to_csv(run_dir / "outputs" / "results.csv", index=False)
+        rec = RunRecord(
+            run_id,
+            "drivers",
+            name,
+            "succeeded",
+            None,
+            None,
+            created,
+            created,
+            created,
+            1,
+            1,
+            {},
+            None,
+            str(run_dir),
+            {"kind": "drivers"},
+        )
+        with runner.registry.transaction() as con:
+            runner.registry.insert(con, rec)
     try:
         at = open_page("drivers")
+        # A shared URL holds what the pickers show (Streamlit's binding keeps the formatted option).
+        shared = open_page("drivers", dr_run="grid on the test zoo · fake-drivers-old", dr_value="Held-out accuracy")
     finally:  # the app home is shared by the session's other page tests: leave its registry as it was
         with runner.registry.transaction() as con:
-            con.execute("DELETE FROM runs WHERE id = ?", ("fake-drivers-run",))
+            con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in runs])
     assert not at.exception, [e.message for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     bars = [t for s in plotly_specs(at) for t in s["data"] if t["type"] == "bar"]
-    assert np.allclose(decode(bars[0]["y"]), [90.0, 80.0])  # sparsity in %, as the tables show it
+    assert np.allclose(decode(bars[0]["y"]), [70.0, 60.0])  # the newest grid, sparsity in % as the tables show it
     assert any("larger steps" in m.value for m in at.markdown)
+    picker = at.selectbox(key="dr_run")  # runs by name, newest first
+    assert picker.options[:2] == [
+        "second grid · fake-drivers-new",
+        "grid on the test zoo · fake-drivers-old",
+    ]
+    # The URL's run and measure come back: accuracy in %, the measure named on the radio.
+    assert not shared.exception, [e.message for e in shared.exception]
+    assert shared.selectbox(key="dr_run").value == "fake-drivers-old"
+    assert shared.radio(key="dr_value").value == "accuracy"
+    assert shared.radio(key="dr_value").options == ["Update sparsity", "Held-out accuracy", "Forward KL(π_base ‖ π)"]
+    bars = [t for s in plotly_specs(shared) for t in s["data"] if t["type"] == "bar"]
+    assert np.allclose(decode(bars[0]["y"]), [25.0, 50.0])
