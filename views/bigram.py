@@ -223,6 +223,11 @@ def analyse(model: str, corpus: str) -> None:
     if "Generations" in tabs and tabs["Generations"].open:
         with tabs["Generations"]:
             ui.table(tables["bg-generations"][1], "bg-generations", tables["bg-generations"][0])
+            st.caption(
+                "Each row continues the same prompt (the start of a held-out sequence) with tokens sampled at "
+                "temperature 0.3, one seed per row: the same seed draws the same random numbers with and "
+                "without the subnetwork, so where two rows of a seed part, ablating it changed a prediction."
+            )
     ui.export_button(
         "Bigram subnetworks",
         {"model": model, "mask": mask, "optimal": opt},

@@ -276,7 +276,8 @@ def generations(
     temperature: float = 0.3,
     seeds: Sequence[int] = (0,),
 ) -> pd.DataFrame:
-    """Text from the full model and with the subnetwork ablated: columns setting, seed, text."""
+    """Text from the full model and with the subnetwork ablated: columns setting, seed, prompt and
+    continuation (the ``n_new`` sampled tokens, decoded on their own)."""
     prompt_ids = torch.tensor(tokenizer(prompt, add_special_tokens=False)["input_ids"], dtype=torch.long)
     if prompt_ids.numel() == 0:
         raise ConfigError(f"prompt {prompt!r} tokenizes to nothing.")
@@ -285,7 +286,14 @@ def generations(
     for label, params in settings.items():
         for seed in seeds:
             out = generate(model, prompt_ids, n_new, temperature, seed, params)
-            rows.append({"setting": label, "seed": seed, "text": tokenizer.decode(out.tolist())})
+            rows.append(
+                {
+                    "setting": label,
+                    "seed": seed,
+                    "prompt": prompt,
+                    "continuation": tokenizer.decode(out[prompt_ids.numel() :].tolist()),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -84,7 +84,9 @@ def load_analysis(folder: str | os.PathLike) -> tuple[SubnetworkAnalysis, pd.Dat
     return result, gens
 
 
-BIGRAM_VERSION = 1  # bump when the analysis would write different numbers or files for the same inputs
+# Bump when the analysis would write different numbers or files for the same inputs (2: the generations
+# as prompt + continuation, where one text column held both).
+BIGRAM_VERSION = 2
 # What the page asks of :func:`~subnetviz.bigram.job.analyse_mask_file` beyond the files: part of the key.
 PAGE_OPTIONS = {"eval_sequences": 200, "seeds": (0, 1, 2), "residual_tokens": 20_000, "seed": 0}
 

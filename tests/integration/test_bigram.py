@@ -472,6 +472,26 @@ def test_generation_seeded_and_ablation_changes_it(trained_gpt2):
         generate(model, prompt, 2, temperature=0)
 
 
+@pytest.mark.slow
+def test_generations_split_the_prompt_from_what_each_setting_sampled(micro_zoo):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from subnetviz.bigram.evaluate import generations
+
+    model = AutoModelForCausalLM.from_pretrained(micro_zoo.base, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(micro_zoo.base, local_files_only=True)
+    prompt = "12+34="
+    g = generations(model, tok, full_mask(model, True), prompt, n_new=6, seeds=(0, 1))
+    assert list(g.columns) == ["setting", "seed", "prompt", "continuation"]
+    assert list(zip(g["setting"], g["seed"], strict=True)) == [("full", 0), ("full", 1), ("ablated", 0), ("ablated", 1)]
+    assert (g["prompt"] == prompt).all()
+    ids = torch.tensor(tok(prompt, add_special_tokens=False)["input_ids"])
+    ablated = masked_parameters(model, full_mask(model, True), "ablate")
+    for row in g.itertuples():  # what generate() sampled after the prompt, decoded on its own
+        out = generate(model, ids, 6, seed=row.seed, params=ablated if row.setting == "ablated" else None)
+        assert torch.equal(out[: len(ids)], ids) and row.continuation == tok.decode(out[len(ids) :].tolist())
+
+
 # ---------------------------------------------------------------- bad input and the job
 
 
