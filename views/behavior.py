@@ -88,8 +88,13 @@ TABS = ["Per model", "Per prompt", "Per token"]
 
 
 def show(res: dict[str, pd.DataFrame]) -> None:
-    value = st.radio(
-        "Measure", ["kl_forward", "kl_reverse", "accuracy"], horizontal=True, key="bh_value", bind="query-params"
+    value = st.radio(  # named as on the charts; the tables keep the column names
+        "Measure",
+        list(bfig.MEASURE),
+        format_func=bfig.MEASURE.get,
+        horizontal=True,
+        key="bh_value",
+        bind="query-params",
     )
     # Sections as tabs that draw only when open: 1-2 charts per view instead of four (faster to show).
     tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -117,23 +118,39 @@ def prompt_spread(prompts: pd.DataFrame, value: str = "kl_forward", title: str |
 
 
 def token_bars(tokens: pd.DataFrame, title: str = "Per-token KL along the prompt") -> go.Figure:
-    """Bars per position of one prompt: forward and reverse KL; answer positions marked in the hover."""
+    """Bars per position of one prompt: forward and reverse KL; the positions that predict the answer
+    shaded and marked in the hover."""
     if tokens.empty:
         return no_data_figure(title)
     _require(tokens, ["position", "token", "kl_forward", "kl_reverse"], "token_bars")
     t = tokens.sort_values("position")
     labels = [f"{p}:{tok}" for p, tok in zip(t["position"], t["token"], strict=True)]
+    answer = t["predicts_answer"].astype(bool).to_numpy() if "predicts_answer" in t else np.zeros(len(t), bool)
+    role = np.where(answer, " (predicts the answer)", "")
     fig = go.Figure()
     for i, col in enumerate(["kl_forward", "kl_reverse"]):
         fig.add_trace(
             go.Bar(
                 x=labels,
                 y=t[col],
-                name=col,
+                name=MEASURE[col],
                 marker_color=PALETTE[i],
-                hovertemplate="%{x}<br>%{y:.4g} nats<extra>" + col + "</extra>",
+                customdata=role,
+                hovertemplate="%{x}%{customdata}<br>%{y:.4g} nats<extra>" + MEASURE[col] + "</extra>",
             )
         )
     fig = _style(fig, title, "position:token (the distribution of the next token after it)", "nats", barmode="group")
+    fig.update_yaxes(exponentformat="e")  # 5e-4, not the SI prefix "500µ"
+    edges = np.flatnonzero(np.diff(np.r_[0, answer.astype(np.int8), 0]))  # starts and ends of answer runs
+    for k, (start, end) in enumerate(zip(edges[::2], edges[1::2], strict=True)):  # a band over each run
+        fig.add_vrect(
+            x0=start - 0.5,  # category axis: position i spans i ± 0.5
+            x1=end - 0.5,
+            fillcolor="#999999",
+            opacity=0.12,
+            line_width=0,
+            annotation_text="predicts the answer" if k == 0 else None,
+            annotation_position="top left",
+        )
     fig.update_xaxes(type="category")
     return fig

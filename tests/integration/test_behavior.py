@@ -236,3 +236,12 @@ def test_behaviour_page_renders(app_env):
     grpo = next(t for t in bars["data"] if t["name"] == "grpo-s0")
     y = dict(zip(grpo["x"], decode(grpo["y"]).tolist(), strict=True))
     assert y["finetuned"] > 0 and y["zoo grpo-s0/inside"] == 0.0, y
+    # The measure is named on the radio as on the charts, and a shared URL carries it.
+    from subnetviz.figures.behavior import MEASURE
+
+    acc = open_page("behavior", bh_value=MEASURE["accuracy"])
+    assert not acc.exception, [e.message for e in acc.exception]
+    radio = acc.radio(key="bh_value")
+    assert radio.value == "accuracy" and radio.options == list(MEASURE.values())
+    bars = next(s for s in plotly_specs(acc) if s["data"][0]["type"] == "bar")
+    assert bars["layout"]["title"]["text"].startswith(MEASURE["accuracy"])

@@ -811,3 +811,31 @@ def test_behaviour_charts_name_the_measure_and_draw_accuracy_in_percent():
     assert (
         list(acc_curve.data[0].y) == pytest.approx([25.0, 50.0]) and acc_curve.layout.yaxis.title.text == "accuracy (%)"
     )
+
+
+def test_token_bars_name_the_measures_and_shade_the_answer_positions():
+    from subnetviz.figures import behavior as B
+
+    tokens = pd.DataFrame(  # prompt "2+3=" and answer "5": positions 3 ("=") and 4 ("5") predict the answer
+        {
+            "position": [4, 0, 1, 2, 3],
+            "token": ["5", "2", "+", "3", "="],
+            "predicts_answer": [True, False, False, False, True],
+            "kl_forward": [2e-4, 1e-5, 0.0, 3e-5, 5e-4],
+            "kl_reverse": [1e-4, 2e-5, 0.0, 1e-5, 4e-4],
+        }
+    )
+    fig = B.token_bars(tokens)
+    fwd, rev = fig.data
+    assert (fwd.name, rev.name) == (B.MEASURE["kl_forward"], B.MEASURE["kl_reverse"])  # not the column names
+    assert list(fwd.x) == ["0:2", "1:+", "2:3", "3:=", "4:5"] and list(fwd.y) == pytest.approx(
+        [1e-5, 0, 3e-5, 5e-4, 2e-4]
+    )
+    assert [c.strip() for c in fwd.customdata] == ["", "", "", "(predicts the answer)", "(predicts the answer)"]
+    assert fig.layout.yaxis.exponentformat == "e"  # 5e-4, not 500µ
+    (band,) = fig.layout.shapes  # one band over positions 3 and 4, edge to edge on the category axis
+    assert (band.x0, band.x1) == (2.5, 4.5)
+    assert [a.text for a in fig.layout.annotations] == ["predicts the answer"]
+    gap = B.token_bars(tokens.assign(predicts_answer=[True, True, False, False, False]))  # runs 0 and 4
+    assert sorted((b.x0, b.x1) for b in gap.layout.shapes) == [(-0.5, 0.5), (3.5, 4.5)]
+    assert not B.token_bars(tokens.drop(columns="predicts_answer")).layout.shapes  # older results: no band
