@@ -14,8 +14,9 @@ After the models are built (or found built), :func:`finish_zoo`:
   the bigram subnetwork mask of the base (fast preset, λ = 10), its "optimal" subnetwork mask and
   the continual-learning demo (permuted digits, 5 tasks, finetune / SupSup / SSNeT / ExSSNeT at
   5 % density), and the "what drives sparsity" grid (:mod:`subnetviz.experiments.drivers`, one
-  seed of the quick preset; the micro preset on a micro zoo). They run in the background, one at a time (the registry's queue moves without
-  any page open), and the pages pick their outputs up like any finished run's;
+  seed of the quick preset; the micro preset on a micro zoo). They run in the background, one at a
+  time (the registry's queue moves without any page open), and the pages pick their outputs up like
+  any finished run's;
   :func:`pending_jobs` says which are still queued or running and about how long they need.
 
 Everything is idempotent: a member run, or a background job that is queued, running or has
@@ -96,8 +97,8 @@ def _by_name(runner) -> dict[str, object]:
 
 
 def start_background_jobs(zoo, runner) -> dict[str, str]:
-    """Queue the bigram, optimal, continual and drivers jobs of ``zoo`` unless one of the same name is queued,
-    running or succeeded; returns their run ids by key."""
+    """Queue the bigram, optimal, continual and drivers jobs of ``zoo`` unless one of the same name is
+    queued, running or succeeded; returns their run ids by key."""
     have = _by_name(runner)
     ids = {}
     for key, cfg in job_configs(zoo).items():
