@@ -178,7 +178,8 @@ def training_curves(
     """One small multiple per metric: columns step, metric, value; optional run (one line per run).
 
     Lines carry markers, so a one-point curve is visible. ``smoothing`` (0–0.99) draws the
-    exponential moving average over a faint raw curve.
+    exponential moving average over a faint raw curve. With several runs the first is drawn wide, under
+    the others, so a run that coincides with it stays visible.
     """
     if df.empty:
         return no_data_figure(title)
@@ -186,6 +187,9 @@ def training_curves(
     metrics = _unique(df["metric"].astype(str))
     runs = _unique(df["run"].astype(str)) if "run" in df.columns else ["run"]
     colors = colors or color_map(runs)
+    # With overlays, the first run is drawn wide and first (under the others): where an overlaid run's
+    # curve equals it (a subnetwork run of the same seed often does), it shows as a rim, not a lost line.
+    wide = set(runs[:1]) if len(runs) > 1 else set()
     ncol = min(3, len(metrics))
     nrow = int(np.ceil(len(metrics) / ncol))
     fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=metrics, horizontal_spacing=0.08, vertical_spacing=0.15)
@@ -221,10 +225,10 @@ def training_curves(
                     y=y,
                     mode="lines+markers",
                     name=run,
-                    marker={"size": 5},
+                    marker={"size": 9 if run in wide else 5},
                     legendgroup=run,
                     showlegend=i == 0 and len(runs) > 1,
-                    line={"color": colors[run]},
+                    line={"color": colors[run], "width": 5 if run in wide else 2},
                     hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>",
                 ),
                 **pos,

@@ -713,6 +713,11 @@ def test_training_curves_have_markers_and_smooth_like_tensorboard():
     fig = F.training_curves(many, smoothing=0.5)
     assert [t.name for t in fig.data if t.showlegend] == ["a", "b"]
     assert sum(t.opacity == 0.3 for t in fig.data) == 2  # the raw curve stays, faint, under each smoothed one
+    # The chosen run (first) is drawn wide and first: an overlaid run with the same curve leaves it a rim.
+    same = many.assign(value=[1.0, 2, 1, 2])
+    lines = [t for t in F.training_curves(same).data if t.showlegend]
+    assert [(t.name, t.line.width, t.marker.size) for t in lines] == [("a", 5, 9), ("b", 2, 5)]
+    assert F.training_curves(same[same["run"] == "a"]).data[0].line.width == 2  # one run: nothing to set apart
     acc = pd.DataFrame({"step": [1, 2], "metric": ["accuracy"] * 2, "value": [0.25, 0.5]})
     fig = F.training_curves(acc)
     assert list(fig.data[0].y) == [25.0, 50.0] and fig.layout.yaxis.title.text == "accuracy (%)"  # as elsewhere
