@@ -198,6 +198,15 @@ def _runs_view() -> None:
         ui.error(rec.error)
 
 
+def zoo_accuracy(cfg: dict) -> float | None:
+    """A demo zoo member's held-out accuracy as its build measured it (its training had no eval set);
+    None for any other run, or when the zoo was rebuilt since the run was registered."""
+    z = ui.zoo()
+    if z is None or not cfg.get("zoo_member") or cfg.get("zoo_fingerprint") != z.manifest.fingerprint:
+        return None
+    return next((m.accuracy for m in z.manifest.members if m.id == cfg["zoo_member"]), None)
+
+
 def run_card(rec) -> None:
     """The run's config (algorithm, mask and where it came from, lr, steps, data), final numbers, bit-identity check."""
     cfg = rec.config or {}
@@ -230,7 +239,7 @@ def run_card(rec) -> None:
         for col, (label, value) in zip(
             cols,
             [(k, v) for k, v in (s.get("metrics") or {}).items() if k in ("loss", "reward", "grad_norm")][:3]
-            + [("accuracy", s.get("accuracy"))],
+            + [("accuracy", s.get("accuracy") if s.get("accuracy") is not None else zoo_accuracy(cfg))],
             strict=False,
         ):
             col.metric(

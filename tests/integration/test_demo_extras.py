@@ -290,3 +290,6 @@ def test_a_runs_card_shows_the_outside_the_mask_check_only_when_there_is_a_mask(
     full = _open("training", tr_view="Runs", tr_run=runs["sft"])
     assert not [s.value for s in full.success if "Outside the mask" in s.value]  # nothing lies outside
     assert any(c.value.startswith("Full finetune:") for c in full.caption)
+    # The member trained without an eval set: its card shows the held-out accuracy the build measured.
+    acc = load_zoo(home / "zoo").manifest.member("sft").accuracy
+    assert {m.label: m.value for m in full.metric}["accuracy"] == f"{100 * acc:.1f} %"
