@@ -8,6 +8,7 @@ import streamlit as st
 
 from subnetviz import figures, ui
 from subnetviz.figures import continual as cl_figures
+from subnetviz.report.training import run_names
 from subnetviz.supermask.config import ContinualConfig, PhaseEpochs
 from subnetviz.supermask.job import load_result, load_task_masks
 from subnetviz.supermask.metrics import owner_image
@@ -93,7 +94,7 @@ def results() -> None:
             ui.job_runner().submit(DEMO.to_dict(), name="demo: permuted-digits, 5 tasks, d=0.05")
             st.rerun()
         st.stop()
-    labels = {r.id: f"{r.name} · {r.id}" for r in done.itertuples()}
+    labels = run_names(done)
     run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="cl_run", bind="query-params")
     folder = ui.job_runner().get(run_id).outputs
     frames = ui.shared(load_result, str(folder))  # a finished run's files: read once, for every session

@@ -10,15 +10,16 @@ from subnetviz.figures import drivers as dfig
 
 
 def finished_runs() -> dict[str, tuple[str, Path]]:
-    """Succeeded drivers runs, newest first: run id -> (its name for the picker, its outputs folder)."""
+    """Succeeded drivers runs, newest first: run id -> (its "name · id" label, as every picker shows it;
+    its outputs folder)."""
+    from subnetviz.report.training import run_names
+
     df = ui.job_runner().list_runs()
     if not len(df):
         return {}
     done = df[(df["kind"] == "drivers") & (df["status"] == "succeeded")]
-    return {
-        r.id: (f"{r.name if isinstance(r.name, str) and r.name else 'drivers'} · {r.id}", Path(r.run_dir) / "outputs")
-        for r in done.itertuples()
-    }
+    names = run_names(done)
+    return {r.id: (names[r.id], Path(r.run_dir) / "outputs") for r in done.itertuples()}
 
 
 def launch() -> None:

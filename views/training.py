@@ -176,7 +176,13 @@ def _runs_view() -> None:
     ):
         r.cancel(run_id)
         st.rerun(scope="fragment")
-    run_card(rec)
+    run_card(rec, names.get(run_id))
+    if rec.error and rec.status == "cancelled":  # a cancellation is what the user asked for, not an error
+        st.caption(f"Cancelled: {ui.plain(rec.error)}")
+    elif rec.error:
+        ui.error(rec.error)
+    if not pages.has_curves(r, run_id):  # nothing to overlay or smooth (a job that logs no curves, or none yet)
+        return
     others = [i for i in ids if i != run_id]
     overlay = st.multiselect(
         "Overlay runs (full / subnetwork / random-mask control)",
@@ -192,10 +198,6 @@ def _runs_view() -> None:
     st.query_params["tr_smooth"] = f"{smoothing:g}"
     if (fig := pages.curves_figure(r, [run_id, *overlay], names, smoothing)) is not None:
         ui.chart(fig, key="curves")
-    if rec.error and rec.status == "cancelled":  # a cancellation is what the user asked for, not an error
-        st.caption(f"Cancelled: {ui.plain(rec.error)}")
-    elif rec.error:
-        ui.error(rec.error)
 
 
 def zoo_accuracy(cfg: dict) -> float | None:
@@ -207,18 +209,35 @@ def zoo_accuracy(cfg: dict) -> float | None:
     return next((m.accuracy for m in z.manifest.members if m.id == cfg["zoo_member"]), None)
 
 
-def run_card(rec) -> None:
+# Job kinds whose results have a page of their own: (page, its title, the URL parameter that picks the run
+# by its "name · id" label, or None where the page picks masks, not runs).
+RESULTS_PAGE = {
+    "drivers": ("drivers", "What drives sparsity", "dr_run"),
+    "continual": ("continual", "Continual learning", "cl_run"),
+    "bigram_mask": ("bigram", "Bigram subnetworks", None),
+}
+
+
+def run_card(rec, label: str | None = None) -> None:
     """The run's config (algorithm, mask and where it came from, lr, steps, data), final numbers, bit-identity check."""
     cfg = rec.config or {}
     if rec.kind != "train":
         st.caption(
             f"{ui.plain(rec.kind)} job · "
             + ", ".join(
-                f"{k} {ui.plain(str(v))}"
+                f"{k} {ui.plain('/'.join(map(str, v)) if isinstance(v, list) else str(v))}"
                 for k, v in cfg.items()
-                if k in ("target", "lam", "preset", "steps", "seed", "benchmark")
+                if k in ("target", "lambda", "lam", "preset", "steps", "seed", "seeds", "benchmark", "methods", "tasks")
             )
         )
+        if rec.status == "succeeded" and rec.kind in RESULTS_PAGE:
+            page, title, param = RESULTS_PAGE[rec.kind]
+            st.page_link(
+                f"views/{page}.py",
+                label=f"Its results on {title}",
+                icon=":material/arrow_forward:",
+                query_params={param: label} if param and label else None,
+            )
         return
     mask = cfg.get("mask")
     prov = (

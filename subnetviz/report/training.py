@@ -31,6 +31,12 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     return show
 
 
+def has_curves(runner, run_id: str) -> bool:
+    """Whether the run logged any metric the curves draw (a drivers or continual job logs none)."""
+    m = runner.metrics(run_id)
+    return bool(len(m)) and any(c in m.columns and m[c].notna().any() for c in CURVES)
+
+
 def curves_figure(runner, run_ids: Sequence[str], names: Mapping[str, str], smoothing: float = 0.0):
     """The metric curves of ``run_ids`` (the first is the chosen run, the others overlaid); None without metrics."""
     frames = []

@@ -162,6 +162,7 @@ def test_drivers_page_renders(app_env):
 def test_drivers_page_shows_a_finished_run(app_env):
     """A succeeded drivers run in the registry (outputs written by hand): verdicts, charts and the table."""
     import time
+    from urllib.parse import parse_qs
 
     from subnetviz import config
     from subnetviz.jobs.registry import RunRecord
@@ -207,6 +208,7 @@ def test_drivers_page_shows_a_finished_run(app_env):
         at = open_page("drivers")
         # A shared URL holds what the pickers show (Streamlit's binding keeps the formatted option).
         shared = open_page("drivers", dr_run="grid on the test zoo · fake-drivers-old", dr_value="Held-out accuracy")
+        card = open_page("training", tr_view="Runs", tr_run="fake-drivers-old")  # the run in the Training list
     finally:  # the app home is shared by the session's other page tests: leave its registry as it was
         with runner.registry.transaction() as con:
             con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in runs])
@@ -227,3 +229,10 @@ def test_drivers_page_shows_a_finished_run(app_env):
     assert shared.radio(key="dr_value").options == ["Update sparsity", "Held-out accuracy", "Forward KL(π_base ‖ π)"]
     bars = [t for s in plotly_specs(shared) for t in s["data"] if t["type"] == "bar"]
     assert np.allclose(decode(bars[0]["y"]), [25.0, 50.0])
+    # Its card on the Training page links to its results (the URL that picks it) and offers no curves to overlay.
+    assert not card.exception, [e.message for e in card.exception]
+    (link,) = [e.proto for e in card.get("page_link")]
+    assert link.label == "Its results on What drives sparsity" and link.page.endswith("drivers")
+    assert parse_qs(link.query_string) == {"dr_run": ["grid on the test zoo · fake-drivers-old"]}
+    keys = {w.key for w in [*card.multiselect, *card.slider]}
+    assert not keys & {"tr_overlay", "tr_smooth"}  # no overlay picker, no smoothing for a run without curves
