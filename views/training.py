@@ -218,8 +218,9 @@ RESULTS_PAGE = {
 }
 
 
-def run_card(rec, label: str | None = None) -> None:
-    """The run's config (algorithm, mask and where it came from, lr, steps, data), final numbers, bit-identity check."""
+def run_card(rec, run_label: str | None = None) -> None:
+    """The run's config (algorithm, mask and where it came from, lr, steps, data), final numbers, bit-identity check;
+    a job with a results page of its own links there (``run_label``: its "name · id", as the pickers show it)."""
     cfg = rec.config or {}
     if rec.kind != "train":
         st.caption(
@@ -236,7 +237,7 @@ def run_card(rec, label: str | None = None) -> None:
                 f"views/{page}.py",
                 label=f"Its results on {title}",
                 icon=":material/arrow_forward:",
-                query_params={param: label} if param and label else None,
+                query_params={param: run_label} if param and run_label else None,
             )
         return
     mask = cfg.get("mask")
