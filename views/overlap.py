@@ -111,14 +111,18 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
         pa, pb = pair.split(" ∩ ")
         one = pair_by_layer(report, pa, pb)
         what = "Jaccard × chance" if view == "ratio" else "Jaccard"
-        figs = {  # the pair in the title: the exported dashboard and the paper figure name it
+        # The pair under the title (the exported dashboard and the paper figure name it), on a line of its
+        # own: two run labels in one line ran past the chart's right edge.
+        figs = {
             "layer-overlap": figures.overlap_layer_heatmap(
-                one[one["layer"].notna()], view=view, title=f"{pa} ∩ {pb}: {what} by layer and module"
+                one[one["layer"].notna()], view=view, title=f"{what} by layer and module<br><sup>{pa} ∩ {pb}</sup>"
             )
         }
         if overlap.experts is not None:  # mixture-of-experts masks: the pair per layer × expert
             figs["expert-overlap"] = figures.overlap_layer_heatmap(
-                pair_by_layer(overlap.experts, pa, pb), view=view, title=f"{pa} ∩ {pb}: {what} per layer × expert"
+                pair_by_layer(overlap.experts, pa, pb),
+                view=view,
+                title=f"{what} per layer × expert<br><sup>{pa} ∩ {pb}</sup>",
             )
         return figs, {}
     pw = report.pairwise  # Consensus: how many masks agree on each entry, against independent masks

@@ -611,7 +611,7 @@ def test_per_layer_chart_names_its_pair(app_env):
     at = open_page("overlap", ov_masks=["Δ grpo-s0", "Δ dpo", "Δ sft"], ov_tab="Per layer", ov_pair="Δ dpo ∩ Δ sft")
     assert not at.exception and not at.error
     titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
-    assert titles == ["Δ dpo ∩ Δ sft: Jaccard by layer and module"], titles
+    assert titles == ["Jaccard by layer and module<br><sup>Δ dpo ∩ Δ sft</sup>"], titles
 
 
 def test_workspace_series_names_its_checkpoints(app_env):
