@@ -87,22 +87,31 @@ def draw(figs: dict, tables: dict) -> None:
 def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = None) -> tuple[dict, dict]:
     """One tab's figures and tables (key -> figure, key -> (caption, frame)), shared by every session."""
     report = overlap.report
+    # Long labels (masks of a run: "SupSup task 1 mask (d=0.05, seed 0) · <run id>") drawn short on the
+    # charts, what they share under each title; the tables keep the full labels.
+    short, shared = figures.compact_labels(chosen)
+    sub = f"<br><sup>{shared}</sup>" if shared else ""
     if name == "Sets":
         figs = {}
         if len(chosen) in (2, 3):  # Venn beside the UpSet; beyond three masks the UpSet alone, full width
             venn = figures.venn2 if len(chosen) == 2 else figures.venn3
-            figs["venn"] = venn(report.venn_regions()["count"].to_numpy(), list(chosen))
-        figs["upset"] = figures.upset(report.regions, list(chosen))
+            figs["venn"] = venn(
+                report.venn_regions()["count"].to_numpy(), short, title=f"Overlap (area-proportional){sub}"
+            )
+        regions = report.regions.assign(members=report.regions["code"])  # bit i = chosen[i] = short[i]
+        figs["upset"] = figures.upset(regions, short, title=f"Intersections of masks (UpSet){sub}")
         return figs, {}
     if name == "Pairwise":  # no o2 panel: o2(A, B) = o1(B, A), the o1 matrix read down its columns
         titles = {"o1": "o1: share of the row mask in the column mask", "jaccard": "Jaccard |A∩B| / |A∪B|"}
+        to_short = dict(zip(chosen, short, strict=True))
+        pairwise = report.pairwise.assign(a=report.pairwise["a"].map(to_short), b=report.pairwise["b"].map(to_short))
         figs = {
             f"pw-{metric}": figures.pairwise_matrix(
-                report.pairwise,
+                pairwise,
                 value=metric,
                 view=view,
-                labels=list(chosen),
-                title=title + (" (× chance)" if view == "ratio" else ""),
+                labels=short,
+                title=title + (" (× chance)" if view == "ratio" else "") + sub,
             )
             for metric, title in titles.items()
         }

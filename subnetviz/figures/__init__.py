@@ -36,6 +36,7 @@ from subnetviz.figures.style import (
     SEQUENTIAL,
     FigureDataError,
     color_map,
+    compact_labels,
     format_number,
     no_data_figure,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "accuracy_matrix",
     "chance_consensus",
     "color_map",
+    "compact_labels",
     "consensus_bars",
     "delta_image",
     "format_number",

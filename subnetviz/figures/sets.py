@@ -49,7 +49,8 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
     ):
         d = np.array([cx, cy]) - centroid
         d = d / np.hypot(*d) if np.hypot(*d) > 1e-9 else np.array([0.0, 1.0])
-        d = np.array([d[0], 1.0]) / np.hypot(d[0], 1.0) if abs(d[1]) < 0.3 else d  # side-by-side: label above
+        # Side by side: the label straight above its circle, centred (to the outer side it ran off the chart's edge).
+        d = np.array([0.0, 1.0]) if abs(d[1]) < 0.3 else d
         xa = "left" if d[0] > 0.3 else "right" if d[0] < -0.3 else "center"
         ya = "bottom" if d[1] > 0.3 else "top" if d[1] < -0.3 else "middle"
         fig.add_annotation(

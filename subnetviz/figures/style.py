@@ -6,6 +6,7 @@ Used by :mod:`subnetviz.figures` (sparsity, spectra, series, training), :mod:`su
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +57,48 @@ class FigureDataError(SubnetvizError):
 def color_map(labels: Sequence[str]) -> dict[str, str]:
     """Stable colours: the i-th label gets the i-th palette colour (cycled past 8)."""
     return {str(lab): PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
+
+
+def compact_labels(labels: Sequence[str], limit: int = 24) -> tuple[list[str], str]:
+    """Labels short enough for a chart's axis, and a line saying what was taken out ("" when nothing).
+
+    Only when some label is longer than ``limit`` characters: a run's masks are labelled "what · run id";
+    where the "what" parts alone tell the labels apart, the run ids move to the returned line. Then the
+    text every label shares at its start and at its end (cut at a space or a bracket) moves there too,
+    with "…" where each label's own part goes; a bare number keeps the word before it ("task 3", not
+    "3"). A label still longer than ``limit`` breaks onto a second line at " · ". Labels stay distinct
+    and in order.
+    """
+    labels = [str(x) for x in labels]
+    if len(labels) < 2 or max(map(len, labels)) <= limit:
+        return labels, ""
+    work, runs = labels, []
+    heads = [x.rsplit(" · ", 1)[0] for x in labels]
+    if all(" · " in x for x in labels) and len(set(heads)) == len(heads):
+        work, runs = heads, list(dict.fromkeys(x.rsplit(" · ", 1)[1] for x in labels))
+    short, shared = _strip_shared(work) if max(map(len, work)) > limit else (work, "")
+    if runs:
+        where = runs[0] if len(runs) == 1 else f"runs {', '.join(runs)}" if len(runs) <= 3 else f"{len(runs)} runs"
+        shared = f"{shared or '…'} · {where}"
+    return [x.replace(" · ", "<br>· ", 1) if len(x) > limit else x for x in short], shared
+
+
+def _strip_shared(labels: list[str]) -> tuple[list[str], str]:
+    """The labels without the text they all share at both ends, and that text with "…" for the rest."""
+    first, n = labels[0], min(map(len, labels))
+    p = min(len(os.path.commonprefix(labels)), n - 1)
+    while p > 0 and first[p - 1] not in " ([":  # the shared start ends after a separator
+        p -= 1
+    q = min(len(os.path.commonprefix([x[::-1] for x in labels])), n - 1 - p)
+    while q > 0 and first[len(first) - q] not in " )],":  # the shared end starts at a separator
+        q -= 1
+    short = [x[p : len(x) - q].strip() for x in labels]
+    if p and all(x.isdigit() for x in short):
+        p = max(first.rfind(c, 0, p - 1) for c in " ([") + 1  # back to the start of the word before
+        short = [x[p : len(x) - q].strip() for x in labels]
+    if p + q == 0 or not all(short) or len(set(short)) < len(short):
+        return labels, ""
+    return short, f"{first[:p]}…{first[len(first) - q :]}"
 
 
 def format_number(x, digits: int = 3, sign: bool = False) -> str:

@@ -312,6 +312,11 @@ def test_venn2_areas_are_the_planted_counts():
     np.testing.assert_allclose(marker.customdata[:, 1], [30, 50, 20])
     assert list(marker.hovertext) == ["only A", "only B", "A ∩ B"]
     assert fig.layout.yaxis.scaleanchor == "x"  # circles stay round
+    # Side by side, each label sits centred straight above its own circle (to the outer side a long one ran
+    # off the chart's edge).
+    for ann, (cx, cy), r in zip(fig.layout.annotations, (ca, cb), (ra, rb), strict=True):
+        assert (ann.xanchor, ann.yanchor) == ("center", "bottom")
+        assert (ann.x, ann.y) == pytest.approx((cx, cy + r))
 
 
 @pytest.mark.parametrize("regions", [(0, 0, 5), (5, 3, 0), (0, 7, 4)])
@@ -844,3 +849,30 @@ def test_token_bars_name_the_measures_and_shade_the_answer_positions():
     gap = B.token_bars(tokens.assign(predicts_answer=[True, True, False, False, False]))  # runs 0 and 4
     assert sorted((b.x0, b.x1) for b in gap.layout.shapes) == [(-0.5, 0.5), (3.5, 4.5)]
     assert not B.token_bars(tokens.drop(columns="predicts_answer")).layout.shapes  # older results: no band
+
+
+def test_compact_labels_take_out_what_every_label_shares():
+    run = "20261202-214905-continual-499df0"
+    tasks = [f"SupSup task {i} mask (d=0.05, seed 0) · {run}" for i in (1, 2, 3)]
+    assert F.compact_labels(tasks) == (["task 1", "task 2", "task 3"], f"SupSup … mask (d=0.05, seed 0) · {run}")
+    seeds = [f"SupSup task 1 mask (d=0.05, seed {i}) · {run}" for i in (0, 1)]
+    assert F.compact_labels(seeds) == (["seed 0", "seed 1"], f"SupSup task 1 mask (d=0.05, …) · {run}")
+    methods = [f"{m} task 1 mask (d=0.05, seed 0) · {run}" for m in ("SupSup", "ExSSNeT")]
+    assert F.compact_labels(methods) == (["SupSup", "ExSSNeT"], f"… task 1 mask (d=0.05, seed 0) · {run}")
+    # Masks of two runs that their "what" tells apart: the run ids go under the title.
+    a, b = "20261202-214905-bigram_mask-983484", "20261202-214905-bigram_mask-faf878"
+    two = [f"bigram mask λ=10 · {a}", f"optimal mask λ=10 · {b}"]
+    assert F.compact_labels(two) == (["bigram mask λ=10", "optimal mask λ=10"], f"… · runs {a}, {b}")
+    many = [f"mask {i} · run-{i}" + "x" * 20 for i in range(4)]
+    assert F.compact_labels(many)[1] == "… · 4 runs"
+    # The same "what" from two runs: the run ids are what tells them apart; the "what" goes under the title.
+    twins = [f"bigram mask λ=10 · {a}", f"bigram mask λ=10 · {b}"]
+    assert F.compact_labels(twins) == ([a, b], "bigram mask λ=10 · …")
+    # Nothing shared at either end: whole labels, each broken once at " · ".
+    odd = [f"bigram mask λ=10 · {a}", f"bigram mask λ=10 · {b} x", "Δ sft"]
+    assert F.compact_labels(odd) == ([f"bigram mask λ=10<br>· {a}", f"bigram mask λ=10<br>· {b} x", "Δ sft"], "")
+    assert F.compact_labels(["Δ grpo-s0", "Δ dpo", "Δ sft"]) == (["Δ grpo-s0", "Δ dpo", "Δ sft"], "")  # short: as is
+    same_start = ["a very long shared beginning X", "a very long shared beginning Y"]
+    assert F.compact_labels(same_start) == (["X", "Y"], "a very long shared beginning …")
+    one = ["a single label that is much longer than the limit"]
+    assert F.compact_labels(one) == (one, "")
