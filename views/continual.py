@@ -11,7 +11,7 @@ from subnetviz.figures import continual as cl_figures
 from subnetviz.report.training import run_names
 from subnetviz.supermask.config import ContinualConfig, PhaseEpochs
 from subnetviz.supermask.job import load_result, load_task_masks
-from subnetviz.supermask.metrics import owner_image
+from subnetviz.supermask.metrics import owner_image, supsup_note
 
 METHODS = ["finetune", "supsup", "ssnet", "exssnet", "exssnet+kkt"]
 BENCHMARKS = ["permuted-digits", "split-digits", "arithmetic-text"]
@@ -111,13 +111,8 @@ def results() -> None:
     seed = c2.selectbox("Seed", sorted(acc["seed"].unique()), key="cl_seed", bind="query-params")
     table = summary[summary["density"].isin([density, 1.0])]
     ui.table(table, "cl-summary", "Final accuracy, forgetting, capacity (mean ± sd over seeds)")
-    final = table.set_index("label")["final_acc_mean"]
-    if {"SupSup", "finetune"} <= set(final.index) and final["SupSup"] < final["finetune"]:
-        st.caption(
-            f"Note: SupSup ends below finetuning here ({100 * final['SupSup']:.1f} % vs {100 * final['finetune']:.1f} %): "
-            "at this density a fixed random network's masks hold less than trained dense weights on these small "
-            "tasks, and finetuning's forgetting stays mild; SupSup still never forgets a task."
-        )
+    if note := supsup_note(table, acc, density):
+        st.caption(note)
     methods = list(dict.fromkeys(acc["label"]))
     knn = frames["knn"]
     knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)] if len(knn) else knn

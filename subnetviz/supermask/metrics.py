@@ -251,3 +251,27 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         **{f"{m}_sd": (m, "std") for m in SUMMARY_METRICS},
     )
     return out.reset_index()
+
+
+def supsup_note(table: pd.DataFrame, acc: pd.DataFrame, density: float) -> str | None:
+    """Why SupSup ends below finetuning, when it does, in the run's own numbers (``table``: :func:`summarize` rows
+    at ``density`` and finetuning's; ``acc``: the accuracy frame): the accuracy on each task right after learning
+    it (mean over tasks and seeds), then what each forgets. None when SupSup ends level or above."""
+    by = table.set_index("label")
+    if not {"SupSup", "finetune"} <= set(by.index):
+        return None
+    sup, ft = by.loc["SupSup"], by.loc["finetune"]
+    if sup["final_acc_mean"] >= ft["final_acc_mean"]:
+        return None
+    just = acc[
+        (acc["after_task"] == acc["task"]) & (np.isclose(acc["density"], density) | (acc["label"] == "finetune"))
+    ]
+    learned = just.groupby("label")["acc"].mean()
+    return (
+        f"Note: SupSup ends below finetuning here ({100 * sup['final_acc_mean']:.1f} % vs "
+        f"{100 * ft['final_acc_mean']:.1f} % final accuracy). Right after learning a task, a SupSup mask over "
+        f"{100 * density:g} % of the fixed random network reaches {100 * learned['SupSup']:.1f} % on it and "
+        f"finetuning {100 * learned['finetune']:.1f} %; SupSup then forgets {100 * sup['forgetting_mean']:.1f} "
+        f"points, finetuning {100 * ft['forgetting_mean']:.1f}. SSNeT and ExSSNeT also train the weights inside "
+        "the mask."
+    )

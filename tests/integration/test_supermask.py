@@ -495,3 +495,34 @@ def test_figures_draw_the_numbers_they_are_given():
     kb = sf.knn_bars(knn).data
     assert len(kb) == 3 and [t.name for t in kb] == ["mask of task 1", "mask of task 2", "chance 1/C"]
     assert list(kb[0].x) == [2, 3] and list(kb[1].x) == [3] and list(kb[2].x) == [2, 3]
+
+
+def test_supsup_note_gives_the_runs_own_numbers():
+    import pandas as pd
+
+    from subnetviz.supermask.metrics import supsup_note
+
+    table = pd.DataFrame(
+        {
+            "label": ["finetune", "SupSup"],
+            "final_acc_mean": [0.50, 0.40],
+            "forgetting_mean": [0.45, 0.0],
+        }
+    )
+    # Two tasks, one seed: learned accuracy on task t is the row after_task == t.
+    rows = [
+        ("finetune", 1.0, 0, 0, 0.90),
+        ("finetune", 1.0, 1, 0, 0.10),
+        ("finetune", 1.0, 1, 1, 0.94),
+        ("SupSup", 0.05, 0, 0, 0.40),
+        ("SupSup", 0.05, 1, 0, 0.40),
+        ("SupSup", 0.05, 1, 1, 0.44),
+        ("SupSup", 0.10, 0, 0, 0.99),  # another density: not this one's
+    ]
+    acc = pd.DataFrame(rows, columns=["label", "density", "after_task", "task", "acc"])
+    note = supsup_note(table, acc, 0.05)
+    assert "(40.0 % vs 50.0 % final accuracy)" in note
+    assert "mask over 5 % of the fixed random network reaches 42.0 % on it and finetuning 92.0 %" in note
+    assert "SupSup then forgets 0.0 points, finetuning 45.0" in note
+    assert supsup_note(table.assign(final_acc_mean=[0.4, 0.5]), acc, 0.05) is None  # SupSup ahead: nothing to explain
+    assert supsup_note(table[table["label"] == "SupSup"], acc, 0.05) is None  # no finetuning baseline
