@@ -71,6 +71,12 @@ def subspace_parts(ws, k: int, model: str, side: str) -> tuple[dict, dict]:
         ws.base, list(ws.paths), labels=list(ws.labels), options=SubspaceOptions(k=int(k)), device=ws.device
     )
     ui.need(len(rows) > 0, "No 2-D weight matrices to compare.")
+    # Matrices named as on every other page and tab ("layers.0.mlp.down_proj.weight", without the checkpoint's
+    # "model." prefix); the CLI's subspaces files keep the checkpoint's own names.
+    from subnetviz.checkpoints.naming import strip_prefix
+
+    rows = rows.assign(name=rows["name"].map(strip_prefix))
+    vectors = vectors.assign(name=vectors["name"].map(strip_prefix))
     sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
     which = f"<br><sup>{model}, K = {int(k)}</sup>"  # the model in each chart: an export or paper figure has no picker

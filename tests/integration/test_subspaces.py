@@ -226,3 +226,8 @@ def test_spectra_page_subspaces_tab_renders(app_env):
     assert any("principal angle" in t.lower() for t in titles), titles
     model = at.selectbox(key="sub_model").value
     assert all(model in t for t in titles), titles  # each chart names the model it shows
+    # Matrices named as on the Spectra of Δ tab (and every other page): no checkpoint prefix "model.".
+    table = next(d.value for d in at.dataframe if "angle_left_max" in d.value.columns)
+    assert "layers.0.mlp.down_proj.weight" in set(table["name"]) and not table["name"].str.startswith("model.").any()
+    curves = next(s for s in plotly_specs(at) if "most rotated" in s["layout"]["title"]["text"])
+    assert curves["data"] and all(t["name"].startswith(("layers.", "lm_head", "embed")) for t in curves["data"])
