@@ -1,5 +1,6 @@
 """What drives sparsity: small training grids on the demo base, update sparsity and accuracy per factor."""
 
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -54,9 +55,15 @@ def body() -> None:
     ui.live(_results, kind="drivers")
 
 
-def _results() -> None:
+def read_results(outputs: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A finished grid's results table and the verdicts read from it."""
     from subnetviz.experiments.drivers import verdicts
 
+    results = pd.read_csv(Path(outputs) / "results.csv", dtype={"value": str})
+    return results, verdicts(results)
+
+
+def _results() -> None:
     runs = finished_runs()
     if not runs:  # inside a polling fragment: return, not st.stop
         from subnetviz.demo.extras import zoo_job_note
@@ -72,9 +79,8 @@ def _results() -> None:
         )
         return
     choice = st.selectbox("Results", list(runs), format_func=lambda r: runs[r][0], key="dr_run", bind="query-params")
-    results = pd.read_csv(runs[choice][1] / "results.csv", dtype={"value": str})
+    results, v = ui.shared(read_results, str(runs[choice][1]))  # a finished run's files: read once, for every session
     st.subheader("Which of the paper's conjectures does the zoo reproduce?")
-    v = verdicts(results)
     seeds = results["seed"].nunique()
     st.caption(
         f"{seeds} seed(s) per point on a 0.45M-parameter model: a difference smaller than the spread between "
@@ -95,16 +101,43 @@ def _results() -> None:
         key="dr_value",
         bind="query-params",
     )
-    ui.chart(dfig.factor_panels(results, value=value), key="dr-factors")
-    ui.chart(dfig.precision_pairs(results), key="dr-precision")
-    ui.table(results, "drivers-results", "One row per run and storage precision")
-    ui.table(v, "drivers-verdicts", "The paper's conjectures: expected, observed, reproduced")
+    figs, tables = ui.shared(result_parts, results, v, value)
+    # Sections as tabs that draw only when open (one chart, not two and both tables); in the URL.
+    tabs = st.tabs(TABS, key="dr_tab", on_change="rerun", bind="query-params")
+    for tab, keys in zip(tabs, TAB_PARTS.values(), strict=True):
+        if tab.open:
+            with tab:
+                for key in keys:
+                    if key in figs:
+                        ui.chart(figs[key], key=key)
+                    else:
+                        ui.table(tables[key][1], key, tables[key][0])
     ui.export_button(
         "What drives sparsity",
         {"results": runs[choice][0], "measure": value},
-        ["dr-factors", "dr-precision"],
-        ["drivers-verdicts", "drivers-results"],
+        list(figs),
+        list(tables),
+        more=partial(ui.shared, result_parts, results, v, value),  # the closed tabs, built on click
     )
+
+
+TAB_PARTS = {  # tab -> its charts and tables, in order
+    "By factor": ["dr-factors"],
+    "bf16 vs fp32": ["dr-precision"],
+    "Tables": ["drivers-verdicts", "drivers-results"],
+}
+TABS = list(TAB_PARTS)
+
+
+def result_parts(results: pd.DataFrame, verdicts: pd.DataFrame, value: str) -> tuple[dict, dict]:
+    """Every tab's figures (key -> figure) and tables (key -> (caption, frame)) of one grid: built once for
+    every session; the open tab draws from them, the export takes them all."""
+    figs = {"dr-factors": dfig.factor_panels(results, value=value), "dr-precision": dfig.precision_pairs(results)}
+    tables = {
+        "drivers-verdicts": ("The paper's conjectures: expected, observed, reproduced", verdicts),
+        "drivers-results": ("One row per run and storage precision", results),
+    }
+    return figs, tables
 
 
 ui.run_page(body)

@@ -209,6 +209,7 @@ def test_drivers_page_shows_a_finished_run(app_env):
         # A shared URL holds what the pickers show (Streamlit's binding keeps the formatted option).
         shared = open_page("drivers", dr_run="grid on the test zoo · fake-drivers-old", dr_value="Held-out accuracy")
         card = open_page("training", tr_view="Runs", tr_run="fake-drivers-old")  # the run in the Training list
+        pairs = open_page("drivers", dr_tab="bf16 vs fp32")  # a tab draws only when open; the URL opens it
     finally:  # the app home is shared by the session's other page tests: leave its registry as it was
         with runner.registry.transaction() as con:
             con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in runs])
@@ -229,6 +230,10 @@ def test_drivers_page_shows_a_finished_run(app_env):
     assert shared.radio(key="dr_value").options == ["Update sparsity", "Held-out accuracy", "Forward KL(π_base ‖ π)"]
     bars = [t for s in plotly_specs(shared) for t in s["data"] if t["type"] == "bar"]
     assert np.allclose(decode(bars[0]["y"]), [25.0, 50.0])
+    assert not pairs.exception, [e.message for e in pairs.exception]
+    (spec,) = plotly_specs(pairs)
+    assert [t.get("name") for t in spec["data"][1:]] == ["bf16 save", "fp32 save"]
+    assert np.allclose(decode(spec["data"][1]["y"]), [70.0, 60.0])  # the newest grid's bf16 saves
     # Its card on the Training page links to its results (the URL that picks it) and offers no curves to overlay.
     assert not card.exception, [e.message for e in card.exception]
     (link,) = [e.proto for e in card.get("page_link")]
