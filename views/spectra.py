@@ -132,7 +132,9 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple[dict
             title=f"{m}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
             zrange=figures.measure_range(grid, "stable_rank"),
         )
-    return figs, {"spectra-table": ("Rank, effective rank and stable rank", spec)}
+    return figs, {
+        "spectra-table": ("Rank, effective rank and stable rank", spec[[c for c in TABLE_COLUMNS if c in spec.columns]])
+    }
 
 
 def updates(ws) -> None:
@@ -140,17 +142,89 @@ def updates(ws) -> None:
     spec = ui.shared(spectra_rows, analysis)  # once per analysis, for every session
     ui.need(spec is not None, "No 2-D update matrices to analyse.")
     models = list(analysis.labels)
+    # Two views that draw only when chosen (one chart, or two heatmaps per model and the table); in the URL.
+    view = st.segmented_control(
+        "View",
+        VIEWS,
+        default=VIEWS[0],
+        required=True,
+        key="spec_view",
+        bind="query-params",
+        label_visibility="collapsed",
+    )
+    every = view != VIEWS[0]  # the rank view shows every layer and module: its pickers rest
     c1, c2, c3 = st.columns([2, 1, 1])
     chosen = c1.multiselect("Models", models, default=models[:1], key="spec_models", bind="query-params")
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
     layer_opts = ["all"] + [str(v) for v in layers]
     layer = c2.selectbox(
-        "Layer", layer_opts, index=1 if len(layer_opts) > 1 else 0, key="spec_layer", bind="query-params"
+        "Layer",
+        layer_opts,
+        index=1 if len(layer_opts) > 1 else 0,
+        key="spec_layer",
+        bind="query-params",
+        disabled=every,
+        help="The singular values' layer; the rank view shows every layer." if every else None,
     )
     mods = [m for m in spec["module"].dropna().unique()]
-    module = c3.selectbox("Module", ["all", *mods], key="spec_module", bind="query-params")
+    module = c3.selectbox(
+        "Module",
+        ["all", *mods],
+        key="spec_module",
+        bind="query-params",
+        disabled=every,
+        help="The singular values' module; the rank view shows every module." if every else None,
+    )
     ui.need(bool(chosen), "Pick at least one model.")
-    ui.chart(ui.shared(spectrum_figure, analysis, spec, tuple(chosen), layer, module), key="spectra")
+    keys = ["spectra"] + [f"{kind}-{m}" for m in chosen for kind in ("eff", "stable")]
+    if view == VIEWS[0]:
+        ui.chart(ui.shared(spectrum_figure, analysis, spec, tuple(chosen), layer, module), key="spectra")
+    else:
+        rank_view(spec, chosen)
+    ui.export_button(
+        "Spectra",
+        {"base": ws.base, "models": chosen, "layer": layer, "module": module},
+        [*keys, "sub-angles", "sub-principal", "sub-curves"],
+        ["spectra-table", "subspaces-table"],
+        # the other view and the closed Subspaces tab under the selections in the URL (on click only; the
+        # subspaces decompose every weight)
+        more=partial(
+            merged_parts,
+            partial(delta_parts, ws, tuple(chosen), layer, module),
+            partial(
+                subspace_parts,
+                ws,
+                int(st.query_params.get("sub_k", 16)),
+                st.query_params.get("sub_model", chosen[0]),
+                st.query_params.get("sub_side", "left"),
+            ),
+        ),
+    )
+
+
+VIEWS = ["Singular values", "Effective and stable rank"]
+TABLE_COLUMNS = [
+    "model",
+    "name",
+    "layer",
+    "module",
+    "rows",
+    "cols",
+    "density",
+    "rank",
+    "rank_frac",
+    "baseline_rank",
+    "baseline_rank_frac",
+    "effective_rank_99",
+    "stable_rank",
+    "method",
+    "skipped",
+    "note",
+]
+
+
+def rank_view(spec, chosen: list) -> None:
+    """Numerical rank in one sentence, effective and stable rank per chosen model as heatmaps, the table."""
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
     below = grid[grid["rank"] < grid[["rows", "cols"]].min(axis=1)]
@@ -160,7 +234,6 @@ def updates(ws) -> None:
         "how the update's energy is spread."
         + (f" Below full rank: {', '.join(below['model'] + ' · ' + below['name'])}." if len(below) else "")
     )
-    keys = []
     for model in chosen:
         one = grid[grid["model"] == model]
         a, b = st.columns(2)
@@ -185,40 +258,19 @@ def updates(ws) -> None:
                 ),
                 key=f"stable-{model}",
             )
-        keys += [f"eff-{model}", f"stable-{model}"]
-    cols = [
-        "model",
-        "name",
-        "layer",
-        "module",
-        "rows",
-        "cols",
-        "density",
-        "rank",
-        "rank_frac",
-        "baseline_rank",
-        "baseline_rank_frac",
-        "effective_rank_99",
-        "stable_rank",
-        "method",
-        "skipped",
-        "note",
-    ]
-    ui.table(spec[[c for c in cols if c in spec.columns]], "spectra-table", "Rank, effective rank and stable rank")
-    ui.export_button(
-        "Spectra",
-        {"base": ws.base, "models": chosen, "layer": layer, "module": module},
-        ["spectra", *keys, "sub-angles", "sub-principal", "sub-curves"],
-        ["spectra-table", "subspaces-table"],
-        # the closed Subspaces tab under the selections in the URL (decomposes every weight: on click only)
-        more=partial(
-            subspace_parts,
-            ws,
-            int(st.query_params.get("sub_k", 16)),
-            st.query_params.get("sub_model", chosen[0]),
-            st.query_params.get("sub_side", "left"),
-        ),
+    ui.table(
+        spec[[c for c in TABLE_COLUMNS if c in spec.columns]], "spectra-table", "Rank, effective rank and stable rank"
     )
+
+
+def merged_parts(*builders) -> tuple[dict, dict]:
+    """The figures and tables of several ``(figures, tables)`` builders, in order (for the export)."""
+    figs, tables = {}, {}
+    for build in builders:
+        f, t = build()
+        figs.update(f)
+        tables.update(t)
+    return figs, tables
 
 
 def spectra_rows(analysis):

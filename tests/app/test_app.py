@@ -166,6 +166,21 @@ def test_every_selection_is_restored_from_the_url(app_env, name):
     assert stale.multiselect(key="sp_models").value == ["grpo-s0"]
 
 
+def test_spectra_views_draw_only_their_own_charts(app_env):
+    """Singular values (the default) draws one chart; the rank view, from the URL, each chosen model's effective
+    and stable rank heatmaps (stable rank on one shared range) and the table."""
+    sv = open_page("spectra", spec_models=["grpo-s1", "dpo"])
+    assert not sv.exception and not sv.error
+    assert [s["layout"]["title"]["text"].split("<br>")[0] for s in plotly_specs(sv)] == ["Singular values of updates"]
+    rank = open_page("spectra", spec_models=["grpo-s1", "dpo"], spec_view="Effective and stable rank")
+    assert not rank.exception and not rank.error
+    titles = [s["layout"]["title"]["text"] for s in plotly_specs(rank)]
+    assert [t.split(":")[0] for t in titles] == ["grpo-s1", "grpo-s1", "dpo", "dpo"], titles
+    stable = [s["data"][0] for s in plotly_specs(rank) if "stable rank" in s["layout"]["title"]["text"]]
+    assert len({(h["zmin"], h["zmax"]) for h in stable}) == 1
+    assert any("effective_rank_99" in d.value.columns for d in rank.dataframe)
+
+
 def test_side_by_side_heatmaps_share_one_colour_range(app_env):
     models = ["grpo-s0", "grpo-s1", "dpo", "sft"]  # more than the old limit of four is allowed too
     at = open_page("sparsity", sp_models=models)
