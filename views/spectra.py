@@ -132,9 +132,7 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple[dict
             title=f"{m}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
             zrange=figures.measure_range(grid, "stable_rank"),
         )
-    return figs, {
-        "spectra-table": ("Rank, effective rank and stable rank", spec[[c for c in TABLE_COLUMNS if c in spec.columns]])
-    }
+    return figs, {"spectra-table": ("Rank, effective rank and stable rank", spec)}
 
 
 def updates(ws) -> None:
@@ -258,9 +256,7 @@ def rank_view(spec, chosen: list) -> None:
                 ),
                 key=f"stable-{model}",
             )
-    ui.table(
-        spec[[c for c in TABLE_COLUMNS if c in spec.columns]], "spectra-table", "Rank, effective rank and stable rank"
-    )
+    ui.table(spec, "spectra-table", "Rank, effective rank and stable rank")
 
 
 def merged_parts(*builders) -> tuple[dict, dict]:
@@ -274,13 +270,14 @@ def merged_parts(*builders) -> tuple[dict, dict]:
 
 
 def spectra_rows(analysis):
-    """Every analysed 2-D update (skipped ones left out) with its layer and module; None when there is none."""
+    """Every analysed 2-D update (skipped ones left out) with its layer and module, in the table's column order;
+    None when there is none."""
     spec = analysis.spectra_table()
     if not len(spec):
         return None
     meta = analysis.reports[0].tensors[["key", "layer", "module"]].rename(columns={"key": "name"})
     spec = spec.merge(meta, on="name", how="left")
-    return spec[~spec["skipped"].astype(bool)]
+    return spec.loc[~spec["skipped"].astype(bool), [c for c in TABLE_COLUMNS if c in spec.columns]]
 
 
 def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str):
