@@ -93,25 +93,31 @@ def _results() -> None:
             None: ":material/help: undecided",
         }[row.reproduced]
         st.markdown(f"**{row.conjecture}** — {mark}. Expected: {row.expected}; observed: {row.observed}.")
-    value = st.radio(
-        "Measure",
-        list(dfig.MEASURE),
-        format_func=lambda m: dfig.MEASURE[m][0],
-        horizontal=True,
-        key="dr_value",
-        bind="query-params",
-    )
-    figs, tables = ui.shared(result_parts, results, v, value)
     # Sections as tabs that draw only when open (one chart, not two and both tables); in the URL.
     tabs = st.tabs(TABS, key="dr_tab", on_change="rerun", bind="query-params")
+    # The measure is By factor's own control (the other tabs do not depend on it): in that tab, and while
+    # another tab is open, the last one chosen (Streamlit keeps a closed tab's widget value under its key).
+    value = st.session_state.get("dr_value")
+    value = value if value in dfig.MEASURE else next(iter(dfig.MEASURE))
     for tab, keys in zip(tabs, TAB_PARTS.values(), strict=True):
         if tab.open:
             with tab:
+                if "dr-factors" in keys:
+                    value = st.radio(
+                        "Measure",
+                        list(dfig.MEASURE),
+                        format_func=lambda m: dfig.MEASURE[m][0],
+                        horizontal=True,
+                        key="dr_value",
+                        bind="query-params",
+                    )
+                figs, tables = ui.shared(result_parts, results, v, value)
                 for key in keys:
                     if key in figs:
                         ui.chart(figs[key], key=key)
                     else:
                         ui.table(tables[key][1], key, tables[key][0])
+    figs, tables = ui.shared(result_parts, results, v, value)
     ui.export_button(
         "What drives sparsity",
         {"results": runs[choice][0], "measure": value},

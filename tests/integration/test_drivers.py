@@ -232,6 +232,7 @@ def test_drivers_page_shows_a_finished_run(app_env):
     assert np.allclose(decode(bars[0]["y"]), [25.0, 50.0])
     assert not pairs.exception, [e.message for e in pairs.exception]
     (spec,) = plotly_specs(pairs)
+    assert not pairs.radio  # the measure is By factor's control: the bf16-vs-fp32 chart does not depend on it
     assert [t.get("name") for t in spec["data"][1:]] == ["bf16 save", "fp32 save"]
     assert np.allclose(decode(spec["data"][1]["y"]), [70.0, 60.0])  # the newest grid's bf16 saves
     # Its card on the Training page links to its results (the URL that picks it) and offers no curves to overlay.
