@@ -14,6 +14,15 @@ def module_figure(per, steps: tuple[int, ...], first: str):
     return figures.module_series(frame, first=first)
 
 
+TABLE_NAMES = {  # the analysis's columns, named in the table as on the chart (the first checkpoint is the base)
+    "vs_first": "sparsity_vs_base",
+    "vs_previous": "sparsity_vs_previous",
+    "changed_vs_first": "changed_vs_base",
+    "changed_vs_previous": "changed_vs_previous",
+    "ever_updated": "back_to_start_share",
+}
+
+
 def body() -> None:
     st.title("Checkpoint series")
     st.caption(
@@ -56,9 +65,8 @@ def body() -> None:
         )
         per = ui.update_analysis(steps_ws)
         ui.chart(ui.shared(module_figure, per, tuple(steps[1:]), first), key="modules")
-    table = result.steps
+    table = result.steps.rename(columns=TABLE_NAMES)[["step", *TABLE_NAMES.values()]]
     if ticks is not None:  # not one run: each row names its checkpoint (the step is its place in the sidebar)
-        table = table.copy()
         table.insert(1, "checkpoint", [ticks[int(s)] for s in table["step"]])
     ui.table(table, "series-table", "Sparsity per step" if ticks is None else "Sparsity per checkpoint")
     ui.table(result.split, "split-table", "Never updated / cancelled out / subnetwork")

@@ -635,7 +635,15 @@ def test_workspace_series_names_its_checkpoints(app_env):
     at = open_page("series", series_src="workspace: base → finetuned in sidebar order")
     assert not at.exception and not at.error
     labels = at.multiselect(key="ft").value  # the sidebar's finetuned checkpoints, in order
-    table = next(d.value for d in at.dataframe if "vs_first" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "step" in d.value.columns)
+    # named as on the chart: sparsity against the base (not "vs_first", beside a count "changed_vs_first")
+    assert list(table.columns[2:]) == [
+        "sparsity_vs_base",
+        "sparsity_vs_previous",
+        "changed_vs_base",
+        "changed_vs_previous",
+        "back_to_start_share",
+    ]
     spec = next(s for s in plotly_specs(at) if "Checkpoint series" in s["layout"]["title"]["text"])
     assert "training" not in spec["layout"]["title"]["text"]
     ticks = spec["layout"]["xaxis"]["ticktext"]
