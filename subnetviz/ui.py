@@ -363,23 +363,52 @@ def chart(fig, key: str) -> None:
     st.session_state.setdefault("_figures", {})[key] = fig
 
 
+STYLED_CELLS = 20_000  # above this, a Styler costs more than a zero written 0.000e+0 (about 60 ms at the limit)
+
+
+def styled(shown: pd.DataFrame, fmts: dict[str, str]):
+    """``shown`` as :func:`table` hands it to Streamlit, and the columns whose text it writes itself.
+
+    A column format is one printf for every cell, and printf writes an exact zero ``0.000e+0``: a table
+    with a zero in an e-notation column goes as a Styler that writes those columns' text (``0`` for a
+    zero, as the export does). Streamlit shows a Styler's text only where no column format is set, so
+    the plain float columns get their text here too, as Streamlit's default writes it (four decimals,
+    trailing zeros trimmed). Sorting and downloads keep the numbers."""
+    from subnetviz.report.formats import E_NOTATION, MISSING, SHOWN_SMALL_PERCENT, e_text
+
+    zeros = [c for c, f in fmts.items() if f in E_NOTATION and bool((shown[c] == 0).any())]
+    if not zeros or shown.size > STYLED_CELLS:
+        return shown, set()
+    plain = [
+        str(c) for c in shown.columns if str(c) not in fmts and pd.api.types.is_float_dtype(shown[c])
+    ]  # no format: Streamlit would show the Styler's default six decimals
+    texts = {c: functools.partial(e_text, percent=fmts[c] == SHOWN_SMALL_PERCENT) for c in zeros}
+    texts.update({c: _plain_text for c in plain})
+    return shown.style.format(texts, na_rep=MISSING), set(zeros)
+
+
+def _plain_text(x: float) -> str:
+    return f"{x:.4f}".rstrip("0").rstrip(".")
+
+
 def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
     """A dataframe with CSV and Parquet downloads beside it; numbers shown by
     :func:`subnetviz.report.formats.display_frame` (separators, percent with two decimals, scientific),
     as the HTML export writes them; the downloads hold ``df`` itself."""
-    from subnetviz.report.formats import MISSING, SCIENTIFIC, SHOWN_SMALL_PERCENT, display_frame
+    from subnetviz.report.formats import E_NOTATION, MISSING, display_frame
     from subnetviz.report.html import download_frame
 
     own = kwargs.get("column_config") or {}
     shown, fmts = shared(display_frame, df, tuple(str(c) for c in own))  # the caller's columns stay its own
+    data, texts = styled(shown, fmts)
     # e-notation is wider than the column's auto-size guess from its header or its blank cells: fixed width
     formats = {
-        c: st.column_config.NumberColumn(format=f, width=96 if f in (SCIENTIFIC, SHOWN_SMALL_PERCENT) else None)
+        c: st.column_config.NumberColumn(format=None if c in texts else f, width=96 if f in E_NOTATION else None)
         for c, f in fmts.items()
     }
     kwargs["column_config"] = {**formats, **own}
     kwargs.setdefault("placeholder", MISSING)  # a missing value reads as a dash, not a grey "None"
-    st.dataframe(shown, key=key, width="stretch", hide_index=True, **kwargs)
+    st.dataframe(data, key=key, width="stretch", hide_index=True, **kwargs)
     st.session_state.setdefault("_tables", {})[key] = (caption or key, df)
     kinds = [("CSV", "csv", "csv", "text/csv"), ("Parquet", "parquet", "pq", "application/octet-stream")]
     row = st.container(horizontal=True)  # buttons as wide as their labels, also in a narrow column

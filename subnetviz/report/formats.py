@@ -93,9 +93,17 @@ def format_value(value: object, fmt: str | None) -> str:
 
 
 def _e(x: float) -> str:
-    """``x`` in e-notation with three decimals as the app's tables write it (printf in the browser: no zero
-    padding of the exponent, 1.200e-6 where Python writes 1.200e-06)."""
-    return re.sub(r"e([+-])0(\d)$", r"e\1\2", f"{x:.3e}")
+    """``x`` in e-notation with three decimals as the app's tables write it (no zero padding of the exponent,
+    1.200e-6 where Python writes 1.200e-06); an exact zero reads ``0``, not ``0.000e+0``."""
+    return "0" if x == 0 else re.sub(r"e([+-])0(\d)$", r"e\1\2", f"{x:.3e}")
+
+
+def e_text(value: object, percent: bool = False) -> str:
+    """One cell of an e-notation column as the app's tables show it (``percent``: a share column's value,
+    already × 100, with its ``%``); a missing value reads as the tables' dash."""
+    if value is None or not isinstance(value, int | float | np.integer | np.floating) or math.isnan(value):
+        return MISSING
+    return f"{_e(float(value))} %" if percent else _e(float(value))
 
 
 def formatted_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -110,6 +118,7 @@ def formatted_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 SHOWN_PERCENT = "%.2f %%"  # a share column in the app's tables: its values × 100 (display_frame)
 SHOWN_SMALL_PERCENT = "%.3e %%"
+E_NOTATION = (SCIENTIFIC, SHOWN_SMALL_PERCENT)  # the app's e-notation formats (printf writes a zero 0.000e+0)
 
 
 def display_frame(df: pd.DataFrame, keep: tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -251,8 +251,8 @@ def test_table_numbers_read_as_in_the_app():
     assert column_formats(tiny) == {"overlap": "small percent", "expected_overlap": "small percent"}
     assert list(formatted_frame(tiny)["expected_overlap"]) == [
         "2.453e-3 %",
-        "0.000e+0 %",
-    ]  # as printf writes them in the app
+        "0 %",
+    ]  # as the app shows them: a zero is 0, not 0.000e+0
     shown_tiny, tiny_fmts = display_frame(tiny)
     assert tiny_fmts["overlap"] == "%.3e %%" and list(shown_tiny["overlap"]) == pytest.approx([0.075, 0.002453])
     # a large fractional number (an expected count) gets separators too, as the app's "localized" shows it
@@ -270,3 +270,35 @@ def test_table_numbers_read_as_in_the_app():
     assert kept["o1"].equals(df["o1"]) and "o1" not in kept_fmts and kept_fmts["count_a"] == COUNT
     html = build_report("t", [ReportSection("s", tables=[("cap", df)])])
     assert "17,144" in html and "83.13 %" in html and "1.200e-6" in html
+
+
+def test_app_tables_write_a_zero_in_e_notation_columns_as_0():
+    """printf writes an exact zero 0.000e+0 (the tolerance of the exact criterion read so): a table with a zero
+    in an e-notation column goes to Streamlit as a Styler whose text for those columns is the export's, the
+    column left without a format (Streamlit's column format would win over the Styler's text)."""
+    from subnetviz.report.formats import display_frame
+    from subnetviz.ui import STYLED_CELLS, styled
+
+    df = pd.DataFrame(
+        {
+            "criterion": ["exact", "|Δ|>1e-08", "relative"],
+            "tolerance": [0.0, 1e-8, np.nan],
+            "expected_overlap": [0.0, 2.453e-5, 1e-3],  # a small share: percent in e-notation
+            "stable_rank": [4.7, 9.25, 1.0],  # a plain float column: Streamlit's default text
+            "changed": np.array([154086, 1, 0], dtype=np.int64),
+        }
+    )
+    shown, fmts = display_frame(df)
+    data, texts = styled(shown, fmts)
+    assert texts == {"tolerance", "expected_overlap"}
+    cells = data._translate(False, False)["body"]  # the text Streamlit shows (pandas' own rendering of the cells)
+    text = {(df.columns[j], i): cells[i][j + 1]["display_value"] for i in range(len(df)) for j in range(df.shape[1])}
+    assert [text["tolerance", i] for i in range(3)] == ["0", "1.000e-8", "—"]
+    assert [text["expected_overlap", i] for i in range(3)] == ["0 %", "2.453e-3 %", "1.000e-1 %"]
+    assert [text["stable_rank", i] for i in range(3)] == ["4.7", "9.25", "1"]
+    assert data.data["tolerance"].iloc[1] == 1e-8  # the numbers stay numbers: sorting and downloads
+    # no zero, or a table too large for a Styler to be cheap: the frame itself, printf formats
+    frame, none = styled(shown.iloc[1:], fmts)
+    assert isinstance(frame, pd.DataFrame) and none == set()
+    big = pd.DataFrame({"tolerance": np.r_[0.0, np.full(STYLED_CELLS, 1e-8)]})
+    assert styled(*display_frame(big))[1] == set()
