@@ -54,15 +54,22 @@ def body() -> None:
     grids = ui.shared(layer_grids, analysis, column)  # once per analysis and criterion, for every session
     # A per-tensor mean differs from the weighted share only where a cell holds several tensors.
     several = any((g["tensors"] > 1).any() for g in grids.values())
-    weighting = c3.radio(
-        "Average",
-        ["parameter-weighted", "per-tensor mean"] if several else ["parameter-weighted"],
-        key="sp_avg",
-        bind="query-params",
-        horizontal=True,
-        help="per-tensor mean is offered when a layer × module cell holds several tensors "
-        "(e.g. experts); with one tensor per cell both are the same.",
-    )
+    averages = ["parameter-weighted", "per-tensor mean"]
+    why = "per-tensor mean is offered when a layer × module cell holds several tensors (e.g. experts)"
+    if several:
+        weighting = c3.radio("Average", averages, key="sp_avg", bind="query-params", horizontal=True, help=why)
+    else:  # both shown, greyed: the choice exists, and the help says why it does not apply here
+        c3.radio(
+            "Average",
+            averages,
+            disabled=True,
+            horizontal=True,
+            key="sp_avg_one",
+            help=f"{why}; here every cell holds one tensor, so both averages are the same.",
+        )
+        weighting = averages[0]
+        if "sp_avg" in st.query_params:  # a shared URL's choice that this workspace cannot show
+            del st.query_params["sp_avg"]
     if crit == "relative":
         st.caption(ui.plain(relative_note(eta)))
     value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"

@@ -131,10 +131,12 @@ def test_query_params_restore_the_view(app_env):
     assert not at.exception
     assert at.selectbox(key="sp_crit").value == "1e-05"
     assert at.multiselect(key="sp_models").value == ["grpo-s0", "dpo"]
-    # One tensor per layer × module cell: the per-tensor mean equals the weighted share, so it is not offered
-    # and the stale URL entry falls back to the weighted average.
-    assert at.radio(key="sp_avg").options == ["parameter-weighted"]
-    assert at.radio(key="sp_avg").value == "parameter-weighted"
+    # One tensor per layer × module cell: the per-tensor mean equals the weighted share, so it is shown greyed
+    # (not a radio of one option), the help says why, and the stale URL entry is dropped.
+    (avg,) = [r for r in at.radio if r.label == "Average"]
+    assert avg.options == ["parameter-weighted", "per-tensor mean"] and avg.value == "parameter-weighted"
+    assert avg.disabled and "one tensor" in avg.help
+    assert "sp_avg" not in at.query_params
 
 
 RESTORE = {  # page -> {widget key: a non-default value}, as a shared URL carries them

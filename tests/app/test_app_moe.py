@@ -126,6 +126,9 @@ def _planted(ft: str, layer: int, expert: str) -> int:
 
 def test_update_sparsity_page_shows_the_planted_experts(moe_home):
     at = _open("sparsity", moe_home)
+    # Several experts per layer × module cell: the per-tensor mean is a different average, and a live choice.
+    avg = at.radio(key="sp_avg")
+    assert avg.options == ["parameter-weighted", "per-tensor mean"] and not avg.disabled
     charts = _charts(at)
     experts = ["0", "1", "2", "3", "shared"]
     for ft in ("ft1", "ft2"):
