@@ -246,10 +246,11 @@ def drill_down(ws, reports, crit: str, eta: float) -> None:
     row = mats[mats["key"] == key].iloc[0]
     path = dict(ws.finetuned)[model]
     upd = matrix_update(ws.base, path, row["name"], criterion=crit, eta=eta)
-    st.caption(
-        f"{ui.plain(row['name'])} · shape {row['shape']} · criterion {crit} · {upd.n_changed:,} of "
+    name = ui.plain(key) + (f" (stored as {ui.plain(row['name'])})" if row["name"] != key else "")
+    st.caption(  # the matrix named as in the picker, then as in the file
+        f"{name} · shape {row['shape']} · criterion {crit} · {upd.n_changed:,} of "
         f"{int(row['numel']):,} changed ({100 * upd.n_changed / max(1, int(row['numel'])):.2f} %) · "
-        f"largest |Δ| {row['max_abs_delta']:.3g}"
+        f"largest |Δ| {figures.format_number(row['max_abs_delta'])}"
     )
     subject = f"{model} · {key}"  # in each chart: the export and a paper figure have no picker to say it
     c, d = st.columns(2)

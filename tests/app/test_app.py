@@ -202,6 +202,8 @@ def test_one_matrix_follows_the_criterion(app_env):
     """The One matrix view counts under the chosen criterion, equal to the analysis table's count for that tensor."""
     from subnetviz.analysis.updates import analyze_updates
     from subnetviz.demo.build import load_zoo
+    from subnetviz.figures import format_number
+    from subnetviz.uilogic import plain
 
     zoo = load_zoo()
     members = {m.id: m.path for m in zoo.members}
@@ -223,6 +225,9 @@ def test_one_matrix_follows_the_criterion(app_env):
         assert crit in image["layout"]["title"]["text"]
         cap = next(c.value for c in at.caption if "criterion" in c.value)
         counts[crit] = int(cap.split(" · ")[3].split(" of ")[0].replace(",", ""))
+        # named as in the picker, then as stored in the checkpoint; a small |Δ| in e-notation
+        assert cap.startswith(plain(key) + " (stored as " + plain(row["name"]) + ")"), cap
+        assert cap.endswith(f"largest |Δ| {format_number(row['max_abs_delta'])}")
         assert counts[crit] == int(row[col]), (crit, cap)
         assert any("Signed update" in s["layout"]["title"]["text"] for s in plotly_specs(at))
     assert counts[tol] < counts["exact"]
