@@ -80,8 +80,15 @@ def listing_stamp() -> tuple:
 
 @functools.lru_cache(maxsize=4)
 def _run_models(runs: str, stamp: tuple) -> dict[str, str]:
+    """Finished runs' models, but not a zoo member's registered run: its model links to the member's folder,
+    which the list holds already under the member's name."""
     found = sorted(Path(runs).glob("*/outputs/model/config.json"))  # only complete runs have outputs/
-    return {f"run {model.parts[-4]}": str(model.parent) for model in found}
+    zoo = os.path.realpath(config.zoo_dir()) + os.sep
+    return {
+        f"run {model.parts[-4]}": str(model.parent)
+        for model in found
+        if not os.path.realpath(model.parent).startswith(zoo)
+    }
 
 
 def current_zoo():

@@ -24,11 +24,15 @@ def mask_choices(ws) -> dict[str, str]:
 
 
 def finished_runs() -> dict[str, Path]:
+    """Succeeded behaviour jobs by name ("run name · id", as every picker shows runs) -> their outputs."""
+    from subnetviz.report.training import run_names
+
     df = ui.job_runner().list_runs()
     if not len(df):
         return {}
     done = df[(df["kind"] == "behavior") & (df["status"] == "succeeded")]
-    return {f"run {r.id}": Path(r.run_dir) / "outputs" for r in done.itertuples()}
+    names = run_names(done)
+    return {f"run {names[r.id]}": Path(r.run_dir) / "outputs" for r in done.itertuples()}
 
 
 def body() -> None:

@@ -1,5 +1,6 @@
 """Training runs: launch a full or subnetwork-only finetune (TRL), watch it, compare the twins."""
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -357,15 +358,21 @@ def body() -> None:
 
 
 def candidates() -> dict[str, str]:
-    """Finished models to compare: the zoo's members and succeeded runs' models (label -> path)."""
+    """Finished models to compare (label -> path): the zoo's members, then succeeded runs' models by name
+    ("run name · id"), each model once (a zoo member's registered run links to the member's folder)."""
+    from subnetviz.report.training import run_names
+
     z = ui.zoo()
     out: dict[str, str] = {}
     if z is not None:
         out.update({f"zoo {m.id}": str(m.path) for m in z.members})
-    for rec in ui.job_runner().list_runs().itertuples():
+    seen = {os.path.realpath(p) for p in out.values()}
+    runs = ui.job_runner().list_runs()
+    names = run_names(runs) if len(runs) else {}
+    for rec in runs.itertuples():
         model = Path(rec.run_dir) / "outputs" / "model"
-        if rec.status == "succeeded" and model.is_dir():
-            out[f"run {rec.id}"] = str(model)
+        if rec.status == "succeeded" and model.is_dir() and os.path.realpath(model) not in seen:
+            out[f"run {names[rec.id]}"] = str(model)
     return out
 
 

@@ -540,10 +540,61 @@ def test_training_comparison_follows_a_model_rewritten_under_the_same_path(app_e
     for member in ("grpo-s1", "grpo-s2"):
         weights = model / "model.safetensors"
         shutil.copyfile(zoo.member_path(member) / "model.safetensors", weights)  # rewritten in place
-        at = open_page("training", tr_view="Subnetwork vs full", cmp_full="zoo grpo-s0", cmp_sub=f"run {rid}")
+        at = open_page("training", tr_view="Subnetwork vs full", cmp_full="zoo grpo-s0", cmp_sub=f"run python · {rid}")
         assert not at.exception and not at.error, [e.value for e in at.error]
         shown = {m.label: m.value for m in at.metric}["parameters bitwise identical"]
         assert shown == f"{100 * compare_runs(full, model).share_identical:.2f} %", member
+
+
+def test_run_models_are_named_and_listed_once(app_env):
+    """The comparison pickers name a run's model ("run name · id", not only the id), and neither they nor the
+    sidebar list a zoo member twice: the demo build registers each member's training as a run whose model
+    links to the member's folder (that listed both "zoo grpo-s0" and "run zoo-…-grpo-s0-…")."""
+    import shutil
+    import time
+
+    from subnetviz import config
+    from subnetviz.demo import load_zoo
+    from subnetviz.demo.extras import register_member_runs
+    from subnetviz.jobs.registry import RunRecord
+    from subnetviz.jobs.runner import JobRunner
+
+    zoo, runner = load_zoo(), JobRunner()
+    members = register_member_runs(zoo, runner)  # links, as `demo build` makes them
+    own = "own-rerun-of-grpo-s1"  # a run's own model: a copy, listed under its name
+    run_dir = config.runs_dir() / own
+    shutil.copytree(zoo.member_path("grpo-s1"), run_dir / "outputs" / "model")
+    now = time.time()
+    times = {"created": now, "started": now, "ended": now, "pid": None, "pid_start": None, "error": None}
+    rec = RunRecord(
+        own,
+        "train",
+        "grpo s1 rerun",
+        "succeeded",
+        **times,
+        step=1,
+        total=1,
+        last_metrics={},
+        run_dir=str(run_dir),
+        config={"kind": "train"},
+    )
+    with runner.registry.transaction() as con:
+        runner.registry.insert(con, rec)
+    try:
+        at = open_page("training", tr_view="Subnetwork vs full")
+    finally:  # the app home is shared by the module's other tests: leave its runs as they were
+        ids = [own, *members.values()]
+        with runner.registry.transaction() as con:
+            con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+        for i in ids:
+            shutil.rmtree(config.runs_dir() / i)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    options = at.selectbox(key="cmp_full").options
+    assert f"run grpo s1 rerun · {own}" in options, options
+    assert sorted(o for o in options if o.startswith("zoo ")) == sorted(f"zoo {m.id}" for m in zoo.members)
+    sidebar = at.multiselect(key="ft").options
+    assert f"run {own}" in sidebar and set(members.values()).isdisjoint({o.split()[-1] for o in sidebar})
+    assert not any(i in o for o in options for i in members.values()), options  # no member a second time
 
 
 def test_training_comparison_is_bitwise_first_and_accuracy_on_request(app_env):

@@ -245,3 +245,57 @@ def test_behaviour_page_renders(app_env):
     assert radio.value == "accuracy" and radio.options == list(MEASURE.values())
     bars = next(s for s in plotly_specs(acc) if s["data"][0]["type"] == "bar")
     assert bars["layout"]["title"]["text"].startswith(MEASURE["accuracy"])
+
+
+@pytest.mark.slow
+def test_behaviour_page_names_a_finished_job_and_shows_its_results(app_env):
+    """A behaviour job's results are offered by the run's name ("run name · id", not "run id"), and choosing
+    it shows that run's numbers (its one model and prompt set, not the page's own computation)."""
+    import shutil
+    import time
+
+    from subnetviz import config
+    from subnetviz.analysis.behavior import run_config, write_behavior
+    from subnetviz.analysis.behavior_data import zoo_prompt_files
+    from subnetviz.demo import load_zoo
+    from subnetviz.jobs.registry import RunRecord
+    from subnetviz.jobs.runner import JobRunner
+    from tests.app_fixtures import decode, open_page, plotly_specs
+
+    zoo, runner = load_zoo(), JobRunner()
+    cfg = {"kind": "behavior", "base": str(zoo.base), "finetuned": [str(zoo.member_path("dpo"))], "labels": ["dpo"]}
+    report = run_config({**cfg, "prompts": [str(zoo_prompt_files()[0])], "limit": 4, "curve": []})
+    run_id, now = "behaviour-job-of-dpo", time.time()
+    run_dir = config.runs_dir() / run_id
+    (run_dir / "outputs").mkdir(parents=True)
+    write_behavior(report, run_dir / "outputs")
+    times = {"created": now, "started": now, "ended": now, "pid": None, "pid_start": None, "error": None}
+    rec = RunRecord(
+        run_id,
+        "behavior",
+        "dpo on 4 prompts",
+        "succeeded",
+        **times,
+        step=1,
+        total=1,
+        last_metrics={},
+        run_dir=str(run_dir),
+        config=cfg,
+    )
+    with runner.registry.transaction() as con:
+        runner.registry.insert(con, rec)
+    label = f"run dpo on 4 prompts · {run_id}"
+    try:
+        at = open_page("behavior", bh_source=label)
+    finally:  # the app home is shared by the module's other tests
+        with runner.registry.transaction() as con:
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(run_dir)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    source = at.radio(key="bh_source")
+    assert label in source.options and source.value == label
+    bars = next(s for s in plotly_specs(at) if s["data"][0]["type"] == "bar")
+    assert [t["name"] for t in bars["data"]] == ["dpo"]
+    want = report.summary.set_index("experiment").loc["finetuned", "kl_forward"]
+    got = dict(zip(bars["data"][0]["x"], decode(bars["data"][0]["y"]).tolist(), strict=True))["finetuned"]
+    assert got == pytest.approx(want, rel=1e-6)
