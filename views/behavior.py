@@ -89,21 +89,18 @@ def body() -> None:
 
 
 TABS = ["Per model", "Per prompt", "Per token"]
+KL = ["kl_forward", "kl_reverse"]  # a prompt's accuracy is one right-or-wrong: Per prompt spreads the KLs only
 
 
 def show(res: dict[str, pd.DataFrame]) -> None:
-    value = st.radio(  # named as on the charts; the tables keep the column names
-        "Measure",
-        list(bfig.MEASURE),
-        format_func=bfig.MEASURE.get,
-        horizontal=True,
-        key="bh_value",
-        bind="query-params",
-    )
     # Sections as tabs that draw only when open: 1-2 charts per view instead of four (faster to show).
     tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")
+    # Each tab has its own controls (Per token draws both KLs, with no measure to choose); a closed tab's
+    # choice stays as last made (Streamlit keeps it under its key), for the export.
+    value, kl = _kept("bh_value", list(bfig.MEASURE)), _kept("bh_kl", KL)
     if tabs[0].open:
         with tabs[0]:
+            value = _measure("Measure", list(bfig.MEASURE), "bh_value")
             figs, tables = ui.shared(model_parts, res, value)
             a, b = st.columns(2)
             with a:
@@ -114,7 +111,8 @@ def show(res: dict[str, pd.DataFrame]) -> None:
                 ui.table(frame, key, caption)
     if tabs[1].open:
         with tabs[1]:
-            ui.chart(ui.shared(prompt_spread, res, value), key="bh-hist")
+            kl = _measure("KL", KL, "bh_kl")
+            ui.chart(ui.shared(prompt_spread, res, kl), key="bh-hist")
     tokens = res["tokens"]
     models = list(dict.fromkeys(tokens["model"]))
     selection = {}
@@ -136,11 +134,22 @@ def show(res: dict[str, pd.DataFrame]) -> None:
         selection = {"model": model, "experiment": experiment, "prompt": prompt}
     ui.export_button(
         "Behaviour",
-        {"measure": value, **selection},
+        {"measure": value, "per-prompt KL": kl, **selection},
         ["bh-bars", "bh-curves", "bh-hist", "bh-tokens"],
         ["behavior-summary", "behavior-curves"],
-        more=lambda: every_tab(res, value, selection),
+        more=lambda: every_tab(res, value, kl, selection),
     )
+
+
+def _kept(key: str, options: list[str]) -> str:
+    """A tab's measure while the tab is closed: the last one chosen there, else the first."""
+    value = st.session_state.get(key)
+    return value if value in options else options[0]
+
+
+def _measure(label: str, options: list[str], key: str) -> str:
+    """A measure radio, named as on the charts (the tables keep the column names)."""
+    return st.radio(label, options, format_func=bfig.MEASURE.get, horizontal=True, key=key, bind="query-params")
 
 
 def experiments_of(tokens: pd.DataFrame, model: str) -> list[str]:
@@ -158,12 +167,11 @@ def model_parts(res: dict, value: str) -> tuple[dict, dict]:
     return figs, tables
 
 
-def prompt_spread(res: dict, value: str):
-    """Each finetuned model's per-prompt mean KL (the forward KL when the measure is accuracy: a prompt's
-    accuracy is one right-or-wrong)."""
+def prompt_spread(res: dict, kl: str):
+    """Each finetuned model's per-prompt mean forward or reverse KL."""
     prompts = res["prompts"]
     finetuned = prompts[prompts["experiment"] == "finetuned"]
-    return bfig.prompt_spread(finetuned, value=value if value != "accuracy" else "kl_forward")
+    return bfig.prompt_spread(finetuned, value=kl)
 
 
 def token_figure(tokens: pd.DataFrame, model: str, experiment: str, prompt: int):
@@ -171,10 +179,10 @@ def token_figure(tokens: pd.DataFrame, model: str, experiment: str, prompt: int)
     return bfig.token_bars(one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved")
 
 
-def every_tab(res: dict, value: str, selection: dict) -> tuple[dict, dict]:
+def every_tab(res: dict, value: str, kl: str, selection: dict) -> tuple[dict, dict]:
     """Every tab's figures and tables, for the export (the closed tabs are built on click only)."""
     figs, tables = model_parts(res, value)
-    figs = {**figs, "bh-hist": prompt_spread(res, value)}
+    figs = {**figs, "bh-hist": prompt_spread(res, kl)}
     if selection:
         figs["bh-tokens"] = token_figure(
             res["tokens"], selection["model"], selection["experiment"], selection["prompt"]

@@ -245,6 +245,16 @@ def test_behaviour_page_renders(app_env):
     assert radio.value == "accuracy" and radio.options == list(MEASURE.values())
     bars = next(s for s in plotly_specs(acc) if s["data"][0]["type"] == "bar")
     assert bars["layout"]["title"]["text"].startswith(MEASURE["accuracy"])
+    # Each tab has its own control: Per prompt spreads a KL (a prompt's accuracy is one right-or-wrong), and
+    # Per token draws both KLs with no measure to choose.
+    spread = open_page("behavior", bh_tab="Per prompt", bh_kl=MEASURE["kl_reverse"])
+    assert not spread.exception, [e.message for e in spread.exception]
+    (radio,) = [r for r in spread.radio if r.key != "bh_source"]  # beside the Results picker
+    assert radio.key == "bh_kl" and radio.options == [MEASURE["kl_forward"], MEASURE["kl_reverse"]]
+    (box,) = plotly_specs(spread)
+    assert box["layout"]["title"]["text"] == "Per-prompt mean reverse KL(π ‖ π_base)"
+    tokens = open_page("behavior", bh_tab="Per token")
+    assert not tokens.exception and [r.key for r in tokens.radio] == ["bh_source"]
 
 
 @pytest.mark.slow
