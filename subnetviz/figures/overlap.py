@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from subnetviz.figures.style import (
+    GREY_CELL,
     PALETTE,
     SEQUENTIAL,
     FigureDataError,
@@ -58,12 +59,46 @@ def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | No
     hover = "layer %{y} · %{x}<br>Jaccard %{customdata[0]:.2f}%<br>chance %{customdata[1]:.2f}%<br>×chance %{customdata[2]:.2f}"
     if view == "ratio":
         z, trace = _ratio_axis(ratio)
-        return _layer_heatmap(layers, modules, z, custom, hover, title, "Jaccard ×chance", text=_times(ratio), **trace)
-    text = np.where(np.isfinite(g["jaccard"]), np.char.mod("%.1f%%", np.nan_to_num(100 * g["jaccard"])), "")
-    text = np.char.add(text, np.where(np.isfinite(ratio), np.char.add("<br>", _times(ratio)), ""))
-    return _layer_heatmap(
-        layers, modules, 100 * g["jaccard"], custom, hover, title, "Jaccard (%)", text=text, colorscale=SEQUENTIAL
+        fig = _layer_heatmap(layers, modules, z, custom, hover, title, "Jaccard ×chance", text=_times(ratio), **trace)
+    else:
+        text = np.where(np.isfinite(g["jaccard"]), np.char.mod("%.1f%%", np.nan_to_num(100 * g["jaccard"])), "")
+        text = np.char.add(text, np.where(np.isfinite(ratio), np.char.add("<br>", _times(ratio)), ""))
+        fig = _layer_heatmap(
+            layers, modules, 100 * g["jaccard"], custom, hover, title, "Jaccard (%)", text=text, colorscale=SEQUENTIAL
+        )
+    return _undefined_cells(fig, layers, modules, g["jaccard"], ratio if view == "ratio" else None)
+
+
+NEITHER = "neither mask has a weight here"
+ONE_SIDED = "one mask has no weight here: Jaccard 0, and no chance baseline to divide by"
+
+
+def _undefined_cells(fig: go.Figure, layers, modules, jaccard: np.ndarray, ratio: np.ndarray | None) -> go.Figure:
+    """The cells with nothing to colour, drawn grey with a dash and what is missing in the hover (left blank
+    they read as missing data): no weight in either mask (Jaccard 0/0), or, on the ×chance scale, a mask
+    with no weight in the cell (chance 0)."""
+    neither = ~np.isfinite(jaccard)
+    one = ~neither & ~np.isfinite(ratio) if ratio is not None else np.zeros_like(neither)
+    if not (neither | one).any():
+        return fig
+    note = np.where(neither, NEITHER, np.where(one, ONE_SIDED, ""))
+    fig.add_trace(
+        go.Heatmap(
+            z=np.where(neither | one, 0.0, np.nan),
+            x=modules,
+            y=layers,
+            colorscale=[[0, GREY_CELL], [1, GREY_CELL]],
+            showscale=False,
+            text=np.where(neither | one, "—", ""),
+            texttemplate="%{text}",
+            customdata=note,
+            hovertemplate="layer %{y} · %{x}<br>%{customdata}<extra></extra>",
+            hoverongaps=False,
+            xgap=1,
+            ygap=1,
+        )
     )
+    return fig
 
 
 def pairwise_matrix(

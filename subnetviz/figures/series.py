@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from subnetviz.figures.style import (
+    GREY_CELL,
     PALETTE,
     SEQUENTIAL,
     FigureDataError,
@@ -287,5 +288,5 @@ def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: 
         "evaluated on task",
         "after training task",
         height=max(360, 140 + 50 * a.shape[0]),
-        plot_bgcolor="#E6E6E6",
+        plot_bgcolor=GREY_CELL,
     )

@@ -18,6 +18,7 @@ from subnetviz.errors import SubnetvizError
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
 SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu_r"
+GREY_CELL = "#E6E6E6"  # a heatmap cell with nothing to colour (not trained yet, no weight in either mask)
 MODULE_ORDER = (
     "embed",
     "pos_embed",
@@ -250,6 +251,7 @@ def _ratio_axis(ratio: np.ndarray) -> tuple[np.ndarray, dict]:
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.log2(np.where(ratio > 0, ratio, np.nan))
     span = max(0.25, float(np.nanmax(np.abs(z)))) if np.isfinite(z).any() else 1.0
+    z = np.where(ratio == 0, -span, z)  # ×0 (no overlap where chance expects some): the scale's low end, not blank
     nice = np.log2(_NICE_RATIOS)
     ticks = np.unique(np.concatenate([-nice, nice]))
     ticks = ticks[np.abs(ticks) <= span + 1e-9]

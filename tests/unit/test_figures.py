@@ -671,6 +671,33 @@ def test_overlap_layer_heatmap_drops_empty_columns_and_fits_the_ratio_range():
     assert "×2.5" in r.colorbar.ticktext and all(abs(t) <= r.zmax + 1e-9 for t in r.colorbar.tickvals)
 
 
+def test_overlap_layer_heatmap_greys_the_cells_with_nothing_to_colour_and_says_why():
+    """A cell neither mask touches (Jaccard 0/0) and, on the ×chance scale, one only a single mask touches
+    (chance 0) are drawn grey with a dash and a hover that says which; ×0 (no overlap where chance expects
+    some) is a value, drawn at the scale's low end, not left blank."""
+    df = pd.DataFrame(
+        {  # layer 0: q ×2, k neither mask; layer 1: q one mask only, k disjoint masks (Jaccard 0, chance 0.1)
+            "layer": [0, 0, 1, 1],
+            "module": ["q", "k", "q", "k"],
+            "jaccard": [0.4, np.nan, 0.0, 0.0],
+            "jaccard_chance": [0.2, np.nan, 0.0, 0.1],
+        }
+    )
+    value = F.overlap_layer_heatmap(df)
+    main, grey = value.data
+    assert np.isnan(main.z[0][1]) and list(grey.text[0]) == ["", "—"] and list(grey.text[1]) == ["", ""]
+    assert grey.customdata[0][1] == "neither mask has a weight here" and not grey.showscale
+    assert main.text[1][0] == "0.0%"  # in values, a one-sided cell is a Jaccard of 0, drawn as one
+    ratio = F.overlap_layer_heatmap(df, view="ratio")
+    main, grey = ratio.data
+    assert [list(r) for r in grey.text] == [["", "—"], ["—", ""]]
+    assert "no chance baseline" in grey.customdata[1][0]
+    assert main.z[1][1] == pytest.approx(main.zmin) and main.text[1][1] == "×0.00"  # ×0: the low end
+    assert main.z[0][0] == pytest.approx(1.0)  # log2(×2)
+    # nothing undefined: no grey layer
+    assert len(F.overlap_layer_heatmap(df.iloc[[0]]).data) == 1
+
+
 def test_series_lines_adds_the_step0_point_and_names_the_start():
     df = pd.DataFrame(
         {"step": [10, 20], "vs_first": [0.9, 0.8], "vs_previous": [0.9, 0.95], "ever_updated": [0.0, 0.01]}
