@@ -24,7 +24,7 @@ import plotly.offline
 from subnetviz.cache import atomic_write
 from subnetviz.errors import ConfigError
 from subnetviz.figures import PLOTLY_CONFIG
-from subnetviz.report.formats import formatted_frame
+from subnetviz.report.formats import MISSING, formatted_frame
 from subnetviz.version import version_info, version_string
 
 _CSS = """
@@ -35,8 +35,8 @@ header{padding-top:24px}h1{font-size:1.7em;margin:0 0 4px}h2{font-size:1.3em;mar
 section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:18px 20px;margin:18px 0}
 .figure{margin:12px 0}.notes{white-space:pre-wrap;line-height:1.45}
 table{border-collapse:collapse;font-size:.88em;margin:6px 0 14px}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;font-variant-numeric:tabular-nums}th{background:#f2f2f2}
-td:first-child,th:first-child{text-align:left}caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;font-variant-numeric:tabular-nums}th{background:#f2f2f2}
+.num{text-align:right}caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
 .params td{text-align:left;font-family:ui-monospace,monospace}
 .tablewrap{overflow-x:auto}
 """
@@ -72,10 +72,28 @@ def _fmt_param(v: object) -> str:
 
 
 def _table_html(caption: str, df: pd.DataFrame, max_rows: int) -> str:
-    shown = formatted_frame(df.head(max_rows))  # numbers as the app shows them (separators, %, e-notation)
-    body = shown.to_html(classes="data", index=False, escape=True, border=0, na_rep="—")
+    head = df.head(max_rows)
+    shown = formatted_frame(head)  # numbers as the app shows them (separators, %, e-notation)
+    # numbers right-aligned, as in the app's tables; text (names, kinds, sides) left-aligned
+    cls = [
+        "num" if pd.api.types.is_numeric_dtype(head[c]) and not pd.api.types.is_bool_dtype(head[c]) else "txt"
+        for c in head.columns
+    ]
+    th = "".join(f'<th class="{k}">{html.escape(str(c))}</th>' for k, c in zip(cls, shown.columns, strict=True))
+    rows = "".join(
+        "<tr>" + "".join(f'<td class="{k}">{_cell(v)}</td>' for k, v in zip(cls, row, strict=True)) + "</tr>"
+        for row in shown.itertuples(index=False, name=None)
+    )
+    body = f'<table class="data"><thead><tr>{th}</tr></thead><tbody>{rows}</tbody></table>'
     more = f'<p class="meta">first {max_rows} of {len(df):,} rows</p>' if len(df) > max_rows else ""
     return f'<div class="tablewrap"><p><b>{html.escape(caption)}</b></p>{body}{more}</div>'
+
+
+def _cell(value: object) -> str:
+    """One table cell's text, escaped; a missing value reads as the app's dash."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return MISSING
+    return html.escape(str(value))
 
 
 def build_report(

@@ -302,3 +302,27 @@ def test_app_tables_write_a_zero_in_e_notation_columns_as_0():
     assert isinstance(frame, pd.DataFrame) and none == set()
     big = pd.DataFrame({"tolerance": np.r_[0.0, np.full(STYLED_CELLS, 1e-8)]})
     assert styled(*display_frame(big))[1] == set()
+
+
+def test_export_tables_align_text_left_and_numbers_right():
+    """As in the app: names, kinds and sides read left-aligned, numbers right-aligned (the export right-aligned
+    every column but the first, so 'zoo grpo-s0/inside' sat flush right); missing values read '—', text is
+    escaped."""
+    df = pd.DataFrame(
+        {
+            "model": ["grpo-s0", "<b>x</b>"],
+            "experiment": ["finetuned", None],
+            "kl_forward": [1.202e-4, np.nan],
+            "tokens": np.array([128, 64], dtype=np.int64),
+            "kkt": [True, False],
+        }
+    )
+    html = build_report("t", [ReportSection("s", tables=[("cap", df)])])
+    table = html[html.index('<table class="data">') : html.index("</table>", html.index('<table class="data">'))]
+    heads = re.findall(r'<th class="(\w+)">([^<]*)</th>', table)
+    assert heads == [("txt", "model"), ("txt", "experiment"), ("num", "kl_forward"), ("num", "tokens"), ("txt", "kkt")]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
+    cells = [re.findall(r'<td class="(\w+)">([^<]*)</td>', r) for r in rows]
+    assert cells[0] == [("txt", "grpo-s0"), ("txt", "finetuned"), ("num", "1.202e-4"), ("num", "128"), ("txt", "True")]
+    assert cells[1] == [("txt", "&lt;b&gt;x&lt;/b&gt;"), ("txt", "—"), ("num", "—"), ("num", "64"), ("txt", "False")]
+    assert ".num{text-align:right}" in html
