@@ -274,6 +274,15 @@ def anonymous_role(auth: dict):
 
 
 # --- export ------------------------------------------------------------------------------------------
+def _shown_param(value: object) -> object:
+    """A dashboard parameter as a visitor may see it: absolute paths in it relative to their root."""
+    if isinstance(value, str):
+        return config.redact(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_shown_param(v) for v in value)
+    return value
+
+
 def dashboard_html(
     title: str,
     params: dict,
@@ -288,6 +297,7 @@ def dashboard_html(
 
     f, t = more() if more is not None else ({}, {})
     allf, allt = {**f, **figures}, {**t, **tables}
+    params = {k: _shown_param(v) for k, v in params.items()}  # a shared file shows no server path
     section = ReportSection(
         title=title,
         figures=[allf[k] for k in figure_keys if k in allf],

@@ -134,7 +134,7 @@ def show(res: dict[str, pd.DataFrame]) -> None:
         selection = {"model": model, "experiment": experiment, "prompt": prompt}
     ui.export_button(
         "Behaviour",
-        {"measure": value, "per-prompt KL": kl, **selection},
+        {"measure": bfig.MEASURE[value], "per-prompt KL": bfig.MEASURE[kl], **selection},
         ["bh-bars", "bh-curves", "bh-hist", "bh-tokens"],
         ["behavior-summary", "behavior-curves"],
         more=lambda: every_tab(res, value, kl, selection),

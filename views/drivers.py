@@ -120,7 +120,7 @@ def _results() -> None:
     figs, tables = ui.shared(result_parts, results, v, value)
     ui.export_button(
         "What drives sparsity",
-        {"results": runs[choice][0], "measure": value},
+        {"results": runs[choice][0], "measure": dfig.MEASURE[value][0]},
         list(figs),
         list(tables),
         more=partial(ui.shared, result_parts, results, v, value),  # the closed tabs, built on click

@@ -44,7 +44,7 @@ def body() -> None:
         horizontal=True,
         key="ov_view",
         bind="query-params",
-        format_func=lambda v: "values" if v == "value" else "× chance",
+        format_func=VIEW_NAMES.get,
     )
     # Sections as tabs that draw only when open: 1–3 charts per view instead of six (faster to show).
     tabs = st.tabs(TABS, key="ov_tab", on_change="rerun", bind="query-params")
@@ -62,7 +62,7 @@ def body() -> None:
     asked = st.query_params.get("ov_pair")
     ui.export_button(
         "Overlap",
-        {"masks": chosen, "criterion": crit, "view": view},
+        {"masks": chosen, "criterion": crit, "view": VIEW_NAMES[view]},
         ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "expert-overlap", "consensus"],
         ["pairwise", "consensus-table"],
         more=lambda: every_tab(overlap, tuple(chosen), view, asked if asked in pairs else pairs[0]),
@@ -70,6 +70,7 @@ def body() -> None:
 
 
 TABS = ["Sets", "Pairwise", "Per layer", "Consensus"]
+VIEW_NAMES = {"value": "values", "ratio": "× chance"}  # the view as the radio and the export name it
 
 
 def draw(figs: dict, tables: dict) -> None:

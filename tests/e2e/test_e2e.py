@@ -7,6 +7,7 @@ fresh browser context, and a short training run started from the page reaches "s
 """
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def test_path_outside_the_roots_is_refused_in_the_page(browser, app_url):
         ctx.close()
 
 
-def test_export_button_downloads_a_self_contained_dashboard(browser, app_url, tmp_path):
+def test_export_button_downloads_a_self_contained_dashboard(browser, app_url, app_home, tmp_path):
     ctx, page = open_page(browser, app_url + "/sparsity", height=2400)
     try:
         with page.expect_download(timeout=60_000) as info:
@@ -104,6 +105,9 @@ def test_export_button_downloads_a_self_contained_dashboard(browser, app_url, tm
         assert html.count('class="figure"') >= 6 and "sparsity (exact)" in html  # the open tab's heatmaps
         # ... and the closed tabs' figures and tables, built at export time
         assert "Update sparsity against tolerance" in html and "Sparsity per criterion" in html
+        # a shared file names the base as a visitor sees it (relative to its root), not the server's path
+        assert str(app_home) not in html and str((app_home / "zoo").resolve()) not in html
+        assert re.search(r"<th>base</th><td>[\w.-]+/base</td>", html)  # root/base (micro-zoo0/base here)
     finally:
         ctx.close()
 
