@@ -99,6 +99,8 @@ def test_visitors_see_paths_relative_to_a_root(two_places):
     assert config.display_path(outside / "secret.txt") == "…/secret.txt"
     msg = f"{inside}/zoo/base/model.safetensors: truncated; compare {outside}/secret.txt."
     assert config.redact(msg) == "inside/zoo/base/model.safetensors: truncated; compare …/secret.txt."
+    # a message already redacted stays as it is (a page redacts the error it shows: "……/secret.txt" before)
+    assert config.redact(config.redact(msg)) == config.redact(msg)
     with pytest.raises(PathNotAllowedError) as exc:
         config.check_allowed(outside)
     assert str(outside) not in str(exc.value) and str(inside) not in str(exc.value)
