@@ -13,8 +13,12 @@ CURVES = ("loss", "reward", "accuracy", "grad_norm", "kept", "entropy")
 
 
 def run_names(runs: pd.DataFrame) -> dict[str, str]:
-    """Run id -> "name · id" (the kind when a run has no name), as every picker shows it."""
-    return {i: f"{n or k} · {i}" for i, n, k in zip(runs["id"], runs["name"], runs["kind"], strict=True)}
+    """Run id -> "name · id" (the kind when a run has no name), as every picker shows it. A registry read
+    whose runs are all nameless gives the name column as NaN, not None: that is no name either."""
+    return {
+        i: f"{n if isinstance(n, str) and n else k} · {i}"
+        for i, n, k in zip(runs["id"], runs["name"], runs["kind"], strict=True)
+    }
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:

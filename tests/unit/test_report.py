@@ -326,3 +326,14 @@ def test_export_tables_align_text_left_and_numbers_right():
     assert cells[0] == [("txt", "grpo-s0"), ("txt", "finetuned"), ("num", "1.202e-4"), ("num", "128"), ("txt", "True")]
     assert cells[1] == [("txt", "&lt;b&gt;x&lt;/b&gt;"), ("txt", "—"), ("num", "—"), ("num", "64"), ("txt", "False")]
     assert ".num{text-align:right}" in html
+
+
+def test_run_names_fall_back_to_the_kind_for_a_nameless_run():
+    """A run with no name reads "kind · id" in every picker, whether the frame holds its name as None, NaN (a
+    column of nameless runs read back: a comparison picker showed "run nan · …") or ""."""
+    from subnetviz.report.training import run_names
+
+    runs = pd.DataFrame(
+        {"id": ["a", "b", "c", "d"], "name": ["grid", None, np.nan, ""], "kind": ["drivers", "python", "train", "x"]}
+    )
+    assert run_names(runs) == {"a": "grid · a", "b": "python · b", "c": "train · c", "d": "x · d"}
