@@ -66,3 +66,34 @@ def open_page(name: str, **query):
     if name != "home":
         at.switch_page(f"views/{name}.py").run()
     return at
+
+
+def add_finished_run(runner, run_id: str, kind: str, name: str, config: dict | None = None, created=None):
+    """A succeeded run in ``runner``'s registry whose folder the caller fills (its outputs written by hand, as
+    a finished job leaves them); the run's folder."""
+    import time
+
+    from subnetviz.jobs.registry import RunRecord
+
+    now = time.time() if created is None else created
+    run_dir = Path(runner.root) / run_id
+    rec = RunRecord(
+        run_id,
+        kind,
+        name,
+        "succeeded",
+        pid=None,
+        pid_start=None,
+        created=now,
+        started=now,
+        ended=now,
+        step=1,
+        total=1,
+        last_metrics={},
+        error=None,
+        run_dir=str(run_dir),
+        config=config or {"kind": kind},
+    )
+    with runner.registry.transaction() as con:
+        runner.registry.insert(con, rec)
+    return run_dir

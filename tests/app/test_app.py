@@ -542,6 +542,8 @@ def test_training_comparison_follows_a_model_rewritten_under_the_same_path(app_e
         shutil.copyfile(zoo.member_path(member) / "model.safetensors", weights)  # rewritten in place
         at = open_page("training", tr_view="Subnetwork vs full", cmp_full="zoo grpo-s0", cmp_sub=f"run python · {rid}")
         assert not at.exception and not at.error, [e.value for e in at.error]
+        picked = at.selectbox(key="cmp_sub")
+        assert picked.value == f"run python · {rid}", picked.options  # the run the URL names, by its name
         shown = {m.label: m.value for m in at.metric}["parameters bitwise identical"]
         assert shown == f"{100 * compare_runs(full, model).share_identical:.2f} %", member
 
@@ -551,35 +553,18 @@ def test_run_models_are_named_and_listed_once(app_env):
     sidebar list a zoo member twice: the demo build registers each member's training as a run whose model
     links to the member's folder (that listed both "zoo grpo-s0" and "run zoo-…-grpo-s0-…")."""
     import shutil
-    import time
 
     from subnetviz import config
     from subnetviz.demo import load_zoo
     from subnetviz.demo.extras import register_member_runs
-    from subnetviz.jobs.registry import RunRecord
     from subnetviz.jobs.runner import JobRunner
+    from tests.app_fixtures import add_finished_run
 
     zoo, runner = load_zoo(), JobRunner()
     members = register_member_runs(zoo, runner)  # links, as `demo build` makes them
     own = "own-rerun-of-grpo-s1"  # a run's own model: a copy, listed under its name
-    run_dir = config.runs_dir() / own
+    run_dir = add_finished_run(runner, own, "train", "grpo s1 rerun")
     shutil.copytree(zoo.member_path("grpo-s1"), run_dir / "outputs" / "model")
-    now = time.time()
-    times = {"created": now, "started": now, "ended": now, "pid": None, "pid_start": None, "error": None}
-    rec = RunRecord(
-        own,
-        "train",
-        "grpo s1 rerun",
-        "succeeded",
-        **times,
-        step=1,
-        total=1,
-        last_metrics={},
-        run_dir=str(run_dir),
-        config={"kind": "train"},
-    )
-    with runner.registry.transaction() as con:
-        runner.registry.insert(con, rec)
     try:
         at = open_page("training", tr_view="Subnetwork vs full")
     finally:  # the app home is shared by the module's other tests: leave its runs as they were

@@ -262,38 +262,20 @@ def test_behaviour_page_names_a_finished_job_and_shows_its_results(app_env):
     """A behaviour job's results are offered by the run's name ("run name · id", not "run id"), and choosing
     it shows that run's numbers (its one model and prompt set, not the page's own computation)."""
     import shutil
-    import time
 
-    from subnetviz import config
     from subnetviz.analysis.behavior import run_config, write_behavior
     from subnetviz.analysis.behavior_data import zoo_prompt_files
     from subnetviz.demo import load_zoo
-    from subnetviz.jobs.registry import RunRecord
     from subnetviz.jobs.runner import JobRunner
-    from tests.app_fixtures import decode, open_page, plotly_specs
+    from tests.app_fixtures import add_finished_run, decode, open_page, plotly_specs
 
     zoo, runner = load_zoo(), JobRunner()
     cfg = {"kind": "behavior", "base": str(zoo.base), "finetuned": [str(zoo.member_path("dpo"))], "labels": ["dpo"]}
     report = run_config({**cfg, "prompts": [str(zoo_prompt_files()[0])], "limit": 4, "curve": []})
-    run_id, now = "behaviour-job-of-dpo", time.time()
-    run_dir = config.runs_dir() / run_id
+    run_id = "behaviour-job-of-dpo"
+    run_dir = add_finished_run(runner, run_id, "behavior", "dpo on 4 prompts", cfg)
     (run_dir / "outputs").mkdir(parents=True)
     write_behavior(report, run_dir / "outputs")
-    times = {"created": now, "started": now, "ended": now, "pid": None, "pid_start": None, "error": None}
-    rec = RunRecord(
-        run_id,
-        "behavior",
-        "dpo on 4 prompts",
-        "succeeded",
-        **times,
-        step=1,
-        total=1,
-        last_metrics={},
-        run_dir=str(run_dir),
-        config=cfg,
-    )
-    with runner.registry.transaction() as con:
-        runner.registry.insert(con, rec)
     label = f"run dpo on 4 prompts · {run_id}"
     try:
         at = open_page("behavior", bh_source=label)

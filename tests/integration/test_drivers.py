@@ -164,10 +164,8 @@ def test_drivers_page_shows_a_finished_run(app_env):
     import time
     from urllib.parse import parse_qs
 
-    from subnetviz import config
-    from subnetviz.jobs.registry import RunRecord
     from subnetviz.jobs.runner import JobRunner
-    from tests.app_fixtures import decode, open_page, plotly_specs
+    from tests.app_fixtures import add_finished_run, decode, open_page, plotly_specs
 
     runner, now = JobRunner(), time.time()
     runs = {  # id -> (name, created, (sparsity, accuracy) at steps 4 and 8): an older and a newer grid
@@ -182,28 +180,9 @@ def test_drivers_page_shows_a_finished_run(app_env):
                 for p in ("bf16", "fp32")
             ]
         )
-        run_dir = config.runs_dir() / run_id
+        run_dir = add_finished_run(runner, run_id, "drivers", name, created=created)
         (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
         res.to_csv(run_dir / "outputs" / "results.csv", index=False)
-        rec = RunRecord(
-            run_id,
-            "drivers",
-            name,
-            "succeeded",
-            None,
-            None,
-            created,
-            created,
-            created,
-            1,
-            1,
-            {},
-            None,
-            str(run_dir),
-            {"kind": "drivers"},
-        )
-        with runner.registry.transaction() as con:
-            runner.registry.insert(con, rec)
     try:
         at = open_page("drivers")
         # A shared URL holds what the pickers show (Streamlit's binding keeps the formatted option).
