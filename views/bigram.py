@@ -58,6 +58,8 @@ def runs_view() -> None:
 
 
 def _runs() -> None:
+    from subnetviz.report.training import run_names
+
     r = ui.job_runner()
     r.poll()
     df = r.list_runs()
@@ -68,7 +70,8 @@ def _runs() -> None:
     st.dataframe(
         df[["id", "name", "status", "step", "total", "error"]], hide_index=True, key="bg_runs", placeholder=MISSING
     )
-    run_id = st.selectbox("Run", list(df["id"]), key="bg_run")
+    names = run_names(df)  # "name · id", as every run picker shows it
+    run_id = st.selectbox("Run", list(df["id"]), format_func=names.get, key="bg_run")
     if (
         not r.get(run_id).finished
         and ui.can("launch")
@@ -81,7 +84,7 @@ def _runs() -> None:
         long = metrics.melt(
             id_vars=["step"], value_vars=[c for c in ("loss", "kept", "undecided") if c in metrics], var_name="metric"
         ).dropna()
-        ui.chart(figures.training_curves(long, title=f"Run {run_id}"), key="bg-curves")
+        ui.chart(figures.training_curves(long, title=f"Run {names[run_id]}"), key="bg-curves")
 
 
 def import_released(model: str) -> None:

@@ -170,7 +170,7 @@ def smooth_ema(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-SHARE_METRICS = ("accuracy", "kept")  # fractions in the logs, drawn in percent
+SHARE_METRICS = ("accuracy", "kept", "undecided")  # fractions in the logs, drawn in percent
 
 
 def training_curves(

@@ -496,6 +496,37 @@ def test_bigram_analysis_disk_cache_round_trips(app_env, tmp_path):
     pdt.assert_frame_equal(gens2, gens)
 
 
+def test_bigram_mask_runs_are_picked_by_name_and_drawn_in_percent(app_env):
+    """Train a mask: the run picker names each run (not only its id), and its curves draw the kept and the
+    undecided share both in percent (undecided was a fraction beside kept in %)."""
+    import json
+    import shutil
+
+    from subnetviz.jobs.context import METRICS_FILE
+    from subnetviz.jobs.runner import JobRunner
+    from tests.app_fixtures import add_finished_run
+
+    runner = JobRunner()
+    run_id = "mask-run-by-hand"
+    run_dir = add_finished_run(runner, run_id, "bigram_mask", "bigram mask λ=10")
+    rows = [{"step": s, "loss": 3.0 - s, "kept": k, "undecided": u} for s, k, u in [(0, 0.5, 1.0), (1, 0.1, 0.25)]]
+    run_dir.mkdir(parents=True)
+    (run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        at = open_page("bigram", bg_view="Train a mask")
+    finally:
+        with runner.registry.transaction() as con:
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(run_dir)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    picker = at.selectbox(key="bg_run")
+    assert picker.options[0] == f"bigram mask λ=10 · {run_id}" and picker.value == run_id
+    (spec,) = [s for s in plotly_specs(at) if s["layout"]["title"]["text"] == f"Run bigram mask λ=10 · {run_id}"]
+    ys = {t["yaxis"]: list(decode(t["y"])) for t in spec["data"]}
+    assert ys["y2"] == pytest.approx([50.0, 10.0]) and ys["y3"] == pytest.approx([100.0, 25.0])  # kept, undecided
+    assert spec["layout"]["yaxis3"]["title"]["text"] == "undecided (%)"
+
+
 def test_bigram_page_follows_a_mask_rewritten_under_the_same_path(app_env):
     """Regression: the page's memory cache took the file's stamp as ``_stamp``, which st.cache_* does
     not hash, so a mask saved again under the same name was answered with the old mask's numbers."""
