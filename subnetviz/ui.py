@@ -363,28 +363,31 @@ def chart(fig, key: str) -> None:
     st.session_state.setdefault("_figures", {})[key] = fig
 
 
-STYLED_CELLS = 20_000  # above this, a Styler costs more than a zero written 0.000e+0 (about 60 ms at the limit)
+STYLED_CELLS = 20_000  # above this a Styler costs too much (about 60 ms at the limit): printf's text stays
 
 
 def styled(shown: pd.DataFrame, fmts: dict[str, str]):
     """``shown`` as :func:`table` hands it to Streamlit, and the columns whose text it writes itself.
 
-    A column format is one printf for every cell, and printf writes an exact zero ``0.000e+0``: a table
-    with a zero in an e-notation column goes as a Styler that writes those columns' text (``0`` for a
-    zero, as the export does). Streamlit shows a Styler's text only where no column format is set, so
-    the plain float columns get their text here too, as Streamlit's default writes it (four decimals,
-    trailing zeros trimmed). Sorting and downloads keep the numbers."""
-    from subnetviz.report.formats import E_NOTATION, MISSING, SHOWN_SMALL_PERCENT, e_text
+    A column format is one printf for every cell: printf writes an exact zero ``0.000e+0``, and a share
+    column that holds shares below 0.01 % in e-notation throughout (``6.421e+1 %`` for 64.21 %). A table
+    with either goes as a Styler that writes those columns' text cell by cell, as the export does (``0``;
+    ``64.21 %`` beside ``9.042e-4 %``). Streamlit shows a Styler's text only where no column format is
+    set, so the plain float columns get their text here too, as Streamlit's default writes it (four
+    decimals, trailing zeros trimmed). Sorting and downloads keep the numbers."""
+    from subnetviz.report.formats import MISSING, SCIENTIFIC, SHOWN_SMALL_PERCENT, e_text
 
-    zeros = [c for c, f in fmts.items() if f in E_NOTATION and bool((shown[c] == 0).any())]
-    if not zeros or shown.size > STYLED_CELLS:
+    own = [  # the columns whose text is written here
+        c for c, f in fmts.items() if f == SHOWN_SMALL_PERCENT or (f == SCIENTIFIC and bool((shown[c] == 0).any()))
+    ]
+    if not own or shown.size > STYLED_CELLS:
         return shown, set()
     plain = [
         str(c) for c in shown.columns if str(c) not in fmts and pd.api.types.is_float_dtype(shown[c])
     ]  # no format: Streamlit would show the Styler's default six decimals
-    texts = {c: functools.partial(e_text, percent=fmts[c] == SHOWN_SMALL_PERCENT) for c in zeros}
+    texts = {c: functools.partial(e_text, percent=fmts[c] == SHOWN_SMALL_PERCENT) for c in own}
     texts.update({c: _plain_text for c in plain})
-    return shown.style.format(texts, na_rep=MISSING), set(zeros)
+    return shown.style.format(texts, na_rep=MISSING), set(own)
 
 
 def _plain_text(x: float) -> str:

@@ -5,8 +5,8 @@ One rule set (no Streamlit here; :func:`subnetviz.ui.table` turns it into column
 - counts (integer columns, or float columns holding only whole numbers ≥ 1000): thousands separators;
 - shares (a column named like sparsity, density, share, o1, Jaccard, accuracy, ``*_frac``, forgetting…
   whose values all lie in [-1, 1]: a share or a difference of shares): percent, as the charts draw them;
-  a share column holding a non-zero share below 0.01 % (which two decimals round to 0.00 %): percent in
-  scientific notation (``2.453e-3 %``);
+  a share column holding a non-zero share below 0.01 % (which two decimals round to 0.00 %): each cell
+  on its own, two decimals from 0.01 % up (``64.21 %``), scientific notation below (``2.453e-3 %``);
 - ratios against chance (``ratio*``, ``*_x_chance``): ``1.23×``;
 - other floats with a non-zero magnitude below 10⁻³: scientific notation (``1.234e-5``), so a small
   number never reads as ``0.0000``.
@@ -84,7 +84,7 @@ def format_value(value: object, fmt: str | None) -> str:
     if fmt == PERCENT:
         return f"{100 * x:,.2f} %"
     if fmt == SMALL_PERCENT:
-        return f"{_e(100 * x)} %"
+        return _small_percent(100 * x)
     if fmt == RATIO:
         return f"{x:.2f}×"
     if fmt == SCIENTIFIC:
@@ -98,12 +98,18 @@ def _e(x: float) -> str:
     return "0" if x == 0 else re.sub(r"e([+-])0(\d)$", r"e\1\2", f"{x:.3e}")
 
 
+def _small_percent(v: float) -> str:
+    """A share (already in percent) of a column that holds shares below 0.01 %: two decimals where they
+    show the number, e-notation where they would round it to 0.00 %."""
+    return f"{v:,.2f} %" if abs(v) >= 100 * SMALL_SHARE else f"{_e(v)} %"
+
+
 def e_text(value: object, percent: bool = False) -> str:
-    """One cell of an e-notation column as the app's tables show it (``percent``: a share column's value,
-    already × 100, with its ``%``); a missing value reads as the tables' dash."""
+    """One cell of an e-notation column as the app's tables show it (``percent``: a small-share column's
+    value, already × 100, as :func:`_small_percent` writes it); a missing value reads as the tables' dash."""
     if value is None or not isinstance(value, int | float | np.integer | np.floating) or math.isnan(value):
         return MISSING
-    return f"{_e(float(value))} %" if percent else _e(float(value))
+    return _small_percent(float(value)) if percent else _e(float(value))
 
 
 def formatted_frame(df: pd.DataFrame) -> pd.DataFrame:

@@ -253,6 +253,10 @@ def test_table_numbers_read_as_in_the_app():
         "2.453e-3 %",
         "0 %",
     ]  # as the app shows them: a zero is 0, not 0.000e+0
+    # each cell on its own: two decimals where they show the share, e-notation only below 0.01 %
+    assert list(formatted_frame(tiny)["overlap"]) == ["0.07 %", "2.453e-3 %"]
+    consensus = pd.DataFrame({"fraction": [0.6421, 0.3571, 8.454e-4, 9.042e-6]})
+    assert list(formatted_frame(consensus)["fraction"]) == ["64.21 %", "35.71 %", "0.08 %", "9.042e-4 %"]
     shown_tiny, tiny_fmts = display_frame(tiny)
     assert tiny_fmts["overlap"] == "%.3e %%" and list(shown_tiny["overlap"]) == pytest.approx([0.075, 0.002453])
     # a large fractional number (an expected count) gets separators too, as the app's "localized" shows it
@@ -294,11 +298,12 @@ def test_app_tables_write_a_zero_in_e_notation_columns_as_0():
     cells = data._translate(False, False)["body"]  # the text Streamlit shows (pandas' own rendering of the cells)
     text = {(df.columns[j], i): cells[i][j + 1]["display_value"] for i in range(len(df)) for j in range(df.shape[1])}
     assert [text["tolerance", i] for i in range(3)] == ["0", "1.000e-8", "—"]
-    assert [text["expected_overlap", i] for i in range(3)] == ["0 %", "2.453e-3 %", "1.000e-1 %"]
+    assert [text["expected_overlap", i] for i in range(3)] == ["0 %", "2.453e-3 %", "0.10 %"]
     assert [text["stable_rank", i] for i in range(3)] == ["4.7", "9.25", "1"]
     assert data.data["tolerance"].iloc[1] == 1e-8  # the numbers stay numbers: sorting and downloads
-    # no zero, or a table too large for a Styler to be cheap: the frame itself, printf formats
-    frame, none = styled(shown.iloc[1:], fmts)
+    # no zero and no small shares, or a table too large for a Styler to be cheap: the frame, printf formats
+    plain = shown[["criterion", "tolerance", "stable_rank", "changed"]].iloc[1:]
+    frame, none = styled(plain, {c: f for c, f in fmts.items() if c in plain})
     assert isinstance(frame, pd.DataFrame) and none == set()
     big = pd.DataFrame({"tolerance": np.r_[0.0, np.full(STYLED_CELLS, 1e-8)]})
     assert styled(*display_frame(big))[1] == set()
