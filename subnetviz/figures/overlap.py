@@ -26,6 +26,7 @@ from subnetviz.figures.style import (
     _times,
     _unique,
     no_data_figure,
+    percent_cells,
 )
 
 
@@ -61,7 +62,7 @@ def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | No
         z, trace = _ratio_axis(ratio)
         fig = _layer_heatmap(layers, modules, z, custom, hover, title, "Jaccard ×chance", text=_times(ratio), **trace)
     else:
-        text = np.where(np.isfinite(g["jaccard"]), np.char.mod("%.1f%%", np.nan_to_num(100 * g["jaccard"])), "")
+        text = percent_cells(100 * g["jaccard"])
         text = np.char.add(text, np.where(np.isfinite(ratio), np.char.add("<br>", _times(ratio)), ""))
         fig = _layer_heatmap(
             layers, modules, 100 * g["jaccard"], custom, hover, title, "Jaccard (%)", text=text, colorscale=SEQUENTIAL
@@ -151,7 +152,7 @@ def pairwise_matrix(
             val[b, a], chance[b, a] = rec[mirror], rec.get(mirror_chance, np.nan) if mirror_chance else np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = val / chance
-    text = np.where(np.isnan(val), "", np.char.mod("%.1f%%", np.nan_to_num(100 * val)))
+    text = percent_cells(100 * val)
     custom = np.stack([100 * val, 100 * chance, ratio], axis=-1)
     hover = (
         "row %{y} · column %{x}<br>"

@@ -75,12 +75,19 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
     ]
     share = 100 * layout.counts / total
     custom = np.stack([layout.counts, share, 100 * layout.actual / layout.target.sum()], axis=-1)[ok]
+    ext = float(np.max(np.abs(layout.centers) + layout.radii[:, None])) * 1.25
+    # a region's count printed only where the region is drawn large enough to hold it (about 8 % of the
+    # chart's side, squared); the small ones' counts sat on top of each other. Every region keeps its hover.
+    roomy = layout.actual[ok] >= (0.08 * 2 * ext) ** 2
     fig.add_trace(
         go.Scatter(
             x=layout.label_points[ok, 0],
             y=layout.label_points[ok, 1],
             mode="markers+text",
-            text=[f"{_compact(c)}<br>{s:.1f}%" for c, s in zip(layout.counts[ok], share[ok], strict=True)],
+            text=[
+                f"{_compact(c)}<br>{s:.1f}%" if big else ""
+                for c, s, big in zip(layout.counts[ok], share[ok], roomy, strict=True)
+            ],
             customdata=custom,
             hovertext=np.array(names, dtype=object)[ok],
             marker={"size": 28, "opacity": 0},
@@ -90,7 +97,6 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
             textfont={"size": 12},
         )
     )
-    ext = float(np.max(np.abs(layout.centers) + layout.radii[:, None])) * 1.25
     fig.update_xaxes(visible=False, range=[-ext, ext])
     fig.update_yaxes(visible=False, range=[-ext, ext], scaleanchor="x", scaleratio=1)
     return _style(fig, title, height=520, margin={"l": 20, "r": 20, "t": 80, "b": 20})

@@ -64,7 +64,8 @@ def compact_labels(labels: Sequence[str], limit: int = 24) -> tuple[list[str], s
     """Labels short enough for a chart's axis, and a line saying what was taken out ("" when nothing).
 
     Only when some label is longer than ``limit`` characters: a run's masks are labelled "what · run id";
-    where the "what" parts alone tell the labels apart, the run ids move to the returned line. Then the
+    where the "what" parts alone tell the labels apart (beside labels with no run, such as "Δ grpo-s0"),
+    the run ids move to the returned line. Then the
     text every label shares at its start and at its end (cut at a space or a bracket) moves there too,
     with "…" where each label's own part goes; a bare number keeps the word before it ("task 3", not
     "3"). A label still longer than ``limit`` breaks onto a second line at " · ". Labels stay distinct
@@ -74,9 +75,9 @@ def compact_labels(labels: Sequence[str], limit: int = 24) -> tuple[list[str], s
     if len(labels) < 2 or max(map(len, labels)) <= limit:
         return labels, ""
     work, runs = labels, []
-    heads = [x.rsplit(" · ", 1)[0] for x in labels]
-    if all(" · " in x for x in labels) and len(set(heads)) == len(heads):
-        work, runs = heads, list(dict.fromkeys(x.rsplit(" · ", 1)[1] for x in labels))
+    heads = [x.rsplit(" · ", 1)[0] for x in labels]  # a label with no run ("Δ grpo-s0") is its own head
+    if any(" · " in x for x in labels) and len(set(heads)) == len(heads):
+        work, runs = heads, list(dict.fromkeys(x.rsplit(" · ", 1)[1] for x in labels if " · " in x))
     short, shared = _strip_shared(work) if max(map(len, work)) > limit else (work, "")
     if runs:
         where = runs[0] if len(runs) == 1 else f"runs {', '.join(runs)}" if len(runs) <= 3 else f"{len(runs)} runs"
@@ -114,6 +115,17 @@ def format_number(x, digits: int = 3, sign: bool = False) -> str:
     if abs(x) >= 10**digits:
         return f"{plus}{x:,.0f}"
     return f"{plus}{x:,.{max(0, digits - 1 - int(np.floor(np.log10(abs(x)))) if x else digits - 1)}f}"
+
+
+def percent_cells(values: np.ndarray) -> np.ndarray:
+    """Cell labels for percentages: one decimal, but a small non-zero share keeps two significant digits
+    ("0.0065%", not "0.0%" hiding that there is overlap); blank where undefined."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(v.shape, "", dtype=object)
+    for idx, x in np.ndenumerate(v):
+        if np.isfinite(x):
+            out[idx] = f"{x:.1f}%" if x == 0 or abs(x) >= 0.05 else f"{format_number(x, digits=2)}%"
+    return out.astype(str)
 
 
 def no_data_figure(title: str, message: str = "no data") -> go.Figure:

@@ -354,6 +354,21 @@ def test_venn3_pairwise_layout_is_exact_per_pair_and_error_is_honest():
     assert f"{100 * (1 - lay.region_error):.1f}%" in fig.layout.title.text
 
 
+def test_venn_prints_counts_only_in_regions_large_enough_to_hold_them():
+    """Two small masks inside a large one (a bigram mask beside an update mask): the small regions' counts
+    piled on top of each other; they keep their hover, the large regions keep their printed counts."""
+    regions = {"100": 153_000, "010": 526, "001": 3_950, "011": 327, "101": 41, "111": 4, "110": 6}
+    fig = F.venn3(regions, ["Δ grpo-s0", "bigram", "optimal"])
+    (points,) = [t for t in fig.data if t.mode == "markers+text"]
+    shown = {h: t for h, t in zip(points.hovertext, points.text, strict=True)}
+    assert shown["only Δ grpo-s0"].startswith("153k") and shown["only optimal"].startswith("3.95k")  # 2.5 %
+    assert all(t == "" for h, t in shown.items() if h not in ("only Δ grpo-s0", "only optimal")), shown  # < 0.4 %
+    assert "only bigram" in shown and "bigram ∩ optimal only" in shown  # small regions still answer in the hover
+    even = F.venn3({"100": 40, "010": 35, "001": 30, "110": 12, "101": 10, "011": 9, "111": 5}, ["a", "b", "c"])
+    (points,) = [t for t in even.data if t.mode == "markers+text"]
+    assert all(points.text), points.text  # comparable sets: every region's count printed
+
+
 def test_venn3_auto_is_no_worse_and_handles_impossible_triangles():
     _, regions = planted_sets(3)
     assert venn3_layout(regions).region_error <= venn3_layout(regions, method="pairwise").region_error + 1e-12
@@ -698,6 +713,24 @@ def test_overlap_layer_heatmap_greys_the_cells_with_nothing_to_colour_and_says_w
     assert len(F.overlap_layer_heatmap(df.iloc[[0]]).data) == 1
 
 
+def test_overlap_cells_keep_a_small_share_visible():
+    """A small overlap keeps two significant digits in its cell ("0.0065%"): one decimal read "0.0%", as if
+    the masks shared nothing; zero stays 0.0%, a share from 0.05 % up keeps one decimal."""
+    from subnetviz.figures.style import percent_cells
+
+    assert list(percent_cells(np.array([38.43, 0.0065, 0.0, 0.05, np.nan, 2e-5]))) == [
+        "38.4%",
+        "0.0065%",
+        "0.0%",
+        "0.1%",
+        "",
+        "2.0e-05%",
+    ]
+    pw = pd.DataFrame({"a": ["x"], "b": ["y"], "o1": [6.5e-5], "o2": [0.2], "o1_chance": [0.3], "o2_chance": [0.01]})
+    cells = F.pairwise_matrix(pw, "o1").data[0].text
+    assert cells[0][1] == "0.0065%" and cells[1][0] == "20.0%"
+
+
 def test_series_lines_adds_the_step0_point_and_names_the_start():
     df = pd.DataFrame(
         {"step": [10, 20], "vs_first": [0.9, 0.8], "vs_previous": [0.9, 0.95], "ever_updated": [0.0, 0.01]}
@@ -890,6 +923,9 @@ def test_compact_labels_take_out_what_every_label_shares():
     a, b = "20261202-214905-bigram_mask-983484", "20261202-214905-bigram_mask-faf878"
     two = [f"bigram mask λ=10 · {a}", f"optimal mask λ=10 · {b}"]
     assert F.compact_labels(two) == (["bigram mask λ=10", "optimal mask λ=10"], f"… · runs {a}, {b}")
+    # ... also beside an update mask, which has no run (the pairwise matrices were squeezed to a stamp)
+    mixed = [*two, "Δ grpo-s0"]
+    assert F.compact_labels(mixed) == (["bigram mask λ=10", "optimal mask λ=10", "Δ grpo-s0"], f"… · runs {a}, {b}")
     many = [f"mask {i} · run-{i}" + "x" * 20 for i in range(4)]
     assert F.compact_labels(many)[1] == "… · 4 runs"
     # The same "what" from two runs: the run ids are what tells them apart; the "what" goes under the title.
