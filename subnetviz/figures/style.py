@@ -65,11 +65,10 @@ def compact_labels(labels: Sequence[str], limit: int = 24) -> tuple[list[str], s
 
     Only when some label is longer than ``limit`` characters: a run's masks are labelled "what · run id";
     where the "what" parts alone tell the labels apart (beside labels with no run, such as "Δ grpo-s0"),
-    the run ids move to the returned line. Then the
-    text every label shares at its start and at its end (cut at a space or a bracket) moves there too,
-    with "…" where each label's own part goes; a bare number keeps the word before it ("task 3", not
-    "3"). A label still longer than ``limit`` breaks onto a second line at " · ". Labels stay distinct
-    and in order.
+    the run ids move to the returned line. Then the text every label shares at its start and at its end
+    (cut at a space or a bracket) moves there too, with "…" where each label's own part goes; a bare
+    number keeps the word before it ("task 3", not "3"). A label still longer than ``limit`` breaks onto
+    a second line at " · ". Labels stay distinct and in order.
     """
     labels = [str(x) for x in labels]
     if len(labels) < 2 or max(map(len, labels)) <= limit:
