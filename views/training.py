@@ -211,12 +211,22 @@ def zoo_accuracy(cfg: dict) -> float | None:
 
 
 # Job kinds whose results have a page of their own: (page, its title, the URL parameter that picks the run
-# by its "name · id" label, or None where the page picks masks, not runs).
+# by its "name · id" label, or None where the page picks masks, not runs: a mask job's link picks its mask).
 RESULTS_PAGE = {
     "drivers": ("drivers", "What drives sparsity", "dr_run"),
     "continual": ("continual", "Continual learning", "cl_run"),
     "bigram_mask": ("bigram", "Bigram subnetworks", None),
 }
+
+
+def _mask_pick(rec) -> dict[str, str]:
+    """The Bigram page's URL that picks a mask job's mask: as the bigram mask, or as the optimal mask
+    it is compared with (the page's two pickers), by the label the saved-mask list gives it."""
+    outputs = os.path.realpath(Path(rec.run_dir) / "outputs") + os.sep
+    label = next((k for k, p in selection.saved_masks().items() if os.path.realpath(p).startswith(outputs)), None)
+    if label is None:
+        return {}
+    return {"bg_opt" if (rec.config or {}).get("target") == "optimal" else "bg_mask": label}
 
 
 def run_card(rec, run_label: str | None = None) -> None:
@@ -230,15 +240,17 @@ def run_card(rec, run_label: str | None = None) -> None:
                 f"{k} {ui.plain('/'.join(map(str, v)) if isinstance(v, list) else str(v))}"
                 for k, v in cfg.items()
                 if k in ("target", "lambda", "lam", "preset", "steps", "seed", "seeds", "benchmark", "methods", "tasks")
+                and v is not None  # unset: the preset's default (a mask job's steps read "steps None")
             )
         )
         if rec.status == "succeeded" and rec.kind in RESULTS_PAGE:
             page, title, param = RESULTS_PAGE[rec.kind]
+            query = {param: run_label} if param and run_label else _mask_pick(rec) if rec.kind == "bigram_mask" else {}
             st.page_link(
                 f"views/{page}.py",
                 label=f"Its results on {title}",
                 icon=":material/arrow_forward:",
-                query_params={param: run_label} if param and run_label else None,
+                query_params=query or None,
             )
         return
     mask = cfg.get("mask")

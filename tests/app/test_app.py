@@ -501,30 +501,45 @@ def test_bigram_mask_runs_are_picked_by_name_and_drawn_in_percent(app_env):
     undecided share both in percent (undecided was a fraction beside kept in %)."""
     import json
     import shutil
+    from urllib.parse import parse_qs
+
+    import torch
 
     from subnetviz.jobs.context import METRICS_FILE
     from subnetviz.jobs.runner import JobRunner
+    from subnetviz.masks import MaskSet, save_mask_set
     from tests.app_fixtures import add_finished_run
 
     runner = JobRunner()
     run_id = "mask-run-by-hand"
-    run_dir = add_finished_run(runner, run_id, "bigram_mask", "bigram mask λ=10")
+    cfg = {"kind": "bigram_mask", "target": "optimal", "lambda": 10.0, "preset": "fast", "steps": None, "seed": 0}
+    run_dir = add_finished_run(runner, run_id, "bigram_mask", "optimal mask λ=10", cfg)
     rows = [{"step": s, "loss": 3.0 - s, "kept": k, "undecided": u} for s, k, u in [(0, 0.5, 1.0), (1, 0.1, 0.25)]]
     run_dir.mkdir(parents=True)
     (run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mask = MaskSet({"w": torch.ones(2, 2, dtype=torch.bool)}, {"target": "optimal", "lambda": 10.0})
+    save_mask_set(run_dir / "outputs" / "mask.safetensors", mask)
     try:
         at = open_page("bigram", bg_view="Train a mask")
+        card = open_page("training", tr_view="Runs", tr_run=run_id)
     finally:
         with runner.registry.transaction() as con:
             con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         shutil.rmtree(run_dir)
     assert not at.exception and not at.error, [e.value for e in at.error]
     picker = at.selectbox(key="bg_run")
-    assert picker.options[0] == f"bigram mask λ=10 · {run_id}" and picker.value == run_id
-    (spec,) = [s for s in plotly_specs(at) if s["layout"]["title"]["text"] == f"Run bigram mask λ=10 · {run_id}"]
+    assert picker.options[0] == f"optimal mask λ=10 · {run_id}" and picker.value == run_id
+    (spec,) = [s for s in plotly_specs(at) if s["layout"]["title"]["text"] == f"Run optimal mask λ=10 · {run_id}"]
     ys = {t["yaxis"]: list(decode(t["y"])) for t in spec["data"]}
     assert ys["y2"] == pytest.approx([50.0, 10.0]) and ys["y3"] == pytest.approx([100.0, 25.0])  # kept, undecided
     assert spec["layout"]["yaxis3"]["title"]["text"] == "undecided (%)"
+    # Its card on the Training page: no unset setting ("steps None"), and a link that picks its mask on the
+    # Bigram page, in the picker its target belongs to (an optimal mask is the one compared with).
+    assert not card.exception and not card.error, [e.value for e in card.error]
+    line = next(c.value for c in card.caption if c.value.startswith("bigram\\_mask job"))
+    assert "steps" not in line and "preset fast" in line, line
+    (link,) = [e.proto for e in card.get("page_link")]
+    assert link.page.endswith("bigram") and parse_qs(link.query_string) == {"bg_opt": [f"optimal mask λ=10 · {run_id}"]}
 
 
 def test_bigram_page_follows_a_mask_rewritten_under_the_same_path(app_env):
