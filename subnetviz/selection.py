@@ -83,12 +83,13 @@ def _run_models(runs: str, stamp: tuple) -> dict[str, str]:
     """Finished runs' models, but not a zoo member's registered run: its model links to the member's folder,
     which the list holds already under the member's name."""
     found = sorted(Path(runs).glob("*/outputs/model/config.json"))  # only complete runs have outputs/
-    zoo = os.path.realpath(config.zoo_dir()) + os.sep
-    return {
-        f"run {model.parts[-4]}": str(model.parent)
-        for model in found
-        if not os.path.realpath(model.parent).startswith(zoo)
-    }
+    return {f"run {model.parts[-4]}": str(model.parent) for model in found if not in_zoo(model.parent)}
+
+
+def in_zoo(path: str | os.PathLike) -> bool:
+    """Whether ``path`` resolves into the demo zoo's folder: the model of a run the demo build registers for
+    a member's training is a link to that member, which the lists hold already under the member's name."""
+    return os.path.realpath(path).startswith(os.path.realpath(config.zoo_dir()) + os.sep)
 
 
 def current_zoo():

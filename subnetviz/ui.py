@@ -474,6 +474,13 @@ def figure_download(keys: Sequence[str], title: str) -> None:
         )
 
 
+def kept_choice(key: str, options: Sequence[str]) -> str:
+    """A control's value while the tab holding it is closed (it draws only when open): the last one chosen
+    there (Streamlit keeps an unmounted widget's value under its key), else the first option."""
+    value = st.session_state.get(key)
+    return value if value in options else options[0]
+
+
 def need(condition: bool, message: str) -> None:
     """Stop the page with an informative note (not an error) when a precondition is not met."""
     if not condition:

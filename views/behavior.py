@@ -97,7 +97,7 @@ def show(res: dict[str, pd.DataFrame]) -> None:
     tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")
     # Each tab has its own controls (Per token draws both KLs, with no measure to choose); a closed tab's
     # choice stays as last made (Streamlit keeps it under its key), for the export.
-    value, kl = _kept("bh_value", list(bfig.MEASURE)), _kept("bh_kl", KL)
+    value, kl = ui.kept_choice("bh_value", list(bfig.MEASURE)), ui.kept_choice("bh_kl", KL)
     if tabs[0].open:
         with tabs[0]:
             value = _measure("Measure", list(bfig.MEASURE), "bh_value")
@@ -139,12 +139,6 @@ def show(res: dict[str, pd.DataFrame]) -> None:
         ["behavior-summary", "behavior-curves"],
         more=lambda: every_tab(res, value, kl, selection),
     )
-
-
-def _kept(key: str, options: list[str]) -> str:
-    """A tab's measure while the tab is closed: the last one chosen there, else the first."""
-    value = st.session_state.get(key)
-    return value if value in options else options[0]
 
 
 def _measure(label: str, options: list[str], key: str) -> str:

@@ -96,9 +96,8 @@ def _results() -> None:
     # Sections as tabs that draw only when open (one chart, not two and both tables); in the URL.
     tabs = st.tabs(TABS, key="dr_tab", on_change="rerun", bind="query-params")
     # The measure is By factor's own control (the other tabs do not depend on it): in that tab, and while
-    # another tab is open, the last one chosen (Streamlit keeps a closed tab's widget value under its key).
-    value = st.session_state.get("dr_value")
-    value = value if value in dfig.MEASURE else next(iter(dfig.MEASURE))
+    # another tab is open, the last one chosen.
+    value = ui.kept_choice("dr_value", list(dfig.MEASURE))
     for tab, keys in zip(tabs, TAB_PARTS.values(), strict=True):
         if tab.open:
             with tab:

@@ -378,12 +378,11 @@ def candidates() -> dict[str, str]:
     out: dict[str, str] = {}
     if z is not None:
         out.update({f"zoo {m.id}": str(m.path) for m in z.members})
-    seen = {os.path.realpath(p) for p in out.values()}
     runs = ui.job_runner().list_runs()
     names = run_names(runs) if len(runs) else {}
     for rec in runs.itertuples():
         model = Path(rec.run_dir) / "outputs" / "model"
-        if rec.status == "succeeded" and model.is_dir() and os.path.realpath(model) not in seen:
+        if rec.status == "succeeded" and model.is_dir() and not selection.in_zoo(model):
             out[f"run {names[rec.id]}"] = str(model)
     return out
 
