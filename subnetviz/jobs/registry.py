@@ -236,10 +236,20 @@ def process_start(pid: int | None) -> float | None:
 def is_alive(rec: RunRecord) -> bool:
     """Is the run's recorded process still running: same pid *and* same creation time?
 
+    Creation times are wall-clock based: when the clock is stepped while a job runs (NTP after boot,
+    a virtual machine restored or migrated) the same process reports another creation time. Then the
+    process is still the run's when its command line ends with the run's folder, as every worker's
+    does (:func:`subnetviz.jobs.scheduler.start`); a later process that reused the pid does not.
     A row without a recorded start (None or 0, from a platform that could not tell) is judged by
     its pid alone, as before.
     """
     start = process_start(rec.pid)
     if start is None:
         return False
-    return not rec.pid_start or abs(start - rec.pid_start) < START_TOLERANCE_S
+    if not rec.pid_start or abs(start - rec.pid_start) < START_TOLERANCE_S:
+        return True
+    try:
+        command = psutil.Process(rec.pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return bool(command) and Path(command[-1]) == Path(rec.run_dir)

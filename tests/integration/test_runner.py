@@ -195,6 +195,28 @@ def test_restart_fails_killed_runs_and_starts_the_queue(tmp_path):
     assert _row(tmp_path, queued)["status"] == "succeeded" and _row(tmp_path, queued)["started"] >= now.ended
 
 
+def test_a_clock_step_does_not_fail_a_running_job(tmp_path):
+    """The wall clock stepped while a job runs (NTP, a restored virtual machine: the process's creation
+    time reads 7 s later than when it was recorded): the job is still running, keeps its partial
+    outputs and ends as it would; a row whose pid now belongs to another process is failed as before."""
+    a = _runner(tmp_path)
+    rid = a.submit({**SLEEP, "seconds": 1.5, "steps": 3})
+    rec = _wait_running(a, rid)
+    with sqlite3.connect(tmp_path / "registry.sqlite") as con:
+        con.execute("UPDATE runs SET pid_start = pid_start - 7 WHERE id = ?", (rid,))
+    b = _runner(tmp_path)  # a restarted server settles the row
+    assert b.get(rid).status == "running" and (Path(rec.run_dir) / "outputs.tmp").is_dir()
+    assert b.wait(rid, timeout=60).status == "succeeded"
+    other = b.submit({**SLEEP, "seconds": 0.1, "steps": 1})
+    b.wait(other, timeout=60)
+    with sqlite3.connect(tmp_path / "registry.sqlite") as con:  # the test process: same pid, not this run
+        con.execute("UPDATE runs SET status='running', pid=?, pid_start=1 WHERE id=?", (os.getpid(), rid))
+        con.execute("UPDATE runs SET status='running', pid=?, pid_start=1 WHERE id=?", (os.getpid(), other))
+    (Path(rec.run_dir) / "status.json").unlink()
+    b.poll()
+    assert b.get(rid).status == "failed" and b.get(other).status == "succeeded"
+
+
 def test_concurrent_advances_start_each_queued_run_once(tmp_path, monkeypatch):
     """Workers finishing together each advance the queue; the registry's write lock lets only one
     of them start a given queued run, and the limit holds."""
