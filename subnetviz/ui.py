@@ -427,6 +427,17 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
         )
 
 
+def runs_table(df: pd.DataFrame, key: str, caption: str, *, kind: bool = True) -> None:
+    """The registry's runs ``df`` as every page lists them (:func:`subnetviz.report.training.runs_table`:
+    progress as a bar, times as HH:MM:SS, counts with separators); ``kind=False`` leaves out the kind
+    column (a page that lists one kind of run)."""
+    from subnetviz.report.training import runs_table as frame
+
+    shown = frame(df) if kind else frame(df).drop(columns="kind")
+    bar = st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")
+    table(shown, key, caption, column_config={"progress": bar})
+
+
 def export_button(
     title: str, params: dict, figure_keys: Sequence[str] = (), table_keys: Sequence[str] = (), more=None
 ) -> None:

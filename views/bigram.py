@@ -11,7 +11,6 @@ from subnetviz.bigram.config import BigramJobConfig
 from subnetviz.bigram.locate import shares_heatmap_frame
 from subnetviz.bigram.store import analysis_key
 from subnetviz.figures import bigram as bg_figures
-from subnetviz.report.formats import MISSING
 
 
 @st.cache_data(show_spinner="Analysing the subnetwork (fidelity, ablations, residual stream)…", max_entries=8)
@@ -67,9 +66,7 @@ def _runs() -> None:
     if not len(df):
         st.caption("No mask-training runs yet.")
         return
-    st.dataframe(
-        df[["id", "name", "status", "step", "total", "error"]], hide_index=True, key="bg_runs", placeholder=MISSING
-    )
+    ui.runs_table(df, "bg-runs", "Mask-training runs", kind=False)
     names = run_names(df)  # "name · id", as every run picker shows it
     run_id = st.selectbox("Run", list(df["id"]), format_func=names.get, key="bg_run")
     if (

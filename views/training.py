@@ -148,14 +148,7 @@ def _runs_view() -> None:
     if not len(df):
         st.caption("No runs yet.")
         return
-    ui.table(
-        pages.runs_table(df),
-        "runs-table",
-        "Runs",
-        column_config={
-            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")
-        },
-    )
+    ui.runs_table(df, "runs-table", "Runs")
     names = pages.run_names(df)
     # Inside this live fragment the URL is read and written by hand (stale ids dropped): bound widgets
     # in a fragment do not restore from the address bar.

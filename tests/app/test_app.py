@@ -529,6 +529,10 @@ def test_bigram_mask_runs_are_picked_by_name_and_drawn_in_percent(app_env):
     assert not at.exception and not at.error, [e.value for e in at.error]
     picker = at.selectbox(key="bg_run")
     assert picker.options[0] == f"optimal mask λ=10 · {run_id}" and picker.value == run_id
+    # the runs listed as on the Training page (progress, times), without the kind: all are mask runs
+    (runs,) = [d.value for d in at.dataframe if "progress" in d.value.columns]
+    assert list(runs.columns) == ["id", "name", "status", "progress", "step", "total", "created", "ended", "error"]
+    assert list(runs["progress"]) == [1.0] and all(len(t) == 8 for t in runs["created"])
     (spec,) = [s for s in plotly_specs(at) if s["layout"]["title"]["text"] == f"Run optimal mask λ=10 · {run_id}"]
     ys = {t["yaxis"]: list(decode(t["y"])) for t in spec["data"]}
     assert ys["y2"] == pytest.approx([50.0, 10.0]) and ys["y3"] == pytest.approx([100.0, 25.0])  # kept, undecided
