@@ -73,6 +73,11 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
         else " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1") + (" only" if code.count("0") else "")
         for code in layout.regions
     ]
+    # a region with members but no drawn point (its drawn area is nil or a sliver): named with its count
+    unseen = np.isnan(layout.label_points[:, 0]) & (layout.counts > 0)
+    if unseen.any():
+        missing = ", ".join(f"{names[k]} ({layout.counts[k]:,.0f})" for k in np.flatnonzero(unseen))
+        title += f"<br><sup>too small to draw: {missing}</sup>"
     share = 100 * layout.counts / total
     custom = np.stack([layout.counts, share, 100 * layout.actual / layout.target.sum()], axis=-1)[ok]
     ext = float(np.max(np.abs(layout.centers) + layout.radii[:, None])) * 1.25
@@ -99,7 +104,8 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
     )
     fig.update_xaxes(visible=False, range=[-ext, ext])
     fig.update_yaxes(visible=False, range=[-ext, ext], scaleanchor="x", scaleratio=1)
-    return _style(fig, title, height=520, margin={"l": 20, "r": 20, "t": 80, "b": 20})
+    top = max(80, 56 + 18 * title.count("<br>"))  # the title and each of its subtitle lines
+    return _style(fig, title, height=520, margin={"l": 20, "r": 20, "t": top, "b": 20})
 
 
 def _compact(v: float) -> str:

@@ -369,6 +369,19 @@ def test_venn_prints_counts_only_in_regions_large_enough_to_hold_them():
     assert all(points.text), points.text  # comparable sets: every region's count printed
 
 
+def test_venn_names_regions_too_small_to_draw_with_their_counts():
+    """Three large sets with one-parameter pairwise overlaps: exact areas leave those regions no point to
+    hover; the subtitle names each with its count instead of dropping it silently."""
+    regions = {"100": 1e6, "010": 1e6, "001": 1e6, "110": 1, "101": 1, "011": 1, "111": 1}
+    fig = F.venn3(regions, ["a", "b", "c"])
+    (points,) = [t for t in fig.data if t.mode == "markers+text"]
+    assert sorted(points.hovertext) == ["only a", "only b", "only c"]
+    assert "too small to draw: a ∩ b only (1), a ∩ c only (1), b ∩ c only (1), a ∩ b ∩ c (1)" in fig.layout.title.text
+    assert fig.layout.margin.t >= 56 + 18 * 2  # room for the title's two extra lines
+    plain = F.venn3({"100": 40, "010": 35, "001": 30, "110": 12, "101": 10, "011": 9, "111": 5}, ["a", "b", "c"])
+    assert "too small" not in plain.layout.title.text
+
+
 def test_venn3_auto_is_no_worse_and_handles_impossible_triangles():
     _, regions = planted_sets(3)
     assert venn3_layout(regions).region_error <= venn3_layout(regions, method="pairwise").region_error + 1e-12
