@@ -532,7 +532,8 @@ def test_bigram_mask_runs_are_picked_by_name_and_drawn_in_percent(app_env):
     # the runs listed as on the Training page (progress, times), without the kind: all are mask runs
     (runs,) = [d.value for d in at.dataframe if "progress" in d.value.columns]
     assert list(runs.columns) == ["id", "name", "status", "progress", "step", "total", "created", "ended", "error"]
-    assert list(runs["progress"]) == [1.0] and all(len(t) == 8 for t in runs["created"])
+    (row,) = runs[runs["id"] == run_id].itertuples()
+    assert row.progress == 1.0 and len(row.created) == 8  # HH:MM:SS
     (spec,) = [s for s in plotly_specs(at) if s["layout"]["title"]["text"] == f"Run optimal mask λ=10 · {run_id}"]
     ys = {t["yaxis"]: list(decode(t["y"])) for t in spec["data"]}
     assert ys["y2"] == pytest.approx([50.0, 10.0]) and ys["y3"] == pytest.approx([100.0, 25.0])  # kept, undecided
