@@ -200,7 +200,7 @@ def drive(kind: str, request: dict, address: str, progress, total: int | None, m
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     try:
-        connected = False
+        connected, done = False, None
         while proc.poll() is None or not lines.empty():
             try:
                 line = lines.get(timeout=0.2).decode(errors="replace").split()
@@ -208,13 +208,18 @@ def drive(kind: str, request: dict, address: str, progress, total: int | None, m
                 line = []
             if line == ["connected"]:
                 connected = True
-            elif len(line) == 3 and line[0] == "done" and line[1].isdigit() and line[2].isdigit() and progress:
-                progress(int(line[1]), int(line[2]), f"tasks done {where}")  # other output is a library's
+            elif len(line) == 3 and line[0] == "done" and line[1].isdigit() and line[2].isdigit():
+                done = f"{line[1]} of {line[2]} tasks done"
+                if progress:
+                    progress(int(line[1]), int(line[2]), f"tasks done {where}")  # other output is a library's
             now = time.monotonic()
             if not connected and now > connect_by and proc.poll() is None:
                 raise JobError(f"Could not connect to the Ray cluster at {shown(address)} within {connect_s:g} s.")
             if now > deadline and proc.poll() is None:
-                raise JobError(f"The analysis {where} did not finish within {_seconds(TIMEOUT_ENV, 3600.0):g} s.")
+                raise JobError(
+                    f"The analysis {where} did not finish within {_seconds(TIMEOUT_ENV, 3600.0):g} s "
+                    f"({done or 'no task done yet: is every node of the cluster alive and free?'})."
+                )
         return _outcome(tmp, proc.returncode, where)
     finally:
         if proc.poll() is None:  # given up on, or this page stopped waiting: Ray cancels its tasks

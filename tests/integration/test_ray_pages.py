@@ -207,6 +207,16 @@ def test_silent_head_is_a_clear_error_in_bounded_time(micro_zoo, monkeypatch):  
         assert time.monotonic() - t < 16 + 10  # the bound, and the driver's exit
 
 
+def test_an_analysis_past_its_time_bound_says_how_far_it_got(ray_head, micro_zoo, monkeypatch):  # noqa: F811
+    """``SUBNETVIZ_RAY_TIMEOUT`` bounds the whole analysis on the cluster: past it the driver is stopped and
+    the page hears how far the work got (here: not a task done within 1 s, the driver still starting)."""
+    monkeypatch.setenv(cluster.TIMEOUT_ENV, "1")
+    t = time.monotonic()
+    with pytest.raises(JobError, match=r"did not finish within 1 s \(no task done yet: is every node"):
+        cluster.checkpoint_series([str(micro_zoo.base), str(micro_zoo.series[0][1])], address=ray_head)
+    assert time.monotonic() - t < 1 + 10  # the bound, and the driver's kill
+
+
 def test_probe_forms(monkeypatch):
     cluster.probe("auto")  # nothing to probe: Ray finds the cluster itself
     with pytest.raises(JobError, match="No Ray cluster answers at ray://127.0.0.1:1 "):
