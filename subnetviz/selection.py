@@ -165,9 +165,15 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
                     )
                 digest.update(chunk)
                 out.write(chunk)
-        ms = import_bigram_pickle(src) if name.endswith((".pickle", ".pkl")) else load_mask_set(src)
+        pickled = name.endswith((".pickle", ".pkl"))
+        ms = import_bigram_pickle(src) if pickled else load_mask_set(src)
+    except MaskError as exc:  # the readers name the file they read, here a temporary one: name the upload
+        text = str(exc)
+        raise type(exc)(name + text[len(str(src)) :] if text.startswith(str(src)) else f"{name}: {text}") from None
     finally:
         src.unlink(missing_ok=True)
+    if pickled:  # the importer records the file it read as the source: the temporary copy
+        ms.metadata["source"] = f"upload {name}"
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] or "mask"
     target = uploads_dir() / f"{stem}-{digest.hexdigest()[:8]}.safetensors"
     if target.exists():

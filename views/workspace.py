@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import config, selection, ui
+from subnetviz.errors import SubnetvizError
 
 
 def body() -> None:
@@ -54,8 +55,12 @@ def body() -> None:
             key="mask_upload",
         )
     if up is not None:
-        stored = selection.save_upload(up.name, up)
-        st.success(f"Stored as {ui.plain(stored.name)}; pick it under *Saved masks* in the sidebar.")
+        try:
+            stored = selection.save_upload(up.name, up)
+        except SubnetvizError as exc:  # said under the uploader; the rest of the page stays
+            ui.error(exc)
+        else:
+            st.success(f"Stored as {ui.plain(stored.name)}; pick it under *Saved masks* in the sidebar.")
     files = dict(ws.masks)
     if ws.finetuned:
         from subnetviz.analysis.updates import mask_path

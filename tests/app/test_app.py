@@ -251,7 +251,7 @@ def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
     import torch
 
     from subnetviz import selection
-    from subnetviz.errors import UnsafePickleError
+    from subnetviz.errors import MaskError, UnsafePickleError
     from subnetviz.masks import load_mask_set
 
     good = pickle.dumps({"transformer.h.0.mlp.c_fc.weight": np.eye(3, dtype=bool), "orig_model_name": "gpt2"})
@@ -259,6 +259,7 @@ def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
     ms = load_mask_set(stored)
     assert torch.equal(ms.masks["transformer.h.0.mlp.c_fc.weight"], torch.eye(3, dtype=torch.bool))
     assert stored.parent == app_env / "uploads"
+    assert ms.metadata["source"] == "upload subnetwork_dict_lambda1e1.pickle"  # not the temporary copy read
 
     sentinel = tmp_path / "pwned"
 
@@ -266,9 +267,15 @@ def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {sentinel}",))
 
-    with pytest.raises(UnsafePickleError):
+    with pytest.raises(UnsafePickleError, match=r"^evil\.pickle: pickle asks for posix\.system"):
         selection.save_upload("evil.pickle", pickle.dumps({"w": Evil()}))
     assert not sentinel.exists()
+    # a broken upload is named as the visitor named it (the reader saw only a temporary copy)
+    with pytest.raises(MaskError, match=r"^half\.safetensors: not a readable safetensors mask file"):
+        selection.save_upload("half.safetensors", stored.read_bytes()[:40])
+    with pytest.raises(MaskError, match=r"^junk\.pkl: not a readable pickle"):
+        selection.save_upload("junk.pkl", b"\x00junk")
+    assert not list((app_env / "uploads").glob(".upload-*"))
 
 
 def test_uploads_never_replace_each_other_and_are_capped(app_env, monkeypatch):

@@ -92,6 +92,40 @@ def test_path_outside_the_roots_is_refused_in_the_page(browser, app_url):
         ctx.close()
 
 
+def test_a_broken_mask_upload_is_named_and_the_page_stays(browser, app_url, app_home, tmp_path):
+    """A truncated safetensors dropped on the Workspace page: one error under the uploader that names the
+    file as the visitor named it, the rest of the page (the zoo manifest) still drawn, nothing stored;
+    then a good mask is stored."""
+    import torch
+
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    good = tmp_path / "good.safetensors"
+    save_mask_set(good, MaskSet({"w": torch.rand(8, 8, generator=torch.Generator().manual_seed(0)) < 0.5}, {}))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(good.read_bytes()[:40])
+    before = set((app_home / "uploads").glob("*")) if (app_home / "uploads").exists() else set()
+    ctx, page = open_page(browser, app_url + "/workspace")
+    try:
+        drop = page.get_by_test_id("stFileUploaderDropzoneInput")
+        drop.set_input_files(str(broken))
+        alert = page.locator("[data-testid='stAlertContentError']")
+        alert.first.wait_for(timeout=60_000)
+        wait_for_app(page)
+        text = alert.inner_text().replace("\u200b", "").splitlines()[-1]  # after the icon's name; as text
+        assert alert.count() == 1 and text.startswith("broken.safetensors: not a readable safetensors"), text
+        assert page.get_by_text("Demo zoo manifest").count() == 1 and page.get_by_test_id("stException").count() == 0
+        assert (set((app_home / "uploads").glob("*")) if (app_home / "uploads").exists() else set()) == before
+        page.get_by_role("button", name="Remove").first.click()  # the broken file, off the uploader
+        drop.set_input_files(str(good))
+        page.get_by_text("Stored as good-").first.wait_for(timeout=60_000)
+        assert page.locator("[data-testid='stAlertContentError']").count() == 0
+    finally:
+        ctx.close()
+        for f in set((app_home / "uploads").glob("good-*")) - before:
+            f.unlink()
+
+
 def test_export_button_downloads_a_self_contained_dashboard(browser, app_url, app_home, tmp_path):
     ctx, page = open_page(browser, app_url + "/sparsity", height=2400)
     try:
