@@ -137,6 +137,14 @@ def max_upload_bytes() -> int:
     return int(float(os.environ.get("SUBNETVIZ_MAX_UPLOAD_MB", MAX_UPLOAD_MB)) * (1 << 20))
 
 
+def stored_mask_path(name: str, digest: str) -> Path:
+    """Where the uploads folder keeps a mask that came as ``name`` with content hash ``digest`` (hex):
+    ``<name's stem, normalised>-<8 hex>.safetensors``. Two sources whose names normalise alike never
+    replace each other; the same content under the same name is stored once."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] or "mask"
+    return uploads_dir() / f"{stem}-{digest[:8]}.safetensors"
+
+
 def save_upload(name: str, data: bytes | BinaryIO) -> Path:
     """Store an uploaded mask: safetensors as is (validated by reading it), a released bigram pickle
     converted through the restricted unpickler. Returns the stored safetensors path.
@@ -174,12 +182,31 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
         src.unlink(missing_ok=True)
     if pickled:  # the importer records the file it read as the source: the temporary copy
         ms.metadata["source"] = f"upload {name}"
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] or "mask"
-    target = uploads_dir() / f"{stem}-{digest.hexdigest()[:8]}.safetensors"
+    target = stored_mask_path(name, digest.hexdigest())
     if target.exists():
         return target  # the same bytes uploaded before (under this name): nothing to write
     ms.metadata.setdefault("source", f"upload {name}")
     return save_mask_set(target, ms)
+
+
+def import_released(path: str, model: str) -> Path:
+    """A released bigram-subnetwork pickle at ``path`` (on the server, inside the roots) converted for the
+    checkpoint ``model`` and stored among the uploads (:func:`stored_mask_path`: a second pickle of the same
+    name, from another folder or for another model, is kept beside the first, never over it); the stored path.
+    """
+    from subnetviz.bigram.maskable import save_released_mask
+    from subnetviz.errors import MaskError
+
+    src = config.check_allowed(path)
+    if not src.is_file():
+        raise MaskError(f"{config.display_path(src)}: no such pickle.")
+    digest = hashlib.sha256()
+    with open(src, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    digest.update(f"\0{model}".encode())
+    target = stored_mask_path(src.name, digest.hexdigest())
+    return target if target.exists() else save_released_mask(src, model, target)
 
 
 def saved_masks() -> dict[str, str]:

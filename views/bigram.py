@@ -1,7 +1,6 @@
 """Bigram subnetworks: train a mask as a job or load one, then fidelity, ablation, location, overlap,
 the residual stream and generations (reference/bigram_subnetworks.md)."""
 
-import os
 from functools import partial
 
 import streamlit as st
@@ -10,6 +9,7 @@ from subnetviz import config, figures, selection, ui
 from subnetviz.bigram.config import BigramJobConfig
 from subnetviz.bigram.locate import shares_heatmap_frame
 from subnetviz.bigram.store import analysis_key
+from subnetviz.errors import SubnetvizError
 from subnetviz.figures import bigram as bg_figures
 
 
@@ -90,11 +90,12 @@ def import_released(model: str) -> None:
     with st.expander("Import a released bigram-subnetwork pickle (GPT-2 / Pythia)"):
         path = st.text_input("subnetwork_dict_lambda*.pickle (restricted unpickler)", key="bg_pickle")
         if path and st.button("Import for this model", key="bg_import"):
-            from subnetviz.bigram.maskable import save_released_mask
-
-            out = config.home() / "uploads" / f"{os.path.basename(path).rsplit('.', 1)[0]}.safetensors"
-            save_released_mask(config.check_allowed(path), model, out)
-            st.success(f"Saved {ui.plain(out.name)}; it is now among the saved masks.")
+            try:
+                out = selection.import_released(path, model)
+            except SubnetvizError as exc:  # said here; the page above stays
+                ui.error(exc)
+            else:
+                st.success(f"Saved {ui.plain(out.name)}; it is now among the saved masks.")
 
 
 def headline(h: dict) -> None:

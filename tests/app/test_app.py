@@ -394,6 +394,11 @@ def test_bigram_page_shows_the_backend_numbers(app_env):
     assert list(titles)[:2] == ["Ablation", "Location"] and "Overlap" in titles
     assert len(titles["Ablation"]) == 2 and titles["Location"] == ["Where the subnetwork lives"]
     assert sum(len(t) for t in titles.values()) >= 5
+    # importing a released pickle from outside the roots: refused under the importer, the analysis stays drawn
+    at.text_input(key="bg_pickle").input("/etc/passwd").run()
+    at.button(key="bg_import").click().run()
+    assert not at.exception and len(at.main.error) == 1, [e.value for e in at.error]
+    assert "outside the folders this server may read" in at.main.error[0].value and len(at.metric) == len(shown)
 
 
 def test_pages_show_live_progress_of_a_queued_or_running_job(app_env):

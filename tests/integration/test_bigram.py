@@ -258,6 +258,37 @@ def test_released_pickle_checks_architecture(tmp_path):
     assert all(torch.equal(saved.masks[n], ms.masks[n]) for n in ms.masks)
 
 
+def test_importing_released_pickles_never_replaces_one_another(tmp_path, monkeypatch):
+    """The Bigram page's import: two released pickles of the same file name (from two folders) are both kept,
+    the same pickle for the same model is stored once, a path outside the roots is refused."""
+    from subnetviz import selection
+    from subnetviz.errors import PathNotAllowedError
+
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path))
+    gpt2 = bigram_model("gpt2")
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    names = [n for n in maskable_names(gpt2)]
+    stored = []
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        payload = {n: rng.random(tuple(gpt2.get_parameter(n).shape)) < 0.1 for n in names}
+        path = tmp_path / f"run{seed}" / "subnetwork_dict_lambda1e1.pickle"
+        path.parent.mkdir()
+        path.write_bytes(pickle.dumps(payload))
+        stored.append(selection.import_released(str(path), str(tmp_path / "gpt2")))
+        got = load_mask_set(stored[-1]).masks
+        assert all(np.array_equal(got[n].numpy(), payload[n]) for n in names)
+    assert stored[0] != stored[1] and all(p.exists() for p in stored)
+    assert stored[1].name.startswith("subnetwork_dict_lambda1e1-") and stored[0].parent == tmp_path / "home" / "uploads"
+    again = selection.import_released(str(path), str(tmp_path / "gpt2"))
+    assert again == stored[1] and len(list(stored[0].parent.glob("*.safetensors"))) == 2
+    with pytest.raises(PathNotAllowedError, match="outside the folders"):
+        selection.import_released("/etc/passwd", str(tmp_path / "gpt2"))
+    with pytest.raises(MaskError, match="no such pickle"):
+        selection.import_released(str(tmp_path / "missing.pickle"), str(tmp_path / "gpt2"))
+
+
 def test_unsupported_models_raise():
     with pytest.raises(ConfigError, match="bert"):
         maskable_names(types.SimpleNamespace(config=types.SimpleNamespace(model_type="bert")))
