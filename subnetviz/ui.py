@@ -8,6 +8,7 @@ precision — bound to query parameters so a copied URL reopens the same view), 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -37,6 +38,17 @@ def warning(message: object) -> None:
 
 
 # --- errors ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def said_here():
+    """An action's input error (a launch, an upload, an import) said where the action is, in the main
+    area, with the page around it kept (the form and its values, the analysis above): run_page would
+    replace the whole page by the message."""
+    try:
+        yield
+    except SubnetvizError as exc:
+        error(exc)
+
+
 def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
     """Run a page body; input errors become one readable message, bugs a short notice (no traceback).
 

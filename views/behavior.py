@@ -83,8 +83,9 @@ def body() -> None:
 
             res = cached_behavior(cfg, address=ui.compute_address())  # on the session's cluster, if any
     if ui.allowed("launch") and st.button("Run as a background job (larger prompt sets)", icon=":material/play_arrow:"):
-        run_id = ui.job_runner().submit({**cfg, "limit": None}, name=f"behaviour {', '.join(ws.labels)}")
-        st.success(f"Queued run {run_id}; it appears under Results when it has finished.")
+        with ui.said_here():  # the results below stay
+            run_id = ui.job_runner().submit({**cfg, "limit": None}, name=f"behaviour {', '.join(ws.labels)}")
+            st.success(f"Queued run {run_id}; it appears under Results when it has finished.")
     show(res)
 
 

@@ -9,7 +9,6 @@ from subnetviz import config, figures, selection, ui
 from subnetviz.bigram.config import BigramJobConfig
 from subnetviz.bigram.locate import shares_heatmap_frame
 from subnetviz.bigram.store import analysis_key
-from subnetviz.errors import SubnetvizError
 from subnetviz.figures import bigram as bg_figures
 
 
@@ -36,18 +35,19 @@ def train(model: str, corpus: str) -> None:
         seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key="bg_seed")
         go = st.form_submit_button("Train mask", type="primary", icon=":material/play_arrow:")
     if go:
-        cfg = BigramJobConfig(
-            model=model,
-            corpus=corpus,
-            target=target,
-            lam=float(lam),
-            preset=preset,
-            steps=int(steps),
-            seed=int(seed),
-            device=ui.workspace().device,
-        )
-        run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{target} mask λ={lam:g}")
-        st.success(f"Queued run {run_id}; its mask joins the saved masks when it finishes.")
+        with ui.said_here():  # the form stays, with its values
+            cfg = BigramJobConfig(
+                model=model,
+                corpus=corpus,
+                target=target,
+                lam=float(lam),
+                preset=preset,
+                steps=int(steps),
+                seed=int(seed),
+                device=ui.workspace().device,
+            )
+            run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{target} mask λ={lam:g}")
+            st.success(f"Queued run {run_id}; its mask joins the saved masks when it finishes.")
     runs_view()
 
 
@@ -90,11 +90,8 @@ def import_released(model: str) -> None:
     with st.expander("Import a released bigram-subnetwork pickle (GPT-2 / Pythia)"):
         path = st.text_input("subnetwork_dict_lambda*.pickle (restricted unpickler)", key="bg_pickle")
         if path and st.button("Import for this model", key="bg_import"):
-            try:
+            with ui.said_here():  # the analysis above stays
                 out = selection.import_released(path, model)
-            except SubnetvizError as exc:  # said here; the page above stays
-                ui.error(exc)
-            else:
                 st.success(f"Saved {ui.plain(out.name)}; it is now among the saved masks.")
 
 

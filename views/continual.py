@@ -48,18 +48,19 @@ def launch() -> None:
         inference = d4.checkbox("SupSup one-shot task inference (experimental)")
         go = st.form_submit_button("Launch", type="primary", icon=":material/play_arrow:")
     if go:
-        cfg = ContinualConfig(
-            benchmark=bench,
-            methods=tuple(methods),
-            density=tuple(sorted(densities)),
-            tasks=int(tasks),
-            seeds=tuple(range(int(seeds))),
-            epochs=PhaseEpochs(int(epochs), int(epochs), 2 * int(epochs)),
-            kkt=kkt,
-            task_inference=inference,
-        )
-        run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
-        st.success(f"Queued run {run_id}; it appears under Results when it finishes.")
+        with ui.said_here():  # the form stays, with its values
+            cfg = ContinualConfig(
+                benchmark=bench,
+                methods=tuple(methods),
+                density=tuple(sorted(densities)),
+                tasks=int(tasks),
+                seeds=tuple(range(int(seeds))),
+                epochs=PhaseEpochs(int(epochs), int(epochs), 2 * int(epochs)),
+                kkt=kkt,
+                task_inference=inference,
+            )
+            run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
+            st.success(f"Queued run {run_id}; it appears under Results when it finishes.")
 
 
 def progress() -> None:

@@ -87,33 +87,34 @@ def launch(ws) -> None:
     if submitted and 0 < gpus < nproc:
         ui.error(f"{int(nproc)} processes need {int(nproc)} GPUs (one each); the job asks for {int(gpus)}.")
     elif submitted:
-        mask = masks[mask_label]
-        if mask and random_twin:
-            mask = f"random:{mask}"
-        if train_data == AUTO:
-            train_data = ZOO_DATA[algorithm]
-        base = selection.resolve_choice(base, members)  # the server reads only under the allowed roots
-        train_path = data.get(train_data) or str(config.check_allowed(train_data))
-        cfg = {
-            "kind": "train",
-            "algorithm": algorithm,
-            "base": base,
-            "data": train_path,
-            "eval_data": data.get(eval_data) if eval_data else None,
-            "mask": mask,
-            "steps": int(steps),
-            "learning_rate": float(lr),
-            "seed": int(seed),
-            "strategy": strategy,
-            "num_processes": int(nproc),
-            **({"num_gpus": int(gpus)} if gpus else {}),
-        }
-        if algorithm == "grpo":
-            cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
-        run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
-        st.success(f"Queued run {run_id}: [follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
-        if note := mask_note(mask, cfg):
-            ui.warning(note)
+        with ui.said_here():  # the form stays, with its values (a data path outside the roots)
+            mask = masks[mask_label]
+            if mask and random_twin:
+                mask = f"random:{mask}"
+            if train_data == AUTO:
+                train_data = ZOO_DATA[algorithm]
+            base = selection.resolve_choice(base, members)  # the server reads only under the allowed roots
+            train_path = data.get(train_data) or str(config.check_allowed(train_data))
+            cfg = {
+                "kind": "train",
+                "algorithm": algorithm,
+                "base": base,
+                "data": train_path,
+                "eval_data": data.get(eval_data) if eval_data else None,
+                "mask": mask,
+                "steps": int(steps),
+                "learning_rate": float(lr),
+                "seed": int(seed),
+                "strategy": strategy,
+                "num_processes": int(nproc),
+                **({"num_gpus": int(gpus)} if gpus else {}),
+            }
+            if algorithm == "grpo":
+                cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
+            run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
+            st.success(f"Queued run {run_id}: [follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
+            if note := mask_note(mask, cfg):
+                ui.warning(note)
 
 
 def mask_note(mask: str | None, cfg: dict) -> str | None:

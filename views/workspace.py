@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import config, selection, ui
-from subnetviz.errors import SubnetvizError
 
 
 def body() -> None:
@@ -55,11 +54,8 @@ def body() -> None:
             key="mask_upload",
         )
     if up is not None:
-        try:
+        with ui.said_here():  # under the uploader; the rest of the page stays
             stored = selection.save_upload(up.name, up)
-        except SubnetvizError as exc:  # said under the uploader; the rest of the page stays
-            ui.error(exc)
-        else:
             st.success(f"Stored as {ui.plain(stored.name)}; pick it under *Saved masks* in the sidebar.")
     files = dict(ws.masks)
     if ws.finetuned:

@@ -433,7 +433,9 @@ def test_training_launch_refuses_a_base_outside_the_roots(app_env):
     submit = next(b for b in at.button if "Launch" in b.label)
     submit.click().run()
     assert not at.exception
-    assert any("outside the folders" in e.value for e in at.error)
+    assert [e.value for e in at.main.error if "outside the folders" in e.value]
+    # said in the main area, under the form, which keeps what was typed
+    assert at.text_input(key="tr_base").value == "/etc" and any(b.label == "Launch run" for b in at.button)
 
 
 def test_sparsity_tabs_draw_only_the_open_section_and_are_shareable(app_env):
