@@ -19,6 +19,7 @@ from subnetviz.figures.style import (
     _unique,
     color_map,
     no_data_figure,
+    percent_cells,
 )
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -54,6 +55,7 @@ def rank_heatmap(df: pd.DataFrame, title: str = "Update rank / min(m, n) by laye
         hover,
         title,
         "rank (% of full)",
+        text=percent_cells(100 * g["rank_frac"], unit=""),
         colorscale=SEQUENTIAL,
         zmin=0,
         zmax=100,
@@ -200,6 +202,16 @@ def rank_measure_heatmap(
     custom = np.stack([g[measure], g["min_dim"]], axis=-1)
     hover = f"layer %{{y}} · %{{x}}<br>{names.get(measure, measure)} %{{customdata[0]:,.1f}} of %{{customdata[1]:,.0f}} (%{{z:.1f}}%)"
     rng = {"zmin": 0, "zmax": 100} if zrange is None else {"zmin": float(zrange[0]), "zmax": float(zrange[1])}
+    z = 100 * g["frac"]
     return _layer_heatmap(
-        layers, modules, 100 * g["frac"], custom, hover, title, "% of min(m, n)", colorscale=SEQUENTIAL, **rng
+        layers,
+        modules,
+        z,
+        custom,
+        hover,
+        title,
+        "% of min(m, n)",
+        text=percent_cells(z, unit=""),
+        colorscale=SEQUENTIAL,
+        **rng,
     )

@@ -116,14 +116,23 @@ def format_number(x, digits: int = 3, sign: bool = False) -> str:
     return f"{plus}{x:,.{max(0, digits - 1 - int(np.floor(np.log10(abs(x)))) if x else digits - 1)}f}"
 
 
-def percent_cells(values: np.ndarray) -> np.ndarray:
-    """Cell labels for percentages: one decimal, but a small non-zero share keeps two significant digits
-    ("0.0065%", not "0.0%" hiding that there is overlap); blank where undefined."""
+def percent_cells(values: np.ndarray, unit: str = "%") -> np.ndarray:
+    """Cell labels for percentages: one decimal, but no rounding that hides a number: a small non-zero share
+    keeps two significant digits ("0.0065%", not "0.0%" hiding that there is overlap), a share just below
+    100 the decimals that tell it from 100 ("99.96", not "100.0" as if nothing had changed); blank where
+    undefined. ``unit``: written after each value ("" where the colour bar already says %)."""
     v = np.asarray(values, dtype=np.float64)
     out = np.full(v.shape, "", dtype=object)
     for idx, x in np.ndenumerate(v):
-        if np.isfinite(x):
-            out[idx] = f"{x:.1f}%" if x == 0 or abs(x) >= 0.05 else f"{format_number(x, digits=2)}%"
+        if not np.isfinite(x):
+            continue
+        if x != 0 and abs(x) < 0.05:
+            out[idx] = f"{format_number(x, digits=2)}{unit}"
+        elif 99.95 <= x < 100:
+            digits = next((d for d in range(2, 7) if float(f"{x:.{d}f}") < 100), None)
+            out[idx] = f"{x:.{digits}f}{unit}" if digits else f">99.9999{unit}"
+        else:
+            out[idx] = f"{x:.1f}{unit}"
     return out.astype(str)
 
 

@@ -30,6 +30,7 @@ from subnetviz.figures.style import (
     _unique,
     color_map,
     no_data_figure,
+    percent_cells,
 )
 
 
@@ -86,7 +87,10 @@ def sparsity_heatmap(
     )
     label = f"{value.replace('_', ' ')} (%)"
     rng = {} if zrange is None else {"zmin": float(zrange[0]), "zmax": float(zrange[1])}
-    fig = _layer_heatmap(layers, modules, 100 * g[value], custom, hover, title, label, colorscale=SEQUENTIAL, **rng)
+    z = 100 * g[value]
+    fig = _layer_heatmap(
+        layers, modules, z, custom, hover, title, label, text=percent_cells(z, unit=""), colorscale=SEQUENTIAL, **rng
+    )
     if not cell_text:
         fig.update_traces(text=None, texttemplate=None)
     return fig
@@ -115,7 +119,7 @@ def overall_bars(
             x=models,
             y=v,
             marker_color=[colors[m] for m in models],
-            text=[f"{x:.1f} %" for x in v],
+            text=list(percent_cells(v, unit=" %")),
             textposition="outside",
             cliponaxis=False,
             customdata=custom,

@@ -72,6 +72,26 @@ def test_sparsity_heatmap_z_equals_table_and_missing_is_nan():
     assert "changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}" in tr.hovertemplate
 
 
+def test_sparsity_cells_never_round_a_change_away():
+    """Four changed weights in 10,000: one decimal wrote "100.0" in the cell, as if the module were untouched
+    (and 0.04 % read "0.0"); the cell keeps the digits that tell it from 100 (or 0), exact values stay."""
+    rows = [(0, "q", 4, 10_000), (0, "k", 0, 10_000), (1, "q", 9_996, 10_000), (1, "k", 2_500, 10_000)]
+    df = pd.DataFrame(
+        [
+            dict(layer=la, module=m, changed=c, numel=n, density=c / n, sparsity=1 - c / n, kept=c / n)
+            for la, m, c, n in rows
+        ]
+    )
+    tr = F.sparsity_heatmap(df).data[0]
+    assert tr.texttemplate == "%{text}"
+    cells = {(y, x): tr.text[i][j] for i, y in enumerate(tr.y) for j, x in enumerate(tr.x)}
+    assert cells == {("0", "q"): "99.96", ("0", "k"): "100.0", ("1", "q"): "0.040", ("1", "k"): "75.0"}
+    kept = F.sparsity_heatmap(df, "kept").data[0]  # the Bigram page's share of kept weights, the same way
+    assert kept.text[0][0] == "0.040" and kept.text[1][0] == "99.96"
+    bars = F.overall_bars(pd.DataFrame({"model": ["rl", "sft"], "sparsity": [0.99996, 0.3]})).data[0]
+    assert list(bars.text) == ["99.996 %", "30.0 %"]  # the bar over a model, the same way
+
+
 def test_shared_range_spans_every_frame_and_heatmaps_use_it():
     a, b = heat_frame(), heat_frame().assign(sparsity=lambda d: d["sparsity"] * 0.5)
     lo, hi = F.shared_range([a, b])
@@ -738,6 +758,13 @@ def test_overlap_cells_keep_a_small_share_visible():
         "0.1%",
         "",
         "2.0e-05%",
+    ]
+    assert list(percent_cells(np.array([99.96, 99.9996, 99.94, 100.0, 100 - 1e-9]), unit="")) == [
+        "99.96",
+        "99.9996",
+        "99.9",
+        "100.0",
+        ">99.9999",
     ]
     pw = pd.DataFrame({"a": ["x"], "b": ["y"], "o1": [6.5e-5], "o2": [0.2], "o1_chance": [0.3], "o2_chance": [0.01]})
     cells = F.pairwise_matrix(pw, "o1").data[0].text
