@@ -202,6 +202,15 @@ def read_json(path: str | os.PathLike, default=None):
         return default
 
 
+def read_frame(path: str | os.PathLike, **kwargs):
+    """A CSV this package wrote (``DataFrame.to_csv``), read back as written: only an empty field is
+    missing, as ``to_csv`` writes NaN. pandas' default also reads "NA", "None", "null", "nan" and a dozen
+    more as missing: a model labelled "NA" vanished from its own analysis, a token "None" from its prompt."""
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], **kwargs)
+
+
 def write_json(path: str | os.PathLike, obj, *, indent: int | None = None) -> Path:
     """``obj`` as JSON through :func:`atomic_write` (paths and other objects as their ``str``)."""
     return atomic_write(path, json.dumps(obj, indent=indent, default=str) + ("\n" if indent else ""))

@@ -57,6 +57,7 @@ from subnetviz.analysis.revert import (
     random_order_selector,
     random_selector,
 )
+from subnetviz.cache import read_frame
 from subnetviz.errors import ConfigError, suggest
 
 __all__ = [
@@ -296,7 +297,7 @@ def write_behavior(report: BehaviorReport, folder: str | os.PathLike) -> None:
 
 def read_behavior(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
     folder = Path(folder)
-    return {n: pd.read_csv(folder / f"{n}.csv") for n in ("summary", "tokens", "prompts", "curves")}
+    return {n: read_frame(folder / f"{n}.csv") for n in ("summary", "tokens", "prompts", "curves")}
 
 
 # --- configs: the CLI, the job and the page share one ------------------------------------------------

@@ -347,7 +347,7 @@ def write_subspaces(table: SubspaceTable, folder: str | os.PathLike) -> None:
 def read_subspaces(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The two frames :func:`write_subspaces` wrote: (per-matrix rows, long vectors)."""
     folder = Path(folder)
-    return pd.read_csv(folder / "subspaces.csv"), pd.read_parquet(folder / "subspaces.parquet")
+    return _cache.read_frame(folder / "subspaces.csv"), pd.read_parquet(folder / "subspaces.parquet")
 
 
 def cached_subspaces(

@@ -30,7 +30,7 @@ from subnetviz.analysis.update_pass import (  # re-exported: the pass' home befo
     analyze_updates,
     prefetched,
 )
-from subnetviz.cache import atomic_folder
+from subnetviz.cache import atomic_folder, read_frame
 from subnetviz.checkpoints import Checkpoint, open_checkpoint
 from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.masks import MaskSet, save_mask_set
@@ -154,9 +154,9 @@ def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
     """Read back what :func:`write_analysis` wrote (masks stay on disk: see ``mask_path``)."""
     out = Path(out_dir)
     summary = json.loads((out / "summary.json").read_text())
-    tensors = pd.read_csv(out / "tensors.csv", dtype={"expert": "string"})  # "3", "shared", "all": never 3.0
-    parts = pd.read_csv(out / "parts.csv") if (out / "parts.csv").exists() else pd.DataFrame()
-    side = pd.read_csv(out / "buffers.csv") if (out / "buffers.csv").exists() else pd.DataFrame(columns=SIDE_COLUMNS)
+    tensors = read_frame(out / "tensors.csv", dtype={"expert": "string"})  # "3", "shared", "all": never 3.0
+    parts = read_frame(out / "parts.csv") if (out / "parts.csv").exists() else pd.DataFrame()
+    side = read_frame(out / "buffers.csv") if (out / "buffers.csv").exists() else pd.DataFrame(columns=SIDE_COLUMNS)
     opts = summary.get("options") or {}
     options = SparsityOptions(
         tolerances=tuple(opts.get("tolerances", ())),
@@ -183,7 +183,7 @@ def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
                 label, summary["base"], options, df, {}, rowcol, p, summary["models"][label].get("notes", []), buf
             )
         )
-    spectra_frame = pd.read_csv(out / "spectra.csv") if (out / "spectra.csv").exists() else None
+    spectra_frame = read_frame(out / "spectra.csv") if (out / "spectra.csv").exists() else None
     sigma = pd.read_parquet(out / "sigma.parquet") if (out / "sigma.parquet").exists() else None
     return UpdateAnalysis(
         summary["base"],

@@ -14,6 +14,7 @@ import pandas as pd
 
 from subnetviz import figures
 from subnetviz.analysis.updates import UpdateAnalysis, read_analysis
+from subnetviz.cache import read_frame
 from subnetviz.errors import ConfigError
 from subnetviz.report.html import ReportSection, write_report
 
@@ -50,7 +51,7 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
             sfigs.append(figures.rank_heatmap(g, title=f"{model}: update rank / min(m, n)"))
         sections.append(ReportSection("Spectra", sfigs, [("Rank, effective rank, stable rank", spec)]))
     if analysis.source_dir is not None and (analysis.source_dir / "overlap_pairwise.csv").exists():
-        pw = pd.read_csv(analysis.source_dir / "overlap_pairwise.csv")
+        pw = read_frame(analysis.source_dir / "overlap_pairwise.csv")
         ofigs = [figures.pairwise_matrix(pw, value=v, labels=analysis.labels) for v in ("o1", "jaccard")]
         sections.append(ReportSection("Overlap of update masks", ofigs, [("Pairwise overlap against chance", pw)]))
     return sections

@@ -85,6 +85,21 @@ def test_report_kl_equals_numpy_reference_from_model_logits(planted):
     assert row["tokens"] == sum(len(f) for f in fwd_all)
 
 
+def test_a_report_reads_back_labels_and_tokens_that_look_like_missing_values(planted, tmp_path):
+    """A finetune labelled "nan" (its folder's name) and tokens such as "None": pandas' default CSV reader
+    turned both into NaN, and the Behaviour page failed on a model it could no longer find."""
+    from subnetviz.analysis.behavior import read_behavior, write_behavior
+
+    base, ft, _ = planted
+    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["nan"], curve=None, device="cpu")
+    rep.tokens.loc[rep.tokens.index[:3], "token"] = ["None", "NA", "null"]
+    write_behavior(rep, tmp_path)
+    back = read_behavior(tmp_path)
+    assert set(back["summary"]["model"]) == set(back["tokens"]["model"]) == set(back["prompts"]["model"]) == {"nan"}
+    assert list(back["tokens"]["token"][:3]) == ["None", "NA", "null"]
+    assert back["tokens"]["kl_forward"].to_numpy() == pytest.approx(rep.tokens["kl_forward"].to_numpy())
+
+
 def test_revert_inside_is_the_base_and_outside_is_the_finetune(planted):
     base, ft, masks = planted
     rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], masks={"M": masks}, curve=(0.0, 1.0), device="cpu")

@@ -190,6 +190,22 @@ def test_an_entry_without_its_manifest_is_not_served(tmp_path):
     assert not ready and "no readable manifest" in notice
 
 
+def test_an_analysis_labelled_like_a_missing_value_reads_back_whole(tmp_path):
+    """A finetune labelled "NA" (or "None", "null", "nan": a folder's name): its rows were read back from
+    the cached tensors.csv as missing, so its report came back empty."""
+    from subnetviz.analysis.updates import cached_analysis
+    from tests.models import make_llama
+
+    base, ft = make_llama(tmp_path / "base", seed=0), make_llama(tmp_path / "ft", seed=1)
+    labels = ["NA", "None"]
+    first = cached_analysis(str(base), [str(ft), str(ft)], labels=labels, cache_root=tmp_path / "cache")
+    again = cached_analysis(str(base), [str(ft), str(ft)], labels=labels, cache_root=tmp_path / "cache")
+    assert again.cached and [r.model for r in again.reports] == labels
+    for a, b in zip(first.reports, again.reports, strict=True):
+        assert len(b.tensors) == len(a.tensors) > 0 and b.tensors["changed"].sum() == a.tensors["changed"].sum() > 0
+    assert list(again.summary()["model"]) == labels
+
+
 def test_the_cli_heals_a_truncated_cached_analysis(tmp_path, monkeypatch):
     """A truncated cached summary.json / tensors.csv used to break every later run, and a truncated cached
     mask was copied into new outputs with exit 0."""
