@@ -57,9 +57,10 @@ def body() -> None:
 
 def read_results(outputs: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A finished grid's results table and the verdicts read from it."""
+    from subnetviz.cache import read_frame
     from subnetviz.experiments.drivers import verdicts
 
-    results = pd.read_csv(Path(outputs) / "results.csv", dtype={"value": str})
+    results = read_frame(Path(outputs) / "results.csv", dtype={"value": str})  # a value "None" stays text
     return results, verdicts(results)
 
 
