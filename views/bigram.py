@@ -81,7 +81,7 @@ def _runs() -> None:
         long = metrics.melt(
             id_vars=["step"], value_vars=[c for c in ("loss", "kept", "undecided") if c in metrics], var_name="metric"
         ).dropna()
-        ui.chart(figures.training_curves(long, title=f"Run {names[run_id]}"), key="bg-curves")
+        ui.chart(figures.training_curves(long, title=f"Run {figures.plain_label(names[run_id])}"), key="bg-curves")
 
 
 def import_released(model: str) -> None:

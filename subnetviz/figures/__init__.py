@@ -39,6 +39,7 @@ from subnetviz.figures.style import (
     compact_labels,
     format_number,
     no_data_figure,
+    plain_label,
 )
 from subnetviz.figures.updates import (
     module_bars,
@@ -69,6 +70,7 @@ __all__ = [
     "module_bars",
     "module_series",
     "no_data_figure",
+    "plain_label",
     "overall_bars",
     "overlap_layer_heatmap",
     "pairwise_matrix",

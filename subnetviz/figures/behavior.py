@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures.style import PALETTE, _require, _style, color_map, no_data_figure
+from subnetviz.figures.style import PALETTE, _require, _style, color_map, no_data_figure, plain_label
 
 ORDER_DASH = {"abs_delta": "solid", "random": "dash"}
 ORDER_NAME = {"abs_delta": "largest |Δ| first", "random": "random order"}
@@ -124,7 +124,7 @@ def token_bars(tokens: pd.DataFrame, title: str = "Per-token KL along the prompt
         return no_data_figure(title)
     _require(tokens, ["position", "token", "kl_forward", "kl_reverse"], "token_bars")
     t = tokens.sort_values("position")
-    labels = [f"{p}:{tok}" for p, tok in zip(t["position"], t["token"], strict=True)]
+    labels = [f"{p}:{plain_label(tok)}" for p, tok in zip(t["position"], t["token"], strict=True)]  # "<s>" as text
     answer = t["predicts_answer"].astype(bool).to_numpy() if "predicts_answer" in t else np.zeros(len(t), bool)
     role = np.where(answer, " (predicts the answer)", "")
     fig = go.Figure()

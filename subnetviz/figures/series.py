@@ -23,6 +23,7 @@ from subnetviz.figures.style import (
     _unique,
     color_map,
     no_data_figure,
+    plain_label,
 )
 
 SPLIT_COLORS = {"never updated": "#BBBBBB", "updated, unchanged at the end": PALETTE[5], "final subnetwork": PALETTE[0]}
@@ -225,12 +226,12 @@ def training_curves(
                     x=sub["step"].to_numpy(),
                     y=y,
                     mode="lines+markers",
-                    name=run,
+                    name=plain_label(run),  # a run's name is text, not markup
                     marker={"size": 9 if run in wide else 5},
                     legendgroup=run,
                     showlegend=i == 0 and len(runs) > 1,
                     line={"color": colors[run], "width": 5 if run in wide else 2},
-                    hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>",
+                    hovertemplate=f"{plain_label(run)}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>",
                 ),
                 **pos,
             )

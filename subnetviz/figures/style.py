@@ -6,6 +6,7 @@ Used by :mod:`subnetviz.figures` (sparsity, spectra, series, training), :mod:`su
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Sequence
 
@@ -134,6 +135,16 @@ def percent_cells(values: np.ndarray, unit: str = "%") -> np.ndarray:
         else:
             out[idx] = f"{x:.1f}{unit}"
     return out.astype(str)
+
+
+def plain_label(text: object) -> str:
+    """``text`` that is data, not markup (a token, a run's name), as a chart shows it literally.
+
+    Plotly reads a subset of HTML in every title, tick, legend and hover label: a Llama token "<s>" struck
+    the rest of the label through and vanished, "<br>" broke the line, "&amp;" read "&". Its <, > and & are
+    escaped (Plotly decodes the entities back to the characters), and "%{" so a hover template does not
+    take it for a field."""
+    return html.escape(str(text), quote=False).replace("%{", "%&#123;")
 
 
 def no_data_figure(title: str, message: str = "no data") -> go.Figure:

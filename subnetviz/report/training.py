@@ -52,7 +52,7 @@ def curves_figure(runner, run_ids: Sequence[str], names: Mapping[str, str], smoo
     if not frames:
         return None
     return figures.training_curves(
-        pd.concat(frames, ignore_index=True), title=f"Run {names[run_ids[0]]}", smoothing=smoothing
+        pd.concat(frames, ignore_index=True), title=f"Run {figures.plain_label(names[run_ids[0]])}", smoothing=smoothing
     )
 
 

@@ -979,3 +979,31 @@ def test_compact_labels_take_out_what_every_label_shares():
     assert F.compact_labels(same_start) == (["X", "Y"], "a very long shared beginning …")
     one = ["a single label that is much longer than the limit"]
     assert F.compact_labels(one) == (one, "")
+
+
+def test_tokens_and_run_names_are_text_not_markup():
+    """Plotly reads HTML in labels: a Llama "<s>" token vanished and struck the rest through, "<br>" broke the
+    line, "&amp;" read "&", and "%{y}" in a run's name was filled in by the hover. They reach the chart escaped
+    (Plotly decodes &lt; &gt; &amp; &#123; back to the characters, so they read as typed)."""
+    from subnetviz.figures.behavior import token_bars
+
+    tokens = pd.DataFrame(
+        {
+            "position": [0, 1, 2],
+            "token": ["<s>", "a&amp;b", "</s>"],
+            "kl_forward": [0.1, 0.2, 0.3],
+            "kl_reverse": [0.1] * 3,
+        }
+    )
+    bars = token_bars(tokens).data[0]
+    assert list(bars.x) == ["0:&lt;s&gt;", "1:a&amp;amp;b", "2:&lt;/s&gt;"]
+    run = "<b>lr</b> %{y}"
+    df = pd.DataFrame(
+        {"step": [0, 1, 0, 1], "metric": ["loss"] * 4, "value": [1.0, 0.5, 1.0, 0.6], "run": [run] * 2 + ["x"] * 2}
+    )
+    fig = F.training_curves(df)
+    (line,) = [t for t in fig.data if t.name and "lr" in t.name]
+    assert line.name == "&lt;b&gt;lr&lt;/b&gt; %&#123;y}" and line.hovertemplate.startswith(
+        "&lt;b&gt;lr&lt;/b&gt; %&#123;y}<br>"
+    )
+    assert F.plain_label("plain run · 1") == "plain run · 1"  # ordinary names unchanged
