@@ -50,7 +50,7 @@ class ModelBuilder:
     def build(self, select: Selector | None) -> float:
         """Rewrite every parameter (``select=None``: the finetune itself); returns the share of changed
         entries (stored bits differ) that were reverted."""
-        from subnetviz.analysis.bits import bits_differ
+        from subnetviz.analysis.bits import bits_differ, check_finite
         from subnetviz.checkpoints import read_aligned
 
         reverted = changed = 0
@@ -58,10 +58,12 @@ class ModelBuilder:
             for i, (key, p) in enumerate(self.params):
                 at = self.aligned[key]
                 b = read_aligned(self.ck_ft, at, 1, self.device)
+                check_finite(b, f"{self.ck_ft.spec} :: {at.names[1]}")  # KLs of a broken model would mean nothing
                 if select is None:
                     p.copy_(b.to(p.dtype))
                     continue
                 a = read_aligned(self.ck_base, at, 0, self.device)
+                check_finite(a, f"{self.ck_base.spec} :: {at.names[0]}")
                 diff = bits_differ(a, b)
                 m = select(i, at.names[0], a, b) & diff
                 p.copy_(torch.where(m, a, b).to(p.dtype))

@@ -100,6 +100,23 @@ def test_a_report_reads_back_labels_and_tokens_that_look_like_missing_values(pla
     assert back["tokens"]["kl_forward"].to_numpy() == pytest.approx(rep.tokens["kl_forward"].to_numpy())
 
 
+def test_a_finetune_or_base_with_nan_weights_is_refused_by_name(planted, tmp_path):
+    """One NaN in a finetune's q_proj: the page computed (finite) KLs for a broken model; now it says which
+    tensor of which checkpoint, as every other analysis does; a NaN in the base is named too."""
+    from subnetviz.errors import NonFiniteError
+
+    base, ft, _ = planted
+    for which, src in (("ft", ft), ("base", base)):
+        sd = read_state_dict(src)
+        sd["model.layers.1.self_attn.q_proj.weight"][0, 0] = float("nan")
+        broken = write_folder(tmp_path / which, sd, config_from=base)
+        for f in base.glob("tokenizer*"):
+            shutil.copy(f, broken / f.name)
+        pair = (str(base), [str(broken)]) if which == "ft" else (str(broken), [str(ft)])
+        with pytest.raises(NonFiniteError, match=r"q_proj\.weight: 1 NaN/Inf value\(s\)"):
+            behavior(*pair, PROMPTS, labels=["x"], curve=None, device="cpu")
+
+
 def test_revert_inside_is_the_base_and_outside_is_the_finetune(planted):
     base, ft, masks = planted
     rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], masks={"M": masks}, curve=(0.0, 1.0), device="cpu")
