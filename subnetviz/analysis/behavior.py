@@ -406,4 +406,4 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     return _cache.entry("behavior", key, root=cache_root), files
 
 
-BEHAVIOR_VERSION = 1  # bump when the same inputs would give different numbers or files
+BEHAVIOR_VERSION = 2  # bump when the same inputs would give different numbers or files (2: NaN weights refused)
