@@ -104,12 +104,26 @@ def _mask_for(masks: Mapping[str, torch.Tensor], name: str, a: torch.Tensor) -> 
 
 
 def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> None:
-    names = {t.names[0] for t in builder.aligned.values()}
-    unknown = [n for n in masks if n not in names]
+    """Every tensor of the mask set ``label`` names a tensor of the base, of its shape (said with the mask's
+    name before any model is rewritten)."""
+    shapes = {t.names[0]: tuple(t.shape) for t in builder.aligned.values()}
+    unknown = [n for n in masks if n not in shapes]
     if unknown:
         raise MaskError(
             f"mask {label!r}: {len(unknown)} tensor name(s) not in the base checkpoint, e.g. "
-            f"{unknown[0]!r}.{suggest(unknown[0], names)}"
+            f"{unknown[0]!r}.{suggest(unknown[0], shapes)}"
+        )
+    packed = getattr(masks, "packed", None)  # PackedMasks: the shape without unpacking
+    wrong = [
+        (n, shape, shapes[n])
+        for n in masks
+        if (shape := tuple(packed(n)[1] if packed else masks[n].shape)) != shapes[n]
+    ]
+    if wrong:
+        name, got, want = wrong[0]
+        raise MaskError(
+            f"mask {label!r} does not fit the base: {name!r} has shape {got}, the tensor {want}"
+            + (f" ({len(wrong)} tensors differ)." if len(wrong) > 1 else ".")
         )
 
 

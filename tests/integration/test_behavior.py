@@ -117,6 +117,21 @@ def test_a_finetune_or_base_with_nan_weights_is_refused_by_name(planted, tmp_pat
             behavior(*pair, PROMPTS, labels=["x"], curve=None, device="cpu")
 
 
+def test_a_mask_of_another_shape_is_refused_with_its_name(planted):
+    """A mask for another model (right tensor names, wrong shapes) is refused before any model is rewritten,
+    naming the mask as the page lists it (the message named only the tensor)."""
+    from subnetviz.errors import MaskError
+
+    base, ft, masks = planted
+    name = "model.layers.0.mlp.down_proj.weight"
+    other = {**masks, name: torch.zeros(4, 4, dtype=torch.bool)}
+    with pytest.raises(
+        MaskError,
+        match=r"mask 'uploads/other' does not fit the base: 'model\.layers\.0\.mlp\.down_proj\.weight' has shape \(4, 4\), the tensor \(",
+    ):
+        behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], masks={"uploads/other": other}, curve=None, device="cpu")
+
+
 def test_revert_inside_is_the_base_and_outside_is_the_finetune(planted):
     base, ft, masks = planted
     rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], masks={"M": masks}, curve=(0.0, 1.0), device="cpu")
