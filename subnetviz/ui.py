@@ -41,8 +41,8 @@ def warning(message: object) -> None:
 @contextlib.contextmanager
 def said_here():
     """An action's input error (a launch, an upload, an import) said where the action is, in the main
-    area, with the page around it kept (the form and its values, the analysis above): run_page would
-    replace the whole page by the message."""
+    area, and the rest of the page still drawn: through run_page the message ended the page there (a
+    runs list, the results or the zoo manifest after the action were not drawn)."""
     try:
         yield
     except SubnetvizError as exc:
