@@ -152,7 +152,8 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return Path(path)
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: str | os.PathLike) -> str:
+    """The sha256 of a file (hex), read in 1 MB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -169,7 +170,10 @@ def write_manifest(folder: str | os.PathLike) -> Path:
     files = {}
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
         size = f.stat().st_size
-        files[f.relative_to(folder).as_posix()] = {"size": size, "sha256": _digest(f) if size <= HASH_LIMIT else None}
+        files[f.relative_to(folder).as_posix()] = {
+            "size": size,
+            "sha256": file_digest(f) if size <= HASH_LIMIT else None,
+        }
     return atomic_write(folder / MANIFEST, json.dumps({"files": files, **version_info()}, indent=1))
 
 
@@ -188,7 +192,7 @@ def verify_manifest(folder: str | os.PathLike) -> str | None:
             return f"{rel} is missing"
         if size != want["size"]:
             return f"{rel} has {size:,} bytes, {want['size']:,} were written"
-        if want.get("sha256") and _digest(f) != want["sha256"]:
+        if want.get("sha256") and file_digest(f) != want["sha256"]:
             return f"{rel} does not hold what was written (sha256 differs)"
     return None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from subnetviz import config
-from subnetviz.cache import file_stamp
+from subnetviz.cache import file_digest, file_stamp
 
 PRECISIONS = ["stored", "bf16", "fp32", "fp16"]
 
@@ -200,12 +200,8 @@ def import_released(path: str, model: str) -> Path:
     src = config.check_allowed(path)
     if not src.is_file():
         raise MaskError(f"{config.display_path(src)}: no such pickle.")
-    digest = hashlib.sha256()
-    with open(src, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    digest.update(f"\0{model}".encode())
-    target = stored_mask_path(src.name, digest.hexdigest())
+    digest = hashlib.sha256(f"{file_digest(src)}\0{model}".encode()).hexdigest()  # the pickle, for this model
+    target = stored_mask_path(src.name, digest)
     return target if target.exists() else save_released_mask(src, model, target)
 
 

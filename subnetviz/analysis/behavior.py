@@ -52,6 +52,7 @@ from subnetviz.analysis.revert import (
     Selector,
     abs_delta_selector,
     check_mask_names,
+    check_model_finite,
     mask_selector,
     mask_source,
     random_order_selector,
@@ -169,10 +170,7 @@ def behavior(
     batches = [enc[i : i + batch_size] for i in range(0, len(enc), batch_size)]
     n_tokens = sum(len(e.ids) for e in enc)
     base_model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(dev).eval()
-    from subnetviz.analysis.bits import check_finite
-
-    for name, p in base_model.named_parameters():  # the finetunes' tensors are checked as they are written
-        check_finite(p.detach(), f"{base} :: {name}")
+    check_model_finite(base_model, str(base))  # each finetune's: by its ModelBuilder
     vocab = base_model.config.vocab_size
     keep = n_tokens * vocab * 4 <= _BASE_CACHE_BYTES
     base_cache = [logits_of(base_model, bt, dev) for bt in batches] if keep else None

@@ -20,6 +20,15 @@ from subnetviz.errors import ConfigError, MaskError, suggest
 Selector = Callable[[int, str, torch.Tensor, torch.Tensor], torch.Tensor]  # (index, key, base, ft) -> bool mask
 
 
+def check_model_finite(model, where: str) -> None:
+    """Raise :class:`~subnetviz.errors.NonFiniteError` naming the first parameter of ``model`` (loaded from
+    ``where``) that holds NaN or Inf: KLs of a broken model would mean nothing."""
+    from subnetviz.analysis.bits import check_finite
+
+    for name, p in model.named_parameters():
+        check_finite(p.detach(), f"{where} :: {name}")
+
+
 class ModelBuilder:
     """One model instance whose weights are rewritten, tensor by tensor, as ``where(select, base, ft)``."""
 
@@ -33,6 +42,7 @@ class ModelBuilder:
         self.aligned = {t.key: t for t in align([self.ck_base, self.ck_ft]).tensors}
         self.device = device
         self.model = AutoModelForCausalLM.from_pretrained(ft, dtype=torch.float32).to(device).eval()
+        check_model_finite(self.model, ft)  # once: every build writes these tensors again (or the base's)
         self.params = [(strip_prefix(n), p) for n, p in self.model.named_parameters()]
         self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}
         missing = [k for k, _ in self.params if k not in self.aligned]
@@ -50,7 +60,7 @@ class ModelBuilder:
     def build(self, select: Selector | None) -> float:
         """Rewrite every parameter (``select=None``: the finetune itself); returns the share of changed
         entries (stored bits differ) that were reverted."""
-        from subnetviz.analysis.bits import bits_differ, check_finite
+        from subnetviz.analysis.bits import bits_differ
         from subnetviz.checkpoints import read_aligned
 
         reverted = changed = 0
@@ -58,12 +68,10 @@ class ModelBuilder:
             for i, (key, p) in enumerate(self.params):
                 at = self.aligned[key]
                 b = read_aligned(self.ck_ft, at, 1, self.device)
-                check_finite(b, f"{self.ck_ft.spec} :: {at.names[1]}")  # KLs of a broken model would mean nothing
                 if select is None:
                     p.copy_(b.to(p.dtype))
                     continue
                 a = read_aligned(self.ck_base, at, 0, self.device)
-                check_finite(a, f"{self.ck_base.spec} :: {at.names[0]}")
                 diff = bits_differ(a, b)
                 m = select(i, at.names[0], a, b) & diff
                 p.copy_(torch.where(m, a, b).to(p.dtype))
