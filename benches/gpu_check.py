@@ -14,11 +14,13 @@ tolerance), and ``subnetviz.analysis.sparsity.tensor_update_stats`` when it exis
 ``compare_pair``, else skipped with a note).
 
 Part 3, the fused pass (issue 15), on 7B-shaped bf16 pairs (4096×11008, 11008×4096, 4096×4096,
-32000×4096; 5 %, 30 % and 90 % changed): ``compare_pair`` on the device (the ``torch.compile``d
-kernel on CUDA, and the eager kernel for comparison) in GB/s of both tensors read, against the
-device's copy bandwidth (``y.copy_(x)`` of one tensor: bytes read + written per second; goal ≥ 50 %),
-with every statistic checked equal to the CPU pass on the same pair; then the host side: pinned
-host→device copy GB/s and ``update_pass._to_device``-style pinned transfer of one tensor.
+32000×4096; 5 %, 30 % and 90 % changed): ``compare_pair(packed=True)`` (the update pass's call) on the
+device (the ``torch.compile``d kernels on CUDA, and the eager ones for comparison) in GB/s of both
+tensors read, against the device's copy bandwidth (``y.copy_(x)`` of one tensor: bytes read + written
+per second; goal ≥ 50 %), whole (results on the host) and its device part alone, with every statistic
+and the packed mask checked equal to the CPU pass on the same pair; then the host side: a pinned
+tensor's host→device copy, ``pin_memory()`` + copy, and ``update_pass._to_device`` (staged through
+reused pinned buffers), in GB/s.
 
 Part 4 (``--sharded``, issue 14): masked vs unmasked GRPO on a ~0.5B Llama-shaped model (hidden
 1024, 30 layers, random weights, char tokenizer) with ``strategy: fsdp2`` over every visible GPU
@@ -176,6 +178,7 @@ def planted_pair(shape, share: float, seed: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _same_stats(x, y) -> bool:
+    """``x`` (a packed pass) has ``y``'s (the CPU pass with a bool mask) numbers and mask."""
     return (x.changed, x.changed_tol, x.changed_rel, x.ulp_hist, x.max_abs_delta) == (
         y.changed,
         y.changed_tol,
@@ -185,22 +188,38 @@ def _same_stats(x, y) -> bool:
     ) and bool(
         np.array_equal(x.row_counts, y.row_counts)
         and np.array_equal(x.col_counts, y.col_counts)
-        and torch.equal(x.mask, y.mask)
+        and np.array_equal(x.mask_bits, np.packbits(y.mask.numpy().reshape(-1)))
     )
+
+
+def _device_part(sparsity, a: torch.Tensor, b: torch.Tensor):
+    """What ``compare_pair(a, b, packed=True)`` computes on the device, left there (no transfer): the
+    fused pass into its accumulators and the mask packed."""
+    from subnetviz.analysis.bits import int_view
+
+    options = sparsity.SparsityOptions()
+    acc = sparsity._Pass("w", len(options.tolerances))
+    a2, b2 = a.reshape(a.shape[0], -1), b.reshape(a.shape[0], -1)
+    acc.mask = torch.empty(a2.shape, dtype=torch.bool, device=a.device)
+    sparsity._torch_pass(int_view(a2), int_view(b2), a.dtype, options, acc)
+    return sparsity._chunk_kernel(a.device, sparsity._pack_bits)(acc.mask)
 
 
 def fused_part(shapes, device: str, repeat: int) -> None:
-    """compare_pair on the device (compiled and eager kernels) in GB/s vs the copy bandwidth."""
+    """compare_pair on the device (compiled and eager kernels) in GB/s vs the copy bandwidth: the whole
+    call as the update pass makes it (``packed=True``: statistics, row/column counts and the packed mask
+    on the host) and its device part alone (everything computed, nothing transferred)."""
     from subnetviz.analysis import sparsity
 
     print(f"\n== fused compare_pair on {device}: bf16 pairs, GB/s of both tensors read, best of {repeat}")
+    print("   pass: compare_pair(a, b, packed=True), results on the host; device: the same, left on the device")
     header = (
-        f"{'shape':>12} {'changed':>8} {'copy GB/s':>10} {'fused s':>9} {'GB/s':>8} {'of copy':>8} "
-        f"{'eager s':>9} {'GB/s':>8} {'= CPU':>6}"
+        f"{'shape':>12} {'changed':>8} {'copy GB/s':>10} {'pass s':>9} {'GB/s':>8} {'of copy':>8} "
+        f"{'device s':>9} {'GB/s':>8} {'of copy':>8} {'eager s':>9} {'= CPU':>6}"
     )
     print(header)
     print("-" * len(header))
-    tot_bytes = tot_fused = tot_copy_bytes = tot_copy = 0.0
+    tot_bytes = tot_fused = tot_dev = tot_copy_bytes = tot_copy = 0.0
     for i, shape in enumerate(shapes):
         for share in (0.05, 0.3, 0.9):
             a_cpu, b_cpu = planted_pair(shape, share, seed=i)
@@ -210,34 +229,51 @@ def fused_part(shapes, device: str, repeat: int) -> None:
             out = torch.empty_like(a)
             t_copy, _ = timed(lambda o=out, x=a: o.copy_(x), device, repeat)
             copy_rate = 2 * a.numel() * a.element_size() / t_copy / 1e9  # read + write
-            t_fused, st = timed(lambda x=a, y=b: sparsity.compare_pair(x, y), device, repeat)
+            t_fused, st = timed(lambda x=a, y=b: sparsity.compare_pair(x, y, packed=True), device, repeat)
             same = _same_stats(st, ref)
+            t_dev, _ = timed(lambda x=a, y=b: _device_part(sparsity, x, y), device, repeat)
             sparsity._COMPILE_ON_CUDA = False
             try:
-                t_eager, st_e = timed(lambda x=a, y=b: sparsity.compare_pair(x, y), device, repeat)
+                t_eager, st_e = timed(lambda x=a, y=b: sparsity.compare_pair(x, y, packed=True), device, repeat)
                 same &= _same_stats(st_e, ref)
             finally:
                 sparsity._COMPILE_ON_CUDA = True
-            rate = nbytes / t_fused / 1e9
-            tot_bytes, tot_fused = tot_bytes + nbytes, tot_fused + t_fused
+            rate, dev_rate = nbytes / t_fused / 1e9, nbytes / t_dev / 1e9
+            tot_bytes, tot_fused, tot_dev = tot_bytes + nbytes, tot_fused + t_fused, tot_dev + t_dev
             tot_copy_bytes, tot_copy = tot_copy_bytes + 2 * a.numel() * a.element_size(), tot_copy + t_copy
             print(
                 f"{f'{shape[0]}x{shape[1]}':>12} {share:8.0%} {copy_rate:10.1f} {t_fused:9.4f} {rate:8.1f} "
-                f"{rate / copy_rate:8.0%} {t_eager:9.4f} {nbytes / t_eager / 1e9:8.1f} {'yes' if same else 'NO':>6}"
+                f"{rate / copy_rate:8.0%} {t_dev:9.4f} {dev_rate:8.1f} {dev_rate / copy_rate:8.0%} {t_eager:9.4f} "
+                f"{'yes' if same else 'NO':>6}"
             )
             del a, b, out
     print("-" * len(header))
-    rate, copy_rate = tot_bytes / tot_fused / 1e9, tot_copy_bytes / tot_copy / 1e9
-    print(f"{'all':>12} {'':>8} {copy_rate:10.1f} {tot_fused:9.4f} {rate:8.1f} {rate / copy_rate:8.0%}   goal >= 50 %")
+    rate, copy_rate, dev_rate = tot_bytes / tot_fused / 1e9, tot_copy_bytes / tot_copy / 1e9, tot_bytes / tot_dev / 1e9
+    print(
+        f"{'all':>12} {'':>8} {copy_rate:10.1f} {tot_fused:9.4f} {rate:8.1f} {rate / copy_rate:8.0%} "
+        f"{tot_dev:9.4f} {dev_rate:8.1f} {dev_rate / copy_rate:8.0%}   goal >= 50 %"
+    )
     if device.startswith("cuda"):
-        x = torch.empty(FUSED_SHAPES[0], dtype=torch.bfloat16).pin_memory()
-        t_h2d, _ = timed(lambda: x.to(device, non_blocking=True), device, repeat)
-        y = torch.empty(FUSED_SHAPES[0], dtype=torch.bfloat16)
-        t_pin, _ = timed(lambda: y.pin_memory().to(device, non_blocking=True), device, repeat)
+        _host_to_device(device, repeat)
+
+
+def _host_to_device(device: str, repeat: int) -> None:
+    """The read path's host->GPU copy: a pinned tensor's transfer, ``pin_memory()`` + transfer (a fresh
+    pinned buffer per tensor) and ``update_pass._to_device`` (reused pinned staging buffers), checked
+    bit-identical, for a 7B MLP matrix and an embedding."""
+    from subnetviz.analysis.update_pass import _to_device
+
+    for shape in (FUSED_SHAPES[0], FUSED_SHAPES[3]):
+        x = torch.randn(shape).bfloat16()
         gb = x.numel() * x.element_size() / 1e9
+        xp = x.pin_memory()
+        t_h2d, _ = timed(lambda p=xp: p.to(device, non_blocking=True), device, repeat)
+        t_pin, _ = timed(lambda h=x: h.pin_memory().to(device, non_blocking=True), device, repeat)
+        t_stage, y = timed(lambda h=x: _to_device(h, device), device, repeat)
+        same = torch.equal(y.cpu().view(torch.int16), x.view(torch.int16))
         print(
-            f"host->device {FUSED_SHAPES[0]}: pinned {gb / t_h2d:.1f} GB/s; pin + copy (the read path) "
-            f"{gb / t_pin:.1f} GB/s"
+            f"host->device {shape} bf16: pinned {gb / t_h2d:.1f} GB/s; pin_memory() + copy {gb / t_pin:.1f} GB/s; "
+            f"_to_device (staged, the read path) {gb / t_stage:.1f} GB/s, identical: {'yes' if same else 'NO'}"
         )
 
 
@@ -296,6 +332,44 @@ def sharded_part(small: bool, steps: int, strategy: str = "fsdp2") -> None:
     print(f"  step time full {1000 * full:.1f} ms, masked {1000 * masked:.1f} ms, ratio {masked / full:.3f}")
 
 
+def pipeline_part(device: str, layers: int) -> None:
+    """The update pass end to end (``analyze_updates``: files read, compared, masks kept) on a Qwen2.5-0.5B-
+    shaped bf16 pair with 30 % of entries moved, on ``device`` and on the CPU (one thread): time, and every
+    per-tensor statistic and mask equal."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from benches.bench_streaming import write_pair
+    from subnetviz.analysis.updates import analyze_updates
+
+    root = Path(tempfile.mkdtemp(prefix="gpu-check-pipeline-"))
+    try:
+        base, ft, planted, params = write_pair(root, layers)
+        print(
+            f"\n== update pass end to end: 0.5B-shaped bf16 pair ({layers} layers, {params:,} parameters, 30 % moved)"
+        )
+        runs = {}
+        for dev in (device, device, "cpu"):  # the first on the device compiles its kernels
+            t0 = time.perf_counter()
+            an = analyze_updates(str(base), [str(ft)], device=dev)
+            runs.setdefault(dev, []).append((time.perf_counter() - t0, an.reports[0]))
+        gb = 2 * 2 * params / 1e9
+        cpu_s, cpu_rep = runs["cpu"][0]
+        for dev, got in runs.items():
+            for k, (sec, rep) in enumerate(got):
+                cols = [c for c in rep.tensors.columns if c not in ("seconds",)]
+                same = rep.changed == planted and rep.tensors[cols].equals(cpu_rep.tensors[cols])
+                same &= all(torch.equal(rep.masks[n], cpu_rep.masks[n]) for n in list(cpu_rep.masks)[:40])
+                what = "first (compiles)" if dev != "cpu" and k == 0 else "warm" if dev != "cpu" else "1 thread"
+                print(
+                    f"  {dev:>5} {what:<16} {sec:7.2f} s  {gb / sec:6.2f} GB/s of both files  "
+                    f"changed {rep.changed:,} (planted {planted:,})  = CPU: {'yes' if same else 'NO'}"
+                )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="shapes divided by 8 (CPU smoke test)")
@@ -306,6 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-spectra", action="store_true")
     parser.add_argument("--skip-sparsity", action="store_true")
     parser.add_argument("--skip-fused", action="store_true")
+    parser.add_argument("--pipeline", action="store_true", help="also part 5: the update pass end to end")
+    parser.add_argument("--pipeline-layers", type=int, default=24)
     parser.add_argument("--sharded", action="store_true", help="also part 4: FSDP2 masked GRPO (issue 14)")
     parser.add_argument("--sharded-steps", type=int, default=10)
     parser.add_argument("--sharded-strategy", default="fsdp2", choices=["fsdp2", "zero2", "zero3"])
@@ -324,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         sparsity_part((PAIR_SHAPE[0] // div, PAIR_SHAPE[1] // div), device, args.repeat)
     if not args.skip_fused:
         fused_part([(m // div, n // div) for m, n in FUSED_SHAPES], device, args.repeat)
+    if args.pipeline:
+        pipeline_part(device, args.pipeline_layers)
     if args.sharded:
         sharded_part(args.small, args.sharded_steps, args.sharded_strategy)
 

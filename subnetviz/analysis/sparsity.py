@@ -101,59 +101,87 @@ def _fused_chunk_stats(
     eta: float,
     rel_is_nonzero: bool,
     mask_tolerance: float | None,
+    row_col: bool = False,
+    keep_mask: bool = False,
 ):
-    """:func:`_changed_stats` of a whole chunk as branch-free torch ops with no host synchronisation
-    (8-, 16- and 32-bit types), so ``torch.compile`` fuses it into one kernel on a GPU.
+    """Every statistic of a chunk of whole rows (2-D integer views ``xi``, ``yi`` of 8- to 32-bit floats)
+    as branch-free torch ops with no host synchronisation, so ``torch.compile`` fuses them into a few
+    kernels that each read the chunk once on a GPU (the comparison, its counts and the mask included).
 
-    Returns 0-d / 1-d tensors: (largest |Δ|, #(|Δ| > tol) per tolerance, η-rule count,
-    #(ULP > edge) per edge, the mask-tolerance mask or None). ULP distances are taken in a wider
-    integer (int32 for 16-bit types, int64 for 32-bit), so no sign-crossing branch is needed.
+    Returns ``(largest |Δ|, counts, row counts, column counts, mask)``: ``counts`` is one int64 vector
+    ``[#changed, #(|Δ| > tol) per tolerance, η-rule count, #(ULP > edge) per edge]`` (so one transfer
+    brings them all); row / column counts (int32) only with ``row_col``; the mask (bitwise, or
+    |Δ| > ``mask_tolerance``) only with ``keep_mask``. Unchanged entries count nowhere (Δ = 0, ULP
+    distance 0), so the statistics of the whole chunk are those of its changed entries; a NaN or Inf
+    anywhere in either tensor makes the largest |Δ| non-finite (NaN − NaN is NaN), which the caller
+    refuses. ULP distances are taken in a wider integer (int32 for 16-bit types, int64 for 32-bit), so
+    no sign-crossing branch is needed.
     """
+    ne = xi != yi
     xs, ys = xi.view(dtype).to(ctype), yi.view(dtype).to(ctype)
     d = (ys - xs).abs()
-    tol = torch.stack([(d > t).sum(dtype=torch.int64) for t in tolerances]) if tolerances else d.new_zeros(0)
     wide = torch.int32 if xi.element_size() <= 2 else torch.int64
     x, y = xi.to(wide), yi.to(wide)
     magnitude = (1 << (8 * xi.element_size() - 1)) - 1
     mx, my = x & magnitude, y & magnitude
     dist = torch.where((x ^ y) >= 0, (my - mx).abs(), mx + my)
-    above = torch.stack([(dist > e).sum(dtype=torch.int64) for e in ULP_EDGES])
-    if rel_is_nonzero:
-        rel = (dist > 0).sum(dtype=torch.int64)
-    else:
-        rel = (d > eta * torch.maximum(xs.abs(), ys.abs())).sum(dtype=torch.int64)
-    keep = d > mask_tolerance if mask_tolerance is not None else None
-    return d.max(), tol, rel, above, keep
+    rel = (dist > 0) if rel_is_nonzero else (d > eta * torch.maximum(xs.abs(), ys.abs()))
+    counts = torch.stack(
+        [
+            ne.sum(dtype=torch.int64),
+            *((d > t).sum(dtype=torch.int64) for t in tolerances),
+            rel.sum(dtype=torch.int64),
+            *((dist > e).sum(dtype=torch.int64) for e in ULP_EDGES),
+        ]
+    )
+    rows = ne.sum(1, dtype=torch.int32) if row_col else None
+    cols = ne.sum(0, dtype=torch.int32) if row_col else None
+    keep = (ne if mask_tolerance is None else d > mask_tolerance) if keep_mask else None
+    return d.max(), counts, rows, cols, keep
+
+
+def _pack_bits(mask):
+    """A bool tensor's entries (row-major) as bits in ``np.packbits`` order, on its own device: the
+    mask of a GPU pass comes to the host as one eighth of its bytes."""
+    flat = mask.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=flat.device)
+    return (flat.reshape(-1, 8) << shifts).sum(1, dtype=torch.uint8)  # disjoint bits: the sum is their OR
 
 
 _COMPILED: dict[str, Callable] = {}
 
 
-def _chunk_kernel(device: torch.device) -> Callable:
-    """:func:`_fused_chunk_stats`, compiled (``torch.compile``) on CUDA, eager elsewhere.
+def _chunk_kernel(device: torch.device, fn: Callable = _fused_chunk_stats) -> Callable:
+    """``fn`` (:func:`_fused_chunk_stats`, :func:`_pack_bits`), compiled (``torch.compile``) on CUDA, eager
+    elsewhere.
 
     Compilation happens on the first call; when it fails (no Triton, an old GPU) the eager
     function is used from then on, with a warning, so the analysis never fails for it.
     """
     if device.type != "cuda" or not _COMPILE_ON_CUDA:
-        return _fused_chunk_stats
-    if "cuda" not in _COMPILED:
-        compiled = torch.compile(_fused_chunk_stats, dynamic=True)
+        return fn
+    key = fn.__name__
+    if key not in _COMPILED:
+        compiled = torch.compile(fn, dynamic=True)
 
         def run(*args, **kwargs):
             try:
                 return compiled(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 (any compiler failure: fall back, never fail the analysis)
                 warnings.warn(
-                    f"torch.compile of the comparison kernel failed ({type(exc).__name__}: {exc}); running it eagerly.",
+                    f"torch.compile of the comparison kernel {key} failed ({type(exc).__name__}: {exc}); "
+                    "running it eagerly.",
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                _COMPILED["cuda"] = _fused_chunk_stats
-                return _fused_chunk_stats(*args, **kwargs)
+                _COMPILED[key] = fn
+                return fn(*args, **kwargs)
 
-        _COMPILED["cuda"] = run
-    return _COMPILED["cuda"]
+        _COMPILED[key] = run
+    return _COMPILED[key]
 
 
 @dataclass
@@ -184,19 +212,25 @@ class _Pass:
         self.above = [s + c for s, c in zip(self.above, above, strict=True)]
         self.rel += rel
 
-    def add_device(self, out: tuple) -> None:
+    def add_device(self, largest: torch.Tensor, counts: torch.Tensor) -> None:
+        """A fused chunk's largest |Δ| and counts vector (:func:`_fused_chunk_stats`), kept on the device."""
         if self.device is None:
-            self.device = out[:4]
+            self.device = (largest, counts)
         else:
-            acc = self.device
-            self.device = (torch.maximum(acc[0], out[0]), *(s + o for s, o in zip(acc[1:], out[1:4], strict=True)))
+            self.device = (torch.maximum(self.device[0], largest), self.device[1] + counts)
 
     def stats(self, a: torch.Tensor, packed: bool = False) -> PairStats:
-        if self.device is not None:  # one synchronisation per tensor
-            largest, tol, rel, above = self.device
-            self.add(float(largest), tol.tolist(), int(rel), above.tolist())
+        if self.device is not None:  # one transfer per tensor (counts < 2^53 are exact in float64)
+            largest, counts = self.device
+            vals = torch.cat([largest.reshape(1).double(), counts.double()]).tolist()
+            t = self.tolerances
+            self.changed += int(vals[1])
+            self.add(vals[0], [int(v) for v in vals[2 : 2 + t]], int(vals[2 + t]), [int(v) for v in vals[3 + t :]])
+        rows, cols = self.rows, self.cols
+        if isinstance(rows, torch.Tensor):  # device counts: one transfer for both
+            both = torch.cat([rows, cols]).cpu().numpy()
+            rows, cols = both[: rows.numel()], both[rows.numel() :]
         # bin 0 ("1 ULP") also holds the bit changes at distance 0 (-0 vs +0): every changed entry is binned
-        as_np = (lambda v: v) if self.rows is None or isinstance(self.rows, np.ndarray) else (lambda v: v.cpu().numpy())
         return PairStats(
             numel=a.numel(),
             dtype=str(a.dtype).replace("torch.", ""),
@@ -205,8 +239,8 @@ class _Pass:
             changed_rel=self.rel,
             ulp_hist=tuple(ulp_bins(self.changed, self.above)),
             max_abs_delta=self.largest,
-            row_counts=as_np(self.rows) if self.rows is not None else None,
-            col_counts=as_np(self.cols) if self.cols is not None else None,
+            row_counts=rows,
+            col_counts=cols,
             mask=self.mask.reshape(a.shape).cpu() if self.mask is not None and not packed else None,
             mask_bits=_pack(self.mask) if packed and self.mask is not None else None,
         )
@@ -236,7 +270,11 @@ def _rel_is_nonzero(dtype: torch.dtype, eta: float) -> bool:
 
 
 def _pack(mask: torch.Tensor) -> np.ndarray:
-    return np.packbits(mask.cpu().numpy().reshape(-1))
+    """``np.packbits`` of a mask's entries (row-major); a GPU's mask is packed there, so one eighth of
+    its bytes comes to the host."""
+    if mask.device.type == "cpu":
+        return np.packbits(mask.numpy().reshape(-1))
+    return _chunk_kernel(mask.device, _pack_bits)(mask).cpu().numpy()
 
 
 def compare_pair(
@@ -459,19 +497,48 @@ def _count_rows(ne: np.ndarray, acc: _Pass, r0: int) -> int:
 
 
 def _torch_pass(xv: torch.Tensor, yv: torch.Tensor, dtype: torch.dtype, options: SparsityOptions, acc: _Pass) -> None:
-    """The torch pass (a GPU, or the CPU with NumPy off) over 2-D integer views, into ``acc``: one fused
-    kernel per chunk for 8- to 32-bit types, the changed entries' statistics in torch for float64."""
+    """The torch pass (a GPU, or the CPU with NumPy off) over 2-D integer views, into ``acc``.
+
+    8- to 32-bit types: one fused kernel per chunk (:func:`_fused_chunk_stats`: the comparison, every
+    count, the row/column counts and the mask), accumulated on the device with no synchronisation until
+    :meth:`_Pass.stats`. float64: the changed entries gathered and their statistics taken in torch."""
     rows, cols = xv.shape
     dev = xv.device
     if options.row_col:
         acc.rows = torch.zeros(rows, dtype=torch.int64, device=dev)
         acc.cols = torch.zeros(cols, dtype=torch.int64, device=dev)
+    if not xv.numel():
+        return
     exact_mask = acc.mask is not None and options.mask_tolerance is None
     rel_is_nonzero = _rel_is_nonzero(dtype, options.eta)
-    fused = xv.element_size() <= 4
-    kernel = _chunk_kernel(dev) if fused else None
     ctype = torch.float64 if xv.element_size() >= 4 else torch.float32
     step = max(1, (CHUNK_ELEMENTS if dev.type == "cpu" else GPU_CHUNK_ELEMENTS) // max(cols, 1))
+    if xv.element_size() <= 4:
+        kernel = _chunk_kernel(dev)
+        keep = acc.mask is not None
+        for r0 in range(0, rows, step):
+            largest, counts, r, c, m = kernel(
+                xv[r0 : r0 + step],
+                yv[r0 : r0 + step],
+                dtype,
+                ctype,
+                options.tolerances,
+                options.eta,
+                rel_is_nonzero,
+                options.mask_tolerance,
+                options.row_col,
+                keep,
+            )
+            acc.add_device(largest, counts)
+            if r is not None:
+                acc.rows[r0 : r0 + step] = r
+                acc.cols += c
+            if m is not None:
+                if step >= rows:  # one chunk: its mask is the tensor's (no copy)
+                    acc.mask = m
+                else:
+                    acc.mask[r0 : r0 + step] = m
+        return
     for r0 in range(0, rows, step):
         xb, yb = xv[r0 : r0 + step], yv[r0 : r0 + step]
         ne = torch.ne(xb, yb, out=acc.mask[r0 : r0 + step]) if exact_mask else xb != yb
@@ -484,12 +551,6 @@ def _torch_pass(xv: torch.Tensor, yv: torch.Tensor, dtype: torch.dtype, options:
         if n == 0:
             continue
         acc.changed += n
-        if fused:
-            out = kernel(xb, yb, dtype, ctype, options.tolerances, options.eta, rel_is_nonzero, options.mask_tolerance)
-            acc.add_device(out)
-            if out[4] is not None:
-                acc.mask[r0 : r0 + step] = out[4]
-            continue
         idx = ne.reshape(-1).nonzero().squeeze(1)
         xi, yi = xb.reshape(-1).index_select(0, idx), yb.reshape(-1).index_select(0, idx)
         *stats, d = _changed_stats(xi, yi, dtype, ctype, options, rel_is_nonzero)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -429,15 +430,52 @@ def _map_pages(pages: list) -> None:
         ck.populate(name)
 
 
+# Host->GPU copies go through two reused pinned buffers per reading thread (pinning a fresh buffer per
+# tensor, as ``x.pin_memory()`` does, costs more than the copy itself): one piece is copied into a
+# buffer while the other's transfer runs.
+_STAGE_BYTES = 64 << 20
+_staging = threading.local()
+
+
+def _stage(dev: torch.device, nbytes: int):
+    """This thread's copy stream, its two pinned buffers (at least ``nbytes`` each, up to
+    ``_STAGE_BYTES``) and the events that say when each buffer's last transfer finished."""
+    st = getattr(_staging, "by_device", None)
+    if st is None:
+        st = _staging.by_device = {}
+    size = min(_STAGE_BYTES, max(nbytes, 1 << 20))
+    cur = st.get(dev)
+    if cur is None or cur[1][0].numel() < size:
+        if cur is not None:
+            cur[0].synchronize()  # the old buffers' transfers are done before they are freed
+        stream = cur[0] if cur is not None else torch.cuda.Stream(dev)
+        bufs = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        cur = st[dev] = (stream, bufs, [torch.cuda.Event(), torch.cuda.Event()])
+    return cur
+
+
 def _to_device(x: torch.Tensor, device: str) -> torch.Tensor:
-    """``x`` (read on the CPU) on ``device``: to a GPU from pinned memory on a side stream (the caller's
-    stream may use it at once: the copy is complete and the block is recorded on the caller's stream)."""
+    """``x`` (read on the CPU) on ``device``: to a GPU through this thread's pinned staging buffers on a
+    side stream, in pieces of at most ``_STAGE_BYTES`` (the caller's stream may use the result at once:
+    the copy is complete and the block is recorded on the caller's stream)."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return x if dev.type == "cpu" else x.to(dev)
-    stream = torch.cuda.Stream(dev)
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    src = x.contiguous().reshape(-1).view(torch.uint8)
+    n = src.numel()
+    stream, bufs, done = _stage(dev, n)
+    size = bufs[0].numel()
     with torch.cuda.stream(stream):
-        y = x.pin_memory().to(dev, non_blocking=True)
+        y = torch.empty(x.shape, dtype=x.dtype, device=dev)
+        dst = y.reshape(-1).view(torch.uint8)
+        for k, i0 in enumerate(range(0, n, size)):
+            j, m = k % 2, min(size, n - i0)
+            done[j].synchronize()  # this buffer's previous transfer has finished
+            bufs[j][:m].copy_(src[i0 : i0 + m])
+            dst[i0 : i0 + m].copy_(bufs[j][:m], non_blocking=True)
+            done[j].record(stream)
     stream.synchronize()
     y.record_stream(torch.cuda.default_stream(dev))
     return y

@@ -235,7 +235,80 @@ def test_gpu_kernel_falls_back_to_eager_when_compilation_fails(monkeypatch):
     with pytest.warns(RuntimeWarning, match="no triton"):
         got = kernel(*args)
     assert sp._chunk_kernel(torch.device("cuda")) is sp._fused_chunk_stats  # no second attempt
-    assert got[1].tolist() == list(PLANTED["changed_tol"]) and int(got[2]) == PLANTED["changed_rel"]
+    counts = got[1].tolist()  # [changed, per tolerance, η rule, per ULP edge]
+    assert counts[0] == PLANTED["changed"] and counts[1 : 1 + len(TOLS)] == list(PLANTED["changed_tol"])
+    assert counts[1 + len(TOLS)] == PLANTED["changed_rel"]
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_the_gpu_path_packs_its_mask_and_gives_the_cpu_numbers(monkeypatch, chunk):
+    """The torch pass a GPU runs (NumPy off): its mask packed on the device (``_pack_bits``) is
+    np.packbits of the CPU pass's mask at every bit offset (sizes no multiple of 8, a 1-D column,
+    several chunks with a partial last one), exact and at a tolerance, with and without row/column
+    counts, and every other number is the CPU pass's."""
+    gen = torch.Generator().manual_seed(7)
+    for shape in [(5,), (13, 5), (40, 33), (9, 3, 5), (1, 3)]:
+        a = (torch.randn(shape, generator=gen) * 0.05).to(torch.bfloat16)
+        which = torch.rand(shape, generator=gen) < 0.3
+        b = torch.where(which, (a.double() * (1 + 10 ** (torch.rand(shape, generator=gen) * 4 - 6))).to(a.dtype), a)
+        for options in (SparsityOptions(), SparsityOptions(mask_tolerance=1e-4), SparsityOptions(row_col=False)):
+            want = compare_pair(a, b, options)
+            with monkeypatch.context() as m:
+                m.setattr(sp, "_NUMPY_ON_CPU", False)
+                if chunk:
+                    m.setattr(sp, "CHUNK_ELEMENTS", chunk * (a[0].numel() if a.dim() > 1 else 1))
+                got = compare_pair(a, b, options, packed=True)
+                plain = compare_pair(a, b, options)
+            assert got.mask is None and np.array_equal(got.mask_bits, np.packbits(want.mask.numpy().reshape(-1)))
+            assert torch.equal(plain.mask, want.mask), (shape, options)
+            for f in ("changed", "changed_tol", "changed_rel", "ulp_hist", "max_abs_delta"):
+                assert getattr(got, f) == getattr(want, f), (shape, options, f)
+            if options.row_col:
+                assert np.array_equal(got.row_counts, want.row_counts) and got.row_counts.dtype == np.int64
+                assert np.array_equal(got.col_counts, want.col_counts)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_the_gpu_path_refuses_a_non_finite_entry_that_did_not_change(monkeypatch, bad):
+    """The fused kernel takes |Δ| of every entry, so a NaN / Inf that is the same in both tensors
+    (NaN − NaN, Inf − Inf are NaN) is refused as the compiled CPU pass refuses it, in any chunk."""
+    monkeypatch.setattr(sp, "_NUMPY_ON_CPU", False)
+    monkeypatch.setattr(sp, "CHUNK_ELEMENTS", 4 * 10)
+    a, b, _ = planted_pair()
+    for where in (0, 61, a.numel() - 1):
+        x, y = a.clone(), b.clone()
+        x.view(-1)[where] = y.view(-1)[where] = bad
+        with pytest.raises(NonFiniteError, match="w.k"):
+            compare_pair(x, y, name="w.k")
+
+
+@pytest.mark.slow
+def test_the_fused_kernels_compile_whole_and_match_eager():
+    """``torch.compile(fullgraph=True)`` of the fused chunk kernel and the bit packer (Inductor's CPU
+    backend here; the GPU compiles the same graph with Triton): no graph break, every output the
+    eager one's."""
+    gen = torch.Generator().manual_seed(3)
+    a = (torch.randn(60, 37, generator=gen) * 0.02).bfloat16()
+    steps = torch.randint(0, 3, a.shape, generator=gen, dtype=torch.int16)
+    b = (a.view(torch.int16) + steps).view(torch.bfloat16)
+    kernel = torch.compile(sp._fused_chunk_stats, dynamic=True, fullgraph=True)
+    args = (
+        a.view(torch.int16),
+        b.view(torch.int16),
+        torch.bfloat16,
+        torch.float32,
+        TOLS,
+        1e-2,
+        False,
+        1e-5,
+        True,
+        True,
+    )
+    for got, want in zip(kernel(*args), sp._fused_chunk_stats(*args), strict=True):
+        assert torch.equal(got, want)
+    mask = torch.rand(37, 13, generator=gen) < 0.5
+    packed = torch.compile(sp._pack_bits, dynamic=True, fullgraph=True)(mask)
+    assert np.array_equal(packed.numpy(), np.packbits(mask.numpy().reshape(-1)))
 
 
 def test_small_changes_leave_the_upper_counts_at_zero():
