@@ -15,7 +15,7 @@ tolerance), and ``subnetviz.analysis.sparsity.tensor_update_stats`` when it exis
 
 Part 3, the fused pass (issue 15), on 7B-shaped bf16 pairs (4096×11008, 11008×4096, 4096×4096,
 32000×4096; 5 %, 30 % and 90 % changed): ``compare_pair(packed=True)`` (the update pass's call) on the
-device (the ``torch.compile``d kernels on CUDA, and the eager ones for comparison) in GB/s of both
+device (the one-kernel Triton pass, the ``torch.compile``d torch pass and the eager one) in GB/s of both
 tensors read, against the device's copy bandwidth (``y.copy_(x)`` of one tensor: bytes read + written
 per second; goal ≥ 50 %), whole (results on the host) and its device part alone, with every statistic
 and the packed mask checked equal to the CPU pass on the same pair; then the host side: a pinned
@@ -202,6 +202,8 @@ def _device_part(sparsity, a: torch.Tensor, b: torch.Tensor):
     a2, b2 = a.reshape(a.shape[0], -1), b.reshape(a.shape[0], -1)
     acc.mask = torch.empty(a2.shape, dtype=torch.bool, device=a.device)
     sparsity._torch_pass(int_view(a2), int_view(b2), a.dtype, options, acc)
+    if acc.bits is not None:  # the Triton pass packs the mask itself
+        return acc.bits
     return sparsity._chunk_kernel(a.device, sparsity._pack_bits)(acc.mask)
 
 
@@ -212,10 +214,13 @@ def fused_part(shapes, device: str, repeat: int) -> None:
     from subnetviz.analysis import sparsity
 
     print(f"\n== fused compare_pair on {device}: bf16 pairs, GB/s of both tensors read, best of {repeat}")
-    print("   pass: compare_pair(a, b, packed=True), results on the host; device: the same, left on the device")
+    print(
+        "   pass: compare_pair(a, b, packed=True), results on the host (the Triton kernel where Triton is present);"
+        "\n   device: the same, left on the device; torch: the torch.compile'd torch pass; eager: it uncompiled"
+    )
     header = (
         f"{'shape':>12} {'changed':>8} {'copy GB/s':>10} {'pass s':>9} {'GB/s':>8} {'of copy':>8} "
-        f"{'device s':>9} {'GB/s':>8} {'of copy':>8} {'eager s':>9} {'= CPU':>6}"
+        f"{'device s':>9} {'GB/s':>8} {'of copy':>8} {'torch s':>9} {'eager s':>9} {'= CPU':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -232,18 +237,22 @@ def fused_part(shapes, device: str, repeat: int) -> None:
             t_fused, st = timed(lambda x=a, y=b: sparsity.compare_pair(x, y, packed=True), device, repeat)
             same = _same_stats(st, ref)
             t_dev, _ = timed(lambda x=a, y=b: _device_part(sparsity, x, y), device, repeat)
-            sparsity._COMPILE_ON_CUDA = False
+            sparsity._TRITON_ON_CUDA = False  # the torch pass: compiled, then eager
             try:
+                t_comp, st_c = timed(lambda x=a, y=b: sparsity.compare_pair(x, y, packed=True), device, repeat)
+                same &= _same_stats(st_c, ref)
+                sparsity._COMPILE_ON_CUDA = False
                 t_eager, st_e = timed(lambda x=a, y=b: sparsity.compare_pair(x, y, packed=True), device, repeat)
                 same &= _same_stats(st_e, ref)
             finally:
-                sparsity._COMPILE_ON_CUDA = True
+                sparsity._COMPILE_ON_CUDA = sparsity._TRITON_ON_CUDA = True
             rate, dev_rate = nbytes / t_fused / 1e9, nbytes / t_dev / 1e9
             tot_bytes, tot_fused, tot_dev = tot_bytes + nbytes, tot_fused + t_fused, tot_dev + t_dev
             tot_copy_bytes, tot_copy = tot_copy_bytes + 2 * a.numel() * a.element_size(), tot_copy + t_copy
             print(
                 f"{f'{shape[0]}x{shape[1]}':>12} {share:8.0%} {copy_rate:10.1f} {t_fused:9.4f} {rate:8.1f} "
-                f"{rate / copy_rate:8.0%} {t_dev:9.4f} {dev_rate:8.1f} {dev_rate / copy_rate:8.0%} {t_eager:9.4f} "
+                f"{rate / copy_rate:8.0%} {t_dev:9.4f} {dev_rate:8.1f} {dev_rate / copy_rate:8.0%} {t_comp:9.4f} "
+                f"{t_eager:9.4f} "
                 f"{'yes' if same else 'NO':>6}"
             )
             del a, b, out

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from subnetviz.analysis import bits_jit
+from subnetviz.analysis import bits_jit, bits_triton
 from subnetviz.analysis.bits import (
     DEFAULT_ETA,
     DEFAULT_TOLERANCES,
@@ -85,6 +85,7 @@ __all__ = [
 CHUNK_ELEMENTS, GPU_CHUNK_ELEMENTS = 1 << 18, 1 << 26
 _NUMPY_ON_CPU = True  # NumPy kernels on CPU (tests switch it off to check the torch path a GPU takes)
 _COMPILE_ON_CUDA = True  # torch.compile the fused chunk kernel on CUDA (off: eager, same numbers)
+_TRITON_ON_CUDA = True  # the one-kernel Triton pass on CUDA where it applies (off: the torch pass, same numbers)
 # Above this share of changed entries a CPU chunk's statistics run on the whole chunk rather than
 # on gathered changed entries: the whole-chunk statistics cost ~2.2 ns per entry at any share,
 # gathering costs ~0.6 ns per entry of the chunk (flatnonzero and two takes) plus the statistics
@@ -199,6 +200,7 @@ class _Pass:
     rows: np.ndarray | torch.Tensor | None = None
     cols: np.ndarray | torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    bits: torch.Tensor | None = None  # the mask bit-packed on the device (the Triton pass), or None
     device: tuple | None = None
 
     def __post_init__(self):
@@ -228,7 +230,7 @@ class _Pass:
             self.add(vals[0], [int(v) for v in vals[2 : 2 + t]], int(vals[2 + t]), [int(v) for v in vals[3 + t :]])
         rows, cols = self.rows, self.cols
         if isinstance(rows, torch.Tensor):  # device counts: one transfer for both
-            both = torch.cat([rows, cols]).cpu().numpy()
+            both = torch.cat([rows, cols]).to(torch.int64).cpu().numpy()
             rows, cols = both[: rows.numel()], both[rows.numel() :]
         # bin 0 ("1 ULP") also holds the bit changes at distance 0 (-0 vs +0): every changed entry is binned
         return PairStats(
@@ -241,9 +243,21 @@ class _Pass:
             max_abs_delta=self.largest,
             row_counts=rows,
             col_counts=cols,
-            mask=self.mask.reshape(a.shape).cpu() if self.mask is not None and not packed else None,
-            mask_bits=_pack(self.mask) if packed and self.mask is not None else None,
+            mask=self._mask(a) if not packed else None,
+            mask_bits=self._bits() if packed else None,
         )
+
+    def _mask(self, a: torch.Tensor) -> torch.Tensor | None:
+        if self.bits is not None:  # unpacked on the device, then one transfer
+            shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.bits.device)
+            flat = ((self.bits[:, None] >> shifts) & 1).reshape(-1)[: a.numel()]
+            return flat.bool().reshape(a.shape).cpu()
+        return self.mask.reshape(a.shape).cpu() if self.mask is not None else None
+
+    def _bits(self) -> np.ndarray | None:
+        if self.bits is not None:
+            return self.bits.cpu().numpy()
+        return _pack(self.mask) if self.mask is not None else None
 
 
 def _comparable(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name: str):
@@ -512,6 +526,14 @@ def _torch_pass(xv: torch.Tensor, yv: torch.Tensor, dtype: torch.dtype, options:
     exact_mask = acc.mask is not None and options.mask_tolerance is None
     rel_is_nonzero = _rel_is_nonzero(dtype, options.eta)
     ctype = torch.float64 if xv.element_size() >= 4 else torch.float32
+    out = _triton_pass(xv, yv, dtype, options, rel_is_nonzero, acc.mask is not None)
+    if out is not None:  # the whole tensor in one kernel, one read of both (no chunks: no temporaries)
+        largest, counts, r, c, bits = out
+        acc.add_device(largest, counts)
+        if r is not None:
+            acc.rows, acc.cols = r, c
+        acc.mask, acc.bits = None, bits
+        return
     step = max(1, (CHUNK_ELEMENTS if dev.type == "cpu" else GPU_CHUNK_ELEMENTS) // max(cols, 1))
     if xv.element_size() <= 4:
         kernel = _chunk_kernel(dev)
@@ -557,6 +579,35 @@ def _torch_pass(xv: torch.Tensor, yv: torch.Tensor, dtype: torch.dtype, options:
         acc.add(*stats)
         if acc.mask is not None and not exact_mask:
             acc.mask.view(-1)[r0 * cols + idx[d > options.mask_tolerance]] = True
+
+
+def _triton_pass(xv, yv, dtype: torch.dtype, options: SparsityOptions, rel_is_nonzero: bool, keep: bool):
+    """:func:`~subnetviz.analysis.bits_triton.pair_pass` where it applies (Triton, a GPU, a fitting view),
+    else None. A kernel that fails to build (an old GPU, no compiler) warns once and the torch path runs
+    from then on, so the analysis never fails for it."""
+    global _TRITON_ON_CUDA
+    if not _TRITON_ON_CUDA or not bits_triton.fits(xv):  # fits: a GPU tensor (or Triton's interpreter)
+        return None
+    try:
+        return bits_triton.pair_pass(
+            xv,
+            yv,
+            dtype,
+            options.tolerances,
+            options.eta,
+            rel_is_nonzero,
+            options.mask_tolerance,
+            options.row_col,
+            keep,
+        )
+    except Exception as exc:  # noqa: BLE001 (any kernel build failure: fall back, never fail the analysis)
+        _TRITON_ON_CUDA = False
+        warnings.warn(
+            f"the Triton comparison kernel failed ({type(exc).__name__}: {exc}); running the torch pass.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def _changed_stats(xi, yi, dtype: torch.dtype, ctype: torch.dtype, options: SparsityOptions, rel_is_nonzero: bool):

@@ -9,6 +9,10 @@ latter checked against HF's attention); the precision option; NaN/Inf refusal.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -280,6 +284,83 @@ def test_the_gpu_path_refuses_a_non_finite_entry_that_did_not_change(monkeypatch
         x.view(-1)[where] = y.view(-1)[where] = bad
         with pytest.raises(NonFiniteError, match="w.k"):
             compare_pair(x, y, name="w.k")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_triton_pass_gives_the_cpu_numbers(monkeypatch, dtype):
+    """The one-kernel Triton pass a GPU runs (here in Triton's interpreter, on the CPU): every statistic,
+    row/column counts and the mask (bit-packed by the kernel, and unpacked) are the NumPy pass's, over
+    tiles with partial edges (rows and columns no multiple of the tile), exact and at a tolerance, with a
+    relative η that is not 'Δ != 0'; a NaN that did not change is refused."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs in its own interpreter (test_the_triton_pass_in_triton_s_interpreter)")
+    from subnetviz.analysis import bits_triton
+
+    monkeypatch.setattr(sp, "_TRITON_ON_CUDA", True)  # a failure switches it off: restored after the test
+    calls = []
+    real = bits_triton.pair_pass
+    monkeypatch.setattr(bits_triton, "pair_pass", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    gen = torch.Generator().manual_seed(11)
+    for shape in [(40, 264), (3, 8), (17, 520), (5, 2, 8)]:
+        a = (torch.randn(shape, generator=gen) * 0.05).to(dtype)
+        which = torch.rand(shape, generator=gen) < 0.3
+        b = torch.where(which, (a.double() * (1 + 10 ** (torch.rand(shape, generator=gen) * 4 - 6))).to(dtype), a)
+        b.view(-1)[:5] = -b.view(-1)[:5]  # sign crossings
+        for options in (
+            SparsityOptions(),
+            SparsityOptions(eta=1e-2, mask_tolerance=1e-5),
+            SparsityOptions(row_col=False),
+            SparsityOptions(keep_masks=False),
+        ):
+            want = compare_pair(a, b, options)
+            with monkeypatch.context() as m:
+                m.setattr(sp, "_NUMPY_ON_CPU", False)
+                n = len(calls)
+                got, plain = compare_pair(a, b, options, packed=True), compare_pair(a, b, options)
+                assert len(calls) == n + 2, "the Triton pass did not run"
+            for f in ("changed", "changed_tol", "changed_rel", "ulp_hist", "max_abs_delta"):
+                assert getattr(got, f) == getattr(want, f) == getattr(plain, f), (shape, options, f)
+            if options.keep_masks:
+                assert np.array_equal(got.mask_bits, np.packbits(want.mask.numpy().reshape(-1))), (shape, options)
+                assert torch.equal(plain.mask, want.mask)
+            else:
+                assert got.mask_bits is None and plain.mask is None
+            if options.row_col:
+                assert np.array_equal(got.row_counts, want.row_counts) and got.row_counts.dtype == np.int64
+                assert np.array_equal(got.col_counts, want.col_counts) and got.col_counts.dtype == np.int64
+    monkeypatch.setattr(sp, "_NUMPY_ON_CPU", False)
+    x, y = a.clone(), b.clone()
+    x.view(-1)[-1] = y.view(-1)[-1] = float("nan")
+    with pytest.raises(NonFiniteError, match="w.v"):
+        compare_pair(x, y, name="w.v")
+
+
+@pytest.mark.slow
+def test_the_triton_pass_in_triton_s_interpreter():
+    """The test above in a fresh interpreter with ``TRITON_INTERPRET=1`` (Triton reads it when it is first
+    imported, and importing torch may import it), where Triton is installed (requirements-dev.txt)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            __file__,
+            "-k",
+            "triton_pass_gives",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0 and "3 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
 
 
 @pytest.mark.slow
