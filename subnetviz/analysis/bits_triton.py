@@ -28,7 +28,8 @@ import torch
 from subnetviz.analysis.bits import ULP_EDGES
 
 AVAILABLE = importlib.util.find_spec("triton") is not None
-BLOCK_ROWS, BLOCK_COLS = 16, 256
+BLOCK_ROWS, BLOCK_COLS, NUM_WARPS = 16, 256, 4
+_CONSTANTS: dict = {}  # (device, dtype, values) -> the thresholds / ULP edges as a device tensor
 
 
 def fits(xv: torch.Tensor) -> bool:
@@ -42,6 +43,18 @@ def fits(xv: torch.Tensor) -> bool:
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _constant(dev: torch.device, dtype: torch.dtype, values: tuple) -> torch.Tensor:
+    """``values`` as a tensor on ``dev``, made once (a fresh one per tensor pair would be a host->device
+    copy, and a wait, per call)."""
+    key = (dev, dtype, values)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) > 256:
+            _CONSTANTS.clear()
+        t = _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=dev)
+    return t
 
 
 _FLOAT = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
@@ -76,8 +89,8 @@ def pair_pass(
     part = torch.empty(grid[0] * grid[1], k, dtype=torch.int64, device=dev)
     # the thresholds in the compared type, as torch rounds a Python float against a tensor of it
     mask_tol = mask_tolerance if mask_tolerance is not None else 0.0
-    tol = torch.tensor((*tolerances, eta, mask_tol), dtype=ctype, device=dev)
-    edges = torch.tensor(ULP_EDGES, dtype=torch.int32 if wide32 else torch.int64, device=dev)
+    tol = _constant(dev, ctype, (*tolerances, eta, mask_tol))
+    edges = _constant(dev, torch.int32 if wide32 else torch.int64, ULP_EDGES)
     rc = torch.zeros(rows + cols if row_col else 1, dtype=torch.int32, device=dev)
     bits = torch.empty((rows * cols) // 8 if keep_mask else 1, dtype=torch.uint8, device=dev)
     _pair_kernel[grid](
@@ -104,7 +117,7 @@ def pair_pass(
         ROW_COL=bool(row_col),
         BR=BLOCK_ROWS,
         BC=BLOCK_COLS,
-        num_warps=4,
+        num_warps=NUM_WARPS,
     )
     counts = part[:, : k - 1].sum(0)
     top = part[:, k - 1].max()
