@@ -277,19 +277,12 @@ def triton_sweep(device: str, repeat: int) -> None:
     if not bits_triton.AVAILABLE:
         print("\n(no Triton: tile sweep skipped)")
         return
-    default = (bits_triton.BLOCK_ROWS, bits_triton.BLOCK_COLS, bits_triton.NUM_WARPS)
-    configs = [
-        (8, 256, 4),
-        (16, 256, 4),
-        (16, 512, 8),
-        (32, 256, 8),
-        (32, 512, 8),
-        (64, 256, 8),
-        (8, 1024, 8),
-        (32, 1024, 16),
-        (64, 512, 16),
-    ]
-    print(f"\n== Triton kernel alone (device results), bf16, 30 % changed; default tile {default}")
+    names = ("ITERATIONS", "LOOP_ROWS", "LOOP_COLS", "LOOP_WARPS", "BLOCK_ROWS", "BLOCK_COLS", "NUM_WARPS")
+    default = {n: getattr(bits_triton, n) for n in names}
+    # (row tiles per program, rows, columns, warps); 0 tiles: the one-tile kernel
+    configs = [(0, 16, 256, 4), (0, 64, 256, 8), (16, 4, 256, 4), (16, 8, 256, 8), (32, 4, 256, 4)]
+    configs += [(16, 4, 512, 4), (16, 2, 1024, 8), (64, 4, 256, 4), (16, 8, 512, 8), (8, 16, 256, 8)]
+    print(f"\n== Triton kernel alone (device results), bf16, 30 % changed; default {default}")
     for shape in (FUSED_SHAPES[0], FUSED_SHAPES[3]):
         a, b = (t.to(device) for t in planted_pair(shape, 0.3, seed=5))
         xv, yv = int_view(a), int_view(b)
@@ -300,22 +293,26 @@ def triton_sweep(device: str, repeat: int) -> None:
         args = (xv, yv, torch.bfloat16, (1e-8, 1e-7, 1e-6, 1e-5, 1e-4), 1e-3, True, None, True, True)
         want = None
         cells = []
-        for br, bc, nw in configs:
-            bits_triton.BLOCK_ROWS, bits_triton.BLOCK_COLS, bits_triton.NUM_WARPS = br, bc, nw
+        for it, br, bc, nw in configs:
+            bits_triton.ITERATIONS = it
+            if it:
+                bits_triton.LOOP_ROWS, bits_triton.LOOP_COLS, bits_triton.LOOP_WARPS = br, bc, nw
+            else:
+                bits_triton.BLOCK_ROWS, bits_triton.BLOCK_COLS, bits_triton.NUM_WARPS = br, bc, nw
+            name = f"{it}x{br}x{bc}/{nw}w"
             try:
                 t, got = timed(lambda a=args: bits_triton.pair_pass(*a), device, repeat)
             except Exception as exc:  # noqa: BLE001 (a configuration that does not build: say so, go on)
-                cells.append(f"{br}x{bc}/{nw}w: failed ({type(exc).__name__})")
+                cells.append(f"{name}: failed ({type(exc).__name__}: {str(exc)[:80]})")
                 continue
             finally:
-                bits_triton.BLOCK_ROWS, bits_triton.BLOCK_COLS, bits_triton.NUM_WARPS = default
+                for n, v in default.items():
+                    setattr(bits_triton, n, v)
             got = [g.cpu() for g in got]
             want = want or got
             same = all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
             rate = nbytes / t / 1e9
-            cells.append(
-                f"{br}x{bc}/{nw}w {1e3 * t:.3f} ms {rate:.0f} GB/s {rate / copy_rate:.0%}{'' if same else ' DIFFERS'}"
-            )
+            cells.append(f"{name} {1e3 * t:.3f} ms {rate:.0f} GB/s {rate / copy_rate:.0%}{'' if same else ' DIFFERS'}")
         print(f"  {shape[0]}x{shape[1]} (copy {copy_rate:.0f} GB/s):")
         for cell in cells:
             print(f"    {cell}")

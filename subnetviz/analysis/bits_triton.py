@@ -29,6 +29,8 @@ from subnetviz.analysis.bits import ULP_EDGES
 
 AVAILABLE = importlib.util.find_spec("triton") is not None
 BLOCK_ROWS, BLOCK_COLS, NUM_WARPS = 16, 256, 4
+# Row tiles per program of the accumulating kernel (0: the one-tile kernel); its tile and warps.
+ITERATIONS, LOOP_ROWS, LOOP_COLS, LOOP_WARPS = 16, 4, 256, 4
 _CONSTANTS: dict = {}  # (device, dtype, values) -> the thresholds / ULP edges as a device tensor
 
 
@@ -77,7 +79,7 @@ def pair_pass(
     import triton
     import triton.language as tl
 
-    from subnetviz.analysis.bits_triton_kernel import _pair_kernel
+    from subnetviz.analysis.bits_triton_kernel import _pair_kernel, _pair_kernel_rows
 
     rows, cols = xv.shape
     dev = xv.device
@@ -85,7 +87,10 @@ def pair_pass(
     ctype = torch.float32 if wide32 else torch.float64
     nt, ne = len(tolerances), len(ULP_EDGES)
     k = nt + ne + 3  # changed, tolerances, η rule, edges, largest |Δ|'s bits
-    grid = (triton.cdiv(rows, BLOCK_ROWS), triton.cdiv(cols, BLOCK_COLS))
+    # the accumulating kernel keeps 8-bit fields: tolerances + η rule and (0, *edges) each in 8 fields
+    loop = 0 < ITERATIONS <= 255 and nt + 2 <= 8 and ne + 2 <= 8
+    br, bc, warps = (LOOP_ROWS, LOOP_COLS, LOOP_WARPS) if loop else (BLOCK_ROWS, BLOCK_COLS, NUM_WARPS)
+    grid = (triton.cdiv(rows, br * (ITERATIONS if loop else 1)), triton.cdiv(cols, bc))
     part = torch.empty(grid[0] * grid[1], k, dtype=torch.int64, device=dev)
     # the thresholds in the compared type, as torch rounds a Python float against a tensor of it
     mask_tol = mask_tolerance if mask_tolerance is not None else 0.0
@@ -93,7 +98,9 @@ def pair_pass(
     edges = _constant(dev, torch.int32 if wide32 else torch.int64, ULP_EDGES)
     rc = torch.zeros(rows + cols if row_col else 1, dtype=torch.int32, device=dev)
     bits = torch.empty((rows * cols) // 8 if keep_mask else 1, dtype=torch.uint8, device=dev)
-    _pair_kernel[grid](
+    kernel = _pair_kernel_rows if loop else _pair_kernel
+    extra = {"ITER": ITERATIONS} if loop else {}
+    kernel[grid](
         xv,
         yv,
         rows,
@@ -115,9 +122,10 @@ def pair_pass(
         REL_NONZERO=bool(rel_is_nonzero),
         KEEP=0 if not keep_mask else (1 if mask_tolerance is None else 2),
         ROW_COL=bool(row_col),
-        BR=BLOCK_ROWS,
-        BC=BLOCK_COLS,
-        num_warps=NUM_WARPS,
+        BR=br,
+        BC=bc,
+        num_warps=warps,
+        **extra,
     )
     counts = part[:, : k - 1].sum(0)
     top = part[:, k - 1].max()

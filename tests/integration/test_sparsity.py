@@ -288,20 +288,27 @@ def test_the_gpu_path_refuses_a_non_finite_entry_that_did_not_change(monkeypatch
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_the_triton_pass_gives_the_cpu_numbers(monkeypatch, dtype):
-    """The one-kernel Triton pass a GPU runs (here in Triton's interpreter, on the CPU): every statistic,
-    row/column counts and the mask (bit-packed by the kernel, and unpacked) are the NumPy pass's, over
-    tiles with partial edges (rows and columns no multiple of the tile), exact and at a tolerance, with a
-    relative η that is not 'Δ != 0'; a NaN that did not change is refused."""
+    """The one-kernel Triton pass a GPU runs (here in Triton's interpreter, on the CPU), both kernels (one
+    tile per program, and several row tiles accumulated in 8-bit fields): every statistic, row/column
+    counts and the mask (bit-packed by the kernel, and unpacked) are the NumPy pass's, over tiles with
+    partial edges (rows and columns no multiple of the tile, several programs along the rows), exact and
+    at a tolerance, with a relative η that is not 'Δ != 0', with 2 and 7 tolerances; a NaN that did not
+    change is refused."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("runs in its own interpreter (test_the_triton_pass_in_triton_s_interpreter)")
     from subnetviz.analysis import bits_triton
 
     monkeypatch.setattr(sp, "_TRITON_ON_CUDA", True)  # a failure switches it off: restored after the test
+    # tiles of 64 columns (the GPU's are wider): partial tiles at these widths, and less padding to interpret
+    monkeypatch.setattr(bits_triton, "BLOCK_COLS", 64)
+    monkeypatch.setattr(bits_triton, "LOOP_COLS", 64)
     calls = []
     real = bits_triton.pair_pass
     monkeypatch.setattr(bits_triton, "pair_pass", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     gen = torch.Generator().manual_seed(11)
-    for shape in [(40, 264), (3, 8), (17, 520), (5, 2, 8)]:
+    cases = [((40, 264), 16), ((17, 520), 3), ((5, 2, 8), 16), ((150, 24), 3), ((150, 24), 0)]
+    for shape, iterations in cases:  # row tiles per program of the accumulating kernel; 0: the one-tile kernel
+        monkeypatch.setattr(bits_triton, "ITERATIONS", iterations)
         a = (torch.randn(shape, generator=gen) * 0.05).to(dtype)
         which = torch.rand(shape, generator=gen) < 0.3
         b = torch.where(which, (a.double() * (1 + 10 ** (torch.rand(shape, generator=gen) * 4 - 6))).to(dtype), a)
@@ -310,21 +317,23 @@ def test_the_triton_pass_gives_the_cpu_numbers(monkeypatch, dtype):
             SparsityOptions(),
             SparsityOptions(eta=1e-2, mask_tolerance=1e-5),
             SparsityOptions(row_col=False),
-            SparsityOptions(keep_masks=False),
+            SparsityOptions(keep_masks=False, tolerances=(0.0, 1e-3)),
+            SparsityOptions(tolerances=tuple(10.0**-k for k in range(3, 10))),  # 7: the one-tile kernel
         ):
             want = compare_pair(a, b, options)
             with monkeypatch.context() as m:
                 m.setattr(sp, "_NUMPY_ON_CPU", False)
                 n = len(calls)
-                got, plain = compare_pair(a, b, options, packed=True), compare_pair(a, b, options)
-                assert len(calls) == n + 2, "the Triton pass did not run"
+                got = compare_pair(a, b, options, packed=True)
+                plain = compare_pair(a, b, options) if options == SparsityOptions() else got  # the unpacked mask
+                assert len(calls) == n + 1 + (plain is not got), "the Triton pass did not run"
             for f in ("changed", "changed_tol", "changed_rel", "ulp_hist", "max_abs_delta"):
                 assert getattr(got, f) == getattr(want, f) == getattr(plain, f), (shape, options, f)
             if options.keep_masks:
                 assert np.array_equal(got.mask_bits, np.packbits(want.mask.numpy().reshape(-1))), (shape, options)
-                assert torch.equal(plain.mask, want.mask)
+                assert plain is got or torch.equal(plain.mask, want.mask)
             else:
-                assert got.mask_bits is None and plain.mask is None
+                assert got.mask_bits is None
             if options.row_col:
                 assert np.array_equal(got.row_counts, want.row_counts) and got.row_counts.dtype == np.int64
                 assert np.array_equal(got.col_counts, want.col_counts) and got.col_counts.dtype == np.int64
