@@ -308,12 +308,14 @@ def compare_pair(
     other statistic is derived from the changed entries only. On CPU (NumPy kernels, every step
     into a reused buffer) these are gathered once when few entries changed, and the whole chunk
     is used when more did (an unchanged pair has Δ = 0 and ULP distance 0, so it counts nowhere,
-    and the gather would cost more than it saves). On a GPU the chunk's statistics are one fused
-    kernel (:func:`_chunk_kernel`) accumulated on the device, synchronised once per tensor.
+    and the gather would cost more than it saves). On a GPU the whole tensor is one Triton kernel
+    (:mod:`~subnetviz.analysis.bits_triton`: one read of both tensors) where Triton is present and the
+    view fits, else each chunk is one ``torch.compile``d kernel (:func:`_chunk_kernel`); either way the
+    results stay on the device until one transfer per tensor.
 
     ``packed``: the mask comes back bit-packed as ``mask_bits`` (np.packbits order) and ``mask`` is
-    None. The compiled CPU pass writes the bits itself (no full-size bool mask is ever allocated);
-    the other paths pack their mask at the end.
+    None. The compiled CPU pass and the Triton kernel write the bits themselves (no full-size bool mask
+    is ever allocated); the other paths pack their mask at the end (on the GPU, there).
     """
     k = _compiled_kernels(a.device.type)
     if k is None or not _as_stored(a, b, options):

@@ -110,10 +110,10 @@ def test_pyproject_lists_every_subpackage():
 
 
 def _names(lines) -> dict[str, str]:
-    """requirement name (normalised) -> the rest of the line."""
+    """requirement name (normalised) -> the rest of the line (its environment marker left off)."""
     out = {}
     for line in lines:
-        line = line.split("#")[0].strip()
+        line = line.split("#")[0].split(";")[0].strip()
         if line and not line.startswith("-"):
             m = re.match(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*(.*)", line)
             out[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(3)
