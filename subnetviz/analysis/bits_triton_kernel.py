@@ -6,6 +6,33 @@ import triton.language as tl
 
 
 @triton.jit
+def _tile(
+    x_ptr, y_ptr, off, inside, FLOAT: tl.constexpr, WIDE: tl.constexpr, CTYPE: tl.constexpr, MAGNITUDE: tl.constexpr
+):
+    """One tile of both integer views: (changed, a, b in the compared type, |Δ|, ULP distance). ULP
+    distances are taken in a wider integer, so no sign-crossing branch is needed."""
+    xi = tl.load(x_ptr + off, mask=inside, other=0)
+    yi = tl.load(y_ptr + off, mask=inside, other=0)
+    xs = xi.to(FLOAT, bitcast=True).to(CTYPE)
+    ys = yi.to(FLOAT, bitcast=True).to(CTYPE)
+    x = xi.to(WIDE)
+    y = yi.to(WIDE)
+    mx = x & MAGNITUDE
+    my = y & MAGNITUDE
+    return xi != yi, xs, ys, tl.abs(ys - xs), tl.where((x ^ y) >= 0, tl.abs(my - mx), mx + my)
+
+
+@triton.jit
+def _store_bits(bits_ptr, keep, r, pc, R, C, BR: tl.constexpr, BC: tl.constexpr):
+    """A tile's 0/1 ``keep`` as bytes in ``np.packbits`` order (8 columns a byte; ``C`` a multiple of 8)."""
+    weights = 1 << (7 - tl.arange(0, 8))
+    byte = tl.sum(tl.reshape(keep, (BR, BC // 8, 8)) * weights[None, None, :], axis=2)
+    bc = pc * (BC // 8) + tl.arange(0, BC // 8)
+    boff = r[:, None].to(tl.int64) * (C // 8) + bc[None, :]
+    tl.store(bits_ptr + boff, byte.to(tl.uint8), mask=(r[:, None] < R) & (bc[None, :] < C // 8))
+
+
+@triton.jit
 def _pair_kernel(
     x_ptr,
     y_ptr,
@@ -37,17 +64,7 @@ def _pair_kernel(
     c = pc * BC + tl.arange(0, BC)
     inside = (r[:, None] < R) & (c[None, :] < C)
     off = r[:, None].to(tl.int64) * C + c[None, :]
-    xi = tl.load(x_ptr + off, mask=inside, other=0)
-    yi = tl.load(y_ptr + off, mask=inside, other=0)
-    ne = xi != yi  # outside the tensor both are 0: equal, and Δ = 0, distance 0
-    xs = xi.to(FLOAT, bitcast=True).to(CTYPE)
-    ys = yi.to(FLOAT, bitcast=True).to(CTYPE)
-    d = tl.abs(ys - xs)
-    x = xi.to(WIDE)
-    y = yi.to(WIDE)
-    mx = x & MAGNITUDE
-    my = y & MAGNITUDE
-    dist = tl.where((x ^ y) >= 0, tl.abs(my - mx), mx + my)
+    ne, xs, ys, d, dist = _tile(x_ptr, y_ptr, off, inside, FLOAT, WIDE, CTYPE, MAGNITUDE)
     slot = part_ptr + (pr * tl.num_programs(1) + pc).to(tl.int64) * K
     nei = ne.to(tl.int32)
     tl.store(slot, tl.sum(tl.sum(nei, axis=1), axis=0).to(tl.int64))
@@ -69,15 +86,7 @@ def _pair_kernel(
         tl.atomic_add(rows_ptr + r, tl.sum(nei, axis=1), mask=r < R)
         tl.atomic_add(cols_ptr + c, tl.sum(nei, axis=0), mask=c < C)
     if KEEP > 0:
-        if KEEP == 1:
-            keep = nei
-        else:
-            keep = (d > tl.load(tol_ptr + NT + 1)).to(tl.int32)
-        weights = 1 << (7 - tl.arange(0, 8))
-        byte = tl.sum(tl.reshape(keep, (BR, BC // 8, 8)) * weights[None, None, :], axis=2)
-        bc = pc * (BC // 8) + tl.arange(0, BC // 8)
-        boff = r[:, None].to(tl.int64) * (C // 8) + bc[None, :]
-        tl.store(bits_ptr + boff, byte.to(tl.uint8), mask=(r[:, None] < R) & (bc[None, :] < C // 8))
+        _store_bits(bits_ptr, nei if KEEP == 1 else (d > tl.load(tol_ptr + NT + 1)).to(tl.int32), r, pc, R, C, BR, BC)
 
 
 @triton.jit
@@ -125,17 +134,8 @@ def _pair_kernel_rows(
         r = (pr * ITER + it) * BR + tl.arange(0, BR)
         inside = (r[:, None] < R) & cin[None, :]
         off = r[:, None].to(tl.int64) * C + c[None, :]
-        xi = tl.load(x_ptr + off, mask=inside, other=0)
-        yi = tl.load(y_ptr + off, mask=inside, other=0)
-        ne = xi != yi  # outside the tensor both are 0: equal, Δ = 0, distance 0 (only field 0 counts them)
-        xs = xi.to(FLOAT, bitcast=True).to(CTYPE)
-        ys = yi.to(FLOAT, bitcast=True).to(CTYPE)
-        d = tl.abs(ys - xs)
-        x = xi.to(WIDE)
-        y = yi.to(WIDE)
-        mx = x & MAGNITUDE
-        my = y & MAGNITUDE
-        dist = tl.where((x ^ y) >= 0, tl.abs(my - mx), mx + my)
+        # outside the tensor both are 0: equal, Δ = 0, distance 0 (only field 0 counts them)
+        ne, xs, ys, d, dist = _tile(x_ptr, y_ptr, off, inside, FLOAT, WIDE, CTYPE, MAGNITUDE)
         nei = ne.to(tl.int32)
         ncol += nei
         mt = tl.zeros((BR, BC), dtype=tl.int32)
@@ -153,15 +153,8 @@ def _pair_kernel_rows(
         if ROW_COL:
             tl.atomic_add(rows_ptr + r, tl.sum(nei, axis=1), mask=r < R)
         if KEEP > 0:
-            if KEEP == 1:
-                keep = nei
-            else:
-                keep = (d > tl.load(tol_ptr + NT + 1)).to(tl.int32)
-            weights = 1 << (7 - tl.arange(0, 8))
-            byte = tl.sum(tl.reshape(keep, (BR, BC // 8, 8)) * weights[None, None, :], axis=2)
-            bc = pc * (BC // 8) + tl.arange(0, BC // 8)
-            boff = r[:, None].to(tl.int64) * (C // 8) + bc[None, :]
-            tl.store(bits_ptr + boff, byte.to(tl.uint8), mask=(r[:, None] < R) & (bc[None, :] < C // 8))
+            keep = nei if KEEP == 1 else (d > tl.load(tol_ptr + NT + 1)).to(tl.int32)
+            _store_bits(bits_ptr, keep, r, pc, R, C, BR, BC)
     slot = part_ptr + (pr * tl.num_programs(1) + pc).to(tl.int64) * K
     tl.store(slot, tl.sum(tl.sum(ncol, axis=1), axis=0).to(tl.int64))
     above = tl.zeros((), dtype=tl.int64)
