@@ -17,6 +17,7 @@ from subnetviz.figures.style import (
     _style,
     color_map,
     no_data_figure,
+    plain_label,
 )
 from subnetviz.figures.venn import REGIONS2, REGIONS3, VennLayout, venn2_layout, venn3_layout
 
@@ -44,9 +45,27 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
             layer="below",
         )
     centroid = layout.centers[drawn].mean(axis=0)
+    ext = float(np.max(np.abs(layout.centers) + layout.radii[:, None])) * 1.25
+    small = 0  # circles too small to hold their name beside them: named on leaders, one above, one below, ...
     for (cx, cy), r, lab in zip(
         layout.centers[drawn], layout.radii[drawn], np.array(labels, dtype=object)[drawn], strict=True
     ):
+        text, font = f"<b>{plain_label(lab)}</b>", {"color": colors[str(lab)], "size": 14}
+        if r < 0.12 * ext and drawn.sum() > 1:
+            up = small % 2 == 0
+            fig.add_annotation(
+                x=cx,
+                y=cy + (r if up else -r),
+                text=text.replace(" · ", "<br>· "),  # a long name on two lines
+                showarrow=True,
+                arrowhead=0,
+                arrowcolor=font["color"],
+                ax=0,
+                ay=-(36 + 44 * (small // 2)) if up else 36 + 44 * (small // 2),
+                font=font,
+            )
+            small += 1
+            continue
         d = np.array([cx, cy]) - centroid
         d = d / np.hypot(*d) if np.hypot(*d) > 1e-9 else np.array([0.0, 1.0])
         # Side by side: the label straight above its circle, centred (to the outer side it ran off the chart's edge).
@@ -54,15 +73,10 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
         xa = "left" if d[0] > 0.3 else "right" if d[0] < -0.3 else "center"
         ya = "bottom" if d[1] > 0.3 else "top" if d[1] < -0.3 else "middle"
         fig.add_annotation(
-            x=cx + r * d[0],
-            y=cy + r * d[1],
-            text=f"<b>{lab}</b>",
-            showarrow=False,
-            xanchor=xa,
-            yanchor=ya,
-            font={"color": colors[str(lab)], "size": 14},
+            x=cx + r * d[0], y=cy + r * d[1], text=text, showarrow=False, xanchor=xa, yanchor=ya, font=font
         )
-    empty = [str(lab) for lab, ok in zip(labels, drawn, strict=True) if not ok]
+    labels = [plain_label(lab) for lab in labels]  # names are text in the title, counts and hovers below
+    empty = [lab for lab, ok in zip(labels, drawn, strict=True) if not ok]
     if empty:
         title += f"<br><sup>empty, not drawn: {', '.join(empty)}</sup>"
     total = layout.counts.sum()
@@ -80,7 +94,6 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
         title += f"<br><sup>too small to draw: {missing}</sup>"
     share = 100 * layout.counts / total
     custom = np.stack([layout.counts, share, 100 * layout.actual / layout.target.sum()], axis=-1)[ok]
-    ext = float(np.max(np.abs(layout.centers) + layout.radii[:, None])) * 1.25
     # a region's count printed only where the region is drawn large enough to hold it (about 8 % of the
     # chart's side, squared); the small ones' counts sat on top of each other. Every region keeps its hover.
     roomy = layout.actual[ok] >= (0.08 * 2 * ext) ** 2

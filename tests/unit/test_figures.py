@@ -402,6 +402,24 @@ def test_venn_names_regions_too_small_to_draw_with_their_counts():
     assert "too small" not in plain.layout.title.text
 
 
+def test_venn_names_two_small_circles_apart_and_as_text():
+    """A large update mask and two tiny masks side by side at its edge: both names sat on one line over each
+    other; each now hangs on a leader, one above and one below, long run names on two lines. Names are text:
+    a '<b>' in one is shown, not applied."""
+    regions = {"100": 1_000_000, "010": 500, "110": 300, "001": 400, "101": 200, "011": 100, "111": 50}
+    labels = ["update <b>mask</b>", "bigram mask λ=10 · run-a", "optimal mask λ=10 · run-b"]
+    fig = F.venn3(regions, labels)
+    notes = {a.text: a for a in fig.layout.annotations}
+    big, first, second = notes["<b>update &lt;b&gt;mask&lt;/b&gt;</b>"], *(a for a in notes.values() if a.showarrow)
+    assert not big.showarrow
+    assert first.text == "<b>bigram mask λ=10<br>· run-a</b>" and second.text == "<b>optimal mask λ=10<br>· run-b</b>"
+    assert first.ay < 0 < second.ay  # one above its circle, one below: never on the same line
+    (points,) = [t for t in fig.data if t.mode == "markers+text"]
+    assert "only update &lt;b&gt;mask&lt;/b&gt;" in points.hovertext
+    even = F.venn3({"100": 40, "010": 35, "001": 30, "110": 12, "101": 10, "011": 9, "111": 5}, ["a", "b", "c"])
+    assert not any(a.showarrow for a in even.layout.annotations)  # comparable circles: names beside them
+
+
 def test_venn3_auto_is_no_worse_and_handles_impossible_triangles():
     _, regions = planted_sets(3)
     assert venn3_layout(regions).region_error <= venn3_layout(regions, method="pairwise").region_error + 1e-12
