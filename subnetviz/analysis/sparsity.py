@@ -515,7 +515,8 @@ def _count_rows(ne: np.ndarray, acc: _Pass, r0: int) -> int:
 def _torch_pass(xv: torch.Tensor, yv: torch.Tensor, dtype: torch.dtype, options: SparsityOptions, acc: _Pass) -> None:
     """The torch pass (a GPU, or the CPU with NumPy off) over 2-D integer views, into ``acc``.
 
-    8- to 32-bit types: one fused kernel per chunk (:func:`_fused_chunk_stats`: the comparison, every
+    Where the Triton kernel applies (:func:`_triton_pass`), the whole tensor is that one kernel. Otherwise
+    16- and 32-bit types: one fused kernel per chunk (:func:`_fused_chunk_stats`: the comparison, every
     count, the row/column counts and the mask), accumulated on the device with no synchronisation until
     :meth:`_Pass.stats`. float64: the changed entries gathered and their statistics taken in torch."""
     rows, cols = xv.shape
