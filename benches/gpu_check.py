@@ -200,7 +200,6 @@ def _device_part(sparsity, a: torch.Tensor, b: torch.Tensor):
     options = sparsity.SparsityOptions()
     acc = sparsity._Pass("w", len(options.tolerances))
     a2, b2 = a.reshape(a.shape[0], -1), b.reshape(a.shape[0], -1)
-    acc.mask = torch.empty(a2.shape, dtype=torch.bool, device=a.device)
     sparsity._torch_pass(int_view(a2), int_view(b2), a.dtype, options, acc)
     if acc.bits is not None:  # the Triton pass packs the mask itself
         return acc.bits

@@ -446,15 +446,21 @@ def _generic_pass(a, a2, b2, options: SparsityOptions, name: str, packed: bool) 
     """:func:`compare_pair` by the NumPy kernels on CPU (no numba, or ``SUBNETVIZ_JIT=0``), by torch on
     other devices (and, fused and compiled, on CUDA)."""
     acc = _Pass(name, len(options.tolerances))
-    if options.keep_masks:  # the exact mask is written chunk by chunk by the comparison itself
-        acc.mask = (torch.empty if options.mask_tolerance is None else torch.zeros)(
-            a2.shape, dtype=torch.bool, device=a.device
-        )
     if a.device.type == "cpu" and _NUMPY_ON_CPU:
+        _keep_mask(acc, a2, options)
         _numpy_pass(int_view(a2).numpy(), int_view(b2).numpy(), a.dtype, options, acc)
     else:
         _torch_pass(int_view(a2), int_view(b2), a.dtype, options, acc)
     return acc.stats(a, packed)
+
+
+def _keep_mask(acc: _Pass, a2: torch.Tensor, options: SparsityOptions) -> None:
+    """The full-size bool mask the chunked passes write into (the exact one chunk by chunk by the comparison
+    itself), where masks are kept; the Triton kernel writes its bits instead and needs none."""
+    if options.keep_masks:
+        acc.mask = (torch.empty if options.mask_tolerance is None else torch.zeros)(
+            a2.shape, dtype=torch.bool, device=a2.device
+        )
 
 
 def _numpy_pass(x2: np.ndarray, y2: np.ndarray, dtype: torch.dtype, options: SparsityOptions, acc: _Pass) -> None:
@@ -524,19 +530,19 @@ def _torch_pass(xv: torch.Tensor, yv: torch.Tensor, dtype: torch.dtype, options:
     if options.row_col:
         acc.rows = torch.zeros(rows, dtype=torch.int64, device=dev)
         acc.cols = torch.zeros(cols, dtype=torch.int64, device=dev)
-    if not xv.numel():
-        return
-    exact_mask = acc.mask is not None and options.mask_tolerance is None
     rel_is_nonzero = _rel_is_nonzero(dtype, options.eta)
-    ctype = torch.float64 if xv.element_size() >= 4 else torch.float32
-    out = _triton_pass(xv, yv, dtype, options, rel_is_nonzero, acc.mask is not None)
+    out = _triton_pass(xv, yv, dtype, options, rel_is_nonzero, options.keep_masks) if xv.numel() else None
     if out is not None:  # the whole tensor in one kernel, one read of both (no chunks: no temporaries)
-        largest, counts, r, c, bits = out
+        largest, counts, r, c, acc.bits = out
         acc.add_device(largest, counts)
         if r is not None:
             acc.rows, acc.cols = r, c
-        acc.mask, acc.bits = None, bits
         return
+    _keep_mask(acc, xv, options)
+    if not xv.numel():
+        return
+    exact_mask = acc.mask is not None and options.mask_tolerance is None
+    ctype = torch.float64 if xv.element_size() >= 4 else torch.float32
     step = max(1, (CHUNK_ELEMENTS if dev.type == "cpu" else GPU_CHUNK_ELEMENTS) // max(cols, 1))
     if xv.element_size() <= 4:
         kernel = _chunk_kernel(dev)
