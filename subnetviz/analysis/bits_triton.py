@@ -31,6 +31,7 @@ AVAILABLE = importlib.util.find_spec("triton") is not None
 BLOCK_ROWS, BLOCK_COLS, NUM_WARPS = 16, 256, 4
 # Row tiles per program of the accumulating kernel (0: the one-tile kernel); its tile and warps.
 ITERATIONS, LOOP_ROWS, LOOP_COLS, LOOP_WARPS = 16, 4, 256, 4
+_GRID_Y = 65535  # CUDA's limit on a launch grid's second dimension
 _CONSTANTS: dict = {}  # (device, dtype, values) -> the thresholds / ULP edges as a device tensor
 
 
@@ -40,7 +41,9 @@ def fits(xv: torch.Tensor) -> bool:
     if not AVAILABLE or xv.dim() != 2 or xv.element_size() not in (2, 4):
         return False
     rows, cols = xv.shape
-    return rows > 0 and cols >= 8 and cols % 8 == 0 and (xv.is_cuda or _interpreting())
+    # a launch grid's second dimension holds at most 65535 column tiles (a (1, 20M) view would not launch)
+    narrow = -(-cols // min(BLOCK_COLS, LOOP_COLS)) <= _GRID_Y
+    return rows > 0 and cols >= 8 and cols % 8 == 0 and narrow and (xv.is_cuda or _interpreting())
 
 
 def _interpreting() -> bool:

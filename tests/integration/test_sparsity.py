@@ -344,6 +344,31 @@ def test_the_triton_pass_gives_the_cpu_numbers(monkeypatch, dtype):
         compare_pair(x, y, name="w.v")
 
 
+def test_the_triton_pass_takes_only_views_it_can_launch(monkeypatch):
+    """Which 2-D integer views go to the Triton kernel (the others take the torch pass): 16/32-bit, a column
+    count that is a multiple of 8, and no more column tiles than a launch grid's second dimension holds (a
+    (1, 20M) view failed to launch, and the failure switched the kernel off for every later tensor)."""
+    from subnetviz.analysis import bits_triton
+
+    monkeypatch.setattr(bits_triton, "AVAILABLE", True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # a CPU view counts as the interpreter's (no GPU here)
+
+    def view(*shape, dtype=torch.int16):
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    assert (
+        bits_triton.fits(view(4096, 11008))
+        and bits_triton.fits(view(3, 8))
+        and bits_triton.fits(view(2, 8, dtype=torch.int32))
+    )
+    assert not bits_triton.fits(view(40, 33)) and not bits_triton.fits(view(5, 4)) and not bits_triton.fits(view(0, 8))
+    assert not bits_triton.fits(view(4, 8, dtype=torch.int64)) and not bits_triton.fits(view(64))
+    widest = 65535 * min(bits_triton.BLOCK_COLS, bits_triton.LOOP_COLS)
+    assert bits_triton.fits(view(1, widest)) and not bits_triton.fits(view(1, widest + 8))
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not bits_triton.fits(view(4096, 11008))  # neither a GPU tensor nor the interpreter
+
+
 @pytest.mark.slow
 def test_the_triton_pass_in_triton_s_interpreter():
     """The test above in a fresh interpreter with ``TRITON_INTERPRET=1`` (Triton reads it when it is first
