@@ -4,10 +4,13 @@
 tensor, viewed as 2-D (rows, cols) integer views of 16- or 32-bit floats with ``cols`` a multiple of 8:
 the largest |Δ|, the counts vector ``[#changed, #(|Δ| > tol) per tolerance, η-rule count, #(ULP > edge)
 per edge]``, row and column counts, and the mask (bitwise, or |Δ| > ``mask_tolerance``) bit-packed in
-``np.packbits`` order, each byte written by the tile that holds its 8 entries. Each program takes one
-tile of rows × columns, keeps every intermediate in registers, writes its counts to its own slot (summed
-by one small reduction afterwards: no contended atomics) and adds its row/column sums atomically (one
-address per row or column of the tile).
+``np.packbits`` order, each byte written by the tile that holds its 8 entries. Each program keeps every
+intermediate in registers, writes its counts to its own slot (summed by one small reduction afterwards:
+no contended atomics) and adds its row/column sums atomically (one address per row or column). The
+accumulating kernel (``_pair_kernel_rows``, the default: measured 19-20 % of an H200's copy bandwidth
+against 13 % for the other) takes :data:`ITERATIONS` row tiles per program and reduces once at the end,
+its counts kept per entry in 8-bit fields (at most 6 tolerances); the one-tile kernel (``_pair_kernel``)
+takes any number of tolerances.
 
 Finiteness: the largest |Δ| is the maximum of the bit patterns of |Δ| (non-negative floats order as
 their bits; NaN's patterns lie above Inf's), so a NaN or Inf anywhere in either tensor (NaN − NaN and
