@@ -148,8 +148,16 @@ def _pack_bits(mask):
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=flat.device)
-    return (flat.reshape(-1, 8) << shifts).sum(1, dtype=torch.uint8)  # disjoint bits: the sum is their OR
+    return (flat.reshape(-1, 8) << _bit_shifts(flat.device)).sum(1, dtype=torch.uint8)  # disjoint bits: sum = OR
+
+
+def _unpack_bits(bits, n: int):
+    """The first ``n`` entries packed by :func:`_pack_bits` (or ``np.packbits``), as bool, on their device."""
+    return ((bits[:, None] >> _bit_shifts(bits.device)) & 1).reshape(-1)[:n].bool()
+
+
+def _bit_shifts(device):
+    return torch.arange(7, -1, -1, dtype=torch.uint8, device=device)  # np.packbits: the first entry is the top bit
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -249,9 +257,7 @@ class _Pass:
 
     def _mask(self, a: torch.Tensor) -> torch.Tensor | None:
         if self.bits is not None:  # unpacked on the device, then one transfer
-            shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=self.bits.device)
-            flat = ((self.bits[:, None] >> shifts) & 1).reshape(-1)[: a.numel()]
-            return flat.bool().reshape(a.shape).cpu()
+            return _unpack_bits(self.bits, a.numel()).reshape(a.shape).cpu()
         return self.mask.reshape(a.shape).cpu() if self.mask is not None else None
 
     def _bits(self) -> np.ndarray | None:
@@ -527,17 +533,15 @@ def _torch_pass(xv: torch.Tensor, yv: torch.Tensor, dtype: torch.dtype, options:
     :meth:`_Pass.stats`. float64: the changed entries gathered and their statistics taken in torch."""
     rows, cols = xv.shape
     dev = xv.device
-    if options.row_col:
-        acc.rows = torch.zeros(rows, dtype=torch.int64, device=dev)
-        acc.cols = torch.zeros(cols, dtype=torch.int64, device=dev)
     rel_is_nonzero = _rel_is_nonzero(dtype, options.eta)
     out = _triton_pass(xv, yv, dtype, options, rel_is_nonzero, options.keep_masks) if xv.numel() else None
     if out is not None:  # the whole tensor in one kernel, one read of both (no chunks: no temporaries)
-        largest, counts, r, c, acc.bits = out
+        largest, counts, acc.rows, acc.cols, acc.bits = out
         acc.add_device(largest, counts)
-        if r is not None:
-            acc.rows, acc.cols = r, c
         return
+    if options.row_col:
+        acc.rows = torch.zeros(rows, dtype=torch.int64, device=dev)
+        acc.cols = torch.zeros(cols, dtype=torch.int64, device=dev)
     _keep_mask(acc, xv, options)
     if not xv.numel():
         return
