@@ -7,6 +7,7 @@ import streamlit as st
 
 from subnetviz import config, ui
 from subnetviz.figures import behavior as bfig
+from subnetviz.figures import plain_label
 
 
 def prompt_files() -> dict[str, str]:
@@ -171,7 +172,7 @@ def prompt_spread(res: dict, kl: str):
 
 def token_figure(tokens: pd.DataFrame, model: str, experiment: str, prompt: int):
     one = tokens[(tokens["model"] == model) & (tokens["experiment"] == experiment) & (tokens["prompt"] == prompt)]
-    return bfig.token_bars(one, title=f"{model} · {experiment} · prompt {prompt}: which tokens moved")
+    return bfig.token_bars(one, title=f"{plain_label(model)} · {experiment} · prompt {prompt}: which tokens moved")
 
 
 def every_tab(res: dict, value: str, kl: str, selection: dict) -> tuple[dict, dict]:

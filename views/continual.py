@@ -186,7 +186,9 @@ def accuracy_matrices(acc: pd.DataFrame, seed, density) -> dict:
 def accuracy_figure(A, label: str, seed):
     """One method's accuracy matrix, tasks counted from 1; the title names the seed (a downloaded figure has no
     seed picker beside it)."""
-    return figures.accuracy_matrix(A, [f"task {j + 1}" for j in range(A.shape[1])], title=f"{label}, seed {seed}")
+    return figures.accuracy_matrix(
+        A, [f"task {j + 1}" for j in range(A.shape[1])], title=f"{figures.plain_label(label)}, seed {seed}"
+    )
 
 
 def knn_figure(knn: pd.DataFrame, density, seed):

@@ -91,7 +91,7 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
     # Long labels (masks of a run: "SupSup task 1 mask (d=0.05, seed 0) · <run id>") drawn short on the
     # charts, what they share under each title; the tables keep the full labels.
     short, shared = figures.compact_labels(chosen)
-    sub = f"<br><sup>{shared}</sup>" if shared else ""
+    sub = f"<br><sup>{figures.plain_label(shared)}</sup>" if shared else ""
     if name == "Sets":
         figs = {}
         if len(chosen) in (2, 3):  # Venn beside the UpSet; beyond three masks the UpSet alone, full width
@@ -125,14 +125,16 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
         # own: two run labels in one line ran past the chart's right edge.
         figs = {
             "layer-overlap": figures.overlap_layer_heatmap(
-                one[one["layer"].notna()], view=view, title=f"{what} by layer and module<br><sup>{pa} ∩ {pb}</sup>"
+                one[one["layer"].notna()],
+                view=view,
+                title=f"{what} by layer and module<br><sup>{figures.plain_label(pair)}</sup>",
             )
         }
         if overlap.experts is not None:  # mixture-of-experts masks: the pair per layer × expert
             figs["expert-overlap"] = figures.overlap_layer_heatmap(
                 pair_by_layer(overlap.experts, pa, pb),
                 view=view,
-                title=f"{what} per layer × expert<br><sup>{pa} ∩ {pb}</sup>",
+                title=f"{what} per layer × expert<br><sup>{figures.plain_label(pair)}</sup>",
             )
         return figs, {}
     pw = report.pairwise  # Consensus: how many masks agree on each entry, against independent masks

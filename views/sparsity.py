@@ -116,7 +116,7 @@ def body() -> None:
                                 value=value,
                                 zrange=zrange,
                                 cell_text=len(shown) <= 2,
-                                title=f"{model}: {value.replace('_', ' ')} ({crit})",
+                                title=f"{figures.plain_label(model)}: {value.replace('_', ' ')} ({crit})",
                             ),
                             key=f"heat-{model}",
                         )
@@ -218,7 +218,7 @@ def experts_section(analysis, shown, colors: dict) -> None:
     for col, model in zip(st.columns(len(shown)), shown, strict=True):
         with col:
             ui.chart(
-                moe.expert_heatmap(experts[model], title=f"{model}: sparsity per expert (exact)"),
+                moe.expert_heatmap(experts[model], title=f"{figures.plain_label(model)}: sparsity per expert (exact)"),
                 key=f"experts-{model}",
             )
     ui.chart(

@@ -79,7 +79,7 @@ def subspace_parts(ws, k: int, model: str, side: str) -> tuple[dict, dict]:
     vectors = vectors.assign(name=vectors["name"].map(strip_prefix))
     sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
-    which = f"<br><sup>{model}, K = {int(k)}</sup>"  # the model in each chart: an export or paper figure has no picker
+    which = f"<br><sup>{figures.plain_label(model)}, K = {int(k)}</sup>"  # the model in each chart: an export or paper figure has no picker
     figs = {
         "sub-angles": sfig.angle_heatmap(
             sel[sel["layer"].notna()],
@@ -93,7 +93,7 @@ def subspace_parts(ws, k: int, model: str, side: str) -> tuple[dict, dict]:
             vectors[vectors["model"] == model],
             top,
             side=side,
-            title=f"{model}: principal angles of the six most rotated matrices",
+            title=f"{figures.plain_label(model)}: principal angles of the six most rotated matrices",
         ),
     }
     return figs, {"subspaces-table": ("Principal angles, σ ratios and principal-weight overlap per matrix", rows)}
@@ -124,12 +124,12 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple[dict
     for m in chosen:
         one = grid[grid["model"] == m]
         figs[f"eff-{m}"] = figures.rank_measure_heatmap(
-            one, "effective_rank_99", title=f"{m}: effective rank (99 % of Σσ²) / min(m, n)"
+            one, "effective_rank_99", title=f"{figures.plain_label(m)}: effective rank (99 % of Σσ²) / min(m, n)"
         )
         figs[f"stable-{m}"] = figures.rank_measure_heatmap(
             one,
             "stable_rank",
-            title=f"{m}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
+            title=f"{figures.plain_label(m)}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
             zrange=figures.measure_range(grid, "stable_rank"),
         )
     return figs, {"spectra-table": ("Rank, effective rank and stable rank", spec)}
@@ -241,7 +241,7 @@ def rank_view(spec, chosen: list) -> None:
                     figures.rank_measure_heatmap,
                     one,
                     "effective_rank_99",
-                    title=f"{model}: effective rank (99 % of Σσ²) / min(m, n)",
+                    title=f"{figures.plain_label(model)}: effective rank (99 % of Σσ²) / min(m, n)",
                 ),
                 key=f"eff-{model}",
             )
@@ -251,7 +251,7 @@ def rank_view(spec, chosen: list) -> None:
                     figures.rank_measure_heatmap,
                     one,
                     "stable_rank",
-                    title=f"{model}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
+                    title=f"{figures.plain_label(model)}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
                     zrange=figures.measure_range(grid, "stable_rank"),
                 ),
                 key=f"stable-{model}",

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures.style import PALETTE, _require, _style, color_map, no_data_figure, plain_label
+from subnetviz.figures.style import PALETTE, _require, _style, color_map, no_data_figure, takes_data
 
 ORDER_DASH = {"abs_delta": "solid", "random": "dash"}
 ORDER_NAME = {"abs_delta": "largest |Δ| first", "random": "random order"}
@@ -28,6 +28,7 @@ def _scaled(value: str, y):
     return (100 * y, "accuracy (%)") if value == "accuracy" else (y, "nats per token")
 
 
+@takes_data()
 def kl_bars(summary: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
     """Grouped bars: x = experiment, one bar per model, y = ``value`` (kl_forward, kl_reverse or accuracy)."""
     name = MEASURE.get(value, value)
@@ -57,6 +58,7 @@ def kl_bars(summary: pd.DataFrame, value: str = "kl_forward", title: str | None 
     return _style(fig, title, "experiment", _scaled(value, 0)[1], barmode="group")
 
 
+@takes_data()
 def revert_curves(curves: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
     """Lines of ``value`` against the share of Δ actually reverted; solid = |Δ| order, dashed = random."""
     title = title or f"{MEASURE.get(value, value)} against the share of Δ reverted"
@@ -86,6 +88,7 @@ def revert_curves(curves: pd.DataFrame, value: str = "kl_forward", title: str | 
     )
 
 
+@takes_data()
 def prompt_spread(prompts: pd.DataFrame, value: str = "kl_forward", title: str | None = None) -> go.Figure:
     """Per-prompt mean ``value`` (kl_forward or kl_reverse) per model: a box and every prompt as a point, the
     models side by side on one axis in their colours on the other charts. (Overlaid histograms bin each model
@@ -117,6 +120,7 @@ def prompt_spread(prompts: pd.DataFrame, value: str = "kl_forward", title: str |
     return _style(fig, title, "model", "nats per token (mean over the prompt's tokens)", showlegend=False)
 
 
+@takes_data()
 def token_bars(tokens: pd.DataFrame, title: str = "Per-token KL along the prompt") -> go.Figure:
     """Bars per position of one prompt: forward and reverse KL; the positions that predict the answer
     shaded and marked in the hover."""
@@ -124,7 +128,7 @@ def token_bars(tokens: pd.DataFrame, title: str = "Per-token KL along the prompt
         return no_data_figure(title)
     _require(tokens, ["position", "token", "kl_forward", "kl_reverse"], "token_bars")
     t = tokens.sort_values("position")
-    labels = [f"{p}:{plain_label(tok)}" for p, tok in zip(t["position"], t["token"], strict=True)]  # "<s>" as text
+    labels = [f"{p}:{tok}" for p, tok in zip(t["position"], t["token"], strict=True)]  # tokens are text: "<s>"
     answer = t["predicts_answer"].astype(bool).to_numpy() if "predicts_answer" in t else np.zeros(len(t), bool)
     role = np.where(answer, " (predicts the answer)", "")
     fig = go.Figure()

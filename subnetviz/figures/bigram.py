@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures.style import PALETTE, SEQUENTIAL, _style, color_map, no_data_figure, order_key
+from subnetviz.figures.style import PALETTE, SEQUENTIAL, _style, color_map, no_data_figure, order_key, takes_data
 
 SETTING_ORDER = ("bigram", "full", "subnetwork", "ablated", "random subnetwork", "random ablated", "empty")
 
@@ -19,6 +19,7 @@ def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values("setting", key=lambda col: col.map(order_key(SETTING_ORDER)), kind="stable")
 
 
+@takes_data()
 def fidelity_bars(
     summary: pd.DataFrame, title: str = "Fidelity: surprisal correlation with the bigram model"
 ) -> go.Figure:
@@ -43,6 +44,7 @@ def fidelity_bars(
     return _style(fig, title, "setting", "Pearson r of per-token surprisals")
 
 
+@takes_data()
 def delta_bits_bars(summary: pd.DataFrame, title: str = "Loss against the full model") -> go.Figure:
     """Bars of Δ bits per token vs the full model per setting; columns setting, delta_bits (+ bits_sd)."""
     if summary.empty:
@@ -65,6 +67,7 @@ def delta_bits_bars(summary: pd.DataFrame, title: str = "Loss against the full m
     return _style(fig, title, "setting", "Δ bits per token vs full model")
 
 
+@takes_data()
 def rotation_curves(
     rotation: pd.DataFrame, title: str = "Rotation to input and to output (median |arg λ|)"
 ) -> go.Figure:
@@ -94,6 +97,7 @@ def rotation_curves(
     )
 
 
+@takes_data()
 def covariance_heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
     """Layer × layer covariance similarity (0..1); ``matrix`` rows layer_i, columns layer_j."""
     if matrix.empty:
@@ -117,6 +121,7 @@ def covariance_heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
     return _style(fig, title, "layer", "layer")
 
 
+@takes_data()
 def null_histogram(
     null: pd.DataFrame, observed: float, title: str = "Overlap with the optimal subnetwork against two nulls"
 ) -> go.Figure:

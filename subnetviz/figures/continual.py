@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures.style import PALETTE, _style, _unique, no_data_figure, order_key
+from subnetviz.figures.style import PALETTE, _style, _unique, no_data_figure, order_key, takes_data
 
 METHOD_ORDER = ("finetune", "SupSup", "SSNeT", "ExSSNeT", "SupSup+KKT", "SSNeT+KKT", "ExSSNeT+KKT")
 
@@ -26,6 +26,7 @@ def _ordered(labels) -> list[str]:
     return sorted(_unique(labels), key=order_key(METHOD_ORDER))
 
 
+@takes_data()
 def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accuracy vs mask density") -> go.Figure:
     """One line per masked method (mean ± sd over seeds); finetune as a dashed horizontal line."""
     if summary.empty:
@@ -104,6 +105,7 @@ def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: 
     fig.update_yaxes(range=[0, 1.12 * top])
 
 
+@takes_data()
 def forgetting_bars(
     summary: pd.DataFrame, density: float | None = None, title: str = "Forgetting (mean max drop)"
 ) -> go.Figure:
@@ -134,6 +136,7 @@ def forgetting_bars(
     return _style(fig, title, "method", "forgetting (accuracy points)", showlegend=False)
 
 
+@takes_data("layer")
 def capacity_curves(
     capacity: pd.DataFrame, density: float, layer: str = "all", title: str = "Share of weights used after each task"
 ) -> go.Figure:
@@ -167,6 +170,7 @@ def capacity_curves(
     return _style(fig, f"{title} (density {100 * density:g}%, {layer})", "tasks trained", "weights used (%)")
 
 
+@takes_data()
 def exclusive_fraction(
     capacity: pd.DataFrame, density: float, title: str = "Exclusive share of each task's mask"
 ) -> go.Figure:
@@ -190,6 +194,7 @@ def exclusive_fraction(
     return _style(fig, title, "task", "exclusive share of the mask (%)")
 
 
+@takes_data()
 def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> go.Figure:
     """Heatmap of a layer's owner image (first task that claimed each weight, counted from 0; −1 = unused). Shown
     as the task's number from 1, as on every chart (0 = unused, grey)."""
@@ -218,6 +223,7 @@ def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> 
     return _style(fig, title, "input unit", "output unit")
 
 
+@takes_data()
 def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier mask on the new task") -> go.Figure:
     """Grouped bars: for each new task, the KNN accuracy under each source mask; chance as markers (tasks
     numbered from 1, as on every chart)."""

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from subnetviz.figures.behavior import MEASURE as BEHAVIOUR
-from subnetviz.figures.style import PALETTE, _require, _style, no_data_figure
+from subnetviz.figures.style import PALETTE, _require, _style, no_data_figure, takes_data
 
 FACTOR_ORDER = ("learning_rate", "steps", "beta", "clipping", "optimizer", "data", "algorithm")
 # how a measure is named and drawn: shares in % (as the tables and the other pages show them), KL in nats
@@ -22,6 +22,7 @@ MEASURE = {
 }
 
 
+@takes_data()
 def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | None = None) -> go.Figure:
     """Small multiples: x = the factor's values, y = ``value`` of the bf16 saves (mean bar, seeds as dots);
     sparsity and accuracy in %, a KL that is positive everywhere on a log axis."""
@@ -74,6 +75,7 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
     return fig
 
 
+@takes_data()
 def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 vs fp32: update sparsity") -> go.Figure:
     """Per run (factor=value, seed): its bf16 and its fp32 save as two dots joined by a line (a dot stays
     visible at 0 %, where a bar would not: fp32 saves change nearly every weight)."""

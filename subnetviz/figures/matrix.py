@@ -8,16 +8,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from subnetviz.figures.style import (
-    DIVERGING,
-    PALETTE,
-    SEQUENTIAL,
-    FigureDataError,
-    _style,
-    no_data_figure,
-)
+from subnetviz.figures.style import DIVERGING, PALETTE, SEQUENTIAL, FigureDataError, _style, no_data_figure, takes_data
 
 
+@takes_data("subject")
 def delta_image(
     delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base", subject: str = ""
 ) -> go.Figure:
@@ -89,6 +83,7 @@ def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
     return out
 
 
+@takes_data("subject")
 def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries changed", subject: str = "") -> go.Figure:
     """Downsampled image of a 2-D mask (bool, or float in [0, 1]): share changed per block, in %.
     ``subject`` (e.g. "model · matrix") opens the subtitle; a bool mask at full resolution gets a two-colour
@@ -150,6 +145,7 @@ def _downsample_1d(v: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarr
     return starts + (np.minimum(starts + f, v.size) - starts - 1) / 2, means, f
 
 
+@takes_data("subject")
 def row_col_ratios(
     row_ratio,
     col_ratio,

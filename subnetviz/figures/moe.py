@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures.style import SEQUENTIAL, _require, _style, color_map, no_data_figure
+from subnetviz.figures.style import SEQUENTIAL, _require, _style, color_map, no_data_figure, takes_data
 
 
 def _expert_order(experts) -> list[str]:
@@ -20,6 +20,7 @@ def _expert_order(experts) -> list[str]:
     return routed + [e for e in names if not e.isdigit()]
 
 
+@takes_data()
 def expert_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None = None) -> go.Figure:
     """Layers (0 at top) × experts of ``value`` (sparsity or density) in %.
 
@@ -57,6 +58,7 @@ def expert_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None 
     return _style(fig, title, x="expert", y="layer")
 
 
+@takes_data()
 def router_bars(
     df: pd.DataFrame, title: str = "Routers: share of entries changed per layer", colors: Mapping | None = None
 ) -> go.Figure:

@@ -27,9 +27,11 @@ from subnetviz.figures.style import (
     _unique,
     no_data_figure,
     percent_cells,
+    takes_data,
 )
 
 
+@takes_data()
 def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | None = None) -> go.Figure:
     """Layers × module kinds of mask overlap: columns layer, module, jaccard, jaccard_chance (fractions).
 
@@ -102,6 +104,7 @@ def _undefined_cells(fig: go.Figure, layers, modules, jaccard: np.ndarray, ratio
     return fig
 
 
+@takes_data()
 def pairwise_matrix(
     df: pd.DataFrame,
     value: str = "jaccard",
@@ -204,6 +207,7 @@ def chance_consensus(densities: Sequence[float], numel: int) -> pd.DataFrame:
     return pd.DataFrame({"k": np.arange(len(prob)), "chance": numel * prob})
 
 
+@takes_data()
 def consensus_bars(
     df: pd.DataFrame,
     title: str = "Consensus: in how many masks is a changed parameter?",

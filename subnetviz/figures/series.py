@@ -23,12 +23,13 @@ from subnetviz.figures.style import (
     _unique,
     color_map,
     no_data_figure,
-    plain_label,
+    takes_data,
 )
 
 SPLIT_COLORS = {"never updated": "#BBBBBB", "updated, unchanged at the end": PALETTE[5], "final subnetwork": PALETTE[0]}
 
 
+@takes_data()
 def series_lines(
     df: pd.DataFrame,
     title: str | None = None,
@@ -88,6 +89,7 @@ def series_lines(
     return fig
 
 
+@takes_data()
 def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") -> go.Figure:
     """One stacked horizontal bar: columns part, count (share computed), in fixed category colours."""
     if df.empty:
@@ -124,6 +126,7 @@ def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") ->
     return fig
 
 
+@takes_data()
 def module_series(
     df: pd.DataFrame, title: str = "Sparsity per module kind over training", first: str = "base"
 ) -> go.Figure:
@@ -174,6 +177,7 @@ def smooth_ema(values: np.ndarray, weight: float) -> np.ndarray:
 SHARE_METRICS = ("accuracy", "kept", "undecided")  # fractions in the logs, drawn in percent
 
 
+@takes_data()
 def training_curves(
     df: pd.DataFrame, title: str = "Training curves", colors: Mapping | None = None, smoothing: float = 0.0
 ) -> go.Figure:
@@ -226,12 +230,12 @@ def training_curves(
                     x=sub["step"].to_numpy(),
                     y=y,
                     mode="lines+markers",
-                    name=plain_label(run),  # a run's name is text, not markup
+                    name=run,
                     marker={"size": 9 if run in wide else 5},
                     legendgroup=run,
                     showlegend=i == 0 and len(runs) > 1,
                     line={"color": colors[run], "width": 5 if run in wide else 2},
-                    hovertemplate=f"{plain_label(run)}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>",
+                    hovertemplate=f"{run}<br>step %{{x}}<br>{met} %{{y:.4g}}<extra></extra>",
                 ),
                 **pos,
             )
@@ -250,6 +254,7 @@ def training_curves(
     )
 
 
+@takes_data()
 def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: accuracy after each task") -> go.Figure:
     """A[t, j] (fraction) = accuracy on task j after training task t, as an annotated heatmap in %."""
     a = np.asarray(A, dtype=np.float64)

@@ -17,7 +17,7 @@ from subnetviz.figures.style import (
     _style,
     color_map,
     no_data_figure,
-    plain_label,
+    takes_data,
 )
 from subnetviz.figures.venn import REGIONS2, REGIONS3, VennLayout, venn2_layout, venn3_layout
 
@@ -50,7 +50,7 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
     for (cx, cy), r, lab in zip(
         layout.centers[drawn], layout.radii[drawn], np.array(labels, dtype=object)[drawn], strict=True
     ):
-        text, font = f"<b>{plain_label(lab)}</b>", {"color": colors[str(lab)], "size": 14}
+        text, font = f"<b>{lab}</b>", {"color": colors[str(lab)], "size": 14}
         if r < 0.12 * ext and drawn.sum() > 1:
             up = small % 2 == 0
             fig.add_annotation(
@@ -75,7 +75,6 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
         fig.add_annotation(
             x=cx + r * d[0], y=cy + r * d[1], text=text, showarrow=False, xanchor=xa, yanchor=ya, font=font
         )
-    labels = [plain_label(lab) for lab in labels]  # names are text in the title, counts and hovers below
     empty = [lab for lab, ok in zip(labels, drawn, strict=True) if not ok]
     if empty:
         title += f"<br><sup>empty, not drawn: {', '.join(empty)}</sup>"
@@ -135,6 +134,7 @@ def _region_counts(sizes_or_regions, n: int) -> np.ndarray:
     return np.asarray(sizes_or_regions, dtype=np.float64)
 
 
+@takes_data()
 def venn2(
     sizes_or_regions, labels: Sequence[str], title: str = "Overlap (area-proportional)", colors: Mapping | None = None
 ) -> go.Figure:
@@ -142,6 +142,7 @@ def venn2(
     return _venn_figure(venn2_layout(_region_counts(sizes_or_regions, 2)), labels, title, colors)
 
 
+@takes_data()
 def venn3(
     sizes_or_regions,
     labels: Sequence[str],
@@ -169,6 +170,7 @@ def _members(v, labels: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(names.index(str(x)) for x in items))
 
 
+@takes_data()
 def upset(
     regions_df: pd.DataFrame,
     labels: Sequence[str],

@@ -20,11 +20,13 @@ from subnetviz.figures.style import (
     color_map,
     no_data_figure,
     percent_cells,
+    takes_data,
 )
 
 EPS32 = float(np.finfo(np.float32).eps)
 
 
+@takes_data()
 def rank_heatmap(df: pd.DataFrame, title: str = "Update rank / min(m, n) by layer and module") -> go.Figure:
     """Layers × module kinds of rank_frac (fraction) in %.
 
@@ -76,6 +78,7 @@ def rank_thresholds(sigmas: pd.DataFrame, shapes: pd.DataFrame) -> dict[str, flo
     return {n: float(v * big[n] * EPS32) for n, v in s1.items() if n in big.index}
 
 
+@takes_data()
 def spectrum_curves(
     df: pd.DataFrame,
     title: str = "Singular values of updates (dashed: random sparse baseline)",
@@ -148,6 +151,7 @@ def spectrum_curves(
     return fig
 
 
+@takes_data()
 def model_spectra(
     sigmas: pd.DataFrame, shapes: pd.DataFrame, models: Sequence[str], colors: Mapping | None = None
 ) -> go.Figure:
@@ -179,6 +183,7 @@ def measure_range(df: pd.DataFrame, measure: str) -> tuple[float, float]:
     return 0.0, max(top, 1e-9)
 
 
+@takes_data()
 def rank_measure_heatmap(
     df: pd.DataFrame,
     measure: str = "effective_rank_99",

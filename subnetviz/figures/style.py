@@ -6,9 +6,12 @@ Used by :mod:`subnetviz.figures` (sparsity, spectra, series, training), :mod:`su
 
 from __future__ import annotations
 
+import functools
 import html
+import inspect
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -145,6 +148,118 @@ def plain_label(text: object) -> str:
     escaped (Plotly decodes the entities back to the characters), and "%{" so a hover template does not
     take it for a field."""
     return html.escape(str(text), quote=False).replace("%{", "%&#123;")
+
+
+_MARKUP = ("<", "&", "%{")  # what Plotly reads as markup (a lone ">" reads as typed)
+_building = threading.local()  # inside a builder: what it passes to another builder is text already
+
+
+def _as_text(v):
+    """A value of the data as :func:`plain_label` makes it (strings, also inside tuples); anything else as is."""
+    if isinstance(v, str):
+        return plain_label(v) if any(m in v for m in _MARKUP) else v
+    if isinstance(v, tuple):
+        texts = tuple(_as_text(x) for x in v)
+        return v if all(a is b for a, b in zip(texts, v, strict=True)) else texts
+    return v
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-D object array of ``values``, filled one by one (``np.array`` would make tuples a second axis)."""
+    out = np.empty(len(values), dtype=object)
+    for k, v in enumerate(values):
+        out[k] = v
+    return out
+
+
+def _text_index(index: pd.Index) -> pd.Index:
+    if isinstance(index, pd.MultiIndex) or index.dtype.kind != "O":
+        return index
+    texts = [_as_text(v) for v in index]
+    return index if all(a is b for a, b in zip(texts, index, strict=True)) else pd.Index(texts, name=index.name)
+
+
+def _text_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every string cell (and string row / column names) as text; a copy only where one changes.
+    The distinct values are escaped, not the cells: a curve frame of 100 000 rows names a few runs."""
+    out = None
+    for i, col in enumerate(df.columns):
+        s = df.iloc[:, i]
+        if isinstance(s.dtype, pd.CategoricalDtype):  # categories renamed: their order is the chart's order
+            texts = [_as_text(c) for c in s.cat.categories]
+            if any(a is not b for a, b in zip(texts, s.cat.categories, strict=True)):
+                out = df.copy() if out is None else out
+                out.isetitem(i, s.cat.rename_categories(texts))
+            continue
+        if s.dtype.kind != "O" and not isinstance(s.dtype, pd.StringDtype):
+            continue
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+        texts = [_as_text(u) for u in uniques]
+        if all(a is b for a, b in zip(texts, uniques, strict=True)):
+            continue
+        out = df.copy() if out is None else out
+        values = s.to_numpy(dtype=object).copy()  # a missing value (code -1) stays what it was (NaN, None)
+        values[codes >= 0] = _objects(texts)[codes[codes >= 0]]
+        out.isetitem(i, pd.Series(values, index=df.index, name=col))
+    index, columns = _text_index(df.index), _text_index(df.columns)
+    if index is not df.index or columns is not df.columns:
+        out = (df if out is None else out).copy()
+        out.index, out.columns = index, columns
+    return df if out is None else out
+
+
+def _text_data(v):
+    """What a builder takes as data, as text: a frame's strings, a mapping's keys (colours keyed by model),
+    the strings of a list or tuple (labels, ticks)."""
+    if isinstance(v, pd.DataFrame):
+        return _text_frame(v)
+    if isinstance(v, Mapping):
+        return {_as_text(k): x for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        texts = [_as_text(x) for x in v]
+        return v if all(a is b for a, b in zip(texts, v, strict=True)) else type(v)(texts)
+    if isinstance(v, np.ndarray) and v.dtype.kind in "OU":
+        flat = v.ravel().tolist()
+        texts = [_as_text(x) for x in flat]
+        if all(a is b for a, b in zip(texts, flat, strict=True)):
+            return v
+        return _objects(texts).reshape(v.shape)
+    return v
+
+
+def takes_data(*text_args: str):
+    """A figure builder whose data reaches the chart as text, never as markup (:func:`plain_label`).
+
+    Model labels (folder names), tensor and module names (any string in a checkpoint someone else trained),
+    run names and tokens arrive in the builder's frames, mappings (colours keyed by model), lists (labels,
+    ticks) and in the string arguments named in ``text_args`` (a tensor's name as ``subject``); they are escaped
+    once, on the way in, so the builder may wrap them in its own markup. Other string arguments (titles,
+    column names, modes) are the caller's: a caller puts data into a title through :func:`plain_label`.
+    A builder called by another builder gets its arguments as they are (already text)."""
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def builder(*args, **kwargs):
+            if getattr(_building, "depth", 0):
+                return fn(*args, **kwargs)
+            bound = sig.bind(*args, **kwargs)
+            for name, v in bound.arguments.items():
+                if name in text_args and isinstance(v, str):
+                    bound.arguments[name] = _as_text(v)
+                else:
+                    bound.arguments[name] = _text_data(v)
+            _building.depth = 1
+            try:
+                return fn(*bound.args, **bound.kwargs)
+            finally:
+                _building.depth = 0
+
+        builder.takes_data = True
+        return builder
+
+    return wrap
 
 
 def no_data_figure(title: str, message: str = "no data") -> go.Figure:

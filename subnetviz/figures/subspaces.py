@@ -11,9 +11,19 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures.style import PALETTE, SEQUENTIAL, _grid, _layer_heatmap, _require, _style, no_data_figure
+from subnetviz.figures.style import (
+    PALETTE,
+    SEQUENTIAL,
+    _grid,
+    _layer_heatmap,
+    _require,
+    _style,
+    no_data_figure,
+    takes_data,
+)
 
 
+@takes_data()
 def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None) -> go.Figure:
     """Layers × modules of ``angle_{side}_max`` in degrees (one row per layer and module; others blank).
 
@@ -44,6 +54,7 @@ def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None
     )
 
 
+@takes_data()
 def angle_curves(vectors: pd.DataFrame, names: list[str], side: str = "left", title: str | None = None) -> go.Figure:
     """Principal angles (degrees, ascending) against their index, one line per matrix in ``names``.
 
@@ -70,6 +81,7 @@ def angle_curves(vectors: pd.DataFrame, names: list[str], side: str = "left", ti
     return _style(fig, title, "i (principal angle index)", "angle (degrees)")
 
 
+@takes_data()
 def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     """principal_overlap against principal_overlap_chance (both fractions, drawn in %) per matrix.
 

@@ -31,6 +31,7 @@ from subnetviz.figures.style import (
     color_map,
     no_data_figure,
     percent_cells,
+    takes_data,
 )
 
 
@@ -55,6 +56,7 @@ def shared_range(frames: Sequence[pd.DataFrame], value: str = "sparsity") -> tup
     return (lo, hi) if hi > lo else (max(0.0, lo - 0.5), min(100.0, hi + 0.5))
 
 
+@takes_data()
 def sparsity_heatmap(
     df: pd.DataFrame,
     value: str = "sparsity",
@@ -96,6 +98,7 @@ def sparsity_heatmap(
     return fig
 
 
+@takes_data()
 def overall_bars(
     df: pd.DataFrame,
     value: str = "sparsity",
@@ -133,6 +136,7 @@ def overall_bars(
     return fig
 
 
+@takes_data()
 def tolerance_sweep(
     df: pd.DataFrame, title: str = "Update sparsity against tolerance", colors: Mapping | None = None
 ) -> go.Figure:
@@ -206,6 +210,7 @@ def tolerance_sweep(
     return _style(fig, title, "absolute tolerance |Δ| ≤ τ (log)", "sparsity (%)", hovermode="closest")
 
 
+@takes_data()
 def ulp_histogram(
     df: pd.DataFrame,
     log_y: bool = True,
@@ -252,6 +257,7 @@ def ulp_histogram(
     )
 
 
+@takes_data()
 def module_bars(
     df: pd.DataFrame, title: str = "Norms, embeddings and head: update sparsity", colors: Mapping | None = None
 ) -> go.Figure:

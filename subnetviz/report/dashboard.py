@@ -29,7 +29,9 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
     for rep in analysis.reports:
         grid = rep.by_layer_module()
         figs.append(
-            figures.sparsity_heatmap(grid[grid["layer"].notna()], title=f"{rep.model}: update sparsity (exact)")
+            figures.sparsity_heatmap(
+                grid[grid["layer"].notna()], title=f"{figures.plain_label(rep.model)}: update sparsity (exact)"
+            )
         )
     sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
     figs.append(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]))
@@ -48,7 +50,7 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
                 min_dim=g[["rows", "cols"]].min(axis=1),
                 rank_frac_random=g["baseline_rank_frac"],
             )
-            sfigs.append(figures.rank_heatmap(g, title=f"{model}: update rank / min(m, n)"))
+            sfigs.append(figures.rank_heatmap(g, title=f"{figures.plain_label(model)}: update rank / min(m, n)"))
         sections.append(ReportSection("Spectra", sfigs, [("Rank, effective rank, stable rank", spec)]))
     if analysis.source_dir is not None and (analysis.source_dir / "overlap_pairwise.csv").exists():
         pw = read_frame(analysis.source_dir / "overlap_pairwise.csv")

@@ -765,3 +765,35 @@ def test_norms_tab_says_its_bars_are_exact_under_any_criterion(app_env):
     (spec,) = plotly_specs(at)
     assert spec["layout"]["title"]["text"].endswith("(exact)")
     assert [t["name"] for t in spec["data"]] == ["dpo"]  # the model chosen above, not every model
+
+
+def test_a_folder_named_in_markup_is_text_on_every_chart(app_env):
+    """A checkpoint's folder name (its label) is someone else's text: Plotly reads <i>, <a href>, <br> and
+    &-entities in titles, ticks, legends and hovers, and fills "%{y}" in a hover. On each page that names the
+    models in its charts, the label shows as typed (escaped once) and never as markup."""
+    import json
+    import shutil
+
+    from tests.unit.test_figures import _strings
+
+    hostile, shown = "dpo<i>x<|i> & %{y}", "dpo&lt;i&gt;x&lt;|i&gt; &amp; %&#123;y}"  # a name holds no "/"
+    folder = app_env / "tmp-markup-label"
+    (folder / hostile).parent.mkdir(exist_ok=True)
+    (folder / hostile).symlink_to((app_env / "zoo" / "dpo").resolve(), target_is_directory=True)
+    try:
+        ft = ["grpo-s0", str(folder / hostile)]
+        pages = {
+            "sparsity": {"sp_models": ["grpo-s0", hostile]},
+            "spectra": {"spec_models": [hostile], "spec_view": "Effective and stable rank"},
+            "overlap": {"ov_masks": ["Δ grpo-s0", f"Δ {hostile}"], "ov_tab": "Per layer"},
+        }
+        for page, query in pages.items():
+            at = open_page(page, ft=ft, **query)
+            assert not at.exception and not at.error, (page, [e.value for e in at.error])
+            texts = _strings([json.loads(el.proto.spec) for el in at.get("plotly_chart")])
+            assert texts, page
+            assert not [t for t in texts if "<i>" in t], page
+            assert any(shown in t for t in texts), page
+            assert not [t for t in texts if "&amp;lt;" in t], page  # escaped once
+    finally:
+        shutil.rmtree(folder)

@@ -1025,3 +1025,75 @@ def test_tokens_and_run_names_are_text_not_markup():
         "&lt;b&gt;lr&lt;/b&gt; %&#123;y}<br>"
     )
     assert F.plain_label("plain run · 1") == "plain run · 1"  # ordinary names unchanged
+
+
+def _strings(node) -> list[str]:
+    """Every string in a figure's JSON (titles, names, ticks, hovers, annotations), walked recursively."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list | tuple | np.ndarray):
+        return [s for v in node for s in _strings(v)]
+    return []
+
+
+HOSTILE = "ft<i>x</i> & %{y}"  # a folder name / tensor name as someone else chose it
+SHOWN = "ft&lt;i&gt;x&lt;/i&gt; &amp; %&#123;y}"  # what Plotly decodes back to HOSTILE, as text
+
+
+def test_data_reaches_every_chart_as_text():
+    """Model labels, module names and mask names reach each chart escaped, once, wherever they are drawn (ticks,
+    legends, hovers, annotations, titles a builder makes): Plotly reads <i>, <a href>, <br> and &-entities in all
+    of them, and fills "%{y}" in a hover. Colours keyed by the raw label still colour the escaped one."""
+    other = "plain"
+    heat = heat_frame().assign(module=lambda d: d["module"].replace("lm_head", HOSTILE))
+    figs = {
+        "heatmap": F.sparsity_heatmap(heat),
+        "bars": F.overall_bars(
+            pd.DataFrame({"model": [HOSTILE, other], "sparsity": [0.9, 0.5]}),
+            colors={HOSTILE: "#123456", other: "#abcdef"},
+        ),
+        "upset": F.upset(pd.DataFrame({"members": [(HOSTILE,), (HOSTILE, other)], "count": [3, 2]}), [HOSTILE, other]),
+        "venn": F.venn2({"10": 5, "01": 4, "11": 2}, [HOSTILE, other], colors={HOSTILE: "#123456", other: "#abcdef"}),
+        "pairwise": F.pairwise_matrix(
+            pd.DataFrame({"a": [HOSTILE], "b": [other], "o1": [0.5], "o1_chance": [0.25]}),
+            value="o1",
+            chance_col="o1_chance",
+            labels=[HOSTILE, other],
+        ),
+        "matrix": F.matrix_image(np.eye(4, dtype=bool), subject=HOSTILE),
+        "accuracy": F.accuracy_matrix(np.array([[0.5, 0.2]]), [HOSTILE, other]),
+        "series": F.series_lines(
+            pd.DataFrame({"step": [1, 2], "vs_first": [0.9, 0.8], "vs_previous": [0.9, 0.95]}),
+            ticks=["base", HOSTILE, other],
+        ),
+    }
+    for name, fig in figs.items():
+        texts = _strings(fig.to_plotly_json())
+        assert not [t for t in texts if "<i>" in t], name  # never markup
+        assert any(SHOWN in t for t in texts), name  # shown, as text
+        assert not [t for t in texts if "&amp;lt;" in t], name  # and escaped once, not twice
+    bars = figs["bars"].data[0]
+    assert list(bars.x) == [SHOWN, other] and list(bars.marker.color) == ["#123456", "#abcdef"]
+    assert F.plain_label(HOSTILE) == SHOWN
+
+
+def test_every_figure_builder_takes_its_data_as_text():
+    """A builder added later escapes its data too: each public function of the figure modules that returns a
+    figure is a ``takes_data`` builder (the test above checks what that does)."""
+    import importlib
+    import inspect
+
+    names = ["behavior", "bigram", "continual", "drivers", "matrix", "moe", "overlap", "series", "sets", "spectra"]
+    names += ["subspaces", "updates"]
+    builders = []
+    for name in names:
+        mod = importlib.import_module(f"subnetviz.figures.{name}")
+        for fname, fn in vars(mod).items():
+            fn = inspect.unwrap(fn) if callable(fn) else fn
+            if inspect.isfunction(fn) and fn.__module__ == mod.__name__ and not fname.startswith("_"):
+                if inspect.signature(fn).return_annotation in ("go.Figure", "Figure"):
+                    builders.append((name, fname, getattr(vars(mod)[fname], "takes_data", False)))
+    assert len(builders) >= 45
+    assert [b for b in builders if not b[2]] == []
