@@ -251,7 +251,11 @@ def run_card(rec, run_label: str | None = None) -> None:
     prov = (
         "none (full finetune)"
         if not mask
-        else (f"random twin of {Path(mask[7:]).name}" if str(mask).startswith("random:") else ui.plain(Path(mask).name))
+        else (
+            f"random twin of {ui.plain(Path(mask[7:]).name)}"
+            if str(mask).startswith("random:")
+            else ui.plain(Path(mask).name)
+        )
     )
     st.caption(
         f"{cfg.get('algorithm', rec.kind)} · mask: {prov} · lr {cfg.get('learning_rate', float('nan')):.1e} · "
