@@ -273,6 +273,27 @@ def anonymous_role(auth: dict):
         return None
 
 
+# --- values a URL carries ----------------------------------------------------------------------------
+# Widgets bound to the URL drop a value they do not offer; these are for the values a page reads from the
+# URL by hand (inside fragments, and for what an export builds from closed tabs). A shared URL is a
+# stranger's text: it may hold anything.
+def url_number(raw: str | None, lo: float, hi: float, default: float) -> float:
+    """The number in ``raw`` clamped to [lo, hi]; ``default`` where there is none or it is no finite number.
+    Always a float (a float slider refuses an int value)."""
+    import math
+
+    try:
+        x = float(raw) if raw is not None else float(default)
+    except ValueError:
+        return float(default)
+    return float(min(hi, max(lo, x))) if math.isfinite(x) else float(default)
+
+
+def url_choice(raw: str | None, options: Sequence, default):
+    """The option of ``options`` that ``raw`` names (compared as text: a URL holds "16" for 16), else ``default``."""
+    return next((o for o in options if str(o) == raw), default)
+
+
 # --- export ------------------------------------------------------------------------------------------
 def _shown_param(value: object) -> object:
     """A dashboard parameter as a visitor may see it: absolute paths in it relative to their root."""

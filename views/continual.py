@@ -72,8 +72,10 @@ def progress() -> None:
             ui.job_runner().cancel(rec.id)
 
 
-def owner_figure(masks, layer: str, title: str):
-    """Which task owns each weight of ``layer`` (built once per content of the masks, shared)."""
+def owner_figure(masks, layer: str, method: str):
+    """Which task owns each weight of ``layer`` (a tensor's name: text) in ``method``'s masks (built once per
+    content of the masks, shared)."""
+    title = figures.plain_label(f"{method}: owner task of {layer}")
     return cl_figures.owner_image(owner_image(masks, layer), title=title)
 
 
@@ -170,7 +172,7 @@ def capacity(frames, folder, methods, density, seed) -> None:
         masks = ui.shared(load_task_masks, str(folder), label, density, seed) if label else []
         if masks:
             layer = st.selectbox("Layer", list(masks[0]), key="cl_layer", bind="query-params")
-            ui.chart(ui.shared(owner_figure, masks, layer, f"{label}: owner task of {layer}"), key="cl-owner")
+            ui.chart(ui.shared(owner_figure, masks, layer, label), key="cl-owner")
 
 
 def accuracy_matrices(acc: pd.DataFrame, seed, density) -> dict:
@@ -217,7 +219,7 @@ def closed_parts(frames, folder: str, methods, density, seed) -> tuple[dict, dic
     if masks:
         layer = st.query_params.get("cl_layer", next(iter(masks[0])))
         layer = layer if layer in masks[0] else next(iter(masks[0]))
-        figs["cl-owner"] = owner_figure(masks, layer, f"{label}: owner task of {layer}")
+        figs["cl-owner"] = owner_figure(masks, layer, label)
     return figs, {}
 
 

@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from subnetviz import figures, ui
+from subnetviz import figures, ui, uilogic
 
 
 def body() -> None:
@@ -28,6 +28,9 @@ def body() -> None:
             updates(ws)
 
 
+K_OPTIONS, SIDES = [4, 8, 16, 32, 64], ["left", "right"]
+
+
 def subspaces(ws) -> None:
     st.caption(
         "Principal angles θᵢ = arccos σᵢ(U_baseᵀU_ft) between the top-K singular subspaces of W_base and "
@@ -37,9 +40,9 @@ def subspaces(ws) -> None:
         "(2511.08567: RL avoids principal weights). Float64 Gram; randomized SVD above 32768 rows."
     )
     c1, c2, c3 = st.columns(3)
-    k = c1.selectbox("K (top singular directions)", [4, 8, 16, 32, 64], index=2, key="sub_k", bind="query-params")
+    k = c1.selectbox("K (top singular directions)", K_OPTIONS, index=2, key="sub_k", bind="query-params")
     model = c2.selectbox("Model", list(ws.labels), key="sub_model", bind="query-params")
-    side = c3.radio("Side", ["left", "right"], horizontal=True, key="sub_side", bind="query-params")
+    side = c3.radio("Side", SIDES, horizontal=True, key="sub_side", bind="query-params")
     with st.spinner("Decomposing every weight matrix of the base and the finetuned models…"):
         figs, tables = subspace_parts(ws, int(k), model, side)
     a, b = st.columns(2)
@@ -192,9 +195,9 @@ def updates(ws) -> None:
             partial(
                 subspace_parts,
                 ws,
-                int(st.query_params.get("sub_k", 16)),
-                st.query_params.get("sub_model", chosen[0]),
-                st.query_params.get("sub_side", "left"),
+                uilogic.url_choice(st.query_params.get("sub_k"), K_OPTIONS, 16),
+                uilogic.url_choice(st.query_params.get("sub_model"), list(ws.labels), chosen[0]),
+                uilogic.url_choice(st.query_params.get("sub_side"), SIDES, "left"),
             ),
         ),
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from subnetviz import config, selection, ui
+from subnetviz import config, selection, ui, uilogic
 from subnetviz.cache import file_stamp
 from subnetviz.report import training as pages
 from subnetviz.training.config import STRATEGIES
@@ -188,7 +188,12 @@ def _runs_view() -> None:
     )
     st.query_params["tr_overlay"] = overlay
     smoothing = st.slider(
-        "Smoothing (EMA)", 0.0, 0.95, float(st.query_params.get("tr_smooth", 0.0)), 0.05, key="tr_smooth"
+        "Smoothing (EMA)",
+        0.0,
+        0.95,
+        uilogic.url_number(st.query_params.get("tr_smooth"), 0, 0.95, 0),
+        0.05,
+        key="tr_smooth",
     )
     st.query_params["tr_smooth"] = f"{smoothing:g}"
     if (fig := pages.curves_figure(r, [run_id, *overlay], names, smoothing)) is not None:
@@ -363,6 +368,7 @@ def body() -> None:
         bind="query-params",
         label_visibility="collapsed",
     )
+    view = view if view in views else "Launch"  # an empty "tr_view=" in a URL gave None
     views[view](ws)
     export(ws, view)
 
@@ -393,7 +399,7 @@ def export(ws, view: str) -> None:
     asked = st.query_params.get("tr_run")
     run_ids = [asked if asked in ids else ids[0]] if ids else []
     run_ids += [i for i in st.query_params.get_all("tr_overlay") if i in ids and i not in run_ids]
-    smoothing = float(st.query_params.get("tr_smooth", 0.0))
+    smoothing = uilogic.url_number(st.query_params.get("tr_smooth"), 0, 0.95, 0)
     cand, compare = candidates(), None
     if len(cand) >= 2:
         keys = list(cand)

@@ -797,3 +797,46 @@ def test_a_folder_named_in_markup_is_text_on_every_chart(app_env):
             assert not [t for t in texts if "&amp;lt;" in t], page  # escaped once
     finally:
         shutil.rmtree(folder)
+
+
+# Parameters a page reads from the URL by hand (in a live fragment, or for the closed tabs an export holds):
+# page -> (the view that reads it, the parameter).
+HAND_READ = [
+    ("training", {}, "tr_view"),
+    ("training", {"tr_view": "Runs"}, "tr_smooth"),
+    ("training", {"tr_view": "Runs"}, "tr_run"),
+    ("training", {"tr_view": "Subnetwork vs full"}, "cmp_full"),
+    ("spectra", {}, "sub_k"),
+    ("spectra", {}, "sub_model"),
+    ("spectra", {"spec_tab": "Subspaces"}, "spec_models"),
+    ("overlap", {"ov_tab": "Per layer"}, "ov_pair"),
+]
+
+
+@pytest.mark.parametrize(("page", "view", "key"), HAND_READ, ids=[f"{p}-{k}" for p, _, k in HAND_READ])
+def test_a_shared_url_with_any_value_opens_the_page(app_env, page, view, key):
+    """A shared URL is a stranger's text: "tr_smooth=abc" ended in "Something went wrong inside subnetviz
+    (ValueError). This is a bug", "tr_view=" in a KeyError, "sub_k=1e309" in a ValueError; an absurd K went
+    to the decomposition as asked. The page opens on its default instead."""
+    import json
+    import shutil
+
+    from subnetviz.jobs.context import METRICS_FILE
+    from subnetviz.jobs.runner import JobRunner
+    from tests.app_fixtures import add_finished_run
+
+    runner, run_id = JobRunner(), "run-with-a-curve"  # the Runs view draws its smoothing slider for a curve
+    run_dir = add_finished_run(runner, run_id, "train", "a run with a loss curve")
+    run_dir.mkdir(parents=True)
+    (run_dir / METRICS_FILE).write_text("".join(json.dumps({"step": s, "loss": 3.0 - s}) + "\n" for s in range(3)))
+    try:
+        for value in ("abc", "", "1e309", "-1", "99999999999"):
+            at = open_page(page, **{**view, "tr_run": run_id, key: value})
+            assert not at.exception, (value, [e.message for e in at.exception])
+            assert not at.error, (value, [e.value for e in at.error])
+        if key == "tr_smooth":
+            assert [s.value for s in at.slider] == [0.95]  # 99999999999: the slider's end
+    finally:
+        with runner.registry.transaction() as con:
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(run_dir)
