@@ -154,13 +154,19 @@ _MARKUP = ("<", "&", "%{")  # what Plotly reads as markup (a lone ">" reads as t
 _building = threading.local()  # inside a builder: what it passes to another builder is text already
 
 
+def _same(texts: Sequence, values: Sequence) -> bool:
+    """Whether escaping changed none of ``values`` (equal, not identical: pandas' string index hands out new
+    objects on each iteration)."""
+    return all(a is b or (isinstance(a, str | tuple) and a == b) for a, b in zip(texts, values, strict=True))
+
+
 def _as_text(v):
     """A value of the data as :func:`plain_label` makes it (strings, also inside tuples); anything else as is."""
     if isinstance(v, str):
         return plain_label(v) if any(m in v for m in _MARKUP) else v
     if isinstance(v, tuple):
         texts = tuple(_as_text(x) for x in v)
-        return v if all(a is b for a, b in zip(texts, v, strict=True)) else texts
+        return v if _same(texts, v) else texts
     return v
 
 
@@ -176,7 +182,7 @@ def _text_index(index: pd.Index) -> pd.Index:
     if isinstance(index, pd.MultiIndex) or index.dtype.kind != "O":
         return index
     texts = [_as_text(v) for v in index]
-    return index if all(a is b for a, b in zip(texts, index, strict=True)) else pd.Index(texts, name=index.name)
+    return index if _same(texts, index) else pd.Index(texts, name=index.name)
 
 
 def _text_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -187,7 +193,7 @@ def _text_frame(df: pd.DataFrame) -> pd.DataFrame:
         s = df.iloc[:, i]
         if isinstance(s.dtype, pd.CategoricalDtype):  # categories renamed: their order is the chart's order
             texts = [_as_text(c) for c in s.cat.categories]
-            if any(a is not b for a, b in zip(texts, s.cat.categories, strict=True)):
+            if not _same(texts, s.cat.categories):
                 out = df.copy() if out is None else out
                 out.isetitem(i, s.cat.rename_categories(texts))
             continue
@@ -195,7 +201,7 @@ def _text_frame(df: pd.DataFrame) -> pd.DataFrame:
             continue
         codes, uniques = pd.factorize(s, use_na_sentinel=True)
         texts = [_as_text(u) for u in uniques]
-        if all(a is b for a, b in zip(texts, uniques, strict=True)):
+        if _same(texts, uniques):
             continue
         out = df.copy() if out is None else out
         values = s.to_numpy(dtype=object).copy()  # a missing value (code -1) stays what it was (NaN, None)
@@ -217,11 +223,11 @@ def _text_data(v):
         return {_as_text(k): x for k, x in v.items()}
     if isinstance(v, list | tuple):
         texts = [_as_text(x) for x in v]
-        return v if all(a is b for a, b in zip(texts, v, strict=True)) else type(v)(texts)
+        return v if _same(texts, v) else type(v)(texts)
     if isinstance(v, np.ndarray) and v.dtype.kind in "OU":
         flat = v.ravel().tolist()
         texts = [_as_text(x) for x in flat]
-        if all(a is b for a, b in zip(texts, flat, strict=True)):
+        if _same(texts, flat):
             return v
         return _objects(texts).reshape(v.shape)
     return v

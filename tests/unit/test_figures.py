@@ -1077,6 +1077,12 @@ def test_data_reaches_every_chart_as_text():
     bars = figs["bars"].data[0]
     assert list(bars.x) == [SHOWN, other] and list(bars.marker.color) == ["#123456", "#abcdef"]
     assert F.plain_label(HOSTILE) == SHOWN
+    from subnetviz.figures.style import _text_frame
+
+    plain = heat_frame()  # nothing to escape (string columns and a string column index): the frame itself, no copy
+    assert _text_frame(plain) is plain
+    cat = pd.DataFrame({"bin": pd.Categorical(["b<1", "a"], categories=["b<1", "a"])})
+    assert list(_text_frame(cat)["bin"].cat.categories) == ["b&lt;1", "a"]  # escaped, in their order
 
 
 def test_every_figure_builder_takes_its_data_as_text():
