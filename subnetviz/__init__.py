@@ -14,7 +14,7 @@ streamlit:
   :func:`read_analysis`;
 - other analyses: :func:`checkpoint_series`, :func:`compare_runs`, :func:`update_spectra`;
 - masks: :class:`MaskSet`, :func:`load_mask_set`, :func:`save_mask_set`,
-  :func:`import_bigram_pickle`; overlap of masks: :func:`mask_overlap` -> :class:`OverlapReport`;
+  :func:`import_mask` (a torch.save file or a released bigram pickle, read safely), :func:`import_bigram_pickle`; overlap of masks: :func:`mask_overlap` -> :class:`OverlapReport`;
 - figures: :mod:`subnetviz.figures` (pure Plotly builders: DataFrame in, ``go.Figure`` out);
 - errors: :class:`SubnetvizError` (every expected failure); versions: :func:`version_info`.
 """
@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "mask_overlap": "subnetviz.analysis.overlap",
     "MaskSet": "subnetviz.masks",
     "import_bigram_pickle": "subnetviz.masks",
+    "import_mask": "subnetviz.masks",
     "load_mask_set": "subnetviz.masks",
     "save_mask_set": "subnetviz.masks",
     "SubnetvizError": "subnetviz.errors",

@@ -7,7 +7,8 @@ with each tensor's shape in ``__metadata__`` under ``shape:<name>``, and the pro
 under ``subnetviz``. Plain ``bool``/``uint8`` 0-1 tensors (unpacked) are read as well.
 
 The released bigram-subnetwork pickles are imported through :func:`import_bigram_pickle`, a
-restricted unpickler that admits only numpy arrays, dicts and strings.
+restricted unpickler that admits only numpy arrays, dicts and strings; ``torch.save`` files through
+:func:`import_torch_masks` (``weights_only``); :func:`import_mask` tells the formats apart by content.
 """
 
 from __future__ import annotations
@@ -56,14 +57,24 @@ class MaskSet:
         return {k: tuple(v.shape) for k, v in self.masks.items()}
 
 
-def _check_bool(name: str, t: torch.Tensor, where: str) -> torch.Tensor:
+def _check_bool(name: str, t: torch.Tensor, where: str, floats: bool = False) -> torch.Tensor:
+    """``t`` as a bool mask: bool as is; integers (and floats, for files other tools wrote: the RL-subnetwork
+    code keeps its masks as bf16 0/1) only where every entry is exactly 0 or 1; anything else refused,
+    naming the tensor."""
+    if t.layout != torch.strided:
+        raise MaskError(f"{where}: mask {name!r} is a {t.layout} tensor; expected a dense one.")
     if t.dtype == torch.bool:
         return t
-    if t.dtype in (torch.uint8, torch.int8, torch.int32, torch.int64):
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) > 1):
-            raise MaskError(f"{where}: mask {name!r} has values outside {{0, 1}} (dtype {t.dtype}).")
-        return t.bool()
-    raise MaskError(f"{where}: mask {name!r} has dtype {t.dtype}; expected bool (or 0/1 uint8).")
+    if t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) or (
+        floats and t.dtype.is_floating_point
+    ):
+        binary = (t == 0) | (t == 1)  # NaN is neither
+        if not bool(binary.all()):
+            bad = t.reshape(-1)[~binary.reshape(-1)][0].item()
+            raise MaskError(f"{where}: mask {name!r} has values outside {{0, 1}} (dtype {t.dtype}, e.g. {bad}).")
+        return t != 0
+    also = "integers or floats" if floats else "integers"
+    raise MaskError(f"{where}: mask {name!r} has dtype {t.dtype}; expected bool (or 0/1 {also}).")
 
 
 def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
@@ -100,8 +111,8 @@ def load_mask_set(path: str | os.PathLike) -> MaskSet:
     if not path.is_file():
         raise MaskError(f"{path}: no such mask file.")
     check_readable(path)
-    try:
-        with safe_open(str(path), framework="np") as f:
+    try:  # torch, not NumPy: a bf16 0/1 mask has no NumPy dtype
+        with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             raw = {k: f.get_tensor(k) for k in f.keys()}
     except MaskError:
@@ -109,20 +120,20 @@ def load_mask_set(path: str | os.PathLike) -> MaskSet:
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise MaskError(f"{path}: not a readable safetensors mask file ({exc}).") from exc
     masks: dict[str, torch.Tensor] = {}
-    for name, arr in raw.items():
+    for name, t in raw.items():
         shape_s = meta.get(f"shape:{name}")
         if shape_s is not None:
             shape = _packed_shape(shape_s, name, path)
             n = int(np.prod(shape)) if shape else 1
-            if arr.dtype != np.uint8 or arr.size != (n + 7) // 8:
+            if t.dtype != torch.uint8 or t.numel() != (n + 7) // 8:
                 raise MaskError(
-                    f"{path}: packed mask {name!r} has {arr.size} bytes of {arr.dtype}; "
+                    f"{path}: packed mask {name!r} has {t.numel()} values of {t.dtype}; "
                     f"expected {(n + 7) // 8} uint8 bytes for shape {shape}."
                 )
-            bits = np.unpackbits(arr, count=n).astype(bool).reshape(shape)
+            bits = np.unpackbits(t.reshape(-1).numpy(), count=n).astype(bool).reshape(shape)
             masks[name] = torch.from_numpy(bits)
         else:
-            masks[name] = _check_bool(name, torch.from_numpy(np.ascontiguousarray(arr)), str(path))
+            masks[name] = _check_bool(name, t.contiguous(), str(path), floats=True)
     try:
         info = json.loads(meta.get("subnetviz", "{}"))
     except json.JSONDecodeError:
@@ -327,6 +338,103 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
     if not masks:
         raise MaskError(f"{path}: the pickle holds no masks.")
     return MaskSet(masks, meta)
+
+
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a torch.save file from before PyTorch 1.6
+
+
+def import_torch_masks(path: str | os.PathLike) -> MaskSet:
+    """A mask file written by ``torch.save``: a dict ``{parameter name: tensor}`` (bool, or 0/1 of any dtype;
+    one wrapping dict such as ``{"masks": {...}}`` is looked through; string values are kept as metadata).
+
+    Read by ``torch.load(weights_only=True)`` (tensors, dicts, lists, numbers and strings; nothing in the file
+    runs). Before that the archive's directory is checked: records stored uncompressed,
+    as ``torch.save`` writes them, each inside the file, so what it holds is bounded by its size (a
+    compressed record could expand without bound)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"{path}: no such mask file.")
+    check_readable(path)
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise MaskError(f"{path}: not a readable torch.save file ({exc}).") from None
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise UnsafePickleError(
+                f"{path}: record {info.filename!r} is compressed; torch.save stores its records as they are. "
+                "Refused before reading."
+            )
+        if info.header_offset + info.compress_size > size:
+            raise MaskError(f"{path}: record {info.filename!r} runs past the end of the file (truncated?).")
+    try:  # from a file object: torch.load reads a path named *.safetensors as safetensors
+        with open(path, "rb") as fh:
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        import re
+
+        asked = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch names what the pickle asked for
+        what = f" (it asks for {asked.group(1)})" if asked else ""
+        raise UnsafePickleError(
+            f"{path}: holds objects other than tensors, dicts, lists, numbers and strings{what}. "
+            "Refused; nothing in it was run."
+        ) from None
+    except Exception as exc:
+        raise MaskError(f"{path}: not a readable torch.save file ({type(exc).__name__}: {exc}).") from None
+    while isinstance(obj, Mapping) and len(obj) == 1 and isinstance(next(iter(obj.values())), Mapping):
+        obj = next(iter(obj.values()))  # {"masks": {...}} or {"state_dict": {...}}
+    if not isinstance(obj, Mapping):
+        raise MaskError(f"{path}: expected a dict of masks (name -> tensor), found {type(obj).__name__}.")
+    meta: dict = {"method": "torch.save file", "source": str(path)}
+    masks: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if isinstance(value, str):
+            meta[str(key)] = value
+        elif isinstance(value, torch.Tensor):
+            masks[str(key)] = _check_bool(str(key), value, str(path), floats=True)
+        else:
+            raise MaskError(f"{path}: entry {key!r} is {type(value).__name__}, expected a tensor.")
+    if not masks:
+        raise MaskError(f"{path}: the file holds no masks.")
+    return MaskSet(masks, meta)
+
+
+def import_mask(path: str | os.PathLike) -> MaskSet:
+    """A mask file in any format the app reads, told by its content (and a pickle also by its name): a
+    ``torch.save`` file (a zip archive), a released bigram-subnetwork pickle, else safetensors (this app's,
+    or plain bool / 0-1 tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"{path}: no such mask file.")
+    check_readable(path)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == b"PK\x03\x04":  # a zip archive: torch.save's format
+        return import_torch_masks(path)
+    if head[:1] == b"\x80" or path.suffix in (".pickle", ".pkl"):  # a pickle's PROTO opcode (protocol >= 2)
+        try:
+            return import_bigram_pickle(path)
+        except MaskError as exc:
+            if "found int" in str(exc) and _legacy_torch(path):
+                raise MaskError(
+                    f"{path}: a torch.save file in the format of PyTorch before 1.6, which is not read; "
+                    "load it there and save it again with a current PyTorch (or as safetensors)."
+                ) from None
+            raise
+    return load_mask_set(path)
+
+
+def _legacy_torch(path: Path) -> bool:
+    """Whether ``path`` starts with the magic number of the old torch.save format (read as a plain int)."""
+    try:
+        with open(path, "rb") as fh:
+            return _RestrictedUnpickler(fh, 1 << 10).load() == _TORCH_LEGACY_MAGIC
+    except Exception:  # noqa: BLE001 - anything else is simply not that format
+        return False
 
 
 def load_mask_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:

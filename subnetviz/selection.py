@@ -145,9 +145,13 @@ def stored_mask_path(name: str, digest: str) -> Path:
     return uploads_dir() / f"{stem}-{digest[:8]}.safetensors"
 
 
+UPLOAD_SUFFIXES = (".safetensors", ".pt", ".pth", ".pickle", ".pkl")
+
+
 def save_upload(name: str, data: bytes | BinaryIO) -> Path:
-    """Store an uploaded mask: safetensors as is (validated by reading it), a released bigram pickle
-    converted through the restricted unpickler. Returns the stored safetensors path.
+    """Store an uploaded mask: safetensors as is (validated by reading it), a ``torch.save`` file read with
+    ``weights_only``, a released bigram pickle converted through the restricted unpickler
+    (:func:`subnetviz.masks.import_mask`). Returns the stored safetensors path.
 
     The upload is copied to disk in chunks, refused past :func:`max_upload_bytes`, inside the uploads
     folder (a root); the stored name carries the content hash (``my_mask-1a2b3c4d.safetensors``), so two
@@ -155,10 +159,10 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
     stored once.
     """
     from subnetviz.errors import MaskError
-    from subnetviz.masks import import_bigram_pickle, load_mask_set, save_mask_set
+    from subnetviz.masks import import_mask, save_mask_set
 
-    if not name.endswith((".pickle", ".pkl", ".safetensors")):
-        raise MaskError(f"{name}: upload a mask as .safetensors or a released bigram .pickle.")
+    if not name.endswith(UPLOAD_SUFFIXES):
+        raise MaskError(f"{name}: upload a mask as .safetensors, a torch.save .pt / .pth or a released bigram .pickle.")
     stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     cap, digest, size = max_upload_bytes(), hashlib.sha256(), 0
     fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=Path(name).suffix, dir=uploads_dir())
@@ -173,14 +177,13 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
                     )
                 digest.update(chunk)
                 out.write(chunk)
-        pickled = name.endswith((".pickle", ".pkl"))
-        ms = import_bigram_pickle(src) if pickled else load_mask_set(src)
+        ms = import_mask(src)  # the format told by the content, not by the name
     except MaskError as exc:  # the readers name the file they read, here a temporary one: name the upload
         text = str(exc)
         raise type(exc)(name + text[len(str(src)) :] if text.startswith(str(src)) else f"{name}: {text}") from None
     finally:
         src.unlink(missing_ok=True)
-    if pickled:  # the importer records the file it read as the source: the temporary copy
+    if ms.metadata.get("source") == str(src):  # an importer records the file it read: the temporary copy
         ms.metadata["source"] = f"upload {name}"
     target = stored_mask_path(name, digest.hexdigest())
     if target.exists():

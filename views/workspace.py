@@ -49,8 +49,9 @@ def body() -> None:
     up = None
     if ui.allowed("upload"):
         up = st.file_uploader(
-            "Add a mask (.safetensors, or a released bigram-subnetwork .pickle — read safely)",
-            type=["safetensors", "pickle", "pkl"],
+            "Add a mask (.safetensors, a torch.save .pt / .pth, or a released bigram-subnetwork .pickle — "
+            "read safely: nothing in a file is run)",
+            type=[s.lstrip(".") for s in selection.UPLOAD_SUFFIXES],
             key="mask_upload",
         )
     if up is not None:

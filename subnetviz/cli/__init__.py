@@ -140,10 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cancel", metavar="RUN_ID")
     r.set_defaults(func=cmd_runs)
 
-    m = sub.add_parser("mask", help="mask files: import-pickle SRC DST | info SRC")
-    m.add_argument("action", choices=["import-pickle", "info"])
+    m = sub.add_parser(
+        "mask",
+        help="mask files: import SRC DST (a torch.save file or a released bigram pickle, read safely, to "
+        "safetensors; import-pickle is the same) | info SRC",
+    )
+    m.add_argument("action", choices=["import", "import-pickle", "info"])
     m.add_argument("src")
     m.add_argument("dst", nargs="?")
+    m.add_argument("--overwrite", action="store_true", help="replace DST if it is there")
     m.set_defaults(func=cmd_mask)
 
     rep = sub.add_parser("report", help="self-contained HTML dashboard of an analysis folder")

@@ -48,16 +48,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
-    from subnetviz.masks import import_bigram_pickle, load_mask_set, save_mask_set
+    from subnetviz.masks import import_mask, save_mask_set
 
-    if args.action == "import-pickle":
+    if args.action in ("import", "import-pickle"):
         if not args.dst:
-            raise SubnetvizError("mask import-pickle needs a destination: SRC.pickle DST.safetensors")
-        ms = import_bigram_pickle(args.src)
-        save_mask_set(args.dst, ms)
+            raise SubnetvizError(f"mask {args.action} needs a destination: SRC DST.safetensors")
+        dst = Path(args.dst).expanduser()
+        if dst.is_dir() or (dst.exists() and not args.overwrite):
+            what = "a folder" if dst.is_dir() else "a file"
+            raise SubnetvizError(f"{args.dst}: {what} is already there; choose a new file name, or pass --overwrite.")
+        ms = import_mask(args.src)  # safetensors, torch.save or a released bigram pickle, told by the content
+        save_mask_set(dst, ms)
         print(f"wrote {args.dst}: {len(ms.masks)} tensors, density {ms.density:.6f}")
     else:
-        ms = load_mask_set(args.src)
+        ms = import_mask(args.src)
         print(
             json.dumps(
                 {

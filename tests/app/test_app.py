@@ -245,6 +245,7 @@ def test_path_outside_roots_is_refused(app_env):
 
 
 def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
+    import io
     import os
     import pickle
 
@@ -275,6 +276,17 @@ def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
         selection.save_upload("half.safetensors", stored.read_bytes()[:40])
     with pytest.raises(MaskError, match=r"^junk\.pkl: not a readable pickle"):
         selection.save_upload("junk.pkl", b"\x00junk")
+    # a mask saved with torch.save (bf16 0/1, as the RL-subnetwork code keeps them), and one that would run code
+    buf = io.BytesIO()
+    torch.save({"model.layers.0.mlp.up_proj.weight": torch.eye(4, dtype=torch.bfloat16)}, buf)
+    from_torch = load_mask_set(selection.save_upload("rl mask.pt", buf.getvalue()))
+    assert torch.equal(from_torch.masks["model.layers.0.mlp.up_proj.weight"], torch.eye(4, dtype=torch.bool))
+    assert from_torch.metadata["source"] == "upload rl mask.pt"
+    buf = io.BytesIO()
+    torch.save({"w": Evil()}, buf)
+    with pytest.raises(UnsafePickleError, match=r"^evil\.pth: .*it asks for posix\.system"):
+        selection.save_upload("evil.pth", buf.getvalue())
+    assert not sentinel.exists()
     assert not list((app_env / "uploads").glob(".upload-*"))
 
 

@@ -95,7 +95,7 @@ def test_path_outside_the_roots_is_refused_in_the_page(browser, app_url):
 def test_a_broken_mask_upload_is_named_and_the_page_stays(browser, app_url, app_home, tmp_path):
     """A truncated safetensors dropped on the Workspace page: one error under the uploader that names the
     file as the visitor named it, the rest of the page (the zoo manifest) still drawn, nothing stored;
-    then a good mask is stored."""
+    then a good mask is stored, and a torch.save one."""
     import torch
 
     from subnetviz.masks import MaskSet, save_mask_set
@@ -104,6 +104,8 @@ def test_a_broken_mask_upload_is_named_and_the_page_stays(browser, app_url, app_
     save_mask_set(good, MaskSet({"w": torch.rand(8, 8, generator=torch.Generator().manual_seed(0)) < 0.5}, {}))
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(good.read_bytes()[:40])
+    from_torch = tmp_path / "rl mask.pt"
+    torch.save({"w": torch.eye(8, dtype=torch.bfloat16)}, from_torch)
     before = set((app_home / "uploads").glob("*")) if (app_home / "uploads").exists() else set()
     ctx, page = open_page(browser, app_url + "/workspace")
     try:
@@ -120,9 +122,13 @@ def test_a_broken_mask_upload_is_named_and_the_page_stays(browser, app_url, app_
         drop.set_input_files(str(good))
         page.get_by_text("Stored as good-").first.wait_for(timeout=60_000)
         assert page.locator("[data-testid='stAlertContentError']").count() == 0
+        page.get_by_role("button", name="Remove").first.click()
+        drop.set_input_files(str(from_torch))  # a torch.save mask, bf16 0/1: the browser offers it, the app stores it
+        page.get_by_text("Stored as rl_mask-").first.wait_for(timeout=60_000)
+        assert page.locator("[data-testid='stAlertContentError']").count() == 0
     finally:
         ctx.close()
-        for f in set((app_home / "uploads").glob("good-*")) - before:
+        for f in (set((app_home / "uploads").glob("good-*")) | set((app_home / "uploads").glob("rl_mask-*"))) - before:
             f.unlink()
 
 

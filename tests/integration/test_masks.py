@@ -18,7 +18,14 @@ from safetensors.torch import save_file
 
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.errors import MaskError, UnsafePickleError
-from subnetviz.masks import MaskSet, import_bigram_pickle, load_mask_set, save_mask_set, validate_mask_set
+from subnetviz.masks import (
+    MaskSet,
+    import_bigram_pickle,
+    import_mask,
+    load_mask_set,
+    save_mask_set,
+    validate_mask_set,
+)
 from tests.ckpt_fixtures import Boom
 
 SHAPES = {"a": (7, 13), "b": (1,), "c": (3, 5, 9), "d": (), "e": (8, 8), "f": (0, 4)}
@@ -56,7 +63,12 @@ def test_plain_uint8_and_bool_files_load(tmp_path):
 
 @pytest.mark.parametrize(
     "tensor, match",
-    [(torch.rand(3, 3), "dtype"), (torch.tensor([0, 1, 2], dtype=torch.uint8), "outside")],
+    [
+        (torch.rand(3, 3), r"outside \{0, 1\} \(dtype torch.float32, e.g. 0\."),
+        (torch.tensor([0, 1, 2], dtype=torch.uint8), "outside"),
+        (torch.tensor([0.0, float("nan")]), "outside.*nan"),
+        (torch.tensor([1 + 2j]), "dtype torch.complex64"),
+    ],
 )
 def test_unusable_mask_files(tmp_path, tensor, match):
     save_file({"model.layers.0.mlp.up_proj.weight": tensor}, str(tmp_path / "bad.safetensors"))
@@ -206,3 +218,84 @@ def test_packed_mask_with_a_bad_shape_is_one_line(tmp_path, shape):
     save_file({"w": np.zeros(1, np.uint8)}, str(path), metadata={"shape:w": shape})
     with pytest.raises(MaskError, match=r"bad\.safetensors: packed mask 'w' has shape .*non-negative integers"):
         load_mask_set(path)
+
+
+# --- torch.save files ----------------------------------------------------------------------------------
+def _torch_file(path, obj, **kw):
+    torch.save(obj, path, **kw)
+    return path
+
+
+def test_torch_save_masks_import_in_every_dtype(tmp_path):
+    """Masks someone saved with torch.save: bool, uint8 0/1 and bf16 0/1 (the RL-subnetwork code keeps its
+    masks as bf16 0/1), inside one wrapping dict, with a string kept as metadata; the same bits as written."""
+    masks = _random_masks(3)
+    obj = {"masks": {"a": masks["a"], "c": masks["c"].to(torch.uint8), "e": masks["e"].to(torch.bfloat16)}}
+    path = _torch_file(tmp_path / "m.pt", obj)
+    ms = import_mask(path)
+    assert set(ms.masks) == {"a", "c", "e"} and ms.metadata["method"] == "torch.save file"
+    for k in ms.masks:
+        assert ms.masks[k].dtype == torch.bool and torch.equal(ms.masks[k], masks[k])
+    named = import_mask(_torch_file(tmp_path / "n.pth", {"w": masks["a"], "orig_model_name": "gpt2"}))
+    assert named.metadata["orig_model_name"] == "gpt2" and torch.equal(named.masks["w"], masks["a"])
+    # told by the content, not by the name: a torch file named .safetensors, a safetensors file named .pt
+    assert torch.equal(import_mask(_torch_file(tmp_path / "t.safetensors", {"w": masks["a"]})).masks["w"], masks["a"])
+    st = save_mask_set(tmp_path / "s.safetensors", MaskSet({"w": masks["a"]}))
+    (tmp_path / "s.pt").write_bytes(st.read_bytes())
+    assert torch.equal(import_mask(tmp_path / "s.pt").masks["w"], masks["a"])
+    bf = tmp_path / "bf16.safetensors"  # a bf16 0/1 safetensors mask (no NumPy dtype) reads too
+    save_file({"w": masks["e"].to(torch.bfloat16)}, str(bf))
+    assert torch.equal(load_mask_set(bf).masks["w"], masks["e"])
+
+
+def test_malicious_torch_file_never_runs(tmp_path):
+    sentinel = tmp_path / "PWNED"
+    path = _torch_file(tmp_path / "evil.pt", {"w": torch.ones(3, dtype=torch.bool), "x": Boom(sentinel)})
+    with pytest.raises(UnsafePickleError, match=r"evil\.pt: .*it asks for (posix|os)\.system.*nothing in it was run"):
+        import_mask(path)
+    assert not sentinel.exists()
+
+
+def test_compressed_or_truncated_torch_files_are_refused_before_reading(tmp_path):
+    """torch.save stores its records uncompressed; a compressed record could expand without bound (a zip
+    bomb), so it is refused from the archive's directory, before torch reads anything."""
+    import zipfile
+
+    src = _torch_file(tmp_path / "m.pt", {"w": torch.zeros(1000, dtype=torch.bool)})
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    with pytest.raises(UnsafePickleError, match=r"bomb\.pt: record .* is compressed"):
+        import_mask(bomb)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(MaskError, match=r"cut\.pt: not a readable torch\.save file"):
+        import_mask(cut)
+
+
+def test_legacy_torch_file_and_non_masks_are_named(tmp_path):
+    legacy = _torch_file(tmp_path / "old.pt", {"w": torch.ones(2)}, _use_new_zipfile_serialization=False)
+    with pytest.raises(MaskError, match=r"old\.pt: a torch\.save file in the format of PyTorch before 1\.6"):
+        import_mask(legacy)
+    with pytest.raises(MaskError, match=r"list\.pt: expected a dict of masks"):
+        import_mask(_torch_file(tmp_path / "list.pt", [torch.ones(2)]))
+    with pytest.raises(MaskError, match=r"num\.pt: entry 'w' is int, expected a tensor"):
+        import_mask(_torch_file(tmp_path / "num.pt", {"w": 3}))
+    with pytest.raises(MaskError, match=r"half\.pt: mask 'w' has values outside \{0, 1\}"):
+        import_mask(_torch_file(tmp_path / "half.pt", {"w": torch.tensor([0.0, 0.5])}))
+    with pytest.raises(MaskError, match=r"sparse\.pt: mask 'w' is a torch\.sparse_coo tensor"):
+        import_mask(_torch_file(tmp_path / "sparse.pt", {"w": torch.eye(3).to_sparse()}))
+
+
+def test_cli_mask_import_never_replaces_a_file_unasked(tmp_path, capsys):
+    from subnetviz.__main__ import main
+
+    src = _torch_file(tmp_path / "m.pt", {"w": torch.eye(3, dtype=torch.bool)})
+    dst = tmp_path / "out.safetensors"
+    dst.write_bytes(b"someone's file")
+    assert main(["mask", "import", str(src), str(dst)]) == 2
+    assert dst.read_bytes() == b"someone's file" and "already there" in capsys.readouterr().err
+    assert main(["mask", "import", str(src), str(dst), "--overwrite"]) == 0
+    assert torch.equal(load_mask_set(dst).masks["w"], torch.eye(3, dtype=torch.bool))
+    assert main(["mask", "info", str(src)]) == 0 and '"density": 0.3333' in capsys.readouterr().out
