@@ -389,6 +389,7 @@ def import_torch_masks(path: str | os.PathLike) -> MaskSet:
         obj = next(iter(obj.values()))  # {"masks": {...}} or {"state_dict": {...}}
     if not isinstance(obj, Mapping):
         raise MaskError(f"{path}: expected a dict of masks (name -> tensor), found {type(obj).__name__}.")
+    _check_torch_sizes(obj, pickle_budget(size), path)
     meta: dict = {"method": "torch.save file", "source": str(path)}
     masks: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
@@ -401,6 +402,28 @@ def import_torch_masks(path: str | os.PathLike) -> MaskSet:
     if not masks:
         raise MaskError(f"{path}: the file holds no masks.")
     return MaskSet(masks, meta)
+
+
+def _check_torch_sizes(obj: Mapping, budget: int, path: Path) -> None:
+    """Refuse, before any conversion allocates, tensors bigger than the file's bytes: a view with stride 0 or
+    overlapping rows makes 10^12 entries of one stored byte, and many tensors may share one storage."""
+    total = 0
+    for key, t in obj.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.layout != torch.strided:
+            raise MaskError(f"{path}: mask {key!r} is a {t.layout} tensor; expected a dense one.")
+        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            raise MaskError(
+                f"{path}: mask {key!r} of shape {tuple(t.shape)} is a view larger than the bytes it is stored in "
+                "(expanded or overlapping). Refused before allocating."
+            )
+        total += t.numel()
+    if total > budget:
+        raise MaskError(
+            f"{path}: its masks have {total:,} entries, more than a file of its size holds ({budget:,}: tensors "
+            "share storage). Refused before allocating."
+        )
 
 
 def import_mask(path: str | os.PathLike) -> MaskSet:

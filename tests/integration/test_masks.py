@@ -274,6 +274,17 @@ def test_compressed_or_truncated_torch_files_are_refused_before_reading(tmp_path
         import_mask(cut)
 
 
+def test_torch_views_bigger_than_the_file_are_refused_before_allocating(tmp_path):
+    """A tensor of 10^12 entries over one stored byte (stride 0), or a thousand tensors over one storage: a
+    few hundred bytes on disk, a terabyte once made bool. Refused from the sizes, before any conversion."""
+    one = torch.ones(1, dtype=torch.uint8)
+    with pytest.raises(MaskError, match=r"huge\.pt: mask 'w' of shape \(1000000000000,\) is a view larger"):
+        import_mask(_torch_file(tmp_path / "huge.pt", {"w": one.expand(10**12)}))
+    shared = torch.ones(1 << 16, dtype=torch.bool)
+    with pytest.raises(MaskError, match=r"shared\.pt: its masks have 65,536,000 entries"):
+        import_mask(_torch_file(tmp_path / "shared.pt", {f"w{i}": shared for i in range(1000)}))
+
+
 def test_legacy_torch_file_and_non_masks_are_named(tmp_path):
     legacy = _torch_file(tmp_path / "old.pt", {"w": torch.ones(2)}, _use_new_zipfile_serialization=False)
     with pytest.raises(MaskError, match=r"old\.pt: a torch\.save file in the format of PyTorch before 1\.6"):
