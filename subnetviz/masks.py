@@ -407,13 +407,15 @@ def import_torch_masks(path: str | os.PathLike) -> MaskSet:
 def _check_torch_sizes(obj: Mapping, budget: int, path: Path) -> None:
     """Refuse, before any conversion allocates, tensors bigger than the file's bytes: a view with stride 0 or
     overlapping rows makes 10^12 entries of one stored byte, and many tensors may share one storage."""
+    from subnetviz.checkpoints.sources import fits_its_storage
+
     total = 0
     for key, t in obj.items():
         if not isinstance(t, torch.Tensor):
             continue
         if t.layout != torch.strided:
             raise MaskError(f"{path}: mask {key!r} is a {t.layout} tensor; expected a dense one.")
-        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+        if not fits_its_storage(t):
             raise MaskError(
                 f"{path}: mask {key!r} of shape {tuple(t.shape)} is a view larger than the bytes it is stored in "
                 "(expanded or overlapping). Refused before allocating."

@@ -228,7 +228,22 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors.")
+    for name, t in obj.items():
+        if t.layout != torch.strided or not fits_its_storage(t):
+            what = (
+                f"a {t.layout} tensor" if t.layout != torch.strided else "a view larger than the bytes it is stored in"
+            )
+            raise CheckpointError(
+                f"{path}: tensor {name!r} of shape {tuple(t.shape)} is {what}; a checkpoint stores each weight's "
+                "entries. Refused before reading it."
+            )
     return obj
+
+
+def fits_its_storage(t) -> bool:
+    """Whether the dense tensor ``t`` has no more bytes than its storage: not a stride-0 (expanded) view that
+    turns a few stored bytes into 10^12 entries, which any full-size temporary would then allocate."""
+    return t.numel() * t.element_size() <= t.untyped_storage().nbytes()
 
 
 def _folder_files(folder: Path) -> list[Path]:

@@ -357,6 +357,21 @@ def test_old_format_bin_is_read(llama_sd, tmp_path):
     _same_tensors(open_checkpoint(f), llama_sd)
 
 
+def test_bin_with_a_view_bigger_than_its_storage_is_refused(llama_sd, tmp_path):
+    """A .bin someone else saved whose weight is a stride-0 view (one stored row read as 10^9 rows): every
+    full-size temporary of the comparison would allocate it. Refused at opening, naming the tensor; tied
+    weights (two names over one storage) still read."""
+    name = next(n for n, t in llama_sd.items() if t.ndim == 2)
+    sd = dict(llama_sd)
+    sd[name] = llama_sd[name][:1].expand(10**9, llama_sd[name].shape[1])
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=rf"tensor '{name}' of shape \(1000000000, \d+\) is a view larger"):
+        open_checkpoint(tmp_path)
+    tied = dict(llama_sd, **{"extra.weight": llama_sd[name]})
+    torch.save(tied, tmp_path / "pytorch_model.bin")
+    assert open_checkpoint(tmp_path).names
+
+
 def test_resized_bert_vocabulary_includes_the_decoder_bias(ckpt_zoo, tmp_path):
     sd = read_state_dict(ckpt_zoo.bert)
     for name in ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias"):
