@@ -14,7 +14,8 @@ streamlit:
   :func:`read_analysis`;
 - other analyses: :func:`checkpoint_series`, :func:`compare_runs`, :func:`update_spectra`;
 - masks: :class:`MaskSet`, :func:`load_mask_set`, :func:`save_mask_set`,
-  :func:`import_mask` (a torch.save file or a released bigram pickle, read safely), :func:`import_bigram_pickle`; overlap of masks: :func:`mask_overlap` -> :class:`OverlapReport`;
+  :func:`import_mask` (a torch.save file or a released bigram pickle, read safely),
+  :func:`import_bigram_pickle`; overlap of masks: :func:`mask_overlap` -> :class:`OverlapReport`;
 - figures: :mod:`subnetviz.figures` (pure Plotly builders: DataFrame in, ``go.Figure`` out);
 - errors: :class:`SubnetvizError` (every expected failure); versions: :func:`version_info`.
 """

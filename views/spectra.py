@@ -82,7 +82,8 @@ def subspace_parts(ws, k: int, model: str, side: str) -> tuple[dict, dict]:
     vectors = vectors.assign(name=vectors["name"].map(strip_prefix))
     sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
-    which = f"<br><sup>{figures.plain_label(model)}, K = {int(k)}</sup>"  # the model in each chart: an export or paper figure has no picker
+    # the model in each chart: an export or paper figure has no picker
+    which = f"<br><sup>{figures.plain_label(model)}, K = {int(k)}</sup>"
     figs = {
         "sub-angles": sfig.angle_heatmap(
             sel[sel["layer"].notna()],
