@@ -174,6 +174,50 @@ def ray_clusters() -> dict[str, str]:
     return {first: default, **{n: a for n, a in named.items() if a != default}}
 
 
+MEMORY_USABLE = 0.8
+"""Share of the machine's available memory (of a GPU's free memory) one computation may plan to hold."""
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages from ``os.sysconf``."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def require_memory(what: str, host_bytes: int, device: str = "cpu", device_bytes: int = 0) -> None:
+    """Refuse before anything is loaded when ``what`` would hold more than :data:`MEMORY_USABLE` of the memory
+    available: ``host_bytes`` of this machine's, and on a CUDA ``device`` ``device_bytes`` of its free memory.
+    A page's computation runs in the server's process, which an out-of-memory kill would take down with
+    every visitor's session; a job would die without saying why. ConfigError with both figures."""
+    from subnetviz.errors import ConfigError
+
+    def gib(n: float) -> str:
+        return f"{n / 2**30:.2f} GiB"
+
+    have = available_memory_bytes()
+    if host_bytes > MEMORY_USABLE * have:
+        raise ConfigError(
+            f"{what} needs about {gib(host_bytes)} of memory; this machine has {gib(have)} available "
+            f"({MEMORY_USABLE:.0%} of it usable). Refused before loading: use a machine (or a Ray cluster under "
+            "'Compute on') with more memory, or a GPU."
+        )
+    if device_bytes and str(device).startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        if device_bytes > MEMORY_USABLE * free:
+            raise ConfigError(
+                f"{what} needs about {gib(device_bytes)} of GPU memory; {device} has {gib(free)} free "
+                f"({MEMORY_USABLE:.0%} of it usable). Refused before loading: use a larger GPU, or the CPU."
+            )
+
+
 def default_device() -> str:
     return os.environ.get("SUBNETVIZ_DEVICE", "auto")
 

@@ -156,12 +156,19 @@ def behavior(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from subnetviz.config import resolve_device
+    from subnetviz.checkpoints.sources import float32_bytes
+    from subnetviz.config import require_memory, resolve_device
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
     labels = _labels(labels, finetuned, prompts)
     masks = dict(masks or {})
+    # Held together: the base and one finetune (rewritten in place per experiment) in float32, the base's logits.
+    # On a GPU the host holds one model at a time, while it is loaded.
+    base_b, ft_b = float32_bytes(base), max((float32_bytes(ft) for ft in finetuned), default=0)
+    held = base_b + ft_b + _BASE_CACHE_BYTES
+    what = "Behaviour (the base and a finetune in float32, the base's logits)"
+    require_memory(what, held if dev == "cpu" else max(base_b, ft_b), dev, held)
     try:
         tok = AutoTokenizer.from_pretrained(str(base))
     except (OSError, ValueError) as exc:

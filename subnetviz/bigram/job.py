@@ -72,9 +72,13 @@ def prepare(config: BigramJobConfig | dict):
         count_bigrams,
         load_transition_npz,
     )
+    from subnetviz.checkpoints.sources import float32_bytes
+    from subnetviz.config import require_memory
 
     cfg = config if isinstance(config, BigramJobConfig) else BigramJobConfig.from_dict(config)
     model_dir = model_folder(cfg.model)
+    # the model in float32 and, while a mask is applied, its masked weights
+    require_memory("The bigram analysis (the model in float32, twice)", 2 * float32_bytes(model_dir))
     model = load_local_model(model_dir)
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 128)
     seq_len = cfg.seq_len or 128

@@ -240,6 +240,16 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def float32_bytes(spec) -> int:
+    """Bytes the parameters of checkpoint ``spec`` take once loaded in float32 (as the behaviour, bigram and
+    accuracy computations load a model), from its headers: nothing is read but them."""
+    ck = open_checkpoint(spec)
+    try:
+        return 4 * ck.num_params
+    finally:
+        ck.close()
+
+
 def fits_its_storage(t) -> bool:
     """Whether the dense tensor ``t`` has no more bytes than its storage: not a stride-0 (expanded) view that
     turns a few stored bytes into 10^12 entries, which any full-size temporary would then allocate."""

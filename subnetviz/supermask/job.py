@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from subnetviz.cache import cache_key, entry, file_stamp
+from subnetviz.config import available_memory_bytes
 from subnetviz.errors import ConfigError
 from subnetviz.jobs.context import JobContext
 from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
@@ -35,18 +36,6 @@ FRAMES = ("runs", "summary", "accuracy", "capacity", "pairwise", "knn", "inferen
 
 def _n_features(benchmark: str) -> tuple[int, int]:
     return (96, 2) if benchmark == "arithmetic-text" else (64, 2 if benchmark == "split-digits" else 10)
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (Linux), else free physical pages from ``os.sysconf``."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def estimate_job_bytes(config: ContinualConfig) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -19,10 +20,13 @@ def evaluate_accuracy(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from subnetviz.config import resolve_device
+    from subnetviz.checkpoints.sources import float32_bytes
+    from subnetviz.config import require_memory, resolve_device
 
     rows = read_jsonl(eval_jsonl, "eval")
     device = resolve_device("auto")
+    need = float32_bytes(model_dir)
+    require_memory(f"Accuracy of {Path(model_dir).name} (the model in float32)", need, device, need)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     tok.padding_side = "left"
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -338,3 +338,40 @@ def test_behaviour_page_names_a_finished_job_and_shows_its_results(app_env):
     want = report.summary.set_index("experiment").loc["finetuned", "kl_forward"]
     got = dict(zip(bars["data"][0]["x"], decode(bars["data"][0]["y"]).tolist(), strict=True))["finetuned"]
     assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_models_too_large_for_memory_are_refused_before_loading(planted, monkeypatch, app_env, tmp_path):
+    """Behaviour, the bigram analysis and the accuracy load whole models in float32, the pages' ones in the
+    server's process: a model larger than the memory available would be killed with the server and every
+    visitor's session. The need (from the headers alone) is checked against 80 % of MemAvailable first;
+    nothing is loaded. The page says it in its main area."""
+    from transformers import AutoModelForCausalLM
+
+    from subnetviz import config
+    from subnetviz.checkpoints.sources import float32_bytes
+    from subnetviz.errors import ConfigError
+    from subnetviz.training.evaluate import evaluate_accuracy
+    from tests.app_fixtures import open_page
+
+    base, ft, _ = planted
+    need = float32_bytes(base) + float32_bytes(ft) + (1 << 30)  # two float32 models and the logits' allowance
+    assert float32_bytes(base) == 4 * sum(t.numel() for t in read_state_dict(base).values())
+
+    def never(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", never)
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: int(need / 0.8) - 1)  # one byte short
+    with pytest.raises(ConfigError, match=r"^Behaviour .* needs about 1\.\d\d GiB of memory; this machine has"):
+        behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=None, device="cpu")
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 1000)
+    data = write_addition_data(tmp_path, 4)["eval"]
+    with pytest.raises(ConfigError, match=r"^Accuracy of ft \(the model in float32\) needs about [\d.]+ GiB of memory"):
+        evaluate_accuracy(ft, data)
+    from subnetviz.bigram.job import analyse_mask_file
+
+    with pytest.raises(ConfigError, match=r"^The bigram analysis \(the model in float32, twice\) needs about"):
+        analyse_mask_file(str(base), str(tmp_path / "never-read.safetensors"))
+    at = open_page("behavior", bh_limit="256")  # not computed by any other test: no cached result to show
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("Refused before loading" in e.value for e in at.error), [e.value for e in at.error]

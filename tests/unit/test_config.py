@@ -24,3 +24,22 @@ def test_known_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="sees no CUDA GPU"):
             resolve_device("cuda:0")
+
+
+def test_require_memory_refuses_above_the_usable_share(monkeypatch):
+    """80 % of what the machine has available may be planned for; one byte more is refused, with both figures."""
+    from subnetviz import config
+
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 10 * 2**30)
+    config.require_memory("Loading x", 8 * 2**30)  # exactly the usable share: allowed
+    with pytest.raises(ConfigError, match=r"^Loading x needs about 8\.00 GiB of memory; this machine has 10\.00 GiB"):
+        config.require_memory("Loading x", 8 * 2**30 + 1)
+
+
+def test_available_memory_is_the_kernels_estimate():
+    from subnetviz import config
+
+    with open("/proc/meminfo") as fh:
+        line = next(x for x in fh if x.startswith("MemAvailable:"))
+    kib = int(line.split()[1])
+    assert abs(config.available_memory_bytes() - kib * 1024) < 512 * 2**20  # read a moment apart
