@@ -198,7 +198,7 @@ def require_memory(what: str, host_bytes: int, device: str = "cpu", device_bytes
     from subnetviz.errors import ConfigError
 
     def gib(n: float) -> str:
-        return f"{n / 2**30:.2f} GiB"
+        return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
     have = available_memory_bytes()
     if host_bytes > MEMORY_USABLE * have:

@@ -156,19 +156,12 @@ def behavior(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from subnetviz.checkpoints.sources import float32_bytes
-    from subnetviz.config import require_memory, resolve_device
+    from subnetviz.config import resolve_device
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
     labels = _labels(labels, finetuned, prompts)
     masks = dict(masks or {})
-    # Held together: the base and one finetune (rewritten in place per experiment) in float32, the base's logits.
-    # On a GPU the host holds one model at a time, while it is loaded.
-    base_b, ft_b = float32_bytes(base), max((float32_bytes(ft) for ft in finetuned), default=0)
-    held = base_b + ft_b + _BASE_CACHE_BYTES
-    what = "Behaviour (the base and a finetune in float32, the base's logits)"
-    require_memory(what, held if dev == "cpu" else max(base_b, ft_b), dev, held)
     try:
         tok = AutoTokenizer.from_pretrained(str(base))
     except (OSError, ValueError) as exc:
@@ -176,6 +169,7 @@ def behavior(
     enc = encode(tok, prompts)
     batches = [enc[i : i + batch_size] for i in range(0, len(enc), batch_size)]
     n_tokens = sum(len(e.ids) for e in enc)
+    _require_room(base, finetuned, batches, n_tokens, tok, dev)
     base_model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(dev).eval()
     check_model_finite(base_model, str(base))  # each finetune's: by its ModelBuilder
     vocab = base_model.config.vocab_size
@@ -268,6 +262,28 @@ def _plan(masks: Mapping, random_control: bool, curve: Sequence[float] | None, s
             (f"curve random {f:g}", "curve:random", f"{f:g}", lambda b, f=f: random_order_selector(f, seed)),
         ]
     return plan
+
+
+def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str) -> None:
+    """Refuse before loading what would not fit (:func:`subnetviz.config.require_memory`): the base and one
+    finetune (rewritten in place per experiment) in float32, the base's logits where they are kept, and a
+    batch's logits of both models with the KL's temporaries (about four of them). On a GPU the host holds
+    one model at a time, while it is loaded. All from the headers and the config: nothing is loaded."""
+    from transformers import AutoConfig
+
+    from subnetviz.checkpoints.sources import float32_bytes
+    from subnetviz.config import require_memory
+
+    try:
+        vocab = int(AutoConfig.from_pretrained(str(base)).vocab_size)
+    except (OSError, ValueError, AttributeError, TypeError):
+        vocab = len(tok)
+    base_b, ft_b = float32_bytes(base), max((float32_bytes(ft) for ft in finetuned), default=0)
+    cache = n_tokens * vocab * 4
+    batch = max((len(bt) * max(len(e.ids) for e in bt) for bt in batches), default=0) * vocab * 4
+    held = base_b + ft_b + (cache if cache <= _BASE_CACHE_BYTES else 0) + 4 * batch
+    what = "Behaviour (the base and a finetune in float32, the logits)"
+    require_memory(what, held if dev == "cpu" else max(base_b, ft_b), dev, held)
 
 
 def _score(model, base_logits, batches, batch_size: int, dev):

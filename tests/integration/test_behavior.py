@@ -354,19 +354,23 @@ def test_models_too_large_for_memory_are_refused_before_loading(planted, monkeyp
     from tests.app_fixtures import open_page
 
     base, ft, _ = planted
-    need = float32_bytes(base) + float32_bytes(ft) + (1 << 30)  # two float32 models and the logits' allowance
     assert float32_bytes(base) == 4 * sum(t.numel() for t in read_state_dict(base).values())
 
     def never(*a, **k):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", never)
-    monkeypatch.setattr(config, "available_memory_bytes", lambda: int(need / 0.8) - 1)  # one byte short
-    with pytest.raises(ConfigError, match=r"^Behaviour .* needs about 1\.\d\d GiB of memory; this machine has"):
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 2 * float32_bytes(base))  # < two models
+    with pytest.raises(
+        ConfigError, match=r"^Behaviour .* needs about [\d.]+ MiB of memory; this machine has [\d.]+ MiB available"
+    ):
+        behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=None, device="cpu")
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 8 * 2**30)  # a small model fits: it loads
+    with pytest.raises(AssertionError, match="a model was loaded"):
         behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=None, device="cpu")
     monkeypatch.setattr(config, "available_memory_bytes", lambda: 1000)
     data = write_addition_data(tmp_path, 4)["eval"]
-    with pytest.raises(ConfigError, match=r"^Accuracy of ft \(the model in float32\) needs about [\d.]+ GiB of memory"):
+    with pytest.raises(ConfigError, match=r"^Accuracy of ft \(the model in float32\) needs about [\d.]+ MiB of memory"):
         evaluate_accuracy(ft, data)
     from subnetviz.bigram.job import analyse_mask_file
 
