@@ -245,7 +245,7 @@ def drill_down(ws, reports, crit: str, eta: float) -> None:
     key = b.selectbox("Matrix", names, index=default, key="dd_tensor", bind="query-params")
     row = mats[mats["key"] == key].iloc[0]
     path = dict(ws.finetuned)[model]
-    upd = matrix_update(ws.base, path, row["name"], criterion=crit, eta=eta)
+    upd = matrix_update(ws.base, path, row["name"], criterion=crit, eta=eta, max_side=128)
     name = ui.plain(key) + (f" (stored as {ui.plain(row['name'])})" if row["name"] != key else "")
     st.caption(  # the matrix named as in the picker, then as in the file
         f"{name} · shape {row['shape']} · criterion {crit} · {upd.n_changed:,} of "
@@ -256,13 +256,13 @@ def drill_down(ws, reports, crit: str, eta: float) -> None:
     c, d = st.columns(2)
     with c:
         ui.chart(
-            figures.matrix_image(upd.changed, max_side=128, title=f"Which entries changed ({crit})", subject=subject),
+            figures.matrix_image(upd.changed, title=f"Which entries changed ({crit})", subject=subject),
             key="drill-image",
         )
     with d:
-        ui.chart(figures.delta_image(upd.delta, max_side=128, subject=subject), key="drill-delta")
+        ui.chart(figures.delta_image(upd.delta, subject=subject), key="drill-delta")
     ui.chart(
-        figures.row_col_ratios(upd.changed.mean(axis=1), upd.changed.mean(axis=0), subject=subject),
+        figures.row_col_ratios(upd.row_share, upd.col_share, subject=subject),
         key="drill-ratios",
     )
 

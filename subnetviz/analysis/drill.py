@@ -1,7 +1,8 @@
 """One matrix up close: its update Δ and which entries changed under a chosen criterion.
 
 The page's *One matrix* view follows the sparsity criterion (exact, an absolute tolerance or
-relative η), which the saved update mask (exact only) cannot. Reads the two tensors only.
+relative η), which the saved update mask (exact only) cannot. Reads the two tensors only, a band of rows at
+a time, and keeps only what the views draw (block sums, row and column counts).
 """
 
 from __future__ import annotations
@@ -13,28 +14,51 @@ import torch
 
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.errors import CheckpointError
+from subnetviz.figures.matrix import MatrixBlocks
+
+BAND_ENTRIES = 1 << 22
+"""Entries compared at a time (a band of whole rows): memory stays a few dozen MB whatever the matrix."""
 
 
 @dataclass(frozen=True)
 class MatrixUpdate:
-    """delta: (rows, cols) float32, W_ft − W_base; changed: (rows, cols) bool under ``criterion``."""
+    """One matrix's update under ``criterion``, reduced to what its views draw: ``changed`` and ``delta`` (Δ =
+    W_ft − W_base in float32) as sums over the blocks of :class:`~subnetviz.figures.matrix.MatrixBlocks`, the
+    changed count of each row and column, and the total. Nothing of the matrix's size is kept."""
 
     name: str
     criterion: str
-    delta: np.ndarray
-    changed: np.ndarray
+    shape: tuple[int, int]
+    n_changed: int
+    rows_changed: np.ndarray  # int64 (rows,)
+    cols_changed: np.ndarray  # int64 (cols,)
+    changed: MatrixBlocks
+    delta: MatrixBlocks
 
     @property
-    def n_changed(self) -> int:
-        return int(self.changed.sum())
+    def row_share(self) -> np.ndarray:
+        return self.rows_changed / max(1, self.shape[1])
+
+    @property
+    def col_share(self) -> np.ndarray:
+        return self.cols_changed / max(1, self.shape[0])
 
 
-def matrix_update(base: str, finetuned: str, name: str, criterion: str = "exact", eta: float = 1e-3) -> MatrixUpdate:
-    """Δ and the changed mask of tensor ``name`` (same name in both checkpoints).
+def matrix_update(
+    base: str,
+    finetuned: str,
+    name: str,
+    criterion: str = "exact",
+    eta: float = 1e-3,
+    max_side: int = 128,
+    band_entries: int = BAND_ENTRIES,
+) -> MatrixUpdate:
+    """The update of tensor ``name`` (same name in both checkpoints), a band of rows at a time.
 
     criterion: ``"exact"`` (bit patterns differ, at the finetune's stored dtype), ``"relative"``
     (|Δ| > η·max(|w|, |w'|)) or an absolute tolerance as text (``"1e-05"``: |Δ| > tol), as
-    :class:`~subnetviz.analysis.sparsity.SparsityReport` counts them.
+    :class:`~subnetviz.analysis.sparsity.SparsityReport` counts them. ``max_side``: the images' cells a side.
+    Memory: about 20 bytes per entry of a band of ``band_entries`` (an embedding of 10^9 entries included).
     """
     ck_b, ck_f = open_checkpoint(base), open_checkpoint(finetuned)
     if name not in ck_b.names:
@@ -44,6 +68,23 @@ def matrix_update(base: str, finetuned: str, name: str, criterion: str = "exact"
         raise CheckpointError(
             f"{name}: expected two 2-D tensors of one shape; got {tuple(b.shape)} and {tuple(f.shape)}."
         )
+    rows, cols = (int(x) for x in b.shape)
+    changed = MatrixBlocks.empty((rows, cols), max_side, binary=True)
+    delta = MatrixBlocks.empty((rows, cols), max_side)
+    step = max(1, band_entries // max(1, cols)) // changed.f * changed.f or changed.f  # whole block rows
+    per_row, per_col, total = np.zeros(rows, np.int64), np.zeros(cols, np.int64), 0
+    for r0 in range(0, rows, step):
+        c, d = _band(b[r0 : r0 + step], f[r0 : r0 + step], criterion, eta)
+        changed.add(r0, c)
+        delta.add(r0, d)
+        per_row[r0 : r0 + len(c)] = c.sum(axis=1)
+        per_col += c.sum(axis=0)
+        total += int(per_row[r0 : r0 + len(c)].sum())
+    return MatrixUpdate(name, criterion, (rows, cols), total, per_row, per_col, changed, delta)
+
+
+def _band(b: torch.Tensor, f: torch.Tensor, criterion: str, eta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(changed bool, Δ float32) of one band of rows, compared as the analysis compares."""
     if b.dtype != f.dtype:
         b = b.to(f.dtype)  # compared at the finetune's stored dtype, as the analysis does
     x, y = b.float(), f.float()
@@ -58,4 +99,4 @@ def matrix_update(base: str, finetuned: str, name: str, criterion: str = "exact"
         changed = d.abs() > eta * torch.maximum(x.abs(), y.abs())
     else:
         changed = d.abs() > float(criterion)
-    return MatrixUpdate(name, criterion, d.numpy(), changed.numpy())
+    return changed.numpy(), d.numpy()

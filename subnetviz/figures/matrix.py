@@ -4,6 +4,8 @@ row / column shares of changed entries, downsampled for the browser.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -11,19 +13,50 @@ from plotly.subplots import make_subplots
 from subnetviz.figures.style import DIVERGING, PALETTE, SEQUENTIAL, FigureDataError, _style, no_data_figure, takes_data
 
 
+@dataclass(frozen=True)
+class MatrixBlocks:
+    """An m × n matrix as its images draw it: the sum of each f×f block of the grid :func:`_blocks` makes for
+    ``max_side`` (edge blocks ragged). Built from a whole array (:meth:`of`) or a band of rows at a time
+    (:meth:`empty`, then :meth:`add` with bands that start on a block row): a matrix of 10^9 entries is
+    drawn without being held. ``binary``: the values were a bool mask (0 / 1 at full resolution)."""
+
+    shape: tuple[int, int]
+    f: int
+    sums: np.ndarray
+    binary: bool = False
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int], max_side: int, binary: bool = False) -> MatrixBlocks:
+        f, r0, c0, _, _ = _blocks(shape, max_side)
+        return cls((int(shape[0]), int(shape[1])), f, np.zeros((r0.size, c0.size)), binary)
+
+    @classmethod
+    def of(cls, a, max_side: int) -> MatrixBlocks:
+        a = np.asarray(a)
+        out = cls.empty(a.shape, max_side, binary=a.dtype == bool)
+        out.add(0, a)
+        return out
+
+    def add(self, row: int, band: np.ndarray) -> None:
+        """Add rows ``row`` … ``row + len(band) - 1`` (``row`` a multiple of the block size)."""
+        if row % self.f:
+            raise FigureDataError(f"MatrixBlocks.add: a band must start on a block row (a multiple of {self.f}).")
+        part = _block_sum(band, self.f)
+        self.sums[row // self.f : row // self.f + part.shape[0]] += part
+
+
 @takes_data("subject")
 def delta_image(
     delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base", subject: str = ""
 ) -> go.Figure:
-    """Downsampled signed Δ image on a diverging scale centred on 0 (symmetric range, blocks as in :func:`matrix_image`).
+    """Downsampled signed Δ image (of a 2-D array or its :class:`MatrixBlocks`) on a diverging scale centred on 0
+    (symmetric range, blocks as in :func:`matrix_image`).
     ``subject`` (e.g. "model · matrix") opens the subtitle."""
-    a = np.asarray(delta_2d, dtype=np.float64)
-    if a.size == 0:
+    blocks = delta_2d if isinstance(delta_2d, MatrixBlocks) else _as_blocks(delta_2d, max_side, "delta_image")
+    if blocks is None:
         return no_data_figure(title)
-    if a.ndim != 2:
-        raise FigureDataError(f"delta_image: expected a 2-D array (rows, cols); got shape {a.shape}.")
-    f, r0, c0, rows_in, cols_in = _blocks(a.shape, max_side)
-    mean = _block_sum(a, f) / np.outer(rows_in, cols_in)
+    f, r0, c0, rows_in, cols_in = _grid(blocks)
+    mean = blocks.sums / np.outer(rows_in, cols_in)
     span = float(np.nanmax(np.abs(mean))) or 1.0
     fig = go.Figure(
         go.Heatmap(
@@ -38,7 +71,26 @@ def delta_image(
             hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
         )
     )
-    return _matrix_layout(fig, title, a.shape, f, subject)
+    return _matrix_layout(fig, title, blocks.shape, f, subject)
+
+
+def _as_blocks(a, max_side: int, builder: str) -> MatrixBlocks | None:
+    """A 2-D array (NumPy or torch, any device) as its :class:`MatrixBlocks`; None when it is empty."""
+    if hasattr(a, "detach"):  # a torch tensor, possibly on the GPU
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    if a.size == 0:
+        return None
+    if a.ndim != 2:
+        raise FigureDataError(f"{builder}: expected a 2-D array (rows, cols); got shape {a.shape}.")
+    return MatrixBlocks.of(a, max_side)
+
+
+def _grid(blocks: MatrixBlocks):
+    """(f, first row of each block, first column, rows per block, columns per block) of ``blocks``."""
+    f, (m, n) = blocks.f, blocks.shape
+    r0, c0 = np.arange(0, m, f), np.arange(0, n, f)
+    return f, r0, c0, np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0
 
 
 def _blocks(shape: tuple[int, int], max_side: int):
@@ -74,10 +126,11 @@ def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
     dt = np.int64 if a.dtype == bool or np.issubdtype(a.dtype, np.integer) else np.float64
     out = np.zeros((-(-m // f), -(-n // f)), dtype=np.float64)
     out[:mb, :nb] = a[: mb * f, : nb * f].reshape(mb, f, nb, f).sum(axis=(1, 3), dtype=dt)
+    # explicit sizes, no -1: with fewer rows (columns) than a block, -1 cannot be inferred from 0 entries
     if n % f:
-        out[:mb, nb] = a[: mb * f, nb * f :].reshape(mb, f, -1).sum(axis=(1, 2), dtype=dt)
+        out[:mb, nb] = a[: mb * f, nb * f :].reshape(mb, f, n - nb * f).sum(axis=(1, 2), dtype=dt)
     if m % f:
-        out[mb, :nb] = a[mb * f :, : nb * f].reshape(-1, nb, f).sum(axis=(0, 2), dtype=dt)
+        out[mb, :nb] = a[mb * f :, : nb * f].reshape(m - mb * f, nb, f).sum(axis=(0, 2), dtype=dt)
     if m % f and n % f:
         out[mb, nb] = a[mb * f :, nb * f :].sum(dtype=dt)
     return out
@@ -85,22 +138,19 @@ def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
 
 @takes_data("subject")
 def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries changed", subject: str = "") -> go.Figure:
-    """Downsampled image of a 2-D mask (bool, or float in [0, 1]): share changed per block, in %.
+    """Downsampled image of a 2-D mask (bool, or float in [0, 1]; or its :class:`MatrixBlocks`): share changed
+    per block, in %.
     ``subject`` (e.g. "model · matrix") opens the subtitle; a bool mask at full resolution gets a two-colour
     key (unchanged / changed) instead of a 0–100 % scale.
 
     The same block size f = ceil(max(m, n) / max_side) is used on both axes so the aspect ratio
     is kept; hover gives the original row/column ranges and the changed count of each block.
     """
-    if hasattr(mask_2d, "detach"):  # a torch tensor, possibly on the GPU
-        mask_2d = mask_2d.detach().cpu().numpy()
-    a = np.asarray(mask_2d)
-    if a.size == 0:
+    blocks = mask_2d if isinstance(mask_2d, MatrixBlocks) else _as_blocks(mask_2d, max_side, "matrix_image")
+    if blocks is None:
         return no_data_figure(title)
-    if a.ndim != 2:
-        raise FigureDataError(f"matrix_image: expected a 2-D mask (rows, cols); got shape {a.shape}.")
-    f, r0, c0, rows_in, cols_in = _blocks(a.shape, max_side)
-    sums = _block_sum(a, f)
+    f, r0, c0, rows_in, cols_in = _grid(blocks)
+    sums = blocks.sums
     counts = np.outer(rows_in, cols_in).astype(np.float64)
     share = 100 * sums / counts
     if f == 1:  # one cell per entry: row and column are the axes, nothing else to say (keeps the payload small)
@@ -117,7 +167,7 @@ def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries chang
             "hovertemplate": "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–"
             "%{customdata[3]:.0f}<br>changed %{customdata[4]:,.0f} of %{customdata[5]:,.0f} (%{z:.2f}%)<extra></extra>",
         }
-    binary = f == 1 and a.dtype == bool
+    binary = f == 1 and blocks.binary
     fig = go.Figure(
         go.Heatmap(
             z=share.astype(np.float32),
@@ -135,7 +185,7 @@ def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries chang
             **trace,
         )
     )
-    return _matrix_layout(fig, title, a.shape, f, subject)
+    return _matrix_layout(fig, title, blocks.shape, f, subject)
 
 
 def _downsample_1d(v: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray, int]:

@@ -1103,3 +1103,56 @@ def test_every_figure_builder_takes_its_data_as_text():
                     builders.append((name, fname, getattr(vars(mod)[fname], "takes_data", False)))
     assert len(builders) >= 45
     assert [b for b in builders if not b[2]] == []
+
+
+def test_one_matrix_update_in_bands_equals_the_whole_matrix(tmp_path):
+    """The One matrix view's update, a band of rows at a time (so a 10^9-entry embedding is never held): its
+    block sums, row and column counts and total equal those of the whole matrix computed at once, for every
+    criterion, with bands that are not a divisor of the rows and blocks with ragged edges."""
+    import torch
+    from safetensors.torch import save_file
+
+    from subnetviz.analysis.drill import matrix_update
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(203, 37, generator=g).to(torch.bfloat16)
+    moved = torch.rand(base.shape, generator=g) < 0.3
+    ft = torch.where(moved, (base.float() * (1 + 1e-2 * torch.randn(base.shape, generator=g))).to(torch.bfloat16), base)
+    for name, t in (("base", base), ("ft", ft)):
+        (tmp_path / name).mkdir()
+        save_file({"w": t}, str(tmp_path / name / "model.safetensors"))
+    x, y = base.float().numpy().astype(np.float64), ft.float().numpy().astype(np.float64)
+    d = y - x
+    for crit, want in {
+        "exact": base.view(torch.int16).numpy() != ft.view(torch.int16).numpy(),
+        "1e-3": np.abs(d) > 1e-3,
+        "relative": np.abs(d) > 1e-3 * np.maximum(np.abs(x), np.abs(y)),
+    }.items():
+        for band in (37, 37 * 7, 10**6):  # one row, seven rows (not a multiple of the block), everything
+            upd = matrix_update(str(tmp_path / "base"), str(tmp_path / "ft"), "w", crit, max_side=16, band_entries=band)
+            f = upd.changed.f
+            assert f == 13 and upd.n_changed == int(want.sum())  # 203 rows / 16 cells
+            np.testing.assert_array_equal(upd.rows_changed, want.sum(axis=1))
+            np.testing.assert_array_equal(upd.cols_changed, want.sum(axis=0))
+            for i in range(0, 203, f):
+                for j in range(0, 37, f):
+                    assert upd.changed.sums[i // f, j // f] == want[i : i + f, j : j + f].sum()
+                    assert upd.delta.sums[i // f, j // f] == pytest.approx(
+                        d[i : i + f, j : j + f].sum(), rel=1e-9, abs=1e-12
+                    )
+    # the page's images from the bands are the images of the whole arrays
+    assert F.matrix_image(upd.changed).to_json() == F.matrix_image(want, max_side=16).to_json()
+    assert F.delta_image(upd.delta).to_json() == F.delta_image(d.astype(np.float32), max_side=16).to_json()
+
+
+@pytest.mark.parametrize("shape", [(2, 771), (771, 2), (1, 20_000), (5, 5)])
+def test_matrix_images_of_matrices_thinner_than_a_block(shape):
+    """Fewer rows (columns) than a block and a ragged other side: a (2, 771) matrix failed with "cannot reshape
+    array of size 0" (its block rows were inferred from no entries). Each cell is still its block's share."""
+    a = np.arange(np.prod(shape)).reshape(shape) % 3 == 0
+    fig = F.matrix_image(a, max_side=128)
+    f = max(1, int(np.ceil(max(shape) / 128)))
+    z = decode(fig.data[0].z).astype(np.float64)
+    ref = np.array([[a[i : i + f, j : j + f].mean() for j in range(0, shape[1], f)] for i in range(0, shape[0], f)])
+    np.testing.assert_allclose(z, 100 * ref, rtol=1e-6)
+    assert F.delta_image(a.astype(np.float32), max_side=128).data[0].z.shape == ref.shape
