@@ -441,20 +441,18 @@ def import_mask(path: str | os.PathLike) -> MaskSet:
     if head == b"PK\x03\x04":  # a zip archive: torch.save's format
         return import_torch_masks(path)
     if head[:1] == b"\x80" or path.suffix in (".pickle", ".pkl"):  # a pickle's PROTO opcode (protocol >= 2)
-        try:
-            return import_bigram_pickle(path)
-        except MaskError as exc:
-            if "found int" in str(exc) and _legacy_torch(path):
-                raise MaskError(
-                    f"{path}: a torch.save file in the format of PyTorch before 1.6, which is not read; "
-                    "load it there and save it again with a current PyTorch (or as safetensors)."
-                ) from None
-            raise
+        if _legacy_torch(path):
+            raise MaskError(
+                f"{path}: a torch.save file in the format of PyTorch before 1.6, which is not read; "
+                "load it there and save it again with a current PyTorch (or as safetensors)."
+            )
+        return import_bigram_pickle(path)
     return load_mask_set(path)
 
 
 def _legacy_torch(path: Path) -> bool:
-    """Whether ``path`` starts with the magic number of the old torch.save format (read as a plain int)."""
+    """Whether ``path`` starts with the magic number of the old torch.save format (read as a plain int; a
+    bigram pickle's dict stops at the first array past the 1 KiB budget)."""
     try:
         with open(path, "rb") as fh:
             return _RestrictedUnpickler(fh, 1 << 10).load() == _TORCH_LEGACY_MAGIC

@@ -72,15 +72,14 @@ def matrix_update(
     changed = MatrixBlocks.empty((rows, cols), max_side, binary=True)
     delta = MatrixBlocks.empty((rows, cols), max_side)
     step = max(1, band_entries // max(1, cols)) // changed.f * changed.f or changed.f  # whole block rows
-    per_row, per_col, total = np.zeros(rows, np.int64), np.zeros(cols, np.int64), 0
+    per_row, per_col = np.zeros(rows, np.int64), np.zeros(cols, np.int64)
     for r0 in range(0, rows, step):
         c, d = _band(b[r0 : r0 + step], f[r0 : r0 + step], criterion, eta)
         changed.add(r0, c)
         delta.add(r0, d)
         per_row[r0 : r0 + len(c)] = c.sum(axis=1)
         per_col += c.sum(axis=0)
-        total += int(per_row[r0 : r0 + len(c)].sum())
-    return MatrixUpdate(name, criterion, (rows, cols), total, per_row, per_col, changed, delta)
+    return MatrixUpdate(name, criterion, (rows, cols), int(per_row.sum()), per_row, per_col, changed, delta)
 
 
 def _band(b: torch.Tensor, f: torch.Tensor, criterion: str, eta: float) -> tuple[np.ndarray, np.ndarray]:
