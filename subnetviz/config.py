@@ -130,6 +130,48 @@ def check_readable(path: str | os.PathLike, *, what: str | None = None) -> Path:
     return resolved
 
 
+# The largest JSON file a checkpoint or mask brings: a shard index of the largest released models (DeepSeek-V3's
+# names ~92 000 tensors) is about 9 MB; configs and adapter configs are kilobytes.
+JSON_FILE_LIMIT = 64 * 2**20
+
+
+def parse_json(raw: str | bytes, where: str, error: type[Exception], *, obj: bool = True):
+    """JSON text someone else wrote, parsed; ``error`` (a :class:`~subnetviz.errors.SubnetvizError` class)
+    with ``where`` in its message for text that is not JSON, not UTF-8, nested too deeply for the parser
+    (``[[[[…`` raises RecursionError, which no ``except JSONDecodeError`` catches) or, with ``obj``, not
+    an object."""
+    import json
+
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{where}: not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply to read.") from None
+    if obj and not isinstance(value, dict):
+        raise error(f"{where}: expected a JSON object, found {type(value).__name__}.")
+    return value
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], *, what: str | None = None, obj: bool = True):
+    """A JSON file that came with a checkpoint or mask: through :func:`check_readable`, its size checked
+    against :data:`JSON_FILE_LIMIT` before anything is read, parsed by :func:`parse_json`."""
+    where = what or display_path(path)
+    resolved = check_readable(path, what=what)
+    try:
+        with open(resolved, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            raw = fh.read(JSON_FILE_LIMIT + 1) if size <= JSON_FILE_LIMIT else b""
+    except OSError as exc:
+        raise error(f"{where}: cannot read ({exc.strerror or exc}).") from None
+    if size > JSON_FILE_LIMIT or len(raw) > JSON_FILE_LIMIT:
+        raise error(
+            f"{where}: {max(size, len(raw)):,} bytes, more than a checkpoint's JSON file holds "
+            f"({JSON_FILE_LIMIT:,}); refused before reading."
+        )
+    return parse_json(raw, where, error, obj=obj)
+
+
 LOCAL_COMPUTE = "this server"
 """The sidebar's name for computing in the server's own process (no cluster)."""
 RAY_ADDRESS_ENV = "SUBNETVIZ_RAY_ADDRESS"  # the default cluster (jobs.ray_backend.ray_address)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from subnetviz.cache import atomic_path
-from subnetviz.config import check_readable
+from subnetviz.config import check_readable, parse_json
 from subnetviz.errors import MaskError, UnsafePickleError, suggest
 
 FORMAT = "subnetviz-mask/1"
@@ -135,8 +135,8 @@ def load_mask_set(path: str | os.PathLike) -> MaskSet:
         else:
             masks[name] = _check_bool(name, t.contiguous(), str(path), floats=True)
     try:
-        info = json.loads(meta.get("subnetviz", "{}"))
-    except json.JSONDecodeError:
+        info = parse_json(meta.get("subnetviz", "{}"), str(path), MaskError)
+    except MaskError:  # provenance only: the masks themselves were read
         info = {}
     return MaskSet(masks, info)
 

@@ -255,12 +255,13 @@ def _task_mask_label(info: dict, run: str) -> str | None:
 def mask_info(path: str, stamp: str) -> dict:
     """A mask file's provenance (its safetensors header only; no tensor is read); ``stamp``:
     :func:`~subnetviz.cache.file_stamp` of ``path``, so a rewritten file is read again."""
-    import json
-
     from safetensors import SafetensorError, safe_open
+
+    from subnetviz.config import parse_json
+    from subnetviz.errors import MaskError
 
     try:
         with safe_open(path, framework="np") as f:
-            return json.loads((f.metadata() or {}).get("subnetviz", "{}"))
-    except (OSError, ValueError, SafetensorError):  # unreadable: keeps its plain label; opening it reports why
+            return parse_json((f.metadata() or {}).get("subnetviz", "{}"), path, MaskError)
+    except (OSError, ValueError, SafetensorError, MaskError):  # unreadable: a plain label; opening it says why
         return {}

@@ -27,11 +27,11 @@ the device. Nothing here reads model weights.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from subnetviz.config import read_json
 from subnetviz.errors import ConfigError, suggest
 
 KIND = "bigram_mask"
@@ -105,8 +105,8 @@ class BigramJobConfig:
         from subnetviz.config import resolve_device
 
         model = model_folder(self.model)
-        model_type = json.loads((model / "config.json").read_text()).get("model_type")
-        if model_type not in MODEL_TYPES:
+        model_type = read_json(model / "config.json", ConfigError).get("model_type")
+        if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
             raise ConfigError(
                 f"{model}: model_type {model_type!r} has no maskable-weight table; supported: {sorted(MODEL_TYPES)}."
             )

@@ -24,7 +24,7 @@ import torch
 
 from subnetviz.checkpoints.header import read_safetensors_header
 from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint
-from subnetviz.config import check_readable
+from subnetviz.config import check_readable, read_json
 from subnetviz.errors import CheckpointError, suggest
 
 _LORA = re.compile(
@@ -49,7 +49,7 @@ def adapter_info(spec) -> dict:
     """What a workspace shows of an adapter folder on its own (headers only): it is no model, so no
     architecture of its own; the fingerprint follows the adapter's file and config."""
     folder = Path(str(spec)).expanduser()
-    cfg = json.loads(check_readable(folder / "adapter_config.json").read_text())
+    cfg = read_json(folder / "adapter_config.json", CheckpointError)
     weights = check_readable(folder / "adapter_model.safetensors")
     header, raw = read_safetensors_header(weights)
     dtypes: dict[str, int] = {}
@@ -76,10 +76,7 @@ class MergedAdapter(Checkpoint):
     def __init__(self, spec: str, base: Checkpoint):
         folder = Path(spec).expanduser()
         cfg_path = check_readable(folder / "adapter_config.json")
-        try:
-            self.adapter_config = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{cfg_path}: not a readable adapter config ({exc}).") from exc
+        self.adapter_config = read_json(cfg_path, CheckpointError)
         ac = self.adapter_config
         peft_type = str(ac.get("peft_type", "LORA")).upper()
         if peft_type != "LORA":
@@ -103,10 +100,13 @@ class MergedAdapter(Checkpoint):
         self.spec = spec
         self.base = base
         self.adapter_file = weights
+        r, alpha, self._rank_pattern, self._alpha_pattern = _settings(ac, cfg_path)
         header, self._adapter_raw = read_safetensors_header(weights)
-        self._adapter = _load(weights)
         self.pairs, self.replaced = self._plan(header)
-        r, alpha = ac.get("r", 8), ac.get("lora_alpha", 8)
+        from subnetviz.config import require_memory
+
+        require_memory(f"The adapter {folder.name} (held while it is merged)", weights.stat().st_size)
+        self._adapter = _load(weights)
         rule = "α/√r (rsLoRA)" if ac.get("use_rslora") else "α/r"
         self.notes = [
             f"{Path(spec).name}: LoRA adapter merged onto {base.spec}: W + s·B·A with s = {rule} (r={r}, α={alpha}) "
@@ -146,21 +146,53 @@ class MergedAdapter(Checkpoint):
                     f"{self.adapter_file}: {target!r} has only one of its LoRA A/B tensors "
                     f"(found {sorted(kinds.values())})."
                 )
+            self._check_shapes(target, header[a]["shape"], header[b]["shape"], emb)
             out[target] = (a, b, emb)
-        for t in self.adapter_config.get("target_modules") or []:
-            if isinstance(t, str) and not any(n.endswith(f".{t}.weight") or n == f"{t}.weight" for n in base_names):
-                kinds = sorted(
-                    {
-                        n.rsplit(".", 2)[-2]
-                        for n in base_names
-                        if n.endswith(".weight") and "." in n and len(self.base.meta(n).shape) == 2
-                    }
-                )
-                raise CheckpointError(
-                    f"{self.spec}: target module {t!r} (adapter_config.json target_modules) matches no module of the "
-                    f"base {self.base.spec}; its linear modules are {', '.join(kinds[:12])}."
-                )
+        self._check_target_modules(base_names)
         return out, replaced
+
+    def _check_shapes(self, target: str, a: list[int], b: list[int], emb: bool) -> None:
+        """B·A (transposed for embeddings and Conv1D) must have the base weight's shape: checked from the
+        headers, before anything is multiplied (a B of 10^6 rows would make a 10^6-row product first)."""
+        flip = emb or bool(self.adapter_config.get("fan_in_fan_out"))
+        want = tuple(self.base.meta(target).shape)
+        got = (b[0], a[1]) if len(a) == 2 and len(b) == 2 else None
+        if got is None or a[0] != b[1] or (got[::-1] if flip else got) != want:
+            raise CheckpointError(
+                f"{self.adapter_file}: the LoRA tensors of {target!r} have shapes A {tuple(a)}, B {tuple(b)}; "
+                f"B·A{'ᵀ' if flip else ''} must have the base weight's shape {want}, with A's rows B's columns."
+            )
+
+    def _check_target_modules(self, base_names: set[str]) -> None:
+        """``target_modules`` names modules of the base: a list of names, a regular expression matched
+        against whole module names (as PEFT does with a string), or ``all-linear``."""
+        tm = self.adapter_config.get("target_modules") or []
+        modules = {n[: -len(".weight")] for n in base_names if n.endswith(".weight")}
+        if isinstance(tm, str):
+            if tm == "all-linear":
+                return
+            try:
+                found = any(re.fullmatch(tm, m) for m in modules)
+            except re.error as exc:
+                raise CheckpointError(
+                    f"{self.spec}: target_modules {tm[:80]!r} in adapter_config.json is not a valid regular "
+                    f"expression ({exc})."
+                ) from None
+            missing = [] if found else [tm]
+        else:
+            missing = [t for t in tm if isinstance(t, str) and not any(m == t or m.endswith(f".{t}") for m in modules)]
+        if missing:
+            kinds = sorted(
+                {
+                    n.rsplit(".", 2)[-2]
+                    for n in base_names
+                    if n.endswith(".weight") and "." in n and len(self.base.meta(n).shape) == 2
+                }
+            )
+            raise CheckpointError(
+                f"{self.spec}: target module {missing[0]!r} (adapter_config.json target_modules) matches no module "
+                f"of the base {self.base.spec}; its linear modules are {', '.join(kinds[:12])}."
+            )
 
     def _check_target(self, key: str, target: str, base_names: set[str]) -> None:
         if target not in base_names:
@@ -170,16 +202,15 @@ class MergedAdapter(Checkpoint):
             )
 
     def _scale(self, target: str, r: int) -> float:
-        ac = self.adapter_config
         module = target[: -len(".weight")]
-        for pattern, val in (ac.get("rank_pattern") or {}).items():
-            if re.fullmatch(rf"(.*\.)?{pattern}", module):
-                r = int(val)
-        alpha = ac.get("lora_alpha", 8)
-        for pattern, val in (ac.get("alpha_pattern") or {}).items():
-            if re.fullmatch(rf"(.*\.)?{pattern}", module):
+        for pattern, val in self._rank_pattern:
+            if pattern.fullmatch(module):
+                r = val
+        alpha = self.adapter_config.get("lora_alpha", 8)
+        for pattern, val in self._alpha_pattern:
+            if pattern.fullmatch(module):
                 alpha = val
-        return alpha / math.sqrt(r) if ac.get("use_rslora") else alpha / r
+        return alpha / math.sqrt(r) if self.adapter_config.get("use_rslora") else alpha / r
 
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
         if name in self.replaced:
@@ -192,12 +223,7 @@ class MergedAdapter(Checkpoint):
         b = self._adapter[kb].to(device, torch.float32)  # (out, r) or (dim, r)
         delta = (b @ a).mul_(self._scale(name, a.shape[0]))  # in place: one float32 temporary per tensor
         if emb or self.adapter_config.get("fan_in_fan_out"):
-            delta = delta.T
-        if tuple(delta.shape) != tuple(w.shape):
-            raise CheckpointError(
-                f"{self.spec}: LoRA update of {name!r} has shape {tuple(delta.shape)}, the base "
-                f"weight {tuple(w.shape)}."
-            )
+            delta = delta.T  # the shapes were checked against the base's when the adapter was opened
         return delta.add_(w).to(w.dtype)  # w + Δ in float32 (w is exact in it), rounded once
 
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
@@ -218,6 +244,41 @@ class MergedAdapter(Checkpoint):
 
     def __repr__(self) -> str:
         return f"MergedAdapter({self.spec!r} on {self.base.spec!r}, {len(self.pairs)} merged tensors)"
+
+
+def _number(v, *, rank: bool) -> bool:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return ok and (v > 0 and float(v).is_integer() if rank else True)
+
+
+def _settings(ac: dict, cfg_path: Path) -> tuple[int, float, list, list]:
+    """``r``, ``lora_alpha`` and the compiled ``rank_pattern`` / ``alpha_pattern`` of an adapter config
+    someone else wrote, each checked (a rank of 0 or "8", an alpha "x", a pattern that is no regular
+    expression: one line naming the key, not a ZeroDivisionError when merging)."""
+
+    def bad(key: str, v, want: str) -> CheckpointError:
+        return CheckpointError(f"{cfg_path}: {key} is {str(v)[:60]!r}; expected {want}.")
+
+    r, alpha = ac.get("r", 8), ac.get("lora_alpha", 8)
+    if not _number(r, rank=True):
+        raise bad("r", r, "a rank >= 1")
+    if not _number(alpha, rank=False):
+        raise bad("lora_alpha", alpha, "a number")
+    patterns = []
+    for key, rank in (("rank_pattern", True), ("alpha_pattern", False)):
+        given = ac.get(key) or {}
+        if not isinstance(given, dict):
+            raise bad(key, given, "an object {module pattern: value}")
+        compiled = []
+        for pattern, v in given.items():
+            if not _number(v, rank=rank):
+                raise bad(f"{key}[{pattern[:40]!r}]", v, "a rank >= 1" if rank else "a number")
+            try:  # as PEFT matches them: the pattern ends a module's name
+                compiled.append((re.compile(rf"(.*\.)?(?:{pattern})"), int(v) if rank else v))
+            except re.error as exc:
+                raise bad(key, pattern, f"a regular expression ({exc})") from None
+        patterns.append(compiled)
+    return int(r), alpha, patterns[0], patterns[1]
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:

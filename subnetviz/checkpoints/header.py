@@ -3,12 +3,13 @@ truncated or corrupt file is reported with its name and what is wrong."""
 
 from __future__ import annotations
 
-import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from subnetviz.config import parse_json
 from subnetviz.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ class TensorMeta:
         return n
 
 
+def _count(v) -> bool:
+    return type(v) is int and v >= 0  # JSON true / 2.0 are no sizes
+
+
 def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
     """Parse and validate a safetensors header; returns (header dict, raw header bytes)."""
     try:
@@ -77,31 +82,31 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
             raw = fh.read(n)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror}).") from exc
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors header (not JSON: {exc}).") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (expected an object).")
+    header = parse_json(raw, f"{path}: corrupt safetensors header", CheckpointError)
     data_len = size - 8 - n
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
-            start, end = (int(v) for v in info["data_offsets"])
-            dtype = info["dtype"]
-            numel = 1
-            for dim in info["shape"]:
-                numel *= int(dim)
+            start, end = info["data_offsets"]
+            dtype, shape = info["dtype"], info["shape"]
         except (TypeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}.") from exc
+        # sizes and offsets are whole numbers >= 0, as safetensors requires (a shape [-2, -2] would multiply
+        # to 4, a negative offset point into the header), checked before any arithmetic on them
+        if not (isinstance(shape, list) and all(_count(v) for v in (start, end, *shape)) and start <= end):
+            raise CheckpointError(
+                f"{path}: corrupt header entry for tensor {name!r}: its shape and data offsets must be whole "
+                "numbers >= 0, the offsets in order."
+            )
+        numel = math.prod(shape)
         if end > data_len:
             raise CheckpointError(
                 f"{path}: truncated file: tensor {name!r} needs bytes up to {end} of the data section, "
                 f"which has {data_len}. Re-download or re-save the checkpoint."
             )
-        if dtype not in ST_DTYPE_INFO:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}.")
+        if not isinstance(dtype, str) or dtype not in ST_DTYPE_INFO:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {str(dtype)[:40]}.")
         itemsize = ST_DTYPE_INFO[dtype][1]
         if end - start != numel * itemsize:
             raise CheckpointError(

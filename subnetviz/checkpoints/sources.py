@@ -24,7 +24,7 @@ from safetensors import safe_open  # (no torch: safetensors imports it only for 
 from subnetviz.checkpoints import header as _header
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import NameTable
-from subnetviz.config import check_readable, display_path
+from subnetviz.config import check_readable, display_path, read_json
 from subnetviz.errors import CheckpointError, NotCachedError, suggest
 
 if TYPE_CHECKING:  # torch is imported where tensors are read: locating files and fingerprints need none
@@ -279,12 +279,11 @@ def _folder_files(folder: Path) -> list[Path]:
 
 
 def _index_files(index: Path) -> list[Path]:
-    check_readable(index)
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index, CheckpointError)["weight_map"]
         entries = sorted(set(weight_map.values()))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{index}: not a valid shard index ({exc}).") from exc
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index}: not a valid shard index ({type(exc).__name__}: {exc}).") from exc
     for i, entry in enumerate(entries):
         # A shard is a file name in the index's own folder (or a plain sub-path): never absolute, never "..".
         parts = Path(entry).parts if isinstance(entry, str) else ("..",)
@@ -389,9 +388,6 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
         check_readable(f, what=f"{f.name} in {display_path(root) if root else s}")
     config = None
     cfg_path = root / "config.json" if root else None
-    if cfg_path and cfg_path.is_file():
-        try:
-            config = json.loads(check_readable(cfg_path).read_text())
-        except (OSError, json.JSONDecodeError):
-            config = None
+    if cfg_path and cfg_path.is_file():  # what it says decides how tensors are read (quantization, tying)
+        config = read_json(cfg_path, CheckpointError, what=f"config.json in {display_path(root)}")
     return s, files, root, config

@@ -141,6 +141,66 @@ def test_header_offsets_that_do_not_fit_the_shape(tmp_path):
         open_checkpoint(f)
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "F32", "shape": [-2, -2], "data_offsets": [0, 16]},  # multiplies to 4 entries
+        {"dtype": "F32", "shape": [4], "data_offsets": [-8, 8]},  # would read the header as data
+        {"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]},
+        {"dtype": "F32", "shape": [2.0, 2], "data_offsets": [0, 16]},
+        {"dtype": "F32", "shape": ["x", 10**12], "data_offsets": [0, 16]},  # "x" * 10**12 before
+        {"dtype": "F32", "shape": {"0": 4}, "data_offsets": [0, 16]},
+        {"dtype": ["F32"], "shape": [4], "data_offsets": [0, 16]},
+    ],
+)
+def test_header_sizes_are_whole_numbers_checked_before_use(tmp_path, entry):
+    """Shapes and offsets someone else wrote are whole numbers >= 0 before anything multiplies or reads by
+    them: refused when the checkpoint is opened, naming the tensor (before, a shape [-2, -2] was listed as
+    4 parameters and failed when read)."""
+    raw = json.dumps({"w": entry}).encode()
+    f = tmp_path / "odd.safetensors"
+    f.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 16)
+    with pytest.raises(
+        CheckpointError,
+        match=r"odd\.safetensors: (corrupt header entry for tensor 'w'|tensor 'w' has "
+        "unsupported dtype)",
+    ) as err:
+        open_checkpoint(f)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["header", "config.json", "model.safetensors.index.json"])
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "[1, 2]", "{not json"])
+def test_json_a_checkpoint_brings_is_checked(ckpt_zoo, tmp_path, where, text):
+    """A safetensors header, config.json or shard index nested too deeply for the parser (RecursionError,
+    which no JSONDecodeError handler catches), not an object, or not JSON: one line naming the file. A
+    config.json that cannot be read is no longer ignored: it says how tensors are stored (quantization)."""
+    folder = shutil.copytree(ckpt_zoo.llama, tmp_path / "l")
+    if where == "header":
+        f = sorted(folder.glob("model-*.safetensors"))[0]
+        f.write_bytes(len(text).to_bytes(8, "little") + text.encode())
+    else:
+        (folder / where).write_text(text)
+    with pytest.raises(CheckpointError, match=r"(JSON nested too deeply|expected a JSON object|not valid JSON)") as e:
+        open_checkpoint(folder)
+    assert "\n" not in str(e.value) and (f.name if where == "header" else where) in str(e.value)
+
+
+def test_json_files_are_bounded_before_reading(ckpt_zoo, tmp_path, monkeypatch):
+    from subnetviz import config
+
+    folder = shutil.copytree(ckpt_zoo.llama, tmp_path / "l")
+    index, cfg = (folder / n for n in ("model.safetensors.index.json", "config.json"))
+    for f in (index, cfg):
+        size = f.stat().st_size
+        monkeypatch.setattr(config, "JSON_FILE_LIMIT", size - 1)
+        with pytest.raises(CheckpointError, match=rf"{f.name}[^:]*: {size:,} bytes, more than a checkpoint's JSON"):
+            open_checkpoint(folder)
+        monkeypatch.setattr(config, "JSON_FILE_LIMIT", size)
+        assert open_checkpoint(folder).config
+        index.unlink(missing_ok=True)  # the shards are then found in the folder
+
+
 def test_mapped_reads_equal_safetensors_for_every_stored_dtype(tmp_path):
     """Checkpoint.get reads a safetensors tensor as a view of the mapped file: bit for bit what
     safetensors' own reader gives, for every dtype the headers allow (bf16, fp8, bool, ints), a 0-d and
@@ -355,6 +415,21 @@ def test_old_format_bin_is_read(llama_sd, tmp_path):
     f = tmp_path / "old.bin"
     torch.save(llama_sd, f, _use_new_zipfile_serialization=False)
     _same_tensors(open_checkpoint(f), llama_sd)
+
+
+def test_old_format_bin_declaring_more_than_it_stores_is_refused(tmp_path):
+    """A pre-1.6 (non-zip) torch.save file declares each storage's size in its pickle; torch allocates that
+    size (untouched, so nothing resident) and then reads the stored size, which must match: a file that
+    declares 2·10^9 floats for 123 457 stored ones is one error naming the file, nothing is kept."""
+    import struct
+
+    f = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.ones(123457)}, f, _use_new_zipfile_serialization=False)
+    raw = f.read_bytes()
+    declared = b"J" + struct.pack("<i", 123457)  # the storage's size: the first of the two in the pickle
+    f.write_bytes(raw.replace(declared, b"J" + struct.pack("<i", 2 * 10**9), 1))
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: refused or unreadable legacy checkpoint"):
+        open_checkpoint(f)
 
 
 def test_bin_with_a_view_bigger_than_its_storage_is_refused(llama_sd, tmp_path):

@@ -162,3 +162,81 @@ def test_cached_analysis_of_an_adapter_follows_the_adapter(ckpt_zoo, tmp_path):
     _adapter(tmp_path / "lora", base_sd, seed=1)  # the adapter rewritten in place: a new key, new numbers
     third = cached_analysis(str(ckpt_zoo.llama), [str(folder)], cache_root=tmp_path / "cache")
     assert not third.cached and third.source_dir != first.source_dir
+
+
+@pytest.mark.parametrize(
+    "target_modules", ["all-linear", r".*\.(q_proj|v_proj)", r"model\.layers\.[01]\.self_attn\.(q|v)_proj"]
+)
+def test_target_modules_given_as_peft_strings(ckpt_zoo, tmp_path, target_modules):
+    """PEFT also takes ``target_modules`` as one string: ``all-linear`` or a regular expression matched
+    against whole module names (released QLoRA adapters say ``all-linear``). Read as such, not as a list of
+    one-letter module names."""
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, tensors = _adapter(tmp_path / "lora", base_sd)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": target_modules}))
+    rep = analyze_updates(str(ckpt_zoo.llama), [str(folder)]).reports[0]
+    t = rep.tensors.set_index("name")
+    for name, merged in _reference(base_sd, tensors, ALPHA / R).items():
+        assert t.loc[name, "changed"] == int((merged.view(torch.int16) != base_sd[name].view(torch.int16)).sum())
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        ({"target_modules": r".*\.c_attn"}, r"target module '\.\*\\\\\.c_attn' .*matches no module"),
+        ({"target_modules": "(q_proj"}, "not a valid regular expression"),
+        ({"r": 0}, "r is '0'; expected a rank >= 1"),
+        ({"r": "8"}, "r is '8'; expected a rank >= 1"),
+        ({"lora_alpha": "x"}, "lora_alpha is 'x'; expected a number"),
+        ({"lora_alpha": None}, "lora_alpha is 'None'; expected a number"),
+        ({"rank_pattern": ["q_proj"]}, "rank_pattern is .*expected an object"),
+        ({"rank_pattern": {"q_proj": 0}}, r"rank_pattern\['q_proj'\] is '0'"),
+        ({"alpha_pattern": {"(q": 4}}, "alpha_pattern is '\\(q'; expected a regular expression"),
+    ],
+)
+def test_adapter_config_someone_else_wrote_is_checked(ckpt_zoo, tmp_path, edit, says):
+    """Every value of adapter_config.json the merge uses, checked when the adapter is opened: one line
+    naming the key, not a ZeroDivisionError / TypeError / re.error while merging."""
+    folder, _ = _adapter(tmp_path / "lora", read_state_dict(ckpt_zoo.llama))
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, **edit}))
+    with pytest.raises(CheckpointError, match=says) as err:
+        analyze_updates(str(ckpt_zoo.llama), [str(folder)])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "[1, 2]", "{not json"])
+def test_adapter_config_that_is_no_json_object(ckpt_zoo, tmp_path, text):
+    from subnetviz.checkpoints.adapters import adapter_info
+
+    folder, _ = _adapter(tmp_path / "lora", read_state_dict(ckpt_zoo.llama))
+    (folder / "adapter_config.json").write_text(text)
+    for call in (lambda: analyze_updates(str(ckpt_zoo.llama), [str(folder)]), lambda: adapter_info(folder)):
+        with pytest.raises(
+            CheckpointError, match="adapter_config.json: (JSON nested too deeply|expected a JSON object|not valid JSON)"
+        ):
+            call()
+
+
+@pytest.mark.parametrize("how", ["rows", "rank", "transposed"])
+def test_lora_shapes_are_checked_before_multiplying(ckpt_zoo, tmp_path, how):
+    """B·A must have the base weight's shape, with A's rows B's columns: checked from the headers when the
+    adapter is opened (before, a wrong B was multiplied first, a rank mismatch was torch's matmul error)."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, tensors = _adapter(tmp_path / "lora", base_sd)
+    key_a, key_b = (f"base_model.model.{TARGETS[1]}.lora_{k}.weight" for k in "AB")  # v_proj: not square (GQA)
+    a, b = tensors[key_a], tensors[key_b]
+    if how == "rows":
+        tensors[key_b] = torch.zeros(b.shape[0] + 3, R)
+    elif how == "rank":
+        tensors[key_a] = torch.zeros(R + 1, a.shape[1])
+    else:
+        tensors[key_a], tensors[key_b] = b.T.contiguous(), a.T.contiguous()
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"LoRA tensors of '{TARGETS[1]}.weight' have shapes") as err:
+        open_finetune(str(folder), open_checkpoint(ckpt_zoo.llama))
+    assert "\n" not in str(err.value)
