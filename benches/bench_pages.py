@@ -15,7 +15,13 @@ page's comparison view (``training-compare``) ≤ 3 s first. With ``--baseline R
 on a git worktree of REV too, alternated page by page in the same run, and the summary gives
 this tree / baseline ratios (the machine's load cancels out of a ratio, not of a wall time).
 
-    python -m benches.bench_pages [--pages sparsity spectra ...] [--baseline REV]
+The same run also times the platform's floor (unless ``--no-floor``): a bare Streamlit page (this app's
+``.streamlit/config.toml``, the same browser) with one tiny Plotly chart, and without it, opened in a
+new tab the same way. Every page's new-tab time is also given as a ratio to that floor: what of it is
+this app's, and what any Streamlit page drawing a Plotly chart pays (loading and evaluating Plotly's
+4.7 MB module in the browser).
+
+    python -m benches.bench_pages [--pages sparsity spectra ...] [--baseline REV] [--no-floor]
 """
 
 from __future__ import annotations
@@ -37,6 +43,17 @@ PAGES = [*BROWSER_PAGES, "training-compare"]  # every page, and the Training pag
 # A page's view other than its default: name -> (page file, path and query)
 VIEWS = {"training-compare": ("training", "training?tr_view=Subnetwork+vs+full")}
 FIRST_GOAL = {"training-compare": 3.0}
+# The floor: a Streamlit page and nothing of this app's; ?chart=0 leaves the Plotly chart out.
+FLOOR_APP = """import plotly.graph_objects as go
+import streamlit as st
+
+st.title("Floor")
+if st.query_params.get("chart", "1") == "1":
+    st.plotly_chart(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])))
+else:
+    st.write("No chart.")
+"""
+FLOOR_VIEWS = {"floor: 1 Plotly chart": "?chart=1", "floor: no chart": "?chart=0"}
 
 
 # Counts finished script runs (the app's script state going running -> notRunning), so a timing stops
@@ -162,6 +179,7 @@ def main() -> int:
     ap.add_argument("--pages", nargs="+", default=PAGES)
     ap.add_argument("--keep-disk-cache", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="cached visits per page (their median is reported)")
+    ap.add_argument("--no-floor", action="store_true", help="do not time the bare Streamlit page (the floor)")
     ap.add_argument(
         "--baseline",
         metavar="REV",
@@ -228,6 +246,7 @@ def _run(args, trees) -> int:
             rows.append((name, tree, first, second, inapp))
             label = f"{name} [{tree}]" if len(trees) > 1 else name
             print(f"{label:16s} first {first:6.2f} s   cached {second:6.2f} s   in-app {inapp:6.2f} s", flush=True)
+        floor = {} if args.no_floor else _floor(browser, env, args.repeat)
         browser.close()
     w = max(len(f"{n} [{tr}]") if len(trees) > 1 else len(n) for n, tr, *_ in rows) if rows else 16
     print(f"\n{'page':{w}s}  first (s)  goal    cached: new tab (s)  goal 1   cached: in-app (s)  goal 1")
@@ -249,7 +268,40 @@ def _run(args, trees) -> int:
                     for a, b in zip(by[name, this], by[name, base], strict=True)
                 ]
                 print(f"{name:26s}  {r[0]:6.2f}  {r[1]:16.2f}  {r[2]:15.2f}")
+    if floor:
+        print("\nfloor: a bare Streamlit page in a new tab (same settings, same browser), median of --repeat")
+        for what, seconds in floor.items():
+            print(f"  {what:24s} {seconds:5.2f} s")
+        base = floor["floor: 1 Plotly chart"]
+        print("cached: new tab / the floor with one chart (1.0: no slower than any Streamlit page with a chart)")
+        for name, tree, _, second, _ in rows:
+            label = f"{name} [{tree}]" if len(trees) > 1 else name
+            print(f"  {label:{w}s}  {second / base:5.2f}")
     return 0
+
+
+def _floor(browser, env: dict, repeat: int) -> dict[str, float]:
+    """New-tab times of :data:`FLOOR_APP` (with and without its chart), each the median of ``repeat``
+    after one first visit, on a server of its own with this app's ``.streamlit/config.toml``."""
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-pages-floor-") as tmp:
+        root = Path(tmp)
+        (root / "app.py").write_text(FLOOR_APP)
+        shutil.copytree(ROOT / ".streamlit", root / ".streamlit", ignore=shutil.ignore_patterns("secrets.toml"))
+        proc, url = start_server(env, root)
+        try:
+            ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+            for what, query in FLOOR_VIEWS.items():
+                render_seconds(ctx, url + "/" + query)  # the first visit warms the browser's cache
+                out[what] = statistics.median(render_seconds(ctx, url + "/" + query) for _ in range(repeat))
+                print(f"{what:24s} cached {out[what]:6.2f} s", flush=True)
+            ctx.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    return out
 
 
 if __name__ == "__main__":

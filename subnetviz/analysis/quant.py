@@ -98,9 +98,14 @@ def block_size(config: dict) -> tuple[int, int]:
     """FP8 block size from ``quantization_config.weight_block_size`` (default 128 × 128)."""
     qc = config.get("quantization_config") or {}
     bs = qc.get("weight_block_size") if isinstance(qc, dict) else None
-    if isinstance(bs, (list, tuple)) and len(bs) == 2:
-        return int(bs[0]), int(bs[1])
-    return DEFAULT_BLOCK, DEFAULT_BLOCK
+    if bs is None:
+        return DEFAULT_BLOCK, DEFAULT_BLOCK
+    if not (isinstance(bs, list) and len(bs) == 2 and all(type(b) is int and b >= 1 for b in bs)):
+        raise CheckpointError(
+            f"config.json quantization_config.weight_block_size is {str(bs)[:60]}; expected two whole numbers "
+            ">= 1 (rows and columns of a scale block, e.g. [128, 128])."
+        )
+    return bs[0], bs[1]
 
 
 def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:

@@ -169,6 +169,17 @@ def test_bad_scale_shape_is_one_line(fp8_base, tmp_path):
     assert "\n" not in msg and f"{W}_scale_inv" in msg and "expected shape (4, 2)" in msg and "found (3, 2)" in msg
 
 
+@pytest.mark.parametrize("block", [[0, 0], ["a", 8], [8], [-8, 8], [8.0, 8], "128"])
+def test_block_size_someone_else_wrote_is_checked(fp8_base, tmp_path, block):
+    """weight_block_size [0, 0] was a ZeroDivisionError, ["a", 8] a ValueError, [8] silently 128 × 128."""
+    sd = read_state_dict(fp8_base)
+    qc = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": block}
+    ft = write_folder(tmp_path / "odd", sd, fp8_base, quantization_config=qc)
+    with pytest.raises(CheckpointError, match=r"weight_block_size is .*; expected two whole numbers >= 1") as err:
+        analyze_updates(str(fp8_base), [str(ft)])
+    assert "\n" not in str(err.value)
+
+
 def test_unknown_quantization_method_is_one_line(fp8_base, tmp_path):
     sd = read_state_dict(fp8_base)
     ft = write_folder(tmp_path / "hqq", sd, fp8_base, quantization_config={"quant_method": "hqq"})
