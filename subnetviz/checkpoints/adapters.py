@@ -126,8 +126,10 @@ class MergedAdapter(Checkpoint):
                 continue
             short = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
             m = _LORA.match(short)
-            if m is None:  # modules_to_save (and trainable biases): a full tensor replacing the base's
-                target = short.replace(".modules_to_save.default", "")
+            if m is None:  # modules_to_save, trainable biases, and the weight of a LoRA-adapted embedding PEFT saves
+                # as <module>.base_layer.weight (its vocabulary may have been resized): a full tensor replacing
+                # the base's, to which that module's B·A is then added
+                target = short.replace(".modules_to_save.default", "").replace(".base_layer.", ".")
                 self._check_target(key, target, base_names)
                 replaced[target] = key
                 continue
@@ -146,16 +148,16 @@ class MergedAdapter(Checkpoint):
                     f"{self.adapter_file}: {target!r} has only one of its LoRA A/B tensors "
                     f"(found {sorted(kinds.values())})."
                 )
-            self._check_shapes(target, header[a]["shape"], header[b]["shape"], emb)
+            want = header[replaced[target]]["shape"] if target in replaced else self.base.meta(target).shape
+            self._check_shapes(target, header[a]["shape"], header[b]["shape"], emb, tuple(want))
             out[target] = (a, b, emb)
         self._check_target_modules(base_names)
         return out, replaced
 
-    def _check_shapes(self, target: str, a: list[int], b: list[int], emb: bool) -> None:
+    def _check_shapes(self, target: str, a: list[int], b: list[int], emb: bool, want: tuple[int, ...]) -> None:
         """B·A (transposed for embeddings and Conv1D) must have the base weight's shape: checked from the
         headers, before anything is multiplied (a B of 10^6 rows would make a 10^6-row product first)."""
         flip = emb or bool(self.adapter_config.get("fan_in_fan_out"))
-        want = tuple(self.base.meta(target).shape)
         got = (b[0], a[1]) if len(a) == 2 and len(b) == 2 else None
         if got is None or a[0] != b[1] or (got[::-1] if flip else got) != want:
             raise CheckpointError(
@@ -213,9 +215,8 @@ class MergedAdapter(Checkpoint):
         return alpha / math.sqrt(r) if self.adapter_config.get("use_rslora") else alpha / r
 
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
-        if name in self.replaced:
-            return self._adapter[self.replaced[name]].to(device)
-        w = self.base.get(name, device)
+        replaced = self.replaced.get(name)
+        w = self._adapter[replaced].to(device) if replaced else self.base.get(name, device)
         if name not in self.pairs:
             return w
         ka, kb, emb = self.pairs[name]

@@ -18,7 +18,6 @@ naming the file and the line.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -34,18 +33,13 @@ FIELDS: dict[str, tuple[str, ...]] = {
 
 def jsonl_objects(path: Path):
     """``(line number, object)`` for every non-blank line of a JSONL file; a line that is not valid JSON
-    or not an object is a ConfigError naming the file and line."""
-    with open(path, encoding="utf-8") as fh:
+    or not an object (or not UTF-8, or nested too deeply to parse) is a ConfigError naming the file and line."""
+    from subnetviz.config import parse_json
+
+    with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}, line {lineno}: expected a JSON object, found {type(row).__name__}.")
-            yield lineno, row
+            if line.strip():
+                yield lineno, parse_json(line, f"{path}, line {lineno}", ConfigError)
 
 
 def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:

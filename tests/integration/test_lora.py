@@ -240,3 +240,34 @@ def test_lora_shapes_are_checked_before_multiplying(ckpt_zoo, tmp_path, how):
     with pytest.raises(CheckpointError, match=rf"LoRA tensors of '{TARGETS[1]}.weight' have shapes") as err:
         open_finetune(str(folder), open_checkpoint(ckpt_zoo.llama))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "family, lora",
+    [
+        ("llama", {"target_modules": "all-linear", "rank_pattern": {"v_proj": 2}, "alpha_pattern": {"q_proj": 3}}),
+        ("llama", {"target_modules": r".*\.(q_proj|v_proj|embed_tokens)", "use_rslora": True}),
+        ("gpt2", {"target_modules": ["c_attn", "c_proj"], "fan_in_fan_out": True}),  # Conv1D: Δ transposed
+    ],
+)
+def test_adapters_written_by_peft_merge_as_peft_merges_them(tmp_path, family, lora):
+    """Adapters saved by PEFT itself (the library that writes them: its tensor names, its config keys, the
+    embedding's ``base_layer.weight`` it saves beside ``lora_embedding_A/B``), merged per tensor here, equal
+    PEFT's own ``merge_and_unload`` bit for bit (float32 base: the same products and sums)."""
+    from peft import LoraConfig, get_peft_model
+
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+    from tests.models import INTER, save_model, tiny_model
+
+    size = {"intermediate": INTER, "kv_heads": 2, "tie": False} if family == "llama" else {}
+    model = tiny_model(family, seed=0, **size)
+    base = save_model(model, tmp_path / "base", dtype=False)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, init_lora_weights=False, **lora))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload().state_dict()
+    ck = open_finetune(str(tmp_path / "adapter"), open_checkpoint(base))
+    assert len(ck.pairs) >= 4
+    for name in ck.names:
+        assert torch.equal(ck.get(name), merged[name]), name

@@ -222,6 +222,14 @@ def test_bad_data_names_file_and_line(tmp_path):
     p.write_text('{"prompt": "1+1=", "answer": "2"}\nnot json\n')
     with pytest.raises(ConfigError, match="line 2: not valid JSON"):
         read_jsonl(p, "grpo")
+    # nested too deeply for the parser (a RecursionError before), not UTF-8 (a UnicodeDecodeError before)
+    for line, says in (
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"prompt": "\xff"}', "not valid JSON"),
+    ):
+        p.write_bytes(b'{"prompt": "1+1=", "answer": "2"}\n' + line + b"\n")
+        with pytest.raises(ConfigError, match=f"d.jsonl, line 2: (JSON )?{says}"):
+            read_jsonl(p, "grpo")
 
 
 def test_conversational_rows_accepted_but_not_for_answers(tmp_path):
