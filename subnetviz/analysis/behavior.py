@@ -154,8 +154,7 @@ def behavior(
     every finetune (and its random control when ``random_control``); ``curve``: fractions of Δ for
     the |Δ|-order and random-order curves (None: no curve).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from subnetviz.checkpoints.models import load_causal_lm, load_tokenizer
     from subnetviz.config import resolve_device
 
     t0 = time.perf_counter()
@@ -163,14 +162,14 @@ def behavior(
     labels = _labels(labels, finetuned, prompts)
     masks = dict(masks or {})
     try:
-        tok = AutoTokenizer.from_pretrained(str(base))
+        tok = load_tokenizer(base)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{base}: no tokenizer to encode the prompts with ({exc}).") from None
     enc = encode(tok, prompts)
     batches = [enc[i : i + batch_size] for i in range(0, len(enc), batch_size)]
     n_tokens = sum(len(e.ids) for e in enc)
     _require_room(base, finetuned, batches, n_tokens, tok, dev)
-    base_model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(dev).eval()
+    base_model = load_causal_lm(base).to(dev).eval()
     check_model_finite(base_model, str(base))  # each finetune's: by its ModelBuilder
     vocab = base_model.config.vocab_size
     keep = n_tokens * vocab * 4 <= _BASE_CACHE_BYTES
@@ -271,11 +270,12 @@ def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str) -> Non
     one model at a time, while it is loaded. All from the headers and the config: nothing is loaded."""
     from transformers import AutoConfig
 
+    from subnetviz.checkpoints.models import model_folder
     from subnetviz.checkpoints.sources import float32_bytes
     from subnetviz.config import require_memory
 
     try:
-        vocab = int(AutoConfig.from_pretrained(str(base)).vocab_size)
+        vocab = int(AutoConfig.from_pretrained(str(model_folder(base)), local_files_only=True).vocab_size)
     except (OSError, ValueError, AttributeError, TypeError):
         vocab = len(tok)
     base_b, ft_b = float32_bytes(base), max((float32_bytes(ft) for ft in finetuned), default=0)

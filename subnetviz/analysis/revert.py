@@ -33,15 +33,14 @@ class ModelBuilder:
     """One model instance whose weights are rewritten, tensor by tensor, as ``where(select, base, ft)``."""
 
     def __init__(self, base: str, ft: str, device):
-        from transformers import AutoModelForCausalLM
-
         from subnetviz.checkpoints import align, open_checkpoint
+        from subnetviz.checkpoints.models import load_causal_lm
         from subnetviz.checkpoints.naming import strip_prefix
 
         self.ck_base, self.ck_ft = open_checkpoint(base), open_checkpoint(ft)
         self.aligned = {t.key: t for t in align([self.ck_base, self.ck_ft]).tensors}
         self.device = device
-        self.model = AutoModelForCausalLM.from_pretrained(ft, dtype=torch.float32).to(device).eval()
+        self.model = load_causal_lm(ft).to(device).eval()
         check_model_finite(self.model, ft)  # once: every build writes these tensors again (or the base's)
         self.params = [(strip_prefix(n), p) for n, p in self.model.named_parameters()]
         self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}

@@ -212,9 +212,9 @@ def load_released_mask(path: str | Path, model) -> MaskSet:
 def load_local_model(spec: str | Path):
     """A float32 ``AutoModelForCausalLM`` in eval mode from a local folder or a hub id already in the
     local Hugging Face cache (never downloads)."""
-    from transformers import AutoModelForCausalLM
+    from subnetviz.checkpoints.models import load_causal_lm
 
-    return AutoModelForCausalLM.from_pretrained(model_folder(spec), local_files_only=True, dtype=torch.float32).eval()
+    return load_causal_lm(model_folder(spec)).eval()
 
 
 def model_folder(spec: str | Path) -> Path:

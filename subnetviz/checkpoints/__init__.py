@@ -4,7 +4,10 @@
 - :mod:`~subnetviz.checkpoints.sources`: :func:`open_checkpoint` and the lazy :class:`Checkpoint`
   (HF folder, sharded index, single file, cached hub id, legacy ``.bin``);
 - :mod:`~subnetviz.checkpoints.align`: :func:`align` / :func:`read_aligned`, pairing tensors by name;
-- :mod:`~subnetviz.checkpoints.naming`: per-family naming tables (layer, module, fused parts).
+- :mod:`~subnetviz.checkpoints.naming`: per-family naming tables (layer, module, fused parts);
+- :mod:`~subnetviz.checkpoints.models`: a checkpoint as a transformers model (local files only, no
+  adapter applied on top), for the analyses that run the model;
+- :mod:`~subnetviz.checkpoints.adapters`: a LoRA adapter read as the merged finetune.
 """
 
 from __future__ import annotations

@@ -18,8 +18,7 @@ def evaluate_accuracy(
     Prompts are tokenized as TRL's GRPO trainer tokenizes them (the tokenizer's defaults), left
     padded; the completion is the decoded new tokens without special tokens.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from subnetviz.checkpoints.models import load_causal_lm, load_tokenizer
     from subnetviz.checkpoints.sources import float32_bytes
     from subnetviz.config import require_memory, resolve_device
 
@@ -27,10 +26,10 @@ def evaluate_accuracy(
     device = resolve_device("auto")
     need = float32_bytes(model_dir)
     require_memory(f"Accuracy of {Path(model_dir).name} (the model in float32)", need, device, need)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = load_tokenizer(model_dir)
     tok.padding_side = "left"
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+    model = load_causal_lm(model_dir).to(device).eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):

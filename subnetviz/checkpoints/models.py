@@ -1,0 +1,68 @@
+"""Checkpoints loaded as transformers models (Behaviour, revert experiments, accuracy, the bigram analysis):
+the same files the weight comparison reads, and nothing else.
+
+- **Local files only.** A cached hub id loads from its snapshot folder with ``local_files_only``, so a
+  page never reaches the hub (not even to check for a newer revision or a missing optional file).
+- **No adapter on top.** With PEFT installed, ``from_pretrained`` of a folder that holds a full model
+  *and* an ``adapter_config.json`` (a merged model saved where its adapter was) loads the model and
+  applies the adapter again, so the model run would differ from the weights compared. Such a folder is
+  loaded through a view without the adapter's files (a temporary folder of links to the rest).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from subnetviz.errors import CheckpointError
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def model_folder(spec: str | os.PathLike) -> Path:
+    """The folder of a local model, or the snapshot folder of a hub id in the local cache (never
+    downloaded); CheckpointError where there is no ``config.json`` to build the model from."""
+    from subnetviz.checkpoints.sources import _looks_like_hub_id, resolve_hub_id
+
+    path = Path(spec).expanduser()
+    if not path.exists() and _looks_like_hub_id(str(spec)):
+        path = resolve_hub_id(str(spec))
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{spec}: not a model folder (no config.json) nor a cached hub id.")
+    return path
+
+
+@contextmanager
+def without_adapter(folder: Path) -> Iterator[Path]:
+    """``folder``, or where it holds an adapter's files beside a full model, a temporary folder of links
+    to everything else in it (for as long as the block runs)."""
+    if not any((folder / f).exists() for f in ADAPTER_FILES):
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="subnetviz-model-") as tmp:
+        for entry in folder.iterdir():
+            if entry.name not in ADAPTER_FILES:
+                os.symlink(entry.resolve(), Path(tmp) / entry.name)
+        yield Path(tmp)
+
+
+def load_causal_lm(spec: str | os.PathLike, **kwargs):
+    """``AutoModelForCausalLM`` of checkpoint ``spec`` in float32 (``kwargs`` go to ``from_pretrained``),
+    from local files only and without an adapter stored beside it (see the module docstring)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs.setdefault("dtype", torch.float32)
+    with without_adapter(model_folder(spec)) as folder:
+        return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+
+
+def load_tokenizer(spec: str | os.PathLike):
+    """``AutoTokenizer`` of checkpoint ``spec``, from local files only."""
+    from transformers import AutoTokenizer
+
+    with without_adapter(model_folder(spec)) as folder:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

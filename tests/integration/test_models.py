@@ -1,0 +1,110 @@
+"""Checkpoints loaded as transformers models (subnetviz.checkpoints.models): the files the comparison reads.
+
+Proves: a merged model saved where its PEFT adapter was (config.json, model.safetensors *and*
+adapter_config.json + adapter_model.safetensors, written by PEFT and transformers) loads as the merged
+weights, where ``from_pretrained`` with PEFT installed applies the adapter a second time; a cached hub id
+loads from its snapshot without opening a network connection; Behaviour runs such a folder as the
+merged model (the same KL to the base as a copy of the merged model alone).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from tests.ckpt_fixtures import fake_hub_cache
+from tests.models import INTER, save_model, tiny_model
+
+
+@pytest.fixture()
+def merged_save(tmp_path):
+    """A LoRA run's folder after merging: PEFT's adapter files and the merged model in one folder."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = tiny_model("llama", seed=0, intermediate=INTER, kv_heads=2, tie=False)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj"], init_lora_weights=False)
+    )
+    folder = tmp_path / "run"
+    peft_model.save_pretrained(folder)
+    merged = peft_model.merge_and_unload()
+    save_model(merged, folder, dtype=False)
+    return folder, merged.state_dict()
+
+
+def test_a_merged_save_beside_its_adapter_loads_as_the_merged_weights(merged_save):
+    from transformers import AutoModelForCausalLM
+
+    from subnetviz.checkpoints.models import load_causal_lm
+
+    folder, weights = merged_save
+    model = load_causal_lm(folder)
+    params = dict(model.named_parameters())
+    assert not [n for n in params if "lora" in n]
+    for name, p in params.items():
+        assert torch.equal(p, weights[name]), name
+    # what the plain call does with PEFT installed: the adapter applied on top of the merged weights
+    plain = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    assert [n for n, _ in plain.named_parameters() if "lora" in n]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(  # the folder itself is left as it was
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "README.md",
+        ]
+    )
+
+
+def test_a_cached_hub_id_loads_without_the_network(tmp_path, monkeypatch):
+    from subnetviz.checkpoints.models import load_causal_lm, model_folder
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    source = save_model(tiny_model("gpt2", seed=3, bos_token_id=0, eos_token_id=0), tmp_path / "src", dtype=False)
+    snap = fake_hub_cache(tmp_path / "hub", "someorg/tiny-gpt2", source)
+    (snap / "generation_config.json").unlink()  # an optional file the hub would be asked for
+    tried = []
+
+    def refuse(self, address):
+        tried.append(address)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    assert model_folder("someorg/tiny-gpt2") == snap
+    model = load_causal_lm("someorg/tiny-gpt2")
+    assert tried == []
+    reference = tiny_model("gpt2", seed=3, bos_token_id=0, eos_token_id=0).state_dict()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, reference[name]), name
+
+
+def test_behaviour_runs_a_merged_save_as_the_weights_it_compares(tmp_path):
+    """Behaviour of the merged save and of a copy of the merged model alone: the same numbers (before,
+    with PEFT installed, the model was built with the adapter on top and refused for its LoRA parameters;
+    accuracy and the bigram analysis ran it so, twice adapted)."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from subnetviz.analysis.behavior import behavior
+    from subnetviz.analysis.behavior_data import Prompt
+    from tests.models import char_tokenizer, make_tiny_llama
+
+    base = make_tiny_llama(tmp_path / "base", dtype=torch.float32)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), lora)
+    run = tmp_path / "run"
+    peft_model.save_pretrained(run)
+    save_model(peft_model.merge_and_unload(), run, dtype=False, tokenizer=char_tokenizer())
+    alone = shutil.copytree(run, tmp_path / "merged", ignore=shutil.ignore_patterns("adapter_*"))
+    prompts = [Prompt("12+34=", "46"), Prompt("5+5=", "10")]
+    rep = behavior(str(base), [str(run), str(alone)], prompts, curve=None, random_control=False, device="cpu")
+    kl = rep.summary.set_index("model")["kl_forward"]
+    assert kl[run.name] == kl[alone.name] > 0
