@@ -7,6 +7,10 @@ the same files the weight comparison reads, and nothing else.
   *and* an ``adapter_config.json`` (a merged model saved where its adapter was) loads the model and
   applies the adapter again, so the model run would differ from the weights compared. Such a folder is
   loaded through a view without the adapter's files (a temporary folder of links to the rest).
+- **Inside the roots.** ``from_pretrained`` opens more than the weights (tokenizer files, generation
+  config, chat template): every file of the folder is put through
+  :func:`~subnetviz.config.check_readable` first, so a ``tokenizer.json`` linking outside the folders the
+  server may read is refused, not opened.
 """
 
 from __future__ import annotations
@@ -38,7 +42,12 @@ def model_folder(spec: str | os.PathLike) -> Path:
 @contextmanager
 def without_adapter(folder: Path) -> Iterator[Path]:
     """``folder``, or where it holds an adapter's files beside a full model, a temporary folder of links
-    to everything else in it (for as long as the block runs)."""
+    to everything else in it (for as long as the block runs); every file in it inside the roots."""
+    from subnetviz.config import check_readable, display_path
+
+    for entry in folder.iterdir():
+        if entry.is_file():
+            check_readable(entry, what=f"{entry.name} in {display_path(folder)}")
     if not any((folder / f).exists() for f in ADAPTER_FILES):
         yield folder
         return

@@ -108,3 +108,24 @@ def test_behaviour_runs_a_merged_save_as_the_weights_it_compares(tmp_path):
     rep = behavior(str(base), [str(run), str(alone)], prompts, curve=None, random_control=False, device="cpu")
     kl = rep.summary.set_index("model")["kl_forward"]
     assert kl[run.name] == kl[alone.name] > 0
+
+
+def test_a_file_linking_outside_the_roots_is_refused_before_loading(tmp_path, monkeypatch):
+    """transformers opens the tokenizer and generation files too: with the roots enforced (as on the web
+    server), a tokenizer.json linking outside them is refused naming it, not read."""
+    from subnetviz.checkpoints.models import load_causal_lm, load_tokenizer
+    from subnetviz.errors import PathNotAllowedError
+    from tests.models import make_tiny_llama
+
+    folder = make_tiny_llama(tmp_path / "root" / "model")
+    outside = tmp_path / "elsewhere" / "tokenizer.json"
+    outside.parent.mkdir()
+    (folder / "tokenizer.json").rename(outside)
+    (folder / "tokenizer.json").symlink_to(outside)
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path / "root"))
+    monkeypatch.setenv("SUBNETVIZ_ENFORCE_ROOTS", "1")
+    for load in (load_tokenizer, load_causal_lm):
+        with pytest.raises(PathNotAllowedError, match="tokenizer.json in .*model: leads outside the folders"):
+            load(folder)
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path))
+    assert load_tokenizer(folder)("12+3").input_ids
