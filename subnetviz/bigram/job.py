@@ -213,9 +213,9 @@ def analyse_mask_file(
     gens = None
     model_dir = model_folder(str(model))
     if (model_dir / "tokenizer_config.json").is_file() or (model_dir / "tokenizer.json").is_file():
-        from transformers import AutoTokenizer
+        from subnetviz.checkpoints.models import load_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tok = load_tokenizer(model_dir)
         text = prompt or tok.decode(evalc.ids[0, :4].tolist())
         gens = generations(net, tok, ms, text, n_new=min(20, evalc.ids.shape[1]), seeds=(0, 1, 2))
     return result, gens

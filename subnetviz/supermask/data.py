@@ -160,10 +160,10 @@ def encode_prompts(base: str | Path, prompts: list[str]) -> np.ndarray:
             f"{base}: the demo zoo's base model is missing (no config.json). The arithmetic-text benchmark "
             "encodes prompts with it; build the demo zoo first with `python -m subnetviz demo build`."
         )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from subnetviz.checkpoints.models import load_causal_lm, load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, attn_implementation="eager").eval()
+    tok = load_tokenizer(base)
+    model = load_causal_lm(base, attn_implementation="eager").eval()
     # The zoo's base was pretrained without special tokens (TRL's add_special_tokens=False).
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     unk = tok.unk_token_id

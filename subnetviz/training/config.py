@@ -104,6 +104,8 @@ class TrainConfig:
                 problems.append(f"{name} must be a non-empty path")
         if isinstance(self.base, str) and self.base and not (Path(self.base) / "config.json").is_file():
             problems.append(f"base {self.base!r} is not a Hugging Face model folder (no config.json there)")
+        elif isinstance(self.base, str) and self.base:
+            problems += _base_folder_problems(Path(self.base))
         if isinstance(self.data, str) and self.data and not Path(self.data).is_file():
             problems.append(f"data {self.data!r}: no such file")
         if self.eval_data is not None and not Path(self.eval_data).is_file():
@@ -220,3 +222,28 @@ def job_train_config(config: dict) -> TrainConfig:
 def validate_config(config: dict) -> None:
     """The ``train`` job kind's validator (called by the runner before a job is queued)."""
     job_train_config(config).validate(check_output=False)
+
+
+def _base_folder_problems(folder: Path) -> list[str]:
+    """What the trainers' ``from_pretrained`` would read wrongly in the base folder: a PEFT adapter's files
+    beside the model (applied on top of it when PEFT is installed) and, on a server that enforces its
+    roots, files (tokenizer, templates) that link outside them."""
+    from subnetviz.checkpoints.models import ADAPTER_FILES
+    from subnetviz.config import check_readable
+    from subnetviz.errors import PathNotAllowedError
+
+    problems = []
+    adapter = [f for f in ADAPTER_FILES if (folder / f).exists()]
+    if adapter:
+        problems.append(
+            f"base {str(folder)!r} holds a PEFT adapter ({', '.join(adapter)}) beside the model, which the trainer "
+            "would apply on top of it; give a folder with the model alone"
+        )
+    for entry in sorted(folder.iterdir()):
+        try:
+            if entry.is_file():
+                check_readable(entry)
+        except PathNotAllowedError:
+            problems.append(f"base {str(folder)!r}: {entry.name} leads outside the folders this server may read")
+    return problems
+

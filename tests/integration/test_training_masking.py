@@ -214,6 +214,28 @@ def test_config_validation(tiny, tmp_path):
     assert _cfg(tiny, tmp_path, "dpo").effective_beta == 0.1 and ok.effective_beta == 0.0
 
 
+def test_a_base_folder_the_trainer_would_read_wrongly_is_refused(tiny, tmp_path, monkeypatch):
+    """A PEFT adapter beside the base model (from_pretrained applies it on top when PEFT is installed), and
+    on a server enforcing its roots a tokenizer file linking outside them: named before training starts."""
+    import shutil
+
+    base = shutil.copytree(tiny["base"], tmp_path / "base")
+    ok = _cfg(tiny, tmp_path, "grpo", base=str(base))
+    ok.validate()
+    (base / "adapter_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds a PEFT adapter \(adapter_config.json\) beside the model"):
+        ok.validate()
+    (base / "adapter_config.json").unlink()
+    outside = tmp_path / "elsewhere.json"
+    (base / "tokenizer.json").rename(outside)
+    (base / "tokenizer.json").symlink_to(outside)
+    ok.validate()  # the CLI and library read what they are given
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(base))
+    monkeypatch.setenv("SUBNETVIZ_ENFORCE_ROOTS", "1")
+    with pytest.raises(ConfigError, match="tokenizer.json leads outside the folders this server may read"):
+        ok.validate()
+
+
 def test_bad_data_names_file_and_line(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"prompt": "1+1=", "answer": "2"}\n\n{"prompt": "2+2="}\n')
