@@ -25,7 +25,7 @@ from subnetviz.checkpoints import header as _header
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import NameTable
 from subnetviz.config import check_readable, display_path, read_json
-from subnetviz.errors import CheckpointError, NotCachedError, suggest
+from subnetviz.errors import CheckpointError, NotCachedError, SubnetvizError, suggest
 
 if TYPE_CHECKING:  # torch is imported where tensors are read: locating files and fingerprints need none
     import torch
@@ -218,7 +218,13 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError as exc:
             if "mmap" not in str(exc):  # pre-zipfile torch.save format: readable, just not mappable
                 raise
+            from subnetviz.config import require_memory
+
+            # read whole, into memory (a checkpoint held open until it is closed): refused where it would not fit
+            require_memory(f"{path.name} (a pre-1.6 torch.save file, read whole)", path.stat().st_size)
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except SubnetvizError:
+        raise
     except Exception as exc:  # UnpicklingError for anything but tensors; RuntimeError for corrupt zips
         raise CheckpointError(
             f"{path}: refused or unreadable legacy checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "

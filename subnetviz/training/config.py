@@ -246,4 +246,3 @@ def _base_folder_problems(folder: Path) -> list[str]:
         except PathNotAllowedError:
             problems.append(f"base {str(folder)!r}: {entry.name} leads outside the folders this server may read")
     return problems
-

@@ -417,6 +417,21 @@ def test_old_format_bin_is_read(llama_sd, tmp_path):
     _same_tensors(open_checkpoint(f), llama_sd)
 
 
+def test_old_format_bin_is_read_whole_only_where_it_fits(llama_sd, tmp_path, monkeypatch):
+    """A pre-1.6 file cannot be mapped: it is read into memory whole, so its size is checked against the
+    memory available first (a ConfigError naming it, not an out-of-memory kill of the server)."""
+    from subnetviz import config
+    from subnetviz.errors import ConfigError
+
+    f = tmp_path / "old.bin"
+    torch.save(llama_sd, f, _use_new_zipfile_serialization=False)
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: f.stat().st_size)
+    with pytest.raises(ConfigError, match=r"old\.bin \(a pre-1\.6 torch\.save file, read whole\) needs about"):
+        open_checkpoint(f)
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 2 * f.stat().st_size)
+    _same_tensors(open_checkpoint(f), llama_sd)
+
+
 def test_old_format_bin_declaring_more_than_it_stores_is_refused(tmp_path):
     """A pre-1.6 (non-zip) torch.save file declares each storage's size in its pickle; torch allocates that
     size (untouched, so nothing resident) and then reads the stored size, which must match: a file that
