@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import re
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -103,6 +104,9 @@ class MergedAdapter(Checkpoint):
         r, alpha, self._rank_pattern, self._alpha_pattern = _settings(ac, cfg_path)
         header, self._adapter_raw = read_safetensors_header(weights)
         self.pairs, self.replaced = self._plan(header)
+        for target, key in self.replaced.items():  # a replaced tensor's shape is the adapter's (a resized
+            # vocabulary); every tensor is given in the base's stored dtype, as a merge of it would save it
+            self._meta[target] = replace(self._meta[target], file=weights, shape=tuple(header[key]["shape"]))
         from subnetviz.config import require_memory
 
         require_memory(f"The adapter {folder.name} (held while it is merged)", weights.stat().st_size)
@@ -216,16 +220,17 @@ class MergedAdapter(Checkpoint):
 
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
         replaced = self.replaced.get(name)
+        stored = self.base.meta(name).dtype
         w = self._adapter[replaced].to(device) if replaced else self.base.get(name, device)
         if name not in self.pairs:
-            return w
+            return w.to(stored)
         ka, kb, emb = self.pairs[name]
         a = self._adapter[ka].to(device, torch.float32)  # (r, in) or, for embeddings, (r, vocab)
         b = self._adapter[kb].to(device, torch.float32)  # (out, r) or (dim, r)
         delta = (b @ a).mul_(self._scale(name, a.shape[0]))  # in place: one float32 temporary per tensor
         if emb or self.adapter_config.get("fan_in_fan_out"):
             delta = delta.T  # the shapes were checked against the base's when the adapter was opened
-        return delta.add_(w).to(w.dtype)  # w + Δ in float32 (w is exact in it), rounded once
+        return delta.add_(w).to(stored)  # w + Δ in float32 (w is exact in it), rounded once
 
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
         """The base's mapped bytes for a tensor the adapter leaves as it is; None (read through :meth:`get`)

@@ -271,3 +271,37 @@ def test_adapters_written_by_peft_merge_as_peft_merges_them(tmp_path, family, lo
     assert len(ck.pairs) >= 4
     for name in ck.names:
         assert torch.equal(ck.get(name), merged[name]), name
+
+
+@pytest.mark.parametrize("resize", [0, 3])
+def test_peft_embedding_adapter_on_a_bf16_base(tmp_path, resize):
+    """The usual set-up: a bf16 release, loaded in float32 for training, an adapter on the embedding (its
+    vocabulary perhaps resized for new tokens). PEFT saves the embedding it adapted in float32, with the
+    new rows: the merged finetune is given in the base's bf16 (PEFT's float32 merge rounded once), with the
+    adapter's shape, and the comparison runs (before: 'cannot reshape array of size 5760', the float32
+    bytes read as bf16)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+    from tests.models import INTER, save_model, tiny_model
+
+    base = save_model(tiny_model("llama", seed=0, intermediate=INTER, kv_heads=2, tie=False), tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    if resize:
+        model.resize_token_embeddings(model.config.vocab_size + resize)
+    torch.manual_seed(1)
+    targets = r".*\.(q_proj|embed_tokens)"
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, init_lora_weights=False, target_modules=targets))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload().state_dict()
+    ck = open_finetune(str(tmp_path / "adapter"), open_checkpoint(base))
+    emb = "model.embed_tokens.weight"
+    assert ck.meta(emb).shape == tuple(merged[emb].shape) and ck.meta(emb).dtype == torch.bfloat16
+    for name in (emb, "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"):
+        got = ck.get(name)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, merged[name].to(torch.bfloat16)), name
+    rep = analyze_updates(str(base), [str(tmp_path / "adapter")]).reports[0]
+    t = rep.tensors.set_index("name")
+    assert t.loc[emb, "changed"] > 0 and t.loc["model.layers.0.mlp.up_proj.weight", "changed"] == 0
