@@ -174,6 +174,11 @@ class MergedAdapter(Checkpoint):
         against whole module names (as PEFT does with a string), or ``all-linear``."""
         tm = self.adapter_config.get("target_modules") or []
         modules = {n[: -len(".weight")] for n in base_names if n.endswith(".weight")}
+        if not isinstance(tm, str | list):
+            raise CheckpointError(
+                f"{self.spec}: target_modules in adapter_config.json is {str(tm)[:60]!r}; expected a list of module "
+                "names, a regular expression or 'all-linear'."
+            )
         if isinstance(tm, str):
             if tm == "all-linear":
                 return

@@ -186,6 +186,7 @@ def test_target_modules_given_as_peft_strings(ckpt_zoo, tmp_path, target_modules
     [
         ({"target_modules": r".*\.c_attn"}, r"target module '\.\*\\\\\.c_attn' .*matches no module"),
         ({"target_modules": "(q_proj"}, "not a valid regular expression"),
+        ({"target_modules": 5}, "target_modules in adapter_config.json is '5'; expected a list"),
         ({"r": 0}, "r is '0'; expected a rank >= 1"),
         ({"r": "8"}, "r is '8'; expected a rank >= 1"),
         ({"lora_alpha": "x"}, "lora_alpha is 'x'; expected a number"),
