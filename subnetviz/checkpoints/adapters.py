@@ -182,14 +182,9 @@ class MergedAdapter(Checkpoint):
         if isinstance(tm, str):
             if tm == "all-linear":
                 return
-            try:
-                found = any(re.fullmatch(tm, m) for m in modules)
-            except re.error as exc:
-                raise CheckpointError(
-                    f"{self.spec}: target_modules {tm[:80]!r} in adapter_config.json is not a valid regular "
-                    f"expression ({exc})."
-                ) from None
-            missing = [] if found else [tm]
+            where = f"{self.spec}: target_modules {tm[:80]!r} in adapter_config.json"
+            pattern = _pattern(tm, where)
+            missing = [] if any(_matches(pattern, m, where) for m in modules) else [tm]
         else:
             missing = [t for t in tm if isinstance(t, str) and not any(m == t or m.endswith(f".{t}") for m in modules)]
         if missing:
@@ -214,12 +209,13 @@ class MergedAdapter(Checkpoint):
 
     def _scale(self, target: str, r: int) -> float:
         module = target[: -len(".weight")]
+        where = f"{self.spec}: rank_pattern / alpha_pattern in adapter_config.json"
         for pattern, val in self._rank_pattern:
-            if pattern.fullmatch(module):
+            if _matches(pattern, module, where):
                 r = val
         alpha = self.adapter_config.get("lora_alpha", 8)
         for pattern, val in self._alpha_pattern:
-            if pattern.fullmatch(module):
+            if _matches(pattern, module, where):
                 alpha = val
         return alpha / math.sqrt(r) if self.adapter_config.get("use_rslora") else alpha / r
 
@@ -284,12 +280,35 @@ def _settings(ac: dict, cfg_path: Path) -> tuple[int, float, list, list]:
         for pattern, v in given.items():
             if not _number(v, rank=rank):
                 raise bad(f"{key}[{pattern[:40]!r}]", v, "a rank >= 1" if rank else "a number")
-            try:  # as PEFT matches them: the pattern ends a module's name
-                compiled.append((re.compile(rf"(.*\.)?(?:{pattern})"), int(v) if rank else v))
-            except re.error as exc:
-                raise bad(key, pattern, f"a regular expression ({exc})") from None
+            # as PEFT matches them: the pattern ends a module's name
+            compiled.append((_pattern(rf"(.*\.)?(?:{pattern})", f"{cfg_path}: {key} {pattern[:60]!r}"), v))
         patterns.append(compiled)
-    return int(r), alpha, patterns[0], patterns[1]
+    return int(r), alpha, [(p, int(v)) for p, v in patterns[0]], patterns[1]
+
+
+# Module patterns come from someone else's adapter_config.json. They are compiled with the ``regex`` module
+# (what transformers' tokenizers use): Python's ``re`` backtracks without bound on patterns such as
+# (\w+\.?)+x against a module name (over 20 s for a 37-character name), holding a server thread; ``regex``
+# answers those at once, and a match that still runs past the timeout is refused.
+_MATCH_SECONDS = 1.0
+
+
+def _pattern(text: str, where: str):
+    import regex
+
+    try:
+        return regex.compile(text)
+    except regex.error as exc:
+        raise CheckpointError(f"{where} is not a valid regular expression ({exc}).") from None
+
+
+def _matches(pattern, module: str, where: str) -> bool:
+    try:
+        return pattern.fullmatch(module, timeout=_MATCH_SECONDS) is not None
+    except TimeoutError:
+        raise CheckpointError(
+            f"{where}: matching a module name took over {_MATCH_SECONDS:g} s; give a simpler pattern."
+        ) from None
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:

@@ -193,7 +193,12 @@ def test_target_modules_given_as_peft_strings(ckpt_zoo, tmp_path, target_modules
         ({"lora_alpha": None}, "lora_alpha is 'None'; expected a number"),
         ({"rank_pattern": ["q_proj"]}, "rank_pattern is .*expected an object"),
         ({"rank_pattern": {"q_proj": 0}}, r"rank_pattern\['q_proj'\] is '0'"),
-        ({"alpha_pattern": {"(q": 4}}, "alpha_pattern is '\\(q'; expected a regular expression"),
+        ({"alpha_pattern": {"(q": 4}}, r"alpha_pattern '\(q' is not a valid regular expression"),
+        # Python's re backtracks for minutes on this pattern against a module name; regex answers at once
+        (
+            {"target_modules": r"([a-z_.0-9]+)+x"},
+            r"target module '\(.*\)\+x' \(adapter_config.json target_modules\) matches no module",
+        ),
     ],
 )
 def test_adapter_config_someone_else_wrote_is_checked(ckpt_zoo, tmp_path, edit, says):
@@ -306,3 +311,30 @@ def test_peft_embedding_adapter_on_a_bf16_base(tmp_path, resize):
     rep = analyze_updates(str(base), [str(tmp_path / "adapter")]).reports[0]
     t = rep.tensors.set_index("name")
     assert t.loc[emb, "changed"] > 0 and t.loc["model.layers.0.mlp.up_proj.weight", "changed"] == 0
+
+
+def test_a_pattern_that_runs_too_long_is_refused(ckpt_zoo, tmp_path, monkeypatch):
+    """Module patterns are matched with a time limit: past it, one line naming the key (here the limit is
+    made 0 s, so every match runs past it)."""
+    from subnetviz.checkpoints import adapters
+
+    folder, _ = _adapter(tmp_path / "lora", read_state_dict(ckpt_zoo.llama))
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "rank_pattern": {"q_proj": 2}}))
+    monkeypatch.setattr(adapters, "_MATCH_SECONDS", 0)
+    with pytest.raises(CheckpointError, match=r"rank_pattern / alpha_pattern .*took over 0 s; give a simpler"):
+        analyze_updates(str(ckpt_zoo.llama), [str(folder)])
+
+
+@pytest.mark.timeout(120)
+def test_a_backtracking_pattern_is_answered_at_once(ckpt_zoo, tmp_path):
+    """rank_pattern ([a-z_.0-9]+)+x: Python's re takes minutes on every module name (it held a server thread),
+    the regex module answers at once; it matches no module, so every scale is α/r."""
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, tensors = _adapter(tmp_path / "lora", base_sd)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "rank_pattern": {r"([a-z_.0-9]+)+x": 1}}))
+    rep = analyze_updates(str(ckpt_zoo.llama), [str(folder)]).reports[0]
+    t = rep.tensors.set_index("name")
+    for name, merged in _reference(base_sd, tensors, ALPHA / R).items():
+        assert t.loc[name, "changed"] == int((merged.view(torch.int16) != base_sd[name].view(torch.int16)).sum())
