@@ -294,7 +294,12 @@ def _tokenizer(tokenizer):
     if isinstance(tokenizer, str | os.PathLike):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+        from subnetviz.checkpoints.models import check_folder_files
+
+        folder = Path(tokenizer).expanduser()
+        if folder.is_dir():
+            check_folder_files(folder)
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return tokenizer
 
 

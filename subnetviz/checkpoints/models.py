@@ -39,15 +39,22 @@ def model_folder(spec: str | os.PathLike) -> Path:
     return path
 
 
-@contextmanager
-def without_adapter(folder: Path) -> Iterator[Path]:
-    """``folder``, or where it holds an adapter's files beside a full model, a temporary folder of links
-    to everything else in it (for as long as the block runs); every file in it inside the roots."""
+def check_folder_files(folder: Path) -> Path:
+    """``folder``, once every file in it passed :func:`~subnetviz.config.check_readable`: transformers opens
+    whichever of them it looks for (tokenizer files, generation config, chat template)."""
     from subnetviz.config import check_readable, display_path
 
     for entry in folder.iterdir():
         if entry.is_file():
             check_readable(entry, what=f"{entry.name} in {display_path(folder)}")
+    return folder
+
+
+@contextmanager
+def without_adapter(folder: Path) -> Iterator[Path]:
+    """``folder``, or where it holds an adapter's files beside a full model, a temporary folder of links
+    to everything else in it (for as long as the block runs); every file in it inside the roots."""
+    check_folder_files(folder)
     if not any((folder / f).exists() for f in ADAPTER_FILES):
         yield folder
         return

@@ -124,7 +124,11 @@ def test_a_file_linking_outside_the_roots_is_refused_before_loading(tmp_path, mo
     (folder / "tokenizer.json").symlink_to(outside)
     monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path / "root"))
     monkeypatch.setenv("SUBNETVIZ_ENFORCE_ROOTS", "1")
-    for load in (load_tokenizer, load_causal_lm):
+    from subnetviz.bigram.stats import corpus_from_text
+
+    corpus = tmp_path / "root" / "corpus.txt"
+    corpus.write_text("12+3=15\n")
+    for load in (load_tokenizer, load_causal_lm, lambda f: corpus_from_text(corpus, f, seq_len=4)):
         with pytest.raises(PathNotAllowedError, match="tokenizer.json in .*model: leads outside the folders"):
             load(folder)
     monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path))
