@@ -852,3 +852,29 @@ def test_a_shared_url_with_any_value_opens_the_page(app_env, page, view, key):
         with runner.registry.transaction() as con:
             con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         shutil.rmtree(run_dir)
+
+
+def test_a_peft_adapter_is_a_finetune_on_the_sparsity_page(app_env):
+    """A LoRA adapter saved by PEFT (q/v projections and the embedding, trained in float32 on the bf16 zoo
+    base) given as a finetune: the page compares it beside a full finetune, no error (before: 'cannot
+    reshape array', the embedding PEFT saves in float32 read as bf16), and only the adapted modules moved."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = app_env / "tmp-lora"
+    model = AutoModelForCausalLM.from_pretrained(str(app_env / "zoo" / "base"), dtype=torch.float32)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=2, lora_alpha=4, init_lora_weights=False, target_modules=r".*\.(q_proj|v_proj|embed_tokens)")
+    get_peft_model(model, lora).save_pretrained(folder)
+    try:
+        at = open_page("sparsity", ft=["grpo-s0", str(folder)], sp_models=["grpo-s0", folder.name])
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        bars, _, heat = (spec["data"][0] for spec in plotly_specs(at))
+        assert list(bars["x"]) == ["grpo-s0", folder.name] and 0 < decode(bars["y"])[1] < 100
+        sparsity = dict(zip(heat["x"], decode(heat["z"]).astype(float).T, strict=True))  # module kind -> layers
+        assert {k for k, v in sparsity.items() if (v < 100).any()} == {"q", "v"}
+    finally:
+        shutil.rmtree(folder)
