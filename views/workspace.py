@@ -1,20 +1,26 @@
 """Workspace: what is loaded (architecture, parameters, dtypes, the zoo manifest) and a one-glance sparsity table."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from subnetviz import config, selection, ui
+from subnetviz.errors import SubnetvizError
 
 
 def body() -> None:
     st.title("Workspace")
     ws = ui.workspace()
     ui.need(ws.base is not None, "Choose a base checkpoint in the sidebar.")
-    rows = []
+    rows, unreadable = [], {}
     for label, path in [(ws.base_label or "base", ws.base), *ws.finetuned]:
-        info = ui.checkpoint_info(path)
+        try:
+            info = ui.checkpoint_info(path)
+        except SubnetvizError as exc:  # listed as unreadable; the others are still shown and compared
+            unreadable[path] = f"{label}: {exc}"
+            info = {"architecture": "cannot be read", "family": None, "params": pd.NA, "dtypes": {}, "fingerprint": ""}
         rows.append(
             {
                 "role": "base" if path == ws.base else "finetuned",
@@ -28,7 +34,12 @@ def body() -> None:
             }
         )
     st.subheader("Checkpoints")
-    ui.table(pd.DataFrame(rows), "checkpoints", "Checkpoints in the workspace")
+    table = pd.DataFrame(rows).astype({"parameters": "Int64"})  # a count, missing where unreadable
+    ui.table(table, "checkpoints", "Checkpoints in the workspace")
+    for message in unreadable.values():
+        ui.error(message)
+    ui.need(ws.base not in unreadable, "The base cannot be read (above): choose another base in the sidebar.")
+    ws = replace(ws, finetuned=tuple((lab, p) for lab, p in ws.finetuned if p not in unreadable))
     analysis = None
     if ws.finetuned:
         st.subheader("Exact update sparsity against the base")

@@ -878,3 +878,26 @@ def test_a_peft_adapter_is_a_finetune_on_the_sparsity_page(app_env):
         assert {k for k, v in sparsity.items() if (v < 100).any()} == {"q", "v"}
     finally:
         shutil.rmtree(folder)
+
+
+def test_an_unreadable_checkpoint_does_not_hide_the_workspace(app_env):
+    """One finetune whose config.json cannot be read: the Workspace still lists every checkpoint (that one
+    as 'cannot be read', its reason under the table) and compares the others (before: one error, and no
+    table at all)."""
+    import shutil
+
+    folder = app_env / "tmp-broken"
+    shutil.copytree(app_env / "zoo" / "dpo", folder)
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    try:
+        at = open_page("workspace", ft=["grpo-s0", str(folder)])
+        assert not at.exception
+        said = [e.value.replace("\\", "").replace("\u200b", "") for e in at.error]  # shown as text: escaped
+        assert len(said) == 1 and said[0].startswith("tmp-broken: config.json in ")
+        assert said[0].endswith("tmp-broken: JSON nested too deeply to read.")
+        table = at.dataframe[0].value
+        assert list(table["label"]) == ["base", "grpo-s0", "tmp-broken"]
+        assert list(table["architecture"])[2] == "cannot be read"
+        assert [m.label for m in at.metric] == ["grpo-s0"]
+    finally:
+        shutil.rmtree(folder)
