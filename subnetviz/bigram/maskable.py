@@ -218,15 +218,18 @@ def load_local_model(spec: str | Path):
 
 
 def model_folder(spec: str | Path) -> Path:
-    """The folder of a local model or of a hub id in the local HF cache; ConfigError without config.json."""
-    path = Path(spec).expanduser()
-    if not path.exists() and str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~")):
-        from subnetviz.checkpoints import resolve_hub_id
+    """The folder of a local model or of a hub id in the local HF cache
+    (:func:`subnetviz.checkpoints.models.model_folder`); a ConfigError without config.json, as the bigram
+    job's configuration reports it (a hub id not in the cache stays a NotCachedError)."""
+    from subnetviz.checkpoints.models import model_folder as folder_of
+    from subnetviz.errors import CheckpointError, NotCachedError
 
-        path = resolve_hub_id(str(spec))
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{spec}: not a local model folder (no config.json) nor a cached hub id.")
-    return path
+    try:
+        return folder_of(spec)
+    except NotCachedError:
+        raise
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def apply_released_mask(path: str | Path, model_spec: str | Path):

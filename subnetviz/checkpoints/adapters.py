@@ -25,7 +25,7 @@ import torch
 
 from subnetviz.checkpoints.header import read_safetensors_header
 from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint
-from subnetviz.config import check_readable, read_json
+from subnetviz.config import check_readable, read_json, require_memory
 from subnetviz.errors import CheckpointError, suggest
 
 _LORA = re.compile(
@@ -107,8 +107,6 @@ class MergedAdapter(Checkpoint):
         for target, key in self.replaced.items():  # a replaced tensor's shape is the adapter's (a resized
             # vocabulary); every tensor is given in the base's stored dtype, as a merge of it would save it
             self._meta[target] = replace(self._meta[target], file=weights, shape=tuple(header[key]["shape"]))
-        from subnetviz.config import require_memory
-
         require_memory(f"The adapter {folder.name} (held while it is merged)", weights.stat().st_size)
         self._adapter = _load(weights)
         rule = "α/√r (rsLoRA)" if ac.get("use_rslora") else "α/r"
@@ -281,9 +279,11 @@ def _settings(ac: dict, cfg_path: Path) -> tuple[int, float, list, list]:
             if not _number(v, rank=rank):
                 raise bad(f"{key}[{pattern[:40]!r}]", v, "a rank >= 1" if rank else "a number")
             # as PEFT matches them: the pattern ends a module's name
-            compiled.append((_pattern(rf"(.*\.)?(?:{pattern})", f"{cfg_path}: {key} {pattern[:60]!r}"), v))
+            compiled.append(
+                (_pattern(rf"(.*\.)?(?:{pattern})", f"{cfg_path}: {key} {pattern[:60]!r}"), int(v) if rank else v)
+            )
         patterns.append(compiled)
-    return int(r), alpha, [(p, int(v)) for p, v in patterns[0]], patterns[1]
+    return int(r), alpha, patterns[0], patterns[1]
 
 
 # Module patterns come from someone else's adapter_config.json. They are compiled with the ``regex`` module
