@@ -6,7 +6,7 @@ DeepSeek's MLA, Phi-3's fused projections, post-norm layouts) so that a family i
 never a name substring test elsewhere. :mod:`~subnetviz.checkpoints.naming` applies them.
 
 Verified against the tensor names ``transformers`` 5.24 writes with ``save_pretrained`` (Mixtral,
-Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, Phi-3, Gemma-2/3, OLMo-2, Qwen3) and, where no
+Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, gpt-oss, Phi-3, Gemma-2/3, OLMo-2, Qwen3) and, where no
 class saves them (transformers-v5 packed experts, DeepSeek's multi-token-prediction layer, vision
 towers of multimodal releases), the names of the released checkpoints.
 """
@@ -59,6 +59,9 @@ _MLA: Table = [
     (r"shared_head\.head\.", "lm_head"),
     (r"shared_head\.norm\.", "final_norm"),
 ]
+# gpt-oss: learned attention sinks (one logit per head), a router with a bias, and packed experts whose
+# gate_up_proj (E, H, 2I) interleaves gate and up along its last dim (gate = [..., ::2], up = [..., 1::2]).
+_GPT_OSS: Table = [(r"self_attn\.sinks$", "sinks"), (r"mlp\.router\.", "router")]
 _PHI3: Table = [(r"self_attn\.qkv_proj\.", "qkv"), (r"mlp\.gate_up_proj\.", "gate_up")]
 # Gemma-2/3 and OLMo-2 normalise *after* attention and the MLP; Gemma adds a pre-feed-forward norm.
 _POSTNORM: Table = [
@@ -114,6 +117,7 @@ FAMILIES: dict[str, Table] = {
     "qwen_moe": _MOE + _DENSE,
     "deepseek": _MLA + _MOE + _DENSE,
     "llama4": _MOE + _DENSE,
+    "gpt_oss": _GPT_OSS + _MOE + _DENSE,
     "phi3": _PHI3 + _DENSE,
     "gemma2": _POSTNORM + _DENSE,  # Gemma-2, Gemma-3 (text and the language model of the multimodal one)
     "olmo2": _POSTNORM + _DENSE,
@@ -138,6 +142,7 @@ MODEL_TYPES = {
     "kimi_k2": "deepseek",
     "llama4": "llama4",
     "llama4_text": "llama4",
+    "gpt_oss": "gpt_oss",
     "phi3": "phi3",
     "gemma2": "gemma2",
     "gemma3": "gemma2",
@@ -153,6 +158,7 @@ MODEL_TYPES = {
 # Tell-tale names, most specific first: the family when config.json is missing or unknown.
 TELLTALES = [
     ("kv_a_proj_with_mqa", "deepseek"),
+    ("self_attn.sinks", "gpt_oss"),
     ("block_sparse_moe.experts", "mixtral"),
     ("feed_forward.experts", "llama4"),
     ("mlp.experts.", "qwen_moe"),

@@ -2,8 +2,8 @@
 
 The tables themselves are :mod:`~subnetviz.checkpoints.families`: Llama/Qwen2/Mistral (separate
 q/k/v/o, gate/up/down), MoE families (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3 with MLA, Llama-4,
-packed 3-D experts), Phi-3 (fused ``qkv_proj`` / ``gate_up_proj``), post-norm families (Gemma-2/3,
-OLMo-2), GPT-2 (Conv1D weights stored (in, out); fused ``c_attn`` split in contiguous thirds along
+gpt-oss with attention sinks, packed 3-D experts), Phi-3 (fused ``qkv_proj`` / ``gate_up_proj``),
+post-norm families (Gemma-2/3, OLMo-2), GPT-2 (Conv1D weights stored (in, out); fused ``c_attn`` split in contiguous thirds along
 the output columns), GPT-NeoX/Pythia (fused ``query_key_value`` interleaved per head along the
 output rows), BERT; multimodal checkpoints' language model under ``model.language_model.`` and a
 vision tower as its own block. An unknown architecture falls back to a generic parse (layer = the
@@ -51,6 +51,7 @@ MODULE_ORDER = [
     "kv_a",
     "kv_b",
     "o",
+    "sinks",
     "router",
     "gate",
     "up",
@@ -83,6 +84,7 @@ BLOCK_OF = {
     "q_b": "attention",
     "kv_a": "attention",
     "kv_b": "attention",
+    "sinks": "attention",
     "gate": "mlp",
     "up": "mlp",
     "gate_up": "mlp",
@@ -233,6 +235,8 @@ class NameTable:
         expert = expert_of(short) if self.family in FAMILIES else None
         if expert == "all" and param.endswith("_proj"):
             param = "weight"  # packed experts are stored without a .weight suffix
+        elif expert == "all" and param.endswith("_proj_bias"):
+            param = "bias"  # and gpt-oss's packed biases as <proj>_bias
         if module in ("embed", "pos_embed", "lm_head", "final_norm") and not self._is_mtp(layer):
             layer = None
         elif self.family == "bert" and module == "norm":
@@ -308,21 +312,28 @@ class NameTable:
 
     def part_counts(self, name: str, shape: tuple[int, ...], row_counts, col_counts) -> list[tuple[str, int, int]]:
         """(module, numel, changed) of each part of a fused tensor that :func:`fused_part_rows` does not
-        split (Phi-3 ``qkv_proj`` / ``gate_up_proj``; packed 3-D ``gate_up_proj`` of every expert), from
+        split (Phi-3 ``qkv_proj`` / ``gate_up_proj``; packed 3-D ``gate_up_proj`` of every expert, and
+        gpt-oss's packed ``gate_up_proj_bias``, gate and up interleaved along the last dim), from
         the row/column counts of the (shape[0], rest) view: no extra pass. [] for any other tensor."""
         info = self.describe(name)
         if row_counts is None or info.module not in ("qkv", "gate_up") or self.family in ("gpt2", "gpt_neox"):
             return []
         import torch
 
-        if info.expert == "all" and len(shape) == 3:  # (E, 2I, H) v5 layout, or Llama-4's (E, H, 2I)
+        if info.expert == "all" and len(shape) == 3:  # (E, 2I, H) v5 layout, or Llama-4's / gpt-oss's (E, H, 2I)
             e, r, c = shape
             cols = torch.as_tensor(col_counts).reshape(r, c)
-            if self.family == "llama4":
+            if self.family == "gpt_oss":  # interleaved: gate = [..., ::2], up = [..., 1::2]
+                g, u = cols[:, 0::2], cols[:, 1::2]
+            elif self.family == "llama4":
                 g, u = cols[:, : c // 2], cols[:, c // 2 :]
             else:
                 g, u = cols[: r // 2], cols[r // 2 :]
             return [("gate", g.numel() * e, int(g.sum())), ("up", u.numel() * e, int(u.sum()))]
+        if info.expert == "all" and len(shape) == 2 and self.family == "gpt_oss":  # its (E, 2I) bias, interleaved
+            cols = torch.as_tensor(col_counts)
+            g, u = cols[0::2], cols[1::2]
+            return [("gate", g.numel() * shape[0], int(g.sum())), ("up", u.numel() * shape[0], int(u.sum()))]
         counts = torch.as_tensor(row_counts)
         width = shape[1] if len(shape) == 2 else 1
         parts = self.fused_parts(name, counts)

@@ -30,6 +30,7 @@ MODULE_ORDER = (
     "k",
     "v",
     "o",
+    "sinks",  # gpt-oss's attention sinks
     "qkv",
     "attn",
     "gate",

@@ -2,7 +2,7 @@
 
 Proves: for every family whose class exists in the installed transformers, a tiny model built with
 ``from_config`` and written by ``save_pretrained`` has no tensor that the family's table does not
-know, and its experts, routers, MLA projections, fused projections and post-norms land on the
+know, and its experts, routers, attention sinks, MLA projections, fused projections and post-norms land on the
 right layer, block, module and expert; names that no installed class writes (transformers-v5 packed
 experts, DeepSeek-V3's multi-token-prediction layer, multimodal prefixes and vision towers) are
 taken from the released checkpoints' names; an analysis of a planted Mixtral / Phi-3 pair counts
@@ -81,6 +81,17 @@ def _build(kind: str):
                 interleave_moe_layer_step=1,
             ),
         ),
+        "gpt_oss": (
+            T.GptOssConfig,
+            T.GptOssForCausalLM,
+            dict(
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                head_dim=4,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+            ),
+        ),
         "phi3": (T.Phi3Config, T.Phi3ForCausalLM, {}),
         "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM, dict(head_dim=4)),
         "gemma3_text": (T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(head_dim=4)),
@@ -98,6 +109,7 @@ KINDS = [
     "qwen3_moe",
     "deepseek_v3",
     "llama4_text",
+    "gpt_oss",
     "phi3",
     "gemma2",
     "gemma3_text",
@@ -153,6 +165,15 @@ EXPECT = {
         ("model.layers.0.feed_forward.experts.down_proj", 0, "moe", "down", "all"),
         ("model.layers.0.feed_forward.router.weight", 0, "moe", "router", None),
         ("model.layers.0.feed_forward.shared_expert.gate_proj.weight", 0, "moe", "gate", "shared"),
+    ],
+    "gpt_oss": [
+        ("model.layers.1.self_attn.sinks", 1, "attention", "sinks", None),
+        ("model.layers.1.self_attn.q_proj.bias", 1, "attention", "q", None),
+        ("model.layers.0.mlp.router.weight", 0, "moe", "router", None),
+        ("model.layers.0.mlp.router.bias", 0, "moe", "router", None),
+        ("model.layers.0.mlp.experts.gate_up_proj", 0, "moe", "gate_up", "all"),
+        ("model.layers.0.mlp.experts.gate_up_proj_bias", 0, "moe", "gate_up", "all"),
+        ("model.layers.1.mlp.experts.down_proj_bias", 1, "moe", "down", "all"),
     ],
     "phi3": [
         ("model.layers.0.self_attn.qkv_proj.weight", 0, "attention", "qkv", None),
