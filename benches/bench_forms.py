@@ -9,7 +9,10 @@ anonymous memory (``RssAnon``) every 2 ms:
   scales changed too): codes *and* the effective (dequantised, float32) comparison;
 - ``int8``: bitsandbytes int8 codes + ``SCB`` (codes and effective);
 - ``lora``: the bf16 base + a rank-16 LoRA adapter on all four matrices, merged per tensor;
-- ``moe``: one Qwen-MoE layer of 64 experts (gate/up/down 512 × 1024 each) + router.
+- ``moe``: one Qwen-MoE layer of 64 experts (gate/up/down 512 × 1024 each) + router;
+- ``mxfp4``: one gpt-oss layer of 16 packed experts (gate_up 1024 × 2048, down 1024 × 1024 each) stored
+  as the release does (4-bit codes + E8M0 scales), against a bf16 finetune of the dequantised weights:
+  every expert is dequantised when read (checkpoints.mxfp4).
 
 Printed per form: seconds, ns per parameter, the ratio to bf16 per parameter, the same in CPU time of
 the analysis (process time: steadier than wall time on a shared machine), peak RssAnon against
@@ -37,7 +40,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-FORMS = ("bf16", "fp8", "int8", "lora", "moe")
+FORMS = ("bf16", "fp8", "int8", "lora", "moe", "mxfp4")
 CHANGED = 0.30
 
 
@@ -128,6 +131,29 @@ def write_pairs(root: Path, rows: int) -> dict[str, int]:
         save_file(sd, str(d / "model.safetensors"))
         (d / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "num_experts": experts}))
     largest["moe"] = inter * hid * 2
+    # MXFP4 (gpt-oss): one layer's packed experts as the release stores them (16 experts, gate_up (E, H, 2I)
+    # and down (E, I, H) in 4-bit codes + E8M0 scales) against a bf16 finetune saved from the dequantised
+    # weights (transformers' own dequantisation) with 30 % of the entries moved.
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    experts, hid, inter = 16, 1024, 1024
+    xb, xf = {}, {}
+    for p, (n_in, n_out) in (("gate_up_proj", (hid, 2 * inter)), ("down_proj", (inter, hid))):
+        n = f"model.layers.0.mlp.experts.{p}"
+        blocks = torch.randint(0, 256, (experts, n_out, n_in // 32, 16), generator=gen, dtype=torch.uint8)
+        scales = torch.randint(118, 134, (experts, n_out, n_in // 32), generator=gen, dtype=torch.uint8)
+        xb[f"{n}_blocks"], xb[f"{n}_scales"] = blocks, scales
+        w = convert_moe_packed_tensors(blocks, scales)  # (E, in, out) bf16
+        xf[n] = _flip(w.view(torch.int16), CHANGED, gen).view(torch.bfloat16)
+    for side, sd, extra in (
+        ("base", xb, {"quantization_config": {"quant_method": "mxfp4"}}),
+        ("ft", xf, {}),
+    ):
+        d = root / "mxfp4" / side
+        d.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"))
+        (d / "config.json").write_text(json.dumps({"model_type": "gpt_oss", "num_local_experts": experts, **extra}))
+    largest["mxfp4"] = experts * hid * 2 * inter * 2  # gate_up in bf16 (the finetune's, and the base's once read)
     return largest
 
 

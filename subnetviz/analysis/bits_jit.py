@@ -200,10 +200,10 @@ def _scratch(ctype, utype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return got
 
 
-def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> float:
+def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8", "mxfp4")) -> float:
     """Import numba and load (or compile, the first time on a machine) the kernel for each dtype (``fp8``:
-    the FP8 block-scale pass) on a tiny pair, so the first analysis does not pay for it; returns the
-    seconds taken (0 without numba)."""
+    the FP8 block-scale pass; ``mxfp4``: the dequantisation of gpt-oss's experts) on a tiny pair, so the
+    first analysis does not pay for it; returns the seconds taken (0 without numba)."""
     import time
 
     t0 = time.perf_counter()
@@ -220,6 +220,12 @@ def warm(dtype_names=("bfloat16", "float16", "float32", "float64", "fp8")) -> fl
             kernels().any_marked(x.reshape(-1), np.uint8(0x7F))  # the finite check on FP8 codes
             code_counts(x, x.copy(), True)  # stored 1-byte codes: FP8 / packed 4-bit bytes
             code_counts(x.view(np.int8), x.view(np.int8).copy(), False)  # and bitsandbytes int8
+            continue
+        if name == "mxfp4":
+            table = np.zeros((256, 16), np.int16)
+            compiled("_mxfp4_numba").dequantize(
+                np.zeros((1, 1, 1, 16), np.uint8), np.zeros((1, 1, 1), np.uint8), table, np.zeros((1, 32, 1), np.int16)
+            )
             continue
         itype = {"bfloat16": np.int16, "float16": np.int16, "float32": np.int32, "float64": np.int64}[name]
         x = np.zeros((1, 2), itype)

@@ -17,6 +17,8 @@ does not take:
   w = code × SCB[i] / 127 (:func:`compare_bnb_int8`).
 - **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit packed bytes): compared
   exactly as codes (:func:`compare_codes`); no effective comparison (a notice says so).
+- **MXFP4** (gpt-oss experts): the checkpoint reader already lists them dequantised, exactly, as the
+  bfloat16 tensors transformers loads (:mod:`subnetviz.checkpoints.mxfp4`); compared as floats.
 
 The comparisons of stored codes (buffers, codes, the FP8 block-scale pass, row-band dequantisation)
 live in :mod:`subnetviz.analysis.quant_codes`; this module decides forms and dispatches.
@@ -53,7 +55,7 @@ from subnetviz.errors import CheckpointError
 
 DEFAULT_BLOCK = 128
 # quantization_config.quant_method values this module knows (effective comparison or codes).
-KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "bitsandbytes", "gptq", "awq")
+KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "bitsandbytes", "gptq", "awq", "mxfp4")
 _CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
 # Float tensors that are buffers by name (HF registers them with persistent=False today, older
 # saves kept them): rotary inverse frequencies, GPT-2's causal-mask constants.
@@ -137,6 +139,8 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
                 forms[name] = TensorForm("scale", None, "scale")
             elif not m.dtype.is_floating_point or _BUFFER_NAMES.search(name):
                 forms[name] = TensorForm("buffer", None, "buffer")
+            elif m.stored:  # MXFP4 codes, read dequantised (checkpoints.mxfp4)
+                forms[name] = TensorForm("float", None, f"{m.stored} codes as {str(m.dtype)[6:]}")
             else:
                 forms[name] = TensorForm("float")
     return forms

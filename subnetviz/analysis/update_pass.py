@@ -172,7 +172,7 @@ class _Walk:
         self.row_col: list[dict] = [{} for _ in range(n)]
         self.spec_results: list[list] = [[] for _ in range(n)]
         self.side: list[list[dict]] = [[] for _ in range(n)]
-        self.notes = [x for x in [self.table.notice] if x]
+        self.notes = [x for x in [self.table.notice] if x] + [f"base: {n}" for n in self.ck_base.notes]
         unknown = [
             x for x in self.table.unmatched(self.ck_base.names) if self.forms_base[x].kind not in ("buffer", "scale")
         ]
@@ -297,7 +297,7 @@ class _Walk:
             raise NonFiniteError(f"{ck.spec}: {exc}") from None
         row = stats_row(self.labels[i], key, at.names[0], info, at.shape, st, self.options)
         row["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
-        row["stored_as"] = fb.label if fa.kind == fb.kind else f"{fa.label} -> {fb.label}"
+        row["stored_as"] = fb.label if fa.label == fb.label else f"{fa.label} -> {fb.label}"
         row["changed_effective"] = changed_eff
         row["expert"] = None if info.expert is None else str(info.expert)
         self.rows[i].append(row)

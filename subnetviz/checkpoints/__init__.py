@@ -7,7 +7,8 @@
 - :mod:`~subnetviz.checkpoints.naming`: per-family naming tables (layer, module, fused parts);
 - :mod:`~subnetviz.checkpoints.models`: a checkpoint as a transformers model (local files only, no
   adapter applied on top), for the analyses that run the model;
-- :mod:`~subnetviz.checkpoints.adapters`: a LoRA adapter read as the merged finetune.
+- :mod:`~subnetviz.checkpoints.adapters`: a LoRA adapter read as the merged finetune;
+- :mod:`~subnetviz.checkpoints.mxfp4`: gpt-oss's MXFP4 experts read as the bf16 tensors they stand for.
 """
 
 from __future__ import annotations

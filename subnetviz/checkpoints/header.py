@@ -53,6 +53,7 @@ class TensorMeta:
     file: Path
     dtype: torch.dtype
     shape: tuple[int, ...]
+    stored: str | None = None  # set where the file stores another form, read as ``dtype`` (MXFP4 codes)
 
     @property
     def numel(self) -> int:

@@ -6,6 +6,8 @@
 ``torch.load(weights_only=True)``, never unpickled freely). Tensors are read one at a time as views
 of the safetensors file mapped copy-on-write (:meth:`Checkpoint.get`: one map per file, its header
 checked again when mapped), or through ``safetensors.safe_open`` where the data is not aligned.
+An MXFP4 checkpoint (gpt-oss) lists its experts as the bf16 tensors transformers loads, dequantised
+when read (:mod:`~subnetviz.checkpoints.mxfp4`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from safetensors import safe_open  # (no torch: safetensors imports it only for its torch helpers)
 
 from subnetviz.checkpoints import header as _header
+from subnetviz.checkpoints import mxfp4 as _mxfp4
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import NameTable
 from subnetviz.config import check_readable, display_path, read_json
@@ -62,6 +65,21 @@ class Checkpoint:
                     self._meta[name] = TensorMeta(name, f, t.dtype, tuple(t.shape))
         if not self._meta:
             raise CheckpointError(f"{spec}: the checkpoint holds no tensors.")
+        # MXFP4 experts (gpt-oss) are listed as the bf16 tensors they stand for, dequantised when read
+        try:
+            self._packed = _mxfp4.plan(self._meta, self.config)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{spec}: {exc}") from None
+        self._stored = self._meta  # every tensor as the files store it
+        self._meta = _mxfp4.metas_with(self._meta, self._packed)
+        self.notes: list[str] = []
+        if self._packed:
+            ex = ", ".join(list(self._packed)[:2]) + (" ..." if len(self._packed) > 2 else "")
+            self.notes.append(
+                f"MXFP4: {len(self._packed)} tensor(s) ({ex}) are stored as 4-bit codes with one power-of-two "
+                "scale per 32; read dequantised as transformers loads them (w = FP4(code) · 2^(scale − 127), "
+                "exact in bfloat16, experts × in × out) and compared as bfloat16."
+            )
         self._handles: dict[Path, object] = {}
         self._maps: dict[Path, tuple[mmap.mmap, int]] = {}  # safetensors file -> (its map, data section offset)
 
@@ -85,7 +103,7 @@ class Checkpoint:
         """Stored dtype -> number of parameters in that dtype (from the headers)."""
         out: dict[str, int] = {}
         for m in self._meta.values():
-            key = str(m.dtype).replace("torch.", "")
+            key = m.stored or str(m.dtype).replace("torch.", "")
             out[key] = out.get(key, 0) + m.numel
         return out
 
@@ -109,8 +127,15 @@ class Checkpoint:
 
     # --- reading ---------------------------------------------------------------------------------
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
-        """One tensor, in its stored dtype, on ``device``."""
-        m = self.meta(name)
+        """One tensor, in its stored dtype (MXFP4 experts dequantised to bfloat16), on ``device``."""
+        if name in self._packed:
+            p = self._packed[name]
+            blocks, scales = self._read(self._stored[p.blocks], "cpu"), self._read(self._stored[p.scales], "cpu")
+            return _mxfp4.dequantize(blocks, scales, name=name).to(device)
+        return self._read(self.meta(name), device)
+
+    def _read(self, m: TensorMeta, device: str | torch.device) -> torch.Tensor:
+        name = m.name
         if m.file in self._legacy:
             return self._legacy[m.file][name].to(device)
         t = self._mapped(m)
@@ -134,7 +159,7 @@ class Checkpoint:
         its shape, over the file mapped copy-on-write (no torch tensor: the update pass compares hundreds of
         tensors per file this way); None where the tensor is not read from a map (see :meth:`_mapped`)."""
         m = self.meta(name)
-        span = self._span(m) if m.file not in self._legacy else None
+        span = self._span(m) if m.file not in self._legacy and name not in self._packed else None
         if span is None:
             return None
         mm, offset, nbytes = span
@@ -175,7 +200,7 @@ class Checkpoint:
         a fault or two); otherwise nothing happens."""
         m = self.meta(name)
         got = self._maps.get(m.file)
-        if got is None:
+        if got is None or name in self._packed:
             return
         mm, start = got
         begin, end = self._headers[m.file][0][name]["data_offsets"]

@@ -170,3 +170,82 @@ def test_dense_model_has_no_experts_section(app_env):
     at.switch_page("views/sparsity.py").run()
     assert not at.exception and not any("per expert" in t for t in _charts(at))
     assert "Experts" not in [h.value for h in at.subheader]
+
+
+GPTOSS_E, GPTOSS_H, GPTOSS_I = 4, 32, 64
+GU = "model.layers.{}.mlp.experts.gate_up_proj"
+
+
+@pytest.fixture(scope="module")
+def gptoss_home(app_env):
+    """gpt-oss as it is released and finetuned: the base's experts in MXFP4 (4-bit codes + E8M0 scales, as the
+    release stores them), two finetunes saved by transformers in bf16 from the dequantised weights, planted."""
+    import logging
+
+    import transformers as T
+
+    T.logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    home = app_env / "gptoss-pages"
+    cfg = T.GptOssConfig(
+        vocab_size=64,
+        hidden_size=GPTOSS_H,
+        intermediate_size=GPTOSS_I,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=GPTOSS_E,
+        num_experts_per_tok=2,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    torch.manual_seed(0)
+    T.GptOssForCausalLM(cfg).to(torch.bfloat16).save_pretrained(home / "bf16")
+    sd = read_state_dict(home / "bf16")
+    g = torch.Generator().manual_seed(1)
+    for name in [n for n in sd if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        e, n_in, n_out = sd.pop(name).shape
+        sd[f"{name}_blocks"] = torch.randint(0, 256, (e, n_out, n_in // 32, 16), generator=g, dtype=torch.uint8)
+        sd[f"{name}_scales"] = torch.randint(120, 132, (e, n_out, n_in // 32), generator=g, dtype=torch.uint8)
+    write_folder(home / "base", sd, home / "bf16", quantization_config={"quant_method": "mxfp4"})
+    shutil.rmtree(home / "bf16")
+    # ft1: expert 2 of layer 1, 5 gate entries (even columns) and 3 up (odd); ft2: expert 0 of layer 0, 4 up
+    for ft, layer, expert, cols in (("ft1", 1, 2, [0, 2, 4, 6, 8, 1, 3, 5]), ("ft2", 0, 0, [1, 3, 5, 7])):
+        model = T.GptOssForCausalLM.from_pretrained(home / "base")
+        with torch.no_grad():
+            w = dict(model.named_parameters())[GU.format(layer)]
+            w[expert, 0, cols] = bf16_step(w[expert, 0, cols], 1)
+        model.save_pretrained(home / ft)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_gpt_oss_in_mxfp4_against_its_bf16_finetunes(gptoss_home):
+    """The Update sparsity page on an MXFP4 base: the experts read as transformers loads them, so only the
+    planted entries count; gate and up are split as gpt-oss interleaves them; the per-expert heatmap puts
+    them on their experts; the attention sinks are a module of their own; the Workspace says MXFP4."""
+    at = _open("sparsity", gptoss_home)
+    charts = _charts(at)
+    per_param = GPTOSS_H * GPTOSS_I + GPTOSS_I  # one expert's gate (or up): weights and bias
+    heat = next(s for t, s in charts.items() if t.startswith("ft1: sparsity per expert"))["data"][0]
+    assert list(heat["x"]) == ["E0", "E1", "E2", "E3"] and list(heat["y"]) == ["0", "1"]
+    expert = 2 * per_param + GPTOSS_I * GPTOSS_H + GPTOSS_H  # gate, up and down of one expert, with biases
+    want = np.full((2, 4), 100.0)
+    want[1, 2] = 100 * (1 - 8 / expert)
+    assert np.allclose(_z(heat), want, rtol=0, atol=1e-9)
+    module_heat = charts["ft1: sparsity (exact)"]["data"][0]
+    cells = dict(zip(module_heat["x"], _z(module_heat).T.tolist(), strict=True))  # module -> [layer 0, layer 1]
+    assert list(cells)[:7] == ["q", "k", "v", "o", "sinks", "gate", "up"] and {"down", "router"} <= set(cells)
+    gate_up = 2 * GPTOSS_E * per_param
+    assert cells["gate"][1] == pytest.approx(100 * (1 - 5 / (gate_up / 2)))
+    assert cells["up"][1] == pytest.approx(100 * (1 - 3 / (gate_up / 2)))
+    assert cells["gate"][0] == 100.0 and cells["sinks"] == [100.0, 100.0]
+    ws = _open("workspace", gptoss_home)
+    captions = [c.value.replace("\\", "").replace("\u200b", "") for c in ws.caption]  # escaped: shown as text
+    assert any(c.startswith("base: MXFP4: 4 tensor(s)") for c in captions), captions
+    table = ws.dataframe[0].value.set_index("label")
+    experts = 2 * 3 * GPTOSS_E * GPTOSS_H * GPTOSS_I  # gate_up (2I) + down (I) of both layers
+    assert table.loc["base", "stored dtype"].endswith(f"mxfp4 ({experts:,})")
+    assert table.loc["ft1", "stored dtype"].startswith("bfloat16") and "mxfp4" not in table.loc["ft1", "stored dtype"]
+    assert table.loc["base", "parameters"] == table.loc["ft1", "parameters"]  # counted as parameters, not bytes
