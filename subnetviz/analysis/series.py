@@ -129,7 +129,7 @@ def _way(cks: list[Checkpoint], t, jit: bool, ahead: bool) -> tuple[bool, bool, 
     dtype = metas[0].dtype
     cast = any(m.dtype != dtype for m in metas) or dtype not in INT_VIEW  # compare in float32, as before
     in_loop = jit and not cast and dtype in series_jit.IEEE
-    mapped = in_loop and not ahead and all(series_jit.FileMaps.mappable(m) for m in metas)
+    mapped = in_loop and not ahead and all(ck.stored_as_read(n) for ck, n in zip(cks, t.names, strict=True))
     return cast, in_loop, dtype if mapped else None
 
 

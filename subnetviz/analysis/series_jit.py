@@ -87,12 +87,6 @@ class FileMaps:
     def __init__(self):
         self._files: dict[Path, tuple] = {}  # path -> (mmap, data section address, its offset, header)
 
-    @staticmethod
-    def mappable(meta) -> bool:
-        """Whether a tensor (its :class:`~subnetviz.checkpoints.TensorMeta`) is read by address: stored
-        in a safetensors file (a checkpoint reads every other file with ``torch.load``)."""
-        return meta.file.suffix == ".safetensors"
-
     def address(self, meta, numel: int) -> int:
         """The data address of the first ``numel`` entries of the tensor ``meta`` describes (valid until
         :meth:`close`). Its header entry must still say what the checkpoint read: its dtype, at least

@@ -231,6 +231,9 @@ class MergedAdapter(Checkpoint):
             delta = delta.T  # the shapes were checked against the base's when the adapter was opened
         return delta.add_(w).to(stored)  # w + Δ in float32 (w is exact in it), rounded once
 
+    def stored_as_read(self, name: str) -> bool:
+        return name not in self.replaced and name not in self.pairs and self.base.stored_as_read(name)
+
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
         """The base's mapped bytes for a tensor the adapter leaves as it is; None (read through :meth:`get`)
         for a merged or replaced one, which exists only once computed."""

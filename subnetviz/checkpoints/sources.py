@@ -154,6 +154,12 @@ class Checkpoint:
             raise CheckpointError(f"{m.file}: cannot read tensor {name!r} ({exc}).") from exc
         return t.to(device) if str(device) != "cpu" else t
 
+    def stored_as_read(self, name: str) -> bool:
+        """Whether tensor ``name`` is its bytes in a safetensors file as they stand (so a reader may take
+        them by address: the series pass), not read through ``torch.load`` or computed when read (MXFP4
+        experts here, merged adapter weights in :class:`~subnetviz.checkpoints.adapters.MergedAdapter`)."""
+        return name not in self._packed and self.meta(name).file.suffix == ".safetensors"
+
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
         """Tensor ``name``'s bytes as a NumPy array of ``view`` (an integer type of the stored item size),
         its shape, over the file mapped copy-on-write (no torch tensor: the update pass compares hundreds of

@@ -94,6 +94,22 @@ def test_adapter_is_the_merged_model_beside_a_full_finetune(ckpt_zoo, tmp_path):
     assert any("LoRA adapter merged" in n and "rank(s·B·A) ≤ r" in n for n in lora.notes)
 
 
+def test_a_merged_adapter_in_a_checkpoint_series(ckpt_zoo, tmp_path):
+    """A merged adapter given to the series as a checkpoint: its merged weights are compared, not the base's
+    bytes its tensors' entries point to (before: taken by address from the base file, so 0 changed)."""
+    from subnetviz.analysis.series import checkpoint_series
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import MergedAdapter
+
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, tensors = _adapter(tmp_path / "lora", base_sd)
+    ref = _reference(base_sd, tensors, ALPHA / R)
+    want = sum(int((m.view(torch.int16) != base_sd[n].view(torch.int16)).sum()) for n, m in ref.items())
+    base = open_checkpoint(ckpt_zoo.llama)
+    s = checkpoint_series([base, MergedAdapter(str(folder), base)])
+    assert want > 0 and list(s.steps["changed_vs_first"]) == [want]
+
+
 def test_rslora_scales_by_sqrt_r(ckpt_zoo, tmp_path):
     base_sd = read_state_dict(ckpt_zoo.llama)
     folder, tensors = _adapter(tmp_path / "rs", base_sd, rslora=True)

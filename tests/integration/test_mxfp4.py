@@ -224,3 +224,20 @@ def test_nan_scale_and_memory_are_refused_before_allocating(gptoss, tmp_path, mo
     monkeypatch.setattr(config, "available_memory_bytes", lambda: E * H * 2 * INTER * 2)  # the result alone
     with pytest.raises(ConfigError, match=f"MXFP4 tensor {GU} .dequantised to bfloat16. needs about"):
         ck.get(GU)
+
+
+def test_a_series_from_the_mxfp4_release(gptoss, tmp_path):
+    """A checkpoint series that starts at the MXFP4 release: its experts are dequantised, not taken by
+    address from the file (before: 'changed since the header was read', the name not in the header)."""
+    from subnetviz.analysis.series import checkpoint_series
+
+    _, mx = gptoss
+    _, model_cls = _model_cls()
+    model = model_cls.from_pretrained(mx)
+    for step, n in ((1, 3), (2, 5)):
+        with torch.no_grad():
+            w = dict(model.named_parameters())[GU]
+            w[0, 0, :n] = bf16_step(w[0, 0, :n], 1)  # step 2 moves 2 more entries, and the first 3 again
+        model.save_pretrained(tmp_path / f"step{step}")
+    s = checkpoint_series([str(mx), str(tmp_path / "step1"), str(tmp_path / "step2")])
+    assert list(s.steps["changed_vs_first"]) == [3, 5] and list(s.steps["changed_vs_previous"]) == [3, 5]
