@@ -13,10 +13,13 @@ does not take:
   comparison dequantises both sides (w = code × scale[i // bs, j // bs], in float32) and runs the
   float pass on it, in row bands of whole scale blocks, so memory stays a few bands, not two
   float32 copies of the tensor (:func:`compare_fp8`).
-- **bitsandbytes int8** (``weight`` int8 + ``SCB``): codes compared exactly, effective
-  w = code × SCB[i] / 127 (:func:`compare_bnb_int8`).
-- **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit packed bytes): compared
-  exactly as codes (:func:`compare_codes`); no effective comparison (a notice says so).
+- **int8 codes with a float scale**: bitsandbytes (``weight`` int8 + ``SCB``, w = code × SCB[i] / 127)
+  and compressed-tensors' int-quantized weights (``weight`` int8 + a per-channel or per-tensor
+  ``weight_scale``, symmetric: w = code × scale[i]): codes compared exactly, then the effective weights.
+- **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit packed bytes, compressed-tensors'
+  ``weight_packed`` (int4 in int32, NVFP4 / MXFP4 in bytes) and its grouped or asymmetric int8): compared
+  exactly as codes (:func:`compare_codes`), counted with the weights; no effective comparison (a notice
+  says so). Their scales, zero points, global scales and ``weight_shape`` are listed with the scales.
 - **MXFP4** (gpt-oss experts): the checkpoint reader already lists them dequantised, exactly, as the
   bfloat16 tensors transformers loads (:mod:`subnetviz.checkpoints.mxfp4`); compared as floats.
 
@@ -62,6 +65,9 @@ _CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
 _BUFFER_NAMES = re.compile(r"(\.inv_freq$|\.masked_bias$|\.position_ids$|\.token_type_ids$)")
 _SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale", "input_scale", "SCB", "scales", "weight_zero_point")
 _QUANT_AUX = ("weight_format", "absmax", "quant_map", "nested_absmax", "nested_quant_map")
+# compressed-tensors' companions of a quantized weight (metadata and scales, never parameters)
+_CT_AUX = ("weight_global_scale", "input_global_scale", "weight_shape", "weight_g_idx", "output_scale", "k_scale")
+_CT_AUX += ("v_scale", "weight_packed_zero_point")
 _BAND_ELEMENTS = 1 << 20  # entries per dequantised band (4 MB float32 per side)
 
 
@@ -70,7 +76,7 @@ class TensorForm:
     """How one stored tensor is compared.
 
     ``kind``: ``float`` (compare_pair), ``buffer``, ``fp8`` (codes + ``scale`` companion),
-    ``int8`` (bnb codes + ``scale`` = SCB), ``codes`` (integer codes, no effective comparison),
+    ``int8`` (codes + ``scale``: bnb's SCB, or compressed-tensors' weight_scale), ``codes`` (integer codes, no effective comparison),
     ``scale`` (a weight's scale: compared as floats, reported with the buffers, outside the sparsity).
     ``scale``: the companion scale tensor's name; ``label``: what the table's ``stored_as`` says.
     """
@@ -78,6 +84,7 @@ class TensorForm:
     kind: str
     scale: str | None = None
     label: str = "float"
+    divisor: float = 1.0  # int8: w = code × scale / divisor (bitsandbytes' SCB: 127)
 
 
 def quant_method(config: dict) -> str | None:
@@ -116,7 +123,7 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
     forms: dict[str, TensorForm] = {}
     for name, m in metas.items():
         stem, _, last = name.rpartition(".")
-        if m.dtype in FP8:
+        if m.dtype in FP8 and not (method and last in _SCALE_SUFFIXES):  # (NVFP4 stores its scales in FP8)
             scale = next((f"{name}{s}" for s in ("_scale_inv", "_scale") if f"{name}{s}" in metas), None)
             if scale is None:
                 raise CheckpointError(
@@ -128,14 +135,16 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
             forms[scale] = TensorForm("scale", None, "scale")
         elif m.dtype == torch.int8 and f"{stem}.SCB" in metas and last == "weight":
             check_scale(name, m.shape, f"{stem}.SCB", metas[f"{stem}.SCB"].shape, (1, 1))
-            forms[name] = TensorForm("int8", f"{stem}.SCB", "bnb int8 codes")
+            forms[name] = TensorForm("int8", f"{stem}.SCB", "bnb int8 codes", 127.0)
             forms[f"{stem}.SCB"] = TensorForm("scale", None, "scale")
+        elif method == "compressed-tensors" and last in ("weight", "weight_packed") and not m.dtype.is_floating_point:
+            forms[name] = _compressed_tensors_form(name, m, metas)
         elif not m.dtype.is_floating_point and method in _CODE_ONLY and last in ("qweight", "qzeros"):
             forms[name] = TensorForm("codes", None, f"{_CODE_ONLY[method]} packed codes")
         elif m.dtype == torch.uint8 and method == "bitsandbytes" and last == "weight":
             forms[name] = TensorForm("codes", None, "bnb 4-bit packed codes")
         elif name not in forms:
-            if method and (last in _SCALE_SUFFIXES or ".quant_state." in name or last in _QUANT_AUX):
+            if method and (last in _SCALE_SUFFIXES or ".quant_state." in name or last in _QUANT_AUX + _CT_AUX):
                 forms[name] = TensorForm("scale", None, "scale")
             elif not m.dtype.is_floating_point or _BUFFER_NAMES.search(name):
                 forms[name] = TensorForm("buffer", None, "buffer")
@@ -144,6 +153,27 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
             else:
                 forms[name] = TensorForm("float")
     return forms
+
+
+def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:
+    """A compressed-tensors integer weight: symmetric int8 with a per-channel or per-tensor scale is ``int8``
+    (effective w = code × scale[i]); anything else (int4 packed in int32, NVFP4 / MXFP4 bytes, grouped or
+    asymmetric int8) is compared as ``codes``."""
+    stem = name.rpartition(".")[0]
+    scale = f"{stem}.weight_scale"
+    if (
+        m.dtype == torch.int8
+        and name.endswith(".weight")
+        and scale in metas
+        and f"{stem}.weight_zero_point" not in metas
+    ):
+        rows = m.shape[0] if len(m.shape) == 2 else None
+        if math.prod(metas[scale].shape) == 1 or (
+            rows is not None and tuple(metas[scale].shape) in ((rows,), (rows, 1))
+        ):
+            return TensorForm("int8", scale, "compressed-tensors int8 codes")
+    packed = "packed " if name.endswith("_packed") else ""
+    return TensorForm("codes", None, f"compressed-tensors {packed}codes")
 
 
 # --- scales and dequantisation -------------------------------------------------------------------
@@ -238,7 +268,7 @@ def effective(
     scale_name: str = "scale",
 ) -> torch.Tensor:
     """The whole float32 effective weight (for spectra, one matrix at a time)."""
-    divisor = 127.0 if form.kind == "int8" else 1.0
+    divisor = form.divisor
     how = check_scale(name, tuple(code.shape), scale_name, tuple(scale.shape), block)
     if code.dim() != 2:
         return _codes_to_float(code) * scale.to(torch.float32).reshape(()) / divisor
@@ -284,10 +314,15 @@ class FormLog:
                     f"scale values changed in {touched}. A changed block scale changes every weight of its "
                     "block: changed_effective counts them, changed counts stored codes."
                 )
-            elif kind in ("fp8", "int8"):
-                rule = "code × scale[i // bs, j // bs]" if kind == "fp8" else "code × SCB[i] / 127"
+            elif kind in ("fp8", "int8", "int8/1"):
+                rule = {
+                    "fp8": "code × scale[i // bs, j // bs]",
+                    "int8": "code × SCB[i] / 127",
+                    "int8/1": "code × weight_scale[i]",
+                }[kind]
+                what = {"fp8": "FP8", "int8": "bitsandbytes int8", "int8/1": "compressed-tensors int8"}[kind]
                 out.append(
-                    f"{'FP8' if kind == 'fp8' else 'bitsandbytes int8'} weights: {n} tensor(s) ({ex}): "
+                    f"{what} weights: {n} tensor(s) ({ex}): "
                     f"changed = stored codes that differ (ULP bins in code steps); changed_effective after "
                     f"dequantising (w = {rule}, float32): {changed:,}. Masks, spectra and overlap use the "
                     "effective Δ."
@@ -365,7 +400,9 @@ def compare_aligned(
     if fa.kind == fb.kind and fa.kind in ("fp8", "int8"):
         sa, sb = ck_base.get(fa.scale, dev), ck.get(fb.scale, dev)
         block = block_size(ck.config) if fa.kind == "fp8" else (1, 1)
-        divisor = 127.0 if fa.kind == "int8" else 1.0
+        divisor = fa.divisor
+        if fa.divisor != fb.divisor:
+            raise CheckpointError(f"{name}: stored as {fa.label} in the base and {fb.label} in the finetune.")
         q = compare_quantized(
             a,
             sa,
@@ -377,7 +414,7 @@ def compare_aligned(
             block=block_size(ck_base.config) if fa.kind == "fp8" else block,
             divisor=divisor,
         )
-        log.add(i, fa.kind, name, q.changed_effective)
+        log.add(i, fa.kind if divisor != 1.0 or fa.kind == "fp8" else "int8/1", name, q.changed_effective)
 
         def delta():
             ea = effective(a, sa, fa, block_size(ck_base.config), name=name, scale_name=fa.scale)
