@@ -6,7 +6,8 @@ DeepSeek's MLA, Phi-3's fused projections, post-norm layouts) so that a family i
 never a name substring test elsewhere. :mod:`~subnetviz.checkpoints.naming` applies them.
 
 Verified against the tensor names ``transformers`` 5.24 writes with ``save_pretrained`` (Mixtral,
-Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, gpt-oss, Phi-3, Gemma-2/3, OLMo-2, Qwen3) and, where no
+Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, gpt-oss, Phi-3, Gemma-2/3, OLMo-2, Qwen3, GLM-4, Hunyuan-MoE,
+ERNIE-4.5-MoE, Qwen3-Next, Apertus, LFM2) and, where no
 class saves them (transformers-v5 packed experts, DeepSeek's multi-token-prediction layer, vision
 towers of multimodal releases), the names of the released checkpoints.
 """
@@ -28,7 +29,11 @@ _DENSE: Table = [
     (r"(mlp|feed_forward)\.down_proj\.", "down"),
     (r"input_layernorm\.", "attn_norm"),
     (r"post_attention_layernorm\.", "mlp_norm"),
-    (r"(q_norm|k_norm)\.", "attn_norm"),
+    (r"(q_norm|k_norm|query_layernorm|key_layernorm|q_layernorm|k_layernorm)\.", "attn_norm"),  # (Hunyuan, LFM2)
+    (r"(^|\.)attention_layernorm\.", "attn_norm"),  # Apertus
+    (r"(^|\.)feedforward_layernorm\.", "mlp_norm"),
+    (r"mlp\.act_fn\.", "act"),  # a learned activation's parameters (Apertus' xIELU)
+    (r"linear_attn\.", "linear_attn"),  # linear-attention (Gated DeltaNet) layers of hybrids (Qwen3-Next)
     (r"^norm\.", "final_norm"),
     (r"lm_head\.", "lm_head"),
 ]
@@ -43,6 +48,7 @@ _MOE: Table = [
     (r"experts\.gate_up_proj", "gate_up"),
     (r"experts\.down_proj", "down"),
     (r"shared_expert_gate\.", "router"),
+    (r"moe_statics\.", "router"),  # ERNIE-4.5's expert bias, added to the router's scores
     (r"block_sparse_moe\.gate\.", "router"),
     (r"mlp\.gate\.", "router"),
     (r"feed_forward\.router\.", "router"),
@@ -62,6 +68,23 @@ _MLA: Table = [
 # gpt-oss: learned attention sinks (one logit per head), a router with a bias, and packed experts whose
 # gate_up_proj (E, H, 2I) interleaves gate and up along its last dim (gate = [..., ::2], up = [..., 1::2]).
 _GPT_OSS: Table = [(r"self_attn\.sinks$", "sinks"), (r"mlp\.router\.", "router")]
+# GLM-4 (dense): fused gate_up (halves, gate first) and norms after attention and after the MLP.
+_GLM4: Table = [
+    (r"mlp\.gate_up_proj\.", "gate_up"),
+    (r"post_self_attn_layernorm\.", "post_attn_norm"),
+    (r"post_mlp_layernorm\.", "post_mlp_norm"),
+]
+# LFM2: short-convolution operator layers beside attention ones, and its own MLP / norm names.
+_LFM2: Table = [
+    (r"(^|\.)conv\.", "conv"),
+    (r"self_attn\.out_proj\.", "o"),
+    (r"feed_forward\.w1\.", "gate"),
+    (r"feed_forward\.w3\.", "up"),
+    (r"feed_forward\.w2\.", "down"),
+    (r"operator_norm\.", "attn_norm"),
+    (r"ffn_norm\.", "mlp_norm"),
+    (r"^embedding_norm\.", "final_norm"),  # applied after the last layer
+]
 _PHI3: Table = [(r"self_attn\.qkv_proj\.", "qkv"), (r"mlp\.gate_up_proj\.", "gate_up")]
 # Gemma-2/3 and OLMo-2 normalise *after* attention and the MLP; Gemma adds a pre-feed-forward norm.
 _POSTNORM: Table = [
@@ -119,6 +142,8 @@ FAMILIES: dict[str, Table] = {
     "llama4": _MOE + _DENSE,
     "gpt_oss": _GPT_OSS + _MOE + _DENSE,
     "phi3": _PHI3 + _DENSE,
+    "glm4": _GLM4 + _DENSE,
+    "lfm2": _LFM2 + _DENSE,
     "gemma2": _POSTNORM + _DENSE,  # Gemma-2, Gemma-3 (text and the language model of the multimodal one)
     "olmo2": _POSTNORM + _DENSE,
     "gpt2": _GPT2,
@@ -144,6 +169,12 @@ MODEL_TYPES = {
     "llama4_text": "llama4",
     "gpt_oss": "gpt_oss",
     "phi3": "phi3",
+    "glm4": "glm4",
+    "lfm2": "lfm2",
+    "qwen3_next": "qwen_moe",
+    "glm4_moe": "qwen_moe",
+    "ernie4_5_moe": "qwen_moe",
+    "hunyuan_v1_moe": "qwen_moe",
     "gemma2": "gemma2",
     "gemma3": "gemma2",
     "gemma3_text": "gemma2",
@@ -163,6 +194,8 @@ TELLTALES = [
     ("feed_forward.experts", "llama4"),
     ("mlp.experts.", "qwen_moe"),
     ("self_attn.qkv_proj", "phi3"),
+    ("post_self_attn_layernorm", "glm4"),
+    ("operator_norm", "lfm2"),
     ("pre_feedforward_layernorm", "gemma2"),
     ("post_feedforward_layernorm", "olmo2"),
     ("self_attn.q_proj", "llama"),
@@ -187,7 +220,7 @@ PREFIXES = (
 VISION = re.compile(r"^(vision_tower|vision_model|visual|vision_encoder)\.")
 PROJECTOR = re.compile(r"^(multi_modal_projector|mm_projector|visual\.merger)\.")
 EXPERT_INDEX = re.compile(r"experts\.(\d+)\.")
-SHARED_EXPERT = re.compile(r"shared_experts?(\.|_gate\.)")
+SHARED_EXPERT = re.compile(r"shared_(experts?|mlp)(\.|_gate\.)")  # (shared_mlp: Hunyuan)
 PACKED_EXPERTS = re.compile(r"experts\.(gate_up_proj|gate_proj|up_proj|down_proj)(_bias|\.weight|\.bias)?$")
 # config.json keys holding the routed-expert count, by family
 EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")

@@ -52,6 +52,8 @@ MODULE_ORDER = [
     "kv_b",
     "o",
     "sinks",
+    "linear_attn",
+    "conv",
     "router",
     "gate",
     "up",
@@ -59,6 +61,7 @@ MODULE_ORDER = [
     "mlp_in",
     "down",
     "mlp_out",
+    "act",
     "attn_norm",
     "post_attn_norm",
     "mlp_norm",
@@ -85,6 +88,9 @@ BLOCK_OF = {
     "kv_a": "attention",
     "kv_b": "attention",
     "sinks": "attention",
+    "linear_attn": "attention",
+    "conv": "attention",
+    "act": "mlp",
     "gate": "mlp",
     "up": "mlp",
     "gate_up": "mlp",
@@ -282,7 +288,7 @@ class NameTable:
         Phi-3 ``gate_up_proj``: rows [gate; up] halves. (Packed 3-D experts: see :meth:`part_counts`.)
         """
         info = self.describe(name)
-        if info.module == "gate_up" and self.family == "phi3":
+        if info.module == "gate_up" and self.family in ("phi3", "glm4"):
             if tensor.shape[0] % 2:
                 return None
             h = tensor.shape[0] // 2

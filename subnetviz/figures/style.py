@@ -31,6 +31,8 @@ MODULE_ORDER = (
     "v",
     "o",
     "sinks",  # gpt-oss's attention sinks
+    "linear_attn",  # hybrids' linear-attention and short-convolution layers
+    "conv",
     "qkv",
     "attn",
     "gate",
@@ -39,6 +41,7 @@ MODULE_ORDER = (
     "mlp_in",
     "mlp_out",
     "mlp",
+    "act",
     "attn_norm",
     "mlp_norm",
     "norm",

@@ -93,6 +93,39 @@ def _build(kind: str):
             ),
         ),
         "phi3": (T.Phi3Config, T.Phi3ForCausalLM, {}),
+        "glm4": (T.Glm4Config, T.Glm4ForCausalLM, dict(head_dim=4)),
+        "hunyuan_v1_moe": (
+            T.HunYuanMoEV1Config,
+            T.HunYuanMoEV1ForCausalLM,
+            dict(head_dim=4, num_experts=4, moe_topk=2, moe_intermediate_size=8),
+        ),
+        "ernie4_5_moe": (
+            T.Ernie4_5_MoeConfig,
+            T.Ernie4_5_MoeForCausalLM,
+            dict(moe_num_experts=4, moe_k=2, moe_intermediate_size=8, moe_layer_start_index=1),
+        ),
+        "qwen3_next": (
+            T.Qwen3NextConfig,
+            T.Qwen3NextForCausalLM,
+            dict(
+                head_dim=4,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=8,
+                shared_expert_intermediate_size=8,
+                layer_types=["linear_attention", "full_attention"],
+                linear_num_value_heads=2,
+                linear_num_key_heads=2,
+                linear_key_head_dim=4,
+                linear_value_head_dim=4,
+            ),
+        ),
+        "apertus": (T.ApertusConfig, T.ApertusForCausalLM, dict(head_dim=4)),
+        "lfm2": (
+            T.Lfm2Config,
+            T.Lfm2ForCausalLM,
+            dict(layer_types=["conv", "full_attention"], block_ff_dim=32, block_auto_adjust_ff_dim=False),
+        ),
         "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM, dict(head_dim=4)),
         "gemma3_text": (T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(head_dim=4)),
         "olmo2": (T.Olmo2Config, T.Olmo2ForCausalLM, {}),
@@ -111,6 +144,12 @@ KINDS = [
     "llama4_text",
     "gpt_oss",
     "phi3",
+    "glm4",
+    "hunyuan_v1_moe",
+    "ernie4_5_moe",
+    "qwen3_next",
+    "apertus",
+    "lfm2",
     "gemma2",
     "gemma3_text",
     "olmo2",
@@ -178,6 +217,43 @@ EXPECT = {
     "phi3": [
         ("model.layers.0.self_attn.qkv_proj.weight", 0, "attention", "qkv", None),
         ("model.layers.0.mlp.gate_up_proj.weight", 0, "mlp", "gate_up", None),
+    ],
+    "glm4": [
+        ("model.layers.1.mlp.gate_up_proj.weight", 1, "mlp", "gate_up", None),
+        ("model.layers.1.post_self_attn_layernorm.weight", 1, "norm", "post_attn_norm", None),
+        ("model.layers.1.post_attention_layernorm.weight", 1, "norm", "mlp_norm", None),  # before the MLP
+        ("model.layers.1.post_mlp_layernorm.weight", 1, "norm", "post_mlp_norm", None),
+    ],
+    "hunyuan_v1_moe": [
+        ("model.layers.0.self_attn.query_layernorm.weight", 0, "norm", "attn_norm", None),
+        ("model.layers.0.mlp.gate.wg.weight", 0, "moe", "router", None),
+        ("model.layers.0.mlp.shared_mlp.up_proj.weight", 0, "moe", "up", "shared"),
+    ],
+    "ernie4_5_moe": [
+        ("model.layers.0.mlp.gate_proj.weight", 0, "mlp", "gate", None),  # moe_layer_start_index
+        ("model.layers.1.mlp.moe_statics.e_score_correction_bias", 1, "moe", "router", None),
+        ("model.layers.1.mlp.experts.2.down_proj.weight", 1, "moe", "down", 2),
+    ],
+    "qwen3_next": [
+        ("model.layers.0.linear_attn.in_proj_qkvz.weight", 0, "attention", "linear_attn", None),
+        ("model.layers.0.linear_attn.A_log", 0, "attention", "linear_attn", None),
+        ("model.layers.1.self_attn.q_proj.weight", 1, "attention", "q", None),
+        ("model.layers.1.mlp.shared_expert_gate.weight", 1, "moe", "router", "shared"),
+    ],
+    "apertus": [
+        ("model.layers.0.attention_layernorm.weight", 0, "norm", "attn_norm", None),
+        ("model.layers.0.feedforward_layernorm.weight", 0, "norm", "mlp_norm", None),
+        ("model.layers.0.mlp.act_fn.alpha_p", 0, "mlp", "act", None),
+    ],
+    "lfm2": [
+        ("model.layers.0.conv.in_proj.weight", 0, "attention", "conv", None),
+        ("model.layers.1.self_attn.out_proj.weight", 1, "attention", "o", None),
+        ("model.layers.1.self_attn.q_layernorm.weight", 1, "norm", "attn_norm", None),
+        ("model.layers.0.feed_forward.w1.weight", 0, "mlp", "gate", None),
+        ("model.layers.0.feed_forward.w3.weight", 0, "mlp", "up", None),
+        ("model.layers.0.feed_forward.w2.weight", 0, "mlp", "down", None),
+        ("model.layers.0.operator_norm.weight", 0, "norm", "attn_norm", None),
+        ("model.embedding_norm.weight", None, "norm", "final_norm", None),
     ],
     "gemma2": [
         ("model.layers.1.post_attention_layernorm.weight", 1, "norm", "post_attn_norm", None),
@@ -276,6 +352,22 @@ def test_phi3_fused_projections_split_into_parts(family_dirs, tmp_path):
     assert blm.loc[(0, "q"), "changed"] == 3 and blm.loc[(0, "k"), "changed"] == 2 and blm.loc[(0, "v"), "changed"] == 1
     assert blm.loc[(0, "q"), "numel"] == 16 * 16 and blm.loc[(0, "k"), "numel"] == 8 * 16
     assert blm.loc[(1, "up"), "changed"] == 4 and blm.loc[(1, "gate"), "changed"] == 0
+
+
+def test_glm4_gate_up_splits_into_halves(family_dirs, tmp_path):
+    """GLM-4's gate_up_proj (2I, H): its output is chunked in two, gate first (Glm4MLP)."""
+    base = family_dirs["glm4"]
+    sd = read_state_dict(base)
+    g = "model.layers.0.mlp.gate_up_proj.weight"
+    assert sd[g].shape == (64, 16)
+    sd[g][5, :2] = bf16_step(sd[g][5, :2], 1)  # gate: 2
+    sd[g][40, :3] = bf16_step(sd[g][40, :3], 1)  # up: 3
+    ft = write_folder(tmp_path / "ft", sd, base)
+    blm = (
+        analyze_updates(str(base), [str(ft)], labels=["ft"]).reports[0].by_layer_module().set_index(["layer", "module"])
+    )
+    assert blm.loc[(0, "gate"), "changed"] == 2 and blm.loc[(0, "up"), "changed"] == 3
+    assert blm.loc[(0, "gate"), "numel"] == blm.loc[(0, "up"), "numel"] == 32 * 16
 
 
 def test_packed_experts_count_per_expert_and_split_gate_up(tmp_path):
