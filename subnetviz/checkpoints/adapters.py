@@ -5,8 +5,10 @@ A folder with ``adapter_config.json`` + ``adapter_model.safetensors`` given as a
 ``rank_pattern`` / ``alpha_pattern`` per module; ``fan_in_fan_out`` transposes Δ for Conv1D;
 embedding adapters use Δ = (B·A)ᵀ), computed in float32 and rounded once to the base's stored
 dtype (round-to-nearest-even), as a merge would save it; ``modules_to_save`` replace their base
-tensors; every other tensor is the base's. Merging happens per tensor in :meth:`MergedAdapter.get`,
-so nothing but one tensor pair is ever in memory. DoRA (a learned magnitude renormalises each
+tensors; every other tensor is the base's. LoRA on parameters (``target_parameters``: a model's packed
+3-D experts, as gpt-oss is adapted) merges each expert's Δ[e] = s·B[:, :, e]·A[e] in the layout PEFT
+picks, PEFT's nested wrappers assigned to the parameters they wrap. Merging happens per tensor in
+:meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. DoRA (a learned magnitude renormalises each
 merged column) is refused by name, as is any adapter type other than LoRA.
 """
 
@@ -32,6 +34,10 @@ _LORA = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
 )
 _PEFT_PREFIX = "base_model.model."
+# the order transformers defines packed experts' parameters in (PEFT wraps them in it: the first innermost)
+_PARAM_ORDER = ["gate_up_proj", "gate_proj", "up_proj", "down_proj"]
+# families whose experts are stored (experts, in, out), which PEFT does not swap (their is_transposed)
+_NOT_SWAPPED = ("gpt_oss",)
 
 
 def is_adapter(spec) -> bool:
@@ -123,11 +129,18 @@ class MergedAdapter(Checkpoint):
         base_names = set(self.base.names)
         pairs: dict[str, dict[str, str]] = {}
         replaced: dict[str, str] = {}
+        wrapped = self._parameter_targets(base_names)  # LoRA on 3-D parameters (target_parameters)
+        per_param: dict[str, dict[int, dict[str, str]]] = {}  # wrapped module -> depth -> kind -> key
         for key in header:
             if key == "__metadata__":
                 continue
             short = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
             m = _LORA.match(short)
+            if m is not None and m["module"].split(".base_layer")[0] in wrapped:
+                module = m["module"].split(".base_layer")[0]
+                depth = m["module"].count(".base_layer")
+                per_param.setdefault(module, {}).setdefault(depth, {})[m["kind"]] = key
+                continue
             if m is None:  # modules_to_save, trainable biases, and the weight of a LoRA-adapted embedding PEFT saves
                 # as <module>.base_layer.weight (its vocabulary may have been resized): a full tensor replacing
                 # the base's, to which that module's B·A is then added
@@ -154,7 +167,70 @@ class MergedAdapter(Checkpoint):
             self._check_shapes(target, header[a]["shape"], header[b]["shape"], emb, tuple(want))
             out[target] = (a, b, emb)
         self._check_target_modules(base_names)
+        self.experts = self._plan_parameters(wrapped, per_param, header, out)
         return out, replaced
+
+    def _parameter_targets(self, base_names: set[str]) -> dict[str, list[str]]:
+        """``target_parameters`` (PEFT's LoRA on parameters, e.g. a model's packed 3-D experts): module ->
+        the base's parameters under it that the list names, in the order PEFT wraps them (the experts'
+        own: gate_up / gate / up before down), so that the innermost wrapper is the first."""
+        tp = self.adapter_config.get("target_parameters") or []
+        if not (isinstance(tp, list) and all(isinstance(t, str) for t in tp)):
+            raise CheckpointError(
+                f"{self.spec}: target_parameters in adapter_config.json is {str(tp)[:60]!r}; expected a list of "
+                "parameter names."
+            )
+        out: dict[str, list[str]] = {}
+        for t in tp:
+            hits = [n for n in base_names if n == t or n.endswith(f".{t}")]
+            if not hits:
+                raise CheckpointError(
+                    f"{self.spec}: target parameter {t!r} (adapter_config.json target_parameters) matches no "
+                    f"tensor of the base {self.base.spec} (PEFT wraps the packed experts a model holds in memory; "
+                    "a base that stores them expert by expert, as transformers saves Qwen-MoE, cannot take it: "
+                    "merge it with peft and give the merged folder)."
+                )
+            for n in hits:
+                if len(self.base.meta(n).shape) != 3:
+                    raise CheckpointError(
+                        f"{self.spec}: target parameter {n!r} has shape {self.base.meta(n).shape}; only 3-D "
+                        "(experts, ·, ·) parameters are read as LoRA targets. Merge it with peft and give the folder."
+                    )
+                module, _, param = n.rpartition(".")
+                out.setdefault(module, []).append(param)
+        rank = {p: i for i, p in enumerate(_PARAM_ORDER)}
+        return {m: sorted(set(ps), key=lambda p: (rank.get(p, len(rank)), p)) for m, ps in out.items()}
+
+    def _plan_parameters(self, wrapped: dict, per_param: dict, header: dict, pairs: dict) -> dict:
+        """Each wrapped parameter's LoRA factors (A (r·E, in), B (out, r·E)) checked against its shape
+        (E, d1, d2); Δ[e] = B[:, :, e] · A[e] as PEFT forms it, (d1, d2) = (in, out) or, for the
+        experts PEFT swaps, (out, in). Returns name -> (E, swapped)."""
+        experts: dict[str, tuple[int, bool]] = {}
+        for module, params in wrapped.items():
+            depths = per_param.get(module, {})
+            if sorted(depths) != list(range(len(params))):
+                raise CheckpointError(
+                    f"{self.adapter_file}: {module!r} holds LoRA factors for {len(depths)} parameter(s) but "
+                    f"target_parameters names {len(params)} there ({', '.join(params)})."
+                )
+            for depth, kinds in depths.items():
+                name = f"{module}.{params[len(params) - 1 - depth]}"  # the outermost wrapper is the last
+                a, b = kinds.get("lora_A"), kinds.get("lora_B")
+                if a is None or b is None:
+                    raise CheckpointError(f"{self.adapter_file}: {name!r} has only one of its LoRA A/B tensors.")
+                (ra, d_in), (d_out, rb) = header[a]["shape"], header[b]["shape"]
+                e, d1, d2 = self.base.meta(name).shape
+                square_rule = self.base.names_table.family not in _NOT_SWAPPED
+                swapped = (d_in, d_out) == (d2, d1) and ((d1, d2) != (d2, d1) or square_rule)
+                if ra != rb or ra % e or (d_in, d_out) != ((d2, d1) if swapped else (d1, d2)):
+                    raise CheckpointError(
+                        f"{self.adapter_file}: the LoRA tensors of {name!r} have shapes A {(ra, d_in)}, "
+                        f"B {(d_out, rb)}; for a parameter of shape {(e, d1, d2)} they must be (r·{e}, {d1}) and "
+                        f"({d2}, r·{e}), or ({d2} and {d1}) for experts stored (experts, out, in)."
+                    )
+                pairs[name] = (a, b, False)
+                experts[name] = (e, swapped)
+        return experts
 
     def _check_shapes(self, target: str, a: list[int], b: list[int], emb: bool, want: tuple[int, ...]) -> None:
         """B·A (transposed for embeddings and Conv1D) must have the base weight's shape: checked from the
@@ -205,8 +281,8 @@ class MergedAdapter(Checkpoint):
                 f"hold.{suggest(target, base_names)}"
             )
 
-    def _scale(self, target: str, r: int) -> float:
-        module = target[: -len(".weight")]
+    def _scale(self, target: str, r: int, module: str | None = None) -> float:
+        module = module or target[: -len(".weight")]  # (a wrapped parameter: PEFT matches module.param)
         where = f"{self.spec}: rank_pattern / alpha_pattern in adapter_config.json"
         for pattern, val in self._rank_pattern:
             if _matches(pattern, module, where):
@@ -224,6 +300,8 @@ class MergedAdapter(Checkpoint):
         if name not in self.pairs:
             return w.to(stored)
         ka, kb, emb = self.pairs[name]
+        if name in self.experts:
+            return self._merge_experts(name, w, ka, kb, stored, device)
         a = self._adapter[ka].to(device, torch.float32)  # (r, in) or, for embeddings, (r, vocab)
         b = self._adapter[kb].to(device, torch.float32)  # (out, r) or (dim, r)
         delta = (b @ a).mul_(self._scale(name, a.shape[0]))  # in place: one float32 temporary per tensor
@@ -233,6 +311,21 @@ class MergedAdapter(Checkpoint):
 
     def stored_as_read(self, name: str) -> bool:
         return name not in self.replaced and name not in self.pairs and self.base.stored_as_read(name)
+
+    def _merge_experts(self, name: str, w, ka: str, kb: str, stored, device) -> torch.Tensor:
+        """W[e] + s·Δ[e], expert by expert (float32 temporaries of one expert), rounded once per entry."""
+        e, swapped = self.experts[name]
+        a = self._adapter[ka].to(device, torch.float32)
+        b = self._adapter[kb].to(device, torch.float32)
+        r = a.shape[0] // e
+        s = self._scale(name, r, module=name)
+        a = a.reshape(e, r, a.shape[-1])  # experts × rank × in
+        b = b.reshape(b.shape[0], r, e)  # out × rank × experts
+        out = torch.empty(w.shape, dtype=stored, device=device)
+        for i in range(e):
+            delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", b[:, :, i], a[i]).mul_(s)
+            out[i] = delta.add_(w[i]).to(stored)
+        return out
 
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
         """The base's mapped bytes for a tensor the adapter leaves as it is; None (read through :meth:`get`)

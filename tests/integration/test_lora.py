@@ -354,3 +354,97 @@ def test_a_backtracking_pattern_is_answered_at_once(ckpt_zoo, tmp_path):
     t = rep.tensors.set_index("name")
     for name, merged in _reference(base_sd, tensors, ALPHA / R).items():
         assert t.loc[name, "changed"] == int((merged.view(torch.int16) != base_sd[name].view(torch.int16)).sum())
+
+
+def _moe(kind: str, inter: int = 96):
+    import transformers as T
+
+    T.logging.set_verbosity_error()
+    if kind == "gpt_oss":
+        cfg = T.GptOssConfig(
+            vocab_size=64,
+            hidden_size=64,
+            intermediate_size=inter,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+        )
+        return T.GptOssForCausalLM, cfg
+    common = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    if kind == "llama4":
+        cfg = T.Llama4TextConfig(
+            **common,
+            intermediate_size=32,
+            intermediate_size_mlp=32,
+            num_local_experts=4,
+            num_experts_per_tok=1,
+            head_dim=4,
+            interleave_moe_layer_step=1,
+        )
+        return T.Llama4ForCausalLM, cfg
+    cfg = T.Qwen3MoeConfig(**common, num_experts=4, moe_intermediate_size=8, num_experts_per_tok=2, head_dim=4)
+    return T.Qwen3MoeForCausalLM, cfg
+
+
+@pytest.mark.parametrize(
+    "kind, inter",
+    [("gpt_oss", 96), ("gpt_oss", 64), ("llama4", 32)],
+    ids=["gpt-oss", "gpt-oss-square-down", "llama4-swapped"],
+)
+def test_lora_on_packed_experts_merges_as_peft_merges_it(tmp_path, kind, inter):
+    """PEFT's LoRA on parameters (target_parameters, the way gpt-oss's experts are adapted): each expert's
+    Δ[e] = s·B[:, :, e]·A[e], in the layout PEFT picks (gpt-oss's experts are (E, in, out); Llama-4's are
+    swapped), nested wrappers assigned to their parameters. Equal to PEFT's merge_and_unload bit for bit
+    (float32 base), also where an expert's matrix is square (gpt-oss with intermediate = hidden); the analysis
+    counts exactly the entries the merge changed (before: 'targets ...experts.base_layer.weight, which the
+    base does not hold')."""
+    from peft import LoraConfig, get_peft_model
+
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    model_cls, cfg = _moe(kind, inter)
+    torch.manual_seed(0)
+    model_cls(cfg).save_pretrained(tmp_path / "base")
+    params = ["experts.gate_up_proj", "experts.down_proj"]
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], target_parameters=params, init_lora_weights=False)
+    peft_model = get_peft_model(model_cls.from_pretrained(tmp_path / "base"), lora)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload().state_dict()
+    base = open_checkpoint(tmp_path / "base")
+    ck = open_finetune(str(tmp_path / "adapter"), base)
+    assert len(ck.experts) == 4 and {n.rsplit(".", 1)[1] for n in ck.experts} == {"gate_up_proj", "down_proj"}
+    for name in ck.names:
+        assert torch.equal(ck.get(name).view(torch.int32), merged[name].view(torch.int32)), name
+    rep = analyze_updates(str(tmp_path / "base"), [str(tmp_path / "adapter")], labels=["lora"]).reports[0]
+    t = rep.tensors.set_index("name")
+    for name in ck.experts:
+        want = int((merged[name].view(torch.int32) != base.get(name).view(torch.int32)).sum())
+        assert t.loc[name, "changed"] == want > 0.9 * merged[name].numel(), name
+
+
+def test_lora_on_experts_a_base_does_not_store_is_one_line(tmp_path):
+    """Qwen3-MoE: PEFT wraps the packed experts transformers holds in memory, the checkpoint stores them one
+    by one; and a target_parameters that is no list."""
+    from peft import LoraConfig, get_peft_model
+
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    model_cls, cfg = _moe("qwen3_moe")
+    torch.manual_seed(0)
+    model_cls(cfg).save_pretrained(tmp_path / "base")
+    lora = LoraConfig(r=2, target_parameters=["experts.gate_up_proj"], init_lora_weights=False)
+    get_peft_model(model_cls.from_pretrained(tmp_path / "base"), lora).save_pretrained(tmp_path / "adapter")
+    base = open_checkpoint(tmp_path / "base")
+    with pytest.raises(CheckpointError, match="target parameter 'experts.gate_up_proj'.*stores them expert by expert"):
+        open_finetune(str(tmp_path / "adapter"), base)
+    cfg_path = tmp_path / "adapter" / "adapter_config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "target_parameters": "experts.gate_up_proj"}))
+    with pytest.raises(CheckpointError, match="target_parameters in adapter_config.json is 'experts.gate_up_proj'"):
+        open_finetune(str(tmp_path / "adapter"), base)
