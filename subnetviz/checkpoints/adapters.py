@@ -8,8 +8,8 @@ dtype (round-to-nearest-even), as a merge would save it; ``modules_to_save`` rep
 tensors; every other tensor is the base's. LoRA on parameters (``target_parameters``: a model's packed
 3-D experts, as gpt-oss is adapted) merges each expert's Δ[e] = s·B[:, :, e]·A[e] in the layout PEFT
 picks, PEFT's nested wrappers assigned to the parameters they wrap. Merging happens per tensor in
-:meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. DoRA (a learned magnitude renormalises each
-merged column) is refused by name, as is any adapter type other than LoRA.
+:meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. DoRA (a learned magnitude
+renormalises each merged column) is refused by name, as is any adapter type other than LoRA.
 """
 
 from __future__ import annotations
