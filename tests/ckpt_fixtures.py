@@ -167,3 +167,50 @@ def bnb_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w32 = w.float()
     scb = w32.abs().amax(1).clamp_min(1e-8)
     return torch.round(w32 / scb[:, None] * 127).to(torch.int8), scb
+
+
+def gpt_oss_model(*, hidden: int = 64, inter: int = 96, experts: int = 4, head_dim: int = 16, vocab: int = 96):
+    """(GptOssForCausalLM, a tiny config: 2 layers, sliding then full attention) from transformers."""
+    import logging
+
+    import transformers as T
+
+    T.logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    cfg = T.GptOssConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        num_local_experts=experts,
+        num_experts_per_tok=2,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    return T.GptOssForCausalLM, cfg
+
+
+MXFP4_CONFIG = {
+    "quant_method": "mxfp4",
+    "modules_to_not_convert": [
+        "model.layers.*.self_attn",
+        "model.layers.*.mlp.router",
+        "model.embed_tokens",
+        "lm_head",
+    ],
+}
+
+
+def gpt_oss_mxfp4(folder: Path, bf16: Path, scales: tuple[int, int] = (118, 134), seed: int = 1) -> Path:
+    """``bf16`` (a gpt-oss folder saved by transformers) with its experts as the releases store them: random
+    FP4 codes ``<proj>_blocks`` (E, out, in / 32, 16) and E8M0 exponents ``<proj>_scales`` in ``scales``."""
+    sd = read_state_dict(bf16)
+    g = torch.Generator().manual_seed(seed)
+    for name in [n for n in sd if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        e, n_in, n_out = sd.pop(name).shape  # stored (E, in, out)
+        sd[f"{name}_blocks"] = torch.randint(0, 256, (e, n_out, n_in // 32, 16), generator=g, dtype=torch.uint8)
+        sd[f"{name}_scales"] = torch.randint(*scales, (e, n_out, n_in // 32), generator=g, dtype=torch.uint8)
+    return write_folder(folder, sd, bf16, quantization_config=MXFP4_CONFIG)

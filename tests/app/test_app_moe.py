@@ -16,7 +16,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+from tests.ckpt_fixtures import bf16_step, gpt_oss_model, gpt_oss_mxfp4, read_state_dict, write_folder
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 pytestmark = pytest.mark.slow
@@ -180,39 +180,15 @@ GU = "model.layers.{}.mlp.experts.gate_up_proj"
 def gptoss_home(app_env):
     """gpt-oss as it is released and finetuned: the base's experts in MXFP4 (4-bit codes + E8M0 scales, as the
     release stores them), two finetunes saved by transformers in bf16 from the dequantised weights, planted."""
-    import logging
-
-    import transformers as T
-
-    T.logging.set_verbosity_error()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
     home = app_env / "gptoss-pages"
-    cfg = T.GptOssConfig(
-        vocab_size=64,
-        hidden_size=GPTOSS_H,
-        intermediate_size=GPTOSS_I,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        num_local_experts=GPTOSS_E,
-        num_experts_per_tok=2,
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"],
-    )
+    model_cls, cfg = gpt_oss_model(hidden=GPTOSS_H, inter=GPTOSS_I, experts=GPTOSS_E, head_dim=8, vocab=64)
     torch.manual_seed(0)
-    T.GptOssForCausalLM(cfg).to(torch.bfloat16).save_pretrained(home / "bf16")
-    sd = read_state_dict(home / "bf16")
-    g = torch.Generator().manual_seed(1)
-    for name in [n for n in sd if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
-        e, n_in, n_out = sd.pop(name).shape
-        sd[f"{name}_blocks"] = torch.randint(0, 256, (e, n_out, n_in // 32, 16), generator=g, dtype=torch.uint8)
-        sd[f"{name}_scales"] = torch.randint(120, 132, (e, n_out, n_in // 32), generator=g, dtype=torch.uint8)
-    write_folder(home / "base", sd, home / "bf16", quantization_config={"quant_method": "mxfp4"})
+    model_cls(cfg).to(torch.bfloat16).save_pretrained(home / "bf16")
+    gpt_oss_mxfp4(home / "base", home / "bf16", scales=(120, 132))
     shutil.rmtree(home / "bf16")
     # ft1: expert 2 of layer 1, 5 gate entries (even columns) and 3 up (odd); ft2: expert 0 of layer 0, 4 up
     for ft, layer, expert, cols in (("ft1", 1, 2, [0, 2, 4, 6, 8, 1, 3, 5]), ("ft2", 0, 0, [1, 3, 5, 7])):
-        model = T.GptOssForCausalLM.from_pretrained(home / "base")
+        model = model_cls.from_pretrained(home / "base")
         with torch.no_grad():
             w = dict(model.named_parameters())[GU.format(layer)]
             w[expert, 0, cols] = bf16_step(w[expert, 0, cols], 1)

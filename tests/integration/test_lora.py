@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from subnetviz.analysis.updates import SpectraOptions, analyze_updates
 from subnetviz.errors import CheckpointError
-from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+from tests.ckpt_fixtures import bf16_step, gpt_oss_model, read_state_dict, write_folder
 
 R, ALPHA = 2, 8
 TARGETS = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
@@ -361,20 +361,7 @@ def _moe(kind: str, inter: int = 96):
 
     T.logging.set_verbosity_error()
     if kind == "gpt_oss":
-        cfg = T.GptOssConfig(
-            vocab_size=64,
-            hidden_size=64,
-            intermediate_size=inter,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            sliding_window=8,
-            layer_types=["sliding_attention", "full_attention"],
-        )
-        return T.GptOssForCausalLM, cfg
+        return gpt_oss_model(inter=inter, vocab=64)
     common = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
     if kind == "llama4":
         cfg = T.Llama4TextConfig(

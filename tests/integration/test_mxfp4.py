@@ -12,7 +12,6 @@ naming the tensor, before anything is allocated.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 
 import numpy as np
@@ -23,57 +22,24 @@ from subnetviz import config
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.errors import CheckpointError, ConfigError
-from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+from tests.ckpt_fixtures import bf16_step, gpt_oss_model, gpt_oss_mxfp4, read_state_dict, write_folder
 
 E, H, INTER = 4, 64, 96  # experts, hidden (2 blocks of 32), intermediate (3 blocks): no square expert matrix
 GU, DN = "model.layers.1.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"
-MXFP4 = {
-    "quant_method": "mxfp4",
-    "modules_to_not_convert": [
-        "model.layers.*.self_attn",
-        "model.layers.*.mlp.router",
-        "model.embed_tokens",
-        "lm_head",
-    ],
-}
 
 
 def _model_cls():
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    return transformers.GptOssConfig, transformers.GptOssForCausalLM
+    return gpt_oss_model()[0]
 
 
 @pytest.fixture(scope="module")
 def gptoss(tmp_path_factory):
     """(bf16 folder saved by transformers, the same model with its experts in MXFP4 as the releases store them)."""
-    cfg_cls, model_cls = _model_cls()
+    model_cls, cfg = gpt_oss_model(hidden=H, inter=INTER, experts=E)
     root = tmp_path_factory.mktemp("gptoss")
-    cfg = cfg_cls(
-        vocab_size=96,
-        hidden_size=H,
-        intermediate_size=INTER,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_local_experts=E,
-        num_experts_per_tok=2,
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"],
-    )
     torch.manual_seed(0)
     model_cls(cfg).to(torch.bfloat16).save_pretrained(root / "bf16")
-    sd = read_state_dict(root / "bf16")
-    g = torch.Generator().manual_seed(1)
-    for name in [n for n in sd if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
-        e, rows_in, cols_out = sd.pop(name).shape  # stored (E, in, out); the blocks hold (E, out, in / 32, 16)
-        sd[f"{name}_blocks"] = torch.randint(0, 256, (e, cols_out, rows_in // 32, 16), generator=g, dtype=torch.uint8)
-        sd[f"{name}_scales"] = torch.randint(118, 134, (e, cols_out, rows_in // 32), generator=g, dtype=torch.uint8)
-    mx = write_folder(root / "mxfp4", sd, root / "bf16", quantization_config=MXFP4)
-    return root / "bf16", mx
+    return root / "bf16", gpt_oss_mxfp4(root / "mxfp4", root / "bf16")
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -103,7 +69,7 @@ def test_every_code_at_every_scale_dequantises_as_transformers_does(jit, monkeyp
 
 def test_reads_what_transformers_loads(gptoss):
     _, mx = gptoss
-    _, model_cls = _model_cls()
+    model_cls = _model_cls()
     sd = model_cls.from_pretrained(mx).state_dict()  # transformers dequantises MXFP4 on the CPU
     ck = open_checkpoint(mx)
     assert sorted(ck.names) == sorted(sd)
@@ -125,7 +91,7 @@ def test_reads_what_transformers_loads(gptoss):
 def test_mxfp4_base_against_the_bf16_finetune_transformers_saved(gptoss, tmp_path):
     """What an RL run on gpt-oss leaves: the release in MXFP4, the finetune saved in bf16."""
     _, mx = gptoss
-    _, model_cls = _model_cls()
+    model_cls = _model_cls()
     model = model_cls.from_pretrained(mx)
     p = dict(model.named_parameters())
     with torch.no_grad():
@@ -232,7 +198,7 @@ def test_a_series_from_the_mxfp4_release(gptoss, tmp_path):
     from subnetviz.analysis.series import checkpoint_series
 
     _, mx = gptoss
-    _, model_cls = _model_cls()
+    model_cls = _model_cls()
     model = model_cls.from_pretrained(mx)
     for step, n in ((1, 3), (2, 5)):
         with torch.no_grad():
