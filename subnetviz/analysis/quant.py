@@ -17,7 +17,8 @@ does not take:
   and compressed-tensors' int-quantized weights (``weight`` int8 + a per-channel or per-tensor
   ``weight_scale``, symmetric: w = code × scale[i]): codes compared exactly, then the effective weights.
 - **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit packed bytes, compressed-tensors'
-  ``weight_packed`` (int4 in int32, NVFP4 / MXFP4 in bytes) and its grouped or asymmetric int8): compared
+  ``weight_packed`` (int4 in int32, NVFP4 / MXFP4 in bytes) and its grouped or asymmetric int8, NVIDIA
+  ModelOpt's NVFP4 / INT4 ``weight`` bytes; ModelOpt's FP8 is the FP8 form above): compared
   exactly as codes (:func:`compare_codes`), counted with the weights; no effective comparison (a notice
   says so). Their scales, zero points, global scales and ``weight_shape`` are listed with the scales.
 - **MXFP4** (gpt-oss experts): the checkpoint reader already lists them dequantised, exactly, as the
@@ -58,7 +59,7 @@ from subnetviz.errors import CheckpointError
 
 DEFAULT_BLOCK = 128
 # quantization_config.quant_method values this module knows (effective comparison or codes).
-KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "bitsandbytes", "gptq", "awq", "mxfp4")
+KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "modelopt", "bitsandbytes", "gptq", "awq", "mxfp4")
 _CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
 # Float tensors that are buffers by name (HF registers them with persistent=False today, older
 # saves kept them): rotary inverse frequencies, GPT-2's causal-mask constants.
@@ -67,7 +68,7 @@ _SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale", "input_scale", "SCB", "sc
 _QUANT_AUX = ("weight_format", "absmax", "quant_map", "nested_absmax", "nested_quant_map")
 # compressed-tensors' companions of a quantized weight (metadata and scales, never parameters)
 _CT_AUX = ("weight_global_scale", "input_global_scale", "weight_shape", "weight_g_idx", "output_scale", "k_scale")
-_CT_AUX += ("v_scale", "weight_packed_zero_point")
+_CT_AUX += ("v_scale", "weight_packed_zero_point", "weight_scale_2", "pre_quant_scale")  # (and NVIDIA ModelOpt's)
 _BAND_ELEMENTS = 1 << 20  # entries per dequantised band (4 MB float32 per side)
 
 
@@ -139,6 +140,8 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
             forms[f"{stem}.SCB"] = TensorForm("scale", None, "scale")
         elif method == "compressed-tensors" and last in ("weight", "weight_packed") and not m.dtype.is_floating_point:
             forms[name] = _compressed_tensors_form(name, m, metas)
+        elif method == "modelopt" and last == "weight" and not m.dtype.is_floating_point:
+            forms[name] = TensorForm("codes", None, "ModelOpt packed codes")  # NVFP4 / INT4 bytes
         elif not m.dtype.is_floating_point and method in _CODE_ONLY and last in ("qweight", "qzeros"):
             forms[name] = TensorForm("codes", None, f"{_CODE_ONLY[method]} packed codes")
         elif m.dtype == torch.uint8 and method == "bitsandbytes" and last == "weight":
