@@ -8,7 +8,9 @@ does not take:
   like ``rotary_emb.inv_freq``): compared bitwise (:func:`compare_buffer`), reported in their own
   group, never counted as parameters.
 - **FP8 weights** (``float8_e4m3fn`` / ``float8_e5m2``) with ``weight_scale_inv`` block scales
-  (``⌈m/bs⌉ × ⌈n/bs⌉``, DeepSeek-V3 style) or a per-tensor / per-channel ``weight_scale``:
+  (``⌈m/bs⌉ × ⌈n/bs⌉``, DeepSeek-V3 style), a per-tensor / per-channel ``weight_scale``, or MXFP8's
+  uint8 E8M0 exponents per group of 32 along a row (1 × 32 blocks, scale 2^(s − 127):
+  :func:`scale_values`):
   ``changed`` counts stored codes that differ (ULP histogram in code steps); the *effective*
   comparison dequantises both sides (w = code × scale[i // bs, j // bs], in float32) and runs the
   float pass on it, in row bands of whole scale blocks, so memory stays a few bands, not two
@@ -105,9 +107,12 @@ def quant_method(config: dict) -> str | None:
 
 
 def block_size(config: dict) -> tuple[int, int]:
-    """FP8 block size from ``quantization_config.weight_block_size`` (default 128 × 128)."""
+    """FP8 block size from ``quantization_config.weight_block_size`` or, in compressed-tensors' config, its
+    weights' ``group_size`` (1 × g: MXFP8) or ``block_structure`` (default 128 × 128)."""
     qc = config.get("quantization_config") or {}
     bs = qc.get("weight_block_size") if isinstance(qc, dict) else None
+    if bs is None and isinstance(qc, dict) and isinstance(qc.get("config_groups"), dict):
+        bs = _group_block(qc["config_groups"])
     if bs is None:
         return DEFAULT_BLOCK, DEFAULT_BLOCK
     if not (isinstance(bs, list) and len(bs) == 2 and all(type(b) is int and b >= 1 for b in bs)):
@@ -116,6 +121,26 @@ def block_size(config: dict) -> tuple[int, int]:
             ">= 1 (rows and columns of a scale block, e.g. [128, 128])."
         )
     return bs[0], bs[1]
+
+
+def _group_block(groups: dict) -> list | None:
+    """The scale block of compressed-tensors' FP8 config groups: [1, group_size] for a group strategy,
+    ``block_structure`` for a block one; None for per-tensor / per-channel scales (or no FP8 group)."""
+    found = []
+    for g in groups.values():
+        w = g.get("weights") if isinstance(g, dict) else None
+        if not isinstance(w, dict) or w.get("type") != "float" or w.get("num_bits") != 8:
+            continue
+        if w.get("strategy") in ("group", "tensor_group"):
+            found.append([1, w.get("group_size")])
+        elif w.get("strategy") == "block":
+            found.append(w.get("block_structure"))
+    if len({str(b) for b in found}) > 1:
+        raise CheckpointError(
+            f"config.json quantization_config.config_groups give FP8 weights several block sizes ({found[:3]}); "
+            "one per checkpoint is read."
+        )
+    return found[0] if found else None
 
 
 def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
@@ -401,7 +426,7 @@ def compare_aligned(
         log.add(i, f"codes:{fb.label}", name, st.changed)
         return st, st.changed, None
     if fa.kind == fb.kind and fa.kind in ("fp8", "int8"):
-        sa, sb = ck_base.get(fa.scale, dev), ck.get(fb.scale, dev)
+        sa, sb = scale_values(ck_base, fa.scale, dev), scale_values(ck, fb.scale, dev)
         block = block_size(ck.config) if fa.kind == "fp8" else (1, 1)
         divisor = fa.divisor
         if fa.divisor != fb.divisor:
@@ -441,9 +466,24 @@ def compare_aligned(
     return st, st.changed, lambda: eb.to(torch.float64) - ea.to(torch.float64)
 
 
+def scale_values(ck, name: str, dev) -> torch.Tensor:
+    """A weight's scales as values: stored as they are, or, stored as uint8 (E8M0, MXFP8's group scales),
+    2^(s − 127) in float32 (exact); a byte 255 (NaN in E8M0) is refused, naming where."""
+    s = ck.get(name, dev)
+    if s.dtype != torch.uint8:
+        return s
+    if bool((s == 255).any()):
+        at = tuple(int(i) for i in (s == 255).nonzero()[0])
+        raise CheckpointError(f"{ck.spec}: scale {name!r} holds the byte 255 (NaN in E8M0) at {at}.")
+    from subnetviz.checkpoints.mxfp4 import E8M0_VALUES
+
+    return torch.from_numpy(E8M0_VALUES).to(s.device)[s.long()]
+
+
 def _as_float(x: torch.Tensor, form: TensorForm, ck, dev, name: str) -> torch.Tensor | None:
     if form.kind == "float":
         return x
     if form.kind in ("fp8", "int8"):
-        return effective(x, ck.get(form.scale, dev), form, block_size(ck.config), name=name, scale_name=form.scale)
+        scale = scale_values(ck, form.scale, dev)
+        return effective(x, scale, form, block_size(ck.config), name=name, scale_name=form.scale)
     return None

@@ -35,6 +35,7 @@ _NAN_SCALE = 255  # E8M0 0xFF is NaN
 _PAIRS = np.array([[FP4_VALUES[b & 0x0F], FP4_VALUES[b >> 4]] for b in range(256)], np.float32)
 # scale byte -> 2^(s - 127) in float32, exact for every s < 255 (2^-127 is a float32 subnormal)
 _POW2 = np.array([np.ldexp(1.0, s - 127) if s < _NAN_SCALE else np.nan for s in range(256)], np.float32)
+E8M0_VALUES = _POW2  # (also MXFP8's group scales: analysis.quant.scale_values)
 # (scale byte, code) -> bfloat16 bits of FP4(code) · 2^(s − 127): the top half of the exact float32's bits
 with np.errstate(over="ignore"):  # 6 · 2^127 is inf in float32, as in bfloat16 (transformers gives inf too)
     _BF16 = ((_POW2[:, None] * np.array(FP4_VALUES, np.float32)).view(np.uint32) >> 16).astype(np.uint16).view(np.int16)

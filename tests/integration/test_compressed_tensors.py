@@ -28,6 +28,7 @@ FORMATS = {  # preset (or int4 with groups of 16: the tiny model is 16 wide) -> 
     "W4A16-g16": ("weight_packed", torch.int32),
     "NVFP4A16": ("weight_packed", torch.uint8),
     "FP8": ("weight", torch.float8_e4m3fn),
+    "MXFP8A16": ("weight", torch.float8_e4m3fn),  # E8M0 (uint8) scales per group of 32 (a 64-wide model)
 }
 
 
@@ -49,7 +50,16 @@ def _quantize(folder, name: str):
 
     from tests.models import tiny_model
 
-    model = tiny_model("llama", seed=0, intermediate=64, kv_heads=2).to(torch.bfloat16)
+    if name.startswith("MX"):  # groups of 32: a wider model
+        import transformers as T
+
+        torch.manual_seed(0)
+        cfg = T.LlamaConfig(
+            vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
+        )
+        model = T.LlamaForCausalLM(cfg).to(torch.bfloat16)
+    else:
+        model = tiny_model("llama", seed=0, intermediate=64, kv_heads=2).to(torch.bfloat16)
     apply_quantization_config(model, QuantizationConfig(config_groups={"g": _scheme(name)}, ignore=["lm_head"]))
     for module in model.modules():
         scheme = getattr(module, "quantization_scheme", None)
@@ -98,6 +108,8 @@ def test_quantized_weights_are_weights_and_one_flipped_code_counts_once(ct, tmp_
     aux = [n for n in ck.names if n.rpartition(".")[2].startswith(("weight_scale", "weight_zero", "weight_global"))]
     assert aux and {forms[n].kind for n in aux} == {"scale"}
     assert {f.kind for f in forms.values()} <= {"float", "int8", "codes", "fp8", "scale"}  # no buffer at all
+    if name == "MXFP8A16":  # (before: refused, its (rows, cols / 32) scales not 128 × 128 blocks)
+        assert ck.meta(f"{Q}.weight_scale").dtype == torch.uint8 and forms[f"{Q}.weight"].kind == "fp8"
     sd = read_state_dict(ct[name])
     code = sd[f"{Q}.{last}"]
     code.view(torch.uint8)[1, 0] ^= 0x40  # one stored code (one byte of a packed int)
@@ -133,3 +145,29 @@ def test_int8_effective_weights_are_compressed_tensors_own(ct, tmp_path):
     nonzero = int((sd[f"{Q}.weight"][3] != 0).sum())
     assert t.loc[f"{Q}.weight", "changed"] == 0 and t.loc[f"{Q}.weight", "changed_effective"] == nonzero > 0
     assert any("compressed-tensors int8 weights" in n and "code × weight_scale[i]" in n for n in a.notes)
+
+
+def test_mxfp8_effective_weights_are_compressed_tensors_own(ct, tmp_path):
+    """MXFP8: w = code × 2^(s − 127) per group of 32 along a row, exact in float32, as compressed-tensors
+    dequantises it; one changed exponent doubles its group's nonzero weights and changes nothing else."""
+    from compressed_tensors.compressors.mx_utils import decompress_mx_scale
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+
+    from subnetviz.analysis.quant import block_size, scale_values
+
+    ck = open_checkpoint(ct["MXFP8A16"])
+    forms = tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)
+    args = QuantizationArgs(**ck.config["quantization_config"]["config_groups"]["group_0"]["weights"])
+    assert block_size(ck.config) == (1, 32)
+    for n in [n for n in ck.names if n.endswith("_proj.weight")]:
+        ours = effective(ck.get(n), scale_values(ck, f"{n}_scale", "cpu"), forms[n], (1, 32), name=n)
+        theirs = dequantize(ck.get(n), decompress_mx_scale(ck.get(f"{n}_scale")), None, args, dtype=torch.float32)
+        assert torch.equal(ours, theirs), n
+    sd = read_state_dict(ct["MXFP8A16"])
+    sd[f"{Q}.weight_scale"][5, 1] += 1
+    ft = write_folder(tmp_path / "ft", sd, ct["MXFP8A16"])
+    t = analyze_updates(str(ct["MXFP8A16"]), [str(ft)], labels=["ft"]).reports[0].tensors.set_index("name")
+    nonzero = int((sd[f"{Q}.weight"][5, 32:64].float() != 0).sum())
+    assert t.loc[f"{Q}.weight", "changed"] == 0 and t.loc[f"{Q}.weight", "changed_effective"] == nonzero > 0
+    assert t["changed_effective"].sum() == nonzero
