@@ -171,3 +171,25 @@ def test_mxfp8_effective_weights_are_compressed_tensors_own(ct, tmp_path):
     nonzero = int((sd[f"{Q}.weight"][5, 32:64].float() != 0).sum())
     assert t.loc[f"{Q}.weight", "changed"] == 0 and t.loc[f"{Q}.weight", "changed_effective"] == nonzero > 0
     assert t["changed_effective"].sum() == nonzero
+
+
+def test_mxfp8_bad_scales_and_config_groups_are_one_line(ct, tmp_path):
+    from subnetviz.analysis.quant import block_size
+    from subnetviz.errors import CheckpointError
+
+    sd = read_state_dict(ct["MXFP8A16"])
+    sd[f"{Q}.weight_scale"][7, 0] = 255
+    bad = write_folder(tmp_path / "nan", sd, ct["MXFP8A16"])
+    with pytest.raises(
+        CheckpointError, match=rf"scale '{Q}.weight_scale' holds the byte 255 \(NaN in E8M0\) at \(7, 0\)"
+    ):
+        analyze_updates(str(ct["MXFP8A16"]), [str(bad)])
+    fp8 = {"type": "float", "num_bits": 8}
+    groups = {
+        "a": {"weights": {**fp8, "strategy": "group", "group_size": 32}},
+        "b": {"weights": {**fp8, "strategy": "block", "block_structure": [128, 128]}},
+    }
+    with pytest.raises(CheckpointError, match="several block sizes"):
+        block_size({"quantization_config": {"quant_method": "compressed-tensors", "config_groups": groups}})
+    int4 = {"weights": {"type": "int", "num_bits": 4, "strategy": "group", "group_size": 16}}
+    assert block_size({"quantization_config": {"config_groups": {"a": int4}}}) == (128, 128)  # no FP8 group
