@@ -79,7 +79,8 @@ class TensorForm:
     """How one stored tensor is compared.
 
     ``kind``: ``float`` (compare_pair), ``buffer``, ``fp8`` (codes + ``scale`` companion),
-    ``int8`` (codes + ``scale``: bnb's SCB, or compressed-tensors' weight_scale), ``codes`` (integer codes, no effective comparison),
+    ``int8`` (codes + ``scale``: bnb's SCB, or compressed-tensors' weight_scale), ``codes`` (integer
+    codes, no effective comparison),
     ``scale`` (a weight's scale: compared as floats, reported with the buffers, outside the sparsity).
     ``scale``: the companion scale tensor's name; ``label``: what the table's ``stored_as`` says.
     """

@@ -225,8 +225,8 @@ class MergedAdapter(Checkpoint):
                 if ra != rb or ra % e or (d_in, d_out) != ((d2, d1) if swapped else (d1, d2)):
                     raise CheckpointError(
                         f"{self.adapter_file}: the LoRA tensors of {name!r} have shapes A {(ra, d_in)}, "
-                        f"B {(d_out, rb)}; for a parameter of shape {(e, d1, d2)} they must be (r·{e}, {d1}) and "
-                        f"({d2}, r·{e}), or ({d2} and {d1}) for experts stored (experts, out, in)."
+                        f"B {(d_out, rb)}; for a parameter of shape {(e, d1, d2)} they must be A (r·{e}, {d1}) and "
+                        f"B ({d2}, r·{e}), or A (r·{e}, {d2}) and B ({d1}, r·{e}) for experts PEFT swaps."
                     )
                 pairs[name] = (a, b, False)
                 experts[name] = (e, swapped)
