@@ -5,10 +5,11 @@ q/k/v/o, gate/up/down), MoE families (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3 with 
 gpt-oss with attention sinks, packed 3-D experts), Phi-3 (fused ``qkv_proj`` / ``gate_up_proj``),
 GLM-4, LFM2, post-norm families (Gemma-2/3, OLMo-2), GPT-2 (Conv1D weights stored (in, out); fused
 ``c_attn`` split in contiguous thirds along the output columns), GPT-NeoX/Pythia (fused
-``query_key_value`` interleaved per head along the output rows), BERT; multimodal checkpoints' language model under ``model.language_model.`` and a
-vision tower as its own block. An unknown architecture falls back to a generic parse (layer = the
-first integer path component) and says so in :attr:`NameTable.notice`; it never raises. Names no
-table knows are ``other`` and listed by :meth:`NameTable.unmatched` (the analysis notes them).
+``query_key_value`` interleaved per head along the output rows), BERT; multimodal checkpoints'
+language model under ``model.language_model.`` and a vision tower as its own block. An unknown
+architecture falls back to a generic parse (layer = the first integer path component) and says so in
+:attr:`NameTable.notice`; it never raises. Names no table knows are ``other`` and listed by
+:meth:`NameTable.unmatched` (the analysis notes them).
 
 Experts sit in block ``moe`` with the dense module kinds (gate/up/down) and an ``expert`` (index,
 ``"shared"``, ``"all"`` for packed); routers are module ``router``. Module kinds are short
