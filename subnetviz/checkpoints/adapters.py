@@ -7,7 +7,9 @@ embedding adapters use Δ = (B·A)ᵀ), computed in float32 and rounded once to 
 dtype (round-to-nearest-even), as a merge would save it; ``modules_to_save`` replace their base
 tensors; every other tensor is the base's. LoRA on parameters (``target_parameters``: a model's packed
 3-D experts, as gpt-oss is adapted) merges each expert's Δ[e] = s·B[:, :, e]·A[e] in the layout PEFT
-picks, PEFT's nested wrappers assigned to the parameters they wrap. Merging happens per tensor in
+picks, PEFT's nested wrappers assigned to the parameters they wrap; where the base stores its experts
+one by one (Qwen-MoE, Mixtral), each expert's tensor takes its rows of that expert's Δ (transformers packs
+gate_up = [gate; up]). Merging happens per tensor in
 :meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. DoRA (a learned magnitude
 renormalises each merged column) is refused by name, as is any adapter type other than LoRA.
 """
@@ -18,7 +20,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -181,17 +183,16 @@ class MergedAdapter(Checkpoint):
                 "parameter names."
             )
         out: dict[str, list[str]] = {}
+        self._unpacked = _unpacked_experts(self.base) if tp else {}
         for t in tp:
-            hits = [n for n in base_names if n == t or n.endswith(f".{t}")]
+            hits = [n for n in [*base_names, *self._unpacked] if n == t or n.endswith(f".{t}")]
             if not hits:
                 raise CheckpointError(
                     f"{self.spec}: target parameter {t!r} (adapter_config.json target_parameters) matches no "
-                    f"tensor of the base {self.base.spec} (PEFT wraps the packed experts a model holds in memory; "
-                    "a base that stores them expert by expert, as transformers saves Qwen-MoE, cannot take it: "
-                    "merge it with peft and give the merged folder)."
+                    f"tensor of the base {self.base.spec}, packed or expert by expert.{suggest(t, base_names)}"
                 )
             for n in hits:
-                if len(self.base.meta(n).shape) != 3:
+                if n not in self._unpacked and len(self.base.meta(n).shape) != 3:
                     raise CheckpointError(
                         f"{self.spec}: target parameter {n!r} has shape {self.base.meta(n).shape}; only 3-D "
                         "(experts, ·, ·) parameters are read as LoRA targets. Merge it with peft and give the folder."
@@ -219,7 +220,7 @@ class MergedAdapter(Checkpoint):
                 if a is None or b is None:
                     raise CheckpointError(f"{self.adapter_file}: {name!r} has only one of its LoRA A/B tensors.")
                 (ra, d_in), (d_out, rb) = header[a]["shape"], header[b]["shape"]
-                e, d1, d2 = self.base.meta(name).shape
+                e, d1, d2 = self._unpacked[name].shape if name in self._unpacked else self.base.meta(name).shape
                 square_rule = self.base.names_table.family not in _NOT_SWAPPED
                 swapped = (d_in, d_out) == (d2, d1) and ((d1, d2) != (d2, d1) or square_rule)
                 if ra != rb or ra % e or (d_in, d_out) != ((d2, d1) if swapped else (d1, d2)):
@@ -228,8 +229,12 @@ class MergedAdapter(Checkpoint):
                         f"B {(d_out, rb)}; for a parameter of shape {(e, d1, d2)} they must be A (r·{e}, {d1}) and "
                         f"B ({d2}, r·{e}), or A (r·{e}, {d2}) and B ({d1}, r·{e}) for experts PEFT swaps."
                     )
-                pairs[name] = (a, b, False)
                 experts[name] = (e, swapped)
+                if name not in self._unpacked:
+                    pairs[name] = (a, b, False)
+                    continue
+                for target in self._unpacked[name].slices:  # each expert's own tensors, merged one by one
+                    pairs[target] = (a, b, False)
         return experts
 
     def _check_shapes(self, target: str, a: list[int], b: list[int], emb: bool, want: tuple[int, ...]) -> None:
@@ -302,6 +307,8 @@ class MergedAdapter(Checkpoint):
         ka, kb, emb = self.pairs[name]
         if name in self.experts:
             return self._merge_experts(name, w, ka, kb, stored, device)
+        if name in self._slices:
+            return self._merge_expert_slice(name, w, ka, kb, stored, device)
         a = self._adapter[ka].to(device, torch.float32)  # (r, in) or, for embeddings, (r, vocab)
         b = self._adapter[kb].to(device, torch.float32)  # (out, r) or (dim, r)
         delta = (b @ a).mul_(self._scale(name, a.shape[0]))  # in place: one float32 temporary per tensor
@@ -314,18 +321,34 @@ class MergedAdapter(Checkpoint):
 
     def _merge_experts(self, name: str, w, ka: str, kb: str, stored, device) -> torch.Tensor:
         """W[e] + s·Δ[e], expert by expert (float32 temporaries of one expert), rounded once per entry."""
+        s, a, b, swapped = self._factors(name, ka, kb, device)  # A: experts × rank × in, B: out × rank × experts
+        out = torch.empty(w.shape, dtype=stored, device=device)
+        for i in range(a.shape[0]):
+            delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", b[:, :, i], a[i]).mul_(s)
+            out[i] = delta.add_(w[i]).to(stored)
+        return out
+
+    def _factors(self, name: str, ka: str, kb: str, device):
+        """(s, A (E, r, in), B (out, r, E), swapped) of the wrapped parameter ``name``."""
         e, swapped = self.experts[name]
         a = self._adapter[ka].to(device, torch.float32)
         b = self._adapter[kb].to(device, torch.float32)
         r = a.shape[0] // e
-        s = self._scale(name, r, module=name)
-        a = a.reshape(e, r, a.shape[-1])  # experts × rank × in
-        b = b.reshape(b.shape[0], r, e)  # out × rank × experts
-        out = torch.empty(w.shape, dtype=stored, device=device)
-        for i in range(e):
-            delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", b[:, :, i], a[i]).mul_(s)
-            out[i] = delta.add_(w[i]).to(stored)
-        return out
+        return self._scale(name, r, module=name), a.reshape(e, r, a.shape[-1]), b.reshape(b.shape[0], r, e), swapped
+
+    def _merge_expert_slice(self, name: str, w, ka: str, kb: str, stored, device) -> torch.Tensor:
+        """One expert's own tensor of a packed parameter PEFT wrapped (the base stores experts one by one):
+        its rows of that expert's Δ, in the base's (out, in) layout."""
+        packed, i, r0, r1 = self._slices[name]
+        s, a, b, swapped = self._factors(packed, ka, kb, device)
+        delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", b[:, :, i], a[i]).mul_(s)
+        if not swapped:  # (E, in, out) in memory: the expert's (out, in) weight is its transpose
+            delta = delta.T
+        return delta[r0:r1].add_(w).to(stored)
+
+    @cached_property
+    def _slices(self) -> dict:
+        return {t: sl for u in self._unpacked.values() for t, sl in u.slices.items()}
 
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
         """The base's mapped bytes for a tensor the adapter leaves as it is; None (read through :meth:`get`)
@@ -345,6 +368,56 @@ class MergedAdapter(Checkpoint):
 
     def __repr__(self) -> str:
         return f"MergedAdapter({self.spec!r} on {self.base.spec!r}, {len(self.pairs)} merged tensors)"
+
+
+@dataclass(frozen=True)
+class _Unpacked:
+    """A packed expert parameter as transformers holds it in memory (``experts.gate_up_proj`` (E, 2I, H),
+    ``experts.down_proj`` (E, H, I)) over a base that stores each expert's Linear weights: its shape, and
+    each per-expert tensor's (packed name, expert, first row, end row) in the expert's Δ."""
+
+    shape: tuple[int, int, int]
+    slices: dict
+
+
+# transformers' conversion of per-expert checkpoints (conversion_mapping: qwen2_moe and the families mapped
+# to it, and Mixtral): gate_up = [gate; up] along the rows, down as it is; Mixtral's block_sparse_moe is mlp.
+_PER_EXPERT = {
+    "gate_up_proj": (("gate_proj", "up_proj"), ("w1", "w3")),
+    "down_proj": (("down_proj",), ("w2",)),
+}
+
+
+def _unpacked_experts(base: Checkpoint) -> dict[str, _Unpacked]:
+    """In-memory packed name -> :class:`_Unpacked`, for every expert block the base stores expert by expert."""
+    found: dict[str, dict[int, dict[str, str]]] = {}
+    for n in base.names:
+        m = _EXPERT_TENSOR.search(n)
+        if m:
+            found.setdefault(n[: m.start()] + ".experts", {}).setdefault(int(m["e"]), {})[m["p"]] = n
+    out: dict[str, _Unpacked] = {}
+    for module, experts in found.items():
+        n_e = len(experts)
+        if sorted(experts) != list(range(n_e)):
+            continue
+        memory = module.replace(".block_sparse_moe.", ".mlp.")
+        for packed, layouts in _PER_EXPERT.items():
+            parts = next((ps for ps in layouts if all(p in experts[0] for p in ps)), None)
+            if parts is None or not all(all(p in experts[e] for p in parts) for e in range(n_e)):
+                continue
+            rows = [base.meta(experts[0][p]).shape for p in parts]
+            if any(len(r) != 2 or r[1] != rows[0][1] for r in rows):
+                continue
+            slices, r0 = {}, 0
+            for p, (nr, _) in zip(parts, rows, strict=True):
+                for e in range(n_e):
+                    slices[experts[e][p]] = (f"{memory}.{packed}", e, r0, r0 + nr)
+                r0 += nr
+            out[f"{memory}.{packed}"] = _Unpacked((n_e, r0, rows[0][1]), slices)
+    return out
+
+
+_EXPERT_TENSOR = re.compile(r"\.experts\.(?P<e>\d+)\.(?P<p>gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
 
 
 def _number(v, *, rank: bool) -> bool:

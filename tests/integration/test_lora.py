@@ -10,6 +10,7 @@ is a one-line error naming it.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -374,7 +375,9 @@ def _moe(kind: str, inter: int = 96):
             interleave_moe_layer_step=1,
         )
         return T.Llama4ForCausalLM, cfg
-    cfg = T.Qwen3MoeConfig(**common, num_experts=4, moe_intermediate_size=8, num_experts_per_tok=2, head_dim=4)
+    if kind == "mixtral":
+        return T.MixtralForCausalLM, T.MixtralConfig(**common, intermediate_size=inter, num_local_experts=4)
+    cfg = T.Qwen3MoeConfig(**common, num_experts=4, moe_intermediate_size=inter, num_experts_per_tok=2, head_dim=4)
     return T.Qwen3MoeForCausalLM, cfg
 
 
@@ -415,9 +418,50 @@ def test_lora_on_packed_experts_merges_as_peft_merges_it(tmp_path, kind, inter):
         assert t.loc[name, "changed"] == want > 0.9 * merged[name].numel(), name
 
 
-def test_lora_on_experts_a_base_does_not_store_is_one_line(tmp_path):
-    """Qwen3-MoE: PEFT wraps the packed experts transformers holds in memory, the checkpoint stores them one
-    by one; and a target_parameters that is no list."""
+@pytest.mark.parametrize("kind, inter", [("qwen3_moe", 8), ("qwen3_moe", 16), ("mixtral", 32)])
+def test_lora_on_packed_experts_over_a_base_stored_expert_by_expert(tmp_path, kind, inter):
+    """Qwen3-MoE and Mixtral checkpoints store each expert's Linear weights (experts.N.gate_proj / w1 ...);
+    transformers packs them in memory (gate_up = [gate; up], Mixtral's block_sparse_moe read as mlp), and
+    PEFT's target_parameters wraps the packed tensors. Each expert's tensor is merged with its rows of that
+    expert's Δ: equal to the matching slice of PEFT's merge_and_unload bit for bit, also with square
+    experts (moe_intermediate = hidden); before: 'matches no tensor of the base'."""
+    from peft import LoraConfig, get_peft_model
+
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    model_cls, cfg = _moe(kind, inter)
+    torch.manual_seed(0)
+    model_cls(cfg).save_pretrained(tmp_path / "base")
+    params = ["experts.gate_up_proj", "experts.down_proj"]
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], target_parameters=params, init_lora_weights=False)
+    peft_model = get_peft_model(model_cls.from_pretrained(tmp_path / "base"), lora)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload().state_dict()
+    base = open_checkpoint(tmp_path / "base")
+    ck = open_finetune(str(tmp_path / "adapter"), base)
+    per_expert = re.compile(
+        r"^(.*)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$"
+    )
+    seen = 0
+    for name in ck.names:
+        m = per_expert.match(name)
+        if m is None:
+            want = merged[name.replace(".block_sparse_moe.", ".mlp.")]
+        else:
+            pre, e, p = m[1], int(m[2]), m[3]
+            down = p in ("down_proj", "w2")
+            packed = merged[f"{pre}.mlp.experts.{'down_proj' if down else 'gate_up_proj'}"][e]
+            half = packed.shape[0] // 2
+            want = packed if down else (packed[:half] if p in ("gate_proj", "w1") else packed[half:])
+            seen += 1
+        assert torch.equal(ck.get(name).view(torch.int32), want.view(torch.int32)), name
+    assert seen == 2 * 4 * 3  # layers × experts × (gate, up, down)
+
+
+def test_lora_on_experts_the_base_does_not_hold_is_one_line(tmp_path):
+    """A target parameter the base holds neither packed nor expert by expert, and a target_parameters that is
+    no list: one line each, naming it."""
     from peft import LoraConfig, get_peft_model
 
     from subnetviz.checkpoints import open_checkpoint
@@ -429,9 +473,11 @@ def test_lora_on_experts_a_base_does_not_store_is_one_line(tmp_path):
     lora = LoraConfig(r=2, target_parameters=["experts.gate_up_proj"], init_lora_weights=False)
     get_peft_model(model_cls.from_pretrained(tmp_path / "base"), lora).save_pretrained(tmp_path / "adapter")
     base = open_checkpoint(tmp_path / "base")
-    with pytest.raises(CheckpointError, match="target parameter 'experts.gate_up_proj'.*stores them expert by expert"):
-        open_finetune(str(tmp_path / "adapter"), base)
     cfg_path = tmp_path / "adapter" / "adapter_config.json"
-    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "target_parameters": "experts.gate_up_proj"}))
+    adapter_cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**adapter_cfg, "target_parameters": ["experts.gate_proj_x"]}))
+    with pytest.raises(CheckpointError, match="target parameter 'experts.gate_proj_x'.*packed or expert by expert"):
+        open_finetune(str(tmp_path / "adapter"), base)
+    cfg_path.write_text(json.dumps({**adapter_cfg, "target_parameters": "experts.gate_up_proj"}))
     with pytest.raises(CheckpointError, match="target_parameters in adapter_config.json is 'experts.gate_up_proj'"):
         open_finetune(str(tmp_path / "adapter"), base)
