@@ -381,18 +381,9 @@ def _moe(kind: str, inter: int = 96):
     return T.Qwen3MoeForCausalLM, cfg
 
 
-@pytest.mark.parametrize(
-    "kind, inter",
-    [("gpt_oss", 96), ("gpt_oss", 64), ("llama4", 32)],
-    ids=["gpt-oss", "gpt-oss-square-down", "llama4-swapped"],
-)
-def test_lora_on_packed_experts_merges_as_peft_merges_it(tmp_path, kind, inter):
-    """PEFT's LoRA on parameters (target_parameters, the way gpt-oss's experts are adapted): each expert's
-    Δ[e] = s·B[:, :, e]·A[e], in the layout PEFT picks (gpt-oss's experts are (E, in, out); Llama-4's are
-    swapped), nested wrappers assigned to their parameters. Equal to PEFT's merge_and_unload bit for bit
-    (float32 base), also where an expert's matrix is square (gpt-oss with intermediate = hidden); the analysis
-    counts exactly the entries the merge changed (before: 'targets ...experts.base_layer.weight, which the
-    base does not hold')."""
+def _experts_adapter(tmp_path, kind: str, inter: int):
+    """(base, the adapter read as its merged model, PEFT's own merge_and_unload state dict) for a tiny MoE
+    of ``kind`` and a PEFT LoRA on q_proj and on the packed experts (target_parameters)."""
     from peft import LoraConfig, get_peft_model
 
     from subnetviz.checkpoints import open_checkpoint
@@ -407,7 +398,22 @@ def test_lora_on_packed_experts_merges_as_peft_merges_it(tmp_path, kind, inter):
     peft_model.save_pretrained(tmp_path / "adapter")
     merged = peft_model.merge_and_unload().state_dict()
     base = open_checkpoint(tmp_path / "base")
-    ck = open_finetune(str(tmp_path / "adapter"), base)
+    return base, open_finetune(str(tmp_path / "adapter"), base), merged
+
+
+@pytest.mark.parametrize(
+    "kind, inter",
+    [("gpt_oss", 96), ("gpt_oss", 64), ("llama4", 32)],
+    ids=["gpt-oss", "gpt-oss-square-down", "llama4-swapped"],
+)
+def test_lora_on_packed_experts_merges_as_peft_merges_it(tmp_path, kind, inter):
+    """PEFT's LoRA on parameters (target_parameters, the way gpt-oss's experts are adapted): each expert's
+    Δ[e] = s·B[:, :, e]·A[e], in the layout PEFT picks (gpt-oss's experts are (E, in, out); Llama-4's are
+    swapped), nested wrappers assigned to their parameters. Equal to PEFT's merge_and_unload bit for bit
+    (float32 base), also where an expert's matrix is square (gpt-oss with intermediate = hidden); the analysis
+    counts exactly the entries the merge changed (before: 'targets ...experts.base_layer.weight, which the
+    base does not hold')."""
+    base, ck, merged = _experts_adapter(tmp_path, kind, inter)
     assert len(ck.experts) == 4 and {n.rsplit(".", 1)[1] for n in ck.experts} == {"gate_up_proj", "down_proj"}
     for name in ck.names:
         assert torch.equal(ck.get(name).view(torch.int32), merged[name].view(torch.int32)), name
@@ -425,21 +431,7 @@ def test_lora_on_packed_experts_over_a_base_stored_expert_by_expert(tmp_path, ki
     PEFT's target_parameters wraps the packed tensors. Each expert's tensor is merged with its rows of that
     expert's Δ: equal to the matching slice of PEFT's merge_and_unload bit for bit, also with square
     experts (moe_intermediate = hidden); before: 'matches no tensor of the base'."""
-    from peft import LoraConfig, get_peft_model
-
-    from subnetviz.checkpoints import open_checkpoint
-    from subnetviz.checkpoints.adapters import open_finetune
-
-    model_cls, cfg = _moe(kind, inter)
-    torch.manual_seed(0)
-    model_cls(cfg).save_pretrained(tmp_path / "base")
-    params = ["experts.gate_up_proj", "experts.down_proj"]
-    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], target_parameters=params, init_lora_weights=False)
-    peft_model = get_peft_model(model_cls.from_pretrained(tmp_path / "base"), lora)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    merged = peft_model.merge_and_unload().state_dict()
-    base = open_checkpoint(tmp_path / "base")
-    ck = open_finetune(str(tmp_path / "adapter"), base)
+    base, ck, merged = _experts_adapter(tmp_path, kind, inter)
     per_expert = re.compile(
         r"^(.*)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$"
     )
