@@ -12,7 +12,8 @@ anonymous memory (``RssAnon``) every 2 ms:
 - ``moe``: one Qwen-MoE layer of 64 experts (gate/up/down 512 × 1024 each) + router;
 - ``mxfp4``: one gpt-oss layer of 16 packed experts (gate_up 1024 × 2048, down 1024 × 1024 each) stored
   as the release does (4-bit codes + E8M0 scales), against a bf16 finetune of the dequantised weights:
-  every expert is dequantised when read (checkpoints.mxfp4).
+  every expert is dequantised when read (checkpoints.mxfp4). With it, the dequantisation alone on
+  gpt-oss-20b's expert shape against transformers' own, in the same run.
 
 Printed per form: seconds, ns per parameter, the ratio to bf16 per parameter, the same in CPU time of
 the analysis (process time: steadier than wall time on a shared machine), peak RssAnon against
@@ -246,6 +247,41 @@ def measure(forms: list[str], root: Path, repeats: int) -> dict[str, dict]:
     return best
 
 
+def dequant_ratio(experts: int = 8) -> None:
+    """The MXFP4 dequantisation alone on gpt-oss-20b's gate_up shape (here ``experts`` of its 32 experts:
+    blocks (E, 5760, 90, 16)), against transformers' own ``convert_moe_packed_tensors`` in the same run
+    (best of 3 each, one thread); the results are checked equal bit for bit."""
+    import torch
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from subnetviz.analysis import bits_jit
+    from subnetviz.checkpoints.mxfp4 import dequantize
+
+    torch.set_num_threads(1)
+    bits_jit.warm(("mxfp4",))
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (experts, 5760, 90, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(118, 134, (experts, 5760, 90), generator=g, dtype=torch.uint8)
+    times = {}
+    for name, fn in (
+        ("subnetviz", lambda: dequantize(blocks, scales)),
+        ("transformers", lambda: convert_moe_packed_tensors(blocks, scales)),
+    ):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - t0)
+        times[name] = (best, out)
+    n = times["subnetviz"][1].numel()
+    same = torch.equal(times["subnetviz"][1].view(torch.int16), times["transformers"][1].view(torch.int16))
+    ours, theirs = times["subnetviz"][0] / n * 1e9, times["transformers"][0] / n * 1e9
+    print(
+        f"MXFP4 dequantisation, {experts} experts of gpt-oss-20b's gate_up ({n:,} parameters): {ours:.2f} ns/param, "
+        f"transformers' convert_moe_packed_tensors {theirs:.2f} ns/param ({theirs / ours:.1f}x); bit for bit: {same}"
+    )
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=2048, help="rows of each 4096-wide matrix (multiple of 128)")
@@ -291,6 +327,8 @@ def main(argv: list[str]) -> int:
             f"{again / base_again:>7.2f}x{'' if within else '  OVER'}"
         )
     print(f"kernel load before the clock (numba + kernels from the on-disk cache): {results['bf16']['warm']:.2f} s")
+    if "mxfp4" in results:
+        dequant_ratio()
     print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if "fp8@numpy" in results:
         per = {f: (r["seconds"] / r["params"], r["cpu"] / r["params"]) for f, r in results.items()}
