@@ -6,10 +6,11 @@ uint8 tensors beside each other: ``<proj>_blocks`` of shape (E, R, G, 16), two F
 (low nibble first), and ``<proj>_scales`` of shape (E, R, G), one E8M0 exponent per block of 32 codes
 (w = FP4(code) · 2^(scale − 127), the OCP Microscaling format). transformers dequantises them on load to
 ``<proj>`` of shape (E, G·32, R) in bfloat16 (the rows of the stored blocks become the last dim: gate_up
-(E, H, 2I), down (E, I, H)), and that is what a finetune of gpt-oss saves. A :class:`~subnetviz.checkpoints.
-sources.Checkpoint` of an MXFP4 release therefore lists ``<proj>`` with that shape and dtype in place of the
-stored pair (:func:`plan`), and reading it dequantises it (:func:`dequantize`): an MXFP4 base is compared
-with its bf16 finetunes tensor by tensor, by name, with nothing cast. Every value FP4 · 2^(s − 127) is exact
+(E, H, 2I), down (E, I, H)), and that is what a finetune of gpt-oss saves. A
+:class:`~subnetviz.checkpoints.sources.Checkpoint` of an MXFP4 release therefore lists ``<proj>`` with that
+shape and dtype in place of the stored pair (:func:`plan`), and reading it dequantises it
+(:func:`dequantize`): an MXFP4 base is compared with its bf16 finetunes tensor by tensor, by name, with
+nothing cast. Every value FP4 · 2^(s − 127) is exact
 in bfloat16 (two significant bits; bfloat16 has float32's exponent range), so the comparison is exact.
 """
 
