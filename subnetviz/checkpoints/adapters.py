@@ -119,7 +119,7 @@ class MergedAdapter(Checkpoint):
         self._adapter = _load(weights)
         rule = "α/√r (rsLoRA)" if ac.get("use_rslora") else "α/r"
         self.notes = [
-            f"{Path(spec).name}: LoRA adapter merged onto {base.spec}: W + s·B·A with s = {rule} (r={r}, α={alpha}) "
+            f"LoRA adapter {Path(spec).name} merged onto {base.spec}: W + s·B·A with s = {rule} (r={r}, α={alpha}) "
             f"for {len(self.pairs)} tensor(s), computed in float32 and rounded to the base's stored dtype "
             "(round-to-nearest-even) as a merge would save it: rank(s·B·A) ≤ r, and the rounding adds a floor "
             "below the r-th singular value of Δ (at most ‖rounding error‖)"
