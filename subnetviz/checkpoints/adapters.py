@@ -305,6 +305,12 @@ class MergedAdapter(Checkpoint):
         if name not in self.pairs:
             return w.to(stored)
         ka, kb, emb = self.pairs[name]
+        # the merge's float32 product (one expert's, for packed experts) and the merged tensor: checked
+        # against the memory available before either is allocated (a vocabulary-sized Δ is gigabytes)
+        e = self.experts.get(name, (1,))[0]
+        numel = math.prod(self.meta(name).shape)
+        need, cpu = numel * stored.itemsize + 4 * numel // e, str(device) == "cpu"
+        require_memory(f"Merging the adapter into {name}", need if cpu else 0, str(device), 0 if cpu else need)
         if name in self.experts:
             return self._merge_experts(name, w, ka, kb, stored, device)
         if name in self._slices:

@@ -473,3 +473,25 @@ def test_lora_on_experts_the_base_does_not_hold_is_one_line(tmp_path):
     cfg_path.write_text(json.dumps({**adapter_cfg, "target_parameters": "experts.gate_up_proj"}))
     with pytest.raises(CheckpointError, match="target_parameters in adapter_config.json is 'experts.gate_up_proj'"):
         open_finetune(str(tmp_path / "adapter"), base)
+
+
+def test_a_merge_that_would_not_fit_in_memory_is_refused_before_allocating(ckpt_zoo, tmp_path, monkeypatch):
+    """A merged tensor needs its float32 product and the merged copy: refused, naming it, where the memory
+    available would not hold them (the server is not killed by the out-of-memory killer); the tensors the
+    adapter leaves alone are still read."""
+    from subnetviz import config
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+    from subnetviz.errors import ConfigError
+
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, _ = _adapter(tmp_path / "lora", base_sd)
+    ck = open_finetune(str(folder), open_checkpoint(ckpt_zoo.llama))
+    target = f"{TARGETS[0]}.weight"
+    need = base_sd[target].numel() * (2 + 4)  # bf16 result + the float32 product
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: need)  # less once only part of it is usable
+    with pytest.raises(ConfigError, match=f"Merging the adapter into {target} needs about"):
+        ck.get(target)
+    assert torch.equal(ck.get("model.norm.weight"), base_sd["model.norm.weight"])
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 100 * need)
+    assert ck.get(target).shape == base_sd[target].shape
