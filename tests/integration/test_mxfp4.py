@@ -207,3 +207,26 @@ def test_a_series_from_the_mxfp4_release(gptoss, tmp_path):
         model.save_pretrained(tmp_path / f"step{step}")
     s = checkpoint_series([str(mx), str(tmp_path / "step1"), str(tmp_path / "step2")])
     assert list(s.steps["changed_vs_first"]) == [3, 5] and list(s.steps["changed_vs_previous"]) == [3, 5]
+
+
+def test_a_sharded_release_with_blocks_and_scales_in_different_shards(gptoss, tmp_path):
+    """gpt-oss-120b is 15 shards: a tensor's blocks and its scales may sit in different files. Read through
+    the shard index, every tensor equals the single-file release's."""
+    from safetensors.torch import save_file
+
+    _, mx = gptoss
+    sd = read_state_dict(mx)
+    scales = {k: v for k, v in sd.items() if k.endswith("_scales")}
+    rest = {k: v for k, v in sd.items() if k not in scales}
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    save_file(rest, str(folder / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    save_file(scales, str(folder / "model-00002-of-00002.safetensors"), metadata={"format": "pt"})
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in rest}
+    weight_map |= {k: "model-00002-of-00002.safetensors" for k in scales}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text((mx / "config.json").read_text())
+    one, two = open_checkpoint(mx), open_checkpoint(folder)
+    assert len(two.files) == 2 and sorted(two.names) == sorted(one.names)
+    for name in one.names:
+        assert torch.equal(_bits(two.get(name)), _bits(one.get(name))), name
