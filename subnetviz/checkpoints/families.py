@@ -6,9 +6,9 @@ DeepSeek's MLA, Phi-3's fused projections, post-norm layouts) so that a family i
 never a name substring test elsewhere. :mod:`~subnetviz.checkpoints.naming` applies them.
 
 Verified against the tensor names ``transformers`` 5.24 writes with ``save_pretrained`` (Mixtral,
-Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, gpt-oss, Phi-3, Gemma-2/3, OLMo-2, Qwen3, GLM-4, Hunyuan-MoE,
-ERNIE-4.5-MoE, Qwen3-Next, Apertus, LFM2) and, where no
-class saves them (transformers-v5 packed experts, DeepSeek's multi-token-prediction layer, vision
+Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, gpt-oss, Phi-3, Gemma-2/3, OLMo-2, Qwen3, GLM-4,
+Hunyuan-MoE, ERNIE-4.5-MoE, Qwen3-Next, Apertus, LFM2, DeepSeek-V3.2, AFMoE, FlexOlmo, MiniMax-M2,
+EXAONE-MoE) and, where no class saves them (transformers-v5 packed experts, DeepSeek's multi-token-prediction layer, vision
 towers of multimodal releases), the names of the released checkpoints.
 """
 
@@ -49,11 +49,15 @@ _MOE: Table = [
     (r"experts\.down_proj", "down"),
     (r"shared_expert_gate\.", "router"),
     (r"moe_statics\.", "router"),  # ERNIE-4.5's expert bias, added to the router's scores
+    (r"e_score_correction_bias$", "router"),  # (MiniMax-M2, EXAONE-MoE: beside the router, not in it)
+    (r"mlp\.expert_bias$", "router"),  # (AFMoE)
+    (r"mlp\.router\.", "router"),
     (r"block_sparse_moe\.gate\.", "router"),
     (r"mlp\.gate\.", "router"),
     (r"feed_forward\.router\.", "router"),
 ]
 _MLA: Table = [
+    (r"self_attn\.indexer\.(wq_b|wk|weights_proj)\.", "indexer"),  # DeepSeek-V3.2's sparse-attention indexer
     (r"self_attn\.q_a_proj\.", "q_a"),
     (r"self_attn\.q_b_proj\.", "q_b"),
     (r"self_attn\.kv_a_proj_with_mqa\.", "kv_a"),
@@ -68,6 +72,13 @@ _MLA: Table = [
 # gpt-oss: learned attention sinks (one logit per head), a router with a bias, and packed experts whose
 # gate_up_proj (E, H, 2I) interleaves gate and up along its last dim (gate = [..., ::2], up = [..., 1::2]).
 _GPT_OSS: Table = [(r"self_attn\.sinks$", "sinks"), (r"mlp\.router\.", "router")]
+# AFMoE (Arcee): sandwich norms (after attention; before and after the MLP) and a gate on attention's output.
+_AFMOE: Table = [
+    (r"self_attn\.gate_proj\.", "attn_gate"),
+    (r"post_attention_layernorm\.", "post_attn_norm"),
+    (r"pre_mlp_layernorm\.", "mlp_norm"),
+    (r"post_mlp_layernorm\.", "post_mlp_norm"),
+]
 # GLM-4 (dense): fused gate_up (halves, gate first) and norms after attention and after the MLP.
 _GLM4: Table = [
     (r"mlp\.gate_up_proj\.", "gate_up"),
@@ -143,6 +154,8 @@ FAMILIES: dict[str, Table] = {
     "gpt_oss": _GPT_OSS + _MOE + _DENSE,
     "phi3": _PHI3 + _DENSE,
     "glm4": _GLM4 + _DENSE,
+    "afmoe": _AFMOE + _MOE + _DENSE,
+    "olmo2_moe": _POSTNORM + _MOE + _DENSE,  # FlexOlmo: OLMo-2's norms after attention and the MLP
     "lfm2": _LFM2 + _DENSE,
     "gemma2": _POSTNORM + _DENSE,  # Gemma-2, Gemma-3 (text and the language model of the multimodal one)
     "olmo2": _POSTNORM + _DENSE,
@@ -172,6 +185,12 @@ MODEL_TYPES = {
     "glm4": "glm4",
     "lfm2": "lfm2",
     "qwen3_next": "qwen_moe",
+    "deepseek_v32": "deepseek",
+    "glm_moe_dsa": "deepseek",
+    "minimax_m2": "mixtral",
+    "exaone_moe": "qwen_moe",
+    "afmoe": "afmoe",
+    "flex_olmo": "olmo2_moe",
     "glm4_moe": "qwen_moe",
     "ernie4_5_moe": "qwen_moe",
     "hunyuan_v1_moe": "qwen_moe",
@@ -190,6 +209,7 @@ MODEL_TYPES = {
 TELLTALES = [
     ("kv_a_proj_with_mqa", "deepseek"),
     ("self_attn.sinks", "gpt_oss"),
+    ("pre_mlp_layernorm", "afmoe"),
     ("block_sparse_moe.experts", "mixtral"),
     ("feed_forward.experts", "llama4"),
     ("mlp.experts.", "qwen_moe"),

@@ -30,6 +30,8 @@ MODULE_ORDER = (
     "k",
     "v",
     "o",
+    "attn_gate",  # AFMoE's gate on attention's output
+    "indexer",  # DeepSeek-V3.2's sparse-attention indexer
     "sinks",  # gpt-oss's attention sinks
     "linear_attn",  # hybrids' linear-attention and short-convolution layers
     "conv",
