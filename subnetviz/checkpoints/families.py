@@ -8,8 +8,8 @@ never a name substring test elsewhere. :mod:`~subnetviz.checkpoints.naming` appl
 Verified against the tensor names ``transformers`` 5.24 writes with ``save_pretrained`` (Mixtral,
 Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, gpt-oss, Phi-3, Gemma-2/3, OLMo-2, Qwen3, GLM-4,
 Hunyuan-MoE, ERNIE-4.5-MoE, Qwen3-Next, Apertus, LFM2, DeepSeek-V3.2, AFMoE, FlexOlmo, MiniMax-M2,
-EXAONE-MoE) and, where no class saves them (transformers-v5 packed experts, DeepSeek's multi-token-prediction layer, vision
-towers of multimodal releases), the names of the released checkpoints.
+EXAONE-MoE) and, where no class saves them (transformers-v5 packed experts, DeepSeek's
+multi-token-prediction layer, vision towers of multimodal releases), the names of the released checkpoints.
 """
 
 from __future__ import annotations
