@@ -37,6 +37,23 @@ BASE = dict(
 )
 
 
+# DeepSeek-V3's MoE and MLA (and V3.2's, with its indexer): 4 routed experts, 1 shared, a dense first layer
+DEEPSEEK = dict(
+    n_routed_experts=4,
+    n_shared_experts=1,
+    moe_intermediate_size=8,
+    num_experts_per_tok=2,
+    first_k_dense_replace=1,
+    q_lora_rank=8,
+    kv_lora_rank=8,
+    qk_rope_head_dim=4,
+    qk_nope_head_dim=4,
+    v_head_dim=4,
+    n_group=1,
+    topk_group=1,
+)
+
+
 def _build(kind: str):
     import transformers as T
 
@@ -55,20 +72,7 @@ def _build(kind: str):
         "deepseek_v3": (
             T.DeepseekV3Config,
             T.DeepseekV3ForCausalLM,
-            dict(
-                n_routed_experts=4,
-                n_shared_experts=1,
-                moe_intermediate_size=8,
-                num_experts_per_tok=2,
-                first_k_dense_replace=1,
-                q_lora_rank=8,
-                kv_lora_rank=8,
-                qk_rope_head_dim=4,
-                qk_nope_head_dim=4,
-                v_head_dim=4,
-                n_group=1,
-                topk_group=1,
-            ),
+            DEEPSEEK,
         ),
         "llama4_text": (
             T.Llama4TextConfig,
@@ -124,23 +128,7 @@ def _build(kind: str):
         "deepseek_v32": (
             T.DeepseekV32Config,
             T.DeepseekV32ForCausalLM,
-            dict(
-                n_routed_experts=4,
-                n_shared_experts=1,
-                moe_intermediate_size=8,
-                num_experts_per_tok=2,
-                first_k_dense_replace=1,
-                q_lora_rank=8,
-                kv_lora_rank=8,
-                qk_rope_head_dim=4,
-                qk_nope_head_dim=4,
-                v_head_dim=4,
-                n_group=1,
-                topk_group=1,
-                index_n_heads=2,
-                index_head_dim=8,
-                index_topk=4,
-            ),
+            dict(DEEPSEEK, index_n_heads=2, index_head_dim=8, index_topk=4),
         ),
         "afmoe": (
             T.AfmoeConfig,
