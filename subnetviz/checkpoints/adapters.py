@@ -111,6 +111,7 @@ class MergedAdapter(Checkpoint):
         self.adapter_file = weights
         r, alpha, self._rank_pattern, self._alpha_pattern = _settings(ac, cfg_path)
         header, self._adapter_raw = read_safetensors_header(weights)
+        self._expert_scales: dict[str, float] = {}
         self.pairs, self.replaced = self._plan(header)
         for target, key in self.replaced.items():  # a replaced tensor's shape is the adapter's (a resized
             # vocabulary); every tensor is given in the base's stored dtype, as a merge of it would save it
@@ -138,8 +139,8 @@ class MergedAdapter(Checkpoint):
                 continue
             short = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
             m = _LORA.match(short)
-            if m is not None and m["module"].split(".base_layer")[0] in wrapped:
-                module = m["module"].split(".base_layer")[0]
+            module = m["module"].split(".base_layer")[0] if m is not None else None
+            if module in wrapped:
                 depth = m["module"].count(".base_layer")
                 per_param.setdefault(module, {}).setdefault(depth, {})[m["kind"]] = key
                 continue
@@ -327,27 +328,32 @@ class MergedAdapter(Checkpoint):
 
     def _merge_experts(self, name: str, w, ka: str, kb: str, stored, device) -> torch.Tensor:
         """W[e] + s·Δ[e], expert by expert (float32 temporaries of one expert), rounded once per entry."""
-        s, a, b, swapped = self._factors(name, ka, kb, device)  # A: experts × rank × in, B: out × rank × experts
+        s, a, b, swapped = self._factors(name, ka, kb)  # A: experts × rank × in, B: out × rank × experts
         out = torch.empty(w.shape, dtype=stored, device=device)
         for i in range(a.shape[0]):
-            delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", b[:, :, i], a[i]).mul_(s)
+            bi, ai = b[:, :, i].to(device, torch.float32), a[i].to(device, torch.float32)
+            delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", bi, ai).mul_(s)
             out[i] = delta.add_(w[i]).to(stored)
         return out
 
-    def _factors(self, name: str, ka: str, kb: str, device):
-        """(s, A (E, r, in), B (out, r, E), swapped) of the wrapped parameter ``name``."""
+    def _factors(self, name: str, ka: str, kb: str):
+        """(s, A (E, r, in), B (out, r, E), swapped) of the wrapped parameter ``name``: views of the adapter's
+        tensors (each expert's slice is moved and cast where it is used), s matched once per parameter."""
         e, swapped = self.experts[name]
-        a = self._adapter[ka].to(device, torch.float32)
-        b = self._adapter[kb].to(device, torch.float32)
+        a, b = self._adapter[ka], self._adapter[kb]
         r = a.shape[0] // e
-        return self._scale(name, r, module=name), a.reshape(e, r, a.shape[-1]), b.reshape(b.shape[0], r, e), swapped
+        if name not in self._expert_scales:
+            self._expert_scales[name] = self._scale(name, r, module=name)
+        return self._expert_scales[name], a.reshape(e, r, a.shape[-1]), b.reshape(b.shape[0], r, e), swapped
 
     def _merge_expert_slice(self, name: str, w, ka: str, kb: str, stored, device) -> torch.Tensor:
         """One expert's own tensor of a packed parameter PEFT wrapped (the base stores experts one by one):
         its rows of that expert's Δ, in the base's (out, in) layout."""
         packed, i, r0, r1 = self._slices[name]
-        s, a, b, swapped = self._factors(packed, ka, kb, device)
-        delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", b[:, :, i], a[i]).mul_(s)
+        s, a, b, swapped = self._factors(packed, ka, kb)
+        # the whole expert's Δ, then its rows: the same product (and rounding) as PEFT's merge
+        bi, ai = b[:, :, i].to(device, torch.float32), a[i].to(device, torch.float32)
+        delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", bi, ai).mul_(s)
         if not swapped:  # (E, in, out) in memory: the expert's (out, in) weight is its transpose
             delta = delta.T
         return delta[r0:r1].add_(w).to(stored)
