@@ -97,6 +97,16 @@ _LFM2: Table = [
     (r"^embedding_norm\.", "final_norm"),  # applied after the last layer
 ]
 _PHI3: Table = [(r"self_attn\.qkv_proj\.", "qkv"), (r"mlp\.gate_up_proj\.", "gate_up")]
+# A multi-token-prediction module stored beside the layers (not as a layer past num_hidden_layers, as
+# DeepSeek-V3's is): its own tensors, matched with the mtp component removed (see naming.mtp_split).
+# Qwen3-Next / Qwen3.5: mtp.fc (the projection of [embedding; hidden]), mtp.pre_fc_norm_embedding / _hidden,
+# mtp.norm; ERNIE-4.5: mtp_linear_proj.J, mtp_emb_norm.J, mtp_hidden_norm.J.
+MTP_RULES: Table = [
+    (r"^(fc|linear_proj|eh_proj)\.", "mtp_proj"),
+    (r"^(pre_fc_norm_embedding|pre_fc_norm_hidden|emb_norm|hidden_norm|enorm|hnorm)\.", "norm"),
+    (r"^(norm|final_layernorm|shared_head\.norm)\.", "final_norm"),
+    (r"^(shared_head\.head|head)\.", "lm_head"),
+]
 # Gemma-2/3 and OLMo-2 normalise *after* attention and the MLP; Gemma adds a pre-feed-forward norm.
 _POSTNORM: Table = [
     (r"post_attention_layernorm\.", "post_attn_norm"),
@@ -163,6 +173,11 @@ FAMILIES: dict[str, Table] = {
     "gpt_neox": _NEOX,
     "bert": _BERT,
 }
+# Components that hold an MTP module's layers (mtp.layers.J., mtp_block.J., mtp_layers.J.); any other
+# mtp_<part> component is that part of the module (ERNIE-4.5's mtp_emb_norm.J -> emb_norm).
+MTP_LAYER_PARTS = ("", "layers", "block", "dspark")
+# config.json keys counting MTP layers stored as layers num_hidden_layers, num_hidden_layers + 1, ...
+MTP_COUNT_KEYS = ("num_nextn_predict_layers", "num_mtp_layers")
 # config.json model_type -> family
 MODEL_TYPES = {
     "llama": "llama",
@@ -200,6 +215,12 @@ MODEL_TYPES = {
     "olmo2": "olmo2",
     "qwen2_vl": "llama",
     "qwen2_5_vl": "llama",
+    "qwen3_vl": "llama",
+    "qwen3_vl_moe": "qwen_moe",
+    "qwen3_5": "llama",  # Qwen3.5: Gated DeltaNet layers (linear_attn) beside full attention
+    "qwen3_5_text": "llama",
+    "qwen3_5_moe": "qwen_moe",
+    "qwen3_5_moe_text": "qwen_moe",
     "gpt2": "gpt2",
     "gpt_neox": "gpt_neox",
     "bert": "bert",

@@ -28,6 +28,9 @@ from subnetviz.checkpoints.families import (
     EXPERT_INDEX,
     FAMILIES,
     MODEL_TYPES,
+    MTP_COUNT_KEYS,
+    MTP_LAYER_PARTS,
+    MTP_RULES,
     PACKED_EXPERTS,
     PREFIXES,
     PROJECTOR,
@@ -116,6 +119,8 @@ BLOCK_OF = {
 }
 _PREFIXES = PREFIXES
 _INT = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+_LEAD_INT = re.compile(r"(\d+)\.")
+_MTP = "(mtp)"  # the rule table of MTP modules' own tensors, matched before the family's
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,8 @@ class TensorInfo:
 @functools.cache
 def _compiled_rules(family: str) -> tuple[tuple[re.Pattern, str], ...]:
     """``FAMILIES[family]``'s rules with their patterns compiled (once per family, not once per name)."""
-    return tuple((re.compile(pattern), kind) for pattern, kind in FAMILIES.get(family, []))
+    rules = MTP_RULES if family == _MTP else FAMILIES.get(family, [])
+    return tuple((re.compile(pattern), kind) for pattern, kind in rules)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -159,6 +165,25 @@ def strip_prefix(name: str) -> str:
         if name.startswith(p):
             return name[len(p) :]
     return name
+
+
+def mtp_split(short: str) -> tuple[int, str] | None:
+    """(j, the name inside the module) for a (prefix-stripped) name in multi-token-prediction module j stored
+    beside the layers: ``mtp.layers.0.self_attn.q_proj.weight`` -> (0, ``self_attn.q_proj.weight``),
+    ``mtp.fc.weight`` -> (0, ``fc.weight``) (Qwen3-Next, Qwen3.5), ``mtp_block.0.mlp.up_proj.weight`` ->
+    (0, ``mlp.up_proj.weight``) and ``mtp_emb_norm.0.weight`` -> (0, ``emb_norm.weight``) (ERNIE-4.5),
+    ``mtp_layers.1.…`` (Hunyuan); None for any other name. Without this, the first integer in the name made
+    MTP module 0's attention and MLP part of layer 0."""
+    comp, dot, rest = short.partition(".")
+    if not dot or not (comp == "mtp" or comp.startswith("mtp_")):
+        return None
+    part = comp[4:]
+    if rest.startswith("layers."):
+        rest = rest[len("layers.") :]
+    j, m = 0, _LEAD_INT.match(rest)
+    if m:
+        j, rest = int(m.group(1)), rest[m.end() :]
+    return j, rest if part in MTP_LAYER_PARTS else f"{part}.{rest}"
 
 
 def detect_family(model_type: str | None, names: list[str]) -> str | None:
@@ -187,7 +212,9 @@ class NameTable:
 
     The config numbers are optional: ``num_heads`` splits GPT-NeoX's interleaved QKV; ``num_kv_heads``
     and ``hidden_size`` split Phi-3's ``qkv_proj``; ``num_layers`` marks layers past it (DeepSeek-V3's
-    multi-token-prediction layer) as block ``mtp``; ``num_experts`` checks packed expert tensors.
+    multi-token-prediction layer) as block ``mtp``; ``num_experts`` checks packed expert tensors;
+    ``mtp_start`` (num_hidden_layers) places an MTP module stored beside the layers (:func:`mtp_split`):
+    module j is layer ``mtp_start + j``, block ``mtp``, where DeepSeek-V3 stores its own.
     """
 
     family: str | None
@@ -197,6 +224,7 @@ class NameTable:
     hidden_size: int | None = None
     num_layers: int | None = None
     num_experts: int | None = None
+    mtp_start: int | None = None
 
     @classmethod
     def from_config(cls, config: dict, names: list[str]) -> NameTable:
@@ -204,15 +232,20 @@ class NameTable:
         mt = config.get("model_type")
         heads = text.get("num_attention_heads") or text.get("n_head")
         experts = next((text[k] for k in EXPERT_COUNT_KEYS if isinstance(text.get(k), int)), None)
-        mtp = text.get("num_nextn_predict_layers") or 0
+        mtp = next((text[k] for k in MTP_COUNT_KEYS if isinstance(text.get(k), int) and text[k] > 0), 0)
+        layers = text.get("num_hidden_layers")
+        if not isinstance(layers, int):  # no config: the layer after the last one any name counts
+            found = [int(m.group(1)) for n in names if not mtp_split(s := strip_prefix(n)) and (m := _INT.search(s))]
+            layers = max(found) + 1 if found else None
         return cls(
             detect_family(mt, names),
             heads,
             mt,
             text.get("num_key_value_heads") or heads,
             text.get("hidden_size"),
-            text.get("num_hidden_layers") if mtp else None,
+            layers if mtp else None,
             experts,
+            layers,
         )
 
     @property
@@ -225,8 +258,9 @@ class NameTable:
             )
         return None
 
-    def _match(self, short: str) -> str | None:
-        return _match_rules(self.family or "", short)
+    def _match(self, short: str, mtp: bool = False) -> str | None:
+        """The module kind ``short`` matches (inside an MTP module, ``mtp``: its own rules first)."""
+        return (mtp and _match_rules(_MTP, short)) or _match_rules(self.family or "", short)
 
     def describe(self, name: str) -> TensorInfo:
         """Block, layer, module kind, parameter and expert of ``name``; cached per table and name (an
@@ -235,27 +269,32 @@ class NameTable:
 
     def _describe_name(self, name: str) -> TensorInfo:
         short = strip_prefix(name)
+        mtp = mtp_split(short)
+        if mtp is not None:  # an MTP module beside the layers: the layer after the last (+ j), block mtp
+            layer = None if self.mtp_start is None else self.mtp_start + mtp[0]
+            short = mtp[1]
         param = short.rsplit(".", 1)[-1] if "." in short else short
-        m = _INT.search(short)
-        layer = int(m.group(1)) if m else None
-        if PROJECTOR.match(short):
-            return TensorInfo(None, "vision", "projector", param)
-        if VISION.match(short):
-            return TensorInfo(layer, "vision", "vision", param)
-        module = self._match(short) or "other"
+        if mtp is None:
+            m = _INT.search(short)
+            layer = int(m.group(1)) if m else None
+            if PROJECTOR.match(short):
+                return TensorInfo(None, "vision", "projector", param)
+            if VISION.match(short):
+                return TensorInfo(layer, "vision", "vision", param)
+        module = self._match(short, mtp is not None) or "other"
         expert = expert_of(short) if self.family in FAMILIES else None
         if expert == "all" and param.endswith("_proj"):
             param = "weight"  # packed experts are stored without a .weight suffix
         elif expert == "all" and param.endswith("_proj_bias"):
             param = "bias"  # and gpt-oss's packed biases as <proj>_bias
-        if module in ("embed", "pos_embed", "lm_head", "final_norm") and not self._is_mtp(layer):
+        if module in ("embed", "pos_embed", "lm_head", "final_norm") and not (mtp or self._is_mtp(layer)):
             layer = None
         elif self.family == "bert" and module == "norm":
             layer = None
         block = BLOCK_OF[module]
         if expert is not None and block == "mlp":
             block = "moe"
-        if self._is_mtp(layer):
+        if mtp is not None or self._is_mtp(layer):
             block = "mtp"
         return TensorInfo(layer, block, module, param, expert)
 
@@ -269,7 +308,11 @@ class NameTable:
         out = []
         for n in names:
             short = strip_prefix(n)
-            if not (PROJECTOR.match(short) or VISION.match(short) or self._match(short)):
+            mtp = mtp_split(short)
+            if mtp is not None:
+                if not self._match(mtp[1], True):
+                    out.append(n)
+            elif not (PROJECTOR.match(short) or VISION.match(short) or self._match(short)):
                 out.append(n)
         return out
 
@@ -321,6 +364,15 @@ class NameTable:
             return {"q": tensor[:q], "k": tensor[q : q + kv], "v": tensor[q + kv :]}
         return None
 
+    def packed_in_rows(self, rows: int, cols: int) -> bool:
+        """Whether a packed 3-D expert tensor (E, rows, cols) is stored (E, in, out): the hidden size along
+        its rows, as Llama-4, gpt-oss and Qwen's own Qwen3-VL-MoE releases store them (transformers 5 saves
+        the same Qwen3-VL-MoE as (E, out, in)). Told by the config's hidden size where only one side has it,
+        else by the family (Llama-4 and gpt-oss: (E, in, out))."""
+        if self.hidden_size and (rows == self.hidden_size) != (cols == self.hidden_size):
+            return rows == self.hidden_size
+        return self.family in ("llama4", "gpt_oss")
+
     def part_counts(self, name: str, shape: tuple[int, ...], row_counts, col_counts) -> list[tuple[str, int, int]]:
         """(module, numel, changed) of each part of a fused tensor that :func:`fused_part_rows` does not
         split (Phi-3 ``qkv_proj`` / ``gate_up_proj``; packed 3-D ``gate_up_proj`` of every expert, and
@@ -331,12 +383,12 @@ class NameTable:
             return []
         import torch
 
-        if info.expert == "all" and len(shape) == 3:  # (E, 2I, H) v5 layout, or Llama-4's / gpt-oss's (E, H, 2I)
+        if info.expert == "all" and len(shape) == 3:  # (E, 2I, H) v5 layout, or (E, H, 2I): see packed_in_rows
             e, r, c = shape
             cols = torch.as_tensor(col_counts).reshape(r, c)
             if self.family == "gpt_oss":  # interleaved: gate = [..., ::2], up = [..., 1::2]
                 g, u = cols[:, 0::2], cols[:, 1::2]
-            elif self.family == "llama4":
+            elif self.packed_in_rows(r, c):
                 g, u = cols[:, : c // 2], cols[:, c // 2 :]
             else:
                 g, u = cols[: r // 2], cols[r // 2 :]

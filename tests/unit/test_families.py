@@ -53,6 +53,16 @@ DEEPSEEK = dict(
     topk_group=1,
 )
 
+# Qwen3.5's hybrid layers (Gated DeltaNet, then full attention with a gated query), small
+QWEN3_5 = dict(
+    head_dim=4,
+    layer_types=["linear_attention", "full_attention"],
+    linear_num_value_heads=2,
+    linear_num_key_heads=2,
+    linear_key_head_dim=4,
+    linear_value_head_dim=4,
+)
+
 
 def _build(kind: str):
     import transformers as T
@@ -124,6 +134,18 @@ def _build(kind: str):
                 linear_value_head_dim=4,
             ),
         ),
+        "qwen3_5_text": (T.Qwen3_5TextConfig, T.Qwen3_5ForCausalLM, dict(QWEN3_5)),
+        "qwen3_5_moe_text": (
+            T.Qwen3_5MoeTextConfig,
+            T.Qwen3_5MoeForCausalLM,
+            dict(
+                QWEN3_5,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=8,
+                shared_expert_intermediate_size=8,
+            ),
+        ),
         "apertus": (T.ApertusConfig, T.ApertusForCausalLM, dict(head_dim=4)),
         "deepseek_v32": (
             T.DeepseekV32Config,
@@ -173,6 +195,8 @@ KINDS = [
     "hunyuan_v1_moe",
     "ernie4_5_moe",
     "qwen3_next",
+    "qwen3_5_text",
+    "qwen3_5_moe_text",
     "apertus",
     "lfm2",
     "deepseek_v32",
@@ -270,6 +294,18 @@ EXPECT = {
         ("model.layers.1.self_attn.q_proj.weight", 1, "attention", "q", None),
         ("model.layers.1.mlp.shared_expert_gate.weight", 1, "moe", "router", "shared"),
     ],
+    "qwen3_5_text": [
+        ("model.layers.0.linear_attn.in_proj_qkv.weight", 0, "attention", "linear_attn", None),
+        ("model.layers.0.linear_attn.in_proj_z.weight", 0, "attention", "linear_attn", None),
+        ("model.layers.1.self_attn.q_proj.weight", 1, "attention", "q", None),
+        ("model.layers.1.post_attention_layernorm.weight", 1, "norm", "mlp_norm", None),
+    ],
+    "qwen3_5_moe_text": [
+        ("model.layers.0.linear_attn.out_proj.weight", 0, "attention", "linear_attn", None),
+        ("model.layers.1.mlp.experts.3.gate_proj.weight", 1, "moe", "gate", 3),
+        ("model.layers.1.mlp.shared_expert.up_proj.weight", 1, "moe", "up", "shared"),
+        ("model.layers.1.mlp.gate.weight", 1, "moe", "router", None),
+    ],
     "apertus": [
         ("model.layers.0.attention_layernorm.weight", 0, "norm", "attn_norm", None),
         ("model.layers.0.feedforward_layernorm.weight", 0, "norm", "mlp_norm", None),
@@ -357,6 +393,81 @@ def test_names_no_installed_class_writes():
     qvl = NameTable.from_config({"model_type": "qwen2_5_vl"}, [])
     assert qvl.describe("model.visual.blocks.0.attn.qkv.weight").block == "vision"
     assert qvl.describe("model.language_model.layers.0.mlp.up_proj.weight").module == "up"
+
+
+@pytest.mark.parametrize(
+    ("model_type", "family"),
+    [("qwen3_5", "llama"), ("qwen3_5_text", "llama"), ("qwen3_5_moe", "qwen_moe"), ("qwen3_5_moe_text", "qwen_moe")],
+)
+def test_qwen3_5_is_known_by_its_model_type(model_type, family):
+    """Qwen3.5 by its config, also where no name gives it away: a checkpoint whose layers are all linear
+    attention (the first three of every four are) was 'Unknown architecture', every tensor 'other'."""
+    names = ["model.language_model.layers.0.linear_attn.in_proj_qkv.weight", "model.language_model.norm.weight"]
+    table = NameTable.from_config({"model_type": model_type, "text_config": {"num_hidden_layers": 1}}, names)
+    assert table.family == family and table.notice is None
+    assert table.describe(names[0]).module == "linear_attn"
+
+
+# Multi-token-prediction modules as the releases store them beside the layers
+MTP_NAMES = [  # (name, its layer with 2 hidden layers, module, expert)
+    ("mtp.fc.weight", 2, "mtp_proj", None),  # Qwen3-Next, Qwen3.5
+    ("mtp.pre_fc_norm_embedding.weight", 2, "norm", None),
+    ("mtp.pre_fc_norm_hidden.weight", 2, "norm", None),
+    ("mtp.norm.weight", 2, "final_norm", None),
+    ("mtp.layers.0.self_attn.q_proj.weight", 2, "q", None),
+    ("mtp.layers.0.mlp.experts.3.down_proj.weight", 2, "down", 3),
+    ("mtp.layers.0.mlp.shared_expert.up_proj.weight", 2, "up", "shared"),
+    ("mtp.layers.1.input_layernorm.weight", 3, "attn_norm", None),
+    ("model.mtp_block.0.self_attn.q_proj.weight", 2, "q", None),  # ERNIE-4.5
+    ("model.mtp_emb_norm.0.weight", 2, "norm", None),
+    ("model.mtp_hidden_norm.0.weight", 2, "norm", None),
+    ("model.mtp_linear_proj.0.weight", 2, "mtp_proj", None),
+    ("model.mtp_layers.0.mlp.gate_proj.weight", 2, "gate", None),  # Hunyuan
+    ("model.language_model.mtp.layers.0.self_attn.o_proj.weight", 2, "o", None),  # under a multimodal prefix
+]
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_5_moe", "ernie4_5_moe"])
+def test_mtp_modules_beside_the_layers_are_the_layer_after_the_last(model_type):
+    """An MTP module stored as mtp.* / mtp_block.* (not as layer num_hidden_layers, like DeepSeek-V3's) is
+    block 'mtp' at the layer after the last: before, 'mtp.layers.0.self_attn.q_proj' was layer 0's q, so
+    the MTP module's changes were counted in the first layer's, silently, and mtp.fc / the MTP norms were
+    'other'. Without config.json, the layer after the last is the one after the highest any name counts."""
+    table = NameTable.from_config({"model_type": model_type, "num_hidden_layers": 2}, [n for n, *_ in MTP_NAMES])
+    for name, layer, module, expert in MTP_NAMES:
+        info = table.describe(name)
+        assert (info.layer, info.block, info.module, info.expert) == (layer, "mtp", module, expert), name
+    assert table.unmatched([n for n, *_ in MTP_NAMES]) == []
+    assert table.describe("model.layers.0.self_attn.q_proj.weight").block == "attention"
+    names = [
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.4.mlp.up_proj.weight",
+        "mtp.layers.0.mlp.up_proj.weight",
+    ]
+    bare = NameTable.from_config({"model_type": model_type}, names)
+    assert (bare.describe(names[2]).layer, bare.describe(names[1]).layer) == (5, 4)
+
+
+def test_a_qwen3_5_release_with_its_mtp_module_counts_it_apart(family_dirs, tmp_path):
+    """A Qwen3.5-MoE pair with the release's MTP module: a change in it is in layer 2 (block mtp), not in layer 0,
+    and every tensor is known."""
+    folder = family_dirs["qwen3_5_moe_text"]
+    sd = read_state_dict(folder)
+    for name in [n for n in sd if n.startswith("model.layers.1.")]:  # the full-attention layer, as MTP module 0
+        sd[name.replace("model.layers.1.", "mtp.layers.0.")] = sd[name].clone()
+    h = sd["model.norm.weight"].shape[0]
+    sd["mtp.fc.weight"] = torch.randn(h, 2 * h, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    for norm in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm"):
+        sd[f"mtp.{norm}.weight"] = torch.ones(h, dtype=torch.bfloat16)
+    base = write_folder(tmp_path / "base", sd, folder)
+    ft = _plant(base, tmp_path / "ft", {"mtp.layers.0.self_attn.q_proj.weight": (1, 3), "mtp.fc.weight": (0, 2)})
+    rep = analyze_updates(str(base), [str(ft)], labels=["ft"]).reports[0]
+    t = rep.tensors.set_index("key")
+    assert (t.loc["mtp.layers.0.self_attn.q_proj.weight", ["layer", "block", "module"]] == [2, "mtp", "q"]).all()
+    blm = rep.by_layer_module().set_index(["layer", "module"])
+    assert blm.loc[(2, "q"), "changed"] == 3 and blm.loc[(2, "mtp_proj"), "changed"] == 2
+    assert blm["changed"].sum() == 5 and blm.loc[(1, "q"), "numel"] == blm.loc[(2, "q"), "numel"]
+    assert not any("naming table" in n for n in rep.notes)
 
 
 def _plant(folder, out, names_steps):
@@ -448,6 +559,30 @@ def test_packed_experts_count_per_expert_and_split_gate_up(tmp_path):
         analyze_updates(str(base), [str(ft)])
     msg = str(err.value)
     assert "\n" not in msg and "model.layers.0.mlp.experts." in msg and "expected 8 experts" in msg and "found 4" in msg
+
+
+@pytest.mark.parametrize("layout", ["(E, 2I, H)", "(E, H, 2I)"])
+def test_qwen3_vl_moe_packed_experts_split_gate_up_in_either_layout(tmp_path, layout):
+    """Qwen's own Qwen3-VL-MoE releases store gate_up_proj (E, H, 2I), gate and up halves of the last dim;
+    transformers 5 saves the same model (E, 2I, H). Both count gate and up apart (before: the (E, H, 2I)
+    release was split along H, half of each expert's gate counted as up, silently)."""
+    e, inter, hid = 4, 6, 8
+    gen = torch.Generator().manual_seed(2)
+    gu = (torch.randn(e, 2 * inter, hid, generator=gen) * 0.1).to(torch.bfloat16)
+    gu2 = gu.clone()
+    gu2[2, 1, :3] = bf16_step(gu2[2, 1, :3], 1)  # expert 2, gate: 3
+    gu2[3, inter + 4, :2] = bf16_step(gu2[3, inter + 4, :2], 1)  # expert 3, up: 2
+    if layout == "(E, H, 2I)":
+        gu, gu2 = gu.transpose(1, 2), gu2.transpose(1, 2)
+    cfg = {"model_type": "qwen3_vl_moe", "text_config": {"hidden_size": hid, "num_experts": e}}
+    name = "model.language_model.layers.0.mlp.experts.gate_up_proj"
+    folders = [write_folder(tmp_path / k, {name: t}) for k, t in (("b", gu), ("f", gu2))]
+    for f in folders:
+        (f / "config.json").write_text(json.dumps(cfg))
+    rep = analyze_updates(str(folders[0]), [str(folders[1])], labels=["ft"]).reports[0]
+    blm = rep.by_layer_module().set_index(["layer", "module"])
+    assert blm.loc[(0, "gate"), "changed"] == 3 and blm.loc[(0, "up"), "changed"] == 2
+    assert blm.loc[(0, "gate"), "numel"] == blm.loc[(0, "up"), "numel"] == e * inter * hid
 
 
 def test_unknown_tensors_are_other_and_counted_in_a_notice(tmp_path):
