@@ -64,8 +64,9 @@ DEFAULT_BLOCK = 128
 KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "modelopt", "bitsandbytes", "gptq", "awq", "mxfp4")
 _CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
 # Float tensors that are buffers by name (HF registers them with persistent=False today, older
-# saves kept them): rotary inverse frequencies, GPT-2's causal-mask constants.
-_BUFFER_NAMES = re.compile(r"(\.inv_freq$|\.masked_bias$|\.position_ids$|\.token_type_ids$)")
+# saves kept them): rotary inverse frequencies, GPT-2's causal-mask constants; Gemma-4's per-layer output
+# scale (a persistent buffer: saved, never trained).
+_BUFFER_NAMES = re.compile(r"(\.inv_freq$|\.masked_bias$|\.position_ids$|\.token_type_ids$|\.layer_scalar$)")
 _SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale", "input_scale", "SCB", "scales", "weight_zero_point")
 _QUANT_AUX = ("weight_format", "absmax", "quant_map", "nested_absmax", "nested_quant_map")
 # compressed-tensors' companions of a quantized weight (metadata and scales, never parameters)

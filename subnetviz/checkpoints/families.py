@@ -8,7 +8,8 @@ never a name substring test elsewhere. :mod:`~subnetviz.checkpoints.naming` appl
 Verified against the tensor names ``transformers`` 5.24 writes with ``save_pretrained`` (Mixtral,
 Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, gpt-oss, Phi-3, Gemma-2/3, OLMo-2, Qwen3, GLM-4,
 Hunyuan-MoE, ERNIE-4.5-MoE, Qwen3-Next, Apertus, LFM2, DeepSeek-V3.2, AFMoE, FlexOlmo, MiniMax-M2,
-EXAONE-MoE) and, where no class saves them (transformers-v5 packed experts, DeepSeek's
+EXAONE-MoE, Qwen3.5 and Qwen3.5-MoE, Nemotron-H, Granite-4.0-H, Granite MoE, Falcon-H1, Jamba, Mamba, Phi,
+StarCoder2, OPT, GLM, Gemma-4) and, where no class saves them (transformers-v5 packed experts, DeepSeek's
 multi-token-prediction layer, vision towers of multimodal releases), the names of the released checkpoints.
 """
 
@@ -34,7 +35,11 @@ _DENSE: Table = [
     (r"(^|\.)feedforward_layernorm\.", "mlp_norm"),
     (r"mlp\.act_fn\.", "act"),  # a learned activation's parameters (Apertus' xIELU)
     (r"linear_attn\.", "linear_attn"),  # linear-attention (Gated DeltaNet) layers of hybrids (Qwen3-Next)
+    (r"self_attn\.dense\.", "o"),  # Phi-1/2
+    (r"mlp\.(fc1|c_fc)\.", "mlp_in"),  # Phi-1/2, StarCoder2: an MLP without a gate
+    (r"mlp\.(fc2|c_proj)\.", "mlp_out"),
     (r"^norm\.", "final_norm"),
+    (r"^final_layernorm\.", "final_norm"),  # (Phi-1/2, Jamba, Falcon-H1)
     (r"lm_head\.", "lm_head"),
 ]
 # Experts (per-expert tensors, shared experts, transformers-v5 / Llama-4 packed 3-D tensors) and routers.
@@ -68,6 +73,54 @@ _MLA: Table = [
     (r"\.(enorm|hnorm)\.", "norm"),
     (r"shared_head\.head\.", "lm_head"),
     (r"shared_head\.norm\.", "final_norm"),
+]
+# Mamba / Mamba-2 mixers (selective state-space layers): every tensor of one is module "ssm". Hybrids keep
+# them under mamba. beside attention (Jamba, Falcon-H1, Bamba, Granite-4.0-H); Mamba, Falcon-Mamba and
+# Nemotron-H name each layer's one mixer (Mamba, attention, MLP or MoE) mixer.
+_SSM_PARTS = r"(in_proj|conv1d|x_proj|dt_proj|out_proj|norm|dt_layernorm|b_layernorm|c_layernorm)\.|(A_log|D|dt_bias)$"
+_HYBRID: Table = [
+    (rf"mamba\.({_SSM_PARTS})", "ssm"),
+    (r"pre_ff_layernorm\.", "mlp_norm"),  # (Jamba, Falcon-H1, Bamba)
+]
+_MIXER: Table = [
+    (r"^embeddings\.", "embed"),
+    (r"^norm_f\.", "final_norm"),
+    (r"mixer\.q_proj\.", "q"),
+    (r"mixer\.k_proj\.", "k"),
+    (r"mixer\.v_proj\.", "v"),
+    (r"mixer\.o_proj\.", "o"),
+    (rf"mixer\.({_SSM_PARTS})", "ssm"),
+    (r"mixer\.(shared_experts\.|experts\.\d+\.)?up_proj\.", "up"),  # Nemotron-H: squared-ReLU MLPs, no gate
+    (r"mixer\.(shared_experts\.|experts\.\d+\.)?down_proj\.", "down"),
+    (r"mixer\.gate\.", "router"),
+    (r"layers\.\d+\.norm\.", "norm"),  # the norm before each layer's one mixer, whatever it is
+    (r"lm_head\.", "lm_head"),
+]
+# Granite MoE (3.0 MoE, Granite-4.0-H): every expert's [gate; up] packed in input_linear (E, 2I, H), down in
+# output_linear (E, H, I), a shared MLP with a fused [gate; up] input_linear.
+_GRANITE_MOE: Table = [
+    (r"block_sparse_moe\.input_linear\.", "gate_up"),
+    (r"block_sparse_moe\.output_linear\.", "down"),
+    (r"block_sparse_moe\.router\.", "router"),
+    (r"shared_mlp\.input_linear\.", "gate_up"),
+    (r"shared_mlp\.output_linear\.", "down"),
+]
+# OPT: under model.decoder., its own names for the output projection, the MLP and the norms.
+_OPT: Table = [
+    (r"self_attn\.out_proj\.", "o"),
+    (r"layers\.\d+\.fc1\.", "mlp_in"),
+    (r"layers\.\d+\.fc2\.", "mlp_out"),
+    (r"self_attn_layer_norm\.", "attn_norm"),
+    (r"layers\.\d+\.final_layer_norm\.", "mlp_norm"),
+    (r"^final_layer_norm\.", "final_norm"),
+    (r"^embed_positions\.", "pos_embed"),
+    (r"^project_(in|out)\.", "embed"),  # (OPT-350m: embeddings projected to and from the hidden size)
+]
+# Gemma-3n / Gemma-4: per-layer embeddings (a second embedding table, projected into every layer's input).
+_PER_LAYER: Table = [
+    (r"^embed_tokens_per_layer\.", "embed"),
+    (r"^(per_layer_model_projection|per_layer_projection_norm)\.", "per_layer"),
+    (r"(per_layer_input_gate|per_layer_projection|post_per_layer_input_norm)\.", "per_layer"),
 ]
 # gpt-oss: learned attention sinks (one logit per head), a router with a bias, and packed experts whose
 # gate_up_proj (E, H, 2I) interleaves gate and up along its last dim (gate = [..., ::2], up = [..., 1::2]).
@@ -109,6 +162,7 @@ MTP_RULES: Table = [
 ]
 # Gemma-2/3 and OLMo-2 normalise *after* attention and the MLP; Gemma adds a pre-feed-forward norm.
 _POSTNORM: Table = [
+    (r"(^|\.)layer_scalar$", "norm"),  # Gemma-4: a learned scale of each layer's output (a saved buffer)
     (r"post_attention_layernorm\.", "post_attn_norm"),
     (r"pre_feedforward_layernorm\.", "mlp_norm"),
     (r"post_feedforward_layernorm\.", "post_mlp_norm"),
@@ -167,8 +221,12 @@ FAMILIES: dict[str, Table] = {
     "afmoe": _AFMOE + _MOE + _DENSE,
     "olmo2_moe": _POSTNORM + _MOE + _DENSE,  # FlexOlmo: OLMo-2's norms after attention and the MLP
     "lfm2": _LFM2 + _DENSE,
-    "gemma2": _POSTNORM + _DENSE,  # Gemma-2, Gemma-3 (text and the language model of the multimodal one)
+    "gemma2": _PER_LAYER + _POSTNORM + _DENSE,  # Gemma-2/3/4 (text and the multimodal one's language model)
     "olmo2": _POSTNORM + _DENSE,
+    "hybrid": _HYBRID + _MOE + _DENSE,  # Jamba, Falcon-H1, Bamba
+    "mamba": _MIXER,  # Mamba, Mamba-2, Falcon-Mamba, Nemotron-H
+    "granite_moe": _GRANITE_MOE + _HYBRID + _DENSE,
+    "opt": _OPT + _DENSE,
     "gpt2": _GPT2,
     "gpt_neox": _NEOX,
     "bert": _BERT,
@@ -212,6 +270,23 @@ MODEL_TYPES = {
     "gemma2": "gemma2",
     "gemma3": "gemma2",
     "gemma3_text": "gemma2",
+    "gemma4": "gemma2",
+    "gemma4_text": "gemma2",
+    "jamba": "hybrid",
+    "falcon_h1": "hybrid",
+    "bamba": "hybrid",
+    "mamba": "mamba",
+    "mamba2": "mamba",
+    "falcon_mamba": "mamba",
+    "nemotron_h": "mamba",
+    "granitemoe": "granite_moe",
+    "granitemoeshared": "granite_moe",
+    "granitemoehybrid": "granite_moe",
+    "granite": "llama",
+    "glm": "phi3",  # GLM-4 (v1): a fused [gate; up] like Phi-3's
+    "phi": "llama",
+    "starcoder2": "llama",
+    "opt": "opt",
     "olmo2": "olmo2",
     "qwen2_vl": "llama",
     "qwen2_5_vl": "llama",
@@ -228,6 +303,10 @@ MODEL_TYPES = {
 }
 # Tell-tale names, most specific first: the family when config.json is missing or unknown.
 TELLTALES = [
+    ("block_sparse_moe.input_linear", "granite_moe"),
+    ("mixer.in_proj", "mamba"),
+    ("mamba.in_proj", "hybrid"),
+    ("self_attn_layer_norm", "opt"),
     ("kv_a_proj_with_mqa", "deepseek"),
     ("self_attn.sinks", "gpt_oss"),
     ("pre_mlp_layernorm", "afmoe"),
@@ -245,14 +324,16 @@ TELLTALES = [
     ("attention.self.query", "bert"),
 ]
 
-# Prefixes stripped before matching (longest first): multimodal language models sit under these.
+# Prefixes stripped before matching (the first that fits): multimodal language models sit under these.
 PREFIXES = (
     "model.language_model.",
     "language_model.model.",
     "language_model.",
+    "model.decoder.",
     "model.",
     "transformer.",
     "gpt_neox.",
+    "backbone.",
     "bert.",
     "roberta.",
     "base_model.",
@@ -262,6 +343,9 @@ VISION = re.compile(r"^(vision_tower|vision_model|visual|vision_encoder)\.")
 PROJECTOR = re.compile(r"^(multi_modal_projector|mm_projector|visual\.merger)\.")
 EXPERT_INDEX = re.compile(r"experts\.(\d+)\.")
 SHARED_EXPERT = re.compile(r"shared_(experts?|mlp)(\.|_gate\.)")  # (shared_mlp: Hunyuan)
-PACKED_EXPERTS = re.compile(r"experts\.(gate_up_proj|gate_proj|up_proj|down_proj)(_bias|\.weight|\.bias)?$")
+PACKED_EXPERTS = re.compile(
+    r"experts\.(gate_up_proj|gate_proj|up_proj|down_proj)(_bias|\.weight|\.bias)?$"
+    r"|block_sparse_moe\.(input|output)_linear\.weight$"  # (Granite MoE)
+)
 # config.json keys holding the routed-expert count, by family
 EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")

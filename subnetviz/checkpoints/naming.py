@@ -3,8 +3,9 @@
 The tables themselves are :mod:`~subnetviz.checkpoints.families`: Llama/Qwen2/Mistral (separate
 q/k/v/o, gate/up/down), MoE families (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3 with MLA, Llama-4,
 gpt-oss with attention sinks, packed 3-D experts), Phi-3 (fused ``qkv_proj`` / ``gate_up_proj``),
-GLM-4, LFM2, post-norm families (Gemma-2/3, OLMo-2), GPT-2 (Conv1D weights stored (in, out); fused
-``c_attn`` split in contiguous thirds along the output columns), GPT-NeoX/Pythia (fused
+GLM-4, LFM2, post-norm families (Gemma-2/3/4, OLMo-2/3), Mamba mixers and the hybrids that hold them
+(Nemotron-H, Jamba, Falcon-H1, Granite-4.0-H with Granite's packed experts), OPT, GPT-2 (Conv1D weights
+stored (in, out); fused ``c_attn`` split in contiguous thirds along the output columns), GPT-NeoX/Pythia (fused
 ``query_key_value`` interleaved per head along the output rows), BERT; multimodal checkpoints'
 language model under ``model.language_model.`` and a vision tower as its own block. An unknown
 architecture falls back to a generic parse (layer = the first integer path component) and says so in
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # naming needs no torch: fused tensors are split with their o
 MODULE_ORDER = [
     "embed",
     "pos_embed",
+    "per_layer",
     "q",
     "k",
     "v",
@@ -60,6 +62,7 @@ MODULE_ORDER = [
     "sinks",
     "linear_attn",
     "conv",
+    "ssm",
     "router",
     "gate",
     "up",
@@ -83,6 +86,7 @@ MODULE_ORDER = [
 BLOCK_OF = {
     "embed": "embedding",
     "pos_embed": "embedding",
+    "per_layer": "embedding",
     "lm_head": "head",
     "q": "attention",
     "k": "attention",
@@ -98,6 +102,7 @@ BLOCK_OF = {
     "indexer": "attention",
     "linear_attn": "attention",
     "conv": "attention",
+    "ssm": "attention",  # a token mixer, like linear attention
     "act": "mlp",
     "gate": "mlp",
     "up": "mlp",
@@ -336,7 +341,7 @@ class NameTable:
         Phi-3 ``gate_up_proj``: rows [gate; up] halves. (Packed 3-D experts: see :meth:`part_counts`.)
         """
         info = self.describe(name)
-        if info.module == "gate_up" and self.family in ("phi3", "glm4"):
+        if info.module == "gate_up" and self.family in ("phi3", "glm4", "granite_moe"):
             if tensor.shape[0] % 2:
                 return None
             h = tensor.shape[0] // 2

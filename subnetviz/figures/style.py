@@ -26,6 +26,7 @@ GREY_CELL = "#E6E6E6"  # a heatmap cell with nothing to colour (not trained yet,
 MODULE_ORDER = (
     "embed",
     "pos_embed",
+    "per_layer",  # Gemma-3n / Gemma-4 per-layer embeddings
     "q",
     "k",
     "v",
@@ -35,6 +36,7 @@ MODULE_ORDER = (
     "sinks",  # gpt-oss's attention sinks
     "linear_attn",  # hybrids' linear-attention and short-convolution layers
     "conv",
+    "ssm",  # Mamba mixers (Nemotron-H, Jamba, Falcon-H1, Granite-4.0-H)
     "qkv",
     "attn",
     "gate",

@@ -108,7 +108,8 @@ def test_family_detection():
     assert detect_family(None, ["transformer.h.0.attn.c_attn.weight"]) == "gpt2"
     assert detect_family("unknown-thing", ["gpt_neox.layers.0.attention.query_key_value.weight"]) == "gpt_neox"
     assert detect_family(None, ["bert.encoder.layer.0.attention.self.query.weight"]) == "bert"
-    assert detect_family("mamba", ["backbone.layers.0.mixer.in_proj.weight"]) is None
+    assert detect_family("rwkv", ["rwkv.blocks.0.attention.key.weight"]) is None
+    assert detect_family(None, ["backbone.layers.0.mixer.in_proj.weight"]) == "mamba"
 
 
 def test_strip_prefix():

@@ -177,10 +177,74 @@ def _build(kind: str):
         "gemma3_text": (T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(head_dim=4)),
         "olmo2": (T.Olmo2Config, T.Olmo2ForCausalLM, {}),
         "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(head_dim=4)),
+        # hybrids of Mamba mixers and attention, and pure Mamba
+        "nemotron_h": (
+            T.NemotronHConfig,
+            T.NemotronHForCausalLM,
+            dict(
+                num_hidden_layers=4,
+                hybrid_override_pattern="M*-E",  # Mamba, attention, MLP, MoE
+                head_dim=4,
+                mamba_num_heads=4,
+                mamba_head_dim=8,
+                ssm_state_size=8,
+                n_groups=1,
+                n_routed_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=8,
+                moe_shared_expert_intermediate_size=8,
+            ),
+        ),
+        "granitemoehybrid": (
+            T.GraniteMoeHybridConfig,
+            T.GraniteMoeHybridForCausalLM,
+            dict(
+                layer_types=["mamba", "attention"],
+                mamba_n_heads=4,
+                mamba_d_head=8,
+                mamba_d_state=8,
+                mamba_n_groups=1,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                shared_intermediate_size=16,
+            ),
+        ),
+        "falcon_h1": (
+            T.FalconH1Config,
+            T.FalconH1ForCausalLM,
+            dict(head_dim=4, mamba_n_heads=4, mamba_d_head=8, mamba_d_ssm=32, mamba_d_state=8, mamba_n_groups=1),
+        ),
+        "jamba": (
+            T.JambaConfig,
+            T.JambaForCausalLM,
+            dict(
+                num_experts=4,
+                num_experts_per_tok=2,
+                expert_layer_period=2,
+                expert_layer_offset=1,
+                attn_layer_period=2,
+                attn_layer_offset=1,
+                mamba_d_state=8,
+                mamba_dt_rank=4,
+                use_mamba_kernels=False,
+            ),
+        ),
+        "mamba": (T.MambaConfig, T.MambaForCausalLM, dict(state_size=8)),
+        "granitemoe": (T.GraniteMoeConfig, T.GraniteMoeForCausalLM, dict(num_local_experts=4, num_experts_per_tok=2)),
+        # older and other dense layouts
+        "phi": (T.PhiConfig, T.PhiForCausalLM, {}),
+        "starcoder2": (T.Starcoder2Config, T.Starcoder2ForCausalLM, {}),
+        "opt": (T.OPTConfig, T.OPTForCausalLM, dict(ffn_dim=32, word_embed_proj_dim=16)),
+        "glm": (T.GlmConfig, T.GlmForCausalLM, dict(head_dim=4)),
+        "gemma4_text": (
+            T.Gemma4TextConfig,
+            T.Gemma4ForCausalLM,
+            dict(head_dim=4, vocab_size_per_layer_input=64, hidden_size_per_layer_input=8),
+        ),
     }
     cfg_cls, model_cls, kw = specs[kind]
     torch.manual_seed(0)
-    return model_cls(cfg_cls(**BASE, **kw)).to(torch.bfloat16)
+    return model_cls(cfg_cls(**{**BASE, **kw})).to(torch.bfloat16)
 
 
 KINDS = [
@@ -208,6 +272,17 @@ KINDS = [
     "gemma3_text",
     "olmo2",
     "qwen3",
+    "nemotron_h",
+    "granitemoehybrid",
+    "falcon_h1",
+    "jamba",
+    "mamba",
+    "granitemoe",
+    "phi",
+    "starcoder2",
+    "opt",
+    "glm",
+    "gemma4_text",
 ]
 
 
@@ -351,6 +426,78 @@ EXPECT = {
         ("model.layers.0.self_attn.q_norm.weight", 0, "norm", "attn_norm", None),
     ],
     "qwen3": [("model.layers.1.self_attn.k_norm.weight", 1, "norm", "attn_norm", None)],
+    "nemotron_h": [  # one mixer per layer: Mamba, attention, MLP, MoE
+        ("backbone.embeddings.weight", None, "embedding", "embed", None),
+        ("backbone.layers.0.mixer.in_proj.weight", 0, "attention", "ssm", None),
+        ("backbone.layers.0.mixer.A_log", 0, "attention", "ssm", None),
+        ("backbone.layers.0.mixer.norm.weight", 0, "attention", "ssm", None),
+        ("backbone.layers.1.mixer.q_proj.weight", 1, "attention", "q", None),
+        ("backbone.layers.2.mixer.up_proj.weight", 2, "mlp", "up", None),
+        ("backbone.layers.3.mixer.experts.1.down_proj.weight", 3, "moe", "down", 1),
+        ("backbone.layers.3.mixer.shared_experts.up_proj.weight", 3, "moe", "up", "shared"),
+        ("backbone.layers.3.mixer.gate.weight", 3, "moe", "router", None),
+        ("backbone.layers.3.norm.weight", 3, "norm", "norm", None),
+        ("backbone.norm_f.weight", None, "norm", "final_norm", None),
+    ],
+    "granitemoehybrid": [
+        ("model.layers.0.mamba.in_proj.weight", 0, "attention", "ssm", None),
+        ("model.layers.0.mamba.dt_bias", 0, "attention", "ssm", None),
+        ("model.layers.1.self_attn.q_proj.weight", 1, "attention", "q", None),
+        ("model.layers.0.block_sparse_moe.input_linear.weight", 0, "moe", "gate_up", "all"),
+        ("model.layers.0.block_sparse_moe.output_linear.weight", 0, "moe", "down", "all"),
+        ("model.layers.0.block_sparse_moe.router.layer.weight", 0, "moe", "router", None),
+        ("model.layers.1.shared_mlp.input_linear.weight", 1, "moe", "gate_up", "shared"),
+        ("model.layers.1.shared_mlp.output_linear.weight", 1, "moe", "down", "shared"),
+    ],
+    "falcon_h1": [
+        ("model.layers.0.mamba.conv1d.weight", 0, "attention", "ssm", None),
+        ("model.layers.0.self_attn.k_proj.weight", 0, "attention", "k", None),
+        ("model.layers.1.pre_ff_layernorm.weight", 1, "norm", "mlp_norm", None),
+        ("model.final_layernorm.weight", None, "norm", "final_norm", None),
+    ],
+    "jamba": [
+        ("model.layers.0.mamba.x_proj.weight", 0, "attention", "ssm", None),
+        ("model.layers.0.mamba.dt_layernorm.weight", 0, "attention", "ssm", None),
+        ("model.layers.1.self_attn.q_proj.weight", 1, "attention", "q", None),
+        ("model.layers.1.feed_forward.experts.2.up_proj.weight", 1, "moe", "up", 2),
+        ("model.layers.1.feed_forward.router.weight", 1, "moe", "router", None),
+        ("model.layers.0.pre_ff_layernorm.weight", 0, "norm", "mlp_norm", None),
+        ("model.final_layernorm.weight", None, "norm", "final_norm", None),
+    ],
+    "mamba": [
+        ("backbone.layers.1.mixer.x_proj.weight", 1, "attention", "ssm", None),
+        ("backbone.layers.1.mixer.D", 1, "attention", "ssm", None),
+        ("backbone.layers.1.norm.weight", 1, "norm", "norm", None),
+        ("backbone.norm_f.weight", None, "norm", "final_norm", None),
+    ],
+    "granitemoe": [("model.layers.1.block_sparse_moe.input_linear.weight", 1, "moe", "gate_up", "all")],
+    "phi": [
+        ("model.layers.0.self_attn.dense.weight", 0, "attention", "o", None),
+        ("model.layers.0.mlp.fc1.weight", 0, "mlp", "mlp_in", None),
+        ("model.layers.0.mlp.fc2.bias", 0, "mlp", "mlp_out", None),
+        ("model.final_layernorm.weight", None, "norm", "final_norm", None),
+    ],
+    "starcoder2": [
+        ("model.layers.1.mlp.c_fc.weight", 1, "mlp", "mlp_in", None),
+        ("model.layers.1.mlp.c_proj.weight", 1, "mlp", "mlp_out", None),
+    ],
+    "opt": [
+        ("model.decoder.embed_positions.weight", None, "embedding", "pos_embed", None),
+        ("model.decoder.layers.1.self_attn.out_proj.weight", 1, "attention", "o", None),
+        ("model.decoder.layers.1.self_attn_layer_norm.weight", 1, "norm", "attn_norm", None),
+        ("model.decoder.layers.1.fc1.weight", 1, "mlp", "mlp_in", None),
+        ("model.decoder.layers.1.final_layer_norm.weight", 1, "norm", "mlp_norm", None),
+        ("model.decoder.final_layer_norm.weight", None, "norm", "final_norm", None),
+    ],
+    "glm": [("model.layers.0.mlp.gate_up_proj.weight", 0, "mlp", "gate_up", None)],
+    "gemma4_text": [
+        ("model.embed_tokens_per_layer.weight", None, "embedding", "embed", None),
+        ("model.per_layer_model_projection.weight", None, "embedding", "per_layer", None),
+        ("model.layers.1.per_layer_input_gate.weight", 1, "embedding", "per_layer", None),
+        ("model.layers.1.post_per_layer_input_norm.weight", 1, "embedding", "per_layer", None),
+        ("model.layers.1.layer_scalar", 1, "norm", "norm", None),
+        ("model.layers.1.post_attention_layernorm.weight", 1, "norm", "post_attn_norm", None),
+    ],
 }
 
 
@@ -583,6 +730,32 @@ def test_qwen3_vl_moe_packed_experts_split_gate_up_in_either_layout(tmp_path, la
     blm = rep.by_layer_module().set_index(["layer", "module"])
     assert blm.loc[(0, "gate"), "changed"] == 3 and blm.loc[(0, "up"), "changed"] == 2
     assert blm.loc[(0, "gate"), "numel"] == blm.loc[(0, "up"), "numel"] == e * inter * hid
+
+
+def test_granite_4_experts_and_shared_mlp_split_into_gate_and_up(family_dirs, tmp_path):
+    """Granite-4.0-H: block_sparse_moe.input_linear packs every expert's [gate; up] (E, 2I, H), shared_mlp's
+    input_linear is one fused [gate; up] (GraniteMoeSharedMLP: chunk(2), the first half through the
+    activation); its Mamba layers are 'ssm' (before: all of these 'other')."""
+    base = family_dirs["granitemoehybrid"]
+    sd = read_state_dict(base)
+    packed, shared = (
+        "model.layers.0.block_sparse_moe.input_linear.weight",
+        "model.layers.1.shared_mlp.input_linear.weight",
+    )
+    assert sd[packed].shape == (4, 64, 16) and sd[shared].shape == (32, 16)
+    sd[packed][1, 3, :2] = bf16_step(sd[packed][1, 3, :2], 1)  # expert 1, gate: 2
+    sd[packed][2, 40, :3] = bf16_step(sd[packed][2, 40, :3], 1)  # expert 2, up: 3
+    sd[shared][20, :4] = bf16_step(sd[shared][20, :4], 1)  # shared, up: 4
+    m = "model.layers.0.mamba.in_proj.weight"
+    sd[m][0, :5] = bf16_step(sd[m][0, :5], 1)  # Mamba mixer: 5
+    ft = write_folder(tmp_path / "ft", sd, base)
+    rep = analyze_updates(str(base), [str(ft)], labels=["ft"]).reports[0]
+    blm = rep.by_layer_module().set_index(["layer", "module"])
+    assert blm.loc[(0, "gate"), "changed"] == 2 and blm.loc[(0, "up"), "changed"] == 3
+    assert blm.loc[(0, "gate"), "numel"] == blm.loc[(0, "up"), "numel"] == 4 * 32 * 16 + 16 * 16  # experts, shared
+    assert blm.loc[(1, "up"), "changed"] == 4 and blm.loc[(1, "gate"), "changed"] == 0
+    assert blm.loc[(0, "ssm"), "changed"] == 5 and blm["changed"].sum() == 14
+    assert not any("naming table" in n for n in rep.notes)
 
 
 def test_unknown_tensors_are_other_and_counted_in_a_notice(tmp_path):
