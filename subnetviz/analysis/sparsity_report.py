@@ -131,16 +131,18 @@ class SparsityReport:
         return pd.DataFrame({"model": self.model, "bin": list(ULP_LABELS), "count": counts.astype(np.int64)})
 
     def by_layer_module(self, criterion: str = "changed") -> pd.DataFrame:
-        """Per (layer, module): weighted density (Σchanged/Σnumel) and per-tensor mean density.
+        """Per (layer, module): weighted density (Σchanged/Σnumel), per-tensor mean density, and ``mtp``
+        (the layer is a multi-token-prediction module's).
 
         ``criterion`` is a column of :attr:`tensors` (``changed``, ``changed@1e-05``, ``changed_rel``).
         Fused QKV tensors are split into q/k/v when the split is known (exact criterion only).
         """
         t = self.tensors[["key", "layer", "module", "numel", criterion]].rename(columns={criterion: "changed"})
+        t["mtp"] = self.tensors["block"].eq("mtp") if "block" in self.tensors else False
         if criterion == "changed" and self.parts is not None and len(self.parts):
             fused = set(self.parts["key"])
-            meta = self.tensors.set_index("key")["layer"]
-            p = self.parts.assign(layer=self.parts["key"].map(meta))
+            meta = t.set_index("key")
+            p = self.parts.assign(layer=self.parts["key"].map(meta["layer"]), mtp=self.parts["key"].map(meta["mtp"]))
             t = pd.concat([t[~t["key"].isin(fused)], p[t.columns]], ignore_index=True)
         t = t.assign(tensor_density=t["changed"] / t["numel"].clip(lower=1))
         g = t.groupby(["layer", "module"], dropna=False, sort=False)
@@ -149,6 +151,7 @@ class SparsityReport:
             numel=("numel", "sum"),
             tensors=("key", "count"),
             mean_density=("tensor_density", "mean"),
+            mtp=("mtp", "all"),  # a multi-token-prediction module's layer (labelled so in the heatmaps)
         ).reset_index()
         out["density"] = out["changed"] / out["numel"]
         out["sparsity"] = 1.0 - out["density"]

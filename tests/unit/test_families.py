@@ -21,6 +21,7 @@ from subnetviz.analysis.updates import analyze_updates
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.checkpoints.naming import NameTable
 from subnetviz.errors import CheckpointError
+from subnetviz.figures.updates import sparsity_heatmap
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 
 BASE = dict(
@@ -615,6 +616,8 @@ def test_a_qwen3_5_release_with_its_mtp_module_counts_it_apart(family_dirs, tmp_
     assert blm.loc[(2, "q"), "changed"] == 3 and blm.loc[(2, "mtp_proj"), "changed"] == 2
     assert blm["changed"].sum() == 5 and blm.loc[(1, "q"), "numel"] == blm.loc[(2, "q"), "numel"]
     assert not any("naming table" in n for n in rep.notes)
+    fig = sparsity_heatmap(rep.by_layer_module())  # the heatmap says which row is the MTP module
+    assert list(fig.layout.yaxis.ticktext)[:3] == ["0", "1", "2 · MTP"]
 
 
 def _plant(folder, out, names_steps):
