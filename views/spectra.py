@@ -230,11 +230,13 @@ def rank_view(spec, chosen: list) -> None:
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
     below = grid[grid["rank"] < grid[["rows", "cols"]].min(axis=1)]
+    # at most six (an MoE model has thousands of matrices); labels and tensor names are a stranger's text
+    named = [ui.plain(f"{m} · {n}") for m, n in zip(below["model"], below["name"], strict=True)]
+    named = ", ".join(named[:6]) + (f" and {len(named) - 6:,} more (each in the table below)" if len(named) > 6 else "")
     st.caption(
         f"Numerical rank: {len(grid) - len(below):,} of {len(grid):,} layer matrices are full-rank (as a random "
         "sparse matrix of the same density is), so rank alone says little; effective and stable rank below show "
-        "how the update's energy is spread."
-        + (f" Below full rank: {', '.join(below['model'] + ' · ' + below['name'])}." if len(below) else "")
+        "how the update's energy is spread." + (f" Below full rank: {named}." if len(below) else "")
     )
     for model in chosen:
         one = grid[grid["model"] == model]

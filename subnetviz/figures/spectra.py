@@ -42,6 +42,7 @@ def rank_heatmap(df: pd.DataFrame, title: str = "Update rank / min(m, n) by laye
     if "rank_frac_random" not in df.columns and "baseline_rank_frac" in df.columns:
         df["rank_frac_random"] = df["baseline_rank_frac"]
     _require(df, ["layer", "module", "rank_frac"], "rank_heatmap", shares=["rank_frac", "rank_frac_random"])
+    df = _pooled(df, ["rank_frac", "rank_frac_random"])
     layers, modules, g = _grid(df, ["rank_frac", "rank", "min_dim", "rank_frac_random"], "rank_heatmap")
     custom = np.stack([g["rank"], g["min_dim"], 100 * g["rank_frac_random"]], axis=-1)
     hover = "layer %{y} · %{x}<br>rank %{z:.1f}% of full"
@@ -62,6 +63,32 @@ def rank_heatmap(df: pd.DataFrame, title: str = "Update rank / min(m, n) by laye
         zmin=0,
         zmax=100,
     )
+
+
+def _pooled(df: pd.DataFrame, fracs: Sequence[str]) -> pd.DataFrame:
+    """One row per (layer, module) where a cell holds several matrices (the experts of an MoE layer, each its
+    own matrix): each fraction in ``fracs`` pooled over them, Σ(frac · min(m, n)) / Σ min(m, n) (the mean
+    where min_dim is unknown), ``rank`` and ``min_dim`` summed over the matrices that have a value (skipped
+    ones left out), ``matrices`` their count. A frame with one matrix per cell comes back as it is."""
+    if not df.duplicated(["layer", "module"]).any():
+        return df
+    fracs = [f for f in fracs if f in df.columns]
+    weight = pd.to_numeric(df["min_dim"]).astype(float) if "min_dim" in df.columns else pd.Series(1.0, df.index)
+    ok = pd.to_numeric(df[fracs[0]]).notna()
+    cols = {"matrices": ok.astype(int)}
+    for f in fracs:
+        v = pd.to_numeric(df[f]).astype(float)
+        cols[f"{f}:num"], cols[f"{f}:den"] = v * weight, weight.where(v.notna())
+    if "rank" in df.columns:
+        cols["rank"] = pd.to_numeric(df["rank"]).astype(float).where(ok)
+    if "min_dim" in df.columns:
+        cols["min_dim"] = weight.where(ok)
+    sums = pd.DataFrame(cols).assign(layer=df["layer"], module=df["module"])
+    sums = sums.groupby(["layer", "module"], sort=False).sum(min_count=1)
+    out = sums[[c for c in ("matrices", "rank", "min_dim") if c in sums.columns]].copy()
+    for f in fracs:
+        out[f] = sums[f"{f}:num"] / sums[f"{f}:den"]
+    return out.reset_index()
 
 
 def rank_thresholds(sigmas: pd.DataFrame, shapes: pd.DataFrame) -> dict[str, float]:
@@ -174,11 +201,23 @@ def model_spectra(
     return spectrum_curves(sigmas, colors=curves, thresholds=rank_thresholds(sigmas, shapes), colour_note=note)
 
 
+def _measure_cells(df: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """Per (layer, module [, model]) cell: ``measure`` and min(m, n) summed over the cell's matrices (one for a
+    dense layer, one per expert in an MoE layer), ``frac`` their ratio and ``matrices`` the count; matrices
+    without a value (skipped) left out (a cell with none stays blank)."""
+    value = pd.to_numeric(df[measure]).astype(float)
+    min_dim = np.minimum(pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"])).astype(float)
+    df = df.assign(value=value, min_dim=min_dim.where(value.notna()), matrices=value.notna().astype(int))
+    by = [c for c in ("model", "layer", "module") if c in df.columns]
+    cells = df.groupby(by, sort=False, dropna=False)[["value", "min_dim", "matrices"]].sum(min_count=1)
+    cells = cells.reset_index().rename(columns={"value": measure})
+    return cells.assign(frac=cells[measure] / cells["min_dim"].clip(lower=1))
+
+
 def measure_range(df: pd.DataFrame, measure: str) -> tuple[float, float]:
-    """(0, largest ``measure`` / min(m, n) in %) over every row: one colour range for several models' heatmaps."""
-    frac = pd.to_numeric(df[measure]).astype(float) / np.minimum(
-        pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"])
-    ).clip(lower=1)
+    """(0, largest ``measure`` / min(m, n) in %) over every cell (summed over an MoE layer's experts, as
+    :func:`rank_measure_heatmap` draws them): one colour range for several models' heatmaps."""
+    frac = _measure_cells(df, measure)["frac"] if len(df) else pd.Series(dtype=float)
     top = float(np.nanmax(100 * frac)) if len(frac) and np.isfinite(frac).any() else 100.0
     return 0.0, max(top, 1e-9)
 
@@ -194,18 +233,21 @@ def rank_measure_heatmap(
 
     df: layer, module, rows, cols, ``measure`` (and ``rank`` for the hover). Unlike the numerical
     rank (full for any sparse random update), these separate energy spread over many directions from
-    energy in a few.
+    energy in a few. A cell with several matrices (an MoE layer's experts) shows their sum over the sum
+    of their min(m, n) (before: such a frame was refused, so the rank view failed for every MoE model).
     """
     names = {"effective_rank_99": "effective rank (99 % energy)", "stable_rank": "stable rank ‖Δ‖F²/‖Δ‖₂²"}
     title = title or f"{names.get(measure, measure)} / min(m, n)"
     if df.empty:
         return no_data_figure(title)
     _require(df, ["layer", "module", "rows", "cols", measure], "rank_measure_heatmap")
-    df = df.assign(min_dim=np.minimum(pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"])).astype(float))
-    df = df.assign(frac=pd.to_numeric(df[measure]).astype(float) / df["min_dim"].clip(lower=1))
-    layers, modules, g = _grid(df, ["frac", measure, "min_dim"], "rank_measure_heatmap")
-    custom = np.stack([g[measure], g["min_dim"]], axis=-1)
-    hover = f"layer %{{y}} · %{{x}}<br>{names.get(measure, measure)} %{{customdata[0]:,.1f}} of %{{customdata[1]:,.0f}} (%{{z:.1f}}%)"
+    df = _measure_cells(df, measure)
+    layers, modules, g = _grid(df, ["frac", measure, "min_dim", "matrices"], "rank_measure_heatmap")
+    custom = np.stack([g[measure], g["min_dim"], g["matrices"]], axis=-1)
+    what = names.get(measure, measure)
+    hover = f"layer %{{y}} · %{{x}}<br>{what} %{{customdata[0]:,.1f}} of %{{customdata[1]:,.0f}} (%{{z:.1f}}%)"
+    if int(np.nanmax(g["matrices"], initial=1)) > 1:
+        hover += "<br>%{customdata[2]:,.0f} matrices, summed (an MoE layer's experts)"
     rng = {"zmin": 0, "zmax": 100} if zrange is None else {"zmin": float(zrange[0]), "zmax": float(zrange[1])}
     z = 100 * g["frac"]
     return _layer_heatmap(

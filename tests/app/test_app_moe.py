@@ -225,3 +225,21 @@ def test_gpt_oss_in_mxfp4_against_its_bf16_finetunes(gptoss_home):
     assert table.loc["base", "stored dtype"].endswith(f"mxfp4 ({experts:,})")
     assert table.loc["ft1", "stored dtype"].startswith("bfloat16") and "mxfp4" not in table.loc["ft1", "stored dtype"]
     assert table.loc["base", "parameters"] == table.loc["ft1", "parameters"]  # counted as parameters, not bytes
+
+
+def test_spectra_rank_view_pools_each_layers_experts(moe_home):
+    """The rank view of an MoE pair (before: "rank_measure_heatmap: one row per (layer, module) is expected; 5
+    rows for ('0', 'gate')", for every MoE model): a cell holds its experts' effective ranks summed over their
+    summed min(m, n). Planted in ft1, layer 0: one row of expert 1's gate moved (a rank-1 Δ) and nothing else in
+    that layer's gate matrices (4 experts of 8 × 16, the shared expert's 16 × 16): 1 / (4·8 + 16)."""
+    at = _open("spectra", moe_home, spec_view="Effective and stable rank", spec_models=["ft1", "ft2"])
+    charts = _charts(at)
+    eff = next(spec for title, spec in charts.items() if title.startswith("ft1: effective rank"))
+    trace = eff["data"][0]
+    z = _z(trace)
+    cell = z[list(trace["y"]).index("0"), list(trace["x"]).index("gate")]
+    assert cell == pytest.approx(100 * 1 / (4 * 8 + 16))
+    assert "matrices, summed" in trace["hovertemplate"]
+    assert sum(1 for title in charts if "stable rank" in title) == 2
+    caption = next(c.value for c in at.caption if c.value.startswith("Numerical rank"))
+    assert caption.count(" · ") <= 6 and "more (each in the table below)" in caption

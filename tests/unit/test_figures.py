@@ -1156,3 +1156,31 @@ def test_matrix_images_of_matrices_thinner_than_a_block(shape):
     ref = np.array([[a[i : i + f, j : j + f].mean() for j in range(0, shape[1], f)] for i in range(0, shape[0], f)])
     np.testing.assert_allclose(z, 100 * ref, rtol=1e-6)
     assert F.delta_image(a.astype(np.float32), max_side=128).data[0].z.shape == ref.shape
+
+
+def test_rank_heatmaps_pool_the_experts_of_an_moe_layer():
+    """An MoE layer's experts are one matrix each, several per (layer, module) cell (before: refused, "one row
+    per (layer, module) is expected"): the cell is their measures summed over their summed min(m, n)."""
+    df = pd.DataFrame(
+        {
+            "layer": [0, 0, 0, 0, 1],
+            "module": ["gate", "gate", "gate", "q", "gate"],
+            "rows": [8, 8, 16, 16, 8],  # two routed experts (8 × 16), a shared one (16 × 16); attention's q
+            "cols": [16, 16, 16, 16, 16],
+            "effective_rank_99": [2, 4, 8, 4, None],  # layer 1's one gate was skipped: no cell value
+            "stable_rank": [1.0, 1.0, 2.0, 2.0, None],
+            "rank_frac": [0.5, 1.0, 0.25, 1.0, None],
+            "baseline_rank_frac": [1.0, 1.0, 0.5, 1.0, None],
+        }
+    )
+    tr = F.rank_measure_heatmap(df).data[0]
+    z = np.asarray(tr.z, dtype=float)
+    assert list(tr.x) == ["q", "gate"] and list(tr.y) == ["0", "1"]
+    assert z[0, 1] == pytest.approx(100 * 14 / 32) and z[0, 0] == pytest.approx(25.0) and np.isnan(z[1, 1])
+    assert "3 matrices" not in tr.hovertemplate and "matrices, summed" in tr.hovertemplate
+    assert np.asarray(tr.customdata, dtype=float)[0, 1, 2] == 3
+    assert F.measure_range(df, "stable_rank") == (0.0, pytest.approx(100 * 4 / 32))
+    r = F.rank_heatmap(df.assign(min_dim=df[["rows", "cols"]].min(axis=1))).data[0]
+    zr = np.asarray(r.z, dtype=float)
+    assert zr[0, 1] == pytest.approx(100 * (4 + 8 + 4) / 32)  # Σ rank / Σ min(m, n)
+    assert np.asarray(r.customdata, dtype=float)[0, 1, 2] == pytest.approx(100 * (8 + 8 + 8) / 32)  # the baseline
