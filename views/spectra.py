@@ -210,6 +210,7 @@ TABLE_COLUMNS = [
     "name",
     "layer",
     "module",
+    "expert",
     "rows",
     "cols",
     "density",
@@ -276,14 +277,13 @@ def merged_parts(*builders) -> tuple[dict, dict]:
 
 
 def spectra_rows(analysis):
-    """Every analysed 2-D update (skipped ones left out) with its layer and module, in the table's column order;
-    None when there is none."""
-    spec = analysis.spectra_table()
+    """Every analysed 2-D update (skipped ones left out; each expert of a packed 3-D tensor is one) with its
+    layer, module and expert (for MoE models), in the table's column order; None when there is none."""
+    spec = analysis.spectra_located()
     if not len(spec):
         return None
-    meta = analysis.reports[0].tensors[["key", "layer", "module"]].rename(columns={"key": "name"})
-    spec = spec.merge(meta, on="name", how="left")
-    return spec.loc[~spec["skipped"].astype(bool), [c for c in TABLE_COLUMNS if c in spec.columns]]
+    cols = [c for c in TABLE_COLUMNS if c in spec.columns and (c != "expert" or spec[c].notna().any())]
+    return spec.loc[~spec["skipped"].astype(bool), cols]
 
 
 def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str):

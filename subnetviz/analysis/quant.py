@@ -414,7 +414,8 @@ def compare_aligned(
     bit-packed, :func:`~subnetviz.analysis.sparsity.compare_pair`'s ``mask_bits``).
 
     Returns ``(PairStats, changed_effective, delta)`` where ``delta()`` gives the float64 Δ for
-    spectra (effective for quantized forms) or is None (codes with no effective form).
+    spectra (effective for quantized forms) or is None (codes with no effective form); a float pair's
+    ``delta(e)`` gives the Δ of slice ``e`` alone (one expert of a packed 3-D tensor).
     """
     name = at.names[0]
     if fa.kind == fb.kind == "float":
@@ -422,7 +423,7 @@ def compare_aligned(
             log.add(i, f"cast:{str(a.dtype)[6:]}>{str(b.dtype)[6:]}", name)
             a = a.to(b.dtype)  # round-to-nearest-even, as saving in b's dtype would
         st = compare_pair(a, b, options, name=name, packed=packed)
-        return st, st.changed, lambda: b.to(torch.float64) - a.to(torch.float64)
+        return st, st.changed, lambda e=None: _f64(b, e) - _f64(a, e)
     if fa.kind == fb.kind == "codes":
         st = compare_codes(a, b, options, name=name)
         log.add(i, f"codes:{fb.label}", name, st.changed)
@@ -466,6 +467,11 @@ def compare_aligned(
     log.add(i, f"forms:{fa.label} vs {fb.label}", name)
     st = compare_pair(ea, eb, options, name=name)
     return st, st.changed, lambda: eb.to(torch.float64) - ea.to(torch.float64)
+
+
+def _f64(x: torch.Tensor, e: int | None) -> torch.Tensor:
+    """``x`` (or its slice ``e`` along dim 0) in float64."""
+    return (x if e is None else x[e]).to(torch.float64)
 
 
 def scale_values(ck, name: str, dev) -> torch.Tensor:

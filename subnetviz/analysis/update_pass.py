@@ -101,6 +101,22 @@ class UpdateAnalysis:
             return pd.DataFrame()
         return pd.concat([t.to_frame().assign(model=m) for m, t in self.spectra.items()], ignore_index=True)
 
+    def spectra_located(self) -> pd.DataFrame:
+        """:meth:`spectra_table` with each matrix's layer, module and expert (from the tensors table): an expert
+        of a packed 3-D tensor, named ``key[e]``, takes its tensor's layer and module and ``e`` as its expert."""
+        spec = self.spectra_table()
+        if not len(spec):
+            return spec
+        cols = [c for c in ("key", "layer", "module", "expert") if c in self.reports[0].tensors.columns]
+        meta = self.reports[0].tensors[cols].drop_duplicates("key")
+        part = spec["name"].astype(str).str.extract(r"^(?P<key>.*?)(?:\[(?P<slice>\d+)\])?$")
+        out = spec.assign(key=part["key"], slice=part["slice"]).merge(meta, on="key", how="left")
+        if "expert" in out.columns:
+            out["expert"] = out["slice"].where(out["slice"].notna(), out["expert"])
+        else:
+            out["expert"] = out["slice"]
+        return out.drop(columns=["key", "slice"])
+
     def sigmas(self) -> pd.DataFrame:
         if self.sigma_frame is not None:
             return self.sigma_frame
@@ -315,16 +331,19 @@ class _Walk:
         if st.row_counts is not None and len(at.shape) >= 2:
             self.row_col[i][key] = (st.row_counts, st.col_counts)
         sp = self.spectra
-        if sp is not None and sp.enabled and len(at.shape) == 2 and delta_fn is not None:
+        if sp is None or not sp.enabled or delta_fn is None:
+            return
+        # a 2-D matrix, or each expert of a packed 3-D tensor (gpt-oss, Llama-4, Granite): one matrix per expert,
+        # named key[e]; a float pair only (a quantized pair's Δ comes whole)
+        float_pair = views is not None or fa.kind == fb.kind == "float"
+        parts = [(key, None)] if len(at.shape) == 2 else []
+        if len(at.shape) == 3 and info.expert == "all" and float_pair:
+            parts = [(f"{key}[{e}]", e) for e in range(at.shape[0])]
+        for name, e in parts:
+            d = delta_fn() if e is None else delta_fn(e)
             self.spec_results[i].append(
                 update_spectrum(
-                    key,
-                    delta_fn(),
-                    baseline=sp.baseline,
-                    seed=sp.seed,
-                    method=sp.method,
-                    max_dim=sp.max_dim,
-                    device=self.dev,
+                    name, d, baseline=sp.baseline, seed=sp.seed, method=sp.method, max_dim=sp.max_dim, device=self.dev
                 )
             )
 
@@ -414,9 +433,15 @@ def _int_view(ck: Checkpoint, at, i: int) -> np.ndarray:
     return x[: at.rows] if at.rows is not None else x
 
 
-def _delta_of_views(x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
-    """The float64 Δ (for spectra) of a float pair given as integer views of ``dtype``."""
-    return lambda: torch.from_numpy(y).view(dtype).to(torch.float64) - torch.from_numpy(x).view(dtype).to(torch.float64)
+def _delta_of_views(x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+    """The float64 Δ (for spectra) of a float pair given as integer views of ``dtype``; ``e``: of slice ``e``
+    alone (one expert of a packed 3-D tensor)."""
+
+    def delta(e: int | None = None) -> torch.Tensor:
+        xe, ye = (x, y) if e is None else (x[e], y[e])
+        return torch.from_numpy(ye).view(dtype).to(torch.float64) - torch.from_numpy(xe).view(dtype).to(torch.float64)
+
+    return delta
 
 
 def _check_read(ck: Checkpoint, at, i: int, x: torch.Tensor) -> None:

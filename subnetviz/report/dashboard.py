@@ -38,10 +38,8 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
     figs.append(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)))
     figs.append(figures.module_bars(pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)))
     sections.append(ReportSection("Update sparsity", figs, [("Sparsity per criterion", sweep)]))
-    spec = analysis.spectra_table()
+    spec = analysis.spectra_located()
     if len(spec):
-        meta = analysis.reports[0].tensors[["key", "layer", "module"]].rename(columns={"key": "name"})
-        spec = spec.merge(meta, on="name", how="left")
         sfigs = []
         for model in analysis.labels:
             g = spec[(spec["model"] == model) & spec["layer"].notna() & ~spec["skipped"].astype(bool)]

@@ -124,6 +124,37 @@ def test_mxfp4_base_against_the_bf16_finetune_transformers_saved(gptoss, tmp_pat
     assert any("MXFP4" in n for n in a.notes)
 
 
+def test_each_packed_expert_has_its_own_spectrum(gptoss, tmp_path):
+    """Spectra of an MXFP4 release against a bf16 finetune: each expert of a packed (E, in, out) tensor is one
+    matrix, named key[e], with its layer, module and expert (before: every packed tensor was left out of the
+    spectra, so gpt-oss showed attention only), its singular values those of that expert's Δ in float64 NumPy."""
+    from subnetviz.analysis.update_pass import SpectraOptions
+
+    bf16, mx = gptoss
+    ref = read_state_dict(mx)
+    base = open_checkpoint(mx)
+    sd = {n: base.get(n) for n in base.names}  # the release's experts as transformers loads them
+    gen = torch.Generator().manual_seed(3)
+    w = sd[DN]
+    moved = torch.rand(w.shape, generator=gen) < 0.2
+    sd[DN] = torch.where(moved, bf16_step(w, 1), w)
+    ft = write_folder(
+        tmp_path / "ft", {**{k: v for k, v in ref.items() if "_blocks" not in k and "_scales" not in k}, **sd}, bf16
+    )
+    a = analyze_updates(str(mx), [str(ft)], labels=["rl"], spectra=SpectraOptions(baseline=False))
+    spec = a.spectra_located().set_index("name")
+    delta = sd[DN].double().numpy() - base.get(DN).double().numpy()
+    for e in range(E):
+        row = spec.loc[f"layers.0.mlp.experts.down_proj[{e}]"]
+        assert (row["layer"], row["module"], row["expert"]) == (0, "down", str(e))
+        assert (row["rows"], row["cols"]) == (INTER, H)
+        want = np.linalg.svd(delta[e], compute_uv=False)
+        got = a.sigmas().query("name == @row.name and kind == 'update'")["sigma"].to_numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want[0])
+    assert spec.loc["layers.0.mlp.experts.gate_up_proj[2]", "effective_rank_99"] == 0  # unchanged: no energy
+    assert "layers.0.mlp.experts.down_proj" not in spec.index
+
+
 def test_one_changed_scale_changes_its_blocks_nonzero_values(gptoss, tmp_path):
     _, mx = gptoss
     sd = read_state_dict(mx)
