@@ -331,8 +331,8 @@ class _Walk:
         if st.row_counts is not None and len(at.shape) >= 2:
             self.row_col[i][key] = (st.row_counts, st.col_counts)
         sp = self.spectra
-        if sp is None or not sp.enabled or delta_fn is None:
-            return
+        if sp is None or not sp.enabled or delta_fn is None or info.param == "bias":
+            return  # (gpt-oss's packed biases are 2-D, one row per expert: no matrix to decompose)
         # a 2-D matrix, or each expert of a packed 3-D tensor (gpt-oss, Llama-4, Granite): one matrix per expert,
         # named key[e]; a float pair only (a quantized pair's Δ comes whole)
         float_pair = views is not None or fa.kind == fb.kind == "float"

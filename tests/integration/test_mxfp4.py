@@ -153,6 +153,7 @@ def test_each_packed_expert_has_its_own_spectrum(gptoss, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want[0])
     assert spec.loc["layers.0.mlp.experts.gate_up_proj[2]", "effective_rank_99"] == 0  # unchanged: no energy
     assert "layers.0.mlp.experts.down_proj" not in spec.index
+    assert not spec.index.str.contains("_bias").any()  # the packed (E, out) biases are no matrices
 
 
 def test_one_changed_scale_changes_its_blocks_nonzero_values(gptoss, tmp_path):
