@@ -41,6 +41,37 @@ def git_revision() -> tuple[str | None, bool | None]:
     return head.stdout.strip(), diff.returncode == 1 if diff.returncode in (0, 1) else None
 
 
+# The package's code that computes an update analysis (and the subspaces): reading checkpoints, naming their
+# tensors, comparing them. Its cache keys hold a fingerprint of these files.
+ANALYSIS_CODE = ("analysis", "checkpoints", "masks.py")
+
+
+@functools.cache
+def code_fingerprint(parts: tuple[str, ...] = ANALYSIS_CODE, root: str | None = None) -> str:
+    """sha256 (16 hex digits) of the ``.py`` files under ``parts`` of the package (their paths and bytes):
+    the code that computes a result. The update analysis's cache key holds it, so a result that other
+    code computed (an earlier or later commit, an edited clone) is never served as this code's; before,
+    a version number its owner had to remember to bump let analyses whose numbers later commits changed
+    (a naming table, a stored form) be served stale. Read once per process (a few ms)."""
+    import hashlib
+
+    root = root or os.path.dirname(os.path.realpath(__file__))
+    files = []
+    for part in parts:
+        top = os.path.join(root, part)
+        if os.path.isfile(top):
+            files.append(top)
+        for folder, dirs, names in os.walk(top):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            files += [os.path.join(folder, n) for n in names if n.endswith(".py")]
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")
+        with open(path, "rb") as fh:
+            h.update(fh.read() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def version_info() -> dict:
     """``{"subnetviz_version", "git_revision", "git_dirty"}``: record it beside every result.
 

@@ -365,9 +365,12 @@ def cached_subspaces(
 
     ck_base = open_checkpoint(base)
     cks = [open_checkpoint(f) for f in finetuned]
+    from subnetviz.version import code_fingerprint
+
     key = _cache.cache_key(
         "subspaces",
         SUBSPACES_VERSION,
+        code=code_fingerprint(),
         base=ck_base.fingerprint,
         finetuned=[c.fingerprint for c in cks],
         labels=list(labels),

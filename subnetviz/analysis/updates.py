@@ -5,7 +5,7 @@ The streaming pass (:func:`analyze_updates`, :class:`UpdateAnalysis`, :class:`Sp
 :func:`write_analysis` (CSV/JSON/safetensors, published atomically with
 :func:`subnetviz.cache.atomic_folder`), :func:`read_analysis`, and :func:`cached_analysis` in the
 one versioned cache (:mod:`subnetviz.cache`), keyed by the checkpoints' fingerprints, every
-analysis parameter and :data:`UPDATES_VERSION`.
+analysis parameter, :data:`UPDATES_VERSION` (the files' layout) and the analysis code's fingerprint.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def mask_path(analysis_dir: str | os.PathLike, label: str) -> Path:
     return Path(analysis_dir) / summary["mask_files"][label]
 
 
-UPDATES_VERSION = 2  # bump when the analysis would write different numbers or files for the same inputs
+UPDATES_VERSION = 2  # bump when the files change layout (changed numbers: the code fingerprint in the key)
 
 
 def cache_key(
@@ -214,13 +214,17 @@ def cache_key(
     options: SparsityOptions,
     spectra: SpectraOptions | None,
 ) -> str:
-    """The cache key of an update analysis: every checkpoint's fingerprint, the labels and every option.
+    """The cache key of an update analysis: every checkpoint's fingerprint, the labels, every option and the
+    code that computes it (:func:`~subnetviz.version.code_fingerprint`).
 
     The ULP bin edges are part of the key too: the tables hold one column per bin.
     """
+    from subnetviz.version import code_fingerprint
+
     return _cache.cache_key(
         "updates",
         UPDATES_VERSION,
+        code=code_fingerprint(),
         base=base.fingerprint,
         finetuned=[c.fingerprint for c in finetuned],
         labels=list(labels),

@@ -85,6 +85,39 @@ def test_cache_key_changes_with_kind_version_and_every_part():
     assert cache_key("x", 1, p=Path("/a")) == cache_key("x", 1, p="/a")
 
 
+def test_update_analyses_are_keyed_by_the_code_that_computes_them(tmp_path, monkeypatch):
+    """Other analysis code, other key: an analysis that a later commit computes differently (a naming table,
+    a stored form) is computed again, not served from the cache (before: only a version number its owner
+    had to bump, and several such commits did not). Code outside the analysis (pages, jobs) does not count."""
+    import shutil
+
+    from subnetviz import version
+    from subnetviz.analysis import updates
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.update_pass import SpectraOptions
+
+    pkg = Path(version.__file__).parent
+    copy = shutil.copytree(pkg, tmp_path / "subnetviz", ignore=shutil.ignore_patterns("__pycache__"))
+    fingerprint = version.code_fingerprint.__wrapped__
+    same = fingerprint(root=str(copy))
+    assert same == version.code_fingerprint()  # where it lives does not count, what it says does
+    (copy / "ui.py").write_text((copy / "ui.py").read_text() + "\n# a page's code\n")
+    (copy / "analysis" / "__pycache__").mkdir()
+    (copy / "analysis" / "__pycache__" / "x.py").write_text("# compiled leftovers")
+    assert fingerprint(root=str(copy)) == same
+    for edited in ("analysis/sparsity.py", "checkpoints/families.py", "masks.py"):
+        (copy / edited).write_text((copy / edited).read_text() + "\n# edited\n")
+        assert fingerprint(root=str(copy)) != same, edited
+        same = fingerprint(root=str(copy))
+
+    class Ck:
+        fingerprint = "fp0"
+
+    key = updates.cache_key(Ck(), [Ck()], ["a"], SparsityOptions(), SpectraOptions())
+    monkeypatch.setattr(version, "code_fingerprint", lambda: "other code")
+    assert updates.cache_key(Ck(), [Ck()], ["a"], SparsityOptions(), SpectraOptions()) != key
+
+
 def test_cache_key_refuses_a_part_without_a_stable_form():
     with pytest.raises(TypeError, match="object"):
         cache_key("x", 1, thing=object())
