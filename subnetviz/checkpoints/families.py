@@ -125,6 +125,29 @@ _PER_LAYER: Table = [
 # gpt-oss: learned attention sinks (one logit per head), a router with a bias, and packed experts whose
 # gate_up_proj (E, H, 2I) interleaves gate and up along its last dim (gate = [..., ::2], up = [..., 1::2]).
 _GPT_OSS: Table = [(r"self_attn\.sinks$", "sinks"), (r"mlp\.router\.", "router")]
+# DeepSeek-V4, in its release's names (attn.wq_a, ffn.experts.E.w1, hc_attn_fn, ...) and in the ones
+# transformers loads them as (self_attn.q_a_proj, mlp.experts.gate_up_proj, attn_hc.fn, ...): low-rank
+# query and grouped low-rank output, one KV projection, a KV compressor (its indexer in sparse layers),
+# attention sinks, and hyper-connections (hc: the learned mixing of the residual streams around each block).
+_DEEPSEEK_V4: Table = [
+    (r"^embed\.", "embed"),
+    (r"^head\.", "lm_head"),
+    (r"(^hc_head|hc_(attn|ffn)_|(attn|ffn)_hc\.)", "hc"),
+    (r"(indexer)\.", "indexer"),
+    (r"(attn|self_attn)\.compressor\.", "compressor"),
+    (r"attn\.wq_a\.", "q_a"),
+    (r"attn\.wq_b\.", "q_b"),
+    (r"(attn\.wkv|self_attn\.kv_proj)\.", "kv_a"),
+    (r"(attn\.wo_[ab]|self_attn\.o_[ab]_proj)\.", "o"),
+    (r"(attn\.(q_norm|norm)|self_attn\.(q_a_norm|kv_norm))\.", "attn_norm"),
+    (r"(attn\.attn_sink|self_attn\.sinks)$", "sinks"),
+    (r"(^|\.)attn_norm\.", "attn_norm"),
+    (r"(^|\.)ffn_norm\.", "mlp_norm"),
+    (r"shared_experts\.w1\.", "gate"),
+    (r"shared_experts\.w3\.", "up"),
+    (r"shared_experts\.w2\.", "down"),
+    (r"(ffn|mlp)\.gate\.", "router"),
+]
 # AFMoE (Arcee): sandwich norms (after attention; before and after the MLP) and a gate on attention's output.
 _AFMOE: Table = [
     (r"self_attn\.gate_proj\.", "attn_gate"),
@@ -214,6 +237,7 @@ FAMILIES: dict[str, Table] = {
     "mixtral": _MOE + _DENSE,
     "qwen_moe": _MOE + _DENSE,
     "deepseek": _MLA + _MOE + _DENSE,
+    "deepseek_v4": _DEEPSEEK_V4 + _MLA + _MOE + _DENSE,
     "llama4": _MOE + _DENSE,
     "gpt_oss": _GPT_OSS + _MOE + _DENSE,
     "phi3": _PHI3 + _DENSE,
@@ -259,6 +283,7 @@ MODEL_TYPES = {
     "lfm2": "lfm2",
     "qwen3_next": "qwen_moe",
     "deepseek_v32": "deepseek",
+    "deepseek_v4": "deepseek_v4",
     "glm_moe_dsa": "deepseek",
     "minimax_m2": "mixtral",
     "exaone_moe": "qwen_moe",
@@ -303,6 +328,8 @@ MODEL_TYPES = {
 }
 # Tell-tale names, most specific first: the family when config.json is missing or unknown.
 TELLTALES = [
+    ("hc_attn_fn", "deepseek_v4"),
+    ("attn_hc.fn", "deepseek_v4"),
     ("block_sparse_moe.input_linear", "granite_moe"),
     ("mixer.in_proj", "mamba"),
     ("mamba.in_proj", "hybrid"),

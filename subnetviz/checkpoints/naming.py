@@ -59,6 +59,7 @@ MODULE_ORDER = [
     "o",
     "attn_gate",
     "indexer",
+    "compressor",
     "sinks",
     "linear_attn",
     "conv",
@@ -77,6 +78,7 @@ MODULE_ORDER = [
     "post_mlp_norm",
     "norm",
     "final_norm",
+    "hc",
     "mtp_proj",
     "lm_head",
     "vision",
@@ -100,6 +102,7 @@ BLOCK_OF = {
     "sinks": "attention",
     "attn_gate": "attention",
     "indexer": "attention",
+    "compressor": "attention",
     "linear_attn": "attention",
     "conv": "attention",
     "ssm": "attention",  # a token mixer, like linear attention
@@ -120,6 +123,7 @@ BLOCK_OF = {
     "post_mlp_norm": "norm",
     "norm": "norm",
     "final_norm": "norm",
+    "hc": "norm",  # DeepSeek-V4's hyper-connections: the residual streams' mixing weights, beside the norms
     "other": "other",
 }
 _PREFIXES = PREFIXES

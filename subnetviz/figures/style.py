@@ -33,6 +33,7 @@ MODULE_ORDER = (
     "o",
     "attn_gate",  # AFMoE's gate on attention's output
     "indexer",  # DeepSeek-V3.2's sparse-attention indexer
+    "compressor",  # DeepSeek-V4's KV compressor
     "sinks",  # gpt-oss's attention sinks
     "linear_attn",  # hybrids' linear-attention and short-convolution layers
     "conv",
@@ -50,6 +51,7 @@ MODULE_ORDER = (
     "mlp_norm",
     "norm",
     "final_norm",
+    "hc",  # DeepSeek-V4's hyper-connections
     "lm_head",
     "Q",
     "K",

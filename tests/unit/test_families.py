@@ -178,6 +178,25 @@ def _build(kind: str):
         "gemma3_text": (T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(head_dim=4)),
         "olmo2": (T.Olmo2Config, T.Olmo2ForCausalLM, {}),
         "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM, dict(head_dim=4)),
+        "deepseek_v4": (
+            T.DeepseekV4Config,
+            T.DeepseekV4ForCausalLM,
+            dict(
+                head_dim=8,
+                num_key_value_heads=1,
+                q_lora_rank=16,
+                o_groups=2,
+                o_lora_rank=8,
+                index_n_heads=2,
+                index_head_dim=8,
+                index_topk=4,
+                n_routed_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=8,
+                qk_rope_head_dim=4,
+                layer_types=["heavily_compressed_attention", "compressed_sparse_attention"],
+            ),
+        ),
         # hybrids of Mamba mixers and attention, and pure Mamba
         "nemotron_h": (
             T.NemotronHConfig,
@@ -273,6 +292,7 @@ KINDS = [
     "gemma3_text",
     "olmo2",
     "qwen3",
+    "deepseek_v4",
     "nemotron_h",
     "granitemoehybrid",
     "falcon_h1",
@@ -427,6 +447,23 @@ EXPECT = {
         ("model.layers.0.self_attn.q_norm.weight", 0, "norm", "attn_norm", None),
     ],
     "qwen3": [("model.layers.1.self_attn.k_norm.weight", 1, "norm", "attn_norm", None)],
+    "deepseek_v4": [  # the release's names, as transformers writes them back
+        ("head.weight", None, "head", "lm_head", None),
+        ("model.hc_head.hc_fn", None, "norm", "hc", None),
+        ("model.layers.0.hc_attn_fn", 0, "norm", "hc", None),
+        ("model.layers.0.attn.wq_a.weight", 0, "attention", "q_a", None),
+        ("model.layers.0.attn.wkv.weight", 0, "attention", "kv_a", None),
+        ("model.layers.0.attn.wo_b.weight", 0, "attention", "o", None),
+        ("model.layers.0.attn.attn_sink", 0, "attention", "sinks", None),
+        ("model.layers.0.attn.compressor.wkv.weight", 0, "attention", "compressor", None),
+        ("model.layers.1.attn.indexer.compressor.wkv.weight", 1, "attention", "indexer", None),
+        ("model.layers.1.attn.indexer.wq_b.weight", 1, "attention", "indexer", None),
+        ("model.layers.0.attn.norm.weight", 0, "norm", "attn_norm", None),
+        ("model.layers.0.ffn_norm.weight", 0, "norm", "mlp_norm", None),
+        ("model.layers.1.ffn.experts.3.w3.weight", 1, "moe", "up", 3),
+        ("model.layers.1.ffn.shared_experts.w2.weight", 1, "moe", "down", "shared"),
+        ("model.layers.1.ffn.gate.weight", 1, "moe", "router", None),
+    ],
     "nemotron_h": [  # one mixer per layer: Mamba, attention, MLP, MoE
         ("backbone.embeddings.weight", None, "embedding", "embed", None),
         ("backbone.layers.0.mixer.in_proj.weight", 0, "attention", "ssm", None),
@@ -538,6 +575,20 @@ def test_names_no_installed_class_writes():
     vt = g3.describe("model.vision_tower.vision_model.encoder.layers.3.self_attn.q_proj.weight")
     assert (vt.layer, vt.block, vt.module) == (3, "vision", "vision")
     assert g3.describe("model.multi_modal_projector.mm_input_projection_weight").module == "projector"
+    v4 = NameTable.from_config({"model_type": "deepseek_v4"}, [])  # as transformers holds them in memory
+    for name, module in [
+        ("model.layers.2.self_attn.q_a_proj.weight", "q_a"),
+        ("model.layers.2.self_attn.kv_proj.weight", "kv_a"),
+        ("model.layers.2.self_attn.o_a_proj.weight", "o"),
+        ("model.layers.2.self_attn.sinks", "sinks"),
+        ("model.layers.2.self_attn.kv_norm.weight", "attn_norm"),
+        ("model.layers.2.self_attn.compressor.indexer.q_b_proj.weight", "indexer"),
+        ("model.layers.2.self_attn.compressor.kv_proj.weight", "compressor"),
+        ("model.layers.2.attn_hc.fn", "hc"),
+        ("model.layers.2.mlp.experts.gate_up_proj", "gate_up"),
+        ("model.layers.2.mlp.gate.e_score_correction_bias", "router"),
+    ]:
+        assert (v4.describe(name).layer, v4.describe(name).module) == (2, module), name
     qvl = NameTable.from_config({"model_type": "qwen2_5_vl"}, [])
     assert qvl.describe("model.visual.blocks.0.attn.qkv.weight").block == "vision"
     assert qvl.describe("model.language_model.layers.0.mlp.up_proj.weight").module == "up"
