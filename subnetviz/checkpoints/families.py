@@ -35,6 +35,16 @@ _DENSE: Table = [
     (r"(^|\.)feedforward_layernorm\.", "mlp_norm"),
     (r"mlp\.act_fn\.", "act"),  # a learned activation's parameters (Apertus' xIELU)
     (r"linear_attn\.", "linear_attn"),  # linear-attention (Gated DeltaNet) layers of hybrids (Qwen3-Next)
+    (r"self_attn\.(sinks|attention_sink_bias)$", "sinks"),  # (MiMo-V2)
+    (r"self_attn\.(gate_proj|g_proj)\.|self_attn\.gate_bias$", "attn_gate"),  # a gate on attention's output
+    (r"self_attn\.attn_sub_norm\.", "attn_norm"),  # BitNet: a norm inside attention and inside the MLP
+    (r"mlp\.ffn_sub_norm\.", "mlp_norm"),
+    (r"pre_feedforward_layernorm\.", "mlp_norm"),  # sandwich norms (see NameTable.sandwich)
+    (r"post_feedforward_layernorm\.", "post_mlp_norm"),
+    (r"(^|\.)post_norm1\.", "post_attn_norm"),  # (HyperCLOVA X: after attention, and after the MLP)
+    (r"(^|\.)post_norm2\.", "post_mlp_norm"),
+    # Kimi-Linear's delta attention (KDA) beside its q/k/v/o projections
+    (r"self_attn\.(A_log|dt_bias)$|self_attn\.(b_proj|[fg]_[ab]_proj|[qkv]_conv1d|o_norm)\.", "linear_attn"),
     (r"self_attn\.dense\.", "o"),  # Phi-1/2
     (r"mlp\.(fc1|c_fc)\.", "mlp_in"),  # Phi-1/2, StarCoder2: an MLP without a gate
     (r"mlp\.(fc2|c_proj)\.", "mlp_out"),
@@ -58,6 +68,9 @@ _MOE: Table = [
     (r"mlp\.expert_bias$", "router"),  # (AFMoE)
     (r"mlp\.router\.", "router"),
     (r"block_sparse_moe\.gate\.", "router"),
+    (r"block_sparse_moe\.gate_proj\.", "gate"),  # (Kimi-Linear's dense first layer keeps the MoE's name)
+    (r"block_sparse_moe\.up_proj\.", "up"),
+    (r"block_sparse_moe\.down_proj\.", "down"),
     (r"mlp\.gate\.", "router"),
     (r"feed_forward\.router\.", "router"),
 ]
@@ -286,6 +299,7 @@ MODEL_TYPES = {
     "deepseek_v4": "deepseek_v4",
     "glm_moe_dsa": "deepseek",
     "minimax_m2": "mixtral",
+    "kimi_linear": "mixtral",
     "exaone_moe": "qwen_moe",
     "afmoe": "afmoe",
     "flex_olmo": "olmo2_moe",

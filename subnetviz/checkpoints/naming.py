@@ -223,7 +223,9 @@ class NameTable:
     and ``hidden_size`` split Phi-3's ``qkv_proj``; ``num_layers`` marks layers past it (DeepSeek-V3's
     multi-token-prediction layer) as block ``mtp``; ``num_experts`` checks packed expert tensors;
     ``mtp_start`` (num_hidden_layers) places an MTP module stored beside the layers (:func:`mtp_split`):
-    module j is layer ``mtp_start + j``, block ``mtp``, where DeepSeek-V3 stores its own.
+    module j is layer ``mtp_start + j``, block ``mtp``, where DeepSeek-V3 stores its own. ``sandwich``: the
+    layers also hold a norm before the MLP (``pre_feedforward_layernorm``, as Gemma-2 and its kin do), so
+    ``post_attention_layernorm`` is the norm *after* attention, whatever the family's table says.
     """
 
     family: str | None
@@ -234,6 +236,7 @@ class NameTable:
     num_layers: int | None = None
     num_experts: int | None = None
     mtp_start: int | None = None
+    sandwich: bool = False
 
     @classmethod
     def from_config(cls, config: dict, names: list[str]) -> NameTable:
@@ -255,6 +258,7 @@ class NameTable:
             layers if mtp else None,
             experts,
             layers,
+            any("pre_feedforward_layernorm." in n or "pre_mlp_layernorm." in n for n in names),
         )
 
     @property
@@ -291,6 +295,8 @@ class NameTable:
             if VISION.match(short):
                 return TensorInfo(layer, "vision", "vision", param)
         module = self._match(short, mtp is not None) or "other"
+        if module == "mlp_norm" and self.sandwich and "post_attention_layernorm." in short:
+            module = "post_attn_norm"
         expert = expert_of(short) if self.family in FAMILIES else None
         if expert == "all" and param.endswith("_proj"):
             param = "weight"  # packed experts are stored without a .weight suffix

@@ -197,6 +197,24 @@ def _build(kind: str):
                 layer_types=["heavily_compressed_attention", "compressed_sparse_attention"],
             ),
         ),
+        # a gate on attention's output, attention sinks, norms inside and around the blocks
+        "beam": (
+            T.BeamConfig,
+            T.BeamForCausalLM,
+            dict(head_dim=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8),
+        ),
+        "hyperclovax": (T.HyperCLOVAXConfig, T.HyperCLOVAXForCausalLM, dict(head_dim=4)),
+        "bitnet": (T.BitNetConfig, T.BitNetForCausalLM, {}),
+        "mimo_v2_flash": (
+            T.MiMoV2FlashConfig,
+            T.MiMoV2FlashForCausalLM,
+            dict(head_dim=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=8),
+        ),
+        "laguna": (
+            T.LagunaConfig,
+            T.LagunaForCausalLM,
+            dict(head_dim=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8),
+        ),
         # hybrids of Mamba mixers and attention, and pure Mamba
         "nemotron_h": (
             T.NemotronHConfig,
@@ -293,6 +311,11 @@ KINDS = [
     "olmo2",
     "qwen3",
     "deepseek_v4",
+    "beam",
+    "hyperclovax",
+    "bitnet",
+    "mimo_v2_flash",
+    "laguna",
     "nemotron_h",
     "granitemoehybrid",
     "falcon_h1",
@@ -464,6 +487,24 @@ EXPECT = {
         ("model.layers.1.ffn.shared_experts.w2.weight", 1, "moe", "down", "shared"),
         ("model.layers.1.ffn.gate.weight", 1, "moe", "router", None),
     ],
+    "beam": [  # sandwich norms in a family whose table has none: told by pre_feedforward_layernorm
+        ("model.layers.1.post_attention_layernorm.weight", 1, "norm", "post_attn_norm", None),
+        ("model.layers.1.pre_feedforward_layernorm.weight", 1, "norm", "mlp_norm", None),
+        ("model.layers.1.post_feedforward_layernorm.weight", 1, "norm", "post_mlp_norm", None),
+        ("model.layers.1.self_attn.gate_proj.weight", 1, "attention", "attn_gate", None),
+        ("model.layers.1.self_attn.gate_bias", 1, "attention", "attn_gate", None),
+    ],
+    "hyperclovax": [  # its post_attention_layernorm is before the MLP; post_norm1/2 after attention and MLP
+        ("model.layers.0.post_attention_layernorm.weight", 0, "norm", "mlp_norm", None),
+        ("model.layers.0.post_norm1.weight", 0, "norm", "post_attn_norm", None),
+        ("model.layers.0.post_norm2.weight", 0, "norm", "post_mlp_norm", None),
+    ],
+    "bitnet": [
+        ("model.layers.0.self_attn.attn_sub_norm.weight", 0, "norm", "attn_norm", None),
+        ("model.layers.0.mlp.ffn_sub_norm.weight", 0, "norm", "mlp_norm", None),
+    ],
+    "mimo_v2_flash": [("model.layers.1.self_attn.attention_sink_bias", 1, "attention", "sinks", None)],
+    "laguna": [("model.layers.1.self_attn.g_proj.weight", 1, "attention", "attn_gate", None)],
     "nemotron_h": [  # one mixer per layer: Mamba, attention, MLP, MoE
         ("backbone.embeddings.weight", None, "embedding", "embed", None),
         ("backbone.layers.0.mixer.in_proj.weight", 0, "attention", "ssm", None),
@@ -589,6 +630,16 @@ def test_names_no_installed_class_writes():
         ("model.layers.2.mlp.gate.e_score_correction_bias", "router"),
     ]:
         assert (v4.describe(name).layer, v4.describe(name).module) == (2, module), name
+    kda = NameTable.from_config({"model_type": "kimi_linear"}, [])  # Kimi-Linear: delta attention, a dense layer 0
+    for name, module in [
+        ("model.layers.0.self_attn.f_a_proj.weight", "linear_attn"),
+        ("model.layers.0.self_attn.k_conv1d.weight", "linear_attn"),
+        ("model.layers.0.self_attn.A_log", "linear_attn"),
+        ("model.layers.0.self_attn.q_proj.weight", "q"),
+        ("model.layers.0.block_sparse_moe.up_proj.weight", "up"),
+        ("model.layers.0.block_sparse_moe.gate.weight", "router"),
+    ]:
+        assert kda.describe(name).module == module, name
     qvl = NameTable.from_config({"model_type": "qwen2_5_vl"}, [])
     assert qvl.describe("model.visual.blocks.0.attn.qkv.weight").block == "vision"
     assert qvl.describe("model.language_model.layers.0.mlp.up_proj.weight").module == "up"
