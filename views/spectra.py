@@ -2,6 +2,7 @@
 
 from functools import partial
 
+import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui, uilogic
@@ -223,6 +224,7 @@ TABLE_COLUMNS = [
     "method",
     "skipped",
     "note",
+    "mtp",
 ]
 
 
@@ -282,7 +284,9 @@ def spectra_rows(analysis):
     spec = analysis.spectra_located()
     if not len(spec):
         return None
-    cols = [c for c in TABLE_COLUMNS if c in spec.columns and (c != "expert" or spec[c].notna().any())]
+    # expert and mtp only where an MoE layer or a multi-token-prediction module has some
+    sparse = {"expert": spec.get("expert", pd.Series()).notna().any(), "mtp": spec.get("mtp", pd.Series()).any()}
+    cols = [c for c in TABLE_COLUMNS if c in spec.columns and sparse.get(c, True)]
     return spec.loc[~spec["skipped"].astype(bool), cols]
 
 

@@ -102,13 +102,15 @@ class UpdateAnalysis:
         return pd.concat([t.to_frame().assign(model=m) for m, t in self.spectra.items()], ignore_index=True)
 
     def spectra_located(self) -> pd.DataFrame:
-        """:meth:`spectra_table` with each matrix's layer, module and expert (from the tensors table): an expert
-        of a packed 3-D tensor, named ``key[e]``, takes its tensor's layer and module and ``e`` as its expert."""
+        """:meth:`spectra_table` with each matrix's layer, module, expert and ``mtp`` (a multi-token-prediction
+        module's) from the tensors table: an expert of a packed 3-D tensor, named ``key[e]``, takes its tensor's
+        layer and module and ``e`` as its expert."""
         spec = self.spectra_table()
         if not len(spec):
             return spec
-        cols = [c for c in ("key", "layer", "module", "expert") if c in self.reports[0].tensors.columns]
-        meta = self.reports[0].tensors[cols].drop_duplicates("key")
+        t = self.reports[0].tensors
+        meta = t[[c for c in ("key", "layer", "module", "expert") if c in t.columns]].drop_duplicates("key")
+        meta = meta.assign(mtp=t.loc[meta.index, "block"].eq("mtp") if "block" in t.columns else False)
         part = spec["name"].astype(str).str.extract(r"^(?P<key>.*?)(?:\[(?P<slice>\d+)\])?$")
         out = spec.assign(key=part["key"], slice=part["slice"]).merge(meta, on="key", how="left")
         if "expert" in out.columns:

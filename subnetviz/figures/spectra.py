@@ -18,6 +18,7 @@ from subnetviz.figures.style import (
     _style,
     _unique,
     color_map,
+    mtp_layer_ticks,
     no_data_figure,
     percent_cells,
     takes_data,
@@ -209,7 +210,10 @@ def _measure_cells(df: pd.DataFrame, measure: str) -> pd.DataFrame:
     min_dim = np.minimum(pd.to_numeric(df["rows"]), pd.to_numeric(df["cols"])).astype(float)
     df = df.assign(value=value, min_dim=min_dim.where(value.notna()), matrices=value.notna().astype(int))
     by = [c for c in ("model", "layer", "module") if c in df.columns]
-    cells = df.groupby(by, sort=False, dropna=False)[["value", "min_dim", "matrices"]].sum(min_count=1)
+    groups = df.groupby(by, sort=False, dropna=False)
+    cells = groups[["value", "min_dim", "matrices"]].sum(min_count=1)
+    if "mtp" in df.columns:  # a multi-token-prediction module's layer (labelled so)
+        cells["mtp"] = groups["mtp"].agg(lambda m: bool(m.fillna(False).astype(bool).all()))
     cells = cells.reset_index().rename(columns={"value": measure})
     return cells.assign(frac=cells[measure] / cells["min_dim"].clip(lower=1))
 
@@ -250,7 +254,7 @@ def rank_measure_heatmap(
         hover += "<br>%{customdata[2]:,.0f} matrices, summed (an MoE layer's experts)"
     rng = {"zmin": 0, "zmax": 100} if zrange is None else {"zmin": float(zrange[0]), "zmax": float(zrange[1])}
     z = 100 * g["frac"]
-    return _layer_heatmap(
+    fig = _layer_heatmap(
         layers,
         modules,
         z,
@@ -262,3 +266,5 @@ def rank_measure_heatmap(
         colorscale=SEQUENTIAL,
         **rng,
     )
+    mtp_layer_ticks(fig, df, layers)
+    return fig

@@ -25,11 +25,11 @@ from subnetviz.figures.style import (
     FigureDataError,
     _grid,
     _layer_heatmap,
-    _layer_label,
     _require,
     _style,
     _unique,
     color_map,
+    mtp_layer_ticks,
     no_data_figure,
     percent_cells,
     takes_data,
@@ -98,17 +98,6 @@ def sparsity_heatmap(
         fig.update_traces(text=None, texttemplate=None)
     mtp_layer_ticks(fig, df, layers)
     return fig
-
-
-def mtp_layer_ticks(fig: go.Figure, df: pd.DataFrame, layers) -> None:
-    """Label the layers that are a multi-token-prediction module's (``df["mtp"]`` true on all their rows)
-    "48 · MTP" on the y axis: past the last layer, they are not one more transformer layer."""
-    if "mtp" not in df.columns or not df["mtp"].fillna(False).astype(bool).any():
-        return
-    whole = df.groupby("layer", dropna=True)["mtp"].all()
-    mtp = {_layer_label(v) for v in whole.index[whole.astype(bool)]}
-    ticks = [f"{v} · MTP" if v in mtp else v for v in layers]
-    fig.update_yaxes(tickmode="array", tickvals=list(layers), ticktext=ticks)
 
 
 @takes_data()

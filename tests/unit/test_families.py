@@ -17,10 +17,12 @@ import json
 import pytest
 import torch
 
+from subnetviz.analysis.update_pass import SpectraOptions
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.checkpoints.naming import NameTable
 from subnetviz.errors import CheckpointError
+from subnetviz.figures.spectra import rank_measure_heatmap
 from subnetviz.figures.updates import sparsity_heatmap
 from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
 
@@ -711,15 +713,20 @@ def test_a_qwen3_5_release_with_its_mtp_module_counts_it_apart(family_dirs, tmp_
         sd[f"mtp.{norm}.weight"] = torch.ones(h, dtype=torch.bfloat16)
     base = write_folder(tmp_path / "base", sd, folder)
     ft = _plant(base, tmp_path / "ft", {"mtp.layers.0.self_attn.q_proj.weight": (1, 3), "mtp.fc.weight": (0, 2)})
-    rep = analyze_updates(str(base), [str(ft)], labels=["ft"]).reports[0]
+    a = analyze_updates(str(base), [str(ft)], labels=["ft"], spectra=SpectraOptions(baseline=False))
+    rep = a.reports[0]
     t = rep.tensors.set_index("key")
     assert (t.loc["mtp.layers.0.self_attn.q_proj.weight", ["layer", "block", "module"]] == [2, "mtp", "q"]).all()
     blm = rep.by_layer_module().set_index(["layer", "module"])
     assert blm.loc[(2, "q"), "changed"] == 3 and blm.loc[(2, "mtp_proj"), "changed"] == 2
     assert blm["changed"].sum() == 5 and blm.loc[(1, "q"), "numel"] == blm.loc[(2, "q"), "numel"]
     assert not any("naming table" in n for n in rep.notes)
-    fig = sparsity_heatmap(rep.by_layer_module())  # the heatmap says which row is the MTP module
+    fig = sparsity_heatmap(rep.by_layer_module())  # the heatmaps say which row is the MTP module
     assert list(fig.layout.yaxis.ticktext)[:3] == ["0", "1", "2 · MTP"]
+    spec = a.spectra_located()
+    spec = spec[spec["layer"].notna() & ~spec["skipped"].astype(bool)]
+    fig = rank_measure_heatmap(spec.assign(layer=spec["layer"].astype(int)))
+    assert list(fig.layout.yaxis.ticktext) == ["0", "1", "2 · MTP"]
 
 
 def _plant(folder, out, names_steps):
