@@ -807,6 +807,13 @@ def test_a_folder_named_in_markup_is_text_on_every_chart(app_env):
             assert not [t for t in texts if "<i>" in t], page
             assert any(shown in t for t in texts), page
             assert not [t for t in texts if "&amp;lt;" in t], page  # escaped once
+            # and in the page's Markdown (captions, notes): escaped, never rendered (before: the spectra rank
+            # view's caption listed the matrices below full rank as raw Markdown)
+            kinds = ("caption", "markdown", "info", "warning", "success", "error", "title", "header", "subheader")
+            md = [str(el.value) for kind in kinds for el in getattr(at, kind)]
+            assert not [v for v in md if "dpo<i>" in v or "& %{y}" in v], page
+            if page == "spectra":
+                assert any("dpo\\<i\\>x" in v for v in md), md  # the caption does name it
     finally:
         shutil.rmtree(folder)
 
