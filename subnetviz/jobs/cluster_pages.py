@@ -113,7 +113,7 @@ class FilesOverlap:
 def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     """The :class:`FilesOverlap` of loaded mask sets (:class:`~subnetviz.masks.MaskSet`), in this process."""
     from subnetviz.analysis.overlap import mask_overlap
-    from subnetviz.checkpoints.naming import NameTable, detect_family
+    from subnetviz.checkpoints.naming import NameTable
 
     sets = [m.masks for m in mask_sets]
     shared = set.intersection(*(set(s) for s in sets)) if sets else set()
@@ -121,7 +121,8 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     partial = any(len(s) != len(common) for s in sets)
     if not common:
         return FilesOverlap(None, None, 0, partial)
-    table = NameTable(detect_family(None, sorted(common)))
+    # no config.json beside mask files: the family, an MTP module's layer and sandwich norms from the names
+    table = NameTable.from_config({}, sorted(common))
     report = mask_overlap(
         [{k: s[k] for k in common} for s in sets],
         list(labels),

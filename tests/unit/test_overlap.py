@@ -342,3 +342,26 @@ def test_reduction_is_exact_in_float32_float64_and_int64(n_masks):
     assert got[None][0].tolist() == (region @ ov._membership(n_masks)).tolist()
     big = np.random.default_rng(0).integers(2**21, 2**22, (300, 2**n_masks)) | 1  # groups of > 2**24: float64
     assert ov._reduce(big, n_masks)[0].tolist() == (big @ ov._membership(n_masks)).tolist()
+
+
+def test_mask_files_place_an_mtp_module_after_the_last_layer():
+    """Mask files carry no config.json: a Qwen3.5 release's MTP module (mtp.layers.0.*) is the layer after the
+    last one its names count, in the per-layer and the per-expert overlap (before: layer None, so it left
+    the per-layer heatmap and its experts formed a row "—")."""
+    import torch
+
+    from subnetviz.jobs.cluster_pages import sets_overlap
+    from subnetviz.masks import MaskSet
+
+    names = [
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.mlp.experts.0.up_proj.weight",
+        "mtp.layers.0.self_attn.q_proj.weight",
+        "mtp.layers.0.mlp.experts.0.up_proj.weight",
+    ]
+    a = MaskSet({n: torch.ones(2, 4, dtype=torch.bool) for n in names})
+    b = MaskSet({n: torch.zeros(2, 4, dtype=torch.bool) for n in names})
+    got = sets_overlap([a, b], ["a", "b"])
+    layers = {g[0] for g in got.report.region_counts}
+    assert layers == {0, 1, 2}
+    assert {g for g in got.experts.region_counts} == {(1, "E0"), (2, "E0")}
