@@ -310,9 +310,15 @@ def _folder_files(folder: Path) -> list[Path]:
     legacy = sorted(folder.glob("pytorch_model*.bin")) or sorted(folder.glob("*.pt"))
     if legacy:
         return legacy
+    gguf = sorted(folder.glob("*.gguf"))
     raise CheckpointError(
-        f"{folder}: no weights found (expected *.safetensors, model.safetensors.index.json or pytorch_model*.bin)."
+        f"{folder}: no weights found (expected *.safetensors, model.safetensors.index.json or pytorch_model*.bin)"
+        + (f"; {gguf[0].name} is {_GGUF}" if gguf else ".")
     )
+
+
+# GGUF (llama.cpp's format, mostly k-quants) is not read: its quantization is not the release's weights.
+_GGUF = "GGUF (llama.cpp), which is not read: compare the safetensors release it was converted from."
 
 
 def _index_files(index: Path) -> list[Path]:
@@ -412,6 +418,8 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
             files = _index_files(path)
         elif path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
             files = [path]
+        elif path.suffix == ".gguf":
+            raise CheckpointError(f"{path}: {_GGUF}")
         else:
             raise CheckpointError(f"{path}: not a checkpoint file (expected .safetensors, .bin, .pt or an index json).")
     elif _looks_like_hub_id(s) and not path.exists():

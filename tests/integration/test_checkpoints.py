@@ -106,6 +106,19 @@ def test_folder_without_weights(tmp_path):
     assert str(tmp_path) in str(err.value)
 
 
+def test_a_gguf_file_is_named_as_gguf(tmp_path):
+    """llama.cpp's GGUF, the file or a folder holding only it: one line saying it is GGUF and what to give instead
+    (before: "not a checkpoint file", or "no weights found" beside a 4 GB file)."""
+    f = tmp_path / "Qwen3-8B-Q4_K_M.gguf"
+    f.write_bytes(b"GGUF\x03\x00\x00\x00")
+    for path in (f, tmp_path):
+        with pytest.raises(CheckpointError) as err:
+            open_checkpoint(path)
+        msg = str(err.value)
+        assert "\n" not in msg and "GGUF (llama.cpp)" in msg and "safetensors release" in msg
+        assert f.name in msg
+
+
 def test_truncated_safetensors(ckpt_zoo, tmp_path):
     f = tmp_path / "cut.safetensors"
     data = ckpt_zoo.single.read_bytes()
