@@ -260,7 +260,7 @@ FAMILIES: dict[str, Table] = {
     "lfm2": _LFM2 + _DENSE,
     "gemma2": _PER_LAYER + _POSTNORM + _DENSE,  # Gemma-2/3/4 (text and the multimodal one's language model)
     "olmo2": _POSTNORM + _DENSE,
-    "hybrid": _HYBRID + _MOE + _DENSE,  # Jamba, Falcon-H1, Bamba
+    "mamba_hybrid": _HYBRID + _MOE + _DENSE,  # Jamba, Falcon-H1, Bamba
     "mamba": _MIXER,  # Mamba, Mamba-2, Falcon-Mamba, Nemotron-H
     "granite_moe": _GRANITE_MOE + _HYBRID + _DENSE,
     "opt": _OPT + _DENSE,
@@ -311,9 +311,9 @@ MODEL_TYPES = {
     "gemma3_text": "gemma2",
     "gemma4": "gemma2",
     "gemma4_text": "gemma2",
-    "jamba": "hybrid",
-    "falcon_h1": "hybrid",
-    "bamba": "hybrid",
+    "jamba": "mamba_hybrid",
+    "falcon_h1": "mamba_hybrid",
+    "bamba": "mamba_hybrid",
     "mamba": "mamba",
     "mamba2": "mamba",
     "falcon_mamba": "mamba",
@@ -346,7 +346,7 @@ TELLTALES = [
     ("attn_hc.fn", "deepseek_v4"),
     ("block_sparse_moe.input_linear", "granite_moe"),
     ("mixer.in_proj", "mamba"),
-    ("mamba.in_proj", "hybrid"),
+    ("mamba.in_proj", "mamba_hybrid"),
     ("self_attn_layer_norm", "opt"),
     ("kv_a_proj_with_mqa", "deepseek"),
     ("self_attn.sinks", "gpt_oss"),
