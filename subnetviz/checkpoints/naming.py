@@ -247,7 +247,12 @@ class NameTable:
         mtp = next((text[k] for k in MTP_COUNT_KEYS if isinstance(text.get(k), int) and text[k] > 0), 0)
         layers = text.get("num_hidden_layers")
         if not isinstance(layers, int):  # no config: the layer after the last one any name counts
-            found = [int(m.group(1)) for n in names if not mtp_split(s := strip_prefix(n)) and (m := _INT.search(s))]
+            found = [
+                int(m.group(1))
+                for n in names
+                if not (mtp_split(s := strip_prefix(n)) or VISION.match(s) or PROJECTOR.match(s))
+                and (m := _INT.search(s))
+            ]  # the language model's layers (a vision tower's are its own)
             layers = max(found) + 1 if found else None
         return cls(
             detect_family(mt, names),
