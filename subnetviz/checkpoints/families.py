@@ -129,9 +129,15 @@ _OPT: Table = [
     (r"^embed_positions\.", "pos_embed"),
     (r"^project_(in|out)\.", "embed"),  # (OPT-350m: embeddings projected to and from the hidden size)
 ]
-# Gemma-3n / Gemma-4: per-layer embeddings (a second embedding table, projected into every layer's input).
+# Gemma-3n / Gemma-4: per-layer embeddings (a second embedding table, projected into every layer's input);
+# Gemma-3n's AltUp (extra residual streams: their mixing is "hc", as DeepSeek-V4's hyper-connections; the
+# embedding's projections into and out of them go with the embedding) and LAuReL (a low-rank residual branch
+# beside attention).
 _PER_LAYER: Table = [
     (r"^embed_tokens_per_layer\.", "embed"),
+    (r"^altup_(unembed_)?projections\.", "embed"),
+    (r"(^|\.)altup\.", "hc"),
+    (r"(^|\.)laurel\.", "laurel"),
     (r"^(per_layer_model_projection|per_layer_projection_norm)\.", "per_layer"),
     (r"(per_layer_input_gate|per_layer_projection|post_per_layer_input_norm)\.", "per_layer"),
 ]
@@ -311,6 +317,8 @@ MODEL_TYPES = {
     "gemma3_text": "gemma2",
     "gemma4": "gemma2",
     "gemma4_text": "gemma2",
+    "gemma3n": "gemma2",
+    "gemma3n_text": "gemma2",
     "jamba": "mamba_hybrid",
     "falcon_h1": "mamba_hybrid",
     "bamba": "mamba_hybrid",

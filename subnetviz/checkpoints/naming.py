@@ -60,6 +60,7 @@ MODULE_ORDER = [
     "attn_gate",
     "indexer",
     "compressor",
+    "laurel",
     "sinks",
     "linear_attn",
     "conv",
@@ -103,6 +104,7 @@ BLOCK_OF = {
     "attn_gate": "attention",
     "indexer": "attention",
     "compressor": "attention",
+    "laurel": "attention",  # Gemma-3n's low-rank residual branch beside attention
     "linear_attn": "attention",
     "conv": "attention",
     "ssm": "attention",  # a token mixer, like linear attention
@@ -123,7 +125,7 @@ BLOCK_OF = {
     "post_mlp_norm": "norm",
     "norm": "norm",
     "final_norm": "norm",
-    "hc": "norm",  # DeepSeek-V4's hyper-connections: the residual streams' mixing weights, beside the norms
+    "hc": "norm",  # the residual streams' mixing (DeepSeek-V4's hyper-connections, Gemma-3n's AltUp), beside norms
     "other": "other",
 }
 _PREFIXES = PREFIXES

@@ -34,6 +34,7 @@ MODULE_ORDER = (
     "attn_gate",  # AFMoE's gate on attention's output
     "indexer",  # DeepSeek-V3.2's sparse-attention indexer
     "compressor",  # DeepSeek-V4's KV compressor
+    "laurel",  # Gemma-3n's low-rank residual branch
     "sinks",  # gpt-oss's attention sinks
     "linear_attn",  # hybrids' linear-attention and short-convolution layers
     "conv",
@@ -51,7 +52,7 @@ MODULE_ORDER = (
     "mlp_norm",
     "norm",
     "final_norm",
-    "hc",  # DeepSeek-V4's hyper-connections
+    "hc",  # DeepSeek-V4's hyper-connections, Gemma-3n's AltUp
     "lm_head",
     "Q",
     "K",

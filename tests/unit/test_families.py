@@ -276,6 +276,21 @@ def _build(kind: str):
         "starcoder2": (T.Starcoder2Config, T.Starcoder2ForCausalLM, {}),
         "opt": (T.OPTConfig, T.OPTForCausalLM, dict(ffn_dim=32, word_embed_proj_dim=16)),
         "glm": (T.GlmConfig, T.GlmForCausalLM, dict(head_dim=4)),
+        "gemma3n_text": (
+            T.Gemma3nTextConfig,
+            T.Gemma3nForCausalLM,
+            dict(
+                head_dim=4,
+                num_kv_shared_layers=0,
+                vocab_size_per_layer_input=64,
+                hidden_size_per_layer_input=8,
+                laurel_rank=4,
+                altup_num_inputs=4,
+                layer_types=["sliding_attention", "full_attention"],
+                activation_sparsity_pattern=[0.0, 0.0],
+                intermediate_size=[32, 32],
+            ),
+        ),
         "gemma4_text": (
             T.Gemma4TextConfig,
             T.Gemma4ForCausalLM,
@@ -328,6 +343,7 @@ KINDS = [
     "starcoder2",
     "opt",
     "glm",
+    "gemma3n_text",
     "gemma4_text",
 ]
 
@@ -571,6 +587,15 @@ EXPECT = {
         ("model.decoder.final_layer_norm.weight", None, "norm", "final_norm", None),
     ],
     "glm": [("model.layers.0.mlp.gate_up_proj.weight", 0, "mlp", "gate_up", None)],
+    "gemma3n_text": [  # AltUp's streams and LAuReL's branch
+        ("model.altup_projections.1.weight", None, "embedding", "embed", None),
+        ("model.altup_unembed_projections.2.weight", None, "embedding", "embed", None),
+        ("model.layers.1.altup.prediction_coefs.weight", 1, "norm", "hc", None),
+        ("model.layers.1.altup.modality_router.weight", 1, "norm", "hc", None),
+        ("model.layers.0.laurel.linear_left.weight", 0, "attention", "laurel", None),
+        ("model.layers.0.per_layer_projection.weight", 0, "embedding", "per_layer", None),
+        ("model.layers.0.post_attention_layernorm.weight", 0, "norm", "post_attn_norm", None),
+    ],
     "gemma4_text": [
         ("model.embed_tokens_per_layer.weight", None, "embedding", "embed", None),
         ("model.per_layer_model_projection.weight", None, "embedding", "per_layer", None),
