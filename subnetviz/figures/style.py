@@ -408,9 +408,10 @@ def _layer_heatmap(layers, modules, z, customdata, hover, title, bar_title, text
 def mtp_layer_ticks(fig: go.Figure, df: pd.DataFrame, layers) -> None:
     """Label the layers that are a multi-token-prediction module's (``df["mtp"]`` true on all their rows)
     "48 · MTP" on the y axis: past the last layer, they are not one more transformer layer."""
-    if "mtp" not in df.columns or not df["mtp"].fillna(False).astype(bool).any():
+    flags = df["mtp"].fillna(False).astype(bool) if "mtp" in df.columns else None
+    if flags is None or not flags.any():
         return
-    whole = df.groupby("layer", dropna=True)["mtp"].all()
+    whole = flags.groupby(df["layer"], dropna=True).all()  # (an unknown flag is no MTP)
     mtp = {_layer_label(v) for v in whole.index[whole.astype(bool)]}
     ticks = [f"{v} · MTP" if v in mtp else v for v in layers]
     fig.update_yaxes(tickmode="array", tickvals=list(layers), ticktext=ticks)
