@@ -276,6 +276,11 @@ class NameTable:
                 f"Unknown architecture ({what}): layers are read from the first integer in each name and "
                 "module kinds are 'other'. Per-module views are approximate."
             )
+        if self.model_type and self.model_type not in MODEL_TYPES:
+            return (
+                f"Architecture {self.model_type!r} has no naming table of its own: its tensors are read with the "
+                f"{self.family} table, chosen by their names. Check the per-module views before relying on them."
+            )
         return None
 
     def _match(self, short: str, mtp: bool = False) -> str | None:

@@ -362,8 +362,16 @@ def family_dirs(tmp_path_factory):
 def test_every_saved_tensor_is_known(family_dirs, kind):
     ck = open_checkpoint(family_dirs[kind])
     table = ck.names_table
-    assert table.family is not None and table.unmatched(ck.names) == []
+    assert table.family is not None and table.unmatched(ck.names) == [] and table.notice is None
     assert all(table.describe(n).module != "other" for n in ck.names)
+
+
+def test_a_family_chosen_by_the_names_says_so():
+    """A model_type no table names, whose tensors look like a known family's: read with that table, and the
+    notice says it was a guess (before: nothing said so, as when Jamba was read with Llama-4's table)."""
+    table = NameTable.from_config({"model_type": "brand_new_lm"}, ["model.layers.0.self_attn.q_proj.weight"])
+    assert table.family == "llama"
+    assert "'brand_new_lm' has no naming table of its own" in table.notice and "llama table" in table.notice
 
 
 EXPECT = {
