@@ -125,14 +125,14 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
         # own: two run labels in one line ran past the chart's right edge.
         figs = {
             "layer-overlap": figures.overlap_layer_heatmap(
-                one[one["layer"].notna()],
+                one[one["layer"].notna()].assign(mtp=lambda d: d["layer"].isin(overlap.mtp_layers)),
                 view=view,
                 title=f"{what} by layer and module<br><sup>{figures.plain_label(pair)}</sup>",
             )
         }
         if overlap.experts is not None:  # mixture-of-experts masks: the pair per layer × expert
             figs["expert-overlap"] = figures.overlap_layer_heatmap(
-                pair_by_layer(overlap.experts, pa, pb),
+                pair_by_layer(overlap.experts, pa, pb).assign(mtp=lambda d: d["layer"].isin(overlap.mtp_layers)),
                 view=view,
                 title=f"{what} per layer × expert<br><sup>{figures.plain_label(pair)}</sup>",
             )

@@ -25,6 +25,7 @@ from subnetviz.figures.style import (
     _style,
     _times,
     _unique,
+    mtp_layer_ticks,
     no_data_figure,
     percent_cells,
     takes_data,
@@ -69,7 +70,9 @@ def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | No
         fig = _layer_heatmap(
             layers, modules, 100 * g["jaccard"], custom, hover, title, "Jaccard (%)", text=text, colorscale=SEQUENTIAL
         )
-    return _undefined_cells(fig, layers, modules, g["jaccard"], ratio if view == "ratio" else None)
+    fig = _undefined_cells(fig, layers, modules, g["jaccard"], ratio if view == "ratio" else None)
+    mtp_layer_ticks(fig, df, layers)  # (df["mtp"], where given: a multi-token-prediction module's layers)
+    return fig
 
 
 NEITHER = "neither mask has a weight here"

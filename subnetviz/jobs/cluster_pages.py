@@ -108,6 +108,7 @@ class FilesOverlap:
     experts: object | None
     common: int
     partial: bool
+    mtp_layers: tuple = ()  # the layers that are a multi-token-prediction module's (labelled so)
 
 
 def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
@@ -136,7 +137,8 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
             list(labels),
             group_of=lambda n: (table.describe(n).layer, f"E{table.describe(n).expert}"),
         )
-    return FilesOverlap(report, experts, len(common), partial)
+    mtp = {info.layer for info in map(table.describe, common) if info.block == "mtp" and info.layer is not None}
+    return FilesOverlap(report, experts, len(common), partial, tuple(sorted(mtp)))
 
 
 def files_overlap_task(paths: Sequence[str], labels: Sequence[str]) -> FilesOverlap:

@@ -365,3 +365,10 @@ def test_mask_files_place_an_mtp_module_after_the_last_layer():
     layers = {g[0] for g in got.report.region_counts}
     assert layers == {0, 1, 2}
     assert {g for g in got.experts.region_counts} == {(1, "E0"), (2, "E0")}
+    assert got.mtp_layers == (2,)  # and the Overlap page's per-layer heatmaps label it
+    from subnetviz import figures
+
+    by = got.report.by_group
+    one = by.assign(layer=by["group"].map(lambda g: g[0]), module=by["group"].map(lambda g: g[1]))
+    fig = figures.overlap_layer_heatmap(one.assign(mtp=one["layer"].isin(got.mtp_layers)))
+    assert list(fig.layout.yaxis.ticktext) == ["0", "1", "2 · MTP"]
