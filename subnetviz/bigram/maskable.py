@@ -38,25 +38,25 @@ ATTENTION_LABELS = ("Q", "K", "V", "O")
 # family -> [(regex over the parameter name with the layer as group 1, role)]. Roles: a block label,
 # or a fused-QKV layout ("qkv_conv1d_thirds", "qkv_neox_interleaved").
 _GPT2 = [
-    (r"^(?:.+\.)?h\.(\d+)\.attn\.c_attn\.weight$", "qkv_conv1d_thirds"),
-    (r"^(?:.+\.)?h\.(\d+)\.attn\.c_proj\.weight$", "O"),
-    (r"^(?:.+\.)?h\.(\d+)\.mlp\.c_fc\.weight$", "MLP-in"),
-    (r"^(?:.+\.)?h\.(\d+)\.mlp\.c_proj\.weight$", "MLP-out"),
+    (r"^(?:.+\.)?h\.(\d{1,9})\.attn\.c_attn\.weight$", "qkv_conv1d_thirds"),
+    (r"^(?:.+\.)?h\.(\d{1,9})\.attn\.c_proj\.weight$", "O"),
+    (r"^(?:.+\.)?h\.(\d{1,9})\.mlp\.c_fc\.weight$", "MLP-in"),
+    (r"^(?:.+\.)?h\.(\d{1,9})\.mlp\.c_proj\.weight$", "MLP-out"),
 ]
 _NEOX = [
-    (r"^(?:.+\.)?layers\.(\d+)\.attention\.query_key_value\.weight$", "qkv_neox_interleaved"),
-    (r"^(?:.+\.)?layers\.(\d+)\.attention\.dense\.weight$", "O"),
-    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.dense_h_to_4h\.weight$", "MLP-in"),
-    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.dense_4h_to_h\.weight$", "MLP-out"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.attention\.query_key_value\.weight$", "qkv_neox_interleaved"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.attention\.dense\.weight$", "O"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.mlp\.dense_h_to_4h\.weight$", "MLP-in"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.mlp\.dense_4h_to_h\.weight$", "MLP-out"),
 ]
 _LLAMA = [
-    (r"^(?:.+\.)?layers\.(\d+)\.self_attn\.q_proj\.weight$", "Q"),
-    (r"^(?:.+\.)?layers\.(\d+)\.self_attn\.k_proj\.weight$", "K"),
-    (r"^(?:.+\.)?layers\.(\d+)\.self_attn\.v_proj\.weight$", "V"),
-    (r"^(?:.+\.)?layers\.(\d+)\.self_attn\.o_proj\.weight$", "O"),
-    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.gate_proj\.weight$", "MLP-in"),
-    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.up_proj\.weight$", "MLP-in"),
-    (r"^(?:.+\.)?layers\.(\d+)\.mlp\.down_proj\.weight$", "MLP-out"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.self_attn\.q_proj\.weight$", "Q"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.self_attn\.k_proj\.weight$", "K"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.self_attn\.v_proj\.weight$", "V"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.self_attn\.o_proj\.weight$", "O"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.mlp\.gate_proj\.weight$", "MLP-in"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.mlp\.up_proj\.weight$", "MLP-in"),
+    (r"^(?:.+\.)?layers\.(\d{1,9})\.mlp\.down_proj\.weight$", "MLP-out"),
 ]
 FAMILIES: dict[str, list[tuple[str, str]]] = {"gpt2": _GPT2, "gpt_neox": _NEOX, "llama": _LLAMA}
 # config.model_type -> family

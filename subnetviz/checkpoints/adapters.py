@@ -429,7 +429,7 @@ def _unpacked_experts(base: Checkpoint) -> dict[str, _Unpacked]:
     return out
 
 
-_EXPERT_TENSOR = re.compile(r"\.experts\.(?P<e>\d+)\.(?P<p>gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
+_EXPERT_TENSOR = re.compile(r"\.experts\.(?P<e>\d{1,9})\.(?P<p>gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
 
 
 def _number(v, *, rank: bool) -> bool:

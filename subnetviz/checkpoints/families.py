@@ -427,7 +427,7 @@ PREFIXES = (
 # A vision tower (its own block, whatever its inner layout) and the projector into the language model.
 VISION = re.compile(r"^(vision_tower|vision_model|visual|vision_encoder)\.")
 PROJECTOR = re.compile(r"^(multi_modal_projector|mm_projector|visual\.merger)\.")
-EXPERT_INDEX = re.compile(r"experts\.(\d+)\.")
+EXPERT_INDEX = re.compile(r"experts\.(\d{1,9})\.")
 SHARED_EXPERT = re.compile(r"shared_(experts?|mlp)(\.|_gate\.)")  # (shared_mlp: Hunyuan)
 PACKED_EXPERTS = re.compile(
     r"experts\.(gate_up_proj|gate_proj|up_proj|down_proj)(_bias|\.weight|\.bias)?$"

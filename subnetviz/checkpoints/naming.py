@@ -129,8 +129,10 @@ BLOCK_OF = {
     "other": "other",
 }
 _PREFIXES = PREFIXES
-_INT = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
-_LEAD_INT = re.compile(r"(\d+)\.")
+# A layer or expert index: at most 9 digits (a longer run of digits in a stranger's tensor name is no index,
+# and int() of thousands of digits raises)
+_INT = re.compile(r"(?:^|\.)(\d{1,9})(?:\.|$)")
+_LEAD_INT = re.compile(r"(\d{1,9})\.")
 _MTP = "(mtp)"  # the rule table of MTP modules' own tensors, matched before the family's
 
 

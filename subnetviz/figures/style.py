@@ -344,7 +344,7 @@ def _is_number(v) -> bool:
 def _layer_order(layers) -> list[str]:
     """Numeric layers ascending, then labels (e.g. "final", or "—" for none) in order of first appearance."""
     vals = list(layers)
-    nums = sorted({float(v) for v in vals if _is_number(v)})
+    nums = sorted({v for v in vals if _is_number(v)}, key=float)  # labelled as given: float(10**23) is inexact
     return _unique([_layer_label(v) for v in nums] + [_layer_label(v) for v in vals if not _is_number(v)])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -126,6 +127,34 @@ def test_unknown_architecture_falls_back_with_a_notice():
         info = table.describe(odd)  # never raises
         assert info.module == "other" and info.block == "other"
     assert table.fused_parts("backbone.layers.0.mixer.in_proj.weight", torch.zeros(6, 2)) is None
+
+
+def test_digit_runs_in_a_strangers_tensor_names_are_no_index(tmp_path):
+    """A run of 25 or 5,000 digits in a tensor name is no layer or expert index: the analysis and the heatmap
+    go through (before: int() of 5,000 digits raised ValueError while naming the tensor, and a 25-digit
+    layer, labelled through a float, broke the heatmap with a KeyError: 'Something went wrong', on any
+    page that showed the checkpoint)."""
+    from subnetviz.figures.updates import sparsity_heatmap
+
+    long, huge = "9" * 25, "9" * 5000
+    names = [
+        "model.layers.0.self_attn.q_proj.weight",
+        f"model.layers.{long}.self_attn.q_proj.weight",
+        f"model.layers.{huge}.mlp.experts.{huge}.up_proj.weight",
+        f"mtp.layers.{huge}.self_attn.q_proj.weight",
+    ]
+    gen = torch.Generator().manual_seed(0)
+    sd = {n: torch.randn(4, 4, generator=gen).to(torch.bfloat16) for n in names}
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        save_file(sd if d == "a" else {n: t + 1 for n, t in sd.items()}, str(tmp_path / d / "model.safetensors"))
+        (tmp_path / d / "config.json").write_text('{"model_type": "qwen3_moe", "num_hidden_layers": 1}')
+    rep = analyze_updates(tmp_path / "a", [tmp_path / "b"], spectra=None, device="cpu").reports[0]
+    layers = dict(zip(rep.tensors["key"].str[:40], rep.tensors["layer"], strict=True))
+    assert layers["layers.0.self_attn.q_proj.weight"] == 0 and pd.isna(layers[f"layers.{long}.self_attn"[:40]])
+    assert rep.changed == 4 * 16
+    fig = sparsity_heatmap(rep.by_layer_module())
+    assert "0" in list(fig.data[0].y)
 
 
 def test_unknown_architecture_is_analysed(tmp_path):
