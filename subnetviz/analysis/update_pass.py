@@ -111,8 +111,11 @@ class UpdateAnalysis:
         t = self.reports[0].tensors
         meta = t[[c for c in ("key", "layer", "module", "expert") if c in t.columns]].drop_duplicates("key")
         meta = meta.assign(mtp=t.loc[meta.index, "block"].eq("mtp") if "block" in t.columns else False)
-        part = spec["name"].astype(str).str.extract(r"^(?P<key>.*?)(?:\[(?P<slice>\d+)\])?$")
-        out = spec.assign(key=part["key"], slice=part["slice"]).merge(meta, on="key", how="left")
+        names = spec["name"].astype(str)
+        part = names.str.extract(r"^(?P<key>.*?)(?:\[(?P<slice>\d{1,9})\])?$")
+        whole = names.isin(meta["key"])  # a tensor whose own name ends in "[3]" is that tensor, not a slice
+        key, piece = part["key"].where(~whole, names), part["slice"].where(~whole)
+        out = spec.assign(key=key, slice=piece).merge(meta, on="key", how="left")
         if "expert" in out.columns:
             out["expert"] = out["slice"].where(out["slice"].notna(), out["expert"])
         else:

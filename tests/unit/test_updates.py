@@ -163,3 +163,31 @@ def test_views_of_the_maps_read_copies_and_the_numpy_kernels_agree(tmp_path, mon
         assert views[2].keys() == other[2].keys()
         assert all(np.array_equal(views[2][k][j], other[2][k][j]) for k in views[2] for j in (0, 1))
         assert views[3].keys() == other[3].keys() and all(torch.equal(views[3][n], other[3][n]) for n in views[3])
+
+
+def test_spectra_located_tells_an_experts_slice_from_a_name_ending_in_brackets():
+    """key[e] is expert e of packed tensor key, unless a tensor is itself named so (a stranger's checkpoint may
+    hold "a.weight[3]"): then it is that tensor, with its own layer and module, and no expert."""
+    import pandas as pd
+
+    from subnetviz.analysis.update_pass import UpdateAnalysis
+
+    class Report:
+        tensors = pd.DataFrame(
+            {
+                "key": ["a.weight[3]", "b.experts.gate_up_proj"],
+                "layer": [0, 1],
+                "module": ["q", "gate_up"],
+                "expert": [None, "all"],
+                "block": ["attention", "mtp"],
+            }
+        )
+
+    names = ["a.weight[3]", "b.experts.gate_up_proj[2]", "c.unknown[1]"]
+    got = UpdateAnalysis("base", ["m"], [Report()], spectra_frame=pd.DataFrame({"name": names, "model": "m"}))
+    got = got.spectra_located().set_index("name")
+    assert got.loc["a.weight[3]", "module"] == "q" and pd.isna(got.loc["a.weight[3]", "expert"])
+    assert (
+        got.loc["b.experts.gate_up_proj[2]", ["layer", "module", "expert", "mtp"]] == [1, "gate_up", "2", True]
+    ).all()
+    assert pd.isna(got.loc["c.unknown[1]", "layer"])
