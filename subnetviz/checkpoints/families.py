@@ -167,6 +167,19 @@ _DEEPSEEK_V4: Table = [
     (r"shared_experts\.w2\.", "down"),
     (r"(ffn|mlp)\.gate\.", "router"),
 ]
+# LongCat-Flash: two MLA attention sublayers and two dense MLPs per layer (self_attn.0/1, mlps.0/1, their
+# norms input_layernorm.0/1 and post_attention_layernorm.0/1), beside the layer's MoE.
+_LONGCAT: Table = [
+    (r"self_attn\.\d+\.q_a_proj\.", "q_a"),
+    (r"self_attn\.\d+\.q_b_proj\.", "q_b"),
+    (r"self_attn\.\d+\.kv_a_proj_with_mqa\.", "kv_a"),
+    (r"self_attn\.\d+\.kv_b_proj\.", "kv_b"),
+    (r"self_attn\.\d+\.o_proj\.", "o"),
+    (r"self_attn\.\d+\.(q_a_layernorm|kv_a_layernorm)\.", "attn_norm"),
+    (r"mlps\.\d+\.gate_proj\.", "gate"),
+    (r"mlps\.\d+\.up_proj\.", "up"),
+    (r"mlps\.\d+\.down_proj\.", "down"),
+]
 # AFMoE (Arcee): sandwich norms (after attention; before and after the MLP) and a gate on attention's output.
 _AFMOE: Table = [
     (r"self_attn\.gate_proj\.", "attn_gate"),
@@ -257,6 +270,7 @@ FAMILIES: dict[str, Table] = {
     "qwen_moe": _MOE + _DENSE,
     "deepseek": _MLA + _MOE + _DENSE,
     "deepseek_v4": _DEEPSEEK_V4 + _MLA + _MOE + _DENSE,
+    "longcat": _LONGCAT + _MLA + _MOE + _DENSE,
     "llama4": _MOE + _DENSE,
     "gpt_oss": _GPT_OSS + _MOE + _DENSE,
     "phi3": _PHI3 + _DENSE,
@@ -303,6 +317,7 @@ MODEL_TYPES = {
     "qwen3_next": "qwen_moe",
     "deepseek_v32": "deepseek",
     "deepseek_v4": "deepseek_v4",
+    "longcat_flash": "longcat",
     "glm_moe_dsa": "deepseek",
     "minimax_m2": "mixtral",
     "kimi_linear": "mixtral",
@@ -387,6 +402,7 @@ MODEL_TYPES = {
 }
 # Tell-tale names, most specific first: the family when config.json is missing or unknown.
 TELLTALES = [
+    ("self_attn.0.kv_a_proj_with_mqa", "longcat"),
     ("hc_attn_fn", "deepseek_v4"),
     ("attn_hc.fn", "deepseek_v4"),
     ("block_sparse_moe.input_linear", "granite_moe"),

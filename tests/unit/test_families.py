@@ -199,6 +199,24 @@ def _build(kind: str):
                 layer_types=["heavily_compressed_attention", "compressed_sparse_attention"],
             ),
         ),
+        "longcat_flash": (
+            T.LongcatFlashConfig,
+            T.LongcatFlashForCausalLM,
+            dict(
+                num_hidden_layers=4,  # two sublayers each: 2 layers (config.json keeps num_layers only)
+                ffn_hidden_size=32,
+                q_lora_rank=8,
+                kv_lora_rank=8,
+                qk_nope_head_dim=4,
+                qk_rope_head_dim=4,
+                head_dim=4,
+                v_head_dim=4,
+                n_routed_experts=4,
+                zero_expert_num=2,
+                moe_topk=2,
+                expert_ffn_hidden_size=8,
+            ),
+        ),
         # a gate on attention's output, attention sinks, norms inside and around the blocks
         "beam": (
             T.BeamConfig,
@@ -328,6 +346,7 @@ KINDS = [
     "olmo2",
     "qwen3",
     "deepseek_v4",
+    "longcat_flash",
     "beam",
     "hyperclovax",
     "bitnet",
@@ -512,6 +531,15 @@ EXPECT = {
         ("model.layers.1.ffn.experts.3.w3.weight", 1, "moe", "up", 3),
         ("model.layers.1.ffn.shared_experts.w2.weight", 1, "moe", "down", "shared"),
         ("model.layers.1.ffn.gate.weight", 1, "moe", "router", None),
+    ],
+    "longcat_flash": [  # two attention sublayers and two dense MLPs per layer, beside its MoE
+        ("model.layers.1.self_attn.0.q_a_proj.weight", 1, "attention", "q_a", None),
+        ("model.layers.1.self_attn.1.kv_b_proj.weight", 1, "attention", "kv_b", None),
+        ("model.layers.1.self_attn.1.kv_a_layernorm.weight", 1, "norm", "attn_norm", None),
+        ("model.layers.0.mlps.1.up_proj.weight", 0, "mlp", "up", None),
+        ("model.layers.0.post_attention_layernorm.1.weight", 0, "norm", "mlp_norm", None),
+        ("model.layers.0.mlp.experts.3.down_proj.weight", 0, "moe", "down", 3),
+        ("model.layers.0.mlp.router.classifier.weight", 0, "moe", "router", None),
     ],
     "beam": [  # sandwich norms in a family whose table has none: told by pre_feedforward_layernorm
         ("model.layers.1.post_attention_layernorm.weight", 1, "norm", "post_attn_norm", None),
