@@ -21,13 +21,14 @@ Table = list[tuple[str, str]]
 
 _DENSE: Table = [
     (r"embed_tokens\.", "embed"),
-    (r"self_attn\.q_proj\.", "q"),
-    (r"self_attn\.k_proj\.", "k"),
-    (r"self_attn\.v_proj\.", "v"),
-    (r"self_attn\.o_proj\.", "o"),
-    (r"(mlp|feed_forward)\.gate_proj\.", "gate"),
-    (r"(mlp|feed_forward)\.up_proj\.", "up"),
-    (r"(mlp|feed_forward)\.down_proj\.", "down"),
+    # self_attn.N. / mlps.N.: a layer's attention sublayers and dense MLPs when it has several (LongCat-Flash)
+    (r"self_attn\.(\d+\.)?q_proj\.", "q"),
+    (r"self_attn\.(\d+\.)?k_proj\.", "k"),
+    (r"self_attn\.(\d+\.)?v_proj\.", "v"),
+    (r"self_attn\.(\d+\.)?o_proj\.", "o"),
+    (r"(mlp|mlps\.\d+|feed_forward)\.gate_proj\.", "gate"),
+    (r"(mlp|mlps\.\d+|feed_forward)\.up_proj\.", "up"),
+    (r"(mlp|mlps\.\d+|feed_forward)\.down_proj\.", "down"),
     (r"input_layernorm\.", "attn_norm"),
     (r"post_attention_layernorm\.", "mlp_norm"),
     (r"(q_norm|k_norm|query_layernorm|key_layernorm|q_layernorm|k_layernorm)\.", "attn_norm"),  # (Hunyuan, LFM2)
@@ -76,11 +77,11 @@ _MOE: Table = [
 ]
 _MLA: Table = [
     (r"self_attn\.indexer\.(wq_b|wk|weights_proj)\.", "indexer"),  # DeepSeek-V3.2's sparse-attention indexer
-    (r"self_attn\.q_a_proj\.", "q_a"),
-    (r"self_attn\.q_b_proj\.", "q_b"),
-    (r"self_attn\.kv_a_proj_with_mqa\.", "kv_a"),
-    (r"self_attn\.kv_b_proj\.", "kv_b"),
-    (r"self_attn\.(q_a_layernorm|kv_a_layernorm)\.", "attn_norm"),
+    (r"self_attn\.(\d+\.)?q_a_proj\.", "q_a"),  # (self_attn.N.: LongCat-Flash's two sublayers)
+    (r"self_attn\.(\d+\.)?q_b_proj\.", "q_b"),
+    (r"self_attn\.(\d+\.)?kv_a_proj_with_mqa\.", "kv_a"),
+    (r"self_attn\.(\d+\.)?kv_b_proj\.", "kv_b"),
+    (r"self_attn\.(\d+\.)?(q_a_layernorm|kv_a_layernorm)\.", "attn_norm"),
     # DeepSeek-V3's multi-token-prediction layer (layer num_hidden_layers; transformers ignores it on load)
     (r"\.eh_proj\.", "mtp_proj"),
     (r"\.(enorm|hnorm)\.", "norm"),
@@ -141,9 +142,6 @@ _PER_LAYER: Table = [
     (r"^(per_layer_model_projection|per_layer_projection_norm)\.", "per_layer"),
     (r"(per_layer_input_gate|per_layer_projection|post_per_layer_input_norm)\.", "per_layer"),
 ]
-# gpt-oss: learned attention sinks (one logit per head), a router with a bias, and packed experts whose
-# gate_up_proj (E, H, 2I) interleaves gate and up along its last dim (gate = [..., ::2], up = [..., 1::2]).
-_GPT_OSS: Table = [(r"self_attn\.sinks$", "sinks"), (r"mlp\.router\.", "router")]
 # DeepSeek-V4, in its release's names (attn.wq_a, ffn.experts.E.w1, hc_attn_fn, ...) and in the ones
 # transformers loads them as (self_attn.q_a_proj, mlp.experts.gate_up_proj, attn_hc.fn, ...): low-rank
 # query and grouped low-rank output, one KV projection, a KV compressor (its indexer in sparse layers),
@@ -167,22 +165,8 @@ _DEEPSEEK_V4: Table = [
     (r"shared_experts\.w2\.", "down"),
     (r"(ffn|mlp)\.gate\.", "router"),
 ]
-# LongCat-Flash: two MLA attention sublayers and two dense MLPs per layer (self_attn.0/1, mlps.0/1, their
-# norms input_layernorm.0/1 and post_attention_layernorm.0/1), beside the layer's MoE.
-_LONGCAT: Table = [
-    (r"self_attn\.\d+\.q_a_proj\.", "q_a"),
-    (r"self_attn\.\d+\.q_b_proj\.", "q_b"),
-    (r"self_attn\.\d+\.kv_a_proj_with_mqa\.", "kv_a"),
-    (r"self_attn\.\d+\.kv_b_proj\.", "kv_b"),
-    (r"self_attn\.\d+\.o_proj\.", "o"),
-    (r"self_attn\.\d+\.(q_a_layernorm|kv_a_layernorm)\.", "attn_norm"),
-    (r"mlps\.\d+\.gate_proj\.", "gate"),
-    (r"mlps\.\d+\.up_proj\.", "up"),
-    (r"mlps\.\d+\.down_proj\.", "down"),
-]
 # AFMoE (Arcee): sandwich norms (after attention; before and after the MLP) and a gate on attention's output.
 _AFMOE: Table = [
-    (r"self_attn\.gate_proj\.", "attn_gate"),
     (r"post_attention_layernorm\.", "post_attn_norm"),
     (r"pre_mlp_layernorm\.", "mlp_norm"),
     (r"post_mlp_layernorm\.", "post_mlp_norm"),
@@ -218,9 +202,7 @@ MTP_RULES: Table = [
 # Gemma-2/3 and OLMo-2 normalise *after* attention and the MLP; Gemma adds a pre-feed-forward norm.
 _POSTNORM: Table = [
     (r"(^|\.)layer_scalar$", "norm"),  # Gemma-4: a learned scale of each layer's output (a saved buffer)
-    (r"post_attention_layernorm\.", "post_attn_norm"),
-    (r"pre_feedforward_layernorm\.", "mlp_norm"),
-    (r"post_feedforward_layernorm\.", "post_mlp_norm"),
+    (r"post_attention_layernorm\.", "post_attn_norm"),  # (their pre/post feed-forward norms: in _DENSE)
 ]
 _GPT2: Table = [
     (r"wte\.", "embed"),
@@ -270,9 +252,10 @@ FAMILIES: dict[str, Table] = {
     "qwen_moe": _MOE + _DENSE,
     "deepseek": _MLA + _MOE + _DENSE,
     "deepseek_v4": _DEEPSEEK_V4 + _MLA + _MOE + _DENSE,
-    "longcat": _LONGCAT + _MLA + _MOE + _DENSE,
     "llama4": _MOE + _DENSE,
-    "gpt_oss": _GPT_OSS + _MOE + _DENSE,
+    # gpt-oss: attention sinks, a router with a bias, and packed experts whose gate_up_proj (E, H, 2I)
+    # interleaves gate and up along its last dim (gate = [..., ::2], up = [..., 1::2]; see naming.part_counts)
+    "gpt_oss": _MOE + _DENSE,
     "phi3": _PHI3 + _DENSE,
     "glm4": _GLM4 + _DENSE,
     "afmoe": _AFMOE + _MOE + _DENSE,
@@ -317,7 +300,7 @@ MODEL_TYPES = {
     "qwen3_next": "qwen_moe",
     "deepseek_v32": "deepseek",
     "deepseek_v4": "deepseek_v4",
-    "longcat_flash": "longcat",
+    "longcat_flash": "deepseek",  # MLA, with two attention sublayers and two dense MLPs per layer
     "glm_moe_dsa": "deepseek",
     "minimax_m2": "mixtral",
     "kimi_linear": "mixtral",
@@ -402,7 +385,6 @@ MODEL_TYPES = {
 }
 # Tell-tale names, most specific first: the family when config.json is missing or unknown.
 TELLTALES = [
-    ("self_attn.0.kv_a_proj_with_mqa", "longcat"),
     ("hc_attn_fn", "deepseek_v4"),
     ("attn_hc.fn", "deepseek_v4"),
     ("block_sparse_moe.input_linear", "granite_moe"),
