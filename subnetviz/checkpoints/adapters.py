@@ -331,9 +331,7 @@ class MergedAdapter(Checkpoint):
         s, a, b, swapped = self._factors(name, ka, kb)  # A: experts × rank × in, B: out × rank × experts
         out = torch.empty(w.shape, dtype=stored, device=device)
         for i in range(a.shape[0]):
-            bi, ai = b[:, :, i].to(device, torch.float32), a[i].to(device, torch.float32)
-            delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", bi, ai).mul_(s)
-            out[i] = delta.add_(w[i]).to(stored)
+            out[i] = _expert_delta(a, b, i, s, swapped, device).add_(w[i]).to(stored)
         return out
 
     def _factors(self, name: str, ka: str, kb: str):
@@ -352,8 +350,7 @@ class MergedAdapter(Checkpoint):
         packed, i, r0, r1 = self._slices[name]
         s, a, b, swapped = self._factors(packed, ka, kb)
         # the whole expert's Δ, then its rows: the same product (and rounding) as PEFT's merge
-        bi, ai = b[:, :, i].to(device, torch.float32), a[i].to(device, torch.float32)
-        delta = torch.einsum("or,ri->oi" if swapped else "or,ri->io", bi, ai).mul_(s)
+        delta = _expert_delta(a, b, i, s, swapped, device)
         if not swapped:  # (E, in, out) in memory: the expert's (out, in) weight is its transpose
             delta = delta.T
         return delta[r0:r1].add_(w).to(stored)
@@ -380,6 +377,13 @@ class MergedAdapter(Checkpoint):
 
     def __repr__(self) -> str:
         return f"MergedAdapter({self.spec!r} on {self.base.spec!r}, {len(self.pairs)} merged tensors)"
+
+
+def _expert_delta(a, b, i: int, s: float, swapped: bool, device) -> torch.Tensor:
+    """Expert ``i``'s float32 s·Δ from A (E, r, in) and B (out, r, E), in the packed parameter's layout: (out, in)
+    where PEFT swaps the experts, else (in, out); only that expert's slices are moved and cast."""
+    bi, ai = b[:, :, i].to(device, torch.float32), a[i].to(device, torch.float32)
+    return torch.einsum("or,ri->oi" if swapped else "or,ri->io", bi, ai).mul_(s)
 
 
 @dataclass(frozen=True)
