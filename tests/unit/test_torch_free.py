@@ -84,3 +84,19 @@ def test_server_warm_up_imports_the_page_modules_without_torch():
         "'warmed': all(m in sys.modules for m in WARM)}))"
     )
     assert got == {"failed": [], "missing": ["subnetviz_no_such_module"], "torch": False, "warmed": True}
+
+
+def test_a_lazy_name_like_its_module_is_the_function_whatever_was_looked_up_first():
+    """``checkpoints.align`` is a function in a module of the same name: looking up ``read_aligned`` first
+    imports that module, which binds the package's ``align`` to the module; the lazy exports bind every name
+    of a module at its first import, so ``align`` is the function in any order (in a fresh interpreter)."""
+    code = (
+        "import types\n"
+        "from subnetviz.checkpoints import read_aligned\n"
+        "from subnetviz.checkpoints import align\n"
+        "assert not isinstance(align, types.ModuleType) and callable(align), align\n"
+        "import subnetviz.checkpoints as c\n"
+        "assert c.align is align and c.Alignment.__module__ == 'subnetviz.checkpoints.align'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
