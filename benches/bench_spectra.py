@@ -14,7 +14,7 @@ relative error, ``rel_top`` the same over σ >= 1e-3·σ1, ``norm`` = max|Δσ| 
 the fast path is checked against ``torch.linalg.matrix_rank(delta.float())``.
 
 ``--model``: every update matrix of the Qwen2.5-0.5B pair (24 layers × 7 matrices; the 151936×896
-embedding is left out, as the analysis's ``max_dim=8192`` leaves it out), each timed once with
+embedding is left out, as the analysis's ``max_dim=65536`` leaves it out), each timed once with
 the fast path and with per-matrix float32 ``svdvals``, summed per shape (``--layers`` fewer layers
 for a quicker run: every layer has the same shapes, so the per-shape ratios do not depend on it).
 """
@@ -73,7 +73,7 @@ def model_part(layers: int, density: float, std: float) -> None:
             row = per_shape.setdefault(shape, [0, 0.0, 0.0, 0.0])
             row[0], row[1], row[2], row[3] = row[0] + 1, row[1] + t32, row[2] + tfast, max(row[3], err)
     print(
-        f"every update matrix of {layers} Qwen2.5-0.5B layers (embedding left out: side > 8192), bf16, "
+        f"every update matrix of {layers} Qwen2.5-0.5B layers (embedding left out: side > 65536), bf16, "
         f"density {density}, N(0, {std:g}), 1 thread, each timed once"
     )
     header = f"{'shape':>10} {'matrices':>8} {'svd32 s':>9} {'fast s':>9} {'x svd32':>8} {'max|Δσ|/σ1 vs svd32':>20}"

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -239,25 +240,63 @@ def require_memory(what: str, host_bytes: int, device: str = "cpu", device_bytes
     every visitor's session; a job would die without saying why. ConfigError with both figures."""
     from subnetviz.errors import ConfigError
 
-    def gib(n: float) -> str:
-        return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    short = memory_shortfall(host_bytes, device, device_bytes)
+    if short:
+        where = (
+            "a larger GPU, or the CPU"
+            if "GPU" in short
+            else "a machine (or a Ray cluster under 'Compute on') with more memory, or a GPU"
+        )
+        raise ConfigError(f"{what} {short}. Refused before loading: use {where}.")
 
+
+def gib(n: float) -> str:
+    """Bytes for people: "1.25 GiB", "300.0 MiB"."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def memory_shortfall(host_bytes: int, device: str = "cpu", device_bytes: int = 0) -> str | None:
+    """What is short when ``host_bytes`` of this machine's memory (and on a CUDA ``device`` ``device_bytes`` of
+    its free memory) are over :data:`MEMORY_USABLE` of what is available: "needs about 7.70 GiB of memory;
+    this machine has 6.00 GiB available (80 % of it usable)", or None when both fit."""
     have = available_memory_bytes()
     if host_bytes > MEMORY_USABLE * have:
-        raise ConfigError(
-            f"{what} needs about {gib(host_bytes)} of memory; this machine has {gib(have)} available "
-            f"({MEMORY_USABLE:.0%} of it usable). Refused before loading: use a machine (or a Ray cluster under "
-            "'Compute on') with more memory, or a GPU."
+        return (
+            f"needs about {gib(host_bytes)} of memory; this machine has {gib(have)} available "
+            f"({MEMORY_USABLE:.0%} of it usable)"
         )
     if device_bytes and str(device).startswith("cuda"):
         import torch
 
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         if device_bytes > MEMORY_USABLE * free:
-            raise ConfigError(
-                f"{what} needs about {gib(device_bytes)} of GPU memory; {device} has {gib(free)} free "
-                f"({MEMORY_USABLE:.0%} of it usable). Refused before loading: use a larger GPU, or the CPU."
+            return (
+                f"needs about {gib(device_bytes)} of GPU memory; {device} has {gib(free)} free "
+                f"({MEMORY_USABLE:.0%} of it usable)"
             )
+    return None
+
+
+CONFIRM_ABOVE_S = 60.0
+"""Seconds of estimated work above which a page asks before it decomposes every matrix (viewers may not start it)."""
+
+
+def confirm_above_seconds() -> float:
+    """``SUBNETVIZ_CONFIRM_ABOVE_S`` (default :data:`CONFIRM_ABOVE_S`): the estimated seconds of spectra or
+    subspace work above which a page asks before starting it, and refuses it to viewers who may not launch
+    jobs (:func:`subnetviz.ui.confirm_heavy`). ``0`` asks before any; ``inf`` never asks."""
+    from subnetviz.errors import ConfigError
+
+    raw = (os.environ.get("SUBNETVIZ_CONFIRM_ABOVE_S") or "").strip()
+    if not raw:
+        return CONFIRM_ABOVE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:  # also NaN
+        raise ConfigError(f"SUBNETVIZ_CONFIRM_ABOVE_S={raw!r}: expected a number of seconds >= 0 (or 'inf'), e.g. 60.")
+    return value
 
 
 def default_device() -> str:

@@ -72,6 +72,11 @@ class Memo:
                 self._untag(old, 2)
         return value
 
+    def known(self, key: Hashable, kind: str = "derived") -> bool:
+        """Whether ``key``'s value is stored, or being computed by some session (a caller would wait for it)."""
+        with self.lock:
+            return key in self.items[kind] or key in self.flights
+
     def call(self, fn: Callable, *args, **kwargs) -> Any:
         """``fn(*args, **kwargs)``, computed once per content of the arguments (see :func:`token`)."""
         key = (function_name(fn), token(args, self), token(kwargs, self))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -330,7 +332,7 @@ def fingerprint(path: str) -> str:
     return _memo().get_or_compute(("fingerprint", path, file_stamp(path)), lambda: of(path), kind="info")
 
 
-def _progress_bar(what: str):
+def progress_bar(what: str):
     bar = st.empty()
 
     def progress(step: int, total: int, item: str) -> None:
@@ -352,7 +354,13 @@ def update_analysis(
         raise SubnetvizError("Choose a base and at least one finetuned checkpoint in the sidebar.")
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
     key = uilogic.analysis_key(ws, fps, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
-    bar, progress = _progress_bar("Comparing tensors")
+    if spectra and not _memo().known(key, "analysis"):
+        confirm_heavy(
+            key,
+            lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=mask_tolerance, eta=eta),
+            lambda: uilogic.spectra_cost(ws),
+        )
+    bar, progress = progress_bar("Comparing tensors")
     result = _memo().get_or_compute(
         key,
         lambda: uilogic.compute_updates(
@@ -362,6 +370,50 @@ def update_analysis(
     )
     bar.empty()
     return result
+
+
+def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[], Any]) -> None:
+    """Go on when the work under ``key`` is done already (``ready()``: in the disk cache) or small; else stop
+    the page with its :class:`~subnetviz.analysis.cost.Cost` (``estimate()``, from the headers) and a button
+    that starts it, or, for a viewer who may not launch jobs, with why not. A shared server's visitor cannot
+    start an hour of decompositions by opening a tab; once anyone has computed it, everyone sees it from the
+    cache. Above ``SUBNETVIZ_CONFIRM_ABOVE_S`` seconds (default 60)."""
+    from subnetviz.analysis.cost import duration
+
+    limit = config.confirm_above_seconds()
+    started = f"_heavy-{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}"
+    if st.session_state.get(started) or ready():
+        return
+    cost = _memo().get_or_compute(("cost", key), estimate)
+    if cost.seconds <= limit:
+        return
+    if not can("launch"):
+        st.info(
+            f"{cost.text()}: not computed yet, and longer than a viewer may start on this server. Once an editor "
+            "opens this view and starts it, the result is kept on the server and shown to every visitor.",
+            icon=":material/hourglass_empty:",
+        )
+        st.stop()
+    st.info(
+        f"{cost.text()} (estimated from the shapes and a timing here). It starts when you ask; the result is "
+        "then kept on the server and shown to every visitor, and leaving the page stops it.",
+        icon=":material/hourglass_empty:",
+    )
+    if st.button(f"Compute (about {duration(cost.seconds)})", key=f"{started}-go", type="primary"):
+        st.session_state[started] = True
+        st.rerun()
+    st.stop()
+
+
+def heavy_note(ready: Callable[[], bool], estimate: Callable[[], Any]) -> str | None:
+    """For an export, which builds closed tabs on click: why an analysis is left out (not computed yet, and
+    over the limit of :func:`confirm_heavy`), or None when it may be built."""
+    if ready():
+        return None
+    cost = estimate()
+    if cost.seconds <= config.confirm_above_seconds():
+        return None
+    return f"{cost.text()}: not computed yet, so not in this export; open its tab to compute it."
 
 
 # --- output helpers ------------------------------------------------------------------------------
@@ -528,7 +580,7 @@ def mask_files_overlap(paths: Sequence[str], labels: Sequence[str]):
     if not address:
         return shared(cluster_pages.sets_overlap, [mask_set(p) for p in paths], tuple(labels))
     key = ("files-overlap", tuple(paths), tuple(labels), tuple(file_stamp(p) for p in paths))
-    bar, progress = _progress_bar("Overlapping the masks")
+    bar, progress = progress_bar("Overlapping the masks")
     out = _memo().get_or_compute(
         key, lambda: cluster_pages.files_overlap(paths, labels, address=address, progress=progress), kind="analysis"
     )
@@ -541,7 +593,7 @@ def series(paths: Sequence[str], steps: Sequence[int]):
     from subnetviz.jobs.cluster import checkpoint_series  # on the Ray cluster when SUBNETVIZ_RAY_ADDRESS is set
 
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in paths)
-    bar, progress = _progress_bar("Walking the series")
+    bar, progress = progress_bar("Walking the series")
     out = _memo().get_or_compute(
         ("series", tuple(paths), tuple(steps), fps),
         lambda: checkpoint_series(list(paths), list(steps), progress=progress, address=compute_address()),

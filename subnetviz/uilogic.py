@@ -223,21 +223,64 @@ def compute_updates(
     """The workspace's update analysis: from the disk cache, else computed (``progress`` per tensor);
     ``eta``: the relative criterion's η (None: the default); ``address``: the Ray cluster to compute on
     (``""``: this process; None: ``SUBNETVIZ_RAY_ADDRESS``, if set)."""
-    from subnetviz.analysis.sparsity import SparsityOptions
-    from subnetviz.analysis.updates import SpectraOptions
     from subnetviz.jobs.cluster import cached_analysis  # on the Ray cluster when SUBNETVIZ_RAY_ADDRESS is set
 
-    extra = {} if eta is None else {"eta": float(eta)}
     return cached_analysis(
         ws.base,
         list(ws.paths),
-        labels=list(ws.labels),
-        options=SparsityOptions(precision=ws.precision, mask_tolerance=mask_tolerance, **extra),
-        spectra=SpectraOptions(enabled=spectra),
+        **_analysis_options(ws, spectra, mask_tolerance, eta),
         device=ws.device,
         progress=progress,
         address=address,
     )
+
+
+def _analysis_options(ws: Workspace, spectra: bool, mask_tolerance: float | None, eta: float | None) -> dict:
+    """The labels and options :func:`compute_updates` analyses the workspace with."""
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import SpectraOptions
+
+    extra = {} if eta is None else {"eta": float(eta)}
+    return {
+        "labels": list(ws.labels),
+        "options": SparsityOptions(precision=ws.precision, mask_tolerance=mask_tolerance, **extra),
+        "spectra": SpectraOptions(enabled=spectra),
+    }
+
+
+def updates_cached(ws: Workspace, *, spectra: bool, mask_tolerance: float | None, eta: float | None = None) -> bool:
+    """Whether :func:`compute_updates` would read the analysis from the disk cache (headers only)."""
+    from subnetviz.analysis.updates import is_cached
+
+    return is_cached(ws.base, list(ws.paths), **_analysis_options(ws, spectra, mask_tolerance, eta))
+
+
+def spectra_cost(ws: Workspace):
+    """What the workspace's spectra will cost (:func:`subnetviz.analysis.cost.spectra_cost`), from the headers."""
+    from subnetviz.analysis.cost import spectra_cost
+    from subnetviz.analysis.updates import SpectraOptions
+
+    return spectra_cost(ws.base, list(ws.paths), SpectraOptions(enabled=True), ws.device)
+
+
+def subspace_options(k: int):
+    from subnetviz.analysis.subspaces import SubspaceOptions
+
+    return SubspaceOptions(k=int(k))
+
+
+def subspaces_cached(ws: Workspace, k: int) -> bool:
+    """Whether the subspaces tab's analysis at ``k`` is in the disk cache (headers only)."""
+    from subnetviz.analysis.subspaces import is_cached
+
+    return is_cached(ws.base, list(ws.paths), labels=list(ws.labels), options=subspace_options(k))
+
+
+def subspaces_cost(ws: Workspace, k: int):
+    """What the subspaces tab's analysis at ``k`` will cost, from the headers."""
+    from subnetviz.analysis.cost import subspaces_cost
+
+    return subspaces_cost(ws.base, list(ws.paths), subspace_options(k), ws.device, what="Subspaces of W_base vs W_ft")
 
 
 # --- jobs --------------------------------------------------------------------------------------------
@@ -311,18 +354,21 @@ def dashboard_html(
     tables: dict,
     figure_keys: Sequence[str],
     table_keys: Sequence[str],
-    more: Callable[[], tuple[dict, dict]] | None = None,
+    more: Callable[[], tuple] | None = None,
 ) -> str:
-    """One self-contained HTML dashboard: this view's figures and tables, then ``more()``'s (closed tabs)."""
+    """One self-contained HTML dashboard: this view's figures and tables, then ``more()``'s (closed tabs):
+    ``(figures, tables)``, or ``(figures, tables, notes)`` where a closed tab was left out (its notes say why)."""
     from subnetviz.report.html import ReportSection, build_report
 
-    f, t = more() if more is not None else ({}, {})
+    f, t, *left = more() if more is not None else ({}, {})  # (figures, tables[, notes on what is left out])
     allf, allt = {**f, **figures}, {**t, **tables}
     params = {k: _shown_param(v) for k, v in params.items()}  # a shared file shows no server path
     section = ReportSection(
         title=title,
         figures=[allf[k] for k in figure_keys if k in allf],
         tables=[allt[k] for k in table_keys if k in allt],
-        notes="Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()),
+        notes="\n".join(
+            ["Parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()), *(left[0] if left else [])]
+        ),
     )
     return build_report(f"subnetviz · {title}", [section], params)

@@ -44,6 +44,26 @@ def app_env(app_home):
             os.environ[k] = v
 
 
+@pytest.fixture
+def typed_options(monkeypatch):
+    """AppTest sends a selectbox's state by the index of its value among the options, which a value
+    typed in (accept_new_options: a folder) does not have; the browser sends the typed text."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+    from streamlit.testing.v1.element_tree import Selectbox
+
+    original = Selectbox._widget_state
+
+    def widget_state(self):
+        if self.value is None or str(self.value) in self.options:
+            return original.fget(self)
+        ws = WidgetState()
+        ws.id = self.id
+        ws.string_value = str(self.value)
+        return ws
+
+    monkeypatch.setattr(Selectbox, "_widget_state", property(widget_state))
+
+
 def plotly_specs(at):
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 

@@ -44,8 +44,15 @@ def subspaces(ws) -> None:
     k = c1.selectbox("K (top singular directions)", K_OPTIONS, index=2, key="sub_k", bind="query-params")
     model = c2.selectbox("Model", list(ws.labels), key="sub_model", bind="query-params")
     side = c3.radio("Side", SIDES, horizontal=True, key="sub_side", bind="query-params")
-    with st.spinner("Decomposing every weight matrix of the base and the finetuned models…"):
-        figs, tables = subspace_parts(ws, int(k), model, side)
+    fps = tuple(ui.checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
+    ui.confirm_heavy(
+        ("subspaces", fps, tuple(ws.labels), int(k), ws.device),
+        lambda: uilogic.subspaces_cached(ws, int(k)),
+        lambda: uilogic.subspaces_cost(ws, int(k)),
+    )
+    bar, progress = ui.progress_bar("Decomposing every weight matrix of the base and the finetuned models")
+    figs, tables = subspace_parts(ws, int(k), model, side, progress)
+    bar.empty()
     a, b = st.columns(2)
     with a:
         ui.chart(figs["sub-angles"], key="sub-angles")
@@ -66,13 +73,23 @@ def subspaces(ws) -> None:
     )
 
 
-def subspace_parts(ws, k: int, model: str, side: str) -> tuple[dict, dict]:
-    """The subspaces tab's figures and table (drawn when it is open, or built at export from the other tab)."""
-    from subnetviz.analysis.subspaces import SubspaceOptions, cached_subspaces
+def subspace_parts(ws, k: int, model: str, side: str, progress=None, *, export: bool = False) -> tuple:
+    """The subspaces tab's figures and table (drawn when it is open, or built at export from the other tab,
+    where an analysis not computed yet and long is left out with a note: an export starts no hour of work)."""
+    from subnetviz.analysis.subspaces import cached_subspaces
     from subnetviz.figures import subspaces as sfig
 
+    if export:
+        left = ui.heavy_note(lambda: uilogic.subspaces_cached(ws, k), lambda: uilogic.subspaces_cost(ws, k))
+        if left:
+            return {}, {}, [left]
     rows, vectors = cached_subspaces(
-        ws.base, list(ws.paths), labels=list(ws.labels), options=SubspaceOptions(k=int(k)), device=ws.device
+        ws.base,
+        list(ws.paths),
+        labels=list(ws.labels),
+        options=uilogic.subspace_options(k),
+        device=ws.device,
+        progress=progress,
     )
     ui.need(len(rows) > 0, "No 2-D weight matrices to compare.")
     # Matrices named as on every other page and tab ("layers.0.mlp.down_proj.weight", without the checkpoint's
@@ -105,18 +122,14 @@ def subspace_parts(ws, k: int, model: str, side: str) -> tuple[dict, dict]:
 
 
 def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple[dict, dict]:
-    """The Spectra of Δ tab's figures and table for the export from the subspaces tab (on click only)."""
-    from subnetviz.analysis.sparsity import SparsityOptions
-    from subnetviz.analysis.updates import SpectraOptions, cached_analysis
-
-    analysis = cached_analysis(
-        ws.base,
-        list(ws.paths),
-        labels=list(ws.labels),
-        options=SparsityOptions(precision=ws.precision),
-        spectra=SpectraOptions(enabled=True),
-        device=ws.device,
+    """The Spectra of Δ tab's figures and table for the export from the subspaces tab (on click only); an
+    analysis not computed yet and long is left out with a note."""
+    left = ui.heavy_note(
+        lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=None), lambda: uilogic.spectra_cost(ws)
     )
+    if left:
+        return {}, {}, [left]
+    analysis = uilogic.compute_updates(ws, spectra=True, mask_tolerance=None)
     spec = spectra_rows(analysis)
     if spec is None:
         return {}, {}
@@ -200,6 +213,7 @@ def updates(ws) -> None:
                 uilogic.url_choice(st.query_params.get("sub_k"), K_OPTIONS, 16),
                 uilogic.url_choice(st.query_params.get("sub_model"), list(ws.labels), chosen[0]),
                 uilogic.url_choice(st.query_params.get("sub_side"), SIDES, "left"),
+                export=True,
             ),
         ),
     )
@@ -268,14 +282,15 @@ def rank_view(spec, chosen: list) -> None:
     ui.table(spec, "spectra-table", "Rank, effective rank and stable rank")
 
 
-def merged_parts(*builders) -> tuple[dict, dict]:
-    """The figures and tables of several ``(figures, tables)`` builders, in order (for the export)."""
-    figs, tables = {}, {}
+def merged_parts(*builders) -> tuple[dict, dict, list]:
+    """The figures, tables and notes of several ``(figures, tables[, notes])`` builders, in order (for the export)."""
+    figs, tables, notes = {}, {}, []
     for build in builders:
-        f, t = build()
+        f, t, *n = build()
         figs.update(f)
         tables.update(t)
-    return figs, tables
+        notes += n[0] if n else []
+    return figs, tables, notes
 
 
 def spectra_rows(analysis):

@@ -33,6 +33,7 @@ Rank follows the paper's script, ``torch.linalg.matrix_rank(delta.float())``: σ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -251,6 +252,22 @@ class SpectrumResult:
         }
 
 
+def skip_reason(shape: tuple[int, ...], max_dim: int | None) -> str:
+    """Why a Δ of ``shape`` gets no spectrum (not a matrix, or a side over ``max_dim``: embeddings), or ""."""
+    if len(shape) != 2:
+        return f"skipped, not a matrix (shape {shape})"
+    if max_dim is not None and max(shape) > max_dim:
+        return f"skipped, embedding-sized (max dim {max(shape)} > max_dim {max_dim})"
+    return ""
+
+
+def skipped_spectrum(name: str, shape: tuple[int, ...], reason: str, density: float = math.nan) -> SpectrumResult:
+    """The result of a Δ that gets no spectrum (``reason``: :func:`skip_reason`). ``density``: NaN where the
+    Δ was never formed (the update pass skips embedding-sized matrices before forming their float64 Δ)."""
+    empty = np.zeros(0)
+    return SpectrumResult(name, shape, density, empty, None, None, None, None, empty, None, None, "none", True, reason)
+
+
 def update_spectrum(
     name: str,
     delta: torch.Tensor,
@@ -271,15 +288,9 @@ def update_spectrum(
     numel = delta.numel()
     density = float(torch.count_nonzero(delta)) / numel if numel else 0.0
     empty = np.zeros(0)
-    reason = ""
-    if delta.ndim != 2:
-        reason = f"skipped, not a matrix (shape {shape})"
-    elif max_dim is not None and max(shape) > max_dim:
-        reason = f"skipped, embedding-sized (max dim {max(shape)} > max_dim {max_dim})"
+    reason = skip_reason(shape, max_dim)
     if reason:
-        return SpectrumResult(
-            name, shape, density, empty, None, None, None, None, empty, None, None, "none", True, reason
-        )
+        return skipped_spectrum(name, shape, reason, density)
     sv = singular_values(delta, method=method, device=device, name=name)
     b_sigma, b_rank, b_frac = empty, None, None
     if baseline:

@@ -284,18 +284,18 @@ def analyze_subspaces(
     Streams one tensor at a time (the base matrix read and decomposed once per name); tensors that
     are not 2-D (norms, biases) are not matrices and are left out, as are non-float tensors.
     """
-    from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
+    from subnetviz.checkpoints import Checkpoint, open_checkpoint, read_aligned
+    from subnetviz.checkpoints.adapters import open_finetune
     from subnetviz.config import resolve_device
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
     ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
-    cks = [f if isinstance(f, Checkpoint) else open_checkpoint(f) for f in finetuned]
+    cks = [open_finetune(f, ck_base) for f in finetuned]  # a PEFT adapter folder is merged onto the base
     labels = list(labels) if labels else [Path(str(c.spec).rstrip("/")).name for c in cks]
     if len(labels) != len(cks):
         raise ConfigError(f"{len(labels)} labels for {len(cks)} finetuned checkpoints.")
-    per_key = [{t.key: t for t in align([ck_base, c]).tensors} for c in cks]
-    keys = list(dict.fromkeys(k for pk in per_key for k, t in pk.items() if len(t.shape) == 2))
+    per_key, keys = _matrices(ck_base, cks)
     out = SubspaceTable({lab: [] for lab in labels})
     table = ck_base.names_table
     for step, key in enumerate(keys):
@@ -337,6 +337,31 @@ def analyze_subspaces(
     return out
 
 
+def _matrices(ck_base, cks: Sequence) -> tuple[list[dict], list[str]]:
+    """Each finetuned checkpoint's aligned tensors by key, and the keys of the 2-D ones (the matrices)."""
+    from subnetviz.checkpoints import align
+
+    per_key = [{t.key: t for t in align([ck_base, c]).tensors} for c in cks]
+    return per_key, list(dict.fromkeys(k for pk in per_key for k, t in pk.items() if len(t.shape) == 2))
+
+
+def subspace_keys(base, finetuned: Sequence) -> list[tuple[tuple[int, int], int]]:
+    """Each matrix :func:`analyze_subspaces` decomposes, from the headers: its (m, n) and how many finetuned
+    models it is compared in (what :mod:`subnetviz.analysis.cost` prices). Integer tensors are left out."""
+    from subnetviz.checkpoints import Checkpoint, open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    cks = [open_finetune(f, ck_base) for f in finetuned]  # a PEFT adapter folder is merged onto the base
+    per_key, keys = _matrices(ck_base, cks)
+    out = []
+    for key in keys:
+        held = [pk[key] for pk in per_key if key in pk]
+        if held and ck_base.meta(held[0].names[0]).dtype.is_floating_point:
+            out.append(((int(held[0].shape[0]), int(held[0].shape[1])), len(held)))
+    return out
+
+
 def write_subspaces(table: SubspaceTable, folder: str | os.PathLike) -> None:
     """``subspaces.csv`` (one row per matrix and model) and ``subspaces.parquet`` (full vectors) in ``folder``."""
     folder = Path(folder)
@@ -350,6 +375,38 @@ def read_subspaces(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFram
     return _cache.read_frame(folder / "subspaces.csv"), pd.read_parquet(folder / "subspaces.parquet")
 
 
+def _entry(base, finetuned: Sequence, labels: Sequence[str], options: SubspaceOptions, cache_root):
+    """The checkpoints and the cache entry of :func:`cached_subspaces` (headers only)."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+    from subnetviz.version import code_fingerprint
+
+    ck_base = open_checkpoint(base)
+    cks = [open_finetune(f, ck_base) for f in finetuned]
+    key = _cache.cache_key(
+        "subspaces",
+        SUBSPACES_VERSION,
+        code=code_fingerprint(),
+        base=ck_base.fingerprint,
+        finetuned=[c.fingerprint for c in cks],
+        labels=list(labels),
+        options=options,
+    )
+    return ck_base, cks, _cache.entry("subspaces", key, root=cache_root)
+
+
+def is_cached(
+    base: str,
+    finetuned: Sequence[str],
+    *,
+    labels: Sequence[str],
+    options: SubspaceOptions = SubspaceOptions(),
+    cache_root: str | os.PathLike | None = None,
+) -> bool:
+    """Whether :func:`cached_subspaces` with these arguments would read its result from the cache."""
+    return _entry(base, finetuned, labels, options, cache_root)[2].ready
+
+
 def cached_subspaces(
     base: str,
     finetuned: Sequence[str],
@@ -361,22 +418,7 @@ def cached_subspaces(
     cache_root: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`analyze_subspaces` through the on-disk cache, keyed by fingerprints, labels and options."""
-    from subnetviz.checkpoints import open_checkpoint
-
-    ck_base = open_checkpoint(base)
-    cks = [open_checkpoint(f) for f in finetuned]
-    from subnetviz.version import code_fingerprint
-
-    key = _cache.cache_key(
-        "subspaces",
-        SUBSPACES_VERSION,
-        code=code_fingerprint(),
-        base=ck_base.fingerprint,
-        finetuned=[c.fingerprint for c in cks],
-        labels=list(labels),
-        options=options,
-    )
-    ent = _cache.entry("subspaces", key, root=cache_root)
+    ck_base, cks, ent = _entry(base, finetuned, labels, options, cache_root)
     if not ent.ready:
         table = analyze_subspaces(ck_base, cks, labels=labels, options=options, device=device, progress=progress)
         with ent.publish() as folder:

@@ -44,7 +44,7 @@ from subnetviz.analysis.sparsity import (
     stored_kernels,
     summarize,
 )
-from subnetviz.analysis.spectra import SpectrumTable, update_spectrum
+from subnetviz.analysis.spectra import SpectrumTable, skip_reason, skipped_spectrum, update_spectrum
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.config import resolve_device
@@ -59,11 +59,14 @@ _NP_VIEW = {t: np.dtype(str(v)[6:]) for t, v in INT_VIEW.items()}  # torch.bfloa
 
 @dataclass(frozen=True)
 class SpectraOptions:
-    """Spectra of each 2-D update. ``max_dim``: larger sides (embeddings) are skipped with a notice."""
+    """Spectra of each 2-D update. ``max_dim``: matrices with a longer side (vocabulary-sized embeddings and
+    output heads: 128k to 262k rows in current releases) are skipped with a note; every other weight matrix,
+    up to the 53,248-wide MLPs of the largest dense models, is decomposed (the paper's Table 2 averages over
+    all of them). A matrix whose decomposition would not fit in the memory available is skipped with a note."""
 
     enabled: bool = True
     baseline: bool = True
-    max_dim: int | None = 8192
+    max_dim: int | None = 65536
     method: str = "auto"
     seed: int = 0
 
@@ -338,13 +341,13 @@ class _Walk:
         sp = self.spectra
         if sp is None or not sp.enabled or delta_fn is None or info.param == "bias":
             return  # (gpt-oss's packed biases are 2-D, one row per expert: no matrix to decompose)
-        # a 2-D matrix, or each expert of a packed 3-D tensor (gpt-oss, Llama-4, Granite): one matrix per expert,
-        # named key[e]; a float pair only (a quantized pair's Δ comes whole)
         float_pair = views is not None or fa.kind == fb.kind == "float"
-        parts = [(key, None)] if len(at.shape) == 2 else []
-        if len(at.shape) == 3 and info.expert == "all" and float_pair:
-            parts = [(f"{key}[{e}]", e) for e in range(at.shape[0])]
-        for name, e in parts:
+        for name, e in spectrum_parts(key, at.shape, info, float_pair):
+            shape = tuple(int(s) for s in (at.shape if e is None else at.shape[1:]))
+            reason = skip_reason(shape, sp.max_dim) or _memory_reason(shape, sp.baseline, self.dev)
+            if reason:  # no float64 Δ of an embedding (1 GB for Qwen2.5-0.5B's, 13 GB for a 7B's)
+                self.spec_results[i].append(skipped_spectrum(name, shape, reason))
+                continue
             d = delta_fn() if e is None else delta_fn(e)
             self.spec_results[i].append(
                 update_spectrum(
@@ -444,7 +447,8 @@ def _delta_of_views(x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> Callabl
 
     def delta(e: int | None = None) -> torch.Tensor:
         xe, ye = (x, y) if e is None else (x[e], y[e])
-        return torch.from_numpy(ye).view(dtype).to(torch.float64) - torch.from_numpy(xe).view(dtype).to(torch.float64)
+        d = torch.from_numpy(ye).view(dtype).to(torch.float64)
+        return d.sub_(torch.from_numpy(xe).view(dtype).to(torch.float64))  # 16 bytes per entry at the peak, not 24
 
     return delta
 
@@ -509,6 +513,58 @@ def _to_device(x: torch.Tensor, device: str) -> torch.Tensor:
     stream.synchronize()
     y.record_stream(torch.cuda.default_stream(dev))
     return y
+
+
+def spectrum_bytes(shape: tuple[int, ...], baseline: bool) -> int:
+    """The memory one Δ's spectrum holds at its peak: the float64 Δ as it is formed (16 bytes per entry), or,
+    with the random baseline, Δ and the baseline's permutation and scattered copy (33), and the k × k Gram."""
+    numel, k = math.prod(shape), min(shape)
+    return (33 if baseline else 16) * numel + 8 * k * k
+
+
+def _memory_reason(shape: tuple[int, ...], baseline: bool, dev: str) -> str:
+    """Why a Δ of ``shape`` is skipped for lack of memory (on the host, and on a CUDA device), or ""."""
+    from subnetviz.config import memory_shortfall
+
+    need = spectrum_bytes(shape, baseline)
+    short = memory_shortfall(need, dev, need - 8 * math.prod(shape))  # the GPU holds no Δ as it is formed
+    return f"skipped, {short}" if short else ""
+
+
+def spectrum_parts(key: str, shape: Sequence[int], info, float_pair: bool) -> list[tuple[str, int | None]]:
+    """The matrices whose spectra the pass takes of one compared weight pair (not a bias), as (name, expert):
+    a 2-D matrix itself, or each expert of a packed 3-D tensor (gpt-oss, Llama-4, Granite; ``info`` names the
+    tensor), named ``key[e]``, when both sides are float (a quantized pair's Δ comes whole); else none (a
+    convolution's 3-D kernel is no stack of matrices)."""
+    if len(shape) == 2:
+        return [(key, None)]
+    if len(shape) == 3 and info.expert == "all" and float_pair:
+        return [(f"{key}[{e}]", e) for e in range(int(shape[0]))]
+    return []
+
+
+def planned_spectra(base, finetuned: Sequence, spectra: SpectraOptions | None) -> list[tuple[int, int]]:
+    """The (m, n) of every matrix whose spectrum :func:`analyze_updates` takes with ``spectra``, for every
+    finetuned model, from the checkpoints' headers (what :mod:`subnetviz.analysis.cost` prices). Embedding-sized
+    matrices (a side over ``max_dim``), which the pass skips, are left out."""
+    if spectra is None or not spectra.enabled:
+        return []
+    ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    table, forms_base = ck_base.names_table, _forms(ck_base)
+    out: list[tuple[int, int]] = []
+    for f in finetuned:
+        ck = open_finetune(f, ck_base)
+        forms = _forms(ck)
+        for at in align([ck_base, ck]).tensors:
+            fa, fb = forms_base[at.names[0]], forms[at.names[1]]
+            info = table.describe(at.names[0])
+            if fa.kind in _SIDE or fb.kind in _SIDE or info.param == "bias":
+                continue
+            m, n = (int(s) for s in at.shape[-2:]) if len(at.shape) >= 2 else (0, 0)
+            if spectra.max_dim is not None and max(m, n) > spectra.max_dim:
+                continue
+            out += [(m, n)] * len(spectrum_parts(at.key, at.shape, info, fa.kind == fb.kind == "float"))
+    return out
 
 
 def _forms(ck: Checkpoint) -> dict:

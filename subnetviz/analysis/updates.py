@@ -234,6 +234,23 @@ def cache_key(
     )
 
 
+def is_cached(
+    base: str,
+    finetuned: Sequence[str],
+    *,
+    labels: Sequence[str] | None = None,
+    options: SparsityOptions = SparsityOptions(),
+    spectra: SpectraOptions | None = SpectraOptions(enabled=False),
+    cache_root: str | os.PathLike | None = None,
+) -> bool:
+    """Whether :func:`cached_analysis` with these arguments would read its result from the cache (headers only)."""
+    ck_base = open_checkpoint(base)
+    cks = [open_finetune(f, ck_base) for f in finetuned]
+    used: set[str] = set()
+    labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
+    return _cache.entry("updates", cache_key(ck_base, cks, labels, options, spectra), root=cache_root).ready
+
+
 def cached_analysis(
     base: str,
     finetuned: Sequence[str],

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--spectra", action=argparse.BooleanOptionalAction, default=True, help="ranks/spectra of 2-D updates"
     )
-    a.add_argument("--spectra-embeddings", action="store_true", help="also embedding-sized matrices (slow)")
+    a.add_argument(
+        "--spectra-embeddings", action="store_true", help="also vocabulary-sized matrices (embeddings, heads: slow)"
+    )
     a.add_argument("--no-cache", action="store_true", help="recompute even when a cached result exists")
     a.add_argument(
         "--subspaces",

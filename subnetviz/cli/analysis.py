@@ -24,7 +24,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     options = SparsityOptions(
         tolerances=tols, eta=args.eta, precision=args.precision, mask_tolerance=args.mask_tolerance
     )
-    spectra = SpectraOptions(enabled=args.spectra, max_dim=None if args.spectra_embeddings else 8192)
+    spectra = SpectraOptions(enabled=args.spectra, **({"max_dim": None} if args.spectra_embeddings else {}))
     if args.labels and len(args.labels) != len(args.finetuned):
         raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
     out = check_out(args.out, args.overwrite)

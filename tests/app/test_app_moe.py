@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from tests.ckpt_fixtures import bf16_step, gpt_oss_model, gpt_oss_mxfp4, read_state_dict, write_folder
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("typed_options")]
 E = "model.layers.{}.mlp.experts.{}.{}_proj.weight"
 ROUTED = 3 * 8 * 16  # gate, up (8 × 16) and down (16 × 8) of one routed expert
 SHARED = 3 * 16 * 16  # the shared expert's gate, up and down (intermediate 16)
@@ -67,26 +67,6 @@ def moe_home(app_env):
         write_folder(home / ft, sd, home / "base")
     yield home
     shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-def typed_options(monkeypatch):
-    """AppTest sends a selectbox's state by the index of its value among the options, which a value
-    typed in (accept_new_options: a folder) does not have; the browser sends the typed text."""
-    from streamlit.proto.WidgetStates_pb2 import WidgetState
-    from streamlit.testing.v1.element_tree import Selectbox
-
-    original = Selectbox._widget_state
-
-    def widget_state(self):
-        if self.value is None or str(self.value) in self.options:
-            return original.fget(self)
-        ws = WidgetState()
-        ws.id = self.id
-        ws.string_value = str(self.value)
-        return ws
-
-    monkeypatch.setattr(Selectbox, "_widget_state", property(widget_state))
 
 
 def _open(page: str, home: Path, **query) -> AppTest:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -495,3 +496,27 @@ def test_a_merge_that_would_not_fit_in_memory_is_refused_before_allocating(ckpt_
     assert torch.equal(ck.get("model.norm.weight"), base_sd["model.norm.weight"])
     monkeypatch.setattr(config, "available_memory_bytes", lambda: 100 * need)
     assert ck.get(target).shape == base_sd[target].shape
+
+
+def test_subspaces_of_an_adapter_are_those_of_the_merged_model(ckpt_zoo, tmp_path):
+    """The Subspaces tab took an adapter folder for a model and stopped ("an adapter needs its base; give it as
+    a finetuned model beside the base"), while the Spectra of Δ beside it merged it. Now both merge: the
+    adapter's angles and σ ratios equal those of its float64 merge written out as a full checkpoint."""
+    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces, cached_subspaces
+
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    folder, tensors = _adapter(tmp_path / "lora", base_sd)
+    merged = write_folder(tmp_path / "merged", {**base_sd, **_reference(base_sd, tensors, ALPHA / R)}, ckpt_zoo.llama)
+    options = SubspaceOptions(k=2)
+    got = analyze_subspaces(str(ckpt_zoo.llama), [str(folder)], labels=["m"], options=options).to_frame()
+    want = analyze_subspaces(str(ckpt_zoo.llama), [str(merged)], labels=["m"], options=options).to_frame()
+    cols = ["name", "angle_left_max", "angle_right_max", "sv_ratio_mean", "principal_overlap"]
+    pd.testing.assert_frame_equal(got[cols], want[cols])
+    moved = got.set_index("name")["angle_left_max"]
+    assert (moved[[f"{t}.weight" for t in TARGETS]] > 0).all() and (
+        moved.drop([f"{t}.weight" for t in TARGETS]) == 0
+    ).all()
+    rows, _ = cached_subspaces(
+        str(ckpt_zoo.llama), [str(folder)], labels=["m"], options=options, cache_root=tmp_path / "c"
+    )
+    assert len(rows) == len(got)

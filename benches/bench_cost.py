@@ -1,0 +1,84 @@
+"""How well the pages' cost estimate (subnetviz.analysis.cost) tells the time of spectra and subspaces (CPU).
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benches.bench_cost``
+
+Before the Spectra page decomposes every matrix of a comparison it estimates the time from the headers and a
+timing of the routine on a probe matrix, and asks (refuses, for a viewer) above ``SUBNETVIZ_CONFIRM_ABOVE_S``.
+For a Qwen2.5-0.5B-shaped and a Qwen2.5-1.5B-shaped bf16 pair (``--layers`` layers each, 30 % of entries
+changed) this prints, in one run:
+
+- ``spectra``: the estimate, and the measured time of the decompositions (the update analysis with spectra and
+  its random baseline, less the same analysis without spectra, measured in the same run);
+- ``subspaces``: the estimate, and the measured :func:`~subnetviz.analysis.subspaces.analyze_subspaces` (K = 16;
+  the embedding by randomized SVD);
+- the ratio estimate / measured: the estimate's job is to tell a minute from an hour, so a ratio within
+  0.5–2.5 is the goal; the probe's own time is printed too (paid once per process, and only for work
+  over the SLOW bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+SHAPES = {  # name -> bench_streaming dims
+    "0.5B": {},
+    "1.5B": {"hidden": 1536, "inter": 8960, "heads": 12, "kv_heads": 2},
+}
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def one(name: str, dims: dict, layers: int, root: Path) -> list[tuple[str, float, float]]:
+    from benches.bench_streaming import write_pair
+    from subnetviz.analysis import cost
+    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces
+    from subnetviz.analysis.update_pass import SpectraOptions, analyze_updates
+
+    base, ft, _, params = write_pair(root / name, layers, dims=dims)
+    spectra, sub = SpectraOptions(), SubspaceOptions(k=16)
+    est_sp = cost.spectra_cost(base, [ft], spectra, "cpu")
+    est_sub = cost.subspaces_cost(base, [ft], sub, "cpu")
+    without, _ = timed(lambda: analyze_updates(base, [ft], spectra=SpectraOptions(enabled=False), device="cpu"))
+    with_sp, _ = timed(lambda: analyze_updates(base, [ft], spectra=spectra, device="cpu"))
+    t_sub, _ = timed(lambda: analyze_subspaces(base, [ft], labels=["ft"], options=sub, device="cpu"))
+    print(
+        f"{name}-shaped pair, {layers} layers, {params / 1e6:.0f} M parameters: spectra of {est_sp.matrices} "
+        f"matrices (with the baseline), subspaces of {est_sub.matrices}",
+        flush=True,
+    )
+    return [(f"{name} spectra", est_sp.seconds, with_sp - without), (f"{name} subspaces", est_sub.seconds, t_sub)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=4, help="layers of each pair (default 4)")
+    args = ap.parse_args()
+    from subnetviz.analysis import cost
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
+        for name, dims in SHAPES.items():
+            rows += one(name, dims, args.layers, Path(tmp))
+    print(f"\nprobe {cost.PROBE}: seconds per unit {', '.join(f'{k[0]} {v:.3g}' for k, v in cost._rates.items())}")
+    print(f"{'what':>16} {'estimated s':>12} {'measured s':>11} {'estimate / measured':>20}")
+    for what, est, got in rows:
+        print(f"{what:>16} {est:12.2f} {got:11.2f} {est / got:20.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""AppTest: a visitor's click does not start an hour of decompositions. Above SUBNETVIZ_CONFIRM_ABOVE_S seconds
+(estimated from the headers), the Spectra page's two tabs say what the work is and wait for an editor's click;
+a viewer of a read-only server is told why not and nothing is computed; once computed, everyone sees it. Set to
+0 here so that a tiny pair is "long"."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from subnetviz.analysis.subspaces import SubspaceOptions
+from subnetviz.analysis.subspaces import is_cached as subspaces_cached
+from subnetviz.analysis.updates import SpectraOptions, is_cached
+from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
+from tests.models import make_llama
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("typed_options")]
+EDITOR_TOKEN = "e" * 24
+
+
+@pytest.fixture(scope="module")
+def pair(app_env):
+    """A bf16 Llama pair of its own (no other test has analysed it) inside the app's allowed roots."""
+    home = app_env / "heavy-pages"
+    make_llama(home / "tmp")
+    sd = {k: v.to(torch.bfloat16) for k, v in read_state_dict(home / "tmp").items()}
+    write_folder(home / "base", sd, home / "tmp")
+    for t in sd.values():
+        t.view(-1)[:3] = bf16_step(t.view(-1)[:3], 1)
+    write_folder(home / "ft", sd, home / "tmp")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def long_work(monkeypatch):
+    monkeypatch.setenv("SUBNETVIZ_CONFIRM_ABOVE_S", "0")
+
+
+def _open(home: Path, **query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["base"] = str(home / "base")
+    at.query_params["ft"] = [str(home / "ft")]
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("views/spectra.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _spectra_cached(home: Path) -> bool:
+    from subnetviz.analysis.sparsity import SparsityOptions
+
+    return is_cached(
+        str(home / "base"),
+        [str(home / "ft")],
+        labels=["ft"],
+        options=SparsityOptions(precision=None, mask_tolerance=None),
+        spectra=SpectraOptions(enabled=True),
+    )
+
+
+def _infos(at) -> str:
+    return " ".join(i.value for i in at.info)
+
+
+def _compute_buttons(at) -> list:
+    return [b for b in at.button if b.label.startswith("Compute (about")]
+
+
+def test_spectra_wait_for_an_editor_and_a_viewer_cannot_start_them(pair, monkeypatch):
+    # a public read-only server: the visitor is a viewer, who may not launch jobs
+    monkeypatch.setenv("SUBNETVIZ_EDITOR_TOKEN", EDITOR_TOKEN)
+    at = _open(pair)
+    text = _infos(at)
+    assert "Spectra of Δ:" in text and "matrix decompositions, about" in text and "viewer may start" in text
+    assert not _compute_buttons(at) and not at.get("plotly_chart") and not _spectra_cached(pair)
+
+    # the server's owner (open server: an editor) is asked, and nothing starts before the click
+    monkeypatch.delenv("SUBNETVIZ_EDITOR_TOKEN")
+    at = _open(pair)
+    assert "It starts when you ask" in _infos(at) and not at.get("plotly_chart") and not _spectra_cached(pair)
+    (go,) = _compute_buttons(at)
+    go.click().run()
+    assert not at.exception and not at.error and at.get("plotly_chart") and _spectra_cached(pair)
+
+    # computed once: every visitor sees it, a viewer too, with no question asked
+    monkeypatch.setenv("SUBNETVIZ_EDITOR_TOKEN", EDITOR_TOKEN)
+    at = _open(pair)
+    assert not _compute_buttons(at) and "matrix decompositions" not in _infos(at) and at.get("plotly_chart")
+
+
+def test_subspaces_wait_for_an_editor_and_show_progress(pair, monkeypatch):
+    cached = lambda: subspaces_cached(  # noqa: E731
+        str(pair / "base"), [str(pair / "ft")], labels=["ft"], options=SubspaceOptions(k=16)
+    )
+    monkeypatch.setenv("SUBNETVIZ_EDITOR_TOKEN", EDITOR_TOKEN)
+    tab = {"spec_tab": "Subspaces of W_base vs W_ft"}
+    at = _open(pair, **tab)
+    assert "Subspaces of W_base vs W_ft:" in _infos(at) and "viewer may start" in _infos(at)
+    assert not _compute_buttons(at) and not at.get("plotly_chart") and not cached()
+
+    monkeypatch.delenv("SUBNETVIZ_EDITOR_TOKEN")
+    at = _open(pair, **tab)
+    (go,) = _compute_buttons(at)
+    go.click().run()
+    assert not at.exception and not at.error and len(at.get("plotly_chart")) == 3 and cached()
+
+
+def test_under_the_limit_nothing_is_asked(pair, monkeypatch):
+    monkeypatch.setenv("SUBNETVIZ_CONFIRM_ABOVE_S", "60")
+    monkeypatch.setenv("SUBNETVIZ_EDITOR_TOKEN", EDITOR_TOKEN)
+    at = _open(pair, spec_tab="Subspaces of W_base vs W_ft", sub_k="4")  # K = 4: not computed yet
+    assert not _compute_buttons(at) and len(at.get("plotly_chart")) == 3
