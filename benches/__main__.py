@@ -19,6 +19,7 @@ CPU_BENCHES = (
     "bench_forms",
     "bench_scaling",
     "bench_subspaces",
+    "bench_cost",
     "bench_behavior",
     "bench_masked_grpo",
     "bench_sharded",
