@@ -115,6 +115,11 @@ class SubspaceOptions:
         return max(1, min(k, small))
 
 
+def _stat(values: np.ndarray, fn) -> float:
+    """``fn`` of ``values``, NaN for none (a matrix skipped for lack of memory)."""
+    return float(fn(values)) if values.size else float("nan")
+
+
 @dataclass(frozen=True, eq=False)
 class SubspaceResult:
     """One matrix of one finetuned model. Angles in degrees, ascending; ratios (K,)."""
@@ -145,10 +150,10 @@ class SubspaceResult:
             "cols": self.shape[1],
             "k": self.k,
             "method": self.method,
-            "angle_left_max": float(self.angles_left.max()),
-            "angle_right_max": float(self.angles_right.max()),
-            "angle_left_mean": float(self.angles_left.mean()),
-            "angle_right_mean": float(self.angles_right.mean()),
+            "angle_left_max": _stat(self.angles_left, np.max),
+            "angle_right_max": _stat(self.angles_right, np.max),
+            "angle_left_mean": _stat(self.angles_left, np.mean),
+            "angle_right_mean": _stat(self.angles_right, np.mean),
             "sv_ratio_mean": mean,
             "sv_ratio_maxdev": float(np.abs(finite - mean).max()) if finite.size else float("nan"),
             "principal_overlap": self.principal_overlap,
@@ -181,7 +186,7 @@ class SubspaceTable:
                         {
                             "model": m,
                             "name": r.name,
-                            "index": np.arange(r.k),
+                            "index": np.arange(r.angles_left.size),  # none for a matrix skipped for lack of memory
                             "angle_left": r.angles_left,
                             "angle_right": r.angles_right,
                             "sv_ratio": r.sv_ratio,
@@ -306,6 +311,18 @@ def analyze_subspaces(
             at = pk.get(key)
             if at is None:
                 continue
+            shape = (int(at.shape[0]), int(at.shape[1]))
+            short = _memory_short(ck_base, ck, at, shape, options, dev)
+            if short:  # refused before reading: a row that says why, and the other matrices go on
+                info = table.describe(at.names[0])
+                empty = np.zeros(0)
+                out.results[lab].append(
+                    SubspaceResult(
+                        at.names[0], shape, options.k_for(shape), f"skipped, {short}", empty, empty, empty,
+                        math.nan, math.nan, 0, math.nan, 0.0, info.layer, info.module,
+                    )
+                )  # fmt: skip
+                continue
             a = read_aligned(ck_base, at, 0, dev)
             if not a.is_floating_point():
                 continue
@@ -328,6 +345,9 @@ def analyze_subspaces(
     if progress:
         progress(len(keys), len(keys), "done")
     methods = sorted({r.method for rs in out.results.values() for r in rs})
+    skipped = sum(r.method.startswith("skipped") for rs in out.results.values() for r in rs)
+    if skipped:
+        out.notes.append(f"subspaces: {skipped} matrix comparison(s) skipped for lack of memory (method column).")
     if "randomized" in methods:
         out.notes.append(
             f"subspaces: matrices with a side over {options.max_dim} used randomized SVD "
@@ -335,6 +355,24 @@ def analyze_subspaces(
         )
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def subspace_bytes(shape: tuple[int, int], itemsize: int, options: SubspaceOptions) -> int:
+    """The memory one matrix pair's comparison holds at its peak: both matrices as stored, the update mask,
+    the principal-weight mask's float32 magnitudes and their selection copy, the masks (11 bytes per entry),
+    a float32 copy on the randomized path, or the two k × k float64 Grams on the exact one."""
+    numel, k = shape[0] * shape[1], min(shape)
+    randomized = choose_method(shape, options) == "randomized"
+    return numel * (2 * itemsize + 11 + (4 if randomized else 0)) + (0 if randomized else 16 * k * k)
+
+
+def _memory_short(ck_base, ck, at, shape: tuple[int, int], options: SubspaceOptions, dev: str) -> str | None:
+    """What is short for comparing the pair ``at`` (see :func:`subnetviz.config.memory_shortfall`), or None."""
+    from subnetviz.config import memory_shortfall
+
+    itemsize = max(ck_base.meta(at.names[0]).dtype.itemsize, ck.meta(at.names[1]).dtype.itemsize)
+    need = subspace_bytes(shape, itemsize, options)
+    return memory_shortfall(need, dev, need)
 
 
 def _matrices(ck_base, cks: Sequence) -> tuple[list[dict], list[str]]:

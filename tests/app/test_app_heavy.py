@@ -119,3 +119,20 @@ def test_under_the_limit_nothing_is_asked(pair, monkeypatch):
     monkeypatch.setenv("SUBNETVIZ_EDITOR_TOKEN", EDITOR_TOKEN)
     at = _open(pair, spec_tab="Subspaces of W_base vs W_ft", sub_k="4")  # K = 4: not computed yet
     assert not _compute_buttons(at) and len(at.get("plotly_chart")) == 3
+
+
+def test_a_matrix_skipped_for_lack_of_memory_shows_as_a_row_saying_so(pair, monkeypatch):
+    """The Subspaces tab draws the other matrices, and the table's method column says why one is missing."""
+    from subnetviz.analysis import subspaces
+
+    monkeypatch.setenv("SUBNETVIZ_CONFIRM_ABOVE_S", "60")
+    monkeypatch.setattr(
+        subspaces,
+        "_memory_short",
+        lambda ck_base, ck, at, shape, options, dev: "needs about 9.00 GiB of memory" if "embed" in at.key else None,
+    )
+    at = _open(pair, spec_tab="Subspaces of W_base vs W_ft", sub_k="8")
+    assert len(at.get("plotly_chart")) == 3
+    table = next(df for df in (d.value for d in at.dataframe) if "method" in df.columns)
+    skipped = table[table["method"].str.startswith("skipped")]
+    assert list(skipped["name"]) == ["embed_tokens.weight"] and skipped["angle_left_max"].isna().all()

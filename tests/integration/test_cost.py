@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -248,3 +249,25 @@ def test_a_matrix_that_would_not_fit_in_memory_is_skipped_with_a_note(wide, monk
     assert down["skipped"] and "needs about" in down["note"] and "of it usable" in down["note"]
     assert not spec.loc["layers.0.self_attn.q_proj.weight"]["skipped"]  # the small one still fits
     assert formed == [(8, 8)] and analysis.summary()["changed"].sum() > 0
+
+
+def test_a_subspace_comparison_that_would_not_fit_in_memory_is_skipped_with_a_row_saying_so(wide, monkeypatch):
+    """The subspace pass held, for a vocabulary-sized embedding, both matrices, their float32 (randomized SVD)
+    copy and the principal mask's magnitudes at once (about 20 bytes per entry: 20 GB for a 70B's embedding),
+    unchecked. A pair that would not fit is not read: its row says why, the others are compared."""
+    from subnetviz import config
+    from subnetviz.analysis.subspaces import subspace_bytes
+
+    base, ft = wide
+    options = SubspaceOptions(k=2)
+    need = subspace_bytes((70_000, 4), 2, options)
+    assert need == 70_000 * 4 * (2 * 2 + 11 + 4)  # over max_dim: randomized, no Gram
+    assert subspace_bytes((8, 8), 2, options) == 64 * 15 + 16 * 64
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: int((need - 1) / config.MEMORY_USABLE))
+    table = analyze_subspaces(base, [ft], labels=["ft"], options=options)
+    rows = table.to_frame().set_index("name")
+    embed = rows.loc["model.embed_tokens.weight"]
+    assert embed["method"].startswith("skipped, needs about") and np.isnan(embed["angle_left_max"])
+    assert (rows.drop("model.embed_tokens.weight")["method"] == "gram").all()
+    assert rows.drop("model.embed_tokens.weight")["angle_left_max"].notna().all()
+    assert len(table.vectors()) == 2 * 2 and any("skipped for lack of memory" in n for n in table.notes)
