@@ -388,6 +388,32 @@ def run_config(config: dict, progress: ProgressFn | None = None) -> BehaviorRepo
     )
 
 
+def planned_passes(config: dict) -> tuple[int, int, int, int]:
+    """What :func:`run_config` will run, without loading a model: (forward passes over every prompt, models
+    built, tokens per pass, parameters of the base), from the prompts, the base's tokenizer and the headers.
+    Each finetune is built and run once per experiment (the finetune, each mask inside / outside and its
+    random control, each curve point in |Δ| and random order); the base is run once in all, or once per
+    experiment where its logits are not kept."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.models import load_tokenizer
+
+    validate_config(config)
+    files = config.get("prompts") or zoo_prompt_files()
+    files = [files] if isinstance(files, str | os.PathLike) else files
+    prompts = [p for f in files for p in read_prompts(f, config.get("limit"))]
+    try:
+        tok = load_tokenizer(config["base"])
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{config['base']}: no tokenizer to encode the prompts with ({exc}).") from None
+    n_tokens = sum(len(e.ids) for e in encode(tok, prompts))
+    masks = len(config.get("masks") or {})
+    experiments = 1 + masks * (3 if config.get("random_control", True) else 2)
+    experiments += 2 * len(config.get("curve", CURVE_POINTS) or ())
+    runs = len(config["finetuned"]) * experiments
+    keep = n_tokens * len(tok) * 4 <= _BASE_CACHE_BYTES
+    return runs + (1 if keep else runs), runs, n_tokens, open_checkpoint(config["base"]).num_params
+
+
 def run_job(config: dict, ctx) -> None:
     """Job kind ``behavior``: the files of :func:`write_behavior` in the run's outputs."""
     report = run_config(config, progress=lambda s, t, what: ctx.progress(s, t))

@@ -34,25 +34,31 @@ SPECTRA_UNITS, SUBSPACE_UNITS = (0.5, 1.0), (1.0, 2.0)  # (gram, eig) weights, f
 # units per entry of the work that grows with m·n, fitted on one CPU thread: forming the float64 Δ and counting
 # its nonzeros, the random baseline's scatter (randperm), and a subspace comparison's update and principal masks
 SPECTRA_ENTRY, BASELINE_ENTRY, SUBSPACE_ENTRY = 150.0, 450.0, 1500.0
+BUILD_UNITS = 2000.0  # a behaviour experiment's model build, per parameter, in float32 operations (fitted)
 _rates: dict[tuple[str, str], float] = {}  # (routine, device) -> seconds per unit, measured once
 _lock = threading.Lock()
 
 
 @dataclass(frozen=True)
 class Cost:
-    """``matrices`` decompositions, about ``seconds`` on ``device``, for ``what`` (a page's words)."""
+    """``matrices`` decompositions (or other ``unit``), about ``seconds`` on ``device``, for ``what`` (a page's words)."""
 
     what: str
     matrices: int
     seconds: float
     device: str
+    unit: str = "matrix decomposition"  # what ``matrices`` counts
 
     def text(self) -> str:
         """One line: "Spectra of Δ: 1,344 matrix decompositions, about 24 min on this server's cpu"."""
         return (
-            f"{self.what}: {self.matrices:,} matrix decomposition{'s' if self.matrices != 1 else ''}, "
+            f"{self.what}: {self.matrices:,} {self.unit}{_plural(self.unit) if self.matrices != 1 else ''}, "
             f"about {duration(self.seconds)} on this server's {self.device}"
         )
+
+
+def _plural(noun: str) -> str:
+    return "es" if noun.endswith("s") else "s"
 
 
 def duration(seconds: float) -> str:
@@ -167,3 +173,24 @@ def subspaces_cost(base, finetuned: Sequence, options, device: str = "auto", wha
         return run, 2 * units(*PROBE, SUBSPACE_UNITS) + SUBSPACE_ENTRY * PROBE[0] * PROBE[1]
 
     return Cost(what, count, seconds(work, "subspaces", dev, probe), dev)
+
+
+def behavior_cost(config: dict, what: str = "Behaviour") -> Cost:
+    """The cost of :func:`~subnetviz.analysis.behavior.run_config`: its forward passes
+    (:func:`~subnetviz.analysis.behavior.planned_passes`), each about 2 · parameters · tokens floating-point
+    operations, and the models it builds (each parameter read, compared, selected and written: about
+    :data:`BUILD_UNITS` operations' time on one CPU thread), priced by timing a float32 matrix product of a
+    transformer layer's shape on the device."""
+    from subnetviz.analysis.behavior import planned_passes
+    from subnetviz.config import resolve_device
+
+    dev = resolve_device(config.get("device", "auto"))
+    passes, builds, tokens, params = planned_passes(config)
+    flops = 2.0 * params * tokens * passes + BUILD_UNITS * params * builds
+
+    def probe():
+        gen = torch.Generator().manual_seed(0)
+        x, w = (torch.randn(s, generator=gen).to(dev) for s in ((256, 2048), (2048, 2048)))
+        return lambda: torch.nn.functional.linear(x, w), 2.0 * 256 * 2048 * 2048
+
+    return Cost(what, passes, seconds(flops, "forward", dev, probe), dev, unit="forward pass")

@@ -136,3 +136,22 @@ def test_a_matrix_skipped_for_lack_of_memory_shows_as_a_row_saying_so(pair, monk
     table = next(df for df in (d.value for d in at.dataframe) if "method" in df.columns)
     skipped = table[table["method"].str.startswith("skipped")]
     assert list(skipped["name"]) == ["embed_tokens.weight"] and skipped["angle_left_max"].isna().all()
+
+
+def test_behaviour_waits_for_an_editor_and_a_viewer_cannot_start_it(app_env, monkeypatch):
+    """Behaviour teacher-forces every prompt through each finetune once per experiment: hours of forward passes
+    for a 7B model on a CPU, started by opening the page. Priced first, as the spectra are (micro zoo,
+    64 prompts: a configuration no other test computes)."""
+    from tests.app_fixtures import open_page
+
+    monkeypatch.setenv("SUBNETVIZ_EDITOR_TOKEN", EDITOR_TOKEN)
+    at = open_page("behavior", bh_limit="64")
+    assert not at.exception and not at.error
+    text = _infos(at)
+    assert "Behaviour:" in text and "forward passes, about" in text and "viewer may start" in text
+    assert not _compute_buttons(at) and not at.get("plotly_chart")
+    monkeypatch.delenv("SUBNETVIZ_EDITOR_TOKEN")
+    at = open_page("behavior", bh_limit="64")
+    (go,) = _compute_buttons(at)
+    go.click().run()
+    assert not at.exception and not at.error and at.get("plotly_chart")

@@ -268,6 +268,64 @@ def test_prompts_from_a_saved_dataset(tmp_path):
         read_prompts("hf:only-a-name")
 
 
+def test_planned_passes_are_the_passes_the_analysis_runs(planted, tmp_path):
+    """The page prices a behaviour analysis before it starts (a visitor could start hours of forward passes
+    on a 7B model): the passes, builds and tokens counted from the headers and the tokenizer are what the
+    analysis then runs (one summary or curve row per finetune and experiment)."""
+    from subnetviz.analysis.behavior import planned_passes, run_config
+    from subnetviz.analysis.behavior_data import encode
+    from subnetviz.checkpoints.models import load_tokenizer
+
+    base, ft, masks = planted
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p.text, "answer": p.answer}) + "\n" for p in PROMPTS))
+    mask_file = tmp_path / "m.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.to(torch.uint8) for k, v in masks.items()}, str(mask_file))
+    cfg = {
+        "base": str(base),
+        "finetuned": [str(ft), str(ft)],
+        "labels": ["a", "b"],
+        "prompts": [str(prompts)],
+        "masks": {"M": str(mask_file)},
+        "curve": [0.0, 0.5, 1.0],
+        "device": "cpu",
+    }
+    passes, builds, tokens, params = planned_passes(cfg)
+    assert builds == 2 * (1 + 3 + 2 * 3)  # the finetune, M inside / outside / random, the curves in two orders
+    assert passes == builds + 1  # the base's logits are kept: one pass of the base
+    assert tokens == sum(len(e.ids) for e in encode(load_tokenizer(str(base)), PROMPTS))
+    assert params == sum(v.numel() for v in read_state_dict(base).values())
+    rep = run_config(cfg)
+    assert len(rep.summary) + len(rep.curves) == builds
+    assert planned_passes({**cfg, "curve": [], "random_control": False})[1] == 2 * 3
+
+
+def test_the_abs_delta_cut_of_a_large_model_holds_a_sample_not_every_change(planted):
+    """The |Δ|-order revert curve kept every changed entry's |Δ| to find its threshold (8 GB for a 7B model
+    with 30 % changed) and then drew its sample from them. Above ``sample`` parameters it now draws the
+    sample tensor by tensor; the threshold stays the exact quantile of a uniform sample."""
+    from subnetviz.analysis.revert import ModelBuilder, _delta_cut
+
+    base, ft, _ = planted
+    exact_builder = ModelBuilder(str(base), str(ft), "cpu")
+    thr, _ = _delta_cut(exact_builder, 0.5, 10**9, 0)
+    everything = exact_builder._abs_delta
+    total = sum(p.numel() for _, p in exact_builder.params)
+    sampled_builder = ModelBuilder(str(base), str(ft), "cpu")
+    small = total // 4
+    sthr, _ = _delta_cut(sampled_builder, 0.5, small, 0)
+    held = sampled_builder._abs_delta.size
+    assert held <= small and held < everything.size / 2  # a quarter of the changed entries (before: all)
+    # the sampled median lands near the exact one (the rank of a median of n draws spreads by 0.5/√n)
+    rank = np.count_nonzero(everything > sthr) / everything.size
+    assert (
+        abs(rank - 0.5) < 4 * 0.5 / np.sqrt(held)
+        and thr == np.sort(everything)[::-1][int(np.ceil(0.5 * everything.size)) - 1]
+    )
+
+
 # Last in the module: the app sets SUBNETVIZ_ENFORCE_ROOTS for the rest of the module (app_env restores it).
 @pytest.mark.slow
 def test_behaviour_page_renders(app_env):
