@@ -121,7 +121,7 @@ def subspace_parts(ws, k: int, model: str, side: str, progress=None, *, export: 
     return figs, {"subspaces-table": ("Principal angles, σ ratios and principal-weight overlap per matrix", rows)}
 
 
-def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple[dict, dict]:
+def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
     """The Spectra of Δ tab's figures and table for the export from the subspaces tab (on click only); an
     analysis not computed yet and long is left out with a note."""
     left = ui.heavy_note(
