@@ -11,6 +11,10 @@ changed) this prints, in one run:
   its random baseline, less the same analysis without spectra, measured in the same run);
 - ``subspaces``: the estimate, and the measured :func:`~subnetviz.analysis.subspaces.analyze_subspaces` (K = 16;
   the embedding by randomized SVD);
+- ``behaviour``: the estimate, and the measured :func:`~subnetviz.analysis.behavior.run_config` of a
+  75 M-parameter Llama (8 layers of width 768, built here from its config with the demo zoo's tokenizer) and a
+  copy of it with other weights, on 64 of the zoo's prompts with 3 curve points (skipped when the zoo is not
+  built);
 - the ratio estimate / measured: the estimate's job is to tell a minute from an hour, so a ratio within
   0.5–2.5 is the goal; the probe's own time is printed too (paid once per process, and only for work
   over the SLOW bound).
@@ -64,6 +68,48 @@ def one(name: str, dims: dict, layers: int, root: Path) -> list[tuple[str, float
     return [(f"{name} spectra", est_sp.seconds, with_sp - without), (f"{name} subspaces", est_sub.seconds, t_sub)]
 
 
+def behaviour(root: Path) -> list[tuple[str, float, float]]:
+    import json
+    import shutil
+
+    import transformers as T
+
+    from subnetviz.analysis import cost
+    from subnetviz.analysis.behavior import run_config
+    from subnetviz.analysis.behavior_data import zoo_prompt_files
+    from subnetviz.config import zoo_dir
+
+    zoo = zoo_dir() / "base"
+    if not (zoo / "tokenizer.json").exists():
+        print("behaviour: skipped, the demo zoo is not built (python -m subnetviz demo build)")
+        return []
+    cfg = json.loads((zoo / "config.json").read_text())
+    cfg.update(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=8, num_attention_heads=12,
+        num_key_value_heads=12, head_dim=64, max_position_embeddings=64,
+    )  # fmt: skip
+    config = T.LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
+    for name, seed in (("base", 0), ("ft", 1)):
+        torch.manual_seed(seed)
+        T.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(root / name)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(zoo / f, root / name / f)
+    run = {
+        "base": str(root / "base"),
+        "finetuned": [str(root / "ft")],
+        "labels": ["ft"],
+        "prompts": [str(zoo_prompt_files()[0])],
+        "masks": {},
+        "curve": [0.0, 0.5, 1.0],
+        "limit": 64,
+        "device": "cpu",
+    }
+    est = cost.behavior_cost(run)
+    took, _ = timed(lambda: run_config(run))
+    print(f"behaviour: 75 M-parameter Llama, 64 prompts, {est.matrices} forward passes", flush=True)
+    return [("behaviour", est.seconds, took)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=4, help="layers of each pair (default 4)")
@@ -74,6 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
         for name, dims in SHAPES.items():
             rows += one(name, dims, args.layers, Path(tmp))
+        rows += behaviour(Path(tmp) / "behaviour")
     print(f"\nprobe {cost.PROBE}: seconds per unit {', '.join(f'{k[0]} {v:.3g}' for k, v in cost._rates.items())}")
     print(f"{'what':>16} {'estimated s':>12} {'measured s':>11} {'estimate / measured':>20}")
     for what, est, got in rows:

@@ -41,7 +41,7 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Cost:
-    """``matrices`` decompositions (or other ``unit``), about ``seconds`` on ``device``, for ``what`` (a page's words)."""
+    """``matrices`` decompositions (or ``unit``), about ``seconds`` on ``device``, for ``what`` (a page's words)."""
 
     what: str
     matrices: int
