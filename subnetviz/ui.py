@@ -395,7 +395,7 @@ def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[
         )
         st.stop()
     st.info(
-        f"{cost.text()} (estimated from the shapes and a timing here). It starts when you ask; the result is "
+        f"{cost.text()} (estimated from the checkpoints and a timing here). It starts when you ask; the result is "
         "then kept on the server and shown to every visitor, and leaving the page stops it.",
         icon=":material/hourglass_empty:",
     )
