@@ -311,6 +311,8 @@ def analyze_subspaces(
             at = pk.get(key)
             if at is None:
                 continue
+            if not ck_base.meta(at.names[0]).dtype.is_floating_point:
+                continue  # integer codes (int8, GPTQ): no matrix of weights to decompose, as subspace_keys says
             shape = (int(at.shape[0]), int(at.shape[1]))
             short = _memory_short(ck_base, ck, at, shape, options, dev)
             if short:  # refused before reading: a row that says why, and the other matrices go on
