@@ -374,6 +374,8 @@ MODEL_TYPES = {
     "qwen2_5_vl": "llama",
     "qwen3_vl": "llama",
     "qwen3_vl_moe": "qwen_moe",
+    "qwen2_5_omni": "llama",  # the thinker (thinker.*) is read; audio, vision and speech sides are blocks of their own
+    "qwen3_omni_moe": "qwen_moe",
     "qwen3_5": "llama",  # Qwen3.5: Gated DeltaNet layers (linear_attn) beside full attention
     "qwen3_5_text": "llama",
     "qwen3_5_moe": "qwen_moe",
@@ -410,6 +412,9 @@ TELLTALES = [
 
 # Prefixes stripped before matching (the first that fits): multimodal language models sit under these.
 PREFIXES = (
+    "thinker.model.language_model.",  # omni models (Qwen2.5-Omni, Qwen3-Omni): the thinker is the language model
+    "thinker.model.",
+    "thinker.",
     "model.language_model.",
     "language_model.model.",
     "language_model.",
@@ -425,6 +430,10 @@ PREFIXES = (
 # A vision tower (its own block, whatever its inner layout) and the projector into the language model.
 VISION = re.compile(r"^(vision_tower|vision_model|visual|vision_encoder)\.")
 PROJECTOR = re.compile(r"^(multi_modal_projector|mm_projector|visual\.merger)\.")
+# An audio encoder (its own block, as a vision tower is), and an omni model's speech side: the talker (a second
+# language model, of speech codes) and the code-to-waveform model, which are not the thinker's layers.
+AUDIO = re.compile(r"^(audio_tower|audio_model|audio_encoder)\.")
+SPEECH = re.compile(r"^(talker|token2wav|code2wav)\.")
 EXPERT_INDEX = re.compile(r"experts\.(\d{1,9})\.")
 SHARED_EXPERT = re.compile(r"shared_(experts?|mlp)(\.|_gate\.)")  # (shared_mlp: Hunyuan)
 PACKED_EXPERTS = re.compile(

@@ -7,7 +7,9 @@ GLM-4, LFM2, post-norm families (Gemma-2/3/4, OLMo-2/3), Mamba mixers and the hy
 (Nemotron-H, Jamba, Falcon-H1, Granite-4.0-H with Granite's packed experts), OPT, GPT-2 (Conv1D weights
 stored (in, out); fused ``c_attn`` split in contiguous thirds along the output columns), GPT-NeoX/Pythia (fused
 ``query_key_value`` interleaved per head along the output rows), BERT; multimodal checkpoints'
-language model under ``model.language_model.`` and a vision tower as its own block. An unknown
+language model under ``model.language_model.`` and a vision tower as its own block; omni models' language
+model in their ``thinker.``, with the audio tower (block ``audio``) and the talker and waveform model (block
+``speech``) apart, where their numbered layers would have been counted in the language model's. An unknown
 architecture falls back to a generic parse (layer = the first integer path component) and says so in
 :attr:`NameTable.notice`; it never raises. Names no table knows are ``other`` and listed by
 :meth:`NameTable.unmatched` (the analysis notes them).
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from subnetviz.checkpoints.families import (
+    AUDIO,
     EXPERT_COUNT_KEYS,
     EXPERT_INDEX,
     FAMILIES,
@@ -36,6 +39,7 @@ from subnetviz.checkpoints.families import (
     PREFIXES,
     PROJECTOR,
     SHARED_EXPERT,
+    SPEECH,
     TELLTALES,
     VISION,
 )
@@ -84,6 +88,8 @@ MODULE_ORDER = [
     "lm_head",
     "vision",
     "projector",
+    "audio",
+    "speech",
     "other",
 ]
 BLOCK_OF = {
@@ -119,6 +125,8 @@ BLOCK_OF = {
     "mtp_proj": "mtp",
     "vision": "vision",
     "projector": "vision",
+    "audio": "audio",
+    "speech": "speech",
     "attn_norm": "norm",
     "post_attn_norm": "norm",
     "mlp_norm": "norm",
@@ -199,11 +207,18 @@ def mtp_split(short: str) -> tuple[int, str] | None:
     return j, rest if part in MTP_LAYER_PARTS else f"{part}.{rest}"
 
 
+def _tower(short: str) -> bool:
+    """Whether a (prefix-stripped) name is outside the language model: a vision or audio tower, the projector,
+    an omni model's speech side (each a block of its own)."""
+    return bool(PROJECTOR.match(short) or VISION.match(short) or AUDIO.match(short) or SPEECH.match(short))
+
+
 def detect_family(model_type: str | None, names: list[str]) -> str | None:
-    """The family from ``config.json``'s model_type, else from tell-tale tensor names, else None."""
+    """The family from ``config.json``'s model_type, else from tell-tale tensor names (the language model's: an
+    audio tower's fc1/fc2 are no OPT), else None."""
     if model_type and model_type in MODEL_TYPES:
         return MODEL_TYPES[model_type]
-    joined = "\n".join(names[:5000])
+    joined = "\n".join([n for n in names[:5000] if not _tower(strip_prefix(n))] or names[:5000])
     return next((fam for tell, fam in TELLTALES if tell in joined), None)
 
 
@@ -244,7 +259,9 @@ class NameTable:
 
     @classmethod
     def from_config(cls, config: dict, names: list[str]) -> NameTable:
-        text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        thinker = config.get("thinker_config")  # an omni model's language model sits in its thinker
+        outer = thinker if isinstance(thinker, dict) else config
+        text = outer.get("text_config") if isinstance(outer.get("text_config"), dict) else outer
         mt = config.get("model_type")
         heads = text.get("num_attention_heads") or text.get("n_head")
         experts = next((text[k] for k in EXPERT_COUNT_KEYS if isinstance(text.get(k), int)), None)
@@ -254,9 +271,8 @@ class NameTable:
             found = [
                 int(m.group(1))
                 for n in names
-                if not (mtp_split(s := strip_prefix(n)) or VISION.match(s) or PROJECTOR.match(s))
-                and (m := _INT.search(s))
-            ]  # the language model's layers (a vision tower's are its own)
+                if not (mtp_split(s := strip_prefix(n)) or _tower(s)) and (m := _INT.search(s))
+            ]  # the language model's layers (a vision or audio tower's and a talker's are their own)
             layers = max(found) + 1 if found else None
         return cls(
             detect_family(mt, names),
@@ -308,6 +324,10 @@ class NameTable:
                 return TensorInfo(None, "vision", "projector", param)
             if VISION.match(short):
                 return TensorInfo(layer, "vision", "vision", param)
+            if AUDIO.match(short):
+                return TensorInfo(layer, "audio", "audio", param)
+            if SPEECH.match(short):
+                return TensorInfo(layer, "speech", "speech", param)
         module = self._match(short, mtp is not None) or "other"
         if module == "mlp_norm" and self.sandwich and "post_attention_layernorm." in short:
             module = "post_attn_norm"
@@ -341,7 +361,7 @@ class NameTable:
             if mtp is not None:
                 if not self._match(mtp[1], True):
                     out.append(n)
-            elif not (PROJECTOR.match(short) or VISION.match(short) or self._match(short)):
+            elif not (_tower(short) or self._match(short)):
                 out.append(n)
         return out
 

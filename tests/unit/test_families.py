@@ -986,3 +986,72 @@ def test_moe_tables_and_figures(family_dirs, tmp_path):
         .layout.annotations[0]
         .text.startswith("no experts")
     )
+
+
+def _tiny_qwen2_5_omni(folder):
+    """Qwen2.5-Omni built by transformers from its own config, every nested part shrunk, saved as it saves
+    releases: thinker.model.layers.* (the language model), thinker.audio_tower.*, thinker.visual.*,
+    talker.model.layers.* (the speech-code language model), token2wav.*."""
+    import transformers as T
+
+    small = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, vocab_size=128, d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+        depth=2, embed_dim=32, num_heads=4, out_hidden_size=32, num_layers=2, dim=32, ff_mult=2, emb_dim=32,
+        enc_dim=32, output_dim=32, num_mel_bins=16, mel_dim=16, repeats=1, fullatt_block_indexes=[1],
+        window_size=16, spatial_merge_size=2, patch_size=2, temporal_patch_size=2, in_channels=3, in_chans=3,
+        upsample_initial_channel=32, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]],
+        upsample_rates=[2], upsample_kernel_sizes=[4],
+    )  # fmt: skip
+
+    def shrink(c):
+        for v in vars(c).values():
+            if isinstance(v, T.PretrainedConfig):
+                shrink(v)
+        for k, v in small.items():
+            if hasattr(c, k) and not isinstance(getattr(c, k), T.PretrainedConfig):
+                setattr(c, k, v)
+
+    cfg = T.Qwen2_5OmniConfig()
+    shrink(cfg)
+    torch.manual_seed(0)
+    T.Qwen2_5OmniForConditionalGeneration(cfg).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def test_an_omni_models_thinker_is_the_language_model_and_its_other_parts_are_blocks_of_their_own(tmp_path):
+    """Qwen2.5-Omni keeps three stacks of numbered layers: the thinker's, the audio tower's and the talker's.
+    Read with the first integer in each name (and with OPT's table, guessed from the audio tower's fc1/fc2), a
+    change in the talker's layer 0 or the audio tower's was counted in the language model's layer 0, silently.
+    The thinker is the language model; audio, vision and speech are blocks of their own."""
+    base = _tiny_qwen2_5_omni(tmp_path / "base")
+    ck = open_checkpoint(str(base))
+    t = ck.names_table
+    assert t.family == "llama" and t.notice is None and t.num_layers is None and t.mtp_start == 2
+    assert t.unmatched(ck.names) == []
+    seen = {}
+    for n in ck.names:
+        info = t.describe(n)
+        part = n.split(".")[1] if n.startswith("thinker.") else n.split(".")[0]
+        seen.setdefault(part, set()).add(info.block)
+    assert seen["model"] <= {"attention", "mlp", "norm", "embedding"} and seen["lm_head"] == {"head"}
+    assert seen["audio_tower"] == {"audio"} and seen["visual"] == {"vision"}
+    assert seen["talker"] == {"speech"} and seen["token2wav"] == {"speech"}
+    q = t.describe("thinker.model.layers.1.self_attn.q_proj.weight")
+    assert (q.layer, q.block, q.module) == (1, "attention", "q")
+    ft = _plant(
+        base,
+        tmp_path / "ft",
+        {
+            "talker.model.layers.0.self_attn.q_proj.weight": (0, 4),
+            "thinker.audio_tower.layers.0.self_attn.q_proj.weight": (0, 3),
+            "thinker.model.layers.0.self_attn.q_proj.weight": (1, 2),
+        },
+    )
+    for f in (base, ft):  # as a release's index lists them
+        (f / "config.json").write_text((base / "config.json").read_text())
+    rep = analyze_updates(str(base), [str(ft)], labels=["ft"], spectra=None).reports[0]
+    blm = rep.by_layer_module().set_index(["layer", "module"])
+    assert blm.loc[(0, "q"), "changed"] == 2  # the thinker's own change only
+    assert blm.loc[(0, "speech"), "changed"] == 4 and blm.loc[(0, "audio"), "changed"] == 3
+    assert not any("naming table" in n for n in rep.notes)
