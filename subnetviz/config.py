@@ -240,14 +240,15 @@ def require_memory(what: str, host_bytes: int, device: str = "cpu", device_bytes
     every visitor's session; a job would die without saying why. ConfigError with both figures."""
     from subnetviz.errors import ConfigError
 
-    short = memory_shortfall(host_bytes, device, device_bytes)
+    short = _host_shortfall(host_bytes)
     if short:
-        where = (
-            "a larger GPU, or the CPU"
-            if "GPU" in short
-            else "a machine (or a Ray cluster under 'Compute on') with more memory, or a GPU"
+        raise ConfigError(
+            f"{what} {short}. Refused before loading: use a machine (or a Ray cluster under 'Compute on') with "
+            "more memory, or a GPU."
         )
-        raise ConfigError(f"{what} {short}. Refused before loading: use {where}.")
+    short = _device_shortfall(device, device_bytes)
+    if short:
+        raise ConfigError(f"{what} {short}. Refused before loading: use a larger GPU, or the CPU.")
 
 
 def gib(n: float) -> str:
@@ -259,22 +260,31 @@ def memory_shortfall(host_bytes: int, device: str = "cpu", device_bytes: int = 0
     """What is short when ``host_bytes`` of this machine's memory (and on a CUDA ``device`` ``device_bytes`` of
     its free memory) are over :data:`MEMORY_USABLE` of what is available: "needs about 7.70 GiB of memory;
     this machine has 6.00 GiB available (80 % of it usable)", or None when both fit."""
-    have = available_memory_bytes()
-    if host_bytes > MEMORY_USABLE * have:
-        return (
-            f"needs about {gib(host_bytes)} of memory; this machine has {gib(have)} available "
-            f"({MEMORY_USABLE:.0%} of it usable)"
-        )
-    if device_bytes and str(device).startswith("cuda"):
-        import torch
+    return _host_shortfall(host_bytes) or _device_shortfall(device, device_bytes)
 
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        if device_bytes > MEMORY_USABLE * free:
-            return (
-                f"needs about {gib(device_bytes)} of GPU memory; {device} has {gib(free)} free "
-                f"({MEMORY_USABLE:.0%} of it usable)"
-            )
-    return None
+
+def _host_shortfall(host_bytes: int) -> str | None:
+    have = available_memory_bytes()
+    if host_bytes <= MEMORY_USABLE * have:
+        return None
+    return (
+        f"needs about {gib(host_bytes)} of memory; this machine has {gib(have)} available "
+        f"({MEMORY_USABLE:.0%} of it usable)"
+    )
+
+
+def _device_shortfall(device: str, device_bytes: int) -> str | None:
+    if not device_bytes or not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    if device_bytes <= MEMORY_USABLE * free:
+        return None
+    return (
+        f"needs about {gib(device_bytes)} of GPU memory; {device} has {gib(free)} free "
+        f"({MEMORY_USABLE:.0%} of it usable)"
+    )
 
 
 CONFIRM_ABOVE_S = 60.0

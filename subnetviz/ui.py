@@ -380,12 +380,11 @@ def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[
     cache. Above ``SUBNETVIZ_CONFIRM_ABOVE_S`` seconds (default 60)."""
     from subnetviz.analysis.cost import duration
 
-    limit = config.confirm_above_seconds()
     started = f"_heavy-{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}"
-    if st.session_state.get(started) or ready():
+    if st.session_state.get(started):
         return
-    cost = _memo().get_or_compute(("cost", key), estimate)
-    if cost.seconds <= limit:
+    cost = _over_limit(ready, lambda: _memo().get_or_compute(("cost", key), estimate))
+    if cost is None:
         return
     if not can("launch"):
         st.info(
@@ -408,12 +407,19 @@ def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[
 def heavy_note(ready: Callable[[], bool], estimate: Callable[[], Any]) -> str | None:
     """For an export, which builds closed tabs on click: why an analysis is left out (not computed yet, and
     over the limit of :func:`confirm_heavy`), or None when it may be built."""
+    cost = _over_limit(ready, estimate)
+    return (
+        None if cost is None else f"{cost.text()}: not computed yet, so not in this export; open its tab to compute it."
+    )
+
+
+def _over_limit(ready: Callable[[], bool], estimate: Callable[[], Any]):
+    """The work's :class:`~subnetviz.analysis.cost.Cost` when it is not ready and its estimate is over
+    ``SUBNETVIZ_CONFIRM_ABOVE_S``; None when it may simply run (or be read)."""
     if ready():
         return None
     cost = estimate()
-    if cost.seconds <= config.confirm_above_seconds():
-        return None
-    return f"{cost.text()}: not computed yet, so not in this export; open its tab to compute it."
+    return cost if cost.seconds > config.confirm_above_seconds() else None
 
 
 # --- output helpers ------------------------------------------------------------------------------

@@ -560,10 +560,10 @@ def planned_spectra(base, finetuned: Sequence, spectra: SpectraOptions | None) -
             info = table.describe(at.names[0])
             if fa.kind in _SIDE or fb.kind in _SIDE or info.param == "bias":
                 continue
-            m, n = (int(s) for s in at.shape[-2:]) if len(at.shape) >= 2 else (0, 0)
-            if spectra.max_dim is not None and max(m, n) > spectra.max_dim:
-                continue
-            out += [(m, n)] * len(spectrum_parts(at.key, at.shape, info, fa.kind == fb.kind == "float"))
+            parts = spectrum_parts(at.key, at.shape, info, fa.kind == fb.kind == "float")
+            shape = tuple(int(s) for s in at.shape[-2:])
+            if parts and not skip_reason(shape, spectra.max_dim):  # as the pass skips them (before memory)
+                out += [shape] * len(parts)
     return out
 
 
