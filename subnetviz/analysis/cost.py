@@ -12,7 +12,7 @@ same selection the analysis makes: :func:`~subnetviz.analysis.update_pass.planne
 (:func:`units`), and the work that grows with the entries (forming Δ, the random baseline's scatter, the
 subspace masks). It prices a unit by timing the routine itself once per process and device on a
 :data:`PROBE` matrix. It is an estimate, meant to tell a minute from an hour; ``benches/bench_cost.py``
-measures it against the work it prices (0.86–1.26× on this machine's one thread). Work under
+measures it against the work it prices (0.81–1.26× over two runs on this machine's one thread). Work under
 :data:`SMALL` seconds even at :data:`SLOW` seconds per unit (the demo zoo, small models) is not timed at
 all: that bound is its estimate.
 """
