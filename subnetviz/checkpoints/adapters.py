@@ -9,9 +9,12 @@ tensors; every other tensor is the base's. LoRA on parameters (``target_paramete
 3-D experts, as gpt-oss is adapted) merges each expert's Δ[e] = s·B[:, :, e]·A[e] in the layout PEFT
 picks, PEFT's nested wrappers assigned to the parameters they wrap; where the base stores its experts
 one by one (Qwen-MoE, Mixtral), each expert's tensor takes its rows of that expert's Δ (transformers packs
-gate_up = [gate; up]). Merging happens per tensor in
-:meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. DoRA (a learned magnitude
-renormalises each merged column) is refused by name, as is any adapter type other than LoRA.
+gate_up = [gate; up]). DoRA scales each merged linear weight, per output feature, to its learned magnitude
+(W' = m / ‖W + s·B·A‖ · (W + s·B·A)); ``lora_bias`` adds s·bias_B to the module's bias; trainable tokens
+(``trainable_token_indices``) replace their rows of the embedding. Merging happens per tensor in
+:meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. Adapter types other than LoRA,
+LoRA variants no merge reproduces (aLoRA, Arrow, KaSA, QA-LoRA, ...) and initialisations that change the base
+before training (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA, unless converted) are refused by name.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ from subnetviz.errors import CheckpointError, suggest
 _LORA = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
 )
+# what PEFT saves beside A and B (the adapter's name may follow the kind, as older PEFT saved it)
+_EXTRAS = {
+    "bias": re.compile(r"^(?P<module>.+)\.lora_B(?:\.[^.]+)?\.bias$"),
+    "magnitude": re.compile(r"^(?P<module>.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$"),
+    "tokens": re.compile(r"^(?P<module>.+)\.token_adapter\.trainable_tokens_delta(?:\.[^.]+)?$"),
+}
 _PEFT_PREFIX = "base_model.model."
 # the order transformers defines packed experts' parameters in (PEFT wraps them in it: the first innermost)
 _PARAM_ORDER = ["gate_up_proj", "gate_proj", "up_proj", "down_proj"]
@@ -93,12 +102,7 @@ class MergedAdapter(Checkpoint):
                 f"{cfg_path}: peft_type {peft_type!r} is not supported (expected 'LORA'); "
                 "merge it with peft and give the merged folder."
             )
-        if ac.get("use_dora"):
-            raise CheckpointError(
-                f"{cfg_path}: DoRA adapters (use_dora: true) are not supported: the merged weight "
-                "depends on a learned magnitude renormalisation; merge with peft and give the merged "
-                "folder."
-            )
+        unknown = _check_variant(ac, cfg_path)
         weights = folder / "adapter_model.safetensors"
         if not weights.is_file():
             raise CheckpointError(
@@ -119,13 +123,23 @@ class MergedAdapter(Checkpoint):
         require_memory(f"The adapter {folder.name} (held while it is merged)", weights.stat().st_size)
         self._adapter = _load(weights)
         rule = "α/√r (rsLoRA)" if ac.get("use_rslora") else "α/r"
+        dora = (
+            f"; DoRA: each of the {len(self.magnitudes)} merged weight(s) is then scaled, per output feature, to its "
+            "learned magnitude m: W' = m / ‖W + s·B·A‖ · (W + s·B·A), so its Δ is not of rank ≤ r"
+            if self.magnitudes
+            else ": rank(s·B·A) ≤ r, and the rounding adds a floor below the r-th singular value of Δ (at most "
+            "‖rounding error‖)"
+        )
+        rows = sum(len(r) for _, r in self.tokens.values())
         self.notes = [
-            f"LoRA adapter {Path(spec).name} merged onto {base.spec}: W + s·B·A with s = {rule} (r={r}, α={alpha}) "
-            f"for {len(self.pairs)} tensor(s), computed in float32 and rounded to the base's stored dtype "
-            "(round-to-nearest-even) as a merge would save it: rank(s·B·A) ≤ r, and the rounding adds a floor "
-            "below the r-th singular value of Δ (at most ‖rounding error‖)"
+            f"{'DoRA' if self.magnitudes else 'LoRA'} adapter {Path(spec).name} merged onto {base.spec}: W + s·B·A "
+            f"with s = {rule} (r={r}, α={alpha}) for {len(self.pairs)} tensor(s), computed in float32 and rounded to "
+            f"the base's stored dtype (round-to-nearest-even) as a merge would save it{dora}"
             + (f"; {len(self.replaced)} tensor(s) replaced by modules_to_save" if self.replaced else "")
-            + "."
+            + (f"; {len(self.biases)} bias(es) b + s·bias_B (lora_bias)" if self.biases else "")
+            + (f"; {rows} embedding row(s) replaced by trainable tokens" if self.tokens else "")
+            + ".",
+            *unknown,
         ]
 
     def _plan(self, header: dict) -> tuple[dict[str, tuple[str, str, bool]], dict[str, str]]:
@@ -134,10 +148,15 @@ class MergedAdapter(Checkpoint):
         replaced: dict[str, str] = {}
         wrapped = self._parameter_targets(base_names)  # LoRA on 3-D parameters (target_parameters)
         per_param: dict[str, dict[int, dict[str, str]]] = {}  # wrapped module -> depth -> kind -> key
+        extras: dict[str, dict[str, str]] = {}  # "bias" / "magnitude" / "tokens" -> module -> key
         for key in header:
             if key == "__metadata__":
                 continue
             short = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
+            extra = next(((kind, m) for kind, rx in _EXTRAS.items() if (m := rx.match(short))), None)
+            if extra is not None:  # LoRA's bias, DoRA's magnitudes, trainable tokens: checked in _plan_extras
+                extras.setdefault(extra[0], {})[extra[1]["module"]] = key
+                continue
             m = _LORA.match(short)
             module = m["module"].split(".base_layer")[0] if m is not None else None
             if module in wrapped:
@@ -171,7 +190,102 @@ class MergedAdapter(Checkpoint):
             out[target] = (a, b, emb)
         self._check_target_modules(base_names)
         self.experts = self._plan_parameters(wrapped, per_param, header, out)
+        self._plan_extras(extras, header, out, replaced, base_names)
         return out, replaced
+
+    def _plan_extras(self, extras: dict, header: dict, pairs: dict, replaced: dict, base_names: set[str]) -> None:
+        """What PEFT saves beside A and B, each checked against the base from the headers:
+
+        - ``lora_B.bias`` (``lora_bias: true``): the module's bias becomes b + s·bias_B (:attr:`biases`);
+        - ``lora_magnitude_vector`` (DoRA): the merged weight W + s·B·A is scaled, per output feature, to the
+          learned magnitude m: W' = m / ‖W + s·B·A‖ · (W + s·B·A), the norm over each output feature's inputs
+          as PEFT takes it (:attr:`magnitudes`);
+        - ``token_adapter.trainable_tokens_delta`` (``trainable_token_indices``): the listed rows of the
+          embedding are replaced by the stored ones (PEFT's "delta" holds the rows' new values) (:attr:`tokens`).
+        """
+        self.biases: dict[str, tuple[str, str]] = {}  # bias -> (adapter key, the module's weight)
+        self.magnitudes: dict[str, str] = {}  # weight -> adapter key
+        self.tokens: dict[str, tuple[str, list[int]]] = {}  # embedding weight -> (adapter key, rows)
+        fifo = bool(self.adapter_config.get("fan_in_fan_out"))
+        for module, key in extras.get("bias", {}).items():
+            target, weight = f"{module}.bias", f"{module}.weight"
+            self._check_target(key, target, base_names)
+            if weight not in pairs or pairs[weight][2] or weight in self.experts:
+                raise CheckpointError(
+                    f"{self.adapter_file}: {key!r} is a LoRA bias (lora_bias) of {module!r}, which has no LoRA A/B "
+                    "pair of a linear layer in the adapter; merge it with peft and give the merged folder."
+                )
+            self._check_vector(key, header, self.base.meta(target).shape)
+            self.biases[target] = (key, weight)
+        for module, key in extras.get("magnitude", {}).items():
+            weight = f"{module}.weight"
+            if weight not in pairs or pairs[weight][2] or weight in self.experts or weight in self._slices_of(pairs):
+                what = "an embedding" if weight in pairs and pairs[weight][2] else "a module without a linear LoRA pair"
+                raise CheckpointError(
+                    f"{self.adapter_file}: DoRA magnitude {key!r} belongs to {what} ({module!r}); DoRA is merged here "
+                    "for linear layers only. Merge it with peft and give the merged folder."
+                )
+            shape = header[replaced[weight]]["shape"] if weight in replaced else self.base.meta(weight).shape
+            self._check_vector(key, header, (shape[1 if fifo else 0],))
+            self.magnitudes[weight] = key
+        linear = len([t for t, (_, _, emb) in pairs.items() if not emb])
+        if self.adapter_config.get("use_dora") and len(self.magnitudes) != linear:
+            raise CheckpointError(
+                f"{self.adapter_file}: use_dora is set but {len(self.magnitudes)} of its {linear} linear LoRA pairs "
+                "have a lora_magnitude_vector; every DoRA module needs one."
+            )
+        if self.magnitudes and not self.adapter_config.get("use_dora"):
+            raise CheckpointError(
+                f"{self.adapter_file}: the adapter holds DoRA magnitudes (lora_magnitude_vector) but "
+                "adapter_config.json does not set use_dora."
+            )
+        for module, key in extras.get("tokens", {}).items():
+            weight = f"{module}.weight"
+            self._check_target(key, weight, base_names)
+            if weight in pairs or weight in replaced:
+                raise CheckpointError(
+                    f"{self.adapter_file}: {module!r} has trainable tokens and is also adapted or saved whole by the "
+                    "adapter; merge it with peft and give the merged folder."
+                )
+            rows = self._token_rows(module)
+            shape = self.base.meta(weight).shape
+            got = tuple(header[key]["shape"])
+            bad = next((i for i in rows if not 0 <= i < shape[0]), None)
+            if len(shape) != 2 or got != (len(rows), shape[1]) or bad is not None or len(set(rows)) != len(rows):
+                raise CheckpointError(
+                    f"{self.adapter_file}: trainable tokens {key!r} {got} with {len(rows)} token indices from "
+                    f"trainable_token_indices"
+                    + (f" (index {bad} outside the {shape[0]} rows)" if bad is not None else "")
+                    + f" do not fit {weight!r} {tuple(shape)}: expected ({len(rows)}, {shape[1] if shape else '?'})"
+                    " distinct rows of it."
+                )
+            self.tokens[weight] = (key, rows)
+
+    def _slices_of(self, pairs: dict) -> set[str]:
+        return {t for u in getattr(self, "_unpacked", {}).values() for t in u.slices if t in pairs}
+
+    def _check_vector(self, key: str, header: dict, want: tuple[int, ...]) -> None:
+        got = tuple(header[key]["shape"])
+        if got != tuple(want):
+            raise CheckpointError(f"{self.adapter_file}: {key!r} has shape {got}; expected {tuple(want)}.")
+
+    def _token_rows(self, module: str) -> list[int]:
+        """The token indices ``trainable_token_indices`` gives ``module``: a list (the input embedding's) or
+        {module name (its end): list}, as PEFT matches them."""
+        tti = self.adapter_config.get("trainable_token_indices")
+        where = f"{self.spec}: trainable_token_indices in adapter_config.json"
+        if isinstance(tti, dict):
+            hits = [v for k, v in tti.items() if isinstance(k, str) and (module == k or module.endswith(f".{k}"))]
+            rows = hits[0] if len(hits) == 1 else None
+            if rows is None:
+                raise CheckpointError(f"{where} names {len(hits)} entries for {module!r}; expected one.")
+        else:
+            rows = tti
+        if not (isinstance(rows, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in rows)):
+            raise CheckpointError(
+                f"{where} is {str(tti)[:60]!r}; expected a list of token indices (or of them per module)."
+            )
+        return rows
 
     def _parameter_targets(self, base_names: set[str]) -> dict[str, list[str]]:
         """``target_parameters`` (PEFT's LoRA on parameters, e.g. a model's packed 3-D experts): module ->
@@ -303,6 +417,15 @@ class MergedAdapter(Checkpoint):
         replaced = self.replaced.get(name)
         stored = self.base.meta(name).dtype
         w = self._adapter[replaced].to(device) if replaced else self.base.get(name, device)
+        if name in self.biases:  # b + s·bias_B, in float32, rounded once
+            key, weight = self.biases[name]
+            s = self._scale(weight, self._adapter[self.pairs[weight][0]].shape[0])
+            return self._adapter[key].to(device, torch.float32).mul(s).add_(w).to(stored)
+        if name in self.tokens:  # the listed rows replaced by the stored ones, in the base's dtype
+            key, rows = self.tokens[name]
+            out = w.to(stored, copy=True)
+            out[torch.tensor(rows, device=out.device)] = self._adapter[key].to(device, stored)
+            return out
         if name not in self.pairs:
             return w.to(stored)
         ka, kb, emb = self.pairs[name]
@@ -310,7 +433,8 @@ class MergedAdapter(Checkpoint):
         # against the memory available before either is allocated (a vocabulary-sized Δ is gigabytes)
         e = self.experts.get(name, (1,))[0]
         numel = math.prod(self.meta(name).shape)
-        need, cpu = numel * stored.itemsize + 4 * numel // e, str(device) == "cpu"
+        fifo_dora = name in self.magnitudes and self.adapter_config.get("fan_in_fan_out")
+        need, cpu = numel * stored.itemsize + 4 * numel // e * (2 if fifo_dora else 1), str(device) == "cpu"
         require_memory(f"Merging the adapter into {name}", need if cpu else 0, str(device), 0 if cpu else need)
         if name in self.experts:
             return self._merge_experts(name, w, ka, kb, stored, device)
@@ -319,12 +443,22 @@ class MergedAdapter(Checkpoint):
         a = self._adapter[ka].to(device, torch.float32)  # (r, in) or, for embeddings, (r, vocab)
         b = self._adapter[kb].to(device, torch.float32)  # (out, r) or (dim, r)
         delta = (b @ a).mul_(self._scale(name, a.shape[0]))  # in place: one float32 temporary per tensor
-        if emb or self.adapter_config.get("fan_in_fan_out"):
+        fifo = bool(self.adapter_config.get("fan_in_fan_out"))
+        if emb or fifo:
             delta = delta.T  # the shapes were checked against the base's when the adapter was opened
-        return delta.add_(w).to(stored)  # w + Δ in float32 (w is exact in it), rounded once
+        merged = delta.add_(w)  # w + Δ in float32 (w is exact in it)
+        if name in self.magnitudes:  # DoRA: m / ‖W + Δ‖ per output feature (a row; a column of Conv1D's (in, out))
+            m = self._adapter[self.magnitudes[name]].to(device, torch.float32)
+            if fifo:
+                # over the base's (in, out) layout, as PEFT takes it: the same sums in the same order
+                merged = merged.contiguous()
+                merged.mul_((m / torch.linalg.norm(merged.T, dim=1)).view(1, -1))
+            else:
+                merged.mul_((m / torch.linalg.norm(merged, dim=1)).view(-1, 1))
+        return merged.to(stored)  # rounded once
 
     def stored_as_read(self, name: str) -> bool:
-        return name not in self.replaced and name not in self.pairs and self.base.stored_as_read(name)
+        return name not in self._computed and self.base.stored_as_read(name)
 
     def _merge_experts(self, name: str, w, ka: str, kb: str, stored, device) -> torch.Tensor:
         """W[e] + s·Δ[e], expert by expert (float32 temporaries of one expert), rounded once per entry."""
@@ -356,13 +490,18 @@ class MergedAdapter(Checkpoint):
         return delta[r0:r1].add_(w).to(stored)
 
     @cached_property
+    def _computed(self) -> set[str]:
+        """The tensors that differ from the base's bytes: merged, replaced, or with rows or a bias changed."""
+        return {*self.pairs, *self.replaced, *self.biases, *self.tokens}
+
+    @cached_property
     def _slices(self) -> dict:
         return {t: sl for u in self._unpacked.values() for t, sl in u.slices.items()}
 
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
         """The base's mapped bytes for a tensor the adapter leaves as it is; None (read through :meth:`get`)
         for a merged or replaced one, which exists only once computed."""
-        if name in self.replaced or name in self.pairs:
+        if name in self._computed:
             return None
         return self.base.array(name, view)
 
@@ -434,6 +573,63 @@ def _unpacked_experts(base: Checkpoint) -> dict[str, _Unpacked]:
 
 
 _EXPERT_TENSOR = re.compile(r"\.experts\.(?P<e>\d{1,9})\.(?P<p>gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
+
+
+# LoRA variants under which no W + s·B·A (nor DoRA's renormalisation of it) is the model that was trained,
+# each with why (PEFT 0.21's LoraConfig): refused by name where adapter_config.json sets them
+_NOT_MERGED_HERE = {
+    "alora_invocation_tokens": "Activated LoRA (aLoRA) acts only from its invocation tokens on, so no merged "
+    "weight is the model it trained",
+    "arrow_config": "Arrow routes each token among several LoRA experts, so no single merged weight is the model",
+    "monteclora_config": "MonteCLoRA samples its update around the factors (variational Monte Carlo)",
+    "kasa_config": "KaSA truncates the base weight's smallest singular components and puts a learned diagonal "
+    "between A and B",
+    "use_bdlora": "BD-LoRA stores block-diagonal factors",
+    "use_qalora": "QA-LoRA's A acts on group-pooled inputs",
+    "layer_replication": "layer replication repeats base layers, each with its own adapter, so the model has more "
+    "layers than the base",
+}
+# initialisations that change the base before training (W − s·B₀·A₀, or a quantised W): such an adapter belongs
+# to that changed base, and merged onto the release it is not the model that was trained
+_BASE_CHANGING_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga")
+# every other key PEFT (0.4 to 0.21) writes in a LoRA adapter_config.json: what the merge reads, or what does not
+# change the merged weight (training-time settings, how modules were selected, provenance)
+_KNOWN_KEYS = {
+    *("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "fan_in_fan_out", "target_modules"),
+    *("target_parameters", "modules_to_save", "bias", "lora_bias", "use_dora", "trainable_token_indices"),
+    *("init_lora_weights", "peft_type", "task_type", "inference_mode", "base_model_name_or_path", "revision"),
+    *("auto_mapping", "peft_version", "lora_dropout", "layers_to_transform", "layers_pattern", "exclude_modules"),
+    *("megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config", "lora_ga_config"),
+    *("qalora_group_size", "velora_config", "ensure_weight_tying", "use_qalora", "use_bdlora"),
+    *_NOT_MERGED_HERE,
+}
+
+
+def _check_variant(ac: dict, cfg_path: Path) -> list[str]:
+    """Refuse, by name, a LoRA whose merge onto the base is not the model that was trained (a variant in
+    :data:`_NOT_MERGED_HERE`, an initialisation that changed the base); returns a note for each key this
+    reader does not know that is set (a later PEFT's), which the merge does not read."""
+    for key, why in _NOT_MERGED_HERE.items():
+        if ac.get(key):
+            raise CheckpointError(
+                f"{cfg_path}: {key} is set: {why}; this reader merges plain LoRA and DoRA. Merge it with peft "
+                "and give the merged folder."
+            )
+    init = ac.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
+        raise CheckpointError(
+            f"{cfg_path}: init_lora_weights is {init[:40]!r}, which changes the base's weights before training "
+            "(PiSSA, CorDA and OLoRA subtract their initial s·B₀·A₀; LoftQ and LoRA-GA change W too), so the "
+            "adapter merged onto the release is not the model that was trained. Save it converted to a plain LoRA "
+            "with peft (save_pretrained(..., path_initial_model_for_weight_conversion=...)), or merge it with "
+            "peft onto the base it was trained on and give the merged folder."
+        )
+    unknown = sorted(k for k, v in ac.items() if k not in _KNOWN_KEYS and v not in (None, False, "", [], {}))
+    return [
+        f"adapter_config.json sets {k} = {str(ac[k])[:40]!r}, which this reader does not know; the merge does "
+        "not read it (W + s·B·A as for a plain LoRA)."
+        for k in unknown
+    ]
 
 
 def _number(v, *, rank: bool) -> bool:

@@ -2,7 +2,8 @@
 
 Proves: an adapter folder next to a full finetune is analysed side by side; the merged weights are
 W + (α/r)·B·A rounded once to the base's bf16 (checked against a float64 reference), only target
-tensors change, and Δ's spectrum has r singular values above the bf16 rounding floor (Weyl's bound); rsLoRA uses α/√r; DoRA is refused by name; an
+tensors change, and Δ's spectrum has r singular values above the bf16 rounding floor (Weyl's bound); rsLoRA uses α/√r; DoRA, lora_bias and trainable
+tokens merge as PEFT merges them, variants no merge reproduces are refused by name; an
 adapter whose target modules do not exist in the base, or whose tensor targets a missing weight,
 is a one-line error naming it.
 """
@@ -123,10 +124,175 @@ def test_rslora_scales_by_sqrt_r(ckpt_zoo, tmp_path):
     assert any("α/√r (rsLoRA)" in n for n in rep.notes)
 
 
-def test_dora_is_refused_by_name(ckpt_zoo, tmp_path):
-    folder, _ = _adapter(tmp_path / "dora", read_state_dict(ckpt_zoo.llama), dora=True)
-    with pytest.raises(CheckpointError, match="DoRA"):
-        analyze_updates(str(ckpt_zoo.llama), [str(folder)])
+def _peft_saved(tmp_path, family: str, lora: dict, *, dtype=False, name: str = "adapter"):
+    """(base folder, adapter folder, PEFT's own merge_and_unload state dict) for a tiny ``family`` model
+    adapted by PEFT with ``lora``: every trainable tensor of the adapter (A, B, DoRA's magnitudes, LoRA's
+    bias, trainable tokens, the biases of ``bias: all``) moved off its initial value, as training moves it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tests.models import INTER, save_model, tiny_model
+
+    size = {"intermediate": INTER, "kv_heads": 2, "tie": False} if family == "llama" else {}
+    base = save_model(tiny_model(family, seed=0, **size), tmp_path / "base", dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, **lora))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for _, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    peft_model.save_pretrained(tmp_path / name)
+    return base, tmp_path / name, peft_model.merge_and_unload().state_dict()
+
+
+@pytest.mark.parametrize(
+    "family, lora, dtype",
+    [
+        ("llama", {"target_modules": ["q_proj", "down_proj", "v_proj"], "use_dora": True}, False),
+        ("llama", {"target_modules": ["q_proj", "down_proj"], "use_dora": True}, None),  # a bf16 base
+        ("gpt2", {"target_modules": ["c_attn", "c_fc"], "use_dora": True, "fan_in_fan_out": True}, False),
+        ("gpt2", {"target_modules": ["c_attn", "c_proj"], "lora_bias": True, "fan_in_fan_out": True}, False),
+        ("llama", {"target_modules": ["q_proj"], "trainable_token_indices": [3, 4]}, False),
+        ("llama", {"target_modules": ["v_proj"], "trainable_token_indices": {"embed_tokens": [9, 0, 63]}}, None),
+        ("gpt2", {"target_modules": ["c_attn"], "use_dora": True, "bias": "all", "fan_in_fan_out": True}, False),
+    ],
+)
+def test_dora_lora_bias_and_trainable_tokens_merge_as_peft_merges_them(tmp_path, family, lora, dtype):
+    """DoRA (each merged linear weight scaled per output feature to its learned magnitude, Conv1D's too),
+    ``lora_bias`` (s·bias_B added to the module's bias) and trainable tokens (rows of the embedding replaced),
+    as PEFT saves them, equal PEFT's own ``merge_and_unload`` bit for bit: a float32 base, or a bf16 base
+    (PEFT's float32 merge rounded once). Before, DoRA was refused, and a ``lora_bias`` adapter merged with
+    its biases left as the base's, silently; trainable tokens were 'a tensor the base does not hold'."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    base, folder, merged = _peft_saved(tmp_path, family, lora, dtype=dtype)
+    ck, plain = open_finetune(str(folder), open_checkpoint(base)), open_checkpoint(base)
+    changed = 0
+    for name in ck.names:
+        got = ck.get(name)
+        assert got.dtype == plain.meta(name).dtype and torch.equal(got, merged[name].to(got.dtype)), name
+        changed += not torch.equal(got, plain.get(name))
+    assert changed == len(ck._computed) > 0
+    if lora.get("use_dora"):
+        assert any("DoRA: each of the" in n for n in ck.notes)
+    rep = analyze_updates(str(base), [str(folder)], spectra=SpectraOptions(enabled=False)).reports[0]
+    assert int(rep.tensors.set_index("name").loc[sorted(ck._computed), "changed"].gt(0).sum()) == changed
+
+
+def test_trainable_tokens_change_only_their_rows(tmp_path):
+    """Counted against NumPy: the embedding's changed entries are those of the listed rows."""
+    base, folder, merged = _peft_saved(
+        tmp_path, "llama", {"target_modules": ["q_proj"], "trainable_token_indices": [5]}
+    )
+    rep = analyze_updates(str(base), [str(folder)], spectra=SpectraOptions(enabled=False)).reports[0]
+    emb = "model.embed_tokens.weight"
+    want = (merged[emb].numpy() != read_state_dict(base)[emb].numpy()).sum()
+    assert rep.tensors.set_index("name").loc[emb, "changed"] == want and 0 < want <= merged[emb].shape[1]
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        ({"init_lora_weights": "pissa"}, "init_lora_weights is 'pissa', which changes the base's weights"),
+        ({"init_lora_weights": "pissa_niter_4"}, "init_lora_weights is 'pissa_niter_4'"),
+        ({"init_lora_weights": "olora"}, "init_lora_weights is 'olora'"),
+        ({"init_lora_weights": "corda"}, "init_lora_weights is 'corda'"),
+        ({"init_lora_weights": "loftq"}, "init_lora_weights is 'loftq'"),
+        ({"init_lora_weights": "lora_ga"}, "init_lora_weights is 'lora_ga'"),
+        ({"alora_invocation_tokens": [5, 6]}, "alora_invocation_tokens is set: Activated LoRA"),
+        ({"use_qalora": True}, "use_qalora is set: QA-LoRA"),
+        ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication is set"),
+        ({"kasa_config": {"r": 4}}, "kasa_config is set: KaSA"),
+        ({"arrow_config": {"top_k": 2}}, "arrow_config is set: Arrow"),
+        ({"use_dora": True}, "use_dora is set but 0 of its 2 linear LoRA pairs have a lora_magnitude_vector"),
+        ({"trainable_token_indices": [1, 99]}, r"index 99 outside the 64 rows"),
+        (
+            {"trainable_token_indices": "1,2"},
+            "trainable_token_indices in adapter_config.json is '1,2'; expected a list",
+        ),
+    ],
+)
+def test_adapters_no_merge_here_reproduces_are_refused_by_name(tmp_path, edit, says):
+    """A LoRA whose W + s·B·A is not the model that was trained: initialisations that changed the base before
+    training (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA; before, merged onto the release as if plain, silently),
+    variants no merge reproduces, settings that contradict the tensors: one line naming the key."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    lora = {"target_modules": ["q_proj"]}
+    if "trainable_token_indices" in edit:
+        lora["trainable_token_indices"] = [1, 2]
+    base, folder, _ = _peft_saved(tmp_path, "llama", lora)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, **edit}))
+    with pytest.raises(CheckpointError, match=re.escape(says) if "(" in says else says) as err:
+        open_finetune(str(folder), open_checkpoint(base))
+    assert "\n" not in str(err.value)
+
+
+def test_a_pissa_adapter_converted_by_peft_is_the_model_it_trained(tmp_path):
+    """PiSSA trains on a changed base (W − s·B₀·A₀). Saved as it is, it is refused (above); converted by PEFT
+    to a plain LoRA of rank 2r (``path_initial_model_for_weight_conversion``), it merges onto the release as
+    the model PEFT trained: within float32 rounding of PEFT's own merge on its changed base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+    from tests.models import INTER, save_model, tiny_model
+
+    base = save_model(
+        tiny_model("llama", seed=0, intermediate=INTER, kv_heads=2, tie=False), tmp_path / "base", dtype=False
+    )
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="pissa", target_modules=["q_proj", "o_proj"])
+    peft_model = get_peft_model(model, lora)
+    peft_model.peft_config["default"].init_lora_weights = True  # the initial adapter, as PEFT's example saves it
+    peft_model.save_pretrained(tmp_path / "initial")
+    peft_model.peft_config["default"].init_lora_weights = "pissa"
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for _, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    peft_model.save_pretrained(tmp_path / "raw")
+    peft_model.save_pretrained(
+        tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "initial")
+    )
+    merged = peft_model.merge_and_unload().state_dict()
+    with pytest.raises(CheckpointError, match="init_lora_weights is 'pissa'"):
+        open_finetune(str(tmp_path / "raw"), open_checkpoint(base))
+    ck, plain = open_finetune(str(tmp_path / "converted"), open_checkpoint(base)), open_checkpoint(base)
+    assert len(ck.pairs) == 4
+    for name in ck.names:
+        assert torch.allclose(ck.get(name), merged[name], rtol=0, atol=1e-6), name
+        assert (name in ck.pairs) != torch.equal(ck.get(name), plain.get(name)), name
+
+
+def test_an_adapter_config_key_this_reader_does_not_know_is_noted(tmp_path):
+    """A later PEFT's setting is not refused; the merge notes it, by name, so the reader sees what was not read."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    base, folder, merged = _peft_saved(tmp_path, "llama", {"target_modules": ["q_proj"]})
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "use_hyperlora": True, "unused_thing": None}))
+    ck = open_finetune(str(folder), open_checkpoint(base))
+    assert [n for n in ck.notes if "use_hyperlora = 'True'" in n and "does not know" in n]
+    assert not [n for n in ck.notes if "unused_thing" in n]
+    assert torch.equal(ck.get(f"{TARGETS[0]}.weight"), merged[f"{TARGETS[0]}.weight"])
+
+
+def test_dora_on_an_embedding_is_refused_by_name(tmp_path):
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    lora = {"target_modules": ["q_proj", "embed_tokens"], "use_dora": True}
+    base, folder, _ = _peft_saved(tmp_path, "llama", lora)
+    with pytest.raises(CheckpointError, match=r"DoRA magnitude .*embed_tokens.* belongs to an embedding"):
+        open_finetune(str(folder), open_checkpoint(base))
 
 
 def test_an_adapter_alone_is_not_read_as_a_model(ckpt_zoo, tmp_path):
