@@ -81,7 +81,7 @@ def adapter_info(spec) -> dict:
     h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return {
         "fingerprint": h.hexdigest()[:16],
-        "architecture": f"{cfg.get('peft_type', 'LORA')} adapter (r={cfg.get('r', 8)})",
+        "architecture": f"{'DoRA' if cfg.get('use_dora') else cfg.get('peft_type', 'LORA')} adapter (r={cfg.get('r', 8)})",
         "params": sum(dtypes.values()),
         "dtypes": dtypes,
         "family": None,

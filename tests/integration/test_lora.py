@@ -165,7 +165,7 @@ def test_dora_lora_bias_and_trainable_tokens_merge_as_peft_merges_them(tmp_path,
     (PEFT's float32 merge rounded once). Before, DoRA was refused, and a ``lora_bias`` adapter merged with
     its biases left as the base's, silently; trainable tokens were 'a tensor the base does not hold'."""
     from subnetviz.checkpoints import open_checkpoint
-    from subnetviz.checkpoints.adapters import open_finetune
+    from subnetviz.checkpoints.adapters import adapter_info, open_finetune
 
     base, folder, merged = _peft_saved(tmp_path, family, lora, dtype=dtype)
     ck, plain = open_finetune(str(folder), open_checkpoint(base)), open_checkpoint(base)
@@ -176,7 +176,10 @@ def test_dora_lora_bias_and_trainable_tokens_merge_as_peft_merges_them(tmp_path,
         changed += not torch.equal(got, plain.get(name))
     assert changed == len(ck._computed) > 0
     if lora.get("use_dora"):
-        assert any("DoRA: each of the" in n for n in ck.notes)
+        assert (
+            any("DoRA: each of the" in n for n in ck.notes)
+            and adapter_info(folder)["architecture"] == "DoRA adapter (r=4)"
+        )
     rep = analyze_updates(str(base), [str(folder)], spectra=SpectraOptions(enabled=False)).reports[0]
     assert int(rep.tensors.set_index("name").loc[sorted(ck._computed), "changed"].gt(0).sum()) == changed
 
