@@ -354,22 +354,42 @@ def update_analysis(
         raise SubnetvizError("Choose a base and at least one finetuned checkpoint in the sidebar.")
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
     key = uilogic.analysis_key(ws, fps, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
-    if spectra and not _memo().known(key, "analysis"):
-        confirm_heavy(
-            key,
-            lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=mask_tolerance, eta=eta),
-            lambda: uilogic.spectra_cost(ws),
-        )
-    bar, progress = progress_bar("Comparing tensors")
-    result = _memo().get_or_compute(
+    confirm = functools.partial(
+        confirm_heavy,
         key,
-        lambda: uilogic.compute_updates(
-            ws, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta, progress=progress, address=compute_address()
-        ),
-        kind="analysis",
+        lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=mask_tolerance, eta=eta),
+        lambda: uilogic.spectra_cost(ws),
     )
+    if spectra and not _memo().known(key, "analysis"):
+        confirm()
+    bar, progress = progress_bar("Comparing tensors")
+
+    def compute():
+        if spectra:  # again: a wait for another session's computation can end without its result
+            confirm()
+        return uilogic.compute_updates(
+            ws, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta, progress=progress, address=compute_address()
+        )
+
+    result = _memo().get_or_compute(key, compute, kind="analysis")
     bar.empty()
     return result
+
+
+def heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[], Any], compute: Callable[[], Any]) -> Any:
+    """``compute()``'s result for the work under ``key``, asked for first by :func:`confirm_heavy`, unless a
+    session is computing it now: then this one waits for that result (a viewer too, who is not told "not
+    computed yet" while it is being computed), and sessions asking at once share one computation. A wait that
+    ends without a result (the session computing it left) asks again, so a viewer never takes the work over."""
+    flight = ("heavy", key)
+    if not _memo().known(flight):
+        confirm_heavy(key, ready, estimate)
+
+    def run():
+        confirm_heavy(key, ready, estimate)
+        return compute()
+
+    return _memo().get_or_compute(flight, run)
 
 
 def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[], Any]) -> None:

@@ -84,9 +84,13 @@ def body() -> None:
         from subnetviz.jobs.cluster_pages import cached_behavior
 
         entry = behavior_entry(cfg)[0]
-        ui.confirm_heavy(("behavior", entry.folder.name), lambda: entry.ready, lambda: behavior_cost(cfg))
         with st.spinner("Teacher-forcing the prompts through every model and reverted model…"):
-            res = cached_behavior(cfg, address=ui.compute_address())  # on the session's cluster, if any
+            res = ui.heavy(
+                ("behavior", entry.folder.name),
+                lambda: entry.ready,
+                lambda: behavior_cost(cfg),
+                lambda: cached_behavior(cfg, address=ui.compute_address()),  # on the session's cluster, if any
+            )
     if ui.allowed("launch") and st.button("Run as a background job (larger prompt sets)", icon=":material/play_arrow:"):
         with ui.said_here():  # the results below stay
             run_id = ui.job_runner().submit({**cfg, "limit": None}, name=f"behaviour {', '.join(ws.labels)}")

@@ -45,13 +45,14 @@ def subspaces(ws) -> None:
     model = c2.selectbox("Model", list(ws.labels), key="sub_model", bind="query-params")
     side = c3.radio("Side", SIDES, horizontal=True, key="sub_side", bind="query-params")
     fps = tuple(ui.checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
-    ui.confirm_heavy(
+    bar, progress = ui.progress_bar("Decomposing every weight matrix of the base and the finetuned models")
+    data = ui.heavy(
         ("subspaces", fps, tuple(ws.labels), int(k), ws.device),
         lambda: uilogic.subspaces_cached(ws, int(k)),
         lambda: uilogic.subspaces_cost(ws, int(k)),
+        lambda: subspace_data(ws, int(k), progress),
     )
-    bar, progress = ui.progress_bar("Decomposing every weight matrix of the base and the finetuned models")
-    figs, tables = subspace_parts(ws, int(k), model, side, progress)
+    figs, tables = subspace_parts(ws, int(k), model, side, data)
     bar.empty()
     a, b = st.columns(2)
     with a:
@@ -73,16 +74,10 @@ def subspaces(ws) -> None:
     )
 
 
-def subspace_parts(ws, k: int, model: str, side: str, progress=None, *, export: bool = False) -> tuple:
-    """The subspaces tab's figures and table (drawn when it is open, or built at export from the other tab,
-    where an analysis not computed yet and long is left out with a note: an export starts no hour of work)."""
+def subspace_data(ws, k: int, progress=None) -> tuple:
+    """(rows, vectors) of the subspaces analysis at ``k``: from the disk cache, else computed (and cached)."""
     from subnetviz.analysis.subspaces import cached_subspaces
-    from subnetviz.figures import subspaces as sfig
 
-    if export:
-        left = ui.heavy_note(lambda: uilogic.subspaces_cached(ws, k), lambda: uilogic.subspaces_cost(ws, k))
-        if left:
-            return {}, {}, [left]
     rows, vectors = cached_subspaces(
         ws.base,
         list(ws.paths),
@@ -96,8 +91,20 @@ def subspace_parts(ws, k: int, model: str, side: str, progress=None, *, export: 
     # "model." prefix); the CLI's subspaces files keep the checkpoint's own names.
     from subnetviz.checkpoints.naming import strip_prefix
 
-    rows = rows.assign(name=rows["name"].map(strip_prefix))
-    vectors = vectors.assign(name=vectors["name"].map(strip_prefix))
+    return rows.assign(name=rows["name"].map(strip_prefix)), vectors.assign(name=vectors["name"].map(strip_prefix))
+
+
+def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None, *, export: bool = False) -> tuple:
+    """The subspaces tab's figures and table from ``data`` (:func:`subspace_data`), drawn when it is open, or
+    built at export from the other tab, where an analysis not computed yet and long is left out with a note:
+    an export starts no hour of work."""
+    from subnetviz.figures import subspaces as sfig
+
+    if export:
+        left = ui.heavy_note(lambda: uilogic.subspaces_cached(ws, k), lambda: uilogic.subspaces_cost(ws, k))
+        if left:
+            return {}, {}, [left]
+    rows, vectors = data if data is not None else subspace_data(ws, k)
     sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
     # the model in each chart: an export or paper figure has no picker

@@ -155,3 +155,68 @@ def test_behaviour_waits_for_an_editor_and_a_viewer_cannot_start_it(app_env, mon
     (go,) = _compute_buttons(at)
     go.click().run()
     assert not at.exception and not at.error and at.get("plotly_chart")
+
+
+def _in_flight(monkeypatch, *, fail: bool):
+    """Slows Behaviour's computation down until a second session waits for it (its wait on the memo's flight
+    is watched), then lets it finish, or fail as when the session computing it leaves the page. Returns
+    (started: the computation holds its flight, calls: how many computations actually ran)."""
+    import threading
+
+    from subnetviz import ui
+    from subnetviz.jobs import cluster_pages
+
+    started, waiting, calls = threading.Event(), threading.Event(), []
+    real = cluster_pages.cached_behavior
+
+    def slow(*args, **kwargs):
+        memo = ui._memo()
+        (flight,) = [ev for key, ev in memo.flights.items() if key[0] == "heavy"]
+        wait = flight.wait
+        flight.wait = lambda timeout=None: (waiting.set(), wait(timeout))[1]
+        started.set()
+        assert waiting.wait(120), "the second session did not wait for the computation in flight"
+        if fail:
+            raise RuntimeError("the editor left the page")
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cluster_pages, "cached_behavior", slow)
+    return started, calls
+
+
+def _editor_computes(query: dict) -> tuple:
+    """An editor's session that opens Behaviour and clicks Compute, in a thread of its own."""
+    import threading
+
+    from tests.app_fixtures import open_page
+
+    def run():
+        at = open_page("behavior", **query)
+        (go,) = _compute_buttons(at)
+        go.click().run()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["finishes", "editor-leaves"])
+def test_a_viewer_waits_for_a_computation_in_flight_and_never_takes_it_over(app_env, monkeypatch, fail):
+    """A viewer who opens Behaviour while an editor's computation of it is running waits for that result (before:
+    'not computed yet', although it was being computed; two editors computed it twice). If the editor leaves
+    and the computation ends without a result, the viewer is told why not, and nothing starts on its behalf."""
+    from tests.app_fixtures import open_page
+
+    query = {"bh_limit": "16" if fail else "64", "bh_curve": "false"}  # configurations no other test computes
+    started, calls = _in_flight(monkeypatch, fail=fail)
+    editor = _editor_computes(query)
+    assert started.wait(180), "the editor's computation did not start"
+    monkeypatch.setenv("SUBNETVIZ_EDITOR_TOKEN", EDITOR_TOKEN)  # the next visitor is a viewer
+    at = open_page("behavior", **query)
+    editor.join(180)
+    assert not at.exception and not at.error and not _compute_buttons(at)
+    if fail:
+        assert "viewer may start" in _infos(at) and not at.get("plotly_chart") and calls == []
+    else:
+        assert at.get("plotly_chart") and "not computed yet" not in _infos(at) and calls == [1]
