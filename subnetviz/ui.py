@@ -152,6 +152,11 @@ def gate() -> None:
         st.session_state.pop("_access", None)
         _login(pol, refused=user is not None, bad_token=given is not None)  # stops the script
     st.session_state["_access"] = role
+    if found[1] is not None and found[1].name == access.EDITOR:
+        # An editor's token leaves the address bar once it has admitted the session: a copied link of this view
+        # (the way views are shared) must not hand out editor rights. A viewer's token stays: sharing it is how
+        # a closed server's links reach collaborators.
+        del st.query_params["token"]
     if pol.methods:
         with st.sidebar:
             st.caption(f"Signed in as {role.name}" + ("" if role.can("launch") else " (view and export)"))

@@ -92,6 +92,24 @@ def test_viewer_can_look_but_not_upload(app_env, monkeypatch):
     assert not at.get("file_uploader") and any("cannot" in c.value.lower() for c in at.caption)
 
 
+def test_an_editor_token_leaves_the_address_bar_and_a_viewer_token_stays(app_env, monkeypatch):
+    """Views are shared by copying the address bar: the editor's token, once it has admitted the session, is
+    dropped from the URL so that a copied link does not hand out editor rights (before, it stayed through every
+    tab and selection); the viewer's token, which is how a closed server's links reach collaborators, stays."""
+    viewer, editor = "viewer-token-0123456789", "editor-token-9876543210"
+    monkeypatch.setenv("SUBNETVIZ_ACCESS_TOKEN", viewer)
+    monkeypatch.setenv("SUBNETVIZ_EDITOR_TOKEN", editor)
+    for token, role in ((editor, "editor"), (viewer, "viewer")):
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.query_params["token"] = token
+        at.query_params["sp_crit"] = "1e-05"
+        at.run()
+        assert not at.exception and at.session_state["_access"].name == role
+        assert ("token" in at.query_params) == (role == "viewer") and at.query_params["sp_crit"] == "1e-05"
+        at.switch_page("views/sparsity.py").run()  # the session keeps its role without the token
+        assert not at.exception and at.session_state["_access"].name == role and at.get("plotly_chart")
+
+
 def test_workspace_numbers_equal_backend(app_env):
     from subnetviz.analysis.updates import analyze_updates
     from subnetviz.demo.build import load_zoo
