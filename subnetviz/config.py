@@ -85,11 +85,41 @@ def _root_of(resolved: Path) -> Path | None:
     return max(inside, key=lambda r: len(r.parts), default=None)
 
 
+def _resolve(path: str | os.PathLike, what: str | None = None) -> Path:
+    """``path`` expanded and with symlinks resolved; PathNotAllowedError, one line (``what`` names the path
+    there), for a path that names no file: one with a NUL byte (a URL's ``%00``: the OS takes none, Python
+    raises ValueError) or a loop of symbolic links (``ln -s model.safetensors model.safetensors``: Path.resolve
+    raises RuntimeError), which would otherwise end in a traceback."""
+    try:
+        p = Path(path).expanduser()
+        return (p if p.is_absolute() else Path.cwd() / p).resolve()
+    except ValueError:
+        problem = "a path with a NUL byte, which names no file"
+    except RuntimeError:
+        problem = "a loop of symbolic links (it leads back to itself)"
+    except OSError as exc:
+        problem = f"cannot be resolved ({exc.strerror or exc})"
+    raise PathNotAllowedError(f"{what or _shown(path)}: {problem}; refused.")
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """A path that :func:`_resolve` refused, as a visitor may see it: its last component (the whole of a
+    relative one), a NUL byte written as ``\\0``."""
+    text = os.fspath(path)
+    text = text if isinstance(text, str) else os.fsdecode(text)
+    name = text if not text.startswith(("/", "~")) else "…/" + text.rstrip("/").rpartition("/")[2]
+    return name.replace("\0", "\\0")
+
+
 def display_path(path: str | os.PathLike) -> str:
     """How a visitor sees a server path: relative to its root (``zoo/base``, named after the root's
-    folder), or only its last component when it lies outside every root — never the absolute path."""
+    folder), or only its last component when it lies outside every root — never the absolute path.
+    Never raises: it also writes the messages that refuse a path (one with a NUL byte is shown escaped)."""
+    try:
+        resolved = _resolve(path)
+    except PathNotAllowedError:
+        return _shown(path)
     p = Path(path).expanduser()
-    resolved = p.resolve() if p.is_absolute() else (Path.cwd() / p).resolve()
     root = _root_of(resolved)
     if root is None:
         return f"…/{p.name}" if p.is_absolute() else str(path)
@@ -110,7 +140,7 @@ def redact(text: str) -> str:
 
 def check_allowed(path: str | os.PathLike) -> Path:
     """Resolve ``path`` (symlinks included) and refuse it unless it lies under an allowed root."""
-    resolved = Path(path).expanduser().resolve()
+    resolved = _resolve(path)
     if _root_of(resolved) is not None:
         return resolved
     shown = path if not Path(path).expanduser().is_absolute() else display_path(path)
@@ -123,7 +153,7 @@ def check_readable(path: str | os.PathLike, *, what: str | None = None) -> Path:
     """The one gate before a file is opened: ``path`` with symlinks resolved, refused when roots are
     enforced (:func:`enforce_roots`) and the file itself lies outside them. ``what`` says how the file
     was reached (e.g. "model.safetensors in zoo/base"), for the message."""
-    resolved = Path(path).expanduser().resolve()
+    resolved = _resolve(path, what)
     if enforce_roots() and _root_of(resolved) is None:
         raise PathNotAllowedError(
             f"{what or display_path(path)}: leads outside the folders this server may read; refused."

@@ -123,15 +123,8 @@ def load_mask_set(path: str | os.PathLike) -> MaskSet:
     for name, t in raw.items():
         shape_s = meta.get(f"shape:{name}")
         if shape_s is not None:
-            shape = _packed_shape(shape_s, name, path)
-            n = int(np.prod(shape)) if shape else 1
-            if t.dtype != torch.uint8 or t.numel() != (n + 7) // 8:
-                raise MaskError(
-                    f"{path}: packed mask {name!r} has {t.numel()} values of {t.dtype}; "
-                    f"expected {(n + 7) // 8} uint8 bytes for shape {shape}."
-                )
-            bits = np.unpackbits(t.reshape(-1).numpy(), count=n).astype(bool).reshape(shape)
-            masks[name] = torch.from_numpy(bits)
+            shape = _packed_shape(shape_s, name, path, t.dtype == torch.uint8, t.numel(), str(t.dtype))
+            masks[name] = _unpacked(t.reshape(-1).numpy(), shape)
         else:
             masks[name] = _check_bool(name, t.contiguous(), str(path), floats=True)
     try:
@@ -141,8 +134,12 @@ def load_mask_set(path: str | os.PathLike) -> MaskSet:
     return MaskSet(masks, info)
 
 
-def _packed_shape(text: str, name: str, path: Path) -> tuple[int, ...]:
-    """The ``shape:<name>`` metadata of a packed mask: non-negative integers, comma-separated."""
+def _packed_shape(text: str, name: str, path: Path, uint8: bool, count: int, dtype: str) -> tuple[int, ...]:
+    """The ``shape:<name>`` metadata of a packed mask (non-negative integers, comma-separated), once the mask's
+    stored values (``count`` of ``dtype``; ``uint8`` whether that is uint8) are the ceil(entries / 8) bytes it
+    needs. Sizes are Python ints: NumPy's product of 4294967296,4294967296 wraps to 0, which 0 bytes would
+    match. A mask of no entries whose other dimensions multiply beyond what its file could describe is refused
+    too, as checkpoint headers refuse such a tensor (it would overflow NumPy's and torch's int64 shapes)."""
     try:
         shape = tuple(int(s) for s in text.split(",") if s.strip() != "")
     except ValueError:
@@ -151,7 +148,24 @@ def _packed_shape(text: str, name: str, path: Path) -> tuple[int, ...]:
         raise MaskError(
             f"{path}: packed mask {name!r} has shape {text!r} in its metadata; expected non-negative integers."
         )
+    n = math.prod(shape)
+    if not uint8 or count != (n + 7) // 8:
+        raise MaskError(
+            f"{path}: packed mask {name!r} has {count} values of {dtype}; expected {(n + 7) // 8:,} uint8 bytes "
+            f"for shape {shape}."
+        )
+    outer = math.prod(d for d in shape if d)
+    if not n and outer > max(8 * path.stat().st_size, 1 << 20):
+        raise MaskError(
+            f"{path}: packed mask {name!r} has shape {shape}: no entries, yet its other dimensions multiply to "
+            f"{outer:,}, more than its file describes."
+        )
     return shape
+
+
+def _unpacked(bits: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """A bool mask of ``shape`` from its bits (np.packbits order; their number checked by :func:`_packed_shape`)."""
+    return torch.from_numpy(np.unpackbits(bits, count=math.prod(shape)).astype(bool).reshape(shape))
 
 
 def validate_mask_set(
@@ -333,6 +347,10 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
             continue
         if not isinstance(value, np.ndarray):
             raise MaskError(f"{path}: entry {key!r} is {type(value).__name__}, expected a numpy array.")
+        if value.dtype.kind not in "biuf" or value.dtype.itemsize > 8:  # objects, strings, bytes: no mask, no torch
+            raise MaskError(
+                f"{path}: entry {key!r} is a numpy array of dtype {value.dtype}; expected bool (or 0/1 integers)."
+            )
         arr = np.array(value, order="C")  # a writable copy: a protocol-5 array is a read-only view of bytes
         masks[str(key)] = _check_bool(str(key), torch.from_numpy(arr), str(path))
     if not masks:
@@ -479,9 +497,8 @@ def load_mask_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
     shape_s = meta.get(f"shape:{name}")
     if shape_s is None:
         return _check_bool(name, torch.from_numpy(np.ascontiguousarray(arr)), str(path))
-    shape = tuple(int(s) for s in shape_s.split(",") if s != "")
-    n = int(np.prod(shape)) if shape else 1
-    return torch.from_numpy(np.unpackbits(arr, count=n).astype(bool).reshape(shape))
+    shape = _packed_shape(shape_s, name, path, arr.dtype == np.uint8, arr.size, str(arr.dtype))
+    return _unpacked(arr.reshape(-1), shape)
 
 
 class PackedMasks(Mapping):
@@ -507,8 +524,7 @@ class PackedMasks(Mapping):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         bits, shape = self._bits[name]
-        n = int(np.prod(shape)) if shape else 1
-        return torch.from_numpy(np.unpackbits(bits, count=n).astype(bool).reshape(shape))
+        return _unpacked(bits, shape)
 
     def __iter__(self):
         return iter(self._bits)

@@ -267,7 +267,8 @@ class _Pass:
 
 
 def _comparable(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name: str):
-    """``a``, ``b`` in the compared dtype, contiguous, as 2-D (shape[0], rest) views (1-D: a column)."""
+    """``a``, ``b`` in the compared dtype, contiguous, as 2-D (shape[0], rest) views (1-D: a column). The
+    rest is its product, not -1: a tensor of no rows (shape [0, N]) has no entries from which to infer it."""
     if a.shape != b.shape:
         raise ConfigError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)}).")
     if options.precision is not None:
@@ -278,7 +279,7 @@ def _comparable(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name
     if a.dtype not in INT_VIEW or a.dtype.itemsize == 1:  # fp8 codes: only after a cast (precision)
         raise ConfigError(f"{name}: dtype {a.dtype} is not a floating-point weight type.")
     a, b = a.contiguous(), b.contiguous()
-    a2 = a.reshape(a.shape[0], -1) if a.dim() >= 2 else a.reshape(-1, 1)
+    a2 = a.reshape(a.shape[0], math.prod(a.shape[1:])) if a.dim() >= 2 else a.reshape(-1, 1)
     return a, a2, b.reshape(a2.shape)
 
 

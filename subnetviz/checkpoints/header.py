@@ -68,7 +68,12 @@ def _count(v) -> bool:
 
 
 def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
-    """Parse and validate a safetensors header; returns (header dict, raw header bytes)."""
+    """Parse and validate a safetensors header; returns (header dict, raw header bytes).
+
+    What safetensors' own reader checks is checked here too, since tensors are read from a map of the file
+    by these offsets, not through safetensors: ``__metadata__`` maps strings to strings, and the tensors'
+    bytes, sorted by offset, cover the data section exactly (no tensor reads another's bytes, no bytes
+    belong to none)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -85,8 +90,10 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror}).") from exc
     header = parse_json(raw, f"{path}: corrupt safetensors header", CheckpointError)
     data_len = size - 8 - n
+    spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         if name == "__metadata__":
+            _check_metadata(path, info)
             continue
         try:
             start, end = info["data_offsets"]
@@ -114,4 +121,53 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
                 f"{path}: corrupt header entry for tensor {name!r}: shape {info.get('shape')} in {dtype} needs "
                 f"{numel * itemsize} bytes, the offsets give {end - start}."
             )
+        # A tensor of no entries takes no bytes whatever its other dimensions, yet those still size what is made
+        # for it (per-row and per-column counts; int64 shapes in torch and NumPy, which a [0, 2**63] overflows):
+        # bounded as a file's bytes bound every other tensor's.
+        outer = math.prod(d for d in shape if d)
+        if not numel and outer > max(size, _MIN_OUTER):
+            raise CheckpointError(
+                f"{path}: corrupt header entry for tensor {name!r}: shape {shape} has no entries, yet its other "
+                f"dimensions multiply to {outer:,}, more than a file of {size:,} bytes describes. Refused."
+            )
+        spans.append((start, end, name))
+    _check_tiling(path, spans, data_len)
     return header, raw
+
+
+# The product of a zero-size tensor's other dimensions allowed in a file of fewer bytes (a small test file's [0, 4096])
+_MIN_OUTER = 1 << 20
+
+
+def _check_metadata(path: Path, meta) -> None:
+    """``__metadata__``: absent, null or an object of strings, as safetensors requires (it refuses the file
+    otherwise, so transformers would not load it)."""
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        what = type(meta).__name__ if not isinstance(meta, dict) else "an object with values other than strings"
+        raise CheckpointError(
+            f"{path}: corrupt safetensors header: __metadata__ is {what}; safetensors requires strings."
+        )
+
+
+def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_len: int) -> None:
+    """The tensors' byte ranges, in order of offset, follow one another from 0 to the end of the data section,
+    as safetensors' own validation requires: a tensor whose offsets overlap another's would be read from that
+    tensor's bytes, and bytes in a gap or after the last tensor belong to no tensor."""
+    at, prev = 0, None
+    for start, end, name in sorted(spans):
+        if start < at:
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header: the data offsets [{start}, {end}] of tensor {name!r} overlap the "
+                f"bytes of tensor {prev!r} (up to {at}). Refused, as safetensors refuses it."
+            )
+        if start > at:
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header: bytes {at} to {start} of the data section, before tensor "
+                f"{name!r}, belong to no tensor. Refused, as safetensors refuses it."
+            )
+        at, prev = end, name
+    if at != data_len:
+        raise CheckpointError(
+            f"{path}: corrupt safetensors file: {data_len - at:,} bytes after the last tensor's data belong to no "
+            "tensor. Refused, as safetensors refuses it."
+        )

@@ -37,7 +37,9 @@ if TYPE_CHECKING:  # torch is imported where tensors are read: locating files an
 class Checkpoint:
     """A lazy per-tensor view of one checkpoint. Nothing is loaded until :meth:`get` is called."""
 
-    def __init__(self, spec: str, files: list[Path], root: Path | None, config: dict | None):
+    def __init__(
+        self, spec: str, files: list[Path], root: Path | None, config: dict | None, notes: list[str] | None = None
+    ):
         self.spec = spec
         self.files = files
         self.root = root
@@ -46,6 +48,7 @@ class Checkpoint:
         self._raw_headers: list[bytes] = []
         self._headers: dict[Path, tuple[dict, bytes]] = {}  # safetensors file -> (header, raw header)
         self._legacy: dict[Path, dict[str, torch.Tensor]] = {}
+        twice: dict[str, Path] = {}  # a tensor stored in more than one file -> the first file holding it
         for f in files:
             if f.suffix == ".safetensors":
                 header, raw = read_safetensors_header(f)
@@ -54,6 +57,8 @@ class Checkpoint:
                 for name, info in header.items():
                     if name == "__metadata__":
                         continue
+                    if name in self._meta:
+                        twice.setdefault(name, self._meta[name].file)
                     self._meta[name] = TensorMeta(name, f, _header.ST_DTYPES[info["dtype"]], tuple(info["shape"]))
             else:
                 sd = _load_legacy(f)
@@ -62,6 +67,8 @@ class Checkpoint:
                     json.dumps({k: [str(v.dtype), list(v.shape)] for k, v in sd.items()}, sort_keys=True).encode()
                 )
                 for name, t in sd.items():
+                    if name in self._meta:
+                        twice.setdefault(name, self._meta[name].file)
                     self._meta[name] = TensorMeta(name, f, t.dtype, tuple(t.shape))
         if not self._meta:
             raise CheckpointError(f"{spec}: the checkpoint holds no tensors.")
@@ -72,7 +79,15 @@ class Checkpoint:
             raise CheckpointError(f"{spec}: {exc}") from None
         self._stored = self._meta  # every tensor as the files store it
         self._meta = _mxfp4.metas_with(self._meta, self._packed)
-        self.notes: list[str] = []
+        self.notes: list[str] = list(notes or [])
+        if twice:
+            # the later file wins, as transformers loads shards (each file's tensors in turn into one state dict)
+            ex = ", ".join(f"{n} ({twice[n].name}, {self._meta[n].file.name})" for n in list(twice)[:2])
+            self.notes.append(
+                f"{len(twice)} tensor(s) are stored in more than one file, e.g. {ex}"
+                f"{' ...' if len(twice) > 2 else ''}; each is read from the last of its files in name order, "
+                "the copy transformers loads."
+            )
         if self._packed:
             ex = ", ".join(list(self._packed)[:2]) + (" ..." if len(self._packed) > 2 else "")
             self.notes.append(
@@ -293,14 +308,23 @@ def fits_its_storage(t) -> bool:
     return t.numel() * t.element_size() <= t.untyped_storage().nbytes()
 
 
-def _folder_files(folder: Path) -> list[Path]:
+def _folder_files(folder: Path, notes: list[str] | None = None) -> list[Path]:
+    """The weight files of a model folder, found as transformers finds them: ``model.safetensors`` first, then
+    the shard index. A folder can hold both: save_pretrained into a folder saved sharded before leaves the old
+    index behind (its shards deleted), and a consolidation script writes the single file beside the shards.
+    What was read and what was ignored is appended to ``notes``."""
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return _index_files(index)
     # A trainer's checkpoint folder also holds optimizer.pt, scheduler.pt, rng_state.pth and
     # sometimes other .safetensors files (masks, adapters): the model's own file wins when present.
     if (folder / "model.safetensors").is_file():
+        if index.is_file() and notes is not None:
+            notes.append(
+                f"the folder holds both model.safetensors and {index.name}: model.safetensors was read (as "
+                "transformers loads such a folder) and the index, with the shards it lists, was ignored."
+            )
         return [folder / "model.safetensors"]
+    if index.is_file():
+        return _index_files(index)
     st = sorted(folder.glob("*.safetensors"))
     if st:
         return st
@@ -382,14 +406,14 @@ def _refuse_lone_adapter(folder: Path) -> None:
 
 def open_checkpoint(spec: str | os.PathLike) -> Checkpoint:
     """Open a checkpoint lazily from a folder, a file, an index json or a cached hub id."""
-    return Checkpoint(*_locate(spec))
+    return Checkpoint(*_locate(spec))  # (spec, files, root, config, notes)
 
 
 def fingerprint(spec: str | os.PathLike) -> str:
     """:attr:`Checkpoint.fingerprint` of ``spec`` from its files' headers, sizes and mtimes, without
     importing torch when every weights file is safetensors (a page that only needs a cache key, such as
     the Training comparison, opens in a fraction of torch's import time); legacy files are opened."""
-    s, files, _root, _config = _locate(spec)
+    s, files, _root, _config, _notes = _locate(spec)
     if all(f.suffix == ".safetensors" for f in files):
         return _fingerprint(files, [read_safetensors_header(f)[1] for f in files])
     return open_checkpoint(s).fingerprint
@@ -404,14 +428,16 @@ def _fingerprint(files: list[Path], raw_headers: list[bytes]) -> str:
     return h.hexdigest()[:16]
 
 
-def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict | None]:
-    """``(spec, weight files, root folder, config)`` of a checkpoint spec; every file checked readable."""
+def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict | None, list[str]]:
+    """``(spec, weight files, root folder, config, notes)`` of a checkpoint spec; every file checked readable.
+    The notes say which files were read where the folder offered more than one choice."""
     s = str(spec)
     path = Path(s).expanduser()
     root: Path | None
+    notes: list[str] = []
     if path.is_dir():
         _refuse_lone_adapter(path)
-        root, files = path, _folder_files(path)
+        root, files = path, _folder_files(path, notes)
     elif path.is_file():
         root = path.parent
         if path.name.endswith(".index.json"):
@@ -424,7 +450,7 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
             raise CheckpointError(f"{path}: not a checkpoint file (expected .safetensors, .bin, .pt or an index json).")
     elif _looks_like_hub_id(s) and not path.exists():
         root = resolve_hub_id(s)
-        files = _folder_files(root)
+        files = _folder_files(root, notes)
     else:
         raise CheckpointError(f"{s}: no such file or folder (and not a hub id of the form org/name).")
     # Every file actually opened, after resolving symlinks: inside the roots when they are enforced.
@@ -435,4 +461,4 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
     cfg_path = root / "config.json" if root else None
     if cfg_path and cfg_path.is_file():  # what it says decides how tensors are read (quantization, tying)
         config = read_json(cfg_path, CheckpointError, what=f"config.json in {display_path(root)}")
-    return s, files, root, config
+    return s, files, root, config, notes

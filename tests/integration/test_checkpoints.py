@@ -93,6 +93,69 @@ def test_fingerprint_is_stable_and_follows_the_files(ckpt_zoo, tmp_path):
     assert open_checkpoint(folder).fingerprint != fp
 
 
+def _transformers_state_dict(folder) -> dict[str, torch.Tensor]:
+    """What transformers loads from ``folder`` (the independent reference for which files a folder means)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).state_dict()
+
+
+def _reads_as(ck, ref: dict[str, torch.Tensor]) -> None:
+    assert sorted(ck.names) == sorted(ref)
+    for name, t in ref.items():
+        assert torch.equal(ck.get(name).view(torch.int16), t.view(torch.int16)), name
+
+
+@pytest.mark.parametrize("how", ["save_pretrained", "save_file"])
+def test_single_file_beside_an_old_shard_index_is_read_as_transformers_reads_it(ckpt_zoo, tmp_path, how):
+    """A folder saved sharded, then saved again as one model.safetensors: save_pretrained deletes the old shards
+    but leaves their index; another writer (safetensors' save_file, a consolidation script) leaves both. transformers
+    loads model.safetensors first; subnetviz followed the index: it refused the first folder ("shard(s) listed but
+    missing") and read the stale shards of the second (0 changes where transformers sees 7). A note says which."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / how
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt_zoo.llama), dtype=torch.bfloat16)
+    model.save_pretrained(folder, max_shard_size="8KB")  # the earlier save, sharded
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.view(torch.int16).view(-1)[:7] += 1  # the finetune: 7 entries
+    if how == "save_pretrained":
+        model.save_pretrained(folder)  # the final save, one file
+        assert not list(folder.glob("model-*.safetensors"))
+    else:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+        assert list(folder.glob("model-*.safetensors"))
+    assert (folder / "model.safetensors.index.json").is_file() and (folder / "model.safetensors").is_file()
+    ck = open_checkpoint(folder)
+    assert ck.files == [folder / "model.safetensors"]
+    _reads_as(ck, _transformers_state_dict(folder))
+    (note,) = ck.notes
+    assert "model.safetensors was read" in note and "model.safetensors.index.json" in note and "ignored" in note
+    analysis = analyze_updates(ckpt_zoo.llama, [folder], labels=["ft"], spectra=None, device="cpu")
+    assert analysis.reports[0].changed == 7
+    assert any(n.startswith("ft: the folder holds both model.safetensors") for n in analysis.notes)
+
+
+def test_tensor_stored_in_two_shards_is_read_from_the_later_one_with_a_note(ckpt_zoo, tmp_path):
+    """Two shards both holding a tensor: read from the later file in name order, as transformers loads it (each
+    shard in turn into one state dict), and said in a note rather than silently."""
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(ckpt_zoo.llama, tmp_path / "l")
+    first, *_, last = sorted(folder.glob("model-*.safetensors"))
+    name = next(iter(load_file(str(first))))
+    later = load_file(str(last))
+    later[name] = bf16_step(load_file(str(first))[name], 1)  # another value, in the later shard
+    assert not torch.equal(later[name], load_file(str(first))[name])
+    save_file(later, str(last), metadata={"format": "pt"})
+    ck = open_checkpoint(folder)
+    _reads_as(ck, _transformers_state_dict(folder))
+    assert ck.meta(name).file == last
+    assert any(name in n and first.name in n and last.name in n and "more than one file" in n for n in ck.notes)
+    assert len(open_checkpoint(ckpt_zoo.llama).notes) == 0  # no note where each tensor is stored once
+
+
 # --- bad input ---------------------------------------------------------------------------------------------
 def test_missing_path(tmp_path):
     with pytest.raises(CheckpointError, match="nothing-here"):
@@ -180,6 +243,143 @@ def test_header_sizes_are_whole_numbers_checked_before_use(tmp_path, entry):
     ) as err:
         open_checkpoint(f)
     assert "\n" not in str(err.value)
+
+
+def _raw_safetensors(path, header: dict, data: bytes):
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    return path
+
+
+def _f32(shape, offsets):
+    return {"dtype": "F32", "shape": shape, "data_offsets": offsets}
+
+
+_W, _N = "model.layers.0.mlp.up_proj.weight", "model.norm.weight"
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "match"),
+    [  # each refused by safetensors itself (checked in the test)
+        ({_W: _f32([8], [0, 32]), _N: _f32([4], [0, 16])}, 32, rf"{_W}' overlap the bytes of tensor '{_N}'"),
+        ({_W: _f32([8], [0, 32]), _N: _f32([4], [16, 32])}, 32, rf"{_N}' overlap the bytes of tensor '{_W}'"),
+        ({_W: _f32([8], [0, 32]), _N: _f32([4], [48, 64])}, 64, rf"bytes 32 to 48 .* before tensor '{_N}'"),
+        ({_W: _f32([8], [16, 48])}, 48, rf"bytes 0 to 16 .* before tensor '{_W}'"),
+        ({_W: _f32([8], [0, 32])}, 36, "4 bytes after the last tensor's data"),
+        ({_W: _f32([8], [0, 32]), _N: _f32([0, 4], [16, 16])}, 32, rf"{_N}' overlap the bytes of tensor '{_W}'"),
+        ({"__metadata__": {"format": 1}, _W: _f32([8], [0, 32])}, 32, "__metadata__ is an object with values other"),
+        ({"__metadata__": {"x": None}, _W: _f32([8], [0, 32])}, 32, "__metadata__ is an object with values other"),
+        ({"__metadata__": ["pt"], _W: _f32([8], [0, 32])}, 32, "__metadata__ is list"),
+    ],
+    ids=[
+        "overlap",
+        "overlap-tail",
+        "gap",
+        "gap-at-start",
+        "trailing",
+        "empty-inside-another",
+        "meta-int",
+        "meta-null",
+        "meta-list",
+    ],
+)
+def test_header_whose_tensors_do_not_tile_the_data_is_refused_as_safetensors_refuses_it(tmp_path, header, data, match):
+    """Tensors are read from a map of the file by their header's offsets, not through safetensors, so what its own
+    validation refuses is refused here too: offsets overlapping another tensor's (its numbers would be read from
+    that tensor's bytes), bytes in a gap or after the last tensor, and __metadata__ that is not strings. Before,
+    each was read (a norm aliasing the first 16 bytes of a weight reported 4 changes of its own)."""
+    from safetensors import safe_open
+
+    f = _raw_safetensors(tmp_path / "model.safetensors", header, np.arange(data, dtype=np.uint8).tobytes())
+    with pytest.raises(Exception, match="invalid offset|not fully covered|invalid type"):
+        with safe_open(str(f), "pt") as h:
+            [h.get_tensor(k) for k in h.keys()]
+    with pytest.raises(CheckpointError, match=match) as err:
+        open_checkpoint(tmp_path)
+    assert "\n" not in str(err.value) and str(f) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("header", "data"),
+    [  # each read by safetensors itself (checked in the test)
+        ({_W: _f32([8], [16, 48]), _N: _f32([4], [0, 16])}, 48),  # entries out of order
+        ({"a": _f32([0], [0, 0]), "z": _f32([0, 3], [0, 0]), _W: _f32([8], [0, 32])}, 32),  # empty, at 0
+        ({_W: _f32([8], [0, 32]), "z": _f32([3, 0], [32, 32]), _N: _f32([4], [32, 48])}, 48),  # empty, between
+        ({_W: _f32([8], [0, 32]), "z": _f32([0, 4096], [32, 32])}, 32),  # empty, at the end
+        ({"__metadata__": None, _W: _f32([8], [0, 32])}, 32),
+        ({"__metadata__": {}, _W: {**_f32([8], [0, 32]), "extra": 1}}, 32),
+    ],
+    ids=["out-of-order", "empty-at-start", "empty-between", "empty-at-end", "meta-null", "meta-empty"],
+)
+def test_header_safetensors_reads_is_still_read(tmp_path, header, data):
+    """Every layout safetensors accepts still opens, each tensor read as safetensors reads it."""
+    from safetensors import safe_open
+
+    f = _raw_safetensors(tmp_path / "ok.safetensors", header, np.arange(data, dtype=np.uint8).tobytes())
+    ck = open_checkpoint(f)
+    with safe_open(str(f), "pt") as ref:
+        assert sorted(ck.names) == sorted(ref.keys())
+        for name in ref.keys():
+            want = ref.get_tensor(name)
+            assert ck.get(name).shape == want.shape and torch.equal(ck.get(name), want), name
+
+
+def test_every_file_safetensors_writes_is_read(tmp_path):
+    """Files safetensors itself writes (padded header, tensors in name order, empty ones among them) tile exactly."""
+    from safetensors.torch import save_file
+
+    tensors = {"a": torch.zeros(0, 4), "b": torch.ones(3, dtype=torch.bfloat16), "c": torch.zeros(4, 0)}
+    tensors |= {"d": torch.tensor(1.5), "e": torch.zeros(0), "f": torch.arange(5, dtype=torch.int8)}
+    save_file(tensors, str(tmp_path / "w.safetensors"), metadata={"format": "pt"})
+    ck = open_checkpoint(tmp_path / "w.safetensors")
+    assert all(torch.equal(ck.get(k), t) for k, t in tensors.items())
+
+
+@pytest.mark.parametrize("shape", [[0, 2**63, 2**63], [2**62, 0], [0, 2**40, 2**30], [2**31, 0, 7]])
+def test_empty_tensor_with_overflowing_dimensions_is_refused_by_the_header_check(tmp_path, shape):
+    """A shape with a 0 takes 0 bytes whatever its other dimensions: [0, 2**63, 2**63] and [2**62, 0] passed the
+    header check and then crashed the read (int64 overflow in torch's reshape, "array is too big" in NumPy),
+    and smaller ones would size per-row counts of 2**31 entries. Refused when the header is read, naming it."""
+    f = _raw_safetensors(
+        tmp_path / "model.safetensors", {_W: _f32([8], [0, 32]), "q": _f32(shape, [32, 32])}, bytes(32)
+    )
+    with pytest.raises(CheckpointError, match=r"tensor 'q': shape \[.*\] has no entries, yet its other dim") as err:
+        open_checkpoint(tmp_path)
+    assert "\n" not in str(err.value) and str(f) in str(err.value)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (4, 0), (0,), (2, 0, 3)])
+def test_empty_tensors_in_both_checkpoints_are_compared(tmp_path, shape):
+    """A tensor of no entries in base and finetuned: a row with 0 entries, 0 changed (shape [0, N] crashed
+    `analyze` with "cannot reshape tensor of 0 elements into shape [0, -1]"; [N, 0] worked)."""
+    from safetensors.torch import save_file
+
+    sd = {
+        _W: torch.randn(8, 4, generator=torch.Generator().manual_seed(0)),
+        "model.layers.0.x.weight": torch.zeros(shape),
+    }
+    for side in ("base", "ft"):
+        (tmp_path / side).mkdir()
+        save_file(sd, str(tmp_path / side / "model.safetensors"))
+    report = analyze_updates(tmp_path / "base", [tmp_path / "ft"], spectra=None, device="cpu").reports[0]
+    row = report.tensors.set_index("name").loc["model.layers.0.x.weight"]
+    assert (row.numel, row.changed) == (0, 0)
+
+
+@pytest.mark.parametrize("numpy_on_cpu", [True, False])  # False: the torch pass a GPU takes
+@pytest.mark.parametrize("shape", [(0, 4), (0, 2, 3), (5, 0)])
+def test_compare_pair_of_empty_tensors_counts_their_rows_and_columns(monkeypatch, numpy_on_cpu, shape):
+    """A pair of no entries is viewed as (shape[0], rest) like any other: rows and columns counted, none changed."""
+    from subnetviz.analysis import sparsity
+
+    monkeypatch.setattr(sparsity, "_NUMPY_ON_CPU", numpy_on_cpu)
+    a = torch.zeros(shape, dtype=torch.bfloat16)
+    st = sparsity.compare_pair(a, a.clone(), name="q")
+    rest = int(np.prod(shape[1:]))
+    assert (st.numel, st.changed) == (0, 0)
+    assert list(st.row_counts) == [0] * shape[0] and list(st.col_counts) == [0] * rest
+    assert st.mask.shape == shape
 
 
 @pytest.mark.parametrize("where", ["header", "config.json", "model.safetensors.index.json"])

@@ -220,6 +220,54 @@ def test_packed_mask_with_a_bad_shape_is_one_line(tmp_path, shape):
         load_mask_set(path)
 
 
+@pytest.mark.parametrize(
+    ("shape", "stored", "match"),
+    [
+        ("4294967296,4294967296", 0, r"has 0 values of .*uint8; expected 2,305,843,009,213,693,952 uint8 bytes"),
+        ("65536,65536,65536,65536", 1, r"expected 2,305,843,009,213,693,952 uint8 bytes"),  # NumPy's product: 0
+        ("0,4294967296,4294967296", 0, r"no entries, yet its other dimensions multiply to"),
+        ("-1", 1, r"non-negative integers"),
+    ],
+)
+def test_packed_mask_whose_shape_overflows_is_one_line(tmp_path, shape, stored, match):
+    """A ``shape:<name>`` whose NumPy product wraps to 0 matched a file of 0 bytes and then failed to reshape
+    ("cannot reshape array of size 0"): sizes are Python ints, so it is refused by name, in every reader."""
+    from safetensors.numpy import save_file
+
+    from subnetviz.masks import load_mask_tensor
+
+    path = tmp_path / "ovf.safetensors"
+    save_file({"w": np.zeros(stored, np.uint8)}, str(path), metadata={"format": "subnetviz-mask/1", "shape:w": shape})
+    for read in (load_mask_set, import_mask, lambda p: load_mask_tensor(p, "w")):
+        with pytest.raises(MaskError, match=rf"ovf\.safetensors: packed mask 'w' .*{match}") as err:
+            read(path)
+        assert "\n" not in str(err.value)
+
+
+def test_packed_mask_tensor_reads_as_the_whole_set(tmp_path):
+    """load_mask_tensor (one mask, for drill-down views) and load_mask_set agree, now that both check the shape."""
+    from subnetviz.masks import load_mask_tensor
+
+    masks = _random_masks()
+    path = save_mask_set(tmp_path / "m.safetensors", MaskSet(masks))
+    whole = load_mask_set(path).masks
+    for name, m in masks.items():
+        assert torch.equal(load_mask_tensor(path, name), m) and torch.equal(whole[name], m), name
+
+
+@pytest.mark.parametrize(
+    "array", [np.array([True, False], dtype=object), np.array(["1", "0"]), np.array([b"1"]), np.zeros(2, "V4")]
+)
+def test_released_pickle_of_an_array_no_mask_can_be_is_one_line(tmp_path, array):
+    """A bigram-style pickle whose array holds objects or strings: the restricted unpickler admits it, then
+    torch.from_numpy raised TypeError; refused by name."""
+    path = tmp_path / "m.pickle"
+    path.write_bytes(pickle.dumps({"transformer.h.0.mlp.c_fc.weight": array}, protocol=2))
+    for read in (import_bigram_pickle, import_mask):
+        with pytest.raises(MaskError, match=r"m\.pickle: entry 'transformer.h.0.mlp.c_fc.weight' is a numpy array of"):
+            read(path)
+
+
 # --- torch.save files ----------------------------------------------------------------------------------
 def _torch_file(path, obj, **kw):
     torch.save(obj, path, **kw)

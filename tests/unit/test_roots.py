@@ -104,3 +104,32 @@ def test_visitors_see_paths_relative_to_a_root(two_places):
     with pytest.raises(PathNotAllowedError) as exc:
         config.check_allowed(outside)
     assert str(outside) not in str(exc.value) and str(inside) not in str(exc.value)
+
+
+def test_a_symlink_loop_in_a_checkpoint_folder_is_one_line(tmp_path):
+    """``ln -s model.safetensors ft/model.safetensors``: Path.resolve raised RuntimeError ("Symlink loop"), a
+    traceback; now the path helpers' own error, naming the file and its folder."""
+    folder = tmp_path / "ft"
+    folder.mkdir()
+    (folder / "model.safetensors").symlink_to("model.safetensors")
+    with pytest.raises(PathNotAllowedError, match=r"^model\.safetensors in .*ft: a loop of symbolic links") as exc:
+        open_checkpoint(folder)
+    assert "\n" not in str(exc.value)
+    for helper in (config.check_allowed, config.check_readable):
+        with pytest.raises(PathNotAllowedError, match="a loop of symbolic links"):
+            helper(folder / "model.safetensors")
+    assert config.display_path(folder / "model.safetensors").endswith("model.safetensors")
+
+
+@pytest.mark.parametrize("path", ["/srv/models/a\0b", "a\0b", "~/x\0"])
+def test_a_path_with_a_nul_byte_is_refused_in_one_line(two_places, path):
+    """A URL parameter ``base=a%00b`` reaching the path helpers: ValueError ("embedded null byte") before, a bug
+    notice in the app; now PathNotAllowedError, which the callers catch, and display / redact never raise."""
+    for helper in (config.check_allowed, config.check_readable):
+        with pytest.raises(PathNotAllowedError, match="a path with a NUL byte") as exc:
+            helper(path)
+        assert "\0" not in str(exc.value) and "/srv" not in str(exc.value) and "\n" not in str(exc.value)
+    shown = config.display_path(path)
+    assert "\0" not in shown and "/srv" not in shown
+    redacted = config.redact(f"cannot open {path}: no such file.")  # (a message that names it: never raises)
+    assert not path.startswith("/") or ("\0" not in redacted and "/srv" not in redacted)
