@@ -47,6 +47,7 @@ from subnetviz.analysis.sparsity import (
 from subnetviz.analysis.spectra import SpectrumTable, skip_reason, skipped_spectrum, update_spectrum
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.checkpoints.adapters import open_finetune
+from subnetviz.checkpoints.experts_layout import match_layouts
 from subnetviz.config import resolve_device
 from subnetviz.errors import CheckpointError, NonFiniteError
 from subnetviz.masks import PackedMasks
@@ -182,6 +183,7 @@ class _Walk:
         self.cks = [open_finetune(f, self.ck_base) for f in finetuned]  # a PEFT adapter folder is merged onto the base
         used: set[str] = set()
         self.labels = list(labels) if labels else [_label_for(c.spec, used) for c in self.cks]
+        match_layouts([self.ck_base, *self.cks])  # packed experts read as another's per-expert tensors
         # Stored forms first: a malformed quantized checkpoint is named before any alignment message.
         self.forms_base, *self.forms = [_forms(c) for c in (self.ck_base, *self.cks)]
         self.alignments = [align([self.ck_base, c]) for c in self.cks]
@@ -550,10 +552,11 @@ def planned_spectra(base, finetuned: Sequence, spectra: SpectraOptions | None) -
     if spectra is None or not spectra.enabled:
         return []
     ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    cks = [open_finetune(f, ck_base) for f in finetuned]
+    match_layouts([ck_base, *cks])  # as the pass reads them
     table, forms_base = ck_base.names_table, _forms(ck_base)
     out: list[tuple[int, int]] = []
-    for f in finetuned:
-        ck = open_finetune(f, ck_base)
+    for ck in cks:
         forms = _forms(ck)
         for at in align([ck_base, ck]).tensors:
             fa, fb = forms_base[at.names[0]], forms[at.names[1]]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from subnetviz.checkpoints.experts_layout import match_layouts
 from subnetviz.checkpoints.naming import NameTable, strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint
 from subnetviz.errors import AlignmentError
@@ -64,12 +65,15 @@ def _is_vocab_tensor(table: NameTable, name: str) -> bool:
 def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     """Pair tensors across checkpoints by name (``model.``-style prefixes ignored).
 
+    Packed experts are read as the per-expert tensors another checkpoint stores
+    (:func:`~subnetviz.checkpoints.experts_layout.match_layouts`, said in that checkpoint's notes).
     Tied ``lm_head`` weights are counted once (with the embedding); resized vocabularies compare
     the shared rows; tensors missing on any side are listed in ``only_in``. A shape that differs in
     anything but the vocabulary rows raises :class:`AlignmentError` naming the tensor.
     """
     if len(checkpoints) < 2:
         raise AlignmentError("align needs at least two checkpoints.")
+    match_layouts(checkpoints)  # packed experts against experts stored one by one: the latter's names for both
     keyed: list[dict[str, str]] = []
     notes: list[str] = []
     for ck in checkpoints:

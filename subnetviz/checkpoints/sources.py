@@ -16,6 +16,7 @@ import hashlib
 import json
 import mmap
 import os
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,6 +79,7 @@ class Checkpoint:
         except CheckpointError as exc:
             raise CheckpointError(f"{spec}: {exc}") from None
         self._stored = self._meta  # every tensor as the files store it
+        self._views: dict[str, tuple[TensorMeta, tuple]] = {}  # a name read as part of a stored tensor (unpack)
         self._meta = _mxfp4.metas_with(self._meta, self._packed)
         self.notes: list[str] = list(notes or [])
         if twice:
@@ -140,9 +142,34 @@ class Checkpoint:
         """A cheap cache key: hash of every file's header, size and mtime (no tensor data read)."""
         return _fingerprint(self.files, self._raw_headers)
 
+    def unpack(self, views: dict[str, tuple[str, tuple, tuple[int, ...]]]) -> None:
+        """Read stored tensors as parts of themselves from now on: ``views`` maps a new name to (stored name,
+        index, shape), e.g. one expert's gate rows of a packed ``gate_up_proj``
+        (:func:`~subnetviz.checkpoints.experts_layout.match_layouts`). The stored names viewed leave
+        :attr:`names`; each view takes the place of the first of them, in the order given."""
+        sources = {src for src, _, _ in views.values()}
+        by_source: dict[str, list[str]] = {}
+        for name, (src, _, _) in views.items():
+            by_source.setdefault(src, []).append(name)
+        meta: dict[str, TensorMeta] = {}
+        for name, m in self._meta.items():
+            if name not in sources:
+                meta[name] = m
+                continue
+            for v in by_source[name]:
+                src, index, shape = views[v]
+                meta[v] = replace(m, name=v, shape=tuple(shape))
+                self._views[v] = (m, index)
+        self._meta = meta
+        self.__dict__.pop("names_table", None)  # named anew from the names now read
+
     # --- reading ---------------------------------------------------------------------------------
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
         """One tensor, in its stored dtype (MXFP4 experts dequantised to bfloat16), on ``device``."""
+        if name in self._views:  # a part of a stored tensor: sliced where it is read, then moved
+            m, index = self._views[name]
+            part = self.get_stored(m)[index]
+            return part if str(device) == "cpu" else part.to(device)
         if name in self._packed:
             p = self._packed[name]
             blocks, scales = self._read(self._stored[p.blocks], "cpu"), self._read(self._stored[p.scales], "cpu")
@@ -169,18 +196,33 @@ class Checkpoint:
             raise CheckpointError(f"{m.file}: cannot read tensor {name!r} ({exc}).") from exc
         return t.to(device) if str(device) != "cpu" else t
 
+    def get_stored(self, m: TensorMeta) -> torch.Tensor:
+        """A tensor as its file stores it, on the CPU (a view of the file's map where it is mapped), by its meta:
+        also one that :meth:`unpack` took out of :attr:`names`."""
+        if m.name in self._packed:
+            p = self._packed[m.name]
+            blocks, scales = self._read(self._stored[p.blocks], "cpu"), self._read(self._stored[p.scales], "cpu")
+            return _mxfp4.dequantize(blocks, scales, name=m.name)
+        return self._read(m, "cpu")
+
     def stored_as_read(self, name: str) -> bool:
         """Whether tensor ``name`` is its bytes in a safetensors file as they stand (so a reader may take
         them by address: the series pass), not read through ``torch.load`` or computed when read (MXFP4
         experts here, merged adapter weights in :class:`~subnetviz.checkpoints.adapters.MergedAdapter`)."""
-        return name not in self._packed and self.meta(name).file.suffix == ".safetensors"
+        return name not in self._packed and name not in self._views and self.meta(name).file.suffix == ".safetensors"
 
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
         """Tensor ``name``'s bytes as a NumPy array of ``view`` (an integer type of the stored item size),
         its shape, over the file mapped copy-on-write (no torch tensor: the update pass compares hundreds of
         tensors per file this way); None where the tensor is not read from a map (see :meth:`_mapped`)."""
-        m = self.meta(name)
-        span = self._span(m) if m.file not in self._legacy and name not in self._packed else None
+        if name in self._views:  # a part of a stored tensor: that part of its array
+            m, index = self._views[name]
+            whole = self._array_of(m, view)
+            return None if whole is None else whole[index]
+        return self._array_of(self.meta(name), view)
+
+    def _array_of(self, m: TensorMeta, view: np.dtype) -> np.ndarray | None:
+        span = self._span(m) if m.file not in self._legacy and m.name not in self._packed else None
         if span is None:
             return None
         mm, offset, nbytes = span
@@ -219,6 +261,8 @@ class Checkpoint:
         mapping the pages around it that are in the page cache (what the pass's own faults would do).
         Only for a tensor read from a map (:meth:`get`) and larger than that (a smaller one costs the pass
         a fault or two); otherwise nothing happens."""
+        if name in self._views:  # (a part of a stored tensor: the pass's own faults map it)
+            return
         m = self.meta(name)
         got = self._maps.get(m.file)
         if got is None or name in self._packed:

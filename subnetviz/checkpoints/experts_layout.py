@@ -1,0 +1,114 @@
+"""Packed experts against experts stored one by one: one layout for the checkpoints of a comparison.
+
+transformers 5 holds the experts of Qwen-MoE, Mixtral, OLMoE, DeepSeek-V3, GLM-4-MoE and the families it
+converts alike packed (``mlp.experts.gate_up_proj`` (E, 2I, H), each expert's rows [gate; up], and
+``mlp.experts.down_proj`` (E, H, I)), and ``save_pretrained`` writes them one by one, as their releases store
+them (``mlp.experts.<e>.gate_proj.weight`` (I, H), ``up_proj``, ``down_proj``; Mixtral's
+``block_sparse_moe.experts.<e>.w1`` / ``w3`` / ``w2``). A finetune saved from the in-memory state dict
+(``model.state_dict()`` through safetensors, a consolidated FSDP or DeepSpeed checkpoint) is packed. By name it
+shares no expert tensor with its release: every expert, most of an MoE's parameters and all of its update, fell
+outside the comparison, listed only as "only in" one checkpoint.
+
+:func:`match_layouts` reads such a packed checkpoint, where another checkpoint of the comparison stores the same
+layer's experts one by one, as that checkpoint's per-expert tensors: expert e's gate is ``gate_up[e, :I]``, its
+up ``gate_up[e, I:]``, its down ``down[e]`` (how transformers packs them, checked on the models it builds), each
+a view of the stored tensor, nothing copied. Shapes are checked against the per-expert tensors; a layer whose
+shapes do not fit is left as it is (its tensors listed as only in one checkpoint, as before). Packed layouts
+that are the release's own (gpt-oss, Llama 4: no per-expert form to match) are never touched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from subnetviz.checkpoints.naming import strip_prefix
+from subnetviz.checkpoints.sources import Checkpoint
+
+_PACKED = re.compile(r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe)\.experts\.(?P<p>gate_up_proj|down_proj)$")
+_ONE = re.compile(
+    r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe)\.experts\.(?P<e>\d{1,6})\.(?P<p>gate_proj|up_proj|down_proj|w1|w3|w2)"
+    r"\.weight$"
+)
+_ROLE = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
+
+
+def _per_expert(ck: Checkpoint) -> dict[str, dict[int, dict[str, str]]]:
+    """Layer (its name without the checkpoint's prefix) -> expert -> role (gate / up / down) -> tensor name."""
+    out: dict[str, dict[int, dict[str, str]]] = {}
+    for n in ck.names:
+        m = _ONE.match(strip_prefix(n))
+        if m:
+            out.setdefault(m["layer"], {}).setdefault(int(m["e"]), {})[_ROLE[m["p"]]] = n
+    return out
+
+
+def _views(ck: Checkpoint, layer: str, packed: dict[str, str], experts: dict[int, dict[str, str]], ref: Checkpoint):
+    """The per-expert views of one layer's packed tensors (``packed``: gate_up_proj / down_proj -> name), named
+    as ``ref`` names ``experts``: name -> (packed name, index, shape); None where the shapes do not fit."""
+    n_e = len(experts)
+    if sorted(experts) != list(range(n_e)) or any(set(r) != {"gate", "up", "down"} for r in experts.values()):
+        return None
+    gate, up, down = (tuple(ref.meta(experts[0][r]).shape) for r in ("gate", "up", "down"))
+    want = {"gate_up_proj": (n_e, gate[0] + up[0], gate[1]), "down_proj": (n_e, *down)}
+    if set(packed) != set(want) or any(tuple(ck.meta(packed[p]).shape) != want[p] for p in want) or gate != up:
+        return None
+    rows = gate[0]
+    out = {}
+    for e, names in experts.items():
+        out[names["gate"]] = (packed["gate_up_proj"], (e, slice(0, rows)), gate)
+        out[names["up"]] = (packed["gate_up_proj"], (e, slice(rows, 2 * rows)), up)
+        out[names["down"]] = (packed["down_proj"], (e,), down)
+    if ".block_sparse_moe." in experts[0]["gate"]:  # Mixtral: the router too is under mlp. in memory
+        for n in ref.names:
+            rest = strip_prefix(n).removeprefix(f"{layer}block_sparse_moe.")
+            if rest != strip_prefix(n) and not rest.startswith("experts."):
+                mine = next((m for m in ck.names if strip_prefix(m) == f"{layer}mlp.{rest}"), None)
+                if mine is not None and tuple(ck.meta(mine).shape) == tuple(ref.meta(n).shape):
+                    out[n] = (mine, (), tuple(ref.meta(n).shape))  # the whole tensor, by the other's name
+    return out
+
+
+def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
+    """Read every packed checkpoint of ``checkpoints`` whose layer another checkpoint stores expert by expert
+    as that checkpoint's per-expert tensors (see the module docstring); each checkpoint so read says so in its
+    ``notes``. Idempotent: a second call finds nothing packed left to match."""
+    stored = [_per_expert(ck) for ck in checkpoints]
+    for ck in checkpoints:
+        packed: dict[str, dict[str, str]] = {}
+        for n in ck.names:
+            m = _PACKED.match(strip_prefix(n))
+            if m and len(ck.meta(n).shape) == 3:
+                packed.setdefault(m["layer"], {})[m["p"]] = n
+        if not packed or _computed(ck):
+            continue
+        views, unfit = {}, []
+        for layer, names in packed.items():
+            ref = next((i for i, s in enumerate(stored) if layer in s and checkpoints[i] is not ck), None)
+            if ref is None:
+                continue
+            got = _views(ck, layer, names, stored[ref][layer], checkpoints[ref])
+            if got is None:
+                unfit.append(layer)
+            else:
+                views.update(got)
+        if views:
+            ck.unpack(views)
+            example = next(iter(views.values()))[0]
+            ck.notes.append(
+                f"its experts are stored packed (e.g. {example}); they are read as the per-expert tensors the other "
+                "checkpoint stores (expert e's gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = "
+                f"down_proj[e], as transformers packs them): {len(views)} tensor(s)."
+            )
+        if unfit:
+            ck.notes.append(
+                f"packed experts of {len(unfit)} layer(s) (e.g. {unfit[0]}) do not fit the per-expert shapes of the "
+                "other checkpoint; they are listed as only in this checkpoint, not compared."
+            )
+
+
+def _computed(ck: Checkpoint) -> bool:
+    """A merged adapter computes its tensors (a packed one whole): it is left as it is."""
+    from subnetviz.checkpoints.adapters import MergedAdapter
+
+    return isinstance(ck, MergedAdapter)
