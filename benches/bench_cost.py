@@ -15,6 +15,10 @@ changed) this prints, in one run:
   75 M-parameter Llama (8 layers of width 768, built here from its config with the demo zoo's tokenizer) and a
   copy of it with other weights, on 64 of the zoo's prompts with 3 curve points (skipped when the zoo is not
   built);
+- ``bigram``: the estimate, and the measured Bigram page analysis (:func:`~subnetviz.bigram.job.analyse_mask_file`
+  with the page's options) of a random 10 % mask of that 75 M-parameter model on the zoo's corpus;
+- ``accuracy``: the estimate, and the measured held-out accuracy (greedy, 8 new tokens) of both models on the
+  zoo's A_eval problems, as the Training comparison runs it;
 - the ratio estimate / measured: the estimate's job is to tell a minute from an hour, so a ratio within
   0.5–2.5 is the goal; the probe's own time is printed too (paid once per process, and only for work
   over the SLOW bound).
@@ -107,20 +111,56 @@ def behaviour(root: Path) -> list[tuple[str, float, float]]:
     est = cost.behavior_cost(run)
     took, _ = timed(lambda: run_config(run))
     print(f"behaviour: 75 M-parameter Llama, 64 prompts, {est.matrices} forward passes", flush=True)
-    return [("behaviour", est.seconds, took)]
+    return [("behaviour", est.seconds, took), *bigram(root / "base"), *accuracy(root / "base", root / "ft")]
+
+
+def bigram(model: Path) -> list[tuple[str, float, float]]:
+    from subnetviz.analysis import cost
+    from subnetviz.bigram.job import analyse_mask_file
+    from subnetviz.bigram.maskable import maskable_shapes, model_skeleton
+    from subnetviz.bigram.store import PAGE_OPTIONS
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = maskable_shapes(model_skeleton(str(model)))
+    mask = save_mask_set(
+        model.parent / "mask.safetensors", MaskSet({n: torch.rand(s, generator=gen) < 0.1 for n, s in shapes.items()})
+    )
+    est = cost.bigram_cost(str(model), "zoo")
+    took, _ = timed(lambda: analyse_mask_file(str(model), str(mask), corpus="zoo", **PAGE_OPTIONS))
+    print(f"bigram: 75 M-parameter Llama, random 10 % mask, {est.matrices} forward passes", flush=True)
+    return [("bigram", est.seconds, took)]
+
+
+def accuracy(*models: Path) -> list[tuple[str, float, float]]:
+    from subnetviz.analysis import cost
+    from subnetviz.config import zoo_dir
+    from subnetviz.training.evaluate import evaluate_accuracy
+
+    data = zoo_dir() / "data" / "A_eval.jsonl"
+    est = cost.accuracy_cost([str(m) for m in models], str(data))
+    took, _ = timed(lambda: [evaluate_accuracy(m, data) for m in models])
+    print(f"accuracy: two 75 M-parameter Llamas, {data.name}, {est.matrices} generation steps", flush=True)
+    return [("accuracy", est.seconds, took)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=4, help="layers of each pair (default 4)")
+    ap.add_argument(
+        "--parts", choices=["all", "decompositions", "forward"], default="all",
+        help="the decompositions (spectra, subspaces), the forward passes (behaviour, bigram, accuracy), or all",
+    )  # fmt: skip
     args = ap.parse_args()
     from subnetviz.analysis import cost
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
-        for name, dims in SHAPES.items():
-            rows += one(name, dims, args.layers, Path(tmp))
-        rows += behaviour(Path(tmp) / "behaviour")
+        if args.parts != "forward":
+            for name, dims in SHAPES.items():
+                rows += one(name, dims, args.layers, Path(tmp))
+        if args.parts != "decompositions":
+            rows += behaviour(Path(tmp) / "behaviour")
     print(f"\nprobe {cost.PROBE}: seconds per unit {', '.join(f'{k[0]} {v:.3g}' for k, v in cost._rates.items())}")
     print(f"{'what':>16} {'estimated s':>12} {'measured s':>11} {'estimate / measured':>20}")
     for what, est, got in rows:

@@ -8,7 +8,7 @@ import streamlit as st
 from subnetviz import config, figures, selection, ui
 from subnetviz.bigram.config import BigramJobConfig
 from subnetviz.bigram.locate import shares_heatmap_frame
-from subnetviz.bigram.store import analysis_key
+from subnetviz.bigram.store import analysis_key, is_cached
 from subnetviz.figures import bigram as bg_figures
 
 
@@ -169,7 +169,15 @@ def analyse(model: str, corpus: str) -> None:
             or "No optimal-target mask yet: train one with target *optimal* under *Train a mask* to see the overlap."
         )
     key = analysis_key(model, masks[mask], corpus, masks.get(opt))
-    res, gens = _analysis(model, masks[mask], masks.get(opt), corpus, key, ui.compute_address())
+    # forward passes through the model in float32: priced, and asked for, before they start
+    from subnetviz.analysis.cost import bigram_cost
+
+    res, gens = ui.heavy(
+        ("bigram", key),
+        lambda: is_cached(key),
+        lambda: bigram_cost(model, corpus),
+        lambda: _analysis(model, masks[mask], masks.get(opt), corpus, key, ui.compute_address()),
+    )
     headline(res.headline)
     figs, tables = ui.shared(result_parts, res, gens)
     names = ["Ablation", "Location"]

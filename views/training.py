@@ -327,7 +327,20 @@ def compare(ws) -> None:
         *(ui.fingerprint(p) for p in (models[full], models[sub], ws.base) if p),
         file_stamp(eval_data),
     )
-    result = _comparison(models[full], models[sub], ws.base, eval_data, stamp)
+    compute = partial(_comparison, models[full], models[sub], ws.base, eval_data, stamp)
+    if eval_data is not None:  # generation with three models: priced, and asked for, before it starts
+        from subnetviz.analysis.cost import accuracy_cost
+        from subnetviz.demo.comparison import is_cached
+
+        paths = [p for p in (ws.base, models[full], models[sub]) if p]
+        result = ui.heavy(
+            ("accuracy", stamp),
+            lambda: is_cached(models[full], models[sub], ws.base, eval_data),
+            lambda: accuracy_cost(paths, eval_data),
+            compute,
+        )
+    else:
+        result = compute()
     figs, tables = pages.comparison_parts(result, full, sub)
     a, b = st.columns(2)
     with a:

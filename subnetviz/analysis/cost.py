@@ -177,15 +177,24 @@ def subspaces_cost(base, finetuned: Sequence, options, device: str = "auto", wha
 
 def behavior_cost(config: dict, what: str = "Behaviour") -> Cost:
     """The cost of :func:`~subnetviz.analysis.behavior.run_config`: its forward passes
-    (:func:`~subnetviz.analysis.behavior.planned_passes`), each about 2 · parameters · tokens floating-point
-    operations, and the models it builds (each parameter read, compared, selected and written: about
-    :data:`BUILD_UNITS` operations' time on one CPU thread), priced by timing a float32 matrix product of a
-    transformer layer's shape on the device."""
+    (:func:`~subnetviz.analysis.behavior.planned_passes`) and the models it builds, priced by
+    :func:`forward_cost`."""
     from subnetviz.analysis.behavior import planned_passes
+
+    passes, builds, tokens, params = planned_passes(config)
+    return forward_cost(what, passes, tokens, params, builds, config.get("device", "auto"))
+
+
+def forward_cost(
+    what: str, passes: int, tokens: float, params: int, builds: int, device: str = "auto", unit: str = "forward pass"
+) -> Cost:
+    """``passes`` forward passes of ``tokens`` tokens each through a model of ``params`` parameters (each about
+    2 · parameters · tokens floating-point operations) and ``builds`` models built (each parameter read, compared,
+    selected and written: about :data:`BUILD_UNITS` operations' time on one CPU thread), priced by timing a
+    float32 matrix product of a transformer layer's shape on the device."""
     from subnetviz.config import resolve_device
 
-    dev = resolve_device(config.get("device", "auto"))
-    passes, builds, tokens, params = planned_passes(config)
+    dev = resolve_device(device)
     flops = 2.0 * params * tokens * passes + BUILD_UNITS * params * builds
 
     def probe():
@@ -193,4 +202,26 @@ def behavior_cost(config: dict, what: str = "Behaviour") -> Cost:
         x, w = (torch.randn(s, generator=gen).to(dev) for s in ((256, 2048), (2048, 2048)))
         return lambda: torch.nn.functional.linear(x, w), 2.0 * 256 * 2048 * 2048
 
-    return Cost(what, passes, seconds(flops, "forward", dev, probe), dev, unit="forward pass")
+    return Cost(what, passes, seconds(flops, "forward", dev, probe), dev, unit=unit)
+
+
+def bigram_cost(model: str, corpus: str, what: str = "Bigram analysis") -> Cost:
+    """The cost of the Bigram page's analysis of a mask (:func:`~subnetviz.bigram.job.analyse_mask_file` with
+    the page's options), from the model's headers and config: its forward passes
+    (:func:`~subnetviz.bigram.store.planned_passes`) priced by :func:`forward_cost`."""
+    from subnetviz.bigram.store import planned_passes
+
+    passes, builds, tokens, params = planned_passes(model, corpus)
+    return forward_cost(what, passes, tokens, params, builds, "cpu")
+
+
+def accuracy_cost(models: Sequence, eval_data: str, max_new_tokens: int = 8, what: str = "Held-out accuracy") -> Cost:
+    """The cost of greedy held-out accuracy (:func:`~subnetviz.training.evaluate.evaluate_accuracy`) of each of
+    ``models`` on ``eval_data``: per model, its generation steps over every problem (the prompt once, then one
+    token a step), priced by :func:`forward_cost` with the largest model's parameters."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.training.evaluate import planned_tokens
+
+    params = max(open_checkpoint(m).num_params for m in models)
+    steps, tokens = planned_tokens(models[0], eval_data, max_new_tokens)
+    return forward_cost(what, len(models) * steps, tokens / max(steps, 1), params, 0, "auto", unit="generation step")

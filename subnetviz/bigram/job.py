@@ -61,24 +61,31 @@ def validate_config(config: dict | BigramJobConfig) -> BigramJobConfig:
     return cfg
 
 
+def require_model_memory(model_dir) -> None:
+    """Refuse, from the headers, a model whose float32 copy and masked weights would not fit in memory."""
+    from subnetviz.checkpoints.sources import float32_bytes
+    from subnetviz.config import require_memory
+
+    # the model in float32 and, while a mask is applied, its masked weights
+    require_memory("The bigram analysis (the model in float32, twice)", 2 * float32_bytes(model_dir))
+
+
 def prepare(config: BigramJobConfig | dict):
     """Load ``(model, train corpus, eval corpus, table)`` for a validated config (table may be None
     only for the optimal target on a text corpus without a bigram file)."""
     from subnetviz.bigram.maskable import load_local_model, model_folder
     from subnetviz.bigram.stats import (
+        MAX_TOKENS,
         check_vocab,
         corpus_from_dataset,
         corpus_from_text,
         count_bigrams,
         load_transition_npz,
     )
-    from subnetviz.checkpoints.sources import float32_bytes
-    from subnetviz.config import require_memory
 
     cfg = config if isinstance(config, BigramJobConfig) else BigramJobConfig.from_dict(config)
     model_dir = model_folder(cfg.model)
-    # the model in float32 and, while a mask is applied, its masked weights
-    require_memory("The bigram analysis (the model in float32, twice)", 2 * float32_bytes(model_dir))
+    require_model_memory(model_dir)
     model = load_local_model(model_dir)
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 128)
     seq_len = cfg.seq_len or 128
@@ -101,7 +108,7 @@ def prepare(config: BigramJobConfig | dict):
         if path.is_file():
             full = corpus_from_text(path, model_dir, seq_len)
         else:  # a saved dataset folder or hf:<name>[:<split>] in the local cache
-            full = corpus_from_dataset(cfg.corpus, model_dir, seq_len, max_tokens=5_000_000)
+            full = corpus_from_dataset(cfg.corpus, model_dir, seq_len, max_tokens=MAX_TOKENS)
         train, evalc = full.split(cfg.eval_sequences) if len(full.ids) > 1 else (full, full)
         if cfg.bigram:
             table = load_transition_npz(cfg.bigram, n_out)
@@ -190,7 +197,7 @@ def analyse_mask_file(
     with; ``prompt``: text for the temperature-0.3 generations (default: the first 4 tokens of the
     first evaluation sequence); generations are None when the model folder has no tokenizer."""
     from subnetviz.bigram.evaluate import analyse_subnetwork, generations
-    from subnetviz.bigram.maskable import check_mask_fits, model_folder
+    from subnetviz.bigram.maskable import check_mask_fits, model_folder, model_skeleton
     from subnetviz.masks import load_mask_set
 
     cfg = validate_config(
@@ -203,12 +210,14 @@ def analyse_mask_file(
             seq_len=seq_len or None,
         )
     )
-    net, _, evalc, table = prepare(cfg)
+    require_model_memory(model_folder(str(model)))  # before anything is read
     ms = load_mask_set(mask)
-    check_mask_fits(net, ms, where=str(mask))
     opt = load_mask_set(optimal) if optimal else None
+    skeleton = model_skeleton(model)  # the masks are checked before the model is loaded (in float32)
+    check_mask_fits(skeleton, ms, where=str(mask))
     if opt is not None:
-        check_mask_fits(net, opt, where=str(optimal))
+        check_mask_fits(skeleton, opt, where=str(optimal))
+    net, _, evalc, table = prepare(cfg)
     result = analyse_subnetwork(net, ms, table, evalc, optimal=opt, seeds=tuple(seeds), residual_tokens=residual_tokens)
     gens = None
     model_dir = model_folder(str(model))

@@ -217,6 +217,17 @@ def load_local_model(spec: str | Path):
     return load_causal_lm(model_folder(spec)).eval()
 
 
+def model_skeleton(spec: str | Path):
+    """The model of ``spec`` built from its config on the meta device: its parameters' names and shapes, no
+    weights read or memory allocated (for checking a mask before the model is loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = model_folder(spec)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+
+
 def model_folder(spec: str | Path) -> Path:
     """The folder of a local model or of a hub id in the local HF cache
     (:func:`subnetviz.checkpoints.models.model_folder`); a ConfigError without config.json, as the bigram

@@ -303,42 +303,64 @@ def _tokenizer(tokenizer):
     return tokenizer
 
 
+MAX_TOKENS = 5_000_000  # a corpus's tokens read at most (bigram counts and evaluation need far fewer)
+PIECE_CHARS = 1 << 20  # characters of text tokenized at a time
+
+
 def _corpus_from_texts(texts, tokenizer, seq_len: int, max_tokens: int | None, source: str) -> TokenCorpus:
-    """Tokenize an iterable of text pieces into one stream, cut into ``seq_len`` sequences."""
+    """Tokenize an iterable of text pieces into one stream (8 bytes a token), cut into ``seq_len`` sequences."""
+    from array import array
+
     tokenizer = _tokenizer(tokenizer)
-    ids: list[int] = []
+    ids = array("q")
     for text in texts:
         ids.extend(_encode(tokenizer, text))
         if max_tokens is not None and len(ids) >= max_tokens:
             break
     if max_tokens is not None:
-        ids = ids[:max_tokens]
+        del ids[max_tokens:]
     if len(ids) < 2:
         raise ConfigError(f"{source}: tokenizes to {len(ids)} tokens; a corpus needs at least 2 (is it empty?).")
     n = len(ids) // seq_len
-    arr = np.asarray(ids[: n * seq_len] if n else ids, dtype=np.int64).reshape(max(n, 1), -1)
-    return TokenCorpus(torch.from_numpy(arr), source)
+    arr = np.frombuffer(ids, dtype=np.int64)[: n * seq_len if n else len(ids)].reshape(max(n, 1), -1)
+    return TokenCorpus(torch.from_numpy(arr.copy()), source)
 
 
 def corpus_from_text(
-    path: str | os.PathLike, tokenizer, seq_len: int = 128, max_tokens: int | None = None
+    path: str | os.PathLike, tokenizer, seq_len: int = 128, max_tokens: int | None = MAX_TOKENS
 ) -> TokenCorpus:
-    """Tokenize a text file with the model's tokenizer (a loaded tokenizer or a local folder) and cut
-    the token stream into sequences of ``seq_len`` (a shorter corpus gives one shorter sequence)."""
+    """Tokenize a UTF-8 text file with the model's tokenizer (a loaded tokenizer or a local folder) and cut
+    the token stream into sequences of ``seq_len`` (a shorter corpus gives one shorter sequence). The file is
+    read :data:`PIECE_CHARS` characters at a time (cut at a line or word break), and only until ``max_tokens``
+    tokens: memory and time stay bounded whatever the file's size or lines. A file that is not text (a NUL byte,
+    or bytes that are not UTF-8, in what is read) is refused, naming where."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such corpus file.")
 
-    def pieces():  # 1000 lines at a time: bounded memory, few tokenizer calls
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines: list[str] = []
-            for line in fh:
-                lines.append(line)
-                if len(lines) >= 1000:
-                    yield "".join(lines)
-                    lines = []
-            if lines:
-                yield "".join(lines)
+    def not_text(offset: int, why: str) -> ConfigError:
+        return ConfigError(f"{path}: not a UTF-8 text file ({why} near character {offset:,}); give a text corpus.")
+
+    def pieces():
+        done, rest = 0, ""
+        with open(path, encoding="utf-8", errors="strict", newline="") as fh:
+            while True:
+                try:
+                    chunk = fh.read(PIECE_CHARS)
+                except UnicodeDecodeError as exc:
+                    raise not_text(done + len(rest), f"byte 0x{exc.object[exc.start]:02x} is not UTF-8") from None
+                if "\x00" in chunk:
+                    raise not_text(done + len(rest) + chunk.index("\x00"), "a NUL byte")
+                text = rest + chunk
+                if not chunk:
+                    if text:
+                        yield text
+                    return
+                cut = max(text.rfind("\n"), text.rfind(" "))  # before a line or word break (which starts the
+                cut = cut if cut > 0 else len(text)  # next piece, as a tokenizer would see it in the whole text)
+                done += cut
+                rest = text[cut:]
+                yield text[:cut]
 
     return _corpus_from_texts(pieces(), tokenizer, seq_len, max_tokens, str(path))
 

@@ -91,6 +91,34 @@ BIGRAM_VERSION = 2
 PAGE_OPTIONS = {"eval_sequences": 200, "seeds": (0, 1, 2), "residual_tokens": 20_000, "seed": 0}
 
 
+def planned_passes(model: str, corpus: str = "zoo") -> tuple[int, int, float, int]:
+    """What the page's analysis of a mask (:func:`~subnetviz.bigram.job.analyse_mask_file`
+    with :data:`PAGE_OPTIONS`) will run, without loading the model: (forward passes, masked
+    models built, tokens per pass, parameters), from the config and the headers. The ablations run the
+    evaluation sequences through the full model, the subnetwork and its ablation, and each seed's random
+    subnetwork and its ablation; the residual stream runs its tokens through three models; the generations
+    sample up to 20 tokens from a 4-token prompt, once per seed, with the full model and the ablated one."""
+    from subnetviz.bigram.job import zoo_bigram_path, zoo_doc_length
+    from subnetviz.bigram.maskable import model_folder
+    from subnetviz.checkpoints import open_checkpoint
+
+    ck = open_checkpoint(model_folder(model))
+    cfg = ck.config or {}
+    max_pos = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 128
+    seq_len = 128
+    table = zoo_bigram_path() if corpus == "zoo" else None
+    if table is not None and Path(table).is_file():
+        seq_len = zoo_doc_length(table) or seq_len
+    seq_len = min(seq_len, int(max_pos))
+    seeds = len(PAGE_OPTIONS["seeds"])
+    ablation = (3 + 2 * seeds) * PAGE_OPTIONS["eval_sequences"] * seq_len
+    residual = 3 * PAGE_OPTIONS["residual_tokens"]
+    steps = min(20, seq_len)
+    generation = 2 * seeds * sum(4 + t for t in range(steps))  # no cache: the whole prefix each step
+    passes = 3 + 2 * seeds + 3 + 2 * seeds * steps
+    return passes, 2 + 2 * seeds + 2, (ablation + residual + generation) / passes, ck.num_params
+
+
 def analysis_key(model: str, mask: str, corpus: str = "zoo", optimal: str | None = None) -> str:
     """The cache key of a mask analysis: the model's fingerprint, each file's stamp (path, size,
     mtime_ns), the corpus, the options and :data:`BIGRAM_VERSION`. The page keys its memory cache
@@ -112,6 +140,11 @@ def analysis_key(model: str, mask: str, corpus: str = "zoo", optimal: str | None
         corpus_file=corpus_stamp,
         options=PAGE_OPTIONS,
     )
+
+
+def is_cached(key: str, cache_root: str | os.PathLike | None = None) -> bool:
+    """Whether the analysis under ``key`` (:func:`analysis_key`) is in the disk cache."""
+    return entry("bigram", key, root=cache_root).ready
 
 
 def cached_mask_analysis(

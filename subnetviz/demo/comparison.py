@@ -41,6 +41,11 @@ def comparison_key(full, sub, base=None, eval_data=None, tolerances=None) -> str
     )
 
 
+def is_cached(full, sub, base=None, eval_data=None, cache_root: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`cached_compare_runs` of these has its disk cache entry (headers only)."""
+    return entry(KIND, comparison_key(full, sub, base, eval_data), root=cache_root).ready
+
+
 def cached_compare_runs(
     full: str | os.PathLike,
     sub: str | os.PathLike,

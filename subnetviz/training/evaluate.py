@@ -10,6 +10,24 @@ import torch
 from subnetviz.training.data import read_jsonl
 
 
+def planned_tokens(
+    model_dir: str | os.PathLike, eval_jsonl: str | os.PathLike, max_new_tokens: int = 8, batch_size: int = 64
+) -> tuple[int, int]:
+    """What :func:`evaluate_accuracy` will run for one model, without loading it: (generation steps, tokens
+    through the model), from the prompts and the tokenizer. Each batch's prompts, left padded to the longest,
+    go through once, then one token per step for ``max_new_tokens`` steps (the cache holds the rest)."""
+    from subnetviz.checkpoints.models import load_tokenizer
+
+    rows = read_jsonl(eval_jsonl, "eval")
+    lengths = [len(ids) for ids in load_tokenizer(model_dir)([r["prompt"] for r in rows])["input_ids"]]
+    steps = tokens = 0
+    for i in range(0, len(lengths), batch_size):
+        chunk = lengths[i : i + batch_size]
+        steps += 1 + max_new_tokens
+        tokens += len(chunk) * (max(chunk) + max_new_tokens)
+    return steps, tokens
+
+
 def evaluate_accuracy(
     model_dir: str | os.PathLike, eval_jsonl: str | os.PathLike, *, max_new_tokens: int = 8, batch_size: int = 64
 ) -> float:

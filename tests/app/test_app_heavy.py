@@ -220,3 +220,41 @@ def test_a_viewer_waits_for_a_computation_in_flight_and_never_takes_it_over(app_
         assert "viewer may start" in _infos(at) and not at.get("plotly_chart") and calls == []
     else:
         assert at.get("plotly_chart") and "not computed yet" not in _infos(at) and calls == [1]
+
+
+def test_bigram_analysis_and_held_out_accuracy_wait_for_an_editor(app_env, monkeypatch):
+    """The Bigram page's analysis (the model in float32 through the evaluation set eleven times, the residual
+    stream, generations) and the Training comparison's held-out accuracy (generation with three models) are
+    forward passes like Behaviour's: priced and asked for (before, a viewer's URL started them at once)."""
+    from subnetviz import config, ui
+    from subnetviz.bigram import store
+    from subnetviz.bigram.maskable import maskable_shapes, model_skeleton
+    from subnetviz.demo import comparison
+    from subnetviz.masks import MaskSet, save_mask_set
+    from subnetviz.selection import uploads_dir
+    from tests.app_fixtures import open_page
+
+    ui._memo.clear()  # nothing computed in this process counts
+    gen = torch.Generator().manual_seed(0)
+    shapes = maskable_shapes(model_skeleton(str(config.zoo_dir() / "base")))
+    masks = {n: torch.rand(s, generator=gen) < 0.1 for n, s in shapes.items()}
+    save_mask_set(uploads_dir() / "heavy-random.safetensors", MaskSet(masks, {"target": "bigram"}))
+    monkeypatch.setattr(store, "is_cached", lambda key, cache_root=None: False)  # (the zoo's build filled them)
+    monkeypatch.setattr(comparison, "is_cached", lambda *args, **kwargs: False)
+    monkeypatch.setenv("SUBNETVIZ_EDITOR_TOKEN", EDITOR_TOKEN)
+    pages = {
+        "bigram": ({"bg_mask": "uploads/heavy-random"}, "Bigram analysis:", "forward passes, about"),
+        "training": ({"tr_view": "Subnetwork vs full", "cmp_acc": "true"}, "Held-out accuracy:", "generation steps"),
+    }
+    for page, (query, what, unit) in pages.items():
+        at = open_page(page, **query)
+        assert not at.exception and not at.error, page
+        text = _infos(at)
+        assert what in text and unit in text and "viewer may start" in text, (page, text)
+        assert not _compute_buttons(at) and not at.get("plotly_chart"), page
+    monkeypatch.delenv("SUBNETVIZ_EDITOR_TOKEN")
+    for page, (query, _, _) in pages.items():
+        at = open_page(page, **query)
+        (go,) = _compute_buttons(at)
+        go.click().run()
+        assert not at.exception and not at.error and at.get("plotly_chart"), page

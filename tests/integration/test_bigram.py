@@ -137,6 +137,49 @@ def test_corpus_from_text_uses_tokenizer(tmp_path):
         count_bigrams([np.array([], dtype=np.int64)], 4)
 
 
+def _words(text, add_special_tokens=False):
+    """GPT-2's pre-tokenizer in small (a word carries its leading space; a run of whitespace gives all but its
+    last character to a token of its own): a cut inside a word, or one that moves a word's space to the
+    previous piece, would change the tokens."""
+    import re
+
+    return {"input_ids": [sum(map(ord, w)) % 997 for w in re.findall(r" ?\S+|\s+(?!\S)|\s+", text)]}
+
+
+def test_corpus_from_text_reads_a_piece_at_a_time_as_the_whole_text_reads(tmp_path, monkeypatch):
+    """The file is read a piece at a time, cut before a line or word break: the same tokens as the whole text
+    (before, a line at a time: a file with no newline was read whole), and only until ``max_tokens``."""
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefgh"), rng.integers(1, 9))) for _ in range(3000)]
+    text = " ".join(words[:1500]) + "\n" + "  ".join(words[1500:])
+    f = tmp_path / "c.txt"
+    f.write_text(text)
+    monkeypatch.setattr(stats_mod, "PIECE_CHARS", 97)
+    whole = _words(text)["input_ids"]
+    got = corpus_from_text(f, _words, seq_len=10, max_tokens=None).ids.reshape(-1).tolist()
+    assert got == whole[: len(whole) // 10 * 10]
+    pieces = []
+    counted = lambda t, add_special_tokens=False: pieces.append(t) or _words(t)  # noqa: E731
+    assert corpus_from_text(f, counted, seq_len=10, max_tokens=50).ids.numel() == 50
+    assert len(pieces) < 10  # stopped reading once it had its tokens
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        (b"abc abc\x00\x01\x02 abc", r"not a UTF-8 text file \(a NUL byte near character 7\)"),
+        (b"abc \xff\xfe abc", r"not a UTF-8 text file \(byte 0xff is not UTF-8"),
+    ],
+)
+def test_a_corpus_that_is_not_text_is_refused(tmp_path, data, says):
+    """A binary file under the roots (a shared library, a checkpoint) is refused as a corpus, naming where; before
+    it was tokenized as text (errors replaced), a 17 MB binary taking 34 s and 600 MB of the server's memory."""
+    f = tmp_path / "lib.so"
+    f.write_bytes(data)
+    with pytest.raises(ConfigError, match=says):
+        corpus_from_text(f, _words)
+
+
 # ---------------------------------------------------------------- maskable weights
 
 
