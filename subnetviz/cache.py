@@ -270,7 +270,11 @@ def sweep(root: str | os.PathLike, *, older_than_s: float = 3600.0) -> list[Path
     now = time.time()
     for p in root.rglob(".*"):
         parts = p.name.rsplit(".", 1)[-1].split("-")
-        if len(parts) < 3 or parts[0] not in ("tmp", "old", "corrupt") or not parts[1].isdigit():
+        if (
+            len(parts) < 3
+            or parts[0] not in ("tmp", "old", "corrupt")
+            or not (parts[1].isascii() and parts[1].isdigit())
+        ):
             continue
         try:
             stale = not psutil.pid_exists(int(parts[1])) or now - p.lstat().st_mtime > older_than_s

@@ -332,6 +332,13 @@ def url_number(raw: str | None, lo: float, hi: float, default: float) -> float:
     return float(min(hi, max(lo, x))) if math.isfinite(x) else float(default)
 
 
+def url_int(raw: str | None, default: int | None = None) -> int | None:
+    """The non-negative integer ``raw`` spells in ASCII digits (a URL's "3"), else ``default``: "²" and "٣" are
+    digits to ``str.isdigit`` but ``int`` refuses the first, and no page means the second."""
+    text = "" if raw is None else str(raw)
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else default
+
+
 def url_choice(raw: str | None, options: Sequence, default):
     """The option of ``options`` that ``raw`` names (compared as text: a URL holds "16" for 16), else ``default``."""
     return next((o for o in options if str(o) == raw), default)
@@ -360,7 +367,10 @@ def dashboard_html(
     ``(figures, tables)``, or ``(figures, tables, notes)`` where a closed tab was left out (its notes say why)."""
     from subnetviz.report.html import ReportSection, build_report
 
-    f, t, *left = more() if more is not None else ({}, {})  # (figures, tables[, notes on what is left out])
+    try:
+        f, t, *left = more() if more is not None else ({}, {})  # (figures, tables[, notes on what is left out])
+    except Exception as exc:  # (the click's own thread: raised, it would reach no one, and nothing downloads)
+        f, t, left = {}, {}, [[f"The closed tabs could not be built, so they are not in this export: {_why(exc)}"]]
     allf, allt = {**f, **figures}, {**t, **tables}
     params = {k: _shown_param(v) for k, v in params.items()}  # a shared file shows no server path
     section = ReportSection(
@@ -372,3 +382,31 @@ def dashboard_html(
         ),
     )
     return build_report(f"subnetviz · {title}", [section], params)
+
+
+def _why(exc: BaseException) -> str:
+    """An error as a visitor may read it: a subnetviz error's own line (paths relative to their roots), else
+    only its type (the traceback goes to the server's log)."""
+    import logging
+
+    from subnetviz.config import redact
+    from subnetviz.errors import SubnetvizError
+
+    if isinstance(exc, SubnetvizError):
+        return redact(str(exc))
+    logging.getLogger("subnetviz").error("building an export failed", exc_info=exc)
+    return f"an error inside subnetviz ({type(exc).__name__}); the server's log has its traceback."
+
+
+def redacted(value):
+    """``value`` (JSON-like: dicts, lists, strings) as visitors may see it: every server path in its strings
+    shown relative to its root (:func:`subnetviz.config.redact`), never absolute."""
+    from subnetviz.config import redact
+
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    return value

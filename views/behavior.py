@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from subnetviz import config, ui
+from subnetviz import config, ui, uilogic
 from subnetviz.figures import behavior as bfig
 from subnetviz.figures import plain_label
 
@@ -140,7 +140,7 @@ def show(res: dict[str, pd.DataFrame]) -> None:
         model = q.get("bh_model") if q.get("bh_model") in models else models[0]
         experiments = experiments_of(tokens, model)
         experiment = q.get("bh_exp") if q.get("bh_exp") in experiments else experiments[0]
-        prompt = int(q["bh_prompt"]) if str(q.get("bh_prompt", "")).isdigit() else 0
+        prompt = uilogic.url_int(q.get("bh_prompt"), 0)
         selection = {"model": model, "experiment": experiment, "prompt": prompt}
     ui.export_button(
         "Behaviour",

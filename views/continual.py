@@ -156,7 +156,17 @@ def results() -> None:
             *[f"cl-A-{m}" for m in methods],
         ],
         ["cl-summary"],
-        more=partial(closed_parts, frames, str(folder), methods, density, seed),  # the closed tabs, on click
+        # the closed tabs, on click, with the URL's owner image as read now (the click's own thread has no URL)
+        more=partial(
+            closed_parts,
+            frames,
+            str(folder),
+            methods,
+            density,
+            seed,
+            st.query_params.get("cl_owner"),
+            st.query_params.get("cl_layer"),
+        ),
     )
 
 
@@ -197,9 +207,12 @@ def knn_figure(knn: pd.DataFrame, density, seed):
     return cl_figures.knn_bars(knn, title=f"KKT: KNN accuracy of each earlier mask (density {density:g}, seed {seed})")
 
 
-def closed_parts(frames, folder: str, methods, density, seed) -> tuple[dict, dict]:
+def closed_parts(
+    frames, folder: str, methods, density, seed, owner: str | None = None, layer: str | None = None
+) -> tuple[dict, dict]:
     """Every tab's figures for the export (the open tab's are drawn; the others are built here on click),
-    the owner image for the method and layer in the URL (else the first of each, as the tab opens)."""
+    the owner image for the method ``owner`` and ``layer`` the URL names (else the first of each, as the tab
+    opens)."""
     summary, acc, cap = frames["summary"], frames["accuracy"], frames["capacity"]
     figs = {
         "cl-acc-density": cl_figures.accuracy_vs_density(summary),
@@ -214,10 +227,9 @@ def closed_parts(frames, folder: str, methods, density, seed) -> tuple[dict, dic
     if len(knn):
         figs["cl-knn"] = knn_figure(knn, density, seed)
     masked = [m for m in methods if m != "finetune"]
-    label = st.query_params.get("cl_owner", masked[0] if masked else None)
+    label = owner if owner in masked else (masked[0] if masked else None)
     masks = load_task_masks(folder, label, density, seed) if label in masked else []
     if masks:
-        layer = st.query_params.get("cl_layer", next(iter(masks[0])))
         layer = layer if layer in masks[0] else next(iter(masks[0]))
         figs["cl-owner"] = owner_figure(masks, layer, label)
     return figs, {}

@@ -142,7 +142,7 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
         return {}, {}
     chosen = tuple(m for m in chosen if m in analysis.labels) or tuple(analysis.labels[:1])
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
-    layer = layer if layer == "all" or (layer or "").isdigit() else (str(layers[0]) if layers else "all")
+    layer = layer if layer == "all" or uilogic.url_int(layer) in layers else (str(layers[0]) if layers else "all")
     figs = {"spectra": spectrum_figure(analysis, spec, chosen, layer, module)}
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))

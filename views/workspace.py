@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from subnetviz import config, selection, ui
+from subnetviz import config, selection, ui, uilogic
 from subnetviz.errors import SubnetvizError
 
 
@@ -105,7 +105,7 @@ def body() -> None:
         st.subheader("Demo zoo manifest")
         ui.table(pd.DataFrame([m.to_dict() for m in z.manifest.members]), "zoo-members", "Demo zoo members")
         with st.expander("Full manifest (JSON)"):
-            st.json(z.manifest.to_dict(), expanded=False)
+            st.json(uilogic.redacted(z.manifest.to_dict()), expanded=False)  # (it names the runs folder)
 
 
 ui.run_page(body)

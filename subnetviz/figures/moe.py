@@ -14,10 +14,15 @@ import plotly.graph_objects as go
 from subnetviz.figures.style import SEQUENTIAL, _require, _style, color_map, no_data_figure, takes_data
 
 
+def _index(expert: str) -> bool:
+    """Whether an expert's name is its index (ASCII digits: "²" is a digit to ``str.isdigit``, not to ``int``)."""
+    return expert.isascii() and expert.isdigit()
+
+
 def _expert_order(experts) -> list[str]:
     names = [str(e) for e in dict.fromkeys(experts)]
-    routed = sorted((e for e in names if e.isdigit()), key=int)
-    return routed + [e for e in names if not e.isdigit()]
+    routed = sorted((e for e in names if _index(e)), key=int)
+    return routed + [e for e in names if not _index(e)]
 
 
 @takes_data()
@@ -44,7 +49,7 @@ def expert_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None 
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=[f"E{e}" if e.isdigit() else e for e in experts],
+            x=[f"E{e}" if _index(e) else e for e in experts],
             y=[str(v) for v in layers],
             customdata=np.dstack([changed, numel]),
             colorscale=SEQUENTIAL,

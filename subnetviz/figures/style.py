@@ -109,7 +109,7 @@ def _strip_shared(labels: list[str]) -> tuple[list[str], str]:
     while q > 0 and first[len(first) - q] not in " )],":  # the shared end starts at a separator
         q -= 1
     short = [x[p : len(x) - q].strip() for x in labels]
-    if p and all(x.isdigit() for x in short):
+    if p and all(x.isascii() and x.isdigit() for x in short):
         p = max(first.rfind(c, 0, p - 1) for c in " ([") + 1  # back to the start of the word before
         short = [x[p : len(x) - q].strip() for x in labels]
     if p + q == 0 or not all(short) or len(set(short)) < len(short):

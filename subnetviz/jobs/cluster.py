@@ -87,7 +87,7 @@ def probe(address: str, timeout: float | None = None) -> None:
     (``host:port``, ``ray://host:port``) within ``timeout`` seconds; other forms (``auto``) pass."""
     timeout = timeout or _seconds(CONNECT_TIMEOUT_ENV, 10.0)
     host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
@@ -208,7 +208,13 @@ def drive(kind: str, request: dict, address: str, progress, total: int | None, m
                 line = []
             if line == ["connected"]:
                 connected = True
-            elif len(line) == 3 and line[0] == "done" and line[1].isdigit() and line[2].isdigit():
+            elif (
+                len(line) == 3
+                and line[0] == "done"
+                and (line[1] + line[2]).isascii()
+                and line[1].isdigit()
+                and line[2].isdigit()
+            ):
                 done = f"{line[1]} of {line[2]} tasks done"
                 if progress:
                     progress(int(line[1]), int(line[2]), f"tasks done {where}")  # other output is a library's

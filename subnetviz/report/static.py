@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 
 from subnetviz.errors import SubnetvizError
 
 FORMATS = {"svg": "image/svg+xml", "pdf": "application/pdf", "png": "image/png"}
 SYSTEM_CHROMIUM = "/usr/bin/chromium"
+# Each render starts a browser of its own (about 5 processes): at most this many at once in the server, the
+# other visitors' downloads wait their turn
+_RENDERS = threading.BoundedSemaphore(2)
 
 
 class StaticExportError(SubnetvizError):
@@ -42,7 +46,8 @@ def figure_bytes(fig, fmt: str = "svg", scale: float = 1.0, width: int = 900, he
     h = height or int(fig.layout.height or 500)
     for attempt in range(3):  # kaleido's fresh browser tab sometimes runs before its script loaded (under load)
         try:
-            return fig.to_image(format=fmt, width=width, height=h, scale=scale)
+            with _RENDERS:
+                return fig.to_image(format=fmt, width=width, height=h, scale=scale)
         except Exception as exc:  # kaleido raises its own JavascriptError/ChromeNotFound types
             if attempt == 2:
                 raise StaticExportError(f"could not render the figure as {fmt}: {exc}") from exc

@@ -127,6 +127,9 @@ def test_workspace_numbers_equal_backend(app_env):
     assert any(c.startswith("micro-zoo") and c.endswith("/base") for c in cells)
     # a missing value reads as the export writes it, not as a grey "None"
     assert at.dataframe and {df.proto.placeholder for df in at.dataframe} == {"—"}
+    # the full manifest too (a built zoo's names the runs folder: uilogic.redacted, tests/unit/test_url_values.py)
+    (manifest,) = [j.proto.body for j in at.get("json")]
+    assert '"/' not in manifest, manifest[:300]
 
 
 def test_sparsity_heatmap_equals_backend_table(app_env):

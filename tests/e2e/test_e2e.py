@@ -211,6 +211,30 @@ def test_spectra_export_from_singular_values_holds_every_view(browser, app_url, 
         ctx.close()
 
 
+def test_continual_export_holds_the_owner_image_the_url_names(browser, app_url, tmp_path):
+    """The export builds the closed tabs on click, in a thread of its own with no URL: the owner image of the
+    method and layer in the URL is read when the page is drawn (before: always the first method's)."""
+    ctx, page = open_page(browser, app_url + "/continual?cl_owner=exssnet&cl_layer=layer2.weight", height=2400)
+    try:
+        wait_for_charts(page)
+        html = _export(page, tmp_path)
+        assert "exssnet: owner task of layer2.weight" in html and "supsup: owner task" not in html
+    finally:
+        ctx.close()
+
+
+def test_a_layer_in_unicode_digits_is_dropped_and_the_export_still_downloads(browser, app_url, tmp_path):
+    """'²' is a digit to str.isdigit but not to int: the page and its export took it for a layer (the export
+    then failed with no word to the visitor, and nothing downloaded)."""
+    ctx, page = open_page(browser, app_url + "/spectra?spec_tab=Subspaces+of+W_base+vs+W_ft&spec_layer=%C2%B2&sub_k=4")
+    try:
+        wait_for_charts(page)
+        html = _export(page, tmp_path)
+        assert "Largest principal angle" in html and "Singular values of updates" in html
+    finally:
+        ctx.close()
+
+
 def test_overlap_view_and_pair_round_trip_through_the_url(browser, app_url):
     """What the page writes into the URL (the × chance view, the per-layer pair) reopens the same view."""
     ctx, page = open_page(browser, app_url + "/overlap", height=2400)

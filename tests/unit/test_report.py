@@ -342,3 +342,24 @@ def test_run_names_fall_back_to_the_kind_for_a_nameless_run():
         {"id": ["a", "b", "c", "d"], "name": ["grid", None, np.nan, ""], "kind": ["drivers", "python", "train", "x"]}
     )
     assert run_names(runs) == {"a": "grid · a", "b": "python · b", "c": "train · c", "d": "x · d"}
+
+
+@pytest.mark.parametrize(
+    "error, says",
+    [
+        (ValueError("invalid literal for int() with base 10: '²'"), "an error inside subnetviz (ValueError)"),
+        (ConfigError("/srv/secret/models/x: no such corpus file."), "…/x: no such corpus file."),
+    ],
+)
+def test_an_export_whose_closed_tabs_fail_still_downloads_with_the_open_one(error, says):
+    """The closed tabs are built in the click's own thread: an error there reached no one and nothing downloaded.
+    The dashboard holds the open tab and says, as a visitor may read it, why the rest is missing."""
+    from subnetviz import uilogic
+
+    def more():
+        raise error
+
+    fig = go.Figure(go.Bar(x=[1], y=[2]), layout={"title": {"text": "The open tab's chart"}})
+    page = uilogic.dashboard_html("Spectra", {"K": 16}, {"open": fig}, {}, ["open"], [], more)
+    assert "The open tab&#x27;s chart" in page or "The open tab's chart" in page
+    assert "The closed tabs could not be built" in page and says in page and "/srv/secret" not in page

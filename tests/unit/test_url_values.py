@@ -35,3 +35,13 @@ def test_url_choice_names_an_offered_option_or_gives_the_default():
     assert url_choice("right", ["left", "right"], "left") == "right"
     for raw in ("99999999999", "abc", "", None, "16.0", " 16"):
         assert url_choice(raw, [4, 8, 16], 8) == 8
+
+
+def test_json_shown_to_visitors_holds_no_server_path(tmp_path, monkeypatch):
+    """The zoo manifest the Workspace page shows named its runs folder by its absolute server path."""
+    from subnetviz.uilogic import redacted
+
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path / "home"))
+    (tmp_path / "home" / "runs").mkdir(parents=True)
+    got = redacted({"extras": {"runs_root": str(tmp_path / "home" / "runs"), "n": 3, "ids": ["a", f"{tmp_path}/x"]}})
+    assert got == {"extras": {"runs_root": "home/runs", "n": 3, "ids": ["a", "…/x"]}}
