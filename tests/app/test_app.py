@@ -110,6 +110,12 @@ def test_an_editor_token_leaves_the_address_bar_and_a_viewer_token_stays(app_env
         assert not at.exception and at.session_state["_access"].name == role and at.get("plotly_chart")
 
 
+def test_unicode_digits_in_a_url_are_dropped(app_env):
+    """'²' is a digit to str.isdigit but not to int: Behaviour's prompt choice in a shared URL was a bug notice."""
+    at = open_page("behavior", bh_prompt="²")  # (the token tab closed: the export reads the URL)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+
+
 def test_workspace_numbers_equal_backend(app_env):
     from subnetviz.analysis.updates import analyze_updates
     from subnetviz.demo.build import load_zoo

@@ -45,3 +45,13 @@ def test_json_shown_to_visitors_holds_no_server_path(tmp_path, monkeypatch):
     (tmp_path / "home" / "runs").mkdir(parents=True)
     got = redacted({"extras": {"runs_root": str(tmp_path / "home" / "runs"), "n": 3, "ids": ["a", f"{tmp_path}/x"]}})
     assert got == {"extras": {"runs_root": "home/runs", "n": 3, "ids": ["a", "…/x"]}}
+
+
+@pytest.mark.parametrize(
+    "raw, want", [("3", 3), ("007", 7), ("²", None), ("٣", None), ("-1", None), ("1e3", None), ("", None), (None, None)]
+)
+def test_a_url_number_is_ascii_digits(raw, want):
+    """'²' and '٣' are digits to str.isdigit: int('²') raised (a bug notice on Behaviour, a failed export on Spectra)."""
+    from subnetviz.uilogic import url_int
+
+    assert url_int(raw) == want and url_int(raw, 0) == (0 if want is None else want)
