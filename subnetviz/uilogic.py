@@ -53,9 +53,25 @@ def workspace_of(
     """The workspace the sidebar's choices name, and the error that refused a choice (the checkpoints
     are then left out: a path outside the roots is never opened)."""
     refused = None
+    chosen = list(dict.fromkeys(c for c in finetuned if c != base))
+    if len(chosen) > MAX_FINETUNED:  # a URL can list thousands; each is opened and drawn
+        refused = SubnetvizError(
+            f"{len(chosen):,} finetuned checkpoints chosen; a view compares at most {MAX_FINETUNED}: the first "
+            f"{MAX_FINETUNED} are shown."
+        )
+        chosen = chosen[:MAX_FINETUNED]
     try:
         base_path = resolve_choice(base, members) if base else None
-        fts = tuple((label_of(c, members), resolve_choice(c, members)) for c in finetuned if c != base)
+        seen, out = {_same(base_path)}, []
+        for c in chosen:  # a checkpoint named twice (its id and its folder) is compared once
+            path = resolve_choice(c, members)
+            if _same(path) not in seen:
+                seen.add(_same(path))
+                label, k = label_of(c, members), 2
+                while label in {lbl for lbl, _ in out}:  # two folders of one name: /a/ft and /b/ft
+                    label, k = f"{label_of(c, members)} ({k})", k + 1
+                out.append((label, path))
+        fts = tuple(out)
     except SubnetvizError as exc:
         refused, base_path, fts = exc, None, ()
     ws = Workspace(
@@ -68,6 +84,16 @@ def workspace_of(
         zoo_root,
     )
     return ws, refused
+
+
+MAX_FINETUNED = 32  # finetuned checkpoints one view compares
+
+
+def _same(path: str | None) -> str | None:
+    """What tells two choices of one checkpoint apart from two checkpoints: the real path of a local one."""
+    import os
+
+    return os.path.realpath(path) if path and os.path.exists(path) else path
 
 
 def empty_workspace() -> Workspace:

@@ -61,7 +61,7 @@ def without_adapter(folder: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="subnetviz-model-") as tmp:
         for entry in folder.iterdir():
             if entry.name not in ADAPTER_FILES:
-                os.symlink(entry.resolve(), Path(tmp) / entry.name)
+                os.symlink(os.path.realpath(entry), Path(tmp) / entry.name)  # (a link loop: linked as it is)
         yield Path(tmp)
 
 

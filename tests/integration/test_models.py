@@ -61,6 +61,17 @@ def test_a_merged_save_beside_its_adapter_loads_as_the_merged_weights(merged_sav
     )
 
 
+def test_a_link_loop_beside_a_merged_save_does_not_stop_the_load(merged_save):
+    """The adapter's files are left out through a folder of links; an entry that links to itself ended in
+    Path.resolve's RuntimeError (a traceback), now it is linked as it is and never read."""
+    from subnetviz.checkpoints.models import load_causal_lm
+
+    folder, weights = merged_save
+    (folder / "notes.txt").symlink_to("notes.txt")
+    params = dict(load_causal_lm(folder).named_parameters())
+    assert all(torch.equal(p, weights[name]) for name, p in params.items())
+
+
 def test_a_cached_hub_id_loads_without_the_network(tmp_path, monkeypatch):
     from subnetviz.checkpoints.models import load_causal_lm, model_folder
 

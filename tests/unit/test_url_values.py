@@ -55,3 +55,29 @@ def test_a_url_number_is_ascii_digits(raw, want):
     from subnetviz.uilogic import url_int
 
     assert url_int(raw) == want and url_int(raw, 0) == (0 if want is None else want)
+
+
+def test_a_url_naming_many_or_the_same_checkpoints(tmp_path, monkeypatch):
+    """A shared URL can list thousands of finetuned checkpoints (each opened and drawn: 300 error boxes, then a
+    login form for a 26 KB URL): at most MAX_FINETUNED are taken, with one line saying so. A checkpoint named twice
+    (its zoo id and its folder) is compared once, and the base is not compared with itself."""
+    from subnetviz.uilogic import MAX_FINETUNED, workspace_of
+
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path))
+    members = {}
+    for i in range(MAX_FINETUNED + 8):
+        (tmp_path / f"m{i}").mkdir()
+        members[f"m{i}"] = str(tmp_path / f"m{i}")
+    ws, refused = workspace_of("m0", list(members), [], "stored", "auto", members, {}, None)
+    assert len(ws.finetuned) == MAX_FINETUNED and "39 finetuned checkpoints chosen" in str(
+        refused
+    )  # (the base left out)
+    ws, refused = workspace_of("m0", ["m1", str(tmp_path / "m1"), str(tmp_path / "m0"), "m2"], [], "stored", "auto",
+                               members, {}, None)  # fmt: skip
+    assert refused is None and [label for label, _ in ws.finetuned] == ["m1", "m2"]
+    for d in ("a/ft", "b/ft"):
+        (tmp_path / d).mkdir(parents=True)
+    ws, _ = workspace_of(
+        "m0", [str(tmp_path / "a/ft"), str(tmp_path / "b/ft")], [], "stored", "auto", members, {}, None
+    )
+    assert [label for label, _ in ws.finetuned] == ["ft", "ft (2)"]  # (before: 'mask labels must be unique')
