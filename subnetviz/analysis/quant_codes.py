@@ -109,7 +109,7 @@ def compare_codes(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, *,
     a, b = a.contiguous(), b.contiguous()
     changed, above = _code_counts(a, b)
     ne = a != b
-    a2 = ne.reshape(ne.shape[0], -1) if ne.dim() >= 2 else ne.reshape(-1, 1)
+    a2 = ne.reshape(ne.shape[0], math.prod(ne.shape[1:])) if ne.dim() >= 2 else ne.reshape(-1, 1)  # ([0, N]: no -1)
     steps = float((b.to(torch.int64) - a.to(torch.int64)).abs().max()) if changed else 0.0
     return PairStats(
         numel=a.numel(),

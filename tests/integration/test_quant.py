@@ -307,3 +307,13 @@ def test_fp8_finite_check_on_bit_patterns_matches_the_values(dtype, jit, monkeyp
             else:
                 check_finite_stored(x.view(dtype), "w")
     check_finite_stored(torch.full((4, 8), 0x38, dtype=torch.uint8).view(dtype), "w")  # words only
+
+
+def test_codes_of_no_rows_compare():
+    """A quantized tensor of shape [0, N] (its codes compared exactly): 'cannot reshape tensor of 0 elements'."""
+    from subnetviz.analysis.quant_codes import compare_codes
+    from subnetviz.analysis.sparsity import SparsityOptions
+
+    a = torch.zeros((0, 8), dtype=torch.int32)
+    st = compare_codes(a, a.clone(), SparsityOptions(), name="x")
+    assert st.numel == 0 and st.changed == 0
