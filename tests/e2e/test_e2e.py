@@ -214,11 +214,11 @@ def test_spectra_export_from_singular_values_holds_every_view(browser, app_url, 
 def test_continual_export_holds_the_owner_image_the_url_names(browser, app_url, tmp_path):
     """The export builds the closed tabs on click, in a thread of its own with no URL: the owner image of the
     method and layer in the URL is read when the page is drawn (before: always the first method's)."""
-    ctx, page = open_page(browser, app_url + "/continual?cl_owner=exssnet&cl_layer=layer2.weight", height=2400)
+    ctx, page = open_page(browser, app_url + "/continual?cl_owner=ExSSNeT&cl_layer=layer2.weight", height=2400)
     try:
         wait_for_charts(page)
         html = _export(page, tmp_path)
-        assert "exssnet: owner task of layer2.weight" in html and "supsup: owner task" not in html
+        assert "ExSSNeT: owner task of layer2.weight" in html and "SupSup: owner task" not in html
     finally:
         ctx.close()
 
