@@ -231,3 +231,23 @@ def test_spectra_page_subspaces_tab_renders(app_env):
     assert "layers.0.mlp.down_proj.weight" in set(table["name"]) and not table["name"].str.startswith("model.").any()
     curves = next(s for s in plotly_specs(at) if "most rotated" in s["layout"]["title"]["text"])
     assert curves["data"] and all(t["name"].startswith(("layers.", "lm_head", "embed")) for t in curves["data"])
+
+
+def test_the_randomized_path_is_refined_to_float64():
+    """float32 ``svd_lowrank`` found the subspace, but its σ and vectors were float32's: a σ ratio's deviation of
+    1e-6 (the size of what arXiv 2509.17866 reads) was noise, angles off by 2e-4°. Refined in float64 (two
+    subspace iterations and Rayleigh-Ritz), they are float64's, against NumPy's float64 SVD."""
+    from subnetviz.analysis.subspaces_linalg import principal_angles, top_k
+
+    gen = np.random.default_rng(0)
+    m, n, k = 40_000, 96, 16
+    u, _ = np.linalg.qr(gen.standard_normal((m, n)))
+    v, _ = np.linalg.qr(gen.standard_normal((n, n)))
+    s = np.geomspace(10.0, 0.01, n)
+    w = torch.from_numpy((u * s) @ v.T).to(torch.float32)
+    ref_u, ref_s, ref_vt = np.linalg.svd(w.double().numpy(), full_matrices=False)
+    got = top_k(w, k, method="randomized")
+    assert np.abs(got.sigma / ref_s[:k] - 1).max() < 1e-12 and abs(got.next_sigma / ref_s[k] - 1) < 1e-9
+    left = principal_angles(got.left, torch.from_numpy(ref_u[:, :k]))
+    right = principal_angles(got.right, torch.from_numpy(ref_vt[:k].T))
+    assert left.max() < 1e-8 and right.max() < 1e-8, (left.max(), right.max())
