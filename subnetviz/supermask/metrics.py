@@ -63,11 +63,15 @@ def final_accuracy(acc: np.ndarray) -> float:
 
 
 def forgetting(acc: np.ndarray) -> float:
-    """Mean max drop over tasks 0..T-2 (≥ 0); NaN for a single task."""
+    """ExSSNeT's forgetting (``utils/metrics.py::get_forgetting_metric`` with its sign flipped): for each task
+    j < T-1, its best accuracy before the last task, max_{j ≤ t < T-1} A[t, j], less its accuracy at the end,
+    A[T-1, j]; the mean over j. Not floored: an accuracy that grew after its task (backward transfer) makes it
+    negative, as in the paper's code. (The paper's max runs over every t < T-1; its matrix holds no accuracy
+    before a task is learned, which t ≥ j leaves out here too.) NaN for a single task."""
     t_count = acc.shape[0]
     if t_count < 2:
         return float("nan")
-    drops = [float(np.max(acc[j:, j]) - acc[-1, j]) for j in range(t_count - 1)]
+    drops = [float(np.max(acc[j : t_count - 1, j]) - acc[-1, j]) for j in range(t_count - 1)]
     return float(np.mean(drops))
 
 

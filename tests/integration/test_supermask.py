@@ -238,8 +238,11 @@ def test_knn_transfer_k_is_clamped_and_task_inference_with_one_task(perm3):
 
 def test_forgetting_and_forward_transfer_by_hand():
     acc = np.array([[0.9, 0.2, 0.1], [0.7, 0.8, 0.3], [0.8, 0.85, 0.6]])
-    # task 0: max(0.9, 0.7, 0.8) - 0.8 = 0.1; task 1: max(0.8, 0.85) - 0.85 = 0 (floored, no forgetting)
-    assert forgetting(acc) == pytest.approx(0.05)
+    # ExSSNeT's get_forgetting_metric (bwt): f_j = A[T-1, j] - max_{t<T-1} A[t, j] for j < T-1, mean, sign flipped:
+    # task 0: 0.8 - max(0.9, 0.7) = -0.1; task 1: 0.85 - max(0.2, 0.8) = +0.05 (it grew: backward transfer, not
+    # floored at 0 as before, which gave 0.05); forgetting = -mean = 0.025
+    paper = -np.mean([acc[-1, j] - acc[:-1, j].max() for j in range(acc.shape[0] - 1)])
+    assert forgetting(acc) == pytest.approx(0.025) == pytest.approx(paper)
     rand = np.array([0.1, 0.15, 0.2])
     assert forward_transfer(acc, rand) == pytest.approx(((0.2 - 0.15) + (0.3 - 0.2)) / 2)
     assert math.isnan(forgetting(acc[:1, :1]))
