@@ -107,7 +107,12 @@ def headline(h: dict) -> None:
         ("Δ bits/token, random set ablated", num(h["delta_bits_random_ablated"], sign=True)),
     ]
     if "overlap_x_chance" in h:
-        items.append((f"overlap × chance (p = {h['overlap_p']:.0e})", f"{h['overlap_x_chance']:.1f}×"))
+        # a permutation p-value is (1 + #null ≥ observed) / (1 + draws): at its floor no draw reached the overlap,
+        # and p is below the floor, not equal to it
+        draws = int(h.get("overlap_draws", 1000))
+        p = h["overlap_p"]
+        shown = f"p < {1 / draws:.0e}, no null draw of {draws:,} reached it" if p <= 1 / (1 + draws) else f"p = {p:.0e}"
+        items.append((f"overlap × chance ({shown})", f"{h['overlap_x_chance']:.1f}×"))
     cols = st.columns(4)  # two rows: eight numbers do not fit one row readably
     for i, (label, value) in enumerate(items):
         cols[i % 4].metric(label, value)

@@ -19,7 +19,7 @@ TABLE_NAMES = {  # the analysis's columns, named in the table as on the chart (t
     "vs_previous": "sparsity_vs_previous",
     "changed_vs_first": "changed_vs_base",
     "changed_vs_previous": "changed_vs_previous",
-    "ever_updated": "back_to_start_share",
+    "back_to_start": "back_to_start_share",
 }
 
 

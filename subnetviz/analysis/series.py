@@ -35,8 +35,9 @@ from subnetviz.errors import ConfigError
 
 @dataclass(frozen=True)
 class SeriesResult:
-    """``steps``: one row per checkpoint after the first (step, vs_first, vs_previous, ever_updated,
-    changed_vs_first, changed_vs_previous); ``split``: never updated / cancelled out / subnetwork."""
+    """``steps``: one row per checkpoint after the first (step, vs_first, vs_previous, back_to_start: the share
+    of parameters updated at some step and equal to their start again at this one, changed_vs_first,
+    changed_vs_previous); ``split``: never updated / cancelled out / subnetwork."""
 
     steps: pd.DataFrame
     split: pd.DataFrame
@@ -108,7 +109,7 @@ def checkpoint_series(
             "changed_vs_previous": vs_prev,
             "vs_first": [1 - c / numel for c in vs_first],
             "vs_previous": [1 - c / numel for c in vs_prev],
-            "ever_updated": [c / numel for c in ever_back],
+            "back_to_start": [c / numel for c in ever_back],
         }
     )
     split = pd.DataFrame(

@@ -135,7 +135,15 @@ class UpdateAnalysis:
 
 
 def _label_for(spec: str, used: set[str]) -> str:
-    base = Path(str(spec).rstrip("/")).name or str(spec)
+    """A model's label from its path: the folder's name, also for a weights file a folder names (``…/dpo/
+    model.safetensors`` is ``dpo``, not ``model.safetensors``, whose mask would be ``model.safetensors.safetensors``),
+    else the file's stem; made unique with -2, -3, …"""
+    path = Path(str(spec).rstrip("/"))
+    if path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.name.endswith(".index.json"):
+        generic = path.name.startswith(("model", "pytorch_model", "adapter_model", "consolidated"))
+        base = path.parent.name if generic and path.parent.name else path.name.split(".")[0]
+    else:
+        base = path.name or str(spec)
     label, i = base, 2
     while label in used:
         label, i = f"{base}-{i}", i + 1

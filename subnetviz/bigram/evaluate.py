@@ -366,6 +366,7 @@ def analyse_subnetwork(
             overlap_x_chance=overlap.ratio_uniform,
             overlap_x_chance_rows=overlap.ratio_rows,
             overlap_p=overlap.p_uniform,
+            overlap_draws=len(overlap.null_uniform),
             share_in_optimal=overlap.share_of_0_in_1,
         )
     return SubnetworkAnalysis(ablation, shares, split, residual, overlap, headline)

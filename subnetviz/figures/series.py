@@ -36,7 +36,7 @@ def series_lines(
     first: str = "first checkpoint",
     ticks: Sequence[str] | None = None,
 ) -> go.Figure:
-    """Columns step, vs_first, vs_previous (sparsity fractions); optional ever_updated (share).
+    """Columns step, vs_first, vs_previous (sparsity fractions); optional back_to_start (share).
 
     ``first`` names what step 0 is (``"base"`` when the series starts at the base model); the
     figure adds that step-0 point (100 % sparse against itself) when the frame starts later.
@@ -48,12 +48,12 @@ def series_lines(
     if df.empty:
         return no_data_figure(title)
     _require(
-        df, ["step", "vs_first", "vs_previous"], "series_lines", shares=["vs_first", "vs_previous", "ever_updated"]
+        df, ["step", "vs_first", "vs_previous"], "series_lines", shares=["vs_first", "vs_previous", "back_to_start"]
     )
     d = df.sort_values("step")
     if 0 not in set(d["step"].tolist()):
         d = pd.concat(
-            [pd.DataFrame([{"step": 0, "vs_first": 1.0, "vs_previous": np.nan, "ever_updated": 0.0}]), d],
+            [pd.DataFrame([{"step": 0, "vs_first": 1.0, "vs_previous": np.nan, "back_to_start": 0.0}]), d],
             ignore_index=True,
         )
     fig = go.Figure()
@@ -62,7 +62,7 @@ def series_lines(
     series = [
         ("vs_first", f"sparsity vs {first}", "solid"),
         ("vs_previous", "sparsity vs previous checkpoint", "solid"),
-        ("ever_updated", "updated at some step, back to the start at the end (share)", "dash"),
+        ("back_to_start", "updated at some step, back to the start at the end (share)", "dash"),
     ]
     for i, (col, name, dash) in enumerate(series):
         if col in d.columns:

@@ -145,7 +145,7 @@ def merge_series(parts: Sequence, steps: Sequence[int]):
     vs_first = [sum(int(p.steps["changed_vs_first"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
     vs_prev = [sum(int(p.steps["changed_vs_previous"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
     ever_back = [
-        sum(round(float(p.steps["ever_updated"].iloc[i]) * p.numel) for p in parts) for i in range(len(steps) - 1)
+        sum(round(float(p.steps["back_to_start"].iloc[i]) * p.numel) for p in parts) for i in range(len(steps) - 1)
     ]
     rows = pd.DataFrame(
         {
@@ -154,7 +154,7 @@ def merge_series(parts: Sequence, steps: Sequence[int]):
             "changed_vs_previous": vs_prev,
             "vs_first": [1 - c / numel for c in vs_first],
             "vs_previous": [1 - c / numel for c in vs_prev],
-            "ever_updated": [c / numel for c in ever_back],
+            "back_to_start": [c / numel for c in ever_back],
         }
     )
     counts = [sum(int(p.split["count"].iloc[j]) for p in parts) for j in range(3)]

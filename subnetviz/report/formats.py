@@ -28,7 +28,7 @@ SMALL_PERCENT = "small percent"  # a share column with a share below SMALL_SHARE
 SMALL_SHARE = 1e-4
 _SHARE = re.compile(
     r"(^|_)(sparsity|density|share|frac|fraction|o1|o2|jaccard|acc|accuracy|identical|kept|chance|progress|"
-    r"capacity|exclusive|vs_first|vs_previous|vs_base|ever_updated|used|overlap|trained|forgetting|transfer)"
+    r"capacity|exclusive|vs_first|vs_previous|vs_base|back_to_start|used|overlap|trained|forgetting|transfer)"
     r"($|_|@)",
     re.IGNORECASE,
 )

@@ -157,7 +157,7 @@ def test_series_fanout_equals_local_bit_for_bit(ray_head, tmp_path):
                 assert (a[col].to_numpy().view("int64") == b[col].to_numpy().view("int64")).all(), col
             else:
                 assert list(a[col]) == list(b[col]), col
-    assert local.steps["ever_updated"].iloc[-1] > 0  # the planted cancellations are counted
+    assert local.steps["back_to_start"].iloc[-1] > 0  # the planted cancellations are counted
 
 
 def test_merge_of_one_part_is_identity(tmp_path):

@@ -203,7 +203,9 @@ def test_module_bars_spectrum_series_training_accuracy():
     assert [t.line.dash for t in fig.data] == ["solid", "dash"] and fig.layout.yaxis.type == "log"
     np.testing.assert_array_equal(fig.data[0].y, [2.0, 1.0])
     se = F.series_lines(
-        pd.DataFrame({"step": [10, 0], "vs_first": [0.9, 1.0], "vs_previous": [0.95, np.nan], "ever_updated": [0.1, 0]})
+        pd.DataFrame(
+            {"step": [10, 0], "vs_first": [0.9, 1.0], "vs_previous": [0.95, np.nan], "back_to_start": [0.1, 0]}
+        )
     )
     np.testing.assert_allclose(se.data[0].y, [100, 90])  # sorted by step
     assert len(se.data) == 3
@@ -791,7 +793,7 @@ def test_overlap_cells_keep_a_small_share_visible():
 
 def test_series_lines_adds_the_step0_point_and_names_the_start():
     df = pd.DataFrame(
-        {"step": [10, 20], "vs_first": [0.9, 0.8], "vs_previous": [0.9, 0.95], "ever_updated": [0.0, 0.01]}
+        {"step": [10, 20], "vs_first": [0.9, 0.8], "vs_previous": [0.9, 0.95], "back_to_start": [0.0, 0.01]}
     )
     fig = F.series_lines(df, first="base")
     assert fig.data[0].name == "sparsity vs base"

@@ -41,7 +41,7 @@ def test_series_planted(tmp_path):
     assert list(s["changed_vs_first"]) == [30, 20 + 5 + 1]
     assert list(s["changed_vs_previous"]) == [30, 10 + 5 + 1]
     assert s["vs_first"].tolist() == pytest.approx([1 - 30 / n, 1 - 26 / n])
-    assert s["ever_updated"].tolist() == pytest.approx([0.0, 10 / n])
+    assert s["back_to_start"].tolist() == pytest.approx([0.0, 10 / n])
     split = dict(zip(res.split["part"], res.split["count"], strict=True))
     assert split == {"never updated": n - 36, "updated, unchanged at the end": 10, "final subnetwork": 26}
     assert res.split["share"].sum() == pytest.approx(1.0)
@@ -157,7 +157,7 @@ def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(
     assert res.steps["changed_vs_first"].tolist() == total["vs_first"]
     assert res.steps["changed_vs_previous"].tolist() == total["vs_prev"]
     n = sum(int(np.prod(s)) for s in names.values())
-    assert res.steps["ever_updated"].tolist() == pytest.approx([b / n for b in total["ever_back"]])
+    assert res.steps["back_to_start"].tolist() == pytest.approx([b / n for b in total["ever_back"]])
     assert res.split["count"].tolist() == np.sum([r["split"] for r in refs], axis=0).tolist()
     assert sum(total["ever_back"]) > 0  # the walk did cancel out somewhere
 
@@ -210,7 +210,7 @@ def test_both_loops_give_the_reference_counts(tmp_path, monkeypatch, loop, seed,
     assert res.steps["changed_vs_first"].tolist() == np.sum([r["vs_first"] for r in refs], axis=0).tolist()
     assert res.steps["changed_vs_previous"].tolist() == np.sum([r["vs_prev"] for r in refs], axis=0).tolist()
     assert res.split["count"].tolist() == np.sum([r["split"] for r in refs], axis=0).tolist()
-    assert res.steps["ever_updated"].tolist() == pytest.approx(
+    assert res.steps["back_to_start"].tolist() == pytest.approx(
         [b / res.numel for b in np.sum([r["ever_back"] for r in refs], axis=0)]
     )
 

@@ -191,3 +191,17 @@ def test_spectra_located_tells_an_experts_slice_from_a_name_ending_in_brackets()
         got.loc["b.experts.gate_up_proj[2]", ["layer", "module", "expert", "mtp"]] == [1, "gate_up", "2", True]
     ).all()
     assert pd.isna(got.loc["c.unknown[1]", "layer"])
+
+
+def test_a_weights_file_is_labelled_by_its_folder():
+    """'…/dpo/model.safetensors' was labelled 'model.safetensors' (its mask file 'model.safetensors.safetensors')."""
+    from subnetviz.analysis.update_pass import _label_for
+
+    used: set[str] = set()
+    specs = [
+        "/a/dpo/model.safetensors",
+        "/a/x/model-00001-of-00002.safetensors",
+        "/a/ckpt/step100.safetensors",
+        "/b/dpo",
+    ]
+    assert [_label_for(s, used) for s in specs] == ["dpo", "x", "step100", "dpo-2"]
