@@ -106,8 +106,9 @@ def masked_param_count(sizes: tuple[int, ...]) -> int:
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of argmax(model(x)) == y; x (N, F), y (N,)."""
-    return float((model(x).argmax(-1) == y).float().mean())
+    """Fraction of argmax(model(x)) == y; x (N, F), y (N,): an exact count over N, divided in float64 (a float32
+    mean was off by up to 1e-8: 0.8918518424 for 2408/2700)."""
+    return int((model(x).argmax(-1) == y).sum()) / int(y.numel())
 
 
 def _train(

@@ -145,8 +145,10 @@ def pairwise_overlap_frame(masks: tuple[dict[str, torch.Tensor], ...] | list) ->
     names = list(masks[0])
     for layer in [*names, ALL]:
         keys = names if layer == ALL else [layer]
-        flat = torch.stack([torch.cat([m[k].flatten() for k in keys]) for m in masks]).to(torch.float32)  # (T, P)
-        inter = (flat @ flat.T).numpy()  # |M_a ∧ M_b|: 0/1 counts are exact in float32 below 2^24
+        flat = torch.stack([torch.cat([m[k].flatten() for k in keys]) for m in masks]).to(torch.float64)  # (T, P)
+        inter = (
+            flat @ flat.T
+        ).numpy()  # |M_a ∧ M_b|: 0/1 counts, exact in float64 (float32: below 2^24), as the ratios
         sizes = np.diag(inter)
         union = sizes[:, None] + sizes[None, :] - inter
         mean_size = (sizes[:, None] + sizes[None, :]) / 2
