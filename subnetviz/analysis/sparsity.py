@@ -3,8 +3,9 @@
 For each aligned tensor pair (base ``a``, finetuned ``b``) the pass reads both tensors once, in
 their stored dtype (or after casting both to a chosen precision), and computes:
 
-- ``changed``: entries whose bit patterns differ (exact equality on the integer view; the
-  paper's η-relative rule at η < 2^-9 is equivalent for bf16, see the brief);
+- ``changed``: entries whose bit patterns differ (exact equality on the integer view). A zero whose sign
+  flipped (+0 ↔ −0) counts as changed here, where the papers' Δ = 0 (and |Δ| > tol, the η rule) count it
+  unchanged; apart from that, the paper's η-relative rule at η < 2^-9 is equivalent for bf16 (see the brief);
 - ``changed@tol`` for each absolute tolerance of the sweep (|Δ| > tol), ``changed_rel`` under
   |Δ| > η·max(|a|, |b|), a histogram of distances in units in the last place (ULPs) of the
   compared dtype, the largest |Δ|, and per-row / per-column update counts.

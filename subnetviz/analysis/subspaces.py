@@ -20,9 +20,9 @@ Numerics:
   (σ_K − σ_{K+1})/σ_1 of the base: when it is ~0 the top-K subspace itself is ill-defined and
   its angles mean little, whatever the method.
 - ``method="randomized"`` (``auto`` for a side over ``max_dim`` and the other over ``GRAM_SIDE``:
-  the embeddings of 7B-and-larger models): ``torch.svd_lowrank`` in float32 with ``oversample`` extra
+  the embeddings of 14B-and-larger models): ``torch.svd_lowrank`` in float32 with ``oversample`` extra
   columns and ``power_iters`` power iterations (Halko et al.), then subspace iterations with the
-  Rayleigh-Ritz step in float64 until the top-K vectors stop moving (1e-10°, at most 16), so the singular
+  Rayleigh-Ritz step in float64 until the top-K vectors stop moving (1e-8°, at most 16), so the singular
   values and vectors are float64's. Its error against the exact path is measured by ``benches/bench_subspaces.py``
   (``--embed-shape``) and depends on the spectrum's decay past K; the method used is recorded per row.
 - ``method="svd"``: the reference, float64 ``torch.linalg.svd`` of the whole matrix.
@@ -270,13 +270,13 @@ def _gap(t: TopK) -> float:
     return (float(t.sigma[-1]) - t.next_sigma) / s1 if s1 > 0 else 0.0
 
 
-GRAM_SIDE = 2048  # ``auto`` keeps the exact Gram path for a short side up to this, however long the other
+GRAM_SIDE = 4096  # ``auto`` keeps the exact Gram path for a short side up to this, however long the other
 
 
 def choose_method(shape: tuple[int, int], options: SubspaceOptions) -> str:
     """``auto``: the exact float64 Gram path unless both a side is over ``max_dim`` and the short side over
-    :data:`GRAM_SIDE` (then the Gram, short side², costs more than the randomized path's products: a 7B model's
-    embedding, 152k × 3584)."""
+    :data:`GRAM_SIDE` (then the Gram, short side², costs more than the randomized path's products: a 14B-and-larger
+    embedding, 152k × 5120)."""
     if options.method != "auto":
         return options.method
     return "randomized" if max(shape) > options.max_dim and min(shape) > GRAM_SIDE else "gram"

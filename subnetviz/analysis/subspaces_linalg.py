@@ -15,7 +15,7 @@ from subnetviz.errors import ConfigError
 
 _CHUNK_ELEMENTS = 1 << 24  # float64 chunk of the long side: 128 MB
 FLOAT64_MAX_ITERS = 16  # subspace iterations in float64 after svd_lowrank's float32 ones, at most ...
-FLOAT64_TOL = 1e-10  # ... until the top-k left Ritz vectors move less than this (degrees) in one
+FLOAT64_TOL = 1e-8  # ... until the top-k left Ritz vectors move less than this (degrees) in one
 
 
 @dataclass(frozen=True, eq=False)
