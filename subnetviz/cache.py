@@ -21,6 +21,7 @@ scheme:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -94,12 +95,15 @@ def file_stamp(path: str | os.PathLike | None) -> str:
 
 
 @contextmanager
-def atomic_folder(target: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+def atomic_folder(target: str | os.PathLike, *, replace: bool = True, exclusive: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; on normal exit it becomes ``target``.
 
     ``replace``: an existing ``target`` is replaced (moved aside, then removed). With
     ``replace=False`` an existing ``target`` wins and the new folder is discarded: the way to
     publish a cache entry that a concurrent identical computation may have published first.
+    ``exclusive`` (with ``replace=False``): ``target`` is taken only while it is absent or an empty folder,
+    in one rename; otherwise FileExistsError, the new folder discarded (a user's output that another run wrote
+    meanwhile is neither replaced nor silently kept as if it were this one's).
     On an exception the temporary folder is removed and ``target`` is left as it was.
     """
     target = Path(target)
@@ -108,6 +112,14 @@ def atomic_folder(target: str | os.PathLike, *, replace: bool = True) -> Iterato
     tmp.mkdir()
     try:
         yield tmp
+        if exclusive and not replace:
+            try:
+                os.rename(tmp, target)  # over nothing or an empty folder only (POSIX), atomically
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) or (target.exists() and not target.is_dir()):
+                    raise FileExistsError(errno.EEXIST, "taken meanwhile", str(target)) from None
+                raise
+            return
         if target.exists():
             if not replace:
                 return  # published by someone else meanwhile: theirs is the same result

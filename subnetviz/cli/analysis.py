@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from subnetviz.cli.common import check_out, progress_bar, threads
+from subnetviz.cli.common import check_out, progress_bar, publish, threads
 from subnetviz.errors import SubnetvizError
 
 
@@ -17,7 +17,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from subnetviz.analysis.bits import DEFAULT_TOLERANCES
     from subnetviz.analysis.sparsity import SparsityOptions
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates, cached_analysis, write_analysis
-    from subnetviz.cache import atomic_folder
 
     threads()
     tols = tuple(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
@@ -27,7 +26,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     spectra = SpectraOptions(enabled=args.spectra, **({"max_dim": None} if args.spectra_embeddings else {}))
     if args.labels and len(args.labels) != len(args.finetuned):
         raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
-    out = check_out(args.out, args.overwrite)
+    out = check_out(args.out, args.overwrite, [args.base, *args.finetuned])
     from subnetviz.cache import sweep
     from subnetviz.config import cache_dir
 
@@ -42,7 +41,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if analysis.cached:
             print(f"cached: served from {analysis.source_dir}", file=sys.stderr)
     subspaces = _subspaces(args, analysis.labels) if args.subspaces or args.subspaces_share else None
-    with atomic_folder(out) as tmp:  # the analysis and its subspaces appear together or not at all
+    with publish(out, args.overwrite) as tmp:  # the analysis and its subspaces appear together or not at all
         if args.no_cache:
             write_analysis(analysis, tmp / "analysis", params={"base": args.base, "finetuned": args.finetuned})
             source = tmp / "analysis"
@@ -79,10 +78,10 @@ def _subspaces(args: argparse.Namespace, labels: list[str]):
 
 def cmd_behavior(args: argparse.Namespace) -> int:
     from subnetviz.analysis.behavior import CURVE_POINTS, run_config, write_behavior
-    from subnetviz.cache import atomic_folder
 
     threads()
-    out = check_out(args.out, args.overwrite)  # before the work: a folder in the way is said at once
+    # before the work: a folder in the way is said at once
+    out = check_out(args.out, args.overwrite, [args.base, *args.finetuned, *(args.prompts or []), *(args.mask or [])])
     masks = {}
     for spec in args.mask or []:
         name, sep, path = spec.partition("=")
@@ -104,7 +103,7 @@ def cmd_behavior(args: argparse.Namespace) -> int:
         "limit": args.limit,
     }
     report = run_config(config, progress=progress_bar("behavior"))
-    with atomic_folder(out) as tmp:
+    with publish(out, args.overwrite) as tmp:
         write_behavior(report, tmp)
     for line in report.notes:
         print(f"note: {line}", file=sys.stderr)
@@ -115,14 +114,13 @@ def cmd_behavior(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from subnetviz.cache import atomic_folder
     from subnetviz.experiments.drivers import not_available, run_drivers, verdicts
 
     threads()
-    out = check_out(args.out, args.overwrite)
+    out = check_out(args.out, args.overwrite, [args.zoo])
     results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers"))
     verdict = verdicts(results)
-    with atomic_folder(out) as tmp:
+    with publish(out, args.overwrite) as tmp:
         results.to_csv(tmp / "results.csv", index=False)
         verdict.to_csv(tmp / "verdicts.csv", index=False)
     cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]

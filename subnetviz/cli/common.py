@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from subnetviz.errors import SubnetvizError
@@ -32,9 +34,11 @@ def progress_bar(desc: str):
     return update
 
 
-def check_out(out: str, overwrite: bool) -> Path:
+def check_out(out: str, overwrite: bool, inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
     """An output folder the command may write: new, empty, or (with ``--overwrite``) replaced atomically
-    once the new result is complete — never a user's folder deleted, never a file taken for a folder."""
+    once the new result is complete — never a user's folder deleted, never a file taken for a folder. Replacing
+    a folder removes everything in it, so one that holds an input (``inputs``: the checkpoints, masks, prompts
+    read), subnetviz's home, the working folder or the user's home is refused, whatever ``--overwrite`` says."""
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise SubnetvizError(f"--out {out}: a file is there, not a folder; choose a folder name.")
@@ -42,4 +46,48 @@ def check_out(out: str, overwrite: bool) -> Path:
         raise SubnetvizError(
             f"--out {out}: the folder exists and is not empty; choose a new folder, or pass --overwrite to replace it."
         )
+    held = _held(path, inputs)
+    if held:
+        raise SubnetvizError(
+            f"--out {out}: the folder holds {held}; replacing it would delete that. Choose a folder of its own."
+        )
     return path
+
+
+def _held(path: Path, inputs: Sequence[str | os.PathLike | None]) -> str | None:
+    """What replacing ``path`` would delete that is not an earlier result: an input, or a folder a user keeps
+    (described), else None."""
+    from subnetviz.config import home
+
+    real = Path(os.path.realpath(path))
+    if real == Path(real.anchor):
+        return "the whole file system"
+    kept = [(i, f"the input {i}") for i in inputs if i] + [
+        (home(), "subnetviz's home (SUBNETVIZ_HOME)"),
+        (Path.cwd(), "the working folder"),
+        (Path.home(), "your home folder"),
+    ]
+    for p, what in kept:
+        q = Path(os.path.realpath(Path(p).expanduser()))
+        if q == real or real in q.parents:
+            return what
+    return None
+
+
+@contextmanager
+def publish(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that becomes ``out`` once the block ends: replacing an earlier result
+    with ``overwrite``, else only if ``out`` is still absent or empty then (a run writing the same ``--out``
+    meanwhile is not replaced: this one fails, saying so). Errors name ``--out``, not the temporary folder."""
+    from subnetviz.cache import atomic_folder
+
+    try:
+        with atomic_folder(out, replace=overwrite, exclusive=not overwrite) as tmp:
+            yield tmp
+    except FileExistsError:
+        raise SubnetvizError(
+            f"--out {out}: another result was written there while this one ran; this one was not written (pass "
+            "--overwrite to replace it)."
+        ) from None
+    except OSError as exc:
+        raise SubnetvizError(f"--out {out}: cannot write the result ({exc.strerror or exc}).") from None

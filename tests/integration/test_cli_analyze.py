@@ -177,6 +177,44 @@ def test_existing_folder_with_the_users_files_is_never_deleted(ckpt_zoo, planted
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+@pytest.mark.parametrize("where", ["the finetune", "a folder holding the inputs", "the working folder"])
+def test_overwrite_never_deletes_an_input(ckpt_zoo, planted, tmp_path, capsys, monkeypatch, where):
+    """``--overwrite`` replaces the folder whole: given the finetune's own folder (or one that holds it, or the
+    working folder) it deleted the checkpoint once the result was written, and exited 0."""
+    import shutil
+
+    inputs = tmp_path / "work"
+    shutil.copytree(ckpt_zoo.llama, inputs / "base")
+    shutil.copytree(planted["paths"][0], inputs / "ft")
+    monkeypatch.chdir(inputs)
+    out = {"the finetune": inputs / "ft", "a folder holding the inputs": inputs, "the working folder": Path(".")}[where]
+    args = ["analyze", str(inputs / "base"), str(inputs / "ft"), "--out", str(out), "--overwrite", "--no-spectra"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "replacing it would delete that" in err and err.count("\n") == 1, err
+    assert (inputs / "ft" / "model.safetensors").is_file() and (inputs / "base" / "config.json").is_file()
+
+
+def test_a_result_written_meanwhile_is_not_replaced(tmp_path):
+    """Two runs to one new --out: both passed the check before the work, and the later one replaced the earlier's
+    result at the end, without --overwrite. Now the later one fails, saying so, and the earlier result stays."""
+    from subnetviz.cli.common import publish
+    from subnetviz.errors import SubnetvizError
+
+    out = tmp_path / "out"
+    with pytest.raises(SubnetvizError, match="another result was written there while this one ran") as err:
+        with publish(out, overwrite=False) as tmp:
+            (tmp / "summary.json").write_text("mine")
+            out.mkdir()
+            (out / "summary.json").write_text("theirs")  # the other run's result, published first
+    assert "\n" not in str(err.value) and (out / "summary.json").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
+    with publish(tmp_path / "empty", overwrite=False) as tmp:  # an empty folder is taken
+        (tmp_path / "empty").mkdir()
+        (tmp / "a").write_text("x")
+    assert (tmp_path / "empty" / "a").read_text() == "x"
+
+
 def test_out_naming_a_file_is_one_line(ckpt_zoo, planted, tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("x")
