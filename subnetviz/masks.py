@@ -451,13 +451,20 @@ def import_mask(path: str | os.PathLike) -> MaskSet:
     ``torch.save`` file (a zip archive), a released bigram-subnetwork pickle, else safetensors (this app's,
     or plain bool / 0-1 tensors)."""
     path = Path(path)
+    if path.is_dir():
+        raise MaskError(f"{path}: a folder, not a mask file.")
     if not path.is_file():
         raise MaskError(f"{path}: no such mask file.")
     check_readable(path)
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head == b"PK\x03\x04":  # a zip archive: torch.save's format
+        head = fh.read(9)
+    if head[:4] == b"PK\x03\x04":  # a zip archive: torch.save's format
         return import_torch_masks(path)
+    # safetensors: a little-endian header length, then the header's "{" (its first byte is 0x80 for a header of
+    # 128 + 256·k bytes, as a pickle's PROTO opcode is: 1 file in 256 was read as a pickle and refused)
+    n = int.from_bytes(head[:8], "little")
+    if len(head) == 9 and head[8:9] == b"{" and n <= path.stat().st_size - 8:
+        return load_mask_set(path)
     if head[:1] == b"\x80" or path.suffix in (".pickle", ".pkl"):  # a pickle's PROTO opcode (protocol >= 2)
         if _legacy_torch(path):
             raise MaskError(

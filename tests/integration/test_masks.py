@@ -358,3 +358,27 @@ def test_cli_mask_import_never_replaces_a_file_unasked(tmp_path, capsys):
     assert main(["mask", "import", str(src), str(dst), "--overwrite"]) == 0
     assert torch.equal(load_mask_set(dst).masks["w"], torch.eye(3, dtype=torch.bool))
     assert main(["mask", "info", str(src)]) == 0 and '"density": 0.3333' in capsys.readouterr().out
+
+
+def test_a_safetensors_mask_whose_header_length_starts_with_0x80_is_read(tmp_path):
+    """A safetensors file begins with its header's length: 128 + 256·k bytes puts 0x80, a pickle's PROTO opcode,
+    first. 'mask info' of such a mask (one in 256, the masks analyze writes among them) said 'not a readable
+    pickle (unsupported pickle protocol: 18)'."""
+    import struct
+
+    from subnetviz.masks import MaskSet, import_mask, save_mask_set
+
+    gen = torch.Generator().manual_seed(0)
+    for width in range(1, 400):  # until a header's length has 0x80 as its low byte
+        path = save_mask_set(
+            tmp_path / f"m{width}.safetensors", MaskSet({"w" * width: torch.rand(8, 8, generator=gen) < 0.5})
+        )
+        if path.read_bytes()[0] == 0x80:
+            break
+        path.unlink()
+    else:
+        pytest.skip("no header of such a length")
+    assert struct.unpack("<Q", path.read_bytes()[:8])[0] % 256 == 0x80
+    assert import_mask(path).count == load_mask_set(path).count
+    with pytest.raises(MaskError, match="a folder, not a mask file"):
+        import_mask(tmp_path)
