@@ -203,6 +203,104 @@ def pickle_budget(file_size: int) -> int:
     return min(PICKLE_CAP_BYTES, 2 * file_size + (1 << 20))
 
 
+MAX_PICKLE_DEPTH = 100  # containers within containers a mask file may nest (a mask needs 2 or 3)
+# what each object an opcode builds costs in memory (CPython, 64-bit): an empty set 216 bytes, a dict 64, a list 56,
+# a tuple 40 + 8 per item, a scalar or string object about 50; the pickle's own bytes are charged by the caller
+_BUILT = {"EMPTY_SET": 216, "FROZENSET": 216, "EMPTY_DICT": 64, "DICT": 64, "EMPTY_LIST": 56, "LIST": 56}
+
+
+def scan_pickle(stream, budget: int, where: str) -> None:
+    """Walk a pickle's opcodes (``pickletools.genops``: no object is built) before it is loaded, and refuse
+    one whose objects would nest deeper than :data:`MAX_PICKLE_DEPTH` (a 150 KB pickle of a tuple 150,000
+    deep used as a dict key crashed the process: hashing it recursed in C past the stack) or whose
+    containers alone would take more than ``budget`` bytes (2 MB of empty-set opcodes built 490 MB of sets).
+    The depths are followed on a stack of numbers as the unpickler would push and pop the objects; anything
+    malformed is left to the loader, which refuses it."""
+    import pickletools
+
+    scan = _PickleScan(budget, where)
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            if op.name == "STOP":
+                return
+            scan.step(op.name, arg)
+    except UnsafePickleError:
+        raise
+    except Exception:  # noqa: BLE001 - malformed: the loader says what is wrong
+        return
+
+
+class _PickleScan:
+    """The stack of :func:`scan_pickle`: each pushed object's nesting depth (-1 marks a MARK), the memo's."""
+
+    POPS = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "BUILD": 2, "REDUCE": 2, "NEWOBJ": 2, "NEWOBJ_EX": 3}
+
+    def __init__(self, budget: int, where: str):
+        self.stack: list[int] = []
+        self.memo: dict = {}
+        self.spent, self.budget, self.where = 0, budget, where
+
+    def push(self, depth: int, cost: int = 50) -> None:
+        if depth > MAX_PICKLE_DEPTH:
+            raise UnsafePickleError(
+                f"{self.where}: the pickle nests objects more than {MAX_PICKLE_DEPTH} deep; a mask needs two or "
+                "three. Refused before loading."
+            )
+        self.spent += cost
+        if self.spent > self.budget:
+            raise UnsafePickleError(
+                f"{self.where}: the pickle builds objects of more than the {self.budget:,} bytes its size allows. "
+                "Refused before loading."
+            )
+        self.stack.append(depth)
+
+    def pop(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n and self.stack and self.stack[-1] != -1:
+            out.append(self.stack.pop())
+        return out
+
+    def pop_mark(self) -> list[int]:
+        items = self.pop(len(self.stack))
+        if self.stack:
+            self.stack.pop()  # the MARK
+        return items
+
+    def into_top(self, items: list[int], cost: int) -> None:
+        """Items added to the container on top (APPEND, SETITEM, APPENDS, ...)."""
+        if self.stack and self.stack[-1] != -1:
+            self.push(max(self.stack.pop(), 1 + max(items, default=0)), cost)
+
+    def step(self, name: str, arg) -> None:
+        if name == "MARK":
+            self.stack.append(-1)
+        elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "EMPTY_TUPLE"):
+            self.push(1, _BUILT.get(name, 40))
+        elif name in self.POPS:  # a tuple of the items, or a call's result: it may hold its arguments
+            items = self.pop(self.POPS[name])
+            self.push(1 + max(items, default=0), 40 + 8 * len(items))
+        elif name in ("TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST"):
+            items = self.pop_mark()
+            self.push(1 + max(items, default=0), _BUILT.get(name, 40) + 8 * len(items))
+        elif name in ("APPEND", "SETITEM"):
+            self.into_top(self.pop(1 if name == "APPEND" else 2), 32)
+        elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+            items = self.pop_mark()
+            self.into_top(items, 16 * len(items))
+        elif name in ("BINPERSID", "STACK_GLOBAL", "POP"):
+            self.pop(1 if name != "STACK_GLOBAL" else 2)
+            if name != "POP":
+                self.push(0)
+        elif name == "POP_MARK":
+            self.pop_mark()
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            self.memo[arg if name != "MEMOIZE" else len(self.memo)] = self.stack[-1] if self.stack else 0
+        elif name in ("GET", "BINGET", "LONG_BINGET", "DUP"):
+            self.push(self.memo.get(arg, 0) if name != "DUP" else (self.stack[-1] if self.stack else 0), 0)
+        elif name not in ("PROTO", "FRAME"):  # a number, a string, None, a global, ...: an object of no depth
+            self.push(0)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admits only what a released bigram-subnetwork pickle needs: numpy arrays, dicts, strings —
     and allocates nothing beyond ``budget`` bytes in all.
@@ -332,9 +430,13 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
     check_readable(path)
     try:
         with open(path, "rb") as fh:
+            scan_pickle(fh, pickle_budget(path.stat().st_size), str(path))
+            fh.seek(0)
             obj = _RestrictedUnpickler(fh, pickle_budget(path.stat().st_size)).load()
     except UnsafePickleError as exc:
-        raise UnsafePickleError(f"{path}: {exc}") from None
+        raise exc if str(exc).startswith(str(path)) else UnsafePickleError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise UnsafePickleError(f"{path}: the pickle nests objects too deep to read. Refused.") from None
     except Exception as exc:
         raise MaskError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(obj, dict):
@@ -389,6 +491,10 @@ def import_torch_masks(path: str | os.PathLike) -> MaskSet:
             )
         if info.header_offset + info.compress_size > size:
             raise MaskError(f"{path}: record {info.filename!r} runs past the end of the file (truncated?).")
+    pkl = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
+    if pkl:  # its objects' nesting and containers, before torch.load builds them (see scan_pickle)
+        with zipfile.ZipFile(path) as zf, zf.open(pkl[0]) as rec:
+            scan_pickle(rec, pickle_budget(size), str(path))
     try:  # from a file object: torch.load reads a path named *.safetensors as safetensors
         with open(path, "rb") as fh:
             obj = torch.load(fh, map_location="cpu", weights_only=True)
@@ -480,6 +586,8 @@ def _legacy_torch(path: Path) -> bool:
     bigram pickle's dict stops at the first array past the 1 KiB budget)."""
     try:
         with open(path, "rb") as fh:
+            scan_pickle(fh, pickle_budget(path.stat().st_size), str(path))  # (a deep key crashed the hash)
+            fh.seek(0)
             return _RestrictedUnpickler(fh, 1 << 10).load() == _TORCH_LEGACY_MAGIC
     except Exception:  # noqa: BLE001 - anything else is simply not that format
         return False

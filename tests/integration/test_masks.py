@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -382,3 +384,40 @@ def test_a_safetensors_mask_whose_header_length_starts_with_0x80_is_read(tmp_pat
     assert import_mask(path).count == load_mask_set(path).count
     with pytest.raises(MaskError, match="a folder, not a mask file"):
         import_mask(tmp_path)
+
+
+def _torch_record(path, payload: bytes):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", payload)
+        z.writestr("archive/version", "3\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, payload, says",
+    [
+        # a tuple 150,000 deep as a dict key: hashing it recursed in C past the stack (a segfault, rc 139)
+        ("key.pickle", b"\x80\x04}" + b")" + b"\x85" * 150_000 + b"K\x01s.", "nests objects more than 100 deep"),
+        ("key.pt", b"\x80\x02}" + b")" + b"\x85" * 150_000 + b"K\x01s.", "nests objects more than 100 deep"),
+        # metadata nested 5,000 deep: a RecursionError traceback in the error message's repr
+        ("list.pickle", b"\x80\x04}X\x0f\x00\x00\x00orig_model_name" + b"]" * 5000 + b"a" * 4999 + b"s.", "100 deep"),
+        # 2 MB of empty-set opcodes built 490 MB of sets (the budget charged arrays and bytes only)
+        ("sets.pickle", b"\x80\x04](" + b"\x8f" * 2_000_000 + b"e.", "builds objects of more than"),
+        ("dicts.pt", b"\x80\x02](" + b"}" * 2_000_000 + b"e.", "builds objects of more than"),
+    ],
+)
+def test_a_hostile_pickle_is_refused_before_it_builds_anything(tmp_path, name, payload, says):
+    """The pickle's opcodes are walked first (no object built): nesting and containers are bounded by the
+    file's size; checked in a process of its own, as a regression would crash it."""
+    path = tmp_path / name
+    if name.endswith(".pt"):
+        _torch_record(path, payload)
+    else:
+        path.write_bytes(payload)
+    done = subprocess.run(
+        [sys.executable, "-m", "subnetviz", "mask", "info", str(path)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 2 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr[-500:]
