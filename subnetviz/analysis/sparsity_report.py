@@ -44,6 +44,9 @@ class SparsityOptions:
             raise ConfigError(f"eta must lie in (0, 1), got {self.eta}.")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {sorted(PRECISIONS)} or None, got {self.precision!r}.")
+        if self.mask_tolerance is not None and not (math.isfinite(self.mask_tolerance) and self.mask_tolerance >= 0):
+            # NaN saved empty masks, a negative one marked unchanged entries as updated (|Δ| = 0 > −1)
+            raise ConfigError(f"mask tolerance must be finite and >= 0, got {self.mask_tolerance}.")
         if self.mask_tolerance is not None and self.mask_tolerance not in self.tolerances:
             object.__setattr__(self, "tolerances", tuple(sorted({*self.tolerances, self.mask_tolerance})))
 

@@ -207,6 +207,8 @@ def run_drivers(
 
     if preset not in PRESETS:
         raise ConfigError(f"drivers preset {preset!r} is unknown; expected one of {sorted(PRESETS)}.")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:  # 0 or -1 ran nothing, exit 0
+        raise ConfigError(f"seeds must be a whole number >= 1, got {seeds!r}.")
     p = PRESETS[preset]
     root = Path(zoo_root) if zoo_root else zoo_dir()
     base, data = str(root / "base"), root / "data"

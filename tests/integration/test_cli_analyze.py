@@ -278,3 +278,26 @@ def test_every_writing_verb_keeps_a_users_output(verb, tmp_path, capsys):
         assert mine.read_text() == "<html>my report</html>"
     else:
         assert (mine / "notes.txt").read_text() == "my notes"
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--mask-tolerance", "nan"], "mask tolerance must be finite and >= 0, got nan"),
+        (["--mask-tolerance", "-1"], "mask tolerance must be finite and >= 0, got -1.0"),
+    ],
+)
+def test_a_mask_tolerance_no_mask_can_have_is_one_line(ckpt_zoo, planted, tmp_path, capsys, args, says):
+    """NaN saved every mask empty, -1 marked unchanged entries as updated (|Δ| = 0 > -1): both exited 0."""
+    out = tmp_path / "out"
+    assert main(["analyze", str(ckpt_zoo.llama), str(planted["paths"][0]), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert says in err and not out.exists()
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1"])
+def test_drivers_with_no_seeds_is_one_line(tmp_path, capsys, seeds):
+    """'--seeds -1' (or 0) wrote an empty results.csv and verdicts of 'nan%' and exited 0."""
+    assert main(["experiment", "drivers", "--out", str(tmp_path / "ex"), "--seeds", seeds]) == 2
+    assert f"seeds must be a whole number >= 1, got {seeds}" in capsys.readouterr().err
+    assert not (tmp_path / "ex").exists()
