@@ -33,6 +33,7 @@ from subnetviz.analysis.update_pass import (  # re-exported: the pass' home befo
 from subnetviz.cache import atomic_folder, read_frame
 from subnetviz.checkpoints import Checkpoint, open_checkpoint
 from subnetviz.checkpoints.adapters import open_finetune
+from subnetviz.errors import ConfigError, SubnetvizError
 from subnetviz.masks import MaskSet, save_mask_set
 from subnetviz.version import version_info
 
@@ -151,9 +152,26 @@ def _safe(label: str) -> str:
 
 
 def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
-    """Read back what :func:`write_analysis` wrote (masks stay on disk: see ``mask_path``)."""
+    """Read back what :func:`write_analysis` wrote (masks stay on disk: see ``mask_path``). A folder someone
+    edited by hand, or that is no analysis at all, is one line naming it (not a KeyError, a JSON or a CSV
+    parser's traceback from somewhere inside)."""
     out = Path(out_dir)
+    try:
+        return _read_analysis(out)
+    except SubnetvizError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot read the analysis ({exc.strerror or exc}: {exc.filename}).") from None
+    except Exception as exc:  # noqa: BLE001 - anything a hand-edited file raises: JSON, CSV, Parquet, keys, types
+        raise ConfigError(
+            f"{out}: not an analysis folder as `analyze` writes it ({type(exc).__name__}: {str(exc)[:160]})."
+        ) from None
+
+
+def _read_analysis(out: Path) -> UpdateAnalysis:
     summary = json.loads((out / "summary.json").read_text())
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{out / 'summary.json'}: a JSON {type(summary).__name__}, not the object analyze writes.")
     tensors = read_frame(out / "tensors.csv", dtype={"expert": "string"})  # "3", "shared", "all": never 3.0
     parts = read_frame(out / "parts.csv") if (out / "parts.csv").exists() else pd.DataFrame()
     side = read_frame(out / "buffers.csv") if (out / "buffers.csv").exists() else pd.DataFrame(columns=SIDE_COLUMNS)

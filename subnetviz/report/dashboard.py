@@ -15,7 +15,7 @@ import pandas as pd
 from subnetviz import figures
 from subnetviz.analysis.updates import UpdateAnalysis, read_analysis
 from subnetviz.cache import read_frame
-from subnetviz.errors import ConfigError
+from subnetviz.errors import ConfigError, SubnetvizError
 from subnetviz.report.html import ReportSection, write_report
 
 
@@ -63,9 +63,17 @@ def analysis_report(analysis_dir: str | os.PathLike, out: str | os.PathLike) -> 
     if not (d / "summary.json").is_file():
         raise ConfigError(f"{d}: not an analysis folder (no summary.json); run `python -m subnetviz analyze` first.")
     analysis = read_analysis(d)
+    try:
+        sections = analysis_sections(analysis)  # (it also reads overlap_pairwise.csv)
+    except SubnetvizError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hand-edited file: one line naming the folder, not a traceback
+        raise ConfigError(
+            f"{d}: not an analysis folder as `analyze` writes it ({type(exc).__name__}: {str(exc)[:160]})."
+        ) from None
     return write_report(
         out,
         "subnetviz · update analysis",
-        analysis_sections(analysis),
+        sections,
         {"base": analysis.base, "models": ", ".join(analysis.labels), "folder": str(d)},
     )

@@ -301,3 +301,28 @@ def test_drivers_with_no_seeds_is_one_line(tmp_path, capsys, seeds):
     assert main(["experiment", "drivers", "--out", str(tmp_path / "ex"), "--seeds", seeds]) == 2
     assert f"seeds must be a whole number >= 1, got {seeds}" in capsys.readouterr().err
     assert not (tmp_path / "ex").exists()
+
+
+@pytest.mark.parametrize(
+    "file, text",
+    [
+        ("summary.json", "{not json"),
+        ("summary.json", "[1, 2]"),
+        ("summary.json", '{"labels": "x"}'),
+        ("summary.json", "[" * 100_000 + "]" * 100_000),
+        ("tensors.csv", ""),
+        ("tensors.csv", "a,b\n1,2\n"),
+        ("spectra.csv", 'model,name\n"unterminated,x\n'),
+        ("overlap_pairwise.csv", 'a,"b\n'),
+    ],
+)
+def test_report_of_a_hand_edited_folder_is_one_line(cli_runs, tmp_path, capsys, file, text):
+    """'report DIR' reads a folder someone else may have edited: each of these ended in a traceback (exit 1)."""
+    import shutil
+
+    folder = tmp_path / "edited"
+    shutil.copytree(cli_runs[1][0], folder)
+    (folder / file).write_text(text)
+    assert main(["report", str(folder), "--out", str(tmp_path / "d.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "d.html").exists(), err[-400:]
