@@ -9,6 +9,7 @@ commands in :mod:`~subnetviz.cli.analysis` (analyze, behavior, experiment), :mod
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
@@ -172,9 +173,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SubnetvizError as exc:
+        _end_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away ('runs | head'): nothing more to say to it
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the exit's flush of what is left goes nowhere
+        return 141
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (nothing half-written is left: see --out)
+        _end_bars()
+        print("interrupted: nothing was written.", file=sys.stderr)
+        return 130
     except OSError as exc:  # the environment: a read-only or full file system, a permission, a vanished file
+        _end_bars()
         where = f" {exc.filename}" if exc.filename else ""
         print(f"error: cannot complete{where}: {exc.strerror or exc} (errno {exc.errno}).", file=sys.stderr)
         return 2
+
+
+def _end_bars() -> None:
+    """Close the progress bars still drawn, so an error starts a line of its own (``grep '^error:'`` finds it)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(tqdm, "tqdm", None) and getattr(tqdm.tqdm, "_instances", ()) or ()):
+        bar.close()

@@ -326,3 +326,32 @@ def test_report_of_a_hand_edited_folder_is_one_line(cli_runs, tmp_path, capsys, 
     assert main(["report", str(folder), "--out", str(tmp_path / "d.html")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "d.html").exists(), err[-400:]
+
+
+@pytest.mark.parametrize("raised, code, says", [(KeyboardInterrupt, 130, "interrupted"), (BrokenPipeError, 141, "")])
+def test_ctrl_c_and_a_closed_pipe_are_no_tracebacks(monkeypatch, capsys, raised, code, says):
+    """Ctrl-C printed a KeyboardInterrupt traceback (exit 130); 'runs | head' said 'cannot complete: Broken pipe'."""
+    from subnetviz import cli
+
+    def boom(args):
+        raise raised
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["runs"])
+    args.func = boom  # what the verb raises, from inside its work
+    monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(parser, args))
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # (a closed pipe sends the rest to devnull: restored afterwards)
+    assert main(["runs"]) == code
+    err = capsys.readouterr().err
+    assert (says in err and err.count("\n") == 1) if says else "Traceback" not in err
+
+
+class _Fixed:
+    def __init__(self, parser, args):
+        self.parser, self.args = parser, args
+
+    def parse_known_args(self, argv):
+        return self.args, []
+
+    def error(self, message):
+        raise AssertionError(message)
