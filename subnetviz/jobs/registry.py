@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from subnetviz.errors import JobError, suggest
+from subnetviz.errors import ConfigError, JobError, suggest
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -106,6 +106,14 @@ class Registry:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._create()
+        except sqlite3.DatabaseError as exc:  # a file that is no SQLite database, a folder in its place, ...
+            raise ConfigError(
+                f"{self.path}: the job registry cannot be opened ({exc}); move it aside to start a new one."
+            ) from None
+
+    def _create(self) -> None:
         with self.transaction() as con:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():

@@ -126,6 +126,8 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
                 sharded.exit_rank(0)
             return 0
         config = json.loads(Path(config_path).read_text())
+        if not isinstance(config, dict):
+            raise SubnetvizError(f"{config_path}: a JSON {type(config).__name__}, not a training config object.")
         config["kind"] = "train"
         validate_job_config(config)
         rd = Path(run_dir)
@@ -133,5 +135,8 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
         write_json(rd / "config.json", config)
     except (SubnetvizError, FileExistsError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RecursionError:  # json.loads of a config nested 100,000 deep
+        print(f"error: {config_path}: JSON nested too deep to be a training config.", file=sys.stderr)
         return 2
     return main_job(str(rd))

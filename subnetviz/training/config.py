@@ -108,9 +108,12 @@ class TrainConfig:
             problems += _base_folder_problems(Path(self.base))
         if isinstance(self.data, str) and self.data and not Path(self.data).is_file():
             problems.append(f"data {self.data!r}: no such file")
-        if self.eval_data is not None and not Path(self.eval_data).is_file():
+        for name in ("eval_data", "mask", "name"):  # (a number here ended in an AttributeError or TypeError)
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                problems.append(f"{name} must be a string or null, got {str(getattr(self, name))[:40]!r}")
+        if isinstance(self.eval_data, str) and not Path(self.eval_data).is_file():
             problems.append(f"eval_data {self.eval_data!r}: no such file")
-        if self.mask is not None:
+        if isinstance(self.mask, str):
             mp = self.mask_path
             if not mp or not Path(mp).is_file():
                 problems.append(f"mask {self.mask!r}: no such mask file (use a path, 'random:<path>' or null)")
@@ -134,8 +137,8 @@ class TrainConfig:
             problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
         if not isinstance(self.bf16, bool):
             problems.append(f"bf16 must be true or false, got {self.bf16!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            problems.append(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            problems.append(f"seed must be an integer in 0 .. 2^32 - 1 (NumPy's range), got {str(self.seed)[:40]}")
         return problems
 
     def _schedule_problems(self) -> list[str]:
@@ -146,6 +149,12 @@ class TrainConfig:
                     f"GRPO batch_size ({self.batch_size}) must be a multiple of num_generations "
                     f"({self.num_generations}): each prompt's completions form one group"
                 )
+        schedulers = _scheduler_names()
+        if self.lr_scheduler_type not in schedulers:  # (before, refused by transformers once the model had loaded)
+            problems.append(
+                f"lr_scheduler_type {str(self.lr_scheduler_type)[:40]!r} is unknown; expected one of "
+                f"{', '.join(schedulers)}"
+            )
         if not isinstance(self.save_steps, list) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in self.save_steps
         ):
@@ -190,7 +199,16 @@ class TrainConfig:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc}).") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: JSON nested too deep to be a training config.") from None
         return cls.from_dict(d)
+
+
+def _scheduler_names() -> tuple[str, ...]:
+    """The learning-rate schedules transformers knows (``SchedulerType``), by name."""
+    from transformers.trainer_utils import SchedulerType
+
+    return tuple(t.value for t in SchedulerType)
 
 
 def strategy_problems(strategy, num_processes) -> list[str]:

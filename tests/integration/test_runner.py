@@ -410,3 +410,19 @@ def test_train_job_through_runner_and_main_train(tmp_path):
     assert main_train(str(cfile)) == 2
     assert main_train(str(cfile), run_dir=str(tmp_path / "fg-run")) == 0
     assert (tmp_path / "fg-run" / "outputs" / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("what", ["not sqlite", "a folder"])
+def test_a_registry_that_cannot_be_opened_is_one_line(tmp_path, what):
+    """A registry file that is no SQLite database (or a folder in its place) ended in sqlite3's traceback."""
+    from subnetviz.jobs.registry import Registry
+
+    path = tmp_path / "runs" / "registry.sqlite"
+    path.parent.mkdir()
+    if what == "a folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b"this is no database " * 100)
+    with pytest.raises(ConfigError, match="the job registry cannot be opened") as err:
+        Registry(path)
+    assert "\n" not in str(err.value)

@@ -198,6 +198,13 @@ def test_config_validation(tiny, tmp_path):
         (dict(batch_size=12, num_generations=8), "multiple of num_generations"),
         (dict(save_steps=[9]), r"save_steps \[9\] lie outside"),
         (dict(mask=str(tmp_path / "m.safetensors")), "no such mask file"),
+        # each of these ended in a traceback (an AttributeError, a TypeError, NumPy's or transformers' ValueError
+        # once the model had loaded) instead of one line before anything starts
+        (dict(mask=5), "mask must be a string or null, got '5'"),
+        (dict(eval_data=5), "eval_data must be a string or null"),
+        (dict(name={"a": 1}), "name must be a string or null"),
+        (dict(seed=2**70), r"seed must be an integer in 0 \.\. 2\^32 - 1"),
+        (dict(lr_scheduler_type="nope"), "lr_scheduler_type 'nope' is unknown; expected one of .*cosine"),
     ]
     for kw, msg in cases:
         with pytest.raises(ConfigError, match=msg):
@@ -210,6 +217,10 @@ def test_config_validation(tiny, tmp_path):
         TrainConfig.from_dict({**ok.to_dict(), "learning_rat": 1.0})
     with pytest.raises(ConfigError, match="missing required"):
         TrainConfig.from_dict({"algorithm": "sft"})
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nested too deep"):
+        TrainConfig.from_file(deep)
     assert TrainConfig.from_dict(ok.to_dict()) == ok
     assert _cfg(tiny, tmp_path, "dpo").effective_beta == 0.1 and ok.effective_beta == 0.0
 
