@@ -149,10 +149,20 @@ def write_report(
     return atomic_write(path, build_report(title, sections, params, **kw))  # a reader never sees half a report
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
 def download_frame(df: pd.DataFrame, fmt: str = "csv") -> bytes:
-    """A table as CSV (UTF-8, no index) or Parquet bytes, for ``st.download_button``."""
+    """A table as CSV (UTF-8, no index) or Parquet bytes, for ``st.download_button``. In the CSV, a text cell
+    that a spreadsheet would run as a formula (a tensor or run name from someone else's checkpoint beginning with
+    =, +, -, @ or a tab) is written with a leading apostrophe, which spreadsheets show as text; numbers and the
+    Parquet file are the data as they are."""
     if fmt == "csv":
-        return df.to_csv(index=False).encode("utf-8")
+        out = df.copy()
+        for c in out.columns:
+            if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]):
+                out[c] = out[c].map(lambda v: f"'{v}" if isinstance(v, str) and v[:1] in _FORMULA else v)
+        return out.to_csv(index=False).encode("utf-8")
     if fmt == "parquet":
         buf = io.BytesIO()
         # Parquet needs string column names; object columns holding tuples (e.g. UpSet members) become text.

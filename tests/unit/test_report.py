@@ -363,3 +363,11 @@ def test_an_export_whose_closed_tabs_fail_still_downloads_with_the_open_one(erro
     page = uilogic.dashboard_html("Spectra", {"K": 16}, {"open": fig}, {}, ["open"], [], more)
     assert "The open tab&#x27;s chart" in page or "The open tab's chart" in page
     assert "The closed tabs could not be built" in page and says in page and "/srv/secret" not in page
+
+
+def test_a_downloaded_csv_runs_no_formula():
+    """A tensor named '=HYPERLINK(...)' in someone's checkpoint became a live formula in the table's CSV."""
+    df = pd.DataFrame({"name": ['=HYPERLINK("http://x","y")', "@SUM(1)", "layers.0.q", "-1"], "changed": [1, -2, 3, 4]})
+    text = download_frame(df).decode()
+    assert "'=HYPERLINK" in text and "'@SUM(1)" in text and "'-1,4" in text and "\nlayers.0.q,3" in text
+    assert pd.read_csv(io.BytesIO(download_frame(df)))["changed"].tolist() == [1, -2, 3, 4]  # numbers as they are
