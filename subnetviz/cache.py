@@ -269,6 +269,35 @@ class CacheEntry:
             write_manifest(tmp)
 
 
+def sweep_beside(target: str | os.PathLike) -> list[Path]:
+    """What a killed writer of ``target`` (an output a user named) left beside it: its temporary folder or file
+    (``.NAME.tmp-PID-…``) is removed, and the earlier result it had moved aside to replace (``.NAME.old-PID-…``)
+    is put back where it was if ``target`` is missing (killed between the two renames), else removed; only for
+    writers whose process is gone. Only ``target``'s own siblings are looked at. Returns what was removed."""
+    import glob
+
+    import psutil
+
+    target = Path(target)
+    removed: list[Path] = []
+    if not target.parent.is_dir():
+        return removed
+    for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        tag, _, rest = p.name[len(target.name) + 2 :].partition("-")
+        pid = rest.split("-", 1)[0]
+        if tag not in ("tmp", "old") or not (pid.isascii() and pid.isdigit()) or psutil.pid_exists(int(pid)):
+            continue
+        if tag == "old" and not target.exists() and not target.is_symlink():
+            os.replace(p, target)  # the earlier result, back in its place
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def sweep(root: str | os.PathLike, *, older_than_s: float = 3600.0) -> list[Path]:
     """Remove the temporary folders and files (``.NAME.tmp-PID-…``, ``.old-``, ``.corrupt-``) that a
     killed writer left under ``root``: those whose writer process is gone, or older than

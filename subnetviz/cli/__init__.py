@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SubnetvizError as exc:
         _end_bars()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever a library said in it
         return 2
     except BrokenPipeError:  # the reader went away ('runs | head'): nothing more to say to it
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the exit's flush of what is left goes nowhere

@@ -39,7 +39,12 @@ def check_out(out: str, overwrite: bool, inputs: Sequence[str | os.PathLike | No
     once the new result is complete — never a user's folder deleted, never a file taken for a folder. Replacing
     a folder removes everything in it, so one that holds an input (``inputs``: the checkpoints, masks, prompts
     read), subnetviz's home, the working folder or the user's home is refused, whatever ``--overwrite`` says."""
+    from subnetviz.cache import sweep_beside
+
     path = Path(out).expanduser()
+    sweep_beside(path)  # what a killed earlier run into this --out left beside it
+    if path.is_symlink() and not path.exists():
+        raise SubnetvizError(f"--out {out}: a link to nothing (its target is gone); choose a folder.")
     if path.exists() and not path.is_dir():
         raise SubnetvizError(f"--out {out}: a file is there, not a folder; choose a folder name.")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -51,7 +56,21 @@ def check_out(out: str, overwrite: bool, inputs: Sequence[str | os.PathLike | No
         raise SubnetvizError(
             f"--out {out}: the folder holds {held}; replacing it would delete that. Choose a folder of its own."
         )
+    _writable_beside(path, out)
     return path
+
+
+def _writable_beside(path: Path, out: str) -> None:
+    """Whether a folder can be made beside ``path`` (where the result is written before it takes ``path``'s
+    place): a read-only file system, a parent that is a file or a folder without permission is said now, not
+    after the whole analysis."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=path.parent))
+    except OSError as exc:
+        raise SubnetvizError(f"--out {out}: cannot write there ({exc.strerror or exc}).") from None
 
 
 def _held(path: Path, inputs: Sequence[str | os.PathLike | None]) -> str | None:

@@ -37,13 +37,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     runner = JobRunner()
     runner.poll()
-    if args.cancel:
+    if args.cancel is not None:
+        if not args.cancel.strip():
+            raise SubnetvizError("--cancel needs a run id (python -m subnetviz runs lists them).")
         runner.cancel(args.cancel)
         print(f"cancelled {args.cancel}")
         return 0
     df = runner.list_runs()
     cols = ["id", "kind", "name", "status", "step", "total", "error"]
-    print(df[cols].to_string(index=False, max_colwidth=60) if len(df) else "no runs")
+    if len(df):  # a missing name or error as nothing, steps as whole numbers (not NaN and 2.0)
+        df = df[cols].astype({"step": "Int64", "total": "Int64"}).astype(object).where(lambda d: d.notna(), "")
+    print(df.to_string(index=False, max_colwidth=60) if len(df) else "no runs")
     return 0
 
 

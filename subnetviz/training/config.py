@@ -29,6 +29,7 @@ STRATEGIES = ("single", "ddp", "fsdp2", "zero2", "zero3")
 JOB_KEYS = ("kind", "num_gpus")  # a job config's keys that are not the run's
 DPO_DEFAULT_BETA = 0.1
 RANDOM_PREFIX = "random:"
+MAX_PROCESSES = 1024  # processes one run launches (accelerate launch would try to start any number asked)
 
 
 @dataclass
@@ -218,6 +219,8 @@ def strategy_problems(strategy, num_processes) -> list[str]:
         problems.append(f"strategy {strategy!r} is unknown; expected one of {', '.join(STRATEGIES)}")
     if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
         problems.append(f"num_processes must be an integer >= 1, got {num_processes!r}")
+    elif num_processes > MAX_PROCESSES:
+        problems.append(f"num_processes must be at most {MAX_PROCESSES}, got {num_processes}")
     elif strategy == "single" and num_processes != 1:
         problems.append(f"strategy 'single' runs one process, got num_processes {num_processes}; use ddp or fsdp2")
     return problems

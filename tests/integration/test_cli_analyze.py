@@ -355,3 +355,47 @@ class _Fixed:
 
     def error(self, message):
         raise AssertionError(message)
+
+
+def test_an_out_that_cannot_be_written_is_said_before_the_work(ckpt_zoo, planted, tmp_path, capsys):
+    """A parent that is a file, or a link to nothing, was found only after the whole analysis had run (and then
+    named the temporary folder)."""
+    (tmp_path / "somefile").write_text("x")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    for out, says in ((tmp_path / "somefile" / "sub", "cannot write there"), (tmp_path / "gone", "a link to nothing")):
+        assert main(["analyze", str(ckpt_zoo.llama), str(planted["paths"][0]), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "analyze:" not in err and ".tmp-" not in err, err
+
+
+def test_what_a_killed_run_left_beside_its_out_is_cleared(tmp_path):
+    """A SIGKILL between 'move the old result aside' and 'put the new one in place' left --out missing and the old
+    result under a hidden name; a kill during the copy left a temporary folder: both stayed for good."""
+    from subnetviz.cli.common import check_out
+
+    dead = 4_194_301  # above Linux's largest pid: no such process
+    out = tmp_path / "out"
+    old = tmp_path / f".out.old-{dead}-1"
+    old.mkdir()
+    (old / "summary.json").write_text("the earlier result")
+    (tmp_path / f".out.tmp-{dead}-2").mkdir()
+    (tmp_path / f".other.tmp-{dead}-3").mkdir()  # another output's: not this one's to clear
+    with pytest.raises(Exception, match="not empty"):
+        check_out(str(out), overwrite=False)
+    assert (out / "summary.json").read_text() == "the earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.tmp-{dead}-3", "out"]
+
+
+def test_an_error_is_one_line_whatever_a_library_put_in_it(monkeypatch, capsys):
+    from subnetviz import cli
+    from subnetviz.errors import ConfigError
+
+    def boom(args):
+        raise ConfigError("base: no tokenizer (transformers said:\n  line one\n  line two)")
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["runs"])
+    args.func = boom
+    monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(parser, args))
+    assert main(["runs"]) == 2
+    assert capsys.readouterr().err == "error: base: no tokenizer (transformers said: line one line two)\n"

@@ -205,6 +205,7 @@ def test_config_validation(tiny, tmp_path):
         (dict(name={"a": 1}), "name must be a string or null"),
         (dict(seed=2**70), r"seed must be an integer in 0 \.\. 2\^32 - 1"),
         (dict(lr_scheduler_type="nope"), "lr_scheduler_type 'nope' is unknown; expected one of .*cosine"),
+        (dict(strategy="ddp", num_processes=100_000), "num_processes must be at most 1024"),
     ]
     for kw, msg in cases:
         with pytest.raises(ConfigError, match=msg):
