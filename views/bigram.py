@@ -111,11 +111,15 @@ def headline(h: dict) -> None:
         # and p is below the floor, not equal to it
         draws = int(h.get("overlap_draws", 1000))
         p = h["overlap_p"]
-        shown = f"p < {1 / draws:.0e}, no null draw of {draws:,} reached it" if p <= 1 / (1 + draws) else f"p = {p:.0e}"
-        items.append((f"overlap × chance ({shown})", f"{h['overlap_x_chance']:.1f}×"))
+        floor = p <= 1 / (1 + draws)
+        shown = f"p < {1 / draws:g}" if floor else f"p = {p:.2g}"
+        why = f"Permutation p-value, {draws:,} draws of the null (the same count per block, drawn uniformly): " + (
+            "none reached the observed overlap, so p is below 1/draws." if floor else "(1 + reached) / (1 + draws)."
+        )
+        items.append((f"overlap × chance ({shown})", f"{h['overlap_x_chance']:.1f}×", why))
     cols = st.columns(4)  # two rows: eight numbers do not fit one row readably
-    for i, (label, value) in enumerate(items):
-        cols[i % 4].metric(label, value)
+    for i, (label, value, *why) in enumerate(items):
+        cols[i % 4].metric(label, value, help=why[0] if why else None)
 
 
 def _zoo_mask_note() -> None:
