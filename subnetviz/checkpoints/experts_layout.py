@@ -100,11 +100,14 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
                 "checkpoint stores (expert e's gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = "
                 f"down_proj[e], as transformers packs them): {len(views)} tensor(s)."
             )
-        if unfit:
-            ck.notes.append(
-                f"packed experts of {len(unfit)} layer(s) (e.g. {unfit[0]}) do not fit the per-expert shapes of the "
-                "other checkpoint; they are listed as only in this checkpoint, not compared."
-            )
+        note = (
+            f"packed experts of {len(unfit)} layer(s) (e.g. {unfit[0]}) do not fit the per-expert shapes of the "
+            "other checkpoint; they are listed as only in this checkpoint, not compared."
+            if unfit
+            else None
+        )
+        if note and note not in ck.notes:  # (said once, however many alignments look again)
+            ck.notes.append(note)
 
 
 def _computed(ck: Checkpoint) -> bool:
