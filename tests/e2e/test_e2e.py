@@ -211,12 +211,22 @@ def test_spectra_export_from_singular_values_holds_every_view(browser, app_url, 
         ctx.close()
 
 
-def test_continual_export_holds_the_owner_image_the_url_names(browser, app_url, tmp_path):
+def test_continual_export_holds_the_owner_image_the_url_names(browser, app_url, app_home, tmp_path, monkeypatch):
     """The export builds the closed tabs on click, in a thread of its own with no URL: the owner image of the
-    method and layer in the URL is read when the page is drawn (before: always the first method's)."""
-    ctx, page = open_page(browser, app_url + "/continual?cl_owner=ExSSNeT&cl_layer=layer2.weight", height=2400)
+    method and layer in the URL is read when the page is drawn (before: always the first method's). A run of
+    its own, so that the test does not depend on another's."""
+    from subnetviz.jobs.runner import JobRunner
+
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(app_home))
+    runner = JobRunner()
+    config = {"kind": "continual", "benchmark": "permuted-digits", "methods": ["supsup", "exssnet"], "density": [0.05]}
+    rid = runner.submit({**config, "tasks": 3, "seeds": [0], "epochs": {"mask": 1, "weight": 1}}, name="e2e owner")
+    rec = runner.wait(rid, timeout=300)
+    assert rec.status == "succeeded", rec.error
+    url = f"{app_url}/continual?cl_run={rid}&cl_owner=ExSSNeT&cl_layer=layer2.weight"
+    ctx, page = open_page(browser, url, height=2400)
     try:
-        wait_for_charts(page)
+        page.locator("[data-testid='stPlotlyChart']").first.wait_for(timeout=60_000)  # (a tiny run's bars may be 0)
         html = _export(page, tmp_path)
         assert "ExSSNeT: owner task of layer2.weight" in html and "SupSup: owner task" not in html
     finally:
