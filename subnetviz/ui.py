@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Hashable, Sequence
@@ -381,20 +382,41 @@ def update_analysis(
     return result
 
 
-def heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[], Any], compute: Callable[[], Any]) -> Any:
+def heavy(
+    key: Hashable,
+    ready: Callable[[], bool],
+    estimate: Callable[[], Any],
+    compute: Callable[[], Any],
+    *,
+    models: bool = False,
+) -> Any:
     """``compute()``'s result for the work under ``key``, asked for first by :func:`confirm_heavy`, unless a
     session is computing it now: then this one waits for that result (a viewer too, who is not told "not
     computed yet" while it is being computed), and sessions asking at once share one computation. A wait that
-    ends without a result (the session computing it left) asks again, so a viewer never takes the work over."""
+    ends without a result (the session computing it left) asks again, so a viewer never takes the work over.
+    ``models``: the work holds whole models in memory; one such computation runs at a time in this server
+    (:func:`_models_lock`), the others wait for it."""
     flight = ("heavy", key)
     if not _memo().known(flight):
         confirm_heavy(key, ready, estimate)
 
     def run():
         confirm_heavy(key, ready, estimate)
-        return compute()
+        if not models:
+            return compute()
+        with _models_lock():
+            return compute()
 
     return _memo().get_or_compute(flight, run)
+
+
+@st.cache_resource(show_spinner=False)
+def _models_lock() -> threading.RLock:
+    """Held by a computation that loads whole models (Behaviour, the bigram analysis, held-out accuracy). Each
+    compares what it will hold with the memory available before it loads (``config.require_memory``); two
+    sessions checking at once could each pass, then together exceed it and take the server down. Reentrant: such
+    a computation may start another in its thread."""
+    return threading.RLock()
 
 
 def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[], Any]) -> None:

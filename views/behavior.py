@@ -90,6 +90,7 @@ def body() -> None:
                 lambda: entry.ready,
                 lambda: behavior_cost(cfg),
                 lambda: cached_behavior(cfg, address=ui.compute_address()),  # on the session's cluster, if any
+                models=True,
             )
     if ui.allowed("launch") and st.button("Run as a background job (larger prompt sets)", icon=":material/play_arrow:"):
         with ui.said_here():  # the results below stay

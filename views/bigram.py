@@ -186,6 +186,7 @@ def analyse(model: str, corpus: str) -> None:
         lambda: is_cached(key),
         lambda: bigram_cost(model, corpus),
         lambda: _analysis(model, masks[mask], masks.get(opt), corpus, key, ui.compute_address()),
+        models=True,
     )
     headline(res.headline)
     figs, tables = ui.shared(result_parts, res, gens)

@@ -338,6 +338,7 @@ def compare(ws) -> None:
             lambda: is_cached(models[full], models[sub], ws.base, eval_data),
             lambda: accuracy_cost(paths, eval_data),
             compute,
+            models=True,
         )
     else:
         result = compute()

@@ -258,3 +258,60 @@ def test_bigram_analysis_and_held_out_accuracy_wait_for_an_editor(app_env, monke
         (go,) = _compute_buttons(at)
         go.click().run()
         assert not at.exception and not at.error and at.get("plotly_chart"), page
+
+
+def test_computations_that_load_models_run_one_at_a_time(app_env, monkeypatch):
+    """Behaviour, the bigram analysis and held-out accuracy each compare what they will hold with the memory
+    available, then load whole models: two sessions checking at once could each pass and together exceed it.
+    While one editor's Behaviour holds its models, another editor's bigram analysis waits for it."""
+    import threading
+    import time
+
+    from subnetviz import config, ui
+    from subnetviz.bigram.maskable import maskable_shapes, model_skeleton
+    from subnetviz.jobs import cluster_pages
+    from subnetviz.masks import MaskSet, save_mask_set
+    from subnetviz.selection import uploads_dir
+    from tests.app_fixtures import open_page
+
+    ui._memo.clear()
+    gen = torch.Generator().manual_seed(1)
+    shapes = maskable_shapes(model_skeleton(str(config.zoo_dir() / "base")))
+    save_mask_set(
+        uploads_dir() / "one-at-a-time.safetensors",
+        MaskSet({n: torch.rand(s, generator=gen) < 0.2 for n, s in shapes.items()}),
+    )
+    holding, release, order = threading.Event(), threading.Event(), []
+    real_behavior, real_bigram = cluster_pages.cached_behavior, cluster_pages.cached_mask_analysis
+
+    def behaviour(*args, **kwargs):
+        order.append("behaviour starts")
+        holding.set()
+        release.wait(120)
+        order.append("behaviour ends")
+        return real_behavior(*args, **kwargs)
+
+    def bigram(*args, **kwargs):
+        order.append("bigram starts")
+        return real_bigram(*args, **kwargs)
+
+    monkeypatch.setattr(cluster_pages, "cached_behavior", behaviour)
+    monkeypatch.setattr(cluster_pages, "cached_mask_analysis", bigram)
+
+    def click(page, query):
+        at = open_page(page, **query)
+        (go,) = _compute_buttons(at)
+        go.click().run()
+        assert not at.exception and at.get("plotly_chart"), page
+
+    first = threading.Thread(target=click, args=("behavior", {"bh_limit": "16", "bh_curve": "false", "bh_masks": []}))
+    first.start()
+    assert holding.wait(180), "the Behaviour computation did not start"
+    second = threading.Thread(target=click, args=("bigram", {"bg_mask": "uploads/one-at-a-time", "bg_opt": "none"}))
+    second.start()
+    time.sleep(5)  # time enough for the bigram analysis to start, were it not waiting
+    assert order == ["behaviour starts"]
+    release.set()
+    first.join(180)
+    second.join(180)
+    assert order == ["behaviour starts", "behaviour ends", "bigram starts"]
