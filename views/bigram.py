@@ -12,14 +12,13 @@ from subnetviz.bigram.store import analysis_key, is_cached
 from subnetviz.figures import bigram as bg_figures
 
 
-@st.cache_data(show_spinner="Analysing the subnetwork (fidelity, ablations, residual stream)…", max_entries=8)
-def _analysis(model: str, mask: str, optimal: str | None, corpus: str, key: str, _address: str | None = None):
-    """``key`` (hashed, unlike an ``_``-prefixed argument): the disk cache's key, which follows every file.
-    ``_address``: the session's Ray cluster, if any (not hashed: the result is the same anywhere)."""
+def _analysis(model: str, mask: str, optimal: str | None, corpus: str, address: str | None = None):
+    """The analysis from the disk cache, else computed (on the session's Ray cluster, if any). Kept in memory by
+    :func:`subnetviz.ui.heavy` under the disk cache's key, which follows every file."""
     from subnetviz.jobs.cluster_pages import cached_mask_analysis
 
-    # on disk under the same key; computed on the cluster when the session chose one
-    return cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal, address=_address)
+    with st.spinner("Analysing the subnetwork (fidelity, ablations, residual stream)…"):
+        return cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal, address=address)
 
 
 def train(model: str, corpus: str) -> None:
@@ -185,7 +184,7 @@ def analyse(model: str, corpus: str) -> None:
         ("bigram", key),
         lambda: is_cached(key),
         lambda: bigram_cost(model, corpus),
-        lambda: _analysis(model, masks[mask], masks.get(opt), corpus, key, ui.compute_address()),
+        lambda: _analysis(model, masks[mask], masks.get(opt), corpus, ui.compute_address()),
         models=True,
     )
     headline(res.headline)

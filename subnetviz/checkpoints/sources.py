@@ -170,10 +170,8 @@ class Checkpoint:
             m, index = self._views[name]
             part = self.get_stored(m)[index]
             return part if str(device) == "cpu" else part.to(device)
-        if name in self._packed:
-            p = self._packed[name]
-            blocks, scales = self._read(self._stored[p.blocks], "cpu"), self._read(self._stored[p.scales], "cpu")
-            return _mxfp4.dequantize(blocks, scales, name=name).to(device)
+        if name in self._packed:  # dequantised on the CPU, then moved
+            return self.get_stored(self.meta(name)).to(device)
         return self._read(self.meta(name), device)
 
     def _read(self, m: TensorMeta, device: str | torch.device) -> torch.Tensor:
