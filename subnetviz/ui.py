@@ -360,24 +360,21 @@ def update_analysis(
         raise SubnetvizError("Choose a base and at least one finetuned checkpoint in the sidebar.")
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
     key = uilogic.analysis_key(ws, fps, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
-    confirm = functools.partial(
-        confirm_heavy,
-        key,
-        lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=mask_tolerance, eta=eta),
-        lambda: uilogic.spectra_cost(ws),
-    )
-    if spectra and not _memo().known(key, "analysis"):
-        confirm()
     bar, progress = progress_bar("Comparing tensors")
 
     def compute():
-        if spectra:  # again: a wait for another session's computation can end without its result
-            confirm()
         return uilogic.compute_updates(
             ws, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta, progress=progress, address=compute_address()
         )
 
-    result = _memo().get_or_compute(key, compute, kind="analysis")
+    result = heavy(
+        key,
+        lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=mask_tolerance, eta=eta),
+        lambda: uilogic.spectra_cost(ws),
+        compute,
+        priced=spectra,
+        kind="analysis",
+    )
     bar.empty()
     return result
 
@@ -389,25 +386,29 @@ def heavy(
     compute: Callable[[], Any],
     *,
     models: bool = False,
+    priced: bool = True,
+    kind: str = "derived",
 ) -> Any:
     """``compute()``'s result for the work under ``key``, asked for first by :func:`confirm_heavy`, unless a
     session is computing it now: then this one waits for that result (a viewer too, who is not told "not
     computed yet" while it is being computed), and sessions asking at once share one computation. A wait that
     ends without a result (the session computing it left) asks again, so a viewer never takes the work over.
     ``models``: the work holds whole models in memory; one such computation runs at a time in this server
-    (:func:`_models_lock`), the others wait for it."""
+    (:func:`_models_lock`), the others wait for it. ``priced=False``: work that is always cheap enough to simply
+    run (no price asked), still shared. ``kind``: the memory cache's budget it counts against."""
     flight = ("heavy", key)
-    if not _memo().known(flight):
+    if priced and not _memo().known(flight, kind):
         confirm_heavy(key, ready, estimate)
 
     def run():
-        confirm_heavy(key, ready, estimate)
+        if priced:  # again: a wait for another session's computation can end without its result
+            confirm_heavy(key, ready, estimate)
         if not models:
             return compute()
         with _models_lock():
             return compute()
 
-    return _memo().get_or_compute(flight, run)
+    return _memo().get_or_compute(flight, run, kind=kind)
 
 
 @st.cache_resource(show_spinner=False)
