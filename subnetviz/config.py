@@ -89,10 +89,14 @@ def _resolve(path: str | os.PathLike, what: str | None = None) -> Path:
     """``path`` expanded and with symlinks resolved; PathNotAllowedError, one line (``what`` names the path
     there), for a path that names no file: one with a NUL byte (a URL's ``%00``: the OS takes none, Python
     raises ValueError) or a loop of symbolic links (``ln -s model.safetensors model.safetensors``: Path.resolve
-    raises RuntimeError), which would otherwise end in a traceback."""
+    raises RuntimeError) or a name longer than file systems take (a URL's 300 letters: ENAMETOOLONG, which
+    ``Path.exists`` raises), which would otherwise end in a traceback."""
     try:
         p = Path(path).expanduser()
-        return (p if p.is_absolute() else Path.cwd() / p).resolve()
+        if _too_long(p):
+            problem = f"a name longer than file systems take ({NAME_MAX} bytes a folder or file, {PATH_MAX} in all)"
+        else:
+            return (p if p.is_absolute() else Path.cwd() / p).resolve()
     except ValueError:
         problem = "a path with a NUL byte, which names no file"
     except RuntimeError:
@@ -102,12 +106,33 @@ def _resolve(path: str | os.PathLike, what: str | None = None) -> Path:
     raise PathNotAllowedError(f"{what or _shown(path)}: {problem}; refused.")
 
 
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one path component, and of a whole path (Linux)
+
+
+def _too_long(p: Path) -> bool:
+    return len(os.fsencode(p)) >= PATH_MAX or any(len(os.fsencode(part)) > NAME_MAX for part in p.parts)
+
+
+def check_name(path: str | os.PathLike) -> None:
+    """Refuse (PathNotAllowedError, one line) a name that no file can have: too long, or with a NUL byte. For a
+    name that may be a hub id too, before anything asks the file system about it."""
+    _resolve(path)
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names something (following links); False, never an error, for a name no file can have
+    (too long, a NUL byte), where ``Path.exists`` raises."""
+    return os.path.exists(path)
+
+
 def _shown(path: str | os.PathLike) -> str:
     """A path that :func:`_resolve` refused, as a visitor may see it: its last component (the whole of a
     relative one), a NUL byte written as ``\\0``."""
     text = os.fspath(path)
     text = text if isinstance(text, str) else os.fsdecode(text)
     name = text if not text.startswith(("/", "~")) else "…/" + text.rstrip("/").rpartition("/")[2]
+    if len(name) > 80:  # a URL's 300 letters, shortened
+        name = f"{name[:40]}…{name[-20:]} ({len(text):,} characters)"
     return name.replace("\0", "\\0")
 
 

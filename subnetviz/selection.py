@@ -116,8 +116,9 @@ def resolve_choice(choice: str, members: dict[str, str]) -> str:
     """A zoo member id, a path under the allowed roots, or a cached hub id -> a path/id to open."""
     if choice in members:
         return members[choice]
+    config.check_name(choice)
     p = Path(choice).expanduser()
-    if p.is_absolute() or choice.startswith((".", "~")) or p.exists():
+    if p.is_absolute() or choice.startswith((".", "~")) or config.exists(p):
         return str(config.check_allowed(p))
     return choice  # a hub id: resolved only through the local HF cache when opened
 

@@ -322,7 +322,7 @@ def checkpoint_info(path: str) -> dict:
     folder (a folder's own mtime misses a weights file rewritten in place). A hub id is read
     through the local HF cache each time (headers only).
     """
-    if not Path(path).exists():
+    if not config.exists(path):
         return uilogic.checkpoint_info(path)
     key = ("checkpoint", path, file_stamp(path))
     return dict(_memo().get_or_compute(key, lambda: uilogic.checkpoint_info(path), kind="info"))
@@ -333,7 +333,7 @@ def fingerprint(path: str) -> str:
     safetensors; cached by :func:`~subnetviz.cache.file_stamp` like :func:`checkpoint_info`."""
     from subnetviz.checkpoints.sources import fingerprint as of
 
-    if not Path(path).exists():
+    if not config.exists(path):
         return of(path)
     return _memo().get_or_compute(("fingerprint", path, file_stamp(path)), lambda: of(path), kind="info")
 

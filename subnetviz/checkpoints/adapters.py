@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -52,8 +53,8 @@ _NOT_SWAPPED = ("gpt_oss",)
 
 
 def is_adapter(spec) -> bool:
-    p = Path(str(spec)).expanduser()
-    return p.is_dir() and (p / "adapter_config.json").is_file()
+    p = os.path.expanduser(str(spec))  # os.path: False for a name no file can have (Path.is_dir raises)
+    return os.path.isdir(p) and os.path.isfile(os.path.join(p, "adapter_config.json"))
 
 
 def open_finetune(spec, base: Checkpoint) -> Checkpoint:

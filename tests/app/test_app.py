@@ -116,6 +116,15 @@ def test_unicode_digits_in_a_url_are_dropped(app_env):
     assert not at.exception and not at.error, [e.value for e in at.error]
 
 
+@pytest.mark.parametrize("query", [{"ft": "x" * 300}, {"base": "x" * 300}, {"ft": "/srv/" + "x" * 300}])
+def test_a_name_too_long_for_a_file_in_a_url_is_refused(app_env, typed_options, query):
+    """A shared URL with a 300-letter name: every page ended in a bug notice (OSError: File name too long)."""
+    for page in ("home", "workspace", "sparsity"):
+        at = open_page(page, **query)
+        assert not at.exception, [e.message for e in at.exception]
+        assert [e.value for e in at.error if "a name longer than file systems take" in e.value], page
+
+
 def test_workspace_numbers_equal_backend(app_env):
     from subnetviz.analysis.updates import analyze_updates
     from subnetviz.demo.build import load_zoo

@@ -121,6 +121,21 @@ def test_a_symlink_loop_in_a_checkpoint_folder_is_one_line(tmp_path):
     assert config.display_path(folder / "model.safetensors").endswith("model.safetensors")
 
 
+@pytest.mark.parametrize("path", ["/srv/models/" + "x" * 300, "x" * 300, "org/" + "x" * 300, "/a/" + "b/" * 2100])
+def test_a_name_no_file_can_have_is_refused_in_one_line(two_places, path):
+    """``?ft=`` 300 letters: Path.exists raised OSError (ENAMETOOLONG) on every page of the shared link (a bug
+    notice, and the link stayed broken); now refused in one line, the name shortened, and ``exists`` says False."""
+    from subnetviz.checkpoints.adapters import is_adapter
+    from subnetviz.selection import resolve_choice
+
+    for refuse in (config.check_allowed, config.check_readable, config.check_name, lambda p: resolve_choice(p, {})):
+        with pytest.raises(PathNotAllowedError, match="a name longer than file systems take") as exc:
+            refuse(path)
+        assert "\n" not in str(exc.value) and "/srv" not in str(exc.value) and len(str(exc.value)) < 200
+    assert not config.exists(path) and not is_adapter(path)
+    assert len(config.display_path(path)) < 120
+
+
 @pytest.mark.parametrize("path", ["/srv/models/a\0b", "a\0b", "~/x\0"])
 def test_a_path_with_a_nul_byte_is_refused_in_one_line(two_places, path):
     """A URL parameter ``base=a%00b`` reaching the path helpers: ValueError ("embedded null byte") before, a bug
