@@ -189,7 +189,9 @@ def updates(ws) -> None:
         disabled=every,
         help="The singular values' layer; the rank view shows every layer." if every else None,
     )
-    mods = [m for m in spec["module"].dropna().unique()]
+    # the modules of the chosen layer: lm_head and the embedding have none, so they are offered under "all"
+    in_layer = spec if layer == "all" else spec[spec["layer"] == uilogic.url_int(layer)]
+    mods = [m for m in in_layer["module"].dropna().unique()]
     module = c3.selectbox(
         "Module",
         ["all", *mods],
@@ -202,6 +204,11 @@ def updates(ws) -> None:
     keys = ["spectra"] + [f"{kind}-{m}" for m in chosen for kind in ("eff", "stable")]
     if view == VIEWS[0]:
         ui.chart(ui.shared(spectrum_figure, analysis, spec, tuple(chosen), layer, module), key="spectra")
+        unchanged = int((_selected(spec, tuple(chosen), layer, module)["rank"] == 0).sum())
+        if unchanged:
+            st.caption(
+                f"{unchanged:,} of the matrices chosen are unchanged (Δ = 0): they have no singular values to draw."
+            )
     else:
         rank_view(spec, chosen)
     ui.export_button(
@@ -253,14 +260,17 @@ def rank_view(spec, chosen: list) -> None:
     """Numerical rank in one sentence, effective and stable rank per chosen model as heatmaps, the table."""
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
-    below = grid[grid["rank"] < grid[["rows", "cols"]].min(axis=1)]
+    zero = grid["rank"] == 0  # unchanged (Δ = 0): no rank to speak of, said apart
+    below = grid[~zero & (grid["rank"] < grid[["rows", "cols"]].min(axis=1))]
     # at most six (an MoE model has thousands of matrices); labels and tensor names are a stranger's text
     named = [ui.plain(f"{m} · {n}") for m, n in zip(below["model"], below["name"], strict=True)]
     named = ", ".join(named[:6]) + (f" and {len(named) - 6:,} more (each in the table below)" if len(named) > 6 else "")
     st.caption(
-        f"Numerical rank: {len(grid) - len(below):,} of {len(grid):,} layer matrices are full-rank (as a random "
-        "sparse matrix of the same density is), so rank alone says little; effective and stable rank below show "
-        "how the update's energy is spread." + (f" Below full rank: {named}." if len(below) else "")
+        f"Numerical rank: {len(grid) - len(below) - int(zero.sum()):,} of {len(grid):,} layer matrices are full-rank "
+        "(as a random sparse matrix of the same density is), so rank alone says little; effective and stable rank "
+        "below show how the update's energy is spread."
+        + (f" Below full rank: {named}." if len(below) else "")
+        + (f" Unchanged (Δ = 0, rank 0): {int(zero.sum()):,}." if zero.any() else "")
     )
     for model in chosen:
         one = grid[grid["model"] == model]
@@ -312,13 +322,21 @@ def spectra_rows(analysis):
     return spec.loc[~spec["skipped"].astype(bool), cols]
 
 
-def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str):
-    """The singular-value curves of the chosen models' matrices in one layer and module (or all)."""
+def _selected(spec, chosen: tuple, layer: str, module: str):
+    """The rows of ``spec`` for the chosen models, layer and module ("all": every one)."""
     sel = spec[spec["model"].isin(chosen)]
     if layer != "all":
         sel = sel[sel["layer"] == int(layer)]
     if module != "all":
         sel = sel[sel["module"] == module]
+    return sel
+
+
+def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str):
+    """The singular-value curves of the chosen models' matrices in one layer and module (or all); an unchanged
+    matrix (Δ = 0, all σ zero) is left out: on the log axis it was a legend entry with an invisible curve."""
+    sel = _selected(spec, chosen, layer, module)
+    sel = sel[sel["rank"] > 0]
     sig = analysis.sigmas()
     sig = sig[sig["model"].isin(chosen)].merge(sel[["model", "name"]], on=["model", "name"])
     # each model in the colour it has on the Update sparsity page (by its place in the workspace)

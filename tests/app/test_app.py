@@ -219,6 +219,33 @@ def test_spectra_views_draw_only_their_own_charts(app_env):
     assert any("effective_rank_99" in d.value.columns for d in rank.dataframe)
 
 
+def test_spectra_modules_are_those_of_the_chosen_layer(app_env):
+    """lm_head and the embedding have no layer: offered under Layer 0 they drew an empty chart ("no data")."""
+    layered = open_page("spectra", spec_models=["grpo-s1"], spec_layer="0", spec_module="lm_head")
+    assert not layered.exception and not layered.error
+    module = layered.selectbox(key="spec_module")
+    assert "lm_head" not in module.options and "q" in module.options and module.value == "all"
+    assert plotly_specs(layered)[0]["data"]
+    every = open_page("spectra", spec_models=["grpo-s1"], spec_layer="all", spec_module="lm_head")
+    assert every.selectbox(key="spec_module").value == "lm_head" and plotly_specs(every)[0]["data"]
+
+
+def test_an_unchanged_matrix_is_said_not_drawn_on_spectra(app_env, typed_options):
+    """A finetune equal to the base (a frozen module, the same file): its Δ = 0 was a legend entry with an
+    all-NaN curve on the log axis, and the rank view called it "below full rank"."""
+    from subnetviz.demo.build import load_zoo
+
+    same = str(Path({m.id: m.path for m in load_zoo().members}["grpo-s0"]) / "model.safetensors")
+    query = {"base": "grpo-s0", "ft": [same, "grpo-s1"], "spec_models": ["model.safetensors"]}
+    at = open_page("spectra", **query)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert not [t for t in plotly_specs(at)[0]["data"] if t.get("showlegend") is not False]
+    assert [c.value for c in at.caption if "unchanged (Δ = 0)" in c.value]
+    rank = open_page("spectra", **query, spec_view="Effective and stable rank")
+    said = [c.value for c in rank.caption if c.value.startswith("Numerical rank")]
+    assert said and "Below full rank" not in said[0] and "Unchanged (Δ = 0, rank 0)" in said[0], said
+
+
 def test_side_by_side_heatmaps_share_one_colour_range(app_env):
     models = ["grpo-s0", "grpo-s1", "dpo", "sft"]  # more than the old limit of four is allowed too
     at = open_page("sparsity", sp_models=models)
