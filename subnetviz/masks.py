@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from subnetviz.cache import atomic_path
-from subnetviz.config import check_readable, parse_json
-from subnetviz.errors import MaskError, UnsafePickleError, suggest
+from subnetviz.config import check_readable, parse_json, require_memory
+from subnetviz.errors import ConfigError, MaskError, UnsafePickleError, suggest
 
 FORMAT = "subnetviz-mask/1"
 
@@ -41,11 +41,15 @@ class MaskSet:
 
     @property
     def numel(self) -> int:
+        if isinstance(self.masks, PackedMasks):
+            return sum(math.prod(self.masks.packed(k)[1]) for k in self.masks)
         return sum(m.numel() for m in self.masks.values())
 
     @property
     def count(self) -> int:
-        """Number of parameters inside the mask."""
+        """Number of parameters inside the mask (bit-packed masks counted packed)."""
+        if isinstance(self.masks, PackedMasks):
+            return self.masks.count()
         return int(sum(int(m.sum()) for m in self.masks.values()))
 
     @property
@@ -54,6 +58,8 @@ class MaskSet:
         return self.count / n if n else 0.0
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
+        if isinstance(self.masks, PackedMasks):
+            return {k: tuple(self.masks.packed(k)[1]) for k in self.masks}
         return {k: tuple(v.shape) for k, v in self.masks.items()}
 
 
@@ -103,8 +109,13 @@ def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
     return path
 
 
-def load_mask_set(path: str | os.PathLike) -> MaskSet:
-    """Read a mask set written by :func:`save_mask_set` (or plain bool/uint8 safetensors)."""
+def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
+    """Read a mask set written by :func:`save_mask_set` (or plain bool/uint8 safetensors).
+
+    ``packed``: held bit-packed (:class:`PackedMasks`, 1 bit per parameter; a plain tensor is packed as it is
+    read), for what counts or overlaps masks and never needs them as bool tensors. Either way the memory the
+    result will hold is compared with what is available before anything is read (``config.require_memory``):
+    a 7B model's mask is 7 GB as bool tensors."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -114,24 +125,81 @@ def load_mask_set(path: str | os.PathLike) -> MaskSet:
     try:  # torch, not NumPy: a bf16 0/1 mask has no NumPy dtype
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            raw = {k: f.get_tensor(k) for k in f.keys()}
-    except MaskError:
+            require_memory(f"The mask {path.name}", _held_bytes(f, meta, packed))
+            out: Mapping = PackedMasks() if packed else {}
+            for name in f.keys():  # one tensor read at a time
+                _add(out, name, f.get_tensor(name), meta, path)
+    except (MaskError, ConfigError):
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise MaskError(f"{path}: not a readable safetensors mask file ({exc}).") from exc
-    masks: dict[str, torch.Tensor] = {}
-    for name, t in raw.items():
-        shape_s = meta.get(f"shape:{name}")
-        if shape_s is not None:
-            shape = _packed_shape(shape_s, name, path, t.dtype == torch.uint8, t.numel(), str(t.dtype))
-            masks[name] = _unpacked(t.reshape(-1).numpy(), shape)
-        else:
-            masks[name] = _check_bool(name, t.contiguous(), str(path), floats=True)
     try:
         info = parse_json(meta.get("subnetviz", "{}"), str(path), MaskError)
     except MaskError:  # provenance only: the masks themselves were read
         info = {}
-    return MaskSet(masks, info)
+    return MaskSet(out, info)
+
+
+def _add(out, name: str, t: torch.Tensor, meta: Mapping[str, str], path: Path) -> None:
+    """Put a stored tensor into ``out`` (a dict of bool tensors, or :class:`PackedMasks`)."""
+    shape_s = meta.get(f"shape:{name}")
+    if shape_s is not None:
+        shape = _packed_shape(shape_s, name, path, t.dtype == torch.uint8, t.numel(), str(t.dtype))
+        bits = t.reshape(-1).numpy()
+        if isinstance(out, PackedMasks):
+            out.add_bits(name, _cleared_padding(bits, math.prod(shape)), shape)
+        else:
+            out[name] = _unpacked(bits, shape)
+    else:
+        m = _check_bool(name, t.contiguous(), str(path), floats=True)
+        if isinstance(out, PackedMasks):
+            out.add(name, m)
+        else:
+            out[name] = m
+
+
+def packed_bytes(path: str | os.PathLike) -> int:
+    """What :func:`load_mask_set` (``packed=True``) holds for the file at ``path``, from its header alone; 0 for a
+    file that is no readable mask (its load says why)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(check_readable(path)), framework="pt") as f:
+            return _held_bytes(f, f.metadata() or {}, True)
+    except Exception:
+        return 0
+
+
+def _held_bytes(f, meta: Mapping[str, str], packed: bool) -> int:
+    """What :func:`load_mask_set` will hold, from the header: each tensor's entries (a byte each as bool, a bit
+    packed), and the largest stored tensor read at once beside them."""
+    held = largest = 0
+    for name in f.keys():
+        stored = f.get_slice(name)
+        n_stored = math.prod(stored.get_shape())
+        shape_s = meta.get(f"shape:{name}")
+        try:
+            n = math.prod(int(d) for d in shape_s.split(",") if d.strip()) if shape_s is not None else n_stored
+        except ValueError:
+            n = 0
+        if shape_s is not None and (n + 7) // 8 != n_stored:
+            n = 0  # a shape its bytes do not hold: refused by name as it is read
+        item = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4, "F32": 4}.get(
+            stored.get_dtype(), 8
+        )
+        held += (n + 7) // 8 if packed else n
+        # the stored tensor, and what unpacking it (or checking that it is 0/1) makes beside it
+        largest = max(largest, n_stored * item + (0 if packed and shape_s is not None else 2 * n))
+    return held + largest
+
+
+def _cleared_padding(bits: np.ndarray, n: int) -> np.ndarray:
+    """``bits`` with the bits past the ``n`` entries (np.packbits pads the last byte with zeros; a file from
+    elsewhere may not) set to zero, so a count of set bits counts entries."""
+    if n % 8 and len(bits) and bits[-1] & (0xFF >> (n % 8)):
+        bits = bits.copy()
+        bits[-1] &= (0xFF << (8 - n % 8)) & 0xFF
+    return bits
 
 
 def _packed_shape(text: str, name: str, path: Path, uint8: bool, count: int, dtype: str) -> tuple[int, ...]:
@@ -653,3 +721,21 @@ class PackedMasks(Mapping):
     @property
     def nbytes(self) -> int:
         return sum(b.nbytes for b, _ in self._bits.values())
+
+    def subset(self, names) -> PackedMasks:
+        """The masks of ``names`` (in that order), the same bits, nothing unpacked or copied."""
+        out = PackedMasks()
+        out._bits = {n: self._bits[n] for n in names}
+        return out
+
+    def count(self) -> int:
+        """Set bits over every mask, counted packed (a byte's set bits from a table), a block at a time. The
+        bits past each mask's entries are zero (np.packbits pads with zeros; a file's are cleared as read)."""
+        total = 0
+        for bits, _ in self._bits.values():
+            for i in range(0, len(bits), 1 << 24):
+                total += int(_POPCOUNT[bits[i : i + (1 << 24)]].sum(dtype=np.int64))
+        return total
+
+
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(np.uint8)

@@ -33,7 +33,7 @@ class Memo:
     """
 
     def __init__(self, sizes: dict[str, int] | None = None):
-        self.sizes = {"analysis": 16, "mask": 32, "info": 256, "derived": 256, **(sizes or {})}
+        self.sizes = {"analysis": 16, "info": 256, "derived": 256, **(sizes or {})}
         self.items: dict[str, OrderedDict] = {kind: OrderedDict() for kind in self.sizes}
         self.tags: dict[int, tuple[object, Hashable]] = {}
         self.flights: dict[Hashable, threading.Event] = {}

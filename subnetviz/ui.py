@@ -617,23 +617,38 @@ def need(condition: bool, message: str) -> None:
         st.stop()
 
 
-def mask_set(path: str | os.PathLike):
-    """A mask file, cached by its :func:`~subnetviz.cache.file_stamp` (path, size, mtime_ns), shared."""
+def mask_summary(path: str | os.PathLike) -> dict:
+    """A mask file's tensors, entries in the mask, parameters, density and method, counted bit-packed (1 bit per
+    parameter held while it is read, nothing kept), cached by its :func:`~subnetviz.cache.file_stamp` (path,
+    size, mtime_ns) and shared. A URL naming a few large finetunes kept each mask, a byte per parameter,
+    for the life of the server only to count it."""
     from subnetviz.masks import load_mask_set
 
-    key = ("mask", str(path), file_stamp(path))
-    return _memo().get_or_compute(key, lambda: load_mask_set(path), kind="mask")
+    def summary() -> dict:
+        ms = load_mask_set(path, packed=True)
+        return {
+            "tensors": len(ms.masks),
+            "count": ms.count,
+            "numel": ms.numel,
+            "density": ms.density,
+            "method": str(ms.metadata.get("method", "")),
+        }
+
+    return dict(_memo().get_or_compute(("mask-summary", str(path), file_stamp(path)), summary, kind="info"))
 
 
 def mask_files_overlap(paths: Sequence[str], labels: Sequence[str]):
-    """The Overlap page's overlap of mask files (jobs.cluster_pages.FilesOverlap), shared by every session:
-    here from the shared mask sets, or on this session's cluster (keyed by the files' stamps)."""
+    """The Overlap page's overlap of mask files (jobs.cluster_pages.FilesOverlap), shared by every session and
+    keyed by the files' stamps: here (the masks read bit-packed while it is computed, none kept), or on this
+    session's cluster."""
     from subnetviz.jobs import cluster, cluster_pages
 
     address = cluster.resolve_address(compute_address())
-    if not address:
-        return shared(cluster_pages.sets_overlap, [mask_set(p) for p in paths], tuple(labels))
     key = ("files-overlap", tuple(paths), tuple(labels), tuple(file_stamp(p) for p in paths))
+    if not address:
+        return _memo().get_or_compute(
+            key, lambda: cluster_pages.files_overlap_task(list(paths), list(labels)), kind="analysis"
+        )
     bar, progress = progress_bar("Overlapping the masks")
     out = _memo().get_or_compute(
         key, lambda: cluster_pages.files_overlap(paths, labels, address=address, progress=progress), kind="analysis"

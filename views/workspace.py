@@ -76,15 +76,15 @@ def body() -> None:
         files.update({f"update mask of {m}": str(mask_path(analysis.source_dir, m)) for m in analysis.labels})
     mrows = []
     for label, path in files.items():
-        ms = ui.mask_set(path)
+        ms = ui.mask_summary(path)
         mrows.append(
             {
                 "mask": label,
-                "tensors": len(ms.masks),
-                "in mask": ms.count,
-                "parameters": ms.numel,
-                "density": ms.density,
-                "method": ms.metadata.get("method", ""),
+                "tensors": ms["tensors"],
+                "in mask": ms["count"],
+                "parameters": ms["numel"],
+                "density": ms["density"],
+                "method": ms["method"],
                 "path": config.display_path(path),
             }
         )

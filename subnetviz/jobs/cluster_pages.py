@@ -115,6 +115,7 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     """The :class:`FilesOverlap` of loaded mask sets (:class:`~subnetviz.masks.MaskSet`), in this process."""
     from subnetviz.analysis.overlap import mask_overlap
     from subnetviz.checkpoints.naming import NameTable
+    from subnetviz.masks import PackedMasks
 
     sets = [m.masks for m in mask_sets]
     shared = set.intersection(*(set(s) for s in sets)) if sets else set()
@@ -122,10 +123,14 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     partial = any(len(s) != len(common) for s in sets)
     if not common:
         return FilesOverlap(None, None, 0, partial)
+
+    def only(s, keep):  # bit-packed masks stay packed (indexing one unpacks it, a byte per parameter)
+        return s.subset(keep) if isinstance(s, PackedMasks) else {k: s[k] for k in keep}
+
     # no config.json beside mask files: the family, an MTP module's layer and sandwich norms from the names
     table = NameTable.from_config({}, sorted(common))
     report = mask_overlap(
-        [{k: s[k] for k in common} for s in sets],
+        [only(s, common) for s in sets],
         list(labels),
         group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
     )
@@ -133,7 +138,7 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     experts = None
     if names:
         experts = mask_overlap(
-            [{k: s[k] for k in names} for s in sets],
+            [only(s, names) for s in sets],
             list(labels),
             group_of=lambda n: (table.describe(n).layer, f"E{table.describe(n).expert}"),
         )
@@ -143,9 +148,12 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
 
 def files_overlap_task(paths: Sequence[str], labels: Sequence[str]) -> FilesOverlap:
     """On a worker (or here): read the mask files and overlap them (:func:`sets_overlap`)."""
-    from subnetviz.masks import load_mask_set
+    from subnetviz.config import require_memory
+    from subnetviz.masks import load_mask_set, packed_bytes
 
-    return sets_overlap([load_mask_set(p) for p in paths], labels)  # each file through the read gate
+    # the masks held together, bit-packed: checked before the first is read (each load checks itself alone)
+    require_memory(f"The overlap of {len(paths)} masks", sum(packed_bytes(p) for p in paths))
+    return sets_overlap([load_mask_set(p, packed=True) for p in paths], labels)  # each file through the read gate
 
 
 def files_overlap(

@@ -222,4 +222,6 @@ def test_spectra_rank_view_pools_each_layers_experts(moe_home):
     assert "matrices, summed" in trace["hovertemplate"]
     assert sum(1 for title in charts if "stable rank" in title) == 2
     caption = next(c.value for c in at.caption if c.value.startswith("Numerical rank"))
-    assert caption.count(" · ") <= 6 and "more (each in the table below)" in caption
+    # at most six named (an MoE model has thousands of matrices); the planted finetunes leave most unchanged,
+    # which are said apart, not named as below full rank
+    assert caption.count(" · ") <= 6 and "Unchanged (Δ = 0, rank 0): " in caption

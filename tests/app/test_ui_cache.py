@@ -134,14 +134,27 @@ def test_shared_results_of_a_mask_file_follow_the_file_rewritten_in_place(tmp_pa
     for n in (3, 7):
         save_mask_set(path, MaskSet({"w": torch.arange(10) < n}))
         os.utime(path, ns=(10**18 + n, 10**18 + n))  # a rewrite inside one mtime tick is still a new stamp
-        ms = ui.mask_set(path)
-        assert ui.mask_set(path) is ms  # one object for every rerun and session
-        counts.append(ui.shared(mask_count, ms))
-    assert counts == [3, 7]
+        counts.append(ui.mask_summary(path)["count"])
+        counts.append(ui.mask_files_overlap([str(path), str(path)], ("a", "b")).report.sizes["count"].iloc[0])
+    assert counts == [3, 3, 7, 7]
 
 
-def mask_count(ms) -> int:
-    return int(ms.count)
+def test_counting_or_overlapping_mask_files_keeps_no_mask_in_the_server(tmp_path):
+    """The Workspace table and the Overlap page kept every mask a URL named, a byte per parameter, in the shared
+    memo (by count: 32 of them) for the life of the server; now the counts and the overlap are kept, computed
+    from the masks read bit-packed."""
+    import torch
+
+    from subnetviz import ui
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    paths = [str(save_mask_set(tmp_path / f"m{n}.safetensors", MaskSet({"w": torch.arange(4000) < n}))) for n in (3, 7)]
+    assert [ui.mask_summary(p)["count"] for p in paths] == [3, 7]
+    overlap = ui.mask_files_overlap(paths, ("a", "b"))
+    assert overlap.report.sizes["count"].tolist() == [3, 7]
+    held = [v for kind in ui._memo().items.values() for v in kind.values()]
+    tensors = [v for v in held if isinstance(v, (MaskSet, torch.Tensor))]
+    assert not tensors and all(not isinstance(x, torch.Tensor) for v in held if isinstance(v, dict) for x in v.values())
 
 
 # --- the sidebar's listings --------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_app_loaders_follow_files_rewritten_in_place(tmp_path):
     counts = []
     for n in (3, 7):
         save_mask_set(mask, MaskSet({"w": torch.arange(10) < n}))
-        counts.append(ui.mask_set(mask).count)
+        counts.append(ui.mask_summary(mask)["count"])
     assert counts == [3, 7]
 
 

@@ -56,6 +56,49 @@ def test_round_trip_bit_packed_odd_sizes(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # written atomically, nothing left behind
 
 
+def test_a_mask_read_bit_packed_equals_it_read_whole(tmp_path):
+    """``load_mask_set(packed=True)`` (counting and overlaps: a bit per parameter held) against the bool tensors
+    counted in NumPy: our packed files, plain bool / 0-1 float files, and a file from elsewhere whose padding
+    bits past the entries are set (a count of set bits would count them)."""
+    masks = _random_masks()
+    ours = save_mask_set(tmp_path / "m.safetensors", MaskSet(masks))
+    plain = tmp_path / "plain.safetensors"
+    save_file({"u": masks["a"].to(torch.bfloat16), "b": masks["c"]}, str(plain))
+    with safe_open(str(ours), framework="np") as f:  # the same masks, padding bits of every last byte set
+        meta, bits = f.metadata(), {k: f.get_tensor(k).copy() for k in f.keys()}
+    for k, b in bits.items():
+        n = int(np.prod(SHAPES[k]))
+        if n % 8:
+            b[-1] |= 0xFF >> (n % 8)
+    from safetensors.numpy import save_file as save_np
+
+    padded = tmp_path / "padded.safetensors"
+    save_np(bits, str(padded), metadata=meta)
+    for path in (ours, plain, padded):
+        whole, packed = load_mask_set(path), load_mask_set(path, packed=True)
+        expect = sum(int(np.asarray(m.numpy(), dtype=np.int64).sum()) for m in whole.masks.values())
+        assert packed.count == whole.count == expect and packed.numel == whole.numel
+        assert packed.shapes() == whole.shapes()
+        assert all(torch.equal(packed.masks[k], whole.masks[k]) for k in whole.masks)
+    assert load_mask_set(padded, packed=True).count == load_mask_set(ours).count
+
+
+def test_a_mask_larger_than_the_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A 7B model's mask is 7 GB as bool tensors (0.9 GB packed): the need, from the header, is compared with
+    the memory available before any tensor is read, whole or bit-packed."""
+    from subnetviz import config
+    from subnetviz.errors import ConfigError
+
+    path = save_mask_set(tmp_path / "m.safetensors", MaskSet({"w": torch.ones(4096, 1024, dtype=torch.bool)}))
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 2 << 20)  # 2 MiB: 4 MiB as bool, 0.5 packed
+    with pytest.raises(ConfigError, match=r"The mask m\.safetensors needs about .* Refused before loading"):
+        load_mask_set(path)
+    assert load_mask_set(path, packed=True).count == 4096 * 1024
+    monkeypatch.setattr(config, "available_memory_bytes", lambda: 1 << 10)
+    with pytest.raises(ConfigError, match="Refused before loading"):
+        load_mask_set(path, packed=True)
+
+
 def test_plain_uint8_and_bool_files_load(tmp_path):
     m = (torch.arange(10) % 3 == 0).reshape(2, 5)
     save_file({"u": m.to(torch.uint8), "b": m}, str(tmp_path / "plain.safetensors"))
