@@ -3,7 +3,7 @@
 - ``SUBNETVIZ_HOME``: where the demo zoo, the run registry and the analysis cache live
   (default: the user's cache dir, e.g. ``~/.cache/subnetviz``).
 - ``SUBNETVIZ_ROOTS``: ``os.pathsep``-separated folders the app may read checkpoints and masks
-  from (default: ``SUBNETVIZ_HOME``, the Hugging Face cache and the current directory). The CLI
+  from, besides ``SUBNETVIZ_HOME`` (default: the Hugging Face cache and the current directory). The CLI
   and the library are not restricted; the app is, because shared dashboards are reachable by others.
 - ``SUBNETVIZ_ENFORCE_ROOTS``: ``1`` makes every file read (after resolving symlinks and shard
   index entries) lie under the roots; the app sets it for itself and the jobs it starts.
@@ -61,12 +61,15 @@ def hf_cache_dir() -> Path:
 
 
 def allowed_roots() -> list[Path]:
+    """``SUBNETVIZ_HOME`` (the server's own runs, uploads, cache and demo zoo: always), then the folders of
+    ``SUBNETVIZ_ROOTS``, or by default the Hugging Face cache and the current directory. (The home was left
+    out when ``SUBNETVIZ_ROOTS`` was set: a job then trained to the end and failed reading its own model.)"""
     env = os.environ.get("SUBNETVIZ_ROOTS")
     if env:
-        roots = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+        roots = [home(), *(Path(p).expanduser() for p in env.split(os.pathsep) if p.strip())]
     else:
         roots = [home(), hf_cache_dir(), Path.cwd()]
-    return [r.resolve() for r in roots]
+    return list(dict.fromkeys(r.resolve() for r in roots))
 
 
 def enforce_roots() -> bool:

@@ -148,3 +148,14 @@ def test_a_path_with_a_nul_byte_is_refused_in_one_line(two_places, path):
     assert "\0" not in shown and "/srv" not in shown
     redacted = config.redact(f"cannot open {path}: no such file.")  # (a message that names it: never raises)
     assert not path.startswith("/") or ("\0" not in redacted and "/srv" not in redacted)
+
+
+def test_the_home_stays_a_root_beside_the_named_ones(two_places):
+    """``SUBNETVIZ_ROOTS=/data`` left out the server's own home: a job launched from the page trained to the end,
+    then failed reading its own model in runs/ ("leads outside the folders this server may read")."""
+    inside, outside = two_places
+    run = config.home() / "runs" / "r1" / "model.safetensors"
+    assert config.check_readable(run) == run.resolve() and config.check_allowed(run) == run.resolve()
+    assert config.allowed_roots()[:2] == [config.home().resolve(), inside.resolve()]
+    with pytest.raises(PathNotAllowedError):
+        config.check_readable(outside / "model.safetensors")
