@@ -86,6 +86,11 @@ def launch(ws) -> None:
         submitted = st.form_submit_button("Launch run", type="primary", icon=":material/play_arrow:")
     if submitted and 0 < gpus < nproc:
         ui.error(f"{int(nproc)} processes need {int(nproc)} GPUs (one each); the job asks for {int(gpus)}.")
+    elif submitted and random_twin and not masks[mask_label]:  # (it queued a full finetune, named as asked)
+        ui.error(
+            "A random control mask takes the density of a chosen mask: choose one under *Train only* (with none, "
+            "it would train every parameter)."
+        )
     elif submitted:
         with ui.said_here():  # the form stays, with its values (a data path outside the roots)
             mask = masks[mask_label]
@@ -111,7 +116,8 @@ def launch(ws) -> None:
             }
             if algorithm == "grpo":
                 cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
-            run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {'sub ' if mask else ''}lr={lr:g} s={seed}")
+            kind = "random " if random_twin else "sub " if mask else ""
+            run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {kind}lr={lr:g} s={seed}")
             st.success(f"Queued run {run_id}: [follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
             if note := mask_note(mask, cfg):
                 ui.warning(note)

@@ -513,6 +513,20 @@ def test_training_launch_refuses_a_base_outside_the_roots(app_env):
     assert at.text_input(key="tr_base").value == "/etc" and any(b.label == "Launch run" for b in at.button)
 
 
+def test_a_random_control_without_a_mask_is_refused_not_queued_as_a_full_finetune(app_env):
+    """ "random control mask" with "none (full finetune)": a full finetune was queued, with no word."""
+    from subnetviz.jobs.runner import JobRunner
+
+    before = len(JobRunner().list_runs())
+    at = open_page("training")
+    assert not at.selectbox(key="tr_mask").value.startswith("update") and at.selectbox(key="tr_mask").index == 0
+    at.checkbox(key="tr_random").check()
+    next(b for b in at.button if "Launch" in b.label).click().run()
+    assert not at.exception and not at.success
+    assert [e.value for e in at.main.error if "random control mask takes the density of a chosen mask" in e.value]
+    assert len(JobRunner().list_runs()) == before
+
+
 def test_sparsity_tabs_draw_only_the_open_section_and_are_shareable(app_env):
     at = open_page("sparsity", sp_tab="Tolerance sweep and ULPs")
     assert not at.exception and not at.error
