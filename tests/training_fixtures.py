@@ -69,6 +69,23 @@ def sleep_job(config: dict, ctx) -> None:
     (ctx.out_dir / "cluster.txt").write_text(os.environ.get("SUBNETVIZ_RAY_ADDRESS", ""))
 
 
+def detached_child_job(config: dict, ctx) -> None:
+    """Test job: starts a process in a session of its own (as accelerate launch starts a job's ranks), which
+    writes into ``outputs.tmp`` twice a second; its pid in ``child.pid`` of the run folder. Then sleeps."""
+    import subprocess
+    import sys
+
+    script = (  # as a rank saving its model: the folder made again if it is gone
+        "import os, sys, time\nwhile True:\n    os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)\n"
+        "    open(sys.argv[1], 'a').write('x')\n    time.sleep(0.5)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(ctx.out_dir / "rank.txt")], start_new_session=True)
+    (ctx.run_dir / "child.pid").write_text(str(child.pid))
+    for i in range(600):
+        time.sleep(0.1)
+        ctx.progress(i + 1, 600)
+
+
 def fail_job(config: dict, ctx) -> None:
     """Test job: writes a partial output, then raises."""
     (ctx.out_dir / "partial.txt").write_text("half")

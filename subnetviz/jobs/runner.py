@@ -31,7 +31,7 @@ from subnetviz.errors import ConfigError, JobError
 from subnetviz.jobs.context import CANCEL_FILE, METRICS_FILE, STATUS_FILE, read_json, write_json
 from subnetviz.jobs.kinds import validate_job_config
 from subnetviz.jobs.registry import COLUMNS, Registry, RunRecord, is_alive
-from subnetviz.jobs.scheduler import CVD, REGISTRY_FILE, Launch, advance, default_launch, settle
+from subnetviz.jobs.scheduler import CVD, REGISTRY_FILE, Launch, advance, default_launch, kill_leftovers, settle
 
 if TYPE_CHECKING:  # pandas is imported lazily: the worker process should start fast
     import pandas as pd
@@ -200,6 +200,7 @@ class JobRunner:
                 ):
                     settle(self.registry, con, now)  # it finished before the signal arrived: keep its result
                 else:
+                    kill_leftovers(run_dir)  # its ranks, in sessions of their own, outlive a signal to its group
                     shutil.rmtree(run_dir / "outputs.tmp", ignore_errors=True)
                     self.registry.update(
                         con, run_id, status="cancelled", ended=time.time(), error="cancelled by the user"

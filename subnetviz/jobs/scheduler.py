@@ -83,9 +83,32 @@ def settle(registry: Registry, con, rec: RunRecord, *, over: bool = False) -> No
         error = status.get("error")
     else:
         state, error = "failed", "the job process ended without a final status (killed or crashed); see log.txt"
+    kill_leftovers(run_dir)  # its job is over: what it started goes with it (before outputs.tmp is removed)
     if state != "succeeded":
         shutil.rmtree(run_dir / "outputs.tmp", ignore_errors=True)
     registry.update(con, rec.id, status=state, error=error, ended=status.get("ended") or time.time(), **progress)
+
+
+JOB_ENV = "SUBNETVIZ_JOB"
+"""Set to the run folder in a worker's environment (:func:`start`), which every process it starts inherits."""
+
+
+def kill_leftovers(run_dir: Path) -> int:
+    """SIGKILL every process still marked as ``run_dir``'s (:data:`JOB_ENV`): a job's ranks run in sessions of
+    their own (``accelerate launch``, torch elastic), so a worker killed with SIGKILL (or the OOM killer) left
+    them training for a run already marked failed, its slot given to the next job, and writing a model into the
+    ``outputs.tmp`` removed for it. Returns how many were killed."""
+    import psutil
+
+    mine, killed = str(run_dir), 0
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(JOB_ENV) == mine:
+                proc.kill()
+                killed += 1
+        except (psutil.Error, OSError):  # gone meanwhile, or another user's
+            continue
+    return killed
 
 
 def start(registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | None) -> subprocess.Popen | None:
@@ -105,6 +128,7 @@ def start(registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | No
     # worker runs on "this server" even when the server's default cluster is set (a visitor chose it);
     # the Ray proxy names its cluster to the task (ray_backend.main).
     env.pop(RAY_ADDRESS_ENV, None)
+    env[JOB_ENV] = str(run_dir)
     pkg_root = str(Path(__file__).resolve().parents[2])  # so the worker imports this very subnetviz
     paths = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *(p for p in paths if p != pkg_root)])

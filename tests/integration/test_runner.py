@@ -100,6 +100,41 @@ def test_killed_job_is_failed_and_partial_outputs_removed(tmp_path):
     assert not (Path(rec.run_dir) / "outputs.tmp").exists() and not rec.outputs.exists()
 
 
+@pytest.mark.parametrize("end", ["killed", "cancelled"])
+def test_a_jobs_processes_in_sessions_of_their_own_end_with_it(tmp_path, end):
+    """A DDP job's ranks run in sessions of their own: with its worker killed (SIGKILL, the OOM killer) they
+    trained on for a run already failed, its slot given away, writing a model into the removed outputs.tmp."""
+    r = _runner(tmp_path)
+    rid = r.submit({"kind": "python", "target": "tests.training_fixtures:detached_child_job"})
+    rec = _wait_running(r, rid)
+    pid_file = Path(rec.run_dir) / "child.pid"
+    _wait_for(pid_file.exists)
+    child = int(pid_file.read_text())
+    assert process_start(child) is not None
+    try:
+        if end == "killed":
+            os.killpg(rec.pid, signal.SIGKILL)  # the worker's group: the child's session is another
+            rec = r.wait(rid, timeout=30)
+        else:
+            rec = r.cancel(rid)
+        assert rec.status == ("failed" if end == "killed" else "cancelled")
+        _wait_for(lambda: process_start(child) is None or _zombie(child), timeout=10)
+        time.sleep(1.5)  # it wrote twice a second, making the folder again: nothing reappears
+        assert not (Path(rec.run_dir) / "outputs.tmp").exists()
+    finally:
+        if process_start(child) is not None:  # (a failure leaves no process behind)
+            os.kill(child, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_registry_survives_restart_and_dead_runs_are_failed(tmp_path):
     a = _runner(tmp_path)
     done = a.wait(a.submit({**SLEEP, "seconds": 0.1, "steps": 1}), timeout=60)
