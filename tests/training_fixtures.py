@@ -86,6 +86,13 @@ def detached_child_job(config: dict, ctx) -> None:
         ctx.progress(i + 1, 600)
 
 
+def refused_job(config: dict, ctx) -> None:
+    """Test job: refuses what it was given, as a job does with a mask that does not fit its model."""
+    from subnetviz.errors import MaskError
+
+    raise MaskError("mask m.safetensors does not fit the model: 'w' is not a parameter of the model.")
+
+
 def fail_job(config: dict, ctx) -> None:
     """Test job: writes a partial output, then raises."""
     (ctx.out_dir / "partial.txt").write_text("half")

@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="run one training job in the foreground")
     t.add_argument("--config", required=True, help="JSON training config")
-    t.add_argument("--run-dir", help="run folder (default: a new folder under SUBNETVIZ_HOME/runs)")
+    t.add_argument(
+        "--run-dir",
+        help="a new folder to run in, as a queued job does (config, status, metrics, log; the model in "
+        "outputs/model); without it the model goes to the config's output_dir",
+    )
     t.set_defaults(func=cmd_train)
 
     j = sub.add_parser("job", help="(internal) the worker process of one queued job")

@@ -100,6 +100,9 @@ def _record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(**d)
 
 
+BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another's lock
+
+
 class Registry:
     """The SQLite registry at ``path`` (created with its table on first use)."""
 
@@ -108,6 +111,15 @@ class Registry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._create()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise ConfigError(
+                    f"{self.path}: the job registry cannot be opened ({exc}); move it aside to start a new one."
+                ) from None
+            raise ConfigError(  # a healthy registry: moving it aside, as said above for a broken one, loses the runs
+                f"{self.path}: the job registry is busy (another process has held it locked for {BUSY_TIMEOUT_S:g} s); "
+                "try again."
+            ) from None
         except sqlite3.DatabaseError as exc:  # a file that is no SQLite database, a folder in its place, ...
             raise ConfigError(
                 f"{self.path}: the job registry cannot be opened ({exc}); move it aside to start a new one."
@@ -128,7 +140,7 @@ class Registry:
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; 30 s busy timeout for writers.
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")

@@ -30,7 +30,7 @@ def _finish(ctx: JobContext, state: str, error: str | None = None) -> None:
 
 def main_job(run_dir: str) -> int:
     """The worker: run the job in ``run_dir``; 0 succeeded, 1 failed, 2 cancelled, 3 not this
-    process's to run (its registry row names another process, or was never committed).
+    process's to run (its registry row names another process, or was never committed, or no job folder).
 
     stdout/stderr are already ``log.txt`` (the runner points them there). A run of a registry
     first waits for its row to name this process; at the end it records its own final status and
@@ -38,6 +38,9 @@ def main_job(run_dir: str) -> int:
     with no page or CLI polling it.
     """
     run_dir_p = Path(run_dir)
+    if not (run_dir_p / "config.json").is_file():  # (the folder was made, then a traceback)
+        print(f"error: {run_dir}: no job folder here (it holds no config.json); nothing to run.", file=sys.stderr)
+        return 3
     registry = registry_of(run_dir_p)
     if registry is not None and not wait_claimed(registry, run_dir_p.name):
         print(f"job {run_dir_p.name}: its registry row does not name this process ({os.getpid()}); not running it")
@@ -78,7 +81,9 @@ def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
         fn(config, ctx)
     except BaseException as exc:  # noqa: BLE001 - the worker reports every failure, then exits non-zero
         cancelled = ctx.should_stop()
-        if not cancelled:
+        if isinstance(exc, SubnetvizError) and not cancelled:  # what a user gave: one line, as the CLI says it
+            print(f"error: {exc}", flush=True)
+        elif not cancelled:  # a bug: the traceback, for its report
             traceback.print_exc()
         shutil.rmtree(ctx.out_dir, ignore_errors=True)
         msg = str(exc) if isinstance(exc, SubnetvizError) else f"{type(exc).__name__}: {exc}"

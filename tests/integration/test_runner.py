@@ -89,6 +89,45 @@ def test_failing_job_is_failed_with_its_error_and_no_outputs(tmp_path):
     assert "planned failure" in (Path(rec.run_dir) / "log.txt").read_text()
 
 
+def test_a_job_refusing_its_input_says_it_in_one_line(tmp_path, capsys):
+    """A MaskError (what the user gave) printed a full traceback into the log, and ``train --run-dir`` showed
+    it; a bug (ValueError above) keeps its traceback."""
+    r = _runner(tmp_path)
+    rec = r.wait(r.submit({"kind": "python", "target": "tests.training_fixtures:refused_job"}), timeout=60)
+    log = (Path(rec.run_dir) / "log.txt").read_text()
+    assert rec.status == "failed" and rec.error.startswith("mask m.safetensors does not fit")
+    assert "error: mask m.safetensors does not fit the model" in log and "Traceback" not in log
+
+
+def test_the_job_verb_on_a_folder_that_is_no_job(tmp_path, capsys):
+    """``subnetviz job /nonexistent`` made that folder, then a FileNotFoundError traceback."""
+    from subnetviz.jobs.worker import main_job
+
+    assert main_job(str(tmp_path / "nowhere")) == 3
+    assert not (tmp_path / "nowhere").exists() and "no job folder here" in capsys.readouterr().err
+
+
+def test_a_busy_registry_is_not_called_broken(tmp_path, monkeypatch):
+    """Another process holding the write lock past the timeout: the message said to move the registry aside,
+    which on a healthy registry loses every run record."""
+    import sqlite3
+
+    from subnetviz.jobs import registry as reg
+
+    path = tmp_path / "runs" / "registry.sqlite"
+    reg.Registry(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(reg, "BUSY_TIMEOUT_S", 0.2)
+    try:
+        with pytest.raises(ConfigError, match="the job registry is busy") as err:
+            reg.Registry(path)
+        assert "move it aside" not in str(err.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 def test_killed_job_is_failed_and_partial_outputs_removed(tmp_path):
     r = _runner(tmp_path)
     rid = r.submit({**SLEEP, "seconds": 60, "steps": 600})
