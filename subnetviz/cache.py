@@ -15,7 +15,8 @@ scheme:
 - every published entry ends with a manifest (:data:`MANIFEST`: each file's size and sha256, and the
   subnetviz version that wrote it), written last; :meth:`CacheEntry.status` verifies it on read, and a
   corrupt or truncated entry is removed (with a notice) so that it is computed again, never served;
-- :func:`sweep`: temporary folders left by a killed writer are removed at start.
+- :func:`sweep`: temporary folders left by a killed writer are removed at start;
+- :func:`enforce_limit`: the analyses over ``SUBNETVIZ_CACHE_GB`` are removed, least recently used first.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ class CacheEntry:
             return False, None
         problem = verify_manifest(self.folder)
         if problem is None:
+            touch(self.folder)
             return True, None
         aside = _tmp_name(self.folder, "corrupt")
         try:
@@ -267,6 +269,77 @@ class CacheEntry:
         with atomic_folder(self.folder, replace=False) as tmp:
             yield tmp
             write_manifest(tmp)
+        from subnetviz.config import cache_dir, cache_limit_bytes
+
+        root = cache_dir().resolve()
+        if root in self.folder.resolve().parents:  # (not a folder a user named, e.g. analyze --out)
+            enforce_limit(root, cache_limit_bytes(), keep=self.folder)
+
+
+USED = ".used"  # an entry's last use: this file's mtime (not in its manifest)
+EVICTABLE = ("updates", "subspaces", "behavior", "bigram")  # analyses a page computes again when asked
+EVICT_GRACE_S = 600.0  # an entry used this recently is kept, over the limit or not
+
+
+def touch(folder: str | os.PathLike) -> None:
+    """Mark a cache entry as used now (for :func:`enforce_limit`), at most once a minute."""
+    used = Path(folder) / USED
+    try:
+        if time.time() - used.stat().st_mtime < 60:
+            return
+    except OSError:
+        pass
+    try:
+        used.touch()
+    except OSError:
+        pass  # a read-only cache: nothing is evicted from it either
+
+
+def _size_and_use(folder: Path) -> tuple[int, float]:
+    """An entry's bytes (its manifest's sizes) and last use (its :data:`USED` stamp, else its manifest's)."""
+    try:
+        manifest = folder / MANIFEST
+        files = json.loads(manifest.read_text())["files"]
+        size = sum(int(f["size"]) for f in files.values()) + manifest.stat().st_size
+        written = manifest.stat().st_mtime
+    except (OSError, ValueError, KeyError, TypeError):
+        size, written = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()), 0.0
+    try:
+        return size, max(written, (folder / USED).stat().st_mtime)
+    except OSError:
+        return size, written
+
+
+def enforce_limit(root: str | os.PathLike, limit: float, *, keep: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the least recently used analyses (:data:`EVICTABLE` kinds under ``root``) until they take at most
+    ``limit`` bytes; never ``keep`` (the entry just written) nor one used in the last :data:`EVICT_GRACE_S`. On a
+    shared server every distinct URL may publish an entry, and nothing else ever removed one. Returns what was
+    removed. A page holding a removed analysis in memory computes it again (``ui.update_analysis``)."""
+    root, now = Path(root), time.time()
+    entries = []
+    for kind in EVICTABLE:
+        try:
+            folders = [f for f in (root / kind).iterdir() if f.is_dir() and not f.name.startswith(".")]
+        except OSError:
+            continue
+        entries += [(*_size_and_use(f), f) for f in folders]
+    total = sum(size for size, _, _ in entries)
+    removed: list[Path] = []
+    keep = Path(keep).resolve() if keep is not None else None
+    for size, used, folder in sorted(entries, key=lambda e: e[1]):
+        if total <= limit:
+            break
+        if folder.resolve() == keep or now - used < EVICT_GRACE_S:
+            continue
+        aside = _tmp_name(folder, "old")
+        try:
+            os.replace(folder, aside)  # gone at once for readers; another process evicting it first is fine
+        except OSError:
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
+        total -= size
+        removed.append(folder)
+    return removed
 
 
 def sweep_beside(target: str | os.PathLike) -> list[Path]:

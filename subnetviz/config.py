@@ -367,6 +367,28 @@ def confirm_above_seconds() -> float:
     return value
 
 
+CACHE_LIMIT_GB = 20.0
+"""Gigabytes the analyses in the cache may take before the least recently used are removed."""
+
+
+def cache_limit_bytes() -> float:
+    """``SUBNETVIZ_CACHE_GB`` (default :data:`CACHE_LIMIT_GB`; ``inf``: no limit): the size of the analyses kept
+    in the cache (:func:`subnetviz.cache.enforce_limit`). Each distinct URL of a shared server may publish one
+    (another order of the finetunes, another precision or tolerance), hundreds of MB for a large model."""
+    from subnetviz.errors import ConfigError
+
+    raw = (os.environ.get("SUBNETVIZ_CACHE_GB") or "").strip()
+    if not raw:
+        return CACHE_LIMIT_GB * 2**30
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value > 0:  # also NaN
+        raise ConfigError(f"SUBNETVIZ_CACHE_GB={raw!r}: expected a number of gigabytes > 0 (or 'inf'), e.g. 20.")
+    return value * 2**30
+
+
 def default_device() -> str:
     return os.environ.get("SUBNETVIZ_DEVICE", "auto")
 

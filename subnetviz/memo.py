@@ -72,6 +72,13 @@ class Memo:
                 self._untag(old, 2)
         return value
 
+    def forget(self, key: Hashable, kind: str = "derived") -> None:
+        """Drop ``key``'s stored value (its files are gone: the next caller computes it again)."""
+        with self.lock:
+            value = self.items[kind].pop(key, None)
+            if value is not None:
+                self._untag(value, 2)
+
     def known(self, key: Hashable, kind: str = "derived") -> bool:
         """Whether ``key``'s value is stored, or being computed by some session (a caller would wait for it)."""
         with self.lock:

@@ -23,7 +23,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import config, selection, uilogic
-from subnetviz.cache import file_stamp
+from subnetviz.cache import MANIFEST, file_stamp, touch
 from subnetviz.errors import SubnetvizError
 from subnetviz.memo import Memo
 from subnetviz.selection import PRECISIONS, Workspace, saved_masks, zoo_members
@@ -367,14 +367,22 @@ def update_analysis(
             ws, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta, progress=progress, address=compute_address()
         )
 
-    result = heavy(
-        key,
-        lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=mask_tolerance, eta=eta),
-        lambda: uilogic.spectra_cost(ws),
-        compute,
-        priced=spectra,
-        kind="analysis",
-    )
+    def get():
+        return heavy(
+            key,
+            lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=mask_tolerance, eta=eta),
+            lambda: uilogic.spectra_cost(ws),
+            compute,
+            priced=spectra,
+            kind="analysis",
+        )
+
+    result = get()
+    if result.source_dir is not None:  # its masks are read from there, when a view needs them
+        if not (result.source_dir / MANIFEST).is_file():  # removed from the cache (its size limit): again
+            _memo().forget(("heavy", key), "analysis")
+            result = get()
+        touch(result.source_dir)  # in use: kept
     bar.empty()
     return result
 

@@ -27,7 +27,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.labels and len(args.labels) != len(args.finetuned):
         raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned])
-    from subnetviz.cache import sweep
+    from subnetviz.cache import USED, sweep
     from subnetviz.config import cache_dir
 
     sweep(cache_dir())  # temporary folders an earlier, killed run left behind
@@ -47,7 +47,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             source = tmp / "analysis"
         else:
             source = analysis.source_dir
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(USED))  # (the cache's use stamp)
         if source != analysis.source_dir:
             shutil.rmtree(source)
         if subspaces is not None:

@@ -280,3 +280,70 @@ def test_sweep_removes_what_a_killed_writer_left(tmp_path):
     kept.mkdir()
     assert sweep(tmp_path) == [left]
     assert not left.exists() and alive.exists() and kept.exists()
+
+
+# --- the cache's size limit ---------------------------------------------------------------------------
+def _aged(kind: str, name: str, size: int, used_ago: float, monkeypatch, tmp_path) -> Path:
+    """A published entry of ``kind`` holding ``size`` bytes, last used ``used_ago`` seconds ago."""
+    import time
+
+    monkeypatch.setenv("SUBNETVIZ_CACHE_GB", "inf")  # (publishing it removes nothing)
+    ent = entry(kind, name)
+    with ent.publish() as tmp:
+        (tmp / "data.bin").write_bytes(b"x" * size)
+    when = time.time() - used_ago
+    for f in (ent.folder / ".manifest.json", ent.folder / ".used"):
+        f.touch()
+        os.utime(f, (when, when))
+    return ent.folder
+
+
+def test_the_analyses_over_the_limit_go_least_recently_used_first(tmp_path, monkeypatch):
+    """Each distinct URL of a shared server may publish an analysis (another order of the finetunes, another
+    precision: hundreds of MB for a large model), and nothing removed one: the disk filled for good."""
+    from subnetviz import config
+
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path))
+    old = _aged("updates", "old", 400_000, 7200, monkeypatch, tmp_path)
+    older = _aged("subspaces", "older", 400_000, 9000, monkeypatch, tmp_path)
+    recent = _aged("bigram", "recent", 400_000, 60, monkeypatch, tmp_path)  # in use: kept, over the limit or not
+    continual = _aged("continual", "run", 400_000, 99_999, monkeypatch, tmp_path)  # training, not an analysis
+    monkeypatch.setenv("SUBNETVIZ_CACHE_GB", str(1_200_000 / 2**30))  # 1.2 MB
+    new = entry("updates", "new")
+    with new.publish() as tmp:
+        (tmp / "data.bin").write_bytes(b"y" * 300_000)
+    # 1.5 MB of analyses: the least recently used goes first, until at most 1.2 MB is left
+    assert not older.exists() and old.exists() and recent.exists() and new.folder.exists() and continual.exists()
+    assert entry("updates", "old").status() == (True, None)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if ".old-" in p.name]  # nothing left beside them
+    from subnetviz.errors import ConfigError
+
+    monkeypatch.setenv("SUBNETVIZ_CACHE_GB", "-1")
+    with pytest.raises(ConfigError, match="SUBNETVIZ_CACHE_GB='-1': expected a number of gigabytes"):
+        config.cache_limit_bytes()
+
+
+def test_a_page_whose_analysis_left_the_cache_computes_it_again(tmp_path, monkeypatch):
+    """The page keeps its analysis in memory and reads masks from its folder when a view needs them: removed
+    from the cache (its size limit), the analysis is computed again, not a 'no such mask file' error."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from subnetviz import ui
+    from subnetviz.selection import Workspace
+
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path))
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    for folder, value in ((base, 0.0), (ft, 1.0)):
+        folder.mkdir()
+        w = torch.zeros(4, 4)
+        w[0, 0] = value
+        save_file({"model.layers.0.mlp.up_proj.weight": w}, str(folder / "model.safetensors"))
+    ws = Workspace(str(base), "base", (("ft", str(ft)),), (), None, "cpu", None)
+    first = ui.update_analysis(ws)
+    assert first.reports[0].changed == 1
+    shutil.rmtree(first.source_dir)
+    again = ui.update_analysis(ws)
+    assert again.source_dir.is_dir() and again.reports[0].changed == 1
