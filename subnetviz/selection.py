@@ -10,6 +10,7 @@ import functools
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -144,6 +145,22 @@ def stored_mask_path(name: str, digest: str) -> Path:
     replace each other; the same content under the same name is stored once."""
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] or "mask"
     return uploads_dir() / f"{stem}-{digest[:8]}.safetensors"
+
+
+def kept_mask(path: str | os.PathLike, name: str) -> str:
+    """``path``, or for a mask inside the analysis cache (an update mask), its copy among the stored masks
+    (:func:`stored_mask_path`, named ``name``): a run queued with it may start hours later, and the cache removes
+    analyses over its size limit. The copy keeps the mask's provenance, and the run names a file that stays."""
+    from subnetviz.cache import atomic_path
+
+    src = Path(path)
+    if config.cache_dir().resolve() not in src.resolve().parents:
+        return str(path)
+    kept = stored_mask_path(name, file_digest(src))
+    if not kept.is_file():
+        with atomic_path(kept) as tmp:
+            shutil.copyfile(src, tmp)
+    return str(kept)
 
 
 UPLOAD_SUFFIXES = (".safetensors", ".pt", ".pth", ".pickle", ".pkl")

@@ -94,6 +94,8 @@ def launch(ws) -> None:
     elif submitted:
         with ui.said_here():  # the form stays, with its values (a data path outside the roots)
             mask = masks[mask_label]
+            if mask:  # an update mask lives in the cache, which may remove it before the run starts: a kept copy
+                mask = selection.kept_mask(mask, mask_label.replace(" ", "-"))
             if mask and random_twin:
                 mask = f"random:{mask}"
             if train_data == AUTO:

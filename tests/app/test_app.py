@@ -527,6 +527,32 @@ def test_a_random_control_without_a_mask_is_refused_not_queued_as_a_full_finetun
     assert len(JobRunner().list_runs()) == before
 
 
+def test_a_run_trained_on_an_update_mask_names_a_copy_the_cache_cannot_remove(app_env):
+    """The update mask lives in the analysis cache, which removes analyses over its size limit; a queued run
+    named that file, and may start hours later. It names a kept copy (same bytes, provenance included)."""
+    from subnetviz import config
+    from subnetviz.cache import file_digest
+    from subnetviz.jobs.runner import JobRunner
+
+    runner = JobRunner()
+    before = set(runner.list_runs()["id"])
+    at = open_page("training")
+    label = next(o for o in at.selectbox(key="tr_mask").options if o.startswith("update mask of"))
+    at.selectbox(key="tr_mask").set_value(label)
+    next(b for b in at.button if "Launch" in b.label).click().run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    (rid,) = set(runner.list_runs()["id"]) - before
+    try:
+        mask = Path(runner.get(rid).config["mask"])
+        assert config.cache_dir().resolve() not in mask.resolve().parents and mask.parent.name == "uploads"
+        cached = [
+            p for p in (config.cache_dir() / "updates").rglob("*.safetensors") if file_digest(p) == file_digest(mask)
+        ]
+        assert cached and mask.name.startswith("update-mask-of-")
+    finally:
+        runner.cancel(rid)
+
+
 def test_sparsity_tabs_draw_only_the_open_section_and_are_shareable(app_env):
     at = open_page("sparsity", sp_tab="Tolerance sweep and ULPs")
     assert not at.exception and not at.error
