@@ -203,12 +203,21 @@ def updates(ws) -> None:
     ui.need(bool(chosen), "Pick at least one model.")
     keys = ["spectra"] + [f"{kind}-{m}" for m in chosen for kind in ("eff", "stable")]
     if view == VIEWS[0]:
-        ui.chart(ui.shared(spectrum_figure, analysis, spec, tuple(chosen), layer, module), key="spectra")
-        unchanged = int((_selected(spec, tuple(chosen), layer, module)["rank"] == 0).sum())
-        if unchanged:
-            st.caption(
-                f"{unchanged:,} of the matrices chosen are unchanged (Δ = 0): they have no singular values to draw."
+        here = _selected(spec, tuple(chosen), layer, module)
+        unchanged = int((here["rank"] == 0).sum())
+        if len(here) and unchanged == len(here):  # nothing to draw: said, not an empty chart
+            st.session_state.get("_figures", {}).pop("spectra", None)  # (nor an earlier one in the export)
+            st.info(
+                f"The {unchanged:,} matrices chosen are unchanged (Δ = 0): no singular values to draw. Choose "
+                "another model, layer or module.",
+                icon=":material/info:",
             )
+        else:
+            ui.chart(ui.shared(spectrum_figure, analysis, spec, tuple(chosen), layer, module), key="spectra")
+            if unchanged:
+                st.caption(
+                    f"{unchanged:,} of the matrices chosen are unchanged (Δ = 0): they have no singular values to draw."
+                )
     else:
         rank_view(spec, chosen)
     ui.export_button(
@@ -274,6 +283,11 @@ def rank_view(spec, chosen: list) -> None:
     )
     for model in chosen:
         one = grid[grid["model"] == model]
+        if len(one) and (one["rank"] == 0).all():  # two heatmaps of zeros on an empty colour range: said instead
+            for key in (f"eff-{model}", f"stable-{model}"):
+                st.session_state.get("_figures", {}).pop(key, None)
+            st.info(f"{ui.plain(model)}: every layer matrix is unchanged (Δ = 0).", icon=":material/info:")
+            continue
         a, b = st.columns(2)
         with a:
             ui.chart(

@@ -239,11 +239,14 @@ def test_an_unchanged_matrix_is_said_not_drawn_on_spectra(app_env, typed_options
     query = {"base": "grpo-s0", "ft": [same, "grpo-s1"], "spec_models": ["model.safetensors"]}
     at = open_page("spectra", **query)
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert not [t for t in plotly_specs(at)[0]["data"] if t.get("showlegend") is not False]
-    assert [c.value for c in at.caption if "unchanged (Δ = 0)" in c.value]
+    assert not plotly_specs(at) and [i.value for i in at.info if "unchanged (Δ = 0): no singular values" in i.value]
+    both = open_page("spectra", **{**query, "spec_models": ["model.safetensors", "grpo-s1"]})
+    drawn = {t["name"].split(" · ")[0] for t in plotly_specs(both)[0]["data"] if t.get("showlegend") is not False}
+    assert drawn == {"grpo-s1"} and [c.value for c in both.caption if "unchanged (Δ = 0)" in c.value]
     rank = open_page("spectra", **query, spec_view="Effective and stable rank")
     said = [c.value for c in rank.caption if c.value.startswith("Numerical rank")]
     assert said and "Below full rank" not in said[0] and "Unchanged (Δ = 0, rank 0)" in said[0], said
+    assert not plotly_specs(rank) and [i.value for i in rank.info if "every layer matrix is unchanged" in i.value]
 
 
 def test_side_by_side_heatmaps_share_one_colour_range(app_env):
