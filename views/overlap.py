@@ -38,6 +38,12 @@ def body() -> None:
     if overlap.partial:
         st.caption(f"Compared over the {overlap.common} tensors present in every chosen mask.")
     report = overlap.report
+    empty = [lbl for lbl, n in zip(report.sizes["label"], report.sizes["count"], strict=True) if n == 0]
+    if empty:  # its o1 row is 0 / 0: blank cells, said why
+        st.caption(
+            f"{', '.join(ui.plain(e) for e in empty)}: no entry in the mask (nothing changed), so its share inside "
+            "another mask (o1, its row) is undefined and left blank."
+        )
     view = st.radio(
         "Pairwise and per-layer values",
         ["value", "ratio"],

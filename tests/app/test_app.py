@@ -249,6 +249,17 @@ def test_an_unchanged_matrix_is_said_not_drawn_on_spectra(app_env, typed_options
     assert not plotly_specs(rank) and [i.value for i in rank.info if "every layer matrix is unchanged" in i.value]
 
 
+def test_an_empty_update_mask_on_the_overlap_page_is_said(app_env, typed_options):
+    """A finetune equal to the base has an empty update mask: its o1 row (0 / 0) was blank, with no word why."""
+    from subnetviz.demo.build import load_zoo
+
+    same = str(Path({m.id: m.path for m in load_zoo().members}["grpo-s0"]) / "model.safetensors")
+    at = open_page("overlap", base="grpo-s0", ft=[same, "grpo-s1"], ov_tab="Pairwise")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    said = [c.value for c in at.caption if "no entry in the mask" in c.value]
+    assert said and "model.safetensors" in said[0].replace("\\", "")
+
+
 def test_side_by_side_heatmaps_share_one_colour_range(app_env):
     models = ["grpo-s0", "grpo-s1", "dpo", "sft"]  # more than the old limit of four is allowed too
     at = open_page("sparsity", sp_models=models)
