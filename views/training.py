@@ -289,6 +289,11 @@ def run_card(rec, run_label: str | None = None) -> None:
             col.metric(
                 label, "—" if value is None else (f"{100 * value:.1f} %" if label == "accuracy" else f"{value:.4g}")
             )
+        if s.get("nonfinite_steps"):  # its loss went NaN/Inf: a number above is no result
+            ui.warning(
+                f"The run diverged: loss or gradient norm NaN/Inf at {int(s['nonfinite_steps']):,} step(s), first at "
+                f"step {s.get('first_nonfinite_step')}."
+            )
         check = s.get("mask_check") or {}
         if check and not mask:  # a full finetune: every parameter trainable, nothing lies outside
             st.caption(

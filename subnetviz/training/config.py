@@ -30,6 +30,27 @@ JOB_KEYS = ("kind", "num_gpus")  # a job config's keys that are not the run's
 DPO_DEFAULT_BETA = 0.1
 RANDOM_PREFIX = "random:"
 MAX_PROCESSES = 1024  # processes one run launches (accelerate launch would try to start any number asked)
+# The transformers schedules that run with the arguments a run passes (no eval set, no lr_scheduler_kwargs):
+# reduce_lr_on_plateau and greedy need an evaluation strategy, cosine_with_min_lr and
+# cosine_warmup_with_min_lr a min_lr, warmup_stable_decay its num_decay_steps.
+SCHEDULERS = (
+    "constant",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+# A base folder's tokenizer: any of these beside config.json (AutoTokenizer reads the one the model type needs).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
 
 
 @dataclass
@@ -49,10 +70,10 @@ class TrainConfig:
     max_completion_length: int = 8  # GRPO
     beta: float = 0.0  # GRPO KL coefficient; DPO beta (0 -> 0.1, see module docstring)
     weight_decay: float = 0.0  # decoupled (AdamW-style), applied only inside the mask
-    save_steps: list[int] = field(default_factory=list)  # extra bf16 checkpoints -> output_dir/checkpoints/step-<k>/
+    save_steps: list[int] = field(default_factory=list)  # extra checkpoints -> output_dir/checkpoints/step-<k>/
     eval_data: str | None = None  # JSONL {"prompt","answer"}: greedy exact-match accuracy after training
     max_grad_norm: float = 1.0  # gradient clipping (0 = off); clipping a masked gradient keeps zeros zero
-    lr_scheduler_type: str = "constant"  # any transformers scheduler name ("constant", "linear", "cosine")
+    lr_scheduler_type: str = "constant"  # one of SCHEDULERS ("constant", "linear", "cosine", ...)
     bf16: bool = True  # bf16 autocast (TRL's default) with fp32 master weights; False = all fp32
     name: str | None = None  # a label for the run (shown in the registry)
     strategy: str = "single"  # "single" | "ddp" | "fsdp2" | "zero2" | "zero3" (see subnetviz.training.sharded)
@@ -90,11 +111,13 @@ class TrainConfig:
         if problems:
             raise ConfigError("training config: " + "; ".join(problems) + ".")
         # The rows themselves: a bad file is refused here (naming file and line), not mid-job.
-        from subnetviz.training.data import read_jsonl
+        from subnetviz.training.data import FIELDS, read_jsonl
 
-        read_jsonl(self.data, self.algorithm)
+        rows = read_jsonl(self.data, self.algorithm)
         if self.eval_data is not None:
             read_jsonl(self.eval_data, "eval")
+        if any(isinstance(r[k], list) for r in rows for k in FIELDS[self.algorithm]):
+            _needs_chat_template(self.base, self.data)
 
     def _path_problems(self, check_output: bool) -> list[str]:
         problems: list[str] = []
@@ -107,12 +130,19 @@ class TrainConfig:
             problems.append(f"base {self.base!r} is not a Hugging Face model folder (no config.json there)")
         elif isinstance(self.base, str) and self.base:
             problems += _base_folder_problems(Path(self.base))
-        if isinstance(self.data, str) and self.data and not Path(self.data).is_file():
+            if not any((Path(self.base) / f).is_file() for f in TOKENIZER_FILES):
+                problems.append(
+                    f"base {self.base!r} has no tokenizer (no tokenizer.json or tokenizer_config.json there); "
+                    "training needs the base's tokenizer saved beside its weights (tokenizer.save_pretrained)"
+                )
+        refused = _data_root_problems(self.data, self.eval_data)  # (then not tested for existence either)
+        problems += refused.values()
+        if isinstance(self.data, str) and self.data and "data" not in refused and not Path(self.data).is_file():
             problems.append(f"data {self.data!r}: no such file")
         for name in ("eval_data", "mask", "name"):  # (a number here ended in an AttributeError or TypeError)
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 problems.append(f"{name} must be a string or null, got {str(getattr(self, name))[:40]!r}")
-        if isinstance(self.eval_data, str) and not Path(self.eval_data).is_file():
+        if isinstance(self.eval_data, str) and "eval_data" not in refused and not Path(self.eval_data).is_file():
             problems.append(f"eval_data {self.eval_data!r}: no such file")
         if isinstance(self.mask, str):
             mp = self.mask_path
@@ -150,11 +180,17 @@ class TrainConfig:
                     f"GRPO batch_size ({self.batch_size}) must be a multiple of num_generations "
                     f"({self.num_generations}): each prompt's completions form one group"
                 )
-        schedulers = _scheduler_names()
-        if self.lr_scheduler_type not in schedulers:  # (before, refused by transformers once the model had loaded)
+        known = _scheduler_names()
+        schedulers = [s for s in SCHEDULERS if s in known]
+        if self.lr_scheduler_type not in known:  # (before, refused by transformers once the model had loaded)
             problems.append(
                 f"lr_scheduler_type {str(self.lr_scheduler_type)[:40]!r} is unknown; expected one of "
                 f"{', '.join(schedulers)}"
+            )
+        elif self.lr_scheduler_type not in schedulers:  # they failed after the model had loaded
+            problems.append(
+                f"lr_scheduler_type {self.lr_scheduler_type!r} is not supported (it needs an evaluation set or "
+                f"scheduler arguments a training config does not pass); expected one of {', '.join(schedulers)}"
             )
         if not isinstance(self.save_steps, list) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in self.save_steps
@@ -212,6 +248,23 @@ def _scheduler_names() -> tuple[str, ...]:
     return tuple(t.value for t in SchedulerType)
 
 
+def _needs_chat_template(base: str, data: str) -> None:
+    """Conversational rows (chat messages) are rendered with the base tokenizer's chat template: refuse, in
+    one line naming the data file, a base whose tokenizer has none (TRL raised a ValueError mid-setup)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(base)
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes the config's one-line error
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"base {base!r}: its tokenizer cannot be loaded ({first[:200]}).") from None
+    if not getattr(tok, "chat_template", None):
+        raise ConfigError(
+            f"data {data!r} holds chat messages, but the tokenizer of base {base!r} has no chat template; "
+            "add one (chat_template.jinja beside it) or give plain-text rows."
+        )
+
+
 def strategy_problems(strategy, num_processes) -> list[str]:
     """Config validation for ``strategy`` and ``num_processes`` (used by TrainConfig.validate)."""
     problems = []
@@ -266,4 +319,20 @@ def _base_folder_problems(folder: Path) -> list[str]:
                 check_readable(entry)
         except PathNotAllowedError:
             problems.append(f"base {str(folder)!r}: {entry.name} leads outside the folders this server may read")
+    return problems
+
+
+def _data_root_problems(data, eval_data) -> dict[str, str]:
+    """Field -> problem for data files a server that enforces its roots may not read (every data file opened
+    passes :func:`subnetviz.config.check_readable`; this names them with the config's other problems)."""
+    from subnetviz.config import check_readable, display_path
+    from subnetviz.errors import PathNotAllowedError
+
+    problems = {}
+    for name, value in (("data", data), ("eval_data", eval_data)):
+        if isinstance(value, str) and value:
+            try:
+                check_readable(value, what=f"{name} {display_path(value)!r}")
+            except PathNotAllowedError as exc:
+                problems[name] = str(exc).rstrip(".")
     return problems

@@ -33,10 +33,12 @@ FIELDS: dict[str, tuple[str, ...]] = {
 
 def jsonl_objects(path: Path):
     """``(line number, object)`` for every non-blank line of a JSONL file; a line that is not valid JSON
-    or not an object (or not UTF-8, or nested too deeply to parse) is a ConfigError naming the file and line."""
-    from subnetviz.config import parse_json
+    or not an object (or not UTF-8, or nested too deeply to parse) is a ConfigError naming the file and line.
+    The file passes :func:`subnetviz.config.check_readable` first (PathNotAllowedError outside enforced roots)."""
+    from subnetviz.config import check_readable, display_path, parse_json
 
-    with open(path, "rb") as fh:
+    resolved = check_readable(path, what=f"data file {display_path(path)}")  # refused outside enforced roots
+    with open(resolved, "rb") as fh:
         for lineno, line in enumerate(fh, start=1):
             if line.strip():
                 yield lineno, parse_json(line, f"{path}, line {lineno}", ConfigError)
@@ -46,7 +48,10 @@ def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:
     """Rows of ``path`` checked for the string fields of ``kind`` (a key of :data:`FIELDS`)."""
     if kind not in FIELDS:
         raise ConfigError(f"unknown data kind {kind!r}; expected one of {', '.join(FIELDS)}.")
+    from subnetviz.config import check_readable, display_path
+
     path = Path(path)
+    check_readable(path, what=f"data file {display_path(path)}")  # before is_file: says nothing outside the roots
     if not path.is_file():
         raise ConfigError(f"{path}: no such data file.")
     rows: list[dict] = []

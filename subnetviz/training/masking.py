@@ -8,7 +8,11 @@ How a masked run keeps every parameter outside the mask *bit-identical* with Ada
    runs before the all-reduce, so the reduced gradient is 0 there on every rank too.
 2. With zero gradients from step 0, AdamW's ``exp_avg`` and ``exp_avg_sq`` stay exactly 0 on those
    entries, so the update is ``-lr * 0 / (sqrt(0) + eps) = -0.0`` and ``w + (-0.0) == w`` bitwise.
-   Gradient clipping multiplies the zeros by a finite factor: still 0.
+   Gradient clipping multiplies the zeros by its factor, which is NaN when a gradient inside the
+   mask is NaN or Inf (transformers always computes the total norm, with ``max_norm=inf`` when
+   clipping is off): 0 x NaN = NaN. So :class:`MaskedUpdateCallback` zeroes the gradients outside
+   the mask once more right before each optimizer step (``on_pre_optimizer_step``, after the
+   clipping): whatever happens inside, AdamW sees exact zeros outside.
 3. AdamW's decoupled weight decay (``w *= 1 - lr*wd``) would move masked-out weights, so the
    optimizer runs with ``weight_decay=0`` and :class:`MaskedUpdateCallback` applies the same
    decoupled decay itself just before each optimizer step, only where the mask is 1 (and only on
@@ -83,6 +87,7 @@ class GradientMask:
 
     def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor]):
         self._handles = []
+        self.pairs: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # (parameter, its local mask), hooked
         params = dict(model.named_parameters())
         missing = [n for n in masks if n not in params]
         if missing:
@@ -92,6 +97,7 @@ class GradientMask:
             if bool(mask.all()):
                 continue
             m = local_mask(mask, p)
+            self.pairs.append((p, m))
             if isinstance(p, DTensor):
                 self._handles.append(p.register_post_accumulate_grad_hook(lambda q, m=m: _mask_local_grad(q, m)))
                 continue
@@ -155,6 +161,13 @@ class MaskedUpdateCallback(TrainerCallback):
             if wds != {0.0}:
                 raise RuntimeError(f"optimizer weight_decay must be 0 under MaskedUpdateCallback, found {wds}")
             self._checked = True
+        with torch.no_grad():
+            for p, m in self._hooks.pairs if self._hooks is not None else ():
+                # After clipping: a NaN total norm (NaN or Inf inside the mask) scaled the zeros to NaN. (The
+                # hook's own mask: a second, inverted copy of every mask would double their memory.)
+                g = p.grad
+                if g is not None:
+                    (g.to_local() if isinstance(g, DTensor) else g).masked_fill_(m.logical_not(), 0.0)
         if not self._decay:
             return
         lr = float(optimizer.param_groups[0]["lr"])

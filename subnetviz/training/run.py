@@ -1,15 +1,22 @@
 """Run one training job: :func:`train` (library) and :func:`run_job` (the ``train`` job kind).
 
 :func:`train` builds the TRL trainer, refuses a mask that does not fit the model before the first
-step, trains, and writes into a hidden ``.<name>.partial`` folder that is renamed to
-``output_dir`` only when everything (model, checkpoints, summary) is written, so a crash never
-leaves a folder that looks complete. The folder then holds:
+step, trains, and writes into a hidden ``.<name>.<pid>-<random>.partial`` folder (one per run, beside
+``output_dir``) that is renamed to ``output_dir`` only when everything (model, checkpoints, summary) is
+written, so a crash never leaves a folder that looks complete. While it lives, the run holds an
+``fcntl.flock`` on ``<partial>.lock``: a later run with the same ``output_dir`` removes only partial
+folders whose lock nobody holds (crash leftovers) and refuses to start while another run holds one.
+Publishing never replaces anything: when ``output_dir`` appeared during the run (another run, a user),
+the finished model is kept as ``<name>.unpublished-<pid>-<random>`` and the run fails saying so.
+TensorBoard events of a run outside a job folder go to ``<name>.tensorboard/<pid>-<random>/`` (one
+TensorBoard run per training run, never mixed). The folder then holds:
 
-- the bf16 model + tokenizer, ``train_config.json`` (the config as run),
+- the model (stored as the base stores it: its tensors, each in the base's stored dtype; tied weights
+  tied) + tokenizer, ``train_config.json`` (the config as run),
 - ``subnetwork_mask.safetensors`` (masked runs: the mask actually used, e.g. the random one),
 - ``checkpoints/step-<k>/`` for each of ``save_steps``,
 - ``train_summary.json``: steps done, final metrics, accuracy, seconds, and the bitwise checks
-  against the base (``outside_mask_identical``, changed entries inside/outside) of the saved bf16
+  against the base (``outside_mask_identical``, changed entries inside/outside) of the saved
   model (``mask_check``) and of the gathered full fp32 state dict (``gathered_check``); for FSDP2
   the evidence that it was active (``fsdp2``: DTensor parameters, mesh size, local vs full sizes),
   for ZeRO likewise (``zero``: stage, partitioned parameters, local vs full sizes, masked steps),
@@ -21,9 +28,14 @@ config with a multi-process ``strategy`` is launched by :func:`launch_and_train`
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
+import secrets
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -43,7 +55,13 @@ from subnetviz.training.masking import (
     check_state_outside_mask,
     load_training_mask,
 )
-from subnetviz.training.trainers import CheckpointCallback, ProgressCallback, build_trainer, save_bf16
+from subnetviz.training.trainers import (
+    CheckpointCallback,
+    ProgressCallback,
+    build_trainer,
+    save_like_base,
+    tensorboard_dir,
+)
 from subnetviz.version import version_info
 
 SUMMARY_FILE = "train_summary.json"
@@ -65,17 +83,133 @@ class TrainResult:
     train_seconds: float | None = None  # the training loop alone (TRL's train_runtime), without load/save/eval
     num_processes: int = 1  # processes that trained together (accelerate launch / DDP / FSDP2)
     strategy: str = "single"  # the config's strategy (single, ddp, fsdp2, zero2, zero3)
-    gathered_check: dict | None = None  # MaskCheck of the gathered full (fp32) state dict, before the bf16 save
+    gathered_check: dict | None = None  # MaskCheck of the gathered full (fp32) state dict, before the save
     fsdp2: dict | None = None  # sharded.fsdp2_evidence(): DTensor parameters, mesh size, local vs full numel
     zero: dict | None = None  # zero.zero_evidence() of the DeepSpeed engine, with the steps the mask was applied
+    nonfinite_steps: int = 0  # steps whose logged loss or grad_norm was NaN or Inf (the run diverged if > 0)
+    first_nonfinite_step: int | None = None  # the first of them
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _partial_dir(out: Path) -> Path:
-    # Deterministic (not per-pid) so every rank of a multi-process run agrees on it.
-    return out.with_name(f".{out.name}.partial")
+class _Partial:
+    """This run's hidden work folder beside ``out``: ``.<name>.<tag>.partial``, unique per run (``tag`` =
+    pid and random hex), and ``<partial>.lock``, which the run holds (``fcntl.flock``) while it lives.
+
+    Only the main process of a multi-process run writes it (the other ranks never touch the folder).
+    """
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.path = out.with_name(f".{out.name}.{self.tag}{PARTIAL_SUFFIX}")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, clear the partial folders of dead runs at the same ``output_dir``, refuse to start
+        beside a live one, and create the (empty) folder."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else holds it
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        live = _clear_dead_partials(self.out, keep=self.tag)
+        if live:
+            raise JobError(
+                f"output_dir {self.out}: another training run (pid {live[0][0]}) is writing it now "
+                f"(its work folder {live[0][1]}); choose another output_dir."
+            )
+        self.path.mkdir()
+
+    def remove(self) -> None:
+        """Delete the folder (if still there) and give up the lock."""
+        if self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.lock_path.unlink(missing_ok=True)  # before closing: a waiting cleaner finds no folder to take
+            os.close(self._fd)
+            self._fd = None
+
+    def publish(self) -> None:
+        """Rename the finished folder to ``out``; never over an existing ``out`` (``rename(2)`` refuses a
+        non-empty target and an existing one is refused before): the model is then kept in a visible
+        ``<name>.unpublished-<tag>`` folder and a one-line :class:`JobError` says where."""
+        try:
+            if os.path.lexists(self.out):
+                raise FileExistsError(self.out)
+            os.rename(self.path, self.out)
+        except OSError as exc:
+            if not isinstance(exc, FileExistsError) and exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            kept = self.out.with_name(f"{self.out.name}.unpublished-{self.tag}")
+            os.rename(self.path, kept)
+            self.release()
+            raise JobError(
+                f"output_dir {self.out} appeared while this run trained (another run wrote it) and was not "
+                f"replaced; this run's finished model is kept in {kept}."
+            ) from None
+        self.release()
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _partial_entries(out: Path) -> dict[str, dict[str, Path]]:
+    """The partial folders and lock files of runs at ``out``, by tag: ``{tag: {"dir": ..., "lock": ...}}``."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(\d+-[0-9a-f]{{8}}){re.escape(PARTIAL_SUFFIX)}(\.lock)?")
+    found: dict[str, dict[str, Path]] = {}
+    try:
+        entries = list(out.parent.iterdir())
+    except FileNotFoundError:
+        return found
+    for p in entries:
+        if m := pattern.fullmatch(p.name):
+            found.setdefault(m.group(1), {})["lock" if m.group(2) else "dir"] = p
+    return found
+
+
+def _clear_dead_partials(out: Path, keep: str) -> list[tuple[str, Path]]:
+    """Remove the partial folders (and lock files) at ``out`` whose owner is gone (nobody holds the lock, or
+    no lock at all: a run creates its lock before its folder and deletes it after); returns ``(pid, folder)``
+    of the live runs."""
+    live = []
+    for tag, e in sorted(_partial_entries(out).items()):
+        if tag == keep:
+            continue
+        lock, folder = e.get("lock"), e.get("dir", out.with_name(f".{out.name}.{tag}{PARTIAL_SUFFIX}"))
+        fd = None
+        if lock is not None:
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except FileNotFoundError:
+                fd = None  # its owner just finished
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    live.append((tag.split("-")[0], folder))
+                    continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            if lock is not None:
+                lock.unlink(missing_ok=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return live
+
+
+def _events_dir(out: Path, tag: str) -> Path:
+    """Where this run's TensorBoard events go: a job's own ``RUN_DIR/tensorboard``, else a folder of its own
+    under ``<output_dir>.tensorboard`` (runs that share an ``output_dir`` never mix their events)."""
+    folder = tensorboard_dir(out)
+    return folder if out.parent.name == "outputs.tmp" else folder / tag
 
 
 def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
@@ -96,8 +230,8 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
         run = _Run(cfg, ctx, start, sharded.init_world() if cfg.strategy == "fsdp2" else None)
         return _train(run, scratch)
     except BaseException:
-        if run is not None and run.partial.exists() and (run.world is None or run.world.is_main):
-            shutil.rmtree(run.partial, ignore_errors=True)
+        if run is not None:
+            run.work.remove()  # (a no-op on the ranks that never took it)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -110,7 +244,8 @@ class _Run:
     def __init__(self, cfg: TrainConfig, ctx: JobContext | None, start: float, world):
         self.cfg, self.ctx, self.start, self.world = cfg, ctx, start, world
         self.out = Path(cfg.output_dir)
-        self.partial = _partial_dir(self.out)
+        self.work = _Partial(self.out)
+        self.partial = self.work.path
         self.progress = ProgressCallback(
             ctx, total=cfg.steps, is_main=world is None or world.is_main, any_rank=sharded.any_rank if world else None
         )
@@ -142,13 +277,16 @@ class _Run:
             num_processes=self.n_proc,
             strategy=self.cfg.strategy,
             zero=self.zero_installer.evidence if self.zero_installer is not None else None,
+            nonfinite_steps=self.progress.nonfinite_steps,
+            first_nonfinite_step=self.progress.first_nonfinite_step,
             **fields,
         )
 
 
 def _train(run: _Run, scratch: Path) -> TrainResult:
     cfg, ctx = run.cfg, run.ctx
-    trainer = build_trainer(cfg, scratch, [run.progress], world=run.world)
+    events = _events_dir(run.out, run.work.tag)
+    trainer = build_trainer(cfg, scratch, [run.progress], world=run.world, events_dir=events)
     model = trainer.model
     run.attach(trainer)
     masks, mask_set, run.zero_installer = _add_mask_callbacks(cfg, trainer)
@@ -156,19 +294,26 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
     if cfg.save_steps:
         trainer.add_callback(
             CheckpointCallback(
-                cfg.save_steps, run.partial / "checkpoints", trainer.processing_class, run.is_main, gather=gather
+                cfg.save_steps,
+                run.partial / "checkpoints",
+                trainer.processing_class,
+                run.is_main,
+                gather=gather,
+                base=cfg.base,
             )
         )
-    if run.is_main and run.partial.exists():
-        shutil.rmtree(run.partial)  # left by a crashed earlier attempt at the same output_dir
+    if run.is_main:
+        run.work.acquire()  # clears what crashed earlier runs at the same output_dir left
     _announce(run)
+    if run.is_main:
+        _log(ctx, f"TensorBoard events: {events}")
     trainer.train()
     steps_done = int(trainer.state.global_step)
     stopped = _stop_requested(ctx)
     state = gather(model) if gather is not None and not stopped else None  # every rank takes part
     if stopped or not run.is_main:
-        if stopped and run.is_main and run.partial.exists():
-            shutil.rmtree(run.partial)
+        if run.is_main:
+            run.work.remove()
         return run.result(steps_done, stopped=stopped, is_main_process=run.is_main)
     gathered = _save(cfg, trainer, state, masks, mask_set, run.partial)
     del trainer, model, state  # free the training copy before the saved model is read back
@@ -215,12 +360,14 @@ def _stop_requested(ctx: JobContext | None) -> bool:
 
 
 def _save(cfg: TrainConfig, trainer, state, masks, mask_set, partial: Path) -> dict:
-    """Write the bf16 model, config, mask and launch config into ``partial``; returns the bitwise check
+    """Write the model (as the base stores it), config, mask and launch config into ``partial``; returns the bitwise check
     of the full state dict (gathered, or the model's own) outside the mask."""
     if state is None:
         state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
     gathered = check_state_outside_mask(cfg.base, state, masks).to_dict()
-    save_bf16(trainer.model, trainer.processing_class, partial, {"train_config.json": cfg.to_dict()}, state=state)
+    save_like_base(
+        trainer.model, trainer.processing_class, partial, cfg.base, {"train_config.json": cfg.to_dict()}, state=state
+    )
     if mask_set is not None:
         from subnetviz.masks import save_mask_set
 
@@ -234,15 +381,21 @@ def _finish(run: _Run, steps_done: int, masks, gathered: dict) -> TrainResult:
     """Check the saved model against the base, evaluate it, write the summary and publish the folder."""
     cfg, ctx, partial = run.cfg, run.ctx, run.partial
     check = check_outside_mask(cfg.base, partial, masks).to_dict()
-    for name, c in (("saved bf16 model", check), ("gathered full state dict", gathered)):
+    for name, c in (("saved model", check), ("gathered full state dict", gathered)):
         if not c["outside_mask_identical"]:
-            _log(ctx, f"WARNING: {c['changed_outside']} entries outside the mask changed in the {name}")
+            _warn(ctx, f"WARNING: {c['changed_outside']} entries outside the mask changed in the {name}")
     accuracy = evaluate_accuracy(partial, cfg.eval_data) if cfg.eval_data else None
     result = run.result(steps_done, accuracy=accuracy, mask_check=check, gathered_check=gathered, fsdp2=run.evidence)
     if result.zero is not None:
         _log(ctx, f"DeepSpeed ZeRO active: {json.dumps(result.zero)}")
+    if result.nonfinite_steps:
+        _warn(
+            ctx,
+            f"WARNING: the run diverged: loss or gradient norm NaN/Inf at {result.nonfinite_steps} step(s), "
+            f"first at step {result.first_nonfinite_step}",
+        )
     (partial / SUMMARY_FILE).write_text(json.dumps({**result.to_dict(), **version_info()}, indent=2) + "\n")
-    os.replace(partial, run.out)
+    run.work.publish()
     _log(ctx, f"saved {run.out} after {steps_done} steps ({result.seconds:.1f} s); accuracy {accuracy}")
     return result
 
@@ -304,6 +457,14 @@ def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = No
 def _log(ctx: JobContext | None, message: str) -> None:
     if ctx is not None:
         ctx.log(message)
+
+
+def _warn(ctx: JobContext | None, message: str) -> None:
+    """A warning: into the job's log, or on stderr for a run without a job context."""
+    if ctx is not None:
+        ctx.log(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 def run_job(config: dict, ctx: JobContext) -> None:

@@ -8,7 +8,7 @@ Fixed choices (why):
   from the bf16 files, and builds a DPO (or GRPO with ``beta > 0``) reference model from the same
   path (given an instance, TRL tried to build the reference from an empty hub id).
 - ``weight_decay=0`` in the optimizer; the decay is applied by the mask callback (see masking.py).
-- ``save_strategy="no"`` (no TRL checkpoints with optimizer state); the extra bf16 checkpoints of
+- ``save_strategy="no"`` (no TRL checkpoints with optimizer state); the extra checkpoints of
   ``save_steps`` are written by :class:`CheckpointCallback`. Logging each step, reported to
   TensorBoard (``report_to=["tensorboard"]``) into :func:`tensorboard_dir`, outside the model folder
   (which appears only when complete) so that a failed run keeps its curves.
@@ -21,6 +21,7 @@ Fixed choices (why):
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def trainer_args(cfg: TrainConfig, scratch_dir: str | os.PathLike) -> dict:
         max_grad_norm=cfg.max_grad_norm,
         lr_scheduler_type=cfg.lr_scheduler_type,
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN/Inf loss is logged as is (the filter logged a diverged run as 0.0)
         save_strategy="no",
         report_to=["tensorboard"],  # into tensorboard_dir(cfg.output_dir): see build_trainer
         use_cpu=not torch.cuda.is_available(),
@@ -83,17 +85,25 @@ def trainer_args(cfg: TrainConfig, scratch_dir: str | os.PathLike) -> dict:
     )
 
 
-def build_trainer(cfg: TrainConfig, scratch_dir: str | os.PathLike, callbacks: list[TrainerCallback], world=None):
+def build_trainer(
+    cfg: TrainConfig,
+    scratch_dir: str | os.PathLike,
+    callbacks: list[TrainerCallback],
+    world=None,
+    events_dir: str | os.PathLike | None = None,
+):
     """A TRL trainer for ``cfg.algorithm`` on ``cfg.data``; ``scratch_dir`` receives TRL's own files,
-    :func:`tensorboard_dir` the TensorBoard events.
+    ``events_dir`` (default :func:`tensorboard_dir` of ``cfg.output_dir``) the TensorBoard events.
 
     ``world`` (a :class:`~subnetviz.training.sharded.World`, strategy ``fsdp2``): the model is loaded
     here, wrapped with ``fully_shard`` and handed to TRL as an instance, each process trains on its
     own shard of the data, and the trainer is built in a one-process view (see sharded.py).
     """
+    events = Path(events_dir) if events_dir is not None else tensorboard_dir(cfg.output_dir)
     if world is not None:
-        return _build_fsdp2_trainer(cfg, scratch_dir, callbacks, world)
-    return _build(cfg, trainer_args(cfg, scratch_dir), load_dataset(cfg.data, cfg.algorithm), callbacks, cfg.base)
+        return _events_into(_build_fsdp2_trainer(cfg, scratch_dir, callbacks, world), events)
+    trainer = _build(cfg, trainer_args(cfg, scratch_dir), load_dataset(cfg.data, cfg.algorithm), callbacks, cfg.base)
+    return _events_into(trainer, events)
 
 
 def _build_fsdp2_trainer(cfg: TrainConfig, scratch_dir, callbacks, world):
@@ -156,7 +166,7 @@ def _build(cfg: TrainConfig, common: dict, dataset, callbacks, model, processing
         )
     else:
         raise ConfigError(f"algorithm {cfg.algorithm!r} is unknown; expected sft, dpo or grpo.")
-    return _events_into(trainer, tensorboard_dir(cfg.output_dir))
+    return trainer
 
 
 def save_bf16(
@@ -166,13 +176,70 @@ def save_bf16(
 
     ``extra``: file name -> JSON-able object written beside the weights (e.g. ``train_config.json``).
     ``state``: the full state dict to save (an FSDP2 model's gathered one); default ``model.state_dict()``.
+    Tied weights stay tied (one tensor in the file, as ``save_pretrained`` writes them).
     """
+    return _save_weights(model, tokenizer, folder, extra, state, dtypes={}, default=torch.bfloat16)
+
+
+def base_layout(base: str | os.PathLike) -> tuple[dict[str, torch.dtype], str | None]:
+    """``(name -> stored dtype, config dtype)`` of the base checkpoint, from its headers and config.json."""
+    from subnetviz.checkpoints import open_checkpoint
+
+    ck = open_checkpoint(base)
+    try:
+        dtypes = {n: ck.meta(n).dtype for n in ck.names}
+        conf = ck.config.get("dtype", ck.config.get("torch_dtype"))
+    finally:
+        ck.close()
+    return dtypes, conf if isinstance(conf, str) else None
+
+
+def save_like_base(
+    model: torch.nn.Module,
+    tokenizer,
+    folder: str | os.PathLike,
+    base: str | os.PathLike,
+    extra: dict | None = None,
+    state: dict | None = None,
+) -> Path:
+    """Save ``model`` as the ``base`` checkpoint stores it: the tensors the base holds (a tied head the base
+    does not store is not written), each in the base's own stored dtype (per tensor: a base may mix dtypes),
+    so every entry training did not change is bit-identical to the base. Arguments as :func:`save_bf16`."""
+    dtypes, conf = base_layout(base)
+    return _save_weights(model, tokenizer, folder, extra, state, dtypes=dtypes, config_dtype=conf)
+
+
+def _save_weights(model, tokenizer, folder, extra, state, *, dtypes: dict, default=None, config_dtype=None) -> Path:
+    """``dtypes``: name -> dtype of the tensors to write (all of the state's when empty, in ``default``); other
+    names of the state are written only when the state lacks some of ``dtypes`` (another naming: keep all)."""
     folder = Path(folder)
-    state = {k: v.detach().to(torch.bfloat16).cpu() for k, v in (state or model.state_dict()).items()}
-    model.save_pretrained(folder, state_dict=state)
+    state = state or model.state_dict()
+    if dtypes and set(dtypes) <= set(state):
+        names = [k for k in state if k in dtypes]
+    else:
+        names = list(state)
+    if default is None:  # names the base does not hold: its most common dtype
+        counts: dict[torch.dtype, int] = {}
+        for d in dtypes.values():
+            if d.is_floating_point:  # (a quantized base's integer codes are no dtype to cast weights to)
+                counts[d] = counts.get(d, 0) + 1
+        default = max(counts, key=counts.get) if counts else torch.bfloat16
+    shared: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for k in names:
+        v = state[k].detach()
+        want = dtypes.get(k, default)
+        if not want.is_floating_point or not v.is_floating_point():
+            want = v.dtype if not v.is_floating_point() else default
+        # Tied tensors (one storage under two names) get one copy, so save_pretrained still sees the tie.
+        key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()), want)
+        if key not in shared:
+            shared[key] = v.to(want).cpu()
+        out[k] = shared[key]
+    model.save_pretrained(folder, state_dict=out)
     cfg_file = folder / "config.json"
     conf = json.loads(cfg_file.read_text())
-    conf["dtype"] = "bfloat16"  # the weights are bf16 whatever the live (fp32) model says
+    conf["dtype"] = config_dtype or str(default).removeprefix("torch.")  # the stored weights', not the live model's
     cfg_file.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
@@ -182,9 +249,11 @@ def save_bf16(
 
 
 class CheckpointCallback(TrainerCallback):
-    """Writes bf16 checkpoints at ``steps`` to ``folder/step-<k>/`` (main process only)."""
+    """Writes checkpoints at ``steps`` to ``folder/step-<k>/`` (main process only): stored like ``base``
+    (:func:`save_like_base`), or bf16 without one."""
 
-    def __init__(self, steps: list[int], folder: Path, tokenizer, is_main: bool = True, gather=None):
+    def __init__(self, steps: list[int], folder: Path, tokenizer, is_main: bool = True, gather=None, base=None):
+        self.base = base
         self.steps = set(steps)
         self.folder = Path(folder)
         self.tokenizer = tokenizer
@@ -196,19 +265,18 @@ class CheckpointCallback(TrainerCallback):
             return
         full = self.gather(model) if self.gather is not None else None
         if self.is_main:
-            save_bf16(
-                model,
-                self.tokenizer,
-                self.folder / f"step-{state.global_step}",
-                {"step.json": {"step": state.global_step}},
-                state=full,
-            )
+            folder, extra = self.folder / f"step-{state.global_step}", {"step.json": {"step": state.global_step}}
+            if self.base is not None:
+                save_like_base(model, self.tokenizer, folder, self.base, extra, state=full)
+            else:
+                save_bf16(model, self.tokenizer, folder, extra, state=full)
 
 
 class ProgressCallback(TrainerCallback):
     """Forwards each step's logged metrics to a :class:`JobContext` and honours its stop flag.
 
-    Also keeps the last logged metrics (``.last``) for the run's summary.
+    Also keeps the last logged metrics (``.last``) for the run's summary, and counts the steps whose
+    logged loss or gradient norm was NaN or Inf (``.nonfinite_steps``, the first at ``.first_nonfinite_step``).
     """
 
     def __init__(self, ctx=None, total: int = 0, is_main: bool = True, any_rank=None):
@@ -218,6 +286,8 @@ class ProgressCallback(TrainerCallback):
         self.any_rank = any_rank  # FSDP2: bool -> bool, True if any process says so (they stop together)
         self.last: dict[str, float] = {}
         self.train_seconds: float | None = None
+        self.nonfinite_steps = 0
+        self.first_nonfinite_step: int | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         numeric = {
@@ -227,6 +297,10 @@ class ProgressCallback(TrainerCallback):
             self.train_seconds = numeric["train_runtime"]
             return
         self.last = numeric
+        if any(not math.isfinite(numeric[k]) for k in ("loss", "grad_norm") if k in numeric):
+            self.nonfinite_steps += 1
+            if self.first_nonfinite_step is None:
+                self.first_nonfinite_step = int(state.global_step)
         if self.ctx is not None and state.is_world_process_zero and self.is_main:
             self.ctx.progress(state.global_step, self.total or state.max_steps, **numeric)
 

@@ -567,6 +567,30 @@ def test_a_run_trained_on_an_update_mask_names_a_copy_the_cache_cannot_remove(ap
         runner.cancel(rid)
 
 
+def test_a_diverged_run_says_so_on_its_card(app_env):
+    """A run whose loss went NaN logged loss 0.0 (transformers' NaN filter) and read as a perfect run; its
+    summary now counts the non-finite steps and the card says the run diverged."""
+    import json
+    import shutil
+
+    from subnetviz.jobs.runner import JobRunner
+    from tests.app_fixtures import add_finished_run
+
+    runner, run_id = JobRunner(), "a-diverged-run"
+    run_dir = add_finished_run(runner, run_id, "train", "diverged", {"kind": "train", "algorithm": "sft", "steps": 3})
+    (run_dir / "outputs" / "model").mkdir(parents=True)
+    summary = {"metrics": {"loss": float("nan")}, "nonfinite_steps": 3, "first_nonfinite_step": 1}
+    (run_dir / "outputs" / "model" / "train_summary.json").write_text(json.dumps(summary))
+    try:
+        at = open_page("training", tr_view="Runs", tr_run=run_id)
+        assert not at.exception
+        assert [w.value for w in at.warning if "The run diverged" in w.value and "first at step 1" in w.value]
+    finally:
+        with runner.registry.transaction() as con:
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(run_dir)
+
+
 def test_sparsity_tabs_draw_only_the_open_section_and_are_shareable(app_env):
     at = open_page("sparsity", sp_tab="Tolerance sweep and ULPs")
     assert not at.exception and not at.error
