@@ -181,6 +181,9 @@ def analyze_updates(
     return walk.result(time.perf_counter() - t0)
 
 
+_INT_CODE_SUFFIXES = ("qweight", "qzeros", "g_idx", "weight_packed", "weight_shape")  # int4 forms, never dequantised
+
+
 class _Walk:
     """The state of one :func:`analyze_updates` pass: the checkpoints, their stored forms and
     alignments, and per finetuned model the rows, parts, packed masks, row/column counts,
@@ -365,6 +368,31 @@ class _Walk:
                 )
             )
 
+    def left_out(self, i: int) -> list[str]:
+        """The alignment's report (tensors in only one of the pair, resized vocabularies), headed by what share of
+        the stored entries was not compared, and why when it is integer codes of a quantized form."""
+        al = self.alignments[i]
+        lines = al.report()
+        left = {j: names for j, names in al.only_in.items() if names}
+        if not left:
+            return lines
+        sizes = {j: sum(math.prod(al.checkpoints[j].meta(n).shape) for n in names) for j, names in left.items()}
+        stored = {j: sum(math.prod(ck.meta(n).shape) for n in ck.names) for j, ck in enumerate(al.checkpoints)}
+        head = "; ".join(
+            f"{len(left[j]):,} tensor(s) of {al.checkpoints[j].spec}, {sizes[j]:,} of its {stored[j]:,} stored entries "
+            f"({sizes[j] / max(stored[j], 1):.1%})"
+            for j in sorted(left)
+        )
+        codes = sorted({n.rsplit(".", 1)[-1] for names in left.values() for n in names} & set(_INT_CODE_SUFFIXES))
+        why = (
+            f" They include quantized integer codes ({', '.join(codes)}: GPTQ, AWQ or compressed-tensors' int4) "
+            "where the other side stores float weights; such codes are not dequantised here, so those layers are "
+            "not compared. Compare checkpoints stored in the same form."
+            if codes
+            else ""
+        )
+        return [f"Not compared (in only one of the pair): {head}. Sparsity and density are over the rest.{why}", *lines]
+
     def model_notes(self, i: int) -> list[str]:
         return getattr(self.cks[i], "notes", []) + self.log.notes(i)
 
@@ -378,7 +406,7 @@ class _Walk:
                 self.masks[i],
                 self.row_col[i],
                 pd.DataFrame(self.parts[i], columns=["key", "module", "numel", "changed"]),
-                self.notes + self.model_notes(i) + self.alignments[i].report(),
+                self.notes + self.model_notes(i) + self.left_out(i),
                 pd.DataFrame(self.side[i], columns=SIDE_COLUMNS),
             )
             for i in range(len(self.cks))
@@ -388,7 +416,11 @@ class _Walk:
             spec = {self.labels[i]: SpectrumTable(tuple(self.spec_results[i])) for i in range(len(self.cks))}
         # Per-model notes on stored forms (buffers, mixed precision, FP8 / int8 / codes, adapters) also at the
         # analysis level, labelled, where the pages list notes.
-        notes = self.notes + [f"{self.labels[i]}: {n}" for i in range(len(self.cks)) for n in self.model_notes(i)]
+        # What was not compared too: GPTQ layers against a float base were left out with no word outside a
+        # report's own notes, which no page, CLI line or summary showed.
+        notes = self.notes + [
+            f"{self.labels[i]}: {n}" for i in range(len(self.cks)) for n in self.model_notes(i) + self.left_out(i)
+        ]
         return UpdateAnalysis(self.ck_base.spec, self.labels, reports, spec, None, None, self.overlap(), notes, seconds)
 
     def overlap(self) -> OverlapReport | None:

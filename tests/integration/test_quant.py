@@ -317,3 +317,50 @@ def test_codes_of_no_rows_compare():
     a = torch.zeros((0, 8), dtype=torch.int32)
     st = compare_codes(a, a.clone(), SparsityOptions(), name="x")
     assert st.numel == 0 and st.changed == 0
+
+
+def test_a_float_base_against_a_quantized_finetune_says_what_is_rounding(ckpt_zoo, fp8_base, tmp_path):
+    """A bf16 base against its own FP8 copy, untrained, read as density 0.84: every entry FP8 rounding moved
+    was counted as an update, with a note only that the forms differ. The note now counts the changed entries
+    that are exactly the float side quantised with the FP8 side's own scales; codes moved by hand are not."""
+    import re
+
+    bumped = [(0, 0), (1, 1), (2, 3)]
+    ft = _edit(fp8_base, tmp_path / "ft", lambda sd: _bump_codes(sd[W], bumped))
+    res = analyze_updates(str(ckpt_zoo.llama), [str(fp8_base), str(ft)], labels=["copy", "ft"])
+
+    def counts(rep):
+        (note,) = [n for n in rep.notes if n.startswith("Stored forms differ")]
+        changed, rounding = (
+            int(x.replace(",", "")) for x in re.search(r"Of their ([\d,]+) .*?, ([\d,]+) \(", note).groups()
+        )
+        return changed, rounding
+
+    copy, tuned = res.reports
+    assert counts(copy) == (copy.changed, copy.changed) and copy.changed > 0  # all of it rounding
+    assert counts(tuned) == (tuned.changed, tuned.changed - len(bumped))  # the three moved codes are not
+
+
+def test_a_gptq_finetune_against_a_float_base_says_what_was_left_out(tmp_path):
+    """A GPTQ finetune against its bf16 base: the quantized side stores ``qweight`` where the base stores
+    ``weight``, so no linear layer paired up; the analysis reported sparsity over the norms alone, and said so
+    only in a per-model list no page, CLI line or summary showed. Now the analysis notes say what share was
+    left out, and why."""
+    cfg = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
+    stem = "model.layers.0.mlp.up_proj"
+    norm = {"model.norm.weight": torch.ones(64, dtype=torch.bfloat16)}
+    base = write_folder(tmp_path / "b", {f"{stem}.weight": torch.zeros(64, 32, dtype=torch.bfloat16), **norm})
+    (base / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    quant = {
+        f"{stem}.qweight": torch.zeros(4, 64, dtype=torch.int32),
+        f"{stem}.qzeros": torch.zeros(1, 8, dtype=torch.int32),
+        f"{stem}.scales": torch.ones(1, 64, dtype=torch.float16),
+        f"{stem}.g_idx": torch.zeros(32, dtype=torch.int32),
+    }
+    ft = write_folder(tmp_path / "f", {**quant, "model.norm.weight": norm["model.norm.weight"].clone()})
+    (ft / "config.json").write_text(json.dumps(cfg))
+    res = analyze_updates(str(base), [str(ft)], labels=["gptq"])
+    (said,) = [n for n in res.notes if "Not compared" in n]
+    assert said.startswith("gptq: Not compared") and "2,048 of its 2,112 stored entries (97.0%)" in said
+    assert "quantized integer codes (g_idx, qweight, qzeros" in said
+    assert res.reports[0].numel == 64  # the norm alone was compared, as the note says
