@@ -64,9 +64,18 @@ DEFAULT_BLOCK = 128
 KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "modelopt", "bitsandbytes", "gptq", "awq", "mxfp4")
 _CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
 # Float tensors that are buffers by name (HF registers them with persistent=False today, older
-# saves kept them): rotary inverse frequencies, GPT-2's causal-mask constants; Gemma-4's per-layer output
+# saves kept them): rotary inverse frequencies, GPT-2's masked_bias constants; Gemma-4's per-layer output
 # scale (a persistent buffer: saved, never trained).
 _BUFFER_NAMES = re.compile(r"(\.inv_freq$|\.masked_bias$|\.position_ids$|\.token_type_ids$|\.layer_scalar$)")
+# GPT-2's causal mask, `h.N.attn.bias` (1, 1, n_ctx, n_ctx): saved as float32 by the original release and the
+# finetunes made from it (its attention's weights are `c_attn`, `c_proj`); 12.6 M never-trained entries in GPT-2.
+_CAUSAL_MASK = re.compile(r"(^|\.)attn\.bias$")
+
+
+def _is_causal_mask(name: str, shape) -> bool:
+    return len(shape) == 4 and shape[0] == shape[1] == 1 and shape[2] == shape[3] and bool(_CAUSAL_MASK.search(name))
+
+
 _SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale", "input_scale", "SCB", "scales", "weight_zero_point")
 _QUANT_AUX = ("weight_format", "absmax", "quant_map", "nested_absmax", "nested_quant_map")
 # compressed-tensors' companions of a quantized weight (metadata and scales, never parameters)
@@ -176,7 +185,7 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
         elif name not in forms:
             if method and (last in _SCALE_SUFFIXES or ".quant_state." in name or last in _QUANT_AUX + _CT_AUX):
                 forms[name] = TensorForm("scale", None, "scale")
-            elif not m.dtype.is_floating_point or _BUFFER_NAMES.search(name):
+            elif not m.dtype.is_floating_point or _BUFFER_NAMES.search(name) or _is_causal_mask(name, m.shape):
                 forms[name] = TensorForm("buffer", None, "buffer")
             elif m.stored:  # MXFP4 codes, read dequantised (checkpoints.mxfp4)
                 forms[name] = TensorForm("float", None, f"{m.stored} codes as {str(m.dtype)[6:]}")

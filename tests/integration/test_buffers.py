@@ -77,3 +77,24 @@ def test_fp16_base_and_bf16_finetune_are_compared_at_the_finetunes_dtype(tmp_pat
     # The override: at fp32 the two roundings differ almost everywhere, and no cast note is written.
     rep32 = analyze_updates(str(b), [str(f)], labels=["ft"], options=SparsityOptions(precision="fp32")).reports[0]
     assert rep32.changed > 1000 and not any(n.startswith("Mixed precision") for n in rep32.notes)
+
+
+def test_gpt2_float_causal_mask_is_a_buffer(ckpt_zoo, tmp_path):
+    """openai-community/gpt2 and the finetunes saved from it store ``h.N.attn.bias``, the causal mask, as float32
+    (1, 1, n_ctx, n_ctx): it was counted as weights (module ``other``), 12.6 M never-changing entries in GPT-2,
+    so every density read 9 % too low. Its attention's own bias, ``c_attn.bias``, stays a weight."""
+    sd = read_state_dict(ckpt_zoo.gpt2)
+    n_weights = sum(v.numel() for v in sd.values() if v.dtype.is_floating_point)
+    prefix = next(k for k in sd if k.endswith("attn.c_attn.bias")).rsplit("attn.c_attn.bias", 1)[0]
+    layers = sorted({k.split(".h.")[1].split(".")[0] for k in sd if ".h." in k} or {"0"})
+    for layer in layers:  # as the release stores them
+        sd[f"{prefix.rsplit('.h.', 1)[0]}.h.{layer}.attn.bias"] = torch.tril(torch.ones(1, 1, 32, 32))
+    base = write_folder(tmp_path / "base", sd, ckpt_zoo.gpt2)
+    ft_sd = {k: v.clone() for k, v in sd.items()}
+    c_attn = next(k for k in sd if k.endswith("attn.c_attn.bias"))
+    ft_sd[c_attn][:4] = bf16_step(ft_sd[c_attn][:4], 1)
+    ft = write_folder(tmp_path / "ft", ft_sd, ckpt_zoo.gpt2)
+    rep = analyze_updates(str(base), [str(ft)], labels=["ft"]).reports[0]
+    assert rep.numel == n_weights and rep.changed == 4  # the masks not among the weights; c_attn.bias is
+    assert set(rep.buffers["key"].str.rsplit(".", n=2).str[-2:].str.join(".")) == {"attn.bias"}
+    assert len(rep.buffers) == len(layers) and rep.buffers["changed"].sum() == 0
