@@ -297,7 +297,7 @@ def analyze_subspaces(
     Streams one tensor at a time (the base matrix read and decomposed once per name); tensors that
     are not 2-D (norms, biases) are not matrices and are left out, as are non-float tensors.
     """
-    from subnetviz.checkpoints import Checkpoint, open_checkpoint, read_aligned
+    from subnetviz.checkpoints import Checkpoint, open_checkpoint
     from subnetviz.checkpoints.adapters import open_finetune
     from subnetviz.config import resolve_device
 
@@ -309,20 +309,20 @@ def analyze_subspaces(
     if len(labels) != len(cks):
         raise ConfigError(f"{len(labels)} labels for {len(cks)} finetuned checkpoints.")
     per_key, keys = _matrices(ck_base, cks)
+    forms_base, forms = _forms(ck_base), [_forms(c) for c in cks]
     out = SubspaceTable({lab: [] for lab in labels})
     table = ck_base.names_table
     for step, key in enumerate(keys):
         if progress:
             progress(step, len(keys), key)
         base_top: dict = {}
-        for lab, ck, pk in zip(labels, cks, per_key, strict=True):
+        for lab, ck, pk, fm in zip(labels, cks, per_key, forms, strict=True):
             at = pk.get(key)
             if at is None:
                 continue
-            if not ck_base.meta(at.names[0]).dtype.is_floating_point:
-                continue  # integer codes (int8, GPTQ): no matrix of weights to decompose, as subspace_keys says
             shape = (int(at.shape[0]), int(at.shape[1]))
-            short = _memory_short(ck_base, ck, at, shape, options, dev)
+            quantized = forms_base[at.names[0]].kind != "float" or fm[at.names[1]].kind != "float"
+            short = _memory_short(ck_base, ck, at, shape, options, dev, quantized)
             if short:  # refused before reading: a row that says why, and the other matrices go on
                 info = table.describe(at.names[0])
                 empty = np.zeros(0)
@@ -333,10 +333,8 @@ def analyze_subspaces(
                     )
                 )  # fmt: skip
                 continue
-            a = read_aligned(ck_base, at, 0, dev)
-            if not a.is_floating_point():
-                continue
-            b = read_aligned(ck, at, 1, dev)
+            a = _weights(ck_base, at, 0, dev, forms_base[at.names[0]])
+            b = _weights(ck, at, 1, dev, fm[at.names[1]])
             k = options.k_for(tuple(a.shape))
             if at.rows not in base_top:
                 method = choose_method(tuple(a.shape), options)
@@ -376,26 +374,70 @@ def subspace_bytes(shape: tuple[int, int], itemsize: int, options: SubspaceOptio
     return numel * (2 * itemsize + 11 + (4 if randomized else 0)) + (0 if randomized else 16 * k * k)
 
 
-def _memory_short(ck_base, ck, at, shape: tuple[int, int], options: SubspaceOptions, dev: str) -> str | None:
+def _memory_short(
+    ck_base, ck, at, shape: tuple[int, int], options: SubspaceOptions, dev: str, dequantised: bool = False
+) -> str | None:
     """What is short for comparing the pair ``at`` (see :func:`subnetviz.config.memory_shortfall`), or None."""
     from subnetviz.config import memory_shortfall
 
     itemsize = max(ck_base.meta(at.names[0]).dtype.itemsize, ck.meta(at.names[1]).dtype.itemsize)
+    if dequantised:
+        itemsize = max(itemsize, 4)  # codes are read dequantised, in float32
     need = subspace_bytes(shape, itemsize, options)
     return memory_shortfall(need, dev, need)
 
 
 def _matrices(ck_base, cks: Sequence) -> tuple[list[dict], list[str]]:
-    """Each finetuned checkpoint's aligned tensors by key, and the keys of the 2-D ones (the matrices)."""
+    """Each finetuned checkpoint's aligned weight matrices by key, and their keys: 2-D, stored as floats or as
+    FP8 / int8 codes with scales (read dequantised, :func:`_weights`); a quantized form's scales (which are 2-D
+    too), buffers and integer codes with no dequantisation here (GPTQ, AWQ, int4) are no weights to decompose."""
     from subnetviz.checkpoints import align
 
-    per_key = [{t.key: t for t in align([ck_base, c]).tensors} for c in cks]
-    return per_key, list(dict.fromkeys(k for pk in per_key for k, t in pk.items() if len(t.shape) == 2))
+    forms_base = _forms(ck_base)
+    per_key = []
+    for c in cks:
+        forms = _forms(c)
+        per_key.append(
+            {
+                t.key: t
+                for t in align([ck_base, c]).tensors
+                if len(t.shape) == 2
+                and forms_base[t.names[0]].kind in WEIGHT_FORMS
+                and forms[t.names[1]].kind in WEIGHT_FORMS
+                and (forms_base[t.names[0]].kind != "float" or ck_base.meta(t.names[0]).dtype.is_floating_point)
+            }
+        )
+    return per_key, list(dict.fromkeys(k for pk in per_key for k in pk))
+
+
+WEIGHT_FORMS = ("float", "fp8", "int8")  # stored forms read as weights (quant.TensorForm.kind)
+
+
+def _forms(ck) -> dict:
+    from subnetviz.analysis.quant import tensor_forms
+
+    return tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)
+
+
+def _weights(ck, at, side: int, dev: str, form) -> torch.Tensor:
+    """The stored tensor ``at.names[side]`` as weights: as stored, or for FP8 / int8 codes dequantised with their
+    scales (float32), as the update analysis reads them (the codes themselves are no weights: an FP8 pair whose
+    block scales doubled read as unchanged, and a bf16 base against FP8 codes ended in a traceback)."""
+    from subnetviz.analysis.quant import block_size, effective, scale_values
+    from subnetviz.checkpoints import read_aligned
+
+    x = read_aligned(ck, at, side, dev)
+    if form.kind == "float":
+        return x
+    name = at.names[side]
+    scale = scale_values(ck, form.scale, dev)
+    return effective(x, scale, form, block_size(ck.config), name=name, scale_name=form.scale)
 
 
 def subspace_keys(base, finetuned: Sequence) -> list[tuple[tuple[int, int], int]]:
     """Each matrix :func:`analyze_subspaces` decomposes, from the headers: its (m, n) and how many finetuned
-    models it is compared in (what :mod:`subnetviz.analysis.cost` prices). Integer tensors are left out."""
+    models it is compared in (what :mod:`subnetviz.analysis.cost` prices). Scales, buffers and integer codes
+    are left out (:func:`_matrices`)."""
     from subnetviz.checkpoints import Checkpoint, open_checkpoint
     from subnetviz.checkpoints.adapters import open_finetune
 
@@ -405,7 +447,7 @@ def subspace_keys(base, finetuned: Sequence) -> list[tuple[tuple[int, int], int]
     out = []
     for key in keys:
         held = [pk[key] for pk in per_key if key in pk]
-        if held and ck_base.meta(held[0].names[0]).dtype.is_floating_point:
+        if held:
             out.append(((int(held[0].shape[0]), int(held[0].shape[1])), len(held)))
     return out
 

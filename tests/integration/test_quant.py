@@ -364,3 +364,24 @@ def test_a_gptq_finetune_against_a_float_base_says_what_was_left_out(tmp_path):
     assert said.startswith("gptq: Not compared") and "2,048 of its 2,112 stored entries (97.0%)" in said
     assert "quantized integer codes (g_idx, qweight, qzeros" in said
     assert res.reports[0].numel == 64  # the norm alone was compared, as the note says
+
+
+def test_subspaces_read_fp8_weights_dequantised_and_leave_scales_out(ckpt_zoo, fp8_base, tmp_path):
+    """Subspaces took FP8 codes for weights: an FP8 pair whose block scales of one matrix doubled (the weights
+    exactly ×2) read σ ratio 1 and nothing changed; the 2-D ``weight_scale_inv`` tensors were decomposed as
+    matrices; and a bf16 base against FP8 codes ended in a traceback (Float8 promotion), losing the analysis."""
+    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces, subspace_keys
+
+    def double(sd):
+        sd[f"{W}_scale_inv"] = sd[f"{W}_scale_inv"] * 2
+
+    ft = _edit(fp8_base, tmp_path / "ft", double)
+    rows = analyze_subspaces(str(fp8_base), [str(ft)], options=SubspaceOptions(k=4)).to_frame().set_index("name")
+    assert not rows.index.str.endswith("scale_inv").any()
+    w = rows.loc[W]
+    assert w["sv_ratio_mean"] == pytest.approx(2.0, abs=1e-6) and w["angle_left_max"] < 1e-6
+    nonzero = int(torch.count_nonzero(read_state_dict(fp8_base)[W].float()))
+    assert w["changed"] == nonzero
+    assert len(subspace_keys(str(fp8_base), [str(ft)])) == len(rows)  # what is priced is what is decomposed
+    mixed = analyze_subspaces(str(ckpt_zoo.llama), [str(fp8_base)], options=SubspaceOptions(k=4)).to_frame()
+    assert W in set(mixed["name"]) and np.isfinite(mixed.set_index("name").loc[W, "sv_ratio_mean"])
