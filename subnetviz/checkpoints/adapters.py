@@ -14,7 +14,11 @@ gate_up = [gate; up]). DoRA scales each merged linear weight, per output feature
 (``trainable_token_indices``) replace their rows of the embedding. Merging happens per tensor in
 :meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. Adapter types other than LoRA,
 LoRA variants no merge reproduces (aLoRA, Arrow, KaSA, QA-LoRA, ...) and initialisations that change the base
-before training (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA, unless converted) are refused by name.
+before training (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA, unless converted) are refused by name. PEFT saves the
+names a model has in memory; where the base stores the tensor under another (a vision-language model that
+transformers 5 saves under its release names), the target is the base's tensor of the same name past its model
+prefix (:meth:`MergedAdapter._to_base`), and rank_pattern / alpha_pattern / target_modules are matched, as PEFT
+matches them, against the name in memory.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 
 from subnetviz.checkpoints.header import read_safetensors_header
+from subnetviz.checkpoints.naming import strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint
 from subnetviz.config import check_readable, read_json, require_memory
 from subnetviz.errors import CheckpointError, suggest
@@ -145,9 +150,12 @@ class MergedAdapter(Checkpoint):
 
     def _plan(self, header: dict) -> tuple[dict[str, tuple[str, str, bool]], dict[str, str]]:
         base_names = set(self.base.names)
+        self._memory: dict[str, str] = {}  # base's stored name -> the name in memory PEFT saved, where they differ
+        self._by_short: dict[str, list[str]] | None = None  # the base's names by their name past the model prefix
         pairs: dict[str, dict[str, str]] = {}
         replaced: dict[str, str] = {}
         wrapped = self._parameter_targets(base_names)  # LoRA on 3-D parameters (target_parameters)
+        wrapped_short = {strip_prefix(w): w for w in wrapped}  # (a wrapped module named as in memory)
         per_param: dict[str, dict[int, dict[str, str]]] = {}  # wrapped module -> depth -> kind -> key
         extras: dict[str, dict[str, str]] = {}  # "bias" / "magnitude" / "tokens" -> module -> key
         for key in header:
@@ -160,6 +168,11 @@ class MergedAdapter(Checkpoint):
                 continue
             m = _LORA.match(short)
             module = m["module"].split(".base_layer")[0] if m is not None else None
+            if module is not None and module not in wrapped and strip_prefix(module) in wrapped_short:
+                stored = wrapped_short[strip_prefix(module)]
+                for p in wrapped[stored]:
+                    self._memory[f"{stored}.{p}"] = f"{module}.{p}"
+                module = stored
             if module in wrapped:
                 depth = m["module"].count(".base_layer")
                 per_param.setdefault(module, {}).setdefault(depth, {})[m["kind"]] = key
@@ -168,11 +181,9 @@ class MergedAdapter(Checkpoint):
                 # as <module>.base_layer.weight (its vocabulary may have been resized): a full tensor replacing
                 # the base's, to which that module's B·A is then added
                 target = short.replace(".modules_to_save.default", "").replace(".base_layer.", ".")
-                self._check_target(key, target, base_names)
-                replaced[target] = key
+                replaced[self._to_base(key, target, base_names)] = key
                 continue
-            target = f"{m['module']}.weight"
-            self._check_target(key, target, base_names)
+            target = self._to_base(key, f"{m['module']}.weight", base_names)
             pairs.setdefault(target, {})[m["kind"]] = key
         out: dict[str, tuple[str, str, bool]] = {}
         for target, kinds in pairs.items():
@@ -209,8 +220,8 @@ class MergedAdapter(Checkpoint):
         self.tokens: dict[str, tuple[str, list[int]]] = {}  # embedding weight -> (adapter key, rows)
         fifo = bool(self.adapter_config.get("fan_in_fan_out"))
         for module, key in extras.get("bias", {}).items():
-            target, weight = f"{module}.bias", f"{module}.weight"
-            self._check_target(key, target, base_names)
+            target = self._to_base(key, f"{module}.bias", base_names)
+            weight = self._memory_to_base.get(f"{module}.weight", f"{module}.weight")
             if weight not in pairs or pairs[weight][2] or weight in self.experts:
                 raise CheckpointError(
                     f"{self.adapter_file}: {key!r} is a LoRA bias (lora_bias) of {module!r}, which has no LoRA A/B "
@@ -219,7 +230,7 @@ class MergedAdapter(Checkpoint):
             self._check_vector(key, header, self.base.meta(target).shape)
             self.biases[target] = (key, weight)
         for module, key in extras.get("magnitude", {}).items():
-            weight = f"{module}.weight"
+            weight = self._memory_to_base.get(f"{module}.weight", f"{module}.weight")
             if weight not in pairs or pairs[weight][2] or weight in self.experts or weight in self._slices_of(pairs):
                 what = "an embedding" if weight in pairs and pairs[weight][2] else "a module without a linear LoRA pair"
                 raise CheckpointError(
@@ -241,8 +252,7 @@ class MergedAdapter(Checkpoint):
                 "adapter_config.json does not set use_dora."
             )
         for module, key in extras.get("tokens", {}).items():
-            weight = f"{module}.weight"
-            self._check_target(key, weight, base_names)
+            weight = self._to_base(key, f"{module}.weight", base_names)
             if weight in pairs or weight in replaced:
                 raise CheckpointError(
                     f"{self.adapter_file}: {module!r} has trainable tokens and is also adapted or saved whole by the "
@@ -368,7 +378,9 @@ class MergedAdapter(Checkpoint):
         """``target_modules`` names modules of the base: a list of names, a regular expression matched
         against whole module names (as PEFT does with a string), or ``all-linear``."""
         tm = self.adapter_config.get("target_modules") or []
-        modules = {n[: -len(".weight")] for n in base_names if n.endswith(".weight")}
+        # the base's modules, under their stored names and, where PEFT saved others, under their names in memory
+        stored = {*base_names, *self._memory.values()}
+        modules = {n[: -len(".weight")] for n in stored if n.endswith(".weight")}
         if not isinstance(tm, str | list):
             raise CheckpointError(
                 f"{self.spec}: target_modules in adapter_config.json is {str(tm)[:60]!r}; expected a list of module "
@@ -395,15 +407,40 @@ class MergedAdapter(Checkpoint):
                 f"of the base {self.base.spec}; its linear modules are {', '.join(kinds[:12])}."
             )
 
-    def _check_target(self, key: str, target: str, base_names: set[str]) -> None:
-        if target not in base_names:
-            raise CheckpointError(
-                f"{self.spec}: adapter tensor {key!r} targets {target!r}, which the base {self.base.spec} does not "
-                f"hold.{suggest(target, base_names)}"
+    def _to_base(self, key: str, target: str, base_names: set[str]) -> str:
+        """The base's stored name of the tensor adapter tensor ``key`` targets (``target``: its name in memory,
+        as PEFT saves it). Where transformers 5 stores a model under other names than it holds in memory (its
+        conversion mapping: a vision-language model's ``model.language_model.layers.…`` saved as
+        ``language_model.model.layers.…`` by Gemma-3 and LLaVA, as ``model.layers.…`` by Qwen2.5-VL, its tower
+        ``model.visual.…`` as ``visual.…``; GPT-2's ``transformer.h.…`` released as ``h.…``), the target is the
+        one stored tensor with the same name past its model prefix (:func:`strip_prefix`, as :func:`align` pairs
+        checkpoints); none, or more than one, is a one-line error naming the adapter tensor."""
+        if target in base_names:
+            return target
+        if self._by_short is None:
+            self._by_short = {}
+            for n in base_names:
+                self._by_short.setdefault(strip_prefix(n), []).append(n)
+        hits = sorted(self._by_short.get(strip_prefix(target), []))
+        if len(hits) == 1:
+            self._memory[hits[0]] = target
+            return hits[0]
+        raise CheckpointError(
+            f"{self.spec}: adapter tensor {key!r} targets {target!r}, which the base {self.base.spec} does not "
+            + (
+                f"hold under that name, and {len(hits)} of its tensors could be it ({', '.join(hits[:3])})."
+                if hits
+                else f"hold.{suggest(target, base_names)}"
             )
+        )
+
+    @property
+    def _memory_to_base(self) -> dict[str, str]:
+        return {v: k for k, v in self._memory.items()}
 
     def _scale(self, target: str, r: int, module: str | None = None) -> float:
-        module = module or target[: -len(".weight")]  # (a wrapped parameter: PEFT matches module.param)
+        # PEFT matches rank_pattern / alpha_pattern against the module's name in memory
+        module = self._memory.get(module, module) if module else self._memory.get(target, target)[: -len(".weight")]
         where = f"{self.spec}: rank_pattern / alpha_pattern in adapter_config.json"
         for pattern, val in self._rank_pattern:
             if _matches(pattern, module, where):

@@ -108,6 +108,7 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
             tensors.append(AlignedTensor(key, names, (rows, *shapes[0][1:]), rows, tuple(s[0] - rows for s in shapes)))
             continue
         found = ", ".join(f"{ck.spec}: {tuple(s)}" for ck, s in zip(checkpoints, shapes, strict=True))
+        _refuse_bnb4(checkpoints, names, shapes)
         raise AlignmentError(
             f"tensor {names[0]!r} has different shapes ({found}); only vocabulary rows may differ. "
             "Are these checkpoints of the same architecture?"
@@ -119,6 +120,53 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
             + f" (e.g. {checkpoints[0].names[:2]} vs {checkpoints[1].names[:2]})."
         )
     return Alignment(list(checkpoints), tensors, only_in, notes)
+
+
+# what bitsandbytes saves beside a 4-bit weight (Params4bit's packed uint8 bytes, two codes per byte)
+_BNB4_COMPANIONS = ("absmax", "quant_map", "nested_absmax", "quant_state.bitsandbytes__nf4")
+_BNB4_COMPANIONS += ("quant_state.bitsandbytes__fp4",)
+
+
+def _bnb4(ck: Checkpoint, name: str) -> tuple[str, str] | None:
+    """(quantisation, what tells it) of a weight the checkpoint stores bitsandbytes 4-bit packed: uint8 bytes
+    with bitsandbytes' companions (``absmax``, ``quant_state``) beside it, or under a ``quantization_config``
+    that loads in 4 bits; the quantisation is ``nf4`` / ``fp4`` (from the quant_state's name or the config's
+    bnb_4bit_quant_type), else ``4-bit``. None for any other tensor."""
+    import torch
+
+    if ck.meta(name).dtype != torch.uint8 or not name.endswith("weight"):
+        return None
+    names = set(ck.names)
+    beside = [c.split(".")[0] for c in _BNB4_COMPANIONS if f"{name}.{c}" in names]
+    qc = ck.config.get("quantization_config")
+    qc = qc if isinstance(qc, dict) else {}
+    by_config = str(qc.get("quant_method") or "bitsandbytes").lower() == "bitsandbytes" and bool(qc.get("load_in_4bit"))
+    if not beside and not by_config:
+        return None
+    kind = next((k for k in ("nf4", "fp4") if f"{name}.quant_state.bitsandbytes__{k}" in names), None)
+    kind = kind or (qc.get("bnb_4bit_quant_type") if qc.get("bnb_4bit_quant_type") in ("nf4", "fp4") else "4-bit")
+    told = f"with {' / '.join(dict.fromkeys(beside))} beside it" if beside else "quantization_config load_in_4bit"
+    return kind, told
+
+
+def _refuse_bnb4(checkpoints: Sequence[Checkpoint], names: tuple[str, ...], shapes: list) -> None:
+    """A tensor whose shapes differ because one side stores it bitsandbytes 4-bit packed, the other as floats:
+    said as that, in one line. Nothing here dequantises 4-bit codes (the analysis compares them as codes, with a
+    base stored the same way), and a dequantised 4-bit weight has every entry moved by its rounding, so the two
+    cannot be compared entry by entry."""
+    packed = [(i, q) for i, ck in enumerate(checkpoints) if (q := _bnb4(ck, names[i])) is not None]
+    floats = [i for i, ck in enumerate(checkpoints) if ck.meta(names[i]).dtype.is_floating_point]
+    if not packed or not floats:
+        return
+    (i, (kind, told)), j = packed[0], floats[0]
+    a, b = checkpoints[i], checkpoints[j]
+    raise AlignmentError(
+        f"tensor {names[i]!r}: {a.spec} stores it bitsandbytes 4-bit packed ({kind}, {told}: {tuple(shapes[i])} "
+        f"bytes, two codes per byte), {b.spec} as {str(b.meta(names[j]).dtype)[6:]} {tuple(shapes[j])}; 4-bit "
+        "codes cannot be compared entry by entry with float weights (dequantised, every entry is moved by its "
+        "4-bit rounding). Compare checkpoints stored alike: the finetune saved unquantised, or a base quantised "
+        "the same way."
+    )
 
 
 def read_aligned(ck: Checkpoint, t: AlignedTensor, i: int, device: str | torch.device = "cpu") -> torch.Tensor:

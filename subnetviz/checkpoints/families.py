@@ -75,6 +75,14 @@ _MOE: Table = [
     (r"mlp\.gate\.", "router"),
     (r"feed_forward\.router\.", "router"),
 ]
+# DeepSeek-V3's multi-token-prediction layer (layer num_hidden_layers; transformers ignores it on load), which
+# GLM-4.5 (glm4_moe) stores alike
+_MTP_LAYER: Table = [
+    (r"\.eh_proj\.", "mtp_proj"),
+    (r"\.(enorm|hnorm)\.", "norm"),
+    (r"shared_head\.head\.", "lm_head"),
+    (r"shared_head\.norm\.", "final_norm"),
+]
 _MLA: Table = [
     (r"self_attn\.indexer\.(wq_b|wk|weights_proj)\.", "indexer"),  # DeepSeek-V3.2's sparse-attention indexer
     (r"self_attn\.(\d+\.)?q_a_proj\.", "q_a"),  # (self_attn.N.: LongCat-Flash's two sublayers)
@@ -82,11 +90,7 @@ _MLA: Table = [
     (r"self_attn\.(\d+\.)?kv_a_proj_with_mqa\.", "kv_a"),
     (r"self_attn\.(\d+\.)?kv_b_proj\.", "kv_b"),
     (r"self_attn\.(\d+\.)?(q_a_layernorm|kv_a_layernorm)\.", "attn_norm"),
-    # DeepSeek-V3's multi-token-prediction layer (layer num_hidden_layers; transformers ignores it on load)
-    (r"\.eh_proj\.", "mtp_proj"),
-    (r"\.(enorm|hnorm)\.", "norm"),
-    (r"shared_head\.head\.", "lm_head"),
-    (r"shared_head\.norm\.", "final_norm"),
+    *_MTP_LAYER,
 ]
 # Mamba / Mamba-2 mixers (selective state-space layers): every tensor of one is module "ssm". Hybrids keep
 # them under mamba. beside attention (Jamba, Falcon-H1, Bamba, Granite-4.0-H); Mamba, Falcon-Mamba and
@@ -227,6 +231,21 @@ _NEOX: Table = [
     (r"final_layer_norm\.", "final_norm"),
     (r"embed_out\.", "lm_head"),
 ]
+# Falcon (and BLOOM): GPT-NeoX's fused query_key_value and MLP names, its own norms (ln_attn / ln_mlp with the new decoder
+# architecture, input_layernorm alone with parallel attention, post_attention_layernorm without it). Its fused
+# rows follow the config's layout (naming.NameTable.fused_parts), not GPT-NeoX's.
+_FALCON: Table = [
+    (r"word_embeddings\.", "embed"),
+    (r"word_embeddings_layernorm\.", "norm"),  # (BLOOM)
+    (r"self_attention\.query_key_value\.", "qkv"),
+    (r"self_attention\.dense\.", "o"),
+    (r"mlp\.dense_h_to_4h\.", "mlp_in"),
+    (r"mlp\.dense_4h_to_h\.", "mlp_out"),
+    (r"(input_layernorm|ln_attn)\.", "attn_norm"),
+    (r"(post_attention_layernorm|ln_mlp)\.", "mlp_norm"),
+    (r"^ln_f\.", "final_norm"),
+    (r"lm_head\.", "lm_head"),
+]
 _BERT: Table = [
     (r"word_embeddings\.", "embed"),
     (r"position_embeddings\.", "pos_embed"),
@@ -249,7 +268,7 @@ _BERT: Table = [
 FAMILIES: dict[str, Table] = {
     "llama": _DENSE,
     "mixtral": _MOE + _DENSE,
-    "qwen_moe": _MOE + _DENSE,
+    "qwen_moe": _MOE + _DENSE + _MTP_LAYER,  # (GLM-4.5's MTP layer: DeepSeek-V3's names)
     "deepseek": _MLA + _MOE + _DENSE,
     "deepseek_v4": _DEEPSEEK_V4 + _MLA + _MOE + _DENSE,
     "llama4": _MOE + _DENSE,
@@ -269,6 +288,7 @@ FAMILIES: dict[str, Table] = {
     "opt": _OPT + _DENSE,
     "gpt2": _GPT2,
     "gpt_neox": _NEOX,
+    "falcon": _FALCON,
     "bert": _BERT,
 }
 # Components that hold an MTP module's layers (mtp.layers.J., mtp_block.J., mtp_layers.J.); any other
@@ -382,6 +402,8 @@ MODEL_TYPES = {
     "qwen3_5_moe_text": "qwen_moe",
     "gpt2": "gpt2",
     "gpt_neox": "gpt_neox",
+    "falcon": "falcon",
+    "bloom": "falcon",  # Falcon's names; its fused query_key_value interleaved per head
     "bert": "bert",
     "roberta": "bert",
 }
@@ -406,6 +428,7 @@ TELLTALES = [
     ("post_feedforward_layernorm", "olmo2"),
     ("self_attn.q_proj", "llama"),
     ("attn.c_attn", "gpt2"),
+    ("self_attention.query_key_value", "falcon"),
     ("attention.query_key_value", "gpt_neox"),
     ("attention.self.query", "bert"),
 ]

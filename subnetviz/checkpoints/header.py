@@ -30,7 +30,14 @@ ST_DTYPE_INFO = {
     "BOOL": ("bool", 1),
     "F8_E4M3": ("float8_e4m3fn", 1),
     "F8_E5M2": ("float8_e5m2", 1),
+    # E8M0 (an exponent-only byte, 2^(byte − 127), 0xFF NaN: the block scales ``weight_scale_inv`` of
+    # FineGrainedFP8Config(scale_fmt="ue8m0"), DeepSeek-V4-style): read as its bytes, which the analysis
+    # turns into values as it does MXFP8's uint8 E8M0 scales (exactly, a NaN byte refused by name), so no
+    # torch without float8_e8m0fnu is needed
+    "F8_E8M0": ("uint8", 1),
 }
+# safetensors dtypes read as another torch dtype than theirs: TensorMeta.stored, what the file holds
+ST_STORED_AS = {"F8_E8M0": "float8_e8m0fnu"}
 
 
 def __getattr__(name: str):

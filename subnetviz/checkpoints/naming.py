@@ -6,7 +6,8 @@ gpt-oss with attention sinks, packed 3-D experts), Phi-3 (fused ``qkv_proj`` / `
 GLM-4, LFM2, post-norm families (Gemma-2/3/4, OLMo-2/3), Mamba mixers and the hybrids that hold them
 (Nemotron-H, Jamba, Falcon-H1, Granite-4.0-H with Granite's packed experts), OPT, GPT-2 (Conv1D weights
 stored (in, out); fused ``c_attn`` split in contiguous thirds along the output columns), GPT-NeoX/Pythia (fused
-``query_key_value`` interleaved per head along the output rows), BERT; multimodal checkpoints'
+``query_key_value`` interleaved per head along the output rows), Falcon and BLOOM (``query_key_value`` split as
+the config's layout says: per KV group, multi-query or per head; not split where no config says), BERT; multimodal checkpoints'
 language model under ``model.language_model.`` and a vision tower as its own block; omni models' language
 model in their ``thinker.``, with the audio tower (block ``audio``) and the talker and waveform model (block
 ``speech``) apart, where their numbered layers would have been counted in the language model's. An unknown
@@ -256,6 +257,7 @@ class NameTable:
     num_experts: int | None = None
     mtp_start: int | None = None
     sandwich: bool = False
+    qkv_layout: str | None = None  # Falcon / BLOOM's fused query_key_value rows: see falcon_qkv_layout
 
     @classmethod
     def from_config(cls, config: dict, names: list[str]) -> NameTable:
@@ -274,16 +276,19 @@ class NameTable:
                 if not (mtp_split(s := strip_prefix(n)) or _tower(s)) and (m := _INT.search(s))
             ]  # the language model's layers (a vision or audio tower's and a talker's are their own)
             layers = max(found) + 1 if found else None
+        family = detect_family(mt, names)
+        layout, kv = falcon_qkv_layout(text, mt) if family == "falcon" else (None, None)
         return cls(
-            detect_family(mt, names),
+            family,
             heads,
             mt,
-            text.get("num_key_value_heads") or heads,
+            kv or text.get("num_key_value_heads") or heads,
             text.get("hidden_size"),
             layers if mtp else None,
             experts,
             layers,
             any("pre_feedforward_layernorm." in n or "pre_mlp_layernorm." in n for n in names),
+            layout,
         )
 
     @property
@@ -294,12 +299,19 @@ class NameTable:
                 f"Unknown architecture ({what}): layers are read from the first integer in each name and "
                 "module kinds are 'other'. Per-module views are approximate."
             )
+        falcon = (
+            " Its fused query_key_value is not split into q, k and v: config.json does not say how its rows are "
+            "grouped (Falcon's new_decoder_architecture / multi_query), so it is counted whole as qkv."
+            if self.family == "falcon" and self.qkv_layout is None
+            else ""
+        )
         if self.model_type and self.model_type not in MODEL_TYPES:
             return (
                 f"Architecture {self.model_type!r} has no naming table of its own: its tensors are read with the "
                 f"{self.family} table, chosen by their names. Check the per-module views before relying on them."
+                + falcon
             )
-        return None
+        return falcon.strip() or None
 
     def _match(self, short: str, mtp: bool = False) -> str | None:
         """The module kind ``short`` matches (inside an MTP module, ``mtp``: its own rules first)."""
@@ -405,6 +417,8 @@ class NameTable:
             hs = rows // (3 * self.num_heads)
             t = tensor.reshape(self.num_heads, 3, hs, *tensor.shape[1:])
             return {k: t[:, i] for i, k in enumerate("qkv")}
+        if self.family == "falcon":
+            return self._falcon_parts(tensor)
         if self.family == "phi3" and self.num_heads and self.hidden_size and self.num_kv_heads:
             hd = self.hidden_size // self.num_heads
             q, kv = self.num_heads * hd, self.num_kv_heads * hd
@@ -412,6 +426,31 @@ class NameTable:
                 return None
             return {"q": tensor[:q], "k": tensor[q : q + kv], "v": tensor[q + kv :]}
         return None
+
+    def _falcon_parts(self, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Falcon's (and BLOOM's) fused ``query_key_value`` rows split as transformers' ``FalconAttention``
+        splits them (``_split_heads``), by :attr:`qkv_layout`: ``grouped`` (new_decoder_architecture): per KV
+        group [q × heads/kv_heads, k, v], each head_dim rows; ``multi_query`` (Falcon-7B): [every q head, one k,
+        one v]; ``per_head``: [q, k, v] of each head in turn, as GPT-NeoX (and BLOOM). None (counted whole) where
+        the layout is unknown or the rows do not fit it."""
+        heads, kv, rows = self.num_heads, self.num_kv_heads, tensor.shape[0]
+        if not heads or self.qkv_layout is None:
+            return None
+        if self.qkv_layout == "grouped":
+            if not kv or heads % kv or rows % (heads + 2 * kv):
+                return None
+            hd, per = rows // (heads + 2 * kv), heads // kv + 2
+            t = tensor.reshape(kv, per, hd, *tensor.shape[1:])
+            return {"q": t[:, :-2], "k": t[:, -2], "v": t[:, -1]}
+        if self.qkv_layout == "multi_query":
+            if rows % (heads + 2):
+                return None
+            hd = rows // (heads + 2)
+            return {"q": tensor[: heads * hd], "k": tensor[heads * hd : (heads + 1) * hd], "v": tensor[-hd:]}
+        if rows % (3 * heads):
+            return None
+        t = tensor.reshape(heads, 3, rows // (3 * heads), *tensor.shape[1:])
+        return {k: t[:, i] for i, k in enumerate("qkv")}
 
     def packed_in_rows(self, rows: int, cols: int) -> bool:
         """Whether a packed 3-D expert tensor (E, rows, cols) is stored (E, in, out): the hidden size along
@@ -457,6 +496,25 @@ class NameTable:
 @functools.lru_cache(maxsize=1 << 16)
 def _describe(table: NameTable, name: str) -> TensorInfo:
     return table._describe_name(name)
+
+
+def falcon_qkv_layout(text: dict, model_type: str | None) -> tuple[str | None, int | None]:
+    """(layout, KV heads) of the fused ``query_key_value`` of a model read with the Falcon table, as
+    transformers builds it: model_type ``falcon`` from its flags (FalconConfig's defaults where unset:
+    new_decoder_architecture false, multi_query true; the new architecture wins), ``bloom`` per head; (None,
+    None) for any other model_type (a layout no config tells), whose fused rows are then not split."""
+    if model_type == "bloom":
+        return "per_head", None
+    if model_type != "falcon":
+        return None, None
+    heads = text.get("num_attention_heads")
+    kv = text.get("num_kv_heads")
+    kv = kv if isinstance(kv, int) and kv > 0 else heads
+    if text.get("new_decoder_architecture", False):
+        return "grouped", kv
+    if text.get("multi_query", True):
+        return "multi_query", 1
+    return "per_head", heads
 
 
 def module_sort_key(module: str) -> int:

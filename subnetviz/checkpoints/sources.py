@@ -60,7 +60,9 @@ class Checkpoint:
                         continue
                     if name in self._meta:
                         twice.setdefault(name, self._meta[name].file)
-                    self._meta[name] = TensorMeta(name, f, _header.ST_DTYPES[info["dtype"]], tuple(info["shape"]))
+                    dt = info["dtype"]
+                    stored = _header.ST_STORED_AS.get(dt)
+                    self._meta[name] = TensorMeta(name, f, _header.ST_DTYPES[dt], tuple(info["shape"]), stored)
             else:
                 sd = _load_legacy(f)
                 self._legacy[f] = sd
