@@ -129,7 +129,7 @@ def test_a_matrix_skipped_for_lack_of_memory_shows_as_a_row_saying_so(pair, monk
     monkeypatch.setattr(
         subspaces,
         "_memory_short",
-        lambda ck_base, ck, at, shape, options, dev: "needs about 9.00 GiB of memory" if "embed" in at.key else None,
+        lambda ck_base, ck, at, *_: "needs about 9.00 GiB of memory" if "embed" in at.key else None,
     )
     at = _open(pair, spec_tab="Subspaces of W_base vs W_ft", sub_k="8")
     assert len(at.get("plotly_chart")) == 3
