@@ -26,6 +26,7 @@ CPU_BENCHES = (
     "bench_supermask",
     "bench_bigram",
     "bench_zoo",
+    "bench_mask_files",
 )
 
 
