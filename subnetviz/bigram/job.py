@@ -109,7 +109,7 @@ def prepare(config: BigramJobConfig | dict):
             full = corpus_from_text(path, model_dir, seq_len)
         else:  # a saved dataset folder or hf:<name>[:<split>] in the local cache
             full = corpus_from_dataset(cfg.corpus, model_dir, seq_len, max_tokens=MAX_TOKENS)
-        train, evalc = full.split(cfg.eval_sequences) if len(full.ids) > 1 else (full, full)
+        train, evalc = full.split(cfg.eval_sequences)  # (one sequence was both: fidelity on the training text)
         if cfg.bigram:
             table = load_transition_npz(cfg.bigram, n_out)
         else:

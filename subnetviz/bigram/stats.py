@@ -31,6 +31,8 @@ import torch
 from subnetviz.errors import ConfigError
 
 DENSE_CACHE_BYTES = 256 * 2**20  # below this, rows are gathered from one dense float32 copy
+MIN_SEQUENCES = 10  # a text corpus cut into fewer is refused (a table and a mask learned from a handful)
+EVAL_SHARE = 0.2  # at most this share of a text corpus's sequences is held out
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,16 @@ class TokenCorpus:
         return int(self.ids.numel())
 
     def split(self, n_eval: int) -> tuple[TokenCorpus, TokenCorpus]:
-        """(train, eval): the last ``n_eval`` sequences are held out."""
-        n_eval = min(max(n_eval, 1), max(len(self.ids) - 1, 1))
+        """(train, eval): the last ``n_eval`` sequences are held out, at most :data:`EVAL_SHARE` of them (a
+        3,834-token text cut into 119 sequences held out 118 of them: the mask was trained, and the bigram
+        table counted, on one sequence). A corpus of fewer than :data:`MIN_SEQUENCES` is refused."""
+        n = len(self.ids)
+        if n < MIN_SEQUENCES:
+            raise ConfigError(
+                f"{self.source or 'the corpus'}: {n} sequence(s) of {int(self.ids.shape[1])} tokens once tokenised; "
+                f"at least {MIN_SEQUENCES} are needed, to train on and to hold out. Give a longer text."
+            )
+        n_eval = min(max(int(n_eval), 1), max(int(n * EVAL_SHARE), 1))
         return TokenCorpus(self.ids[:-n_eval], self.source), TokenCorpus(self.ids[-n_eval:], self.source)
 
 

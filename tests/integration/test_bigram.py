@@ -819,6 +819,28 @@ def test_text_corpus_with_the_models_tokenizer(tmp_path, monkeypatch):
         corpus_from_dataset(str(tmp_path / "ds"), tok, text_field="body")
 
 
+def test_a_small_text_corpus_keeps_most_of_itself_to_train_on(tmp_path):
+    """A 400-line text cut into 119 sequences held out 118 (the default 200 held-out sequences): the mask was
+    trained, and the bigram table counted, on one sequence, and a one-sequence corpus was evaluated on its
+    training text. At most a fifth is held out now; fewer than MIN_SEQUENCES sequences are refused."""
+    from subnetviz.bigram.job import prepare
+    from subnetviz.bigram.stats import EVAL_SHARE, MIN_SEQUENCES
+    from subnetviz.demo.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(6)
+    model = bigram_model("llama", vocab=len(tok))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    text = tmp_path / "corpus.txt"
+    text.write_text("abcabd\n" * 60)
+    _, train, evalc, _ = prepare({"model": str(tmp_path / "m"), "corpus": str(text), "seq_len": 8})
+    n = len(train.ids) + len(evalc.ids)  # the default asks 200 held out, more than there are
+    assert n > 40 and len(evalc.ids) == int(n * EVAL_SHARE) and len(train.ids) == n - int(n * EVAL_SHARE)
+    text.write_text("abcabd\n" * 2)
+    with pytest.raises(ConfigError, match=rf"sequence\(s\) of 8 tokens once tokenised; at least {MIN_SEQUENCES}"):
+        prepare({"model": str(tmp_path / "m"), "corpus": str(text), "seq_len": 8})
+
+
 @pytest.mark.parametrize("kind", ["gpt_neox", "llama"])
 def test_training_runs_on_every_architecture(kind, chain):
     _, table = chain
