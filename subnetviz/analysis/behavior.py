@@ -231,10 +231,18 @@ def behavior(
 
 
 def _labels(labels: Sequence[str] | None, finetuned: Sequence[str], prompts: Sequence) -> list[str]:
-    """One label per finetune (default: its folder's name); refuses an empty prompt set."""
-    labels = list(labels) if labels else [Path(str(f).rstrip("/")).name for f in finetuned]
+    """One label per finetune (default: its folder's name, made unique as the update analysis makes it: two
+    runs' ``outputs/model`` are ``model`` and ``model-2``); refuses labels given twice (one model's results
+    replaced the other's) and an empty prompt set."""
+    from subnetviz.analysis.update_pass import _label_for
+
+    used: set[str] = set()
+    labels = list(labels) if labels else [_label_for(str(f), used) for f in finetuned]
     if len(labels) != len(finetuned):
         raise ConfigError(f"{len(labels)} labels for {len(finetuned)} finetuned models.")
+    twice = sorted({lbl for lbl in labels if labels.count(lbl) > 1})
+    if twice:
+        raise ConfigError(f"behaviour: the label(s) {twice} name two finetuned models; give each its own label.")
     if not prompts:
         raise ConfigError("behaviour needs at least one prompt.")
     return labels
@@ -361,6 +369,10 @@ def validate_config(config: dict) -> None:
     curve = config.get("curve") or []
     if any(not 0 <= float(f) <= 1 for f in curve):
         raise ConfigError(f"behavior config: curve fractions must lie in [0, 1], got {curve}.")
+    for key, default in (("limit", None), ("batch_size", 16)):  # limit 0 read every prompt, -1 one per file
+        value = config.get(key, default)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"behavior config: {key} must be a whole number >= 1, got {value!r}.")
 
 
 def run_config(config: dict, progress: ProgressFn | None = None) -> BehaviorReport:

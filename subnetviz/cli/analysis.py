@@ -82,11 +82,15 @@ def cmd_behavior(args: argparse.Namespace) -> int:
     threads()
     # before the work: a folder in the way is said at once
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned, *(args.prompts or []), *(args.mask or [])])
-    masks = {}
+    masks: dict[str, str] = {}
     for spec in args.mask or []:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = Path(spec).stem, spec
+        if name in masks:  # (the later one replaced the earlier, with no word)
+            raise SubnetvizError(
+                f"--mask: two masks named {name!r} ({masks[name]}, {path}); name each one: --mask NAME=PATH."
+            )
         masks[name] = path
     config = {
         "kind": "behavior",

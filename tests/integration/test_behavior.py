@@ -206,6 +206,31 @@ def test_cli_writes_behavior_json_and_tokens(planted, tmp_path):
     assert len(read_prompts(data["eval"])) == tokens[tokens["experiment"] == "finetuned"]["prompt"].nunique()
 
 
+def test_masks_or_models_of_one_name_are_not_dropped(planted, tmp_path, capsys):
+    """Two --mask files both named mask.safetensors: one was dropped with no word; two runs' outputs/model
+    both labelled "model": one model's results replaced the other's; --limit 0 read every prompt and -1 one
+    per file; --batch-size 0 ended in a traceback."""
+    from subnetviz.__main__ import main
+    from subnetviz.analysis.behavior import _labels, validate_config
+    from subnetviz.errors import ConfigError
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    base, ft, masks = planted
+    for d in ("m1", "m2"):
+        (tmp_path / d).mkdir()
+        save_mask_set(tmp_path / d / "mask.safetensors", MaskSet(masks))
+    args = ["behavior", str(base), str(ft), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    rc = main([*args, "--mask", str(tmp_path / "m1/mask.safetensors"), "--mask", str(tmp_path / "m2/mask.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "two masks named 'mask'" in err and "--mask NAME=PATH" in err and "Traceback" not in err
+    assert _labels(None, ["r1/outputs/model", "r2/outputs/model"], ["p"]) == ["model", "model-2"]
+    with pytest.raises(ConfigError, match=r"the label\(s\) \['a'\] name two finetuned models"):
+        _labels(["a", "a"], ["x", "y"], ["p"])
+    for key, value in (("limit", 0), ("limit", -1), ("batch_size", 0), ("batch_size", -3), ("limit", 2.5)):
+        with pytest.raises(ConfigError, match=f"{key} must be a whole number >= 1"):
+            validate_config({"base": str(base), "finetuned": [str(ft)], key: value})
+
+
 def test_job_writes_outputs(planted, tmp_path):
     from subnetviz.analysis.behavior import run_job, validate_config
     from subnetviz.errors import ConfigError
