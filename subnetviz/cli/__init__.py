@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a mask to revert inside/outside (repeat): "
         "a mask file, 'update' (each finetune's own update mask) or 'topk:F' (its top F of |Δ|)",
     )
-    b.add_argument("--no-random", action="store_true", help="no random same-density control per mask")
+    b.add_argument(
+        "--no-random",
+        action="store_true",
+        help="no random control per mask (as many entries per tensor as the mask, drawn uniformly)",
+    )
     b.add_argument(
         "--curve",
         nargs="*",

@@ -48,9 +48,11 @@ def sft_sets(base: str, train_rows: list[dict], n: int, seed: int, max_new_token
     for i, r in enumerate(rows):
         outs = [t.strip() for t in texts[i * samples : (i + 1) * samples]]
         (on if r["answer"] in outs else wrong).append(r)
-    k = min(n, len(on), len(wrong)) or min(n, len(rows))
-    on_rows = [{"prompt": r["prompt"], "completion": r["answer"]} for r in (on or rows)[:k]]
-    gold_rows = [{"prompt": r["prompt"], "completion": r["answer"]} for r in (wrong or rows)[:k]]
+    if not on or not wrong:  # (both fell back to the same rows: one set trained twice under two names)
+        return [], []
+    k = min(n, len(on), len(wrong))
+    on_rows = [{"prompt": r["prompt"], "completion": r["answer"]} for r in on[:k]]
+    gold_rows = [{"prompt": r["prompt"], "completion": r["answer"]} for r in wrong[:k]]
     return on_rows, gold_rows
 
 

@@ -62,7 +62,7 @@ def series_lines(
     series = [
         ("vs_first", f"sparsity vs {first}", "solid"),
         ("vs_previous", "sparsity vs previous checkpoint", "solid"),
-        ("back_to_start", "updated at some step, back to the start at the end (share)", "dash"),
+        ("back_to_start", "updated at some step, back to the start at this checkpoint (share)", "dash"),
     ]
     for i, (col, name, dash) in enumerate(series):
         if col in d.columns:

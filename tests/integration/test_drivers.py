@@ -44,13 +44,19 @@ def _results(rows):
 def test_verdicts_read_hand_made_results():
     res = _results(
         [
-            {"factor": "data", "value": "on_policy", "precision": "bf16", "sparsity": 0.8},
-            {"factor": "data", "value": "gold", "precision": "bf16", "sparsity": 0.5},
+            {"factor": "data", "value": "on_policy", "data": "on_policy", "precision": "bf16", "sparsity": 0.8},
+            {"factor": "data", "value": "gold", "data": "gold", "precision": "bf16", "sparsity": 0.5},
             {"factor": "beta", "value": "0", "precision": "bf16", "sparsity": 0.70},
-            {"factor": "beta", "value": "0.1", "precision": "bf16", "sparsity": 0.60},
-            {"factor": "learning_rate", "value": "1e-06", "precision": "bf16", "sparsity": 0.9},
-            {"factor": "learning_rate", "value": "0.0001", "precision": "bf16", "sparsity": 0.95},
-            {"factor": "learning_rate", "value": "1e-06", "precision": "fp32", "sparsity": 0.1},
+            {"factor": "beta", "value": "0.1", "beta": 0.1, "precision": "bf16", "sparsity": 0.60},
+            {"factor": "learning_rate", "value": "1e-06", "learning_rate": 1e-6, "precision": "bf16", "sparsity": 0.9},
+            {
+                "factor": "learning_rate",
+                "value": "0.0001",
+                "learning_rate": 1e-4,
+                "precision": "bf16",
+                "sparsity": 0.95,
+            },
+            {"factor": "learning_rate", "value": "1e-06", "learning_rate": 1e-6, "precision": "fp32", "sparsity": 0.1},
         ]
     )
     v = verdicts(res).set_index("conjecture")["reproduced"]
@@ -71,6 +77,29 @@ def test_verdicts_read_hand_made_results():
     assert "PPO: 50.0%" in v.loc["RL updates are sparser than SFT", "observed"]
     v = verdicts(algos[algos["algorithm"] != "dpo"]).set_index("conjecture")["reproduced"]
     assert v["RL updates are sparser than SFT"] is True
+
+
+def test_a_flat_response_is_not_reproduced_and_one_run_counts_once():
+    """Every run 100 % sparse (no effect at all) read "larger learning rate → denser updates: reproduced";
+    the default recipe, standing on six factor axes, weighted the bf16 − fp32 gap six times."""
+    flat = _results(
+        [
+            {"factor": "learning_rate", "value": str(lr), "learning_rate": lr, "precision": "bf16", "sparsity": 1.0}
+            for lr in (1e-6, 1e-5, 1e-4)
+        ]
+    )
+    assert verdicts(flat).set_index("conjecture").loc["larger learning rate → denser updates", "reproduced"] is False
+    default = [  # one run (the default recipe) on three axes, and one other run
+        {"factor": f, "value": v, "precision": p, "sparsity": x}
+        for f, v in (("learning_rate", "1e-05"), ("beta", "0"), ("clipping", "on"))
+        for p, x in (("bf16", 0.9), ("fp32", 0.1))
+    ]
+    other = [
+        {"factor": "beta", "value": "0.1", "beta": 0.1, "precision": p, "sparsity": x}
+        for p, x in (("bf16", 0.6), ("fp32", 0.4))
+    ]
+    observed = verdicts(_results(default + other)).set_index("conjecture")["observed"]
+    assert observed["bf16 storage hides small updates"] == "bf16 − fp32 sparsity +50.0 percentage points on average"
 
 
 def test_without_the_ppo_trl_the_grid_leaves_ppo_out(tmp_path, monkeypatch):
@@ -221,3 +250,15 @@ def test_drivers_page_shows_a_finished_run(app_env):
     assert parse_qs(link.query_string) == {"dr_run": ["grid on the test zoo · fake-drivers-old"]}
     keys = {w.key for w in [*card.multiselect, *card.slider]}
     assert not keys & {"tr_overlay", "tr_smooth"}  # no overlay picker, no smoothing for a run without curves
+
+
+def test_without_on_policy_and_gold_sets_the_data_factor_is_not_measured(micro_zoo, tmp_path):  # noqa: F811
+    """Rows the base never answers correctly: the on-policy set fell back to the gold rows, and the verdict
+    compared two copies of one set under the two names. No sets now, and the verdict says why."""
+    from subnetviz.experiments.drivers_runs import sft_sets
+
+    rows = [{"prompt": f"{i}+{i}=", "answer": "§never§"} for i in range(4)]
+    assert sft_sets(str(micro_zoo.root / "base"), rows, n=4, seed=0, samples=2) == ([], [])
+    res = _results([{"factor": "beta", "value": "0", "precision": "bf16", "sparsity": 0.7}])
+    v = verdicts(res).set_index("conjecture").loc["in-distribution data drives sparsity"]
+    assert v["reproduced"] is None and v["observed"].startswith("not measured: the base answered every")
