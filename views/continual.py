@@ -102,7 +102,9 @@ def results() -> None:
     folder = ui.job_runner().get(run_id).outputs
     frames = ui.shared(load_result, str(folder))  # a finished run's files: read once, for every session
     summary, acc = frames["summary"], frames["accuracy"]
-    densities = sorted(d for d in summary["density"].unique() if d < 1.0) or [1.0]
+    # finetuning (density 1.0, every weight) is shown beside each density; a masked method may run at 1.0 too
+    baseline = summary["label"] == FINETUNE
+    densities = sorted(summary.loc[~baseline, "density"].unique()) or [1.0]
     c1, c2 = st.columns(2)
     density = c1.selectbox(
         "Density",
@@ -112,7 +114,7 @@ def results() -> None:
         bind="query-params",
     )
     seed = c2.selectbox("Seed", sorted(acc["seed"].unique()), key="cl_seed", bind="query-params")
-    table = summary[summary["density"].isin([density, 1.0])]
+    table = summary[np.isclose(summary["density"], density) | baseline]
     ui.table(table, "cl-summary", "Final accuracy, forgetting, capacity (mean ± sd over seeds)")
     if note := supsup_note(table, acc, density):
         st.caption(note)
@@ -185,11 +187,15 @@ def capacity(frames, folder, methods, density, seed) -> None:
             ui.chart(ui.shared(owner_figure, masks, layer, label), key="cl-owner")
 
 
+FINETUNE = "finetune"  # the label of the finetuning baseline (supermask.methods), at density 1.0
+
+
 def accuracy_matrices(acc: pd.DataFrame, seed, density) -> dict:
     """Each method's accuracy after each task (rows: after task, columns: task) at one seed and density."""
     out = {}
     for label in dict.fromkeys(acc["label"]):
-        one = acc[(acc["label"] == label) & (acc["seed"] == seed) & acc["density"].isin([density, 1.0])]
+        at = (acc["label"] == FINETUNE) | np.isclose(acc["density"], density)  # (a SupSup run at 1.0 came twice)
+        one = acc[(acc["label"] == label) & (acc["seed"] == seed) & at]
         if len(one):
             out[label] = one.pivot(index="after_task", columns="task", values="acc").to_numpy()
     return out

@@ -404,6 +404,35 @@ def _titles_per_tab(at, page: str, key: str, **query) -> dict[str, list[str]]:
     return out
 
 
+def test_continual_page_with_a_masked_method_at_density_one(app_env):
+    """A valid run with SupSup at densities 0.05 and 1.0 beside finetuning: the page picked "finetuning" as the
+    rows at density 1.0, so SupSup came twice, a bug notice (ValueError) and a pivot of duplicate rows; 1.0
+    could not be chosen."""
+    from subnetviz.jobs.runner import JobRunner
+
+    runner = JobRunner()
+    rid = runner.submit(
+        {
+            "kind": "continual",
+            "benchmark": "permuted-digits",
+            "methods": ["finetune", "supsup"],
+            "density": [0.05, 1.0],
+            "tasks": 2,
+            "seeds": [0],
+            "epochs": {"mask": 1, "weight": 1, "finetune": 1},
+        },
+        name="density one",
+    )
+    rec = runner.wait(rid, timeout=300)
+    assert rec.status == "succeeded", rec.error
+    for density in ("0.05", "1.0"):
+        for tab in ("Summary", "After each task"):
+            at = open_page("continual", cl_run=rid, cl_density=density, cl_tab=tab)
+            assert not at.exception and not at.error, [e.value for e in at.error]
+            assert at.selectbox(key="cl_density").options == ["0.05", "1.0"]
+            assert sorted(at.dataframe[0].value["label"]) == ["SupSup", "finetune"], density
+
+
 def test_continual_page_shows_the_runs_numbers(app_env):
     from subnetviz.jobs.runner import JobRunner
     from subnetviz.supermask.job import load_result
