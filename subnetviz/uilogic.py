@@ -436,3 +436,25 @@ def redacted(value):
     if isinstance(value, list | tuple):
         return [redacted(v) for v in value]
     return value
+
+
+def corpus_choice(corpus: str) -> str:
+    """The corpus as typed: 'zoo'; ``hf:<name>[:<split>]`` (a dataset in the local Hugging Face datasets cache,
+    when that cache lies under the roots; it was taken for a relative path and refused); else a file or saved
+    dataset folder under the roots, resolved."""
+    if corpus == "zoo":
+        return corpus
+    if corpus.startswith("hf:"):
+        from datasets import config as datasets_config
+
+        from subnetviz.errors import PathNotAllowedError
+
+        try:
+            config.check_allowed(datasets_config.HF_DATASETS_CACHE)
+        except PathNotAllowedError:
+            raise PathNotAllowedError(
+                f"{corpus}: hf: corpora are read from the Hugging Face datasets cache, which lies outside the folders "
+                "this server may read (its owner adds it with SUBNETVIZ_ROOTS)."
+            ) from None
+        return corpus
+    return str(config.check_allowed(corpus))

@@ -5,7 +5,7 @@ from functools import partial
 
 import streamlit as st
 
-from subnetviz import config, figures, selection, ui
+from subnetviz import figures, selection, ui, uilogic
 from subnetviz.bigram.config import BigramJobConfig
 from subnetviz.bigram.locate import shares_heatmap_frame
 from subnetviz.bigram.store import analysis_key, is_cached
@@ -300,7 +300,7 @@ def body() -> None:
     )
     ui.need(bool(model), "Choose a model (the sidebar's base, a folder or a cached hub id).")
     model = selection.resolve_choice(model, members)
-    corpus = corpus if corpus == "zoo" else str(config.check_allowed(corpus))
+    corpus = uilogic.corpus_choice(corpus)
     view = st.segmented_control(
         "View",
         ["Analyse a mask", "Train a mask"],

@@ -404,6 +404,25 @@ def _titles_per_tab(at, page: str, key: str, **query) -> dict[str, list[str]]:
     return out
 
 
+def test_the_bigram_page_takes_an_hf_corpus_from_the_datasets_cache(app_env, monkeypatch):
+    """'hf:wikitext', as the README offers, was taken for a relative path: "outside the folders this server may
+    read", or rewritten to 'main/hf:wikitext' and refused. It is read from the datasets cache when that cache
+    lies under the roots, and refused saying so when it does not."""
+    from datasets import config as datasets_config
+
+    from subnetviz.errors import PathNotAllowedError
+    from subnetviz.uilogic import corpus_choice
+
+    monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", str(app_env / "hf-datasets"))
+    assert corpus_choice("hf:wikitext") == "hf:wikitext" and corpus_choice("zoo") == "zoo"
+    monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", "/srv/elsewhere/datasets")
+    with pytest.raises(PathNotAllowedError, match="hf: corpora are read from the Hugging Face datasets cache"):
+        corpus_choice("hf:wikitext")
+    at = open_page("bigram")
+    at.text_input(key="bg_corpus").input("hf:wikitext").run()
+    assert not at.exception and [e.value for e in at.error if "datasets cache" in e.value]
+
+
 def test_continual_page_with_a_masked_method_at_density_one(app_env):
     """A valid run with SupSup at densities 0.05 and 1.0 beside finetuning: the page picked "finetuning" as the
     rows at density 1.0, so SupSup came twice, a bug notice (ValueError) and a pivot of duplicate rows; 1.0
