@@ -75,8 +75,8 @@ class BigramJobConfig:
         if self.target not in TARGETS:
             raise ConfigError(f"target {self.target!r}; choose one of {TARGETS}.")
         lam = self.lam
-        if not isinstance(lam, int | float) or isinstance(lam, bool) or math.isnan(lam) or lam < 0:
-            raise ConfigError(f"lambda = {lam!r}; the sparsity weight must be a number >= 0.")
+        if not isinstance(lam, int | float) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
+            raise ConfigError(f"lambda = {lam!r}; the sparsity weight must be a finite number >= 0.")
         if self.preset not in PRESETS:
             raise ConfigError(
                 f"preset {self.preset!r}; choose one of {sorted(PRESETS)}.{suggest(str(self.preset), PRESETS)}"

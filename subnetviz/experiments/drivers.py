@@ -368,3 +368,6 @@ def run_job(config: dict, ctx) -> None:
 def validate_config(config: dict) -> None:
     if config.get("preset", "quick") not in PRESETS:
         raise ConfigError(f"drivers preset {config.get('preset')!r} is unknown; expected one of {sorted(PRESETS)}.")
+    seeds = config.get("seeds", 1)  # ("x" failed inside the job with a traceback, 1.7 became 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"drivers seeds must be a whole number >= 1, got {seeds!r}.")

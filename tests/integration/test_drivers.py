@@ -142,6 +142,17 @@ def test_figures_draw_every_factor():
     assert np.allclose([y for y in line.y if y is not None], [0.9, 90.0, 0.8, 80.0, 0.7, 70.0])
 
 
+def test_a_drivers_job_config_with_odd_seeds_is_refused():
+    """seeds "x" failed inside the job with a traceback, 1.7 silently became 1."""
+    from subnetviz.errors import ConfigError
+    from subnetviz.experiments.drivers import validate_config
+
+    for seeds in ("x", 1.7, 0, True):
+        with pytest.raises(ConfigError, match="drivers seeds must be a whole number >= 1"):
+            validate_config({"preset": "micro", "seeds": seeds})
+    validate_config({"preset": "micro", "seeds": 2})
+
+
 def test_cli_parses_the_experiment():
     from subnetviz.__main__ import build_parser
 

@@ -322,6 +322,8 @@ def test_config_errors_before_any_run():
         ({"lr": {"mask": "fast"}}, "mask_lr must be > 0"),
         ({"batch_size": 0}, "batch_size and kkt_k"),
         ({"epochs": {"mask": -1}}, "mask_epochs must be a non-negative integer"),
+        ({"seeds": [0, 0]}, "seeds names 0 more than once"),  # (one run trained twice, counted as 2 seeds)
+        ({"density": [0.05, 0.05]}, "density names 0.05 more than once"),
     ]
     for patch, msg in bad:
         with pytest.raises(ConfigError, match=msg):
