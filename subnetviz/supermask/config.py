@@ -1,144 +1,188 @@
-"""The ``bigram_mask`` job's configuration: :class:`BigramJobConfig`, validated in one place.
+"""The ``continual`` job's configuration: :class:`ContinualConfig`, validated in one place.
 
-It is what the Bigram page's training form builds, what a job's ``config.json`` holds and what
-:mod:`subnetviz.bigram.job` runs and analyses with. JSON form (``lambda`` is ``lam`` in Python)::
+One config describes one continual-learning job: a benchmark, a list of methods, one or more
+mask densities and seeds. It is what the Continual page's launch form builds, what a job's
+``config.json`` holds and what :mod:`subnetviz.supermask.job` runs. JSON form::
 
-    model     local HF model folder, or a hub id already in the local HF cache (required)
-    corpus    "zoo" (sequences sampled from the demo zoo's exact chain, zoo_dir()/bigram.npz,
-              which is also the bigram table), a text file, a saved dataset folder
-              (``Dataset.save_to_disk``, column "text") or ``hf:<name>[:<split>]`` from the local
-              HF datasets cache; tokenized with the model's own tokenizer
-    target    "bigram" (default) | "optimal" (the full model's own distribution)
-    lambda    sparsity weight >= 0 (default 10)
-    preset    "fast" (default) | "paper"
-    steps     optional cap on optimizer steps (default: the preset's max_steps)
-    seed      int (default 0)
-    device    "auto" (default) | "cpu" | "cuda[:i]"
-    seq_len   sequence length (default: the zoo's doc_length for "zoo", else 128; capped at the
-              model's context)
-    bigram    optional path of a bigram.npz table to use instead of the corpus' own counts
-    eval_sequences  held-out sequences for the closing fidelity check (default 200)
-    name      a label for the run (shown in the registry)
+    {"benchmark": "permuted-digits", "methods": ["finetune", "supsup", "ssnet", "exssnet"],
+     "density": 0.05 | [0.02, 0.05], "tasks": 5, "seeds": [0, 1, 2],
+     "epochs": {"mask": 10, "weight": 10, "finetune": 20}, "kkt": false, "task_inference": false,
+     "lr": {"mask": 0.01, "weight": 0.01, "finetune": 0.001}, "batch_size": 32, "kkt_k": 10}
 
-Values are checked when the object is made (``__post_init__``); :meth:`BigramJobConfig.validate`
-adds what needs the file system: the model folder and its architecture, the corpus, the table,
-the device. Nothing here reads model weights.
+A method may be written ``"exssnet+kkt"``; ``kkt: true`` adds the ``+kkt`` variant of every masked
+method in the list (the plain ones are kept, so the two can be compared). ``finetune`` ignores the
+density (it is dense; recorded as density 1.0) and runs once per seed. A scalar ``density`` or
+``seeds`` is read as a one-element list; ``epochs`` left out take the benchmark's defaults.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from subnetviz.config import read_json
 from subnetviz.errors import ConfigError, suggest
+from subnetviz.supermask.data import BENCHMARKS, N_SPLIT_TASKS, TEXT_PROPERTIES
+from subnetviz.supermask.methods import METHODS, MethodConfig
 
-KIND = "bigram_mask"
-_JSON_NAMES = {"lam": "lambda"}  # a Python keyword in JSON
-_FIELD_NAMES = {v: k for k, v in _JSON_NAMES.items()}
-
-
-def zoo_bigram_path() -> Path:
-    from subnetviz.config import zoo_dir
-
-    return zoo_dir() / "bigram.npz"
+PHASES = ("mask", "weight", "finetune")
 
 
 @dataclass(frozen=True)
-class BigramJobConfig:
-    """One bigram-mask training run (and the corpus the page analyses a mask on)."""
+class PhaseEpochs:
+    """Epochs per training phase; ``None`` = the benchmark's default (split 30+30, perm/text 10+10)."""
 
-    model: str
-    corpus: str = "zoo"
-    target: str = "bigram"
-    lam: float = 10.0
-    preset: str = "fast"
-    steps: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    seq_len: int | None = None
-    bigram: str | None = None
-    eval_sequences: int = 200
-    name: str | None = None
+    mask: int | None = None
+    weight: int | None = None
+    finetune: int | None = None
+
+
+@dataclass(frozen=True)
+class PhaseRates:
+    """Learning rate per training phase."""
+
+    mask: float = 0.01
+    weight: float = 0.01
+    finetune: float = 1e-3
+
+
+def _phases(cls, name: str, value):
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        return cls()
+    if not isinstance(value, dict) or any(k not in PHASES for k in value):
+        raise ConfigError(f"continual config: {name} must be an object with keys from {PHASES}; got {value!r}.")
+    return cls(**value)
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+
+@dataclass(frozen=True)
+class ContinualConfig:
+    """One continual-learning job. Every instance is valid: ``__post_init__`` raises :class:`ConfigError`."""
+
+    benchmark: str = "permuted-digits"
+    methods: tuple[str, ...] = ("finetune", "supsup", "ssnet", "exssnet")
+    density: tuple[float, ...] = (0.05,)  # the share of weights each mask KEEPS
+    tasks: int = 5
+    seeds: tuple[int, ...] = (0,)
+    epochs: PhaseEpochs = field(default_factory=PhaseEpochs)
+    kkt: bool = False
+    task_inference: bool = False
+    lr: PhaseRates = field(default_factory=PhaseRates)
+    batch_size: int = 32
+    kkt_k: int = 10
+    name: str | None = None  # a label for the run (shown in the registry)
 
     def __post_init__(self) -> None:
-        from subnetviz.bigram.train import PRESETS, TARGETS
+        if not isinstance(self.methods, list | tuple):
+            raise ConfigError(f"methods must be a list such as ['supsup', 'exssnet']; got {self.methods!r}.")
+        set_ = object.__setattr__  # normalise the JSON shapes once, here
+        set_(self, "methods", tuple(self.methods))
+        set_(self, "density", _as_tuple(self.density))
+        set_(self, "seeds", _as_tuple(self.seeds))
+        set_(self, "epochs", _phases(PhaseEpochs, "epochs", self.epochs))
+        set_(self, "lr", _phases(PhaseRates, "lr", self.lr))
+        self._check()
 
-        if self.eval_sequences is None:  # written as null: the default
-            object.__setattr__(self, "eval_sequences", 200)
-
-        if not isinstance(self.model, str) or not self.model:
-            raise ConfigError("bigram_mask config: 'model' (a local model folder) is required.")
-        if not isinstance(self.corpus, str) or not self.corpus:
-            raise ConfigError(f"corpus {self.corpus!r}: give 'zoo', a text file, a saved dataset folder or hf:<name>.")
-        if self.target not in TARGETS:
-            raise ConfigError(f"target {self.target!r}; choose one of {TARGETS}.")
-        lam = self.lam
-        if not isinstance(lam, int | float) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
-            raise ConfigError(f"lambda = {lam!r}; the sparsity weight must be a finite number >= 0.")
-        if self.preset not in PRESETS:
+    def _check(self) -> None:
+        bench = self.benchmark
+        if bench not in BENCHMARKS:
             raise ConfigError(
-                f"preset {self.preset!r}; choose one of {sorted(PRESETS)}.{suggest(str(self.preset), PRESETS)}"
+                f"unknown benchmark {bench!r}; choose one of {', '.join(BENCHMARKS)}.{suggest(str(bench), BENCHMARKS)}"
             )
-        for key in ("steps", "seq_len", "eval_sequences"):
-            v = getattr(self, key)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ConfigError(f"{key} = {v!r}; must be a positive integer.")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed = {self.seed!r}; must be an integer.")
-        if not isinstance(self.device, str):
-            raise ConfigError(f"device = {self.device!r}; use 'auto', 'cpu' or 'cuda[:i]'.")
+        tasks = self.tasks
+        if not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 1:
+            raise ConfigError(f"tasks must be a positive integer; got {tasks!r} (zero tasks cannot be trained).")
+        limit = {"split-digits": N_SPLIT_TASKS, "arithmetic-text": len(TEXT_PROPERTIES)}.get(bench)
+        if limit is not None and tasks > limit:
+            raise ConfigError(f"{bench} has 1 to {limit} tasks; got {tasks}.")
+        if not self.density or not self.seeds or not self.methods:
+            raise ConfigError("continual config: density, seeds and methods each need at least one value.")
+        for d in self.density:
+            if isinstance(d, bool) or not isinstance(d, int | float) or not 0.0 < d <= 1.0:
+                raise ConfigError(f"density {d!r} is outside (0, 1]; it is the fraction of weights each mask KEEPS.")
+        if any(isinstance(s, bool) or not isinstance(s, int) for s in self.seeds):
+            raise ConfigError(f"seeds must be integers; got {list(self.seeds)!r}.")
+        for key, values in (("seeds", self.seeds), ("density", self.density), ("methods", self.methods)):
+            if len(set(values)) < len(values):  # (the same run trained twice and counted as two seeds)
+                twice = sorted({str(v) for v in values if list(values).count(v) > 1})
+                raise ConfigError(f"{key} names {', '.join(twice)} more than once; give each value once.")
+        for flag in ("kkt", "task_inference"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}.")
+        self.plan()  # every run's own settings (epochs, rates, batch size, kkt) are checked by MethodConfig
 
-    @property
-    def table_path(self) -> Path | None:
-        """The bigram table file: ``bigram``, else the zoo's for the zoo corpus, else None (counted)."""
-        if self.bigram:
-            return Path(self.bigram)
-        return zoo_bigram_path() if self.corpus == "zoo" else None
+    def variants(self) -> list[tuple[str, bool]]:
+        """``(method, kkt)`` pairs in order, without repeats."""
+        out: list[tuple[str, bool]] = []
+        for m in self.methods:
+            base, _, suffix = str(m).lower().partition("+")
+            if base not in METHODS or suffix not in ("", "kkt"):
+                names = [*METHODS, *(f"{x}+kkt" for x in METHODS[1:])]
+                raise ConfigError(f"unknown method {m!r}; choose from {', '.join(names)}.{suggest(str(m), names)}")
+            out.append((base, suffix == "kkt"))
+            if self.kkt and base != "finetune" and not suffix:
+                out.append((base, True))
+        return list(dict.fromkeys(out))
 
-    def validate(self) -> None:
-        """ConfigError for a model folder without config.json, an architecture without a maskable-weight
-        table, a corpus or table that does not exist, or a device torch does not see. Reads only
-        ``config.json`` of the model, never its weights."""
-        from subnetviz.bigram.maskable import MODEL_TYPES, model_folder
-        from subnetviz.config import resolve_device
-
-        model = model_folder(self.model)
-        model_type = read_json(model / "config.json", ConfigError).get("model_type")
-        if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
-            raise ConfigError(
-                f"{model}: model_type {model_type!r} has no maskable-weight table; supported: {sorted(MODEL_TYPES)}."
-            )
-        if self.corpus == "zoo":
-            if not self.table_path.is_file():
-                raise ConfigError(f"{self.table_path}: the zoo's bigram table is missing; build the demo zoo first.")
-        elif not (self.corpus.startswith("hf:") or Path(self.corpus).expanduser().exists()):
-            raise ConfigError(
-                f"corpus {self.corpus!r}: not 'zoo', an existing text file, a saved dataset folder or hf:<name>."
-            )
-        elif self.bigram and not Path(self.bigram).is_file():
-            raise ConfigError(f"bigram table {self.bigram!r} does not exist.")
-        resolve_device(self.device)
+    def plan(self) -> list[MethodConfig]:
+        """One :class:`MethodConfig` per run: every (method variant, density, seed); finetune once per seed."""
+        common = {
+            "mask_epochs": self.epochs.mask,
+            "weight_epochs": self.epochs.weight,
+            "finetune_epochs": self.epochs.finetune,
+            "mask_lr": self.lr.mask,
+            "weight_lr": self.lr.weight,
+            "finetune_lr": self.lr.finetune,
+            "batch_size": self.batch_size,
+            "kkt_k": self.kkt_k,
+        }
+        runs = []
+        for base, kkt in self.variants():
+            for d in [1.0] if base == "finetune" else self.density:
+                for s in self.seeds:
+                    mc = MethodConfig(
+                        base,
+                        density=float(d),
+                        seed=s,
+                        kkt=kkt,
+                        task_inference=self.task_inference and base == "supsup",
+                        **common,
+                    )
+                    mc.validate()
+                    runs.append(mc)
+        return runs
 
     # --- JSON ------------------------------------------------------------------------------------
     def to_dict(self, *, kind: bool = True) -> dict:
-        """The JSON form (``lambda``, not ``lam``); with ``"kind": "bigram_mask"`` unless ``kind=False``."""
-        d = {_JSON_NAMES.get(k, k): v for k, v in asdict(self).items()}
-        return {"kind": KIND, **d} if kind else d
+        """The JSON form (lists, not tuples); with ``"kind": "continual"`` unless ``kind=False``."""
+        d = json.loads(json.dumps(asdict(self)))
+        return {"kind": "continual", **d} if kind else d
 
     @classmethod
-    def from_dict(cls, d: dict) -> BigramJobConfig:
+    def from_dict(cls, d: dict) -> ContinualConfig:
         """Build from a JSON object; an unknown key is refused by name (``kind`` is allowed and ignored)."""
         if not isinstance(d, dict):
-            raise ConfigError(f"bigram_mask config must be a dict, got {type(d).__name__}.")
-        known = [_JSON_NAMES.get(f.name, f.name) for f in fields(cls)]
-        unknown = sorted(k for k in d if k not in known and k != "kind")
-        if unknown:
-            raise ConfigError(f"bigram_mask config: unknown field {unknown[0]!r}.{suggest(unknown[0], known)}")
-        if "model" not in d:
-            raise ConfigError("bigram_mask config: 'model' (a local model folder) is required.")
-        kwargs = {_FIELD_NAMES.get(k, k): v for k, v in d.items() if k != "kind"}
-        if kwargs.get("model") is not None:
-            kwargs["model"] = str(kwargs["model"])
-        return cls(**kwargs)
+            raise ConfigError(f"continual config must be a JSON object; got {type(d).__name__}.")
+        known = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in known and key != "kind":
+                raise ConfigError(
+                    f"continual config: unknown key {key!r}; known keys: {', '.join(known)}.{suggest(key, known)}"
+                )
+        return cls(**{k: v for k, v in d.items() if k != "kind"})
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> ContinualConfig:
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file.") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc}).") from None
