@@ -72,6 +72,10 @@ class BigramJobConfig:
             raise ConfigError("bigram_mask config: 'model' (a local model folder) is required.")
         if not isinstance(self.corpus, str) or not self.corpus:
             raise ConfigError(f"corpus {self.corpus!r}: give 'zoo', a text file, a saved dataset folder or hf:<name>.")
+        if self.corpus.startswith("hf:"):
+            from subnetviz.bigram.stats import hub_dataset
+
+            hub_dataset(self.corpus)  # a hub id, never a path (load_dataset reads any folder it is given)
         if self.target not in TARGETS:
             raise ConfigError(f"target {self.target!r}; choose one of {TARGETS}.")
         lam = self.lam
@@ -113,7 +117,9 @@ class BigramJobConfig:
         if self.corpus == "zoo":
             if not self.table_path.is_file():
                 raise ConfigError(f"{self.table_path}: the zoo's bigram table is missing; build the demo zoo first.")
-        elif not (self.corpus.startswith("hf:") or Path(self.corpus).expanduser().exists()):
+        elif self.corpus.startswith("hf:"):
+            pass  # a hub id (checked with the config's shape), read from the local datasets cache
+        elif not Path(self.corpus).expanduser().exists():
             raise ConfigError(
                 f"corpus {self.corpus!r}: not 'zoo', an existing text file, a saved dataset folder or hf:<name>."
             )

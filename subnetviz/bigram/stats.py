@@ -21,6 +21,7 @@ token id of each state) and optionally ``vocab_size`` (int; default ``max(token_
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,6 +376,21 @@ def corpus_from_text(
     return _corpus_from_texts(pieces(), tokenizer, seq_len, max_tokens, str(path))
 
 
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def hub_dataset(spec: str) -> tuple[str, str]:
+    """``hf:<name>[:<split>]`` -> (name, split): a dataset of the hub by its id (``wikitext``, ``org/name``), read
+    from the local datasets cache. A path is refused: ``load_dataset`` reads any folder it is given, outside the
+    roots this server may read."""
+    name, _, split = spec[3:].partition(":")
+    if not _HUB_NAME.fullmatch(name) or ".." in name or not re.fullmatch(r"[\w.-]*", split):
+        raise ConfigError(
+            f"{spec[:120]}: hf:<name>[:<split>] names a dataset of the hub by its id (wikitext, org/name), not a path."
+        )
+    return name, split
+
+
 def corpus_from_dataset(
     spec: str, tokenizer, seq_len: int = 128, text_field: str = "text", max_tokens: int | None = None
 ) -> TokenCorpus:
@@ -383,14 +399,19 @@ def corpus_from_dataset(
     Each record is one piece of the token stream."""
     import datasets
 
+    offline = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE
     try:
         if spec.startswith("hf:"):
-            name, _, split = spec[3:].partition(":")
+            name, split = hub_dataset(spec)
+            # the cache only: reuse_cache_if_exists fetched a dataset the cache lacked
+            datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
             ds = datasets.load_dataset(name, split=split or "train", download_mode="reuse_cache_if_exists")
         else:
             ds = datasets.load_from_disk(spec)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
         raise ConfigError(f"{spec}: not a local dataset ({type(exc).__name__}: {exc}).") from exc
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = offline
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     if text_field not in ds.column_names:

@@ -410,11 +410,16 @@ def test_the_bigram_page_takes_an_hf_corpus_from_the_datasets_cache(app_env, mon
     lies under the roots, and refused saying so when it does not."""
     from datasets import config as datasets_config
 
-    from subnetviz.errors import PathNotAllowedError
+    from subnetviz.errors import ConfigError, PathNotAllowedError
     from subnetviz.uilogic import corpus_choice
 
     monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", str(app_env / "hf-datasets"))
     assert corpus_choice("hf:wikitext") == "hf:wikitext" and corpus_choice("zoo") == "zoo"
+    assert corpus_choice("hf:org/name:validation") == "hf:org/name:validation"
+    # a path given as hf: was read by load_dataset from any folder, past the roots
+    for path in ("hf:/etc", "hf:../secret", "hf:a/../../b", "hf:./x", "hf:~/notes"):
+        with pytest.raises(ConfigError, match="names a dataset of the hub by its id"):
+            corpus_choice(path)
     monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", "/srv/elsewhere/datasets")
     with pytest.raises(PathNotAllowedError, match="hf: corpora are read from the Hugging Face datasets cache"):
         corpus_choice("hf:wikitext")

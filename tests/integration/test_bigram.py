@@ -687,6 +687,7 @@ def test_job_config_reads_the_json_jobs_wrote_and_names_bad_keys():
         ({"lam": 1.0}, "unknown field 'lam'.*lambda"),
         ({"lambda": float("nan")}, "lambda"),
         ({"lambda": float("inf")}, "finite number"),  # (it "succeeded": loss NaN, no weight kept)
+        ({"corpus": "hf:/etc/passwd-folder"}, "names a dataset of the hub by its id"),  # load_dataset reads paths
         ({"seq_len": 0}, "seq_len"),
         ({"steps": True}, "steps"),
         ({"model": ""}, "'model'"),
