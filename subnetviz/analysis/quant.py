@@ -481,12 +481,12 @@ def compare_aligned(
     if options.precision is None:
         ea, eb = ea.to(target), eb.to(target)
     st = compare_pair(ea, eb, options, name=name)
-    rounding = _rounding_only((a, fa, ck_base), (b, fb, ck), ea, eb, dev, name)
+    rounding = _rounding_only((a, fa, ck_base), (b, fb, ck), ea, eb, dev, name, options)
     log.add(i, f"forms:{fa.label} vs {fb.label}", name, rounding, st.changed)
     return st, st.changed, lambda: eb.to(torch.float64) - ea.to(torch.float64)
 
 
-def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name: str) -> int:
+def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name: str, options=None) -> int:
     """Of the entries that differ between a float side and a quantized one (``(stored, form, checkpoint)`` each,
     ``ea`` / ``eb`` as compared), how many are exactly what quantising the float side with the quantized side's
     own scales gives: rounding, not training. A bf16 base against its own FP8 or int8 copy differs almost
@@ -507,6 +507,10 @@ def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name
         else:
             again = torch.round(x).clamp(-127, 127)
         same_code = again == code.to(torch.float32)
+        if options is not None and options.precision is not None:  # moved as the comparison sees it
+            from subnetviz.analysis.sparsity import PRECISIONS
+
+            ea, eb = ea.to(PRECISIONS[options.precision]), eb.to(PRECISIONS[options.precision])
         moved = ea.to(torch.float32) != eb.to(torch.float32)
         return int((same_code & moved).sum())
 

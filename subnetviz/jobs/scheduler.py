@@ -101,9 +101,13 @@ def kill_leftovers(run_dir: Path) -> int:
     import psutil
 
     mine, killed = str(run_dir), 0
+    try:  # this process and its ancestors (a wrapper that started the worker carries the mark too) are spared
+        spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    except psutil.Error:
+        spared = {os.getpid()}
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and proc.environ().get(JOB_ENV) == mine:
+            if proc.pid not in spared and proc.environ().get(JOB_ENV) == mine:
                 proc.kill()
                 killed += 1
         except (psutil.Error, OSError):  # gone meanwhile, or another user's

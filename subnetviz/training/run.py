@@ -111,8 +111,21 @@ class _Partial:
         """Take the lock, clear the partial folders of dead runs at the same ``output_dir``, refuse to start
         beside a live one, and create the (empty) folder."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else holds it
+        while True:  # a cleaner may take a lock file between its creation and its lock, judge it dead, unlink it
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a cleaner holds it for a moment: again, with the file it leaves
+                os.close(fd)
+                time.sleep(0.05)
+                continue
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+            except FileNotFoundError:  # unlinked by a cleaner: this lock guards nothing
+                same = False
+            if same:
+                break
+            os.close(fd)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         live = _clear_dead_partials(self.out, keep=self.tag)

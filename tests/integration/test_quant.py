@@ -339,6 +339,11 @@ def test_a_float_base_against_a_quantized_finetune_says_what_is_rounding(ckpt_zo
     copy, tuned = res.reports
     assert counts(copy) == (copy.changed, copy.changed) and copy.changed > 0  # all of it rounding
     assert counts(tuned) == (tuned.changed, tuned.changed - len(bumped))  # the three moved codes are not
+    from subnetviz.analysis.sparsity import SparsityOptions
+
+    coarse = analyze_updates(str(ckpt_zoo.llama), [str(fp8_base)], options=SparsityOptions(precision="bf16"))
+    changed, rounding = counts(coarse.reports[0])
+    assert rounding <= changed == coarse.reports[0].changed  # counted as the comparison sees them (not > 100 %)
 
 
 def test_a_gptq_finetune_against_a_float_base_says_what_was_left_out(tmp_path):

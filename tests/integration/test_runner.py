@@ -500,3 +500,23 @@ def test_a_registry_that_cannot_be_opened_is_one_line(tmp_path, what):
     with pytest.raises(ConfigError, match="the job registry cannot be opened") as err:
         Registry(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_worker_spares_the_wrapper_that_started_it(tmp_path):
+    """The worker command may be a wrapper that starts the worker (its registry row names the wrapper): it
+    carries the job's mark too, and the worker ending its job killed it, whatever it had left to do."""
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[2])
+    worker = (
+        "import sys; from pathlib import Path; from subnetviz.jobs.scheduler import kill_leftovers; "
+        "print(kill_leftovers(Path(sys.argv[1])))"
+    )
+    wrapper = (
+        "import subprocess, sys; "
+        f"out = subprocess.run([sys.executable, '-c', {worker!r}, sys.argv[1]], capture_output=True, text=True); "
+        "open(sys.argv[2], 'w').write('survived ' + out.stdout.strip())"
+    )
+    env = {**os.environ, "SUBNETVIZ_JOB": str(tmp_path / "run"), "PYTHONPATH": root}
+    subprocess.run([sys.executable, "-c", wrapper, str(tmp_path / "run"), str(tmp_path / "done")], env=env, timeout=60)
+    assert (tmp_path / "done").read_text() == "survived 0"
