@@ -72,6 +72,15 @@ def allowed_roots() -> list[Path]:
     return list(dict.fromkeys(r.resolve() for r in roots))
 
 
+def worker_env(prefixes: tuple[str, ...] = ("SUBNETVIZ_",)) -> dict[str, str]:
+    """This process's variables of ``prefixes`` for work it sends to a Ray cluster, with the read roots as this
+    process resolves them (``SUBNETVIZ_ROOTS``). Without it a worker worked them out itself: its own current
+    directory (``/`` for a head started there) became a root, and enforced roots stopped nothing on it."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
+    env["SUBNETVIZ_ROOTS"] = os.pathsep.join(str(r) for r in allowed_roots())
+    return env
+
+
 def enforce_roots() -> bool:
     """Whether every file read must lie under :func:`allowed_roots` (``SUBNETVIZ_ENFORCE_ROOTS=1``).
 
@@ -268,6 +277,11 @@ def ray_clusters() -> dict[str, str]:
             )
         if named.get(name or address, address) != address:
             raise ConfigError(f"SUBNETVIZ_RAY_ADDRESSES names {name!r} twice, for two addresses.")
+        if name and name == default and address != default:  # (it replaced the default under its own name)
+            raise ConfigError(
+                f"SUBNETVIZ_RAY_ADDRESSES: {e!r} names another address after the default cluster {default!r}; "
+                "give it a name of its own."
+            )
         named[name or address] = address
     if not default:
         return {LOCAL_COMPUTE: "", **named}

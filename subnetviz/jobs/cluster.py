@@ -32,6 +32,7 @@ Checkpoints must be readable by the workers at the same paths (a shared file sys
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import queue
@@ -58,7 +59,7 @@ def _seconds(env: str, default: float) -> float:
         value = float(os.environ.get(env) or default)
     except ValueError:
         raise JobError(f"{env} must be a number of seconds, got {os.environ[env]!r}.") from None
-    return value if value > 0 else default
+    return value if math.isfinite(value) and value > 0 else default  # (inf: an OverflowError in the socket call)
 
 
 def resolve_address(address: str | None) -> str | None:

@@ -75,6 +75,7 @@ def ray_map(
     :class:`JobError` after it). A task's subnetviz error (a bad checkpoint) is raised as itself,
     without the worker's traceback; the first failure cancels the other tasks.
     """
+    from subnetviz.config import worker_env
     from subnetviz.jobs import fanout
     from subnetviz.jobs.ray_backend import RAY_ADDRESS_ENV, connect, ray_address
 
@@ -83,7 +84,7 @@ def ray_map(
         raise ConfigError(f"a Ray fan-out needs a cluster: pass address= or set {RAY_ADDRESS_ENV}.")
     ray = connect(address)
     task = ray.remote(fanout._with_threads).options(num_cpus=num_cpus, max_retries=0)
-    env = {k: v for k, v in os.environ.items() if k.startswith("SUBNETVIZ_")}
+    env = worker_env()  # (the read roots as this process resolves them, not as each worker would)
     refs = [task.remote(fn, threads, tuple(a), env) for a in arg_tuples]
     try:
         return _collect(ray, refs, progress, timeout, address)

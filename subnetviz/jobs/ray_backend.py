@@ -203,7 +203,9 @@ def run_proxy(run_dir: str, address: str) -> int:
     try:
         ray = connect(address)
         res = job_resources(config)
-        env = {k: v for k, v in os.environ.items() if k.startswith(("SUBNETVIZ_", "HF_", "TRANSFORMERS_", "OMP_"))}
+        from subnetviz.config import worker_env
+
+        env = worker_env(("SUBNETVIZ_", "HF_", "TRANSFORMERS_", "OMP_"))  # with the read roots as resolved here
         env[RAY_ADDRESS_ENV] = address  # the job's own fan-out (drivers grid, series) stays on its cluster
         from subnetviz.jobs import ray_backend  # by reference: this file may be running as __main__
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from subnetviz import config
@@ -40,6 +43,37 @@ def test_choices_are_the_operators(monkeypatch, default, more, expected):
 def test_malformed_lists_are_refused(monkeypatch, more):
     with pytest.raises(ConfigError, match="SUBNETVIZ_RAY_ADDRESSES"):
         _clusters(monkeypatch, None, more)
+
+
+def test_a_name_that_is_the_defaults_address_is_refused(monkeypatch):
+    """'h:1=10.0.0.6:2' beside the default h:1 replaced the default under its own name: the sidebar's "h:1"
+    computed on another host while jobs went to h:1."""
+    with pytest.raises(ConfigError, match="names another address after the default cluster 'h:1'"):
+        _clusters(monkeypatch, "h:1", "h:1=10.0.0.6:2")
+
+
+def test_an_infinite_connect_timeout_is_the_default(monkeypatch):
+    """SUBNETVIZ_RAY_CONNECT_TIMEOUT=inf ended a probe in OverflowError (a traceback, not the one-line error)."""
+    from subnetviz.jobs import cluster
+
+    for raw in ("inf", "1e400", "nan"):
+        monkeypatch.setenv("SUBNETVIZ_RAY_CONNECT_TIMEOUT", raw)
+        assert cluster._seconds("SUBNETVIZ_RAY_CONNECT_TIMEOUT", 5.0) == 5.0
+
+
+def test_work_sent_to_a_cluster_carries_the_roots_as_resolved_here(monkeypatch, tmp_path):
+    """Without SUBNETVIZ_ROOTS a worker resolved the roots itself: its own current directory (/ for a head
+    started there) became a root, and enforced roots stopped nothing on it."""
+    from subnetviz import config
+
+    monkeypatch.delenv("SUBNETVIZ_ROOTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = config.worker_env()
+    assert env["SUBNETVIZ_ROOTS"].split(os.pathsep) == [str(r) for r in config.allowed_roots()]
+    assert str(tmp_path.resolve()) in env["SUBNETVIZ_ROOTS"].split(os.pathsep)
+    monkeypatch.chdir("/")  # the worker's own directory no longer decides
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", env["SUBNETVIZ_ROOTS"])
+    assert Path("/") not in config.allowed_roots() and tmp_path.resolve() in config.allowed_roots()
 
 
 def test_pages_name_a_named_cluster_by_its_name(monkeypatch):
