@@ -789,14 +789,20 @@ def test_rotation_ignores_null_eigenvalues_of_rank_deficient_maps():
     assert median_rotation_deg(coef, rel_tol=0) == pytest.approx(150)
 
 
-def test_text_corpus_with_the_models_tokenizer(tmp_path, monkeypatch):
-    from subnetviz.bigram.job import prepare
+def _text_model(folder):
+    """A tiny Llama with the demo's 6-letter tokenizer saved beside it (a text corpus is tokenised with it)."""
     from subnetviz.demo.tokenizer import build_tokenizer
 
     tok = build_tokenizer(6)
-    model = bigram_model("llama", vocab=len(tok))
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    bigram_model("llama", vocab=len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def test_text_corpus_with_the_models_tokenizer(tmp_path, monkeypatch):
+    from subnetviz.bigram.job import prepare
+
+    tok = _text_model(tmp_path / "m")
     text = tmp_path / "corpus.txt"
     text.write_text("abcabd\n" * 50)
     net, train, evalc, table = prepare(
@@ -827,12 +833,8 @@ def test_a_small_text_corpus_keeps_most_of_itself_to_train_on(tmp_path):
     training text. At most a fifth is held out now; fewer than MIN_SEQUENCES sequences are refused."""
     from subnetviz.bigram.job import prepare
     from subnetviz.bigram.stats import EVAL_SHARE, MIN_SEQUENCES
-    from subnetviz.demo.tokenizer import build_tokenizer
 
-    tok = build_tokenizer(6)
-    model = bigram_model("llama", vocab=len(tok))
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    _text_model(tmp_path / "m")
     text = tmp_path / "corpus.txt"
     text.write_text("abcabd\n" * 60)
     _, train, evalc, _ = prepare({"model": str(tmp_path / "m"), "corpus": str(text), "seq_len": 8})
