@@ -308,8 +308,8 @@ def analyze_subspaces(
     labels = list(labels) if labels else [Path(str(c.spec).rstrip("/")).name for c in cks]
     if len(labels) != len(cks):
         raise ConfigError(f"{len(labels)} labels for {len(cks)} finetuned checkpoints.")
-    per_key, keys = _matrices(ck_base, cks)
     forms_base, forms = _forms(ck_base), [_forms(c) for c in cks]
+    per_key, keys = _matrices(ck_base, cks, forms_base, forms)
     out = SubspaceTable({lab: [] for lab in labels})
     table = ck_base.names_table
     for step, key in enumerate(keys):
@@ -387,23 +387,23 @@ def _memory_short(
     return memory_shortfall(need, dev, need)
 
 
-def _matrices(ck_base, cks: Sequence) -> tuple[list[dict], list[str]]:
+def _matrices(ck_base, cks: Sequence, forms_base=None, forms=None) -> tuple[list[dict], list[str]]:
     """Each finetuned checkpoint's aligned weight matrices by key, and their keys: 2-D, stored as floats or as
     FP8 / int8 codes with scales (read dequantised, :func:`_weights`); a quantized form's scales (which are 2-D
     too), buffers and integer codes with no dequantisation here (GPTQ, AWQ, int4) are no weights to decompose."""
     from subnetviz.checkpoints import align
 
-    forms_base = _forms(ck_base)
+    forms_base = forms_base if forms_base is not None else _forms(ck_base)  # (the caller's, when it has them)
+    forms = forms if forms is not None else [_forms(c) for c in cks]
     per_key = []
-    for c in cks:
-        forms = _forms(c)
+    for c, fm in zip(cks, forms, strict=True):
         per_key.append(
             {
                 t.key: t
                 for t in align([ck_base, c]).tensors
                 if len(t.shape) == 2
                 and forms_base[t.names[0]].kind in WEIGHT_FORMS
-                and forms[t.names[1]].kind in WEIGHT_FORMS
+                and fm[t.names[1]].kind in WEIGHT_FORMS
                 and (forms_base[t.names[0]].kind != "float" or ck_base.meta(t.names[0]).dtype.is_floating_point)
             }
         )
