@@ -192,7 +192,7 @@ def run_one(form: str, root: Path) -> None:
                 "again": again,
                 "params": rep.numel,
                 "changed": rep.changed,
-                "changed_effective": int(rep.tensors["changed_effective"].sum()),
+                "changed_codes": int(rep.tensors["changed_codes"].sum()),
                 "warm": warm,
             }
         )

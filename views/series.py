@@ -50,6 +50,8 @@ def body() -> None:
     choice = st.selectbox("Series", list(sources), key="series_src", bind="query-params")
     paths, steps, first, ticks = sources[choice]
     result = ui.series(paths, steps)
+    for note in result.notes:  # buffers and scales not counted, FP8 / int8 dequantised, codes as codes
+        st.caption(ui.plain(note))  # tensor names: shown as text
     a, b = st.columns([2, 1])
     with a:
         ui.chart(ui.shared(figures.series_lines, result.steps, first=first, ticks=ticks), key="series")

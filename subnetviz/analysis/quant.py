@@ -11,10 +11,12 @@ does not take:
   (``⌈m/bs⌉ × ⌈n/bs⌉``, DeepSeek-V3 style), a per-tensor / per-channel ``weight_scale``, or MXFP8's
   uint8 E8M0 exponents per group of 32 along a row (1 × 32 blocks, scale 2^(s − 127):
   :func:`scale_values`):
-  ``changed`` counts stored codes that differ (ULP histogram in code steps); the *effective*
-  comparison dequantises both sides (w = code × scale[i // bs, j // bs], in float32) and runs the
+  the comparison dequantises both sides (w = code × scale[i // bs, j // bs], in float32) and runs the
   float pass on it, in row bands of whole scale blocks, so memory stays a few bands, not two
-  float32 copies of the tensor (:func:`compare_fp8`).
+  float32 copies of the tensor (:func:`compare_quantized`): ``changed``, the mask, the tolerance sweep
+  and the row/column counts are those of the weights the model computes with (a changed block scale
+  changes its block's nonzero weights, codes equal or not), so every number of a page agrees with the
+  mask; ``changed_codes`` counts the stored codes that differ and the ULP histogram their code steps.
 - **int8 codes with a float scale**: bitsandbytes (``weight`` int8 + ``SCB``, w = code × SCB[i] / 127)
   and compressed-tensors' int-quantized weights (``weight`` int8 + a per-channel or per-tensor
   ``weight_scale``, symmetric: w = code × scale[i]): codes compared exactly, then the effective weights.
@@ -238,11 +240,12 @@ def check_scale(
 
 @dataclass
 class QuantStats:
-    """A quantized pair: ``effective`` is the float pass over the dequantised weights (its mask,
-    tolerances and row/column counts are the effective ones), ``changed`` / ``ulp_hist`` the codes'."""
+    """A quantized pair: ``stats`` is the float pass over the dequantised weights (its ``changed``, mask,
+    tolerances and row/column counts are the effective ones: what the model computes with), except
+    ``ulp_hist``, the distance in code steps of the codes that differ; ``changed_codes`` counts those."""
 
-    stats: PairStats  # codes' changed + code-step histogram; everything else effective
-    changed_effective: int
+    stats: PairStats  # effective, with the codes' code-step histogram
+    changed_codes: int
 
 
 def compare_quantized(
@@ -272,8 +275,8 @@ def compare_quantized(
     fast = compare_blocks(a, sa, b, sb, options, name=name, block=block) if how_a == how_b == "block" else None
     if fast is not None:
         eff, changed, above = fast
-        stats = replace(eff, changed=changed, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype)[6:])
-        return QuantStats(stats, eff.changed)
+        stats = replace(eff, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype)[6:])
+        return QuantStats(stats, changed)
     changed, above = _code_counts(a, b)
     if a.dim() != 2:
         ea = _codes_to_float(a) * sa.to(torch.float32).reshape(()) / divisor
@@ -291,10 +294,8 @@ def compare_quantized(
         eff = parts[0] if len(parts) == 1 else merge_bands(parts, options, tuple(a.shape))
         if eff.mask is not None:
             eff.mask = eff.mask.reshape(a.shape)
-    stats = replace(
-        eff, changed=changed, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype).replace("torch.", "")
-    )
-    return QuantStats(stats, eff.changed)
+    stats = replace(eff, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype).replace("torch.", ""))
+    return QuantStats(stats, changed)
 
 
 def effective(
@@ -351,7 +352,7 @@ class FormLog:
                 out.append(
                     f"Quantization scales: {n} tensor(s) ({ex}) compared bitwise: {changed:,} of {numel:,} "
                     f"scale values changed in {touched}. A changed block scale changes every weight of its "
-                    "block: changed_effective counts them, changed counts stored codes."
+                    "block: changed counts them (the weights as dequantised), changed_codes the stored codes that differ."
                 )
             elif kind in ("fp8", "int8", "int8/1"):
                 rule = {
@@ -360,11 +361,11 @@ class FormLog:
                     "int8/1": "code × weight_scale[i]",
                 }[kind]
                 what = {"fp8": "FP8", "int8": "bitsandbytes int8", "int8/1": "compressed-tensors int8"}[kind]
+                codes = numel  # this kind's events carry the changed codes in the third slot
                 out.append(
-                    f"{what} weights: {n} tensor(s) ({ex}): "
-                    f"changed = stored codes that differ (ULP bins in code steps); changed_effective after "
-                    f"dequantising (w = {rule}, float32): {changed:,}. Masks, spectra and overlap use the "
-                    "effective Δ."
+                    f"{what} weights: {n} tensor(s) ({ex}) compared as the model computes with them, dequantised "
+                    f"(w = {rule}, float32): {changed:,} changed; as everywhere else (masks, tolerances, spectra, "
+                    f"overlap). Stored codes that differ (changed_codes): {codes:,}; their ULP bins count code steps."
                 )
             elif kind.startswith("codes:"):
                 out.append(
@@ -429,7 +430,8 @@ def compare_aligned(
     """One aligned weight pair in whatever form it is stored (``packed``: a float pair's mask comes back
     bit-packed, :func:`~subnetviz.analysis.sparsity.compare_pair`'s ``mask_bits``).
 
-    Returns ``(PairStats, changed_effective, delta)`` where ``delta()`` gives the float64 Δ for
+    Returns ``(PairStats, changed_codes, delta)`` (``changed_codes``: stored entries that differ, the codes of
+    an FP8 or int8 pair whose PairStats are the dequantised weights'; otherwise PairStats' own count) where ``delta()`` gives the float64 Δ for
     spectra (effective for quantized forms) or is None (codes with no effective form); a float pair's
     ``delta(e)`` gives the Δ of slice ``e`` alone (one expert of a packed 3-D tensor).
     """
@@ -461,14 +463,15 @@ def compare_aligned(
             block=block_size(ck_base.config) if fa.kind == "fp8" else block,
             divisor=divisor,
         )
-        log.add(i, fa.kind if divisor != 1.0 or fa.kind == "fp8" else "int8/1", name, q.changed_effective)
+        kind = fa.kind if divisor != 1.0 or fa.kind == "fp8" else "int8/1"
+        log.add(i, kind, name, q.stats.changed, q.changed_codes)
 
         def delta():
             ea = effective(a, sa, fa, block_size(ck_base.config), name=name, scale_name=fa.scale)
             eb = effective(b, sb, fb, block, name=name, scale_name=fb.scale)
             return eb.to(torch.float64) - ea.to(torch.float64)
 
-        return q.stats, q.changed_effective, delta
+        return q.stats, q.changed_codes, delta
     # Different stored forms (e.g. a bf16 base and an FP8 release): dequantise the quantized side.
     ea = _as_float(a, fa, ck_base, dev, name)
     eb = _as_float(b, fb, ck, dev, name)

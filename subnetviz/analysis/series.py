@@ -7,6 +7,13 @@ some step ≤ i but are back to (bitwise) their initial value at step i — "gra
 out". At the end it splits all parameters into never updated / updated but unchanged at the
 end / the final subnetwork. Comparisons are bitwise on each tensor's stored dtype.
 
+Stored forms are read as the update analysis reads them (:func:`~subnetviz.analysis.quant.tensor_forms`):
+buffers (``position_ids``, GPT-2's float causal mask ``attn.bias``, ...) and quantization scales are not
+parameters and are not counted; FP8 and int8 weights are compared as the model computes with them,
+dequantised with their scales (float32), so a changed block scale changes its block; other integer codes
+(GPTQ, AWQ, int4) are compared as codes, on their integer bits. :attr:`SeriesResult.notes` says what was
+read how.
+
 Each checkpoint is read once: a tensor's versions come in order, and each version is compared
 against the first and the previous one in the same pass. With numba installed the counts and the
 finite check (the first version's too) are one compiled loop (:mod:`~subnetviz.analysis.series_jit`);
@@ -21,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -30,7 +37,7 @@ import torch
 from subnetviz.analysis import series_jit
 from subnetviz.analysis.bits import INT_VIEW, check_finite, int_view
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
-from subnetviz.errors import ConfigError
+from subnetviz.errors import CheckpointError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,9 +49,32 @@ class SeriesResult:
     steps: pd.DataFrame
     split: pd.DataFrame
     numel: int
+    # aligned tensor keys not read as plain float weights, by how: buffer, scale (not counted),
+    # fp8 / int8 (dequantised), codes (integer codes compared as stored)
+    forms: dict[str, list[str]] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         return self.steps
+
+    @property
+    def notes(self) -> list[str]:
+        """One line per way a tensor was read other than as stored float weights."""
+        out = []
+        for kind, keys in self.forms.items():
+            if not keys:
+                continue
+            n, ex = len(keys), ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+            out.append(f"{n} {_FORM_NOTES[kind]} ({ex}).")
+        return out
+
+
+_FORM_NOTES = {
+    "buffer": "buffer tensor(s), not parameters, are not counted",
+    "scale": "quantization scale tensor(s) are not counted; their weights are compared with the scales applied",
+    "fp8": "FP8 weight tensor(s) compared dequantised (code × scale, float32): a changed block scale changes its block",
+    "int8": "int8 weight tensor(s) compared dequantised (code × scale, float32)",
+    "codes": "tensor(s) of packed integer codes (GPTQ, AWQ, int4, ...) compared as stored codes, not dequantised",
+}
 
 
 def checkpoint_series(
@@ -73,6 +103,9 @@ def checkpoint_series(
     cks = [c if isinstance(c, Checkpoint) else open_checkpoint(c) for c in checkpoints]
     al = align(cks)
     todo = [t for t in al.tensors if tensors is None or t.key in tensors]
+    kinds, per_forms = _kinds(cks, todo)
+    forms = {kind: [t.key for t in todo if kinds[t.key] == kind] for kind in _FORM_NOTES}
+    todo = [t for t in todo if kinds[t.key] not in ("buffer", "scale")]
     k = len(cks) - 1
     jit = series_jit.available()
     ahead = (not jit) if read_ahead is None else read_ahead
@@ -80,8 +113,8 @@ def checkpoint_series(
     def where(t, i: int) -> str:
         return f"{cks[i].spec} :: {t.names[i]}"
 
-    way = {t.key: _way(cks, t, jit, ahead) for t in todo}
-    stream = _versions(cks, [t for t in todo if way[t.key][2] is None], way, ahead, where)
+    way = {t.key: _way(cks, t, jit, ahead) if kinds[t.key] == "float" else _NOT_FLOAT for t in todo}
+    stream = _versions(cks, [t for t in todo if way[t.key][2] is None and kinds[t.key] == "float"], way, ahead, where)
     totals = _Totals(k)
     maps = series_jit.FileMaps()
     try:
@@ -94,8 +127,13 @@ def checkpoint_series(
             if dtype is not None:  # by address, a run of tensors in one compiled call
                 totals.add_run(*_mapped_counts(cks, run, dtype, maps, where))
                 continue
-            checked = (lambda j, v, t=run[0]: check_finite(v, where(t, j))) if in_loop else None
-            totals.add(_tensor_series((next(stream) for _ in cks), k, cast, run[0].key, checked))
+            t = run[0]
+            if kinds[t.key] != "float":  # dequantised or integer codes, version by version
+                versions = _stored_versions(cks, t, kinds[t.key], per_forms, where)
+                totals.add(_tensor_series(versions, k, False, t.key))
+                continue
+            checked = (lambda j, v, t=t: check_finite(v, where(t, j))) if in_loop else None
+            totals.add(_tensor_series((next(stream) for _ in cks), k, cast, t.key, checked))
     finally:
         maps.close()
     vs_first, vs_prev, ever_back = totals.vs_first.tolist(), totals.vs_prev.tolist(), totals.ever_back.tolist()
@@ -119,7 +157,54 @@ def checkpoint_series(
         }
     )
     split["share"] = split["count"] / numel
-    return SeriesResult(rows, split, numel)
+    return SeriesResult(rows, split, numel, {kind: keys for kind, keys in forms.items() if keys})
+
+
+_NOT_FLOAT = (False, False, None)  # a stored form other than float weights: read by _stored_versions
+
+
+def _kinds(cks: list[Checkpoint], todo: list) -> tuple[dict[str, str], list[dict]]:
+    """(aligned key -> how its versions are read, each checkpoint's stored forms): how is ``float``, ``buffer`` / ``scale`` (not counted), ``fp8`` /
+    ``int8`` (dequantised), ``codes``. A tensor stored as integer codes in one checkpoint and in another
+    form elsewhere cannot be compared: a one-line error naming it."""
+    from subnetviz.analysis.quant import tensor_forms  # late: the float-only series need none of it
+
+    per = [tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config) for ck in cks]
+    out = {}
+    for t in todo:
+        got = [per[j][n].kind for j, n in enumerate(t.names)]
+        if any(g in ("buffer", "scale") for g in got):
+            out[t.key] = "buffer" if "buffer" in got else "scale"
+        elif len(set(got)) == 1:
+            out[t.key] = got[0]
+        elif "codes" in got:
+            labels = sorted({per[j][n].label for j, n in enumerate(t.names)})
+            raise CheckpointError(
+                f"{t.key}: stored as {' and '.join(labels)} along the series; integer codes without an "
+                "effective form cannot be compared with another form."
+            )
+        else:  # float in some checkpoints, FP8 / int8 in others: all read as float32 weights
+            out[t.key] = next(g for g in got if g != "float")
+    return out, per
+
+
+def _stored_versions(cks: list[Checkpoint], t, kind: str, forms: list[dict], where: Callable) -> Iterator[torch.Tensor]:
+    """Tensor ``t``'s versions, one at a time: FP8 / int8 weights dequantised with their scales (float32; a
+    float version cast to float32), integer codes as stored (the same signed width, compared bitwise)."""
+    from subnetviz.analysis.quant import _as_float
+
+    for j, ck in enumerate(cks):
+        name = t.names[j]
+        v = read_aligned(ck, t, j)
+        if kind == "codes":
+            yield v.view(_SIGNED[v.dtype]) if v.dtype in _SIGNED else v
+            continue
+        w = _as_float(v, forms[j][name], ck, "cpu", name).to(torch.float32)
+        check_finite(w, where(t, j))
+        yield w
+
+
+_SIGNED = {torch.uint8: torch.int8}  # codes as same-width signed integers (int_view's contract for _window_counts)
 
 
 def _way(cks: list[Checkpoint], t, jit: bool, ahead: bool) -> tuple[bool, bool, torch.dtype | None]:
@@ -279,7 +364,8 @@ def _tensor_series(
 
     def bits(v: torch.Tensor) -> np.ndarray:
         v = same_type(v).to(torch.float32) if cast else same_type(v)
-        return int_view(v.contiguous()).reshape(-1).numpy()
+        v = v.contiguous()
+        return (int_view(v) if v.dtype.is_floating_point else v).reshape(-1).numpy()  # integer codes: as stored
 
     if check is not None:
         return _jit_series(versions, v0, k, same_type, check)

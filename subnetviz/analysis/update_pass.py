@@ -322,10 +322,10 @@ class _Walk:
             if views is not None:  # integer views of a float pair compared as stored, and its kernels (see load)
                 x, (y, k, dtype) = loaded["x", at.rows], views
                 st = compare_views(k, x, y, dtype, self.options, name=at.names[0], packed=True)
-                changed_eff, delta_fn = st.changed, _delta_of_views(x, y, dtype)
+                changed_codes, delta_fn = st.changed, _delta_of_views(x, y, dtype)
             else:
                 a, b = loaded["a", at.rows], loaded.pop(("b", i))
-                st, changed_eff, delta_fn = compare_aligned(
+                st, changed_codes, delta_fn = compare_aligned(
                     a, b, fa, fb, at, self.ck_base, ck, self.options, self.dev, self.log, i, packed=True
                 )
         except NonFiniteError as exc:  # named by file and tensor where the pass checked them (see load)
@@ -335,7 +335,7 @@ class _Walk:
         row = stats_row(self.labels[i], key, at.names[0], info, at.shape, st, self.options)
         row["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
         row["stored_as"] = fb.label if fa.label == fb.label else f"{fa.label} -> {fb.label}"
-        row["changed_effective"] = changed_eff
+        row["changed_codes"] = changed_codes
         row["expert"] = None if info.expert is None else str(info.expert)
         self.rows[i].append(row)
         self.parts[i].extend(

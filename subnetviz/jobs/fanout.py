@@ -161,7 +161,11 @@ def merge_series(parts: Sequence, steps: Sequence[int]):
     counts = [sum(int(p.split["count"].iloc[j]) for p in parts) for j in range(3)]
     split = pd.DataFrame({"part": list(parts[0].split["part"]), "count": counts})
     split["share"] = split["count"] / numel
-    return SeriesResult(rows, split, numel)
+    forms: dict[str, list[str]] = {}
+    for p in parts:  # disjoint tensor groups: each key read one way, listed once
+        for kind, keys in getattr(p, "forms", {}).items():
+            forms.setdefault(kind, []).extend(keys)
+    return SeriesResult(rows, split, numel, forms)
 
 
 def _series_part(paths: list[str], steps: list[int], keys: list[str]):

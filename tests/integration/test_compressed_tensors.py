@@ -143,7 +143,7 @@ def test_int8_effective_weights_are_compressed_tensors_own(ct, tmp_path):
     a = analyze_updates(str(ct["W8A8"]), [str(ft)], labels=["ft"])
     t = a.reports[0].tensors.set_index("name")
     nonzero = int((sd[f"{Q}.weight"][3] != 0).sum())
-    assert t.loc[f"{Q}.weight", "changed"] == 0 and t.loc[f"{Q}.weight", "changed_effective"] == nonzero > 0
+    assert t.loc[f"{Q}.weight", "changed_codes"] == 0 and t.loc[f"{Q}.weight", "changed"] == nonzero > 0
     assert any("compressed-tensors int8 weights" in n and "code × weight_scale[i]" in n for n in a.notes)
 
 
@@ -169,8 +169,8 @@ def test_mxfp8_effective_weights_are_compressed_tensors_own(ct, tmp_path):
     ft = write_folder(tmp_path / "ft", sd, ct["MXFP8A16"])
     t = analyze_updates(str(ct["MXFP8A16"]), [str(ft)], labels=["ft"]).reports[0].tensors.set_index("name")
     nonzero = int((sd[f"{Q}.weight"][5, 32:64].float() != 0).sum())
-    assert t.loc[f"{Q}.weight", "changed"] == 0 and t.loc[f"{Q}.weight", "changed_effective"] == nonzero > 0
-    assert t["changed_effective"].sum() == nonzero
+    assert t.loc[f"{Q}.weight", "changed_codes"] == 0 and t.loc[f"{Q}.weight", "changed"] == nonzero > 0
+    assert t["changed"].sum() == nonzero and t["changed_codes"].sum() == 0
 
 
 def test_mxfp8_bad_scales_and_config_groups_are_one_line(ct, tmp_path):

@@ -81,4 +81,4 @@ def test_modelopt_fp8_effective_weights_and_a_changed_scale(exported, tmp_path):
     ft = write_folder(tmp_path / "ft", sd, exported["FP8"])
     t = analyze_updates(str(exported["FP8"]), [str(ft)], labels=["ft"]).reports[0].tensors.set_index("name")
     nonzero = int((sd[f"{Q}.weight"].float() != 0).sum())
-    assert t.loc[f"{Q}.weight", "changed"] == 0 and t.loc[f"{Q}.weight", "changed_effective"] == nonzero > 0
+    assert t.loc[f"{Q}.weight", "changed_codes"] == 0 and t.loc[f"{Q}.weight", "changed"] == nonzero > 0

@@ -1,9 +1,11 @@
 """Quantized storage: FP8 codes + block scales, bitsandbytes int8 + SCB, GPTQ codes.
 
-Proves: planted FP8 code changes are counted as codes (and in code steps) and effectively; one
-changed block scale leaves the codes equal but changes exactly the nonzero weights of its block in
-``changed_effective`` (checked against a float64 NumPy dequantisation), the scale table says which
-scale changed, the update mask is the effective one; a per-tensor ``weight_scale`` works; a bf16 base
+Proves: planted FP8 code changes are counted effectively (the weights as dequantised) and as codes
+(``changed_codes``, ULP bins in code steps); one changed block scale leaves the codes equal but
+changes exactly the nonzero weights of its block in ``changed`` (checked against a float64 NumPy
+dequantisation), and every number agrees with it: the headline, the update mask, the per-layer
+heatmap and the tolerance sweep (never more changed entries at a tolerance than bitwise); the scale
+table says which scale changed; a per-tensor ``weight_scale`` works; a bf16 base
 against an FP8 release is compared after dequantising; bnb int8 codes and an SCB change behave
 alike; GPTQ codes are compared exactly with a notice; a scale that does not fit its weight's blocks
 and an unknown quantization method are one-line errors naming what was expected and found.
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from subnetviz.analysis.series import checkpoint_series
 from subnetviz.analysis.updates import SpectraOptions, analyze_updates
 from subnetviz.errors import CheckpointError
 from tests import ckpt_fixtures
@@ -50,7 +53,7 @@ def _bump_codes(codes: torch.Tensor, idx: list[tuple[int, int]]) -> None:
 
 def test_fp8_codes_and_effective(fp8_base, tmp_path):
     same = analyze_updates(str(fp8_base), [str(fp8_base)]).reports[0]
-    assert same.changed == 0 and same.tensors["changed_effective"].sum() == 0
+    assert same.changed == 0 and same.tensors["changed_codes"].sum() == 0
     row = same.tensors.set_index("name").loc[W]
     assert row["stored_as"] == "float8_e4m3fn codes" and row["numel"] == 32 * 16
     assert set(same.buffers["group"]) == {"scales"}
@@ -59,7 +62,7 @@ def test_fp8_codes_and_effective(fp8_base, tmp_path):
     ft = _edit(fp8_base, tmp_path / "codes", lambda sd: _bump_codes(sd[W], planted))
     rep = analyze_updates(str(fp8_base), [str(ft)], labels=["ft"]).reports[0]
     r = rep.tensors.set_index("name").loc[W]
-    assert r["changed"] == 3 and r["changed_effective"] == 3 and r["ulp_hist"][0] == 3
+    assert r["changed"] == 3 and r["changed_codes"] == 3 and r["ulp_hist"][0] == 3
     assert rep.changed == 3
     assert any(n.startswith("FP8 weights") for n in rep.notes)
     mask = rep.masks[W]
@@ -79,8 +82,14 @@ def test_one_changed_block_scale_changes_its_block_effectively(fp8_base, tmp_pat
     expand = lambda s: np.kron(s.numpy().astype(np.float64), np.ones((8, 8)))  # noqa: E731
     expected = int(np.count_nonzero(c * expand(scale) != c * expand(new_scale)))
     assert expected == int(np.count_nonzero(c[16:24, 8:16]))  # the block's nonzero codes
-    assert r["changed"] == 0 and r["changed_effective"] == expected > 0
+    assert r["changed_codes"] == 0 and r["changed"] == expected > 0 and sum(r["ulp_hist"]) == 0
     assert int(rep.masks[W][16:24, 8:16].sum()) == expected and int(rep.masks[W].sum()) == expected
+    # One number everywhere: the headline, the layer × module heatmap and the sweep agree with the mask.
+    assert rep.changed == expected and rep.sparsity == 1 - expected / rep.numel
+    cell = rep.by_layer_module().set_index(["layer", "module"]).loc[(0, "up")]
+    assert cell["changed"] == expected
+    sweep = rep.sweep().set_index("criterion")["sparsity"]
+    assert (sweep >= sweep["exact"]).all()
     sc = rep.buffers.set_index("name").loc[f"{W}_scale_inv"]
     assert sc["group"] == "scales" and sc["changed"] == 1
     assert any(n.startswith("Quantization scales") and "changes every weight of its block" in n for n in rep.notes)
@@ -104,7 +113,7 @@ def test_per_tensor_weight_scale_and_bf16_base_against_fp8(tmp_path):
     for f in (base, ft):
         (f / "config.json").write_text(json.dumps(cfg))
     rep = analyze_updates(str(base), [str(ft)]).reports[0]
-    assert rep.changed == 1 and rep.tensors.loc[0, "changed_effective"] == 1
+    assert rep.changed == 1 and rep.tensors.loc[0, "changed_codes"] == 1
     # A bf16 base against the FP8 release: the FP8 side is dequantised, both compared at bf16.
     eff = (codes.float() * s).to(torch.bfloat16)
     bf = write_folder(tmp_path / "bf", {W: eff})
@@ -132,8 +141,8 @@ def test_bnb_int8_codes_and_scb(tmp_path):
         (f / "config.json").write_text(json.dumps(cfg))
     rep = analyze_updates(str(base), [str(ft)]).reports[0]
     r = rep.tensors.iloc[0]
-    assert r["stored_as"] == "bnb int8 codes" and r["changed"] == 4 and r["ulp_hist"][0] == 4
-    assert r["changed_effective"] == 4 + int(torch.count_nonzero(codes[3]))
+    assert r["stored_as"] == "bnb int8 codes" and r["changed_codes"] == 4 and r["ulp_hist"][0] == 4
+    assert r["changed"] == 4 + int(torch.count_nonzero(codes[3]))
     assert set(rep.buffers["group"]) == {"scales"} and rep.buffers["changed"].sum() == 1
     assert any(n.startswith("bitsandbytes int8 weights") for n in rep.notes)
 
@@ -217,11 +226,11 @@ def test_banded_pass_equals_the_whole_dequantised_pass(how, monkeypatch):
     ref = compare_pair(
         dequantize(a, sa, "block" if how == "mixed" else how, blk), dequantize(b, sb, how_b, blk), opts, name="w"
     )
-    assert got.changed_effective == ref.changed > int(flip.sum()) // 2
+    assert got.stats.changed == ref.changed > int(flip.sum()) // 2
     st = got.stats
     assert (st.changed_tol, st.changed_rel, st.max_abs_delta) == (ref.changed_tol, ref.changed_rel, ref.max_abs_delta)
     assert np.array_equal(st.row_counts, ref.row_counts) and np.array_equal(st.col_counts, ref.col_counts)
-    assert torch.equal(st.mask, ref.mask) and st.changed == int(flip.sum())
+    assert torch.equal(st.mask, ref.mask) and got.changed_codes == int(flip.sum())
 
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
@@ -275,10 +284,10 @@ def test_block_pass_equals_the_dense_dequantised_pass(dtype, eta, monkeypatch):
         )
         assert np.array_equal(st.row_counts, ref.row_counts) and np.array_equal(st.col_counts, ref.col_counts)
         assert torch.equal(st.mask, ref.mask)
-    assert got.changed_effective == dense.changed_effective == ref.changed
+    assert got.stats.changed == dense.stats.changed == ref.changed and got.changed_codes == dense.changed_codes
     assert not got.stats.mask[33, 3] and got.stats.mask[0, 0]  # same weight; -0 has other bits
     changed, above = _code_counts(a, b)
-    assert got.stats.changed == dense.stats.changed == changed
+    assert got.changed_codes == dense.changed_codes == changed
     assert got.stats.ulp_hist == dense.stats.ulp_hist
     assert (got.stats.numel, got.stats.dtype) == (m * n, str(dtype)[6:])
 
@@ -390,3 +399,55 @@ def test_subspaces_read_fp8_weights_dequantised_and_leave_scales_out(ckpt_zoo, f
     assert len(subspace_keys(str(fp8_base), [str(ft)])) == len(rows)  # what is priced is what is decomposed
     mixed = analyze_subspaces(str(ckpt_zoo.llama), [str(fp8_base)], options=SubspaceOptions(k=4)).to_frame()
     assert W in set(mixed["name"]) and np.isfinite(mixed.set_index("name").loc[W, "sv_ratio_mean"])
+
+
+def test_a_series_reads_stored_forms_as_the_update_analysis_does(fp8_base, tmp_path):
+    """Along a series of FP8 checkpoints the scales are not parameters and the weights are the dequantised
+    ones: a changed block scale changes its block's nonzero weights at that step, as in the update analysis
+    (the series had counted the scale tensors as weights and their codes without the scales: 1 changed entry
+    out of numel + the scales' entries)."""
+    sd = read_state_dict(fp8_base)
+    step1 = _edit(
+        fp8_base, tmp_path / "s1", lambda d: d[f"{W}_scale_inv"].__setitem__((2, 1), d[f"{W}_scale_inv"][2, 1] * 1.5)
+    )
+    step2 = _edit(step1, tmp_path / "s2", lambda d: _bump_codes(d[W], [(0, 1), (9, 3)]))
+    s = checkpoint_series([str(fp8_base), str(step1), str(step2)])
+    reports = analyze_updates(str(fp8_base), [str(step1), str(step2)]).reports
+    assert s.numel == reports[0].numel  # weights only: no scales
+    block = int(np.count_nonzero(sd[W].float().numpy()[16:24, 8:16]))
+    assert s.steps["changed_vs_first"].tolist() == [r.changed for r in reports] == [block, block + 2]
+    assert s.steps["changed_vs_previous"].tolist() == [block, 2]
+    assert any("FP8 weight tensor(s) compared dequantised" in n for n in s.notes)
+    assert any("quantization scale tensor(s) are not counted" in n for n in s.notes)
+
+
+def test_a_series_leaves_buffers_out_and_compares_integer_codes_exactly(tmp_path):
+    """Buffers (an int ``position_ids``, GPT-2's float causal mask ``attn.bias``) are not counted along a
+    series, as in the update analysis; GPTQ's int32 codes are compared on their bits (cast to float32, as
+    they were, 2^30 and 2^30 + 1 read equal)."""
+    stem = "model.layers.0.mlp.up_proj"
+    cfg = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
+    q = torch.full((4, 8), 2**30, dtype=torch.int32)
+    w = torch.randn(8, 8)
+    versions = []
+    for i in range(3):
+        q2, w2 = q.clone(), w.clone()
+        q2[0, 0] += i  # steps 1 and 2 change one code by one
+        w2[1, 1] += i
+        tensors = {
+            f"{stem}.qweight": q2,
+            f"{stem}.qzeros": torch.zeros(1, 8, dtype=torch.int32),
+            f"{stem}.scales": torch.ones(1, 64, dtype=torch.float16),
+            "model.layers.0.self_attn.o_proj.weight": w2,
+            "model.embed_positions.position_ids": torch.arange(8 + i).reshape(1, -1)[:, :8].clone() + i,
+            "h.0.attn.bias": torch.tril(torch.ones(1, 1, 4, 4)) * (1 + i),
+        }
+        versions.append(write_folder(tmp_path / f"v{i}", tensors))
+        (versions[-1] / "config.json").write_text(json.dumps(cfg))
+    s = checkpoint_series([str(v) for v in versions])
+    reports = analyze_updates(str(versions[0]), [str(v) for v in versions[1:]]).reports
+    assert s.numel == reports[0].numel == 4 * 8 + 1 * 8 + 8 * 8  # qweight, qzeros, o_proj
+    assert s.steps["changed_vs_first"].tolist() == [r.changed for r in reports] == [2, 2]
+    assert s.steps["changed_vs_previous"].tolist() == [2, 2]
+    assert any("buffer tensor(s), not parameters, are not counted" in n for n in s.notes)
+    assert any("packed integer codes" in n for n in s.notes)
