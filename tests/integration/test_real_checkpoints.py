@@ -109,7 +109,10 @@ def test_minilm_block_fp8_codes_and_effective(minilm, tmp_path):
     assert t.loc[Q, "changed_codes"] == 3 and t.loc[Q, "changed"] == int(np.count_nonzero(eff(sd, Q) != eff(ft, Q)))
     assert t.loc[V, "changed_codes"] == 0
     assert t.loc[V, "changed"] == int(np.count_nonzero(eff(sd, V) != eff(ft, V))) > 0
-    assert rep.changed == t.loc[Q, "changed"] + t.loc[V, "changed"] and rep.buffers.query("group == 'scales'")["changed"].sum() == 1
+    assert (
+        rep.changed == t.loc[Q, "changed"] + t.loc[V, "changed"]
+        and rep.buffers.query("group == 'scales'")["changed"].sum() == 1
+    )
 
 
 def test_minilm_lora_adapter_is_the_merged_model(minilm, tmp_path):
