@@ -365,6 +365,9 @@ def compare(ws) -> None:
         ui.chart(figs["cmp-ulp"], key="cmp-ulp")
     if result.unmatched:
         st.caption(f"Not compared (present in one run only): {ui.plain(', '.join(result.unmatched[:10]))}")
+    if result.buffers:  # as on the Update sparsity page: not parameters
+        shown = ", ".join(result.buffers[:6]) + (" ..." if len(result.buffers) > 6 else "")
+        st.caption(f"Not counted (buffers and quantization scales, not parameters): {ui.plain(shown)}")
 
 
 @st.cache_data(show_spinner="Comparing the two finetunes tensor by tensor…", max_entries=8)

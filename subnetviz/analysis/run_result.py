@@ -20,6 +20,7 @@ class RunComparison:
     - ``unmatched``: tensor names present in only one of the two runs (reported, not compared)
     - ``base_unmatched``: compared tensors missing from the base or stored differently there
       (left out of ``vs_base``)
+    - ``buffers``: buffers and quantization scales of the runs (not parameters: not compared)
     """
 
     full_dir: str
@@ -31,6 +32,7 @@ class RunComparison:
     accuracy: pd.DataFrame | None
     unmatched: tuple[str, ...]
     base_unmatched: tuple[str, ...] = ()
+    buffers: tuple[str, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         """One row per criterion: ``criterion, tolerance, identical, numel, share, mean_tensor_share``.

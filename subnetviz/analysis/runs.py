@@ -20,7 +20,9 @@ page. It reports, as tidy tables:
 - with ``eval_data``: greedy exact-match accuracy of base, full and subnetwork models.
 
 Each tensor pair is read once. Weights must be finite (NaN / Inf are refused, as in the update
-analysis).
+analysis). Buffers (``position_ids``, GPT-2's float causal mask ``attn.bias``, ``inv_freq``) and quantization
+scales are not parameters: as on the Update sparsity page they are not counted (``buffers`` names them), so
+12.6 M never-trained mask entries do not lift GPT-2's "identical" share.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def compare_runs(
     ck_full, ck_sub = open_checkpoint(full_dir), open_checkpoint(sub_dir)
     ck_base = open_checkpoint(base_dir) if base_dir is not None else None
     try:
-        per_tensor, hist, vs_base, unmatched, base_unmatched = _compare(ck_full, ck_sub, ck_base, options)
+        per_tensor, hist, vs_base, unmatched, base_unmatched, buffers = _compare(ck_full, ck_sub, ck_base, options)
     finally:
         for ck in (ck_full, ck_sub, ck_base):
             if ck is not None:
@@ -93,12 +95,12 @@ def compare_runs(
         )
     base = None if base_dir is None else str(base_dir)
     return RunComparison(
-        str(full_dir), str(sub_dir), base, per_tensor, hist, vs_base, accuracy, unmatched, base_unmatched
+        str(full_dir), str(sub_dir), base, per_tensor, hist, vs_base, accuracy, unmatched, base_unmatched, buffers
     )
 
 
 def _compare(ck_full: Checkpoint, ck_sub: Checkpoint, ck_base: Checkpoint | None, options: SparsityOptions):
-    """``(per_tensor, ulp_histogram, vs_base, unmatched, base_unmatched)`` of :class:`RunComparison`."""
+    """``(per_tensor, ulp_histogram, vs_base, unmatched, base_unmatched, buffers)`` of :class:`RunComparison`."""
     # Twins saved from one base store every shared tensor alike: refuse before reading anything.
     sub_names = {strip_prefix(n): n for n in ck_sub.names}
     for name in ck_full.names:
@@ -106,10 +108,17 @@ def _compare(ck_full: Checkpoint, ck_sub: Checkpoint, ck_base: Checkpoint | None
             _refuse_mismatch(name, ck_full.meta(name), ck_sub.meta(sub_names[strip_prefix(name)]))
     al = align([ck_full, ck_sub])
     unmatched = tuple(sorted(n for names in al.only_in.values() for n in names))
+    from subnetviz.analysis.quant import tensor_forms  # late: it imports the quantized forms' kernels
+
+    forms = [tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config) for ck in (ck_full, ck_sub)]
+    side = {
+        t.key for t in al.tensors if any(f[n].kind in ("buffer", "scale") for f, n in zip(forms, t.names, strict=True))
+    }
+    buffers = tuple(sorted(t.names[0] for t in al.tensors if t.key in side))
     base_names = {strip_prefix(n): n for n in ck_base.names} if ck_base is not None else {}
     rows, base_rows, base_unmatched = [], [], []
     ulp_counts = np.zeros(len(ULP_LABELS_WITH_ZERO), dtype=np.int64)
-    for t in sorted(al.tensors, key=lambda t: t.names[0]):
+    for t in sorted((t for t in al.tensors if t.key not in side), key=lambda t: t.names[0]):
         name = t.names[0]
         a, b = read_aligned(ck_full, t, 0), read_aligned(ck_sub, t, 1)
         dtype, n = str(a.dtype).removeprefix("torch."), a.numel()
@@ -140,4 +149,4 @@ def _compare(ck_full: Checkpoint, ck_sub: Checkpoint, ck_base: Checkpoint | None
     if ck_base is not None:
         columns = ["name", "numel", "changed_full", "changed_sub", "changed_both", "sub_outside_full"]
         vs_base = pd.DataFrame(base_rows, columns=columns)
-    return per_tensor, hist, vs_base, unmatched, tuple(base_unmatched)
+    return per_tensor, hist, vs_base, unmatched, tuple(base_unmatched), buffers

@@ -18,7 +18,9 @@ import pandas as pd
 
 from subnetviz.cache import cache_key, entry, file_stamp
 
-COMPARISON_VERSION = 1  # bump when compare_runs would write different numbers for the same inputs
+COMPARISON_VERSION = (
+    2  # 2: buffers and scales left out. Bump when compare_runs would write different numbers for the same inputs
+)
 KIND = "runs"
 _TABLES = ("per_tensor", "ulp_histogram", "vs_base", "accuracy")
 
@@ -79,6 +81,7 @@ def _write(folder: Path, result) -> None:
         "base_dir": result.base_dir,
         "unmatched": list(result.unmatched),
         "base_unmatched": list(result.base_unmatched),
+        "buffers": list(result.buffers),
     }
     (folder / "comparison.json").write_text(json.dumps(meta))
 
@@ -100,4 +103,5 @@ def load_comparison(folder: str | os.PathLike):
         tables["accuracy"],
         tuple(meta["unmatched"]),
         tuple(meta["base_unmatched"]),
+        tuple(meta.get("buffers", ())),
     )

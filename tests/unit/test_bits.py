@@ -337,3 +337,23 @@ def test_run_comparison_and_update_sparsity_use_the_same_ulp_bins(tmp_path):
     assert list(runs["bin"]) == ["0", *pages["bin"]] == list(ULP_LABELS_WITH_ZERO)
     assert runs["count"].tolist() == want and pages["count"].tolist() == want[1:]
     assert list(compare_pair(a, b).ulp_hist) == want[1:]
+
+
+def test_run_comparison_leaves_buffers_out_as_update_sparsity_does(tmp_path):
+    """Two twins that store GPT-2's float causal mask ``h.0.attn.bias`` and an int ``position_ids``: the
+    "identical" share counts the weights only (2 of 4 entries identical), as the Update sparsity page
+    counts them, and ``buffers`` names what was left out (the 16 + 8 buffer entries had read 26 of 28)."""
+    from safetensors.torch import save_file
+
+    from subnetviz.analysis.runs import compare_runs
+    from subnetviz.analysis.updates import analyze_updates
+
+    w = torch.ones(4, dtype=torch.bfloat16)
+    buffers = {"h.0.attn.bias": torch.tril(torch.ones(1, 1, 4, 4)), "embeddings.position_ids": torch.arange(8)}
+    for name, t in (("full", w), ("sub", w * torch.tensor([1, 1, 2, 2], dtype=torch.bfloat16))):
+        (tmp_path / name).mkdir()
+        save_file({"h.0.mlp.c_fc.weight": t, **buffers}, str(tmp_path / name / "model.safetensors"))
+    res = compare_runs(tmp_path / "full", tmp_path / "sub")
+    assert res.share_identical == 0.5 == analyze_updates(tmp_path / "full", [tmp_path / "sub"]).reports[0].sparsity
+    assert res.buffers == ("embeddings.position_ids", "h.0.attn.bias")
+    assert int(res.ulp_histogram["count"].sum()) == 4
