@@ -138,6 +138,9 @@ def checkpoint_series(
         maps.close()
     vs_first, vs_prev, ever_back = totals.vs_first.tolist(), totals.vs_prev.tolist(), totals.ever_back.tolist()
     numel, never, cancelled, final = totals.numel, totals.never, totals.cancelled, totals.final
+    if numel == 0 and tensors is None:  # (a group of a fan-out may hold only buffers: its counts are zeros)
+        raise ConfigError(f"{cks[0].spec}: no parameters to compare along the series (only buffers or scales).")
+    numel_or_1 = numel or 1  # a fan-out group of buffers only: shares 0, and its counts add nothing
     if progress:
         progress(len(todo), len(todo), "done")
     rows = pd.DataFrame(
@@ -145,9 +148,9 @@ def checkpoint_series(
             "step": steps[1:],
             "changed_vs_first": vs_first,
             "changed_vs_previous": vs_prev,
-            "vs_first": [1 - c / numel for c in vs_first],
-            "vs_previous": [1 - c / numel for c in vs_prev],
-            "back_to_start": [c / numel for c in ever_back],
+            "vs_first": [1 - c / numel_or_1 for c in vs_first],
+            "vs_previous": [1 - c / numel_or_1 for c in vs_prev],
+            "back_to_start": [c / numel_or_1 for c in ever_back],
         }
     )
     split = pd.DataFrame(
@@ -156,7 +159,7 @@ def checkpoint_series(
             "count": [never, cancelled, final],
         }
     )
-    split["share"] = split["count"] / numel
+    split["share"] = split["count"] / numel_or_1
     return SeriesResult(rows, split, numel, {kind: keys for kind, keys in forms.items() if keys})
 
 

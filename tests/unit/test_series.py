@@ -303,3 +303,22 @@ def test_sharded_checkpoints_and_a_resized_vocabulary_match_the_reference(tmp_pa
     assert res.steps["changed_vs_first"].tolist() == np.sum([r["vs_first"] for r in refs], axis=0).tolist()
     assert res.steps["changed_vs_previous"].tolist() == np.sum([r["vs_prev"] for r in refs], axis=0).tolist()
     assert res.split["count"].tolist() == np.sum([r["split"] for r in refs], axis=0).tolist()
+
+
+def test_a_fan_out_group_of_buffers_only_merges_into_the_whole(tmp_path):
+    """A fan-out group may hold only buffers (not counted): its part has no parameters and merges into the
+    whole series exactly (it divided by zero); a series with nothing but buffers is one line."""
+    from subnetviz.jobs.fanout import merge_series
+
+    paths = [
+        _write(tmp_path / f"v{i}", {"a.weight": torch.ones(4) * (1 + i), "m.position_ids": torch.arange(4)})
+        for i in range(3)
+    ]
+    whole = checkpoint_series(paths)
+    parts = [checkpoint_series(paths, tensors={k}) for k in ("a.weight", "m.position_ids")]
+    merged = merge_series(parts, [0, 1, 2])
+    assert whole.numel == 4 and merged.steps.equals(whole.steps) and merged.split.equals(whole.split)
+    assert merged.forms == whole.forms == {"buffer": ["m.position_ids"]}
+    only = [_write(tmp_path / f"b{i}", {"m.position_ids": torch.arange(4) + i}) for i in range(2)]
+    with pytest.raises(ConfigError, match="no parameters to compare"):
+        checkpoint_series(only)
