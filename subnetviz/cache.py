@@ -190,12 +190,15 @@ def write_manifest(folder: str | os.PathLike) -> Path:
     return atomic_write(folder / MANIFEST, json.dumps({"files": files, **version_info()}, indent=1))
 
 
-def verify_manifest(folder: str | os.PathLike) -> str | None:
-    """``None`` when every file the manifest lists is there with its size and hash, else what is wrong."""
+def verify_manifest(folder: str | os.PathLike, only=None) -> str | None:
+    """``None`` when every file the manifest lists is there with its size and hash, else what is wrong.
+    ``only``: check just these relative paths (those the manifest lists), e.g. the files a reader opens."""
     folder = Path(folder)
     try:
         files = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        if only is not None:
+            files = {rel: files[rel] for rel in only if rel in files}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "no readable manifest (an interrupted or older write)"
     for rel, want in files.items():
         f = folder / rel

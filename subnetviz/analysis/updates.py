@@ -168,7 +168,27 @@ def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
         ) from None
 
 
+# The files read_analysis (and the report's overlap section) open: checked against the folder's manifest.
+READ_FILES = (
+    "summary.json",
+    "tensors.csv",
+    "parts.csv",
+    "buffers.csv",
+    "row_col.npz",
+    "spectra.csv",
+    "sigma.parquet",
+    "overlap_pairwise.csv",
+)
+
+
 def _read_analysis(out: Path) -> UpdateAnalysis:
+    from subnetviz.cache import MANIFEST, verify_manifest
+
+    if (out / MANIFEST).exists() and (problem := verify_manifest(out, READ_FILES)):  # a truncated or edited copy
+        raise ConfigError(
+            f"{out}: {problem}; the folder changed after `analyze` wrote it (a cut copy?). Run `analyze` again, or "
+            f"delete {MANIFEST} there to read the files as they are."
+        )
     summary = json.loads((out / "summary.json").read_text())
     if not isinstance(summary, dict):
         raise ConfigError(f"{out / 'summary.json'}: a JSON {type(summary).__name__}, not the object analyze writes.")
@@ -186,6 +206,12 @@ def _read_analysis(out: Path) -> UpdateAnalysis:
     reports = []
     for label in summary["labels"]:
         df = tensors[tensors["model"] == label].reset_index(drop=True)
+        want = (summary.get("models") or {}).get(label, {}).get("numel")
+        if want is not None and int(df["numel"].sum()) != int(want):  # rows lost (or added) since it was written
+            raise ConfigError(
+                f"{out / 'tensors.csv'}: {label!r} has {int(df['numel'].sum()):,} parameters in its rows, "
+                f"summary.json says {int(want):,}; the folder is not as `analyze` wrote it."
+            )
         df["ulp_hist"] = [tuple(int(x) for x in v) for v in df[[f"ulp_{b}" for b in ULP_LABELS]].to_numpy()]
         df["layer"] = df["layer"].astype("Int64")
         rowcol = {}

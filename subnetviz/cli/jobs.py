@@ -86,9 +86,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from subnetviz.report.dashboard import analysis_report
 
     out = Path(args.out).expanduser()
-    if out.is_dir() or (out.exists() and not args.overwrite):
-        what = "a folder" if out.is_dir() else "a file"
-        raise SubnetvizError(f"--out {args.out}: {what} is already there; choose a new file name, or pass --overwrite.")
+    if out.is_dir():
+        raise SubnetvizError(
+            f"--out {args.out}: a folder is there; name the HTML file to write, e.g. {out / 'report.html'}."
+        )
+    if out.exists() and not args.overwrite:
+        raise SubnetvizError(f"--out {args.out}: a file is already there; choose a new file name, or pass --overwrite.")
+    source = Path(args.analysis_dir).expanduser().resolve()
+    if out.resolve().is_relative_to(source):  # --overwrite would replace one of the files it reads
+        raise SubnetvizError(f"--out {args.out}: inside the analysis folder {args.analysis_dir}; write it elsewhere.")
     path = analysis_report(args.analysis_dir, out)
     print(f"wrote {path}")
     return 0

@@ -71,9 +71,19 @@ def analysis_report(analysis_dir: str | os.PathLike, out: str | os.PathLike) -> 
         raise ConfigError(
             f"{d}: not an analysis folder as `analyze` writes it ({type(exc).__name__}: {str(exc)[:160]})."
         ) from None
+    opts = analysis.reports[0].options if analysis.reports else None
+    numbers = (
+        {  # what changes the numbers: the comparison's precision, the sweep's tolerances, the relative rule's η
+            "precision": opts.precision or "stored dtype",
+            "tolerances": ", ".join(f"{t:g}" for t in opts.tolerances) or "none",
+            "relative η": f"{opts.eta:g}",
+        }
+        if opts is not None
+        else {}
+    )
     return write_report(
         out,
         "subnetviz · update analysis",
         sections,
-        {"base": analysis.base, "models": ", ".join(analysis.labels), "folder": str(d)},
+        {"base": analysis.base, "models": ", ".join(analysis.labels), "folder": str(d), **numbers},
     )

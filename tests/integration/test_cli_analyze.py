@@ -323,9 +323,43 @@ def test_report_of_a_hand_edited_folder_is_one_line(cli_runs, tmp_path, capsys, 
     folder = tmp_path / "edited"
     shutil.copytree(cli_runs[1][0], folder)
     (folder / file).write_text(text)
+    (folder / ".manifest.json").unlink()  # the parsers themselves (with it, the manifest check refuses first)
     assert main(["report", str(folder), "--out", str(tmp_path / "d.html")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "d.html").exists(), err[-400:]
+
+
+@pytest.mark.parametrize("manifest", [True, False])
+def test_report_of_a_cut_copy_is_refused_not_drawn(cli_runs, tmp_path, capsys, manifest):
+    """A copy of an analysis folder whose tensors.csv was cut short (at a line end, so it parses) read as a
+    normal dashboard with other numbers, exit 0. The manifest says what was written; without one, the rows
+    must add up to each model's parameters in summary.json."""
+    import shutil
+
+    folder = tmp_path / "cut"
+    shutil.copytree(cli_runs[1][0], folder)
+    lines = (folder / "tensors.csv").read_text().splitlines(keepends=True)
+    (folder / "tensors.csv").write_text("".join(lines[: len(lines) // 2]))
+    if not manifest:
+        (folder / ".manifest.json").unlink()
+    assert main(["report", str(folder), "--out", str(tmp_path / "d.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not (tmp_path / "d.html").exists()
+    assert ("tensors.csv has" in err and "were written" in err) if manifest else "summary.json says" in err, err
+
+
+def test_report_never_writes_into_the_folder_it_reads(cli_runs, tmp_path, capsys):
+    """'report DIR --out DIR/summary.json --overwrite' replaced the analysis' own summary with HTML."""
+    import shutil
+
+    folder = tmp_path / "an"
+    shutil.copytree(cli_runs[1][0], folder)
+    before = (folder / "summary.json").read_bytes()
+    assert main(["report", str(folder), "--out", str(folder / "summary.json"), "--overwrite"]) == 2
+    assert "inside the analysis folder" in capsys.readouterr().err
+    assert (folder / "summary.json").read_bytes() == before
+    assert main(["report", str(folder), "--out", str(tmp_path)]) == 2
+    assert "a folder is there; name the HTML file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("raised, code, says", [(KeyboardInterrupt, 130, "interrupted"), (BrokenPipeError, 141, "")])

@@ -69,6 +69,13 @@ def test_report_cli_writes_self_contained_html(tmp_path):
     assert "<script src" not in html and 'href="http' not in rest and "<link" not in rest  # opens offline
     assert html.count('class="figure"') >= 5  # two heatmaps, sweep, ULPs, special tensors (+ spectra, overlap)
     assert "Overlap of update masks" in html and "q" in html
+    # what changes the numbers is named (it was not: an --precision fp32 analysis never said fp32)
+    for param in (
+        "<th>precision</th><td>stored dtype</td>",
+        "<th>relative η</th><td>0.001</td>",
+        "<th>tolerances</th>",
+    ):
+        assert param in html
     with pytest.raises(ConfigError, match="not an analysis folder"):
         analysis_report(tmp_path, tmp_path / "x.html")
 
