@@ -602,7 +602,7 @@ def figure_download(keys: Sequence[str], title: str) -> None:
         fig = figs[key]
         d.download_button(
             "Download figure",
-            lambda: figure_bytes(fig, fmt, scale=float(scale)),
+            lambda: figure_bytes(fig, fmt, scale=float(scale) if fmt == "png" else 1.0),  # vector: its true size
             file_name=f"subnetviz-{key}.{fmt}",
             mime=FORMATS[fmt],
             key=f"pub-dl-{title}",

@@ -18,6 +18,7 @@ from pathlib import Path
 from subnetviz import config
 from subnetviz.errors import SubnetvizError
 from subnetviz.selection import Workspace, label_of, resolve_choice
+from subnetviz.text import visible_controls
 
 # --- untrusted text ----------------------------------------------------------------------------------
 _MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
@@ -32,7 +33,7 @@ def plain(text: object) -> str:
     (CommonMark), so ``[x](http://…)`` is no link, ``![i](…)`` fetches nothing, ``$…$`` is no formula,
     ``:material/…:`` no icon and ``<b>`` no HTML; server paths are shown relative to their root.
     """
-    text = config.redact(str(text))
+    text = visible_controls(config.redact(str(text)))  # a U+202E in a name reverses nothing on the page
     # Streamlit's Markdown (remark-gfm) also links bare URLs and e-mail addresses found in the *decoded*
     # text, escapes or not: a zero-width space after a scheme, inside "www." and before "@" breaks those.
     text = _AUTOLINK.sub(lambda m: m.group(0)[:-1] + "\u200b" + m.group(0)[-1], text)

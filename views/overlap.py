@@ -124,7 +124,11 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
         }
         return figs, {"pairwise": ("Pairwise overlap against chance", report.pairwise)}
     if name == "Per layer":
-        pa, pb = pair.split(" ∩ ")
+        # the pair whose text was chosen (labels are names from folders and masks: they may hold " ∩ " themselves)
+        pa, pb = next(
+            ((r.a, r.b) for r in report.pairwise.itertuples() if f"{r.a} ∩ {r.b}" == pair),
+            (report.pairwise["a"].iloc[0], report.pairwise["b"].iloc[0]),
+        )
         one = pair_by_layer(report, pa, pb)
         what = "Jaccard × chance" if view == "ratio" else "Jaccard"
         # The pair under the title (the exported dashboard and the paper figure name it), on a line of its

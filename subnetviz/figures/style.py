@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from subnetviz.errors import SubnetvizError
+from subnetviz.text import has_controls, visible_controls
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
 SEQUENTIAL = "Viridis"
@@ -158,7 +159,7 @@ def plain_label(text: object) -> str:
     the rest of the label through and vanished, "<br>" broke the line, "&amp;" read "&". Its <, > and & are
     escaped (Plotly decodes the entities back to the characters), and "%{" so a hover template does not
     take it for a field."""
-    return html.escape(str(text), quote=False).replace("%{", "%&#123;")
+    return visible_controls(html.escape(str(text), quote=False).replace("%{", "%&#123;"))
 
 
 _MARKUP = ("<", "&", "%{")  # what Plotly reads as markup (a lone ">" reads as typed)
@@ -174,7 +175,7 @@ def _same(texts: Sequence, values: Sequence) -> bool:
 def _as_text(v):
     """A value of the data as :func:`plain_label` makes it (strings, also inside tuples); anything else as is."""
     if isinstance(v, str):
-        return plain_label(v) if any(m in v for m in _MARKUP) else v
+        return plain_label(v) if any(m in v for m in _MARKUP) or has_controls(v) else v
     if isinstance(v, tuple):
         texts = tuple(_as_text(x) for x in v)
         return v if _same(texts, v) else texts

@@ -23,6 +23,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from subnetviz.text import has_controls, visible_controls
+
 COUNT, PERCENT, RATIO, SCIENTIFIC = "localized", "percent", "%.2f×", "%.3e"
 SMALL_PERCENT = "small percent"  # a share column with a share below SMALL_SHARE: scientific, in %
 SMALL_SHARE = 1e-4
@@ -74,8 +76,8 @@ def column_formats(df: pd.DataFrame) -> dict[str, str]:
 
 def format_value(value: object, fmt: str | None) -> str:
     """``value`` as the app shows it under ``fmt`` (for the HTML export); missing values read '—'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return MISSING  # (a nullable column's <NA> too, as the app shows it)
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
         return str(value)
     x = float(value)
@@ -139,5 +141,11 @@ def display_frame(df: pd.DataFrame, keep: tuple[str, ...] = ()) -> tuple[pd.Data
         df = df.copy()
         for c in shares:
             df[c] = pd.to_numeric(df[c]) * 100
+    texts = [c for c in df.columns if df[c].dtype == object or isinstance(df[c].dtype, pd.StringDtype)]
+    marked = [c for c in texts if df[c].map(lambda v: isinstance(v, str) and has_controls(v)).any()]
+    if marked:  # a U+202E in a name reversed the rest of its cell on screen: shown as its code point
+        df = df.copy()
+        for c in marked:
+            df[c] = df[c].map(lambda v: visible_controls(v) if isinstance(v, str) else v)
     shown = {PERCENT: SHOWN_PERCENT, SMALL_PERCENT: SHOWN_SMALL_PERCENT}
     return df, {c: shown.get(f, f) for c, f in formats.items()}

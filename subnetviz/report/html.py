@@ -25,6 +25,7 @@ from subnetviz.cache import atomic_write
 from subnetviz.errors import ConfigError
 from subnetviz.figures import PLOTLY_CONFIG
 from subnetviz.report.formats import MISSING, formatted_frame
+from subnetviz.text import visible_controls
 from subnetviz.version import version_info, version_string
 
 _CSS = """
@@ -53,20 +54,23 @@ class ReportSection:
     params: Mapping[str, object] = field(default_factory=dict)
 
 
+def _esc(text: object) -> str:
+    """Text for the page: HTML-escaped, direction controls shown as code points (they reversed what followed)."""
+    return html.escape(visible_controls(str(text)))
+
+
 def _params_table(params: Mapping[str, object], caption: str) -> str:
     if not params:
         return ""
-    rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt_param(v))}</td></tr>" for k, v in params.items()
-    )
-    return f'<table class="params"><caption>{html.escape(caption)}</caption>{rows}</table>'
+    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_fmt_param(v))}</td></tr>" for k, v in params.items())
+    return f'<table class="params"><caption>{_esc(caption)}</caption>{rows}</table>'
 
 
 def _fmt_param(v: object) -> str:
     if isinstance(v, str):
         return v
     try:
-        return json.dumps(v, default=str)
+        return json.dumps(v, default=str, ensure_ascii=False)  # "Δ grpo-s0", not "\u0394 grpo-s0"
     except (TypeError, ValueError):
         return str(v)
 
@@ -79,21 +83,21 @@ def _table_html(caption: str, df: pd.DataFrame, max_rows: int) -> str:
         "num" if pd.api.types.is_numeric_dtype(head[c]) and not pd.api.types.is_bool_dtype(head[c]) else "txt"
         for c in head.columns
     ]
-    th = "".join(f'<th class="{k}">{html.escape(str(c))}</th>' for k, c in zip(cls, shown.columns, strict=True))
+    th = "".join(f'<th class="{k}">{_esc(c)}</th>' for k, c in zip(cls, shown.columns, strict=True))
     rows = "".join(
         "<tr>" + "".join(f'<td class="{k}">{_cell(v)}</td>' for k, v in zip(cls, row, strict=True)) + "</tr>"
         for row in shown.itertuples(index=False, name=None)
     )
     body = f'<table class="data"><thead><tr>{th}</tr></thead><tbody>{rows}</tbody></table>'
     more = f'<p class="meta">first {max_rows} of {len(df):,} rows</p>' if len(df) > max_rows else ""
-    return f'<div class="tablewrap"><p><b>{html.escape(caption)}</b></p>{body}{more}</div>'
+    return f'<div class="tablewrap"><p><b>{_esc(caption)}</b></p>{body}{more}</div>'
 
 
 def _cell(value: object) -> str:
     """One table cell's text, escaped; a missing value reads as the app's dash."""
     if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return MISSING
-    return html.escape(str(value))
+    return _esc(value)
 
 
 def build_report(
@@ -105,32 +109,42 @@ def build_report(
 ) -> str:
     """The whole report as one HTML string (plotly.js embedded once, no network needed)."""
     config = dict(PLOTLY_CONFIG if config is None else config)
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # The day, not the minute, and numbered figure ids (Plotly draws a random one each time): one view exported
+    # twice gives the same bytes, which the server keeps once per session, not once per click (~5 MB each).
+    generated = datetime.now(UTC).strftime("%Y-%m-%d")
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title>",
+        f"<title>{_esc(title)}</title>",
         f"<style>{_CSS}</style>",
         # One copy of plotly.js for every figure; "</script" cannot occur inside it un-escaped.
         '<script type="text/javascript">'
         + plotly.offline.get_plotlyjs().replace("</script", "<\\/script")
         + "</script>",
         "</head><body>",
-        f"<header><h1>{html.escape(title)}</h1>",
-        f'<p class="meta">Generated at {generated} by {html.escape(version_string())}</p>',
+        f"<header><h1>{_esc(title)}</h1>",
+        f'<p class="meta">Generated on {generated} by {html.escape(version_string())}</p>',
         _params_table({**(params or {}), **version_info()}, "Parameters"),
         "</header><main>",
     ]
+    n_figures = 0
     for i, sec in enumerate(sections):
         if not isinstance(sec, ReportSection):
             raise ConfigError(f"build_report: section {i} is a {type(sec).__name__}, expected a ReportSection.")
-        parts.append(f"<section><h2>{html.escape(sec.title)}</h2>")
+        parts.append(f"<section><h2>{_esc(sec.title)}</h2>")
         if sec.notes:
-            parts.append(f'<p class="notes">{html.escape(sec.notes)}</p>')
+            parts.append(f'<p class="notes">{_esc(sec.notes)}</p>')
         parts.append(_params_table(sec.params, "Parameters of this section"))
         for fig in sec.figures:
-            div = fig.to_html(full_html=False, include_plotlyjs=False, config=config, default_width="100%")
+            div = fig.to_html(
+                full_html=False,
+                include_plotlyjs=False,
+                config=config,
+                default_width="100%",
+                div_id=f"sv-figure-{n_figures}",
+            )
+            n_figures += 1
             parts.append(f'<div class="figure">{div}</div>')
         parts.extend(_table_html(caption, df, max_table_rows) for caption, df in sec.tables)
         parts.append("</section>")

@@ -943,6 +943,24 @@ def test_per_layer_chart_names_its_pair(app_env):
     assert titles == ["Jaccard by layer and module<br><sup>Δ dpo ∩ Δ sft</sup>"], titles
 
 
+def test_a_label_holding_the_pair_sign_opens_its_per_layer_view(app_env, typed_options):
+    """A finetune folder named "x ∩ y" (any name from a folder or mask): the Per layer tab split the pair's text
+    on " ∩ " and showed a bug notice (ValueError), and the export lost every closed tab."""
+    import shutil
+
+    from subnetviz.demo.build import load_zoo
+
+    members = {m.id: m.path for m in load_zoo().members}
+    odd = Path(app_env) / "uploads" / "x ∩ y"
+    odd.parent.mkdir(parents=True, exist_ok=True)
+    if not odd.exists():
+        shutil.copytree(members["sft"], odd)
+    at = open_page("overlap", ft=[str(odd), "grpo-s0"], ov_tab="Per layer")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (title,) = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
+    assert title.endswith("<sup>Δ x ∩ y ∩ Δ grpo-s0</sup>"), title
+
+
 def test_workspace_series_names_its_checkpoints(app_env):
     """A series of the sidebar's checkpoints (not one run) names each checkpoint on the axis and in the table,
     and its title does not say training."""

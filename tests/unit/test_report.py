@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from subnetviz import __version__
+from subnetviz import __version__, figures
 from subnetviz.errors import ConfigError
 from subnetviz.report.html import ReportSection, build_report, download_frame, write_report
 from tests.browser import CHROMIUM, NEEDS_CHROMIUM
@@ -94,7 +94,7 @@ def test_report_embeds_plotlyjs_once_and_every_figure():
     assert [d[0]["type"] for d in data] == ["heatmap", "scatter", "bar"]
     np.testing.assert_array_equal(decode(data[0][0]["z"]), z)
     np.testing.assert_array_equal(decode(data[1][0]["y"]), [1.5, 2.5, 3.5, 4.5])
-    assert f"subnetviz {__version__}" in text and "Generated at" in text
+    assert f"subnetviz {__version__}" in text and "Generated on" in text
 
 
 def test_report_needs_no_network():
@@ -371,3 +371,23 @@ def test_a_downloaded_csv_runs_no_formula():
     text = download_frame(df).decode()
     assert "'=HYPERLINK" in text and "'@SUM(1)" in text and "'-1,4" in text and "\nlayers.0.q,3" in text
     assert pd.read_csv(io.BytesIO(download_frame(df)))["changed"].tolist() == [1, -2, 3, 4]  # numbers as they are
+
+
+def test_one_view_exported_twice_is_the_same_file():
+    """Plotly gave each figure a random div id and the page carried the minute: every click made a new ~5 MB
+    file that the server kept for the session (a visitor clicking grew its memory without bound)."""
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    sections = [ReportSection("S", [fig, fig], [("t", pd.DataFrame({"x": [1]}))])]
+    one, two = build_report("T", sections, {"p": 1}), build_report("T", sections, {"p": 1})
+    assert one == two and 'id="sv-figure-0"' in one and 'id="sv-figure-1"' in one
+
+
+def test_direction_controls_missing_values_and_lists_read_as_text():
+    """A name with U+202E read backwards ('ft\u202egnp.exe' showed as 'ftexe.png'); a nullable column's
+    missing value read '<NA>' (the app shows a dash); list parameters were written as \\u escapes."""
+    df = pd.DataFrame({"model": ["ft\u202egnp.exe"], "layer": pd.array([None], dtype="Int64")})
+    page = build_report("T", [ReportSection("S", tables=[("t", df)])], {"models": ["Δ grpo-s0", "ft\u202egnp"]})
+    assert "\u202e" not in page and "ft⟨U+202E⟩gnp.exe" in page
+    assert "&lt;NA&gt;" not in page and '<td class="num">—</td>' in page
+    assert "Δ grpo-s0" in page and "\\u0394" not in page
+    assert figures.plain_label("a\u2067b") == "a⟨U+2067⟩b"
