@@ -18,6 +18,7 @@ import json
 import math
 import os
 import pickle
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,28 @@ def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
+
+
+def shareable_bytes(path: str | os.PathLike) -> bytes:
+    """A mask file's bytes for a visitor to download: the same tensors, with every absolute server path in
+    its header's metadata (the provenance: base, finetune, run folder) shown relative to its root, as the
+    pages show them (:func:`~subnetviz.config.redact`). The tensors' bytes are copied as they are."""
+    from subnetviz.config import redact
+
+    raw = check_readable(path, what="mask file").read_bytes()
+    try:
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + n])
+    except (struct.error, ValueError) as exc:
+        raise MaskError(f"{path}: not a safetensors mask file ({exc}).") from None
+    meta = header.get("__metadata__") or {}
+    clean = {k: redact(v) if isinstance(v, str) else v for k, v in meta.items()}
+    if clean == meta:
+        return raw
+    header["__metadata__"] = clean
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text + raw[8 + n :]
 
 
 def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:

@@ -96,14 +96,27 @@ def body() -> None:
         with ui.said_here():  # the results below stay
             run_id = ui.job_runner().submit({**cfg, "limit": None}, name=f"behaviour {', '.join(ws.labels)}")
             st.success(f"Queued run {run_id}; it appears under Results when it has finished.")
-    show(res)
+    if source in runs:  # a finished job's results: its own models, prompts and masks (its run names them)
+        context = {"results": source}
+    else:
+        context = {
+            "results": source,
+            "base": ws.base,
+            "finetuned": list(ws.labels),
+            "prompt sets": chosen,
+            "prompts per set": int(limit),
+            "masks reverted": mask_names,
+            "revert curve": bool(curve),
+        }
+    show(res, context)
 
 
 TABS = ["Per model", "Per prompt", "Per token"]
 KL = ["kl_forward", "kl_reverse"]  # a prompt's accuracy is one right-or-wrong: Per prompt spreads the KLs only
 
 
-def show(res: dict[str, pd.DataFrame]) -> None:
+def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
+    """The results' tabs and the export; ``context``: what made them (named in the export)."""
     # Sections as tabs that draw only when open: 1-2 charts per view instead of four (faster to show).
     tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")
     # Each tab has its own controls (Per token draws both KLs, with no measure to choose); a closed tab's
@@ -145,7 +158,7 @@ def show(res: dict[str, pd.DataFrame]) -> None:
         selection = {"model": model, "experiment": experiment, "prompt": prompt}
     ui.export_button(
         "Behaviour",
-        {"measure": bfig.MEASURE[value], "per-prompt KL": bfig.MEASURE[kl], **selection},
+        {**(context or {}), "measure": bfig.MEASURE[value], "per-prompt KL": bfig.MEASURE[kl], **selection},
         ["bh-bars", "bh-curves", "bh-hist", "bh-tokens"],
         ["behavior-summary", "behavior-curves"],
         more=lambda: every_tab(res, value, kl, selection),

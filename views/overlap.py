@@ -68,7 +68,7 @@ def body() -> None:
     asked = st.query_params.get("ov_pair")
     ui.export_button(
         "Overlap",
-        {"masks": chosen, "criterion": crit, "view": VIEW_NAMES[view]},
+        {"base": ws.base, "masks": chosen, "criterion": crit, "view": VIEW_NAMES[view]},
         ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "expert-overlap", "consensus"],
         ["pairwise", "consensus-table"],
         more=lambda: every_tab(overlap, tuple(chosen), view, asked if asked in pairs else pairs[0]),

@@ -82,26 +82,12 @@ def body() -> None:
         on_change="rerun",
         bind="query-params",
     )
+    overall = overall_frame(grids, reports, shown, column)
+    first = partial(layers_tab, overall, grids, tuple(shown), crit, value, colors)
     if tabs[0].open:
         with tabs[0]:
-            overall = pd.DataFrame(
-                [
-                    {
-                        "model": m,
-                        "changed": int(grids[m]["changed"].sum()) + special_changed(reports[m], column),
-                        "numel": reports[m].numel,
-                    }
-                    for m in shown
-                ]
-            )
-            overall["sparsity"] = 1 - overall["changed"] / overall["numel"]
-            ui.chart(
-                ui.shared(
-                    figures.overall_bars, overall, title=f"Overall update sparsity per model ({crit})", colors=colors
-                ),
-                key="overall",
-            )
-            zrange = figures.shared_range([grids[m] for m in shown], value)
+            figs = ui.shared(layers_tab, overall, grids, tuple(shown), crit, value, colors)
+            ui.chart(figs["overall"], key="overall")
             per_row = min(3, len(shown))
             if len(shown) > 2:
                 st.caption("One colour range across the models; cell values on hover.")
@@ -109,17 +95,7 @@ def body() -> None:
                 cols = st.columns(per_row)
                 for col, model in zip(cols, shown[start : start + per_row], strict=False):
                     with col:
-                        ui.chart(
-                            ui.shared(
-                                figures.sparsity_heatmap,
-                                grids[model],
-                                value=value,
-                                zrange=zrange,
-                                cell_text=len(shown) <= 2,
-                                title=f"{figures.plain_label(model)}: {value.replace('_', ' ')} ({crit})",
-                            ),
-                            key=f"heat-{model}",
-                        )
+                        ui.chart(figs[f"heat-{model}"], key=f"heat-{model}")
     if tabs[1].open:
         with tabs[1]:
             f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors)
@@ -138,17 +114,59 @@ def body() -> None:
         with tabs[3]:
             drill_down(ws, reports, crit, eta)
     experts_section(analysis, shown, colors)  # MoE models only (issue 10)
+    numbers = {"criterion": crit, "average": weighting, "precision": ws.precision or "stored dtype"}
+    if crit == "relative":
+        numbers["relative η"] = f"{eta:g}"
     ui.export_button(
         "Update sparsity",
-        {"base": ws.base, "models": shown, "criterion": crit, "average": weighting},
+        {"base": ws.base, "models": shown, **numbers},
         ["overall"]
         + [f"heat-{m}" for m in shown]
         + ["sweep", "ulp", "special", "drill-image", "drill-delta", "drill-ratios"]
         + [f"experts-{m}" for m in shown]
         + ["routers"],  # MoE models only: the Experts section's figures and table
         ["sweep-table", "special-table", "experts-table"],
-        more=partial(other_tabs, analysis, tuple(shown), colors),
+        more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors)),  # every tab, whichever is open
     )
+
+
+def _merged(figs: dict, rest: tuple[dict, dict]) -> tuple[dict, dict]:
+    return {**figs, **rest[0]}, rest[1]
+
+
+def overall_frame(grids: dict, reports: dict, shown, column: str) -> pd.DataFrame:
+    """Each shown model's changed entries under the criterion's ``column`` (layer cells + norms, embeddings,
+    head), its parameters and sparsity."""
+    overall = pd.DataFrame(
+        [
+            {
+                "model": m,
+                "changed": int(grids[m]["changed"].sum()) + special_changed(reports[m], column),
+                "numel": reports[m].numel,
+            }
+            for m in shown
+        ]
+    )
+    overall["sparsity"] = 1 - overall["changed"] / overall["numel"]
+    return overall
+
+
+def layers_tab(overall: pd.DataFrame, grids: dict, shown: tuple, crit: str, value: str, colors: dict) -> dict:
+    """The first tab's figures: overall sparsity per model and each model's layer × module heatmap on one
+    colour range (the export builds them too when another tab is open)."""
+    figs = {
+        "overall": figures.overall_bars(overall, title=f"Overall update sparsity per model ({crit})", colors=colors)
+    }
+    zrange = figures.shared_range([grids[m] for m in shown], value)
+    for model in shown:
+        figs[f"heat-{model}"] = figures.sparsity_heatmap(
+            grids[model],
+            value=value,
+            zrange=zrange,
+            cell_text=len(shown) <= 2,
+            title=f"{figures.plain_label(model)}: {value.replace('_', ' ')} ({crit})",
+        )
+    return figs
 
 
 def layer_grids(analysis, column: str) -> dict:

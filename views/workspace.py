@@ -93,7 +93,7 @@ def body() -> None:
         pick = st.selectbox("Download a mask (safetensors, bit-packed, with provenance)", list(files), key="mask_dl")
         st.download_button(
             "Download mask",
-            Path(files[pick]).read_bytes,
+            lambda: _mask_bytes(files[pick]),  # its provenance names server paths as the pages show them
             file_name=Path(files[pick]).name,
             mime="application/octet-stream",
             key="mask-dl-btn",
@@ -106,6 +106,12 @@ def body() -> None:
         ui.table(pd.DataFrame([m.to_dict() for m in z.manifest.members]), "zoo-members", "Demo zoo members")
         with st.expander("Full manifest (JSON)"):
             st.json(uilogic.redacted(z.manifest.to_dict()), expanded=False)  # (it names the runs folder)
+
+
+def _mask_bytes(path: str) -> bytes:
+    from subnetviz.masks import shareable_bytes
+
+    return shareable_bytes(path)
 
 
 ui.run_page(body)

@@ -185,6 +185,22 @@ def _export(page, tmp_path) -> str:
     return path.read_text()
 
 
+def test_sparsity_export_from_another_tab_holds_the_heatmaps_and_names_eta(browser, app_url, tmp_path):
+    """Exported from the sweep tab, the dashboard lost the overall bars and every heatmap with no word; and an
+    export under the relative rule never said its η (nor the comparison precision)."""
+    url = "/sparsity?sp_tab=Tolerance+sweep+and+ULPs&sp_crit=relative&sp_eta=0.05&sp_models=dpo&sp_models=sft"
+    ctx, page = open_page(browser, app_url + url, height=2400)
+    try:
+        wait_for_charts(page)
+        html = _export(page, tmp_path)
+        assert "Overall update sparsity per model (relative)" in html  # the closed first tab ...
+        assert "dpo: sparsity (relative)" in html and "sft: sparsity (relative)" in html  # ... and its heatmaps
+        assert "Update sparsity against tolerance" in html  # the open tab
+        assert "<th>relative η</th><td>0.05</td>" in html and "<th>precision</th><td>stored dtype</td>" in html
+    finally:
+        ctx.close()
+
+
 def test_spectra_export_holds_both_tabs(browser, app_url, tmp_path):
     """Exported from the Subspaces tab, the dashboard also holds the closed Spectra of Δ tab (built on click)."""
     ctx, page = open_page(browser, app_url + "/spectra?spec_tab=Subspaces+of+W_base+vs+W_ft", height=2400)

@@ -464,3 +464,22 @@ def test_a_hostile_pickle_is_refused_before_it_builds_anything(tmp_path, name, p
         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 2 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr[-500:]
+
+
+def test_a_downloaded_mask_names_no_server_path(tmp_path, monkeypatch):
+    """The Workspace's mask download served the file as it is: its provenance named the server's absolute paths
+    ("base": "/root/.cache/subnetviz/zoo/base") where every page shows them relative to their root."""
+    from subnetviz.masks import shareable_bytes
+
+    root = tmp_path / "ckpts"
+    (root / "base").mkdir(parents=True)
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(root))
+    masks = {"w": torch.tensor([[True, False, True]]), "v": torch.zeros(5, dtype=torch.bool)}
+    path = save_mask_set(root / "m.safetensors", MaskSet(masks, {"base": str(root / "base"), "method": "update"}))
+    out = tmp_path / "downloaded.safetensors"
+    out.write_bytes(shareable_bytes(path))
+    with safe_open(str(out), "np") as f:
+        info = f.metadata()["subnetviz"]
+    assert str(tmp_path) not in info and '"base": "ckpts/base"' in info and '"method": "update"' in info
+    again = load_mask_set(out)
+    assert set(again.masks) == {"w", "v"} and all(torch.equal(again.masks[k], masks[k]) for k in masks)
