@@ -98,3 +98,18 @@ def test_gpt2_float_causal_mask_is_a_buffer(ckpt_zoo, tmp_path):
     assert rep.numel == n_weights and rep.changed == 4  # the masks not among the weights; c_attn.bias is
     assert set(rep.buffers["key"].str.rsplit(".", n=2).str[-2:].str.join(".")) == {"attn.bias"}
     assert len(rep.buffers) == len(layers) and rep.buffers["changed"].sum() == 0
+
+
+def test_the_workspace_counts_parameters_as_the_analysis_does(ckpt_zoo, tmp_path):
+    """The Workspace's "parameters" summed every stored tensor: a GPT-2 release with its float causal masks
+    (h.N.attn.bias, 12.6 M entries in GPT-2) read 137 M parameters beside an analysis of 124 M."""
+    from subnetviz.uilogic import checkpoint_info
+
+    sd = read_state_dict(ckpt_zoo.gpt2)
+    weights = sum(t.numel() for t in sd.values())
+    for i in range(LAYERS):
+        sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 16, 16))
+    folder = write_folder(tmp_path / "gpt2-release", sd, ckpt_zoo.gpt2)
+    info = checkpoint_info(str(folder))
+    assert info["params"] == weights == analyze_updates(str(folder), [str(folder)]).reports[0].numel
+    assert sum(info["dtypes"].values()) == weights
