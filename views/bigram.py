@@ -6,7 +6,7 @@ from functools import partial
 import streamlit as st
 
 from subnetviz import figures, selection, ui, uilogic
-from subnetviz.bigram.config import BigramJobConfig
+from subnetviz.bigram.config import PRESET_MAX_STEPS, BigramJobConfig
 from subnetviz.bigram.locate import shares_heatmap_frame
 from subnetviz.bigram.store import analysis_key, is_cached
 from subnetviz.figures import bigram as bg_figures
@@ -30,7 +30,16 @@ def train(model: str, corpus: str) -> None:
         target = c[0].selectbox("Target (optimal = the model's own softmax)", ["bigram", "optimal"], key="bg_target")
         lam = c[1].number_input("λ (sparsity)", 0.0, 1e4, 10.0, key="bg_lambda")
         preset = c[2].selectbox("Preset (fast: lr 1e-2, β×1.003)", ["fast", "paper"], key="bg_preset")
-        steps = c[3].number_input("Max steps", 1, 100_000, 3000, key="bg_steps")
+        steps = c[3].number_input(  # empty: the preset's own (the paper's 15,000; 3,000 had capped every preset)
+            "Max steps",
+            1,
+            100_000,
+            None,
+            key="bg_steps",
+            placeholder="the preset's",
+            help=f"Empty: the preset's own ({', '.join(f'{k} {v:,}' for k, v in PRESET_MAX_STEPS.items())}); "
+            "training also stops earlier by the paper's rule (undecided < 1 % of the masks above 0.9).",
+        )
         seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key="bg_seed")
         go = st.form_submit_button("Train mask", type="primary", icon=":material/play_arrow:")
     if go:
@@ -41,7 +50,7 @@ def train(model: str, corpus: str) -> None:
                 target=target,
                 lam=float(lam),
                 preset=preset,
-                steps=int(steps),
+                steps=None if steps is None else int(steps),
                 seed=int(seed),
                 device=ui.workspace().device,
             )
@@ -219,9 +228,12 @@ def analyse(model: str, corpus: str) -> None:
         with tabs["Residual stream"]:
             ui.chart(figs["bg-rotation"], key="bg-rotation")
             st.caption(
-                "How to read it: similarity of the residual stream after each layer to the current token's and "
-                "the next token's representation; the paper's full model turns from current to next in the "
-                "first layer."
+                "How to read it: a ridge map from the residual stream after each layer to the input embedding "
+                "(the current token) and to the last layer (the next-token side); the angle is the median rotation "
+                "|arg λ| of the map's eigenvalues (0° = the same directions). The paper's full model turns from "
+                "current to next in the first layer. Eigenvalues that are ~0 are left out of the median (the paper "
+                "takes all d): with fewer distinct tokens than the hidden size, as in the demo zoo, the angles are "
+                "not comparable to the paper's."
             )
             cov = [k for k in figs if k.startswith("bg-cov-")]
             for col, key in zip(st.columns(len(cov)), cov, strict=True):

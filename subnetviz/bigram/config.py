@@ -45,6 +45,10 @@ def zoo_bigram_path() -> Path:
     return zoo_dir() / "bigram.npz"
 
 
+# Each preset's step cap (bigram.train.PRESETS holds the rest of its constants; here for pages without torch).
+PRESET_MAX_STEPS = {"paper": 15000, "fast": 3000}
+
+
 @dataclass(frozen=True)
 class BigramJobConfig:
     """One bigram-mask training run (and the corpus the page analyses a mask on)."""

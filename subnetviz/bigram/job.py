@@ -93,6 +93,8 @@ def prepare(config: BigramJobConfig | dict):
         seq_len = zoo_doc_length(cfg.table_path) or seq_len
     seq_len = min(seq_len, int(max_pos))
     n_out = int(model.get_output_embeddings().weight.shape[0])
+    if cfg.corpus != "zoo":  # the tokenizer's vocabulary: logits cut to it (Pythia pads 50277 to 50304 rows)
+        n_out = min(n_out, tokenizer_size(model_dir))
     if cfg.corpus == "zoo":
         table = load_transition_npz(cfg.table_path, n_out)
         n_train = 32 * 500
@@ -117,6 +119,13 @@ def prepare(config: BigramJobConfig | dict):
     check_vocab(table, model)
     table.check_ids(train.ids)
     return model, train, evalc, table
+
+
+def tokenizer_size(model_dir) -> int:
+    """How many tokens the model's tokenizer has (added tokens included), as the paper cuts the logits to."""
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(str(model_dir)))
 
 
 def run_job(config: dict, ctx) -> None:

@@ -148,9 +148,11 @@ class BigramTable:
         return rows
 
     def check_ids(self, ids: torch.Tensor) -> None:
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > self.vocab_size):
+        # ids 0 .. V-1 (row V is the table's start-of-sequence context, never a token: it was let through)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
             raise ConfigError(
-                f"token id {int(ids.max())} outside the bigram table's vocabulary of {self.vocab_size} "
+                f"token id {bad} outside the bigram table's vocabulary of {self.vocab_size} "
                 f"({self.source or 'table'}); build the table with the model's own tokenizer."
             )
 

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from torch.func import functional_call
 
+from subnetviz.bigram.config import PRESET_MAX_STEPS
 from subnetviz.bigram.maskable import family_of, maskable_names
 from subnetviz.bigram.stats import BigramTable, TokenCorpus, check_vocab
 from subnetviz.config import resolve_device
@@ -73,11 +74,16 @@ class MaskTrainingConfig:
 PRESETS: dict[str, MaskTrainingConfig] = {
     # the paper's constants: AdamW 5e-5 (wd 0.01), beta x1.001 per step, 32 x 128 tokens, 15K steps
     "paper": MaskTrainingConfig(
-        lr=5e-5, beta_growth=1.001, weight_decay=0.01, batch_size=32, max_steps=15000, preset="paper"
+        lr=5e-5,
+        beta_growth=1.001,
+        weight_decay=0.01,
+        batch_size=32,
+        max_steps=PRESET_MAX_STEPS["paper"],
+        preset="paper",
     ),
     # the brief's CPU reproduction: lr 1e-2, beta x1.003 (decided in ~2K steps on a 100K-weight model)
     "fast": MaskTrainingConfig(
-        lr=1e-2, beta_growth=1.003, weight_decay=0.01, batch_size=32, max_steps=3000, preset="fast"
+        lr=1e-2, beta_growth=1.003, weight_decay=0.01, batch_size=32, max_steps=PRESET_MAX_STEPS["fast"], preset="fast"
     ),
 }
 

@@ -5,9 +5,9 @@ Definitions (``reference/exssnet_supsup.md`` §6), with T tasks and accuracies a
 - ``A[t, j]``: accuracy on task j with mask j after training task t (entries j > t are untrained
   masks, ≈ chance). ``A_rand[j]``: task j's accuracy before any training.
 - final average accuracy: mean_j A[T-1, j].
-- forgetting (reported ≥ 0, larger = more forgotten): mean over j < T-1 of
-  max_{j ≤ t ≤ T-1} A[t, j] − A[T-1, j]. This is ExSSNeT's ``get_forgetting_metric`` with the
-  sign flipped and each task's value floored at 0 (the code's max runs over t < T-1 only).
+- forgetting (larger = more forgotten): mean over j < T-1 of max_{j ≤ t < T-1} A[t, j] − A[T-1, j].
+  This is ExSSNeT's ``get_forgetting_metric`` with the sign flipped; not floored (a task whose
+  accuracy grew after it was learned counts negative, as in that code).
 - forward transfer: mean over t ≥ 1 of A[t-1, t] − A_rand[t].
 - overlap of task t (t ≥ 1): common_t = |M_t ∧ U_{t-1}| with U_{t-1} = ∨_{i<t} M_i; sparse
   overlap = common_t / |M_t|, total overlap = common_t / #weights; exclusive fraction e_t = 1 − sparse

@@ -716,6 +716,28 @@ def test_bigram_analysis_disk_cache_round_trips(app_env, tmp_path):
     pdt.assert_frame_equal(gens2, gens)
 
 
+def test_a_bigram_mask_under_the_paper_preset_trains_to_the_paper_s_step_cap(app_env):
+    """The form always sent "Max steps" (3000 by default), which replaced the paper preset's 15,000: β reached only
+    20 and the paper's stopping rule could not fire. Left empty, the run takes its preset's cap."""
+    from subnetviz.bigram.config import PRESET_MAX_STEPS
+    from subnetviz.jobs.runner import JobRunner
+
+    runner = JobRunner()
+    before = set(runner.list_runs()["id"]) if len(runner.list_runs()) else set()
+    at = open_page("bigram", bg_view="Train a mask")
+    at.selectbox(key="bg_preset").set_value("paper")
+    assert at.number_input(key="bg_steps").value is None
+    next(b for b in at.button if b.label == "Train mask").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    new = [r for r in runner.list_runs().itertuples() if r.id not in before]
+    try:
+        assert len(new) == 1 and runner.get(new[0].id).config["steps"] is None
+        assert PRESET_MAX_STEPS == {"paper": 15000, "fast": 3000}
+    finally:
+        for r in new:
+            runner.cancel(r.id)
+
+
 def test_bigram_mask_runs_are_picked_by_name_and_drawn_in_percent(app_env):
     """Train a mask: the run picker names each run (not only its id), and its curves draw the kept and the
     undecided share both in percent (undecided was a fraction beside kept in %)."""

@@ -827,6 +827,45 @@ def test_text_corpus_with_the_models_tokenizer(tmp_path, monkeypatch):
         corpus_from_dataset(str(tmp_path / "ds"), tok, text_field="body")
 
 
+def test_a_padded_output_vocabulary_is_cut_to_the_tokenizer_s(tmp_path):
+    """Pythia pads its output to 50304 rows for a 50277-token tokenizer, and the paper cuts the logits to the
+    tokenizer's; the table of a text corpus had the model's padded size, so every surprisal, CE and KL took its
+    softmax over the padding rows too. Scored here against a float64 NumPy softmax over the first V logits."""
+    from subnetviz.bigram.evaluate import score_tokens
+    from subnetviz.bigram.job import prepare
+    from subnetviz.demo.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(6)
+    net = bigram_model("llama", vocab=len(tok) + 10)  # 10 padding rows
+    with torch.no_grad():
+        net.get_output_embeddings().weight[len(tok) :] *= 8.0  # loud padding logits
+    net.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    text = tmp_path / "corpus.txt"
+    text.write_text("abcabd\n" * 50)
+    model, _, evalc, table = prepare({"model": str(tmp_path / "m"), "corpus": str(text), "seq_len": 8})
+    assert table.vocab_size == len(tok)
+    got = score_tokens(model, evalc, table).surprisal_bits
+    with torch.no_grad():
+        logits = model(evalc.ids).logits.double().numpy()[:, :-1, : len(tok)]
+    logp = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - logits.max(-1, keepdims=True)
+    )
+    nxt = evalc.ids[:, 1:].numpy()
+    want = -np.take_along_axis(logp, nxt[..., None], -1)[..., 0] / np.log(2)
+    np.testing.assert_allclose(np.sort(np.asarray(got).ravel()), np.sort(want.ravel()), rtol=1e-5)
+
+
+def test_a_token_id_equal_to_the_vocabulary_size_is_refused():
+    """Row V of a table is its start-of-sequence context, never a token: an id V was let through (> not >=)."""
+    t = count_bigrams(np.array([list(range(10))] * 3), 10)
+    t.check_ids(torch.tensor([[3, 9, 2]]))
+    with pytest.raises(ConfigError, match="token id 10 outside"):
+        t.check_ids(torch.tensor([[3, 10, 2]]))
+
+
 def test_a_small_text_corpus_keeps_most_of_itself_to_train_on(tmp_path):
     """A 400-line text cut into 119 sequences held out 118 (the default 200 held-out sequences): the mask was
     trained, and the bigram table counted, on one sequence, and a one-sequence corpus was evaluated on its
