@@ -738,6 +738,27 @@ def test_a_bigram_mask_under_the_paper_preset_trains_to_the_paper_s_step_cap(app
             runner.cancel(r.id)
 
 
+def test_a_continual_run_left_at_the_form_s_epochs_takes_the_benchmark_s(app_env):
+    """The form always sent 10 / 10 / 20 epochs, replacing split-digits' 30 / 30 / 60; left empty, the run takes
+    its benchmark's own."""
+    from subnetviz.jobs.runner import JobRunner
+
+    runner = JobRunner()
+    before = set(runner.list_runs()["id"]) if len(runner.list_runs()) else set()
+    at = open_page("continual", cl_view="Launch")
+    (epochs,) = [n for n in at.number_input if n.label.startswith("Epochs per phase")]
+    assert epochs.value is None
+    next(b for b in at.button if b.label == "Launch").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    new = [r for r in runner.list_runs().itertuples() if r.id not in before]
+    try:
+        assert len(new) == 1
+        assert runner.get(new[0].id).config["epochs"] == {"mask": None, "weight": None, "finetune": None}
+    finally:
+        for r in new:
+            runner.cancel(r.id)
+
+
 def test_bigram_mask_runs_are_picked_by_name_and_drawn_in_percent(app_env):
     """Train a mask: the run picker names each run (not only its id), and its curves draw the kept and the
     undecided share both in percent (undecided was a fraction beside kept in %)."""
