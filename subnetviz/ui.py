@@ -596,7 +596,7 @@ def figure_download(keys: Sequence[str], title: str) -> None:
     figs = st.session_state.get("_figures", {})
     with st.expander("Figure for a paper (SVG, PDF, PNG)", icon=":material/image:"):
         a, b, c, d = st.columns([3, 1, 1, 2], vertical_alignment="bottom")
-        key = a.selectbox("Chart", list(keys), key=f"pub-chart-{title}")
+        key = a.selectbox("Chart", list(keys), key=f"pub-chart-{title}", format_func=lambda k: _chart_name(figs[k], k))
         fmt = b.selectbox("Format", list(FORMATS), key=f"pub-fmt-{title}")
         scale = c.selectbox("PNG scale", [1, 2, 3, 4], index=1, key=f"pub-scale-{title}", disabled=fmt != "png")
         fig = figs[key]
@@ -609,6 +609,17 @@ def figure_download(keys: Sequence[str], title: str) -> None:
             icon=":material/download:",
             on_click="ignore",
         )
+
+
+def _chart_name(fig, key: str) -> str:
+    """A chart as the figure picker names it: its title as read on the page (tags and entities gone), else its key."""
+    import html
+    import re
+
+    text = (fig.layout.title.text or "") if fig.layout.title else ""
+    text = html.unescape(re.sub(r"<br\s*/?>", " · ", text, flags=re.I))
+    text = re.sub(r"<[^>]*>", "", text).strip()
+    return text or key
 
 
 def kept_choice(key: str, options: Sequence[str]) -> str:

@@ -275,6 +275,15 @@ def test_side_by_side_heatmaps_share_one_colour_range(app_env):
     assert [str(x) for x in bars[0]["data"][0]["x"]] == models  # overall sparsity, one bar per model
 
 
+def test_the_figure_picker_names_charts_by_their_titles(app_env):
+    """The paper-figure picker listed internal keys (heat-grpo-s0, pw-o1), not what the charts are called."""
+    at = open_page("sparsity", sp_models=["grpo-s0", "dpo"])
+    assert not at.exception and not at.error
+    options = at.selectbox(key="pub-chart-Update sparsity").options
+    assert options[0] == "Overall update sparsity per model (exact)", options
+    assert "grpo-s0: sparsity (exact)" in options and not any(o.startswith("heat-") for o in options)
+
+
 def test_one_matrix_follows_the_criterion(app_env):
     """The One matrix view counts under the chosen criterion, equal to the analysis table's count for that tensor."""
     from subnetviz.analysis.updates import analyze_updates
