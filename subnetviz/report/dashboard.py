@@ -16,6 +16,7 @@ from subnetviz import figures
 from subnetviz.analysis.updates import UpdateAnalysis, read_analysis
 from subnetviz.cache import read_frame
 from subnetviz.errors import ConfigError, SubnetvizError
+from subnetviz.figures import subspaces as subspace_figures
 from subnetviz.report.html import ReportSection, write_report
 
 
@@ -50,10 +51,33 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
             )
             sfigs.append(figures.rank_heatmap(g, title=f"{figures.plain_label(model)}: update rank / min(m, n)"))
         sections.append(ReportSection("Spectra", sfigs, [("Rank, effective rank, stable rank", spec)]))
-    if analysis.source_dir is not None and (analysis.source_dir / "overlap_pairwise.csv").exists():
-        pw = read_frame(analysis.source_dir / "overlap_pairwise.csv")
+    src = analysis.source_dir
+    if src is not None and (src / "overlap_pairwise.csv").exists():
+        pw = read_frame(src / "overlap_pairwise.csv")
         ofigs = [figures.pairwise_matrix(pw, value=v, labels=analysis.labels) for v in ("o1", "jaccard")]
-        sections.append(ReportSection("Overlap of update masks", ofigs, [("Pairwise overlap against chance", pw)]))
+        otables = [("Pairwise overlap against chance", pw)]
+        if (src / "overlap_regions.csv").exists():  # exclusive regions, by bit code (bit i = the i-th model)
+            regions = read_frame(src / "overlap_regions.csv")
+            ofigs.append(figures.upset(regions.assign(members=regions["code"].astype(int)), analysis.labels))
+        if (src / "overlap_consensus.csv").exists() and (src / "overlap_sizes.csv").exists():
+            sizes = read_frame(src / "overlap_sizes.csv")
+            overall = read_frame(src / "overlap_consensus.csv").groupby("k", as_index=False)["count"].sum()
+            chance = figures.chance_consensus(list(sizes["density"]), int(sizes["numel"].iloc[0]))
+            ofigs.append(figures.consensus_bars(overall, chance=chance))
+            otables.append(("Entries changed in exactly k of the masks, against independent masks", overall))
+        sections.append(ReportSection("Overlap of update masks", ofigs, otables))
+    if src is not None and (src / "subspaces.csv").exists():  # `analyze` writes it beside the analysis
+        sub = read_frame(src / "subspaces.csv")
+        sfigs = [
+            subspace_figures.angle_heatmap(
+                sub[(sub["model"] == model) & sub["layer"].notna()],
+                title=f"{figures.plain_label(model)}: largest principal angle, top-K left singular subspaces (°)",
+            )
+            for model in analysis.labels
+        ]
+        sections.append(
+            ReportSection("Subspaces of W_base vs W_ft", sfigs, [("Principal angles and singular-value ratios", sub)])
+        )
     return sections
 
 

@@ -348,6 +348,16 @@ def test_report_of_a_cut_copy_is_refused_not_drawn(cli_runs, tmp_path, capsys, m
     assert ("tensors.csv has" in err and "were written" in err) if manifest else "summary.json says" in err, err
 
 
+def test_report_holds_every_result_analyze_wrote(cli_runs, tmp_path):
+    """The report left out the UpSet regions, the consensus and the subspaces that `analyze` writes beside it."""
+    out = tmp_path / "d.html"
+    assert main(["report", str(cli_runs[1][0]), "--out", str(out)]) == 0
+    html = out.read_text()
+    for what in ("Intersections of masks (UpSet)", "Consensus: in how many masks", "Subspaces of W_base vs W_ft"):
+        assert what in html, what
+    assert "ft1: largest principal angle" in html and "Principal angles and singular-value ratios" in html
+
+
 def test_report_never_writes_into_the_folder_it_reads(cli_runs, tmp_path, capsys):
     """'report DIR --out DIR/summary.json --overwrite' replaced the analysis' own summary with HTML."""
     import shutil
