@@ -464,10 +464,14 @@ def fingerprint(spec: str | os.PathLike) -> str:
 
 
 def _fingerprint(files: list[Path], raw_headers: list[bytes]) -> str:
+    """Each file's resolved path, inode, size, mtime and ctime, and its header. Name, size, mtime and header alone
+    matched for two finetunes of one architecture whose files kept a copied mtime (``cp -p``, ``rsync -a``, an
+    archive's whole seconds): the cache served one the other's results. The ctime cannot be set by hand: a file
+    rewritten in place under its old mtime gets a new one."""
     h = hashlib.sha256()
     for f, raw in zip(files, raw_headers, strict=True):
         st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"{f.resolve()}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}".encode())
         h.update(raw)
     return h.hexdigest()[:16]
 

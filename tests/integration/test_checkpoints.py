@@ -93,6 +93,24 @@ def test_fingerprint_is_stable_and_follows_the_files(ckpt_zoo, tmp_path):
     assert open_checkpoint(folder).fingerprint != fp
 
 
+def test_two_finetunes_with_one_header_and_a_copied_mtime_differ(ckpt_zoo, tmp_path):
+    """Two finetunes of one architecture (same header, same size) whose files kept one mtime (cp -p, rsync -a,
+    an archive): the fingerprint was name, size, mtime and header, so `analyze` served one the other's results
+    from the cache. So was a file rewritten in place and its mtime set back."""
+    one = shutil.copytree(ckpt_zoo.gpt2, tmp_path / "one")
+    two = shutil.copytree(ckpt_zoo.gpt2, tmp_path / "two")
+    sd = read_state_dict(two)
+    sd["transformer.ln_f.weight"][0] = bf16_step(sd["transformer.ln_f.weight"][:1], 1)[0]
+    write_folder(two, sd)
+    for f in (one, two):
+        os.utime(f / "model.safetensors", ns=(10**18, 10**18))
+    assert open_checkpoint(one).fingerprint != open_checkpoint(two).fingerprint
+    before = open_checkpoint(one).fingerprint
+    write_folder(one, read_state_dict(two))  # in place, then the old mtime put back
+    os.utime(one / "model.safetensors", ns=(10**18, 10**18))
+    assert open_checkpoint(one).fingerprint != before
+
+
 def _transformers_state_dict(folder) -> dict[str, torch.Tensor]:
     """What transformers loads from ``folder`` (the independent reference for which files a folder means)."""
     from transformers import AutoModelForCausalLM
