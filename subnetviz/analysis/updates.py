@@ -105,7 +105,7 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
             rc[f"{r.model}::{key}::cols"] = cols_.astype(np.int32)
     np.savez_compressed(folder / "row_col.npz", **rc)
     (folder / "masks").mkdir()
-    mask_files = {}
+    mask_files, taken = {}, set()
     for r in analysis.reports:
         if r.masks:
             meta = {
@@ -121,7 +121,7 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
                     meta["shared_rows_only"] = {
                         n: int(k) for n, k in zip(shared["name"], shared["rows_compared"], strict=True)
                     }
-            fname = f"{_safe(r.model)}.safetensors"
+            fname = _unique(_safe(r.model) or "model", taken) + ".safetensors"
             save_mask_set(folder / "masks" / fname, MaskSet(r.masks, meta))
             mask_files[r.model] = f"masks/{fname}"
     if analysis.overlap is not None:
@@ -149,6 +149,18 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
 
 def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in label)
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ... when another model's mask took it (labels 'a/b' and 'a_b' both
+    read ``a_b``: the second mask replaced the first, and both names pointed at it). Compared without case, as
+    a case-insensitive file system would."""
+    name, n = stem, 1
+    while name.lower() in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name.lower())
+    return name
 
 
 def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:

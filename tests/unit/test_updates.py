@@ -205,3 +205,18 @@ def test_a_weights_file_is_labelled_by_its_folder():
         "/b/dpo",
     ]
     assert [_label_for(s, used) for s in specs] == ["dpo", "x", "step100", "dpo-2"]
+
+
+def test_labels_that_read_as_one_file_name_keep_their_own_masks(tmp_path):
+    """Labels 'a/b' and 'a_b' both made masks/a_b.safetensors: the second mask replaced the first and both
+    labels pointed at it (so did 'A' and 'a' on a case-insensitive file system)."""
+    w = torch.zeros(4, dtype=torch.bfloat16)
+    base = _write(tmp_path / "b", {"model.layers.0.mlp.up_proj.weight": w})
+    one = _write(tmp_path / "f1", {"model.layers.0.mlp.up_proj.weight": w + torch.tensor([1, 0, 0, 0])})
+    two = _write(tmp_path / "f2", {"model.layers.0.mlp.up_proj.weight": w + torch.tensor([0, 1, 1, 0])})
+    labels = ["a/b", "a_b", "A_B", ""]
+    out = write_analysis(analyze_updates(base, [one, two, one, two], labels=labels), tmp_path / "out")
+    files = json.loads((out / "summary.json").read_text())["mask_files"]
+    assert len(set(files.values())) == 4 and files[""] == "masks/model.safetensors"
+    for label, want in zip(labels, [1, 2, 1, 2], strict=True):
+        assert load_mask_set(out / files[label]).count == want, label
