@@ -199,6 +199,9 @@ class _Walk:
         self.forms_base, *self.forms = [_forms(c) for c in (self.ck_base, *self.cks)]
         self.alignments = [align([self.ck_base, c]) for c in self.cks]
         self.per_key = [{t.key: t for t in al.tensors} for al in self.alignments]
+        for i, pk in enumerate(self.per_key):  # before any tensor is read
+            for at in pk.values():
+                self._check_forms(at, i)
         self.table = self.ck_base.names_table
         self.options, self.spectra, self.dev = options, spectra, dev
         self.log = FormLog()
@@ -224,6 +227,22 @@ class _Walk:
         keys = [t.key for t in self.alignments[0].tensors]
         keys += [k for pk in self.per_key[1:] for k in pk if k not in self.per_key[0]]
         return list(dict.fromkeys(keys))
+
+    def _check_forms(self, at, i: int) -> None:
+        """A weight on one side stored as integers on the other is no buffer: one line naming it. (Any non-float
+        tensor is a buffer, and either side being one made the pair one: a norm saved as int32 in the finetune
+        left the weight sparsity with no word but a buffers note.) Buffers by name are buffers on both sides."""
+        fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
+        if (fa.kind == "buffer") == (fb.kind == "buffer") or "scale" in (fa.kind, fb.kind):
+            return
+        da, db = (
+            str(ck.meta(n).dtype).replace("torch.", "")
+            for ck, n in ((self.ck_base, at.names[0]), (self.cks[i], at.names[1]))
+        )
+        raise CheckpointError(
+            f"{self.cks[i].spec}: {at.names[1]!r} is stored as {db} there and as {da} in the base "
+            f"({self.ck_base.spec}); a weight and an integer tensor cannot be compared."
+        )
 
     def is_side(self, at, i: int) -> bool:  # buffers and scales: listed apart, read by side_row
         return self.forms_base[at.names[0]].kind in _SIDE or self.forms[i][at.names[1]].kind in _SIDE

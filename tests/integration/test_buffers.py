@@ -9,6 +9,7 @@ stored dtype (base cast round-to-nearest-even) so exactly the planted entries co
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from subnetviz.analysis.sparsity import SparsityOptions
@@ -113,3 +114,18 @@ def test_the_workspace_counts_parameters_as_the_analysis_does(ckpt_zoo, tmp_path
     info = checkpoint_info(str(folder))
     assert info["params"] == weights == analyze_updates(str(folder), [str(folder)]).reports[0].numel
     assert sum(info["dtypes"].values()) == weights
+
+
+def test_a_weight_stored_as_integers_in_the_finetune_is_refused_by_name(ckpt_zoo, tmp_path):
+    """Any non-float tensor is a buffer, and either side being one made the pair one: a finetune whose final
+    norm was saved as int32 read 448,704 instead of 448,800 parameters, with no word but a buffers note."""
+    from subnetviz.errors import CheckpointError
+
+    sd = read_state_dict(ckpt_zoo.llama)
+    name = next(k for k in sd if k.endswith("model.norm.weight"))
+    sd[name] = sd[name].to(torch.int32)
+    ft = write_folder(tmp_path / "ft", sd, ckpt_zoo.llama)
+    with pytest.raises(CheckpointError) as err:
+        analyze_updates(str(ckpt_zoo.llama), [str(ft)])
+    msg = str(err.value)
+    assert "\n" not in msg and repr(name) in msg and "int32 there" in msg and "bfloat16 in the base" in msg
