@@ -392,6 +392,9 @@ _GGUF = "GGUF (llama.cpp), which is not read: compare the safetensors release it
 def _index_files(index: Path) -> list[Path]:
     try:
         weight_map = read_json(index, CheckpointError)["weight_map"]
+        odd = [v for v in weight_map.values() if not isinstance(v, str)]
+        if odd:  # (5, null, a list: Path() of it was a TypeError traceback)
+            raise CheckpointError(f"{index}: a shard entry is {json.dumps(odd[0])[:40]}, not a file name.")
         entries = sorted(set(weight_map.values()))
     except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{index}: not a valid shard index ({type(exc).__name__}: {exc}).") from exc

@@ -513,6 +513,19 @@ def test_index_naming_a_missing_shard(ckpt_zoo, tmp_path):
         open_checkpoint(folder)
 
 
+@pytest.mark.parametrize("entry", [5, None, ["model.safetensors"], {"a": 1}])
+def test_index_with_a_shard_entry_that_is_no_file_name_is_one_line(ckpt_zoo, tmp_path, entry):
+    """{"weight_map": {"a": 5}} ended in a TypeError traceback (Path(5)) instead of naming the index."""
+    folder = shutil.copytree(ckpt_zoo.llama, tmp_path / "l")
+    index = folder / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"][next(iter(data["weight_map"]))] = entry
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="not a file name") as err:
+        open_checkpoint(folder)
+    assert "\n" not in str(err.value) and "model.safetensors.index.json" in str(err.value)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("side", ["finetuned", "both"])
 def test_non_finite_weight_names_file_and_tensor(ckpt_zoo, llama_sd, tmp_path, bad, side):
