@@ -18,6 +18,7 @@ Decisions documented here:
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -162,8 +163,9 @@ class TrainConfig:
                 problems.append(f"{name} must be an integer >= {lo}, got {v!r}")
         for name in ("learning_rate", "beta", "weight_decay", "max_grad_norm"):
             v = getattr(self, name)
-            if not isinstance(v, int | float) or isinstance(v, bool) or v < 0 or v != v:
-                problems.append(f"{name} must be a number >= 0, got {v!r}")
+            if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < math.inf:  # NaN, ∞ too
+                why = " (0: no clipping)" if name == "max_grad_norm" else ""
+                problems.append(f"{name} must be a finite number >= 0{why}, got {v!r}")
         if isinstance(self.learning_rate, int | float) and not 0 < self.learning_rate < 1:
             problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
         if not isinstance(self.bf16, bool):

@@ -320,6 +320,17 @@ def test_schedulers_that_need_what_a_run_does_not_pass_are_refused(tiny, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["weight_decay", "beta", "max_grad_norm", "learning_rate"])
+def test_an_infinite_hyperparameter_is_refused_before_training(tiny, tmp_path, name):
+    """weight_decay: Infinity passed the check (v < 0 or v != v catches NaN only): the run diverged at step 2,
+    was published, and its analysis ended on 2,880 NaN/Inf values."""
+    from subnetviz.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"{name} must be a finite number >= 0"):
+        train(_cfg(tiny, tmp_path, **{name: float("inf")}))
+    assert not (tmp_path / "out").exists()
+
+
 def test_every_accepted_scheduler_runs(tiny, tmp_path):
     from subnetviz.training.config import SCHEDULERS
 
