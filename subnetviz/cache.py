@@ -38,6 +38,10 @@ MANIFEST = ".manifest.json"
 HASH_LIMIT = 256 << 20  # files above this are verified by size only (a 7B model's packed masks: ~1 GB)
 
 
+_UMASK = os.umask(0o022)  # the process' umask (read by setting it; put back at once, at import)
+os.umask(_UMASK)
+
+
 def _tmp_name(target: Path, tag: str = "tmp") -> Path:
     return target.with_name(f".{target.name}.{tag}-{os.getpid()}-{time.monotonic_ns()}")
 
@@ -152,6 +156,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_name(path)
     try:
         yield tmp
+        # as any new file of this process: safetensors writes 0600, so a shared result folder's masks were
+        # unreadable to the others who could read every other file in it
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

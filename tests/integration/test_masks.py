@@ -483,3 +483,13 @@ def test_a_downloaded_mask_names_no_server_path(tmp_path, monkeypatch):
     assert str(tmp_path) not in info and '"base": "ckpts/base"' in info and '"method": "update"' in info
     again = load_mask_set(out)
     assert set(again.masks) == {"w", "v"} and all(torch.equal(again.masks[k], masks[k]) for k in masks)
+
+
+def test_a_saved_mask_is_readable_as_the_umask_allows(tmp_path, monkeypatch):
+    """safetensors wrote mask files 0600 while every other file of a result folder was 0644 (umask 022): the
+    masks of a folder shared with colleagues could not be read by them."""
+    from subnetviz import cache
+
+    monkeypatch.setattr(cache, "_UMASK", 0o022)  # the process' umask, as the module read it at import
+    path = save_mask_set(tmp_path / "m.safetensors", MaskSet({"w": torch.ones(3, dtype=torch.bool)}, {}))
+    assert path.stat().st_mode & 0o777 == 0o644
