@@ -58,9 +58,12 @@ def cmd_mask(args: argparse.Namespace) -> int:
         if not args.dst:
             raise SubnetvizError(f"mask {args.action} needs a destination: SRC DST.safetensors")
         dst = Path(args.dst).expanduser()
-        if dst.is_dir() or (dst.exists() and not args.overwrite):
-            what = "a folder" if dst.is_dir() else "a file"
-            raise SubnetvizError(f"{args.dst}: {what} is already there; choose a new file name, or pass --overwrite.")
+        if dst.is_dir():  # (--overwrite never replaces a folder: the message offered it)
+            raise SubnetvizError(
+                f"{args.dst}: a folder is there; name the file to write, e.g. {dst / 'mask.safetensors'}."
+            )
+        if dst.exists() and not args.overwrite:
+            raise SubnetvizError(f"{args.dst}: a file is already there; choose a new file name, or pass --overwrite.")
         ms = import_mask(args.src)  # safetensors, torch.save or a released bigram pickle, told by the content
         save_mask_set(dst, ms)
         print(f"wrote {args.dst}: {len(ms.masks)} tensors, density {ms.density:.6f}")

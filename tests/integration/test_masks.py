@@ -403,6 +403,10 @@ def test_cli_mask_import_never_replaces_a_file_unasked(tmp_path, capsys):
     assert main(["mask", "import", str(src), str(dst), "--overwrite"]) == 0
     assert torch.equal(load_mask_set(dst).masks["w"], torch.eye(3, dtype=torch.bool))
     assert main(["mask", "info", str(src)]) == 0 and '"density": 0.3333' in capsys.readouterr().out
+    # a folder as the destination: --overwrite never replaces one, so it is not offered
+    assert main(["mask", "import", str(src), str(tmp_path), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "a folder is there; name the file to write" in err and "--overwrite" not in err
 
 
 def test_a_safetensors_mask_whose_header_length_starts_with_0x80_is_read(tmp_path):
