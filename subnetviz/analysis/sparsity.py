@@ -274,7 +274,16 @@ def _comparable(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name
         raise ConfigError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)}).")
     if options.precision is not None:
         dt = PRECISIONS[options.precision]
-        a, b = a.to(dt), b.to(dt)
+        ca, cb = a.to(dt), b.to(dt)
+        if dt == torch.float16:  # finite weights beyond fp16's range read as Inf: said as that, not as NaN/Inf
+            for side, x, cx in (("base", a, ca), ("finetuned", b, cb)):
+                if x.dtype != dt and x.dtype.is_floating_point and (over := int(torch.isinf(cx).sum())):
+                    if over > int(torch.isinf(x).sum()):
+                        raise ConfigError(
+                            f"{name}: {over:,} value(s) of the {side} tensor lie beyond float16's range (±65504) "
+                            "once cast; compare at bf16 or fp32 (--precision) instead."
+                        )
+        a, b = ca, cb
     elif a.dtype != b.dtype:
         a, b = a.to(torch.float32), b.to(torch.float32)
     if a.dtype not in INT_VIEW or a.dtype.itemsize == 1:  # fp8 codes: only after a cast (precision)

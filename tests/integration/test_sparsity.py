@@ -652,3 +652,23 @@ def test_gpt_neox_layout_matches_hf_attention():
             moved = {k: (seen[k] - before[k]).abs().amax(dim=(0, 2, 3)) > 0 for k in "qkv"}  # per head
             assert moved[which].tolist() == [h == head for h in range(HEADS)], (row, which, head)
             assert not any(moved[k].any() for k in "qkv" if k != which), row
+
+
+def test_fp16_precision_on_weights_beyond_its_range_says_so(tmp_path):
+    """--precision fp16 on a bf16 pair holding 1e5 (finite; beyond fp16's 65504) read "NaN/Inf value(s) in the
+    first (base) tensor", though both checkpoints are finite."""
+    from safetensors.torch import save_file
+
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import analyze_updates
+    from subnetviz.errors import ConfigError
+
+    w = torch.ones(4, 4, dtype=torch.bfloat16)
+    w[0, 0] = 1e5
+    for name, t in (("b", w), ("f", w * 2)):
+        (tmp_path / name).mkdir()
+        save_file({"model.layers.0.mlp.up_proj.weight": t}, str(tmp_path / name / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"1 value\(s\) of the base tensor lie beyond float16's range"):
+        analyze_updates(str(tmp_path / "b"), [str(tmp_path / "f")], options=SparsityOptions(precision="fp16"))
+    ok = analyze_updates(str(tmp_path / "b"), [str(tmp_path / "f")], options=SparsityOptions(precision="fp32"))
+    assert ok.reports[0].changed == 16
