@@ -160,7 +160,11 @@ def write_report(
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"Cannot write the report to {path}: folder {path.parent} does not exist. Create it first.")
-    return atomic_write(path, build_report(title, sections, params, **kw))  # a reader never sees half a report
+    page = build_report(title, sections, params, **kw)
+    try:
+        return atomic_write(path, page)  # a reader never sees half a report
+    except OSError as exc:  # named by the file asked for, not the temporary one beside it
+        raise ConfigError(f"Cannot write the report to {path}: {exc.strerror or exc}.") from None
 
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula

@@ -136,6 +136,14 @@ def test_write_report_and_bad_input(tmp_path):
         write_report(tmp_path / "missing" / "r.html", "x", secs)
     with pytest.raises(ConfigError, match="ReportSection"):
         build_report("x", [go.Figure()])
+    # a folder that cannot be written: named as asked, not as the temporary file beside it (root writes anyway)
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ConfigError, match=r"Cannot write the report to .*locked/r.html: Permission denied"):
+            write_report(locked / "r.html", "x", secs)
+    with pytest.raises(ConfigError, match=r"Cannot write the report to /proc/r.html: "):
+        write_report("/proc/r.html", "x", secs)
 
 
 def test_download_frame_roundtrips():
