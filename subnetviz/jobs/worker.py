@@ -130,13 +130,23 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
             if sharded.launched():  # one rank of a launched run, done: leave without the teardown
                 sharded.exit_rank(0)
             return 0
-        config = json.loads(Path(config_path).read_text())
+        try:
+            config = json.loads(Path(config_path).read_text())
+        except OSError as exc:
+            raise SubnetvizError(f"--config {config_path}: {exc.strerror or exc}.") from None
+        except json.JSONDecodeError as exc:
+            raise SubnetvizError(f"--config {config_path}: not JSON ({exc}).") from None
         if not isinstance(config, dict):
             raise SubnetvizError(f"{config_path}: a JSON {type(config).__name__}, not a training config object.")
         config["kind"] = "train"
         validate_job_config(config)
         rd = Path(run_dir)
-        rd.mkdir(parents=True, exist_ok=False)
+        try:
+            rd.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise SubnetvizError(f"--run-dir {run_dir}: already there; a run folder must be new.") from None
+        except OSError as exc:
+            raise SubnetvizError(f"--run-dir {run_dir}: cannot be made ({exc.strerror or exc}).") from None
         write_json(rd / "config.json", config)
     except (SubnetvizError, FileExistsError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -107,6 +107,17 @@ def test_the_job_verb_on_a_folder_that_is_no_job(tmp_path, capsys):
     assert not (tmp_path / "nowhere").exists() and "no job folder here" in capsys.readouterr().err
 
 
+def test_train_run_dir_errors_name_the_option_and_the_file(tmp_path, capsys):
+    """'[Errno 2] ... nonexist.json' and a bare JSON error named neither the option nor (for the JSON) the file."""
+    from subnetviz.jobs.worker import main_train
+
+    assert main_train(str(tmp_path / "nonexist.json"), run_dir=str(tmp_path / "rd")) == 2
+    assert "--config " in (err := capsys.readouterr().err) and "nonexist.json: No such file" in err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main_train(str(tmp_path / "bad.json"), run_dir=str(tmp_path / "rd")) == 2
+    assert "bad.json: not JSON" in capsys.readouterr().err
+
+
 def test_a_busy_registry_is_not_called_broken(tmp_path, monkeypatch):
     """Another process holding the write lock past the timeout: the message said to move the registry aside,
     which on a healthy registry loses every run record."""
