@@ -41,6 +41,7 @@ from subnetviz.analysis.behavior_data import (
     Prompt,
     correct,
     encode,
+    fit_context,
     kl_terms,
     logits_of,
     read_prompts,
@@ -51,6 +52,7 @@ from subnetviz.analysis.revert import (
     ModelBuilder,
     Selector,
     abs_delta_selector,
+    aligned_pair,
     check_mask_names,
     check_model_finite,
     mask_selector,
@@ -152,7 +154,8 @@ def behavior(
 
     ``masks``: name -> mask set (tensor name -> bool tensor), each reverted inside and outside in
     every finetune (and its random control when ``random_control``); ``curve``: fractions of Δ for
-    the |Δ|-order and random-order curves (None: no curve).
+    the |Δ|-order and random-order curves (None: no curve; each fraction once, ascending). Prompts longer
+    than the models' context are cut to it, with a note.
     """
     from subnetviz.checkpoints.models import load_causal_lm, load_tokenizer
     from subnetviz.config import resolve_device
@@ -161,11 +164,14 @@ def behavior(
     dev = resolve_device(device)
     labels = _labels(labels, finetuned, prompts)
     masks = dict(masks or {})
+    curve = sorted({float(f) for f in curve}) if curve else None  # a fraction given twice was run twice
+    for ft in finetuned:  # from the headers, before any model is loaded: a pair behaviour cannot compare
+        aligned_pair(str(base), str(ft))
     try:
         tok = load_tokenizer(base)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{base}: no tokenizer to encode the prompts with ({exc}).") from None
-    enc = encode(tok, prompts)
+    enc, cut_note = fit_context(encode(tok, prompts), _context_length([base, *finetuned]))
     batches = [enc[i : i + batch_size] for i in range(0, len(enc), batch_size)]
     n_tokens = sum(len(e.ids) for e in enc)
     _require_room(base, finetuned, batches, n_tokens, tok, dev)
@@ -177,6 +183,7 @@ def behavior(
 
     plan = _plan(masks, random_control, curve, seed)
     summary, tokens, per_prompt, curves = [], [], [], []
+    notes = [cut_note] if cut_note else []
     static = token_frame(enc, tok)
     total, step, t_fwd, fwd_tokens = len(finetuned) * len(plan), 0, 0.0, 0
     for label, ft in zip(labels, finetuned, strict=True):
@@ -212,10 +219,11 @@ def behavior(
                 curves.append({**row, "order": mask.split(":")[1], "fraction": float(side)})
             else:
                 summary.append(row)
+        notes += [n for n in [builder.cast_note(label)] if n]
         del builder
     if progress:
         progress(total, total, "done")
-    notes = [] if keep else ["base logits recomputed per model (too large to keep in memory)."]
+    notes += [] if keep else ["base logits recomputed per model (too large to keep in memory)."]
     curve_cols = ["model", "order", "fraction", "fraction_reverted", "kl_forward", "kl_reverse", "accuracy"]
     return BehaviorReport(
         str(base),
@@ -238,6 +246,9 @@ def _labels(labels: Sequence[str] | None, finetuned: Sequence[str], prompts: Seq
 
     used: set[str] = set()
     labels = list(labels) if labels else [_label_for(str(f), used) for f in finetuned]
+    blank = [lbl for lbl in labels if not str(lbl).strip()]
+    if blank:  # a row with no name, which the pages cannot tell apart or pick
+        raise ConfigError(f"behaviour: empty label(s) {blank}; give each finetuned model a name.")
     if len(labels) != len(finetuned):
         raise ConfigError(f"{len(labels)} labels for {len(finetuned)} finetuned models.")
     twice = sorted({lbl for lbl in labels if labels.count(lbl) > 1})
@@ -246,6 +257,27 @@ def _labels(labels: Sequence[str] | None, finetuned: Sequence[str], prompts: Seq
     if not prompts:
         raise ConfigError("behaviour needs at least one prompt.")
     return labels
+
+
+def _context_length(models: Sequence) -> int | None:
+    """The fewest positions any of ``models`` takes (``max_position_embeddings``, GPT-2's ``n_positions``, ...;
+    from each config), None when no config says."""
+    from transformers import AutoConfig
+
+    from subnetviz.checkpoints.models import model_folder
+
+    found = []
+    for m in models:
+        try:
+            cfg = AutoConfig.from_pretrained(str(model_folder(m)), local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+            n = getattr(cfg, key, None)
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                found.append(n)
+                break
+    return min(found) if found else None
 
 
 Plan = list[tuple[str, str, str, Callable[[ModelBuilder], Selector | None]]]
@@ -417,10 +449,11 @@ def planned_passes(config: dict) -> tuple[int, int, int, int]:
         tok = load_tokenizer(config["base"])
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{config['base']}: no tokenizer to encode the prompts with ({exc}).") from None
-    n_tokens = sum(len(e.ids) for e in encode(tok, prompts))
+    enc, _ = fit_context(encode(tok, prompts), _context_length([config["base"], *config["finetuned"]]))
+    n_tokens = sum(len(e.ids) for e in enc)
     masks = len(config.get("masks") or {})
     experiments = 1 + masks * (3 if config.get("random_control", True) else 2)
-    experiments += 2 * len(config.get("curve", CURVE_POINTS) or ())
+    experiments += 2 * len({float(f) for f in config.get("curve", CURVE_POINTS) or ()})
     runs = len(config["finetuned"]) * experiments
     keep = n_tokens * len(tok) * 4 <= _BASE_CACHE_BYTES
     return runs + (1 if keep else runs), runs, n_tokens, open_checkpoint(config["base"]).num_params
@@ -465,4 +498,5 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     return _cache.entry("behavior", key, root=cache_root), files
 
 
-BEHAVIOR_VERSION = 2  # bump when the same inputs would give different numbers or files (2: NaN weights refused)
+BEHAVIOR_VERSION = 3  # bump when the same inputs would give different numbers or files (2: NaN weights refused;
+# 3: prompts cut to the context, a curve fraction given twice run once, mixed precision cast as analyze does)

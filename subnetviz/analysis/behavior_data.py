@@ -7,6 +7,7 @@ exact match, and the per-position token table.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ class Prompt:
 
 PROMPT_COLUMNS = ("prompt", "question", "problem", "input")
 ANSWER_COLUMNS = ("answer", "solution", "output", "target")
+# A prompt and its answer longer than this is refused before it is tokenized: far past any context this runs in
+# (positions past the model's are cut anyway), and a 400,000-character line ran for more than 10 CPU-minutes.
+MAX_PROMPT_CHARS = 1_000_000
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # a hub id (org/name), not a path
 
 
 def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prompt]:
@@ -47,7 +52,7 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prom
         if not isinstance(row.get("prompt"), str):
             raise ConfigError(f"{path}, line {lineno}: expected an object with a string 'prompt'.")
         ans = row.get("answer")
-        out.append(Prompt(row["prompt"], None if ans is None else str(ans)))
+        out.append(_checked(Prompt(row["prompt"], None if ans is None else str(ans)), f"{path}, line {lineno}"))
         if limit and len(out) >= limit:
             break
     if not out:
@@ -55,21 +60,54 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prom
     return out
 
 
+def _checked(p: Prompt, where: str) -> Prompt:
+    """``p``, unless it is longer than :data:`MAX_PROMPT_CHARS` (said before anything is tokenized)."""
+    n = len(p.text) + len(p.answer or "")
+    if n > MAX_PROMPT_CHARS:
+        raise ConfigError(
+            f"{where}: a prompt and answer of {n:,} characters; at most {MAX_PROMPT_CHARS:,} are read "
+            "(positions past the model's context are cut anyway)."
+        )
+    return p
+
+
+def _hub_spec(spec: str) -> tuple[str, str | None, str]:
+    """``hf:NAME[:CONFIG]:SPLIT`` -> (name, config, split), every part given; NAME a hub id, not a path
+    (``load_dataset`` reads any folder it is given)."""
+    parts = spec[3:].split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ConfigError(f"{spec[:120]!r}: expected hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT, every part given.")
+    if not _HUB_NAME.fullmatch(parts[0]) or ".." in parts[0] or not all(re.fullmatch(r"[\w.-]+", x) for x in parts[1:]):
+        raise ConfigError(
+            f"{spec[:120]!r}: hf:NAME names a data set of the hub by its id (gsm8k, org/name), not a path."
+        )
+    return parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
+
+
 def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     import datasets
+    from huggingface_hub import constants as hub
 
+    # The cache only, nothing downloaded or asked of the hub: datasets and huggingface_hub read the offline
+    # variables when they are imported, so setting the environment here did nothing (the hub was asked for the
+    # data set by name); their flags are set for the call and put back.
+    offline = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE
     try:
         if spec.startswith("hf:"):
-            parts = spec[3:].split(":")
-            if len(parts) not in (2, 3):
-                raise ConfigError(f"{spec!r}: expected hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT.")
-            name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
-            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the local cache only
-            ds = datasets.load_dataset(name, config, split=split)
+            name, config, split = _hub_spec(spec)
+            datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
+            ds = datasets.load_dataset(name, config, split=split, download_mode="reuse_cache_if_exists")
         else:
             ds = datasets.load_from_disk(spec)
-    except (FileNotFoundError, ValueError, ConnectionError) as exc:
-        raise ConfigError(f"{spec}: not a data set on this machine ({exc}).") from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - datasets raises anything (an IndexError for 'hf:::'): one line
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        if spec.startswith("hf:") and isinstance(exc, ConnectionError | FileNotFoundError):  # (the hub, offline)
+            why = f"not in the datasets cache {datasets.config.HF_DATASETS_CACHE}; hf: data sets are never downloaded"
+        raise ConfigError(f"{spec[:120]}: not a data set on this machine ({why}).") from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE = offline
     if isinstance(ds, datasets.DatasetDict):
         raise ConfigError(f"{spec}: holds splits {list(ds)}; name one (hf:NAME:SPLIT, or save one split).")
     cols = ds.column_names
@@ -79,9 +117,10 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     acol = next((c for c in ANSWER_COLUMNS if c in cols), None)
     rows = ds.select(range(min(limit, len(ds)))) if limit else ds
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
         ans = None if acol is None or r[acol] is None else str(r[acol])
-        out.append(Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans))
+        p = Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans)
+        out.append(_checked(p, f"{spec}, row {i}"))
     if not out:
         raise ConfigError(f"{spec}: holds no rows.")
     return out
@@ -158,3 +197,22 @@ def token_frame(enc: Sequence[Encoded], tok) -> pd.DataFrame:
         cols["next_token_id"] += ids[1:] + [-1]
         cols["predicts_answer"] += [t + 1 >= start for t in range(len(ids))]
     return pd.DataFrame(cols)
+
+
+def fit_context(enc: Sequence[Encoded], positions: int | None) -> tuple[list[Encoded], str | None]:
+    """Each encoding cut to its first ``positions`` tokens (the model's context: a GPT-2 indexed past its
+    position table, a RoPE model ran past its context and its KLs were reported with no word), and the note that
+    says how many were cut (None when none was). A cut answer is not scored: its last tokens are gone."""
+    if positions is None or all(len(e.ids) <= positions for e in enc):
+        return list(enc), None
+    out, cut, unscored = [], 0, 0
+    for e in enc:
+        if len(e.ids) <= positions:
+            out.append(e)
+            continue
+        cut, unscored = cut + 1, unscored + (e.answer_start is not None)
+        out.append(Encoded(e.ids[:positions], None))
+    return out, (
+        f"{cut} of {len(enc)} prompt(s) longer than the model's context of {positions} positions cut to their first "
+        f"{positions} tokens" + (f"; {unscored} lost answer tokens (not scored for accuracy)." if unscored else ".")
+    )

@@ -3,9 +3,12 @@
 :class:`ModelBuilder` holds one model instance and rewrites every parameter as
 ``where(select, base, ft)``, streaming each aligned tensor pair from disk (never a second copy of
 the weights). Selectors say which entries to revert: inside or outside a mask set, a random
-same-count control, the largest |Δ| first, or a random order. Mask sets can also be made per
-finetune (:func:`update_masks`, :func:`top_delta_masks`; :func:`mask_source` parses the CLI's
-``--mask`` values). Used by :mod:`subnetviz.analysis.behavior`.
+same-count control, the largest |Δ| first, or a random order. A base stored in another float dtype than
+the finetune is cast to the finetune's with round-to-nearest-even, as the update analysis compares them:
+"changed" and a reverted entry's value are those of the base saved in the finetune's dtype
+(:meth:`ModelBuilder.pair`). Mask sets can also be made per finetune (:func:`update_masks`,
+:func:`top_delta_masks`; :func:`mask_source` parses the CLI's ``--mask`` values). Used by
+:mod:`subnetviz.analysis.behavior`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from subnetviz.errors import ConfigError, MaskError, suggest
+from subnetviz.errors import AlignmentError, ConfigError, MaskError, suggest
 
+_CASTABLE = (torch.bfloat16, torch.float16, torch.float32, torch.float64)  # values, not codes with a scale
 Selector = Callable[[int, str, torch.Tensor, torch.Tensor], torch.Tensor]  # (index, key, base, ft) -> bool mask
 
 
@@ -29,16 +33,34 @@ def check_model_finite(model, where: str) -> None:
         check_finite(p.detach(), f"{where} :: {name}")
 
 
+def aligned_pair(base: str, ft: str):
+    """(base checkpoint, finetune checkpoint, aligned tensors by key), from the headers. A resized vocabulary is
+    refused naming the tensor and both shapes: the KL compares next-token distributions over one vocabulary,
+    and a token only one model has makes it infinite or undefined (the update analysis, which compares
+    weights, takes the shared rows)."""
+    from subnetviz.checkpoints import align, open_checkpoint
+
+    ck_base, ck_ft = open_checkpoint(base), open_checkpoint(ft)
+    aligned = {t.key: t for t in align([ck_base, ck_ft]).tensors}
+    resized = next((t for t in aligned.values() if t.rows is not None), None)
+    if resized is not None:
+        name, shapes = resized.names[1], (ck_base.meta(resized.names[0]).shape, ck_ft.meta(resized.names[1]).shape)
+        raise AlignmentError(
+            f"{ft}: {name!r} has shape {tuple(shapes[1])}, in the base {base} {tuple(shapes[0])}: a resized "
+            "vocabulary; behaviour compares next-token distributions over one vocabulary, so both need the same one."
+        )
+    return ck_base, ck_ft, aligned
+
+
 class ModelBuilder:
     """One model instance whose weights are rewritten, tensor by tensor, as ``where(select, base, ft)``."""
 
     def __init__(self, base: str, ft: str, device):
-        from subnetviz.checkpoints import align, open_checkpoint
         from subnetviz.checkpoints.models import load_causal_lm
         from subnetviz.checkpoints.naming import strip_prefix
 
-        self.ck_base, self.ck_ft = open_checkpoint(base), open_checkpoint(ft)
-        self.aligned = {t.key: t for t in align([self.ck_base, self.ck_ft]).tensors}
+        self.ck_base, self.ck_ft, self.aligned = aligned_pair(base, ft)
+        self.cast: dict[str, tuple[torch.dtype, torch.dtype]] = {}  # base tensor -> (base dtype, finetune dtype)
         self.device = device
         self.model = load_causal_lm(ft).to(device).eval()
         check_model_finite(self.model, ft)  # once: every build writes these tensors again (or the base's)
@@ -47,6 +69,35 @@ class ModelBuilder:
         missing = [k for k, _ in self.params if k not in self.aligned]
         if missing:
             raise ConfigError(f"{ft}: model parameters without a tensor in both checkpoints: {missing[:5]}.")
+
+    def pair(self, at, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned tensor ``at`` of the base and of the finetune, the base cast to the finetune's float dtype
+        where they differ (round-to-nearest-even, as :mod:`subnetviz.analysis.quant` compares a mixed-precision
+        pair; recorded in :attr:`cast` for :meth:`cast_note`)."""
+        from subnetviz.checkpoints import read_aligned
+
+        a, b = read_aligned(self.ck_base, at, 0, device), read_aligned(self.ck_ft, at, 1, device)
+        if a.dtype != b.dtype:
+            if a.dtype not in _CASTABLE or b.dtype not in _CASTABLE:  # FP8 codes without their scales: no values
+                raise ConfigError(
+                    f"{at.names[0]}: stored as {str(a.dtype)[6:]} in the base and {str(b.dtype)[6:]} in the finetune; "
+                    "behaviour reverts float weights of one of the types bfloat16, float16, float32, float64."
+                )
+            self.cast[at.names[0]] = (a.dtype, b.dtype)
+            a = a.to(b.dtype)
+        return a, b
+
+    def cast_note(self, label: str) -> str | None:
+        """The note for the tensors :meth:`pair` cast (None when none was)."""
+        if not self.cast:
+            return None
+        kinds = sorted({f"{str(x)[6:]} in the base and {str(y)[6:]} in the finetune" for x, y in self.cast.values()})
+        names = list(self.cast)
+        return (
+            f"{label}: mixed precision: {len(names)} tensor(s) stored as {'; '.join(kinds)} ({', '.join(names[:4])}"
+            f"{' ...' if len(names) > 4 else ''}): changed entries and reverted values are the base's cast to the "
+            "finetune's dtype with round-to-nearest-even, as the update analysis compares them."
+        )
 
     def resolve(self, masks) -> Mapping[str, torch.Tensor]:
         """A mask set, or a function of this builder that makes one (:func:`top_delta_masks`), made once."""
@@ -66,11 +117,10 @@ class ModelBuilder:
         with torch.no_grad():
             for i, (key, p) in enumerate(self.params):
                 at = self.aligned[key]
-                b = read_aligned(self.ck_ft, at, 1, self.device)
                 if select is None:
-                    p.copy_(b.to(p.dtype))
+                    p.copy_(read_aligned(self.ck_ft, at, 1, self.device).to(p.dtype))
                     continue
-                a = read_aligned(self.ck_base, at, 0, self.device)
+                a, b = self.pair(at, self.device)
                 diff = bits_differ(a, b)
                 m = select(i, at.names[0], a, b) & diff
                 p.copy_(torch.where(m, a, b).to(p.dtype))
@@ -162,7 +212,6 @@ def abs_delta_selector(builder: ModelBuilder, fraction: float, sample: int = 20_
 def _delta_cut(builder: ModelBuilder, fraction: float, sample: int, seed: int) -> tuple[float, float]:
     """(threshold, probability of reverting an entry exactly at it) for the top ``fraction`` of |Δ|."""
     from subnetviz.analysis.bits import bits_differ
-    from subnetviz.checkpoints import read_aligned
 
     cache = getattr(builder, "_abs_delta", None)
     if cache is None:
@@ -170,8 +219,7 @@ def _delta_cut(builder: ModelBuilder, fraction: float, sample: int, seed: int) -
         rate = min(1.0, sample / total) if total else 1.0  # the sample's expected size is at most ``sample``
         vals = []
         for i, (key, _) in enumerate(builder.params):
-            at = builder.aligned[key]
-            a, b = read_aligned(builder.ck_base, at, 0), read_aligned(builder.ck_ft, at, 1)
+            a, b = builder.pair(builder.aligned[key])
             d = (b.float() - a.float()).abs()[bits_differ(a, b)]
             if rate < 1:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + 104_729 + i)
@@ -194,13 +242,12 @@ def top_delta_masks(builder: ModelBuilder, fraction: float) -> dict[str, torch.T
     """This finetune's changed entries with the largest |Δ| (the top ``fraction`` of them, one threshold
     over all tensors, ties drawn as in :func:`abs_delta_selector`), keyed by the base's tensor names."""
     from subnetviz.analysis.bits import bits_differ
-    from subnetviz.checkpoints import read_aligned
 
     select = abs_delta_selector(builder, fraction)
     out = {}
     for i, (key, _) in enumerate(builder.params):
         at = builder.aligned[key]
-        a, b = read_aligned(builder.ck_base, at, 0), read_aligned(builder.ck_ft, at, 1)
+        a, b = builder.pair(at)
         out[at.names[0]] = bits_differ(a, b) & select(i, at.names[0], a, b)
     return out
 
@@ -212,8 +259,10 @@ def update_masks(builder: ModelBuilder) -> dict[str, torch.Tensor]:
 
 def mask_source(spec: str):
     """A ``--mask`` value: a mask file, ``update`` (each finetune's own update mask) or ``topk:F`` (each
-    finetune's top fraction F of changed entries by |Δ|)."""
-    from subnetviz.masks import load_mask_set
+    finetune's top fraction F of changed entries by |Δ|). A file is read in any format ``mask import`` reads
+    (safetensors, a ``torch.save`` .pt, a bigram pickle; nothing is written): a .pt was read as safetensors and
+    refused as "header too large"."""
+    from subnetviz.masks import import_mask
 
     if spec == "update":
         return update_masks
@@ -225,7 +274,7 @@ def mask_source(spec: str):
         if not 0 < frac <= 1:
             raise ConfigError(f"mask {spec!r}: topk:F needs a fraction F in (0, 1], e.g. topk:0.1.")
         return lambda b: top_delta_masks(b, frac)
-    return load_mask_set(spec).masks
+    return import_mask(spec).masks
 
 
 def random_order_selector(fraction: float, seed: int) -> Selector:

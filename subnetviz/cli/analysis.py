@@ -26,6 +26,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     spectra = SpectraOptions(enabled=args.spectra, **({"max_dim": None} if args.spectra_embeddings else {}))
     if args.labels and len(args.labels) != len(args.finetuned):
         raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
+    _check_labels(args.labels, mask_files=True)
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned])
     from subnetviz.cache import USED, sweep
     from subnetviz.config import cache_dir
@@ -61,6 +62,29 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_labels(labels: list[str] | None, mask_files: bool) -> None:
+    """``--labels`` before any work: none empty or blank (a model with no name, its mask written as the hidden
+    ``masks/.safetensors``, and a folder ``report`` then rejects) and, where each model's mask is written
+    (``mask_files``), no two that make one file name (``a/b`` and ``a_b`` are both ``a_b.safetensors``)."""
+    if not labels:
+        return
+    blank = [lbl for lbl in labels if not lbl.strip()]
+    if blank:
+        raise SubnetvizError(f"--labels: empty label(s) {blank}; give each finetuned model a name.")
+    if mask_files:
+        from subnetviz.analysis.updates import _safe
+
+        by_file: dict[str, list[str]] = {}
+        for lbl in labels:
+            by_file.setdefault(_safe(lbl), []).append(lbl)
+        same = next((names for names in by_file.values() if len(names) > 1), None)
+        if same:
+            raise SubnetvizError(
+                f"--labels: {' and '.join(map(repr, same))} would write one mask file "
+                f"(masks/{_safe(same[0])}.safetensors); give labels that differ in letters, digits or -_.@."
+            )
+
+
 def _subspaces(args: argparse.Namespace, labels: list[str]):
     """``analyze --subspaces K``: principal angles, σ ratios and principal-weight overlap per 2-D weight
     (through the disk cache unless ``--no-cache``); returns the (rows, vectors) frames."""
@@ -80,13 +104,14 @@ def cmd_behavior(args: argparse.Namespace) -> int:
     from subnetviz.analysis.behavior import CURVE_POINTS, run_config, write_behavior
 
     threads()
+    _check_labels(args.labels, mask_files=False)
     # before the work: a folder in the way is said at once
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned, *(args.prompts or []), *(args.mask or [])])
     masks: dict[str, str] = {}
     for spec in args.mask or []:
         name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).stem, spec
+        if not sep:  # update and topk:F by what they are (topk:0.5 was 'topk:0'), a file by its name
+            name, path = (spec if spec == "update" or spec.startswith("topk:") else Path(spec).stem), spec
         if name in masks:  # (the later one replaced the earlier, with no word)
             raise SubnetvizError(
                 f"--mask: two masks named {name!r} ({masks[name]}, {path}); name each one: --mask NAME=PATH."

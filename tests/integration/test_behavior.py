@@ -3,6 +3,7 @@ differ from the base only inside a mask M (revert inside -> KL exactly 0; revert
 the random control's per-tensor counts, the revert curve's endpoints, the CLI files, the job and the page."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -349,6 +350,283 @@ def test_the_abs_delta_cut_of_a_large_model_holds_a_sample_not_every_change(plan
         abs(rank - 0.5) < 4 * 0.5 / np.sqrt(held)
         and thr == np.sort(everything)[::-1][int(np.ceil(0.5 * everything.size)) - 1]
     )
+
+
+def _copy_tokenizer(src, dst):
+    for f in list(src.glob("tokenizer*")) + list(src.glob("special_tokens_map.json")):
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_hf_prompts_read_the_local_cache_and_never_reach_the_network(tmp_path, monkeypatch):
+    """``--prompts hf:NAME:SPLIT`` asked the hub for the data set by name (HF_DATASETS_OFFLINE was set after
+    ``import datasets``, which reads it at import): with the offline flags off, as on a user's machine, nothing
+    may open a connection or resolve a host; a data set that is not cached is one line, one that is loads, and
+    the flags are put back. ``hf:::`` was an IndexError from inside datasets."""
+    import socket
+
+    import datasets
+    from huggingface_hub import constants as hub
+
+    from subnetviz.errors import ConfigError
+
+    # a data set in a datasets cache, as load_dataset leaves it (built from local files, before the guard)
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in [("1+1=", "so #### 2")]))
+    datasets.load_dataset("json", data_files=str(src), cache_dir=str(tmp_path / "work"), split="train")
+    built = next(p for p in (tmp_path / "work").glob("json/*/*/*") if p.is_dir())
+    dest = tmp_path / "cache" / "someorg___tiny" / "default" / built.parts[-2] / built.parts[-1]
+    shutil.copytree(built, dest)
+    info = json.loads((dest / "dataset_info.json").read_text())
+    (dest / "dataset_info.json").write_text(json.dumps({**info, "config_name": "default", "dataset_name": "tiny"}))
+    for f in dest.glob("json-*"):
+        f.rename(dest / f.name.replace("json-", "tiny-"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+
+    tried = []
+
+    def refuse(*args, **kwargs):
+        tried.append(args[1:2] or args)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # (tests/conftest.py sets HF_HUB_OFFLINE for the suite)
+        monkeypatch.setattr(datasets.config, flag, False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ConfigError, match=r"^hf:someorg/not-cached:train: not a data set on this machine") as exc:
+        read_prompts("hf:someorg/not-cached:train")
+    assert tried == []  # (before: the hub was asked for README.md by the data set's name)
+    assert "\n" not in str(exc.value) and "never downloaded" in str(exc.value)
+    assert read_prompts("hf:someorg/tiny:train") == [Prompt("1+1=", "2")] and tried == []
+    assert (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE) == (False,) * 3
+    for spec in ("hf:::", "hf:a::train", "hf:../secret:train", "hf:/etc:train"):
+        with pytest.raises(ConfigError, match="hf:NAME") as exc:
+            read_prompts(spec)
+        assert "\n" not in str(exc.value)
+    assert tried == []
+
+
+def test_a_mixed_precision_pair_reverts_to_the_base_cast_to_the_finetunes_dtype(planted, tmp_path):
+    """A bf16 base and an fp32 finetune (and the other way round) ended in "bitwise comparison needs one dtype"
+    with any mask or curve. The update analysis casts the base to the finetune's stored dtype
+    (round-to-nearest-even); a reverted entry takes that value. Checked against models built by hand."""
+    from subnetviz.analysis.revert import ModelBuilder, mask_selector, mask_source, update_masks
+
+    base, ft, masks = planted
+    # bf16 base, the finetune saved in fp32 (exact): reverting the update gives the base itself
+    sd_ft = read_state_dict(ft)
+    ft32 = _copy_tokenizer(ft, write_folder(tmp_path / "ft32", {k: v.float() for k, v in sd_ft.items()}, ft))
+    rep = behavior(
+        str(base),
+        [str(ft32)],
+        PROMPTS,
+        labels=["ft"],
+        curve=(1.0,),
+        device="cpu",
+        random_control=False,
+        masks={"update": mask_source("update"), "M": masks},
+    )
+    s = rep.summary.set_index("experiment")
+    assert s.loc["update/inside", "kl_forward"] == 0.0 and s.loc["M/inside", "kl_forward"] == 0.0
+    assert s.loc["update/inside", "fraction_reverted"] == 1.0 and rep.curves["kl_forward"].tolist() == [0.0, 0.0]
+    assert any("mixed precision" in n and "bfloat16 in the base and float32 in the finetune" in n for n in rep.notes)
+
+    # fp32 base (values bf16 cannot hold), a bf16 finetune of it with some entries moved
+    b32 = make_tiny_llama(tmp_path / "b32", seed=3, dtype=torch.float32)
+    sd_b = read_state_dict(b32)
+    name = "model.layers.0.mlp.down_proj.weight"
+    sd_f = {k: v.to(torch.bfloat16) for k, v in sd_b.items()}
+    half = torch.rand(sd_f[name].shape, generator=torch.Generator().manual_seed(5)) < 0.5
+    sd_f[name] = torch.where(half, bf16_step(sd_f[name], 3), sd_f[name])
+    f16 = _copy_tokenizer(b32, write_folder(tmp_path / "f16", sd_f, b32, dtype="bfloat16"))
+    builder = ModelBuilder(str(b32), str(f16), "cpu")
+    ups = update_masks(builder)
+    cast = {k: v.to(torch.bfloat16) for k, v in sd_b.items()}
+    want = {k: (cast[k].view(torch.int16) != sd_f[k].view(torch.int16)) for k in sd_b}  # an independent mask
+    assert all(torch.equal(ups[k], want[k]) for k in sd_b) and int(want[name].sum()) == int(half.sum())
+    assert builder.build(mask_selector(ups, True)) == 1.0
+    params = {k: p for k, p in builder.model.named_parameters()}
+    assert all(torch.equal(params[k], cast[k].float()) for k in sd_b)  # every entry: the base cast to bf16
+    some = {name: half & (torch.arange(half.numel()).view(half.shape) % 2 == 0)}
+    assert builder.build(mask_selector(some, True)) == pytest.approx(int(some[name].sum()) / int(half.sum()))
+    assert torch.equal(params[name], torch.where(some[name], cast[name], sd_f[name]).float())
+    # the behaviour of the reverted model is that of the base cast to bf16, saved by hand
+    by_hand = _copy_tokenizer(b32, write_folder(tmp_path / "cast", cast, b32, dtype="bfloat16"))
+    rep = behavior(
+        str(b32),
+        [str(f16)],
+        PROMPTS,
+        labels=["ft"],
+        curve=(1.0,),
+        device="cpu",
+        random_control=False,
+        masks={"update": mask_source("update")},
+    )
+    ref = behavior(str(b32), [str(by_hand)], PROMPTS, labels=["ft"], curve=None, device="cpu")
+    want_kl = ref.summary.set_index("experiment").loc["finetuned", "kl_forward"]
+    assert want_kl > 0 and rep.summary.set_index("experiment").loc["update/inside", "kl_forward"] == want_kl
+    assert rep.curves.set_index("order").loc["abs_delta", "kl_forward"] == want_kl
+
+
+def test_a_resized_vocabulary_is_refused_naming_the_tensor_and_both_shapes(planted, tmp_path, monkeypatch):
+    """A finetune whose embedding and head have more or fewer rows than the base's ended in a RuntimeError
+    traceback when the model was rewritten. The KL compares next-token distributions over one vocabulary: one
+    line names the tensor and both shapes, from the headers, before any model is loaded."""
+    from transformers import AutoModelForCausalLM
+
+    from subnetviz.errors import AlignmentError
+
+    base, ft, _ = planted
+    sd = read_state_dict(ft)
+    vocab = sd["model.embed_tokens.weight"].shape[0]
+
+    def never(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    for rows in (vocab + 2, vocab - 2):
+        resized = dict(sd)
+        for k in ("model.embed_tokens.weight", "lm_head.weight"):
+            resized[k] = torch.cat([sd[k], sd[k][:2]])[:rows].clone()
+        folder = _copy_tokenizer(ft, write_folder(tmp_path / f"v{rows}", resized, ft, vocab_size=rows))
+        with monkeypatch.context() as m:
+            m.setattr(AutoModelForCausalLM, "from_pretrained", never)
+            with pytest.raises(AlignmentError) as exc:
+                behavior(str(base), [str(folder)], PROMPTS, labels=["ft"], curve=(0.5,), device="cpu")
+        msg = str(exc.value)
+        tensor = r"'(model\.embed_tokens|lm_head)\.weight'"
+        pattern = rf"^{re.escape(str(folder))}: {tensor} has shape \({rows}, 32\), in the base {re.escape(str(base))} "
+        pattern += rf"\({vocab}, 32\): a resized vocabulary"
+        assert "\n" not in msg and re.match(pattern, msg), msg
+
+
+def test_prompts_longer_than_the_context_are_cut_to_it(planted, tmp_path):
+    """A GPT-2 of 32 positions and a 41-token prompt: an IndexError traceback; a RoPE model ran past its context
+    with no word. Prompts are cut to the models' context (a cut answer is not scored), with a note; the KLs of
+    the cut prompt are those of its first 32 tokens given alone."""
+    from tests.models import char_tokenizer, save_model, tiny_model
+
+    tok = char_tokenizer()
+    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    g2 = save_model(tiny_model("gpt2", seed=0, vocab=len(tok), positions=32, **ids), tmp_path / "g2", tokenizer=tok)
+    sd = read_state_dict(g2)
+    sd["transformer.h.0.mlp.c_fc.weight"] = bf16_step(sd["transformer.h.0.mlp.c_fc.weight"], 30)
+    g2ft = _copy_tokenizer(g2, write_folder(tmp_path / "g2ft", sd, g2))
+    long = Prompt("1+" * 20 + "1=", "20")  # 41 + 2 tokens
+    head = Prompt(long.text[:32])  # what is left of it
+    base, ft, _ = planted  # a Llama (RoPE) of 32 positions
+    for pair in ((g2, g2ft), (base, ft)):
+        rep = behavior(str(pair[0]), [str(pair[1])], [PROMPTS[0], long], labels=["ft"], curve=None, device="cpu")
+        ref = behavior(str(pair[0]), [str(pair[1])], [PROMPTS[0], head], labels=["ft"], curve=None, device="cpu")
+        assert rep.notes[0] == (
+            "1 of 2 prompt(s) longer than the model's context of 32 positions cut to their first 32 tokens; "
+            "1 lost answer tokens (not scored for accuracy)."
+        )
+        assert (rep.tokens.groupby("prompt").size() == [len(tok("12+30=42")["input_ids"]), 32]).all()
+        assert rep.tokens["kl_forward"].tolist() == ref.tokens["kl_forward"].tolist()
+        assert rep.prompts["correct"].isna().tolist() == [False, True]
+
+
+def test_a_prompt_of_absurd_length_is_refused_before_it_is_tokenized(tmp_path, monkeypatch):
+    """A 400,000-character prompt ran for more than 10 CPU-minutes: a prompt and answer past MAX_PROMPT_CHARS
+    is refused naming the file, the line and the cap, before anything is tokenized."""
+    from subnetviz.analysis import behavior_data
+    from subnetviz.errors import ConfigError
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "1+1="}) + "\n" + json.dumps({"prompt": "1+" * 300, "answer": "2"}) + "\n")
+    monkeypatch.setattr(behavior_data, "MAX_PROMPT_CHARS", 500)
+    with pytest.raises(ConfigError, match=r"p\.jsonl, line 2: a prompt and answer of 601 characters; at most 500"):
+        read_prompts(path)
+
+
+def test_update_and_topk_masks_are_named_by_their_spec(planted, tmp_path, capsys):
+    """``--mask topk:0.5`` was labelled 'topk:0' (the spec's "stem"), and topk:0.5 with topk:0.25 was refused as
+    two masks of one name; a file keeps its name."""
+    from subnetviz.__main__ import main
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    base, ft, masks = planted
+    data = write_addition_data(tmp_path / "data", n=2)
+    save_mask_set(tmp_path / "planted.safetensors", MaskSet(masks))
+    out = tmp_path / "out"
+    args = ["behavior", str(base), str(ft), "--prompts", str(data["eval"]), "--device", "cpu", "--no-random"]
+    specs = ["topk:0.5", "topk:0.25", str(tmp_path / "planted.safetensors"), "update"]
+    rc = main([*args, "--out", str(out), "--curve", *(x for spec in specs for x in ("--mask", spec))])
+    assert rc == 0, capsys.readouterr().err
+    model = json.loads((out / "behavior.json").read_text())["models"]["ft"]
+    assert set(model["reverts"]) == {"topk:0.5", "topk:0.25", "planted", "update"}
+    assert abs(model["reverts"]["topk:0.25"]["inside"]["fraction_reverted"] - 0.25) < 0.1
+    assert abs(model["reverts"]["topk:0.5"]["inside"]["fraction_reverted"] - 0.5) < 0.1
+
+
+def test_a_torch_save_mask_is_read_as_mask_import_reads_it(planted, tmp_path, capsys):
+    """``--mask x=m.pt`` (a torch.save mask, which ``mask import`` reads) said "not a readable safetensors mask
+    file ... header too large". It is read (nothing written beside it) and is the planted mask."""
+    from subnetviz.__main__ import main
+
+    base, ft, masks = planted
+    data = write_addition_data(tmp_path / "data", n=2)
+    (tmp_path / "m").mkdir()
+    torch.save(dict(masks), tmp_path / "m" / "m.pt")
+    out = tmp_path / "out"
+    args = ["behavior", str(base), str(ft), "--prompts", str(data["eval"]), "--device", "cpu", "--no-random"]
+    rc = main([*args, "--out", str(out), "--curve", "--mask", f"x={tmp_path / 'm' / 'm.pt'}"])
+    assert rc == 0, capsys.readouterr().err
+    model = json.loads((out / "behavior.json").read_text())["models"]["ft"]
+    assert model["reverts"]["x"]["inside"]["kl_forward"] == 0.0 and model["kl_forward"] > 0
+    assert model["reverts"]["x"]["inside"]["fraction_reverted"] == 1.0
+    assert [f.name for f in (tmp_path / "m").iterdir()] == ["m.pt"]
+
+
+def test_a_curve_fraction_given_twice_is_run_once(planted, tmp_path):
+    """``--curve 0.5 0.5`` computed the point twice and wrote duplicate rows to curves.csv."""
+    from subnetviz.analysis.behavior import planned_passes
+
+    base, ft, _ = planted
+    rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], curve=(0.5, 1.0, 0.5), device="cpu")
+    assert rep.curves[["order", "fraction"]].values.tolist() == [
+        ["abs_delta", 0.5],
+        ["random", 0.5],
+        ["abs_delta", 1.0],
+        ["random", 1.0],
+    ]
+    prompts = write_addition_data(tmp_path, n=2)["eval"]
+    cfg = {"base": str(base), "finetuned": [str(ft)], "prompts": str(prompts), "curve": [0.5, 0.5]}
+    assert planned_passes(cfg)[1] == 1 + 2
+
+
+def test_blank_labels_and_labels_of_one_mask_file_are_refused_before_any_work(planted, tmp_path, capsys, monkeypatch):
+    """``analyze --labels '' b`` blamed the cache ('' has 0 parameters) or wrote ``masks/.safetensors``; labels
+    'a/b' and 'a_b' (or 'x y' and 'x_y') wrote one mask file for two models. Refused in one line before any
+    work; ``behavior --labels ' '`` too (a row with no name)."""
+    from subnetviz.__main__ import main
+    from subnetviz.analysis import behavior as bh
+    from subnetviz.analysis import updates
+
+    def never(*a, **k):
+        raise AssertionError("the analysis started")
+
+    for fn in ("analyze_updates", "cached_analysis"):
+        monkeypatch.setattr(updates, fn, never)
+    monkeypatch.setattr(bh, "run_config", never)
+    base, ft, _ = planted
+    for labels, said in (
+        (["", "b"], "empty label(s) ['']"),
+        (["  ", "b"], "empty label(s) [' "),
+        (["a/b", "a_b"], "'a/b' and 'a_b' would write one mask file (masks/a_b.safetensors)"),
+        (["x y", "x_y"], "'x y' and 'x_y' would write one mask file"),
+    ):
+        out = tmp_path / "out"
+        rc = main(["analyze", str(base), str(ft), str(ft), "--out", str(out), "--labels", *labels])
+        err = capsys.readouterr().err
+        assert rc == 2 and said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    rc = main(["behavior", str(base), str(ft), "--out", str(tmp_path / "b"), "--labels", " "])
+    err = capsys.readouterr().err
+    assert rc == 2 and "empty label(s) [' ']" in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(Exception, match="empty label"):
+        bh._labels(["", "x"], ["a", "b"], ["p"])
 
 
 # Last in the module: the app sets SUBNETVIZ_ENFORCE_ROOTS for the rest of the module (app_env restores it).
