@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=SPEC",
         help="a mask to revert inside/outside (repeat): "
-        "a mask file, 'update' (each finetune's own update mask) or 'topk:F' (its top F of |Δ|)",
+        "a mask file (safetensors, a torch.save .pt, a bigram pickle), 'update' (each finetune's own update mask) "
+        "or 'topk:F' (its top F of |Δ|)",
     )
     b.add_argument(
         "--no-random",

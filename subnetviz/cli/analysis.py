@@ -27,6 +27,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.labels and len(args.labels) != len(args.finetuned):
         raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
     _check_labels(args.labels, mask_files=True)
+    if args.subspaces or args.subspaces_share:  # its options refused before the update pass, not after it
+        from subnetviz.analysis.subspaces import SubspaceOptions
+
+        SubspaceOptions(k=args.subspaces, share=args.subspaces_share)
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned])
     from subnetviz.cache import USED, sweep
     from subnetviz.config import cache_dir

@@ -295,6 +295,17 @@ def test_a_mask_tolerance_no_mask_can_have_is_one_line(ckpt_zoo, planted, tmp_pa
     assert says in err and not out.exists()
 
 
+def test_a_bad_subspace_k_is_refused_before_the_update_pass(ckpt_zoo, tmp_path, capsys, monkeypatch):
+    """--subspaces -1 was refused only after the whole update pass had run (minutes on a 7B pair)."""
+    from subnetviz.analysis import updates
+
+    monkeypatch.setattr(updates, "analyze_updates", lambda *a, **k: pytest.fail("the update pass ran"))
+    monkeypatch.setattr(updates, "cached_analysis", lambda *a, **k: pytest.fail("the update pass ran"))
+    out = tmp_path / "o"
+    assert main(["analyze", str(ckpt_zoo.llama), str(ckpt_zoo.llama), "--out", str(out), "--subspaces", "-1"]) == 2
+    assert "subspace K must be >= 1, got -1" in capsys.readouterr().err and not out.exists()
+
+
 @pytest.mark.parametrize("seeds", ["0", "-1"])
 def test_drivers_with_no_seeds_is_one_line(tmp_path, capsys, seeds):
     """'--seeds -1' (or 0) wrote an empty results.csv and verdicts of 'nan%' and exited 0."""
