@@ -45,7 +45,7 @@ def zoo_bigram_path() -> Path:
     return zoo_dir() / "bigram.npz"
 
 
-# Each preset's step cap (bigram.train.PRESETS holds the rest of its constants; here for pages without torch).
+# Each preset's step cap, as bigram.train.PRESETS holds it (here for pages without torch; a test keeps them equal).
 PRESET_MAX_STEPS = {"paper": 15000, "fast": 3000}
 
 

@@ -110,7 +110,7 @@ class BigramTable:
         """Target rows for a batch: ``context_ids`` any shape (e.g. ``(B, T)``) -> float32
         ``(numel, V)`` on the same device, row ``i`` = P(· | context_ids.flatten()[i])."""
         flat = context_ids.reshape(-1)
-        self.check_ids(flat)
+        self.check_ids(flat, contexts=True)
         dense = self._dense_cache(flat.device)
         if dense is not None:
             return dense.index_select(0, flat)
@@ -147,9 +147,11 @@ class BigramTable:
         rows[unseen] = unigram
         return rows
 
-    def check_ids(self, ids: torch.Tensor) -> None:
-        # ids 0 .. V-1 (row V is the table's start-of-sequence context, never a token: it was let through)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+    def check_ids(self, ids: torch.Tensor, contexts: bool = False) -> None:
+        """Token ids 0 .. V-1 (row V is the table's start-of-sequence context, never a token: a corpus token V was
+        let through); ``contexts``: the rows asked for, where V is that start context."""
+        top = self.vocab_size + 1 if contexts else self.vocab_size
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= top):
             bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
             raise ConfigError(
                 f"token id {bad} outside the bigram table's vocabulary of {self.vocab_size} "

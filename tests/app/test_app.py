@@ -741,7 +741,9 @@ def test_a_bigram_mask_under_the_paper_preset_trains_to_the_paper_s_step_cap(app
     new = [r for r in runner.list_runs().itertuples() if r.id not in before]
     try:
         assert len(new) == 1 and runner.get(new[0].id).config["steps"] is None
-        assert PRESET_MAX_STEPS == {"paper": 15000, "fast": 3000}
+        from subnetviz.bigram.train import PRESETS
+
+        assert PRESET_MAX_STEPS == {k: v.max_steps for k, v in PRESETS.items()} and PRESET_MAX_STEPS["paper"] == 15000
     finally:
         for r in new:
             runner.cancel(r.id)

@@ -269,10 +269,11 @@ def counting_heatmap(grid, **kw):
 def test_a_second_session_reuses_the_first_sessions_figures(app_env, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from subnetviz import figures
+    from subnetviz import figures, ui
 
     REAL["heatmap"] = figures.sparsity_heatmap
     monkeypatch.setattr(figures, "sparsity_heatmap", counting_heatmap)
+    ui._memo.clear()  # (a page's figures are memoised by its builder's name: another test's may be there already)
     app = str(Path(__file__).resolve().parents[2] / "app.py")
     HEATMAPS[:] = []
     specs = []
