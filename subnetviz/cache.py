@@ -71,8 +71,15 @@ def cache_key(kind: str, version: int, **parts) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
 
 
+def stat_identity(st: os.stat_result) -> str:
+    """What tells one file's contents from another's without reading them: inode, size, mtime and ctime. Size and
+    mtime alone matched two files whose mtime was copied (cp -p, rsync -a, an archive's whole seconds); the ctime
+    cannot be set by hand, so a file rewritten in place with its old mtime put back reads as new too."""
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
 def file_stamp(path: str | os.PathLike | None) -> str:
-    """A cheap fingerprint of a file (resolved path, size, mtime_ns) without reading it.
+    """A cheap fingerprint of a file (resolved path and :func:`stat_identity`) without reading it.
 
     For a folder: the folder's path and the stamp of every file directly inside it (a model
     folder's weights, config and tokenizer), so a file rewritten in place changes the stamp even
@@ -87,7 +94,7 @@ def file_stamp(path: str | os.PathLike | None) -> str:
     except OSError:
         return f"{p}:missing"
     if not resolved.is_dir():
-        return f"{resolved}:{st.st_size}:{st.st_mtime_ns}"
+        return f"{resolved}:{stat_identity(st)}"
     parts = [str(resolved)]
     for child in sorted(resolved.iterdir()):
         try:
@@ -95,7 +102,7 @@ def file_stamp(path: str | os.PathLike | None) -> str:
         except OSError:
             continue
         if not child.is_dir():
-            parts.append(f"{child.name}:{cst.st_size}:{cst.st_mtime_ns}")
+            parts.append(f"{child.name}:{stat_identity(cst)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:KEY_LENGTH]
 
 

@@ -329,7 +329,7 @@ def checkpoint_info(path: str) -> dict:
 
 
 def fingerprint(path: str) -> str:
-    """A checkpoint's fingerprint (every file's header, size and mtime) without importing torch for
+    """A checkpoint's fingerprint (every file's path, identity and header) without importing torch for
     safetensors; cached by :func:`~subnetviz.cache.file_stamp` like :func:`checkpoint_info`."""
     from subnetviz.checkpoints.sources import fingerprint as of
 

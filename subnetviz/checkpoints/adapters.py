@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from subnetviz.cache import stat_identity
 from subnetviz.checkpoints.header import read_safetensors_header
 from subnetviz.checkpoints.naming import strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint
@@ -83,8 +84,7 @@ def adapter_info(spec) -> dict:
             dtypes[str(info["dtype"]).lower()] = dtypes.get(str(info["dtype"]).lower(), 0) + n
     h = hashlib.sha256(raw)
     h.update(json.dumps(cfg, sort_keys=True).encode())
-    st = weights.stat()
-    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(f"{weights.resolve()}:{stat_identity(weights.stat())}".encode())  # (two adapters with one mtime)
     return {
         "fingerprint": h.hexdigest()[:16],
         "architecture": f"{'DoRA' if cfg.get('use_dora') else cfg.get('peft_type', 'LORA')} adapter (r={cfg.get('r', 8)})",
@@ -546,8 +546,7 @@ class MergedAdapter(Checkpoint):
     @cached_property
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.base.fingerprint.encode())
-        st = self.adapter_file.stat()
-        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"{self.adapter_file.resolve()}:{stat_identity(self.adapter_file.stat())}".encode())
         h.update(self._adapter_raw)
         h.update(json.dumps(self.adapter_config, sort_keys=True).encode())
         return h.hexdigest()[:16]

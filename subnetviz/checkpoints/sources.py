@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from safetensors import safe_open  # (no torch: safetensors imports it only for its torch helpers)
 
+from subnetviz.cache import stat_identity
 from subnetviz.checkpoints import header as _header
 from subnetviz.checkpoints import mxfp4 as _mxfp4
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
@@ -141,7 +142,8 @@ class Checkpoint:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A cheap cache key: hash of every file's header, size and mtime (no tensor data read)."""
+        """A cheap cache key: hash of every file's path, identity (inode, size, mtime, ctime) and header (no tensor
+        data read)."""
         return _fingerprint(self.files, self._raw_headers)
 
     def unpack(self, views: dict[str, tuple[str, tuple, tuple[int, ...]]]) -> None:
@@ -457,7 +459,7 @@ def open_checkpoint(spec: str | os.PathLike) -> Checkpoint:
 
 
 def fingerprint(spec: str | os.PathLike) -> str:
-    """:attr:`Checkpoint.fingerprint` of ``spec`` from its files' headers, sizes and mtimes, without
+    """:attr:`Checkpoint.fingerprint` of ``spec`` from its files' paths, identities and headers, without
     importing torch when every weights file is safetensors (a page that only needs a cache key, such as
     the Training comparison, opens in a fraction of torch's import time); legacy files are opened."""
     s, files, _root, _config, _notes = _locate(spec)
@@ -473,8 +475,7 @@ def _fingerprint(files: list[Path], raw_headers: list[bytes]) -> str:
     rewritten in place under its old mtime gets a new one."""
     h = hashlib.sha256()
     for f, raw in zip(files, raw_headers, strict=True):
-        st = f.stat()
-        h.update(f"{f.resolve()}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}".encode())
+        h.update(f"{f.resolve()}:{stat_identity(f.stat())}".encode())
         h.update(raw)
     return h.hexdigest()[:16]
 

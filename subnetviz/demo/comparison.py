@@ -2,7 +2,7 @@
 
 :func:`cached_compare_runs` is :func:`subnetviz.analysis.runs.compare_runs` kept in the one
 versioned cache (:mod:`subnetviz.cache`, kind ``runs``), keyed by :func:`comparison_key`: each
-checkpoint's fingerprint (file names, sizes, mtimes and headers), the eval file's stamp, the
+checkpoint's fingerprint (file paths, identities and headers), the eval file's stamp, the
 tolerances and :data:`COMPARISON_VERSION`. The demo build fills it for grpo-s0 vs grpo-sub, so the
 page's first open reads tables instead of streaming three models. Tables are Parquet, the rest JSON
 (no pickle); a result appears only when complete.

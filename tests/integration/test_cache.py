@@ -3,6 +3,7 @@
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,14 @@ def test_file_stamp_sees_a_rewrite_in_place_even_inside_a_folder(tmp_path):
     os.utime(folder, ns=(dir_mtime, dir_mtime))  # the folder's own mtime does not
     assert file_stamp(f) != file0 and file_stamp(folder) != folder0
     assert file_stamp(None) == "-" and file_stamp(tmp_path / "nope").endswith("missing")
+    # ... and with its old mtime put back (touch -r, a restore): the app's memo kept the old fingerprint
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    file1, folder1 = file_stamp(f), file_stamp(folder)
+    time.sleep(0.01)  # (a later ctime)
+    f.write_bytes(b"c" * 10)
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(folder, ns=(dir_mtime, dir_mtime))
+    assert file_stamp(f) != file1 and file_stamp(folder) != folder1
 
 
 def test_atomic_write_replaces_and_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):

@@ -351,6 +351,25 @@ def test_cached_analysis_of_an_adapter_follows_the_adapter(ckpt_zoo, tmp_path):
     assert not third.cached and third.source_dir != first.source_dir
 
 
+def test_two_adapters_with_one_mtime_are_two_cache_entries(ckpt_zoo, tmp_path):
+    """Two adapters of one rank and targets whose files kept one mtime (cp -p, rsync -a): the adapter's
+    fingerprint was its size, mtime, header and config, so the second was served the first's results."""
+    import os
+
+    from subnetviz.analysis.updates import cached_analysis
+    from subnetviz.uilogic import checkpoint_info
+
+    base_sd = read_state_dict(ckpt_zoo.llama)
+    one, _ = _adapter(tmp_path / "one", base_sd, seed=0)
+    two, _ = _adapter(tmp_path / "two", base_sd, seed=1)
+    for f in (one, two):
+        os.utime(f / "adapter_model.safetensors", ns=(10**18, 10**18))
+    assert checkpoint_info(str(one))["fingerprint"] != checkpoint_info(str(two))["fingerprint"]
+    first = cached_analysis(str(ckpt_zoo.llama), [str(one)], cache_root=tmp_path / "cache")
+    second = cached_analysis(str(ckpt_zoo.llama), [str(two)], cache_root=tmp_path / "cache")
+    assert not second.cached and second.source_dir != first.source_dir
+
+
 @pytest.mark.parametrize(
     "target_modules", ["all-linear", r".*\.(q_proj|v_proj)", r"model\.layers\.[01]\.self_attn\.(q|v)_proj"]
 )
