@@ -69,9 +69,11 @@ _CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
 # saves kept them): rotary inverse frequencies, GPT-2's masked_bias constants; Gemma-4's per-layer output
 # scale (a persistent buffer: saved, never trained).
 _BUFFER_NAMES = re.compile(r"(\.inv_freq$|\.masked_bias$|\.position_ids$|\.token_type_ids$|\.layer_scalar$)")
-# GPT-2's causal mask, `h.N.attn.bias` (1, 1, n_ctx, n_ctx): saved as float32 by the original release and the
-# finetunes made from it (its attention's weights are `c_attn`, `c_proj`); 12.6 M never-trained entries in GPT-2.
-_CAUSAL_MASK = re.compile(r"(^|\.)attn\.bias$")
+# Causal masks (1, 1, n_ctx, n_ctx): GPT-2's `h.N.attn.bias`, saved as float32 by the original release and the
+# finetunes made from it (its attention's weights are `c_attn`, `c_proj`; 12.6 M never-trained entries in GPT-2),
+# GPT-NeoX / Pythia's `attention.bias` (bool, or cast to bf16 by a conversion script), GPT-Neo's, CodeGen's
+# `causal_mask`.
+_CAUSAL_MASK = re.compile(r"(^|\.)((attn|attention)\.bias|causal_mask)$")
 
 
 def _is_causal_mask(name: str, shape) -> bool:

@@ -129,8 +129,7 @@ def checkpoint_series(
                 continue
             t = run[0]
             if kinds[t.key] != "float":  # dequantised or integer codes, version by version
-                versions = _stored_versions(cks, t, kinds[t.key], per_forms, where)
-                totals.add(_tensor_series(versions, k, False, t.key))
+                totals.add(_stored_series(cks, t, kinds[t.key], per_forms, where, k))
                 continue
             checked = (lambda j, v, t=t: check_finite(v, where(t, j))) if in_loop else None
             totals.add(_tensor_series((next(stream) for _ in cks), k, cast, t.key, checked))
@@ -167,9 +166,9 @@ _NOT_FLOAT = (False, False, None)  # a stored form other than float weights: rea
 
 
 def _kinds(cks: list[Checkpoint], todo: list) -> tuple[dict[str, str], list[dict]]:
-    """(aligned key -> how its versions are read, each checkpoint's stored forms): how is ``float``, ``buffer`` / ``scale`` (not counted), ``fp8`` /
-    ``int8`` (dequantised), ``codes``. A tensor stored as integer codes in one checkpoint and in another
-    form elsewhere cannot be compared: a one-line error naming it."""
+    """(aligned key -> how its versions are read, each checkpoint's stored forms): how is ``float``, ``buffer`` /
+    ``scale`` (not counted), ``fp8`` / ``int8`` (dequantised), ``codes``. A tensor stored as integer codes in one
+    checkpoint and in another form elsewhere cannot be compared: a one-line error naming it."""
     from subnetviz.analysis.quant import tensor_forms  # late: the float-only series need none of it
 
     per = [tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config) for ck in cks]
@@ -191,18 +190,60 @@ def _kinds(cks: list[Checkpoint], todo: list) -> tuple[dict[str, str], list[dict
     return out, per
 
 
-def _stored_versions(cks: list[Checkpoint], t, kind: str, forms: list[dict], where: Callable) -> Iterator[torch.Tensor]:
-    """Tensor ``t``'s versions, one at a time: FP8 / int8 weights dequantised with their scales (float32; a
-    float version cast to float32), integer codes as stored (the same signed width, compared bitwise)."""
-    from subnetviz.analysis.quant import _as_float
+# Entries of one band of a dequantised matrix (float32: 16 MB): a 7168 x 18432 FP8 expert, dequantised whole,
+# held first, previous and current versions at 528 MB each (26 times the codes read).
+BAND_ENTRIES = 1 << 22
+
+
+def _stored_series(cks: list[Checkpoint], t, kind: str, forms: list[dict], where: Callable, k: int) -> _TensorCounts:
+    """:func:`_tensor_series` of a tensor read through its stored forms, a matrix in bands of whole scale-block
+    rows (each band's versions dequantised on their own: the counts add up, entry by entry)."""
+    from subnetviz.analysis.quant import block_size
+
+    if kind == "codes" or len(t.shape) != 2:
+        return _tensor_series(_stored_versions(cks, t, kind, forms, where), k, False, t.key)
+    rows, cols = t.shape
+    b0 = math.lcm(*(block_size(ck.config)[0] if forms[j][t.names[j]].kind == "fp8" else 1 for j, ck in enumerate(cks)))
+    band = max(b0, BAND_ENTRIES // max(cols, 1) // b0 * b0)
+    parts = [
+        _tensor_series(_stored_versions(cks, t, kind, forms, where, (r0, min(rows, r0 + band))), k, False, t.key)
+        for r0 in range(0, rows, band)
+    ]
+    return _TensorCounts(
+        sum(c.numel for c in parts),
+        [sum(c.vs_prev[i] for c in parts) for i in range(k)],
+        [sum(c.vs_first[i] for c in parts) for i in range(k)],
+        [sum(c.ever_back[i] for c in parts) for i in range(k)],
+        sum(c.ever for c in parts),
+    )
+
+
+def _stored_versions(
+    cks: list[Checkpoint], t, kind: str, forms: list[dict], where: Callable, rows: tuple[int, int] | None = None
+) -> Iterator[torch.Tensor]:
+    """Tensor ``t``'s versions (its rows ``rows[0]:rows[1]`` when given), one at a time: FP8 / int8 weights
+    dequantised with their scales (float32; a float version cast to float32), integer codes as stored (the same
+    signed width, compared bitwise)."""
+    from subnetviz.analysis.quant import block_size, check_scale, dequantize, effective, scale_values
 
     for j, ck in enumerate(cks):
-        name = t.names[j]
+        name, form = t.names[j], forms[j][t.names[j]]
         v = read_aligned(ck, t, j)
         if kind == "codes":
             yield v.view(_SIGNED[v.dtype]) if v.dtype in _SIGNED else v
             continue
-        w = _as_float(v, forms[j][name], ck, "cpu", name).to(torch.float32)
+        r0, r1 = rows if rows is not None else (0, v.shape[0] if v.dim() else 1)
+        part = v[r0:r1] if rows is not None else v
+        if form.kind == "float":
+            w = part.to(torch.float32)
+        else:
+            scale = scale_values(ck, form.scale, "cpu")
+            block = block_size(ck.config) if form.kind == "fp8" else (1, 1)
+            if v.dim() != 2:  # (read whole: not banded)
+                w = effective(part, scale, form, block, name=name, scale_name=form.scale)
+            else:
+                how = check_scale(name, tuple(v.shape), form.scale, tuple(scale.shape), block)
+                w = dequantize(part, scale, how, block, r0, form.divisor)
         check_finite(w, where(t, j))
         yield w
 

@@ -235,13 +235,15 @@ class _Walk:
         fa, fb = self.forms_base[at.names[0]], self.forms[i][at.names[1]]
         if (fa.kind == "buffer") == (fb.kind == "buffer") or "scale" in (fa.kind, fb.kind):
             return
+        if at.names[0].rpartition(".")[2] not in ("weight", "bias"):  # a buffer by its name's look: kept as one
+            return
         da, db = (
             str(ck.meta(n).dtype).replace("torch.", "")
             for ck, n in ((self.ck_base, at.names[0]), (self.cks[i], at.names[1]))
         )
         raise CheckpointError(
             f"{self.cks[i].spec}: {at.names[1]!r} is stored as {db} there and as {da} in the base "
-            f"({self.ck_base.spec}); a weight and an integer tensor cannot be compared."
+            f"({self.ck_base.spec}); a weight and an integer or bool tensor cannot be compared."
         )
 
     def is_side(self, at, i: int) -> bool:  # buffers and scales: listed apart, read by side_row

@@ -143,6 +143,10 @@ def merge_series(parts: Sequence, steps: Sequence[int]):
     from subnetviz.analysis.series import SeriesResult
 
     numel = sum(p.numel for p in parts)
+    if numel == 0:  # every part held only buffers or scales: as the local series says it
+        from subnetviz.errors import ConfigError
+
+        raise ConfigError("no parameters to compare along the series (only buffers or scales).")
     vs_first = [sum(int(p.steps["changed_vs_first"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
     vs_prev = [sum(int(p.steps["changed_vs_previous"].iloc[i]) for p in parts) for i in range(len(steps) - 1)]
     ever_back = [

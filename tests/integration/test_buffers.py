@@ -129,3 +129,20 @@ def test_a_weight_stored_as_integers_in_the_finetune_is_refused_by_name(ckpt_zoo
         analyze_updates(str(ckpt_zoo.llama), [str(ft)])
     msg = str(err.value)
     assert "\n" not in msg and repr(name) in msg and "int32 there" in msg and "bfloat16 in the base" in msg
+
+
+def test_a_causal_mask_cast_to_bf16_by_a_conversion_script_stays_a_buffer(ckpt_zoo, tmp_path):
+    """Pythia's bool attention.bias against a finetune whose state dict was cast wholesale to bf16: a buffer on
+    both sides (it was refused as a weight stored as integers), and its 16 × 16 entries never count."""
+    from tests.models import LAYERS
+
+    sd = read_state_dict(ckpt_zoo.neox)
+    for i in range(LAYERS):
+        sd[f"gpt_neox.layers.{i}.attention.bias"] = torch.tril(torch.ones(1, 1, 16, 16, dtype=torch.bool))
+    base = write_folder(tmp_path / "base", sd, ckpt_zoo.neox)
+    ft_sd = {k: v.to(torch.bfloat16) for k, v in sd.items()}
+    w = next(k for k in ft_sd if k.endswith("mlp.dense_h_to_4h.weight"))
+    ft_sd[w][0, 0] = bf16_step(ft_sd[w][0, :1], 1)[0]
+    ft = write_folder(tmp_path / "ft", ft_sd, ckpt_zoo.neox)
+    rep = analyze_updates(str(base), [str(ft)]).reports[0]
+    assert rep.changed == 1 and set(rep.buffers["group"]) == {"buffers"} and len(rep.buffers) == LAYERS

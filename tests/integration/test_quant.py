@@ -401,7 +401,8 @@ def test_subspaces_read_fp8_weights_dequantised_and_leave_scales_out(ckpt_zoo, f
     assert W in set(mixed["name"]) and np.isfinite(mixed.set_index("name").loc[W, "sv_ratio_mean"])
 
 
-def test_a_series_reads_stored_forms_as_the_update_analysis_does(fp8_base, tmp_path):
+@pytest.mark.parametrize("band", [None, 64])  # 64 entries: the (32, 16) matrix in four bands of 8 rows (its blocks)
+def test_a_series_reads_stored_forms_as_the_update_analysis_does(fp8_base, tmp_path, monkeypatch, band):
     """Along a series of FP8 checkpoints the scales are not parameters and the weights are the dequantised
     ones: a changed block scale changes its block's nonzero weights at that step, as in the update analysis
     (the series had counted the scale tensors as weights and their codes without the scales: 1 changed entry
@@ -411,6 +412,10 @@ def test_a_series_reads_stored_forms_as_the_update_analysis_does(fp8_base, tmp_p
         fp8_base, tmp_path / "s1", lambda d: d[f"{W}_scale_inv"].__setitem__((2, 1), d[f"{W}_scale_inv"][2, 1] * 1.5)
     )
     step2 = _edit(step1, tmp_path / "s2", lambda d: _bump_codes(d[W], [(0, 1), (9, 3)]))
+    if band is not None:  # dequantised band by band (a whole FP8 expert held first, previous and current in float32)
+        from subnetviz.analysis import series
+
+        monkeypatch.setattr(series, "BAND_ENTRIES", band)
     s = checkpoint_series([str(fp8_base), str(step1), str(step2)])
     reports = analyze_updates(str(fp8_base), [str(step1), str(step2)]).reports
     assert s.numel == reports[0].numel  # weights only: no scales

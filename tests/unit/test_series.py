@@ -329,3 +329,5 @@ def test_a_fan_out_group_of_buffers_only_merges_into_the_whole(tmp_path):
     only = [_write(tmp_path / f"b{i}", {"m.position_ids": torch.arange(4) + i}) for i in range(2)]
     with pytest.raises(ConfigError, match="no parameters to compare"):
         checkpoint_series(only)
+    with pytest.raises(ConfigError, match="no parameters to compare"):  # fanned out: each part has none
+        merge_series([checkpoint_series(only, tensors={"m.position_ids"})], [0, 1])
