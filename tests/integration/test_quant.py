@@ -456,3 +456,34 @@ def test_a_series_leaves_buffers_out_and_compares_integer_codes_exactly(tmp_path
     assert s.steps["changed_vs_previous"].tolist() == [2, 2]
     assert any("buffer tensor(s), not parameters, are not counted" in n for n in s.notes)
     assert any("packed integer codes" in n for n in s.notes)
+
+
+def test_one_matrix_view_reads_fp8_weights_as_the_table_counts_them(fp8_base, tmp_path):
+    """The Update sparsity page's One matrix read FP8 codes without their scales: a changed block scale showed
+    0 changed entries and a Δ of 0 beside a table counting the block's weights; a bf16 base against its FP8
+    copy compared bf16 weights with float32 dequantised ones."""
+    from subnetviz.analysis.drill import matrix_update
+
+    sd = read_state_dict(fp8_base)
+    scale = sd[f"{W}_scale_inv"]
+    ft = _edit(fp8_base, tmp_path / "scale", lambda d: d[f"{W}_scale_inv"].__setitem__((2, 1), scale[2, 1] * 1.5))
+    table = analyze_updates(str(fp8_base), [str(ft)]).reports[0].tensors.set_index("name")
+    for band in (None, 64):  # whole, and in bands of 8 rows (one block row each)
+        upd = matrix_update(str(fp8_base), str(ft), W, **({} if band is None else {"band_entries": band}))
+        assert upd.n_changed == table.loc[W, "changed"] > 0 and upd.rows_changed[16:24].sum() == upd.n_changed
+    codes = sd[W].float().numpy().astype(np.float64)
+    s64 = np.kron(scale.numpy().astype(np.float64), np.ones((8, 8)))
+    want = float((codes[16:24, 8:16] * s64[16:24, 8:16] * 0.5).sum())  # Δ of the block: half its weights
+    assert upd.delta.sums.sum() == pytest.approx(want, rel=1e-5)
+    plain = {}  # the base's own weights in bf16 (each FP8 weight dequantised, its scale dropped)
+    for k, v in sd.items():
+        if k.endswith("_scale_inv"):
+            continue
+        if f"{k}_scale_inv" in sd:
+            s = np.kron(sd[f"{k}_scale_inv"].numpy().astype(np.float64), np.ones((8, 8)))[: v.shape[0], : v.shape[1]]
+            v = torch.from_numpy(v.float().numpy().astype(np.float64) * s)
+        plain[k] = v.to(torch.bfloat16)
+    bf = write_folder(tmp_path / "bf", plain)
+    (bf / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    mixed = analyze_updates(str(bf), [str(fp8_base)]).reports[0].tensors.set_index("name")
+    assert matrix_update(str(bf), str(fp8_base), W).n_changed == mixed.loc[W, "changed"]
