@@ -62,6 +62,12 @@ def body() -> None:
             if name == "Per layer":
                 pair = st.selectbox("Per-layer view of the pair", pairs, key="ov_pair", bind="query-params")
                 figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, pair)
+                if overlap.packed_experts:  # gpt-oss, Llama-4, Granite: every expert of a layer in one tensor
+                    st.caption(
+                        f"{overlap.packed_experts} tensor(s) hold every expert of their layer (packed experts): they "
+                        "count in the layer × module view, not split per expert here; the Update sparsity page's "
+                        "Experts section splits them."
+                    )
             else:
                 figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name)
             draw(figs, tables)

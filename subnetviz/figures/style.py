@@ -10,6 +10,7 @@ import functools
 import html
 import inspect
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -333,9 +334,16 @@ def order_key(order: Sequence[str]):
 
 
 def _module_order(modules) -> list[str]:
+    """Known module kinds in their order, then the rest in natural order (E2 before E10: experts), ``other`` last."""
     present = _unique(str(m) for m in modules)
     known = [m for m in MODULE_ORDER if m in present]
-    return known + sorted(m for m in present if m not in known and m != "other") + (["other"] * ("other" in present))
+    rest = sorted((m for m in present if m not in known and m != "other"), key=_natural)
+    return known + rest + (["other"] * ("other" in present))
+
+
+def _natural(text: str) -> list:
+    """Sort key reading runs of digits as numbers (digit runs at odd places of the split: like types compare)."""
+    return [int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", text))]
 
 
 def _is_number(v) -> bool:

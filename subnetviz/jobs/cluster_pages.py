@@ -109,6 +109,7 @@ class FilesOverlap:
     common: int
     partial: bool
     mtp_layers: tuple = ()  # the layers that are a multi-token-prediction module's (labelled so)
+    packed_experts: int = 0  # tensors holding every expert of a layer (not split per expert here: said so)
 
 
 def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
@@ -134,16 +135,25 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
         list(labels),
         group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
     )
-    names = [n for n in common if table.describe(n).expert not in (None, "all")]
+    # one expert's own tensors (routers are no expert's: the shared expert's cell took its gate in, as the
+    # Sparsity page's by_expert does not); a packed tensor holds every expert of a layer and is counted apart
+    infos = {n: table.describe(n) for n in common}
+    names = [n for n, i in infos.items() if i.expert not in (None, "all") and i.module != "router"]
+    packed = sum(1 for i in infos.values() if i.expert == "all" and i.module != "router")
     experts = None
     if names:
         experts = mask_overlap(
             [only(s, names) for s in sets],
             list(labels),
-            group_of=lambda n: (table.describe(n).layer, f"E{table.describe(n).expert}"),
+            group_of=lambda n: (infos[n].layer, expert_label(infos[n].expert)),
         )
-    mtp = {info.layer for info in map(table.describe, common) if info.block == "mtp" and info.layer is not None}
-    return FilesOverlap(report, experts, len(common), partial, tuple(sorted(mtp)))
+    mtp = {info.layer for info in infos.values() if info.block == "mtp" and info.layer is not None}
+    return FilesOverlap(report, experts, len(common), partial, tuple(sorted(mtp)), packed)
+
+
+def expert_label(expert) -> str:
+    """An expert as the Sparsity page's heatmap names it: E0, E1, ..., and ``shared``."""
+    return "shared" if str(expert) == "shared" else f"E{expert}"
 
 
 def files_overlap_task(paths: Sequence[str], labels: Sequence[str]) -> FilesOverlap:

@@ -139,7 +139,7 @@ def test_overlap_page_shows_the_experts_jaccard(moe_home):
     # Layer 0, expert 1: ft1 changed columns 0..4 of row 2, ft2 columns 2..6: 3 shared of 7.
     assert cells["E1"][0] == pytest.approx(100 * 3 / 7)
     # Changed in one finetune only: Jaccard 0; nothing changed in either: no value (blank).
-    assert cells["E3"][1] == 0.0 and cells["E2"][1] == 0.0 and cells["Eshared"][1] == 0.0
+    assert cells["E3"][1] == 0.0 and cells["E2"][1] == 0.0 and cells["shared"][1] == 0.0
     assert np.isnan(cells["E1"][1]) and np.isnan(cells["E3"][0])
     assert "E0" not in cells  # an expert no mask touches has no column
 

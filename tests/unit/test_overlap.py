@@ -372,3 +372,46 @@ def test_mask_files_place_an_mtp_module_after_the_last_layer():
     one = by.assign(layer=by["group"].map(lambda g: g[0]), module=by["group"].map(lambda g: g[1]))
     fig = figures.overlap_layer_heatmap(one.assign(mtp=one["layer"].isin(got.mtp_layers)))
     assert list(fig.layout.yaxis.ticktext) == ["0", "1", "2 · MTP"]
+
+
+def test_the_expert_overlap_leaves_routers_out_names_and_orders_experts_as_the_sparsity_page():
+    """The layer × expert view took the shared expert's router (shared_expert_gate) into the shared expert's
+    cell (Jaccard 0.167 for identical shared-expert changes), labelled it 'Eshared' and ordered E10 before E2;
+    tensors holding every expert of a layer (packed) were left out with no word."""
+    from subnetviz import figures
+    from subnetviz.jobs.cluster_pages import sets_overlap
+    from subnetviz.masks import MaskSet
+
+    p = "model.layers.0.mlp."
+    shapes = {
+        p + "experts.2.up_proj.weight": (4, 6),
+        p + "experts.10.gate_proj.weight": (4, 6),
+        p + "shared_expert.up_proj.weight": (4, 6),
+        p + "shared_expert_gate.weight": (1, 6),
+        p + "gate.weight": (12, 6),
+    }
+
+    def masks(**on):
+        out = {k: torch.zeros(s, dtype=torch.bool) for k, s in shapes.items()}
+        for k, idx in on.items():
+            out[p + k].view(-1)[idx] = True
+        return MaskSet(out, {})
+
+    one = masks(**{"shared_expert.up_proj.weight": [0, 1, 2, 3], "shared_expert_gate.weight": [0, 1, 2, 3, 4]})
+    two = masks(
+        **{
+            "shared_expert.up_proj.weight": [0, 1, 2, 3],
+            "experts.2.up_proj.weight": [5],
+            "experts.10.gate_proj.weight": [1],
+        }
+    )
+    fo = sets_overlap([one, two], ["a", "b"])
+    by = fo.experts.by_group
+    cell = {g[1]: j for g, j in zip(by["group"], by["jaccard"], strict=True)}
+    assert cell["shared"] == 1.0 and "Eshared" not in cell and fo.packed_experts == 0
+    grid = by.assign(layer=by["group"].map(lambda g: g[0]), module=by["group"].map(lambda g: g[1]))
+    fig = figures.overlap_layer_heatmap(grid[(grid["a"] == "a") & (grid["b"] == "b")])
+    assert list(fig.data[0].x) == ["E2", "E10", "shared"]
+    packed = {"model.layers.0.mlp.experts.gate_up_proj": torch.zeros(4, 6, 8, dtype=torch.bool)}
+    fo = sets_overlap([MaskSet(packed, {}), MaskSet(packed, {})], ["a", "b"])
+    assert fo.experts is None and fo.packed_experts == 1
