@@ -209,18 +209,13 @@ def checkpoint_info(path: str) -> dict:
 
     if is_adapter(path):  # an adapter is no model on its own: it is merged onto the base when analysed
         return adapter_info(path)
-    from subnetviz.analysis.quant import tensor_forms
+    from subnetviz.analysis.quant import checkpoint_forms
 
     ck = open_checkpoint(path)
     # Parameters as the analysis counts them: buffers (GPT-2's 12.6 M-entry causal mask, position_ids) and
     # quantization scales are stored tensors, not parameters (GPT-2 read 137 M here, 124 M on its model card).
-    forms = tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)
-    dtypes: dict[str, int] = {}
-    for n in ck.names:
-        if forms[n].kind not in ("buffer", "scale"):
-            m = ck.meta(n)
-            key = m.stored or str(m.dtype).replace("torch.", "")
-            dtypes[key] = dtypes.get(key, 0) + m.numel
+    forms = checkpoint_forms(ck)
+    dtypes = ck.dtype_counts(n for n in ck.names if forms[n].kind not in ("buffer", "scale"))
     return {
         "fingerprint": ck.fingerprint,
         "architecture": ck.architecture,

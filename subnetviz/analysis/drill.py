@@ -7,11 +7,13 @@ a time, and keeps only what the views draw (block sums, row and column counts).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from subnetviz.analysis.quant import checkpoint_forms, row_block, weight_rows
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.errors import CheckpointError
 from subnetviz.figures.matrix import MatrixBlocks
@@ -71,16 +73,18 @@ def matrix_update(
     rows, cols = (int(x) for x in b.shape)
     changed = MatrixBlocks.empty((rows, cols), max_side, binary=True)
     delta = MatrixBlocks.empty((rows, cols), max_side)
-    read_b, read_f, lcm = _readers(ck_b, name), _readers(ck_f, name), 1
-    for blk in (read_b.block, read_f.block):
-        lcm = lcm * blk // np.gcd(lcm, blk)
+    # FP8 / int8 codes read as the weights they stand for (their difference is no Δ), in bands of whole scale blocks
+    form_b, form_f = checkpoint_forms(ck_b)[name], checkpoint_forms(ck_f)[name]
+    quant_b, quant_f = (fm.kind in ("fp8", "int8") for fm in (form_b, form_f))
+    lcm = math.lcm(row_block(ck_b, form_b), row_block(ck_f, form_f))
     step = max(1, band_entries // max(1, cols)) // changed.f * changed.f or changed.f  # whole block rows
     step = max(lcm, step // lcm * lcm) if lcm > 1 else step  # ... and whole scale blocks of FP8 codes
     per_row, per_col = np.zeros(rows, np.int64), np.zeros(cols, np.int64)
     for r0 in range(0, rows, step):
-        xb, xf = read_b(b, r0, step), read_f(f, r0, step)
-        if read_b.quantized != read_f.quantized:  # a float side against dequantised codes: at the float side's dtype
-            target = f.dtype if read_b.quantized else b.dtype
+        xb = weight_rows(ck_b, name, form_b, b, r0, r0 + step)
+        xf = weight_rows(ck_f, name, form_f, f, r0, r0 + step)
+        if quant_b != quant_f:  # a float side against dequantised codes: at the float side's dtype
+            target = f.dtype if quant_b else b.dtype
             xb, xf = xb.to(target), xf.to(target)
         c, d = _band(xb, xf, criterion, eta)
         changed.add(r0, c)
@@ -88,33 +92,6 @@ def matrix_update(
         per_row[r0 : r0 + len(c)] = c.sum(axis=1)
         per_col += c.sum(axis=0)
     return MatrixUpdate(name, criterion, (rows, cols), int(per_row.sum()), per_row, per_col, changed, delta)
-
-
-class _readers:
-    """Rows ``r0 : r0 + n`` of a checkpoint's tensor as the update analysis reads it: as stored, or FP8 / int8
-    codes dequantised with their scales (float32; the codes alone are no weights: the page counted changed codes
-    and drew their difference as Δ, where the table counts the weights the model computes with)."""
-
-    def __init__(self, ck, name: str):
-        from subnetviz.analysis.quant import block_size, scale_values, tensor_forms
-
-        self.form = tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)[name]
-        self.quantized = self.form.kind in ("fp8", "int8")
-        self.block = 1
-        if self.quantized:
-            self.size = block_size(ck.config) if self.form.kind == "fp8" else (1, 1)
-            self.scale = scale_values(ck, self.form.scale, "cpu")
-            self.block = self.size[0]
-            self.name = name
-
-    def __call__(self, x: torch.Tensor, r0: int, n: int) -> torch.Tensor:
-        part = x[r0 : r0 + n]
-        if not self.quantized:
-            return part
-        from subnetviz.analysis.quant import check_scale, dequantize
-
-        how = check_scale(self.name, tuple(x.shape), self.form.scale, tuple(self.scale.shape), self.size)
-        return dequantize(part, self.scale, how, self.size, r0, self.form.divisor)
 
 
 def _band(b: torch.Tensor, f: torch.Tensor, criterion: str, eta: float) -> tuple[np.ndarray, np.ndarray]:

@@ -158,6 +158,15 @@ def _group_block(groups: dict) -> list | None:
     return found[0] if found else None
 
 
+def checkpoint_forms(ck) -> dict[str, TensorForm]:
+    """:func:`tensor_forms` of every tensor of checkpoint ``ck``; a malformed quantized checkpoint is one line
+    naming it."""
+    try:
+        return tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{ck.spec}: {exc}") from None
+
+
 def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
     """Name -> :class:`TensorForm` for every tensor of one checkpoint (``metas``: name -> TensorMeta)."""
     method = quant_method(config)
@@ -315,6 +324,27 @@ def effective(
     if code.dim() != 2:
         return _codes_to_float(code) * scale.to(torch.float32).reshape(()) / divisor
     return dequantize(code, scale, how, block, 0, divisor)
+
+
+def row_block(ck, form: TensorForm) -> int:
+    """Rows of one scale block of a weight stored in ``form`` (bands of :func:`weight_rows` start at multiples)."""
+    return block_size(ck.config)[0] if form.kind == "fp8" else 1
+
+
+def weight_rows(ck, name: str, form: TensorForm, x: torch.Tensor, r0: int = 0, r1: int | None = None) -> torch.Tensor:
+    """Rows ``r0:r1`` of checkpoint ``ck``'s stored tensor ``x`` (``name``, in ``form``) as weights: a float tensor
+    as stored, FP8 / int8 codes dequantised with their scales (float32; the codes alone are no weights). A tensor
+    that is not 2-D is read whole. Read a band at a time, memory stays a band (a whole FP8 expert in float32 is
+    four times its codes)."""
+    part = x[r0:r1] if x.dim() == 2 else x
+    if form.kind not in ("fp8", "int8"):
+        return part
+    scale = scale_values(ck, form.scale, "cpu")
+    block = block_size(ck.config) if form.kind == "fp8" else (1, 1)
+    if x.dim() != 2:
+        return effective(part, scale, form, block, name=name, scale_name=form.scale)
+    how = check_scale(name, tuple(x.shape), form.scale, tuple(scale.shape), block)
+    return dequantize(part, scale, how, block, r0, form.divisor)
 
 
 # --- the per-tensor dispatch used by analyze_updates ---------------------------------------------

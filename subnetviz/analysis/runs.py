@@ -108,9 +108,9 @@ def _compare(ck_full: Checkpoint, ck_sub: Checkpoint, ck_base: Checkpoint | None
             _refuse_mismatch(name, ck_full.meta(name), ck_sub.meta(sub_names[strip_prefix(name)]))
     al = align([ck_full, ck_sub])
     unmatched = tuple(sorted(n for names in al.only_in.values() for n in names))
-    from subnetviz.analysis.quant import tensor_forms  # late: it imports the quantized forms' kernels
+    from subnetviz.analysis.quant import checkpoint_forms  # late: it imports the quantized forms' kernels
 
-    forms = [tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config) for ck in (ck_full, ck_sub)]
+    forms = [checkpoint_forms(ck) for ck in (ck_full, ck_sub)]
     side = {
         t.key for t in al.tensors if any(f[n].kind in ("buffer", "scale") for f, n in zip(forms, t.names, strict=True))
     }

@@ -169,9 +169,9 @@ def _kinds(cks: list[Checkpoint], todo: list) -> tuple[dict[str, str], list[dict
     """(aligned key -> how its versions are read, each checkpoint's stored forms): how is ``float``, ``buffer`` /
     ``scale`` (not counted), ``fp8`` / ``int8`` (dequantised), ``codes``. A tensor stored as integer codes in one
     checkpoint and in another form elsewhere cannot be compared: a one-line error naming it."""
-    from subnetviz.analysis.quant import tensor_forms  # late: the float-only series need none of it
+    from subnetviz.analysis.quant import checkpoint_forms  # late: the float-only series need none of it
 
-    per = [tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config) for ck in cks]
+    per = [checkpoint_forms(ck) for ck in cks]
     out = {}
     for t in todo:
         got = [per[j][n].kind for j, n in enumerate(t.names)]
@@ -198,12 +198,12 @@ BAND_ENTRIES = 1 << 22
 def _stored_series(cks: list[Checkpoint], t, kind: str, forms: list[dict], where: Callable, k: int) -> _TensorCounts:
     """:func:`_tensor_series` of a tensor read through its stored forms, a matrix in bands of whole scale-block
     rows (each band's versions dequantised on their own: the counts add up, entry by entry)."""
-    from subnetviz.analysis.quant import block_size
+    from subnetviz.analysis.quant import row_block
 
     if kind == "codes" or len(t.shape) != 2:
         return _tensor_series(_stored_versions(cks, t, kind, forms, where), k, False, t.key)
     rows, cols = t.shape
-    b0 = math.lcm(*(block_size(ck.config)[0] if forms[j][t.names[j]].kind == "fp8" else 1 for j, ck in enumerate(cks)))
+    b0 = math.lcm(*(row_block(ck, forms[j][t.names[j]]) for j, ck in enumerate(cks)))
     band = max(b0, BAND_ENTRIES // max(cols, 1) // b0 * b0)
     parts = [
         _tensor_series(_stored_versions(cks, t, kind, forms, where, (r0, min(rows, r0 + band))), k, False, t.key)
@@ -224,26 +224,15 @@ def _stored_versions(
     """Tensor ``t``'s versions (its rows ``rows[0]:rows[1]`` when given), one at a time: FP8 / int8 weights
     dequantised with their scales (float32; a float version cast to float32), integer codes as stored (the same
     signed width, compared bitwise)."""
-    from subnetviz.analysis.quant import block_size, check_scale, dequantize, effective, scale_values
+    from subnetviz.analysis.quant import weight_rows
 
+    r0, r1 = rows if rows is not None else (0, None)
     for j, ck in enumerate(cks):
-        name, form = t.names[j], forms[j][t.names[j]]
         v = read_aligned(ck, t, j)
         if kind == "codes":
             yield v.view(_SIGNED[v.dtype]) if v.dtype in _SIGNED else v
             continue
-        r0, r1 = rows if rows is not None else (0, v.shape[0] if v.dim() else 1)
-        part = v[r0:r1] if rows is not None else v
-        if form.kind == "float":
-            w = part.to(torch.float32)
-        else:
-            scale = scale_values(ck, form.scale, "cpu")
-            block = block_size(ck.config) if form.kind == "fp8" else (1, 1)
-            if v.dim() != 2:  # (read whole: not banded)
-                w = effective(part, scale, form, block, name=name, scale_name=form.scale)
-            else:
-                how = check_scale(name, tuple(v.shape), form.scale, tuple(scale.shape), block)
-                w = dequantize(part, scale, how, block, r0, form.divisor)
+        w = weight_rows(ck, t.names[j], forms[j][t.names[j]], v, r0, r1).to(torch.float32)
         check_finite(w, where(t, j))
         yield w
 

@@ -308,7 +308,9 @@ def analyze_subspaces(
     labels = list(labels) if labels else [Path(str(c.spec).rstrip("/")).name for c in cks]
     if len(labels) != len(cks):
         raise ConfigError(f"{len(labels)} labels for {len(cks)} finetuned checkpoints.")
-    forms_base, forms = _forms(ck_base), [_forms(c) for c in cks]
+    from subnetviz.analysis.quant import checkpoint_forms
+
+    forms_base, forms = checkpoint_forms(ck_base), [checkpoint_forms(c) for c in cks]
     per_key, keys = _matrices(ck_base, cks, forms_base, forms)
     out = SubspaceTable({lab: [] for lab in labels})
     table = ck_base.names_table
@@ -391,10 +393,11 @@ def _matrices(ck_base, cks: Sequence, forms_base=None, forms=None) -> tuple[list
     """Each finetuned checkpoint's aligned weight matrices by key, and their keys: 2-D, stored as floats or as
     FP8 / int8 codes with scales (read dequantised, :func:`_weights`); a quantized form's scales (which are 2-D
     too), buffers and integer codes with no dequantisation here (GPTQ, AWQ, int4) are no weights to decompose."""
+    from subnetviz.analysis.quant import checkpoint_forms
     from subnetviz.checkpoints import align
 
-    forms_base = forms_base if forms_base is not None else _forms(ck_base)  # (the caller's, when it has them)
-    forms = forms if forms is not None else [_forms(c) for c in cks]
+    forms_base = forms_base if forms_base is not None else checkpoint_forms(ck_base)  # (the caller's, when given)
+    forms = forms if forms is not None else [checkpoint_forms(c) for c in cks]
     per_key = []
     for c, fm in zip(cks, forms, strict=True):
         per_key.append(
@@ -411,12 +414,6 @@ def _matrices(ck_base, cks: Sequence, forms_base=None, forms=None) -> tuple[list
 
 
 WEIGHT_FORMS = ("float", "fp8", "int8")  # stored forms read as weights (quant.TensorForm.kind)
-
-
-def _forms(ck) -> dict:
-    from subnetviz.analysis.quant import tensor_forms
-
-    return tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)
 
 
 def _weights(ck, at, side: int, dev: str, form) -> torch.Tensor:

@@ -31,9 +31,9 @@ from subnetviz.analysis.quant import (
     SIDE_COLUMNS,
     FormLog,
     check_finite_stored,
+    checkpoint_forms,
     compare_aligned,
     side_row,
-    tensor_forms,
 )
 from subnetviz.analysis.sparsity import (
     SparsityOptions,
@@ -196,7 +196,7 @@ class _Walk:
         self.labels = list(labels) if labels else [_label_for(c.spec, used) for c in self.cks]
         match_layouts([self.ck_base, *self.cks])  # packed experts read as another's per-expert tensors
         # Stored forms first: a malformed quantized checkpoint is named before any alignment message.
-        self.forms_base, *self.forms = [_forms(c) for c in (self.ck_base, *self.cks)]
+        self.forms_base, *self.forms = [checkpoint_forms(c) for c in (self.ck_base, *self.cks)]
         self.alignments = [align([self.ck_base, c]) for c in self.cks]
         self.per_key = [{t.key: t for t in al.tensors} for al in self.alignments]
         for i, pk in enumerate(self.per_key):  # before any tensor is read
@@ -615,10 +615,10 @@ def planned_spectra(base, finetuned: Sequence, spectra: SpectraOptions | None) -
     ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
     cks = [open_finetune(f, ck_base) for f in finetuned]
     match_layouts([ck_base, *cks])  # as the pass reads them
-    table, forms_base = ck_base.names_table, _forms(ck_base)
+    table, forms_base = ck_base.names_table, checkpoint_forms(ck_base)
     out: list[tuple[int, int]] = []
     for ck in cks:
-        forms = _forms(ck)
+        forms = checkpoint_forms(ck)
         for at in align([ck_base, ck]).tensors:
             fa, fb = forms_base[at.names[0]], forms[at.names[1]]
             info = table.describe(at.names[0])
@@ -629,13 +629,6 @@ def planned_spectra(base, finetuned: Sequence, spectra: SpectraOptions | None) -
             if parts and not skip_reason(shape, spectra.max_dim):  # as the pass skips them (before memory)
                 out += [shape] * len(parts)
     return out
-
-
-def _forms(ck: Checkpoint) -> dict:
-    try:
-        return tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{ck.spec}: {exc}") from None
 
 
 class MaskSubset(Mapping):

@@ -121,8 +121,13 @@ class Checkpoint:
     @property
     def dtypes(self) -> dict[str, int]:
         """Stored dtype -> number of parameters in that dtype (from the headers)."""
+        return self.dtype_counts(self._meta)
+
+    def dtype_counts(self, names) -> dict[str, int]:
+        """Stored dtype -> number of entries in that dtype, over the tensors ``names`` (from the headers)."""
         out: dict[str, int] = {}
-        for m in self._meta.values():
+        for n in names:
+            m = self._meta[n]
             key = m.stored or str(m.dtype).replace("torch.", "")
             out[key] = out.get(key, 0) + m.numel
         return out
