@@ -10,32 +10,36 @@ import pandas as pd
 
 from subnetviz.analysis.sparsity import SparsityReport
 
-EXPERT_COLUMNS = ["model", "layer", "expert", "kind", "tensors", "numel", "changed", "density", "sparsity"]
+EXPERT_COLUMNS = ["model", "layer", "expert", "kind", "tensors", "numel", "changed", "density", "sparsity", "mtp"]
 
 
 def by_expert(report: SparsityReport) -> pd.DataFrame:
     """Per (layer, expert) update counts of an MoE model: routed experts by index, shared experts as
-    ``"shared"``; a packed 3-D tensor (every expert along dim 0) contributes its per-expert row counts.
-    Columns: :data:`EXPERT_COLUMNS` (``kind``: routed | shared). Empty for a dense model."""
+    ``"shared"``; a packed 3-D tensor (every expert along dim 0) contributes its per-expert row counts (so it
+    needs a report analysed with ``row_col``, the default; without them it is left out).
+    Columns: :data:`EXPERT_COLUMNS` (``kind``: routed | shared; ``mtp``: the layer is a multi-token-prediction
+    module's, labelled so in the heatmap). Empty for a dense model."""
     t = report.tensors
     if "expert" not in t or not t["expert"].notna().any():
         return pd.DataFrame(columns=EXPERT_COLUMNS)
     t = t[t["expert"].notna() & (t["module"] != "router")]
+    mtp = t["block"].eq("mtp") if "block" in t else pd.Series(False, index=t.index)
     rows = []
-    for r in t.itertuples():
+    for r, in_mtp in zip(t.itertuples(), mtp, strict=True):
         expert = str(r.expert)
         if expert == "all":
             counts = report.row_col.get(r.key, (None, None))[0]
             if counts is None:
                 continue
             per = int(r.numel) // len(counts)
-            rows += [(r.layer, str(e), "routed", per, int(c)) for e, c in enumerate(counts)]
+            rows += [(r.layer, str(e), "routed", per, int(c), bool(in_mtp)) for e, c in enumerate(counts)]
         else:
-            rows.append((r.layer, expert, "shared" if expert == "shared" else "routed", int(r.numel), int(r.changed)))
-    df = pd.DataFrame(rows, columns=["layer", "expert", "kind", "numel", "changed"])
+            kind = "shared" if expert == "shared" else "routed"
+            rows.append((r.layer, expert, kind, int(r.numel), int(r.changed), bool(in_mtp)))
+    df = pd.DataFrame(rows, columns=["layer", "expert", "kind", "numel", "changed", "mtp"])
     g = (
         df.groupby(["layer", "expert", "kind"], sort=False)
-        .agg(tensors=("numel", "size"), numel=("numel", "sum"), changed=("changed", "sum"))
+        .agg(tensors=("numel", "size"), numel=("numel", "sum"), changed=("changed", "sum"), mtp=("mtp", "all"))
         .reset_index()
     )
     g["density"] = g["changed"] / g["numel"].clip(lower=1)

@@ -50,6 +50,9 @@ def _views(ck: Checkpoint, layer: str, packed: dict[str, str], experts: dict[int
     if sorted(experts) != list(range(n_e)) or any(set(r) != {"gate", "up", "down"} for r in experts.values()):
         return None
     gate, up, down = (tuple(ref.meta(experts[0][r]).shape) for r in ("gate", "up", "down"))
+    first = {"gate": gate, "up": up, "down": down}
+    if any(tuple(ref.meta(names[r]).shape) != first[r] for names in experts.values() for r in first):
+        return None  # experts of different sizes (a pruned release) have no packed form to read
     want = {"gate_up_proj": (n_e, gate[0] + up[0], gate[1]), "down_proj": (n_e, *down)}
     if set(packed) != set(want) or any(tuple(ck.meta(packed[p]).shape) != want[p] for p in want) or gate != up:
         return None

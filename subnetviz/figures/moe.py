@@ -11,7 +11,15 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures.style import SEQUENTIAL, _require, _style, color_map, no_data_figure, takes_data
+from subnetviz.figures.style import (
+    SEQUENTIAL,
+    _require,
+    _style,
+    color_map,
+    mtp_layer_ticks,
+    no_data_figure,
+    takes_data,
+)
 
 
 def _index(expert: str) -> bool:
@@ -30,7 +38,8 @@ def expert_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None 
     """Layers (0 at top) × experts of ``value`` (sparsity or density) in %.
 
     df: one row per (layer, expert) as :func:`subnetviz.analysis.experts.by_expert` gives it:
-    layer, expert ("0", "1", ..., "shared"), numel, changed, sparsity, density.
+    layer, expert ("0", "1", ..., "shared"), numel, changed, sparsity, density; ``mtp`` where given (a
+    multi-token-prediction module's layer, ticked "48 · MTP").
     """
     title = title or f"Experts: {value} per layer"
     if df is None or df.empty:
@@ -60,6 +69,7 @@ def expert_heatmap(df: pd.DataFrame, value: str = "sparsity", title: str | None 
     )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")
+    mtp_layer_ticks(fig, df.dropna(subset=["layer"]), [str(v) for v in layers])  # (where df["mtp"] is given)
     return _style(fig, title, x="expert", y="layer")
 
 

@@ -101,3 +101,22 @@ def test_packed_experts_that_do_not_fit_stay_listed(tmp_path):
     notes = " ".join(rep.notes)
     assert notes.count("do not fit the per-expert shapes") == 1 and "only in" in notes
     assert rep.tensors["expert"].notna().any()  # layer 0 still read expert by expert
+
+
+def test_packed_experts_beside_experts_of_different_sizes_stay_listed(tmp_path):
+    """A release whose experts differ in size (one pruned) has no packed form; the packed finetune's layer is listed
+    as only in the finetune with the note, not read into the wrong shapes (which aborted the whole comparison)."""
+    from safetensors.torch import load_file
+
+    base, ft = _pair(tmp_path, "qwen3_moe", packed="ft")
+    sd = load_file(str(base / "model.safetensors"))
+    for role in ("gate_proj", "up_proj"):  # expert 2 of layer 1 pruned to half its intermediate rows
+        key = next(k for k in sd if k.endswith(f"layers.1.mlp.experts.2.{role}.weight"))
+        sd[key] = sd[key][: sd[key].shape[0] // 2].contiguous()
+    key = next(k for k in sd if k.endswith("layers.1.mlp.experts.2.down_proj.weight"))
+    sd[key] = sd[key][:, : sd[key].shape[1] // 2].contiguous()
+    save_file(sd, str(base / "model.safetensors"), metadata={"format": "pt"})
+    rep = analyze_updates(str(base), [str(ft)], spectra=SpectraOptions(enabled=False)).reports[0]
+    notes = " ".join(rep.notes)
+    assert notes.count("do not fit the per-expert shapes") == 1 and "only in" in notes
+    assert rep.tensors["expert"].notna().any()  # layer 0 still read expert by expert

@@ -788,6 +788,16 @@ def test_a_qwen3_5_release_with_its_mtp_module_counts_it_apart(family_dirs, tmp_
     spec = spec[spec["layer"].notna() & ~spec["skipped"].astype(bool)]
     fig = rank_measure_heatmap(spec.assign(layer=spec["layer"].astype(int)))
     assert list(fig.layout.yaxis.ticktext) == ["0", "1", "2 · MTP"]
+    from subnetviz.analysis.experts import by_expert
+    from subnetviz.figures.moe import expert_heatmap
+
+    experts = by_expert(rep)  # the MTP module's experts: a row of their own, labelled so
+    assert set(experts["layer"]) == {0, 1, 2} and experts.groupby("layer")["mtp"].all().to_dict() == {
+        0: False,
+        1: False,
+        2: True,
+    }
+    assert list(expert_heatmap(experts).layout.yaxis.ticktext) == ["0", "1", "2 · MTP"]
 
 
 def _plant(folder, out, names_steps):
