@@ -103,7 +103,8 @@ def file_stamp(path: str | os.PathLike | None) -> str:
             continue
         if not child.is_dir():
             parts.append(f"{child.name}:{stat_identity(cst)}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:KEY_LENGTH]
+    # (a file name that is not UTF-8, as an archive from elsewhere may extract, is stamped by its bytes)
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:KEY_LENGTH]
 
 
 @contextmanager
@@ -280,10 +281,11 @@ class CacheEntry:
         return self.status()[0]
 
     @contextmanager
-    def publish(self) -> Iterator[Path]:
+    def publish(self, *, replace: bool = False) -> Iterator[Path]:
         """Write the result into the yielded folder; it appears as :attr:`folder` when the block ends,
-        with its manifest written last."""
-        with atomic_folder(self.folder, replace=False) as tmp:
+        with its manifest written last. An entry already there wins (a concurrent identical computation),
+        unless ``replace`` (a result computed again because the one there is out of date)."""
+        with atomic_folder(self.folder, replace=replace) as tmp:
             yield tmp
             write_manifest(tmp)
         from subnetviz.config import cache_dir, cache_limit_bytes

@@ -285,7 +285,7 @@ def updates_cached(ws: Workspace, *, spectra: bool, mask_tolerance: float | None
     """Whether :func:`compute_updates` would read the analysis from the disk cache (headers only)."""
     from subnetviz.analysis.updates import is_cached
 
-    return is_cached(ws.base, list(ws.paths), **_analysis_options(ws, spectra, mask_tolerance, eta))
+    return is_cached(ws.base, list(ws.paths), **_analysis_options(ws, spectra, mask_tolerance, eta), device=ws.device)
 
 
 def spectra_cost(ws: Workspace):

@@ -290,6 +290,36 @@ def cache_key(
     )
 
 
+def _memory_now_allows(folder: Path, spectra: SpectraOptions, device: str) -> str | None:
+    """Whether a cached analysis skipped a spectrum for lack of memory that this machine has now: what to say
+    when it is computed again, or None. (A skip for memory is a state of the machine when it ran, not of the
+    checkpoints: served for good, a matrix would stay without its spectrum once memory was free.)"""
+    from subnetviz.analysis.update_pass import _memory_reason
+    from subnetviz.config import resolve_device
+
+    path = Path(folder) / "spectra.csv"
+    if not path.exists():
+        return None
+    frame = read_frame(path)
+    if frame.empty or "note" not in frame:
+        return None
+    short = frame[frame["note"].astype(str).str.startswith(MEMORY_SKIP) & frame["rows"].notna()]
+    if short.empty:
+        return None
+    dev = resolve_device(device)
+    fits = [(int(r), int(c)) for r, c in zip(short["rows"], short["cols"], strict=True)]
+    fits = [s for s in fits if not _memory_reason(s, spectra.baseline, dev)]
+    if not fits:
+        return None
+    return (
+        f"the cached analysis had skipped {len(short)} spectrum(s) for lack of memory; {len(fits)} fit now: "
+        "computed again"
+    )
+
+
+MEMORY_SKIP = "skipped, needs about"  # how a spectrum skipped for lack of memory starts its note
+
+
 def is_cached(
     base: str,
     finetuned: Sequence[str],
@@ -297,14 +327,19 @@ def is_cached(
     labels: Sequence[str] | None = None,
     options: SparsityOptions = SparsityOptions(),
     spectra: SpectraOptions | None = SpectraOptions(enabled=False),
+    device: str = "auto",
     cache_root: str | os.PathLike | None = None,
 ) -> bool:
-    """Whether :func:`cached_analysis` with these arguments would read its result from the cache (headers only)."""
+    """Whether :func:`cached_analysis` with these arguments would read its result from the cache (headers only;
+    not an entry that it computes again because memory now allows a spectrum it skipped)."""
     ck_base = open_checkpoint(base)
     cks = [open_finetune(f, ck_base) for f in finetuned]
     used: set[str] = set()
     labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
-    return _cache.entry("updates", cache_key(ck_base, cks, labels, options, spectra), root=cache_root).ready
+    ent = _cache.entry("updates", cache_key(ck_base, cks, labels, options, spectra), root=cache_root)
+    if not ent.ready:
+        return False
+    return not (spectra is not None and spectra.enabled and _memory_now_allows(ent.folder, spectra, device))
 
 
 def cached_analysis(
@@ -326,11 +361,14 @@ def cached_analysis(
     labels = list(labels) if labels else [_label_for(c.spec, used) for c in cks]
     ent = _cache.entry("updates", cache_key(ck_base, cks, labels, options, spectra), root=cache_root)
     hit, notice = ent.status()  # a damaged entry is removed here and computed again
+    stale = hit and spectra is not None and spectra.enabled and _memory_now_allows(ent.folder, spectra, device)
+    if stale:
+        hit, notice = False, stale
     if not hit:
         analysis = analyze_updates(
             ck_base, cks, labels=labels, options=options, spectra=spectra, device=device, progress=progress
         )
-        with ent.publish() as folder:
+        with ent.publish(replace=bool(stale)) as folder:
             _write_files(analysis, folder, {"base": base, "finetuned": list(finetuned)})
     result = read_analysis(ent.folder)
     result.cached = hit

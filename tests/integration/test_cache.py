@@ -146,6 +146,20 @@ def test_file_stamp_sees_a_rewrite_in_place_even_inside_a_folder(tmp_path):
     assert file_stamp(f) != file1 and file_stamp(folder) != folder1
 
 
+def test_file_stamp_of_a_folder_holding_a_name_that_is_not_utf8(tmp_path):
+    """A file name that is not UTF-8 beside the weights (as an archive from elsewhere may extract) is stamped by
+    its bytes: before, the stamp raised UnicodeEncodeError when a visitor named the folder."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"a" * 10)
+    odd = os.path.join(os.fsencode(folder), b"notes-\xff.txt")
+    open(odd, "wb").close()
+    first = file_stamp(folder)
+    assert len(first) > 8 and file_stamp(folder) == first
+    os.utime(odd, ns=(1_000_000_000, 1_000_000_000))
+    assert file_stamp(folder) != first  # and it is part of the stamp
+
+
 def test_atomic_write_replaces_and_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     p = tmp_path / "status.json"
     atomic_write(p, "old")
