@@ -101,4 +101,8 @@ def router_bars(
         ]
     )
     fig.update_layout(barmode="group")
+    fig.update_yaxes(rangemode="tozero")  # a density is never negative
+    if not (g["changed"] > 0).any():  # every bar 0: an empty-looking chart would read as "not drawn"
+        fig.update_yaxes(range=[0, 1])
+        fig.add_annotation(text="no router entry changed", xref="paper", yref="paper", x=0.5, y=0.6, showarrow=False)
     return _style(fig, title, x="layer", y="density %")

@@ -788,8 +788,11 @@ def test_a_qwen3_5_release_with_its_mtp_module_counts_it_apart(family_dirs, tmp_
     spec = spec[spec["layer"].notna() & ~spec["skipped"].astype(bool)]
     fig = rank_measure_heatmap(spec.assign(layer=spec["layer"].astype(int)))
     assert list(fig.layout.yaxis.ticktext) == ["0", "1", "2 · MTP"]
-    from subnetviz.analysis.experts import by_expert
-    from subnetviz.figures.moe import expert_heatmap
+    from subnetviz.analysis.experts import by_expert, routers
+    from subnetviz.figures.moe import expert_heatmap, router_bars
+
+    bars = router_bars(routers(rep))  # no router changed: a 0–1 % axis that says so, not a −1…1 axis of nothing
+    assert tuple(bars.layout.yaxis.range) == (0, 1) and bars.layout.annotations[-1].text == "no router entry changed"
 
     experts = by_expert(rep)  # the MTP module's experts: a row of their own, labelled so
     assert set(experts["layer"]) == {0, 1, 2} and experts.groupby("layer")["mtp"].all().to_dict() == {
