@@ -33,12 +33,16 @@ K_OPTIONS, SIDES = [4, 8, 16, 32, 64], ["left", "right"]
 
 
 def subspaces(ws) -> None:
+    from subnetviz.analysis.subspaces import GRAM_SIDE, SubspaceOptions
+
     st.caption(
         "Principal angles θᵢ = arccos σᵢ(U_baseᵀU_ft) between the top-K singular subspaces of W_base and "
         "W_ft (arXiv 2508.16546: RL rotates singular vectors, barely moves singular values); σ ratios "
         "σᵢ(W_ft)/σᵢ(W_base), i ≤ K (2509.17866); the share of the update inside the principal weights "
         "(largest |rank-K reconstruction of W_base|, as many as changed) against chance = the update density "
-        "(2511.08567: RL avoids principal weights). Float64 Gram; randomized SVD above 32768 rows."
+        "(2511.08567: RL avoids principal weights). Float64 Gram; randomized SVD (refined in float64) only for a "
+        f"matrix with a side over {SubspaceOptions().max_dim} and the other over {GRAM_SIDE} (the embeddings of "
+        "14B-and-larger models)."
     )
     c1, c2, c3 = st.columns(3)
     k = c1.selectbox("K (top singular directions)", K_OPTIONS, index=2, key="sub_k", bind="query-params")
@@ -54,6 +58,8 @@ def subspaces(ws) -> None:
     )
     figs, tables = subspace_parts(ws, int(k), model, side, data)
     bar.empty()
+    for note in data[2]:  # skips for lack of memory, packed experts left out, the randomized path
+        st.caption(ui.plain(note))  # (tensor names: shown as text)
     a, b = st.columns(2)
     with a:
         ui.chart(figs["sub-angles"], key="sub-angles")
@@ -75,23 +81,25 @@ def subspaces(ws) -> None:
 
 
 def subspace_data(ws, k: int, progress=None) -> tuple:
-    """(rows, vectors) of the subspaces analysis at ``k``: from the disk cache, else computed (and cached)."""
+    """(rows, vectors, notes) of the subspaces analysis at ``k``: from the disk cache, else computed (and cached)."""
     from subnetviz.analysis.subspaces import cached_subspaces
 
-    rows, vectors = cached_subspaces(
+    rows, vectors, notes = cached_subspaces(
         ws.base,
         list(ws.paths),
         labels=list(ws.labels),
         options=uilogic.subspace_options(k),
         device=ws.device,
         progress=progress,
+        with_notes=True,
     )
     ui.need(len(rows) > 0, "No 2-D weight matrices to compare.")
     # Matrices named as on every other page and tab ("layers.0.mlp.down_proj.weight", without the checkpoint's
     # "model." prefix); the CLI's subspaces files keep the checkpoint's own names.
     from subnetviz.checkpoints.naming import strip_prefix
 
-    return rows.assign(name=rows["name"].map(strip_prefix)), vectors.assign(name=vectors["name"].map(strip_prefix))
+    rows, vectors = (f.assign(name=f["name"].map(strip_prefix)) for f in (rows, vectors))
+    return rows, vectors, notes
 
 
 def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None, *, export: bool = False) -> tuple:
@@ -104,7 +112,7 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
         left = ui.heavy_note(lambda: uilogic.subspaces_cached(ws, k), lambda: uilogic.subspaces_cost(ws, k))
         if left:
             return {}, {}, [left]
-    rows, vectors = data if data is not None else subspace_data(ws, k)
+    rows, vectors, _ = data if data is not None else subspace_data(ws, k)
     sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
     # the model in each chart: an export or paper figure has no picker

@@ -11,6 +11,16 @@ the finetuned matrix:
 - ``principal_overlap``: the share of the update mask (stored bits differ) inside the principal
   mask (the same number of entries with the largest |rank-K reconstruction of W_base|), against
   ``principal_overlap_chance`` = the update density (arXiv 2511.08567: RL avoids principal weights).
+  Entries tied at the mask's threshold count fractionally (the expected overlap under a random choice among
+  them), so the number does not depend on where the changes lie.
+
+The update mask follows the update pass (:func:`subnetviz.analysis.quant.compare_aligned`): a float pair is
+compared at the finetune's stored dtype (the base rounded to it), a float side against a quantized one at the
+float side's stored dtype (both cast to it), a quantized pair as dequantised float32; so ``changed`` is the
+update pass's. A base (or finetune) whose σ₁ is 0 has no top-K subspace: its angles (and, for the base, the
+principal overlap) are NaN. Biases are no matrices (gpt-oss's packed (E, out) ones included); a packed 3-D
+expert tensor (E, m, n) of float weights is compared expert by expert, its rows named ``name[e]`` as the
+spectra name them (``expert`` says which); one stored quantized on a side is left out, with a note.
 
 Numerics:
 
@@ -35,6 +45,7 @@ at a time (each base matrix decomposed once, for every finetuned model).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -48,7 +59,14 @@ import torch
 
 from subnetviz import cache as _cache
 from subnetviz.analysis.bits import bits_differ
-from subnetviz.analysis.subspaces_linalg import TopK, principal_angles, principal_mask, top_k
+from subnetviz.analysis.subspaces_linalg import (
+    _CHUNK_ELEMENTS,
+    TopK,
+    principal_angles,
+    principal_mask,
+    principal_overlap,
+    top_k,
+)
 from subnetviz.errors import ConfigError
 
 __all__ = [
@@ -61,17 +79,19 @@ __all__ = [
     "compare_subspaces",
     "principal_angles",
     "principal_mask",
+    "principal_overlap",
     "top_k",
 ]
 
 ProgressFn = Callable[[int, int, str], None]
 METHODS = ("auto", "gram", "randomized", "svd")
-SUBSPACES_VERSION = 1  # bump when the same inputs would give different numbers or files
+SUBSPACES_VERSION = 2  # bump when the same inputs would give different numbers or files
 COLUMNS = [
     "model",
     "name",
     "layer",
     "module",
+    "expert",
     "rows",
     "cols",
     "k",
@@ -140,6 +160,7 @@ class SubspaceResult:
     seconds: float
     layer: int | None = None
     module: str | None = None
+    expert: str | None = None  # a MoE expert's index (or "shared"); of a packed 3-D tensor, the slice ``e``
 
     def row(self) -> dict:
         finite = self.sv_ratio[np.isfinite(self.sv_ratio)]
@@ -148,6 +169,7 @@ class SubspaceResult:
             "name": self.name,
             "layer": self.layer,
             "module": self.module,
+            "expert": self.expert,
             "rows": self.shape[0],
             "cols": self.shape[1],
             "k": self.k,
@@ -208,11 +230,15 @@ def compare_subspaces(
     options: SubspaceOptions = SubspaceOptions(),
     *,
     base_top: TopK | None = None,
+    compare_dtype: torch.dtype | None = None,
 ) -> SubspaceResult:
     """The subspace comparison of one (m, n) matrix pair (stored dtype; same shape).
 
     ``base_top``: the base's :class:`TopK` when already computed (one decomposition per base
-    matrix, whatever the number of finetuned models).
+    matrix, whatever the number of finetuned models). ``compare_dtype``: the dtype at which an entry
+    counts as changed (its bits differ there, both sides cast to it with round-to-nearest-even); by default
+    the finetune's, as the update pass compares a float pair (:func:`analyze_subspaces` passes the update
+    pass's rule for every stored form).
     """
     if base.shape != ft.shape or base.dim() != 2:
         raise ConfigError(
@@ -224,18 +250,19 @@ def compare_subspaces(
     method = choose_method(shape, options)
     kw = dict(method=method, oversample=options.oversample, power_iters=options.power_iters, seed=options.seed)
     tb = base_top if base_top is not None else top_k(base, k, **kw)
-    changed_mask = bits_differ(base, ft) if base.dtype == ft.dtype else base != ft
+    changed_mask = changed_entries(base, ft, compare_dtype or ft.dtype)
     changed = int(changed_mask.sum())
     numel = base.numel()
+    base_defined = _sigma1(tb) > 0  # a zero base has no top-K subspace: what its angles would measure is arbitrary
     if not changed:  # identical bits: the same subspaces exactly (no round-off angle of 1e-14°)
-        zeros = np.zeros(tb.sigma.size)
+        angles = np.zeros(tb.sigma.size) if base_defined else np.full(tb.sigma.size, np.nan)
         return SubspaceResult(
             name,
             shape,
             k,
             tb.method,
-            zeros,
-            zeros.copy(),
+            angles,
+            angles.copy(),
             np.where(tb.sigma > 0, 1.0, np.nan),
             float("nan"),
             0.0,
@@ -246,15 +273,18 @@ def compare_subspaces(
     tf = top_k(ft, k, **kw)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(tb.sigma > 0, tf.sigma / tb.sigma, np.nan)
-    pm = principal_mask(base, tb.right, changed)
-    overlap = float((pm & changed_mask).sum()) / changed
+    if base_defined and _sigma1(tf) > 0:
+        left, right = principal_angles(tb.left, tf.left), principal_angles(tb.right, tf.right)
+    else:
+        left, right = np.full(tb.sigma.size, np.nan), np.full(tb.sigma.size, np.nan)
+    overlap = principal_overlap(base, tb.right, changed_mask) if base_defined else float("nan")
     return SubspaceResult(
         name,
         shape,
         k,
         tb.method,
-        principal_angles(tb.left, tf.left),
-        principal_angles(tb.right, tf.right),
+        left,
+        right,
         ratio,
         overlap,
         changed / numel if numel else 0.0,
@@ -262,6 +292,20 @@ def compare_subspaces(
         _gap(tb),
         time.perf_counter() - t0,
     )
+
+
+def changed_entries(base: torch.Tensor, ft: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool (``base``'s shape): where the bits of ``base`` and ``ft``, both cast to ``dtype``
+    (round-to-nearest-even, as saving in it would), differ; a band of rows at a time, so no whole cast copy."""
+    out = torch.empty(base.shape, dtype=torch.bool, device=base.device)
+    step = max(1, _CHUNK_ELEMENTS // max(int(base.shape[1]), 1))
+    for s in range(0, base.shape[0], step):
+        out[s : s + step] = bits_differ(base[s : s + step].to(dtype), ft[s : s + step].to(dtype))
+    return out
+
+
+def _sigma1(t: TopK) -> float:
+    return float(t.sigma[0]) if t.sigma.size else 0.0
 
 
 def _gap(t: TopK) -> float:
@@ -292,10 +336,12 @@ def analyze_subspaces(
     device: str = "auto",
     progress: ProgressFn | None = None,
 ) -> SubspaceTable:
-    """Subspace metrics of every aligned 2-D weight, ``base`` against each of ``finetuned``.
+    """Subspace metrics of every aligned weight matrix, ``base`` against each of ``finetuned``.
 
-    Streams one tensor at a time (the base matrix read and decomposed once per name); tensors that
-    are not 2-D (norms, biases) are not matrices and are left out, as are non-float tensors.
+    Streams one tensor at a time (the base matrix read and decomposed once per name); tensors that are no
+    matrices (norms, biases, convolution kernels) are left out, as are non-float tensors; a packed 3-D expert
+    tensor is compared expert by expert (:func:`_matrices`). A weight holding NaN or Inf is refused in one
+    line naming its file and tensor, as the update pass refuses it.
     """
     from subnetviz.checkpoints import Checkpoint, open_checkpoint
     from subnetviz.checkpoints.adapters import open_finetune
@@ -309,9 +355,11 @@ def analyze_subspaces(
     if len(labels) != len(cks):
         raise ConfigError(f"{len(labels)} labels for {len(cks)} finetuned checkpoints.")
     from subnetviz.analysis.quant import checkpoint_forms
+    from subnetviz.checkpoints.experts_layout import match_layouts
 
+    match_layouts([ck_base, *cks])  # (as align reads them: the forms are those of the names compared)
     forms_base, forms = checkpoint_forms(ck_base), [checkpoint_forms(c) for c in cks]
-    per_key, keys = _matrices(ck_base, cks, forms_base, forms)
+    per_key, keys, left_out = _matrices(ck_base, cks, forms_base, forms)
     out = SubspaceTable({lab: [] for lab in labels})
     table = ck_base.names_table
     for step, key in enumerate(keys):
@@ -322,36 +370,40 @@ def analyze_subspaces(
             at = pk.get(key)
             if at is None:
                 continue
-            shape = (int(at.shape[0]), int(at.shape[1]))
-            quantized = forms_base[at.names[0]].kind != "float" or fm[at.names[1]].kind != "float"
+            fa, fb = forms_base[at.names[0]], fm[at.names[1]]
+            info = table.describe(at.names[0])
+            shape = (int(at.shape[-2]), int(at.shape[-1]))
+            quantized = fa.kind != "float" or fb.kind != "float"
             short = _memory_short(ck_base, ck, at, shape, options, dev, quantized)
             if short:  # refused before reading: a row that says why, and the other matrices go on
-                info = table.describe(at.names[0])
                 empty = np.zeros(0)
-                out.results[lab].append(
-                    SubspaceResult(
-                        at.names[0], shape, options.k_for(shape), f"skipped, {short}", empty, empty, empty,
-                        math.nan, math.nan, 0, math.nan, 0.0, info.layer, info.module,
-                    )
-                )  # fmt: skip
+                for name, e in _parts(at):
+                    out.results[lab].append(
+                        SubspaceResult(
+                            name, shape, options.k_for(shape), f"skipped, {short}", empty, empty, empty,
+                            math.nan, math.nan, 0, math.nan, 0.0, info.layer, info.module, _expert(info, e),
+                        )
+                    )  # fmt: skip
                 continue
-            a = _weights(ck_base, at, 0, dev, forms_base[at.names[0]])
-            b = _weights(ck, at, 1, dev, fm[at.names[1]])
-            k = options.k_for(tuple(a.shape))
-            if at.rows not in base_top:
-                method = choose_method(tuple(a.shape), options)
-                base_top[at.rows] = top_k(
-                    a,
-                    k,
-                    method=method,
-                    oversample=options.oversample,
-                    power_iters=options.power_iters,
-                    seed=options.seed,
-                )
-            res = compare_subspaces(at.names[0], a, b, options, base_top=base_top[at.rows])
-            info = table.describe(at.names[0])
-            out.results[lab].append(replace(res, layer=info.layer, module=info.module))
-            del b
+            packed = len(at.shape) == 3  # read whole on the CPU (a view of the file's map), one expert moved at a time
+            a_all = _weights(ck_base, at, 0, "cpu" if packed else dev, fa)
+            b_all = _weights(ck, at, 1, "cpu" if packed else dev, fb)
+            dtype = compare_dtype(fa, fb, ck_base.meta(at.names[0]).dtype, ck.meta(at.names[1]).dtype)
+            for name, e in _parts(at):
+                a, b = (a_all, b_all) if e is None else (a_all[e].to(dev), b_all[e].to(dev))
+                if (at.rows, e) not in base_top:
+                    base_top[at.rows, e] = top_k(
+                        a,
+                        options.k_for(shape),
+                        method=choose_method(shape, options),
+                        oversample=options.oversample,
+                        power_iters=options.power_iters,
+                        seed=options.seed,
+                    )
+                res = compare_subspaces(name, a, b, options, base_top=base_top[at.rows, e], compare_dtype=dtype)
+                out.results[lab].append(replace(res, layer=info.layer, module=info.module, expert=_expert(info, e)))
+                del a, b
+            del a_all, b_all
     if progress:
         progress(len(keys), len(keys), "done")
     methods = sorted({r.method for rs in out.results.values() for r in rs})
@@ -360,57 +412,122 @@ def analyze_subspaces(
         out.notes.append(f"subspaces: {skipped} matrix comparison(s) skipped for lack of memory (method column).")
     if "randomized" in methods:
         out.notes.append(
-            f"subspaces: matrices with a side over {options.max_dim} used randomized SVD "
-            f"(q = K + {options.oversample}, {options.power_iters} power iterations, float32)."
+            f"subspaces: matrices with a side over {options.max_dim} and the other over {GRAM_SIDE} used randomized "
+            f"SVD (q = K + {options.oversample}, {options.power_iters} power iterations, float32, refined in float64)."
+        )
+    if left_out:
+        ex = ", ".join(left_out[:3]) + (" ..." if len(left_out) > 3 else "")
+        out.notes.append(
+            f"subspaces: {len(left_out)} packed expert tensor(s) stored quantized on a side ({ex}) left out: their "
+            "experts are compared one by one only as float weights."
         )
     out.seconds = time.perf_counter() - t0
     return out
 
 
+def compare_dtype(fa, fb, dtype_a: torch.dtype, dtype_b: torch.dtype) -> torch.dtype:
+    """The dtype at which the update pass (:func:`subnetviz.analysis.quant.compare_aligned`) compares a pair
+    stored in forms ``fa`` / ``fb`` (:class:`~subnetviz.analysis.quant.TensorForm`) and dtypes ``dtype_a`` /
+    ``dtype_b``: a float pair at the finetune's dtype, a float side against a quantized one at the float side's,
+    a quantized pair as dequantised (float32)."""
+    if fa.kind == "float":
+        return dtype_b if fb.kind == "float" else dtype_a
+    return dtype_b if fb.kind == "float" else torch.float32
+
+
+def _parts(at) -> list[tuple[str, int | None]]:
+    """The matrices of aligned weight ``at`` (one of :func:`_matrices`) as (row name, expert): a 2-D weight
+    itself, a packed 3-D expert tensor each of its experts, named ``name[e]`` (as the spectra name them)."""
+    if len(at.shape) == 2:
+        return [(at.names[0], None)]
+    return [(f"{at.names[0]}[{e}]", e) for e in range(int(at.shape[0]))]
+
+
+def _expert(info, e: int | None) -> str | None:
+    """The ``expert`` column of a row: the slice of a packed tensor, else the tensor's own expert (if any)."""
+    if e is not None:
+        return str(e)
+    return None if info.expert is None else str(info.expert)
+
+
 def subspace_bytes(shape: tuple[int, int], itemsize: int, options: SubspaceOptions) -> int:
-    """The memory one matrix pair's comparison holds at its peak: both matrices as stored, the update mask,
-    the principal-weight mask's float32 magnitudes and their selection copy, the masks (11 bytes per entry),
-    a float32 copy on the randomized path, or the two k × k float64 Grams on the exact one."""
-    numel, k = shape[0] * shape[1], min(shape)
+    """The memory one matrix pair's comparison holds at its peak: both matrices as stored (``itemsize`` each), the
+    update mask (1 byte per entry) and either the principal weights' float32 magnitudes (4; their selection is a
+    chunked radix one, no copy) or, on the randomized path, the float32 copy of a matrix (4); float64 bands of
+    rows (two of up to 2^24 entries); the bases and their products (float64, about four (m + n) × K ones,
+    K + oversample columns on the randomized path) and, on the exact path, the Gram and its copy (16 · min²).
+    Measured peak RSS of :func:`compare_subspaces` (bf16 and fp32, 200000 × 100 to 100000 × 1000, both paths):
+    0.5 to 0.92 of it; the whole :func:`analyze_subspaces` of a 200000 × 100 bf16 pair: 0.83."""
+    m, n = shape
+    numel = m * n
     randomized = choose_method(shape, options) == "randomized"
-    return numel * (2 * itemsize + 11 + (4 if randomized else 0)) + (0 if randomized else 16 * k * k)
+    cols = options.k_for(shape) + (options.oversample if randomized else 0)
+    per_entry = 2 * itemsize + 1 + 4
+    bands = 16 * min(numel, _CHUNK_ELEMENTS)
+    return numel * per_entry + bands + 32 * cols * (m + n) + (0 if randomized else 16 * min(shape) ** 2)
 
 
 def _memory_short(
     ck_base, ck, at, shape: tuple[int, int], options: SubspaceOptions, dev: str, dequantised: bool = False
 ) -> str | None:
-    """What is short for comparing the pair ``at`` (see :func:`subnetviz.config.memory_shortfall`), or None."""
+    """What is short for comparing the pair ``at`` (see :func:`subnetviz.config.memory_shortfall`), or None. A
+    packed 3-D expert tensor is read whole on the CPU: a view of its file's map, else (MXFP4 experts dequantised,
+    an adapter's merge) its whole bytes on each side, held beside one expert's comparison."""
     from subnetviz.config import memory_shortfall
 
     itemsize = max(ck_base.meta(at.names[0]).dtype.itemsize, ck.meta(at.names[1]).dtype.itemsize)
     if dequantised:
         itemsize = max(itemsize, 4)  # codes are read dequantised, in float32
     need = subspace_bytes(shape, itemsize, options)
-    return memory_shortfall(need, dev, need)
+    whole = 0
+    if len(at.shape) == 3:
+        for c, name in ((ck_base, at.names[0]), (ck, at.names[1])):
+            if not c.stored_as_read(name):
+                whole += math.prod(int(s) for s in at.shape) * c.meta(name).dtype.itemsize
+    return memory_shortfall(need + whole, dev, need)
 
 
-def _matrices(ck_base, cks: Sequence, forms_base=None, forms=None) -> tuple[list[dict], list[str]]:
-    """Each finetuned checkpoint's aligned weight matrices by key, and their keys: 2-D, stored as floats or as
-    FP8 / int8 codes with scales (read dequantised, :func:`_weights`); a quantized form's scales (which are 2-D
-    too), buffers and integer codes with no dequantisation here (GPTQ, AWQ, int4) are no weights to decompose."""
+def _matrices(ck_base, cks: Sequence, forms_base=None, forms=None) -> tuple[list[dict], list[str], list[str]]:
+    """Each finetuned checkpoint's aligned weight matrices by key, their keys, and the keys left out with a note.
+
+    A matrix: a weight (not a bias: gpt-oss's packed biases are (E, out), one row per expert) stored as floats or
+    as FP8 / int8 codes with scales (read dequantised, :func:`_weights`), either 2-D or a packed 3-D expert tensor
+    (E, m, n) of floats on both sides (compared expert by expert, :func:`_parts`); a packed one stored quantized
+    on a side is left out (the third list). A quantized form's scales (which are 2-D too), buffers and integer
+    codes with no dequantisation here (GPTQ, AWQ, int4) are no weights to decompose; nor is a tensor of any
+    other rank (a convolution's kernel)."""
     from subnetviz.analysis.quant import checkpoint_forms
     from subnetviz.checkpoints import align
+    from subnetviz.checkpoints.experts_layout import match_layouts
 
+    match_layouts([ck_base, *cks])  # (idempotent; as align reads them)
     forms_base = forms_base if forms_base is not None else checkpoint_forms(ck_base)  # (the caller's, when given)
     forms = forms if forms is not None else [checkpoint_forms(c) for c in cks]
-    per_key = []
+    table = ck_base.names_table
+    per_key, left_out = [], []
     for c, fm in zip(cks, forms, strict=True):
-        per_key.append(
-            {
-                t.key: t
-                for t in align([ck_base, c]).tensors
-                if len(t.shape) == 2
-                and forms_base[t.names[0]].kind in WEIGHT_FORMS
-                and fm[t.names[1]].kind in WEIGHT_FORMS
-                and (forms_base[t.names[0]].kind != "float" or ck_base.meta(t.names[0]).dtype.is_floating_point)
-            }
-        )
-    return per_key, list(dict.fromkeys(k for pk in per_key for k in pk))
+        keep = {}
+        for t in align([ck_base, c]).tensors:
+            fa, fb = forms_base[t.names[0]], fm[t.names[1]]
+            if not (
+                len(t.shape) in (2, 3)
+                and fa.kind in WEIGHT_FORMS
+                and fb.kind in WEIGHT_FORMS
+                and (fa.kind != "float" or ck_base.meta(t.names[0]).dtype.is_floating_point)
+            ):
+                continue
+            info = table.describe(t.names[0])
+            if info.param == "bias":
+                continue
+            if len(t.shape) == 3:
+                if info.expert != "all":
+                    continue  # a 3-D tensor that is no stack of expert matrices
+                if fa.kind != "float" or fb.kind != "float":
+                    left_out.append(t.key)
+                    continue
+            keep[t.key] = t
+        per_key.append(keep)
+    return per_key, list(dict.fromkeys(k for pk in per_key for k in pk)), list(dict.fromkeys(left_out))
 
 
 WEIGHT_FORMS = ("float", "fp8", "int8")  # stored forms read as weights (quant.TensorForm.kind)
@@ -419,47 +536,61 @@ WEIGHT_FORMS = ("float", "fp8", "int8")  # stored forms read as weights (quant.T
 def _weights(ck, at, side: int, dev: str, form) -> torch.Tensor:
     """The stored tensor ``at.names[side]`` as weights: as stored, or for FP8 / int8 codes dequantised with their
     scales (float32), as the update analysis reads them (the codes themselves are no weights: an FP8 pair whose
-    block scales doubled read as unchanged, and a bf16 base against FP8 codes ended in a traceback)."""
-    from subnetviz.analysis.quant import block_size, effective, scale_values
+    block scales doubled read as unchanged, and a bf16 base against FP8 codes ended in a traceback). Refused if
+    not finite, in the update pass's one line naming the file and the tensor (SciPy's eigh raised a bare
+    "array must not contain infs or NaNs")."""
+    from subnetviz.analysis.quant import block_size, check_finite_stored, effective, scale_values
     from subnetviz.checkpoints import read_aligned
 
     x = read_aligned(ck, at, side, dev)
-    if form.kind == "float":
-        return x
     name = at.names[side]
-    scale = scale_values(ck, form.scale, dev)
-    return effective(x, scale, form, block_size(ck.config), name=name, scale_name=form.scale)
+    if form.kind != "float":
+        scale = scale_values(ck, form.scale, dev)
+        x = effective(x, scale, form, block_size(ck.config), name=name, scale_name=form.scale)
+    check_finite_stored(x, f"{ck.spec} :: {name}")
+    return x
 
 
 def subspace_keys(base, finetuned: Sequence) -> list[tuple[tuple[int, int], int]]:
     """Each matrix :func:`analyze_subspaces` decomposes, from the headers: its (m, n) and how many finetuned
-    models it is compared in (what :mod:`subnetviz.analysis.cost` prices). Scales, buffers and integer codes
-    are left out (:func:`_matrices`)."""
+    models it is compared in (what :mod:`subnetviz.analysis.cost` prices); each expert of a packed 3-D tensor is
+    one. Biases, scales, buffers and integer codes are left out (:func:`_matrices`)."""
     from subnetviz.checkpoints import Checkpoint, open_checkpoint
     from subnetviz.checkpoints.adapters import open_finetune
 
     ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
     cks = [open_finetune(f, ck_base) for f in finetuned]  # a PEFT adapter folder is merged onto the base
-    per_key, keys = _matrices(ck_base, cks)
+    per_key, keys, _ = _matrices(ck_base, cks)
     out = []
     for key in keys:
         held = [pk[key] for pk in per_key if key in pk]
         if held:
-            out.append(((int(held[0].shape[0]), int(held[0].shape[1])), len(held)))
+            out += [((int(held[0].shape[-2]), int(held[0].shape[-1])), len(held))] * len(_parts(held[0]))
     return out
 
 
 def write_subspaces(table: SubspaceTable, folder: str | os.PathLike) -> None:
-    """``subspaces.csv`` (one row per matrix and model) and ``subspaces.parquet`` (full vectors) in ``folder``."""
+    """``subspaces.csv`` (one row per matrix and model), ``subspaces.parquet`` (full vectors) and ``notes.json``
+    (the table's notes: what was skipped, left out or taken by the randomized path) in ``folder``."""
     folder = Path(folder)
     table.to_frame().to_csv(folder / "subspaces.csv", index=False)
     table.vectors().to_parquet(folder / "subspaces.parquet", index=False)
+    (folder / NOTES_FILE).write_text(json.dumps(list(table.notes)))
+
+
+NOTES_FILE = "notes.json"
 
 
 def read_subspaces(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The two frames :func:`write_subspaces` wrote: (per-matrix rows, long vectors)."""
     folder = Path(folder)
     return _cache.read_frame(folder / "subspaces.csv"), pd.read_parquet(folder / "subspaces.parquet")
+
+
+def read_subspace_notes(folder: str | os.PathLike) -> list[str]:
+    """The notes :func:`write_subspaces` wrote in ``folder`` (none for a folder without them)."""
+    path = Path(folder) / NOTES_FILE
+    return [str(n) for n in json.loads(path.read_text())] if path.is_file() else []
 
 
 def _entry(base, finetuned: Sequence, labels: Sequence[str], options: SubspaceOptions, cache_root):
@@ -503,11 +634,21 @@ def cached_subspaces(
     device: str = "auto",
     progress: ProgressFn | None = None,
     cache_root: str | os.PathLike | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`analyze_subspaces` through the on-disk cache, keyed by fingerprints, labels and options."""
+    with_notes: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame] | tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """:func:`analyze_subspaces` through the on-disk cache, keyed by fingerprints, labels and options: the (rows,
+    vectors) frames, and with ``with_notes`` the table's notes too (served from the cache as computed).
+
+    A table holding a comparison skipped for lack of memory is returned, not cached: memory is the machine's
+    state at that moment, not a property of the inputs, and the next call computes it again (a cached skip was
+    served for ever, however much memory was free later)."""
     ck_base, cks, ent = _entry(base, finetuned, labels, options, cache_root)
     if not ent.ready:
         table = analyze_subspaces(ck_base, cks, labels=labels, options=options, device=device, progress=progress)
+        if any(r.method.startswith("skipped") for rs in table.results.values() for r in rs):
+            frames = (table.to_frame(), table.vectors())
+            return (*frames, list(table.notes)) if with_notes else frames
         with ent.publish() as folder:
             write_subspaces(table, folder)
-    return read_subspaces(ent.folder)
+    frames = read_subspaces(ent.folder)
+    return (*frames, read_subspace_notes(ent.folder)) if with_notes else frames

@@ -138,28 +138,104 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return np.degrees(np.sort(theta))
 
 
-def principal_mask(w: torch.Tensor, right: torch.Tensor, count: int) -> torch.Tensor:
-    """Bool (m, n): the ``count`` entries of largest |W V Vᵀ| (rank-K reconstruction of ``w``).
-
-    ``right`` (n, K) orthonormal spans W's top-K right singular subspace, so W V Vᵀ = U_K Σ_K V_Kᵀ.
-    Ties at the threshold are broken by flat index order, so the mask holds exactly ``count``.
-    """
+def _magnitudes(w: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """|W V Vᵀ| (rank-K reconstruction of ``w`` (m, n), ``right`` (n, K) orthonormal), flat, float32, a chunk of
+    rows at a time: 4 bytes per entry, not the float64 product and its absolute value at once (8 + 8 bytes per
+    entry: 2 GB for Qwen2.5-0.5B's embedding, 9 GB for a 7B's)."""
     m, n = w.shape
-    if count <= 0:
-        return torch.zeros(m, n, dtype=torch.bool, device=w.device)
-    if count >= m * n:
-        return torch.ones(m, n, dtype=torch.bool, device=w.device)
-    # |W V Vᵀ| in float32, a chunk of rows at a time: 4 bytes per entry, not the float64 product and its
-    # absolute value at once (8 + 8 bytes per entry: 2 GB for Qwen2.5-0.5B's embedding, 9 GB for a 7B's)
     wv, vt = _mul64(w, right), right.T.to(torch.float64)
     mag = torch.empty(m * n, dtype=torch.float32, device=w.device)
     step = max(1, _CHUNK_ELEMENTS // max(n, 1))
     for s in range(0, m, step):
         e = min(s + step, m)
         mag[s * n : e * n] = (wv[s:e] @ vt).abs_().flatten()
-    # The count-th largest by selection (linear time; topk with a large k sorts).
-    thr = torch.kthvalue(mag.cpu() if mag.device.type == "mps" else mag, mag.numel() - count + 1).values
-    mask = mag > thr
-    ties = torch.nonzero(mag == thr).flatten()
-    mask[ties[: count - int(mask.sum())]] = True
-    return mask.view(m, n)
+    return mag
+
+
+_SELECT_CHUNK = 1 << 22  # entries per step of the selection's histograms (16 MB of int32 temporaries)
+
+
+def _histogram(v: torch.Tensor, shift: int, bins: int, keep: int | None = None) -> torch.Tensor:
+    """Counts of ``(v >> shift) & (bins - 1)`` over the int32 ``v`` (flat), or only over the entries whose
+    ``v >> 16`` is ``keep``; a chunk at a time (int64 counts)."""
+    hist = torch.zeros(bins, dtype=torch.int64, device=v.device)
+    for s in range(0, v.numel(), _SELECT_CHUNK):
+        c = v[s : s + _SELECT_CHUNK]
+        if keep is not None:
+            c = c[(c >> 16) == keep]
+        hist += torch.bincount((c >> shift) & (bins - 1), minlength=bins)
+    return hist
+
+
+def _select_bin(hist: torch.Tensor, count: int) -> tuple[int, int]:
+    """The bin holding the ``count``-th largest entry (1-based) of a histogram, and how many entries lie in
+    the bins above it."""
+    above = torch.flip(torch.cumsum(torch.flip(hist, (0,)), 0), (0,)) - hist  # entries in higher bins
+    b = int(torch.nonzero((above < count) & (above + hist >= count))[0, 0])
+    return b, int(above[b])
+
+
+def principal_threshold(mag: torch.Tensor, count: int) -> tuple[float, int, int]:
+    """(t, above, tied) for the non-negative float32 ``mag`` (flat, finite): t = its ``count``-th largest
+    value, ``above`` = entries > t, ``tied`` = entries == t (so above < count <= above + tied).
+
+    A radix selection on the int32 view (for non-negative floats its order is the values'): a histogram of
+    the high 16 bits, then one of the low 16 bits of the entries in the chosen bin; chunked, so no more than
+    ``mag`` itself (``torch.kthvalue`` copied it and took int64 indices: 12 more bytes per entry).
+    """
+    n = mag.numel()
+    if not 1 <= count <= n:
+        raise ConfigError(f"principal_threshold: count {count} is outside 1..{n}.")
+    v = mag.view(torch.int32)
+    hi, above_hi = _select_bin(_histogram(v, 16, 1 << 15), count)
+    lo_hist = _histogram(v, 0, 1 << 16, keep=hi)
+    lo, above_lo = _select_bin(lo_hist, count - above_hi)
+    t = torch.tensor([(hi << 16) | lo], dtype=torch.int32).view(torch.float32)
+    return float(t), above_hi + above_lo, int(lo_hist[lo])
+
+
+def principal_overlap(w: torch.Tensor, right: torch.Tensor, changed: torch.Tensor) -> float:
+    """The share of the ``changed`` entries (bool, ``w``'s shape) inside the principal mask: the ``count =
+    changed.sum()`` entries of largest |W V Vᵀ| (rank-K reconstruction of ``w``, :func:`principal_mask`).
+
+    Entries tied at the threshold count fractionally, as the expected overlap under a random choice among
+    them: a changed entry above the threshold counts 1, one tied with it (slots left) / (entries tied), so the
+    number does not depend on where in the matrix the changes lie (a zero base, all tied, read 1.0 or 0.0 by
+    the flat index of its changes). NaN when nothing changed.
+    """
+    count = int(changed.sum())
+    if count <= 0:
+        return float("nan")
+    mag = _magnitudes(w, right)
+    if mag.device.type == "mps":  # (bincount's int64 counts)
+        mag = mag.cpu()
+    t, above, tied = principal_threshold(mag, count)
+    ch = changed.reshape(-1).to(mag.device)
+    inside = at = 0
+    for s in range(0, mag.numel(), _SELECT_CHUNK):
+        c, k = mag[s : s + _SELECT_CHUNK], ch[s : s + _SELECT_CHUNK]
+        inside += int(((c > t) & k).sum())
+        at += int(((c == t) & k).sum())
+    return (inside + at * (count - above) / tied) / count
+
+
+def principal_mask(w: torch.Tensor, right: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool (m, n): the ``count`` entries of largest |W V Vᵀ| (rank-K reconstruction of ``w``).
+
+    ``right`` (n, K) orthonormal spans W's top-K right singular subspace, so W V Vᵀ = U_K Σ_K V_Kᵀ.
+    Ties at the threshold are broken by flat index order, so the mask holds exactly ``count``
+    (:func:`principal_overlap` counts them fractionally instead).
+    """
+    m, n = w.shape
+    if count <= 0:
+        return torch.zeros(m, n, dtype=torch.bool, device=w.device)
+    if count >= m * n:
+        return torch.ones(m, n, dtype=torch.bool, device=w.device)
+    mag = _magnitudes(w, right)
+    if mag.device.type == "mps":
+        mag = mag.cpu()
+    t, above, _ = principal_threshold(mag, count)
+    mask = mag > t
+    ties = torch.nonzero(mag == t).flatten()
+    mask[ties[: count - above]] = True
+    return mask.view(m, n).to(w.device)

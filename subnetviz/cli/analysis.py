@@ -91,17 +91,20 @@ def _check_labels(labels: list[str] | None, mask_files: bool) -> None:
 
 def _subspaces(args: argparse.Namespace, labels: list[str]):
     """``analyze --subspaces K``: principal angles, σ ratios and principal-weight overlap per 2-D weight
-    (through the disk cache unless ``--no-cache``); returns the (rows, vectors) frames."""
+    (through the disk cache unless ``--no-cache``); prints the table's notes (skips, left-out tensors, the
+    randomized path), served from the cache too, and returns the (rows, vectors) frames."""
     from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces, cached_subspaces
 
     options = SubspaceOptions(k=args.subspaces, share=args.subspaces_share)
     kwargs = dict(labels=labels, options=options, device=args.device, progress=progress_bar("subspaces"))
-    if not args.no_cache:
-        return cached_subspaces(args.base, args.finetuned, **kwargs)
-    table = analyze_subspaces(args.base, args.finetuned, **kwargs)
-    for line in table.notes:
+    if args.no_cache:
+        table = analyze_subspaces(args.base, args.finetuned, **kwargs)
+        rows, vectors, notes = table.to_frame(), table.vectors(), table.notes
+    else:
+        rows, vectors, notes = cached_subspaces(args.base, args.finetuned, with_notes=True, **kwargs)
+    for line in notes:
         print(f"note: {line}", file=sys.stderr)
-    return table.to_frame(), table.vectors()
+    return rows, vectors
 
 
 def cmd_behavior(args: argparse.Namespace) -> int:

@@ -25,7 +25,9 @@ from subnetviz.figures.style import (
 
 @takes_data()
 def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None) -> go.Figure:
-    """Layers × modules of ``angle_{side}_max`` in degrees (one row per layer and module; others blank).
+    """Layers × modules of ``angle_{side}_max`` in degrees (others blank). Several matrices of one layer and
+    module (an MoE's experts, stored one by one or packed) make one cell: the largest angle of any of them, the
+    mean of their mean σ ratios, and how many they are in the hover.
 
     Needs columns layer, module, angle_left_max / angle_right_max; sv_ratio_mean and k in the hover
     when present.
@@ -35,10 +37,12 @@ def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None
     if df.empty:
         return no_data_figure(title)
     _require(df, ["layer", "module", col], "angle_heatmap")
-    layers, modules, g = _grid(df, [col, "sv_ratio_mean", "k"], "angle_heatmap")
-    custom = np.stack([g["sv_ratio_mean"], g["k"]], axis=-1)
+    cells = _per_cell(df, col)
+    layers, modules, g = _grid(cells, [col, "sv_ratio_mean", "k", "matrices"], "angle_heatmap")
+    custom = np.stack([g["sv_ratio_mean"], g["k"], g["matrices"]], axis=-1)
     hover = (
         "layer %{y} · %{x}<br>largest angle %{z:.2f}°<br>mean σ ratio %{customdata[0]:.4f}<br>K %{customdata[1]:.0f}"
+        "<br>over %{customdata[2]:.0f} matrices"
     )
     return _layer_heatmap(
         layers,
@@ -52,6 +56,25 @@ def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None
         zmin=0,
         zmax=max(1.0, float(np.nanmax(g[col])) if np.isfinite(g[col]).any() else 1.0),
     )
+
+
+def _per_cell(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    """One row per (layer, module): the largest ``col`` (NaN only where every matrix's is), the mean
+    ``sv_ratio_mean``, the largest K and the number of matrices."""
+    d = df.assign(
+        _layer=df["layer"].astype(str), _module=df["module"].astype(str), matrices=1
+    )  # (keys that group whatever the dtype)
+    agg = {col: "max", "matrices": "sum", "layer": "first", "module": "first"}
+    if "sv_ratio_mean" in d:
+        agg["sv_ratio_mean"] = "mean"
+    if "k" in d:
+        agg["k"] = "max"
+    extra = [c for c in ("mtp",) if c in d]
+    agg.update({c: "all" for c in extra})
+    for c in (col, "sv_ratio_mean", "k"):
+        if c in d:
+            d[c] = pd.to_numeric(d[c], errors="coerce")
+    return d.groupby(["_layer", "_module"], sort=False, dropna=False).agg(agg).reset_index(drop=True)
 
 
 @takes_data()

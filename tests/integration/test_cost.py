@@ -113,6 +113,21 @@ def test_subspace_keys_are_the_matrices_the_analysis_compares(dense):
     assert c.matrices == 3 * len(keys)  # each base matrix once, each finetuned model's once
 
 
+def test_subspace_keys_of_packed_experts_one_matrix_per_expert(gptoss):
+    """gpt-oss's packed (E, out) biases were priced and decomposed as matrices and its (E, in, out) experts were
+    neither; now each expert is one matrix in the plan and in the analysis, MXFP4 experts (read dequantised, as
+    bf16) too."""
+    base, ft, mxfp4 = gptoss
+    for other in (ft, mxfp4):
+        keys = subspace_keys(base, [other])
+        rows = analyze_subspaces(base, [other], labels=["a"], options=SubspaceOptions(k=2)).to_frame()
+        assert sorted(zip(rows["rows"], rows["cols"], strict=True)) == sorted(s for s, _ in keys)
+        # 2 layers × 4 experts × (gate_up (64, 192) and down (96, 64)); no bias, whatever its shape
+        assert [s for s, _ in keys].count((64, 192)) == 8 and [s for s, _ in keys].count((96, 64)) == 8
+        assert not rows["name"].str.contains("bias").any() and rows["name"].str.endswith("[3]").sum() == 4
+        assert cost.subspaces_cost(base, [other], SubspaceOptions(k=2), "cpu").matrices == 2 * len(keys)
+
+
 def test_units_and_durations_by_hand():
     assert cost.units(8, 4, (1.0, 2.0)) == 8 * 16 + 2 * 64
     assert cost.spectrum_units(8, 4, False) == 0.5 * 8 * 16 + 64 + cost.SPECTRA_ENTRY * 32
@@ -263,9 +278,14 @@ def test_a_subspace_comparison_that_would_not_fit_in_memory_is_skipped_with_a_ro
     base, ft = wide
     options = SubspaceOptions(k=2)
     need = subspace_bytes((70_000, 4), 2, options)
-    assert need == 70_000 * 4 * (2 * 2 + 11) + 16 * 4 * 4  # over max_dim but 4 wide: the exact (4, 4) Gram path
-    assert subspace_bytes((70_000, 5000), 2, options) == 70_000 * 5000 * (2 * 2 + 11 + 4)  # randomized: no Gram
-    assert subspace_bytes((8, 8), 2, options) == 64 * 15 + 16 * 64
+    # by hand: both matrices (2 × 2 bytes), the update mask (1) and the principal magnitudes (float32, 4) per
+    # entry; two float64 bands of rows (16 per entry, at most 2^24 entries); four float64 (m + n) × K bases and
+    # products; on the exact path the Gram and its copy (16 · min²). Over max_dim but 4 wide: the (4, 4) Gram path.
+    assert need == 70_000 * 4 * (2 * 2 + 1 + 4) + 16 * 70_000 * 4 + 32 * 2 * 70_004 + 16 * 4 * 4
+    # randomized (no Gram): the float32 copy of a matrix in place of the magnitudes, K + oversample columns
+    big = 70_000 * 5000
+    assert subspace_bytes((70_000, 5000), 2, options) == big * 9 + 16 * 2**24 + 32 * (2 + 16) * 75_000
+    assert subspace_bytes((8, 8), 2, options) == 64 * 9 + 16 * 64 + 32 * 2 * 16 + 16 * 64
     monkeypatch.setattr(config, "available_memory_bytes", lambda: int((need - 1) / config.MEMORY_USABLE))
     table = analyze_subspaces(base, [ft], labels=["ft"], options=options)
     rows = table.to_frame().set_index("name")

@@ -213,6 +213,17 @@ def test_figures_draw_the_table():
     nine = pd.concat([df.assign(module=f"m{i}") for i in range(9)], ignore_index=True)
     marks = [(t.marker.color, t.marker.symbol) for t in sfig.principal_overlap_scatter(nine).data[:9]]
     assert len(set(marks)) == 9  # past eight colours another symbol: the ninth module is not the first's twin
+    # an MoE's experts, several matrices per (layer, module): one cell, their largest angle (it raised before)
+    experts = pd.concat(
+        [
+            df.assign(name=f"e{i}", angle_left_max=a, sv_ratio_mean=r)
+            for i, (a, r) in enumerate([(3.0, 1.0), (40.0, 2.0)])
+        ],
+        ignore_index=True,
+    )
+    cell = sfig.angle_heatmap(experts).data[0]
+    assert np.asarray(cell.z, dtype=float).tolist() == [[40.0]]
+    assert np.asarray(cell.customdata, dtype=float)[0, 0].tolist() == [1.5, 4.0, 2.0]  # mean ratio, K, matrices
 
 
 @pytest.mark.slow
@@ -224,6 +235,11 @@ def test_spectra_page_subspaces_tab_renders(app_env):
     assert not at.error, [e.value for e in at.error]
     titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
     assert any("principal angle" in t.lower() for t in titles), titles
+    # when the randomized path is taken, as choose_method decides it (it said "above 32768 rows": a 152k × 896
+    # embedding takes the exact Gram path)
+    assert any("a side over 32768 and the other over 4096" in c.value for c in at.caption), [
+        c.value for c in at.caption
+    ]
     model = at.selectbox(key="sub_model").value
     assert all(model in t for t in titles), titles  # each chart names the model it shows
     # Matrices named as on the Spectra of Δ tab (and every other page): no checkpoint prefix "model.".
