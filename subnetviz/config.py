@@ -206,9 +206,11 @@ JSON_FILE_LIMIT = 64 * 2**20
 def parse_json(raw: str | bytes, where: str, error: type[Exception], *, obj: bool = True):
     """JSON text someone else wrote, parsed; ``error`` (a :class:`~subnetviz.errors.SubnetvizError` class)
     with ``where`` in its message for text that is not JSON, not UTF-8, nested too deeply for the parser
-    (``[[[[…`` raises RecursionError, which no ``except JSONDecodeError`` catches) or, with ``obj``, not
-    an object."""
+    (``[[[[…`` raises RecursionError, which no ``except JSONDecodeError`` catches), holding an integer of more
+    digits than Python converts (a plain ValueError, which no ``except JSONDecodeError`` catches either) or,
+    with ``obj``, not an object."""
     import json
+    import sys
 
     try:
         value = json.loads(raw)
@@ -216,6 +218,11 @@ def parse_json(raw: str | bytes, where: str, error: type[Exception], *, obj: boo
         raise error(f"{where}: not valid JSON ({exc}).") from None
     except RecursionError:
         raise error(f"{where}: JSON nested too deeply to read.") from None
+    except ValueError:  # int("1" * 5000): CPython's limit on the digits of an integer read from text
+        raise error(
+            f"{where}: holds a number of more than {sys.get_int_max_str_digits():,} digits, which no checkpoint or "
+            "mask file needs. Refused."
+        ) from None
     if obj and not isinstance(value, dict):
         raise error(f"{where}: expected a JSON object, found {type(value).__name__}.")
     return value

@@ -14,6 +14,7 @@ restricted unpickler that admits only numpy arrays, dicts and strings; ``torch.s
 from __future__ import annotations
 
 import _compat_pickle
+import hashlib
 import json
 import math
 import os
@@ -300,13 +301,14 @@ MAX_PICKLE_DEPTH = 100  # containers within containers a mask file may nest (a m
 _BUILT = {"EMPTY_SET": 216, "FROZENSET": 216, "EMPTY_DICT": 64, "DICT": 64, "EMPTY_LIST": 56, "LIST": 56}
 
 
-def scan_pickle(stream, budget: int, where: str) -> None:
+def scan_pickle(stream, budget: int, where: str, *, strict: bool = False) -> None:
     """Walk a pickle's opcodes (``pickletools.genops``: no object is built) before it is loaded, and refuse
     one whose objects would nest deeper than :data:`MAX_PICKLE_DEPTH` (a 150 KB pickle of a tuple 150,000
     deep used as a dict key crashed the process: hashing it recursed in C past the stack) or whose
     containers alone would take more than ``budget`` bytes (2 MB of empty-set opcodes built 490 MB of sets).
     The depths are followed on a stack of numbers as the unpickler would push and pop the objects; anything
-    malformed is left to the loader, which refuses it."""
+    malformed is left to the loader, which refuses it — or, with ``strict`` (a pickle that torch's own
+    unpickler reads, :func:`check_torch_file`), refused here: nothing the walk could not follow is loaded."""
     import pickletools
 
     scan = _PickleScan(budget, where)
@@ -317,7 +319,11 @@ def scan_pickle(stream, budget: int, where: str) -> None:
             scan.step(op.name, arg)
     except UnsafePickleError:
         raise
-    except Exception:  # noqa: BLE001 - malformed: the loader says what is wrong
+    except Exception as exc:  # noqa: BLE001 - malformed: the loader says what is wrong
+        if strict:
+            raise MaskError(
+                f"{where}: not a readable pickle ({type(exc).__name__}: {exc}). Refused before loading."
+            ) from None
         return
 
 
@@ -334,8 +340,8 @@ class _PickleScan:
     def push(self, depth: int, cost: int = 50) -> None:
         if depth > MAX_PICKLE_DEPTH:
             raise UnsafePickleError(
-                f"{self.where}: the pickle nests objects more than {MAX_PICKLE_DEPTH} deep; a mask needs two or "
-                "three. Refused before loading."
+                f"{self.where}: the pickle nests objects more than {MAX_PICKLE_DEPTH} deep; a mask or a state dict "
+                "needs a few levels. Refused before loading."
             )
         self.spent += cost
         if self.spent > self.budget:
@@ -422,6 +428,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, budget: int):
         super().__init__(file)
         self.left = budget
+        self._array = self._ndarray_class()
 
     def _spend(self, nbytes: int, what: str) -> None:
         if nbytes < 0 or nbytes > self.left:
@@ -443,7 +450,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         real = super().find_class(module, name)
         guard = {
             "bytes": self._bytes,
-            "ndarray": self._ndarray_class(),
+            "ndarray": self._array,
             "dtype": self._dtype,
             "_reconstruct": self._reconstruct(real),
             "scalar": self._scalar(real),
@@ -469,12 +476,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
         unpickler = self
 
         class _Array(np.ndarray):
-            """``numpy.ndarray`` as a pickle sees it: creating one is charged to the budget."""
+            """``numpy.ndarray`` as a pickle sees it: creating one is charged to the budget, and so is the
+            state BUILD gives it (``__setstate__`` allocates the array it describes and copies its bytes in:
+            numpy's own pickles rebuild an empty array and fill it so, and one bytes object in the memo could
+            fill a thousand arrays)."""
 
             def __new__(cls, shape=(), dtype=float, *args, **kwargs):
                 dt = np.dtype(dtype)
                 unpickler._spend(int(np.prod(shape, dtype=np.float64)) * dt.itemsize, f"an array of shape {shape}")
                 return np.ndarray.__new__(cls, shape, dt, *args, **kwargs)
+
+            def __setstate__(self, state):
+                # (version, shape, dtype, is_fortran, data) or, from old numpy, the same without the version
+                if isinstance(state, tuple) and len(state) in (4, 5):
+                    shape, dtype = state[-4], state[-3]
+                    size = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+                    unpickler._spend(size, f"an array of shape {shape}")
+                return np.ndarray.__setstate__(self, state)
 
         return _Array
 
@@ -482,9 +500,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         def reconstruct(subtype, shape, dtype):
             if not (isinstance(subtype, type) and issubclass(subtype, np.ndarray)):
                 raise UnsafePickleError(f"pickle asks to rebuild a {subtype!r} as an array. Refused.")
-            # numpy's own pickles rebuild an empty (0,) array, then fill it with bytes from the file.
+            # numpy's own pickles rebuild an empty (0,) array, then fill it with bytes from the file (BUILD: the
+            # array's __setstate__, charged there)
             self._spend(int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize, "an array")
-            return real(np.ndarray, shape, dtype)
+            return real(self._array, shape, dtype)
 
         return reconstruct
 
@@ -532,6 +551,15 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
         raise MaskError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(obj, dict):
         raise MaskError(f"{path}: expected a dict of masks, found {type(obj).__name__}.")
+    # Each entry is copied below: their bytes, counted per entry (one array in the pickle's memo may be the value
+    # of a thousand entries, built and charged once), against what a pickle of this size holds, before any copy
+    budget = pickle_budget(path.stat().st_size)
+    held = sum(v.nbytes for k, v in obj.items() if k != "orig_model_name" and isinstance(v, np.ndarray))
+    if held > budget:
+        raise UnsafePickleError(
+            f"{path}: its entries hold {held:,} bytes of arrays, more than a pickle of its size holds ({budget:,}; "
+            "entries share arrays). Refused before copying."
+        )
     meta: dict = {"method": "bigram-subnetwork (released pickle)", "source": str(path)}
     masks: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
@@ -544,11 +572,113 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
             raise MaskError(
                 f"{path}: entry {key!r} is a numpy array of dtype {value.dtype}; expected bool (or 0/1 integers)."
             )
+        _check_name(str(key), path)
         arr = np.array(value, order="C")  # a writable copy: a protocol-5 array is a read-only view of bytes
         masks[str(key)] = _check_bool(str(key), torch.from_numpy(arr), str(path))
     if not masks:
         raise MaskError(f"{path}: the pickle holds no masks.")
     return MaskSet(masks, meta)
+
+
+def _check_name(text: str, path: Path) -> None:
+    """A mask's name that is UTF-8 text: a pickle's ``"\\udc80"`` makes a Python string that writing the stored
+    safetensors file refuses (a UnicodeEncodeError traceback)."""
+    from subnetviz.checkpoints.header import check_utf8
+
+    check_utf8(text, f"{path}: entry", MaskError)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # how torch.load tells its zip format from the pre-1.6 one (serialization._is_zipfile)
+_LEGACY_PICKLES = 5  # a pre-1.6 torch.save file: magic number, protocol, sys info, the object, its storage keys
+
+
+class _Digesting:
+    """A binary stream read through (``read``, ``readline``: what :func:`scan_pickle` calls), its bytes' SHA-256
+    kept as they pass."""
+
+    def __init__(self, stream):
+        self._stream, self._hash = stream, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._hash.update(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self._stream.readline()
+        self._hash.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def check_torch_file(path: str | os.PathLike) -> None:
+    """The one check before ``torch.load`` reads a file someone else wrote (an uploaded ``.pt`` mask, a legacy
+    ``pytorch_model*.bin`` / ``.pt`` checkpoint): ``weights_only`` runs nothing, yet its unpickler builds what
+    the pickle describes, and a tuple 150,000 deep used as a dict key crashed the process (SIGSEGV) as it was
+    hashed. So every pickle torch will unpickle is walked first (:func:`scan_pickle`, strict), as torch finds it:
+
+    - a file that does not begin as a zip archive (torch tells them apart by those 4 bytes alone) is read by
+      torch as the pre-1.6 format, a run of :data:`_LEGACY_PICKLES` pickles from its start: each is walked;
+    - in a zip archive, every record must be stored uncompressed, as ``torch.save`` writes them, and lie inside
+      the file (so what it holds is bounded by the file's size; a compressed record could expand without bound),
+      and exactly one record be named ``data.pkl`` (in any case: torch's reader matches names without regard to
+      case). Every ``.pkl`` record is walked, and the bytes torch's own reader returns for ``data.pkl`` (the
+      first record's folder, then ``/data.pkl``) must be the record walked: two records of that name, or a
+      directory the two readers read differently, are refused.
+
+    Raises :class:`UnsafePickleError` for what is refused, :class:`MaskError` for what cannot be read (the
+    checkpoint reader turns either into its own error, with the same message)."""
+    import zipfile
+
+    path = Path(path)
+    size = path.stat().st_size
+    budget = pickle_budget(size)
+    with open(path, "rb") as fh:
+        if fh.read(4) != _ZIP_MAGIC:
+            fh.seek(0)
+            for _ in range(_LEGACY_PICKLES):
+                scan_pickle(fh, budget, f"{path} (read as a pre-1.6 torch.save file)", strict=True)
+            return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+                    raise UnsafePickleError(
+                        f"{path}: record {info.filename!r} is compressed; torch.save stores its records as they are. "
+                        "Refused before reading."
+                    )
+                if info.header_offset + info.compress_size > size:
+                    raise MaskError(f"{path}: record {info.filename!r} runs past the end of the file (truncated?).")
+            named = [i for i in infos if i.filename.lower().rpartition("/")[2] == "data.pkl"]
+            if len(named) != 1:
+                raise UnsafePickleError(
+                    f"{path}: {len(named)} records named data.pkl; torch.save writes one. Refused before reading."
+                )
+            walked = ""
+            for info in infos:
+                if info.filename.lower().endswith(".pkl"):
+                    with zf.open(info) as rec:
+                        tee = _Digesting(rec)
+                        scan_pickle(tee, budget, f"{path}: {info.filename}", strict=True)
+                        while tee.read(1 << 20):  # the rest of the record, into the digest
+                            pass
+                    walked = tee.hexdigest() if info is named[0] else walked
+    except MaskError:
+        raise
+    except Exception as exc:  # BadZipFile, a bad CRC, an encrypted record, a name the directory spells twice
+        raise MaskError(f"{path}: not a readable torch.save file ({type(exc).__name__}: {exc}).") from None
+    try:  # what torch.load will unpickle, as its own reader finds it
+        loaded = hashlib.sha256(torch._C.PyTorchFileReader(str(path)).get_record("data.pkl")).hexdigest()
+    except Exception as exc:
+        raise MaskError(f"{path}: not a readable torch.save file ({type(exc).__name__}: {exc}).") from None
+    if loaded != walked:
+        raise UnsafePickleError(
+            f"{path}: torch's reader finds another data.pkl than the archive's directory lists "
+            f"({named[0].filename!r}). Refused before reading."
+        )
 
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a torch.save file from before PyTorch 1.6
@@ -559,33 +689,17 @@ def import_torch_masks(path: str | os.PathLike) -> MaskSet:
     one wrapping dict such as ``{"masks": {...}}`` is looked through; string values are kept as metadata).
 
     Read by ``torch.load(weights_only=True)`` (tensors, dicts, lists, numbers and strings; nothing in the file
-    runs). Before that the archive's directory is checked: records stored uncompressed,
-    as ``torch.save`` writes them, each inside the file, so what it holds is bounded by its size (a
-    compressed record could expand without bound)."""
-    import zipfile
-
+    runs), after :func:`check_torch_file` (records stored uncompressed, each inside the file; the one pickle
+    torch will unpickle walked first). Only the zip format of PyTorch >= 1.6 is read."""
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"{path}: no such mask file.")
     check_readable(path)
     size = path.stat().st_size
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise MaskError(f"{path}: not a readable torch.save file ({exc}).") from None
-    for info in infos:
-        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
-            raise UnsafePickleError(
-                f"{path}: record {info.filename!r} is compressed; torch.save stores its records as they are. "
-                "Refused before reading."
-            )
-        if info.header_offset + info.compress_size > size:
-            raise MaskError(f"{path}: record {info.filename!r} runs past the end of the file (truncated?).")
-    pkl = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
-    if pkl:  # its objects' nesting and containers, before torch.load builds them (see scan_pickle)
-        with zipfile.ZipFile(path) as zf, zf.open(pkl[0]) as rec:
-            scan_pickle(rec, pickle_budget(size), str(path))
+    with open(path, "rb") as fh:
+        if fh.read(4) != _ZIP_MAGIC:
+            raise MaskError(f"{path}: not a readable torch.save file (not a zip archive).")
+    check_torch_file(path)
     try:  # from a file object: torch.load reads a path named *.safetensors as safetensors
         with open(path, "rb") as fh:
             obj = torch.load(fh, map_location="cpu", weights_only=True)
@@ -608,6 +722,7 @@ def import_torch_masks(path: str | os.PathLike) -> MaskSet:
     meta: dict = {"method": "torch.save file", "source": str(path)}
     masks: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
+        _check_name(str(key), path)
         if isinstance(value, str):
             meta[str(key)] = value
         elif isinstance(value, torch.Tensor):

@@ -139,12 +139,31 @@ def max_upload_bytes() -> int:
     return int(float(os.environ.get("SUBNETVIZ_MAX_UPLOAD_MB", MAX_UPLOAD_MB)) * (1 << 20))
 
 
+DIGEST_HEX = 32
+"""Hex digits of a SHA-256 in a stored mask's name: 128 bits. Eight (32 bits, before) let an uploader find, in
+minutes, a file whose hash began as a colleague's released mask did and upload it first: the colleague's upload
+was then "the same bytes uploaded before", the planted masks. Masks stored under 8-digit names stay listed."""
+
+
 def stored_mask_path(name: str, digest: str) -> Path:
     """Where the uploads folder keeps a mask that came as ``name`` with content hash ``digest`` (hex):
-    ``<name's stem, normalised>-<8 hex>.safetensors``. Two sources whose names normalise alike never
+    ``<name's stem, normalised>-<32 hex>.safetensors``. Two sources whose names normalise alike never
     replace each other; the same content under the same name is stored once."""
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] or "mask"
-    return uploads_dir() / f"{stem}-{digest[:8]}.safetensors"
+    return uploads_dir() / f"{stem}-{digest[:DIGEST_HEX]}.safetensors"
+
+
+UPLOAD_DIGEST_KEY = "upload_sha256"
+"""The provenance entry of a stored upload holding the SHA-256 of the bytes uploaded: an upload finds the
+stored file of the same bytes by it, never by the name alone."""
+
+
+def _stored_upload_of(target: Path, digest: str) -> bool:
+    """Whether ``target`` (a stored mask) exists and was stored from an upload of SHA-256 ``digest``, as its
+    provenance records (a file that records another, or none, is written again)."""
+    if not target.is_file():
+        return False
+    return mask_info(str(target), file_stamp(target)).get(UPLOAD_DIGEST_KEY) == digest
 
 
 def kept_mask(path: str | os.PathLike, name: str) -> str:
@@ -156,8 +175,9 @@ def kept_mask(path: str | os.PathLike, name: str) -> str:
     src = Path(path)
     if config.cache_dir().resolve() not in src.resolve().parents:
         return str(path)
-    kept = stored_mask_path(name, file_digest(src))
-    if not kept.is_file():
+    digest = file_digest(src)
+    kept = stored_mask_path(name, digest)
+    if not kept.is_file() or file_digest(kept) != digest:  # kept only where its bytes are the mask's
         with atomic_path(kept) as tmp:
             shutil.copyfile(src, tmp)
     return str(kept)
@@ -172,9 +192,10 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
     (:func:`subnetviz.masks.import_mask`). Returns the stored safetensors path.
 
     The upload is copied to disk in chunks, refused past :func:`max_upload_bytes`, inside the uploads
-    folder (a root); the stored name carries the content hash (``my_mask-1a2b3c4d.safetensors``), so two
-    uploads whose names normalise alike never replace each other, and the same file uploaded twice is
-    stored once.
+    folder (a root); the stored name carries 128 bits of the content hash (``my_mask-<32 hex>.safetensors``), so
+    two uploads whose names normalise alike never replace each other, and the same file uploaded twice is
+    stored once: a stored file is taken for the upload only where its provenance records the upload's whole
+    SHA-256 (:data:`UPLOAD_DIGEST_KEY`).
     """
     from subnetviz.errors import MaskError
     from subnetviz.masks import import_mask, save_mask_set
@@ -203,10 +224,12 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
         src.unlink(missing_ok=True)
     if ms.metadata.get("source") == str(src):  # an importer records the file it read: the temporary copy
         ms.metadata["source"] = f"upload {name}"
-    target = stored_mask_path(name, digest.hexdigest())
-    if target.exists():
+    full = digest.hexdigest()
+    target = stored_mask_path(name, full)
+    if _stored_upload_of(target, full):
         return target  # the same bytes uploaded before (under this name): nothing to write
     ms.metadata.setdefault("source", f"upload {name}")
+    ms.metadata[UPLOAD_DIGEST_KEY] = full  # (replacing whatever the uploaded file's own provenance said)
     return save_mask_set(target, ms)
 
 
@@ -222,6 +245,7 @@ def import_released(path: str, model: str) -> Path:
     if not src.is_file():
         raise MaskError(f"{config.display_path(src)}: no such pickle.")
     digest = hashlib.sha256(f"{file_digest(src)}\0{model}".encode()).hexdigest()  # the pickle, for this model
+    # (128 bits of it in the name: an upload, whose name carries its own bytes' hash, cannot take this name)
     target = stored_mask_path(src.name, digest)
     return target if target.exists() else save_released_mask(src, model, target)
 

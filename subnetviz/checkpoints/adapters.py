@@ -669,9 +669,19 @@ def _check_variant(ac: dict, cfg_path: Path) -> list[str]:
     ]
 
 
+_NUMBER_LIMIT = 2**31  # a rank or alpha beyond it is no adapter's (a 10**400 made math.isfinite an OverflowError)
+
+
 def _number(v, *, rank: bool) -> bool:
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    return ok and (v > 0 and float(v).is_integer() if rank else True)
+    """Whether ``v`` is a rank (a whole number from 1 to 2**31) or, without ``rank``, an alpha (a finite number
+    of magnitude at most 2**31). JSON integers have any number of digits: bounded before any float of them."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    if isinstance(v, float) and not math.isfinite(v):
+        return False
+    if rank:
+        return 0 < v <= _NUMBER_LIMIT and (isinstance(v, int) or v.is_integer())
+    return -_NUMBER_LIMIT <= v <= _NUMBER_LIMIT
 
 
 def _settings(ac: dict, cfg_path: Path) -> tuple[int, float, list, list]:
@@ -684,9 +694,9 @@ def _settings(ac: dict, cfg_path: Path) -> tuple[int, float, list, list]:
 
     r, alpha = ac.get("r", 8), ac.get("lora_alpha", 8)
     if not _number(r, rank=True):
-        raise bad("r", r, "a rank >= 1")
+        raise bad("r", r, "a rank >= 1 (at most 2**31)")
     if not _number(alpha, rank=False):
-        raise bad("lora_alpha", alpha, "a number")
+        raise bad("lora_alpha", alpha, "a number of magnitude at most 2**31")
     patterns = []
     for key, rank in (("rank_pattern", True), ("alpha_pattern", False)):
         given = ac.get(key) or {}
@@ -695,7 +705,11 @@ def _settings(ac: dict, cfg_path: Path) -> tuple[int, float, list, list]:
         compiled = []
         for pattern, v in given.items():
             if not _number(v, rank=rank):
-                raise bad(f"{key}[{pattern[:40]!r}]", v, "a rank >= 1" if rank else "a number")
+                raise bad(
+                    f"{key}[{pattern[:40]!r}]",
+                    v,
+                    "a rank >= 1 (at most 2**31)" if rank else "a number of magnitude at most 2**31",
+                )
             # as PEFT matches them: the pattern ends a module's name
             compiled.append(
                 (_pattern(rf"(.*\.)?(?:{pattern})", f"{cfg_path}: {key} {pattern[:60]!r}"), int(v) if rank else v)

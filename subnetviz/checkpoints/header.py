@@ -102,6 +102,7 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
         if name == "__metadata__":
             _check_metadata(path, info)
             continue
+        check_utf8(name, f"{path}: tensor name")
         try:
             start, end = info["data_offsets"]
             dtype, shape = info["dtype"], info["shape"]
@@ -146,14 +147,31 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
 _MIN_OUTER = 1 << 20
 
 
+def check_utf8(text: str, what: str, error: type[Exception] = CheckpointError) -> None:
+    """Refuse (one line: ``what``, then the text's repr) a string that is no UTF-8 text: JSON's ``"\\udc80"``
+    (a lone surrogate) parses into a Python string that every later encoding refuses (pyarrow's tables, a
+    safetensors file written of it: a UnicodeEncodeError traceback). safetensors' own reader refuses such a
+    header."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = repr(text) if len(text) <= 120 else f"{text[:60]!r}…{text[-20:]!r} ({len(text):,} characters)"
+        raise error(
+            f"{what} {shown} is not valid UTF-8 text (a lone surrogate escape); refused, as safetensors refuses it."
+        ) from None
+
+
 def _check_metadata(path: Path, meta) -> None:
     """``__metadata__``: absent, null or an object of strings, as safetensors requires (it refuses the file
-    otherwise, so transformers would not load it)."""
+    otherwise, so transformers would not load it), each key and value UTF-8 text."""
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
         what = type(meta).__name__ if not isinstance(meta, dict) else "an object with values other than strings"
         raise CheckpointError(
             f"{path}: corrupt safetensors header: __metadata__ is {what}; safetensors requires strings."
         )
+    for key, value in (meta or {}).items():
+        check_utf8(key, f"{path}: __metadata__ key")
+        check_utf8(value, f"{path}: __metadata__[{key[:40]!r}]")
 
 
 def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_len: int) -> None:

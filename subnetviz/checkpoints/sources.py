@@ -307,8 +307,18 @@ def map_checked(path: Path, raw: bytes) -> tuple[mmap.mmap, int]:
 
 
 def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save`` state dict (``pytorch_model*.bin``, ``.pt``): checked as an uploaded mask is before
+    ``torch.load(weights_only=True)`` reads it (:func:`~subnetviz.masks.check_torch_file`: its pickles walked
+    first, compressed records refused), its tensors then checked."""
     import torch
 
+    from subnetviz.errors import MaskError
+    from subnetviz.masks import check_torch_file
+
+    try:
+        check_torch_file(path)
+    except MaskError as exc:  # (the mask reader's errors; here the checkpoint's)
+        raise CheckpointError(str(exc)) from None
     try:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -332,6 +342,9 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors.")
     for name, t in obj.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{path}: a tensor is named {str(name)[:60]!r}, not a string; expected a state dict.")
+        _header.check_utf8(name, f"{path}: tensor name")
         if t.layout != torch.strided or not fits_its_storage(t):
             what = (
                 f"a {t.layout} tensor" if t.layout != torch.strided else "a view larger than the bytes it is stored in"
@@ -418,10 +431,25 @@ def _index_files(index: Path) -> list[Path]:
                 f"{index}: shard entry #{i + 1} is {kind}; shards must be files beside the index. Refused."
             )
     files = [index.parent / f for f in entries]
-    missing = [f.name for f in files if not f.is_file()]
+    missing = [f.name for i, f in enumerate(files) if not _is_shard(index, i, entries[i], f)]
     if missing:
         raise CheckpointError(f"{index}: shard(s) listed but missing: {', '.join(missing[:5])}.")
     return files
+
+
+def _is_shard(index: Path, i: int, entry: str, file: Path) -> bool:
+    """Whether shard entry ``entry`` (#``i``, 0-based) of ``index`` names a file; a one-line error naming the entry
+    as the index gives it for a name the file system refuses to look up (a component over 255 bytes: ENAMETOOLONG,
+    whose message held the server's absolute path)."""
+    try:
+        return file.is_file()
+    except (OSError, ValueError) as exc:
+        shown = repr(entry) if len(entry) <= 80 else f"{entry[:40]!r}…{entry[-20:]!r} ({len(entry):,} characters)"
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise CheckpointError(
+            f"{display_path(index)}: shard entry #{i + 1} ({shown}) names no file the file system can look up "
+            f"({why}). Refused."
+        ) from None
 
 
 def _looks_like_hub_id(spec: str) -> bool:
