@@ -953,23 +953,37 @@ def test_relative_criterion_follows_its_eta(app_env):
 
 
 def test_consensus_table_holds_the_chance_counts_of_its_chart(app_env):
-    """The consensus table gives, beside each k's count, what independent masks of the same densities would
-    give (in no mask: Π(1 − p); in all: Π p) and the ratio, the numbers of the chart's chance markers."""
+    """The consensus table gives, beside each k's count, what independent masks would give and the ratio: per
+    tensor, at each tensor's own densities (the chart's chance markers; in no mask: Σₜ nₜ·Π(1 − pₜ); in all:
+    Σₜ nₜ·Π pₜ), and global, at each mask's density over the model (Π(1 − p), Π p)."""
     masks = ["Δ grpo-s0", "Δ grpo-s1", "Δ dpo"]
     at = open_page("overlap", ov_masks=masks, ov_tab="Consensus")
     assert not at.exception and not at.error
-    table = next(d.value for d in at.dataframe if "chance_count" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "expected_count_per_tensor" in d.value.columns)
     numel, p = _changed_shares(["grpo-s0", "grpo-s1", "dpo"])
-    chance = table.set_index("k")["chance_count"]
-    assert chance.sum() == pytest.approx(numel)
-    assert chance[0] == pytest.approx(numel * np.prod(1 - p)) and chance[3] == pytest.approx(numel * np.prod(p))
-    np.testing.assert_allclose(table["ratio_over_chance"], table["count"] / table["chance_count"])
+    glob = table.set_index("k")["expected_count_global"]
+    assert glob.sum() == pytest.approx(numel)
+    assert glob[0] == pytest.approx(numel * np.prod(1 - p)) and glob[3] == pytest.approx(numel * np.prod(p))
+    sizes, shares = _changed_shares(["grpo-s0", "grpo-s1", "dpo"], per_tensor=True)
+    per = table.set_index("k")["expected_count_per_tensor"]
+    assert per.sum() == pytest.approx(numel)
+    assert per[0] == pytest.approx(float(np.sum(sizes * np.prod(1 - shares, axis=1))), rel=1e-9)
+    assert per[3] == pytest.approx(float(np.sum(sizes * np.prod(shares, axis=1))), rel=1e-9)
+    np.testing.assert_allclose(table["ratio_over_chance_global"], table["count"] / table["expected_count_global"])
+    np.testing.assert_allclose(
+        table["ratio_over_chance_per_tensor"], table["count"] / table["expected_count_per_tensor"]
+    )
     assert table["count"].sum() == numel
+    (chart,) = [s for s in plotly_specs(at) if s["data"][0]["type"] == "bar"]
+    marks = [t for t in chart["data"] if t["type"] == "scatter"]
+    assert marks[0]["name"].startswith("per-tensor chance")
+    np.testing.assert_allclose(decode(marks[0]["y"]), per.loc[[k for k in per.index if k > 0]], rtol=1e-9)
 
 
-def _changed_shares(models: list[str]) -> tuple[int, np.ndarray]:
+def _changed_shares(models: list[str], per_tensor: bool = False) -> tuple:
     """(numel, each model's share of entries whose bits differ from the base's), read from the zoo's files
-    with safetensors and torch, independently of the analysis."""
+    with safetensors and torch, independently of the analysis. ``per_tensor``: (each tensor's numel (T,),
+    each tensor's share per model (T, models)) instead."""
     import torch
     from safetensors.torch import load_file
 
@@ -978,14 +992,17 @@ def _changed_shares(models: list[str]) -> tuple[int, np.ndarray]:
     members = {m.id: Path(m.path) for m in load_zoo().members}
     base = {k: v for f in sorted(members["base"].glob("*.safetensors")) for k, v in load_file(f).items()}
     numel = sum(v.numel() for v in base.values())
+    sizes = np.array([v.numel() for v in base.values()], dtype=np.float64)
     shares = []
     for model in models:
         ft = {k: v for f in sorted(members[model].glob("*.safetensors")) for k, v in load_file(f).items()}
         bits = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-        changed = sum(
+        changed = [
             int((v.view(bits[v.element_size()]) != ft[k].view(bits[v.element_size()])).sum()) for k, v in base.items()
-        )
-        shares.append(changed / numel)
+        ]
+        shares.append(np.array(changed) / sizes if per_tensor else sum(changed) / numel)
+    if per_tensor:
+        return sizes, np.stack(shares, axis=1).astype(np.float64)
     return numel, np.array(shares, dtype=np.float64)
 
 
@@ -1055,9 +1072,19 @@ def test_a_folder_named_in_markup_is_text_on_every_chart(app_env):
     from tests.unit.test_figures import _strings
 
     hostile, shown = "dpo<i>x<|i> & %{y}", "dpo&lt;i&gt;x&lt;|i&gt; &amp; %&#123;y}"  # a name holds no "/"
+    from safetensors.torch import load_file, save_file
+
     folder = app_env / "tmp-markup-label"
-    (folder / hostile).parent.mkdir(exist_ok=True)
-    (folder / hostile).symlink_to((app_env / "zoo" / "dpo").resolve(), target_is_directory=True)
+    folder.mkdir(exist_ok=True)
+    # the DPO finetune with one matrix's update a single row (rank 1), so the rank caption names a matrix below
+    # full rank whatever rank the zoo's own training left (it depends on the machine's float kernels)
+    shutil.copytree((app_env / "zoo" / "dpo").resolve(), folder / hostile)
+    sd = load_file(str(folder / hostile / "model.safetensors"))
+    base = load_file(str((app_env / "zoo" / "base" / "model.safetensors").resolve()))
+    name = next(k for k in sd if k.endswith("layers.0.self_attn.q_proj.weight"))
+    sd[name] = base[name].clone()
+    sd[name][0] *= 2  # (exact in any float dtype)
+    save_file(sd, str(folder / hostile / "model.safetensors"), metadata={"format": "pt"})
     try:
         ft = ["grpo-s0", str(folder / hostile)]
         pages = {
