@@ -16,6 +16,7 @@ cancel; the flag is the polite way). A job function is a plain function: tests c
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -78,9 +79,107 @@ def _jsonable(d: dict) -> dict:
     return out
 
 
+MAX_JSON_BYTES = 16 << 20  # a status or config file larger than this is no job's: read as unreadable
+
+
 def read_json(path: Path) -> dict:
-    """A run folder's JSON file ({} when missing or unreadable)."""
-    return cache.read_json(path, {})
+    """A run folder's JSON object: {} when it is missing, unreadable, not JSON, nested too deep, larger than
+    :data:`MAX_JSON_BYTES` or not an object (a job writes its own ``status.json``: every poll reads it)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)
+    except OSError:
+        return {}
+    if len(data) > MAX_JSON_BYTES:
+        return {}
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or [[[[... 100,000 deep
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+METRICS_TAIL_BYTES = 4 << 20  # the metrics a page reads: the last 4 MiB of metrics.jsonl ...
+METRICS_MAX_ROWS = 50_000  # ... and at most this many rows of them
+METRICS_MAX_COLUMNS = 200  # metric names beyond the first 200 seen are left out
+METRICS_TEXT_CHARS = 200  # a text value (a method's label) is cut to this length
+PROGRESS_KEYS = ("time", "step", "total")
+
+
+def _number(value) -> float | int | None:
+    """A finite JSON number as an int (within int64) or a float; None for anything else (bools included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return value
+    try:
+        value = float(value)
+    except OverflowError:  # an int of 400 digits
+        return None
+    return value if math.isfinite(value) else None
+
+
+def metrics_row(obj) -> dict | None:
+    """One parsed line of ``metrics.jsonl`` as a table row, or None when it is none: not an object, or a
+    ``time``/``step``/``total`` that is no finite number. A metric's value is a float (NaN for a non-finite,
+    missing or unreadable one) or a short text (a job logs a method's label)."""
+    if not isinstance(obj, dict):
+        return None
+    row = {}
+    for key, value in obj.items():
+        if key in PROGRESS_KEYS:
+            num = _number(value)
+            if num is None:
+                return None
+            row[key] = num
+        elif isinstance(value, str):
+            row[key] = value[:METRICS_TEXT_CHARS]
+        else:
+            num = _number(value) if not isinstance(value, bool) else float(value)
+            row[key] = float("nan") if num is None else float(num)
+    return row
+
+
+def read_metrics(path: str | os.PathLike) -> tuple[list[dict], bool]:
+    """The rows of a run's ``metrics.jsonl``, read from its end: at most the last :data:`METRICS_TAIL_BYTES`
+    and :data:`METRICS_MAX_ROWS` (a page reads them every 2 s; a file of 300 MB was read whole each time).
+
+    Returns ``(rows, left_out)``: ``left_out`` says that earlier rows were not read. A line that is no JSON
+    object (one being written right now, garbage, bytes that are no UTF-8) is skipped (:func:`metrics_row`).
+    """
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - METRICS_TAIL_BYTES)
+            fh.seek(max(0, start - 1))  # one byte before: is the first line read whole?
+            data = fh.read(size - max(0, start - 1))
+    except OSError:
+        return [], False
+    left_out = start > 0
+    if left_out:  # begin after the first line break: the line before it was cut
+        cut = data.find(b"\n")
+        data = data[cut + 1 :] if cut >= 0 else b""
+    lines = data.split(b"\n")
+    if len(lines) > METRICS_MAX_ROWS + 1:  # (+1: the empty piece after the last line break)
+        lines, left_out = lines[-(METRICS_MAX_ROWS + 1) :], True
+    rows, names = [], set()  # names: the metric names kept
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8", errors="replace"))
+        except (ValueError, RecursionError):
+            continue
+        row = metrics_row(obj)
+        if row is None:
+            continue
+        for key in [k for k in row if k not in names and k not in PROGRESS_KEYS]:
+            if len(names) < METRICS_MAX_COLUMNS:
+                names.add(key)
+            else:
+                del row[key]
+        rows.append(row)
+    return rows, left_out
 
 
 def write_json(path: Path, obj: dict) -> None:

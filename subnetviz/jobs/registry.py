@@ -16,6 +16,7 @@ version 1 stored it as clock ticks since boot (``/proc/<pid>/stat``); opening on
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ import psutil
 from subnetviz.errors import ConfigError, JobError, suggest
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what an SQLite INTEGER holds
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 _SCHEMA = """
@@ -92,12 +94,35 @@ class RunRecord:
 COLUMNS = [f.name for f in fields(RunRecord)]
 
 
+def _json_column(text: str | None, default: dict | None) -> dict | None:
+    """A JSON object column's value; ``default`` when it is empty or unreadable (one row never breaks a listing)."""
+    if not text:
+        return default
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return default
+    return value if isinstance(value, dict) else default
+
+
 def _record(row: sqlite3.Row) -> RunRecord:
     d = dict(row)
-    d["last_metrics"] = json.loads(d["last_metrics"]) if d["last_metrics"] else {}
-    d["config"] = json.loads(d["config"])
-    d["launch"] = json.loads(d["launch"]) if d["launch"] else None
+    d["last_metrics"] = _json_column(d["last_metrics"], {})
+    d["config"] = _json_column(d["config"], {})
+    d["launch"] = _json_column(d["launch"], None)
     return RunRecord(**d)
+
+
+def storable(value):
+    """``value`` as SQLite can store it: an int clamped into SQLite's int64 range (a job's ``total`` of 2**63
+    raised OverflowError in every poll), a NaN or infinite float as NULL; anything else as it is."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return min(max(value, INT64_MIN), INT64_MAX)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another's lock
@@ -163,7 +188,7 @@ class Registry:
 
     def insert(self, con: sqlite3.Connection, rec: RunRecord) -> None:
         d = {
-            **rec.__dict__,
+            **{k: storable(v) for k, v in rec.__dict__.items()},
             "last_metrics": json.dumps(rec.last_metrics),
             "config": json.dumps(rec.config),
             "launch": json.dumps(rec.launch) if rec.launch is not None else None,
@@ -178,6 +203,7 @@ class Registry:
             raise ValueError(f"not registry columns: {bad}")
         if "status" in values and values["status"] not in STATUSES:
             raise ValueError(f"status {values['status']!r} not in {STATUSES}")
+        values = {k: storable(v) for k, v in values.items()}
         for col in ("last_metrics", "config", "launch"):
             if col in values and values[col] is not None:
                 values[col] = json.dumps(values[col])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -28,10 +27,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from subnetviz.errors import ConfigError, JobError
-from subnetviz.jobs.context import CANCEL_FILE, METRICS_FILE, STATUS_FILE, read_json, write_json
+from subnetviz.jobs.context import (
+    CANCEL_FILE,
+    METRICS_FILE,
+    PROGRESS_KEYS,
+    STATUS_FILE,
+    read_json,
+    read_metrics,
+    write_json,
+)
 from subnetviz.jobs.kinds import validate_job_config
 from subnetviz.jobs.registry import COLUMNS, Registry, RunRecord, is_alive
-from subnetviz.jobs.scheduler import CVD, REGISTRY_FILE, Launch, advance, default_launch, kill_leftovers, settle
+from subnetviz.jobs.scheduler import (
+    CVD,
+    REGISTRY_FILE,
+    Launch,
+    advance,
+    default_launch,
+    discard_outputs,
+    kill_leftovers,
+    settle,
+)
 
 if TYPE_CHECKING:  # pandas is imported lazily: the worker process should start fast
     import pandas as pd
@@ -116,6 +132,15 @@ class JobRunner:
         self.registry = Registry(self.root / REGISTRY_FILE)
         self._children: dict[int, subprocess.Popen] = {}  # only to reap our own zombies; never consulted
         self.poll()
+        self._hide_outputs_of_unsucceeded()
+
+    def _hide_outputs_of_unsucceeded(self) -> None:
+        """Move aside the ``outputs/`` of runs that ended failed or cancelled (:func:`discard_outputs`): a worker of
+        an earlier version, killed after it published its outputs but before its final status, left them there
+        for the app to list as complete. One check per ended run, when a runner is made."""
+        for rec in self.registry.rows():
+            if rec.status in ("failed", "cancelled") and os.path.lexists(Path(rec.run_dir) / "outputs"):
+                discard_outputs(Path(rec.run_dir))
 
     def submit(self, config: dict, name: str | None = None) -> str:
         """Validate ``config`` (a dict with ``kind``), create its run folder, queue it; returns the run id."""
@@ -201,7 +226,7 @@ class JobRunner:
                     settle(self.registry, con, now)  # it finished before the signal arrived: keep its result
                 else:
                     kill_leftovers(run_dir)  # its ranks, in sessions of their own, outlive a signal to its group
-                    shutil.rmtree(run_dir / "outputs.tmp", ignore_errors=True)
+                    discard_outputs(run_dir)  # outputs.tmp, and an outputs/ it published but did not record
                     self.registry.update(
                         con, run_id, status="cancelled", ended=time.time(), error="cancelled by the user"
                     )
@@ -245,19 +270,18 @@ class JobRunner:
         return df
 
     def metrics(self, run_id: str) -> pd.DataFrame:
-        """The run's ``metrics.jsonl`` as a table: ``time, step, total`` and one column per metric."""
+        """The run's ``metrics.jsonl`` as a table: ``time, step, total`` and one column per metric.
+
+        Only its last rows are read (:func:`~subnetviz.jobs.context.read_metrics`): ``attrs["left_out"]`` of
+        the table says whether earlier rows were left out. Lines that are no metrics row are skipped.
+        """
         import pandas as pd
 
-        path = Path(self.get(run_id).run_dir) / METRICS_FILE
-        rows = []
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line being written right now
+        rows, left_out = read_metrics(Path(self.get(run_id).run_dir) / METRICS_FILE)
         df = pd.DataFrame(rows)
-        for col in ("time", "step", "total"):
+        for col in PROGRESS_KEYS:
             if col not in df:
                 df[col] = pd.Series(dtype="float64")
-        return df[["time", "step", "total", *[c for c in df.columns if c not in ("time", "step", "total")]]]
+        df = df[[*PROGRESS_KEYS, *[c for c in df.columns if c not in PROGRESS_KEYS]]]
+        df.attrs["left_out"] = left_out
+        return df

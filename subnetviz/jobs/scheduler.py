@@ -15,8 +15,10 @@ starting a process and committing its row never leaves a second copy of a run wo
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ import psutil
 from subnetviz.config import RAY_ADDRESS_ENV
 from subnetviz.errors import JobError
 from subnetviz.jobs.context import STATUS_FILE, read_json
-from subnetviz.jobs.registry import TERMINAL, Registry, RunRecord, creation_time, is_alive
+from subnetviz.jobs.registry import INT64_MAX, INT64_MIN, TERMINAL, Registry, RunRecord, creation_time, is_alive
 
 REGISTRY_FILE = "registry.sqlite"
 CVD = "CUDA_VISIBLE_DEVICES"
@@ -61,32 +63,154 @@ def default_launch(max_concurrent: int = 1, gpus: list[str] | None = None) -> La
 
 # --- settling and starting (inside a registry transaction) ----------------------------------------
 
+OUTPUTS, OUTPUTS_TMP, OUTPUTS_FAILED = "outputs", "outputs.tmp", "outputs.failed"
+MAX_METRICS = 100  # metrics kept of a status (the latest ones a page shows)
+MAX_TEXT = 2000  # characters kept of a job's error message
+
+
+def _count(value) -> int | None:
+    """A step or total of a job's status as an int SQLite holds (clamped to int64); None if it is no number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = int(value)
+    return min(max(value, INT64_MIN), INT64_MAX)
+
+
+def _metric(value):
+    """A latest metric of a status: a float (NaN and infinities kept: JSON text holds them for Python, and a
+    NaN loss is news), a short text, or None for what is neither (a list, an object)."""
+    if isinstance(value, str):
+        return value[:200]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
+
+
+def progress_of(status: dict) -> dict:
+    """The registry columns a job's ``status.json`` gives while it runs (``step``, ``total``, ``last_metrics``),
+    checked: the job writes that file, and what it holds must never reach SQLite unchecked."""
+    progress = {k: v for k in ("step", "total") if (v := _count(status.get(k))) is not None}
+    metrics = status.get("metrics")
+    if isinstance(metrics, dict):
+        kept = {str(k)[:200]: m for k, v in list(metrics.items())[:MAX_METRICS] if (m := _metric(v)) is not None}
+        if kept:
+            progress["last_metrics"] = kept
+    return progress
+
+
+def _ended(value) -> float:
+    """When the job says it ended: a time no later than now (with a day's slack for clocks), else now."""
+    now = time.time()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= now + 86400:
+        return now
+    return float(value)
+
+
+def _text(value) -> str | None:
+    return None if value is None else (value if isinstance(value, str) else repr(value))[:MAX_TEXT]
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def publish_outputs(run_dir: Path) -> str | None:
+    """Make sure a succeeded run's results are in ``outputs/``; the reason it is failed instead, if they cannot be.
+
+    The worker writes its final ``succeeded`` status before it renames ``outputs.tmp`` to ``outputs``: a worker
+    killed between the two left a succeeded job whose outputs are complete but not yet in place. The rename is
+    done here. A leftover ``outputs.tmp`` beside ``outputs`` (a rank that wrote on) is removed.
+    """
+    tmp, out = run_dir / OUTPUTS_TMP, run_dir / OUTPUTS
+    if tmp.is_dir() and not os.path.lexists(out):
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:
+            return f"the job succeeded but its outputs could not be moved into place ({exc.strerror or exc})"
+    if not out.is_dir():
+        return "the job said it succeeded but left no outputs folder"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return None
+
+
+def discard_outputs(run_dir: Path) -> None:
+    """A run that did not succeed shows no outputs: ``outputs.tmp`` is removed, and an ``outputs/`` (published by
+    a worker killed before it wrote its final status, or by one of an older version) is moved aside to
+    ``outputs.failed`` (kept to look at), so nothing that lists ``runs/*/outputs`` offers it as complete."""
+    shutil.rmtree(run_dir / OUTPUTS_TMP, ignore_errors=True)
+    out = run_dir / OUTPUTS
+    if not os.path.lexists(out):
+        return
+    for n in range(100):
+        aside = run_dir / (OUTPUTS_FAILED if n == 0 else f"{OUTPUTS_FAILED}.{n}")
+        if not os.path.lexists(aside):
+            try:
+                os.rename(out, aside)
+                return
+            except OSError:
+                break
+    if out.is_symlink() or not out.is_dir():
+        out.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+
 
 def settle(registry: Registry, con, rec: RunRecord, *, over: bool = False) -> None:
     """Bring a running row up to date from its run folder.
 
     While its process lives: progress only. Once it is gone (or ``over``: the worker says its job
     has returned): the final status from ``status.json``, or failed when it left none (killed,
-    crashed); any status but succeeded removes ``outputs.tmp``, so partial outputs never look complete.
+    crashed). A succeeded run gets its outputs put in place (:func:`publish_outputs`); any other status
+    removes them (:func:`discard_outputs`), so partial outputs never look complete. What the status
+    file holds is checked before it reaches the registry (:func:`progress_of`).
     """
     run_dir = Path(rec.run_dir)
     status = read_json(run_dir / STATUS_FILE)
-    progress = {k: status[k] for k in ("step", "total") if k in status}
-    if status.get("metrics"):
-        progress["last_metrics"] = status["metrics"]
+    progress = progress_of(status)
     if not over and is_alive(rec):
         if progress:
             registry.update(con, rec.id, **progress)
         return
     state = status.get("state")
-    if state in TERMINAL:
-        error = status.get("error")
+    if isinstance(state, str) and state in TERMINAL:
+        error = _text(status.get("error"))
     else:
         state, error = "failed", "the job process ended without a final status (killed or crashed); see log.txt"
     kill_leftovers(run_dir)  # its job is over: what it started goes with it (before outputs.tmp is removed)
+    if state == "succeeded" and (problem := publish_outputs(run_dir)):
+        state, error = "failed", problem
     if state != "succeeded":
-        shutil.rmtree(run_dir / "outputs.tmp", ignore_errors=True)
-    registry.update(con, rec.id, status=state, error=error, ended=status.get("ended") or time.time(), **progress)
+        discard_outputs(run_dir)
+    registry.update(con, rec.id, status=state, error=error, ended=_ended(status.get("ended")), **progress)
+
+
+def abandon(registry: Registry, con, rec: RunRecord, reason: str, *, over: bool = False) -> None:
+    """Mark a running row failed with ``reason`` when it could not be settled: its process (unless ``over``:
+    the caller is that process, finishing) and what it started are killed, its outputs discarded."""
+    run_dir = Path(rec.run_dir)
+    steps = [lambda: kill_leftovers(run_dir), lambda: discard_outputs(run_dir)]
+    if not over:
+        steps.insert(0, lambda: _stop_worker(rec))
+    for step in steps:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - what made settling fail may fail here too: the row is marked anyway
+            pass
+    registry.update(con, rec.id, status="failed", error=one_line(reason), ended=time.time())
+
+
+def _stop_worker(rec: RunRecord) -> None:
+    if is_alive(rec):
+        try:
+            os.killpg(rec.pid, signal.SIGKILL)  # the worker leads its own session: pgid == pid
+        except OSError:
+            pass
 
 
 JOB_ENV = "SUBNETVIZ_JOB"
@@ -178,7 +302,16 @@ def advance(registry: Registry, default: Launch, *, finished: str | None = None)
     started = []
     with registry.transaction() as con:
         for rec in registry.rows(con, status="running"):
-            settle(registry, con, rec, over=rec.id == finished)
+            try:
+                settle(registry, con, rec, over=rec.id == finished)
+            except Exception as exc:  # noqa: BLE001 - one run that cannot be settled never stops the others'
+                abandon(
+                    registry,
+                    con,
+                    rec,
+                    f"its status could not be recorded ({type(exc).__name__}: {exc}); stopped",
+                    over=rec.id == finished,
+                )
         busy = [r.gpu for r in registry.rows(con, status="running")]
         for rec in registry.rows(con, status="queued"):
             launch = Launch.of(rec, default)

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import sys
 import time
 import traceback
@@ -69,8 +68,8 @@ def _advance_queue(registry: Registry, run_id: str, ctx: JobContext) -> None:
         torch.cuda.empty_cache()  # the next job may get this GPU while this process is still exiting
     try:
         finish(registry, run_id)
-    except (sqlite3.Error, OSError, SubnetvizError) as exc:  # the status is in status.json: a poll settles it
-        ctx.log(f"job {run_id}: could not record the end in the registry or start the next job: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the status is in status.json: a poll settles it
+        ctx.log(f"job {run_id}: could not record the end in the registry or start the next job: {exc!r}")
 
 
 def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
@@ -93,8 +92,17 @@ def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
         shutil.rmtree(ctx.out_dir, ignore_errors=True)
         _finish(ctx, "cancelled", "cancelled by the user")
         return 2
-    os.replace(ctx.out_dir, run_dir_p / "outputs")
+    # The final status first (written atomically), then the outputs: a worker killed between the two leaves a
+    # succeeded status whose outputs settle() moves into place. The other order left a run marked failed whose
+    # outputs/ looked complete, and the app listed them.
     _finish(ctx, "succeeded")
+    try:
+        os.replace(ctx.out_dir, run_dir_p / "outputs")
+    except OSError as exc:
+        _finish(ctx, "failed", f"its outputs could not be moved into place ({exc.strerror or exc})")
+        shutil.rmtree(ctx.out_dir, ignore_errors=True)  # (after the status: a succeeded one must not meet a part)
+        print(f"error: job {run_dir_p.name}: its outputs could not be moved into place: {exc}", flush=True)
+        return 1
     ctx.log(f"job {run_dir_p.name}: succeeded")
     return 0
 
