@@ -89,7 +89,10 @@ def _runs() -> None:
         long = metrics.melt(
             id_vars=["step"], value_vars=[c for c in ("loss", "kept", "undecided") if c in metrics], var_name="metric"
         ).dropna()
-        ui.chart(figures.training_curves(long, title=f"Run {figures.plain_label(names[run_id])}"), key="bg-curves")
+        title = f"Run {figures.plain_label(names[run_id])}"
+        if metrics.attrs.get("left_out"):  # (read from its end: a page reads it every 2 s)
+            title += "<br><sup>a long metrics log: only its last rows are drawn</sup>"
+        ui.chart(figures.training_curves(long, title=title), key="bg-curves")
 
 
 def import_released(model: str) -> None:

@@ -43,17 +43,19 @@ def has_curves(runner, run_id: str) -> bool:
 
 def curves_figure(runner, run_ids: Sequence[str], names: Mapping[str, str], smoothing: float = 0.0):
     """The metric curves of ``run_ids`` (the first is the chosen run, the others overlaid); None without metrics."""
-    frames = []
+    frames, cut = [], False
     for rid in run_ids:
         m = runner.metrics(rid)
+        cut = cut or bool(m.attrs.get("left_out"))
         shown = [c for c in CURVES if c in m.columns]
         if len(m) and shown:
             frames.append(m.melt(id_vars=["step"], value_vars=shown, var_name="metric").dropna().assign(run=names[rid]))
     if not frames:
         return None
-    return figures.training_curves(
-        pd.concat(frames, ignore_index=True), title=f"Run {figures.plain_label(names[run_ids[0]])}", smoothing=smoothing
-    )
+    title = f"Run {figures.plain_label(names[run_ids[0]])}"
+    if cut:  # (a page reads the log every 2 s: a long one is read from its end)
+        title += "<br><sup>a long metrics log: only its last rows are drawn</sup>"
+    return figures.training_curves(pd.concat(frames, ignore_index=True), title=title, smoothing=smoothing)
 
 
 def comparison_parts(result, full: str, sub: str) -> tuple[dict, dict]:

@@ -244,6 +244,10 @@ def test_metrics_read_only_the_end_of_a_large_file(tmp_path, monkeypatch):
             fh.write(json.dumps({**row, "step": s}) + "\n")
     m = r.metrics(rid)
     assert list(m["step"]) == list(range(11, 21)) and m.attrs["left_out"] is True
+    from subnetviz.report.training import curves_figure
+
+    title = curves_figure(r, [rid], {rid: "run"}).layout.title.text  # the chart says it drew only the end
+    assert "only its last rows are drawn" in title
     with open(run_dir / "metrics.jsonl", "a") as fh:
         fh.write("y" * 100_000 + "\n")  # the end itself garbage: nothing read, nothing raised
     m = r.metrics(rid)
