@@ -47,6 +47,12 @@ def zoo_bigram_path() -> Path:
 
 # Each preset's step cap, as bigram.train.PRESETS holds it (here for pages without torch; a test keeps them equal).
 PRESET_MAX_STEPS = {"paper": 15000, "fast": 3000}
+# Upper bounds (far above any real run): ``steps`` becomes the registry's progress total (2**63 overflowed SQLite's
+# INTEGER), ``eval_sequences`` x ``seq_len`` tokens are sampled into memory, the seed goes to NumPy (0 .. 2^32 - 1).
+MAX_STEPS = 10_000_000
+MAX_SEQ_LEN = 1_048_576
+MAX_EVAL_SEQUENCES = 100_000
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -89,12 +95,16 @@ class BigramJobConfig:
             raise ConfigError(
                 f"preset {self.preset!r}; choose one of {sorted(PRESETS)}.{suggest(str(self.preset), PRESETS)}"
             )
-        for key in ("steps", "seq_len", "eval_sequences"):
+        from subnetviz.training.config import shown
+
+        for key, hi in (("steps", MAX_STEPS), ("seq_len", MAX_SEQ_LEN), ("eval_sequences", MAX_EVAL_SEQUENCES)):
             v = getattr(self, key)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ConfigError(f"{key} = {v!r}; must be a positive integer.")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed = {self.seed!r}; must be an integer.")
+                raise ConfigError(f"{key} = {shown(v)}; must be a positive integer.")
+            if v is not None and v > hi:
+                raise ConfigError(f"{key} = {shown(v)}; must be at most {hi}.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed = {shown(self.seed)}; must be an integer in 0 .. 2^32 - 1 (NumPy's range).")
         if not isinstance(self.device, str):
             raise ConfigError(f"device = {self.device!r}; use 'auto', 'cpu' or 'cuda[:i]'.")
 

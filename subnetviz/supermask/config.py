@@ -18,6 +18,7 @@ density (it is dense; recorded as density 1.0) and runs once per seed. A scalar 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,8 +26,18 @@ from pathlib import Path
 from subnetviz.errors import ConfigError, suggest
 from subnetviz.supermask.data import BENCHMARKS, N_SPLIT_TASKS, TEXT_PROPERTIES
 from subnetviz.supermask.methods import METHODS, MethodConfig
+from subnetviz.training.config import shown
 
 PHASES = ("mask", "weight", "finetune")
+# Upper bounds (far above any real job): the job's progress total (runs x tasks) goes to the registry, where 2**63
+# overflowed SQLite's INTEGER; seeds go to NumPy and scikit-learn (0 .. 2^32 - 1). Memory bounds tasks and runs
+# further (subnetviz.supermask.job.validate_config).
+MAX_TASKS = 10_000_000
+MAX_VALUES = 1000  # seeds, densities
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_KKT_K = 10_000
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,8 @@ class ContinualConfig:
             if isinstance(d, bool) or not isinstance(d, int | float) or not 0.0 < d <= 1.0:
                 raise ConfigError(f"density {d!r} is outside (0, 1]; it is the fraction of weights each mask KEEPS.")
         if any(isinstance(s, bool) or not isinstance(s, int) for s in self.seeds):
-            raise ConfigError(f"seeds must be integers; got {list(self.seeds)!r}.")
+            raise ConfigError(f"seeds must be integers; got {shown(list(self.seeds))}.")
+        self._check_limits()
         for key, values in (("seeds", self.seeds), ("density", self.density), ("methods", self.methods)):
             if len(set(values)) < len(values):  # (the same run trained twice and counted as two seeds)
                 twice = sorted({str(v) for v in values if list(values).count(v) > 1})
@@ -116,6 +128,27 @@ class ContinualConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}.")
         self.plan()  # every run's own settings (epochs, rates, batch size, kkt) are checked by MethodConfig
+
+    def _check_limits(self) -> None:
+        """Upper bounds of the integers (their types and lower bounds are MethodConfig's to check)."""
+        if self.tasks > MAX_TASKS:
+            raise ConfigError(f"tasks must be at most {MAX_TASKS}; got {shown(self.tasks)}.")
+        for key in ("seeds", "density"):
+            if len(getattr(self, key)) > MAX_VALUES:
+                raise ConfigError(f"{key} holds {len(getattr(self, key))} values; at most {MAX_VALUES}.")
+        if bad := [s for s in self.seeds if not 0 <= s <= MAX_SEED]:
+            raise ConfigError(f"seeds must be integers in 0 .. 2^32 - 1 (NumPy's range); got {shown(bad[0])}.")
+        limits = [(f"{p}_epochs", getattr(self.epochs, p), MAX_EPOCHS) for p in PHASES]
+        limits += [("batch_size", self.batch_size, MAX_BATCH_SIZE), ("kkt_k", self.kkt_k, MAX_KKT_K)]
+        for key, v, hi in limits:
+            if isinstance(v, bool):
+                raise ConfigError(f"{key} must be an integer, not {v!r}.")
+            if isinstance(v, int) and v > hi:
+                raise ConfigError(f"{key} must be at most {hi}; got {shown(v)}.")
+        for p in PHASES:
+            v = getattr(self.lr, p)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{p}_lr must be a finite number > 0; got {v!r}.")
 
     def variants(self) -> list[tuple[str, bool]]:
         """``(method, kkt)`` pairs in order, without repeats."""

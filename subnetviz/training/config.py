@@ -31,6 +31,16 @@ JOB_KEYS = ("kind", "num_gpus")  # a job config's keys that are not the run's
 DPO_DEFAULT_BETA = 0.1
 RANDOM_PREFIX = "random:"
 MAX_PROCESSES = 1024  # processes one run launches (accelerate launch would try to start any number asked)
+# Upper bounds of the integers a run takes (far above any real run; ``steps`` becomes the registry's progress total,
+# and 2**63 there overflowed SQLite's INTEGER after the run had started).
+MAX_STEPS = 10_000_000
+MAX_BATCH_SIZE = 65_536  # per process; also the most GRPO generations per prompt
+MAX_COMPLETION_LENGTH = 131_072  # GRPO's generated tokens per completion
+MAX_SEED = 2**32 - 1  # NumPy's seed range
+# The longest training sequence (prompt + completion, in tokens of the base's tokenizer) of SFT and DPO: TRL's
+# default ``max_length``, passed to SFTConfig / DPOConfig explicitly so that validation and the trainer agree. A row
+# whose prompt alone fills it keeps no completion token: TRL drops it (validate refuses data where every row would be).
+MAX_LENGTH = 1024
 # The transformers schedules that run with the arguments a run passes (no eval set, no lr_scheduler_kwargs):
 # reduce_lr_on_plateau and greedy need an evaluation strategy, cosine_with_min_lr and
 # cosine_warmup_with_min_lr a min_lr, warmup_stable_decay its num_decay_steps.
@@ -97,11 +107,12 @@ class TrainConfig:
     def random_mask(self) -> bool:
         return self.mask is not None and self.mask.startswith(RANDOM_PREFIX)
 
-    def validate(self, *, check_output: bool = True) -> None:
+    def validate(self, *, check_output: bool = True) -> list[str]:
         """Raise :class:`ConfigError` naming every field that is missing, unknown or out of range.
 
         ``check_output=False`` skips the "output_dir must not exist" rule (used when a job writes
-        into its own fresh temporary folder).
+        into its own fresh temporary folder). Returns notes worth a line in the run's log (rows TRL
+        will drop); data that TRL would drop entirely is refused.
         """
         problems = [
             *self._path_problems(check_output),
@@ -112,13 +123,38 @@ class TrainConfig:
         if problems:
             raise ConfigError("training config: " + "; ".join(problems) + ".")
         # The rows themselves: a bad file is refused here (naming file and line), not mid-job.
-        from subnetviz.training.data import FIELDS, read_jsonl
+        from subnetviz.training.data import FIELDS, read_jsonl, rows_over_length
 
         rows = read_jsonl(self.data, self.algorithm)
         if self.eval_data is not None:
             read_jsonl(self.eval_data, "eval")
-        if any(isinstance(r[k], list) for r in rows for k in FIELDS[self.algorithm]):
-            _needs_chat_template(self.base, self.data)
+        chat = any(isinstance(r[k], list) for r in rows for k in FIELDS[self.algorithm])
+        if not chat and self.algorithm not in ("sft", "dpo"):
+            return []
+        tok = _base_tokenizer(self.base)
+        if chat:
+            _needs_chat_template(tok, self.base, self.data)
+        if self.algorithm not in ("sft", "dpo"):
+            return []
+        # TRL keeps the first MAX_LENGTH tokens of prompt + completion and drops rows left without a completion
+        # token: with none left the run failed after the model had loaded (num_samples=0).
+        dropped, fewest = rows_over_length(rows, tok, self.algorithm, MAX_LENGTH)
+        limit = f"within the limit of {MAX_LENGTH} tokens of prompt + completion (TRL's max_length)"
+        if len(dropped) == len(rows):
+            why = (
+                f"every prompt alone takes {MAX_LENGTH} or more tokens of the base's tokenizer (the shortest: "
+                f"{fewest}); shorten the prompts"
+                if fewest is not None and fewest >= MAX_LENGTH
+                else "the completions add no token after their prompts in the base's tokenizer"
+            )
+            raise ConfigError(f"data {self.data!r}: no row keeps a completion token {limit}: {why}.")
+        if not dropped:
+            return []
+        which = ", ".join(str(i + 1) for i in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+        return [
+            f"note: data {self.data}: {len(dropped)} of {len(rows)} rows keep no completion token {limit} and are "
+            f"left out of training (rows {which})"
+        ]
 
     def _path_problems(self, check_output: bool) -> list[str]:
         problems: list[str] = []
@@ -157,10 +193,13 @@ class TrainConfig:
 
     def _number_problems(self) -> list[str]:
         problems: list[str] = []
-        for name, lo in (("steps", 1), ("batch_size", 1), ("num_generations", 2), ("max_completion_length", 1)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                problems.append(f"{name} must be an integer >= {lo}, got {v!r}")
+        for name, lo, hi in (
+            ("steps", 1, MAX_STEPS),
+            ("batch_size", 1, MAX_BATCH_SIZE),
+            ("num_generations", 2, MAX_BATCH_SIZE),
+            ("max_completion_length", 1, MAX_COMPLETION_LENGTH),
+        ):
+            problems += int_problems(name, getattr(self, name), lo, hi)
         for name in ("learning_rate", "beta", "weight_decay", "max_grad_norm"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < math.inf:  # NaN, ∞ too
@@ -170,8 +209,8 @@ class TrainConfig:
             problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
         if not isinstance(self.bf16, bool):
             problems.append(f"bf16 must be true or false, got {self.bf16!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
-            problems.append(f"seed must be an integer in 0 .. 2^32 - 1 (NumPy's range), got {str(self.seed)[:40]}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be an integer in 0 .. 2^32 - 1 (NumPy's range), got {shown(self.seed)}")
         return problems
 
     def _schedule_problems(self) -> list[str]:
@@ -197,11 +236,15 @@ class TrainConfig:
         if not isinstance(self.save_steps, list) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in self.save_steps
         ):
-            problems.append(f"save_steps must be a list of integers, got {self.save_steps!r}")
+            problems.append(f"save_steps must be a list of integers, got {shown(self.save_steps)}")
         elif isinstance(self.steps, int):
-            bad = [s for s in self.save_steps if not 1 <= s <= self.steps]
+            bad = [s for s in self.save_steps if not 1 <= s <= min(self.steps, MAX_STEPS)]
             if bad:
-                problems.append(f"save_steps {bad} lie outside 1..steps ({self.steps})")
+                more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+                problems.append(
+                    f"save_steps [{', '.join(shown(b) for b in bad[:3])}]{more} lie outside 1..steps "
+                    f"({shown(self.steps)})"
+                )
         return problems
 
     def to_dict(self) -> dict:
@@ -243,6 +286,27 @@ class TrainConfig:
         return cls.from_dict(d)
 
 
+def shown(value, width: int = 40) -> str:
+    """``value`` for a one-line message, at most about ``width`` characters: an integer too long to print (Python
+    refuses ``str`` of one over 4300 digits) by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # (an integer inside a list, too long to print)
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def int_problems(name: str, value, lo: int, hi: int) -> list[str]:
+    """``[problem]`` when ``value`` is not an integer (bool excluded) in ``lo .. hi``, else ``[]``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+        return [f"{name} must be an integer >= {lo}, got {shown(value)}"]
+    if value > hi:
+        return [f"{name} must be at most {hi}, got {shown(value)}"]
+    return []
+
+
 def _scheduler_names() -> tuple[str, ...]:
     """The learning-rate schedules transformers knows (``SchedulerType``), by name."""
     from transformers.trainer_utils import SchedulerType
@@ -250,16 +314,20 @@ def _scheduler_names() -> tuple[str, ...]:
     return tuple(t.value for t in SchedulerType)
 
 
-def _needs_chat_template(base: str, data: str) -> None:
-    """Conversational rows (chat messages) are rendered with the base tokenizer's chat template: refuse, in
-    one line naming the data file, a base whose tokenizer has none (TRL raised a ValueError mid-setup)."""
+def _base_tokenizer(base: str):
+    """The base's tokenizer (as the trainer loads it); a loader failure is a one-line :class:`ConfigError`."""
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(base)
+        return AutoTokenizer.from_pretrained(base)
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes the config's one-line error
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"base {base!r}: its tokenizer cannot be loaded ({first[:200]}).") from None
+
+
+def _needs_chat_template(tok, base: str, data: str) -> None:
+    """Conversational rows (chat messages) are rendered with the base tokenizer's chat template: refuse, in
+    one line naming the data file, a base whose tokenizer has none (TRL raised a ValueError mid-setup)."""
     if not getattr(tok, "chat_template", None):
         raise ConfigError(
             f"data {data!r} holds chat messages, but the tokenizer of base {base!r} has no chat template; "
@@ -272,10 +340,8 @@ def strategy_problems(strategy, num_processes) -> list[str]:
     problems = []
     if strategy not in STRATEGIES:
         problems.append(f"strategy {strategy!r} is unknown; expected one of {', '.join(STRATEGIES)}")
-    if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
-        problems.append(f"num_processes must be an integer >= 1, got {num_processes!r}")
-    elif num_processes > MAX_PROCESSES:
-        problems.append(f"num_processes must be at most {MAX_PROCESSES}, got {num_processes}")
+    if found := int_problems("num_processes", num_processes, 1, MAX_PROCESSES):
+        problems += found
     elif strategy == "single" and num_processes != 1:
         problems.append(f"strategy 'single' runs one process, got num_processes {num_processes}; use ddp or fsdp2")
     return problems

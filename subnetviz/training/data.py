@@ -101,6 +101,83 @@ def load_dataset(path: str | os.PathLike, algorithm: str):
     return Dataset.from_dict({k: [r[k] for r in rows] for k in keys})
 
 
+def rows_over_length(rows: list[dict], tokenizer, algorithm: str, max_length: int) -> tuple[list[int], int | None]:
+    """The rows (0-based indices) TRL's SFT or DPO trainer drops because none of their completion tokens lies within
+    the first ``max_length`` tokens of prompt + completion (its ``keep_start`` truncation), and the fewest prompt
+    tokens among them (None when none is dropped).
+
+    Tokenized as TRL does: plain text with EOS appended to completions, chat messages with the tokenizer's chat
+    template (the prompt with the generation prompt); the completion starts where the tokenized prompt and
+    prompt + completion diverge. SFT keeps a row with a completion token before ``max_length``; DPO one whose
+    prompt is shorter than ``max_length``.
+    """
+    completions = ("completion",) if algorithm == "sft" else ("chosen", "rejected")
+    eos = getattr(tokenizer, "eos_token", None)
+    dropped: list[int] = []
+    fewest: int | None = None
+    is_chat = [any(isinstance(r[k], list) for k in ("prompt", *completions)) for r in rows]
+    plain = [i for i, c in enumerate(is_chat) if not c]
+    chat = [i for i, c in enumerate(is_chat) if c]
+    lengths: dict[int, tuple[int, bool]] = {}  # row -> (prompt tokens, keeps a completion token)
+    for start in range(0, len(plain), 1024):  # batched: a fast tokenizer encodes a batch in one call
+        idx = plain[start : start + 1024]
+        prompts = tokenizer([rows[i]["prompt"] for i in idx])["input_ids"]
+        full = [
+            tokenizer([rows[i]["prompt"] + _with_eos(rows[i][k], eos) for i in idx])["input_ids"] for k in completions
+        ]
+        for j, i in enumerate(idx):
+            lengths[i] = _kept(prompts[j], [f[j] for f in full], algorithm, max_length)
+    for i in chat:
+        r = rows[i]
+        prompt = _chat_ids(tokenizer, r["prompt"], r, add_generation_prompt=True)
+        full = [_chat_ids(tokenizer, _messages(r["prompt"]) + _messages(r[k]), r) for k in completions]
+        lengths[i] = _kept(prompt, full, algorithm, max_length)
+    for i in sorted(lengths):
+        n, kept = lengths[i]
+        if not kept:
+            dropped.append(i)
+            fewest = n if fewest is None else min(fewest, n)
+    return dropped, fewest
+
+
+def _with_eos(text: str, eos: str | None) -> str:
+    return text + eos if eos and not text.endswith(eos) else text
+
+
+def _messages(value) -> list:
+    return value if isinstance(value, list) else [{"role": "user", "content": value}]
+
+
+def _chat_ids(tokenizer, messages, row: dict, **kwargs) -> list[int]:
+    import json
+
+    tools = row.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    extra = row.get("chat_template_kwargs") if isinstance(row.get("chat_template_kwargs"), dict) else {}
+    out = tokenizer.apply_chat_template(
+        _messages(messages), tokenize=True, return_dict=True, tools=tools, **extra, **kwargs
+    )
+    return list(out["input_ids"])
+
+
+def _kept(prompt: list[int], fulls: list[list[int]], algorithm: str, max_length: int) -> tuple[int, bool]:
+    """(prompt tokens, whether TRL keeps the row): the prompt is the common prefix of the prompt's tokens and every
+    prompt + completion's."""
+    n = min(_common_prefix(prompt, f) for f in fulls)
+    if algorithm == "sft":
+        return n, n < max_length and len(fulls[0]) > n
+    return n, n < max_length
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def exact_match_reward(completions: list, answer: list, **kwargs) -> list[float]:
     """GRPO reward: 1.0 where the stripped completion equals the row's ``answer``, else 0.0."""
     out = []

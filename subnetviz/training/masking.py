@@ -36,8 +36,9 @@ from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
 
 from subnetviz.analysis.bits import bits_differ
-from subnetviz.checkpoints import align, open_checkpoint, read_aligned
-from subnetviz.errors import MaskError
+from subnetviz.checkpoints import align, open_checkpoint
+from subnetviz.checkpoints.naming import strip_prefix
+from subnetviz.errors import AlignmentError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
 from subnetviz.training.sharded import local_mask
 
@@ -227,7 +228,44 @@ class _Counts:
         self.changed_out += int((diff & ~m).sum())
 
     def check(self, tensors: int) -> MaskCheck:
-        return MaskCheck(self.changed_out == 0, self.changed_in, self.changed_out, self.inside, self.outside, tensors)
+        """The verdict; with no tensor compared nothing shows the entries outside unchanged: not identical."""
+        ok = self.changed_out == 0 and tensors > 0
+        return MaskCheck(ok, self.changed_in, self.changed_out, self.inside, self.outside, tensors)
+
+
+# Output heads a model may tie to its input embedding (as subnetviz.checkpoints.align counts them).
+TIED_HEADS = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
+
+
+class _MaskOf:
+    """The mask of a checkpoint's tensor: by its name, else by the name without a ``model.``-style prefix (a GPT-2
+    base stored without ``transformer.``, masks named like the model's parameters); a head tied to the input
+    embedding (not a parameter of its own, so no mask lists it) has the embedding's mask: it changes exactly
+    where the embedding changes. ``masks`` None: everything inside (True)."""
+
+    def __init__(self, masks: dict[str, torch.Tensor] | None, ck):
+        self.masks = masks
+        self.keyed: dict[str, torch.Tensor] = {}
+        for n, m in (masks or {}).items():
+            self.keyed.setdefault(strip_prefix(n), m)
+        self.embedding: str | None = None
+        if ck.tied_embeddings:
+            table = ck.names_table
+            found = [n for n in ck.names if n not in TIED_HEADS and table.describe(n).module == "embed"]
+            self.embedding = found[0] if len(found) == 1 else None
+
+    def __call__(self, *names: str) -> torch.Tensor | bool | None:
+        if self.masks is None:
+            return True
+        for name in names:
+            m = self.masks.get(name)
+            if m is None:
+                m = self.keyed.get(strip_prefix(name))
+            if m is not None:
+                return m
+        if self.embedding is not None and any(strip_prefix(n) in TIED_HEADS for n in names):
+            return self(self.embedding)
+        return None
 
 
 def check_outside_mask(
@@ -235,28 +273,37 @@ def check_outside_mask(
 ) -> MaskCheck:
     """Count entries that differ bitwise between two saved models, inside vs outside ``masks``.
 
-    Streams one tensor pair at a time through :mod:`subnetviz.checkpoints`. Tensors present in only
-    one folder, or with different dtypes or shapes, are refused (a masked run never changes
-    either). ``masks`` None counts everything as inside.
+    Streams one tensor pair at a time through :mod:`subnetviz.checkpoints`. Tensors are lined up as
+    :func:`subnetviz.checkpoints.align` lines them up (``model.``-style prefixes ignored, a head tied to the
+    embedding counted with it; one both store is compared too, under the embedding's mask). Tensors present in
+    only one folder, or with different dtypes or shapes, are refused (a masked run never changes either), and so
+    are folders with no tensor in common. ``masks`` None counts everything as inside.
     """
     ck_base, ck_new = open_checkpoint(base_dir), open_checkpoint(trained_dir)
     try:
-        if set(ck_base.names) != set(ck_new.names):
-            only = sorted(set(ck_base.names) ^ set(ck_new.names))[:3]
-            raise MaskError(f"{base_dir} and {trained_dir} hold different tensors, e.g. {only}.")
-        for name in sorted(ck_base.names):  # from the headers: refused before any tensor is read
-            a, b = ck_base.meta(name), ck_new.meta(name)
+        try:
+            al = align([ck_base, ck_new])
+        except AlignmentError as exc:
+            raise MaskError(f"{base_dir} vs {trained_dir}: {exc}") from None
+        only = [n for i in sorted(al.only_in) for n in al.only_in[i]]
+        if only:
+            raise MaskError(f"{base_dir} and {trained_dir} hold different tensors, e.g. {only[:3]}.")
+        pairs = [t.names for t in al.tensors]
+        if ck_base.tied_embeddings and ck_new.tied_embeddings:  # a tied head both store: compared too
+            pairs += [(h, h) for h in TIED_HEADS if h in ck_base.names and h in ck_new.names]
+        for a_name, b_name in pairs:  # from the headers: refused before any tensor is read
+            a, b = ck_base.meta(a_name), ck_new.meta(b_name)
             if a.dtype != b.dtype or a.shape != b.shape:
-                raise MaskError(f"{name}: base {a.dtype}{tuple(a.shape)} vs trained {b.dtype}{tuple(b.shape)}.")
-        al = align([ck_base, ck_new])
+                raise MaskError(f"{a_name}: base {a.dtype}{tuple(a.shape)} vs trained {b.dtype}{tuple(b.shape)}.")
+        mask_of = _MaskOf(masks, ck_base)
         counts = _Counts()
-        for t in sorted(al.tensors, key=lambda t: t.names[0]):
-            diff = bits_differ(read_aligned(ck_base, t, 0), read_aligned(ck_new, t, 1))
-            counts.add(diff, masks.get(t.names[0]) if masks is not None else True)
+        for a_name, b_name in sorted(pairs):
+            diff = bits_differ(ck_base.get(a_name), ck_new.get(b_name))
+            counts.add(diff, mask_of(a_name, b_name))
     finally:
         ck_base.close()
         ck_new.close()
-    return counts.check(len(al.tensors))
+    return counts.check(len(pairs))
 
 
 def check_state_outside_mask(
@@ -265,20 +312,29 @@ def check_state_outside_mask(
     """Like :func:`check_outside_mask`, on a trained model's gathered full state dict (fp32 master
     weights, before the bf16 save) against the base read in its stored dtype and widened exactly.
 
-    Only the state's parameters that the base holds are compared (buffers such as rotary tables
-    are not in checkpoints). A base tensor of another shape is refused.
+    The base's tensors are lined up with the state's names as :func:`check_outside_mask` lines them up
+    (``model.``-style prefixes ignored; a tied head under the embedding's mask); the state's other entries
+    (buffers such as rotary tables are not in checkpoints) are not compared, nor base tensors the live model
+    names otherwise (experts transformers fuses on load; the saved model's check compares those). A base tensor
+    of another shape is refused; with no tensor compared the check is not identical.
     """
     ck = open_checkpoint(base_dir)
     try:
-        have = set(ck.names)
+        keyed: dict[str, str] = {}
+        for k in state:
+            keyed.setdefault(strip_prefix(k), k)
+        mask_of = _MaskOf(masks, ck)
         counts, n = _Counts(), 0
-        for name in sorted(k for k in state if k in have):
-            new = state[name].detach().cpu()
+        for name in sorted(ck.names):
+            key = name if name in state else keyed.get(strip_prefix(name))
+            if key is None:
+                continue
+            new = state[key].detach().cpu()
             base = ck.get(name)
             if tuple(base.shape) != tuple(new.shape):
                 raise MaskError(f"{name}: base {tuple(base.shape)} vs trained {tuple(new.shape)}.")
             diff = bits_differ(base.to(new.dtype), new)
-            counts.add(diff, masks.get(name) if masks is not None else True)
+            counts.add(diff, mask_of(key, name))
             n += 1
     finally:
         ck.close()

@@ -7,7 +7,9 @@ written, so a crash never leaves a folder that looks complete. While it lives, t
 ``fcntl.flock`` on ``<partial>.lock``: a later run with the same ``output_dir`` removes only partial
 folders whose lock nobody holds (crash leftovers) and refuses to start while another run holds one.
 Publishing never replaces anything: when ``output_dir`` appeared during the run (another run, a user),
-the finished model is kept as ``<name>.unpublished-<pid>-<random>`` and the run fails saying so.
+the finished model is kept as ``<name>.unpublished-<pid>-<random>`` and the run fails saying so; so is a model
+whose bitwise check against the base fails (or anything else after it was saved): a trained model is never
+deleted before its check has passed (a job's is kept in its run folder, as ``outputs.tmp`` goes when it fails).
 TensorBoard events of a run outside a job folder go to ``<name>.tensorboard/<pid>-<random>/`` (one
 TensorBoard run per training run, never mixed). The folder then holds:
 
@@ -44,7 +46,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from subnetviz.errors import ConfigError, JobError
+from subnetviz.errors import ConfigError, JobError, MaskError, SubnetvizError
 from subnetviz.jobs.context import JobContext
 from subnetviz.training import sharded, zero
 from subnetviz.training.config import TrainConfig, job_train_config
@@ -148,6 +150,19 @@ class _Partial:
             os.close(self._fd)
             self._fd = None
 
+    def unpublished(self) -> Path:
+        """Where a finished model that is not published is kept: ``<name>.unpublished-<tag>`` beside ``out``; for
+        a job (``RUN_DIR/outputs.tmp/<name>``, removed when the job fails) in the run folder itself."""
+        folder = self.out.parent.parent if self.out.parent.name == "outputs.tmp" else self.out.parent
+        return folder / f"{self.out.name}.unpublished-{self.tag}"
+
+    def keep(self) -> Path:
+        """Keep the work folder (a trained, saved model) as :meth:`unpublished` and give up the lock."""
+        kept = self.unpublished()
+        os.rename(self.path, kept)
+        self.release()
+        return kept
+
     def publish(self) -> None:
         """Rename the finished folder to ``out``; never over an existing ``out`` (``rename(2)`` refuses a
         non-empty target and an existing one is refused before): the model is then kept in a visible
@@ -159,7 +174,7 @@ class _Partial:
         except OSError as exc:
             if not isinstance(exc, FileExistsError) and exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
-            kept = self.out.with_name(f"{self.out.name}.unpublished-{self.tag}")
+            kept = self.unpublished()
             os.rename(self.path, kept)
             self.release()
             raise JobError(
@@ -231,7 +246,7 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
     Runs in this process (or as one rank of an ``accelerate launch``); starting the processes of a
     multi-process ``strategy`` is :func:`launch_and_train`'s job.
     """
-    cfg.validate()
+    notes = cfg.validate()
     if cfg.strategy in zero.ZERO_STRATEGIES:
         if why := zero.zero_available():
             raise ConfigError(why + ".")
@@ -241,9 +256,13 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
     run = None
     try:
         run = _Run(cfg, ctx, start, sharded.init_world() if cfg.strategy == "fsdp2" else None)
+        run.notes = notes
         return _train(run, scratch)
-    except BaseException:
+    except BaseException as exc:
         if run is not None:
+            if run.saved and isinstance(exc, Exception) and run.work.path.is_dir():
+                # A trained model is never thrown away: a failed check (or anything after the save) keeps it.
+                _kept_failure(exc, run.work.keep(), ctx)
             run.work.remove()  # (a no-op on the ranks that never took it)
         raise
     finally:
@@ -264,6 +283,8 @@ class _Run:
         )
         self.is_main, self.n_proc, self.evidence = True, 1, None
         self.zero_installer: _ZeroMaskInstaller | None = None
+        self.notes: list[str] = []  # TrainConfig.validate's (rows TRL leaves out), logged by the main process
+        self.saved = False  # the trained model is in the work folder: from then on a failure keeps it
 
     def attach(self, trainer) -> None:
         if self.world is not None:
@@ -328,7 +349,7 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
         if run.is_main:
             run.work.remove()
         return run.result(steps_done, stopped=stopped, is_main_process=run.is_main)
-    gathered = _save(cfg, trainer, state, masks, mask_set, run.partial)
+    gathered = _save(run, trainer, state, masks, mask_set)
     del trainer, model, state  # free the training copy before the saved model is read back
     return _finish(run, steps_done, masks, gathered)
 
@@ -363,6 +384,8 @@ def _announce(run: _Run) -> None:
     )
     if run.evidence is not None:
         _log(run.ctx, f"FSDP2 active: {json.dumps(run.evidence)}")
+    for note in run.notes:
+        _warn(run.ctx, note)
 
 
 def _stop_requested(ctx: JobContext | None) -> bool:
@@ -372,22 +395,23 @@ def _stop_requested(ctx: JobContext | None) -> bool:
     return stopped
 
 
-def _save(cfg: TrainConfig, trainer, state, masks, mask_set, partial: Path) -> dict:
-    """Write the model (as the base stores it), config, mask and launch config into ``partial``; returns the bitwise check
-    of the full state dict (gathered, or the model's own) outside the mask."""
+def _save(run: _Run, trainer, state, masks, mask_set) -> dict:
+    """Write the model (as the base stores it), config, mask and launch config into the work folder; returns the
+    bitwise check of the full state dict (gathered, or the model's own) outside the mask."""
+    cfg, partial = run.cfg, run.partial
     if state is None:
         state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
-    gathered = check_state_outside_mask(cfg.base, state, masks).to_dict()
     save_like_base(
         trainer.model, trainer.processing_class, partial, cfg.base, {"train_config.json": cfg.to_dict()}, state=state
     )
+    run.saved = True
     if mask_set is not None:
         from subnetviz.masks import save_mask_set
 
         save_mask_set(partial / MASK_FILE, mask_set)
     if os.environ.get(sharded.ACCELERATE_CONFIG_ENV):
         shutil.copyfile(os.environ[sharded.ACCELERATE_CONFIG_ENV], partial / sharded.ACCELERATE_CONFIG)
-    return gathered
+    return check_state_outside_mask(cfg.base, state, masks).to_dict()
 
 
 def _finish(run: _Run, steps_done: int, masks, gathered: dict) -> TrainResult:
@@ -395,6 +419,11 @@ def _finish(run: _Run, steps_done: int, masks, gathered: dict) -> TrainResult:
     cfg, ctx, partial = run.cfg, run.ctx, run.partial
     check = check_outside_mask(cfg.base, partial, masks).to_dict()
     for name, c in (("saved model", check), ("gathered full state dict", gathered)):
+        if not c["tensors_compared"]:
+            raise MaskError(
+                f"the {name} has no tensor in common with base {cfg.base}, so nothing shows that the entries outside "
+                "the mask are unchanged."
+            )
         if not c["outside_mask_identical"]:
             _warn(ctx, f"WARNING: {c['changed_outside']} entries outside the mask changed in the {name}")
     accuracy = evaluate_accuracy(partial, cfg.eval_data) if cfg.eval_data else None
@@ -465,6 +494,22 @@ def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = No
         )
     d = json.loads(summary.read_text())
     return TrainResult(**{k: d[k] for k in TrainResult.__dataclass_fields__ if k in d})
+
+
+def _kept_failure(exc: Exception, kept: Path, ctx: JobContext | None) -> None:
+    """Raise ``exc`` saying where the trained model is kept: a one-line error of the same kind for a
+    :class:`SubnetvizError` (a failed check), else ``exc`` itself with a note (a bug keeps its traceback)."""
+    where = f"the trained model is kept, unpublished, in {kept}"
+    _warn(ctx, f"training failed after the model was saved; {where}")
+    if isinstance(exc, SubnetvizError):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        try:
+            new = type(exc)(f"{first}; {where}.")
+        except Exception:  # noqa: BLE001 - an error class that takes other arguments
+            new = JobError(f"{first}; {where}.")
+        raise new from None
+    exc.add_note(where)
+    raise exc
 
 
 def _log(ctx: JobContext | None, message: str) -> None:

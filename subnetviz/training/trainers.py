@@ -29,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 
 from subnetviz.errors import ConfigError
-from subnetviz.training.config import TrainConfig
+from subnetviz.training.config import MAX_LENGTH, TrainConfig
 from subnetviz.training.data import exact_match_reward, load_dataset
 
 TENSORBOARD_DIR = "tensorboard"
@@ -137,7 +137,8 @@ def _build(cfg: TrainConfig, common: dict, dataset, callbacks, model, processing
     if cfg.algorithm == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=dataset, callbacks=callbacks, **extra)
+        args = SFTConfig(**common, max_length=MAX_LENGTH)  # (what TrainConfig.validate measured the rows against)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks, **extra)
     elif cfg.algorithm == "dpo":
         from trl import DPOConfig, DPOTrainer
 
@@ -145,7 +146,7 @@ def _build(cfg: TrainConfig, common: dict, dataset, callbacks, model, processing
             extra["ref_model"] = ref_model
         trainer = DPOTrainer(
             model=model,
-            args=DPOConfig(**common, beta=cfg.effective_beta),
+            args=DPOConfig(**common, beta=cfg.effective_beta, max_length=MAX_LENGTH),
             train_dataset=dataset,
             callbacks=callbacks,
             **extra,
@@ -202,40 +203,77 @@ def save_like_base(
     extra: dict | None = None,
     state: dict | None = None,
 ) -> Path:
-    """Save ``model`` as the ``base`` checkpoint stores it: the tensors the base holds (a tied head the base
-    does not store is not written), each in the base's own stored dtype (per tensor: a base may mix dtypes),
-    so every entry training did not change is bit-identical to the base. Arguments as :func:`save_bf16`."""
+    """Save ``model`` as the ``base`` checkpoint stores it: every tensor the base holds, under the base's own name,
+    and only those (a tied head the base does not store is not written; one it does store is written, a copy of
+    the embedding), each in the base's own stored dtype (per tensor: a base may mix dtypes), so every entry
+    training did not change is bit-identical to the base. The model's names are lined up with the base's as
+    :func:`subnetviz.checkpoints.align` does (``model.``-style prefixes ignored: a GPT-2 stored without its
+    ``transformer.`` prefix is saved without it). Arguments as :func:`save_bf16`."""
     dtypes, conf = base_layout(base)
     return _save_weights(model, tokenizer, folder, extra, state, dtypes=dtypes, config_dtype=conf)
 
 
+def base_names_in_state(base_names, state_names) -> dict[str, str] | None:
+    """``{base name: state name}`` for every name the base stores, lined up as
+    :func:`subnetviz.checkpoints.align` lines tensors up (the same name, else the same name without a
+    ``model.``-style prefix); None when some base name has no state tensor or two share one (another naming,
+    e.g. experts transformers fuses on load, which its ``save_pretrained`` turns back)."""
+    from subnetviz.checkpoints.naming import strip_prefix
+
+    state_names = list(state_names)
+    have = set(state_names)
+    keyed: dict[str, str] = {}
+    for n in state_names:
+        keyed.setdefault(strip_prefix(n), n)
+    out = {}
+    for b in base_names:
+        s = b if b in have else keyed.get(strip_prefix(b))
+        if s is None:
+            return None
+        out[b] = s
+    return out if len(set(out.values())) == len(out) else None
+
+
 def _save_weights(model, tokenizer, folder, extra, state, *, dtypes: dict, default=None, config_dtype=None) -> Path:
-    """``dtypes``: name -> dtype of the tensors to write (all of the state's when empty, in ``default``); other
-    names of the state are written only when the state lacks some of ``dtypes`` (another naming: keep all)."""
+    """``dtypes``: name -> dtype of the tensors to write (all of the state's when empty, in ``default``), lined up
+    with the state's names by :func:`base_names_in_state`; when they cannot be, all of the state is written."""
     folder = Path(folder)
     state = state or model.state_dict()
-    if dtypes and set(dtypes) <= set(state):
-        names = [k for k in state if k in dtypes]
-    else:
-        names = list(state)
+    pairs = base_names_in_state(dtypes, state) if dtypes else None
     if default is None:  # names the base does not hold: its most common dtype
         counts: dict[torch.dtype, int] = {}
         for d in dtypes.values():
             if d.is_floating_point:  # (a quantized base's integer codes are no dtype to cast weights to)
                 counts[d] = counts.get(d, 0) + 1
         default = max(counts, key=counts.get) if counts else torch.bfloat16
-    shared: dict[tuple, torch.Tensor] = {}
+
+    def want(k: str, v: torch.Tensor) -> torch.dtype:
+        d = dtypes.get(k, default)
+        if not d.is_floating_point or not v.is_floating_point():
+            d = v.dtype if not v.is_floating_point() else default
+        return d
+
     out = {}
-    for k in names:
-        v = state[k].detach()
-        want = dtypes.get(k, default)
-        if not want.is_floating_point or not v.is_floating_point():
-            want = v.dtype if not v.is_floating_point() else default
-        # Tied tensors (one storage under two names) get one copy, so save_pretrained still sees the tie.
-        key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()), want)
-        if key not in shared:
-            shared[key] = v.to(want).cpu()
-        out[k] = shared[key]
+    if pairs is not None:
+        # The base's names, each its own tensor: save_pretrained keeps one name of tensors sharing storage, which
+        # dropped a tied head that the base stores beside its embedding.
+        storages: set[int] = set()
+        for b, k in pairs.items():
+            v = state[k].detach()
+            t = v.to(want(b, v)).cpu()
+            if t.untyped_storage().data_ptr() in storages:
+                t = t.clone()
+            storages.add(t.untyped_storage().data_ptr())
+            out[b] = t
+    else:
+        shared: dict[tuple, torch.Tensor] = {}
+        for k in state:
+            v = state[k].detach()
+            # Tied tensors (one storage under two names) get one copy, so save_pretrained still sees the tie.
+            key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()), want(k, v))
+            if key not in shared:
+                shared[key] = v.to(key[-1]).cpu()
+            out[k] = shared[key]
     model.save_pretrained(folder, state_dict=out)
     cfg_file = folder / "config.json"
     conf = json.loads(cfg_file.read_text())
