@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui
+from subnetviz.figures.series import SPLIT_NOT_RUN
 
 
 def module_figure(per, steps: tuple[int, ...], first: str):
@@ -23,12 +24,29 @@ TABLE_NAMES = {  # the analysis's columns, named in the table as on the chart (t
 }
 
 
+NOT_RUN_NAMES = TABLE_NAMES | {"back_to_start": "changed_earlier_equal_to_base_share"}  # not one run: no "back"
+
+RUN_CAPTION = (
+    "Sparsity against the first checkpoint and between consecutive ones (bitwise), and the share of "
+    "parameters updated at some step but back to their initial value — gradients that cancelled out."
+)
+NOT_RUN_CAPTION = (
+    "Sparsity of each checkpoint against the base and against the checkpoint before it in the sidebar (bitwise). "
+    "These checkpoints are not one run: where one finetune changed a parameter and a later, independent one did "
+    "not, nothing was undone."
+)
+RUN_SPLIT_CAPTION = (
+    "Never updated: equal to the start at every checkpoint; updated, unchanged at the end: changed at "
+    "some step and back to the start at the end (cancelled out); final subnetwork: changed at the end."
+)
+NOT_RUN_SPLIT_CAPTION = (
+    "Equal to the base in every checkpoint; changed in an earlier checkpoint, equal to the base in the last "
+    "(another finetune's update the last one did not make, not one undone); changed in the last checkpoint."
+)
+
+
 def body() -> None:
     st.title("Checkpoint series")
-    st.caption(
-        "Sparsity against the first checkpoint and between consecutive ones (bitwise), and the share of "
-        "parameters updated at some step but back to their initial value — gradients that cancelled out."
-    )
     ws = ui.workspace()
     z = ui.zoo()
     sources = {}  # name -> (paths, steps, what step 0 is, axis labels or None for training steps)
@@ -49,29 +67,38 @@ def body() -> None:
     ui.need(bool(sources), "A series needs ordered checkpoints: build the demo zoo or pick finetuned checkpoints.")
     choice = st.selectbox("Series", list(sources), key="series_src", bind="query-params")
     paths, steps, first, ticks = sources[choice]
+    run = ticks is None  # one training run's checkpoints; else independent checkpoints in the sidebar's order
+    st.caption(RUN_CAPTION if run else NOT_RUN_CAPTION)
     result = ui.series(paths, steps)
-    for note in result.notes:  # buffers and scales not counted, FP8 / int8 dequantised, codes as codes
+    # what was left out (tensors not in every checkpoint, resized vocabularies' extra rows), a merged adapter,
+    # mixed precision, buffers and scales not counted, FP8 / int8 dequantised, codes as codes
+    for note in result.notes:
         st.caption(ui.plain(note))  # tensor names: shown as text
+    # not one run: no back-to-start line (a finetune's update a later, independent one did not make is no return)
+    lines = result.steps if run else result.steps.drop(columns="back_to_start")
+    split = result.split if run else result.split.assign(part=result.split["part"].map(SPLIT_NOT_RUN))
     a, b = st.columns([2, 1])
     with a:
-        ui.chart(ui.shared(figures.series_lines, result.steps, first=first, ticks=ticks), key="series")
+        ui.chart(ui.shared(figures.series_lines, lines, first=first, ticks=ticks), key="series")
     with b:
-        ui.chart(ui.shared(figures.split_bar, result.split), key="split")
-        st.caption(
-            "Never updated: equal to the start at every checkpoint; updated, unchanged at the end: changed at "
-            "some step and back to the start at the end (cancelled out); final subnetwork: changed at the end."
-        )
-    if ticks is None:  # one run: its checkpoints against the base, per module kind
+        ui.chart(ui.shared(figures.split_bar, split), key="split")
+        st.caption(RUN_SPLIT_CAPTION if run else NOT_RUN_SPLIT_CAPTION)
+    if run:  # one run: its checkpoints against the base, per module kind
         steps_ws = replace(
             ws, base=paths[0], finetuned=tuple((f"step {s}", p) for s, p in zip(steps[1:], paths[1:], strict=True))
         )
         per = ui.update_analysis(steps_ws)
         ui.chart(ui.shared(module_figure, per, tuple(steps[1:]), first), key="modules")
-    table = result.steps.rename(columns=TABLE_NAMES)[["step", *TABLE_NAMES.values()]]
-    if ticks is not None:  # not one run: each row names its checkpoint (the step is its place in the sidebar)
+    names = TABLE_NAMES if run else NOT_RUN_NAMES
+    table = result.steps.rename(columns=names)[["step", *names.values()]]
+    if not run:  # each row names its checkpoint (the step is its place in the sidebar)
         table.insert(1, "checkpoint", [ticks[int(s)] for s in table["step"]])
-    ui.table(table, "series-table", "Sparsity per step" if ticks is None else "Sparsity per checkpoint")
-    ui.table(result.split, "split-table", "Never updated / cancelled out / subnetwork")
+    ui.table(table, "series-table", "Sparsity per step" if run else "Sparsity per checkpoint")
+    ui.table(
+        split,
+        "split-table",
+        "Never updated / cancelled out / subnetwork" if run else "Equal to the base / changed earlier / changed last",
+    )
     ui.export_button(
         "Series",
         {"series": choice, "checkpoints": len(paths)},

@@ -5,7 +5,12 @@ gives, for every step i: sparsity against the first checkpoint, sparsity against
 one (consecutive-step sparsity, PULSE's S_1), and the share of parameters that were updated at
 some step ≤ i but are back to (bitwise) their initial value at step i — "gradients cancelling
 out". At the end it splits all parameters into never updated / updated but unchanged at the
-end / the final subnetwork. Comparisons are bitwise on each tensor's stored dtype.
+end / the final subnetwork. Comparisons are bitwise on each tensor's stored dtype; a tensor stored in
+different dtypes along the series (a float32 base, bf16 checkpoints) is compared at each checkpoint's own,
+the first and the previous version rounded to it, as the update analysis compares a finetune with its base.
+Every checkpoint after the first is opened as the update analysis opens a finetune (a PEFT adapter folder
+is merged onto the first); tensors not in every checkpoint and a resized vocabulary's extra rows are left
+out and said in :attr:`SeriesResult.notes` (the alignment's report).
 
 Stored forms are read as the update analysis reads them (:func:`~subnetviz.analysis.quant.tensor_forms`):
 buffers (``position_ids``, GPT-2's float causal mask ``attn.bias``, ...) and quantization scales are not
@@ -25,6 +30,7 @@ NumPy blocks, one read ahead in a thread, and a finite check per version.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -37,7 +43,8 @@ import torch
 from subnetviz.analysis import series_jit
 from subnetviz.analysis.bits import INT_VIEW, check_finite, int_view
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
-from subnetviz.errors import CheckpointError, ConfigError
+from subnetviz.checkpoints.adapters import open_finetune
+from subnetviz.errors import CheckpointError, ConfigError, NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -49,21 +56,30 @@ class SeriesResult:
     steps: pd.DataFrame
     split: pd.DataFrame
     numel: int
-    # aligned tensor keys not read as plain float weights, by how: buffer, scale (not counted),
-    # fp8 / int8 (dequantised), codes (integer codes compared as stored)
+    # aligned tensor keys not read as plain float weights of one dtype, by how: buffer, scale (not counted),
+    # fp8 / int8 (dequantised), codes (integer codes compared as stored), "mixed:<dtypes>" (float weights stored
+    # in different dtypes along the series, each checkpoint compared at its own: see _mixed_note)
     forms: dict[str, list[str]] = field(default_factory=dict)
+    # how the checkpoints were paired and read, the same for every group of a fan-out: the alignment's report
+    # (tensors not in every checkpoint, left out; resized vocabularies, their shared rows compared; tied heads)
+    # and the checkpoints' own notes (a merged adapter, packed experts)
+    reading: list[str] = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
         return self.steps
 
     @property
     def notes(self) -> list[str]:
-        """One line per way a tensor was read other than as stored float weights."""
-        out = []
+        """What was left out or read other than as stored float weights of one dtype: the alignment's report and
+        the checkpoints' notes (:attr:`reading`), then one line per way a tensor was read (:attr:`forms`)."""
+        out = list(self.reading)
         for kind, keys in self.forms.items():
             if not keys:
                 continue
             n, ex = len(keys), ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+            if kind.startswith("mixed:"):
+                out.append(_mixed_note(kind.removeprefix("mixed:"), n, ex))
+                continue
             out.append(f"{n} {_FORM_NOTES[kind]} ({ex}).")
         return out
 
@@ -75,6 +91,21 @@ _FORM_NOTES = {
     "int8": "int8 weight tensor(s) compared dequantised (code × scale, float32)",
     "codes": "tensor(s) of packed integer codes (GPTQ, AWQ, int4, ...) compared as stored codes, not dequantised",
 }
+
+
+def _mixed_note(dtypes: str, n: int, ex: str) -> str:
+    """The note of ``n`` tensors (examples ``ex``) stored in ``dtypes`` along the series (:func:`_dtype_runs`)."""
+    return (
+        f"Mixed precision: {n} tensor(s) stored as {dtypes} along the series ({ex}): each checkpoint compared at "
+        "its own stored dtype, the first and the previous checkpoint cast to it with round-to-nearest-even as "
+        "saving would (as the update analysis compares a finetune with its base)."
+    )
+
+
+def _dtype_runs(dtypes: Sequence[torch.dtype]) -> str:
+    """The stored dtypes of one tensor along the series, runs of one dtype counted: ``float32 → bfloat16 ×15``."""
+    runs = [(str(d).removeprefix("torch."), len(list(g))) for d, g in itertools.groupby(dtypes)]
+    return " → ".join(d + (f" ×{n}" if n > 1 else "") for d, n in runs)
 
 
 def checkpoint_series(
@@ -100,7 +131,9 @@ def checkpoint_series(
     steps = list(steps) if steps is not None else list(range(len(checkpoints)))
     if len(steps) != len(checkpoints):
         raise ConfigError(f"{len(steps)} step labels for {len(checkpoints)} checkpoints.")
-    cks = [c if isinstance(c, Checkpoint) else open_checkpoint(c) for c in checkpoints]
+    first = checkpoints[0] if isinstance(checkpoints[0], Checkpoint) else open_checkpoint(checkpoints[0])
+    # every later version as the update analysis opens a finetune: a PEFT adapter folder is merged onto the first
+    cks = [first, *(open_finetune(c, first) for c in checkpoints[1:])]
     al = align(cks)
     todo = [t for t in al.tensors if tensors is None or t.key in tensors]
     kinds, per_forms = _kinds(cks, todo)
@@ -114,6 +147,9 @@ def checkpoint_series(
         return f"{cks[i].spec} :: {t.names[i]}"
 
     way = {t.key: _way(cks, t, jit, ahead) if kinds[t.key] == "float" else _NOT_FLOAT for t in todo}
+    for t in todo:  # float weights stored in different dtypes: compared at each checkpoint's own (_mixed_series)
+        if way[t.key][3] is not None:
+            forms.setdefault(f"mixed:{_dtype_runs(way[t.key][3])}", []).append(t.key)
     stream = _versions(cks, [t for t in todo if way[t.key][2] is None and kinds[t.key] == "float"], way, ahead, where)
     totals = _Totals(k)
     maps = series_jit.FileMaps()
@@ -123,7 +159,7 @@ def checkpoint_series(
                 if progress:
                     progress(totals.done, len(todo), t.key)
                 totals.done += 1
-            cast, in_loop, dtype = way[run[0].key]
+            cast, in_loop, dtype, dtypes = way[run[0].key]
             if dtype is not None:  # by address, a run of tensors in one compiled call
                 totals.add_run(*_mapped_counts(cks, run, dtype, maps, where))
                 continue
@@ -132,7 +168,8 @@ def checkpoint_series(
                 totals.add(_stored_series(cks, t, kinds[t.key], per_forms, where, k))
                 continue
             checked = (lambda j, v, t=t: check_finite(v, where(t, j))) if in_loop else None
-            totals.add(_tensor_series((next(stream) for _ in cks), k, cast, t.key, checked))
+            named = functools.partial(where, t)
+            totals.add(_tensor_series((next(stream) for _ in cks), k, cast, t.key, checked, dtypes, named))
     finally:
         maps.close()
     vs_first, vs_prev, ever_back = totals.vs_first.tolist(), totals.vs_prev.tolist(), totals.ever_back.tolist()
@@ -159,10 +196,28 @@ def checkpoint_series(
         }
     )
     split["share"] = split["count"] / numel_or_1
-    return SeriesResult(rows, split, numel, {kind: keys for kind, keys in forms.items() if keys})
+    return SeriesResult(rows, split, numel, {kind: keys for kind, keys in forms.items() if keys}, _reading(al))
 
 
-_NOT_FLOAT = (False, False, None)  # a stored form other than float weights: read by _stored_versions
+def _reading(al) -> list[str]:
+    """:attr:`SeriesResult.reading`: the alignment's report (headed by what leaving out a tensor not in every
+    checkpoint means for the shares) and each checkpoint's own notes, named by the checkpoint."""
+    lines = al.report()
+    if any(al.only_in.values()):
+        lines.insert(
+            0,
+            "Not in every checkpoint, left out of the series: the counts and shares are over the tensors every "
+            "checkpoint holds.",
+        )
+    for ck in al.checkpoints:
+        for note in getattr(ck, "notes", []):
+            line = f"{ck.spec}: {note}"
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
+_NOT_FLOAT = (False, False, None, None)  # a stored form other than float weights: read by _stored_versions
 
 
 def _kinds(cks: list[Checkpoint], todo: list) -> tuple[dict[str, str], list[dict]]:
@@ -240,16 +295,31 @@ def _stored_versions(
 _SIGNED = {torch.uint8: torch.int8}  # codes as same-width signed integers (int_view's contract for _window_counts)
 
 
-def _way(cks: list[Checkpoint], t, jit: bool, ahead: bool) -> tuple[bool, bool, torch.dtype | None]:
+def _way(
+    cks: list[Checkpoint], t, jit: bool, ahead: bool
+) -> tuple[bool, bool, torch.dtype | None, tuple[torch.dtype, ...] | None]:
     """How tensor ``t`` is compared: (cast to float32 first, finite check inside the compiled loop, its
-    dtype where it is read by address in a run of tensors, else None). By address: every version a
-    safetensors tensor of one IEEE dtype, the compiled loop on and no read-ahead thread asked for."""
+    dtype where it is read by address in a run of tensors, else None; its stored dtypes along the series
+    where they differ, else None). By address: every version a safetensors tensor of one IEEE dtype, the
+    compiled loop on and no read-ahead thread asked for.
+
+    Stored in different IEEE dtypes (a float32 base, bf16 checkpoints): each version compared at its own
+    stored dtype, the first and the previous version cast to it (round-to-nearest-even), as the update analysis
+    compares a finetune with its base (:func:`~subnetviz.analysis.quant.compare_aligned`); a bitwise compare in
+    float32 would count every entry the narrower dtype rounded. When only the first version's dtype differs
+    (the common case) it is cast once and the rest is the one-dtype series, compiled loop included
+    (:func:`_tensor_series`); otherwise the NumPy blocks, step by step (:func:`_mixed_series`)."""
     metas = [ck.meta(n) for ck, n in zip(cks, t.names, strict=True)]
-    dtype = metas[0].dtype
-    cast = any(m.dtype != dtype for m in metas) or dtype not in INT_VIEW  # compare in float32, as before
-    in_loop = jit and not cast and dtype in series_jit.IEEE
+    dtypes = tuple(m.dtype for m in metas)
+    if any(d not in INT_VIEW for d in dtypes):  # no integer view: compared in float32, as before
+        return True, False, None, None
+    if len(set(dtypes)) > 1:
+        one_after_first = len(set(dtypes[1:])) == 1
+        return False, jit and one_after_first and dtypes[1] in series_jit.IEEE, None, dtypes
+    dtype = dtypes[0]
+    in_loop = jit and dtype in series_jit.IEEE
     mapped = in_loop and not ahead and all(ck.stored_as_read(n) for ck, n in zip(cks, t.names, strict=True))
-    return cast, in_loop, dtype if mapped else None
+    return False, in_loop, dtype if mapped else None, None
 
 
 def _versions(cks: list[Checkpoint], todo: list, way: dict, ahead: bool, where: Callable) -> Iterator[torch.Tensor]:
@@ -373,7 +443,13 @@ class _TensorCounts:
 
 
 def _tensor_series(
-    versions: Iterator[torch.Tensor], k: int, cast: bool, key: str, check: Callable | None = None
+    versions: Iterator[torch.Tensor],
+    k: int,
+    cast: bool,
+    key: str,
+    check: Callable | None = None,
+    dtypes: tuple[torch.dtype, ...] | None = None,
+    named: Callable[[int], str] | None = None,
 ) -> _TensorCounts:
     """Counts of one tensor's K+1 versions, consumed in order. Bitwise on the integer views;
     ``cast``: float32 first. ``check``: the compiled loop (:mod:`~subnetviz.analysis.series_jit`),
@@ -387,12 +463,28 @@ def _tensor_series(
     the first and previous blocks and the flags are read from cache, so each version's bytes are
     read from memory once (version by version, the first and previous versions and the flags would
     stream in again for every step: ~4x the bytes).
+
+    ``dtypes``: the versions' stored dtypes where they differ (:func:`_way`): each version is compared at its
+    own dtype, the first and the previous cast to it. When the versions after the first share one dtype, the
+    first is cast to it once (round-to-nearest-even) and the loops run as for one dtype: the compiled loop
+    gets that cast first version as its first; otherwise :func:`_mixed_series`. ``named(i)``: version i's
+    checkpoint and tensor, for a cast that overflows (:func:`_rounded`).
     """
     v0 = next(versions)
+    checked_first = False
+    if dtypes is not None:
+        named = named or (lambda j: key)
+        _stored_type(v0, dtypes[0], key)
+        if len(set(dtypes[1:])) > 1:
+            return _mixed_series(v0, versions, k, key, dtypes, named)
+        if check is not None:  # the stored first version (the loop would check its cast: a NaN said as stored)
+            check(0, v0)
+            checked_first = True
+        v0 = _rounded(v0, dtypes[1], named(0))  # as the later versions store it: the rest is a one-dtype series
 
     def same_type(v: torch.Tensor) -> torch.Tensor:
-        if not cast and v.dtype != v0.dtype:
-            raise ConfigError(f"{key}: stored as {v.dtype} in one checkpoint but {v0.dtype} in the header.")
+        if not cast:
+            _stored_type(v, v0.dtype, key)
         return v
 
     def bits(v: torch.Tensor) -> np.ndarray:
@@ -401,7 +493,7 @@ def _tensor_series(
         return (int_view(v) if v.dtype.is_floating_point else v).reshape(-1).numpy()  # integer codes: as stored
 
     if check is not None:
-        return _jit_series(versions, v0, k, same_type, check)
+        return _jit_series(versions, v0, k, same_type, check, checked_first)
     first = prev = bits(v0)
     ever = np.zeros(first.shape, dtype=bool)
     window = max(1, WINDOW_BYTES // max(first.nbytes, 1))
@@ -417,19 +509,77 @@ def _tensor_series(
     return _TensorCounts(int(first.size), vs_prev, vs_first, ever_back, n_ever)
 
 
+def _stored_type(v: torch.Tensor, dtype: torch.dtype, key: str) -> None:
+    if v.dtype != dtype:
+        raise ConfigError(f"{key}: stored as {v.dtype} in one checkpoint but {dtype} in the header.")
+
+
+def _rounded(v: torch.Tensor, dtype: torch.dtype, where: str) -> torch.Tensor:
+    """Finite version ``v`` cast to ``dtype`` (round-to-nearest-even), refused where the cast overflows to Inf (a
+    float32 value past float16's range), as the update analysis refuses the base cast to a finetune's dtype."""
+    out = v.to(dtype)
+    if out.dtype != v.dtype and (bad := int(out.numel() - torch.isfinite(out).sum())):
+        raise NonFiniteError(
+            f"{where}: {bad} value(s) beyond the range of {str(dtype).removeprefix('torch.')}, the dtype it is "
+            "compared in (a later checkpoint's): cast to it they are Inf. Analyses need finite weights."
+        )
+    return out
+
+
+def _mixed_series(
+    v0: torch.Tensor,
+    versions: Iterator[torch.Tensor],
+    k: int,
+    key: str,
+    dtypes: tuple[torch.dtype, ...],
+    named: Callable[[int], str],
+) -> _TensorCounts:
+    """:func:`_tensor_series` of versions stored in several dtypes after the first (bf16 and float32 checkpoints
+    in turn), version by version in the NumPy blocks: version i is compared at its stored dtype, the first and
+    the previous version cast to it (round-to-nearest-even; exact where the cast widens). An entry that
+    differs from the (cast) first version counts as updated even when no step changed it (a float32 first,
+    a bf16 step equal to it once rounded, a float32 step holding that rounded value): "updated, back to the
+    start" stays the ever-updated entries equal to the start."""
+
+    def bits(v: torch.Tensor) -> np.ndarray:
+        return int_view(v.contiguous()).reshape(-1).numpy()
+
+    firsts: dict[torch.dtype, np.ndarray] = {}  # the first version cast to each dtype met
+    ever = np.zeros(v0.numel(), dtype=bool)
+    vs_prev, vs_first, ever_back = [], [], []
+    n_ever, prev = 0, v0
+    for i in range(1, k + 1):
+        v = next(versions)
+        _stored_type(v, dtypes[i], key)
+        if v.dtype not in firsts:
+            firsts[v.dtype] = bits(_rounded(v0, v.dtype, named(0)))
+        p = bits(_rounded(prev, v.dtype, named(i - 1)))
+        ((n_prev, n_first, n_ever),) = _window_counts(firsts[v.dtype], p, [bits(v)], ever, also_first=True)
+        vs_prev.append(n_prev)
+        vs_first.append(n_first)
+        ever_back.append(n_ever - n_first)
+        prev = v
+    return _TensorCounts(v0.numel(), vs_prev, vs_first, ever_back, n_ever)
+
+
 def _jit_series(
-    versions: Iterator[torch.Tensor], v0: torch.Tensor, k: int, same_type: Callable, check: Callable
+    versions: Iterator[torch.Tensor],
+    v0: torch.Tensor,
+    k: int,
+    same_type: Callable,
+    check: Callable,
+    checked_first: bool = False,
 ) -> _TensorCounts:
     """:func:`_tensor_series` through the compiled loop, on the tensors themselves (by address: no
     NumPy view per version). The first window also runs the first version (0 counts) for its
-    finite check, which the loop fuses."""
+    finite check, which the loop fuses, unless ``checked_first`` (checked as stored, before a cast)."""
     v0 = v0.contiguous()
     ever = series_jit.new_flags(v0.numel())
     special = series_jit.special_bits(v0.dtype)
     window = max(1, WINDOW_BYTES // max(v0.numel() * v0.element_size(), 1))
     vs_prev, vs_first, ever_back = [], [], []
     n_ever = 0
-    prev, lead = v0, [v0]
+    prev, lead = v0, [] if checked_first else [v0]
     while len(vs_prev) < k:
         tensors = lead + [same_type(next(versions)).contiguous() for _ in range(min(window, k - len(vs_prev)))]
         counts, flagged = series_jit.window_counts(v0, prev, tensors, ever, special)
@@ -443,9 +593,12 @@ def _jit_series(
     return _TensorCounts(v0.numel(), vs_prev, vs_first, ever_back, n_ever)
 
 
-def _window_counts(first: np.ndarray, prev: np.ndarray, batch: list[np.ndarray], ever: np.ndarray) -> list:
+def _window_counts(
+    first: np.ndarray, prev: np.ndarray, batch: list[np.ndarray], ever: np.ndarray, *, also_first: bool = False
+) -> list:
     """``[(#≠ previous, #≠ first, #ever updated)]`` for each version of ``batch`` (after ``prev``),
-    block by block; ``ever`` (the flags so far) is updated in place."""
+    block by block; ``ever`` (the flags so far) is updated in place, with the entries ≠ previous (and
+    ``also_first``: ≠ first, which one dtype implies)."""
     step = CHUNK_ELEMENTS
     size = first.size
     step_ne, from_first = np.empty(min(step, size), bool), np.empty(min(step, size), bool)
@@ -458,6 +611,8 @@ def _window_counts(first: np.ndarray, prev: np.ndarray, batch: list[np.ndarray],
             np.not_equal(c, p, out=sn)
             np.not_equal(c, f, out=ff)
             np.logical_or(e, sn, out=e)
+            if also_first:
+                np.logical_or(e, ff, out=e)
             counts[j, 0] += np.count_nonzero(sn)
             counts[j, 1] += np.count_nonzero(ff)
             counts[j, 2] += np.count_nonzero(e)

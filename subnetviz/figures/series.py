@@ -26,7 +26,16 @@ from subnetviz.figures.style import (
     takes_data,
 )
 
+# The split's parts as they read for checkpoints that are not one run (independent finetunes of one base in the
+# sidebar's order): "updated at some step" is then only "differs from the base in some checkpoint", and an earlier
+# finetune's update a later one did not make was not undone (nothing cancelled out).
+SPLIT_NOT_RUN = {
+    "never updated": "equal to the base in every checkpoint",
+    "updated, unchanged at the end": "changed in an earlier checkpoint, equal to the base in the last",
+    "final subnetwork": "changed in the last checkpoint",
+}
 SPLIT_COLORS = {"never updated": "#BBBBBB", "updated, unchanged at the end": PALETTE[5], "final subnetwork": PALETTE[0]}
+SPLIT_COLORS |= {SPLIT_NOT_RUN[part]: color for part, color in list(SPLIT_COLORS.items())}
 
 
 @takes_data()
@@ -41,7 +50,9 @@ def series_lines(
     ``first`` names what step 0 is (``"base"`` when the series starts at the base model); the
     figure adds that step-0 point (100 % sparse against itself) when the frame starts later.
     ``ticks`` (one label per step, step 0 first) puts checkpoint names on the axis instead of
-    training steps, for checkpoints that are not one run (title and hover then say checkpoint, not training).
+    training steps, for checkpoints that are not one run (title and hover then say checkpoint, not training,
+    and back_to_start is named for what it is there: changed in an earlier checkpoint, equal to the start in
+    this one; nothing cancelled out between independent finetunes).
     """
     if title is None:
         title = f"Checkpoint series: update sparsity {'over training' if ticks is None else 'along the checkpoints'}"
@@ -52,17 +63,21 @@ def series_lines(
     )
     d = df.sort_values("step")
     if 0 not in set(d["step"].tolist()):
-        d = pd.concat(
-            [pd.DataFrame([{"step": 0, "vs_first": 1.0, "vs_previous": np.nan, "back_to_start": 0.0}]), d],
-            ignore_index=True,
-        )
+        start = {"step": 0, "vs_first": 1.0, "vs_previous": np.nan, "back_to_start": 0.0}
+        d = pd.concat([pd.DataFrame([{c: v for c, v in start.items() if c in d.columns}]), d], ignore_index=True)
     fig = go.Figure()
     names = list(ticks)[: len(d)] if ticks is not None else None
     where = "%{text}" if names is not None else "step %{x}"
     series = [
         ("vs_first", f"sparsity vs {first}", "solid"),
         ("vs_previous", "sparsity vs previous checkpoint", "solid"),
-        ("back_to_start", "updated at some step, back to the start at this checkpoint (share)", "dash"),
+        (
+            "back_to_start",
+            "updated at some step, back to the start at this checkpoint (share)"
+            if ticks is None
+            else f"changed in an earlier checkpoint, equal to the {first} in this one (share)",
+            "dash",
+        ),
     ]
     for i, (col, name, dash) in enumerate(series):
         if col in d.columns:

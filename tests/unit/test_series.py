@@ -331,3 +331,26 @@ def test_a_fan_out_group_of_buffers_only_merges_into_the_whole(tmp_path):
         checkpoint_series(only)
     with pytest.raises(ConfigError, match="no parameters to compare"):  # fanned out: each part has none
         merge_series([checkpoint_series(only, tensors={"m.position_ids"})], [0, 1])
+
+
+def test_a_fan_out_keeps_how_the_checkpoints_were_read(tmp_path):
+    """The merge of a fan-out's parts keeps the reading notes every part has (a tensor not in every checkpoint,
+    left out): they were dropped, so a series on a cluster said nothing of what it left out."""
+    from subnetviz.jobs.fanout import merge_series
+
+    paths = [
+        _write(
+            tmp_path / f"v{i}",
+            {
+                "a.weight": torch.ones(4) * (1 + i),
+                "b.weight": torch.ones(3),
+                **({"c.weight": torch.ones(2)} if i else {}),
+            },
+        )
+        for i in range(3)
+    ]
+    whole = checkpoint_series(paths)
+    assert any("c.weight" in line for line in whole.reading)
+    parts = [checkpoint_series(paths, tensors={k}) for k in ("a.weight", "b.weight")]
+    merged = merge_series(parts, [0, 1, 2])
+    assert merged.reading == whole.reading and merged.notes == whole.notes
