@@ -9,8 +9,12 @@ from subnetviz.analysis.updates import mask_path
 def body() -> None:
     st.title("Overlap of subnetworks")
     st.caption(
-        "o1 = |A∩B|/|A| (share of the row mask inside the column mask); its chance value is B's density. "
-        "Jaccard = |A∩B|/|A∪B| against pq/(p+q−pq) for independent masks of the same densities."
+        "o1 = |A∩B|/|A| (share of the row mask inside the column mask); Jaccard = |A∩B|/|A∪B|. "
+        "Per-tensor chance: masks drawn independently inside each tensor t at that tensor's densities pₜ, qₜ, "
+        "expecting Σₜ nₜ·pₜ·qₜ entries in both; it colours the × per-tensor chance view. The paper's chance "
+        "(App. E) is global, one density per mask over the whole model: o1's is B's density, Jaccard's "
+        "pq/(p+q−pq). Where densities differ between tensors the global chance is lower and its × chance "
+        "higher; the tables give both."
     )
     ws = ui.workspace()
     c1, c2 = st.columns([1, 3])
@@ -29,14 +33,28 @@ def body() -> None:
     ui.need(len(sources) >= 2, "Overlap needs at least two masks: choose finetuned checkpoints or saved masks.")
     default = list(sources)[: min(3, len(sources))]
     chosen = c2.multiselect(
-        "Masks (2–8)", list(sources), default=default, key="ov_masks", bind="query-params", max_selections=8
+        f"Masks (2–{MAX_CHOSEN})",
+        list(sources),
+        default=default,
+        key="ov_masks",
+        bind="query-params",
+        max_selections=MAX_CHOSEN,
     )
+    if len(sources) > MAX_CHOSEN:  # e.g. 17–32 finetunes: the analysis keeps every mask, the page compares 8
+        st.caption(f"{len(sources)} masks to choose from; this page compares up to {MAX_CHOSEN} of them at a time.")
     ui.need(len(chosen) >= 2, "Pick at least two masks.")
     # once per masks for every session, here or on the session's Ray cluster (jobs.cluster_pages)
     overlap = ui.mask_files_overlap([sources[c] for c in chosen], tuple(chosen))
     ui.need(overlap.common > 0, "These masks share no tensor names; they are over different models.")
+    notes = getattr(overlap, "notes", ())
+    ui.need(
+        overlap.report is not None,
+        "No overlap to show: " + " ".join(ui.plain(n) for n in notes) if notes else "No overlap to show.",
+    )
     if overlap.partial:
         st.caption(f"Compared over the {overlap.common} tensors present in every chosen mask.")
+    for note in notes:  # names matched without a prefix, tensors compared over shared rows or left out
+        st.caption(ui.plain(note))
     report = overlap.report
     empty = [lbl for lbl, n in zip(report.sizes["label"], report.sizes["count"], strict=True) if n == 0]
     if empty:  # its o1 row is 0 / 0: blank cells, said why
@@ -59,6 +77,8 @@ def body() -> None:
         if not tab.open:
             continue
         with tab:
+            if name == "Sets" and report.union == 0 and len(chosen) in (2, 3):
+                st.caption("No mask has any entry (every chosen mask is empty): there is no Venn diagram to draw.")
             if name == "Per layer":
                 pair = st.selectbox("Per-layer view of the pair", pairs, key="ov_pair", bind="query-params")
                 figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, pair)
@@ -82,7 +102,13 @@ def body() -> None:
 
 
 TABS = ["Sets", "Pairwise", "Per layer", "Consensus"]
-VIEW_NAMES = {"value": "values", "ratio": "× chance"}  # the view as the radio and the export name it
+VIEW_NAMES = {"value": "values", "ratio": "× per-tensor chance"}  # the view as the radio and the export name it
+MAX_CHOSEN = 8  # masks compared at once (the N-way counting takes up to 16; beyond 8 the UpSet is unreadable)
+# the pairwise table's global chance columns, named as the paper's (App. E) beside the per-tensor ones
+PAPER_CHANCE = {
+    c: f"{c}_global_paper"
+    for c in ("o1_chance", "o2_chance", "jaccard_chance", "ratio_over_chance", "expected_intersection")
+}
 
 
 def draw(figs: dict, tables: dict) -> None:
@@ -106,7 +132,8 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
     sub = f"<br><sup>{figures.plain_label(shared)}</sup>" if shared else ""
     if name == "Sets":
         figs = {}
-        if len(chosen) in (2, 3):  # Venn beside the UpSet; beyond three masks the UpSet alone, full width
+        # Venn beside the UpSet; beyond three masks the UpSet alone, full width. No Venn of empty masks (no circle)
+        if len(chosen) in (2, 3) and report.union > 0:
             venn = figures.venn2 if len(chosen) == 2 else figures.venn3
             figs["venn"] = venn(
                 report.venn_regions()["count"].to_numpy(), short, title=f"Overlap (area-proportional){sub}"
@@ -124,11 +151,13 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
                 value=metric,
                 view=view,
                 labels=short,
-                title=title + (" (× chance)" if view == "ratio" else "") + sub,
+                title=title + (" (× per-tensor chance)" if view == "ratio" else "") + sub,
             )
             for metric, title in titles.items()
         }
-        return figs, {"pairwise": ("Pairwise overlap against chance", report.pairwise)}
+        table = report.pairwise.rename(columns=PAPER_CHANCE)
+        caption = "Pairwise overlap against the per-tensor chance and the paper's global chance (App. E)"
+        return figs, {"pairwise": (caption, table)}
     if name == "Per layer":
         # the pair whose text was chosen (labels are names from folders and masks: they may hold " ∩ " themselves)
         pa, pb = next(
@@ -136,7 +165,7 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
             (report.pairwise["a"].iloc[0], report.pairwise["b"].iloc[0]),
         )
         one = pair_by_layer(report, pa, pb)
-        what = "Jaccard × chance" if view == "ratio" else "Jaccard"
+        what = "Jaccard × per-tensor chance" if view == "ratio" else "Jaccard"
         # The pair under the title (the exported dashboard and the paper figure name it), on a line of its
         # own: two run labels in one line ran past the chart's right edge.
         figs = {
@@ -153,19 +182,20 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
                 title=f"{what} per layer × expert<br><sup>{figures.plain_label(pair)}</sup>",
             )
         return figs, {}
-    pw = report.pairwise  # Consensus: how many masks agree on each entry, against independent masks
-    dens = {
-        **dict(zip(pw["b"], pw["count_b"] / pw["numel"], strict=True)),
-        **dict(zip(pw["a"], pw["count_a"] / pw["numel"], strict=True)),
-    }
-    chance = figures.chance_consensus([dens[c] for c in chosen], int(pw["numel"].iloc[0]))
+    # Consensus: how many masks agree on each entry, against independent masks: per tensor (drawn), and global
+    chance = report.consensus_chance()
     overall = report.consensus_overall()
     # the chart's chance markers as numbers: the expected count and the observed count over it (× chance)
-    table = overall.merge(chance.rename(columns={"chance": "chance_count"}), on="k", how="left")
-    table["ratio_over_chance"] = table["count"] / table["chance_count"]
+    table = overall.merge(chance, on="k", how="left").rename(
+        columns={"expected_per_tensor": "expected_count_per_tensor", "expected_global": "expected_count_global"}
+    )
+    table["ratio_over_chance_per_tensor"] = table["count"] / table["expected_count_per_tensor"]
+    table["ratio_over_chance_global"] = table["count"] / table["expected_count_global"]
+    title = "Consensus: in how many masks is a changed parameter? (markers: per-tensor chance)"
+    caption = "Entries changed in exactly k of the masks, against independent masks: per-tensor and global chance"
     return (
-        {"consensus": figures.consensus_bars(overall, chance=chance)},
-        {"consensus-table": ("Entries changed in exactly k of the masks, against independent masks", table)},
+        {"consensus": figures.consensus_bars(overall, title=title, chance=chance)},
+        {"consensus-table": (caption, table)},
     )
 
 

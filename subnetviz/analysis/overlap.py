@@ -16,6 +16,22 @@ Pairwise metrics for masks a, b over n parameters with |I_a| = n·p, |I_b| = n·
 - ``jaccard = |I_a ∩ I_b| / |I_a ∪ I_b|``, chance ``pq / (p + q − pq)``;
 - ``ratio_over_chance = |I_a ∩ I_b| / (n·p·q)`` = o1/o1_chance = o2/o2_chance.
 
+Those are the paper's chance values (App. E): *global*, one density per mask over every compared
+parameter. Where densities differ from tensor to tensor (RL updates: embeddings barely touched, MLPs
+mostly), independent masks meet far more often than n·p·q says, inside the dense tensors, and the
+global "× chance" reads above 1 for masks drawn independently within each tensor. So every pair also
+gets the *per-tensor* (stratified) chance, independence within each tensor t of n_t parameters, where
+the masks hold c_a,t and c_b,t entries: expected intersection ``E = Σ_t c_a,t·c_b,t / n_t`` (float64),
+``expected_intersection_per_tensor = E``, ``o1_chance_per_tensor = E / |I_a|``, ``o2_chance_per_tensor =
+E / |I_b|``, ``jaccard_chance_per_tensor = E / (|I_a| + |I_b| − E)`` and ``ratio_over_chance_per_tensor
+= |I_a ∩ I_b| / E``; ``expected_intersection = n·p·q`` is the global expectation. Per group (``by_group``)
+the same sums run over the group's tensors. The consensus chance (:meth:`OverlapReport.consensus_chance`)
+is the Poisson-binomial count per tensor, summed, beside the global one.
+
+Tensors whose shape differs between the masks only in the first dimension (a resized vocabulary) are
+compared over their shared leading rows; other shape differences raise, or with ``other_shapes="skip"``
+leave the tensor out. Either way ``OverlapReport.notes`` says which tensors and how many entries.
+
 Ratios with a zero denominator are NaN.
 """
 
@@ -30,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subnetviz.analysis.overlap_counts import GroupRegions, _packed, _shape, _source
+from subnetviz.analysis.overlap_counts import GroupRegions, _count_set, _packed, _shape, _source
 from subnetviz.errors import ConfigError, MaskError, suggest
 
 MAX_MASKS = 16  # 2**16 regions; beyond that an UpSet plot is unreadable anyway
@@ -50,6 +66,12 @@ _PAIR_COLUMNS = [
     "jaccard",
     "jaccard_chance",
     "ratio_over_chance",
+    "expected_intersection",
+    "expected_intersection_per_tensor",
+    "o1_chance_per_tensor",
+    "o2_chance_per_tensor",
+    "jaccard_chance_per_tensor",
+    "ratio_over_chance_per_tensor",
 ]
 
 
@@ -156,11 +178,16 @@ def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
 
 
 def _pairwise(
-    region: np.ndarray, labels: Sequence[str], reduced: tuple | None = None, numel: np.ndarray | None = None
+    region: np.ndarray | None,
+    labels: Sequence[str],
+    reduced: tuple | None = None,
+    numel: np.ndarray | None = None,
+    expected: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Pairwise rows (a < b, label order) of region counts (2**N,) or, per group, (G, 2**N): G blocks.
     ``reduced``, ``numel``: the groups' :func:`_reduce` and parameters when the caller has them
-    (``region`` is then not read)."""
+    (``region`` is then not read). ``expected``: (G, pairs) float64, the per-tensor chance intersection
+    ``Σ_t c_a,t·c_b,t / n_t`` of each block's tensors (NaN columns without it)."""
     n_masks = len(labels)
     if reduced is None:
         region = np.atleast_2d(region)
@@ -190,7 +217,27 @@ def _pairwise(
     frame["jaccard"] = _div(ab, ca + cb - ab)
     frame["jaccard_chance"] = _div(p * q, p + q - p * q)
     frame["ratio_over_chance"] = _div(ab * n, ca * cb)
+    frame["expected_intersection"] = _div(ca * cb, n)
+    e = np.full(len(frame), np.nan) if expected is None else np.asarray(expected, np.float64).reshape(-1)
+    frame["expected_intersection_per_tensor"] = e
+    frame["o1_chance_per_tensor"] = _div(e, ca)
+    frame["o2_chance_per_tensor"] = _div(e, cb)
+    frame["jaccard_chance_per_tensor"] = _div(e, ca + cb - e)
+    frame["ratio_over_chance_per_tensor"] = _div(ab, e)
     return frame
+
+
+def _poisson_binomial(p: np.ndarray) -> np.ndarray:
+    """(T, N + 1) float64: row t's probability that exactly k of N independent events of probabilities
+    ``p[t]`` (T, N) occur, by dynamic programming (P_k after event i is P_k·(1 − p_i) + P_{k−1}·p_i)."""
+    p = np.atleast_2d(np.asarray(p, dtype=np.float64))
+    prob = np.zeros((p.shape[0], p.shape[1] + 1))
+    prob[:, 0] = 1.0
+    for i in range(p.shape[1]):
+        pi = p[:, i : i + 1]
+        prob[:, 1:] = prob[:, 1:] * (1 - pi) + prob[:, :-1] * pi
+        prob[:, :1] *= 1 - pi
+    return prob
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,7 +247,9 @@ class OverlapReport:
     Frames: ``sizes`` (label, count, numel, density); ``pairwise`` (one row per pair a < b, see
     the module docstring); ``regions`` (members, code, degree, count) for the 2**N − 1 non-empty
     regions; ``consensus`` (group, k, count): parameters contained in exactly k masks, per group;
-    ``by_group``: the pairwise columns per group.
+    ``by_group``: the pairwise columns per group. ``notes``: tensors compared over their shared leading
+    rows or left out (shapes that differ between the masks). ``tensor_names``, ``tensor_counts`` (T, N)
+    and ``tensor_numel`` (T,): each compared tensor's mask sizes, behind the per-tensor chance.
     """
 
     labels: tuple[str, ...]
@@ -210,6 +259,10 @@ class OverlapReport:
     regions: pd.DataFrame
     consensus: pd.DataFrame
     by_group: pd.DataFrame
+    notes: tuple[str, ...] = ()
+    tensor_names: tuple[str, ...] = ()
+    tensor_counts: np.ndarray | None = None
+    tensor_numel: np.ndarray | None = None
 
     @property
     def totals(self) -> np.ndarray:
@@ -231,6 +284,40 @@ class OverlapReport:
         frame = self.consensus.groupby("k", as_index=False)["count"].sum()
         frame["fraction"] = _div(frame["count"].to_numpy(), self.numel)
         return frame
+
+    def consensus_chance(self) -> pd.DataFrame:
+        """k (0..N), expected_per_tensor, expected_global: the expected number of parameters in exactly k masks
+        for masks drawn independently, per tensor at each tensor's own densities (the Poisson-binomial
+        count of each tensor, summed), and over the model at each mask's overall density (one Poisson
+        binomial of the :attr:`sizes` densities)."""
+        n_masks = len(self.labels)
+        dens = self.sizes["density"].to_numpy(np.float64)
+        glob = self.numel * _poisson_binomial(np.nan_to_num(dens)[None, :])[0]
+        if self.tensor_counts is None:
+            per = np.full(n_masks + 1, np.nan)
+        else:
+            n_t = np.asarray(self.tensor_numel, np.float64)
+            p = np.asarray(self.tensor_counts, np.float64) / np.where(n_t > 0, n_t, 1.0)[:, None]
+            per = (n_t[:, None] * _poisson_binomial(p)).sum(0)
+        return pd.DataFrame({"k": np.arange(n_masks + 1), "expected_per_tensor": per, "expected_global": glob})
+
+    def sizes_by_tensor(self) -> pd.DataFrame:
+        """name, label, count, numel, density: each mask's size in each compared tensor (shared rows only where
+        the shapes differed)."""
+        if self.tensor_counts is None:
+            return pd.DataFrame(columns=["name", "label", "count", "numel", "density"])
+        n_masks = len(self.labels)
+        counts = np.asarray(self.tensor_counts).reshape(-1)
+        numel = np.repeat(np.asarray(self.tensor_numel), n_masks)
+        return pd.DataFrame(
+            {
+                "name": np.repeat(np.asarray(self.tensor_names, dtype=object), n_masks).tolist(),
+                "label": list(self.labels) * len(self.tensor_names),
+                "count": counts,
+                "numel": numel,
+                "density": _div(counts, numel),
+            }
+        )
 
     def sizes_by_group(self) -> pd.DataFrame:
         """group, label, count, numel, density: each mask's size inside each group (heatmaps)."""
@@ -269,7 +356,7 @@ def _as_dict(mask_set, index: int) -> Mapping[str, torch.Tensor]:
     return masks
 
 
-def _validate(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -> list[str]:
+def _check_names(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -> list[str]:
     names = list(sets[0])
     reference = set(names)
     for label, masks in zip(labels[1:], sets[1:], strict=True):
@@ -286,25 +373,84 @@ def _validate(sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...]) -
                     f"mask {label!r} lacks tensor {name!r} that mask {labels[0]!r} has; all masks must cover the "
                     f"same tensors.{suggest(name, masks)}"
                 )
-    for name in names:
-        shape = _shape(sets[0], name)
-        for label, masks in zip(labels, sets, strict=True):
-            if _packed(masks) is not None:  # bit-packed bool masks (PackedMasks): the shape, no unpacking
-                if _shape(masks, name) != shape:
-                    raise MaskError(
-                        f"tensor {name!r}: mask {label!r} has shape {_shape(masks, name)} but mask "
-                        f"{labels[0]!r} has {shape}."
-                    )
-                continue
-            t = masks[name]
-            if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
-                found = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-                raise MaskError(f"mask {label!r}, tensor {name!r}: expected a torch.bool tensor, got {found}.")
-            if tuple(t.shape) != shape:
-                raise MaskError(
-                    f"tensor {name!r}: mask {label!r} has shape {tuple(t.shape)} but mask {labels[0]!r} has {shape}."
-                )
     return names
+
+
+def _mask_shape(masks: Mapping, label: str, name: str) -> tuple[int, ...]:
+    """A mask tensor's shape, checked to be a bool tensor (bit-packed masks: the shape, no unpacking)."""
+    if _packed(masks) is not None:
+        return _shape(masks, name)
+    t = masks[name]
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
+        found = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise MaskError(f"mask {label!r}, tensor {name!r}: expected a torch.bool tensor, got {found}.")
+    return tuple(t.shape)
+
+
+OTHER_SHAPES = ("raise", "skip")
+_LISTED = 8  # tensors named in a note; the rest counted
+
+
+def _listed(items: list[str]) -> str:
+    more = len(items) - _LISTED
+    return "; ".join(items[:_LISTED]) + (f"; and {more:,} more" if more > 0 else "")
+
+
+def _validate(
+    sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...], other_shapes: str = "raise"
+) -> tuple[list[str], dict[str, int], list[str]]:
+    """(the tensors compared, the entries compared of each, notes). A tensor whose shape differs between the
+    masks only in the first dimension (a resized vocabulary) is compared over its shared leading rows (a
+    prefix of its row-major entries); any other difference raises, or (``other_shapes="skip"``) leaves the
+    tensor out. The notes name those tensors and the entries not compared."""
+    if other_shapes not in OTHER_SHAPES:
+        raise ConfigError(f"other_shapes must be one of {OTHER_SHAPES}; got {other_shapes!r}.")
+    names = _check_names(sets, labels)
+    kept: list[str] = []
+    numel: dict[str, int] = {}
+    rows_cut: list[str] = []
+    cut_entries = np.zeros(len(sets), np.int64)  # per mask: entries past the shared rows
+    skipped: list[str] = []
+    skip_entries = np.zeros(len(sets), np.int64)
+    for name in names:
+        shapes = [_mask_shape(masks, label, name) for label, masks in zip(labels, sets, strict=True)]
+        sizes = np.array([math.prod(s) for s in shapes], np.int64)
+        described = ", ".join(f"{label}: {s}" for label, s in zip(labels, shapes, strict=True))
+        if all(s == shapes[0] for s in shapes):
+            kept.append(name)
+            numel[name] = int(sizes[0])
+        elif all(len(s) == len(shapes[0]) >= 1 and s[1:] == shapes[0][1:] for s in shapes):
+            rows = min(s[0] for s in shapes)
+            kept.append(name)
+            numel[name] = rows * math.prod(shapes[0][1:])
+            cut_entries += sizes - numel[name]
+            rows_cut.append(f"{name} ({described}: the first {rows:,} rows, {numel[name]:,} entries)")
+        elif other_shapes == "raise":
+            other = next(k for k, s in enumerate(shapes) if s != shapes[0])
+            raise MaskError(
+                f"tensor {name!r}: mask {labels[other]!r} has shape {shapes[other]} but mask {labels[0]!r} has "
+                f"{shapes[0]}."
+            )
+        else:
+            skipped.append(f"{name} ({described})")
+            skip_entries += sizes
+    notes = []
+    if rows_cut:
+        past = ", ".join(f"{label}: {int(n):,}" for label, n in zip(labels, cut_entries, strict=True) if n)
+        notes.append(
+            f"Compared over their shared leading rows only (the first dimension differs between the masks, as a "
+            f"resized vocabulary's does): {len(rows_cut):,} tensor(s): {_listed(rows_cut)}. Entries past those "
+            f"rows, not compared: {past}."
+        )
+    if skipped:
+        left = ", ".join(f"{label}: {int(n):,}" for label, n in zip(labels, skip_entries, strict=True))
+        notes.append(
+            f"Left out of the overlap (shapes differ beyond the first dimension): {len(skipped):,} tensor(s): "
+            f"{_listed(skipped)}. Entries not compared: {left}."
+        )
+    if names and not kept:
+        raise MaskError(f"no tensor left to compare: every tensor's shape differs between the masks. {notes[-1]}")
+    return kept, numel, notes
 
 
 def mask_overlap(
@@ -312,12 +458,16 @@ def mask_overlap(
     labels: Sequence[str] | None = None,
     *,
     group_of: Callable[[str], Hashable] | None = None,
+    other_shapes: str = "raise",
 ) -> OverlapReport:
     """Overlap of N mask sets (each a MaskSet or a mapping name -> bool tensor) over the same tensors.
 
     ``labels`` default to ``m0, m1, ...``. ``group_of(name)`` maps a tensor name to its group
-    (e.g. ``(layer, module)``); by default each tensor is its own group. Raises
-    :class:`MaskError` when names, shapes or dtypes differ between the sets.
+    (e.g. ``(layer, module)``); by default each tensor is its own group. A tensor whose shape differs
+    between the sets only in its first dimension (a resized vocabulary) is compared over the shared leading
+    rows; ``other_shapes`` says what other shape differences do: ``"raise"`` (default) or ``"skip"`` (the
+    tensor is left out). Either is said in ``notes``. Raises :class:`MaskError` when names or dtypes differ
+    between the sets, and :class:`ConfigError` for more than :data:`MAX_MASKS` sets.
     """
     sets = [_as_dict(s, i) for i, s in enumerate(mask_sets)]
     n_masks = len(sets)
@@ -328,7 +478,7 @@ def mask_overlap(
         raise ConfigError(f"got {n_masks} mask sets but {len(labels)} labels; give one label per mask set.")
     if len(set(labels)) != n_masks:
         raise ConfigError(f"mask labels must be unique, got {list(labels)}.")
-    names = _validate(sets, labels)
+    names, entries, notes = _validate(sets, labels, other_shapes)
     group_of = group_of or (lambda name: name)
 
     if not names:
@@ -339,10 +489,14 @@ def mask_overlap(
     # the groups' region counts, compact above 8 masks (at N = 16 a dense int64 row is 0.5 MB per group)
     per_group = GroupRegions(groups, n_masks)
     group_numel = np.zeros(len(groups), dtype=np.int64)  # no second pass over (G, 2**N) for it
-    for name, row in zip(names, rows, strict=True):
-        numel = math.prod(_shape(sets[0], name))
+    tensor_counts = np.zeros((len(names), n_masks), dtype=np.int64)  # each mask's size per tensor
+    tensor_numel = np.array([entries[name] for name in names], dtype=np.int64)
+    for t, (name, row) in enumerate(zip(names, rows, strict=True)):
+        numel = entries[name]  # the shared leading rows' entries where the first dimension differs
         group_numel[row] += numel
-        per_group.add([_source(s, name) for s in sets], numel, row)
+        sources = [_source(s, name) for s in sets]
+        tensor_counts[t] = [_count_set(src, numel) for src in sources]
+        per_group.add(sources, numel, row)
     totals = per_group.close().totals
     bits = _membership(n_masks)
     numel = int(totals.sum())
@@ -367,15 +521,26 @@ def mask_overlap(
         },
         columns=["group", "k", "count"],
     )
-    by_group = _pairwise(None, labels, reduced, group_numel)
+    # per-tensor chance intersections Σ_t c_a,t·c_b,t / n_t (float64), per group and overall
+    ia, ib = np.triu_indices(n_masks, 1)
+    counts64 = tensor_counts.astype(np.float64)
+    per_tensor = _div(counts64[:, ia] * counts64[:, ib], tensor_numel[:, None])
+    per_tensor = np.nan_to_num(per_tensor, nan=0.0)  # an empty tensor expects no overlap
+    expected = np.zeros((len(groups), len(ia)))
+    np.add.at(expected, np.asarray(rows, dtype=np.int64), per_tensor)
+    by_group = _pairwise(None, labels, reduced, group_numel, expected)
     by_group.insert(0, "group", [g for g in groups for _ in range(n_masks * (n_masks - 1) // 2)])
 
     return OverlapReport(
         labels=labels,
         region_counts=per_group,
         sizes=sizes,
-        pairwise=_pairwise(totals, labels),
+        pairwise=_pairwise(totals, labels, expected=per_tensor.sum(0, keepdims=True)),
         regions=regions,
         consensus=consensus,
         by_group=by_group,
+        notes=tuple(notes),
+        tensor_names=tuple(names),
+        tensor_counts=tensor_counts,
+        tensor_numel=tensor_numel,
     )

@@ -55,6 +55,28 @@ def _source(masks: Mapping, name: str):
     return None, masks[name].detach().reshape(-1).cpu().numpy().view(np.uint8)
 
 
+def _count_set(source, numel: int) -> int:
+    """Set entries among the first ``numel`` of a :func:`_source` (the shared leading rows of a tensor whose
+    first dimension differs between masks are a prefix of its row-major entries), counted a block at a time:
+    the per-tensor sizes behind the per-tensor chance (:func:`subnetviz.analysis.overlap.mask_overlap`)."""
+    packed, plain = source
+    total, step = 0, 1 << 24
+    if packed is None:
+        for i in range(0, numel, step):
+            total += int(np.count_nonzero(plain[i : min(numel, i + step)]))
+        return total
+    whole = numel // 8
+    words = whole // 8 if packed.flags.c_contiguous else 0  # whole 64-bit words: 8x fewer counts than bytes
+    bulk = packed[: words * 8].view(np.uint64)
+    for i in range(0, words, step):
+        total += int(np.bitwise_count(bulk[i : i + step]).sum(dtype=np.int64))
+    for i in range(words * 8, whole, step):
+        total += int(np.bitwise_count(packed[i : min(whole, i + step)]).sum(dtype=np.int64))
+    if numel % 8:  # big bit order: the first numel % 8 bits of the last byte are the high ones
+        total += int(np.bitwise_count(packed[whole] & np.uint8((0xFF << (8 - numel % 8)) & 0xFF)))
+    return total
+
+
 def _block_bytes(source, c0: int, c1: int) -> np.ndarray:
     """Packed bytes (big bit order) of entries ``c0:c1`` of a :func:`_source`; ``c0`` is a multiple
     of 8, so a packed block is a slice of whole bytes. Bits past ``c1`` in the last byte may be set

@@ -26,7 +26,7 @@ import torch
 
 from subnetviz.analysis import bits_jit
 from subnetviz.analysis.bits import INT_VIEW
-from subnetviz.analysis.overlap import OverlapReport, mask_overlap
+from subnetviz.analysis.overlap import MAX_MASKS, OverlapReport, mask_overlap
 from subnetviz.analysis.quant import (
     SIDE_COLUMNS,
     FormLog,
@@ -49,7 +49,7 @@ from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_align
 from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.checkpoints.experts_layout import match_layouts
 from subnetviz.config import resolve_device
-from subnetviz.errors import CheckpointError, NonFiniteError
+from subnetviz.errors import CheckpointError, MaskError, NonFiniteError
 from subnetviz.masks import PackedMasks
 
 ProgressFn = Callable[[int, int, str], None]
@@ -442,15 +442,35 @@ class _Walk:
         notes = self.notes + [
             f"{self.labels[i]}: {n}" for i in range(len(self.cks)) for n in self.model_notes(i) + self.left_out(i)
         ]
-        return UpdateAnalysis(self.ck_base.spec, self.labels, reports, spec, None, None, self.overlap(), notes, seconds)
+        overlap, overlap_notes = self.overlap()
+        notes += [f"Overlap of the update masks: {n}" for n in overlap_notes]
+        return UpdateAnalysis(self.ck_base.spec, self.labels, reports, spec, None, None, overlap, notes, seconds)
 
-    def overlap(self) -> OverlapReport | None:
+    def overlap(self) -> tuple[OverlapReport | None, list[str]]:
+        """The overlap of the models' update masks and its notes (tensors compared over shared rows only, or
+        why there is none: more models than the N-way counting takes, or no tensor to compare). It never
+        fails the analysis: the reports stand without it."""
         if len(self.cks) < 2 or not self.options.keep_masks:
-            return None
+            return None, []
+        if len(self.cks) > MAX_MASKS:  # 2**N regions: the N-way counting stops at MAX_MASKS masks
+            return None, [
+                f"not computed for {len(self.cks)} models; the N-way overlap (Venn, UpSet, pairwise, consensus) "
+                f"takes at most {MAX_MASKS} masks. Each model's mask is kept (in its report, and saved with the "
+                "analysis): the Overlap page compares up to 8 of them at a time."
+            ]
         common = set.intersection(*(set(m) for m in self.masks))
         sets = [MaskSubset(m, common) for m in self.masks]  # unpacked one tensor at a time by the overlap pass
         describe = self.table.describe
-        return mask_overlap(sets, self.labels, group_of=lambda n: (describe(n).layer, describe(n).module))
+        try:  # a vocabulary resized in some finetunes only: the shared leading rows (said in the notes)
+            report = mask_overlap(
+                sets,
+                self.labels,
+                group_of=lambda n: (describe(n).layer, describe(n).module),
+                other_shapes="skip",
+            )
+        except MaskError as exc:  # e.g. no tensor left to compare: the reports stand, the overlap is said missing
+            return None, [f"not computed: {exc}"]
+        return report, list(report.notes)
 
 
 def warm() -> float:

@@ -31,39 +31,64 @@ from subnetviz.figures.style import (
     takes_data,
 )
 
+PER_TENSOR = "per-tensor chance"  # masks drawn independently within each tensor, at its own densities
+GLOBAL = "global chance"  # one density per mask over everything compared (the paper's, App. E)
+
+
+def chance_name(column: str) -> str:
+    """What a chance column of :class:`~subnetviz.analysis.overlap.OverlapReport` is, as charts name it:
+    ``*_per_tensor`` the per-tensor (stratified) chance, the others the global one (the paper's, App. E)."""
+    return PER_TENSOR if column.endswith("_per_tensor") else GLOBAL
+
+
+def _default_chance(df: pd.DataFrame, value: str) -> str:
+    """The per-tensor chance column of ``value`` where the frame has it, else its global one."""
+    return f"{value}_chance_per_tensor" if f"{value}_chance_per_tensor" in df.columns else f"{value}_chance"
+
 
 @takes_data()
-def overlap_layer_heatmap(df: pd.DataFrame, view: str = "value", title: str | None = None) -> go.Figure:
-    """Layers × module kinds of mask overlap: columns layer, module, jaccard, jaccard_chance (fractions).
+def overlap_layer_heatmap(
+    df: pd.DataFrame, view: str = "value", title: str | None = None, chance_col: str | None = None
+) -> go.Figure:
+    """Layers × module kinds of mask overlap: columns layer, module, jaccard and its chance (fractions):
+    ``chance_col``, by default ``jaccard_chance_per_tensor`` (masks independent within each tensor) where
+    the frame has it, else ``jaccard_chance`` (global over the cell's parameters). Hover and colour bar name
+    which.
 
     view "value" draws Jaccard in %; "ratio" draws Jaccard / chance on a diverging ×-scale.
     """
     if view not in ("value", "ratio"):
         raise FigureDataError(f"overlap_layer_heatmap: view must be 'value' or 'ratio'; got {view!r}.")
+    chance_col = chance_col or _default_chance(df, "jaccard")
+    which = chance_name(chance_col)
     title = title or (
-        "Jaccard overlap ×chance by layer and module" if view == "ratio" else "Jaccard overlap by layer and module"
+        f"Jaccard overlap × {which} by layer and module" if view == "ratio" else "Jaccard overlap by layer and module"
     )
     if df.empty:
         return no_data_figure(title)
     _require(
         df,
-        ["layer", "module", "jaccard", "jaccard_chance"],
+        ["layer", "module", "jaccard", chance_col],
         "overlap_layer_heatmap",
-        shares=["jaccard", "jaccard_chance"],
+        shares=["jaccard", chance_col],
     )
     # Module kinds with no changed entry in either mask (norms that never move) have no overlap: no column.
     filled = df.groupby(df["module"].astype(str))["jaccard"].apply(lambda v: pd.to_numeric(v).notna().any())
     df = df[df["module"].astype(str).map(filled)]
     if df.empty:
         return no_data_figure(title)
-    layers, modules, g = _grid(df, ["jaccard", "jaccard_chance"], "overlap_layer_heatmap")
+    layers, modules, g = _grid(df, ["jaccard", chance_col], "overlap_layer_heatmap")
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = g["jaccard"] / g["jaccard_chance"]
-    custom = np.stack([100 * g["jaccard"], 100 * g["jaccard_chance"], ratio], axis=-1)
-    hover = "layer %{y} · %{x}<br>Jaccard %{customdata[0]:.2f}%<br>chance %{customdata[1]:.2f}%<br>×chance %{customdata[2]:.2f}"
+        ratio = g["jaccard"] / g[chance_col]
+    custom = np.stack([100 * g["jaccard"], 100 * g[chance_col], ratio], axis=-1)
+    hover = (
+        "layer %{y} · %{x}<br>Jaccard %{customdata[0]:.2f}%<br>"
+        + f"{which} %{{customdata[1]:.2f}}%<br>× {which} %{{customdata[2]:.2f}}"
+    )
     if view == "ratio":
         z, trace = _ratio_axis(ratio)
-        fig = _layer_heatmap(layers, modules, z, custom, hover, title, "Jaccard ×chance", text=_times(ratio), **trace)
+        bar = f"Jaccard × {which}"
+        fig = _layer_heatmap(layers, modules, z, custom, hover, title, bar, text=_times(ratio), **trace)
     else:
         text = percent_cells(100 * g["jaccard"])
         text = np.char.add(text, np.where(np.isfinite(ratio), np.char.add("<br>", _times(ratio)), ""))
@@ -118,8 +143,10 @@ def pairwise_matrix(
 ) -> go.Figure:
     """labels × labels heatmap of o1, o2 or jaccard (fractions), annotated, with ×chance in hover.
 
-    df: one row per pair with columns a, b, the value column and its chance baseline (default
-    ``f"{value}_chance"``). Cell (row a, column b) is the row's own value; for the one-sided
+    df: one row per pair with columns a, b, the value column and its chance baseline ``chance_col``: by
+    default ``f"{value}_chance_per_tensor"`` (masks independent within each tensor) where the frame has it,
+    else ``f"{value}_chance"`` (global, the paper's); the hover adds the paper's global chance beside a
+    per-tensor one, and every label says which chance. Cell (row a, column b) is the row's own value; for the one-sided
     overlaps the mirror cell (b, a) is filled from the other side (o1(a, b) = o2(b, a)), so
     o1 reads "share of the row mask also in the column mask". view "ratio" draws value / chance
     on a diverging ×-scale centred on 1. The diagonal is left blank.
@@ -133,42 +160,57 @@ def pairwise_matrix(
     }[value]
     if view not in ("value", "ratio"):
         raise FigureDataError(f"pairwise_matrix: view must be 'value' or 'ratio'; got {view!r}.")
-    title = title or (f"{what} ×chance" if view == "ratio" else f"Pairwise overlap: {what}")
+    chance_col = chance_col or _default_chance(df, value)
+    which = chance_name(chance_col)
+    title = title or (f"{what} × {which}" if view == "ratio" else f"Pairwise overlap: {what}")
     if df.empty:
         return no_data_figure(title)
-    chance_col = chance_col or f"{value}_chance"
     mirror = {"o1": "o2", "o2": "o1", "jaccard": "jaccard"}[value]
     _require(df, ["a", "b", value, chance_col], "pairwise_matrix", shares=["o1", "o2", "jaccard", chance_col])
+    # the paper's global chance beside a per-tensor one, in the hover
+    paper_col = f"{value}_chance" if chance_col != f"{value}_chance" and f"{value}_chance" in df.columns else None
     labels = (
         list(map(str, labels)) if labels is not None else _unique(list(df["a"].astype(str)) + list(df["b"].astype(str)))
     )
     idx = {lab: i for i, lab in enumerate(labels)}
-    val, chance = np.full((len(labels),) * 2, np.nan), np.full((len(labels),) * 2, np.nan)
-    # The mirror cell's baseline: Jaccard is symmetric; o1's mirror is o2 with its own chance column.
-    mirror_chance = (
-        chance_col if value == "jaccard" else f"{mirror}_chance" if chance_col == f"{value}_chance" else None
-    )
+    val, chance, paper = (np.full((len(labels),) * 2, np.nan) for _ in range(3))
+
+    def mirrored(col: str | None) -> str | None:
+        """The mirror cell's baseline: Jaccard is symmetric; o1's mirror is o2 with its own chance column."""
+        if col is None or value == "jaccard":
+            return col
+        return mirror + col[len(value) :] if col.startswith(f"{value}_chance") else None
+
+    mirror_chance, mirror_paper = mirrored(chance_col), mirrored(paper_col)
     for row in df.itertuples(index=False):
         a, b = idx.get(str(row.a)), idx.get(str(row.b))
         if a is None or b is None or a == b:
             continue
         rec = row._asdict()
         val[a, b], chance[a, b] = rec[value], rec[chance_col]
+        paper[a, b] = rec[paper_col] if paper_col else np.nan
         if np.isnan(val[b, a]) and mirror in rec:
             val[b, a], chance[b, a] = rec[mirror], rec.get(mirror_chance, np.nan) if mirror_chance else np.nan
+            paper[b, a] = rec.get(mirror_paper, np.nan) if mirror_paper else np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = val / chance
+        ratio, paper_ratio = val / chance, val / paper
     text = percent_cells(100 * val)
-    custom = np.stack([100 * val, 100 * chance, ratio], axis=-1)
+    custom = np.stack([100 * val, 100 * chance, ratio, 100 * paper, paper_ratio], axis=-1)
     hover = (
         "row %{y} · column %{x}<br>"
         + what
-        + " %{customdata[0]:.2f}%<br>chance %{customdata[1]:.2f}%<br>×chance %{customdata[2]:.2f}<extra></extra>"
+        + f" %{{customdata[0]:.2f}}%<br>{which} %{{customdata[1]:.2f}}%<br>× {which} %{{customdata[2]:.2f}}"
+        + (
+            f"<br>{GLOBAL} (paper, App. E) %{{customdata[3]:.2f}}%<br>× {GLOBAL} %{{customdata[4]:.2f}}"
+            if paper_col
+            else ""
+        )
+        + "<extra></extra>"
     )
     if view == "ratio":
         z, trace = _ratio_axis(ratio)
         text = _times(ratio)
-        trace["colorbar"]["title"] = {"text": "×chance"}
+        trace["colorbar"]["title"] = {"text": f"× {which}"}
     else:
         z, trace = (
             100 * val,
@@ -197,7 +239,9 @@ def pairwise_matrix(
 
 
 def chance_consensus(densities: Sequence[float], numel: int) -> pd.DataFrame:
-    """Expected count of parameters in exactly k of N independent masks of the given densities (k = 0..N).
+    """Expected count of parameters in exactly k of N independent masks of the given densities (k = 0..N):
+    the *global* chance, one density per mask over all ``numel`` parameters. The per-tensor one (each
+    tensor at its own densities, summed) is :meth:`OverlapReport.consensus_chance`'s ``expected_per_tensor``.
 
     The Poisson-binomial distribution, by dynamic programming: P_k after mask i is
     P_k·(1 − p_i) + P_{k−1}·p_i. Columns k, chance (expected count).
@@ -219,8 +263,10 @@ def consensus_bars(
     """Columns k (number of masks holding a parameter), count; optional layer (or group) -> stacked shares per layer.
 
     Rows with k = 0 (in no mask) are left out of the bars, and their total is stated in the subtitle.
-    ``OverlapReport.consensus`` (group, k, count) fits as it is, its groups on the x axis. ``chance``
-    (k, chance; see :func:`chance_consensus`) adds the counts independent masks would give, as markers.
+    ``OverlapReport.consensus`` (group, k, count) fits as it is, its groups on the x axis. ``chance`` adds
+    the counts independent masks would give, as markers: ``OverlapReport.consensus_chance()`` (k,
+    expected_per_tensor: masks independent within each tensor, drawn) or :func:`chance_consensus` (k, chance:
+    the global chance); the legend and hover say which.
     """
     if df.empty:
         return no_data_figure(title)
@@ -238,22 +284,24 @@ def consensus_bars(
                 x=np.array(ks),
                 y=g,
                 marker_color=PALETTE[0],
-                customdata=100 * g / g.sum(),
+                customdata=100 * g / g.sum() if g.sum() > 0 else np.full_like(g, np.nan),  # empty masks: no union
                 hovertemplate="in %{x} masks<br>%{y:,.0f} parameters (%{customdata:.2f}% of union)<extra></extra>",
             )
         )
         if chance is not None:
-            ch = chance.set_index("k")["chance"].reindex(ks).to_numpy(dtype=np.float64, na_value=np.nan)
+            col = "expected_per_tensor" if "expected_per_tensor" in chance.columns else "chance"
+            which = PER_TENSOR if col == "expected_per_tensor" else GLOBAL
+            ch = chance.set_index("k")[col].reindex(ks).to_numpy(dtype=np.float64, na_value=np.nan)
             fig.data[0].name = "observed"
             fig.add_trace(
                 go.Scatter(
                     x=np.array(ks),
                     y=ch,
                     mode="markers+lines",
-                    name="chance (independent masks)",
+                    name=f"{which} (independent masks)",
                     marker={"symbol": "diamond", "size": 10, "color": PALETTE[1]},
                     line={"dash": "dot", "color": PALETTE[1]},
-                    hovertemplate="in %{x} masks by chance: %{y:,.0f}<extra></extra>",
+                    hovertemplate=f"in %{{x}} masks by {which}: %{{y:,.0f}}<extra></extra>",
                 )
             )
         fig.update_xaxes(tickvals=np.array(ks), type="linear")

@@ -134,12 +134,24 @@ def _region_counts(sizes_or_regions, n: int) -> np.ndarray:
     return np.asarray(sizes_or_regions, dtype=np.float64)
 
 
+EMPTY_UNION = "no mask has any entry: nothing to draw"
+
+
+def _all_empty(counts: np.ndarray, n: int) -> bool:
+    """Every region count is 0 (every mask empty): no circle to draw (the layout refuses it)."""
+    return counts.shape == (2**n - 1,) and bool(np.all(counts == 0))
+
+
 @takes_data()
 def venn2(
     sizes_or_regions, labels: Sequence[str], title: str = "Overlap (area-proportional)", colors: Mapping | None = None
 ) -> go.Figure:
-    """Exact area-proportional 2-set Venn; regions (10, 01, 11) as a sequence or {code: count}."""
-    return _venn_figure(venn2_layout(_region_counts(sizes_or_regions, 2)), labels, title, colors)
+    """Exact area-proportional 2-set Venn; regions (10, 01, 11) as a sequence or {code: count}. Every
+    region empty: a figure that says so (no circle)."""
+    counts = _region_counts(sizes_or_regions, 2)
+    if _all_empty(counts, 2):
+        return no_data_figure(title, EMPTY_UNION)
+    return _venn_figure(venn2_layout(counts), labels, title, colors)
 
 
 @takes_data()
@@ -150,8 +162,12 @@ def venn3(
     colors: Mapping | None = None,
     method: str = "auto",
 ) -> go.Figure:
-    """Best-effort 3-set Venn; regions (100, 010, 110, 001, 101, 011, 111). The subtitle states the layout error."""
-    layout = venn3_layout(_region_counts(sizes_or_regions, 3), method=method)
+    """Best-effort 3-set Venn; regions (100, 010, 110, 001, 101, 011, 111). The subtitle states the layout error.
+    Every region empty: a figure that says so (no circle)."""
+    counts = _region_counts(sizes_or_regions, 3)
+    if _all_empty(counts, 3):
+        return no_data_figure(title, EMPTY_UNION)
+    layout = venn3_layout(counts, method=method)
     sub = f"layout accuracy {100 * (1 - layout.region_error):.1f}% ({layout.method}; Σ|drawn − true| area = {100 * layout.region_error:.1f}% of union)"
     return _venn_figure(layout, labels, f"{title}<br><sup>{sub}</sup>", colors)
 

@@ -102,7 +102,10 @@ def behavior_task(config: dict):
 class FilesOverlap:
     """What the Overlap page shows of N mask sets: the overlap over the tensors every set holds, by
     (layer, module); by (layer, expert) over the per-expert tensors (None: no expert tensor); how
-    many tensors every set holds, and whether some set holds more."""
+    many tensors every set holds, and whether some set holds more. Tensors are matched by their name
+    without a model prefix (``model.``, ``transformer.``, ...: the rule checkpoints are aligned by) and
+    named as a set that carries the prefix names them. ``notes``: names matched across prefixes, tensors
+    compared over shared rows or left out (shapes that differ), or why there is no overlap."""
 
     report: object  # subnetviz.analysis.overlap.OverlapReport
     experts: object | None
@@ -110,31 +113,73 @@ class FilesOverlap:
     partial: bool
     mtp_layers: tuple = ()  # the layers that are a multi-token-prediction module's (labelled so)
     packed_experts: int = 0  # tensors holding every expert of a layer (not split per expert here: said so)
+    notes: tuple = ()
+
+
+def _matched(sets: Sequence) -> tuple[list[str], list[dict[str, str]], bool, int]:
+    """(the tensors every set holds, named; per set: name -> the set's own name; whether some set holds more;
+    how many were matched across different prefixes). Matched by :func:`~subnetviz.checkpoints.naming.strip_prefix`
+    (the first of a set's names that strip alike wins, as :func:`~subnetviz.checkpoints.align` keeps it), in the
+    first set's order; each named as the first set that keeps a prefix names it (as checkpoints and the other
+    pages name tensors), else unprefixed."""
+    from subnetviz.checkpoints.naming import strip_prefix
+
+    keyed = []
+    for s in sets:
+        m: dict[str, str] = {}
+        for n in s:
+            m.setdefault(strip_prefix(n), n)
+        keyed.append(m)
+    if not keyed:
+        return [], [], False, 0
+    keys = [k for k in keyed[0] if all(k in km for km in keyed[1:])]
+    partial = any(len(s) != len(keys) for s in sets)
+    shown = {k: next((km[k] for km in keyed if km[k] != k), k) for k in keys}
+    across = sum(1 for k in keys if len({km[k] for km in keyed}) > 1)
+    own = [{shown[k]: km[k] for k in keys} for km in keyed]
+    return [shown[k] for k in keys], own, partial, across
 
 
 def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     """The :class:`FilesOverlap` of loaded mask sets (:class:`~subnetviz.masks.MaskSet`), in this process."""
     from subnetviz.analysis.overlap import mask_overlap
     from subnetviz.checkpoints.naming import NameTable
+    from subnetviz.errors import MaskError
     from subnetviz.masks import PackedMasks
 
     sets = [m.masks for m in mask_sets]
-    shared = set.intersection(*(set(s) for s in sets)) if sets else set()
-    common = [k for k in sets[0] if k in shared] if sets else []  # the first file's order, in any process
-    partial = any(len(s) != len(common) for s in sets)
+    common, own, partial, across = _matched(sets)
     if not common:
         return FilesOverlap(None, None, 0, partial)
+    notes = []
+    if across:
+        notes.append(
+            f"{across:,} tensor(s) matched by name without the model prefix (e.g. model., transformer.), which "
+            "differs between the masks; named here as the checkpoint names them."
+        )
 
-    def only(s, keep):  # bit-packed masks stay packed (indexing one unpacks it, a byte per parameter)
-        return s.subset(keep) if isinstance(s, PackedMasks) else {k: s[k] for k in keep}
+    def only(k, keep):  # bit-packed masks stay packed (indexing one unpacks it, a byte per parameter)
+        s, names = sets[k], own[k]
+        if isinstance(s, PackedMasks):
+            out = PackedMasks()
+            for n in keep:
+                bits, shape = s.packed(names[n])
+                out.add_bits(n, bits, shape)
+            return out
+        return {n: s[names[n]] for n in keep}
+
+    def overlap(keep, group_of):  # tensors whose shapes differ: shared leading rows, or left out (said so)
+        return mask_overlap(
+            [only(k, keep) for k in range(len(sets))], list(labels), group_of=group_of, other_shapes="skip"
+        )
 
     # no config.json beside mask files: the family, an MTP module's layer and sandwich norms from the names
     table = NameTable.from_config({}, sorted(common))
-    report = mask_overlap(
-        [only(s, common) for s in sets],
-        list(labels),
-        group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
-    )
+    try:
+        report = overlap(common, lambda n: (table.describe(n).layer, table.describe(n).module))
+    except MaskError as exc:  # no tensor left to compare (every shape differs): said, not a failed page
+        return FilesOverlap(None, None, len(common), partial, notes=(*notes, str(exc)))
+    notes += report.notes
     # one expert's own tensors (routers are no expert's: the shared expert's cell took its gate in, as the
     # Sparsity page's by_expert does not); a packed tensor holds every expert of a layer and is counted apart
     infos = {n: table.describe(n) for n in common}
@@ -142,13 +187,12 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     packed = sum(1 for i in infos.values() if i.expert == "all" and i.module != "router")
     experts = None
     if names:
-        experts = mask_overlap(
-            [only(s, names) for s in sets],
-            list(labels),
-            group_of=lambda n: (infos[n].layer, expert_label(infos[n].expert)),
-        )
+        try:
+            experts = overlap(names, lambda n: (infos[n].layer, expert_label(infos[n].expert)))
+        except MaskError:  # every expert tensor left out: the main report's notes say which
+            experts = None
     mtp = {info.layer for info in infos.values() if info.block == "mtp" and info.layer is not None}
-    return FilesOverlap(report, experts, len(common), partial, tuple(sorted(mtp)), packed)
+    return FilesOverlap(report, experts, len(common), partial, tuple(sorted(mtp)), packed, tuple(notes))
 
 
 def expert_label(expert) -> str:

@@ -169,7 +169,8 @@ def merge_series(parts: Sequence, steps: Sequence[int]):
     for p in parts:  # disjoint tensor groups: each key read one way, listed once
         for kind, keys in getattr(p, "forms", {}).items():
             forms.setdefault(kind, []).extend(keys)
-    return SeriesResult(rows, split, numel, forms)
+    # how the checkpoints were paired and read (only-in tensors, resized vocabularies, adapters): every part's same
+    return SeriesResult(rows, split, numel, forms, list(getattr(parts[0], "reading", [])))
 
 
 def _series_part(paths: list[str], steps: list[int], keys: list[str]):
@@ -197,11 +198,15 @@ def series_fanout(
     ``timeout``: as :func:`ray_map`'s.
     """
     from subnetviz.checkpoints import align, open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
 
     paths = [str(p) for p in paths]
     steps = list(steps) if steps is not None else list(range(len(paths)))
-    cks = [open_checkpoint(p) for p in paths]
+    cks = [open_checkpoint(paths[0])]
     try:
+        cks += [
+            open_finetune(p, cks[0]) for p in paths[1:]
+        ]  # (a PEFT adapter merged onto the first, as a part reads it)
         al = align(cks)
         sizes = [(t.key, cks[0].meta(t.names[0]).numel) for t in al.tensors]
     finally:
@@ -226,12 +231,15 @@ def pair_report(base: str, finetuned: str, label: str, options):
 def merge_overlap(base: str, reports: Sequence):
     """The overlap of the reports' update masks over the tensors all of them cover, grouped by
     (layer, module) of the base's naming table, in the base's tensor order: as the local N-model
-    analysis computes it (None for fewer than two reports)."""
-    from subnetviz.analysis.overlap import mask_overlap
+    analysis computes it (None for fewer than two reports, or more than the N-way counting takes, or none left to
+    compare; a tensor whose rows differ between the models, a resized vocabulary, over their shared rows: said in
+    the report's notes)."""
+    from subnetviz.analysis.overlap import MAX_MASKS, mask_overlap
     from subnetviz.analysis.update_pass import MaskSubset
     from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.errors import MaskError
 
-    if len(reports) < 2:
+    if not 2 <= len(reports) <= MAX_MASKS:  # (17 to 32 finetunes failed the whole analysis here)
         return None
     ck = open_checkpoint(base)
     try:
@@ -239,11 +247,15 @@ def merge_overlap(base: str, reports: Sequence):
     finally:
         ck.close()
     common = set.intersection(*(set(r.masks) for r in reports))
-    return mask_overlap(
-        [MaskSubset(r.masks, common) for r in reports],  # packed bits reach the pass through .masks
-        [r.model for r in reports],
-        group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
-    )
+    try:
+        return mask_overlap(
+            [MaskSubset(r.masks, common) for r in reports],  # packed bits reach the pass through .masks
+            [r.model for r in reports],
+            group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
+            other_shapes="skip",
+        )
+    except MaskError:  # no tensor left to compare: the reports stand without an overlap, as the local analysis's
+        return None
 
 
 def updates_fanout(

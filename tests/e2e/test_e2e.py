@@ -262,10 +262,10 @@ def test_a_layer_in_unicode_digits_is_dropped_and_the_export_still_downloads(bro
 
 
 def test_overlap_view_and_pair_round_trip_through_the_url(browser, app_url):
-    """What the page writes into the URL (the × chance view, the per-layer pair) reopens the same view."""
+    """What the page writes into the URL (the × per-tensor chance view, the per-layer pair) reopens the same view."""
     ctx, page = open_page(browser, app_url + "/overlap", height=2400)
     try:
-        page.get_by_text("× chance", exact=True).click()
+        page.get_by_text("× per-tensor chance", exact=True).click()
         page.wait_for_url("**ov_view=**", timeout=60_000)
         wait_for_app(page)
         page.get_by_role("tab", name="Per layer").click()
@@ -280,7 +280,7 @@ def test_overlap_view_and_pair_round_trip_through_the_url(browser, app_url):
         ctx.close()
     ctx2, page2 = open_page(browser, shared, height=2400)
     try:
-        assert page2.get_by_role("radio", name="× chance").is_checked()
+        assert page2.get_by_role("radio", name="× per-tensor chance").is_checked()
         box = page2.get_by_test_id("stSelectbox").filter(has_text="Per-layer view of the pair")
         assert box.locator("input").input_value() == "Δ grpo-s1 ∩ Δ grpo-s2"
         assert page2.get_by_test_id("stException").count() == 0
