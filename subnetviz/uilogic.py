@@ -306,7 +306,7 @@ def subspaces_cached(ws: Workspace, k: int) -> bool:
     """Whether the subspaces tab's analysis at ``k`` is in the disk cache (headers only)."""
     from subnetviz.analysis.subspaces import is_cached
 
-    return is_cached(ws.base, list(ws.paths), labels=list(ws.labels), options=subspace_options(k))
+    return is_cached(ws.base, list(ws.paths), labels=list(ws.labels), options=subspace_options(k), device=ws.device)
 
 
 def subspaces_cost(ws: Workspace, k: int):

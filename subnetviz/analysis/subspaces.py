@@ -593,6 +593,37 @@ def read_subspace_notes(folder: str | os.PathLike) -> list[str]:
     return [str(n) for n in json.loads(path.read_text())] if path.is_file() else []
 
 
+def _skips_fit_now(ck_base, cks: Sequence, labels: Sequence[str], folder, options: SubspaceOptions, device) -> bool:
+    """Whether the cached rows in ``folder`` hold a comparison skipped for lack of memory that this machine has the
+    memory for now (the same check :func:`analyze_subspaces` makes before reading a pair)."""
+    from subnetviz.analysis.quant import checkpoint_forms
+    from subnetviz.config import resolve_device
+
+    path = Path(folder) / "subspaces.csv"
+    if not path.is_file():
+        return False
+    rows = _cache.read_frame(path)
+    skipped = rows[rows["method"].astype(str).str.startswith("skipped")]
+    if skipped.empty:
+        return False
+    per_key, _, _ = _matrices(ck_base, cks)
+    forms_base, dev = checkpoint_forms(ck_base), resolve_device(device)
+    where = {lab: i for i, lab in enumerate(labels)}
+    for model, name in zip(skipped["model"], skipped["name"], strict=True):
+        i = where.get(str(model))
+        if i is None:
+            continue
+        at = next((t for t in per_key[i].values() if any(n == name for n, _ in _parts(t))), None)
+        if at is None:
+            continue
+        fb = checkpoint_forms(cks[i])[at.names[1]]
+        quantized = forms_base[at.names[0]].kind != "float" or fb.kind != "float"
+        shape = (int(at.shape[-2]), int(at.shape[-1]))
+        if not _memory_short(ck_base, cks[i], at, shape, options, dev, quantized):
+            return True
+    return False
+
+
 def _entry(base, finetuned: Sequence, labels: Sequence[str], options: SubspaceOptions, cache_root):
     """The checkpoints and the cache entry of :func:`cached_subspaces` (headers only)."""
     from subnetviz.checkpoints import open_checkpoint
@@ -619,10 +650,13 @@ def is_cached(
     *,
     labels: Sequence[str],
     options: SubspaceOptions = SubspaceOptions(),
+    device: str = "auto",
     cache_root: str | os.PathLike | None = None,
 ) -> bool:
-    """Whether :func:`cached_subspaces` with these arguments would read its result from the cache."""
-    return _entry(base, finetuned, labels, options, cache_root)[2].ready
+    """Whether :func:`cached_subspaces` with these arguments would read its result from the cache (not an entry
+    it computes again because memory now allows a comparison it skipped; see :func:`_skips_fit_now`)."""
+    ck_base, cks, ent = _entry(base, finetuned, labels, options, cache_root)
+    return ent.ready and not _skips_fit_now(ck_base, cks, labels, ent.folder, options, device)
 
 
 def cached_subspaces(
@@ -639,16 +673,19 @@ def cached_subspaces(
     """:func:`analyze_subspaces` through the on-disk cache, keyed by fingerprints, labels and options: the (rows,
     vectors) frames, and with ``with_notes`` the table's notes too (served from the cache as computed).
 
-    A table holding a comparison skipped for lack of memory is returned, not cached: memory is the machine's
-    state at that moment, not a property of the inputs, and the next call computes it again (a cached skip was
-    served for ever, however much memory was free later)."""
+    A comparison skipped for lack of memory is a state of the machine when it ran, not of the inputs: an entry
+    holding one is computed again (and replaced) once this machine has the memory for it (:func:`_skips_fit_now`),
+    and served as it is while it has not (a cached skip was served for ever, however much memory was free later;
+    never caching it computed every matrix again on each visit of a machine that can never fit one)."""
     ck_base, cks, ent = _entry(base, finetuned, labels, options, cache_root)
-    if not ent.ready:
+    stale = ent.ready and _skips_fit_now(ck_base, cks, labels, ent.folder, options, device)
+    if not ent.ready or stale:
         table = analyze_subspaces(ck_base, cks, labels=labels, options=options, device=device, progress=progress)
-        if any(r.method.startswith("skipped") for rs in table.results.values() for r in rs):
-            frames = (table.to_frame(), table.vectors())
-            return (*frames, list(table.notes)) if with_notes else frames
-        with ent.publish() as folder:
+        if stale:
+            table.notes.insert(
+                0, "subspaces: memory now allows a comparison the cached result had skipped: computed again."
+            )
+        with ent.publish(replace=stale) as folder:
             write_subspaces(table, folder)
     frames = read_subspaces(ent.folder)
     return (*frames, read_subspace_notes(ent.folder)) if with_notes else frames

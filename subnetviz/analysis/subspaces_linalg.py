@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from subnetviz.analysis.bits import int_view
 from subnetviz.errors import ConfigError
 
 _CHUNK_ELEMENTS = 1 << 24  # float64 chunk of the long side: 128 MB
@@ -186,11 +187,11 @@ def principal_threshold(mag: torch.Tensor, count: int) -> tuple[float, int, int]
     n = mag.numel()
     if not 1 <= count <= n:
         raise ConfigError(f"principal_threshold: count {count} is outside 1..{n}.")
-    v = mag.view(torch.int32)
+    v = int_view(mag)  # (float32 -> int32)
     hi, above_hi = _select_bin(_histogram(v, 16, 1 << 15), count)
     lo_hist = _histogram(v, 0, 1 << 16, keep=hi)
     lo, above_lo = _select_bin(lo_hist, count - above_hi)
-    t = torch.tensor([(hi << 16) | lo], dtype=torch.int32).view(torch.float32)
+    t = np.array([(hi << 16) | lo], dtype=np.int32).view(np.float32)[0]  # the bits back as the value
     return float(t), above_hi + above_lo, int(lo_hist[lo])
 
 

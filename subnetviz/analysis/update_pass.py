@@ -452,25 +452,30 @@ class _Walk:
         fails the analysis: the reports stand without it."""
         if len(self.cks) < 2 or not self.options.keep_masks:
             return None, []
-        if len(self.cks) > MAX_MASKS:  # 2**N regions: the N-way counting stops at MAX_MASKS masks
-            return None, [
-                f"not computed for {len(self.cks)} models; the N-way overlap (Venn, UpSet, pairwise, consensus) "
-                f"takes at most {MAX_MASKS} masks. Each model's mask is kept (in its report, and saved with the "
-                "analysis): the Overlap page compares up to 8 of them at a time."
-            ]
-        common = set.intersection(*(set(m) for m in self.masks))
-        sets = [MaskSubset(m, common) for m in self.masks]  # unpacked one tensor at a time by the overlap pass
-        describe = self.table.describe
-        try:  # a vocabulary resized in some finetunes only: the shared leading rows (said in the notes)
-            report = mask_overlap(
-                sets,
-                self.labels,
-                group_of=lambda n: (describe(n).layer, describe(n).module),
-                other_shapes="skip",
-            )
-        except MaskError as exc:  # e.g. no tensor left to compare: the reports stand, the overlap is said missing
-            return None, [f"not computed: {exc}"]
-        return report, list(report.notes)
+        return overlap_of(self.masks, self.labels, self.table)
+
+
+def overlap_of(masks: Sequence, labels: Sequence[str], table) -> tuple[OverlapReport | None, list[str]]:
+    """The overlap of N models' update masks (``masks``: name -> mask each, bool or bit-packed) over the tensors
+    all of them hold, grouped by (layer, module) of the naming ``table``, and its notes (tensors compared over
+    their shared rows only, or why there is none: more models than the N-way counting takes, or no tensor to
+    compare). It never fails: the reports stand without it. The local pass and a cluster's merge both use it."""
+    if len(masks) > MAX_MASKS:  # 2**N regions: the N-way counting stops at MAX_MASKS masks
+        return None, [
+            f"not computed for {len(masks)} models; the N-way overlap (Venn, UpSet, pairwise, consensus) "
+            f"takes at most {MAX_MASKS} masks. Each model's mask is kept (in its report, and saved with the "
+            "analysis): the Overlap page compares up to 8 of them at a time."
+        ]
+    common = set.intersection(*(set(m) for m in masks))
+    sets = [MaskSubset(m, common) for m in masks]  # unpacked one tensor at a time by the overlap pass
+    describe = table.describe
+    try:  # a vocabulary resized in some finetunes only: the shared leading rows (said in the notes)
+        report = mask_overlap(
+            sets, list(labels), group_of=lambda n: (describe(n).layer, describe(n).module), other_shapes="skip"
+        )
+    except MaskError as exc:  # e.g. no tensor left to compare: the reports stand, the overlap is said missing
+        return None, [f"not computed: {exc}"]
+    return report, list(report.notes)
 
 
 def warm() -> float:

@@ -308,12 +308,12 @@ def map_checked(path: Path, raw: bytes) -> tuple[mmap.mmap, int]:
 
 def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
     """A ``torch.save`` state dict (``pytorch_model*.bin``, ``.pt``): checked as an uploaded mask is before
-    ``torch.load(weights_only=True)`` reads it (:func:`~subnetviz.masks.check_torch_file`: its pickles walked
+    ``torch.load(weights_only=True)`` reads it (:func:`~subnetviz.pickles.check_torch_file`: its pickles walked
     first, compressed records refused), its tensors then checked."""
     import torch
 
     from subnetviz.errors import MaskError
-    from subnetviz.masks import check_torch_file
+    from subnetviz.pickles import check_torch_file
 
     try:
         check_torch_file(path)

@@ -231,31 +231,24 @@ def pair_report(base: str, finetuned: str, label: str, options):
 def merge_overlap(base: str, reports: Sequence):
     """The overlap of the reports' update masks over the tensors all of them cover, grouped by
     (layer, module) of the base's naming table, in the base's tensor order: as the local N-model
-    analysis computes it (None for fewer than two reports, or more than the N-way counting takes, or none left to
-    compare; a tensor whose rows differ between the models, a resized vocabulary, over their shared rows: said in
-    the report's notes)."""
-    from subnetviz.analysis.overlap import MAX_MASKS, mask_overlap
-    from subnetviz.analysis.update_pass import MaskSubset
-    from subnetviz.checkpoints import open_checkpoint
-    from subnetviz.errors import MaskError
+    analysis computes it (None for fewer than two reports, or where the local analysis has none)."""
+    return overlap_with_notes(base, reports)[0]
 
-    if not 2 <= len(reports) <= MAX_MASKS:  # (17 to 32 finetunes failed the whole analysis here)
-        return None
+
+def overlap_with_notes(base: str, reports: Sequence) -> tuple:
+    """:func:`merge_overlap` and the notes the local analysis gives with it
+    (:func:`~subnetviz.analysis.update_pass.overlap_of`: shared rows of a resized vocabulary, too many models)."""
+    from subnetviz.analysis.update_pass import overlap_of
+    from subnetviz.checkpoints import open_checkpoint
+
+    if len(reports) < 2:
+        return None, []
     ck = open_checkpoint(base)
     try:
         table = ck.names_table
     finally:
         ck.close()
-    common = set.intersection(*(set(r.masks) for r in reports))
-    try:
-        return mask_overlap(
-            [MaskSubset(r.masks, common) for r in reports],  # packed bits reach the pass through .masks
-            [r.model for r in reports],
-            group_of=lambda n: (table.describe(n).layer, table.describe(n).module),
-            other_shapes="skip",
-        )
-    except MaskError:  # no tensor left to compare: the reports stand without an overlap, as the local analysis's
-        return None
+    return overlap_of([r.masks for r in reports], [r.model for r in reports], table)  # (packed bits: .masks)
 
 
 def updates_fanout(
@@ -336,7 +329,8 @@ def merge_analyses(base: str, parts: Sequence, options):
     split = [_split_notes(a) for a in parts]
     notes = [*split[0][0], *(n for _, own in split for n in own)]
     spectra = None if parts[0].spectra is None else {lab: a.spectra[lab] for lab, a in zip(labels, parts, strict=True)}
-    overlap = merge_overlap(base, reports) if options.keep_masks else None
+    overlap, said = overlap_with_notes(base, reports) if options.keep_masks else (None, [])
+    notes += [f"Overlap of the update masks: {n}" for n in said]  # (as the local pass says them)
     return UpdateAnalysis(parts[0].base, labels, reports, spectra, None, None, overlap, notes, 0.0)
 
 

@@ -107,12 +107,13 @@ class TrainConfig:
     def random_mask(self) -> bool:
         return self.mask is not None and self.mask.startswith(RANDOM_PREFIX)
 
-    def validate(self, *, check_output: bool = True) -> list[str]:
+    def validate(self, *, check_output: bool = True, all_rows: bool = False) -> list[str]:
         """Raise :class:`ConfigError` naming every field that is missing, unknown or out of range.
 
         ``check_output=False`` skips the "output_dir must not exist" rule (used when a job writes
-        into its own fresh temporary folder). Returns notes worth a line in the run's log (rows TRL
-        will drop); data that TRL would drop entirely is refused.
+        into its own fresh temporary folder). Data that TRL would drop entirely is refused: its rows are
+        tokenized until one is kept. With ``all_rows`` (the training process's main rank) every row is, and the
+        notes worth a line in the run's log (the rows TRL will drop) are returned; otherwise [].
         """
         problems = [
             *self._path_problems(check_output),
@@ -138,7 +139,9 @@ class TrainConfig:
             return []
         # TRL keeps the first MAX_LENGTH tokens of prompt + completion and drops rows left without a completion
         # token: with none left the run failed after the model had loaded (num_samples=0).
-        dropped, fewest = rows_over_length(rows, tok, self.algorithm, MAX_LENGTH)
+        dropped, fewest = rows_over_length(
+            rows, tok, self.algorithm, MAX_LENGTH, until_kept=not all_rows, where=f"data {self.data!r}"
+        )
         limit = f"within the limit of {MAX_LENGTH} tokens of prompt + completion (TRL's max_length)"
         if len(dropped) == len(rows):
             why = (
@@ -148,7 +151,7 @@ class TrainConfig:
                 else "the completions add no token after their prompts in the base's tokenizer"
             )
             raise ConfigError(f"data {self.data!r}: no row keeps a completion token {limit}: {why}.")
-        if not dropped:
+        if not dropped or not all_rows:
             return []
         which = ", ".join(str(i + 1) for i in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
         return [

@@ -101,7 +101,9 @@ def load_dataset(path: str | os.PathLike, algorithm: str):
     return Dataset.from_dict({k: [r[k] for r in rows] for k in keys})
 
 
-def rows_over_length(rows: list[dict], tokenizer, algorithm: str, max_length: int) -> tuple[list[int], int | None]:
+def rows_over_length(
+    rows: list[dict], tokenizer, algorithm: str, max_length: int, *, until_kept: bool = False, where: str = "data"
+) -> tuple[list[int], int | None]:
     """The rows (0-based indices) TRL's SFT or DPO trainer drops because none of their completion tokens lies within
     the first ``max_length`` tokens of prompt + completion (its ``keep_start`` truncation), and the fewest prompt
     tokens among them (None when none is dropped).
@@ -110,34 +112,61 @@ def rows_over_length(rows: list[dict], tokenizer, algorithm: str, max_length: in
     template (the prompt with the generation prompt); the completion starts where the tokenized prompt and
     prompt + completion diverge. SFT keeps a row with a completion token before ``max_length``; DPO one whose
     prompt is shorter than ``max_length``.
+
+    ``until_kept``: stop at the first batch that keeps a row (what a submit needs to know: whether any row is
+    left; tokenizing a whole dataset there held the page for seconds per 10k rows), so the drops returned are
+    those met until then. A row the tokenizer or its chat template cannot take is a one-line
+    :class:`~subnetviz.errors.ConfigError` naming ``where`` and the row.
     """
+    from subnetviz.errors import ConfigError
+
     completions = ("completion",) if algorithm == "sft" else ("chosen", "rejected")
     eos = getattr(tokenizer, "eos_token", None)
     dropped: list[int] = []
     fewest: int | None = None
-    is_chat = [any(isinstance(r[k], list) for k in ("prompt", *completions)) for r in rows]
-    plain = [i for i, c in enumerate(is_chat) if not c]
-    chat = [i for i, c in enumerate(is_chat) if c]
-    lengths: dict[int, tuple[int, bool]] = {}  # row -> (prompt tokens, keeps a completion token)
-    for start in range(0, len(plain), 1024):  # batched: a fast tokenizer encodes a batch in one call
-        idx = plain[start : start + 1024]
-        prompts = tokenizer([rows[i]["prompt"] for i in idx])["input_ids"]
-        full = [
-            tokenizer([rows[i]["prompt"] + _with_eos(rows[i][k], eos) for i in idx])["input_ids"] for k in completions
-        ]
-        for j, i in enumerate(idx):
-            lengths[i] = _kept(prompts[j], [f[j] for f in full], algorithm, max_length)
-    for i in chat:
-        r = rows[i]
-        prompt = _chat_ids(tokenizer, r["prompt"], r, add_generation_prompt=True)
-        full = [_chat_ids(tokenizer, _messages(r["prompt"]) + _messages(r[k]), r) for k in completions]
-        lengths[i] = _kept(prompt, full, algorithm, max_length)
-    for i in sorted(lengths):
-        n, kept = lengths[i]
-        if not kept:
-            dropped.append(i)
-            fewest = n if fewest is None else min(fewest, n)
+    step = 1024  # a fast tokenizer encodes a batch in one call
+    for start in range(0, len(rows), step):
+        kept_any = False
+        for i, n, kept in _lengths(rows, range(start, min(start + step, len(rows))), tokenizer, completions, eos,
+                                   algorithm, max_length, where, ConfigError):  # fmt: skip
+            if kept:
+                kept_any = True
+            else:
+                dropped.append(i)
+                fewest = n if fewest is None else min(fewest, n)
+        if until_kept and kept_any:
+            break
     return dropped, fewest
+
+
+def _lengths(rows, idx, tokenizer, completions, eos, algorithm, max_length, where, error):
+    """(row, prompt tokens, whether TRL keeps it) for the rows ``idx``, plain ones in one batch call."""
+    is_chat = {i: any(isinstance(rows[i][k], list) for k in ("prompt", *completions)) for i in idx}
+    plain = [i for i in idx if not is_chat[i]]
+    out = []
+    try:
+        if plain:
+            prompts = tokenizer([rows[i]["prompt"] for i in plain])["input_ids"]
+            full = [tokenizer([rows[i]["prompt"] + _with_eos(rows[i][k], eos) for i in plain])["input_ids"]
+                    for k in completions]  # fmt: skip
+            out += [(i, *_kept(prompts[j], [f[j] for f in full], algorithm, max_length)) for j, i in enumerate(plain)]
+    except Exception as exc:  # noqa: BLE001 - the tokenizer's own error, about someone's data
+        raise error(
+            f"{where}: rows {plain[0] + 1}-{plain[-1] + 1} cannot be tokenized ({type(exc).__name__}: {exc})."
+        ) from None
+    for i in idx:
+        if not is_chat[i]:
+            continue
+        r = rows[i]
+        try:
+            prompt = _chat_ids(tokenizer, r["prompt"], r, add_generation_prompt=True)
+            full = [_chat_ids(tokenizer, _messages(r["prompt"]) + _messages(r[k]), r) for k in completions]
+        except Exception as exc:  # noqa: BLE001 - a template, tools or template arguments that do not fit
+            raise error(
+                f"{where}: row {i + 1}: its chat template cannot be applied ({type(exc).__name__}: {exc})."
+            ) from None
+        out.append((i, *_kept(prompt, full, algorithm, max_length)))
+    return sorted(out)
 
 
 def _with_eos(text: str, eos: str | None) -> str:
@@ -154,6 +183,7 @@ def _chat_ids(tokenizer, messages, row: dict, **kwargs) -> list[int]:
     tools = row.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
     extra = row.get("chat_template_kwargs") if isinstance(row.get("chat_template_kwargs"), dict) else {}
+    extra = {k: v for k, v in extra.items() if k not in ("add_generation_prompt", "tokenize", "return_dict", "tools")}
     out = tokenizer.apply_chat_template(
         _messages(messages), tokenize=True, return_dict=True, tools=tools, **extra, **kwargs
     )

@@ -246,7 +246,8 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
     Runs in this process (or as one rank of an ``accelerate launch``); starting the processes of a
     multi-process ``strategy`` is :func:`launch_and_train`'s job.
     """
-    notes = cfg.validate()
+    # every row's length on the main rank only (the notes go to its log; each rank would tokenize the whole data)
+    notes = cfg.validate(all_rows=os.environ.get("RANK", "0") == "0")
     if cfg.strategy in zero.ZERO_STRATEGIES:
         if why := zero.zero_available():
             raise ConfigError(why + ".")

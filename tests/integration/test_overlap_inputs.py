@@ -89,6 +89,23 @@ def test_a_resized_vocabulary_compares_the_shared_rows_in_the_update_analysis(re
     assert said and "first 10 rows" in said[0] and "B: 16" in said[0], an.notes
 
 
+def test_a_cluster_merge_of_a_resized_vocabulary_says_what_the_local_analysis_says(resized):
+    """On a cluster the per-pair analyses are merged (merge_analyses): its overlap and its notes are the local
+    analysis's (the shared-rows note was dropped there)."""
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import analyze_updates
+    from subnetviz.jobs.fanout import merge_analyses, pair_analysis
+
+    _, (base, a, b), _ = resized
+    local = analyze_updates(base, [a, b], labels=["A", "B"], spectra=None, device="cpu")
+    options = SparsityOptions()
+    parts = [pair_analysis(base, f, lab, options, None, "cpu") for f, lab in ((a, "A"), (b, "B"))]
+    merged = merge_analyses(base, parts, options)
+    overlap_notes = [n for n in local.notes if n.startswith("Overlap of the update masks")]
+    assert overlap_notes and [n for n in merged.notes if n.startswith("Overlap of the update masks")] == overlap_notes
+    assert merged.overlap.pairwise.equals(local.overlap.pairwise)
+
+
 def test_the_cli_analyzes_a_resized_vocabulary(resized, monkeypatch):
     from subnetviz.__main__ import main
 

@@ -102,25 +102,32 @@ def test_a_packed_expert_tensor_stored_quantized_is_left_out_with_a_note(gptoss,
     assert any("1 packed expert tensor(s) stored quantized" in n and "gate_up_proj" in n for n in table.notes)
 
 
-# --- 2. a skip for lack of memory is not cached -----------------------------------------------------------------
-def test_a_comparison_skipped_for_lack_of_memory_is_not_served_from_the_cache(tmp_path, monkeypatch):
+# --- 2. a skip for lack of memory is not served for good ---------------------------------------------------------
+def test_a_comparison_skipped_for_lack_of_memory_is_computed_again_once_memory_allows(tmp_path, monkeypatch):
     base = make_llama(tmp_path / "base", seed=0)
     ft = write_folder(tmp_path / "ft", _moved(read_state_dict(base), 0.05, 2), base)
     args = dict(labels=["m"], options=SubspaceOptions(k=2), device="cpu", cache_root=tmp_path / "cache")
     name = "model.layers.0.mlp.down_proj.weight"
-    real = S._memory_short
+    real, real_analyze = S._memory_short, S.analyze_subspaces
     monkeypatch.setattr(S, "_memory_short", lambda ck_b, ck, at, *a, **kw: SHORT if at.names[0] == name else None)
     rows, vectors, notes = S.cached_subspaces(str(base), [str(ft)], with_notes=True, **args)
     row = rows.set_index("name").loc[name]
     assert row["method"] == f"skipped, {SHORT}" and math.isnan(row["angle_left_max"])
     assert any("1 matrix comparison(s) skipped" in n for n in notes)
-    assert not S.is_cached(str(base), [str(ft)], labels=["m"], options=args["options"], cache_root=args["cache_root"])
+    cached = dict(labels=["m"], options=args["options"], device="cpu", cache_root=args["cache_root"])
+    assert S.is_cached(str(base), [str(ft)], **cached)  # still short: the cached result is the answer
+    computed = []
+    monkeypatch.setattr(S, "analyze_subspaces", lambda *a, **kw: computed.append(1) or real_analyze(*a, **kw))
+    again = S.cached_subspaces(str(base), [str(ft)], **args)[0]
+    assert not computed and again.set_index("name").loc[name, "method"] == f"skipped, {SHORT}"
     monkeypatch.setattr(S, "_memory_short", real)  # memory to spare now: the row is computed
-    rows2, vectors2 = S.cached_subspaces(str(base), [str(ft)], **args)
+    assert not S.is_cached(str(base), [str(ft)], **cached)  # (the page prices it as work, not as a cache read)
+    rows2, vectors2, notes2 = S.cached_subspaces(str(base), [str(ft)], with_notes=True, **args)
     row2 = rows2.set_index("name").loc[name]
-    assert row2["method"] == "gram" and row2["angle_left_max"] > 0
+    assert computed and row2["method"] == "gram" and row2["angle_left_max"] > 0
     assert len(vectors2) == len(vectors) + 2  # its K = 2 angles and ratios too
-    assert S.is_cached(str(base), [str(ft)], labels=["m"], options=args["options"], cache_root=args["cache_root"])
+    assert any("computed again" in n for n in notes2)
+    assert S.is_cached(str(base), [str(ft)], **cached)
 
 
 # --- 3. NaN / Inf weights -------------------------------------------------------------------------------------

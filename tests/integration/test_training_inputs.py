@@ -211,8 +211,32 @@ def test_data_whose_prompts_fill_max_length_is_refused_before_training(data, tmp
     rows[2] = {"prompt": long, "completion": "2"}
     some.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = _cfg(base, some, tmp_path / "out2", steps=1)
-    (note,) = cfg.validate()
+    assert cfg.validate() == []  # at submit: tokenized until a row is kept, no more (the page waits for it)
+    (note,) = cfg.validate(all_rows=True)
     assert f"1 of {len(rows)} rows keep no completion token within the limit of {MAX_LENGTH} tokens" in note
     assert note.endswith("left out of training (rows 3)")
     assert train(cfg).steps_done == 1
     assert "1 of 8 rows" in capsys.readouterr().err
+
+
+def test_rows_a_chat_template_cannot_take_are_refused_in_one_line(tmp_path):
+    """Tools that are no JSON, or template arguments that collide with the call's own, raised a JSONDecodeError /
+    TypeError out of the submit (the page's "a bug" notice): one line naming the file and the row."""
+    from transformers import AutoTokenizer
+
+    from subnetviz.training.data import rows_over_length
+
+    base = make_tiny_llama(tmp_path / "base", hidden=16, intermediate=32)
+    tok = AutoTokenizer.from_pretrained(base)
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    msg = [{"role": "user", "content": "1+1="}]
+    good = {"prompt": msg, "completion": [{"role": "assistant", "content": "2"}]}
+    with pytest.raises(ConfigError, match=r"^data 'x.jsonl': row 2: its chat template cannot be applied") as e:
+        rows_over_length([good, {**good, "tools": "{not json"}], tok, "sft", MAX_LENGTH, where="data 'x.jsonl'")
+    assert "\n" not in str(e.value)
+    collide = {**good, "chat_template_kwargs": {"add_generation_prompt": True, "tokenize": False}}
+    assert rows_over_length([good, collide], tok, "sft", MAX_LENGTH) == ([], None)  # the call's own keys win
+    # until_kept: the rows after the first batch that keeps one are not tokenized
+    many = [good] * 2048 + [{**good, "tools": "{not json"}]
+    assert rows_over_length(many, tok, "sft", MAX_LENGTH, until_kept=True) == ([], None)
