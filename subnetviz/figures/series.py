@@ -105,6 +105,17 @@ def series_lines(
 
 
 @takes_data()
+def _wrapped(text: str, width: int = 40) -> str:
+    """``text`` broken into lines of at most about ``width`` characters at spaces (Plotly's ``<br>``)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
 def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") -> go.Figure:
     """One stacked horizontal bar: columns part, count (share computed), in fixed category colours."""
     if df.empty:
@@ -118,7 +129,7 @@ def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") ->
             go.Bar(
                 y=[""],
                 x=[share],
-                name=str(row.part),
+                name=_wrapped(str(row.part)),  # (a long part name clipped at the legend's right edge)
                 orientation="h",
                 marker_color=SPLIT_COLORS.get(str(row.part), PALETTE[i % len(PALETTE)]),
                 text=[f"{share:.1f} %"],
