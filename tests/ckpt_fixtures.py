@@ -214,3 +214,15 @@ def gpt_oss_mxfp4(folder: Path, bf16: Path, scales: tuple[int, int] = (118, 134)
         sd[f"{name}_blocks"] = torch.randint(0, 256, (e, n_out, n_in // 32, 16), generator=g, dtype=torch.uint8)
         sd[f"{name}_scales"] = torch.randint(*scales, (e, n_out, n_in // 32), generator=g, dtype=torch.uint8)
     return write_folder(folder, sd, bf16, quantization_config=MXFP4_CONFIG)
+
+
+# The series' two comparison loops (tests/unit/test_series.py, tests/integration/test_series_inputs.py)
+@pytest.fixture(params=["jit", "numpy"])
+def loop(request, monkeypatch):
+    """Both comparison loops: the compiled one (where numba is installed) and the NumPy blocks."""
+    from subnetviz.analysis import series_jit
+
+    if request.param == "jit" and not series_jit.available():
+        pytest.skip("numba not installed")
+    monkeypatch.setenv("SUBNETVIZ_JIT", "1" if request.param == "jit" else "0")
+    return request.param

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from subnetviz.jobs import context, scheduler
 from subnetviz.jobs.runner import JobRunner
 from subnetviz.report.training import has_curves
+from tests.integration.test_runner import _row, _wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = [
@@ -83,24 +83,6 @@ def allow_test_jobs(monkeypatch):
 
 def _runner(root, command=WORKER, **kw) -> JobRunner:
     return JobRunner(root, max_concurrent=kw.pop("max_concurrent", 1), command=command, cancel_grace_s=3.0, **kw)
-
-
-def _wait_for(pred, timeout=30.0):
-    deadline = time.time() + timeout
-    while not pred():
-        if time.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
-def _row(root: Path, run_id: str) -> dict:
-    """The run's registry row, read straight from SQLite (no runner, so nothing polls)."""
-    con = sqlite3.connect(root / "registry.sqlite")
-    try:
-        con.row_factory = sqlite3.Row
-        return dict(con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
-    finally:
-        con.close()
 
 
 def _sleeper_running(r: JobRunner) -> tuple[str, Path, int]:

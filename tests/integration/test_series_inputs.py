@@ -28,17 +28,6 @@ def _write(path, tensors, config=None):
     return str(path)
 
 
-@pytest.fixture(params=["jit", "numpy"])
-def loop(request, monkeypatch):
-    """Both comparison loops: the compiled one (where numba is installed) and the NumPy blocks."""
-    from subnetviz.analysis import series_jit
-
-    if request.param == "jit" and not series_jit.available():
-        pytest.skip("numba not installed")
-    monkeypatch.setenv("SUBNETVIZ_JIT", "1" if request.param == "jit" else "0")
-    return request.param
-
-
 def _bits(x: torch.Tensor) -> np.ndarray:
     return x.contiguous().view(VIEWS[x.element_size()]).reshape(-1).numpy()
 

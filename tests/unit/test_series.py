@@ -169,17 +169,6 @@ def test_series_random_walk_matches_reference_and_reads_each_checkpoint_once(
     assert sum(total["ever_back"]) > 0  # the walk did cancel out somewhere
 
 
-@pytest.fixture(params=["jit", "numpy"])
-def loop(request, monkeypatch):
-    """Both comparison loops: the compiled one (where numba is installed) and the NumPy blocks."""
-    from subnetviz.analysis import series_jit
-
-    if request.param == "jit" and not series_jit.available():
-        pytest.skip("numba not installed")
-    monkeypatch.setenv("SUBNETVIZ_JIT", "1" if request.param == "jit" else "0")
-    return request.param
-
-
 @pytest.mark.parametrize(("seed", "read_ahead"), [(3, None), (4, True), (5, False)])
 def test_both_loops_give_the_reference_counts(tmp_path, monkeypatch, loop, seed, read_ahead):
     """bf16, fp16, fp32 and fp64 random walks of sizes below, at and past the compiled loop's
