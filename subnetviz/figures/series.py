@@ -104,7 +104,6 @@ def series_lines(
     return fig
 
 
-@takes_data()
 def _wrapped(text: str, width: int = 40) -> str:
     """``text`` broken into lines of at most about ``width`` characters at spaces (Plotly's ``<br>``)."""
     lines: list[str] = []
@@ -116,6 +115,7 @@ def _wrapped(text: str, width: int = 40) -> str:
     return "<br>".join(lines)
 
 
+@takes_data()
 def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") -> go.Figure:
     """One stacked horizontal bar: columns part, count (share computed), in fixed category colours."""
     if df.empty:
