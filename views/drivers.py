@@ -56,12 +56,11 @@ def body() -> None:
 
 
 def read_results(outputs: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A finished grid's results table and the verdicts read from it."""
-    from subnetviz.cache import read_frame
-    from subnetviz.experiments.drivers import verdicts
+    """A finished grid's results table and its verdicts (:func:`subnetviz.experiments.drivers.read_results`;
+    imported here, not with the page: that module brings the trainers)."""
+    from subnetviz.experiments.drivers import read_results as read
 
-    results = read_frame(Path(outputs) / "results.csv", dtype={"value": str})  # a value "None" stays text
-    return results, verdicts(results)
+    return read(outputs)
 
 
 def _results() -> None:

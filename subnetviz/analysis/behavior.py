@@ -361,8 +361,18 @@ def write_behavior(report: BehaviorReport, folder: str | os.PathLike) -> None:
 
 
 def read_behavior(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """The tables :func:`write_behavior` wrote in ``folder``; a folder without them (a run's outputs deleted, or a
+    folder of something else) is a one-line :class:`ConfigError`, not a FileNotFoundError."""
+    from subnetviz.config import display_path
+
     folder = Path(folder)
-    return {n: read_frame(folder / f"{n}.csv") for n in ("summary", "tokens", "prompts", "curves")}
+    names = ("summary", "tokens", "prompts", "curves")
+    missing = [f"{n}.csv" for n in names if not (folder / f"{n}.csv").is_file()]
+    if missing:
+        raise ConfigError(
+            f"{display_path(folder)}: no {', '.join(missing)}; this is not a finished behaviour job's output folder."
+        )
+    return {n: read_frame(folder / f"{n}.csv") for n in names}
 
 
 # --- configs: the CLI, the job and the page share one ------------------------------------------------

@@ -371,3 +371,18 @@ def validate_config(config: dict) -> None:
     seeds = config.get("seeds", 1)  # ("x" failed inside the job with a traceback, 1.7 became 1)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"drivers seeds must be a whole number >= 1, got {seeds!r}.")
+
+
+def read_results(outputs: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A finished grid's results table (``results.csv`` in its outputs folder) and the verdicts read from it. A
+    folder without it (a run's outputs deleted) is a one-line :class:`ConfigError`, not a FileNotFoundError."""
+    from subnetviz.cache import read_frame
+    from subnetviz.config import display_path
+
+    path = Path(outputs) / "results.csv"
+    if not path.is_file():
+        raise ConfigError(
+            f"{display_path(outputs)}: no results.csv; this is not a finished drivers grid's output folder."
+        )
+    results = read_frame(path, dtype={"value": str})  # a value "None" stays text
+    return results, verdicts(results)

@@ -740,3 +740,14 @@ def test_models_too_large_for_memory_are_refused_before_loading(planted, monkeyp
     at = open_page("behavior", bh_limit="256")  # not computed by any other test: no cached result to show
     assert not at.exception, [e.message for e in at.exception]
     assert any("Refused before loading" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_a_finished_run_whose_tables_are_gone_is_one_line(tmp_path):
+    """A succeeded behaviour run whose outputs were deleted: the page showed the generic "a bug" notice
+    (FileNotFoundError); now a one-line refusal naming what is missing."""
+    from subnetviz.analysis.behavior import read_behavior
+    from subnetviz.errors import ConfigError
+
+    (tmp_path / "summary.csv").write_text("model\nx\n")
+    with pytest.raises(ConfigError, match=r"no tokens\.csv, prompts\.csv, curves\.csv; this is not a finished"):
+        read_behavior(tmp_path)

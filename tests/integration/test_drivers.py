@@ -273,3 +273,13 @@ def test_without_on_policy_and_gold_sets_the_data_factor_is_not_measured(micro_z
     res = _results([{"factor": "beta", "value": "0", "precision": "bf16", "sparsity": 0.7}])
     v = verdicts(res).set_index("conjecture").loc["in-distribution data drives sparsity"]
     assert v["reproduced"] is None and v["observed"].startswith("not measured: the base answered every")
+
+
+def test_a_finished_grid_whose_results_are_gone_is_one_line(tmp_path):
+    """A succeeded run whose outputs/results.csv was deleted: the page showed the generic "a bug" notice
+    (FileNotFoundError); now a one-line refusal naming the folder."""
+    from subnetviz.errors import ConfigError
+    from subnetviz.experiments.drivers import read_results
+
+    with pytest.raises(ConfigError, match=r"no results\.csv; this is not a finished drivers grid's output folder"):
+        read_results(tmp_path)
