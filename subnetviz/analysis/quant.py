@@ -444,6 +444,16 @@ def side_row(
     }
 
 
+def comparison_dtype(fa: TensorForm, fb: TensorForm, dtype_a: torch.dtype, dtype_b: torch.dtype) -> torch.dtype:
+    """The dtype at which :func:`compare_aligned` compares a pair stored in forms ``fa`` (base) / ``fb``
+    (finetune) and dtypes ``dtype_a`` / ``dtype_b`` (no precision asked for): a float pair at the finetune's
+    dtype, a float side against a quantized one at the float side's, a quantized pair as dequantised (float32).
+    The subspaces' update mask follows it too."""
+    if fa.kind == "float":
+        return dtype_b if fb.kind == "float" else dtype_a
+    return dtype_b if fb.kind == "float" else torch.float32
+
+
 def compare_aligned(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -512,7 +522,7 @@ def compare_aligned(
             f"{name}: stored as {fa.label} in the base and {fb.label} in the finetune; codes "
             "without an effective form cannot be compared with another form."
         )
-    target = b.dtype if fb.kind == "float" else a.dtype
+    target = comparison_dtype(fa, fb, a.dtype, b.dtype)
     if options.precision is None:
         ea, eb = ea.to(target), eb.to(target)
     st = compare_pair(ea, eb, options, name=name)

@@ -354,7 +354,7 @@ def analyze_subspaces(
     labels = list(labels) if labels else [Path(str(c.spec).rstrip("/")).name for c in cks]
     if len(labels) != len(cks):
         raise ConfigError(f"{len(labels)} labels for {len(cks)} finetuned checkpoints.")
-    from subnetviz.analysis.quant import checkpoint_forms
+    from subnetviz.analysis.quant import checkpoint_forms, comparison_dtype
     from subnetviz.checkpoints.experts_layout import match_layouts
 
     match_layouts([ck_base, *cks])  # (as align reads them: the forms are those of the names compared)
@@ -388,7 +388,7 @@ def analyze_subspaces(
             packed = len(at.shape) == 3  # read whole on the CPU (a view of the file's map), one expert moved at a time
             a_all = _weights(ck_base, at, 0, "cpu" if packed else dev, fa)
             b_all = _weights(ck, at, 1, "cpu" if packed else dev, fb)
-            dtype = compare_dtype(fa, fb, ck_base.meta(at.names[0]).dtype, ck.meta(at.names[1]).dtype)
+            dtype = comparison_dtype(fa, fb, ck_base.meta(at.names[0]).dtype, ck.meta(at.names[1]).dtype)
             for name, e in _parts(at):
                 a, b = (a_all, b_all) if e is None else (a_all[e].to(dev), b_all[e].to(dev))
                 if (at.rows, e) not in base_top:
@@ -423,16 +423,6 @@ def analyze_subspaces(
         )
     out.seconds = time.perf_counter() - t0
     return out
-
-
-def compare_dtype(fa, fb, dtype_a: torch.dtype, dtype_b: torch.dtype) -> torch.dtype:
-    """The dtype at which the update pass (:func:`subnetviz.analysis.quant.compare_aligned`) compares a pair
-    stored in forms ``fa`` / ``fb`` (:class:`~subnetviz.analysis.quant.TensorForm`) and dtypes ``dtype_a`` /
-    ``dtype_b``: a float pair at the finetune's dtype, a float side against a quantized one at the float side's,
-    a quantized pair as dequantised (float32)."""
-    if fa.kind == "float":
-        return dtype_b if fb.kind == "float" else dtype_a
-    return dtype_b if fb.kind == "float" else torch.float32
 
 
 def _parts(at) -> list[tuple[str, int | None]]:
