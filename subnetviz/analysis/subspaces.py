@@ -590,7 +590,10 @@ def _skips_fit_now(ck_base, cks: Sequence, labels: Sequence[str], folder, option
     from subnetviz.config import resolve_device
 
     path = Path(folder) / "subspaces.csv"
-    if not path.is_file():
+    try:
+        if b"skipped" not in path.read_bytes():  # (the common case: no table to parse, each visit)
+            return False
+    except OSError:
         return False
     rows = _cache.read_frame(path)
     skipped = rows[rows["method"].astype(str).str.startswith("skipped")]

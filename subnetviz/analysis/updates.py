@@ -298,7 +298,10 @@ def _memory_now_allows(folder: Path, spectra: SpectraOptions, device: str) -> st
     from subnetviz.config import resolve_device
 
     path = Path(folder) / "spectra.csv"
-    if not path.exists():
+    try:
+        if MEMORY_SKIP.encode() not in path.read_bytes():  # (the common case: no table to parse, each visit)
+            return None
+    except OSError:
         return None
     frame = read_frame(path)
     if frame.empty or "note" not in frame:
