@@ -62,6 +62,10 @@ def _is_vocab_tensor(table: NameTable, name: str) -> bool:
     return table.describe(name).module in ("embed", "lm_head")
 
 
+TIED_HEADS = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
+"""Output heads a model may tie to its input embedding (its ``tie_word_embeddings``)."""
+
+
 def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     """Pair tensors across checkpoints by name (``model.``-style prefixes ignored).
 
@@ -87,7 +91,7 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     # Tied embeddings: a head stored in a model that ties it is the embedding (HF ties it on load),
     # whether one side or every side stored the copy; counting it would count the embedding twice.
     for i, ck in enumerate(checkpoints):
-        for head in ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight"):
+        for head in TIED_HEADS:
             if head in keyed[i] and ck.tied_embeddings:
                 notes.append(f"{ck.spec}: {head} is tied to the input embedding; counted once (as the embedding).")
                 del keyed[i][head]

@@ -189,6 +189,15 @@ def strip_prefix(name: str) -> str:
     return name
 
 
+def by_short_name(names) -> dict[str, str]:
+    """Each of ``names`` keyed by its name without a model prefix (:func:`strip_prefix`); of names that strip
+    alike the first wins, as :func:`subnetviz.checkpoints.align` lines up tensors stored under other prefixes."""
+    out: dict[str, str] = {}
+    for n in names:
+        out.setdefault(strip_prefix(n), n)
+    return out
+
+
 def mtp_split(short: str) -> tuple[int, str] | None:
     """(j, the name inside the module) for a (prefix-stripped) name in multi-token-prediction module j stored
     beside the layers: ``mtp.layers.0.self_attn.q_proj.weight`` -> (0, ``self_attn.q_proj.weight``),

@@ -122,14 +122,9 @@ def _matched(sets: Sequence) -> tuple[list[str], list[dict[str, str]], bool, int
     (the first of a set's names that strip alike wins, as :func:`~subnetviz.checkpoints.align` keeps it), in the
     first set's order; each named as the first set that keeps a prefix names it (as checkpoints and the other
     pages name tensors), else unprefixed."""
-    from subnetviz.checkpoints.naming import strip_prefix
+    from subnetviz.checkpoints.naming import by_short_name
 
-    keyed = []
-    for s in sets:
-        m: dict[str, str] = {}
-        for n in s:
-            m.setdefault(strip_prefix(n), n)
-        keyed.append(m)
+    keyed = [by_short_name(s) for s in sets]
     if not keyed:
         return [], [], False, 0
     keys = [k for k in keyed[0] if all(k in km for km in keyed[1:])]

@@ -37,7 +37,8 @@ from transformers import TrainerCallback
 
 from subnetviz.analysis.bits import bits_differ
 from subnetviz.checkpoints import align, open_checkpoint
-from subnetviz.checkpoints.naming import strip_prefix
+from subnetviz.checkpoints.align import TIED_HEADS
+from subnetviz.checkpoints.naming import by_short_name, strip_prefix
 from subnetviz.errors import AlignmentError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
 from subnetviz.training.sharded import local_mask
@@ -233,10 +234,6 @@ class _Counts:
         return MaskCheck(ok, self.changed_in, self.changed_out, self.inside, self.outside, tensors)
 
 
-# Output heads a model may tie to its input embedding (as subnetviz.checkpoints.align counts them).
-TIED_HEADS = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
-
-
 class _MaskOf:
     """The mask of a checkpoint's tensor: by its name, else by the name without a ``model.``-style prefix (a GPT-2
     base stored without ``transformer.``, masks named like the model's parameters); a head tied to the input
@@ -245,9 +242,7 @@ class _MaskOf:
 
     def __init__(self, masks: dict[str, torch.Tensor] | None, ck):
         self.masks = masks
-        self.keyed: dict[str, torch.Tensor] = {}
-        for n, m in (masks or {}).items():
-            self.keyed.setdefault(strip_prefix(n), m)
+        self.keyed = {k: masks[n] for k, n in by_short_name(masks or {}).items()}
         self.embedding: str | None = None
         if ck.tied_embeddings:
             table = ck.names_table
@@ -320,9 +315,7 @@ def check_state_outside_mask(
     """
     ck = open_checkpoint(base_dir)
     try:
-        keyed: dict[str, str] = {}
-        for k in state:
-            keyed.setdefault(strip_prefix(k), k)
+        keyed = by_short_name(state)
         mask_of = _MaskOf(masks, ck)
         counts, n = _Counts(), 0
         for name in sorted(ck.names):

@@ -218,13 +218,10 @@ def base_names_in_state(base_names, state_names) -> dict[str, str] | None:
     :func:`subnetviz.checkpoints.align` lines tensors up (the same name, else the same name without a
     ``model.``-style prefix); None when some base name has no state tensor or two share one (another naming,
     e.g. experts transformers fuses on load, which its ``save_pretrained`` turns back)."""
-    from subnetviz.checkpoints.naming import strip_prefix
+    from subnetviz.checkpoints.naming import by_short_name, strip_prefix
 
     state_names = list(state_names)
-    have = set(state_names)
-    keyed: dict[str, str] = {}
-    for n in state_names:
-        keyed.setdefault(strip_prefix(n), n)
+    have, keyed = set(state_names), by_short_name(state_names)
     out = {}
     for b in base_names:
         s = b if b in have else keyed.get(strip_prefix(b))
