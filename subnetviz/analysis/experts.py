@@ -49,9 +49,9 @@ def by_expert(report: SparsityReport) -> pd.DataFrame:
 
 
 def routers(report: SparsityReport) -> pd.DataFrame:
-    """The router tensors (module ``router``) of an MoE model: one row each, with their update counts."""
+    """The router tensors (module ``router``) of an MoE model: one row each, with their update counts (``mtp``:
+    the router of a multi-token-prediction module's layer)."""
     t = report.tensors
     r = t[t["module"] == "router"]
-    return r[["model", "key", "layer", "expert", "numel", "changed", "sparsity", "max_abs_delta"]].reset_index(
-        drop=True
-    )
+    cols = ["model", "key", "layer", "expert", "numel", "changed", "sparsity", "max_abs_delta"]
+    return r[cols].assign(mtp=r["block"].eq("mtp") if "block" in r else False).reset_index(drop=True)

@@ -85,11 +85,12 @@ __all__ = [
 
 ProgressFn = Callable[[int, int, str], None]
 METHODS = ("auto", "gram", "randomized", "svd")
-SUBSPACES_VERSION = 2  # bump when the same inputs would give different numbers or files
+SUBSPACES_VERSION = 3  # bump when the same inputs would give different numbers or files
 COLUMNS = [
     "model",
     "name",
     "layer",
+    "block",
     "module",
     "expert",
     "rows",
@@ -161,6 +162,7 @@ class SubspaceResult:
     layer: int | None = None
     module: str | None = None
     expert: str | None = None  # a MoE expert's index (or "shared"); of a packed 3-D tensor, the slice ``e``
+    block: str | None = None  # the naming's block ("attn", "mlp", ..., "mtp": a multi-token-prediction module's)
 
     def row(self) -> dict:
         finite = self.sv_ratio[np.isfinite(self.sv_ratio)]
@@ -168,6 +170,7 @@ class SubspaceResult:
         return {
             "name": self.name,
             "layer": self.layer,
+            "block": self.block,
             "module": self.module,
             "expert": self.expert,
             "rows": self.shape[0],
@@ -381,7 +384,7 @@ def analyze_subspaces(
                     out.results[lab].append(
                         SubspaceResult(
                             name, shape, options.k_for(shape), f"skipped, {short}", empty, empty, empty,
-                            math.nan, math.nan, 0, math.nan, 0.0, info.layer, info.module, _expert(info, e),
+                            math.nan, math.nan, 0, math.nan, 0.0, info.layer, info.module, _expert(info, e), info.block,
                         )
                     )  # fmt: skip
                 continue
@@ -401,7 +404,9 @@ def analyze_subspaces(
                         seed=options.seed,
                     )
                 res = compare_subspaces(name, a, b, options, base_top=base_top[at.rows, e], compare_dtype=dtype)
-                out.results[lab].append(replace(res, layer=info.layer, module=info.module, expert=_expert(info, e)))
+                out.results[lab].append(
+                    replace(res, layer=info.layer, module=info.module, expert=_expert(info, e), block=info.block)
+                )
                 del a, b
             del a_all, b_all
     if progress:

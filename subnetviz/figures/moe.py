@@ -80,7 +80,7 @@ def router_bars(
     """Grouped bars, one group per layer, one bar per model: density (%) of the router tensors.
 
     df: rows of :func:`subnetviz.analysis.experts.routers` for one or more models
-    (model, layer, numel, changed)."""
+    (model, layer, numel, changed; ``mtp`` where given: a multi-token-prediction module's layer, ticked "48 · MTP")."""
     if df is None or df.empty:
         return no_data_figure(title, "no routers")
     _require(df, ["model", "layer", "numel", "changed"], "router_bars")
@@ -101,6 +101,10 @@ def router_bars(
         ]
     )
     fig.update_layout(barmode="group")
+    layers = list(dict.fromkeys(g["layer"].astype(int).astype(str)))
+    if "mtp" in df.columns:  # a multi-token-prediction module's router: its layer ticked "48 · MTP"
+        flags = df.groupby(["model", "layer"], sort=False)["mtp"].all().reset_index()
+        mtp_layer_ticks(fig, flags.assign(layer=flags["layer"].astype(int)), layers, axis="x")
     fig.update_yaxes(rangemode="tozero")  # a density is never negative
     if not (g["changed"] > 0).any():  # every bar 0: an empty-looking chart would read as "not drawn"
         fig.update_yaxes(range=[0, 1])

@@ -414,16 +414,17 @@ def _layer_heatmap(layers, modules, z, customdata, hover, title, bar_title, text
     return fig
 
 
-def mtp_layer_ticks(fig: go.Figure, df: pd.DataFrame, layers) -> None:
+def mtp_layer_ticks(fig: go.Figure, df: pd.DataFrame, layers, axis: str = "y") -> None:
     """Label the layers that are a multi-token-prediction module's (``df["mtp"]`` true on all their rows)
-    "48 · MTP" on the y axis: past the last layer, they are not one more transformer layer."""
+    "48 · MTP" on the ``axis`` (y: a heatmap's rows, x: bars per layer): past the last layer, they are not
+    one more transformer layer."""
     flags = df["mtp"].fillna(False).astype(bool) if "mtp" in df.columns else None
     if flags is None or not flags.any():
         return
     whole = flags.groupby(df["layer"], dropna=True).all()  # (an unknown flag is no MTP)
     mtp = {_layer_label(v) for v in whole.index[whole.astype(bool)]}
     ticks = [f"{v} · MTP" if v in mtp else v for v in layers]
-    fig.update_yaxes(tickmode="array", tickvals=list(layers), ticktext=ticks)
+    (fig.update_xaxes if axis == "x" else fig.update_yaxes)(tickmode="array", tickvals=list(layers), ticktext=ticks)
 
 
 _NICE_RATIOS = np.array([1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 8, 10, 20, 50, 100, 200, 500, 1000, 1e4, 1e5, 1e6])

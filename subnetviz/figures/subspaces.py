@@ -18,6 +18,7 @@ from subnetviz.figures.style import (
     _layer_heatmap,
     _require,
     _style,
+    mtp_layer_ticks,
     no_data_figure,
     takes_data,
 )
@@ -30,7 +31,7 @@ def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None
     mean of their mean σ ratios, and how many they are in the hover.
 
     Needs columns layer, module, angle_left_max / angle_right_max; sv_ratio_mean and k in the hover
-    when present.
+    when present; a layer whose matrices are all in ``block`` "mtp" (or flagged ``mtp``) is ticked "48 · MTP".
     """
     col = f"angle_{side}_max"
     title = title or f"Largest principal angle between top-K {side} singular subspaces (°)"
@@ -44,7 +45,7 @@ def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None
         "layer %{y} · %{x}<br>largest angle %{z:.2f}°<br>mean σ ratio %{customdata[0]:.4f}<br>K %{customdata[1]:.0f}"
         "<br>over %{customdata[2]:.0f} matrices"
     )
-    return _layer_heatmap(
+    fig = _layer_heatmap(
         layers,
         modules,
         g[col],
@@ -56,6 +57,8 @@ def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None
         zmin=0,
         zmax=max(1.0, float(np.nanmax(g[col])) if np.isfinite(g[col]).any() else 1.0),
     )
+    mtp_layer_ticks(fig, cells, layers)  # a multi-token-prediction module's layer, ticked "48 · MTP"
+    return fig
 
 
 def _per_cell(df: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -69,6 +72,8 @@ def _per_cell(df: pd.DataFrame, col: str) -> pd.DataFrame:
         agg["sv_ratio_mean"] = "mean"
     if "k" in d:
         agg["k"] = "max"
+    if "block" in d and "mtp" not in d:  # (the table names each matrix's block; "mtp": past the last layer)
+        d["mtp"] = d["block"].astype(str).eq("mtp")
     extra = [c for c in ("mtp",) if c in d]
     agg.update({c: "all" for c in extra})
     for c in (col, "sv_ratio_mean", "k"):

@@ -793,6 +793,15 @@ def test_a_qwen3_5_release_with_its_mtp_module_counts_it_apart(family_dirs, tmp_
 
     bars = router_bars(routers(rep))  # no router changed: a 0–1 % axis that says so, not a −1…1 axis of nothing
     assert tuple(bars.layout.yaxis.range) == (0, 1) and bars.layout.annotations[-1].text == "no router entry changed"
+    assert list(bars.layout.xaxis.ticktext) == ["0", "1", "2 · MTP"]  # the MTP module's router, labelled so
+
+    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces
+    from subnetviz.figures.subspaces import angle_heatmap
+
+    sub = analyze_subspaces(str(base), [str(ft)], labels=["ft"], options=SubspaceOptions(k=2)).to_frame()
+    assert set(sub.loc[sub["name"].str.startswith("mtp."), "block"]) == {"mtp"}
+    fig = angle_heatmap(sub[sub["layer"].notna()])  # the subspaces' heatmap ticks it too
+    assert list(fig.layout.yaxis.ticktext) == ["0", "1", "2 · MTP"]
 
     experts = by_expert(rep)  # the MTP module's experts: a row of their own, labelled so
     assert set(experts["layer"]) == {0, 1, 2} and experts.groupby("layer")["mtp"].all().to_dict() == {
