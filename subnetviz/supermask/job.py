@@ -28,7 +28,7 @@ from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
 from subnetviz.supermask.config import ContinualConfig
 from subnetviz.supermask.data import make_benchmark
 from subnetviz.supermask.methods import Stopped, estimate_run_bytes, run_method
-from subnetviz.supermask.metrics import ContinualResult
+from subnetviz.supermask.metrics import ContinualResult, rederived
 
 CACHE_VERSION = 2  # bump when the training code changes results
 FRAMES = ("runs", "summary", "accuracy", "capacity", "pairwise", "knn", "inference")
@@ -127,7 +127,7 @@ def load_result(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
     folder = Path(folder)
     if not (folder / "result.json").is_file():
         raise ConfigError(f"{folder}: no result.json; this is not a finished continual job's output folder.")
-    return {n: pd.read_parquet(folder / "frames" / f"{n}.parquet") for n in FRAMES}
+    return rederived({n: pd.read_parquet(folder / "frames" / f"{n}.parquet") for n in FRAMES})
 
 
 def load_task_masks(folder: str | os.PathLike, label: str, density: float, seed: int) -> list[dict]:

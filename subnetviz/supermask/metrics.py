@@ -64,14 +64,16 @@ def final_accuracy(acc: np.ndarray) -> float:
 
 def forgetting(acc: np.ndarray) -> float:
     """ExSSNeT's forgetting (``utils/metrics.py::get_forgetting_metric`` with its sign flipped): for each task
-    j < T-1, its best accuracy before the last task, max_{j ≤ t < T-1} A[t, j], less its accuracy at the end,
+    j < T-1, its best accuracy before the last task, max_{t < T-1} A[t, j], less its accuracy at the end,
     A[T-1, j]; the mean over j. Not floored: an accuracy that grew after its task (backward transfer) makes it
-    negative, as in the paper's code. (The paper's max runs over every t < T-1; its matrix holds no accuracy
-    before a task is learned, which t ≥ j leaves out here too.) NaN for a single task."""
+    negative, as in the paper's code. The paper's matrix holds A[t, j] for j ≤ t + 1 (its code also fills the
+    next task's accuracy before it is trained, A[j-1, j], which therefore enters the max) and zeros above, which
+    never win; this one is filled whole, so the max runs over max(j-1, 0) ≤ t < T-1, as the paper's does.
+    NaN for a single task."""
     t_count = acc.shape[0]
     if t_count < 2:
         return float("nan")
-    drops = [float(np.max(acc[j : t_count - 1, j]) - acc[-1, j]) for j in range(t_count - 1)]
+    drops = [float(np.max(acc[max(j - 1, 0) : t_count - 1, j]) - acc[-1, j]) for j in range(t_count - 1)]
     return float(np.mean(drops))
 
 
@@ -244,6 +246,27 @@ def _trained_share(method: str, later_tasks: pd.DataFrame) -> float:
     if method == "exssnet":
         return float(later_tasks["exclusive"].mean()) if len(later_tasks) else float("nan")
     return {"ssnet": 1.0, "supsup": 0.0}.get(method, float("nan"))
+
+
+def rederived(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """``frames`` (of :meth:`ContinualResult.to_frames`, as a job saved them) with each run's forgetting
+    computed again from its accuracy matrix, and the summary with it: a result saved before the definition was
+    corrected reads as a new one would (the accuracies are what was measured; the forgetting is derived)."""
+    runs, acc = frames.get("runs"), frames.get("accuracy")
+    keys = ["label", "method", "kkt", "density", "seed"]
+    if runs is None or acc is None or runs.empty or acc.empty or not set(keys) <= set(acc) | set(runs):
+        return frames
+    found = {}
+    for key, g in acc.groupby(keys, sort=False):
+        n = int(max(g["after_task"].max(), g["task"].max())) + 1
+        matrix = np.full((n, n), np.nan)
+        matrix[g["after_task"].to_numpy(int), g["task"].to_numpy(int)] = g["acc"].to_numpy(float)
+        found[key] = forgetting(matrix)
+    again = [
+        found.get(tuple(r), f) for r, f in zip(runs[keys].itertuples(index=False), runs["forgetting"], strict=True)
+    ]
+    runs = runs.assign(forgetting=again)
+    return {**frames, "runs": runs, "summary": summarize(runs)}
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -246,6 +247,37 @@ def test_forgetting_and_forward_transfer_by_hand():
     rand = np.array([0.1, 0.15, 0.2])
     assert forward_transfer(acc, rand) == pytest.approx(((0.2 - 0.15) + (0.3 - 0.2)) / 2)
     assert math.isnan(forgetting(acc[:1, :1]))
+
+
+def test_forgetting_counts_the_accuracy_before_a_task_is_trained_as_the_papers_code_does():
+    """The authors' matrix also holds A[j-1, j] (task j before it is trained, for forward transfer), so their
+    max over t < T-1 takes it in; A[t, j] further above is zero there and never wins. Planted: task 1 scores
+    0.95 before it is trained and 0.80 after, so f_1 = 0.80 - 0.95 (it read 0.80 - 0.80 = 0); task 2's 0.99
+    two tasks early is not in the authors' matrix and is not read."""
+    acc = np.array([[0.8, 0.95, 0.99, 0.1], [0.8, 0.8, 0.5, 0.2], [0.8, 0.8, 0.7, 0.3], [0.8, 0.8, 0.7, 0.6]])
+    held = np.arange(4)[None, :] <= np.arange(4)[:, None] + 1  # what the authors' code fills: j <= t + 1
+    paper = -np.mean([acc[-1, j] - (acc * held)[:-1, j].max() for j in range(acc.shape[0] - 1)])
+    assert forgetting(acc) == pytest.approx(0.05) == pytest.approx(paper)  # (0 + 0.15 + 0) / 3
+
+
+def test_a_saved_result_reads_with_its_forgetting_derived_again_from_its_accuracies():
+    """A continual result saved before the forgetting's definition was corrected (0.0 here) reads with the
+    forgetting its own accuracy matrix gives now, in the runs and in the summary the page shows."""
+    from subnetviz.supermask.metrics import SUMMARY_METRICS, rederived
+
+    acc = np.array([[0.8, 0.95, 0.99, 0.1], [0.8, 0.8, 0.5, 0.2], [0.8, 0.8, 0.7, 0.3], [0.8, 0.8, 0.7, 0.6]])
+    key = {"label": "SupSup", "method": "supsup", "kkt": False, "density": 0.1}
+    runs = pd.DataFrame([{**key, "seed": s, **dict.fromkeys(SUMMARY_METRICS, 0.0)} for s in (0, 1)])
+    rows = [
+        {**key, "seed": s, "after_task": t, "task": j, "acc": acc[t, j] - s / 100, "rand_acc": 0.1}
+        for s in (0, 1)
+        for t in range(4)
+        for j in range(4)
+    ]
+    frames = rederived({"runs": runs, "accuracy": pd.DataFrame(rows), "summary": pd.DataFrame()})
+    assert frames["runs"]["forgetting"].tolist() == pytest.approx([0.05, 0.05])
+    assert frames["summary"]["forgetting_mean"].tolist() == pytest.approx([0.05])
+    assert frames["summary"]["final_acc_mean"].tolist() == [0.0]  # the other metrics as saved
 
 
 def test_capacity_overlap_and_owner_image_on_planted_masks():
