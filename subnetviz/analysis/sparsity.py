@@ -29,7 +29,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -211,14 +211,24 @@ class _Pass:
     mask: torch.Tensor | None = None
     bits: torch.Tensor | None = None  # the mask bit-packed on the device (the Triton pass), or None
     device: tuple | None = None
+    # bfloat16 is compared in float32: two finite values of opposite sign past ~1.7e38 differ by more than it
+    # holds, so an infinite largest |Δ| is looked at again (:func:`exact_largest`) instead of refused at once
+    overflow_ok: bool = False
+    overflowed: bool = False
 
     def __post_init__(self):
         self.tol = self.tol or [0] * self.tolerances
 
     def add(self, largest: float, tol, rel: int, above) -> None:
+        if math.isinf(largest) and self.overflow_ok:  # maybe finite bf16 values whose Δ float32 cannot hold
+            self.overflowed = True
+            return self._add_counts(tol, rel, above)
         if not math.isfinite(largest):  # NaN if any compared entry is NaN; Inf if any is ±Inf
             raise NonFiniteError(f"{self.name}: NaN or Inf in the weights (largest |Δ| is {largest}).")
         self.largest = max(self.largest, largest)
+        self._add_counts(tol, rel, above)
+
+    def _add_counts(self, tol, rel: int, above) -> None:
         self.tol = [s + c for s, c in zip(self.tol, tol, strict=True)]
         self.above = [s + c for s, c in zip(self.above, above, strict=True)]
         self.rel += rel
@@ -436,8 +446,11 @@ def compare_views(
         raise NonFiniteError(
             f"{name}: {bad} NaN/Inf value(s) in the first (base) tensor. Analyses need finite weights."
         )
-    if out.changed and not math.isfinite(out.largest):  # NaN if any compared entry is NaN; Inf if any is ±Inf
-        raise NonFiniteError(f"{name}: NaN or Inf in the weights (largest |Δ| is {out.largest}).")
+    largest = out.largest
+    if out.changed and math.isinf(largest) and dtype == torch.bfloat16:  # Δ past float32 (see _Pass.overflow_ok)
+        largest = exact_largest(*(torch.from_numpy(v).view(dtype) for v in (x2, y2)), name)
+    elif out.changed and not math.isfinite(largest):  # NaN if any compared entry is NaN; Inf if any is ±Inf
+        raise NonFiniteError(f"{name}: NaN or Inf in the weights (largest |Δ| is {largest}).")
     if column and options.row_col:
         row_counts[:] = np.not_equal(x2, y2).reshape(-1)
         col_counts[0] = out.changed
@@ -448,7 +461,7 @@ def compare_views(
         changed_tol=tuple(out.tol),
         changed_rel=out.rel,
         ulp_hist=tuple(ulp_bins(out.changed, out.above)),
-        max_abs_delta=out.largest,
+        max_abs_delta=largest,
         row_counts=row_counts,
         col_counts=col_counts,
         mask=torch.from_numpy(mask).reshape(shape) if mask is not None else None,
@@ -462,13 +475,33 @@ _DTYPE_NAMES = {t: str(t)[6:] for t in INT_VIEW}  # torch.bfloat16 -> 'bfloat16'
 def _generic_pass(a, a2, b2, options: SparsityOptions, name: str, packed: bool) -> PairStats:
     """:func:`compare_pair` by the NumPy kernels on CPU (no numba, or ``SUBNETVIZ_JIT=0``), by torch on
     other devices (and, fused and compiled, on CUDA)."""
-    acc = _Pass(name, len(options.tolerances))
+    acc = _Pass(name, len(options.tolerances), overflow_ok=a.dtype == torch.bfloat16)
     if a.device.type == "cpu" and _NUMPY_ON_CPU:
         _keep_mask(acc, a2, options)
         _numpy_pass(int_view(a2).numpy(), int_view(b2).numpy(), a.dtype, options, acc)
     else:
         _torch_pass(int_view(a2), int_view(b2), a.dtype, options, acc)
-    return acc.stats(a, packed)
+    st = acc.stats(a, packed)
+    if acc.overflowed:
+        st = replace(st, max_abs_delta=exact_largest(a2, b2, name))
+    return st
+
+
+def exact_largest(a: torch.Tensor, b: torch.Tensor, name: str) -> float:
+    """The largest |b - a| taken in float64, a block of rows at a time, for a pair whose |Δ| overflowed float32
+    (bfloat16 values of opposite sign past ~1.7e38: finite, and their Δ too, in float64); a NaN or Inf in
+    either tensor is refused as the pass refuses it."""
+    a2 = a.reshape(a.shape[0], -1) if a.dim() >= 2 else a.reshape(-1, 1)
+    b2 = b.reshape(a2.shape)
+    step = max(1, CHUNK_ELEMENTS // max(a2.shape[1], 1))
+    largest = 0.0
+    for r0 in range(0, a2.shape[0], step):
+        x, y = a2[r0 : r0 + step].double(), b2[r0 : r0 + step].double()
+        bad = int((~torch.isfinite(x)).sum() + (~torch.isfinite(y)).sum())
+        if bad:
+            raise NonFiniteError(f"{name}: {bad} NaN/Inf value(s) in the weights. Analyses need finite weights.")
+        largest = max(largest, float((y - x).abs().max())) if x.numel() else largest
+    return largest
 
 
 def _keep_mask(acc: _Pass, a2: torch.Tensor, options: SparsityOptions) -> None:

@@ -172,6 +172,28 @@ def test_random_pairs_match_float64_reference(monkeypatch, numpy_kernels, chunk,
     assert 0 < st.changed < n
 
 
+@pytest.mark.parametrize("path", ["jit", "numpy", "torch"])
+@pytest.mark.parametrize("shape", [(3, 5), (15,)])
+def test_finite_bf16_values_whose_delta_float32_cannot_hold_are_compared_not_refused(monkeypatch, path, shape):
+    """bfloat16 is compared in float32: 2e38 -> -2e38 differ by 4e38, past float32's 3.4e38, so the pass saw an
+    infinite |Δ| and refused finite weights as 'NaN or Inf'. Every count as the float64 reference gives it, the
+    largest |Δ| exact; a true Inf beside such a pair is still refused."""
+    monkeypatch.setenv("SUBNETVIZ_JIT", "0" if path == "numpy" else "1")
+    monkeypatch.setattr(sp, "_NUMPY_ON_CPU", path != "torch")
+    monkeypatch.setattr(sp, "CHUNK_ELEMENTS", 5)  # several chunks: the overflow in one of them
+    a = (torch.arange(15, dtype=torch.float64) / 7).reshape(shape).to(torch.bfloat16)
+    a.view(-1)[[4, 11]] = torch.tensor([2e38, -3e38], dtype=torch.bfloat16)
+    b = a.clone()
+    b.view(-1)[[4, 11, 12]] = torch.tensor([-2e38, 3e38, 7.0], dtype=torch.bfloat16)
+    st = compare_pair(a, b, SparsityOptions())
+    ref = reference(a, b)
+    assert_matches(st, ref)
+    assert st.changed == 3 and st.max_abs_delta == float((b.double() - a.double()).abs().max())  # 6e38, exactly
+    b.view(-1)[0] = float("inf")
+    with pytest.raises(NonFiniteError, match="NaN/Inf|NaN or Inf"):
+        compare_pair(a, b, SparsityOptions())
+
+
 @pytest.mark.parametrize("numpy_kernels", [True, False])  # False: the fused torch kernel a GPU runs
 @pytest.mark.parametrize("density", [0.02, 0.3, 0.6, 0.97])  # both sides of DENSE_FRACTION (0.35)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
