@@ -56,6 +56,7 @@ class ModelBuilder:
     """One model instance whose weights are rewritten, tensor by tensor, as ``where(select, base, ft)``."""
 
     def __init__(self, base: str, ft: str, device):
+        from subnetviz.checkpoints.experts_layout import param_pieces
         from subnetviz.checkpoints.models import load_causal_lm
         from subnetviz.checkpoints.naming import strip_prefix
 
@@ -64,9 +65,18 @@ class ModelBuilder:
         self.device = device
         self.model = load_causal_lm(ft).to(device).eval()
         check_model_finite(self.model, ft)  # once: every build writes these tensors again (or the base's)
-        self.params = [(strip_prefix(n), p) for n, p in self.model.named_parameters()]
+        # (aligned key, the parameter or the part of it that tensor fills): transformers 5 packs the experts a
+        # checkpoint stores one by one (Qwen-MoE, Mixtral, DeepSeek, OLMoE, ...) into one parameter per layer
+        shapes = {k: tuple(t.shape) for k, t in self.aligned.items()}
+        self.params: list[tuple[str, torch.Tensor]] = []
+        missing = []
+        for n, p in self.model.named_parameters():
+            pieces = param_pieces(strip_prefix(n), tuple(p.shape), shapes)
+            if pieces is None:
+                missing.append(strip_prefix(n))
+                continue
+            self.params += [(key, p.detach()[index] if index else p.detach()) for key, index in pieces]
         self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}
-        missing = [k for k, _ in self.params if k not in self.aligned]
         if missing:
             raise ConfigError(f"{ft}: model parameters without a tensor in both checkpoints: {missing[:5]}.")
 

@@ -20,7 +20,7 @@ that are the release's own (gpt-oss, Llama 4: no per-expert form to match) are n
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from subnetviz.checkpoints.naming import strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint
@@ -111,6 +111,53 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
         )
         if note and note not in ck.notes:  # (said once, however many alignments look again)
             ck.notes.append(note)
+
+
+_IN_MEMORY = re.compile(r"^(?P<layer>.*\.)mlp\.(?P<rest>.+)$")
+
+
+def param_pieces(
+    key: str, shape: tuple[int, ...], shapes: Mapping[str, tuple[int, ...]]
+) -> list[tuple[str, tuple]] | None:
+    """Where a checkpoint's tensors (prefix-stripped name -> shape, ``shapes``) go in the parameter ``key`` of the
+    model transformers 5 builds from it: ``[(name, index into the parameter)]``, ``()`` for the whole of it. By the
+    parameter's own name; by a Mixtral-style checkpoint's ``block_sparse_moe.`` for the model's ``mlp.`` (its
+    router); or, for a packed expert parameter (``mlp.experts.gate_up_proj`` (E, 2I, H), ``down_proj`` (E, H, I)),
+    from the per-expert tensors it is packed from, as :func:`match_layouts` reads them (expert e's gate is
+    ``gate_up[e, :I]``, its up ``gate_up[e, I:]``, its down ``down[e]``). None where no tensors of fitting shapes
+    are there."""
+    if key in shapes:
+        return [(key, ())]
+    m = _IN_MEMORY.match(key)
+    if m is None:
+        return None
+    other = f"{m['layer']}block_sparse_moe.{m['rest']}"
+    if tuple(shapes.get(other, ())) == tuple(shape):
+        return [(other, ())]
+    packed = _PACKED.match(key)
+    if packed is None or len(shape) != 3:
+        return None
+    experts: dict[int, dict[str, str]] = {}
+    for n in shapes:
+        one = _ONE.match(n)
+        if one and one["layer"] == packed["layer"]:
+            experts.setdefault(int(one["e"]), {})[_ROLE[one["p"]]] = n
+    n_e, rows = shape[0], shape[1] // 2
+    if sorted(experts) != list(range(n_e)):
+        return None
+    out: list[tuple[str, tuple]] = []
+    for e in range(n_e):
+        names = experts[e]
+        if packed["p"] == "down_proj":
+            if tuple(shapes.get(names.get("down", ""), ())) != tuple(shape[1:]):
+                return None
+            out.append((names["down"], (e,)))
+            continue
+        want = (rows, shape[2])
+        if 2 * rows != shape[1] or any(tuple(shapes.get(names.get(r, ""), ())) != want for r in ("gate", "up")):
+            return None
+        out += [(names["gate"], (e, slice(0, rows))), (names["up"], (e, slice(rows, 2 * rows)))]
+    return out
 
 
 def _computed(ck: Checkpoint) -> bool:

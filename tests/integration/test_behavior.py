@@ -751,3 +751,39 @@ def test_a_finished_run_whose_tables_are_gone_is_one_line(tmp_path):
     (tmp_path / "summary.csv").write_text("model\nx\n")
     with pytest.raises(ConfigError, match=r"no tokens\.csv, prompts\.csv, curves\.csv; this is not a finished"):
         read_behavior(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3_moe", "qwen2_moe"])
+def test_behaviour_reverts_each_stored_expert_into_its_place_in_the_packed_model(kind, tmp_path):
+    """transformers 5 packs the experts a release stores one by one (Mixtral's block_sparse_moe.experts.N.w1/w3/w2,
+    Qwen's mlp.experts.N.gate/up/down_proj) into one parameter per layer: behaviour refused every
+    such model ('model parameters without a tensor in both checkpoints'). A finetune that moved every entry of
+    one expert: reverting its update mask gives the base exactly (KL 0: each stored tensor went back into its
+    own slice), reverting outside it the finetune."""
+    from subnetviz.analysis.revert import mask_source
+    from tests.models import char_tokenizer, save_model
+    from tests.unit.test_families import _build
+
+    base = save_model(_build(kind), tmp_path / "base", tokenizer=char_tokenizer())
+    sd = read_state_dict(base)
+    layer = max(int(n.split(".")[2]) for n in sd if ".experts.1." in n)
+    moved = [n for n in sd if f"layers.{layer}." in n and ".experts.1." in n]
+    assert len(moved) == 3, moved
+    for n in moved:
+        sd[n] = bf16_step(sd[n], 200)
+    ft = write_folder(tmp_path / "ft", sd, config_from=base)
+    for f in base.glob("tokenizer*"):
+        (ft / f.name).write_bytes(f.read_bytes())
+    rep = behavior(
+        str(base),
+        [str(ft)],
+        PROMPTS,
+        masks={"upd": mask_source("update")},
+        random_control=False,
+        curve=None,
+        device="cpu",
+    )
+    s = rep.summary.set_index("experiment")
+    assert s.loc["finetuned", "kl_forward"] > 0
+    assert s.loc["upd/inside", "kl_forward"] == 0.0 and s.loc["upd/inside", "fraction_reverted"] == 1.0
+    assert s.loc["upd/outside", "kl_forward"] == s.loc["finetuned", "kl_forward"]
