@@ -8,7 +8,8 @@
   request), :func:`make_gpt2` (tied, Conv1D), :func:`make_neox` (fused interleaved QKV),
   :func:`make_bert`, and :func:`neox_config` for tests that build their own NeoX variant.
 - Training shape: :func:`char_tokenizer` (``<pad> <bos> <eos> 0-9 + =``) and :func:`make_tiny_llama`
-  (a bf16 Llama with that tokenizer: what the SFT / DPO / GRPO and supermask text tests train).
+  (a bf16 Llama with that tokenizer: what the SFT / DPO / GRPO and supermask text tests train);
+  :func:`make_tiny_moe`, a Qwen3-MoE with it (the routing of a mixture of experts).
 - Bigram shape: :func:`bigram_model` (vocabulary 16, eager attention, no norm weight or bias at
   exactly its initial value, so a mask over them changes the output).
 - Supermask shape: :func:`digits_mlp` (subnetviz's masked MLP, 64 pixels -> 128 -> 128 -> 10, one
@@ -194,6 +195,34 @@ def make_tiny_llama(
     )
     model.generation_config.pad_token_id = tok.pad_token_id
     return save_model(model, folder, dtype=dtype, tokenizer=tok)
+
+
+def make_tiny_moe(folder: str | Path, *, experts: int = 4, top_k: int = 2, seed: int = 0) -> Path:
+    """A random Qwen3-MoE (2 layers, every MLP a mixture of ``experts`` routed top-``top_k``, hidden 16) and its
+    :func:`char_tokenizer`, saved in bf16 to ``folder``; returns the folder."""
+    import torch
+    import transformers as T
+
+    tok = char_tokenizer()
+    cfg = T.Qwen3MoeConfig(
+        vocab_size=len(tok),
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        moe_intermediate_size=8,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=experts,
+        num_experts_per_tok=top_k,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return save_model(T.Qwen3MoeForCausalLM(cfg), folder, tokenizer=tok)
 
 
 # --- bigram shape: in memory, vocabulary 16 --------------------------------------------------------

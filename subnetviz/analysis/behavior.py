@@ -16,9 +16,13 @@ This module owns the link from "which weights changed" to "what the model now do
   into one model instance (``where(M, base, ft)``, :mod:`subnetviz.analysis.revert`), never by
   loading a second copy of the weights.
 
+- **Routing** of mixture-of-experts models (:mod:`subnetviz.analysis.routing`): per layer and prompt set, the
+  overlap of the experts each token reaches in the base and in each model run here, and the entropy of the
+  expert load; the ``routers`` mask swaps the routers between the base and the finetune.
+
 Everything runs in float32 weights (bf16 checkpoints upcast exactly), logits to float64 for the KL.
 Results: :class:`BehaviorReport` (frames) and :func:`write_behavior` (``behavior.json``,
-``tokens.csv``, ``prompts.csv``, ``curves.csv``).
+``tokens.csv``, ``prompts.csv``, ``curves.csv``, ``routing.csv``).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from subnetviz.analysis.revert import (
     random_order_selector,
     random_selector,
 )
+from subnetviz.analysis.routing import RoutingTap, routing_frame, routing_rows
 from subnetviz.cache import read_frame
 from subnetviz.errors import ConfigError, suggest
 
@@ -98,7 +103,8 @@ _BASE_CACHE_BYTES = 1 << 30  # keep the base's logits in memory below this; reco
 class BehaviorReport:
     """``summary``: one row per (model, experiment): kl_forward, kl_reverse (mean nats/token), accuracy,
     fraction_reverted, tokens; ``tokens``: per position; ``prompts``: per prompt means; ``curves``:
-    KL/accuracy against the fraction of Δ reverted (order ``abs_delta`` or ``random``)."""
+    KL/accuracy against the fraction of Δ reverted (order ``abs_delta`` or ``random``); ``routing``: per model,
+    experiment, prompt set and MoE router (:data:`subnetviz.analysis.routing.COLUMNS`; empty for dense models)."""
 
     base: str
     labels: list[str]
@@ -109,6 +115,7 @@ class BehaviorReport:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     tokens_per_second: float = 0.0
+    routing: pd.DataFrame = field(default_factory=lambda: routing_frame([]))
 
     def to_json(self) -> dict:
         """``models[label]``: kl_forward, kl_reverse, accuracy and ``reverts[mask][side]`` with the same figures."""
@@ -124,6 +131,14 @@ class BehaviorReport:
                 m.update(figs, tokens=int(row.tokens))
             else:
                 m["reverts"].setdefault(row.mask, {})[row.side] = {**figs, "fraction_reverted": row.fraction_reverted}
+        ft = self.routing[self.routing["experiment"] == "finetuned"]
+        for model, g in ft.groupby("model", sort=False):  # token-weighted over prompt sets and routers
+            w = g["tokens"].to_numpy(float)
+            models.setdefault(model, {"reverts": {}})["routing"] = {
+                "routers": int(g["router"].nunique()),
+                "jaccard": float(np.average(g["jaccard"], weights=w)) if w.sum() else None,
+                "changed": float(np.average(g["changed"], weights=w)) if w.sum() else None,
+            }
         return {
             "base": self.base,
             "labels": self.labels,
@@ -142,6 +157,7 @@ def behavior(
     prompts: Sequence[Prompt],
     *,
     labels: Sequence[str] | None = None,
+    domains: Sequence[str] | None = None,
     masks: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     random_control: bool = True,
     curve: Sequence[float] | None = CURVE_POINTS,
@@ -155,7 +171,8 @@ def behavior(
     ``masks``: name -> mask set (tensor name -> bool tensor), each reverted inside and outside in
     every finetune (and its random control when ``random_control``); ``curve``: fractions of Δ for
     the |Δ|-order and random-order curves (None: no curve; each fraction once, ascending). Prompts longer
-    than the models' context are cut to it, with a note.
+    than the models' context are cut to it, with a note. ``domains``: each prompt's set (its file), by which the
+    routing of MoE models is told apart (default: one set).
     """
     from subnetviz.checkpoints.models import load_causal_lm, load_tokenizer
     from subnetviz.config import resolve_device
@@ -172,6 +189,10 @@ def behavior(
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{base}: no tokenizer to encode the prompts with ({exc}).") from None
     enc, cut_note = fit_context(encode(tok, prompts), _context_length([base, *finetuned]))
+    domains = list(domains) if domains is not None else ["all"] * len(prompts)
+    if len(domains) != len(prompts):
+        raise ConfigError(f"{len(domains)} prompt-set names for {len(prompts)} prompts.")
+    token_domains = [d for d, e in zip(domains, enc, strict=True) for _ in range(len(e.ids))]
     batches = [enc[i : i + batch_size] for i in range(0, len(enc), batch_size)]
     n_tokens = sum(len(e.ids) for e in enc)
     _require_room(base, finetuned, batches, n_tokens, tok, dev)
@@ -179,10 +200,17 @@ def behavior(
     check_model_finite(base_model, str(base))  # each finetune's: by its ModelBuilder
     vocab = base_model.config.vocab_size
     keep = n_tokens * vocab * 4 <= _BASE_CACHE_BYTES
-    base_cache = [logits_of(base_model, bt, dev) for bt in batches] if keep else None
+    base_cache: list | None = [] if keep else None
+    with RoutingTap(base_model) as base_tap:  # an MoE base's routing, taken in that pass (or in one of its own)
+        for bt in batches if keep or base_tap.routers else ():
+            logits = _forward(base_model, bt, dev, base_tap)
+            if base_cache is not None:
+                base_cache.append(logits)
+            del logits
+    base_picks = base_tap.take()
 
     plan = _plan(masks, random_control, curve, seed)
-    summary, tokens, per_prompt, curves = [], [], [], []
+    summary, tokens, per_prompt, curves, routing = [], [], [], [], []
     notes = [cut_note] if cut_note else []
     static = token_frame(enc, tok)
     total, step, t_fwd, fwd_tokens = len(finetuned) * len(plan), 0, 0.0, 0
@@ -198,7 +226,10 @@ def behavior(
             frac = builder.build(make(builder))
             t1 = time.perf_counter()
             base_logits = (base_cache[bi] if keep else logits_of(base_model, bt, dev) for bi, bt in enumerate(batches))
-            kl_f, kl_r, acc, rows = _score(builder.model, base_logits, batches, batch_size, dev)
+            with RoutingTap(builder.model) as tap:
+                kl_f, kl_r, acc, rows = _score(builder.model, base_logits, batches, batch_size, dev, tap)
+            if tap.routers and not experiment.startswith("curve"):
+                routing += routing_rows(label, experiment, tap.take(), base_picks, tap.routers, token_domains)
             per_prompt += [{"model": label, "experiment": experiment, **r} for r in rows]
             t_fwd, fwd_tokens = t_fwd + time.perf_counter() - t1, fwd_tokens + n_tokens
             if not experiment.startswith("curve"):
@@ -224,6 +255,12 @@ def behavior(
     if progress:
         progress(total, total, "done")
     notes += [] if keep else ["base logits recomputed per model (too large to keep in memory)."]
+    unread = sorted(base_tap.unread)
+    if unread:
+        notes.append(
+            f"routing: {len(unread)} router(s) returned neither expert indices nor logits of every token "
+            f"({', '.join(unread[:3])}{' ...' if len(unread) > 3 else ''}); left out of the routing table."
+        )
     curve_cols = ["model", "order", "fraction", "fraction_reverted", "kl_forward", "kl_reverse", "accuracy"]
     return BehaviorReport(
         str(base),
@@ -235,7 +272,15 @@ def behavior(
         notes,
         time.perf_counter() - t0,
         fwd_tokens / t_fwd if t_fwd else 0.0,
+        routing_frame(routing),
     )
+
+
+def _forward(model, batch, dev, tap: RoutingTap | None):
+    """:func:`logits_of` of one batch, the routing tap (if any) told which of its positions are tokens."""
+    if tap is not None and tap.routers:
+        tap.expect([len(e.ids) for e in batch], max(len(e.ids) for e in batch))
+    return logits_of(model, batch, dev)
 
 
 def _labels(labels: Sequence[str] | None, finetuned: Sequence[str], prompts: Sequence) -> list[str]:
@@ -292,7 +337,7 @@ def _plan(masks: Mapping, random_control: bool, curve: Sequence[float] | None, s
             (f"{name}/inside", name, "inside", lambda b, ms=ms: mask_selector(b.resolve(ms), True)),
             (f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(b.resolve(ms), False)),
         ]
-        if random_control:
+        if random_control and not getattr(ms, "whole_tensors", False):  # (the routers: the same mask drawn)
             rand = f"random({name})"
             plan.append((f"{rand}/inside", rand, "inside", lambda b, ms=ms: random_selector(b.resolve(ms), seed)))
     for f in curve or ():
@@ -326,13 +371,13 @@ def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str) -> Non
     require_memory(what, held if dev == "cpu" else max(base_b, ft_b), dev, held)
 
 
-def _score(model, base_logits, batches, batch_size: int, dev):
+def _score(model, base_logits, batches, batch_size: int, dev, tap: RoutingTap | None = None):
     """Teacher-forced pass of ``model`` over the batches against the base's logits (one per batch):
     per-position forward / reverse KL (concatenated over prompts), per-prompt correctness, and one
-    row per prompt (prompt index, mean KLs, correct)."""
+    row per prompt (prompt index, mean KLs, correct). ``tap``: the routing hooks on ``model``, if any."""
     kl_f, kl_r, acc, rows = [], [], [], []
     for bi, (lb, bt) in enumerate(zip(base_logits, batches, strict=True)):
-        lf = logits_of(model, bt, dev)
+        lf = _forward(model, bt, dev, tap)
         fwd, rev = (x.cpu().numpy() for x in kl_terms(lb, lf))  # (B, n): padded positions unused
         pred = lf.argmax(-1)
         for j, e in enumerate(bt):
@@ -358,6 +403,7 @@ def write_behavior(report: BehaviorReport, folder: str | os.PathLike) -> None:
     report.tokens.to_csv(folder / "tokens.csv", index=False)
     report.prompts.to_csv(folder / "prompts.csv", index=False)
     report.curves.to_csv(folder / "curves.csv", index=False)
+    report.routing.to_csv(folder / "routing.csv", index=False)
 
 
 def read_behavior(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
@@ -372,7 +418,10 @@ def read_behavior(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
         raise ConfigError(
             f"{display_path(folder)}: no {', '.join(missing)}; this is not a finished behaviour job's output folder."
         )
-    return {n: read_frame(folder / f"{n}.csv") for n in names}
+    out = {n: read_frame(folder / f"{n}.csv") for n in names}
+    routing = folder / "routing.csv"  # (a run finished before routing was measured has none: no MoE rows)
+    out["routing"] = read_frame(routing) if routing.is_file() else routing_frame([])
+    return out
 
 
 # --- configs: the CLI, the job and the page share one ------------------------------------------------
@@ -400,7 +449,7 @@ def validate_config(config: dict) -> None:
         raise ConfigError(f"behavior config: unknown key(s) {unknown}.{suggest(unknown[0], CONFIG_KEYS)}")
     if not config.get("base") or not config.get("finetuned"):
         raise ConfigError("behavior config needs 'base' and a non-empty 'finetuned' list.")
-    specials = [m for m in (config.get("masks") or {}).values() if m == "update" or str(m).startswith("topk:")]
+    specials = [m for m in (config.get("masks") or {}).values() if m in SPECIAL_MASKS or str(m).startswith("topk:")]
     for f in [
         config["base"],
         *config["finetuned"],
@@ -417,6 +466,19 @@ def validate_config(config: dict) -> None:
             raise ConfigError(f"behavior config: {key} must be a whole number >= 1, got {value!r}.")
 
 
+SPECIAL_MASKS = ("update", "routers")  # masks made per finetune, not read from a file (and topk:F)
+
+
+def prompt_set_name(spec) -> str:
+    """A prompt set's name in the routing table: its file's name without ``.jsonl`` (and the zoo's ``_eval``),
+    or the ``hf:`` spec as given."""
+    text = str(spec)
+    if text.startswith("hf:"):
+        return text
+    stem = Path(text).name.removesuffix(".jsonl")
+    return stem.removesuffix("_eval") or stem
+
+
 def run_config(config: dict, progress: ProgressFn | None = None) -> BehaviorReport:
     """:func:`behavior` for a config dict (prompts: a JSONL path, a list of them, or the zoo's eval sets)."""
 
@@ -424,7 +486,8 @@ def run_config(config: dict, progress: ProgressFn | None = None) -> BehaviorRepo
     files = config.get("prompts") or zoo_prompt_files()
     files = [files] if isinstance(files, str | os.PathLike) else files
     limit = config.get("limit")
-    prompts = [p for f in files for p in read_prompts(f, limit)]
+    sets = [(prompt_set_name(f), read_prompts(f, limit)) for f in files]
+    prompts = [p for _, ps in sets for p in ps]
     masks = {name: mask_source(spec) for name, spec in (config.get("masks") or {}).items()}
     curve = config.get("curve", CURVE_POINTS)
     return behavior(
@@ -432,6 +495,7 @@ def run_config(config: dict, progress: ProgressFn | None = None) -> BehaviorRepo
         config["finetuned"],
         prompts,
         labels=config.get("labels"),
+        domains=[name for name, ps in sets for _ in ps],
         masks=masks,
         random_control=config.get("random_control", True),
         curve=curve or None,
@@ -461,8 +525,9 @@ def planned_passes(config: dict) -> tuple[int, int, int, int]:
         raise ConfigError(f"{config['base']}: no tokenizer to encode the prompts with ({exc}).") from None
     enc, _ = fit_context(encode(tok, prompts), _context_length([config["base"], *config["finetuned"]]))
     n_tokens = sum(len(e.ids) for e in enc)
-    masks = len(config.get("masks") or {})
-    experiments = 1 + masks * (3 if config.get("random_control", True) else 2)
+    specs = list((config.get("masks") or {}).values())
+    whole = sum(m == "routers" for m in specs)  # no random control: it would be the same mask
+    experiments = 1 + (len(specs) - whole) * (3 if config.get("random_control", True) else 2) + 2 * whole
     experiments += 2 * len({float(f) for f in config.get("curve", CURVE_POINTS) or ()})
     runs = len(config["finetuned"]) * experiments
     keep = n_tokens * len(tok) * 4 <= _BASE_CACHE_BYTES
@@ -508,5 +573,6 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     return _cache.entry("behavior", key, root=cache_root), files
 
 
-BEHAVIOR_VERSION = 3  # bump when the same inputs would give different numbers or files (2: NaN weights refused;
-# 3: prompts cut to the context, a curve fraction given twice run once, mixed precision cast as analyze does)
+BEHAVIOR_VERSION = 4  # bump when the same inputs would give different numbers or files (2: NaN weights refused;
+# 3: prompts cut to the context, a curve fraction given twice run once, mixed precision cast as analyze does;
+# 4: routing.csv, the routing of MoE models per prompt set)

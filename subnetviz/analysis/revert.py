@@ -268,14 +268,19 @@ def update_masks(builder: ModelBuilder) -> dict[str, torch.Tensor]:
 
 
 def mask_source(spec: str):
-    """A ``--mask`` value: a mask file, ``update`` (each finetune's own update mask) or ``topk:F`` (each
-    finetune's top fraction F of changed entries by |Δ|). A file is read in any format ``mask import`` reads
+    """A ``--mask`` value: a mask file, ``update`` (each finetune's own update mask), ``topk:F`` (each
+    finetune's top fraction F of changed entries by |Δ|) or ``routers`` (an MoE model's router tensors, whole:
+    :func:`subnetviz.analysis.routing.router_masks`). A file is read in any format ``mask import`` reads
     (safetensors, a ``torch.save`` .pt, a bigram pickle; nothing is written): a .pt was read as safetensors and
     refused as "header too large"."""
     from subnetviz.masks import import_mask
 
     if spec == "update":
         return update_masks
+    if spec == "routers":
+        from subnetviz.analysis.routing import router_masks
+
+        return router_masks
     if spec.startswith("topk:"):
         try:
             frac = float(spec[5:])

@@ -94,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL with 'prompt' and optional 'answer', hf:NAME[:CONFIG]:SPLIT "
         "from the local datasets cache, or a save_to_disk folder (default: the zoo's eval sets)",
     )
-    b.add_argument("--out", required=True, help="output folder: behavior.json, tokens.csv, prompts.csv, curves.csv")
+    b.add_argument(
+        "--out",
+        required=True,
+        help="output folder: behavior.json, tokens.csv, prompts.csv, curves.csv, routing.csv (MoE)",
+    )
     b.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     b.add_argument("--labels", nargs="+", help="a name per finetuned model")
     b.add_argument(
@@ -102,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=SPEC",
         help="a mask to revert inside/outside (repeat): "
-        "a mask file (safetensors, a torch.save .pt, a bigram pickle), 'update' (each finetune's own update mask) "
-        "or 'topk:F' (its top F of |Δ|)",
+        "a mask file (safetensors, a torch.save .pt, a bigram pickle), 'update' (each finetune's own update mask), "
+        "'topk:F' (its top F of |Δ|) or 'routers' (an MoE model's routers: swapped between base and finetune)",
     )
     b.add_argument(
         "--no-random",

@@ -117,8 +117,9 @@ def cmd_behavior(args: argparse.Namespace) -> int:
     masks: dict[str, str] = {}
     for spec in args.mask or []:
         name, sep, path = spec.partition("=")
-        if not sep:  # update and topk:F by what they are (topk:0.5 was 'topk:0'), a file by its name
-            name, path = (spec if spec == "update" or spec.startswith("topk:") else Path(spec).stem), spec
+        if not sep:  # update, routers and topk:F by what they are (topk:0.5 was 'topk:0'), a file by its name
+            special = spec in ("update", "routers") or spec.startswith("topk:")
+            name, path = (spec if special else Path(spec).stem), spec
         if name in masks:  # (the later one replaced the earlier, with no word)
             raise SubnetvizError(
                 f"--mask: two masks named {name!r} ({masks[name]}, {path}); name each one: --mask NAME=PATH."
@@ -145,6 +146,16 @@ def cmd_behavior(args: argparse.Namespace) -> int:
         print(f"note: {line}", file=sys.stderr)
     cols = ["model", "experiment", "kl_forward", "kl_reverse", "accuracy", "fraction_reverted"]
     print(report.summary[cols].to_string(index=False))
+    if len(report.routing):  # an MoE model: how far its routing moved from the base's, per model and experiment
+        r = report.routing
+        g = (
+            r.assign(jaccard=r["jaccard"] * r["tokens"], changed=r["changed"] * r["tokens"])
+            .groupby(["model", "experiment"], sort=False)[["jaccard", "changed", "tokens"]]
+            .sum()
+        )
+        moved = g[["jaccard", "changed"]].div(g["tokens"], axis=0).reset_index()
+        print(f"routing against the base's (token-weighted over {r['router'].nunique()} routers and the prompt sets):")
+        print(moved.to_string(index=False))
     print(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}")
     return 0
 

@@ -1,0 +1,181 @@
+"""Routing of a mixture of experts in the behaviour analysis: a planted finetune whose only change swaps two
+experts' router rows in layer 1, against transformers' own router logits read one prompt at a time (no padding,
+no hooks: an independent path) and against what the swap must give by construction; the router swap as a revert
+mask; a dense model's empty table; prompt sets told apart; the CLI's files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from subnetviz.analysis.behavior import Prompt, behavior, read_behavior, write_behavior
+from subnetviz.analysis.revert import mask_source
+from subnetviz.analysis.routing import COLUMNS, find_routers, jaccard, load_entropy
+from subnetviz.errors import ConfigError
+from tests.ckpt_fixtures import read_state_dict, write_folder
+from tests.models import make_tiny_llama, make_tiny_moe
+
+SUMS = [Prompt("12+30=", "42"), Prompt("7+8=", "15"), Prompt("40+2=")]
+MORE = [Prompt("99+1=", "100"), Prompt("5+5=", "10")]
+ROUTER = "model.layers.1.mlp.gate.weight"
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory):
+    """A Qwen3-MoE base (4 experts, top 2) and a finetune whose only change swaps rows 0 and 1 of layer 1's router:
+    its layer 1 sends a token to expert 1 where the base sends it to expert 0, and back."""
+    root = tmp_path_factory.mktemp("routing")
+    base = make_tiny_moe(root / "base", seed=3)
+    sd = read_state_dict(base)
+    sd[ROUTER] = sd[ROUTER][[1, 0, 2, 3]].clone()
+    ft = write_folder(root / "ft", sd, config_from=base)
+    for f in base.glob("tokenizer*"):
+        (ft / f.name).write_bytes(f.read_bytes())
+    return base, ft
+
+
+def _picks(folder, prompts) -> dict[int, np.ndarray]:
+    """Per layer, (T, 2) experts of every token, from the model's own router logits (top 2 of their softmax)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    out: dict[int, list] = {0: [], 1: []}
+    for p in prompts:
+        ids = tok(p.text)["input_ids"] + (tok(p.answer, add_special_tokens=False)["input_ids"] if p.answer else [])
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]), output_router_logits=True).router_logits
+        for layer, lg in enumerate(logits):
+            out[layer].append(torch.softmax(lg.double(), -1).topk(2, dim=-1).indices.numpy())
+    return {layer: np.concatenate(v) for layer, v in out.items()}
+
+
+def _entropy(picks: np.ndarray, experts: int = 4) -> float:
+    p = np.bincount(picks.reshape(-1), minlength=experts) / picks.size
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def test_routing_against_the_models_own_router_logits_and_the_planted_swap(moe):
+    base, ft = moe
+    rep = behavior(str(base), [str(ft)], SUMS, labels=["ft"], curve=None, device="cpu")
+    r = rep.routing.set_index("layer")
+    assert list(rep.routing.columns) == COLUMNS
+    assert set(r["experiment"]) == {"finetuned"} and set(r["router"]) == {
+        "model.layers.0.mlp.gate",
+        "model.layers.1.mlp.gate",
+    }
+    pb, pf = _picks(base, SUMS), _picks(ft, SUMS)
+    tokens = sum(len(x) for x in pb[0])
+    for layer in (0, 1):
+        sb, sf = [set(map(int, row)) for row in pb[layer]], [set(map(int, row)) for row in pf[layer]]
+        ref = np.array([len(a & b) / len(a | b) for a, b in zip(sb, sf, strict=True)])
+        assert r.loc[layer, "tokens"] == len(ref) == tokens // 2
+        assert r.loc[layer, "jaccard"] == pytest.approx(ref.mean(), abs=1e-15)
+        assert r.loc[layer, "changed"] == pytest.approx((ref < 1).mean(), abs=1e-15)
+        assert r.loc[layer, "load_entropy"] == pytest.approx(_entropy(pf[layer]), abs=1e-12)
+        assert r.loc[layer, "load_entropy_base"] == pytest.approx(_entropy(pb[layer]), abs=1e-12)
+    # by construction: layer 0 routes as the base; layer 1 relabels experts 0 <-> 1, so a token holding one of
+    # them keeps one of its two experts (Jaccard 1/3) and its load is the base's, relabelled (same entropy)
+    assert r.loc[0, "jaccard"] == 1.0 and r.loc[0, "changed"] == 0.0
+    one = np.array([(0 in row) != (1 in row) for row in pb[1]])
+    assert 0 < one.mean() < 1, "the planted swap must move some tokens and not others"
+    assert r.loc[1, "jaccard"] == pytest.approx(np.where(one, 1 / 3, 1.0).mean(), abs=1e-15)
+    assert r.loc[1, "load_entropy"] == pytest.approx(r.loc[1, "load_entropy_base"], abs=1e-12)
+    assert rep.to_json()["models"]["ft"]["routing"]["routers"] == 2
+
+
+def test_swapping_the_routers_back_is_the_base_and_into_the_base_is_the_finetune(moe):
+    """Only the router changed: the finetune with the base's routers is the base (KL 0, routing as the base's);
+    the base with the finetune's routers is the finetune. No random control: it would be the same mask."""
+    base, ft = moe
+    rep = behavior(
+        str(base), [str(ft)], SUMS, labels=["ft"], masks={"swap": mask_source("routers")}, curve=None, device="cpu"
+    )
+    s = rep.summary.set_index("experiment")
+    assert list(s.index) == ["finetuned", "swap/inside", "swap/outside"]
+    assert s.loc["finetuned", "kl_forward"] > 0  # (small: random experts of a tiny model move little)
+    assert s.loc["swap/inside", "kl_forward"] == 0.0 and s.loc["swap/inside", "kl_reverse"] == 0.0
+    assert s.loc["swap/outside", "kl_forward"] == s.loc["finetuned", "kl_forward"]
+    r = rep.routing.set_index(["experiment", "layer"])
+    assert r.loc[("swap/inside", 1), "jaccard"] == 1.0
+    assert r.loc[("swap/outside", 1), "jaccard"] == r.loc[("finetuned", 1), "jaccard"] < 1
+
+
+def test_prompt_sets_are_told_apart(moe):
+    base, ft = moe
+    rep = behavior(
+        str(base), [str(ft)], SUMS + MORE, labels=["ft"], domains=["a"] * 3 + ["b"] * 2, curve=None, device="cpu"
+    )
+    one = behavior(str(base), [str(ft)], MORE, labels=["ft"], curve=None, device="cpu").routing.set_index("layer")
+    r = rep.routing[rep.routing["domain"] == "b"].set_index("layer")
+    for col in ("tokens", "jaccard", "changed", "load_entropy", "load_entropy_base"):
+        assert r[col].to_dict() == pytest.approx(one[col].to_dict(), abs=1e-15), col
+    with pytest.raises(ConfigError, match="2 prompt-set names for 5 prompts"):
+        behavior(str(base), [str(ft)], SUMS + MORE, domains=["a", "b"], curve=None, device="cpu")
+
+
+def test_a_dense_model_has_an_empty_table_and_no_router_mask(tmp_path):
+    base = make_tiny_llama(tmp_path / "base", hidden=16, intermediate=32)
+    rep = behavior(str(base), [str(base)], SUMS, labels=["same"], curve=None, device="cpu")
+    assert rep.routing.empty and list(rep.routing.columns) == COLUMNS
+    (tmp_path / "out").mkdir()
+    write_behavior(rep, tmp_path / "out")
+    back = read_behavior(tmp_path / "out")["routing"]
+    assert back.empty and list(back.columns) == COLUMNS
+    (tmp_path / "out" / "routing.csv").unlink()  # a run written before routing was measured
+    assert read_behavior(tmp_path / "out")["routing"].empty
+    with pytest.raises(ConfigError, match="no router tensors"):
+        behavior(str(base), [str(base)], SUMS, masks={"swap": mask_source("routers")}, curve=None, device="cpu")
+
+
+def test_helpers_against_hand_counts():
+    a = torch.tensor([[0, 1], [2, 3], [0, 2]])
+    b = torch.tensor([[1, 0], [0, 1], [0, 3]])
+    assert jaccard(a, b).tolist() == [1.0, 0.0, 1 / 3]
+    assert load_entropy(torch.tensor([[0, 1], [2, 3]]), 4) == pytest.approx(np.log(4))
+    assert load_entropy(torch.tensor([[0, 0], [0, 0]]), 4) == 0.0
+    assert np.isnan(load_entropy(torch.empty(0, 2, dtype=torch.int64), 4))
+
+
+def test_routers_are_found_in_the_families_transformers_lays_out(tmp_path):
+    """Each MoE family's block holds its router as ``gate`` or ``router`` beside ``experts``; a dense model none."""
+    import transformers as T
+
+    from tests.unit.test_families import _build
+
+    for kind in ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "llama4_text", "gpt_oss"):
+        model = _build(kind)
+        found = find_routers(model)
+        cfg = model.config
+        layers = [i for i in range(cfg.num_hidden_layers) if any(r[0] == i for r in found)]
+        assert layers, kind
+        assert all(k == cfg.num_experts_per_tok for *_, k in found), kind
+    assert (
+        find_routers(
+            T.LlamaForCausalLM(T.LlamaConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, vocab_size=8))
+        )
+        == []
+    )
+
+
+def test_cli_writes_routing_and_says_how_far_it_moved(moe, tmp_path, capsys):
+    from subnetviz.cli import main
+
+    base, ft = moe
+    prompts = tmp_path / "sums.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p.text, "answer": p.answer}) for p in SUMS[:2]))
+    out = tmp_path / "out"
+    code = main(
+        ["behavior", str(base), str(ft), "--out", str(out), "--prompts", str(prompts), "--mask", "routers", "--curve"]
+    )
+    assert code == 0
+    routing = read_behavior(out)["routing"]
+    assert set(routing["domain"]) == {"sums"} and set(routing["experiment"]) == {
+        "finetuned",
+        "routers/inside",
+        "routers/outside",
+    }
+    said = capsys.readouterr().out
+    assert "routing against the base's" in said and "routers/inside" in said
