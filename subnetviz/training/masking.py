@@ -38,6 +38,7 @@ from transformers import TrainerCallback
 from subnetviz.analysis.bits import bits_differ
 from subnetviz.checkpoints import align, open_checkpoint
 from subnetviz.checkpoints.align import TIED_HEADS
+from subnetviz.checkpoints.experts_layout import param_pieces
 from subnetviz.checkpoints.naming import by_short_name, strip_prefix
 from subnetviz.errors import AlignmentError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
@@ -52,11 +53,14 @@ def load_training_mask(
     ``spec`` is a mask file or ``"random:<mask file>"``: then every tensor gets a uniformly random
     mask with exactly as many ones as the file's tensor (same per-tensor density), drawn from a
     generator seeded with ``seed``. Returns ``(name -> bool tensor for every parameter, the mask
-    set actually used)``; parameters the file does not list come back all False (frozen).
+    set actually used)``; parameters the file does not list come back all False (frozen). A mask written for a
+    mixture of experts stored one expert at a time (an update mask of a Qwen-MoE, Mixtral, DeepSeek release) is
+    packed into the parameters transformers 5 holds those experts in (:func:`packed_masks`).
     """
     is_random = spec.startswith("random:")
     path = spec[len("random:") :] if is_random else spec
     ms = load_mask_set(path)
+    ms = MaskSet(packed_masks(dict(ms.masks), shapes), ms.metadata)
     validate_mask_set(ms, shapes, where=f"mask {path}")
     masks = dict(ms.masks)
     if is_random:
@@ -76,6 +80,28 @@ def load_training_mask(
     if not any(bool(m.any()) for m in full.values()):
         raise MaskError(f"mask {path}: selects no parameter entries; training it would change nothing.")
     return full, ms
+
+
+def packed_masks(masks: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """``masks`` with the tensors a checkpoint stores one by one written into the model parameter they are packed
+    into (expert e's gate and up into ``mlp.experts.gate_up_proj[e]``, its down into ``down_proj[e]``, Mixtral's
+    ``block_sparse_moe.`` router as the model's ``mlp.gate``: :func:`~subnetviz.checkpoints.experts_layout
+    .param_pieces`), for each parameter of ``shapes`` the mask does not name itself; the rest as it is."""
+    short = {strip_prefix(k): k for k in masks}
+    mask_shapes = {s: tuple(masks[k].shape) for s, k in short.items()}
+    out, used = dict(masks), set()
+    for name, shape in shapes.items():
+        if name in masks or strip_prefix(name) in short:
+            continue
+        pieces = param_pieces(strip_prefix(name), tuple(shape), mask_shapes)
+        if not pieces:
+            continue
+        full = torch.zeros(tuple(shape), dtype=torch.bool)
+        for piece, index in pieces:
+            full[index] = masks[short[piece]].to(torch.bool)
+            used.add(short[piece])
+        out[name] = full
+    return {k: m for k, m in out.items() if k not in used}
 
 
 class GradientMask:
@@ -243,6 +269,12 @@ class _MaskOf:
     def __init__(self, masks: dict[str, torch.Tensor] | None, ck):
         self.masks = masks
         self.keyed = {k: masks[n] for k, n in by_short_name(masks or {}).items()}
+        # a parameter packing experts the checkpoint stores one by one: each stored tensor's slice of its mask
+        stored = {strip_prefix(n): tuple(ck.meta(n).shape) for n in ck.names}
+        for key, m in (masks or {}).items():
+            if strip_prefix(key) not in stored:
+                for piece, index in param_pieces(strip_prefix(key), tuple(m.shape), stored) or ():
+                    self.keyed.setdefault(piece, m[index] if index else m)
         self.embedding: str | None = None
         if ck.tied_embeddings:
             table = ck.names_table

@@ -447,3 +447,38 @@ def test_gradient_mask_zeroes_nan_gradients_outside():
     lin.weight.grad = None
     (lin(torch.ones(1, 3)).sum()).backward()
     assert torch.equal(lin.weight.grad, torch.ones(2, 3))
+
+
+@pytest.mark.slow
+def test_a_mixture_of_experts_trains_inside_a_mask_written_for_its_stored_experts(tmp_path):
+    """A mask names the experts as the checkpoint stores them (one tensor per expert and projection, the update
+    masks analyze writes); transformers 5 trains them packed (mlp.experts.gate_up_proj / down_proj). Such a mask
+    was refused ('not a parameter of the model'): it is packed into the parameters, the run changes entries
+    inside it only (counted here on the stored bits, independently of the run's own check), and that check
+    compares every stored tensor."""
+    from tests.models import make_tiny_moe
+
+    base = make_tiny_moe(tmp_path / "base", seed=0)
+    data = write_addition_data(tmp_path / "data")
+    mask = write_half_mask(tmp_path / "half.safetensors", base, p=0.5, seed=1)
+    cfg = TrainConfig(
+        algorithm="sft",
+        base=str(base),
+        data=str(data["sft"]),
+        output_dir=str(tmp_path / "out"),
+        steps=3,
+        learning_rate=1e-2,
+        batch_size=16,
+        seed=0,
+        mask=str(mask),
+    )
+    out = Path(train(cfg).output_dir)
+    masks = load_mask_set(mask).masks
+    inside, outside = _changed(base, out, masks)
+    assert outside == 0 and inside > 1000
+    expert = [k for k in masks if ".experts." in k]
+    a, b = _bits(base), _bits(out)
+    assert sum(int((a[k] != b[k]).sum()) for k in expert) > 0  # the experts themselves trained
+    check = json.loads((out / SUMMARY_FILE).read_text())["mask_check"]
+    assert check["outside_mask_identical"] is True and check["changed_inside"] == inside
+    assert check["tensors_compared"] == len(masks)
