@@ -8,9 +8,10 @@ never a name substring test elsewhere. :mod:`~subnetviz.checkpoints.naming` appl
 Verified against the tensor names ``transformers`` 5.24 writes with ``save_pretrained`` (Mixtral,
 Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, gpt-oss, Phi-3, Gemma-2/3, OLMo-2, Qwen3, GLM-4,
 Hunyuan-MoE, ERNIE-4.5-MoE, Qwen3-Next, Apertus, LFM2, DeepSeek-V3.2, AFMoE, FlexOlmo, MiniMax-M2,
-EXAONE-MoE, Qwen3.5 and Qwen3.5-MoE, Nemotron-H, Granite-4.0-H, Granite MoE, Falcon-H1, Jamba, Mamba, Phi,
-StarCoder2, OPT, GLM, Gemma-4) and, where no class saves them (transformers-v5 packed experts, DeepSeek's
-multi-token-prediction layer, vision towers of multimodal releases), the names of the released checkpoints.
+EXAONE-MoE, Qwen3.5 and Qwen3.5-MoE, Nemotron-H, Granite-4.0-H, Granite MoE, Granite MoE SWA, Falcon-H1, Jamba,
+Mamba, Phi, StarCoder2, OPT, GLM, Gemma-4, GPT-BigCode) and, where no class saves them (transformers-v5 packed
+experts, DeepSeek's multi-token-prediction layer, vision towers of multimodal releases), the names of the released
+checkpoints.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ _GRANITE_MOE: Table = [
     (r"shared_mlp\.input_linear\.", "gate_up"),
     (r"shared_mlp\.output_linear\.", "down"),
 ]
+# Granite MoE SWA (granitemoe_swa): Granite MoE's router and shared MLP beside transformers-v5 packed experts,
+# block_sparse_moe.experts.gate_up_proj (E, 2I, H) chunked in two along its rows, gate first
+# (GraniteMoeSWAExperts), not interleaved as gpt-oss's are; attention sinks as gpt-oss has them (in _DENSE).
+_GRANITE_MOE_SWA: Table = _GRANITE_MOE + _MOE + _DENSE
 # OPT: under model.decoder., its own names for the output projection, the MLP and the norms.
 _OPT: Table = [
     (r"self_attn\.out_proj\.", "o"),
@@ -285,8 +290,12 @@ FAMILIES: dict[str, Table] = {
     "mamba_hybrid": _HYBRID + _MOE + _DENSE,  # Jamba, Falcon-H1, Bamba
     "mamba": _MIXER,  # Mamba, Mamba-2, Falcon-Mamba, Nemotron-H
     "granite_moe": _GRANITE_MOE + _HYBRID + _DENSE,
+    "granite_moe_swa": _GRANITE_MOE_SWA,
     "opt": _OPT + _DENSE,
     "gpt2": _GPT2,
+    # GPT-BigCode (StarCoder-1, SantaCoder): GPT-2's names, but its c_attn is an nn.Linear (out, in) whose rows
+    # are [q; k; v] as the config says (multi_query or per head; naming.NameTable.fused_parts), not a Conv1D
+    "gpt_bigcode": _GPT2,
     "gpt_neox": _NEOX,
     "falcon": _FALCON,
     "bert": _BERT,
@@ -347,6 +356,7 @@ MODEL_TYPES = {
     "granitemoe": "granite_moe",
     "granitemoeshared": "granite_moe",
     "granitemoehybrid": "granite_moe",
+    "granitemoe_swa": "granite_moe_swa",
     "granite": "llama",
     "glm": "phi3",  # GLM-4 (v1): a fused [gate; up] like Phi-3's
     "phi": "llama",
@@ -401,17 +411,23 @@ MODEL_TYPES = {
     "qwen3_5_moe": "qwen_moe",
     "qwen3_5_moe_text": "qwen_moe",
     "gpt2": "gpt2",
+    "gpt_bigcode": "gpt_bigcode",
     "gpt_neox": "gpt_neox",
     "falcon": "falcon",
     "bloom": "falcon",  # Falcon's names; its fused query_key_value interleaved per head
     "bert": "bert",
     "roberta": "bert",
 }
+# config.json model_types whose full attention's q_proj holds, head by head, the query and a gate on attention's
+# output: q_proj(x).view(..., heads, 2 * head_dim) chunked in two, query first (Qwen3NextAttention, and Qwen3.5's
+# and Qwen3.5-MoE's copies of it); naming.NameTable.fused_parts splits its rows into q and attn_gate.
+GATED_QUERY = ("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text")
 # Tell-tale names, most specific first: the family when config.json is missing or unknown.
 TELLTALES = [
     ("hc_attn_fn", "deepseek_v4"),
     ("attn_hc.fn", "deepseek_v4"),
     ("block_sparse_moe.input_linear", "granite_moe"),
+    ("block_sparse_moe.router.weight", "granite_moe_swa"),  # (before gpt-oss's sinks, which it has too)
     ("mixer.in_proj", "mamba"),
     ("mamba.in_proj", "mamba_hybrid"),
     ("self_attn_layer_norm", "opt"),

@@ -5,14 +5,16 @@ q/k/v/o, gate/up/down), MoE families (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3 with 
 gpt-oss with attention sinks, packed 3-D experts), Phi-3 (fused ``qkv_proj`` / ``gate_up_proj``),
 GLM-4, LFM2, post-norm families (Gemma-2/3/4, OLMo-2/3), Mamba mixers and the hybrids that hold them
 (Nemotron-H, Jamba, Falcon-H1, Granite-4.0-H with Granite's packed experts), OPT, GPT-2 (Conv1D weights
-stored (in, out); fused ``c_attn`` split in contiguous thirds along the output columns), GPT-NeoX/Pythia (fused
-``query_key_value`` interleaved per head along the output rows), Falcon and BLOOM (``query_key_value`` split as
-the config's layout says: per KV group, multi-query or per head; not split where no config says), BERT; multimodal checkpoints'
-language model under ``model.language_model.`` and a vision tower as its own block; omni models' language
-model in their ``thinker.``, with the audio tower (block ``audio``) and the talker and waveform model (block
-``speech``) apart, where their numbered layers would have been counted in the language model's. An unknown
-architecture falls back to a generic parse (layer = the first integer path component) and says so in
-:attr:`NameTable.notice`; it never raises. Names no table knows are ``other`` and listed by
+stored (in, out); fused ``c_attn`` split in contiguous thirds along the output columns), GPT-BigCode (GPT-2's
+names, its ``c_attn`` an nn.Linear whose rows are split as the config says: multi-query or per head),
+GPT-NeoX/Pythia (fused ``query_key_value`` interleaved per head along the output rows), Falcon and BLOOM
+(``query_key_value`` split as the config's layout says: per KV group, multi-query or per head; not split where no
+config says), BERT; Qwen3-Next's and Qwen3.5's ``q_proj`` split per head into the query and the gate on
+attention's output; multimodal checkpoints' language model under ``model.language_model.`` and a vision tower as
+its own block; omni models' language model in their ``thinker.``, with the audio tower (block ``audio``) and the
+talker and waveform model (block ``speech``) apart, where their numbered layers would have been counted in the
+language model's. An unknown architecture falls back to a generic parse (layer = the first integer path component)
+and says so in :attr:`NameTable.notice`; it never raises. Names no table knows are ``other`` and listed by
 :meth:`NameTable.unmatched` (the analysis notes them).
 
 Experts sit in block ``moe`` with the dense module kinds (gate/up/down) and an ``expert`` (index,
@@ -32,6 +34,7 @@ from subnetviz.checkpoints.families import (
     EXPERT_COUNT_KEYS,
     EXPERT_INDEX,
     FAMILIES,
+    GATED_QUERY,
     MODEL_TYPES,
     MTP_COUNT_KEYS,
     MTP_LAYER_PARTS,
@@ -137,6 +140,10 @@ BLOCK_OF = {
     "hc": "norm",  # the residual streams' mixing (DeepSeek-V4's hyper-connections, Gemma-3n's AltUp), beside norms
     "other": "other",
 }
+# The module kinds that are norms: their weights are scales, whatever their shape (Cohere's per-head q_norm and
+# k_norm are (heads, head_dim)), so the spectra and the subspaces leave them out. "hc", filed beside them in
+# block norm, holds learned mixing matrices (DeepSeek-V4's hc_attn_fn, Gemma-3n's AltUp), which they keep.
+NORM_MODULES = frozenset(m for m, b in BLOCK_OF.items() if b == "norm") - {"hc"}
 _PREFIXES = PREFIXES
 # A layer or expert index: at most 9 digits (a longer run of digits in a stranger's tensor name is no index,
 # and int() of thousands of digits raises)
@@ -248,13 +255,16 @@ def expert_of(short: str) -> int | str | None:
 class NameTable:
     """Maps names to :class:`TensorInfo` for one architecture family (or the generic fallback).
 
-    The config numbers are optional: ``num_heads`` splits GPT-NeoX's interleaved QKV; ``num_kv_heads``
-    and ``hidden_size`` split Phi-3's ``qkv_proj``; ``num_layers`` marks layers past it (DeepSeek-V3's
+    The config numbers are optional: ``num_heads`` splits GPT-NeoX's interleaved QKV and the gated ``q_proj``
+    of :data:`~subnetviz.checkpoints.families.GATED_QUERY`'s model types; ``num_kv_heads`` and ``hidden_size``
+    split Phi-3's ``qkv_proj``; ``num_layers`` marks layers past it (DeepSeek-V3's
     multi-token-prediction layer) as block ``mtp``; ``num_experts`` checks packed expert tensors;
     ``mtp_start`` (num_hidden_layers) places an MTP module stored beside the layers (:func:`mtp_split`):
     module j is layer ``mtp_start + j``, block ``mtp``, where DeepSeek-V3 stores its own. ``sandwich``: the
     layers also hold a norm before the MLP (``pre_feedforward_layernorm``, as Gemma-2 and its kin do), so
-    ``post_attention_layernorm`` is the norm *after* attention, whatever the family's table says.
+    ``post_attention_layernorm`` is the norm *after* attention, whatever the family's table says. ``guessed``:
+    the family was chosen by the tensor names (no model_type, or one no table names), so a layout only a config
+    could tell is not taken for granted (GPT-2's ``c_attn``, see :meth:`_gpt2_parts`).
     """
 
     family: str | None
@@ -266,7 +276,8 @@ class NameTable:
     num_experts: int | None = None
     mtp_start: int | None = None
     sandwich: bool = False
-    qkv_layout: str | None = None  # Falcon / BLOOM's fused query_key_value rows: see falcon_qkv_layout
+    qkv_layout: str | None = None  # Falcon / BLOOM / GPT-BigCode's fused QKV rows: see fused_qkv_layout
+    guessed: bool = False  # the family was chosen by the tensor names, no config.json's model_type naming it
 
     @classmethod
     def from_config(cls, config: dict, names: list[str]) -> NameTable:
@@ -286,7 +297,7 @@ class NameTable:
             ]  # the language model's layers (a vision or audio tower's and a talker's are their own)
             layers = max(found) + 1 if found else None
         family = detect_family(mt, names)
-        layout, kv = falcon_qkv_layout(text, mt) if family == "falcon" else (None, None)
+        layout, kv = fused_qkv_layout(text, mt) if family in ("falcon", "gpt_bigcode") else (None, None)
         return cls(
             family,
             heads,
@@ -298,6 +309,7 @@ class NameTable:
             layers,
             any("pre_feedforward_layernorm." in n or "pre_mlp_layernorm." in n for n in names),
             layout,
+            family is not None and mt not in MODEL_TYPES,
         )
 
     @property
@@ -308,19 +320,34 @@ class NameTable:
                 f"Unknown architecture ({what}): layers are read from the first integer in each name and "
                 "module kinds are 'other'. Per-module views are approximate."
             )
-        falcon = (
-            " Its fused query_key_value is not split into q, k and v: config.json does not say how its rows are "
-            "grouped (Falcon's new_decoder_architecture / multi_query), so it is counted whole as qkv."
-            if self.family == "falcon" and self.qkv_layout is None
-            else ""
-        )
+        fused = self._fused_notice()
         if self.model_type and self.model_type not in MODEL_TYPES:
             return (
                 f"Architecture {self.model_type!r} has no naming table of its own: its tensors are read with the "
                 f"{self.family} table, chosen by their names. Check the per-module views before relying on them."
-                + falcon
+                + fused
             )
-        return falcon.strip() or None
+        return fused.strip() or None
+
+    def _fused_notice(self) -> str:
+        """What the notice says of a fused QKV tensor left whole (or split only where its shape tells), else ""."""
+        if self.family == "falcon" and self.qkv_layout is None:
+            return (
+                " Its fused query_key_value is not split into q, k and v: config.json does not say how its rows are "
+                "grouped (Falcon's new_decoder_architecture / multi_query), so it is counted whole as qkv."
+            )
+        if self.family == "gpt_bigcode" and (self.qkv_layout is None or not self.num_heads):
+            return (
+                " Its fused c_attn is not split into q, k and v: config.json does not give n_head, which its rows "
+                "are grouped by, so it is counted whole as qkv."
+            )
+        if self.family == "gpt2" and self.guessed:
+            return (
+                " Its fused c_attn is split into q, k and v only where the weight is shaped (H, 3H), as GPT-2's "
+                "Conv1D is: no config.json says gpt2, and GPT-BigCode writes the same names for an nn.Linear whose "
+                "rows are split by its config. Other c_attn weights and every c_attn bias are counted whole as qkv."
+            )
+        return ""
 
     def _match(self, short: str, mtp: bool = False) -> str | None:
         """The module kind ``short`` matches (inside an MTP module, ``mtp``: its own rules first)."""
@@ -399,14 +426,18 @@ class NameTable:
     def fused_parts(self, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """Split a fused tensor into views: ``{"q", "k", "v"}`` for QKV, ``{"gate", "up"}`` for gate/up.
 
-        GPT-2 ``c_attn`` (Conv1D): weight (d, 3d), bias (3d,) -> contiguous thirds of the last dim.
+        GPT-2 ``c_attn`` (Conv1D): weight (d, 3d), bias (3d,) -> contiguous thirds of the last dim (see
+        :meth:`_gpt2_parts` for when that is known). GPT-BigCode ``c_attn`` (Linear): rows split as Falcon's are.
         GPT-NeoX ``query_key_value`` (Linear): weight (3d, d), bias (3d,) -> rows interleaved per head,
         i.e. reshaped to (heads, 3, head_size, ...) as HF ``GPTNeoXAttention`` does.
         Phi-3 ``qkv_proj`` (Linear): rows [q (heads·hd); k (kv·hd); v (kv·hd)], hd = hidden / heads.
         Phi-3 ``gate_up_proj``: rows [gate; up] halves. (Packed 3-D experts: see :meth:`part_counts`.)
+        Qwen3-Next's gated ``q_proj`` (:meth:`_gated_query_parts`): ``{"q", "attn_gate"}``, its rows per head.
         """
         info = self.describe(name)
-        if info.module == "gate_up" and self.family in ("phi3", "glm4", "granite_moe"):
+        if self._gated_query(info):
+            return self._gated_query_parts(tensor)
+        if info.module == "gate_up" and self.family in ("phi3", "glm4", "granite_moe", "granite_moe_swa"):
             if tensor.shape[0] % 2:
                 return None
             h = tensor.shape[0] // 2
@@ -414,11 +445,7 @@ class NameTable:
         if info.module != "qkv":
             return None
         if self.family == "gpt2":
-            n = tensor.shape[-1]
-            if n % 3:
-                return None
-            d = n // 3
-            return {k: tensor[..., i * d : (i + 1) * d] for i, k in enumerate("qkv")}
+            return self._gpt2_parts(tensor)
         if self.family == "gpt_neox" and self.num_heads:
             rows = tensor.shape[0]
             if rows % (3 * self.num_heads):
@@ -426,8 +453,8 @@ class NameTable:
             hs = rows // (3 * self.num_heads)
             t = tensor.reshape(self.num_heads, 3, hs, *tensor.shape[1:])
             return {k: t[:, i] for i, k in enumerate("qkv")}
-        if self.family == "falcon":
-            return self._falcon_parts(tensor)
+        if self.family in ("falcon", "gpt_bigcode"):
+            return self._qkv_row_parts(tensor)
         if self.family == "phi3" and self.num_heads and self.hidden_size and self.num_kv_heads:
             hd = self.hidden_size // self.num_heads
             q, kv = self.num_heads * hd, self.num_kv_heads * hd
@@ -436,12 +463,42 @@ class NameTable:
             return {"q": tensor[:q], "k": tensor[q : q + kv], "v": tensor[q + kv :]}
         return None
 
-    def _falcon_parts(self, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    def _gpt2_parts(self, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """GPT-2's ``c_attn`` in contiguous thirds of its last dim (Conv1D, stored (in, out)). GPT-BigCode writes
+        the same names for an nn.Linear (H + 2·kv, H) whose rows are split, so where no config.json says gpt2 (the
+        table was chosen by the names: :attr:`guessed`) only a 2-D weight shaped (H, 3H), which no GPT-BigCode
+        c_attn is, is split: a 1-D tensor then (a bias, or the weight's column counts the update pass hands in,
+        which no longer show its rows) is None here, and :meth:`part_counts`, which has the weight's shape, splits
+        the weight's columns."""
+        n = tensor.shape[-1]
+        if n % 3:
+            return None
+        if self.guessed and not (tensor.dim() == 2 and tensor.shape[1] == 3 * tensor.shape[0]):
+            return None
+        d = n // 3
+        return {k: tensor[..., i * d : (i + 1) * d] for i, k in enumerate("qkv")}
+
+    def _gated_query(self, info: TensorInfo) -> bool:
+        """Whether a tensor is a ``q_proj`` holding the gate on attention's output beside the query (GATED_QUERY)."""
+        return info.module == "q" and self.model_type in GATED_QUERY
+
+    def _gated_query_parts(self, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Qwen3-Next's (and Qwen3.5's) full-attention ``q_proj``, weight (heads·2·hd, H) and bias: each head's
+        rows are [query (hd); gate (hd)], as ``Qwen3NextAttention`` views its output (..., heads, 2·hd) and chunks it
+        in two. None (counted whole as q) without the head count, or where the rows do not fit it."""
+        heads, rows = self.num_heads, tensor.shape[0]
+        if not heads or rows % (2 * heads):
+            return None
+        t = tensor.reshape(heads, 2, rows // (2 * heads), *tensor.shape[1:])
+        return {"q": t[:, 0], "attn_gate": t[:, 1]}
+
+    def _qkv_row_parts(self, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """Falcon's (and BLOOM's) fused ``query_key_value`` rows split as transformers' ``FalconAttention``
         splits them (``_split_heads``), by :attr:`qkv_layout`: ``grouped`` (new_decoder_architecture): per KV
         group [q × heads/kv_heads, k, v], each head_dim rows; ``multi_query`` (Falcon-7B): [every q head, one k,
-        one v]; ``per_head``: [q, k, v] of each head in turn, as GPT-NeoX (and BLOOM). None (counted whole) where
-        the layout is unknown or the rows do not fit it."""
+        one v]; ``per_head``: [q, k, v] of each head in turn, as GPT-NeoX (and BLOOM). GPT-BigCode's ``c_attn``
+        rows are laid out alike (``GPTBigCodeAttention``: [q (H); k (hd); v (hd)] with multi_query, else per head
+        [q, k, v]). None (counted whole) where the layout is unknown or the rows do not fit it."""
         heads, kv, rows = self.num_heads, self.num_kv_heads, tensor.shape[0]
         if not heads or self.qkv_layout is None:
             return None
@@ -472,13 +529,22 @@ class NameTable:
 
     def part_counts(self, name: str, shape: tuple[int, ...], row_counts, col_counts) -> list[tuple[str, int, int]]:
         """(module, numel, changed) of each part of a fused tensor that :func:`fused_part_rows` does not
-        split (Phi-3 ``qkv_proj`` / ``gate_up_proj``; packed 3-D ``gate_up_proj`` of every expert, and
-        gpt-oss's packed ``gate_up_proj_bias``, gate and up interleaved along the last dim), from
-        the row/column counts of the (shape[0], rest) view: no extra pass. [] for any other tensor."""
+        split (Phi-3 ``qkv_proj`` / ``gate_up_proj``; Falcon's and GPT-BigCode's fused QKV; a gated ``q_proj``;
+        packed 3-D ``gate_up_proj`` of every expert, and gpt-oss's packed ``gate_up_proj_bias``, gate and up
+        interleaved along the last dim; a GPT-2 ``c_attn`` weight that only its shape shows to be GPT-2's, see
+        :meth:`_gpt2_parts`), from the row/column counts of the (shape[0], rest) view: no extra pass. [] for any
+        other tensor."""
         info = self.describe(name)
-        if row_counts is None or info.module not in ("qkv", "gate_up") or self.family in ("gpt2", "gpt_neox"):
+        fused = info.module in ("qkv", "gate_up") or self._gated_query(info)
+        if row_counts is None or not fused or self.family == "gpt_neox":
             return []
         import torch
+
+        if self.family == "gpt2":  # (H, 3H): the columns' thirds, each H rows tall
+            if len(shape) != 2 or col_counts is None or shape[1] != 3 * shape[0]:
+                return []
+            cols, d = torch.as_tensor(col_counts), int(shape[0])
+            return [(k, d * d, int(cols[i * d : (i + 1) * d].sum())) for i, k in enumerate("qkv")]
 
         if info.expert == "all" and len(shape) == 3:  # (E, 2I, H) v5 layout, or (E, H, 2I): see packed_in_rows
             e, r, c = shape
@@ -507,13 +573,16 @@ def _describe(table: NameTable, name: str) -> TensorInfo:
     return table._describe_name(name)
 
 
-def falcon_qkv_layout(text: dict, model_type: str | None) -> tuple[str | None, int | None]:
-    """(layout, KV heads) of the fused ``query_key_value`` of a model read with the Falcon table, as
+def fused_qkv_layout(text: dict, model_type: str | None) -> tuple[str | None, int | None]:
+    """(layout, KV heads) of the fused QKV of a model read with the Falcon or the GPT-BigCode table, as
     transformers builds it: model_type ``falcon`` from its flags (FalconConfig's defaults where unset:
-    new_decoder_architecture false, multi_query true; the new architecture wins), ``bloom`` per head; (None,
-    None) for any other model_type (a layout no config tells), whose fused rows are then not split."""
+    new_decoder_architecture false, multi_query true; the new architecture wins), ``bloom`` per head,
+    ``gpt_bigcode`` from multi_query (GPTBigCodeConfig's default: true); (None, None) for any other model_type (a
+    layout no config tells), whose fused rows are then not split."""
     if model_type == "bloom":
         return "per_head", None
+    if model_type == "gpt_bigcode":
+        return ("multi_query", 1) if text.get("multi_query", True) else ("per_head", None)
     if model_type != "falcon":
         return None, None
     heads = text.get("num_attention_heads")

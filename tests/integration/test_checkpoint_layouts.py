@@ -4,7 +4,8 @@ Proves: a PEFT LoRA of a vision-language model (saved under the names the model 
 the base transformers saved under its release names, equal to PEFT's own merge bit for bit; FP8 weights with
 E8M0 block scales (FineGrainedFP8Config(scale_fmt="ue8m0")) are read and dequantised as transformers loads
 them; a bitsandbytes 4-bit finetune against a float base is refused in one line saying so; Falcon's fused
-query_key_value is split into q, k and v as the config's layout says (and not split where none says it);
+query_key_value is split into q, k and v as the config's layout says (and not split where none says it), and so is
+GPT-BigCode's c_attn (not read as GPT-2's Conv1D, also where no config.json says which it is);
 GLM-4.5's multi-token-prediction layer takes DeepSeek-V3's module names.
 """
 
@@ -279,6 +280,90 @@ def test_falcon_qkv_of_a_layout_no_config_tells_is_not_split(tmp_path):
     w = "transformer.h.0.self_attention.query_key_value.weight"
     assert table.describe(w).module == "qkv" and table.fused_parts(w, ck.get(w)) is None
     assert "not split into q, k and v" in table.notice and "\n" not in table.notice
+
+
+# --- GPT-BigCode's fused c_attn --------------------------------------------------------------------------
+_BIGCODE = dict(vocab_size=64, n_embd=48, n_layer=1, n_head=4, n_positions=64)  # head_dim 12
+
+
+def _bigcode_rows(model) -> dict[str, torch.Tensor]:
+    """The c_attn rows transformers reads as q, k and v: c_attn's output set to its row indices (weight zero,
+    bias 0, 1, 2, …) and the query, key and value GPTBigCodeAttention hands to attention captured."""
+    from transformers.models.gpt_bigcode import modeling_gpt_bigcode as m
+
+    attn, seen = model.transformer.h[0].attn, {}
+
+    def capture(module, query, key, value, *args, **kwargs):
+        seen.update(q=query, k=key, v=value)
+        return torch.zeros_like(query).transpose(1, 2), None
+
+    model.config._attn_implementation = "eager"
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(m, "eager_attention_forward", capture)
+        rows = attn.c_attn.weight.shape[0]
+        attn.c_attn.weight.zero_()
+        attn.c_attn.bias.copy_(torch.arange(rows))
+        attn(torch.zeros(1, 1, attn.embed_dim))
+    return {p: seen[p].flatten().long().unique() for p in "qkv"}
+
+
+@pytest.mark.parametrize("multi_query", [True, False])  # StarCoder-1 / SantaCoder: True
+@pytest.mark.parametrize("part", ["k", "v"])
+def test_gpt_bigcode_c_attn_splits_its_rows_as_its_config_says(tmp_path, multi_query, part):
+    """GPT-BigCode's c_attn is an nn.Linear stored (out, in): multi-query rows [q (H); k (hd); v (hd)], else
+    [q, k, v] of each head in turn. A finetune that changes only the K (or V) rows, weight and bias, located by
+    transformers' own attention, counts every changed entry as k (v). Before: GPT-2's table split the input
+    columns in thirds, and a K-only change read q=192, k=192, v=192 on the weight, v=12 on the bias."""
+    torch.manual_seed(0)
+    model = T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(**_BIGCODE, multi_query=multi_query))
+    name = "transformer.h.0.attn.c_attn"
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    rows = _bigcode_rows(model.float())
+    assert sum(len(r) for r in rows.values()) == model.transformer.h[0].attn.c_attn.weight.shape[0]
+    sd = read_state_dict(tmp_path / "base")
+    for p in ("weight", "bias"):
+        t = sd[f"{name}.{p}"]
+        t[rows[part]] = (t[rows[part]].float() + 0.25).to(torch.bfloat16)
+    ft = write_folder(tmp_path / "ft", sd, tmp_path / "base")
+    rep = analyze_updates(str(tmp_path / "base"), [str(ft)], spectra=SpectraOptions(enabled=False)).reports[0]
+    parts = rep.parts.set_index(["key", "module"])
+    width = 1 + sd[f"{name}.weight"].shape[1]  # the weight's columns and the bias
+    for p in "qkv":
+        got = sum(int(parts.loc[(f"h.0.attn.c_attn.{s}", p), "changed"]) for s in ("weight", "bias"))
+        assert got == (len(rows[p]) * width if p == part else 0), (p, got)
+        numel = sum(int(parts.loc[(f"h.0.attn.c_attn.{s}", p), "numel"]) for s in ("weight", "bias"))
+        assert numel == len(rows[p]) * width
+    assert not any("naming table" in n or "not split" in n or "only where" in n for n in rep.notes)
+
+
+def test_c_attn_without_a_config_is_split_only_where_its_shape_is_gpt2s(tmp_path):
+    """Without config.json the names alone cannot tell GPT-2 from GPT-BigCode: a c_attn weight is split in thirds
+    of its columns only where it is shaped (H, 3H), as GPT-2's Conv1D is; GPT-BigCode's (H + 2·hd, H) and every
+    c_attn bias are counted whole as qkv, and a notice says why. Before: GPT-BigCode's weight was split in thirds
+    of its input columns (48 of them here)."""
+    torch.manual_seed(0)
+    models = {
+        "bigcode": T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(**_BIGCODE)),
+        "gpt2": T.GPT2LMHeadModel(T.GPT2Config(**_BIGCODE)),
+    }
+    for kind, model in models.items():
+        sd = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items() if "c_attn" in k or "wte" in k}
+        w, b = sd["transformer.h.0.attn.c_attn.weight"], sd["transformer.h.0.attn.c_attn.bias"]
+        base = write_folder(tmp_path / kind / "base", sd)  # no config.json
+        sd["transformer.h.0.attn.c_attn.weight"] = (w.float() + 0.25).to(torch.bfloat16)
+        sd["transformer.h.0.attn.c_attn.bias"] = (b.float() + 0.25).to(torch.bfloat16)
+        ft = write_folder(tmp_path / kind / "ft", sd)
+        rep = analyze_updates(str(base), [str(ft)], spectra=SpectraOptions(enabled=False)).reports[0]
+        blm = rep.by_layer_module().set_index(["layer", "module"])
+        assert any("split into q, k and v only where the weight is shaped (H, 3H)" in n for n in rep.notes)
+        if kind == "gpt2":  # (48, 144): its columns' thirds, each 48 x 48; its bias whole
+            assert w.shape == (48, 144)
+            assert [int(blm.loc[(0, p), "changed"]) for p in "qkv"] == [48 * 48] * 3
+            assert int(blm.loc[(0, "qkv"), "changed"]) == 144
+        else:  # (72, 48): whole
+            assert w.shape == (72, 48)
+            assert int(blm.loc[(0, "qkv"), "changed"]) == 72 * 48 + 72
+            assert not {"q", "k", "v"} & set(blm.loc[0].index)
 
 
 # --- GLM-4.5's multi-token-prediction layer --------------------------------------------------------------
