@@ -289,6 +289,12 @@ def _build(kind: str):
         ),
         "mamba": (T.MambaConfig, T.MambaForCausalLM, dict(state_size=8)),
         "granitemoe": (T.GraniteMoeConfig, T.GraniteMoeForCausalLM, dict(num_local_experts=4, num_experts_per_tok=2)),
+        # Granite MoE's router and shared MLP, transformers-v5 packed experts and gpt-oss's attention sinks
+        "granitemoe_swa": (
+            T.GraniteMoeSWAConfig,
+            T.GraniteMoeSWAForCausalLM,
+            dict(num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=16, sliding_window=8),
+        ),
         # older and other dense layouts
         "phi": (T.PhiConfig, T.PhiForCausalLM, {}),
         "starcoder2": (T.Starcoder2Config, T.Starcoder2ForCausalLM, {}),
@@ -314,6 +320,8 @@ def _build(kind: str):
             T.Gemma4ForCausalLM,
             dict(head_dim=4, vocab_size_per_layer_input=64, hidden_size_per_layer_input=8),
         ),
+        # per-head norms: q_norm (heads, head_dim), k_norm (kv heads, head_dim)
+        "cohere": (T.CohereConfig, T.CohereForCausalLM, dict(use_qk_norm=True)),
     }
     cfg_cls, model_cls, kw = specs[kind]
     torch.manual_seed(0)
@@ -358,6 +366,7 @@ KINDS = [
     "jamba",
     "mamba",
     "granitemoe",
+    "granitemoe_swa",
     "phi",
     "starcoder2",
     "opt",
@@ -604,6 +613,14 @@ EXPECT = {
         ("backbone.norm_f.weight", None, "norm", "final_norm", None),
     ],
     "granitemoe": [("model.layers.1.block_sparse_moe.input_linear.weight", 1, "moe", "gate_up", "all")],
+    "granitemoe_swa": [  # (before: read with gpt-oss's table, the router and the shared MLP 'other')
+        ("model.layers.1.block_sparse_moe.experts.gate_up_proj", 1, "moe", "gate_up", "all"),
+        ("model.layers.1.block_sparse_moe.experts.down_proj", 1, "moe", "down", "all"),
+        ("model.layers.1.block_sparse_moe.router.weight", 1, "moe", "router", None),
+        ("model.layers.0.shared_mlp.input_linear.weight", 0, "moe", "gate_up", "shared"),
+        ("model.layers.0.shared_mlp.output_linear.weight", 0, "moe", "down", "shared"),
+        ("model.layers.0.self_attn.sinks", 0, "attention", "sinks", None),
+    ],
     "phi": [
         ("model.layers.0.self_attn.dense.weight", 0, "attention", "o", None),
         ("model.layers.0.mlp.fc1.weight", 0, "mlp", "mlp_in", None),
@@ -951,6 +968,107 @@ def test_granite_4_experts_and_shared_mlp_split_into_gate_and_up(family_dirs, tm
     assert blm.loc[(1, "up"), "changed"] == 4 and blm.loc[(1, "gate"), "changed"] == 0
     assert blm.loc[(0, "ssm"), "changed"] == 5 and blm["changed"].sum() == 14
     assert not any("naming table" in n for n in rep.notes)
+
+
+def test_granite_moe_swa_experts_split_gate_first_not_interleaved(family_dirs, tmp_path):
+    """Granite MoE SWA: block_sparse_moe.experts.gate_up_proj (E, 2I, H) is chunked in two along its rows, gate
+    first (GraniteMoeSWAExperts: linear(x, gate_up_proj[e]).chunk(2, -1)); shared_mlp.input_linear likewise.
+    Before: its attention sinks chose gpt-oss's table, whose split interleaves the last dim (H), and a change in
+    expert 1's up rows was counted half gate, half up."""
+    base = family_dirs["granitemoe_swa"]
+    sd = read_state_dict(base)
+    packed, shared = (
+        "model.layers.1.block_sparse_moe.experts.gate_up_proj",
+        "model.layers.0.shared_mlp.input_linear.weight",
+    )
+    assert sd[packed].shape == (4, 64, 16) and sd[shared].shape == (32, 16)
+    sd[packed][1, 32:, :] = bf16_step(sd[packed][1, 32:, :], 1)  # expert 1, every up row: 32 x 16
+    sd[packed][2, 5, :3] = bf16_step(sd[packed][2, 5, :3], 1)  # expert 2, gate: 3
+    sd[shared][20, :4] = bf16_step(sd[shared][20, :4], 1)  # shared, up: 4
+    r = "model.layers.1.block_sparse_moe.router.weight"
+    sd[r][0, :2] = bf16_step(sd[r][0, :2], 1)  # router: 2
+    ft = write_folder(tmp_path / "ft", sd, base)
+    rep = analyze_updates(str(base), [str(ft)], labels=["ft"], spectra=None).reports[0]
+    blm = rep.by_layer_module().set_index(["layer", "module"])
+    assert blm.loc[(1, "up"), "changed"] == 32 * 16 and blm.loc[(1, "gate"), "changed"] == 3
+    assert blm.loc[(1, "gate"), "numel"] == blm.loc[(1, "up"), "numel"] == 4 * 32 * 16 + 16 * 16  # experts, shared
+    assert blm.loc[(0, "up"), "changed"] == 4 and blm.loc[(0, "gate"), "changed"] == 0
+    assert blm.loc[(1, "router"), "changed"] == 2 and blm["changed"].sum() == 32 * 16 + 3 + 4 + 2
+    assert not any("naming table" in n for n in rep.notes)
+
+
+def _gated_query_rows(kind: str) -> dict[str, torch.Tensor]:
+    """The rows of layer 1's q_proj that the model reads as the query, and the rest (the gate): q_proj's output
+    set to its row indices (weight zero but column 0 = 0, 1, 2, …, input the first unit vector) and the query
+    captured where the attention hands it to q_norm."""
+    attn = _build(kind).model.layers[1].self_attn
+    rows, seen = attn.q_proj.out_features, {}
+    hook = attn.q_norm.register_forward_hook(lambda mod, args, out: seen.setdefault("q", args[0]))
+    x = torch.zeros(1, 1, attn.q_proj.in_features, dtype=torch.bfloat16)
+    x[..., 0] = 1
+    rope = (
+        torch.ones(1, 1, attn.head_dim, dtype=torch.bfloat16),
+        torch.zeros(1, 1, attn.head_dim, dtype=torch.bfloat16),
+    )
+    with torch.no_grad():
+        attn.q_proj.weight.zero_()
+        attn.q_proj.weight[:, 0] = torch.arange(rows)
+        attn(x, position_embeddings=rope, attention_mask=None)
+    hook.remove()
+    query = seen["q"].flatten().long().unique()
+    gate = torch.tensor(sorted(set(range(rows)) - set(query.tolist())))
+    assert len(query) == len(gate) == rows // 2
+    return {"q": query, "attn_gate": gate}
+
+
+@pytest.mark.parametrize("kind", ["qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"])
+def test_gated_query_proj_splits_into_query_and_gate(family_dirs, tmp_path, kind):
+    """Qwen3-Next's and Qwen3.5's full-attention q_proj holds per head the query and the gate on attention's
+    output (q_proj(x).view(..., heads, 2·head_dim) chunked in two). A finetune that changes only the gate rows
+    (located by running the model's own attention) counts them as attn_gate, none as q; one query row's change
+    counts as q. Before: all of it was q."""
+    rows = _gated_query_rows(kind)
+    base = family_dirs[kind]
+    sd = read_state_dict(base)
+    q = "model.layers.1.self_attn.q_proj.weight"
+    sd[q][rows["attn_gate"], :3] = bf16_step(sd[q][rows["attn_gate"], :3], 1)  # every gate row: 3 each
+    r = int(rows["q"][5])
+    sd[q][r, :2] = bf16_step(sd[q][r, :2], 1)  # one query row: 2
+    ft = write_folder(tmp_path / "ft", sd, base)
+    rep = analyze_updates(str(base), [str(ft)], labels=["ft"], spectra=None).reports[0]
+    parts = rep.parts[rep.parts["key"] == "layers.1.self_attn.q_proj.weight"].set_index("module")
+    assert parts.loc["attn_gate", "changed"] == 3 * len(rows["attn_gate"]) and parts.loc["q", "changed"] == 2
+    assert parts.loc["attn_gate", "numel"] == parts.loc["q", "numel"] == len(rows["q"]) * sd[q].shape[1]
+    blm = rep.by_layer_module().set_index(["layer", "module"])
+    assert blm.loc[(1, "attn_gate"), "changed"] == 3 * len(rows["attn_gate"]) and blm.loc[(1, "q"), "changed"] == 2
+
+
+def test_per_head_norms_are_left_out_of_spectra_and_subspaces(tmp_path):
+    """Cohere with use_qk_norm: q_norm and k_norm weights are (heads, head_dim), 2-D but a norm's scales. The
+    spectra (and the plan the cost estimate prices) and the subspaces leave them out, as every other norm;
+    every other 2-D weight is decomposed as before, and the norms' changes are still counted. Before: both
+    decomposed them, though analyze_subspaces says norms are left out."""
+    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces
+    from subnetviz.analysis.update_pass import planned_spectra
+
+    base = tmp_path / "base"
+    _build("cohere").save_pretrained(base)
+    ft = _plant(
+        base,
+        tmp_path / "ft",
+        {"model.layers.0.self_attn.q_norm.weight": (1, 3), "model.layers.1.self_attn.k_proj.weight": (0, 4)},
+    )
+    spectra = SpectraOptions(baseline=False)
+    a = analyze_updates(str(base), [str(ft)], labels=["ft"], spectra=spectra)
+    t = a.reports[0].tensors.set_index("key")
+    norms = t[(t["ndim"] == 2) & (t["block"] == "norm")]
+    assert set(norms["module"]) == {"attn_norm"} and len(norms) == 4  # q_norm and k_norm of 2 layers
+    assert t.loc["layers.0.self_attn.q_norm.weight", "changed"] == 3
+    matrices = t[(t["ndim"] == 2) & (t["block"] != "norm")]
+    assert set(a.spectra_table()["name"]) == set(matrices.index)
+    assert len(planned_spectra(str(base), [str(ft)], spectra)) == len(matrices)
+    sub = analyze_subspaces(str(base), [str(ft)], labels=["ft"], options=SubspaceOptions(k=2)).to_frame()
+    assert set(sub["name"]) == set(matrices["name"])
 
 
 def test_unknown_tensors_are_other_and_counted_in_a_notice(tmp_path):
