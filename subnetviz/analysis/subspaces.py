@@ -490,10 +490,13 @@ def _matrices(ck_base, cks: Sequence, forms_base=None, forms=None) -> tuple[list
     (E, m, n) of floats on both sides (compared expert by expert, :func:`_parts`); a packed one stored quantized
     on a side is left out (the third list). A quantized form's scales (which are 2-D too), buffers and integer
     codes with no dequantisation here (GPTQ, AWQ, int4) are no weights to decompose; nor is a tensor of any
-    other rank (a convolution's kernel)."""
+    other rank (a convolution's kernel), nor a norm's weight, which is scales however it is shaped (Cohere's
+    per-head q_norm is (heads, head_dim)): the naming table's module kind says which are norms, as tensors.csv
+    labels them."""
     from subnetviz.analysis.quant import checkpoint_forms
     from subnetviz.checkpoints import align
     from subnetviz.checkpoints.experts_layout import match_layouts
+    from subnetviz.checkpoints.naming import NORM_MODULES
 
     match_layouts([ck_base, *cks])  # (idempotent; as align reads them)
     forms_base = forms_base if forms_base is not None else checkpoint_forms(ck_base)  # (the caller's, when given)
@@ -512,7 +515,7 @@ def _matrices(ck_base, cks: Sequence, forms_base=None, forms=None) -> tuple[list
             ):
                 continue
             info = table.describe(t.names[0])
-            if info.param == "bias":
+            if info.param == "bias" or info.module in NORM_MODULES:
                 continue
             if len(t.shape) == 3:
                 if info.expert != "all":

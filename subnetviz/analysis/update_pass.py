@@ -48,6 +48,7 @@ from subnetviz.analysis.spectra import SpectrumTable, skip_reason, skipped_spect
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.checkpoints.experts_layout import match_layouts
+from subnetviz.checkpoints.naming import NORM_MODULES
 from subnetviz.config import resolve_device
 from subnetviz.errors import CheckpointError, MaskError, NonFiniteError
 from subnetviz.masks import PackedMasks
@@ -623,7 +624,10 @@ def spectrum_parts(key: str, shape: Sequence[int], info, float_pair: bool) -> li
     """The matrices whose spectra the pass takes of one compared weight pair (not a bias), as (name, expert):
     a 2-D matrix itself, or each expert of a packed 3-D tensor (gpt-oss, Llama-4, Granite; ``info`` names the
     tensor), named ``key[e]``, when both sides are float (a quantized pair's Δ comes whole); else none (a
-    convolution's 3-D kernel is no stack of matrices)."""
+    convolution's 3-D kernel is no stack of matrices, and a norm's weight is scales, however shaped: Cohere's
+    per-head q_norm is (heads, head_dim); ``info.module`` says which are norms, as tensors.csv labels them)."""
+    if info.module in NORM_MODULES:
+        return []
     if len(shape) == 2:
         return [(key, None)]
     if len(shape) == 3 and info.expert == "all" and float_pair:
