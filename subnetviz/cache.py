@@ -21,6 +21,7 @@ scheme:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -44,6 +45,13 @@ os.umask(_UMASK)
 
 def _tmp_name(target: Path, tag: str = "tmp") -> Path:
     return target.with_name(f".{target.name}.{tag}-{os.getpid()}-{time.monotonic_ns()}")
+
+
+def longest_tmp_name(name: str) -> int:
+    """The most bytes :func:`_tmp_name` makes of a file called ``name``: a pid of up to 7 digits (Linux's
+    largest is 4194304) and a clock of up to 20 (a 64-bit count of nanoseconds). A name the file system takes
+    may still be too long once these are added, and the failure would then name the temporary file."""
+    return len(f".{name}.tmp-{4194304}-{2**64}".encode("utf-8", "surrogateescape"))
 
 
 def _jsonable(obj):
@@ -168,8 +176,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # unreadable to the others who could read every other file in it
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        # the failure is the one to say: removing the temporary file can fail too (a read-only file system
+        # refuses even removing one that was never made), and that error replaced it
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

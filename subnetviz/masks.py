@@ -18,6 +18,7 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ def _check_bool(name: str, t: torch.Tensor, where: str, floats: bool = False) ->
 
 def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
     """Write ``mask_set`` bit-packed to ``path`` atomically (temporary file, then rename)."""
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -114,8 +116,23 @@ def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
     info.setdefault("numel", mask_set.numel)
     meta["subnetviz"] = json.dumps(info, default=str)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except SafetensorError as exc:  # safetensors' own, not an OSError: it ended in a traceback
+            raise _write_failure(path, exc) from None
     return path
+
+
+def _write_failure(path: Path, exc: Exception) -> Exception:
+    """A failed safetensors write as the error the callers handle: the system's (a folder without permission, a
+    full or read-only disk) as an OSError naming ``path``, not the temporary file safetensors names (the command
+    line says it in one line, under ``--out`` when it was writing a result); anything else as a MaskError."""
+    text = str(exc)
+    io = re.search(r"I/O error: .*?\(os error (\d+)\)", text)
+    if io:
+        code = int(io.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    return MaskError(f"{path}: cannot write the mask file ({text}).")
 
 
 def shareable_bytes(path: str | os.PathLike) -> bytes:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
-from subnetviz.cli.app import cmd_app
+from subnetviz.cli.app import cmd_app, port
 from subnetviz.cli.jobs import cmd_demo, cmd_job, cmd_mask, cmd_report, cmd_runs, cmd_train
 from subnetviz.errors import SubnetvizError
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--home", help="SUBNETVIZ_HOME for this server: zoo, runs and cache (default ~/.cache/subnetviz)")
     w.add_argument("--roots", nargs="+", metavar="DIR", help="SUBNETVIZ_ROOTS: the folders the server may read")
-    w.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    w.add_argument("--port", type=port, default=8501, help="port to serve on (default 8501; 0: any free port)")
     w.set_defaults(func=cmd_app)
 
     a = sub.add_parser("analyze", help="update sparsity (+ spectra, overlap) of finetuned checkpoints vs a base")
@@ -135,8 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--zoo", help="a built demo zoo (default SUBNETVIZ_HOME/zoo)")
     x.set_defaults(func=cmd_experiment)
 
-    d = sub.add_parser("demo", help="the demo zoo: demo build [--preset micro] [--force]")
-    d.add_argument("rest", nargs=argparse.REMAINDER)
+    # The demo's own parser reads what follows 'demo' (its sub-verbs and their options); this one only says them.
+    d = sub.add_parser(
+        "demo",
+        help="the demo zoo: demo build [--preset micro] [--force] | demo path",
+        usage="subnetviz demo {build,path} [options]",
+        description="The demo model zoo.\n\n"
+        "  build   build the demo zoo (reused when already built)\n"
+        "  path    print the zoo folder",
+        epilog="Each one's options: subnetviz demo build --help, subnetviz demo path --help.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("rest", nargs=argparse.REMAINDER, metavar="{build,path} ...", help="the sub-verb and its options")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="run one training job in the foreground")

@@ -4,6 +4,7 @@ accuracy, revert experiments) and ``experiment drivers``."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from subnetviz.analysis.subspaces import SubspaceOptions
 
         SubspaceOptions(k=args.subspaces, share=args.subspaces_share)
+    _check_device(args.device)
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned])
     from subnetviz.cache import USED, sweep
     from subnetviz.config import cache_dir
@@ -47,14 +49,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"cached: served from {analysis.source_dir}", file=sys.stderr)
     subspaces = _subspaces(args, analysis.labels) if args.subspaces or args.subspaces_share else None
     with publish(out, args.overwrite) as tmp:  # the analysis and its subspaces appear together or not at all
-        if args.no_cache:
-            write_analysis(analysis, tmp / "analysis", params={"base": args.base, "finetuned": args.finetuned})
-            source = tmp / "analysis"
+        if args.no_cache:  # written in a folder of its own, then moved up: a copy would need the space twice
+            written = write_analysis(
+                analysis, tmp / "analysis", params={"base": args.base, "finetuned": args.finetuned}
+            )
+            for f in written.iterdir():
+                os.replace(f, tmp / f.name)
+            written.rmdir()
         else:
-            source = analysis.source_dir
-        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(USED))  # (the cache's use stamp)
-        if source != analysis.source_dir:
-            shutil.rmtree(source)
+            source = analysis.source_dir  # (the cache's entry stays: copied, less its use stamp)
+            shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(USED))
         if subspaces is not None:
             subspaces[0].to_csv(tmp / "subspaces.csv", index=False)
             subspaces[1].to_parquet(tmp / "subspaces.parquet", index=False)
@@ -66,10 +70,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+NAME_MAX = 255  # the longest file name (bytes) Linux and macOS file systems take
+
+
 def _check_labels(labels: list[str] | None, mask_files: bool) -> None:
     """``--labels`` before any work: none empty or blank (a model with no name, its mask written as the hidden
     ``masks/.safetensors``, and a folder ``report`` then rejects) and, where each model's mask is written
-    (``mask_files``), no two that make one file name (``a/b`` and ``a_b`` are both ``a_b.safetensors``)."""
+    (``mask_files``), none whose file name the file system refuses (found only once the whole analysis had run,
+    naming a temporary file) and no two that make one file name (``a/b`` and ``a_b`` are both ``a_b.safetensors``)."""
     if not labels:
         return
     blank = [lbl for lbl in labels if not lbl.strip()]
@@ -77,7 +85,18 @@ def _check_labels(labels: list[str] | None, mask_files: bool) -> None:
         raise SubnetvizError(f"--labels: empty label(s) {blank}; give each finetuned model a name.")
     if mask_files:
         from subnetviz.analysis.updates import _safe
+        from subnetviz.cache import longest_tmp_name
 
+        # masks/<label>.safetensors (with -N when a label differs from another only in case), and the temporary
+        # name it is written under first
+        spare = NAME_MAX - longest_tmp_name(f"-{len(labels)}.safetensors" if len(labels) > 1 else ".safetensors")
+        for lbl in labels:
+            size = len(_safe(lbl).encode("utf-8", "surrogateescape"))
+            if size > spare:
+                raise SubnetvizError(
+                    f"--labels: {lbl[:40]!r}… is {size} bytes long; its mask file's name would be longer than the "
+                    f"file system's {NAME_MAX} bytes. Give labels of at most {spare} bytes."
+                )
         by_file: dict[str, list[str]] = {}
         for lbl in labels:
             by_file.setdefault(_safe(lbl), []).append(lbl)
@@ -87,6 +106,14 @@ def _check_labels(labels: list[str] | None, mask_files: bool) -> None:
                 f"--labels: {' and '.join(map(repr, same))} would write one mask file "
                 f"(masks/{_safe(same[0])}.safetensors); give labels that differ in letters, digits or -_.@."
             )
+
+
+def _check_device(device: str) -> None:
+    """``--device`` before any work: a result served from the cache never asks for the device, so a misspelt or
+    absent one passed unnoticed there and failed only on the next computed run."""
+    from subnetviz.config import resolve_device
+
+    resolve_device(device)
 
 
 def _subspaces(args: argparse.Namespace, labels: list[str]):
@@ -112,19 +139,11 @@ def cmd_behavior(args: argparse.Namespace) -> int:
 
     threads()
     _check_labels(args.labels, mask_files=False)
-    # before the work: a folder in the way is said at once
-    out = check_out(args.out, args.overwrite, [args.base, *args.finetuned, *(args.prompts or []), *(args.mask or [])])
-    masks: dict[str, str] = {}
-    for spec in args.mask or []:
-        name, sep, path = spec.partition("=")
-        if not sep:  # update, routers and topk:F by what they are (topk:0.5 was 'topk:0'), a file by its name
-            special = spec in ("update", "routers") or spec.startswith("topk:")
-            name, path = (spec if special else Path(spec).stem), spec
-        if name in masks:  # (the later one replaced the earlier, with no word)
-            raise SubnetvizError(
-                f"--mask: two masks named {name!r} ({masks[name]}, {path}); name each one: --mask NAME=PATH."
-            )
-        masks[name] = path
+    _check_device(args.device)
+    masks = _mask_specs(args.mask or [])
+    files = [path for path in masks.values() if not _special_mask(path)]
+    # before the work: a folder in the way is said at once (one holding a mask file read too, not its NAME=PATH)
+    out = check_out(args.out, args.overwrite, [args.base, *args.finetuned, *(args.prompts or []), *files])
     config = {
         "kind": "behavior",
         "base": args.base,
@@ -147,17 +166,45 @@ def cmd_behavior(args: argparse.Namespace) -> int:
     cols = ["model", "experiment", "kl_forward", "kl_reverse", "accuracy", "fraction_reverted"]
     print(report.summary[cols].to_string(index=False))
     if len(report.routing):  # an MoE model: how far its routing moved from the base's, per model and experiment
-        r = report.routing
+        from subnetviz.analysis.routing import overall
+
+        r = overall(report.routing)
         g = (
             r.assign(jaccard=r["jaccard"] * r["tokens"], changed=r["changed"] * r["tokens"])
             .groupby(["model", "experiment"], sort=False)[["jaccard", "changed", "tokens"]]
             .sum()
         )
         moved = g[["jaccard", "changed"]].div(g["tokens"], axis=0).reset_index()
-        print(f"routing against the base's (token-weighted over {r['router'].nunique()} routers and the prompt sets):")
+        print(f"routing against the base's (token-weighted over {r['router'].nunique()} routers, every prompt):")
         print(moved.to_string(index=False))
     print(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}")
     return 0
+
+
+def _special_mask(spec: str) -> bool:
+    """``update``, ``routers`` and ``topk:F``: masks made per finetune, not read from a file."""
+    from subnetviz.analysis.behavior import SPECIAL_MASKS
+
+    return spec in SPECIAL_MASKS or spec.startswith("topk:")
+
+
+def _mask_specs(specs: list[str]) -> dict[str, str]:
+    """``--mask NAME=SPEC`` (or a bare SPEC) as {name: spec}: the specials by what they are (topk:0.5 was
+    'topk:0'), a file by its name; an empty or blank NAME (experiments named '/inside') and two masks of one
+    name (the later one replaced the earlier, with no word) refused."""
+    masks: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = (spec if _special_mask(spec) else Path(spec).stem), spec
+        if not name.strip():
+            raise SubnetvizError(f"--mask {spec}: an empty mask name; give it one (--mask NAME=PATH) or leave out '='.")
+        if name in masks:
+            raise SubnetvizError(
+                f"--mask: two masks named {name!r} ({masks[name]}, {path}); name each one: --mask NAME=PATH."
+            )
+        masks[name] = path
+    return masks
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

@@ -10,6 +10,18 @@ from pathlib import Path
 from subnetviz.errors import SubnetvizError
 
 
+def port(text: str) -> int:
+    """``--port``: a TCP port, 0 (any free one, which Streamlit prints) to 65535. Out of range, Streamlit's
+    server ended in a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is no port; give 1 to 65535 (or 0: any free port)")
+    return value
+
+
 def app_script() -> Path:
     """The web app's entry script: the wheel's copy (``subnetviz/_app/app.py``), else the clone's ``app.py``."""
     package = Path(__file__).resolve().parents[1]  # subnetviz/

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -81,7 +83,7 @@ def _held(path: Path, inputs: Sequence[str | os.PathLike | None]) -> str | None:
     real = Path(os.path.realpath(path))
     if real == Path(real.anchor):
         return "the whole file system"
-    kept = [(i, f"the input {i}") for i in inputs if i] + [
+    kept = [(p, f"the input {i}") for i in inputs if i for p in _read_from(i)] + [
         (home(), "subnetviz's home (SUBNETVIZ_HOME)"),
         (Path.cwd(), "the working folder"),
         (Path.home(), "your home folder"),
@@ -91,6 +93,25 @@ def _held(path: Path, inputs: Sequence[str | os.PathLike | None]) -> str | None:
         if q == real or real in q.parents:
             return what
     return None
+
+
+def _read_from(spec: str | os.PathLike) -> list[str | os.PathLike]:
+    """Where an input is read from: the path itself, and for a hub id (``org/name``, no such path here) its
+    snapshot in the local Hugging Face cache and the files its links point at (the cache's ``blobs``), as the
+    checkpoint readers resolve it. An id not in the cache is only its own string (it is refused later)."""
+    s = os.fspath(spec)
+    if Path(s).expanduser().exists():
+        return [spec]
+    from subnetviz.checkpoints.sources import _looks_like_hub_id, resolve_hub_id
+
+    if not _looks_like_hub_id(s):
+        return [spec]
+    try:
+        snapshot = resolve_hub_id(s)
+    except SubnetvizError:
+        return [spec]
+    blobs = [os.path.realpath(f) for f in snapshot.rglob("*") if f.is_symlink()]
+    return [spec, snapshot, *blobs]
 
 
 @contextmanager
@@ -108,5 +129,20 @@ def publish(out: Path, overwrite: bool) -> Iterator[Path]:
             f"--out {out}: another result was written there while this one ran; this one was not written (pass "
             "--overwrite to replace it)."
         ) from None
+    except shutil.Error as exc:  # a copy that failed file by file: its message is the list of every file's failure
+        raise SubnetvizError(f"--out {out}: cannot write the result ({_first_failure(exc)}).") from None
     except OSError as exc:
         raise SubnetvizError(f"--out {out}: cannot write the result ({exc.strerror or exc}).") from None
+
+
+def _first_failure(exc: shutil.Error) -> str:
+    """The first file's failure of a :class:`shutil.Error` (``copytree`` gathers a ``(source, target, reason)``
+    per file, each reason an OSError's text naming the temporary folder): its system error, and how many more."""
+    failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    if not failures:
+        return str(exc)
+    reason = str(failures[0][-1]) if isinstance(failures[0], tuple | list) else str(failures[0])
+    code = re.match(r"\[Errno (\d+)\]", reason)
+    said = os.strerror(int(code.group(1))) if code else reason
+    more = len(failures) - 1
+    return said + (f"; {more} more file(s) failed too" if more else "")

@@ -240,6 +240,20 @@ def _events_dir(out: Path, tag: str) -> Path:
     return folder if out.parent.name == "outputs.tmp" else folder / tag
 
 
+def _drop_events(run: _Run) -> None:
+    """An interrupted run's TensorBoard events (Ctrl-C says 'nothing was written'; they were left under
+    ``<output_dir>.tensorboard``): this run's own folder, and ``<output_dir>.tensorboard`` only when that leaves it
+    empty; other runs' events stay. A job's events stay in its run folder, beside its log."""
+    events = _events_dir(run.out, run.work.tag)
+    if events == tensorboard_dir(run.out):
+        return
+    shutil.rmtree(events, ignore_errors=True)
+    try:
+        events.parent.rmdir()  # (refused while another run's folder is in it)
+    except OSError:
+        pass
+
+
 def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
     """Train ``cfg`` (full or subnetwork-only) and save the result to ``cfg.output_dir``.
 
@@ -265,6 +279,8 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
                 # A trained model is never thrown away: a failed check (or anything after the save) keeps it.
                 _kept_failure(exc, run.work.keep(), ctx)
             run.work.remove()  # (a no-op on the ranks that never took it)
+            if isinstance(exc, KeyboardInterrupt):
+                _drop_events(run)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
