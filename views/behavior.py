@@ -15,13 +15,31 @@ def prompt_files() -> dict[str, str]:
     return {f.stem: str(f) for f in sorted(root.glob("*_eval.jsonl"))} if root.is_dir() else {}
 
 
+ROUTERS = "MoE routers (swap)"  # the routers as a revert mask: the finetune with the base's, and the other way
+
+
 def mask_choices(ws) -> dict[str, str]:
     out = {}
     z = ui.zoo()
     if z is not None and z.manifest.masks:
         out.update({f"zoo {name}": str(z.mask_path(name)) for name in z.manifest.masks})
     out.update({label: str(path) for label, path in ws.masks})
+    if ws.base is not None and ui.shared(has_routers, ws.base):
+        out[ROUTERS] = "routers"
     return out
+
+
+def has_routers(base: str) -> bool:
+    """Whether the base holds router tensors (a mixture of experts), from its header and naming table."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        ck = open_checkpoint(base)
+    except SubnetvizError:  # (the page says what is wrong with the base where it reads it)
+        return False
+    table = ck.names_table
+    return any(table.describe(n).module == "router" for n in ck.names)
 
 
 def finished_runs() -> dict[str, Path]:
@@ -43,7 +61,9 @@ def body() -> None:
         "KL(π ‖ π_base) in nats per token (RL's Razor, arXiv 2509.04259: the forward KL on the task predicts "
         "forgetting, where update size and sparsity do not). Revert experiments set the finetune's entries "
         "inside (or outside) a mask back to the base: is the subnetwork sufficient / necessary for the change? "
-        "The random control reverts as many entries per tensor, drawn uniformly."
+        "The random control reverts as many entries per tensor, drawn uniformly. For a mixture of experts, "
+        "*Routing* shows which experts each token reaches against the base, and the *MoE routers (swap)* mask "
+        "runs the finetune with the base's routers (and the base with the finetune's)."
     )
     ws = ui.workspace()
     ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
@@ -111,7 +131,7 @@ def body() -> None:
     show(res, context)
 
 
-TABS = ["Per model", "Per prompt", "Per token"]
+TABS = ["Per model", "Per prompt", "Per token", "Routing (MoE)"]
 KL = ["kl_forward", "kl_reverse"]  # a prompt's accuracy is one right-or-wrong: Per prompt spreads the KLs only
 
 
@@ -149,6 +169,27 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
             prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind="query-params")
             selection = {"model": model, "experiment": experiment, "prompt": int(prompt)}
             ui.chart(ui.shared(token_figure, tokens, model, experiment, int(prompt)), key="bh-tokens")
+    routing = res.get("routing")
+    sets = routing_sets(routing)
+    domain = ui.kept_choice("bh_domain", sets) if sets else None
+    if tabs[3].open:
+        with tabs[3]:
+            if not sets:
+                st.info(
+                    "No mixture-of-experts router in these models: the routing is measured for MoE models "
+                    "(Mixtral, Qwen-MoE, DeepSeek, OLMoE, gpt-oss, …), whose routers this analysis hooks."
+                )
+            else:
+                if len(sets) > 1:
+                    domain = st.selectbox("Prompt set", sets, key="bh_domain", bind="query-params")
+                figs, tables = ui.shared(routing_parts, routing, domain)
+                a, b = st.columns(2)
+                with a:
+                    ui.chart(figs["bh-routing"], key="bh-routing")
+                with b:
+                    ui.chart(figs["bh-load"], key="bh-load")
+                for key, (caption, frame) in tables.items():
+                    ui.table(frame, key, caption)
     if not selection and models:  # the token view's selection as the URL holds it, for the export
         q = st.query_params
         model = q.get("bh_model") if q.get("bh_model") in models else models[0]
@@ -156,12 +197,14 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
         experiment = q.get("bh_exp") if q.get("bh_exp") in experiments else experiments[0]
         prompt = uilogic.url_int(q.get("bh_prompt"), 0)
         selection = {"model": model, "experiment": experiment, "prompt": prompt}
+    routing_params = {"routing prompt set": domain} if domain else {}
     ui.export_button(
         "Behaviour",
-        {**(context or {}), "measure": bfig.MEASURE[value], "per-prompt KL": bfig.MEASURE[kl], **selection},
-        ["bh-bars", "bh-curves", "bh-hist", "bh-tokens"],
-        ["behavior-summary", "behavior-curves"],
-        more=lambda: every_tab(res, value, kl, selection),
+        {**(context or {}), "measure": bfig.MEASURE[value], "per-prompt KL": bfig.MEASURE[kl], **selection}
+        | routing_params,
+        ["bh-bars", "bh-curves", "bh-hist", "bh-tokens", "bh-routing", "bh-load"],
+        ["behavior-summary", "behavior-curves", "behavior-routing"],
+        more=lambda: every_tab(res, value, kl, selection, domain),
     )
 
 
@@ -197,7 +240,35 @@ def token_figure(tokens: pd.DataFrame, model: str, experiment: str, prompt: int)
     return bfig.token_bars(one, title=f"{plain_label(model)} · {experiment} · prompt {prompt}: which tokens moved")
 
 
-def every_tab(res: dict, value: str, kl: str, selection: dict) -> tuple[dict, dict]:
+def routing_sets(routing: pd.DataFrame | None) -> list[str]:
+    """The prompt sets the routing table holds, every prompt first where there are several; [] for no MoE."""
+    from subnetviz.analysis.routing import ALL
+
+    if routing is None or routing.empty:
+        return []
+    sets = list(dict.fromkeys(routing["domain"].astype(str)))
+    return [ALL, *(d for d in sets if d != ALL)] if ALL in sets else sets
+
+
+def routing_parts(routing: pd.DataFrame, domain: str) -> tuple[dict, dict]:
+    """The routing tab's two charts and its table, for one prompt set."""
+    rows = routing[routing["domain"].astype(str) == domain]
+    which = f"prompt set: {plain_label(domain)}"
+    figs = {
+        "bh-routing": bfig.routing_overlap(
+            rows,
+            title=f"Routing shared with the base, per layer<br><sup>mean Jaccard of each token's top-k experts · {which}"
+            "</sup>",
+        ),
+        "bh-load": bfig.routing_entropy(
+            rows, title=f"Entropy of the expert load per layer<br><sup>ln E: every expert used alike · {which}</sup>"
+        ),
+    }
+    tables = {"behavior-routing": ("Routing against the base's, per model, experiment, prompt set and router", routing)}
+    return figs, tables
+
+
+def every_tab(res: dict, value: str, kl: str, selection: dict, domain: str | None = None) -> tuple[dict, dict]:
     """Every tab's figures and tables, for the export (the closed tabs are built on click only)."""
     figs, tables = model_parts(res, value)
     figs = {**figs, "bh-hist": prompt_spread(res, kl)}
@@ -205,6 +276,9 @@ def every_tab(res: dict, value: str, kl: str, selection: dict) -> tuple[dict, di
         figs["bh-tokens"] = token_figure(
             res["tokens"], selection["model"], selection["experiment"], selection["prompt"]
         )
+    if domain:  # an MoE model's routing
+        rf, rt = routing_parts(res["routing"], domain)
+        figs, tables = {**figs, **rf}, {**tables, **rt}
     return figs, tables
 
 

@@ -64,7 +64,7 @@ from subnetviz.analysis.revert import (
     random_order_selector,
     random_selector,
 )
-from subnetviz.analysis.routing import RoutingTap, routing_frame, routing_rows
+from subnetviz.analysis.routing import RoutingTap, overall, routing_frame, routing_rows
 from subnetviz.cache import read_frame
 from subnetviz.errors import ConfigError, suggest
 
@@ -131,13 +131,14 @@ class BehaviorReport:
                 m.update(figs, tokens=int(row.tokens))
             else:
                 m["reverts"].setdefault(row.mask, {})[row.side] = {**figs, "fraction_reverted": row.fraction_reverted}
-        ft = self.routing[self.routing["experiment"] == "finetuned"]
-        for model, g in ft.groupby("model", sort=False):  # token-weighted over prompt sets and routers
+        ft = overall(self.routing)
+        ft = ft[ft["experiment"] == "finetuned"]
+        for model, g in ft.groupby("model", sort=False):  # token-weighted over the routers
             w = g["tokens"].to_numpy(float)
             models.setdefault(model, {"reverts": {}})["routing"] = {
                 "routers": int(g["router"].nunique()),
                 "jaccard": float(np.average(g["jaccard"], weights=w)) if w.sum() else None,
-                "changed": float(np.average(g["changed"], weights=w)) if w.sum() else None,
+                "rerouted_share": float(np.average(g["rerouted_share"], weights=w)) if w.sum() else None,
             }
         return {
             "base": self.base,
@@ -573,6 +574,6 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     return _cache.entry("behavior", key, root=cache_root), files
 
 
-BEHAVIOR_VERSION = 4  # bump when the same inputs would give different numbers or files (2: NaN weights refused;
+BEHAVIOR_VERSION = 5  # bump when the same inputs would give different numbers or files (2: NaN weights refused;
 # 3: prompts cut to the context, a curve fraction given twice run once, mixed precision cast as analyze does;
-# 4: routing.csv, the routing of MoE models per prompt set)
+# 4: routing.csv, the routing of MoE models per prompt set; 5: its column rerouted_share, was changed)

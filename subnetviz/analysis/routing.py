@@ -9,7 +9,7 @@ bias-corrected choice included), or the top k of its logits where it returns log
 prompt set ("domain") and layer:
 
 - ``jaccard``: the mean over tokens of |S_base ∩ S| / |S_base ∪ S|, S a token's k experts (1: the same experts);
-- ``changed``: the share of tokens whose set of k experts differs from the base's;
+- ``rerouted_share``: the share of tokens whose set of k experts differs from the base's;
 - ``load_entropy`` / ``load_entropy_base``: the entropy (nats) of the expert load, the share of the tokens × k
   assignments each expert receives: ln E when every expert takes as many, 0 when one takes all (``experts`` = E).
 
@@ -39,10 +39,11 @@ COLUMNS = [
     "top_k",
     "tokens",
     "jaccard",
-    "changed",
+    "rerouted_share",
     "load_entropy",
     "load_entropy_base",
 ]
+ALL = "all prompt sets"  # the routing over every prompt, beside each set's
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "moe_top_k", "top_k", "n_activated_experts")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -174,16 +175,18 @@ def routing_rows(
     domains: Sequence[str],
 ) -> list[dict]:
     """One row per domain and router: ``picks`` against the base's ``base_picks`` (both per router, every token
-    in prompt order); ``domains``: the domain of each token, in that order."""
+    in prompt order); ``domains``: the domain of each token, in that order. With more than one domain, also a
+    row over all of them (:data:`ALL`: the load's entropy is not a mean of the domains')."""
     dom = np.asarray(domains)
+    sets = list(dict.fromkeys(domains))
     rows = []
     for layer, name, _, experts, k in routers:
         got, ref = picks.get(name), base_picks.get(name)
         if got is None or ref is None or got.shape != ref.shape or got.shape[0] != dom.size:
             continue
         jac = jaccard(ref, got)
-        for d in dict.fromkeys(domains):
-            sel = torch.from_numpy(dom == d)
+        for d in sets + ([ALL] if len(sets) > 1 else []):
+            sel = torch.from_numpy(dom == d) if d != ALL else torch.ones(dom.size, dtype=torch.bool)
             n = int(sel.sum())
             rows.append(
                 {
@@ -196,12 +199,18 @@ def routing_rows(
                     "top_k": k,
                     "tokens": n,
                     "jaccard": float(jac[sel.numpy()].mean()),
-                    "changed": float((jac[sel.numpy()] < 1).mean()),
+                    "rerouted_share": float((jac[sel.numpy()] < 1).mean()),
                     "load_entropy": load_entropy(got[sel], experts),
                     "load_entropy_base": load_entropy(ref[sel], experts),
                 }
             )
     return rows
+
+
+def overall(routing: pd.DataFrame) -> pd.DataFrame:
+    """The rows over every prompt: those of :data:`ALL` where there are several prompt sets, else all rows."""
+    whole = routing[routing["domain"] == ALL]
+    return whole if len(whole) else routing
 
 
 def routing_frame(rows: list[dict]) -> pd.DataFrame:

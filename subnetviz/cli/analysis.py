@@ -170,11 +170,11 @@ def cmd_behavior(args: argparse.Namespace) -> int:
 
         r = overall(report.routing)
         g = (
-            r.assign(jaccard=r["jaccard"] * r["tokens"], changed=r["changed"] * r["tokens"])
-            .groupby(["model", "experiment"], sort=False)[["jaccard", "changed", "tokens"]]
+            r.assign(jaccard=r["jaccard"] * r["tokens"], rerouted_share=r["rerouted_share"] * r["tokens"])
+            .groupby(["model", "experiment"], sort=False)[["jaccard", "rerouted_share", "tokens"]]
             .sum()
         )
-        moved = g[["jaccard", "changed"]].div(g["tokens"], axis=0).reset_index()
+        moved = g[["jaccard", "rerouted_share"]].div(g["tokens"], axis=0).reset_index()
         print(f"routing against the base's (token-weighted over {r['router'].nunique()} routers, every prompt):")
         print(moved.to_string(index=False))
     print(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}")

@@ -3,7 +3,8 @@
 - :func:`kl_bars`: mean KL (nats/token) per model and experiment (finetuned, reverts, random control);
 - :func:`revert_curves`: KL or accuracy against the fraction of Δ reverted, |Δ| order vs random order;
 - :func:`prompt_spread`: the per-prompt distribution of mean KL, per model;
-- :func:`token_bars`: per-token KL along one prompt (which tokens moved).
+- :func:`token_bars`: per-token KL along one prompt (which tokens moved);
+- :func:`routing_overlap`, :func:`routing_entropy`: an MoE model's routing against the base's, per layer.
 """
 
 from __future__ import annotations
@@ -157,4 +158,94 @@ def token_bars(tokens: pd.DataFrame, title: str = "Per-token KL along the prompt
             annotation_position="top left",
         )
     fig.update_xaxes(type="category")
+    return fig
+
+
+_EXPERIMENT_DASH = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+@takes_data()
+def routing_overlap(routing: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Per layer, the mean Jaccard of each token's k experts against the base's (1 = routed as the base), one
+    line per model and experiment (colour: model; dash: experiment). ``routing``: the rows of one prompt set
+    (:mod:`subnetviz.analysis.routing`)."""
+    title = title or "Routing shared with the base, per layer<br><sup>mean Jaccard of each token's top-k experts</sup>"
+    if routing.empty:
+        return no_data_figure(title, "no mixture-of-experts router in these models")
+    _require(routing, ["model", "experiment", "layer", "jaccard", "rerouted_share", "tokens"], "routing_overlap")
+    colors = color_map(list(dict.fromkeys(routing["model"])))
+    dashes = {
+        e: _EXPERIMENT_DASH[i % len(_EXPERIMENT_DASH)] for i, e in enumerate(dict.fromkeys(routing["experiment"]))
+    }
+    fig = go.Figure()
+    for (model, experiment), g in routing.groupby(["model", "experiment"], sort=False):
+        g = g.sort_values("layer")
+        fig.add_trace(
+            go.Scatter(
+                x=g["layer"],
+                y=g["jaccard"],
+                mode="lines+markers",
+                name=f"{model} · {experiment}",
+                line={"color": colors[str(model)], "dash": dashes[experiment]},
+                customdata=np.stack([100 * g["rerouted_share"], g["tokens"]], axis=-1),
+                hovertemplate="layer %{x}<br>Jaccard %{y:.4f}<br>%{customdata[0]:.1f} % of %{customdata[1]:,} tokens "
+                "routed to other experts<extra>" + f"{model} · {experiment}" + "</extra>",
+            )
+        )
+    fig = _style(fig, title, "layer", "Jaccard with the base's experts")
+    fig.update_yaxes(range=[-0.02, 1.02])
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+@takes_data()
+def routing_entropy(routing: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Per layer, the entropy of the expert load (nats) of the base (grey, dashed) and of each finetune as
+    trained (its ``finetuned`` rows), against ln E, where every expert takes as many assignments (dotted)."""
+    title = title or "Entropy of the expert load per layer (ln E: every expert used alike)"
+    if routing.empty:
+        return no_data_figure(title, "no mixture-of-experts router in these models")
+    _require(
+        routing, ["model", "experiment", "layer", "load_entropy", "load_entropy_base", "experts"], "routing_entropy"
+    )
+    ft = routing[routing["experiment"] == "finetuned"].sort_values("layer")
+    if ft.empty:
+        return no_data_figure(title, "no finetuned model's routing")
+    colors = color_map(list(dict.fromkeys(routing["model"])))
+    base = ft.drop_duplicates("layer")
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=base["layer"],
+            y=np.log(base["experts"].astype(float)),
+            mode="lines",
+            name="ln E (balanced)",
+            line={"color": "#bbbbbb", "dash": "dot"},
+            hovertemplate="layer %{x}<br>ln E = %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=base["layer"],
+            y=base["load_entropy_base"],
+            mode="lines+markers",
+            name="base",
+            line={"color": "#666666", "dash": "dash"},
+            hovertemplate="layer %{x}<br>%{y:.4f} nats<extra>base</extra>",
+        )
+    )
+    for model, g in ft.groupby("model", sort=False):
+        fig.add_trace(
+            go.Scatter(
+                x=g["layer"],
+                y=g["load_entropy"],
+                mode="lines+markers",
+                name=str(model),
+                line={"color": colors[str(model)]},
+                hovertemplate="layer %{x}<br>%{y:.4f} nats<extra>" + str(model) + "</extra>",
+            )
+        )
+    fig = _style(fig, title, "layer", "entropy of the expert load (nats)")
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_xaxes(dtick=1)
     return fig

@@ -11,7 +11,7 @@ import torch
 
 from subnetviz.analysis.behavior import Prompt, behavior, read_behavior, write_behavior
 from subnetviz.analysis.revert import mask_source
-from subnetviz.analysis.routing import COLUMNS, find_routers, jaccard, load_entropy
+from subnetviz.analysis.routing import ALL, COLUMNS, find_routers, jaccard, load_entropy
 from subnetviz.errors import ConfigError
 from tests.ckpt_fixtures import read_state_dict, write_folder
 from tests.models import make_tiny_llama, make_tiny_moe
@@ -73,12 +73,12 @@ def test_routing_against_the_models_own_router_logits_and_the_planted_swap(moe):
         ref = np.array([len(a & b) / len(a | b) for a, b in zip(sb, sf, strict=True)])
         assert r.loc[layer, "tokens"] == len(ref) == tokens // 2
         assert r.loc[layer, "jaccard"] == pytest.approx(ref.mean(), abs=1e-15)
-        assert r.loc[layer, "changed"] == pytest.approx((ref < 1).mean(), abs=1e-15)
+        assert r.loc[layer, "rerouted_share"] == pytest.approx((ref < 1).mean(), abs=1e-15)
         assert r.loc[layer, "load_entropy"] == pytest.approx(_entropy(pf[layer]), abs=1e-12)
         assert r.loc[layer, "load_entropy_base"] == pytest.approx(_entropy(pb[layer]), abs=1e-12)
     # by construction: layer 0 routes as the base; layer 1 relabels experts 0 <-> 1, so a token holding one of
     # them keeps one of its two experts (Jaccard 1/3) and its load is the base's, relabelled (same entropy)
-    assert r.loc[0, "jaccard"] == 1.0 and r.loc[0, "changed"] == 0.0
+    assert r.loc[0, "jaccard"] == 1.0 and r.loc[0, "rerouted_share"] == 0.0
     one = np.array([(0 in row) != (1 in row) for row in pb[1]])
     assert 0 < one.mean() < 1, "the planted swap must move some tokens and not others"
     assert r.loc[1, "jaccard"] == pytest.approx(np.where(one, 1 / 3, 1.0).mean(), abs=1e-15)
@@ -110,8 +110,13 @@ def test_prompt_sets_are_told_apart(moe):
     )
     one = behavior(str(base), [str(ft)], MORE, labels=["ft"], curve=None, device="cpu").routing.set_index("layer")
     r = rep.routing[rep.routing["domain"] == "b"].set_index("layer")
-    for col in ("tokens", "jaccard", "changed", "load_entropy", "load_entropy_base"):
+    for col in ("tokens", "jaccard", "rerouted_share", "load_entropy", "load_entropy_base"):
         assert r[col].to_dict() == pytest.approx(one[col].to_dict(), abs=1e-15), col
+    everything = behavior(str(base), [str(ft)], SUMS + MORE, labels=["ft"], curve=None, device="cpu").routing
+    both = rep.routing[rep.routing["domain"] == ALL].set_index("layer")  # over every prompt: not a mean of the sets'
+    for col in ("tokens", "jaccard", "rerouted_share", "load_entropy", "load_entropy_base"):
+        assert both[col].to_dict() == pytest.approx(everything.set_index("layer")[col].to_dict(), abs=1e-15), col
+    assert set(rep.routing["domain"]) == {"a", "b", ALL} and set(everything["domain"]) == {"all"}
     with pytest.raises(ConfigError, match="2 prompt-set names for 5 prompts"):
         behavior(str(base), [str(ft)], SUMS + MORE, domains=["a", "b"], curve=None, device="cpu")
 
@@ -179,3 +184,46 @@ def test_cli_writes_routing_and_says_how_far_it_moved(moe, tmp_path, capsys):
     }
     said = capsys.readouterr().out
     assert "routing against the base's" in said and "routers/inside" in said
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("typed_options")
+def test_the_behaviour_page_shows_an_moe_pairs_routing_and_offers_the_router_swap(app_env):
+    """The Routing tab of an MoE pair (under the app's roots): the routers mask offered, the overlap chart's
+    'inside' line (the finetune with the base's routers) at 1 in every layer, the entropy chart's base and
+    finetune; a dense pair's tab says there is no router to hook."""
+    from tests.app_fixtures import decode, open_page, plotly_specs
+    from tests.models import make_tiny_moe
+
+    home = app_env / "routing-page"
+    base = make_tiny_moe(home / "base", seed=3)
+    sd = read_state_dict(base)
+    sd[ROUTER] = sd[ROUTER][[1, 0, 2, 3]].clone()
+    ft = write_folder(home / "ft", sd, config_from=base)
+    for f in base.glob("tokenizer*"):
+        (ft / f.name).write_bytes(f.read_bytes())
+    at = open_page(
+        "behavior",
+        base=str(base),
+        ft=[str(ft)],
+        bh_tab="Routing (MoE)",
+        bh_masks="MoE routers (swap)",
+        bh_curve="false",
+        bh_limit="16",
+    )
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert "MoE routers (swap)" in at.multiselect(key="bh_masks").options
+    specs = {s["layout"]["title"]["text"].split("<br>")[0]: s for s in plotly_specs(at)}
+    overlap = specs["Routing shared with the base, per layer"]
+    lines = {t["name"]: t for t in overlap["data"]}
+    assert set(lines) == {"ft · finetuned", "ft · MoE routers (swap)/inside", "ft · MoE routers (swap)/outside"}
+    assert decode(lines["ft · MoE routers (swap)/inside"]["y"]).tolist() == [1.0, 1.0]
+    assert [t["name"] for t in specs["Entropy of the expert load per layer"]["data"]] == [
+        "ln E (balanced)",
+        "base",
+        "ft",
+    ]
+    dense = open_page("behavior", bh_tab="Routing (MoE)")
+    assert not dense.exception and any("No mixture-of-experts router" in i.value for i in dense.info)
+    assert "MoE routers (swap)" not in dense.multiselect(key="bh_masks").options
