@@ -130,12 +130,15 @@ class TrainConfig:
         if self.eval_data is not None:
             read_jsonl(self.eval_data, "eval")
         chat = any(isinstance(r[k], list) for r in rows for k in FIELDS[self.algorithm])
-        if not chat and self.algorithm not in ("sft", "dpo"):
+        context = base_context(self.base) if self.algorithm == "grpo" else None
+        if not chat and self.algorithm not in ("sft", "dpo") and context is None:
             return []
         tok = _base_tokenizer(self.base)
         if chat:
             _needs_chat_template(tok, self.base, self.data)
         if self.algorithm not in ("sft", "dpo"):
+            if context is not None:
+                self._prompts_fit(rows, tok, context, all_rows)
             return []
         # TRL keeps the first MAX_LENGTH tokens of prompt + completion and drops rows left without a completion
         # token: with none left the run failed after the model had loaded (num_samples=0).
@@ -158,6 +161,26 @@ class TrainConfig:
             f"note: data {self.data}: {len(dropped)} of {len(rows)} rows keep no completion token {limit} and are "
             f"left out of training (rows {which})"
         ]
+
+    def _prompts_fit(self, rows: list[dict], tok, context: int, all_rows: bool) -> None:
+        """Refuse GRPO data with a prompt that leaves no room in the base's context for max_completion_length
+        generated tokens (at submit the longest rows by characters; in the training process every row)."""
+        from subnetviz.training.data import prompts_past_context
+
+        room = context - self.max_completion_length
+        if room < 1:
+            raise ConfigError(
+                f"training config: max_completion_length {self.max_completion_length} leaves no room for a prompt in "
+                f"the base's context of {context} positions."
+            )
+        past = prompts_past_context(rows, tok, room, longest=None if all_rows else 64, where=f"data {self.data!r}")
+        if past:
+            rows_said = ", ".join(f"{i + 1} ({n} tokens)" for i, n in past[:5]) + (", ..." if len(past) > 5 else "")
+            raise ConfigError(
+                f"data {self.data!r}: {len(past)} prompt(s) take more than {room} tokens of the base's tokenizer, so "
+                f"the {self.max_completion_length} generated after them run past its context of {context} positions "
+                f"(rows {rows_said}); shorten them or lower max_completion_length."
+            )
 
     def _path_problems(self, check_output: bool) -> list[str]:
         problems: list[str] = []
@@ -315,6 +338,23 @@ def _scheduler_names() -> tuple[str, ...]:
     from transformers.trainer_utils import SchedulerType
 
     return tuple(t.value for t in SchedulerType)
+
+
+def base_context(base: str) -> int | None:
+    """The positions the base takes (config.json's max_position_embeddings, GPT-2's n_positions, ...; a
+    multimodal config's text_config first), None where its config says none."""
+    try:
+        cfg = json.loads((Path(base) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for c in (cfg.get("text_config"), cfg) if isinstance(cfg, dict) else ():
+        if not isinstance(c, dict):
+            continue
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+            n = c.get(key)
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                return n
+    return None
 
 
 def _base_tokenizer(base: str):

@@ -139,6 +139,29 @@ def rows_over_length(
     return dropped, fewest
 
 
+def prompts_past_context(
+    rows: list[dict], tokenizer, limit: int, *, longest: int | None = None, where: str = "data"
+) -> list[tuple[int, int]]:
+    """(row, prompt tokens) of the rows whose prompt takes more than ``limit`` tokens of ``tokenizer`` (GRPO's
+    prompts, tokenized as TRL does, chat rows with the generation prompt): with the completion generated after
+    it, such a prompt runs past the base's positions (a GPT-2 indexes past its position table, a RoPE model runs
+    where it was never trained, and TRL has no prompt length to cut it to). ``longest``: only that many rows,
+    the longest by characters (what a submit can afford; the training process looks at every row)."""
+    from subnetviz.errors import ConfigError
+
+    idx = list(range(len(rows)))
+    if longest is not None and len(rows) > longest:
+        size = [len(str(r.get("prompt", ""))) for r in rows]
+        idx = sorted(sorted(idx, key=lambda i: -size[i])[:longest])
+    out = []
+    for start in range(0, len(idx), 1024):  # a fast tokenizer encodes a batch in one call
+        part = idx[start : start + 1024]
+        for i, n, kept in _lengths(rows, part, tokenizer, (), None, "prompt", limit, where, ConfigError):
+            if not kept:
+                out.append((i, n))
+    return out
+
+
 def _lengths(rows, idx, tokenizer, completions, eos, algorithm, max_length, where, error):
     """(row, prompt tokens, whether TRL keeps it) for the rows ``idx``, plain ones in one batch call."""
     is_chat = {i: any(isinstance(rows[i][k], list) for k in ("prompt", *completions)) for i in idx}
@@ -193,6 +216,8 @@ def _chat_ids(tokenizer, messages, row: dict, **kwargs) -> list[int]:
 def _kept(prompt: list[int], fulls: list[list[int]], algorithm: str, max_length: int) -> tuple[int, bool]:
     """(prompt tokens, whether TRL keeps the row): the prompt is the common prefix of the prompt's tokens and every
     prompt + completion's."""
+    if not fulls:  # a prompt alone (GRPO's): kept while it fits
+        return len(prompt), len(prompt) <= max_length
     n = min(_common_prefix(prompt, f) for f in fulls)
     if algorithm == "sft":
         return n, n < max_length and len(fulls[0]) > n

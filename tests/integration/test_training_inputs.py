@@ -219,6 +219,33 @@ def test_data_whose_prompts_fill_max_length_is_refused_before_training(data, tmp
     assert "1 of 8 rows" in capsys.readouterr().err
 
 
+def test_grpo_prompts_that_leave_no_room_in_the_context_are_refused_before_training(tmp_path):
+    """TRL's GRPO has no prompt length: a prompt that with max_completion_length generated tokens runs past the
+    base's positions (32 here) ran past a GPT-2's position table mid-run (or a RoPE model past its context). At
+    submit the longest rows are tokenized, in the training process every row; a completion length that leaves
+    no room at all is refused too."""
+    base = make_tiny_llama(tmp_path / "base", hidden=16, intermediate=32)  # max_position_embeddings 32
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
+    rows[41] = {"prompt": "1" * 30 + "+1=", "answer": "2"}  # 33 tokens (one per character)
+    data_file = tmp_path / "grpo.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(base, data_file, tmp_path / "out", algorithm="grpo", max_completion_length=4, num_generations=2)
+    for all_rows in (False, True):
+        with pytest.raises(ConfigError, match=r"1 prompt\(s\) take more than 28 tokens .* context of 32 positions "
+                           r"\(rows 42 \(33 tokens\)\)"):  # fmt: skip
+            cfg.validate(all_rows=all_rows)
+    with pytest.raises(ConfigError, match="1 prompt"):
+        train(cfg)
+    assert not (tmp_path / "out").exists()
+    rows[41] = {"prompt": "1" * 20 + "+1=", "answer": "2"}  # 24 tokens + 4 generated: fits
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cfg.validate(all_rows=True) == []
+    with pytest.raises(ConfigError, match="max_completion_length 32 leaves no room"):
+        _cfg(
+            base, data_file, tmp_path / "out", algorithm="grpo", max_completion_length=32, num_generations=2
+        ).validate()
+
+
 def test_rows_a_chat_template_cannot_take_are_refused_in_one_line(tmp_path):
     """Tools that are no JSON, or template arguments that collide with the call's own, raised a JSONDecodeError /
     TypeError out of the submit (the page's "a bug" notice): one line naming the file and the row."""
