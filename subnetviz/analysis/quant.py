@@ -48,7 +48,6 @@ from subnetviz.analysis.bits import ulp_bins
 from subnetviz.analysis.quant_codes import (
     FP8,
     _code_counts,
-    _codes_to_float,
     compare_blocks,
     compare_buffer,
     compare_codes,
@@ -290,8 +289,8 @@ def compare_quantized(
         return QuantStats(stats, changed)
     changed, above = _code_counts(a, b)
     if a.dim() != 2:
-        ea = _codes_to_float(a) * sa.to(torch.float32).reshape(()) / divisor
-        eb = _codes_to_float(b) * sb.to(torch.float32).reshape(()) / divisor
+        ea = dequantize(a, sa, "tensor", block, 0, divisor)
+        eb = dequantize(b, sb, "tensor", block, 0, divisor)
         eff = compare_pair(ea, eb, options, name=name)
     else:
         rows, cols = a.shape
@@ -322,7 +321,7 @@ def effective(
     divisor = form.divisor
     how = check_scale(name, tuple(code.shape), scale_name, tuple(scale.shape), block)
     if code.dim() != 2:
-        return _codes_to_float(code) * scale.to(torch.float32).reshape(()) / divisor
+        return dequantize(code, scale, "tensor", block, 0, divisor)
     return dequantize(code, scale, how, block, 0, divisor)
 
 

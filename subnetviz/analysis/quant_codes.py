@@ -163,12 +163,16 @@ def dequantize(
     """float32 effective weights of the code rows ``code`` (which start at row ``r0`` of the tensor).
 
     ``how``: ``tensor`` (one scale), ``channel`` (one per row), ``block`` (``scale[i // bs0, j // bs1]``).
-    w = code × scale / divisor (bnb int8: divisor 127).
+    w = code × scale, then × float32(1 / divisor) where there is one (bnb int8, 127), in float32 and in that order,
+    as bitsandbytes' ``int8_vectorwise_dequant`` computes it (dividing the scale first differed in the last bit of
+    a quarter of the weights).
     """
-    w = _codes_to_float(code)
-    s = scale.to(torch.float32)
-    if divisor != 1.0:
-        s = s / divisor
+    w = _scaled(_codes_to_float(code), scale.to(torch.float32), how, block, r0)
+    return w.mul_(1.0 / divisor) if divisor != 1.0 else w
+
+
+def _scaled(w: torch.Tensor, s: torch.Tensor, how: str, block: tuple[int, int], r0: int) -> torch.Tensor:
+    """``w`` (float32 codes, rows from ``r0``) times its scales ``s``, in place."""
     if how == "tensor":
         return w.mul_(s.reshape(()))
     if how == "channel":

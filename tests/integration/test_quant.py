@@ -147,6 +147,38 @@ def test_bnb_int8_codes_and_scb(tmp_path):
     assert any(n.startswith("bitsandbytes int8 weights") for n in rep.notes)
 
 
+def test_bnb_int8_weights_are_bitsandbytes_own_dequantisation_bit_for_bit():
+    """bitsandbytes' int8_vectorwise_dequant (and transformers' float32 fallback) computes
+    code × SCB × 7.874015718698502e-3 in float32, in that order; dividing SCB by 127 first differed in the last bit
+    of about a quarter of the weights, so an SCB moved by one ULP read as fewer changed entries than bitsandbytes
+    computes with."""
+    from subnetviz.analysis.quant import TensorForm, compare_quantized, effective
+    from subnetviz.analysis.sparsity_report import SparsityOptions
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 200, generator=g).half().float()
+    scb = w.abs().amax(1)
+    codes = torch.round(w * 127 / scb[:, None]).to(torch.int8)
+    ref = codes * scb.view(-1, 1) * 7.874015718698502e-3  # bitsandbytes' formula, float32
+    mine = effective(codes, scb, TensorForm("int8", "SCB", "bnb int8 codes", 127.0), (1, 1), name="w")
+    assert torch.equal(mine.view(torch.int32), ref.view(torch.int32))
+    scb2 = scb.clone()
+    scb2[3] = torch.nextafter(scb[3], torch.tensor(1e9))
+    ref2 = codes * scb2.view(-1, 1) * 7.874015718698502e-3
+    q = compare_quantized(
+        codes,
+        scb,
+        codes.clone(),
+        scb2,
+        SparsityOptions(),
+        name="w",
+        scale_names=("a", "b"),
+        block=(1, 1),
+        divisor=127.0,
+    )
+    assert q.stats.changed == int((ref.view(torch.int32) != ref2.view(torch.int32)).sum()) > 0
+
+
 def test_gptq_codes_are_compared_as_codes_with_a_notice(tmp_path):
     q = torch.randint(-(2**31), 2**31 - 1, (4, 8), dtype=torch.int32)
     cfg = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
