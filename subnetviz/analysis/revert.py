@@ -56,7 +56,7 @@ class ModelBuilder:
     """One model instance whose weights are rewritten, tensor by tensor, as ``where(select, base, ft)``."""
 
     def __init__(self, base: str, ft: str, device):
-        from subnetviz.checkpoints.experts_layout import param_pieces
+        from subnetviz.checkpoints.experts_layout import loaded_into
         from subnetviz.checkpoints.models import load_causal_lm
         from subnetviz.checkpoints.naming import strip_prefix
 
@@ -66,15 +66,21 @@ class ModelBuilder:
         self.model = load_causal_lm(ft).to(device).eval()
         check_model_finite(self.model, ft)  # once: every build writes these tensors again (or the base's)
         # (aligned key, the parameter or the part of it that tensor fills): transformers 5 packs the experts a
-        # checkpoint stores one by one (Qwen-MoE, Mixtral, DeepSeek, OLMoE, ...) into one parameter per layer
+        # checkpoint stores one by one (Qwen-MoE, Mixtral, DeepSeek, OLMoE, ...) into one parameter per layer and
+        # renames some (PhiMoE's router, Granite's experts), as its conversion mapping says; the buffers a checkpoint
+        # stores (DeepSeek-V3's e_score_correction_bias, which chooses experts) are written too
         shapes = {k: tuple(t.shape) for k, t in self.aligned.items()}
+        loaded = loaded_into(self.model, {t.names[1]: k for k, t in self.aligned.items()})
         self.params: list[tuple[str, torch.Tensor]] = []
         missing = []
-        for n, p in self.model.named_parameters():
-            pieces = param_pieces(strip_prefix(n), tuple(p.shape), shapes)
+        tensors = [(n, p, True) for n, p in self.model.named_parameters()]
+        tensors += [(n, b, False) for n, b in self.model.named_buffers()]
+        for n, p, is_param in tensors:
+            pieces = _pieces(n, tuple(p.shape), shapes, loaded)
             if pieces is None:
-                missing.append(strip_prefix(n))
-                continue
+                if is_param:
+                    missing.append(strip_prefix(n))
+                continue  # (a buffer no checkpoint stores: rotary tables, causal masks)
             self.params += [(key, p.detach()[index] if index else p.detach()) for key, index in pieces]
         self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}
         if missing:
@@ -136,6 +142,22 @@ class ModelBuilder:
                 p.copy_(torch.where(m, a, b).to(p.dtype))
                 reverted, changed = reverted + int(m.sum()), changed + int(diff.sum())
         return reverted / changed if changed else 0.0
+
+
+def _pieces(name: str, shape: tuple[int, ...], shapes: Mapping, loaded: Mapping) -> list[tuple[str, tuple]] | None:
+    """The aligned tensors a model tensor ``name`` is made of (:func:`~subnetviz.checkpoints.experts_layout
+    .param_pieces`): those transformers' conversion mapping loads into it (``loaded``), else by the names' rules."""
+    from subnetviz.checkpoints.experts_layout import param_pieces
+    from subnetviz.checkpoints.naming import strip_prefix
+
+    keys = loaded.get(name)
+    if keys:
+        if len(keys) == 1 and tuple(shapes[keys[0]]) == tuple(shape):
+            return [(keys[0], ())]
+        pieces = param_pieces(strip_prefix(name), shape, {k: shapes[k] for k in keys})
+        if pieces is not None and len(pieces) == len(keys):
+            return pieces
+    return param_pieces(strip_prefix(name), shape, shapes)
 
 
 def mask_selector(masks: Mapping[str, torch.Tensor], inside: bool) -> Selector:

@@ -45,18 +45,23 @@ COLUMNS = [
 ]
 ALL = "all prompt sets"  # the routing over every prompt, beside each set's
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "moe_top_k", "top_k", "n_activated_experts")
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|h)\.(\d+)\.")  # (DBRX numbers transformer.blocks.N)
 
 
 def find_routers(model) -> list[tuple[int | None, str, torch.nn.Module, int, int]]:
     """(layer, module name, module, experts E, k) of each MoE router of ``model``: the ``gate`` or ``router``
     child of a block that also holds ``experts`` (every transformers 5 MoE family lays its blocks out so;
-    Qwen2-MoE's ``shared_expert_gate`` is a sigmoid on one expert, not a router). Empty for a dense model."""
+    JetMoE's holds them as ``input_linear`` / ``output_linear``; Qwen2-MoE's ``shared_expert_gate`` is a sigmoid on
+    one expert, not a router). Empty for a dense model."""
     found = []
     cfg = getattr(model, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
     for qual, block in model.named_modules():
-        if not isinstance(getattr(block, "experts", None), torch.nn.Module):
+        experts = getattr(block, "experts", None)
+        if not isinstance(experts, torch.nn.Module) and not (
+            isinstance(getattr(block, "input_linear", None), torch.nn.Module)
+            and isinstance(getattr(block, "output_linear", None), torch.nn.Module)
+        ):
             continue
         for attr in ("gate", "router"):
             router = getattr(block, attr, None)
@@ -72,9 +77,9 @@ def find_routers(model) -> list[tuple[int | None, str, torch.nn.Module, int, int
 
 
 def _experts(router, block, cfg) -> int | None:
-    w = getattr(router, "weight", None)
-    if isinstance(w, torch.Tensor) and w.dim() == 2:
-        return int(w.shape[0])
+    for w in (getattr(router, "weight", None), getattr(getattr(router, "layer", None), "weight", None)):
+        if isinstance(w, torch.Tensor) and w.dim() == 2:  # (DBRX's and JetMoE's routers hold theirs as .layer)
+            return int(w.shape[0])
     for obj, key in ((router, "num_experts"), (block, "num_experts"), (cfg, "num_local_experts"), (cfg, "num_experts")):
         v = getattr(obj, key, None)
         if isinstance(v, int) and v > 0:
@@ -99,7 +104,7 @@ def _chosen(output, experts: int, k: int) -> torch.Tensor | None:
     (N, E) logits; None when neither is there."""
     parts = output if isinstance(output, tuple | list) else (output,)
     tensors = [t for t in parts if isinstance(t, torch.Tensor) and t.dim() >= 1]
-    ints = [t for t in tensors if not t.is_floating_point() and t.shape[-1] == k]
+    ints = [t for t in tensors if not t.is_floating_point() and t.dim() >= 2 and t.shape[-1] == k]
     if ints:
         return ints[0].reshape(-1, k)
     logits = [t for t in tensors if t.is_floating_point() and t.shape[-1] == experts]

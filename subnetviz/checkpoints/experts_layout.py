@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from subnetviz.checkpoints.naming import strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint
 
-_PACKED = re.compile(r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe)\.experts\.(?P<p>gate_up_proj|down_proj)$")
+_PACKED = re.compile(r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe|feed_forward)\.experts\.(?P<p>gate_up_proj|down_proj)$")
 _ONE = re.compile(
-    r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe)\.experts\.(?P<e>\d{1,6})\.(?P<p>gate_proj|up_proj|down_proj|w1|w3|w2)"
-    r"\.weight$"
+    r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe|feed_forward)\.experts\.(?P<e>\d{1,6})\."
+    r"(?P<p>gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$"
 )
 _ROLE = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
 
@@ -116,8 +116,32 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
 _IN_MEMORY = re.compile(r"^(?P<layer>.*\.)mlp\.(?P<rest>.+)$")
 
 
+def loaded_into(model, stored: Mapping[str, str]) -> dict[str, list[str]]:
+    """The tensors ``stored`` (a checkpoint's name -> the caller's key for it) grouped by the parameter or buffer
+    of ``model`` that transformers 5 loads them into, by its own conversion mapping (its renamings, PhiMoE's gate
+    as router or Ernie's moe_statics under the gate, and the converters that pack experts): full parameter name
+    -> keys. {} where transformers has no mapping for the model or cannot say."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, rename_source_key
+
+        transforms = get_model_conversion_mapping(model)
+    except Exception:  # noqa: BLE001 - another transformers' API: the names' own rules only (param_pieces)
+        return {}
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    out: dict[str, list[str]] = {}
+    for name, key in stored.items():
+        try:
+            target, _ = rename_source_key(name, renamings, converters)
+        except Exception:  # noqa: BLE001 - a name its patterns cannot take
+            continue
+        out.setdefault(target, []).append(key)
+    return out
+
+
 def param_pieces(
-    key: str, shape: tuple[int, ...], shapes: Mapping[str, tuple[int, ...]]
+    key: str, shape: tuple[int, ...], shapes: Mapping[str, tuple[int, ...]], *, partial: bool = False
 ) -> list[tuple[str, tuple]] | None:
     """Where a checkpoint's tensors (prefix-stripped name -> shape, ``shapes``) go in the parameter ``key`` of the
     model transformers 5 builds from it: ``[(name, index into the parameter)]``, ``()`` for the whole of it. By the
@@ -125,14 +149,12 @@ def param_pieces(
     router); or, for a packed expert parameter (``mlp.experts.gate_up_proj`` (E, 2I, H), ``down_proj`` (E, H, I)),
     from the per-expert tensors it is packed from, as :func:`match_layouts` reads them (expert e's gate is
     ``gate_up[e, :I]``, its up ``gate_up[e, I:]``, its down ``down[e]``). None where no tensors of fitting shapes
-    are there."""
+    are there; with ``partial`` (a mask naming some experts only) the experts present, if any."""
     if key in shapes:
         return [(key, ())]
     m = _IN_MEMORY.match(key)
-    if m is None:
-        return None
-    other = f"{m['layer']}block_sparse_moe.{m['rest']}"
-    if tuple(shapes.get(other, ())) == tuple(shape):
+    other = f"{m['layer']}block_sparse_moe.{m['rest']}" if m else None
+    if other is not None and tuple(shapes.get(other, ())) == tuple(shape):
         return [(other, ())]
     packed = _PACKED.match(key)
     if packed is None or len(shape) != 3:
@@ -143,21 +165,22 @@ def param_pieces(
         if one and one["layer"] == packed["layer"]:
             experts.setdefault(int(one["e"]), {})[_ROLE[one["p"]]] = n
     n_e, rows = shape[0], shape[1] // 2
-    if sorted(experts) != list(range(n_e)):
+    if any(e >= n_e for e in experts) or (not partial and sorted(experts) != list(range(n_e))):
         return None
+    if packed["p"] == "gate_up_proj" and 2 * rows != shape[1]:
+        return None
+    where = {"down": (), "gate": (slice(0, rows),), "up": (slice(rows, 2 * rows),)}
+    want = {"down": tuple(shape[1:]), "gate": (rows, shape[2]), "up": (rows, shape[2])}
     out: list[tuple[str, tuple]] = []
-    for e in range(n_e):
+    for e in sorted(experts):
         names = experts[e]
-        if packed["p"] == "down_proj":
-            if tuple(shapes.get(names.get("down", ""), ())) != tuple(shape[1:]):
+        for r in ("down",) if packed["p"] == "down_proj" else ("gate", "up"):
+            if r not in names and partial:
+                continue
+            if tuple(shapes.get(names.get(r, ""), ())) != want[r]:
                 return None
-            out.append((names["down"], (e,)))
-            continue
-        want = (rows, shape[2])
-        if 2 * rows != shape[1] or any(tuple(shapes.get(names.get(r, ""), ())) != want for r in ("gate", "up")):
-            return None
-        out += [(names["gate"], (e, slice(0, rows))), (names["up"], (e, slice(rows, 2 * rows)))]
-    return out
+            out.append((names[r], (e, *where[r])))
+    return out or None
 
 
 def _computed(ck: Checkpoint) -> bool:

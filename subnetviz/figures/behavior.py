@@ -162,6 +162,16 @@ def token_bars(tokens: pd.DataFrame, title: str = "Per-token KL along the prompt
 
 
 _EXPERIMENT_DASH = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+_LAYER_PART = r"^(?:.*\.)?(?:layers|blocks|h)\.\d+\."  # a router's name up to its layer's number
+
+
+def _router_kinds(routing: pd.DataFrame) -> pd.Series:
+    """Each row's router without its layer ("mlp.gate"); "" where every layer has one router (a line per model
+    and experiment), else a line per kind too (JetMoE routes its MLP's experts and its attention heads)."""
+    if "router" not in routing:
+        return pd.Series("", index=routing.index)
+    kinds = routing["router"].astype(str).str.replace(_LAYER_PART, "", regex=True)
+    return kinds if kinds.nunique() > 1 else pd.Series("", index=routing.index)
 
 
 @takes_data()
@@ -178,18 +188,22 @@ def routing_overlap(routing: pd.DataFrame, title: str | None = None) -> go.Figur
         e: _EXPERIMENT_DASH[i % len(_EXPERIMENT_DASH)] for i, e in enumerate(dict.fromkeys(routing["experiment"]))
     }
     fig = go.Figure()
-    for (model, experiment), g in routing.groupby(["model", "experiment"], sort=False):
+    kinds = _router_kinds(routing)
+    for (model, experiment, kind), g in routing.assign(_kind=kinds).groupby(
+        ["model", "experiment", "_kind"], sort=False
+    ):
         g = g.sort_values("layer")
+        label = f"{model} · {experiment}" + (f" · {kind}" if kind else "")
         fig.add_trace(
             go.Scatter(
                 x=g["layer"],
                 y=g["jaccard"],
                 mode="lines+markers",
-                name=f"{model} · {experiment}",
+                name=label,
                 line={"color": colors[str(model)], "dash": dashes[experiment]},
                 customdata=np.stack([100 * g["rerouted_share"], g["tokens"]], axis=-1),
                 hovertemplate="layer %{x}<br>Jaccard %{y:.4f}<br>%{customdata[0]:.1f} % of %{customdata[1]:,} tokens "
-                "routed to other experts<extra>" + f"{model} · {experiment}" + "</extra>",
+                "routed to other experts<extra>" + label + "</extra>",
             )
         )
     fig = _style(fig, title, "layer", "Jaccard with the base's experts")
@@ -212,39 +226,42 @@ def routing_entropy(routing: pd.DataFrame, title: str | None = None) -> go.Figur
     if ft.empty:
         return no_data_figure(title, "no finetuned model's routing")
     colors = color_map(list(dict.fromkeys(routing["model"])))
-    base = ft.drop_duplicates("layer")
+    ft = ft.assign(_kind=_router_kinds(ft))
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=base["layer"],
-            y=np.log(base["experts"].astype(float)),
-            mode="lines",
-            name="ln E (balanced)",
-            line={"color": "#bbbbbb", "dash": "dot"},
-            hovertemplate="layer %{x}<br>ln E = %{y:.4f}<extra></extra>",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=base["layer"],
-            y=base["load_entropy_base"],
-            mode="lines+markers",
-            name="base",
-            line={"color": "#666666", "dash": "dash"},
-            hovertemplate="layer %{x}<br>%{y:.4f} nats<extra>base</extra>",
-        )
-    )
-    for model, g in ft.groupby("model", sort=False):
+    for kind, k in ft.groupby("_kind", sort=False):
+        base = k.drop_duplicates("layer")
+        suffix = f" · {kind}" if kind else ""
         fig.add_trace(
             go.Scatter(
-                x=g["layer"],
-                y=g["load_entropy"],
-                mode="lines+markers",
-                name=str(model),
-                line={"color": colors[str(model)]},
-                hovertemplate="layer %{x}<br>%{y:.4f} nats<extra>" + str(model) + "</extra>",
+                x=base["layer"],
+                y=np.log(base["experts"].astype(float)),
+                mode="lines",
+                name=f"ln E (balanced){suffix}",
+                line={"color": "#bbbbbb", "dash": "dot"},
+                hovertemplate="layer %{x}<br>ln E = %{y:.4f}<extra></extra>",
             )
         )
+        fig.add_trace(
+            go.Scatter(
+                x=base["layer"],
+                y=base["load_entropy_base"],
+                mode="lines+markers",
+                name=f"base{suffix}",
+                line={"color": "#666666", "dash": "dash"},
+                hovertemplate="layer %{x}<br>%{y:.4f} nats<extra>base" + suffix + "</extra>",
+            )
+        )
+        for model, g in k.groupby("model", sort=False):
+            fig.add_trace(
+                go.Scatter(
+                    x=g["layer"],
+                    y=g["load_entropy"],
+                    mode="lines+markers",
+                    name=f"{model}{suffix}",
+                    line={"color": colors[str(model)]},
+                    hovertemplate="layer %{x}<br>%{y:.4f} nats<extra>" + f"{model}{suffix}" + "</extra>",
+                )
+            )
     fig = _style(fig, title, "layer", "entropy of the expert load (nats)")
     fig.update_yaxes(rangemode="tozero")
     fig.update_xaxes(dtick=1)

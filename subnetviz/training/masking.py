@@ -60,10 +60,8 @@ def load_training_mask(
     is_random = spec.startswith("random:")
     path = spec[len("random:") :] if is_random else spec
     ms = load_mask_set(path)
-    ms = MaskSet(packed_masks(dict(ms.masks), shapes), ms.metadata)
-    validate_mask_set(ms, shapes, where=f"mask {path}")
     masks = dict(ms.masks)
-    if is_random:
+    if is_random:  # per tensor of the file (each stored expert apart, before they are packed)
         gen = torch.Generator().manual_seed(int(seed))
         # Sorted names: the draw must not depend on the file's tensor order.
         for name in sorted(masks):
@@ -76,6 +74,9 @@ def load_training_mask(
         for key in ("density", "count", "numel"):
             meta.pop(key, None)
         ms = MaskSet(masks, meta)
+    packed = MaskSet(packed_masks(masks, shapes), ms.metadata)
+    validate_mask_set(packed, shapes, where=f"mask {path}")
+    masks = dict(packed.masks)
     full = {n: masks.get(n, torch.zeros(s, dtype=torch.bool)) for n, s in shapes.items()}
     if not any(bool(m.any()) for m in full.values()):
         raise MaskError(f"mask {path}: selects no parameter entries; training it would change nothing.")
@@ -86,14 +87,15 @@ def packed_masks(masks: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ..
     """``masks`` with the tensors a checkpoint stores one by one written into the model parameter they are packed
     into (expert e's gate and up into ``mlp.experts.gate_up_proj[e]``, its down into ``down_proj[e]``, Mixtral's
     ``block_sparse_moe.`` router as the model's ``mlp.gate``: :func:`~subnetviz.checkpoints.experts_layout
-    .param_pieces`), for each parameter of ``shapes`` the mask does not name itself; the rest as it is."""
+    .param_pieces`), for each parameter of ``shapes`` the mask does not name itself; the rest as it is. Experts the
+    mask does not name are frozen there (all False), as any parameter it does not name."""
     short = {strip_prefix(k): k for k in masks}
     mask_shapes = {s: tuple(masks[k].shape) for s, k in short.items()}
     out, used = dict(masks), set()
     for name, shape in shapes.items():
         if name in masks or strip_prefix(name) in short:
             continue
-        pieces = param_pieces(strip_prefix(name), tuple(shape), mask_shapes)
+        pieces = param_pieces(strip_prefix(name), tuple(shape), mask_shapes, partial=True)
         if not pieces:
             continue
         full = torch.zeros(tuple(shape), dtype=torch.bool)

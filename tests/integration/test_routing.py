@@ -6,6 +6,7 @@ mask; a dense model's empty table; prompt sets told apart; the CLI's files."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -227,3 +228,90 @@ def test_the_behaviour_page_shows_an_moe_pairs_routing_and_offers_the_router_swa
     dense = open_page("behavior", bh_tab="Routing (MoE)")
     assert not dense.exception and any("No mixture-of-experts router" in i.value for i in dense.info)
     assert "MoE routers (swap)" not in dense.multiselect(key="bh_masks").options
+
+
+def _moe(kind: str):
+    """A tiny MoE model of ``kind``: tests.unit.test_families' builds, and three families they do not hold."""
+    import transformers as T
+
+    from tests.unit.test_families import BASE, DEEPSEEK, _build
+
+    torch.manual_seed(0)
+    if kind == "deepseek_v3":  # runnable: its value head as wide as the query/key head, two expert groups
+        extra = {"v_head_dim": 8, "n_group": 2, "topk_group": 1, "n_routed_experts": 8, "num_key_value_heads": 4}
+        return T.DeepseekV3ForCausalLM(T.DeepseekV3Config(**{**BASE, **DEEPSEEK, **extra}))
+    if kind == "phimoe":
+        return T.PhimoeForCausalLM(T.PhimoeConfig(**BASE, num_local_experts=4, num_experts_per_tok=2))
+    if kind == "dbrx":
+        ffn = dict(ffn_hidden_size=8, moe_num_experts=4, moe_top_k=2)
+        attn = dict(kv_n_heads=2, rope_theta=1e4)
+        cfg = T.DbrxConfig(
+            vocab_size=64, d_model=16, n_heads=4, n_layers=2, max_seq_len=64, ffn_config=ffn, attn_config=attn
+        )
+        return T.DbrxForCausalLM(cfg)
+    if kind == "jetmoe":
+        cfg = T.JetMoeConfig(**BASE, num_local_experts=4, num_experts_per_tok=2, kv_channels=4)
+        return T.JetMoeForCausalLM(cfg)
+    return _build(kind)
+
+
+def test_dbrx_and_jetmoe_routers_are_found():
+    """DBRX holds its router's weight in .layer and numbers its blocks transformer.blocks.N; JetMoE holds its
+    experts as input_linear / output_linear (and routes its attention heads too): both were read as dense."""
+    dbrx = find_routers(_moe("dbrx"))
+    assert [(layer, e, k) for layer, _, _, e, k in dbrx] == [(0, 4, 2), (1, 4, 2)]
+    jet = {name: (layer, e, k) for layer, name, _, e, k in find_routers(_moe("jetmoe"))}
+    assert jet["model.layers.0.mlp.router"] == (0, 4, 2) and jet["model.layers.1.mlp.router"] == (1, 4, 2)
+
+
+@pytest.mark.parametrize("kind", ["deepseek_v3", "phimoe", "granitemoe", "jamba", "ernie4_5_moe"])
+def test_reverting_an_moe_finetunes_whole_update_gives_the_base(kind, tmp_path):
+    """A finetune that moved every stored expert and router tensor (DeepSeek-V3's e_score_correction_bias too: a
+    buffer that chooses experts) reverted inside its update mask is the base: KL 0, all of Δ reverted, routed as
+    the base. Each family stores them in names transformers 5 renames or packs on load (PhiMoE's gate is its
+    router, Granite's experts are input_linear / output_linear, Jamba's sit under feed_forward, Ernie's
+    moe_statics under the gate): behaviour refused every one of them, and left DeepSeek's bias as the finetune's."""
+    from tests.ckpt_fixtures import bf16_step
+    from tests.models import char_tokenizer, save_model
+
+    base = save_model(_moe(kind), tmp_path / "base", tokenizer=char_tokenizer())
+    sd = read_state_dict(base)
+    moved = [n for n in sd if any(p in n for p in (".experts.", "router", ".gate.", "moe_statics", "input_linear"))]
+    moved = [n for n in moved if sd[n].is_floating_point()]
+    assert moved, sorted(sd)
+    g = torch.Generator().manual_seed(1)
+    for n in moved:  # (a bias at zero, DeepSeek's, moved far enough to choose other experts)
+        zero = not sd[n].any()
+        sd[n] = (2 * torch.randn(sd[n].shape, generator=g)).to(sd[n].dtype) if zero else bf16_step(sd[n], 300)
+    ft = write_folder(tmp_path / "ft", sd, config_from=base)
+    for f in base.glob("tokenizer*"):
+        (ft / f.name).write_bytes(f.read_bytes())
+    masks = {"upd": mask_source("update")}
+    rep = behavior(str(base), [str(ft)], SUMS, masks=masks, random_control=False, curve=None, device="cpu")
+    s = rep.summary.set_index("experiment")
+    assert s.loc["finetuned", "kl_forward"] > 0
+    assert s.loc["upd/inside", "kl_forward"] == 0.0 and s.loc["upd/inside", "fraction_reverted"] == 1.0
+    inside = rep.routing[rep.routing["experiment"] == "upd/inside"]
+    assert len(inside) and (inside["jaccard"] == 1.0).all()
+
+
+def test_two_routers_in_a_layer_draw_a_line_each():
+    """JetMoE routes its MLP's experts and its attention heads in every layer: one line per router kind, not one
+    line going back and forth between them."""
+    from subnetviz.figures.behavior import routing_entropy, routing_overlap
+
+    rows = [
+        {"model": "ft", "experiment": "finetuned", "domain": "all", "layer": layer, "router": f"model.layers.{layer}.{r}",
+         "experts": 4, "top_k": 2, "tokens": 10, "jaccard": j, "rerouted_share": 1 - j, "load_entropy": 1.0,
+         "load_entropy_base": 1.2}
+        for layer in (0, 1)
+        for r, j in (("mlp.router", 0.5), ("self_attention.experts.router", 0.9))
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    lines = {t.name: list(t.y) for t in routing_overlap(frame).data}
+    assert lines == {
+        "ft · finetuned · mlp.router": [0.5, 0.5],
+        "ft · finetuned · self_attention.experts.router": [0.9, 0.9],
+    }
+    names = [t.name for t in routing_entropy(frame).data]
+    assert "ft · mlp.router" in names and "base · self_attention.experts.router" in names and len(names) == 6

@@ -482,3 +482,33 @@ def test_a_mixture_of_experts_trains_inside_a_mask_written_for_its_stored_expert
     check = json.loads((out / SUMMARY_FILE).read_text())["mask_check"]
     assert check["outside_mask_identical"] is True and check["changed_inside"] == inside
     assert check["tensors_compared"] == len(masks)
+
+
+def test_an_moe_mask_naming_some_experts_and_its_random_control_keep_each_stored_experts_count(tmp_path):
+    """A mask of the experts as stored, naming only some of them, packs into the model's parameters with the
+    others frozen (it was refused); its random control draws each stored expert's entries within that expert
+    (drawn over the packed parameter, experts the file leaves empty were trained in the control)."""
+    from subnetviz.masks import MaskSet, save_mask_set
+    from tests.models import make_tiny_moe
+
+    base = make_tiny_moe(tmp_path / "base", seed=0)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    name = "model.layers.0.mlp.experts.{}.{}_proj.weight"
+    masks = {
+        name.format(1, "gate"): torch.rand(8, 16, generator=g) < 0.3,
+        name.format(2, "down"): torch.rand(16, 8, generator=g) < 0.5,
+    }
+    path = save_mask_set(tmp_path / "some.safetensors", MaskSet(masks, {"method": "test"}))
+    for spec in (str(path), f"random:{path}"):
+        full, used = load_training_mask(spec, shapes, seed=3)
+        gate_up, down = full["model.layers.0.mlp.experts.gate_up_proj"], full["model.layers.0.mlp.experts.down_proj"]
+        assert int(gate_up[1, :8].sum()) == int(masks[name.format(1, "gate")].sum())  # expert 1's gate rows
+        assert int(down[2].sum()) == int(masks[name.format(2, "down")].sum())
+        assert int(gate_up.sum()) + int(down.sum()) == sum(int(m.sum()) for m in masks.values())  # nothing else
+        assert set(used.masks) == set(masks)  # the mask used, as the checkpoint names its tensors
+        if spec == str(path):
+            assert torch.equal(gate_up[1, :8], masks[name.format(1, "gate")])
