@@ -74,7 +74,7 @@ class ModelBuilder:
         self.params: list[tuple[str, torch.Tensor]] = []
         missing = []
         tensors = [(n, p, True) for n, p in self.model.named_parameters()]
-        tensors += [(n, b, False) for n, b in self.model.named_buffers()]
+        tensors += [(n, b, False) for n, b in self.model.named_buffers() if b.is_floating_point()]
         for n, p, is_param in tensors:
             pieces = _pieces(n, tuple(p.shape), shapes, loaded)
             if pieces is None:
