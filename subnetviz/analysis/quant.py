@@ -401,7 +401,9 @@ class FormLog:
             elif kind.startswith("codes:"):
                 out.append(
                     f"{kind[6:]}: {n} tensor(s) ({ex}) compared as stored codes only ({changed:,} changed); "
-                    "this format is not dequantised here, so there is no effective comparison."
+                    "this format is not dequantised here, so there is no effective comparison: a weight whose "
+                    "scales or zero points changed while its codes did not is not counted as changed (the "
+                    "Quantization scales note counts those)."
                 )
             elif kind.startswith("forms:"):
                 out.append(
