@@ -64,7 +64,7 @@ from subnetviz.analysis.revert import (
     random_order_selector,
     random_selector,
 )
-from subnetviz.analysis.routing import RoutingTap, overall, routing_frame, routing_rows
+from subnetviz.analysis.routing import RoutingTap, overall, routing_bytes, routing_frame, routing_rows
 from subnetviz.cache import read_frame
 from subnetviz.errors import ConfigError, suggest
 
@@ -361,14 +361,16 @@ def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str) -> Non
     from subnetviz.config import require_memory
 
     try:
-        vocab = int(AutoConfig.from_pretrained(str(model_folder(base)), local_files_only=True).vocab_size)
+        cfg = AutoConfig.from_pretrained(str(model_folder(base)), local_files_only=True)
+        cfg = getattr(cfg, "text_config", None) or cfg
+        vocab = int(cfg.vocab_size)
     except (OSError, ValueError, AttributeError, TypeError):
-        vocab = len(tok)
+        cfg, vocab = None, len(tok)
     base_b, ft_b = float32_bytes(base), max((float32_bytes(ft) for ft in finetuned), default=0)
     cache = n_tokens * vocab * 4
     batch = max((len(bt) * max(len(e.ids) for e in bt) for bt in batches), default=0) * vocab * 4
-    held = base_b + ft_b + (cache if cache <= _BASE_CACHE_BYTES else 0) + 4 * batch
-    what = "Behaviour (the base and a finetune in float32, the logits)"
+    held = base_b + ft_b + (cache if cache <= _BASE_CACHE_BYTES else 0) + 4 * batch + routing_bytes(cfg, n_tokens)
+    what = "Behaviour (the base and a finetune in float32, the logits, an MoE's routing)"
     require_memory(what, held if dev == "cpu" else max(base_b, ft_b), dev, held)
 
 

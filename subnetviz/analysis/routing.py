@@ -99,6 +99,17 @@ def _top_k(router, block, cfg) -> int | None:
     return None
 
 
+def routing_bytes(config, tokens: int) -> int:
+    """What the routing of ``tokens`` tokens holds at most, from a model's config (0 for a dense one): the k experts
+    of every token in every layer, int32, for the base and the model being run."""
+    experts = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+    if not any(isinstance(getattr(config, key, None), int) and getattr(config, key) > 1 for key in experts):
+        return 0  # (a dense config may carry a generation top_k)
+    k = next((v for key in _TOP_K_KEYS if isinstance(v := getattr(config, key, None), int) and v > 0), 0)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None) or 0
+    return 2 * tokens * int(layers) * k * 4 if isinstance(layers, int) else 0
+
+
 def _chosen(output, experts: int, k: int) -> torch.Tensor | None:
     """(N, k) expert indices from a router's output: the integer tensor it returns, else the top k of its
     (N, E) logits; None when neither is there."""

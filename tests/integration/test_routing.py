@@ -315,3 +315,17 @@ def test_two_routers_in_a_layer_draw_a_line_each():
     }
     names = [t.name for t in routing_entropy(frame).data]
     assert "ft · mlp.router" in names and "base · self_attention.experts.router" in names and len(names) == 6
+
+
+def test_the_routing_is_priced_before_the_models_load():
+    """An MoE's routing holds k experts per token and layer for two models: priced with the rest of behaviour's
+    memory; a dense config carrying a generation top_k prices nothing."""
+    import transformers as T
+
+    from subnetviz.analysis.routing import routing_bytes
+
+    moe = T.Qwen3MoeConfig(num_hidden_layers=48, num_experts=128, num_experts_per_tok=8)
+    assert routing_bytes(moe, 100_000) == 2 * 100_000 * 48 * 8 * 4
+    dense = T.LlamaConfig(num_hidden_layers=32)
+    dense.top_k = 50
+    assert routing_bytes(dense, 100_000) == 0 and routing_bytes(None, 10) == 0
