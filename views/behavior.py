@@ -145,14 +145,7 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
     if tabs[0].open:
         with tabs[0]:
             value = _measure("Measure", list(bfig.MEASURE), "bh_value")
-            figs, tables = ui.shared(model_parts, res, value)
-            a, b = st.columns(2)
-            with a:
-                ui.chart(figs["bh-bars"], key="bh-bars")
-            with b:
-                ui.chart(figs["bh-curves"], key="bh-curves")
-            for key, (caption, frame) in tables.items():
-                ui.table(frame, key, caption)
+            side_by_side(*ui.shared(model_parts, res, value))
     if tabs[1].open:
         with tabs[1]:
             kl = _measure("KL", KL, "bh_kl")
@@ -182,14 +175,7 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
             else:
                 if len(sets) > 1:
                     domain = st.selectbox("Prompt set", sets, key="bh_domain", bind="query-params")
-                figs, tables = ui.shared(routing_parts, routing, domain)
-                a, b = st.columns(2)
-                with a:
-                    ui.chart(figs["bh-routing"], key="bh-routing")
-                with b:
-                    ui.chart(figs["bh-load"], key="bh-load")
-                for key, (caption, frame) in tables.items():
-                    ui.table(frame, key, caption)
+                side_by_side(*ui.shared(routing_parts, routing, domain))
     if not selection and models:  # the token view's selection as the URL holds it, for the export
         q = st.query_params
         model = q.get("bh_model") if q.get("bh_model") in models else models[0]
@@ -206,6 +192,15 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
         ["behavior-summary", "behavior-curves", "behavior-routing"],
         more=lambda: every_tab(res, value, kl, selection, domain),
     )
+
+
+def side_by_side(figs: dict, tables: dict) -> None:
+    """A tab's two charts side by side (each under its own key), then its tables."""
+    for col, (key, fig) in zip(st.columns(2), figs.items(), strict=True):
+        with col:
+            ui.chart(fig, key=key)
+    for key, (caption, frame) in tables.items():
+        ui.table(frame, key, caption)
 
 
 def _measure(label: str, options: list[str], key: str) -> str:

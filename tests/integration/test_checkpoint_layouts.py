@@ -249,6 +249,14 @@ def test_falcon_fused_qkv_splits_as_its_config_says(tmp_path, flags, part):
         rows = _qkv_rows(attn, attn.query_key_value.weight.shape[0])
     assert sum(len(r) for r in rows.values()) == attn.query_key_value.weight.shape[0]
     model.to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    rep = _planted_rows(tmp_path, name, rows, part)
+    assert not any("no naming table" in n or "not split" in n for n in rep.notes)
+
+
+def _planted_rows(tmp_path, name: str, rows: dict, part: str):
+    """The pair of the base saved in ``tmp_path / "base"`` and a finetune that moved the rows ``rows[part]`` of
+    the fused ``name`` (weight and bias); each part's changed and numel counted, as the model's own rows say; the
+    report."""
     sd = read_state_dict(tmp_path / "base")
     for p in ("weight", "bias"):
         t = sd[f"{name}.{p}"]
@@ -257,12 +265,12 @@ def test_falcon_fused_qkv_splits_as_its_config_says(tmp_path, flags, part):
     rep = analyze_updates(str(tmp_path / "base"), [str(ft)], spectra=SpectraOptions(enabled=False)).reports[0]
     parts = rep.parts.set_index(["key", "module"])
     width = 1 + sd[f"{name}.weight"].shape[1]  # the weight's columns and the bias
+    key = name.removeprefix("transformer.")
     for p in "qkv":
-        got = sum(int(parts.loc[(f"h.0.self_attention.query_key_value.{s}", p), "changed"]) for s in ("weight", "bias"))
+        got = sum(int(parts.loc[(f"{key}.{s}", p), "changed"]) for s in ("weight", "bias"))
         assert got == (len(rows[p]) * width if p == part else 0), (p, got)
-        numel = sum(int(parts.loc[(f"h.0.self_attention.query_key_value.{s}", p), "numel"]) for s in ("weight", "bias"))
-        assert numel == len(rows[p]) * width
-    assert not any("no naming table" in n or "not split" in n for n in rep.notes)
+        assert sum(int(parts.loc[(f"{key}.{s}", p), "numel"]) for s in ("weight", "bias")) == len(rows[p]) * width
+    return rep
 
 
 def test_falcon_qkv_of_a_layout_no_config_tells_is_not_split(tmp_path):
@@ -320,19 +328,7 @@ def test_gpt_bigcode_c_attn_splits_its_rows_as_its_config_says(tmp_path, multi_q
     model.to(torch.bfloat16).save_pretrained(tmp_path / "base")
     rows = _bigcode_rows(model.float())
     assert sum(len(r) for r in rows.values()) == model.transformer.h[0].attn.c_attn.weight.shape[0]
-    sd = read_state_dict(tmp_path / "base")
-    for p in ("weight", "bias"):
-        t = sd[f"{name}.{p}"]
-        t[rows[part]] = (t[rows[part]].float() + 0.25).to(torch.bfloat16)
-    ft = write_folder(tmp_path / "ft", sd, tmp_path / "base")
-    rep = analyze_updates(str(tmp_path / "base"), [str(ft)], spectra=SpectraOptions(enabled=False)).reports[0]
-    parts = rep.parts.set_index(["key", "module"])
-    width = 1 + sd[f"{name}.weight"].shape[1]  # the weight's columns and the bias
-    for p in "qkv":
-        got = sum(int(parts.loc[(f"h.0.attn.c_attn.{s}", p), "changed"]) for s in ("weight", "bias"))
-        assert got == (len(rows[p]) * width if p == part else 0), (p, got)
-        numel = sum(int(parts.loc[(f"h.0.attn.c_attn.{s}", p), "numel"]) for s in ("weight", "bias"))
-        assert numel == len(rows[p]) * width
+    rep = _planted_rows(tmp_path, name, rows, part)
     assert not any("naming table" in n or "not split" in n or "only where" in n for n in rep.notes)
 
 

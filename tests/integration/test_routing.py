@@ -26,14 +26,23 @@ ROUTER = "model.layers.1.mlp.gate.weight"
 def moe(tmp_path_factory):
     """A Qwen3-MoE base (4 experts, top 2) and a finetune whose only change swaps rows 0 and 1 of layer 1's router:
     its layer 1 sends a token to expert 1 where the base sends it to expert 0, and back."""
-    root = tmp_path_factory.mktemp("routing")
+    return _swapped(tmp_path_factory.mktemp("routing"))
+
+
+def _swapped(root):
+    """The planted pair of :func:`moe` under ``root``: (base, finetune)."""
     base = make_tiny_moe(root / "base", seed=3)
     sd = read_state_dict(base)
     sd[ROUTER] = sd[ROUTER][[1, 0, 2, 3]].clone()
-    ft = write_folder(root / "ft", sd, config_from=base)
+    return base, _beside(base, root / "ft", sd)
+
+
+def _beside(base, folder, sd):
+    """``sd`` written to ``folder`` as a finetune of ``base``, with its tokenizer."""
+    ft = write_folder(folder, sd, config_from=base)
     for f in base.glob("tokenizer*"):
         (ft / f.name).write_bytes(f.read_bytes())
-    return base, ft
+    return ft
 
 
 def _picks(folder, prompts) -> dict[int, np.ndarray]:
@@ -194,15 +203,8 @@ def test_the_behaviour_page_shows_an_moe_pairs_routing_and_offers_the_router_swa
     'inside' line (the finetune with the base's routers) at 1 in every layer, the entropy chart's base and
     finetune; a dense pair's tab says there is no router to hook."""
     from tests.app_fixtures import decode, open_page, plotly_specs
-    from tests.models import make_tiny_moe
 
-    home = app_env / "routing-page"
-    base = make_tiny_moe(home / "base", seed=3)
-    sd = read_state_dict(base)
-    sd[ROUTER] = sd[ROUTER][[1, 0, 2, 3]].clone()
-    ft = write_folder(home / "ft", sd, config_from=base)
-    for f in base.glob("tokenizer*"):
-        (ft / f.name).write_bytes(f.read_bytes())
+    base, ft = _swapped(app_env / "routing-page")
     at = open_page(
         "behavior",
         base=str(base),
@@ -283,9 +285,7 @@ def test_reverting_an_moe_finetunes_whole_update_gives_the_base(kind, tmp_path):
     for n in moved:  # (a bias at zero, DeepSeek's, moved far enough to choose other experts)
         zero = not sd[n].any()
         sd[n] = (2 * torch.randn(sd[n].shape, generator=g)).to(sd[n].dtype) if zero else bf16_step(sd[n], 300)
-    ft = write_folder(tmp_path / "ft", sd, config_from=base)
-    for f in base.glob("tokenizer*"):
-        (ft / f.name).write_bytes(f.read_bytes())
+    ft = _beside(base, tmp_path / "ft", sd)
     masks = {"upd": mask_source("update")}
     rep = behavior(str(base), [str(ft)], SUMS, masks=masks, random_control=False, curve=None, device="cpu")
     s = rep.summary.set_index("experiment")
