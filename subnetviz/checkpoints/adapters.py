@@ -2,16 +2,22 @@
 
 A folder with ``adapter_config.json`` + ``adapter_model.safetensors`` given as a finetune of
 ``base`` is the merged model: every target weight is W + s·B·A (s = α/r, or α/√r with rsLoRA;
-``rank_pattern`` / ``alpha_pattern`` per module; ``fan_in_fan_out`` transposes Δ for Conv1D;
-embedding adapters use Δ = (B·A)ᵀ), computed in float32 and rounded once to the base's stored
-dtype (round-to-nearest-even), as a merge would save it; ``modules_to_save`` replace their base
-tensors; every other tensor is the base's. LoRA on parameters (``target_parameters``: a model's packed
+``rank_pattern`` / ``alpha_pattern`` per module, the first key that matches as PEFT takes it; Δ transposed
+for transformers' Conv1D, which PEFT decides per layer whatever ``fan_in_fan_out`` says; embedding adapters
+use Δ = (B·A)ᵀ), with the roundings PEFT's merge makes on the base loaded in its stored dtype: a linear
+layer's W + Δ computed in float32 and rounded once; an embedding's or a wrapped parameter's Δ rounded to the
+base's dtype first and then added in it (round-to-nearest-even each time). ``modules_to_save`` replace their
+base tensors (the copies PEFT saves beside them with ``save_embedding_layers`` read as its loader reads
+them); every other tensor is the base's. LoRA on parameters (``target_parameters``: a model's packed
 3-D experts, as gpt-oss is adapted) merges each expert's Δ[e] = s·B[:, :, e]·A[e] in the layout PEFT
 picks, PEFT's nested wrappers assigned to the parameters they wrap; where the base stores its experts
 one by one (Qwen-MoE, Mixtral), each expert's tensor takes its rows of that expert's Δ (transformers packs
 gate_up = [gate; up]). DoRA scales each merged linear weight, per output feature, to its learned magnitude
 (W' = m / ‖W + s·B·A‖ · (W + s·B·A)); ``lora_bias`` adds s·bias_B to the module's bias; trainable tokens
-(``trainable_token_indices``) replace their rows of the embedding. Merging happens per tensor in
+(``trainable_token_indices``) replace their rows of the embedding. Where the base ties its output head to its
+input embedding and stores one tensor for both, a LoRA on the head is merged into that tensor (as PEFT's merge
+does), one tied to the embedding's (``ensure_weight_tying``) is counted once, and a head trained whole
+(``modules_to_save``) is the merged model's own, untied head. Merging happens per tensor in
 :meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. Adapter types other than LoRA,
 LoRA variants no merge reproduces (aLoRA, Arrow, KaSA, QA-LoRA, ...) and initialisations that change the base
 before training (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA, unless converted) are refused by name. PEFT saves the
@@ -36,7 +42,8 @@ import numpy as np
 import torch
 
 from subnetviz.cache import stat_identity
-from subnetviz.checkpoints.header import read_safetensors_header
+from subnetviz.checkpoints.align import TIED_HEADS
+from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint
 from subnetviz.config import check_readable, read_json, require_memory
@@ -56,6 +63,14 @@ _PEFT_PREFIX = "base_model.model."
 _PARAM_ORDER = ["gate_up_proj", "gate_proj", "up_proj", "down_proj"]
 # families whose experts are stored (experts, in, out), which PEFT does not swap (their is_transposed)
 _NOT_SWAPPED = ("gpt_oss",)
+# transformers' Conv1D weights, stored (in, out): GPT-2's attention and MLP (OpenAI-GPT, ImageGPT and the Decision
+# Transformer's GPT-2 use the same names). PEFT merges a Conv1D with Δ transposed and an nn.Linear without, per layer.
+_CONV1D = re.compile(r"(?:^|\.)(?:(?:attn|crossattention)\.(?:c_attn|q_attn|c_proj)|mlp\.(?:c_fc|c_proj))\.weight$")
+# a module PEFT saves whole (modules_to_save): its trained copy, under the adapter's name or (save_embedding_layers)
+# without it; PEFT's loader reads <module>.weight, the copy without the infix, where both are saved
+_MODULES_TO_SAVE = re.compile(r"\.modules_to_save(?:\.default)?\.")
+# dtypes PEFT rounds an embedding's or a wrapped parameter's Δ to before adding it (its merge casts Δ to W's dtype)
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def is_adapter(spec) -> bool:
@@ -125,9 +140,16 @@ class MergedAdapter(Checkpoint):
         self.pairs, self.replaced = self._plan(header)
         for target, key in self.replaced.items():  # a replaced tensor's shape is the adapter's (a resized
             # vocabulary); every tensor is given in the base's stored dtype, as a merge of it would save it
-            self._meta[target] = replace(self._meta[target], file=weights, shape=tuple(header[key]["shape"]))
+            shape = tuple(header[key]["shape"])
+            if target in self._untied:  # a trained head the base does not store: in its embedding's dtype
+                self._meta[target] = TensorMeta(target, weights, self.base.meta(self._untied[target]).dtype, shape)
+            else:
+                self._meta[target] = replace(self._meta[target], file=weights, shape=shape)
+        if self._untied:  # the merged model has a head of its own (a copy of the base's config, which stays tied)
+            self.config = {**self.config, "tie_word_embeddings": False}
         require_memory(f"The adapter {folder.name} (held while it is merged)", weights.stat().st_size)
         self._adapter = _load(weights)
+        self._check_tied_copies()
         rule = "α/√r (rsLoRA)" if ac.get("use_rslora") else "α/r"
         dora = (
             f"; DoRA: each of the {len(self.magnitudes)} merged weight(s) is then scaled, per output feature, to its "
@@ -140,11 +162,15 @@ class MergedAdapter(Checkpoint):
         self.notes = [
             f"{'DoRA' if self.magnitudes else 'LoRA'} adapter {Path(spec).name} merged onto {base.spec}: W + s·B·A "
             f"with s = {rule} (r={r}, α={alpha}) for {len(self.pairs)} tensor(s), computed in float32 and rounded to "
-            f"the base's stored dtype (round-to-nearest-even) as a merge would save it{dora}"
+            "the base's stored dtype (round-to-nearest-even) as PEFT's merge rounds it: a linear layer's W + Δ once, "
+            f"an embedding's or an expert parameter's Δ first and then W + Δ{dora}"
             + (f"; {len(self.replaced)} tensor(s) replaced by modules_to_save" if self.replaced else "")
             + (f"; {len(self.biases)} bias(es) b + s·bias_B (lora_bias)" if self.biases else "")
             + (f"; {rows} embedding row(s) replaced by trainable tokens" if self.tokens else "")
             + ".",
+            *self._fan_in_fan_out_notes(),
+            *self._tied_notes,
+            *_other_base_note(ac.get("base_model_name_or_path"), base),
             *unknown,
         ]
 
@@ -152,8 +178,15 @@ class MergedAdapter(Checkpoint):
         base_names = set(self.base.names)
         self._memory: dict[str, str] = {}  # base's stored name -> the name in memory PEFT saved, where they differ
         self._by_short: dict[str, list[str]] | None = None  # the base's names by their name past the model prefix
+        self._fifo: set[str] = set()  # targets PEFT merges as Conv1D (Δ transposed), decided per layer
+        self._extra: dict[str, tuple[str, str, str]] = {}  # tied tensor -> its head's LoRA (A, B, module in memory)
+        self._untied: dict[str, str] = {}  # a trained head the base ties and does not store -> the base's embedding
+        self._tied_copies: list[tuple[str, str, bool]] = []  # (key, key it must equal, transposed): checked once loaded
+        self._tied_notes: list[str] = []
         pairs: dict[str, dict[str, str]] = {}
-        replaced: dict[str, str] = {}
+        full: dict[str, list[str]] = {}  # target -> the whole tensors saved for it
+        heads: dict[str, dict[str, str]] = {}  # a tied head's LoRA: its weight in memory -> kind -> key
+        head_copies: dict[str, str] = {}  # a tied head saved whole (modules_to_save): its weight in memory -> key
         wrapped = self._parameter_targets(base_names)  # LoRA on 3-D parameters (target_parameters)
         wrapped_short = {strip_prefix(w): w for w in wrapped}  # (a wrapped module named as in memory)
         per_param: dict[str, dict[int, dict[str, str]]] = {}  # wrapped module -> depth -> kind -> key
@@ -180,11 +213,29 @@ class MergedAdapter(Checkpoint):
             if m is None:  # modules_to_save, trainable biases, and the weight of a LoRA-adapted embedding PEFT saves
                 # as <module>.base_layer.weight (its vocabulary may have been resized): a full tensor replacing
                 # the base's, to which that module's B·A is then added
-                target = short.replace(".modules_to_save.default", "").replace(".base_layer.", ".")
-                replaced[self._to_base(key, target, base_names)] = key
+                if ".original_module." in short:  # (save_embedding_layers) the base's own copy of a module saved
+                    continue  # whole: no update, and PEFT's merge keeps the trained copy
+                target = _whole_target(short)
+                if self._tied_embedding(target, base_names) is None:
+                    full.setdefault(self._to_base(key, target, base_names), []).append(key)
+                elif ".base_layer." in short:  # a LoRA-adapted tied head's weight: the tensor it shares
+                    full.setdefault(self._tied_embedding(target, base_names), []).append(key)
+                else:
+                    head_copies[target] = key
                 continue
-            target = self._to_base(key, f"{m['module']}.weight", base_names)
+            target = f"{m['module']}.weight"
+            if self._tied_embedding(target, base_names) is not None:
+                heads.setdefault(target, {})[m["kind"]] = key
+                continue
+            target = self._to_base(key, target, base_names)
             pairs.setdefault(target, {})[m["kind"]] = key
+        # of the copies saved for one tensor, the one PEFT's loader reads: <module>.weight before the copy under
+        # modules_to_save, and a tied tensor's values as its embedding's own key saves them before its head's
+        replaced = {
+            t: min(keys, key=lambda k: (bool(_MODULES_TO_SAVE.search(k)), strip_prefix(_whole_target(k)) in TIED_HEADS))
+            for t, keys in full.items()
+        }
+        self._plan_tied(heads, head_copies, pairs, replaced, base_names)
         out: dict[str, tuple[str, str, bool]] = {}
         for target, kinds in pairs.items():
             emb = "lora_embedding_A" in kinds
@@ -197,13 +248,151 @@ class MergedAdapter(Checkpoint):
                     f"{self.adapter_file}: {target!r} has only one of its LoRA A/B tensors "
                     f"(found {sorted(kinds.values())})."
                 )
-            want = header[replaced[target]]["shape"] if target in replaced else self.base.meta(target).shape
-            self._check_shapes(target, header[a]["shape"], header[b]["shape"], emb, tuple(want))
+            want = tuple(header[replaced[target]]["shape"] if target in replaced else self.base.meta(target).shape)
+            if not emb and self._conv1d(target, header[a]["shape"], header[b]["shape"], want):
+                self._fifo.add(target)
+            self._check_shapes(target, header[a]["shape"], header[b]["shape"], emb, want)
             out[target] = (a, b, emb)
+        for target, (a, b, _) in self._extra.items():
+            want = tuple(header[replaced[target]]["shape"] if target in replaced else self.base.meta(target).shape)
+            self._check_shapes(target, header[a]["shape"], header[b]["shape"], False, want)
         self._check_target_modules(base_names)
         self.experts = self._plan_parameters(wrapped, per_param, header, out)
         self._plan_extras(extras, header, out, replaced, base_names)
         return out, replaced
+
+    def _tied_embedding(self, target: str, base_names: set[str]) -> str | None:
+        """The base's input embedding where ``target`` (a weight's name in memory) is an output head that the base
+        ties to it (``tie_word_embeddings``) and does not store: in memory, the head's weight is that tensor.
+        None for any other name, and where the base has no one input embedding."""
+        if strip_prefix(target) not in TIED_HEADS or not self.base.tied_embeddings:
+            return None
+        if target in base_names or self._short_hits(target, base_names):
+            return None
+        return self._input_embedding
+
+    @cached_property
+    def _input_embedding(self) -> str | None:
+        """The base's one input embedding (its naming table's ``embed``, no head), else None."""
+        table = self.base.names_table
+        found = [
+            n for n in self.base.names if strip_prefix(n) not in TIED_HEADS and table.describe(n).module == "embed"
+        ]
+        return found[0] if len(found) == 1 else None
+
+    def _plan_tied(self, heads: dict, head_copies: dict, pairs: dict, replaced: dict, base_names: set[str]) -> None:
+        """An output head the base ties to its input embedding and stores no tensor of (see :meth:`_tied_embedding`),
+        as PEFT trains and merges it:
+
+        - a LoRA on the head is merged into the tensor it shares with the embedding (PEFT's merge adds it to the
+          shared weight, so the input embedding changes with the head); where the embedding has a LoRA too, the
+          head's is added after it (:attr:`_extra`), as ``merge_and_unload`` merges the modules in order;
+        - with ``ensure_weight_tying`` the head's LoRA factors are the embedding's own (transposed): checked equal
+          and counted once, the tied model that was trained (PEFT 0.21's ``merge_and_unload`` adds that Δ a second
+          time through the head, so its merge is not the model it trained);
+        - a head saved whole (``modules_to_save``) is a trained copy that unties the two: the merged model's own
+          ``lm_head.weight`` (:attr:`_untied`), the embedding left as it is; with ``ensure_weight_tying`` it is
+          the embedding's trained copy, checked equal and counted once."""
+        ensure = bool(self.adapter_config.get("ensure_weight_tying"))
+        for head, kinds in heads.items():
+            emb = self._tied_embedding(head, base_names)
+            a, b = kinds.get("lora_A"), kinds.get("lora_B")
+            if a is None or b is None or set(kinds) - {"lora_A", "lora_B"}:
+                raise CheckpointError(
+                    f"{self.adapter_file}: the tied head {head!r} has LoRA tensors {sorted(kinds.values())}; expected "
+                    "one lora_A and one lora_B."
+                )
+            tied = f"the base ties {head} to {emb} (tie_word_embeddings) and stores one tensor for both"
+            own = pairs.get(emb, {})
+            if ensure and "lora_embedding_A" in own and "lora_embedding_B" in own:
+                self._tied_copies += [(a, own["lora_embedding_B"], True), (b, own["lora_embedding_A"], True)]
+                self._tied_notes.append(
+                    f"ensure_weight_tying: {tied}, and the LoRA factors saved for {head} are the embedding's own "
+                    "(transposed), so the head's Δ is the embedding's: added once, the tied model that was trained "
+                    "(PEFT's merge_and_unload adds it a second time through the head)."
+                )
+            elif own:
+                self._extra[emb] = (a, b, head[: -len(".weight")])
+                self._tied_notes.append(
+                    f"{tied}: the LoRA of {head} is merged into it after the embedding's own, as PEFT's merge_and_unload "
+                    "merges both into the shared weight (unmerged, the embedding and the head each had only their own)."
+                )
+            else:
+                pairs[emb] = {"lora_A": a, "lora_B": b}
+                self._memory[emb] = head
+                self._tied_notes.append(
+                    f"{tied}: the LoRA of {head} is merged into it, as PEFT's merge_and_unload merges it into the "
+                    "shared weight, so the merged model's input embedding changes with its head (unmerged, the "
+                    "adapter left the input embedding as it was)."
+                )
+        for head, key in head_copies.items():
+            emb = self._tied_embedding(head, base_names)
+            if ensure and emb in replaced:
+                self._tied_copies.append((key, replaced[emb], False))
+                self._tied_notes.append(
+                    f"ensure_weight_tying: the copy of {head} the adapter saves is the embedding's trained copy, "
+                    f"tied to it: counted once, as {emb}."
+                )
+                continue
+            self._untied[head] = emb
+            replaced[head] = key
+            embedding = "the adapter's trained copy" if emb in replaced else "the base's"
+            self._tied_notes.append(
+                f"the base ties {head} to {emb} (tie_word_embeddings) and stores no {head}; the adapter saves a trained "
+                f"copy of it (modules_to_save), which unties the two as PEFT's merge does: the merged model's {head} "
+                f"is that copy, and its input embedding is {embedding}. The base has no {head} to compare it with, so "
+                f"it is listed as a tensor only the adapter holds (its values before training were the base's {emb})."
+            )
+
+    def _check_tied_copies(self) -> None:
+        """A tied head's LoRA factors or trained copy, where ``ensure_weight_tying`` counts them once as the
+        embedding's: equal to the embedding's, or the adapter is not the tied model it says it is."""
+        for key, other, transposed in self._tied_copies:
+            want = self._adapter[other].T if transposed else self._adapter[other]
+            if not torch.equal(self._adapter[key], want):
+                raise CheckpointError(
+                    f"{self.adapter_file}: ensure_weight_tying is set, but {key!r} is not the embedding's "
+                    f"{other!r}{' transposed' if transposed else ''}, which it is tied to. Merge it with peft and give "
+                    "the merged folder."
+                )
+
+    def _conv1d(self, target: str, a: list[int], b: list[int], want: tuple[int, ...]) -> bool:
+        """Whether PEFT merges the linear target ``target`` with Δ transposed. PEFT decides it per layer: True for
+        transformers' Conv1D (GPT-2's attention and MLP weights, stored (in, out)), False for nn.Linear, whatever
+        fan_in_fan_out says (it rewrites the config as it wraps each layer, so the saved value is the last
+        layer's: false for a GPT-2 adapter whose targets include lm_head). The base's naming table tells which
+        weights are Conv1D; where no config.json says gpt2 (GPT-BigCode writes GPT-2's names for nn.Linear), the
+        shapes tell where only one orientation fits. An architecture no table knows keeps the config's value."""
+        table = self.base.names_table
+        saved = bool(self.adapter_config.get("fan_in_fan_out"))
+        if table.family is None:
+            return saved
+        if table.family != "gpt2" or not _CONV1D.search(self._memory.get(target, target)):
+            return False
+        if not table.guessed or len(a) != 2 or len(b) != 2:
+            return True
+        linear, conv1d = (b[0], a[1]) == want, (a[1], b[0]) == want
+        return conv1d if linear != conv1d else saved
+
+    def _fan_in_fan_out_notes(self) -> list[str]:
+        """A note where the saved fan_in_fan_out is not what PEFT used for some target (see :meth:`_conv1d`)."""
+        saved = bool(self.adapter_config.get("fan_in_fan_out"))
+        linear = [t for t, (_, _, emb) in self.pairs.items() if not (emb or t in self.experts or t in self._slices)]
+        if all((t in self._fifo) == saved for t in linear):
+            return []
+        conv = [t for t in linear if t in self._fifo]
+        said = (
+            f"adapter_config.json says fan_in_fan_out = {str(saved).lower()}, but PEFT decides it per layer (true for "
+            "transformers' Conv1D, false for nn.Linear): "
+        )
+        if not conv:
+            return [
+                said + f"none of the {len(linear)} linear target(s) is a Conv1D, so none is merged with Δ transposed."
+            ]
+        return [
+            said + f"{len(conv)} of the {len(linear)} linear target(s) are Conv1D weights stored (in, out) (e.g. "
+            f"{conv[0]}) and are merged with Δ transposed, the others without, as PEFT merges them."
+        ]
 
     def _plan_extras(self, extras: dict, header: dict, pairs: dict, replaced: dict, base_names: set[str]) -> None:
         """What PEFT saves beside A and B, each checked against the base from the headers:
@@ -218,7 +407,6 @@ class MergedAdapter(Checkpoint):
         self.biases: dict[str, tuple[str, str]] = {}  # bias -> (adapter key, the module's weight)
         self.magnitudes: dict[str, str] = {}  # weight -> adapter key
         self.tokens: dict[str, tuple[str, list[int]]] = {}  # embedding weight -> (adapter key, rows)
-        fifo = bool(self.adapter_config.get("fan_in_fan_out"))
         for module, key in extras.get("bias", {}).items():
             target = self._to_base(key, f"{module}.bias", base_names)
             weight = self._memory_to_base.get(f"{module}.weight", f"{module}.weight")
@@ -238,7 +426,7 @@ class MergedAdapter(Checkpoint):
                     "for linear layers only. Merge it with peft and give the merged folder."
                 )
             shape = header[replaced[weight]]["shape"] if weight in replaced else self.base.meta(weight).shape
-            self._check_vector(key, header, (shape[1 if fifo else 0],))
+            self._check_vector(key, header, (shape[1 if weight in self._fifo else 0],))
             self.magnitudes[weight] = key
         linear = len([t for t, (_, _, emb) in pairs.items() if not emb])
         if self.adapter_config.get("use_dora") and len(self.magnitudes) != linear:
@@ -366,7 +554,7 @@ class MergedAdapter(Checkpoint):
     def _check_shapes(self, target: str, a: list[int], b: list[int], emb: bool, want: tuple[int, ...]) -> None:
         """B·A (transposed for embeddings and Conv1D) must have the base weight's shape: checked from the
         headers, before anything is multiplied (a B of 10^6 rows would make a 10^6-row product first)."""
-        flip = emb or bool(self.adapter_config.get("fan_in_fan_out"))
+        flip = emb or target in self._fifo
         got = (b[0], a[1]) if len(a) == 2 and len(b) == 2 else None
         if got is None or a[0] != b[1] or (got[::-1] if flip else got) != want:
             raise CheckpointError(
@@ -380,6 +568,8 @@ class MergedAdapter(Checkpoint):
         tm = self.adapter_config.get("target_modules") or []
         # the base's modules, under their stored names and, where PEFT saved others, under their names in memory
         stored = {*base_names, *self._memory.values()}
+        if self.base.tied_embeddings:  # a head the base ties to its embedding is a module in memory, stored or not
+            stored |= set(TIED_HEADS)
         modules = {n[: -len(".weight")] for n in stored if n.endswith(".weight")}
         if not isinstance(tm, str | list):
             raise CheckpointError(
@@ -417,11 +607,7 @@ class MergedAdapter(Checkpoint):
         checkpoints); none, or more than one, is a one-line error naming the adapter tensor."""
         if target in base_names:
             return target
-        if self._by_short is None:
-            self._by_short = {}
-            for n in base_names:
-                self._by_short.setdefault(strip_prefix(n), []).append(n)
-        hits = sorted(self._by_short.get(strip_prefix(target), []))
+        hits = self._short_hits(target, base_names)
         if len(hits) == 1:
             self._memory[hits[0]] = target
             return hits[0]
@@ -434,26 +620,31 @@ class MergedAdapter(Checkpoint):
             )
         )
 
+    def _short_hits(self, target: str, base_names: set[str]) -> list[str]:
+        """The base's tensors with ``target``'s name past its model prefix (:func:`strip_prefix`), sorted."""
+        if self._by_short is None:
+            self._by_short = {}
+            for n in base_names:
+                self._by_short.setdefault(strip_prefix(n), []).append(n)
+        return sorted(self._by_short.get(strip_prefix(target), []))
+
     @property
     def _memory_to_base(self) -> dict[str, str]:
         return {v: k for k, v in self._memory.items()}
 
     def _scale(self, target: str, r: int, module: str | None = None) -> float:
-        # PEFT matches rank_pattern / alpha_pattern against the module's name in memory
+        # PEFT matches rank_pattern / alpha_pattern against the module's name in memory, and takes the first key
+        # that matches, in the config's order (peft.utils.other.get_pattern_key)
         module = self._memory.get(module, module) if module else self._memory.get(target, target)[: -len(".weight")]
         where = f"{self.spec}: rank_pattern / alpha_pattern in adapter_config.json"
-        for pattern, val in self._rank_pattern:
-            if _matches(pattern, module, where):
-                r = val
+        r = next((val for pattern, val in self._rank_pattern if _matches(pattern, module, where)), r)
         alpha = self.adapter_config.get("lora_alpha", 8)
-        for pattern, val in self._alpha_pattern:
-            if _matches(pattern, module, where):
-                alpha = val
+        alpha = next((val for pattern, val in self._alpha_pattern if _matches(pattern, module, where)), alpha)
         return alpha / math.sqrt(r) if self.adapter_config.get("use_rslora") else alpha / r
 
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
         replaced = self.replaced.get(name)
-        stored = self.base.meta(name).dtype
+        stored = self.meta(name).dtype  # the base's (a trained head the base does not store: its embedding's)
         w = self._adapter[replaced].to(device) if replaced else self.base.get(name, device)
         if name in self.biases:  # b + s·bias_B, in float32, rounded once
             key, weight = self.biases[name]
@@ -471,8 +662,9 @@ class MergedAdapter(Checkpoint):
         # against the memory available before either is allocated (a vocabulary-sized Δ is gigabytes)
         e = self.experts.get(name, (1,))[0]
         numel = math.prod(self.meta(name).shape)
-        fifo_dora = name in self.magnitudes and self.adapter_config.get("fan_in_fan_out")
-        need, cpu = numel * stored.itemsize + 4 * numel // e * (2 if fifo_dora else 1), str(device) == "cpu"
+        fifo = name in self._fifo
+        two = (name in self.magnitudes and fifo) or name in self._extra  # a second float32 temporary
+        need, cpu = numel * stored.itemsize + 4 * numel // e * (2 if two else 1), str(device) == "cpu"
         require_memory(f"Merging the adapter into {name}", need if cpu else 0, str(device), 0 if cpu else need)
         if name in self.experts:
             return self._merge_experts(name, w, ka, kb, stored, device)
@@ -481,29 +673,39 @@ class MergedAdapter(Checkpoint):
         a = self._adapter[ka].to(device, torch.float32)  # (r, in) or, for embeddings, (r, vocab)
         b = self._adapter[kb].to(device, torch.float32)  # (out, r) or (dim, r)
         delta = (b @ a).mul_(self._scale(name, a.shape[0]))  # in place: one float32 temporary per tensor
-        fifo = bool(self.adapter_config.get("fan_in_fan_out"))
         if emb or fifo:
             delta = delta.T  # the shapes were checked against the base's when the adapter was opened
-        merged = delta.add_(w)  # w + Δ in float32 (w is exact in it)
-        if name in self.magnitudes:  # DoRA: m / ‖W + Δ‖ per output feature (a row; a column of Conv1D's (in, out))
-            m = self._adapter[self.magnitudes[name]].to(device, torch.float32)
-            if fifo:
-                # over the base's (in, out) layout, as PEFT takes it: the same sums in the same order
-                merged = merged.contiguous()
-                merged.mul_((m / torch.linalg.norm(merged.T, dim=1)).view(1, -1))
-            else:
-                merged.mul_((m / torch.linalg.norm(merged, dim=1)).view(-1, 1))
-        return merged.to(stored)  # rounded once
+        if emb:  # PEFT's Embedding.merge adds Δ cast to the weight's dtype: rounded first in a 16-bit base
+            merged = _add_cast(w, delta, stored)
+        else:
+            merged = delta.add_(w)  # w + Δ in float32 (w is exact in it), rounded once below
+            if name in self.magnitudes:  # DoRA: m / ‖W + Δ‖ per output feature (a row; a column of Conv1D's (in, out))
+                m = self._adapter[self.magnitudes[name]].to(device, torch.float32)
+                if fifo:
+                    # over the base's (in, out) layout, as PEFT takes it: the same sums in the same order
+                    merged = merged.contiguous()
+                    merged.mul_((m / torch.linalg.norm(merged.T, dim=1)).view(1, -1))
+                else:
+                    merged.mul_((m / torch.linalg.norm(merged, dim=1)).view(-1, 1))
+            merged = merged.to(stored)
+        if name in self._extra:  # the tied head's LoRA, merged after the embedding's into the tensor they share:
+            # PEFT's linear merge, its float32 Δ added to the weight as it stands after the first (rounded once)
+            ka, kb, module = self._extra[name]
+            a = self._adapter[ka].to(device, torch.float32)
+            b = self._adapter[kb].to(device, torch.float32)
+            merged = (b @ a).mul_(self._scale(name, a.shape[0], module=module)).add_(merged).to(stored)
+        return merged
 
     def stored_as_read(self, name: str) -> bool:
         return name not in self._computed and self.base.stored_as_read(name)
 
     def _merge_experts(self, name: str, w, ka: str, kb: str, stored, device) -> torch.Tensor:
-        """W[e] + s·Δ[e], expert by expert (float32 temporaries of one expert), rounded once per entry."""
+        """W[e] + s·Δ[e], expert by expert (float32 temporaries of one expert), with PEFT's roundings
+        (:func:`_add_cast`)."""
         s, a, b, swapped = self._factors(name, ka, kb)  # A: experts × rank × in, B: out × rank × experts
         out = torch.empty(w.shape, dtype=stored, device=device)
         for i in range(a.shape[0]):
-            out[i] = _expert_delta(a, b, i, s, swapped, device).add_(w[i]).to(stored)
+            out[i] = _add_cast(w[i], _expert_delta(a, b, i, s, swapped, device), stored)
         return out
 
     def _factors(self, name: str, ka: str, kb: str):
@@ -525,7 +727,7 @@ class MergedAdapter(Checkpoint):
         delta = _expert_delta(a, b, i, s, swapped, device)
         if not swapped:  # (E, in, out) in memory: the expert's (out, in) weight is its transpose
             delta = delta.T
-        return delta[r0:r1].add_(w).to(stored)
+        return _add_cast(w, delta[r0:r1], stored)
 
     @cached_property
     def _computed(self) -> set[str]:
@@ -553,6 +755,16 @@ class MergedAdapter(Checkpoint):
 
     def __repr__(self) -> str:
         return f"MergedAdapter({self.spec!r} on {self.base.spec!r}, {len(self.pairs)} merged tensors)"
+
+
+def _add_cast(w: torch.Tensor, delta: torch.Tensor, stored: torch.dtype) -> torch.Tensor:
+    """W + Δ as PEFT merges an embedding (``Embedding.merge``: W += Δ.to(W.dtype)) and a wrapped parameter
+    (``ParamWrapper.get_delta_weight`` casts Δ to the parameter's dtype): in a 16-bit base, the float32 Δ is
+    rounded to the base's dtype first and the sum rounded again (two roundings, where a linear layer's W + Δ is
+    rounded once); in float32 the sum is rounded once either way. ``delta`` (float32) may be used up."""
+    if stored in _HALF:
+        return w.to(stored) + delta.to(stored)
+    return delta.add_(w).to(stored)
 
 
 def _expert_delta(a, b, i: int, s: float, swapped: bool, device) -> torch.Tensor:
@@ -669,6 +881,42 @@ def _check_variant(ac: dict, cfg_path: Path) -> list[str]:
     ]
 
 
+# path components that name no model: a hub cache's snapshot folder and revision, a training run's checkpoint
+# folders, weight files
+_NO_MODEL_NAME = re.compile(
+    r"^(?:snapshots|main|refs|[0-9a-f]{40}|(?:checkpoint|step|global_step|epoch)[-_]?\d*|final|latest|merged|"
+    r".*\.(?:safetensors|bin|pt|pth|json))$",
+    re.IGNORECASE,
+)
+
+
+def _model_name(spec) -> str | None:
+    """The name of the model a path or hub id names, for telling two models apart loosely: the hub id's or the
+    folder's last name (a hub cache's ``models--org--name`` for its snapshot folders), lower-cased and with
+    nothing but letters and digits; None where no component names a model."""
+    if not isinstance(spec, str):
+        return None
+    parts = [p for p in re.split(r"[\\/]+", spec.strip()) if p and p not in (".", "..")]
+    cached = next((p for p in reversed(parts) if p.startswith("models--")), None)
+    name = cached.split("--")[-1] if cached else next((p for p in reversed(parts) if not _NO_MODEL_NAME.match(p)), "")
+    name = re.sub(r"[^0-9a-z]", "", name.lower())
+    return name or None
+
+
+def _other_base_note(said, base: Checkpoint) -> list[str]:
+    """A note where adapter_config.json's ``base_model_name_or_path`` clearly names another model than the base
+    the adapter is merged onto (their names differ and neither holds the other: a local copy of the same model,
+    an ``-bf16`` re-save, is not flagged). Not refused: the adapter may well fit another base of its shapes."""
+    ours = {n for n in (_model_name(base.spec), _model_name(str(base.root) if base.root else None)) if n}
+    theirs = _model_name(said)
+    if not ours or theirs is None or any(theirs in n or n in theirs for n in ours):
+        return []
+    return [
+        f"adapter_config.json says it was trained on {str(said)[:120]!r}, but it is merged onto {base.spec}, which "
+        "looks like another model; the merge is the adapter's Δ on the base given."
+    ]
+
+
 _NUMBER_LIMIT = 2**31  # a rank or alpha beyond it is no adapter's (a 10**400 made math.isfinite an OverflowError)
 
 
@@ -710,9 +958,10 @@ def _settings(ac: dict, cfg_path: Path) -> tuple[int, float, list, list]:
                     v,
                     "a rank >= 1 (at most 2**31)" if rank else "a number of magnitude at most 2**31",
                 )
-            # as PEFT matches them: the pattern ends a module's name
+            # as PEFT matches them (re.match(rf"(.*\.)?({key})$", module)): the pattern ends a module's name, in
+            # PEFT's groups (a backreference in the key counts them as PEFT does)
             compiled.append(
-                (_pattern(rf"(.*\.)?(?:{pattern})", f"{cfg_path}: {key} {pattern[:60]!r}"), int(v) if rank else v)
+                (_pattern(rf"(.*\.)?({pattern})", f"{cfg_path}: {key} {pattern[:60]!r}"), int(v) if rank else v)
             )
         patterns.append(compiled)
     return int(r), alpha, patterns[0], patterns[1]
@@ -741,6 +990,14 @@ def _matches(pattern, module: str, where: str) -> bool:
         raise CheckpointError(
             f"{where}: matching a module name took over {_MATCH_SECONDS:g} s; give a simpler pattern."
         ) from None
+
+
+def _whole_target(key: str) -> str:
+    """The weight in memory that a whole tensor the adapter saves stands for: ``<module>.weight`` of a module saved
+    whole (under ``modules_to_save``, with or without the adapter's name) or of a LoRA-adapted module's
+    ``base_layer``."""
+    short = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
+    return _MODULES_TO_SAVE.sub(".", short).replace(".base_layer.", ".")
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:

@@ -5,7 +5,10 @@ W + (α/r)·B·A rounded once to the base's bf16 (checked against a float64 refe
 tensors change, and Δ's spectrum has r singular values above the bf16 rounding floor (Weyl's bound); rsLoRA uses α/√r; DoRA, lora_bias and trainable
 tokens merge as PEFT merges them, variants no merge reproduces are refused by name; an
 adapter whose target modules do not exist in the base, or whose tensor targets a missing weight,
-is a one-line error naming it.
+is a one-line error naming it. Adapters PEFT writes equal PEFT's own merge of the saved folder bit for bit:
+overlapping rank / alpha patterns (the first key wins), Conv1D and nn.Linear targets in one adapter (fan_in_fan_out
+per layer), heads tied to the embedding (LoRA, ensure_weight_tying, modules_to_save), modules saved with their
+embedding layers, and embeddings and experts on a bf16 base (Δ rounded to bf16 before it is added).
 """
 
 from __future__ import annotations
@@ -124,16 +127,21 @@ def test_rslora_scales_by_sqrt_r(ckpt_zoo, tmp_path):
     assert any("α/√r (rsLoRA)" in n for n in rep.notes)
 
 
-def _peft_saved(tmp_path, family: str, lora: dict, *, dtype=False, name: str = "adapter"):
+def _peft_saved(
+    tmp_path, family: str, lora: dict, *, dtype=False, name: str = "adapter", size=None, save=None, tie=False
+):
     """(base folder, adapter folder, PEFT's own merge_and_unload state dict) for a tiny ``family`` model
     adapted by PEFT with ``lora``: every trainable tensor of the adapter (A, B, DoRA's magnitudes, LoRA's
-    bias, trainable tokens, the biases of ``bias: all``) moved off its initial value, as training moves it."""
+    bias, trainable tokens, the biases of ``bias: all``) moved off its initial value, as training moves it.
+    ``tie``: the head tied to the input embedding (a Llama; GPT-2 ties its head unless ``size`` says
+    otherwise); ``save``: save_pretrained's keyword arguments."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from tests.models import INTER, save_model, tiny_model
 
-    size = {"intermediate": INTER, "kv_heads": 2, "tie": False} if family == "llama" else {}
+    if size is None:
+        size = {"intermediate": INTER, "kv_heads": 2, "tie": tie} if family == "llama" else {}
     base = save_model(tiny_model(family, seed=0, **size), tmp_path / "base", dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, **lora))
@@ -142,8 +150,33 @@ def _peft_saved(tmp_path, family: str, lora: dict, *, dtype=False, name: str = "
         for _, p in peft_model.named_parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
-    peft_model.save_pretrained(tmp_path / name)
+    peft_model.save_pretrained(tmp_path / name, **(save or {}))
     return base, tmp_path / name, peft_model.merge_and_unload().state_dict()
+
+
+def _peft_reloaded(base, folder, dtype, *, resize: int = 0, model_cls=None) -> dict:
+    """PEFT's own merge of the adapter ``folder`` as anyone who loads it gets it: the base loaded in ``dtype`` (its
+    stored one; ``resize``: its vocabulary grown by that many rows first), ``PeftModel.from_pretrained`` reading
+    the saved adapter_config.json, then ``merge_and_unload``, with PEFT's roundings in that dtype."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = (model_cls or AutoModelForCausalLM).from_pretrained(str(base), dtype=dtype)
+    if resize:
+        model.resize_token_embeddings(model.config.vocab_size + resize)
+    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload().state_dict()
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def _assert_as_peft(ck, merged: dict, names=None) -> None:
+    """Each tensor of the merged adapter ``ck`` (all, or ``names``) is PEFT's ``merged`` one bit for bit, in its dtype."""
+    for name in names if names is not None else ck.names:
+        got, want = ck.get(name), merged[name]
+        assert got.dtype == want.dtype and got.shape == want.shape, (name, got.dtype, want.dtype)
+        assert torch.equal(_bits(got), _bits(want)), name
 
 
 @pytest.mark.parametrize(
@@ -489,9 +522,11 @@ def test_adapters_written_by_peft_merge_as_peft_merges_them(tmp_path, family, lo
 def test_peft_embedding_adapter_on_a_bf16_base(tmp_path, resize):
     """The usual set-up: a bf16 release, loaded in float32 for training, an adapter on the embedding (its
     vocabulary perhaps resized for new tokens). PEFT saves the embedding it adapted in float32, with the
-    new rows: the merged finetune is given in the base's bf16 (PEFT's float32 merge rounded once), with the
-    adapter's shape, and the comparison runs (before: 'cannot reshape array of size 5760', the float32
-    bytes read as bf16)."""
+    new rows: the merged finetune is given in the base's bf16, with the adapter's shape, and the comparison runs
+    (before: 'cannot reshape array of size 5760', the float32 bytes read as bf16). Each layer is rounded as PEFT's
+    merge on the bf16 base rounds it: the embedding's Δ to bf16 first, then W + Δ (Embedding.merge), a linear
+    layer's W + Δ once, so both equal that merge bit for bit (before, the embedding was rounded once: over a quarter
+    of its entries differed from PEFT's)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -507,16 +542,203 @@ def test_peft_embedding_adapter_on_a_bf16_base(tmp_path, resize):
     targets = r".*\.(q_proj|embed_tokens)"
     peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, init_lora_weights=False, target_modules=targets))
     peft_model.save_pretrained(tmp_path / "adapter")
-    merged = peft_model.merge_and_unload().state_dict()
+    in_float32 = peft_model.merge_and_unload().state_dict()
+    merged = _peft_reloaded(base, tmp_path / "adapter", torch.bfloat16, resize=resize)
     ck = open_finetune(str(tmp_path / "adapter"), open_checkpoint(base))
-    emb = "model.embed_tokens.weight"
+    emb, q = "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"
     assert ck.meta(emb).shape == tuple(merged[emb].shape) and ck.meta(emb).dtype == torch.bfloat16
-    for name in (emb, "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"):
-        got = ck.get(name)
-        assert got.dtype == torch.bfloat16 and torch.equal(got, merged[name].to(torch.bfloat16)), name
+    # (resized, the head has new rows the adapter does not save: its shared rows are the base's, as in PEFT's)
+    _assert_as_peft(ck, merged, [n for n in ck.names if n != "lm_head.weight" or not resize])
+    assert torch.equal(ck.get("lm_head.weight"), merged["lm_head.weight"][: ck.meta("lm_head.weight").shape[0]])
+    # a linear layer is also PEFT's float32 merge rounded once; the embedding is not
+    assert torch.equal(_bits(ck.get(q)), _bits(in_float32[q].to(torch.bfloat16)))
+    assert not torch.equal(_bits(ck.get(emb)), _bits(in_float32[emb].to(torch.bfloat16)))
     rep = analyze_updates(str(base), [str(tmp_path / "adapter")]).reports[0]
     t = rep.tensors.set_index("name")
     assert t.loc[emb, "changed"] > 0 and t.loc["model.layers.0.mlp.up_proj.weight", "changed"] == 0
+
+
+@pytest.mark.parametrize("specific_first", [True, False])
+def test_rank_and_alpha_patterns_take_the_first_key_that_matches(tmp_path, specific_first):
+    """Two rank_pattern (or alpha_pattern) keys matching one module: PEFT takes the first in adapter_config.json's
+    order (get_pattern_key). The adapter trained with the keys in either order (PEFT saves them sorted: written
+    back in the order it trained with) equals PEFT's merge of the saved folder bit for bit; before, the last key
+    that matched won (layer 0's q_proj scaled by 16/2 where PEFT's rank is 8, or the reverse)."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    ranks, alphas = (
+        {"model.layers.0.self_attn.q_proj": 8, "q_proj": 2},
+        {r"layers\.1\.self_attn\.o_proj": 7, "o_proj": 5},
+    )
+    if not specific_first:
+        ranks, alphas = dict(reversed(ranks.items())), dict(reversed(alphas.items()))
+    lora = {"target_modules": ["q_proj", "o_proj"], "rank_pattern": ranks, "alpha_pattern": alphas}
+    base, folder, _ = _peft_saved(tmp_path, "llama", lora)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(cfg | {"rank_pattern": ranks, "alpha_pattern": alphas}))
+    ck = open_finetune(str(folder), open_checkpoint(base))
+    _assert_as_peft(ck, _peft_reloaded(base, folder, torch.float32))
+
+
+@pytest.mark.parametrize(
+    "targets, tie",
+    [(["c_attn", "lm_head"], False), (r".*(attn\.c_proj|lm_head)", False), (["c_attn", "c_fc", "lm_head"], True)],
+    ids=["c_attn-and-head", "square-c_proj-and-head", "tied-head"],
+)
+def test_fan_in_fan_out_is_decided_per_layer_as_peft_decides_it(tmp_path, targets, tie):
+    """PEFT merges transformers' Conv1D (GPT-2's attention and MLP, stored (in, out)) with Δ transposed and an
+    nn.Linear without, whatever fan_in_fan_out says, and saves the value it set for the last layer it wrapped:
+    false for a GPT-2 adapter whose targets include lm_head. Decided per layer here too, from the base's naming
+    table: equal to PEFT's merge on the bf16 base bit for bit, with a note. Before, one flag for every layer: such an
+    adapter was refused (c_attn's B·A did not fit), or its square c_proj weights merged transposed without a word."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    size = {"bos_token_id": 0, "eos_token_id": 0, "tie": tie}
+    lora = {"target_modules": targets, "fan_in_fan_out": True}
+    base, folder, _ = _peft_saved(tmp_path, "gpt2", lora, dtype=None, size=size)
+    assert json.loads((folder / "adapter_config.json").read_text())["fan_in_fan_out"] is False
+    ck = open_finetune(str(folder), open_checkpoint(base))
+    _assert_as_peft(ck, _peft_reloaded(base, folder, torch.bfloat16))
+    assert any("fan_in_fan_out = false, but PEFT decides it per layer" in n for n in ck.notes)
+    assert all(n.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")) for n in ck._fifo) and ck._fifo
+
+
+_TIED = "the base ties lm_head.weight to model.embed_tokens.weight (tie_word_embeddings)"
+
+
+@pytest.mark.parametrize(
+    "lora, says",
+    [
+        ({"target_modules": ["q_proj", "lm_head"]}, "the LoRA of lm_head.weight is merged into it, as PEFT's"),
+        ({"target_modules": ["q_proj", "embed_tokens", "lm_head"]}, "merged into it after the embedding's own"),
+        ({"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]}, "input embedding is the base's"),
+        ({"target_modules": ["q_proj"], "modules_to_save": ["embed_tokens", "lm_head"]}, "the adapter's trained"),
+        (
+            {"target_modules": ["q_proj"], "modules_to_save": ["embed_tokens"], "ensure_weight_tying": True},
+            "ensure_weight_tying: the copy of lm_head.weight the adapter saves is the embedding's trained copy",
+        ),
+    ],
+    ids=["lora-head", "lora-embedding-and-head", "head-saved", "both-saved", "saved-tied"],
+)
+def test_a_head_tied_to_the_embedding_merges_as_peft_merges_it(tmp_path, lora, says):
+    """A base that ties lm_head to its input embedding stores one tensor for both. A LoRA on the head is merged into
+    that tensor, as PEFT's merge_and_unload merges it (after the embedding's own LoRA where there is one); a head
+    trained whole (modules_to_save) unties the two, and the merged model has its own lm_head.weight, listed as a
+    tensor only the adapter holds; a head copy tied to the embedding's (ensure_weight_tying) is counted once. Equal
+    to PEFT's merge on the bf16 base bit for bit, each case said in a note; before, all were refused ('targets
+    lm_head.weight, which the base does not hold')."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    base, folder, _ = _peft_saved(tmp_path, "llama", lora, dtype=None, tie=True)
+    plain = open_checkpoint(base)
+    ck = open_finetune(str(folder), plain)
+    merged = _peft_reloaded(base, folder, torch.bfloat16)
+    _assert_as_peft(ck, merged)
+    untied = "lm_head" in (lora.get("modules_to_save") or []) and not lora.get("ensure_weight_tying")
+    assert ("lm_head.weight" in ck.names) == untied == (not ck.tied_embeddings) and plain.tied_embeddings
+    assert any(says in n for n in ck.notes), ck.notes
+    assert any(_TIED in n for n in ck.notes) or lora.get("ensure_weight_tying")
+    rep = analyze_updates(str(base), [str(folder)], spectra=SpectraOptions(enabled=False)).reports[0]
+    emb = "model.embed_tokens.weight"
+    want = int((_bits(merged[emb]) != _bits(plain.get(emb))).sum())
+    assert rep.tensors.set_index("name").loc[emb, "changed"] == want
+    assert (want > 0) == (lora.get("modules_to_save") != ["lm_head"])  # a trained head alone leaves it as it was
+    assert any("only in" in n and n.endswith("lm_head.weight") for n in rep.notes) == untied
+
+
+@pytest.mark.parametrize("dtype", [False, None], ids=["fp32", "bf16"])
+def test_ensure_weight_tying_adds_the_tied_delta_once(tmp_path, dtype):
+    """ensure_weight_tying ties the head's LoRA factors to the embedding's (lm_head's A and B are the embedding's B
+    and A transposed), so the model trained is W + Δ in the one tensor both use. PEFT 0.21's merge_and_unload merges
+    the embedding and then the head, adding that Δ twice (its logits are not the trained model's). Here it is added
+    once: equal bit for bit to PEFT's own merge of each adapted layer but the tied head, and (float32) the logits of
+    the model PEFT trained; head factors that are not the embedding's are refused. Before: 'targets lm_head.weight,
+    which the base does not hold'."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    lora = {"target_modules": ["q_proj", "embed_tokens", "lm_head"], "ensure_weight_tying": True}
+    base, folder, _ = _peft_saved(tmp_path, "llama", lora, dtype=dtype, tie=True)
+    ck = open_finetune(str(folder), open_checkpoint(base))
+    assert any(n.startswith("ensure_weight_tying: ") and "added once" in n for n in ck.notes)
+    model_dtype = torch.float32 if dtype is False else torch.bfloat16
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), dtype=model_dtype), folder)
+    x = torch.arange(12).unsqueeze(0)
+    with torch.no_grad():
+        trained = peft_model(x).logits
+        for name, module in peft_model.named_modules():
+            if isinstance(module, LoraLayer) and not name.endswith("lm_head"):
+                module.merge()
+    sd = peft_model.state_dict()
+    _assert_as_peft(ck, {k.removeprefix("base_model.model.").replace(".base_layer", ""): v for k, v in sd.items()})
+    if dtype is False:
+        ours = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+        ours.load_state_dict({n: ck.get(n) for n in ck.names}, strict=False)  # (the head is the embedding's)
+        with torch.no_grad():
+            assert torch.allclose(ours(x).logits, trained, rtol=0, atol=1e-5)
+        tensors = load_file(str(folder / "adapter_model.safetensors"))
+        tensors["base_model.model.lm_head.lora_A.weight"][0, 0] += 1
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        with pytest.raises(CheckpointError, match=r"ensure_weight_tying is set, but .*lm_head.lora_A.* is not the emb"):
+            open_finetune(str(folder), open_checkpoint(base))
+
+
+def test_modules_saved_with_their_embedding_layers_read_as_peft_loads_them(tmp_path):
+    """modules_to_save saved with save_embedding_layers=True: PEFT writes <m>.weight, <m>.modules_to_save.weight
+    and <m>.original_module.weight. Read as PEFT's loader reads them, the trained copy replacing the base's tensor
+    (the base's own copy beside it is no update): equal to PEFT's merge on the bf16 base bit for bit; before, 'targets
+    lm_head.modules_to_save.weight, which the base does not hold'."""
+    from safetensors import safe_open
+
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    lora = {"target_modules": ["q_proj"], "modules_to_save": ["embed_tokens", "lm_head"]}
+    base, folder, _ = _peft_saved(tmp_path, "llama", lora, dtype=None, save={"save_embedding_layers": True})
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    for m in ("model.embed_tokens", "lm_head"):
+        assert {f"base_model.model.{m}.{k}weight" for k in ("", "modules_to_save.", "original_module.")} <= keys
+    ck = open_finetune(str(folder), open_checkpoint(base))
+    assert ck.replaced == {"model.embed_tokens.weight": "base_model.model.model.embed_tokens.weight"} | {
+        "lm_head.weight": "base_model.model.lm_head.weight"
+    }
+    _assert_as_peft(ck, _peft_reloaded(base, folder, torch.bfloat16))
+
+
+@pytest.mark.parametrize(
+    "said, noted",
+    [
+        ("meta-llama/Llama-3.1-8B", True),
+        ("{base}", False),
+        ("someone/base", False),
+        ("/hub/models--someone--base/snapshots/" + "0" * 40, False),
+        ("/runs/base/checkpoint-500", False),
+        ("", False),
+    ],
+)
+def test_an_adapter_that_names_another_base_is_noted(tmp_path, said, noted):
+    """adapter_config.json's base_model_name_or_path naming clearly another model than the base given (compared by
+    name, loosely: a local copy or a hub cache folder of the same name is no other model): one note, not refused;
+    the merge is PEFT's all the same."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    base, folder, _ = _peft_saved(tmp_path, "llama", {"target_modules": ["q_proj"]})
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(cfg | {"base_model_name_or_path": said.format(base=base)}))
+    ck = open_finetune(str(folder), open_checkpoint(base))
+    found = [n for n in ck.notes if "adapter_config.json says it was trained on" in n]
+    assert len(found) == noted and (not noted or "'meta-llama/Llama-3.1-8B'" in found[0])
+    _assert_as_peft(ck, _peft_reloaded(base, folder, torch.float32))
 
 
 def test_a_pattern_that_runs_too_long_is_refused(ckpt_zoo, tmp_path, monkeypatch):
@@ -613,6 +835,25 @@ def test_lora_on_packed_experts_merges_as_peft_merges_it(tmp_path, kind, inter):
         assert t.loc[name, "changed"] == want > 0.9 * merged[name].numel(), name
 
 
+_PER_EXPERT = re.compile(
+    r"^(.*)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$"
+)
+
+
+def _as_stored(merged: dict, name: str) -> torch.Tensor:
+    """PEFT's merged tensor for the base's tensor ``name``: an expert's own Linear weight (Qwen-MoE, Mixtral) is its
+    slice of the packed parameter transformers holds in memory (gate_up = [gate; up]; Mixtral's block_sparse_moe
+    read as mlp)."""
+    m = _PER_EXPERT.match(name)
+    if m is None:
+        return merged[name.replace(".block_sparse_moe.", ".mlp.")]
+    pre, e, p = m[1], int(m[2]), m[3]
+    down = p in ("down_proj", "w2")
+    packed = merged[f"{pre}.mlp.experts.{'down_proj' if down else 'gate_up_proj'}"][e]
+    half = packed.shape[0] // 2
+    return packed if down else (packed[:half] if p in ("gate_proj", "w1") else packed[half:])
+
+
 @pytest.mark.parametrize("kind, inter", [("qwen3_moe", 8), ("qwen3_moe", 16), ("mixtral", 32)])
 def test_lora_on_packed_experts_over_a_base_stored_expert_by_expert(tmp_path, kind, inter):
     """Qwen3-MoE and Mixtral checkpoints store each expert's Linear weights (experts.N.gate_proj / w1 ...);
@@ -621,23 +862,33 @@ def test_lora_on_packed_experts_over_a_base_stored_expert_by_expert(tmp_path, ki
     expert's Δ: equal to the matching slice of PEFT's merge_and_unload bit for bit, also with square
     experts (moe_intermediate = hidden); before: 'matches no tensor of the base'."""
     base, ck, merged = _experts_adapter(tmp_path, kind, inter)
-    per_expert = re.compile(
-        r"^(.*)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$"
-    )
-    seen = 0
     for name in ck.names:
-        m = per_expert.match(name)
-        if m is None:
-            want = merged[name.replace(".block_sparse_moe.", ".mlp.")]
-        else:
-            pre, e, p = m[1], int(m[2]), m[3]
-            down = p in ("down_proj", "w2")
-            packed = merged[f"{pre}.mlp.experts.{'down_proj' if down else 'gate_up_proj'}"][e]
-            half = packed.shape[0] // 2
-            want = packed if down else (packed[:half] if p in ("gate_proj", "w1") else packed[half:])
-            seen += 1
-        assert torch.equal(ck.get(name).view(torch.int32), want.view(torch.int32)), name
-    assert seen == 2 * 4 * 3  # layers × experts × (gate, up, down)
+        assert torch.equal(ck.get(name).view(torch.int32), _as_stored(merged, name).view(torch.int32)), name
+    assert sum(bool(_PER_EXPERT.match(n)) for n in ck.names) == 2 * 4 * 3  # layers × experts × (gate, up, down)
+
+
+@pytest.mark.parametrize("kind, inter", [("gpt_oss", 96), ("qwen3_moe", 8)], ids=["gpt-oss", "qwen3-moe-per-expert"])
+def test_lora_on_experts_of_a_bf16_base_rounds_as_peft_merges_it(tmp_path, kind, inter):
+    """PEFT's ParamWrapper casts an expert parameter's Δ to the parameter's dtype before adding it: on a bf16 base
+    the merged experts are bf16(W + bf16(Δ)), where a linear layer is bf16(W + Δ). Both as PEFT's merge on the bf16
+    base gives them, bit for bit, for packed experts (gpt-oss) and over a base that stores them expert by expert
+    (Qwen3-MoE); before, every expert's Δ was added unrounded, over a quarter of the entries off PEFT's."""
+    from peft import LoraConfig, get_peft_model
+
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+
+    model_cls, cfg = _moe(kind, inter)
+    torch.manual_seed(0)
+    model_cls(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    params = ["experts.gate_up_proj", "experts.down_proj"]
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], target_parameters=params, init_lora_weights=False)
+    model = model_cls.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
+    merged = _peft_reloaded(tmp_path / "base", tmp_path / "adapter", torch.bfloat16, model_cls=model_cls)
+    ck = open_finetune(str(tmp_path / "adapter"), open_checkpoint(tmp_path / "base"))
+    assert {ck.meta(n).dtype for n in ck.names} == {torch.bfloat16} and ck.experts
+    _assert_as_peft(ck, {n: _as_stored(merged, n) for n in ck.names})
 
 
 def test_lora_on_experts_the_base_does_not_hold_is_one_line(tmp_path):
