@@ -340,8 +340,8 @@ class MergedAdapter(Checkpoint):
             self._tied_notes.append(
                 f"the base ties {head} to {emb} (tie_word_embeddings) and stores no {head}; the adapter saves a trained "
                 f"copy of it (modules_to_save), which unties the two as PEFT's merge does: the merged model's {head} "
-                f"is that copy, and its input embedding is {embedding}. The base has no {head} to compare it with, so "
-                f"it is listed as a tensor only the adapter holds (its values before training were the base's {emb})."
+                f"is that copy, and its input embedding is {embedding}. The base stores no {head}: the copy is compared "
+                f"with the base's {emb}, the values it was trained from."
             )
 
     def _check_tied_copies(self) -> None:

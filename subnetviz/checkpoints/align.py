@@ -71,7 +71,8 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
 
     Packed experts are read as the per-expert tensors another checkpoint stores
     (:func:`~subnetviz.checkpoints.experts_layout.match_layouts`, said in that checkpoint's notes).
-    Tied ``lm_head`` weights are counted once (with the embedding); resized vocabularies compare
+    Tied ``lm_head`` weights are counted once (with the embedding), and a head one checkpoint stores untied is
+    compared with the input embedding of those that tie it (:func:`_untied_heads`); resized vocabularies compare
     the shared rows; tensors missing on any side are listed in ``only_in``. A shape that differs in
     anything but the vocabulary rows raises :class:`AlignmentError` naming the tensor.
     """
@@ -95,6 +96,7 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
             if head in keyed[i] and ck.tied_embeddings:
                 notes.append(f"{ck.spec}: {head} is tied to the input embedding; counted once (as the embedding).")
                 del keyed[i][head]
+    _untied_heads(checkpoints, keyed, notes)
     common = [k for k in keyed[0] if all(k in km for km in keyed[1:])]
     shared = set(common)  # in every checkpoint: the rest of each is listed (linear in the checkpoints)
     only_in = {i: sorted(km[k] for k in km if k not in shared) for i, km in enumerate(keyed)}
@@ -124,6 +126,26 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
             + f" (e.g. {checkpoints[0].names[:2]} vs {checkpoints[1].names[:2]})."
         )
     return Alignment(list(checkpoints), tensors, only_in, notes)
+
+
+def _untied_heads(checkpoints: Sequence[Checkpoint], keyed: list[dict[str, str]], notes: list[str]) -> None:
+    """A head some checkpoints store untied (a finetune that untied it, a PEFT adapter that trained a copy of it)
+    is compared, in those that tie it to the input embedding, with that embedding: it is the head those models
+    compute with (listed as only in one checkpoint before, its change was counted nowhere)."""
+    for head in TIED_HEADS:
+        if not any(head in km for km in keyed) or all(head in km for km in keyed):
+            continue
+        for i, ck in enumerate(checkpoints):
+            if head in keyed[i] or not ck.tied_embeddings:
+                continue
+            table = ck.names_table
+            found = [n for n in ck.names if strip_prefix(n) not in TIED_HEADS and table.describe(n).module == "embed"]
+            if len(found) == 1:
+                keyed[i][head] = found[0]
+                notes.append(
+                    f"{ck.spec}: ties {head} to its input embedding {found[0]}, which another checkpoint stores "
+                    f"untied; {head} is compared with that embedding's values there."
+                )
 
 
 # what bitsandbytes saves beside a 4-bit weight (Params4bit's packed uint8 bytes, two codes per byte)

@@ -572,6 +572,27 @@ def test_tied_head_counted_once(tied_llama, tmp_path, stored):
     assert rep.numel == sum(t.numel() for t in sd.values())  # the embedding once
 
 
+def test_a_head_a_finetune_untied_is_compared_with_the_bases_tied_embedding(tied_llama, tmp_path):
+    """A finetune that untied its head (tie_word_embeddings false, lm_head stored: a full finetune that untied it,
+    or a PEFT adapter that trained a copy of it) against a base that ties it: the head is compared with the
+    base's embedding, which the base computes its logits with. It was listed as only in the finetune, its change
+    counted nowhere."""
+    sd = read_state_dict(tied_llama)
+    emb = sd["model.embed_tokens.weight"]
+    head = emb.clone()
+    head[3, :5] = bf16_step(head[3, :5], 1)  # 5 entries of the head moved, the embedding not
+    ft = write_folder(tmp_path / "ft", {**sd, "lm_head.weight": head}, tied_llama, tie_word_embeddings=False)
+    for base_side, ft_side in ((tied_llama, ft), (ft, tied_llama)):  # (and the other way round)
+        al = align([open_checkpoint(base_side), open_checkpoint(ft_side)])
+        pair = {t.key: t.names for t in al.tensors}
+        assert set(pair["lm_head.weight"]) == {"lm_head.weight", "model.embed_tokens.weight"}
+        assert not any(al.only_in.values()) and any("compared with that embedding" in n for n in al.notes)
+    rep = analyze_updates(tied_llama, [ft], spectra=None, device="cpu").reports[0]
+    t = rep.tensors.set_index("key")
+    assert t.loc["lm_head.weight", "changed"] == 5 and t.loc["embed_tokens.weight", "changed"] == 0
+    assert rep.changed == 5
+
+
 def test_resized_vocabulary_compares_shared_rows(ckpt_zoo, llama_sd, tmp_path):
     sd = {k: v.clone() for k, v in llama_sd.items()}
     extra = torch.randn(3, 16).to(torch.bfloat16)
