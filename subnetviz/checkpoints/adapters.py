@@ -42,9 +42,8 @@ import numpy as np
 import torch
 
 from subnetviz.cache import stat_identity
-from subnetviz.checkpoints.align import TIED_HEADS
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
-from subnetviz.checkpoints.naming import strip_prefix
+from subnetviz.checkpoints.naming import TIED_HEADS, strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint
 from subnetviz.config import check_readable, read_json, require_memory
 from subnetviz.errors import CheckpointError, suggest

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from subnetviz.checkpoints.experts_layout import match_layouts
-from subnetviz.checkpoints.naming import NameTable, strip_prefix
+from subnetviz.checkpoints.naming import TIED_HEADS, NameTable, strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint
 from subnetviz.errors import AlignmentError
 
@@ -60,10 +60,6 @@ class Alignment:
 
 def _is_vocab_tensor(table: NameTable, name: str) -> bool:
     return table.describe(name).module in ("embed", "lm_head")
-
-
-TIED_HEADS = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
-"""Output heads a model may tie to its input embedding (its ``tie_word_embeddings``)."""
 
 
 def align(checkpoints: Sequence[Checkpoint]) -> Alignment:

@@ -145,6 +145,8 @@ BLOCK_OF = {
 # block norm, holds learned mixing matrices (DeepSeek-V4's hc_attn_fn, Gemma-3n's AltUp), which they keep.
 NORM_MODULES = frozenset(m for m, b in BLOCK_OF.items() if b == "norm") - {"hc"}
 _PREFIXES = PREFIXES
+TIED_HEADS = ("lm_head.weight", "embed_out.weight", "cls.predictions.decoder.weight")
+"""Output heads a model may tie to its input embedding (its ``tie_word_embeddings``)."""
 # A layer or expert index: at most 9 digits (a longer run of digits in a stranger's tensor name is no index,
 # and int() of thousands of digits raises)
 _INT = re.compile(r"(?:^|\.)(\d{1,9})(?:\.|$)")

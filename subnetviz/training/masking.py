@@ -37,9 +37,8 @@ from transformers import TrainerCallback
 
 from subnetviz.analysis.bits import bits_differ
 from subnetviz.checkpoints import align, open_checkpoint
-from subnetviz.checkpoints.align import TIED_HEADS
 from subnetviz.checkpoints.experts_layout import param_pieces
-from subnetviz.checkpoints.naming import by_short_name, strip_prefix
+from subnetviz.checkpoints.naming import TIED_HEADS, by_short_name, strip_prefix
 from subnetviz.errors import AlignmentError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
 from subnetviz.training.sharded import local_mask
