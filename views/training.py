@@ -162,11 +162,7 @@ def _runs_view() -> None:
     # Inside this live fragment the URL is read and written by hand (stale ids dropped): bound widgets
     # in a fragment do not restore from the address bar.
     ids = list(df["id"])
-    asked = st.query_params.get("tr_run")
-    # default: the newest training run not cancelled (bigram and continual jobs have their own pages)
-    live = [i for i, stt in zip(ids, df["status"], strict=True) if stt != "cancelled"]
-    live = [i for i, k in zip(ids, df["kind"], strict=True) if k == "train" and i in live] or live
-    default = ids.index(asked) if asked in ids else ids.index(live[0]) if live else 0
+    default = ids.index(pages.shown_run(df, st.query_params.get("tr_run")))
     run_id = st.selectbox("Run", ids, index=default, key="tr_run", format_func=names.get)
     st.query_params["tr_run"] = run_id
     rec = r.get(run_id)
@@ -425,9 +421,9 @@ def export(ws, view: str) -> None:
     """One dashboard of every view (runs table, the chosen run's curves with its overlays, the
     comparison) under the selections in the URL; the views not open are built on click only."""
     r = ui.job_runner()
-    ids = list(r.list_runs()["id"])
-    asked = st.query_params.get("tr_run")
-    run_ids = [asked if asked in ids else ids[0]] if ids else []
+    df = r.list_runs()
+    ids = list(df["id"])
+    run_ids = [pages.shown_run(df, st.query_params.get("tr_run"))] if ids else []  # the run the Runs view shows
     run_ids += [i for i in st.query_params.get_all("tr_overlay") if i in ids and i not in run_ids]
     smoothing = uilogic.url_number(st.query_params.get("tr_smooth"), 0, 0.95, 0)
     cand, compare = candidates(), None

@@ -21,6 +21,17 @@ def run_names(runs: pd.DataFrame) -> dict[str, str]:
     }
 
 
+def shown_run(df: pd.DataFrame, asked: str | None) -> str:
+    """The run the Runs view shows (``df``: the registry's runs, newest first, not empty): the URL's, else the
+    newest training run not cancelled (bigram and continual jobs have their own pages), else the newest."""
+    ids = list(df["id"])
+    if asked in ids:
+        return asked
+    live = [i for i, stt in zip(ids, df["status"], strict=True) if stt != "cancelled"]
+    live = [i for i, k in zip(ids, df["kind"], strict=True) if k == "train" and i in live] or live
+    return live[0] if live else ids[0]
+
+
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The registry's runs as the page lists them (progress as a share, times as HH:MM:SS)."""
     show = runs[["id", "name", "kind", "status", "step", "total", "created", "ended", "error"]].copy()

@@ -399,3 +399,22 @@ def test_direction_controls_missing_values_and_lists_read_as_text():
     assert "&lt;NA&gt;" not in page and '<td class="num">—</td>' in page
     assert "Δ grpo-s0" in page and "\\u0394" not in page
     assert figures.plain_label("a\u2067b") == "a⟨U+2067⟩b"
+
+
+def test_the_training_export_shows_the_run_the_runs_view_shows():
+    """The Runs view and the export share one default: the URL's run, else the newest training run not cancelled
+    (the export fell back to the newest job of any kind: a continual job, its curves left out)."""
+    from subnetviz.report.training import shown_run
+
+    runs = pd.DataFrame(
+        {
+            "id": ["cont", "cancel", "train1", "train0"],
+            "kind": ["continual", "train", "train", "train"],
+            "status": ["succeeded", "cancelled", "succeeded", "succeeded"],
+        }
+    )
+    assert shown_run(runs, None) == "train1" and shown_run(runs, "nope") == "train1"
+    assert shown_run(runs, "train0") == "train0" and shown_run(runs, "cont") == "cont"
+    others = runs.assign(kind=["continual", "bigram", "continual", "bigram"])  # no training run: the newest live one
+    assert shown_run(others, None) == "cont"
+    assert shown_run(runs.assign(status="cancelled"), None) == "cont"
