@@ -594,9 +594,21 @@ def figure_download(keys: Sequence[str], title: str) -> None:
     from subnetviz.report.static import FORMATS, figure_bytes
 
     figs = st.session_state.get("_figures", {})
+    names = {k: _chart_name(figs[k], k) for k in keys}
+    # the picker under a key of its charts' names: with the same options and new names (a control retitled a
+    # chart) the browser kept showing the old name of the chart chosen; the choice is kept across that
+    signature = hashlib.sha1("\x00".join(names.values()).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    chosen = st.session_state.get(f"pub-chosen-{title}")
     with st.expander("Figure for a paper (SVG, PDF, PNG)", icon=":material/image:"):
         a, b, c, d = st.columns([3, 1, 1, 2], vertical_alignment="bottom")
-        key = a.selectbox("Chart", list(keys), key=f"pub-chart-{title}", format_func=lambda k: _chart_name(figs[k], k))
+        key = a.selectbox(
+            "Chart",
+            list(keys),
+            index=list(keys).index(chosen) if chosen in keys else 0,
+            key=f"pub-chart-{title}-{signature}",
+            format_func=names.get,
+        )
+        st.session_state[f"pub-chosen-{title}"] = key
         fmt = b.selectbox("Format", list(FORMATS), key=f"pub-fmt-{title}")
         scale = c.selectbox("PNG scale", [1, 2, 3, 4], index=1, key=f"pub-scale-{title}", disabled=fmt != "png")
         fig = figs[key]
