@@ -231,11 +231,28 @@ def pairwise_matrix(
             **trace,
         )
     )
-    fig.update_xaxes(type="category", side="bottom", showgrid=False, constrain="domain")
+    # long mask names (an upload's name and hash) cut in the middle on the axes, whole in the hover: a 49-character
+    # name took the plot area and left the matrix a few pixels wide
+    ticks = {"tickmode": "array", "tickvals": labels, "ticktext": [_middle_cut(lab) for lab in labels]}
+    fig.update_xaxes(type="category", side="bottom", showgrid=False, constrain="domain", **ticks)
     fig.update_yaxes(
-        type="category", autorange="reversed", scaleanchor="x", scaleratio=1, showgrid=False, constrain="domain"
+        type="category",
+        autorange="reversed",
+        scaleanchor="x",
+        scaleratio=1,
+        showgrid=False,
+        constrain="domain",
+        **ticks,
     )
     return _style(fig, title, "column mask", "row mask", height=max(380, 160 + 60 * len(labels)))
+
+
+def _middle_cut(label: str, width: int = 24) -> str:
+    """``label`` at most ``width`` characters: its start and end kept, the middle cut to an ellipsis."""
+    if len(label) <= width:
+        return label
+    head = (width - 1) // 2
+    return f"{label[:head]}…{label[len(label) - (width - 1 - head) :]}"
 
 
 def chance_consensus(densities: Sequence[float], numel: int) -> pd.DataFrame:

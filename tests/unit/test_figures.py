@@ -510,6 +510,19 @@ def test_pairwise_matrix_fills_mirror_and_ratio():
         F.pairwise_matrix(df, value="dice")
 
 
+def test_pairwise_matrix_cuts_long_mask_names_on_its_axes_only():
+    """An uploaded mask's name (its file name and hash, 49 characters) took the plot area and left the matrix a
+    few pixels wide: on the axes a long name is cut in the middle, the hover and the cells keep it whole."""
+    long = "uploads/up3_new-d4741bb4bb40caa005e6ae045acc25d1"
+    df = pd.DataFrame({"a": ["masks/grpo-seed0"], "b": [long], "jaccard": [0.25], "jaccard_chance": [0.125]})
+    fig = F.pairwise_matrix(df, value="jaccard")
+    assert list(fig.data[0].x) == ["masks/grpo-seed0", long]  # the categories, as the hover names them
+    shown = list(fig.layout.xaxis.ticktext)
+    assert shown[0] == "masks/grpo-seed0" and len(shown[1]) == 24 and "…" in shown[1]
+    assert shown[1].startswith(long[:11]) and shown[1].endswith(long[-12:])
+    assert list(fig.layout.yaxis.ticktext) == shown and list(fig.layout.xaxis.tickvals) == list(fig.data[0].x)
+
+
 # --- every builder survives an empty frame ----------------------------------------------------
 
 
