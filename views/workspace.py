@@ -67,8 +67,13 @@ def body() -> None:
         )
     if up is not None:
         with ui.said_here():  # under the uploader; the rest of the page stays
-            stored = selection.save_upload(up.name, up)
-            st.success(f"Stored as {ui.plain(stored.name)}; pick it under *Saved masks* in the sidebar.")
+            done = st.session_state.get("_mask_stored")
+            if not done or done[0] != up.file_id:
+                stored = selection.save_upload(up.name, up)
+                st.session_state["_mask_stored"] = (up.file_id, stored.name)
+                # once more, so that the sidebar (drawn before this) lists it: the note said to pick it there
+                st.rerun()
+            st.success(f"Stored as {ui.plain(done[1])}; pick it under *Saved masks* in the sidebar.")
     files = dict(ws.masks)
     if ws.finetuned:
         from subnetviz.analysis.updates import mask_path

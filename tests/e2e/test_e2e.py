@@ -122,6 +122,12 @@ def test_a_broken_mask_upload_is_named_and_the_page_stays(browser, app_url, app_
         drop.set_input_files(str(good))
         page.get_by_text("Stored as good-").first.wait_for(timeout=60_000)
         assert page.locator("[data-testid='stAlertContentError']").count() == 0
+        # the note says to pick it under Saved masks: the sidebar lists it at once (it was drawn before the upload)
+        saved = page.get_by_test_id("stSidebar").get_by_test_id("stMultiSelect").filter(has_text="Saved masks")
+        saved.locator("input").first.click()
+        saved.locator("input").first.fill("good-")
+        page.get_by_role("option").filter(has_text="uploads/good-").first.wait_for(timeout=30_000)
+        page.keyboard.press("Escape")
         page.get_by_role("button", name="Remove").first.click()
         drop.set_input_files(str(from_torch))  # a torch.save mask, bf16 0/1: the browser offers it, the app stores it
         page.get_by_text("Stored as rl_mask-").first.wait_for(timeout=60_000)
