@@ -127,7 +127,7 @@ def test_a_broken_mask_upload_is_named_and_the_page_stays(browser, app_url, app_
         saved.locator("input").first.click()
         saved.locator("input").first.fill("good-")
         page.get_by_role("option").filter(has_text="uploads/good-").first.wait_for(timeout=30_000)
-        page.keyboard.press("Escape")
+        page.mouse.click(900, 40)  # outside the list: it closes
         page.get_by_role("button", name="Remove").first.click()
         drop.set_input_files(str(from_torch))  # a torch.save mask, bf16 0/1: the browser offers it, the app stores it
         page.get_by_text("Stored as rl_mask-").first.wait_for(timeout=60_000)
