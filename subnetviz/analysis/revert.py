@@ -74,7 +74,7 @@ class ModelBuilder:
         self.params: list[tuple[str, torch.Tensor]] = []
         missing = []
         tensors = [(n, p, True) for n, p in self.model.named_parameters()]
-        tensors += [(n, b, False) for n, b in self.model.named_buffers() if b.is_floating_point()]
+        tensors += [(n, b, False) for n, b in _persistent_buffers(self.model) if b.is_floating_point()]
         for n, p, is_param in tensors:
             pieces = _pieces(n, tuple(p.shape), shapes, loaded)
             if pieces is None:
@@ -142,6 +142,19 @@ class ModelBuilder:
                 p.copy_(torch.where(m, a, b).to(p.dtype))
                 reverted, changed = reverted + int(m.sum()), changed + int(diff.sum())
         return reverted / changed if changed else 0.0
+
+
+def _persistent_buffers(model) -> list[tuple[str, torch.Tensor]]:
+    """The buffers ``model`` loads from a checkpoint (persistent ones: DeepSeek-V3's e_score_correction_bias), not
+    those it computes (rotary inverse frequencies, which an older checkpoint may store in another dtype than the
+    model computes them in: transformers never loads those, so neither is one written here)."""
+    out = []
+    for prefix, module in model.named_modules():
+        skip = getattr(module, "_non_persistent_buffers_set", set())
+        out += [
+            (f"{prefix}.{n}" if prefix else n, b) for n, b in module._buffers.items() if b is not None and n not in skip
+        ]
+    return out
 
 
 def _pieces(name: str, shape: tuple[int, ...], shapes: Mapping, loaded: Mapping) -> list[tuple[str, tuple]] | None:

@@ -787,3 +787,33 @@ def test_behaviour_reverts_each_stored_expert_into_its_place_in_the_packed_model
     assert s.loc["finetuned", "kl_forward"] > 0
     assert s.loc["upd/inside", "kl_forward"] == 0.0 and s.loc["upd/inside", "fraction_reverted"] == 1.0
     assert s.loc["upd/outside", "kl_forward"] == s.loc["finetuned", "kl_forward"]
+
+
+def test_buffers_the_model_computes_are_not_written_from_an_older_checkpoint(planted, tmp_path):
+    """Behaviour writes the buffers a checkpoint stores and the model loads (DeepSeek-V3's expert bias), not those
+    the model computes: an older checkpoint storing its rotary inverse frequencies in bf16 (transformers never loads
+    them) changed the finetune's logits from the model transformers builds."""
+    from transformers import AutoModelForCausalLM
+
+    from subnetviz.analysis.behavior_data import encode, logits_of
+    from subnetviz.analysis.revert import ModelBuilder
+    from subnetviz.checkpoints.models import load_tokenizer
+
+    base, ft, _ = planted
+    model = AutoModelForCausalLM.from_pretrained(str(ft), dtype=torch.float32).eval()
+    inv = dict(model.named_buffers())["model.rotary_emb.inv_freq"]
+    stored = {n: t for n, t in read_state_dict(ft).items()}
+    stored["model.rotary_emb.inv_freq"] = inv.to(torch.bfloat16)  # as a conversion script kept it
+    old_ft = write_folder(tmp_path / "ft", stored, config_from=ft)
+    for f in ft.glob("tokenizer*"):
+        shutil.copy(f, old_ft / f.name)
+    old_base = write_folder(
+        tmp_path / "base",
+        {**read_state_dict(base), "model.rotary_emb.inv_freq": stored["model.rotary_emb.inv_freq"]},
+        config_from=base,
+    )
+    assert not torch.equal(inv, stored["model.rotary_emb.inv_freq"].float())  # bf16 rounds them
+    builder = ModelBuilder(str(old_base), str(old_ft), "cpu")
+    builder.build(None)
+    batch = encode(load_tokenizer(str(ft)), PROMPTS)
+    assert torch.equal(logits_of(builder.model, batch, "cpu"), logits_of(model, batch, "cpu"))
