@@ -70,12 +70,17 @@ class ModelBuilder:
         # renames some (PhiMoE's router, Granite's experts), as its conversion mapping says; the buffers a checkpoint
         # stores (DeepSeek-V3's e_score_correction_bias, which chooses experts) are written too
         shapes = {k: tuple(t.shape) for k, t in self.aligned.items()}
-        loaded = loaded_into(self.model, {t.names[1]: k for k, t in self.aligned.items()})
+        loaded, converted = loaded_into(self.model, {t.names[1]: k for k, t in self.aligned.items()})
         self.params: list[tuple[str, torch.Tensor]] = []
         missing = []
         tensors = [(n, p, True) for n, p in self.model.named_parameters()]
         tensors += [(n, b, False) for n, b in _persistent_buffers(self.model) if b.is_floating_point()]
         for n, p, is_param in tensors:
+            if n in converted:  # its values are not a stored tensor's: writing one back would be another model
+                raise ConfigError(
+                    f"{ft}: transformers converts {n} on load ({converted[n]}); behaviour writes each parameter "
+                    "back from the stored tensors, and cannot write this one."
+                )
             pieces = _pieces(n, tuple(p.shape), shapes, loaded)
             if pieces is None:
                 if is_param:

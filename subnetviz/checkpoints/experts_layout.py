@@ -116,28 +116,45 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
 _IN_MEMORY = re.compile(r"^(?P<layer>.*\.)mlp\.(?P<rest>.+)$")
 
 
-def loaded_into(model, stored: Mapping[str, str]) -> dict[str, list[str]]:
+# transformers' conversion ops that pack stored tensors as they are (the experts stored one by one): param_pieces
+# writes them back; any other op (a transpose, an interleave, a rope permutation, a split) changes the values
+_PACKING_OPS = {"MergeModulelist", "Concatenate"}
+
+
+def loaded_into(model, stored: Mapping[str, str]) -> tuple[dict[str, list[str]], dict[str, str]]:
     """The tensors ``stored`` (a checkpoint's name -> the caller's key for it) grouped by the parameter or buffer
     of ``model`` that transformers 5 loads them into, by its own conversion mapping (its renamings, PhiMoE's gate
     as router or Ernie's moe_statics under the gate, and the converters that pack experts): full parameter name
-    -> keys. {} where transformers has no mapping for the model or cannot say."""
+    -> keys; and the parameters a converter changes the values of on load (parameter name -> its ops), which no
+    stored tensor can be written into as it is. ({}, {}) where transformers has no mapping or cannot say."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, rename_source_key
+        from transformers.core_model_loading import WeightConverter
 
         transforms = get_model_conversion_mapping(model)
     except Exception:  # noqa: BLE001 - another transformers' API: the names' own rules only (param_pieces)
-        return {}
+        return {}, {}
     renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     out: dict[str, list[str]] = {}
+    changed: dict[str, str] = {}
     for name, key in stored.items():
         try:
-            target, _ = rename_source_key(name, renamings, converters)
+            target = name
+            for renaming in renamings:  # every renaming, then at most one converter: as transformers loads
+                target, _ = renaming.rename_source_key(target)
+            ops: list[str] = []
+            for converter in converters:
+                renamed, pattern = converter.rename_source_key(target)
+                if pattern is not None:
+                    target, ops = renamed, [type(op).__name__ for op in converter.operations]
+                    break
         except Exception:  # noqa: BLE001 - a name its patterns cannot take
             continue
         out.setdefault(target, []).append(key)
-    return out
+        if set(ops) - _PACKING_OPS:
+            changed[target] = ", ".join(ops)
+    return out, changed
 
 
 def param_pieces(

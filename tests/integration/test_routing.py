@@ -329,3 +329,32 @@ def test_the_routing_is_priced_before_the_models_load():
     dense = T.LlamaConfig(num_hidden_layers=32)
     dense.top_k = 50
     assert routing_bytes(dense, 100_000) == 0 and routing_bytes(None, 10) == 0
+
+
+def test_parameters_transformers_converts_on_load_are_refused_not_written_back(tmp_path, monkeypatch):
+    """Qwen3-VL-MoE's releases store their experts (E, H, 2I) and transformers transposes them on load: a stored
+    tensor written into such a parameter as it is would be another model (square experts would even fit).
+    transformers' own mapping says which parameters a converter changes; behaviour refuses those by name."""
+    import transformers as T
+
+    from subnetviz.analysis import revert
+    from subnetviz.checkpoints import experts_layout
+    from subnetviz.errors import ConfigError as Refused
+
+    text = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4)
+    text |= dict(num_key_value_heads=2, head_dim=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8)
+    text |= dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [1, 1, 0]})
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16, patch_size=2)
+    vision |= dict(spatial_merge_size=1, temporal_patch_size=1, deepstack_visual_indexes=[])
+    model = T.Qwen3VLMoeForConditionalGeneration(T.Qwen3VLMoeConfig(text_config=text, vision_config=vision))
+    layer = "model.language_model.layers.0.mlp."
+    stored = {f"{layer}experts.gate_up_proj": "a", f"{layer}experts.down_proj": "b", f"{layer}gate.weight": "c"}
+    loaded, converted = experts_layout.loaded_into(model, stored)
+    assert converted == {f"{layer}experts.gate_up_proj": "Transpose", f"{layer}experts.down_proj": "Transpose"}
+    assert loaded[f"{layer}gate.weight"] == ["c"]
+    # the builder refuses such a parameter in one line naming it (here a tiny Llama's, as if converted)
+    base = make_tiny_llama(tmp_path / "base", hidden=16, intermediate=32)
+    name = "model.layers.0.mlp.down_proj.weight"
+    monkeypatch.setattr(experts_layout, "loaded_into", lambda model, stored: ({}, {name: "Transpose"}))
+    with pytest.raises(Refused, match=rf"transformers converts {name} on load \(Transpose\)"):
+        revert.ModelBuilder(str(base), str(base), "cpu")
