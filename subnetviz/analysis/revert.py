@@ -70,7 +70,11 @@ class ModelBuilder:
         # renames some (PhiMoE's router, Granite's experts), as its conversion mapping says; the buffers a checkpoint
         # stores (DeepSeek-V3's e_score_correction_bias, which chooses experts) are written too
         shapes = {k: tuple(t.shape) for k, t in self.aligned.items()}
-        loaded, converted = loaded_into(self.model, {t.names[1]: k for k, t in self.aligned.items()})
+        stored: dict[str, str] = {}  # the finetune's stored name -> its aligned key
+        for k, t in self.aligned.items():  # (a tied finetune's embedding is also the base's untied head: its own)
+            if t.names[1] not in stored or strip_prefix(t.names[1]) == k:
+                stored[t.names[1]] = k
+        loaded, converted = loaded_into(self.model, stored)
         self.params: list[tuple[str, torch.Tensor]] = []
         missing = []
         tensors = [(n, p, True) for n, p in self.model.named_parameters()]

@@ -817,3 +817,31 @@ def test_buffers_the_model_computes_are_not_written_from_an_older_checkpoint(pla
     builder.build(None)
     batch = encode(load_tokenizer(str(ft)), PROMPTS)
     assert torch.equal(logits_of(builder.model, batch, "cpu"), logits_of(model, batch, "cpu"))
+
+
+def test_a_tied_finetune_of_an_untied_base_reverts_its_embedding_to_the_bases_embedding(tmp_path, monkeypatch):
+    """A finetune that ties its head to its embedding, against a base that stores both: the finetune's one
+    tensor is lined up twice (as the embedding, and as the base's head); reverting writes the base's embedding
+    into it, whatever order the alignment lists the two in (the later one was taken: the base's head)."""
+    from subnetviz.analysis import revert
+
+    tok_base = make_tiny_llama(tmp_path / "src", hidden=16, intermediate=32)
+    sd = read_state_dict(tok_base)
+    emb = sd["model.embed_tokens.weight"]
+    base = write_folder(
+        tmp_path / "base", {**sd, "lm_head.weight": bf16_step(emb, 5)}, tok_base, tie_word_embeddings=False
+    )
+    tied = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    tied["model.embed_tokens.weight"] = bf16_step(emb, 2)
+    ft = write_folder(tmp_path / "ft", tied, tok_base, tie_word_embeddings=True)
+    for f in tok_base.glob("tokenizer*"):
+        shutil.copy(f, ft / f.name)
+    real = revert.aligned_pair
+    for order in (1, -1):  # both orders of the alignment
+        monkeypatch.setattr(
+            revert, "aligned_pair", lambda b, f, o=order: (*real(b, f)[:2], dict(list(real(b, f)[2].items())[::o]))
+        )
+        builder = revert.ModelBuilder(str(base), str(ft), "cpu")
+        assert builder.build(revert.mask_selector({}, False)) > 0  # everything reverted
+        got = builder.model.get_input_embeddings().weight.detach().to(torch.bfloat16)
+        assert torch.equal(got, emb), order
