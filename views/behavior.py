@@ -31,15 +31,14 @@ def mask_choices(ws) -> dict[str, str]:
 
 def has_routers(base: str) -> bool:
     """Whether the base holds router tensors (a mixture of experts), from its header and naming table."""
+    from subnetviz.analysis.routing import router_tensors
     from subnetviz.checkpoints import open_checkpoint
     from subnetviz.errors import SubnetvizError
 
     try:
-        ck = open_checkpoint(base)
+        return bool(router_tensors(open_checkpoint(base)))
     except SubnetvizError:  # (the page says what is wrong with the base where it reads it)
         return False
-    table = ck.names_table
-    return any(table.describe(n).module == "router" for n in ck.names)
 
 
 def finished_runs() -> dict[str, Path]:

@@ -217,6 +217,7 @@ def behavior(
     total, step, t_fwd, fwd_tokens = len(finetuned) * len(plan), 0, 0.0, 0
     for label, ft in zip(labels, finetuned, strict=True):
         builder = ModelBuilder(str(base), str(ft), dev)
+        tap = RoutingTap(builder.model)  # (its routers found once; hooked for each experiment's pass)
         for name, ms in masks.items():
             if not callable(ms):
                 check_mask_names(ms, builder, name)
@@ -227,10 +228,11 @@ def behavior(
             frac = builder.build(make(builder))
             t1 = time.perf_counter()
             base_logits = (base_cache[bi] if keep else logits_of(base_model, bt, dev) for bi, bt in enumerate(batches))
-            with RoutingTap(builder.model) as tap:
+            with tap:
                 kl_f, kl_r, acc, rows = _score(builder.model, base_logits, batches, batch_size, dev, tap)
+            picks = tap.take()
             if tap.routers and not experiment.startswith("curve"):
-                routing += routing_rows(label, experiment, tap.take(), base_picks, tap.routers, token_domains)
+                routing += routing_rows(label, experiment, picks, base_picks, tap.routers, token_domains)
             per_prompt += [{"model": label, "experiment": experiment, **r} for r in rows]
             t_fwd, fwd_tokens = t_fwd + time.perf_counter() - t1, fwd_tokens + n_tokens
             if not experiment.startswith("curve"):
@@ -310,7 +312,7 @@ def _context_length(models: Sequence) -> int | None:
     from each config), None when no config says."""
     from transformers import AutoConfig
 
-    from subnetviz.checkpoints.models import model_folder
+    from subnetviz.checkpoints.models import CONTEXT_KEYS, model_folder
 
     found = []
     for m in models:
@@ -318,7 +320,7 @@ def _context_length(models: Sequence) -> int | None:
             cfg = AutoConfig.from_pretrained(str(model_folder(m)), local_files_only=True)
         except (OSError, ValueError, TypeError, KeyError):
             continue
-        for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        for key in CONTEXT_KEYS:
             n = getattr(cfg, key, None)
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
                 found.append(n)

@@ -105,7 +105,7 @@ def routing_bytes(config, tokens: int) -> int:
     experts = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
     if not any(isinstance(getattr(config, key, None), int) and getattr(config, key) > 1 for key in experts):
         return 0  # (a dense config may carry a generation top_k)
-    k = next((v for key in _TOP_K_KEYS if isinstance(v := getattr(config, key, None), int) and v > 0), 0)
+    k = _top_k(None, None, config) or 0
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None) or 0
     return 2 * tokens * int(layers) * k * 4 if isinstance(layers, int) else 0
 
@@ -234,16 +234,22 @@ def routing_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def router_tensors(ck) -> list[str]:
+    """The tensors checkpoint ``ck`` stores for its routers (module ``router`` in its naming table)."""
+    table = ck.names_table
+    return [n for n in ck.names if table.describe(n).module == "router"]
+
+
 def router_masks(builder) -> dict[str, torch.Tensor]:
     """Every router tensor of the base (module ``router`` in its naming table), whole: reverted inside, the
     finetune runs with the base's routers; outside, the base with the finetune's. Refused for a model with no
     router tensor (not a mixture of experts)."""
-    table = builder.ck_base.names_table
-    out = {}
-    for at in builder.aligned.values():
-        name = at.names[0]
-        if table.describe(name).module == "router":
-            out[name] = torch.ones(tuple(at.shape), dtype=torch.bool)
+    routers = set(router_tensors(builder.ck_base))
+    out = {
+        at.names[0]: torch.ones(tuple(at.shape), dtype=torch.bool)
+        for at in builder.aligned.values()
+        if at.names[0] in routers
+    }
     if not out:
         raise ConfigError(
             f"{builder.ck_base.spec}: no router tensors (module 'router' in its naming table): the 'routers' "

@@ -46,22 +46,16 @@ def _per_expert(ck: Checkpoint) -> dict[str, dict[int, dict[str, str]]]:
 def _views(ck: Checkpoint, layer: str, packed: dict[str, str], experts: dict[int, dict[str, str]], ref: Checkpoint):
     """The per-expert views of one layer's packed tensors (``packed``: gate_up_proj / down_proj -> name), named
     as ``ref`` names ``experts``: name -> (packed name, index, shape); None where the shapes do not fit."""
-    n_e = len(experts)
-    if sorted(experts) != list(range(n_e)) or any(set(r) != {"gate", "up", "down"} for r in experts.values()):
+    if set(packed) != {"gate_up_proj", "down_proj"}:
         return None
-    gate, up, down = (tuple(ref.meta(experts[0][r]).shape) for r in ("gate", "up", "down"))
-    first = {"gate": gate, "up": up, "down": down}
-    if any(tuple(ref.meta(names[r]).shape) != first[r] for names in experts.values() for r in first):
-        return None  # experts of different sizes (a pruned release) have no packed form to read
-    want = {"gate_up_proj": (n_e, gate[0] + up[0], gate[1]), "down_proj": (n_e, *down)}
-    if set(packed) != set(want) or any(tuple(ck.meta(packed[p]).shape) != want[p] for p in want) or gate != up:
-        return None
-    rows = gate[0]
+    full = {strip_prefix(n): n for names in experts.values() for n in names.values()}
+    shapes = {short: tuple(ref.meta(n).shape) for short, n in full.items()}
     out = {}
-    for e, names in experts.items():
-        out[names["gate"]] = (packed["gate_up_proj"], (e, slice(0, rows)), gate)
-        out[names["up"]] = (packed["gate_up_proj"], (e, slice(rows, 2 * rows)), up)
-        out[names["down"]] = (packed["down_proj"], (e,), down)
+    for name in packed.values():  # each expert's slice, as the model packs them (param_pieces)
+        pieces = param_pieces(strip_prefix(name), tuple(ck.meta(name).shape), shapes)
+        if pieces is None:  # (experts of different sizes, a pruned release, have no packed form to read)
+            return None
+        out.update({full[short]: (name, index, shapes[short]) for short, index in pieces})
     if ".block_sparse_moe." in experts[0]["gate"]:  # Mixtral: the router too is under mlp. in memory
         for n in ref.names:
             rest = strip_prefix(n).removeprefix(f"{layer}block_sparse_moe.")

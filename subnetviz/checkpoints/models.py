@@ -24,6 +24,8 @@ from pathlib import Path
 from subnetviz.errors import CheckpointError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+# The config keys that give the positions a model takes, in the order read: Llama's, GPT-2's, older families'
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
 def model_folder(spec: str | os.PathLike) -> Path:

@@ -343,6 +343,8 @@ def _scheduler_names() -> tuple[str, ...]:
 def base_context(base: str) -> int | None:
     """The positions the base takes (config.json's max_position_embeddings, GPT-2's n_positions, ...; a
     multimodal config's text_config first), None where its config says none."""
+    from subnetviz.checkpoints.models import CONTEXT_KEYS
+
     try:
         cfg = json.loads((Path(base) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -350,7 +352,7 @@ def base_context(base: str) -> int | None:
     for c in (cfg.get("text_config"), cfg) if isinstance(cfg, dict) else ():
         if not isinstance(c, dict):
             continue
-        for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        for key in CONTEXT_KEYS:
             n = c.get(key)
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
                 return n
