@@ -18,13 +18,17 @@ does not take:
   changes its block's nonzero weights, codes equal or not), so every number of a page agrees with the
   mask; ``changed_codes`` counts the stored codes that differ and the ULP histogram their code steps.
 - **int8 codes with a float scale**: bitsandbytes (``weight`` int8 + ``SCB``, w = code × SCB[i] / 127)
-  and compressed-tensors' int-quantized weights (``weight`` int8 + a per-channel or per-tensor
-  ``weight_scale``, symmetric: w = code × scale[i]): codes compared exactly, then the effective weights.
+  and compressed-tensors' integer weights (``weight`` int8, or 2/4/8-bit codes packed into int32
+  ``weight_packed`` words, which the checkpoint lists unpacked as int8 ``weight``:
+  :mod:`~subnetviz.checkpoints.ct_packed`) with a ``weight_scale`` per tensor, per row or per group of
+  columns and, asymmetric, ``weight_zero_point`` laid out as the scales: w = (code − zero) × scale[i, j // g].
+  Codes compared exactly, then the effective weights (float32, exact: compressed-tensors' own dequantisation
+  is them rounded to the scale's dtype).
 - **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit packed bytes, compressed-tensors'
-  ``weight_packed`` (int4 in int32, NVFP4 / MXFP4 in bytes) and its grouped or asymmetric int8, NVIDIA
-  ModelOpt's NVFP4 / INT4 ``weight`` bytes; ModelOpt's FP8 is the FP8 form above): compared
-  exactly as codes (:func:`compare_codes`), counted with the weights; no effective comparison (a notice
-  says so). Their scales, zero points, global scales and ``weight_shape`` are listed with the scales.
+  NVFP4 / MXFP4 bytes and its 3/5/6/7-bit words, NVIDIA ModelOpt's NVFP4 / INT4 ``weight`` bytes; ModelOpt's
+  FP8 is the FP8 form above): compared exactly as codes (:func:`compare_codes`), counted with the weights;
+  no effective comparison (a notice says so). Their scales, zero points, global scales and ``weight_shape``
+  are listed with the scales.
 - **MXFP4** (gpt-oss experts): the checkpoint reader already lists them dequantised, exactly, as the
   bfloat16 tensors transformers loads (:mod:`subnetviz.checkpoints.mxfp4`); compared as floats.
 
@@ -102,6 +106,24 @@ class TensorForm:
     scale: str | None = None
     label: str = "float"
     divisor: float = 1.0  # int8: w = code × scale / divisor (bitsandbytes' SCB: 127)
+    zero: str | None = None  # int8: the zero points' tensor (asymmetric compressed-tensors), w = (code − zero) × scale
+    group: int = 0  # int8: columns per scale along a row (compressed-tensors' group strategy); 0: per row or one
+    codes: tuple[int, int] = (-127, 127)  # int8: the codes' range (compressed-tensors' int4: −8..7)
+    # int8: quantised in the float weight's own dtype (compressed-tensors: w / scale, then + zero point, each rounded
+    # to it; bitsandbytes in float32)
+    native: bool = False
+
+    @property
+    def layout(self) -> tuple:
+        """What must agree for two stored codes to be compared code by code."""
+        return (self.kind, self.divisor, self.group, self.zero is not None, self.codes)
+
+    def block(self, config: dict) -> tuple[int, int]:
+        """The scale block of this form in a checkpoint of ``config``: FP8's from the config; a compressed-tensors
+        group (1 × group); else (1, 1) (a scale per row, or one)."""
+        if self.kind == "fp8":
+            return block_size(config)
+        return (1, self.group) if self.group else (1, 1)
 
 
 def quant_method(config: dict) -> str | None:
@@ -207,24 +229,48 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
 
 
 def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:
-    """A compressed-tensors integer weight: symmetric int8 with a per-channel or per-tensor scale is ``int8``
-    (effective w = code × scale[i]); anything else (int4 packed in int32, NVFP4 / MXFP4 bytes, grouped or
-    asymmetric int8) is compared as ``codes``."""
+    """A compressed-tensors integer weight. int8 codes (stored so, or int4 / int8 packed into int32 words and read
+    unpacked: :mod:`~subnetviz.checkpoints.ct_packed`) with a scale per tensor, per row or per group of columns,
+    and zero points laid out as the scales where the scheme is asymmetric, are ``int8``: effective
+    w = (code − zero) × scale, as compressed-tensors dequantises them. Anything else (NVFP4 / MXFP4 bytes, 3-bit
+    words, a scale that fits no strategy) is compared as ``codes``."""
     stem = name.rpartition(".")[0]
-    scale = f"{stem}.weight_scale"
-    if (
-        m.dtype == torch.int8
-        and name.endswith(".weight")
-        and scale in metas
-        and f"{stem}.weight_zero_point" not in metas
-    ):
-        rows = m.shape[0] if len(m.shape) == 2 else None
-        if math.prod(metas[scale].shape) == 1 or (
-            rows is not None and tuple(metas[scale].shape) in ((rows,), (rows, 1))
-        ):
-            return TensorForm("int8", scale, "compressed-tensors int8 codes")
+    scale, zero = f"{stem}.weight_scale", f"{stem}.weight_zero_point"
+    s, z = metas.get(scale), metas.get(zero)
+    bits = 4 if m.stored and "int4" in m.stored else 2 if m.stored and "int2" in m.stored else 8
+    if m.dtype == torch.int8 and name.endswith(".weight") and s is not None and s.dtype.is_floating_point:
+        how = _ct_strategy(m.shape, tuple(s.shape))
+        if how is not None and (z is None or (not z.dtype.is_floating_point and _same_layout(z.shape, s.shape))):
+            return TensorForm(
+                "int8",
+                scale,
+                f"compressed-tensors int{bits} codes",
+                zero=zero if z is not None else None,
+                group=how,
+                codes=(-(1 << (bits - 1)), (1 << (bits - 1)) - 1),
+                native=True,
+            )
     packed = "packed " if name.endswith("_packed") else ""
     return TensorForm("codes", None, f"compressed-tensors {packed}codes")
+
+
+def _ct_strategy(shape: tuple[int, ...], scale: tuple[int, ...]) -> int | None:
+    """Columns per scale of a compressed-tensors weight of ``shape`` with scales of shape ``scale``: 0 for one
+    scale or one per row, the group size for a group of columns per scale; None where the scales fit neither."""
+    if math.prod(scale) == 1:
+        return 0
+    if len(shape) != 2:
+        return None
+    rows, cols = shape
+    if scale in ((rows,), (rows, 1)):
+        return 0
+    if len(scale) == 2 and scale[0] == rows and scale[1] >= 1 and cols % scale[1] == 0:
+        return cols // scale[1]
+    return None
+
+
+def _same_layout(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return tuple(a) == tuple(b) or (math.prod(a) == 1 and math.prod(b) == 1)
 
 
 # --- scales and dequantisation -------------------------------------------------------------------
@@ -269,10 +315,11 @@ def compare_quantized(
     scale_names: tuple[str, str],
     block: tuple[int, int] = (DEFAULT_BLOCK, DEFAULT_BLOCK),
     divisor: float = 1.0,
+    zeros: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ) -> QuantStats:
-    """Codes ``a``/``b`` (FP8 or int8, shape (m, n) or 1-D) with scales ``sa``/``sb``: codes compared
-    exactly, then both sides dequantised band by band (whole row blocks, ~1M entries: cache-sized)
-    and compared by the float pass, whose results are merged across bands.
+    """Codes ``a``/``b`` (FP8 or int8, shape (m, n) or 1-D) with scales ``sa``/``sb`` (and zero points ``zeros``,
+    laid out as the scales): codes compared exactly, then both sides dequantised band by band (whole row blocks,
+    ~1M entries: cache-sized) and compared by the float pass, whose results are merged across bands.
 
     FP8 with block scales on CPU takes :func:`~subnetviz.analysis.quant_codes.compare_blocks`: one pass
     over the codes, dequantising only the changed entries and the blocks whose scale changed.
@@ -282,23 +329,25 @@ def compare_quantized(
     how_a = check_scale(name, tuple(a.shape), scale_names[0], tuple(sa.shape), block)
     how_b = check_scale(name, tuple(b.shape), scale_names[1], tuple(sb.shape), block)
     a, b = a.contiguous(), b.contiguous()
-    fast = compare_blocks(a, sa, b, sb, options, name=name, block=block) if how_a == how_b == "block" else None
+    za, zb = zeros
+    plain = how_a == how_b == "block" and za is None and zb is None
+    fast = compare_blocks(a, sa, b, sb, options, name=name, block=block) if plain else None
     if fast is not None:
         eff, changed, above = fast
         stats = replace(eff, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype)[6:])
         return QuantStats(stats, changed)
     changed, above = _code_counts(a, b)
     if a.dim() != 2:
-        ea = dequantize(a, sa, "tensor", block, 0, divisor)
-        eb = dequantize(b, sb, "tensor", block, 0, divisor)
+        ea = dequantize(a, sa, "tensor", block, 0, divisor, za)
+        eb = dequantize(b, sb, "tensor", block, 0, divisor, zb)
         eff = compare_pair(ea, eb, options, name=name)
     else:
         rows, cols = a.shape
         step = max(block[0], (_BAND_ELEMENTS // max(cols, 1)) // block[0] * block[0])
         parts = []
         for r0 in range(0, rows, step):
-            ea = dequantize(a[r0 : r0 + step], sa, how_a, block, r0, divisor)
-            eb = dequantize(b[r0 : r0 + step], sb, how_b, block, r0, divisor)
+            ea = dequantize(a[r0 : r0 + step], sa, how_a, block, r0, divisor, za)
+            eb = dequantize(b[r0 : r0 + step], sb, how_b, block, r0, divisor, zb)
             parts.append(compare_pair(ea, eb, options, name=name))
             del ea, eb
         eff = parts[0] if len(parts) == 1 else merge_bands(parts, options, tuple(a.shape))
@@ -316,18 +365,27 @@ def effective(
     *,
     name: str = "tensor",
     scale_name: str = "scale",
+    zero: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The whole float32 effective weight (for spectra, one matrix at a time)."""
+    """The whole float32 effective weight (for spectra, one matrix at a time); ``block`` is an FP8 form's (an int8
+    form's is its own: :meth:`TensorForm.block`), ``zero`` the form's zero points where it has them."""
     divisor = form.divisor
+    if form.kind != "fp8":
+        block = form.block({})
     how = check_scale(name, tuple(code.shape), scale_name, tuple(scale.shape), block)
     if code.dim() != 2:
-        return dequantize(code, scale, "tensor", block, 0, divisor)
-    return dequantize(code, scale, how, block, 0, divisor)
+        return dequantize(code, scale, "tensor", block, 0, divisor, zero)
+    return dequantize(code, scale, how, block, 0, divisor, zero)
 
 
 def row_block(ck, form: TensorForm) -> int:
     """Rows of one scale block of a weight stored in ``form`` (bands of :func:`weight_rows` start at multiples)."""
-    return block_size(ck.config)[0] if form.kind == "fp8" else 1
+    return form.block(ck.config)[0] if form.kind in ("fp8", "int8") else 1
+
+
+def zero_values(ck, form: TensorForm, dev) -> torch.Tensor | None:
+    """The zero points of a weight stored in ``form`` (compressed-tensors' asymmetric schemes), else None."""
+    return ck.get(form.zero, dev) if form.zero else None
 
 
 def weight_rows(ck, name: str, form: TensorForm, x: torch.Tensor, r0: int = 0, r1: int | None = None) -> torch.Tensor:
@@ -338,12 +396,12 @@ def weight_rows(ck, name: str, form: TensorForm, x: torch.Tensor, r0: int = 0, r
     part = x[r0:r1] if x.dim() == 2 else x
     if form.kind not in ("fp8", "int8"):
         return part
-    scale = scale_values(ck, form.scale, "cpu")
-    block = block_size(ck.config) if form.kind == "fp8" else (1, 1)
+    scale, zero = scale_values(ck, form.scale, "cpu"), zero_values(ck, form, "cpu")
+    block = form.block(ck.config)
     if x.dim() != 2:
-        return effective(part, scale, form, block, name=name, scale_name=form.scale)
+        return effective(part, scale, form, block, name=name, scale_name=form.scale, zero=zero)
     how = check_scale(name, tuple(x.shape), form.scale, tuple(scale.shape), block)
-    return dequantize(part, scale, how, block, r0, form.divisor)
+    return dequantize(part, scale, how, block, r0, form.divisor, zero)
 
 
 # --- the per-tensor dispatch used by analyze_updates ---------------------------------------------
@@ -385,13 +443,8 @@ class FormLog:
                     f"scale values changed in {touched}. A changed block scale changes every weight of its "
                     "block: changed counts them (the weights as dequantised), changed_codes the stored codes that differ."
                 )
-            elif kind in ("fp8", "int8", "int8/1"):
-                rule = {
-                    "fp8": "code × scale[i // bs, j // bs]",
-                    "int8": "code × SCB[i] / 127",
-                    "int8/1": "code × weight_scale[i]",
-                }[kind]
-                what = {"fp8": "FP8", "int8": "bitsandbytes int8", "int8/1": "compressed-tensors int8"}[kind]
+            elif kind.startswith("q:"):
+                what, rule = kind[2:].split("|")
                 codes = numel  # this kind's events carry the changed codes in the third slot
                 out.append(
                     f"{what} weights: {n} tensor(s) ({ex}) compared as the model computes with them, dequantised "
@@ -491,10 +544,13 @@ def compare_aligned(
         return st, st.changed, None
     if fa.kind == fb.kind and fa.kind in ("fp8", "int8"):
         sa, sb = scale_values(ck_base, fa.scale, dev), scale_values(ck, fb.scale, dev)
-        block = block_size(ck.config) if fa.kind == "fp8" else (1, 1)
-        divisor = fa.divisor
-        if fa.divisor != fb.divisor:
-            raise CheckpointError(f"{name}: stored as {fa.label} in the base and {fb.label} in the finetune.")
+        za, zb = zero_values(ck_base, fa, dev), zero_values(ck, fb, dev)
+        block = fb.block(ck.config)
+        if fa.layout != fb.layout:
+            raise CheckpointError(
+                f"{name}: stored as {_layout_said(fa)} in the base and {_layout_said(fb)} in the finetune; codes are "
+                "compared with codes stored alike."
+            )
         q = compare_quantized(
             a,
             sa,
@@ -503,15 +559,15 @@ def compare_aligned(
             options,
             name=name,
             scale_names=(fa.scale, fb.scale),
-            block=block_size(ck_base.config) if fa.kind == "fp8" else block,
-            divisor=divisor,
+            block=fa.block(ck_base.config),
+            divisor=fa.divisor,
+            zeros=(za, zb),
         )
-        kind = fa.kind if divisor != 1.0 or fa.kind == "fp8" else "int8/1"
-        log.add(i, kind, name, q.stats.changed, q.changed_codes)
+        log.add(i, _log_kind(fa, sa), name, q.stats.changed, q.changed_codes)
 
         def delta():
-            ea = effective(a, sa, fa, block_size(ck_base.config), name=name, scale_name=fa.scale)
-            eb = effective(b, sb, fb, block, name=name, scale_name=fb.scale)
+            ea = effective(a, sa, fa, fa.block(ck_base.config), name=name, scale_name=fa.scale, zero=za)
+            eb = effective(b, sb, fb, block, name=name, scale_name=fb.scale, zero=zb)
             return eb.to(torch.float64) - ea.to(torch.float64)
 
         return q.stats, q.changed_codes, delta
@@ -536,22 +592,30 @@ def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name
     """Of the entries that differ between a float side and a quantized one (``(stored, form, checkpoint)`` each,
     ``ea`` / ``eb`` as compared), how many are exactly what quantising the float side with the quantized side's
     own scales gives: rounding, not training. A bf16 base against its own FP8 or int8 copy differs almost
-    everywhere, and each such entry reads as changed."""
+    everywhere, and each such entry reads as changed. compressed-tensors quantises in the weight's own dtype
+    (w / scale, + zero point, each rounded to it: :attr:`TensorForm.native`), and so does this."""
     a_quantized = side_a[1].kind in ("fp8", "int8")
     code, form, ck = side_a if a_quantized else side_b
-    if form.kind not in ("fp8", "int8") or code.dim() != 2:
+    if form.kind not in ("fp8", "int8") or code.dim() != 2 or (side_a[1].kind != "float" and side_b[1].kind != "float"):
         return 0
-    w = (eb if a_quantized else ea).to(torch.float32)  # the float side
+    w = eb if a_quantized else ea  # the float side
+    dt = w.dtype if form.native else torch.float32
+    w = w.to(dt)
     scale = scale_values(ck, form.scale, dev)
+    block = form.block(ck.config)
     step = effective(  # each entry's multiplier (scale / divisor): the dequantised weight of a code of 1
-        torch.ones_like(code), scale, form, block_size(ck.config), name=name, scale_name=form.scale
+        torch.ones_like(code), scale, form, block, name=name, scale_name=form.scale
     )
+    zero = zero_values(ck, form, dev)
     with torch.no_grad():
-        x = w / step
+        x = w / step.to(dt)
+        if zero is not None:  # each entry's zero point, laid out as its scale: the weight of a code of 0 is 0 - zero
+            x += -effective(torch.zeros_like(code), torch.ones_like(scale), form, block, name=name, zero=zero).to(dt)
+        x = x.to(torch.float32)
         if form.kind == "fp8":
             again = x.to(code.dtype).to(torch.float32)  # round to nearest even, as a quantiser does
         else:
-            again = torch.round(x).clamp(-127, 127)
+            again = torch.round(x).clamp(*form.codes)
         same_code = again == code.to(torch.float32)
         if options is not None and options.precision is not None:  # moved as the comparison sees it
             from subnetviz.analysis.sparsity import PRECISIONS
@@ -585,5 +649,22 @@ def _as_float(x: torch.Tensor, form: TensorForm, ck, dev, name: str) -> torch.Te
         return x
     if form.kind in ("fp8", "int8"):
         scale = scale_values(ck, form.scale, dev)
-        return effective(x, scale, form, block_size(ck.config), name=name, scale_name=form.scale)
+        zero = zero_values(ck, form, dev)
+        return effective(x, scale, form, form.block(ck.config), name=name, scale_name=form.scale, zero=zero)
     return None
+
+
+def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
+    """The :class:`FormLog` kind of a quantized pair: ``q:<what>|<how it is dequantised>``."""
+    if form.kind == "fp8":
+        return "q:FP8|code × scale[i // bs, j // bs]"
+    if form.divisor != 1.0:
+        return "q:bitsandbytes int8|code × SCB[i] / 127"
+    idx = "" if math.prod(scale.shape) == 1 else f"[i, j // {form.group}]" if form.group else "[i]"
+    code = f"(code − weight_zero_point{idx})" if form.zero else "code"
+    return f"q:{form.label.removesuffix(' codes')}|{code} × weight_scale{idx}"
+
+
+def _layout_said(form: TensorForm) -> str:
+    per = f"a scale per {form.group} columns" if form.group else "a scale per row or tensor"
+    return f"{form.label} ({per}{', zero points' if form.zero else ''})"

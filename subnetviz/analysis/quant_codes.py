@@ -158,34 +158,48 @@ def _raise_non_finite(u: np.ndarray, pattern: int, where: str) -> None:
 
 # --- dequantisation in row bands ----------------------------------------------------------------
 def dequantize(
-    code: torch.Tensor, scale: torch.Tensor, how: str, block: tuple[int, int], r0: int = 0, divisor: float = 1.0
+    code: torch.Tensor,
+    scale: torch.Tensor,
+    how: str,
+    block: tuple[int, int],
+    r0: int = 0,
+    divisor: float = 1.0,
+    zero: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """float32 effective weights of the code rows ``code`` (which start at row ``r0`` of the tensor).
 
-    ``how``: ``tensor`` (one scale), ``channel`` (one per row), ``block`` (``scale[i // bs0, j // bs1]``).
-    w = code × scale, then × float32(1 / divisor) where there is one (bnb int8, 127), in float32 and in that order,
-    as bitsandbytes' ``int8_vectorwise_dequant`` computes it (dividing the scale first differed in the last bit of
-    a quarter of the weights).
+    ``how``: ``tensor`` (one scale), ``channel`` (one per row), ``block`` (``scale[i // bs0, j // bs1]``; a group of
+    ``bs1`` columns of a row where ``bs0`` is 1). w = (code − zero) × scale, then × float32(1 / divisor) where there
+    is one (bnb int8, 127), in float32 and in that order, as bitsandbytes' ``int8_vectorwise_dequant`` computes it
+    (dividing the scale first differed in the last bit of a quarter of the weights). ``zero`` (zero points, laid
+    out as the scales): code − zero is a small integer, exact; compressed-tensors forms the same difference before
+    its product with the scale.
     """
-    w = _scaled(_codes_to_float(code), scale.to(torch.float32), how, block, r0)
+    w = _codes_to_float(code)
+    if zero is not None:
+        w = _scaled(w, zero.to(torch.float32), how, block, r0, "sub_")
+    w = _scaled(w, scale.to(torch.float32), how, block, r0)
     return w.mul_(1.0 / divisor) if divisor != 1.0 else w
 
 
-def _scaled(w: torch.Tensor, s: torch.Tensor, how: str, block: tuple[int, int], r0: int) -> torch.Tensor:
-    """``w`` (float32 codes, rows from ``r0``) times its scales ``s``, in place."""
+def _scaled(
+    w: torch.Tensor, s: torch.Tensor, how: str, block: tuple[int, int], r0: int, op: str = "mul_"
+) -> torch.Tensor:
+    """``w`` (float32 codes, rows from ``r0``) times (``op`` ``mul_``) or less (``sub_``) its scales or zero
+    points ``s``, in place."""
     if how == "tensor":
-        return w.mul_(s.reshape(()))
+        return getattr(w, op)(s.reshape(()))
     if how == "channel":
-        return w.mul_(s.reshape(-1)[r0 : r0 + w.shape[0]].unsqueeze(1))
+        return getattr(w, op)(s.reshape(-1)[r0 : r0 + w.shape[0]].unsqueeze(1))
     b0, b1 = block
     rows, cols = w.shape
     sr = s[r0 // b0 : (r0 + rows - 1) // b0 + 1]
     sr = sr.repeat_interleave(b1, dim=1)[:, :cols]  # (row blocks, cols)
     if r0 % b0 == 0 and rows % b0 == 0:
-        w.view(-1, b0, cols).mul_(sr.unsqueeze(1))
+        getattr(w.view(-1, b0, cols), op)(sr.unsqueeze(1))
         return w
     idx = (torch.arange(r0, r0 + rows, device=w.device) // b0) - r0 // b0
-    return w.mul_(sr.index_select(0, idx))
+    return getattr(w, op)(sr.index_select(0, idx))
 
 
 def merge_bands(parts: list[PairStats], options: SparsityOptions, shape: tuple[int, ...]) -> PairStats:

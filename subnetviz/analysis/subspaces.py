@@ -537,14 +537,14 @@ def _weights(ck, at, side: int, dev: str, form) -> torch.Tensor:
     block scales doubled read as unchanged, and a bf16 base against FP8 codes ended in a traceback). Refused if
     not finite, in the update pass's one line naming the file and the tensor (SciPy's eigh raised a bare
     "array must not contain infs or NaNs")."""
-    from subnetviz.analysis.quant import block_size, check_finite_stored, effective, scale_values
+    from subnetviz.analysis.quant import check_finite_stored, effective, scale_values, zero_values
     from subnetviz.checkpoints import read_aligned
 
     x = read_aligned(ck, at, side, dev)
     name = at.names[side]
     if form.kind != "float":
-        scale = scale_values(ck, form.scale, dev)
-        x = effective(x, scale, form, block_size(ck.config), name=name, scale_name=form.scale)
+        scale, zero = scale_values(ck, form.scale, dev), zero_values(ck, form, dev)
+        x = effective(x, scale, form, form.block(ck.config), name=name, scale_name=form.scale, zero=zero)
     check_finite_stored(x, f"{ck.spec} :: {name}")
     return x
 

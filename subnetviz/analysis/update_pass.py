@@ -182,7 +182,8 @@ def analyze_updates(
     return walk.result(time.perf_counter() - t0)
 
 
-_INT_CODE_SUFFIXES = ("qweight", "qzeros", "g_idx", "weight_packed", "weight_shape")  # int4 forms, never dequantised
+# integer forms never dequantised (compressed-tensors' weight_packed only where ct_packed does not unpack it)
+_INT_CODE_SUFFIXES = ("qweight", "qzeros", "g_idx", "weight_packed", "weight_shape")
 
 
 class _Walk:
@@ -407,7 +408,8 @@ class _Walk:
         )
         codes = sorted({n.rsplit(".", 1)[-1] for names in left.values() for n in names} & set(_INT_CODE_SUFFIXES))
         why = (
-            f" They include quantized integer codes ({', '.join(codes)}: GPTQ, AWQ or compressed-tensors' int4) "
+            f" They include quantized integer codes ({', '.join(codes)}: GPTQ, AWQ, or compressed-tensors' packed "
+            "words of a width not unpacked here: 3, 5, 6 or 7 bits) "
             "where the other side stores float weights; such codes are not dequantised here, so those layers are "
             "not compared. Compare checkpoints stored in the same form."
             if codes

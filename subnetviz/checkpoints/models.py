@@ -75,7 +75,40 @@ def load_causal_lm(spec: str | os.PathLike, **kwargs):
 
     kwargs.setdefault("dtype", torch.float32)
     with without_adapter(model_folder(spec)) as folder:
+        check_not_quantized(spec, folder)
         return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+
+
+# quantization methods whose models transformers runs only through another library's modules and kernels (the
+# weights they store are codes, read as weights by the update analysis alone: subnetviz.analysis.quant)
+KERNEL_METHODS = {
+    "compressed-tensors": "compressed-tensors",
+    "gptq": "GPTQ",
+    "awq": "AWQ",
+    "bitsandbytes": "bitsandbytes",
+    "modelopt": "NVIDIA ModelOpt",
+}
+
+
+def check_not_quantized(spec, folder: Path) -> None:
+    """Refuse, in one line, a checkpoint transformers would build from another library's quantized modules
+    (:data:`KERNEL_METHODS`): a model run here is a float32 model whose parameters are the stored tensors, and
+    such a checkpoint's are codes (transformers' own error named a size mismatch of packed zero points, or a
+    missing library)."""
+    from subnetviz.analysis.quant import quant_method
+    from subnetviz.config import read_json
+
+    try:
+        method = quant_method(read_json(folder / "config.json", CheckpointError))
+    except CheckpointError:
+        return  # (an unknown method or an unreadable config: transformers' own loading says what it is)
+    if method in KERNEL_METHODS:
+        raise CheckpointError(
+            f"{spec}: a {KERNEL_METHODS[method]}-quantized checkpoint; models are run here in float32 from their "
+            "stored weights, and this one stores integer codes that need its library's modules. Its weights are "
+            "compared on the weight pages (Update sparsity, Spectra, Overlap, Series); to run it, give the "
+            "unquantized model."
+        )
 
 
 def load_tokenizer(spec: str | os.PathLike):

@@ -7,7 +7,8 @@
 of the safetensors file mapped copy-on-write (:meth:`Checkpoint.get`: one map per file, its header
 checked again when mapped), or through ``safetensors.safe_open`` where the data is not aligned.
 An MXFP4 checkpoint (gpt-oss) lists its experts as the bf16 tensors transformers loads, dequantised
-when read (:mod:`~subnetviz.checkpoints.mxfp4`).
+when read (:mod:`~subnetviz.checkpoints.mxfp4`). compressed-tensors' packed int4 / int8 weights are
+listed as their int8 codes under the model's own names, unpacked when read (:mod:`~subnetviz.checkpoints.ct_packed`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from safetensors import safe_open  # (no torch: safetensors imports it only for its torch helpers)
 
 from subnetviz.cache import stat_identity
+from subnetviz.checkpoints import ct_packed as _ct_packed
 from subnetviz.checkpoints import header as _header
 from subnetviz.checkpoints import mxfp4 as _mxfp4
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
@@ -50,6 +52,8 @@ class Checkpoint:
         self._raw_headers: list[bytes] = []
         self._headers: dict[Path, tuple[dict, bytes]] = {}  # safetensors file -> (header, raw header)
         self._legacy: dict[Path, dict[str, torch.Tensor]] = {}
+        self._handles: dict[Path, object] = {}
+        self._maps: dict[Path, tuple[mmap.mmap, int]] = {}  # safetensors file -> (its map, data section offset)
         twice: dict[str, Path] = {}  # a tensor stored in more than one file -> the first file holding it
         for f in files:
             if f.suffix == ".safetensors":
@@ -84,6 +88,13 @@ class Checkpoint:
         self._stored = self._meta  # every tensor as the files store it
         self._views: dict[str, tuple[TensorMeta, tuple]] = {}  # a name read as part of a stored tensor (unpack)
         self._meta = _mxfp4.metas_with(self._meta, self._packed)
+        # compressed-tensors' packed int4 / int8 weights are listed as their int8 codes, unpacked when read
+        try:
+            self._codes = _ct_packed.plan(self._meta, self.config, lambda m: self._read(m, "cpu"))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{spec}: {exc}") from None
+        self._meta = _ct_packed.metas_with(self._meta, self._codes)
+        self._unmapped = set(self._packed) | set(self._codes)  # names read through a computation, not mapped
         self.notes: list[str] = list(notes or [])
         if twice:
             # the later file wins, as transformers loads shards (each file's tensors in turn into one state dict)
@@ -93,6 +104,15 @@ class Checkpoint:
                 f"{' ...' if len(twice) > 2 else ''}; each is read from the last of its files in name order, "
                 "the copy transformers loads."
             )
+        if self._codes:
+            weights = [n for n, p in self._codes.items() if p.dim == 1]
+            ex = ", ".join(weights[:2]) + (" ..." if len(weights) > 2 else "")
+            widths = "/".join(str(b) for b in sorted({p.bits for p in self._codes.values()}))
+            self.notes.append(
+                f"compressed-tensors: {len(weights)} weight(s) ({ex}) are stored as {widths}-bit codes packed into "
+                "int32 words; read as the codes they hold (unpacked as compressed-tensors unpacks them) under the "
+                "model's own names and shapes, and compared as weights, dequantised with their scales."
+            )
         if self._packed:
             ex = ", ".join(list(self._packed)[:2]) + (" ..." if len(self._packed) > 2 else "")
             self.notes.append(
@@ -100,8 +120,6 @@ class Checkpoint:
                 "scale per 32; read dequantised as transformers loads them (w = FP4(code) · 2^(scale − 127), "
                 "exact in bfloat16, experts × in × out) and compared as bfloat16."
             )
-        self._handles: dict[Path, object] = {}
-        self._maps: dict[Path, tuple[mmap.mmap, int]] = {}  # safetensors file -> (its map, data section offset)
 
     # --- what is in it -------------------------------------------------------------------------
     @property
@@ -179,7 +197,7 @@ class Checkpoint:
             m, index = self._views[name]
             part = self.get_stored(m)[index]
             return part if str(device) == "cpu" else part.to(device)
-        if name in self._packed:  # dequantised on the CPU, then moved
+        if name in self._unmapped:  # dequantised or unpacked on the CPU, then moved
             return self.get_stored(self.meta(name)).to(device)
         return self._read(self.meta(name), device)
 
@@ -210,13 +228,16 @@ class Checkpoint:
             p = self._packed[m.name]
             blocks, scales = self._read(self._stored[p.blocks], "cpu"), self._read(self._stored[p.scales], "cpu")
             return _mxfp4.dequantize(blocks, scales, name=m.name)
+        if m.name in self._codes:
+            p = self._codes[m.name]
+            return _ct_packed.unpack(self._read(self._stored[p.packed], "cpu"), p, name=m.name)
         return self._read(m, "cpu")
 
     def stored_as_read(self, name: str) -> bool:
         """Whether tensor ``name`` is its bytes in a safetensors file as they stand (so a reader may take
         them by address: the series pass), not read through ``torch.load`` or computed when read (MXFP4
         experts here, merged adapter weights in :class:`~subnetviz.checkpoints.adapters.MergedAdapter`)."""
-        return name not in self._packed and name not in self._views and self.meta(name).file.suffix == ".safetensors"
+        return name not in self._unmapped and name not in self._views and self.meta(name).file.suffix == ".safetensors"
 
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
         """Tensor ``name``'s bytes as a NumPy array of ``view`` (an integer type of the stored item size),
@@ -229,7 +250,7 @@ class Checkpoint:
         return self._array_of(self.meta(name), view)
 
     def _array_of(self, m: TensorMeta, view: np.dtype) -> np.ndarray | None:
-        span = self._span(m) if m.file not in self._legacy and m.name not in self._packed else None
+        span = self._span(m) if m.file not in self._legacy and m.name not in self._unmapped else None
         if span is None:
             return None
         mm, offset, nbytes = span
@@ -272,7 +293,7 @@ class Checkpoint:
             return
         m = self.meta(name)
         got = self._maps.get(m.file)
-        if got is None or name in self._packed:
+        if got is None or name in self._unmapped:
             return
         mm, start = got
         begin, end = self._headers[m.file][0][name]["data_offsets"]

@@ -4,7 +4,8 @@ Proves: a tiny Llama quantized and saved by compressed-tensors itself in four of
 W8A8 ``int-quantized``, int4 ``pack-quantized``, ``nvfp4-pack-quantized``, FP8 ``float-quantized``) has
 every quantized weight compared and counted as a weight (before: their integer codes were read as
 buffers, left out of the sparsity, and NVFP4's FP8 scales were refused as FP8 weights without a scale);
-scales, zero points, global scales and ``weight_shape`` are listed with the scales; one flipped code
+scales, zero points, global scales and ``weight_shape`` (where the words are not unpacked:
+test_compressed_tensors_packed.py) are listed with the scales; one flipped code
 counts once; the int8 effective weights are exact (float32) and equal compressed-tensors' own dequantisation
 rounded to its bf16, and a changed
 per-channel scale changes exactly the nonzero codes of its row.
@@ -23,13 +24,14 @@ from subnetviz.checkpoints import open_checkpoint
 from tests.ckpt_fixtures import read_state_dict, write_folder
 
 Q = "model.layers.0.self_attn.q_proj"
-FORMATS = {  # preset (or int4 with groups of 16: the tiny model is 16 wide) -> the weight's stored name and dtype
+FORMATS = {  # preset (or int4 with groups of 16: the tiny model is 16 wide) -> the weight's name and dtype as listed
     "W8A8": ("weight", torch.int8),
-    "W4A16-g16": ("weight_packed", torch.int32),
+    "W4A16-g16": ("weight", torch.int8),  # stored as int32 words (weight_packed), listed unpacked (ct_packed)
     "NVFP4A16": ("weight_packed", torch.uint8),
     "FP8": ("weight", torch.float8_e4m3fn),
     "MXFP8A16": ("weight", torch.float8_e4m3fn),  # E8M0 (uint8) scales per group of 32 (a 64-wide model)
 }
+STORED = {"W4A16-g16": "weight_packed"}  # where the stored tensor has another name than the listed one
 
 
 def _scheme(name: str):
@@ -111,7 +113,7 @@ def test_quantized_weights_are_weights_and_one_flipped_code_counts_once(ct, tmp_
     if name == "MXFP8A16":  # (before: refused, its (rows, cols / 32) scales not 128 × 128 blocks)
         assert ck.meta(f"{Q}.weight_scale").dtype == torch.uint8 and forms[f"{Q}.weight"].kind == "fp8"
     sd = read_state_dict(ct[name])
-    code = sd[f"{Q}.{last}"]
+    code = sd[f"{Q}.{STORED.get(name, last)}"]
     code.view(torch.uint8)[1, 0] ^= 0x40  # one stored code (one byte of a packed int)
     ft = write_folder(tmp_path / "ft", sd, ct[name])
     rep = analyze_updates(str(ct[name]), [str(ft)], labels=["ft"]).reports[0]
