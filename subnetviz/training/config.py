@@ -415,9 +415,9 @@ def _base_folder_problems(folder: Path) -> list[str]:
     """What the trainers' ``from_pretrained`` would read wrongly in the base folder: a PEFT adapter's files
     beside the model (applied on top of it when PEFT is installed) and, on a server that enforces its
     roots, files (tokenizer, templates) that link outside them."""
-    from subnetviz.checkpoints.models import ADAPTER_FILES
+    from subnetviz.checkpoints.models import ADAPTER_FILES, check_not_quantized
     from subnetviz.config import check_readable
-    from subnetviz.errors import PathNotAllowedError
+    from subnetviz.errors import CheckpointError, PathNotAllowedError
 
     problems = []
     adapter = [f for f in ADAPTER_FILES if (folder / f).exists()]
@@ -432,6 +432,10 @@ def _base_folder_problems(folder: Path) -> list[str]:
                 check_readable(entry)
         except PathNotAllowedError:
             problems.append(f"base {str(folder)!r}: {entry.name} leads outside the folders this server may read")
+    try:  # a base stored as a quantization library's codes: the trainers train float32 models
+        check_not_quantized(f"base {str(folder)!r}", folder)
+    except CheckpointError as exc:
+        problems.append(str(exc).rstrip("."))
     return problems
 
 

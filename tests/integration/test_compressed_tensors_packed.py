@@ -217,3 +217,14 @@ def test_a_quantized_checkpoint_is_not_run_as_a_model(ct):
     with pytest.raises(CheckpointError, match="a compressed-tensors-quantized checkpoint; models are run here"):
         load_causal_lm(ct["w4asym"])
     assert load_causal_lm(ct["bf16"]).config.hidden_size == 64
+
+
+def test_training_refuses_a_quantized_base_before_it_starts(ct, tmp_path):
+    from subnetviz.errors import ConfigError
+    from subnetviz.training.config import TrainConfig
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    cfg = TrainConfig(algorithm="sft", base=str(ct["w4asym"]), data=str(data), output_dir=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="a compressed-tensors-quantized checkpoint; models are run here"):
+        cfg.validate()
