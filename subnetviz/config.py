@@ -164,8 +164,8 @@ def display_path(path: str | os.PathLike) -> str:
     return root.name if rel == Path(".") else f"{root.name}/{rel.as_posix()}"
 
 
-# not inside URLs (://), tags (</b>) or a path shown already ("…/name", "zoo/base")
-_ABS_PATH = re.compile(r"(?<![\w.~:/<>…-])/(?:[^\s'\"`,;:()<>\[\]{}|]+)")
+# not inside URLs (://), tags (</b>) or a path shown already ("…/name", "zoo/base"), nor floor division ("j // 16")
+_ABS_PATH = re.compile(r"(?<![\w.~:/<>…-])/(?!/)(?:[^\s'\"`,;:()<>\[\]{}|]+)")
 
 
 def redact(text: str) -> str:

@@ -101,6 +101,9 @@ def test_visitors_see_paths_relative_to_a_root(two_places):
     assert config.redact(msg) == "inside/zoo/base/model.safetensors: truncated; compare …/secret.txt."
     # a message already redacted stays as it is (a page redacts the error it shows: "……/secret.txt" before)
     assert config.redact(config.redact(msg)) == config.redact(msg)
+    # floor division in a formula is no path (the FP8 and grouped-int notes read "j …/ 16")
+    rule = "w = (code − zero[i, j // 16]) × scale[i // bs, j // bs] × 1 / 127"
+    assert config.redact(rule) == rule
     with pytest.raises(PathNotAllowedError) as exc:
         config.check_allowed(outside)
     assert str(outside) not in str(exc.value) and str(inside) not in str(exc.value)
