@@ -10,9 +10,10 @@ from subnetviz.figures.series import SPLIT_NOT_RUN
 
 
 def module_figure(per, steps: tuple[int, ...], first: str):
-    """Sparsity per module kind at each checkpoint of a run (built once per analysis, shared)."""
-    frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(per.reports, steps, strict=True)])
-    return figures.module_series(frame, first=first)
+    """Sparsity per module kind at each checkpoint of a run (``steps``: the first checkpoint's, then one per
+    report; built once per analysis, shared)."""
+    frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(per.reports, steps[1:], strict=True)])
+    return figures.module_series(frame, first=first, start=steps[0])
 
 
 TABLE_NAMES = {  # the analysis's columns, named in the table as on the chart (the first checkpoint is the base)
@@ -79,16 +80,21 @@ def body() -> None:
     split = result.split if run else result.split.assign(part=result.split["part"].map(SPLIT_NOT_RUN))
     a, b = st.columns([2, 1])
     with a:
-        ui.chart(ui.shared(figures.series_lines, lines, first=first, ticks=ticks), key="series")
+        ui.chart(ui.shared(figures.series_lines, lines, first=first, ticks=ticks, start=steps[0]), key="series")
     with b:
         ui.chart(ui.shared(figures.split_bar, split), key="split")
         st.caption(RUN_SPLIT_CAPTION if run else NOT_RUN_SPLIT_CAPTION)
     if run:  # one run: its checkpoints against the base, per module kind
+        # bitwise on the stored dtype, as the caption and the series lines beside it say (not at the sidebar's
+        # comparison precision, which would round small updates away in this chart only)
         steps_ws = replace(
-            ws, base=paths[0], finetuned=tuple((f"step {s}", p) for s, p in zip(steps[1:], paths[1:], strict=True))
+            ws,
+            base=paths[0],
+            finetuned=tuple((f"step {s}", p) for s, p in zip(steps[1:], paths[1:], strict=True)),
+            precision=None,
         )
         per = ui.update_analysis(steps_ws)
-        ui.chart(ui.shared(module_figure, per, tuple(steps[1:]), first), key="modules")
+        ui.chart(ui.shared(module_figure, per, tuple(steps), first), key="modules")
     names = TABLE_NAMES if run else NOT_RUN_NAMES
     table = result.steps.rename(columns=names)[["step", *names.values()]]
     if not run:  # each row names its checkpoint (the step is its place in the sidebar)

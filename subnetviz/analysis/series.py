@@ -51,7 +51,8 @@ from subnetviz.errors import CheckpointError, ConfigError, NonFiniteError
 class SeriesResult:
     """``steps``: one row per checkpoint after the first (step, vs_first, vs_previous, back_to_start: the share
     of parameters updated at some step and equal to their start again at this one, changed_vs_first,
-    changed_vs_previous); ``split``: never updated / cancelled out / subnetwork."""
+    changed_vs_previous); ``split``: never updated / cancelled out / subnetwork. ``first_step``: the first
+    checkpoint's own step label, where the chart's start point goes (``series_lines(..., start=first_step)``)."""
 
     steps: pd.DataFrame
     split: pd.DataFrame
@@ -64,6 +65,7 @@ class SeriesResult:
     # (tensors not in every checkpoint, left out; resized vocabularies, their shared rows compared; tied heads)
     # and the checkpoints' own notes (a merged adapter, packed experts)
     reading: list[str] = field(default_factory=list)
+    first_step: int = 0
 
     def to_frame(self) -> pd.DataFrame:
         return self.steps
@@ -88,7 +90,7 @@ _FORM_NOTES = {
     "buffer": "buffer tensor(s), not parameters, are not counted",
     "scale": "quantization scale tensor(s) are not counted; their weights are compared with the scales applied",
     "fp8": "FP8 weight tensor(s) compared dequantised (code × scale, float32): a changed block scale changes its block",
-    "int8": "int8 weight tensor(s) compared dequantised (code × scale, float32)",
+    "int8": "integer-code weight tensor(s) compared dequantised ((code − zero point) × scale, float32)",
     "codes": "tensor(s) of packed integer codes (GPTQ, AWQ, int4, ...) compared as stored codes, not dequantised",
 }
 
@@ -116,7 +118,9 @@ def checkpoint_series(
     tensors: Collection[str] | None = None,
     read_ahead: bool | None = None,
 ) -> SeriesResult:
-    """Sparsity along ordered checkpoints; ``steps`` label them (default 0, 1, 2, ...).
+    """Sparsity along ordered checkpoints; ``steps`` label them (default 0, 1, 2, ...) and must increase strictly:
+    "vs previous" is each checkpoint against the one before it in ``checkpoints``, which a chart drawn by step
+    shows as the point before it.
 
     ``tensors``: only these aligned tensor keys (``AlignedTensor.key``), for a fan-out over workers
     whose integer counts add up to the whole (:func:`subnetviz.jobs.fanout.series_fanout`).
@@ -131,6 +135,12 @@ def checkpoint_series(
     steps = list(steps) if steps is not None else list(range(len(checkpoints)))
     if len(steps) != len(checkpoints):
         raise ConfigError(f"{len(steps)} step labels for {len(checkpoints)} checkpoints.")
+    bad = next((i for i in range(1, len(steps)) if not steps[i] > steps[i - 1]), None)
+    if bad is not None:
+        raise ConfigError(
+            "step labels must increase strictly along the checkpoints (one per checkpoint, in their order); "
+            f"got {steps[bad - 1]} then {steps[bad]} at checkpoints {bad} and {bad + 1} of {len(steps)}."
+        )
     first = checkpoints[0] if isinstance(checkpoints[0], Checkpoint) else open_checkpoint(checkpoints[0])
     # every later version as the update analysis opens a finetune: a PEFT adapter folder is merged onto the first
     cks = [first, *(open_finetune(c, first) for c in checkpoints[1:])]
@@ -196,7 +206,8 @@ def checkpoint_series(
         }
     )
     split["share"] = split["count"] / numel_or_1
-    return SeriesResult(rows, split, numel, {kind: keys for kind, keys in forms.items() if keys}, _reading(al))
+    forms = {kind: keys for kind, keys in forms.items() if keys}
+    return SeriesResult(rows, split, numel, forms, _reading(al), first_step=steps[0])
 
 
 def _reading(al) -> list[str]:

@@ -34,18 +34,20 @@ class AlignedTensor:
 class Alignment:
     checkpoints: list[Checkpoint]
     tensors: list[AlignedTensor]
-    only_in: dict[int, list[str]] = field(default_factory=dict)  # checkpoint index -> names only there
+    only_in: dict[int, list[str]] = field(default_factory=dict)  # checkpoint index -> its names not in every checkpoint
     notes: list[str] = field(default_factory=list)
+    # each tensor not in every checkpoint: (its name in the first checkpoint holding it, the checkpoints holding it)
+    held_by: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
 
     def report(self) -> list[str]:
         """Human-readable lines: everything not compared one-to-one, and why."""
         lines = list(self.notes)
-        for i, names in self.only_in.items():
-            if names:
-                lines.append(
-                    f"{len(names)} tensor(s) only in {self.checkpoints[i].spec}: {', '.join(names[:8])}"
-                    + (" ..." if len(names) > 8 else "")
-                )
+        if len(self.checkpoints) > 2 and self.held_by:
+            lines += self._not_in_every()
+        else:  # two checkpoints: a tensor not in both is only in one of them
+            for i, names in self.only_in.items():
+                if names:
+                    lines.append(f"{len(names)} tensor(s) only in {self.checkpoints[i].spec}: {_listed(names)}")
         for t in self.tensors:
             if t.rows is not None:
                 lines.append(
@@ -54,8 +56,34 @@ class Alignment:
                 )
         return lines
 
+    def _not_in_every(self) -> list[str]:
+        """Of three or more checkpoints, one line per set of checkpoints that hold the same tensors not in every
+        checkpoint, named by the shorter side: "only in" the holders, or "not in" the others (the last save
+        lacking one tensor is one line naming that save, not one "only in" line per other checkpoint)."""
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for name, held in self.held_by:
+            groups.setdefault(held, []).append(name)
+        n = len(self.checkpoints)
+        lines = []
+        for held, names in sorted(groups.items()):
+            lacking = [i for i in range(n) if i not in held]
+            if len(held) <= len(lacking):
+                where = f"only in {self._specs(held)} (not in the other {len(lacking)})"
+            else:
+                where = f"not in {self._specs(lacking)} (in the other {len(held)})"
+            lines.append(f"{len(names)} tensor(s) {where}: {_listed(sorted(names))}")
+        return lines
+
+    def _specs(self, indices: Sequence[int]) -> str:
+        specs = [self.checkpoints[i].spec for i in indices]
+        return ", ".join(specs[:4]) + (f" and {len(specs) - 4} more" if len(specs) > 4 else "")
+
     def __iter__(self) -> Iterator[AlignedTensor]:
         return iter(self.tensors)
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
 
 
 def _is_vocab_tensor(table: NameTable, name: str) -> bool:
@@ -69,7 +97,7 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     (:func:`~subnetviz.checkpoints.experts_layout.match_layouts`, said in that checkpoint's notes).
     Tied ``lm_head`` weights are counted once (with the embedding), and a head one checkpoint stores untied is
     compared with the input embedding of those that tie it (:func:`_untied_heads`); resized vocabularies compare
-    the shared rows; tensors missing on any side are listed in ``only_in``. A shape that differs in
+    the shared rows; tensors missing on any side are listed in ``only_in`` (and ``held_by``). A shape that differs in
     anything but the vocabulary rows raises :class:`AlignmentError` naming the tensor.
     """
     if len(checkpoints) < 2:
@@ -96,6 +124,10 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     common = [k for k in keyed[0] if all(k in km for km in keyed[1:])]
     shared = set(common)  # in every checkpoint: the rest of each is listed (linear in the checkpoints)
     only_in = {i: sorted(km[k] for k in km if k not in shared) for i, km in enumerate(keyed)}
+    held_by = []
+    for key in dict.fromkeys(k for km in keyed for k in km if k not in shared):
+        held = tuple(i for i, km in enumerate(keyed) if key in km)
+        held_by.append((keyed[held[0]][key], held))
     table = checkpoints[0].names_table
     tensors: list[AlignedTensor] = []
     for key in common:
@@ -121,7 +153,7 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
             + " and ".join(ck.spec for ck in checkpoints)
             + f" (e.g. {checkpoints[0].names[:2]} vs {checkpoints[1].names[:2]})."
         )
-    return Alignment(list(checkpoints), tensors, only_in, notes)
+    return Alignment(list(checkpoints), tensors, only_in, notes, held_by)
 
 
 def _untied_heads(checkpoints: Sequence[Checkpoint], keyed: list[dict[str, str]], notes: list[str]) -> None:

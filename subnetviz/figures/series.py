@@ -44,12 +44,15 @@ def series_lines(
     title: str | None = None,
     first: str = "first checkpoint",
     ticks: Sequence[str] | None = None,
+    start: int = 0,
 ) -> go.Figure:
     """Columns step, vs_first, vs_previous (sparsity fractions); optional back_to_start (share).
 
-    ``first`` names what step 0 is (``"base"`` when the series starts at the base model); the
-    figure adds that step-0 point (100 % sparse against itself) when the frame starts later.
-    ``ticks`` (one label per step, step 0 first) puts checkpoint names on the axis instead of
+    ``first`` names what the first checkpoint is (``"base"`` when the series starts at the base model) and
+    ``start`` its step (:attr:`~subnetviz.analysis.series.SeriesResult.first_step`); the figure adds that start
+    point (100 % sparse against itself) when the frame has no row for it. The steps must be distinct and not
+    before ``start``: each row's "vs previous" is against the row drawn before it.
+    ``ticks`` (one label per step, the start first) puts checkpoint names on the axis instead of
     training steps, for checkpoints that are not one run (title and hover then say checkpoint, not training,
     and back_to_start is named for what it is there: changed in an earlier checkpoint, equal to the start in
     this one; nothing cancelled out between independent finetunes).
@@ -62,9 +65,15 @@ def series_lines(
         df, ["step", "vs_first", "vs_previous"], "series_lines", shares=["vs_first", "vs_previous", "back_to_start"]
     )
     d = df.sort_values("step")
-    if 0 not in set(d["step"].tolist()):
-        start = {"step": 0, "vs_first": 1.0, "vs_previous": np.nan, "back_to_start": 0.0}
-        d = pd.concat([pd.DataFrame([{c: v for c, v in start.items() if c in d.columns}]), d], ignore_index=True)
+    steps = d["step"].tolist()
+    if len(set(steps)) < len(steps) or (steps and steps[0] < start):
+        raise FigureDataError(
+            f"series_lines: the steps must be distinct and not before the first checkpoint's step {start}; "
+            f"got {steps[:8]}{' ...' if len(steps) > 8 else ''}."
+        )
+    if start not in set(steps):
+        point = {"step": start, "vs_first": 1.0, "vs_previous": np.nan, "back_to_start": 0.0}
+        d = pd.concat([pd.DataFrame([{c: v for c, v in point.items() if c in d.columns}]), d], ignore_index=True)
     fig = go.Figure()
     names = list(ticks)[: len(d)] if ticks is not None else None
     where = "%{text}" if names is not None else "step %{x}"
@@ -154,11 +163,11 @@ def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") ->
 
 @takes_data()
 def module_series(
-    df: pd.DataFrame, title: str = "Sparsity per module kind over training", first: str = "base"
+    df: pd.DataFrame, title: str = "Sparsity per module kind over training", first: str = "base", start: int = 0
 ) -> go.Figure:
     """Columns step, module, changed, numel: one line per module kind (weighted sparsity vs ``first``, in %),
-    from the step-0 point (100 %: ``first`` against itself) as the series chart. Past the palette's eight
-    colours the lines are dashed, then dotted, so no two module kinds look alike."""
+    from the start point at step ``start`` (100 %: ``first`` against itself) as the series chart. Past the
+    palette's eight colours the lines are dashed, then dotted, so no two module kinds look alike."""
     if df.empty:
         return no_data_figure(title)
     _require(df, ["step", "module", "changed", "numel"], "module_series")
@@ -172,8 +181,8 @@ def module_series(
     for i, m in enumerate(mods):
         sub = g[g["module"] == m].sort_values("step")
         x, y = sub["step"].to_numpy(), sub["sparsity"].to_numpy()
-        if x.size and x[0] > 0:
-            x, y = np.r_[0, x], np.r_[100.0, y]
+        if x.size and x[0] > start:
+            x, y = np.r_[start, x], np.r_[100.0, y]
         fig.add_trace(
             go.Scatter(
                 x=x,

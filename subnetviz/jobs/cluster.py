@@ -165,7 +165,8 @@ def checkpoint_series(
 
     address = resolve_address(address)
     n = len(checkpoints)
-    if not address or tensors is not None or n < 2 or (steps is not None and len(steps) != n):
+    bad_steps = steps is not None and (len(steps) != n or any(steps[i] <= steps[i - 1] for i in range(1, n)))
+    if not address or tensors is not None or n < 2 or bad_steps:
         return series.checkpoint_series(checkpoints, steps, progress=progress, tensors=tensors)  # or its error
     request = {"paths": [str(p) for p in checkpoints], "steps": list(steps) if steps is not None else list(range(n))}
     return drive("series", request, address, progress, None)

@@ -170,7 +170,7 @@ def merge_series(parts: Sequence, steps: Sequence[int]):
         for kind, keys in getattr(p, "forms", {}).items():
             forms.setdefault(kind, []).extend(keys)
     # how the checkpoints were paired and read (only-in tensors, resized vocabularies, adapters): every part's same
-    return SeriesResult(rows, split, numel, forms, list(getattr(parts[0], "reading", [])))
+    return SeriesResult(rows, split, numel, forms, list(getattr(parts[0], "reading", [])), first_step=list(steps)[0])
 
 
 def _series_part(paths: list[str], steps: list[int], keys: list[str]):

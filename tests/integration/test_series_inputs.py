@@ -7,6 +7,7 @@ References: hand counts, and an all-versions-at-once NumPy brute force on the in
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,3 +295,57 @@ def test_the_series_page_on_the_workspace_checkpoints(app_env):
     assert any("back to the start" in t["name"] for t in lines["data"])
     bar = next(s for s in plotly_specs(run) if s["layout"]["title"]["text"] == "Where the parameters ended up")
     assert [t["name"].replace("<br>", " ") for t in bar["data"]] == list(SPLIT_NOT_RUN)
+
+
+def _plant_tiny_gate_update(folder, value: float) -> None:
+    """Entry 0 of ``folder``'s first gate projection set to ``value`` (bf16): a change fp16 cannot see."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    file = str(folder / "model.safetensors")
+    with safe_open(file, "pt") as f:
+        meta = f.metadata()
+    sd = load_file(file)
+    gate = sorted(n for n in sd if n.endswith("mlp.gate_proj.weight"))[0]
+    sd[gate].view(-1)[0] = value
+    save_file(sd, file, metadata=meta)
+
+
+def test_the_series_pages_module_chart_is_bitwise_on_the_stored_dtype_whatever_the_sidebar_precision(
+    app_env, micro_zoo, tmp_path, monkeypatch
+):
+    """The page's per-module chart sits beside series lines and under a caption that are bitwise on the stored
+    dtype; with the sidebar's "Comparison precision" at fp16 it followed that precision (both sides cast to fp16)
+    and no longer added up to the series line. Planted: a copy of the micro zoo whose base holds 1e-9 in one gate
+    entry and every series checkpoint 2e-9 (bf16, both 0 in fp16): an update at the stored dtype, none in fp16.
+    Reference: each checkpoint's gate projections against the base's on their stored bits (integer views)."""
+    from safetensors.torch import load_file
+
+    from tests.app_fixtures import app_roots, decode, open_page, plotly_specs
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copytree(Path(micro_zoo.root).resolve(), home / "zoo")
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(home))
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", app_roots(home))
+    zoo = home / "zoo"
+    points = [(s, zoo / Path(p).resolve().relative_to(Path(micro_zoo.root).resolve())) for s, p in micro_zoo.series]
+    _plant_tiny_gate_update(zoo / "base", 1e-9)
+    for _, folder in points:
+        _plant_tiny_gate_update(folder, 2e-9)
+
+    def gate_bits(path) -> np.ndarray:
+        sd = load_file(str(path / "model.safetensors"))
+        gates = sorted(n for n in sd if n.endswith("mlp.gate_proj.weight"))
+        assert gates
+        return np.concatenate([_bits(sd[n]) for n in gates])
+
+    base = gate_bits(zoo / "base")
+    want = [100 * (1 - np.count_nonzero(gate_bits(p) != base) / base.size) for _, p in points]
+    for precision in ("stored", "fp16"):
+        at = open_page("series", series_src="demo zoo: GRPO seed 0", precision=precision)
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        spec = next(s for s in plotly_specs(at) if "per module kind" in s["layout"]["title"]["text"])
+        (gate,) = [t for t in spec["data"] if t["name"] == "gate"]
+        assert decode(gate["x"]).tolist() == [0] + [s for s, _ in points]
+        np.testing.assert_allclose(decode(gate["y"]), [100.0, *want], rtol=0, atol=1e-9, err_msg=precision)
