@@ -24,7 +24,10 @@ does not take:
   columns and, asymmetric, ``weight_zero_point`` laid out as the scales: w = (code − zero) × scale[i, j // g].
   Codes compared exactly, then the effective weights (float32, exact: compressed-tensors' own dequantisation
   is them rounded to the scale's dtype).
-- **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit packed bytes, compressed-tensors'
+- **bitsandbytes 4-bit codes** (NF4 / FP4), which the checkpoint lists in the weight's shape with their block
+  scales as float32 (:mod:`~subnetviz.checkpoints.bnb4`): the int8 form with a ``table`` (w = TYPE[code] ×
+  absmax[i, j // blocksize], as bitsandbytes dequantises them).
+- **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit bytes it cannot lay out, compressed-tensors'
   NVFP4 / MXFP4 bytes and its 3/5/6/7-bit words, NVIDIA ModelOpt's NVFP4 / INT4 ``weight`` bytes; ModelOpt's
   FP8 is the FP8 form above): compared exactly as codes (:func:`compare_codes`), counted with the weights;
   no effective comparison (a notice says so). Their scales, zero points, global scales and ``weight_shape``
@@ -46,6 +49,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from subnetviz.analysis.bits import ulp_bins
@@ -112,11 +116,12 @@ class TensorForm:
     # int8: quantised in the float weight's own dtype (compressed-tensors: w / scale, then + zero point, each rounded
     # to it; bitsandbytes in float32)
     native: bool = False
+    table: str | None = None  # int8: codes index a data type's values (bitsandbytes' nf4 / fp4: bnb4.TABLES)
 
     @property
     def layout(self) -> tuple:
         """What must agree for two stored codes to be compared code by code."""
-        return (self.kind, self.divisor, self.group, self.zero is not None, self.codes)
+        return (self.kind, self.divisor, self.group, self.zero is not None, self.codes, self.table)
 
     def block(self, config: dict) -> tuple[int, int]:
         """The scale block of this form in a checkpoint of ``config``: FP8's from the config; a compressed-tensors
@@ -214,6 +219,9 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
             forms[name] = TensorForm("codes", None, "ModelOpt packed codes")  # NVFP4 / INT4 bytes
         elif not m.dtype.is_floating_point and method in _CODE_ONLY and last in ("qweight", "qzeros"):
             forms[name] = TensorForm("codes", None, f"{_CODE_ONLY[method]} packed codes")
+        elif m.stored and m.stored.startswith("bitsandbytes ") and f"{name}.absmax" in metas:
+            forms[name] = _bnb4_form(name, m, metas[f"{name}.absmax"])
+            forms[f"{name}.absmax"] = TensorForm("scale", None, "scale")
         elif m.dtype == torch.uint8 and method == "bitsandbytes" and last == "weight":
             forms[name] = TensorForm("codes", None, "bnb 4-bit packed codes")
         elif name not in forms:
@@ -252,6 +260,14 @@ def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:
             )
     packed = "packed " if name.endswith("_packed") else ""
     return TensorForm("codes", None, f"compressed-tensors {packed}codes")
+
+
+def _bnb4_form(name: str, m, absmax) -> TensorForm:
+    """A bitsandbytes 4-bit weight read as its codes (:mod:`~subnetviz.checkpoints.bnb4`): w = TYPE[code] ×
+    absmax[i, j // blocksize], the absmax read as float32 of shape (rows, columns / blocksize)."""
+    qt = m.stored.split()[-1]
+    group = m.shape[1] // absmax.shape[1]
+    return TensorForm("int8", f"{name}.absmax", f"bnb {qt} codes", group=group, codes=(0, 15), table=qt)
 
 
 def _ct_strategy(shape: tuple[int, ...], scale: tuple[int, ...]) -> int | None:
@@ -316,6 +332,7 @@ def compare_quantized(
     block: tuple[int, int] = (DEFAULT_BLOCK, DEFAULT_BLOCK),
     divisor: float = 1.0,
     zeros: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+    table: np.ndarray | None = None,
 ) -> QuantStats:
     """Codes ``a``/``b`` (FP8 or int8, shape (m, n) or 1-D) with scales ``sa``/``sb`` (and zero points ``zeros``,
     laid out as the scales): codes compared exactly, then both sides dequantised band by band (whole row blocks,
@@ -330,7 +347,7 @@ def compare_quantized(
     how_b = check_scale(name, tuple(b.shape), scale_names[1], tuple(sb.shape), block)
     a, b = a.contiguous(), b.contiguous()
     za, zb = zeros
-    plain = how_a == how_b == "block" and za is None and zb is None
+    plain = how_a == how_b == "block" and za is None and zb is None and table is None
     fast = compare_blocks(a, sa, b, sb, options, name=name, block=block) if plain else None
     if fast is not None:
         eff, changed, above = fast
@@ -338,16 +355,16 @@ def compare_quantized(
         return QuantStats(stats, changed)
     changed, above = _code_counts(a, b)
     if a.dim() != 2:
-        ea = dequantize(a, sa, "tensor", block, 0, divisor, za)
-        eb = dequantize(b, sb, "tensor", block, 0, divisor, zb)
+        ea = dequantize(a, sa, "tensor", block, 0, divisor, za, table)
+        eb = dequantize(b, sb, "tensor", block, 0, divisor, zb, table)
         eff = compare_pair(ea, eb, options, name=name)
     else:
         rows, cols = a.shape
         step = max(block[0], (_BAND_ELEMENTS // max(cols, 1)) // block[0] * block[0])
         parts = []
         for r0 in range(0, rows, step):
-            ea = dequantize(a[r0 : r0 + step], sa, how_a, block, r0, divisor, za)
-            eb = dequantize(b[r0 : r0 + step], sb, how_b, block, r0, divisor, zb)
+            ea = dequantize(a[r0 : r0 + step], sa, how_a, block, r0, divisor, za, table)
+            eb = dequantize(b[r0 : r0 + step], sb, how_b, block, r0, divisor, zb, table)
             parts.append(compare_pair(ea, eb, options, name=name))
             del ea, eb
         eff = parts[0] if len(parts) == 1 else merge_bands(parts, options, tuple(a.shape))
@@ -369,13 +386,22 @@ def effective(
 ) -> torch.Tensor:
     """The whole float32 effective weight (for spectra, one matrix at a time); ``block`` is an FP8 form's (an int8
     form's is its own: :meth:`TensorForm.block`), ``zero`` the form's zero points where it has them."""
-    divisor = form.divisor
+    divisor, table = form.divisor, form_table(form)
     if form.kind != "fp8":
         block = form.block({})
     how = check_scale(name, tuple(code.shape), scale_name, tuple(scale.shape), block)
     if code.dim() != 2:
-        return dequantize(code, scale, "tensor", block, 0, divisor, zero)
-    return dequantize(code, scale, how, block, 0, divisor, zero)
+        return dequantize(code, scale, "tensor", block, 0, divisor, zero, table)
+    return dequantize(code, scale, how, block, 0, divisor, zero, table)
+
+
+def form_table(form: TensorForm) -> np.ndarray | None:
+    """The values a form's codes index (bitsandbytes' NF4 / FP4), else None."""
+    if form.table is None:
+        return None
+    from subnetviz.checkpoints.bnb4 import TABLES
+
+    return TABLES[form.table]
 
 
 def row_block(ck, form: TensorForm) -> int:
@@ -401,7 +427,7 @@ def weight_rows(ck, name: str, form: TensorForm, x: torch.Tensor, r0: int = 0, r
     if x.dim() != 2:
         return effective(part, scale, form, block, name=name, scale_name=form.scale, zero=zero)
     how = check_scale(name, tuple(x.shape), form.scale, tuple(scale.shape), block)
-    return dequantize(part, scale, how, block, r0, form.divisor, zero)
+    return dequantize(part, scale, how, block, r0, form.divisor, zero, form_table(form))
 
 
 # --- the per-tensor dispatch used by analyze_updates ---------------------------------------------
@@ -562,6 +588,7 @@ def compare_aligned(
             block=fa.block(ck_base.config),
             divisor=fa.divisor,
             zeros=(za, zb),
+            table=form_table(fa),
         )
         log.add(i, _log_kind(fa, sa), name, q.stats.changed, q.changed_codes)
 
@@ -604,10 +631,12 @@ def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name
     scale = scale_values(ck, form.scale, dev)
     block = form.block(ck.config)
     step = effective(  # each entry's multiplier (scale / divisor): the dequantised weight of a code of 1
-        torch.ones_like(code), scale, form, block, name=name, scale_name=form.scale
+        torch.ones_like(code), scale, replace(form, table=None), block, name=name, scale_name=form.scale
     )
     zero = zero_values(ck, form, dev)
     with torch.no_grad():
+        if form.table is not None:  # bitsandbytes: A × (1 / absmax), clamped to ±1, to the nearest of the type's values
+            return _rounding_only_table(w.to(torch.float32) * (1.0 / step), code, form, ea, eb, options)
         x = w / step.to(dt)
         if zero is not None:  # each entry's zero point, laid out as its scale: the weight of a code of 0 is 0 - zero
             x += -effective(torch.zeros_like(code), torch.ones_like(scale), form, block, name=name, zero=zero).to(dt)
@@ -623,6 +652,21 @@ def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name
             ea, eb = ea.to(PRECISIONS[options.precision]), eb.to(PRECISIONS[options.precision])
         moved = ea.to(torch.float32) != eb.to(torch.float32)
         return int((same_code & moved).sum())
+
+
+def _rounding_only_table(x: torch.Tensor, code: torch.Tensor, form: TensorForm, ea, eb, options) -> int:
+    """:func:`_rounding_only` for codes that index a data type's values (bitsandbytes' 4-bit quantize_4bit):
+    ``x`` the float side over its block's absmax; the nearest value by the midpoints of the sorted values."""
+    t = torch.from_numpy(form_table(form))
+    order = torch.argsort(t, stable=True)
+    ts = t[order]
+    again = ts[torch.bucketize(x.clamp(-1, 1), (ts[:-1] + ts[1:]) / 2)]
+    same_code = again == t[code.long()]
+    if options is not None and options.precision is not None:
+        from subnetviz.analysis.sparsity import PRECISIONS
+
+        ea, eb = ea.to(PRECISIONS[options.precision]), eb.to(PRECISIONS[options.precision])
+    return int((same_code & (ea.to(torch.float32) != eb.to(torch.float32))).sum())
 
 
 def _f64(x: torch.Tensor, e: int | None) -> torch.Tensor:
@@ -660,6 +704,9 @@ def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
         return "q:FP8|code × scale[i // bs, j // bs]"
     if form.divisor != 1.0:
         return "q:bitsandbytes int8|code × SCB[i] / 127"
+    if form.table is not None:  # (absmax: one scale per block of a row's columns)
+        t = form.table.upper()
+        return f"q:bitsandbytes {t}|{t}[code] × absmax[i, j // {form.group}]"
     idx = "" if math.prod(scale.shape) == 1 else f"[i, j // {form.group}]" if form.group else "[i]"
     code = f"(code − weight_zero_point{idx})" if form.zero else "code"
     return f"q:{form.label.removesuffix(' codes')}|{code} × weight_scale{idx}"

@@ -91,9 +91,13 @@ def fp8_table(dtype: torch.dtype) -> np.ndarray:
     return lut
 
 
-def _codes_to_float(code: torch.Tensor) -> torch.Tensor:
+def _codes_to_float(code: torch.Tensor, table: np.ndarray | None = None) -> torch.Tensor:
     """float32 values of FP8 codes. On CPU through a 256-entry table (np.take: ~0.8 ns per entry on
-    one thread, torch's elementwise FP8 conversion ~3); int8 codes convert directly."""
+    one thread, torch's elementwise FP8 conversion ~3); int8 codes convert directly; codes that index a data
+    type's values (``table``: bitsandbytes' NF4 / FP4) are looked up."""
+    if table is not None:
+        lut = torch.from_numpy(table).to(code.device)
+        return lut[code.long()]
     if code.dtype not in FP8 or code.device.type != "cpu":
         return code.to(torch.float32)
     # np.take with intp indices: ~1 ns per entry on one thread; with the uint8 codes as indices ~4
@@ -165,6 +169,7 @@ def dequantize(
     r0: int = 0,
     divisor: float = 1.0,
     zero: torch.Tensor | None = None,
+    table: np.ndarray | None = None,
 ) -> torch.Tensor:
     """float32 effective weights of the code rows ``code`` (which start at row ``r0`` of the tensor).
 
@@ -173,9 +178,9 @@ def dequantize(
     is one (bnb int8, 127), in float32 and in that order, as bitsandbytes' ``int8_vectorwise_dequant`` computes it
     (dividing the scale first differed in the last bit of a quarter of the weights). ``zero`` (zero points, laid
     out as the scales): code − zero is a small integer, exact; compressed-tensors forms the same difference before
-    its product with the scale.
+    its product with the scale. ``table``: the values the codes index (bitsandbytes' NF4 / FP4), looked up first.
     """
-    w = _codes_to_float(code)
+    w = _codes_to_float(code, table)
     if zero is not None:
         w = _scaled(w, zero.to(torch.float32), how, block, r0, "sub_")
     w = _scaled(w, scale.to(torch.float32), how, block, r0)

@@ -70,6 +70,7 @@ _CONV1D = re.compile(r"(?:^|\.)(?:(?:attn|crossattention)\.(?:c_attn|q_attn|c_pr
 _MODULES_TO_SAVE = re.compile(r"\.modules_to_save(?:\.default)?\.")
 # dtypes PEFT rounds an embedding's or a wrapped parameter's Δ to before adding it (its merge casts Δ to W's dtype)
 _HALF = (torch.float16, torch.bfloat16)
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # weights, not codes
 
 
 def is_adapter(spec) -> bool:
@@ -137,6 +138,7 @@ class MergedAdapter(Checkpoint):
         header, self._adapter_raw = read_safetensors_header(weights)
         self._expert_scales: dict[str, float] = {}
         self.pairs, self.replaced = self._plan(header)
+        self._refuse_codes(folder)
         for target, key in self.replaced.items():  # a replaced tensor's shape is the adapter's (a resized
             # vocabulary); every tensor is given in the base's stored dtype, as a merge of it would save it
             shape = tuple(header[key]["shape"])
@@ -172,6 +174,23 @@ class MergedAdapter(Checkpoint):
             *_other_base_note(ac.get("base_model_name_or_path"), base),
             *unknown,
         ]
+
+    def _refuse_codes(self, folder: Path) -> None:
+        """A LoRA merges W + s·B·A onto float weights: a target the base stores as quantized codes (FP8, int8,
+        compressed-tensors' or bitsandbytes' 4-bit codes, listed in the weight's shape) would have had Δ added to
+        its codes, so it is refused by name (QLoRA's adapter was trained against the dequantised weights; PEFT
+        merges it by dequantising and quantising again)."""
+        coded = [
+            t for t in (*self.pairs, *self.biases) if t in self.base.names and self.base.meta(t).dtype not in _FLOATS
+        ]
+        if coded:
+            m = self.base.meta(coded[0])
+            form = m.stored or str(m.dtype).replace("torch.", "")
+            raise CheckpointError(
+                f"{folder}: the adapter targets {coded[0]}{f' (and {len(coded) - 1} more)' if len(coded) > 1 else ''}, "
+                f"which the base {self.base.spec} stores as quantized codes ({form}); an adapter is merged here onto "
+                "float weights: give the unquantized base the quantized one was made from."
+            )
 
     def _plan(self, header: dict) -> tuple[dict[str, tuple[str, str, bool]], dict[str, str]]:
         base_names = set(self.base.names)

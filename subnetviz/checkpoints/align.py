@@ -205,9 +205,8 @@ def _bnb4(ck: Checkpoint, name: str) -> tuple[str, str] | None:
 
 def _refuse_bnb4(checkpoints: Sequence[Checkpoint], names: tuple[str, ...], shapes: list) -> None:
     """A tensor whose shapes differ because one side stores it bitsandbytes 4-bit packed, the other as floats:
-    said as that, in one line. Nothing here dequantises 4-bit codes (the analysis compares them as codes, with a
-    base stored the same way), and a dequantised 4-bit weight has every entry moved by its rounding, so the two
-    cannot be compared entry by entry."""
+    said as that, in one line. Such codes are still packed because the checkpoint reader could not read them in
+    the weight's shape (:mod:`~subnetviz.checkpoints.bnb4`: no quant_state, or blocks that straddle rows)."""
     packed = [(i, q) for i, ck in enumerate(checkpoints) if (q := _bnb4(ck, names[i])) is not None]
     floats = [i for i, ck in enumerate(checkpoints) if ck.meta(names[i]).dtype.is_floating_point]
     if not packed or not floats:
@@ -217,8 +216,9 @@ def _refuse_bnb4(checkpoints: Sequence[Checkpoint], names: tuple[str, ...], shap
     raise AlignmentError(
         f"tensor {names[i]!r}: {a.spec} stores it bitsandbytes 4-bit packed ({kind}, {told}: {tuple(shapes[i])} "
         f"bytes, two codes per byte), {b.spec} as {str(b.meta(names[j]).dtype)[6:]} {tuple(shapes[j])}; 4-bit "
-        "codes cannot be compared entry by entry with float weights (dequantised, every entry is moved by its "
-        "4-bit rounding). Compare checkpoints stored alike: the finetune saved unquantised, or a base quantised "
+        "codes are read in the weight's shape only where their quant_state gives the shape and each row holds whole "
+        "blocks of the scales (checkpoints.bnb4), and these are not, so they cannot be compared entry by entry "
+        "with float weights. Compare checkpoints stored alike: the finetune saved unquantised, or a base quantised "
         "the same way."
     )
 

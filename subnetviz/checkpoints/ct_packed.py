@@ -19,7 +19,7 @@ where earlier versions left bits unused, and a small weight's packed width fits 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,12 +40,33 @@ _MAX_SHAPE_ENTRIES = 8  # a weight_shape tensor is read when the checkpoint open
 
 @dataclass(frozen=True)
 class Unpacked:
-    """One packed tensor read as codes: the stored int32 words, the codes' shape, their width and the dim packed."""
+    """One packed tensor read as codes: the stored int32 words, the codes' shape, their width and the dim packed.
+    (A computed tensor of :class:`~subnetviz.checkpoints.sources.Checkpoint`: ``source`` the stored tensor whose
+    place it takes, ``drops`` the stored tensors it consumes, :meth:`read` its values.)"""
 
     packed: str
     shape: tuple[int, ...]
     bits: int
     dim: int  # 1: a weight's rows, packed along their columns; 0: zero points, packed along the rows
+    drops: tuple[str, ...] = ()  # (a weight's weight_shape)
+
+    @property
+    def source(self) -> str:
+        return self.packed
+
+    @property
+    def stored(self) -> str:
+        return STORED.format(bits=self.bits)
+
+    @property
+    def dtype(self):
+        import torch
+
+        return torch.int8
+
+    def read(self, get: Callable[[str], torch.Tensor], name: str) -> torch.Tensor:
+        """The codes, from ``get`` (a stored tensor by name)."""
+        return unpack(get(self.packed), self, name=name)
 
 
 def packed_format(config: dict) -> set[int]:
@@ -100,7 +121,7 @@ def plan(metas: dict[str, TensorMeta], config: dict, read: Callable[[TensorMeta]
         b = bits[0]
         if f"{stem}.weight" in metas:
             raise CheckpointError(f"{stem!r} stores both 'weight' and 'weight_packed'.")
-        out[f"{stem}.weight"] = Unpacked(name, (rows, shape[1]), b, 1)
+        out[f"{stem}.weight"] = Unpacked(name, (rows, shape[1]), b, 1, (f"{stem}.weight_shape",))
         zp = metas.get(f"{stem}.weight_zero_point")
         scale = metas.get(f"{stem}.weight_scale")
         if zp is not None and zp.dtype == torch.int32 and scale is not None and len(scale.shape) == 2:
@@ -126,25 +147,6 @@ def _weight_shape(metas: dict, stem: str, read) -> tuple[int, ...] | None:
     if any(v < 1 or v > 1 << 40 for v in values):
         raise CheckpointError(f"{stem}.weight_shape holds {values}; a weight's shape is positive and bounded.")
     return tuple(values)
-
-
-def metas_with(metas: dict[str, TensorMeta], plan_: dict[str, Unpacked]) -> dict[str, TensorMeta]:
-    """``metas`` with each planned tensor as its codes (int8, its shape, in the packed tensor's place) and each
-    planned weight's ``weight_shape`` left out (it is the codes' shape now)."""
-    if not plan_:
-        return metas
-    import torch
-
-    by_packed = {p.packed: (name, p) for name, p in plan_.items()}
-    drop = {f"{name[: -len('.weight')]}.weight_shape" for name, p in plan_.items() if p.dim == 1}
-    out: dict[str, TensorMeta] = {}
-    for name, m in metas.items():
-        if name in by_packed:
-            logical, p = by_packed[name]
-            out[logical] = replace(m, name=logical, dtype=torch.int8, shape=p.shape, stored=STORED.format(bits=p.bits))
-        elif name not in drop:
-            out[name] = m
-    return out
 
 
 def unpack(words: torch.Tensor, p: Unpacked, *, name: str = "tensor") -> torch.Tensor:

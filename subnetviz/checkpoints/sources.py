@@ -26,6 +26,7 @@ import numpy as np
 from safetensors import safe_open  # (no torch: safetensors imports it only for its torch helpers)
 
 from subnetviz.cache import stat_identity
+from subnetviz.checkpoints import bnb4 as _bnb4
 from subnetviz.checkpoints import ct_packed as _ct_packed
 from subnetviz.checkpoints import header as _header
 from subnetviz.checkpoints import mxfp4 as _mxfp4
@@ -88,12 +89,14 @@ class Checkpoint:
         self._stored = self._meta  # every tensor as the files store it
         self._views: dict[str, tuple[TensorMeta, tuple]] = {}  # a name read as part of a stored tensor (unpack)
         self._meta = _mxfp4.metas_with(self._meta, self._packed)
-        # compressed-tensors' packed int4 / int8 weights are listed as their int8 codes, unpacked when read
+        # compressed-tensors' packed int4 / int8 weights and bitsandbytes' 4-bit ones are listed as their codes in
+        # the weight's shape (and bitsandbytes' block scales as float32), computed when read
         try:
-            self._codes = _ct_packed.plan(self._meta, self.config, lambda m: self._read(m, "cpu"))
+            read = lambda m: self._read(m, "cpu")  # noqa: E731
+            self._codes = {**_ct_packed.plan(self._meta, self.config, read), **_bnb4.plan(self._meta, read)}
         except CheckpointError as exc:
             raise CheckpointError(f"{spec}: {exc}") from None
-        self._meta = _ct_packed.metas_with(self._meta, self._codes)
+        self._meta = _computed_metas(self._meta, self._codes)
         self._unmapped = set(self._packed) | set(self._codes)  # names read through a computation, not mapped
         self.notes: list[str] = list(notes or [])
         if twice:
@@ -104,10 +107,12 @@ class Checkpoint:
                 f"{' ...' if len(twice) > 2 else ''}; each is read from the last of its files in name order, "
                 "the copy transformers loads."
             )
-        if self._codes:
-            weights = [n for n, p in self._codes.items() if p.dim == 1]
+        self.notes += _bnb4.notes(self._codes)
+        ct = {n: p for n, p in self._codes.items() if isinstance(p, _ct_packed.Unpacked)}
+        if ct:
+            weights = [n for n, p in ct.items() if p.dim == 1]
             ex = ", ".join(weights[:2]) + (" ..." if len(weights) > 2 else "")
-            widths = "/".join(str(b) for b in sorted({p.bits for p in self._codes.values()}))
+            widths = "/".join(str(b) for b in sorted({p.bits for p in ct.values()}))
             self.notes.append(
                 f"compressed-tensors: {len(weights)} weight(s) ({ex}) are stored as {widths}-bit codes packed into "
                 "int32 words; read as the codes they hold (unpacked as compressed-tensors unpacks them) under the "
@@ -229,8 +234,7 @@ class Checkpoint:
             blocks, scales = self._read(self._stored[p.blocks], "cpu"), self._read(self._stored[p.scales], "cpu")
             return _mxfp4.dequantize(blocks, scales, name=m.name)
         if m.name in self._codes:
-            p = self._codes[m.name]
-            return _ct_packed.unpack(self._read(self._stored[p.packed], "cpu"), p, name=m.name)
+            return self._codes[m.name].read(lambda n: self._read(self._stored[n], "cpu"), m.name)
         return self._read(m, "cpu")
 
     def stored_as_read(self, name: str) -> bool:
@@ -306,6 +310,24 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.spec!r}, {len(self._meta)} tensors, {self.num_params:,} params)"
+
+
+def _computed_metas(metas: dict[str, TensorMeta], plan: dict) -> dict[str, TensorMeta]:
+    """``metas`` with each planned tensor (name -> a plan entry of :mod:`~subnetviz.checkpoints.ct_packed` or
+    :mod:`~subnetviz.checkpoints.bnb4`: ``source``, ``shape``, ``dtype``, ``stored``, ``drops``) in its source's
+    place in the order, as the values it computes, and the stored tensors the entries consume left out."""
+    if not plan:
+        return metas
+    by_source = {p.source: (name, p) for name, p in plan.items()}
+    drop = {d for p in plan.values() for d in p.drops}
+    out: dict[str, TensorMeta] = {}
+    for name, m in metas.items():
+        if name in by_source:
+            logical, p = by_source[name]
+            out[logical] = replace(m, name=logical, dtype=p.dtype, shape=p.shape, stored=p.stored)
+        elif name not in drop:
+            out[name] = m
+    return out
 
 
 # Bytes a read fault on a file map maps around the faulting page (Linux's fault_around_bytes default)

@@ -185,9 +185,11 @@ def test_fp8_with_e8m0_block_scales_is_read_as_transformers_loads_it(tmp_path):
 @pytest.mark.parametrize("companions", [True, False])
 def test_a_bnb_4bit_finetune_against_a_float_base_is_said_to_be_one(tmp_path, companions):
     """A finetune saved by bitsandbytes in 4 bits (each weight packed two codes a byte as (numel/2, 1) uint8,
-    with absmax, quant_map and quant_state beside it) against a bf16 base: one line naming the tensor, the
-    quantisation (nf4, from the quant_state's name or the config) and why no entry-by-entry comparison is
-    made. Before: "has different shapes … Are these checkpoints of the same architecture?"."""
+    with absmax, quant_map and quant_state beside it) whose codes the reader cannot lay out in the weight's shape
+    (blocks of 4096 codes straddle its 64-wide rows; or no quant_state at all) against a bf16 base: one line
+    naming the tensor, the quantisation (nf4, from the quant_state's name or the config) and why no
+    entry-by-entry comparison is made. Before: "has different shapes … Are these checkpoints of the same
+    architecture?". (Codes in whole blocks per row are read and compared: test_bnb4.py.)"""
     model = _tiny_llama(0).to(torch.bfloat16)
     model.save_pretrained(tmp_path / "base")
     sd = read_state_dict(tmp_path / "base")
@@ -199,9 +201,11 @@ def test_a_bnb_4bit_finetune_against_a_float_base_is_said_to_be_one(tmp_path, co
             continue
         out[k] = torch.randint(0, 256, (v.numel() // 2, 1), dtype=torch.uint8, generator=g)
         if companions:
-            out[f"{k}.absmax"] = torch.rand(v.numel() // 64, generator=g)
+            out[f"{k}.absmax"] = torch.rand(-(-v.numel() // 4096), generator=g)
             out[f"{k}.quant_map"] = torch.linspace(-1, 1, 16)
-            out[f"{k}.quant_state.bitsandbytes__nf4"] = torch.zeros(100, dtype=torch.uint8)
+            state = {"quant_type": "nf4", "blocksize": 4096, "dtype": "bfloat16", "shape": list(v.shape)}
+            raw = bytearray(json.dumps(state).encode())
+            out[f"{k}.quant_state.bitsandbytes__nf4"] = torch.frombuffer(raw, dtype=torch.uint8)
     qc = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
     ft = write_folder(tmp_path / "ft", out, tmp_path / "base", quantization_config=qc)
     with pytest.raises(AlignmentError) as err:
