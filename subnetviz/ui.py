@@ -718,19 +718,45 @@ def _job_runner(root: str, ray_address: str | None = None):
 @st.cache_resource(show_spinner=False)
 def _startup(home: str) -> bool:
     uilogic.sweep_temporaries()
-    job_runner()  # recovers killed jobs and starts the queue
     uilogic.watch_gc()  # SUBNETVIZ_PROFILE_LOG only
     return True
 
 
+@st.cache_resource(show_spinner=False)
+def _start_jobs(runs: str) -> bool:
+    job_runner()  # recovers killed jobs and starts the queue
+    return True
+
+
+_REGISTRY_ERROR = "_registry_error"  # session key: this page run's registry error, said at the top of the page
+
+
 def startup() -> None:
-    """Once per server process (and home): sweep what killed writers left, recover the job queue."""
+    """Once per server process (and home): sweep what killed writers left, recover the job queue.
+
+    A job registry that cannot be opened (a file that is no SQLite database, a lock another process holds
+    longer than the registry waits) is said once, in the main area, and the page still draws: only the job
+    pages need the registry, and they end quietly where they would use it (:func:`job_runner`). Outside any
+    page's error boundary the error ended every page, Home and the analysis pages included, in a traceback.
+    Nothing is cached on failure: the next page run tries again (a registry moved aside, a lock released).
+    """
     _startup(str(config.home()))
+    st.session_state.pop(_REGISTRY_ERROR, None)
+    try:
+        _start_jobs(str(config.runs_dir()))
+    except SubnetvizError as exc:
+        print(f"subnetviz: the job queue is not started: {exc}", flush=True)
+        st.session_state[_REGISTRY_ERROR] = str(exc)
+        error(exc)
 
 
 def job_runner():
     """The job runner over this home's registry (one per runs folder and backend, shared by every session):
-    new jobs run where this session computes (:func:`compute_address`)."""
+    new jobs run where this session computes (:func:`compute_address`). When this page run could not open the
+    registry (:func:`startup` said why at the top of the page), the page stops here: no second error box, and no
+    second wait for a registry another process holds locked."""
+    if st.session_state.get(_REGISTRY_ERROR) is not None:
+        st.stop()
     return _job_runner(str(config.runs_dir()), compute_address())
 
 

@@ -8,8 +8,10 @@ import streamlit as st
 
 from subnetviz import config, selection, ui, uilogic
 from subnetviz.cache import file_stamp
+from subnetviz.jobs.context import read_json
 from subnetviz.report import training as pages
 from subnetviz.training.config import STRATEGIES
+from subnetviz.training.mask_origin import random_origin, run_hparams
 
 AUTO = "zoo set A in this algorithm's format"
 ZOO_DATA = {"grpo": "A_train", "dpo": "dpo_A", "sft": "sft_A"}
@@ -257,60 +259,89 @@ def run_card(rec, run_label: str | None = None) -> None:
             )
         return
     mask = cfg.get("mask")
-    prov = (
-        "none (full finetune)"
-        if not mask
-        else (
-            f"random twin of {ui.plain(Path(mask[7:]).name)}"
-            if str(mask).startswith("random:")
-            else ui.plain(Path(mask).name)
-        )
-    )
+    model = Path(rec.run_dir) / "outputs" / "model"
+    # The values it trained with: its train_config.json once saved, else its job config with the trainer's
+    # defaults for what that left out (a job submitted without lr or seed read "lr nan · seed ?").
+    hp = run_hparams(cfg, read_json(model / "train_config.json"))
     st.caption(
-        f"{cfg.get('algorithm', rec.kind)} · mask: {prov} · lr {cfg.get('learning_rate', float('nan')):.1e} · "
-        f"{cfg.get('steps', '?')} steps · seed {cfg.get('seed', '?')} · data {ui.plain(Path(str(cfg.get('data', '?'))).name)}"
+        f"{ui.plain(hp['algorithm'] or rec.kind)} · mask: {mask_label(mask)} · lr {hp['learning_rate']:.1e} · "
+        f"{hp['steps']} steps · seed {hp['seed']} · data {ui.plain(Path(str(cfg.get('data', '?'))).name)}"
     )
-    summary = Path(rec.run_dir) / "outputs" / "model" / "train_summary.json"
+    summary = model / "train_summary.json"
     if summary.is_file():
-        import json
-
-        s = json.loads(summary.read_text())
-        cols = st.columns(4)
-        for col, (label, value) in zip(
-            cols,
-            [(k, v) for k, v in (s.get("metrics") or {}).items() if k in ("loss", "reward", "grad_norm")][:3]
-            + [("accuracy", s.get("accuracy") if s.get("accuracy") is not None else zoo_accuracy(cfg))],
-            strict=False,
-        ):
-            col.metric(
-                label, "—" if value is None else (f"{100 * value:.1f} %" if label == "accuracy" else f"{value:.4g}")
-            )
-        if s.get("nonfinite_steps"):  # its loss went NaN/Inf: a number above is no result
-            ui.warning(
-                f"The run diverged: loss or gradient norm NaN/Inf at {int(s['nonfinite_steps']):,} step(s), first at "
-                f"step {s.get('first_nonfinite_step')}."
-            )
-        check = s.get("mask_check") or {}
-        if check and not mask:  # a full finetune: every parameter trainable, nothing lies outside
-            st.caption(
-                f"Full finetune: {check.get('changed_inside', 0):,} entries changed, no mask to stay outside of."
-            )
-        elif check:
-            ok = check.get("outside_mask_identical")
-            (st.success if ok else st.warning)(
-                f"Outside the mask: {'bit-identical to the base' if ok else 'NOT bit-identical'} "
-                f"({check.get('changed_outside', 0):,} entries changed outside, {check.get('changed_inside', 0):,} inside)."
-            )
+        summary_card(summary, cfg, mask)
     elif rec.last_metrics:
         st.caption(
             "Last metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in rec.last_metrics.items() if isinstance(v, float))
         )
-    if note := mask_note(mask, cfg):
+    if note := mask_note(mask, {**cfg, **hp}):
         ui.warning(note)
 
 
+def mask_label(mask: str | None) -> str:
+    """How a run card names its mask: none, the random twin of a file, or the file (saying so when the file is
+    itself a random control mask, such as a random run's saved ``subnetwork_mask.safetensors``)."""
+    if not mask:
+        return "none (full finetune)"
+    if str(mask).startswith("random:"):
+        return f"random twin of {ui.plain(Path(mask[7:]).name)}"
+    origin = random_origin(selection.mask_info(str(mask), file_stamp(mask)))
+    return ui.plain(Path(mask).name + (f" ({origin})" if origin else ""))
+
+
+SUMMARY_MAX_BYTES = 1 << 20  # a run's train_summary.json is a few KiB; a larger one is not read (every 2-s poll)
+
+
+def _number(value) -> float | int | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
+def summary_card(path: Path, cfg: dict, mask: str | None) -> None:
+    """A finished run's final numbers and bitwise check from its ``train_summary.json``, read bounded and with its
+    types checked (the run folder is a file on disk: a cut-off, listed or oversized one broke the whole card)."""
+    try:
+        too_big = path.stat().st_size > SUMMARY_MAX_BYTES
+    except OSError:
+        too_big = True
+    s = {} if too_big else read_json(path)
+    if not s:
+        st.caption(
+            f"{path.name} is unreadable (not a JSON object, cut off, or over {SUMMARY_MAX_BYTES >> 20} MiB): "
+            "this run's final numbers are not shown."
+        )
+        return
+    metrics = s.get("metrics") if isinstance(s.get("metrics"), dict) else {}
+    accuracy = _number(s.get("accuracy"))
+    shown = [(k, _number(v)) for k, v in metrics.items() if k in ("loss", "reward", "grad_norm")][:3]
+    shown.append(("accuracy", accuracy if accuracy is not None else zoo_accuracy(cfg)))
+    for col, (label, value) in zip(st.columns(4), shown, strict=False):
+        col.metric(label, "—" if value is None else (f"{100 * value:.1f} %" if label == "accuracy" else f"{value:.4g}"))
+    if isinstance(n := s.get("nonfinite_steps"), int) and n > 0:  # its loss went NaN/Inf: a number above is no result
+        ui.warning(
+            f"The run diverged: loss or gradient norm NaN/Inf at {n:,} step(s), first at "
+            f"step {s.get('first_nonfinite_step')}."
+        )
+    check = s.get("mask_check") if isinstance(s.get("mask_check"), dict) else {}
+    if check and not mask:  # a full finetune: every parameter trainable, nothing lies outside
+        st.caption(
+            f"Full finetune: {_count(check.get('changed_inside', 0))} entries changed, no mask to stay outside of."
+        )
+    elif check:
+        ok = check.get("outside_mask_identical") is True
+        (st.success if ok else st.warning)(
+            f"Outside the mask: {'bit-identical to the base' if ok else 'NOT bit-identical'} "
+            f"({_count(check.get('changed_outside', 0))} entries changed outside, "
+            f"{_count(check.get('changed_inside', 0))} inside)."
+        )
+
+
 def compare(ws) -> None:
-    models = candidates()
+    found = _candidates()
+    models, own = {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}
     ui.need(len(models) >= 2, "Two finished models are needed for a comparison.")
     keys = list(models)
     c1, c2 = st.columns(2)
@@ -328,10 +359,9 @@ def compare(ws) -> None:
         key="cmp_sub",
         bind="query-params",
     )
-    eval_opts = [v for k, v in data_files().items() if k.endswith("eval")]
     # Held-out accuracy generates with both models (seconds): on request, so the bitwise comparison shows at once.
     with_acc = st.toggle("Also held-out accuracy (generates with both models)", key="cmp_acc", bind="query-params")
-    eval_data = eval_opts[0] if eval_opts and with_acc else None
+    eval_data = eval_set(full, sub, own) if with_acc else None
     stamp = (
         *(ui.fingerprint(p) for p in (models[full], models[sub], ws.base) if p),
         file_stamp(eval_data),
@@ -352,6 +382,11 @@ def compare(ws) -> None:
     else:
         result = compute()
     figs, tables = pages.comparison_parts(result, full, sub)
+    if "accuracy" in tables and eval_data:  # which data the numbers are on: the models may be held out on others
+        tables["accuracy"] = (
+            f"Held-out accuracy on {Path(eval_data).name} (greedy exact match)",
+            tables["accuracy"][1],
+        )
     a, b = st.columns(2)
     with a:
         st.metric("parameters bitwise identical", f"{100 * result.share_identical:.2f} %")
@@ -399,21 +434,76 @@ def body() -> None:
     export(ws, view)
 
 
+def eval_set(full: str, sub: str, own: dict[str, str | None]) -> str | None:
+    """The held-out file the comparison scores accuracy on, picked under the models (and named in the URL): by
+    default the one both models were held out on, else the full finetune's, else the subnetwork's, else the zoo's
+    first (``own``: each model's own held-out file, where known). A model held out on another set is said: its
+    number here is not the one on its run card."""
+    sets = {k: v for k, v in data_files().items() if k.endswith("eval")}
+    zoo = {os.path.realpath(v): v for v in sets.values()}
+    own = {m: zoo.get(os.path.realpath(p), p) for m in (full, sub) if (p := own.get(m))}  # a zoo file by its zoo path
+    for path in own.values():  # a run's own file, outside the zoo
+        if path not in sets.values():
+            sets[path if Path(path).name in sets else Path(path).name] = path
+    if not sets:
+        return None
+    labels = list(sets)
+    want = own.get(full) or own.get(sub)
+    default = next((i for i, k in enumerate(labels) if sets[k] == want), 0)
+    label = st.selectbox("Held-out set for accuracy", labels, index=default, key="cmp_eval", bind="query-params")
+    chosen = sets[label]
+    other = [f"{m} on {Path(own[m]).name}" for m in (full, sub) if own.get(m) and own[m] != chosen]
+    if other:
+        ui.warning(
+            f"Accuracy of every model here is on {Path(chosen).name}; held out on another set: {', '.join(other)}."
+        )
+    return chosen
+
+
+def _readable(path: str) -> bool:
+    """Whether this server may read the file (a run queued from the CLI may name one outside its roots)."""
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        return config.check_readable(path).is_file()
+    except (SubnetvizError, OSError):
+        return False
+
+
+def _zoo_eval_of(data: object) -> str | None:
+    """The zoo's held-out file of the problem set a zoo data file belongs to (``A_train``, ``dpo_A``, ``sft_A`` ->
+    ``A_eval``); None for any other file."""
+    files = data_files()
+    if not isinstance(data, str) or data not in files.values():
+        return None
+    parts = Path(data).stem.split("_")
+    letters = [p for p in parts if p in ("A", "B")]
+    return files.get(f"{letters[0]}_eval") if len(letters) == 1 else None
+
+
 def candidates() -> dict[str, str]:
     """Finished models to compare (label -> path): the zoo's members, then succeeded runs' models by name
     ("run name · id"), each model once (a zoo member's registered run links to the member's folder)."""
+    return {label: path for label, (path, _) in _candidates().items()}
+
+
+def _candidates() -> dict[str, tuple[str, str | None]]:
+    """:func:`candidates` with each model's own held-out file (None where unknown: the base, a run without one)."""
     from subnetviz.report.training import run_names
 
     z = ui.zoo()
-    out: dict[str, str] = {}
+    files = data_files()
+    out: dict[str, tuple[str, str | None]] = {}
     if z is not None:
-        out.update({f"zoo {m.id}": str(m.path) for m in z.members})
+        out.update({f"zoo {m.id}": (str(m.path), files.get(f"{m.data}_eval")) for m in z.members})
     runs = ui.job_runner().list_runs()
     names = run_names(runs) if len(runs) else {}
     for rec in runs.itertuples():
         model = Path(rec.run_dir) / "outputs" / "model"
         if rec.status == "succeeded" and model.is_dir() and not selection.in_zoo(model):
-            out[f"run {names[rec.id]}"] = str(model)
+            cfg = rec.config if isinstance(rec.config, dict) else {}
+            own = cfg.get("eval_data") if isinstance(cfg.get("eval_data"), str) else _zoo_eval_of(cfg.get("data"))
+            out[f"run {names[rec.id]}"] = (str(model), own if own and _readable(own) else None)
     return out
 
 

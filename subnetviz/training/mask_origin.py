@@ -3,22 +3,84 @@
 A subnetwork-only run trains inside a mask; when the mask is some finetune's update mask (the demo
 zoo's ``masks/grpo-seed0.safetensors``, an analysis' ``masks/<model>.safetensors``), the subnetwork it
 describes is the one *that* finetune's algorithm, learning rate and step count produced. The
-Training page warns when the run about to use it (or that used it) differs in any of them.
+Training page warns when the run about to use it (or that used it) differs in any of them. A random
+control mask (drawn at another mask's per-tensor densities) is no finetune's subnetwork: it names the mask it
+took its densities from, and no source run.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 HPARAMS = ("algorithm", "learning_rate", "steps")
+RANDOM_METHOD = "random (same per-tensor density)"  # the ``method`` of a random control mask's provenance
+
+
+def is_random(meta: Mapping) -> bool:
+    """Whether a mask file's provenance is a random control's (``method`` starting with "random")."""
+    return str(meta.get("method") or "").startswith("random")
+
+
+def random_provenance(source_path: str, source_meta: Mapping, seed: int) -> dict:
+    """The provenance of a random control mask drawn at the per-tensor densities of the mask at ``source_path``
+    (whose provenance is ``source_meta``) with ``seed``. The source's identity (``model``, ``finetuned``, its
+    paths and tolerance) goes under ``density_source_meta``: kept at the top it read as that finetune's
+    subnetwork, and a run trained inside the random mask was warned about the source run's hyperparameters."""
+    return {
+        "method": RANDOM_METHOD,
+        "description": f"random control mask drawn at the per-tensor densities of {source_path} (seed {seed})",
+        "density_source": str(source_path),
+        "density_source_meta": {k: v for k, v in source_meta.items() if k not in ("density", "count", "numel")},
+        "seed": seed,
+    }
+
+
+def random_origin(meta: Mapping) -> str | None:
+    """ "random control at the densities of <file>" for a random control mask's provenance, else None."""
+    if not is_random(meta):
+        return None
+    src = Path(str(meta.get("density_source") or "")).name
+    return f"random control at the densities of {src}" if src else "random control mask"
 
 
 def mask_source(meta: Mapping) -> str | None:
     """The finetune a mask file's provenance names (``model`` of an analysis' update mask,
     ``finetuned`` of the demo zoo's mask); None for masks of another kind (bigram, random, uploads)."""
+    if is_random(meta):  # (random masks of an older version kept their source's ``finetuned`` at the top)
+        return None
     src = meta.get("model") or meta.get("finetuned")
     return str(src) if src else None
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return value
+
+
+def run_hparams(cfg: Mapping, recorded: Mapping | None = None) -> dict:
+    """The algorithm, learning rate, steps and seed a ``train`` job ran with: the recorded config
+    (``train_config.json``, the config as run) where it holds a value of the right type, else the submitted
+    config's, else :class:`~subnetviz.training.config.TrainConfig`'s default (a job submitted without a learning
+    rate trained at the default one; its card read "lr nan", and no mask warning compared it)."""
+    from dataclasses import MISSING, fields
+
+    from subnetviz.training.config import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    checks = {
+        "algorithm": lambda v: v if isinstance(v, str) and v else None,
+        "learning_rate": _number,
+        "steps": lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None,
+        "seed": lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None,
+    }
+    out = {}
+    for key, check in checks.items():
+        given = (check((recorded or {}).get(key)), check(cfg.get(key)), defaults.get(key))
+        out[key] = next((v for v in given if v is not None), None)
+    return out
 
 
 def source_hparams(source: str, members: Mapping[str, object], runs: Mapping[str, Mapping]) -> dict | None:
@@ -28,8 +90,8 @@ def source_hparams(source: str, members: Mapping[str, object], runs: Mapping[str
         m = members[source]
         return {k: getattr(m, k, None) for k in HPARAMS}
     if source.startswith("run ") and source[4:] in runs:
-        cfg = runs[source[4:]] or {}
-        return {k: cfg.get(k) for k in HPARAMS}
+        hp = run_hparams(runs[source[4:]] or {})  # what it ran with: defaults for what its config left out
+        return {k: hp[k] for k in HPARAMS}
     return None
 
 

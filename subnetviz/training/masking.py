@@ -41,6 +41,7 @@ from subnetviz.checkpoints.experts_layout import param_pieces
 from subnetviz.checkpoints.naming import TIED_HEADS, by_short_name, strip_prefix
 from subnetviz.errors import AlignmentError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
+from subnetviz.training.mask_origin import random_provenance
 from subnetviz.training.sharded import local_mask
 
 
@@ -69,10 +70,8 @@ def load_training_mask(
             flat = torch.zeros(m.numel(), dtype=torch.bool)
             flat[torch.randperm(m.numel(), generator=gen)[:k]] = True
             masks[name] = flat.reshape(m.shape)
-        meta = {**ms.metadata, "method": "random (same per-tensor density)", "density_source": str(path), "seed": seed}
-        for key in ("density", "count", "numel"):
-            meta.pop(key, None)
-        ms = MaskSet(masks, meta)
+        # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork.
+        ms = MaskSet(masks, random_provenance(str(path), ms.metadata, seed))
     packed = MaskSet(packed_masks(masks, shapes), ms.metadata)
     validate_mask_set(packed, shapes, where=f"mask {path}")
     masks = dict(packed.masks)

@@ -8,8 +8,9 @@ written, so a crash never leaves a folder that looks complete. While it lives, t
 folders whose lock nobody holds (crash leftovers) and refuses to start while another run holds one.
 Publishing never replaces anything: when ``output_dir`` appeared during the run (another run, a user),
 the finished model is kept as ``<name>.unpublished-<pid>-<random>`` and the run fails saying so; so is a model
-whose bitwise check against the base fails (or anything else after it was saved): a trained model is never
-deleted before its check has passed (a job's is kept in its run folder, as ``outputs.tmp`` goes when it fails).
+whose bitwise check against the base fails (an entry outside the mask changed: its ``train_summary.json``, with the
+counts, is kept beside it) or that anything else failed after it was saved: a trained model is never deleted before
+its check has passed (a job's is kept in its run folder, as ``outputs.tmp`` goes when it fails).
 TensorBoard events of a run outside a job folder go to ``<name>.tensorboard/<pid>-<random>/`` (one
 TensorBoard run per training run, never mixed). The folder then holds:
 
@@ -46,8 +47,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from subnetviz.cache import atomic_write
 from subnetviz.errors import ConfigError, JobError, MaskError, SubnetvizError
-from subnetviz.jobs.context import JobContext
+from subnetviz.jobs.context import STATUS_FILE, JobContext
 from subnetviz.training import sharded, zero
 from subnetviz.training.config import TrainConfig, job_train_config
 from subnetviz.training.evaluate import evaluate_accuracy
@@ -441,8 +443,20 @@ def _finish(run: _Run, steps_done: int, masks, gathered: dict) -> TrainResult:
                 f"the {name} has no tensor in common with base {cfg.base}, so nothing shows that the entries outside "
                 "the mask are unchanged."
             )
-        if not c["outside_mask_identical"]:
-            _warn(ctx, f"WARNING: {c['changed_outside']} entries outside the mask changed in the {name}")
+    changed = [
+        (name, c)
+        for name, c in (("saved model", check), ("gathered full state dict", gathered))
+        if not c["outside_mask_identical"]
+    ]
+    if changed:
+        # A subnetwork-only run whose weights moved outside its mask is no subnetwork-only result: it fails, and
+        # train() keeps the model unpublished with this summary beside it (the evidence), as the module says.
+        result = run.result(steps_done, mask_check=check, gathered_check=gathered, fsdp2=run.evidence)
+        (partial / SUMMARY_FILE).write_text(json.dumps({**result.to_dict(), **version_info()}, indent=2) + "\n")
+        raise MaskError(
+            "; ".join(f"{c['changed_outside']:,} entries outside the mask changed in the {name}" for name, c in changed)
+            + f" (compared bitwise with base {cfg.base}); a subnetwork-only run must leave them bit-identical."
+        )
     accuracy = evaluate_accuracy(partial, cfg.eval_data) if cfg.eval_data else None
     result = run.result(steps_done, accuracy=accuracy, mask_check=check, gathered_check=gathered, fsdp2=run.evidence)
     if result.zero is not None:
@@ -559,5 +573,15 @@ def run_job(config: dict, ctx: JobContext) -> None:
         path = ctx.out_dir / "model" / name
         path.write_text(json.dumps({**json.loads(path.read_text()), "output_dir": str(final)}, indent=2) + "\n")
     (ctx.out_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    _final_status(ctx, result, cfg.steps)
+
+
+def _final_status(ctx: JobContext, result: TrainResult, total: int) -> None:
+    """The run's ``status.json`` after training: the last step with its metrics and the held-out accuracy (the
+    registry's last metrics). ``metrics.jsonl`` is not appended to: :class:`ProgressCallback` logged that step
+    already, and ``ctx.progress`` logged it a second time (the curves drew the last point twice, and their
+    moving average weighed it twice)."""
     extra = {"accuracy": result.accuracy} if result.accuracy is not None else {}
-    ctx.progress(result.steps_done, cfg.steps, **{**result.metrics, **extra})
+    metrics = {k: v for k, v in {**result.metrics, **extra}.items() if isinstance(v, int | float)}
+    status = {"step": int(result.steps_done), "total": int(total), "metrics": metrics, "time": time.time()}
+    atomic_write(ctx.run_dir / STATUS_FILE, json.dumps(status))
