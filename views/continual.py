@@ -127,9 +127,9 @@ def results() -> None:
     if note := supsup_note(table, acc, density):
         st.caption(note)
     methods = list(dict.fromkeys(acc["label"]))
-    knn = frames["knn"]
-    knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)] if len(knn) else knn
+    knn, inference = one_setting(frames["knn"], density, seed), one_setting(frames["inference"], density, seed)
     names = ["Summary", "After each task", "Capacity"] + ["KKT"] * bool(len(knn))
+    names += ["Task inference"] * bool(len(inference))
     # Sections as tabs that draw only when open (2–4 charts, not 9: a revisit draws faster); in the URL.
     tabs = dict(zip(names, st.tabs(names, key="cl_tab", on_change="rerun", bind="query-params"), strict=True))
     if tabs["Summary"].open:
@@ -151,7 +151,10 @@ def results() -> None:
             capacity(frames, folder, methods, density, seed)
     if "KKT" in tabs and tabs["KKT"].open:
         with tabs["KKT"]:
-            ui.chart(ui.shared(knn_figure, knn, density, seed), key="cl-knn")
+            kkt_tab(knn, density, seed)
+    if "Task inference" in tabs and tabs["Task inference"].open:
+        with tabs["Task inference"]:
+            inference_tab(inference, density, seed)
     st.caption("Task masks are saved with the run: pick them under *Saved masks* to compare them on the Overlap page.")
     ui.export_button(
         "Continual learning",
@@ -162,10 +165,11 @@ def results() -> None:
             "cl-capacity",
             "cl-exclusive",
             "cl-owner",
-            "cl-knn",
+            *[f"cl-knn-{m}" for m in dict.fromkeys(knn.get("label", ()))],
+            *[f"cl-inference-{m}" for m in dict.fromkeys(inference.get("label", ()))],
             *[f"cl-A-{m}" for m in methods],
         ],
-        ["cl-summary"],
+        ["cl-summary", "cl-inference"],
         # the closed tabs, on click, with the URL's owner image as read now (the click's own thread has no URL)
         more=partial(
             closed_parts,
@@ -217,8 +221,57 @@ def accuracy_figure(A, label: str, seed):
     )
 
 
-def knn_figure(knn: pd.DataFrame, density, seed):
-    return cl_figures.knn_bars(knn, title=f"KKT: KNN accuracy of each earlier mask (density {density:g}, seed {seed})")
+def one_setting(frame: pd.DataFrame, density, seed) -> pd.DataFrame:
+    """The rows of ``frame`` (knn, inference) at one density and seed (every method's)."""
+    return frame[np.isclose(frame["density"], density) & (frame["seed"] == seed)] if len(frame) else frame
+
+
+def kkt_tab(knn: pd.DataFrame, density, seed) -> None:
+    """One method's KNN accuracies (methods choose differently, so each chart is one run's)."""
+    label = st.selectbox("Method", list(dict.fromkeys(knn["label"])), key="cl_kkt", bind="query-params")
+    st.caption(
+        "Before training a new task, KKT classifies its data by k-nearest neighbours on the features of each "
+        "earlier task's mask. Each bar is one such accuracy in this method's run; the outlined bar marked "
+        "*chosen* is the mask the new task started from (the best one, when it beats chance 1/C; a task with "
+        "none marked started from fresh scores)."
+    )
+    ui.chart(ui.shared(knn_figure, knn[knn["label"] == label], label, density, seed), key=f"cl-knn-{label}")
+
+
+def inference_tab(inference: pd.DataFrame, density, seed) -> None:
+    """How often SupSup's one-shot task inference found the right mask, beside the brute-force reference."""
+    label = st.selectbox("Method", list(dict.fromkeys(inference["label"])), key="cl_inf", bind="query-params")
+    st.caption(
+        "SupSup one-shot task inference (experimental): the task of a batch of test samples is not given but "
+        "inferred from the masks. For each true task and batch size, the share of trials (batches of test "
+        "samples of that task) whose inferred mask was that task's: by SupSup's one-shot gradient test (one "
+        "forward and backward pass) and by the lowest output entropy over every mask (one pass per mask). "
+        "Chance is 1/T. When the right mask is inferred, the accuracy is that task's own in the matrix."
+    )
+    one = inference[inference["label"] == label]
+    ui.chart(ui.shared(inference_figure, one, label, density, seed), key=f"cl-inference-{label}")
+    ui.table(inference_table(inference), "cl-inference", INFERENCE_CAPTION)
+
+
+INFERENCE_CAPTION = "Task inference: share of trials in which the right mask was inferred"
+
+
+def inference_table(inference: pd.DataFrame) -> pd.DataFrame:
+    """The inference rows as the table shows them: tasks counted from 1, both tests' shares and chance 1/T."""
+    t = inference.assign(task=inference["task"] + 1, chance=1 / (inference["task"].max() + 1))
+    t = t.rename(columns={"accuracy": "one_shot_accuracy"})
+    cols = ["label", "density", "seed", "task", "samples", "trials", "one_shot_accuracy", "min_entropy_accuracy"]
+    return t[[*cols, "chance"]].reset_index(drop=True)
+
+
+def knn_figure(knn: pd.DataFrame, label: str, density, seed):
+    title = f"{figures.plain_label(label)}: KNN accuracy of each earlier mask (density {density:g}, seed {seed})"
+    return cl_figures.knn_bars(knn, title=title)
+
+
+def inference_figure(inference: pd.DataFrame, label: str, density, seed):
+    title = f"{figures.plain_label(label)}: right mask inferred (density {density:g}, seed {seed})"
+    return cl_figures.inference_bars(inference, title=title)
 
 
 def closed_parts(
@@ -236,17 +289,19 @@ def closed_parts(
     }
     for label, A in accuracy_matrices(acc, seed, density).items():
         figs[f"cl-A-{label}"] = accuracy_figure(A, label, seed)
-    knn = frames["knn"]
-    knn = knn[np.isclose(knn["density"], density) & (knn["seed"] == seed)] if len(knn) else knn
-    if len(knn):
-        figs["cl-knn"] = knn_figure(knn, density, seed)
+    knn, inference = one_setting(frames["knn"], density, seed), one_setting(frames["inference"], density, seed)
+    for label in dict.fromkeys(knn.get("label", ())):
+        figs[f"cl-knn-{label}"] = knn_figure(knn[knn["label"] == label], label, density, seed)
+    for label in dict.fromkeys(inference.get("label", ())):
+        figs[f"cl-inference-{label}"] = inference_figure(inference[inference["label"] == label], label, density, seed)
+    tables = {"cl-inference": (INFERENCE_CAPTION, inference_table(inference))} if len(inference) else {}
     masked = [m for m in methods if m != "finetune"]
     label = owner if owner in masked else (masked[0] if masked else None)
     masks = load_task_masks(folder, label, density, seed) if label in masked else []
     if masks:
         layer = layer if layer in masks[0] else next(iter(masks[0]))
         figs["cl-owner"] = owner_figure(masks, layer, label)
-    return figs, {}
+    return figs, tables
 
 
 def body() -> None:

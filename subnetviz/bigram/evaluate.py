@@ -118,10 +118,14 @@ def bigram_surprisals(table: BigramTable, corpus: TokenCorpus) -> np.ndarray:
 
 
 def _replace_inf(x: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(x)
-    if finite.all():
+    """``x`` with ``+inf`` (a surprisal of a token given probability 0) replaced by its largest finite
+    value, or NaN when none is finite. A NaN stays NaN: it is no surprisal, and a number in its place
+    would hide a broken model behind a finite fidelity and bits/token."""
+    inf = np.isposinf(x)
+    if not inf.any():
         return x
-    return np.where(finite, x, x[finite].max() if finite.any() else 0.0)
+    finite = np.isfinite(x)
+    return np.where(inf, x[finite].max() if finite.any() else np.nan, x)
 
 
 def fidelity(model_bits: np.ndarray, bigram_bits: np.ndarray) -> tuple[float, float]:

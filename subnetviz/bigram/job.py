@@ -72,7 +72,9 @@ def require_model_memory(model_dir) -> None:
 
 def prepare(config: BigramJobConfig | dict):
     """Load ``(model, train corpus, eval corpus, table)`` for a validated config (table may be None
-    only for the optimal target on a text corpus without a bigram file)."""
+    only for the optimal target on a text corpus without a bigram file). A model with a NaN or Inf
+    weight is refused (:class:`~subnetviz.errors.NonFiniteError` naming the tensor)."""
+    from subnetviz.analysis.revert import check_model_finite
     from subnetviz.bigram.maskable import load_local_model, model_folder
     from subnetviz.bigram.stats import (
         MAX_TOKENS,
@@ -87,6 +89,8 @@ def prepare(config: BigramJobConfig | dict):
     model_dir = model_folder(cfg.model)
     require_model_memory(model_dir)
     model = load_local_model(model_dir)
+    # NaN/Inf weights are refused by name: surprisals, mask training and the residual stream would all be NaN
+    check_model_finite(model, str(model_dir))
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 128)
     seq_len = cfg.seq_len or 128
     if cfg.corpus == "zoo" and not cfg.seq_len:

@@ -14,7 +14,8 @@ norms, biases) is the model's own and frozen. The loss, in nats, is
 with target rows from a :class:`~subnetviz.bigram.stats.BigramTable` gathered per batch, or
 ``"optimal"``: the full model's own softmax (the paper's "optimal subnetwork"). AdamW on the logits
 only. Stop when ``#(0.1 <= mask <= 0.9) < 1% of #(mask > 0.9)`` (the paper's rule; also when nothing
-is undecided) or at ``max_steps``. The binary mask is ``s > 0``.
+is undecided) or at ``max_steps``. The binary mask is ``s > 0``. A loss that is not finite (a model whose
+logits hold NaN/Inf) stops the run with :class:`~subnetviz.errors.NonFiniteError`: no mask is made.
 
 The model is run in eval mode (no dropout): the base is frozen, and dropout noise would only blur
 the target. Batches are drawn by a seeded permutation of the training sequences. With
@@ -38,7 +39,7 @@ from torch.func import functional_call
 from subnetviz.bigram.maskable import family_of, maskable_names
 from subnetviz.bigram.stats import BigramTable, TokenCorpus, check_vocab
 from subnetviz.config import resolve_device
-from subnetviz.errors import ConfigError, suggest
+from subnetviz.errors import ConfigError, NonFiniteError, suggest
 from subnetviz.masks import MaskSet
 
 ZERO_WEIGHT_LOGIT = -1e6
@@ -122,8 +123,11 @@ def _batches(corpus: TokenCorpus, batch_size: int, seed: int):
 def loss_is_stable(ce, window: int = 10, margin: float = 100) -> bool:
     """The paper's ``check_loss_stability``: a spike is a CE above the mean of the previous ``window``
     steps + 0.25 or above 1.25 × that mean; a run is unstable when a spike falls in its last
-    ``margin`` steps (not recovered before the end). The paper retries such runs (up to 3 times)."""
+    ``margin`` steps (not recovered before the end). The paper retries such runs (up to 3 times).
+    A curve with a NaN or Inf CE is never stable."""
     ce = np.asarray(ce, dtype=np.float64)
+    if not np.isfinite(ce).all():  # a NaN compares False with everything: it would pass as no spike
+        return False
     for t in range(max(window, len(ce) - int(margin)), len(ce)):
         prev = ce[t - window : t].mean()
         if ce[t] > prev + 0.25 or ce[t] > 1.25 * prev:
@@ -240,6 +244,12 @@ def _train(model, corpus, table, config, dev, on_step, should_stop, metadata, ev
         ce = soft_cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), tgt)
         reg = sum(m.sum() for m in soft.values()) / n_mask
         loss = ce + config.lam * reg
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise NonFiniteError(
+                f"mask training: the loss is {loss_value} at step {step} (CE {float(ce.detach())}); the model "
+                "gives NaN/Inf logits, so no mask is made. Check the model's weights."
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -253,7 +263,7 @@ def _train(model, corpus, table, config, dev, on_step, should_stop, metadata, ev
             kept = sum(int((s > 0).sum()) for s in logits.values())
         rec = {
             "step": step,
-            "loss": float(loss.detach()),
+            "loss": loss_value,
             "ce": float(ce.detach()),
             "reg": float(reg.detach()),
             "beta": beta,

@@ -11,7 +11,16 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures.style import PALETTE, _style, _unique, no_data_figure, order_key, takes_data
+from subnetviz.figures.style import (
+    PALETTE,
+    FigureDataError,
+    _require,
+    _style,
+    _unique,
+    no_data_figure,
+    order_key,
+    takes_data,
+)
 
 METHOD_ORDER = ("finetune", "SupSup", "SSNeT", "ExSSNeT", "SupSup+KKT", "SSNeT+KKT", "ExSSNeT+KKT")
 
@@ -117,6 +126,8 @@ def forgetting_bars(
     )
     if s.empty:
         return no_data_figure(title)
+    if s["forgetting_mean"].isna().all():  # NaN by definition with one task: nothing was learned after another
+        return no_data_figure(title, "Forgetting needs at least two tasks")
     colors = method_colors(s["label"].unique())
     labels = _ordered(s["label"])
     s = s.set_index("label").loc[labels]
@@ -225,24 +236,36 @@ def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> 
 
 @takes_data()
 def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier mask on the new task") -> go.Figure:
-    """Grouped bars: for each new task, the KNN accuracy under each source mask; chance as markers (tasks
-    numbered from 1, as on every chart)."""
+    """Grouped bars of one run (one method, density and seed): for each new task, the KNN accuracy under each
+    earlier task's mask; the mask the run started the new task from (``chosen``) outlined and marked "chosen";
+    chance as markers. Tasks numbered from 1, as on every chart. Rows of several runs are refused: a bar is one
+    run's value, never a mean over methods that chose differently."""
     if knn.empty:
         return no_data_figure(title)
-    g = knn.groupby(["task", "source_task"], as_index=False).agg(
-        knn_acc=("knn_acc", "mean"), chance=("chance", "first")
-    )
+    _require(knn, ("task", "source_task", "knn_acc", "chance"), "knn_bars", shares=("knn_acc", "chance"))
+    runs = [c for c in ("label", "density", "seed") if c in knn.columns]
+    if knn.duplicated(["task", "source_task"]).any():
+        found = knn[runs].drop_duplicates().to_dict("records") if runs else "several rows per (task, source_task)"
+        raise FigureDataError(f"knn_bars draws one run; the frame holds several: {found}. Filter it to one first.")
     fig = go.Figure()
-    for i, (src, s) in enumerate(g.groupby("source_task")):
+    for i, (src, s) in enumerate(knn.sort_values(["source_task", "task"]).groupby("source_task")):
+        chosen = s["chosen"].to_numpy(bool) if "chosen" in s else np.zeros(len(s), bool)
         fig.add_trace(
             go.Bar(
                 x=s["task"].to_numpy() + 1,
                 y=100 * s["knn_acc"].to_numpy(),
                 name=f"mask of task {src + 1}",
-                marker_color=PALETTE[i % len(PALETTE)],
+                marker={
+                    "color": PALETTE[i % len(PALETTE)],
+                    "line": {"color": "black", "width": [3 if c else 0 for c in chosen]},
+                },
+                text=["chosen" if c else "" for c in chosen],
+                textposition="outside",
+                customdata=np.where(chosen, "chosen: the new task started from this mask", "not chosen"),
+                hovertemplate=f"new task %{{x}}, mask of task {src + 1}: %{{y:.1f}}%<br>%{{customdata}}<extra></extra>",
             )
         )
-    ch = g.groupby("task")["chance"].first()
+    ch = knn.groupby("task")["chance"].first()
     fig.add_trace(
         go.Scatter(
             x=ch.index.to_numpy() + 1,
@@ -253,4 +276,43 @@ def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier 
         )
     )
     fig.update_layout(barmode="group")
+    fig.update_xaxes(dtick=1)
     return _style(fig, title, "new task", "KNN accuracy (%)")
+
+
+@takes_data()
+def inference_bars(
+    inference: pd.DataFrame, title: str = "Task inference: how often the right mask was inferred"
+) -> go.Figure:
+    """One run's task inference (one method, density and seed): for each task and number of test samples per
+    trial, the share of trials whose inferred task was the true one, by SupSup's one-shot gradient test
+    (``accuracy``) and by the brute-force lowest-entropy mask (``min_entropy_accuracy``); chance 1/T dashed."""
+    if inference.empty:
+        return no_data_figure(title)
+    cols = ("samples", "task", "accuracy", "min_entropy_accuracy")
+    _require(inference, cols, "inference_bars", shares=("accuracy", "min_entropy_accuracy"))
+    if inference.duplicated(["samples", "task"]).any():
+        raise FigureDataError("inference_bars draws one run; the frame holds several rows per (samples, task).")
+    d = inference.sort_values(["task", "samples"])
+    x = [
+        [f"task {t + 1}" for t in d["task"]],
+        [f"{n} sample{'s' * (n != 1)}" for n in d["samples"].astype(int)],
+    ]
+    fig = go.Figure()
+    for i, (col, name) in enumerate(
+        (("accuracy", "one-shot (SupSup's gradient test)"), ("min_entropy_accuracy", "lowest entropy (every mask)"))
+    ):
+        fig.add_trace(
+            go.Bar(
+                x=x,
+                y=100 * d[col].to_numpy(dtype=np.float64),
+                name=name,
+                marker_color=PALETTE[i],
+                hovertemplate=f"{name}<br>%{{x}}: right mask in %{{y:.0f}}% of trials<extra></extra>",
+            )
+        )
+    n_tasks = int(d["task"].max()) + 1
+    fig.add_hline(y=100 / n_tasks, line_dash="dash", line_color="grey", annotation_text=f"chance 1/{n_tasks}")
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 105])
+    return _style(fig, title, "true task, test samples per trial", "right mask inferred (% of trials)")

@@ -5,9 +5,10 @@ Definitions (``reference/exssnet_supsup.md`` §6), with T tasks and accuracies a
 - ``A[t, j]``: accuracy on task j with mask j after training task t (entries j > t are untrained
   masks, ≈ chance). ``A_rand[j]``: task j's accuracy before any training.
 - final average accuracy: mean_j A[T-1, j].
-- forgetting (larger = more forgotten): mean over j < T-1 of max_{j ≤ t < T-1} A[t, j] − A[T-1, j].
+- forgetting (larger = more forgotten): mean over j < T-1 of max_{max(j-1, 0) ≤ t < T-1} A[t, j] − A[T-1, j]
+  (the max includes A[j-1, j], task j's untrained mask just before it is learned, as ExSSNeT's code fills it).
   This is ExSSNeT's ``get_forgetting_metric`` with the sign flipped; not floored (a task whose
-  accuracy grew after it was learned counts negative, as in that code).
+  accuracy grew after it was learned counts negative, as in that code). NaN for a single task.
 - forward transfer: mean over t ≥ 1 of A[t-1, t] − A_rand[t].
 - overlap of task t (t ≥ 1): common_t = |M_t ∧ U_{t-1}| with U_{t-1} = ∨_{i<t} M_i; sparse
   overlap = common_t / |M_t|, total overlap = common_t / #weights; exclusive fraction e_t = 1 − sparse
@@ -300,7 +301,12 @@ def supsup_note(table: pd.DataFrame, acc: pd.DataFrame, density: float) -> str |
         f"Note: SupSup ends below finetuning here ({100 * sup['final_acc_mean']:.1f} % vs "
         f"{100 * ft['final_acc_mean']:.1f} % final accuracy). Right after learning a task, a SupSup mask over "
         f"{100 * density:g} % of the fixed random network reaches {100 * learned['SupSup']:.1f} % on it and "
-        f"finetuning {100 * learned['finetune']:.1f} %; SupSup then forgets {100 * sup['forgetting_mean']:.1f} "
-        f"points, finetuning {100 * ft['forgetting_mean']:.1f}. SSNeT and ExSSNeT also train the weights inside "
-        "the mask."
+        f"finetuning {100 * learned['finetune']:.1f} %"
+        + (
+            f"; SupSup then forgets {100 * sup['forgetting_mean']:.1f} points, finetuning "
+            f"{100 * ft['forgetting_mean']:.1f}"
+            if np.isfinite(sup["forgetting_mean"]) and np.isfinite(ft["forgetting_mean"])
+            else ""  # one task: nothing is learned after it, so there is no forgetting to name ("nan points")
+        )
+        + ". SSNeT and ExSSNeT also train the weights inside the mask."
     )
