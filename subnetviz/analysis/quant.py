@@ -217,6 +217,13 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
             forms[name] = _compressed_tensors_form(name, m, metas)
         elif method == "modelopt" and last == "weight" and not m.dtype.is_floating_point:
             forms[name] = TensorForm("codes", None, "ModelOpt packed codes")  # NVFP4 / INT4 bytes
+        elif m.stored == "AWQ int4" and last == "weight":
+            scale, zero = metas[f"{stem}.scales"], f"{stem}.qzeros"
+            group = m.shape[1] // scale.shape[1]
+            forms[name] = TensorForm("int8", f"{stem}.scales", "AWQ int4 codes", zero=zero, group=group, codes=(0, 15))
+            forms[zero] = forms[f"{stem}.scales"] = TensorForm("scale", None, "scale")
+        elif m.stored == "AWQ int4 zero points":
+            forms[name] = TensorForm("scale", None, "scale")
         elif not m.dtype.is_floating_point and method in _CODE_ONLY and last in ("qweight", "qzeros"):
             forms[name] = TensorForm("codes", None, f"{_CODE_ONLY[method]} packed codes")
         elif m.stored and m.stored.startswith("bitsandbytes ") and f"{name}.absmax" in metas:
@@ -708,8 +715,8 @@ def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
         t = form.table.upper()
         return f"q:bitsandbytes {t}|{t}[code] × absmax[i, j // {form.group}]"
     idx = "" if math.prod(scale.shape) == 1 else f"[i, j // {form.group}]" if form.group else "[i]"
-    code = f"(code − weight_zero_point{idx})" if form.zero else "code"
-    return f"q:{form.label.removesuffix(' codes')}|{code} × weight_scale{idx}"
+    code = f"(code − {form.zero.rsplit('.', 1)[-1]}{idx})" if form.zero else "code"  # (weight_zero_point, qzeros)
+    return f"q:{form.label.removesuffix(' codes')}|{code} × {form.scale.rsplit('.', 1)[-1]}{idx}"
 
 
 def _layout_said(form: TensorForm) -> str:

@@ -406,7 +406,11 @@ class _Walk:
             f"({sizes[j] / max(stored[j], 1):.1%})"
             for j in sorted(left)
         )
-        codes = sorted({n.rsplit(".", 1)[-1] for names in left.values() for n in names} & set(_INT_CODE_SUFFIXES))
+        forms = {0: self.forms_base, 1: self.forms[i]}  # (a zero point or scale read beside its weight is no code)
+        codes = sorted(
+            {n.rsplit(".", 1)[-1] for j, names in left.items() for n in names if forms[j][n].kind != "scale"}
+            & set(_INT_CODE_SUFFIXES)
+        )
         why = (
             f" They include quantized integer codes ({', '.join(codes)}: GPTQ, AWQ, or compressed-tensors' packed "
             "words of a width not unpacked here: 3, 5, 6 or 7 bits) "

@@ -26,6 +26,7 @@ import numpy as np
 from safetensors import safe_open  # (no torch: safetensors imports it only for its torch helpers)
 
 from subnetviz.cache import stat_identity
+from subnetviz.checkpoints import awq as _awq
 from subnetviz.checkpoints import bnb4 as _bnb4
 from subnetviz.checkpoints import ct_packed as _ct_packed
 from subnetviz.checkpoints import header as _header
@@ -89,11 +90,16 @@ class Checkpoint:
         self._stored = self._meta  # every tensor as the files store it
         self._views: dict[str, tuple[TensorMeta, tuple]] = {}  # a name read as part of a stored tensor (unpack)
         self._meta = _mxfp4.metas_with(self._meta, self._packed)
-        # compressed-tensors' packed int4 / int8 weights and bitsandbytes' 4-bit ones are listed as their codes in
-        # the weight's shape (and bitsandbytes' block scales as float32), computed when read
+        # compressed-tensors' packed int4 / int8 weights, bitsandbytes' and AWQ's 4-bit ones are listed as their codes
+        # in the weight's shape (bitsandbytes' block scales as float32, AWQ's scales and zero points transposed),
+        # computed when read
         try:
             read = lambda m: self._read(m, "cpu")  # noqa: E731
-            self._codes = {**_ct_packed.plan(self._meta, self.config, read), **_bnb4.plan(self._meta, read)}
+            self._codes = {
+                **_ct_packed.plan(self._meta, self.config, read),
+                **_bnb4.plan(self._meta, read),
+                **_awq.plan(self._meta, self.config),
+            }
         except CheckpointError as exc:
             raise CheckpointError(f"{spec}: {exc}") from None
         self._meta = _computed_metas(self._meta, self._codes)
@@ -107,7 +113,7 @@ class Checkpoint:
                 f"{' ...' if len(twice) > 2 else ''}; each is read from the last of its files in name order, "
                 "the copy transformers loads."
             )
-        self.notes += _bnb4.notes(self._codes)
+        self.notes += _bnb4.notes(self._codes) + _awq.notes(self._codes)
         ct = {n: p for n, p in self._codes.items() if isinstance(p, _ct_packed.Unpacked)}
         if ct:
             weights = [n for n, p in ct.items() if p.dim == 1]
