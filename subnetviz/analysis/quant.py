@@ -27,10 +27,12 @@ does not take:
 - **bitsandbytes 4-bit codes** (NF4 / FP4), which the checkpoint lists in the weight's shape with their block
   scales as float32 (:mod:`~subnetviz.checkpoints.bnb4`): the int8 form with a ``table`` (w = TYPE[code] ×
   absmax[i, j // blocksize], as bitsandbytes dequantises them).
-- **other integer codes** (GPTQ/AWQ ``qweight``/``qzeros``, bnb 4-bit bytes it cannot lay out, compressed-tensors'
-  NVFP4 / MXFP4 bytes and its 3/5/6/7-bit words, NVIDIA ModelOpt's NVFP4 / INT4 ``weight`` bytes; ModelOpt's
-  FP8 is the FP8 form above): compared exactly as codes (:func:`compare_codes`), counted with the weights;
-  no effective comparison (a notice says so). Their scales, zero points, global scales and ``weight_shape``
+- **AWQ's 4-bit codes** (AutoAWQ's GEMM layout), listed as the model's (out, in) weight with ``qzeros`` and
+  ``scales`` transposed beside it (:mod:`~subnetviz.checkpoints.awq`): the int8 form with zero points.
+- **other integer codes** (GPTQ ``qweight``/``qzeros``, AWQ's GEMV layout, bnb 4-bit bytes it cannot lay out,
+  compressed-tensors' NVFP4 / MXFP4 bytes and its 3/5/6/7-bit words, NVIDIA ModelOpt's NVFP4 / INT4 ``weight``
+  bytes; ModelOpt's FP8 is the FP8 form above): compared exactly as codes (:func:`compare_codes`), counted with
+  the weights; no effective comparison (a notice says so). Their scales, zero points, global scales and ``weight_shape``
   are listed with the scales.
 - **MXFP4** (gpt-oss experts): the checkpoint reader already lists them dequantised, exactly, as the
   bfloat16 tensors transformers loads (:mod:`subnetviz.checkpoints.mxfp4`); compared as floats.
