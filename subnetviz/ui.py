@@ -565,18 +565,26 @@ def runs_table(df: pd.DataFrame, key: str, caption: str, *, kind: bool = True) -
 
 
 def export_button(
-    title: str, params: dict, figure_keys: Sequence[str] = (), table_keys: Sequence[str] = (), more=None
+    title: str,
+    params: dict,
+    figure_keys: Sequence[str] = (),
+    table_keys: Sequence[str] = (),
+    more=None,
+    notes: Sequence[str] = (),
 ) -> None:
     """One self-contained HTML dashboard of this page's figures and tables, with their parameters.
 
     ``more``: a callable returning ``(figures, tables)`` dicts (key -> figure, key -> (caption, frame))
-    for the tabs not open now; it runs only when the button is clicked, so closed tabs cost nothing.
+    for the tabs not open now, or ``(figures, tables, notes)``; it runs only when the button is clicked, so
+    closed tabs cost nothing. ``notes``: the page's own notes that qualify its numbers (what was compared,
+    what was left out; see :func:`note`), written in the export under its parameters, as text.
     """
     figs = dict(st.session_state.get("_figures", {}))
     tabs = dict(st.session_state.get("_tables", {}))
+    built = _with_notes(more, list(notes))
     st.download_button(
         "Export dashboard (HTML)",
-        lambda: uilogic.dashboard_html(title, params, figs, tabs, figure_keys, table_keys, more),
+        lambda: uilogic.dashboard_html(title, params, figs, tabs, figure_keys, table_keys, built),
         file_name=f"subnetviz-{title.lower().replace(' ', '-')}.html",
         mime="text/html",
         key=f"export-{title}",
@@ -584,6 +592,30 @@ def export_button(
         on_click="ignore",
     )
     figure_download([k for k in figure_keys if k in figs], title)
+
+
+def note(text: str, notes: list[str]) -> None:
+    """A caption that qualifies the page's numbers, shown as text, and kept in ``notes`` for its export: the
+    exported numbers carried no word of what the page said about them (a subset of tensors compared, rows left
+    out)."""
+    st.caption(plain(text))
+    notes.append(text)
+
+
+def _with_notes(more, notes: list[str]):
+    """``more`` (see :func:`export_button`) with the page's ``notes`` before the closed tabs' own, every note with
+    its server paths shown relative to their roots (a shared file shows none); a ``more`` that fails keeps the
+    page's notes and says why the closed tabs are not there (as ``dashboard_html`` would)."""
+
+    def built() -> tuple[dict, dict, list[str]]:
+        try:
+            f, t, *left = more() if more is not None else ({}, {})
+        except Exception as exc:  # (the click's own thread: raised, it would reach no one, and nothing downloads)
+            f, t = {}, {}
+            left = [[f"The closed tabs could not be built, so they are not in this export: {uilogic._why(exc)}"]]
+        return f, t, [config.redact(str(n)) for n in [*notes, *(left[0] if left else [])]]
+
+    return built
 
 
 def figure_download(keys: Sequence[str], title: str) -> None:
@@ -624,14 +656,15 @@ def figure_download(keys: Sequence[str], title: str) -> None:
 
 
 def _chart_name(fig, key: str) -> str:
-    """A chart as the figure picker names it: its title as read on the page (tags and entities gone), else its key."""
+    """A chart as the figure picker names it: its title as read on the page, else its key. Plotly's tags go
+    first, then the entities are decoded: a name drawn as text ("<v1>", escaped by ``plain_label``) stays in the
+    picker's name (decoded first, it was taken for a tag and removed)."""
     import html
     import re
 
     text = (fig.layout.title.text or "") if fig.layout.title else ""
-    text = html.unescape(re.sub(r"<br\s*/?>", " · ", text, flags=re.I))
-    text = re.sub(r"<[^>]*>", "", text).strip()
-    return text or key
+    text = re.sub(r"<[^>]*>", "", re.sub(r"<br\s*/?>", " · ", text, flags=re.I))
+    return html.unescape(text).strip() or key
 
 
 def kept_choice(key: str, options: Sequence[str]) -> str:

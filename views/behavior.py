@@ -180,7 +180,10 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
         model = q.get("bh_model") if q.get("bh_model") in models else models[0]
         experiments = experiments_of(tokens, model)
         experiment = q.get("bh_exp") if q.get("bh_exp") in experiments else experiments[0]
+        # a prompt the results hold, as the tab's own number input takes it (a URL's "999" with 16 prompts: 0)
+        n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
         prompt = uilogic.url_int(q.get("bh_prompt"), 0)
+        prompt = prompt if prompt < n_prompts else 0
         selection = {"model": model, "experiment": experiment, "prompt": prompt}
     routing_params = {"routing prompt set": domain} if domain else {}
     ui.export_button(

@@ -10,9 +10,9 @@ from subnetviz import ui
 from subnetviz.figures import drivers as dfig
 
 
-def finished_runs() -> dict[str, tuple[str, Path]]:
+def finished_runs() -> dict[str, tuple[str, Path, int | None]]:
     """Succeeded drivers runs, newest first: run id -> (its "name · id" label, as every picker shows it;
-    its outputs folder)."""
+    its outputs folder; the parameters of the base it trained, where known: :func:`base_params`)."""
     from subnetviz.report.training import run_names
 
     df = ui.job_runner().list_runs()
@@ -20,7 +20,29 @@ def finished_runs() -> dict[str, tuple[str, Path]]:
         return {}
     done = df[(df["kind"] == "drivers") & (df["status"] == "succeeded")]
     names = run_names(done)
-    return {r.id: (names[r.id], Path(r.run_dir) / "outputs") for r in done.itertuples()}
+    z = ui.zoo()
+    return {
+        r.id: (names[r.id], Path(r.run_dir) / "outputs", base_params(z, r.config, r.started)) for r in done.itertuples()
+    }
+
+
+def base_params(zoo, config: dict, started) -> int | None:
+    """The parameter count of the demo base a drivers run trained: the zoo's, when the run trained this zoo (its
+    config names no other) and started after the zoo was built; None when that is not known (a zoo built again
+    since, with another preset, has another base)."""
+    if zoo is None or zoo.manifest.base.params is None:
+        return None
+    trained = (config or {}).get("zoo") if isinstance(config, dict) else None
+    if trained is not None and Path(trained).resolve() != Path(zoo.root).resolve():
+        return None
+    try:
+        built = pd.Timestamp(zoo.manifest.created)
+        if built.tzinfo is None:
+            built = built.tz_localize("UTC")
+        after = pd.notna(started) and pd.Timestamp(started) >= built
+    except (TypeError, ValueError):
+        return None
+    return int(zoo.manifest.base.params) if after else None
 
 
 def launch() -> None:
@@ -81,10 +103,11 @@ def _results() -> None:
     choice = st.selectbox("Results", list(runs), format_func=lambda r: runs[r][0], key="dr_run", bind="query-params")
     results, v = ui.shared(read_results, str(runs[choice][1]))  # a finished run's files: read once, for every session
     st.subheader("Which of the paper's conjectures does the zoo reproduce?")
-    seeds = results["seed"].nunique()
+    seeds, params = results["seed"].nunique(), runs[choice][2]
+    model = f"a {params:,}-parameter model" if params else "the demo base"
     st.caption(
-        f"{seeds} seed(s) per point on a 0.45M-parameter model: a difference smaller than the spread between "
-        "seeds is not evidence either way."
+        f"{seeds} seed(s) per point on {model}: a difference smaller than the spread between seeds is not "
+        "evidence either way."
     )
     for row in v.itertuples():
         mark = {

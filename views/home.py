@@ -9,7 +9,8 @@ def body() -> None:
     st.title("subnetviz")
     st.markdown(
         "**Which parameters did finetuning change, what do the updates look like, and is it the same "
-        "subnetwork every time?** Interactive analyses from three papers on subnetworks in language models."
+        "subnetwork every time?** Interactive analyses from papers on sparse updates and subnetworks in language "
+        "models."
     )
     cols = st.columns(3)
     cards = [

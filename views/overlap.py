@@ -13,8 +13,10 @@ def body() -> None:
         "Per-tensor chance: masks drawn independently inside each tensor t at that tensor's densities pₜ, qₜ, "
         "expecting Σₜ nₜ·pₜ·qₜ entries in both; it colours the × per-tensor chance view. The paper's chance "
         "(App. E) is global, one density per mask over the whole model: o1's is B's density, Jaccard's "
-        "pq/(p+q−pq). Where densities differ between tensors the global chance is lower and its × chance "
-        "higher; the tables give both."
+        "pq/(p+q−pq). They differ by the masks' parameter-weighted covariance of pₜ and qₜ: where the two "
+        "masks' densities rise and fall together across tensors (as for finetunes of one model) the global chance "
+        "is lower and its × chance higher; where they go opposite ways (one mask mostly attention, the other mostly "
+        "MLP) it is higher and its × chance lower. The tables give both."
     )
     ws = ui.workspace()
     c1, c2 = st.columns([1, 3])
@@ -26,9 +28,11 @@ def body() -> None:
         help="Exact = bitwise changed; a tolerance counts |Δ| ≤ tol as unchanged.",
     )
     sources: dict[str, str] = {}
+    deltas: set[str] = set()  # the update masks, made at the sidebar's comparison precision
     if ws.base and ws.finetuned:
         analysis = ui.update_analysis(ws, mask_tolerance=None if crit == "exact" else float(crit))
         sources.update({f"Δ {m}": str(mask_path(analysis.source_dir, m)) for m in analysis.labels})
+        deltas = set(sources)
     sources.update({label: path for label, path in ws.masks})
     ui.need(len(sources) >= 2, "Overlap needs at least two masks: choose finetuned checkpoints or saved masks.")
     default = list(sources)[: min(3, len(sources))]
@@ -51,16 +55,18 @@ def body() -> None:
         overlap.report is not None,
         "No overlap to show: " + " ".join(ui.plain(n) for n in notes) if notes else "No overlap to show.",
     )
+    said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
     if overlap.partial:
-        st.caption(f"Compared over the {overlap.common} tensors present in every chosen mask.")
+        ui.note(f"Compared over the {overlap.common} tensors present in every chosen mask.", said)
     for note in notes:  # names matched without a prefix, tensors compared over shared rows or left out
-        st.caption(ui.plain(note))
+        ui.note(note, said)
     report = overlap.report
     empty = [lbl for lbl, n in zip(report.sizes["label"], report.sizes["count"], strict=True) if n == 0]
     if empty:  # its o1 row is 0 / 0: blank cells, said why
-        st.caption(
-            f"{', '.join(ui.plain(e) for e in empty)}: no entry in the mask (nothing changed), so its share inside "
-            "another mask (o1, its row) is undefined and left blank."
+        ui.note(
+            f"{', '.join(empty)}: no entry in the mask (nothing changed), so its share inside another mask (o1, its "
+            "row) is undefined and left blank.",
+            said,
         )
     view = st.radio(
         "Pairwise and per-layer values",
@@ -83,21 +89,30 @@ def body() -> None:
                 pair = st.selectbox("Per-layer view of the pair", pairs, key="ov_pair", bind="query-params")
                 figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, pair)
                 if overlap.packed_experts:  # gpt-oss, Llama-4, Granite: every expert of a layer in one tensor
-                    st.caption(
-                        f"{overlap.packed_experts} tensor(s) hold every expert of their layer (packed experts): they "
-                        "count in the layer × module view, not split per expert here; the Update sparsity page's "
-                        "Experts section splits them."
-                    )
+                    st.caption(packed_note(overlap.packed_experts))
             else:
                 figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name)
             draw(figs, tables)
     asked = st.query_params.get("ov_pair")
+    params = {"base": ws.base, "masks": chosen, "criterion": crit, "view": VIEW_NAMES[view]}
+    if deltas.intersection(chosen):  # update masks: made at the comparison precision (saved masks are as saved)
+        params["precision"] = ws.precision or "stored dtype"
+    if overlap.packed_experts:  # the per-layer chart is in the export whichever tab is open
+        said.append(packed_note(overlap.packed_experts))
     ui.export_button(
         "Overlap",
-        {"base": ws.base, "masks": chosen, "criterion": crit, "view": VIEW_NAMES[view]},
+        params,
         ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "expert-overlap", "consensus"],
         ["pairwise", "consensus-table"],
         more=lambda: every_tab(overlap, tuple(chosen), view, asked if asked in pairs else pairs[0]),
+        notes=said,
+    )
+
+
+def packed_note(n: int) -> str:
+    return (
+        f"{n} tensor(s) hold every expert of their layer (packed experts): they count in the layer × module view, "
+        "not split per expert here; the Update sparsity page's Experts section splits them."
     )
 
 

@@ -73,8 +73,9 @@ def body() -> None:
     result = ui.series(paths, steps)
     # what was left out (tensors not in every checkpoint, resized vocabularies' extra rows), a merged adapter,
     # mixed precision, buffers and scales not counted, FP8 / int8 dequantised, codes as codes
+    said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
     for note in result.notes:
-        st.caption(ui.plain(note))  # tensor names: shown as text
+        ui.note(note, said)  # tensor names: shown as text
     # not one run: no back-to-start line (a finetune's update a later, independent one did not make is no return)
     lines = result.steps if run else result.steps.drop(columns="back_to_start")
     split = result.split if run else result.split.assign(part=result.split["part"].map(SPLIT_NOT_RUN))
@@ -110,6 +111,7 @@ def body() -> None:
         {"series": choice, "checkpoints": len(paths)},
         ["series", "split", "modules"],
         ["series-table", "split-table"],
+        notes=said,
     )
 
 

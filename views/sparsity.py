@@ -1,12 +1,14 @@
 """Update sparsity: which entries changed, per layer × module, along a tolerance sweep, in ULPs."""
 
+from collections.abc import Callable
 from functools import partial
 
 import pandas as pd
 import streamlit as st
 
-from subnetviz import figures, ui
+from subnetviz import figures, ui, uilogic
 from subnetviz.analysis.experts import by_expert, routers
+from subnetviz.errors import SubnetvizError
 from subnetviz.figures import moe
 
 
@@ -70,8 +72,9 @@ def body() -> None:
         weighting = averages[0]
         if "sp_avg" in st.query_params:  # a shared URL's choice that this workspace cannot show
             del st.query_params["sp_avg"]
+    said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
     if crit == "relative":
-        st.caption(ui.plain(relative_note(eta)))
+        ui.note(relative_note(eta), said)
     value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"
     ui.need(bool(shown), "Pick at least one model.")
     colors = figures.color_map(list(reports))  # a model keeps its colour whichever models are shown
@@ -112,7 +115,12 @@ def body() -> None:
             ui.table(tables["special-table"][1], "special-table", "Every norm, embedding and head tensor")
     if tabs[3].open:
         with tabs[3]:
-            drill_down(ws, reports, crit, eta)
+            drill_down(ws, reports, crit, eta, said)
+    # One matrix for the export from another tab: its picks as the URL holds them (read now, built on click)
+    q = st.query_params
+    drill = (
+        None if tabs[3].open else partial(drill_export, ws, reports, crit, eta, q.get("dd_model"), q.get("dd_tensor"))
+    )
     experts_section(analysis, shown, colors)  # MoE models only (issue 10)
     numbers = {"criterion": crit, "average": weighting, "precision": ws.precision or "stored dtype"}
     if crit == "relative":
@@ -126,12 +134,16 @@ def body() -> None:
         + [f"experts-{m}" for m in shown]
         + ["routers"],  # MoE models only: the Experts section's figures and table
         ["sweep-table", "special-table", "experts-table"],
-        more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors)),  # every tab, whichever is open
+        # every tab, whichever is open
+        more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors), drill),
+        notes=said,
     )
 
 
-def _merged(figs: dict, rest: tuple[dict, dict]) -> tuple[dict, dict]:
-    return {**figs, **rest[0]}, rest[1]
+def _merged(figs: dict, rest: tuple[dict, dict], drill=None) -> tuple[dict, dict, list[str]]:
+    """The export's closed tabs: the layer figures, the other tabs' parts and, unless its tab is open, One matrix's."""
+    more, notes = drill() if drill is not None else ({}, [])
+    return {**figs, **rest[0], **more}, rest[1], notes
 
 
 def overall_frame(grids: dict, reports: dict, shown, column: str) -> pd.DataFrame:
@@ -250,39 +262,73 @@ def expert_tables(analysis, shown: tuple) -> dict:
     return {m: by_expert(analysis.report(m)) for m in shown}
 
 
-def drill_down(ws, reports, crit: str, eta: float) -> None:
-    from subnetviz.analysis.drill import matrix_update
-
+def drill_down(ws, reports, crit: str, eta: float, said: list[str]) -> None:
     a, b = st.columns(2)
     model = a.selectbox("Model", list(reports), key="dd_model", bind="query-params")
-    rep = reports[model]
-    mats = rep.tensors[rep.tensors["ndim"] == 2]
-    names = list(mats["key"])
+    names = matrix_names(reports[model])
     ui.need(bool(names), "No 2-D tensors to show.")
-    default = next((i for i, n in enumerate(names) if "q_proj" in n or "c_attn" in n), 0)
-    key = b.selectbox("Matrix", names, index=default, key="dd_tensor", bind="query-params")
-    row = mats[mats["key"] == key].iloc[0]
-    path = dict(ws.finetuned)[model]
-    upd = matrix_update(ws.base, path, row["name"], criterion=crit, eta=eta, max_side=128)
-    name = ui.plain(key) + (f" (stored as {ui.plain(row['name'])})" if row["name"] != key else "")
-    st.caption(  # the matrix named as in the picker, then as in the file
-        f"{name} · shape {row['shape']} · criterion {crit} · {upd.n_changed:,} of "
-        f"{int(row['numel']):,} changed ({100 * upd.n_changed / max(1, int(row['numel'])):.2f} %) · "
-        f"largest |Δ| {figures.format_number(row['max_abs_delta'])}"
-    )
-    subject = f"{model} · {key}"  # in each chart: the export and a paper figure have no picker to say it
+    key = b.selectbox("Matrix", names, index=default_matrix(names), key="dd_tensor", bind="query-params")
+    figs, line = drill_parts(ws, reports, crit, eta, model, key)
+    st.caption(line(ui.plain))
+    said.append(f"One matrix: {line(str)}")
     c, d = st.columns(2)
     with c:
-        ui.chart(
-            figures.matrix_image(upd.changed, title=f"Which entries changed ({crit})", subject=subject),
-            key="drill-image",
-        )
+        ui.chart(figs["drill-image"], key="drill-image")
     with d:
-        ui.chart(figures.delta_image(upd.delta, subject=subject), key="drill-delta")
-    ui.chart(
-        figures.row_col_ratios(upd.row_share, upd.col_share, subject=subject),
-        key="drill-ratios",
-    )
+        ui.chart(figs["drill-delta"], key="drill-delta")
+    ui.chart(figs["drill-ratios"], key="drill-ratios")
+
+
+def matrix_names(report) -> list[str]:
+    """The 2-D tensors of a model's report, named as the picker offers them."""
+    return list(report.tensors.loc[report.tensors["ndim"] == 2, "key"])
+
+
+def default_matrix(names: list[str]) -> int:
+    """The matrix the picker starts on: the first query projection (attention's own), else the first."""
+    return next((i for i, n in enumerate(names) if "q_proj" in n or "c_attn" in n), 0)
+
+
+def drill_parts(ws, reports, crit: str, eta: float, model: str, key: str) -> tuple[dict, Callable[..., str]]:
+    """One matrix's three charts (which entries changed, Δ, row and column shares), read from the two checkpoints
+    (one tensor, at most 128 per side drawn), and the line that names it, given how to write the names in it (the
+    page: :func:`ui.plain`, a stranger's text; the export: as they are, escaped there)."""
+    from subnetviz.analysis.drill import matrix_update
+
+    mats = reports[model].tensors
+    row = mats[mats["key"] == key].iloc[0]
+    upd = matrix_update(ws.base, dict(ws.finetuned)[model], row["name"], criterion=crit, eta=eta, max_side=128)
+
+    def line(esc: Callable[[str], str]) -> str:  # the matrix named as in the picker, then as in the file
+        name = esc(key) + (f" (stored as {esc(row['name'])})" if row["name"] != key else "")
+        return (
+            f"{name} · shape {row['shape']} · criterion {crit} · {upd.n_changed:,} of "
+            f"{int(row['numel']):,} changed ({100 * upd.n_changed / max(1, int(row['numel'])):.2f} %) · "
+            f"largest |Δ| {figures.format_number(row['max_abs_delta'])}"
+        )
+
+    subject = f"{model} · {key}"  # in each chart: the export and a paper figure have no picker to say it
+    figs = {
+        "drill-image": figures.matrix_image(upd.changed, title=f"Which entries changed ({crit})", subject=subject),
+        "drill-delta": figures.delta_image(upd.delta, subject=subject),
+        "drill-ratios": figures.row_col_ratios(upd.row_share, upd.col_share, subject=subject),
+    }
+    return figs, line
+
+
+def drill_export(ws, reports, crit: str, eta: float, model: str | None, key: str | None) -> tuple[dict, list[str]]:
+    """One matrix's charts for the export from another tab, for the model and matrix the URL names (else the
+    tab's first choices), and its line as a note."""
+    model = uilogic.url_choice(model, list(reports), next(iter(reports)))
+    names = matrix_names(reports[model])
+    if not names:
+        return {}, [f"One matrix: {model} has no 2-D tensors to show."]
+    key = uilogic.url_choice(key, names, names[default_matrix(names)])
+    try:
+        figs, line = drill_parts(ws, reports, crit, eta, model, key)
+    except SubnetvizError as exc:  # (a checkpoint changed or gone since): the other tabs are still exported
+        return {}, [f"One matrix: {model} · {key} could not be read, so it is not in this export: {exc}"]
+    return figs, [f"One matrix: {line(str)}"]
 
 
 ui.run_page(body)

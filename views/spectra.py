@@ -56,10 +56,11 @@ def subspaces(ws) -> None:
         lambda: uilogic.subspaces_cost(ws, int(k)),
         lambda: subspace_data(ws, int(k), progress),
     )
-    figs, tables = subspace_parts(ws, int(k), model, side, data)
+    figs, tables, _ = subspace_parts(ws, int(k), model, side, data)
     bar.empty()
+    said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
     for note in data[2]:  # skips for lack of memory, packed experts left out, the randomized path
-        st.caption(ui.plain(note))  # (tensor names: shown as text)
+        ui.note(note, said)  # (tensor names: shown as text)
     a, b = st.columns(2)
     with a:
         ui.chart(figs["sub-angles"], key="sub-angles")
@@ -72,11 +73,20 @@ def subspaces(ws) -> None:
     layer, module = st.query_params.get("spec_layer"), st.query_params.get("spec_module", "all")
     ui.export_button(
         "Spectra",
-        {"base": ws.base, "K": int(k), "model": model, "side": side, "Δ models": chosen},
+        {
+            "base": ws.base,
+            "K": int(k),
+            "model": model,
+            "side": side,
+            "Δ models": chosen,
+            # the Δ spectra's comparison precision (the subspaces read the weights as stored)
+            "Δ precision": ws.precision or "stored dtype",
+        },
         ["sub-angles", "sub-principal", "sub-curves", "spectra"]
         + [f"{kind}-{m}" for m in chosen for kind in ("eff", "stable")],
         ["subspaces-table", "spectra-table"],
         more=partial(delta_parts, ws, tuple(chosen), layer, module),
+        notes=said,
     )
 
 
@@ -112,7 +122,7 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
         left = ui.heavy_note(lambda: uilogic.subspaces_cached(ws, k), lambda: uilogic.subspaces_cost(ws, k))
         if left:
             return {}, {}, [left]
-    rows, vectors, _ = data if data is not None else subspace_data(ws, k)
+    rows, vectors, notes = data if data is not None else subspace_data(ws, k)
     sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
     # the model in each chart: an export or paper figure has no picker
@@ -133,12 +143,14 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
             title=f"{figures.plain_label(model)}: principal angles of the six most rotated matrices",
         ),
     }
-    return figs, {"subspaces-table": ("Principal angles, σ ratios and principal-weight overlap per matrix", rows)}
+    table = ("Principal angles, σ ratios and principal-weight overlap per matrix", rows)
+    return figs, {"subspaces-table": table}, list(notes)
 
 
 def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
-    """The Spectra of Δ tab's figures and table for the export from the subspaces tab (on click only); an
-    analysis not computed yet and long is left out with a note."""
+    """The Spectra of Δ tab's figures, table and notes for the export (on click only): both views, a chart the
+    page would not draw (every matrix in it unchanged) left out with the page's words; an analysis not computed
+    yet and long is left out with a note."""
     left = ui.heavy_note(
         lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=None), lambda: uilogic.spectra_cost(ws)
     )
@@ -151,11 +163,22 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
     chosen = tuple(m for m in chosen if m in analysis.labels) or tuple(analysis.labels[:1])
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
     layer = layer if layer == "all" or uilogic.url_int(layer) in layers else (str(layers[0]) if layers else "all")
-    figs = {"spectra": spectrum_figure(analysis, spec, chosen, layer, module)}
+    # the view's layer and module as drawn (from another tab they come from the URL, a stale one replaced)
+    figs, notes = {}, [f"Singular values: {', '.join(chosen)} · layer {layer} · module {module}."]
+    here = _selected(spec, chosen, layer, module)
+    note = unchanged_note(here)
+    if note:
+        notes.append(f"Singular values: {note}")
+    if not len(here) or (here["rank"] > 0).any():
+        figs["spectra"] = spectrum_figure(analysis, spec, chosen, layer, module)
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
+    notes.append(rank_note(grid))
     for m in chosen:
         one = grid[grid["model"] == m]
+        if len(one) and (one["rank"] == 0).all():  # the page draws no heatmap of zeros: said instead
+            notes.append(f"{m}: every layer matrix is unchanged (Δ = 0).")
+            continue
         figs[f"eff-{m}"] = figures.rank_measure_heatmap(
             one, "effective_rank_99", title=f"{figures.plain_label(m)}: effective rank (99 % of Σσ²) / min(m, n)"
         )
@@ -165,7 +188,36 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
             title=f"{figures.plain_label(m)}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
             zrange=figures.measure_range(grid, "stable_rank"),
         )
-    return figs, {"spectra-table": ("Rank, effective rank and stable rank", spec)}
+    return figs, {"spectra-table": ("Rank, effective rank and stable rank", spec)}, notes
+
+
+def unchanged_note(here) -> str | None:
+    """What the Singular values view says of the chosen matrices ``here`` that are unchanged (Δ = 0, no singular
+    value to draw): all of them, some, or None."""
+    unchanged = int((here["rank"] == 0).sum())
+    if not unchanged:
+        return None
+    if unchanged == len(here):
+        return f"The {unchanged:,} matrices chosen are unchanged (Δ = 0): no singular values to draw."
+    return f"{unchanged:,} of the matrices chosen are unchanged (Δ = 0): they have no singular values to draw."
+
+
+def rank_note(grid, esc=str) -> str:
+    """The rank view's sentence on the numerical rank of the chosen models' layer matrices ``grid``; ``esc``: how
+    the labels and tensor names in it are written (the page: :func:`ui.plain`, a stranger's text; the export: as
+    they are, escaped there)."""
+    zero = grid["rank"] == 0  # unchanged (Δ = 0): no rank to speak of, said apart
+    below = grid[~zero & (grid["rank"] < grid[["rows", "cols"]].min(axis=1))]
+    # at most six (an MoE model has thousands of matrices); each is in the table
+    named = [esc(f"{m} · {n}") for m, n in zip(below["model"], below["name"], strict=True)]
+    named = ", ".join(named[:6]) + (f" and {len(named) - 6:,} more (each in the table below)" if len(named) > 6 else "")
+    return (
+        f"Numerical rank: {len(grid) - len(below) - int(zero.sum()):,} of {len(grid):,} layer matrices are full-rank "
+        "(as a random sparse matrix of the same density is), so rank alone says little; effective and stable rank "
+        "below show how the update's energy is spread."
+        + (f" Below full rank: {named}." if len(below) else "")
+        + (f" Unchanged (Δ = 0, rank 0): {int(zero.sum()):,}." if zero.any() else "")
+    )
 
 
 def updates(ws) -> None:
@@ -212,25 +264,26 @@ def updates(ws) -> None:
     keys = ["spectra"] + [f"{kind}-{m}" for m in chosen for kind in ("eff", "stable")]
     if view == VIEWS[0]:
         here = _selected(spec, tuple(chosen), layer, module)
-        unchanged = int((here["rank"] == 0).sum())
-        if len(here) and unchanged == len(here):  # nothing to draw: said, not an empty chart
+        note = unchanged_note(here)
+        if len(here) and not (here["rank"] > 0).any():  # nothing to draw: said, not an empty chart
             st.session_state.get("_figures", {}).pop("spectra", None)  # (nor an earlier one in the export)
-            st.info(
-                f"The {unchanged:,} matrices chosen are unchanged (Δ = 0): no singular values to draw. Choose "
-                "another model, layer or module.",
-                icon=":material/info:",
-            )
+            st.info(f"{note} Choose another model, layer or module.", icon=":material/info:")
         else:
             ui.chart(ui.shared(spectrum_figure, analysis, spec, tuple(chosen), layer, module), key="spectra")
-            if unchanged:
-                st.caption(
-                    f"{unchanged:,} of the matrices chosen are unchanged (Δ = 0): they have no singular values to draw."
-                )
+            if note:
+                st.caption(note)
     else:
         rank_view(spec, chosen)
+    # the notes of this tab (both views) come with its parts (delta_parts), the closed Subspaces tab's with its own
     ui.export_button(
         "Spectra",
-        {"base": ws.base, "models": chosen, "layer": layer, "module": module},
+        {
+            "base": ws.base,
+            "models": chosen,
+            "layer": layer,
+            "module": module,
+            "precision": ws.precision or "stored dtype",
+        },
         [*keys, "sub-angles", "sub-principal", "sub-curves"],
         ["spectra-table", "subspaces-table"],
         # the other view and the closed Subspaces tab under the selections in the URL (on click only; the
@@ -277,18 +330,7 @@ def rank_view(spec, chosen: list) -> None:
     """Numerical rank in one sentence, effective and stable rank per chosen model as heatmaps, the table."""
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
-    zero = grid["rank"] == 0  # unchanged (Δ = 0): no rank to speak of, said apart
-    below = grid[~zero & (grid["rank"] < grid[["rows", "cols"]].min(axis=1))]
-    # at most six (an MoE model has thousands of matrices); labels and tensor names are a stranger's text
-    named = [ui.plain(f"{m} · {n}") for m, n in zip(below["model"], below["name"], strict=True)]
-    named = ", ".join(named[:6]) + (f" and {len(named) - 6:,} more (each in the table below)" if len(named) > 6 else "")
-    st.caption(
-        f"Numerical rank: {len(grid) - len(below) - int(zero.sum()):,} of {len(grid):,} layer matrices are full-rank "
-        "(as a random sparse matrix of the same density is), so rank alone says little; effective and stable rank "
-        "below show how the update's energy is spread."
-        + (f" Below full rank: {named}." if len(below) else "")
-        + (f" Unchanged (Δ = 0, rank 0): {int(zero.sum()):,}." if zero.any() else "")
-    )
+    st.caption(rank_note(grid, ui.plain))
     for model in chosen:
         one = grid[grid["model"] == model]
         if len(one) and (one["rank"] == 0).all():  # two heatmaps of zeros on an empty colour range: said instead
