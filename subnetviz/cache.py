@@ -249,13 +249,34 @@ def read_json(path: str | os.PathLike, default=None):
         return default
 
 
+# The columns of the CSVs this package writes that hold names or other text: a model's label, a tensor's name or
+# key, a token, a mask or experiment name, a drivers grid's factor value. Read as text whatever they look like:
+# pandas infers a column's type from its values, so labels 100 and 200 (step-numbered checkpoint folders) came
+# back as the integers 100 and 200 and matched no label "100", and "007" and "7" became one model 7.
+TEXT_COLUMNS = frozenset(
+    {
+        "model", "label", "a", "b", "members", "key", "name", "group", "block", "module", "param", "shape",
+        "dtype", "stored_as", "expert", "method", "note", "experiment", "mask", "side", "order", "token",
+        "domain", "router", "factor", "value", "algorithm", "precision", "optimizer", "data",
+    }
+)  # fmt: skip
+
+
 def read_frame(path: str | os.PathLike, **kwargs):
     """A CSV this package wrote (``DataFrame.to_csv``), read back as written: only an empty field is
     missing, as ``to_csv`` writes NaN. pandas' default also reads "NA", "None", "null", "nan" and a dozen
-    more as missing: a model labelled "NA" vanished from its own analysis, a token "None" from its prompt."""
+    more as missing: a model labelled "NA" vanished from its own analysis, a token "None" from its prompt.
+    The :data:`TEXT_COLUMNS` present are read as text (``str``; an empty field stays missing); a ``dtype``
+    given here is added to that and wins for its columns."""
     import pandas as pd
 
-    return pd.read_csv(path, keep_default_na=False, na_values=[""], **kwargs)
+    dtype = {c: str for c in TEXT_COLUMNS}  # (a column not in the file is not looked for)
+    given = kwargs.pop("dtype", None)
+    if given is not None and not isinstance(given, dict):  # one dtype for every column: as asked
+        dtype = given
+    else:
+        dtype.update(given or {})
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=dtype, **kwargs)
 
 
 def write_json(path: str | os.PathLike, obj, *, indent: int | None = None) -> Path:

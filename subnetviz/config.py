@@ -175,6 +175,21 @@ def redact(text: str) -> str:
     )
 
 
+def redact_value(value):
+    """``value`` (JSON-like: dicts, lists, strings) as visitors may see it. A string that is itself an absolute
+    path (a provenance field: base, finetune, run folder) is shown whole by :func:`display_path`; any other string
+    is free text, its paths found by :func:`redact`. (Run over a path, ``redact`` stops at a space:
+    "/home/alice smith/ckpt-7/base" was shown as "…/alice smith/ckpt-7/base".)"""
+    if isinstance(value, str):
+        single = os.path.isabs(value) and "\n" not in value  # (a note that starts with a path is text)
+        return display_path(value) if single else redact(value)
+    if isinstance(value, dict):
+        return {k: redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_value(v) for v in value)
+    return value
+
+
 def check_allowed(path: str | os.PathLike) -> Path:
     """Resolve ``path`` (symlinks included) and refuse it unless it lies under an allowed root."""
     resolved = _resolve(path)

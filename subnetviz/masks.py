@@ -138,9 +138,7 @@ def _write_failure(path: Path, exc: Exception) -> Exception:
 def shareable_bytes(path: str | os.PathLike) -> bytes:
     """A mask file's bytes for a visitor to download: the same tensors, with every absolute server path in
     its header's metadata (the provenance: base, finetune, run folder) shown relative to its root, as the
-    pages show them (:func:`~subnetviz.config.redact`). The tensors' bytes are copied as they are."""
-    from subnetviz.config import redact
-
+    pages show them (:func:`~subnetviz.config.redact_value`). The tensors' bytes are copied as they are."""
     raw = check_readable(path, what="mask file").read_bytes()
     try:
         (n,) = struct.unpack("<Q", raw[:8])
@@ -148,13 +146,29 @@ def shareable_bytes(path: str | os.PathLike) -> bytes:
     except (struct.error, ValueError) as exc:
         raise MaskError(f"{path}: not a safetensors mask file ({exc}).") from None
     meta = header.get("__metadata__") or {}
-    clean = {k: redact(v) if isinstance(v, str) else v for k, v in meta.items()}
+    clean = {k: _shareable_entry(v) if isinstance(v, str) else v for k, v in meta.items()}
     if clean == meta:
         return raw
     header["__metadata__"] = clean
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors writes it
     return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+
+
+def _shareable_entry(text: str) -> str:
+    """One metadata entry as a visitor may see it. The provenance (``subnetviz``) is JSON: its fields are read,
+    each path shown whole (redacting the JSON text as free text kept everything after a space in a path), and
+    written back; the entry is kept as it is when nothing in it changes. Any other entry is one value."""
+    from subnetviz.config import redact_value
+
+    try:
+        value = json.loads(text)
+    except ValueError:  # not JSON: free text
+        return redact_value(text)
+    if not isinstance(value, dict | list):
+        return redact_value(text)
+    clean = redact_value(value)
+    return text if clean == value else json.dumps(clean, default=str)
 
 
 def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:

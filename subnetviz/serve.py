@@ -55,11 +55,28 @@ def warm(modules: tuple[str, ...] = WARM) -> list[str]:
     return failed
 
 
+def upload_limit(argv: list[str]) -> list[str]:
+    """``argv`` (Streamlit's command line) with its upload limit following ``SUBNETVIZ_MAX_UPLOAD_MB`` (rounded up to
+    whole MB) where that is set: ``.streamlit/config.toml``'s 200 MB otherwise capped uploads whatever the variable
+    said. A ``--server.maxUploadSize`` already on the command line is kept; a value that is no number is left to
+    the app's own check, which says so on the upload."""
+    from subnetviz.cli.app import UPLOAD_FLAG, upload_size_mb
+    from subnetviz.errors import SubnetvizError
+
+    if os.environ.get("SUBNETVIZ_MAX_UPLOAD_MB") is None or any(a.startswith(UPLOAD_FLAG) for a in argv):
+        return argv
+    try:
+        return [*argv, UPLOAD_FLAG, str(upload_size_mb())]
+    except SubnetvizError:
+        return argv
+
+
 def main() -> None:
     from streamlit.web import cli  # Streamlit first: it configures Plotly's theme as it is imported
 
     if os.environ.get(WARM_ENV, "1") != "0":
         warm()
+    sys.argv[1:] = upload_limit(sys.argv[1:])
     sys.argv[0] = "streamlit"  # click's program name in Streamlit's own messages
     cli.main()
 

@@ -379,12 +379,9 @@ def url_choice(raw: str | None, options: Sequence, default):
 
 # --- export ------------------------------------------------------------------------------------------
 def _shown_param(value: object) -> object:
-    """A dashboard parameter as a visitor may see it: absolute paths in it relative to their root."""
-    if isinstance(value, str):
-        return config.redact(value)
-    if isinstance(value, list | tuple):
-        return type(value)(_shown_param(v) for v in value)
-    return value
+    """A dashboard parameter as a visitor may see it: absolute paths in it relative to their root (a parameter
+    that is a path, such as the base, shown whole: one with a space kept what followed it)."""
+    return config.redact_value(value)
 
 
 def dashboard_html(
@@ -433,16 +430,9 @@ def _why(exc: BaseException) -> str:
 
 def redacted(value):
     """``value`` (JSON-like: dicts, lists, strings) as visitors may see it: every server path in its strings
-    shown relative to its root (:func:`subnetviz.config.redact`), never absolute."""
-    from subnetviz.config import redact
-
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: redacted(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redacted(v) for v in value]
-    return value
+    shown relative to its root (:func:`subnetviz.config.redact_value`: a string that is a path shown whole, one
+    with a space too), never absolute."""
+    return config.redact_value(value)
 
 
 def corpus_choice(corpus: str) -> str:

@@ -21,8 +21,8 @@ This module owns the link from "which weights changed" to "what the model now do
   expert load; the ``routers`` mask swaps the routers between the base and the finetune.
 
 Everything runs in float32 weights (bf16 checkpoints upcast exactly), logits to float64 for the KL.
-Results: :class:`BehaviorReport` (frames) and :func:`write_behavior` (``behavior.json``,
-``tokens.csv``, ``prompts.csv``, ``curves.csv``, ``routing.csv``).
+Results: :class:`BehaviorReport` (frames) and :func:`write_behavior` (``behavior.json``, ``summary.csv``,
+``tokens.csv``, ``prompts.csv``, ``curves.csv``, and ``routing.csv`` for mixture-of-experts models).
 """
 
 from __future__ import annotations
@@ -401,14 +401,17 @@ def _score(model, base_logits, batches, batch_size: int, dev, tap: RoutingTap | 
     return np.concatenate(kl_f), np.concatenate(kl_r), acc, rows
 
 
-def write_behavior(report: BehaviorReport, folder: str | os.PathLike) -> None:
+def write_behavior(report: BehaviorReport, folder: str | os.PathLike) -> list[str]:
+    """The report's files in ``folder``; returns their names, in the order written. ``routing.csv`` only when
+    a model has routers (an MoE model): a dense model's was a header with no rows."""
     folder = Path(folder)
     (folder / "behavior.json").write_text(json.dumps(report.to_json(), indent=2, default=float))
-    report.summary.to_csv(folder / "summary.csv", index=False)
-    report.tokens.to_csv(folder / "tokens.csv", index=False)
-    report.prompts.to_csv(folder / "prompts.csv", index=False)
-    report.curves.to_csv(folder / "curves.csv", index=False)
-    report.routing.to_csv(folder / "routing.csv", index=False)
+    frames = {"summary": report.summary, "tokens": report.tokens, "prompts": report.prompts, "curves": report.curves}
+    if len(report.routing):
+        frames["routing"] = report.routing
+    for name, frame in frames.items():
+        frame.to_csv(folder / f"{name}.csv", index=False)
+    return ["behavior.json", *(f"{name}.csv" for name in frames)]
 
 
 def read_behavior(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
@@ -424,7 +427,7 @@ def read_behavior(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
             f"{display_path(folder)}: no {', '.join(missing)}; this is not a finished behaviour job's output folder."
         )
     out = {n: read_frame(folder / f"{n}.csv") for n in names}
-    routing = folder / "routing.csv"  # (a run finished before routing was measured has none: no MoE rows)
+    routing = folder / "routing.csv"  # (none for a dense model, nor from a run finished before routing was measured)
     out["routing"] = read_frame(routing) if routing.is_file() else routing_frame([])
     return out
 

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--out",
         required=True,
-        help="output folder: behavior.json, tokens.csv, prompts.csv, curves.csv, routing.csv (MoE)",
+        help="output folder: behavior.json, summary.csv (one row per model and experiment), tokens.csv, prompts.csv, "
+        "curves.csv, and routing.csv for mixture-of-experts models",
     )
     b.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     b.add_argument("--labels", nargs="+", help="a name per finetuned model")

@@ -158,9 +158,9 @@ def cmd_behavior(args: argparse.Namespace) -> int:
         "device": args.device,
         "limit": args.limit,
     }
-    report = run_config(config, progress=progress_bar("behavior"))
+    report = run_config(config, progress=progress_bar("behavior", "experiment"))  # (one per model and experiment)
     with publish(out, args.overwrite) as tmp:
-        write_behavior(report, tmp)
+        written = write_behavior(report, tmp)
     for line in report.notes:
         print(f"note: {line}", file=sys.stderr)
     cols = ["model", "experiment", "kl_forward", "kl_reverse", "accuracy", "fraction_reverted"]
@@ -177,7 +177,7 @@ def cmd_behavior(args: argparse.Namespace) -> int:
         moved = g[["jaccard", "rerouted_share"]].div(g["tokens"], axis=0).reset_index()
         print(f"routing against the base's (token-weighted over {r['router'].nunique()} routers, every prompt):")
         print(moved.to_string(index=False))
-    print(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}")
+    print(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}: {', '.join(written)}")
     return 0
 
 
@@ -212,7 +212,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     threads()
     out = check_out(args.out, args.overwrite, [args.zoo])
-    results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers"))
+    results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers", "point"))  # (grid points)
     verdict = verdicts(results)
     with publish(out, args.overwrite) as tmp:
         results.to_csv(tmp / "results.csv", index=False)

@@ -57,6 +57,28 @@ def streamlit_config_flags(app: Path, cwd: Path) -> list[str]:
     return flags
 
 
+UPLOAD_FLAG = "--server.maxUploadSize"
+
+
+def upload_size_mb() -> int:
+    """Streamlit's ``server.maxUploadSize`` (whole MB) for subnetviz's own upload cap
+    (``SUBNETVIZ_MAX_UPLOAD_MB``, :func:`~subnetviz.selection.max_upload_bytes`), rounded up: the server
+    refuses a larger body before the app sees it, and the file uploader takes its limit from it. With the
+    packaged 200 it stayed 200 MB whatever the variable said; a fraction of a MB is checked by the app itself."""
+    import math
+
+    from subnetviz.selection import max_upload_bytes
+
+    try:
+        cap = max_upload_bytes()
+    except (ValueError, OverflowError):
+        raise SubnetvizError(
+            f"SUBNETVIZ_MAX_UPLOAD_MB={os.environ.get('SUBNETVIZ_MAX_UPLOAD_MB')!r}: not a number of megabytes "
+            "(e.g. 500)."
+        ) from None
+    return max(1, math.ceil(cap / (1 << 20)))
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     app = app_script()
     env = dict(os.environ)
@@ -65,6 +87,10 @@ def cmd_app(args: argparse.Namespace) -> int:
     if args.roots:
         env["SUBNETVIZ_ROOTS"] = os.pathsep.join(str(Path(r).expanduser().resolve()) for r in args.roots)
     extra = args.streamlit_args[1:] if args.streamlit_args[:1] == ["--"] else args.streamlit_args
+    packaged = streamlit_config_flags(app, Path.cwd())
+    if UPLOAD_FLAG in packaged:  # the upload cap follows SUBNETVIZ_MAX_UPLOAD_MB instead (just below)
+        i = packaged.index(UPLOAD_FLAG)
+        del packaged[i : i + 2]
     # Later flags win: the packaged settings first, the user's own options last.
     cmd = [
         sys.executable,
@@ -72,7 +98,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         "subnetviz.serve",  # streamlit run, importing what the pages need while the server starts
         "run",
         str(app),
-        *streamlit_config_flags(app, Path.cwd()),
+        *packaged,
+        UPLOAD_FLAG,
+        str(upload_size_mb()),
         "--server.port",
         str(args.port),
         *extra,

@@ -20,10 +20,12 @@ def threads() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
 
 
-def progress_bar(desc: str):
+def progress_bar(desc: str, unit: str = "tensor"):
+    """A progress callback ``(step, total, what)`` drawing a bar on stderr; ``unit`` names what a step is (a
+    tensor read, an experiment run on a model, a point of a grid)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit="tensor", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
     def update(step: int, total: int, what: str) -> None:
         bar.total = total
