@@ -29,9 +29,10 @@ does not take:
   absmax[i, j // blocksize], as bitsandbytes dequantises them).
 - **AWQ's 4-bit codes** (AutoAWQ's GEMM layout), listed as the model's (out, in) weight with ``qzeros`` and
   ``scales`` transposed beside it (:mod:`~subnetviz.checkpoints.awq`): the int8 form with zero points.
+- **NVFP4 codes** (compressed-tensors' and ModelOpt's), listed in the weight's shape with their FP8 block scales as
+  float32, the tensor-wide factor applied (:mod:`~subnetviz.checkpoints.nvfp4`): the int8 form with the E2M1 table.
 - **other integer codes** (GPTQ ``qweight``/``qzeros``, AWQ's GEMV layout, bnb 4-bit bytes it cannot lay out,
-  compressed-tensors' NVFP4 / MXFP4 bytes and its 3/5/6/7-bit words, NVIDIA ModelOpt's NVFP4 / INT4 ``weight``
-  bytes; ModelOpt's FP8 is the FP8 form above): compared exactly as codes (:func:`compare_codes`), counted with
+  compressed-tensors' MXFP4 bytes and its 3/5/6/7-bit words, NVIDIA ModelOpt's INT4 ``weight`` bytes; ModelOpt's FP8 is the FP8 form above): compared exactly as codes (:func:`compare_codes`), counted with
   the weights; no effective comparison (a notice says so). Their scales, zero points, global scales and ``weight_shape``
   are listed with the scales.
 - **MXFP4** (gpt-oss experts): the checkpoint reader already lists them dequantised, exactly, as the
@@ -211,6 +212,23 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
             check_scale(name, m.shape, scale, metas[scale].shape, block_size(config))
             forms[name] = TensorForm("fp8", scale, f"{str(m.dtype).replace('torch.', '')} codes")
             forms[scale] = TensorForm("scale", None, "scale")
+        # (codes a reader lists in the weight's shape: checkpoints.ct_packed, bnb4, awq, nvfp4)
+        elif m.stored == "AWQ int4" and last == "weight":
+            scale, zero = metas[f"{stem}.scales"], f"{stem}.qzeros"
+            group = m.shape[1] // scale.shape[1]
+            forms[name] = TensorForm("int8", f"{stem}.scales", "AWQ int4 codes", zero=zero, group=group, codes=(0, 15))
+            forms[zero] = forms[f"{stem}.scales"] = TensorForm("scale", None, "scale")
+        elif m.stored == "AWQ int4 zero points":
+            forms[name] = TensorForm("scale", None, "scale")
+        elif m.stored == "NVFP4" and f"{stem}.weight_scale" in metas:
+            group = m.shape[1] // metas[f"{stem}.weight_scale"].shape[1]
+            forms[name] = TensorForm(
+                "int8", f"{stem}.weight_scale", "NVFP4 codes", group=group, codes=(0, 15), table="e2m1"
+            )
+            forms[f"{stem}.weight_scale"] = TensorForm("scale", None, "scale")
+        elif m.stored and m.stored.startswith("bitsandbytes ") and f"{name}.absmax" in metas:
+            forms[name] = _bnb4_form(name, m, metas[f"{name}.absmax"])
+            forms[f"{name}.absmax"] = TensorForm("scale", None, "scale")
         elif m.dtype == torch.int8 and f"{stem}.SCB" in metas and last == "weight":
             check_scale(name, m.shape, f"{stem}.SCB", metas[f"{stem}.SCB"].shape, (1, 1))
             forms[name] = TensorForm("int8", f"{stem}.SCB", "bnb int8 codes", 127.0)
@@ -219,18 +237,8 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
             forms[name] = _compressed_tensors_form(name, m, metas)
         elif method == "modelopt" and last == "weight" and not m.dtype.is_floating_point:
             forms[name] = TensorForm("codes", None, "ModelOpt packed codes")  # NVFP4 / INT4 bytes
-        elif m.stored == "AWQ int4" and last == "weight":
-            scale, zero = metas[f"{stem}.scales"], f"{stem}.qzeros"
-            group = m.shape[1] // scale.shape[1]
-            forms[name] = TensorForm("int8", f"{stem}.scales", "AWQ int4 codes", zero=zero, group=group, codes=(0, 15))
-            forms[zero] = forms[f"{stem}.scales"] = TensorForm("scale", None, "scale")
-        elif m.stored == "AWQ int4 zero points":
-            forms[name] = TensorForm("scale", None, "scale")
         elif not m.dtype.is_floating_point and method in _CODE_ONLY and last in ("qweight", "qzeros"):
             forms[name] = TensorForm("codes", None, f"{_CODE_ONLY[method]} packed codes")
-        elif m.stored and m.stored.startswith("bitsandbytes ") and f"{name}.absmax" in metas:
-            forms[name] = _bnb4_form(name, m, metas[f"{name}.absmax"])
-            forms[f"{name}.absmax"] = TensorForm("scale", None, "scale")
         elif m.dtype == torch.uint8 and method == "bitsandbytes" and last == "weight":
             forms[name] = TensorForm("codes", None, "bnb 4-bit packed codes")
         elif name not in forms:
@@ -409,8 +417,9 @@ def form_table(form: TensorForm) -> np.ndarray | None:
     if form.table is None:
         return None
     from subnetviz.checkpoints.bnb4 import TABLES
+    from subnetviz.checkpoints.nvfp4 import E2M1
 
-    return TABLES[form.table]
+    return E2M1 if form.table == "e2m1" else TABLES[form.table]
 
 
 def row_block(ck, form: TensorForm) -> int:
@@ -644,8 +653,10 @@ def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name
     )
     zero = zero_values(ck, form, dev)
     with torch.no_grad():
-        if form.table is not None:  # bitsandbytes: A × (1 / absmax), clamped to ±1, to the nearest of the type's values
-            return _rounding_only_table(w.to(torch.float32) * (1.0 / step), code, form, ea, eb, options)
+        if form.table is not None:  # to the nearest of the type's values (bitsandbytes: A × (1 / absmax))
+            w32 = w.to(torch.float32)
+            x = w32 / step if form.table == "e2m1" else w32 * (1.0 / step)
+            return _rounding_only_table(x, code, form, ea, eb, options)
         x = w / step.to(dt)
         if zero is not None:  # each entry's zero point, laid out as its scale: the weight of a code of 0 is 0 - zero
             x += -effective(torch.zeros_like(code), torch.ones_like(scale), form, block, name=name, zero=zero).to(dt)
@@ -669,7 +680,7 @@ def _rounding_only_table(x: torch.Tensor, code: torch.Tensor, form: TensorForm, 
     t = torch.from_numpy(form_table(form))
     order = torch.argsort(t, stable=True)
     ts = t[order]
-    again = ts[torch.bucketize(x.clamp(-1, 1), (ts[:-1] + ts[1:]) / 2)]
+    again = ts[torch.bucketize(x.clamp(float(ts[0]), float(ts[-1])), (ts[:-1] + ts[1:]) / 2)]
     same_code = again == t[code.long()]
     if options is not None and options.precision is not None:
         from subnetviz.analysis.sparsity import PRECISIONS
@@ -713,6 +724,8 @@ def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
         return "q:FP8|code × scale[i // bs, j // bs]"
     if form.divisor != 1.0:
         return "q:bitsandbytes int8|code × SCB[i] / 127"
+    if form.table == "e2m1":
+        return f"q:NVFP4|E2M1[code] × weight_scale[i, j // {form.group}] (with its tensor-wide factor)"
     if form.table is not None:  # (absmax: one scale per block of a row's columns)
         t = form.table.upper()
         return f"q:bitsandbytes {t}|{t}[code] × absmax[i, j // {form.group}]"

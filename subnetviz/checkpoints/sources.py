@@ -31,6 +31,7 @@ from subnetviz.checkpoints import bnb4 as _bnb4
 from subnetviz.checkpoints import ct_packed as _ct_packed
 from subnetviz.checkpoints import header as _header
 from subnetviz.checkpoints import mxfp4 as _mxfp4
+from subnetviz.checkpoints import nvfp4 as _nvfp4
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import NameTable
 from subnetviz.config import check_readable, display_path, read_json
@@ -99,6 +100,7 @@ class Checkpoint:
                 **_ct_packed.plan(self._meta, self.config, read),
                 **_bnb4.plan(self._meta, read),
                 **_awq.plan(self._meta, self.config),
+                **_nvfp4.plan(self._meta, self.config),
             }
         except CheckpointError as exc:
             raise CheckpointError(f"{spec}: {exc}") from None
@@ -113,7 +115,7 @@ class Checkpoint:
                 f"{' ...' if len(twice) > 2 else ''}; each is read from the last of its files in name order, "
                 "the copy transformers loads."
             )
-        self.notes += _bnb4.notes(self._codes) + _awq.notes(self._codes)
+        self.notes += _bnb4.notes(self._codes) + _awq.notes(self._codes) + _nvfp4.notes(self._codes)
         ct = {n: p for n, p in self._codes.items() if isinstance(p, _ct_packed.Unpacked)}
         if ct:
             weights = [n for n, p in ct.items() if p.dim == 1]

@@ -27,11 +27,11 @@ Q = "model.layers.0.self_attn.q_proj"
 FORMATS = {  # preset (or int4 with groups of 16: the tiny model is 16 wide) -> the weight's name and dtype as listed
     "W8A8": ("weight", torch.int8),
     "W4A16-g16": ("weight", torch.int8),  # stored as int32 words (weight_packed), listed unpacked (ct_packed)
-    "NVFP4A16": ("weight_packed", torch.uint8),
+    "NVFP4A16": ("weight", torch.uint8),  # stored as bytes (weight_packed), listed as codes (checkpoints.nvfp4)
     "FP8": ("weight", torch.float8_e4m3fn),
     "MXFP8A16": ("weight", torch.float8_e4m3fn),  # E8M0 (uint8) scales per group of 32 (a 64-wide model)
 }
-STORED = {"W4A16-g16": "weight_packed"}  # where the stored tensor has another name than the listed one
+STORED = {"W4A16-g16": "weight_packed", "NVFP4A16": "weight_packed"}  # where the stored tensor has another name than the listed one
 
 
 def _scheme(name: str):

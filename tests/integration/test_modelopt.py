@@ -49,7 +49,7 @@ def exported(tmp_path_factory):
         return {algo: _export(root / algo, algo) for algo in ("FP8", "NVFP4")}
 
 
-@pytest.mark.parametrize("algo, dtype, kind", [("FP8", torch.float8_e4m3fn, "fp8"), ("NVFP4", torch.uint8, "codes")])
+@pytest.mark.parametrize("algo, dtype, kind", [("FP8", torch.float8_e4m3fn, "fp8"), ("NVFP4", torch.uint8, "int8")])
 def test_modelopt_exports_are_read_and_one_code_counts_once(exported, tmp_path, algo, dtype, kind):
     ck = open_checkpoint(exported[algo])
     assert ck.config["quantization_config"]["quant_method"] == "modelopt"
@@ -59,7 +59,7 @@ def test_modelopt_exports_are_read_and_one_code_counts_once(exported, tmp_path, 
     assert {forms[n].kind for n in weights} == {kind}
     scales = [n for n in ck.names if n.rpartition(".")[2] in ("weight_scale", "weight_scale_2", "input_scale")]
     assert scales and {forms[n].kind for n in scales} == {"scale"}
-    assert {f.kind for f in forms.values()} <= {"float", "fp8", "codes", "scale"}
+    assert {f.kind for f in forms.values()} <= {"float", "fp8", "int8", "scale"}
     sd = read_state_dict(exported[algo])
     sd[f"{Q}.weight"].view(torch.uint8)[2, 1] ^= 0x01
     ft = write_folder(tmp_path / "ft", sd, exported[algo])
