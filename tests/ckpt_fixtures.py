@@ -48,6 +48,24 @@ def write_folder(folder: Path, sd: dict[str, torch.Tensor], config_from: Path | 
     return folder
 
 
+def llama64(dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+    """A tiny Llama 64 wide (intermediate 128, 2 layers, 4 heads, 2 KV heads: every linear layer's inputs a multiple
+    of 64, so quantization groups and blocks of 16, 32 and 64 fit its rows), seeded, in ``dtype``: what the
+    quantization libraries' tests quantize."""
+    import transformers as T
+
+    torch.manual_seed(seed)
+    cfg = T.LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return T.LlamaForCausalLM(cfg).to(dtype)
+
+
 def bf16_step(x: torch.Tensor, ulps: int) -> torch.Tensor:
     """bf16 values moved ``ulps`` representable steps away from zero (same sign; |x| grows)."""
     assert x.dtype == torch.bfloat16

@@ -69,6 +69,20 @@ _STATE_BYTES = 1 << 16  # a quant_state's JSON: a few hundred bytes
 _BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # what bitsandbytes dequantises
 
 
+def nibbles(packed: torch.Tensor, rows: int, cols: int, *, high_first: bool) -> torch.Tensor:
+    """4-bit codes two a byte (``packed``: any storage dtype, its bytes in order) as uint8 (rows, cols), the first
+    code of a byte in its high nibble (bitsandbytes) or its low one (NVFP4's exporters); padding past
+    rows × cols dropped."""
+    import torch
+
+    u = packed.contiguous().view(torch.uint8).reshape(-1).numpy()
+    codes = np.empty((u.size, 2), np.uint8)
+    first, second = (codes[:, 0], codes[:, 1]) if high_first else (codes[:, 1], codes[:, 0])
+    np.right_shift(u, 4, out=first)
+    np.bitwise_and(u, 0x0F, out=second)
+    return torch.from_numpy(np.ascontiguousarray(codes.reshape(-1)[: rows * cols].reshape(rows, cols)))
+
+
 @dataclass(frozen=True)
 class Codes:
     """A 4-bit weight read as its codes (uint8, 0..15), in the weight's shape."""
@@ -90,17 +104,11 @@ class Codes:
         return torch.uint8
 
     def read(self, get: Callable[[str], torch.Tensor], name: str) -> torch.Tensor:
-        import torch
-
         from subnetviz.config import require_memory
 
         rows, cols = self.shape
         require_memory(f"bitsandbytes {self.quant_type} codes of {name} (unpacked)", 3 * rows * cols)
-        u = get(self.source).contiguous().view(torch.uint8).reshape(-1).numpy()
-        codes = np.empty((u.size, 2), np.uint8)
-        np.right_shift(u, 4, out=codes[:, 0])  # the first code of a byte in its high nibble
-        np.bitwise_and(u, 0x0F, out=codes[:, 1])
-        return torch.from_numpy(np.ascontiguousarray(codes.reshape(-1)[: rows * cols].reshape(rows, cols)))
+        return nibbles(get(self.source), rows, cols, high_first=True)
 
 
 @dataclass(frozen=True)

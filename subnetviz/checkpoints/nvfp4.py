@@ -54,17 +54,12 @@ class Codes:
         return torch.uint8
 
     def read(self, get: Callable[[str], torch.Tensor], name: str) -> torch.Tensor:
-        import torch
-
+        from subnetviz.checkpoints.bnb4 import nibbles
         from subnetviz.config import require_memory
 
         rows, cols = self.shape
         require_memory(f"NVFP4 codes of {name} (unpacked)", 3 * rows * cols)
-        u = get(self.source).contiguous().view(torch.uint8).numpy()
-        codes = np.empty((rows, cols // 2, 2), np.uint8)
-        np.bitwise_and(u, 0x0F, out=codes[:, :, 0])  # the first code of a byte in its low nibble
-        np.right_shift(u, 4, out=codes[:, :, 1])
-        return torch.from_numpy(codes.reshape(rows, cols))
+        return nibbles(get(self.source), rows, cols, high_first=False)  # the first code of a byte in its low nibble
 
 
 @dataclass(frozen=True)

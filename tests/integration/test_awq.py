@@ -20,7 +20,7 @@ import torch
 from subnetviz.analysis.quant import checkpoint_forms, effective, scale_values, zero_values
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.checkpoints import open_checkpoint
-from tests.ckpt_fixtures import read_state_dict, write_folder
+from tests.ckpt_fixtures import llama64, read_state_dict, write_folder
 
 Q = "model.layers.0.self_attn.q_proj"
 GROUP = 32
@@ -31,23 +31,13 @@ AWQ = {"quant_method": "awq", "bits": 4, "group_size": GROUP, "zero_point": True
 def awq(tmp_path_factory):
     """A tiny Llama (64 wide) saved in float16, and its linear layers packed by AutoAWQ's WQLinear_GEMM with
     scales and zero points from each group's min / max (what AWQ's quantiser computes after its search)."""
-    import transformers as T
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from awq.modules.linear.gemm import WQLinear_GEMM
 
     root = tmp_path_factory.mktemp("awq")
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    model = T.LlamaForCausalLM(cfg).to(torch.float16)
+    model = llama64(torch.float16)
     model.save_pretrained(root / "fp16")
     sd = {}
     for name, module in model.named_modules():

@@ -22,7 +22,7 @@ from subnetviz.analysis.quant import checkpoint_forms, effective, scale_values
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.errors import CheckpointError
-from tests.ckpt_fixtures import read_state_dict, write_folder
+from tests.ckpt_fixtures import llama64, read_state_dict, write_folder
 
 Q = "model.layers.0.self_attn.q_proj.weight"
 KINDS = {  # name -> (quant type, double quantisation, storage dtype)
@@ -39,16 +39,7 @@ def bnb(tmp_path_factory):
     import transformers as T
 
     root = tmp_path_factory.mktemp("bnb4")
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    T.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(root / "bf16")
+    llama64(torch.bfloat16).save_pretrained(root / "bf16")
     out = {"bf16": root / "bf16"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -20,7 +20,7 @@ import torch
 from subnetviz.analysis.quant import checkpoint_forms, effective, scale_values, zero_values
 from subnetviz.analysis.updates import SpectraOptions, analyze_updates
 from subnetviz.checkpoints import open_checkpoint
-from tests.ckpt_fixtures import read_state_dict, write_folder
+from tests.ckpt_fixtures import llama64, read_state_dict, write_folder
 
 Q = "model.layers.0.self_attn.q_proj"
 SCHEMES = {"w4": (4, True), "w4asym": (4, False), "w8": (8, True), "w8asym": (8, False), "w2": (2, True)}
@@ -37,21 +37,11 @@ def _quantize(root, name: str, bits: int, symmetric: bool):
     """A tiny Llama (64 wide: four groups of 16 per row) saved as bf16 (``root/bf16``), then quantized with groups
     of 16 and written by compressed-tensors' own compressor; scales and zero points from each group's min / max by
     compressed-tensors' calculate_qparams (what an observer gives)."""
-    import transformers as T
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, apply_quantization_config
     from compressed_tensors.quantization.utils import calculate_qparams
 
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    model = T.LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model = llama64(torch.bfloat16)
     if not (root / "bf16").exists():
         model.save_pretrained(root / "bf16")
     scheme = QuantizationScheme(targets=["Linear"], weights=_args(bits, symmetric))
