@@ -79,7 +79,8 @@ def subspaces(ws) -> None:
             "model": model,
             "side": side,
             "Δ models": chosen,
-            # the Δ spectra's comparison precision (the subspaces read the weights as stored)
+            # the Δ spectra's comparison precision (the subspaces compare each pair at the finetune's stored dtype,
+            # as the update mask does with none chosen: their notes say where a side was rounded to it)
             "Δ precision": ws.precision or "stored dtype",
         },
         ["sub-angles", "sub-principal", "sub-curves", "spectra"]
@@ -157,7 +158,7 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
     if left:
         return {}, {}, [left]
     analysis = uilogic.compute_updates(ws, spectra=True, mask_tolerance=None)
-    spec = spectra_rows(analysis)
+    spec, skipped = spectra_rows(analysis), skipped_rows(analysis)
     if spec is None:
         return {}, {}
     chosen = tuple(m for m in chosen if m in analysis.labels) or tuple(analysis.labels[:1])
@@ -165,6 +166,7 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
     layer = layer if layer == "all" or uilogic.url_int(layer) in layers else (str(layers[0]) if layers else "all")
     # the view's layer and module as drawn (from another tab they come from the URL, a stale one replaced)
     figs, notes = {}, [f"Singular values: {', '.join(chosen)} · layer {layer} · module {module}."]
+    notes += [n for n in [skipped_summary(skipped)] if n]
     here = _selected(spec, chosen, layer, module)
     note = unchanged_note(here)
     if note:
@@ -173,7 +175,7 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
         figs["spectra"] = spectrum_figure(analysis, spec, chosen, layer, module)
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
-    notes.append(rank_note(grid))
+    notes.append(rank_note(grid, skipped=_skipped_layers(skipped, chosen)))
     for m in chosen:
         one = grid[grid["model"] == m]
         if len(one) and (one["rank"] == 0).all():  # the page draws no heatmap of zeros: said instead
@@ -202,17 +204,20 @@ def unchanged_note(here) -> str | None:
     return f"{unchanged:,} of the matrices chosen are unchanged (Δ = 0): they have no singular values to draw."
 
 
-def rank_note(grid, esc=str) -> str:
+def rank_note(grid, esc=str, skipped: int = 0) -> str:
     """The rank view's sentence on the numerical rank of the chosen models' layer matrices ``grid``; ``esc``: how
     the labels and tensor names in it are written (the page: :func:`ui.plain`, a stranger's text; the export: as
-    they are, escaped there)."""
+    they are, escaped there); ``skipped``: the chosen models' layer matrices that got no spectrum (said, not
+    silently missing from the count)."""
     zero = grid["rank"] == 0  # unchanged (Δ = 0): no rank to speak of, said apart
     below = grid[~zero & (grid["rank"] < grid[["rows", "cols"]].min(axis=1))]
     # at most six (an MoE model has thousands of matrices); each is in the table
     named = [esc(f"{m} · {n}") for m, n in zip(below["model"], below["name"], strict=True)]
     named = ", ".join(named[:6]) + (f" and {len(named) - 6:,} more (each in the table below)" if len(named) > 6 else "")
     return (
-        f"Numerical rank: {len(grid) - len(below) - int(zero.sum()):,} of {len(grid):,} layer matrices are full-rank "
+        f"Numerical rank: {len(grid) - len(below) - int(zero.sum()):,} of {len(grid):,} layer matrices "
+        + (f"decomposed ({skipped:,} more got no spectrum, as said above) " if skipped else "")
+        + "are full-rank "
         "(as a random sparse matrix of the same density is), so rank alone says little; effective and stable rank "
         "below show how the update's energy is spread."
         + (f" Below full rank: {named}." if len(below) else "")
@@ -223,6 +228,10 @@ def rank_note(grid, esc=str) -> str:
 def updates(ws) -> None:
     analysis = ui.update_analysis(ws, spectra=True)
     spec = ui.shared(spectra_rows, analysis)  # once per analysis, for every session
+    skipped = ui.shared(skipped_rows, analysis)
+    left = skipped_summary(skipped)  # embeddings, lack of memory, packed experts stored quantized
+    if left:
+        ui.note(left, [])  # (the export's copy comes with delta_parts, both views')
     ui.need(spec is not None, "No 2-D update matrices to analyse.")
     models = list(analysis.labels)
     # Two views that draw only when chosen (one chart, or two heatmaps per model and the table); in the URL.
@@ -273,7 +282,7 @@ def updates(ws) -> None:
             if note:
                 st.caption(note)
     else:
-        rank_view(spec, chosen)
+        rank_view(spec, chosen, _skipped_layers(skipped, chosen))
     # the notes of this tab (both views) come with its parts (delta_parts), the closed Subspaces tab's with its own
     ui.export_button(
         "Spectra",
@@ -326,11 +335,12 @@ TABLE_COLUMNS = [
 ]
 
 
-def rank_view(spec, chosen: list) -> None:
-    """Numerical rank in one sentence, effective and stable rank per chosen model as heatmaps, the table."""
+def rank_view(spec, chosen: list, skipped: int = 0) -> None:
+    """Numerical rank in one sentence, effective and stable rank per chosen model as heatmaps, the table;
+    ``skipped``: the chosen models' layer matrices that got no spectrum."""
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
-    st.caption(rank_note(grid, ui.plain))
+    st.caption(rank_note(grid, ui.plain, skipped))
     for model in chosen:
         one = grid[grid["model"] == model]
         if len(one) and (one["rank"] == 0).all():  # two heatmaps of zeros on an empty colour range: said instead
@@ -375,8 +385,9 @@ def merged_parts(*builders) -> tuple[dict, dict, list]:
 
 
 def spectra_rows(analysis):
-    """Every analysed 2-D update (skipped ones left out; each expert of a packed 3-D tensor is one) with its
-    layer, module and expert (for MoE models), in the table's column order; None when there is none."""
+    """Every analysed 2-D update (skipped ones left out, named by :func:`skipped_summary`; each expert of a packed
+    3-D tensor is one) with its layer, module and expert (for MoE models), in the table's column order; None when
+    there is none."""
     spec = analysis.spectra_located()
     if not len(spec):
         return None
@@ -384,6 +395,28 @@ def spectra_rows(analysis):
     sparse = {"expert": spec.get("expert", pd.Series()).notna().any(), "mtp": spec.get("mtp", pd.Series()).any()}
     cols = [c for c in TABLE_COLUMNS if c in spec.columns and sparse.get(c, True)]
     return spec.loc[~spec["skipped"].astype(bool), cols]
+
+
+def skipped_rows(analysis):
+    """The matrices that got no spectrum (embedding-sized, lack of memory, packed experts stored quantized on a
+    side), located as :func:`spectra_rows`' rows are: the page names them instead of leaving them out unsaid."""
+    spec = analysis.spectra_located()
+    if not len(spec):
+        return pd.DataFrame(columns=["model", "name", "layer", "skipped", "note"])
+    return spec.loc[spec["skipped"].eq(True), ["model", "name", "layer", "skipped", "note"]]
+
+
+def skipped_summary(skipped) -> str | None:
+    """The note naming the ``skipped`` rows and why (:func:`subnetviz.analysis.spectra.skipped_summary`; imported
+    here, as the page's other analysis code is, so that opening the page loads no torch)."""
+    from subnetviz.analysis.spectra import skipped_summary as summary
+
+    return summary(skipped)
+
+
+def _skipped_layers(skipped, chosen) -> int:
+    """How many layer matrices of the ``chosen`` models are among the ``skipped`` rows."""
+    return int((skipped["model"].isin(list(chosen)) & skipped["layer"].notna()).sum())
 
 
 def _selected(spec, chosen: tuple, layer: str, module: str):

@@ -581,7 +581,7 @@ def compare_aligned(
             log.add(i, f"cast:{str(a.dtype)[6:]}>{str(b.dtype)[6:]}", name)
             a = a.to(b.dtype)  # round-to-nearest-even, as saving in b's dtype would
         st = compare_pair(a, b, options, name=name, packed=packed)
-        return st, st.changed, lambda e=None: _f64(b, e) - _f64(a, e)
+        return st, st.changed, lambda e=None: _f64(b, e, options.precision) - _f64(a, e, options.precision)
     if fa.kind == fb.kind == "codes":
         st = compare_codes(a, b, options, name=name)
         log.add(i, f"codes:{fb.label}", name, st.changed)
@@ -613,7 +613,7 @@ def compare_aligned(
         def delta():
             ea = effective(a, sa, fa, fa.block(ck_base.config), name=name, scale_name=fa.scale, zero=za)
             eb = effective(b, sb, fb, block, name=name, scale_name=fb.scale, zero=zb)
-            return eb.to(torch.float64) - ea.to(torch.float64)
+            return _f64(eb, None, options.precision) - _f64(ea, None, options.precision)
 
         return q.stats, q.changed_codes, delta
     # Different stored forms (e.g. a bf16 base and an FP8 release): dequantise the quantized side.
@@ -630,7 +630,7 @@ def compare_aligned(
     st = compare_pair(ea, eb, options, name=name)
     rounding = _rounding_only((a, fa, ck_base), (b, fb, ck), ea, eb, dev, name, options)
     log.add(i, f"forms:{fa.label} vs {fb.label}", name, rounding, st.changed)
-    return st, st.changed, lambda: eb.to(torch.float64) - ea.to(torch.float64)
+    return st, st.changed, lambda: _f64(eb, None, options.precision) - _f64(ea, None, options.precision)
 
 
 def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name: str, options=None) -> int:
@@ -689,9 +689,17 @@ def _rounding_only_table(x: torch.Tensor, code: torch.Tensor, form: TensorForm, 
     return int((same_code & (ea.to(torch.float32) != eb.to(torch.float32))).sum())
 
 
-def _f64(x: torch.Tensor, e: int | None) -> torch.Tensor:
-    """``x`` (or its slice ``e`` along dim 0) in float64."""
-    return (x if e is None else x[e]).to(torch.float64)
+def _f64(x: torch.Tensor, e: int | None, precision: str | None = None) -> torch.Tensor:
+    """``x`` (or its slice ``e`` along dim 0) in float64, first rounded to the comparison ``precision`` where one
+    is chosen (as :func:`~subnetviz.analysis.sparsity.compare_pair` casts both sides): the spectra decompose the Δ
+    the update mask sees (with bf16 chosen, an fp32 pair's Δ below half a bf16 step was dense and full-rank while
+    its mask held one entry)."""
+    x = x if e is None else x[e]
+    if precision is not None:
+        from subnetviz.analysis.sparsity import PRECISIONS
+
+        x = x.to(PRECISIONS[precision])
+    return x.to(torch.float64)
 
 
 def scale_values(ck, name: str, dev) -> torch.Tensor:

@@ -268,6 +268,50 @@ def skipped_spectrum(name: str, shape: tuple[int, ...], reason: str, density: fl
     return SpectrumResult(name, shape, density, empty, None, None, None, None, empty, None, None, "none", True, reason)
 
 
+def skipped_summary(frame: pd.DataFrame, limit: int = 6) -> str | None:
+    """One line saying which matrices of a spectra table ``frame`` (columns ``name``, ``skipped``, ``note``, and
+    ``model`` where several models share it) got no spectrum and why, grouped by reason, or None when none did.
+    The experts of one packed tensor (``key[e]``) are named once, with their count; at most ``limit`` names per
+    reason. (The pages drew only the decomposed rows: an embedding or a matrix skipped for lack of memory was
+    simply absent, with no word.)"""
+    if not len(frame) or "skipped" not in frame.columns:
+        return None
+    skipped = frame[frame["skipped"].eq(True)]
+    if not len(skipped):
+        return None
+    groups: dict[str, dict[str, set]] = {}  # reason -> name (a packed tensor's key) -> its experts skipped
+    for name, note in zip(skipped["name"].astype(str), skipped["note"].fillna("").astype(str), strict=True):
+        key, sep, e = name[:-1].rpartition("[") if name.endswith("]") else ("", "", "")
+        if not (sep and e.isdigit()):
+            key, e = name, None
+        groups.setdefault(_skip_kind(note), {}).setdefault(key, set()).add(e)
+    parts = []
+    for kind, names in groups.items():
+        shown = [k if None in es else f"{k} ({len(es):,} experts)" for k, es in names.items()]
+        listed = ", ".join(shown[:limit]) + (f" and {len(shown) - limit:,} more" if len(shown) > limit else "")
+        parts.append(f"{kind}: {listed}")
+    models = skipped["model"].nunique() if "model" in skipped.columns else 1
+    return (
+        f"{len(skipped):,} matri{'x' if len(skipped) == 1 else 'ces'} got no spectrum"
+        + (f" (over {models} models)" if models > 1 else "")
+        + f", so no chart or table of them is drawn (spectra.csv lists {'it' if len(skipped) == 1 else 'them'} as "
+        f"skipped): {'; '.join(parts)}."
+    )
+
+
+def _skip_kind(note: str) -> str:
+    """A skip's reason (:func:`skip_reason`, the update pass' memory and stored-form skips) in a few words."""
+    why = note.removeprefix("skipped, ")
+    if why.startswith("embedding-sized"):
+        side = why.rpartition("max_dim ")[2].rstrip(")")
+        return f"embedding-sized (a side over {int(side):,})" if side.isdigit() else "embedding-sized"
+    if why.startswith("needs about"):
+        return "not enough memory"
+    if why.startswith("packed experts stored quantized"):
+        return "packed experts stored quantized on a side (decomposed only as float weights)"
+    return why.split(":")[0] or "skipped"
+
+
 def update_spectrum(
     name: str,
     delta: torch.Tensor,

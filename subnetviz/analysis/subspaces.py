@@ -17,10 +17,13 @@ the finetuned matrix:
 The update mask follows the update pass (:func:`subnetviz.analysis.quant.compare_aligned`): a float pair is
 compared at the finetune's stored dtype (the base rounded to it), a float side against a quantized one at the
 float side's stored dtype (both cast to it), a quantized pair as dequantised float32; so ``changed`` is the
-update pass's. A base (or finetune) whose σ₁ is 0 has no top-K subspace: its angles (and, for the base, the
-principal overlap) are NaN. Biases are no matrices (gpt-oss's packed (E, out) ones included); a packed 3-D
-expert tensor (E, m, n) of float weights is compared expert by expert, its rows named ``name[e]`` as the
-spectra name them (``expert`` says which); one stored quantized on a side is left out, with a note.
+update pass's. The angles, σ ratios and principal weights are taken of the matrices at that same dtype: an fp32
+base against its bf16 release read the base's bf16 rounding as rotation (0.33° where one entry changed by one
+step moved the subspace 0.02°); a note says which pairs were cast. A base (or finetune) whose σ₁ is 0 has no
+top-K subspace: its angles (and, for the base, the principal overlap) are NaN. Biases are no matrices
+(gpt-oss's packed (E, out) ones included); a packed 3-D expert tensor (E, m, n) of float weights is compared
+expert by expert, its rows named ``name[e]`` as the spectra name them (``expert`` says which); one stored
+quantized on a side is left out, with a note.
 
 Numerics:
 
@@ -85,7 +88,7 @@ __all__ = [
 
 ProgressFn = Callable[[int, int, str], None]
 METHODS = ("auto", "gram", "randomized", "svd")
-SUBSPACES_VERSION = 3  # bump when the same inputs would give different numbers or files
+SUBSPACES_VERSION = 4  # bump when the same inputs would give different numbers or files
 COLUMNS = [
     "model",
     "name",
@@ -237,11 +240,12 @@ def compare_subspaces(
 ) -> SubspaceResult:
     """The subspace comparison of one (m, n) matrix pair (stored dtype; same shape).
 
-    ``base_top``: the base's :class:`TopK` when already computed (one decomposition per base
-    matrix, whatever the number of finetuned models). ``compare_dtype``: the dtype at which an entry
-    counts as changed (its bits differ there, both sides cast to it with round-to-nearest-even); by default
-    the finetune's, as the update pass compares a float pair (:func:`analyze_subspaces` passes the update
-    pass's rule for every stored form).
+    ``compare_dtype``: the dtype at which the pair is compared, by default the finetune's, as the update pass
+    compares a float pair (:func:`analyze_subspaces` passes the update pass's rule for every stored form). Both
+    matrices are cast to it first (round-to-nearest-even, as saving in it would): an entry counts as changed where
+    its bits differ there, and the subspaces, σ ratios and principal weights are those of the cast matrices, so a
+    base's rounding to the finetune's dtype reads as no rotation. ``base_top``: the base's :class:`TopK` at that
+    dtype when already computed (one decomposition per base matrix, whatever the number of finetuned models).
     """
     if base.shape != ft.shape or base.dim() != 2:
         raise ConfigError(
@@ -252,8 +256,10 @@ def compare_subspaces(
     k = options.k_for(shape)
     method = choose_method(shape, options)
     kw = dict(method=method, oversample=options.oversample, power_iters=options.power_iters, seed=options.seed)
+    dtype = compare_dtype or ft.dtype
+    base, ft = base.to(dtype), ft.to(dtype)  # (no copy where stored so)
     tb = base_top if base_top is not None else top_k(base, k, **kw)
-    changed_mask = changed_entries(base, ft, compare_dtype or ft.dtype)
+    changed_mask = changed_entries(base, ft, dtype)
     changed = int(changed_mask.sum())
     numel = base.numel()
     base_defined = _sigma1(tb) > 0  # a zero base has no top-K subspace: what its angles would measure is arbitrary
@@ -365,6 +371,7 @@ def analyze_subspaces(
     per_key, keys, left_out = _matrices(ck_base, cks, forms_base, forms)
     out = SubspaceTable({lab: [] for lab in labels})
     table = ck_base.names_table
+    cast: dict[tuple[str, str, str], int] = {}  # (base as read, finetune as read, compared at) -> matrices
     for step, key in enumerate(keys):
         if progress:
             progress(step, len(keys), key)
@@ -392,10 +399,20 @@ def analyze_subspaces(
             a_all = _weights(ck_base, at, 0, "cpu" if packed else dev, fa)
             b_all = _weights(ck, at, 1, "cpu" if packed else dev, fb)
             dtype = comparison_dtype(fa, fb, ck_base.meta(at.names[0]).dtype, ck.meta(at.names[1]).dtype)
+            if a_all.dtype != dtype or b_all.dtype != dtype:  # decomposed as compared: said in a note
+                what = (_read_as(a_all, fa), _read_as(b_all, fb), _dtype_name(dtype))
+                cast[what] = cast.get(what, 0) + len(_parts(at))
+            if not packed:  # the pair as compared (the stored tensors dropped where cast)
+                a_all = _cast(a_all, dtype, ck_base, at.names[0])
+                b_all = _cast(b_all, dtype, ck, at.names[1])
             for name, e in _parts(at):
-                a, b = (a_all, b_all) if e is None else (a_all[e].to(dev), b_all[e].to(dev))
-                if (at.rows, e) not in base_top:
-                    base_top[at.rows, e] = top_k(
+                a, b = (
+                    (a_all, b_all)
+                    if e is None
+                    else (_cast(a_all[e].to(dev), dtype, ck_base, name), _cast(b_all[e].to(dev), dtype, ck, name))
+                )
+                if (at.rows, e, dtype) not in base_top:  # (finetunes of other dtypes compare other base roundings)
+                    base_top[at.rows, e, dtype] = top_k(
                         a,
                         options.k_for(shape),
                         method=choose_method(shape, options),
@@ -403,7 +420,7 @@ def analyze_subspaces(
                         power_iters=options.power_iters,
                         seed=options.seed,
                     )
-                res = compare_subspaces(name, a, b, options, base_top=base_top[at.rows, e], compare_dtype=dtype)
+                res = compare_subspaces(name, a, b, options, base_top=base_top[at.rows, e, dtype], compare_dtype=dtype)
                 out.results[lab].append(
                     replace(res, layer=info.layer, module=info.module, expert=_expert(info, e), block=info.block)
                 )
@@ -420,6 +437,16 @@ def analyze_subspaces(
             f"subspaces: matrices with a side over {options.max_dim} and the other over {GRAM_SIDE} used randomized "
             f"SVD (q = K + {options.oversample}, {options.power_iters} power iterations, float32, refined in float64)."
         )
+    if cast:
+        said = "; ".join(
+            f"{n:,} with the base read as {da} and the finetune as {db}, compared at {dt}"
+            for (da, db, dt), n in sorted(cast.items())
+        )
+        out.notes.append(
+            f"subspaces: matrices whose two sides are read in different dtypes were both rounded to the dtype the "
+            f"update mask compares them at before being decomposed ({said}), so the rounding alone reads as no "
+            "rotation and no change of σ; every other pair was decomposed as read."
+        )
     if left_out:
         ex = ", ".join(left_out[:3]) + (" ..." if len(left_out) > 3 else "")
         out.notes.append(
@@ -428,6 +455,27 @@ def analyze_subspaces(
         )
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _read_as(x: torch.Tensor, form) -> str:
+    """How a side was read, for the notes: its dtype, and "dequantised" for a quantized form's weights."""
+    return _dtype_name(x.dtype) + ("" if form.kind == "float" else " (dequantised)")
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype, ck, name: str) -> torch.Tensor:
+    """``x`` (finite weights of ``name`` in ``ck``) at the compared ``dtype``; refused in one line where the cast
+    overflows (an fp32 or bf16 weight beyond float16's ±65504 against an fp16 finetune)."""
+    y = x.to(dtype)
+    if y.dtype != x.dtype and not bool(torch.isfinite(y).all()):
+        raise ConfigError(
+            f"{ck.spec} :: {name}: weights beyond {_dtype_name(dtype)}'s range once cast to it (the dtype the pair "
+            "is compared at); compare checkpoints stored in one dtype."
+        )
+    return y
 
 
 def _parts(at) -> list[tuple[str, int | None]]:

@@ -375,9 +375,19 @@ class _Walk:
         if st.row_counts is not None and len(at.shape) >= 2:
             self.row_col[i][key] = (st.row_counts, st.col_counts)
         sp = self.spectra
-        if sp is None or not sp.enabled or delta_fn is None or info.param == "bias":
+        if sp is None or not sp.enabled or info.param == "bias":
             return  # (gpt-oss's packed biases are 2-D, one row per expert: no matrix to decompose)
         float_pair = views is not None or fa.kind == fb.kind == "float"
+        if not float_pair and packed_experts(at.shape, info):  # said per expert, as its float experts are listed
+            reason = (
+                f"skipped, packed experts stored quantized on a side ({row['stored_as']}): a packed tensor's "
+                "experts are decomposed one by one only as float weights"
+            )
+            shape = tuple(int(s) for s in at.shape[1:])
+            self.spec_results[i] += [skipped_spectrum(f"{key}[{e}]", shape, reason) for e in range(int(at.shape[0]))]
+            return
+        if delta_fn is None:
+            return
         for name, e in spectrum_parts(key, at.shape, info, float_pair):
             shape = tuple(int(s) for s in (at.shape if e is None else at.shape[1:]))
             reason = skip_reason(shape, sp.max_dim) or _memory_reason(shape, sp.baseline, self.dev)
@@ -538,7 +548,8 @@ def _int_view(ck: Checkpoint, at, i: int) -> np.ndarray:
 
 def _delta_of_views(x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
     """The float64 Δ (for spectra) of a float pair given as integer views of ``dtype``; ``e``: of slice ``e``
-    alone (one expert of a packed 3-D tensor)."""
+    alone (one expert of a packed 3-D tensor). Such a pair is compared as stored (one dtype, no precision chosen:
+    :func:`~subnetviz.analysis.sparsity.stored_kernels`), so its Δ needs no cast to be the one the mask sees."""
 
     def delta(e: int | None = None) -> torch.Tensor:
         xe, ye = (x, y) if e is None else (x[e], y[e])
@@ -636,9 +647,14 @@ def spectrum_parts(key: str, shape: Sequence[int], info, float_pair: bool) -> li
         return []
     if len(shape) == 2:
         return [(key, None)]
-    if len(shape) == 3 and info.expert == "all" and float_pair:
+    if packed_experts(shape, info) and float_pair:
         return [(f"{key}[{e}]", e) for e in range(int(shape[0]))]
     return []
+
+
+def packed_experts(shape: Sequence[int], info) -> bool:
+    """Whether a weight of ``shape`` (``info``: its naming) is a packed 3-D stack of expert matrices (E, m, n)."""
+    return len(shape) == 3 and info.expert == "all" and info.module not in NORM_MODULES
 
 
 def planned_spectra(base, finetuned: Sequence, spectra: SpectraOptions | None) -> list[tuple[int, int]]:

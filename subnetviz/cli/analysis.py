@@ -4,12 +4,15 @@ accuracy, revert experiments) and ``experiment drivers``."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from subnetviz.cli.common import check_out, progress_bar, publish, threads
 from subnetviz.errors import SubnetvizError
+
+SUBSPACES_NOTES = "subspaces_notes.json"  # analyze --subspaces: the subspaces' notes, a JSON list of lines
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -62,6 +65,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if subspaces is not None:
             subspaces[0].to_csv(tmp / "subspaces.csv", index=False)
             subspaces[1].to_parquet(tmp / "subspaces.parquet", index=False)
+            # its notes (skips, tensors left out, the dtype compared at) kept beside it: on stderr only, the folder
+            # alone could not show that a tensor had been left out
+            (tmp / SUBSPACES_NOTES).write_text(json.dumps(list(subspaces[2]), indent=2))
     for line in analysis.notes:
         print(f"note: {line}", file=sys.stderr)
     summary = analysis.summary()
@@ -119,7 +125,8 @@ def _check_device(device: str) -> None:
 def _subspaces(args: argparse.Namespace, labels: list[str]):
     """``analyze --subspaces K``: principal angles, σ ratios and principal-weight overlap per 2-D weight
     (through the disk cache unless ``--no-cache``); prints the table's notes (skips, left-out tensors, the
-    randomized path), served from the cache too, and returns the (rows, vectors) frames."""
+    randomized path, the dtype compared at), served from the cache too, and returns the (rows, vectors) frames and
+    the notes."""
     from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces, cached_subspaces
 
     options = SubspaceOptions(k=args.subspaces, share=args.subspaces_share)
@@ -131,7 +138,7 @@ def _subspaces(args: argparse.Namespace, labels: list[str]):
         rows, vectors, notes = cached_subspaces(args.base, args.finetuned, with_notes=True, **kwargs)
     for line in notes:
         print(f"note: {line}", file=sys.stderr)
-    return rows, vectors
+    return rows, vectors, notes
 
 
 def cmd_behavior(args: argparse.Namespace) -> int:

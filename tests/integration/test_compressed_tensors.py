@@ -31,7 +31,8 @@ FORMATS = {  # preset (or int4 with groups of 16: the tiny model is 16 wide) -> 
     "FP8": ("weight", torch.float8_e4m3fn),
     "MXFP8A16": ("weight", torch.float8_e4m3fn),  # E8M0 (uint8) scales per group of 32 (a 64-wide model)
 }
-STORED = {"W4A16-g16": "weight_packed", "NVFP4A16": "weight_packed"}  # where the stored tensor has another name than the listed one
+# where the stored tensor has another name than the listed one
+STORED = {"W4A16-g16": "weight_packed", "NVFP4A16": "weight_packed"}
 
 
 def _scheme(name: str):
