@@ -13,7 +13,14 @@ anonymous memory (``RssAnon``) every 2 ms:
 - ``mxfp4``: one gpt-oss layer of 16 packed experts (gate_up 1024 × 2048, down 1024 × 1024 each) stored
   as the release does (4-bit codes + E8M0 scales), against a bf16 finetune of the dequantised weights:
   every expert is dequantised when read (checkpoints.mxfp4). With it, the dequantisation alone on
-  gpt-oss-20b's expert shape against transformers' own, in the same run.
+  gpt-oss-20b's expert shape against transformers' own, in the same run;
+- ``ct-int4``, ``nf4``, ``awq``, ``nvfp4``: the four matrices as compressed-tensors' pack-quantized int4
+  (groups of 128, asymmetric: int32 words + bf16 scales + packed zero points), bitsandbytes NF4 (double
+  quantisation: bytes + uint8 absmax + nested absmax and quant_state), AutoAWQ GEMM (qweight / qzeros /
+  scales, groups of 128) and compressed-tensors' NVFP4 (bytes + FP8 scales per 16 + global scale), codes
+  unpacked into the weight's shape when read and compared dequantised; ~30 % of the stored words or bytes
+  have a code moved, and 5 % of the scales too (written in the formats' layouts, random codes: a benchmark
+  of reading and comparing, not of quantising).
 
 Printed per form: seconds, ns per parameter, the ratio to bf16 per parameter, the same in CPU time of
 the analysis (process time: steadier than wall time on a shared machine), peak RssAnon against
@@ -41,7 +48,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-FORMS = ("bf16", "fp8", "int8", "lora", "moe", "mxfp4")
+FORMS = ("bf16", "fp8", "int8", "lora", "moe", "mxfp4", "ct-int4", "nf4", "awq", "nvfp4")
 CHANGED = 0.30
 
 
@@ -155,7 +162,82 @@ def write_pairs(root: Path, rows: int) -> dict[str, int]:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"))
         (d / "config.json").write_text(json.dumps({"model_type": "gpt_oss", "num_local_experts": experts, **extra}))
     largest["mxfp4"] = experts * hid * 2 * inter * 2  # gate_up in bf16 (the finetune's, and the base's once read)
+    largest.update(_write_codes(root, names, rows, gen))
     return largest
+
+
+def _moved_scales(s, gen):
+    """``s`` with 5 % of its entries one step of their dtype up (an integer view's last bit flipped)."""
+    import torch
+
+    iv = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[s.dtype.itemsize]
+    flip = torch.rand(s.shape, generator=gen) < 0.05
+    return torch.where(flip, s.view(iv) ^ 1, s.view(iv)).view(s.dtype)
+
+
+def _write_codes(root: Path, names: list[str], rows: int, gen) -> dict[str, int]:
+    """The four formats whose codes a checkpoint reader unpacks (checkpoints.ct_packed, bnb4, awq, nvfp4):
+    base/ft folders of the four matrices in each; form -> the largest tensor once unpacked (its codes, 1 byte
+    each: what the reader allocates)."""
+    import torch
+    from safetensors.torch import save_file
+
+    cols, group = 4096, 128
+    out: dict[str, tuple[dict, dict, dict]] = {"ct-int4": ({}, {}, {}), "nf4": ({}, {}, {}), "awq": ({}, {}, {})}
+    out["nvfp4"] = ({}, {}, {})
+    words = lambda *shape: torch.randint(-(2**31), 2**31 - 1, shape, generator=gen, dtype=torch.int32)  # noqa: E731
+    for n in names:
+        stem = n.removesuffix(".weight")
+        b, f, _ = out["ct-int4"]
+        packed = words(rows, cols // 8)
+        scale = (torch.rand(rows, cols // group, generator=gen) * 1e-2 + 1e-3).to(torch.bfloat16)
+        zero = words(rows * 4 // 32, cols // group)
+        b.update({f"{stem}.weight_packed": packed, f"{stem}.weight_scale": scale, f"{stem}.weight_zero_point": zero})
+        b[f"{stem}.weight_shape"] = torch.tensor([rows, cols])
+        f.update({**{k: v for k, v in b.items() if k.startswith(stem)}})
+        f[f"{stem}.weight_packed"] = _flip(packed, CHANGED, gen)
+        f[f"{stem}.weight_scale"] = _moved_scales(scale, gen)
+        b, f, _ = out["nf4"]
+        nbytes, blocks = rows * cols // 2, rows * cols // 64
+        codes = torch.randint(0, 256, (nbytes, 1), generator=gen, dtype=torch.uint8)
+        absmax = torch.randint(0, 256, (blocks,), generator=gen, dtype=torch.uint8)
+        state = {"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [rows, cols]}
+        state |= {"nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.01}
+        raw = torch.frombuffer(bytearray(json.dumps(state).encode()), dtype=torch.uint8)
+        b.update({n: codes, f"{n}.absmax": absmax, f"{n}.quant_state.bitsandbytes__nf4": raw})
+        b[f"{n}.nested_absmax"] = torch.rand(-(-blocks // 256), generator=gen) * 1e-2
+        b[f"{n}.nested_quant_map"] = torch.linspace(-1, 1, 256)
+        b[f"{n}.quant_map"] = torch.linspace(-1, 1, 16)
+        f.update({k: v for k, v in b.items() if k.startswith(n)})
+        f[n], f[f"{n}.absmax"] = _flip(codes, CHANGED, gen), _moved_scales(absmax, gen)
+        b, f, _ = out["awq"]
+        qweight, qzeros = words(cols, rows // 8), words(cols // group, rows // 8)
+        scales = (torch.rand(cols // group, rows, generator=gen) * 1e-2 + 1e-3).to(torch.float16)
+        b.update({f"{stem}.qweight": qweight, f"{stem}.qzeros": qzeros, f"{stem}.scales": scales})
+        f.update({k: v for k, v in b.items() if k.startswith(stem)})
+        f[f"{stem}.qweight"], f[f"{stem}.scales"] = _flip(qweight, CHANGED, gen), _moved_scales(scales, gen)
+        b, f, _ = out["nvfp4"]
+        fp4 = torch.randint(0, 256, (rows, cols // 2), generator=gen, dtype=torch.uint8)
+        fp8 = (torch.rand(rows, cols // 16, generator=gen) * 4 + 0.5).to(torch.float8_e4m3fn)
+        b.update({f"{stem}.weight_packed": fp4, f"{stem}.weight_scale": fp8})
+        b[f"{stem}.weight_global_scale"] = torch.tensor([448.0 * 6 / 0.05])
+        f.update({k: v for k, v in b.items() if k.startswith(stem)})
+        f[f"{stem}.weight_packed"], f[f"{stem}.weight_scale"] = _flip(fp4, CHANGED, gen), _moved_scales(fp8, gen)
+    ct = {"quant_method": "compressed-tensors", "format": "pack-quantized"}
+    int4 = {"type": "int", "num_bits": 4, "strategy": "group", "group_size": group, "symmetric": False}
+    configs = {
+        "ct-int4": {**ct, "config_groups": {"g": {"format": "pack-quantized", "weights": int4}}},
+        "nf4": {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
+        "awq": {"quant_method": "awq", "bits": 4, "group_size": group, "zero_point": True, "version": "gemm"},
+        "nvfp4": {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized"},
+    }
+    for form, (b, f, _) in out.items():
+        for side, sd in (("base", b), ("ft", f)):
+            d = root / form / side
+            d.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"))
+            _cfg(d, quantization_config=configs[form])
+    return dict.fromkeys(out, rows * cols)
 
 
 def run_one(form: str, root: Path) -> None:

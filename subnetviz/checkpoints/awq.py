@@ -75,11 +75,12 @@ class Unpacked:
         require_memory(f"AWQ codes of {name} (unpacked, transposed)", 3 * rows * cols)
         words = np.ascontiguousarray(x.numpy(), dtype="<i4")
         u8 = words.view(np.uint8).reshape(words.shape[0], words.shape[1], 4)  # little-endian bytes of each word
-        nib = np.empty((words.shape[0], words.shape[1], 8), np.uint8)  # nibble i at bits 4i..
-        np.bitwise_and(u8, 0x0F, out=nib[:, :, 0::2])
-        np.right_shift(u8, 4, out=nib[:, :, 1::2])
-        codes = nib[:, :, list(_NIBBLE_OF_COLUMN)].reshape(words.shape[0], -1)  # (in, out), columns in order
-        return torch.from_numpy(np.ascontiguousarray(codes.T))
+        out = np.empty((rows, cols), np.uint8)  # (out, in): output column 8c + j of word c is row 8c + j
+        by_word = out.reshape(words.shape[1], 8, cols)
+        for j, i in enumerate(_NIBBLE_OF_COLUMN):  # nibble i: byte i // 2, its high half when i is odd
+            byte = u8[:, :, i // 2]
+            by_word[:, j, :] = (byte >> 4).T if i % 2 else (byte & 0x0F).T  # (one (in, out / 8) byte temporary)
+        return torch.from_numpy(out)
 
 
 def plan(metas: dict[str, TensorMeta], config: dict) -> dict[str, Unpacked]:

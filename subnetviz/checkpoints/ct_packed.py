@@ -164,17 +164,17 @@ def unpack(words: torch.Tensor, p: Unpacked, *, name: str = "tensor") -> torch.T
         w = w.T
         rows, cols = cols, rows
     u8 = np.ascontiguousarray(w, dtype="<i4").view(np.uint8).reshape(w.shape[0], -1)  # bytes in order
-    per = 8 // p.bits
-    if per == 1:
-        codes = u8
+    per, offset = 8 // p.bits, np.uint8(1 << (p.bits - 1))
+    if per == 1:  # (a new array: u8 may be the file's own map)
+        codes = np.subtract(u8, offset, dtype=np.uint8)  # (wraps in uint8: the signed code, two's complement)
     else:
         codes = np.empty((u8.shape[0], u8.shape[1], per), np.uint8)
         for j in range(per):
             np.right_shift(u8, j * p.bits, out=codes[:, :, j])
         codes &= np.uint8((1 << p.bits) - 1)
         codes = codes.reshape(u8.shape[0], -1)
-    codes = codes[:, :cols]
-    codes = (codes - np.uint8(1 << (p.bits - 1))).view(np.int8)  # (wraps in uint8: the signed code, two's complement)
+        codes -= offset  # (in place, wrapping as above)
+    codes = codes[:, :cols].view(np.int8)
     if p.dim == 0:
         codes = codes.T
     return torch.from_numpy(np.ascontiguousarray(codes))

@@ -101,6 +101,7 @@ def test_codes_and_effective_weights_are_compressed_tensors_own(ct, name):
         assert form.kind == "int8" and form.group == GROUP and form.label == f"compressed-tensors int{bits} codes"
         codes = ck.get(n)
         assert torch.equal(codes, unpack_from_int32(packed, bits, torch.Size(shape))), n
+        assert torch.equal(ck.get(n), codes)  # read again, the same: unpacking never writes the file's map
         zero = zero_values(ck, form, "cpu")
         if symmetric:
             assert zero is None and form.zero is None
