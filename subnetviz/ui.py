@@ -602,6 +602,26 @@ def note(text: str, notes: list[str]) -> None:
     notes.append(text)
 
 
+# The analysis notes that change how a page's numbers read: part of the models left out of the comparison (a
+# "100 %" over the norms alone), changes that are only quantization rounding, codes compared as codes.
+KEY_NOTES = ("Not compared (in only one of the pair)", "rounding, not training", "compared as stored codes only")
+
+
+def analysis_notes(notes: Sequence[str], said: list[str]) -> None:
+    """An update analysis' ``notes`` on a page that shows its numbers, kept short: those that change how the
+    numbers read (:data:`KEY_NOTES`) shown first, the others under a closed "Notes (N)" expander; every one kept
+    in ``said`` for the page's export (as :func:`note`). Only the Workspace page showed them: Update sparsity read
+    "100.0 %" for a model whose linear layers were never compared."""
+    key = [n for n in notes if any(k in n for k in KEY_NOTES)]
+    rest = [n for n in notes if n not in key]
+    for n in key:
+        note(n, said)
+    if rest:
+        with st.expander(f"{'More notes' if key else 'Notes'} ({len(rest)})", icon=":material/notes:"):
+            for n in rest:
+                note(n, said)
+
+
 def _with_notes(more, notes: list[str]):
     """``more`` (see :func:`export_button`) with the page's ``notes`` before the closed tabs' own, every note with
     its server paths shown relative to their roots (a shared file shows none); a ``more`` that fails keeps the

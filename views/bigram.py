@@ -166,21 +166,23 @@ def analyse(model: str, corpus: str) -> None:
         t: max((n for n in names if n.startswith(f"{t} mask")), key=lambda n: n.rsplit("· ", 1)[-1], default=None)
         for t in ("bigram", "optimal")
     }  # the newest mask of each target is the default
+    # The masks are read from and written into the URL by hand, the newest too: a bound picker leaves its default
+    # (the newest mask) out, so a shared link showed whichever mask was newest when it was opened.
+    q = st.query_params
     mask = a.selectbox(
         "Bigram subnetwork mask",
         names,
-        index=names.index(latest["bigram"]) if latest["bigram"] else 0,
+        index=names.index(uilogic.url_choice(q.get("bg_mask"), names, latest["bigram"] or names[0])),
         key="bg_mask",
-        bind="query-params",
     )
     opts = ["none", *names]
     opt = b.selectbox(
         "Optimal subnetwork mask (overlap)",
         opts,
-        index=opts.index(latest["optimal"]) if latest["optimal"] else 0,
+        index=opts.index(uilogic.url_choice(q.get("bg_opt"), opts, latest["optimal"] or "none")),
         key="bg_opt",
-        bind="query-params",
     )
+    q["bg_mask"], q["bg_opt"] = mask, opt
     if latest["optimal"] is None:
         from subnetviz.demo.extras import zoo_job_note
 

@@ -53,7 +53,12 @@ def launch() -> None:
             "also each masked method + KKT",
             help="Start each task's mask from the most useful earlier mask (KNN accuracy above chance).",
         )
-        inference = d4.checkbox("SupSup one-shot task inference (experimental)")
+        inference = d4.checkbox(  # a short label: a quarter of the form's width cut the long one off
+            "task inference (SupSup)",
+            help="SupSup one-shot task inference (experimental): at test time the task is not given; SupSup "
+            "infers it from one gradient of the output entropy over its superposed task masks. The results are "
+            "under the Task inference tab.",
+        )
         go = st.form_submit_button("Launch", type="primary", icon=":material/play_arrow:")
     if go:
         with ui.said_here():  # the form stays, with its values
@@ -106,7 +111,13 @@ def results() -> None:
             st.rerun()
         st.stop()
     labels = run_names(done)
-    run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="cl_run", bind="query-params")
+    # The run is written into the URL by hand, the newest too: a bound picker leaves its default (the newest run)
+    # out, so a shared link showed whichever run was newest when it was opened (and fell back from a tab that run
+    # lacks). The URL names it as the pickers do ("name · id"); an id alone is read too.
+    ids, asked = list(labels), st.query_params.get("cl_run")
+    shown = next((i for i in ids if asked in (i, labels[i])), ids[0])
+    run_id = st.selectbox("Run", ids, index=ids.index(shown), format_func=labels.get, key="cl_run")
+    st.query_params["cl_run"] = labels[run_id]
     folder = ui.job_runner().get(run_id).outputs
     frames = ui.shared(load_result, str(folder))  # a finished run's files: read once, for every session
     summary, acc = frames["summary"], frames["accuracy"]

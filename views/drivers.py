@@ -100,7 +100,13 @@ def _results() -> None:
             icon=":material/info:",
         )
         return
-    choice = st.selectbox("Results", list(runs), format_func=lambda r: runs[r][0], key="dr_run", bind="query-params")
+    # The run is read from and written into the URL by hand, the newest too: a bound picker leaves its default
+    # (the newest run) out, so a shared link showed whichever run was newest when opened; and inside this live
+    # fragment a bound widget does not restore from the address bar. By its "name · id" label, or its id.
+    ids, asked = list(runs), st.query_params.get("dr_run")
+    shown = next((i for i in ids if asked in (i, runs[i][0])), ids[0])
+    choice = st.selectbox("Results", ids, index=ids.index(shown), format_func=lambda r: runs[r][0], key="dr_run")
+    st.query_params["dr_run"] = runs[choice][0]
     results, v = ui.shared(read_results, str(runs[choice][1]))  # a finished run's files: read once, for every session
     st.subheader("Which of the paper's conjectures does the zoo reproduce?")
     seeds, params = results["seed"].nunique(), runs[choice][2]

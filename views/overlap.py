@@ -62,10 +62,20 @@ def body() -> None:
         ui.note(note, said)
     report = overlap.report
     empty = [lbl for lbl, n in zip(report.sizes["label"], report.sizes["count"], strict=True) if n == 0]
-    if empty:  # its o1 row is 0 / 0: blank cells, said why
+    # A mask empty over the tensors compared here may hold entries elsewhere (a W3 copy's linear layers, not
+    # compared, beside a W4 one's 72,248 changed entries): "nothing changed" only of a mask empty in its file.
+    truly = {lbl for lbl in empty if ui.mask_summary(sources[lbl])["count"] == 0}
+    if truly:  # its o1 row is 0 / 0: blank cells, said why
         ui.note(
-            f"{', '.join(empty)}: no entry in the mask (nothing changed), so its share inside another mask (o1, its "
-            "row) is undefined and left blank.",
+            f"{', '.join(lbl for lbl in empty if lbl in truly)}: no entry in the mask (nothing changed in the "
+            "tensors it covers), so its share inside another mask (o1, its row) is undefined and left blank.",
+            said,
+        )
+    if len(truly) < len(empty):
+        ui.note(
+            f"{', '.join(lbl for lbl in empty if lbl not in truly)}: no entry in the {overlap.common:,} tensors "
+            "compared here (its entries lie in tensors not compared), so its share "
+            "inside another mask (o1, its row) is undefined here and left blank.",
             said,
         )
     view = st.radio(
@@ -79,19 +89,27 @@ def body() -> None:
     # Sections as tabs that draw only when open: 1–3 charts per view instead of six (faster to show).
     tabs = st.tabs(TABS, key="ov_tab", on_change="rerun", bind="query-params")
     pairs = [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()]
+    # the criterion in each chart (a downloaded figure has no picker to say it): update masks only, saved ones are
+    # as saved
+    at = f"update masks at tolerance {crit}" if crit != "exact" and deltas.intersection(chosen) else ""
     for tab, name in zip(tabs, TABS, strict=True):
         if not tab.open:
             continue
         with tab:
             if name == "Sets" and report.union == 0 and len(chosen) in (2, 3):
-                st.caption("No mask has any entry (every chosen mask is empty): there is no Venn diagram to draw.")
+                st.caption(
+                    "No mask has any entry (every chosen mask is empty): there is no Venn diagram to draw."
+                    if len(truly) == len(chosen)
+                    else f"No chosen mask has any entry in the {overlap.common:,} tensors compared here: there is "
+                    "no Venn diagram to draw."
+                )
             if name == "Per layer":
                 pair = st.selectbox("Per-layer view of the pair", pairs, key="ov_pair", bind="query-params")
-                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, pair)
+                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, pair, at)
                 if overlap.packed_experts:  # gpt-oss, Llama-4, Granite: every expert of a layer in one tensor
                     st.caption(packed_note(overlap.packed_experts))
             else:
-                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name)
+                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, None, at)
             draw(figs, tables)
     asked = st.query_params.get("ov_pair")
     params = {"base": ws.base, "masks": chosen, "criterion": crit, "view": VIEW_NAMES[view]}
@@ -104,7 +122,7 @@ def body() -> None:
         params,
         ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "expert-overlap", "consensus"],
         ["pairwise", "consensus-table"],
-        more=lambda: every_tab(overlap, tuple(chosen), view, asked if asked in pairs else pairs[0]),
+        more=lambda: every_tab(overlap, tuple(chosen), view, asked if asked in pairs else pairs[0], at),
         notes=said,
     )
 
@@ -138,13 +156,16 @@ def draw(figs: dict, tables: dict) -> None:
         ui.table(frame, key, caption)
 
 
-def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = None) -> tuple[dict, dict]:
-    """One tab's figures and tables (key -> figure, key -> (caption, frame)), shared by every session."""
+def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = None, at: str = "") -> tuple[dict, dict]:
+    """One tab's figures and tables (key -> figure, key -> (caption, frame)), shared by every session; ``at``: the
+    update masks' criterion, under each title ("" at exact or with no update mask chosen)."""
     report = overlap.report
     # Long labels (masks of a run: "SupSup task 1 mask (d=0.05, seed 0) · <run id>") drawn short on the
     # charts, what they share under each title; the tables keep the full labels.
     short, shared = figures.compact_labels(chosen)
-    sub = f"<br><sup>{figures.plain_label(shared)}</sup>" if shared else ""
+    under = " · ".join(x for x in (figures.plain_label(shared) if shared else "", at) if x)
+    sub = f"<br><sup>{under}</sup>" if under else ""
+    crit = f" · {at}" if at else ""  # after a subtitle of its own (the pair)
     if name == "Sets":
         figs = {}
         # Venn beside the UpSet; beyond three masks the UpSet alone, full width. No Venn of empty masks (no circle)
@@ -187,14 +208,14 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
             "layer-overlap": figures.overlap_layer_heatmap(
                 one[one["layer"].notna()].assign(mtp=lambda d: d["layer"].isin(overlap.mtp_layers)),
                 view=view,
-                title=f"{what} by layer and module<br><sup>{figures.plain_label(pair)}</sup>",
+                title=f"{what} by layer and module<br><sup>{figures.plain_label(pair)}{crit}</sup>",
             )
         }
         if overlap.experts is not None:  # mixture-of-experts masks: the pair per layer × expert
             figs["expert-overlap"] = figures.overlap_layer_heatmap(
                 pair_by_layer(overlap.experts, pa, pb).assign(mtp=lambda d: d["layer"].isin(overlap.mtp_layers)),
                 view=view,
-                title=f"{what} per layer × expert<br><sup>{figures.plain_label(pair)}</sup>",
+                title=f"{what} per layer × expert<br><sup>{figures.plain_label(pair)}{crit}</sup>",
             )
         return figs, {}
     # Consensus: how many masks agree on each entry, against independent masks: per tensor (drawn), and global
@@ -206,7 +227,8 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
     )
     table["ratio_over_chance_per_tensor"] = table["count"] / table["expected_count_per_tensor"]
     table["ratio_over_chance_global"] = table["count"] / table["expected_count_global"]
-    title = "Consensus: in how many masks is a changed parameter? (markers: per-tensor chance)"
+    # (the criterion on the title's line: the chart adds a subtitle of its own, parameters in no mask)
+    title = "Consensus: in how many masks is a changed parameter? (markers: per-tensor chance)" + crit
     caption = "Entries changed in exactly k of the masks, against independent masks: per-tensor and global chance"
     return (
         {"consensus": figures.consensus_bars(overall, title=title, chance=chance)},
@@ -221,11 +243,11 @@ def pair_by_layer(report, a: str, b: str):
     return one.assign(layer=one["group"].map(lambda g: g[0]), module=one["group"].map(lambda g: g[1]))
 
 
-def every_tab(overlap, chosen: tuple, view: str, pair: str) -> tuple[dict, dict]:
+def every_tab(overlap, chosen: tuple, view: str, pair: str, at: str = "") -> tuple[dict, dict]:
     """Every tab's figures and tables, for the export (the closed tabs are built on click only)."""
     figs, tables = {}, {}
     for name in TABS:
-        f, t = tab_parts(overlap, chosen, view, name, pair)
+        f, t = tab_parts(overlap, chosen, view, name, pair, at)
         figs.update(f)
         tables.update(t)
     return figs, tables

@@ -73,6 +73,8 @@ def body() -> None:
         if "sp_avg" in st.query_params:  # a shared URL's choice that this workspace cannot show
             del st.query_params["sp_avg"]
     said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
+    # what was left out of the comparison, stored forms (quantized: changes that are only rounding), mixed precision
+    ui.analysis_notes(analysis.notes, said)
     if crit == "relative":
         ui.note(relative_note(eta), said)
     value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"

@@ -160,12 +160,13 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
     analysis = uilogic.compute_updates(ws, spectra=True, mask_tolerance=None)
     spec, skipped = spectra_rows(analysis), skipped_rows(analysis)
     if spec is None:
-        return {}, {}
+        return {}, {}, list(analysis.notes)
     chosen = tuple(m for m in chosen if m in analysis.labels) or tuple(analysis.labels[:1])
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
     layer = layer if layer == "all" or uilogic.url_int(layer) in layers else (str(layers[0]) if layers else "all")
     # the view's layer and module as drawn (from another tab they come from the URL, a stale one replaced)
-    figs, notes = {}, [f"Singular values: {', '.join(chosen)} · layer {layer} · module {module}."]
+    figs, notes = {}, list(analysis.notes)  # what was compared and how, as the tab says above its views
+    notes.append(f"Singular values: {', '.join(chosen)} · layer {layer} · module {module}.")
     notes += [n for n in [skipped_summary(skipped)] if n]
     here = _selected(spec, chosen, layer, module)
     note = unchanged_note(here)
@@ -229,6 +230,9 @@ def updates(ws) -> None:
     analysis = ui.update_analysis(ws, spectra=True)
     spec = ui.shared(spectra_rows, analysis)  # once per analysis, for every session
     skipped = ui.shared(skipped_rows, analysis)
+    # what the comparison left out, stored forms (a quantized copy's Δ that is only rounding): the export's copy
+    # comes with delta_parts, as the next note's
+    ui.analysis_notes(analysis.notes, [])
     left = skipped_summary(skipped)  # embeddings, lack of memory, packed experts stored quantized
     if left:
         ui.note(left, [])  # (the export's copy comes with delta_parts, both views')

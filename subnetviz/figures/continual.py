@@ -35,6 +35,12 @@ def _ordered(labels) -> list[str]:
     return sorted(_unique(labels), key=order_key(METHOD_ORDER))
 
 
+def _whole_tasks(fig: go.Figure, tasks: int) -> None:
+    """Ticks on whole task numbers from 1 (Plotly's own read 1, 1.2, … 1.8, 2 for two tasks), at most about a
+    dozen of them."""
+    fig.update_xaxes(tick0=1, dtick=max(1, -(-tasks // 12)))
+
+
 @takes_data()
 def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accuracy vs mask density") -> go.Figure:
     """One line per masked method (mean ± sd over seeds); finetune as a dashed horizontal line."""
@@ -62,7 +68,8 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
         _values_above(fig, labels, y, sd, " %")
         return _style(
             fig,
-            f"Final average accuracy at density {100 * d:g} % (finetune: dense)",
+            # finetuning trains every weight: said where the run has it (most SupSup / ExSSNeT runs do not)
+            f"Final average accuracy at density {100 * d:g} %" + (" (finetune: dense)" if "finetune" in labels else ""),
             "method",
             "final average accuracy (%)",
             showlegend=False,
@@ -178,6 +185,7 @@ def capacity_curves(
             line={"color": "grey", "dash": "dash"},
         )
     )
+    _whole_tasks(fig, int(c["task"].max()) + 1)
     return _style(fig, f"{title} (density {100 * density:g}%, {layer})", "tasks trained", "weights used (%)")
 
 
@@ -202,6 +210,7 @@ def exclusive_fraction(
                 line={"color": colors[label]},
             )
         )
+    _whole_tasks(fig, int(c["task"].max()) + 1)
     return _style(fig, title, "task", "exclusive share of the mask (%)")
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from subnetviz.figures.overlap import _middle_cut
 from subnetviz.figures.style import (
     FigureDataError,
     _require,
@@ -300,8 +301,15 @@ def upset(
     fig.update_yaxes(matches="y2", row=2, col=2)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, range=[-0.6, k - 0.4], row=2, col=2)
     fig.update_yaxes(title_text="intersection size", row=1, col=2)
+    # long mask names (an upload's name and hash) cut in the middle, whole in the hover (as the pairwise matrix
+    # does): one 74-character name took the chart's width and left the intersection bars a few pixels each
     fig.update_yaxes(
-        tickvals=np.arange(n), ticktext=list(map(str, labels)), range=[n - 0.5, -0.5], showgrid=False, row=2, col=1
+        tickvals=np.arange(n),
+        ticktext=[_middle_cut(str(lab)) for lab in labels],
+        range=[n - 0.5, -0.5],
+        showgrid=False,
+        row=2,
+        col=1,
     )
     fig.update_yaxes(showgrid=False, zeroline=False, showticklabels=False, row=2, col=2)
     fig.update_xaxes(autorange="reversed", title_text="set size", row=2, col=1)
