@@ -218,13 +218,13 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
         # (codes a reader lists in the weight's shape: checkpoints.ct_packed, bnb4, awq, nvfp4)
         elif m.stored == "AWQ int4" and last == "weight":
             scale, zero = metas[f"{stem}.scales"], f"{stem}.qzeros"
-            group = m.shape[1] // scale.shape[1]
+            group = m.shape[1] // max(scale.shape[1], 1)
             forms[name] = TensorForm("int8", f"{stem}.scales", "AWQ int4 codes", zero=zero, group=group, codes=(0, 15))
             forms[zero] = forms[f"{stem}.scales"] = TensorForm("scale", None, "scale")
         elif m.stored == "AWQ int4 zero points":
             forms[name] = TensorForm("scale", None, "scale")
         elif m.stored == "NVFP4" and f"{stem}.weight_scale" in metas:
-            group = m.shape[1] // metas[f"{stem}.weight_scale"].shape[1]
+            group = m.shape[1] // max(metas[f"{stem}.weight_scale"].shape[1], 1)
             forms[name] = TensorForm(
                 "int8", f"{stem}.weight_scale", "NVFP4 codes", group=group, codes=(0, 15), table="e2m1"
             )
@@ -368,12 +368,18 @@ def compare_quantized(
     a, b = a.contiguous(), b.contiguous()
     za, zb = zeros
     plain = how_a == how_b == "block" and za is None and zb is None and table is None
+    if table is not None:  # code steps along the data type's values in order (NF4's codes are; FP4's and E2M1's not)
+        rank = torch.from_numpy(np.argsort(np.argsort(table, kind="stable"), kind="stable").astype(np.uint8))
+        changed, above = _code_counts(rank[a.long()], rank[b.long()])
+    else:
+        changed, above = None, None
     fast = compare_blocks(a, sa, b, sb, options, name=name, block=block) if plain else None
     if fast is not None:
         eff, changed, above = fast
         stats = replace(eff, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype)[6:])
         return QuantStats(stats, changed)
-    changed, above = _code_counts(a, b)
+    if changed is None:
+        changed, above = _code_counts(a, b)
     if a.dim() != 2:
         ea = dequantize(a, sa, "tensor", block, 0, divisor, za, table)
         eb = dequantize(b, sb, "tensor", block, 0, divisor, zb, table)
@@ -513,6 +519,12 @@ class FormLog:
                     "scales or zero points changed while its codes did not is not counted as changed (the "
                     "Quantization scales note counts those)."
                 )
+            elif kind.startswith("forms2:"):
+                out.append(
+                    f"Stored forms differ ({kind[7:]}): {n} tensor(s) ({ex}); both sides were dequantised (float32) "
+                    f"and compared as weights ({numel:,} changed), not code by code: changed_codes counts the same "
+                    "entries."
+                )
             elif kind.startswith("forms:"):
                 out.append(
                     f"Stored forms differ ({kind[6:]}): {n} tensor(s) ({ex}); the quantized side was "
@@ -597,15 +609,10 @@ def compare_aligned(
         st = compare_codes(a, b, options, name=name)
         log.add(i, f"codes:{fb.label}", name, st.changed)
         return st, st.changed, None
-    if fa.kind == fb.kind and fa.kind in ("fp8", "int8"):
+    if fa.kind == fb.kind and fa.kind in ("fp8", "int8") and fa.layout == fb.layout:
         sa, sb = scale_values(ck_base, fa.scale, dev), scale_values(ck, fb.scale, dev)
         za, zb = zero_values(ck_base, fa, dev), zero_values(ck, fb, dev)
         block = fb.block(ck.config)
-        if fa.layout != fb.layout:
-            raise CheckpointError(
-                f"{name}: stored as {_layout_said(fa)} in the base and {_layout_said(fb)} in the finetune; codes are "
-                "compared with codes stored alike."
-            )
         q = compare_quantized(
             a,
             sa,
@@ -627,7 +634,9 @@ def compare_aligned(
             return _f64(eb, None, options.precision) - _f64(ea, None, options.precision)
 
         return q.stats, q.changed_codes, delta
-    # Different stored forms (e.g. a bf16 base and an FP8 release): dequantise the quantized side.
+    # Different stored forms (e.g. a bf16 base and an FP8 release): dequantise the quantized side; codes stored in two
+    # layouts (int4 and int8, NF4 and FP4, compressed-tensors' and AWQ's): both sides, compared as weights in float32
+    # (as the series and the drill do; the analysis refused it whole).
     ea = _as_float(a, fa, ck_base, dev, name)
     eb = _as_float(b, fb, ck, dev, name)
     if ea is None or eb is None:
@@ -640,7 +649,8 @@ def compare_aligned(
         ea, eb = ea.to(target), eb.to(target)
     st = compare_pair(ea, eb, options, name=name)
     rounding = _rounding_only((a, fa, ck_base), (b, fb, ck), ea, eb, dev, name, options)
-    log.add(i, f"forms:{fa.label} vs {fb.label}", name, rounding, st.changed)
+    both = fa.kind != "float" and fb.kind != "float"
+    log.add(i, f"{'forms2' if both else 'forms'}:{_layout_said(fa)} vs {_layout_said(fb)}", name, rounding, st.changed)
     return st, st.changed, lambda: _f64(eb, None, options.precision) - _f64(ea, None, options.precision)
 
 
@@ -754,5 +764,8 @@ def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
 
 
 def _layout_said(form: TensorForm) -> str:
+    """A stored form as the notes name it: its label, and for codes with a scale how the scale is laid out."""
+    if form.kind != "int8":
+        return form.label
     per = f"a scale per {form.group} columns" if form.group else "a scale per row or tensor"
     return f"{form.label} ({per}{', zero points' if form.zero else ''})"

@@ -181,7 +181,9 @@ class MergedAdapter(Checkpoint):
         its codes, so it is refused by name (QLoRA's adapter was trained against the dequantised weights; PEFT
         merges it by dequantising and quantising again)."""
         coded = [
-            t for t in (*self.pairs, *self.biases) if t in self.base.names and self.base.meta(t).dtype not in _FLOATS
+            t
+            for t in (*self.pairs, *self.biases, *self.replaced)  # (a modules_to_save copy would replace codes too)
+            if t in self.base.names and self.base.meta(t).dtype not in _FLOATS
         ]
         if coded:
             m = self.base.meta(coded[0])

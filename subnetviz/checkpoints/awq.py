@@ -102,6 +102,8 @@ def plan(metas: dict[str, TensorMeta], config: dict) -> dict[str, Unpacked]:
         if z is None or s is None or m.dtype != torch.int32 or len(m.shape) != 2:
             continue  # (read as stored codes)
         n_in, n_out = m.shape[0], m.shape[1] * 8
+        if not n_in or not n_out:
+            continue  # (an empty layer: nothing to unpack; read as stored)
         groups = math.ceil(n_in / group)
         want = {f"{stem}.qzeros": (torch.int32, (groups, n_out // 8)), f"{stem}.scales": (None, (groups, n_out))}
         for part, (dtype, shape) in want.items():

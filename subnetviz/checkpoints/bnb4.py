@@ -143,7 +143,30 @@ class Absmax:
         return out.reshape(self.shape)
 
 
-def plan(metas: dict[str, TensorMeta], read: Callable[[TensorMeta], torch.Tensor]) -> dict[str, Codes | Absmax]:
+@dataclass(frozen=True)
+class Bytes:
+    """A 4-bit weight this module does not lay out in the weight's shape, stored in another dtype than bytes
+    (``bnb_4bit_quant_storage``: bf16 for FSDP-QLoRA): listed as its bytes (uint8, (n, 1)), as a uint8-stored one
+    is, so it is compared as codes, never read as float weights."""
+
+    source: str
+    shape: tuple[int, int]
+    drops: tuple[str, ...] = ()
+    stored: str | None = None
+
+    @property
+    def dtype(self):
+        import torch
+
+        return torch.uint8
+
+    def read(self, get: Callable[[str], torch.Tensor], name: str) -> torch.Tensor:
+        import torch
+
+        return get(self.source).contiguous().view(torch.uint8).reshape(self.shape)
+
+
+def plan(metas: dict[str, TensorMeta], read: Callable[[TensorMeta], torch.Tensor]) -> dict[str, Codes | Absmax | Bytes]:
     """Logical name -> :class:`Codes` / :class:`Absmax` for every 4-bit weight saved with its quant_state whose
     rows hold whole blocks (empty for any other checkpoint). ``read`` gives a stored tensor's values (the
     quant_state's JSON bytes). A quant_state or companion that does not fit its weight is a one-line
@@ -155,6 +178,9 @@ def plan(metas: dict[str, TensorMeta], read: Callable[[TensorMeta], torch.Tensor
         head, _, kind = state_name.rpartition(".quant_state.bitsandbytes__")
         if not head or kind not in TABLES or not head.endswith("weight") or head not in metas:
             continue
+        w = metas[head]
+        if w.dtype != torch.uint8:  # read as bytes (below) unless laid out in the weight's shape
+            out[head] = Bytes(head, (w.numel * w.dtype.itemsize, 1))
         state = _state(state_name, m, read)
         if state["quant_type"] != kind:
             raise CheckpointError(f"{state_name}: its quant_type is {state['quant_type']!r}, its name says {kind!r}.")
@@ -162,7 +188,6 @@ def plan(metas: dict[str, TensorMeta], read: Callable[[TensorMeta], torch.Tensor
         if len(shape) != 2:
             continue  # (read as stored codes)
         rows, cols = shape
-        w = metas[head]
         stored_bytes = w.numel * w.dtype.itemsize
         if stored_bytes != math.ceil(rows * cols / 2):
             raise CheckpointError(

@@ -104,7 +104,8 @@ def check_not_quantized(spec, folder: Path) -> None:
         return  # (an unknown method or an unreadable config: transformers' own loading says what it is)
     if method in KERNEL_METHODS:
         raise CheckpointError(
-            f"{spec}: a {KERNEL_METHODS[method]}-quantized checkpoint; models are run here in float32 from their "
+            f"{spec}: {'an' if KERNEL_METHODS[method][0] in 'AEIOU' else 'a'} {KERNEL_METHODS[method]}-quantized "
+            "checkpoint; models are run here in float32 from their "
             "stored weights, and this one stores integer codes that need its library's modules. Its weights are "
             "compared on the weight pages (Update sparsity, Spectra, Overlap, Series); to run it, give the "
             "unquantized model."

@@ -117,6 +117,8 @@ def plan(metas: dict[str, TensorMeta], config: dict) -> dict[str, Codes | Scales
         if m.dtype != torch.uint8 or len(m.shape) != 2 or scale is None or scale.dtype != torch.float8_e4m3fn:
             continue  # (another format: left as it is stored)
         rows, cols = m.shape[0], m.shape[1] * 2
+        if not rows or not cols:
+            continue  # (an empty weight: nothing to unpack; read as stored)
         want = (rows, cols // GROUP)
         if cols % GROUP or tuple(scale.shape) != want or metas[factor].numel != 1:
             raise CheckpointError(

@@ -242,7 +242,12 @@ class Checkpoint:
             blocks, scales = self._read(self._stored[p.blocks], "cpu"), self._read(self._stored[p.scales], "cpu")
             return _mxfp4.dequantize(blocks, scales, name=m.name)
         if m.name in self._codes:
-            return self._codes[m.name].read(lambda n: self._read(self._stored[n], "cpu"), m.name)
+            try:
+                return self._codes[m.name].read(lambda n: self._read(self._stored[n], "cpu"), m.name)
+            except CheckpointError as exc:  # named by the checkpoint (a file's own errors name the file)
+                if str(exc).startswith((f"{self.spec}:", str(m.file))):
+                    raise
+                raise CheckpointError(f"{self.spec}: {exc}") from None
         return self._read(m, "cpu")
 
     def stored_as_read(self, name: str) -> bool:
