@@ -45,6 +45,24 @@ def app_env(app_home):
 
 
 @pytest.fixture
+def exports(monkeypatch):
+    """title -> a callable giving the HTML the page's export button downloads (the last run's)."""
+    import streamlit as st
+
+    seen: dict = {}
+    original = st.download_button
+
+    def capture(label, data=None, *args, **kwargs):
+        key = str(kwargs.get("key", ""))
+        if key.startswith("export-"):
+            seen[key.removeprefix("export-")] = data
+        return original(label, data, *args, **kwargs)
+
+    monkeypatch.setattr(st, "download_button", capture)
+    return seen
+
+
+@pytest.fixture
 def typed_options(monkeypatch):
     """AppTest sends a selectbox's state by the index of its value among the options, which a value
     typed in (accept_new_options: a folder) does not have; the browser sends the typed text."""

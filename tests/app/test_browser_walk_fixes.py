@@ -34,24 +34,6 @@ from tests.app_fixtures import add_finished_run, open_page, plotly_specs
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def exports(monkeypatch):
-    """title -> a callable giving the HTML the page's export button downloads (the last run's)."""
-    import streamlit as st
-
-    seen: dict = {}
-    original = st.download_button
-
-    def capture(label, data=None, *args, **kwargs):
-        key = str(kwargs.get("key", ""))
-        if key.startswith("export-"):
-            seen[key.removeprefix("export-")] = data
-        return original(label, data, *args, **kwargs)
-
-    monkeypatch.setattr(st, "download_button", capture)
-    return seen
-
-
 def _notes(page: str) -> str:
     return html.unescape(re.search(r'<p class="notes">(.*?)</p>', page, re.S).group(1))
 

@@ -25,25 +25,7 @@ from tests.app_fixtures import decode, open_page, plotly_specs
 pytestmark = pytest.mark.slow
 
 
-# ---------------------------------------------------------------- the export, as a click builds it
-
-
-@pytest.fixture
-def exports(monkeypatch):
-    """title -> a callable giving the HTML the page's export button downloads (the last run's)."""
-    import streamlit as st
-
-    seen: dict = {}
-    original = st.download_button
-
-    def capture(label, data=None, *args, **kwargs):
-        key = str(kwargs.get("key", ""))
-        if key.startswith("export-"):
-            seen[key.removeprefix("export-")] = data
-        return original(label, data, *args, **kwargs)
-
-    monkeypatch.setattr(st, "download_button", capture)
-    return seen
+# ---------------------------------------------------------------- the export, as a click builds it (app_fixtures.exports)
 
 
 def _params(page: str) -> dict[str, str]:
