@@ -738,9 +738,16 @@ def scale_values(ck, name: str, dev) -> torch.Tensor:
 
 
 def _as_float(x: torch.Tensor, form: TensorForm, ck, dev, name: str) -> torch.Tensor | None:
+    """``x`` as weights: as stored, or codes dequantised whole (float32, its size asked for first: the pair of a
+    float side and a quantized one, or of two code layouts, is compared whole); None for codes with no values."""
     if form.kind == "float":
         return x
     if form.kind in ("fp8", "int8"):
+        from subnetviz.config import require_memory
+
+        need = 8 * x.numel()  # the float32 weights and the scale image the dequantisation forms beside them
+        cpu = str(dev) == "cpu"
+        require_memory(f"{name} dequantised (float32)", need if cpu else 0, str(dev), 0 if cpu else need)
         scale = scale_values(ck, form.scale, dev)
         zero = zero_values(ck, form, dev)
         return effective(x, scale, form, form.block(ck.config), name=name, scale_name=form.scale, zero=zero)

@@ -135,3 +135,20 @@ def test_an_adapter_replacing_a_quantized_weight_is_refused(ct, tmp_path):
     assert open_finetune(str(ad), open_checkpoint(ct["bf16"])).get(f"{Q}.weight").dtype == torch.bfloat16
     with pytest.raises(CheckpointError, match=rf"the adapter targets {Q}.weight, which the base .* quantized codes"):
         open_finetune(str(ad), open_checkpoint(ct["w4asym"]))
+
+
+def test_dequantising_a_whole_tensor_asks_for_its_memory_first(ct, monkeypatch):
+    """A float side against a quantized one is compared whole: the float32 weights are asked for before they are
+    formed (a vocabulary-sized pair would have been allocated unasked)."""
+    from subnetviz import config
+    from subnetviz.errors import ConfigError
+
+    asked = []
+
+    def shortfall(n: int) -> str | None:
+        asked.append(n)
+        return "needs more than this machine has" if n == 8 * 64 * 64 else None
+
+    monkeypatch.setattr(config, "_host_shortfall", shortfall)
+    with pytest.raises(ConfigError, match=r"dequantised \(float32\) needs more than this machine has"):
+        analyze_updates(str(ct["bf16"]), [str(ct["w4asym"])], labels=["q"])
