@@ -69,12 +69,15 @@ _STATE_BYTES = 1 << 16  # a quant_state's JSON: a few hundred bytes
 _BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # what bitsandbytes dequantises
 
 
-def nibbles(packed: torch.Tensor, rows: int, cols: int, *, high_first: bool) -> torch.Tensor:
+def nibbles(packed: torch.Tensor, rows: int, cols: int, *, high_first: bool, what: str) -> torch.Tensor:
     """4-bit codes two a byte (``packed``: any storage dtype, its bytes in order) as uint8 (rows, cols), the first
     code of a byte in its high nibble (bitsandbytes) or its low one (NVFP4's exporters); padding past
-    rows × cols dropped."""
+    rows × cols dropped. The memory for the codes and their temporaries is asked for first, as ``what``."""
     import torch
 
+    from subnetviz.config import require_memory
+
+    require_memory(what, 3 * rows * cols)
     u = packed.contiguous().view(torch.uint8).reshape(-1).numpy()
     codes = np.empty((u.size, 2), np.uint8)
     first, second = (codes[:, 0], codes[:, 1]) if high_first else (codes[:, 1], codes[:, 0])
@@ -104,11 +107,8 @@ class Codes:
         return torch.uint8
 
     def read(self, get: Callable[[str], torch.Tensor], name: str) -> torch.Tensor:
-        from subnetviz.config import require_memory
-
-        rows, cols = self.shape
-        require_memory(f"bitsandbytes {self.quant_type} codes of {name} (unpacked)", 3 * rows * cols)
-        return nibbles(get(self.source), rows, cols, high_first=True)
+        what = f"bitsandbytes {self.quant_type} codes of {name} (unpacked)"
+        return nibbles(get(self.source), *self.shape, high_first=True, what=what)
 
 
 @dataclass(frozen=True)

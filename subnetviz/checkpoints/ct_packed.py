@@ -149,6 +149,21 @@ def _weight_shape(metas: dict, stem: str, read) -> tuple[int, ...] | None:
     return tuple(values)
 
 
+def notes(plan_: dict) -> list[str]:
+    """The checkpoint's note on the packed weights it reads as codes."""
+    ours = {n: p for n, p in plan_.items() if isinstance(p, Unpacked)}
+    weights = [n for n, p in ours.items() if p.dim == 1]
+    if not weights:
+        return []
+    ex = ", ".join(weights[:2]) + (" ..." if len(weights) > 2 else "")
+    widths = "/".join(str(b) for b in sorted({p.bits for p in ours.values()}))
+    return [
+        f"compressed-tensors: {len(weights)} weight(s) ({ex}) are stored as {widths}-bit codes packed into int32 "
+        "words; read as the codes they hold (unpacked as compressed-tensors unpacks them) under the model's own "
+        "names and shapes, and compared as weights, dequantised with their scales."
+    ]
+
+
 def unpack(words: torch.Tensor, p: Unpacked, *, name: str = "tensor") -> torch.Tensor:
     """The int8 codes of packed ``words`` (int32) as compressed-tensors' ``unpack_from_int32`` gives them: code j of
     a word at bits j·b.. (little-endian), less the 2^(b−1) offset; the padding past the last column dropped. Memory

@@ -55,11 +55,9 @@ class Codes:
 
     def read(self, get: Callable[[str], torch.Tensor], name: str) -> torch.Tensor:
         from subnetviz.checkpoints.bnb4 import nibbles
-        from subnetviz.config import require_memory
 
-        rows, cols = self.shape
-        require_memory(f"NVFP4 codes of {name} (unpacked)", 3 * rows * cols)
-        return nibbles(get(self.source), rows, cols, high_first=False)  # the first code of a byte in its low nibble
+        # (the first code of a byte in its low nibble)
+        return nibbles(get(self.source), *self.shape, high_first=False, what=f"NVFP4 codes of {name} (unpacked)")
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,11 @@
 of the safetensors file mapped copy-on-write (:meth:`Checkpoint.get`: one map per file, its header
 checked again when mapped), or through ``safetensors.safe_open`` where the data is not aligned.
 An MXFP4 checkpoint (gpt-oss) lists its experts as the bf16 tensors transformers loads, dequantised
-when read (:mod:`~subnetviz.checkpoints.mxfp4`). compressed-tensors' packed int4 / int8 weights are
-listed as their int8 codes under the model's own names, unpacked when read (:mod:`~subnetviz.checkpoints.ct_packed`).
+when read (:mod:`~subnetviz.checkpoints.mxfp4`). Quantized weights stored as packed codes are listed as their
+codes in the weight's own name and shape (with their scales laid out like it), computed when read:
+compressed-tensors' packed integers (:mod:`~subnetviz.checkpoints.ct_packed`), bitsandbytes' 4-bit
+(:mod:`~subnetviz.checkpoints.bnb4`), AWQ's (:mod:`~subnetviz.checkpoints.awq`) and NVFP4
+(:mod:`~subnetviz.checkpoints.nvfp4`).
 """
 
 from __future__ import annotations
@@ -115,17 +118,8 @@ class Checkpoint:
                 f"{' ...' if len(twice) > 2 else ''}; each is read from the last of its files in name order, "
                 "the copy transformers loads."
             )
-        self.notes += _bnb4.notes(self._codes) + _awq.notes(self._codes) + _nvfp4.notes(self._codes)
-        ct = {n: p for n, p in self._codes.items() if isinstance(p, _ct_packed.Unpacked)}
-        if ct:
-            weights = [n for n, p in ct.items() if p.dim == 1]
-            ex = ", ".join(weights[:2]) + (" ..." if len(weights) > 2 else "")
-            widths = "/".join(str(b) for b in sorted({p.bits for p in ct.values()}))
-            self.notes.append(
-                f"compressed-tensors: {len(weights)} weight(s) ({ex}) are stored as {widths}-bit codes packed into "
-                "int32 words; read as the codes they hold (unpacked as compressed-tensors unpacks them) under the "
-                "model's own names and shapes, and compared as weights, dequantised with their scales."
-            )
+        for reader in (_bnb4, _awq, _nvfp4, _ct_packed):  # (each notes the codes it read)
+            self.notes += reader.notes(self._codes)
         if self._packed:
             ex = ", ".join(list(self._packed)[:2]) + (" ..." if len(self._packed) > 2 else "")
             self.notes.append(
