@@ -368,11 +368,11 @@ def compare_quantized(
     a, b = a.contiguous(), b.contiguous()
     za, zb = zeros
     plain = how_a == how_b == "block" and za is None and zb is None and table is None
+    changed, above = None, None
     if table is not None:  # code steps along the data type's values in order (NF4's codes are; FP4's and E2M1's not)
-        rank = torch.from_numpy(np.argsort(np.argsort(table, kind="stable"), kind="stable").astype(np.uint8))
-        changed, above = _code_counts(rank[a.long()], rank[b.long()])
-    else:
-        changed, above = None, None
+        rank = np.argsort(np.argsort(table, kind="stable"), kind="stable").astype(np.uint8)
+        if (rank != np.arange(rank.size)).any():
+            changed, above = _code_counts(_ranked(a, rank), _ranked(b, rank))
     fast = compare_blocks(a, sa, b, sb, options, name=name, block=block) if plain else None
     if fast is not None:
         eff, changed, above = fast
@@ -406,6 +406,17 @@ def compare_quantized(
         eff = replace(eff, mask=mask)
     stats = replace(eff, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype).replace("torch.", ""))
     return QuantStats(stats, changed)
+
+
+def _ranked(codes: torch.Tensor, rank: np.ndarray) -> torch.Tensor:
+    """1-byte ``codes`` mapped through ``rank`` (a code's place among the data type's sorted values), a band of
+    1 M at a time: indexing the whole tensor at once formed two int64 copies of it (64 MB for 8 M codes, 2.5×
+    the time of the analysis)."""
+    x = codes.contiguous().cpu().numpy().reshape(-1)
+    out = np.empty(x.size, np.uint8)
+    for i in range(0, x.size, 1 << 20):
+        np.take(rank, x[i : i + (1 << 20)], out=out[i : i + (1 << 20)])
+    return torch.from_numpy(out.reshape(tuple(codes.shape))).to(codes.device)
 
 
 def effective(

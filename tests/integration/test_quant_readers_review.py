@@ -152,3 +152,16 @@ def test_dequantising_a_whole_tensor_asks_for_its_memory_first(ct, monkeypatch):
     monkeypatch.setattr(config, "_host_shortfall", shortfall)
     with pytest.raises(ConfigError, match=r"dequantised \(float32\) needs more than this machine has"):
         analyze_updates(str(ct["bf16"]), [str(ct["w4asym"])], labels=["q"])
+
+
+def test_code_steps_of_unsorted_types_follow_their_values():
+    """E2M1's codes are sign and magnitude: code steps count along the sorted values, mapped a band at a time."""
+    import numpy as np
+
+    from subnetviz.analysis.quant import _ranked
+    from subnetviz.checkpoints.nvfp4 import E2M1
+
+    rank = np.argsort(np.argsort(E2M1, kind="stable"), kind="stable").astype(np.uint8)
+    assert E2M1[np.argsort(rank)].tolist() == sorted(E2M1.tolist())  # rank orders the values
+    codes = torch.randint(0, 16, (1500, 777), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert torch.equal(_ranked(codes, rank), torch.from_numpy(rank)[codes.long()])  # (1.2 M codes: two bands)
