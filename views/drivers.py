@@ -61,17 +61,14 @@ def launch() -> None:
 
 
 def body() -> None:
-    from subnetviz.experiments.drivers import not_available
-
     st.title("What drives update sparsity")
     st.caption(
         "Each run finetunes the demo base with the project's TRL training code, varying one factor around a "
         "default GRPO run (learning rate, steps, KL coefficient β, gradient clipping, optimizer, data origin, "
-        "algorithm: SFT, DPO, GRPO, RLOO and PPO, the last three with the same exact-match reward); every run "
-        "is saved twice from the same weights, in bf16 and in fp32. Sparsity is the "
-        "bitwise share of unchanged parameters; accuracy is greedy exact match on held-out set A; KL is the "
-        "forward KL(π_base ‖ π) per token on those prompts. "
-        + " ".join(f"{k.upper()}: {v}" for k, v in not_available().items())
+        "algorithm: SFT, DPO, GRPO, RLOO and PPO, the last three with the same exact-match reward), every run at "
+        "a constant learning rate (SGD at its own); every run is saved twice from the same weights, in bf16 and in "
+        "fp32. Sparsity is the bitwise share of unchanged parameters; accuracy is greedy exact match on held-out set "
+        "A; KL is the forward KL(π_base ‖ π) per token on those prompts."
     )
     launch()
     ui.live(_results, kind="drivers")
@@ -83,6 +80,13 @@ def read_results(outputs: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     from subnetviz.experiments.drivers import read_results as read
 
     return read(outputs)
+
+
+def grid_notes(results: pd.DataFrame) -> list[tuple[str, str]]:
+    """What the grid shown recorded about itself (:func:`subnetviz.experiments.drivers.grid_notes`)."""
+    from subnetviz.experiments.drivers import grid_notes as notes
+
+    return notes(results)
 
 
 def _results() -> None:
@@ -108,6 +112,14 @@ def _results() -> None:
     choice = st.selectbox("Results", ids, index=ids.index(shown), format_func=lambda r: runs[r][0], key="dr_run")
     st.query_params["dr_run"] = runs[choice][0]
     results, v = ui.shared(read_results, str(runs[choice][1]))  # a finished run's files: read once, for every session
+    if results.empty:
+        st.info("This grid holds no runs: its results.csv has no rows.", icon=":material/info:")
+        return
+    for level, line in grid_notes(results):  # from the grid shown, not from this server's environment
+        (st.warning if level == "warning" else st.caption)(line)
+    if results["sparsity"].isna().all():
+        st.info("No run of this grid was measured (see above).", icon=":material/info:")
+        return
     st.subheader("Which of the paper's conjectures does the zoo reproduce?")
     seeds, params = results["seed"].nunique(), runs[choice][2]
     model = f"a {params:,}-parameter model" if params else "the demo base"

@@ -215,7 +215,7 @@ def _mask_specs(specs: list[str]) -> dict[str, str]:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from subnetviz.experiments.drivers import not_available, run_drivers, verdicts
+    from subnetviz.experiments.drivers import grid_notes, run_drivers, verdicts
 
     threads()
     out = check_out(args.out, args.overwrite, [args.zoo])
@@ -227,7 +227,16 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]
     print(results[cols].to_string(index=False))
     print(verdict.to_string(index=False))
-    for algo, why in not_available().items():
-        print(f"note: {algo}: {why}", file=sys.stderr)
+    for _level, line in grid_notes(results):  # points not run or failed and why, what each optimizer ran at
+        print(f"note: {line}", file=sys.stderr)
     print(f"wrote {args.out}")
+    failed = results[results["status"] == "failed"]
+    if len(failed):  # published (the other runs are valid), but a script must notice
+        print(
+            f"error: drivers: {len(failed)} grid point(s) failed (the first, "
+            f"{failed['factor'].iloc[0]}={failed['value'].iloc[0]}: {failed['note'].iloc[0]}); "
+            f"the other runs' results are in {args.out}",
+            file=sys.stderr,
+        )
+        return 1
     return 0

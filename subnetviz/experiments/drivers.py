@@ -13,8 +13,16 @@ gradient clipping on/off, optimizer (AdamW vs SGD), data origin (SFT on the poli
 samples vs SFT on gold answers of prompts the policy gets wrong), algorithm (SFT, DPO, GRPO, RLOO, PPO),
 and storage precision (every run's bf16 and fp32 saves). PPO is the ``PPOTrainer`` of TRL 0.29.1 (the
 pinned 1.16 has none), run in a child process with that TRL first on its path (:mod:`subnetviz.experiments.ppo`),
-on GRPO's data with the same exact-match reward; where that TRL is not installed the PPO runs are left out
-and :func:`not_available` says why.
+on GRPO's data with the same exact-match reward; where that TRL is not installed (or another version is) the PPO
+runs are left out and :func:`not_available` says why. Every run uses the same constant learning-rate schedule;
+the SGD point runs at SGD's own learning rate and momentum (``DriversPreset.sgd_learning_rate``/``sgd_momentum``),
+AdamW's rate being far too small a step for plain SGD.
+
+The results table has one row per (run, storage precision), and one row (no precision, no measures) per grid
+point that was not run (its algorithm unavailable, or no on-policy / gold sets to compare) or failed, its
+``status`` and one-line ``note`` saying which and why: a failed run leaves the others' results, and the
+verdicts skip it. ``grid_version`` (:data:`GRID_VERSION`) tells a grid of this format from an older one
+(:func:`grid_notes` says what an older one measured differently).
 
 The grid's runs fan out over a Ray cluster (``run_drivers(address=...)``; a job does it when
 ``SUBNETVIZ_RAY_ADDRESS`` is set): one task per run, the merged table equal to the local one.
@@ -39,7 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subnetviz.errors import ConfigError
+from subnetviz.errors import ConfigError, SubnetvizError
 from subnetviz.experiments.drivers_runs import _write_jsonl, measure, recipe_rows, sft_sets, train_run
 
 __all__ = ["measure", "recipe_rows", "run_drivers", "sft_sets", "train_run", "verdicts"]
@@ -48,12 +56,22 @@ ProgressFn = Callable[[int, int, str], None]
 ALGORITHMS = ("sft", "dpo", "grpo", "rloo", "ppo")
 
 
-def not_available() -> dict[str, str]:
+# 2: PPO at the constant schedule of the other runs (it decayed linearly to 0 before), DPO's row records the β that
+# trained (0.1, it read 0), SGD at its own learning rate and momentum, rows for the points not run or failed.
+GRID_VERSION = 2
+
+
+def unavailable() -> dict[str, str]:
     """Algorithms of the grid that cannot run here -> why (PPO needs its TRL 0.29.1 folder)."""
     from subnetviz.experiments.ppo import unavailable_reason
 
     reason = unavailable_reason()
     return {"ppo": reason} if reason else {}
+
+
+def not_available() -> dict[str, str]:
+    """:func:`unavailable`, each reason as a line to print: "not run: why"."""
+    return {k: f"not run: {v}" for k, v in unavailable().items()}
 
 
 COLUMNS = [
@@ -70,13 +88,27 @@ COLUMNS = [
     "beta",
     "max_grad_norm",
     "optimizer",
+    "momentum",
     "data",
     "train_seconds",
+    "status",
+    "note",
+    "grid_version",
 ]
 
 
 # the columns that decide a run's trained weights (RunSpec.recipe): one run, whichever factor axes it stands on
-RECIPE_COLUMNS = ["seed", "algorithm", "learning_rate", "steps", "beta", "max_grad_norm", "optimizer", "data"]
+RECIPE_COLUMNS = [
+    "seed",
+    "algorithm",
+    "learning_rate",
+    "steps",
+    "beta",
+    "max_grad_norm",
+    "optimizer",
+    "momentum",
+    "data",
+]
 
 
 @dataclass(frozen=True)
@@ -92,6 +124,7 @@ class RunSpec:
     beta: float = 0.0
     max_grad_norm: float = 1.0
     optimizer: str = "adamw_torch"
+    momentum: float | None = None  # SGD's (None: the optimizer has none of its own to set, AdamW)
     data: str = "task"  # "task" (the algorithm's zoo set A), "on_policy" or "gold" (SFT)
 
     def recipe(self) -> tuple:
@@ -115,6 +148,11 @@ class DriversPreset:
     max_completion_length: int = 4
     data_prompts: int = 64  # prompts sampled for the on-policy / gold SFT sets
     eval_prompts: int = 100
+    # The SGD point's own learning rate and momentum: those of "Do We Need Adam?" (arXiv 2602.07729; its code's
+    # torch.optim.SGD(lr=5e-3, momentum=0.9)). At AdamW's 1e-5 an SGD step was ~5000x smaller than AdamW's and
+    # its sparsity measured that step size, not the optimizer.
+    sgd_learning_rate: float = 5e-3
+    sgd_momentum: float = 0.9
 
     def plan(self, seeds: int = 1) -> list[RunSpec]:
         d = self.default
@@ -123,7 +161,15 @@ class DriversPreset:
         specs += [replace(d, factor="beta", value=f"{v:g}", beta=v) for v in self.betas]
         specs += [replace(d, factor="clipping", value=v, max_grad_norm=c) for v, c in (("on", 1.0), ("off", 0.0))]
         specs += [
-            replace(d, factor="optimizer", value=v, optimizer=o) for v, o in (("adamw", "adamw_torch"), ("sgd", "sgd"))
+            replace(d, factor="optimizer", value="adamw", optimizer="adamw_torch"),
+            replace(
+                d,
+                factor="optimizer",
+                value="sgd",
+                optimizer="sgd",
+                learning_rate=self.sgd_learning_rate,
+                momentum=self.sgd_momentum,
+            ),
         ]
         specs += [replace(d, factor="data", value=v, algorithm="sft", data=v) for v in ("on_policy", "gold")]
         specs += [replace(d, factor="algorithm", value=a, algorithm=a) for a in self.algorithms]
@@ -166,9 +212,9 @@ def _data_files(base: str, data: Path, work: Path, p: DriversPreset) -> dict:
     }
 
 
-def _plan(p: DriversPreset, seeds: int, factors) -> list[RunSpec]:
-    missing = not_available()
-    specs = [s for s in p.plan(seeds) if s.algorithm not in missing]
+def _plan(p: DriversPreset, seeds: int, factors) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
+    """The runs to train, and the grid points left out here with why (an algorithm this environment lacks)."""
+    specs = p.plan(seeds)
     if factors is not None:
         unknown = set(factors) - {s.factor for s in specs}
         if unknown:
@@ -176,7 +222,13 @@ def _plan(p: DriversPreset, seeds: int, factors) -> list[RunSpec]:
                 f"unknown drivers factor(s) {sorted(unknown)}; expected {sorted({s.factor for s in specs})}."
             )
         specs = [s for s in specs if s.factor in set(factors)]
-    return specs
+    missing = unavailable()
+    return [s for s in specs if s.algorithm not in missing], [
+        (s, missing[s.algorithm]) for s in specs if s.algorithm in missing
+    ]
+
+
+NO_SFT_SETS = "the base answered every training prompt, or none, correctly (no on-policy and gold sets to tell apart)"
 
 
 def _on_ray(jobs: list[tuple], address: str) -> list[list[dict]]:
@@ -197,7 +249,9 @@ def run_drivers(
     factors: Sequence[str] | None = None,
     address: str | None = None,
 ) -> pd.DataFrame:
-    """Train and measure the grid of ``preset`` on the zoo's base; one row per (run, storage precision).
+    """Train and measure the grid of ``preset`` on the zoo's base; one row per (run, storage precision), and one
+    (status "not run" or "failed", its reason as note) per grid point left out or failed. Every run failed is a
+    :class:`SubnetvizError` (nothing to publish).
 
     ``workdir``: where the runs' models live until measured (default: the system's temp folder). A
     job passes its run folder: under the app's read roots, which the analysis enforces there.
@@ -218,7 +272,7 @@ def run_drivers(
     base, data = str(root / "base"), root / "data"
     if not (root / "base" / "config.json").is_file():
         raise ConfigError(f"no demo zoo base in {root}: run `python -m subnetviz demo build` first.")
-    specs = _plan(p, seeds, factors)
+    specs, skipped = _plan(p, seeds, factors)
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="subnetviz-drivers-", dir=workdir))
@@ -227,6 +281,7 @@ def run_drivers(
         eval_file = _write_jsonl(work / "eval.jsonl", [{"prompt": r.text, "answer": r.answer} for r in eval_rows])
         files = _data_files(base, data, work, p)
         if files[("sft", "on_policy")] is None:  # the base answers every prompt, or none: no two sets to compare
+            skipped += [(s, NO_SFT_SETS) for s in specs if s.data in ("on_policy", "gold")]
             specs = [s for s in specs if s.data not in ("on_policy", "gold")]
         firsts = {}  # recipe -> the first spec index that trains it
         for i, spec in enumerate(specs):
@@ -249,14 +304,22 @@ def run_drivers(
             done = dict(zip(jobs, _on_ray(list(jobs.values()), address), strict=True))
         else:
             done = _run_locally(specs, jobs, progress, should_stop)
-        rows = [
-            {**asdict(s), **m, "optimizer": s.optimizer} for s in specs if s.recipe() in done for m in done[s.recipe()]
-        ]
+        rows = [{**asdict(s), **m} for s in specs if s.recipe() in done for m in done[s.recipe()]]
+        rows += [{**asdict(s), "status": "not run", "note": why} for s, why in skipped]
+        failed = [r for r in rows if r.get("status") == "failed"]
+        if failed and not any(r.get("status") == "done" for r in rows):  # nothing measured: no grid to publish
+            raise SubnetvizError(
+                f"drivers: every run of the grid failed; the first, {_point(failed[0])}: {failed[0]['note']}"
+            )
         if progress:
             progress(len(specs), len(specs), "done")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS).assign(grid_version=GRID_VERSION)
+
+
+def _point(row: dict) -> str:
+    return f"{row['factor']}={row['value']} seed {row['seed']}"
 
 
 def _run_locally(specs: list[RunSpec], jobs: dict, progress, should_stop) -> dict:
@@ -297,8 +360,7 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
         "on-policy SFT sparser than gold SFT",
         f"on-policy {on:.1%} vs gold {gold:.1%}"
         if not np.isnan(on + gold)
-        else "not measured: the base answered every training prompt, or none, correctly (no on-policy and gold sets "
-        "to tell apart)",
+        else f"not measured: {_why_no_data(results)}",
         None if np.isnan(on + gold) else on > gold,
     )
     algos = r[r["factor"] == "algorithm"].groupby("value")["sparsity"].mean()
@@ -322,8 +384,9 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
             )
     # one row per distinct run: the default recipe stands on up to six factor axes, and was weighted that often
     keys = [c for c in RECIPE_COLUMNS if c in results.columns]
-    runs = results.drop_duplicates([*keys, "precision"])
-    both = runs.pivot_table(index=keys, columns="precision", values="sparsity")
+    runs = results[results["precision"].notna()].drop_duplicates([*keys, "precision"])
+    # grouped keeping NaN keys (AdamW's momentum): a pivot dropped those rows
+    both = runs.groupby([*keys, "precision"], dropna=False)["sparsity"].mean().unstack("precision")
     if {"bf16", "fp32"} <= set(both.columns):
         gap = float((both["bf16"] - both["fp32"]).mean())
         add(
@@ -345,6 +408,76 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["conjecture", "expected", "observed", "reproduced"])
 
 
+def _why_no_data(results: pd.DataFrame) -> str:
+    """Why the data axis has no on-policy vs gold measure: not in the grid, or its points' recorded reason."""
+    rows = results[results["factor"] == "data"]
+    if rows.empty:
+        return "the data axis is not in this grid"
+    if "status" in rows.columns:
+        recorded = rows[rows["status"].isin(["not run", "failed"])]
+        for r in recorded.itertuples():
+            return f"{r.value} {r.status}: {r.note}" if r.status == "failed" else str(r.note)
+    return NO_SFT_SETS
+
+
+def _status(results: pd.DataFrame) -> pd.Series:
+    """Each row's status; an older grid (no column) recorded only the runs that were done."""
+    if "status" not in results.columns:
+        return pd.Series("done", index=results.index)
+    return results["status"].fillna("done")
+
+
+def grid_notes(results: pd.DataFrame) -> list[tuple[str, str]]:
+    """What a reader of this grid should know besides its numbers, as (level, one line), level "warning" or "info":
+    its points not run or failed (and why), PPO's clipping value that has no effect (or PPO's absence), the
+    learning rate each optimizer ran at, and what a grid of an older format measured differently. Read from the
+    grid itself, never from the environment that shows it."""
+    notes: list[tuple[str, str]] = []
+    status = _status(results)
+    left: dict[tuple[str, str], list[str]] = {}  # (status, reason) -> its grid points, in the grid's order
+    for i in results.index[status != "done"]:
+        point = f"{results.at[i, 'factor']}={results.at[i, 'value']}"
+        points = left.setdefault((status[i], str(results.at[i, "note"])), [])
+        if point not in points:
+            points.append(point)
+    for (st, why), points in left.items():
+        notes.append(("warning" if st == "failed" else "info", f"{', '.join(points)} {st}: {why}"))
+    done = results[status == "done"]
+    old = "grid_version" not in results.columns or results["grid_version"].isna().all()
+    algos = set(done.loc[done["factor"] == "algorithm", "algorithm"])
+    if old and len(results):
+        parts = []
+        if "ppo" in set(done["algorithm"]):
+            parts.append("its PPO point used a learning rate decaying linearly to 0 (the other runs a constant one)")
+        if (done.loc[done["algorithm"] == "dpo", "beta"] == 0).any():
+            parts.append("its DPO row's β reads 0, but DPO trained with β 0.1")
+        if parts:
+            notes.append(
+                ("warning", "Trained before grid format 2 (this page reads it as is): " + "; ".join(parts) + ".")
+            )
+    if "ppo" in set(done["algorithm"]):
+        notes.append(("info", "PPO: its max_grad_norm has no effect (TRL's PPO loop does not clip gradients)."))
+    elif algos and "ppo" not in set(results["algorithm"]):
+        why = " (the TRL 0.29.1 it needs was not installed where it was trained)" if old else ""
+        notes.append(("info", f"PPO: not in this grid{why}."))
+    opt = done[(done["factor"] == "optimizer") & (done["precision"] == "bf16")]
+    if len(opt):
+        ran = []
+        for value, g in opt.groupby("value", sort=False):
+            lr = ", ".join(f"{x:g}" for x in sorted(set(g["learning_rate"])))
+            mom = sorted(set(g["momentum"].dropna())) if "momentum" in g.columns else []
+            ran.append(f"{value} at learning rate {lr}" + (f" with momentum {mom[0]:g}" if len(mom) == 1 else ""))
+        lrs = set(opt["learning_rate"])
+        caveat = (
+            ": at one learning rate an SGD step is far smaller than an AdamW step, so the SGD point's sparsity "
+            "measures its step size more than the optimizer"
+            if len(lrs) == 1 and len(ran) > 1
+            else ""
+        )
+        notes.append(("info", "Optimizer axis: " + "; ".join(ran) + caveat + "."))
+    return notes
+
+
 def run_job(config: dict, ctx) -> None:
     """Job kind ``drivers``: ``results.csv`` and ``verdicts.csv`` in the run's outputs. A job that runs
     on a Ray cluster (the one its submitter chose: the worker sees it as ``SUBNETVIZ_RAY_ADDRESS``)
@@ -363,6 +496,9 @@ def run_job(config: dict, ctx) -> None:
     )
     res.to_csv(ctx.out_dir / "results.csv", index=False)
     verdicts(res).to_csv(ctx.out_dir / "verdicts.csv", index=False)
+    for level, line in grid_notes(res):
+        if level == "warning":
+            ctx.log(f"warning: {line}")
 
 
 def validate_config(config: dict) -> None:

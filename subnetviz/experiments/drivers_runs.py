@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -62,21 +64,14 @@ def _write_jsonl(path: Path, rows: list[dict]) -> str:
 
 
 # --- one run ------------------------------------------------------------------------------------------
-def train_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path, float]:
-    """Train ``spec`` on ``data``; save the same live weights as ``out/bf16`` and ``out/fp32``.
-
-    Returns the two folders and the training loop's seconds.
-    """
-    from transformers.training_args import OptimizerNames
-
+def run_config(spec, base: str, data: str, out: Path, preset):
+    """The :class:`~subnetviz.training.config.TrainConfig` of ``spec``: the one its trainer is built from (RLOO and
+    PPO as GRPO: the same data format). Its ``effective_beta`` is the β that trains (DPO's 0 is 0.1), the one the
+    run's row records; its ``lr_scheduler_type`` the schedule every run uses, PPO's included."""
     from subnetviz.training.config import TrainConfig
-    from subnetviz.training.trainers import build_trainer, save_bf16
 
-    if spec.algorithm == "ppo":
-        return _ppo_run(spec, base, data, out, preset)
-    algo = "grpo" if spec.algorithm == "rloo" else spec.algorithm
-    cfg = TrainConfig(
-        algorithm=algo,
+    return TrainConfig(
+        algorithm="grpo" if spec.algorithm in ("rloo", "ppo") else spec.algorithm,
         base=base,
         data=data,
         output_dir=str(out / "bf16"),
@@ -89,6 +84,20 @@ def train_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path
         beta=spec.beta,
         max_grad_norm=spec.max_grad_norm,
     )
+
+
+def train_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path, float]:
+    """Train ``spec`` on ``data``; save the same live weights as ``out/bf16`` and ``out/fp32``.
+
+    Returns the two folders and the training loop's seconds.
+    """
+    from transformers.training_args import OptimizerNames
+
+    from subnetviz.training.trainers import build_trainer, save_bf16
+
+    if spec.algorithm == "ppo":
+        return _ppo_run(spec, base, data, out, preset)
+    cfg = run_config(spec, base, data, out, preset)
     cfg.validate(check_output=False)
     scratch = Path(tempfile.mkdtemp(prefix="subnetviz-drivers-"))
     try:
@@ -96,7 +105,9 @@ def train_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path
             trainer = _rloo_trainer(cfg, scratch)
         else:
             trainer = build_trainer(cfg, scratch, [])
-        trainer.args.optim = OptimizerNames(spec.optimizer)  # read when train() creates the optimizer
+        # read when train() creates the optimizer; SGD's momentum reaches torch.optim.SGD through optim_args
+        trainer.args.optim = OptimizerNames(spec.optimizer)
+        trainer.args.optim_args = f"momentum={spec.momentum}" if spec.momentum is not None else None
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
@@ -110,23 +121,31 @@ def train_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path
     return out / "bf16", out / "fp32", seconds
 
 
+def ppo_request(spec, base: str, data: str, out: Path, preset) -> dict:
+    """What :func:`subnetviz.experiments.ppo.train_ppo` is asked for ``spec``: learning rate, schedule and β from the
+    same :func:`run_config` as every other run (the schedule was a literal "linear" in the PPO child before)."""
+    cfg = run_config(spec, base, data, out, preset)
+    return {
+        "base": base,
+        "data": data,
+        "out": str(out),
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "learning_rate": cfg.learning_rate,
+        "lr_scheduler_type": cfg.lr_scheduler_type,
+        "batch_size": cfg.batch_size,
+        "max_completion_length": cfg.max_completion_length,
+        "beta": cfg.effective_beta,
+        "optimizer": spec.optimizer,
+        "momentum": spec.momentum,
+    }
+
+
 def _ppo_run(spec, base: str, data: str, out: Path, preset) -> tuple[Path, Path, float]:
     """TRL's PPOTrainer (0.29.1, in a child process: :mod:`subnetviz.experiments.ppo`) on GRPO's data and reward."""
     from subnetviz.experiments.ppo import train_ppo
 
-    request = {
-        "base": base,
-        "data": data,
-        "out": str(out),
-        "seed": spec.seed,
-        "steps": spec.steps,
-        "learning_rate": spec.learning_rate,
-        "batch_size": preset.batch_size,
-        "max_completion_length": preset.max_completion_length,
-        "beta": spec.beta,
-        "optimizer": spec.optimizer,
-    }
-    result = train_ppo(request)
+    result = train_ppo(ppo_request(spec, base, data, out, preset))
     return out / "bf16", out / "fp32", float(result["train_seconds"])
 
 
@@ -162,13 +181,21 @@ def measure(base: str, model: Path, eval_file: str, prompts, precision: str | No
 
 
 # --- one run, measured ------------------------------------------------------------------------------
-def recipe_rows(spec, base: str, data: str, eval_file: str, eval_rows, preset, folder: str):
-    """Train one run and measure its bf16 and fp32 saves: two rows (precision, train_seconds, the measures).
+PPO_NOTE = "max_grad_norm has no effect: TRL's PPO loop does not clip gradients"
 
-    Module-level so that a Ray task can run it (:func:`run_drivers` with ``address``); the models
-    live in ``folder`` (deleted after).
+
+def recipe_rows(spec, base: str, data: str, eval_file: str, eval_rows, preset, folder: str) -> list[dict]:
+    """Train one run and measure its bf16 and fp32 saves: two rows (precision, train_seconds, the measures, the β
+    that trained, status "done" and a note).
+
+    A run that fails is one row with status "failed", no precision or measures and its one-line reason as note:
+    the grid's other runs are kept (one failure threw every trained run away). Module-level so that a Ray task
+    can run it (:func:`run_drivers` with ``address``); the models live in ``folder`` (deleted after).
     """
+    from subnetviz.errors import SubnetvizError
+
     folder = Path(folder)
+    beta = run_config(spec, base, data, folder, preset).effective_beta
     try:
         b16, f32, secs = train_run(spec, base, data, folder, preset)
         return [
@@ -176,8 +203,20 @@ def recipe_rows(spec, base: str, data: str, eval_file: str, eval_rows, preset, f
                 "precision": prec,
                 "train_seconds": secs,
                 **measure(base, path, eval_file, eval_rows, "fp32" if prec == "fp32" else None),
+                "beta": beta,
+                "status": "done",
+                "note": PPO_NOTE if spec.algorithm == "ppo" else "",
             }
             for prec, path in (("bf16", b16), ("fp32", f32))
         ]
+    except Exception as exc:  # recorded in the grid's table with its reason, and its traceback in the log
+        traceback.print_exc(file=sys.stderr)
+        reason = str(exc) if isinstance(exc, SubnetvizError) else f"{type(exc).__name__}: {exc}"
+        reason = " ".join(reason.split())[:400]
+        print(
+            f"drivers: {spec.factor}={spec.value} seed {spec.seed} failed, recorded, the grid goes on: {reason}",
+            file=sys.stderr,
+        )
+        return [{"precision": None, "train_seconds": float("nan"), "beta": beta, "status": "failed", "note": reason}]
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -16,14 +16,17 @@ choice, a sequence classifier (one label) started from the base's weights.
 Fixed choices (why): ``num_ppo_epochs=1`` and ``num_mini_batches=1``, so that a PPO "step" is one
 rollout batch and one optimizer step, as for GRPO/RLOO in this grid (TRL's default of 4 epochs would
 make a PPO step 4 updates); ``kl_coef`` = the spec's β; ``stop_token="eos"`` (the completion ends at
-the tokenizer's EOS, like the other trainers' completions). TRL's PPO loop applies no gradient
-clipping, so ``max_grad_norm`` has no effect on a PPO run (its row still records the spec's value).
+the tokenizer's EOS, like the other trainers' completions); the learning-rate schedule is the request's, the
+other runs' :class:`~subnetviz.training.config.TrainConfig` default, constant (a linear schedule, used before,
+decayed the rate to 0 over the run, and the PPO point came out sparser than at a constant rate). TRL's PPO loop applies no
+gradient clipping, so ``max_grad_norm`` has no effect on a PPO run (its row still records the spec's value).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,14 +46,37 @@ def overlay_dir() -> Path:
     return Path(env) if env else Path(sys.prefix) / "overlays" / "trl-ppo"
 
 
+def overlay_version(folder: Path) -> str | None:
+    """The version of the ``trl`` installed in ``folder``: its dist-info's, else the literal ``__version__`` of its
+    ``trl/__init__.py``; None when neither says (read from the files: the folder is not imported here)."""
+    from importlib.metadata import distributions
+
+    for dist in distributions(name="trl", path=[str(folder)]):
+        return dist.version
+    init = folder / "trl" / "__init__.py"
+    if init.is_file():
+        found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", init.read_text(errors="replace"), re.M)
+        if found:
+            return found.group(1)
+    return None
+
+
 def unavailable_reason() -> str | None:
-    """``None`` when PPO runs can start; else one line saying why not and how to fix it."""
-    if (overlay_dir() / _TRAINER_FILE).is_file():
-        return None
-    return (
-        f"not run: TRL {PPO_TRL} (the last TRL with a PPOTrainer; the pinned 1.16 has none) is not installed in "
-        f"{overlay_dir()}; run `bash scripts/bootstrap.sh` (it installs it there, used only by PPO runs)."
-    )
+    """``None`` when PPO runs can start; else one line saying why not and how to fix it.
+
+    The overlay's TRL version is checked here, before a grid starts: another TRL there failed only in the PPO
+    child, after every other run of the grid had trained."""
+    folder = overlay_dir()
+    fix = f"run `bash scripts/bootstrap.sh` (it installs TRL {PPO_TRL} in {folder}, used only by PPO runs)."
+    if not (folder / _TRAINER_FILE).is_file():
+        return (
+            f"TRL {PPO_TRL} (the last TRL with a PPOTrainer; the pinned 1.16 has none) is not installed in {folder}; "
+            + fix
+        )
+    found = overlay_version(folder)
+    if found != PPO_TRL:
+        return f"the TRL in {folder} is {found or 'of unknown version'}, PPO runs need {PPO_TRL}; " + fix
+    return None
 
 
 # --- the exact-match rule as TRL's reward-model interface -----------------------------------------------
@@ -111,7 +137,8 @@ class ExactMatchReward(torch.nn.Module):
 def _train(req: dict) -> dict:
     """Train PPO as ``req`` says and save bf16 and fp32 copies of the same live weights.
 
-    Returns the loop's seconds and the mean reward of each step's rollouts (TRL's ``objective/scores``)."""
+    Returns the loop's seconds, the mean reward of each step's rollouts (TRL's ``objective/scores``) and the
+    learning rate of each step (TRL's ``lr``)."""
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -153,8 +180,9 @@ def _train(req: dict) -> dict:
         kl_coef=req["beta"],
         seed=req["seed"],
         optim=req["optimizer"],
+        optim_args=f"momentum={req['momentum']}" if req.get("momentum") is not None else None,
         weight_decay=0.0,
-        lr_scheduler_type="linear",
+        lr_scheduler_type=req["lr_scheduler_type"],
         num_sample_generations=0,
         logging_steps=1,
         save_strategy="no",
@@ -178,22 +206,25 @@ def _train(req: dict) -> dict:
     seconds = time.perf_counter() - t0
     shutil.rmtree(out / "scratch", ignore_errors=True)
     scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
+    lrs = [h["lr"] for h in trainer.state.log_history if "lr" in h]
     save_bf16(policy, tok, out / "bf16")
     state = {k: v.detach().to(torch.float32).cpu() for k, v in policy.state_dict().items()}
     policy.save_pretrained(out / "fp32", state_dict=state)
     tok.save_pretrained(out / "fp32")
-    return {"train_seconds": seconds, "scores": scores}
+    return {"train_seconds": seconds, "scores": scores, "lrs": lrs}
 
 
 def train_ppo(request: dict, timeout: float = 3600.0) -> dict:
     """Run :func:`_train` in a child process with TRL 0.29.1 first on its path; its result.
 
     ``request``: base, data (a ``prompt``/``answer`` JSONL), out (the folder that receives ``bf16/``
-    and ``fp32/``), seed, steps, learning_rate, batch_size, max_completion_length, beta, optimizer.
+    and ``fp32/``), seed, steps, learning_rate, lr_scheduler_type, batch_size, max_completion_length, beta,
+    optimizer and (optional) momentum. A failed child is a one-line error that starts with its exception (the
+    last line of its output); the tail of that output goes to this process's stderr (a job's log).
     """
     reason = unavailable_reason()
     if reason:
-        raise RuntimeError(reason)
+        raise RuntimeError(f"PPO run not started: {reason}")
     out = Path(request["out"])
     out.mkdir(parents=True, exist_ok=True)
     req_file, res_file = out / "ppo_request.json", out / "ppo_result.json"
@@ -215,8 +246,10 @@ def train_ppo(request: dict, timeout: float = 3600.0) -> dict:
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"PPO run stopped after {timeout:.0f} s without finishing (out: {out})") from None
     if proc.returncode != 0 or not res_file.is_file():
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise RuntimeError(f"PPO run failed (exit {proc.returncode}):\n{tail}")
+        lines = (proc.stderr or proc.stdout or "").strip().splitlines()
+        print(f"PPO child ({out}), the last lines of its output:", *lines[-15:], sep="\n", file=sys.stderr)
+        cause = lines[-1].strip() if lines else "no output"
+        raise RuntimeError(f"PPO run failed (exit {proc.returncode}): {cause}")
     return json.loads(res_file.read_text())
 
 

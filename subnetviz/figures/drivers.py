@@ -80,6 +80,7 @@ def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 
     """Per run (factor=value, seed): its bf16 and its fp32 save as two dots joined by a line (a dot stays
     visible at 0 %, where a bar would not: fp32 saves change nearly every weight)."""
     _require(results, ["factor", "value", "seed", "precision", "sparsity"], "precision_pairs")
+    results = results[results["precision"].notna()]  # a grid point not run or failed has no save
     if results.empty:
         return no_data_figure(title)
     r = results.assign(run=results["factor"] + "=" + results["value"].astype(str) + " s" + results["seed"].astype(str))

@@ -107,7 +107,9 @@ def test_without_the_ppo_trl_the_grid_leaves_ppo_out(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SUBNETVIZ_PPO_TRL", str(tmp_path / "none"))
     assert "bootstrap.sh" in not_available()["ppo"]
-    assert "ppo" not in {s.algorithm for s in _plan(PRESETS["quick"], 1, None)}
+    specs, skipped = _plan(PRESETS["quick"], 1, None)
+    assert "ppo" not in {s.algorithm for s in specs}
+    assert [(s.algorithm, "not run: " + why) for s, why in skipped] == [("ppo", not_available()["ppo"])]
 
 
 def test_figures_draw_every_factor():
@@ -184,8 +186,10 @@ def test_micro_grid_on_the_micro_zoo(micro_zoo, tmp_path, monkeypatch):  # noqa:
     pairs = res.pivot_table(index=["factor", "value", "seed"], columns="precision", values="sparsity")
     assert (pairs["fp32"] <= pairs["bf16"]).all()  # every bf16 bit change is an fp32 change too
     assert ((res["sparsity"] >= 0) & (res["sparsity"] <= 1)).all()
-    sgd = res[(res["factor"] == "optimizer") & (res["precision"] == "bf16")].set_index("value")["sparsity"]
-    assert sgd["sgd"] >= sgd["adamw"]  # plain SGD at Adam's learning rate moves far fewer bf16 weights
+    sgd = res[(res["factor"] == "optimizer") & (res["precision"] == "bf16")].set_index("value")
+    assert (sgd.loc["sgd", "learning_rate"], sgd.loc["sgd", "momentum"]) == (5e-3, 0.9)  # "Do We Need Adam?"'s SGD
+    assert sgd.loc["sgd", "sparsity"] >= sgd.loc["adamw", "sparsity"]  # even at its own rate SGD moves fewer weights
+    assert (res["status"] == "done").all() and (res["grid_version"] == 2).all()
     assert (ctx.out_dir / "verdicts.csv").exists()
 
 
@@ -265,13 +269,24 @@ def test_drivers_page_shows_a_finished_run(app_env):
 
 def test_without_on_policy_and_gold_sets_the_data_factor_is_not_measured(micro_zoo, tmp_path):  # noqa: F811
     """Rows the base never answers correctly: the on-policy set fell back to the gold rows, and the verdict
-    compared two copies of one set under the two names. No sets now, and the verdict says why."""
+    compared two copies of one set under the two names. No sets now, and the verdict says why: the reason its
+    data points record, or that the grid has no data axis."""
     from subnetviz.experiments.drivers_runs import sft_sets
 
     rows = [{"prompt": f"{i}+{i}=", "answer": "§never§"} for i in range(4)]
     assert sft_sets(str(micro_zoo.root / "base"), rows, n=4, seed=0, samples=2) == ([], [])
     res = _results([{"factor": "beta", "value": "0", "precision": "bf16", "sparsity": 0.7}])
     v = verdicts(res).set_index("conjecture").loc["in-distribution data drives sparsity"]
+    assert v["reproduced"] is None and v["observed"] == "not measured: the data axis is not in this grid"
+    from subnetviz.experiments.drivers import NO_SFT_SETS
+
+    dropped = _results(
+        [
+            {"factor": "data", "value": d, "data": d, "algorithm": "sft", "status": "not run", "note": NO_SFT_SETS}
+            for d in ("on_policy", "gold")
+        ]
+    )
+    v = verdicts(dropped).set_index("conjecture").loc["in-distribution data drives sparsity"]
     assert v["reproduced"] is None and v["observed"].startswith("not measured: the base answered every")
 
 

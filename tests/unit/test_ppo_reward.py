@@ -77,4 +77,6 @@ def test_missing_overlay_says_how_to_install(tmp_path, monkeypatch):
     assert reason and "0.29.1" in reason and "bootstrap.sh" in reason and str(tmp_path) in reason
     (tmp_path / "trl/experimental/ppo").mkdir(parents=True)
     (tmp_path / "trl/experimental/ppo/ppo_trainer.py").write_text("")
+    (tmp_path / "trl-0.29.1.dist-info").mkdir()  # the version is checked too (tests/unit/test_drivers_review.py)
+    (tmp_path / "trl-0.29.1.dist-info/METADATA").write_text("Metadata-Version: 2.1\nName: trl\nVersion: 0.29.1\n")
     assert unavailable_reason() is None
