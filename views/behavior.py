@@ -90,9 +90,9 @@ def body() -> None:
         "device": ws.device,
     }
     runs = finished_runs()
-    source = st.radio(
-        "Results", ["computed here (cached)", *runs], horizontal=True, key="bh_source", bind="query-params"
-    )
+    # A select box, whose options are plain text: a radio renders its options as Markdown, and run names hold
+    # folder names ("ft-**v2**" was drawn in bold, "![p](…)" an image).
+    source = st.selectbox("Results", ["computed here (cached)", *runs], key="bh_source", bind="query-params")
     if source in runs:
         from subnetviz.analysis.behavior import read_behavior
 
@@ -136,6 +136,12 @@ KL = ["kl_forward", "kl_reverse"]  # a prompt's accuracy is one right-or-wrong: 
 
 def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
     """The results' tabs and the export; ``context``: what made them (named in the export)."""
+    # A shared URL's prompt the number input cannot take ("inf", "1e999": its int() overflowed, a bug notice) is
+    # dropped, and the input not seeded from the URL in this run (Streamlit seeds it from the URL as first read).
+    raw = st.query_params.get("bh_prompt")
+    prompt_bind = "query-params" if raw is None or uilogic.url_int(raw) is not None else None
+    if prompt_bind is None:
+        del st.query_params["bh_prompt"]
     # Sections as tabs that draw only when open: 1-2 charts per view instead of four (faster to show).
     tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")
     # Each tab has its own controls (Per token draws both KLs, with no measure to choose); a closed tab's
@@ -158,7 +164,7 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
             model = c1.selectbox("Model", models, key="bh_model", bind="query-params")
             experiment = c2.selectbox("Experiment", experiments_of(tokens, model), key="bh_exp", bind="query-params")
             n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
-            prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind="query-params")
+            prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind=prompt_bind)
             selection = {"model": model, "experiment": experiment, "prompt": int(prompt)}
             ui.chart(ui.shared(token_figure, tokens, model, experiment, int(prompt)), key="bh-tokens")
     routing = res.get("routing")

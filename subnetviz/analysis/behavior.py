@@ -43,6 +43,8 @@ from subnetviz.analysis.behavior_data import (
     PROMPT_COLUMNS,
     Encoded,
     Prompt,
+    apart_note,
+    check_token_ids,
     correct,
     encode,
     fit_context,
@@ -59,14 +61,16 @@ from subnetviz.analysis.revert import (
     aligned_pair,
     check_mask_names,
     check_model_finite,
+    config_difference,
     mask_selector,
     mask_source,
     random_order_selector,
     random_selector,
+    shared_tensor_note,
 )
 from subnetviz.analysis.routing import RoutingTap, overall, routing_bytes, routing_frame, routing_rows
 from subnetviz.cache import read_frame
-from subnetviz.errors import ConfigError, suggest
+from subnetviz.errors import ConfigError, NonFiniteError, suggest
 
 __all__ = [
     "ANSWER_COLUMNS",
@@ -140,15 +144,29 @@ class BehaviorReport:
                 "jaccard": float(np.average(g["jaccard"], weights=w)) if w.sum() else None,
                 "rerouted_share": float(np.average(g["rerouted_share"], weights=w)) if w.sum() else None,
             }
-        return {
-            "base": self.base,
-            "labels": self.labels,
-            "unit": "nats per token",
-            "models": models,
-            "notes": self.notes,
-            "seconds": self.seconds,
-            "tokens_per_second": self.tokens_per_second,
-        }
+        return _json_safe(
+            {
+                "base": self.base,
+                "labels": self.labels,
+                "unit": "nats per token",
+                "models": models,
+                "notes": self.notes,
+                "seconds": self.seconds,
+                "tokens_per_second": self.tokens_per_second,
+            }
+        )
+
+
+def _json_safe(obj):
+    """``obj`` with every NaN or infinite float as None: JSON has no NaN (``json.dumps`` wrote a bare ``NaN``,
+    which a strict parser refuses)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
 
 
 # --- the experiment -----------------------------------------------------------------------------------
@@ -189,7 +207,8 @@ def behavior(
         tok = load_tokenizer(base)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{base}: no tokenizer to encode the prompts with ({exc}).") from None
-    enc, cut_note = fit_context(encode(tok, prompts), _context_length([base, *finetuned]))
+    encoded = encode(tok, prompts)
+    enc, cut_note = fit_context(encoded, _context_length([base, *finetuned]))
     domains = list(domains) if domains is not None else ["all"] * len(prompts)
     if len(domains) != len(prompts):
         raise ConfigError(f"{len(domains)} prompt-set names for {len(prompts)} prompts.")
@@ -199,20 +218,16 @@ def behavior(
     _require_room(base, finetuned, batches, n_tokens, tok, dev)
     base_model = load_causal_lm(base).to(dev).eval()
     check_model_finite(base_model, str(base))  # each finetune's: by its ModelBuilder
+    check_token_ids(encoded, prompts, base_model.get_input_embeddings().weight.shape[0], tok, str(base))
     vocab = base_model.config.vocab_size
     keep = n_tokens * vocab * 4 <= _BASE_CACHE_BYTES
-    base_cache: list | None = [] if keep else None
     with RoutingTap(base_model) as base_tap:  # an MoE base's routing, taken in that pass (or in one of its own)
-        for bt in batches if keep or base_tap.routers else ():
-            logits = _forward(base_model, bt, dev, base_tap)
-            if base_cache is not None:
-                base_cache.append(logits)
-            del logits
+        base_cache = base_logits_kept(base_model, batches, dev, base_tap, keep, f"{base} (the base)")
     base_picks = base_tap.take()
 
     plan = _plan(masks, random_control, curve, seed)
     summary, tokens, per_prompt, curves, routing = [], [], [], [], []
-    notes = [cut_note] if cut_note else []
+    notes = [n for n in (cut_note, apart_note(enc)) if n]
     static = token_frame(enc, tok)
     total, step, t_fwd, fwd_tokens = len(finetuned) * len(plan), 0, 0.0, 0
     for label, ft in zip(labels, finetuned, strict=True):
@@ -221,15 +236,30 @@ def behavior(
         for name, ms in masks.items():
             if not callable(ms):
                 check_mask_names(ms, builder, name)
+                notes += [f"{label}: {n}" for n in [shared_tensor_note(ms, builder, name)] if n]
+        differ = config_difference(str(base), str(ft))
+        if differ:
+            notes.append(
+                f"{label}: reverted models keep the finetune's config, which differs from the base's in "
+                f"{len(differ)} key(s) ({'; '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}): even with every "
+                "weight reverted, the model is not the base."
+            )
         for experiment, mask, side, make in plan:
             if progress:
                 progress(step, total, f"{label}: {experiment}")
             step += 1
             frac = builder.build(make(builder))
             t1 = time.perf_counter()
-            base_logits = (base_cache[bi] if keep else logits_of(base_model, bt, dev) for bi, bt in enumerate(batches))
+            base_logits = (
+                base_cache[bi]
+                if base_cache is not None
+                else _packed(logits_of(base_model, bt, dev), bt, f"{base} (the base)", bi * batch_size)
+                for bi, bt in enumerate(batches)
+            )
             with tap:
-                kl_f, kl_r, acc, rows = _score(builder.model, base_logits, batches, batch_size, dev, tap)
+                kl_f, kl_r, acc, rows = _score(
+                    builder.model, base_logits, batches, batch_size, dev, tap, f"{label} ({experiment})"
+                )
             picks = tap.take()
             if tap.routers and not experiment.startswith("curve"):
                 routing += routing_rows(label, experiment, picks, base_picks, tap.routers, token_domains)
@@ -277,6 +307,41 @@ def behavior(
         fwd_tokens / t_fwd if t_fwd else 0.0,
         routing_frame(routing),
     )
+
+
+def base_logits_kept(model, batches, dev, tap: RoutingTap, keep: bool, who: str) -> list[torch.Tensor] | None:
+    """The base's logits of each batch, packed (:func:`_packed`: the bytes :func:`_require_room` counts, not the
+    padded batch's), when ``keep``; else None, after a pass for the routing tap where the base has routers.
+    Non-finite logits are refused naming the prompt (:func:`_packed`)."""
+    cache: list[torch.Tensor] | None = [] if keep else None
+    first = 0
+    for bt in batches if keep or tap.routers else ():
+        logits = _packed(_forward(model, bt, dev, tap), bt, who, first)
+        first += len(bt)
+        if cache is not None:
+            cache.append(logits)
+        del logits
+    return cache
+
+
+def _packed(logits: torch.Tensor, batch, who: str | None = None, first: int = 0) -> torch.Tensor:
+    """(Σ n_i, V) logits of a right-padded (B, n, V) batch: each row's valid positions, one after another (a copy,
+    so the padded batch is freed). ``who``: refuse NaN or Inf logits with a :class:`NonFiniteError` naming the
+    model and the prompt (its index ``first`` + row): finite weights can still overflow float32, and the KLs and
+    argmax accuracy of such logits mean nothing."""
+    out = torch.cat([logits[j, : len(e.ids)] for j, e in enumerate(batch)])
+    if who is not None:
+        bad = ~torch.isfinite(out).all(-1)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            ends = np.cumsum([len(e.ids) for e in batch])
+            j = int(np.searchsorted(ends, row, side="right"))
+            pos = row - (int(ends[j - 1]) if j else 0)
+            raise NonFiniteError(
+                f"{who}: NaN or infinite logits at prompt {first + j}, position {pos}, from finite weights (a value "
+                "overflowed float32); the KLs and accuracy of that model cannot be computed."
+            )
+    return out
 
 
 def _forward(model, batch, dev, tap: RoutingTap | None):
@@ -376,19 +441,20 @@ def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str) -> Non
     require_memory(what, held if dev == "cpu" else max(base_b, ft_b), dev, held)
 
 
-def _score(model, base_logits, batches, batch_size: int, dev, tap: RoutingTap | None = None):
-    """Teacher-forced pass of ``model`` over the batches against the base's logits (one per batch):
-    per-position forward / reverse KL (concatenated over prompts), per-prompt correctness, and one
-    row per prompt (prompt index, mean KLs, correct). ``tap``: the routing hooks on ``model``, if any."""
+def _score(model, base_logits, batches, batch_size: int, dev, tap: RoutingTap | None = None, who: str = "model"):
+    """Teacher-forced pass of ``model`` over the batches against the base's packed logits (one (Σ n, V) per batch,
+    :func:`_packed`): per-position forward / reverse KL (concatenated over prompts), per-prompt correctness, and
+    one row per prompt (prompt index, mean KLs, correct). ``tap``: the routing hooks on ``model``, if any; ``who``:
+    the model and experiment, named where its logits are not finite."""
     kl_f, kl_r, acc, rows = [], [], [], []
     for bi, (lb, bt) in enumerate(zip(base_logits, batches, strict=True)):
-        lf = _forward(model, bt, dev, tap)
-        fwd, rev = (x.cpu().numpy() for x in kl_terms(lb, lf))  # (B, n): padded positions unused
-        pred = lf.argmax(-1)
+        lf = _packed(_forward(model, bt, dev, tap), bt, who, bi * batch_size)
+        lengths = [len(e.ids) for e in bt]
+        fwd, rev = (np.split(x.cpu().numpy(), np.cumsum(lengths)[:-1]) for x in kl_terms(lb, lf))
+        pred = lf.argmax(-1).split(lengths)
         for j, e in enumerate(bt):
-            n = len(e.ids)
-            kl_f.append(fwd[j, :n])
-            kl_r.append(rev[j, :n])
+            kl_f.append(fwd[j])
+            kl_r.append(rev[j])
             acc.append(correct(pred[j], e))
             rows.append(
                 {
@@ -405,7 +471,7 @@ def write_behavior(report: BehaviorReport, folder: str | os.PathLike) -> list[st
     """The report's files in ``folder``; returns their names, in the order written. ``routing.csv`` only when
     a model has routers (an MoE model): a dense model's was a header with no rows."""
     folder = Path(folder)
-    (folder / "behavior.json").write_text(json.dumps(report.to_json(), indent=2, default=float))
+    (folder / "behavior.json").write_text(json.dumps(report.to_json(), indent=2, default=float, allow_nan=False))
     frames = {"summary": report.summary, "tokens": report.tokens, "prompts": report.prompts, "curves": report.curves}
     if len(report.routing):
         frames["routing"] = report.routing
@@ -552,7 +618,8 @@ def run_job(config: dict, ctx) -> None:
 def cached_behavior(
     config: dict, progress: ProgressFn | None = None, cache_root: str | os.PathLike | None = None
 ) -> dict[str, pd.DataFrame]:
-    """:func:`run_config` through the disk cache (keyed by checkpoints' fingerprints, file stamps, config)."""
+    """:func:`run_config` through the disk cache (keyed by checkpoints' fingerprints, the stamps of their folders'
+    files and of the prompt and mask files, and the config)."""
     ent, files = behavior_entry(config, cache_root)
     if not ent.ready:
         report = run_config({**config, "prompts": files}, progress)
@@ -565,8 +632,13 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     """The disk-cache entry of ``config``'s behaviour analysis, and its prompt files (the zoo's by default)."""
     from subnetviz import cache as _cache
     from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.models import model_folder
 
-    fps = [open_checkpoint(p).fingerprint for p in [config["base"], *config["finetuned"]]]
+    models = [config["base"], *config["finetuned"]]
+    fps = [open_checkpoint(p).fingerprint for p in models]
+    # The fingerprint is the weights'; the numbers also depend on each model's config.json (activation, norm eps,
+    # RoPE, tied head) and the base's tokenizer (the tokens scored): every file beside the weights is stamped.
+    folders = [_cache.file_stamp(model_folder(p)) for p in models]
     files = config.get("prompts") or [str(p) for p in zoo_prompt_files()]
     stamps = [_cache.file_stamp(f) for f in ([files] if isinstance(files, str) else files)]
     masks = [_cache.file_stamp(p) for p in (config.get("masks") or {}).values() if Path(p).exists()]
@@ -574,6 +646,7 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
         "behavior",
         BEHAVIOR_VERSION,
         fps=fps,
+        folders=folders,
         prompts=stamps,
         masks=masks,
         config={k: v for k, v in config.items() if k != "name"},
@@ -581,6 +654,8 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     return _cache.entry("behavior", key, root=cache_root), files
 
 
-BEHAVIOR_VERSION = 5  # bump when the same inputs would give different numbers or files (2: NaN weights refused;
+BEHAVIOR_VERSION = 6  # bump when the same inputs would give different numbers or files (2: NaN weights refused;
 # 3: prompts cut to the context, a curve fraction given twice run once, mixed precision cast as analyze does;
-# 4: routing.csv, the routing of MoE models per prompt set; 5: its column rerouted_share, was changed)
+# 4: routing.csv, the routing of MoE models per prompt set; 5: its column rerouted_share, was changed; 6: config and
+# tokenizer in the key, answers encoded with their prompt, a tied base's two tensors masked apart, predicts_answer
+# only where the next token is an answer's, NaN written as null, notes for differing configs)

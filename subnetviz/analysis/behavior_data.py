@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +22,7 @@ from subnetviz.errors import ConfigError
 class Prompt:
     text: str
     answer: str | None = None
+    where: str | None = field(default=None, compare=False)  # its file and line (or data set and row), for errors
 
 
 PROMPT_COLUMNS = ("prompt", "question", "problem", "input")
@@ -52,7 +53,8 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prom
         if not isinstance(row.get("prompt"), str):
             raise ConfigError(f"{path}, line {lineno}: expected an object with a string 'prompt'.")
         ans = row.get("answer")
-        out.append(_checked(Prompt(row["prompt"], None if ans is None else str(ans)), f"{path}, line {lineno}"))
+        where = f"{path}, line {lineno}"
+        out.append(_checked(Prompt(row["prompt"], None if ans is None else str(ans), where), where))
         if limit and len(out) >= limit:
             break
     if not out:
@@ -84,6 +86,25 @@ def _hub_spec(spec: str) -> tuple[str, str | None, str]:
     return parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
 
 
+def _check_not_local(spec: str, name: str) -> None:
+    """Refuse an ``hf:`` name that ``datasets.load_dataset`` would read from the working directory instead of its
+    cache: a file-format loader (``json``, ``text``, ``csv``, ...: it reads every such file of the working
+    directory) or a name that is also a file or folder there (it reads that folder first). Either reads files
+    outside the folders the server may read (``SUBNETVIZ_ROOTS``)."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    if name in _PACKAGED_DATASETS_MODULES:
+        raise ConfigError(
+            f"{spec[:120]}: {name!r} is a file-format loader of datasets, which reads the working directory's files, "
+            "not a data set; give a JSONL file or a saved data set's folder by its path."
+        )
+    if os.path.lexists(name):
+        raise ConfigError(
+            f"{spec[:120]}: {name!r} is also a file or folder in the working directory, which datasets would read "
+            "in place of the cached data set; hf: reads the datasets cache only (give a saved data set by its path)."
+        )
+
+
 def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     import datasets
     from huggingface_hub import constants as hub
@@ -95,6 +116,7 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     try:
         if spec.startswith("hf:"):
             name, config, split = _hub_spec(spec)
+            _check_not_local(spec, name)
             datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
             ds = datasets.load_dataset(name, config, split=split, download_mode="reuse_cache_if_exists")
         else:
@@ -119,8 +141,8 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     out = []
     for i, r in enumerate(rows):
         ans = None if acol is None or r[acol] is None else str(r[acol])
-        p = Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans)
-        out.append(_checked(p, f"{spec}, row {i}"))
+        p = Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans, f"{spec}, row {i}")
+        out.append(_checked(p, p.where))
     if not out:
         raise ConfigError(f"{spec}: holds no rows.")
     return out
@@ -142,18 +164,61 @@ def zoo_prompt_files(zoo_root: str | os.PathLike | None = None) -> list[Path]:
 class Encoded:
     ids: torch.Tensor  # (L,) long: prompt then answer tokens
     answer_start: int | None  # index of the first answer token
+    apart: bool = False  # the answer was encoded on its own (the prompt's tokens do not begin prompt + answer's)
 
 
 def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
+    """Each prompt's token ids, followed by its answer's as the model reads it after the prompt: ``prompt +
+    answer`` encoded as one text, the answer starting after the prompt's own tokens. (Encoded on its own, an answer
+    was a new text: a SentencePiece tokenizer puts a word boundary "▁" before it, a token the model does not see
+    after the prompt.) Where the prompt's tokens do not begin the whole text's (the tokenizer merges across the
+    seam, or ends every text with a special token), the answer is encoded on its own and appended, marked
+    :attr:`Encoded.apart`. A prompt whose text encodes to no token is refused naming it: no position holds it,
+    and its answer's first token would have no position to predict it."""
     out = []
-    for p in prompts:
+    for i, p in enumerate(prompts):
         ids = list(tokenizer(p.text)["input_ids"])
-        start = None
+        if not ids:
+            raise ConfigError(
+                f"{p.where or f'prompt {i}'}: the prompt {p.text[:60]!r} encodes to no token with the base's tokenizer "
+                "(it adds none in front of a text); give each prompt some text."
+            )
+        start, apart = None, False
         if p.answer is not None:
             start = len(ids)
-            ids += list(tokenizer(p.answer, add_special_tokens=False)["input_ids"])
-        out.append(Encoded(torch.tensor(ids, dtype=torch.long), start))
+            whole = list(tokenizer(p.text + p.answer)["input_ids"])
+            if whole[:start] == ids:
+                ids = whole
+            else:
+                ids += list(tokenizer(p.answer, add_special_tokens=False)["input_ids"])
+                apart = True
+        out.append(Encoded(torch.tensor(ids, dtype=torch.long), start, apart))
     return out
+
+
+def apart_note(enc: Sequence[Encoded]) -> str | None:
+    """The note for answers :func:`encode` encoded on their own (None when none was)."""
+    n = sum(e.apart for e in enc)
+    if not n:
+        return None
+    return (
+        f"{n} of {sum(e.answer_start is not None for e in enc)} answer(s) encoded on their own and appended to the "
+        "prompt's tokens: the tokenizer does not encode prompt + answer as the prompt's tokens followed by more "
+        "(it merges tokens across the seam, or ends each text with a special token)."
+    )
+
+
+def check_token_ids(enc: Sequence[Encoded], prompts: Sequence[Prompt], rows: int, tok, where: str) -> None:
+    """Refuse a token id the model has no embedding row for (a tokenizer with added tokens the embedding was not
+    resized for), naming the prompt, the token and both sizes, instead of an IndexError in the forward pass."""
+    for i, (e, p) in enumerate(zip(enc, prompts, strict=True)):
+        top = int(e.ids.max()) if len(e.ids) else -1
+        if top >= rows:
+            raise ConfigError(
+                f"{p.where or f'prompt {i}'}: token id {top} ({tok.convert_ids_to_tokens(top)!r}) of the base's "
+                f"tokenizer ({len(tok)} tokens) is past the {rows} rows of {where}'s embedding; the tokenizer and the "
+                "model do not match (tokens added without resizing the embedding?)."
+            )
 
 
 def logits_of(model, batch: Sequence[Encoded], device) -> torch.Tensor:
@@ -178,15 +243,16 @@ def kl_terms(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.Tens
 
 def correct(pred: torch.Tensor, e: Encoded) -> bool | None:
     """Teacher-forced exact match of the answer tokens given the argmax ``pred`` (L,) at each position
-    (None without an answer)."""
-    if e.answer_start is None or e.answer_start >= len(e.ids):
+    (None without an answer, or with no position before it to predict its first token)."""
+    if e.answer_start is None or not 0 < e.answer_start < len(e.ids):
         return None
     return bool(torch.equal(pred[e.answer_start - 1 : len(e.ids) - 1].cpu(), e.ids[e.answer_start :]))
 
 
 def token_frame(enc: Sequence[Encoded], tok) -> pd.DataFrame:
     """One row per position of every prompt: prompt, position, token, next_token_id (-1 at the end),
-    predicts_answer (the next token is an answer token)."""
+    predicts_answer (the next token is an answer token: the answer's last token predicts what follows it, which is
+    not scored)."""
     cols: dict[str, list] = {"prompt": [], "position": [], "token": [], "next_token_id": [], "predicts_answer": []}
     for pid, e in enumerate(enc):
         ids = e.ids.tolist()
@@ -194,8 +260,8 @@ def token_frame(enc: Sequence[Encoded], tok) -> pd.DataFrame:
         cols["prompt"] += [pid] * len(ids)
         cols["position"] += list(range(len(ids)))
         cols["token"] += tok.convert_ids_to_tokens(ids)
-        cols["next_token_id"] += ids[1:] + [-1]
-        cols["predicts_answer"] += [t + 1 >= start for t in range(len(ids))]
+        cols["next_token_id"] += ids[1:] + [-1] if ids else []
+        cols["predicts_answer"] += [start <= t + 1 < len(ids) for t in range(len(ids))]
     return pd.DataFrame(cols)
 
 

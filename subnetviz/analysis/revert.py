@@ -92,6 +92,7 @@ class ModelBuilder:
                 continue  # (a buffer no checkpoint stores: rotary tables, causal masks)
             self.params += [(key, p.detach()[index] if index else p.detach()) for key, index in pieces]
         self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}
+        self.mask_names = mask_names(self.aligned)  # aligned key -> the name its mask is looked up by
         if missing:
             raise ConfigError(f"{ft}: model parameters without a tensor in both checkpoints: {missing[:5]}.")
 
@@ -147,10 +148,31 @@ class ModelBuilder:
                     continue
                 a, b = self.pair(at, self.device)
                 diff = bits_differ(a, b)
-                m = select(i, at.names[0], a, b) & diff
+                m = select(i, self.mask_names[key], a, b) & diff
                 p.copy_(torch.where(m, a, b).to(p.dtype))
                 reverted, changed = reverted + int(m.sum()), changed + int(diff.sum())
         return reverted / changed if changed else 0.0
+
+
+def mask_names(aligned: Mapping) -> dict[str, str]:
+    """The name each aligned tensor's mask is keyed by: its name in the base, except where two aligned tensors
+    share one base tensor (a base that ties its head to its embedding stores only the embedding, which a
+    finetune with an untied head lines up twice). There the base's own tensor (``model.embed_tokens.weight``
+    as the embedding) keeps the base's name and the other one takes its name in the finetune
+    (``lm_head.weight``), as ``tensors.csv`` lists it: keyed by the base name alone, the head's mask replaced the
+    embedding's and both were reverted with it."""
+    from subnetviz.checkpoints.naming import strip_prefix
+
+    by_base: dict[str, list[str]] = {}
+    for key, at in aligned.items():
+        by_base.setdefault(at.names[0], []).append(key)
+    out: dict[str, str] = {}
+    for name, keys in by_base.items():
+        own = next((k for k in keys if k == strip_prefix(name)), keys[0])
+        for key in keys:
+            other = aligned[key].names[1]
+            out[key] = name if key == own else (other if other not in by_base and other not in out.values() else key)
+    return out
 
 
 def _persistent_buffers(model) -> list[tuple[str, torch.Tensor]]:
@@ -215,9 +237,10 @@ def _mask_for(masks: Mapping[str, torch.Tensor], name: str, a: torch.Tensor) -> 
 
 
 def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> None:
-    """Every tensor of the mask set ``label`` names a tensor of the base, of its shape (said with the mask's
-    name before any model is rewritten)."""
-    shapes = {t.names[0]: tuple(t.shape) for t in builder.aligned.values()}
+    """Every tensor of the mask set ``label`` names a tensor of the base (or, where two aligned tensors share a
+    base tensor, the finetune's name of the second: :func:`mask_names`), of its shape (said with the mask's name
+    before any model is rewritten)."""
+    shapes = {builder.mask_names[k]: tuple(t.shape) for k, t in builder.aligned.items()}
     unknown = [n for n in masks if n not in shapes]
     if unknown:
         raise MaskError(
@@ -236,6 +259,92 @@ def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, l
             f"mask {label!r} does not fit the base: {name!r} has shape {got}, the tensor {want}"
             + (f" ({len(wrong)} tensors differ)." if len(wrong) > 1 else ".")
         )
+
+
+def shared_tensor_note(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> str | None:
+    """A note when the mask set ``label`` names a base tensor the finetune holds twice (:func:`mask_names`) but
+    not the second one by the finetune's name: that second tensor counts as outside the mask (None otherwise)."""
+    lacking = [
+        (builder.aligned[k].names[0], n)
+        for k, n in builder.mask_names.items()
+        if n != builder.aligned[k].names[0] and builder.aligned[k].names[0] in masks and n not in masks
+    ]
+    if not lacking:
+        return None
+    shared, second = lacking[0]
+    return (
+        f"mask {label!r}: the finetune lines up two tensors with the base's {shared} (its own, and {second}); the mask "
+        f"names {shared} only, which is the first one's: {second} counts as outside the mask."
+    )
+
+
+# Config keys that do not change a forward pass's logits (names, dtypes, ids used for generation, initialisation,
+# what a model returns): a finetune that differs from its base only in these is the base once every weight is
+# reverted. ``tie_word_embeddings`` is the weights' business: a reverted untied head is the base's embedding.
+_NOT_FORWARD = {
+    "_name_or_path",
+    "_commit_hash",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "attn_implementation",
+    "architectures",
+    "auto_map",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "tie_word_embeddings",
+    "initializer_range",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "id2label",
+    "label2id",
+    "task_specific_params",
+    "tokenizer_class",
+    "problem_type",
+    "finetuning_task",
+    "generation_config",
+    "transformers.js_config",
+}
+
+
+def config_difference(base: str, ft: str) -> list[str]:
+    """What in ``ft``'s config differs from ``base``'s in a way that can change the logits (``rope_theta: 10000 ->
+    100``), nested keys dotted; [] when nothing does or a config cannot be read. Every reverted model is built
+    from the finetune's config, so with such a difference even "every weight reverted" is not the base."""
+    from transformers import AutoConfig
+
+    from subnetviz.checkpoints.models import model_folder
+
+    try:
+        a, b = (AutoConfig.from_pretrained(str(model_folder(m)), local_files_only=True).to_dict() for m in (base, ft))
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    out: list[str] = []
+
+    def walk(x, y, prefix: str) -> None:
+        for key in sorted(set(x) | set(y), key=str):
+            if key in _NOT_FORWARD:
+                continue
+            u, v = x.get(key), y.get(key)
+            if isinstance(u, dict) and isinstance(v, dict):
+                walk(u, v, f"{prefix}{key}.")
+            elif u != v:
+                out.append(f"{prefix}{key}: {_short(u)} -> {_short(v)}")
+
+    walk(a, b, "")
+    return out
+
+
+def _short(value, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def abs_delta_selector(builder: ModelBuilder, fraction: float, sample: int = 20_000_000, seed: int = 0) -> Selector:
@@ -294,20 +403,21 @@ def _delta_cut(builder: ModelBuilder, fraction: float, sample: int, seed: int) -
 
 def top_delta_masks(builder: ModelBuilder, fraction: float) -> dict[str, torch.Tensor]:
     """This finetune's changed entries with the largest |Δ| (the top ``fraction`` of them, one threshold
-    over all tensors, ties drawn as in :func:`abs_delta_selector`), keyed by the base's tensor names."""
+    over all tensors, ties drawn as in :func:`abs_delta_selector`), keyed by :func:`mask_names` (the base's
+    tensor names)."""
     from subnetviz.analysis.bits import bits_differ
 
     select = abs_delta_selector(builder, fraction)
     out = {}
     for i, (key, _) in enumerate(builder.params):
-        at = builder.aligned[key]
-        a, b = builder.pair(at)
-        out[at.names[0]] = bits_differ(a, b) & select(i, at.names[0], a, b)
+        a, b = builder.pair(builder.aligned[key])
+        name = builder.mask_names[key]
+        out[name] = bits_differ(a, b) & select(i, name, a, b)
     return out
 
 
 def update_masks(builder: ModelBuilder) -> dict[str, torch.Tensor]:
-    """This finetune's exact update mask (stored bits differ), keyed by the base's tensor names."""
+    """This finetune's exact update mask (stored bits differ), keyed by :func:`mask_names`."""
     return top_delta_masks(builder, 1.0)
 
 

@@ -657,12 +657,12 @@ def test_behaviour_page_renders(app_env):
     # Per token draws both KLs with no measure to choose.
     spread = open_page("behavior", bh_tab="Per prompt", bh_kl=MEASURE["kl_reverse"])
     assert not spread.exception, [e.message for e in spread.exception]
-    (radio,) = [r for r in spread.radio if r.key != "bh_source"]  # beside the Results picker
+    (radio,) = spread.radio  # (the Results picker beside it is a select box)
     assert radio.key == "bh_kl" and radio.options == [MEASURE["kl_forward"], MEASURE["kl_reverse"]]
     (box,) = plotly_specs(spread)
     assert box["layout"]["title"]["text"] == "Per-prompt mean reverse KL(π ‖ π_base)"
     tokens = open_page("behavior", bh_tab="Per token")
-    assert not tokens.exception and [r.key for r in tokens.radio] == ["bh_source"]
+    assert not tokens.exception and not tokens.radio
 
 
 @pytest.mark.slow
@@ -692,7 +692,7 @@ def test_behaviour_page_names_a_finished_job_and_shows_its_results(app_env):
             con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         shutil.rmtree(run_dir)
     assert not at.exception and not at.error, [e.value for e in at.error]
-    source = at.radio(key="bh_source")
+    source = at.selectbox(key="bh_source")
     assert label in source.options and source.value == label
     bars = next(s for s in plotly_specs(at) if s["data"][0]["type"] == "bar")
     assert [t["name"] for t in bars["data"]] == ["dpo"]
