@@ -9,6 +9,10 @@ computed and no file is read but modules: the pages' results are the same. A mod
 import is left to the page, which reports it as it always does. Torch is not among them: a server that
 only shows cached results never needs it. ``make app``, ``subnetviz app`` and the browser tests start
 the server this way.
+
+Before the server starts, Streamlit's upload endpoint is guarded (:func:`subnetviz.ui.guard_uploads`): a PUT
+from a session whose role may not upload is refused from its headers, its body never read, and a file is kept
+in memory only within the caps there.
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ def main() -> None:
 
     if os.environ.get(WARM_ENV, "1") != "0":
         warm()
+    from subnetviz.ui import guard_uploads
+
+    guard_uploads()  # before the server builds its upload route (see the module docstring)
     sys.argv[1:] = upload_limit(sys.argv[1:])
     sys.argv[0] = "streamlit"  # click's program name in Streamlit's own messages
     cli.main()

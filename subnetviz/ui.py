@@ -140,6 +140,7 @@ def gate() -> None:
     """
     from subnetviz import access
 
+    guard_uploads()  # before the login form: a stranger's session exists as soon as the page opens
     try:
         pol = access.policy(auth=_auth_section())
     except SubnetvizError as exc:
@@ -220,6 +221,156 @@ def allowed(action: str) -> bool:
         return True
     st.caption(access.refusal(action))
     return False
+
+
+# --- uploads: what Streamlit's upload endpoint may keep in the server's memory ----------------------------
+# Every tab has a Streamlit session, a stranger's on a closed server's login form too, and Streamlit's
+# ``PUT /_stcore/upload_file/{session}/{file id}`` kept any file up to server.maxUploadSize for any session and
+# any file id, in memory, until the session ended: a loop of PUTs took the server down. Guarded here twice: the
+# route answers a PUT that :func:`upload_refusal` refuses before reading its body (bytes being received count
+# against the server's cap), and the file manager's ``add_file`` keeps a file only as it allows.
+UPLOADS_HELD = 4
+"""Full-size uploads (server.maxUploadSize each) the whole server holds in memory at once, those kept and those
+being received, all sessions together; a session keeps at most one's worth."""
+
+_UPLOAD_LOCK = threading.Lock()  # a file's check and its storing (or its bytes' reservation), one at a time
+_receiving = [0]  # bytes of the uploads being received now: their Content-Length, reserved before the body is read
+
+
+def guard_uploads(manager_class: type | None = None) -> None:
+    """Guard Streamlit's upload endpoint (see above). ``add_file`` of its in-memory upload manager
+    (``manager_class``, default the one the server uses) stores a file only as :func:`upload_refusal` allows, else
+    raises its HTTP status (403, 413); the PUT route checks the same before it reads the body, where it is built
+    after this call. Once per process: ``subnetviz.serve`` calls it before the server starts (both guards, and a
+    session that never runs the script is covered), :func:`gate` on every run (a plain ``streamlit run``: the
+    manager's guard)."""
+    if manager_class is None:
+        from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager as manager_class
+
+        _guard_upload_route()
+    original = manager_class.add_file
+    if getattr(original, "_subnetviz_guard", False):
+        return
+
+    @functools.wraps(original)
+    def add_file(self, session_id: str, file) -> None:
+        with _UPLOAD_LOCK:
+            refused = upload_refusal(self, session_id, file.file_id, len(file.data))
+            if refused is not None:
+                from starlette.exceptions import HTTPException
+
+                raise HTTPException(status_code=refused[0], detail=refused[1])
+            original(self, session_id, file)
+
+    add_file._subnetviz_guard = True
+    manager_class.add_file = add_file
+
+
+def _guard_upload_route() -> None:
+    """Make the server's app build its upload routes through :func:`guarded_upload_routes` (Streamlit 1.67's
+    Starlette app, which builds them when the server starts)."""
+    from streamlit.web.server.starlette import starlette_app
+
+    make = starlette_app.create_upload_routes
+    if getattr(make, "_subnetviz_guard", False):
+        return
+
+    @functools.wraps(make)
+    def create_upload_routes(runtime, upload_mgr, base_url):
+        return guarded_upload_routes(make(runtime, upload_mgr, base_url), upload_mgr)
+
+    create_upload_routes._subnetviz_guard = True
+    starlette_app.create_upload_routes = create_upload_routes
+
+
+def guarded_upload_routes(routes: list, manager) -> list:
+    """Streamlit's upload ``routes`` with the PUT's endpoint answering first what :func:`upload_refusal` refuses
+    (its one line, its status) for a file of the request's Content-Length, the body unread: a refused PUT cost a
+    read of up to server.maxUploadSize into memory, and eight at once from a login form took the server from 162 to
+    806 MiB. A PUT let through holds its bytes (the whole limit where no length is given) until it is answered."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    def guarded(endpoint):
+        async def put(request):
+            from streamlit import config as st_config
+
+            cap = int(st_config.get_option("server.maxUploadSize")) << 20
+            length = request.headers.get("content-length", "")
+            size = int(length) if length.isdigit() and int(length) <= cap else cap
+            params = request.path_params
+            with _UPLOAD_LOCK:
+                refused = upload_refusal(manager, params["session_id"], params["file_id"], size, _receiving[0])
+                if refused is None:
+                    _receiving[0] += size
+            if refused is not None:
+                return PlainTextResponse(refused[1], status_code=refused[0])
+            try:
+                return await endpoint(request)
+            finally:
+                with _UPLOAD_LOCK:
+                    _receiving[0] -= size
+
+        return put
+
+    return [
+        Route(r.path, guarded(r.endpoint), methods=["PUT"]) if "PUT" in (getattr(r, "methods", None) or ()) else r
+        for r in routes
+    ]
+
+
+def upload_refusal(manager, session_id: str, file_id: str, size: int, receiving: int = 0) -> tuple[int, str] | None:
+    """Why ``manager`` may not keep a file of ``size`` bytes under ``file_id`` for ``session_id``, as (HTTP
+    status, one line), or None when it may: the session's role must allow uploads (403), and the bytes kept,
+    this file's included (a file sent again under its id replaces itself), must stay within one
+    server.maxUploadSize for the session and, with the ``receiving`` bytes of other uploads under way,
+    :data:`UPLOADS_HELD` of them for the server (413)."""
+    from streamlit import config as st_config
+
+    role = _session_role(session_id)
+    if role is None or not role.can("upload"):
+        return 403, "This session may not upload files on this server."
+    cap = int(st_config.get_option("server.maxUploadSize")) << 20
+    try:
+        with manager._lock:  # (Streamlit's MemoryUploadedFileManager: its files by session, and their bytes)
+            mine = manager.file_storage.get(session_id, {})
+            replaced = len(mine[file_id].data) if file_id in mine else 0
+            session_bytes = sum(len(f.data) for f in mine.values()) - replaced
+            server_bytes = manager._total_bytes - replaced
+    except AttributeError:  # another Streamlit's manager: nothing is kept that could not be counted
+        return 403, "Uploads are off: this Streamlit's upload manager is not one subnetviz can count."
+    if session_bytes + size > cap:
+        return 413, f"This session holds {session_bytes >> 20} MB of uploads; at most {cap >> 20} MB in all."
+    if server_bytes + receiving + size > UPLOADS_HELD * cap:
+        return 413, "The server holds as many uploads as it takes at once; try again in a while."
+    return None
+
+
+def _session_role(session_id: str):
+    """The access role of Streamlit session ``session_id`` (None: no such session, or one that may do nothing):
+    what :func:`gate` stored, else an anonymous visitor's (as :func:`can`). Read from outside the session's
+    script run, so anything unexpected is no role."""
+    from streamlit.runtime import Runtime
+
+    from subnetviz import access
+
+    if not Runtime.exists():
+        return None
+    info = Runtime.instance()._session_mgr.get_active_session_info(session_id)
+    if info is None:
+        return None
+    try:
+        role = info.session.session_state["_access"]
+    except KeyError:
+        role = None
+    except Exception:  # noqa: BLE001 - its script changing the state as it is read: refused, the upload retried
+        return None
+    if role is None:
+        try:
+            role = uilogic.anonymous_role(_auth_section())
+        except Exception:  # noqa: BLE001 - secrets that cannot be read: no role (the page says why)
+            return None
+    return role if isinstance(role, access.Role) else None
 
 
 # --- zoo and choices -----------------------------------------------------------------------------

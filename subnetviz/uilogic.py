@@ -444,10 +444,11 @@ def corpus_choice(corpus: str) -> str:
     if corpus.startswith("hf:"):
         from datasets import config as datasets_config
 
-        from subnetviz.bigram.stats import hub_dataset
+        from subnetviz.bigram.stats import cached_dataset, hub_dataset
         from subnetviz.errors import PathNotAllowedError
 
-        hub_dataset(corpus)  # a hub id, never a path (load_dataset reads any folder it is given)
+        # a hub id, never a path (load_dataset reads any folder it is given), nor a file-format loader
+        cached_dataset(corpus, hub_dataset(corpus)[0])
         try:
             config.check_allowed(datasets_config.HF_DATASETS_CACHE)
         except PathNotAllowedError:

@@ -395,27 +395,46 @@ def hub_dataset(spec: str) -> tuple[str, str]:
     return name, split
 
 
+def cached_dataset(spec: str, name: str) -> str:
+    """What ``load_dataset`` is given for ``hf:<name>``: ``hf://datasets/<name>``, a data set of the hub, which
+    offline is read from the datasets cache only. Given the bare name, ``load_dataset`` first read a folder of that
+    name in the working directory (``hf:docs``: the server's ``docs/``, outside ``SUBNETVIZ_ROOTS``). A name of
+    one of datasets' file-format loaders (``text``, ``json``, ``csv``, ...) is refused: those read the working
+    directory's files whatever the prefix."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    if name in _PACKAGED_DATASETS_MODULES:
+        raise ConfigError(
+            f"{spec[:120]}: {name!r} is a file-format loader of datasets, which reads the working directory's "
+            "files, not a data set of the hub; give a text file or a saved dataset folder by its path."
+        )
+    return f"hf://datasets/{name}"
+
+
 def corpus_from_dataset(
     spec: str, tokenizer, seq_len: int = 128, text_field: str = "text", max_tokens: int | None = None
 ) -> TokenCorpus:
     """A local dataset's ``text_field`` as a corpus: a folder written by ``Dataset.save_to_disk`` or
-    ``hf:<name>[:<split>]`` already in the local Hugging Face datasets cache (never downloaded).
-    Each record is one piece of the token stream."""
+    ``hf:<name>[:<split>]`` already in the local Hugging Face datasets cache (never downloaded, and never a
+    folder of the working directory: :func:`cached_dataset`). Each record is one piece of the token stream."""
     import datasets
+    from huggingface_hub import constants as hub
 
-    offline = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE
+    # The cache only: reuse_cache_if_exists fetched a dataset the cache lacked. datasets and huggingface_hub read
+    # their offline variables when imported, so their flags are set for the call and put back.
+    offline = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE
     try:
         if spec.startswith("hf:"):
             name, split = hub_dataset(spec)
-            # the cache only: reuse_cache_if_exists fetched a dataset the cache lacked
-            datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
-            ds = datasets.load_dataset(name, split=split or "train", download_mode="reuse_cache_if_exists")
+            path = cached_dataset(spec, name)
+            datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
+            ds = datasets.load_dataset(path, split=split or "train", download_mode="reuse_cache_if_exists")
         else:
             ds = datasets.load_from_disk(spec)
-    except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
+    except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as exc:
         raise ConfigError(f"{spec}: not a local dataset ({type(exc).__name__}: {exc}).") from exc
     finally:
-        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = offline
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE = offline
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     if text_field not in ds.column_names:

@@ -11,6 +11,10 @@ the same files the weight comparison reads, and nothing else.
   config, chat template): every file of the folder is put through
   :func:`~subnetviz.config.check_readable` first, so a ``tokenizer.json`` linking outside the folders the
   server may read is refused, not opened.
+- **The weights the pages compare, checked.** transformers picks the weights file itself; a folder where it
+  would pick other files than the weight pages read (a ``pytorch_model.bin`` beside another ``.safetensors``)
+  is refused, and a ``torch.save`` file it reads has its pickles walked first
+  (:func:`~subnetviz.pickles.check_torch_file`), as the weight pages' reader does.
 """
 
 from __future__ import annotations
@@ -76,7 +80,73 @@ def load_causal_lm(spec: str | os.PathLike, **kwargs):
     kwargs.setdefault("dtype", torch.float32)
     with without_adapter(model_folder(spec)) as folder:
         check_not_quantized(spec, folder)
+        files = checked_weights(spec, folder)
+        # use_safetensors: transformers reads the safetensors checked, never a .bin beside them (nor the reverse)
+        kwargs["use_safetensors"] = all(f.suffix == ".safetensors" for f in files)
         return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+
+
+# The weight files from_pretrained looks for in a local folder, in its order (transformers 5, no variant)
+SAFE_NAMES = ("model.safetensors", "model.safetensors.index.json")
+TORCH_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def transformers_weights(folder: Path, spec=None) -> list[Path]:
+    """The weight files ``from_pretrained`` reads from ``folder``: the file ``config.json`` names under
+    ``transformers_weights``, else the first of :data:`SAFE_NAMES` and :data:`TORCH_NAMES` there (an index: its
+    shards). CheckpointError, naming ``spec`` (default the folder), where there is none."""
+    from subnetviz.checkpoints.sources import _index_files
+    from subnetviz.config import display_path, read_json
+
+    where = spec if spec is not None else display_path(folder)
+    named = read_json(folder / "config.json", CheckpointError).get("transformers_weights")
+    if named is not None:
+        if not isinstance(named, str) or not (folder / named).is_file():
+            raise CheckpointError(
+                f"{where}: config.json names transformers_weights {str(named)[:80]!r}, which is "
+                "not a file of the folder."
+            )
+        candidates = (named,)
+    else:
+        candidates = tuple(n for n in (*SAFE_NAMES, *TORCH_NAMES) if (folder / n).is_file())
+    if not candidates:
+        raise CheckpointError(
+            f"{where}: no weights transformers can load (expected {', '.join(SAFE_NAMES + TORCH_NAMES)})."
+        )
+    first = folder / candidates[0]
+    return _index_files(first) if first.name.endswith(".index.json") else [first]
+
+
+def checked_weights(spec, folder: Path) -> list[Path]:
+    """:func:`transformers_weights` of ``folder``, once they are the files the weight pages read of it
+    (``sources._folder_files``) and each passed :func:`~subnetviz.config.check_readable`, a ``torch.save`` one
+    also :func:`~subnetviz.pickles.check_torch_file` (a pickle walked before torch unpickles it: a tuple 150,000
+    deep crashed the process). A folder where the two differ is refused: the model run would not be the one
+    compared, and a ``.bin`` beside another ``.safetensors`` was loaded with its pickle never walked."""
+    from subnetviz.checkpoints.sources import _folder_files
+    from subnetviz.config import check_readable
+    from subnetviz.errors import MaskError
+    from subnetviz.pickles import check_torch_file
+
+    loads, read = transformers_weights(folder, spec), _folder_files(folder)
+    if sorted(os.path.realpath(f) for f in loads) != sorted(os.path.realpath(f) for f in read):
+        raise CheckpointError(
+            f"{spec}: transformers would run {_names(loads)} but the weight pages read {_names(read)}; keep one "
+            "model's weights in the folder (move the other files out)."
+        )
+    for f in loads:
+        check_readable(f, what=f"{f.name} of {spec}")
+        if f.suffix != ".safetensors":
+            try:
+                check_torch_file(f)
+            except MaskError as exc:  # (the mask reader's errors; here the checkpoint's)
+                raise CheckpointError(str(exc)) from None
+    return loads
+
+
+def _names(files: list[Path]) -> str:
+    names = sorted(f.name for f in files)
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 # quantization methods whose models transformers runs only through another library's modules and kernels (the

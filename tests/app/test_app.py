@@ -437,6 +437,9 @@ def test_the_bigram_page_takes_an_hf_corpus_from_the_datasets_cache(app_env, mon
     for path in ("hf:/etc", "hf:../secret", "hf:a/../../b", "hf:./x", "hf:~/notes"):
         with pytest.raises(ConfigError, match="names a dataset of the hub by its id"):
             corpus_choice(path)
+    for loader in ("hf:text", "hf:json:train"):  # datasets' file-format loaders read the working directory's files
+        with pytest.raises(ConfigError, match="file-format loader of datasets"):
+            corpus_choice(loader)
     monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", "/srv/elsewhere/datasets")
     with pytest.raises(PathNotAllowedError, match="hf: corpora are read from the Hugging Face datasets cache"):
         corpus_choice("hf:wikitext")

@@ -164,6 +164,45 @@ def test_corpus_from_text_reads_a_piece_at_a_time_as_the_whole_text_reads(tmp_pa
     assert len(pieces) < 10  # stopped reading once it had its tokens
 
 
+def test_an_hf_corpus_is_read_from_the_datasets_cache_never_the_working_directory(tmp_path, monkeypatch):
+    """``hf:<name>`` went to ``datasets.load_dataset(name)``, which reads a folder of that name in the server's
+    working directory before the cache (outside SUBNETVIZ_ROOTS), and ``hf:text`` / ``hf:json`` read every such file
+    there. Planted: a cached data set someorg/tiny ("cached ..." rows) and, in a scratch working directory,
+    ``someorg/tiny/``, ``docs/`` and a ``.txt`` holding "secret". The cache's rows are read; nothing else is."""
+    import json
+    import shutil
+
+    import datasets
+
+    rows = [f"cached row {i} of the data set" for i in range(40)]
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    datasets.load_dataset("json", data_files=str(src), cache_dir=str(tmp_path / "work"), split="train")
+    built = next(p for p in (tmp_path / "work").glob("json/*/*/*") if p.is_dir())
+    dest = tmp_path / "cache" / "someorg___tiny" / "default" / built.parts[-2] / built.parts[-1]
+    shutil.copytree(built, dest)  # as load_dataset leaves a hub data set in its cache
+    info = json.loads((dest / "dataset_info.json").read_text())
+    (dest / "dataset_info.json").write_text(json.dumps({**info, "config_name": "default", "dataset_name": "tiny"}))
+    for f in dest.glob("json-*"):
+        f.rename(dest / f.name.replace("json-", "tiny-"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    cwd = tmp_path / "cwd"
+    for folder in (cwd / "someorg" / "tiny", cwd / "docs"):
+        folder.mkdir(parents=True)
+        (folder / "data.jsonl").write_text("".join(json.dumps({"text": f"secret {i} " * 4}) + "\n" for i in range(40)))
+    (cwd / "notes.txt").write_text("secret words\n" * 40)
+    monkeypatch.chdir(cwd)
+
+    got = corpus_from_dataset("hf:someorg/tiny", _words, seq_len=4).ids.reshape(-1).tolist()
+    whole = [i for t in rows for i in _words(t)["input_ids"]]
+    assert got == whole[: len(whole) // 4 * 4]
+    with pytest.raises(ConfigError, match=r"^hf:docs: not a local dataset"):  # not cached; docs/ is not read
+        corpus_from_dataset("hf:docs", _words, seq_len=4)
+    for loader in ("text", "json"):
+        with pytest.raises(ConfigError, match="file-format loader of datasets"):
+            corpus_from_dataset(f"hf:{loader}", _words, seq_len=4)
+
+
 @pytest.mark.parametrize(
     "data, says",
     [

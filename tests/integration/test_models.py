@@ -144,3 +144,99 @@ def test_a_file_linking_outside_the_roots_is_refused_before_loading(tmp_path, mo
             load(folder)
     monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path))
     assert load_tokenizer(folder)("12+3").input_ids
+
+
+# --- the weights file transformers reads is the one the comparison read and checked ------------------------
+def _deep(n: int):
+    """A list nested ``n`` deep: a valid state-dict value for ``torch.load(weights_only=True)``, past the
+    pickle walk's 100 levels (a tuple 150,000 deep crashed the process as it was hashed)."""
+    x: object = 0
+    for _ in range(n):
+        x = [x]
+    return x
+
+
+@pytest.fixture()
+def bin_folder(tmp_path):
+    """A Llama folder whose weights are a ``torch.save`` pytorch_model.bin (seed 2), and the state dict saved."""
+    from safetensors.torch import load_file
+
+    folder = save_model(tiny_model("llama", seed=1, intermediate=INTER, kv_heads=2), tmp_path / "ckpt", dtype=False)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(2)) for k, v in state.items()}
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder, state
+
+
+def test_a_bin_beside_another_safetensors_is_refused_not_loaded_unwalked(bin_folder):
+    """The folder's weight files, as the comparison finds them, are its ``.safetensors`` (a mask, an adapter); as
+    transformers finds them, ``pytorch_model.bin``. It loaded that ``.bin`` without ``check_torch_file`` having
+    walked its pickle (and ran a model other than the one compared): refused, naming both."""
+    from safetensors.torch import save_file
+
+    from subnetviz.checkpoints.models import load_causal_lm
+    from subnetviz.errors import CheckpointError
+
+    folder, state = bin_folder
+    torch.save({**state, "_meta": _deep(150)}, folder / "pytorch_model.bin")  # the walk refuses it; torch reads it
+    save_file({"mask": torch.ones(3)}, str(folder / "extra.safetensors"))
+    with pytest.raises(
+        CheckpointError,
+        match=r"transformers would run pytorch_model\.bin but the weight pages read "
+        r"extra\.safetensors",
+    ) as exc:
+        load_causal_lm(folder)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_bin_transformers_reads_has_its_pickle_walked_first(bin_folder):
+    from subnetviz.checkpoints.models import load_causal_lm
+    from subnetviz.errors import CheckpointError
+
+    folder, state = bin_folder
+    model = load_causal_lm(folder)  # a plain state dict: loaded, its weights the file's
+    for name, value in state.items():
+        assert torch.equal(model.state_dict()[name], value), name
+    torch.save({**state, "_meta": _deep(150)}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="nests objects more than 100 deep"):
+        load_causal_lm(folder)
+
+
+def test_safetensors_beside_a_bin_are_what_runs(bin_folder):
+    """``model.safetensors`` beside a ``pytorch_model.bin``: both readers take the safetensors, and transformers is
+    held to them (use_safetensors), the ``.bin`` never read."""
+    from safetensors.torch import save_file
+
+    from subnetviz.checkpoints.models import load_causal_lm
+
+    folder, state = bin_folder
+    other = {k: torch.full_like(v, 0.5) for k, v in state.items()}
+    save_file(other, str(folder / "model.safetensors"))
+    (folder / "pytorch_model.bin").write_bytes(b"not a pickle at all")  # read, it would fail the load
+    model = load_causal_lm(folder)
+    for name, value in other.items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_a_config_naming_other_weights_is_refused(bin_folder):
+    """``transformers_weights`` in config.json makes transformers read the file it names, whatever else is there."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from subnetviz.checkpoints.models import load_causal_lm
+    from subnetviz.errors import CheckpointError
+
+    folder, state = bin_folder
+    (folder / "pytorch_model.bin").unlink()
+    save_file(state, str(folder / "model.safetensors"))
+    save_file({k: torch.zeros_like(v) for k, v in state.items()}, str(folder / "other.safetensors"))
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "transformers_weights": "other.safetensors"}))
+    with pytest.raises(
+        CheckpointError,
+        match=r"transformers would run other\.safetensors but the weight pages read "
+        r"model\.safetensors",
+    ):
+        load_causal_lm(folder)
