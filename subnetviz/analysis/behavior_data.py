@@ -86,11 +86,11 @@ def _hub_spec(spec: str) -> tuple[str, str | None, str]:
     return parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
 
 
-def _check_not_local(spec: str, name: str) -> None:
-    """Refuse an ``hf:`` name that ``datasets.load_dataset`` would read from the working directory instead of its
-    cache: a file-format loader (``json``, ``text``, ``csv``, ...: it reads every such file of the working
-    directory) or a name that is also a file or folder there (it reads that folder first). Either reads files
-    outside the folders the server may read (``SUBNETVIZ_ROOTS``)."""
+def _cached_name(spec: str, name: str) -> str:
+    """What ``datasets.load_dataset`` is given for ``hf:NAME``: ``hf://datasets/NAME``, a data set of the hub,
+    which offline is read from the datasets cache only (given the bare name it first read a folder of that name in
+    the working directory, outside the folders the server may read). A file-format loader's name (``json``,
+    ``text``, ``csv``, ...: it reads every such file of the working directory) is refused."""
     from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
     if name in _PACKAGED_DATASETS_MODULES:
@@ -98,11 +98,7 @@ def _check_not_local(spec: str, name: str) -> None:
             f"{spec[:120]}: {name!r} is a file-format loader of datasets, which reads the working directory's files, "
             "not a data set; give a JSONL file or a saved data set's folder by its path."
         )
-    if os.path.lexists(name):
-        raise ConfigError(
-            f"{spec[:120]}: {name!r} is also a file or folder in the working directory, which datasets would read "
-            "in place of the cached data set; hf: reads the datasets cache only (give a saved data set by its path)."
-        )
+    return f"hf://datasets/{name}"
 
 
 def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
@@ -116,9 +112,9 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     try:
         if spec.startswith("hf:"):
             name, config, split = _hub_spec(spec)
-            _check_not_local(spec, name)
+            path = _cached_name(spec, name)
             datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
-            ds = datasets.load_dataset(name, config, split=split, download_mode="reuse_cache_if_exists")
+            ds = datasets.load_dataset(path, config, split=split, download_mode="reuse_cache_if_exists")
         else:
             ds = datasets.load_from_disk(spec)
     except ConfigError:

@@ -271,7 +271,8 @@ def test_hf_names_that_are_a_folder_of_the_working_directory_or_a_file_loader_ar
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path / "roots"))
-    with pytest.raises(ConfigError, match=r"^hf:docs:train: 'docs' is also a file or folder in the working") as err:
+    # read from the datasets cache, which does not hold it: never the working directory's docs/ folder
+    with pytest.raises(ConfigError, match=r"^hf:docs:train: not a data set on this machine") as err:
         read_prompts("hf:docs:train")
     assert "SECRET" not in str(err.value)
     with pytest.raises(ConfigError, match=r"^hf:json:train: 'json' is a file-format loader"):
