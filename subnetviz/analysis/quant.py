@@ -10,7 +10,8 @@ does not take:
 - **FP8 weights** (``float8_e4m3fn`` / ``float8_e5m2``) with ``weight_scale_inv`` block scales
   (``⌈m/bs⌉ × ⌈n/bs⌉``, DeepSeek-V3 style), a per-tensor / per-channel ``weight_scale``, or MXFP8's
   uint8 E8M0 exponents per group of 32 along a row (1 × 32 blocks, scale 2^(s − 127):
-  :func:`scale_values`):
+  :func:`scale_values`); transformers 5's FP8 experts, whose block scales are stored packed for every expert, with
+  each expert's rows of them (:func:`~subnetviz.checkpoints.experts_layout.read_packed_scales`):
   the comparison dequantises both sides (w = code × scale[i // bs, j // bs], in float32) and runs the
   float pass on it, in row bands of whole scale blocks, so memory stays a few bands, not two
   float32 copies of the tensor (:func:`compare_quantized`): ``changed``, the mask, the tolerance sweep
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -76,9 +78,10 @@ DEFAULT_BLOCK = 128
 KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "modelopt", "bitsandbytes", "gptq", "awq", "mxfp4")
 _CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
 # Float tensors that are buffers by name (HF registers them with persistent=False today, older
-# saves kept them): rotary inverse frequencies, GPT-2's masked_bias constants; Gemma-4's per-layer output
-# scale (a persistent buffer: saved, never trained).
-_BUFFER_NAMES = re.compile(r"(\.inv_freq$|\.masked_bias$|\.position_ids$|\.token_type_ids$|\.layer_scalar$)")
+# saves kept them): rotary inverse frequencies (also transformers 5's original_inv_freq and per-attention-type
+# sliding_attention_inv_freq), GPT-2's masked_bias constants; Gemma-4's per-layer output scale (a persistent
+# buffer: saved, never trained).
+_BUFFER_NAMES = re.compile(r"([._]inv_freq$|\.masked_bias$|\.position_ids$|\.token_type_ids$|\.layer_scalar$)")
 # Causal masks (1, 1, n_ctx, n_ctx): GPT-2's `h.N.attn.bias`, saved as float32 by the original release and the
 # finetunes made from it (its attention's weights are `c_attn`, `c_proj`; 12.6 M never-trained entries in GPT-2),
 # GPT-NeoX / Pythia's `attention.bias` (bool, or cast to bf16 by a conversion script), GPT-Neo's, CodeGen's
@@ -123,17 +126,22 @@ class TensorForm:
     # to it; bitsandbytes in float32)
     native: bool = False
     table: str | None = None  # int8: codes index a data type's values (bitsandbytes' nf4 / fp4: bnb4.TABLES)
+    # fp8: rows per scale where not the config's block (an FP8 expert's up projection whose packed scale blocks
+    # straddle gate and up: checkpoints.experts_layout.expert_scale_views); 0: the config's
+    rows: int = 0
 
     @property
     def layout(self) -> tuple:
         """What must agree for two stored codes to be compared code by code."""
-        return (self.kind, self.divisor, self.group, self.zero is not None, self.codes, self.table)
+        return (self.kind, self.divisor, self.group, self.zero is not None, self.codes, self.table, self.rows)
 
     def block(self, config: dict) -> tuple[int, int]:
-        """The scale block of this form in a checkpoint of ``config``: FP8's from the config; a compressed-tensors
-        group (1 × group); else (1, 1) (a scale per row, or one)."""
+        """The scale block of this form in a checkpoint of ``config``: FP8's from the config (its rows per scale
+        where the form has its own); a compressed-tensors group (1 × group); else (1, 1) (a scale per row, or
+        one)."""
         if self.kind == "fp8":
-            return block_size(config)
+            rows, cols = block_size(config)
+            return (self.rows or rows), cols
         return (1, self.group) if self.group else (1, 1)
 
 
@@ -192,15 +200,21 @@ def _group_block(groups: dict) -> list | None:
 
 def checkpoint_forms(ck) -> dict[str, TensorForm]:
     """:func:`tensor_forms` of every tensor of checkpoint ``ck``; a malformed quantized checkpoint is one line
-    naming it."""
+    naming it. FP8 experts whose block scales are stored packed (transformers 5's FP8 save) are first read with
+    each expert's own scales (:func:`~subnetviz.checkpoints.experts_layout.read_packed_scales`, as aligning does)."""
+    from subnetviz.checkpoints.experts_layout import read_packed_scales
+
+    read_packed_scales(ck)
     try:
-        return tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config)
+        return tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config, getattr(ck, "scale_rows", None))
     except CheckpointError as exc:
         raise CheckpointError(f"{ck.spec}: {exc}") from None
 
 
-def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
-    """Name -> :class:`TensorForm` for every tensor of one checkpoint (``metas``: name -> TensorMeta)."""
+def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None = None) -> dict[str, TensorForm]:
+    """Name -> :class:`TensorForm` for every tensor of one checkpoint (``metas``: name -> TensorMeta;
+    ``scale_rows``: scale name -> rows per scale where not the config's block, the checkpoint's
+    ``scale_rows``)."""
     method = quant_method(config)
     forms: dict[str, TensorForm] = {}
     for name, m in metas.items():
@@ -208,12 +222,12 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
         if m.dtype in FP8 and not (method and last in _SCALE_SUFFIXES):  # (NVFP4 stores its scales in FP8)
             scale = next((f"{name}{s}" for s in ("_scale_inv", "_scale") if f"{name}{s}" in metas), None)
             if scale is None:
-                raise CheckpointError(
-                    f"tensor {name!r} is stored as {str(m.dtype).replace('torch.', '')} but has no "
-                    f"'{name}_scale_inv' or '{name}_scale' beside it; cannot dequantise it."
-                )
-            check_scale(name, m.shape, scale, metas[scale].shape, block_size(config))
-            forms[name] = TensorForm("fp8", scale, f"{str(m.dtype).replace('torch.', '')} codes")
+                raise CheckpointError(_no_scale(name, m, metas, config))
+            form = TensorForm(
+                "fp8", scale, f"{str(m.dtype).replace('torch.', '')} codes", rows=(scale_rows or {}).get(scale, 0)
+            )
+            check_scale(name, m.shape, scale, metas[scale].shape, form.block(config))
+            forms[name] = form
             forms[scale] = TensorForm("scale", None, "scale")
         # (codes a reader lists in the weight's shape: checkpoints.ct_packed, bnb4, awq, nvfp4)
         elif m.stored == "AWQ int4" and last == "weight":
@@ -254,6 +268,27 @@ def tensor_forms(metas: dict, config: dict) -> dict[str, TensorForm]:
             else:
                 forms[name] = TensorForm("float")
     return forms
+
+
+def _no_scale(name: str, m, metas: dict, config: dict) -> str:
+    """Why FP8 weight ``name`` cannot be dequantised: no scale beside it, or (transformers 5's FP8 experts) its
+    scales packed for every expert in a tensor whose shape does not fit the experts' codes."""
+    from subnetviz.checkpoints.experts_layout import packed_scale_of
+
+    dtype = str(m.dtype).replace("torch.", "")
+    packed = packed_scale_of(name, metas)
+    if packed is not None:
+        bm, bn = block_size(config)
+        return (
+            f"tensor {name!r} is stored as {dtype} with its block scales packed for every expert in {packed!r} "
+            f"{tuple(metas[packed].shape)}, which does not fit the experts' codes ({tuple(m.shape)}) in {bm}×{bn} "
+            "blocks (transformers 5's FP8 experts pack them (E, ⌈2I/bm⌉, ⌈H/bn⌉) for gate_up, (E, ⌈H/bm⌉, ⌈I/bn⌉) "
+            "for down, every expert 0 … E−1 stored); cannot dequantise it."
+        )
+    return (
+        f"tensor {name!r} is stored as {dtype} but has no '{name}_scale_inv' or '{name}_scale' beside it; "
+        "cannot dequantise it."
+    )
 
 
 def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:

@@ -335,7 +335,8 @@ class _Walk:
         if at is None:
             return
         ck, fa, fb = self.cks[i], self.forms_base[at.names[0]], self.forms[i][at.names[1]]
-        info = self.table.describe(at.names[0])
+        name = at.name  # (a head one side ties to its embedding: the head's own name, not the embedding's)
+        info = self.table.describe(name)
         if self.is_side(at, i):
             row = side_row(self.labels[i], key, at, info, self.ck_base, ck, fa, fb, self.dev, self.log, i)
             self.side[i].append(row)
@@ -355,23 +356,23 @@ class _Walk:
             _check_read(self.ck_base, at, 0, read_aligned(self.ck_base, at, 0, "cpu"))
             _check_read(ck, at, 1, read_aligned(ck, at, 1, "cpu"))
             raise NonFiniteError(f"{ck.spec}: {exc}") from None
-        row = stats_row(self.labels[i], key, at.names[0], info, at.shape, st, self.options)
+        row = stats_row(self.labels[i], key, name, info, at.shape, st, self.options)
         row["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
         row["stored_as"] = fb.label if fa.label == fb.label else f"{fa.label} -> {fb.label}"
         row["changed_codes"] = changed_codes
         row["expert"] = None if info.expert is None else str(info.expert)
         self.rows[i].append(row)
         self.parts[i].extend(
-            fused_part_rows(self.table, at.names[0], key, at.shape, st)
+            fused_part_rows(self.table, name, key, at.shape, st)
             or [
                 {"key": key, "module": m, "numel": n, "changed": c}
-                for m, n, c in self.table.part_counts(at.names[0], at.shape, st.row_counts, st.col_counts)
+                for m, n, c in self.table.part_counts(name, at.shape, st.row_counts, st.col_counts)
             ]
         )
         if st.mask_bits is not None:
-            self.masks[i].add_bits(at.names[0], st.mask_bits, tuple(at.shape))
+            self.masks[i].add_bits(name, st.mask_bits, tuple(at.shape))
         elif st.mask is not None:
-            self.masks[i].add(at.names[0], st.mask)
+            self.masks[i].add(name, st.mask)
         if st.row_counts is not None and len(at.shape) >= 2:
             self.row_col[i][key] = (st.row_counts, st.col_counts)
         sp = self.spectra
@@ -405,19 +406,31 @@ class _Walk:
         """The alignment's report (tensors in only one of the pair, resized vocabularies), headed by what share of
         the stored entries was not compared, and why when it is integer codes of a quantized form."""
         al = self.alignments[i]
-        lines = al.report()
         forms = {0: self.forms_base, 1: self.forms[i]}
+
+        def buffer(j: int, n: str) -> bool:  # (a quantized form's integer companions, g_idx..., are no buffers)
+            return forms[j][n].kind == "buffer" and n.rsplit(".", 1)[-1] not in _INT_CODE_SUFFIXES
+
+        # Buffers on one side only (the causal masks and rotary frequencies older saves kept, transformers 5 does
+        # not) are no parameters: listed apart and out of the share below (GPT-2's release read 20 % not compared).
+        buffers = {j: {n for n in names if buffer(j, n)} for j, names in al.only_in.items()}
+        lines = al.report(buffers)
         # (a quantized side's scales and zero points were applied to its weights, not left out: against a float base
         # they stand on one side only, and NVFP4's read as 6 % of the model not compared)
-        left = {j: [n for n in names if forms[j][n].kind != "scale"] for j, names in al.only_in.items()}
+        left = {
+            j: [n for n in names if forms[j][n].kind != "scale" and n not in buffers[j]]
+            for j, names in al.only_in.items()
+        }
         left = {j: names for j, names in left.items() if names}
         if not left:
             return lines
         sizes = {j: sum(math.prod(al.checkpoints[j].meta(n).shape) for n in names) for j, names in left.items()}
-        stored = {j: sum(math.prod(ck.meta(n).shape) for n in ck.names) for j, ck in enumerate(al.checkpoints)}
+        held = {j: [n for n in ck.names if not buffer(j, n)] for j, ck in enumerate(al.checkpoints)}
+        stored = {j: sum(math.prod(ck.meta(n).shape) for n in held[j]) for j, ck in enumerate(al.checkpoints)}
+        aside = {j: len(held[j]) < len(ck.names) for j, ck in enumerate(al.checkpoints)}
         head = "; ".join(
             f"{len(left[j]):,} tensor(s) of {al.checkpoints[j].spec}, {sizes[j]:,} of its {stored[j]:,} stored entries "
-            f"({sizes[j] / max(stored[j], 1):.1%})"
+            f"{'(buffers aside) ' if aside[j] else ''}({sizes[j] / max(stored[j], 1):.1%})"
             for j in sorted(left)
         )
         codes = sorted({n.rsplit(".", 1)[-1] for names in left.values() for n in names} & set(_INT_CODE_SUFFIXES))
@@ -672,7 +685,7 @@ def planned_spectra(base, finetuned: Sequence, spectra: SpectraOptions | None) -
         forms = checkpoint_forms(ck)
         for at in align([ck_base, ck]).tensors:
             fa, fb = forms_base[at.names[0]], forms[at.names[1]]
-            info = table.describe(at.names[0])
+            info = table.describe(at.name)
             if fa.kind in _SIDE or fb.kind in _SIDE or info.param == "bias":
                 continue
             parts = spectrum_parts(at.key, at.shape, info, fa.kind == fb.kind == "float")

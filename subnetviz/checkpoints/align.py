@@ -4,7 +4,7 @@ skipped."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +29,16 @@ class AlignedTensor:
     rows: int | None = None
     extra_rows: tuple[int, ...] = ()
 
+    @property
+    def name(self) -> str:
+        """The name its results are listed, described and masked under: the first checkpoint's, except for an
+        output head that checkpoint ties to its input embedding while another stores it untied
+        (:func:`_untied_heads`): then the head's own name, as that checkpoint stores it. Under the embedding's
+        name its row was filed as the embedding and its mask took the embedding's place."""
+        if self.key in TIED_HEADS and strip_prefix(self.names[0]) not in TIED_HEADS:
+            return next((n for n in self.names if strip_prefix(n) in TIED_HEADS), self.names[0])
+        return self.names[0]
+
 
 @dataclass
 class Alignment:
@@ -39,15 +49,26 @@ class Alignment:
     # each tensor not in every checkpoint: (its name in the first checkpoint holding it, the checkpoints holding it)
     held_by: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
 
-    def report(self) -> list[str]:
-        """Human-readable lines: everything not compared one-to-one, and why."""
+    def report(self, buffers: Mapping[int, Collection[str]] | None = None) -> list[str]:
+        """Human-readable lines: everything not compared one-to-one, and why. ``buffers`` (checkpoint index ->
+        names): of two checkpoints, the tensors only in one of them that are buffers (causal masks, rotary
+        frequencies: not parameters) are listed on a line of their own, apart from the weights."""
         lines = list(self.notes)
         if len(self.checkpoints) > 2 and self.held_by:
             lines += self._not_in_every()
         else:  # two checkpoints: a tensor not in both is only in one of them
             for i, names in self.only_in.items():
-                if names:
-                    lines.append(f"{len(names)} tensor(s) only in {self.checkpoints[i].spec}: {_listed(names)}")
+                apart = set((buffers or {}).get(i, ()))
+                weights = [n for n in names if n not in apart]
+                if weights:
+                    lines.append(f"{len(weights)} tensor(s) only in {self.checkpoints[i].spec}: {_listed(weights)}")
+                held = [n for n in names if n in apart]
+                if held:
+                    lines.append(
+                        f"{len(held)} buffer tensor(s) only in {self.checkpoints[i].spec}: {_listed(held)}. Buffers "
+                        "(causal masks, rotary frequencies, constants) are not parameters, and often stored on one "
+                        "side only (transformers 5 saves fewer of them than older saves): not counted with the weights."
+                    )
         for t in self.tensors:
             if t.rows is not None:
                 lines.append(

@@ -15,13 +15,22 @@ up ``gate_up[e, I:]``, its down ``down[e]`` (how transformers packs them, checke
 a view of the stored tensor, nothing copied. Shapes are checked against the per-expert tensors; a layer whose
 shapes do not fit is left as it is (its tensors listed as only in one checkpoint, as before). Packed layouts
 that are the release's own (gpt-oss, Llama 4: no per-expert form to match) are never touched.
+
+FP8 experts keep their block scales packed: transformers 5's ``FP8Experts`` (``FineGrainedFP8Config``) holds
+``experts.gate_up_proj_scale_inv`` (E, ⌈2I/bm⌉, ⌈H/bn⌉) and ``experts.down_proj_scale_inv`` (E, ⌈H/bm⌉, ⌈I/bn⌉)
+beside the packed codes, and ``save_pretrained`` writes the codes one by one but these scales as they are.
+:func:`read_packed_scales` reads them as each expert's ``<weight>_scale_inv`` (the names a DeepSeek-V3-style
+release stores; the stored forms and every alignment call it first), and :func:`match_layouts` views a packed
+checkpoint's scales with its codes.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 
+from subnetviz.checkpoints.header import TensorMeta
 from subnetviz.checkpoints.naming import strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint
 
@@ -45,7 +54,9 @@ def _per_expert(ck: Checkpoint) -> dict[str, dict[int, dict[str, str]]]:
 
 def _views(ck: Checkpoint, layer: str, packed: dict[str, str], experts: dict[int, dict[str, str]], ref: Checkpoint):
     """The per-expert views of one layer's packed tensors (``packed``: gate_up_proj / down_proj -> name), named
-    as ``ref`` names ``experts``: name -> (packed name, index, shape); None where the shapes do not fit."""
+    as ``ref`` names ``experts``: name -> (packed name, index, shape); None where the shapes do not fit. FP8 codes'
+    packed scales beside them (``<packed>_scale_inv``) are viewed too, as each expert's ``<weight>_scale_inv``
+    (their row blocks, where not the config's, go to ``ck.scale_rows``)."""
     if set(packed) != {"gate_up_proj", "down_proj"}:
         return None
     full = {strip_prefix(n): n for names in experts.values() for n in names.values()}
@@ -56,6 +67,16 @@ def _views(ck: Checkpoint, layer: str, packed: dict[str, str], experts: dict[int
         if pieces is None:  # (experts of different sizes, a pruned release, have no packed form to read)
             return None
         out.update({full[short]: (name, index, shapes[short]) for short, index in pieces})
+    block = fp8_block(ck.config)
+    gate = ref.meta(experts[0]["gate"]).shape if "gate" in experts.get(0, {}) else None
+    for part, name in packed.items():
+        scale = f"{name}_scale_inv"
+        if scale not in ck.names or block is None or gate is None or len(gate) != 2:
+            continue
+        got = _scale_pieces(scale, tuple(ck.meta(scale).shape), part, experts, tuple(gate), block)
+        if got is not None:
+            out.update(got[0])
+            ck.scale_rows.update(got[1])
     if ".block_sparse_moe." in experts[0]["gate"]:  # Mixtral: the router too is under mlp. in memory
         for n in ref.names:
             rest = strip_prefix(n).removeprefix(f"{layer}block_sparse_moe.")
@@ -70,6 +91,8 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
     """Read every packed checkpoint of ``checkpoints`` whose layer another checkpoint stores expert by expert
     as that checkpoint's per-expert tensors (see the module docstring); each checkpoint so read says so in its
     ``notes``. Idempotent: a second call finds nothing packed left to match."""
+    for ck in checkpoints:
+        read_packed_scales(ck)
     stored = [_per_expert(ck) for ck in checkpoints]
     for ck in checkpoints:
         packed: dict[str, dict[str, str]] = {}
@@ -199,3 +222,148 @@ def _computed(ck: Checkpoint) -> bool:
     from subnetviz.checkpoints.adapters import MergedAdapter
 
     return isinstance(ck, MergedAdapter)
+
+
+# transformers 5's FP8 experts: the codes stored one by one, the scales packed (FP8Experts' parameters, as they are)
+_EXPERT_WEIGHT = re.compile(
+    r"^(?P<stem>.*\.(?:mlp|block_sparse_moe|feed_forward)\.experts\.)(?P<e>\d{1,6})\."
+    r"(?P<p>gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$"
+)
+_PACKED_SCALE = re.compile(
+    r"^(?P<stem>.*\.(?:mlp|block_sparse_moe|feed_forward)\.experts\.)(?P<p>gate_up_proj|down_proj)_scale_inv$"
+)
+_FP8 = ("torch.float8_e4m3fn", "torch.float8_e5m2")
+
+
+def fp8_block(config: Mapping) -> tuple[int, int] | None:
+    """The FP8 scale block (rows, columns) of ``config``'s ``quantization_config.weight_block_size`` (128 × 128,
+    FineGrainedFP8Config's default, where it says none); None where it is not two whole numbers (the analysis
+    names that itself)."""
+    qc = config.get("quantization_config")
+    bs = qc.get("weight_block_size", [128, 128]) if isinstance(qc, dict) else [128, 128]
+    if isinstance(bs, list | tuple) and len(bs) == 2 and all(type(b) is int and b >= 1 for b in bs):
+        return int(bs[0]), int(bs[1])
+    return None
+
+
+def packed_scale_of(name: str, names: Mapping) -> str | None:
+    """The packed scale tensor (``experts.gate_up_proj_scale_inv`` / ``down_proj_scale_inv``) that holds expert
+    weight ``name``'s block scales, where ``names`` has it; else None (a refusal names it)."""
+    m = _EXPERT_WEIGHT.match(name)
+    if m is None:
+        return None
+    part = "down_proj" if _ROLE[m["p"]] == "down" else "gate_up_proj"
+    found = f"{m['stem']}{part}_scale_inv"
+    return found if found in names else None
+
+
+def read_packed_scales(ck: Checkpoint) -> None:
+    """Read checkpoint ``ck``'s FP8 experts stored one by one with their block scales packed (transformers 5's
+    FP8 save of a mixture of experts) with each expert's own scales, views of the packed ones
+    (:func:`expert_scale_views`), said once in its notes; their rows per scale, where not the config's block,
+    go to ``ck.scale_rows``. Idempotent: the packed scales so read leave its names."""
+    if _computed(ck):
+        return
+    views, rows = expert_scale_views({n: ck.meta(n) for n in ck.names}, ck.config)
+    if not views:
+        return
+    ck.unpack(views)
+    ck.scale_rows.update(rows)
+    packed = sorted({src for src, _, _ in views.values()})
+    ck.notes.append(
+        f"FP8 experts: {len(views)} expert weight(s) stored one by one with their block scales packed ({packed[0]}"
+        f"{' ...' if len(packed) > 1 else ''}), as transformers 5 saves FP8 experts; each expert's scales are read "
+        "as its rows of the packed ones (gate: the first ⌈I/bm⌉ row blocks; up: those of packed rows I … 2I − 1; "
+        "down: the expert's), as transformers reloads and computes with them."
+    )
+
+
+def expert_scale_views(
+    metas: Mapping[str, TensorMeta], config: Mapping
+) -> tuple[dict[str, tuple[str, tuple, tuple[int, ...]]], dict[str, int]]:
+    """transformers 5's FP8 save of a mixture of experts read as per-expert scales: each expert's FP8
+    ``…experts.<e>.<gate|up|down>_proj.weight`` (Mixtral's ``w1`` / ``w3`` / ``w2``) with no scale of its own,
+    whose scales are packed in ``…experts.gate_up_proj_scale_inv`` / ``down_proj_scale_inv``, gets the view
+    ``<weight>_scale_inv`` of its rows (:func:`_scale_pieces`). Returns (view name -> (packed name, index, shape),
+    for :meth:`~subnetviz.checkpoints.sources.Checkpoint.unpack`; view name -> its rows per scale where not the
+    block's). Layers whose shapes do not fit the block are left as they are (the analysis refuses their codes,
+    naming the packed scale)."""
+    block = fp8_block(config)
+    packed: dict[str, dict[str, str]] = {}
+    for n, m in metas.items():
+        s = _PACKED_SCALE.match(n)
+        if s and len(m.shape) == 3:
+            packed.setdefault(s["stem"], {})[s["p"]] = n
+    if not packed or block is None:
+        return {}, {}
+    experts: dict[str, dict[int, dict[str, str]]] = {}
+    for n, m in metas.items():
+        o = _EXPERT_WEIGHT.match(n)
+        if o and o["stem"] in packed and str(m.dtype) in _FP8 and len(m.shape) == 2:
+            if f"{n}_scale_inv" not in metas and f"{n}_scale" not in metas:
+                experts.setdefault(o["stem"], {}).setdefault(int(o["e"]), {})[_ROLE[o["p"]]] = n
+    views: dict[str, tuple[str, tuple, tuple[int, ...]]] = {}
+    rows: dict[str, int] = {}
+    for stem, scales in packed.items():
+        per = experts.get(stem, {})
+        if not per or any(set(r) != {"gate", "up", "down"} for r in per.values()):
+            continue
+        gate = tuple(metas[per[min(per)]["gate"]].shape)
+        fits = all(
+            tuple(metas[r["gate"]].shape) == tuple(metas[r["up"]].shape) == gate
+            and tuple(metas[r["down"]].shape) == gate[::-1]
+            for r in per.values()
+        )
+        for part, scale in scales.items():
+            got = _scale_pieces(scale, tuple(metas[scale].shape), part, per, gate, block) if fits else None
+            if got is not None:
+                views.update(got[0])
+                rows.update(got[1])
+    return views, rows
+
+
+def _scale_pieces(
+    scale: str,
+    shape: tuple[int, ...],
+    part: str,
+    experts: Mapping[int, Mapping[str, str]],
+    gate: tuple[int, int],
+    block: tuple[int, int],
+) -> tuple[dict[str, tuple[str, tuple, tuple[int, ...]]], dict[str, int]] | None:
+    """Each expert's view of packed scale ``scale`` (``shape`` (E, R, C), of ``part`` gate_up_proj or down_proj),
+    named ``<weight>_scale_inv`` after ``experts`` (expert -> role -> weight name; ``gate``: a gate's (I, H)),
+    with ``block`` (bm, bn). As transformers packs and computes with them (row i of the packed (2I, H) gate_up uses
+    scale row i // bm): the gate's scales are rows [e, :⌈I/bm⌉] (the usual blocks from its row 0); the up's, whose
+    row r is packed row I + r, rows [e, I/bm : 2I/bm] where bm divides I, else where a block straddles gate and up
+    one scale row per g = gcd(I, bm) rows of the up, (I + k·g) // bm for k < I/g (its row block g is returned);
+    the down's [e]. None where the shape is not the one FP8Experts allocates (E, max(⌈2I/bm⌉, 2), ⌈H/bn⌉) /
+    (E, ⌈H/bm⌉, ⌈I/bn⌉), or the experts are not 0 … E−1."""
+    (i_dim, h_dim), (bm, bn) = gate, block
+    n_e = len(experts)
+    if sorted(experts) != list(range(n_e)) or len(shape) != 3 or shape[0] != n_e:
+        return None
+    views: dict[str, tuple[str, tuple, tuple[int, ...]]] = {}
+    rows: dict[str, int] = {}
+    if part == "down_proj":
+        if tuple(shape[1:]) != (math.ceil(h_dim / bm), math.ceil(i_dim / bn)):
+            return None
+        for e, names in experts.items():
+            views[f"{names['down']}_scale_inv"] = (scale, (e,), tuple(shape[1:]))
+        return views, rows
+    need = math.ceil(2 * i_dim / bm)
+    if shape[1] not in (need, max(need, 2)) or shape[2] != math.ceil(h_dim / bn):
+        return None
+    g = math.gcd(i_dim, bm)
+    for e, names in experts.items():
+        views[f"{names['gate']}_scale_inv"] = (
+            scale,
+            (e, slice(0, math.ceil(i_dim / bm))),
+            (math.ceil(i_dim / bm), shape[2]),
+        )
+        up = f"{names['up']}_scale_inv"
+        if g == bm:
+            views[up] = (scale, (e, slice(i_dim // bm, 2 * i_dim // bm)), (i_dim // bm, shape[2]))
+        else:  # a block straddles the gate's last rows and the up's first: one scale row per g rows of the up
+            views[up] = (scale, (e, [(i_dim + k * g) // bm for k in range(i_dim // g)]), (i_dim // g, shape[2]))
+            rows[up] = g
+    return views, rows

@@ -16,7 +16,9 @@ checkpoints.
 
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
 
 Table = list[tuple[str, str]]
 
@@ -481,3 +483,41 @@ PACKED_EXPERTS = re.compile(
 )
 # config.json keys holding the routed-expert count, by family
 EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+def tie_word_embeddings(config: dict) -> bool:
+    """Whether a model of ``config`` (its config.json) ties its output head to its input embedding, as
+    transformers loads it: the config's ``tie_word_embeddings`` where it says so; where it leaves the key out
+    (the released Gemma-2 configs do), or says False beside a ``text_config`` that says True (pre-v5 multimodal
+    saves, which some config classes forward to the top), what transformers' config class of the model type
+    makes of the config (:func:`_tied_as_loaded`)."""
+    value = config.get("tie_word_embeddings")
+    text = config.get("text_config")
+    text_tied = isinstance(text, dict) and bool(text.get("tie_word_embeddings"))
+    if value is not None and (bool(value) or not text_tied):
+        return bool(value)
+    return _tied_as_loaded(json.dumps(config, sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=64)
+def _tied_as_loaded(config_json: str) -> bool:
+    """``tie_word_embeddings`` of the config (JSON) as the installed transformers' config class of its model type
+    reads it (a missing key is the class's default: True for Gemma, Gemma-2/3, BLOOM, Falcon, OPT, StarCoder2,
+    Cohere, GPT-2 and more, False for Llama, Qwen, Mistral); a config the class refuses takes the class's default
+    or the config's own value. A model type transformers does not know: the config's value, else its
+    ``text_config``'s, else tied for GPT-2 only."""
+    config = json.loads(config_json)
+    value, text = config.get("tie_word_embeddings"), config.get("text_config")
+    if value is None and isinstance(text, dict):
+        value = text.get("tie_word_embeddings")
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        cls = CONFIG_MAPPING[config.get("model_type")]
+    except Exception:  # noqa: BLE001 - no such model type in this transformers (or another transformers' API)
+        return bool(value) if value is not None else config.get("model_type") == "gpt2"
+    try:
+        return bool(getattr(cls.from_dict(dict(config)), "tie_word_embeddings", False))
+    except Exception:  # noqa: BLE001 - a config the class's own checks refuse: its default where the key is missing
+        said = config.get("tie_word_embeddings")
+        return bool(said) if said is not None else bool(getattr(cls, "tie_word_embeddings", False))

@@ -35,6 +35,7 @@ from subnetviz.checkpoints import ct_packed as _ct_packed
 from subnetviz.checkpoints import header as _header
 from subnetviz.checkpoints import mxfp4 as _mxfp4
 from subnetviz.checkpoints import nvfp4 as _nvfp4
+from subnetviz.checkpoints.families import tie_word_embeddings
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import NameTable
 from subnetviz.config import check_readable, display_path, read_json
@@ -127,6 +128,9 @@ class Checkpoint:
                 "scale per 32; read dequantised as transformers loads them (w = FP4(code) · 2^(scale − 127), "
                 "exact in bfloat16, experts × in × out) and compared as bfloat16."
             )
+        # FP8 scales read as views of packed ones, where their rows per scale are not the config's block
+        # (checkpoints.experts_layout.read_packed_scales: transformers 5's FP8 experts)
+        self.scale_rows: dict[str, int] = {}
 
     # --- what is in it -------------------------------------------------------------------------
     @property
@@ -163,7 +167,10 @@ class Checkpoint:
 
     @property
     def tied_embeddings(self) -> bool:
-        return bool(self.config.get("tie_word_embeddings", self.config.get("model_type") == "gpt2"))
+        """Whether the model ties its output head to its input embedding, as transformers loads it: the config's
+        ``tie_word_embeddings``, or its model type's default where the config leaves it out
+        (:func:`~subnetviz.checkpoints.families.tie_word_embeddings`)."""
+        return tie_word_embeddings(self.config)
 
     @property
     def architecture(self) -> str:
