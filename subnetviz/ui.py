@@ -469,24 +469,47 @@ def shared(fn: Callable, *args, **kwargs):
 def checkpoint_info(path: str) -> dict:
     """Fingerprint, architecture, parameter count and dtypes (headers only).
 
-    Cached by :func:`~subnetviz.cache.file_stamp`: size and mtime_ns of every file in a model
-    folder (a folder's own mtime misses a weights file rewritten in place). A hub id is read
-    through the local HF cache each time (headers only).
+    Cached by :func:`checkpoint_stamp`: size and mtime_ns of every file the checkpoint reads (a folder's
+    own mtime misses a weights file rewritten in place, an index json's own stamp a shard rewritten in place).
+    A hub id is read through the local HF cache each time (headers only).
     """
     if not config.exists(path):
         return uilogic.checkpoint_info(path)
-    key = ("checkpoint", path, file_stamp(path))
+    key = ("checkpoint", path, checkpoint_stamp(path))
     return dict(_memo().get_or_compute(key, lambda: uilogic.checkpoint_info(path), kind="info"))
 
 
 def fingerprint(path: str) -> str:
     """A checkpoint's fingerprint (every file's path, identity and header) without importing torch for
-    safetensors; cached by :func:`~subnetviz.cache.file_stamp` like :func:`checkpoint_info`."""
+    safetensors; cached by :func:`checkpoint_stamp` like :func:`checkpoint_info`."""
     from subnetviz.checkpoints.sources import fingerprint as of
 
     if not config.exists(path):
         return of(path)
-    return _memo().get_or_compute(("fingerprint", path, file_stamp(path)), lambda: of(path), kind="info")
+    return _memo().get_or_compute(("fingerprint", path, checkpoint_stamp(path)), lambda: of(path), kind="info")
+
+
+def checkpoint_stamp(path: str) -> tuple[str, ...]:
+    """:func:`~subnetviz.cache.file_stamp` of ``path`` (a folder: every file directly inside it, config, tokenizer
+    and an adapter's two files included) and of every file the checkpoint reads beyond it: an index json's shards
+    and the config.json beside a file. Keyed by the typed path's stamp alone, a checkpoint chosen by its index
+    kept its old fingerprint, and the page its old analysis, after a shard was rewritten in place. An adapter is
+    its own two files (the base it is merged onto is keyed on its own); a spec that cannot be read is stamped as
+    given (reading it raises, and nothing is kept)."""
+    from subnetviz.checkpoints.adapters import is_adapter
+    from subnetviz.checkpoints.sources import _locate
+
+    stamps = [file_stamp(path)]
+    if is_adapter(path):
+        return tuple(stamps)
+    try:
+        _spec, files, root, _config, _notes = _locate(path)
+    except SubnetvizError:
+        return tuple(stamps)
+    stamps += [file_stamp(f) for f in files]
+    if root is not None:
+        stamps.append(file_stamp(root / "config.json"))
+    return tuple(stamps)
 
 
 def progress_bar(what: str):

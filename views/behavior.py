@@ -24,13 +24,15 @@ def mask_choices(ws) -> dict[str, str]:
     if z is not None and z.manifest.masks:
         out.update({f"zoo {name}": str(z.mask_path(name)) for name in z.manifest.masks})
     out.update({label: str(path) for label, path in ws.masks})
-    if ws.base is not None and ui.shared(has_routers, ws.base):
+    if ws.base is not None and ui.shared(has_routers, ws.base, ui.checkpoint_stamp(ws.base)):
         out[ROUTERS] = "routers"
     return out
 
 
-def has_routers(base: str) -> bool:
-    """Whether the base holds router tensors (a mixture of experts), from its header and naming table."""
+def has_routers(base: str, stamp: tuple = ()) -> bool:
+    """Whether the base holds router tensors (a mixture of experts), from its header and naming table. ``stamp``
+    (the base's files, :func:`~subnetviz.ui.checkpoint_stamp`) only keys :func:`~subnetviz.ui.shared`'s memo: by
+    its path alone, a base folder rewritten with another model kept the old answer for the server's life."""
     from subnetviz.analysis.routing import router_tensors
     from subnetviz.checkpoints import open_checkpoint
     from subnetviz.errors import SubnetvizError

@@ -8,6 +8,7 @@ import streamlit as st
 
 from subnetviz import config, selection, ui, uilogic
 from subnetviz.cache import file_stamp
+from subnetviz.demo.comparison import model_files
 from subnetviz.jobs.context import read_json
 from subnetviz.report import training as pages
 from subnetviz.training.config import STRATEGIES
@@ -362,9 +363,11 @@ def compare(ws) -> None:
     # Held-out accuracy generates with both models (seconds): on request, so the bitwise comparison shows at once.
     with_acc = st.toggle("Also held-out accuracy (generates with both models)", key="cmp_acc", bind="query-params")
     eval_data = eval_set(full, sub, own) if with_acc else None
+    # With an eval set, each model's folder too: the accuracy generates with its config and tokenizer.
     stamp = (
         *(ui.fingerprint(p) for p in (models[full], models[sub], ws.base) if p),
         file_stamp(eval_data),
+        *(model_files(models[full], models[sub], ws.base) if eval_data is not None else ()),
     )
     compute = partial(_comparison, models[full], models[sub], ws.base, eval_data, stamp)
     if eval_data is not None:  # generation with three models: priced, and asked for, before it starts
@@ -403,8 +406,9 @@ def compare(ws) -> None:
 
 @st.cache_data(show_spinner="Comparing the two finetunes tensor by tensor…", max_entries=8)
 def _comparison(full: str, sub: str, base: str | None, eval_data: str | None, stamp: tuple):
-    """``stamp``: the checkpoints' fingerprints and the eval file's stamp, so a model rewritten in place
-    (a rerun into the same folder) is compared again instead of being answered from the cache."""
+    """``stamp``: the checkpoints' fingerprints, the eval file's stamp and with it the model folders' files, so a
+    model rewritten in place (a rerun into the same folder, an edited config or tokenizer) is compared again
+    instead of being answered from the cache."""
     from subnetviz.demo.comparison import cached_compare_runs  # on disk too: the demo build fills it
 
     return cached_compare_runs(full, sub, base, eval_data=eval_data)

@@ -633,6 +633,7 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     from subnetviz import cache as _cache
     from subnetviz.checkpoints import open_checkpoint
     from subnetviz.checkpoints.models import model_folder
+    from subnetviz.version import code_fingerprint
 
     models = [config["base"], *config["finetuned"]]
     fps = [open_checkpoint(p).fingerprint for p in models]
@@ -645,6 +646,7 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     key = _cache.cache_key(
         "behavior",
         BEHAVIOR_VERSION,
+        code=code_fingerprint(BEHAVIOR_CODE),
         fps=fps,
         folders=folders,
         prompts=stamps,
@@ -654,8 +656,13 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     return _cache.entry("behavior", key, root=cache_root), files
 
 
-BEHAVIOR_VERSION = 6  # bump when the same inputs would give different numbers or files (2: NaN weights refused;
-# 3: prompts cut to the context, a curve fraction given twice run once, mixed precision cast as analyze does;
-# 4: routing.csv, the routing of MoE models per prompt set; 5: its column rerouted_share, was changed; 6: config and
-# tokenizer in the key, answers encoded with their prompt, a tied base's two tensors masked apart, predicts_answer
-# only where the next token is an answer's, NaN written as null, notes for differing configs)
+# Bump when the files change layout (2: NaN weights refused; 3: prompts cut to the context, a curve fraction given
+# twice run once, mixed precision cast as analyze does; 4: routing.csv, the routing of MoE models per prompt set; 5: its
+# column rerouted_share, was changed; 6: config and tokenizer in the key, answers encoded with their prompt, a tied
+# base's two tensors masked apart, predicts_answer only where the next token is an answer's, NaN written as null, notes
+# for differing configs). Changed numbers need no bump: the key holds the fingerprint of the code in BEHAVIOR_CODE
+# (bumps were missed: rotary buffers, tied embedding order and DeepSeek's expert bias changed numbers under 5).
+BEHAVIOR_VERSION = 6
+# The package's code that computes the behaviour analysis (:func:`~subnetviz.version.code_fingerprint` of it is in the
+# key): the analysis and its reverts, the model and mask readers, and the prompt files' reader.
+BEHAVIOR_CODE = ("analysis", "checkpoints", "masks.py", "training/data.py")

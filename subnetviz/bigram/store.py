@@ -1,14 +1,16 @@
 """The bigram page's analysis of a mask, cached on disk (no pickle: Parquet, JSON and NumPy files).
 
 :func:`cached_mask_analysis` keeps a result in the one versioned cache (:mod:`subnetviz.cache`),
-keyed by :func:`analysis_key`: the model's fingerprint, each mask file's stamp (path, size,
-mtime_ns), the corpus, the analysis options and :data:`BIGRAM_VERSION`. Re-opening the page is
-instant for everyone and a changed file never returns a stale result. A result appears only
-when complete (written to a temporary folder, then renamed).
+keyed by :func:`analysis_key`: the model's fingerprint and the stamps of its folder's files (config,
+tokenizer), each mask file's stamp (path, size, mtime_ns), the corpus and its files, the analysis options,
+the code that computes it and :data:`BIGRAM_VERSION`. Re-opening the page is instant for everyone and a
+changed file or upgraded code never returns a stale result. A result appears only when complete (written
+to a temporary folder, then renamed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -84,9 +86,13 @@ def load_analysis(folder: str | os.PathLike) -> tuple[SubnetworkAnalysis, pd.Dat
     return result, gens
 
 
-# Bump when the analysis would write different numbers or files for the same inputs (2: the generations
-# as prompt + continuation, where one text column held both).
+# Bump when the files change layout (2: the generations as prompt + continuation, where one text column held
+# both). Changed numbers need no bump: the key holds the fingerprint of the code in :data:`BIGRAM_CODE`.
 BIGRAM_VERSION = 2
+# The package's code that computes the analysis (:func:`~subnetviz.version.code_fingerprint` of it is in the key):
+# the bigram package, and the model and mask readers and the finiteness check it goes through. A version number
+# its owner had to remember to bump let results that later code computes differently be served stale.
+BIGRAM_CODE = ("bigram", "analysis", "checkpoints", "masks.py")
 # What the page asks of :func:`~subnetviz.bigram.job.analyse_mask_file` beyond the files: part of the key.
 PAGE_OPTIONS = {"eval_sequences": 200, "seeds": (0, 1, 2), "residual_tokens": 20_000, "seed": 0}
 
@@ -120,26 +126,80 @@ def planned_passes(model: str, corpus: str = "zoo") -> tuple[int, int, float, in
 
 
 def analysis_key(model: str, mask: str, corpus: str = "zoo", optimal: str | None = None) -> str:
-    """The cache key of a mask analysis: the model's fingerprint, each file's stamp (path, size,
-    mtime_ns), the corpus, the options and :data:`BIGRAM_VERSION`. The page keys its memory cache
-    with it too, so a changed file is never answered from either cache."""
+    """The cache key of a mask analysis: the model's fingerprint and its folder's files (config.json decides the
+    forward pass, the tokenizer the text corpora and the generations), each file's stamp (path, size, mtime_ns),
+    the corpus and its files, the options, the analysis code's fingerprint and :data:`BIGRAM_VERSION`. The page
+    keys its memory cache with it too, so a changed file is never answered from either cache."""
     from subnetviz.bigram.job import zoo_bigram_path
     from subnetviz.bigram.maskable import model_folder
     from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.version import code_fingerprint
 
-    corpus_stamp = file_stamp(zoo_bigram_path()) if corpus == "zoo" else file_stamp(corpus)
-    if str(corpus).startswith("hf:"):
-        corpus_stamp = str(corpus)  # a dataset in the local HF cache, named by its id
+    folder = model_folder(model)
+    if corpus == "zoo":
+        corpus_stamp = file_stamp(zoo_bigram_path())
+    elif str(corpus).startswith("hf:"):
+        corpus_stamp = _hf_dataset_stamp(str(corpus))
+    else:
+        corpus_stamp = _saved_corpus_stamp(Path(corpus).expanduser())
     return cache_key(
         "bigram",
         BIGRAM_VERSION,
-        model=open_checkpoint(model_folder(model)).fingerprint,
+        code=code_fingerprint(BIGRAM_CODE),
+        model=open_checkpoint(folder).fingerprint,
+        model_files=file_stamp(folder),
         mask=file_stamp(mask),
         optimal=file_stamp(optimal),
         corpus=corpus,
         corpus_file=corpus_stamp,
         options=PAGE_OPTIONS,
     )
+
+
+def _saved_corpus_stamp(path: Path) -> str:
+    """A text file's stamp, or a saved dataset folder's: its files and, for a ``DatasetDict`` (``dataset_dict.json``),
+    each split's folder of Arrow files too (a folder's :func:`~subnetviz.cache.file_stamp` covers the files directly
+    inside it only)."""
+    stamps = [file_stamp(path)]
+    if (path / "dataset_dict.json").is_file():
+        stamps += [file_stamp(p) for p in sorted(path.iterdir()) if p.is_dir()]
+    return "|".join(stamps)
+
+
+def _tree_stamp(path: Path) -> str:
+    """:func:`~subnetviz.cache.file_stamp` of every file under ``path`` at any depth (of ``path`` itself when it
+    is a file or missing). Lock files are left out: datasets takes them beside what it reads."""
+    if not path.is_dir():
+        return file_stamp(path)
+    stamps = []
+    for folder, dirs, names in os.walk(path):
+        dirs.sort()
+        stamps += [file_stamp(Path(folder) / n) for n in sorted(names) if not n.endswith(".lock")]
+    return hashlib.sha256("\n".join(stamps).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def _hf_dataset_stamp(corpus: str) -> str:
+    """The files an ``hf:<name>[:<split>]`` corpus is read from (:func:`~subnetviz.bigram.stats.corpus_from_dataset`,
+    offline): the datasets cache's folder of that name, whose newest config/version/hash folder ``load_dataset``
+    reads, and the hub cache's snapshots of the dataset. By its name alone, a newer revision cached since kept
+    the older one's result. A name the corpus reader refuses is keyed by its text (the analysis refuses it)."""
+    import datasets
+    from datasets.naming import camelcase_to_snakecase
+    from huggingface_hub import constants as hub
+
+    from subnetviz.bigram.stats import hub_dataset
+    from subnetviz.errors import ConfigError
+
+    try:
+        name, _ = hub_dataset(corpus)
+    except ConfigError:
+        return corpus
+    *namespace, last = name.split("/")
+    cached = Path(datasets.config.HF_DATASETS_CACHE).expanduser() / "___".join(
+        [*namespace, camelcase_to_snakecase(last)]
+    )
+    snapshots = Path(hub.HF_HUB_CACHE).expanduser() / f"datasets--{name.replace('/', '--')}"
+    return f"{_tree_stamp(cached)}|{_tree_stamp(snapshots)}"
 
 
 def is_cached(key: str, cache_root: str | os.PathLike | None = None) -> bool:

@@ -2,8 +2,9 @@
 
 :func:`cached_compare_runs` is :func:`subnetviz.analysis.runs.compare_runs` kept in the one
 versioned cache (:mod:`subnetviz.cache`, kind ``runs``), keyed by :func:`comparison_key`: each
-checkpoint's fingerprint (file paths, identities and headers), the eval file's stamp, the
-tolerances and :data:`COMPARISON_VERSION`. The demo build fills it for grpo-s0 vs grpo-sub, so the
+checkpoint's fingerprint (file paths, identities and headers), with an eval file its stamp and each
+model folder's files (config, tokenizer), the tolerances, the code that computes it and
+:data:`COMPARISON_VERSION`. The demo build fills it for grpo-s0 vs grpo-sub, so the
 page's first open reads tables instead of streaming three models. Tables are Parquet, the rest JSON
 (no pickle); a result appears only when complete.
 """
@@ -18,16 +19,30 @@ import pandas as pd
 
 from subnetviz.cache import cache_key, entry, file_stamp
 
-COMPARISON_VERSION = (
-    2  # 2: buffers and scales left out. Bump when compare_runs would write different numbers for the same inputs
+# Bump when the files change layout. Changed numbers need no bump (2 left buffers and scales out): the key holds
+# the fingerprint of the code in :data:`COMPARISON_CODE`.
+COMPARISON_VERSION = 2
+# The package's code that computes the comparison (:func:`~subnetviz.version.code_fingerprint` of it is in the key):
+# the bitwise comparison and the readers it goes through, the held-out accuracy, and this module's tables.
+COMPARISON_CODE = (
+    "analysis",
+    "checkpoints",
+    "masks.py",
+    "training/evaluate.py",
+    "training/data.py",
+    "demo/comparison.py",
 )
 KIND = "runs"
 _TABLES = ("per_tensor", "ulp_histogram", "vs_base", "accuracy")
 
 
 def comparison_key(full, sub, base=None, eval_data=None, tolerances=None) -> str:
+    """The cache key of :func:`cached_compare_runs`: each checkpoint's fingerprint; with ``eval_data``, its stamp
+    and :func:`model_files` of each model (the accuracy generates with each model's config and tokenizer); the
+    tolerances, the code's fingerprint and :data:`COMPARISON_VERSION`."""
     from subnetviz.analysis.thresholds import DEFAULT_TOLERANCES
     from subnetviz.checkpoints.sources import fingerprint  # headers only: no torch for a cache hit
+    from subnetviz.version import code_fingerprint
 
     def fp(path):
         return None if path is None else fingerprint(path)
@@ -35,12 +50,30 @@ def comparison_key(full, sub, base=None, eval_data=None, tolerances=None) -> str
     return cache_key(
         KIND,
         COMPARISON_VERSION,
+        code=code_fingerprint(COMPARISON_CODE),
         full=fp(full),
         sub=fp(sub),
         base=fp(base),
         eval_data=file_stamp(eval_data),
+        model_files=model_files(full, sub, base) if eval_data is not None else None,
         tolerances=list(tolerances or DEFAULT_TOLERANCES),
     )
+
+
+def model_files(*models) -> list[str | None]:
+    """:func:`~subnetviz.cache.file_stamp` of each model's folder (None for None): its config.json, which builds the
+    model the accuracy generates with, and its tokenizer files, which encode the prompts and decode the answers.
+    A spec that is no model folder is stamped as given (the accuracy refuses it)."""
+    from subnetviz.checkpoints.models import model_folder
+    from subnetviz.errors import SubnetvizError
+
+    def stamp(path):
+        try:
+            return file_stamp(model_folder(path))
+        except SubnetvizError:
+            return file_stamp(path)
+
+    return [None if p is None else stamp(p) for p in models]
 
 
 def is_cached(full, sub, base=None, eval_data=None, cache_root: str | os.PathLike | None = None) -> bool:

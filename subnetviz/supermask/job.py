@@ -8,7 +8,8 @@ Inside each file the tensors keep the model's names (``layer1.weight`` ...), ide
 with the task in the file name and in the metadata: the overlap page can then align any set of task
 masks name by name for Venn/UpSet (a ``task<t>/`` prefix would make every pair disjoint by name).
 Results are kept in the one versioned cache (:mod:`subnetviz.cache`) under
-``cache_dir()/continual/<key>``: the key holds the run plan, the benchmark and :data:`CACHE_VERSION`.
+``cache_dir()/continual/<key>``: the key holds the run plan, the benchmark, the fingerprint of the code that
+trains and measures the runs (:data:`CONTINUAL_CODE`) and :data:`CACHE_VERSION`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ from subnetviz.supermask.data import make_benchmark
 from subnetviz.supermask.methods import Stopped, estimate_run_bytes, run_method
 from subnetviz.supermask.metrics import ContinualResult, rederived
 
-CACHE_VERSION = 2  # bump when the training code changes results
+CACHE_VERSION = 2  # bump when the files change layout (changed results: the code fingerprint in the key)
+# The package's code that trains and measures a continual run (:func:`~subnetviz.version.code_fingerprint` of it is
+# in the key): the supermask package, the bit comparison it counts overlaps with, the tokenizer loader that encodes
+# arithmetic-text and the mask files. A version number its owner had to remember to bump let results that later
+# code computes differently be served stale.
+CONTINUAL_CODE = ("supermask", "analysis/bits.py", "checkpoints/models.py", "masks.py")
 FRAMES = ("runs", "summary", "accuracy", "capacity", "pairwise", "knn", "inference")
 
 
@@ -72,11 +78,14 @@ def validate_config(config: dict | ContinualConfig, available_bytes: int | None 
 
 
 def config_hash(config: ContinualConfig) -> str:
-    """The cache key: the normalised run plan, the benchmark, the task count and :data:`CACHE_VERSION`
-    (plus the demo zoo's base model files for arithmetic-text, which encodes the prompts)."""
+    """The cache key: the normalised run plan, the benchmark, the task count, the code's fingerprint and
+    :data:`CACHE_VERSION` (plus the demo zoo's base model files for arithmetic-text, which encodes the prompts)."""
     from dataclasses import asdict
 
+    from subnetviz.version import code_fingerprint
+
     parts = {"benchmark": config.benchmark, "tasks": config.tasks, "runs": [asdict(r) for r in config.plan()]}
+    parts["code"] = code_fingerprint(CONTINUAL_CODE)
     if config.benchmark == "arithmetic-text":
         from subnetviz.config import zoo_dir
 
