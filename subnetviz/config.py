@@ -53,11 +53,23 @@ def cache_dir() -> Path:
 
 
 def hf_cache_dir() -> Path:
-    """The local Hugging Face hub cache (``HF_HUB_CACHE`` / ``HF_HOME`` honoured)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return Path(hf_home) / "hub"
+    """The local Hugging Face hub cache, where ``hf download`` and transformers put models: ``HF_HUB_CACHE``, else
+    the legacy ``HUGGINGFACE_HUB_CACHE``, else ``hub`` in ``HF_HOME`` or ``$XDG_CACHE_HOME/huggingface`` or
+    ``~/.cache/huggingface``; ``~`` and ``$VAR`` expanded. These are ``huggingface_hub.constants``' rules, applied
+    to the environment as it is now (the constants are fixed when huggingface_hub is imported; a cluster's
+    ``XDG_CACHE_HOME=/scratch/.cache`` was ignored, and the models ``hf download`` put there were "not cached")."""
+
+    def expand(value: str) -> str:
+        return os.path.expandvars(os.path.expanduser(value))
+
+    hf_home = expand(
+        os.environ.get("HF_HOME")
+        or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+        )
+    )
+    legacy = os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(hf_home, "hub")
+    return Path(expand(os.environ.get("HF_HUB_CACHE") or legacy))
 
 
 def allowed_roots() -> list[Path]:
@@ -151,6 +163,10 @@ def _shown(path: str | os.PathLike) -> str:
 def display_path(path: str | os.PathLike) -> str:
     """How a visitor sees a server path: relative to its root (``zoo/base``, named after the root's
     folder), or only its last component when it lies outside every root — never the absolute path.
+    The root is found from the path with its symlinks resolved (where the file really is), but the path is
+    shown as given where it lies under that root: a Hugging Face snapshot's ``model.safetensors`` is a link to a
+    ``blobs/<sha256>`` file, which no one would recognise in a message. A file of a hub snapshot outside every
+    root is named by its repository and commit (``acme/tiny-base@2222222/model.safetensors``).
     Never raises: it also writes the messages that refuse a path (one with a NUL byte is shown escaped)."""
     try:
         resolved = _resolve(path)
@@ -159,9 +175,43 @@ def display_path(path: str | os.PathLike) -> str:
     p = Path(path).expanduser()
     root = _root_of(resolved)
     if root is None:
+        snap = hub_snapshot_of(p)
+        if snap is not None:
+            repo, commit, rest = snap
+            return f"{repo}@{commit[:7]}" + (f"/{rest}" if rest else "") + " (hub cache)"
         return f"…/{p.name}" if p.is_absolute() else str(path)
-    rel = resolved.relative_to(root)
+    rel = _under(root, p, resolved)
     return root.name if rel == Path(".") else f"{root.name}/{rel.as_posix()}"
+
+
+def _under(root: Path, given: Path, resolved: Path) -> Path:
+    """``given`` relative to ``root``: the path as given (made absolute), else with only its folder resolved (a
+    root reached through a link), else the resolved path, whichever first lies under ``root``."""
+    absolute = given if given.is_absolute() else Path.cwd() / given
+    candidates = [absolute]
+    try:
+        candidates.append(absolute.parent.resolve() / absolute.name)
+    except (OSError, RuntimeError, ValueError):
+        pass
+    for c in candidates:
+        if ".." not in c.parts and (c == root or root in c.parents):
+            return c.relative_to(root)
+    return resolved.relative_to(root)
+
+
+# A path inside a Hugging Face hub cache: models--ORG--NAME/snapshots/<commit>/<file in the repository>
+_HUB_SNAPSHOT = re.compile(r"^(?:models|datasets|spaces)--(?P<repo>.+)$")
+
+
+def hub_snapshot_of(path: str | os.PathLike) -> tuple[str, str, str] | None:
+    """``(repo id, commit, path inside the snapshot)`` where ``path`` (as given, its links not followed) lies in a
+    Hugging Face hub cache's ``models--ORG--NAME/snapshots/<commit>/`` folder, else None."""
+    parts = Path(path).expanduser().parts
+    for i in range(len(parts) - 2):
+        m = _HUB_SNAPSHOT.match(parts[i])
+        if m and parts[i + 1] == "snapshots" and parts[i + 2] not in ("", ".", ".."):
+            return m.group("repo").replace("--", "/"), parts[i + 2], "/".join(parts[i + 3 :])
+    return None
 
 
 # not inside URLs (://), tags (</b>) or a path shown already ("…/name", "zoo/base"), nor floor division ("j // 16")

@@ -110,17 +110,28 @@ def _zoo(root: str, stamp: str, period: int):
 
 
 def label_of(choice: str, members: dict[str, str]) -> str:
-    return choice if choice in members else Path(choice.rstrip("/")).name or choice
+    """A zoo member's id, else the label the library gives the checkpoint
+    (:func:`~subnetviz.checkpoints.sources.checkpoint_label`: a hub id as given, a snapshot folder by its
+    repository, ``…/dpo/model.safetensors`` as ``dpo``)."""
+    from subnetviz.checkpoints.sources import checkpoint_label
+
+    return choice if choice in members else checkpoint_label(choice)
 
 
 def resolve_choice(choice: str, members: dict[str, str]) -> str:
-    """A zoo member id, a path under the allowed roots, or a cached hub id -> a path/id to open."""
+    """A zoo member id, a path under the allowed roots, or a cached hub id -> a path/id to open.
+
+    A path is checked with its symlinks resolved (where the files really are must lie under the roots) but
+    returned as given, made absolute: a Hugging Face snapshot's ``model.safetensors`` or index resolves to a
+    suffix-less ``blobs/<sha256>`` file (not a checkpoint file, and no shards beside it). Every file the
+    checkpoint reader opens is checked again, resolved (:func:`~subnetviz.config.check_readable`)."""
     if choice in members:
         return members[choice]
     config.check_name(choice)
     p = Path(choice).expanduser()
     if p.is_absolute() or choice.startswith((".", "~")) or config.exists(p):
-        return str(config.check_allowed(p))
+        config.check_allowed(p)
+        return str(p if p.is_absolute() else Path.cwd() / p)
     return choice  # a hub id: resolved only through the local HF cache when opened
 
 

@@ -69,8 +69,8 @@ def workspace_of(
             if _same(path) not in seen:
                 seen.add(_same(path))
                 label, k = label_of(c, members), 2
-                while label in {lbl for lbl, _ in out}:  # two folders of one name: /a/ft and /b/ft
-                    label, k = f"{label_of(c, members)} ({k})", k + 1
+                while label in {lbl for lbl, _ in out}:  # two folders of one name: /a/ft and /b/ft (as the library)
+                    label, k = f"{label_of(c, members)}-{k}", k + 1
                 out.append((label, path))
         fts = tuple(out)
     except SubnetvizError as exc:
@@ -223,6 +223,20 @@ def checkpoint_info(path: str) -> dict:
         "dtypes": dtypes,
         "family": ck.names_table.family,
     }
+
+
+def checkpoint_where(path: str) -> str:
+    """Where a workspace's checkpoint is read from, as a visitor may see it: a hub id with the commit of its
+    snapshot (``acme/tiny-base @ 2222222 (hub cache)``; it was shown as a folder of the server's working
+    directory that does not exist), else the path relative to its root (:func:`~subnetviz.config.display_path`)."""
+    from subnetviz.checkpoints.sources import _looks_like_hub_id, resolve_hub_id
+
+    if not config.exists(path) and _looks_like_hub_id(path):
+        try:
+            return f"{path} @ {resolve_hub_id(path).name[:7]} (hub cache)"
+        except SubnetvizError:
+            return f"{path} (not in the hub cache)"
+    return config.display_path(path)
 
 
 def analysis_key(

@@ -30,7 +30,7 @@ def body() -> None:
                 "parameters": info["params"],
                 "stored dtype": ", ".join(f"{k} ({v:,})" for k, v in info["dtypes"].items()),
                 "fingerprint": info["fingerprint"],
-                "path": config.display_path(path),
+                "path": uilogic.checkpoint_where(path),
             }
         )
     st.subheader("Checkpoints")

@@ -49,6 +49,7 @@ from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_align
 from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.checkpoints.experts_layout import match_layouts
 from subnetviz.checkpoints.naming import NORM_MODULES
+from subnetviz.checkpoints.sources import checkpoint_label
 from subnetviz.config import resolve_device
 from subnetviz.errors import CheckpointError, MaskError, NonFiniteError
 from subnetviz.masks import PackedMasks
@@ -136,15 +137,10 @@ class UpdateAnalysis:
 
 
 def _label_for(spec: str, used: set[str]) -> str:
-    """A model's label from its path: the folder's name, also for a weights file a folder names (``…/dpo/
-    model.safetensors`` is ``dpo``, not ``model.safetensors``, whose mask would be ``model.safetensors.safetensors``),
-    else the file's stem; made unique with -2, -3, …"""
-    path = Path(str(spec).rstrip("/"))
-    if path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.name.endswith(".index.json"):
-        generic = path.name.startswith(("model", "pytorch_model", "adapter_model", "consolidated"))
-        base = path.parent.name if generic and path.parent.name else path.name.split(".")[0]
-    else:
-        base = path.name or str(spec)
+    """A model's label (:func:`~subnetviz.checkpoints.sources.checkpoint_label`: a hub id as given, a snapshot
+    folder by its repository, ``…/dpo/model.safetensors`` as ``dpo``, not ``model.safetensors``, whose mask would
+    be ``model.safetensors.safetensors``), made unique with -2, -3, …"""
+    base = checkpoint_label(spec)
     label, i = base, 2
     while label in used:
         label, i = f"{base}-{i}", i + 1
@@ -451,7 +447,7 @@ class _Walk:
         reports = [
             SparsityReport(
                 self.labels[i],
-                self.ck_base.spec,
+                self.recorded_base,
                 self.options,
                 pd.DataFrame(self.rows[i]),
                 self.masks[i],
@@ -474,7 +470,14 @@ class _Walk:
         ]
         overlap, overlap_notes = self.overlap()
         notes += [f"Overlap of the update masks: {n}" for n in overlap_notes]
-        return UpdateAnalysis(self.ck_base.spec, self.labels, reports, spec, None, None, overlap, notes, seconds)
+        return UpdateAnalysis(self.recorded_base, self.labels, reports, spec, None, None, overlap, notes, seconds)
+
+    @property
+    def recorded_base(self) -> str:
+        """The base as the results name it (summary.json, the masks' provenance): a hub id with the commit of the
+        snapshot read (``acme/tiny-base@<40 hex>``), which ``refs/main`` no longer names once a newer revision is
+        downloaded; any other checkpoint by its spec."""
+        return getattr(self.ck_base, "source", self.ck_base.spec)
 
     def overlap(self) -> tuple[OverlapReport | None, list[str]]:
         """The overlap of the models' update masks and its notes (tensors compared over shared rows only, or

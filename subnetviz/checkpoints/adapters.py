@@ -44,9 +44,9 @@ import torch
 from subnetviz.cache import stat_identity
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import TIED_HEADS, strip_prefix
-from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint
+from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint, source_of
 from subnetviz.config import check_readable, read_json, require_memory
-from subnetviz.errors import CheckpointError, suggest
+from subnetviz.errors import CheckpointError, SubnetvizError, suggest
 
 _LORA = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
@@ -73,22 +73,40 @@ _HALF = (torch.float16, torch.bfloat16)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # weights, not codes
 
 
+def adapter_folder(spec) -> Path | None:
+    """The folder of the PEFT adapter ``spec`` names (a folder with ``adapter_config.json``, or a cached hub id
+    whose snapshot is one), else None: a hub id was read as a model of ``lora_A`` / ``lora_B`` tensors."""
+    from subnetviz.checkpoints.sources import _looks_like_hub_id, local_folder
+
+    s = str(spec)
+    p = os.path.expanduser(s)  # os.path: False for a name no file can have (Path.is_dir raises)
+    if os.path.isdir(p):
+        folder = Path(p)
+    elif not os.path.exists(p) and _looks_like_hub_id(s):
+        try:
+            folder = local_folder(s)
+        except SubnetvizError:  # not cached (or no name a file can have): opening it says so
+            return None
+    else:
+        return None
+    return folder if folder is not None and os.path.isfile(os.path.join(folder, "adapter_config.json")) else None
+
+
 def is_adapter(spec) -> bool:
-    p = os.path.expanduser(str(spec))  # os.path: False for a name no file can have (Path.is_dir raises)
-    return os.path.isdir(p) and os.path.isfile(os.path.join(p, "adapter_config.json"))
+    return adapter_folder(spec) is not None
 
 
 def open_finetune(spec, base: Checkpoint) -> Checkpoint:
-    """A finetune given by path: a plain checkpoint, or a PEFT adapter folder merged onto ``base``."""
+    """A finetune given by path or hub id: a plain checkpoint, or a PEFT adapter merged onto ``base``."""
     if isinstance(spec, Checkpoint):
         return spec
     return MergedAdapter(str(spec), base) if is_adapter(spec) else open_checkpoint(spec)
 
 
 def adapter_info(spec) -> dict:
-    """What a workspace shows of an adapter folder on its own (headers only): it is no model, so no
-    architecture of its own; the fingerprint follows the adapter's file and config."""
-    folder = Path(str(spec)).expanduser()
+    """What a workspace shows of an adapter folder (or cached hub id) on its own (headers only): it is no model,
+    so no architecture of its own; the fingerprint follows the adapter's file and config."""
+    folder = adapter_folder(spec) or Path(str(spec)).expanduser()
     cfg = read_json(folder / "adapter_config.json", CheckpointError)
     weights = check_readable(folder / "adapter_model.safetensors")
     header, raw = read_safetensors_header(weights)
@@ -113,7 +131,7 @@ class MergedAdapter(Checkpoint):
     """The base checkpoint with a LoRA adapter merged into its target weights, tensor by tensor."""
 
     def __init__(self, spec: str, base: Checkpoint):
-        folder = Path(spec).expanduser()
+        folder = adapter_folder(spec) or Path(spec).expanduser()
         cfg_path = check_readable(folder / "adapter_config.json")
         self.adapter_config = read_json(cfg_path, CheckpointError)
         ac = self.adapter_config
@@ -132,6 +150,7 @@ class MergedAdapter(Checkpoint):
         check_readable(weights)
         super().__init__(base.spec, base.files, base.root, base.config)
         self.spec = spec
+        self.source = source_of(spec, folder)  # (a hub id with the commit of the snapshot read)
         self.base = base
         self.adapter_file = weights
         r, alpha, self._rank_pattern, self._alpha_pattern = _settings(ac, cfg_path)
@@ -160,8 +179,9 @@ class MergedAdapter(Checkpoint):
             "‖rounding error‖)"
         )
         rows = sum(len(r) for _, r in self.tokens.values())
+        shown = folder.name if folder.name == Path(spec).name else spec  # (a hub id, not its snapshot's commit)
         self.notes = [
-            f"{'DoRA' if self.magnitudes else 'LoRA'} adapter {Path(spec).name} merged onto {base.spec}: W + s·B·A "
+            f"{'DoRA' if self.magnitudes else 'LoRA'} adapter {shown} merged onto {base.spec}: W + s·B·A "
             f"with s = {rule} (r={r}, α={alpha}) for {len(self.pairs)} tensor(s), computed in float32 and rounded to "
             "the base's stored dtype (round-to-nearest-even) as PEFT's merge rounds it: a linear layer's W + Δ once, "
             f"an embedding's or an expert parameter's Δ first and then W + Δ{dora}"

@@ -33,14 +33,19 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence
 
 
 def model_folder(spec: str | os.PathLike) -> Path:
-    """The folder of a local model, or the snapshot folder of a hub id in the local cache (never
-    downloaded); CheckpointError where there is no ``config.json`` to build the model from."""
-    from subnetviz.checkpoints.sources import _looks_like_hub_id, resolve_hub_id
+    """The folder of a local model, or the snapshot folder of a hub id (``org/name[@rev]``) in the local cache
+    (never downloaded); CheckpointError where there is no ``config.json`` to build the model from (a LoRA
+    adapter's folder or hub id said so by name: it was "not a model folder nor a cached hub id")."""
+    from subnetviz.checkpoints.sources import local_folder
 
-    path = Path(spec).expanduser()
-    if not path.exists() and _looks_like_hub_id(str(spec)):
-        path = resolve_hub_id(str(spec))
+    path = local_folder(spec) or Path(spec).expanduser()
     if not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file():
+            raise CheckpointError(
+                f"{spec}: a LoRA/PEFT adapter (adapter_config.json), not a model: a model is run here from a full "
+                "model's folder; merge the adapter onto its base (peft's merge_and_unload, then save_pretrained) and "
+                "give that folder."
+            )
         raise CheckpointError(f"{spec}: not a model folder (no config.json) nor a cached hub id.")
     return path
 
@@ -86,34 +91,20 @@ def load_causal_lm(spec: str | os.PathLike, **kwargs):
         return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
 
 
-# The weight files from_pretrained looks for in a local folder, in its order (transformers 5, no variant)
-SAFE_NAMES = ("model.safetensors", "model.safetensors.index.json")
-TORCH_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
 def transformers_weights(folder: Path, spec=None) -> list[Path]:
-    """The weight files ``from_pretrained`` reads from ``folder``: the file ``config.json`` names under
-    ``transformers_weights``, else the first of :data:`SAFE_NAMES` and :data:`TORCH_NAMES` there (an index: its
-    shards). CheckpointError, naming ``spec`` (default the folder), where there is none."""
-    from subnetviz.checkpoints.sources import _index_files
-    from subnetviz.config import display_path, read_json
+    """The weight files ``from_pretrained`` reads from ``folder`` (:func:`~subnetviz.checkpoints.sources.
+    transformers_choice`: ``config.json``'s ``transformers_weights``, else the first of
+    :data:`~subnetviz.checkpoints.sources.SAFE_NAMES` and :data:`~subnetviz.checkpoints.sources.TORCH_NAMES`; an
+    index: its shards). CheckpointError, naming ``spec`` (default the folder), where there is none."""
+    from subnetviz.checkpoints.sources import SAFE_NAMES, TORCH_NAMES, _index_files, transformers_choice
+    from subnetviz.config import display_path
 
     where = spec if spec is not None else display_path(folder)
-    named = read_json(folder / "config.json", CheckpointError).get("transformers_weights")
-    if named is not None:
-        if not isinstance(named, str) or not (folder / named).is_file():
-            raise CheckpointError(
-                f"{where}: config.json names transformers_weights {str(named)[:80]!r}, which is "
-                "not a file of the folder."
-            )
-        candidates = (named,)
-    else:
-        candidates = tuple(n for n in (*SAFE_NAMES, *TORCH_NAMES) if (folder / n).is_file())
-    if not candidates:
+    first = transformers_choice(folder, where)
+    if first is None:
         raise CheckpointError(
             f"{where}: no weights transformers can load (expected {', '.join(SAFE_NAMES + TORCH_NAMES)})."
         )
-    first = folder / candidates[0]
     return _index_files(first) if first.name.endswith(".index.json") else [first]
 
 

@@ -52,9 +52,11 @@ class Checkpoint:
         self, spec: str, files: list[Path], root: Path | None, config: dict | None, notes: list[str] | None = None
     ):
         self.spec = spec
+        self.source = spec  # what a record names it by (open_checkpoint: a hub id with its commit)
         self.files = files
         self.root = root
         self.config = config or {}
+        self._config_text = _config_text(self.config)  # (the config as read: fingerprinted)
         self._meta: dict[str, TensorMeta] = {}
         self._raw_headers: list[bytes] = []
         self._headers: dict[Path, tuple[dict, bytes]] = {}  # safetensors file -> (header, raw header)
@@ -180,8 +182,8 @@ class Checkpoint:
     @cached_property
     def fingerprint(self) -> str:
         """A cheap cache key: hash of every file's path, identity (inode, size, mtime, ctime) and header (no tensor
-        data read)."""
-        return _fingerprint(self.files, self._raw_headers)
+        data read), and of the parsed ``config.json``."""
+        return _fingerprint(self.files, self._raw_headers, self._config_text)
 
     def unpack(self, views: dict[str, tuple[str, tuple, tuple[int, ...]]]) -> None:
         """Read stored tensors as parts of themselves from now on: ``views`` maps a new name to (stored name,
@@ -429,37 +431,83 @@ def fits_its_storage(t) -> bool:
     return t.numel() * t.element_size() <= t.untyped_storage().nbytes()
 
 
-def _folder_files(folder: Path, notes: list[str] | None = None) -> list[Path]:
-    """The weight files of a model folder, found as transformers finds them: ``model.safetensors`` first, then
-    the shard index. A folder can hold both: save_pretrained into a folder saved sharded before leaves the old
-    index behind (its shards deleted), and a consolidation script writes the single file beside the shards.
-    What was read and what was ignored is appended to ``notes``."""
-    index = folder / "model.safetensors.index.json"
-    # A trainer's checkpoint folder also holds optimizer.pt, scheduler.pt, rng_state.pth and
-    # sometimes other .safetensors files (masks, adapters): the model's own file wins when present.
-    if (folder / "model.safetensors").is_file():
-        if index.is_file() and notes is not None:
-            notes.append(
-                f"the folder holds both model.safetensors and {index.name}: model.safetensors was read (as "
-                "transformers loads such a folder) and the index, with the shards it lists, was ignored."
+# The weight files from_pretrained looks for in a local folder, in its order (transformers 5, no variant)
+SAFE_NAMES = ("model.safetensors", "model.safetensors.index.json")
+TORCH_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def transformers_choice(folder: Path, where: str | None = None) -> Path | None:
+    """The weights file (or index) ``from_pretrained`` reads in ``folder``: the one ``config.json`` names under
+    ``transformers_weights``, else the first of :data:`SAFE_NAMES` and :data:`TORCH_NAMES` there; None where there
+    is none of them. CheckpointError, naming ``where`` (default the folder), for a ``transformers_weights`` entry
+    that names no file of the folder."""
+    cfg = folder / "config.json"
+    config = read_json(cfg, CheckpointError, what=f"config.json in {display_path(folder)}") if cfg.is_file() else {}
+    named = config.get("transformers_weights")
+    if named is not None:
+        if not isinstance(named, str) or not _inside(folder, named) or not (folder / named).is_file():
+            raise CheckpointError(
+                f"{where or display_path(folder)}: config.json names transformers_weights {str(named)[:80]!r}, which "
+                "is not a file of the folder."
             )
-        return [folder / "model.safetensors"]
-    if index.is_file():
-        return _index_files(index)
-    st = sorted(folder.glob("*.safetensors"))
-    if st:
-        return st
-    bin_index = folder / "pytorch_model.bin.index.json"
-    if bin_index.is_file():
-        return _index_files(bin_index)
-    legacy = sorted(folder.glob("pytorch_model*.bin")) or sorted(folder.glob("*.pt"))
-    if legacy:
-        return legacy
+        return folder / named
+    return next((folder / n for n in (*SAFE_NAMES, *TORCH_NAMES) if (folder / n).is_file()), None)
+
+
+def _inside(folder: Path, name: str) -> bool:
+    """Whether ``name`` is a plain path inside ``folder`` (not absolute, no ``..``)."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
+
+
+def _folder_files(folder: Path, notes: list[str] | None = None) -> list[Path]:
+    """The weight files of a model folder, found as transformers finds them (:func:`transformers_choice`):
+    ``config.json``'s ``transformers_weights``, else ``model.safetensors``, its shard index, ``pytorch_model.bin``,
+    its index; any other ``*.safetensors`` (then ``*.pt``) only where there is none of these. A folder can hold
+    more than one: save_pretrained into a folder saved sharded before leaves the old index behind (its shards
+    deleted), a consolidation script writes the single file beside the shards, and the RL-subnetwork code keeps a
+    0/1 mask as ``subnetwork_mask.safetensors`` beside a ``pytorch_model.bin`` (the mask was compared as the model:
+    0.02 % sparsity for 36 %). What was read and what was left aside is appended to ``notes``."""
+    picked = transformers_choice(folder)
+    if picked is not None:
+        files = _index_files(picked) if picked.name.endswith(".index.json") else [picked]
+        if notes is not None:
+            notes += _left_aside(folder, picked, files)
+        return files
+    # A trainer's checkpoint folder also holds optimizer.pt, scheduler.pt, rng_state.pth: .pt files only where
+    # the folder holds no safetensors at all.
+    found = (
+        sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin")) or sorted(folder.glob("*.pt"))
+    )
+    if found:
+        return found
     gguf = sorted(folder.glob("*.gguf"))
     raise CheckpointError(
         f"{folder}: no weights found (expected *.safetensors, model.safetensors.index.json or pytorch_model*.bin)"
         + (f"; {gguf[0].name} is {_GGUF}" if gguf else ".")
     )
+
+
+def _left_aside(folder: Path, picked: Path, files: list[Path]) -> list[str]:
+    """One note naming the other weight files of ``folder`` that were not read, where there are any."""
+    index = folder / "model.safetensors.index.json"
+    if picked.name == "model.safetensors" and index.is_file():
+        return [
+            f"the folder holds both model.safetensors and {index.name}: model.safetensors was read (as "
+            "transformers loads such a folder) and the index, with the shards it lists, was ignored."
+        ]
+    read = {f.name for f in files}
+    other = sorted(
+        f.name
+        for f in folder.glob("*.safetensors")
+        if f.name not in read and not f.name.startswith("adapter_model")  # (an adapter: is_adapter decides)
+    )
+    if not other:
+        return []
+    return [
+        f"{picked.name} was read, as transformers loads the folder; {', '.join(other[:3])}"
+        f"{' …' if len(other) > 3 else ''} beside it {'was' if len(other) == 1 else 'were'} not read (not compared)."
+    ]
 
 
 # GGUF (llama.cpp's format, mostly k-quants) is not read: its quantization is not the release's weights.
@@ -510,60 +558,214 @@ def _is_shard(index: Path, i: int, entry: str, file: Path) -> bool:
 
 
 def _looks_like_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+    """``org/name`` or ``org/name@revision`` (a branch, tag or commit): a hub id, where no such path exists."""
+    repo, at, rev = spec.partition("@")
+    parts = repo.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")) and (not at or bool(rev))
+
+
+def split_revision(spec: str) -> tuple[str, str | None]:
+    """``org/name@rev`` -> ``("org/name", "rev")``; ``org/name`` -> ``("org/name", None)``."""
+    repo, _, rev = str(spec).partition("@")
+    return repo, rev or None
 
 
 def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
-    """The local snapshot folder of a cached hub model. Never downloads."""
+    """The local snapshot folder of a cached hub model (``org/name``, or ``org/name@rev`` with ``rev`` a branch or
+    tag in its ``refs/``, a full commit or the first characters of one). Never downloads.
+
+    A snapshot that lacks files the hub listed (``hf download --include``/``--exclude``, an interrupted download)
+    is returned as it is: huggingface_hub's ``IncompleteSnapshotError`` is a ``LocalEntryNotFoundError``, which
+    made a model whose weights were all there "not cached". The weights the checkpoint needs are then checked as
+    any folder's are (a shard its index lists but the snapshot lacks is named)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     from subnetviz.config import hf_cache_dir
 
     try:
-        path = snapshot_download(repo_id, revision=revision, local_files_only=True, cache_dir=str(hf_cache_dir()))
+        from huggingface_hub.errors import IncompleteSnapshotError
+    except ImportError:  # (huggingface_hub before 1.x checked no tree listing)
+        IncompleteSnapshotError = LocalEntryNotFoundError  # noqa: N806
+
+    spec = repo_id if revision is None else f"{repo_id}@{revision}"
+    repo_id, rev = split_revision(repo_id) if revision is None else (repo_id, revision)
+    cache = hf_cache_dir()
+    try:
+        return Path(snapshot_download(repo_id, revision=rev, local_files_only=True, cache_dir=str(cache)))
+    except IncompleteSnapshotError as exc:
+        if getattr(exc, "snapshot_path", None) and Path(exc.snapshot_path).is_dir():
+            return Path(exc.snapshot_path)
+        cause = exc
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
-        raise NotCachedError(
-            f"{repo_id}: not in the local Hugging Face cache ({hf_cache_dir()}). subnetviz never downloads; "
-            f"fetch it first, e.g. `huggingface-cli download {repo_id}`, or give a local folder."
-        ) from exc
-    return Path(path)
+        cause = exc
+    short = _short_commit(cache, repo_id, rev)
+    if short is not None:
+        return short
+    fetch = f"hf download {repo_id}" + (f" --revision {rev}" if rev else "")
+    raise NotCachedError(
+        f"{spec}: not in the local Hugging Face cache ({cache}){_cached_nearby(cache, repo_id, rev)}. subnetviz never "
+        f"downloads; fetch it first, e.g. `{fetch}`, or give a local folder."
+    ) from cause
 
 
-def _refuse_lone_adapter(folder: Path) -> None:
+def _repo_folder(cache: Path, repo_id: str) -> Path:
+    return cache / ("models--" + repo_id.replace("/", "--"))
+
+
+def _short_commit(cache: Path, repo_id: str, rev: str | None) -> Path | None:
+    """The snapshot of ``repo_id`` whose commit begins with ``rev`` (4 to 39 hex digits; the one such snapshot)."""
+    if not rev or not (4 <= len(rev) < 40) or any(c not in "0123456789abcdef" for c in rev.lower()):
+        return None
+    try:
+        found = [p for p in (_repo_folder(cache, repo_id) / "snapshots").iterdir() if p.name.startswith(rev.lower())]
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 and found[0].is_dir() else None
+
+
+def _cached_nearby(cache: Path, repo_id: str, rev: str | None) -> str:
+    """What the cache holds close to ``repo_id`` (at ``rev``): its other revisions (a download pinned to a commit
+    writes no ``refs/main``), or a repository whose id differs only in case; ``""`` where there is none."""
+    folder = _repo_folder(cache, repo_id)
+    if not folder.is_dir():
+        try:
+            want = folder.name.lower()
+            same = sorted(p.name for p in cache.iterdir() if p.name.lower() == want and p.is_dir())
+        except OSError:
+            same = []
+        if not same:
+            return ""
+        other = same[0].removeprefix("models--").replace("--", "/")
+        return f"; the cache holds {other} (hub ids are case-sensitive: give {other})"
+    refs: dict[str, str] = {}
+    try:
+        for f in sorted((folder / "refs").rglob("*")):
+            if f.is_file():  # (a commit several refs name is shown by the first in name order)
+                refs.setdefault(f.read_text().strip(), f.relative_to(folder / "refs").as_posix())
+        commits = sorted(p.name for p in (folder / "snapshots").iterdir() if p.is_dir())
+    except OSError:
+        commits = []
+    if not commits:
+        return f"; its folder there holds no snapshot{f' for {rev}' if rev else ''}"
+    shown = [f"{repo_id}@{refs[c]}" if c in refs else f"{repo_id}@{c[:7]}" for c in commits[:4]]
+    more = f" and {len(commits) - 4} more" if len(commits) > 4 else ""
+    return f"; it holds no snapshot for {rev or 'main'}, but these: {', '.join(shown)}{more}"
+
+
+def _refuse_lone_adapter(folder: Path, spec: str | None = None) -> None:
     """A PEFT adapter folder on its own is no model: its weights are a low-rank update of a base."""
     model_files = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json")
     if (folder / "adapter_config.json").is_file() and not (
         any((folder / f).is_file() for f in model_files) or any(folder.glob("pytorch_model*.bin"))
     ):
         raise CheckpointError(
-            f"{folder}: a LoRA/PEFT adapter (adapter_config.json), not a model: an adapter needs its base; "
+            f"{spec or folder}: a LoRA/PEFT adapter (adapter_config.json), not a model: an adapter needs its base; "
             "give it as a finetuned model beside the base it was trained on."
         )
 
 
+def local_folder(spec: str | os.PathLike) -> Path | None:
+    """The folder ``spec`` names: a local folder, or a cached hub id's snapshot (NotCachedError where it is not
+    cached); None for anything else (a file, a name of nothing)."""
+    s = str(spec)
+    path = os.path.expanduser(s)  # os.path: False for a name no file can have (Path.is_dir raises)
+    if os.path.isdir(path):
+        return Path(path)
+    if not os.path.exists(path) and _looks_like_hub_id(s):
+        return resolve_hub_id(s)
+    return None
+
+
+def source_of(spec: str, folder: Path | None) -> str:
+    """What checkpoint ``spec``, read from ``folder``, is recorded as: ``spec``, and for a hub id the commit of
+    the snapshot read (``acme/tiny-base@<40 hex>``: ``refs/main`` moves when a newer revision is downloaded, and
+    the record should name the weights read). A snapshot path names its commit already."""
+    from subnetviz.config import hub_snapshot_of
+
+    s = str(spec)
+    if folder is None or not _looks_like_hub_id(s) or Path(s).expanduser().exists():
+        return s
+    snap = hub_snapshot_of(folder)
+    return s if snap is None else f"{split_revision(s)[0]}@{snap[1]}"
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# weights files named for what they are, not for the model: labelled by their folder
+_GENERIC = ("model", "pytorch_model", "adapter_model", "consolidated")
+
+
+def checkpoint_label(spec: str | os.PathLike) -> str:
+    """The name a checkpoint is shown and saved under (metrics, charts, mask files, exports), the same in the
+    library, the CLI and the app:
+
+    - a hub id: the id as given, organisation and revision kept (``acme/tiny-sft`` beside ``other/tiny-sft``);
+    - a hub cache snapshot folder: its repository's id, and ``@<7 hex>`` where it is not the commit ``refs/main``
+      names (it was the 40-hex commit);
+    - a weights file named for what it is (``model.safetensors``, ``pytorch_model.bin``, an index): its folder's
+      label (``…/dpo/model.safetensors`` is ``dpo``); another file: its name before the first dot;
+    - any other folder: its name."""
+    s = str(spec)
+    path = Path(s.rstrip("/") or s).expanduser()
+    if _looks_like_hub_id(s) and not path.exists():
+        return s
+    if path.suffix in WEIGHT_SUFFIXES or path.name.endswith(".index.json"):
+        if not path.name.startswith(_GENERIC) or not path.parent.name:
+            return path.name.split(".")[0] or s
+        path = path.parent
+    return _snapshot_label(path) or path.name or s
+
+
+def _snapshot_label(folder: Path) -> str | None:
+    """``org/name`` (``@<7 hex>`` where ``refs/main`` names another commit) of a hub cache snapshot folder."""
+    from subnetviz.config import hub_snapshot_of
+
+    snap = hub_snapshot_of(folder)
+    if snap is None or snap[2]:
+        return None
+    repo, commit, _ = snap
+    try:
+        main = (folder.parent.parent / "refs" / "main").read_text().strip()
+    except OSError:
+        main = None
+    return repo if main == commit else f"{repo}@{commit[:7]}"
+
+
 def open_checkpoint(spec: str | os.PathLike) -> Checkpoint:
     """Open a checkpoint lazily from a folder, a file, an index json or a cached hub id."""
-    return Checkpoint(*_locate(spec))  # (spec, files, root, config, notes)
+    ck = Checkpoint(*_locate(spec))  # (spec, files, root, config, notes)
+    ck.source = source_of(ck.spec, ck.root)
+    return ck
 
 
 def fingerprint(spec: str | os.PathLike) -> str:
     """:attr:`Checkpoint.fingerprint` of ``spec`` from its files' paths, identities and headers, without
     importing torch when every weights file is safetensors (a page that only needs a cache key, such as
     the Training comparison, opens in a fraction of torch's import time); legacy files are opened."""
-    s, files, _root, _config, _notes = _locate(spec)
+    s, files, _root, config, _notes = _locate(spec)
     if all(f.suffix == ".safetensors" for f in files):
-        return _fingerprint(files, [read_safetensors_header(f)[1] for f in files])
+        return _fingerprint(files, [read_safetensors_header(f)[1] for f in files], _config_text(config or {}))
     return open_checkpoint(s).fingerprint
 
 
-def _fingerprint(files: list[Path], raw_headers: list[bytes]) -> str:
-    """Each file's resolved path, inode, size, mtime and ctime, and its header. Name, size, mtime and header alone
-    matched for two finetunes of one architecture whose files kept a copied mtime (``cp -p``, ``rsync -a``, an
-    archive's whole seconds): the cache served one the other's results. The ctime cannot be set by hand: a file
-    rewritten in place under its old mtime gets a new one."""
-    h = hashlib.sha256()
+# Bumped when what a fingerprint covers changes, so no cached result keyed by an older one is served again
+FINGERPRINT_VERSION = 2  # 2: the parsed config.json too
+
+
+def _config_text(config: dict) -> str:
+    """The parsed config as one text, keys sorted: a rewrite that changes no value (another indent, a ``touch``)
+    keeps the fingerprint; any changed value moves it."""
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _fingerprint(files: list[Path], raw_headers: list[bytes], config_text: str) -> str:
+    """Each file's resolved path, inode, size, mtime and ctime, and its header; and the parsed ``config.json``.
+    Name, size, mtime and header alone matched for two finetunes of one architecture whose files kept a copied
+    mtime (``cp -p``, ``rsync -a``, an archive's whole seconds): the cache served one the other's results. The
+    ctime cannot be set by hand: a file rewritten in place under its old mtime gets a new one. The config decides
+    what the numbers are (``tie_word_embeddings``: whether a stored head is counted; ``quantization_config``: how
+    codes are dequantised; ``model_type``: the naming): an edited config gave the analysis from before the edit."""
+    h = hashlib.sha256(f"fingerprint v{FINGERPRINT_VERSION}\0{config_text}\0".encode())
     for f, raw in zip(files, raw_headers, strict=True):
         h.update(f"{f.resolve()}:{stat_identity(f.stat())}".encode())
         h.update(raw)
@@ -592,7 +794,9 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
             raise CheckpointError(f"{path}: not a checkpoint file (expected .safetensors, .bin, .pt or an index json).")
     elif _looks_like_hub_id(s) and not path.exists():
         root = resolve_hub_id(s)
+        _refuse_lone_adapter(root, s)  # (as its snapshot folder is: an adapter's tensors are no model)
         files = _folder_files(root, notes)
+        notes.append(f"read from the local Hugging Face cache at commit {root.name}.")
     else:
         raise CheckpointError(f"{s}: no such file or folder (and not a hub id of the form org/name).")
     # Every file actually opened, after resolving symlinks: inside the roots when they are enforced.

@@ -181,9 +181,8 @@ def test_drivers_progress_counts_grid_points(monkeypatch, tmp_path, capsys):
         progress(0, 2, "learning_rate=1e-05 seed 0")
         progress(1, 2, "learning_rate=1e-04 seed 0")
         progress(2, 2, "done")
-        return pd.DataFrame({"factor": ["lr"], "value": ["1"], "seed": [0], "algorithm": ["grpo"]} | {
-            c: [0.0] for c in ("precision", "sparsity", "accuracy", "kl_forward")
-        })  # fmt: skip
+        row = {"factor": "lr", "value": "1", "seed": 0, "algorithm": "grpo", "status": "done", "grid_version": 2}
+        return pd.DataFrame([row | {c: 0.0 for c in ("sparsity", "accuracy", "kl_forward")}], columns=drivers.COLUMNS)
 
     monkeypatch.setattr(drivers, "run_drivers", fake_run)
     monkeypatch.setattr(drivers, "verdicts", lambda results: pd.DataFrame({"conjecture": ["x"]}))

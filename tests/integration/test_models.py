@@ -169,23 +169,24 @@ def bin_folder(tmp_path):
     return folder, state
 
 
-def test_a_bin_beside_another_safetensors_is_refused_not_loaded_unwalked(bin_folder):
-    """The folder's weight files, as the comparison finds them, are its ``.safetensors`` (a mask, an adapter); as
-    transformers finds them, ``pytorch_model.bin``. It loaded that ``.bin`` without ``check_torch_file`` having
-    walked its pickle (and ran a model other than the one compared): refused, naming both."""
+def test_a_bin_beside_another_safetensors_is_walked_and_compared_as_transformers_loads_it(bin_folder):
+    """The folder's model is its ``pytorch_model.bin``; another ``.safetensors`` beside it (a mask, as the
+    RL-subnetwork code keeps them) is not part of it. The weight pages read that other file as the model (and
+    Behaviour refused the folder); both now read the ``.bin``, as transformers does, and its pickle is walked
+    before torch reads it."""
     from safetensors.torch import save_file
 
+    from subnetviz.checkpoints import open_checkpoint
     from subnetviz.checkpoints.models import load_causal_lm
     from subnetviz.errors import CheckpointError
 
     folder, state = bin_folder
-    torch.save({**state, "_meta": _deep(150)}, folder / "pytorch_model.bin")  # the walk refuses it; torch reads it
     save_file({"mask": torch.ones(3)}, str(folder / "extra.safetensors"))
-    with pytest.raises(
-        CheckpointError,
-        match=r"transformers would run pytorch_model\.bin but the weight pages read "
-        r"extra\.safetensors",
-    ) as exc:
+    ck = open_checkpoint(folder)
+    assert [f.name for f in ck.files] == ["pytorch_model.bin"] and sorted(ck.names) == sorted(state)
+    assert any("extra.safetensors" in n and "not read" in n for n in ck.notes), ck.notes
+    torch.save({**state, "_meta": _deep(150)}, folder / "pytorch_model.bin")  # the walk refuses it; torch reads it
+    with pytest.raises(CheckpointError, match="nests objects more than 100 deep") as exc:
         load_causal_lm(folder)
     assert "\n" not in str(exc.value)
 
@@ -219,14 +220,15 @@ def test_safetensors_beside_a_bin_are_what_runs(bin_folder):
         assert torch.equal(model.state_dict()[name], value), name
 
 
-def test_a_config_naming_other_weights_is_refused(bin_folder):
-    """``transformers_weights`` in config.json makes transformers read the file it names, whatever else is there."""
+def test_a_config_naming_other_weights_is_what_both_read(bin_folder):
+    """``transformers_weights`` in config.json makes transformers read the file it names, whatever else is there;
+    the weight pages read that file too (they read ``model.safetensors``, and Behaviour refused the folder)."""
     import json
 
     from safetensors.torch import save_file
 
+    from subnetviz.checkpoints import open_checkpoint
     from subnetviz.checkpoints.models import load_causal_lm
-    from subnetviz.errors import CheckpointError
 
     folder, state = bin_folder
     (folder / "pytorch_model.bin").unlink()
@@ -234,9 +236,8 @@ def test_a_config_naming_other_weights_is_refused(bin_folder):
     save_file({k: torch.zeros_like(v) for k, v in state.items()}, str(folder / "other.safetensors"))
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "transformers_weights": "other.safetensors"}))
-    with pytest.raises(
-        CheckpointError,
-        match=r"transformers would run other\.safetensors but the weight pages read "
-        r"model\.safetensors",
-    ):
-        load_causal_lm(folder)
+    ck = open_checkpoint(folder)
+    assert [f.name for f in ck.files] == ["other.safetensors"]
+    assert all(not ck.get(n).any() for n in ck.names)  # the zeros of other.safetensors
+    model = load_causal_lm(folder)
+    assert all(not v.any() for k, v in model.state_dict().items() if k in state)
