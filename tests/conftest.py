@@ -27,7 +27,7 @@ pytest_plugins = ["tests.zoo_fixtures", "tests.ckpt_fixtures", "tests.app_fixtur
 # together. They run one after another on one worker, beside the single-process tests on the other,
 # instead of two of them competing for the 2 cores (and for their connect and start timeouts) at once.
 # (xdist's own `--dist loadgroup` does not group under pytest 9: it rewrites a test id pytest no longer reads.)
-MULTIPROCESS = {"test_sharded.py", "test_ray.py", "test_ray_pages.py", "test_ray_app.py"}
+MULTIPROCESS = {"test_sharded.py", "test_ray.py", "test_ray_pages.py", "test_ray_app.py", "test_cli_review_launch.py"}
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, called only where it runs the suite

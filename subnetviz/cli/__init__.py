@@ -163,8 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("run_dir")
     j.set_defaults(func=cmd_job)
 
-    r = sub.add_parser("runs", help="list runs in the registry, or cancel one")
-    r.add_argument("--cancel", metavar="RUN_ID")
+    r = sub.add_parser(
+        "runs",
+        help="list runs in the registry, or cancel one; either also starts queued runs while slots are free",
+        description="List the runs in the registry (SUBNETVIZ_HOME/runs), or cancel one. Like every look at the "
+        "registry, it also settles runs whose process has ended and starts queued runs while slots are free: each "
+        "under the settings it was queued with (its worker command, GPUs and read roots), not this shell's.",
+    )
+    r.add_argument("--cancel", metavar="RUN_ID", help="cancel this queued or running run")
     r.set_defaults(func=cmd_runs)
 
     m = sub.add_parser(

@@ -1,7 +1,9 @@
-"""What every subcommand shares: torch's thread count, a progress bar on stderr, the ``--out`` check."""
+"""What every subcommand shares: torch's thread count, a progress bar on stderr, the ``--out`` check, and the
+publishing of a result folder or file that never replaces what appeared there meanwhile."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -148,3 +150,67 @@ def _first_failure(exc: shutil.Error) -> str:
     said = os.strerror(int(code.group(1))) if code else reason
     more = len(failures) - 1
     return said + (f"; {more} more file(s) failed too" if more else "")
+
+
+@contextmanager
+def publish_file(out: Path, overwrite: bool, option: str = "--out") -> Iterator[Path]:
+    """A temporary file name beside ``out`` for a writer; once the block ends the file written there becomes
+    ``out``: with ``overwrite`` replacing what is there (one rename), else only if nothing is at ``out`` then
+    (``os.link``, which refuses an existing name in the same step): a file another run or a user put there
+    while this one built its result is not replaced, and this one fails saying so. The temporary file is gone
+    afterwards, whatever happened; errors name ``out`` (after ``option``, the argument that gave it), not it."""
+    import secrets
+
+    where = f"{option} {out}" if option else str(out)
+    tmp = out.with_name(f".{out.name}.building-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        try:
+            yield tmp
+        except SubnetvizError as exc:  # the writer's message names the file it wrote: the temporary one
+            if str(tmp) in str(exc):
+                raise SubnetvizError(str(exc).replace(str(tmp), str(out))) from None
+            raise
+        except OSError as exc:  # (the command line says it in one line: "cannot complete OUT: ...")
+            if exc.filename is not None and str(tmp) in str(exc.filename):
+                raise OSError(exc.errno, exc.strerror, str(out)) from None
+            raise
+        if overwrite:
+            os.replace(tmp, out)
+            return
+        try:
+            _link_new(tmp, out)
+        except FileExistsError:
+            raise SubnetvizError(
+                f"{where}: another file was written there while this one was made; this one was not written "
+                "(pass --overwrite to replace it)."
+            ) from None
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(out)) from None
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _link_new(tmp: Path, out: Path) -> None:
+    """Give the file ``tmp`` the name ``out`` only if no file has that name (FileExistsError otherwise): a hard
+    link, or on a file system without them (EPERM, ENOTSUP, EMLINK) a copy into a file created exclusively."""
+    try:
+        os.link(tmp, out, follow_symlinks=False)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(tmp, "rb") as src, os.fdopen(fd, "wb") as dst:
+            fd = -1
+            shutil.copyfileobj(src, dst)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        out.unlink(missing_ok=True)  # (this run made it: half a file never stays)
+        raise

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from subnetviz.cli.common import threads
+from subnetviz.cli.common import publish_file, threads
 from subnetviz.errors import SubnetvizError
 
 
@@ -62,10 +63,13 @@ def cmd_mask(args: argparse.Namespace) -> int:
             raise SubnetvizError(
                 f"{args.dst}: a folder is there; name the file to write, e.g. {dst / 'mask.safetensors'}."
             )
-        if dst.exists() and not args.overwrite:
+        if os.path.lexists(dst) and not args.overwrite:
             raise SubnetvizError(f"{args.dst}: a file is already there; choose a new file name, or pass --overwrite.")
         ms = import_mask(args.src)  # safetensors, torch.save or a released bigram pickle, told by the content
-        save_mask_set(dst, ms)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # never over a file that appeared at DST meanwhile, without --overwrite (two imports to one name)
+        with publish_file(dst, args.overwrite, option="") as tmp:
+            save_mask_set(tmp, ms)
         print(f"wrote {args.dst}: {len(ms.masks)} tensors, density {ms.density:.6f}")
     else:
         ms = import_mask(args.src)
@@ -93,11 +97,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SubnetvizError(
             f"--out {args.out}: a folder is there; name the HTML file to write, e.g. {out / 'report.html'}."
         )
-    if out.exists() and not args.overwrite:
+    if os.path.lexists(out) and not args.overwrite:
         raise SubnetvizError(f"--out {args.out}: a file is already there; choose a new file name, or pass --overwrite.")
     source = Path(args.analysis_dir).expanduser().resolve()
     if out.resolve().is_relative_to(source):  # --overwrite would replace one of the files it reads
         raise SubnetvizError(f"--out {args.out}: inside the analysis folder {args.analysis_dir}; write it elsewhere.")
-    path = analysis_report(args.analysis_dir, out)
-    print(f"wrote {path}")
+    if not out.parent.is_dir():
+        raise SubnetvizError(f"--out {args.out}: folder {out.parent} does not exist; create it first.")
+    # The page takes seconds to build: without --overwrite, a file that appears at --out meanwhile (another
+    # report to the same name, a user's) is not replaced; this run fails saying so.
+    with publish_file(out, args.overwrite) as tmp:
+        analysis_report(args.analysis_dir, tmp)
+    print(f"wrote {out}")
     return 0

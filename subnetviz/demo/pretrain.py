@@ -193,9 +193,13 @@ def pretrain(
 def save_model(model, tokenizer, folder: Path) -> None:
     import torch
 
+    from subnetviz.cache import _UMASK  # the process' umask (read once at import)
+
     folder.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    for weights in folder.glob("*.safetensors"):  # written 0600 by safetensors; the zoo's other files follow the umask
+        os.chmod(weights, 0o666 & ~_UMASK)
 
 
 def load_model(folder: str | os.PathLike):

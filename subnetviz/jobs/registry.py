@@ -79,7 +79,7 @@ class RunRecord:
     run_dir: str
     config: dict
     gpu: str | None = None  # the CUDA device id the job was given (None on CPU)
-    launch: dict | None = None  # how to start it: {command, max_concurrent, gpus, cuda_visible_devices}
+    launch: dict | None = None  # how to start it: {command, max_concurrent, gpus, cuda_visible_devices, read_env}
 
     @property
     def finished(self) -> bool:

@@ -46,6 +46,7 @@ from subnetviz.jobs.scheduler import (
     default_launch,
     discard_outputs,
     kill_leftovers,
+    read_policy,
     settle,
 )
 
@@ -183,7 +184,9 @@ class JobRunner:
     @property
     def launch(self) -> Launch:
         """How this runner starts jobs; stored with each job it queues (whoever starts it, starts it so)."""
-        return Launch(list(self.command), self.max_concurrent, list(self.gpus), self._cuda_visible_devices)
+        return Launch(
+            list(self.command), self.max_concurrent, list(self.gpus), self._cuda_visible_devices, read_policy()
+        )
 
     def poll(self) -> None:
         """Settle finished or dead runs, read their progress, and start queued runs while slots are free.

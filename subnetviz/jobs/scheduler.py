@@ -7,8 +7,8 @@ one with no page open. It runs in one ``BEGIN IMMEDIATE`` transaction of the reg
 advancer at a time, so two workers finishing together never start the same queued run twice, and
 the limit counts the running rows of every runner on the root.
 
-A queued run carries its ``launch`` (the worker command, ``max_concurrent`` and GPUs of the
-runner that queued it): whoever starts it starts it the same way. The started worker waits for
+A queued run carries its ``launch`` (the worker command, ``max_concurrent``, GPUs and read policy of
+the runner that queued it): whoever starts it starts it the same way. The started worker waits for
 its row to name it (:func:`wait_claimed`) before it does anything, so a starter that died between
 starting a process and committing its row never leaves a second copy of a run working.
 """
@@ -44,6 +44,9 @@ class Launch:
     max_concurrent: int  # start only while fewer runs than this are running (every runner counted)
     gpus: list[str]  # device ids to hand out, one per running job
     cuda_visible_devices: str | None = None  # the submitter's own, for a job given no GPU
+    # The submitter's read policy (:func:`read_policy`): the job runs under it whoever starts it. None: a run
+    # queued by an older version, which runs under its starter's.
+    read_env: dict[str, str | None] | None = None
 
     @classmethod
     def of(cls, rec: RunRecord, default: Launch) -> Launch:
@@ -51,14 +54,39 @@ class Launch:
         if not rec.launch:
             return default
         d = rec.launch
-        return cls(list(d["command"]), int(d["max_concurrent"]), list(d["gpus"]), d.get("cuda_visible_devices"))
+        read_env = d.get("read_env")
+        if isinstance(read_env, dict):
+            read_env = {k: v for k, v in read_env.items() if k in READ_POLICY_ENV and (v is None or isinstance(v, str))}
+        else:
+            read_env = None
+        return cls(
+            list(d["command"]), int(d["max_concurrent"]), list(d["gpus"]), d.get("cuda_visible_devices"), read_env
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+READ_POLICY_ENV = ("SUBNETVIZ_ENFORCE_ROOTS", "SUBNETVIZ_ROOTS")
+
+
+def read_policy() -> dict[str, str | None]:
+    """This process's read policy, as a job it queues must run under it: whether the roots are enforced
+    (``SUBNETVIZ_ENFORCE_ROOTS``), and the roots as this process resolves them (its home, its
+    ``SUBNETVIZ_ROOTS`` or, without them, its HF cache and current folder). A job queued by the app but started
+    by ``subnetviz runs`` in a shell ran with the shell's policy: no enforced roots, and the shell's own."""
+    from subnetviz.config import allowed_roots
+
+    return {
+        "SUBNETVIZ_ENFORCE_ROOTS": os.environ.get("SUBNETVIZ_ENFORCE_ROOTS"),
+        "SUBNETVIZ_ROOTS": os.pathsep.join(str(r) for r in allowed_roots()),
+    }
+
+
 def default_launch(max_concurrent: int = 1, gpus: list[str] | None = None) -> Launch:
-    return Launch([sys.executable, "-m", "subnetviz", "job"], max_concurrent, list(gpus or []), os.environ.get(CVD))
+    return Launch(
+        [sys.executable, "-m", "subnetviz", "job"], max_concurrent, list(gpus or []), os.environ.get(CVD), read_policy()
+    )
 
 
 # --- settling and starting (inside a registry transaction) ----------------------------------------
@@ -267,6 +295,12 @@ def start(registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | No
         env.pop(CVD, None)
     else:
         env[CVD] = want
+    # The read policy the job was submitted under, not the starter's (never wider than what was checked at submit).
+    for key, value in (launch.read_env or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     try:
         with open(run_dir / "log.txt", "ab") as log:
             proc = subprocess.Popen(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -21,6 +22,35 @@ from subnetviz.jobs.scheduler import finish, registry_of, wait_claimed
 from subnetviz.version import version_info
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGTERM) raised as KeyboardInterrupt, so that it ends a run as Ctrl-C does (its work folders
+    removed, launched ranks stopped); ``signum`` gives the exit status, 128 + signum as the shell reports it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = int(signum)
+
+
+def signal_of(exc: KeyboardInterrupt) -> int:
+    """The signal behind an interruption: :class:`Interrupted`'s, a ``KeyboardInterrupt("signal N")`` of the Ray
+    worker's own handler, else SIGINT (Ctrl-C)."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    m = re.fullmatch(r"signal (\d+)", str(exc))
+    return int(m.group(1)) if m else int(signal.SIGINT)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
 def _finish(ctx: JobContext, state: str, error: str | None = None) -> None:
     status = read_json(ctx.run_dir / STATUS_FILE)
     status.update(state=state, error=error, ended=time.time(), **version_info())
@@ -29,7 +59,8 @@ def _finish(ctx: JobContext, state: str, error: str | None = None) -> None:
 
 def main_job(run_dir: str) -> int:
     """The worker: run the job in ``run_dir``; 0 succeeded, 1 failed, 2 cancelled, 3 not this
-    process's to run (its registry row names another process, or was never committed, or no job folder).
+    process's to run (its registry row names another process, or was never committed, or no job folder),
+    128 + the signal when a signal other than a cancel interrupted it (130 Ctrl-C, 143 SIGTERM).
 
     stdout/stderr are already ``log.txt`` (the runner points them there). A run of a registry
     first waits for its row to name this process; at the end it records its own final status and
@@ -49,7 +80,7 @@ def main_job(run_dir: str) -> int:
 
     def _terminate(signum, frame):
         if working:  # once the job has returned, a late SIGTERM must not cut the bookkeeping short
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise Interrupted(signum)
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -80,11 +111,16 @@ def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
         fn(config, ctx)
     except BaseException as exc:  # noqa: BLE001 - the worker reports every failure, then exits non-zero
         cancelled = ctx.should_stop()
+        interrupted = isinstance(exc, KeyboardInterrupt) and not cancelled  # Ctrl-C or SIGTERM: no bug
         if isinstance(exc, SubnetvizError) and not cancelled:  # what a user gave: one line, as the CLI says it
             print(f"error: {exc}", flush=True)
-        elif not cancelled:  # a bug: the traceback, for its report
+        elif not cancelled and not interrupted:  # a bug: the traceback, for its report
             traceback.print_exc()
         shutil.rmtree(ctx.out_dir, ignore_errors=True)
+        if interrupted:
+            signum = signal_of(exc)
+            _finish(ctx, "cancelled", f"interrupted ({_signal_name(signum)}) before it finished")
+            return 128 + signum
         msg = str(exc) if isinstance(exc, SubnetvizError) else f"{type(exc).__name__}: {exc}"
         _finish(ctx, "cancelled" if cancelled else "failed", "cancelled by the user" if cancelled else msg)
         return 2 if cancelled else 1
@@ -108,36 +144,17 @@ def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
 
 
 def main_train(config_path: str, *, run_dir: str | None = None) -> int:
-    """Run one training config in the foreground; 0 on success, 1 on a failed run, 2 on a bad config.
+    """Run one training config in the foreground; 0 on success, 1 on a failed run, 2 on a bad config, 130 / 143
+    when Ctrl-C / SIGTERM stopped it (one line on stderr; with ``run_dir`` the run is recorded as cancelled).
 
     Without ``run_dir`` the model goes to the config's ``output_dir`` (this is the form to use
     under ``accelerate launch``). With ``run_dir`` (a new folder) the run gets a job folder like
     the runner's (config, status, metrics, log on stdout) and the model goes to
     ``run_dir/outputs/model``.
     """
-    from subnetviz.training import sharded
-    from subnetviz.training.config import TrainConfig
-    from subnetviz.training.run import launch_and_train, train
-
     try:
         if run_dir is None:
-            cfg = TrainConfig.from_file(config_path)
-            if sharded.needs_launch(cfg.strategy):  # start cfg.num_processes processes running this same verb
-                import tempfile
-
-                with tempfile.TemporaryDirectory(prefix="subnetviz-launch-") as folder:
-                    res = launch_and_train(cfg, Path(folder))
-            else:
-                ctx = None
-                if os.environ.get(sharded.RUN_DIR_ENV):  # a rank of a launched job: report into its run folder
-                    rd = Path(os.environ[sharded.RUN_DIR_ENV])
-                    ctx = JobContext(rd, rd / "outputs.tmp")
-                res = train(cfg, ctx)
-            if res.is_main_process:
-                print(json.dumps(res.to_dict(), indent=2))
-            if sharded.launched():  # one rank of a launched run, done: leave without the teardown
-                sharded.exit_rank(0)
-            return 0
+            return _train_in_foreground(config_path)
         try:
             config = json.loads(Path(config_path).read_text())
         except OSError as exc:
@@ -162,4 +179,48 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
     except RecursionError:  # json.loads of a config nested 100,000 deep
         print(f"error: {config_path}: JSON nested too deep to be a training config.", file=sys.stderr)
         return 2
-    return main_job(str(rd))
+    code = main_job(str(rd))
+    if code > 128:  # interrupted: its status says so; one line here, as the run without --run-dir says it
+        print(
+            f"interrupted ({_signal_name(code - 128)}): the run in {run_dir} is recorded as cancelled; no model "
+            "was written.",
+            file=sys.stderr,
+        )
+    return code
+
+
+def _train_in_foreground(config_path: str) -> int:
+    """``train --config`` without ``--run-dir``: the model goes to the config's ``output_dir``. In the process
+    a user started (not a launched rank), SIGTERM ends the run as Ctrl-C does: the launched ranks stopped, the
+    work folders removed, one line, exit status 143 (130 for Ctrl-C)."""
+    from subnetviz.training import sharded
+    from subnetviz.training.config import TrainConfig
+    from subnetviz.training.run import launch_and_train, train
+
+    rank = sharded.launched()
+    previous = None if rank else signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        cfg = TrainConfig.from_file(config_path)
+        if sharded.needs_launch(cfg.strategy):  # start cfg.num_processes processes running this same verb
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="subnetviz-launch-") as folder:
+                res = launch_and_train(cfg, Path(folder))
+        else:
+            ctx = None
+            if os.environ.get(sharded.RUN_DIR_ENV):  # a rank of a launched job: report into its run folder
+                rd = Path(os.environ[sharded.RUN_DIR_ENV])
+                ctx = JobContext(rd, rd / "outputs.tmp")
+            res = train(cfg, ctx)
+    except KeyboardInterrupt as exc:
+        if not rank:  # (the process that launched the ranks says it, once)
+            print("interrupted: nothing was written.", file=sys.stderr, flush=True)
+        return 128 + signal_of(exc)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if res.is_main_process:
+        print(json.dumps(res.to_dict(), indent=2))
+    if rank:  # one rank of a launched run, done: leave without the teardown
+        sharded.exit_rank(0)
+    return 0

@@ -298,7 +298,11 @@ class _Run:
         self.work = _Partial(self.out)
         self.partial = self.work.path
         self.progress = ProgressCallback(
-            ctx, total=cfg.steps, is_main=world is None or world.is_main, any_rank=sharded.any_rank if world else None
+            ctx,
+            total=cfg.steps,
+            is_main=world is None or world.is_main,
+            any_rank=sharded.any_rank if world else None,
+            reduce=sharded.reduce_metrics if world else None,  # FSDP2: each process logs its own shard
         )
         self.is_main, self.n_proc, self.evidence = True, 1, None
         self.zero_installer: _ZeroMaskInstaller | None = None
@@ -510,6 +514,7 @@ def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = No
     ``ctx``: a job's context; the launched rank 0 reports progress into its run folder.
     """
     cfg.validate()
+    _check_mask_fits(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "train_config.launch.json"
     config_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -520,11 +525,26 @@ def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = No
     if ctx is not None and ctx.should_stop():
         return TrainResult(cfg.output_dir, 0, {}, None, 0.0, stopped=True, strategy=cfg.strategy)
     if code != 0 or not summary.is_file():
-        raise JobError(
-            f"the {cfg.num_processes} {cfg.strategy} training processes failed (exit code {code}); see the log."
-        )
+        where = "see the log" if ctx is not None else "see their output above"  # (a foreground run has no log)
+        raise JobError(f"the {cfg.num_processes} {cfg.strategy} training processes failed (exit code {code}); {where}.")
     d = json.loads(summary.read_text())
     return TrainResult(**{k: d[k] for k in TrainResult.__dataclass_fields__ if k in d})
+
+
+def _check_mask_fits(cfg: TrainConfig) -> None:
+    """Refuse a mask that does not fit the base before any process is launched, with the one-line error a
+    single-process run gives (each rank found it only after loading the model, and the launch then ended in
+    torch elastic's traceback). The parameters' names and shapes are the base's model built on the meta device
+    (no weights read): the ones each rank checks the mask against."""
+    if cfg.mask is None:
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.base))
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    del model
+    load_training_mask(cfg.mask, shapes, seed=cfg.seed)
 
 
 def _kept_failure(exc: Exception, kept: Path, ctx: JobContext | None) -> None:

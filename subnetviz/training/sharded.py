@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -57,6 +60,7 @@ _WORLD_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RAN
 
 
 LAUNCHED_ENV = "SUBNETVIZ_LAUNCHED"  # set for the launched processes: they never launch again
+LAUNCH_ENV = "SUBNETVIZ_LAUNCH"  # the mark of one launch's processes (the launcher and its ranks)
 
 
 def exit_rank(code: int) -> NoReturn:
@@ -130,12 +134,28 @@ def accelerate_config(strategy: str, num_processes: int, *, port: int | None = N
     return "\n".join(lines) + "\n"
 
 
+# ``accelerate launch`` (its ``main`` reads the arguments after ``-c``), ending without a traceback when it is
+# stopped: torch elastic raises SignalException out of the launcher after it has stopped the ranks, and its
+# 30-line traceback read like a crash under the one line an interrupted run ends with.
+_LAUNCHER = """import sys
+from accelerate.commands.launch import main
+from torch.distributed.elastic.multiprocessing.api import SignalException
+try:
+    main()
+except SignalException as exc:
+    sys.exit(128 + int(exc.sigval))
+"""
+
+
 def launch(strategy: str, num_processes: int, config_file: Path, folder: Path, *, run_dir: Path | None = None) -> int:
     """Start the run's processes: ``accelerate launch --config_file folder/accelerate_config.yaml
-    -m subnetviz train --config config_file``; waits and returns their exit code.
+    -m subnetviz train --config config_file`` (:data:`_LAUNCHER`); waits and returns their exit code.
 
     Output goes to this process's stdout/stderr (a job's ``log.txt``). ``run_dir``: the job's run
-    folder, where the launched rank 0 reports progress and reads the cancel flag.
+    folder, where the launched rank 0 reports progress and reads the cancel flag. Interrupted (Ctrl-C, or a
+    SIGTERM the caller raises as KeyboardInterrupt), it stops every process of the launch before it re-raises
+    (:func:`stop_launch`); on every way out it kills what is left of them, so no rank goes on training for a run
+    that has ended.
     """
     if strategy in ZERO_STRATEGIES and (why := zero_available()):
         raise ConfigError(why + ".")
@@ -154,8 +174,8 @@ def launch(strategy: str, num_processes: int, config_file: Path, folder: Path, *
         env[RUN_DIR_ENV] = str(run_dir)
     cmd = [
         sys.executable,
-        "-m",
-        "accelerate.commands.launch",
+        "-c",
+        _LAUNCHER,
         "--config_file",
         str(yaml),
         "-m",
@@ -164,9 +184,76 @@ def launch(strategy: str, num_processes: int, config_file: Path, folder: Path, *
         "--config",
         str(config_file),
     ]
-    print(f"launching {num_processes} processes ({strategy}): {' '.join(cmd)}", flush=True)
+    shown = " ".join([sys.executable, "-m", "accelerate.commands.launch", *cmd[3:]])  # (what _LAUNCHER runs)
+    print(f"launching {num_processes} processes ({strategy}): {shown}", flush=True)
     sys.stdout.flush()
-    return subprocess.call(cmd, env=env, stdin=subprocess.DEVNULL)
+    # Every process of this launch carries the mark (the ranks inherit the launcher's environment), so that
+    # none outlives it: torch elastic starts each rank in a session of its own, and a SIGTERM to this process
+    # left them training and publishing a model after the command had ended.
+    mark = env[LAUNCH_ENV] = f"{os.getpid()}-{secrets.token_hex(4)}"
+    # A session of its own: a terminal's Ctrl-C reaches this process alone, which stops the launch once
+    # (two SIGINTs to the launcher cut torch elastic's own shutdown of the ranks short).
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:  # Ctrl-C, or a SIGTERM the caller turned into KeyboardInterrupt
+        stop_launch(proc, mark)
+        raise
+    finally:
+        kill_launched(mark)  # a rank that outlived its launcher
+
+
+STOP_GRACE_S = 20.0  # how long an interrupted launch's ranks get to remove their work folders before SIGKILL
+
+
+def stop_launch(proc: subprocess.Popen, mark: str, grace: float | None = None) -> None:
+    """Stop a launch: SIGINT to the launcher, which passes it on to every rank (each removes its unfinished work
+    folder and TensorBoard events, as on Ctrl-C), then after ``grace`` seconds, or at a second interrupt, SIGKILL
+    to every process of the launch (``grace`` default :data:`STOP_GRACE_S`). Returns once none is left."""
+    grace = STOP_GRACE_S if grace is None else grace
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except OSError:
+        pass
+    deadline = time.monotonic() + grace
+    try:
+        while time.monotonic() < deadline and (proc.poll() is None or _launched_processes(mark)):
+            time.sleep(0.1)
+    finally:
+        kill_launched(mark)
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _launched_processes(mark: str) -> list:
+    """The processes that carry ``mark`` in their :data:`LAUNCH_ENV` (this process and its ancestors spared)."""
+    import psutil
+
+    try:
+        spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    except psutil.Error:
+        spared = {os.getpid()}
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid not in spared and proc.environ().get(LAUNCH_ENV) == mark:
+                found.append(proc)
+        except (psutil.Error, OSError):  # gone meanwhile, or another user's
+            continue
+    return found
+
+
+def kill_launched(mark: str) -> int:
+    """SIGKILL every process of the launch marked ``mark``; returns how many."""
+    import psutil
+
+    procs = _launched_processes(mark)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=5)
+    return len(procs)
 
 
 # --- FSDP2 ------------------------------------------------------------------------------------
@@ -281,3 +368,41 @@ def any_rank(flag: bool) -> bool:
     t = torch.tensor([int(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def _reduction(name: str) -> str:
+    """How a logged metric combines over processes, as the trainers combine them when they see every process
+    (DDP gathers first): ``sum`` for counts of the whole batch (``num_tokens``), ``max`` / ``min`` for extremes
+    (``completions/max_length``, ``clip_ratio/high_max``), ``mean`` for the rest (loss, accuracy, rewards,
+    entropy; grad_norm, learning_rate and epoch are the same on every process)."""
+    last = name.rsplit("/", 1)[-1]
+    if last == "num_tokens":
+        return "sum"
+    for kind in ("max", "min"):
+        if last == kind or last.startswith(f"{kind}_") or last.endswith(f"_{kind}"):
+            return kind
+    return "mean"
+
+
+def reduce_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """One step's logged metrics of this process combined with every other's (a collective: all processes call
+    it, once per log). Under FSDP2 each process's trainer sees only its own shard of the batch (it is built in
+    a one-process view), so its loss, token count and rewards are its own; this puts them together as a DDP
+    run's trainer does (:func:`_reduction`). A metric only some processes logged combines over those."""
+    import torch.distributed as dist
+
+    every: list[dict[str, float]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(every, metrics)
+    out = {}
+    for name in metrics:
+        values = [m[name] for m in every if name in m]
+        how = _reduction(name)
+        if how == "sum":
+            out[name] = float(sum(values))
+        elif how == "max":
+            out[name] = float(max(values))
+        elif how == "min":
+            out[name] = float(min(values))
+        else:
+            out[name] = float(sum(values) / len(values))
+    return out

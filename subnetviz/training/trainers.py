@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from subnetviz.cache import _UMASK  # the process' umask, read once at import (reading it means setting it)
 from subnetviz.errors import ConfigError
 from subnetviz.training.config import MAX_LENGTH, TrainConfig
 from subnetviz.training.data import exact_match_reward, load_dataset
@@ -101,9 +102,17 @@ def build_trainer(
     """
     events = Path(events_dir) if events_dir is not None else tensorboard_dir(cfg.output_dir)
     if world is not None:
-        return _events_into(_build_fsdp2_trainer(cfg, scratch_dir, callbacks, world), events)
+        return _events_into(_progress_first(_build_fsdp2_trainer(cfg, scratch_dir, callbacks, world)), events)
     trainer = _build(cfg, trainer_args(cfg, scratch_dir), load_dataset(cfg.data, cfg.algorithm), callbacks, cfg.base)
     return _events_into(trainer, events)
+
+
+def _progress_first(trainer):
+    """Move the :class:`ProgressCallback` to the front of the trainer's callbacks: under FSDP2 it combines the
+    logged metrics over the processes in place, before TensorBoard and the printer read them."""
+    cbs = trainer.callback_handler.callbacks
+    cbs.sort(key=lambda cb: not isinstance(cb, ProgressCallback))  # (stable: the others keep their order)
+    return trainer
 
 
 def _build_fsdp2_trainer(cfg: TrainConfig, scratch_dir, callbacks, world):
@@ -127,7 +136,12 @@ def _build_fsdp2_trainer(cfg: TrainConfig, scratch_dir, callbacks, world):
     if not world.is_main:
         common["report_to"] = []  # one TensorBoard writer: rank 0
     with single_process_view():
-        return _build(cfg, common, dataset, callbacks, model, processing_class=tok, ref_model=ref)
+        trainer = _build(cfg, common, dataset, callbacks, model, processing_class=tok, ref_model=ref)
+    if not world.is_main:  # each step's line printed once (the metrics are combined over processes: the same)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _build(cfg: TrainConfig, common: dict, dataset, callbacks, model, processing_class=None, ref_model=None):
@@ -272,6 +286,10 @@ def _save_weights(model, tokenizer, folder, extra, state, *, dtypes: dict, defau
                 shared[key] = v.to(key[-1]).cpu()
             out[k] = shared[key]
     model.save_pretrained(folder, state_dict=out)
+    for weights in folder.glob("*.safetensors"):
+        # as any new file of this process (cache.atomic_path does the same for masks): safetensors writes 0600,
+        # so a shared runs folder's or zoo's weights were unreadable to those who could read every other file
+        os.chmod(weights, 0o666 & ~_UMASK)
     cfg_file = folder / "config.json"
     conf = json.loads(cfg_file.read_text())
     conf["dtype"] = config_dtype or str(default).removeprefix("torch.")  # the stored weights', not the live model's
@@ -312,13 +330,19 @@ class ProgressCallback(TrainerCallback):
 
     Also keeps the last logged metrics (``.last``) for the run's summary, and counts the steps whose
     logged loss or gradient norm was NaN or Inf (``.nonfinite_steps``, the first at ``.first_nonfinite_step``).
+
+    ``reduce`` (FSDP2): each process's trainer logs its own shard of the batch; the metrics are combined over
+    the processes (:func:`~subnetviz.training.sharded.reduce_metrics`) and written back into the logs, so the
+    callbacks after this one (TensorBoard) see what a DDP run logs. It must therefore be the trainer's first
+    callback (:func:`build_trainer` puts it there).
     """
 
-    def __init__(self, ctx=None, total: int = 0, is_main: bool = True, any_rank=None):
+    def __init__(self, ctx=None, total: int = 0, is_main: bool = True, any_rank=None, reduce=None):
         self.ctx = ctx
         self.total = total
         self.is_main = is_main  # a one-process view (FSDP2) makes every rank "world process zero"
         self.any_rank = any_rank  # FSDP2: bool -> bool, True if any process says so (they stop together)
+        self.reduce = reduce  # FSDP2: this process's metrics -> every process's combined (a collective)
         self.last: dict[str, float] = {}
         self.train_seconds: float | None = None
         self.nonfinite_steps = 0
@@ -331,6 +355,10 @@ class ProgressCallback(TrainerCallback):
         if "train_runtime" in numeric:  # the end-of-training summary line, not a step
             self.train_seconds = numeric["train_runtime"]
             return
+        if self.reduce is not None:  # (every process logs every step: the collective lines up)
+            numeric = self.reduce(numeric)
+            if logs is not None:
+                logs.update(numeric)
         self.last = numeric
         if any(not math.isfinite(numeric[k]) for k in ("loss", "grad_norm") if k in numeric):
             self.nonfinite_steps += 1

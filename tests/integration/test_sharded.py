@@ -272,7 +272,15 @@ def test_zero_available_on_cpu_when_deepspeed_imports():
 
 def test_zero_launch_sets_the_cpu_accelerator(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(sharded.subprocess, "call", lambda cmd, env, **kw: seen.update(env) or 0)
+
+    class Launcher:  # the launcher's environment, and nothing started
+        def __init__(self, cmd, env, **kw):
+            seen.update(env)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(sharded.subprocess, "Popen", Launcher)
     monkeypatch.delenv("DS_ACCELERATOR", raising=False)
     monkeypatch.setattr(sharded, "zero_available", lambda: None)
     for strategy in ("zero2", "zero3", "fsdp2"):
