@@ -45,15 +45,48 @@ from subnetviz.training.mask_origin import random_provenance
 from subnetviz.training.sharded import local_mask
 
 
+def tied_heads(model) -> dict[str, str]:
+    """The output heads ``model`` ties to its input embedding -> that embedding's parameter name (a tied head is
+    no parameter of its own: ``named_parameters`` lists the one tensor under the embedding's name)."""
+    try:
+        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return {}
+    if inp is None or out is None or getattr(out, "weight", None) is not getattr(inp, "weight", None):
+        return {}
+    name = next((n for n, p in model.named_parameters() if p is inp.weight), None)
+    return {} if name is None else {head: name for head in TIED_HEADS}
+
+
+def fold_tied_heads(masks: dict[str, torch.Tensor], tied: dict[str, str]) -> dict[str, torch.Tensor]:
+    """``masks`` with an entry for an output head the model ties to its input embedding (``tied``: head -> the
+    embedding's parameter name) merged into the embedding's entry (either mask's entries may change: the model
+    computes both with the one tensor). An update mask of a tied base against a finetune that untied its head
+    lists the head apart, under its own name; training the tied model refused it as no parameter."""
+    out = dict(masks)
+    for key in [k for k in masks if strip_prefix(k) in tied]:
+        embed = tied[strip_prefix(key)]
+        target = next((k for k in out if strip_prefix(k) == strip_prefix(embed)), embed)
+        head = out.pop(key).to(torch.bool)
+        if target in out and tuple(out[target].shape) != tuple(head.shape):
+            raise MaskError(
+                f"mask {key}: {tuple(head.shape)}, the model ties it to {embed} whose mask is "
+                f"{tuple(out[target].shape)}."
+            )
+        out[target] = head if target not in out else out[target].to(torch.bool) | head
+    return out
+
+
 def load_training_mask(
-    spec: str, shapes: dict[str, tuple[int, ...]], *, seed: int = 0
+    spec: str, shapes: dict[str, tuple[int, ...]], *, seed: int = 0, tied: dict[str, str] | None = None
 ) -> tuple[dict[str, torch.Tensor], MaskSet]:
     """Read the mask of a config's ``mask`` field and check it against ``shapes`` (name -> shape).
 
     ``spec`` is a mask file or ``"random:<mask file>"``: then every tensor gets a uniformly random
     mask with exactly as many ones as the file's tensor (same per-tensor density), drawn from a
     generator seeded with ``seed``. Returns ``(name -> bool tensor for every parameter, the mask
-    set actually used)``; parameters the file does not list come back all False (frozen). A mask written for a
+    set actually used)``; parameters the file does not list come back all False (frozen). ``tied``: the model's
+    tied heads (:func:`tied_heads`), whose own mask entries are merged into the embedding's. A mask written for a
     mixture of experts stored one expert at a time (an update mask of a Qwen-MoE, Mixtral, DeepSeek release) is
     packed into the parameters transformers 5 holds those experts in (:func:`packed_masks`).
     """
@@ -72,7 +105,7 @@ def load_training_mask(
             masks[name] = flat.reshape(m.shape)
         # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork.
         ms = MaskSet(masks, random_provenance(str(path), ms.metadata, seed))
-    packed = MaskSet(packed_masks(masks, shapes), ms.metadata)
+    packed = MaskSet(fold_tied_heads(packed_masks(masks, shapes), tied or {}), ms.metadata)
     validate_mask_set(packed, shapes, where=f"mask {path}")
     masks = dict(packed.masks)
     full = {n: masks.get(n, torch.zeros(s, dtype=torch.bool)) for n, s in shapes.items()}

@@ -58,6 +58,7 @@ from subnetviz.training.masking import (
     check_outside_mask,
     check_state_outside_mask,
     load_training_mask,
+    tied_heads,
 )
 from subnetviz.training.trainers import (
     CheckpointCallback,
@@ -386,7 +387,7 @@ def _add_mask_callbacks(cfg: TrainConfig, trainer):
     if cfg.mask is not None:
         # DTensors report their full shape; ZeRO-3 partitioned parameters keep it as ds_shape.
         shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
-        masks, mask_set = load_training_mask(cfg.mask, shapes, seed=cfg.seed)
+        masks, mask_set = load_training_mask(cfg.mask, shapes, seed=cfg.seed, tied=tied_heads(model))
     decay_names = set(trainer.get_decay_parameter_names(model))
     is_zero = cfg.strategy in zero.ZERO_STRATEGIES
     trainer.add_callback(MaskedUpdateCallback(masks, cfg.weight_decay, decay_names, zero=is_zero))
@@ -543,8 +544,9 @@ def _check_mask_fits(cfg: TrainConfig) -> None:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.base))
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    tied = tied_heads(model)
     del model
-    load_training_mask(cfg.mask, shapes, seed=cfg.seed)
+    load_training_mask(cfg.mask, shapes, seed=cfg.seed, tied=tied)
 
 
 def _kept_failure(exc: Exception, kept: Path, ctx: JobContext | None) -> None:

@@ -513,3 +513,39 @@ def test_an_moe_mask_naming_some_experts_and_its_random_control_keep_each_stored
         assert set(used.masks) == set(masks)  # the mask used, as the checkpoint names its tensors
         if spec == str(path):
             assert torch.equal(gate_up[1, :8], masks[name.format(1, "gate")])
+
+
+def test_a_head_mask_is_merged_into_a_tied_models_embedding(tmp_path):
+    """An update mask of a tied base against a finetune that untied its head lists the head apart, under
+    ``lm_head.weight`` (its changes against the base's embedding). Training the tied base with it refused the
+    head as no parameter of the model; it is merged into the embedding's mask (the one tensor computes both), and
+    an untied model keeps the head's own entry."""
+    import transformers as T
+
+    from subnetviz.masks import MaskSet, save_mask_set
+    from subnetviz.training.masking import load_training_mask, tied_heads
+
+    def model(tie: bool):
+        cfg = T.LlamaConfig(
+            hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=12,
+            tie_word_embeddings=tie,
+        )  # fmt: skip
+        return T.LlamaForCausalLM(cfg)
+
+    gen = torch.Generator().manual_seed(0)
+    embed, head = torch.rand(12, 8, generator=gen) < 0.3, torch.rand(12, 8, generator=gen) < 0.3
+    path = tmp_path / "m.safetensors"
+    save_mask_set(path, MaskSet({"model.embed_tokens.weight": embed, "lm_head.weight": head}, {}))
+
+    tied = model(True)
+    shapes = {n: tuple(p.shape) for n, p in tied.named_parameters()}
+    assert "lm_head.weight" not in shapes
+    with pytest.raises(MaskError, match="lm_head.weight"):
+        load_training_mask(str(path), shapes)
+    full, _ = load_training_mask(str(path), shapes, tied=tied_heads(tied))
+    assert torch.equal(full["model.embed_tokens.weight"], embed | head) and "lm_head.weight" not in full
+
+    untied = model(False)
+    assert tied_heads(untied) == {}
+    full, _ = load_training_mask(str(path), {n: tuple(p.shape) for n, p in untied.named_parameters()})
+    assert torch.equal(full["model.embed_tokens.weight"], embed) and torch.equal(full["lm_head.weight"], head)
