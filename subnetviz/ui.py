@@ -497,13 +497,13 @@ def checkpoint_stamp(path: str) -> tuple[str, ...]:
     its own two files (the base it is merged onto is keyed on its own); a spec that cannot be read is stamped as
     given (reading it raises, and nothing is kept)."""
     from subnetviz.checkpoints.adapters import is_adapter
-    from subnetviz.checkpoints.sources import _locate
+    from subnetviz.checkpoints.sources import checkpoint_files
 
     stamps = [file_stamp(path)]
     if is_adapter(path):
         return tuple(stamps)
     try:
-        _spec, files, root, _config, _notes = _locate(path)
+        files, root = checkpoint_files(path)
     except SubnetvizError:
         return tuple(stamps)
     stamps += [file_stamp(f) for f in files]

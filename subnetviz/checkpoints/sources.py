@@ -748,6 +748,13 @@ def fingerprint(spec: str | os.PathLike) -> str:
     return open_checkpoint(s).fingerprint
 
 
+def checkpoint_files(spec: str | os.PathLike) -> tuple[list[Path], Path | None]:
+    """The weights files ``spec`` reads (an index json's shards, a folder's chosen files) and its folder (where its
+    config.json lies; None for none), each checked readable; only index files and config.json are read."""
+    _s, files, root, _config, _notes = _locate(spec)
+    return files, root
+
+
 # Bumped when what a fingerprint covers changes, so no cached result keyed by an older one is served again
 FINGERPRINT_VERSION = 2  # 2: the parsed config.json too
 

@@ -80,4 +80,4 @@ def test_a_url_naming_many_or_the_same_checkpoints(tmp_path, monkeypatch):
     ws, _ = workspace_of(
         "m0", [str(tmp_path / "a/ft"), str(tmp_path / "b/ft")], [], "stored", "auto", members, {}, None
     )
-    assert [label for label, _ in ws.finetuned] == ["ft", "ft-2"]  # (as the library labels them; before: "mask labels must be unique")
+    assert [label for label, _ in ws.finetuned] == ["ft", "ft-2"]  # as the library labels them (was: not unique)
