@@ -93,7 +93,10 @@ def load_training_mask(
     is_random = spec.startswith("random:")
     path = spec[len("random:") :] if is_random else spec
     ms = load_mask_set(path)
-    masks = dict(ms.masks)
+    # A tied head's entry merged into the embedding's first: a random control then draws the merged tensor's own
+    # count (drawn apart and merged after, two independent draws overlapped by chance only, and the control
+    # trained 66 % more embedding entries than the real mask whose head and embedding changes coincide).
+    masks = fold_tied_heads(dict(ms.masks), tied or {})
     if is_random:  # per tensor of the file (each stored expert apart, before they are packed)
         gen = torch.Generator().manual_seed(int(seed))
         # Sorted names: the draw must not depend on the file's tensor order.
@@ -105,7 +108,7 @@ def load_training_mask(
             masks[name] = flat.reshape(m.shape)
         # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork.
         ms = MaskSet(masks, random_provenance(str(path), ms.metadata, seed))
-    packed = MaskSet(fold_tied_heads(packed_masks(masks, shapes), tied or {}), ms.metadata)
+    packed = MaskSet(packed_masks(masks, shapes), ms.metadata)
     validate_mask_set(packed, shapes, where=f"mask {path}")
     masks = dict(packed.masks)
     full = {n: masks.get(n, torch.zeros(s, dtype=torch.bool)) for n, s in shapes.items()}

@@ -549,3 +549,24 @@ def test_a_head_mask_is_merged_into_a_tied_models_embedding(tmp_path):
     assert tied_heads(untied) == {}
     full, _ = load_training_mask(str(path), {n: tuple(p.shape) for n, p in untied.named_parameters()})
     assert torch.equal(full["model.embed_tokens.weight"], embed) and torch.equal(full["lm_head.weight"], head)
+
+
+def test_the_random_control_of_a_tied_head_mask_draws_the_merged_count(tmp_path):
+    """The random control keeps each tensor's count; with a tied head's entry merged into the embedding's, that is
+    the merged tensor's count (the embedding and head drawn apart and merged after trained 66 % more entries than
+    the real mask when their changes coincide, as an update mask's of an untied finetune do)."""
+    import transformers as T
+
+    from subnetviz.training.masking import load_training_mask, tied_heads
+
+    cfg = T.LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        vocab_size=32, tie_word_embeddings=True)  # fmt: skip
+    tied = T.LlamaForCausalLM(cfg)
+    same = torch.rand(32, 8, generator=torch.Generator().manual_seed(1)) < 0.3
+    path = tmp_path / "m.safetensors"
+    save_mask_set(path, MaskSet({"model.embed_tokens.weight": same, "lm_head.weight": same.clone()}, {}))
+    shapes = {n: tuple(p.shape) for n, p in tied.named_parameters()}
+    real, _ = load_training_mask(str(path), shapes, tied=tied_heads(tied))
+    control, _ = load_training_mask(f"random:{path}", shapes, seed=0, tied=tied_heads(tied))
+    assert int(real["model.embed_tokens.weight"].sum()) == int(same.sum())
+    assert int(control["model.embed_tokens.weight"].sum()) == int(same.sum())
