@@ -77,6 +77,23 @@ def fold_tied_heads(masks: dict[str, torch.Tensor], tied: dict[str, str]) -> dic
     return out
 
 
+def model_names(masks: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """``masks`` keyed by the model's parameter names where a mask names a parameter under another model prefix
+    (GPT-2's hub release stores ``h.0.attn.c_attn.weight``, the model's parameter is
+    ``transformer.h.0.attn.c_attn.weight``; the analysis names masks as the base stores them) and exactly one
+    parameter strips to that name; the rest as they are. Without it a base's own update mask was refused as
+    naming no parameter of the model."""
+    stripped: dict[str, list[str]] = {}
+    for n in shapes:
+        stripped.setdefault(strip_prefix(n), []).append(n)
+    out: dict[str, torch.Tensor] = {}
+    for key, m in masks.items():
+        alike = stripped.get(strip_prefix(key), [])
+        name = alike[0] if key not in shapes and len(alike) == 1 and alike[0] not in masks else key
+        out[name] = m
+    return out
+
+
 def load_training_mask(
     spec: str, shapes: dict[str, tuple[int, ...]], *, seed: int = 0, tied: dict[str, str] | None = None
 ) -> tuple[dict[str, torch.Tensor], MaskSet]:
@@ -96,7 +113,7 @@ def load_training_mask(
     # A tied head's entry merged into the embedding's first: a random control then draws the merged tensor's own
     # count (drawn apart and merged after, two independent draws overlapped by chance only, and the control
     # trained 66 % more embedding entries than the real mask whose head and embedding changes coincide).
-    masks = fold_tied_heads(dict(ms.masks), tied or {})
+    masks = fold_tied_heads(model_names(dict(ms.masks), shapes), tied or {})
     if is_random:  # per tensor of the file (each stored expert apart, before they are packed)
         gen = torch.Generator().manual_seed(int(seed))
         # Sorted names: the draw must not depend on the file's tensor order.

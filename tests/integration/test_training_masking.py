@@ -570,3 +570,20 @@ def test_the_random_control_of_a_tied_head_mask_draws_the_merged_count(tmp_path)
     control, _ = load_training_mask(f"random:{path}", shapes, seed=0, tied=tied_heads(tied))
     assert int(real["model.embed_tokens.weight"].sum()) == int(same.sum())
     assert int(control["model.embed_tokens.weight"].sum()) == int(same.sum())
+
+
+def test_a_mask_named_as_a_base_stores_without_the_model_prefix_is_read(tmp_path):
+    """GPT-2's hub release stores ``h.0.attn.c_attn.weight`` (no ``transformer.``), and the update mask of such a
+    base names its tensors so: training the same base inside it was refused ("is not a parameter of the model")."""
+    import transformers as T
+
+    from subnetviz.training.masking import load_training_mask
+
+    model = T.GPT2LMHeadModel(T.GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=16, n_positions=8))
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    inside = torch.rand(shapes["transformer.h.0.attn.c_attn.weight"], generator=torch.Generator().manual_seed(0)) < 0.5
+    path = tmp_path / "m.safetensors"
+    save_mask_set(path, MaskSet({"h.0.attn.c_attn.weight": inside}, {}))
+    full, _ = load_training_mask(str(path), shapes)
+    assert torch.equal(full["transformer.h.0.attn.c_attn.weight"], inside)
+    assert sum(int(m.sum()) for m in full.values()) == int(inside.sum())
