@@ -489,6 +489,16 @@ def fingerprint(path: str) -> str:
     return _memo().get_or_compute(("fingerprint", path, checkpoint_stamp(path)), lambda: of(path), kind="info")
 
 
+@functools.lru_cache(maxsize=256)
+def _checkpoint_files(path: str, where: tuple[str, str]) -> tuple[list[Path], Path | None]:
+    """:func:`~subnetviz.checkpoints.sources.checkpoint_files` of ``path`` while ``where`` (the stamps of what
+    decides it) holds: it reads config.json and index files and checks each file against the roots, which every
+    run of every page did for every checkpoint, twice."""
+    from subnetviz.checkpoints.sources import checkpoint_files
+
+    return checkpoint_files(path)
+
+
 def checkpoint_stamp(path: str) -> tuple[str, ...]:
     """:func:`~subnetviz.cache.file_stamp` of ``path`` (a folder: every file directly inside it, config, tokenizer
     and an adapter's two files included) and of every file the checkpoint reads beyond it: an index json's shards
@@ -497,13 +507,16 @@ def checkpoint_stamp(path: str) -> tuple[str, ...]:
     its own two files (the base it is merged onto is keyed on its own); a spec that cannot be read is stamped as
     given (reading it raises, and nothing is kept)."""
     from subnetviz.checkpoints.adapters import is_adapter
-    from subnetviz.checkpoints.sources import checkpoint_files
 
     stamps = [file_stamp(path)]
     if is_adapter(path):
         return tuple(stamps)
+    p = Path(path).expanduser()
+    # which files it reads follows from the folder's files (a folder's stamp covers those directly inside it; a
+    # file's folder holds its index's shards and its config): worked out once per state of them, each run stat()s
+    where = (stamps[0], file_stamp(p.parent) if p.is_file() else "")
     try:
-        files, root = checkpoint_files(path)
+        files, root = _checkpoint_files(str(path), where)
     except SubnetvizError:
         return tuple(stamps)
     stamps += [file_stamp(f) for f in files]
