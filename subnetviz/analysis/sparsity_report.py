@@ -186,7 +186,8 @@ class SparsityReport:
             "numel": self.numel,
             "changed": self.changed,
             "sparsity": self.sparsity,
-            "density": 1.0 - self.sparsity,
+            # changed / numel, as every other table writes it (1 − sparsity rounds twice: one ulp off)
+            "density": self.changed / self.numel if self.numel else float("nan"),
             "mean_tensor_sparsity": float(self.tensors["sparsity"].mean()) if len(self.tensors) else float("nan"),
             "sweep": {r.criterion: r.sparsity for r in sw.itertuples()},
             "precision": self.options.precision or "stored",

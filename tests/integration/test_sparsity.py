@@ -694,3 +694,21 @@ def test_fp16_precision_on_weights_beyond_its_range_says_so(tmp_path):
         analyze_updates(str(tmp_path / "b"), [str(tmp_path / "f")], options=SparsityOptions(precision="fp16"))
     ok = analyze_updates(str(tmp_path / "b"), [str(tmp_path / "f")], options=SparsityOptions(precision="fp32"))
     assert ok.reports[0].changed == 16
+
+
+def test_the_summary_density_is_changed_over_numel(tmp_path):
+    """summary.json's density was 1 − sparsity, rounded twice: one ulp from changed / numel, which every other
+    table (the sweep, overlap sizes, mask metadata) writes. 1 changed of 10: 0.1, not 0.09999999999999998."""
+    import torch
+    from safetensors.torch import save_file
+
+    import subnetviz
+
+    save_file({"w": torch.zeros(10, dtype=torch.bfloat16)}, str(tmp_path / "base.safetensors"))
+    ft = torch.zeros(10, dtype=torch.bfloat16)
+    ft[3] = 1.0
+    save_file({"w": ft}, str(tmp_path / "ft.safetensors"))
+    an = subnetviz.analyze_updates(str(tmp_path / "base.safetensors"), [str(tmp_path / "ft.safetensors")])
+    summary = an.reports[0].summary()
+    assert summary["changed"] == 1 and summary["numel"] == 10
+    assert summary["density"] == 0.1 and 1.0 - summary["sparsity"] != 0.1
