@@ -86,21 +86,6 @@ def _hub_spec(spec: str) -> tuple[str, str | None, str]:
     return parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
 
 
-def _cached_name(spec: str, name: str) -> str:
-    """What ``datasets.load_dataset`` is given for ``hf:NAME``: ``hf://datasets/NAME``, a data set of the hub,
-    which offline is read from the datasets cache only (given the bare name it first read a folder of that name in
-    the working directory, outside the folders the server may read). A file-format loader's name (``json``,
-    ``text``, ``csv``, ...: it reads every such file of the working directory) is refused."""
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
-    if name in _PACKAGED_DATASETS_MODULES:
-        raise ConfigError(
-            f"{spec[:120]}: {name!r} is a file-format loader of datasets, which reads the working directory's files, "
-            "not a data set; give a JSONL file or a saved data set's folder by its path."
-        )
-    return f"hf://datasets/{name}"
-
-
 def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     import datasets
     from huggingface_hub import constants as hub
@@ -112,7 +97,9 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     try:
         if spec.startswith("hf:"):
             name, config, split = _hub_spec(spec)
-            path = _cached_name(spec, name)
+            from subnetviz.bigram.stats import cached_dataset  # (the cache only, as the Bigram page reads it)
+
+            path = cached_dataset(spec, name, instead="a JSONL file or a saved data set's folder")
             datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
             ds = datasets.load_dataset(path, config, split=split, download_mode="reuse_cache_if_exists")
         else:

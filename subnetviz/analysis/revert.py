@@ -92,7 +92,9 @@ class ModelBuilder:
                 continue  # (a buffer no checkpoint stores: rotary tables, causal masks)
             self.params += [(key, p.detach()[index] if index else p.detach()) for key, index in pieces]
         self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}
-        self.mask_names = mask_names(self.aligned)  # aligned key -> the name its mask is looked up by
+        # aligned key -> the name its mask is looked up by: the base's, but an untied head against a tied base
+        # (the base's embedding lined up twice) goes by its own name, as the update analysis saves its mask
+        self.mask_names = {key: at.name for key, at in self.aligned.items()}
         if missing:
             raise ConfigError(f"{ft}: model parameters without a tensor in both checkpoints: {missing[:5]}.")
 
@@ -152,27 +154,6 @@ class ModelBuilder:
                 p.copy_(torch.where(m, a, b).to(p.dtype))
                 reverted, changed = reverted + int(m.sum()), changed + int(diff.sum())
         return reverted / changed if changed else 0.0
-
-
-def mask_names(aligned: Mapping) -> dict[str, str]:
-    """The name each aligned tensor's mask is keyed by: its name in the base, except where two aligned tensors
-    share one base tensor (a base that ties its head to its embedding stores only the embedding, which a
-    finetune with an untied head lines up twice). There the base's own tensor (``model.embed_tokens.weight``
-    as the embedding) keeps the base's name and the other one takes its name in the finetune
-    (``lm_head.weight``), as ``tensors.csv`` lists it: keyed by the base name alone, the head's mask replaced the
-    embedding's and both were reverted with it."""
-    from subnetviz.checkpoints.naming import strip_prefix
-
-    by_base: dict[str, list[str]] = {}
-    for key, at in aligned.items():
-        by_base.setdefault(at.names[0], []).append(key)
-    out: dict[str, str] = {}
-    for name, keys in by_base.items():
-        own = next((k for k in keys if k == strip_prefix(name)), keys[0])
-        for key in keys:
-            other = aligned[key].names[1]
-            out[key] = name if key == own else (other if other not in by_base and other not in out.values() else key)
-    return out
 
 
 def _persistent_buffers(model) -> list[tuple[str, torch.Tensor]]:
@@ -238,7 +219,7 @@ def _mask_for(masks: Mapping[str, torch.Tensor], name: str, a: torch.Tensor) -> 
 
 def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> None:
     """Every tensor of the mask set ``label`` names a tensor of the base (or, where two aligned tensors share a
-    base tensor, the finetune's name of the second: :func:`mask_names`), of its shape (said with the mask's name
+    base tensor, the finetune's name of the second: ``AlignedTensor.name``), of its shape (said with the mask's name
     before any model is rewritten)."""
     shapes = {builder.mask_names[k]: tuple(t.shape) for k, t in builder.aligned.items()}
     unknown = [n for n in masks if n not in shapes]
@@ -262,7 +243,7 @@ def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, l
 
 
 def shared_tensor_note(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> str | None:
-    """A note when the mask set ``label`` names a base tensor the finetune holds twice (:func:`mask_names`) but
+    """A note when the mask set ``label`` names a base tensor the finetune holds twice (``AlignedTensor.name``) but
     not the second one by the finetune's name: that second tensor counts as outside the mask (None otherwise)."""
     lacking = [
         (builder.aligned[k].names[0], n)
@@ -403,7 +384,7 @@ def _delta_cut(builder: ModelBuilder, fraction: float, sample: int, seed: int) -
 
 def top_delta_masks(builder: ModelBuilder, fraction: float) -> dict[str, torch.Tensor]:
     """This finetune's changed entries with the largest |Δ| (the top ``fraction`` of them, one threshold
-    over all tensors, ties drawn as in :func:`abs_delta_selector`), keyed by :func:`mask_names` (the base's
+    over all tensors, ties drawn as in :func:`abs_delta_selector`), keyed as ``AlignedTensor.name`` (the base's
     tensor names)."""
     from subnetviz.analysis.bits import bits_differ
 
@@ -417,7 +398,7 @@ def top_delta_masks(builder: ModelBuilder, fraction: float) -> dict[str, torch.T
 
 
 def update_masks(builder: ModelBuilder) -> dict[str, torch.Tensor]:
-    """This finetune's exact update mask (stored bits differ), keyed by :func:`mask_names`."""
+    """This finetune's exact update mask (stored bits differ), keyed as ``AlignedTensor.name``."""
     return top_delta_masks(builder, 1.0)
 
 

@@ -395,18 +395,19 @@ def hub_dataset(spec: str) -> tuple[str, str]:
     return name, split
 
 
-def cached_dataset(spec: str, name: str) -> str:
+def cached_dataset(spec: str, name: str, instead: str = "a text file or a saved dataset folder") -> str:
     """What ``load_dataset`` is given for ``hf:<name>``: ``hf://datasets/<name>``, a data set of the hub, which
     offline is read from the datasets cache only. Given the bare name, ``load_dataset`` first read a folder of that
     name in the working directory (``hf:docs``: the server's ``docs/``, outside ``SUBNETVIZ_ROOTS``). A name of
     one of datasets' file-format loaders (``text``, ``json``, ``csv``, ...) is refused: those read the working
-    directory's files whatever the prefix."""
+    directory's files whatever the prefix. ``instead``: what the refusal says to give (the Behaviour page reads
+    prompts from a JSONL file)."""
     from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
     if name in _PACKAGED_DATASETS_MODULES:
         raise ConfigError(
             f"{spec[:120]}: {name!r} is a file-format loader of datasets, which reads the working directory's "
-            "files, not a data set of the hub; give a text file or a saved dataset folder by its path."
+            f"files, not a data set of the hub; give {instead} by its path."
         )
     return f"hf://datasets/{name}"
 
