@@ -201,6 +201,7 @@ def behavior(
     labels = _labels(labels, finetuned, prompts)
     masks = dict(masks or {})
     curve = sorted({float(f) for f in curve}) if curve else None  # a fraction given twice was run twice
+    _refuse_adapters([base, *finetuned])
     for ft in finetuned:  # from the headers, before any model is loaded: a pair behaviour cannot compare
         aligned_pair(str(base), str(ft))
     try:
@@ -531,6 +532,7 @@ def validate_config(config: dict) -> None:
     ]:
         if not Path(f).exists():
             raise ConfigError(f"behavior config: {f} does not exist.")
+    _refuse_adapters([config["base"], *config["finetuned"]])
     curve = config.get("curve") or []
     if any(not 0 <= float(f) <= 1 for f in curve):
         raise ConfigError(f"behavior config: curve fractions must lie in [0, 1], got {curve}.")
@@ -538,6 +540,16 @@ def validate_config(config: dict) -> None:
         value = config.get(key, default)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"behavior config: {key} must be a whole number >= 1, got {value!r}.")
+
+
+def _refuse_adapters(models: Sequence) -> None:
+    """Behaviour runs models: a LoRA/PEFT adapter given as a model (the update analyses merge one given beside its
+    base) is refused first, by the line that says so (:func:`~subnetviz.checkpoints.models.refuse_adapter`), not by
+    the checkpoint reader's, which says to give it beside its base, as it was."""
+    from subnetviz.checkpoints.models import refuse_adapter
+
+    for m in models:
+        refuse_adapter(m)
 
 
 SPECIAL_MASKS = ("update", "routers")  # masks made per finetune, not read from a file (and topk:F)
@@ -636,6 +648,7 @@ def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):
     from subnetviz.version import code_fingerprint
 
     models = [config["base"], *config["finetuned"]]
+    _refuse_adapters(models)
     fps = [open_checkpoint(p).fingerprint for p in models]
     # The fingerprint is the weights'; the numbers also depend on each model's config.json (activation, norm eps,
     # RoPE, tied head) and the base's tokenizer (the tokens scored): every file beside the weights is stamped.

@@ -14,11 +14,13 @@ picks, PEFT's nested wrappers assigned to the parameters they wrap; where the ba
 one by one (Qwen-MoE, Mixtral), each expert's tensor takes its rows of that expert's Δ (transformers packs
 gate_up = [gate; up]). DoRA scales each merged linear weight, per output feature, to its learned magnitude
 (W' = m / ‖W + s·B·A‖ · (W + s·B·A)); ``lora_bias`` adds s·bias_B to the module's bias; trainable tokens
-(``trainable_token_indices``) replace their rows of the embedding. Where the base ties its output head to its
-input embedding and stores one tensor for both, a LoRA on the head is merged into that tensor (as PEFT's merge
-does), one tied to the embedding's (``ensure_weight_tying``) is counted once, and a head trained whole
-(``modules_to_save``) is the merged model's own, untied head. Merging happens per tensor in
-:meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. Adapter types other than LoRA,
+(``trainable_token_indices``) replace their rows of the embedding; a module ``modules_to_save`` lists that the base
+does not hold (a classifier's new head, ``score``) is a tensor of the merged model only, and where the adapter's
+``task_type`` is a classifier's, the base's language head is left out, as PEFT's merged classifier has none. Where
+the base ties its output head to its input embedding and stores one tensor for both, a LoRA on the head is merged
+into that tensor (as PEFT's merge does), one tied to the embedding's (``ensure_weight_tying``) is counted once,
+and a head trained whole (``modules_to_save``) is the merged model's own, untied head. Merging happens per tensor
+in :meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. Adapter types other than LoRA,
 LoRA variants no merge reproduces (aLoRA, Arrow, KaSA, QA-LoRA, ...) and initialisations that change the base
 before training (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA, unless converted) are refused by name. PEFT saves the
 names a model has in memory; where the base stores the tensor under another (a vision-language model that
@@ -42,9 +44,9 @@ import numpy as np
 import torch
 
 from subnetviz.cache import stat_identity
-from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
+from subnetviz.checkpoints.header import ST_DTYPES, TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import TIED_HEADS, strip_prefix
-from subnetviz.checkpoints.sources import Checkpoint, open_checkpoint, source_of
+from subnetviz.checkpoints.sources import ADAPTER_WEIGHTS, Checkpoint, holds_model_weights, open_checkpoint, source_of
 from subnetviz.config import check_readable, read_json, require_memory
 from subnetviz.errors import CheckpointError, SubnetvizError, suggest
 
@@ -58,6 +60,8 @@ _EXTRAS = {
     "tokens": re.compile(r"^(?P<module>.+)\.token_adapter\.trainable_tokens_delta(?:\.[^.]+)?$"),
 }
 _PEFT_PREFIX = "base_model.model."
+# PEFT task types whose merged model is a classifier (AutoModelFor<task>), with its own head and no language head
+_CLASSIFIER_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
 # the order transformers defines packed experts' parameters in (PEFT wraps them in it: the first innermost)
 _PARAM_ORDER = ["gate_up_proj", "gate_proj", "up_proj", "down_proj"]
 # families whose experts are stored (experts, in, out), which PEFT does not swap (their is_transposed)
@@ -75,7 +79,9 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # weigh
 
 def adapter_folder(spec) -> Path | None:
     """The folder of the PEFT adapter ``spec`` names (a folder with ``adapter_config.json``, or a cached hub id
-    whose snapshot is one), else None: a hub id was read as a model of ``lora_A`` / ``lora_B`` tensors."""
+    whose snapshot is one), else None: a hub id was read as a model of ``lora_A`` / ``lora_B`` tensors. A folder
+    that holds a full model's weights and no adapter weights beside its ``adapter_config.json`` (a merged model
+    saved where its adapter was, or uploaded with it) is that model, not an adapter."""
     from subnetviz.checkpoints.sources import _looks_like_hub_id, local_folder
 
     s = str(spec)
@@ -89,7 +95,11 @@ def adapter_folder(spec) -> Path | None:
             return None
     else:
         return None
-    return folder if folder is not None and os.path.isfile(os.path.join(folder, "adapter_config.json")) else None
+    if folder is None or not os.path.isfile(os.path.join(folder, "adapter_config.json")):
+        return None
+    if holds_model_weights(folder) and not any((folder / f).is_file() for f in ADAPTER_WEIGHTS):
+        return None
+    return folder
 
 
 def is_adapter(spec) -> bool:
@@ -108,7 +118,7 @@ def adapter_info(spec) -> dict:
     so no architecture of its own; the fingerprint follows the adapter's file and config."""
     folder = adapter_folder(spec) or Path(str(spec)).expanduser()
     cfg = read_json(folder / "adapter_config.json", CheckpointError)
-    weights = check_readable(folder / "adapter_model.safetensors")
+    weights = _adapter_weights(folder)
     header, raw = read_safetensors_header(weights)
     dtypes: dict[str, int] = {}
     for name, info in header.items():
@@ -118,9 +128,11 @@ def adapter_info(spec) -> dict:
     h = hashlib.sha256(raw)
     h.update(json.dumps(cfg, sort_keys=True).encode())
     h.update(f"{weights.resolve()}:{stat_identity(weights.stat())}".encode())  # (two adapters with one mtime)
+    kind = "DoRA" if cfg.get("use_dora") else str(cfg.get("peft_type", "LORA"))[:40]
+    rank = f" (r={str(cfg['r'])[:20]})" if "r" in cfg else ""  # (IA3 and BOFT have no rank)
     return {
         "fingerprint": h.hexdigest()[:16],
-        "architecture": f"{'DoRA' if cfg.get('use_dora') else cfg.get('peft_type', 'LORA')} adapter (r={cfg.get('r', 8)})",
+        "architecture": f"{kind} adapter{rank}",
         "params": sum(dtypes.values()),
         "dtypes": dtypes,
         "family": None,
@@ -142,12 +154,7 @@ class MergedAdapter(Checkpoint):
                 "merge it with peft and give the merged folder."
             )
         unknown = _check_variant(ac, cfg_path)
-        weights = folder / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise CheckpointError(
-                f"{folder}: adapter_config.json without adapter_model.safetensors (only safetensors adapters are read)."
-            )
-        check_readable(weights)
+        weights = _adapter_weights(folder)
         super().__init__(base.spec, base.files, base.root, base.config)
         self.spec = spec
         self.source = source_of(spec, folder)  # (a hub id with the commit of the snapshot read)
@@ -163,10 +170,13 @@ class MergedAdapter(Checkpoint):
             shape = tuple(header[key]["shape"])
             if target in self._untied:  # a trained head the base does not store: in its embedding's dtype
                 self._meta[target] = TensorMeta(target, weights, self.base.meta(self._untied[target]).dtype, shape)
+            elif target in self._new:  # a new head: as the adapter saves it (no base dtype to round it to)
+                self._meta[target] = TensorMeta(target, weights, ST_DTYPES[header[key]["dtype"]], shape)
             else:
                 self._meta[target] = replace(self._meta[target], file=weights, shape=shape)
         if self._untied:  # the merged model has a head of its own (a copy of the base's config, which stays tied)
             self.config = {**self.config, "tie_word_embeddings": False}
+        self._dropped = self._drop_language_head()
         require_memory(f"The adapter {folder.name} (held while it is merged)", weights.stat().st_size)
         self._adapter = _load(weights)
         self._check_tied_copies()
@@ -185,15 +195,80 @@ class MergedAdapter(Checkpoint):
             f"with s = {rule} (r={r}, α={alpha}) for {len(self.pairs)} tensor(s), computed in float32 and rounded to "
             "the base's stored dtype (round-to-nearest-even) as PEFT's merge rounds it: a linear layer's W + Δ once, "
             f"an embedding's or an expert parameter's Δ first and then W + Δ{dora}"
-            + (f"; {len(self.replaced)} tensor(s) replaced by modules_to_save" if self.replaced else "")
+            + self._whole_note()
             + (f"; {len(self.biases)} bias(es) b + s·bias_B (lora_bias)" if self.biases else "")
             + (f"; {rows} embedding row(s) replaced by trainable tokens" if self.tokens else "")
             + ".",
             *self._fan_in_fan_out_notes(),
             *self._tied_notes,
+            *self._target_notes,
+            *self._new_notes(),
+            *(
+                [
+                    f"{folder.name} also holds a full model's weights beside the adapter: the weight analyses read the "
+                    f"adapter merged onto {base.spec}; Behaviour runs the model saved there, without the adapter."
+                ]
+                if holds_model_weights(folder)
+                else []
+            ),
             *_other_base_note(ac.get("base_model_name_or_path"), base),
             *unknown,
         ]
+
+    def _drop_language_head(self) -> list[str]:
+        """The base's output head, left out of the merged model where the adapter is a classifier's (``task_type``
+        SEQ_CLS, TOKEN_CLS or QUESTION_ANS) that brings a new head: PEFT's merge of it is an
+        AutoModelFor<task> model, which holds the new head and not the language model's (the analysis of that
+        merged model finds the head only in the base)."""
+        task = str(self.adapter_config.get("task_type") or "").upper()
+        if not self._new or task not in _CLASSIFIER_TASKS:
+            return []
+        changed = {*self.pairs, *self.replaced, *self.biases, *self.tokens, *self._extra}
+        dropped = [n for n in self._meta if strip_prefix(n) in TIED_HEADS and n not in changed]
+        for n in dropped:
+            del self._meta[n]
+        return dropped
+
+    def _new_notes(self) -> list[str]:
+        """A note naming the new tensors the adapter brings (:meth:`_new_module`) and the head left out with them."""
+        if not self._new:
+            return []
+        new = sorted(self._new)
+        task = str(self.adapter_config.get("task_type") or "").upper()
+        return [
+            f"{len(new)} tensor(s) of a module the base does not hold ({', '.join(new[:3])}"
+            f"{' …' if len(new) > 3 else ''}) are saved whole by the adapter (modules_to_save): a new head, in the "
+            "merged model only (not compared)"
+            + (
+                f"; as PEFT's merge of a {task} adapter is a {task} model, the base's {', '.join(self._dropped)} is "
+                "no part of it (only in the base)."
+                if self._dropped
+                else "."
+            )
+        ]
+
+    def _whole_note(self) -> str:
+        """What the tensors saved whole replace, for the merge note: the biases ``bias: all`` / ``lora_only``
+        trains, the embedding weights ``save_embedding_layers`` saves beside their LoRA, and modules_to_save (a new
+        head is noted apart, :meth:`_new_notes`)."""
+        setting = self.adapter_config.get("bias")
+        biases, layers, modules = [], [], []
+        for target, key in self.replaced.items():
+            if target in self._new:
+                continue
+            module = self._memory.get(target, target).rpartition(".")[0]
+            listed = _MODULES_TO_SAVE.search(key) or _listed(self.adapter_config.get("modules_to_save"), module)
+            if setting in ("all", "lora_only") and target.endswith(".bias") and not listed:
+                biases.append(target)
+            elif ".base_layer." in key and not listed:
+                layers.append(target)
+            else:
+                modules.append(target)
+        return (
+            (f"; {len(modules)} tensor(s) replaced by modules_to_save" if modules else "")
+            + (f"; {len(biases)} bias(es) trained whole (bias = {setting!r})" if biases else "")
+            + (f"; {len(layers)} embedding weight(s) saved whole beside their LoRA" if layers else "")
+        )
 
     def _refuse_codes(self, folder: Path) -> None:
         """A LoRA merges W + s·B·A onto float weights: a target the base stores as quantized codes (FP8, int8,
@@ -223,6 +298,8 @@ class MergedAdapter(Checkpoint):
         self._untied: dict[str, str] = {}  # a trained head the base ties and does not store -> the base's embedding
         self._tied_copies: list[tuple[str, str, bool]] = []  # (key, key it must equal, transposed): checked once loaded
         self._tied_notes: list[str] = []
+        # a module the base does not hold, saved whole (a new task head): a tensor of the merged model only
+        self._new: set[str] = set()
         pairs: dict[str, dict[str, str]] = {}
         full: dict[str, list[str]] = {}  # target -> the whole tensors saved for it
         heads: dict[str, dict[str, str]] = {}  # a tied head's LoRA: its weight in memory -> kind -> key
@@ -256,7 +333,10 @@ class MergedAdapter(Checkpoint):
                 if ".original_module." in short:  # (save_embedding_layers) the base's own copy of a module saved
                     continue  # whole: no update, and PEFT's merge keeps the trained copy
                 target = _whole_target(short)
-                if self._tied_embedding(target, base_names) is None:
+                if self._new_module(key, target, base_names):
+                    self._new.add(target)
+                    full.setdefault(target, []).append(key)
+                elif self._tied_embedding(target, base_names) is None:
                     full.setdefault(self._to_base(key, target, base_names), []).append(key)
                 elif ".base_layer." in short:  # a LoRA-adapted tied head's weight: the tensor it shares
                     full.setdefault(self._tied_embedding(target, base_names), []).append(key)
@@ -300,6 +380,17 @@ class MergedAdapter(Checkpoint):
         self.experts = self._plan_parameters(wrapped, per_param, header, out)
         self._plan_extras(extras, header, out, replaced, base_names)
         return out, replaced
+
+    def _new_module(self, key: str, target: str, base_names: set[str]) -> bool:
+        """Whether the whole tensor ``key`` (``target``: its name in memory) is of a module the merged model has and
+        the base does not: one ``modules_to_save`` lists (as PEFT matches it: the name, or the end of one) of which
+        the base holds no tensor under any name. PEFT adds a task's new head there (``score`` / ``classifier`` of a
+        SEQ_CLS or TOKEN_CLS adapter, ``qa_outputs``) and saves it whole; the merged model's own, not compared."""
+        if ".base_layer." in key or target in base_names or self._short_hits(target, base_names):
+            return False
+        if self._tied_embedding(target, base_names) is not None:  # a tied head: the embedding's (_plan_tied)
+            return False
+        return _listed(self.adapter_config.get("modules_to_save"), target.rpartition(".")[0])
 
     def _tied_embedding(self, target: str, base_names: set[str]) -> str | None:
         """The base's input embedding where ``target`` (a weight's name in memory) is an output head that the base
@@ -604,7 +695,12 @@ class MergedAdapter(Checkpoint):
 
     def _check_target_modules(self, base_names: set[str]) -> None:
         """``target_modules`` names modules of the base: a list of names, a regular expression matched
-        against whole module names (as PEFT does with a string), or ``all-linear``."""
+        against whole module names (as PEFT does with a string), or ``all-linear``. As PEFT, a list is refused only
+        where none of its entries names a module of the base: scripts write one list for several families
+        (``["q_proj", "v_proj", "query_key_value"]``), and PEFT adapts the modules the others name; the entries
+        that name none are noted (:attr:`_target_notes`). A wrong base is still caught: every adapter tensor must
+        land on a base tensor of its shape (:meth:`_to_base`, :meth:`_check_shapes`)."""
+        self._target_notes: list[str] = []
         tm = self.adapter_config.get("target_modules") or []
         # the base's modules, under their stored names and, where PEFT saved others, under their names in memory
         stored = {*base_names, *self._memory.values()}
@@ -623,7 +719,16 @@ class MergedAdapter(Checkpoint):
             pattern = _pattern(tm, where)
             missing = [] if any(_matches(pattern, m, where) for m in modules) else [tm]
         else:
-            missing = [t for t in tm if isinstance(t, str) and not any(m == t or m.endswith(f".{t}") for m in modules)]
+            names = [t for t in tm if isinstance(t, str)]
+            missing = [t for t in names if not any(m == t or m.endswith(f".{t}") for m in modules)]
+            if missing and len(missing) < len(names):  # PEFT's rule: at least one entry names a module
+                shown = ", ".join(repr(t[:40]) for t in missing[:4]) + (" …" if len(missing) > 4 else "")
+                self._target_notes.append(
+                    f"adapter_config.json's target_modules also lists {shown}, which name(s) no module of the base "
+                    f"{self.base.spec}; as PEFT does, those entries are skipped: the adapter adapts the modules the "
+                    "others name."
+                )
+                missing = []
         if missing:
             kinds = sorted(
                 {
@@ -632,9 +737,10 @@ class MergedAdapter(Checkpoint):
                     if n.endswith(".weight") and "." in n and len(self.base.meta(n).shape) == 2
                 }
             )
+            others = f" (nor do the other {len(missing) - 1} entries)" if len(missing) > 1 else ""
             raise CheckpointError(
                 f"{self.spec}: target module {missing[0]!r} (adapter_config.json target_modules) matches no module "
-                f"of the base {self.base.spec}; its linear modules are {', '.join(kinds[:12])}."
+                f"of the base {self.base.spec}{others}; its linear modules are {', '.join(kinds[:12])}."
             )
 
     def _to_base(self, key: str, target: str, base_names: set[str]) -> str:
@@ -1032,12 +1138,38 @@ def _matches(pattern, module: str, where: str) -> bool:
         ) from None
 
 
+def _listed(modules, module: str) -> bool:
+    """Whether ``modules`` (``modules_to_save`` of an adapter config: names, or None) names ``module`` as PEFT
+    matches it: the whole name, or its end after a dot."""
+    if not isinstance(modules, list):
+        return False
+    return any(isinstance(m, str) and m and (module == m or module.endswith(f".{m}")) for m in modules)
+
+
 def _whole_target(key: str) -> str:
     """The weight in memory that a whole tensor the adapter saves stands for: ``<module>.weight`` of a module saved
     whole (under ``modules_to_save``, with or without the adapter's name) or of a LoRA-adapted module's
     ``base_layer``."""
     short = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
     return _MODULES_TO_SAVE.sub(".", short).replace(".base_layer.", ".")
+
+
+def _adapter_weights(folder: Path) -> Path:
+    """The adapter's ``adapter_model.safetensors`` in ``folder``, checked readable; a one-line error naming what is
+    there instead (PEFT before 0.6 saved ``adapter_model.bin``, a pickle, which is not read)."""
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (folder / "adapter_model.bin").is_file():
+            raise CheckpointError(
+                f"{folder}: the adapter is saved as adapter_model.bin (a pickle), which is not read; only safetensors "
+                "adapters are: load it with peft and save_pretrained it again (peft 0.6 and later write "
+                "adapter_model.safetensors)."
+            )
+        raise CheckpointError(
+            f"{folder}: adapter_config.json without adapter_model.safetensors (only safetensors adapters are read)."
+        )
+    check_readable(weights)
+    return weights
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:

@@ -38,16 +38,30 @@ def model_folder(spec: str | os.PathLike) -> Path:
     adapter's folder or hub id said so by name: it was "not a model folder nor a cached hub id")."""
     from subnetviz.checkpoints.sources import local_folder
 
+    refuse_adapter(spec)
     path = local_folder(spec) or Path(spec).expanduser()
     if not (path / "config.json").is_file():
-        if (path / "adapter_config.json").is_file():
-            raise CheckpointError(
-                f"{spec}: a LoRA/PEFT adapter (adapter_config.json), not a model: a model is run here from a full "
-                "model's folder; merge the adapter onto its base (peft's merge_and_unload, then save_pretrained) and "
-                "give that folder."
-            )
         raise CheckpointError(f"{spec}: not a model folder (no config.json) nor a cached hub id.")
     return path
+
+
+def refuse_adapter(spec: str | os.PathLike) -> None:
+    """CheckpointError where ``spec`` names a PEFT adapter (its folder, or a cached hub id's snapshot) that holds no
+    full model beside it: a model is run from a full model's folder. Said before anything else reads ``spec``, so
+    that a run (Behaviour) given an adapter as a finetune says why, not that the adapter is no model to compare."""
+    from subnetviz.checkpoints.sources import holds_model_weights, local_folder
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        folder = local_folder(spec)
+    except SubnetvizError:  # a hub id not cached (or no name a file can have): reading it says so
+        return
+    if folder is not None and (folder / "adapter_config.json").is_file() and not holds_model_weights(folder):
+        raise CheckpointError(
+            f"{spec}: a LoRA/PEFT adapter (adapter_config.json), not a model: a model is run here (Behaviour, Bigram, "
+            "training) from a full model's folder; the weight analyses merge an adapter onto its base, but to run "
+            "it, merge it with peft (merge_and_unload, then save_pretrained) and give that folder."
+        )
 
 
 def check_folder_files(folder: Path) -> Path:

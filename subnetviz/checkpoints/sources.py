@@ -482,9 +482,18 @@ def _folder_files(folder: Path, notes: list[str] | None = None) -> list[Path]:
     if found:
         return found
     gguf = sorted(folder.glob("*.gguf"))
+    # PEFT saves a model's adapters that are not named "default" in subfolders of the folder given (out/math)
+    named = sorted(p.parent for p in folder.glob("*/adapter_config.json"))
     raise CheckpointError(
         f"{folder}: no weights found (expected *.safetensors, model.safetensors.index.json or pytorch_model*.bin)"
-        + (f"; {gguf[0].name} is {_GGUF}" if gguf else ".")
+        + (
+            f"; {gguf[0].name} is {_GGUF}"
+            if gguf
+            else f"; it holds {len(named)} PEFT adapter folder(s), saved under their adapter names: give one of them "
+            f"({', '.join(str(p) for p in named[:3])}{' …' if len(named) > 3 else ''}) beside its base."
+            if named
+            else "."
+        )
     )
 
 
@@ -653,16 +662,39 @@ def _cached_nearby(cache: Path, repo_id: str, rev: str | None) -> str:
     return f"; it holds no snapshot for {rev or 'main'}, but these: {', '.join(shown)}{more}"
 
 
-def _refuse_lone_adapter(folder: Path, spec: str | None = None) -> None:
-    """A PEFT adapter folder on its own is no model: its weights are a low-rank update of a base."""
-    model_files = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-    if (folder / "adapter_config.json").is_file() and not (
-        any((folder / f).is_file() for f in model_files) or any(folder.glob("pytorch_model*.bin"))
-    ):
+# a full model's weights, as transformers finds them in a folder (what makes an adapter's folder hold a model too)
+_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def holds_model_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds a full model's weights (``model.safetensors``, a shard index, ``pytorch_model*.bin``)."""
+    return any((folder / f).is_file() for f in _MODEL_FILES) or any(folder.glob("pytorch_model*.bin"))
+
+
+def _refuse_lone_adapter(folder: Path, spec: str | None = None) -> list[str]:
+    """A PEFT adapter folder on its own is no model: its weights are a low-rank update of a base. A folder that
+    holds a full model beside ``adapter_config.json`` (a merged model saved where its adapter was, or uploaded
+    with it) is read as that model: returns a note saying so."""
+    if not (folder / "adapter_config.json").is_file():
+        return []
+    if not holds_model_weights(folder):
         raise CheckpointError(
-            f"{spec or folder}: a LoRA/PEFT adapter (adapter_config.json), not a model: an adapter needs its base; "
-            "give it as a finetuned model beside the base it was trained on."
+            f"{spec or folder}: a LoRA/PEFT adapter (adapter_config.json), not a model: an adapter needs its base. "
+            "Given as a finetuned model beside the base it was trained on, the weight analyses merge it onto that "
+            "base; a model is run (Behaviour, Bigram, training) only from a full model's folder: merge the adapter "
+            "with peft (merge_and_unload, then save_pretrained) and give that folder."
         )
+    adapter = [f for f in ADAPTER_WEIGHTS if (folder / f).is_file()]
+    return [
+        "the folder holds adapter_config.json beside a full model's weights: read as the model saved there"
+        + (
+            f", without the adapter ({adapter[0]}) applied; given as a finetune beside its base, the folder is read as "
+            "that adapter merged onto the base."
+            if adapter
+            else " (a merged model; it holds no adapter weights)."
+        )
+    ]
 
 
 def local_folder(spec: str | os.PathLike) -> Path | None:
@@ -787,12 +819,17 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
     root: Path | None
     notes: list[str] = []
     if path.is_dir():
-        _refuse_lone_adapter(path)
+        notes += _refuse_lone_adapter(path)
         root, files = path, _folder_files(path, notes)
     elif path.is_file():
         root = path.parent
         if path.name.endswith(".index.json"):
             files = _index_files(path)
+        elif path.name in ADAPTER_WEIGHTS and (root / "adapter_config.json").is_file():
+            raise CheckpointError(
+                f"{path}: a PEFT adapter's weight file (adapter_config.json beside it), not a model: give its folder "
+                f"{root} as a finetuned model beside the base it was trained on, where it is merged onto that base."
+            )
         elif path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
             files = [path]
         elif path.suffix == ".gguf":
@@ -801,7 +838,7 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
             raise CheckpointError(f"{path}: not a checkpoint file (expected .safetensors, .bin, .pt or an index json).")
     elif _looks_like_hub_id(s) and not path.exists():
         root = resolve_hub_id(s)
-        _refuse_lone_adapter(root, s)  # (as its snapshot folder is: an adapter's tensors are no model)
+        notes += _refuse_lone_adapter(root, s)  # (as its snapshot folder is: an adapter's tensors are no model)
         files = _folder_files(root, notes)
         notes.append(f"read from the local Hugging Face cache at commit {root.name}.")
     else:
