@@ -68,6 +68,7 @@ def body() -> None:
     )
     ws = ui.workspace()
     ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
+    paths, labels = runnable_models(ws)
     files, masks = prompt_files(), mask_choices(ws)
     ui.need(
         bool(files), "No prompt sets: build the demo zoo, or run `python -m subnetviz behavior ... --prompts FILE`."
@@ -83,8 +84,8 @@ def body() -> None:
     cfg = {
         "kind": "behavior",
         "base": ws.base,
-        "finetuned": list(ws.paths),
-        "labels": list(ws.labels),
+        "finetuned": paths,
+        "labels": labels,
         "prompts": [files[k] for k in chosen],
         "masks": {k: masks[k] for k in mask_names},
         "curve": [0.0, 0.25, 0.5, 0.75, 1.0] if curve else [],
@@ -115,7 +116,7 @@ def body() -> None:
             )
     if ui.allowed("launch") and st.button("Run as a background job (larger prompt sets)", icon=":material/play_arrow:"):
         with ui.said_here():  # the results below stay
-            run_id = ui.job_runner().submit({**cfg, "limit": None}, name=f"behaviour {', '.join(ws.labels)}")
+            run_id = ui.job_runner().submit({**cfg, "limit": None}, name=f"behaviour {', '.join(labels)}")
             st.success(f"Queued run {run_id}; it appears under Results when it has finished.")
     if source in runs:  # a finished job's results: its own models, prompts and masks (its run names them)
         context = {"results": source}
@@ -123,13 +124,44 @@ def body() -> None:
         context = {
             "results": source,
             "base": ws.base,
-            "finetuned": list(ws.labels),
+            "finetuned": labels,
             "prompt sets": chosen,
             "prompts per set": int(limit),
             "masks reverted": mask_names,
             "revert curve": bool(curve),
         }
     show(res, context)
+
+
+def runnable_models(ws) -> tuple[list[str], list[str]]:
+    """The workspace's finetunes Behaviour can run, and their labels: a LoRA/PEFT adapter is left out with a line
+    saying why (a model is run from a full model's folder), so the full finetunes beside it still run; the page
+    stops with that line when every finetune is an adapter, or the base is one."""
+    from subnetviz.checkpoints.models import refuse_adapter
+    from subnetviz.errors import CheckpointError
+
+    try:
+        refuse_adapter(ws.base)
+    except CheckpointError as e:
+        ui.need(False, ui.plain(str(e)))
+    paths, labels, adapters = [], [], []
+    for path, label in zip(ws.paths, ws.labels, strict=True):
+        try:
+            refuse_adapter(path)
+        except CheckpointError:
+            adapters.append(label)
+            continue
+        paths.append(path)
+        labels.append(label)
+    if adapters:
+        msg = (
+            f"Not run here: {', '.join(adapters)} (LoRA/PEFT adapters). Behaviour runs models from a full model's "
+            "folder: merge an adapter onto its base (peft's merge_and_unload, then save_pretrained) and add that "
+            "folder."
+        )
+        ui.need(bool(paths), ui.plain(msg))
+        st.info(ui.plain(msg), icon=":material/info:")
+    return paths, labels
 
 
 TABS = ["Per model", "Per prompt", "Per token", "Routing (MoE)"]
