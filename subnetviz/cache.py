@@ -192,6 +192,17 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return Path(path)
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The file standing where ``path``'s folder, or a folder above it, should be (``afile/r.html`` with
+    ``afile`` a file), else None: said as that, not as a missing folder or mkdir's "File exists"."""
+    for folder in Path(path).parents:
+        if folder.exists():
+            return None if folder.is_dir() else folder
+        if folder.is_symlink():  # a link to nothing: neither a folder nor creatable
+            return folder
+    return None
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """The sha256 of a file (hex), read in 1 MB chunks."""
     h = hashlib.sha256()
@@ -215,6 +226,26 @@ def write_manifest(folder: str | os.PathLike) -> Path:
             "sha256": file_digest(f) if size <= HASH_LIMIT else None,
         }
     return atomic_write(folder / MANIFEST, json.dumps({"files": files, **version_info()}, indent=1))
+
+
+def add_to_manifest(folder: str | os.PathLike) -> Path | None:
+    """List in ``folder``'s manifest the files put there after it was written (`analyze` adds its subspaces beside
+    an analysis copied with its manifest): each one's size and sha256, the files listed as they were recorded.
+    A manifest that cannot be read is written anew; None where the folder has none."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return write_manifest(folder)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = f.relative_to(folder).as_posix()
+        if rel not in files:
+            size = f.stat().st_size
+            files[rel] = {"size": size, "sha256": file_digest(f) if size <= HASH_LIMIT else None}
+    return atomic_write(folder / MANIFEST, json.dumps({**manifest, "files": files}, indent=1))
 
 
 def verify_manifest(folder: str | os.PathLike, only=None) -> str | None:

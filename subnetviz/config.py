@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -253,14 +254,41 @@ def check_allowed(path: str | os.PathLike) -> Path:
 
 def check_readable(path: str | os.PathLike, *, what: str | None = None) -> Path:
     """The one gate before a file is opened: ``path`` with symlinks resolved, refused when roots are
-    enforced (:func:`enforce_roots`) and the file itself lies outside them. ``what`` says how the file
-    was reached (e.g. "model.safetensors in zoo/base"), for the message."""
+    enforced (:func:`enforce_roots`) and the file itself lies outside them, and refused when something other
+    than a regular file is there (:func:`not_a_file`). ``what`` says how the file was reached (e.g.
+    "model.safetensors in zoo/base"), for the message. A path where nothing is passes: its reader says so."""
     resolved = _resolve(path, what)
     if enforce_roots() and _root_of(resolved) is None:
         raise PathNotAllowedError(
             f"{what or display_path(path)}: leads outside the folders this server may read; refused."
         )
+    kind = not_a_file(resolved)
+    if kind:
+        raise PathNotAllowedError(f"{what or display_path(path)}: {kind}, not a regular file; refused.")
     return resolved
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """What is at ``path`` (links followed) when it is not a regular file: "a named pipe (FIFO)", "a folder", a
+    socket or a device; None for a regular file or nothing there. Opening a named pipe waits for a writer that
+    never comes (a page's thread, or ``analyze``, hung for good), and a device reads without end; asked with
+    ``stat``, which opens nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _SPECIAL_FILES if test(mode)), "a special file")
 
 
 # The largest JSON file a checkpoint or mask brings: a shard index of the largest released models (DeepSeek-V3's

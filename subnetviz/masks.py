@@ -608,7 +608,7 @@ def import_mask(path: str | os.PathLike) -> MaskSet:
     # 128 + 256·k bytes, as a pickle's PROTO opcode is: 1 file in 256 was read as a pickle and refused)
     n = int.from_bytes(head[:8], "little")
     if len(head) == 9 and head[8:9] == b"{" and n <= path.stat().st_size - 8:
-        return load_mask_set(path)
+        return _some_masks(load_mask_set(path), path)
     if head[:1] == b"\x80" or path.suffix in (".pickle", ".pkl"):  # a pickle's PROTO opcode (protocol >= 2)
         if _legacy_torch(path):
             raise MaskError(
@@ -616,7 +616,15 @@ def import_mask(path: str | os.PathLike) -> MaskSet:
                 "load it there and save it again with a current PyTorch (or as safetensors)."
             )
         return import_bigram_pickle(path)
-    return load_mask_set(path)
+    return _some_masks(load_mask_set(path), path)
+
+
+def _some_masks(ms: MaskSet, path: Path) -> MaskSet:
+    """``ms``, refused when it holds no tensor, as a torch.save file or pickle of no masks is: a safetensors file
+    of metadata alone was stored as a mask (listed with 0 tensors, density 0)."""
+    if not ms.masks:
+        raise MaskError(f"{path}: the file holds no masks.")
+    return ms
 
 
 def _legacy_torch(path: Path) -> bool:

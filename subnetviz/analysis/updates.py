@@ -11,7 +11,9 @@ analysis parameter, :data:`UPDATES_VERSION` (the files' layout) and the analysis
 from __future__ import annotations
 
 import json
+import math
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +32,7 @@ from subnetviz.analysis.update_pass import (  # re-exported: the pass' home befo
     analyze_updates,
     prefetched,
 )
-from subnetviz.cache import atomic_folder, read_frame
+from subnetviz.cache import atomic_folder, read_frame, write_manifest
 from subnetviz.checkpoints import Checkpoint, open_checkpoint
 from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.errors import ConfigError, SubnetvizError
@@ -55,10 +57,12 @@ __all__ = [
 
 # --- on disk ---------------------------------------------------------------------------------------
 def write_analysis(analysis: UpdateAnalysis, out_dir: str | os.PathLike, *, params: dict | None = None) -> Path:
-    """Write every table, the update masks and a summary; ``out_dir`` appears only when complete."""
+    """Write every table, the update masks and a summary, and last their manifest (as a cache entry has one:
+    :func:`read_analysis` then tells a cut or edited copy); ``out_dir`` appears only when complete."""
     out = Path(out_dir)
     with atomic_folder(out) as tmp:
         _write_files(analysis, tmp, params)
+        write_manifest(tmp)
     return out
 
 
@@ -180,7 +184,8 @@ def read_analysis(out_dir: str | os.PathLike) -> UpdateAnalysis:
         ) from None
 
 
-# The files read_analysis (and the report's overlap section) open: checked against the folder's manifest.
+# The files read_analysis and the report (its overlap and subspaces sections) open: checked against the folder's
+# manifest, those it lists.
 READ_FILES = (
     "summary.json",
     "tensors.csv",
@@ -190,6 +195,10 @@ READ_FILES = (
     "spectra.csv",
     "sigma.parquet",
     "overlap_pairwise.csv",
+    "overlap_regions.csv",
+    "overlap_consensus.csv",
+    "overlap_sizes.csv",
+    "subspaces.csv",
 )
 
 
@@ -214,21 +223,23 @@ def _read_analysis(out: Path) -> UpdateAnalysis:
         precision=opts.get("precision"),
         mask_tolerance=opts.get("mask_tolerance"),
     )
-    rc = np.load(out / "row_col.npz")
+    for label in summary["labels"]:  # rows lost (or added) since it was written: said before the files they size
+        numel = int(tensors.loc[tensors["model"] == label, "numel"].sum())
+        want = (summary.get("models") or {}).get(label, {}).get("numel")
+        if want is not None and numel != int(want):
+            raise ConfigError(
+                f"{out / 'tensors.csv'}: {label!r} has {numel:,} parameters in its rows, "
+                f"summary.json says {int(want):,}; the folder is not as `analyze` wrote it."
+            )
+    rc = _row_col_arrays(out / "row_col.npz", tensors)
     reports = []
     for label in summary["labels"]:
         df = tensors[tensors["model"] == label].reset_index(drop=True)
-        want = (summary.get("models") or {}).get(label, {}).get("numel")
-        if want is not None and int(df["numel"].sum()) != int(want):  # rows lost (or added) since it was written
-            raise ConfigError(
-                f"{out / 'tensors.csv'}: {label!r} has {int(df['numel'].sum()):,} parameters in its rows, "
-                f"summary.json says {int(want):,}; the folder is not as `analyze` wrote it."
-            )
         df["ulp_hist"] = [tuple(int(x) for x in v) for v in df[[f"ulp_{b}" for b in ULP_LABELS]].to_numpy()]
         df["layer"] = df["layer"].astype("Int64")
         rowcol = {}
         prefix = f"{label}::"
-        for k in rc.files:
+        for k in rc:
             if k.startswith(prefix) and k.endswith("::rows"):
                 key = k[len(prefix) : -len("::rows")]
                 rowcol[key] = (rc[k], rc[f"{prefix}{key}::cols"])
@@ -240,7 +251,7 @@ def _read_analysis(out: Path) -> UpdateAnalysis:
             )
         )
     spectra_frame = read_frame(out / "spectra.csv") if (out / "spectra.csv").exists() else None
-    sigma = pd.read_parquet(out / "sigma.parquet") if (out / "sigma.parquet").exists() else None
+    sigma = _sigma_frame(out / "sigma.parquet", tensors) if (out / "sigma.parquet").exists() else None
     return UpdateAnalysis(
         summary["base"],
         summary["labels"],
@@ -253,6 +264,91 @@ def _read_analysis(out: Path) -> UpdateAnalysis:
         summary.get("seconds", 0.0),
         out,
     )
+
+
+def _dims(shape) -> list[int] | None:
+    """A tensors.csv shape ("64x16") as its dimensions; None for one of fewer than two, or not written so."""
+    dims = str(shape).split("x")
+    return [int(d) for d in dims] if len(dims) >= 2 and all(d.isdigit() for d in dims) else None
+
+
+def _row_counts(tensors: pd.DataFrame) -> dict[str, int]:
+    """The length of each array row_col.npz may hold, by its member name: ``MODEL::KEY::rows`` the first
+    dimension of a tensor of two or more dimensions in tensors.csv, ``MODEL::KEY::cols`` the product of the
+    others (what :func:`write_analysis` writes for it)."""
+    out: dict[str, int] = {}
+    for model, key, shape in zip(tensors["model"], tensors["key"], tensors["shape"], strict=True):
+        if dims := _dims(shape):
+            out[f"{model}::{key}::rows"], out[f"{model}::{key}::cols"] = dims[0], math.prod(dims[1:])
+    return out
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _row_col_arrays(path: Path, tensors: pd.DataFrame) -> dict[str, np.ndarray]:
+    """row_col.npz's arrays, each member's header checked before it is read: a one-dimensional array of whole
+    numbers whose length is what tensors.csv says of its tensor (:func:`_row_counts`), and all of them together
+    within the memory available. A stranger's folder need not carry a manifest: a member of a few megabytes,
+    deflated, declaring 1.5e9 entries made np.load take gigabytes (a larger one, the process) for a tensor of
+    64 rows. ConfigError naming the file and the member."""
+    from subnetviz.config import require_memory
+
+    want, total = _row_counts(tensors), 0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():  # (every entry: a name stored twice is checked twice)
+                key, where = info.filename.removesuffix(".npy"), f"{path}: member {info.filename[:80]!r}"
+                if key not in want:
+                    raise ConfigError(f"{where} names no tensor of two or more dimensions in tensors.csv.")
+                with z.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version not in _NPY_HEADERS:
+                        raise ConfigError(f"{where}: .npy format {version}, not one NumPy writes for row counts.")
+                    shape, _, dtype = _NPY_HEADERS[version](fh)
+                if dtype.kind not in "iu" or dtype.itemsize > 8 or shape != (want[key],):
+                    raise ConfigError(
+                        f"{where} declares {dtype} of shape {shape}; its tensor's row or column counts in "
+                        f"tensors.csv are ({want[key]},) whole numbers. Refused before reading."
+                    )
+                total += want[key] * dtype.itemsize
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise ConfigError(f"{path}: not the row and column counts `analyze` writes ({str(exc)[:120]}).") from None
+    require_memory(f"Reading {path}", total)
+    with np.load(path) as rc:
+        return {k: rc[k] for k in rc.files}
+
+
+def _sigma_frame(path: Path, tensors: pd.DataFrame) -> pd.DataFrame:
+    """sigma.parquet, its size checked from its footer before it is read: at most two spectra (the update's and
+    a random baseline's) of min(rows, cols) values per matrix of tensors.csv (per expert of a packed tensor), and
+    what its columns declare unpacked within the memory available. ConfigError naming the file."""
+    import pyarrow.parquet as pq
+
+    from subnetviz.config import require_memory
+
+    bound = 0
+    for shape in tensors["shape"]:
+        if dims := _dims(shape):
+            whole = min(dims[0], math.prod(dims[1:]))
+            each = dims[0] * min(dims[1], math.prod(dims[2:])) if len(dims) > 2 else 0
+            bound += 2 * max(whole, each)
+    try:
+        meta = pq.ParquetFile(path).metadata
+        groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+        declared = sum(
+            max(g.total_byte_size, sum(g.column(c).total_uncompressed_size for c in range(g.num_columns)))
+            for g in groups
+        )
+    except Exception as exc:  # noqa: BLE001 - pyarrow's errors for a file that is no Parquet
+        raise ConfigError(f"{path}: not a Parquet file as `analyze` writes it ({str(exc)[:120]}).") from None
+    if meta.num_rows > bound:
+        raise ConfigError(
+            f"{path}: {meta.num_rows:,} singular values; the tensors of tensors.csv have at most {bound:,} (two "
+            "spectra of min(rows, cols) each). Refused before reading: the folder is not as `analyze` wrote it."
+        )
+    require_memory(f"Reading {path}", 2 * declared)  # (the Arrow table, and the DataFrame made from it)
+    return pd.read_parquet(path)
 
 
 def mask_path(analysis_dir: str | os.PathLike, label: str) -> Path:

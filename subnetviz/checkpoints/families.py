@@ -20,6 +20,8 @@ import json
 import re
 from functools import lru_cache
 
+from subnetviz.errors import CheckpointError
+
 Table = list[tuple[str, str]]
 
 _DENSE: Table = [
@@ -485,18 +487,49 @@ PACKED_EXPERTS = re.compile(
 EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 
 
-def tie_word_embeddings(config: dict) -> bool:
+def tie_word_embeddings(config: dict, where: str = "config.json") -> bool:
     """Whether a model of ``config`` (its config.json) ties its output head to its input embedding, as
     transformers loads it: the config's ``tie_word_embeddings`` where it says so; where it leaves the key out
     (the released Gemma-2 configs do), or says False beside a ``text_config`` that says True (pre-v5 multimodal
     saves, which some config classes forward to the top), what transformers' config class of the model type
-    makes of the config (:func:`_tied_as_loaded`)."""
-    value = config.get("tie_word_embeddings")
-    text = config.get("text_config")
+    makes of the config (:func:`_tied_as_loaded`). A value that is not JSON true, false or null (a hand-edited
+    ``"false"``, read as True, compared an untouched head with the embedding) is a CheckpointError naming
+    ``where`` and the key, as transformers refuses such a config."""
+    check_tie_keys(config, where)
+    value, text = config.get("tie_word_embeddings"), config.get("text_config")
     text_tied = isinstance(text, dict) and bool(text.get("tie_word_embeddings"))
-    if value is not None and (bool(value) or not text_tied):
-        return bool(value)
+    if value is not None and (value or not text_tied):
+        return value
     return _tied_as_loaded(json.dumps(config, sort_keys=True, default=str))
+
+
+def check_tie_keys(config: dict, where: str = "config.json") -> None:
+    """``tie_word_embeddings`` of the config and of its ``text_config``: JSON true, false or null, else a
+    CheckpointError naming ``where`` and the key (:func:`said_bool`)."""
+    said_bool(config, "tie_word_embeddings", where)
+    if isinstance(config.get("text_config"), dict):
+        said_bool(config["text_config"], "tie_word_embeddings", where, "text_config.")
+
+
+def said_bool(config: dict, key: str, where: str, path: str = "") -> bool | None:
+    """``config[key]`` where it is JSON true or false, None where missing or null; any other value (a string
+    "false", 0, a list) a one-line CheckpointError naming ``where`` and the key (``path``: the key's parents,
+    e.g. ``text_config.``). Python's truth of such a value is no reading of it: "false" is True."""
+    value = config.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise CheckpointError(
+        f"{where}: {path}{key} is {json.dumps(value, default=str)[:40]} ({json_type(value)}); expected true or false."
+    )
+
+
+def json_type(value) -> str:
+    """A parsed JSON value's type as its author wrote it, with its article: "a string", "an object"."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
 
 
 @lru_cache(maxsize=64)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from subnetviz.config import parse_json
+from subnetviz.config import not_a_file, parse_json
 from subnetviz.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -81,6 +81,9 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
     by these offsets, not through safetensors: ``__metadata__`` maps strings to strings, and the tensors'
     bytes, sorted by offset, cover the data section exactly (no tensor reads another's bytes, no bytes
     belong to none)."""
+    kind = not_a_file(path)  # (a named pipe would block the open for good)
+    if kind:
+        raise CheckpointError(f"{path}: {kind}, not a regular file; refused.")
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:

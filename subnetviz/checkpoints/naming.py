@@ -25,6 +25,7 @@ canonical strings used across the app (heatmap columns), in :data:`MODULE_ORDER`
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,6 +47,9 @@ from subnetviz.checkpoints.families import (
     SPEECH,
     TELLTALES,
     VISION,
+    check_tie_keys,
+    json_type,
+    said_bool,
 )
 from subnetviz.errors import CheckpointError
 
@@ -235,7 +239,7 @@ def _tower(short: str) -> bool:
 def detect_family(model_type: str | None, names: list[str]) -> str | None:
     """The family from ``config.json``'s model_type, else from tell-tale tensor names (the language model's: an
     audio tower's fc1/fc2 are no OPT), else None."""
-    if model_type and model_type in MODEL_TYPES:
+    if isinstance(model_type, str) and model_type in MODEL_TYPES:
         return MODEL_TYPES[model_type]
     joined = "\n".join([n for n in names[:5000] if not _tower(strip_prefix(n))] or names[:5000])
     return next((fam for tell, fam in TELLTALES if tell in joined), None)
@@ -282,10 +286,11 @@ class NameTable:
     guessed: bool = False  # the family was chosen by the tensor names, no config.json's model_type naming it
 
     @classmethod
-    def from_config(cls, config: dict, names: list[str]) -> NameTable:
-        thinker = config.get("thinker_config")  # an omni model's language model sits in its thinker
-        outer = thinker if isinstance(thinker, dict) else config
-        text = outer.get("text_config") if isinstance(outer.get("text_config"), dict) else outer
+    def from_config(cls, config: dict, names: list[str], where: str = "config.json") -> NameTable:
+        """The table for a checkpoint of ``config`` (its config.json, ``where`` in messages) and tensor ``names``;
+        a value of the wrong JSON type among the keys it reads is a CheckpointError (:func:`check_naming_keys`)."""
+        check_naming_keys(config, where)
+        text, _ = language_config(config)
         mt = config.get("model_type")
         heads = text.get("num_attention_heads") or text.get("n_head")
         experts = next((text[k] for k in EXPERT_COUNT_KEYS if isinstance(text.get(k), int)), None)
@@ -568,6 +573,54 @@ class NameTable:
         if not parts:
             return []
         return [(k, int(v.numel()) * width, int(v.sum())) for k, v in parts.items()]
+
+
+def language_config(config: dict) -> tuple[dict, str]:
+    """The part of a config.json that describes the language model, and its path for messages: an omni model's
+    ``thinker_config``, a multimodal model's ``text_config`` (``thinker_config.text_config.``), else the top."""
+    thinker = config.get("thinker_config")  # an omni model's language model sits in its thinker
+    outer, path = (thinker, "thinker_config.") if isinstance(thinker, dict) else (config, "")
+    if isinstance(outer.get("text_config"), dict):
+        return outer["text_config"], f"{path}text_config."
+    return outer, path
+
+
+# config.json's sizes the naming tables split fused tensors by: a whole number >= 1 where given (null: not given).
+# (Falcon's num_kv_heads is taken only where it is one: OpenELM's, per layer, is a list.)
+NAMING_COUNT_KEYS = ("num_attention_heads", "n_head", "num_key_value_heads", "hidden_size")
+# its flags that choose Falcon's and GPT-BigCode's fused QKV layout (fused_qkv_layout)
+NAMING_FLAG_KEYS = ("multi_query", "new_decoder_architecture")
+
+
+def check_naming_keys(config: dict, where: str = "config.json") -> None:
+    """Refuse, in one line naming ``where`` (e.g. "config.json in zoo/base") and the key, a value of a JSON type
+    the tables cannot read: a model_type that is not a string, a head count or hidden size that is not a whole
+    number >= 1, a layout flag that is not true or false. A list there ended in "unhashable type" from deep in
+    the naming cache, a string flag "false" was read as True; transformers refuses all of these."""
+    mt = config.get("model_type")
+    if mt is not None and not isinstance(mt, str):
+        raise CheckpointError(
+            f"{where}: model_type is {json.dumps(mt, default=str)[:40]} ({json_type(mt)}); expected a string such "
+            'as "llama".'
+        )
+    text, path = language_config(config)
+    for key in NAMING_COUNT_KEYS:
+        v = text.get(key)
+        if v is not None and not (type(v) is int and v >= 1):
+            raise CheckpointError(
+                f"{where}: {path}{key} is {json.dumps(v, default=str)[:40]} ({json_type(v)}); expected a whole "
+                "number of at least 1."
+            )
+    for key in NAMING_FLAG_KEYS:
+        said_bool(text, key, where, path)
+
+
+def check_config(config: dict, where: str) -> None:
+    """Every config.json value the naming tables and the tied-head rule read checked for its JSON type, where
+    the config is read (``where``: "config.json in FOLDER"); a CheckpointError naming the folder and the key.
+    Reads no more than the config (the tied-head rule's transformers config class is not consulted)."""
+    check_naming_keys(config, where)
+    check_tie_keys(config, where)
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -122,12 +122,15 @@ def _read_from(spec: str | os.PathLike) -> list[str | os.PathLike]:
 def publish(out: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary folder beside ``out`` that becomes ``out`` once the block ends: replacing an earlier result
     with ``overwrite``, else only if ``out`` is still absent or empty then (a run writing the same ``--out``
-    meanwhile is not replaced: this one fails, saying so). Errors name ``--out``, not the temporary folder."""
-    from subnetviz.cache import atomic_folder
+    meanwhile is not replaced: this one fails, saying so). Errors name ``--out``, not the temporary folder.
+    A result holding a manifest (an analysis) has the files written beside it listed there too
+    (:func:`~subnetviz.cache.add_to_manifest`: `analyze`'s subspaces, which `report` reads)."""
+    from subnetviz.cache import add_to_manifest, atomic_folder
 
     try:
         with atomic_folder(out, replace=overwrite, exclusive=not overwrite) as tmp:
             yield tmp
+            add_to_manifest(tmp)
     except FileExistsError:
         raise SubnetvizError(
             f"--out {out}: another result was written there while this one ran; this one was not written (pass "

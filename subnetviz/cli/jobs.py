@@ -53,6 +53,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
+    from subnetviz.cache import file_in_the_way
     from subnetviz.masks import import_mask, save_mask_set
 
     if args.action in ("import", "import-pickle"):
@@ -65,6 +66,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
             )
         if os.path.lexists(dst) and not args.overwrite:
             raise SubnetvizError(f"{args.dst}: a file is already there; choose a new file name, or pass --overwrite.")
+        if (blocked := file_in_the_way(dst)) is not None:
+            raise SubnetvizError(f"{args.dst}: {blocked} is a file, not a folder; choose a path in a folder.")
         ms = import_mask(args.src)  # safetensors, torch.save or a released bigram pickle, told by the content
         dst.parent.mkdir(parents=True, exist_ok=True)
         # never over a file that appeared at DST meanwhile, without --overwrite (two imports to one name)
@@ -90,6 +93,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from subnetviz.cache import file_in_the_way
     from subnetviz.report.dashboard import analysis_report
 
     out = Path(args.out).expanduser()
@@ -102,6 +106,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     source = Path(args.analysis_dir).expanduser().resolve()
     if out.resolve().is_relative_to(source):  # --overwrite would replace one of the files it reads
         raise SubnetvizError(f"--out {args.out}: inside the analysis folder {args.analysis_dir}; write it elsewhere.")
+    if (blocked := file_in_the_way(out)) is not None:
+        raise SubnetvizError(f"--out {args.out}: {blocked} is a file, not a folder; choose a path in a folder.")
     if not out.parent.is_dir():
         raise SubnetvizError(f"--out {args.out}: folder {out.parent} does not exist; create it first.")
     # The page takes seconds to build: without --overwrite, a file that appears at --out meanwhile (another

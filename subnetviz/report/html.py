@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
 
-from subnetviz.cache import atomic_write
+from subnetviz.cache import atomic_write, file_in_the_way
 from subnetviz.errors import ConfigError
 from subnetviz.figures import PLOTLY_CONFIG
 from subnetviz.report.formats import MISSING, formatted_frame
@@ -158,6 +158,8 @@ def write_report(
 ) -> Path:
     """Write :func:`build_report` to ``path`` (UTF-8) and return the path."""
     path = Path(path)
+    if (blocked := file_in_the_way(path)) is not None:
+        raise ConfigError(f"Cannot write the report to {path}: {blocked} is a file, not a folder.")
     if not path.parent.is_dir():
         raise ConfigError(f"Cannot write the report to {path}: folder {path.parent} does not exist. Create it first.")
     page = build_report(title, sections, params, **kw)

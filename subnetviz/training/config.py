@@ -413,10 +413,11 @@ def validate_config(config: dict) -> None:
 
 def _base_folder_problems(folder: Path) -> list[str]:
     """What the trainers' ``from_pretrained`` would read wrongly in the base folder: a PEFT adapter's files
-    beside the model (applied on top of it when PEFT is installed) and, on a server that enforces its
-    roots, files (tokenizer, templates) that link outside them."""
+    beside the model (applied on top of it when PEFT is installed), a named pipe or a device where a file
+    would be (its open waits for good, the job hung) and, on a server that enforces its roots, files
+    (tokenizer, templates) that link outside them."""
     from subnetviz.checkpoints.models import ADAPTER_FILES, check_not_quantized
-    from subnetviz.config import check_readable
+    from subnetviz.config import check_readable, not_a_file
     from subnetviz.errors import CheckpointError, PathNotAllowedError
 
     problems = []
@@ -427,6 +428,10 @@ def _base_folder_problems(folder: Path) -> list[str]:
             "would apply on top of it; give a folder with the model alone"
         )
     for entry in sorted(folder.iterdir()):
+        kind = not_a_file(entry)
+        if kind and kind != "a folder":
+            problems.append(f"base {str(folder)!r}: {entry.name} is {kind}, not a regular file")
+            continue
         try:
             if entry.is_file():
                 check_readable(entry)
