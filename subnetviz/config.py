@@ -394,15 +394,78 @@ MEMORY_USABLE = 0.8
 
 
 def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (Linux), else free physical pages from ``os.sysconf``."""
+    """The memory this process may still take: MemAvailable from /proc/meminfo (Linux; else free physical pages
+    from ``os.sysconf``), or less where its control group's memory limit leaves less (a container started with
+    ``--memory``, a Slurm job's ``--mem``: /proc/meminfo shows the whole machine's, and the kernel kills the
+    process at the group's limit without a word; see :func:`cgroup_headroom`)."""
+    have = None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    have = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    if have is None:
+        have = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    room = cgroup_headroom()
+    return have if room is None else min(have, room)
+
+
+def cgroup_headroom(proc_cgroup: str | os.PathLike = "/proc/self/cgroup", root: str | os.PathLike = "/sys/fs/cgroup"):
+    """Bytes left under the tightest memory limit of this process's control group and the groups above it
+    (cgroup v2's ``memory.max``, v1's ``memory.limit_in_bytes``), counting its page cache that can be dropped as
+    free (usage less ``inactive_file``, as the kernel reclaims it before an out-of-memory kill); None where no
+    limit applies or none can be read. A container with its own cgroup namespace sees its group as the mount's
+    root, one without it a path that is not mounted: every level of the path that exists is read."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2 (unified): memory.max, memory.current
+            mount, files = Path(root), ("memory.max", "memory.current", "inactive_file")
+            if not (mount / "cgroup.controllers").is_file():
+                mount = Path(root) / "unified"  # a hybrid layout mounts v2 here (usually without memory)
+        elif "memory" in controllers.split(","):
+            mount, files = (
+                Path(root) / "memory",
+                ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+            )
+        else:
+            continue
+        rel = Path(path.lstrip("/"))
+        for level in {mount / p for p in [rel, *rel.parents]}:
+            room = _cgroup_level_headroom(level, *files)
+            if room is not None:
+                best = room if best is None else min(best, room)
+    return best
+
+
+def _cgroup_level_headroom(level: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    """One group's limit less its usage (its droppable page cache counted as free); None without a limit."""
+    try:
+        limit = (level / limit_file).read_text().strip()
+        usage = int((level / usage_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:  # v1 writes "no limit" as ~2**63
+        return None
+    inactive = 0
+    try:
+        for stat in (level / "memory.stat").read_text().splitlines():
+            key, _, value = stat.partition(" ")
+            if key == inactive_key and value.strip().isdigit():
+                inactive = int(value)
+    except OSError:
+        pass
+    return max(int(limit) - max(usage - inactive, 0), 0)
 
 
 def require_memory(what: str, host_bytes: int, device: str = "cpu", device_bytes: int = 0) -> None:

@@ -287,8 +287,8 @@ def _comparable(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name
         ca, cb = a.to(dt), b.to(dt)
         if dt == torch.float16:  # finite weights beyond fp16's range read as Inf: said as that, not as NaN/Inf
             for side, x, cx in (("base", a, ca), ("finetuned", b, cb)):
-                if x.dtype != dt and x.dtype.is_floating_point and (over := int(torch.isinf(cx).sum())):
-                    if over > int(torch.isinf(x).sum()):
+                if x.dtype != dt and x.dtype.is_floating_point and (over := int(torch.count_nonzero(torch.isinf(cx)))):
+                    if over > int(torch.count_nonzero(torch.isinf(x))):
                         raise ConfigError(
                             f"{name}: {over:,} value(s) of the {side} tensor lie beyond float16's range (±65504) "
                             "once cast; compare at bf16 or fp32 (--precision) instead."
@@ -442,7 +442,7 @@ def compare_views(
         k,
     )
     if out.marked:  # an unchanged entry is NaN / Inf (a changed one makes the largest |Δ| non-finite)
-        bad = int((~torch.isfinite(torch.from_numpy(x).view(dtype))).sum())
+        bad = int(torch.count_nonzero(~torch.isfinite(torch.from_numpy(x).view(dtype))))
         raise NonFiniteError(
             f"{name}: {bad} NaN/Inf value(s) in the first (base) tensor. Analyses need finite weights."
         )

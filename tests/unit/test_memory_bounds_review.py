@@ -1,0 +1,146 @@
+"""Memory bounds a review of large checkpoints found broken: the memory check read the whole machine's free memory
+inside a container's or a Slurm job's limit (the process was killed at the limit without a word), and the fp16
+range check of ``--precision fp16`` summed a bool tensor into a full-size int64 temporary (6.6x the largest
+tensor, over the update pass' 4x + 300 MB)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from subnetviz import config
+from subnetviz.errors import ConfigError
+
+GIB = 2**30
+
+
+def _v1(tmp_path: Path, path: str, levels: dict[str, tuple[int, int, int]]) -> tuple[Path, Path]:
+    """A cgroup-v1 memory hierarchy under tmp_path: levels maps a group's path to (limit, usage, inactive_file)."""
+    root = tmp_path / "cg"
+    for rel, (limit, usage, inactive) in levels.items():
+        d = root / "memory" / rel.lstrip("/")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "memory.limit_in_bytes").write_text(f"{limit}\n")
+        (d / "memory.usage_in_bytes").write_text(f"{usage}\n")
+        (d / "memory.stat").write_text(f"cache 5\ninactive_file 1\ntotal_inactive_file {inactive}\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"12:pids:/x\n4:memory:{path}\n3:cpu,cpuacct:/y\n0::/\n")
+    return proc, root
+
+
+def test_a_v1_limit_leaves_limit_less_usage_less_droppable_cache(tmp_path):
+    unlimited = 9223372036854771712  # what v1 writes for "no limit"
+    proc, root = _v1(
+        tmp_path, "/slurm/job_7", {"/": (unlimited, 50 * GIB, 0), "/slurm/job_7": (4 * GIB, 3 * GIB, GIB // 2)}
+    )
+    assert config.cgroup_headroom(proc, root) == 4 * GIB - (3 * GIB - GIB // 2)
+
+
+def test_the_tightest_of_every_level_applies(tmp_path):
+    """A job's own group without a limit inside a user's group with one (systemd slices, Slurm's uid_N)."""
+    proc, root = _v1(
+        tmp_path,
+        "/slurm/uid_0/job_7",
+        {"/slurm/uid_0": (2 * GIB, GIB + 10, 10), "/slurm/uid_0/job_7": (9223372036854771712, GIB, 0)},
+    )
+    assert config.cgroup_headroom(proc, root) == GIB
+
+
+def test_a_container_without_its_own_cgroup_namespace_reads_the_mounts_root(tmp_path):
+    """Docker without a cgroup namespace: /proc/self/cgroup names /docker/ID, the mount shows that group as its
+    root (the path is not there)."""
+    proc, root = _v1(tmp_path, "/docker/0123abcd", {"/": (3 * GIB, GIB, 0)})
+    assert config.cgroup_headroom(proc, root) == 2 * GIB
+
+
+def test_v2_memory_max(tmp_path):
+    root = tmp_path / "cg"
+    d = root / "user.slice" / "job"
+    d.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory\n")
+    (d / "memory.max").write_text(f"{6 * GIB}\n")
+    (d / "memory.current").write_text(f"{5 * GIB}\n")
+    (d / "memory.stat").write_text(f"anon 100\ninactive_file {GIB}\nactive_file 7\n")
+    (root / "user.slice" / "memory.max").write_text("max\n")
+    (root / "user.slice" / "memory.current").write_text(f"{40 * GIB}\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/user.slice/job\n")
+    assert config.cgroup_headroom(proc, root) == 2 * GIB
+
+
+def test_no_limit_or_no_cgroup_reads_none(tmp_path):
+    unlimited = 9223372036854771712
+    proc, root = _v1(tmp_path, "/a", {"/": (unlimited, GIB, 0), "/a": (unlimited, GIB, 0)})
+    assert config.cgroup_headroom(proc, root) is None
+    assert config.cgroup_headroom(tmp_path / "missing", root) is None
+
+
+def test_available_memory_is_the_smaller_of_the_machines_and_the_limits(monkeypatch):
+    monkeypatch.setattr(config, "cgroup_headroom", lambda: 123 * 2**20)
+    assert config.available_memory_bytes() == 123 * 2**20
+    with pytest.raises(ConfigError, match="123.0 MiB"):
+        config.require_memory("Loading", 200 * 2**20)
+    monkeypatch.setattr(config, "cgroup_headroom", lambda: None)
+    assert config.available_memory_bytes() > 123 * 2**20
+
+
+def test_a_real_cgroup_limit_is_read_where_this_machine_lets_one_be_made(tmp_path):
+    """The kernel's own files (as root on a cgroup-v1 host, as these machines are): a child in a 1 GiB group."""
+    base = Path("/sys/fs/cgroup/memory")
+    if not (base / "memory.limit_in_bytes").is_file() or not os.access(base, os.W_OK):
+        pytest.skip("no writable cgroup-v1 memory hierarchy here")
+    group = base / f"subnetviz_test_{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(GIB))
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup here: {exc}")
+    try:
+        code = textwrap.dedent(
+            f"""
+            import os
+            open({str(group / "cgroup.procs")!r}, "w").write(str(os.getpid()))
+            from subnetviz import config
+            print(config.available_memory_bytes())
+            """
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+        have = int(out.stdout.strip())
+        assert 0 < have <= GIB, have
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.1)
+
+
+def test_the_fp16_range_check_holds_no_int64_copy_of_the_tensor(tmp_path):
+    """_comparable at precision fp16 on a 16M-entry bf16 pair: the two fp16 casts (64 MB) and a bool mask (16 MB)
+    are what it needs; bool .sum() added an int64 temporary of 128 MB."""
+    code = textwrap.dedent(
+        """
+        import resource, torch
+        torch.set_num_threads(1)
+        from subnetviz.analysis.sparsity import SparsityOptions, _comparable
+        n = 16 * 2**20
+        a = torch.full((4096, n // 4096), 0.5, dtype=torch.bfloat16)
+        b = a.clone()
+        b[0, 0] = 1.0
+        opts = SparsityOptions(precision="fp16")
+        _comparable(a[:8].clone(), b[:8].clone(), opts, "warm")  # the code path's own one-time costs
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        _comparable(a, b, opts, "t")
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20)
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300, env=env)
+    grew = float(out.stdout.strip().splitlines()[-1])
+    assert grew < 120, f"peak grew by {grew:.0f} MB for 80 MB of casts and masks"
