@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from subnetviz import config
 from subnetviz.cache import file_digest, file_stamp
+from subnetviz.errors import PathNotAllowedError
 
 PRECISIONS = ["stored", "bf16", "fp32", "fp16"]
 
@@ -34,6 +35,8 @@ class Workspace:
     precision: str | None  # None = stored dtype
     device: str
     zoo_root: str | None
+    # (label, path, why) of finetunes refused (no path: a choice outside the roots) or that cannot be read
+    left_out: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def labels(self) -> list[str]:
@@ -110,12 +113,14 @@ def _zoo(root: str, stamp: str, period: int):
 
 
 def label_of(choice: str, members: dict[str, str]) -> str:
-    """A zoo member's id, else the label the library gives the checkpoint
-    (:func:`~subnetviz.checkpoints.sources.checkpoint_label`: a hub id as given, a snapshot folder by its
-    repository, ``…/dpo/model.safetensors`` as ``dpo``)."""
+    """A zoo member's id, a hub id as given, else the label the library gives the checkpoint
+    (:func:`~subnetviz.checkpoints.sources.checkpoint_label`: a snapshot folder by its repository,
+    ``…/dpo/model.safetensors`` as ``dpo``)."""
     from subnetviz.checkpoints.sources import checkpoint_label
 
-    return choice if choice in members else checkpoint_label(choice)
+    if choice in members or _hub_id(choice):  # (the library would ask the file system about ``org/name`` first)
+        return choice
+    return checkpoint_label(choice)
 
 
 def resolve_choice(choice: str, members: dict[str, str]) -> str:
@@ -124,15 +129,67 @@ def resolve_choice(choice: str, members: dict[str, str]) -> str:
     A path is checked with its symlinks resolved (where the files really are must lie under the roots) but
     returned as given, made absolute: a Hugging Face snapshot's ``model.safetensors`` or index resolves to a
     suffix-less ``blobs/<sha256>`` file (not a checkpoint file, and no shards beside it). Every file the
-    checkpoint reader opens is checked again, resolved (:func:`~subnetviz.config.check_readable`)."""
+    checkpoint reader opens is checked again, resolved (:func:`~subnetviz.config.check_readable`).
+
+    The roots are checked before anything asks whether a path exists, so a path outside them is refused in the
+    same words whether it names a file or not (a relative ``views/../../etc/shadow`` was ``stat``-ed first, and
+    the two messages told a visitor which server paths exist). A hub id is refused where the Hugging Face cache
+    lies outside the roots, before the cache is looked at (its listing named the ids and revisions it holds)."""
     if choice in members:
         return members[choice]
     config.check_name(choice)
+    if _hub_id(choice):
+        _check_hub_cache(choice)
+        return choice  # resolved only through the local HF cache when opened
     p = Path(choice).expanduser()
-    if p.is_absolute() or choice.startswith((".", "~")) or config.exists(p):
+    try:
         config.check_allowed(p)
-        return str(p if p.is_absolute() else Path.cwd() / p)
-    return choice  # a hub id: resolved only through the local HF cache when opened
+    except PathNotAllowedError:
+        if p.is_absolute() or choice.startswith("~"):
+            raise
+        raise PathNotAllowedError(  # (a stale zoo id or run in a shared link reads so too)
+            f"{choice}: no zoo member, finished run or hub id of that name here, and as a path it lies outside "
+            "the folders this server may read (its owner adds folders with SUBNETVIZ_ROOTS)."
+        ) from None
+    return str(p if p.is_absolute() else Path.cwd() / p)
+
+
+def _hub_id(choice: str) -> bool:
+    """Whether a choice that is no zoo member is read as a hub id: ``org/name[@revision]``, a repository id the
+    hub could hold, and no path of that name under the roots (whether one exists is asked only there)."""
+    from subnetviz.checkpoints.sources import _looks_like_hub_id, split_revision
+
+    if not _looks_like_hub_id(choice) or not _is_repo_id(split_revision(choice)[0]):
+        return False
+    try:
+        under = config.check_allowed(choice)
+    except PathNotAllowedError:
+        return True
+    return not config.exists(under)
+
+
+def _is_repo_id(repo: str) -> bool:
+    """Whether the hub could hold a repository ``repo`` (huggingface_hub's own rule: no ``..``, so ``views/..`` is a
+    path, never a hub id)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _check_hub_cache(choice: str) -> None:
+    """Refuse hub id ``choice`` where the Hugging Face cache lies outside the roots: one line that says nothing of
+    what the cache holds, as :func:`~subnetviz.uilogic.corpus_choice` refuses ``hf:`` datasets."""
+    try:
+        config.check_allowed(config.hf_cache_dir())
+    except PathNotAllowedError:
+        raise PathNotAllowedError(
+            f"{choice}: hub ids are read from the Hugging Face cache, which lies outside the folders this server may "
+            "read (its owner adds it with SUBNETVIZ_ROOTS)."
+        ) from None
 
 
 def uploads_dir() -> Path:

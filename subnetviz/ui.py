@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +407,9 @@ def workspace_sidebar() -> Workspace:
     ws, refused = uilogic.workspace_of(
         base, finetuned, masks, prec, device, members, mask_files, str(z.root) if z else None
     )
+    ws = readable(ws)
+    for *_, why in ws.left_out:  # a stale entry of a shared link: said once, every page compares the rest
+        error(why)
     if refused is not None:
         error(refused)  # in the main area, where the visitor looks
     elif z is None and not base:
@@ -416,6 +420,21 @@ def workspace_sidebar() -> Workspace:
         )
     st.session_state["_workspace"] = ws
     return ws
+
+
+def readable(ws: Workspace) -> Workspace:
+    """``ws`` without the finetunes whose headers cannot be read (a run deleted since a link was shared, a folder
+    moved), which it adds to ``left_out`` with the reason in one line: one such entry raised in the update analysis,
+    and Sparsity, Spectra, Overlap and Behaviour drew nothing for the finetunes that were still there."""
+    kept, left = [], []
+    for label, path in ws.finetuned:
+        try:
+            checkpoint_info(path)  # (cached by the files' stamps: a stat per file on later runs)
+        except SubnetvizError as exc:
+            left.append((label, path, uilogic.named(label, path, exc)))
+        else:
+            kept.append((label, path))
+    return replace(ws, finetuned=tuple(kept), left_out=ws.left_out + tuple(left)) if left else ws
 
 
 def cluster_choice() -> None:

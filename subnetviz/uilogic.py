@@ -40,6 +40,18 @@ def plain(text: object) -> str:
     return _MD_PUNCT.sub(r"\\\1", text)
 
 
+_PLAIN_NAME = re.compile(r"(?!\d+\.)(?!.*www\.)[A-Za-z0-9][A-Za-z0-9./-]*", re.IGNORECASE)
+
+
+def label_text(text: object) -> str:
+    """A name (a checkpoint's label) for a label Streamlit renders as Markdown, such as a metric's: as it is where
+    Markdown reads it as text (letters and digits, then also ``-``, ``.`` and ``/``: ``grpo-s0``, ``acme/tiny-ft``),
+    so the label is the name itself for a screen reader or a test; else :func:`plain`. A folder named
+    ``![px](https:evil.example)`` made every visitor's browser fetch from another host."""
+    text = str(text)
+    return text if _PLAIN_NAME.fullmatch(text) else plain(text)
+
+
 # --- the sidebar's selection ---------------------------------------------------------------------------
 def workspace_of(
     base: str | None,
@@ -51,8 +63,10 @@ def workspace_of(
     mask_files: dict[str, str],
     zoo_root: str | None,
 ) -> tuple[Workspace, SubnetvizError | None]:
-    """The workspace the sidebar's choices name, and the error that refused a choice (the checkpoints
-    are then left out: a path outside the roots is never opened)."""
+    """The workspace the sidebar's choices name, and the error that refused the base (the checkpoints are then
+    left out: a path outside the roots is never opened) or a list too long. A finetune refused on its own (a stale
+    entry of a shared link, a path outside the roots) is left out with its reason (``left_out``, no path) and the
+    others are compared: one such entry refused them all."""
     refused = None
     chosen = list(dict.fromkeys(c for c in finetuned if c != base))
     if len(chosen) > MAX_FINETUNED:  # a URL can list thousands; each is opened and drawn
@@ -63,26 +77,30 @@ def workspace_of(
         chosen = chosen[:MAX_FINETUNED]
     try:
         base_path = resolve_choice(base, members) if base else None
-        seen, out = {_same(base_path)}, []
-        for c in chosen:  # a checkpoint named twice (its id and its folder) is compared once
-            path = resolve_choice(c, members)
-            if _same(path) not in seen:
-                seen.add(_same(path))
-                label, k = label_of(c, members), 2
-                while label in {lbl for lbl, _ in out}:  # two folders of one name: /a/ft and /b/ft (as the library)
-                    label, k = f"{label_of(c, members)}-{k}", k + 1
-                out.append((label, path))
-        fts = tuple(out)
     except SubnetvizError as exc:
-        refused, base_path, fts = exc, None, ()
+        refused, base_path, chosen = exc, None, []
+    seen, out, left = {_same(base_path)}, [], []
+    for c in chosen:  # a checkpoint named twice (its id and its folder) is compared once
+        try:
+            path = resolve_choice(c, members)
+        except SubnetvizError as exc:  # (its message names it, shortened where it is too long to be a name)
+            left.append((c, "", str(exc)))
+            continue
+        if _same(path) not in seen:
+            seen.add(_same(path))
+            label, k = label_of(c, members), 2
+            while label in {lbl for lbl, _ in out}:  # two folders of one name: /a/ft and /b/ft (as the library)
+                label, k = f"{label_of(c, members)}-{k}", k + 1
+            out.append((label, path))
     ws = Workspace(
         base_path,
-        label_of(base, members) if base else "",
-        fts,
+        label_of(base, members) if base_path else "",  # (a refused base is named by the error alone)
+        tuple(out),
         tuple((k, mask_files[k]) for k in masks if k in mask_files),
         None if precision == "stored" else precision,
         device,
         zoo_root,
+        tuple(left),
     )
     return ws, refused
 
@@ -91,10 +109,17 @@ MAX_FINETUNED = 32  # finetuned checkpoints one view compares
 
 
 def _same(path: str | None) -> str | None:
-    """What tells two choices of one checkpoint apart from two checkpoints: the real path of a local one."""
-    import os
+    """What tells two choices of one checkpoint apart from two checkpoints: the real path of a local one (a resolved
+    choice is absolute; a hub id is not, and is not looked up as a folder of the working directory)."""
+    return os.path.realpath(path) if path and os.path.isabs(path) else path
 
-    return os.path.realpath(path) if path and os.path.exists(path) else path
+
+def named(label: str, path: str, exc: BaseException) -> str:
+    """A checkpoint's error as one line that names it once: the library's messages begin with the checkpoint as it
+    was given (``acme/tiny-base: not in the local …``), which a label in front only repeated, and not always in the
+    same words ("run x: …/runs/x/outputs/model: …")."""
+    text = str(exc)
+    return text if text.startswith((f"{label}:", f"{path}:")) else f"{label}: {text}"
 
 
 def empty_workspace() -> Workspace:
@@ -231,7 +256,7 @@ def checkpoint_where(path: str) -> str:
     directory that does not exist), else the path relative to its root (:func:`~subnetviz.config.display_path`)."""
     from subnetviz.checkpoints.sources import _looks_like_hub_id, resolve_hub_id
 
-    if not config.exists(path) and _looks_like_hub_id(path):
+    if not os.path.isabs(path) and _looks_like_hub_id(path):  # (a resolved path is absolute: never stat-ed here)
         try:
             return f"{path} @ {resolve_hub_id(path).name[:7]} (hub cache)"
         except SubnetvizError:

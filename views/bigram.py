@@ -1,14 +1,16 @@
 """Bigram subnetworks: train a mask as a job or load one, then fidelity, ablation, location, overlap,
 the residual stream and generations (reference/bigram_subnetworks.md)."""
 
+from collections.abc import Callable
 from functools import partial
 
 import streamlit as st
 
-from subnetviz import figures, selection, ui, uilogic
+from subnetviz import config, figures, selection, ui, uilogic
 from subnetviz.bigram.config import PRESET_MAX_STEPS, BigramJobConfig
 from subnetviz.bigram.locate import shares_heatmap_frame
 from subnetviz.bigram.store import analysis_key, is_cached
+from subnetviz.errors import SubnetvizError
 from subnetviz.figures import bigram as bg_figures
 
 
@@ -303,18 +305,25 @@ def body() -> None:
     ws, members = ui.workspace(), selection.zoo_members(ui.zoo())
     # A zoo member by its id, never by the server's absolute path (visitors see no server paths).
     default = ws.base_label if ws.base_label in members else (ws.base or "")
+    # Both fields are in the URL (by hand, as the masks are): a shared link analysed the sidebar's base on the zoo's
+    # corpus with the sender's masks, other numbers and nothing said. A link's entry that cannot be used here is
+    # dropped with a line that says so.
     model = a.text_input(
         "Model",
-        value=default,
+        value=_from_link(
+            "bg_model", default, "model", lambda v: ui.checkpoint_info(selection.resolve_choice(v, members))
+        ),
         key="bg_model",
         help="A zoo id, a folder or a cached hub id; defaults to the sidebar's base (the demo zoo's base).",
     )
     corpus = b.text_input(
         "Corpus",
-        value="zoo",
+        value=_from_link("bg_corpus", "zoo", "corpus", _existing_corpus),
         key="bg_corpus",
         help="'zoo' = the demo chain's exact bigram law, or a text file (model's own tokenizer)",
     )
+    _to_link("bg_model", model, default)
+    _to_link("bg_corpus", corpus, "zoo")
     ui.need(bool(model), "Choose a model (the sidebar's base, a folder or a cached hub id).")
     model = selection.resolve_choice(model, members)
     corpus = uilogic.corpus_choice(corpus)
@@ -328,6 +337,38 @@ def body() -> None:
         label_visibility="collapsed",
     )
     (analyse if view == "Analyse a mask" else train)(model, corpus)
+
+
+def _from_link(key: str, default: str, what: str, check: Callable[[str], object]) -> str:
+    """The value a field starts at: the URL's ``key`` when this session has not drawn the field yet and ``check``
+    takes it, else ``default``. One it refuses (a run deleted since the link was shared, a file moved) is dropped
+    from the URL, with one line naming it."""
+    raw = st.query_params.get(key)
+    if raw is None or key in st.session_state:  # (a field already drawn keeps what it holds)
+        return default
+    try:
+        check(raw)
+    except SubnetvizError as exc:
+        del st.query_params[key]
+        ui.warning(f"The link's {what} cannot be used here ({exc}); {default or 'none'} is shown instead.")
+        return default
+    return raw
+
+
+def _to_link(key: str, value: str, default: str) -> None:
+    """``value`` in the URL under ``key``, or no entry where it is the field's default."""
+    q = st.query_params
+    if value != default and q.get(key) != value:
+        q[key] = value
+    elif value == default and key in q:
+        del q[key]
+
+
+def _existing_corpus(corpus: str) -> None:
+    """Refuse a corpus that is no file or folder under the roots ('zoo' and hf: names are taken as they are)."""
+    resolved = uilogic.corpus_choice(corpus)
+    if resolved != "zoo" and not resolved.startswith("hf:") and not config.exists(resolved):
+        raise SubnetvizError(f"{corpus}: no such file or folder.")
 
 
 ui.run_page(body)

@@ -69,7 +69,9 @@ def subspaces(ws) -> None:
     ui.chart(figs["sub-curves"], key="sub-curves")
     ui.table(tables["subspaces-table"][1], "subspaces-table", tables["subspaces-table"][0])
     # The export also holds the closed tab (Spectra of Δ) under the selections in the URL.
-    chosen = st.query_params.get_all("spec_models") or list(ws.labels)[:1]
+    # (only the workspace's models, as delta_parts draws them: a URL's other names were listed in the parameters and
+    # named rank heatmaps that were never drawn, so the export lacked them without a word)
+    chosen = list(dict.fromkeys(m for m in st.query_params.get_all("spec_models") if m in ws.labels)) or ws.labels[:1]
     layer, module = st.query_params.get("spec_layer"), st.query_params.get("spec_module", "all")
     ui.export_button(
         "Spectra",

@@ -9,18 +9,23 @@ import streamlit as st
 from subnetviz import config, selection, ui, uilogic
 from subnetviz.errors import SubnetvizError
 
+UNREADABLE = {"architecture": "cannot be read", "family": None, "params": pd.NA, "dtypes": {}, "fingerprint": ""}
+
 
 def body() -> None:
     st.title("Workspace")
     ws = ui.workspace()
     ui.need(ws.base is not None, "Choose a base checkpoint in the sidebar.")
     rows, unreadable = [], {}
-    for label, path in [(ws.base_label or "base", ws.base), *ws.finetuned]:
+    # the finetunes the sidebar left out (unreadable; the reason is said at the top of every page) are listed too
+    listed = [(ws.base_label or "base", ws.base, None), *((lab, p, None) for lab, p in ws.finetuned)]
+    listed += [left for left in ws.left_out if left[1]]  # (a choice refused has no path: its error names it)
+    for label, path, left_out in listed:
         try:
-            info = ui.checkpoint_info(path)
+            info = UNREADABLE if left_out else ui.checkpoint_info(path)
         except SubnetvizError as exc:  # listed as unreadable; the others are still shown and compared
-            unreadable[path] = f"{label}: {exc}"
-            info = {"architecture": "cannot be read", "family": None, "params": pd.NA, "dtypes": {}, "fingerprint": ""}
+            unreadable[path] = uilogic.named(label, path, exc)
+            info = UNREADABLE
         rows.append(
             {
                 "role": "base" if path == ws.base else "finetuned",
@@ -48,7 +53,7 @@ def body() -> None:
         cols = st.columns(min(len(summary), 6))
         for col, r in zip(cols, summary.itertuples(), strict=False):
             col.metric(
-                r.model,
+                uilogic.label_text(r.model),  # a metric's label is Markdown: a folder's name shown as text
                 f"{100 * r.sparsity:.2f} %",
                 help=f"{r.changed:,} of {r.numel:,} parameters changed "
                 "(bitwise); sparsity = 1 − changed / all, parameter-weighted.",
