@@ -10,6 +10,7 @@ from subnetviz import figures, ui, uilogic
 from subnetviz.analysis.experts import by_expert, routers
 from subnetviz.errors import SubnetvizError
 from subnetviz.figures import moe
+from subnetviz.figures.updates import percent_text
 
 
 def body() -> None:
@@ -45,8 +46,9 @@ def body() -> None:
                 value=_eta_text(eta) if _eta_text(eta) in ETAS else ETAS[1],
                 key="sp_eta",
                 bind="query-params",
-                help="|Δ| ≤ η·max(|w|,|w'|) counts as unchanged. In bf16 any η below 2⁻⁸ ≈ 0.0039 counts every "
-                "changed entry (equal to exact); larger η leaves out changes small against the weight's size.",
+                help="|Δ| ≤ η·max(|w|,|w'|) counts as unchanged. Below a dtype's smallest relative step (bf16 2⁻⁸ "
+                "≈ 0.0039, fp16 2⁻¹¹ ≈ 0.00049, fp32 2⁻²⁴) η counts every changed entry but sign flips of zero; "
+                "larger η leaves out changes small against the weight's size.",
             )
         )
         if eta != analysis.reports[0].options.eta:  # another η: the analysis at that η (cached like the default)
@@ -76,7 +78,7 @@ def body() -> None:
     # what was left out of the comparison, stored forms (quantized: changes that are only rounding), mixed precision
     ui.analysis_notes(analysis.notes, said)
     if crit == "relative":
-        ui.note(relative_note(eta), said)
+        ui.note(relative_note(eta, compared_dtypes([reports[m] for m in shown] or list(reports.values()))), said)
     value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"
     ui.need(bool(shown), "Pick at least one model.")
     colors = figures.color_map(list(reports))  # a model keeps its colour whichever models are shown
@@ -193,13 +195,15 @@ def other_tabs(analysis, shown: tuple, colors: dict) -> tuple[dict, dict]:
     """The sweep / ULP and norms tabs' figures and tables for the models shown, in the page's colours
     (built for the open tab, or at export for all)."""
     reports = [analysis.report(m) for m in shown]
+    precision = analysis.reports[0].options.precision  # the ULPs are the compared dtype's: this one, or as stored
+    stored = " and ".join(RELATIVE_STEPS.get(d, (d,))[0] for d in compared_dtypes(reports))
     sweep = pd.concat([r.sweep() for r in reports], ignore_index=True)
     ulp = pd.concat([r.ulp_histogram() for r in reports], ignore_index=True)
     special = pd.concat([r.special_by_module() for r in reports], ignore_index=True)
     return (
         {
             "sweep": figures.tolerance_sweep(sweep[sweep["tolerance"].notna()], colors=colors),
-            "ulp": figures.ulp_histogram(ulp, colors=colors),
+            "ulp": figures.ulp_histogram(ulp, colors=colors, dtype=precision or f"{stored}, as stored"),
             "special": figures.module_bars(  # bitwise, whatever the criterion above (the table's 'changed')
                 special, title="Norms, embeddings and head: update sparsity (exact)", colors=colors
             ),
@@ -222,23 +226,56 @@ def special_changed(report, column: str) -> int:
 
 # η choices of the relative criterion (text: a stable URL value); 2⁻⁸ ≈ 0.0039 is bf16's smallest relative step.
 ETAS = ["0.0001", "0.001", "0.002", "0.004", "0.008", "0.01", "0.02", "0.05", "0.1"]
+# Half the spacing of 1 (torch.finfo(dtype).eps / 2) of each float dtype compared as itself: two different finite
+# values of the dtype differ by more than this share of the larger magnitude. Codes (FP8, int8) are compared as
+# their dequantised weights in another dtype, so no claim is made for them.
+RELATIVE_STEPS = {  # dtype -> (its short name, the step as the note writes it, the step)
+    "bfloat16": ("bf16", "2⁻⁸ ≈ 0.0039", 2**-8),
+    "float16": ("fp16", "2⁻¹¹ ≈ 0.00049", 2**-11),
+    "float32": ("fp32", "2⁻²⁴ ≈ 6.0e-8", 2**-24),
+    "float64": ("fp64", "2⁻⁵³ ≈ 1.1e-16", 2**-53),
+}
 
 
 def _eta_text(eta: float) -> str:
     return f"{eta:g}" if eta >= 1e-3 else f"{eta:.4f}".rstrip("0")
 
 
-def relative_note(eta: float) -> str:
-    if eta < 2**-8:
-        return (
-            f"Relative criterion at η = {eta:g}: in bf16 two different values differ by at least 2⁻⁸ ≈ 0.0039 of the "
-            f"larger magnitude, so any η below that counts every changed entry and 'relative' equals 'exact' "
-            f"(choose η ≥ 0.004 above to leave out changes that are small against the weight)."
-        )
-    return (
+def compared_dtypes(reports) -> list[str]:
+    """The dtypes the reports' tensors were compared at (their ``dtype`` column: the chosen precision, or each
+    pair's own), in first-seen order."""
+    seen = pd.concat([r.tensors["dtype"] for r in reports], ignore_index=True) if reports else pd.Series([])
+    return list(dict.fromkeys(seen.dropna().astype(str)))
+
+
+def relative_note(eta: float, dtypes: list[str]) -> str:
+    """What the relative criterion at ``eta`` means for the ``dtypes`` compared. Where η lies below a dtype's
+    smallest relative step, it counts every changed entry of that dtype but sign flips of zero (−0 ↔ +0: the bits
+    differ, Δ = 0), so there 'relative' is 'exact' less those; the note says so only of such dtypes."""
+    rule = (
         f"Relative criterion at η = {eta:g}: a change with |Δ| ≤ {eta:g}·max(|w|,|w'|) counts as unchanged, "
         f"so only changes large against the weight's own size remain."
     )
+    below = [RELATIVE_STEPS[d] for d in dtypes if d in RELATIVE_STEPS and eta < RELATIVE_STEPS[d][2]]
+    if not below:
+        return rule
+    names = " and ".join(name for name, _, _ in below)
+    steps = below[0][1] if len(below) == 1 else ", ".join(f"{step} ({name})" for name, step, _ in below)
+    larger = next((e for e in ETAS if float(e) >= max(s for _, _, s in below)), ETAS[-1])
+    if len(below) == len(dtypes):
+        what = (
+            f"These weights were compared in {names}, where two different values differ by at least {steps} of "
+            f"the larger magnitude. η is below that, so 'relative' counts every changed entry, as 'exact' does, "
+            f"except sign flips of zero (−0 ↔ +0)."
+        )
+    else:
+        others = " and ".join(RELATIVE_STEPS.get(d, (d,))[0] for d in dtypes if RELATIVE_STEPS.get(d) not in below)
+        what = (
+            f"Some weights were compared in {names}, where two different values differ by at least {steps} of the "
+            f"larger magnitude. η is below that, so in those tensors 'relative' counts every changed entry except "
+            f"sign flips of zero (−0 ↔ +0); in {others} a change up to η·max(|w|,|w'|) counts as unchanged."
+        )
+    return f"{rule} {what} Choose η ≥ {larger} above to leave out changes that are small against the weight."
 
 
 def experts_section(analysis, shown, colors: dict) -> None:
@@ -299,21 +336,26 @@ def drill_parts(ws, reports, crit: str, eta: float, model: str, key: str) -> tup
 
     mats = reports[model].tensors
     row = mats[mats["key"] == key].iloc[0]
-    upd = matrix_update(ws.base, dict(ws.finetuned)[model], row["name"], criterion=crit, eta=eta, max_side=128)
+    upd = matrix_update(
+        ws.base, dict(ws.finetuned)[model], row["name"], criterion=crit, eta=eta, max_side=128, precision=ws.precision
+    )
 
     def line(esc: Callable[[str], str]) -> str:  # the matrix named as in the picker, then as in the file
         name = esc(key) + (f" (stored as {esc(row['name'])})" if row["name"] != key else "")
+        at = f" at {ws.precision}" if ws.precision else ""  # the sidebar's comparison precision, as the analysis
+        share = percent_text([100 * upd.n_changed / max(1, int(row["numel"]))], decimals=2)[0]  # 1 in 10^5: not 0.00
         return (
-            f"{name} · shape {row['shape']} · criterion {crit} · {upd.n_changed:,} of "
-            f"{int(row['numel']):,} changed ({100 * upd.n_changed / max(1, int(row['numel'])):.2f} %) · "
+            f"{name} · shape {row['shape']} · criterion {crit}{at} · {upd.n_changed:,} of "
+            f"{int(row['numel']):,} changed ({share} %) · "
             f"largest |Δ| {figures.format_number(row['max_abs_delta'])}"
         )
 
     subject = f"{model} · {key}"  # in each chart: the export and a paper figure have no picker to say it
+    axes = {"subject": subject, "orientation": upd.orientation}  # a GPT-2 Conv1D weight's rows are its inputs
     figs = {
-        "drill-image": figures.matrix_image(upd.changed, title=f"Which entries changed ({crit})", subject=subject),
-        "drill-delta": figures.delta_image(upd.delta, subject=subject),
-        "drill-ratios": figures.row_col_ratios(upd.row_share, upd.col_share, subject=subject),
+        "drill-image": figures.matrix_image(upd.changed, title=f"Which entries changed ({crit})", **axes),
+        "drill-delta": figures.delta_image(upd.delta, **axes),
+        "drill-ratios": figures.row_col_ratios(upd.row_share, upd.col_share, **axes),
     }
     return figs, line
 

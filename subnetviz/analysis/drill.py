@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from subnetviz.analysis.quant import checkpoint_forms, row_block, weight_rows
+from subnetviz.analysis.sparsity import PRECISIONS, _rel_is_nonzero
 from subnetviz.checkpoints import open_checkpoint
+from subnetviz.checkpoints.adapters import _CONV1D
 from subnetviz.errors import CheckpointError
 from subnetviz.figures.matrix import MatrixBlocks
 
@@ -25,8 +27,11 @@ BAND_ENTRIES = 1 << 22
 @dataclass(frozen=True)
 class MatrixUpdate:
     """One matrix's update under ``criterion``, reduced to what its views draw: ``changed`` and ``delta`` (Δ =
-    W_ft − W_base in float32) as sums over the blocks of :class:`~subnetviz.figures.matrix.MatrixBlocks`, the
-    changed count of each row and column, and the total. Nothing of the matrix's size is kept."""
+    W_ft − W_base as compared: float32 for 16-bit types, float64 for wider ones) as sums over the blocks of
+    :class:`~subnetviz.figures.matrix.MatrixBlocks`, the changed count of each row and column, and the total.
+    Nothing of the matrix's size is kept. ``orientation``: what its rows and columns are, as
+    :data:`~subnetviz.figures.matrix.AXIS_TITLES` names them ("out_in": an nn.Linear's [out, in]; "in_out":
+    transformers' Conv1D, GPT-2's attention and MLP weights, stored [in, out]; "": not known)."""
 
     name: str
     criterion: str
@@ -36,6 +41,7 @@ class MatrixUpdate:
     cols_changed: np.ndarray  # int64 (cols,)
     changed: MatrixBlocks
     delta: MatrixBlocks
+    orientation: str = "out_in"
 
     @property
     def row_share(self) -> np.ndarray:
@@ -54,13 +60,15 @@ def matrix_update(
     eta: float = 1e-3,
     max_side: int = 128,
     band_entries: int = BAND_ENTRIES,
+    precision: str | None = None,
 ) -> MatrixUpdate:
     """The update of tensor ``name`` (same name in both checkpoints), a band of rows at a time.
 
-    criterion: ``"exact"`` (bit patterns differ, at the finetune's stored dtype), ``"relative"``
-    (|Δ| > η·max(|w|, |w'|)) or an absolute tolerance as text (``"1e-05"``: |Δ| > tol), as
-    :class:`~subnetviz.analysis.sparsity.SparsityReport` counts them. ``max_side``: the images' cells a side.
-    Memory: about 20 bytes per entry of a band of ``band_entries`` (an embedding of 10^9 entries included).
+    criterion: ``"exact"`` (bit patterns differ), ``"relative"`` (|Δ| > η·max(|w|, |w'|)) or an absolute
+    tolerance as text (``"1e-05"``: |Δ| > tol), counted as :class:`~subnetviz.analysis.sparsity.SparsityReport`
+    counts them: both sides at ``precision`` ("bf16", "fp16", "fp32": the sidebar's comparison precision) where
+    one is given, else at the finetune's stored dtype. ``max_side``: the images' cells a side.
+    Memory: about 40 bytes per entry of a band of ``band_entries`` (an embedding of 10^9 entries included).
     """
     ck_b, ck_f = open_checkpoint(base), open_checkpoint(finetuned)
     if name not in ck_b.names:
@@ -83,7 +91,9 @@ def matrix_update(
     for r0 in range(0, rows, step):
         xb = weight_rows(ck_b, name, form_b, b, r0, r0 + step)
         xf = weight_rows(ck_f, name, form_f, f, r0, r0 + step)
-        if quant_b != quant_f:  # a float side against dequantised codes: at the float side's dtype
+        if precision is not None:  # the chosen comparison precision, both sides (as compare_pair casts them)
+            xb, xf = xb.to(PRECISIONS[precision]), xf.to(PRECISIONS[precision])
+        elif quant_b != quant_f:  # a float side against dequantised codes: at the float side's dtype
             target = f.dtype if quant_b else b.dtype
             xb, xf = xb.to(target), xf.to(target)
         c, d = _band(xb, xf, criterion, eta)
@@ -91,14 +101,33 @@ def matrix_update(
         delta.add(r0, d)
         per_row[r0 : r0 + len(c)] = c.sum(axis=1)
         per_col += c.sum(axis=0)
-    return MatrixUpdate(name, criterion, (rows, cols), int(per_row.sum()), per_row, per_col, changed, delta)
+    orientation = _orientation(ck_f.names_table, name, (rows, cols))
+    return MatrixUpdate(
+        name, criterion, (rows, cols), int(per_row.sum()), per_row, per_col, changed, delta, orientation
+    )
+
+
+def _orientation(table, name: str, shape: tuple[int, int]) -> str:
+    """What the rows and columns of weight ``name`` are (see :class:`MatrixUpdate`): GPT-2's Conv1D weights are
+    stored [in, out]. Where no config.json says gpt2 (the table was chosen by the names) GPT-BigCode's nn.Linear
+    has the same names, so only a c_attn shaped (H, 3H), which no GPT-BigCode c_attn is, is known to be one;
+    the others are left unnamed. Every other weight is taken as an nn.Linear's [out, in]."""
+    if table.family != "gpt2" or not _CONV1D.search(name):
+        return "out_in"
+    if not table.guessed or (name.endswith("c_attn.weight") and shape[1] == 3 * shape[0]):
+        return "in_out"
+    return ""
 
 
 def _band(b: torch.Tensor, f: torch.Tensor, criterion: str, eta: float) -> tuple[np.ndarray, np.ndarray]:
-    """(changed bool, Δ float32) of one band of rows, compared as the analysis compares."""
+    """(changed bool, Δ) of one band of rows, compared as the analysis compares (its
+    :func:`~subnetviz.analysis.bits.changed_stats_numpy` and compiled pass): Δ, the tolerance and η·max(|w|,|w'|)
+    in float32 for 16-bit types and in float64 for wider ones (float32 rounded 1e-7 up to 1.0000000117e-07 and
+    an fp32 change of exactly that size read as unchanged), and η below half the dtype's relative step as "Δ ≠ 0"."""
     if b.dtype != f.dtype:
         b = b.to(f.dtype)  # compared at the finetune's stored dtype, as the analysis does
-    x, y = b.float(), f.float()
+    ctype = torch.float32 if f.element_size() <= 2 else torch.float64
+    x, y = b.to(ctype), f.to(ctype)
     d = y - x
     if criterion == "exact":
         nbytes = b.element_size()  # bit patterns, byte by byte: -0 vs +0 and NaN payloads count as changed
@@ -106,8 +135,10 @@ def _band(b: torch.Tensor, f: torch.Tensor, criterion: str, eta: float) -> tuple
             b.contiguous().view(torch.uint8).reshape(*b.shape, nbytes)
             != f.contiguous().view(torch.uint8).reshape(*f.shape, nbytes)
         ).any(-1)
+    elif criterion == "relative" and _rel_is_nonzero(f.dtype, eta):  # two different values differ by more
+        changed = d != 0
     elif criterion == "relative":
-        changed = d.abs() > eta * torch.maximum(x.abs(), y.abs())
+        changed = d.abs() > torch.tensor(eta, dtype=ctype) * torch.maximum(x.abs(), y.abs())
     else:
-        changed = d.abs() > float(criterion)
+        changed = d.abs() > torch.tensor(float(criterion), dtype=ctype)
     return changed.numpy(), d.numpy()

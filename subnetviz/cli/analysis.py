@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -71,9 +72,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for line in analysis.notes:
         print(f"note: {line}", file=sys.stderr)
     summary = analysis.summary()
-    print(summary[["model", "sparsity", "density", "numel", "changed"]].to_string(index=False))
+    shares = {"sparsity": share_text, "density": share_text}  # each its own digits: 1e-10 of 7B is not 0.000000
+    print(summary[["model", "sparsity", "density", "numel", "changed"]].to_string(index=False, formatters=shares))
     print(f"wrote {out}")
     return 0
+
+
+def share_text(x: float) -> str:
+    """A share as ``analyze`` prints it, a plain number a script can read back: six decimals, except where they
+    would round a share that is neither 0 nor 1 onto one of them (a 7B model with 3,000 changed entries read
+    1.000000 / 0.000000): then e-notation near 0 (``4.286e-07``) and as many decimals as tell it from 1 near 1
+    (``0.9999995714``)."""
+    text = f"{x:.6f}"
+    if not math.isfinite(x) or x in (0.0, 1.0) or float(text) not in (0.0, 1.0):
+        return text
+    if float(text) == 0.0:
+        return f"{x:.3e}"
+    return next((f"{x:.{d}f}" for d in range(7, 18) if float(f"{x:.{d}f}") != 1.0), repr(x))
 
 
 NAME_MAX = 255  # the longest file name (bytes) Linux and macOS file systems take

@@ -11,6 +11,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from subnetviz.figures.style import DIVERGING, PALETTE, SEQUENTIAL, FigureDataError, _style, no_data_figure, takes_data
+from subnetviz.figures.updates import percent_text
+
+AXIS_TITLES = {
+    "out_in": ("row (output dim)", "column (input dim)"),  # an nn.Linear's weight, [out, in]
+    "in_out": ("row (input dim)", "column (output dim)"),  # transformers' Conv1D (GPT-2), stored [in, out]
+    "": ("row", "column"),  # not known which is which
+}
+"""(y title, x title) of a matrix image by the weight's orientation (:attr:`MatrixUpdate.orientation`)."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +55,17 @@ class MatrixBlocks:
 
 @takes_data("subject")
 def delta_image(
-    delta_2d, max_side: int = 256, title: str = "Signed update Δ = W_ft − W_base", subject: str = ""
+    delta_2d,
+    max_side: int = 256,
+    title: str = "Signed update Δ = W_ft − W_base",
+    subject: str = "",
+    orientation: str = "out_in",
 ) -> go.Figure:
     """Downsampled signed Δ image (of a 2-D array or its :class:`MatrixBlocks`) on a diverging scale centred on 0
     (symmetric range, blocks as in :func:`matrix_image`).
-    ``subject`` (e.g. "model · matrix") opens the subtitle."""
+    ``subject`` (e.g. "model · matrix") opens the subtitle; ``orientation`` names the axes (:data:`AXIS_TITLES`)."""
     blocks = delta_2d if isinstance(delta_2d, MatrixBlocks) else _as_blocks(delta_2d, max_side, "delta_image")
-    if blocks is None:
+    if blocks is None or blocks.sums.size == 0:  # (a [0, N] weight: no block to draw)
         return no_data_figure(title)
     f, r0, c0, rows_in, cols_in = _grid(blocks)
     mean = blocks.sums / np.outer(rows_in, cols_in)
@@ -61,8 +73,8 @@ def delta_image(
     fig = go.Figure(
         go.Heatmap(
             z=mean.astype(np.float32),
-            x=c0 + (f - 1) / 2,
-            y=r0 + (f - 1) / 2,
+            x=c0 + (cols_in - 1) / 2,  # each block's centre, as matrix_image places it (edge blocks ragged)
+            y=r0 + (rows_in - 1) / 2,
             colorscale=DIVERGING,
             zmid=0,
             zmin=-span,
@@ -71,7 +83,7 @@ def delta_image(
             hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
         )
     )
-    return _matrix_layout(fig, title, blocks.shape, f, subject)
+    return _matrix_layout(fig, title, blocks.shape, f, subject, orientation)
 
 
 def _as_blocks(a, max_side: int, builder: str) -> MatrixBlocks | None:
@@ -103,13 +115,25 @@ def _blocks(shape: tuple[int, int], max_side: int):
     return f, r0, c0, np.minimum(r0 + f, m) - r0, np.minimum(c0 + f, n) - c0
 
 
-def _matrix_layout(fig: go.Figure, title: str, shape: tuple[int, int], f: int, subject: str = "") -> go.Figure:
+def _matrix_layout(
+    fig: go.Figure, title: str, shape: tuple[int, int], f: int, subject: str = "", orientation: str = "out_in"
+) -> go.Figure:
     """A matrix image's layout: what it shows (``subject``), its size and what a cell shows (an entry, or the mean
-    of an f×f block) under the title, row 0 on top, square cells."""
+    of a block: f×f, or fewer rows / columns where the matrix has fewer than f) under the title, row 0 on top,
+    square cells, the axes named by ``orientation`` (:data:`AXIS_TITLES`)."""
     m, n = shape
-    sub = f"{m}×{n}, each cell the mean of a {f}×{f} block" if f > 1 else f"{m}×{n}, full resolution (a cell per entry)"
+    block = f"{min(f, m)}×{min(f, n)}"  # a 4096 × 16 matrix in 32-row blocks: 32×16, not 32×32
+    ragged = (m > f and m % f) or (n > f and n % f)
+    sub = (
+        f"{m}×{n}, each cell the mean of a {block} block" + (" (fewer at the edges)" if ragged else "")
+        if f > 1
+        else f"{m}×{n}, full resolution (a cell per entry)"
+    )
     sub = f"{subject} · {sub}" if subject else sub
-    _style(fig, f"{title}<br><sup>{sub}</sup>", "column (input dim)", "row (output dim)")
+    if orientation not in AXIS_TITLES:
+        raise FigureDataError(f"matrix figures: orientation must be one of {sorted(AXIS_TITLES)}; got {orientation!r}.")
+    y_title, x_title = AXIS_TITLES[orientation]
+    _style(fig, f"{title}<br><sup>{sub}</sup>", x_title, y_title)
     fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
     fig.update_xaxes(constrain="domain")
     return fig
@@ -137,17 +161,19 @@ def _block_sum(a: np.ndarray, f: int) -> np.ndarray:
 
 
 @takes_data("subject")
-def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries changed", subject: str = "") -> go.Figure:
+def matrix_image(
+    mask_2d, max_side: int = 256, title: str = "Which entries changed", subject: str = "", orientation: str = "out_in"
+) -> go.Figure:
     """Downsampled image of a 2-D mask (bool, or float in [0, 1]; or its :class:`MatrixBlocks`): share changed
     per block, in %.
     ``subject`` (e.g. "model · matrix") opens the subtitle; a bool mask at full resolution gets a two-colour
-    key (unchanged / changed) instead of a 0–100 % scale.
+    key (unchanged / changed) instead of a 0–100 % scale; ``orientation`` names the axes (:data:`AXIS_TITLES`).
 
     The same block size f = ceil(max(m, n) / max_side) is used on both axes so the aspect ratio
     is kept; hover gives the original row/column ranges and the changed count of each block.
     """
     blocks = mask_2d if isinstance(mask_2d, MatrixBlocks) else _as_blocks(mask_2d, max_side, "matrix_image")
-    if blocks is None:
+    if blocks is None or blocks.sums.size == 0:  # (a [0, N] weight: no block to draw)
         return no_data_figure(title)
     f, r0, c0, rows_in, cols_in = _grid(blocks)
     sums = blocks.sums
@@ -185,7 +211,7 @@ def matrix_image(mask_2d, max_side: int = 256, title: str = "Which entries chang
             **trace,
         )
     )
-    return _matrix_layout(fig, title, blocks.shape, f, subject)
+    return _matrix_layout(fig, title, blocks.shape, f, subject, orientation)
 
 
 def _downsample_1d(v: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -202,8 +228,10 @@ def row_col_ratios(
     max_points: int = 2048,
     title: str = "Share of entries changed per row and per column",
     subject: str = "",
+    orientation: str = "out_in",
 ) -> go.Figure:
-    """Two panels: fraction changed per row (output dim) and per column (input dim), in %; ``subject``
+    """Two panels: fraction changed per row and per column, in %, each axis named by ``orientation`` (an
+    nn.Linear's rows are its output dims, a Conv1D's its input dims: :data:`AXIS_TITLES`); ``subject``
     (e.g. "model · matrix") under the title."""
     r, c = np.asarray(row_ratio, dtype=np.float64).ravel(), np.asarray(col_ratio, dtype=np.float64).ravel()
     if r.size == 0 and c.size == 0:
@@ -214,6 +242,13 @@ def row_col_ratios(
     finite = np.concatenate([r, c])
     finite = finite[np.isfinite(finite)]
     top = min(100.0, max(1.0, 115 * float(finite.max()))) if finite.size else 100.0
+    if orientation not in AXIS_TITLES:
+        raise FigureDataError(f"row_col_ratios: orientation must be one of {sorted(AXIS_TITLES)}; got {orientation!r}.")
+    # what each index is ("output dim", "input dim"; nothing where not known), from the image's axis titles
+    dims = {
+        what: title.removeprefix(what).strip(" ()")
+        for what, title in zip(("row", "column"), AXIS_TITLES[orientation], strict=True)
+    }
     for k, (v, what) in enumerate(((r, "row"), (c, "column")), start=1):
         if v.size == 0:
             continue
@@ -225,11 +260,13 @@ def row_col_ratios(
                 mode="lines",
                 name=what,
                 line={"color": PALETTE[k - 1], "width": 1},
-                hovertemplate=f"{what} %{{x:.0f}}<br>changed %{{y:.2f}}%<extra></extra>",
+                text=percent_text(100 * y, decimals=2),  # in the hover: 1 of 150,000 entries is not 0.00 %
+                hovertemplate=f"{what} %{{x:.0f}}<br>changed %{{text}}%<extra></extra>",
             ),
             row=1,
             col=k,
         )
-        fig.update_xaxes(title_text=f"{what} index" + (f" (mean of {f})" if f > 1 else ""), row=1, col=k)
+        said = "; ".join(filter(None, (dims[what], f"mean of {f}" if f > 1 else "")))
+        fig.update_xaxes(title_text=f"{what} index" + (f" ({said})" if said else ""), row=1, col=k)
         fig.update_yaxes(title_text="changed (%)", range=[0, top], row=1, col=k)
     return _style(fig, f"{title}<br><sup>{subject}</sup>" if subject else title, showlegend=False)

@@ -82,12 +82,25 @@ def sparsity_heatmap(
         "sparsity_heatmap",
         shares=["sparsity", "density", value],
     )
-    layers, modules, g = _grid(df, [value, "changed", "numel", "sparsity", "density"], "sparsity_heatmap")
-    custom = np.stack([g["changed"], g["numel"], 100 * g["sparsity"], 100 * g["density"]], axis=-1)
-    hover = (
-        "layer %{y} · %{x}<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
-        "<br>sparsity %{customdata[2]:.3f}%<br>density %{customdata[3]:.3f}%"
-    )
+    extra = ["tensors"] if "tensors" in df.columns else []
+    layers, modules, g = _grid(df, [value, "changed", "numel", "sparsity", "density", *extra], "sparsity_heatmap")
+    # the shares as text (percent_text): a cell with 1 change in 10^6 reads 99.9999 %, not 100.000 %
+    custom = np.stack(
+        [g["changed"], g["numel"], 100 * g["sparsity"], 100 * g["density"]]
+        + [percent_text(100 * g[c]) for c in ("sparsity", "density", value)]
+        + ([g["tensors"]] if extra else []),
+        axis=-1,
+    ).astype(object)
+    counts = "layer %{y} · %{x}<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
+    if value == "sparsity":
+        hover = counts + "<br>sparsity %{customdata[4]}%<br>density %{customdata[5]}%"
+    else:  # the cell's own value first (its colour and label), then the weighted shares under their names
+        of = " (%{customdata[7]:,.0f} tensors)" if extra else ""
+        hover = (
+            f"layer %{{y}} · %{{x}}<br>{value.replace('_', ' ').replace('mean ', 'per-tensor mean ')} "
+            f"%{{customdata[6]}}%{of}<br>changed %{{customdata[0]:,.0f}} of %{{customdata[1]:,.0f}}"
+            "<br>parameter-weighted sparsity %{customdata[4]}%<br>parameter-weighted density %{customdata[5]}%"
+        )
     label = f"{value.replace('_', ' ')} (%)"
     rng = {} if zrange is None else {"zmin": float(zrange[0]), "zmax": float(zrange[1])}
     z = 100 * g[value]
@@ -114,11 +127,13 @@ def overall_bars(
     models = df["model"].astype(str).tolist()
     colors = colors or color_map(models)
     v = 100 * pd.to_numeric(df[value]).to_numpy(dtype=np.float64)
-    hover = "%{x}: %{y:.2f}%"
-    custom = None
+    # the share as text (percent_text, two decimals): 1 change in 10^5 read "100.00%" under a "99.999 %" label
+    hover = "%{x}: %{customdata[0]}%"
+    columns = [percent_text(v, decimals=2)]
     if {"changed", "numel"} <= set(df.columns):
-        custom = np.stack([df["changed"].to_numpy(np.float64), df["numel"].to_numpy(np.float64)], axis=-1)
-        hover += "<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
+        columns += [df["changed"].to_numpy(np.float64), df["numel"].to_numpy(np.float64)]
+        hover += "<br>changed %{customdata[1]:,.0f} of %{customdata[2]:,.0f}"
+    custom = np.stack(columns, axis=-1).astype(object)
     fig = go.Figure(
         go.Bar(
             x=models,
@@ -177,7 +192,8 @@ def tolerance_sweep(
             if {"changed", "numel"} <= set(df.columns)
             else ""
         )
-        hov = "%{fullData.name}<br>tolerance %{x:.0e}<br>sparsity %{y:.3f}%" + counts + "<extra></extra>"
+        hov = "%{fullData.name}<br>tolerance %{x:.0e}<br>sparsity %{text}%" + counts + "<extra></extra>"
+        shown = percent_text(s)  # the hover's share as text: 1 change in 10^6 reads 99.9999, not 100.000
         fig.add_trace(
             go.Scatter(
                 x=t[t > 0],
@@ -186,6 +202,7 @@ def tolerance_sweep(
                 name=m,
                 legendgroup=m,
                 customdata=cd[t > 0],
+                text=shown[t > 0],
                 line={"color": colors[m]},
                 hovertemplate=hov,
             )
@@ -198,10 +215,11 @@ def tolerance_sweep(
                     mode="markers",
                     name=f"{m} (exact)",
                     customdata=cd[t == 0],
+                    text=shown[t == 0],
                     legendgroup=m,
                     showlegend=False,
                     marker={"symbol": "diamond-open", "size": 13, "color": colors[m], "line": {"width": 2}},
-                    hovertemplate="%{fullData.name}<br>exact (bitwise)<br>sparsity %{y:.3f}%"
+                    hovertemplate="%{fullData.name}<br>exact (bitwise)<br>sparsity %{text}%"
                     + counts
                     + "<extra></extra>",
                 )
@@ -218,8 +236,10 @@ def ulp_histogram(
     log_y: bool = True,
     title: str = "Distance between base and finetuned weights in ULPs",
     colors: Mapping | None = None,
+    dtype: str = "",
 ) -> go.Figure:
-    """Grouped bars per model: columns model, bin (ordered labels, first appearance order), count."""
+    """Grouped bars per model: columns model, bin (ordered labels, first appearance order), count. ``dtype``: the
+    dtype(s) the ULPs are of, as the axis names them ("bf16" where that precision was chosen; "fp32, as stored")."""
     if df.empty:
         return no_data_figure(title)
     _require(df, ["model", "bin", "count"], "ulp_histogram")
@@ -244,7 +264,9 @@ def ulp_histogram(
                 name=m,
                 marker_color=colors[m],
                 customdata=share,
-                hovertemplate="%{fullData.name}<br>%{x} ULP<br>%{y:,.0f} entries (%{customdata:.3f}%)<extra></extra>",
+                text=percent_text(share),  # in the hover only: a share of 1 in 10^6 reads 1.0e-04, not 0.000
+                textposition="none",
+                hovertemplate="%{fullData.name}<br>%{x} ULP<br>%{y:,.0f} entries (%{text}%)<extra></extra>",
             )
         )
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=bins)
@@ -253,10 +275,27 @@ def ulp_histogram(
     return _style(
         fig,
         title,
-        "distance (units in the last place of the stored dtype)",
+        f"distance (units in the last place of the compared dtype{f' ({dtype})' if dtype else ''})",
         "entries (count, log)" if log_y else "entries (count)",
         barmode="group",
     )
+
+
+def percent_text(values, decimals: int = 3) -> np.ndarray:
+    """Percentages as hovers and captions write them: ``decimals`` decimals, except where those would round a value
+    onto 100 or 0 that is neither; such a value reads as :func:`percent_cells` writes it ("99.9985", "6.5e-04"), so
+    a share of one change in a million never reads "100.000" beside a cell label that tells it from 100. Blank where
+    undefined."""
+    v = np.asarray(values, dtype=np.float64)
+    cells = percent_cells(v, unit="")
+    out = np.full(v.shape, "", dtype=object)
+    for idx, x in np.ndenumerate(v):
+        if not np.isfinite(x):
+            continue
+        text = f"{x:.{decimals}f}"
+        hides = (x != 0 and float(text) == 0) or (abs(x) != 100 and abs(float(text)) == 100)
+        out[idx] = cells[idx] if hides else text
+    return out
 
 
 @takes_data()
@@ -284,15 +323,18 @@ def module_bars(
             ],
             axis=-1,
         )
+        x = 100 * sub["sparsity"].to_numpy(dtype=np.float64, na_value=np.nan)
         fig.add_trace(
             go.Bar(
                 y=sub[key].astype(str).to_numpy(),
-                x=100 * sub["sparsity"].to_numpy(dtype=np.float64, na_value=np.nan),
+                x=x,
                 orientation="h",
                 name=m,
                 marker_color=colors[m],
                 customdata=extra,
-                hovertemplate="%{fullData.name}<br>%{y}<br>sparsity %{x:.3f}%<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}<extra></extra>",
+                text=percent_text(x),  # in the hover only: an embedding with 1 change in 10^6 is not 100.000 %
+                textposition="none",
+                hovertemplate="%{fullData.name}<br>%{y}<br>sparsity %{text}%<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}<extra></extra>",
             )
         )
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=names, autorange="reversed")

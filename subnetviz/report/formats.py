@@ -5,8 +5,10 @@ One rule set (no Streamlit here; :func:`subnetviz.ui.table` turns it into column
 - counts (integer columns, or float columns holding only whole numbers ≥ 1000): thousands separators;
 - shares (a column named like sparsity, density, share, o1, Jaccard, accuracy, ``*_frac``, forgetting…
   whose values all lie in [-1, 1]: a share or a difference of shares): percent, as the charts draw them;
-  a share column holding a non-zero share below 0.01 % (which two decimals round to 0.00 %): each cell
-  on its own, two decimals from 0.01 % up (``64.21 %``), scientific notation below (``2.453e-3 %``);
+  a share column holding a non-zero share below 0.01 % (which two decimals round to 0.00 %) or one just
+  short of 100 % (which they round to 100.00 %: one change among 65,536 entries): each cell on its own,
+  two decimals where they tell the share from 0 and 100 (``64.21 %``), scientific notation below 0.01 %
+  (``2.453e-3 %``) and, just below 100 %, the decimals the charts' cell labels use (``99.998 %``);
 - ratios against chance (``ratio*``, ``*_x_chance``): ``1.23×``;
 - other floats with a non-zero magnitude below 10⁻³: scientific notation (``1.234e-5``), so a small
   number never reads as ``0.0000``.
@@ -26,8 +28,9 @@ import pandas as pd
 from subnetviz.text import has_controls, visible_controls
 
 COUNT, PERCENT, RATIO, SCIENTIFIC = "localized", "percent", "%.2f×", "%.3e"
-SMALL_PERCENT = "small percent"  # a share column with a share below SMALL_SHARE: scientific, in %
+SMALL_PERCENT = "small percent"  # a share column with a share below SMALL_SHARE or near 1: each cell on its own
 SMALL_SHARE = 1e-4
+NEAR_FULL = 99.995  # a share (in %) at or above this, below 100, reads 100.00 at two decimals
 _SHARE = re.compile(
     r"(^|_)(sparsity|density|share|frac|fraction|o1|o2|jaccard|acc|accuracy|identical|kept|chance|progress|"
     r"capacity|exclusive|vs_first|vs_previous|vs_base|back_to_start|used|overlap|trained|forgetting|transfer)"
@@ -54,7 +57,8 @@ def column_format(name: object, values: pd.Series) -> str | None:
         return RATIO
     nonzero = np.abs(v[v != 0])
     if _SHARE.search(text) and v.min() >= -1 and v.max() <= 1:  # a share, or a difference of shares
-        return SMALL_PERCENT if len(nonzero) and nonzero.min() < SMALL_SHARE else PERCENT
+        near_full = bool(np.any((nonzero < 1) & (100 * nonzero >= NEAR_FULL)))  # two decimals would say 100.00 %
+        return SMALL_PERCENT if (len(nonzero) and nonzero.min() < SMALL_SHARE) or near_full else PERCENT
     # thousands separators for large numbers: whole ones (counts), and fractional ones with nothing below 1 that a
     # grouped display would round away (an expected count, 121,119.318)
     if np.abs(v).max() >= 1000 and (np.all(v == np.round(v)) or nonzero.min() >= 1):
@@ -101,9 +105,16 @@ def _e(x: float) -> str:
 
 
 def _small_percent(v: float) -> str:
-    """A share (already in percent) of a column that holds shares below 0.01 %: two decimals where they
-    show the number, e-notation where they would round it to 0.00 %."""
-    return f"{v:,.2f} %" if abs(v) >= 100 * SMALL_SHARE else f"{_e(v)} %"
+    """A share (already in percent) of a column that holds shares below 0.01 % or just short of 100 %: two
+    decimals where they show the number, e-notation where they would round it to 0.00 %, and just short of
+    100 % as many decimals as tell it from 100, as the charts' cell labels write it (``99.9985 %``; past six,
+    ``>99.9999 %``), never ``100.00 %`` for a share where something changed."""
+    if abs(v) < 100 * SMALL_SHARE:
+        return f"{_e(v)} %"
+    if NEAR_FULL <= abs(v) < 100:
+        digits = next((d for d in range(2, 7) if abs(float(f"{v:.{d}f}")) < 100), None)
+        return f"{v:.{digits}f} %" if digits else (">99.9999 %" if v > 0 else "<-99.9999 %")
+    return f"{v:,.2f} %"
 
 
 def e_text(value: object, percent: bool = False) -> str:
