@@ -16,7 +16,7 @@ import torch
 from subnetviz.analysis.quant import checkpoint_forms, row_block, weight_rows
 from subnetviz.analysis.sparsity import PRECISIONS, _rel_is_nonzero
 from subnetviz.checkpoints import open_checkpoint
-from subnetviz.checkpoints.adapters import _CONV1D
+from subnetviz.checkpoints.adapters import _CONV1D, open_finetune
 from subnetviz.errors import CheckpointError
 from subnetviz.figures.matrix import MatrixBlocks
 
@@ -70,7 +70,8 @@ def matrix_update(
     one is given, else at the finetune's stored dtype. ``max_side``: the images' cells a side.
     Memory: about 40 bytes per entry of a band of ``band_entries`` (an embedding of 10^9 entries included).
     """
-    ck_b, ck_f = open_checkpoint(base), open_checkpoint(finetuned)
+    ck_b = open_checkpoint(base)
+    ck_f = open_finetune(finetuned, ck_b)  # a LoRA/PEFT adapter: merged onto the base, as the analysis reads it
     if name not in ck_b.names:
         raise CheckpointError(f"{base}: no tensor {name!r} (it is in {finetuned}).")
     b, f = ck_b.get(name), ck_f.get(name)

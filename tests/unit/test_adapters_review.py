@@ -325,3 +325,26 @@ def test_an_adapters_weight_file_given_as_a_model_says_to_give_its_folder(tmp_pa
         analyze_updates(str(base), [str(lora / "adapter_model.safetensors")], spectra=SpectraOptions(enabled=False))
     msg = str(err.value)
     assert "\n" not in msg and "a PEFT adapter's weight file" in msg and f"give its folder {lora} " in msg
+
+
+# --- D1: One matrix of an adapter ------------------------------------------------------------------------------------
+
+
+def test_one_matrix_of_an_adapter_counts_peft_s_merged_matrix(tmp_path):
+    """The Sparsity page's One matrix opened the finetune alone, so an adapter was refused as "not a model" (what the
+    analysis of the same pair had merged): its counts, total, per row and per column, are those of PEFT's merge."""
+    import numpy as np
+    from safetensors.torch import load_file as load
+
+    from subnetviz.analysis.drill import matrix_update
+
+    base = _base(tmp_path)
+    folder = _peft(tmp_path, base, _lora(target_modules=["q_proj", "v_proj"]))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    before = load(str(base / "model.safetensors"))[name]
+    after = _peft_merge(base, folder)[name]
+    diff = (before != after).numpy()
+    upd = matrix_update(str(base), str(folder), name)
+    assert upd.n_changed == int(diff.sum()) > 0
+    np.testing.assert_array_equal(upd.rows_changed, diff.sum(axis=1))
+    np.testing.assert_array_equal(upd.cols_changed, diff.sum(axis=0))
