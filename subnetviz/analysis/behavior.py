@@ -204,10 +204,7 @@ def behavior(
     _refuse_adapters([base, *finetuned])
     for ft in finetuned:  # from the headers, before any model is loaded: a pair behaviour cannot compare
         aligned_pair(str(base), str(ft))
-    try:
-        tok = load_tokenizer(base)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{base}: no tokenizer to encode the prompts with ({exc}).") from None
+    tok = load_tokenizer(base)  # (any failure to load it: one line naming the folder and the file)
     encoded = encode(tok, prompts)
     enc, cut_note = fit_context(encoded, _context_length([base, *finetuned]))
     domains = list(domains) if domains is not None else ["all"] * len(prompts)
@@ -605,10 +602,7 @@ def planned_passes(config: dict) -> tuple[int, int, int, int]:
     files = config.get("prompts") or zoo_prompt_files()
     files = [files] if isinstance(files, str | os.PathLike) else files
     prompts = [p for f in files for p in read_prompts(f, config.get("limit"))]
-    try:
-        tok = load_tokenizer(config["base"])
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{config['base']}: no tokenizer to encode the prompts with ({exc}).") from None
+    tok = load_tokenizer(config["base"])  # (any failure to load it: one line naming the folder and the file)
     enc, _ = fit_context(encode(tok, prompts), _context_length([config["base"], *config["finetuned"]]))
     n_tokens = sum(len(e.ids) for e in enc)
     specs = list((config.get("masks") or {}).values())

@@ -126,10 +126,11 @@ def prepare(config: BigramJobConfig | dict):
 
 
 def tokenizer_size(model_dir) -> int:
-    """How many tokens the model's tokenizer has (added tokens included), as the paper cuts the logits to."""
-    from transformers import AutoTokenizer
+    """How many tokens the model's tokenizer has (added tokens included), as the paper cuts the logits to; read
+    from local files only, its folder's files checked (:func:`~subnetviz.checkpoints.models.load_tokenizer`)."""
+    from subnetviz.checkpoints.models import load_tokenizer
 
-    return len(AutoTokenizer.from_pretrained(str(model_dir)))
+    return len(load_tokenizer(model_dir))
 
 
 def run_job(config: dict, ctx) -> None:

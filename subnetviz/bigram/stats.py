@@ -306,15 +306,18 @@ def load_transition_npz(path: str | os.PathLike, vocab_size: int | None = None) 
 
 
 def _tokenizer(tokenizer):
+    """A tokenizer as given, or the one in a folder (a cached hub id's snapshot) named by ``tokenizer``: its files
+    checked first and any failure to load it one CheckpointError
+    (:func:`~subnetviz.checkpoints.models.folder_tokenizer`; a tokenizer_config.json holding a list was an
+    AttributeError traceback)."""
     if isinstance(tokenizer, str | os.PathLike):
-        from transformers import AutoTokenizer
+        from subnetviz.checkpoints.models import check_folder_files, folder_tokenizer
+        from subnetviz.checkpoints.sources import local_folder
 
-        from subnetviz.checkpoints.models import check_folder_files
-
-        folder = Path(tokenizer).expanduser()
+        folder = local_folder(tokenizer) or Path(tokenizer).expanduser()
         if folder.is_dir():
             check_folder_files(folder)
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return folder_tokenizer(folder, str(tokenizer))
     return tokenizer
 
 

@@ -64,14 +64,88 @@ def refuse_adapter(spec: str | os.PathLike) -> None:
         )
 
 
-def check_folder_files(folder: Path) -> Path:
-    """``folder``, once every file in it passed :func:`~subnetviz.config.check_readable`: transformers opens
-    whichever of them it looks for (tokenizer files, generation config, chat template)."""
-    from subnetviz.config import check_readable, display_path
+FOLDER_ENTRIES = 100_000  # entries under a model folder checked at most (a release holds tens, a few hundred shards)
 
-    for entry in folder.iterdir():
-        if entry.is_file():
-            check_readable(entry, what=f"{entry.name} in {display_path(folder)}")
+
+def folder_entries(folder: Path) -> Iterator[tuple[str, Path]]:
+    """``(name relative to folder, path)`` of everything under ``folder``, its subfolders walked too: transformers
+    reads more than the top level (``additional_chat_templates/*.jinja``). A subfolder (a link to one included) is
+    listed, then walked once (a link back to a folder already walked is not walked again); one that lies outside
+    the roots while they are enforced (:func:`leads_outside`) is listed but not walked (a link to ``/`` would walk
+    the whole disk). A link that leads back to itself is left out (it names no file, and was "linked as it is" by
+    :func:`without_adapter`). CheckpointError, one line, for a subfolder that cannot be listed and past
+    :data:`FOLDER_ENTRIES` entries (a link to a disk's worth of data in a folder, with the roots not enforced, would
+    walk it all before every load)."""
+    from subnetviz.config import display_path
+
+    seen: set[str] = set()
+    pending = [(folder, "")]
+    count = 0
+    while pending:
+        here, prefix = pending.pop(0)  # (breadth first: a folder's own files, then its subfolders')
+        real = os.path.realpath(here)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(here.iterdir())
+        except OSError as exc:
+            raise CheckpointError(
+                f"{prefix.rstrip('/') or '.'} in {display_path(folder)}: cannot be listed ({exc.strerror or exc})."
+            ) from None
+        for entry in entries:
+            try:
+                entry.resolve()
+            except (OSError, RuntimeError):  # a loop of links names no file: opening it fails at once, reads nothing
+                continue
+            name = prefix + entry.name
+            count += 1
+            if count > FOLDER_ENTRIES:
+                raise CheckpointError(
+                    f"{display_path(folder)}: more than {FOLDER_ENTRIES:,} files and folders under it (its subfolders "
+                    "and the folders they link to), all of which a model's loader may open and are checked first; a "
+                    "model folder holds a few dozen: move the rest out."
+                )
+            yield name, entry
+            if entry.is_dir() and not leads_outside(entry):
+                pending.append((entry, name + "/"))
+
+
+def leads_outside(path: Path) -> bool:
+    """Whether ``path`` (its links followed) lies outside the roots while they are enforced. False for a path that
+    names no file (a loop of links): :func:`~subnetviz.config.check_readable` says what that is."""
+    from subnetviz.config import check_allowed, enforce_roots
+    from subnetviz.errors import PathNotAllowedError
+
+    if not enforce_roots():
+        return False
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    try:
+        check_allowed(resolved)
+    except PathNotAllowedError:
+        return True
+    return False
+
+
+def check_folder_files(folder: Path) -> Path:
+    """``folder``, once everything under it (subfolders too, :func:`folder_entries`) passed
+    :func:`~subnetviz.config.check_readable`, which refuses a file outside the roots and anything that is not a
+    regular file (a named pipe's open waits for good): transformers opens whichever files it looks for (tokenizer
+    files, generation config, chat templates in ``additional_chat_templates/``). A subfolder that leads outside
+    the roots is refused too."""
+    from subnetviz.config import check_readable, display_path
+    from subnetviz.errors import PathNotAllowedError
+
+    shown = display_path(folder)
+    for name, entry in folder_entries(folder):
+        what = f"{name} in {shown}"
+        if not entry.is_dir():
+            check_readable(entry, what=what)
+        elif leads_outside(entry):
+            raise PathNotAllowedError(f"{what}: leads outside the folders this server may read; refused.")
     return folder
 
 
@@ -187,9 +261,75 @@ def check_not_quantized(spec, folder: Path) -> None:
         )
 
 
+# The JSON files a tokenizer is read from: each holds one object (a list there was an AttributeError traceback)
+TOKENIZER_JSON = (
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "vocab.json",
+)
+# Any of these is a tokenizer (the training config's list; AutoTokenizer reads the one the model type needs)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+
+
 def load_tokenizer(spec: str | os.PathLike):
-    """``AutoTokenizer`` of checkpoint ``spec``, from local files only."""
+    """``AutoTokenizer`` of checkpoint ``spec``, from local files only, every file of its folder checked first
+    (:func:`check_folder_files`); any failure of loading it is one CheckpointError (:func:`folder_tokenizer`)."""
+    with without_adapter(model_folder(spec)) as folder:
+        return folder_tokenizer(folder, str(spec))
+
+
+def folder_tokenizer(folder: Path, spec: str | None = None):
+    """``AutoTokenizer`` of the files in ``folder`` (checked by the caller: :func:`check_folder_files`), from local
+    files only. Whatever transformers raises becomes one CheckpointError naming ``spec`` (default the folder) and,
+    where it can be told, the file: a tokenizer file of the wrong JSON type ended in an AttributeError or
+    TypeError traceback from inside transformers (CLI and Behaviour page alike)."""
     from transformers import AutoTokenizer
 
-    with without_adapter(model_folder(spec)) as folder:
+    from subnetviz.config import display_path
+
+    try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line naming the folder and file
+        where = spec if spec is not None else display_path(folder)
+        raise CheckpointError(f"{where}: its tokenizer cannot be loaded ({_tokenizer_problem(folder, exc)}).") from None
+
+
+def _tokenizer_problem(folder: Path, exc: Exception) -> str:
+    """Why ``folder``'s tokenizer failed to load with ``exc``: no tokenizer file at all, a folder where one should
+    be, a JSON file of it that is no JSON object (or not JSON), a tokenizer_class that is not a name; else
+    transformers' first line."""
+    from subnetviz.checkpoints.families import json_type
+    from subnetviz.config import not_a_file, read_json
+    from subnetviz.errors import SubnetvizError
+
+    if not any((folder / f).exists() for f in TOKENIZER_FILES):
+        return f"no tokenizer file there (none of {', '.join(TOKENIZER_FILES)})"
+    for name in dict.fromkeys(TOKENIZER_FILES + TOKENIZER_JSON):
+        if kind := not_a_file(folder / name):
+            return f"{name}: {kind}, not a regular file"
+    for name in TOKENIZER_JSON:
+        if (folder / name).is_file():
+            try:
+                value = read_json(folder / name, CheckpointError, what=name)
+            except SubnetvizError as problem:
+                return str(problem).rstrip(".")
+            except OSError as problem:
+                return f"{name}: cannot be read ({problem.strerror or problem})"
+            cls = value.get("tokenizer_class") if name == "tokenizer_config.json" else None
+            if cls is not None and not isinstance(cls, str):
+                return f'{name}: tokenizer_class is {json_type(cls)}; expected a class name such as "LlamaTokenizer"'
+    text = str(exc).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if isinstance(exc, OSError | ValueError):  # transformers' own messages
+        return first[:200] or type(exc).__name__
+    return f"{type(exc).__name__} inside transformers: {first[:200]}"

@@ -35,9 +35,9 @@ from subnetviz.checkpoints import ct_packed as _ct_packed
 from subnetviz.checkpoints import header as _header
 from subnetviz.checkpoints import mxfp4 as _mxfp4
 from subnetviz.checkpoints import nvfp4 as _nvfp4
-from subnetviz.checkpoints.families import tie_word_embeddings
+from subnetviz.checkpoints.families import json_type, tie_word_embeddings
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
-from subnetviz.checkpoints.naming import NameTable
+from subnetviz.checkpoints.naming import NameTable, check_config
 from subnetviz.config import check_readable, display_path, read_json
 from subnetviz.errors import CheckpointError, NotCachedError, SubnetvizError, suggest
 
@@ -524,14 +524,19 @@ _GGUF = "GGUF (llama.cpp), which is not read: compare the safetensors release it
 
 
 def _index_files(index: Path) -> list[Path]:
-    try:
-        weight_map = read_json(index, CheckpointError)["weight_map"]
-        odd = [v for v in weight_map.values() if not isinstance(v, str)]
-        if odd:  # (5, null, a list: Path() of it was a TypeError traceback)
-            raise CheckpointError(f"{index}: a shard entry is {json.dumps(odd[0])[:40]}, not a file name.")
-        entries = sorted(set(weight_map.values()))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{index}: not a valid shard index ({type(exc).__name__}: {exc}).") from exc
+    data = read_json(index, CheckpointError)
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict):  # (a list said "not a valid shard index (AttributeError: …)")
+        found = (
+            "has no weight_map"
+            if "weight_map" not in data
+            else f"weight_map is {'null' if weight_map is None else json_type(weight_map)}"
+        )
+        raise CheckpointError(f"{index}: {found}; expected an object of tensor name → shard file.")
+    odd = [v for v in weight_map.values() if not isinstance(v, str)]
+    if odd:  # (5, null, a list: Path() of it was a TypeError traceback)
+        raise CheckpointError(f"{index}: a shard entry is {json.dumps(odd[0])[:40]}, not a file name.")
+    entries = sorted(set(weight_map.values()))
     for i, entry in enumerate(entries):
         # A shard is a file name in the index's own folder (or a plain sub-path): never absolute, never "..".
         parts = Path(entry).parts if isinstance(entry, str) else ("..",)
@@ -850,5 +855,7 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
     config = None
     cfg_path = root / "config.json" if root else None
     if cfg_path and cfg_path.is_file():  # what it says decides how tensors are read (quantization, tying)
-        config = read_json(cfg_path, CheckpointError, what=f"config.json in {display_path(root)}")
+        where = f"config.json in {display_path(root)}"
+        config = read_json(cfg_path, CheckpointError, what=where)
+        check_config(config, where)  # (the naming table checked it later, naming no folder)
     return s, files, root, config, notes

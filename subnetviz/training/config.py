@@ -23,6 +23,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from subnetviz.checkpoints.models import TOKENIZER_FILES  # a base folder's tokenizer: any of these
 from subnetviz.errors import ConfigError, suggest
 
 ALGORITHMS = ("sft", "dpo", "grpo")
@@ -52,15 +53,6 @@ SCHEDULERS = (
     "polynomial",
     "constant_with_warmup",
     "inverse_sqrt",
-)
-# A base folder's tokenizer: any of these beside config.json (AutoTokenizer reads the one the model type needs).
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "spiece.model",
 )
 
 
@@ -361,13 +353,13 @@ def base_context(base: str) -> int | None:
 
 def _base_tokenizer(base: str):
     """The base's tokenizer (as the trainer loads it); a loader failure is a one-line :class:`ConfigError`."""
-    from transformers import AutoTokenizer
+    from subnetviz.checkpoints.models import folder_tokenizer
+    from subnetviz.errors import CheckpointError
 
-    try:
-        return AutoTokenizer.from_pretrained(base)
-    except Exception as exc:  # noqa: BLE001 - any loader failure becomes the config's one-line error
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"base {base!r}: its tokenizer cannot be loaded ({first[:200]}).") from None
+    try:  # (its files were checked by _base_folder_problems)
+        return folder_tokenizer(Path(base), f"base {base!r}")
+    except CheckpointError as exc:  # any loader failure, as the config's one-line error
+        raise ConfigError(str(exc)) from None
 
 
 def _needs_chat_template(tok, base: str, data: str) -> None:
@@ -415,10 +407,11 @@ def _base_folder_problems(folder: Path) -> list[str]:
     """What the trainers' ``from_pretrained`` would read wrongly in the base folder: a PEFT adapter's files
     beside the model (applied on top of it when PEFT is installed), a named pipe or a device where a file
     would be (its open waits for good, the job hung) and, on a server that enforces its roots, files
-    (tokenizer, templates) that link outside them."""
-    from subnetviz.checkpoints.models import ADAPTER_FILES, check_not_quantized
-    from subnetviz.config import check_readable, not_a_file
-    from subnetviz.errors import CheckpointError, PathNotAllowedError
+    (tokenizer, templates) or subfolders that link outside them. Subfolders are walked too
+    (:func:`~subnetviz.checkpoints.models.folder_entries`): transformers reads additional_chat_templates/."""
+    from subnetviz.checkpoints.models import ADAPTER_FILES, check_not_quantized, folder_entries, leads_outside
+    from subnetviz.config import not_a_file
+    from subnetviz.errors import CheckpointError
 
     problems = []
     adapter = [f for f in ADAPTER_FILES if (folder / f).exists()]
@@ -427,16 +420,14 @@ def _base_folder_problems(folder: Path) -> list[str]:
             f"base {str(folder)!r} holds a PEFT adapter ({', '.join(adapter)}) beside the model, which the trainer "
             "would apply on top of it; give a folder with the model alone"
         )
-    for entry in sorted(folder.iterdir()):
-        kind = not_a_file(entry)
-        if kind and kind != "a folder":
-            problems.append(f"base {str(folder)!r}: {entry.name} is {kind}, not a regular file")
-            continue
-        try:
-            if entry.is_file():
-                check_readable(entry)
-        except PathNotAllowedError:
-            problems.append(f"base {str(folder)!r}: {entry.name} leads outside the folders this server may read")
+    try:
+        for name, entry in folder_entries(folder):
+            if leads_outside(entry):  # a file, or a subfolder (then not walked)
+                problems.append(f"base {str(folder)!r}: {name} leads outside the folders this server may read")
+            elif (kind := not_a_file(entry)) and kind != "a folder":  # (check_readable's two refusals, each said)
+                problems.append(f"base {str(folder)!r}: {name} is {kind}, not a regular file")
+    except CheckpointError as exc:  # a subfolder that cannot be listed
+        problems.append(f"base {str(folder)!r}: {str(exc).rstrip('.')}")
     try:  # a base stored as a quantization library's codes: the trainers train float32 models
         check_not_quantized(f"base {str(folder)!r}", folder)
     except CheckpointError as exc:
