@@ -8,6 +8,7 @@ import streamlit as st
 
 from subnetviz import figures, ui, uilogic
 from subnetviz.analysis.experts import by_expert, routers
+from subnetviz.analysis.sparsity_report import compared_dtypes, ulp_dtype
 from subnetviz.errors import SubnetvizError
 from subnetviz.figures import moe
 from subnetviz.figures.updates import percent_text
@@ -195,15 +196,13 @@ def other_tabs(analysis, shown: tuple, colors: dict) -> tuple[dict, dict]:
     """The sweep / ULP and norms tabs' figures and tables for the models shown, in the page's colours
     (built for the open tab, or at export for all)."""
     reports = [analysis.report(m) for m in shown]
-    precision = analysis.reports[0].options.precision  # the ULPs are the compared dtype's: this one, or as stored
-    stored = " and ".join(RELATIVE_STEPS.get(d, (d,))[0] for d in compared_dtypes(reports))
     sweep = pd.concat([r.sweep() for r in reports], ignore_index=True)
     ulp = pd.concat([r.ulp_histogram() for r in reports], ignore_index=True)
     special = pd.concat([r.special_by_module() for r in reports], ignore_index=True)
     return (
         {
             "sweep": figures.tolerance_sweep(sweep[sweep["tolerance"].notna()], colors=colors),
-            "ulp": figures.ulp_histogram(ulp, colors=colors, dtype=precision or f"{stored}, as stored"),
+            "ulp": figures.ulp_histogram(ulp, colors=colors, dtype=ulp_dtype(reports)),
             "special": figures.module_bars(  # bitwise, whatever the criterion above (the table's 'changed')
                 special, title="Norms, embeddings and head: update sparsity (exact)", colors=colors
             ),
@@ -239,13 +238,6 @@ RELATIVE_STEPS = {  # dtype -> (its short name, the step as the note writes it, 
 
 def _eta_text(eta: float) -> str:
     return f"{eta:g}" if eta >= 1e-3 else f"{eta:.4f}".rstrip("0")
-
-
-def compared_dtypes(reports) -> list[str]:
-    """The dtypes the reports' tensors were compared at (their ``dtype`` column: the chosen precision, or each
-    pair's own), in first-seen order."""
-    seen = pd.concat([r.tensors["dtype"] for r in reports], ignore_index=True) if reports else pd.Series([])
-    return list(dict.fromkeys(seen.dropna().astype(str)))
 
 
 def relative_note(eta: float, dtypes: list[str]) -> str:

@@ -246,6 +246,24 @@ def fused_part_rows(table, name: str, key: str, shape, st: PairStats) -> list[di
 ProgressFn = Callable[[int, int, str], None]
 
 
+SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
+
+
+def compared_dtypes(reports: Sequence[SparsityReport]) -> list[str]:
+    """The dtypes the reports' tensors were compared at (their ``dtype`` column: the chosen precision, or each
+    pair's own), in first-seen order."""
+    seen = pd.concat([r.tensors["dtype"] for r in reports], ignore_index=True) if reports else pd.Series([])
+    return list(dict.fromkeys(seen.dropna().astype(str)))
+
+
+def ulp_dtype(reports: Sequence[SparsityReport]) -> str:
+    """What the reports' ULP distances are units of, as the histogram's axis names it: the chosen comparison
+    precision ("bf16"), else the stored dtypes ("fp32, as stored")."""
+    precision = reports[0].options.precision if reports else None
+    stored = " and ".join(SHORT_DTYPES.get(d, d) for d in compared_dtypes(reports))
+    return precision or f"{stored}, as stored"
+
+
 def summarize(reports: Sequence[SparsityReport]) -> pd.DataFrame:
     """One row per finetuned model: exact sparsity, density, the paper's 1e-5 figure, tensors compared."""
     rows = []

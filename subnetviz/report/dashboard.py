@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from subnetviz import figures
+from subnetviz.analysis.sparsity_report import ulp_dtype
 from subnetviz.analysis.updates import UpdateAnalysis, read_analysis
 from subnetviz.cache import read_frame
 from subnetviz.errors import ConfigError, SubnetvizError
@@ -36,7 +37,8 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
         )
     sweep = pd.concat([r.sweep() for r in analysis.reports], ignore_index=True)
     figs.append(figures.tolerance_sweep(sweep[sweep["tolerance"].notna()]))
-    figs.append(figures.ulp_histogram(pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)))
+    ulps = pd.concat([r.ulp_histogram() for r in analysis.reports], ignore_index=True)
+    figs.append(figures.ulp_histogram(ulps, dtype=ulp_dtype(analysis.reports)))  # units of the dtype compared
     figs.append(figures.module_bars(pd.concat([r.special_by_module() for r in analysis.reports], ignore_index=True)))
     sections.append(ReportSection("Update sparsity", figs, [("Sparsity per criterion", sweep)]))
     spec = analysis.spectra_located()

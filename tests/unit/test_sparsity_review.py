@@ -267,3 +267,23 @@ def test_cli_prints_a_share_it_can_read_back(tmp_path, capsys):
     row = dict(zip(lines[head].split(), lines[head + 1].split(), strict=True))
     assert (int(row["numel"]), int(row["changed"])) == (2_100_000, 1)
     assert 0 < 1 - float(row["sparsity"]) < 1e-6 and float(row["density"]) == pytest.approx(1 / 2_100_000, rel=1e-3)
+
+
+@pytest.mark.parametrize(("precision", "unit"), [("bf16", "(bf16)"), (None, "(fp32, as stored)")])
+def test_the_reports_ulp_axis_names_the_dtype_compared(planted_fp32, precision, unit):
+    """`report`'s dashboard drew the ULP histogram with no dtype ("units in the last place" of what?): an fp32 pair
+    analysed at bf16 counts bf16 ULPs, and its axis says so, as the page's does."""
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import SpectraOptions, analyze_updates
+    from subnetviz.report.dashboard import analysis_sections
+
+    root, _, _ = planted_fp32
+    analysis = analyze_updates(
+        str(root / "base"),
+        [str(root / "ft")],
+        options=SparsityOptions(precision=precision),
+        spectra=SpectraOptions(enabled=False),
+    )
+    figs = [f for s in analysis_sections(analysis) for f in s.figures]
+    (ulp,) = [f for f in figs if "ULP" in (f.layout.title.text or "")]
+    assert ulp.layout.xaxis.title.text.endswith(unit + ")"), ulp.layout.xaxis.title.text
