@@ -112,7 +112,11 @@ def _orientation(table, name: str, shape: tuple[int, int]) -> str:
     """What the rows and columns of weight ``name`` are (see :class:`MatrixUpdate`): GPT-2's Conv1D weights are
     stored [in, out]. Where no config.json says gpt2 (the table was chosen by the names) GPT-BigCode's nn.Linear
     has the same names, so only a c_attn shaped (H, 3H), which no GPT-BigCode c_attn is, is known to be one;
-    the others are left unnamed. Every other weight is taken as an nn.Linear's [out, in]."""
+    the others are left unnamed. An embedding's rows are tokens (positions), whatever the family. Every other
+    weight is taken as an nn.Linear's [out, in]."""
+    module = table.describe(name).module
+    if module in ("embed", "pos_embed"):
+        return "token_dim" if module == "embed" else "position_dim"
     if table.family != "gpt2" or not _CONV1D.search(name):
         return "out_in"
     if not table.guessed or (name.endswith("c_attn.weight") and shape[1] == 3 * shape[0]):

@@ -16,6 +16,8 @@ from subnetviz.figures.updates import percent_text
 AXIS_TITLES = {
     "out_in": ("row (output dim)", "column (input dim)"),  # an nn.Linear's weight, [out, in]
     "in_out": ("row (input dim)", "column (output dim)"),  # transformers' Conv1D (GPT-2), stored [in, out]
+    "token_dim": ("row (token)", "column (hidden dim)"),  # an input embedding, [vocab, hidden]
+    "position_dim": ("row (position)", "column (hidden dim)"),  # a learned position embedding, [positions, hidden]
     "": ("row", "column"),  # not known which is which
 }
 """(y title, x title) of a matrix image by the weight's orientation (:attr:`MatrixUpdate.orientation`)."""

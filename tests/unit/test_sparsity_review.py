@@ -287,3 +287,22 @@ def test_the_reports_ulp_axis_names_the_dtype_compared(planted_fp32, precision, 
     figs = [f for s in analysis_sections(analysis) for f in s.figures]
     (ulp,) = [f for f in figs if "ULP" in (f.layout.title.text or "")]
     assert ulp.layout.xaxis.title.text.endswith(unit + ")"), ulp.layout.xaxis.title.text
+
+
+def test_one_matrix_names_an_embeddings_rows_tokens(tmp_path):
+    """An input embedding is stored [vocab, hidden]: its rows are tokens, and One matrix called them "row (output
+    dim)" as if it were an nn.Linear; GPT-2's learned position embedding's rows are positions."""
+    from tests.models import make_gpt2, make_llama
+
+    gpt2, llama = make_gpt2(tmp_path / "gpt2"), make_llama(tmp_path / "llama")
+    cases = (
+        (llama, "model.embed_tokens.weight", "token"),
+        (gpt2, "transformer.wte.weight", "token"),
+        (gpt2, "transformer.wpe.weight", "position"),
+    )
+    for folder, name, rows in cases:
+        upd = matrix_update(str(folder), str(folder), name)
+        fig = F.matrix_image(upd.changed, orientation=upd.orientation)
+        assert (fig.layout.yaxis.title.text, fig.layout.xaxis.title.text) == (f"row ({rows})", "column (hidden dim)")
+        ratios = F.row_col_ratios(upd.row_share, upd.col_share, orientation=upd.orientation).layout
+        assert ratios.xaxis.title.text.startswith(f"row index ({rows}")
