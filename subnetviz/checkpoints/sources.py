@@ -38,8 +38,8 @@ from subnetviz.checkpoints import nvfp4 as _nvfp4
 from subnetviz.checkpoints.families import json_type, tie_word_embeddings
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import NameTable, check_config
-from subnetviz.config import check_readable, display_path, read_json
-from subnetviz.errors import CheckpointError, NotCachedError, SubnetvizError, suggest
+from subnetviz.config import check_allowed, check_readable, display_path, enforce_roots, hf_cache_dir, read_json
+from subnetviz.errors import CheckpointError, NotCachedError, PathNotAllowedError, SubnetvizError, suggest
 
 if TYPE_CHECKING:  # torch is imported where tensors are read: locating files and fingerprints need none
     import torch
@@ -578,6 +578,41 @@ def _looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")) and (not at or bool(rev))
 
 
+def reads_as_hub_id(spec: str | os.PathLike) -> bool:
+    """Whether checkpoint ``spec`` is read as a hub id: ``org/name[@revision]`` and no path of that name. While the
+    roots are enforced (:func:`~subnetviz.config.enforce_roots`) a path counts only under them, and whether one
+    exists is asked only there: ``org/name`` outside the roots is a hub id whether or not such a path exists, so
+    what it is opened as, and the message that refuses it, tell nothing of the server's files (a model folder
+    ``acme/tiny`` in the working folder read "model.safetensors in …: leads outside", ``acme/none`` "not in the
+    local Hugging Face cache"). As :func:`subnetviz.selection.resolve_choice` decides for the app."""
+    s = str(spec)
+    if not _looks_like_hub_id(s):
+        return False
+    if not enforce_roots():
+        return not os.path.exists(s)  # (os.path: False for a name no file can have, where Path.exists raises)
+    try:
+        under = check_allowed(s)
+    except PathNotAllowedError:
+        return True
+    return not os.path.exists(under)
+
+
+def check_hub_cache(spec: str) -> None:
+    """Refuse hub id ``spec`` (PathNotAllowedError, one line the same for every id) while the roots are enforced
+    and the Hugging Face cache lies outside them: before anything under the cache is listed or opened. Its listing
+    named the ids and revisions it holds ("the cache holds acme/Tiny-Base", "but these: acme/Tiny-Base@main"), and
+    a cached id's refs were read before its weights were refused, so the message told whether it was cached."""
+    if not enforce_roots():
+        return
+    try:
+        check_allowed(hf_cache_dir())
+    except PathNotAllowedError:
+        raise PathNotAllowedError(
+            f"{spec}: hub ids are read from the Hugging Face cache, which lies outside the folders this server may "
+            "read (its owner adds it with SUBNETVIZ_ROOTS)."
+        ) from None
+
+
 def split_revision(spec: str) -> tuple[str, str | None]:
     """``org/name@rev`` -> ``("org/name", "rev")``; ``org/name`` -> ``("org/name", None)``."""
     repo, _, rev = str(spec).partition("@")
@@ -591,18 +626,20 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
     A snapshot that lacks files the hub listed (``hf download --include``/``--exclude``, an interrupted download)
     is returned as it is: huggingface_hub's ``IncompleteSnapshotError`` is a ``LocalEntryNotFoundError``, which
     made a model whose weights were all there "not cached". The weights the checkpoint needs are then checked as
-    any folder's are (a shard its index lists but the snapshot lacks is named)."""
+    any folder's are (a shard its index lists but the snapshot lacks is named).
+
+    While the roots are enforced and the cache lies outside them, every id is refused alike before the cache is
+    looked at (:func:`check_hub_cache`)."""
+    spec = repo_id if revision is None else f"{repo_id}@{revision}"
+    check_hub_cache(spec)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
-
-    from subnetviz.config import hf_cache_dir
 
     try:
         from huggingface_hub.errors import IncompleteSnapshotError
     except ImportError:  # (huggingface_hub before 1.x checked no tree listing)
         IncompleteSnapshotError = LocalEntryNotFoundError  # noqa: N806
 
-    spec = repo_id if revision is None else f"{repo_id}@{revision}"
     repo_id, rev = split_revision(repo_id) if revision is None else (repo_id, revision)
     cache = hf_cache_dir()
     try:
@@ -704,14 +741,12 @@ def _refuse_lone_adapter(folder: Path, spec: str | None = None) -> list[str]:
 
 def local_folder(spec: str | os.PathLike) -> Path | None:
     """The folder ``spec`` names: a local folder, or a cached hub id's snapshot (NotCachedError where it is not
-    cached); None for anything else (a file, a name of nothing)."""
+    cached); None for anything else (a file, a name of nothing). Hub id or path as :func:`reads_as_hub_id` says."""
     s = str(spec)
-    path = os.path.expanduser(s)  # os.path: False for a name no file can have (Path.is_dir raises)
-    if os.path.isdir(path):
-        return Path(path)
-    if not os.path.exists(path) and _looks_like_hub_id(s):
+    if reads_as_hub_id(s):
         return resolve_hub_id(s)
-    return None
+    path = os.path.expanduser(s)  # os.path: False for a name no file can have (Path.is_dir raises)
+    return Path(path) if os.path.isdir(path) else None
 
 
 def source_of(spec: str, folder: Path | None) -> str:
@@ -721,7 +756,7 @@ def source_of(spec: str, folder: Path | None) -> str:
     from subnetviz.config import hub_snapshot_of
 
     s = str(spec)
-    if folder is None or not _looks_like_hub_id(s) or Path(s).expanduser().exists():
+    if folder is None or not reads_as_hub_id(s):
         return s
     snap = hub_snapshot_of(folder)
     return s if snap is None else f"{split_revision(s)[0]}@{snap[1]}"
@@ -743,9 +778,9 @@ def checkpoint_label(spec: str | os.PathLike) -> str:
       label (``…/dpo/model.safetensors`` is ``dpo``); another file: its name before the first dot;
     - any other folder: its name."""
     s = str(spec)
-    path = Path(s.rstrip("/") or s).expanduser()
-    if _looks_like_hub_id(s) and not path.exists():
+    if reads_as_hub_id(s):  # (while the roots are enforced, no path outside them is asked about)
         return s
+    path = Path(s.rstrip("/") or s).expanduser()
     if path.suffix in WEIGHT_SUFFIXES or path.name.endswith(".index.json"):
         if not path.name.startswith(_GENERIC) or not path.parent.name:
             return path.name.split(".")[0] or s
@@ -754,7 +789,9 @@ def checkpoint_label(spec: str | os.PathLike) -> str:
 
 
 def _snapshot_label(folder: Path) -> str | None:
-    """``org/name`` (``@<7 hex>`` where ``refs/main`` names another commit) of a hub cache snapshot folder."""
+    """``org/name`` (``@<7 hex>`` where ``refs/main`` names another commit) of a hub cache snapshot folder.
+    ``refs/main`` is read only where it may be (:func:`~subnetviz.config.check_readable`): a label is no reason to
+    open a file outside the roots; there the label names the commit."""
     from subnetviz.config import hub_snapshot_of
 
     snap = hub_snapshot_of(folder)
@@ -762,8 +799,8 @@ def _snapshot_label(folder: Path) -> str | None:
         return None
     repo, commit, _ = snap
     try:
-        main = (folder.parent.parent / "refs" / "main").read_text().strip()
-    except OSError:
+        main = check_readable(folder.parent.parent / "refs" / "main").read_text().strip()
+    except (OSError, PathNotAllowedError):
         main = None
     return repo if main == commit else f"{repo}@{commit[:7]}"
 
@@ -823,7 +860,17 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
     path = Path(s).expanduser()
     root: Path | None
     notes: list[str] = []
-    if path.is_dir():
+    hub = reads_as_hub_id(s)
+    if not hub and enforce_roots():
+        # the roots before existence: a path outside them is refused in the same words whether it names a file or
+        # not (a file there read "leads outside" or "not a checkpoint file", a missing one "no such file")
+        check_allowed(path)
+    if hub:
+        root = resolve_hub_id(s)
+        notes += _refuse_lone_adapter(root, s)  # (as its snapshot folder is: an adapter's tensors are no model)
+        files = _folder_files(root, notes)
+        notes.append(f"read from the local Hugging Face cache at commit {root.name}.")
+    elif path.is_dir():
         notes += _refuse_lone_adapter(path)
         root, files = path, _folder_files(path, notes)
     elif path.is_file():
@@ -841,11 +888,6 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
             raise CheckpointError(f"{path}: {_GGUF}")
         else:
             raise CheckpointError(f"{path}: not a checkpoint file (expected .safetensors, .bin, .pt or an index json).")
-    elif _looks_like_hub_id(s) and not path.exists():
-        root = resolve_hub_id(s)
-        notes += _refuse_lone_adapter(root, s)  # (as its snapshot folder is: an adapter's tensors are no model)
-        files = _folder_files(root, notes)
-        notes.append(f"read from the local Hugging Face cache at commit {root.name}.")
     else:
         raise CheckpointError(f"{s}: no such file or folder (and not a hub id of the form org/name).")
     # Every file actually opened, after resolving symlinks: inside the roots when they are enforced.
