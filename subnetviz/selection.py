@@ -135,11 +135,13 @@ def resolve_choice(choice: str, members: dict[str, str]) -> str:
     same words whether it names a file or not (a relative ``views/../../etc/shadow`` was ``stat``-ed first, and
     the two messages told a visitor which server paths exist). A hub id is refused where the Hugging Face cache
     lies outside the roots, before the cache is looked at (its listing named the ids and revisions it holds)."""
+    from subnetviz.checkpoints.sources import check_hub_cache
+
     if choice in members:
         return members[choice]
     config.check_name(choice)
     if _hub_id(choice):
-        _check_hub_cache(choice)
+        check_hub_cache(choice)  # (the readers' one line, the same for every id)
         return choice  # resolved only through the local HF cache when opened
     p = Path(choice).expanduser()
     try:
@@ -155,17 +157,14 @@ def resolve_choice(choice: str, members: dict[str, str]) -> str:
 
 
 def _hub_id(choice: str) -> bool:
-    """Whether a choice that is no zoo member is read as a hub id: ``org/name[@revision]``, a repository id the
-    hub could hold, and no path of that name under the roots (whether one exists is asked only there)."""
-    from subnetviz.checkpoints.sources import _looks_like_hub_id, split_revision
+    """Whether a choice that is no zoo member is read as a hub id: a repository id the hub could hold
+    (:func:`_is_repo_id`) that the checkpoint readers read as one
+    (:func:`~subnetviz.checkpoints.sources.reads_as_hub_id`: no path of that name, and while the roots are enforced
+    whether one exists is asked only under them). One rule with the readers, so what is checked here is what they
+    open: a choice let through as a hub id was opened as a folder outside the roots where the two rules differed."""
+    from subnetviz.checkpoints.sources import reads_as_hub_id, split_revision
 
-    if not _looks_like_hub_id(choice) or not _is_repo_id(split_revision(choice)[0]):
-        return False
-    try:
-        under = config.check_allowed(choice)
-    except PathNotAllowedError:
-        return True
-    return not config.exists(under)
+    return reads_as_hub_id(choice) and _is_repo_id(split_revision(choice)[0])
 
 
 def _is_repo_id(repo: str) -> bool:
@@ -178,18 +177,6 @@ def _is_repo_id(repo: str) -> bool:
     except HFValidationError:
         return False
     return True
-
-
-def _check_hub_cache(choice: str) -> None:
-    """Refuse hub id ``choice`` where the Hugging Face cache lies outside the roots: one line that says nothing of
-    what the cache holds, as :func:`~subnetviz.uilogic.corpus_choice` refuses ``hf:`` datasets."""
-    try:
-        config.check_allowed(config.hf_cache_dir())
-    except PathNotAllowedError:
-        raise PathNotAllowedError(
-            f"{choice}: hub ids are read from the Hugging Face cache, which lies outside the folders this server may "
-            "read (its owner adds it with SUBNETVIZ_ROOTS)."
-        ) from None
 
 
 def uploads_dir() -> Path:

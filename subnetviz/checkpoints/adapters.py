@@ -47,8 +47,8 @@ from subnetviz.cache import stat_identity
 from subnetviz.checkpoints.header import ST_DTYPES, TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import TIED_HEADS, strip_prefix
 from subnetviz.checkpoints.sources import ADAPTER_WEIGHTS, Checkpoint, holds_model_weights, open_checkpoint, source_of
-from subnetviz.config import check_readable, read_json, require_memory
-from subnetviz.errors import CheckpointError, SubnetvizError, suggest
+from subnetviz.config import check_allowed, check_readable, enforce_roots, read_json, require_memory
+from subnetviz.errors import CheckpointError, PathNotAllowedError, SubnetvizError, suggest
 
 _LORA = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
@@ -81,21 +81,31 @@ def adapter_folder(spec) -> Path | None:
     """The folder of the PEFT adapter ``spec`` names (a folder with ``adapter_config.json``, or a cached hub id
     whose snapshot is one), else None: a hub id was read as a model of ``lora_A`` / ``lora_B`` tensors. A folder
     that holds a full model's weights and no adapter weights beside its ``adapter_config.json`` (a merged model
-    saved where its adapter was, or uploaded with it) is that model, not an adapter."""
-    from subnetviz.checkpoints.sources import _looks_like_hub_id, local_folder
+    saved where its adapter was, or uploaded with it) is that model, not an adapter.
+
+    Hub id or path as the checkpoint readers decide (:func:`~subnetviz.checkpoints.sources.reads_as_hub_id`), and
+    while the roots are enforced a path outside them is None before anything asks what is there: opening it then
+    refuses it in the readers' words, the same whether it names an adapter, another folder or nothing (an adapter
+    folder outside the roots read "adapter_config.json in …: leads outside", a missing one "outside the folders")."""
+    from subnetviz.checkpoints.sources import reads_as_hub_id, resolve_hub_id
 
     s = str(spec)
-    p = os.path.expanduser(s)  # os.path: False for a name no file can have (Path.is_dir raises)
-    if os.path.isdir(p):
-        folder = Path(p)
-    elif not os.path.exists(p) and _looks_like_hub_id(s):
+    if reads_as_hub_id(s):
         try:
-            folder = local_folder(s)
-        except SubnetvizError:  # not cached (or no name a file can have): opening it says so
+            folder = resolve_hub_id(s)
+        except SubnetvizError:  # not cached, or the cache outside the roots: opening it says so
             return None
     else:
-        return None
-    if folder is None or not os.path.isfile(os.path.join(folder, "adapter_config.json")):
+        p = os.path.expanduser(s)
+        if enforce_roots():
+            try:
+                check_allowed(p)
+            except PathNotAllowedError:
+                return None
+        if not os.path.isdir(p):  # os.path: False for a name no file can have (Path.is_dir raises)
+            return None
+        folder = Path(p)
+    if not os.path.isfile(os.path.join(folder, "adapter_config.json")):
         return None
     if holds_model_weights(folder) and not any((folder / f).is_file() for f in ADAPTER_WEIGHTS):
         return None

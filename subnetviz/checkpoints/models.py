@@ -35,9 +35,11 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence
 def model_folder(spec: str | os.PathLike) -> Path:
     """The folder of a local model, or the snapshot folder of a hub id (``org/name[@rev]``) in the local cache
     (never downloaded); CheckpointError where there is no ``config.json`` to build the model from (a LoRA
-    adapter's folder or hub id said so by name: it was "not a model folder nor a cached hub id")."""
+    adapter's folder or hub id said so by name: it was "not a model folder nor a cached hub id"). While the roots
+    are enforced, a path outside them is refused first (:func:`_check_within_roots`)."""
     from subnetviz.checkpoints.sources import local_folder
 
+    _check_within_roots(spec)
     refuse_adapter(spec)
     path = local_folder(spec) or Path(spec).expanduser()
     if not (path / "config.json").is_file():
@@ -45,16 +47,30 @@ def model_folder(spec: str | os.PathLike) -> Path:
     return path
 
 
+def _check_within_roots(spec: str | os.PathLike) -> None:
+    """While the roots are enforced (:func:`~subnetviz.config.enforce_roots`), refuse a path ``spec`` (hub id or
+    path as :func:`~subnetviz.checkpoints.sources.reads_as_hub_id` says) that lies outside them, before anything
+    asks what is there: in the words the weight readers use, the same whether a model folder, another file or
+    nothing is there (a model folder there was returned and one missing read "not a model folder")."""
+    from subnetviz.checkpoints.sources import reads_as_hub_id
+    from subnetviz.config import check_allowed, enforce_roots
+
+    if enforce_roots() and not reads_as_hub_id(spec):
+        check_allowed(Path(spec).expanduser())
+
+
 def refuse_adapter(spec: str | os.PathLike) -> None:
     """CheckpointError where ``spec`` names a PEFT adapter (its folder, or a cached hub id's snapshot) that holds no
     full model beside it: a model is run from a full model's folder. Said before anything else reads ``spec``, so
-    that a run (Behaviour) given an adapter as a finetune says why, not that the adapter is no model to compare."""
+    that a run (Behaviour) given an adapter as a finetune says why, not that the adapter is no model to compare.
+    Nothing is asked of a path outside the roots while they are enforced (reading it refuses it)."""
     from subnetviz.checkpoints.sources import holds_model_weights, local_folder
     from subnetviz.errors import SubnetvizError
 
     try:
+        _check_within_roots(spec)
         folder = local_folder(spec)
-    except SubnetvizError:  # a hub id not cached (or no name a file can have): reading it says so
+    except SubnetvizError:  # a hub id not cached, a path outside the roots, no name a file can have: reading says so
         return
     if folder is not None and (folder / "adapter_config.json").is_file() and not holds_model_weights(folder):
         raise CheckpointError(

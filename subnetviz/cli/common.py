@@ -100,15 +100,14 @@ def _held(path: Path, inputs: Sequence[str | os.PathLike | None]) -> str | None:
 
 
 def _read_from(spec: str | os.PathLike) -> list[str | os.PathLike]:
-    """Where an input is read from: the path itself, and for a hub id (``org/name``, no such path here) its
-    snapshot in the local Hugging Face cache and the files its links point at (the cache's ``blobs``), as the
-    checkpoint readers resolve it. An id not in the cache is only its own string (it is refused later)."""
-    s = os.fspath(spec)
-    if Path(s).expanduser().exists():
-        return [spec]
-    from subnetviz.checkpoints.sources import _looks_like_hub_id, resolve_hub_id
+    """Where an input is read from: the path itself, and for a hub id its snapshot in the local Hugging Face cache
+    and the files its links point at (the cache's ``blobs``), as the checkpoint readers resolve it (hub id or path
+    as they decide: :func:`~subnetviz.checkpoints.sources.reads_as_hub_id`). An id not in the cache is only its own
+    string (it is refused later)."""
+    from subnetviz.checkpoints.sources import reads_as_hub_id, resolve_hub_id
 
-    if not _looks_like_hub_id(s):
+    s = os.fspath(spec)
+    if not reads_as_hub_id(s):
         return [spec]
     try:
         snapshot = resolve_hub_id(s)
