@@ -157,26 +157,13 @@ def resolve_choice(choice: str, members: dict[str, str]) -> str:
 
 
 def _hub_id(choice: str) -> bool:
-    """Whether a choice that is no zoo member is read as a hub id: a repository id the hub could hold
-    (:func:`_is_repo_id`) that the checkpoint readers read as one
-    (:func:`~subnetviz.checkpoints.sources.reads_as_hub_id`: no path of that name, and while the roots are enforced
-    whether one exists is asked only under them). One rule with the readers, so what is checked here is what they
+    """Whether a choice that is no zoo member is read as a hub id, as the checkpoint readers read one
+    (:func:`~subnetviz.checkpoints.sources.reads_as_hub_id`: a repository id the hub could hold, no path of that
+    name, and while the roots are enforced whether one exists is asked only under them). One rule with the readers, so what is checked here is what they
     open: a choice let through as a hub id was opened as a folder outside the roots where the two rules differed."""
-    from subnetviz.checkpoints.sources import reads_as_hub_id, split_revision
+    from subnetviz.checkpoints.sources import reads_as_hub_id
 
-    return reads_as_hub_id(choice) and _is_repo_id(split_revision(choice)[0])
-
-
-def _is_repo_id(repo: str) -> bool:
-    """Whether the hub could hold a repository ``repo`` (huggingface_hub's own rule: no ``..``, so ``views/..`` is a
-    path, never a hub id)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo)
-    except HFValidationError:
-        return False
-    return True
+    return reads_as_hub_id(choice)
 
 
 def uploads_dir() -> Path:

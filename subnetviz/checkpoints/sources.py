@@ -572,10 +572,19 @@ def _is_shard(index: Path, i: int, entry: str, file: Path) -> bool:
 
 
 def _looks_like_hub_id(spec: str) -> bool:
-    """``org/name`` or ``org/name@revision`` (a branch, tag or commit): a hub id, where no such path exists."""
+    """``org/name`` or ``org/name@revision`` (a branch, tag or commit) that the hub could hold (huggingface_hub's
+    own rule: ``views/..`` or ``acme/x y`` is a path, never a hub id): a hub id, where no such path exists."""
     repo, at, rev = spec.partition("@")
     parts = repo.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")) and (not at or bool(rev))
+    if not (len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")) and (not at or bool(rev))):
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return True
 
 
 def reads_as_hub_id(spec: str | os.PathLike) -> bool:

@@ -305,3 +305,14 @@ def test_out_may_not_replace_the_cached_model_an_org_name_reads(places):
     with pytest.raises(SubnetvizError, match=r"holds the input acme/tiny-base"):
         check_out(str(repo), True, ["acme/tiny-base"])
     assert (repo / "snapshots" / NEW / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("spec", ["views/..", "acme/x y", "acme/a--b", "acme/.hidden"])
+def test_a_name_the_hub_cannot_hold_is_a_path_to_the_readers_as_to_the_app(spec):
+    """The app read `views/..` as a path and the readers as a hub id ("not in the local Hugging Face cache ... hf
+    download views/.."): one rule, huggingface_hub's own."""
+    from subnetviz.checkpoints.sources import reads_as_hub_id
+    from subnetviz.selection import _hub_id
+
+    assert not reads_as_hub_id(spec) and not _hub_id(spec)
+    assert reads_as_hub_id("acme/tiny-base") and reads_as_hub_id("acme/tiny-base@main")
