@@ -9,8 +9,8 @@ import streamlit as st
 from subnetviz import figures, ui
 from subnetviz.figures import continual as cl_figures
 from subnetviz.report.training import run_names
-from subnetviz.supermask.config import ContinualConfig, PhaseEpochs
-from subnetviz.supermask.job import load_result, load_task_masks
+from subnetviz.supermask.config import ContinualConfig, PhaseEpochs, colliding_densities, density_clash
+from subnetviz.supermask.job import data_note, load_result, load_task_masks
 from subnetviz.supermask.metrics import owner_image, supsup_note
 
 METHODS = ["finetune", "supsup", "ssnet", "exssnet", "exssnet+kkt"]
@@ -120,10 +120,15 @@ def results() -> None:
     st.query_params["cl_run"] = labels[run_id]
     folder = ui.job_runner().get(run_id).outputs
     frames = ui.shared(load_result, str(folder))  # a finished run's files: read once, for every session
+    if note := data_note(folder):
+        ui.warning(note)
     summary, acc = frames["summary"], frames["accuracy"]
     # finetuning (density 1.0, every weight) is shown beside each density; a masked method may run at 1.0 too
     baseline = summary["label"] == FINETUNE
     densities = sorted(summary.loc[~baseline, "density"].unique()) or [1.0]
+    if pair := colliding_densities(densities):  # a run made before the config refused them: its tables mix them up
+        ui.error(density_clash(*pair, "this run was made before such densities were refused; launch it again."))
+        return
     c1, c2 = st.columns(2)
     density = c1.selectbox(
         "Density",

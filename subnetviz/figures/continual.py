@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 
 from subnetviz.figures.style import (
     PALETTE,
+    SEQUENTIAL,
     FigureDataError,
     _require,
     _style,
@@ -29,6 +31,15 @@ def method_colors(labels) -> dict[str, str]:
     """Label -> colour, fixed by the label's place in :data:`METHOD_ORDER` (unknown labels after)."""
     order = [*METHOD_ORDER, *sorted(set(labels) - set(METHOD_ORDER))]
     return {lab: PALETTE[order.index(lab) % len(PALETTE)] for lab in labels}
+
+
+def task_colors(n: int) -> list[str]:
+    """One colour per task, all different: the shared Okabe–Ito palette up to its 8 colours, else ``n`` points of
+    Viridis (colour-blind safe, and ordered as the tasks are; its last tenth, a pale yellow hard to see on white, is
+    left out). Cycling the 8 colours drew task 9 as task 1 and task 10 as task 2."""
+    if n <= len(PALETTE):
+        return list(PALETTE[:n])
+    return sample_colorscale(SEQUENTIAL, list(np.linspace(0.0, 0.9, n)))
 
 
 def _ordered(labels) -> list[str]:
@@ -100,25 +111,33 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
     return _style(fig, title, "mask density (% of weights kept, log)", "final average accuracy (%)")
 
 
-def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: str) -> None:
-    """Each bar's value above its error bar's cap (a bar's own outside text sits on the bar's end, where the error
+def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: str, signed: bool = False) -> None:
+    """Each bar's value beyond its error bar's cap (a bar's own outside text sits on the bar's end, where the error
     bar crosses it and hides the digits; a zero bar would show nothing), clear of the cap, and the axis tall enough
-    to hold the highest label."""
-    ends = (y + sd)[np.isfinite(y + sd)]  # a method without a result (NaN) has no bar to label
-    top = max(float(ends.max()) if ends.size else 0.0, 1.0)
+    to hold every label. ``signed``: the values can be negative (a forgetting below 0: the accuracy grew later);
+    a negative bar's value goes below it, and the axis reaches below 0 as far as any bar or error bar does, with a
+    zero line."""
+    finite = np.isfinite(y + sd)  # a method without a result (NaN) has no bar to label
+    neg = finite & (y < 0) if signed else np.zeros(len(y), bool)
+    top = max(float((y + sd)[finite].max()) if finite.any() else 0.0, 1.0)
+    bottom = min(float((y - sd)[finite].min()) if signed and finite.any() else 0.0, 0.0)
+    span = top - bottom
+    pad = 0.015 * span
     fig.add_trace(
         go.Scatter(
             x=x,
-            y=y + sd + 0.015 * top,
+            y=np.where(neg, y - sd - pad, y + sd + pad),
             mode="text",
             text=[f"{v:.1f}{unit}" for v in y],
-            textposition="top center",
+            textposition=["bottom center" if n else "top center" for n in neg],
             hoverinfo="skip",
             cliponaxis=False,
         )
     )
     fig.update_xaxes(type="category")
-    fig.update_yaxes(range=[0, 1.12 * top])
+    fig.update_yaxes(range=[bottom - 0.12 * span if bottom < 0 else 0.0, top + 0.12 * span])
+    if bottom < 0:
+        fig.update_yaxes(zeroline=True, zerolinecolor="black", zerolinewidth=1)
 
 
 @takes_data()
@@ -150,8 +169,9 @@ def forgetting_bars(
             hovertemplate="%{x}: %{y:.2f} pts ± %{customdata:.2f} (sd over seeds)<extra></extra>",
         )
     )
-    _values_above(fig, labels, y, sd, "")  # a method that never forgets shows 0.0, not an empty slot
-    return _style(fig, title, "method", "forgetting (accuracy points)", showlegend=False)
+    _values_above(fig, labels, y, sd, "", signed=True)  # a method that never forgets shows 0.0, not an empty slot
+    # below 0: the tasks' accuracy grew after they were learned (backward transfer); not floored (metrics.forgetting)
+    return _style(fig, title, "method", "forgetting (accuracy points; < 0: grew later)", showlegend=False)
 
 
 @takes_data("layer")
@@ -214,6 +234,18 @@ def exclusive_fraction(
     return _style(fig, title, "task", "exclusive share of the mask (%)")
 
 
+def _task_ticks(n: int, most: int = 15) -> list[int]:
+    """Task numbers to label on a colour bar of ``n`` tasks: all up to ``most``, else every 2nd, 5th, 10th, 20th,
+    25th, 50th ... (at most ``most`` labels; 101 labels overlapped, and the hover names each task), plus ``n``
+    when it is not next to the last one."""
+    if n <= most:
+        return list(range(1, n + 1))
+    steps = sorted(v for e in range(19) for v in (10**e, 2 * 10**e, 25 * 10**e, 5 * 10**e) if v >= 2)
+    step = next(v for v in steps if v * most >= n)
+    ticks = list(range(step, n + 1, step))
+    return ticks + [n] * (n - ticks[-1] > step / 2)
+
+
 @takes_data()
 def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> go.Figure:
     """Heatmap of a layer's owner image (first task that claimed each weight, counted from 0; −1 = unused). Shown
@@ -222,9 +254,10 @@ def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> 
     if a.size == 0:
         return no_data_figure(title)
     n = int(a.max()) + 1
-    colors = ["#DDDDDD", *[PALETTE[i % len(PALETTE)] for i in range(max(n, 1))]]
+    colors = ["#DDDDDD", *task_colors(max(n, 1))]
     k = len(colors)
     scale = [[v, colors[i]] for i in range(k) for v in (i / k, (i + 1) / k)]  # one flat band per value
+    ticks = [0, *_task_ticks(k - 1)]
     fig = go.Figure(
         go.Heatmap(
             z=a.astype(float) + 1,
@@ -233,8 +266,8 @@ def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> 
             colorscale=scale,
             colorbar={
                 "title": {"text": "task"},
-                "tickvals": list(range(k)),
-                "ticktext": ["unused", *map(str, range(1, k))],
+                "tickvals": ticks,
+                "ticktext": ["unused", *map(str, ticks[1:])],
             },
             hovertemplate="row %{y}, col %{x}: task %{z} (0: unused)<extra></extra>",
         )
@@ -257,6 +290,7 @@ def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier 
         found = knn[runs].drop_duplicates().to_dict("records") if runs else "several rows per (task, source_task)"
         raise FigureDataError(f"knn_bars draws one run; the frame holds several: {found}. Filter it to one first.")
     fig = go.Figure()
+    colors = task_colors(knn["source_task"].nunique())  # one per earlier mask, none repeated
     for i, (src, s) in enumerate(knn.sort_values(["source_task", "task"]).groupby("source_task")):
         chosen = s["chosen"].to_numpy(bool) if "chosen" in s else np.zeros(len(s), bool)
         fig.add_trace(
@@ -265,7 +299,7 @@ def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier 
                 y=100 * s["knn_acc"].to_numpy(),
                 name=f"mask of task {src + 1}",
                 marker={
-                    "color": PALETTE[i % len(PALETTE)],
+                    "color": colors[i],
                     "line": {"color": "black", "width": [3 if c else 0 for c in chosen]},
                 },
                 text=["chosen" if c else "" for c in chosen],

@@ -72,6 +72,25 @@ def _as_tuple(value) -> tuple:
     return tuple(value) if isinstance(value, list | tuple) else (value,)
 
 
+def colliding_densities(values) -> tuple[float, float] | None:
+    """Two different densities of ``values`` that cannot be told apart, or None. Two collide when their mask
+    folders (``d{density:g}``, 6 significant digits) are the same, or when they are within the tolerance the page
+    and the metrics pick a density with (``np.isclose``: 1e-8 + 1e-5 relative; here relative to the larger, which
+    covers both orders). Sorted, so only neighbours need comparing: a colliding pair always has a colliding
+    neighbour pair between it."""
+    ds = sorted({float(v) for v in values})
+    for a, b in zip(ds, ds[1:], strict=False):
+        if f"{a:g}" == f"{b:g}" or b - a <= 1e-8 + 1e-5 * max(abs(a), abs(b)):
+            return a, b
+    return None
+
+
+def density_clash(a: float, b: float, fix: str) -> str:
+    """One line saying densities ``a`` and ``b`` collide (see :func:`colliding_densities`), and ``fix``."""
+    why = f"their masks share one folder, d{a:g}" if f"{a:g}" == f"{b:g}" else "the page reads them as one density"
+    return f"densities {a!r} and {b!r} are too close to tell apart ({why}); {fix}"
+
+
 @dataclass(frozen=True)
 class ContinualConfig:
     """One continual-learning job. Every instance is valid: ``__post_init__`` raises :class:`ConfigError`."""
@@ -124,6 +143,8 @@ class ContinualConfig:
             if len(set(values)) < len(values):  # (the same run trained twice and counted as two seeds)
                 twice = sorted({str(v) for v in values if list(values).count(v) > 1})
                 raise ConfigError(f"{key} names {', '.join(twice)} more than once; give each value once.")
+        if pair := colliding_densities(self.density):
+            raise ConfigError(density_clash(*pair, "give densities that differ by more than 1e-5 of their size."))
         for flag in ("kkt", "task_inference"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}.")

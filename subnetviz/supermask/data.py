@@ -21,6 +21,10 @@ import torch
 from subnetviz.errors import ConfigError, suggest
 
 BENCHMARKS = ("split-digits", "permuted-digits", "arithmetic-text")
+# The version of the data the benchmarks build, recorded in each continual result (its config's "data_version"):
+# 2 = arithmetic-text's prompts are drawn without replacement. A result without it (version 1) drew some prompts
+# twice per task, and 4-9 % of each task's test prompts were also training prompts.
+DATA_VERSION = 2
 N_SPLIT_TASKS = 5
 
 
@@ -135,15 +139,20 @@ TEXT_PROPERTIES: dict[str, object] = {
 PER_CLASS = 300
 
 
+# Every prompt "a+b=" with two-digit operands: 90 × 90 = 8100 distinct pairs.
+_PAIRS = tuple((a, b) for a in range(10, 100) for b in range(10, 100))
+
+
 def _sample_prompts(prop, rng: np.random.Generator) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """``PER_CLASS`` operand pairs of each label (class-balanced by rejection), shuffled."""
-    pairs: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
-    while min(len(v) for v in pairs.values()) < PER_CLASS:
-        a, b = (int(v) for v in rng.integers(10, 100, size=2))
-        lab = int(prop(a, b))
-        if len(pairs[lab]) < PER_CLASS:
-            pairs[lab].append((a, b))
-    ab = pairs[0] + pairs[1]
+    """``PER_CLASS`` distinct operand pairs of each label, drawn without replacement, shuffled.
+
+    Without replacement because a prompt drawn twice has identical features and label, and the 70/30 split
+    then sent one copy to train and one to test (4-9 % of each task's test prompts were training prompts)."""
+    labels = np.array([int(prop(a, b)) for a, b in _PAIRS])
+    ab: list[tuple[int, int]] = []
+    for lab in (0, 1):
+        pool = np.flatnonzero(labels == lab)  # every property has at least 2700 pairs of each label
+        ab += [_PAIRS[i] for i in rng.choice(pool, PER_CLASS, replace=False)]
     y = np.array([0] * PER_CLASS + [1] * PER_CLASS, dtype=np.int64)
     order = rng.permutation(len(ab))
     return [ab[i] for i in order], y[order]
@@ -191,9 +200,10 @@ def arithmetic_text(tasks: int = 5, seed: int = 0, base: str | Path | None = Non
     and every property in :data:`TEXT_PROPERTIES` (units carry, which operand is larger,
     sum ≥ 100, sum parity, ...) is a deterministic function of the prompt: exact labels, built offline,
     no hub. Tasks differ in how much of the operands they need, which is what makes transfer
-    between masks (KKT) meaningful. Each task has ``PER_CLASS`` prompts per class (balanced),
-    split 70/30 stratified; features are the mean-pooled last hidden state, z-scored with the
-    train statistics of all tasks together. ``base`` defaults to ``zoo_dir()/base``.
+    between masks (KKT) meaningful. Each task has ``PER_CLASS`` distinct prompts per class (balanced;
+    no prompt twice in a task, so none is in both train and test), split 70/30 stratified; features
+    are the mean-pooled last hidden state, z-scored with the train statistics of all tasks together.
+    ``base`` defaults to ``zoo_dir()/base``.
     """
     names = list(TEXT_PROPERTIES)
     if not 1 <= tasks <= len(names):

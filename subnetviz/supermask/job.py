@@ -1,7 +1,7 @@
 """The ``continual`` job kind: validate a config, run every (method, density, seed), save, cache.
 
 The config is a :class:`~subnetviz.supermask.config.ContinualConfig` (its JSON form is described
-there). Outputs under ``ctx.out_dir``: ``result.json`` (summary, hash), ``frames/<name>.parquet``
+there). Outputs under ``ctx.out_dir``: ``result.json`` (summary, hash, data version), ``frames/<name>.parquet``
 for every frame of :meth:`ContinualResult.to_frames` plus ``summary.csv``, and each run's task masks
 as :class:`~subnetviz.masks.MaskSet` files ``masks/<slug>/d<density>/seed<s>/task<t>.safetensors``.
 Inside each file the tensors keep the model's names (``layer1.weight`` ...), identical across tasks,
@@ -27,7 +27,7 @@ from subnetviz.errors import ConfigError
 from subnetviz.jobs.context import JobContext
 from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
 from subnetviz.supermask.config import ContinualConfig
-from subnetviz.supermask.data import make_benchmark
+from subnetviz.supermask.data import DATA_VERSION, make_benchmark
 from subnetviz.supermask.methods import Stopped, estimate_run_bytes, run_method
 from subnetviz.supermask.metrics import ContinualResult, rederived
 
@@ -139,6 +139,26 @@ def load_result(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
     return rederived({n: pd.read_parquet(folder / "frames" / f"{n}.parquet") for n in FRAMES})
 
 
+def data_note(folder: str | os.PathLike) -> str | None:
+    """A line for a finished arithmetic-text result built on the old data (before :data:`DATA_VERSION` 2), whose
+    test prompts were partly training prompts; None for every other result. A run made again trains on the new
+    data: the cache key holds the code's fingerprint, and the data is built by that code."""
+    try:
+        info = json.loads((Path(folder) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None  # load_result says what is wrong with the folder
+    if not isinstance(info, dict) or info.get("benchmark") != "arithmetic-text":
+        return None
+    config = info.get("config")
+    if not isinstance(config, dict) or config.get("data_version", 1) != 1:
+        return None
+    return (
+        "This arithmetic-text run was made before its prompts were drawn without repeats: 4-9 % of each task's "
+        "test prompts were also training prompts, so its accuracies may read slightly high. Launch it again for "
+        "clean numbers."
+    )
+
+
 def load_task_masks(folder: str | os.PathLike, label: str, density: float, seed: int) -> list[dict]:
     """One run's task masks as ``[{layer name: bool tensor}]`` in task order."""
     out, t = [], 0
@@ -179,7 +199,7 @@ def run_job(config: dict, ctx: JobContext) -> None:
             ctx.log("continual: cancelled; no result written")
             return
     record = {k: v for k, v in cfg.to_dict(kind=False).items() if k != "name"}
-    final = ContinualResult(cfg.benchmark, tuple(results), {**record, "hash": key})
+    final = ContinualResult(cfg.benchmark, tuple(results), {**record, "hash": key, "data_version": DATA_VERSION})
     save_result(final, ctx.out_dir)
     with cached.publish() as folder:  # a concurrent identical job may publish first: then its copy stays
         shutil.copytree(ctx.out_dir, folder, dirs_exist_ok=True)

@@ -35,7 +35,9 @@ def kept_count(numel: int, density: float) -> int:
 
 
 def topk_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
-    """Bool mask (shape of ``scores``) keeping the ``kept_count`` largest ``|scores|``; ties by index."""
+    """Bool mask (shape of ``scores``) keeping the ``kept_count`` largest ``|scores|``. Among equal ``|scores|``
+    at the cut, which entries are kept is ``torch.topk``'s choice (not the lowest indices; the same on one machine).
+    Float scores drawn uniformly almost never tie."""
     flat = scores.detach().abs().flatten()
     k = kept_count(flat.numel(), density)
     idx = torch.topk(flat, k, sorted=False).indices

@@ -266,6 +266,7 @@ def run_method(
         tuple(knn_rows),
         inference,
         time.perf_counter() - start,
+        weight_ep if cfg.method in ("ssnet", "exssnet") else 0,  # (SupSup has no weight phase)
     )
 
 

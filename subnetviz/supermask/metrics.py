@@ -34,7 +34,9 @@ class RunResult:
     """One (method, density, seed) run over a task sequence.
 
     ``acc``: (T, T) accuracy matrix; ``acc_rand``: (T,); ``masks``: per task, mask name ->
-    bool tensor (empty for finetune); ``knn``/``inference``: KKT and task-inference rows.
+    bool tensor (empty for finetune); ``knn``/``inference``: KKT and task-inference rows;
+    ``weight_epochs``: the epochs of the weight phase it ran (0: SSNeT and ExSSNeT trained no weight; None: not
+    recorded, as in a result built by hand).
     """
 
     benchmark: str
@@ -49,6 +51,7 @@ class RunResult:
     knn: tuple[dict, ...] = ()
     inference: tuple[dict, ...] = ()
     wall_s: float = 0.0
+    weight_epochs: int | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -208,7 +211,7 @@ class ContinualResult:
                     "used": float(cf[cf["layer"] == ALL]["used"].iloc[-1]) if len(cf) else float("nan"),
                     "overlap": float(tot["sparse_overlap"].mean()) if len(tot) else float("nan"),
                     "exclusive": float(tot["exclusive"].mean()) if len(tot) else float("nan"),
-                    "trained": _trained_share(r.method, tot),
+                    "trained": _trained_share(r.method, tot, r.weight_epochs),
                     "wall_s": r.wall_s,
                 }
             )
@@ -242,8 +245,11 @@ class ContinualResult:
 SUMMARY_METRICS = ("final_acc", "forgetting", "forward_transfer", "used", "overlap", "exclusive", "trained", "wall_s")
 
 
-def _trained_share(method: str, later_tasks: pd.DataFrame) -> float:
-    """Mean share of M_t whose weights task t trains (tasks ≥ 1): ExSSNeT e_t, SSNeT 1, SupSup 0."""
+def _trained_share(method: str, later_tasks: pd.DataFrame, weight_epochs: int | None = None) -> float:
+    """Mean share of M_t whose weights task t trains (tasks ≥ 1): ExSSNeT e_t, SSNeT 1, SupSup 0; and 0 for every
+    method when the weight phase ran 0 epochs (then no weight changes: SSNeT and ExSSNeT are SupSup)."""
+    if method in ("ssnet", "exssnet") and weight_epochs == 0:
+        return 0.0
     if method == "exssnet":
         return float(later_tasks["exclusive"].mean()) if len(later_tasks) else float("nan")
     return {"ssnet": 1.0, "supsup": 0.0}.get(method, float("nan"))
