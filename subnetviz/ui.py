@@ -580,6 +580,7 @@ def update_analysis(
             lambda: uilogic.spectra_cost(ws),
             compute,
             priced=spectra,
+            planned=spectra,  # (the spectra check each matrix's memory against what is available)
             kind="analysis",
         )
 
@@ -600,6 +601,7 @@ def heavy(
     compute: Callable[[], Any],
     *,
     models: bool = False,
+    planned: bool = False,
     priced: bool = True,
     kind: str = "derived",
 ) -> Any:
@@ -608,8 +610,11 @@ def heavy(
     computed yet" while it is being computed), and sessions asking at once share one computation. A wait that
     ends without a result (the session computing it left) asks again, so a viewer never takes the work over.
     ``models``: the work holds whole models in memory; one such computation runs at a time in this server
-    (:func:`_models_lock`), the others wait for it. ``priced=False``: work that is always cheap enough to simply
-    run (no price asked), still shared. ``kind``: the memory cache's budget it counts against."""
+    (:func:`_models_lock`), the others wait for it. ``planned``: the work checks its memory, matrix by matrix,
+    against what is available (spectra, subspaces): it too runs one at a time, under the same lock, unless
+    ``ready()`` says it is read from the disk cache (a cached revisit never waits for another session's
+    computation). ``priced=False``: work that is always cheap enough to simply run (no price asked), still shared.
+    ``kind``: the memory cache's budget it counts against."""
     flight = ("heavy", key)
     if priced and not _memo().known(flight, kind):
         confirm_heavy(key, ready, estimate)
@@ -617,18 +622,32 @@ def heavy(
     def run():
         if priced:  # again: a wait for another session's computation can end without its result
             confirm_heavy(key, ready, estimate)
-        if not models:
-            return compute()
-        with _models_lock():
-            return compute()
+        if models:
+            with _models_lock():
+                return compute()
+        if planned:
+            return one_at_a_time(ready, compute)
+        return compute()
 
     return _memo().get_or_compute(flight, run, kind=kind)
 
 
+def one_at_a_time(ready: Callable[[], bool], compute: Callable[[], Any]) -> Any:
+    """``compute()`` of work that plans its memory against what is available (``config.memory_shortfall`` before
+    each matrix: spectra, subspaces) under :func:`_models_lock`, unless ``ready()`` says it only reads the disk
+    cache. Two sessions asking for it with other options (URLs that differ only in K) each passed the check of the
+    same first matrix and together held more than the machine had (3.0 GiB on a 2.6 GiB one)."""
+    if ready():
+        return compute()
+    with _models_lock():
+        return compute()
+
+
 @st.cache_resource(show_spinner=False)
 def _models_lock() -> threading.RLock:
-    """Held by a computation that loads whole models (Behaviour, the bigram analysis, held-out accuracy). Each
-    compares what it will hold with the memory available before it loads (``config.require_memory``); two
+    """Held by a computation that loads whole models (Behaviour, the bigram analysis, held-out accuracy) or plans
+    its memory matrix by matrix (spectra, subspaces: :func:`one_at_a_time`). Each compares what it will hold with
+    the memory available before it allocates (``config.require_memory``, ``config.memory_shortfall``); two
     sessions checking at once could each pass, then together exceed it and take the server down. Reentrant: such
     a computation may start another in its thread."""
     return threading.RLock()

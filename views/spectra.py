@@ -55,6 +55,7 @@ def subspaces(ws) -> None:
         lambda: uilogic.subspaces_cached(ws, int(k)),
         lambda: uilogic.subspaces_cost(ws, int(k)),
         lambda: subspace_data(ws, int(k), progress),
+        planned=True,  # (one decomposition at a time in this server: each checks its memory against what is free)
     )
     figs, tables, _ = subspace_parts(ws, int(k), model, side, data)
     bar.empty()
@@ -125,7 +126,9 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
         left = ui.heavy_note(lambda: uilogic.subspaces_cached(ws, k), lambda: uilogic.subspaces_cost(ws, k))
         if left:
             return {}, {}, [left]
-    rows, vectors, notes = data if data is not None else subspace_data(ws, k)
+    if data is None:  # (the export: computed here when cached or short, one at a time as the tab computes it)
+        data = ui.one_at_a_time(lambda: uilogic.subspaces_cached(ws, k), lambda: subspace_data(ws, k))
+    rows, vectors, notes = data
     sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
     # the model in each chart: an export or paper figure has no picker
@@ -159,7 +162,10 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
     )
     if left:
         return {}, {}, [left]
-    analysis = uilogic.compute_updates(ws, spectra=True, mask_tolerance=None)
+    analysis = ui.one_at_a_time(  # (computed here when short: one at a time, as the tab computes it)
+        lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=None),
+        lambda: uilogic.compute_updates(ws, spectra=True, mask_tolerance=None),
+    )
     spec, skipped = spectra_rows(analysis), skipped_rows(analysis)
     if spec is None:
         return {}, {}, list(analysis.notes)

@@ -66,7 +66,10 @@ from subnetviz.analysis.revert import (
     mask_source,
     random_order_selector,
     random_selector,
+    release_freed,
+    revert_bytes,
     shared_tensor_note,
+    update_masks,
 )
 from subnetviz.analysis.routing import RoutingTap, overall, routing_bytes, routing_frame, routing_rows
 from subnetviz.cache import read_frame
@@ -213,7 +216,9 @@ def behavior(
     token_domains = [d for d, e in zip(domains, enc, strict=True) for _ in range(len(e.ids))]
     batches = [enc[i : i + batch_size] for i in range(0, len(enc), batch_size)]
     n_tokens = sum(len(e.ids) for e in enc)
-    _require_room(base, finetuned, batches, n_tokens, tok, dev)
+    _require_room(
+        base, finetuned, batches, n_tokens, tok, dev, _revert_room(base, finetuned, masks, random_control, curve)
+    )
     base_model = load_causal_lm(base).to(dev).eval()
     check_model_finite(base_model, str(base))  # each finetune's: by its ModelBuilder
     check_token_ids(encoded, prompts, base_model.get_input_embeddings().weight.shape[0], tok, str(base))
@@ -259,6 +264,7 @@ def behavior(
                     builder.model, base_logits, batches, batch_size, dev, tap, f"{label} ({experiment})"
                 )
             picks = tap.take()
+            release_freed()  # (the pass's activations: what glibc kept of them, back to the system)
             if tap.routers and not experiment.startswith("curve"):
                 routing += routing_rows(label, experiment, picks, base_picks, tap.routers, token_domains)
             per_prompt += [{"model": label, "experiment": experiment, **r} for r in rows]
@@ -414,11 +420,46 @@ def _plan(masks: Mapping, random_control: bool, curve: Sequence[float] | None, s
     return plan
 
 
-def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str) -> None:
+# What the first computation of a process imports and compiles beside what it holds (transformers' model code,
+# numba's kernels): 0.18 GiB measured on loading a Llama; a check that left it out was passed by a computation
+# that then held more than it counted.
+_LIBRARIES = 192 * 2**20
+
+
+def _revert_room(base, finetuned, masks: Mapping, random_control: bool, curve: Sequence[float] | None) -> int:
+    """What reverting the finetunes holds beside the two models at most (:func:`~subnetviz.analysis.revert
+    .revert_bytes`, one finetune at a time): the mask sets made per finetune (``update``, ``topk:F``, the routers),
+    the |Δ| sample where a curve point or ``topk:F`` is below 1, and the largest tensor's build temporaries (the
+    random control's permutation where a mask set has one)."""
+    made = [ms for ms in masks.values() if callable(ms) and not getattr(ms, "whole_tensors", False)]
+    routers = any(callable(ms) and getattr(ms, "whole_tensors", False) for ms in masks.values())
+    drawn = random_control and any(not getattr(ms, "whole_tensors", False) for ms in masks.values())
+    # (topk:F: its fraction is inside the function, counted as below 1)
+    sampled = any(0 < f < 1 for f in curve or ()) or any(ms is not update_masks for ms in made)
+    return max(
+        (
+            revert_bytes(
+                str(base),
+                str(ft),
+                made=len(made),
+                routers=routers,
+                random_control=drawn,
+                sampled=sampled,
+            )
+            for ft in finetuned
+        ),
+        default=0,
+    )
+
+
+def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str, reverting: int = 0) -> None:
     """Refuse before loading what would not fit (:func:`subnetviz.config.require_memory`): the base and one
-    finetune (rewritten in place per experiment) in float32, the base's logits where they are kept, and a
-    batch's logits of both models with the KL's temporaries (about four of them). On a GPU the host holds
-    one model at a time, while it is loaded. All from the headers and the config: nothing is loaded."""
+    finetune (rewritten in place per experiment) in float32, the base's logits where they are kept, a
+    batch's logits of both models with the KL's temporaries (about four of them), ``reverting``
+    (:func:`_revert_room`: mask sets, the |Δ| sample, the build temporaries) and what the libraries take
+    (:data:`_LIBRARIES`). On a GPU the host holds one model at a time, while it is loaded, beside the reverting
+    (counted whole on both: its masks and permutations are made on the host). All from the headers and the
+    config: nothing is loaded."""
     from transformers import AutoConfig
 
     from subnetviz.checkpoints.models import model_folder
@@ -435,8 +476,9 @@ def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str) -> Non
     cache = n_tokens * vocab * 4
     batch = max((len(bt) * max(len(e.ids) for e in bt) for bt in batches), default=0) * vocab * 4
     held = base_b + ft_b + (cache if cache <= _BASE_CACHE_BYTES else 0) + 4 * batch + routing_bytes(cfg, n_tokens)
-    what = "Behaviour (the base and a finetune in float32, the logits, an MoE's routing)"
-    require_memory(what, held if dev == "cpu" else max(base_b, ft_b), dev, held)
+    held += reverting + _LIBRARIES
+    what = "Behaviour (the base and a finetune in float32, the logits, an MoE's routing, the reverted builds)"
+    require_memory(what, held if dev == "cpu" else max(base_b, ft_b) + reverting + _LIBRARIES, dev, held)
 
 
 def _score(model, base_logits, batches, batch_size: int, dev, tap: RoutingTap | None = None, who: str = "model"):
