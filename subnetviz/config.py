@@ -415,10 +415,12 @@ def available_memory_bytes() -> int:
 
 def cgroup_headroom(proc_cgroup: str | os.PathLike = "/proc/self/cgroup", root: str | os.PathLike = "/sys/fs/cgroup"):
     """Bytes left under the tightest memory limit of this process's control group and the groups above it
-    (cgroup v2's ``memory.max``, v1's ``memory.limit_in_bytes``), counting its page cache that can be dropped as
-    free (usage less ``inactive_file``, as the kernel reclaims it before an out-of-memory kill); None where no
-    limit applies or none can be read. A container with its own cgroup namespace sees its group as the mount's
-    root, one without it a path that is not mounted: every level of the path that exists is read."""
+    (cgroup v2's ``memory.max``, v1's ``memory.limit_in_bytes``), counting its file-backed page cache as free:
+    usage less ``active_file`` and ``inactive_file`` (v1's ``total_`` ones), as MemAvailable does, since the kernel
+    reclaims those pages before an out-of-memory kill. Model files read twice sit on the active list; shared memory
+    and anonymous pages (on the anon lists, not in these counts) stay used. None where no limit applies or none can
+    be read. A container with its own cgroup namespace sees its group as the mount's root, one without it a path
+    that is not mounted: every level of the path that exists is read."""
     try:
         lines = Path(proc_cgroup).read_text().splitlines()
     except OSError:
@@ -430,13 +432,13 @@ def cgroup_headroom(proc_cgroup: str | os.PathLike = "/proc/self/cgroup", root: 
             continue
         _, controllers, path = parts
         if controllers == "":  # v2 (unified): memory.max, memory.current
-            mount, files = Path(root), ("memory.max", "memory.current", "inactive_file")
+            mount, files = Path(root), ("memory.max", "memory.current", ("active_file", "inactive_file"))
             if not (mount / "cgroup.controllers").is_file():
                 mount = Path(root) / "unified"  # a hybrid layout mounts v2 here (usually without memory)
         elif "memory" in controllers.split(","):
             mount, files = (
                 Path(root) / "memory",
-                ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+                ("memory.limit_in_bytes", "memory.usage_in_bytes", ("total_active_file", "total_inactive_file")),
             )
         else:
             continue
@@ -448,8 +450,9 @@ def cgroup_headroom(proc_cgroup: str | os.PathLike = "/proc/self/cgroup", root: 
     return best
 
 
-def _cgroup_level_headroom(level: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
-    """One group's limit less its usage (its droppable page cache counted as free); None without a limit."""
+def _cgroup_level_headroom(level: Path, limit_file: str, usage_file: str, file_keys: tuple[str, ...]) -> int | None:
+    """One group's limit less its usage, its file-backed page cache (``file_keys`` of memory.stat) counted as free;
+    None without a limit."""
     try:
         limit = (level / limit_file).read_text().strip()
         usage = int((level / usage_file).read_text().strip())
@@ -457,15 +460,15 @@ def _cgroup_level_headroom(level: Path, limit_file: str, usage_file: str, inacti
         return None
     if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:  # v1 writes "no limit" as ~2**63
         return None
-    inactive = 0
+    cache = 0
     try:
         for stat in (level / "memory.stat").read_text().splitlines():
             key, _, value = stat.partition(" ")
-            if key == inactive_key and value.strip().isdigit():
-                inactive = int(value)
+            if key in file_keys and value.strip().isdigit():
+                cache += int(value)
     except OSError:
         pass
-    return max(int(limit) - max(usage - inactive, 0), 0)
+    return max(int(limit) - max(usage - cache, 0), 0)
 
 
 def require_memory(what: str, host_bytes: int, device: str = "cpu", device_bytes: int = 0) -> None:

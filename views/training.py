@@ -9,6 +9,7 @@ import streamlit as st
 from subnetviz import config, selection, ui, uilogic
 from subnetviz.cache import file_stamp
 from subnetviz.demo.comparison import model_files
+from subnetviz.figures.updates import percent_text
 from subnetviz.jobs.context import read_json
 from subnetviz.report import training as pages
 from subnetviz.training.config import STRATEGIES
@@ -392,7 +393,9 @@ def compare(ws) -> None:
         )
     a, b = st.columns(2)
     with a:
-        st.metric("parameters bitwise identical", f"{100 * result.share_identical:.2f} %")
+        # (two decimals, or the digits that tell a share just under 100 from 100: one differing in 10^5 is not 100.00)
+        identical = percent_text([100 * result.share_identical], decimals=2)[0]
+        st.metric("parameters bitwise identical", f"{identical} %" if identical else "n/a")  # (n/a: no parameters)
         for key, (caption, frame) in tables.items():
             ui.table(frame, key, caption)
     with b:

@@ -89,10 +89,13 @@ def folder_entries(folder: Path) -> Iterator[tuple[str, Path]]:
     listed, then walked once (a link back to a folder already walked is not walked again); one that lies outside
     the roots while they are enforced (:func:`leads_outside`) is listed but not walked (a link to ``/`` would walk
     the whole disk). A link that leads back to itself is left out (it names no file, and was "linked as it is" by
-    :func:`without_adapter`). CheckpointError, one line, for a subfolder that cannot be listed and past
+    :func:`without_adapter`). A subfolder this process cannot search (``lost+found`` at a volume's root, another
+    user's folder) is listed but not walked: nothing in it can be opened, by transformers either. One it can search
+    but not list is skipped too, except while the roots are enforced: a file in it could be opened by name but not
+    checked. CheckpointError, one line, for that subfolder (roots enforced) or ``folder`` itself not listed, and past
     :data:`FOLDER_ENTRIES` entries (a link to a disk's worth of data in a folder, with the roots not enforced, would
     walk it all before every load)."""
-    from subnetviz.config import display_path
+    from subnetviz.config import display_path, enforce_roots
 
     seen: set[str] = set()
     pending = [(folder, "")]
@@ -103,9 +106,13 @@ def folder_entries(folder: Path) -> Iterator[tuple[str, Path]]:
         if real in seen:
             continue
         seen.add(real)
+        if prefix and not os.access(here, os.X_OK):  # a subfolder none of whose files can be opened
+            continue
         try:
             entries = sorted(here.iterdir())
         except OSError as exc:
+            if prefix and not enforce_roots():  # (transformers reaches a subfolder's files by listing it)
+                continue
             raise CheckpointError(
                 f"{prefix.rstrip('/') or '.'} in {display_path(folder)}: cannot be listed ({exc.strerror or exc})."
             ) from None
@@ -123,8 +130,18 @@ def folder_entries(folder: Path) -> Iterator[tuple[str, Path]]:
                     "model folder holds a few dozen: move the rest out."
                 )
             yield name, entry
-            if entry.is_dir() and not leads_outside(entry):
+            if _is_folder(entry) and not leads_outside(entry):
                 pending.append((entry, name + "/"))
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether ``path`` (its links followed) is a folder; False where it cannot be asked (a link into a folder this
+    process cannot search), which is then checked as a file (:func:`~subnetviz.config.check_readable`: where it
+    leads)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def leads_outside(path: Path) -> bool:
@@ -158,7 +175,7 @@ def check_folder_files(folder: Path) -> Path:
     shown = display_path(folder)
     for name, entry in folder_entries(folder):
         what = f"{name} in {shown}"
-        if not entry.is_dir():
+        if not _is_folder(entry):
             check_readable(entry, what=what)
         elif leads_outside(entry):
             raise PathNotAllowedError(f"{what}: leads outside the folders this server may read; refused.")

@@ -181,7 +181,10 @@ class TrainConfig:
         for name in ("base", "data", "output_dir"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.append(f"{name} must be a non-empty path")
-        if isinstance(self.base, str) and self.base and not (Path(self.base) / "config.json").is_file():
+        adapter = _base_adapter_problem(self.base) if isinstance(self.base, str) and self.base else None
+        if adapter:
+            problems.append(adapter)
+        elif isinstance(self.base, str) and self.base and not (Path(self.base) / "config.json").is_file():
             problems.append(f"base {self.base!r} is not a Hugging Face model folder (no config.json there)")
         elif isinstance(self.base, str) and self.base:
             problems += _base_folder_problems(Path(self.base))
@@ -401,6 +404,19 @@ def job_train_config(config: dict) -> TrainConfig:
 def validate_config(config: dict) -> None:
     """The ``train`` job kind's validator (called by the runner before a job is queued)."""
     job_train_config(config).validate(check_output=False)
+
+
+def _base_adapter_problem(base: str) -> str | None:
+    """The line a run gives a PEFT adapter folder with no full model beside it
+    (:func:`~subnetviz.checkpoints.models.refuse_adapter`: merge it first), for a base that is one; else None."""
+    from subnetviz.checkpoints.models import refuse_adapter
+    from subnetviz.errors import CheckpointError
+
+    try:
+        refuse_adapter(base)
+    except CheckpointError as exc:
+        return f"base {str(exc).rstrip('.')}"
+    return None
 
 
 def _base_folder_problems(folder: Path) -> list[str]:
