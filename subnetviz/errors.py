@@ -53,6 +53,30 @@ class JobError(SubnetvizError):
 
 
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
-    """A ' Did you mean ...?' suffix with the closest names, or '' when none is close."""
-    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+    """A ' Did you mean ...?' suffix with the closest names, or '' when none is close.
+
+    A tensor name (three or more dotted parts: ``model.layers.0.mlp.gate_proj.weight``) is matched only with
+    tensors that can be the one meant (:func:`_same_tensor_kind`). By spelling alone, a Llama mask's ``gate_proj``
+    and ``k_proj`` drew a GPT-2's ``mlp.c_proj`` and ``attn.c_proj``, another module each: no suggestion beats a
+    wrong one."""
+    candidates = [str(c) for c in candidates]
+    parts = name.split(".")
+    if len(parts) >= 3:
+        candidates = [c for c in candidates if _same_tensor_kind(parts, c.split("."))]
+    close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _same_tensor_kind(name: list[str], other: list[str]) -> bool:
+    """Whether the tensor ``other`` (a name's dotted parts) can be the tensor ``name`` meant: it holds the same
+    module and parameter (``q_proj`` … ``weight``: under another prefix, or PEFT's ``q_proj.base_layer.weight``),
+    or differs from it in one part only, another layer's index or a typo (``q_prj``, not the sibling ``k_proj``)."""
+    if other[-1] == name[-1] and name[-2] in other[:-1]:
+        return True
+    if len(other) != len(name):
+        return False
+    differ = [(a, b) for a, b in zip(name, other, strict=True) if a != b]
+    if len(differ) != 1:
+        return False
+    a, b = differ[0]
+    return (a.isdigit() and b.isdigit()) or difflib.SequenceMatcher(None, a, b).ratio() >= 0.8

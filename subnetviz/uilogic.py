@@ -250,6 +250,38 @@ def checkpoint_info(path: str) -> dict:
     }
 
 
+def mask_misfit(mask: str, base: str, stamps: tuple = ()) -> str | None:
+    """Why the mask file ``mask`` cannot be reverted in finetunes of ``base``, in a few words; None when it fits.
+
+    It fits when every tensor it names is one of the base's, of the same shape (behaviour looks a mask's tensors up
+    by the base's names); a tied head's name (``lm_head.weight`` beside a base that ties it) is left to the run,
+    which looks it up in the finetune. Read from the base's header and the mask bit-packed; ``stamps`` (the files'
+    stamps) only key the caller's memo. A mask of another model (the zoo's Llama mask beside a GPT-2 base) was
+    pre-selected on Behaviour and stopped the page before any KL was computed."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.naming import TIED_HEADS
+    from subnetviz.masks import load_mask_set
+
+    try:
+        ck = open_checkpoint(base)
+        held = {n: tuple(ck.meta(n).shape) for n in ck.names}
+        shapes = load_mask_set(mask, packed=True).shapes()
+    except SubnetvizError as exc:
+        return f"it cannot be checked against the base ({exc})"
+    absent = [n for n in shapes if n not in held]
+    if absent and len(absent) == len(shapes):
+        return f"made for another model: none of its {len(shapes):,} tensors is in the base, e.g. {absent[0]!r}"
+    unknown = [n for n in absent if n not in TIED_HEADS]
+    if unknown:
+        return f"{len(unknown):,} of its {len(shapes):,} tensors are not in the base, e.g. {unknown[0]!r}"
+    wrong = [n for n in shapes if n in held and shapes[n] != held[n]]
+    if wrong:
+        name = wrong[0]
+        more = f" ({len(wrong):,} tensors differ)" if len(wrong) > 1 else ""
+        return f"{name!r} has shape {shapes[name]} in the mask and {held[name]} in the base{more}"
+    return None
+
+
 def checkpoint_where(path: str) -> str:
     """Where a workspace's checkpoint is read from, as a visitor may see it: a hub id with the commit of its
     snapshot (``acme/tiny-base @ 2222222 (hub cache)``; it was shown as a folder of the server's working

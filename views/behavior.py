@@ -29,6 +29,36 @@ def mask_choices(ws) -> dict[str, str]:
     return out
 
 
+def fitting_masks(masks: dict[str, str], base: str) -> dict[str, str]:
+    """The masks that fit ``base`` (:func:`~subnetviz.uilogic.mask_misfit`), the only ones offered: the first was
+    pre-selected whatever the base, and the zoo's mask beside another model's base stopped the page before any KL
+    was computed. The others are named with why in one line; one the link names, in a warning (the widget drops
+    it from the link)."""
+    from subnetviz.cache import file_stamp
+
+    stamp = ui.checkpoint_stamp(base)
+    misfit = {
+        label: why
+        for label, path in masks.items()
+        if path != "routers" and (why := ui.shared(uilogic.mask_misfit, path, base, (file_stamp(path), stamp)))
+    }
+    if not misfit:
+        return masks
+    asked = [m for m in st.query_params.get_all("bh_masks") if m in misfit]
+    said = "; ".join(f"{label} ({misfit[label]})" for label in (asked or misfit))
+    if asked:
+        st.warning(
+            ui.plain(f"Left out of the link's masks, as they do not fit this base: {said}."), icon=":material/warning:"
+        )
+    elif len(misfit) == len(masks):
+        st.caption(
+            ui.plain(f"No mask to revert: none fits this base, so the finetunes are run without reverting. {said}.")
+        )
+    else:
+        st.caption(ui.plain(f"Not offered, as they do not fit this base: {said}."))
+    return {label: path for label, path in masks.items() if label not in misfit}
+
+
 def has_routers(base: str, stamp: tuple = ()) -> bool:
     """Whether the base holds router tensors (a mixture of experts), from its header and naming table. ``stamp``
     (the base's files, :func:`~subnetviz.ui.checkpoint_stamp`) only keys :func:`~subnetviz.ui.shared`'s memo: by
@@ -73,6 +103,7 @@ def body() -> None:
     ui.need(
         bool(files), "No prompt sets: build the demo zoo, or run `python -m subnetviz behavior ... --prompts FILE`."
     )
+    masks = fitting_masks(masks, ws.base)
     c1, c2, c3 = st.columns([2, 2, 1])
     chosen = c1.multiselect("Prompt sets", list(files), default=list(files)[:1], key="bh_prompts", bind="query-params")
     mask_names = c2.multiselect(

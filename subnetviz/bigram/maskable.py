@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from subnetviz.errors import ConfigError, suggest
+from subnetviz.errors import ConfigError, MaskError, suggest
 from subnetviz.masks import MaskSet, validate_mask_set
 
 BLOCK_LABELS = ("Q", "K", "V", "O", "MLP-in", "MLP-out")
@@ -168,9 +168,29 @@ def full_mask(model, value: bool = True) -> MaskSet:
 
 
 def check_mask_fits(model, mask_set: MaskSet, where: str = "mask") -> None:
-    """MaskError unless every mask names a maskable matrix of ``model`` with its shape."""
+    """MaskError unless every mask names a maskable matrix of ``model`` with its shape. A mask none of whose
+    tensors is a parameter of the model (under any prefix) was made for another model: said once, with the model
+    its metadata names, where the per-name refusal listed five names each with a "Did you mean" of another module
+    (a Llama mask beside a GPT-2: ``gate_proj`` -> ``mlp.c_proj``)."""
     shapes = maskable_shapes(model)
+    params = [n for n, _ in model.named_parameters()]
+    names = list(mask_set.masks)
+    # the same tensor under a model prefix one side lacks (transformer.h.0… and h.0…): a suffix of the other
+    tails, own = {t for p in params for t in _tails(p)}, set(params)
+    if names and not any(n in tails or not own.isdisjoint(_tails(n)) for n in names):
+        made = next((str(mask_set.metadata[k]) for k in ("model", "base_path", "base") if mask_set.metadata.get(k)), "")
+        raise MaskError(
+            f"{where} was made for another model{f' ({made})' if made else ''}: none of its {len(names):,} tensors "
+            f"is a parameter of this {model.config.model_type} model (it names e.g. {names[0]!r}, the model "
+            f"{params[0]!r}). Choose a mask made on this model."
+        )
     validate_mask_set(mask_set, shapes, where=f"{where} (a bigram mask covers only attention and MLP weight matrices)")
+
+
+def _tails(name: str) -> list[str]:
+    """``name`` and each of its ends after a dot (``a.b.c``: ``a.b.c``, ``b.c``, ``c``)."""
+    parts = name.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))]
 
 
 def masked_parameters(model, mask_set: MaskSet, mode: str = "keep") -> dict[str, torch.Tensor]:

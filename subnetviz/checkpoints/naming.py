@@ -56,34 +56,36 @@ from subnetviz.errors import CheckpointError
 if TYPE_CHECKING:  # naming needs no torch: fused tensors are split with their own methods
     import torch
 
+# The order of module kinds on every page (layer × module columns, tables); figures.style adds the kinds only
+# figures name.
 MODULE_ORDER = [
     "embed",
     "pos_embed",
-    "per_layer",
+    "per_layer",  # Gemma-3n / Gemma-4 per-layer embeddings
     "q",
     "k",
     "v",
-    "qkv",
+    "qkv",  # fused q, k, v where no table splits them (beside q, k, v, before o)
     "q_a",
     "q_b",
     "kv_a",
     "kv_b",
     "o",
-    "attn_gate",
-    "indexer",
-    "compressor",
-    "laurel",
-    "sinks",
-    "linear_attn",
+    "attn_gate",  # AFMoE's gate on attention's output
+    "indexer",  # DeepSeek-V3.2's sparse-attention indexer
+    "compressor",  # DeepSeek-V4's KV compressor
+    "laurel",  # Gemma-3n's low-rank residual branch
+    "sinks",  # gpt-oss's attention sinks
+    "linear_attn",  # hybrids' linear-attention and short-convolution layers
     "conv",
-    "ssm",
-    "router",
+    "ssm",  # Mamba mixers (Nemotron-H, Jamba, Falcon-H1, Granite-4.0-H)
     "gate",
     "up",
     "gate_up",
     "mlp_in",
     "down",
     "mlp_out",
+    "router",  # a mixture of experts' router, after the MLP parts its experts hold
     "act",
     "attn_norm",
     "post_attn_norm",
@@ -91,7 +93,7 @@ MODULE_ORDER = [
     "post_mlp_norm",
     "norm",
     "final_norm",
-    "hc",
+    "hc",  # DeepSeek-V4's hyper-connections, Gemma-3n's AltUp
     "mtp_proj",
     "lm_head",
     "vision",

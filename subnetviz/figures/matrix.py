@@ -72,6 +72,18 @@ def delta_image(
     f, r0, c0, rows_in, cols_in = _grid(blocks)
     mean = blocks.sums / np.outer(rows_in, cols_in)
     span = float(np.nanmax(np.abs(mean))) or 1.0
+    if f == 1:  # one cell per entry: its row, column and Δ
+        trace = {"customdata": None, "hovertemplate": "row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>"}
+    else:  # a cell is a block's mean: its ranges, as matrix_image hovers them (the centre's entry may be 0)
+        custom = np.stack(
+            np.broadcast_arrays(r0[:, None], (r0 + rows_in - 1)[:, None], c0[None, :], (c0 + cols_in - 1)[None, :]),
+            axis=-1,
+        ).astype(np.float32)
+        trace = {
+            "customdata": custom,
+            "hovertemplate": "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–"
+            "%{customdata[3]:.0f}<br>mean Δ of the block %{z:.3e}<extra></extra>",
+        }
     fig = go.Figure(
         go.Heatmap(
             z=mean.astype(np.float32),
@@ -82,7 +94,7 @@ def delta_image(
             zmin=-span,
             zmax=span,
             colorbar={"title": {"text": "Δ"}, "exponentformat": "e"},  # on top: at the side it turns, and reads ◁
-            hovertemplate="row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>",
+            **trace,
         )
     )
     return _matrix_layout(fig, title, blocks.shape, f, subject, orientation)

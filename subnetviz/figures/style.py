@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from subnetviz.checkpoints.naming import MODULE_ORDER as NAMING_ORDER
 from subnetviz.errors import SubnetvizError
 from subnetviz.text import has_controls, visible_controls
 
@@ -25,43 +26,19 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#0
 SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu_r"
 GREY_CELL = "#E6E6E6"  # a heatmap cell with nothing to colour (not trained yet, no weight in either mask)
+# The checkpoints' module kinds in naming's order (q, k, v, fused qkv, then o: every page's layer × module columns
+# alike; a second list here put qkv after o, so GPT-2's Overlap read "o, qkv" beside Sparsity's "q, k, v, o"), then
+# the kinds only figures name: coarse attention / MLP parts and the bigram paper's blocks (subnetviz.bigram.maskable).
 MODULE_ORDER = (
-    "embed",
-    "pos_embed",
-    "per_layer",  # Gemma-3n / Gemma-4 per-layer embeddings
-    "q",
-    "k",
-    "v",
-    "o",
-    "attn_gate",  # AFMoE's gate on attention's output
-    "indexer",  # DeepSeek-V3.2's sparse-attention indexer
-    "compressor",  # DeepSeek-V4's KV compressor
-    "laurel",  # Gemma-3n's low-rank residual branch
-    "sinks",  # gpt-oss's attention sinks
-    "linear_attn",  # hybrids' linear-attention and short-convolution layers
-    "conv",
-    "ssm",  # Mamba mixers (Nemotron-H, Jamba, Falcon-H1, Granite-4.0-H)
-    "qkv",
+    *(m for m in NAMING_ORDER if m != "other"),  # "other" goes last, after every kind no list names
     "attn",
-    "gate",
-    "up",
-    "down",
-    "mlp_in",
-    "mlp_out",
     "mlp",
-    "act",
-    "attn_norm",
-    "mlp_norm",
-    "norm",
-    "final_norm",
-    "hc",  # DeepSeek-V4's hyper-connections, Gemma-3n's AltUp
-    "lm_head",
     "Q",
     "K",
     "V",
     "O",
     "MLP-in",
-    "MLP-out",  # the bigram paper's blocks (subnetviz.bigram.maskable)
+    "MLP-out",
 )
 PLOTLY_CONFIG = {"displaylogo": False, "showSendToCloud": False, "responsive": True}
 """What pages pass as ``st.plotly_chart(config=...)``: no logo, no plotly.js 4 "Share chart" (cloud upload)."""
