@@ -166,6 +166,26 @@ def _hub_id(choice: str) -> bool:
     return reads_as_hub_id(choice)
 
 
+def finetune_misfit(base: str, finetune: str) -> str | None:
+    """Why ``finetune`` cannot be compared with ``base`` tensor by tensor, in one line; None when it can.
+
+    Decided from the headers, as the update analysis pairs them: tensor names and shapes aligned
+    (:func:`~subnetviz.checkpoints.align.align`), an adapter planned onto the base as it is merged there. A finetune
+    of another architecture (a GPT-2 beside a Llama base) raised in the workspace's update analysis, and every page
+    drew nothing for the finetunes that fit. Errors other than a misfit (a memory refusal) are raised: they hold for
+    now, not for these files."""
+    from subnetviz.checkpoints import align, open_checkpoint
+    from subnetviz.checkpoints.adapters import open_finetune
+    from subnetviz.errors import AlignmentError, CheckpointError
+
+    ck_base = open_checkpoint(base)
+    try:
+        align([ck_base, open_finetune(finetune, ck_base)])
+    except (AlignmentError, CheckpointError) as exc:
+        return str(exc)
+    return None
+
+
 def uploads_dir() -> Path:
     path = config.home() / "uploads"
     path.mkdir(parents=True, exist_ok=True)

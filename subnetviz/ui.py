@@ -424,17 +424,44 @@ def workspace_sidebar() -> Workspace:
 
 def readable(ws: Workspace) -> Workspace:
     """``ws`` without the finetunes whose headers cannot be read (a run deleted since a link was shared, a folder
-    moved), which it adds to ``left_out`` with the reason in one line: one such entry raised in the update analysis,
-    and Sparsity, Spectra, Overlap and Behaviour drew nothing for the finetunes that were still there."""
+    moved) or that cannot be compared with the base (another architecture: :func:`misfit`), which it adds to
+    ``left_out`` with the reason in one line: one such entry raised in the update analysis, and Workspace, Sparsity,
+    Spectra, Overlap and Behaviour drew nothing for the finetunes that were still there."""
     kept, left = [], []
+    base = _base_fingerprint(ws.base) if ws.finetuned else None
     for label, path in ws.finetuned:
         try:
-            checkpoint_info(path)  # (cached by the files' stamps: a stat per file on later runs)
+            info = checkpoint_info(path)  # (cached by the files' stamps: a stat per file on later runs)
         except SubnetvizError as exc:
             left.append((label, path, uilogic.named(label, path, exc)))
+            continue
+        why = misfit(ws.base, base, path, info["fingerprint"]) if base else None
+        if why is not None:
+            left.append((label, path, f"{label} is left out (it cannot be compared with the base): {why}"))
         else:
             kept.append((label, path))
     return replace(ws, finetuned=tuple(kept), left_out=ws.left_out + tuple(left)) if left else ws
+
+
+def _base_fingerprint(base: str | None) -> str | None:
+    """The base's fingerprint; None where there is no base or it cannot be read (the pages say so, and no finetune
+    is blamed for it)."""
+    try:
+        return checkpoint_info(base)["fingerprint"] if base else None
+    except SubnetvizError:
+        return None
+
+
+def misfit(base: str, base_fingerprint: str, path: str, fingerprint: str) -> str | None:
+    """Why the finetune ``path`` cannot be compared with ``base`` (:func:`selection.finetune_misfit`), or None.
+
+    Cached by both checkpoints' paths and fingerprints (each kept by its files' stamps), so a page revisit costs a
+    memo lookup: the headers are aligned once per state of the files."""
+    key = ("misfit", base, base_fingerprint, path, fingerprint)
+    try:
+        return _memo().get_or_compute(key, functools.partial(selection.finetune_misfit, base, path), kind="info")
+    except SubnetvizError:  # not a misfit of these files (a memory refusal): the page that computes says it
+        return None
 
 
 def cluster_choice() -> None:
@@ -468,6 +495,29 @@ def workspace() -> Workspace:
     """The sidebar's selection for this run (empty when the sidebar could not be drawn)."""
     ws = st.session_state.get("_workspace")
     return ws if ws is not None else uilogic.empty_workspace()
+
+
+def compared_at(ws: Workspace, *, say: bool = True, applies: bool = True) -> str:
+    """The sidebar's comparison precision as chart titles add it (``" at bf16"``; ``""`` at the stored dtypes).
+
+    ``say``: also say it once, in a caption where the page calls this (near its top), as 'Compared at bf16 (sidebar
+    › Compute)'; nothing is said at the stored dtypes. ``applies=False``: a page whose numbers are compared in the
+    stored dtypes whatever the sidebar says (Series) says that instead, and nothing is added to titles. The
+    precision was named only in the collapsed sidebar, One matrix's caption and the export's parameters: a bf16
+    link read 70.04 % where the stored comparison reads 70.01 %, under the same titles."""
+    if not ws.precision:
+        return ""
+    if say and applies:
+        st.caption(
+            f"Compared at {ws.precision} (sidebar › Compute): both checkpoints' tensors are cast to {ws.precision} "
+            "before they are compared, so the numbers can differ from those of the stored dtypes."
+        )
+    elif say:
+        st.caption(
+            f"Compared in the stored dtypes: the sidebar's comparison precision ({ws.precision}, sidebar › Compute) "
+            "does not apply to this page."
+        )
+    return f" at {ws.precision}" if applies else ""
 
 
 # --- cached analyses: one process-wide memo, shared by every session (subnetviz/memo.py) -------------------
@@ -714,7 +764,7 @@ def chart(fig, key: str) -> None:
     st.session_state.setdefault("_figures", {})[key] = fig
 
 
-STYLED_CELLS = 20_000  # above this a Styler costs too much (about 60 ms at the limit): printf's text stays
+STYLED_CELLS = 20_000  # above this a Styler costs too much (about 60 ms at the limit): see styled
 
 
 def styled(shown: pd.DataFrame, fmts: dict[str, str]):
@@ -725,7 +775,11 @@ def styled(shown: pd.DataFrame, fmts: dict[str, str]):
     with either goes as a Styler that writes those columns' text cell by cell, as the export does (``0``;
     ``64.21 %`` beside ``9.042e-4 %``). Streamlit shows a Styler's text only where no column format is
     set, so the plain float columns get their text here too, as Streamlit's default writes it (four
-    decimals, trailing zeros trimmed). Sorting and downloads keep the numbers."""
+    decimals, trailing zeros trimmed). Sorting and downloads keep the numbers.
+
+    Above :data:`STYLED_CELLS` cells a Styler costs too much (2.2 s for 100,000 rows of three columns, and pandas
+    refuses one over 262,144 cells): :func:`table` gives a small-share column there one fixed-decimal format
+    (:func:`~subnetviz.report.formats.share_format`), and nothing is written here."""
     from subnetviz.report.formats import MISSING, SCIENTIFIC, SHOWN_SMALL_PERCENT, e_text
 
     own = [  # the columns whose text is written here
@@ -741,6 +795,15 @@ def styled(shown: pd.DataFrame, fmts: dict[str, str]):
     return shown.style.format(texts, na_rep=MISSING), set(own)
 
 
+def large_share_formats(shown: pd.DataFrame, fmts: dict[str, str]) -> dict[str, str]:
+    """``fmts`` with each small-share column of a table too large for a Styler (:func:`styled`) given its one
+    fixed-decimal format (:func:`~subnetviz.report.formats.share_format`): the column stays numbers, so it sorts
+    by them; computed once per table (:func:`shared`)."""
+    from subnetviz.report.formats import SHOWN_SMALL_PERCENT, share_format
+
+    return {c: share_format(shown[c]) if f == SHOWN_SMALL_PERCENT else f for c, f in fmts.items()}
+
+
 def _plain_text(x: float) -> str:
     return f"{x:.4f}".rstrip("0").rstrip(".")
 
@@ -754,6 +817,8 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
 
     own = kwargs.get("column_config") or {}
     shown, fmts = shared(display_frame, df, tuple(str(c) for c in own))  # the caller's columns stay its own
+    if shown.size > STYLED_CELLS:  # no Styler: each share column one format that tells its values from 0 and 100
+        fmts = shared(large_share_formats, shown, fmts)
     data, texts = styled(shown, fmts)
     # e-notation is wider than the column's auto-size guess from its header or its blank cells: fixed width
     formats = {

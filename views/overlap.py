@@ -87,11 +87,14 @@ def body() -> None:
         format_func=VIEW_NAMES.get,
     )
     # Sections as tabs that draw only when open: 1–3 charts per view instead of six (faster to show).
+    precision = ui.compared_at(ws).strip() if deltas.intersection(chosen) else ""  # (said here: above the tabs)
     tabs = st.tabs(TABS, key="ov_tab", on_change="rerun", bind="query-params")
     pairs = [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()]
     # the criterion in each chart (a downloaded figure has no picker to say it): update masks only, saved ones are
     # as saved
-    at = f"update masks at tolerance {crit}" if crit != "exact" and deltas.intersection(chosen) else ""
+    # and the sidebar's comparison precision they were made at (said once above the tabs)
+    made = " ".join(filter(None, (f"at tolerance {crit}" if crit != "exact" else "", precision)))
+    at = f"update masks {made}" if made and deltas.intersection(chosen) else ""
     for tab, name in zip(tabs, TABS, strict=True):
         if not tab.open:
             continue

@@ -70,6 +70,7 @@ def body() -> None:
     paths, steps, first, ticks = sources[choice]
     run = ticks is None  # one training run's checkpoints; else independent checkpoints in the sidebar's order
     st.caption(RUN_CAPTION if run else NOT_RUN_CAPTION)
+    ui.compared_at(ws, applies=False)  # a link's bf16 is not this page's: said, where one is set
     result = ui.series(paths, steps)
     # what was left out (tensors not in every checkpoint, resized vocabularies' extra rows), a merged adapter,
     # mixed precision, buffers and scales not counted, FP8 / int8 dequantised, codes as codes

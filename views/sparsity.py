@@ -22,6 +22,7 @@ def body() -> None:
     )
     ws = ui.workspace()
     ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
+    at = ui.compared_at(ws)  # the comparison precision, said here and in every chart title below
     analysis = ui.update_analysis(ws)
     reports = {r.model: r for r in analysis.reports}
     tols = list(analysis.reports[0].options.tolerances)
@@ -91,10 +92,10 @@ def body() -> None:
         bind="query-params",
     )
     overall = overall_frame(grids, reports, shown, column)
-    first = partial(layers_tab, overall, grids, tuple(shown), crit, value, colors)
+    first = partial(layers_tab, overall, grids, tuple(shown), crit + at, value, colors)
     if tabs[0].open:
         with tabs[0]:
-            figs = ui.shared(layers_tab, overall, grids, tuple(shown), crit, value, colors)
+            figs = ui.shared(layers_tab, overall, grids, tuple(shown), crit + at, value, colors)
             ui.chart(figs["overall"], key="overall")
             per_row = min(3, len(shown))
             if len(shown) > 2:
@@ -106,7 +107,7 @@ def body() -> None:
                         ui.chart(figs[f"heat-{model}"], key=f"heat-{model}")
     if tabs[1].open:
         with tabs[1]:
-            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors)
+            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors, at)
             a, b = st.columns(2)
             with a:
                 ui.chart(f["sweep"], key="sweep")
@@ -115,7 +116,7 @@ def body() -> None:
             ui.table(tables["sweep-table"][1], "sweep-table", "Sparsity per criterion")
     if tabs[2].open:
         with tabs[2]:
-            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors)
+            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors, at)
             ui.chart(f["special"], key="special")
             ui.table(tables["special-table"][1], "special-table", "Every norm, embedding and head tensor")
     if tabs[3].open:
@@ -126,7 +127,7 @@ def body() -> None:
     drill = (
         None if tabs[3].open else partial(drill_export, ws, reports, crit, eta, q.get("dd_model"), q.get("dd_tensor"))
     )
-    experts_section(analysis, shown, colors)  # MoE models only (issue 10)
+    experts_section(analysis, shown, colors, at)  # MoE models only (issue 10)
     numbers = {"criterion": crit, "average": weighting, "precision": ws.precision or "stored dtype"}
     if crit == "relative":
         numbers["relative η"] = f"{eta:g}"
@@ -140,7 +141,7 @@ def body() -> None:
         + ["routers"],  # MoE models only: the Experts section's figures and table
         ["sweep-table", "special-table", "experts-table"],
         # every tab, whichever is open
-        more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors), drill),
+        more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors, at), drill),
         notes=said,
     )
 
@@ -170,7 +171,8 @@ def overall_frame(grids: dict, reports: dict, shown, column: str) -> pd.DataFram
 
 def layers_tab(overall: pd.DataFrame, grids: dict, shown: tuple, crit: str, value: str, colors: dict) -> dict:
     """The first tab's figures: overall sparsity per model and each model's layer × module heatmap on one
-    colour range (the export builds them too when another tab is open)."""
+    colour range (the export builds them too when another tab is open); ``crit`` as the titles name it, with the
+    comparison precision (``exact at bf16``)."""
     figs = {
         "overall": figures.overall_bars(overall, title=f"Overall update sparsity per model ({crit})", colors=colors)
     }
@@ -192,19 +194,26 @@ def layer_grids(analysis, column: str) -> dict:
     return {m: g[g["layer"].notna()] for m, g in grids.items()}
 
 
-def other_tabs(analysis, shown: tuple, colors: dict) -> tuple[dict, dict]:
+def other_tabs(analysis, shown: tuple, colors: dict, at: str = "") -> tuple[dict, dict]:
     """The sweep / ULP and norms tabs' figures and tables for the models shown, in the page's colours
-    (built for the open tab, or at export for all)."""
+    (built for the open tab, or at export for all); ``at``: the comparison precision as titles add it."""
     reports = [analysis.report(m) for m in shown]
     sweep = pd.concat([r.sweep() for r in reports], ignore_index=True)
     ulp = pd.concat([r.ulp_histogram() for r in reports], ignore_index=True)
     special = pd.concat([r.special_by_module() for r in reports], ignore_index=True)
     return (
         {
-            "sweep": figures.tolerance_sweep(sweep[sweep["tolerance"].notna()], colors=colors),
-            "ulp": figures.ulp_histogram(ulp, colors=colors, dtype=ulp_dtype(reports)),
+            "sweep": figures.tolerance_sweep(
+                sweep[sweep["tolerance"].notna()], title=f"Update sparsity against tolerance{at}", colors=colors
+            ),
+            "ulp": figures.ulp_histogram(
+                ulp,
+                colors=colors,
+                dtype=ulp_dtype(reports),
+                title=f"Distance between base and finetuned weights in ULPs{at}",
+            ),
             "special": figures.module_bars(  # bitwise, whatever the criterion above (the table's 'changed')
-                special, title="Norms, embeddings and head: update sparsity (exact)", colors=colors
+                special, title=f"Norms, embeddings and head: update sparsity (exact{at})", colors=colors
             ),
         },
         {
@@ -270,7 +279,7 @@ def relative_note(eta: float, dtypes: list[str]) -> str:
     return f"{rule} {what} Choose η ≥ {larger} above to leave out changes that are small against the weight."
 
 
-def experts_section(analysis, shown, colors: dict) -> None:
+def experts_section(analysis, shown, colors: dict, at: str = "") -> None:
     """Mixture-of-experts models only: exact sparsity per layer × expert (shared experts apart) and the routers."""
     experts = ui.shared(expert_tables, analysis, tuple(shown))
     if all(e.empty for e in experts.values()):
@@ -279,7 +288,9 @@ def experts_section(analysis, shown, colors: dict) -> None:
     for col, model in zip(st.columns(len(shown)), shown, strict=True):
         with col:
             ui.chart(
-                moe.expert_heatmap(experts[model], title=f"{figures.plain_label(model)}: sparsity per expert (exact)"),
+                moe.expert_heatmap(
+                    experts[model], title=f"{figures.plain_label(model)}: sparsity per expert (exact{at})"
+                ),
                 key=f"experts-{model}",
             )
     ui.chart(
@@ -332,9 +343,10 @@ def drill_parts(ws, reports, crit: str, eta: float, model: str, key: str) -> tup
         ws.base, dict(ws.finetuned)[model], row["name"], criterion=crit, eta=eta, max_side=128, precision=ws.precision
     )
 
+    at = ui.compared_at(ws, say=False)  # the sidebar's comparison precision, as the analysis (said atop the page)
+
     def line(esc: Callable[[str], str]) -> str:  # the matrix named as in the picker, then as in the file
         name = esc(key) + (f" (stored as {esc(row['name'])})" if row["name"] != key else "")
-        at = f" at {ws.precision}" if ws.precision else ""  # the sidebar's comparison precision, as the analysis
         share = percent_text([100 * upd.n_changed / max(1, int(row["numel"]))], decimals=2)[0]  # 1 in 10^5: not 0.00
         return (
             f"{name} · shape {row['shape']} · criterion {crit}{at} · {upd.n_changed:,} of "
@@ -345,8 +357,10 @@ def drill_parts(ws, reports, crit: str, eta: float, model: str, key: str) -> tup
     subject = f"{model} · {key}"  # in each chart: the export and a paper figure have no picker to say it
     axes = {"subject": subject, "orientation": upd.orientation}  # a GPT-2 Conv1D weight's rows are its inputs
     figs = {
-        "drill-image": figures.matrix_image(upd.changed, title=f"Which entries changed ({crit})", **axes),
-        "drill-delta": figures.delta_image(upd.delta, **axes),
+        "drill-image": figures.matrix_image(upd.changed, title=f"Which entries changed ({crit}{at})", **axes),
+        "drill-delta": figures.delta_image(
+            upd.delta, **axes, **({"title": f"Signed update Δ = W_ft − W_base{at}"} if at else {})
+        ),
         "drill-ratios": figures.row_col_ratios(upd.row_share, upd.col_share, **axes),
     }
     return figs, line

@@ -162,6 +162,7 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
     )
     if left:
         return {}, {}, [left]
+    at = ui.compared_at(ws, say=False)  # the Δ's comparison precision, in the titles
     analysis = ui.one_at_a_time(  # (computed here when short: one at a time, as the tab computes it)
         lambda: uilogic.updates_cached(ws, spectra=True, mask_tolerance=None),
         lambda: uilogic.compute_updates(ws, spectra=True, mask_tolerance=None),
@@ -181,7 +182,7 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
     if note:
         notes.append(f"Singular values: {note}")
     if not len(here) or (here["rank"] > 0).any():
-        figs["spectra"] = spectrum_figure(analysis, spec, chosen, layer, module)
+        figs["spectra"] = spectrum_figure(analysis, spec, chosen, layer, module, at)
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
     notes.append(rank_note(grid, skipped=_skipped_layers(skipped, chosen)))
@@ -191,12 +192,12 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
             notes.append(f"{m}: every layer matrix is unchanged (Δ = 0).")
             continue
         figs[f"eff-{m}"] = figures.rank_measure_heatmap(
-            one, "effective_rank_99", title=f"{figures.plain_label(m)}: effective rank (99 % of Σσ²) / min(m, n)"
+            one, "effective_rank_99", title=f"{figures.plain_label(m)}: effective rank (99 % of Σσ²) / min(m, n){at}"
         )
         figs[f"stable-{m}"] = figures.rank_measure_heatmap(
             one,
             "stable_rank",
-            title=f"{figures.plain_label(m)}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
+            title=f"{figures.plain_label(m)}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n){at}",
             zrange=figures.measure_range(grid, "stable_rank"),
         )
     return figs, {"spectra-table": ("Rank, effective rank and stable rank", spec)}, notes
@@ -235,6 +236,7 @@ def rank_note(grid, esc=str, skipped: int = 0) -> str:
 
 
 def updates(ws) -> None:
+    at = ui.compared_at(ws)  # Δ at the sidebar's comparison precision: said atop the tab and in its titles
     analysis = ui.update_analysis(ws, spectra=True)
     spec = ui.shared(spectra_rows, analysis)  # once per analysis, for every session
     skipped = ui.shared(skipped_rows, analysis)
@@ -290,11 +292,11 @@ def updates(ws) -> None:
             st.session_state.get("_figures", {}).pop("spectra", None)  # (nor an earlier one in the export)
             st.info(f"{note} Choose another model, layer or module.", icon=":material/info:")
         else:
-            ui.chart(ui.shared(spectrum_figure, analysis, spec, tuple(chosen), layer, module), key="spectra")
+            ui.chart(ui.shared(spectrum_figure, analysis, spec, tuple(chosen), layer, module, at), key="spectra")
             if note:
                 st.caption(note)
     else:
-        rank_view(spec, chosen, _skipped_layers(skipped, chosen))
+        rank_view(spec, chosen, _skipped_layers(skipped, chosen), at)
     # the notes of this tab (both views) come with its parts (delta_parts), the closed Subspaces tab's with its own
     ui.export_button(
         "Spectra",
@@ -347,9 +349,10 @@ TABLE_COLUMNS = [
 ]
 
 
-def rank_view(spec, chosen: list, skipped: int = 0) -> None:
+def rank_view(spec, chosen: list, skipped: int = 0, at: str = "") -> None:
     """Numerical rank in one sentence, effective and stable rank per chosen model as heatmaps, the table;
-    ``skipped``: the chosen models' layer matrices that got no spectrum."""
+    ``skipped``: the chosen models' layer matrices that got no spectrum; ``at``: the comparison precision as the
+    titles add it."""
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
     st.caption(rank_note(grid, ui.plain, skipped))
@@ -367,7 +370,7 @@ def rank_view(spec, chosen: list, skipped: int = 0) -> None:
                     figures.rank_measure_heatmap,
                     one,
                     "effective_rank_99",
-                    title=f"{figures.plain_label(model)}: effective rank (99 % of Σσ²) / min(m, n)",
+                    title=f"{figures.plain_label(model)}: effective rank (99 % of Σσ²) / min(m, n){at}",
                 ),
                 key=f"eff-{model}",
             )
@@ -377,7 +380,7 @@ def rank_view(spec, chosen: list, skipped: int = 0) -> None:
                     figures.rank_measure_heatmap,
                     one,
                     "stable_rank",
-                    title=f"{figures.plain_label(model)}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n)",
+                    title=f"{figures.plain_label(model)}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n){at}",
                     zrange=figures.measure_range(grid, "stable_rank"),
                 ),
                 key=f"stable-{model}",
@@ -441,15 +444,20 @@ def _selected(spec, chosen: tuple, layer: str, module: str):
     return sel
 
 
-def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str):
+def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str, at: str = ""):
     """The singular-value curves of the chosen models' matrices in one layer and module (or all); an unchanged
-    matrix (Δ = 0, all σ zero) is left out: on the log axis it was a legend entry with an invisible curve."""
+    matrix (Δ = 0, all σ zero) is left out: on the log axis it was a legend entry with an invisible curve. ``at``:
+    the comparison precision, added to the title's first line."""
     sel = _selected(spec, chosen, layer, module)
     sel = sel[sel["rank"] > 0]
     sig = analysis.sigmas()
     sig = sig[sig["model"].isin(chosen)].merge(sel[["model", "name"]], on=["model", "name"])
     # each model in the colour it has on the Update sparsity page (by its place in the workspace)
-    return figures.model_spectra(sig, sel, chosen, colors=figures.color_map(list(analysis.labels)))
+    fig = figures.model_spectra(sig, sel, chosen, colors=figures.color_map(list(analysis.labels)))
+    if at:  # (a new figure: not shared yet)
+        head, br, rest = (fig.layout.title.text or "").partition("<br>")
+        fig.layout.title.text = f"{head}{at}{br}{rest}"
+    return fig
 
 
 ui.run_page(body)

@@ -16,15 +16,18 @@ def body() -> None:
     st.title("Workspace")
     ws = ui.workspace()
     ui.need(ws.base is not None, "Choose a base checkpoint in the sidebar.")
+    at = ui.compared_at(ws)  # the sparsity below is compared at the sidebar's precision: said here, and in its title
     rows, unreadable = [], {}
-    # the finetunes the sidebar left out (unreadable; the reason is said at the top of every page) are listed too
+    # the finetunes the sidebar left out (unreadable, or another architecture than the base's; the reason is said at
+    # the top of every page) are listed too, a readable one with what its header says
     listed = [(ws.base_label or "base", ws.base, None), *((lab, p, None) for lab, p in ws.finetuned)]
     listed += [left for left in ws.left_out if left[1]]  # (a choice refused has no path: its error names it)
     for label, path, left_out in listed:
         try:
-            info = UNREADABLE if left_out else ui.checkpoint_info(path)
+            info = ui.checkpoint_info(path)
         except SubnetvizError as exc:  # listed as unreadable; the others are still shown and compared
-            unreadable[path] = uilogic.named(label, path, exc)
+            if not left_out:  # (a left-out one's reason is said already)
+                unreadable[path] = uilogic.named(label, path, exc)
             info = UNREADABLE
         rows.append(
             {
@@ -47,7 +50,7 @@ def body() -> None:
     ws = replace(ws, finetuned=tuple((lab, p) for lab, p in ws.finetuned if p not in unreadable))
     analysis = None
     if ws.finetuned:
-        st.subheader("Exact update sparsity against the base")
+        st.subheader(f"Exact update sparsity against the base{at}")
         analysis = ui.update_analysis(ws)
         summary = analysis.summary()
         cols = st.columns(min(len(summary), 6))
@@ -56,9 +59,9 @@ def body() -> None:
                 uilogic.label_text(r.model),  # a metric's label is Markdown: a folder's name shown as text
                 f"{100 * r.sparsity:.2f} %",
                 help=f"{r.changed:,} of {r.numel:,} parameters changed "
-                "(bitwise); sparsity = 1 − changed / all, parameter-weighted.",
+                f"(bitwise{at}); sparsity = 1 − changed / all, parameter-weighted.",
             )
-        ui.table(summary, "sparsity-summary", "Exact (bitwise) update sparsity, parameter-weighted")
+        ui.table(summary, "sparsity-summary", f"Exact (bitwise) update sparsity{at}, parameter-weighted")
         for note in analysis.notes:
             st.caption(ui.plain(note))
     st.subheader("Masks")
