@@ -8,6 +8,7 @@ import streamlit as st
 
 from subnetviz import config, selection, ui, uilogic
 from subnetviz.errors import SubnetvizError
+from subnetviz.figures.updates import percent_text
 
 UNREADABLE = {"architecture": "cannot be read", "family": None, "params": pd.NA, "dtypes": {}, "fingerprint": ""}
 
@@ -57,7 +58,7 @@ def body() -> None:
         for col, r in zip(cols, summary.itertuples(), strict=False):
             col.metric(
                 uilogic.label_text(r.model),  # a metric's label is Markdown: a folder's name shown as text
-                f"{100 * r.sparsity:.2f} %",
+                f"{percent_text([100 * r.sparsity], decimals=2)[0]} %",  # 1 change in 10^5 is not 100.00 %
                 help=f"{r.changed:,} of {r.numel:,} parameters changed "
                 f"(bitwise{at}); sparsity = 1 − changed / all, parameter-weighted.",
             )

@@ -294,7 +294,7 @@ class NameTable:
         check_naming_keys(config, where)
         text, _ = language_config(config)
         mt = config.get("model_type")
-        heads = text.get("num_attention_heads") or text.get("n_head")
+        heads = config_count(text, "num_attention_heads") or config_count(text, "n_head")
         experts = next((text[k] for k in EXPERT_COUNT_KEYS if isinstance(text.get(k), int)), None)
         mtp = next((text[k] for k in MTP_COUNT_KEYS if isinstance(text.get(k), int) and text[k] > 0), 0)
         layers = text.get("num_hidden_layers")
@@ -311,8 +311,8 @@ class NameTable:
             family,
             heads,
             mt,
-            kv or text.get("num_key_value_heads") or heads,
-            text.get("hidden_size"),
+            kv or config_count(text, "num_key_value_heads") or heads,
+            config_count(text, "hidden_size"),
             layers if mtp else None,
             experts,
             layers,
@@ -608,13 +608,24 @@ def check_naming_keys(config: dict, where: str = "config.json") -> None:
     text, path = language_config(config)
     for key in NAMING_COUNT_KEYS:
         v = text.get(key)
-        if v is not None and not (type(v) is int and v >= 1):
+        if v is not None and not (_whole(v) or (type(v) is list and v and all(_whole(x) for x in v))):
             raise CheckpointError(
                 f"{where}: {path}{key} is {json.dumps(v, default=str)[:40]} ({json_type(v)}); expected a whole "
-                "number of at least 1."
+                "number of at least 1 (or a list of them, one per stage)."
             )
     for key in NAMING_FLAG_KEYS:
         said_bool(text, key, where, path)
+
+
+def _whole(v) -> bool:
+    return type(v) is int and v >= 1
+
+
+def config_count(text: dict, key: str) -> int | None:
+    """``text[key]`` where it is one whole number; None where absent or a list per stage or layer (SegFormer's,
+    PVT's, LeViT's heads per stage: transformers accepts them, and no one number splits a fused tensor)."""
+    v = text.get(key)
+    return v if _whole(v) else None
 
 
 def check_config(config: dict, where: str) -> None:
@@ -642,7 +653,7 @@ def fused_qkv_layout(text: dict, model_type: str | None) -> tuple[str | None, in
         return ("multi_query", 1) if text.get("multi_query", True) else ("per_head", None)
     if model_type != "falcon":
         return None, None
-    heads = text.get("num_attention_heads")
+    heads = config_count(text, "num_attention_heads")
     kv = text.get("num_kv_heads")
     kv = kv if isinstance(kv, int) and kv > 0 else heads
     if text.get("new_decoder_architecture", False):

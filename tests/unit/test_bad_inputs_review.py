@@ -107,8 +107,9 @@ def _one_error_line(capsys) -> str:
     [
         ("ft", "model_type", ["llama"]),
         ("ft", "model_type", {"a": 1}),
-        ("base", "num_attention_heads", [4]),
-        ("base", "hidden_size", [16]),
+        ("base", "num_attention_heads", [4, "a"]),  # (a list of whole numbers, one per stage, is read: below)
+        ("base", "hidden_size", [0]),
+        ("base", "hidden_size", []),
         ("base", "num_key_value_heads", {"a": 1}),
         ("base", "num_attention_heads", "2"),
         ("base", "num_key_value_heads", True),
@@ -126,6 +127,46 @@ def test_a_config_value_of_the_wrong_json_type_is_one_line(pair, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_counts_listed_per_stage_are_read_as_transformers_reads_them(tmp_path, capsys):
+    """SegFormer, PVT, LeViT and others list num_attention_heads (and hidden sizes) per stage: a valid config
+    transformers builds and saves, refused as "expected a whole number" by the new type check. One planted change in
+    a real SegFormer pair is one changed entry (counted from the two files' tensors)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from subnetviz.analysis.sparsity import SparsityOptions
+    from subnetviz.analysis.updates import SpectraOptions, analyze_updates
+
+    torch.manual_seed(0)
+    cfg = SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[3, 3],
+        strides=[2, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        num_labels=3,
+    )
+    model = SegformerForSemanticSegmentation(cfg)
+    model.save_pretrained(tmp_path / "base")
+    with torch.no_grad():
+        dict(model.named_parameters())["segformer.stages.1.blocks.0.attention.q_proj.weight"][3, 5] += 1.0
+    model.save_pretrained(tmp_path / "ft")
+    a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("base", "ft"))
+    want = sum(int((a[k] != b[k]).sum()) for k in a)
+    assert json.loads((tmp_path / "base" / "config.json").read_text())["num_attention_heads"] == [1, 2]
+    analysis = analyze_updates(
+        str(tmp_path / "base"), [str(tmp_path / "ft")], options=SparsityOptions(), spectra=SpectraOptions(enabled=False)
+    )
+    (row,) = analysis.summary().itertuples()
+    weights = sum(t.numel() for t in a.values() if t.is_floating_point())  # (num_batches_tracked: a buffer)
+    assert want == 1 and row.changed == want and row.numel == weights
+
+
 def test_config_check_names_the_folder_and_the_key():
     """What the readers of config.json call with "config.json in FOLDER" (one line naming both); null is a key not
     given, as transformers reads it."""
@@ -136,7 +177,7 @@ def test_config_check_names_the_folder_and_the_key():
     cases = [
         ({"model_type": ["llama"]}, 'model_type is ["llama"] (a list)'),
         ({"hidden_size": 0}, "hidden_size is 0 (a number)"),
-        ({"text_config": {"num_attention_heads": [4]}}, "text_config.num_attention_heads is [4] (a list)"),
+        ({"text_config": {"num_attention_heads": [4, 0]}}, "text_config.num_attention_heads is [4, 0] (a list)"),
         ({"thinker_config": {"text_config": {"hidden_size": 1.5}}}, "thinker_config.text_config.hidden_size is 1.5"),
         ({"multi_query": "false"}, 'multi_query is "false" (a string); expected true or false'),
         ({"tie_word_embeddings": "false"}, 'tie_word_embeddings is "false" (a string); expected true or false'),

@@ -282,3 +282,31 @@ def test_training_given_an_adapter_as_its_base_says_to_merge_it(tok_model, tmp_p
     assert f"base {lora}: a LoRA/PEFT adapter (adapter_config.json), not a model" in msg, msg
     assert "merge it with peft (merge_and_unload, then save_pretrained) and give that folder" in msg, msg
     assert "no config.json" not in msg, msg
+
+
+def test_the_workspace_metric_does_not_round_a_changed_model_onto_100(app_env, tmp_path):
+    """The Workspace's headline metric wrote f"{100 * sparsity:.2f} %": a finetune one entry off the base (22,048
+    parameters in the micro zoo) read "100.00 %" above a table that says 1 changed."""
+    import struct
+
+    from subnetviz.demo import load_zoo
+    from tests.app_fixtures import open_page
+
+    model = _copy(load_zoo().member_path("base"), app_env / "tmp-one-entry-off")
+    try:
+        raw = bytearray((model / "model.safetensors").read_bytes())
+        (hlen,) = struct.unpack("<Q", raw[:8])
+        header = {k: v for k, v in json.loads(raw[8 : 8 + hlen]).items() if k != "__metadata__"}
+        numel = sum(int(np.prod(v["shape"])) for v in header.values() if v["dtype"] in ("BF16", "F16", "F32"))
+        first = min(v["data_offsets"][0] for v in header.values())
+        raw[8 + hlen + first] ^= 1  # the lowest mantissa bit of one entry
+        (model / "model.safetensors").write_bytes(bytes(raw))
+        at = open_page("workspace", ft=[str(model)])
+    finally:
+        shutil.rmtree(model)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (shown,) = [m.value for m in at.metric if "tmp-one-entry-off" in m.label]
+    share = 100 * (1 - 1 / numel)
+    assert f"{share:.2f}" == "100.00"  # (the case: two decimals hide the change)
+    digits = next(d for d in range(2, 9) if float(f"{share:.{d}f}") < 100)
+    assert shown == f"{share:.{digits}f} %", (shown, numel)
