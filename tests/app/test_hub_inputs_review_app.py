@@ -90,3 +90,24 @@ def test_a_config_edit_gives_fresh_numbers_in_a_running_and_a_new_server(app_env
     tied = f"{CHANGED_BODY:,} of {NUMEL - HEAD:,} parameters changed"
     assert _metrics(_checked(at.run()))["ft"].startswith(tied)  # the same session, the server's memo
     assert _metrics(_checked(open_page("workspace", base=str(base), ft=[str(ft)])))["ft"].startswith(tied)
+
+
+def test_a_hub_finetunes_headers_are_read_once_per_snapshot(hub_home, monkeypatch):
+    """Every page run read a hub id's headers again (0.7 s per run for a DeepSeek-V3-sized snapshot): it is kept by
+    the snapshot folder its refs name now and that folder's files' stamps."""
+    from subnetviz import uilogic
+
+    calls: list[str] = []
+    real = uilogic.checkpoint_info
+
+    def counted(path):
+        calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(uilogic, "checkpoint_info", counted)
+    at = _checked(open_page("workspace", base="acme/tiny-base", ft=["acme/tiny-ft"]))
+    first = calls.count("acme/tiny-ft")
+    assert first <= 1  # (0 where an earlier test of this process already read it)
+    for _ in range(3):
+        _checked(at.run())
+    assert calls.count("acme/tiny-ft") == first
