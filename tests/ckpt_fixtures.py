@@ -75,6 +75,18 @@ def bf16_step(x: torch.Tensor, ulps: int) -> torch.Tensor:
     return _from_u16(out)
 
 
+def bf16_llama_pair(home: Path) -> Path:
+    """``home/base`` and ``home/ft``: a tiny bf16 Llama and the same with every tensor's first three entries one
+    bf16 step up (a pair no other test has analysed, under ``home``); returns ``home``."""
+    make_llama(home / "tmp")
+    sd = {k: v.to(torch.bfloat16) for k, v in read_state_dict(home / "tmp").items()}
+    write_folder(home / "base", sd, home / "tmp")
+    for t in sd.values():
+        t.view(-1)[:3] = bf16_step(t.view(-1)[:3], 1)
+    write_folder(home / "ft", sd, home / "tmp")
+    return home
+
+
 def _from_u16(u: torch.Tensor) -> torch.Tensor:
     # int32 holding an unsigned 16-bit pattern -> bf16 with those bits
     s = torch.where(u >= 0x8000, u - 0x10000, u).to(torch.int16)

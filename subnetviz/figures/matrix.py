@@ -23,6 +23,17 @@ AXIS_TITLES = {
 """(y title, x title) of a matrix image by the weight's orientation (:attr:`MatrixUpdate.orientation`)."""
 
 
+# a block's hover: its rows and columns (customdata 0-3 of _block_custom)
+_BLOCK_RANGES = "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–%{customdata[3]:.0f}"
+
+
+def _block_custom(r0, rows_in, c0, cols_in, *more) -> np.ndarray:
+    """Each block's first and last row, first and last column, then ``more`` (per block), as float32 customdata:
+    a quarter of the bytes plotly would send for float64 stacks."""
+    parts = (r0[:, None], (r0 + rows_in - 1)[:, None], c0[None, :], (c0 + cols_in - 1)[None, :], *more)
+    return np.stack(np.broadcast_arrays(*parts), axis=-1).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class MatrixBlocks:
     """An m × n matrix as its images draw it: the sum of each f×f block of the grid :func:`_blocks` makes for
@@ -75,14 +86,9 @@ def delta_image(
     if f == 1:  # one cell per entry: its row, column and Δ
         trace = {"customdata": None, "hovertemplate": "row %{y:.0f}, col %{x:.0f}: Δ %{z:.3e}<extra></extra>"}
     else:  # a cell is a block's mean: its ranges, as matrix_image hovers them (the centre's entry may be 0)
-        custom = np.stack(
-            np.broadcast_arrays(r0[:, None], (r0 + rows_in - 1)[:, None], c0[None, :], (c0 + cols_in - 1)[None, :]),
-            axis=-1,
-        ).astype(np.float32)
         trace = {
-            "customdata": custom,
-            "hovertemplate": "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–"
-            "%{customdata[3]:.0f}<br>mean Δ of the block %{z:.3e}<extra></extra>",
+            "customdata": _block_custom(r0, rows_in, c0, cols_in),
+            "hovertemplate": _BLOCK_RANGES + "<br>mean Δ of the block %{z:.3e}<extra></extra>",
         }
     fig = go.Figure(
         go.Heatmap(
@@ -195,17 +201,11 @@ def matrix_image(
     share = 100 * sums / counts
     if f == 1:  # one cell per entry: row and column are the axes, nothing else to say (keeps the payload small)
         trace = {"customdata": None, "hovertemplate": "row %{y:.0f}, col %{x:.0f}: %{z:.0f}% changed<extra></extra>"}
-    else:  # float32 customdata: a quarter of the bytes plotly would send for float64 stacks
-        custom = np.stack(
-            np.broadcast_arrays(
-                r0[:, None], (r0 + rows_in - 1)[:, None], c0[None, :], (c0 + cols_in - 1)[None, :], sums, counts
-            ),
-            axis=-1,
-        ).astype(np.float32)
+    else:  # a block per cell: its ranges and counts
         trace = {
-            "customdata": custom,
-            "hovertemplate": "rows %{customdata[0]:.0f}–%{customdata[1]:.0f}, cols %{customdata[2]:.0f}–"
-            "%{customdata[3]:.0f}<br>changed %{customdata[4]:,.0f} of %{customdata[5]:,.0f} (%{z:.2f}%)<extra></extra>",
+            "customdata": _block_custom(r0, rows_in, c0, cols_in, sums, counts),
+            "hovertemplate": _BLOCK_RANGES
+            + "<br>changed %{customdata[4]:,.0f} of %{customdata[5]:,.0f} (%{z:.2f}%)<extra></extra>",
         }
     binary = f == 1 and blocks.binary
     fig = go.Figure(

@@ -15,8 +15,7 @@ from streamlit.testing.v1 import AppTest
 from subnetviz.analysis.subspaces import SubspaceOptions
 from subnetviz.analysis.subspaces import is_cached as subspaces_cached
 from subnetviz.analysis.updates import SpectraOptions, is_cached
-from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
-from tests.models import make_llama
+from tests.ckpt_fixtures import bf16_llama_pair
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("typed_options")]
@@ -26,13 +25,7 @@ EDITOR_TOKEN = "e" * 24
 @pytest.fixture(scope="module")
 def pair(app_env):
     """A bf16 Llama pair of its own (no other test has analysed it) inside the app's allowed roots."""
-    home = app_env / "heavy-pages"
-    make_llama(home / "tmp")
-    sd = {k: v.to(torch.bfloat16) for k, v in read_state_dict(home / "tmp").items()}
-    write_folder(home / "base", sd, home / "tmp")
-    for t in sd.values():
-        t.view(-1)[:3] = bf16_step(t.view(-1)[:3], 1)
-    write_folder(home / "ft", sd, home / "tmp")
+    home = bf16_llama_pair(app_env / "heavy-pages")
     yield home
     shutil.rmtree(home, ignore_errors=True)
 

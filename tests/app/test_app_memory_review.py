@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
-from tests.models import make_llama
+from tests.ckpt_fixtures import bf16_llama_pair
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("typed_options")]
 TAB = "Subspaces of W_base vs W_ft"
@@ -23,13 +21,7 @@ TAB = "Subspaces of W_base vs W_ft"
 @pytest.fixture(scope="module")
 def pair(app_env):
     """A bf16 Llama pair of its own (no other test has decomposed it) inside the app's allowed roots."""
-    home = app_env / "memory-review"
-    make_llama(home / "tmp")
-    sd = {k: v.to(torch.bfloat16) for k, v in read_state_dict(home / "tmp").items()}
-    write_folder(home / "base", sd, home / "tmp")
-    for t in sd.values():
-        t.view(-1)[:3] = bf16_step(t.view(-1)[:3], 1)
-    write_folder(home / "ft", sd, home / "tmp")
+    home = bf16_llama_pair(app_env / "memory-review")
     yield home
     shutil.rmtree(home, ignore_errors=True)
 

@@ -24,34 +24,8 @@ import pytest
 
 from subnetviz.cli import main
 from subnetviz.errors import CheckpointError, ConfigError, MaskError, PathNotAllowedError
+from tests.unit.test_hub_inputs_review import CONFIG, NUMEL, SHAPES  # the one-layer Llama of 920 parameters
 
-CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 8,
-    "intermediate_size": 16,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "vocab_size": 16,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-}
-SHAPES = {
-    "model.embed_tokens.weight": (16, 8),
-    "model.layers.0.input_layernorm.weight": (8,),
-    "model.layers.0.self_attn.q_proj.weight": (8, 8),
-    "model.layers.0.self_attn.k_proj.weight": (8, 8),
-    "model.layers.0.self_attn.v_proj.weight": (8, 8),
-    "model.layers.0.self_attn.o_proj.weight": (8, 8),
-    "model.layers.0.post_attention_layernorm.weight": (8,),
-    "model.layers.0.mlp.gate_proj.weight": (16, 8),
-    "model.layers.0.mlp.up_proj.weight": (16, 8),
-    "model.layers.0.mlp.down_proj.weight": (8, 16),
-    "model.norm.weight": (8,),
-    "lm_head.weight": (16, 8),
-}
-NUMEL = sum(int(np.prod(s)) for s in SHAPES.values())  # 920
 PLANT = {"model.layers.0.self_attn.q_proj.weight": [0, 9, 63]}  # flat entries moved by +0.5 in the finetune
 CHANGED = 3
 
@@ -328,7 +302,7 @@ def test_sigma_parquet_of_more_values_than_its_tensors_is_refused(analysis, tmp_
 
 
 # --- D6: a named pipe, a folder where a file should be ----------------------------------------------------------
-class _Unblocker:
+class Unblocker:
     """Opens ``fifo`` for writing after ``after`` seconds if a reader still waits on it (the bug: the read would
     block forever otherwise), and records that it had to."""
 
@@ -360,7 +334,7 @@ def test_a_named_pipe_as_the_weights_is_refused_not_waited_on(pair, tmp_path, ca
     folder.mkdir()
     shutil.copy(ft / "config.json", folder)
     os.mkfifo(folder / "model.safetensors")
-    with _Unblocker(folder / "model.safetensors") as guard:
+    with Unblocker(folder / "model.safetensors") as guard:
         code = main(_analyze(base, folder, tmp_path / "out", "--no-cache"))
     assert not guard.needed, "the reader waited on the named pipe"
     assert code == 2
@@ -402,7 +376,7 @@ def test_the_header_reader_refuses_a_pipe_and_a_folder(tmp_path):
 
     os.mkfifo(tmp_path / "p.safetensors")
     (tmp_path / "d.safetensors").mkdir()
-    with _Unblocker(tmp_path / "p.safetensors") as guard, pytest.raises(CheckpointError, match="a named pipe"):
+    with Unblocker(tmp_path / "p.safetensors") as guard, pytest.raises(CheckpointError, match="a named pipe"):
         read_safetensors_header(tmp_path / "p.safetensors")
     assert not guard.needed
     with pytest.raises(CheckpointError, match=r"d\.safetensors: a folder, not a regular file"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 
 from subnetviz.cli import main
 from subnetviz.errors import CheckpointError, ConfigError, PathNotAllowedError
+from tests.unit.test_bad_inputs_review import Unblocker  # opens a FIFO a reader would wait on for good
 
 SECRET = "SECRET-OUTSIDE-ROOTS"
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -55,30 +55,6 @@ def _one_error_line(capsys) -> str:
     assert err and err[-1].startswith("error: "), err
     assert not any("Traceback" in line for line in err), err
     return err[-1]
-
-
-class _Unblocker:
-    """Opens ``fifo`` for writing (and closes it: the reader sees an empty file) after ``after`` seconds if a reader
-    still waits on it, and records that it had to: without the fix the open would block for good."""
-
-    def __init__(self, fifo: Path, after: float = 15.0):
-        self.fifo, self.needed = fifo, False
-        self.timer = threading.Timer(after, self._open)
-
-    def _open(self) -> None:
-        try:
-            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: no reader waits
-        except OSError:
-            return
-        self.needed = True
-        os.close(fd)
-
-    def __enter__(self):
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.timer.cancel()
 
 
 # --- D3: tokenizer files of the wrong JSON type ------------------------------------------------------------------
@@ -297,7 +273,7 @@ def test_a_named_pipe_in_a_model_folder_is_refused_not_waited_on(tok_model, tmp_
     (folder / name).unlink(missing_ok=True)
     (folder / name).parent.mkdir(exist_ok=True)
     os.mkfifo(folder / name)
-    with _Unblocker(folder / name) as guard, pytest.raises(PathNotAllowedError) as exc:
+    with Unblocker(folder / name, after=15.0) as guard, pytest.raises(PathNotAllowedError) as exc:
         load_tokenizer(str(folder))
     assert not guard.needed, "the loader waited on the named pipe"
     assert str(exc.value) == f"{name} in …/model: a named pipe (FIFO), not a regular file; refused."

@@ -3,10 +3,13 @@ inside a container's or a Slurm job's limit (the process was killed at the limit
 range check of ``--precision fp16`` summed a bool tensor into a full-size int64 temporary (6.6x the largest
 tensor, over the update pass' 4x + 300 MB)."""
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -116,18 +119,33 @@ def test_available_memory_is_the_smaller_of_the_machines_and_the_limits(monkeypa
     assert config.available_memory_bytes() > 123 * 2**20
 
 
-def test_a_real_cgroup_limit_is_read_where_this_machine_lets_one_be_made(tmp_path):
-    """The kernel's own files (as root on a cgroup-v1 host, as these machines are): a child in a 1 GiB group."""
+@contextlib.contextmanager
+def memory_group(name: str) -> Iterator[Path]:
+    """A cgroup-v1 memory group limited to 1 GiB for the test's children (skipped where this machine cannot make
+    one), removed after."""
     base = Path("/sys/fs/cgroup/memory")
     if not (base / "memory.limit_in_bytes").is_file() or not os.access(base, os.W_OK):
         pytest.skip("no writable cgroup-v1 memory hierarchy here")
-    group = base / f"subnetviz_test_{os.getpid()}"
+    group = base / f"{name}_{os.getpid()}"
     try:
         group.mkdir()
         (group / "memory.limit_in_bytes").write_text(str(GIB))
     except OSError as exc:
         pytest.skip(f"cannot make a memory cgroup here: {exc}")
     try:
+        yield group
+    finally:
+        for _ in range(50):  # (the children's exit is seen by the kernel a moment later)
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_a_real_cgroup_limit_is_read_where_this_machine_lets_one_be_made(tmp_path):
+    """The kernel's own files (as root on a cgroup-v1 host, as these machines are): a child in a 1 GiB group."""
+    with memory_group("subnetviz_test") as group:
         code = textwrap.dedent(
             f"""
             import os
@@ -139,15 +157,6 @@ def test_a_real_cgroup_limit_is_read_where_this_machine_lets_one_be_made(tmp_pat
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
         have = int(out.stdout.strip())
         assert 0 < have <= GIB, have
-    finally:
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                import time
-
-                time.sleep(0.1)
 
 
 def test_a_real_groups_twice_read_file_cache_does_not_refuse_a_load_that_fits(tmp_path):
@@ -155,15 +164,6 @@ def test_a_real_groups_twice_read_file_cache_does_not_refuse_a_load_that_fits(tm
     move to the active file list), then an 800 MB load must pass require_memory, and the child then really holds
     800 MB without being killed: the check refused what fits (about 400 MiB left) while it counted those pages as
     used."""
-    base = Path("/sys/fs/cgroup/memory")
-    if not (base / "memory.limit_in_bytes").is_file() or not os.access(base, os.W_OK):
-        pytest.skip("no writable cgroup-v1 memory hierarchy here")
-    group = base / f"subnetviz_cache_test_{os.getpid()}"
-    try:
-        group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(GIB))
-    except OSError as exc:
-        pytest.skip(f"cannot make a memory cgroup here: {exc}")
     data = tmp_path / "weights.bin"
     block = os.urandom(2**20)
     with open(data, "wb") as fh:
@@ -174,7 +174,7 @@ def test_a_real_groups_twice_read_file_cache_does_not_refuse_a_load_that_fits(tm
     fd = os.open(data, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # so the child's reads charge the pages to its group
     os.close(fd)
-    try:
+    with memory_group("subnetviz_cache_test") as group:
         code = textwrap.dedent(
             f"""
             import os
@@ -200,15 +200,6 @@ def test_a_real_groups_twice_read_file_cache_does_not_refuse_a_load_that_fits(tm
             pytest.skip(f"the file's pages were not charged to the group as file cache ({int(lines[0]) >> 20} MiB)")
         assert out.returncode == 0, out.stderr[-1500:]
         assert int(lines[2]) == 800 * 10**6 // 8
-    finally:
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                import time
-
-                time.sleep(0.1)
 
 
 def test_the_fp16_range_check_holds_no_int64_copy_of_the_tensor(tmp_path):

@@ -6,49 +6,31 @@ exists or not, and one bad finetune of a link left out (named once) while the ot
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
 
 from subnetviz.errors import PathNotAllowedError, SubnetvizError
+from tests import audit
 from tests.unit.test_hub_inputs_review import build_hub
 
 HF_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
 
 
 # ---------------------------------------------------------------- what the process touches (an audit hook)
-_SEEN: list[tuple[str, str]] = []
-_WATCH: list[Path] = []  # folders whose every open / listing is recorded while a test watches them
-
-
-def _audit(event: str, args: tuple) -> None:
-    if not _WATCH or event not in ("open", "os.listdir", "os.scandir", "glob.glob"):
-        return
-    if not args or isinstance(args[0], int) or args[0] is None:
-        return
-    path = os.path.abspath(os.fsdecode(args[0]))
-    if any(path == str(w) or path.startswith(str(w) + os.sep) for w in _WATCH):
-        _SEEN.append((event, path))
-
-
-sys.addaudithook(_audit)  # (hooks stay for the process: it records nothing while no test watches)
-
-
 @pytest.fixture
 def watched():
     """Start watching folders: ``watched(folder)``; the list of what was opened or listed there."""
 
     def watch(folder: Path) -> list[tuple[str, str]]:
-        _WATCH.append(folder.resolve())
-        return _SEEN
+        audit.WATCH.append(folder.resolve())
+        return audit.SEEN
 
-    _SEEN.clear()
+    audit.SEEN.clear()
     yield watch
-    _WATCH.clear()
-    _SEEN.clear()
+    audit.WATCH.clear()
+    audit.SEEN.clear()
 
 
 @pytest.fixture

@@ -7,10 +7,6 @@ not. An audit hook records what the process opens and lists."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +21,7 @@ from subnetviz.checkpoints.sources import (
     resolve_hub_id,
 )
 from subnetviz.errors import NotCachedError, PathNotAllowedError, SubnetvizError
+from tests.audit import watching
 from tests.unit.test_hub_inputs_review import NEW, PLANT, base_weights, build_hub, model_files, planted
 
 HF_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
@@ -35,34 +32,6 @@ HUB_REFUSAL = (
 
 
 # ---------------------------------------------------------------- what the process touches (an audit hook)
-_SEEN: list[tuple[str, str]] = []
-_WATCH: list[Path] = []  # folders whose every open / listing is recorded while a test watches them
-
-
-def _audit(event: str, args: tuple) -> None:
-    if not _WATCH or event not in ("open", "os.listdir", "os.scandir", "glob.glob"):
-        return
-    if not args or isinstance(args[0], int) or args[0] is None:
-        return
-    path = os.path.abspath(os.fsdecode(args[0]))
-    if any(path == str(w) or path.startswith(str(w) + os.sep) for w in _WATCH):
-        _SEEN.append((event, path))
-
-
-sys.addaudithook(_audit)  # (hooks stay for the process: it records nothing while no test watches)
-
-
-@contextlib.contextmanager
-def watching(*folders: Path) -> Iterator[list[tuple[str, str]]]:
-    """What is opened or listed under ``folders`` (their paths resolved) inside the block."""
-    _SEEN.clear()
-    _WATCH[:] = [f.resolve() for f in folders]
-    try:
-        yield _SEEN
-    finally:
-        _WATCH.clear()
-
-
 @pytest.fixture
 def places(tmp_path, monkeypatch):
     """A root (``inside``, the only one besides the home), the server's working folder outside it (``cwd``), a folder

@@ -9,71 +9,26 @@ wrapper of ``os.stat`` every question of whether something is there (``exists``,
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from subnetviz.errors import NotCachedError, PathNotAllowedError, SubnetvizError
+from tests.audit import watching
 from tests.unit.test_hub_inputs_review import LORA, NEW, base_weights, build_hub, lora_files, model_files
 
 HF_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
 OUTSIDE_WORDS = "outside the folders this server may read"
 
+
 # ---------------------------------------------------------------- what the process touches
-_SEEN: list[tuple[str, str]] = []
-_WATCH: list[Path] = []  # folders whose every open, listing and stat is recorded while a test watches them
-
-
-def _note(event: str, target) -> None:
-    if not _WATCH or target is None or isinstance(target, int):
-        return
-    path = os.path.abspath(os.fsdecode(target))
-    if any(path == str(w) or path.startswith(str(w) + os.sep) for w in _WATCH):
-        _SEEN.append((event, path))
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event in ("open", "os.listdir", "os.scandir", "glob.glob") and args:
-        _note(event, args[0])
-
-
-sys.addaudithook(_audit)  # (hooks stay for the process: it records nothing while no test watches)
-_STAT = os.stat
-
-
-def _stat(path, *args, **kwargs):
-    """``os.stat``, noting the path unless pathlib's ``resolve`` asks (the roots check resolves a path's links, and
-    its answer reads the same whether anything is there)."""
-    caller = sys._getframe(1)
-    asked_by_resolve = caller.f_back is not None and caller.f_back.f_code.co_name == "resolve"
-    if not (caller.f_code.co_name == "stat" and asked_by_resolve):
-        _note("stat", path)
-    return _STAT(path, *args, **kwargs)
-
-
-@contextlib.contextmanager
-def watching(monkeypatch, *folders: Path) -> Iterator[list[tuple[str, str]]]:
-    """What is opened, listed or stat-ed under ``folders`` (their paths resolved) inside the block."""
-    _SEEN.clear()
-    _WATCH[:] = [f.resolve() for f in folders]
-    monkeypatch.setattr(os, "stat", _stat)
-    try:
-        yield _SEEN
-    finally:
-        monkeypatch.setattr(os, "stat", _STAT)
-        _WATCH.clear()
-
-
 def test_the_watch_sees_a_stat_an_open_and_a_listing(tmp_path, monkeypatch):
     """The premise: what the readers did before the fix (``os.path.isdir``, ``Path.is_file``, a read, a listing) is
     recorded; resolving a path's links (the roots check) is not."""
     (tmp_path / "f").write_text("x")
-    with watching(monkeypatch, tmp_path) as seen:
+    with watching(tmp_path, monkeypatch=monkeypatch) as seen:
         (tmp_path / "f").resolve()
         (tmp_path / "nope").resolve()
         assert seen == []
@@ -164,7 +119,7 @@ def test_a_path_outside_the_roots_reads_alike_as_a_finetune_whether_an_adapter_i
 
     there, not_there = _spelled(pair, outside)
     readers = _adapter_readers(inside)
-    with watching(monkeypatch, outside) as seen:
+    with watching(outside, monkeypatch=monkeypatch) as seen:
         assert not is_adapter(there) and not is_adapter(not_there)
         for name, read in readers.items():
             first, second = said(read, there), said(read, not_there)
@@ -179,7 +134,7 @@ def test_org_name_outside_the_roots_is_a_hub_id_as_a_finetune_whether_an_adapter
     found there and refused as leading outside)."""
     inside, cwd, _ = places
     readers = _adapter_readers(inside)
-    with watching(monkeypatch, cwd / "acme") as seen:
+    with watching(cwd / "acme", monkeypatch=monkeypatch) as seen:
         for name, read in readers.items():
             first, second = said(read, "acme/lora"), said(read, "acme/none")
             assert first == second, (name, first, second)
@@ -218,7 +173,7 @@ def test_a_path_outside_the_roots_reads_alike_as_a_model_to_run_whether_one_is_t
 
     _, _, outside = places
     there, not_there = _spelled(pair, outside)
-    with watching(monkeypatch, outside) as seen:
+    with watching(outside, monkeypatch=monkeypatch) as seen:
         first, second = said(model_folder, there), said(model_folder, not_there)
         refuse_adapter(there)  # (nothing said of what is there: reading it refuses it)
         assert first == second, (first, second)
@@ -271,7 +226,7 @@ def test_a_hub_id_reads_one_line_in_the_app_and_in_the_readers(places, monkeypat
         "PathNotAllowedError: hub ids are read from the Hugging Face cache, which lies outside the folders this "
         "server may read (its owner adds it with SUBNETVIZ_ROOTS)."
     )
-    with watching(monkeypatch, tmp_path / "far") as seen:
+    with watching(tmp_path / "far", monkeypatch=monkeypatch) as seen:
         for spec in ("acme/tiny-base", "acme/tiny-base@v1", "acme/never-cached", "acme/lora"):
             for read in (lambda s: resolve_choice(s, {}), open_checkpoint, model_folder):
                 assert said(read, spec) == want, spec
