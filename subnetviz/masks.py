@@ -8,7 +8,8 @@ under ``subnetviz``. Plain ``bool``/``uint8`` 0-1 tensors (unpacked) are read as
 
 The released bigram-subnetwork pickles are imported through :func:`import_bigram_pickle`, a
 restricted unpickler that admits only numpy arrays, dicts and strings; ``torch.save`` files through
-:func:`import_torch_masks` (``weights_only``); :func:`import_mask` tells the formats apart by content.
+:func:`import_torch_masks` (``weights_only``); a NumPy ``.npz`` through :func:`import_npz_masks`
+(``allow_pickle=False``); :func:`import_mask` tells the formats apart by content.
 """
 
 from __future__ import annotations
@@ -566,6 +567,79 @@ def import_torch_masks(path: str | os.PathLike) -> MaskSet:
     return MaskSet(masks, meta)
 
 
+def is_npz(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a NumPy ``.npz`` archive: a zip archive whose records are all ``.npy`` arrays (a
+    ``torch.save`` file holds a ``data.pkl`` record besides its tensors)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def import_npz_masks(path: str | os.PathLike) -> MaskSet:
+    """A NumPy ``.npz`` of masks (``np.savez`` / ``np.savez_compressed`` of arrays keyed by tensor name: bool, or
+    integers or floats that are exactly 0/1; a 0-d string array is kept as metadata).
+
+    Read by ``np.load(allow_pickle=False)``: an array of Python objects, the one kind that would unpickle, is
+    refused. Each array's header is read first, and the sizes the arrays declare must fit in their records and
+    in the memory available before any array is read (a few bytes of header may declare a terabyte)."""
+    import zipfile
+    import zlib
+
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"{path}: no such mask file.")
+    check_readable(path)
+    size = path.stat().st_size
+    meta: dict = {"method": "NumPy .npz file", "source": str(path)}
+    masks: dict[str, torch.Tensor] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = 0
+            for info in zf.infolist():
+                if info.header_offset + info.compress_size > size:
+                    raise MaskError(f"{path}: record {info.filename!r} runs past the end of the file (truncated?).")
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else None
+                    shape, _, dtype = (read_header or np.lib.format.read_array_header_2_0)(fh)
+                if dtype.hasobject:
+                    raise UnsafePickleError(
+                        f"{path}: array {info.filename[:-4]!r} holds Python objects (pickled). Refused; nothing in "
+                        "it was read."
+                    )
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > info.file_size:
+                    raise MaskError(
+                        f"{path}: array {info.filename[:-4]!r} declares {nbytes:,} bytes, its record holds "
+                        f"{info.file_size:,}. Refused before allocating."
+                    )
+                total += nbytes
+            require_memory(f"The mask {path.name}", total)
+        with np.load(path, allow_pickle=False) as npz:
+            for name in npz.files:
+                _check_name(name, path)
+                arr = npz[name]
+                if arr.dtype.kind in "US" and arr.ndim == 0:
+                    meta[name] = str(arr.item())
+                    continue
+                if arr.dtype.kind not in "biuf":
+                    raise MaskError(f"{path}: mask {name!r} has dtype {arr.dtype}; expected bool (or 0/1 numbers).")
+                native = arr.astype(arr.dtype.newbyteorder("="), order="C", copy=False)  # (0-d stays 0-d)
+                masks[name] = _check_bool(name, torch.from_numpy(native), str(path), floats=True)
+    except (MaskError, ConfigError):
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, TypeError) as exc:
+        raise MaskError(f"{path}: not a readable NumPy .npz file ({type(exc).__name__}: {exc}).") from None
+    if not masks:
+        raise MaskError(f"{path}: the file holds no masks.")
+    return MaskSet(masks, meta)
+
+
 def _check_torch_sizes(obj: Mapping, budget: int, path: Path) -> None:
     """Refuse, before any conversion allocates, tensors bigger than the file's bytes: a view with stride 0 or
     overlapping rows makes 10^12 entries of one stored byte, and many tensors may share one storage."""
@@ -591,9 +665,9 @@ def _check_torch_sizes(obj: Mapping, budget: int, path: Path) -> None:
 
 
 def import_mask(path: str | os.PathLike) -> MaskSet:
-    """A mask file in any format the app reads, told by its content (and a pickle also by its name): a
-    ``torch.save`` file (a zip archive), a released bigram-subnetwork pickle, else safetensors (this app's,
-    or plain bool / 0-1 tensors)."""
+    """A mask file in any format the app reads, told by its content (and a pickle also by its name): a NumPy
+    ``.npz`` or a ``torch.save`` file (zip archives, told apart by their records), a released bigram-subnetwork
+    pickle, else safetensors (this app's, or plain bool / 0-1 tensors)."""
     path = Path(path)
     if path.is_dir():
         raise MaskError(f"{path}: a folder, not a mask file.")
@@ -602,8 +676,8 @@ def import_mask(path: str | os.PathLike) -> MaskSet:
     check_readable(path)
     with open(path, "rb") as fh:
         head = fh.read(9)
-    if head[:4] == b"PK\x03\x04":  # a zip archive: torch.save's format
-        return import_torch_masks(path)
+    if head[:4] == b"PK\x03\x04":  # a zip archive: NumPy's .npz, else torch.save's format
+        return import_npz_masks(path) if is_npz(path) else import_torch_masks(path)
     # safetensors: a little-endian header length, then the header's "{" (its first byte is 0x80 for a header of
     # 128 + 256·k bytes, as a pickle's PROTO opcode is: 1 file in 256 was read as a pickle and refused)
     n = int.from_bytes(head[:8], "little")

@@ -245,12 +245,12 @@ def kept_mask(path: str | os.PathLike, name: str) -> str:
     return str(kept)
 
 
-UPLOAD_SUFFIXES = (".safetensors", ".pt", ".pth", ".pickle", ".pkl")
+UPLOAD_SUFFIXES = (".safetensors", ".pt", ".pth", ".npz", ".pickle", ".pkl")
 
 
 def save_upload(name: str, data: bytes | BinaryIO) -> Path:
     """Store an uploaded mask: safetensors as is (validated by reading it), a ``torch.save`` file read with
-    ``weights_only``, a released bigram pickle converted through the restricted unpickler
+    ``weights_only``, a NumPy ``.npz`` (no pickles), a released bigram pickle converted through the restricted unpickler
     (:func:`subnetviz.masks.import_mask`). Returns the stored safetensors path.
 
     The upload is copied to disk in chunks, refused past :func:`max_upload_bytes`, inside the uploads
@@ -263,7 +263,9 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
     from subnetviz.masks import import_mask, save_mask_set
 
     if not name.endswith(UPLOAD_SUFFIXES):
-        raise MaskError(f"{name}: upload a mask as .safetensors, a torch.save .pt / .pth or a released bigram .pickle.")
+        raise MaskError(
+            f"{name}: upload a mask as .safetensors, a torch.save .pt / .pth, a NumPy .npz or a released bigram .pickle."
+        )
     stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     cap, digest, size = max_upload_bytes(), hashlib.sha256(), 0
     fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=Path(name).suffix, dir=uploads_dir())

@@ -12,6 +12,7 @@ from subnetviz.demo.comparison import model_files
 from subnetviz.figures.updates import percent_text
 from subnetviz.jobs.context import read_json
 from subnetviz.report import training as pages
+from subnetviz.training import mask_origin
 from subnetviz.training.config import STRATEGIES
 from subnetviz.training.mask_origin import random_origin, run_hparams
 
@@ -41,7 +42,12 @@ def launch(ws) -> None:
         members = selection.zoo_members(ui.zoo())  # a zoo member shows by its id, never by a server path
         default = ws.base_label if ws.base_label in members else (ws.base or "")
         base = c2.text_input("Base checkpoint (zoo id or folder)", value=default, key="tr_base")
-        mask_label = c3.selectbox("Train only", list(masks), key="tr_mask")
+        mask_label = c3.selectbox(
+            "Train only",
+            list(masks),
+            key="tr_mask",
+            help=f"The subnetwork to train, every other entry left bit-identical: {mask_origin.CONVENTION}.",
+        )
         random_twin = c3.checkbox(  # a short label: a third of the form's width cut the long one off
             "random control mask",
             key="tr_random",
@@ -127,12 +133,12 @@ def launch(ws) -> None:
             st.success(f"Queued run {run_id}: [follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
             if note := mask_note(mask, cfg):
                 ui.warning(note)
+            if mask and (note := mask_origin.dense_mask_note(mask_origin.mask_densities(masks[mask_label]))):
+                ui.warning(note)
 
 
 def mask_note(mask: str | None, cfg: dict) -> str | None:
     """A warning when the training mask is the update mask of a run with other hyperparameters."""
-    from subnetviz.training import mask_origin
-
     if not mask:
         return None
     path = mask[7:] if str(mask).startswith("random:") else str(mask)

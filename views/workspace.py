@@ -9,6 +9,7 @@ import streamlit as st
 from subnetviz import config, selection, ui, uilogic
 from subnetviz.errors import SubnetvizError
 from subnetviz.figures.updates import percent_text
+from subnetviz.training.mask_origin import CONVENTION
 
 UNREADABLE = {"architecture": "cannot be read", "family": None, "params": pd.NA, "dtypes": {}, "fingerprint": ""}
 
@@ -73,6 +74,7 @@ def body() -> None:
             "read safely: nothing in a file is run)",
             type=[s.lstrip(".") for s in selection.UPLOAD_SUFFIXES],
             key="mask_upload",
+            help=f"Bool or 0/1 tensors keyed by parameter name: {CONVENTION}.",
         )
     if up is not None:
         with ui.said_here():  # under the uploader; the rest of the page stays

@@ -16,6 +16,7 @@ from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
 from subnetviz.cli.app import cmd_app, port
 from subnetviz.cli.jobs import cmd_demo, cmd_job, cmd_mask, cmd_report, cmd_runs, cmd_train
 from subnetviz.errors import SubnetvizError
+from subnetviz.training.mask_origin import CONVENTION
 
 
 class _VersionAction(argparse.Action):
@@ -173,10 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cancel", metavar="RUN_ID", help="cancel this queued or running run")
     r.set_defaults(func=cmd_runs)
 
+    mask_help = (
+        "mask files: import SRC DST (a torch.save file, a NumPy .npz or a released bigram pickle, read safely, to "
+        "safetensors; import-pickle is the same) | info SRC"
+    )
     m = sub.add_parser(
         "mask",
-        help="mask files: import SRC DST (a torch.save file or a released bigram pickle, read safely, to "
-        "safetensors; import-pickle is the same) | info SRC",
+        help=mask_help,
+        description=f"{mask_help[0].upper()}{mask_help[1:]}. A mask is bool or 0/1 tensors keyed by parameter "
+        f"name: {CONVENTION}.",
     )
     m.add_argument("action", choices=["import", "import-pickle", "info"])
     m.add_argument("src")

@@ -45,6 +45,33 @@ def random_origin(meta: Mapping) -> str | None:
     return f"random control at the densities of {src}" if src else "random control mask"
 
 
+CONVENTION = "1/True = the entry is in the subnetwork (trained; kept); a tensor the file does not list is frozen"
+"""The mask convention, said where masks come in (uploads, the Training page, ``mask --help``)."""
+
+
+def dense_mask_note(densities: Mapping[str, float]) -> str | None:
+    """A one-line note when a mask chosen for training is denser than 50 % in most of the tensors it lists
+    (``densities``: tensor name -> share of its entries that are 1), else None. An update mask of an RL finetune
+    is sparse, so a mask that is mostly ones may be written the other way round (1 = frozen, as a freeze map or a
+    pruning mask of dropped weights is): training it would train the complement."""
+    dense = sum(1 for d in densities.values() if d > 0.5)
+    if not densities or 2 * dense <= len(densities):
+        return None
+    return (
+        f"This mask is denser than 50 % in {dense} of its {len(densities)} tensors: is 1 = frozen in it? "
+        f"Here {CONVENTION}; invert it if it marks the frozen entries."
+    )
+
+
+def mask_densities(path: str) -> dict[str, float]:
+    """Each tensor of the mask file at ``path`` -> the share of its entries that are 1 (read bit-packed, one
+    tensor unpacked at a time; an empty tensor left out)."""
+    from subnetviz.masks import load_mask_set
+
+    masks = load_mask_set(path, packed=True).masks
+    return {name: float(masks[name].sum()) / masks[name].numel() for name in masks if masks[name].numel()}
+
+
 def mask_source(meta: Mapping) -> str | None:
     """The finetune a mask file's provenance names (``model`` of an analysis' update mask,
     ``finetuned`` of the demo zoo's mask); None for masks of another kind (bigram, random, uploads)."""

@@ -21,8 +21,9 @@ How a masked run keeps every parameter outside the mask *bit-identical* with Ada
 4. :func:`check_outside_mask` compares the saved model with the base bitwise, in the stored dtype,
    tensor by tensor, and counts changed entries inside and outside the mask.
 
-Parameters that a mask file does not list are frozen (outside the subnetwork). Mask names are
-exactly the model's ``named_parameters()`` names; a mask that does not fit is refused before
+Parameters that a mask file does not list are frozen (outside the subnetwork). Mask names are the model's
+``named_parameters()`` names or the names the checkpoint stores them under (transformers' renamings on load,
+such as GPT-NeoX's ``embed_out.weight`` for ``lm_head.weight``); a mask that does not fit is refused before
 training with the closest names suggested.
 """
 
@@ -37,7 +38,7 @@ from transformers import TrainerCallback
 
 from subnetviz.analysis.bits import bits_differ
 from subnetviz.checkpoints import align, open_checkpoint
-from subnetviz.checkpoints.experts_layout import param_pieces
+from subnetviz.checkpoints.experts_layout import loaded_into, param_pieces
 from subnetviz.checkpoints.naming import TIED_HEADS, by_short_name, strip_prefix
 from subnetviz.errors import AlignmentError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
@@ -46,31 +47,90 @@ from subnetviz.training.sharded import local_mask
 
 
 def tied_heads(model) -> dict[str, str]:
-    """The output heads ``model`` ties to its input embedding -> that embedding's parameter name (a tied head is
-    no parameter of its own: ``named_parameters`` lists the one tensor under the embedding's name)."""
+    """The stored tensor names that are no parameter of ``model`` -> the parameter transformers loads each into:
+    the output heads it ties to its input embedding (a tied head is no parameter of its own: ``named_parameters``
+    lists the one tensor under the embedding's name), and the names its conversion mapping renames on load
+    (:func:`renamed_on_load`: GPT-NeoX stores its head as ``embed_out.weight``, the parameter is
+    ``lm_head.weight``). A mask names tensors as the checkpoint stores them; these are folded into the
+    parameters they load into (:func:`fold_tied_heads`)."""
+    out = renamed_on_load(model)
     try:
-        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+        inp, out_emb = model.get_input_embeddings(), model.get_output_embeddings()
     except (AttributeError, NotImplementedError):
-        return {}
-    if inp is None or out is None or getattr(out, "weight", None) is not getattr(inp, "weight", None):
-        return {}
+        return out
+    if inp is None or out_emb is None or getattr(out_emb, "weight", None) is not getattr(inp, "weight", None):
+        return out
     name = next((n for n, p in model.named_parameters() if p is inp.weight), None)
-    return {} if name is None else {head: name for head in TIED_HEADS}
+    return out if name is None else {**out, **{head: name for head in TIED_HEADS}}
+
+
+def renamed_on_load(model) -> dict[str, str]:
+    """The name a checkpoint stores each parameter of ``model`` under, where transformers 5 renames it on load
+    (stored name -> parameter name): its conversion mapping's renamings run backwards, as ``save_pretrained``
+    writes them, and kept only where the forward mapping (:func:`~subnetviz.checkpoints.experts_layout
+    .loaded_into`, the one the Behaviour page writes weights back by) loads that name into that parameter again.
+    Converters (experts packed on load) are left to :func:`packed_masks`. {} where transformers has no mapping."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter
+
+        backwards = [t.reverse_transform() for t in get_model_conversion_mapping(model)[::-1]]
+    except Exception:  # noqa: BLE001 - another transformers' API: masks by the parameters' own names only
+        return {}
+    renamings = [t for t in backwards if not isinstance(t, WeightConverter)]
+    params = dict(model.named_parameters())
+    stored: dict[str, str] = {}
+    for name in params:
+        try:
+            target = name
+            for renaming in renamings:
+                target, _ = renaming.rename_source_key(target)
+        except Exception:  # noqa: BLE001 - a name its patterns cannot take: stored as it is
+            continue
+        if target != name and target not in params:
+            stored[target] = name
+    loaded, _ = loaded_into(model, {s: s for s in stored})
+    return {keys[0]: param for param, keys in loaded.items() if len(keys) == 1 and stored.get(keys[0]) == param}
+
+
+def stored_renamings(ck) -> dict[str, str]:
+    """The tensors of checkpoint ``ck`` that transformers 5 loads into a parameter of another name and the same
+    shape (stored name -> parameter name), by the conversion mapping of the model ``ck``'s config builds (on the
+    meta device: no weights). A mask keyed by the model's parameters (the one a run trains with) names GPT-NeoX's
+    stored ``embed_out.weight`` as ``lm_head.weight``. {} where transformers cannot build the model."""
+    config = dict(ck.config or {})
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        model_type = config.pop("model_type")
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+    except Exception:  # noqa: BLE001 - a config transformers cannot build: the names as stored only
+        return {}
+    params = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    loaded, _ = loaded_into(model, {n: n for n in ck.names if n not in params})
+    out = {}
+    for param, keys in loaded.items():
+        if len(keys) == 1 and keys[0] != param and param in params and tuple(ck.meta(keys[0]).shape) == params[param]:
+            out[keys[0]] = param
+    return out
 
 
 def fold_tied_heads(masks: dict[str, torch.Tensor], tied: dict[str, str]) -> dict[str, torch.Tensor]:
-    """``masks`` with an entry for an output head the model ties to its input embedding (``tied``: head -> the
-    embedding's parameter name) merged into the embedding's entry (either mask's entries may change: the model
-    computes both with the one tensor). An update mask of a tied base against a finetune that untied its head
-    lists the head apart, under its own name; training the tied model refused it as no parameter."""
+    """``masks`` with an entry for a stored name that loads into another parameter (``tied``: stored name -> that
+    parameter's name, :func:`tied_heads`) merged into that parameter's entry: an output head the model ties to its
+    input embedding (either mask's entries may change: the model computes both with the one tensor), or a name
+    transformers renames on load (GPT-NeoX's ``embed_out.weight``). An update mask of a tied base against a
+    finetune that untied its head lists the head apart, under its own name; an update mask of a GPT-NeoX names
+    the head as stored; training refused both as no parameter."""
     out = dict(masks)
-    for key in [k for k in masks if strip_prefix(k) in tied]:
-        embed = tied[strip_prefix(key)]
+    for key in [k for k in masks if k in tied or strip_prefix(k) in tied]:
+        embed = tied[key] if key in tied else tied[strip_prefix(key)]
         target = next((k for k in out if strip_prefix(k) == strip_prefix(embed)), embed)
         head = out.pop(key).to(torch.bool)
         if target in out and tuple(out[target].shape) != tuple(head.shape):
             raise MaskError(
-                f"mask {key}: {tuple(head.shape)}, the model ties it to {embed} whose mask is "
+                f"mask {key}: {tuple(head.shape)}, the model loads it into {embed} whose mask is "
                 f"{tuple(out[target].shape)}."
             )
         out[target] = head if target not in out else out[target].to(torch.bool) | head
@@ -317,10 +377,13 @@ class _MaskOf:
     """The mask of a checkpoint's tensor: by its name, else by the name without a ``model.``-style prefix (a GPT-2
     base stored without ``transformer.``, masks named like the model's parameters); a head tied to the input
     embedding (not a parameter of its own, so no mask lists it) has the embedding's mask: it changes exactly
-    where the embedding changes. ``masks`` None: everything inside (True)."""
+    where the embedding changes; a tensor transformers renames on load (GPT-NeoX's stored ``embed_out.weight``)
+    has the mask of the parameter it loads into (``lm_head.weight``: :func:`stored_renamings`). ``masks`` None:
+    everything inside (True)."""
 
     def __init__(self, masks: dict[str, torch.Tensor] | None, ck):
         self.masks = masks
+        self.param_of = stored_renamings(ck)  # stored name -> the parameter it loads into, where they differ
         self.keyed = {k: masks[n] for k, n in by_short_name(masks or {}).items()}
         # a parameter packing experts the checkpoint stores one by one: each stored tensor's slice of its mask
         stored = {strip_prefix(n): tuple(ck.meta(n).shape) for n in ck.names}
@@ -339,6 +402,8 @@ class _MaskOf:
             return True
         for name in names:
             m = self.masks.get(name)
+            if m is None and name in self.param_of:
+                m = self.masks.get(self.param_of[name])
             if m is None:
                 m = self.keyed.get(strip_prefix(name))
             if m is not None:
@@ -393,7 +458,8 @@ def check_state_outside_mask(
     weights, before the bf16 save) against the base read in its stored dtype and widened exactly.
 
     The base's tensors are lined up with the state's names as :func:`check_outside_mask` lines them up
-    (``model.``-style prefixes ignored; a tied head under the embedding's mask); the state's other entries
+    (``model.``-style prefixes ignored; a tied head under the embedding's mask; a tensor transformers renames on
+    load, GPT-NeoX's ``embed_out.weight``, against the parameter it loads into); the state's other entries
     (buffers such as rotary tables are not in checkpoints) are not compared, nor base tensors the live model
     names otherwise (experts transformers fuses on load; the saved model's check compares those). A base tensor
     of another shape is refused; with no tensor compared the check is not identical.
@@ -404,7 +470,8 @@ def check_state_outside_mask(
         mask_of = _MaskOf(masks, ck)
         counts, n = _Counts(), 0
         for name in sorted(ck.names):
-            key = name if name in state else keyed.get(strip_prefix(name))
+            renamed = mask_of.param_of.get(name)
+            key = name if name in state else renamed if renamed in state else keyed.get(strip_prefix(name))
             if key is None:
                 continue
             new = state[key].detach().cpu()
