@@ -70,7 +70,7 @@ def body() -> None:
     up = None
     if ui.allowed("upload"):
         up = st.file_uploader(
-            "Add a mask (.safetensors, a torch.save .pt / .pth, or a released bigram-subnetwork .pickle — "
+            "Add a mask (.safetensors, a torch.save .pt / .pth, a NumPy .npz or a released bigram-subnetwork .pickle — "
             "read safely: nothing in a file is run)",
             type=[s.lstrip(".") for s in selection.UPLOAD_SUFFIXES],
             key="mask_upload",
