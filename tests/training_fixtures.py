@@ -56,6 +56,23 @@ def write_half_mask(path: str | Path, model_dir: str | Path, p: float = 0.5, see
     return save_mask_set(path, MaskSet(masks, {"method": "test: random", "p": p}))
 
 
+def write_sft_config(tiny: dict, folder: Path, **kw) -> Path:
+    """``folder/config.json``: an SFT job on ``tiny``'s base, data and mask (a fixture's dict of
+    :func:`write_addition_data` and :func:`write_half_mask`), writing into ``folder/out``; ``kw`` set or override
+    any key (steps, batch size, strategy, ...)."""
+    cfg = {
+        "algorithm": "sft",
+        "base": str(tiny["base"]),
+        "data": str(tiny["data"]["sft"]),
+        "output_dir": str(Path(folder) / "out"),
+        "mask": str(tiny["mask"]),
+        **kw,
+    }
+    path = Path(folder) / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
 def sleep_job(config: dict, ctx) -> None:
     """Test job: ``seconds`` of sleeping in ``steps`` steps, writing ``outputs/done.txt``."""
     steps = int(config.get("steps", 10))

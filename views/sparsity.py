@@ -8,7 +8,7 @@ import streamlit as st
 
 from subnetviz import figures, ui, uilogic
 from subnetviz.analysis.experts import by_expert, routers
-from subnetviz.analysis.sparsity_report import compared_dtypes, ulp_dtype
+from subnetviz.analysis.sparsity_report import SHORT_DTYPES, compared_dtypes, ulp_dtype
 from subnetviz.errors import SubnetvizError
 from subnetviz.figures import moe
 from subnetviz.figures.updates import percent_text
@@ -237,12 +237,13 @@ ETAS = ["0.0001", "0.001", "0.002", "0.004", "0.008", "0.01", "0.02", "0.05", "0
 # Half the spacing of 1 (torch.finfo(dtype).eps / 2) of each float dtype compared as itself: two different finite
 # values of the dtype differ by more than this share of the larger magnitude. Codes (FP8, int8) are compared as
 # their dequantised weights in another dtype, so no claim is made for them.
-RELATIVE_STEPS = {  # dtype -> (its short name, the step as the note writes it, the step)
-    "bfloat16": ("bf16", "2⁻⁸ ≈ 0.0039", 2**-8),
-    "float16": ("fp16", "2⁻¹¹ ≈ 0.00049", 2**-11),
-    "float32": ("fp32", "2⁻²⁴ ≈ 6.0e-8", 2**-24),
-    "float64": ("fp64", "2⁻⁵³ ≈ 1.1e-16", 2**-53),
+_STEPS = {  # dtype -> (the step as the note writes it, the step)
+    "bfloat16": ("2⁻⁸ ≈ 0.0039", 2**-8),
+    "float16": ("2⁻¹¹ ≈ 0.00049", 2**-11),
+    "float32": ("2⁻²⁴ ≈ 6.0e-8", 2**-24),
+    "float64": ("2⁻⁵³ ≈ 1.1e-16", 2**-53),
 }
+RELATIVE_STEPS = {d: (SHORT_DTYPES[d], *step) for d, step in _STEPS.items()}  # dtype -> (short name, text, step)
 
 
 def _eta_text(eta: float) -> str:
@@ -270,7 +271,7 @@ def relative_note(eta: float, dtypes: list[str]) -> str:
             f"except sign flips of zero (−0 ↔ +0)."
         )
     else:
-        others = " and ".join(RELATIVE_STEPS.get(d, (d,))[0] for d in dtypes if RELATIVE_STEPS.get(d) not in below)
+        others = " and ".join(SHORT_DTYPES.get(d, d) for d in dtypes if RELATIVE_STEPS.get(d) not in below)
         what = (
             f"Some weights were compared in {names}, where two different values differ by at least {steps} of the "
             f"larger magnitude. η is below that, so in those tensors 'relative' counts every changed entry except "

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from tests.models import make_tiny_llama
-from tests.training_fixtures import write_addition_data, write_half_mask
+from tests.training_fixtures import write_addition_data, write_half_mask, write_sft_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -49,23 +49,8 @@ def no_leftovers(tmp_path):
 
 
 def _config(tiny, tmp_path: Path, **kw) -> Path:
-    cfg = {
-        "algorithm": "sft",
-        "base": str(tiny["base"]),
-        "data": str(tiny["data"]["sft"]),
-        "output_dir": str(tmp_path / "out"),
-        "mask": str(tiny["mask"]),
-        "steps": 3,
-        "learning_rate": 1e-2,
-        "batch_size": 8,
-        "weight_decay": 0.1,
-        "strategy": "fsdp2",
-        "num_processes": 2,
-        **kw,
-    }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(cfg))
-    return path
+    fsdp2 = {"steps": 3, "learning_rate": 1e-2, "batch_size": 8, "weight_decay": 0.1, "strategy": "fsdp2"}
+    return write_sft_config(tiny, tmp_path, **{**fsdp2, "num_processes": 2, **kw})
 
 
 class Run:

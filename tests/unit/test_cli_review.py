@@ -26,7 +26,7 @@ import torch
 
 from subnetviz.cli import build_parser, main
 from tests.models import make_tiny_llama
-from tests.training_fixtures import write_addition_data, write_half_mask
+from tests.training_fixtures import write_addition_data, write_half_mask, write_sft_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,19 +40,7 @@ def tiny(tmp_path_factory):
 
 
 def _config(tiny, tmp_path: Path, **kw) -> Path:
-    cfg = {
-        "algorithm": "sft",
-        "base": str(tiny["base"]),
-        "data": str(tiny["data"]["sft"]),
-        "output_dir": str(tmp_path / "out"),
-        "mask": str(tiny["mask"]),
-        "steps": 2,
-        "batch_size": 4,
-        **kw,
-    }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(cfg))
-    return path
+    return write_sft_config(tiny, tmp_path, **{"steps": 2, "batch_size": 4, **kw})
 
 
 def _sigterm_self(*args, **kwargs):
