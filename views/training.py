@@ -142,11 +142,11 @@ def mask_note(mask: str | None, cfg: dict) -> str | None:
     if not mask:
         return None
     path = mask[7:] if str(mask).startswith("random:") else str(mask)
-    source = mask_origin.mask_source(selection.mask_info(path, file_stamp(path)))
-    if source is None:
-        return None
     z = ui.zoo()
     members = {m.id: m for m in z.members} if z is not None else {}
+    source = mask_origin.identify(selection.mask_info(path, file_stamp(path)), members, config.runs_dir())
+    if source is None:
+        return None
     runs = {}
     if source.startswith("run "):
         df = ui.job_runner().list_runs()

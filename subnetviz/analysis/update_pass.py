@@ -49,7 +49,7 @@ from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_align
 from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.checkpoints.experts_layout import match_layouts
 from subnetviz.checkpoints.naming import NORM_MODULES
-from subnetviz.checkpoints.sources import checkpoint_label
+from subnetviz.checkpoints.sources import checkpoint_label, record_path
 from subnetviz.config import resolve_device
 from subnetviz.errors import CheckpointError, MaskError, NonFiniteError
 from subnetviz.masks import PackedMasks
@@ -93,6 +93,8 @@ class UpdateAnalysis:
     seconds: float = 0.0
     source_dir: Path | None = None  # set when read back from disk
     cached: bool = False  # served from the on-disk cache
+    # label -> where that checkpoint was read (an absolute path, or a hub id with its commit), the base under ""
+    paths: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> pd.DataFrame:
         return summarize(self.reports)
@@ -470,7 +472,13 @@ class _Walk:
         ]
         overlap, overlap_notes = self.overlap()
         notes += [f"Overlap of the update masks: {n}" for n in overlap_notes]
-        return UpdateAnalysis(self.recorded_base, self.labels, reports, spec, None, None, overlap, notes, seconds)
+        paths = {
+            "": record_path(self.ck_base),
+            **{lab: record_path(c) for lab, c in zip(self.labels, self.cks, strict=True)},
+        }
+        return UpdateAnalysis(
+            self.recorded_base, self.labels, reports, spec, None, None, overlap, notes, seconds, paths=paths
+        )
 
     @property
     def recorded_base(self) -> str:

@@ -118,6 +118,11 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
                 "model": r.model,
                 "tolerance": r.options.mask_tolerance if r.options.mask_tolerance is not None else "exact",
                 "precision": r.options.precision or "stored",
+                # where the two were read, and by which code: the label alone matched a user's folder `sft`
+                # to the demo zoo's `sft` (the Training page then quoted the zoo run's hyperparameters)
+                **({"base_path": analysis.paths[""]} if "" in analysis.paths else {}),
+                **({"model_path": analysis.paths[r.model]} if r.model in analysis.paths else {}),
+                **version_info(),
             }
             if "rows_compared" in r.tensors:  # resized vocabularies: the mask covers the shared rows only
                 shared = r.tensors.dropna(subset=["rows_compared"])

@@ -771,6 +771,16 @@ def source_of(spec: str, folder: Path | None) -> str:
     return s if snap is None else f"{split_revision(s)[0]}@{snap[1]}"
 
 
+def record_path(ck) -> str:
+    """Where checkpoint ``ck`` was read, as a result's provenance records it: a hub id with the commit of the
+    snapshot read (``ck.source``), anything else as an absolute path. A label alone ("sft") names no model: a
+    user's folder called ``sft`` is not the demo zoo's ``sft`` (the Training page matched them by label)."""
+    spec = str(ck.spec)
+    if reads_as_hub_id(spec):
+        return str(getattr(ck, "source", spec))
+    return os.path.abspath(os.path.expanduser(spec))
+
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # weights files named for what they are, not for the model: labelled by their folder
 _GENERIC = ("model", "pytorch_model", "adapter_model", "consolidated")

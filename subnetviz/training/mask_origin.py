@@ -11,6 +11,7 @@ took its densities from, and no source run.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -79,6 +80,34 @@ def mask_source(meta: Mapping) -> str | None:
         return None
     src = meta.get("model") or meta.get("finetuned")
     return str(src) if src else None
+
+
+def source_path(meta: Mapping) -> str | None:
+    """Where the finetune a mask's provenance names was read (``model_path`` of an analysis' update mask,
+    ``finetuned_path`` of the demo zoo's mask): an absolute path or a hub id with its commit; None when the
+    provenance records a label only (masks written before paths were recorded, uploads of other tools)."""
+    if is_random(meta):
+        return None
+    path = meta.get("model_path") or meta.get("finetuned_path")
+    return str(path) if path else None
+
+
+def identify(meta: Mapping, members: Mapping[str, object], runs_dir: str | os.PathLike) -> str | None:
+    """The run a mask's provenance names *by where it was read*: a zoo member's id (``members``: id -> objects
+    with a ``path``) or ``"run <id>"`` for the model of a run under ``runs_dir`` (``<id>/outputs/model``); None
+    for any other model, and for a provenance that records a label only. Matched by the real path (a run the
+    demo registers links to its member's folder), never by the label: a user's folder called ``sft`` is not the
+    zoo's ``sft``."""
+    path = source_path(meta)
+    if mask_source(meta) is None or not path or not os.path.isabs(path):  # (a hub id is no member nor run)
+        return None
+    real = os.path.realpath(path)
+    for mid, m in members.items():
+        if os.path.realpath(getattr(m, "path", "") or "") == real:
+            return str(mid)
+    runs = os.path.realpath(runs_dir)
+    rel = Path(os.path.relpath(real, runs)).parts if real.startswith(runs + os.sep) else ()
+    return f"run {rel[0]}" if len(rel) == 3 and rel[1:] == ("outputs", "model") else None
 
 
 def _number(value) -> float | None:

@@ -229,3 +229,27 @@ def test_a_run_s_own_held_out_file_is_the_default_set(finished_run, app_env):
     assert at.selectbox(key="cmp_eval").value == "mine_eval.jsonl"
     notes = [w for w in _texts(at, "warning") if "held out on another set" in w]
     assert len(notes) == 1 and "on mine_eval.jsonl" in notes[0] and "zoo grpo-B on B_eval.jsonl" in notes[0]
+
+
+def test_a_users_mask_of_a_folder_named_like_a_zoo_member_gets_no_zoo_hyperparameters(finished_run, app_env):
+    """An update mask of the user's own finetune in a folder called ``grpo-s0`` (elsewhere than the zoo) named
+    its source by label only, and the card quoted the zoo's grpo-s0 hyperparameters as the mask's. Now it is
+    matched by where the finetune was read (``model_path``), and the user's folder is no zoo member."""
+    import torch
+
+    from subnetviz import config
+    from subnetviz.demo import load_zoo
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    member = next(m for m in load_zoo().members if m.id == "grpo-s0")
+    mask = config.home() / "uploads" / "users-grpo-s0.safetensors"
+    meta = {"method": "update mask", "model": "grpo-s0", "model_path": "/data/mine/grpo-s0", "base": "base"}
+    save_mask_set(mask, MaskSet({"model.embed_tokens.weight": torch.ones(4, 4, dtype=torch.bool)}, meta))
+    cfg = {"algorithm": "grpo", "learning_rate": 7e-4, "steps": member.steps, "mask": str(mask)}
+    try:
+        finished_run("in-the-users-mask", cfg)
+        at = open_page("training", tr_view="Runs", tr_run="in-the-users-mask")
+    finally:
+        mask.unlink()
+    assert not at.exception and not at.error
+    assert not [w for w in _texts(at, "warning") if "The mask comes from" in w]
