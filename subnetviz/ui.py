@@ -579,6 +579,21 @@ def _checkpoint_files(path: str, where: tuple[str, str]) -> tuple[list[Path], Pa
     return checkpoint_files(path)
 
 
+def mask_misfits(masks: dict[str, str], model: str) -> dict[str, str]:
+    """The masks (label -> file) that do not fit ``model``, each with why in a few words
+    (:func:`~subnetviz.uilogic.mask_misfit`), memoised by the files' stamps. Behaviour and Bigram offer only the
+    others: the newest mask was pre-selected whatever the model, and one of another model stopped the page."""
+    from subnetviz.cache import file_stamp
+    from subnetviz.uilogic import mask_misfit
+
+    stamp = checkpoint_stamp(model)
+    return {
+        label: why
+        for label, path in masks.items()
+        if path != "routers" and (why := shared(mask_misfit, path, model, (file_stamp(path), stamp)))
+    }
+
+
 def checkpoint_stamp(path: str) -> tuple[str, ...]:
     """:func:`~subnetviz.cache.file_stamp` of ``path`` (a folder: every file directly inside it, config, tokenizer
     and an adapter's two files included) and of every file the checkpoint reads beyond it: an index json's shards

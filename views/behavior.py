@@ -34,14 +34,7 @@ def fitting_masks(masks: dict[str, str], base: str) -> dict[str, str]:
     pre-selected whatever the base, and the zoo's mask beside another model's base stopped the page before any KL
     was computed. The others are named with why in one line; one the link names, in a warning (the widget drops
     it from the link)."""
-    from subnetviz.cache import file_stamp
-
-    stamp = ui.checkpoint_stamp(base)
-    misfit = {
-        label: why
-        for label, path in masks.items()
-        if path != "routers" and (why := ui.shared(uilogic.mask_misfit, path, base, (file_stamp(path), stamp)))
-    }
+    misfit = ui.mask_misfits(masks, base)
     if not misfit:
         return masks
     asked = [m for m in st.query_params.get_all("bh_masks") if m in misfit]

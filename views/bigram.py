@@ -162,6 +162,23 @@ def analyse(model: str, corpus: str) -> None:
             icon=":material/info:",
         )
         return
+    # Only masks that fit the model are offered (the newest mask was pre-selected whatever the model, and one of
+    # another model ended the page in an error); those left out are named with why.
+    misfit = ui.mask_misfits(masks, model)
+    if misfit:
+        asked = [q for q in (st.query_params.get("bg_mask"), st.query_params.get("bg_opt")) if q in misfit]
+        said = "; ".join(f"{label} ({misfit[label]})" for label in (asked or misfit))
+        if len(misfit) == len(masks):
+            st.info(
+                ui.plain(f"No saved mask fits this model: {said}. Train one for it under *Train a mask*."),
+                icon=":material/info:",
+            )
+            return
+        if asked:
+            ui.warning(f"Left out of the link's masks, as they do not fit this model: {said}.")
+        else:
+            st.caption(ui.plain(f"Not offered, as they do not fit this model: {said}."))
+        masks = {label: path for label, path in masks.items() if label not in misfit}
     a, b = st.columns(2)
     names = list(masks)
     latest = {
