@@ -393,6 +393,11 @@ MEMORY_USABLE = 0.8
 """Share of the machine's available memory (of a GPU's free memory) one computation may plan to hold."""
 
 
+CGROUP_BOUND = "the memory limit of this container or job (cgroup)"
+"""What a refusal names where the control group's limit leaves less than the machine has (it said "this machine
+has 1.2 GiB available" on a 64 GiB machine, and sent the user looking for the memory in the wrong place)."""
+
+
 def available_memory_bytes() -> int:
     """The memory this process may still take: MemAvailable from /proc/meminfo (Linux; else free physical pages
     from ``os.sysconf``), or less where its control group's memory limit leaves less (a container started with
@@ -482,7 +487,7 @@ def require_memory(what: str, host_bytes: int, device: str = "cpu", device_bytes
     if short:
         raise ConfigError(
             f"{what} {short}. Refused before loading: use a machine (or a Ray cluster under 'Compute on') with "
-            "more memory, or a GPU."
+            "more memory, or a GPU" + (", or raise that limit." if CGROUP_BOUND in short else ".")
         )
     short = _device_shortfall(device, device_bytes)
     if short:
@@ -505,10 +510,9 @@ def _host_shortfall(host_bytes: int) -> str | None:
     have = available_memory_bytes()
     if host_bytes <= MEMORY_USABLE * have:
         return None
-    return (
-        f"needs about {gib(host_bytes)} of memory; this machine has {gib(have)} available "
-        f"({MEMORY_USABLE:.0%} of it usable)"
-    )
+    room = cgroup_headroom()  # (read again: what bounds it is said, not only how much)
+    where = f"{CGROUP_BOUND} leaves" if room is not None and room <= have else "this machine has"
+    return f"needs about {gib(host_bytes)} of memory; {where} {gib(have)} available ({MEMORY_USABLE:.0%} of it usable)"
 
 
 def _device_shortfall(device: str, device_bytes: int) -> str | None:

@@ -31,9 +31,31 @@ def test_require_memory_refuses_above_the_usable_share(monkeypatch):
     from subnetviz import config
 
     monkeypatch.setattr(config, "available_memory_bytes", lambda: 10 * 2**30)
+    monkeypatch.setattr(config, "cgroup_headroom", lambda: None)  # no container limit
     config.require_memory("Loading x", 8 * 2**30)  # exactly the usable share: allowed
     with pytest.raises(ConfigError, match=r"^Loading x needs about 8\.00 GiB of memory; this machine has 10\.00 GiB"):
         config.require_memory("Loading x", 8 * 2**30 + 1)
+
+
+def test_a_refusal_under_a_container_limit_names_the_limit_not_the_machine(monkeypatch, tmp_path):
+    """Under a cgroup limit tighter than the machine's free memory, the refusal said "this machine has 1.00 GiB
+    available" on a machine with 64 GiB free: it names the container's (job's) limit now, and says to raise it."""
+    from subnetviz import config
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {128 * 2**20} kB\nMemAvailable: {64 * 2**20} kB\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: real_open(meminfo if f == "/proc/meminfo" else f, *a, **k))
+    monkeypatch.setattr(config, "cgroup_headroom", lambda: 2**30)
+    assert config.available_memory_bytes() == 2**30
+    with pytest.raises(ConfigError) as err:
+        config.require_memory("Loading x", 2 * 2**30)
+    text = str(err.value)
+    assert "the memory limit of this container or job (cgroup) leaves 1.00 GiB available" in text
+    assert "this machine" not in text and text.endswith("or raise that limit.")
+    monkeypatch.setattr(config, "cgroup_headroom", lambda: 100 * 2**30)  # a limit looser than the machine
+    with pytest.raises(ConfigError, match=r"this machine has 64\.00 GiB available .*or a GPU\.$"):
+        config.require_memory("Loading x", 60 * 2**30)
 
 
 def test_available_memory_is_the_kernels_estimate():
