@@ -284,6 +284,10 @@ def run_card(rec, run_label: str | None = None) -> None:
         )
     if note := mask_note(mask, {**cfg, **hp}):
         ui.warning(note)
+    if mask and (
+        note := ui.shared(mask_origin.dense_note_of, str(mask), file_stamp(str(mask).removeprefix("random:")))
+    ):
+        ui.warning(note)  # (said on submit only: a run shared by link, or launched by the CLI, said nothing)
 
 
 def mask_label(mask: str | None) -> str:

@@ -64,6 +64,19 @@ def dense_mask_note(densities: Mapping[str, float]) -> str | None:
     )
 
 
+def dense_note_of(spec: str, stamp: tuple = ()) -> str | None:
+    """:func:`dense_mask_note` of a config's ``mask`` (a file, or ``random:<file>``: drawn at that file's
+    densities); None when the file cannot be read (the run card says what is wrong with it elsewhere). ``stamp``
+    (the file's) only keys a caller's memo."""
+    from subnetviz.errors import SubnetvizError
+
+    path = spec[len("random:") :] if str(spec).startswith("random:") else str(spec)
+    try:
+        return dense_mask_note(mask_densities(path))
+    except (SubnetvizError, OSError):
+        return None
+
+
 def mask_densities(path: str) -> dict[str, float]:
     """Each tensor of the mask file at ``path`` -> the share of its entries that are 1 (read bit-packed, one
     tensor unpacked at a time; an empty tensor left out)."""

@@ -53,6 +53,7 @@ from subnetviz.jobs.context import STATUS_FILE, JobContext
 from subnetviz.training import sharded, zero
 from subnetviz.training.config import TrainConfig, job_train_config
 from subnetviz.training.evaluate import evaluate_accuracy
+from subnetviz.training.mask_origin import dense_mask_note
 from subnetviz.training.masking import (
     MaskedUpdateCallback,
     check_outside_mask,
@@ -348,6 +349,8 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
     model = trainer.model
     run.attach(trainer)
     masks, mask_set, run.zero_installer = _add_mask_callbacks(cfg, trainer)
+    if mask_set is not None and (note := dense_mask_note(_densities(mask_set))):
+        run.notes.append(note)  # (the page said it on submit only; a run from the CLI or a config said nothing)
     gather = run.gather()
     if cfg.save_steps:
         trainer.add_callback(
@@ -376,6 +379,15 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
     gathered = _save(run, trainer, state, masks, mask_set)
     del trainer, model, state  # free the training copy before the saved model is read back
     return _finish(run, steps_done, masks, gathered)
+
+
+def _densities(mask_set) -> dict[str, float]:
+    """Each tensor the mask file lists -> the share of its entries that are 1 (an empty tensor left out)."""
+    return {
+        n: float(mask_set.masks[n].sum()) / mask_set.masks[n].numel()
+        for n in mask_set.masks
+        if mask_set.masks[n].numel()
+    }
 
 
 def _add_mask_callbacks(cfg: TrainConfig, trainer):

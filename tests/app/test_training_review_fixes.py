@@ -253,3 +253,29 @@ def test_a_users_mask_of_a_folder_named_like_a_zoo_member_gets_no_zoo_hyperparam
         mask.unlink()
     assert not at.exception and not at.error
     assert not [w for w in _texts(at, "warning") if "The mask comes from" in w]
+
+
+def test_a_run_card_says_when_its_mask_may_be_inverted(finished_run, app_env):
+    """A mask denser than 50 % in most of its tensors may mark the frozen entries (1 = frozen); the note was
+    given on submit only, so a run opened from a link or launched by the CLI said nothing on its card."""
+    import torch
+
+    from subnetviz import config
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    mask = config.home() / "uploads" / "mostly-ones.safetensors"
+    masks = {"a.weight": torch.ones(4, 4, dtype=torch.bool), "b.weight": torch.ones(2, 8, dtype=torch.bool)}
+    masks["c.weight"] = torch.zeros(3, 3, dtype=torch.bool)
+    save_mask_set(mask, MaskSet(masks, {"method": "a freeze map"}))
+    try:
+        finished_run("in-a-dense-mask", {"algorithm": "sft", "learning_rate": 1e-4, "steps": 3, "mask": str(mask)})
+        at = open_page("training", tr_view="Runs", tr_run="in-a-dense-mask")
+        twin = finished_run("in-its-random-twin", {"algorithm": "sft", "steps": 3, "mask": f"random:{mask}"})
+        assert twin
+        at_twin = open_page("training", tr_view="Runs", tr_run="in-its-random-twin")
+    finally:
+        mask.unlink()
+    for page in (at, at_twin):
+        assert not page.exception and not page.error
+        notes = [w for w in _texts(page, "warning") if "This mask is denser than 50 % in 2 of its 3 tensors" in w]
+        assert len(notes) == 1

@@ -169,3 +169,36 @@ def test_the_upload_and_train_only_widgets_state_the_convention(app_env):
     at = open_page("training", tr_view="Launch")
     assert not at.exception
     assert convention in at.selectbox(key="tr_mask").help
+
+
+def test_a_run_inside_a_mask_dense_in_most_tensors_says_it_may_be_inverted(tmp_path, capsys):
+    """The note that a mask denser than 50 % in most tensors may be written the other way round (1 = frozen) was
+    given on the page's submit only: a run from the CLI or a config said nothing. It is in the run's log now (on
+    stderr without a job), and a mask that is sparse in most tensors gets none."""
+    from subnetviz.training.config import TrainConfig
+    from subnetviz.training.run import train
+    from tests.models import make_tiny_llama
+    from tests.training_fixtures import write_addition_data
+
+    torch.set_num_threads(1)
+    base = make_tiny_llama(tmp_path / "base")
+    data = write_addition_data(tmp_path / "data", n=8)
+    with safe_open(str(base / "model.safetensors"), framework="pt") as f:
+        shapes = {n: f.get_slice(n).get_shape() for n in f.keys()}
+    names = sorted(shapes)
+    dense = {n: torch.ones(shapes[n], dtype=torch.bool) for n in names}  # every tensor 100 % ones
+    sparse = {n: torch.zeros(shapes[n], dtype=torch.bool) for n in names}
+    for m in sparse.values():
+        m.view(-1)[0] = True
+    for label, masks, said in (("dense", dense, True), ("sparse", sparse, False)):
+        mask = save_mask_set(tmp_path / f"{label}.safetensors", MaskSet(masks, {"method": "test"}))
+        cfg = TrainConfig(
+            algorithm="sft", base=str(base), data=str(data["sft"]), output_dir=str(tmp_path / f"out-{label}"),
+            mask=str(mask), steps=1, learning_rate=1e-3, batch_size=8, bf16=False, seed=0,
+        )  # fmt: skip
+        capsys.readouterr()
+        train(cfg)
+        err = capsys.readouterr().err
+        assert ("This mask is denser than 50 % in" in err) is said, err[-2000:]
+        if said:
+            assert f"in {len(names)} of its {len(names)} tensors: is 1 = frozen in it?" in err
