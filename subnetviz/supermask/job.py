@@ -136,7 +136,18 @@ def load_result(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
     folder = Path(folder)
     if not (folder / "result.json").is_file():
         raise ConfigError(f"{folder}: no result.json; this is not a finished continual job's output folder.")
-    return rederived({n: pd.read_parquet(folder / "frames" / f"{n}.parquet") for n in FRAMES})
+    frames = {n: pd.read_parquet(folder / "frames" / f"{n}.parquet") for n in FRAMES}
+    return rederived(frames, _weight_epochs(folder))
+
+
+def _weight_epochs(folder: Path) -> int | None:
+    """The weight phase's epochs in a finished job's ``result.json`` config (None: the preset's, or unreadable)."""
+    try:
+        info = json.loads((folder / "result.json").read_text())
+        epochs = info["config"]["epochs"]["weight"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def data_note(folder: str | os.PathLike) -> str | None:

@@ -255,14 +255,18 @@ def _trained_share(method: str, later_tasks: pd.DataFrame, weight_epochs: int | 
     return {"ssnet": 1.0, "supsup": 0.0}.get(method, float("nan"))
 
 
-def rederived(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def rederived(frames: dict[str, pd.DataFrame], weight_epochs: int | None = None) -> dict[str, pd.DataFrame]:
     """``frames`` (of :meth:`ContinualResult.to_frames`, as a job saved them) with each run's forgetting
     computed again from its accuracy matrix, and the summary with it: a result saved before the definition was
-    corrected reads as a new one would (the accuracies are what was measured; the forgetting is derived)."""
+    corrected reads as a new one would (the accuracies are what was measured; the forgetting is derived). With
+    ``weight_epochs`` 0 (the job's config), SSNeT's and ExSSNeT's trained share is 0: a result saved before that
+    was said read 100 % for a weight phase that trained nothing."""
     runs, acc = frames.get("runs"), frames.get("accuracy")
     keys = ["label", "method", "kkt", "density", "seed"]
     if runs is None or acc is None or runs.empty or acc.empty or not set(keys) <= set(acc) | set(runs):
         return frames
+    if weight_epochs == 0 and {"method", "trained"} <= set(runs):
+        runs = runs.assign(trained=runs["trained"].where(~runs["method"].isin(["ssnet", "exssnet"]), 0.0))
     found = {}
     for key, g in acc.groupby(keys, sort=False):
         n = int(max(g["after_task"].max(), g["task"].max())) + 1

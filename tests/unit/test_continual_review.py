@@ -249,3 +249,21 @@ def test_a_weight_phase_reads_as_its_editable_share(perm2):
     assert (
         trained["SupSup"] == 0.0 and trained["SSNeT"] == 1.0 and trained["ExSSNeT"] == pytest.approx(fresh, abs=1e-12)
     )
+
+
+def test_a_result_saved_before_the_fix_reads_no_weight_trained_with_no_weight_phase(perm2, tmp_path):
+    """A finished job saved before the trained share knew the weight phase's epochs kept SSNeT at 100 %; read back,
+    its config's 0 weight epochs make SSNeT's and ExSSNeT's share 0 (SupSup's stays 0)."""
+    from dataclasses import replace
+
+    from subnetviz.supermask.job import load_result, save_result
+
+    _, _, runs = _runs(perm2, 0)
+    old = tuple(replace(r, weight_epochs=None) for r in runs)  # as the old code recorded them
+    for weight, want in ((0, {"SupSup": 0.0, "SSNeT": 0.0}), (None, {"SupSup": 0.0, "SSNeT": 1.0})):
+        folder = tmp_path / f"w{weight}"
+        cfg = {"epochs": {"mask": 1, "weight": weight, "finetune": None}}
+        save_result(ContinualResult(perm2.name, old, cfg), folder)
+        summary = load_result(folder)["summary"].set_index("label")["trained_mean"].to_dict()
+        assert {k: summary[k] for k in want} == want
+        assert (summary["ExSSNeT"] == 0.0) is (weight == 0)
