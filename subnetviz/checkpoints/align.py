@@ -141,6 +141,7 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
             if head in keyed[i] and ck.tied_embeddings:
                 notes.append(f"{ck.spec}: {head} is tied to the input embedding; counted once (as the embedding).")
                 del keyed[i][head]
+    _refuse_other_architectures(checkpoints, keyed)
     _untied_heads(checkpoints, keyed, notes)
     common = [k for k in keyed[0] if all(k in km for km in keyed[1:])]
     shared = set(common)  # in every checkpoint: the rest of each is listed (linear in the checkpoints)
@@ -175,6 +176,23 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
             + f" (e.g. {checkpoints[0].names[:2]} vs {checkpoints[1].names[:2]})."
         )
     return Alignment(list(checkpoints), tensors, only_in, notes, held_by)
+
+
+def _refuse_other_architectures(checkpoints: Sequence[Checkpoint], keyed: list[dict[str, str]]) -> None:
+    """AlignmentError where the checkpoints' configs name different model types and no tensor pairs by its own name:
+    a GPT-2 as wide as a Llama base was compared on its head alone (the GPT-2's tied embedding read as the head),
+    100 % of the GPT-2 "changed" and every other tensor listed as not compared. Models of one type stored under
+    another's names (a Llama saved as Mistral) pair by name and are kept."""
+    types = [str(ck.config.get("model_type") or "") for ck in checkpoints]
+    if "" in types or len(set(types)) == 1:
+        return
+    if any(all(k in km for km in keyed[1:]) for k in keyed[0]):
+        return
+    raise AlignmentError(
+        "no tensor names in common between "
+        + " and ".join(f"{ck.spec} ({t})" for ck, t in zip(checkpoints, types, strict=True))
+        + ": models of different architectures, not a base and its finetune."
+    )
 
 
 def _untied_heads(checkpoints: Sequence[Checkpoint], keyed: list[dict[str, str]], notes: list[str]) -> None:
