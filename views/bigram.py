@@ -7,7 +7,13 @@ from functools import partial
 import streamlit as st
 
 from subnetviz import config, figures, selection, ui, uilogic
-from subnetviz.bigram.config import PRESET_MAX_STEPS, BigramJobConfig
+from subnetviz.bigram.config import (
+    PRESET_MAX_STEPS,
+    BigramJobConfig,
+    check_zoo_tokenizer,
+    model_family,
+    zoo_bigram_path,
+)
 from subnetviz.bigram.locate import shares_heatmap_frame
 from subnetviz.bigram.store import analysis_key, is_cached
 from subnetviz.errors import SubnetvizError
@@ -209,6 +215,11 @@ def analyse(model: str, corpus: str) -> None:
             zoo_job_note(ui.zoo(), ui.job_runner(), "optimal")
             or "No optimal-target mask yet: train one with target *optimal* under *Train a mask* to see the overlap."
         )
+    table = zoo_bigram_path()
+    if corpus == "zoo" and table.is_file():  # refused before it is priced, computed, or read from the disk cache
+        from subnetviz.cache import file_stamp
+
+        ui.shared(_zoo_fits, model, str(table), (ui.checkpoint_stamp(model), file_stamp(table)))
     key = analysis_key(model, masks[mask], corpus, masks.get(opt))
     # forward passes through the model in float32: priced, and asked for, before they start
     from subnetviz.analysis.cost import bigram_cost
@@ -243,10 +254,7 @@ def analyse(model: str, corpus: str) -> None:
     if tabs["Location"].open:
         with tabs["Location"]:
             ui.chart(figs["bg-shares"], key="bg-shares")
-            st.caption(
-                "Blocks as in the bigram paper: Q, K, V, O = q_proj, k_proj, v_proj, o_proj (q, k, v, o on the "
-                "other pages); MLP-in = gate_proj + up_proj (gate, up); MLP-out = down_proj (down)."
-            )
+            st.caption(f"Blocks as in the bigram paper: {BLOCKS[model_family(model)]}")
             ui.table(tables["bg-split"][1], "bg-split", tables["bg-split"][0])
     if "Residual stream" in tabs and tabs["Residual stream"].open:
         with tabs["Residual stream"]:
@@ -281,11 +289,31 @@ def analyse(model: str, corpus: str) -> None:
             )
     ui.export_button(
         "Bigram subnetworks",
-        {"model": model, "mask": mask, "optimal": opt},
+        {"model": model, "corpus": corpus, "mask": mask, "optimal": opt},  # (the corpus changes every number)
         list(figs),
         list(tables),
         more=partial(ui.shared, result_parts, res, gens),  # the closed tabs, built on click
     )
+
+
+# The Location tab's blocks in the model's own tensors (maskable.FAMILIES), with the module labels the other pages
+# give them (checkpoints.naming): a GPT-2 or a Pythia was told of Llama's q_proj and gate_proj.
+BLOCKS = {
+    "llama": "Q, K, V, O = q_proj, k_proj, v_proj, o_proj (q, k, v, o on the other pages); MLP-in = gate_proj + "
+    "up_proj (gate, up); MLP-out = down_proj (down).",
+    "gpt2": "Q, K, V = the column thirds of attn.c_attn (q, k, v on the other pages); O = attn.c_proj (o); "
+    "MLP-in = mlp.c_fc (mlp_in); MLP-out = mlp.c_proj (mlp_out).",
+    "gpt_neox": "Q, K, V = the rows of attention.query_key_value, interleaved per head as the model splits them "
+    "(q, k, v on the other pages); O = attention.dense (o); MLP-in = mlp.dense_h_to_4h (mlp_in); MLP-out = "
+    "mlp.dense_4h_to_h (mlp_out).",
+}
+
+
+def _zoo_fits(model: str, table: str, stamps: tuple) -> bool:
+    """:func:`~subnetviz.bigram.config.check_zoo_tokenizer` (it raises for a model whose tokenizer does not give
+    the zoo's letters the zoo's ids), memoised for every session by the files' ``stamps``: it loads a tokenizer."""
+    check_zoo_tokenizer(model, table)
+    return True
 
 
 def result_parts(res, gens) -> tuple[dict, dict]:
@@ -295,7 +323,9 @@ def result_parts(res, gens) -> tuple[dict, dict]:
     figs = {
         "bg-r": bg_figures.fidelity_bars(summary),
         "bg-bits": bg_figures.delta_bits_bars(summary),
-        "bg-shares": figures.sparsity_heatmap(shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives"),
+        "bg-shares": figures.sparsity_heatmap(
+            shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives", count_label="in the subnetwork"
+        ),
     }
     tables = {
         "bg-ablation": ("Fidelity and loss per setting (random: mean ± sd over seeds)", summary),

@@ -5,7 +5,8 @@ It is what the Bigram page's training form builds, what a job's ``config.json`` 
 
     model     local HF model folder, or a hub id already in the local HF cache (required)
     corpus    "zoo" (sequences sampled from the demo zoo's exact chain, zoo_dir()/bigram.npz,
-              which is also the bigram table), a text file, a saved dataset folder
+              which is also the bigram table; in the zoo tokenizer's ids, so only for a model whose
+              tokenizer gives the zoo's letters those ids), a text file, a saved dataset folder
               (``Dataset.save_to_disk``, column "text") or ``hf:<name>[:<split>]`` from the local
               HF datasets cache; tokenized with the model's own tokenizer
     target    "bigram" (default) | "optimal" (the full model's own distribution)
@@ -43,6 +44,59 @@ def zoo_bigram_path() -> Path:
     from subnetviz.config import zoo_dir
 
     return zoo_dir() / "bigram.npz"
+
+
+def model_family(model: str) -> str:
+    """The bigram-mask family (``gpt2``, ``gpt_neox``, ``llama``) of a model folder or cached hub id, from its
+    ``config.json`` alone; ConfigError for a folder without one or an architecture without a maskable-weight table."""
+    from subnetviz.bigram.maskable import MODEL_TYPES, model_folder
+
+    folder = model_folder(model)
+    model_type = read_json(folder / "config.json", ConfigError).get("model_type")
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
+        raise ConfigError(
+            f"{folder}: model_type {model_type!r} has no maskable-weight table; supported: {sorted(MODEL_TYPES)}."
+        )
+    return MODEL_TYPES[model_type]
+
+
+def check_zoo_tokenizer(model: str, table: str | Path) -> None:
+    """Refuse the zoo corpus for a model whose tokenizer does not give the zoo's letters the zoo's token ids.
+
+    The zoo corpus is the demo chain written in the zoo tokenizer's ids (``token_ids`` of bigram.npz, one per
+    letter in ``letters``). Fed to a model of another tokenizer, those ids are other tokens of its own, and the
+    analysis (or the training) ran on them with no word said. The model's tokenizer must map each letter to the
+    table's id, as the zoo's own tokenizer does; a model without a tokenizer cannot be checked and is refused.
+    A table that names no letters (one written by hand, in the model's own ids) has nothing to check.
+    Reads the table and the model's tokenizer, never its weights."""
+    import numpy as np
+
+    from subnetviz.bigram.maskable import model_folder
+    from subnetviz.checkpoints.models import TOKENIZER_FILES, load_tokenizer
+
+    try:
+        with np.load(table, allow_pickle=False) as z:
+            if "letters" not in z.files:
+                return
+            letters, ids = [str(c) for c in z["letters"]], [int(i) for i in z["token_ids"]]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"{table}: the zoo's bigram table cannot be read ({exc}); build the demo zoo again."
+        ) from None
+    if len(letters) != len(ids):
+        raise ConfigError(f"{table}: {len(letters)} letters but {len(ids)} token_ids; build the demo zoo again.")
+    what = "the zoo corpus is the demo chain in the zoo tokenizer's ids; give a text corpus for this model"
+    folder = model_folder(model)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"corpus 'zoo' for {folder}: it has no tokenizer to read the zoo's letters with ({what}).")
+    got = load_tokenizer(folder).convert_tokens_to_ids(letters)
+    for letter, want, have in zip(letters, ids, got, strict=True):
+        if have != want:
+            said = "does not know it" if have is None else f"gives it id {have}"
+            raise ConfigError(
+                f"corpus 'zoo' does not fit {folder}: the zoo's letter {letter!r} is token id {want}, and this "
+                f"model's tokenizer {said} ({what})."
+            )
 
 
 # Each preset's step cap, as bigram.train.PRESETS holds it (here for pages without torch; a test keeps them equal).
@@ -117,20 +171,16 @@ class BigramJobConfig:
 
     def validate(self) -> None:
         """ConfigError for a model folder without config.json, an architecture without a maskable-weight
-        table, a corpus or table that does not exist, or a device torch does not see. Reads only
-        ``config.json`` of the model, never its weights."""
-        from subnetviz.bigram.maskable import MODEL_TYPES, model_folder
+        table, a corpus or table that does not exist, the zoo corpus for a model whose tokenizer does not
+        read the zoo's ids (:func:`check_zoo_tokenizer`), or a device torch does not see. Reads the model's
+        ``config.json`` (and, for the zoo corpus, its tokenizer), never its weights."""
         from subnetviz.config import resolve_device
 
-        model = model_folder(self.model)
-        model_type = read_json(model / "config.json", ConfigError).get("model_type")
-        if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
-            raise ConfigError(
-                f"{model}: model_type {model_type!r} has no maskable-weight table; supported: {sorted(MODEL_TYPES)}."
-            )
+        model_family(self.model)
         if self.corpus == "zoo":
             if not self.table_path.is_file():
                 raise ConfigError(f"{self.table_path}: the zoo's bigram table is missing; build the demo zoo first.")
+            check_zoo_tokenizer(self.model, self.table_path)
         elif self.corpus.startswith("hf:"):
             pass  # a hub id (checked with the config's shape), read from the local datasets cache
         elif not Path(self.corpus).expanduser().exists():

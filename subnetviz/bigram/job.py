@@ -214,6 +214,8 @@ def analyse_mask_file(
     from subnetviz.bigram.maskable import check_mask_fits, model_folder, model_skeleton
     from subnetviz.masks import load_mask_set
 
+    # the memory first, from the headers alone: the validation reads the model's tokenizer (for the zoo corpus)
+    require_model_memory(model_folder(str(model)))
     cfg = validate_config(
         BigramJobConfig(
             model=str(model),
@@ -224,7 +226,6 @@ def analyse_mask_file(
             seq_len=seq_len or None,
         )
     )
-    require_model_memory(model_folder(str(model)))  # before anything is read
     ms = load_mask_set(mask)
     opt = load_mask_set(optimal) if optimal else None
     skeleton = model_skeleton(model)  # the masks are checked before the model is loaded (in float32)

@@ -64,6 +64,7 @@ def sparsity_heatmap(
     title: str | None = None,
     zrange: tuple[float, float] | None = None,
     cell_text: bool = True,
+    count_label: str | None = None,
 ) -> go.Figure:
     """Layers (0 at top) × module kinds of ``value`` in %.
 
@@ -71,7 +72,9 @@ def sparsity_heatmap(
     numel, sparsity, density (fractions) and any extra share column to show, e.g.
     ``sparsity_unweighted``. Missing cells stay NaN (blank), never 0. ``zrange`` (zmin, zmax in %)
     shares one colour range between heatmaps drawn side by side (see :func:`shared_range`);
-    ``cell_text=False`` leaves the values to the hover (narrow columns).
+    ``cell_text=False`` leaves the values to the hover (narrow columns). ``count_label``: what the counted
+    weights are when they are no update's changes (a mask's kept weights: "in the subnetwork"); the hover then
+    reads "<count_label> k of n (density %)", with no word of changes or sparsity.
     """
     title = title or f"Update {value.replace('_', ' ')} by layer and module"
     if df.empty:
@@ -92,7 +95,12 @@ def sparsity_heatmap(
         axis=-1,
     ).astype(object)
     counts = "layer %{y} · %{x}<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
-    if value == "sparsity":
+    if count_label is not None:  # counted weights that nothing changed: their share and count, no sparsity
+        hover = (
+            f"layer %{{y}} · %{{x}}<br>{value.replace('_', ' ')} %{{customdata[6]}}%<br>{count_label} "
+            "%{customdata[0]:,.0f} of %{customdata[1]:,.0f} (%{customdata[5]}%)"
+        )
+    elif value == "sparsity":
         hover = counts + "<br>sparsity %{customdata[4]}%<br>density %{customdata[5]}%"
     else:  # the cell's own value first (its colour and label), then the weighted shares under their names
         of = " (%{customdata[7]:,.0f} tensors)" if extra else ""
