@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -266,7 +267,11 @@ def verify_manifest(folder: str | os.PathLike, only=None) -> str | None:
             return f"{rel} is missing"
         if size != want["size"]:
             return f"{rel} has {size:,} bytes, {want['size']:,} were written"
-        if want.get("sha256") and file_digest(f) != want["sha256"]:
+        try:  # (the folder can be removed between the two: evicted by another process, or moved aside as damaged)
+            digest = file_digest(f) if want.get("sha256") else None
+        except OSError:
+            return f"{rel} is missing"
+        if digest is not None and digest != want["sha256"]:
             return f"{rel} does not hold what was written (sha256 differs)"
     return None
 
@@ -325,20 +330,37 @@ class CacheEntry:
 
     def status(self) -> tuple[bool, str | None]:
         """``(ready, notice)``: ready when the folder exists and its manifest verifies. A corrupt entry is
-        removed and reported in ``notice``, so the caller computes it again instead of serving it."""
-        if not self.folder.is_dir():
-            return False, None
-        problem = verify_manifest(self.folder)
-        if problem is None:
+        removed and reported in ``notice``, so the caller computes it again instead of serving it.
+
+        The entry is marked used (:func:`touch`) before it is verified, so that :func:`enforce_limit` in another
+        process keeps it while it is hashed and then read. An entry that vanishes meanwhile (evicted, or removed as
+        damaged by another reader) is a plain miss, said by no notice; one replaced meanwhile by a new copy (another
+        process computed it again) is verified again."""
+        for _ in range(2):
+            before = _identity(self.folder)
+            if before is None or not self.folder.is_dir():
+                return False, None
             touch(self.folder)
-            return True, None
-        aside = _tmp_name(self.folder, "corrupt")
-        try:
-            os.replace(self.folder, aside)
+            problem = verify_manifest(self.folder)
+            now = _identity(self.folder)
+            if now is None:
+                return False, None  # gone while it was verified
+            if now != before:
+                continue  # another copy took its place while it was verified: verify that one
+            if problem is None:
+                return True, None
+            aside = _tmp_name(self.folder, "corrupt")
+            try:
+                os.replace(self.folder, aside)
+            except OSError:
+                return False, None  # another reader removed it first, or it was evicted
+            if _identity(aside) != now:  # a new copy took the name just before the move: put it back
+                with contextlib.suppress(OSError):
+                    os.rename(aside, self.folder)
+                return False, None
             shutil.rmtree(aside, ignore_errors=True)
-        except OSError:
-            pass  # another reader removed it first
-        return False, f"the cached {self.kind} result {self.key} was damaged ({problem}); computed again"
+            return False, f"the cached {self.kind} result {self.key} was damaged ({problem}); computed again"
+        return False, None  # replaced twice while verified: computed again, the copy there wins at publish
 
     @property
     def ready(self) -> bool:
@@ -357,6 +379,15 @@ class CacheEntry:
         root = cache_dir().resolve()
         if root in self.folder.resolve().parents:  # (not a folder a user named, e.g. analyze --out)
             enforce_limit(root, cache_limit_bytes(), keep=self.folder)
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """Which folder is at ``folder`` now (device and inode), None when nothing is (without following a link)."""
+    try:
+        st = folder.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 USED = ".used"  # an entry's last use: this file's mtime (not in its manifest)
@@ -386,11 +417,23 @@ def _size_and_use(folder: Path) -> tuple[int, float]:
         size = sum(int(f["size"]) for f in files.values()) + manifest.stat().st_size
         written = manifest.stat().st_mtime
     except (OSError, ValueError, KeyError, TypeError):
-        size, written = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()), 0.0
+        size, written = _bytes_under(folder), 0.0
     try:
         return size, max(written, (folder / USED).stat().st_mtime)
     except OSError:
         return size, written
+
+
+def _bytes_under(folder: Path) -> int:
+    """The bytes of the files under ``folder``, those that vanish while counted (another process evicting it) left
+    out."""
+    total = 0
+    for dirpath, _, names in os.walk(folder):  # (os.walk skips a folder that vanishes; Path.rglob raised)
+        for name in names:
+            with contextlib.suppress(OSError):
+                st = os.stat(os.path.join(dirpath, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def enforce_limit(root: str | os.PathLike, limit: float, *, keep: str | os.PathLike | None = None) -> list[Path]:
@@ -414,6 +457,8 @@ def enforce_limit(root: str | os.PathLike, limit: float, *, keep: str | os.PathL
             break
         if folder.resolve() == keep or now - used < EVICT_GRACE_S:
             continue
+        if time.time() - _size_and_use(folder)[1] < EVICT_GRACE_S:
+            continue  # a reader marked it used since it was listed (CacheEntry.status touches before verifying)
         aside = _tmp_name(folder, "old")
         try:
             os.replace(folder, aside)  # gone at once for readers; another process evicting it first is fine

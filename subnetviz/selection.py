@@ -268,10 +268,13 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
         )
     stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     cap, digest, size = max_upload_bytes(), hashlib.sha256(), 0
-    fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=Path(name).suffix, dir=uploads_dir())
-    src = Path(tmp_name)
+    # Written inside a temporary folder named as the cache names its temporaries (``.upload.tmp-PID-…``): a server
+    # killed mid-upload leaves it to the start's sweep (cache.sweep), and no listing of the uploads' masks sees the
+    # half file. The file inside keeps the upload's suffix, which tells a pickle (import_mask).
+    work = Path(tempfile.mkdtemp(prefix=f".upload.tmp-{os.getpid()}-", dir=uploads_dir()))
+    src = work / f"upload{Path(name).suffix}"
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(src, "xb") as out:
             while chunk := stream.read(1 << 20):
                 size += len(chunk)
                 if size > cap:
@@ -285,7 +288,7 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
         text = str(exc)
         raise type(exc)(name + text[len(str(src)) :] if text.startswith(str(src)) else f"{name}: {text}") from None
     finally:
-        src.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
     if ms.metadata.get("source") == str(src):  # an importer records the file it read: the temporary copy
         ms.metadata["source"] = f"upload {name}"
     full = digest.hexdigest()
@@ -329,12 +332,13 @@ def _saved_masks(home: str, stamp: tuple) -> dict[str, str]:
     for root in roots:
         if root.is_dir():
             for f in sorted(root.glob("*.safetensors")):
-                found[f"{root.name}/{f.stem}"] = str(f)
+                if not f.name.startswith("."):  # (pathlib's * matches dot files: a writer's temporary ones)
+                    found[f"{root.name}/{f.stem}"] = str(f)
     runs = config.runs_dir()
     for f in sorted(runs.glob("*/outputs/**/*.safetensors")):
-        if f.name.startswith("model") or "checkpoint" in f.parts[-2]:
-            continue
         rel = f.relative_to(runs)
+        if f.name.startswith("model") or "checkpoint" in f.parts[-2] or any(p.startswith(".") for p in rel.parts):
+            continue  # (a model's weights, a checkpoint's, or a file or folder a writer has not finished)
         label = f"run {rel.parts[0]}/{'/'.join(rel.parts[2:])[:-12]}"
         if f.name == "mask.safetensors":  # a bigram-mask job: say what it is
             info = mask_info(str(f), file_stamp(f))

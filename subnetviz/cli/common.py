@@ -156,24 +156,39 @@ def _first_failure(exc: shutil.Error) -> str:
 
 @contextmanager
 def publish_file(out: Path, overwrite: bool, option: str = "--out") -> Iterator[Path]:
-    """A temporary file name beside ``out`` for a writer; once the block ends the file written there becomes
-    ``out``: with ``overwrite`` replacing what is there (one rename), else only if nothing is at ``out`` then
-    (``os.link``, which refuses an existing name in the same step): a file another run or a user put there
+    """A temporary file name for a writer (in a folder beside ``out``); once the block ends the file written there
+    becomes ``out``: with ``overwrite`` replacing what is there (one rename), else only if nothing is at ``out``
+    then (``os.link``, which refuses an existing name in the same step): a file another run or a user put there
     while this one built its result is not replaced, and this one fails saying so. The temporary file is gone
-    afterwards, whatever happened; errors name ``out`` (after ``option``, the argument that gave it), not it."""
-    import secrets
+    afterwards, whatever happened; errors name ``out`` (after ``option``, the argument that gave it), not it.
+
+    The file is written inside a temporary folder beside ``out`` named as :func:`~subnetviz.cache.sweep_beside`
+    knows it (``.NAME.tmp-PID-…``), with the writer's own temporary files (``atomic_path``) inside it: what a
+    killed run left there is removed by the next run to ``out``, which sweeps first."""
+    import tempfile
+
+    from subnetviz.cache import sweep_beside
 
     where = f"{option} {out}" if option else str(out)
-    tmp = out.with_name(f".{out.name}.building-{os.getpid()}-{secrets.token_hex(4)}")
+    sweep_beside(out)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
+    tmp = work / out.name
+    # the names a writer's message may give: the file, or its own temporary file beside it (atomic_path)
+    named = re.compile(
+        re.escape(f"{tmp.parent}{os.sep}") + rf"(\.{re.escape(out.name)}\.tmp-\d+-\d+|{re.escape(out.name)})"
+    )
     try:
         try:
             yield tmp
         except SubnetvizError as exc:  # the writer's message names the file it wrote: the temporary one
-            if str(tmp) in str(exc):
-                raise SubnetvizError(str(exc).replace(str(tmp), str(out))) from None
+            if str(work) in str(exc):
+                raise SubnetvizError(named.sub(lambda _: str(out), str(exc))) from None
             raise
         except OSError as exc:  # (the command line says it in one line: "cannot complete OUT: ...")
-            if exc.filename is not None and str(tmp) in str(exc.filename):
+            if exc.filename is not None and str(work) in str(exc.filename):
                 raise OSError(exc.errno, exc.strerror, str(out)) from None
             raise
         if overwrite:
@@ -189,10 +204,7 @@ def publish_file(out: Path, overwrite: bool, option: str = "--out") -> Iterator[
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(out)) from None
     finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _link_new(tmp: Path, out: Path) -> None:

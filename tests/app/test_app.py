@@ -382,7 +382,7 @@ def test_mask_upload_converts_pickles_safely(app_env, tmp_path):
     with pytest.raises(UnsafePickleError, match=r"^evil\.pth: .*it asks for posix\.system"):
         selection.save_upload("evil.pth", buf.getvalue())
     assert not sentinel.exists()
-    assert not list((app_env / "uploads").glob(".upload-*"))
+    assert not list((app_env / "uploads").glob(".*"))
 
 
 def test_uploads_never_replace_each_other_and_are_capped(app_env, monkeypatch):
@@ -409,7 +409,7 @@ def test_uploads_never_replace_each_other_and_are_capped(app_env, monkeypatch):
     monkeypatch.setenv("SUBNETVIZ_MAX_UPLOAD_MB", str(len(blobs[0]) / 2 / (1 << 20)))
     with pytest.raises(MaskError, match="larger than the .* uploads may have"):
         selection.save_upload("big.safetensors", io.BytesIO(blobs[0]))
-    assert not list((app_env / "uploads").glob(".upload-*")) and not list((app_env / "uploads").glob("big*"))
+    assert not list((app_env / "uploads").glob(".*")) and not list((app_env / "uploads").glob("big*"))
 
 
 def _titles_per_tab(at, page: str, key: str, **query) -> dict[str, list[str]]:
