@@ -252,6 +252,13 @@ class SpectrumResult:
         }
 
 
+# A state-space layer's parameters (Mamba, Mamba-2, Jamba, Falcon-H1, Bamba, Qwen3-Next's linear attention): A_log
+# holds log decay rates (A = -exp(A_log), applied entry by entry in the selective scan), D a skip gain per channel,
+# dt_bias the step's bias. None is a linear map, whatever its shape (Mamba-1's A_log is (d_inner, d_state)), so their
+# spectra say nothing of a low-rank update: the matrices spectra decompose leave them out, as they leave out norms.
+STATE_SPACE_PARAMS = frozenset({"A_log", "D", "dt_bias"})
+
+
 def skip_reason(shape: tuple[int, ...], max_dim: int | None) -> str:
     """Why a Δ of ``shape`` gets no spectrum (not a matrix, or a side over ``max_dim``: embeddings), or ""."""
     if len(shape) != 2:

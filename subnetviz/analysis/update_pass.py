@@ -44,7 +44,13 @@ from subnetviz.analysis.sparsity import (
     stored_kernels,
     summarize,
 )
-from subnetviz.analysis.spectra import SpectrumTable, skip_reason, skipped_spectrum, update_spectrum
+from subnetviz.analysis.spectra import (
+    STATE_SPACE_PARAMS,
+    SpectrumTable,
+    skip_reason,
+    skipped_spectrum,
+    update_spectrum,
+)
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.checkpoints.experts_layout import match_layouts
@@ -666,8 +672,10 @@ def spectrum_parts(key: str, shape: Sequence[int], info, float_pair: bool) -> li
     a 2-D matrix itself, or each expert of a packed 3-D tensor (gpt-oss, Llama-4, Granite; ``info`` names the
     tensor), named ``key[e]``, when both sides are float (a quantized pair's Δ comes whole); else none (a
     convolution's 3-D kernel is no stack of matrices, and a norm's weight is scales, however shaped: Cohere's
-    per-head q_norm is (heads, head_dim); ``info.module`` says which are norms, as tensors.csv labels them)."""
-    if info.module in NORM_MODULES:
+    per-head q_norm is (heads, head_dim); ``info.module`` says which are norms, as tensors.csv labels them; nor
+    are a state-space layer's A_log, D and dt_bias, applied entry by entry whatever their shape:
+    :data:`~subnetviz.analysis.spectra.STATE_SPACE_PARAMS`)."""
+    if info.module in NORM_MODULES or info.param in STATE_SPACE_PARAMS:
         return []
     if len(shape) == 2:
         return [(key, None)]

@@ -404,6 +404,12 @@ MODEL_TYPES = {
     "beam": "qwen_moe",
     "laguna": "qwen_moe",
     "mimo_v2_flash": "qwen_moe",
+    # vision-language models whose language model is a Llama-like one (Mistral-Small-3.1/3.2's mistral; LLaVA's
+    # llama, mistral, qwen2 or granite; Aya Vision's cohere2): checked on the models transformers 5.24 saves
+    "mistral3": "llama",
+    "llava": "llama",
+    "llava_next": "llama",
+    "aya_vision": "llama",
     "qwen2_vl": "llama",
     "qwen2_5_vl": "llama",
     "qwen3_vl": "llama",
@@ -470,12 +476,15 @@ PREFIXES = (
     "roberta.",
     "base_model.",
 )
-# A vision tower (its own block, whatever its inner layout) and the projector into the language model.
+# A vision tower (its own block, whatever its inner layout) and the projector into the language model: Gemma-3n's
+# embed_vision (Gemma3nMultimodalEmbedder, the tower's output projected into the text embedding) and LLaVA-NeXT's
+# image_newline (the learned vector set after each row of image features) are the projector's.
 VISION = re.compile(r"^(vision_tower|vision_model|visual|vision_encoder)\.")
-PROJECTOR = re.compile(r"^(multi_modal_projector|mm_projector|visual\.merger)\.")
-# An audio encoder (its own block, as a vision tower is), and an omni model's speech side: the talker (a second
-# language model, of speech codes) and the code-to-waveform model, which are not the thinker's layers.
-AUDIO = re.compile(r"^(audio_tower|audio_model|audio_encoder)\.")
+PROJECTOR = re.compile(r"^(multi_modal_projector|mm_projector|visual\.merger|embed_vision)\.|^image_newline$")
+# An audio encoder (its own block, as a vision tower is; Gemma-3n's embed_audio, the audio tower's projection into
+# the text embedding, with it), and an omni model's speech side: the talker (a second language model, of speech
+# codes) and the code-to-waveform model, which are not the thinker's layers.
+AUDIO = re.compile(r"^(audio_tower|audio_model|audio_encoder|embed_audio)\.")
 SPEECH = re.compile(r"^(talker|token2wav|code2wav)\.")
 EXPERT_INDEX = re.compile(r"experts\.(\d{1,9})\.")
 SHARED_EXPERT = re.compile(r"shared_(experts?|mlp)(\.|_gate\.)")  # (shared_mlp: Hunyuan)

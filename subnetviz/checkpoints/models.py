@@ -198,18 +198,92 @@ def without_adapter(folder: Path) -> Iterator[Path]:
 
 
 def load_causal_lm(spec: str | os.PathLike, **kwargs):
-    """``AutoModelForCausalLM`` of checkpoint ``spec`` in float32 (``kwargs`` go to ``from_pretrained``),
-    from local files only and without an adapter stored beside it (see the module docstring)."""
+    """The model of checkpoint ``spec`` that returns next-token logits of a text prompt, in float32 (``kwargs`` go to
+    ``from_pretrained``), from local files only and without an adapter stored beside it (see the module docstring):
+    ``AutoModelForCausalLM``, or for a vision-language model it cannot build ``AutoModelForImageTextToText``
+    (:func:`text_model_class`). A config or a load transformers refuses is one CheckpointError naming ``spec``."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     kwargs.setdefault("dtype", torch.float32)
     with without_adapter(model_folder(spec)) as folder:
         check_not_quantized(spec, folder)
         files = checked_weights(spec, folder)
+        config = model_config(spec, folder)
+        auto = text_model_class(config, spec)
         # use_safetensors: transformers reads the safetensors checked, never a .bin beside them (nor the reverse)
         kwargs["use_safetensors"] = all(f.suffix == ".safetensors" for f in files)
-        return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+        try:
+            model = auto.from_pretrained(str(folder), config=config, local_files_only=True, **kwargs)
+        except ValueError as exc:  # transformers' refusals of a config or a weight it cannot load: its first line
+            raise CheckpointError(
+                f"{spec}: transformers cannot load it as {auto.__name__} ({_first_line(exc)})."
+            ) from None
+    text = model.config.get_text_config()
+    if text is not model.config and not hasattr(model.config, "vocab_size"):
+        # A vision-language model's config keeps the vocabulary in its text config; the callers (Behaviour's KL,
+        # the bigram pages) read it as a causal LM's config gives it. (Set on this loaded copy only.)
+        model.config.vocab_size = text.vocab_size
+    return model
+
+
+def model_config(spec, folder: Path):
+    """transformers' config of the model in ``folder``, from local files only; CheckpointError, one line naming
+    ``spec``, where transformers does not know its model type (a checkpoint that brings its own code, such as
+    Kimi-K2's ``kimi_k2``: such code is never run here) or refuses the config."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    from subnetviz.config import read_json
+
+    model_type = read_json(folder / "config.json", CheckpointError).get("model_type")
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING_NAMES:
+        raise CheckpointError(
+            f"{spec}: model type {model_type!r} is unknown to transformers {_transformers_version()} (its checkpoint "
+            "would need code of its own, which is never run here), so it cannot be run; its weights are compared on "
+            "the weight pages."
+        )
+    try:
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except ValueError as exc:
+        raise CheckpointError(f"{spec}: transformers cannot read its config.json ({_first_line(exc)}).") from None
+
+
+def text_model_class(config, spec=None):
+    """The transformers auto class that builds, from ``config``, a model returning next-token logits of a text prompt:
+    ``AutoModelForCausalLM`` where it knows the config (Llama-4 builds its text model, Gemma-3 the whole of it), else
+    ``AutoModelForImageTextToText`` for a vision-language model (Mistral-3, Qwen2/2.5/3-VL, LLaVA), whose forward of
+    token ids alone runs the language model and its head. ConfigError, one line naming ``spec``, where neither
+    builds it: the Qwen omni models (thinker and talker, no forward of their own)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+    )
+
+    from subnetviz.errors import ConfigError
+
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return AutoModelForCausalLM
+    if type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+        return AutoModelForImageTextToText
+    architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+    raise ConfigError(
+        f"{spec if spec is not None else 'model'}: {getattr(config, 'model_type', '?')} ({architecture}) has no class "
+        f"in transformers {_transformers_version()} that returns next-token logits of a text prompt (neither a "
+        "causal LM nor an image-text-to-text model), so it cannot be run (Behaviour, Bigram, training); its weights "
+        "are compared on the weight pages."
+    )
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0].strip() if text else type(exc).__name__)[:200]
 
 
 def transformers_weights(folder: Path, spec=None) -> list[Path]:

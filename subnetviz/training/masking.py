@@ -39,7 +39,7 @@ from transformers import TrainerCallback
 from subnetviz.analysis.bits import bits_differ
 from subnetviz.checkpoints import align, open_checkpoint
 from subnetviz.checkpoints.experts_layout import loaded_into, param_pieces
-from subnetviz.checkpoints.naming import TIED_HEADS, by_short_name, strip_prefix
+from subnetviz.checkpoints.naming import TIED_HEADS, _tower, by_short_name, strip_prefix
 from subnetviz.errors import AlignmentError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
 from subnetviz.training.mask_origin import random_provenance
@@ -100,11 +100,14 @@ def stored_renamings(ck) -> dict[str, str]:
     stored ``embed_out.weight`` as ``lm_head.weight``. {} where transformers cannot build the model."""
     config = dict(ck.config or {})
     try:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
+
+        from subnetviz.checkpoints.models import text_model_class
 
         model_type = config.pop("model_type")
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+        built = AutoConfig.for_model(model_type, **config)
+        with torch.device("meta"):  # (the class a run's model is loaded with: a vision-language model's too)
+            model = text_model_class(built).from_config(built)
     except Exception:  # noqa: BLE001 - a config transformers cannot build: the names as stored only
         return {}
     params = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -155,7 +158,12 @@ def model_names(masks: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...
 
 
 def load_training_mask(
-    spec: str, shapes: dict[str, tuple[int, ...]], *, seed: int = 0, tied: dict[str, str] | None = None
+    spec: str,
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    seed: int = 0,
+    tied: dict[str, str] | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], MaskSet]:
     """Read the mask of a config's ``mask`` field and check it against ``shapes`` (name -> shape).
 
@@ -165,7 +173,9 @@ def load_training_mask(
     set actually used)``; parameters the file does not list come back all False (frozen). ``tied``: the model's
     tied heads (:func:`tied_heads`), whose own mask entries are merged into the embedding's. A mask written for a
     mixture of experts stored one expert at a time (an update mask of a Qwen-MoE, Mixtral, DeepSeek release) is
-    packed into the parameters transformers 5 holds those experts in (:func:`packed_masks`).
+    packed into the parameters transformers 5 holds those experts in (:func:`packed_masks`). Entries of a vision or
+    audio tower the model does not build (Llama-4's text model, trained from a release that stores its vision
+    tower) are left out where they select nothing, with a line appended to ``notes`` (:func:`without_unbuilt_towers`).
     """
     is_random = spec.startswith("random:")
     path = spec[len("random:") :] if is_random else spec
@@ -185,13 +195,48 @@ def load_training_mask(
             masks[name] = flat.reshape(m.shape)
         # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork.
         ms = MaskSet(masks, random_provenance(str(path), ms.metadata, seed))
-    packed = MaskSet(packed_masks(masks, shapes), ms.metadata)
+    kept, note = without_unbuilt_towers(packed_masks(masks, shapes), shapes, path)
+    if note and notes is not None:
+        notes.append(note)
+    packed = MaskSet(kept, ms.metadata)
     validate_mask_set(packed, shapes, where=f"mask {path}")
     masks = dict(packed.masks)
     full = {n: masks.get(n, torch.zeros(s, dtype=torch.bool)) for n, s in shapes.items()}
     if not any(bool(m.any()) for m in full.values()):
         raise MaskError(f"mask {path}: selects no parameter entries; training it would change nothing.")
     return full, ms
+
+
+def without_unbuilt_towers(
+    masks: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], path: str
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """``masks`` without its entries for the tensors outside the language model (a vision or audio tower, the
+    projector, an omni model's speech side: the naming's tower blocks) that name no parameter of ``shapes``, and
+    the note saying so (None where there were none). An update mask lists every compared tensor, an untouched
+    vision tower's all zeros included, while transformers' causal-LM class of a Llama-4 release builds the text
+    model only: those zeros freeze nothing there. MaskError, one line, where such an entry selects anything: the
+    model trained has no such tensor to train."""
+    unbuilt = [k for k in masks if k not in shapes and _tower(strip_prefix(k))]
+    if not unbuilt:
+        return masks, None
+    held = [k for k in unbuilt if bool(masks[k].any())]
+    if held:
+        count = sum(int(masks[k].sum()) for k in held)
+        raise MaskError(
+            f"mask {path}: {count:,} entries in {len(held)} tensor(s) outside the language model ({_listed(held)}) are "
+            "in the subnetwork, but the model trained is the text model only and builds no vision or audio tower; "
+            "train a mask of the language model's tensors."
+        )
+    gone = set(unbuilt)
+    note = (
+        f"mask {path}: {len(unbuilt)} tensor(s) outside the language model ({_listed(unbuilt)}), none of whose "
+        "entries is in the subnetwork, are left out: the model trained is the text model only."
+    )
+    return {k: m for k, m in masks.items() if k not in gone}, note
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def packed_masks(masks: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
