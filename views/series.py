@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui
+from subnetviz.analysis.series import training_run
 from subnetviz.figures.series import SPLIT_NOT_RUN
 
 
@@ -33,8 +34,8 @@ RUN_CAPTION = (
 )
 NOT_RUN_CAPTION = (
     "Sparsity of each checkpoint against the base and against the checkpoint before it in the sidebar (bitwise). "
-    "These checkpoints are not one run: where one finetune changed a parameter and a later, independent one did "
-    "not, nothing was undone."
+    "They are taken as independent finetunes, not one run: where one finetune changed a parameter and a later, "
+    "independent one did not, nothing was undone."
 )
 RUN_SPLIT_CAPTION = (
     "Never updated: equal to the start at every checkpoint; updated, unchanged at the end: changed at "
@@ -46,11 +47,48 @@ NOT_RUN_SPLIT_CAPTION = (
 )
 
 
+WORKSPACE_RUN = "workspace: one training run, by step"
+WORKSPACE_ORDER = "workspace: base → finetuned in sidebar order"
+
+
+def workspace_source(ws) -> tuple[str, tuple, list[str]]:
+    """The sidebar's finetunes as a series source (name, source, what to say of it): one training run's checkpoints
+    in training order (steps from trainer_state.json, step.json or checkpoint-<N> names), else independent
+    finetunes in the sidebar's order."""
+    tr = training_run(ws.paths, ws.labels, ws.base)
+    first = ws.base_label or "base"
+    if tr.why_not:  # said where the finetunes look like a run's checkpoints (some carry a step), not for any finetune
+        why = [f"Not read as one training run: {tr.why_not}"] if any(s is not None for s in tr.steps) else []
+        return WORKSPACE_ORDER, ([ws.base, *ws.paths], list(range(len(ws.paths) + 1)), first, [first, *ws.labels]), why
+    o = tr.order
+    how = ", ".join(dict.fromkeys(tr.read_from[i] for i in o))
+    said = [
+        f"The finetunes are one training run's checkpoints ({tr.folder}), taken in training order by their steps "
+        f"({how}); the base is "
+        + (f"the run's checkpoint at step {tr.start}." if tr.start else "the run's start, step 0.")
+    ]
+    if tr.reordered:
+        shown = ", ".join(ws.labels[:4]) + (" …" if len(ws.labels) > 4 else "")
+        said.append(
+            f"Ordered by training step, not as in the sidebar ({shown}): 'vs previous' is each checkpoint against "
+            "the one before it in training."
+        )
+    source = (
+        [ws.base, *(ws.paths[i] for i in o)],
+        [tr.start, *(tr.steps[i] for i in o)],
+        first,
+        None,
+        [ws.labels[i] for i in o],
+    )
+    return WORKSPACE_RUN, source, said
+
+
 def body() -> None:
     st.title("Checkpoint series")
     ws = ui.workspace()
     z = ui.zoo()
-    sources = {}  # name -> (paths, steps, what step 0 is, axis labels or None for training steps)
+    # name -> (paths, steps, what step 0 is, axis labels or None for training steps[, checkpoint names])
+    sources = {}
     if z is not None and z.series:
         sources["demo zoo: GRPO seed 0"] = (
             [str(z.base)] + [str(path) for _, path in z.series],
@@ -58,23 +96,28 @@ def body() -> None:
             "base",
             None,
         )
+    about: dict[str, list[str]] = {}  # what to say of a source where it is chosen
+    name = None
     if ws.base and len(ws.finetuned) >= 1:
-        sources["workspace: base → finetuned in sidebar order"] = (
-            [ws.base, *ws.paths],
-            list(range(len(ws.paths) + 1)),
-            ws.base_label or "base",
-            [ws.base_label or "base", *ws.labels],
-        )
+        name, source, notes = workspace_source(ws)
+        sources[name], about[name] = source, notes
     ui.need(bool(sources), "A series needs ordered checkpoints: build the demo zoo or pick finetuned checkpoints.")
+    # the sidebar's finetunes chosen under the other workspace source's name (a link made before they were read as
+    # one run, or a finetune added since): the workspace's source, not the first one
+    asked = st.session_state.get("series_src", st.query_params.get("series_src"))
+    if asked in (WORKSPACE_RUN, WORKSPACE_ORDER) and asked not in sources and name in sources:
+        st.session_state["series_src"] = name
     choice = st.selectbox("Series", list(sources), key="series_src", bind="query-params")
-    paths, steps, first, ticks = sources[choice]
+    paths, steps, first, ticks, *checkpoints = sources[choice]
     run = ticks is None  # one training run's checkpoints; else independent checkpoints in the sidebar's order
     st.caption(RUN_CAPTION if run else NOT_RUN_CAPTION)
+    said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
+    for note in about.get(choice, []):
+        ui.note(note, said)
     ui.compared_at(ws, applies=False)  # a link's bf16 is not this page's: said, where one is set
     result = ui.series(paths, steps)
     # what was left out (tensors not in every checkpoint, resized vocabularies' extra rows), a merged adapter,
     # mixed precision, buffers and scales not counted, FP8 / int8 dequantised, codes as codes
-    said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
     for note in result.notes:
         ui.note(note, said)  # tensor names: shown as text
     # not one run: no back-to-start line (a finetune's update a later, independent one did not make is no return)
@@ -101,6 +144,8 @@ def body() -> None:
     table = result.steps.rename(columns=names)[["step", *names.values()]]
     if not run:  # each row names its checkpoint (the step is its place in the sidebar)
         table.insert(1, "checkpoint", [ticks[int(s)] for s in table["step"]])
+    elif checkpoints:  # the sidebar's run: each step's checkpoint
+        table.insert(1, "checkpoint", checkpoints[0])
     ui.table(table, "series-table", "Sparsity per step" if run else "Sparsity per checkpoint")
     ui.table(
         split,

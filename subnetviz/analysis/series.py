@@ -26,6 +26,10 @@ tensors stored in safetensors files are read there by address from one memory ma
 consecutive tensors in one call (no tensor object, no Python step per version: a 0.1B model is
 ~360 tensors x 16 versions), others tensor by tensor over windows of versions. Without numba:
 NumPy blocks, one read ahead in a thread, and a finite check per version.
+
+:func:`training_run` says whether checkpoints are one training run's and at which steps (from the HF Trainer's
+``trainer_state.json``, this app's ``step.json`` or ``checkpoint-<N>`` folder names): the Series page orders the
+sidebar's finetunes by them and reads them as a run (cancelled updates), not as independent finetunes.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
+import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -633,3 +640,119 @@ def _window_counts(
             counts[j, 2] += np.count_nonzero(e)
             p = c
     return counts.tolist()
+
+
+# --- one training run's checkpoints -------------------------------------------------------------------------------
+# A run's checkpoint folder, named for its step: the HF Trainer's checkpoint-<N>, this app's step-<N> (and
+# accelerate's checkpoint_<N>), DeepSpeed's global_step<N>.
+STEP_FOLDER = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
+# where a checkpoint's step is read, first found first: the HF Trainer's state, this app's step.json, the name
+STEP_SOURCES = ("trainer_state.json", "step.json", "folder name")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Checkpoints read as one training run's, or not (:func:`training_run`).
+
+    ``steps``: each checkpoint's training step, in the order given (None where it has none); ``read_from``: where
+    each step was read (one of :data:`STEP_SOURCES`, "" where none); ``folder``: the run's folder (the checkpoint
+    folders' parent); ``why_not``: one line saying why they are not taken as one run ("" when they are);
+    ``start``: the base's step (0, the run's start, unless the base is one of the run's checkpoints itself)."""
+
+    steps: tuple[int | None, ...]
+    read_from: tuple[str, ...]
+    folder: str
+    why_not: str
+    start: int = 0
+
+    @property
+    def order(self) -> list[int]:
+        """The checkpoints' indices in training order (by step)."""
+        return sorted(range(len(self.steps)), key=lambda i: self.steps[i] if self.steps[i] is not None else -1)
+
+    @property
+    def reordered(self) -> bool:
+        """Whether the training order differs from the order given."""
+        return self.order != list(range(len(self.steps)))
+
+
+def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base: str | None = None) -> TrainingRun:
+    """Whether the checkpoints ``paths`` (folders, or weight files in them) are one training run's, each at its own
+    step after the ``base``'s: each holds its step (:func:`checkpoint_step`), the checkpoint folders share one
+    parent (the run's final model may be that parent itself) and no two are at one step. The base is the run's
+    start (step 0), or, where it is a checkpoint of the same run, at its own step. ``labels`` name the checkpoints
+    in ``why_not`` (default: the paths)."""
+    labels = list(labels) if labels is not None else [str(p) for p in paths]
+    folders = [_folder_of(p) for p in paths]
+    found = [checkpoint_step(f) if f is not None else (None, "") for f in folders]
+    steps, read_from = tuple(s for s, _ in found), tuple(w for _, w in found)
+
+    def refused(why: str, folder: str = "") -> TrainingRun:
+        return TrainingRun(steps, read_from, folder, why)
+
+    if not paths:
+        return refused("no checkpoints.")
+    missing = [lab for lab, s in zip(labels, steps, strict=True) if s is None]
+    if missing:
+        return refused(
+            f"{missing[0]}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} carries no training step "
+            "(no checkpoint-<N>, step-<N> or global_step<N> folder name, trainer_state.json or step.json)"
+            + ("; leave it out of the sidebar to read the others as one run." if len(missing) < len(paths) else ".")
+        )
+    # the run's folder: a checkpoint folder's parent, or the folder itself where it holds another one (the final
+    # model saved at the top of a run's output_dir)
+    parents = {f.parent for f in folders}
+    roots = {f if f in parents else f.parent for f in folders}
+    if len(roots) > 1:
+        shown = sorted(str(r) for r in roots)
+        return refused(f"they are in {len(roots)} different folders ({', '.join(shown[:2])}{' …' * (len(shown) > 2)}).")
+    (root,) = roots
+    at = _folder_of(base) if base is not None else None
+    start = checkpoint_step(at)[0] if at is not None and at.parent == root else None
+    start = start or 0
+    seen: dict[int, str] = {}
+    for lab, s in zip(labels, steps, strict=True):
+        if s in seen:
+            return refused(f"{seen[s]} and {lab} are both at step {s}.", str(root))
+        if s <= start:
+            return refused(f"{lab} is at step {s}, not after the base (step {start}).", str(root))
+        seen[s] = lab
+    return TrainingRun(steps, read_from, str(root), "", start)
+
+
+def _folder_of(path: str) -> Path | None:
+    """The folder of checkpoint ``path`` (itself, or a weight file's folder), resolved; None for anything else (a
+    hub id)."""
+    p = os.path.expanduser(str(path))  # (os.path: False for a name no file can have, where Path.is_dir raises)
+    if os.path.isdir(p):
+        return Path(p).resolve()
+    return Path(p).resolve().parent if os.path.isfile(p) else None
+
+
+def checkpoint_step(folder: Path) -> tuple[int | None, str]:
+    """(training step, where it was read: one of :data:`STEP_SOURCES`) of a checkpoint folder: the HF Trainer's
+    ``trainer_state.json`` ``global_step``, this app's ``step.json`` ``step``, else the number in its name
+    (:data:`STEP_FOLDER`); ``(None, "")`` where none says one. A file that cannot be read or holds no whole
+    number is passed over."""
+    from subnetviz.cache import file_stamp
+
+    for name, key in (("trainer_state.json", "global_step"), ("step.json", "step")):
+        step = _json_step(str(folder / name), key, file_stamp(folder / name)) if (folder / name).is_file() else None
+        if step is not None:
+            return step, name
+    m = STEP_FOLDER.match(folder.name)
+    return (int(m.group(1)), "folder name") if m else (None, "")
+
+
+@functools.lru_cache(maxsize=256)
+def _json_step(path: str, key: str, stamp: str) -> int | None:
+    """The whole number ``key`` of JSON file ``path`` (at ``stamp``: a page's rerun parses a long run's
+    trainer_state.json, its log history, once), None where it holds none or cannot be read."""
+    from subnetviz.config import read_json
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        step = read_json(path, ConfigError).get(key)
+    except SubnetvizError:
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None

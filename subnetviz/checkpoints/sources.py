@@ -16,10 +16,12 @@ compressed-tensors' packed integers (:mod:`~subnetviz.checkpoints.ct_packed`), b
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import mmap
 import os
+import re
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -398,6 +400,8 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
+    elif isinstance(obj, dict) and "ds_version" in obj and isinstance(obj.get("module"), dict):
+        obj = _deepspeed_module(path, obj["module"])
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors.")
     for name, t in obj.items():
@@ -413,6 +417,21 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
                 "entries. Refused before reading it."
             )
     return obj
+
+
+def _deepspeed_module(path: Path, module: dict) -> dict:
+    """The model's state dict a DeepSpeed ``*_model_states.pt`` keeps under ``"module"`` (ZeRO stages 0-2: the
+    module's weights as trained). Under ZeRO-3 those are empty placeholders, the weights being partitioned across
+    the ``*_optim_states.pt`` files: refused, with the command that writes them."""
+    import torch
+
+    empty = next((k for k, v in module.items() if isinstance(v, torch.Tensor) and v.numel() == 0), None)
+    if empty is not None:
+        raise CheckpointError(
+            f"{path}: DeepSpeed ZeRO-3 state: its 'module' holds empty placeholders (e.g. {str(empty)[:60]!r}), "
+            f"the weights are partitioned across the optimizer-state files; {_ZERO_TO_FP32}."
+        )
+    return module
 
 
 def float32_bytes(spec) -> int:
@@ -474,27 +493,78 @@ def _folder_files(folder: Path, notes: list[str] | None = None) -> list[Path]:
         if notes is not None:
             notes += _left_aside(folder, picked, files)
         return files
-    # A trainer's checkpoint folder also holds optimizer.pt, scheduler.pt, rng_state.pth: .pt files only where
-    # the folder holds no safetensors at all.
+    # .pt files only where the folder holds no safetensors at all, and never a trainer's own state (an optimizer.pt
+    # is read as no model, and is twice its size or more)
     found = (
-        sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin")) or sorted(folder.glob("*.pt"))
+        sorted(folder.glob("*.safetensors"))
+        or sorted(folder.glob("pytorch_model*.bin"))
+        or sorted(f for f in folder.glob("*.pt") if not training_state(f))
     )
     if found:
         return found
-    gguf = sorted(folder.glob("*.gguf"))
-    # PEFT saves a model's adapters that are not named "default" in subfolders of the folder given (out/math)
-    named = sorted(p.parent for p in folder.glob("*/adapter_config.json"))
     raise CheckpointError(
         f"{folder}: no weights found (expected *.safetensors, model.safetensors.index.json or pytorch_model*.bin)"
-        + (
-            f"; {gguf[0].name} is {_GGUF}"
-            if gguf
-            else f"; it holds {len(named)} PEFT adapter folder(s), saved under their adapter names: give one of them "
-            f"({', '.join(str(p) for p in named[:3])}{' …' if len(named) > 3 else ''}) beside its base."
-            if named
-            else "."
-        )
+        + _what_it_holds(folder)
     )
+
+
+# What trainers save beside a model, never its weights: the HF Trainer's and accelerate's optimizer, scheduler and
+# RNG state and arguments, DeepSpeed's partitioned optimizer state (global_step*/*optim_states.pt)
+TRAINING_STATE = ("optimizer*.pt", "scheduler*.pt", "rng_state*.pth", "*optim_states.pt", "training_args.bin")
+# a training run's checkpoint folders (HF Trainer, this app, accelerate's automatic naming)
+_CHECKPOINT_DIR = re.compile(r"^(?:checkpoint|step)[-_]?(\d+)$")
+_ZERO_TO_FP32 = (
+    "write the weights with DeepSpeed's zero_to_fp32.py (in the checkpoint folder: python zero_to_fp32.py . "
+    "<output folder> --safe_serialization) and give the folder it writes"
+)
+
+
+def training_state(file: Path) -> bool:
+    """Whether ``file`` is a trainer's own state (:data:`TRAINING_STATE`), not a model's weights."""
+    return any(fnmatch.fnmatchcase(file.name, pattern) for pattern in TRAINING_STATE)
+
+
+def _what_it_holds(folder: Path) -> str:
+    """The end of the no-weights error of ``folder``: what it holds instead and what to give (``"."`` where it
+    holds nothing known): a GGUF file, PEFT adapters saved under their names, a run's checkpoint folders, FSDP's
+    sharded state, DeepSpeed's ZeRO state, or only a trainer's state."""
+    gguf = sorted(folder.glob("*.gguf"))
+    if gguf:
+        return f"; {gguf[0].name} is {_GGUF}"
+    # PEFT saves a model's adapters that are not named "default" in subfolders of the folder given (out/math)
+    named = sorted(p.parent for p in folder.glob("*/adapter_config.json"))
+    if named:
+        return (
+            f"; it holds {len(named)} PEFT adapter folder(s), saved under their adapter names: give one of them "
+            f"({', '.join(str(p) for p in named[:3])}{' …' if len(named) > 3 else ''}) beside its base."
+        )
+    fsdp = sorted(p.name for p in folder.glob("pytorch_model_fsdp_*") if p.is_dir())
+    if fsdp:
+        return (
+            f"; it holds FSDP sharded state ({fsdp[0]}/): consolidate it into one file (accelerate merge-weights "
+            f"{folder / fsdp[0]} <output folder>) and give the folder it writes."
+        )
+    tags = sorted(p.name for p in folder.glob("global_step*") if p.is_dir())
+    if tags or (folder / "zero_to_fp32.py").is_file():
+        return f"; it holds DeepSpeed ZeRO state{f' ({tags[0]}/)' if tags else ''}: {_ZERO_TO_FP32}."
+    runs = [
+        p for p in (*folder.iterdir(), *folder.glob("checkpoints/*")) if p.is_dir() and _CHECKPOINT_DIR.match(p.name)
+    ]
+    if runs:
+        runs.sort(key=lambda p: int(_CHECKPOINT_DIR.match(p.name).group(1)))
+        return (
+            f"; it holds {len(runs)} training checkpoint folder(s) ({runs[0].name} … {runs[-1].name}): give one of "
+            f"them, e.g. {runs[-1]}, or several beside the base for the Series page."
+            if len(runs) > 1
+            else f"; it holds a training checkpoint folder: give it, {runs[0]}."
+        )
+    state = sorted(f.name for f in folder.iterdir() if f.is_file() and training_state(f))
+    if state:
+        return (
+            f"; it holds a trainer's state only ({', '.join(state[:4])}{' …' if len(state) > 4 else ''}), which is "
+            "not the model: the model's weights were not saved in this folder."
+        )
+    return "."
 
 
 def _left_aside(folder: Path, picked: Path, files: list[Path]) -> list[str]:
@@ -900,6 +970,10 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
             raise CheckpointError(
                 f"{path}: a PEFT adapter's weight file (adapter_config.json beside it), not a model: give its folder "
                 f"{root} as a finetuned model beside the base it was trained on, where it is merged onto that base."
+            )
+        elif training_state(path):
+            raise CheckpointError(
+                f"{path}: a trainer's own state ({path.name}), not a model's weights: give the model's file or folder."
             )
         elif path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
             files = [path]
