@@ -324,6 +324,34 @@ def validate_mask_set(
         raise MaskError(f"{where} does not fit the model: {head}{more}")
 
 
+def mask_shape(masks: Mapping[str, torch.Tensor], name: str) -> tuple[int, ...]:
+    """The shape of ``masks[name]``, a bit-packed set's without unpacking it."""
+    if isinstance(masks, PackedMasks):
+        return tuple(masks.packed(name)[1])
+    return tuple(masks[name].shape)
+
+
+def renamed_masks(masks: Mapping[str, torch.Tensor], to: Mapping[str, str]) -> Mapping[str, torch.Tensor]:
+    """``masks`` keyed by ``to`` (a mask's name -> its new name; names ``to`` leaves out are dropped), in the order
+    of ``to``'s targets. Names sent to one target are merged (OR): a tied output head's entries into its
+    embedding's. The tensors are shared, not copied, but where merged; a bit-packed set stays packed (merged
+    bit by bit). The shapes merged must agree (the caller says which tensors they are)."""
+    packed = isinstance(masks, PackedMasks)
+    out = PackedMasks() if packed else {}
+    for name, target in to.items():
+        if target not in out:
+            if packed:
+                out.add_bits(target, *masks.packed(name))
+            else:
+                out[target] = masks[name]
+        elif packed:
+            bits, shape = out.packed(target)
+            out.add_bits(target, np.bitwise_or(bits, masks.packed(name)[0]), shape)
+        else:
+            out[target] = out[target].to(torch.bool) | masks[name].to(torch.bool)
+    return out
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admits only what a released bigram-subnetwork pickle needs: numpy arrays, dicts, strings —
     and allocates nothing beyond ``budget`` bytes in all.

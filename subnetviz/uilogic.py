@@ -253,32 +253,42 @@ def checkpoint_info(path: str) -> dict:
 def mask_misfit(mask: str, base: str, stamps: tuple = ()) -> str | None:
     """Why the mask file ``mask`` cannot be reverted in finetunes of ``base``, in a few words; None when it fits.
 
-    It fits when every tensor it names is one of the base's, of the same shape (behaviour looks a mask's tensors up
-    by the base's names); a tied head's name (``lm_head.weight`` beside a base that ties it) is left to the run,
-    which looks it up in the finetune. Read from the base's header and the mask bit-packed; ``stamps`` (the files'
-    stamps) only key the caller's memo. A mask of another model (the zoo's Llama mask beside a GPT-2 base) was
-    pre-selected on Behaviour and stopped the page before any KL was computed."""
+    It fits when every tensor it names is one of the base's, of the same shape, by the rule every page matches a
+    mask's names by (:func:`~subnetviz.checkpoints.naming.match_names`: under another model prefix, or PEFT's
+    ``base_model.model.`` and ``.base_layer.``), the rule the run places it by
+    (:func:`~subnetviz.analysis.revert.place_masks`). A tied head's name (``lm_head.weight`` beside a base that
+    ties it to its input embedding) fits where it has the embedding's shape: the run takes it by its own name
+    where the finetune stores the head untied, else merges it into the embedding's entry. Read from the base's
+    header and the mask bit-packed; ``stamps`` (the files' stamps) only key the caller's memo. A mask of another
+    model (the zoo's Llama mask beside a GPT-2 base) was pre-selected on Behaviour and stopped the page before any
+    KL was computed; a head beside a base that does not tie it was offered and then refused by the run."""
+    from subnetviz.analysis.revert import tied_embedding
     from subnetviz.checkpoints import open_checkpoint
-    from subnetviz.checkpoints.naming import TIED_HEADS
+    from subnetviz.checkpoints.naming import TIED_HEADS, mask_key, match_names
     from subnetviz.masks import load_mask_set
 
     try:
         ck = open_checkpoint(base)
         held = {n: tuple(ck.meta(n).shape) for n in ck.names}
         shapes = load_mask_set(mask, packed=True).shapes()
+        match = match_names(shapes, held)
+        absent = list(match.unmatched)
+        # (the embedding a tied head is merged into: looked for only where the mask names a head the base lacks)
+        embed = tied_embedding(ck) if any(mask_key(n) in TIED_HEADS for n in absent) else None
     except SubnetvizError as exc:
         return f"it cannot be checked against the base ({exc})"
-    absent = [n for n in shapes if n not in held]
+    to = dict(match.to)
     if absent and len(absent) == len(shapes):
         return f"made for another model: none of its {len(shapes):,} tensors is in the base, e.g. {absent[0]!r}"
-    unknown = [n for n in absent if n not in TIED_HEADS]
+    unknown = [n for n in absent if embed is None or mask_key(n) not in TIED_HEADS]
     if unknown:
         return f"{len(unknown):,} of its {len(shapes):,} tensors are not in the base, e.g. {unknown[0]!r}"
-    wrong = [n for n in shapes if n in held and shapes[n] != held[n]]
+    to.update((n, embed) for n in absent)  # (tied heads: the embedding's shape)
+    wrong = [n for n, own in to.items() if shapes[n] != held[own]]
     if wrong:
         name = wrong[0]
         more = f" ({len(wrong):,} tensors differ)" if len(wrong) > 1 else ""
-        return f"{name!r} has shape {shapes[name]} in the mask and {held[name]} in the base{more}"
+        return f"{name!r} has shape {shapes[name]} in the mask and {held[to[name]]} in the base{more}"
     return None
 
 

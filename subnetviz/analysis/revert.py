@@ -17,6 +17,7 @@ import ctypes
 import functools
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -100,6 +101,8 @@ class ModelBuilder:
                 continue  # (a buffer no checkpoint stores: rotary tables, causal masks)
             self.params += [(key, p.detach()[index] if index else p.detach()) for key, index in pieces]
         self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}
+        # a mask set given as such (by id, held: an id is not reused while it lives) -> it keyed by mask_names
+        self._placed: dict[int, tuple[Mapping, MaskPlacement]] = {}
         # aligned key -> the name its mask is looked up by: the base's, but an untied head against a tied base
         # (the base's embedding lined up twice) goes by its own name, as the update analysis saves its mask
         self.mask_names = {key: at.name for key, at in self.aligned.items()}
@@ -136,9 +139,11 @@ class ModelBuilder:
         )
 
     def resolve(self, masks) -> Mapping[str, torch.Tensor]:
-        """A mask set, or a function of this builder that makes one (:func:`top_delta_masks`), made once."""
+        """A mask set, or a function of this builder that makes one (:func:`top_delta_masks`), made once. A mask
+        set given as such is keyed by :attr:`mask_names` (:func:`place_masks`: names under another prefix, a tied
+        head folded into the embedding)."""
         if not callable(masks):
-            return masks
+            return place_masks(masks, self).masks
         if id(masks) not in self._resolved:
             self._resolved[id(masks)] = masks(self)
         return self._resolved[id(masks)]
@@ -277,22 +282,89 @@ def _mask_for(masks: Mapping[str, torch.Tensor], name: str, a: torch.Tensor) -> 
     return m.to(a.device, torch.bool)
 
 
+@dataclass(frozen=True)
+class MaskPlacement:
+    """A mask set given by file, keyed as a :class:`ModelBuilder` looks masks up (:attr:`ModelBuilder.mask_names`).
+    ``masks``: the set so keyed; ``unknown``: the mask's names that are no tensor of the pair; ``notes``: how names
+    were placed (matched across prefixes, a tied head folded), each one line."""
+
+    masks: Mapping[str, torch.Tensor]
+    unknown: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def tied_embedding(ck) -> str | None:
+    """The input embedding checkpoint ``ck`` ties its output head to (its stored name), or None where it does not
+    tie one or the embedding cannot be told (the rule :func:`~subnetviz.checkpoints.align` compares an untied head
+    by)."""
+    from subnetviz.checkpoints.naming import TIED_HEADS, strip_prefix
+
+    if not ck.tied_embeddings:
+        return None
+    table = ck.names_table
+    found = [n for n in ck.names if strip_prefix(n) not in TIED_HEADS and table.describe(n).module == "embed"]
+    return found[0] if len(found) == 1 else None
+
+
+def place_masks(masks: Mapping[str, torch.Tensor], builder: ModelBuilder) -> MaskPlacement:
+    """``masks`` keyed by the names ``builder`` looks them up by, one rule with the other pages
+    (:func:`~subnetviz.checkpoints.naming.match_names`): a name under another model prefix, or PEFT's
+    (``base_model.model.``, ``.base_layer.``), is the tensor it names. An output head the base ties to its input
+    embedding, which neither checkpoint holds apart (the finetune ties it too), is merged (OR) into the
+    embedding's entry, as training folds it: the model computes both with that one tensor. Where the finetune
+    stores an untied head, the head keeps its own name. Made once per builder and mask set."""
+    from subnetviz.checkpoints.naming import TIED_HEADS, mask_key, match_names
+    from subnetviz.masks import mask_shape, renamed_masks
+
+    held = builder._placed.get(id(masks))
+    if held is not None and held[0] is masks:
+        return held[1]
+    names = list(dict.fromkeys(builder.mask_names.values()))
+    match = match_names(masks, names)
+    to, unknown, notes = dict(match.to), [], [n for n in [match.note("the base")] if n]
+    heads = [n for n in match.unmatched if mask_key(n) in TIED_HEADS]
+    embed = tied_embedding(builder.ck_base) if heads else None
+    for n in match.unmatched:
+        if embed is None or embed not in names or mask_key(n) not in TIED_HEADS:
+            unknown.append(n)
+            continue
+        want = tuple(builder.aligned[next(k for k, v in builder.mask_names.items() if v == embed)].shape)
+        if mask_shape(masks, n) != want:
+            raise MaskError(
+                f"mask for {n!r} has shape {mask_shape(masks, n)}; the base ties that head to its input embedding "
+                f"{embed!r}, of shape {want}."
+            )
+        to[n] = embed
+        notes.append(
+            f"{n!r} is the output head the base ties to its input embedding {embed!r} (neither checkpoint holds it "
+            "apart): its entries are merged (OR) into the embedding's, as training merges them."
+        )
+    placed = masks if all(k == v for k, v in to.items()) else renamed_masks(masks, to)
+    got = MaskPlacement(placed, tuple(unknown), tuple(notes))
+    builder._placed[id(masks)] = (masks, got)
+    return got
+
+
 def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> None:
     """Every tensor of the mask set ``label`` names a tensor of the base (or, where two aligned tensors share a
-    base tensor, the finetune's name of the second: ``AlignedTensor.name``), of its shape (said with the mask's name
-    before any model is rewritten)."""
+    base tensor, the finetune's name of the second: ``AlignedTensor.name``), under any model prefix, or is a tied
+    head folded into the embedding (:func:`place_masks`), of its shape (said with the mask's name before any model
+    is rewritten)."""
+    from subnetviz.masks import mask_shape
+
     shapes = {builder.mask_names[k]: tuple(t.shape) for k, t in builder.aligned.items()}
-    unknown = [n for n in masks if n not in shapes]
+    try:
+        placed = place_masks(masks, builder)
+    except MaskError as exc:  # (a tied head of another shape than the embedding it is merged into)
+        raise MaskError(f"mask {label!r}: {exc}") from None
+    unknown = placed.unknown
     if unknown:
         raise MaskError(
             f"mask {label!r}: {len(unknown)} tensor name(s) not in the base checkpoint, e.g. "
             f"{unknown[0]!r}.{suggest(unknown[0], shapes)}"
         )
-    packed = getattr(masks, "packed", None)  # PackedMasks: the shape without unpacking
     wrong = [
-        (n, shape, shapes[n])
-        for n in masks
-        if (shape := tuple(packed(n)[1] if packed else masks[n].shape)) != shapes[n]
+        (n, mask_shape(placed.masks, n), shapes[n]) for n in placed.masks if mask_shape(placed.masks, n) != shapes[n]
     ]
     if wrong:
         name, got, want = wrong[0]
@@ -303,20 +375,24 @@ def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, l
 
 
 def shared_tensor_note(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> str | None:
-    """A note when the mask set ``label`` names a base tensor the finetune holds twice (``AlignedTensor.name``) but
-    not the second one by the finetune's name: that second tensor counts as outside the mask (None otherwise)."""
+    """The notes on how the mask set ``label`` was placed in this pair, in one line (None when there is none): its
+    names matched across prefixes or a tied head folded (:func:`place_masks`), and a base tensor the finetune holds
+    twice (``AlignedTensor.name``) that the mask names, but not the second one by the finetune's name: that second
+    tensor counts as outside the mask."""
+    placed = place_masks(masks, builder)
+    notes = [f"mask {label!r}: {n}" for n in placed.notes]
     lacking = [
         (builder.aligned[k].names[0], n)
         for k, n in builder.mask_names.items()
-        if n != builder.aligned[k].names[0] and builder.aligned[k].names[0] in masks and n not in masks
+        if n != builder.aligned[k].names[0] and builder.aligned[k].names[0] in placed.masks and n not in placed.masks
     ]
-    if not lacking:
-        return None
-    shared, second = lacking[0]
-    return (
-        f"mask {label!r}: the finetune lines up two tensors with the base's {shared} (its own, and {second}); the mask "
-        f"names {shared} only, which is the first one's: {second} counts as outside the mask."
-    )
+    if lacking:
+        shared, second = lacking[0]
+        notes.append(
+            f"mask {label!r}: the finetune lines up two tensors with the base's {shared} (its own, and {second}); the "
+            f"mask names {shared} only, which is the first one's: {second} counts as outside the mask."
+        )
+    return " ".join(notes) or None
 
 
 # Config keys that do not change a forward pass's logits (names, dtypes, ids used for generation, initialisation,

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch.func import functional_call
 
-from subnetviz.bigram.maskable import Block, blocks_of, full_mask, masked_parameters
+from subnetviz.bigram.maskable import Block, blocks_of, fitted_mask, full_mask, masked_parameters
 from subnetviz.bigram.stats import BigramTable, TokenCorpus, check_vocab
 from subnetviz.errors import ConfigError
 from subnetviz.masks import MaskSet
@@ -185,7 +185,10 @@ def evaluate_subnetwork(
     batch_size: int = 16,
 ) -> AblationReport:
     """Fidelity and loss for: the bigram model, the full model, the empty subnetwork, the subnetwork
-    alone, random subnetworks alone, the subnetwork ablated and random subnetworks ablated."""
+    alone, random subnetworks alone, the subnetwork ablated and random subnetworks ablated. A maskable matrix the
+    mask does not list is outside the subnetwork (:func:`~subnetviz.bigram.maskable.fitted_mask`), in the
+    density and the random subnetworks too."""
+    mask_set, _ = fitted_mask(model, mask_set)
     check_vocab(table, model)
     table.check_ids(corpus.ids)
     blocks = blocks_of(model)
@@ -329,10 +332,18 @@ def analyse_subnetwork(
     batch_size: int = 16,
 ) -> SubnetworkAnalysis:
     """Fidelity and ablations, where the subnetwork lives, the residual stream (full / subnetwork /
-    random subnetwork; ``residual_tokens=None`` skips it) and, given ``optimal``, the overlap."""
+    random subnetwork; ``residual_tokens=None`` skips it) and, given ``optimal``, the overlap. Each mask is taken
+    as :func:`~subnetviz.bigram.maskable.fitted_mask` makes it (a maskable matrix it does not list is outside
+    the subnetwork, in every number); the headline's ``notes`` say how (names matched across prefixes, matrices
+    it does not list)."""
     from subnetviz.bigram.locate import attention_mlp_split, compare_subnetworks, subnetwork_shares
     from subnetviz.bigram.residual import analyse_residual_stream
 
+    mask_set, notes = fitted_mask(model, mask_set)
+    notes = list(notes)
+    if optimal is not None:
+        optimal, more = fitted_mask(model, optimal, "optimal mask")
+        notes += [f"optimal mask: {n}" for n in more]
     blocks = blocks_of(model)
     ablation = evaluate_subnetwork(model, mask_set, table, corpus, seeds, null, batch_size)
     shares = subnetwork_shares(mask_set, blocks)
@@ -363,6 +374,7 @@ def analyse_subnetwork(
         "bits_full": s.loc["full", "bits_mean"],
         "delta_bits_ablated": s.loc["ablated", "delta_bits"],
         "delta_bits_random_ablated": s.loc["random ablated", "delta_bits"] if seeds else float("nan"),
+        "notes": notes,
     }
     if overlap is not None:
         headline.update(

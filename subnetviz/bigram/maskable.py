@@ -167,42 +167,68 @@ def full_mask(model, value: bool = True) -> MaskSet:
     )
 
 
-def check_mask_fits(model, mask_set: MaskSet, where: str = "mask") -> None:
-    """MaskError unless every mask names a maskable matrix of ``model`` with its shape. A mask none of whose
-    tensors is a parameter of the model (under any prefix) was made for another model: said once, with the model
-    its metadata names, where the per-name refusal listed five names each with a "Did you mean" of another module
-    (a Llama mask beside a GPT-2: ``gate_proj`` -> ``mlp.c_proj``)."""
+def fitted_mask(model, mask_set: MaskSet, where: str = "mask") -> tuple[MaskSet, tuple[str, ...]]:
+    """``mask_set`` as a subnetwork of ``model``: keyed by the model's parameter names and completed over every
+    maskable matrix, with one-line notes on both (``(mask set, notes)``). MaskError where it does not fit.
+
+    - Names are matched by the rule every page matches a mask's names by
+      (:func:`~subnetviz.checkpoints.naming.match_names`: under another model prefix, or PEFT's
+      ``base_model.model.`` and ``.base_layer.``).
+    - A maskable matrix the mask does not list is outside the subnetwork (all False), the convention of every mask
+      (1 = in the subnetwork, an unlisted tensor is not in it): it is zeroed in the subnetwork alone, kept when the
+      subnetwork is ablated, and counted in the density. Left as it was, a mask listing layer 0's MLP kept every
+      other matrix whole in "the subnetwork alone" and counted its density over those three matrices only.
+    - A mask none of whose tensors is a parameter of the model (under any prefix) was made for another model:
+      said once, with the model its metadata names, where the per-name refusal listed five names each with a
+      "Did you mean" of another module (a Llama mask beside a GPT-2: ``gate_proj`` -> ``mlp.c_proj``)."""
+    from subnetviz.checkpoints.naming import match_names
+    from subnetviz.masks import renamed_masks
+
     shapes = maskable_shapes(model)
     params = [n for n, _ in model.named_parameters()]
     names = list(mask_set.masks)
-    # the same tensor under a model prefix one side lacks (transformer.h.0… and h.0…): a suffix of the other
-    tails, own = {t for p in params for t in _tails(p)}, set(params)
-    if names and not any(n in tails or not own.isdisjoint(_tails(n)) for n in names):
+    match = match_names(names, params)
+    if names and len(match.unmatched) == len(names):
         made = next((str(mask_set.metadata[k]) for k in ("model", "base_path", "base") if mask_set.metadata.get(k)), "")
         raise MaskError(
             f"{where} was made for another model{f' ({made})' if made else ''}: none of its {len(names):,} tensors "
             f"is a parameter of this {model.config.model_type} model (it names e.g. {names[0]!r}, the model "
             f"{params[0]!r}). Choose a mask made on this model."
         )
-    validate_mask_set(mask_set, shapes, where=f"{where} (a bigram mask covers only attention and MLP weight matrices)")
+    keyed = MaskSet(
+        {**renamed_masks(mask_set.masks, match.to), **{n: mask_set.masks[n] for n in match.unmatched}},
+        dict(mask_set.metadata),
+    )
+    validate_mask_set(keyed, shapes, where=f"{where} (a bigram mask covers only attention and MLP weight matrices)")
+    notes = [n for n in [match.note("the model")] if n]
+    missing = [n for n in shapes if n not in keyed.masks]
+    if missing:
+        notes.append(
+            f"the mask lists {len(shapes) - len(missing):,} of the model's {len(shapes):,} maskable matrices; the "
+            f"{len(missing):,} it does not list (e.g. {missing[0]!r}) are outside the subnetwork, as an unlisted "
+            "tensor is: zeroed in the subnetwork alone, kept when it is ablated, and counted in the density."
+        )
+    full = {n: keyed.masks[n] if n in keyed.masks else torch.zeros(s, dtype=torch.bool) for n, s in shapes.items()}
+    return MaskSet(full, dict(mask_set.metadata)), tuple(notes)
 
 
-def _tails(name: str) -> list[str]:
-    """``name`` and each of its ends after a dot (``a.b.c``: ``a.b.c``, ``b.c``, ``c``)."""
-    parts = name.split(".")
-    return [".".join(parts[i:]) for i in range(len(parts))]
+def check_mask_fits(model, mask_set: MaskSet, where: str = "mask") -> None:
+    """MaskError unless every mask names a maskable matrix of ``model`` with its shape, under any model prefix
+    (:func:`fitted_mask`, which says why)."""
+    fitted_mask(model, mask_set, where)
 
 
 def masked_parameters(model, mask_set: MaskSet, mode: str = "keep") -> dict[str, torch.Tensor]:
-    """Out-of-place masked weights for ``functional_call``: ``keep`` zeros the weights outside the
-    mask (the subnetwork alone), ``ablate`` zeros the weights inside it (the complement). Maskable
-    matrices the mask set does not name are left as they are. The model is never modified."""
+    """Out-of-place masked weights for ``functional_call``, one per maskable matrix: ``keep`` zeros the weights
+    outside the mask (the subnetwork alone), ``ablate`` zeros the weights inside it (the complement). A maskable
+    matrix the mask set does not list is outside it (:func:`fitted_mask`): zeroed by ``keep``, whole under
+    ``ablate``. The model is never modified."""
     if mode not in ("keep", "ablate"):
         raise ConfigError(f"mask mode {mode!r}; expected 'keep' or 'ablate'.")
-    check_mask_fits(model, mask_set)
+    fitted, _ = fitted_mask(model, mask_set)
     params = dict(model.named_parameters())
     out = {}
-    for name, m in mask_set.masks.items():
+    for name, m in fitted.masks.items():
         w = params[name].detach()
         keep = m.to(w.device) if mode == "keep" else ~m.to(w.device)
         out[name] = w * keep.to(w.dtype)

@@ -213,6 +213,79 @@ def by_short_name(names) -> dict[str, str]:
     return out
 
 
+PEFT_PREFIX = "base_model.model."
+"""Where a PEFT model (``PeftModel.named_parameters()``, its ``state_dict()``) names the model it wraps."""
+
+
+def unwrapped_name(name: str) -> str:
+    """``name`` without PEFT's wrapping: its ``base_model.model.`` prefix and a LoRA-wrapped module's
+    ``.base_layer.`` (``base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight`` ->
+    ``model.layers.0.self_attn.q_proj.weight``); other names unchanged."""
+    if name.startswith(PEFT_PREFIX):
+        name = name[len(PEFT_PREFIX) :]
+    return name.replace(".base_layer.", ".")
+
+
+def mask_key(name: str) -> str:
+    """The name a mask's tensor is matched by: PEFT's wrapping lifted (:func:`unwrapped_name`), then the model
+    prefix (:func:`strip_prefix`). ``base_model.model.model.layers.0.mlp.up_proj.weight``,
+    ``model.layers.0.mlp.up_proj.weight`` and ``layers.0.mlp.up_proj.weight`` all give the last."""
+    return strip_prefix(unwrapped_name(name))
+
+
+@dataclass(frozen=True)
+class NameMatch:
+    """A mask's tensor names matched to a checkpoint's or a model's (:func:`match_names`). ``to``: each name that
+    matched -> the checkpoint's name (itself where the checkpoint has it as it is), in the mask's order;
+    ``unmatched``: the others; ``across``: the (mask's, checkpoint's) pairs matched under another prefix."""
+
+    to: dict[str, str]
+    unmatched: tuple[str, ...]
+    across: tuple[tuple[str, str], ...]
+
+    def note(self, where: str = "the checkpoint") -> str | None:
+        """One line saying that names were matched across prefixes (None when none was)."""
+        if not self.across:
+            return None
+        mask, own = self.across[0]
+        return (
+            f"names matched across prefixes: {len(self.across):,} of the mask's {len(self.to) + len(self.unmatched):,}"
+            f" tensors are named in {where} without or with another prefix (model., transformer., PEFT's "
+            f"base_model.model. and .base_layer., ...), e.g. {mask!r} is {own!r}."
+        )
+
+
+def match_names(names, stored) -> NameMatch:
+    """``names`` (a mask's tensors) matched to ``stored`` (the tensor names of the checkpoint or model it is used
+    on), one rule for every page that takes a mask file: a name ``stored`` holds as it is is itself; another is the
+    stored name with the same :func:`mask_key` (the first of those that key alike, as :func:`by_short_name` keeps
+    it), unless the mask names that tensor already. A mask from a tool that strips the model prefix, or from
+    PEFT's ``named_parameters()`` (``base_model.model.``, ``.base_layer.``), was matched on one page and refused
+    as "another model" on the next."""
+    stored = list(stored)
+    names = list(names)
+    own = set(stored)
+    keyed: dict[str, str] = {}
+    for n in stored:
+        keyed.setdefault(mask_key(n), n)
+    taken = {n for n in names if n in own}
+    to: dict[str, str] = {}
+    unmatched: list[str] = []
+    across: list[tuple[str, str]] = []
+    for n in names:
+        if n in own:
+            to[n] = n
+            continue
+        target = keyed.get(mask_key(n))
+        if target is None or target in taken:
+            unmatched.append(n)
+            continue
+        taken.add(target)
+        to[n] = target
+        across.append((n, target))
+    return NameMatch(to, tuple(unmatched), tuple(across))
+
+
 def mtp_split(short: str) -> tuple[int, str] | None:
     """(j, the name inside the module) for a (prefix-stripped) name in multi-token-prediction module j stored
     beside the layers: ``mtp.layers.0.self_attn.q_proj.weight`` -> (0, ``self_attn.q_proj.weight``),

@@ -103,7 +103,8 @@ class FilesOverlap:
     """What the Overlap page shows of N mask sets: the overlap over the tensors every set holds, by
     (layer, module); by (layer, expert) over the per-expert tensors (None: no expert tensor); how
     many tensors every set holds, and whether some set holds more. Tensors are matched by their name
-    without a model prefix (``model.``, ``transformer.``, ...: the rule checkpoints are aligned by) and
+    without a model prefix (``model.``, ``transformer.``, ... and PEFT's ``base_model.model.`` and
+    ``.base_layer.``: :func:`~subnetviz.checkpoints.naming.mask_key`, the rule every page matches masks by) and
     named as a set that carries the prefix names them. ``notes``: names matched across prefixes, tensors
     compared over shared rows or left out (shapes that differ), or why there is no overlap."""
 
@@ -118,18 +119,25 @@ class FilesOverlap:
 
 def _matched(sets: Sequence) -> tuple[list[str], list[dict[str, str]], bool, int]:
     """(the tensors every set holds, named; per set: name -> the set's own name; whether some set holds more;
-    how many were matched across different prefixes). Matched by :func:`~subnetviz.checkpoints.naming.strip_prefix`
-    (the first of a set's names that strip alike wins, as :func:`~subnetviz.checkpoints.align` keeps it), in the
-    first set's order; each named as the first set that keeps a prefix names it (as checkpoints and the other
-    pages name tensors), else unprefixed."""
-    from subnetviz.checkpoints.naming import by_short_name
+    how many were matched across different prefixes). Matched by :func:`~subnetviz.checkpoints.naming.mask_key`,
+    the rule every page matches a mask's names by (a model prefix, PEFT's ``base_model.model.`` and
+    ``.base_layer.`` lifted; the first of a set's names that key alike wins, as
+    :func:`~subnetviz.checkpoints.align` keeps it), in the first set's order; each named as the first set that
+    keeps a model prefix names it (as checkpoints and the other pages name tensors, PEFT's wrapping left out),
+    else unprefixed."""
+    from subnetviz.checkpoints.naming import mask_key, unwrapped_name
 
-    keyed = [by_short_name(s) for s in sets]
+    keyed = []
+    for s in sets:
+        km: dict[str, str] = {}
+        for n in s:
+            km.setdefault(mask_key(n), n)
+        keyed.append(km)
     if not keyed:
         return [], [], False, 0
     keys = [k for k in keyed[0] if all(k in km for km in keyed[1:])]
     partial = any(len(s) != len(keys) for s in sets)
-    shown = {k: next((km[k] for km in keyed if km[k] != k), k) for k in keys}
+    shown = {k: next((unwrapped_name(km[k]) for km in keyed if unwrapped_name(km[k]) != k), k) for k in keys}
     across = sum(1 for k in keys if len({km[k] for km in keyed}) > 1)
     own = [{shown[k]: km[k] for k in keys} for km in keyed]
     return [shown[k] for k in keys], own, partial, across
@@ -149,8 +157,9 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     notes = []
     if across:
         notes.append(
-            f"{across:,} tensor(s) matched by name without the model prefix (e.g. model., transformer.), which "
-            "differs between the masks; named here as the checkpoint names them."
+            f"names matched across prefixes: {across:,} tensor(s) matched by name without the model prefix (e.g. "
+            "model., transformer., PEFT's base_model.model. and .base_layer.), which differs between the masks; "
+            "named here as the checkpoint names them."
         )
 
     def only(k, keep):  # bit-packed masks stay packed (indexing one unpacks it, a byte per parameter)
