@@ -733,9 +733,12 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
     if short is not None:
         return short
     fetch = f"hf download {repo_id}" + (f" --revision {rev}" if rev else "")
+    # (read as a hub id because no file or folder of that name is there: a mistyped relative folder such as
+    # ckpts/base read as a hub id only, and the message offered `hf download ckpts/base`)
     raise NotCachedError(
-        f"{spec}: not in the local Hugging Face cache ({cache}){_cached_nearby(cache, repo_id, rev)}. subnetviz never "
-        f"downloads; fetch it first, e.g. `{fetch}`, or give a local folder."
+        f"{spec}: no folder of that name, and not in the local Hugging Face cache ({cache})"
+        f"{_cached_nearby(cache, repo_id, rev)}. subnetviz never downloads; check the folder's path, or fetch the "
+        f"model first, e.g. `{fetch}`."
     ) from cause
 
 

@@ -462,7 +462,7 @@ def test_a_revision_is_resolved_through_the_cache(hub, base, changed):
         ("acme/tiny-pinned", "it holds no snapshot for main, but these: acme/tiny-pinned@ddddddd"),
         ("acme/tiny-base@v2", "it holds no snapshot for v2, but these: acme/tiny-base@v1, acme/tiny-base@main"),
         ("Acme/Tiny-Base", "the cache holds acme/tiny-base (hub ids are case-sensitive"),
-        ("acme/nothing", "acme/nothing: not in the local Hugging Face cache"),
+        ("acme/nothing", "acme/nothing: no folder of that name, and not in the local Hugging Face cache"),
     ],
 )
 def test_an_id_not_cached_says_what_is_and_the_command_that_fetches(hub, spec, hint):
@@ -503,3 +503,15 @@ def test_a_config_edit_gives_fresh_numbers(tmp_path):
     assert open_checkpoint(ft).fingerprint != before
     assert fingerprint(ft) == open_checkpoint(ft).fingerprint  # the torch-free key agrees
     assert run() == (False, CHANGED_BODY, NUMEL - HEAD)
+
+
+def test_a_mistyped_relative_folder_is_said_to_be_no_folder_too(tmp_path, monkeypatch):
+    """A relative folder that is not there (``ckpts/base``, the README's own form) reads as a hub id; the message
+    said only that it was not in the Hugging Face cache and offered `hf download ckpts/base`."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.errors import NotCachedError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(NotCachedError, match=r"^ckpts/base: no folder of that name, and not in the local Hugging"):
+        open_checkpoint("ckpts/base")
