@@ -232,6 +232,8 @@ def analyse(model: str, corpus: str) -> None:
         models=True,
     )
     headline(res.headline)
+    for note in res.headline.get("notes") or []:  # how the mask was read: names matched, matrices it leaves out
+        st.caption(ui.plain(note))
     figs, tables = ui.shared(result_parts, res, gens)
     names = ["Ablation", "Location"]
     names += ["Residual stream"] * (res.residual is not None) + ["Overlap"] * (res.overlap is not None)

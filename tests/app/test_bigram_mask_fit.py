@@ -86,3 +86,24 @@ def test_a_link_naming_a_mask_of_another_model_is_warned_and_left_out(app_env, g
         w.startswith("Left out of the link's masks, as they do not fit this model: bigram mask") for w in warnings
     )
     assert at.selectbox(key="bg_mask").value != f"bigram mask λ=10 · {NEWEST}"
+
+
+def test_a_mask_of_some_matrices_says_the_others_are_outside_the_subnetwork(app_env):
+    """The analysis notes how it read the mask (matrices the file does not list are outside the subnetwork); the
+    page did not show them, so a partial mask's numbers read as a whole mask's."""
+    from subnetviz.bigram.maskable import full_mask, load_local_model
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    masks = full_mask(load_local_model(app_env / "zoo" / "base")).masks
+    some = dict(list(masks.items())[:2])  # two of the base's maskable matrices, every entry kept
+    path = app_env / "uploads" / "two-matrices.safetensors"
+    save_mask_set(path, MaskSet(some, {"target": "bigram"}))
+    try:
+        at = open_page("bigram", bg_model="base", bg_mask="uploads/two-matrices")
+    finally:
+        path.unlink()
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    captions = " ".join(_read(c.value) for c in at.caption)
+    assert f"the mask lists 2 of the model's {len(masks):,} maskable matrices" in captions
+    assert "are outside the subnetwork" in captions
