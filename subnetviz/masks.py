@@ -203,6 +203,35 @@ def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     return MaskSet(out, info)
 
 
+def mask_file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of each mask in a safetensors mask file, from its header alone (no value read): a bit-packed
+    mask's ``shape:<name>`` metadata, else the stored tensor's shape. MaskError, as :func:`load_mask_set` gives
+    it, for a file that is not a readable safetensors mask."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"{path}: no such mask file.")
+    check_readable(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            out = {}
+            for name in f.keys():
+                packed = meta.get(f"shape:{name}")
+                if packed is None:
+                    out[name] = tuple(f.get_slice(name).get_shape())
+                    continue
+                out[name] = tuple(int(d) for d in packed.split(",") if d.strip())
+                if any(d < 0 for d in out[name]):
+                    raise ValueError(f"packed mask {name!r} has shape {packed!r} in its metadata")
+            return out
+    except MaskError:
+        raise
+    except Exception as exc:  # safetensors' own errors for a corrupt header; shape metadata that is no numbers
+        raise MaskError(f"{path}: not a readable safetensors mask file ({exc}).") from None
+
+
 def _add(out, name: str, t: torch.Tensor, meta: Mapping[str, str], path: Path) -> None:
     """Put a stored tensor into ``out`` (a dict of bool tensors, or :class:`PackedMasks`)."""
     shape_s = meta.get(f"shape:{name}")

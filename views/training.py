@@ -17,6 +17,7 @@ from subnetviz.training.config import STRATEGIES
 from subnetviz.training.mask_origin import random_origin, run_hparams
 
 AUTO = "zoo set A in this algorithm's format"
+OWN_EVAL = "the training data's own held-out set"  # B_train -> B_eval; set A (AUTO) -> A_eval
 ZOO_DATA = {"grpo": "A_train", "dpo": "dpo_A", "sft": "sft_A"}
 
 
@@ -64,8 +65,10 @@ def launch(ws) -> None:
             help="A zoo data set, or a path to your own JSONL: SFT {prompt, completion}, "
             "DPO {prompt, chosen, rejected}, GRPO {prompt, answer}.",
         )
-        eval_opts = [k for k in data if k.endswith("eval")]
-        eval_data = d2.selectbox("Held-out data for accuracy", eval_opts, key="tr_eval", index=0 if eval_opts else None)
+        # A form does not rerun when Training data changes: the default is resolved on submit (it stayed A_eval
+        # for B_train, and the card's accuracy on set A read as the run's own held-out accuracy).
+        eval_opts = [OWN_EVAL, *(k for k in data if k.endswith("eval"))]
+        eval_data = d2.selectbox("Held-out data for accuracy", eval_opts, key="tr_eval", index=0)
         from subnetviz.jobs.cluster import resolve_address
 
         on_cluster = bool(resolve_address(ui.compute_address()))  # jobs go to a Ray cluster: it hands out GPUs
@@ -112,12 +115,13 @@ def launch(ws) -> None:
                 train_data = ZOO_DATA[algorithm]
             base = selection.resolve_choice(base, members)  # the server reads only under the allowed roots
             train_path = data.get(train_data) or str(config.check_allowed(train_data))
+            eval_path = _zoo_eval_of(train_path) if eval_data == OWN_EVAL else data.get(eval_data)
             cfg = {
                 "kind": "train",
                 "algorithm": algorithm,
                 "base": base,
                 "data": train_path,
-                "eval_data": data.get(eval_data) if eval_data else None,
+                "eval_data": eval_path,
                 "mask": mask,
                 "steps": int(steps),
                 "learning_rate": float(lr),
@@ -131,6 +135,11 @@ def launch(ws) -> None:
             kind = "random " if random_twin else "sub " if mask else ""
             run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {kind}lr={lr:g} s={seed}")
             st.success(f"Queued run {run_id}: [follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
+            if eval_path is None:
+                ui.warning(
+                    f"No held-out accuracy for this run: {Path(train_path).name} has no held-out set of its own here "
+                    "(the zoo's training sets have one); choose one under *Held-out data for accuracy* to measure it."
+                )
             if note := mask_note(mask, cfg):
                 ui.warning(note)
             if mask and (note := mask_origin.dense_mask_note(mask_origin.mask_densities(masks[mask_label]))):
@@ -192,7 +201,7 @@ def _runs_view() -> None:
         ui.error(rec.error)
     if not pages.has_curves(r, run_id):  # nothing to overlay or smooth (a job that logs no curves, or none yet)
         return
-    others = [i for i in ids if i != run_id]
+    others = pages.overlay_options(r, df, run_id)  # the same kind's runs with curves (a continual log is no curve)
     overlay = st.multiselect(
         "Overlay runs (full / subnetwork / random-mask control)",
         others,
@@ -214,13 +223,17 @@ def _runs_view() -> None:
         ui.chart(fig, key="curves")
 
 
-def zoo_accuracy(cfg: dict) -> float | None:
-    """A demo zoo member's held-out accuracy as its build measured it (its training had no eval set);
-    None for any other run, or when the zoo was rebuilt since the run was registered."""
+def zoo_accuracy(cfg: dict) -> tuple[float | None, str]:
+    """A demo zoo member's held-out accuracy as its build measured it (its training had no eval set), with the file
+    it is on (the member's own problem set's, ``B_eval.jsonl`` for grpo-B); None for any other run, or when the zoo
+    was rebuilt since the run was registered."""
     z = ui.zoo()
     if z is None or not cfg.get("zoo_member") or cfg.get("zoo_fingerprint") != z.manifest.fingerprint:
-        return None
-    return next((m.accuracy for m in z.manifest.members if m.id == cfg["zoo_member"]), None)
+        return None, ""
+    m = next((m for m in z.manifest.members if m.id == cfg["zoo_member"]), None)
+    if m is None:
+        return None, ""
+    return m.accuracy, f"{m.data}_eval.jsonl" if m.data in ("A", "B") else "its own held-out set"
 
 
 # Job kinds whose results have a page of their own: (page, its title, the URL parameter that picks the run
@@ -327,33 +340,64 @@ def summary_card(path: Path, cfg: dict, mask: str | None) -> None:
         )
         return
     metrics = s.get("metrics") if isinstance(s.get("metrics"), dict) else {}
-    accuracy = _number(s.get("accuracy"))
+    # The accuracy names the set it is on: the run's eval_data, or a zoo member's own set (a run on B_train held
+    # out on A_eval read as accuracy on B beside grpo-B's).
+    held_out = cfg.get("eval_data") or read_json(path.parent / "train_config.json").get("eval_data")  # (as run)
+    accuracy, on = _number(s.get("accuracy")), Path(held_out).name if isinstance(held_out, str) else ""
+    if accuracy is None:
+        accuracy, on = zoo_accuracy(cfg)
     shown = [(k, _number(v)) for k, v in metrics.items() if k in ("loss", "reward", "grad_norm")][:3]
-    shown.append(("accuracy", accuracy if accuracy is not None else zoo_accuracy(cfg)))
-    for col, (label, value) in zip(st.columns(4), shown, strict=False):
-        col.metric(label, "—" if value is None else (f"{100 * value:.1f} %" if label == "accuracy" else f"{value:.4g}"))
+    shown.append((f"accuracy ({ui.plain(on)})" if on else "accuracy", accuracy))
+    for i, (col, (label, value)) in enumerate(zip(st.columns(4), shown, strict=False)):
+        text = "—" if value is None else (f"{100 * value:.1f} %" if i == len(shown) - 1 else f"{value:.4g}")
+        col.metric(label, text)
     if isinstance(n := s.get("nonfinite_steps"), int) and n > 0:  # its loss went NaN/Inf: a number above is no result
         ui.warning(
             f"The run diverged: loss or gradient norm NaN/Inf at {n:,} step(s), first at "
             f"step {s.get('first_nonfinite_step')}."
         )
     check = s.get("mask_check") if isinstance(s.get("mask_check"), dict) else {}
+    weights = check.get("weights") if isinstance(check.get("weights"), dict) else {}
+    since = _changed_since(path.parent, weights) if weights else None
     if check and not mask:  # a full finetune: every parameter trainable, nothing lies outside
         st.caption(
             f"Full finetune: {_count(check.get('changed_inside', 0))} entries changed, no mask to stay outside of."
+            + (f" {since}" if since else "")
         )
     elif check:
         ok = check.get("outside_mask_identical") is True
-        (st.success if ok else st.warning)(
+        verdict = (
             f"Outside the mask: {'bit-identical to the base' if ok else 'NOT bit-identical'} "
             f"({_count(check.get('changed_outside', 0))} entries changed outside, "
-            f"{_count(check.get('changed_inside', 0))} inside)."
+            f"{_count(check.get('changed_inside', 0))} inside)"
         )
+        if since:  # the verdict is about the weights as saved, not the model there now: no green line
+            ui.warning(f"{verdict} when checked after training. {since}")
+        else:
+            (st.success if ok else st.warning)(verdict + ".")
+            if not weights:  # a summary from before checks recorded the weights they read
+                st.caption("Checked after training; this summary does not record which weights the check read.")
+
+
+def _changed_since(folder: Path, record: dict) -> str | None:
+    """A line saying that the model's weights files are no longer those the summary's check read (``record``:
+    rewritten, edited, partly copied: :func:`~subnetviz.training.config.changed_weights`), else None."""
+    from subnetviz.training.config import changed_weights
+
+    changed = ui.shared(changed_weights, str(folder), record, file_stamp(folder))
+    if not changed:
+        return None
+    files = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return (
+        f"The model on disk changed since ({ui.plain(files)} not as checked): the check says nothing about the "
+        "weights there now."
+    )
 
 
 def compare(ws) -> None:
     found = _candidates()
     models, own = {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}
+    bases = {k: v[2] for k, v in found.items()}
     ui.need(len(models) >= 2, "Two finished models are needed for a comparison.")
     keys = list(models)
     c1, c2 = st.columns(2)
@@ -374,31 +418,33 @@ def compare(ws) -> None:
     # Held-out accuracy generates with both models (seconds): on request, so the bitwise comparison shows at once.
     with_acc = st.toggle("Also held-out accuracy (generates with both models)", key="cmp_acc", bind="query-params")
     eval_data = eval_set(full, sub, own) if with_acc else None
+    # The base row and the changes vs base: the base both models were trained from, else the sidebar's.
+    base, base_note = pages.comparison_base(bases[full], bases[sub], ws.base)
     # With an eval set, each model's folder too: the accuracy generates with its config and tokenizer.
     stamp = (
-        *(ui.fingerprint(p) for p in (models[full], models[sub], ws.base) if p),
+        *(ui.fingerprint(p) for p in (models[full], models[sub], base) if p),
         file_stamp(eval_data),
-        *(model_files(models[full], models[sub], ws.base) if eval_data is not None else ()),
+        *(model_files(models[full], models[sub], base) if eval_data is not None else ()),
     )
-    compute = partial(_comparison, models[full], models[sub], ws.base, eval_data, stamp)
+    compute = partial(_comparison, models[full], models[sub], base, eval_data, stamp)
     if eval_data is not None:  # generation with three models: priced, and asked for, before it starts
         from subnetviz.analysis.cost import accuracy_cost
         from subnetviz.demo.comparison import is_cached
 
-        paths = [p for p in (ws.base, models[full], models[sub]) if p]
+        paths = [p for p in (base, models[full], models[sub]) if p]
         result = ui.heavy(
             ("accuracy", stamp),
-            lambda: is_cached(models[full], models[sub], ws.base, eval_data),
+            lambda: is_cached(models[full], models[sub], base, eval_data),
             lambda: accuracy_cost(paths, eval_data),
             compute,
             models=True,
         )
     else:
         result = compute()
-    figs, tables = pages.comparison_parts(result, full, sub)
+    figs, tables = pages.comparison_parts(result, full, sub, base_label(base), base_note)
     if "accuracy" in tables and eval_data:  # which data the numbers are on: the models may be held out on others
         tables["accuracy"] = (
-            f"Held-out accuracy on {Path(eval_data).name} (greedy exact match)",
+            tables["accuracy"][0].replace("Held-out accuracy", f"Held-out accuracy on {Path(eval_data).name}", 1),
             tables["accuracy"][1],
         )
     a, b = st.columns(2)
@@ -501,18 +547,20 @@ def _zoo_eval_of(data: object) -> str | None:
 def candidates() -> dict[str, str]:
     """Finished models to compare (label -> path): the zoo's members, then succeeded runs' models by name
     ("run name · id"), each model once (a zoo member's registered run links to the member's folder)."""
-    return {label: path for label, (path, _) in _candidates().items()}
+    return {label: path for label, (path, *_) in _candidates().items()}
 
 
-def _candidates() -> dict[str, tuple[str, str | None]]:
-    """:func:`candidates` with each model's own held-out file (None where unknown: the base, a run without one)."""
+def _candidates() -> dict[str, tuple[str, str | None, str | None]]:
+    """:func:`candidates` with each model's own held-out file (None where unknown: the base, a run without one) and
+    the base it was trained from (the zoo's base for a member, a run's config's ``base``; None where unknown or not
+    readable here)."""
     from subnetviz.report.training import run_names
 
     z = ui.zoo()
     files = data_files()
-    out: dict[str, tuple[str, str | None]] = {}
+    out: dict[str, tuple[str, str | None, str | None]] = {}
     if z is not None:
-        out.update({f"zoo {m.id}": (str(m.path), files.get(f"{m.data}_eval")) for m in z.members})
+        out.update({f"zoo {m.id}": (str(m.path), files.get(f"{m.data}_eval"), str(z.base)) for m in z.members})
     runs = ui.job_runner().list_runs()
     names = run_names(runs) if len(runs) else {}
     for rec in runs.itertuples():
@@ -520,8 +568,18 @@ def _candidates() -> dict[str, tuple[str, str | None]]:
         if rec.status == "succeeded" and model.is_dir() and not selection.in_zoo(model):
             cfg = rec.config if isinstance(rec.config, dict) else {}
             own = cfg.get("eval_data") if isinstance(cfg.get("eval_data"), str) else _zoo_eval_of(cfg.get("data"))
-            out[f"run {names[rec.id]}"] = (str(model), own if own and _readable(own) else None)
+            base = cfg.get("base") if isinstance(cfg.get("base"), str) else None
+            base = base if base and _readable(str(Path(base) / "config.json")) else None
+            out[f"run {names[rec.id]}"] = (str(model), own if own and _readable(own) else None, base)
     return out
+
+
+def base_label(base: str | None) -> str:
+    """How the comparison names its base: the zoo's ``base``, else the folder as a visitor may see it."""
+    z = ui.zoo()
+    if base and z is not None and os.path.realpath(base) == os.path.realpath(z.base):
+        return "zoo base"
+    return config.display_path(base) if base else ""
 
 
 def export(ws, view: str) -> None:
@@ -531,15 +589,17 @@ def export(ws, view: str) -> None:
     df = r.list_runs()
     ids = list(df["id"])
     run_ids = [pages.shown_run(df, st.query_params.get("tr_run"))] if ids else []  # the run the Runs view shows
-    run_ids += [i for i in st.query_params.get_all("tr_overlay") if i in ids and i not in run_ids]
+    others = pages.overlay_options(r, df, run_ids[0]) if ids else []  # as the Runs view offers them
+    run_ids += [i for i in st.query_params.get_all("tr_overlay") if i in others and i not in run_ids]
     smoothing = uilogic.url_number(st.query_params.get("tr_smooth"), 0, 0.95, 0)
-    cand, compare = candidates(), None
-    if len(cand) >= 2:
-        keys = list(cand)
+    found, compare = _candidates(), None
+    if len(found) >= 2:
+        keys = list(found)
         full = st.query_params.get("cmp_full", "zoo grpo-s0" if "zoo grpo-s0" in keys else keys[0])
         sub = st.query_params.get("cmp_sub", "zoo grpo-sub" if "zoo grpo-sub" in keys else keys[1])
-        if full in cand and sub in cand:
-            compare = (full, cand[full], sub, cand[sub], ws.base)
+        if full in found and sub in found:
+            base, _ = pages.comparison_base(found[full][2], found[sub][2], ws.base)  # (the view's own base)
+            compare = (full, found[full][0], sub, found[sub][0], base)
     ui.export_button(
         "Training runs",
         {"view": view, "runs": run_ids, "smoothing": smoothing, "comparison": compare[::2] if compare else None},

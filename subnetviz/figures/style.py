@@ -23,6 +23,26 @@ from subnetviz.errors import SubnetvizError
 from subnetviz.text import has_controls, visible_controls
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
+# Past PALETTE's eight: Paul Tol's muted scheme and more of his colours, none of them one of the eight (cycling drew
+# the 9th series as the 1st: 13 overlaid runs were pairs of one colour), then hues spread by the golden angle.
+MORE_COLORS = (
+    "#332288",
+    "#88CCEE",
+    "#44AA99",
+    "#117733",
+    "#999933",
+    "#DDCC77",
+    "#CC6677",
+    "#882255",
+    "#AA4499",
+    "#77AADD",
+    "#EE8866",
+    "#FFAABB",
+    "#BBCC33",
+    "#5D3A9B",
+    "#A0522D",
+    "#708090",
+)
 SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu_r"
 GREY_CELL = "#E6E6E6"  # a heatmap cell with nothing to colour (not trained yet, no weight in either mask)
@@ -50,8 +70,23 @@ class FigureDataError(SubnetvizError):
 
 
 def color_map(labels: Sequence[str]) -> dict[str, str]:
-    """Stable colours: the i-th label gets the i-th palette colour (cycled past 8)."""
-    return {str(lab): PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
+    """Stable colours: the i-th label gets the i-th palette colour; past its 8, :func:`series_color`'s others,
+    each label a colour of its own."""
+    return {str(lab): series_color(i) for i, lab in enumerate(labels)}
+
+
+def series_color(i: int) -> str:
+    """The ``i``-th series' colour: :data:`PALETTE`, then :data:`MORE_COLORS`, then hues 137.5° apart (the golden
+    angle: each new one far from the last ones) at alternating lightness, as hex."""
+    import colorsys
+
+    if i < len(PALETTE):
+        return PALETTE[i]
+    if i < len(PALETTE) + len(MORE_COLORS):
+        return MORE_COLORS[i - len(PALETTE)]
+    k = i - len(PALETTE) - len(MORE_COLORS)
+    r, g, b = colorsys.hls_to_rgb((k * 137.508 / 360) % 1.0, (0.35, 0.5, 0.65)[k % 3], 0.65)
+    return f"#{round(255 * r):02X}{round(255 * g):02X}{round(255 * b):02X}"
 
 
 def compact_labels(labels: Sequence[str], limit: int = 24) -> tuple[list[str], str]:

@@ -16,7 +16,7 @@ from subnetviz.jobs.context import JOB_KINDS
 
 TEST_KIND = "python"
 TEST_ENV = "SUBNETVIZ_ALLOW_TEST_JOBS"
-VALIDATORS = {"train": "subnetviz.training.config:validate_config"}
+VALIDATORS = {"train": "subnetviz.training.mask_fit:validate_config"}
 
 
 def _import(target: str):

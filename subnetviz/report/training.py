@@ -3,13 +3,23 @@ export builds the views that are not open (run curves, the subnetwork-vs-full co
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from subnetviz import figures
+from subnetviz.jobs.context import METRICS_FILE, read_metrics
+from subnetviz.jobs.kinds import TEST_KIND
 
 CURVES = ("loss", "reward", "accuracy", "grad_norm", "kept", "entropy")
+# Job kinds whose metrics rows are training steps, drawn as curves. A continual job logs one row per (method, seed,
+# task) with a "loss": drawn as one training curve over "step" 1..60, it was smoothed across methods and overlaid on
+# train runs. Drivers and behaviour jobs log progress only. (The test kind's jobs log steps.)
+STEP_KINDS = ("train", "bigram_mask", TEST_KIND)
+DIVERGED = ("loss", "grad_norm")  # a non-finite value of these is a diverged step (the runner's count)
 
 
 def run_names(runs: pd.DataFrame) -> dict[str, str]:
@@ -47,30 +57,140 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def has_curves(runner, run_id: str) -> bool:
-    """Whether the run logged any metric the curves draw (a drivers or continual job logs none)."""
+    """Whether the run is of a kind whose rows are training steps and logged any metric the curves draw."""
+    if runner.get(run_id).kind not in STEP_KINDS:
+        return False
     m = runner.metrics(run_id)
     return bool(len(m)) and any(c in m.columns and m[c].notna().any() for c in CURVES)
 
 
+def overlay_options(runner, runs: pd.DataFrame, run_id: str) -> list[str]:
+    """The runs that may be overlaid on ``run_id``'s curves (``runs``: the registry's): those of its kind that have
+    logged metrics, when its kind draws curves at all; a train run's loss and a continual job's share no axis."""
+    kinds = dict(zip(runs["id"], runs["kind"], strict=True))
+    if kinds.get(run_id) not in STEP_KINDS:
+        return []
+    return [
+        i
+        for i, k, d in zip(runs["id"], runs["kind"], runs["run_dir"], strict=True)
+        if i != run_id and k == kinds[run_id] and _logged(d)
+    ]
+
+
+def _logged(run_dir) -> bool:
+    try:
+        return (Path(run_dir) / METRICS_FILE).stat().st_size > 0
+    except (OSError, TypeError):
+        return False
+
+
+def curve_points(rows: Sequence[Mapping]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's metrics rows (:func:`~subnetviz.jobs.context.read_metrics`) as ``(points, nonfinite)``: the finite
+    values of the curves' metrics (columns step, metric, value), and the steps where a row logged one of them as
+    NaN or Inf (read as NaN; columns step, metric). A metric a row does not log is neither: a bigram job's last row
+    logs no loss. The non-finite steps were dropped with the rest, and a diverged run's curve just ended."""
+    points, bad = [], []
+    for r in rows:
+        for c in CURVES:
+            v = r.get(c)
+            if isinstance(v, float):
+                if np.isfinite(v):
+                    points.append((r["step"], c, v))
+                else:
+                    bad.append((r["step"], c))
+    return (
+        pd.DataFrame(points, columns=["step", "metric", "value"]),
+        pd.DataFrame(bad, columns=["step", "metric"]),
+    )
+
+
 def curves_figure(runner, run_ids: Sequence[str], names: Mapping[str, str], smoothing: float = 0.0):
-    """The metric curves of ``run_ids`` (the first is the chosen run, the others overlaid); None without metrics."""
-    frames, cut = [], False
+    """The metric curves of ``run_ids`` (the first is the chosen run, the others overlaid); None without metrics.
+    Runs of a kind whose rows are no training steps are left out. A step whose value is NaN or Inf is marked with
+    an x at the top of its panel (hover: which metric, which step), and a run whose loss or gradient norm went
+    non-finite says "(diverged at step k)" in the legend."""
+    frames, marks, cut = [], [], False
     for rid in run_ids:
-        m = runner.metrics(rid)
-        cut = cut or bool(m.attrs.get("left_out"))
-        shown = [c for c in CURVES if c in m.columns]
-        if len(m) and shown:
-            frames.append(m.melt(id_vars=["step"], value_vars=shown, var_name="metric").dropna().assign(run=names[rid]))
-    if not frames:
+        rec = runner.get(rid)
+        if rec.kind not in STEP_KINDS:
+            continue
+        rows, left_out = read_metrics(Path(rec.run_dir) / METRICS_FILE)
+        cut = cut or left_out
+        points, bad = curve_points(rows)
+        label = names[rid]
+        diverged = bad.loc[bad["metric"].isin(DIVERGED), "step"]
+        if len(diverged):
+            label += f" (diverged at step {int(diverged.min()):,})"
+        frames += [points.assign(run=label)] if len(points) else []
+        marks += [bad.assign(run=label)] if len(bad) else []
+    if not frames and not marks:
         return None
+    bad = pd.concat(marks, ignore_index=True) if marks else pd.DataFrame(columns=["step", "metric", "run"])
+    # a metric that is non-finite at every step of every run still gets its panel (an empty line: no point drawn)
+    drawn = set().union(*(f["metric"] for f in frames))
+    lost = bad.loc[~bad["metric"].isin(drawn)].drop_duplicates(["metric", "run"])
+    frames += [lost.assign(value=np.nan)[["step", "metric", "value", "run"]]] if len(lost) else []
+    df = pd.concat(frames, ignore_index=True)
     title = f"Run {figures.plain_label(names[run_ids[0]])}"
     if cut:  # (a page reads the log every 2 s: a long one is read from its end)
         title += "<br><sup>a long metrics log: only its last rows are drawn</sup>"
-    return figures.training_curves(pd.concat(frames, ignore_index=True), title=title, smoothing=smoothing)
+    runs = list(dict.fromkeys(df["run"]))
+    colors = figures.color_map(runs)
+    fig = figures.training_curves(df, title=title, smoothing=smoothing, colors=colors)
+    _mark_nonfinite(fig, df, bad, colors)
+    # Past the palette's eight colours the runs are dashed too (a seed sweep of 20 runs was colour pairs)
+    for i, run in enumerate(runs[len(figures.PALETTE) :]):
+        fig.update_traces(
+            line_dash=("dash", "dot", "dashdot")[i % 3], selector={"legendgroup": run, "mode": "lines+markers"}
+        )
+    return fig
 
 
-def comparison_parts(result, full: str, sub: str) -> tuple[dict, dict]:
-    """A :func:`~subnetviz.analysis.runs.compare_runs` result's figure and tables."""
+def _mark_nonfinite(fig, df: pd.DataFrame, bad: pd.DataFrame, colors: Mapping[str, str]) -> None:
+    """An x per non-finite step at the top of its metric's panel, in its run's colour (panels laid out as
+    :func:`~subnetviz.figures.training_curves` lays them out: in the frame's order of metrics, 3 a row)."""
+    import plotly.graph_objects as go
+
+    from subnetviz.figures.series import SHARE_METRICS
+
+    metrics = list(dict.fromkeys(df["metric"].astype(str)))
+    ncol = min(3, len(metrics))
+    for (met, run), steps in bad.groupby(["metric", "run"], sort=False)["step"]:
+        values = df.loc[df["metric"] == met, "value"].dropna()
+        top = float(values.max()) * (100 if met in SHARE_METRICS else 1) if len(values) else 0.0
+        i = metrics.index(met)
+        fig.add_trace(
+            go.Scatter(
+                x=steps.to_numpy(),
+                y=np.full(len(steps), top),
+                mode="markers",
+                marker={"symbol": "x", "size": 10, "color": colors[run]},
+                name=f"{run}: {met} NaN/Inf",
+                legendgroup=run,
+                showlegend=False,
+                hovertemplate=f"{run}<br>{met} NaN/Inf at step %{{x}}<extra></extra>",
+            ),
+            row=i // ncol + 1,
+            col=i % ncol + 1,
+        )
+
+
+def comparison_base(full_base: str | None, sub_base: str | None, sidebar: str | None) -> tuple[str | None, str]:
+    """The base a comparison's base row and its changes vs base are of, with a note ("" when none): the base both
+    models were trained from (their run configs; a zoo member's is the zoo's base) when both name the same folder;
+    else the sidebar's, saying so. The sidebar's was used whatever the runs' base, so two runs of another base
+    were scored beside the demo zoo's base under the label "base"."""
+    if full_base and sub_base and os.path.realpath(full_base) == os.path.realpath(sub_base):
+        return full_base, ""
+    if not sidebar:
+        return None, ""
+    why = "the two models name different bases" if full_base and sub_base else "one model's base is not known here"
+    return sidebar, f"the sidebar's base, as {why}"
+
+
+def comparison_parts(result, full: str, sub: str, base_label: str = "", base_note: str = "") -> tuple[dict, dict]:
+    """A :func:`~subnetviz.analysis.runs.compare_runs` result's figure and tables; the accuracy table's base row
+    named after ``base_label`` ("base (zoo base)"), its caption with ``base_note`` (why that base)."""
     figs = {
         "cmp-ulp": figures.ulp_histogram(
             result.ulp_histogram.assign(model=f"{full} vs {sub}"), title="ULP distance between the two finetunes"
@@ -78,7 +198,11 @@ def comparison_parts(result, full: str, sub: str) -> tuple[dict, dict]:
     }
     tables = {"comparison": ("Share of parameters identical, exact and along the tolerance sweep", result.to_frame())}
     if result.accuracy is not None:
-        tables["accuracy"] = ("Held-out accuracy (greedy exact match)", result.accuracy)
+        acc = result.accuracy
+        if base_label:
+            acc = acc.assign(model=acc["model"].replace({"base": f"base ({base_label})"}))
+        caption = "Held-out accuracy (greedy exact match)" + (f"; base: {base_note}" if base_note else "")
+        tables["accuracy"] = (caption, acc)
     return figs, tables
 
 

@@ -100,7 +100,8 @@ class TrainConfig:
         return self.mask is not None and self.mask.startswith(RANDOM_PREFIX)
 
     def validate(self, *, check_output: bool = True, all_rows: bool = False) -> list[str]:
-        """Raise :class:`ConfigError` naming every field that is missing, unknown or out of range.
+        """Raise :class:`ConfigError` naming every field that is missing, unknown or out of range (whether a mask
+        fits the base is :func:`subnetviz.training.mask_fit.check_mask_fits`'s, at submit and before a launch).
 
         ``check_output=False`` skips the "output_dir must not exist" rule (used when a job writes
         into its own fresh temporary folder). Data that TRL would drop entirely is refused: its rows are
@@ -119,6 +120,8 @@ class TrainConfig:
         from subnetviz.training.data import FIELDS, read_jsonl, rows_over_length
 
         rows = read_jsonl(self.data, self.algorithm)
+        if self.algorithm == "grpo":
+            self._enough_prompts(len(rows))
         if self.eval_data is not None:
             read_jsonl(self.eval_data, "eval")
         chat = any(isinstance(r[k], list) for r in rows for k in FIELDS[self.algorithm])
@@ -153,6 +156,20 @@ class TrainConfig:
             f"note: data {self.data}: {len(dropped)} of {len(rows)} rows keep no completion token {limit} and are "
             f"left out of training (rows {which})"
         ]
+
+    def _enough_prompts(self, n_rows: int) -> None:
+        """Refuse GRPO data with fewer rows than one step takes. A step draws batch_size x num_processes /
+        num_generations distinct prompts (each generated for num_generations times) and TRL's sampler drops a
+        short last draw, so from fewer rows it yields no step: the run trained 0 steps, saved the base as its
+        model and was reported as succeeded. (SFT and DPO cycle a short file.)"""
+        per_step = self.batch_size * self.num_processes // self.num_generations
+        if n_rows < per_step:
+            procs = f" x {self.num_processes} processes" if self.num_processes > 1 else ""
+            raise ConfigError(
+                f"data {self.data!r} holds {n_rows} prompt(s); one GRPO step of batch_size {self.batch_size}{procs} "
+                f"with num_generations {self.num_generations} takes {per_step} distinct prompts, so no step would "
+                f"train; give at least {per_step} rows or lower batch_size."
+            )
 
     def _prompts_fit(self, rows: list[dict], tok, context: int, all_rows: bool) -> None:
         """Refuse GRPO data with a prompt that leaves no room in the base's context for max_completion_length
@@ -326,6 +343,48 @@ def int_problems(name: str, value, lo: int, hi: int) -> list[str]:
     if value > hi:
         return [f"{name} must be at most {hi}, got {shown(value)}"]
     return []
+
+
+# The saved weights a run's bitwise check read, recorded with the check (``mask_check["weights"]``): a model
+# rewritten, edited or partly copied after the run kept its "bit-identical" verdict on the card.
+WEIGHTS_GLOB = "model*.safetensors"  # what save_pretrained writes (one file, or shards): not the run's mask file
+DIGEST_CHUNK = 1 << 24
+
+
+def weights_record(folder: str | os.PathLike) -> dict[str, dict]:
+    """File name -> ``{"size", "mtime_ns", "sha256"}`` of each weights file in the model folder ``folder``. Size
+    and mtime survive the renames that publish a run; the digest tells a copy (new mtime, same bytes) from an
+    edit."""
+    out = {}
+    for f in sorted(Path(folder).glob(WEIGHTS_GLOB)):
+        st = f.stat()
+        out[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(f)}
+    return out
+
+
+def changed_weights(folder: str | os.PathLike, record: dict, stamp: object = None) -> list[str]:
+    """The weights files of ``folder`` that are not the ones :func:`weights_record` recorded: gone, new, or with
+    other bytes. A file whose size and mtime are as recorded is taken as unchanged (nothing read); one whose
+    mtime differs is hashed. ``stamp`` only keys a caller's memo."""
+    now = {f.name: f for f in sorted(Path(folder).glob(WEIGHTS_GLOB))}
+    changed = sorted(set(record) ^ set(now))
+    for name in sorted(set(record) & set(now)):
+        rec, st = record[name], now[name].stat()
+        if not isinstance(rec, dict) or rec.get("size") != st.st_size:
+            changed.append(name)
+        elif rec.get("mtime_ns") != st.st_mtime_ns and rec.get("sha256") != _sha256(now[name]):
+            changed.append(name)
+    return changed
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(DIGEST_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _scheduler_names() -> tuple[str, ...]:

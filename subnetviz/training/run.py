@@ -20,8 +20,9 @@ TensorBoard run per training run, never mixed). The folder then holds:
 - ``checkpoints/step-<k>/`` for each of ``save_steps``,
 - ``train_summary.json``: steps done, final metrics, accuracy, seconds, and the bitwise checks
   against the base (``outside_mask_identical``, changed entries inside/outside) of the saved
-  model (``mask_check``) and of the gathered full fp32 state dict (``gathered_check``); for FSDP2
-  the evidence that it was active (``fsdp2``: DTensor parameters, mesh size, local vs full sizes),
+  model (``mask_check``, with the weights files it read: size, mtime, sha256) and of the gathered full fp32 state
+  dict (``gathered_check``); for FSDP2 the evidence that it was active (``fsdp2``: DTensor parameters, mesh size,
+  local vs full sizes),
   for ZeRO likewise (``zero``: stage, partitioned parameters, local vs full sizes, masked steps),
 - ``accelerate_config.yaml`` for a launched multi-process run.
 
@@ -51,8 +52,9 @@ from subnetviz.cache import atomic_write
 from subnetviz.errors import ConfigError, JobError, MaskError, SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext
 from subnetviz.training import sharded, zero
-from subnetviz.training.config import TrainConfig, job_train_config
+from subnetviz.training.config import TrainConfig, job_train_config, weights_record
 from subnetviz.training.evaluate import evaluate_accuracy
+from subnetviz.training.mask_fit import check_mask_fits
 from subnetviz.training.mask_origin import dense_mask_note
 from subnetviz.training.masking import (
     MaskedUpdateCallback,
@@ -371,6 +373,12 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
     trainer.train()
     steps_done = int(trainer.state.global_step)
     stopped = _stop_requested(ctx)
+    if steps_done == 0 and not stopped:  # (every rank alike: each saw the same empty epoch)
+        # The model would be the base under a new name, filed as a result: a run that trained nothing fails.
+        raise JobError(
+            f"the run trained 0 of {cfg.steps} steps: the trainer drew no batch from data {cfg.data} (too few "
+            "rows for one step?); nothing was saved."
+        )
     state = gather(model) if gather is not None and not stopped else None  # every rank takes part
     if stopped or not run.is_main:
         if run.is_main:
@@ -453,7 +461,8 @@ def _save(run: _Run, trainer, state, masks, mask_set) -> dict:
 def _finish(run: _Run, steps_done: int, masks, gathered: dict) -> TrainResult:
     """Check the saved model against the base, evaluate it, write the summary and publish the folder."""
     cfg, ctx, partial = run.cfg, run.ctx, run.partial
-    check = check_outside_mask(cfg.base, partial, masks).to_dict()
+    # with the weights it read, so a page can tell when the model on disk is no longer the one checked
+    check = {**check_outside_mask(cfg.base, partial, masks).to_dict(), "weights": weights_record(partial)}
     for name, c in (("saved model", check), ("gathered full state dict", gathered)):
         if not c["tensors_compared"]:
             raise MaskError(
@@ -527,7 +536,8 @@ def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = No
     ``ctx``: a job's context; the launched rank 0 reports progress into its run folder.
     """
     cfg.validate()
-    _check_mask_fits(cfg)
+    if cfg.mask is not None:  # refused here, from headers, before any process is launched
+        check_mask_fits(cfg.base, cfg.mask_path)
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "train_config.launch.json"
     config_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -542,23 +552,6 @@ def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = No
         raise JobError(f"the {cfg.num_processes} {cfg.strategy} training processes failed (exit code {code}); {where}.")
     d = json.loads(summary.read_text())
     return TrainResult(**{k: d[k] for k in TrainResult.__dataclass_fields__ if k in d})
-
-
-def _check_mask_fits(cfg: TrainConfig) -> None:
-    """Refuse a mask that does not fit the base before any process is launched, with the one-line error a
-    single-process run gives (each rank found it only after loading the model, and the launch then ended in
-    torch elastic's traceback). The parameters' names and shapes are the base's model built on the meta device
-    (no weights read): the ones each rank checks the mask against."""
-    if cfg.mask is None:
-        return
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.base))
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    tied = tied_heads(model)
-    del model
-    load_training_mask(cfg.mask, shapes, seed=cfg.seed, tied=tied)
 
 
 def _kept_failure(exc: Exception, kept: Path, ctx: JobContext | None) -> None:

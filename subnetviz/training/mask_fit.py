@@ -1,0 +1,70 @@
+"""Whether a training mask fits its base, from headers alone, before anything is queued or launched.
+
+The worker found a misfit only once it had loaded the model: the Launch form queued a run that failed seconds
+later, and a multi-process launch ended in torch elastic's traceback. Kept apart from
+:mod:`subnetviz.training.config` (which :mod:`subnetviz.training.masking` imports through ``sharded``): the check
+matches names as the run does, with masking's own functions.
+"""
+
+from __future__ import annotations
+
+from subnetviz.training.config import validate_config as _validate_fields
+
+
+def validate_config(config: dict) -> None:
+    """The ``train`` job kind's validator: the config's fields and data (:func:`~subnetviz.training.config.
+    validate_config`), then whether its mask fits the base (:func:`check_mask_fits`)."""
+    from subnetviz.training.config import job_train_config
+
+    _validate_fields(config)
+    cfg = job_train_config(config)
+    if cfg.mask is not None:
+        check_mask_fits(cfg.base, cfg.mask_path)
+
+
+def check_mask_fits(base: str, mask: str) -> None:
+    """Refuse, in one line (:class:`MaskError` naming the file), a training mask whose tensor names or shapes do
+    not fit the base, from headers alone: the mask file's names and shapes, and the base's parameters built on
+    the meta device from its config.json (no weights read). The names are matched as the run matches them
+    (:mod:`subnetviz.training.masking`: another model prefix, tied heads, experts stored one by one), on meta
+    tensors. What needs the mask's values is left to the run: whether it selects any entry, and its entries of a
+    vision or audio tower the model does not build (a Llama-4 release's: left out where all zero, else refused).
+    A base whose config transformers cannot build is left to the run too, which loads it and says why."""
+    import torch
+
+    from subnetviz.checkpoints.naming import _tower, strip_prefix
+    from subnetviz.errors import MaskError
+    from subnetviz.masks import MaskSet, mask_file_shapes, validate_mask_set
+    from subnetviz.training.masking import fold_tied_heads, model_names, packed_masks
+
+    where = f"mask {mask}"
+    stored = mask_file_shapes(mask)
+    built = _meta_model(base)
+    if built is None:
+        return
+    shapes, tied = built
+    try:
+        with torch.device("meta"):  # (packed_masks builds each packed parameter's mask: on meta, no memory)
+            masks = {n: torch.empty(s, dtype=torch.bool) for n, s in stored.items()}
+            masks = packed_masks(fold_tied_heads(model_names(masks, shapes), tied), shapes)
+        unbuilt = {k for k in masks if k not in shapes and _tower(strip_prefix(k))}  # (masking.without_unbuilt_towers)
+        validate_mask_set(MaskSet({k: m for k, m in masks.items() if k not in unbuilt}), shapes, where=where)
+    except MaskError as exc:  # (its per-tensor problems end in "." and were joined as ".; ")
+        raise MaskError(str(exc).replace(".; ", "; ")) from None
+
+
+def _meta_model(base: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | None:
+    """The base's parameter shapes and tied heads (:func:`~subnetviz.training.masking.tied_heads`), from its
+    model built on the meta device; None where its config.json builds no causal LM here (the run says why)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from subnetviz.training.masking import tied_heads
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    except (OSError, ValueError, KeyError, ImportError):
+        return None
+    # DTensors and ZeRO-3 do not apply here: every parameter has its full shape
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}, tied_heads(model)
