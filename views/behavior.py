@@ -200,6 +200,10 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
     prompt_bind = "query-params" if raw is None or uilogic.url_int(raw) is not None else None
     if prompt_bind is None:
         del st.query_params["bh_prompt"]
+    said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
+    notes = res.get("notes")
+    for note in dict.fromkeys(notes["note"] if notes is not None else ()):  # masks placed, prompts cut, ...
+        ui.note(str(note), said)
     # Sections as tabs that draw only when open: 1-2 charts per view instead of four (faster to show).
     tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")
     # Each tab has its own controls (Per token draws both KLs, with no measure to choose); a closed tab's
@@ -257,6 +261,7 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
         ["bh-bars", "bh-curves", "bh-hist", "bh-tokens", "bh-routing", "bh-load"],
         ["behavior-summary", "behavior-curves", "behavior-routing"],
         more=lambda: every_tab(res, value, kl, selection, domain),
+        notes=said,
     )
 
 

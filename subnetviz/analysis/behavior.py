@@ -62,13 +62,13 @@ from subnetviz.analysis.revert import (
     check_mask_names,
     check_model_finite,
     config_difference,
+    mask_placement_note,
     mask_selector,
     mask_source,
     random_order_selector,
     random_selector,
     release_freed,
     revert_bytes,
-    shared_tensor_note,
     update_masks,
 )
 from subnetviz.analysis.routing import RoutingTap, overall, routing_bytes, routing_frame, routing_rows
@@ -222,7 +222,7 @@ def behavior(
     base_model = load_causal_lm(base).to(dev).eval()
     check_model_finite(base_model, str(base))  # each finetune's: by its ModelBuilder
     check_token_ids(encoded, prompts, base_model.get_input_embeddings().weight.shape[0], tok, str(base))
-    vocab = base_model.config.vocab_size
+    vocab = base_model.config.get_text_config().vocab_size  # (a vision-language model's is its text config's)
     keep = n_tokens * vocab * 4 <= _BASE_CACHE_BYTES
     with RoutingTap(base_model) as base_tap:  # an MoE base's routing, taken in that pass (or in one of its own)
         base_cache = base_logits_kept(base_model, batches, dev, base_tap, keep, f"{base} (the base)")
@@ -239,7 +239,7 @@ def behavior(
         for name, ms in masks.items():
             if not callable(ms):
                 check_mask_names(ms, builder, name)
-                notes += [f"{label}: {n}" for n in [shared_tensor_note(ms, builder, name)] if n]
+                notes += [f"{label}: {n}" for n in [mask_placement_note(ms, builder, name)] if n]
         differ = config_difference(str(base), str(ft))
         if differ:
             notes.append(
@@ -378,7 +378,8 @@ def _labels(labels: Sequence[str] | None, finetuned: Sequence[str], prompts: Seq
 
 def _context_length(models: Sequence) -> int | None:
     """The fewest positions any of ``models`` takes (``max_position_embeddings``, GPT-2's ``n_positions``, ...;
-    from each config), None when no config says."""
+    from each config's text config: a vision-language model's language model says it, not its top level), None
+    when no config says."""
     from transformers import AutoConfig
 
     from subnetviz.checkpoints.models import CONTEXT_KEYS, model_folder
@@ -386,7 +387,7 @@ def _context_length(models: Sequence) -> int | None:
     found = []
     for m in models:
         try:
-            cfg = AutoConfig.from_pretrained(str(model_folder(m)), local_files_only=True)
+            cfg = AutoConfig.from_pretrained(str(model_folder(m)), local_files_only=True).get_text_config()
         except (OSError, ValueError, TypeError, KeyError):
             continue
         for key in CONTEXT_KEYS:
@@ -467,8 +468,7 @@ def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str, revert
     from subnetviz.config import require_memory
 
     try:
-        cfg = AutoConfig.from_pretrained(str(model_folder(base)), local_files_only=True)
-        cfg = getattr(cfg, "text_config", None) or cfg
+        cfg = AutoConfig.from_pretrained(str(model_folder(base)), local_files_only=True).get_text_config()
         vocab = int(cfg.vocab_size)
     except (OSError, ValueError, AttributeError, TypeError):
         cfg, vocab = None, len(tok)
@@ -521,8 +521,10 @@ def write_behavior(report: BehaviorReport, folder: str | os.PathLike) -> list[st
 
 
 def read_behavior(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
-    """The tables :func:`write_behavior` wrote in ``folder``; a folder without them (a run's outputs deleted, or a
-    folder of something else) is a one-line :class:`ConfigError`, not a FileNotFoundError."""
+    """The tables :func:`write_behavior` wrote in ``folder``, and ``notes`` (one column ``note``: the report's notes
+    from ``behavior.json``, how masks were placed and what was cut or left out; the page showed none of them); a
+    folder without the tables (a run's outputs deleted, or a folder of something else) is a one-line
+    :class:`ConfigError`, not a FileNotFoundError."""
     from subnetviz.config import display_path
 
     folder = Path(folder)
@@ -535,7 +537,18 @@ def read_behavior(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
     out = {n: read_frame(folder / f"{n}.csv") for n in names}
     routing = folder / "routing.csv"  # (none for a dense model, nor from a run finished before routing was measured)
     out["routing"] = read_frame(routing) if routing.is_file() else routing_frame([])
+    out["notes"] = pd.DataFrame({"note": _read_notes(folder / "behavior.json")}, dtype=object)
     return out
+
+
+def _read_notes(path: Path) -> list[str]:
+    """The ``notes`` of a ``behavior.json`` :func:`write_behavior` wrote; none where it cannot be read (the tables
+    are what the page shows: a note is no reason to refuse them)."""
+    try:
+        notes = json.loads(path.read_text(encoding="utf-8")).get("notes")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
 
 
 # --- configs: the CLI, the job and the page share one ------------------------------------------------

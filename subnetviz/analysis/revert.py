@@ -374,7 +374,7 @@ def check_mask_names(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, l
         )
 
 
-def shared_tensor_note(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> str | None:
+def mask_placement_note(masks: Mapping[str, torch.Tensor], builder: ModelBuilder, label: str) -> str | None:
     """The notes on how the mask set ``label`` was placed in this pair, in one line (None when there is none): its
     names matched across prefixes or a tied head folded (:func:`place_masks`), and a base tensor the finetune holds
     twice (``AlignedTensor.name``) that the mask names, but not the second one by the finetune's name: that second

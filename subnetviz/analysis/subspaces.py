@@ -540,8 +540,11 @@ def _matrices(ck_base, cks: Sequence, forms_base=None, forms=None) -> tuple[list
     codes with no dequantisation here (GPTQ, AWQ, int4) are no weights to decompose; nor is a tensor of any
     other rank (a convolution's kernel), nor a norm's weight, which is scales however it is shaped (Cohere's
     per-head q_norm is (heads, head_dim)): the naming table's module kind says which are norms, as tensors.csv
-    labels them."""
+    labels them; nor a state-space layer's A_log, D and dt_bias, applied entry by entry whatever their shape
+    (:data:`~subnetviz.analysis.spectra.STATE_SPACE_PARAMS`, as the spectra leave them out: Mamba-1's A_log is
+    (d_inner, d_state))."""
     from subnetviz.analysis.quant import checkpoint_forms
+    from subnetviz.analysis.spectra import STATE_SPACE_PARAMS
     from subnetviz.checkpoints import align
     from subnetviz.checkpoints.experts_layout import match_layouts
     from subnetviz.checkpoints.naming import NORM_MODULES
@@ -563,7 +566,7 @@ def _matrices(ck_base, cks: Sequence, forms_base=None, forms=None) -> tuple[list
             ):
                 continue
             info = table.describe(t.names[0])
-            if info.param == "bias" or info.module in NORM_MODULES:
+            if info.param == "bias" or info.module in NORM_MODULES or info.param in STATE_SPACE_PARAMS:
                 continue
             if len(t.shape) == 3:
                 if info.expert != "all":

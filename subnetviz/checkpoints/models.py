@@ -218,11 +218,6 @@ def load_causal_lm(spec: str | os.PathLike, **kwargs):
             raise CheckpointError(
                 f"{spec}: transformers cannot load it as {auto.__name__} ({_first_line(exc)})."
             ) from None
-    text = model.config.get_text_config()
-    if text is not model.config and not hasattr(model.config, "vocab_size"):
-        # A vision-language model's config keeps the vocabulary in its text config; the callers (Behaviour's KL,
-        # the bigram pages) read it as a causal LM's config gives it. (Set on this loaded copy only.)
-        model.config.vocab_size = text.vocab_size
     return model
 
 

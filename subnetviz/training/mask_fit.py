@@ -55,16 +55,20 @@ def check_mask_fits(base: str, mask: str) -> None:
 
 def _meta_model(base: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | None:
     """The base's parameter shapes and tied heads (:func:`~subnetviz.training.masking.tied_heads`), from its
-    model built on the meta device; None where its config.json builds no causal LM here (the run says why)."""
+    model built on the meta device as the run builds it; None where its config.json builds none here (the run says
+    why)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
+    from subnetviz.checkpoints.models import text_model_class
+    from subnetviz.errors import SubnetvizError
     from subnetviz.training.masking import tied_heads
 
     try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
-    except (OSError, ValueError, KeyError, ImportError):
+        config = AutoConfig.from_pretrained(base)
+        with torch.device("meta"):  # (a vision-language model's class as the run builds it: Mistral-3, Qwen-VL)
+            model = text_model_class(config, base).from_config(config)
+    except (OSError, ValueError, KeyError, ImportError, SubnetvizError):
         return None
     # DTensors and ZeRO-3 do not apply here: every parameter has its full shape
     return {n: tuple(p.shape) for n, p in model.named_parameters()}, tied_heads(model)

@@ -16,14 +16,15 @@ How a masked run keeps every parameter outside the mask *bit-identical* with Ada
 3. AdamW's decoupled weight decay (``w *= 1 - lr*wd``) would move masked-out weights, so the
    optimizer runs with ``weight_decay=0`` and :class:`MaskedUpdateCallback` applies the same
    decoupled decay itself just before each optimizer step, only where the mask is 1 (and only on
-   the parameters transformers decays: not biases or norms). A full run uses the same callback
-   with no mask, so both runs follow one recipe.
+   the parameters transformers decays, not biases or norms, and that have a gradient, as AdamW
+   steps only those). A full run uses the same callback with no mask, so both runs follow one recipe.
 4. :func:`check_outside_mask` compares the saved model with the base bitwise, in the stored dtype,
    tensor by tensor, and counts changed entries inside and outside the mask.
 
 Parameters that a mask file does not list are frozen (outside the subnetwork). Mask names are the model's
 ``named_parameters()`` names or the names the checkpoint stores them under (transformers' renamings on load,
-such as GPT-NeoX's ``embed_out.weight`` for ``lm_head.weight``); a mask that does not fit is refused before
+such as GPT-NeoX's ``embed_out.weight`` for ``lm_head.weight``), under any model prefix or PEFT's, by the rule
+every page matches a mask's names by (:func:`model_names`); a mask that does not fit is refused before
 training with the closest names suggested.
 """
 
@@ -39,7 +40,7 @@ from transformers import TrainerCallback
 from subnetviz.analysis.bits import bits_differ
 from subnetviz.checkpoints import align, open_checkpoint
 from subnetviz.checkpoints.experts_layout import loaded_into, param_pieces
-from subnetviz.checkpoints.naming import TIED_HEADS, _tower, by_short_name, strip_prefix
+from subnetviz.checkpoints.naming import TIED_HEADS, _tower, by_short_name, mask_key, match_names, strip_prefix
 from subnetviz.errors import AlignmentError, MaskError
 from subnetviz.masks import MaskSet, load_mask_set, validate_mask_set
 from subnetviz.training.mask_origin import random_provenance
@@ -125,11 +126,13 @@ def fold_tied_heads(masks: dict[str, torch.Tensor], tied: dict[str, str]) -> dic
     input embedding (either mask's entries may change: the model computes both with the one tensor), or a name
     transformers renames on load (GPT-NeoX's ``embed_out.weight``). An update mask of a tied base against a
     finetune that untied its head lists the head apart, under its own name; an update mask of a GPT-NeoX names
-    the head as stored; training refused both as no parameter."""
+    the head as stored; training refused both as no parameter. A stored name is looked up as it is, else by its
+    :func:`~subnetviz.checkpoints.naming.mask_key` (PEFT's ``base_model.model.lm_head.weight`` is the head)."""
     out = dict(masks)
-    for key in [k for k in masks if k in tied or strip_prefix(k) in tied]:
-        embed = tied[key] if key in tied else tied[strip_prefix(key)]
-        target = next((k for k in out if strip_prefix(k) == strip_prefix(embed)), embed)
+    # (by mask_key: a head under another model prefix or PEFT's, base_model.model.lm_head.weight, folds too)
+    for key in [k for k in masks if k in tied or mask_key(k) in tied]:
+        embed = tied[key] if key in tied else tied[mask_key(key)]
+        target = next((k for k in out if mask_key(k) == mask_key(embed)), embed)
         head = out.pop(key).to(torch.bool)
         if target in out and tuple(out[target].shape) != tuple(head.shape):
             raise MaskError(
@@ -140,21 +143,23 @@ def fold_tied_heads(masks: dict[str, torch.Tensor], tied: dict[str, str]) -> dic
     return out
 
 
-def model_names(masks: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """``masks`` keyed by the model's parameter names where a mask names a parameter under another model prefix
-    (GPT-2's hub release stores ``h.0.attn.c_attn.weight``, the model's parameter is
-    ``transformer.h.0.attn.c_attn.weight``; the analysis names masks as the base stores them) and exactly one
-    parameter strips to that name; the rest as they are. Without it a base's own update mask was refused as
-    naming no parameter of the model."""
-    stripped: dict[str, list[str]] = {}
-    for n in shapes:
-        stripped.setdefault(strip_prefix(n), []).append(n)
-    out: dict[str, torch.Tensor] = {}
-    for key, m in masks.items():
-        alike = stripped.get(strip_prefix(key), [])
-        name = alike[0] if key not in shapes and len(alike) == 1 and alike[0] not in masks else key
-        out[name] = m
-    return out
+def model_names(
+    masks: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], notes: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """``masks`` keyed by the model's parameter names (``shapes``' keys) by the rule every page matches a mask's
+    names by (:func:`~subnetviz.checkpoints.naming.match_names`): a name the model has as it is is itself, another
+    is the parameter with the same name without its model prefix or PEFT's wrapping (GPT-2's hub release stores
+    ``h.0.attn.c_attn.weight``, the model's parameter is ``transformer.h.0.attn.c_attn.weight``; PEFT's
+    ``named_parameters()`` give ``base_model.model.model.layers.0.mlp.up_proj.base_layer.weight``). The names
+    that match no parameter are kept as they are, for the folds after this one (tied heads, experts stored one by
+    one) or the refusal that names them. Where names were matched across prefixes, one line is appended to
+    ``notes``. Without it a base's own update mask was refused as naming no parameter of the model, and a PEFT
+    model's mask everywhere."""
+    match = match_names(masks, shapes)
+    note = match.note("the model trained")
+    if note and notes is not None:
+        notes.append(note)
+    return {match.to.get(key, key): m for key, m in masks.items()}
 
 
 def load_training_mask(
@@ -175,7 +180,8 @@ def load_training_mask(
     mixture of experts stored one expert at a time (an update mask of a Qwen-MoE, Mixtral, DeepSeek release) is
     packed into the parameters transformers 5 holds those experts in (:func:`packed_masks`). Entries of a vision or
     audio tower the model does not build (Llama-4's text model, trained from a release that stores its vision
-    tower) are left out where they select nothing, with a line appended to ``notes`` (:func:`without_unbuilt_towers`).
+    tower) are left out where they select nothing, with a line appended to ``notes`` (:func:`without_unbuilt_towers`);
+    so is a line saying that the file's names were matched to the model's across prefixes (:func:`model_names`).
     """
     is_random = spec.startswith("random:")
     path = spec[len("random:") :] if is_random else spec
@@ -183,7 +189,8 @@ def load_training_mask(
     # A tied head's entry merged into the embedding's first: a random control then draws the merged tensor's own
     # count (drawn apart and merged after, two independent draws overlapped by chance only, and the control
     # trained 66 % more embedding entries than the real mask whose head and embedding changes coincide).
-    masks = fold_tied_heads(model_names(dict(ms.masks), shapes), tied or {})
+    matched: list[str] = []
+    masks = fold_tied_heads(model_names(dict(ms.masks), shapes, matched), tied or {})
     if is_random:  # per tensor of the file (each stored expert apart, before they are packed)
         gen = torch.Generator().manual_seed(int(seed))
         # Sorted names: the draw must not depend on the file's tensor order.
@@ -196,10 +203,10 @@ def load_training_mask(
         # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork.
         ms = MaskSet(masks, random_provenance(str(path), ms.metadata, seed))
     kept, note = without_unbuilt_towers(packed_masks(masks, shapes), shapes, path)
-    if note and notes is not None:
-        notes.append(note)
     packed = MaskSet(kept, ms.metadata)
     validate_mask_set(packed, shapes, where=f"mask {path}")
+    if notes is not None:  # (said of a mask that fits: a refusal says why it does not)
+        notes += [f"mask {path}: {n}" for n in matched] + [n for n in [note] if n]
     masks = dict(packed.masks)
     full = {n: masks.get(n, torch.zeros(s, dtype=torch.bool)) for n, s in shapes.items()}
     if not any(bool(m.any()) for m in full.values()):
@@ -360,6 +367,10 @@ class MaskedUpdateCallback(TrainerCallback):
         factor = 1.0 - lr * self.weight_decay
         with torch.no_grad():
             for p, m in self._decay:
+                if p.grad is None:
+                    # AdamW steps (and decays) only the parameters with a gradient: a vision-language model's
+                    # vision tower, which a text run never reaches, was decayed here and changed.
+                    continue
                 if isinstance(p, DTensor):  # FSDP2: decay this process's shard with its part of the mask
                     p = p.to_local()
                 if m is None:

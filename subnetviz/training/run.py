@@ -350,7 +350,7 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
     trainer = build_trainer(cfg, scratch, [run.progress], world=run.world, events_dir=events)
     model = trainer.model
     run.attach(trainer)
-    masks, mask_set, run.zero_installer = _add_mask_callbacks(cfg, trainer)
+    masks, mask_set, run.zero_installer = _add_mask_callbacks(cfg, trainer, run.notes)
     if mask_set is not None and (note := dense_mask_note(_densities(mask_set))):
         run.notes.append(note)  # (the page said it on submit only; a run from the CLI or a config said nothing)
     gather = run.gather()
@@ -398,7 +398,7 @@ def _densities(mask_set) -> dict[str, float]:
     }
 
 
-def _add_mask_callbacks(cfg: TrainConfig, trainer):
+def _add_mask_callbacks(cfg: TrainConfig, trainer, notes: list[str] | None = None):
     """The run's mask (refused before any step when it does not fit the model) and the callbacks that
     keep every entry outside it unchanged; returns ``(masks, mask_set, ZeRO installer)`` (masks and
     mask set None for a full run; the installer None but for ZeRO)."""
@@ -407,7 +407,8 @@ def _add_mask_callbacks(cfg: TrainConfig, trainer):
     if cfg.mask is not None:
         # DTensors report their full shape; ZeRO-3 partitioned parameters keep it as ds_shape.
         shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
-        masks, mask_set = load_training_mask(cfg.mask, shapes, seed=cfg.seed, tied=tied_heads(model))
+        # (how its names were matched, entries of towers the model does not build: into the run's log)
+        masks, mask_set = load_training_mask(cfg.mask, shapes, seed=cfg.seed, tied=tied_heads(model), notes=notes)
     decay_names = set(trainer.get_decay_parameter_names(model))
     is_zero = cfg.strategy in zero.ZERO_STRATEGIES
     trainer.add_callback(MaskedUpdateCallback(masks, cfg.weight_decay, decay_names, zero=is_zero))

@@ -6,7 +6,9 @@ only adds the gradient hooks of :class:`~subnetviz.training.masking.MaskedUpdate
 Fixed choices (why):
 - The model is passed as the *folder path*: TRL then loads it itself as float32 master weights
   from the bf16 files, and builds a DPO (or GRPO with ``beta > 0``) reference model from the same
-  path (given an instance, TRL tried to build the reference from an empty hub id).
+  path (given an instance, TRL tried to build the reference from an empty hub id). A vision-language
+  base (:func:`image_text_to_text`) is the exception: TRL would load it with its image processor, so
+  its model is loaded here as Behaviour loads it, with the base's tokenizer (and DPO's reference).
 - ``weight_decay=0`` in the optimizer; the decay is applied by the mask callback (see masking.py).
 - ``save_strategy="no"`` (no TRL checkpoints with optimizer state); the extra checkpoints of
   ``save_steps`` are written by :class:`CheckpointCallback`. Logging each step, reported to
@@ -103,8 +105,67 @@ def build_trainer(
     events = Path(events_dir) if events_dir is not None else tensorboard_dir(cfg.output_dir)
     if world is not None:
         return _events_into(_progress_first(_build_fsdp2_trainer(cfg, scratch_dir, callbacks, world)), events)
-    trainer = _build(cfg, trainer_args(cfg, scratch_dir), load_dataset(cfg.data, cfg.algorithm), callbacks, cfg.base)
+    dataset = load_dataset(cfg.data, cfg.algorithm)
+    if not image_text_to_text(cfg.base):
+        trainer = _build(cfg, trainer_args(cfg, scratch_dir), dataset, callbacks, cfg.base)
+        return _events_into(trainer, events)
+    # A vision-language base: TRL, given its path, builds it with its image processor (torchvision, an
+    # ImportError traceback without it) and trains it as a vision model. Its text model is trained here, given
+    # as an instance with the base's tokenizer; DPO's frozen reference is loaded likewise (GRPO builds its own
+    # from the model's folder).
+    from subnetviz.checkpoints.models import load_causal_lm, load_tokenizer
+
+    ref = _frozen(load_causal_lm(cfg.base)) if cfg.algorithm == "dpo" else None
+    trainer = _build(
+        cfg,
+        trainer_args(cfg, scratch_dir),
+        dataset,
+        callbacks,
+        load_causal_lm(cfg.base),
+        processing_class=load_tokenizer(cfg.base),
+        ref_model=ref,
+    )
     return _events_into(trainer, events)
+
+
+def image_text_to_text(base: str | os.PathLike) -> bool:
+    """Whether transformers builds ``base``'s text model as an image-text-to-text model only (Mistral-3, Qwen2-VL,
+    LLaVA: :func:`~subnetviz.checkpoints.models.text_model_class`), which a run then loads itself; False for a
+    causal LM, and for a config transformers cannot read (TRL loads the base and says why). ConfigError, one line,
+    for a model with no class returning next-token logits (the Qwen omni models)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from subnetviz.checkpoints.models import text_model_class
+
+    try:
+        config = AutoConfig.from_pretrained(str(base), local_files_only=True)
+    except (OSError, ValueError, KeyError):
+        return False
+    return text_model_class(config, base) is not AutoModelForCausalLM
+
+
+def _needs_reference(cfg: TrainConfig) -> bool:
+    """Whether the algorithm keeps a frozen reference model: DPO, and GRPO with a KL term (``beta > 0``)."""
+    return cfg.algorithm == "dpo" or (cfg.algorithm == "grpo" and cfg.effective_beta > 0)
+
+
+def _frozen(model):
+    """``model`` in eval mode with no parameter requiring a gradient (a reference model)."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _load_model(base: str):
+    """The model a sharded run trains, in float32: the causal LM as TRL loads one from a path, or a vision-language
+    base's model through :func:`~subnetviz.checkpoints.models.load_causal_lm` (:func:`image_text_to_text`)."""
+    from transformers import AutoModelForCausalLM
+
+    if image_text_to_text(base):
+        from subnetviz.checkpoints.models import load_causal_lm
+
+        return load_causal_lm(base)
+    return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
 
 
 def _progress_first(trainer):
@@ -116,16 +177,15 @@ def _progress_first(trainer):
 
 
 def _build_fsdp2_trainer(cfg: TrainConfig, scratch_dir, callbacks, world):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from subnetviz.training.sharded import shard_model, single_process_view
 
-    model = shard_model(AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32), world)
+    model = shard_model(_load_model(cfg.base), world)
     ref = None
-    if cfg.algorithm == "dpo" or (cfg.algorithm == "grpo" and cfg.effective_beta > 0):
+    if _needs_reference(cfg):
         # The frozen reference: sharded like the policy (its forwards all-gather in step on every rank).
-        ref = shard_model(AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32), world).eval()
-        ref.requires_grad_(False)
+        ref = _frozen(shard_model(_load_model(cfg.base), world))
     tok = AutoTokenizer.from_pretrained(cfg.base)
     dataset = load_dataset(cfg.data, cfg.algorithm)
     if world.size > 1:
@@ -285,7 +345,10 @@ def _save_weights(model, tokenizer, folder, extra, state, *, dtypes: dict, defau
             if key not in shared:
                 shared[key] = v.to(key[-1]).cpu()
             out[k] = shared[key]
-    model.save_pretrained(folder, state_dict=out)
+    # Keyed by the base's stored names, the state is written as it is: transformers 5 renames a state dict from
+    # the model's names to the stored ones on save, and renamed the stored ones again (a vision-language model's
+    # language_model.model.* written as language_model.model.model.*, a run then refused as other tensors).
+    model.save_pretrained(folder, state_dict=out, save_original_format=pairs is None)
     for weights in folder.glob("*.safetensors"):
         # as any new file of this process (cache.atomic_path does the same for masks): safetensors writes 0600,
         # so a shared runs folder's or zoo's weights were unreadable to those who could read every other file

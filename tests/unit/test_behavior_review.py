@@ -75,7 +75,7 @@ def test_a_tied_base_and_an_untied_finetune_revert_their_update_to_the_base_exac
 
 
 def test_each_of_the_two_tensors_gets_its_own_mask_and_a_file_may_name_the_head(tied_base):
-    from subnetviz.analysis.revert import ModelBuilder, check_mask_names, shared_tensor_note, update_masks
+    from subnetviz.analysis.revert import ModelBuilder, check_mask_names, mask_placement_note, update_masks
 
     base, ft, emb, ft_emb, head = tied_base
     builder = ModelBuilder(str(base), str(ft), "cpu")
@@ -86,9 +86,9 @@ def test_each_of_the_two_tensors_gets_its_own_mask_and_a_file_may_name_the_head(
     assert int(masks["lm_head.weight"].sum()) == int((as_u16(head[5]) != as_u16(emb[5])).sum()) > 0
     check_mask_names(masks, builder, "file")  # the head under the finetune's name is accepted
     only_embedding = {"model.embed_tokens.weight": masks["model.embed_tokens.weight"]}
-    note = shared_tensor_note(only_embedding, builder, "old")
+    note = mask_placement_note(only_embedding, builder, "old")
     assert note and "lm_head.weight" in note and "outside" in note
-    assert shared_tensor_note(masks, builder, "new") is None
+    assert mask_placement_note(masks, builder, "new") is None
 
 
 # --- 2. the cache key ----------------------------------------------------------------------------------------------
