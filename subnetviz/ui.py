@@ -910,11 +910,15 @@ def export_button(
     figure_download([k for k in figure_keys if k in figs], title)
 
 
-def note(text: str, notes: list[str]) -> None:
+def note(text: str, notes: list[str], *, warn: bool = False) -> None:
     """A caption that qualifies the page's numbers, shown as text, and kept in ``notes`` for its export: the
     exported numbers carried no word of what the page said about them (a subset of tensors compared, rows left
-    out)."""
-    st.caption(plain(text))
+    out). ``warn``: shown as a warning box instead (the numbers mean something else than they read: a grid's
+    β of 0 that trained at 0.1)."""
+    if warn:
+        warning(text)
+    else:
+        st.caption(plain(text))
     notes.append(text)
 
 
@@ -956,39 +960,75 @@ def _with_notes(more, notes: list[str]):
 
 def figure_download(keys: Sequence[str], title: str) -> None:
     """Publication figures: any chart of the page as SVG, PDF or PNG (at a chosen scale), rendered
-    server-side by kaleido with the system Chromium only when the button is clicked."""
+    server-side by kaleido with the system Chromium when "Make figure" is clicked.
+
+    Where kaleido or a browser is missing the expander says so in one line, with what to install, instead of
+    offering a button that cannot work."""
     if not keys:
         return
-    from subnetviz.report.static import FORMATS, figure_bytes
+    with st.expander("Figure for a paper (SVG, PDF, PNG)", icon=":material/image:"):
+        _figure_file(list(keys), title)
+
+
+@st.fragment
+def _figure_file(keys: list[str], title: str) -> None:
+    """The chart, format and scale pickers, and the file made on a click (a fragment: a click redraws this part
+    of the page only). The file is made at once, not by a download button's callable: Streamlit caught that
+    one's error, logged its traceback and showed only "Failed to generate file for download", so the reason
+    (kaleido missing, a browser that did not start) never reached the visitor. Here it is shown in one line,
+    and the server log gets one line."""
+    from subnetviz.report.static import FORMATS, StaticExportError, figure_bytes, unavailable
 
     figs = st.session_state.get("_figures", {})
+    keys = [k for k in keys if k in figs]
+    if not keys:
+        return
     names = {k: _chart_name(figs[k], k) for k in keys}
     # the picker under a key of its charts' names: with the same options and new names (a control retitled a
     # chart) the browser kept showing the old name of the chart chosen; the choice is kept across that
     signature = hashlib.sha1("\x00".join(names.values()).encode("utf-8", "surrogatepass")).hexdigest()[:10]
     chosen = st.session_state.get(f"pub-chosen-{title}")
-    with st.expander("Figure for a paper (SVG, PDF, PNG)", icon=":material/image:"):
-        a, b, c, d = st.columns([3, 1, 1, 2], vertical_alignment="bottom")
-        key = a.selectbox(
-            "Chart",
-            list(keys),
-            index=list(keys).index(chosen) if chosen in keys else 0,
-            key=f"pub-chart-{title}-{signature}",
-            format_func=names.get,
-        )
-        st.session_state[f"pub-chosen-{title}"] = key
-        fmt = b.selectbox("Format", list(FORMATS), key=f"pub-fmt-{title}")
-        scale = c.selectbox("PNG scale", [1, 2, 3, 4], index=1, key=f"pub-scale-{title}", disabled=fmt != "png")
-        fig = figs[key]
-        d.download_button(
-            "Download figure",
-            lambda: figure_bytes(fig, fmt, scale=float(scale) if fmt == "png" else 1.0),  # vector: its true size
-            file_name=f"subnetviz-{key}.{fmt}",
-            mime=FORMATS[fmt],
-            key=f"pub-dl-{title}",
-            icon=":material/download:",
-            on_click="ignore",
-        )
+    a, b, c, d = st.columns([3, 1, 1, 2], vertical_alignment="bottom")
+    key = a.selectbox(
+        "Chart",
+        keys,
+        index=keys.index(chosen) if chosen in keys else 0,
+        key=f"pub-chart-{title}-{signature}",
+        format_func=names.get,
+    )
+    st.session_state[f"pub-chosen-{title}"] = key
+    fmt = b.selectbox("Format", list(FORMATS), key=f"pub-fmt-{title}")
+    scale = c.selectbox("PNG scale", [1, 2, 3, 4], index=1, key=f"pub-scale-{title}", disabled=fmt != "png")
+    fig = figs[key]
+    scale = float(scale) if fmt == "png" else 1.0  # vector: its true size
+    if (missing := unavailable()) is not None:  # checked before the click: what to install, not a failing button
+        st.caption(plain(missing))
+        return
+    if d.button("Make figure", key=f"pub-make-{title}", icon=":material/image:"):
+        try:
+            with st.spinner("Rendering the figure…"):
+                made = (figure_bytes(fig, fmt, scale=scale), None)
+        except StaticExportError as exc:
+            print(f"subnetviz: figure {key!r}: {exc}", flush=True)  # one line, no traceback: the reason is known
+            made = (None, str(exc))
+        # the file is of this figure object: a page run that rebuilds the chart (new data) leaves it behind
+        st.session_state[f"pub-made-{title}"] = (fig, key, fmt, scale, *made)
+    kept = st.session_state.get(f"pub-made-{title}")
+    if kept is None or kept[0] is not fig or kept[1:4] != (key, fmt, scale):
+        return
+    data, why = kept[4:]
+    if why is not None:
+        error(why[:1].upper() + why[1:])
+        return
+    d.download_button(
+        "Download figure",
+        data,
+        file_name=f"subnetviz-{key}.{fmt}",
+        mime=FORMATS[fmt],
+        key=f"pub-dl-{title}",
+        icon=":material/download:",
+        on_click="ignore",
+    )
 
 
 def _chart_name(fig, key: str) -> str:

@@ -170,6 +170,7 @@ def analyse(model: str, corpus: str) -> None:
         return
     # Only masks that fit the model are offered (the newest mask was pre-selected whatever the model, and one of
     # another model ended the page in an error); those left out are named with why.
+    notes: list[str] = []  # what the page says about its masks and numbers, also in its export
     misfit = ui.mask_misfits(masks, model)
     if misfit:
         asked = [q for q in (st.query_params.get("bg_mask"), st.query_params.get("bg_opt")) if q in misfit]
@@ -181,9 +182,9 @@ def analyse(model: str, corpus: str) -> None:
             )
             return
         if asked:
-            ui.warning(f"Left out of the link's masks, as they do not fit this model: {said}.")
+            ui.note(f"Left out of the link's masks, as they do not fit this model: {said}.", notes, warn=True)
         else:
-            st.caption(ui.plain(f"Not offered, as they do not fit this model: {said}."))
+            ui.note(f"Not offered, as they do not fit this model: {said}.", notes)
         masks = {label: path for label, path in masks.items() if label not in misfit}
     a, b = st.columns(2)
     names = list(masks)
@@ -233,7 +234,7 @@ def analyse(model: str, corpus: str) -> None:
     )
     headline(res.headline)
     for note in res.headline.get("notes") or []:  # how the mask was read: names matched, matrices it leaves out
-        st.caption(ui.plain(note))
+        ui.note(note, notes)
     figs, tables = ui.shared(result_parts, res, gens)
     names = ["Ablation", "Location"]
     names += ["Residual stream"] * (res.residual is not None) + ["Overlap"] * (res.overlap is not None)
@@ -295,6 +296,7 @@ def analyse(model: str, corpus: str) -> None:
         list(figs),
         list(tables),
         more=partial(ui.shared, result_parts, res, gens),  # the closed tabs, built on click
+        notes=notes,
     )
 
 

@@ -120,8 +120,9 @@ def results() -> None:
     st.query_params["cl_run"] = labels[run_id]
     folder = ui.job_runner().get(run_id).outputs
     frames = ui.shared(load_result, str(folder))  # a finished run's files: read once, for every session
+    said: list[str] = []  # what the page says about the run's numbers, also in its export
     if note := data_note(folder):
-        ui.warning(note)
+        ui.note(note, said, warn=True)
     summary, acc = frames["summary"], frames["accuracy"]
     # finetuning (density 1.0, every weight) is shown beside each density; a masked method may run at 1.0 too
     baseline = summary["label"] == FINETUNE
@@ -141,7 +142,7 @@ def results() -> None:
     table = summary[np.isclose(summary["density"], density) | baseline]
     ui.table(table, "cl-summary", "Final accuracy, forgetting, capacity (mean ± sd over seeds)")
     if note := supsup_note(table, acc, density):
-        st.caption(note)
+        ui.note(note, said)
     methods = list(dict.fromkeys(acc["label"]))
     knn, inference = one_setting(frames["knn"], density, seed), one_setting(frames["inference"], density, seed)
     names = ["Summary", "After each task", "Capacity"] + ["KKT"] * bool(len(knn))
@@ -197,6 +198,7 @@ def results() -> None:
             st.query_params.get("cl_owner"),
             st.query_params.get("cl_layer"),
         ),
+        notes=said,
     )
 
 

@@ -115,17 +115,20 @@ def _results() -> None:
     if results.empty:
         st.info("This grid holds no runs: its results.csv has no rows.", icon=":material/info:")
         return
+    said: list[str] = []  # what the page says about the grid's numbers, also in its export (a β of 0 that was 0.1)
     for level, line in grid_notes(results):  # from the grid shown, not from this server's environment
         (st.warning if level == "warning" else st.caption)(line)
+        said.append(line)
     if results["sparsity"].isna().all():
         st.info("No run of this grid was measured (see above).", icon=":material/info:")
         return
     st.subheader("Which of the paper's conjectures does the zoo reproduce?")
     seeds, params = results["seed"].nunique(), runs[choice][2]
     model = f"a {params:,}-parameter model" if params else "the demo base"
-    st.caption(
+    ui.note(
         f"{seeds} seed(s) per point on {model}: a difference smaller than the spread between seeds is not "
-        "evidence either way."
+        "evidence either way.",
+        said,
     )
     for row in v.itertuples():
         mark = {
@@ -164,6 +167,7 @@ def _results() -> None:
         list(figs),
         list(tables),
         more=partial(ui.shared, result_parts, results, v, value),  # the closed tabs, built on click
+        notes=said,
     )
 
 

@@ -1,6 +1,7 @@
 """Training runs: launch a full or subnetwork-only finetune (TRL), watch it, compare the twins."""
 
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -394,7 +395,8 @@ def _changed_since(folder: Path, record: dict) -> str | None:
     )
 
 
-def compare(ws) -> None:
+def compare(ws, said: list[str] | None = None) -> None:
+    said = [] if said is None else said
     found = _candidates()
     models, own = {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}
     bases = {k: v[2] for k, v in found.items()}
@@ -456,11 +458,8 @@ def compare(ws) -> None:
             ui.table(frame, key, caption)
     with b:
         ui.chart(figs["cmp-ulp"], key="cmp-ulp")
-    if result.unmatched:
-        st.caption(f"Not compared (present in one run only): {ui.plain(', '.join(result.unmatched[:10]))}")
-    if result.buffers:  # as on the Update sparsity page: not parameters
-        shown = ", ".join(result.buffers[:6]) + (" ..." if len(result.buffers) > 6 else "")
-        st.caption(f"Not counted (buffers and quantization scales, not parameters): {ui.plain(shown)}")
+    for line in pages.comparison_notes(result):  # (in the export too: it dropped them)
+        ui.note(line, said)
 
 
 @st.cache_data(show_spinner="Comparing the two finetunes tensor by tensor…", max_entries=8)
@@ -482,7 +481,8 @@ def body() -> None:
         "folder: open them with `tensorboard --logdir $SUBNETVIZ_HOME/runs`."
     )
     ws = ui.workspace()
-    views = {"Launch": launch, "Runs": lambda _ws: runs_view(), "Subnetwork vs full": compare}
+    said: list[str] = []  # the open view's notes on its numbers, for the export
+    views = {"Launch": launch, "Runs": lambda _ws: runs_view(), "Subnetwork vs full": partial(compare, said=said)}
     view = st.segmented_control(
         "View",
         list(views),
@@ -494,7 +494,7 @@ def body() -> None:
     )
     view = view if view in views else "Launch"  # an empty "tr_view=" in a URL gave None
     views[view](ws)
-    export(ws, view)
+    export(ws, view, said)
 
 
 def eval_set(full: str, sub: str, own: dict[str, str | None]) -> str | None:
@@ -582,7 +582,7 @@ def base_label(base: str | None) -> str:
     return config.display_path(base) if base else ""
 
 
-def export(ws, view: str) -> None:
+def export(ws, view: str, said: Sequence[str] = ()) -> None:
     """One dashboard of every view (runs table, the chosen run's curves with its overlays, the
     comparison) under the selections in the URL; the views not open are built on click only."""
     r = ui.job_runner()
@@ -606,6 +606,7 @@ def export(ws, view: str) -> None:
         ["curves", "cmp-ulp"],
         ["runs-table", "comparison", "accuracy"],
         more=partial(pages.export_parts, r, run_ids, smoothing, compare if view != "Subnetwork vs full" else None),
+        notes=said,
     )
 
 

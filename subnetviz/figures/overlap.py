@@ -1,10 +1,14 @@
 """Overlap figures: pairwise matrices against chance, the per-layer overlap heatmap and the
-consensus bars. Pure Plotly; inputs are the frames of :class:`subnetviz.analysis.overlap.OverlapReport`.
+consensus bars; mask names cut short for an axis, told apart (:func:`cut_labels`). Pure Plotly; inputs are the
+frames of :class:`subnetviz.analysis.overlap.OverlapReport`.
 Venn and UpSet are in :mod:`~subnetviz.figures.sets`. Also available as ``subnetviz.figures.*``.
 """
 
 from __future__ import annotations
 
+import html
+import os
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,11 +32,14 @@ from subnetviz.figures.style import (
     mtp_layer_ticks,
     no_data_figure,
     percent_cells,
+    plain_label,
     takes_data,
 )
 
 PER_TENSOR = "per-tensor chance"  # masks drawn independently within each tensor, at its own densities
 GLOBAL = "global chance"  # one density per mask over everything compared (the paper's, App. E)
+KEY_LINE = 90  # characters in a line of the key naming cut labels in full
+_SEPARATORS = " -_./·:=,"  # where a label's parts end ("lr1e-5", "seed1")
 
 
 def chance_name(column: str) -> str:
@@ -232,8 +239,10 @@ def pairwise_matrix(
         )
     )
     # long mask names (an upload's name and hash) cut in the middle on the axes, whole in the hover: a 49-character
-    # name took the plot area and left the matrix a few pixels wide
-    ticks = {"tickmode": "array", "tickvals": labels, "ticktext": [_middle_cut(lab) for lab in labels]}
+    # name took the plot area and left the matrix a few pixels wide. The cuts stay distinct (names that differ in
+    # the middle read alike cut plainly), and the full names go under the x axis: a file or a print has no hover.
+    cuts, key = cut_labels(labels)
+    ticks = {"tickmode": "array", "tickvals": labels, "ticktext": cuts}
     fig.update_xaxes(type="category", side="bottom", showgrid=False, constrain="domain", **ticks)
     fig.update_yaxes(
         type="category",
@@ -244,7 +253,10 @@ def pairwise_matrix(
         constrain="domain",
         **ticks,
     )
-    return _style(fig, title, "column mask", "row mask", height=max(380, 160 + 60 * len(labels)))
+    names = "".join(f"<br><span style='font-size:11px'>{line}</span>" for line in key)
+    return _style(
+        fig, title, f"column mask{names}", "row mask", height=max(380, 160 + 60 * len(labels)) + 15 * len(key)
+    )
 
 
 def _middle_cut(label: str, width: int = 24) -> str:
@@ -253,6 +265,75 @@ def _middle_cut(label: str, width: int = 24) -> str:
         return label
     head = (width - 1) // 2
     return f"{label[:head]}…{label[len(label) - (width - 1 - head) :]}"
+
+
+def distinct_cuts(labels: Sequence[str], width: int = 24) -> list[str]:
+    """``labels`` cut in the middle to about ``width`` characters (:func:`_middle_cut`), still told apart.
+
+    Runs named by their hyperparameters differ in the middle ("llama-ft-lr1e-5-seed1-step1000", "…-lr2e-5-…"):
+    their plain cuts read alike, and a chart with no hover (a file, a print) showed rows no one could tell
+    apart. A label whose cut reads as another's keeps, between its start and its end, each part (between
+    separators such as "-" or "_") where it first differs from another label ("Δ llama-ft-lr1e…step1000");
+    labels that still read alike (equal names) get "#i", their place in the list from 1. Plain text in and
+    out, not markup."""
+    labels = [str(x) for x in labels]
+    cuts = [_middle_cut(x, width) for x in labels]
+    widened: set[int] = set()
+    for _ in range(len(labels)):  # a widened cut may read as one not widened yet: that one is widened next
+        alike = {i for group in _alike(cuts) for i in group} - widened
+        if not alike:
+            break
+        for i in alike:
+            cuts[i] = _keep_differences(labels[i], labels[:i] + labels[i + 1 :], width)
+        widened |= alike
+    for group in _alike(cuts):
+        for i in group:
+            cuts[i] = f"{cuts[i]} #{i + 1}"
+    return cuts
+
+
+def _alike(cuts: list[str]) -> list[list[int]]:
+    """The places of the cuts that read the same, in groups of two or more."""
+    where: dict[str, list[int]] = {}
+    for i, c in enumerate(cuts):
+        where.setdefault(c, []).append(i)
+    return [g for g in where.values() if len(g) > 1]
+
+
+def _keep_differences(label: str, others: list[str], width: int) -> str:
+    """``label``'s start and end, and around each place where it first differs from one of ``others`` the part
+    holding that place (at most ``width // 2`` characters); the rest cut to "…"."""
+    n, spans = len(label), set()
+    for at in {len(os.path.commonprefix([label, other])) for other in others}:
+        if at >= n:  # ``label`` starts ``other``: its end, kept anyway, tells them apart
+            continue
+        start = max(label.rfind(c, 0, at) for c in _SEPARATORS) + 1
+        end = min([k for k in (label.find(c, at + 1) for c in _SEPARATORS) if k >= 0] + [n])
+        start = max(start, at - width // 4)  # of a long part (a hash), the characters near the place
+        spans.add((start, min(end, start + max(width // 2, at - start + 1))))
+    edge = max(4, (width - sum(b - a for a, b in spans)) // 2 - 1)
+    head = next((k for k in range(edge, min(edge + 4, n)) if label[k] in _SEPARATORS), edge)
+    tail = next((k + 1 for k in range(n - edge - 1, max(n - edge - 5, 0), -1) if label[k] in _SEPARATORS), n - edge)
+    merged: list[list[int]] = []
+    for a, b in sorted([*spans, (0, head), (max(0, tail), n)]):
+        if merged and a <= merged[-1][1] + 2:  # a gap of a character or two is kept, not cut to "…"
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return "…".join(label[a:b] for a, b in merged)
+
+
+def cut_labels(labels: Sequence[str], width: int = 24) -> tuple[list[str], list[str]]:
+    """Chart labels (text as builders get it, markup escaped) cut to about ``width`` characters and told apart
+    (:func:`distinct_cuts`), and the lines of a key naming each cut label in full ("cut = full name", a long
+    name wrapped), for a figure read with no hover (a file, a print): no lines when nothing was cut."""
+    plain = [html.unescape(str(x)) for x in labels]
+    cuts = distinct_cuts(plain, width)
+    lines = []
+    for cut, full in zip(cuts, plain, strict=True):
+        if cut != full:
+            lines += textwrap.wrap(f"{cut} = {full}", KEY_LINE, subsequent_indent="    ")
+    return [plain_label(c) for c in cuts], [plain_label(x) for x in lines]
 
 
 def chance_consensus(densities: Sequence[float], numel: int) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from subnetviz.figures.overlap import _middle_cut
+from subnetviz.figures.overlap import cut_labels
 from subnetviz.figures.style import (
     FigureDataError,
     _require,
@@ -303,19 +303,25 @@ def upset(
     fig.update_yaxes(title_text="intersection size", row=1, col=2)
     # long mask names (an upload's name and hash) cut in the middle, whole in the hover (as the pairwise matrix
     # does): one 74-character name took the chart's width and left the intersection bars a few pixels each
+    # (cut apart where the names differ, and named in full under the chart: three runs that differ in their
+    # middle read as one label, with no hover in a figure file)
+    cuts, key = cut_labels([str(lab) for lab in labels])
     fig.update_yaxes(
         tickvals=np.arange(n),
-        ticktext=[_middle_cut(str(lab)) for lab in labels],
+        ticktext=cuts,
         range=[n - 0.5, -0.5],
         showgrid=False,
         row=2,
         col=1,
     )
     fig.update_yaxes(showgrid=False, zeroline=False, showticklabels=False, row=2, col=2)
-    fig.update_xaxes(autorange="reversed", title_text="set size", row=2, col=1)
+    size_title = "set size" + "".join(f"<br><span style='font-size:11px'>{line}</span>" for line in key)
+    fig.update_xaxes(autorange="reversed", title_text=size_title, row=2, col=1)
     sub = (
         f"{k} of {len(rows)} non-empty intersections, by {sort}"
         if len(rows) > k
         else f"{k} non-empty intersections, by {sort}"
     )
-    return _style(fig, f"{title}<br><sup>{sub}</sup>", showlegend=False, bargap=0.25, height=420 + 24 * n)
+    return _style(
+        fig, f"{title}<br><sup>{sub}</sup>", showlegend=False, bargap=0.25, height=420 + 24 * n + 15 * len(key)
+    )

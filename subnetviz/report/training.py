@@ -214,7 +214,8 @@ def export_parts(
 ) -> tuple[dict, dict]:
     """Every view's figures and tables for the export: the runs table and the chosen run's curves
     (``run_ids``: chosen first, then the overlaid ones), and the comparison ``(full label, full path,
-    sub label, sub path, base)`` when two models exist (computed here: on click only)."""
+    sub label, sub path, base)`` when two models exist (computed here: on click only), with its notes
+    (:func:`comparison_notes`) as a third element."""
     runs = runner.list_runs()
     figs: dict = {}
     tables: dict = {"runs-table": ("Runs", runs_table(runs))} if len(runs) else {}
@@ -226,7 +227,21 @@ def export_parts(
         from subnetviz.demo.comparison import cached_compare_runs  # the page's own cache entry
 
         full, full_path, sub, sub_path, base = compare
-        f, t = comparison_parts(cached_compare_runs(full_path, sub_path, base), full, sub)
+        result = cached_compare_runs(full_path, sub_path, base)
+        f, t = comparison_parts(result, full, sub)
         figs.update(f)
         tables.update(t)
+        return figs, tables, comparison_notes(result)
     return figs, tables
+
+
+def comparison_notes(result) -> list[str]:
+    """What the comparison of two finetunes left out, as the view says it and its export writes it: tensors in
+    one run only, and buffers and quantization scales (not parameters)."""
+    out = []
+    if result.unmatched:
+        out.append(f"Not compared (present in one run only): {', '.join(result.unmatched[:10])}")
+    if result.buffers:  # as on the Update sparsity page: not parameters
+        shown = ", ".join(result.buffers[:6]) + (" ..." if len(result.buffers) > 6 else "")
+        out.append(f"Not counted (buffers and quantization scales, not parameters): {shown}")
+    return out

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.app_fixtures import add_finished_run, open_page, plotly_specs
 
@@ -275,3 +276,35 @@ def test_a_run_that_went_nan_is_marked_on_the_chart(finished_run, app_env):
 
     assert decode(marks[0]["x"]).tolist() == [5, 6, 7, 8]
     assert marks[0]["legendgroup"] == "runs2-nan · runs2-nan (diverged at step 5)"
+
+
+def test_the_comparison_export_carries_what_was_not_compared(finished_run, app_env, exports):
+    """'Not compared (present in one run only)' was a caption on the view and missing from its export: the
+    exported share of identical parameters read as over both models whole. Here the full run's copy stores one
+    extra tensor the subnetwork run lacks (planted), open view and closed view alike."""
+    import html as _html
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    from subnetviz.demo import load_zoo
+
+    zoo = load_zoo()
+    models = {}
+    for run_id in ("runs2-x-full", "runs2-x-sub"):
+        model = finished_run(run_id, {"algorithm": "sft", "base": str(zoo.root / "base")})
+        model.rmdir()
+        shutil.copytree(zoo.root / "sft", model)
+        models[run_id] = model
+    sd = load_file(str(models["runs2-x-full"] / "model.safetensors"))
+    sd["extra.planted.weight"] = torch.zeros(2, 2)
+    save_file(sd, str(models["runs2-x-full"] / "model.safetensors"), metadata={"format": "pt"})
+    query = {"cmp_full": "run runs2-x-full · runs2-x-full", "cmp_sub": "run runs2-x-sub · runs2-x-sub"}
+    for view in ("Subnetwork vs full", "Runs"):
+        at = open_page("training", tr_view=view, **query)
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        page = exports["Training runs"]()
+        notes = _html.unescape(re.search(r'<p class="notes">(.*?)</p>', page, re.S).group(1))
+        assert "Not compared (present in one run only): extra.planted.weight" in notes, view
+        if view == "Subnetwork vs full":
+            assert any("extra.planted.weight" in c.value.replace("\\", "") for c in at.caption)

@@ -174,8 +174,9 @@ def test_publication_figure_downloads_as_svg(browser, app_url, tmp_path):
     ctx, page = open_page(browser, app_url + "/sparsity", height=2400)
     try:
         page.get_by_text("Figure for a paper (SVG, PDF, PNG)").click()
+        page.get_by_role("button", name="Make figure").click()  # rendered on click: a failure is said in one line
         with page.expect_download(timeout=120_000) as info:
-            page.get_by_role("button", name="Download figure").click()
+            page.get_by_role("button", name="Download figure").click(timeout=120_000)
         path = tmp_path / "figure.svg"
         info.value.save_as(path)
         assert path.read_bytes().lstrip().startswith(b"<svg")
