@@ -247,11 +247,12 @@ def behavior(
                 f"{len(differ)} key(s) ({'; '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}): even with every "
                 "weight reverted, the model is not the base."
             )
-        for experiment, mask, side, make in plan:
+        for run in plan:
+            experiment, is_curve = run.experiment, run.order is not None
             if progress:
                 progress(step, total, f"{label}: {experiment}")
             step += 1
-            frac = builder.build(make(builder))
+            frac = builder.build(run.make(builder))
             t1 = time.perf_counter()
             base_logits = (
                 base_cache[bi]
@@ -265,29 +266,29 @@ def behavior(
                 )
             picks = tap.take()
             release_freed()  # (the pass's activations: what glibc kept of them, back to the system)
-            if tap.routers and not experiment.startswith("curve"):
+            if tap.routers and not is_curve:
                 routing += routing_rows(label, experiment, picks, base_picks, tap.routers, token_domains)
             per_prompt += [{"model": label, "experiment": experiment, **r} for r in rows]
             t_fwd, fwd_tokens = t_fwd + time.perf_counter() - t1, fwd_tokens + n_tokens
-            if not experiment.startswith("curve"):
+            if not is_curve:
                 tokens.append(static.assign(model=label, experiment=experiment, kl_forward=kl_f, kl_reverse=kl_r))
             scored = [a for a in acc if a is not None]
             row = {
                 "model": label,
                 "experiment": experiment,
-                "mask": mask,
-                "side": side,
+                "mask": run.mask,
+                "side": run.side,
                 "kl_forward": float(kl_f.mean()),
                 "kl_reverse": float(kl_r.mean()),
                 "accuracy": float(np.mean(scored)) if scored else float("nan"),
                 "fraction_reverted": frac,
                 "tokens": n_tokens,
             }
-            if experiment.startswith("curve"):
-                curves.append({**row, "order": mask.split(":")[1], "fraction": float(side)})
+            if is_curve:
+                curves.append({**row, "order": run.order, "fraction": float(run.side)})
             else:
                 summary.append(row)
-        notes += [n for n in [builder.cast_note(label)] if n]
+        notes += [n for n in [builder.cast_note(label), builder.head_note(label)] if n]
         del builder
     if progress:
         progress(total, total, "done")
@@ -398,25 +399,37 @@ def _context_length(models: Sequence) -> int | None:
     return min(found) if found else None
 
 
-Plan = list[tuple[str, str, str, Callable[[ModelBuilder], Selector | None]]]
+@dataclass(frozen=True)
+class Step:
+    """One experiment run on each finetune: its name, the mask it reverts and which side (the curve's fraction for a
+    curve point), ``order`` (``abs_delta`` or ``random``) for a curve point and None for anything else, and the
+    selector maker. A curve point is told by ``order``, not by its name: a mask named ``curve_top10`` (a file's stem)
+    was taken for one, and its run ended in an IndexError traceback."""
+
+    experiment: str
+    mask: str
+    side: str
+    make: Callable[[ModelBuilder], Selector | None]
+    order: str | None = None
 
 
-def _plan(masks: Mapping, random_control: bool, curve: Sequence[float] | None, seed: int) -> Plan:
-    """The experiments run on each finetune: (experiment, mask, side, selector maker), the plain
-    finetune first, then each mask inside / outside (and its random control), then the curves."""
-    plan: Plan = [("finetuned", "", "", lambda b: None)]
+def _plan(masks: Mapping, random_control: bool, curve: Sequence[float] | None, seed: int) -> list[Step]:
+    """The experiments run on each finetune: the plain finetune first, then each mask inside / outside (and its
+    random control), then the curves."""
+    plan = [Step("finetuned", "", "", lambda b: None)]
     for name, ms in masks.items():
         plan += [
-            (f"{name}/inside", name, "inside", lambda b, ms=ms: mask_selector(b.resolve(ms), True)),
-            (f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(b.resolve(ms), False)),
+            Step(f"{name}/inside", name, "inside", lambda b, ms=ms: mask_selector(b.resolve(ms), True)),
+            Step(f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(b.resolve(ms), False)),
         ]
         if random_control and not getattr(ms, "whole_tensors", False):  # (the routers: the same mask drawn)
             rand = f"random({name})"
-            plan.append((f"{rand}/inside", rand, "inside", lambda b, ms=ms: random_selector(b.resolve(ms), seed)))
+            plan.append(Step(f"{rand}/inside", rand, "inside", lambda b, ms=ms: random_selector(b.resolve(ms), seed)))
     for f in curve or ():
+        at = f"{f:g}"
         plan += [
-            (f"curve abs_delta {f:g}", "curve:abs_delta", f"{f:g}", lambda b, f=f: abs_delta_selector(b, f)),
-            (f"curve random {f:g}", "curve:random", f"{f:g}", lambda b, f=f: random_order_selector(f, seed)),
+            Step(f"curve abs_delta {at}", "curve:abs_delta", at, lambda b, f=f: abs_delta_selector(b, f), "abs_delta"),
+            Step(f"curve random {at}", "curve:random", at, lambda b, f=f: random_order_selector(f, seed), "random"),
         ]
     return plan
 
@@ -592,6 +605,9 @@ def validate_config(config: dict) -> None:
         value = config.get(key, default)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"behavior config: {key} must be a whole number >= 1, got {value!r}.")
+    seed = config.get("seed", 0)  # (each tensor's generator is seeded seed * 1_000_003 + its index: an int64)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ConfigError(f"behavior config: seed must be a whole number from 0 to {MAX_SEED - 1}, got {seed!r}.")
 
 
 def _refuse_adapters(models: Sequence) -> None:
@@ -605,6 +621,9 @@ def _refuse_adapters(models: Sequence) -> None:
 
 
 SPECIAL_MASKS = ("update", "routers")  # masks made per finetune, not read from a file (and topk:F)
+# Seeds taken: below 2^32 (numpy's range), so that seed * 1_000_003 plus a tensor's index, each tensor's generator
+# seed, stays an int64 (--seed 1e14 overflowed it after the models were loaded: a ValueError traceback).
+MAX_SEED = 2**32
 
 
 def prompt_set_name(spec) -> str:

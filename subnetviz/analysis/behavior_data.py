@@ -6,6 +6,7 @@ exact match, and the per-position token table.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -30,11 +31,18 @@ ANSWER_COLUMNS = ("answer", "solution", "output", "target")
 # A prompt and its answer longer than this is refused before it is tokenized: far past any context this runs in
 # (positions past the model's are cut anyway), and a 400,000-character line ran for more than 10 CPU-minutes.
 MAX_PROMPT_CHARS = 1_000_000
+# What a prompt given as chat messages is told (the training pages read TRL's conversational rows; this reads text).
+_AS_TEXT = (
+    "behaviour reads each prompt as text: give it rendered, e.g. "
+    "tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)."
+)
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # a hub id (org/name), not a path
 
 
 def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prompt]:
-    """JSONL rows with a string ``prompt`` and an optional string ``answer`` (other keys ignored).
+    """JSONL rows with a string ``prompt`` and an optional string ``answer`` (other keys ignored); any other value
+    is refused naming the file and line, as training's reader refuses it. A prompt rendered by a chat template is
+    text like any other (:func:`encode` adds no second BOS); chat messages are refused with the format expected.
 
     Also a data set already on this machine: ``hf:NAME[:CONFIG]:SPLIT`` from the local ``datasets``
     cache (offline; nothing is downloaded) or a folder written by ``Dataset.save_to_disk``. Its
@@ -50,11 +58,15 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prom
 
     out = []
     for lineno, row in jsonl_objects(path):
-        if not isinstance(row.get("prompt"), str):
-            raise ConfigError(f"{path}, line {lineno}: expected an object with a string 'prompt'.")
-        ans = row.get("answer")
         where = f"{path}, line {lineno}"
-        out.append(_checked(Prompt(row["prompt"], None if ans is None else str(ans), where), where))
+        if isinstance(row.get("prompt"), list):  # (TRL's conversational rows, which the training pages read)
+            raise ConfigError(f"{where}: 'prompt' is a list (chat messages?); {_AS_TEXT}")
+        if not isinstance(row.get("prompt"), str):
+            raise ConfigError(f"{where}: expected an object with a string 'prompt'.")
+        ans = row.get("answer")
+        if ans is not None and not isinstance(ans, str):  # (str() of ["42"] was scored as the text "['42']")
+            raise ConfigError(f"{where}: 'answer' must be a string, got {json.dumps(ans)[:60]}.")
+        out.append(_checked(Prompt(row["prompt"], ans, where), where))
         if limit and len(out) >= limit:
             break
     if not out:
@@ -123,8 +135,13 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     rows = ds.select(range(min(limit, len(ds)))) if limit else ds
     out = []
     for i, r in enumerate(rows):
+        where = f"{spec}, row {i}"
+        if isinstance(r[pcol], list | dict):  # (its str() was scored as text: "[{'role': 'user', ...")
+            raise ConfigError(f"{where}: {pcol!r} is not text (chat messages?); {_AS_TEXT}")
+        if acol is not None and isinstance(r[acol], list | dict):
+            raise ConfigError(f"{where}: {acol!r} must be text (or a number), got {json.dumps(r[acol])[:60]}.")
         ans = None if acol is None or r[acol] is None else str(r[acol])
-        p = Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans, f"{spec}, row {i}")
+        p = Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans, where)
         out.append(_checked(p, p.where))
     if not out:
         raise ConfigError(f"{spec}: holds no rows.")
@@ -148,6 +165,7 @@ class Encoded:
     ids: torch.Tensor  # (L,) long: prompt then answer tokens
     answer_start: int | None  # index of the first answer token
     apart: bool = False  # the answer was encoded on its own (the prompt's tokens do not begin prompt + answer's)
+    cut: bool = False  # cut to the model's context (:func:`fit_context`): its answer's last tokens are gone, unscored
 
 
 def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
@@ -156,11 +174,16 @@ def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
     was a new text: a SentencePiece tokenizer puts a word boundary "▁" before it, a token the model does not see
     after the prompt.) Where the prompt's tokens do not begin the whole text's (the tokenizer merges across the
     seam, or ends every text with a special token), the answer is encoded on its own and appended, marked
-    :attr:`Encoded.apart`. A prompt whose text encodes to no token is refused naming it: no position holds it,
-    and its answer's first token would have no position to predict it."""
+    :attr:`Encoded.apart`. The tokenizer's special tokens (a BOS in front) are added unless the text already begins
+    with its BOS token (a prompt a chat template rendered). A prompt whose text encodes to no token is refused
+    naming it: no position holds it, and its answer's first token would have no position to predict it."""
     out = []
+    bos = getattr(tokenizer, "bos_token", None)
     for i, p in enumerate(prompts):
-        ids = list(tokenizer(p.text)["input_ids"])
+        # A prompt that already begins with the BOS text (rendered by a chat template) gets no second one: the
+        # models were scored on "<bos> <bos> ...", a context they never see.
+        special = not (isinstance(bos, str) and bos and p.text.startswith(bos))
+        ids = list(tokenizer(p.text, add_special_tokens=special)["input_ids"])
         if not ids:
             raise ConfigError(
                 f"{p.where or f'prompt {i}'}: the prompt {p.text[:60]!r} encodes to no token with the base's tokenizer "
@@ -169,7 +192,7 @@ def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
         start, apart = None, False
         if p.answer is not None:
             start = len(ids)
-            whole = list(tokenizer(p.text + p.answer)["input_ids"])
+            whole = list(tokenizer(p.text + p.answer, add_special_tokens=special)["input_ids"])
             if whole[:start] == ids:
                 ids = whole
             else:
@@ -226,8 +249,8 @@ def kl_terms(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.Tens
 
 def correct(pred: torch.Tensor, e: Encoded) -> bool | None:
     """Teacher-forced exact match of the answer tokens given the argmax ``pred`` (L,) at each position
-    (None without an answer, or with no position before it to predict its first token)."""
-    if e.answer_start is None or not 0 < e.answer_start < len(e.ids):
+    (None without an answer, with no position before it to predict its first token, or cut to the context)."""
+    if e.answer_start is None or e.cut or not 0 < e.answer_start < len(e.ids):
         return None
     return bool(torch.equal(pred[e.answer_start - 1 : len(e.ids) - 1].cpu(), e.ids[e.answer_start :]))
 
@@ -251,7 +274,9 @@ def token_frame(enc: Sequence[Encoded], tok) -> pd.DataFrame:
 def fit_context(enc: Sequence[Encoded], positions: int | None) -> tuple[list[Encoded], str | None]:
     """Each encoding cut to its first ``positions`` tokens (the model's context: a GPT-2 indexed past its
     position table, a RoPE model ran past its context and its KLs were reported with no word), and the note that
-    says how many were cut (None when none was). A cut answer is not scored: its last tokens are gone."""
+    says how many were cut (None when none was). A cut answer is not scored (its last tokens are gone), but the
+    answer tokens that survive the cut keep their start, so the positions predicting them are still marked
+    (:func:`token_frame`)."""
     if positions is None or all(len(e.ids) <= positions for e in enc):
         return list(enc), None
     out, cut, unscored = [], 0, 0
@@ -260,8 +285,10 @@ def fit_context(enc: Sequence[Encoded], positions: int | None) -> tuple[list[Enc
             out.append(e)
             continue
         cut, unscored = cut + 1, unscored + (e.answer_start is not None)
-        out.append(Encoded(e.ids[:positions], None))
+        start = e.answer_start if e.answer_start is not None and e.answer_start < positions else None
+        out.append(Encoded(e.ids[:positions], start, e.apart and start is not None, cut=True))
     return out, (
         f"{cut} of {len(enc)} prompt(s) longer than the model's context of {positions} positions cut to their first "
-        f"{positions} tokens" + (f"; {unscored} lost answer tokens (not scored for accuracy)." if unscored else ".")
+        f"{positions} tokens"
+        + (f"; {unscored} of them lost answer tokens (not scored for accuracy)." if unscored else ".")
     )

@@ -74,6 +74,9 @@ class ModelBuilder:
         self.device = device
         self.model = load_causal_lm(ft).to(device).eval()
         check_model_finite(self.model, ft)  # once: every build writes these tensors again (or the base's)
+        head = _untied_base_head(self.aligned)
+        if head is not None:
+            _untie_head(self.model)
         # (aligned key, the parameter or the part of it that tensor fills): transformers 5 packs the experts a
         # checkpoint stores one by one (Qwen-MoE, Mixtral, DeepSeek, OLMoE, ...) into one parameter per layer and
         # renames some (PhiMoE's router, Granite's experts), as its conversion mapping says; the buffers a checkpoint
@@ -108,6 +111,9 @@ class ModelBuilder:
         self.mask_names = {key: at.name for key, at in self.aligned.items()}
         if missing:
             raise ConfigError(f"{ft}: model parameters without a tensor in both checkpoints: {missing[:5]}.")
+        # the base's own head where the finetune ties its head: None once it has a parameter of its own to be written
+        # into (:func:`_untie_head`), else its name (:meth:`head_note`: the reverted head stays the embedding)
+        self.unrestored_head = None if head is None or head.key in {k for k, _ in self.params} else head.names[0]
 
     def pair(self, at, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Aligned tensor ``at`` of the base and of the finetune, the base cast to the finetune's float dtype
@@ -136,6 +142,16 @@ class ModelBuilder:
             f"{label}: mixed precision: {len(names)} tensor(s) stored as {'; '.join(kinds)} ({', '.join(names[:4])}"
             f"{' ...' if len(names) > 4 else ''}): changed entries and reverted values are the base's cast to the "
             "finetune's dtype with round-to-nearest-even, as the update analysis compares them."
+        )
+
+    def head_note(self, label: str) -> str | None:
+        """The note for a base head no reverted model can hold (:attr:`unrestored_head`; None when there is none)."""
+        if self.unrestored_head is None:
+            return None
+        return (
+            f"{label}: the finetune ties its output head to its input embedding, while the base stores its own "
+            f"{self.unrestored_head}, which the finetune's model has no tensor for: the base's head cannot be "
+            "restored, so even with every weight reverted the model is not the base."
         )
 
     def resolve(self, masks) -> Mapping[str, torch.Tensor]:
@@ -201,6 +217,35 @@ def release_freed() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def _untied_base_head(aligned: Mapping) -> object | None:
+    """The aligned output head that the base stores as its own and the finetune ties to its input embedding (the
+    alignment lines the finetune's embedding up with it, :func:`~subnetviz.checkpoints.align`), or None."""
+    from subnetviz.checkpoints.naming import TIED_HEADS, strip_prefix
+
+    return next(
+        (
+            at
+            for key, at in aligned.items()
+            if key in TIED_HEADS and strip_prefix(at.names[0]) in TIED_HEADS and strip_prefix(at.names[1]) != key
+        ),
+        None,
+    )
+
+
+def _untie_head(model) -> None:
+    """Give ``model``'s output head a parameter of its own (a copy of the input embedding it is tied to), where the
+    base stores its head apart: a reverted model's head is then written from the base's head, not from its
+    embedding (one tensor for both made "every weight reverted" a model whose head was the base's embedding, its
+    KL above the finetune's own, with no word). Nothing where the model's head is not one parameter shared with
+    its embedding (:attr:`ModelBuilder.unrestored_head` then says so)."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or inp is None or getattr(out, "weight", None) is not getattr(inp, "weight", None):
+        return
+    out.weight = torch.nn.Parameter(inp.weight.detach().clone())
+    for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        cfg.tie_word_embeddings = False  # (so that nothing ties them again)
 
 
 def _persistent_buffers(model) -> list[tuple[str, torch.Tensor]]:
@@ -395,9 +440,11 @@ def mask_placement_note(masks: Mapping[str, torch.Tensor], builder: ModelBuilder
     return " ".join(notes) or None
 
 
-# Config keys that do not change a forward pass's logits (names, dtypes, ids used for generation, initialisation,
-# what a model returns): a finetune that differs from its base only in these is the base once every weight is
-# reverted. ``tie_word_embeddings`` is the weights' business: a reverted untied head is the base's embedding.
+# Config keys that do not change a forward pass's logits in eval mode (names, dtypes, ids used for generation,
+# initialisation, what a model returns; training-only settings by :func:`_training_only`): a finetune that differs
+# from its base only in these is the base once every weight is reverted. ``tie_word_embeddings`` is the weights'
+# business: a reverted untied head is the base's embedding where the base ties it, and where the finetune ties a head
+# the base stores apart, the model's head is untied and written from the base's (:func:`_untie_head`).
 _NOT_FORWARD = {
     "_name_or_path",
     "_commit_hash",
@@ -431,10 +478,25 @@ _NOT_FORWARD = {
 }
 
 
+# Settings of training only: the router's auxiliary losses and whether the router's logits are returned for them
+# (an MoE finetune by the HF Trainer or TRL saves output_router_logits: true and its own coefficient), the router's
+# jitter noise (added in training mode only); dropout by :func:`_training_only`'s patterns.
+_TRAINING_ONLY = {"output_router_logits", "router_jitter_noise", "layerdrop", "seq_aux", "gradient_checkpointing"}
+
+
+def _training_only(key: str) -> bool:
+    """Whether the config key ``key`` sets something that acts in training mode only (an eval-mode forward pass is
+    the same whatever its value): dropout rates (``attention_dropout``, GPT-2's ``resid_pdrop``), auxiliary and
+    z-losses (``router_aux_loss_coef``, ``aux_loss_alpha``, ``router_z_loss_coef``) and :data:`_TRAINING_ONLY`."""
+    k = key.lower()
+    return k in _TRAINING_ONLY or "dropout" in k or k.endswith("pdrop") or "aux_loss" in k or "z_loss" in k
+
+
 def config_difference(base: str, ft: str) -> list[str]:
-    """What in ``ft``'s config differs from ``base``'s in a way that can change the logits (``rope_theta: 10000 ->
-    100``), nested keys dotted; [] when nothing does or a config cannot be read. Every reverted model is built
-    from the finetune's config, so with such a difference even "every weight reverted" is not the base."""
+    """What in ``ft``'s config differs from ``base``'s in a way that can change an eval-mode forward pass's logits
+    (``rope_theta: 10000 -> 100``, a norm's eps, the activation; not dropout or a router's loss), nested keys
+    dotted; [] when nothing does or a config cannot be read. Every reverted model is built from the finetune's
+    config, so with such a difference even "every weight reverted" is not the base."""
     from transformers import AutoConfig
 
     from subnetviz.checkpoints.models import model_folder
@@ -447,7 +509,7 @@ def config_difference(base: str, ft: str) -> list[str]:
 
     def walk(x, y, prefix: str) -> None:
         for key in sorted(set(x) | set(y), key=str):
-            if key in _NOT_FORWARD:
+            if key in _NOT_FORWARD or _training_only(str(key)):
                 continue
             u, v = x.get(key), y.get(key)
             if isinstance(u, dict) and isinstance(v, dict):
@@ -577,6 +639,8 @@ def revert_bytes(base: str, ft: str, *, made: int, routers: bool, random_control
         held = made * (params // 8 + len(aligned))  # (each tensor's bits rounded up to a byte)
         if routers:
             held += sum(math.prod(ck_base.meta(n).shape) for n in router_tensors(ck_base))
+        head = _untied_base_head(aligned)
+        held += 4 * math.prod(head.shape) if head is not None else 0  # (the finetune's head untied: a float32 copy)
         build = 0
         for at in aligned.values():
             n = math.prod(at.shape)

@@ -157,11 +157,13 @@ def _subspaces(args: argparse.Namespace, labels: list[str]):
 
 
 def cmd_behavior(args: argparse.Namespace) -> int:
-    from subnetviz.analysis.behavior import CURVE_POINTS, run_config, write_behavior
+    from subnetviz.analysis.behavior import CURVE_POINTS, MAX_SEED, run_config, write_behavior
 
     threads()
     _check_labels(args.labels, mask_files=False)
     _check_device(args.device)
+    if not 0 <= args.seed < MAX_SEED:  # (a seed past it overflowed the generators' int64 seeds after the models loaded)
+        raise SubnetvizError(f"--seed must be a whole number from 0 to {MAX_SEED - 1}, got {args.seed}.")
     masks = _mask_specs(args.mask or [])
     files = [path for path in masks.values() if not _special_mask(path)]
     # before the work: a folder in the way is said at once (one holding a mask file read too, not its NAME=PATH)

@@ -520,7 +520,7 @@ def test_prompts_longer_than_the_context_are_cut_to_it(planted, tmp_path):
         ref = behavior(str(pair[0]), [str(pair[1])], [PROMPTS[0], head], labels=["ft"], curve=None, device="cpu")
         assert rep.notes[0] == (
             "1 of 2 prompt(s) longer than the model's context of 32 positions cut to their first 32 tokens; "
-            "1 lost answer tokens (not scored for accuracy)."
+            "1 of them lost answer tokens (not scored for accuracy)."
         )
         assert (rep.tokens.groupby("prompt").size() == [len(tok("12+30=42")["input_ids"]), 32]).all()
         assert rep.tokens["kl_forward"].tolist() == ref.tokens["kl_forward"].tolist()
