@@ -44,6 +44,8 @@ def subspaces(ws) -> None:
         f"matrix with a side over {SubspaceOptions().max_dim} and the other over {GRAM_SIDE} (the embeddings of "
         "14B-and-larger models)."
     )
+    # the sidebar's comparison precision, as the update mask and the Δ take it: said atop the tab
+    ui.compared_at(ws)
     c1, c2, c3 = st.columns(3)
     k = c1.selectbox("K (top singular directions)", K_OPTIONS, index=2, key="sub_k", bind="query-params")
     model = c2.selectbox("Model", list(ws.labels), key="sub_model", bind="query-params")
@@ -51,8 +53,8 @@ def subspaces(ws) -> None:
     fps = tuple(ui.checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
     bar, progress = ui.progress_bar("Decomposing every weight matrix of the base and the finetuned models")
     data = ui.heavy(
-        ("subspaces", fps, tuple(ws.labels), int(k), ws.device),
-        lambda: uilogic.subspaces_cached(ws, int(k)),
+        ("subspaces", fps, tuple(ws.labels), int(k), ws.device, ws.precision),
+        lambda: subspaces_cached(ws, int(k)),
         lambda: uilogic.subspaces_cost(ws, int(k)),
         lambda: subspace_data(ws, int(k), progress),
         planned=True,  # (one decomposition at a time in this server: each checks its memory against what is free)
@@ -82,9 +84,9 @@ def subspaces(ws) -> None:
             "model": model,
             "side": side,
             "Δ models": chosen,
-            # the Δ spectra's comparison precision (the subspaces compare each pair at the finetune's stored dtype,
-            # as the update mask does with none chosen: their notes say where a side was rounded to it)
-            "Δ precision": ws.precision or "stored dtype",
+            # the comparison precision of the Δ spectra and of the subspaces alike (with none chosen, each pair at
+            # the update mask's dtype: the notes say where a side was rounded to it)
+            "precision": ws.precision or "stored dtype",
         },
         ["sub-angles", "sub-principal", "sub-curves", "spectra"]
         + [f"{kind}-{m}" for m in chosen for kind in ("eff", "stable")],
@@ -92,6 +94,23 @@ def subspaces(ws) -> None:
         more=partial(delta_parts, ws, tuple(chosen), layer, module),
         notes=said,
     )
+
+
+def subspace_options(ws, k: int):
+    """The subspaces' options at ``k`` and the sidebar's comparison precision: each pair compared at the dtype the
+    update mask and the Δ use (the precision was not passed, so with bf16 chosen the subspaces counted an fp32 pair's
+    every entry changed where the mask held 22)."""
+    from dataclasses import replace
+
+    return replace(uilogic.subspace_options(k), precision=ws.precision)
+
+
+def subspaces_cached(ws, k: int) -> bool:
+    """Whether the tab's analysis at ``k`` and the sidebar's precision is in the disk cache (headers only)."""
+    from subnetviz.analysis.subspaces import is_cached
+
+    opts = subspace_options(ws, k)
+    return is_cached(ws.base, list(ws.paths), labels=list(ws.labels), options=opts, device=ws.device)
 
 
 def subspace_data(ws, k: int, progress=None) -> tuple:
@@ -102,7 +121,7 @@ def subspace_data(ws, k: int, progress=None) -> tuple:
         ws.base,
         list(ws.paths),
         labels=list(ws.labels),
-        options=uilogic.subspace_options(k),
+        options=subspace_options(ws, k),
         device=ws.device,
         progress=progress,
         with_notes=True,
@@ -123,16 +142,16 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
     from subnetviz.figures import subspaces as sfig
 
     if export:
-        left = ui.heavy_note(lambda: uilogic.subspaces_cached(ws, k), lambda: uilogic.subspaces_cost(ws, k))
+        left = ui.heavy_note(lambda: subspaces_cached(ws, k), lambda: uilogic.subspaces_cost(ws, k))
         if left:
             return {}, {}, [left]
     if data is None:  # (the export: computed here when cached or short, one at a time as the tab computes it)
-        data = ui.one_at_a_time(lambda: uilogic.subspaces_cached(ws, k), lambda: subspace_data(ws, k))
+        data = ui.one_at_a_time(lambda: subspaces_cached(ws, k), lambda: subspace_data(ws, k))
     rows, vectors, notes = data
     sel = rows[rows["model"] == model]
     top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
-    # the model in each chart: an export or paper figure has no picker
-    which = f"<br><sup>{figures.plain_label(model)}, K = {int(k)}</sup>"
+    # the model and the comparison precision in each chart: an export or paper figure has no picker
+    which = f"<br><sup>{figures.plain_label(model)}, K = {int(k)}{ui.compared_at(ws, say=False)}</sup>"
     figs = {
         "sub-angles": sfig.angle_heatmap(
             sel[sel["layer"].notna()],
@@ -146,7 +165,8 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
             vectors[vectors["model"] == model],
             top,
             side=side,
-            title=f"{figures.plain_label(model)}: principal angles of the six most rotated matrices",
+            title=f"{figures.plain_label(model)}: principal angles of the six most rotated matrices"
+            f"{ui.compared_at(ws, say=False)}",
         ),
     }
     table = ("Principal angles, σ ratios and principal-weight overlap per matrix", rows)

@@ -14,16 +14,19 @@ the finetuned matrix:
   Entries tied at the mask's threshold count fractionally (the expected overlap under a random choice among
   them), so the number does not depend on where the changes lie.
 
-The update mask follows the update pass (:func:`subnetviz.analysis.quant.compare_aligned`): a float pair is
-compared at the finetune's stored dtype (the base rounded to it), a float side against a quantized one at the
-float side's stored dtype (both cast to it), a quantized pair as dequantised float32; so ``changed`` is the
-update pass's. The angles, σ ratios and principal weights are taken of the matrices at that same dtype: an fp32
-base against its bf16 release read the base's bf16 rounding as rotation (0.33° where one entry changed by one
-step moved the subspace 0.02°); a note says which pairs were cast. A base (or finetune) whose σ₁ is 0 has no
-top-K subspace: its angles (and, for the base, the principal overlap) are NaN. Biases are no matrices
-(gpt-oss's packed (E, out) ones included); a packed 3-D expert tensor (E, m, n) of float weights is compared
-expert by expert, its rows named ``name[e]`` as the spectra name them (``expert`` says which); one stored
-quantized on a side is left out, with a note.
+The update mask follows the update pass (:func:`subnetviz.analysis.quant.compare_aligned`): with a comparison
+precision chosen (``SubspaceOptions.precision``, ``analyze --precision``, the sidebar's), every pair at it (both
+sides cast to it); with none, a float pair at the finetune's stored dtype (the base rounded to it), a float side
+against a quantized one at the float side's stored dtype (both cast to it), a quantized pair as dequantised
+float32; so ``changed`` is the update pass's. The angles, σ ratios and principal weights are taken of the
+matrices at that same dtype: an fp32 base against its bf16 release read the base's bf16 rounding as rotation
+(0.33° where one entry changed by one step moved the subspace 0.02°); a note says which pairs were cast, or the
+precision every pair was compared at. A base (or finetune) whose σ₁ is 0 has no top-K subspace: its angles (and,
+for the base, the principal overlap) are NaN. Biases are no matrices (gpt-oss's packed (E, out) ones included); a
+packed 3-D expert tensor (E, m, n) of float weights is compared expert by expert, its rows named ``name[e]`` as
+the spectra name them (``expert`` says which); one stored quantized on a side is left out, with a note. An output
+head the base ties to its embedding while the finetune stores it is compared with the base's embedding and named
+as the head (``lm_head.weight``), as the update pass names it.
 
 Numerics:
 
@@ -62,6 +65,7 @@ import torch
 
 from subnetviz import cache as _cache
 from subnetviz.analysis.bits import bits_differ
+from subnetviz.analysis.sparsity_report import PRECISIONS
 from subnetviz.analysis.subspaces_linalg import (
     _CHUNK_ELEMENTS,
     TopK,
@@ -88,7 +92,7 @@ __all__ = [
 
 ProgressFn = Callable[[int, int, str], None]
 METHODS = ("auto", "gram", "randomized", "svd")
-SUBSPACES_VERSION = 4  # bump when the same inputs would give different numbers or files
+SUBSPACES_VERSION = 5  # bump when the same inputs would give different numbers or files
 COLUMNS = [
     "model",
     "name",
@@ -117,7 +121,10 @@ COLUMNS = [
 @dataclass(frozen=True)
 class SubspaceOptions:
     """``k``: subspace size (capped at min(m, n)); ``share``: when set, K = ceil(share · min(m, n))
-    instead. ``max_dim``: ``auto`` takes the randomized path when a side is longer."""
+    instead. ``max_dim``: ``auto`` takes the randomized path when a side is longer. ``precision``: the comparison
+    precision ('bf16', 'fp16', 'fp32'; None: the update pass's rule for the stored dtypes), as the update
+    analysis' ``SparsityOptions.precision``: both sides of every pair are cast to it before the update mask and
+    the decompositions (part of the cache key, as every option is)."""
 
     k: int = 16
     share: float | None = None
@@ -126,8 +133,11 @@ class SubspaceOptions:
     oversample: int = 16
     power_iters: int = 4
     seed: int = 0
+    precision: str | None = None
 
     def __post_init__(self):
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)} or None, got {self.precision!r}.")
         if self.method not in METHODS:
             raise ConfigError(f"subspace method {self.method!r} is unknown; expected one of {METHODS}.")
         if self.k < 1 and self.share is None:
@@ -366,6 +376,8 @@ def analyze_subspaces(
     from subnetviz.analysis.quant import checkpoint_forms, comparison_dtype
     from subnetviz.checkpoints.experts_layout import match_layouts
 
+    chosen = PRECISIONS[options.precision] if options.precision else None  # every pair at it, as the update pass
+
     match_layouts([ck_base, *cks])  # (as align reads them: the forms are those of the names compared)
     forms_base, forms = checkpoint_forms(ck_base), [checkpoint_forms(c) for c in cks]
     per_key, keys, left_out = _matrices(ck_base, cks, forms_base, forms)
@@ -381,7 +393,7 @@ def analyze_subspaces(
             if at is None:
                 continue
             fa, fb = forms_base[at.names[0]], fm[at.names[1]]
-            info = table.describe(at.names[0])
+            info = table.describe(at.name)  # (an untied head against a tied base: the head, as the update pass)
             shape = (int(at.shape[-2]), int(at.shape[-1]))
             quantized = fa.kind != "float" or fb.kind != "float"
             short = _memory_short(ck_base, ck, at, shape, options, dev, quantized)
@@ -398,18 +410,21 @@ def analyze_subspaces(
             packed = len(at.shape) == 3  # read whole on the CPU (a view of the file's map), one expert moved at a time
             a_all = _weights(ck_base, at, 0, "cpu" if packed else dev, fa)
             b_all = _weights(ck, at, 1, "cpu" if packed else dev, fb)
-            dtype = comparison_dtype(fa, fb, ck_base.meta(at.names[0]).dtype, ck.meta(at.names[1]).dtype)
-            if a_all.dtype != dtype or b_all.dtype != dtype:  # decomposed as compared: said in a note
+            dtype = chosen or comparison_dtype(fa, fb, ck_base.meta(at.names[0]).dtype, ck.meta(at.names[1]).dtype)
+            if chosen is None and (a_all.dtype != dtype or b_all.dtype != dtype):  # decomposed as compared: a note
                 what = (_read_as(a_all, fa), _read_as(b_all, fb), _dtype_name(dtype))
                 cast[what] = cast.get(what, 0) + len(_parts(at))
             if not packed:  # the pair as compared (the stored tensors dropped where cast)
-                a_all = _cast(a_all, dtype, ck_base, at.names[0])
-                b_all = _cast(b_all, dtype, ck, at.names[1])
+                a_all = _cast(a_all, dtype, ck_base, at.names[0], chosen is not None)
+                b_all = _cast(b_all, dtype, ck, at.names[1], chosen is not None)
             for name, e in _parts(at):
                 a, b = (
                     (a_all, b_all)
                     if e is None
-                    else (_cast(a_all[e].to(dev), dtype, ck_base, name), _cast(b_all[e].to(dev), dtype, ck, name))
+                    else (
+                        _cast(a_all[e].to(dev), dtype, ck_base, name, chosen is not None),
+                        _cast(b_all[e].to(dev), dtype, ck, name, chosen is not None),
+                    )
                 )
                 if (at.rows, e, dtype) not in base_top:  # (finetunes of other dtypes compare other base roundings)
                     base_top[at.rows, e, dtype] = top_k(
@@ -436,6 +451,12 @@ def analyze_subspaces(
         out.notes.append(
             f"subspaces: matrices with a side over {options.max_dim} and the other over {GRAM_SIDE} used randomized "
             f"SVD (q = K + {options.oversample}, {options.power_iters} power iterations, float32, refined in float64)."
+        )
+    if chosen is not None:
+        out.notes.append(
+            f"subspaces: every matrix pair compared at {options.precision}, the comparison precision chosen: both "
+            "sides cast to it (round-to-nearest-even) before the update mask, the decompositions and the principal "
+            "weights, as the update analysis compares them."
         )
     if cast:
         said = "; ".join(
@@ -466,24 +487,28 @@ def _read_as(x: torch.Tensor, form) -> str:
     return _dtype_name(x.dtype) + ("" if form.kind == "float" else " (dequantised)")
 
 
-def _cast(x: torch.Tensor, dtype: torch.dtype, ck, name: str) -> torch.Tensor:
+def _cast(x: torch.Tensor, dtype: torch.dtype, ck, name: str, chosen: bool = False) -> torch.Tensor:
     """``x`` (finite weights of ``name`` in ``ck``) at the compared ``dtype``; refused in one line where the cast
-    overflows (an fp32 or bf16 weight beyond float16's ±65504 against an fp16 finetune)."""
+    overflows (an fp32 or bf16 weight beyond float16's ±65504 against an fp16 finetune, or with fp16 ``chosen`` as
+    the comparison precision)."""
     y = x.to(dtype)
     if y.dtype != x.dtype and not bool(torch.isfinite(y).all()):
+        what = "the comparison precision chosen" if chosen else "the dtype the pair is compared at"
+        fix = "compare at bf16 or fp32 (--precision)" if chosen else "compare checkpoints stored in one dtype"
         raise ConfigError(
-            f"{ck.spec} :: {name}: weights beyond {_dtype_name(dtype)}'s range once cast to it (the dtype the pair "
-            "is compared at); compare checkpoints stored in one dtype."
+            f"{ck.spec} :: {name}: weights beyond {_dtype_name(dtype)}'s range once cast to it ({what}); {fix}."
         )
     return y
 
 
 def _parts(at) -> list[tuple[str, int | None]]:
     """The matrices of aligned weight ``at`` (one of :func:`_matrices`) as (row name, expert): a 2-D weight
-    itself, a packed 3-D expert tensor each of its experts, named ``name[e]`` (as the spectra name them)."""
+    itself, a packed 3-D expert tensor each of its experts, named ``name[e]`` (as the spectra name them). The name
+    is ``at.name``, the update pass's: an untied head against a base that ties it to its embedding is the head
+    (under the base's embedding name it was a second ``embed_tokens`` row, and one curve of the chart)."""
     if len(at.shape) == 2:
-        return [(at.names[0], None)]
-    return [(f"{at.names[0]}[{e}]", e) for e in range(int(at.shape[0]))]
+        return [(at.name, None)]
+    return [(f"{at.name}[{e}]", e) for e in range(int(at.shape[0]))]
 
 
 def _expert(info, e: int | None) -> str | None:
@@ -521,6 +546,8 @@ def _memory_short(
     itemsize = max(ck_base.meta(at.names[0]).dtype.itemsize, ck.meta(at.names[1]).dtype.itemsize)
     if dequantised:
         itemsize = max(itemsize, 4)  # codes are read dequantised, in float32
+    if options.precision is not None:  # (held cast to the precision chosen: fp32 of an fp16 pair is wider)
+        itemsize = max(itemsize, PRECISIONS[options.precision].itemsize)
     need = subspace_bytes(shape, itemsize, options)
     whole = 0
     if len(at.shape) == 3:

@@ -35,7 +35,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.subspaces or args.subspaces_share:  # its options refused before the update pass, not after it
         from subnetviz.analysis.subspaces import SubspaceOptions
 
-        SubspaceOptions(k=args.subspaces, share=args.subspaces_share)
+        SubspaceOptions(k=args.subspaces, share=args.subspaces_share, precision=args.precision)
     _check_device(args.device)
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned])
     from subnetviz.cache import USED, sweep
@@ -144,7 +144,7 @@ def _subspaces(args: argparse.Namespace, labels: list[str]):
     the notes."""
     from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces, cached_subspaces
 
-    options = SubspaceOptions(k=args.subspaces, share=args.subspaces_share)
+    options = SubspaceOptions(k=args.subspaces, share=args.subspaces_share, precision=args.precision)
     kwargs = dict(labels=labels, options=options, device=args.device, progress=progress_bar("subspaces"))
     if args.no_cache:
         table = analyze_subspaces(args.base, args.finetuned, **kwargs)

@@ -7,6 +7,7 @@ figures the Update sparsity, Spectra and Overlap pages draw, built from what
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -78,9 +79,28 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
             for model in analysis.labels
         ]
         sections.append(
-            ReportSection("Subspaces of W_base vs W_ft", sfigs, [("Principal angles and singular-value ratios", sub)])
+            ReportSection(
+                "Subspaces of W_base vs W_ft",
+                sfigs,
+                [("Principal angles and singular-value ratios", sub)],
+                notes="\n".join(_subspace_notes(src)),  # what was cast, skipped or left out, as the page says it
+            )
         )
     return sections
+
+
+def _subspace_notes(src: Path) -> list[str]:
+    """The subspaces' notes `analyze` wrote beside ``subspaces.csv`` (none for a folder without them): a packed
+    expert tensor stored quantized on a side, left out of the table, was otherwise left out without a word."""
+    from subnetviz.cli.analysis import SUBSPACES_NOTES  # (the file's name where `analyze` writes it)
+
+    path = src / SUBSPACES_NOTES
+    if not path.is_file():
+        return []
+    notes = json.loads(path.read_text())
+    if not isinstance(notes, list):
+        raise ConfigError(f"{path}: expected a JSON list of notes, as `analyze --subspaces` writes it.")
+    return [str(n) for n in notes]
 
 
 def analysis_report(analysis_dir: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -10,6 +10,9 @@ One rule set (no Streamlit here; :func:`subnetviz.ui.table` turns it into column
   two decimals where they tell the share from 0 and 100 (``64.21 %``), scientific notation below 0.01 %
   (``2.453e-3 %``) and, just below 100 %, the decimals the charts' cell labels use (``99.998 %``);
 - ratios against chance (``ratio*``, ``*_x_chance``): ``1.23×``;
+- singular-value ratios σ_i(W_ft)/σ_i(W_base) (``sv_ratio``, ``sv_ratio_mean``): no ratio against chance but a
+  number near 1 whose distance from 1 is the finding (RL moves σ by about 1e-4): as many fixed decimals as show
+  that distance (``1.000500``); their deviations (``sv_ratio_maxdev``) take the rules of other floats;
 - other floats with a non-zero magnitude below 10⁻³: scientific notation (``1.234e-5``), so a small
   number never reads as ``0.0000``.
 
@@ -38,6 +41,9 @@ _SHARE = re.compile(
     re.IGNORECASE,
 )
 _RATIO = re.compile(r"(^|_)(ratio|x_chance|times_chance)($|_)", re.IGNORECASE)
+# σ ratios (their ``_ratio_`` matched _RATIO: 1.0005 and a deviation of 0.0025 read "1.00×" and "0.00×")
+_SIGMA_RATIO = re.compile(r"(^|_)sv_ratio($|_)", re.IGNORECASE)
+_DEVIATION = re.compile(r"(^|_)(maxdev|dev|std)$", re.IGNORECASE)
 SMALL = 1e-3
 MISSING = "—"  # a missing value, in the app's tables (their placeholder) and in the export
 
@@ -53,7 +59,10 @@ def column_format(name: object, values: pd.Series) -> str | None:
         return COUNT
     if not len(v):
         return None
-    if _RATIO.search(text):
+    if _SIGMA_RATIO.search(text):
+        if not _DEVIATION.search(text):
+            return near_one_format(v)
+    elif _RATIO.search(text):
         return RATIO
     nonzero = np.abs(v[v != 0])
     if _SHARE.search(text) and v.min() >= -1 and v.max() <= 1:  # a share, or a difference of shares
@@ -66,6 +75,20 @@ def column_format(name: object, values: pd.Series) -> str | None:
     if len(nonzero) and nonzero.min() < SMALL:
         return SCIENTIFIC
     return None
+
+
+def near_one_format(values: np.ndarray) -> str:
+    """The printf format of a column of numbers near 1 (finite ``values``): fixed decimals, two more than the
+    place of the smallest non-zero distance from 1, so that distance reads with three digits (4 to 12
+    decimals: ``1.000500``, ``0.999817``; ``1.0000`` where every value is exactly 1)."""
+    dev = np.abs(np.asarray(values, dtype=np.float64) - 1.0)
+    dev = dev[dev > 0]
+    place = math.ceil(-math.log10(dev.min()) - 1e-9) if dev.size else 0  # (1 - 0.9999 is 1.0000000000000286e-4)
+    decimals = int(np.clip(place + 2, 4, 12))
+    return f"%.{decimals}f"
+
+
+_FIXED = re.compile(r"%\.(\d+)f")  # a fixed-decimal printf format (:func:`near_one_format`)
 
 
 def column_formats(df: pd.DataFrame) -> dict[str, str]:
@@ -95,6 +118,8 @@ def format_value(value: object, fmt: str | None) -> str:
         return f"{x:.2f}×"
     if fmt == SCIENTIFIC:
         return _e(x)
+    if fmt is not None and (fixed := _FIXED.fullmatch(fmt)):
+        return f"{x:.{int(fixed.group(1))}f}"
     return f"{x:.6g}"
 
 

@@ -97,7 +97,7 @@ def test_overlap_and_spectra_exports_name_the_comparison_precision(app_env, expo
     assert _params(exports["Spectra"]())["precision"] == named
     at = open_page("spectra", precision=precision, spec_tab="Subspaces of W_base vs W_ft")
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert _params(exports["Spectra"]())["Δ precision"] == named
+    assert _params(exports["Spectra"]())["precision"] == named
 
 
 def test_overlap_of_saved_masks_only_names_no_precision(app_env, exports):
