@@ -707,6 +707,16 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
         shown = sorted(str(r) for r in roots)
         return refused(f"they are in {len(roots)} different folders ({', '.join(shown[:2])}{' …' * (len(shown) > 2)}).")
     (root,) = roots
+    # a step read from trainer_state.json is where *a* run ended: two independent finetunes saved side by side
+    # (each with the state Trainer.save_state() writes at its top) read as one run's checkpoints. Only folders
+    # named as checkpoints, and the run's own folder that holds them, are taken as one run's.
+    loose = [lab for lab, f in zip(labels, folders, strict=True) if f != root and not STEP_FOLDER.match(f.name)]
+    if loose:
+        return refused(
+            f"{loose[0]} is no checkpoint-<N>, step-<N> or global_step<N> folder of a run (its step says where its "
+            "own training ended), so they are not taken as one run's checkpoints.",
+            str(root),
+        )
     at = _folder_of(base) if base is not None else None
     start = checkpoint_step(at)[0] if at is not None and at.parent == root else None
     start = start or 0

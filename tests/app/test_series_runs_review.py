@@ -182,7 +182,8 @@ def test_a_base_that_is_a_checkpoint_of_the_run_starts_it_at_its_step(tmp_path):
     ("layout", "why"),
     [
         ({"r1/checkpoint-10": None, "r2/checkpoint-20": None}, "2 different folders"),
-        ({"r/checkpoint-10": None, "r/snap": 10}, "are both at step 10"),
+        ({"r/checkpoint-10": None, "r/step-7": 10}, "are both at step 10"),  # (step-7's trainer_state says 10)
+        ({"r/checkpoint-10": None, "r/snap": 20}, "snap is no checkpoint-<N>, step-<N> or global_step<N> folder"),
         ({"r/checkpoint-10": None, "r/other": None}, "other carries no training step"),
         ({"r/checkpoint-0": None}, "is at step 0, not after the base"),
     ],
@@ -212,3 +213,14 @@ def test_with_the_demo_zoo_a_link_to_the_sidebar_order_opens_the_run(app_env, ty
     table = next(d.value for d in at.dataframe if "step" in d.value.columns)
     assert list(table["step"]) == [10, 20] and list(table["changed_vs_base"]) == [0, 0]
     assert not [w.value for w in at.main.warning]  # (no word from Streamlit on the choice set before the widget)
+
+
+def test_independent_finetunes_each_with_its_trainer_state_are_no_run(tmp_path):
+    """Two finetunes saved side by side, each with the trainer_state.json Trainer.save_state() writes at the top
+    of its output_dir, were read as one run's checkpoints at steps 938 and 1250 (their own runs' ends)."""
+    a, b = (tmp_path / "models" / n for n in ("sft-A", "sft-B"))
+    for folder, step in ((a, 938), (b, 1250)):
+        _folder(folder)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    tr = training_run([str(a), str(b)], ["sft-A", "sft-B"])
+    assert tr.why_not.startswith("sft-A is no checkpoint-<N>, step-<N> or global_step<N> folder of a run")
