@@ -579,18 +579,19 @@ def _checkpoint_files(path: str, where: tuple[str, str]) -> tuple[list[Path], Pa
     return checkpoint_files(path)
 
 
-def mask_misfits(masks: dict[str, str], model: str) -> dict[str, str]:
+def mask_misfits(masks: dict[str, str], model: str, check: Callable | None = None) -> dict[str, str]:
     """The masks (label -> file) that do not fit ``model``, each with why in a few words
     (:func:`~subnetviz.uilogic.mask_misfit`), memoised by the files' stamps. Behaviour and Bigram offer only the
     others: the newest mask was pre-selected whatever the model, and one of another model stopped the page."""
     from subnetviz.cache import file_stamp
     from subnetviz.uilogic import mask_misfit
 
+    check = check or mask_misfit  # (Bigram's: uilogic.bigram_mask_misfit, attention and MLP matrices only)
     stamp = checkpoint_stamp(model)
     return {
         label: why
         for label, path in masks.items()
-        if path != "routers" and (why := shared(mask_misfit, path, model, (file_stamp(path), stamp)))
+        if path != "routers" and (why := shared(check, path, model, (file_stamp(path), stamp)))
     }
 
 

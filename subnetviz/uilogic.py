@@ -292,6 +292,32 @@ def mask_misfit(mask: str, base: str, stamps: tuple = ()) -> str | None:
     return None
 
 
+def bigram_mask_misfit(mask: str, model: str, stamps: tuple = ()) -> str | None:
+    """Why the mask file ``mask`` is no bigram subnetwork of ``model``, in a few words; None when it is one.
+
+    As the Bigram analysis decides it (:func:`~subnetviz.bigram.maskable.fitted_mask`: names matched across
+    prefixes, only attention and MLP weight matrices), from the mask file's header and the model built on the meta
+    device: no weight or mask value read. :func:`mask_misfit` accepts any tensor of the model, so an update mask
+    over embeddings, norms and head was offered on Bigram and then refused by its analysis. ``stamps`` only key the
+    caller's memo."""
+    import torch
+
+    from subnetviz.bigram.maskable import fitted_mask, model_skeleton
+    from subnetviz.errors import MaskError
+    from subnetviz.masks import MaskSet, mask_file_shapes
+
+    try:
+        skeleton = model_skeleton(model)
+        shapes = mask_file_shapes(mask)
+        with torch.device("meta"):
+            fitted_mask(skeleton, MaskSet({n: torch.empty(s, dtype=torch.bool) for n, s in shapes.items()}), "it")
+    except MaskError as exc:
+        return str(exc).removeprefix("it: ").removeprefix("it ").rstrip(".")
+    except (SubnetvizError, OSError, ValueError) as exc:
+        return f"it cannot be checked against the model ({exc})"
+    return None
+
+
 def checkpoint_where(path: str) -> str:
     """Where a workspace's checkpoint is read from, as a visitor may see it: a hub id with the commit of its
     snapshot (``acme/tiny-base @ 2222222 (hub cache)``; it was shown as a folder of the server's working

@@ -171,7 +171,7 @@ def analyse(model: str, corpus: str) -> None:
     # Only masks that fit the model are offered (the newest mask was pre-selected whatever the model, and one of
     # another model ended the page in an error); those left out are named with why.
     notes: list[str] = []  # what the page says about its masks and numbers, also in its export
-    misfit = ui.mask_misfits(masks, model)
+    misfit = ui.mask_misfits(masks, model, uilogic.bigram_mask_misfit)
     if misfit:
         asked = [q for q in (st.query_params.get("bg_mask"), st.query_params.get("bg_opt")) if q in misfit]
         said = "; ".join(f"{label} ({misfit[label]})" for label in (asked or misfit))

@@ -199,6 +199,14 @@ def fitted_mask(model, mask_set: MaskSet, where: str = "mask") -> tuple[MaskSet,
         {**renamed_masks(mask_set.masks, match.to), **{n: mask_set.masks[n] for n in match.unmatched}},
         dict(mask_set.metadata),
     )
+    kept = [n for n in keyed.masks if n not in shapes and n in set(params)]
+    if kept:  # (it read "... is not a parameter of the model", of the model's own lm_head.weight)
+        more = f" (and {len(kept) - 1:,} more)" if len(kept) > 1 else ""
+        raise MaskError(
+            f"{where}: {kept[0]!r}{more} is a parameter of the model but no attention or MLP weight matrix, and a "
+            "bigram mask covers only those (embeddings, the head, norms and biases are always kept): a mask over "
+            "the whole model, such as an update mask, is no bigram subnetwork."
+        )
     validate_mask_set(keyed, shapes, where=f"{where} (a bigram mask covers only attention and MLP weight matrices)")
     notes = [n for n in [match.note("the model")] if n]
     missing = [n for n in shapes if n not in keyed.masks]

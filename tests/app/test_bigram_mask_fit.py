@@ -107,3 +107,39 @@ def test_a_mask_of_some_matrices_says_the_others_are_outside_the_subnetwork(app_
     captions = " ".join(_read(c.value) for c in at.caption)
     assert f"the mask lists 2 of the model's {len(masks):,} maskable matrices" in captions
     assert "are outside the subnetwork" in captions
+
+
+def test_a_whole_model_update_mask_is_not_offered_as_a_bigram_subnetwork(app_env):
+    """An update mask of the zoo's base (embeddings, norms and head listed too) fit the base by Behaviour's rule,
+    so Bigram offered it and its analysis then refused it, saying the base's own lm_head.weight 'is not a parameter
+    of the model'. It is not offered now, with why."""
+    from safetensors import safe_open
+
+    from subnetviz.masks import MaskSet, save_mask_set
+
+    with safe_open(str(app_env / "zoo" / "base" / "model.safetensors"), framework="pt") as f:
+        masks = {n: torch.ones(f.get_slice(n).get_shape(), dtype=torch.bool) for n in f.keys()}
+    assert any("norm" in n for n in masks)  # (the premise: the whole model, not its attention and MLP matrices)
+    path = app_env / "uploads" / "whole-update-mask.safetensors"
+    save_mask_set(path, MaskSet(masks, {"method": "update mask"}))
+    try:
+        at = open_page("bigram", bg_model="base")
+    finally:
+        path.unlink()
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert "uploads/whole-update-mask" not in at.selectbox(key="bg_mask").options
+    captions = " ".join(_read(c.value) for c in at.caption)
+    assert "uploads/whole-update-mask (" in captions and "no attention or MLP weight matrix" in captions
+
+
+def test_the_analysis_names_a_kept_tensor_as_such(app_env):
+    """The refusal said the base's own lm_head.weight 'is not a parameter of the model'."""
+    from subnetviz.bigram.maskable import fitted_mask, load_local_model
+    from subnetviz.errors import MaskError
+    from subnetviz.masks import MaskSet
+
+    model = load_local_model(app_env / "zoo" / "base")
+    head = dict(model.named_parameters())["lm_head.weight"]
+    with pytest.raises(MaskError, match=r"'lm_head.weight' is a parameter of the model but no attention or MLP"):
+        fitted_mask(model, MaskSet({"lm_head.weight": torch.ones(head.shape, dtype=torch.bool)}), "m")
