@@ -7,7 +7,10 @@
   and the library are not restricted; the app is, because shared dashboards are reachable by others.
 - ``SUBNETVIZ_ENFORCE_ROOTS``: ``1`` makes every file read (after resolving symlinks and shard
   index entries) lie under the roots; the app sets it for itself and the jobs it starts.
-- ``SUBNETVIZ_DEVICE``: default device for analyses (``auto`` = CUDA when present).
+- ``SUBNETVIZ_DEVICE``: the device that ``auto`` means in the analyses (the CLI's ``--device`` default, the
+  sidebar's *Device → auto* and the library's defaults, all resolved by :func:`resolve_device`): ``cpu``, ``cuda``,
+  ``cuda:N`` or ``mps``; unset or ``auto``: CUDA when present. A device that is not there is refused in one line
+  naming the variable, as ``--device`` is. (Training runs pick their device themselves.)
 - ``SUBNETVIZ_RAY_ADDRESS``: the Ray cluster that jobs and the pages' analyses use by default
   (:mod:`subnetviz.jobs.ray_backend`); ``SUBNETVIZ_RAY_ADDRESSES``: the other clusters a visitor
   may choose in the app's sidebar (:func:`ray_clusters`). A visitor never types an address.
@@ -27,14 +30,29 @@ from subnetviz.errors import PathNotAllowedError
 
 
 def home() -> Path:
-    """The subnetviz home folder (created on first use)."""
+    """The subnetviz home folder (created on first use). One that cannot be made is a one-line
+    :class:`~subnetviz.errors.ConfigError` naming ``SUBNETVIZ_HOME`` (a file there read "cannot complete PATH: File
+    exists", naming no variable)."""
+    from subnetviz.errors import ConfigError
+
+    path = home_path()
     env = os.environ.get("SUBNETVIZ_HOME")
-    if env:
-        path = Path(env).expanduser()
-    else:
-        path = Path(user_cache_dir("subnetviz"))
-    path.mkdir(parents=True, exist_ok=True)
+    what = f"SUBNETVIZ_HOME={env}" if env else f"subnetviz's home {path} (set SUBNETVIZ_HOME to choose another)"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what}: a file, not a folder; set SUBNETVIZ_HOME to a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{what}: cannot create the folder ({exc.strerror or exc}); give a folder you can write."
+        ) from None
     return path.resolve()
+
+
+def home_path() -> Path:
+    """Where :func:`home` is, without creating it (``demo path`` only prints a folder)."""
+    env = os.environ.get("SUBNETVIZ_HOME")
+    return (Path(env).expanduser() if env else Path(user_cache_dir("subnetviz"))).resolve()
 
 
 def zoo_dir() -> Path:
@@ -574,16 +592,26 @@ def cache_limit_bytes() -> float:
 
 
 def default_device() -> str:
-    return os.environ.get("SUBNETVIZ_DEVICE", "auto")
+    """``SUBNETVIZ_DEVICE`` (blank: ``auto``): the device ``auto`` stands for."""
+    return (os.environ.get("SUBNETVIZ_DEVICE") or "").strip() or "auto"
 
 
 def resolve_device(device: str | None = None) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else is passed through."""
+    """The torch device of a device choice: ``auto`` (and None or blank) -> ``SUBNETVIZ_DEVICE`` when it names one,
+    else ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are checked to be
+    there. A device that is not there, or no device, is a one-line :class:`~subnetviz.errors.ConfigError` (naming
+    the variable where it came from it)."""
     import torch
 
     from subnetviz.errors import ConfigError
 
-    device = device or default_device()
+    device = device or "auto"
+    if device == "auto" and default_device() != "auto":
+        env = default_device()
+        try:
+            return resolve_device(env)
+        except ConfigError as exc:
+            raise ConfigError(f"SUBNETVIZ_DEVICE={env!r} (the device 'auto' stands for): {exc}") from None
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, index = device.partition(":")

@@ -96,6 +96,7 @@ TOKEN_COLUMNS = [
     "model",
     "experiment",
     "prompt",
+    "set",
     "position",
     "token",
     "next_token_id",
@@ -111,7 +112,11 @@ class BehaviorReport:
     """``summary``: one row per (model, experiment): kl_forward, kl_reverse (mean nats/token), accuracy,
     fraction_reverted, tokens; ``tokens``: per position; ``prompts``: per prompt means; ``curves``:
     KL/accuracy against the fraction of Δ reverted (order ``abs_delta`` or ``random``); ``routing``: per model,
-    experiment, prompt set and MoE router (:data:`subnetviz.analysis.routing.COLUMNS`; empty for dense models)."""
+    experiment, prompt set and MoE router (:data:`subnetviz.analysis.routing.COLUMNS`; empty for dense models).
+    ``tokens`` and ``prompts`` name each prompt's set (``set``: its file, :func:`prompt_set_name`), ``prompts`` also
+    its ``line`` there (a JSONL file's line, from 1; a data set's row, from 0). ``params``: what the run was given
+    (:func:`run_config`: the prompt files as given and as read, the limit, masks, curve, seed, batch size, device),
+    written to ``behavior.json`` so that its folder says what produced it."""
 
     base: str
     labels: list[str]
@@ -123,6 +128,7 @@ class BehaviorReport:
     seconds: float = 0.0
     tokens_per_second: float = 0.0
     routing: pd.DataFrame = field(default_factory=lambda: routing_frame([]))
+    params: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """``models[label]``: kl_forward, kl_reverse, accuracy and ``reverts[mask][side]`` with the same figures."""
@@ -156,6 +162,7 @@ class BehaviorReport:
                 "notes": self.notes,
                 "seconds": self.seconds,
                 "tokens_per_second": self.tokens_per_second,
+                "params": self.params,
             }
         )
 
@@ -214,6 +221,7 @@ def behavior(
     if len(domains) != len(prompts):
         raise ConfigError(f"{len(domains)} prompt-set names for {len(prompts)} prompts.")
     token_domains = [d for d, e in zip(domains, enc, strict=True) for _ in range(len(e.ids))]
+    lines = [_line_of(p) for p in prompts]
     batches = [enc[i : i + batch_size] for i in range(0, len(enc), batch_size)]
     n_tokens = sum(len(e.ids) for e in enc)
     _require_room(
@@ -232,6 +240,7 @@ def behavior(
     summary, tokens, per_prompt, curves, routing = [], [], [], [], []
     notes = [n for n in (cut_note, apart_note(enc)) if n]
     static = token_frame(enc, tok)
+    static.insert(1, "set", token_domains)
     total, step, t_fwd, fwd_tokens = len(finetuned) * len(plan), 0, 0.0, 0
     for label, ft in zip(labels, finetuned, strict=True):
         builder = ModelBuilder(str(base), str(ft), dev)
@@ -268,7 +277,17 @@ def behavior(
             release_freed()  # (the pass's activations: what glibc kept of them, back to the system)
             if tap.routers and not is_curve:
                 routing += routing_rows(label, experiment, picks, base_picks, tap.routers, token_domains)
-            per_prompt += [{"model": label, "experiment": experiment, **r} for r in rows]
+            per_prompt += [
+                {
+                    "model": label,
+                    "experiment": experiment,
+                    "prompt": r["prompt"],
+                    "set": domains[r["prompt"]],
+                    "line": lines[r["prompt"]],
+                    **r,
+                }
+                for r in rows
+            ]
             t_fwd, fwd_tokens = t_fwd + time.perf_counter() - t1, fwd_tokens + n_tokens
             if not is_curve:
                 tokens.append(static.assign(model=label, experiment=experiment, kl_forward=kl_f, kl_reverse=kl_r))
@@ -312,6 +331,13 @@ def behavior(
         fwd_tokens / t_fwd if t_fwd else 0.0,
         routing_frame(routing),
     )
+
+
+def _line_of(prompt: Prompt) -> int | None:
+    """The line of ``prompt`` in its JSONL file (from 1), or its row in a data set (from 0), as its ``where`` says
+    it (``"FILE, line N"``, ``"SPEC, row N"``); None for a prompt made in code."""
+    head, _, number = (prompt.where or "").rpartition(" ")
+    return int(number) if head.endswith((", line", ", row")) and number.isdigit() else None
 
 
 def base_logits_kept(model, batches, dev, tap: RoutingTap, keep: bool, who: str) -> list[torch.Tensor] | None:
@@ -647,7 +673,7 @@ def run_config(config: dict, progress: ProgressFn | None = None) -> BehaviorRepo
     prompts = [p for _, ps in sets for p in ps]
     masks = {name: mask_source(spec) for name, spec in (config.get("masks") or {}).items()}
     curve = config.get("curve", CURVE_POINTS)
-    return behavior(
+    report = behavior(
         config["base"],
         config["finetuned"],
         prompts,
@@ -661,6 +687,32 @@ def run_config(config: dict, progress: ProgressFn | None = None) -> BehaviorRepo
         device=config.get("device", "auto"),
         progress=progress,
     )
+    report.params = _params(config, files, sets, curve)
+    return report
+
+
+def _params(config: dict, files: Sequence, sets: Sequence, curve) -> dict:
+    """What a run was given, for ``behavior.json``: the config's settings, its prompt files as given (None: the
+    zoo's eval sets) and each as read (set name, absolute path or ``hf:`` spec, prompts read), the curve run, and
+    the device it ran on."""
+    from subnetviz.config import resolve_device
+
+    def path(f) -> str:
+        return str(f) if str(f).startswith("hf:") else os.path.abspath(f)
+
+    given = config.get("prompts")
+    params = {
+        **{k: v for k, v in config.items() if k not in ("kind", "prompts", "curve")},
+        "prompts": [str(f) for f in ([given] if isinstance(given, str | os.PathLike) else given)] if given else None,
+        "prompt_files": [
+            {"set": name, "path": path(f), "prompts": len(ps)} for f, (name, ps) in zip(files, sets, strict=True)
+        ],
+        "limit": config.get("limit"),
+        "seed": int(config.get("seed", 0)),
+        "curve": sorted({float(f) for f in curve}) if curve else None,
+        "device_used": resolve_device(config.get("device", "auto")),
+    }
+    return json.loads(json.dumps(params, default=str))  # (a path given as a Path: its text)
 
 
 def planned_passes(config: dict) -> tuple[int, int, int, int]:

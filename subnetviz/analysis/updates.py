@@ -140,7 +140,7 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
         reg = ov.regions.copy()
         reg["members"] = reg["members"].map(lambda m: "&".join(m))
         reg.to_csv(folder / "overlap_regions.csv", index=False)
-        ov.consensus.to_csv(folder / "overlap_consensus.csv", index=False)
+        _consensus_table(ov.consensus).to_csv(folder / "overlap_consensus.csv", index=False)
     summary = {
         **version_info(),
         "base": analysis.base,
@@ -154,6 +154,19 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
         "params": params or {},
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _consensus_table(consensus: pd.DataFrame) -> pd.DataFrame:
+    """The consensus counts as written: a ``(layer, module)`` group as columns ``layer`` (empty for the embeddings
+    and head) and ``module``; the file held Python's text of the tuple (``"(None, 'lm_head')"``), which a script had
+    to evaluate. Any other group is written as its text."""
+    groups = list(consensus["group"])
+    if not all(isinstance(g, tuple) and len(g) == 2 for g in groups):
+        return consensus.assign(group=[str(g) for g in groups])
+    layers = pd.array([g[0] for g in groups], dtype="Int64")
+    return pd.DataFrame(
+        {"layer": layers, "module": [g[1] for g in groups], "k": consensus["k"], "count": consensus["count"]}
+    )
 
 
 def _safe(label: str) -> str:

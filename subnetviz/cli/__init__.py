@@ -1,9 +1,10 @@
 """The command line: ``subnetviz {app,analyze,behavior,experiment,demo,train,job,runs,mask,report} ...`` (or ``python -m subnetviz``).
 
 Every subcommand turns a :class:`~subnetviz.errors.SubnetvizError` into one readable line on
-stderr and exit status 2; anything else is a bug and keeps its traceback. The parser is here, the
-commands in :mod:`~subnetviz.cli.analysis` (analyze, behavior, experiment), :mod:`~subnetviz.cli.jobs`
-(train, job, demo, runs, mask, report) and :mod:`~subnetviz.cli.app` (app).
+stderr and exit status 2; anything else is a bug and keeps its traceback. Ctrl-C is one line and exit
+status 130, also where a library caught it and went on or failed on it (nothing is published after it).
+The parser is here, the commands in :mod:`~subnetviz.cli.analysis` (analyze, behavior, experiment),
+:mod:`~subnetviz.cli.jobs` (train, job, demo, runs, mask, report) and :mod:`~subnetviz.cli.app` (app).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
 from subnetviz.cli.app import cmd_app, port
+from subnetviz.cli.common import interrupted, watch_interrupts
 from subnetviz.cli.jobs import cmd_demo, cmd_job, cmd_mask, cmd_report, cmd_runs, cmd_train
 from subnetviz.errors import SubnetvizError
 from subnetviz.training.mask_origin import CONVENTION
@@ -33,6 +35,7 @@ class _VersionAction(argparse.Action):
 
 
 OVERWRITE_HELP = "replace an existing non-empty --out (atomically, once the new result is complete)"
+DEVICE_HELP = "auto (the default: SUBNETVIZ_DEVICE when set, else CUDA when present), cpu, cuda, cuda:1 ..."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with a note)",
     )
     a.add_argument("--mask-tolerance", type=float, help="save update masks at this tolerance (default: exact)")
-    a.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    a.add_argument("--device", default="auto", help=DEVICE_HELP)
     a.add_argument(
         "--spectra", action=argparse.BooleanOptionalAction, default=True, help="ranks/spectra of 2-D updates"
     )
@@ -109,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=SPEC",
         help="a mask to revert inside/outside (repeat): "
         "a mask file (safetensors, a torch.save .pt, a bigram pickle), 'update' (each finetune's own update mask), "
-        "'topk:F' (its top F of |Δ|) or 'routers' (an MoE model's routers: swapped between base and finetune)",
+        "'topk:F' (its top F of |Δ|) or 'routers' (an MoE model's routers: swapped between base and finetune). "
+        "NAME= is optional (a file is then named by its file name); a value that is an existing file, or whose part "
+        "before the first '=' holds a '/', is read whole as a path (sweep/lr=1e-5/mask.safetensors)",
     )
     b.add_argument(
         "--no-random",
@@ -125,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, help="at most this many prompts per file")
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+    b.add_argument("--device", default="auto", help=DEVICE_HELP)
     b.set_defaults(func=cmd_behavior)
 
     x = sub.add_parser("experiment", help="experiment drivers: train small grids, sparsity vs each factor")
@@ -206,8 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         args.streamlit_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _lenient_stdout()
     try:
-        return args.func(args)
+        with watch_interrupts():
+            try:
+                return args.func(args)
+            except Exception:
+                if interrupted():  # a Ctrl-C a library swallowed, and then failed on (numba, compiling): said as one
+                    raise KeyboardInterrupt from None
+                raise
     except SubnetvizError as exc:
         _end_bars()
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever a library said in it
@@ -224,6 +236,18 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         print(f"error: cannot complete{where}: {exc.strerror or exc} (errno {exc.errno}).", file=sys.stderr)
         return 2
+
+
+def _lenient_stdout() -> None:
+    """stdout writes what its encoding cannot as ``\\xe9`` escapes, as stderr does: a label printed in the table
+    after the result was published (``--labels é`` under ``PYTHONIOENCODING=ascii`` or a latin-1 locale) made a
+    UnicodeEncodeError traceback and exit 1 for a run that had succeeded."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None and getattr(sys.stdout, "errors", None) == "strict":
+        try:
+            reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):  # (a closed or detached stream: the print says so itself)
+            pass
 
 
 def _end_bars() -> None:

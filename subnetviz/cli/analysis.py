@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from subnetviz.cli.common import check_out, progress_bar, publish, threads
+from subnetviz.cli.common import check_out, progress_bar, publish, quiet_libraries, threads
 from subnetviz.errors import SubnetvizError
 
 SUBSPACES_NOTES = "subspaces_notes.json"  # analyze --subspaces: the subspaces' notes, a JSON list of lines
@@ -160,8 +160,12 @@ def cmd_behavior(args: argparse.Namespace) -> int:
     from subnetviz.analysis.behavior import CURVE_POINTS, MAX_SEED, run_config, write_behavior
 
     threads()
+    quiet_libraries()
     _check_labels(args.labels, mask_files=False)
     _check_device(args.device)
+    # '~' as a shell leaves it quoted ("~/m", --opt=~/x, a script's list): analyze's readers expand it, these did not
+    args.base, args.finetuned = _home(args.base), [_home(f) for f in args.finetuned]
+    args.prompts = [p if str(p).startswith("hf:") else _home(p) for p in args.prompts] if args.prompts else None
     if not 0 <= args.seed < MAX_SEED:  # (a seed past it overflowed the generators' int64 seeds after the models loaded)
         raise SubnetvizError(f"--seed must be a whole number from 0 to {MAX_SEED - 1}, got {args.seed}.")
     masks = _mask_specs(args.mask or [])
@@ -205,6 +209,11 @@ def cmd_behavior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _home(path: str) -> str:
+    """``path`` with a leading ``~`` expanded (as every reader of ``analyze`` expands it)."""
+    return os.path.expanduser(path)
+
+
 def _special_mask(spec: str) -> bool:
     """``update``, ``routers`` and ``topk:F``: masks made per finetune, not read from a file."""
     from subnetviz.analysis.behavior import SPECIAL_MASKS
@@ -215,12 +224,19 @@ def _special_mask(spec: str) -> bool:
 def _mask_specs(specs: list[str]) -> dict[str, str]:
     """``--mask NAME=SPEC`` (or a bare SPEC) as {name: spec}: the specials by what they are (topk:0.5 was
     'topk:0'), a file by its name; an empty or blank NAME (experiments named '/inside') and two masks of one
-    name (the later one replaced the earlier, with no word) refused."""
+    name (the later one replaced the earlier, with no word) refused. A value that is an existing path, or whose
+    part before the first '=' holds a '/' (no name does: it would name experiments 'a/b/inside'), is a bare path:
+    run folders named after their settings (``sweep/lr=1e-5/mask.safetensors``) were split into the name
+    'sweep/lr' and the path '1e-5/mask.safetensors'. A leading ``~`` of a path is expanded."""
     masks: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
+        if sep and ("/" in name or os.sep in name or Path(spec).expanduser().exists()):
+            sep = ""
         if not sep:
             name, path = (spec if _special_mask(spec) else Path(spec).stem), spec
+        if not _special_mask(path):
+            path = _home(path)
         if not name.strip():
             raise SubnetvizError(f"--mask {spec}: an empty mask name; give it one (--mask NAME=PATH) or leave out '='.")
         if name in masks:
@@ -235,6 +251,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from subnetviz.experiments.drivers import grid_notes, run_drivers, verdicts
 
     threads()
+    quiet_libraries()
     out = check_out(args.out, args.overwrite, [args.zoo])
     results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers", "point"))  # (grid points)
     verdict = verdicts(results)

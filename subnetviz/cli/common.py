@@ -1,5 +1,6 @@
-"""What every subcommand shares: torch's thread count, a progress bar on stderr, the ``--out`` check, and the
-publishing of a result folder or file that never replaces what appeared there meanwhile."""
+"""What every subcommand shares: torch's thread count, a progress bar on stderr, the ``--out`` check, the
+publishing of a result folder or file that never replaces what appeared there meanwhile, and the record of a Ctrl-C
+that a library swallowed (nothing is published after one)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +18,98 @@ from subnetviz.errors import SubnetvizError
 
 
 def threads() -> None:
-    # A 2-core laptop or CI box: torch's default thread count thrashes under load.
+    """torch's CPU threads from ``OMP_NUM_THREADS`` (default 1: on a 2-core laptop or CI box torch's own default
+    thrashes under load)."""
     import torch
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+    torch.set_num_threads(thread_count(os.environ.get("OMP_NUM_THREADS")))
+
+
+def thread_count(raw: str | None) -> int:
+    """The thread count of an ``OMP_NUM_THREADS`` value: its first number (OpenMP's nested form ``4,2`` gives 4, as
+    OpenMP reads the outer level); 1 for none, and for a value that is no count of at least 1 (``0``, ``abc``),
+    with a note on stderr: the variable is the environment's, and a traceback for it stopped every command."""
+    text = (raw or "").split(",")[0].strip()
+    if not text:
+        return 1
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        print(f"note: OMP_NUM_THREADS={raw!r} is not a thread count of at least 1; using 1 thread.", file=sys.stderr)
+        return 1
+    return value
+
+
+# Ctrl-C, recorded when it arrives (:func:`watch_interrupts`): a library may swallow the KeyboardInterrupt (numba
+# compiling inside an LLVM callback, where Python prints it and drops it), and a run that went on was published.
+_INTERRUPTED = threading.Event()
+
+
+@contextmanager
+def watch_interrupts() -> Iterator[None]:
+    """While the block runs, Ctrl-C is recorded before it is raised as KeyboardInterrupt (as Python's own handler
+    raises it), and one raised inside a C callback, which Python can only print and drop, is recorded without its
+    traceback. :func:`interrupted` then says it; progress steps and publishing raise it again. Only where Ctrl-C has
+    Python's default handler, in the main thread (a background job started with SIGINT ignored keeps ignoring it)."""
+    import signal
+
+    _INTERRUPTED.clear()
+    hook = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            _INTERRUPTED.set()
+            return
+        hook(info)
+
+    def on_sigint(signum, frame) -> None:
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C arrived while :func:`watch_interrupts` watched (whether or not its KeyboardInterrupt reached
+    the command)."""
+    return _INTERRUPTED.is_set()
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt again where a Ctrl-C arrived and was swallowed: the run stops at its next step and
+    publishes nothing."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
+def quiet_libraries() -> None:
+    """No progress bars or deprecation warnings of the libraries under the command's own bar (as ``demo build``
+    does): loading and saving each model drew transformers' bars, tokenizing datasets' bars, with cursor-up escapes,
+    and TRL's trainers warned of ``is_gradient_checkpointing`` per run: 24 kB of stderr for ``experiment drivers
+    --preset micro``, the command's one bar hard to find in it. The environment variables reach the processes a
+    command starts (a PPO run's child); a library already imported is told directly."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # (transformers' bars follow huggingface_hub's)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging  # (these commands load it anyway)
+
+    hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:  # (else it reads the variable when it is imported)
+        sys.modules["datasets"].disable_progress_bars()
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def progress_bar(desc: str, unit: str = "tensor"):
@@ -30,6 +120,7 @@ def progress_bar(desc: str, unit: str = "tensor"):
     bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
     def update(step: int, total: int, what: str) -> None:
+        raise_if_interrupted()  # a Ctrl-C a library swallowed stops the run here
         bar.total = total
         bar.n = step
         bar.set_postfix_str(what[-40:], refresh=False)
@@ -44,13 +135,21 @@ def check_out(out: str, overwrite: bool, inputs: Sequence[str | os.PathLike | No
     """An output folder the command may write: new, empty, or (with ``--overwrite``) replaced atomically
     once the new result is complete — never a user's folder deleted, never a file taken for a folder. Replacing
     a folder removes everything in it, so one that holds an input (``inputs``: the checkpoints, masks, prompts
-    read), subnetviz's home, the working folder or the user's home is refused, whatever ``--overwrite`` says."""
+    read, and the files their folders link to), subnetviz's home, the working folder or the user's home is
+    refused, whatever ``--overwrite`` says.
+
+    ``--out`` that is a link (``results -> /scratch/me/results``) stands for the folder it points to: that folder is
+    returned, checked and later replaced, and the link stays. (The result was renamed over the link itself: a
+    link to an empty folder failed with "Not a directory" after the whole run, one to a full folder was replaced
+    by a folder of its own.) No folder is created here: a command that then fails on its input leaves none."""
     from subnetviz.cache import sweep_beside
 
     path = Path(out).expanduser()
-    sweep_beside(path)  # what a killed earlier run into this --out left beside it
     if path.is_symlink() and not path.exists():
         raise SubnetvizError(f"--out {out}: a link to nothing (its target is gone); choose a folder.")
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    sweep_beside(path)  # what a killed earlier run into this --out left beside it
     if path.exists() and not path.is_dir():
         raise SubnetvizError(f"--out {out}: a file is there, not a folder; choose a folder name.")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -69,12 +168,18 @@ def check_out(out: str, overwrite: bool, inputs: Sequence[str | os.PathLike | No
 def _writable_beside(path: Path, out: str) -> None:
     """Whether a folder can be made beside ``path`` (where the result is written before it takes ``path``'s
     place): a read-only file system, a parent that is a file or a folder without permission is said now, not
-    after the whole analysis."""
+    after the whole analysis. Missing parents are not created (publishing makes them): the probe is made in the
+    nearest folder that exists, where they would be made."""
     import tempfile
 
+    from subnetviz.cache import file_in_the_way
+
+    blocked = file_in_the_way(path)
+    if blocked is not None:
+        raise SubnetvizError(f"--out {out}: cannot write there ({blocked} is a file, not a folder).")
+    there = next((p for p in path.parents if p.is_dir()), Path(path.anchor or "."))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=path.parent))
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=there))
     except OSError as exc:
         raise SubnetvizError(f"--out {out}: cannot write there ({exc.strerror or exc}).") from None
 
@@ -87,7 +192,12 @@ def _held(path: Path, inputs: Sequence[str | os.PathLike | None]) -> str | None:
     real = Path(os.path.realpath(path))
     if real == Path(real.anchor):
         return "the whole file system"
-    kept = [(p, f"the input {i}") for i in inputs if i for p in _read_from(i)] + [
+    kept = [
+        (p, f"the input {i}" if n == 0 else f"{os.path.realpath(p)}, which the input {i} reads")
+        for i in inputs
+        if i
+        for n, p in enumerate(_read_from(i))
+    ] + [
         (home(), "subnetviz's home (SUBNETVIZ_HOME)"),
         (Path.cwd(), "the working folder"),
         (Path.home(), "your home folder"),
@@ -103,18 +213,42 @@ def _read_from(spec: str | os.PathLike) -> list[str | os.PathLike]:
     """Where an input is read from: the path itself, and for a hub id its snapshot in the local Hugging Face cache
     and the files its links point at (the cache's ``blobs``), as the checkpoint readers resolve it (hub id or path
     as they decide: :func:`~subnetviz.checkpoints.sources.reads_as_hub_id`). An id not in the cache is only its own
-    string (it is refused later)."""
+    string (it is refused later). For a local path also what the readers open through links: each entry of a
+    folder (config, tokenizer, weights: a folder of links into another one read that one's files) and the weight
+    files of a checkpoint (an index's shards in sub-folders); the caller resolves every link."""
     from subnetviz.checkpoints.sources import reads_as_hub_id, resolve_hub_id
 
     s = os.fspath(spec)
     if not reads_as_hub_id(s):
-        return [spec]
+        return [spec, *_opened_through(Path(s).expanduser())]
     try:
         snapshot = resolve_hub_id(s)
     except SubnetvizError:
         return [spec]
     blobs = [os.path.realpath(f) for f in snapshot.rglob("*") if f.is_symlink()]
     return [spec, snapshot, *blobs]
+
+
+def _opened_through(path: Path) -> list[Path]:
+    """The files a reader of local input ``path`` opens besides ``path`` itself: the links among a folder's entries
+    (its own level: config, tokenizer and weight files; an index json's folder's) and the weight files the
+    checkpoint reader picks (:func:`~subnetviz.checkpoints.sources.checkpoint_files`: an index's shards, also in
+    sub-folders; none where ``path`` is no checkpoint, such as a prompt file or a mask). A folder's own files need
+    no listing: ``--out`` inside it is allowed, ``--out`` that holds it is refused for the folder itself."""
+    from subnetviz.checkpoints.sources import checkpoint_files
+
+    folder = path if path.is_dir() else path.parent if path.name.endswith(".json") and path.is_file() else None
+    found: list[Path] = []
+    if folder is not None:
+        try:
+            found += [Path(e.path) for e in os.scandir(folder) if e.is_symlink()]  # (the others lie in it)
+        except OSError:
+            pass
+    try:
+        found += checkpoint_files(path)[0]
+    except (SubnetvizError, OSError):
+        pass
+    return found
 
 
 @contextmanager
@@ -130,6 +264,7 @@ def publish(out: Path, overwrite: bool) -> Iterator[Path]:
         with atomic_folder(out, replace=overwrite, exclusive=not overwrite) as tmp:
             yield tmp
             add_to_manifest(tmp)
+            raise_if_interrupted()  # a Ctrl-C a library swallowed: nothing is published
     except FileExistsError:
         raise SubnetvizError(
             f"--out {out}: another result was written there while this one ran; this one was not written (pass "
@@ -191,6 +326,7 @@ def publish_file(out: Path, overwrite: bool, option: str = "--out") -> Iterator[
             if exc.filename is not None and str(work) in str(exc.filename):
                 raise OSError(exc.errno, exc.strerror, str(out)) from None
             raise
+        raise_if_interrupted()  # a Ctrl-C a library swallowed: nothing is published
         if overwrite:
             os.replace(tmp, out)
             return

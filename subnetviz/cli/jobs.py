@@ -56,6 +56,10 @@ def cmd_mask(args: argparse.Namespace) -> int:
     from subnetviz.cache import file_in_the_way
     from subnetviz.masks import import_mask, save_mask_set
 
+    src = os.path.expanduser(args.src)  # ('~' a shell left quoted: "~/m.pt", a script's argument list)
+    if args.action == "info" and (args.dst or args.overwrite):  # (ignored without a word: nothing is written)
+        extra = " and ".join([f"DST {args.dst}"] * bool(args.dst) + ["--overwrite"] * args.overwrite)
+        raise SubnetvizError(f"mask info reads one file (SRC) and writes none; {extra} is for mask import.")
     if args.action in ("import", "import-pickle"):
         if not args.dst:
             raise SubnetvizError(f"mask {args.action} needs a destination: SRC DST.safetensors")
@@ -68,14 +72,14 @@ def cmd_mask(args: argparse.Namespace) -> int:
             raise SubnetvizError(f"{args.dst}: a file is already there; choose a new file name, or pass --overwrite.")
         if (blocked := file_in_the_way(dst)) is not None:
             raise SubnetvizError(f"{args.dst}: {blocked} is a file, not a folder; choose a path in a folder.")
-        ms = import_mask(args.src)  # safetensors, torch.save or a released bigram pickle, told by the content
+        ms = import_mask(src)  # safetensors, torch.save or a released bigram pickle, told by the content
         dst.parent.mkdir(parents=True, exist_ok=True)
         # never over a file that appeared at DST meanwhile, without --overwrite (two imports to one name)
         with publish_file(dst, args.overwrite, option="") as tmp:
             save_mask_set(tmp, ms)
         print(f"wrote {args.dst}: {len(ms.masks)} tensors, density {ms.density:.6f}")
     else:
-        ms = import_mask(args.src)
+        ms = import_mask(src)
         print(
             json.dumps(
                 {

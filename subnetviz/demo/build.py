@@ -119,9 +119,9 @@ def build_zoo(
     root = zoo_root(root)
 
     def report(step: int, total: int, message: str) -> None:
-        _stderr_progress(step, total, message)
-        if progress is not None:
+        if progress is not None:  # first: a Ctrl-C right after the line is printed finds the stage recorded
             progress(step, total, message)
+        _stderr_progress(step, total, message)
 
     root.mkdir(parents=True, exist_ok=True)
     foreign = sorted(p.name for p in root.iterdir() if not p.name.startswith(LOCK))
@@ -208,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--runs", default=None, help="job registry folder (default: $SUBNETVIZ_HOME/runs)")
     sub.add_parser("path", help="print the zoo folder").add_argument("--root", default=None)
     args = parser.parse_args(argv)
-    if args.command == "path":
-        print(zoo_root(args.root))
+    if args.command == "path":  # only said: the folder is not created (a home that cannot be made failed here)
+        from subnetviz.config import home_path
+
+        print(Path(args.root).expanduser().resolve() if args.root is not None else home_path() / "zoo")
         return 0
     # The stage lines are the progress display; library progress bars would drown them.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -218,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, args.threads))
+    stage: list = []  # the last stage line (step, total, message): where a Ctrl-C stopped the build
+
+    def seen(step: int, total: int, message: str) -> None:
+        stage[:] = [step, total, message]
+
     try:
         t0 = time.perf_counter()
         zoo = build_zoo(
@@ -227,10 +234,19 @@ def main(argv: list[str] | None = None) -> int:
             extras=not args.no_extras,
             runs_root=args.runs,
             background=not args.no_background,
+            progress=seen,
         )
     except SubnetvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the stages finished so far stay (each renamed in place when complete): said so
+        where = f"at [{stage[0]}/{stage[1]}] {stage[2]}" if stage else "before the first stage"
+        print(
+            f"interrupted {where}; the stages finished so far are kept in {zoo_root(args.root)}, and the same "
+            "`demo build` resumes from them.",
+            file=sys.stderr,
+        )
+        return 130
     rows = [f"{m.id:10s} {m.algorithm:8s} acc {m.accuracy:6.1%}  sparsity {m.sparsity:6.1%}" for m in zoo.members]
     print("\n".join([f"demo zoo at {zoo.root} ({time.perf_counter() - t0:.1f} s)", *rows]))
     return 0
