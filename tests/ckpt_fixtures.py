@@ -256,3 +256,49 @@ def loop(request, monkeypatch):
         pytest.skip("numba not installed")
     monkeypatch.setenv("SUBNETVIZ_JIT", "1" if request.param == "jit" else "0")
     return request.param
+
+
+def changed_jamba_pair(root: Path, **text) -> tuple[Path, Path]:
+    """A bf16 Jamba (Mamba-1 mixers with a 2-D ``A_log``, attention every 2nd layer, 2 experts every 2nd) built
+    from the text sizes ``text`` (transformers' JambaConfig keys) and its finetune with every tensor changed
+    (x 1.01 + 0.01): ``(base, finetune)`` under ``root``."""
+    import transformers as T
+    from safetensors.torch import load_file, save_file
+
+    cfg = T.JambaConfig(
+        **text,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=2,
+        num_experts_per_tok=1,
+        mamba_d_state=4,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_dt_rank=4,
+    )
+    base, ft = root / "base", root / "ft"
+    T.JambaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base)
+    shutil.copytree(base, ft)
+    sd = {k: (v.float() * 1.01 + 0.01).to(v.dtype) for k, v in load_file(ft / "model.safetensors").items()}
+    save_file(sd, str(ft / "model.safetensors"), metadata={"format": "pt"})
+    return base, ft
+
+
+def tied_llama_pair(root: Path, seed: int) -> tuple[Path, Path, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A tied tiny Llama (16 wide, its tokenizer) and a tied finetune with 40 % of every tensor's entries moved by
+    two bf16 steps (drawn with ``seed``): ``(base, finetune, base state dict, finetune state dict)`` under
+    ``root``."""
+    from tests.models import make_tiny_llama
+
+    src = make_tiny_llama(root / "src", hidden=16, intermediate=32)
+    sd = {k: v for k, v in read_state_dict(src).items() if k != "lm_head.weight"}
+    base = write_folder(root / "base", sd, src, tie_word_embeddings=True)
+    g = torch.Generator().manual_seed(seed)
+    moved = {k: torch.where(torch.rand(v.shape, generator=g) < 0.4, bf16_step(v, 2), v) for k, v in sd.items()}
+    ft = write_folder(root / "ft", moved, src, tie_word_embeddings=True)
+    for f in [*src.glob("tokenizer*"), *src.glob("special_tokens_map.json")]:
+        for dst in (base, ft):
+            shutil.copy(f, dst / f.name)
+    return base, ft, sd, moved

@@ -10,8 +10,7 @@ import torch
 
 from subnetviz.masks import MaskSet, save_mask_set
 from tests.app_fixtures import open_page
-from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
-from tests.models import make_tiny_llama
+from tests.ckpt_fixtures import tied_llama_pair
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("typed_options")]
 
@@ -27,15 +26,7 @@ def pair(app_env, tmp_path_factory):
     from subnetviz.selection import save_upload
 
     root = app_env / "followups-review"
-    src = make_tiny_llama(root / "src", hidden=16, intermediate=32)
-    sd = {k: v for k, v in read_state_dict(src).items() if k != "lm_head.weight"}
-    base = write_folder(root / "base", sd, src, tie_word_embeddings=True)
-    g = torch.Generator().manual_seed(5)
-    moved = {k: torch.where(torch.rand(v.shape, generator=g) < 0.4, bf16_step(v, 2), v) for k, v in sd.items()}
-    ft = write_folder(root / "ft", moved, src, tie_word_embeddings=True)
-    for f in [*src.glob("tokenizer*"), *src.glob("special_tokens_map.json")]:
-        for dst in (base, ft):
-            shutil.copy(f, dst / f.name)
+    base, ft, sd, moved = tied_llama_pair(root, seed=5)
     update = {k: moved[k].view(torch.int16) != sd[k].view(torch.int16) for k in sd}
     emb = "model.embed_tokens.weight"
     masks = {

@@ -13,8 +13,7 @@ import torch
 
 from subnetviz.masks import MaskSet, save_mask_set
 from tests.app_fixtures import open_page, plotly_specs
-from tests.ckpt_fixtures import bf16_step, read_state_dict, write_folder
-from tests.models import make_tiny_llama
+from tests.ckpt_fixtures import tied_llama_pair
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("typed_options")]
 
@@ -26,15 +25,7 @@ def uploaded(app_env, tmp_path_factory):
     from subnetviz.selection import save_upload
 
     root = app_env / "mask-names-review"
-    src = make_tiny_llama(root / "src", hidden=16, intermediate=32)
-    sd = {k: v for k, v in read_state_dict(src).items() if k != "lm_head.weight"}
-    base = write_folder(root / "base", sd, src, tie_word_embeddings=True)
-    g = torch.Generator().manual_seed(4)
-    moved = {k: torch.where(torch.rand(v.shape, generator=g) < 0.4, bf16_step(v, 2), v) for k, v in sd.items()}
-    ft = write_folder(root / "ft", moved, src, tie_word_embeddings=True)
-    for f in [*src.glob("tokenizer*"), *src.glob("special_tokens_map.json")]:
-        for dst in (base, ft):
-            shutil.copy(f, dst / f.name)
+    base, ft, sd, moved = tied_llama_pair(root, seed=4)
     update = {k: moved[k].view(torch.int16) != sd[k].view(torch.int16) for k in sd}
     emb = "model.embed_tokens.weight"
     lora = re.compile(r"\.(q_proj|v_proj)\.weight$")

@@ -203,25 +203,10 @@ def test_subspaces_leave_out_a_state_space_layers_a_log(tmp_path):
     spectra left it out, the subspaces compared it as a weight matrix. Every tensor of the pair is changed; the
     subspaces list every 2-D weight but the norms and A_log."""
     from subnetviz.analysis.subspaces import analyze_subspaces
+    from tests.ckpt_fixtures import changed_jamba_pair
 
-    cfg = T.JambaConfig(
-        **TEXT,
-        attn_layer_period=2,
-        attn_layer_offset=1,
-        expert_layer_period=2,
-        expert_layer_offset=1,
-        num_experts=2,
-        num_experts_per_tok=1,
-        mamba_d_state=4,
-        mamba_d_conv=4,
-        mamba_expand=2,
-        mamba_dt_rank=4,
-    )
-    base, ft = tmp_path / "base", tmp_path / "ft"
-    T.JambaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base)
-    shutil.copytree(base, ft)
-    sd = {k: (v.float() * 1.01 + 0.01).to(v.dtype) for k, v in load_file(ft / "model.safetensors").items()}
-    save_file(sd, str(ft / "model.safetensors"), metadata={"format": "pt"})
+    base, ft = changed_jamba_pair(tmp_path, **TEXT)
+    sd = load_file(ft / "model.safetensors")
     assert sd["model.layers.0.mamba.A_log"].dim() == 2
     names = set(analyze_subspaces(str(base), [str(ft)], device="cpu").to_frame()["name"])
     expected = {

@@ -380,26 +380,10 @@ def test_spectra_leave_out_a_state_space_layers_a_log_d_and_dt_bias(tmp_path):
     planned list (what the cost estimate prices) holds exactly as many matrices."""
     import subnetviz
     from subnetviz.analysis.update_pass import SpectraOptions, planned_spectra
+    from tests.ckpt_fixtures import changed_jamba_pair
 
-    cfg = T.JambaConfig(
-        **{**TEXT, "num_hidden_layers": 2},
-        attn_layer_period=2,
-        attn_layer_offset=1,
-        expert_layer_period=2,
-        expert_layer_offset=1,
-        num_experts=2,
-        num_experts_per_tok=1,
-        mamba_d_state=4,
-        mamba_d_conv=4,
-        mamba_expand=2,
-        mamba_dt_rank=4,
-    )
-    base, ft = tmp_path / "base", tmp_path / "ft"
-    T.JambaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base)
-    shutil.copytree(base, ft)
+    base, ft = changed_jamba_pair(tmp_path, **{**TEXT, "num_hidden_layers": 2})
     sd = load_file(ft / "model.safetensors")
-    sd = {k: (v.float() * 1.01 + 0.01).to(v.dtype) for k, v in sd.items()}
-    save_file(sd, str(ft / "model.safetensors"), metadata={"format": "pt"})
     a_log = "model.layers.0.mamba.A_log"
     assert sd[a_log].dim() == 2 and sd["model.layers.0.mamba.D"].dim() == 1
     options = SpectraOptions(enabled=True, baseline=False, max_dim=None)
