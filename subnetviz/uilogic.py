@@ -335,10 +335,12 @@ def checkpoint_where(path: str) -> str:
 def analysis_key(
     ws: Workspace, fingerprints: tuple, *, spectra: bool, mask_tolerance: float | None, eta: float | None = None
 ) -> tuple:
-    """Every checkpoint's path and fingerprint, the precision, mask tolerance, relative η, spectra flag
-    and device: a changed file or option never finds a stale result."""
+    """Every checkpoint's path and fingerprint, the precision, mask tolerance, relative η, spectra flag, device
+    and the disk cache the result lives in: a changed file or option never finds a stale result, and a result
+    whose masks lie in another home's cache (tests that switch SUBNETVIZ_HOME in one process) is not served."""
     return (
         "updates",
+        str(config.cache_dir()),
         ws.base,
         tuple(ws.paths),
         tuple(ws.labels),

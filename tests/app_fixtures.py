@@ -135,3 +135,32 @@ def add_finished_run(runner, run_id: str, kind: str, name: str, config: dict | N
     with runner.registry.transaction() as con:
         runner.registry.insert(con, rec)
     return run_dir
+
+
+@pytest.fixture
+def runner(app_env):
+    """The job runner of the app's home."""
+    from subnetviz.jobs.runner import JobRunner
+
+    return JobRunner()
+
+
+@pytest.fixture
+def finished_run(runner):
+    """``make(run_id, config, kind="train")``: a succeeded run in the app's registry whose folder the test fills
+    (its ``outputs/model`` folder made, and returned), removed afterwards."""
+    import shutil
+
+    made = []
+
+    def make(run_id: str, config: dict, kind: str = "train") -> Path:
+        made.append(run_id)
+        run_dir = add_finished_run(runner, run_id, kind, run_id, {"kind": kind, **config})
+        (run_dir / "outputs" / "model").mkdir(parents=True)
+        return run_dir / "outputs" / "model"
+
+    yield make
+    with runner.registry.transaction() as con:
+        con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in made])
+    for i in made:
+        shutil.rmtree(Path(runner.root) / i, ignore_errors=True)

@@ -6,11 +6,10 @@ documentation), not recomputed through the page's helpers."""
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-from tests.app_fixtures import add_finished_run, app_roots, open_page, plotly_specs
+from tests.app_fixtures import app_roots, open_page, plotly_specs
 
 pytestmark = pytest.mark.slow
 
@@ -56,31 +55,6 @@ def test_the_registry_is_opened_again_once_moved_aside(app_env, broken_home):
     at = open_page("training", tr_view="Runs")
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert "No runs yet." in _texts(at, "caption")
-
-
-@pytest.fixture
-def runner(app_env):
-    from subnetviz.jobs.runner import JobRunner
-
-    return JobRunner()
-
-
-@pytest.fixture
-def finished_run(runner):
-    """``make(run_id, config)``: a succeeded train run (its folder filled by the test), removed afterwards."""
-    made = []
-
-    def make(run_id: str, config: dict) -> Path:
-        made.append(run_id)
-        run_dir = add_finished_run(runner, run_id, "train", run_id, {"kind": "train", **config})
-        (run_dir / "outputs" / "model").mkdir(parents=True)
-        return run_dir / "outputs" / "model"
-
-    yield make
-    with runner.registry.transaction() as con:
-        con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in made])
-    for i in made:
-        shutil.rmtree(Path(runner.root) / i, ignore_errors=True)
 
 
 def _card_caption(at) -> str:

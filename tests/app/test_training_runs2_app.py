@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.app_fixtures import add_finished_run, open_page, plotly_specs
+from tests.app_fixtures import open_page, plotly_specs
 
 pytestmark = pytest.mark.slow
 
@@ -20,32 +20,6 @@ pytestmark = pytest.mark.slow
 def _texts(at, kind: str) -> list[str]:
     """The texts as read (markdown escapes and the zero-width space the page puts before a colon taken out)."""
     return [e.value.replace("\\", "").replace("\u200b", "") for e in getattr(at.main, kind)]
-
-
-@pytest.fixture
-def runner(app_env):
-    from subnetviz.jobs.runner import JobRunner
-
-    return JobRunner()
-
-
-@pytest.fixture
-def finished_run(runner):
-    """``make(run_id, config, kind="train")``: a succeeded run whose folder the test fills (its model folder made
-    for a train run), removed afterwards."""
-    made = []
-
-    def make(run_id: str, config: dict, kind: str = "train") -> Path:
-        made.append(run_id)
-        run_dir = add_finished_run(runner, run_id, kind, run_id, {"kind": kind, **config})
-        (run_dir / "outputs" / "model").mkdir(parents=True)
-        return run_dir / "outputs" / "model"
-
-    yield make
-    with runner.registry.transaction() as con:
-        con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in made])
-    for i in made:
-        shutil.rmtree(Path(runner.root) / i, ignore_errors=True)
 
 
 @pytest.fixture
