@@ -53,7 +53,7 @@ def test_a_finetune_of_another_architecture_is_left_out_and_the_rest_drawn(app_e
     at = open_page(page, ft=["grpo-s0", str(gpt2), "dpo"])
     (said,) = _errors(at)  # one line, naming it and why
     assert said.startswith("walk2-gpt2 is left out (it cannot be compared with the base): ")
-    assert "different shapes" in said and "same architecture" in said
+    assert "models of different architectures" in said and "(gpt2)" in said
     assert len(plotly_specs(at)) == len(plotly_specs(plain)) > 0 or page == "workspace"
     assert len(at.dataframe) == len(plain.dataframe)
     assert [m.label for m in at.metric] == [m.label for m in plain.metric]
