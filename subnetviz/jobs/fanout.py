@@ -331,7 +331,8 @@ def merge_analyses(base: str, parts: Sequence, options):
     spectra = None if parts[0].spectra is None else {lab: a.spectra[lab] for lab, a in zip(labels, parts, strict=True)}
     overlap, said = overlap_with_notes(base, reports) if options.keep_masks else (None, [])
     notes += [f"Overlap of the update masks: {n}" for n in said]  # (as the local pass says them)
-    return UpdateAnalysis(parts[0].base, labels, reports, spectra, None, None, overlap, notes, 0.0)
+    paths = {k: v for p in parts for k, v in p.paths.items()}  # where each was read (the masks' provenance)
+    return UpdateAnalysis(parts[0].base, labels, reports, spectra, None, None, overlap, notes, 0.0, paths=paths)
 
 
 def analysis_fanout(

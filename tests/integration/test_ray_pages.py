@@ -55,7 +55,14 @@ def _safetensors(path: Path) -> tuple[dict, bytes]:
     """(header as a dict, the data bytes): the header's metadata map is written in a per-process order."""
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    header = json.loads(raw[8 : 8 + n])
+    meta = header.get("__metadata__", {})
+    if "subnetviz" in meta:  # the provenance's code version: the worker may run from another checkout state
+        info = json.loads(meta["subnetviz"])
+        for k in ("git_revision", "git_dirty"):
+            info.pop(k, None)
+        meta["subnetviz"] = info
+    return header, raw[8 + n :]
 
 
 _TIMED = ("summary.json", "behavior.json")  # files that record the wall clock of their computation
@@ -69,7 +76,10 @@ def _same_folder(a: Path, b: Path) -> None:
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != USED)
     for rel in files:
         if rel.suffix == ".safetensors":
-            assert _safetensors(a / rel) == _safetensors(b / rel), rel
+            (ha, da), (hb, db) = _safetensors(a / rel), _safetensors(b / rel)
+            ma, mb = ha.get("__metadata__", {}).get("subnetviz", {}), hb.get("__metadata__", {}).get("subnetviz", {})
+            assert ma == mb, (rel, {k: (ma.get(k), mb.get(k)) for k in {*ma, *mb} if ma.get(k) != mb.get(k)})
+            assert (ha, da) == (hb, db), rel
         elif rel.name in (*_TIMED, ".manifest.json"):
             x, y = json.loads((a / rel).read_text()), json.loads((b / rel).read_text())
             for d in (x, y):  # the wall clock, and the code version if a commit landed between the two runs
