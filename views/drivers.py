@@ -117,26 +117,33 @@ def _results() -> None:
         return
     said: list[str] = []  # what the page says about the grid's numbers, also in its export (a β of 0 that was 0.1)
     for level, line in grid_notes(results):  # from the grid shown, not from this server's environment
-        (st.warning if level == "warning" else st.caption)(line)
-        said.append(line)
+        # as text, server paths shown relative to their root (a "not run" reason names the PPO overlay's folder)
+        ui.note(line, said, warn=level == "warning")
     if results["sparsity"].isna().all():
         st.info("No run of this grid was measured (see above).", icon=":material/info:")
         return
     st.subheader("Which of the paper's conjectures does the zoo reproduce?")
+    from subnetviz.experiments.drivers import SEED_RULE
+
     seeds, params = results["seed"].nunique(), runs[choice][2]
     model = f"a {params:,}-parameter model" if params else "the demo base"
-    ui.note(
-        f"{seeds} seed(s) per point on {model}: a difference smaller than the spread between seeds is not "
-        "evidence either way.",
-        said,
+    rule = (
+        "a difference smaller than the spread between seeds is not evidence either way."
+        if seeds < 2
+        else "each seed is read on its own, and a verdict is reproduced or not only where every seed reads the "
+        "same; where the seeds disagree, the difference is within their spread: undecided."
     )
+    ui.note(f"{seeds} seed(s) per point on {model}: {rule}", said)
     for row in v.itertuples():
         mark = {
             True: ":material/check_circle: reproduced",
             False: ":material/cancel: not reproduced",
             None: ":material/help: undecided",
         }[row.reproduced]
-        st.markdown(f"**{row.conjecture}** — {mark}. Expected: {row.expected}; observed: {row.observed}.")
+        st.markdown(
+            f"**{row.conjecture}** — {mark}. Expected: {ui.plain(row.expected)}; observed: {ui.plain(row.observed)}.",
+            help=SEED_RULE,
+        )
     # Sections as tabs that draw only when open (one chart, not two and both tables); in the URL.
     tabs = st.tabs(TABS, key="dr_tab", on_change="rerun", bind="query-params")
     # The measure is By factor's own control (the other tabs do not depend on it): in that tab, and while
@@ -182,10 +189,18 @@ TABS = list(TAB_PARTS)
 def result_parts(results: pd.DataFrame, verdicts: pd.DataFrame, value: str) -> tuple[dict, dict]:
     """Every tab's figures (key -> figure) and tables (key -> (caption, frame)) of one grid: built once for
     every session; the open tab draws from them, the export takes them all."""
+    from subnetviz.config import redact
+
     figs = {"dr-factors": dfig.factor_panels(results, value=value), "dr-precision": dfig.precision_pairs(results)}
+    # the notes (a failed run's exception, a "not run" reason) with server paths shown relative to their root
+    notes = results["note"].map(lambda n: redact(n) if isinstance(n, str) else n) if "note" in results else None
+    shown = results if notes is None else results.assign(note=notes)
     tables = {
-        "drivers-verdicts": ("The paper's conjectures: expected, observed, reproduced", verdicts),
-        "drivers-results": ("One row per run and storage precision", results),
+        "drivers-verdicts": (
+            "The paper's conjectures: expected, observed, reproduced",
+            verdicts.assign(observed=verdicts["observed"].map(redact)),
+        ),
+        "drivers-results": ("One row per run and storage precision", shown),
     }
     return figs, tables
 

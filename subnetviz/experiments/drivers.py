@@ -27,10 +27,15 @@ verdicts skip it. ``grid_version`` (:data:`GRID_VERSION`) tells a grid of this f
 The grid's runs fan out over a Ray cluster (``run_drivers(address=...)``; a job does it when
 ``SUBNETVIZ_RAY_ADDRESS`` is set): one task per run, the merged table equal to the local one.
 
+Each seed is a whole grid of its own: training seed, and its own draw of the on-policy / gold SFT sets (which
+prompts land in each set), so that the data axis' seeds differ as the others' do.
+
 The paper's conjectures (arXiv 2505.11711 and follow-ups) and how :func:`verdicts` reads the grid:
 in-distribution data drives sparsity (on-policy SFT sparser than gold SFT); KL regularisation and
 gradient clipping have little effect; bf16 storage hides small updates (bf16 sparser than fp32);
-smaller / fewer updates are sparser (sparsity falls as learning rate and steps grow).
+smaller / fewer updates are sparser (sparsity falls as learning rate and steps grow). With several seeds each
+seed is read on its own and a verdict is reproduced or not only where every seed reads the same, else undecided
+(:data:`SEED_RULE`); a run that trained nothing (:func:`trained_nothing`) is left out.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ import torch
 from subnetviz.errors import ConfigError, SubnetvizError
 from subnetviz.experiments.drivers_runs import _write_jsonl, measure, recipe_rows, sft_sets, train_run
 
-__all__ = ["measure", "recipe_rows", "run_drivers", "sft_sets", "train_run", "verdicts"]
+__all__ = ["measure", "recipe_rows", "run_drivers", "sft_sets", "train_run", "trained_nothing", "verdicts"]
 
 ProgressFn = Callable[[int, int, str], None]
 ALGORITHMS = ("sft", "dpo", "grpo", "rloo", "ppo")
@@ -197,19 +202,32 @@ PRESETS = {
 }
 
 
-def _data_files(base: str, data: Path, work: Path, p: DriversPreset) -> dict:
-    """The training file of each (algorithm, data origin); the on-policy / gold SFT sets are sampled here."""
+def _data_files(base: str, data: Path, work: Path, p: DriversPreset, seeds: Sequence[int]) -> dict:
+    """The training file of each (algorithm, data origin); the on-policy / gold SFT sets are drawn here, once per
+    seed in ``seeds`` (keyed ``("sft", origin, seed)``): each seed its own prompts, so that the data axis' seeds
+    sample which prompts land in each set (one draw for every seed made its seeds one model: the micro preset's 8
+    rows form one batch, the seed changing only their order). Seed 0 draws what a one-seed grid always drew."""
     train_rows = [json.loads(x) for x in (data / "A_train.jsonl").read_text().splitlines() if x.strip()]
-    on, gold = sft_sets(base, train_rows, p.data_prompts, seed=0, max_new_tokens=p.max_completion_length)
-    return {  # None: the base answered every prompt or none correctly, so there are no two sets (sft_sets)
-        ("sft", "on_policy"): _write_jsonl(work / "on_policy.jsonl", on) if on else None,
-        ("sft", "gold"): _write_jsonl(work / "gold.jsonl", gold) if gold else None,
+    files = {
         ("sft", "task"): str(data / "sft_A.jsonl"),
         ("dpo", "task"): str(data / "dpo_A.jsonl"),
         ("grpo", "task"): str(data / "A_train.jsonl"),
         ("rloo", "task"): str(data / "A_train.jsonl"),
         ("ppo", "task"): str(data / "A_train.jsonl"),
     }
+    for seed in seeds:
+        on, gold = sft_sets(base, train_rows, p.data_prompts, seed=seed, max_new_tokens=p.max_completion_length)
+        # None: the base answered every drawn prompt or none correctly, so there are no two sets (sft_sets)
+        files[("sft", "on_policy", seed)] = _write_jsonl(work / f"on_policy-s{seed}.jsonl", on) if on else None
+        files[("sft", "gold", seed)] = _write_jsonl(work / f"gold-s{seed}.jsonl", gold) if gold else None
+    return files
+
+
+def _train_file(files: dict, spec: RunSpec) -> str | None:
+    """The training file of ``spec``: its seed's own on-policy / gold set, or its algorithm's task set."""
+    if spec.data in ("on_policy", "gold"):
+        return files[(spec.algorithm, spec.data, spec.seed)]
+    return files[(spec.algorithm, spec.data)]
 
 
 def _plan(p: DriversPreset, seeds: int, factors) -> tuple[list[RunSpec], list[tuple[RunSpec, str]]]:
@@ -279,10 +297,12 @@ def run_drivers(
     try:
         eval_rows = read_prompts(data / "A_eval.jsonl", p.eval_prompts)
         eval_file = _write_jsonl(work / "eval.jsonl", [{"prompt": r.text, "answer": r.answer} for r in eval_rows])
-        files = _data_files(base, data, work, p)
-        if files[("sft", "on_policy")] is None:  # the base answers every prompt, or none: no two sets to compare
-            skipped += [(s, NO_SFT_SETS) for s in specs if s.data in ("on_policy", "gold")]
-            specs = [s for s in specs if s.data not in ("on_policy", "gold")]
+        on_data = [s for s in specs if s.data in ("on_policy", "gold")]
+        files = _data_files(base, data, work, p, sorted({s.seed for s in on_data}))
+        # a seed whose base answered every drawn prompt, or none: no two sets to compare for that seed
+        no_sets = [s for s in on_data if _train_file(files, s) is None]
+        skipped += [(s, NO_SFT_SETS) for s in no_sets]
+        specs = [s for s in specs if s not in no_sets]
         firsts = {}  # recipe -> the first spec index that trains it
         for i, spec in enumerate(specs):
             firsts.setdefault(spec.recipe(), i)
@@ -290,7 +310,7 @@ def run_drivers(
             r: (
                 specs[i],
                 base,
-                files[(specs[i].algorithm, specs[i].data)],
+                _train_file(files, specs[i]),
                 eval_file,
                 eval_rows,
                 p,
@@ -334,22 +354,72 @@ def _run_locally(specs: list[RunSpec], jobs: dict, progress, should_stop) -> dic
     return done
 
 
+def trained_nothing(results: pd.DataFrame) -> pd.Series:
+    """Per row of ``results``: whether its run moved no weight, its fp32 save bitwise equal to the base (fp32
+    sparsity exactly 1: every step's gradient was zero, as when every GRPO reward group ties and every advantage is
+    0). Such a run is the base itself: its "100 %" and KL of 0 measure no training. Both rows of the run (bf16 and
+    fp32) are marked; a grid with no fp32 rows marks none."""
+    need = {"factor", "value", "seed", "precision", "sparsity"}
+    if not need <= set(results.columns) or results.empty:
+        return pd.Series(False, index=results.index)
+    point = ["factor", "value", "seed"]
+    still = results[(results["precision"] == "fp32") & (results["sparsity"] >= 1.0)][point].drop_duplicates()
+    if still.empty:
+        return pd.Series(False, index=results.index)
+    keys = pd.MultiIndex.from_frame(results[point].astype(str))
+    return pd.Series(keys.isin(pd.MultiIndex.from_frame(still.astype(str))), index=results.index)
+
+
+# How the verdicts read a grid of several seeds (the page shows it beside each verdict).
+SEED_RULE = (
+    "Each seed is read on its own (its runs compared with each other, by the expected rule), and the verdict is "
+    "reproduced or not only where every seed that measured all the points compared reads the same (for a "
+    "'little effect' rule: within 2 points in every seed, or a larger effect in the same direction in every "
+    "seed); where the seeds disagree, the difference is within the spread between seeds and the verdict is "
+    "undecided. With one seed, the means are that seed's runs and a difference smaller than the spread between "
+    "seeds cannot be told from one. Runs that trained nothing (fp32 save equal to the base) are left out."
+)
+
+
+def _agreed(readings: dict[int, object], ok) -> tuple[bool | None, str]:
+    """The verdict of per-seed ``readings`` (seed -> that seed's reading): ``ok(reading)`` where every seed reads the
+    same, else None; and, when the seeds disagree, what to add to the observed text."""
+    if not readings:
+        return None, ""
+    values = list(readings.values())
+    if all(v == values[0] for v in values):
+        return bool(ok(values[0])), ""
+    yes = sum(bool(ok(v)) for v in values)
+    return None, f"; the seeds disagree (reproduced in {yes} of {len(values)})"
+
+
 def verdicts(results: pd.DataFrame) -> pd.DataFrame:
-    """Which conjectures the grid reproduces: conjecture, expected, observed (bf16 sparsity), reproduced."""
-    r = results[results["precision"] == "bf16"]
+    """Which conjectures the grid reproduces: conjecture, expected, observed (bf16 sparsity, the mean over seeds),
+    reproduced (True, False, or None: not measured, or undecided by the seeds: :data:`SEED_RULE`). Runs that
+    trained nothing (:func:`trained_nothing`) are left out of every verdict."""
+    r = results[(results["precision"] == "bf16") & ~trained_nothing(results)]
+    per_seed = r.groupby(["factor", "value", "seed"])["sparsity"].mean()  # (factor, value, seed) -> sparsity
 
     def mean(factor: str, value: str) -> float:
         sel = r[(r["factor"] == factor) & (r["value"] == value)]["sparsity"]
         return float(sel.mean()) if len(sel) else float("nan")
 
+    def seeds_of(factor: str, values) -> dict[int, pd.Series]:
+        """seed -> the values' sparsities in that seed, for the seeds that measured every one of ``values``."""
+        if factor not in per_seed.index.get_level_values(0):
+            return {}
+        table = per_seed.loc[factor].unstack("value").reindex(columns=list(values)).dropna()
+        return {int(seed): row for seed, row in table.iterrows()}
+
     out = []
 
-    def add(name, expected, observed, ok):
+    def add(name, expected, observed, verdict):
+        ok, extra = verdict
         out.append(
             {
                 "conjecture": name,
                 "expected": expected,
-                "observed": observed,
+                "observed": observed + extra,
                 "reproduced": None if ok is None or (isinstance(ok, float) and np.isnan(ok)) else bool(ok),
             }
         )
@@ -361,7 +431,9 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
         f"on-policy {on:.1%} vs gold {gold:.1%}"
         if not np.isnan(on + gold)
         else f"not measured: {_why_no_data(results)}",
-        None if np.isnan(on + gold) else on > gold,
+        (None, "")
+        if np.isnan(on + gold)
+        else _agreed({k: x["on_policy"] > x["gold"] for k, x in seeds_of("data", ["on_policy", "gold"]).items()}, bool),
     )
     algos = r[r["factor"] == "algorithm"].groupby("value")["sparsity"].mean()
     rl = algos.drop("sft", errors="ignore")
@@ -370,40 +442,55 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
             "RL updates are sparser than SFT",
             "every RL algorithm (and DPO) sparser than SFT on the same task",
             ", ".join(f"{k.upper()}: {v:.1%}" for k, v in algos.items()),
-            bool((rl > algos["sft"]).all()),
+            _agreed(
+                {k: bool((x[rl.index] > x["sft"]).all()) for k, x in seeds_of("algorithm", ["sft", *rl.index]).items()},
+                bool,
+            ),
         )
     for factor in ("beta", "clipping"):
         vals = r[r["factor"] == factor].groupby("value")["sparsity"].mean()
         if len(vals) >= 2:
-            spread = float(vals.max() - vals.min())
+            # a seed's reading: "small" (within 2 points), else the values from sparsest to densest (the direction)
+            readings = {
+                k: "small" if float(x.max() - x.min()) <= 0.02 else tuple(x.sort_values(ascending=False).index)
+                for k, x in seeds_of(factor, vals.index).items()
+            }
             add(
                 f"{'KL coefficient' if factor == 'beta' else 'gradient clipping'} has little effect",
                 "sparsity within 2 points across its values",
                 ", ".join(f"{k}: {v:.1%}" for k, v in vals.items()),
-                spread <= 0.02,
+                _agreed(readings, lambda x: x == "small"),
             )
     # one row per distinct run: the default recipe stands on up to six factor axes, and was weighted that often
     keys = [c for c in RECIPE_COLUMNS if c in results.columns]
-    runs = results[results["precision"].notna()].drop_duplicates([*keys, "precision"])
+    measured = results[results["precision"].notna() & ~trained_nothing(results)]
+    runs = measured.drop_duplicates([*keys, "precision"])
     # grouped keeping NaN keys (AdamW's momentum): a pivot dropped those rows
     both = runs.groupby([*keys, "precision"], dropna=False)["sparsity"].mean().unstack("precision")
     if {"bf16", "fp32"} <= set(both.columns):
-        gap = float((both["bf16"] - both["fp32"]).mean())
+        gaps = (both["bf16"] - both["fp32"]).dropna()
+        gap = float(gaps.mean())
+        by_seed = gaps.groupby(level="seed").mean() if "seed" in keys else pd.Series({0: gap})
         add(
             "bf16 storage hides small updates",
             "bf16 saves sparser than fp32 saves of the same run",
             f"bf16 − fp32 sparsity {100 * gap:+.1f} percentage points on average",
-            gap > 0,
+            _agreed({int(k): x > 0 for k, x in by_seed.items()}, bool),
         )
     for factor in ("learning_rate", "steps"):
         sel = r[r["factor"] == factor].assign(x=lambda d: d["value"].astype(float)).groupby("x")["sparsity"].mean()
         if len(sel) >= 2:
+            values = sorted(set(r.loc[r["factor"] == factor, "value"]), key=float)
+
+            def falls(x: pd.Series) -> bool:  # never rising and falling at least once (a flat response is none)
+                d = np.diff(x.to_numpy())
+                return bool(np.all(d <= 0) and np.any(d < 0))
+
             add(
                 f"larger {factor.replace('_', ' ')} → denser updates",
                 "sparsity falls as it grows",
                 ", ".join(f"{k:g}: {v:.1%}" for k, v in sel.items()),
-                # never rising and falling at least once (a flat response, no effect at all, read as reproduced)
-                bool(np.all(np.diff(sel.to_numpy()) <= 0) and np.any(np.diff(sel.to_numpy()) < 0)),
+                _agreed({k: falls(x) for k, x in seeds_of(factor, values).items()}, bool),
             )
     return pd.DataFrame(out, columns=["conjecture", "expected", "observed", "reproduced"])
 
@@ -442,6 +529,27 @@ def grid_notes(results: pd.DataFrame) -> list[tuple[str, str]]:
             points.append(point)
     for (st, why), points in left.items():
         notes.append(("warning" if st == "failed" else "info", f"{', '.join(points)} {st}: {why}"))
+    still = results[trained_nothing(results) & (results["precision"] == "fp32")]
+    if len(still):
+        points = list(dict.fromkeys(f"{r.factor}={r.value} seed {r.seed}" for r in still.itertuples()))
+        notes.append(
+            (
+                "warning",
+                f"{', '.join(points)} trained nothing: the fp32 save equals the base bit for bit (every step's "
+                "gradient was zero, as when every reward group ties), so a 100 % sparsity and a KL of 0 there measure "
+                "no training; left out of the verdicts and of the bars' means (drawn as ×).",
+            )
+        )
+    same = _same_across_seeds(results[status == "done"])
+    if same:
+        notes.append(
+            (
+                "info",
+                f"{', '.join(same)}: every seed's bf16 save measured the same (sparsity, accuracy and KL equal), so "
+                "its seeds are one sample, not independent ones (as in a grid trained before each seed drew its own "
+                "on-policy and gold sets).",
+            )
+        )
     done = results[status == "done"]
     old = "grid_version" not in results.columns or results["grid_version"].isna().all()
     algos = set(done.loc[done["factor"] == "algorithm", "algorithm"])
@@ -476,6 +584,23 @@ def grid_notes(results: pd.DataFrame) -> list[tuple[str, str]]:
         )
         notes.append(("info", "Optimizer axis: " + "; ".join(ran) + caveat + "."))
     return notes
+
+
+def _same_across_seeds(done: pd.DataFrame) -> list[str]:
+    """The grid points whose two or more seeds' bf16 saves measured the same: sparsity, accuracy and KL equal in
+    every seed (one on-policy / gold set pair drawn for every seed: the micro preset's bf16 saves were bit-identical
+    across seeds, the seed changing only the order within one batch). Runs that trained nothing (the base, in every
+    seed alike) are :func:`trained_nothing`'s to name."""
+    cols = [c for c in ("sparsity", "accuracy", "kl_forward") if c in done.columns]
+    done = done[(done["precision"] == "bf16") & ~trained_nothing(done)]
+    if not cols or done.empty:
+        return []
+    points = []
+    for (factor, value), g in done.groupby(["factor", "value"], sort=False):
+        per_seed = g.groupby("seed")[cols].mean()
+        if len(per_seed) >= 2 and per_seed.notna().all().all() and (per_seed.nunique() == 1).all():
+            points.append(f"{factor}={value}")
+    return points
 
 
 def run_job(config: dict, ctx) -> None:

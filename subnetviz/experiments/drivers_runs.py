@@ -154,7 +154,7 @@ def _rloo_trainer(cfg, scratch: Path):
     from trl import RLOOConfig, RLOOTrainer
 
     from subnetviz.training.data import exact_match_reward, load_dataset
-    from subnetviz.training.trainers import trainer_args
+    from subnetviz.training.trainers import log_lines_to_stderr, trainer_args
 
     args = RLOOConfig(
         **trainer_args(cfg, scratch),
@@ -162,9 +162,10 @@ def _rloo_trainer(cfg, scratch: Path):
         max_completion_length=cfg.max_completion_length,
         beta=cfg.beta,
     )
-    return RLOOTrainer(
+    trainer = RLOOTrainer(
         model=cfg.base, reward_funcs=exact_match_reward, args=args, train_dataset=load_dataset(cfg.data, "grpo")
     )
+    return log_lines_to_stderr(trainer)  # each step's metrics in the log, not before the CLI's table on stdout
 
 
 def measure(base: str, model: Path, eval_file: str, prompts, precision: str | None) -> dict:

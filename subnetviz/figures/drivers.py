@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -22,57 +24,105 @@ MEASURE = {
 }
 
 
+def value_order(results: pd.DataFrame, factor: str) -> list[str]:
+    """The x order of one factor's values: by value where every value is a number (learning rate, steps, β), else
+    in the grid's order, read from all of its rows (a failed or skipped point has no bf16 row: its first seed's
+    failure put its value last, and a learning-rate panel read 1e-4 before 1e-5)."""
+    values = list(dict.fromkeys(results.loc[results["factor"] == factor, "value"].astype(str)))
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return values
+
+
 @takes_data()
 def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | None = None) -> go.Figure:
-    """Small multiples: x = the factor's values, y = ``value`` of the bf16 saves (mean bar, seeds as dots);
-    sparsity and accuracy in %, a KL that is positive everywhere on a log axis."""
+    """Small multiples: x = the factor's values (:func:`value_order`), y = ``value`` of the bf16 saves (mean bar,
+    seeds as dots); sparsity and accuracy in %, KL on a log axis over its positive values, a KL of 0 drawn as an
+    open triangle on the axis' floor. A run that trained nothing (its fp32 save equal to the base:
+    :func:`subnetviz.experiments.drivers.trained_nothing`) is drawn as × and left out of the mean, as the
+    verdicts leave it out."""
+    from subnetviz.experiments.drivers import trained_nothing
+
     name, axis, scale = MEASURE.get(value, (value, value, 1.0))
     title = title or f"{name} against each factor (bf16 saves)"
     _require(results, ["factor", "value", "seed", "precision", value], "factor_panels")
-    r = results[results["precision"] == "bf16"]
+    still = trained_nothing(results)
+    r = results[results["precision"] == "bf16"].assign(still=still)
     factors = [f for f in FACTOR_ORDER if f in set(r["factor"])] + sorted(set(r["factor"]) - set(FACTOR_ORDER))
     if not factors:
         return no_data_figure(title)
+    # KL spans decades (1e-8 beside 0.05): a log axis over the positive values; a 0 (a bf16 save equal to the base)
+    # is drawn on the axis' floor, a decade under the smallest positive value, and named so
+    positive = r.loc[r[value] > 0, value] if value == "kl_forward" else pd.Series(dtype=float)
+    log = value == "kl_forward" and len(positive) > 0 and bool((r[value].dropna() >= 0).all())
+    floor = float(positive.min()) / 10 if log else None
     fig = make_subplots(
         rows=1, cols=len(factors), subplot_titles=[f.replace("_", " ") for f in factors], shared_yaxes=True
     )
+    unit = " %" if scale == 100 else ""
+    legend = set()  # the marker kinds named once in the legend
     for j, f in enumerate(factors, start=1):
-        g = r[r["factor"] == f]
-        order = list(dict.fromkeys(g["value"].astype(str)))
-        mean = g.groupby(g["value"].astype(str))[value].mean().reindex(order)
+        g = r[r["factor"] == f].assign(value=lambda d: d["value"].astype(str))
+        order = [v for v in value_order(results, f) if v in set(g["value"])]
+        mean = g[~g["still"]].groupby("value")[value].mean().reindex(order)
+        bars = scale * mean.to_numpy()
+        if log:
+            bars = [None if not (y > 0) else y for y in bars]  # a mean of 0 has no height on a log axis
         fig.add_trace(
             go.Bar(
                 x=order,
-                y=scale * mean.to_numpy(),
+                y=bars,
                 marker_color=PALETTE[0],
                 showlegend=False,
-                hovertemplate=f"{f} %{{x}}<br>mean {name.lower()}: %{{y:.4g}}{' %' if scale == 100 else ''}"
-                "<extra></extra>",
+                hovertemplate=f"{f} %{{x}}<br>mean {name.lower()}: %{{y:.4g}}{unit}<extra></extra>",
             ),
             row=1,
             col=j,
         )
-        fig.add_trace(
-            go.Scatter(
-                x=g["value"].astype(str),
-                y=scale * g[value],
-                mode="markers",
-                showlegend=False,
-                marker={"color": PALETTE[1], "size": 7},
-                text=g["seed"],
-                hovertemplate="seed %{text}: %{y:.4g}<extra></extra>",
-            ),
-            row=1,
-            col=j,
-        )
-        fig.update_xaxes(type="category", row=1, col=j)
-    log = value == "kl_forward" and bool((r[value] > 0).all())  # KL spans decades: 1e-8 beside 0.05
-    _style(fig, title, None, f"{axis} (log)" if log else axis, height=380)
+        kinds = [  # (legend name, which rows, marker, hover text)
+            (None, ~g["still"] & ~(log & (g[value] == 0)), _SEED, "%{y:.4g}" + unit),
+            ("KL 0 (at the axis floor)", ~g["still"] & (log & (g[value] == 0)), _ZERO, "KL 0 (drawn at the floor)"),
+            ("trained nothing (not in the mean)", g["still"], _STILL, "%{customdata:.4g}" + unit + ", trained nothing"),
+        ]
+        for label, sel, marker, shown in kinds:
+            d = g[sel]
+            if d.empty:
+                continue
+            y = scale * d[value]
+            if log:
+                y = y.where(y > 0, floor)
+            fig.add_trace(
+                go.Scatter(
+                    x=d["value"],
+                    y=y,
+                    customdata=scale * d[value],
+                    mode="markers",
+                    name=label or "seed",
+                    showlegend=label is not None and label not in legend,
+                    legendgroup=label,
+                    marker=marker,
+                    text=d["seed"],
+                    hovertemplate=f"seed %{{text}}: {shown}<extra></extra>",
+                ),
+                row=1,
+                col=j,
+            )
+            legend.add(label)
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=order, row=1, col=j)
+    zero = log and bool((r[value] == 0).any())
+    _style(fig, title, None, f"{axis} (log{'; 0 at the floor' if zero else ''})" if log else axis, height=380)
     if log:
-        fig.update_yaxes(type="log", exponentformat="power")
+        top = float(positive.max())
+        fig.update_yaxes(type="log", exponentformat="power", range=[math.log10(floor) - 0.3, math.log10(top) + 0.3])
     for j in range(2, len(factors) + 1):  # one y title, on the first panel (the axes are shared)
         fig.update_yaxes(title_text=None, row=1, col=j)
     return fig
+
+
+_SEED = {"color": PALETTE[1], "size": 7}
+_ZERO = {"color": PALETTE[1], "size": 9, "symbol": "triangle-down-open", "line": {"width": 2}}
+_STILL = {"color": "#555555", "size": 9, "symbol": "x-thin-open", "line": {"width": 2}}
 
 
 @takes_data()

@@ -11,9 +11,10 @@ Fixed choices (why):
   its model is loaded here as Behaviour loads it, with the base's tokenizer (and DPO's reference).
 - ``weight_decay=0`` in the optimizer; the decay is applied by the mask callback (see masking.py).
 - ``save_strategy="no"`` (no TRL checkpoints with optimizer state); the extra checkpoints of
-  ``save_steps`` are written by :class:`CheckpointCallback`. Logging each step, reported to
-  TensorBoard (``report_to=["tensorboard"]``) into :func:`tensorboard_dir`, outside the model folder
-  (which appears only when complete) so that a failed run keeps its curves.
+  ``save_steps`` are written by :class:`CheckpointCallback`. Logging each step (its line on stderr:
+  :class:`LogLinesToStderr`), reported to TensorBoard (``report_to=["tensorboard"]``) into
+  :func:`tensorboard_dir`, outside the model folder (which appears only when complete) so that a failed
+  run keeps its curves.
 - ``bf16``: TRL's default, bf16 autocast for forward/backward with fp32 master weights (what real
   RL runs do); ``bf16=False`` in the config runs everything in fp32.
 - ``activation_checkpointing=False`` (TRL turns it on by default; pointless for small models and it
@@ -25,10 +26,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from subnetviz.cache import _UMASK  # the process' umask, read once at import (reading it means setting it)
 from subnetviz.errors import ConfigError
@@ -51,6 +54,30 @@ def tensorboard_dir(output_dir: str | os.PathLike) -> Path:
     return out.with_name(f"{out.name}.{TENSORBOARD_DIR}")
 
 
+class LogLinesToStderr(PrinterCallback):
+    """transformers' :class:`PrinterCallback` (added in place of the progress bar by ``disable_tqdm``), printing each
+    step's logged metrics on stderr: on stdout they came before a command's own output (``experiment drivers``
+    printed 32 metric dicts before its results table, the quick preset about 150), and a script reading stdout had
+    to skip them. A job's stdout and stderr are both its log; its metrics go to ``metrics.jsonl``
+    (:class:`ProgressCallback`), which this does not touch."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None:
+            return
+        logs.pop("total_flos", None)  # (as PrinterCallback does: the callbacks after it never saw it)
+        if state.is_local_process_zero:
+            print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()}, file=sys.stderr)
+
+
+def log_lines_to_stderr(trainer):
+    """``trainer`` with its :class:`PrinterCallback` (if any) replaced, in its place, by :class:`LogLinesToStderr`."""
+    cbs = trainer.callback_handler.callbacks
+    for i, cb in enumerate(cbs):
+        if type(cb) is PrinterCallback:
+            cbs[i] = LogLinesToStderr()
+    return trainer
+
+
 def _events_into(trainer, folder: Path):
     """Point the trainer's TensorBoard callback at ``folder`` (transformers 5 dropped ``logging_dir``;
     its callback writes to ``TENSORBOARD_LOGGING_DIR`` if set, else under the scratch ``output_dir``)."""
@@ -60,7 +87,7 @@ def _events_into(trainer, folder: Path):
         for cb in trainer.callback_handler.callbacks:
             if isinstance(cb, TensorBoardCallback):
                 cb.logging_dir = str(folder)
-    return trainer
+    return log_lines_to_stderr(trainer)  # (every trainer build_trainer returns passes here)
 
 
 def trainer_args(cfg: TrainConfig, scratch_dir: str | os.PathLike) -> dict:
@@ -198,8 +225,6 @@ def _build_fsdp2_trainer(cfg: TrainConfig, scratch_dir, callbacks, world):
     with single_process_view():
         trainer = _build(cfg, common, dataset, callbacks, model, processing_class=tok, ref_model=ref)
     if not world.is_main:  # each step's line printed once (the metrics are combined over processes: the same)
-        from transformers.trainer_callback import PrinterCallback
-
         trainer.remove_callback(PrinterCallback)
     return trainer
 

@@ -143,7 +143,7 @@ def test_the_drivers_export_carries_the_page_s_warnings(app_env, exports):
         notes = _notes(exports["What drives sparsity"]())
     finally:
         shutil.rmtree(run_dir)
-    (warning,) = [w.value for w in at.warning]
+    (warning,) = [_read(w.value) for w in at.warning]
     assert "its DPO row's β reads 0, but DPO trained with β 0.1" in warning  # the page's warning ...
     assert warning in notes  # ... and the export's
     assert "1 seed(s) per point on " in notes and "not evidence either way." in notes
