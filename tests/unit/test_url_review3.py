@@ -257,7 +257,7 @@ def test_out_may_not_replace_the_cached_model_an_org_name_reads(places):
     inside, cwd, _ = places
     (cwd / "acme" / "tiny-base").mkdir()
     repo = inside / "hub" / "models--acme--tiny-base"
-    with pytest.raises(SubnetvizError, match=r"holds the input acme/tiny-base"):
+    with pytest.raises(SubnetvizError, match=r"which the input acme/tiny-base reads"):
         check_out(str(repo), True, ["acme/tiny-base"])
     assert (repo / "snapshots" / NEW / "model.safetensors").is_file()
 
