@@ -747,7 +747,15 @@ def import_mask(path: str | os.PathLike) -> MaskSet:
                 "load it there and save it again with a current PyTorch (or as safetensors)."
             )
         return import_bigram_pickle(path)
+    if path.suffix.lower() in _ZIP_FORMATS:  # no format's magic: refused in the words of the format the name gives
+        what = "it is empty" if path.stat().st_size == 0 else "it is no zip archive"
+        raise MaskError(f"{path}: not {_ZIP_FORMATS[path.suffix.lower()]} ({what}), nor a safetensors or pickle mask.")
     return _some_masks(load_mask_set(path), path)
+
+
+# The formats whose files are zip archives, by suffix: a .pt of text was refused as "not a readable safetensors mask
+# file (Error while deserializing header …)", a format its sender did not use and a parser's detail.
+_ZIP_FORMATS = {".pt": "a torch.save file", ".pth": "a torch.save file", ".npz": "a NumPy .npz file"}
 
 
 def _some_masks(ms: MaskSet, path: Path) -> MaskSet:

@@ -391,11 +391,14 @@ def workspace_sidebar() -> Workspace:
         ids, text, q = list(members), uilogic.SIDEBAR_TEXT, {"bind": "query-params"}
         first = ids.index("base") if "base" in members else None
         base = st.selectbox("Base checkpoint", ids, first, key="base", accept_new_options=True, **q, **text["base"])
+        if shown := uilogic.typed_base_caption(base, members):  # a typed path's box shows its first letters only
+            st.caption(plain(shown))
         ft_opts = [m for m in ids if m != base]
         ft_default = [m for m in uilogic.FT_DEFAULT if m in ft_opts]
         finetuned = st.multiselect(
             "Finetuned checkpoints", ft_opts, ft_default, key="ft", accept_new_options=True, **q, **text["ft"]
         )
+        st.html(uilogic.CHIP_TAILS)  # typed paths' chips show their ends (the full path on hover, as before)
         mask_files = saved_masks()
         masks = st.multiselect("Saved masks", list(mask_files), [], key="masks", **q, **text["masks"])
         with st.expander("Compute", expanded=False):
@@ -404,15 +407,18 @@ def workspace_sidebar() -> Workspace:
             device = st.selectbox("Device", devices, key="device", **q)
             cluster_choice()
         st.caption(uilogic.roots_caption())
-    ws, refused = uilogic.workspace_of(
+    chosen = uilogic.sidebar_choice(
         base, finetuned, masks, prec, device, members, mask_files, str(z.root) if z else None
     )
-    ws = readable(ws)
-    for *_, why in ws.left_out:  # a stale entry of a shared link: said once, every page compares the rest
-        error(why)
+    ws, refused = readable(chosen.workspace), chosen.refused
     if refused is not None:
         error(refused)  # in the main area, where the visitor looks
-    elif z is None and not base:
+    # the stale entries of a shared link: one line per reason (a few names, how many), every page compares the rest
+    for line in uilogic.left_out_lines(ws.left_out):
+        error(line)
+    if repeated := uilogic.repeated_line(chosen.repeated):
+        st.caption(plain(repeated))  # (an entry naming the base, or a checkpoint chosen already, was dropped unsaid)
+    if refused is None and z is None and not base:
         # also here, not only in the sidebar: every page's main area says why it has nothing to show
         warning(
             "The demo zoo is not built yet: run 'python -m subnetviz demo build' (or 'make app'), "

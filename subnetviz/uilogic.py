@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from subnetviz import config
@@ -53,6 +54,17 @@ def label_text(text: object) -> str:
 
 
 # --- the sidebar's selection ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SidebarChoice:
+    """What the sidebar's choices resolve to: the workspace, the error that refused the base or cut the list of
+    finetunes (None: neither), and the finetune entries not compared because they name a checkpoint named
+    before them (``(entry as shown, what it repeats)``: the base, another entry, or the same text twice)."""
+
+    workspace: Workspace
+    refused: SubnetvizError | None
+    repeated: tuple[tuple[str, str], ...] = ()
+
+
 def workspace_of(
     base: str | None,
     finetuned: Sequence[str],
@@ -63,35 +75,73 @@ def workspace_of(
     mask_files: dict[str, str],
     zoo_root: str | None,
 ) -> tuple[Workspace, SubnetvizError | None]:
-    """The workspace the sidebar's choices name, and the error that refused the base (the checkpoints are then
-    left out: a path outside the roots is never opened) or a list too long. A finetune refused on its own (a stale
-    entry of a shared link, a path outside the roots) is left out with its reason (``left_out``, no path) and the
-    others are compared: one such entry refused them all."""
+    """The workspace the sidebar's choices name, and the error that refused the base or cut the list
+    (:func:`sidebar_choice`, which also says which entries repeat a checkpoint)."""
+    chosen = sidebar_choice(base, finetuned, masks, precision, device, members, mask_files, zoo_root)
+    return chosen.workspace, chosen.refused
+
+
+def sidebar_choice(
+    base: str | None,
+    finetuned: Sequence[str],
+    masks: Sequence[str],
+    precision: str,
+    device: str,
+    members: dict[str, str],
+    mask_files: dict[str, str],
+    zoo_root: str | None,
+) -> SidebarChoice:
+    """The workspace the sidebar's choices name, with what was not taken and why.
+
+    A refused base refuses the checkpoints (a path outside the roots is never opened). A finetune refused on its own
+    (a stale entry of a shared link, a path outside the roots) is left out with its reason (``left_out``, no path)
+    and the others are compared: one such entry refused them all. An entry naming a checkpoint named before it (the
+    base, a zoo id and its folder, a link, a trailing ``/``) is compared once and listed in ``repeated``. Only then
+    is the list cut to :data:`MAX_FINETUNED` distinct checkpoints, so a repeated or refused entry takes no place
+    (33 entries naming 32 checkpoints compared 31 and said "the first 32 are shown"). A URL can list thousands of
+    entries: the first :data:`MAX_EXAMINED` are looked at, the rest left out unread, with the reason said."""
     refused = None
-    chosen = list(dict.fromkeys(c for c in finetuned if c != base))
-    if len(chosen) > MAX_FINETUNED:  # a URL can list thousands; each is opened and drawn
-        refused = SubnetvizError(
-            f"{len(chosen):,} finetuned checkpoints chosen; a view compares at most {MAX_FINETUNED}: the first "
-            f"{MAX_FINETUNED} are shown."
-        )
-        chosen = chosen[:MAX_FINETUNED]
     try:
         base_path = resolve_choice(base, members) if base else None
     except SubnetvizError as exc:
-        refused, base_path, chosen = exc, None, []
-    seen, out, left = {_same(base_path)}, [], []
-    for c in chosen:  # a checkpoint named twice (its id and its folder) is compared once
+        refused, base_path, finetuned = exc, None, []
+    entries = list(finetuned)
+    seen: dict[str | None, str] = {_same(base_path): "the base"} if base_path else {}
+    given: set[str] = set()
+    out, left, repeated = [], [], []
+    for c in entries[:MAX_EXAMINED]:
+        if c in given or (base and c == base):  # the same text again: nothing to resolve
+            repeated.append((entry_name(c), "the base" if base and c == base else "listed twice"))
+            continue
+        given.add(c)
         try:
             path = resolve_choice(c, members)
         except SubnetvizError as exc:  # (its message names it, shortened where it is too long to be a name)
             left.append((c, "", str(exc)))
             continue
-        if _same(path) not in seen:
-            seen.add(_same(path))
-            label, k = label_of(c, members), 2
-            while label in {lbl for lbl, _ in out}:  # two folders of one name: /a/ft and /b/ft (as the library)
-                label, k = f"{label_of(c, members)}-{k}", k + 1
-            out.append((label, path))
+        if _same(path) in seen:  # a checkpoint named twice (its id and its folder) is compared once
+            repeated.append((entry_name(c), seen[_same(path)]))  # ("the base", or "the same checkpoint as ftB")
+            continue
+        label, k = label_of(c, members), 2
+        while label in {lbl for lbl, _ in out}:  # two folders of one name: /a/ft and /b/ft (as the library)
+            label, k = f"{label_of(c, members)}-{k}", k + 1
+        seen[_same(path)] = f"the same checkpoint as {label}"
+        out.append((label, path))
+    unread = entries[MAX_EXAMINED:]
+    if refused is None and (len(out) > MAX_FINETUNED or unread):
+        over = [lbl for lbl, _ in out[MAX_FINETUNED:]] + [entry_name(c) for c in unread]
+        if unread:
+            text = (
+                f"{len(entries):,} finetuned checkpoints chosen; a view looks at the first {MAX_EXAMINED} and "
+                f"compares at most {MAX_FINETUNED}: {min(len(out), MAX_FINETUNED)} compared, {len(over):,} left out "
+                f"({some_names(over)})."
+            )
+        else:
+            text = (
+                f"{len(out):,} finetuned checkpoints chosen; a view compares at most {MAX_FINETUNED}: the first "
+                f"{MAX_FINETUNED} are compared and the other {len(over):,} left out ({some_names(over)})."
+            )
+        refused, out = SubnetvizError(text), out[:MAX_FINETUNED]
     ws = Workspace(
         base_path,
         label_of(base, members) if base_path else "",  # (a refused base is named by the error alone)
@@ -102,10 +152,65 @@ def workspace_of(
         zoo_root,
         tuple(left),
     )
-    return ws, refused
+    return SidebarChoice(ws, refused, tuple(repeated))
 
 
 MAX_FINETUNED = 32  # finetuned checkpoints one view compares
+MAX_EXAMINED = 8 * MAX_FINETUNED  # finetune entries of a URL looked at (each resolved on every page run)
+
+
+def entry_name(choice: str) -> str:
+    """A sidebar entry as a line names it: a path as the pages show paths (relative to its root), anything else as
+    given, shortened past 80 characters (a URL's 300 letters)."""
+    if os.path.isabs(choice) or choice.startswith("~"):
+        return config.display_path(choice)
+    return choice if len(choice) <= 80 else f"{choice[:40]}…{choice[-20:]} ({len(choice):,} characters)"
+
+
+def some_names(names: Sequence[str], shown: int = 3) -> str:
+    """A few names of a list and how many more: ``a, b, c and 97 more``."""
+    head = ", ".join(names[:shown])
+    return head if len(names) <= shown else f"{head} and {len(names) - shown:,} more"
+
+
+def left_out_lines(left_out: Sequence[tuple[str, str, str]], most: int = 3) -> list[str]:
+    """The finetunes left out (``Workspace.left_out``: label, path, reason) as at most ``most`` + 1 lines: those
+    left out for one reason in one line (how many, a few names, the reason), a single one in its own words, the
+    reasons most are left out for first, and past ``most`` reasons the rest in one line. Each was an error box of its own: a link with 100 stale entries put 32
+    boxes above every page's title."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for label, path, why in left_out:
+        groups.setdefault(_reason(label, path, why), []).append((label, why))
+    ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))  # the reasons most are left out for first
+    cut = len(ranked) > most + 1  # (a last reason is said in its own line, not as "1 more for other reasons")
+    lines = []
+    for reason, items in ranked[:most] if cut else ranked:
+        names = some_names([entry_name(label) for label, _ in items])
+        lines.append(items[0][1] if len(items) == 1 else f"{len(items):,} finetunes left out ({names}): {reason}")
+    if cut:
+        rest = [item for _, items in ranked[most:] for item in items]
+        names = some_names([entry_name(label) for label, _ in rest])
+        lines.append(f"{len(rest):,} more finetunes left out for other reasons ({names}); the first: {rest[0][1]}")
+    return lines
+
+
+def _reason(label: str, path: str, why: str) -> str:
+    """A left-out finetune's reason without its name in front: the library's messages begin with the checkpoint as
+    given, or shown shortened (``…/passwd: outside the folders …``), then ``": "``."""
+    for name in (label, path):
+        if name and why.startswith(f"{name}: "):
+            return why[len(name) + 2 :]
+    head, sep, tail = why.partition(": ")
+    return tail if sep and tail else why
+
+
+def repeated_line(repeated: Sequence[tuple[str, str]]) -> str | None:
+    """One line naming the finetune entries not compared because they repeat a checkpoint (:class:`SidebarChoice`),
+    None when there are none: each was dropped without a word."""
+    if not repeated:
+        return None
+    items = [f"{name} ({what})" for name, what in repeated]
+    return f"Not compared again, named already: {some_names(items)}."
 
 
 def _same(path: str | None) -> str | None:
@@ -125,6 +230,25 @@ def named(label: str, path: str, exc: BaseException) -> str:
 def empty_workspace() -> Workspace:
     return Workspace(None, "", (), (), None, "auto", None)
 
+
+def typed_base_caption(base: str | None, members: dict[str, str]) -> str | None:
+    """A line under the base's box naming a typed path as the pages do (``Base: ftA (models/ftA)``), None for a zoo
+    id or hub id (short: the box shows them whole). The box shows a path's first ~25 letters, the same for every
+    checkpoint under one folder (``/tmp/review/workspace2/m…``); a format function would put the label in the URL
+    in place of the path (Streamlit binds the formatted value)."""
+    if not base or base in members or not (os.path.isabs(base) or base.startswith("~")):
+        return None
+    label, where = label_of(base, members), entry_name(base)
+    return f"Base: {where}" if where in (label, f"…/{label}") else f"Base: {label} ({where})"
+
+
+# The finetuned chips of typed paths all read "/tmp/review/works…": their text is laid out right to left, so what
+# is cut is the start (the LRM marks keep a leading "/" in its place), and the folder names that tell them apart
+# show. Each chip's title (Streamlit's) gives the whole path on hover. CSS only: the URL keeps the full choice.
+CHIP_TAILS = """<style>
+.st-key-ft [data-tag] > span[title] { direction: rtl; text-align: left; }
+.st-key-ft [data-tag] > span[title]::before, .st-key-ft [data-tag] > span[title]::after { content: "\\200e"; }
+</style>"""
 
 FT_DEFAULT = ("grpo-s0", "grpo-s1", "grpo-s2", "dpo", "sft")
 """The zoo members a fresh sidebar compares with the base."""

@@ -17,12 +17,12 @@ UNREADABLE = {"architecture": "cannot be read", "family": None, "params": pd.NA,
 def body() -> None:
     st.title("Workspace")
     ws = ui.workspace()
-    ui.need(ws.base is not None, "Choose a base checkpoint in the sidebar.")
     at = ui.compared_at(ws)  # the sparsity below is compared at the sidebar's precision: said here, and in its title
     rows, unreadable = [], {}
     # the finetunes the sidebar left out (unreadable, or another architecture than the base's; the reason is said at
     # the top of every page) are listed too, a readable one with what its header says
-    listed = [(ws.base_label or "base", ws.base, None), *((lab, p, None) for lab, p in ws.finetuned)]
+    listed = [(ws.base_label or "base", ws.base, None)] if ws.base is not None else []
+    listed += [(lab, p, None) for lab, p in ws.finetuned]
     listed += [left for left in ws.left_out if left[1]]  # (a choice refused has no path: its error names it)
     for label, path, left_out in listed:
         try:
@@ -44,25 +44,28 @@ def body() -> None:
             }
         )
     st.subheader("Checkpoints")
-    table = pd.DataFrame(rows).astype({"parameters": "Int64"})  # a count, missing where unreadable
-    ui.table(table, "checkpoints", "Checkpoints in the workspace")
-    for message in unreadable.values():
-        ui.error(message)
-    ui.need(ws.base not in unreadable, "The base cannot be read (above): choose another base in the sidebar.")
+    if rows:
+        table = pd.DataFrame(rows).astype({"parameters": "Int64"})  # a count, missing where unreadable
+        ui.table(table, "checkpoints", "Checkpoints in the workspace")
+    for path, message in unreadable.items():
+        ui.error(message + (" Choose another base in the sidebar." if path == ws.base else ""))
+    if ws.base is None:  # (a base refused is said at the top; masks and the manifest below do not need one)
+        st.info("Choose a base checkpoint in the sidebar.", icon=":material/info:")
     ws = replace(ws, finetuned=tuple((lab, p) for lab, p in ws.finetuned if p not in unreadable))
     analysis = None
-    if ws.finetuned:
+    if ws.finetuned and ws.base is not None and ws.base not in unreadable:  # the one section that needs the base
         st.subheader(f"Exact update sparsity against the base{at}")
         analysis = ui.update_analysis(ws)
         summary = analysis.summary()
-        cols = st.columns(min(len(summary), 6))
-        for col, r in zip(cols, summary.itertuples(), strict=False):
-            col.metric(
-                uilogic.label_text(r.model),  # a metric's label is Markdown: a folder's name shown as text
-                f"{percent_text([100 * r.sparsity], decimals=2)[0]} %",  # 1 change in 10^5 is not 100.00 %
-                help=f"{r.changed:,} of {r.numel:,} parameters changed "
-                f"(bitwise{at}); sparsity = 1 − changed / all, parameter-weighted.",
-            )
+        width = max(1, min(len(summary), 6))
+        for start in range(0, len(summary), width):  # rows of 6: every finetune has its headline number
+            for col, r in zip(st.columns(width), summary.iloc[start : start + width].itertuples(), strict=False):
+                col.metric(
+                    uilogic.label_text(r.model),  # a metric's label is Markdown: a folder's name shown as text
+                    f"{percent_text([100 * r.sparsity], decimals=2)[0]} %",  # 1 change in 10^5 is not 100.00 %
+                    help=f"{r.changed:,} of {r.numel:,} parameters changed "
+                    f"(bitwise{at}); sparsity = 1 − changed / all, parameter-weighted.",
+                )
         ui.table(summary, "sparsity-summary", f"Exact (bitwise) update sparsity{at}, parameter-weighted")
         for note in analysis.notes:
             st.caption(ui.plain(note))
@@ -86,7 +89,7 @@ def body() -> None:
                 st.rerun()
             st.success(f"Stored as {ui.plain(done[1])}; pick it under *Saved masks* in the sidebar.")
     files = dict(ws.masks)
-    if ws.finetuned:
+    if analysis is not None:
         from subnetviz.analysis.updates import mask_path
 
         files.update({f"update mask of {m}": str(mask_path(analysis.source_dir, m)) for m in analysis.labels})
