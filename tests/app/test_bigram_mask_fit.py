@@ -18,7 +18,7 @@ from tests.models import save_model, tiny_model
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("typed_options")]
 
 NEWEST = "99991231-235959-bigram-gpt2"  # a run id newer than any the zoo holds
-OLDER = "20000101-000000-bigram-base"  # an older mask, of the zoo's base
+OLDER = "99991231-235958-bigram-base"  # older than NEWEST, newer than any mask a job trained: of the zoo base
 
 
 @pytest.fixture(scope="module")

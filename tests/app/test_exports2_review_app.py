@@ -194,7 +194,7 @@ def test_the_bigram_export_carries_the_left_out_masks_and_how_the_mask_was_read(
     from tests.models import tiny_model
 
     masks = full_mask(load_local_model(app_env / "zoo" / "base")).masks
-    own = app_env / "runs" / "20000101-000000-exports2-bigram-base"
+    own = app_env / "runs" / "99991231-235958-exports2-bigram-base"  # (newer than any mask a job trained)
     save_mask_set(own / "outputs" / "mask.safetensors", MaskSet(dict(list(masks.items())[:2]), {"target": "bigram"}))
     cfg = json.loads((app_env / "zoo" / "base" / "config.json").read_text())
     gpt2 = tiny_model("gpt2", vocab=cfg["vocab_size"], positions=cfg["max_position_embeddings"])
