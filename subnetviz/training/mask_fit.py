@@ -60,12 +60,12 @@ def _meta_model(base: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] 
     import torch
     from transformers import AutoConfig
 
-    from subnetviz.checkpoints.models import text_model_class
+    from subnetviz.checkpoints.models import model_folder, text_model_class
     from subnetviz.errors import SubnetvizError
     from subnetviz.training.masking import tied_heads
 
     try:
-        config = AutoConfig.from_pretrained(base)
+        config = AutoConfig.from_pretrained(str(model_folder(base)), local_files_only=True)  # (never a download)
         with torch.device("meta"):  # (a vision-language model's class as the run builds it: Mistral-3, Qwen-VL)
             model = text_model_class(config, base).from_config(config)
     except (OSError, ValueError, KeyError, ImportError, SubnetvizError):
