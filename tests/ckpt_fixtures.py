@@ -302,3 +302,18 @@ def tied_llama_pair(root: Path, seed: int) -> tuple[Path, Path, dict[str, torch.
         for dst in (base, ft):
             shutil.copy(f, dst / f.name)
     return base, ft, sd, moved
+
+
+def mistral3_text_model(folder: Path):
+    """A Mistral-3 checkpoint's language model built by hand, as an independent reference: MistralForCausalLM of
+    its text config, the stored ``language_model.*`` tensors loaded by name (float32, strict), the vision tower
+    ignored."""
+    import transformers as T
+    from safetensors.torch import load_file
+
+    model = T.MistralForCausalLM(T.AutoConfig.from_pretrained(folder).text_config).float().eval()
+    sd = load_file(folder / "model.safetensors")
+    text = {k[len("language_model.") :]: v.float() for k, v in sd.items() if k.startswith("language_model.")}
+    missing, unexpected = model.load_state_dict(text, strict=True)
+    assert not missing and not unexpected
+    return model

@@ -274,12 +274,9 @@ def load_local_model(spec: str | Path):
 def model_skeleton(spec: str | Path):
     """The model of ``spec`` built from its config on the meta device: its parameters' names and shapes, no
     weights read or memory allocated (for checking a mask before the model is loaded)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from subnetviz.checkpoints.models import meta_model
 
-    folder = model_folder(spec)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+    return meta_model(model_folder(spec))  # (the folder first: no config.json is a ConfigError here)
 
 
 def model_folder(spec: str | Path) -> Path:

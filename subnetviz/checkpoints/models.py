@@ -243,6 +243,18 @@ def model_config(spec, folder: Path):
         raise CheckpointError(f"{spec}: transformers cannot read its config.json ({_first_line(exc)}).") from None
 
 
+def meta_model(spec: str | os.PathLike):
+    """The model of ``spec`` (a folder, or a hub id in the local cache) built from its config.json on the meta
+    device, with the class a run builds (:func:`text_model_class`): its parameters' names and shapes, no weight
+    read, no memory taken, nothing downloaded (for checking a mask before a model is loaded or a run queued)."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_folder(spec)), local_files_only=True)
+    with torch.device("meta"):
+        return text_model_class(config, spec).from_config(config)
+
+
 def text_model_class(config, spec=None):
     """The transformers auto class that builds, from ``config``, a model returning next-token logits of a text prompt:
     ``AutoModelForCausalLM`` where it knows the config (Llama-4 builds its text model, Gemma-3 the whole of it), else

@@ -57,17 +57,12 @@ def _meta_model(base: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] 
     """The base's parameter shapes and tied heads (:func:`~subnetviz.training.masking.tied_heads`), from its
     model built on the meta device as the run builds it; None where its config.json builds none here (the run says
     why)."""
-    import torch
-    from transformers import AutoConfig
-
-    from subnetviz.checkpoints.models import model_folder, text_model_class
+    from subnetviz.checkpoints.models import meta_model
     from subnetviz.errors import SubnetvizError
     from subnetviz.training.masking import tied_heads
 
     try:
-        config = AutoConfig.from_pretrained(str(model_folder(base)), local_files_only=True)  # (never a download)
-        with torch.device("meta"):  # (a vision-language model's class as the run builds it: Mistral-3, Qwen-VL)
-            model = text_model_class(config, base).from_config(config)
+        model = meta_model(base)  # (a vision-language model's class as the run builds it: Mistral-3, Qwen-VL)
     except (OSError, ValueError, KeyError, ImportError, SubnetvizError):
         return None
     # DTensors and ZeRO-3 do not apply here: every parameter has its full shape

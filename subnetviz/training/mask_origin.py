@@ -82,7 +82,12 @@ def mask_densities(path: str) -> dict[str, float]:
     tensor unpacked at a time; an empty tensor left out)."""
     from subnetviz.masks import load_mask_set
 
-    masks = load_mask_set(path, packed=True).masks
+    return densities(load_mask_set(path, packed=True).masks)
+
+
+def densities(masks: Mapping) -> dict[str, float]:
+    """Each mask of ``masks`` (name -> bool tensor, or bit-packed masks) -> the share of its entries that are 1;
+    an empty one left out."""
     return {name: float(masks[name].sum()) / masks[name].numel() for name in masks if masks[name].numel()}
 
 

@@ -55,7 +55,7 @@ from subnetviz.training import sharded, zero
 from subnetviz.training.config import TrainConfig, job_train_config, weights_record
 from subnetviz.training.evaluate import evaluate_accuracy
 from subnetviz.training.mask_fit import check_mask_fits
-from subnetviz.training.mask_origin import dense_mask_note
+from subnetviz.training.mask_origin import dense_mask_note, densities
 from subnetviz.training.masking import (
     MaskedUpdateCallback,
     check_outside_mask,
@@ -351,7 +351,7 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
     model = trainer.model
     run.attach(trainer)
     masks, mask_set, run.zero_installer = _add_mask_callbacks(cfg, trainer, run.notes)
-    if mask_set is not None and (note := dense_mask_note(_densities(mask_set))):
+    if mask_set is not None and (note := dense_mask_note(densities(mask_set.masks))):
         run.notes.append(note)  # (the page said it on submit only; a run from the CLI or a config said nothing)
     gather = run.gather()
     if cfg.save_steps:
@@ -387,15 +387,6 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
     gathered = _save(run, trainer, state, masks, mask_set)
     del trainer, model, state  # free the training copy before the saved model is read back
     return _finish(run, steps_done, masks, gathered)
-
-
-def _densities(mask_set) -> dict[str, float]:
-    """Each tensor the mask file lists -> the share of its entries that are 1 (an empty tensor left out)."""
-    return {
-        n: float(mask_set.masks[n].sum()) / mask_set.masks[n].numel()
-        for n in mask_set.masks
-        if mask_set.masks[n].numel()
-    }
 
 
 def _add_mask_callbacks(cfg: TrainConfig, trainer, notes: list[str] | None = None):

@@ -21,6 +21,7 @@ import transformers as T
 from safetensors.torch import load_file, save_file
 
 from subnetviz.masks import MaskSet, save_mask_set
+from tests.ckpt_fixtures import mistral3_text_model
 from tests.models import char_tokenizer, tiny_model
 
 TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
@@ -115,17 +116,6 @@ def _mistral3(root, positions: int = 4096):
     return root
 
 
-def _text_model(folder):
-    """The Mistral-3 checkpoint's language model built by hand: MistralForCausalLM of its text config, the stored
-    ``language_model.*`` tensors loaded by name in float32."""
-    model = T.MistralForCausalLM(T.AutoConfig.from_pretrained(folder).text_config).float().eval()
-    sd = load_file(folder / "model.safetensors")
-    text = {k[len("language_model.") :]: v.float() for k, v in sd.items() if k.startswith("language_model.")}
-    missing, unexpected = model.load_state_dict(text, strict=True)
-    assert not missing and not unexpected
-    return model
-
-
 def test_behaviour_reads_a_vision_language_models_vocabulary_and_context_from_its_text_config(tmp_path):
     """The loaded model's config was patched (vocab_size copied onto it) for Behaviour to read the vocabulary; the
     context sat in the text config, unread, so a prompt longer than the model takes ran past its positions. Now
@@ -156,7 +146,7 @@ def test_behaviour_reads_a_vision_language_models_vocabulary_and_context_from_it
     tok = char_tokenizer()
     ids = [tok.convert_tokens_to_ids(list(p.text + p.answer))[:8] for p in prompts]
     assert list(tokens.groupby("prompt").size()) == [len(i) for i in ids] == [8, 6]
-    mb, mf = _text_model(base), _text_model(ft)
+    mb, mf = mistral3_text_model(base), mistral3_text_model(ft)
     fwd, rev = [], []
     with torch.no_grad():
         for i in ids:

@@ -19,6 +19,7 @@ import transformers as T
 from safetensors.torch import load_file, save_file
 
 from subnetviz.analysis.behavior import Prompt, behavior
+from tests.ckpt_fixtures import mistral3_text_model
 from tests.models import char_tokenizer
 
 TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
@@ -92,25 +93,13 @@ def mistral3(tmp_path_factory):
     return _save_pair(tmp_path_factory.mktemp("mistral3"), model, plant)
 
 
-def _mistral_text_model(folder):
-    """The Mistral-3 checkpoint's language model built by hand: MistralForCausalLM of its text config, the stored
-    ``language_model.model.*`` / ``language_model.lm_head.*`` loaded by name (float32), the vision tower ignored."""
-    config = T.AutoConfig.from_pretrained(folder).text_config
-    model = T.MistralForCausalLM(config).float().eval()
-    sd = load_file(folder / "model.safetensors")
-    text = {k[len("language_model.") :]: v.float() for k, v in sd.items() if k.startswith("language_model.")}
-    missing, unexpected = model.load_state_dict(text, strict=True)
-    assert not missing and not unexpected
-    return model
-
-
 def test_behaviour_of_a_mistral3_pair_equals_its_text_model_built_by_hand(mistral3):
     """Mistral3ForConditionalGeneration is no causal LM to transformers 5: Behaviour ended in a raw ValueError
     traceback. It now runs its text path; every token's KL equals the float64 KL of the language model built by
     hand, reverting the planted entries gives the base (KL exactly 0) and reverting the rest changes nothing."""
     base, ft, masks = mistral3
     rep = behavior(str(base), [str(ft)], PROMPTS, labels=["ft"], masks={"M": masks}, curve=[1.0], device="cpu")
-    mb, mf = _mistral_text_model(base), _mistral_text_model(ft)
+    mb, mf = mistral3_text_model(base), mistral3_text_model(ft)
 
     def logits(ids):
         with torch.no_grad():  # one sequence at a time, no padding
