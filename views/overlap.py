@@ -124,7 +124,7 @@ def body() -> None:
         "Overlap",
         params,
         ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "expert-overlap", "consensus"],
-        ["pairwise", "consensus-table"],
+        ["pairwise", "layer-table", "consensus-table"],
         more=lambda: every_tab(overlap, tuple(chosen), view, asked if asked in pairs else pairs[0], at),
         notes=said,
     )
@@ -220,7 +220,10 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
                 view=view,
                 title=f"{what} per layer × expert<br><sup>{figures.plain_label(pair)}{crit}</sup>",
             )
-        return figs, {}
+        # the heatmap's cells as numbers (o1, o2 and both chances beside Jaccard), one row per layer × module
+        cells = one.drop(columns="group")[["layer", "module", *one.columns.drop(["group", "layer", "module"])]]
+        caption = f"{pair} by layer and module, against the per-tensor chance and the paper's global chance"
+        return figs, {"layer-table": (caption, cells.rename(columns=PAPER_CHANCE).reset_index(drop=True))}
     # Consensus: how many masks agree on each entry, against independent masks: per tensor (drawn), and global
     chance = report.consensus_chance()
     overall = report.consensus_overall()

@@ -28,6 +28,10 @@ E / |I_b|``, ``jaccard_chance_per_tensor = E / (|I_a| + |I_b| − E)`` and ``rat
 the same sums run over the group's tensors. The consensus chance (:meth:`OverlapReport.consensus_chance`)
 is the Poisson-binomial count per tensor, summed, beside the global one.
 
+A tensor can also be split into parts counted in groups of their own (``parts_of``): the per-layer grid
+(:func:`overlap_by_layer_module`) splits a fused QKV into q, k and v as the Update sparsity page does, calling
+the naming table's own split (:meth:`~subnetviz.checkpoints.naming.NameTable.fused_parts`).
+
 Tensors whose shape differs between the masks only in the first dimension (a resized vocabulary) are
 compared over their shared leading rows; other shape differences raise, or with ``other_shapes="skip"``
 leave the tensor out. Either way ``OverlapReport.notes`` says which tensors and how many entries.
@@ -37,6 +41,7 @@ Ratios with a zero denominator are NaN.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -46,7 +51,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subnetviz.analysis.overlap_counts import GroupRegions, _count_set, _packed, _shape, _source
+from subnetviz.analysis.overlap_counts import (
+    GroupRegions,
+    PartsOf,
+    _count_set,
+    _packed,
+    _shape,
+    _source,
+    part_sources,
+    split_groups,
+)
 from subnetviz.errors import ConfigError, MaskError, suggest
 
 MAX_MASKS = 16  # 2**16 regions; beyond that an UpSet plot is unreadable anyway
@@ -458,16 +472,22 @@ def mask_overlap(
     labels: Sequence[str] | None = None,
     *,
     group_of: Callable[[str], Hashable] | None = None,
+    parts_of: PartsOf | None = None,
     other_shapes: str = "raise",
 ) -> OverlapReport:
     """Overlap of N mask sets (each a MaskSet or a mapping name -> bool tensor) over the same tensors.
 
     ``labels`` default to ``m0, m1, ...``. ``group_of(name)`` maps a tensor name to its group
-    (e.g. ``(layer, module)``); by default each tensor is its own group. A tensor whose shape differs
+    (e.g. ``(layer, module)``); by default each tensor is its own group. ``parts_of(name, mask)`` (optional)
+    splits a tensor into parts counted in groups of their own: given one mask of the tensor (bool, its
+    shape), the parts as views ``{group: view}`` (a fused QKV's q, k and v: :func:`overlap_by_layer_module`),
+    or None to keep it whole in ``group_of(name)``. In a part's group the per-tensor chance takes the part as
+    its own tensor (its own densities); the overall per-tensor chance, the consensus chance and
+    ``tensor_*`` stay per tensor. A tensor whose shape differs
     between the sets only in its first dimension (a resized vocabulary) is compared over the shared leading
-    rows; ``other_shapes`` says what other shape differences do: ``"raise"`` (default) or ``"skip"`` (the
-    tensor is left out). Either is said in ``notes``. Raises :class:`MaskError` when names or dtypes differ
-    between the sets, and :class:`ConfigError` for more than :data:`MAX_MASKS` sets.
+    rows (and not split); ``other_shapes`` says what other shape differences do: ``"raise"`` (default) or
+    ``"skip"`` (the tensor is left out). Either is said in ``notes``. Raises :class:`MaskError` when names or
+    dtypes differ between the sets, and :class:`ConfigError` for more than :data:`MAX_MASKS` sets.
     """
     sets = [_as_dict(s, i) for i, s in enumerate(mask_sets)]
     n_masks = len(sets)
@@ -483,20 +503,41 @@ def mask_overlap(
 
     if not names:
         raise MaskError("the mask sets hold no tensors; nothing to compare.")
+    # each tensor's groups: its own (group_of), or its parts' (parts_of; a whole tensor only, not shared rows)
+    shapes = {name: _mask_shape(sets[0], labels[0], name) for name in names}
+    split = {
+        name: split_groups(parts_of, name, shapes[name])
+        if parts_of is not None and entries[name] == math.prod(shapes[name])
+        else None
+        for name in names
+    }
+    whole = {name: group_of(name) for name in names if split[name] is None}
     group_index: dict[Hashable, int] = {}
-    rows = [group_index.setdefault(group_of(name), len(group_index)) for name in names]
+    for name in names:
+        for group in split[name] or [whole[name]]:
+            group_index.setdefault(group, len(group_index))
     groups = list(group_index)
     # the groups' region counts, compact above 8 masks (at N = 16 a dense int64 row is 0.5 MB per group)
     per_group = GroupRegions(groups, n_masks)
     group_numel = np.zeros(len(groups), dtype=np.int64)  # no second pass over (G, 2**N) for it
     tensor_counts = np.zeros((len(names), n_masks), dtype=np.int64)  # each mask's size per tensor
     tensor_numel = np.array([entries[name] for name in names], dtype=np.int64)
-    for t, (name, row) in enumerate(zip(names, rows, strict=True)):
+    strata: list[tuple[int, list[int], int]] = []  # (group row, each mask's size, entries) of each tensor or part
+    for t, name in enumerate(names):
         numel = entries[name]  # the shared leading rows' entries where the first dimension differs
-        group_numel[row] += numel
         sources = [_source(s, name) for s in sets]
-        tensor_counts[t] = [_count_set(src, numel) for src in sources]
-        per_group.add(sources, numel, row)
+        if split[name] is None:
+            cut = [(whole[name], sources, numel)]
+        else:  # per part: every mask's part, unpacked for this tensor alone
+            by_mask = [part_sources(src, name, shapes[name], parts_of, split[name]) for src in sources]
+            cut = [(g, [m[i] for m in by_mask], by_mask[0][i][1].size) for i, g in enumerate(split[name])]
+        for group, srcs, n in cut:
+            row = group_index[group]
+            group_numel[row] += n
+            counts = [_count_set(src, n) for src in srcs]
+            tensor_counts[t] += counts
+            strata.append((row, counts, n))
+            per_group.add(srcs, n, row)
     totals = per_group.close().totals
     bits = _membership(n_masks)
     numel = int(totals.sum())
@@ -521,13 +562,19 @@ def mask_overlap(
         },
         columns=["group", "k", "count"],
     )
-    # per-tensor chance intersections Σ_t c_a,t·c_b,t / n_t (float64), per group and overall
+    # per-tensor chance intersections Σ_t c_a,t·c_b,t / n_t (float64), overall per tensor, per group over its
+    # tensors and parts (a split tensor's part is its own stratum in its own group)
     ia, ib = np.triu_indices(n_masks, 1)
-    counts64 = tensor_counts.astype(np.float64)
-    per_tensor = _div(counts64[:, ia] * counts64[:, ib], tensor_numel[:, None])
-    per_tensor = np.nan_to_num(per_tensor, nan=0.0)  # an empty tensor expects no overlap
+
+    def chance(counts: np.ndarray, n: np.ndarray) -> np.ndarray:
+        c = counts.astype(np.float64)
+        return np.nan_to_num(_div(c[:, ia] * c[:, ib], n[:, None]), nan=0.0)  # an empty tensor expects none
+
+    per_tensor = chance(tensor_counts, tensor_numel)
     expected = np.zeros((len(groups), len(ia)))
-    np.add.at(expected, np.asarray(rows, dtype=np.int64), per_tensor)
+    s_rows = np.array([r for r, _, _ in strata], dtype=np.int64)
+    s_counts = np.array([c for _, c, _ in strata], dtype=np.int64).reshape(len(strata), n_masks)
+    np.add.at(expected, s_rows, chance(s_counts, np.array([n for _, _, n in strata], dtype=np.int64)))
     by_group = _pairwise(None, labels, reduced, group_numel, expected)
     by_group.insert(0, "group", [g for g in groups for _ in range(n_masks * (n_masks - 1) // 2)])
 
@@ -544,3 +591,45 @@ def mask_overlap(
         tensor_counts=tensor_counts,
         tensor_numel=tensor_numel,
     )
+
+
+@dataclass(frozen=True)
+class LayerModuleGroups:
+    """The per-layer grid's groups under a naming table (:class:`~subnetviz.checkpoints.naming.NameTable`), as
+    the Update sparsity page's grid has them: each tensor in (layer, module), and a fused tensor that the table
+    splits (:meth:`~subnetviz.checkpoints.naming.NameTable.fused_parts`: GPT-2's ``c_attn``, GPT-NeoX's, Falcon's
+    and GPT-BigCode's fused QKV, Phi-3's ``qkv_proj`` and ``gate_up_proj``, where their layout is known) in
+    (layer, part) for each part: q, k and v. Packed experts (every expert of a layer in one 3-D tensor) stay
+    whole: their gate and up lie along another dimension than ``fused_parts`` cuts."""
+
+    table: object  # NameTable
+
+    def group(self, name: str) -> tuple:
+        info = self.table.describe(name)
+        return (info.layer, info.module)
+
+    def parts(self, name: str, mask: torch.Tensor) -> dict[tuple, torch.Tensor] | None:
+        info = self.table.describe(name)
+        if info.expert == "all":
+            return None
+        parts = self.table.fused_parts(name, mask)
+        return None if parts is None else {(info.layer, part): view for part, view in parts.items()}
+
+
+def overlap_by_layer_module(
+    mask_sets: Sequence, labels: Sequence[str] | None, table, *, other_shapes: str = "raise"
+) -> OverlapReport:
+    """:func:`mask_overlap` grouped by (layer, module) of the naming ``table``, fused tensors split into their
+    parts as the Update sparsity page splits them (:class:`LayerModuleGroups`). Where a fused QKV is still
+    counted whole as ``qkv`` (its layout unknown: no config.json beside mask files), the notes say so, in the
+    table's own words (its ``notice``, as the Update sparsity page gives it) where it has them."""
+    grid = LayerModuleGroups(table)
+    report = mask_overlap(mask_sets, labels, group_of=grid.group, parts_of=grid.parts, other_shapes=other_shapes)
+    whole = [g for g in report.region_counts if isinstance(g, tuple) and g[1:] == ("qkv",)]
+    if not whole:
+        return report
+    said = table.notice or (
+        f"Fused QKV counted whole as qkv in {len(whole):,} layer(s): the naming table does not split it into q, k "
+        "and v without config.json's head counts (mask files carry none), so it is one qkv column per layer."
+    )
+    return dataclasses.replace(report, notes=(*report.notes, said))

@@ -20,7 +20,8 @@ N, and they are the cheap part.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
 import torch
@@ -53,6 +54,34 @@ def _source(masks: Mapping, name: str):
     if packed is not None:
         return packed(name)[0], None
     return None, masks[name].detach().reshape(-1).cpu().numpy().view(np.uint8)
+
+
+# parts_of(name, mask) -> {group: view} or None: how mask_overlap splits a tensor (a fused QKV) into groups
+PartsOf = Callable[[str, torch.Tensor], Mapping[Hashable, torch.Tensor] | None]
+
+
+def split_groups(parts_of: PartsOf, name: str, shape: tuple[int, ...]) -> list[Hashable] | None:
+    """The groups ``parts_of`` splits a mask of ``shape`` into, in its order, or None where it leaves the tensor
+    whole. Asked of an empty meta-device tensor: no bits read. Parts whose sizes do not add up to the tensor's
+    are not taken (counted whole), so a split never changes how many entries are counted."""
+    probe = torch.empty(shape, dtype=torch.bool, device="meta")
+    parts = parts_of(name, probe)
+    if not parts or sum(int(p.numel()) for p in parts.values()) != probe.numel():
+        return None
+    return list(parts)
+
+
+def part_sources(
+    source, name: str, shape: tuple[int, ...], parts_of: PartsOf, groups: list[Hashable]
+) -> list[tuple[None, np.ndarray]]:
+    """One mask's :func:`_source` of a tensor of ``shape`` cut by ``parts_of`` into the parts of ``groups``
+    (:func:`split_groups`): each part's entries, row-major in the part's own shape, as a 0/1 uint8 source.
+    A bit-packed mask is unpacked for this tensor alone (a byte per entry while it is cut)."""
+    packed, plain = source
+    numel = math.prod(shape)
+    bits = np.unpackbits(packed[: (numel + 7) // 8], count=numel) if packed is not None else plain[:numel]
+    parts = parts_of(name, torch.from_numpy(bits.view(np.bool_)).reshape(shape))
+    return [(None, parts[g].reshape(-1).numpy().view(np.uint8)) for g in groups]
 
 
 def _count_set(source, numel: int) -> int:

@@ -145,7 +145,7 @@ def _matched(sets: Sequence) -> tuple[list[str], list[dict[str, str]], bool, int
 
 def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     """The :class:`FilesOverlap` of loaded mask sets (:class:`~subnetviz.masks.MaskSet`), in this process."""
-    from subnetviz.analysis.overlap import mask_overlap
+    from subnetviz.analysis.overlap import mask_overlap, overlap_by_layer_module
     from subnetviz.checkpoints.naming import NameTable
     from subnetviz.errors import MaskError
     from subnetviz.masks import PackedMasks
@@ -180,7 +180,10 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     # no config.json beside mask files: the family, an MTP module's layer and sandwich norms from the names
     table = NameTable.from_config({}, sorted(common))
     try:
-        report = overlap(common, lambda n: (table.describe(n).layer, table.describe(n).module))
+        # fused QKV split into q, k and v as the Update sparsity page's grid splits it (the table's own split)
+        report = overlap_by_layer_module(
+            [only(k, common) for k in range(len(sets))], list(labels), table, other_shapes="skip"
+        )
     except MaskError as exc:  # no tensor left to compare (every shape differs): said, not a failed page
         return FilesOverlap(None, None, len(common), partial, notes=(*notes, str(exc)))
     notes += report.notes
