@@ -75,16 +75,16 @@ def body() -> None:
 
 
 def read_results(outputs: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A finished grid's results table and its verdicts (:func:`subnetviz.experiments.drivers.read_results`;
-    imported here, not with the page: that module brings the trainers)."""
-    from subnetviz.experiments.drivers import read_results as read
+    """A finished grid's results table and its verdicts (:func:`subnetviz.experiments.drivers_verdicts.read_results`;
+    read when a grid is shown)."""
+    from subnetviz.experiments.drivers_verdicts import read_results as read
 
     return read(outputs)
 
 
 def grid_notes(results: pd.DataFrame) -> list[tuple[str, str]]:
-    """What the grid shown recorded about itself (:func:`subnetviz.experiments.drivers.grid_notes`)."""
-    from subnetviz.experiments.drivers import grid_notes as notes
+    """What the grid shown recorded about itself (:func:`subnetviz.experiments.drivers_verdicts.grid_notes`)."""
+    from subnetviz.experiments.drivers_verdicts import grid_notes as notes
 
     return notes(results)
 
@@ -123,7 +123,7 @@ def _results() -> None:
         st.info("No run of this grid was measured (see above).", icon=":material/info:")
         return
     st.subheader("Which of the paper's conjectures does the zoo reproduce?")
-    from subnetviz.experiments.drivers import SEED_RULE
+    from subnetviz.experiments.drivers_verdicts import SEED_RULE
 
     seeds, params = results["seed"].nunique(), runs[choice][2]
     model = f"a {params:,}-parameter model" if params else "the demo base"

@@ -36,26 +36,53 @@ gradient clipping have little effect; bf16 storage hides small updates (bf16 spa
 smaller / fewer updates are sparser (sparsity falls as learning rate and steps grow). With several seeds each
 seed is read on its own and a verdict is reproduced or not only where every seed reads the same, else undecided
 (:data:`SEED_RULE`); a run that trained nothing (:func:`trained_nothing`) is left out.
+
+This module plans, trains and measures the grid (one run: :mod:`subnetviz.experiments.drivers_runs`); reading a
+finished grid's table (verdicts, notes, runs that trained nothing) is :mod:`subnetviz.experiments.drivers_verdicts`,
+its names importable from here too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from subnetviz.errors import ConfigError, SubnetvizError
 from subnetviz.experiments.drivers_runs import _write_jsonl, measure, recipe_rows, sft_sets, train_run
+from subnetviz.experiments.drivers_verdicts import (
+    NO_SFT_SETS,
+    RECIPE_COLUMNS,
+    SEED_RULE,
+    grid_notes,
+    read_results,
+    trained_nothing,
+    verdicts,
+)
 
-__all__ = ["measure", "recipe_rows", "run_drivers", "sft_sets", "train_run", "trained_nothing", "verdicts"]
+__all__ = [
+    "NO_SFT_SETS",
+    "RECIPE_COLUMNS",
+    "SEED_RULE",
+    "grid_notes",
+    "measure",
+    "read_results",
+    "recipe_rows",
+    "run_drivers",
+    "sft_sets",
+    "train_run",
+    "trained_nothing",
+    "verdicts",
+]
 
 ProgressFn = Callable[[int, int, str], None]
 ALGORITHMS = ("sft", "dpo", "grpo", "rloo", "ppo")
@@ -99,20 +126,6 @@ COLUMNS = [
     "status",
     "note",
     "grid_version",
-]
-
-
-# the columns that decide a run's trained weights (RunSpec.recipe): one run, whichever factor axes it stands on
-RECIPE_COLUMNS = [
-    "seed",
-    "algorithm",
-    "learning_rate",
-    "steps",
-    "beta",
-    "max_grad_norm",
-    "optimizer",
-    "momentum",
-    "data",
 ]
 
 
@@ -246,9 +259,6 @@ def _plan(p: DriversPreset, seeds: int, factors) -> tuple[list[RunSpec], list[tu
     ]
 
 
-NO_SFT_SETS = "the base answered every training prompt, or none, correctly (no on-policy and gold sets to tell apart)"
-
-
 def _on_ray(jobs: list[tuple], address: str) -> list[list[dict]]:
     """Each run's :func:`recipe_rows` as one Ray task (same torch thread count as this process)."""
     from subnetviz.jobs.fanout import ray_map
@@ -298,7 +308,8 @@ def run_drivers(
         eval_rows = read_prompts(data / "A_eval.jsonl", p.eval_prompts)
         eval_file = _write_jsonl(work / "eval.jsonl", [{"prompt": r.text, "answer": r.answer} for r in eval_rows])
         on_data = [s for s in specs if s.data in ("on_policy", "gold")]
-        files = _data_files(base, data, work, p, sorted({s.seed for s in on_data}))
+        with _library_output():
+            files = _data_files(base, data, work, p, sorted({s.seed for s in on_data}))
         # a seed whose base answered every drawn prompt, or none: no two sets to compare for that seed
         no_sets = [s for s in on_data if _train_file(files, s) is None]
         skipped += [(s, NO_SFT_SETS) for s in no_sets]
@@ -350,257 +361,18 @@ def _run_locally(specs: list[RunSpec], jobs: dict, progress, should_stop) -> dic
         if progress:
             progress(i, len(specs), f"{spec.factor}={spec.value} seed {spec.seed}")
         if spec.recipe() not in done:
-            done[spec.recipe()] = recipe_rows(*jobs[spec.recipe()])
+            with _library_output():
+                done[spec.recipe()] = recipe_rows(*jobs[spec.recipe()])
     return done
 
 
-def trained_nothing(results: pd.DataFrame) -> pd.Series:
-    """Per row of ``results``: whether its run moved no weight, its fp32 save bitwise equal to the base (fp32
-    sparsity exactly 1: every step's gradient was zero, as when every GRPO reward group ties and every advantage is
-    0). Such a run is the base itself: its "100 %" and KL of 0 measure no training. Both rows of the run (bf16 and
-    fp32) are marked; a grid with no fp32 rows marks none."""
-    need = {"factor", "value", "seed", "precision", "sparsity"}
-    if not need <= set(results.columns) or results.empty:
-        return pd.Series(False, index=results.index)
-    point = ["factor", "value", "seed"]
-    still = results[(results["precision"] == "fp32") & (results["sparsity"] >= 1.0)][point].drop_duplicates()
-    if still.empty:
-        return pd.Series(False, index=results.index)
-    keys = pd.MultiIndex.from_frame(results[point].astype(str))
-    return pd.Series(keys.isin(pd.MultiIndex.from_frame(still.astype(str))), index=results.index)
-
-
-# How the verdicts read a grid of several seeds (the page shows it beside each verdict).
-SEED_RULE = (
-    "Each seed is read on its own (its runs compared with each other, by the expected rule), and the verdict is "
-    "reproduced or not only where every seed that measured all the points compared reads the same (for a "
-    "'little effect' rule: within 2 points in every seed, or a larger effect in the same direction in every "
-    "seed); where the seeds disagree, the difference is within the spread between seeds and the verdict is "
-    "undecided. With one seed, the means are that seed's runs and a difference smaller than the spread between "
-    "seeds cannot be told from one. Runs that trained nothing (fp32 save equal to the base) are left out."
-)
-
-
-def _agreed(readings: dict[int, object], ok) -> tuple[bool | None, str]:
-    """The verdict of per-seed ``readings`` (seed -> that seed's reading): ``ok(reading)`` where every seed reads the
-    same, else None; and, when the seeds disagree, what to add to the observed text."""
-    if not readings:
-        return None, ""
-    values = list(readings.values())
-    if all(v == values[0] for v in values):
-        return bool(ok(values[0])), ""
-    yes = sum(bool(ok(v)) for v in values)
-    return None, f"; the seeds disagree (reproduced in {yes} of {len(values)})"
-
-
-def verdicts(results: pd.DataFrame) -> pd.DataFrame:
-    """Which conjectures the grid reproduces: conjecture, expected, observed (bf16 sparsity, the mean over seeds),
-    reproduced (True, False, or None: not measured, or undecided by the seeds: :data:`SEED_RULE`). Runs that
-    trained nothing (:func:`trained_nothing`) are left out of every verdict."""
-    r = results[(results["precision"] == "bf16") & ~trained_nothing(results)]
-    per_seed = r.groupby(["factor", "value", "seed"])["sparsity"].mean()  # (factor, value, seed) -> sparsity
-
-    def mean(factor: str, value: str) -> float:
-        sel = r[(r["factor"] == factor) & (r["value"] == value)]["sparsity"]
-        return float(sel.mean()) if len(sel) else float("nan")
-
-    def seeds_of(factor: str, values) -> dict[int, pd.Series]:
-        """seed -> the values' sparsities in that seed, for the seeds that measured every one of ``values``."""
-        if factor not in per_seed.index.get_level_values(0):
-            return {}
-        table = per_seed.loc[factor].unstack("value").reindex(columns=list(values)).dropna()
-        return {int(seed): row for seed, row in table.iterrows()}
-
-    out = []
-
-    def add(name, expected, observed, verdict):
-        ok, extra = verdict
-        out.append(
-            {
-                "conjecture": name,
-                "expected": expected,
-                "observed": observed + extra,
-                "reproduced": None if ok is None or (isinstance(ok, float) and np.isnan(ok)) else bool(ok),
-            }
-        )
-
-    on, gold = mean("data", "on_policy"), mean("data", "gold")
-    add(
-        "in-distribution data drives sparsity",
-        "on-policy SFT sparser than gold SFT",
-        f"on-policy {on:.1%} vs gold {gold:.1%}"
-        if not np.isnan(on + gold)
-        else f"not measured: {_why_no_data(results)}",
-        (None, "")
-        if np.isnan(on + gold)
-        else _agreed({k: x["on_policy"] > x["gold"] for k, x in seeds_of("data", ["on_policy", "gold"]).items()}, bool),
-    )
-    algos = r[r["factor"] == "algorithm"].groupby("value")["sparsity"].mean()
-    rl = algos.drop("sft", errors="ignore")
-    if "sft" in algos and len(rl):
-        add(
-            "RL updates are sparser than SFT",
-            "every RL algorithm (and DPO) sparser than SFT on the same task",
-            ", ".join(f"{k.upper()}: {v:.1%}" for k, v in algos.items()),
-            _agreed(
-                {k: bool((x[rl.index] > x["sft"]).all()) for k, x in seeds_of("algorithm", ["sft", *rl.index]).items()},
-                bool,
-            ),
-        )
-    for factor in ("beta", "clipping"):
-        vals = r[r["factor"] == factor].groupby("value")["sparsity"].mean()
-        if len(vals) >= 2:
-            # a seed's reading: "small" (within 2 points), else the values from sparsest to densest (the direction)
-            readings = {
-                k: "small" if float(x.max() - x.min()) <= 0.02 else tuple(x.sort_values(ascending=False).index)
-                for k, x in seeds_of(factor, vals.index).items()
-            }
-            add(
-                f"{'KL coefficient' if factor == 'beta' else 'gradient clipping'} has little effect",
-                "sparsity within 2 points across its values",
-                ", ".join(f"{k}: {v:.1%}" for k, v in vals.items()),
-                _agreed(readings, lambda x: x == "small"),
-            )
-    # one row per distinct run: the default recipe stands on up to six factor axes, and was weighted that often
-    keys = [c for c in RECIPE_COLUMNS if c in results.columns]
-    measured = results[results["precision"].notna() & ~trained_nothing(results)]
-    runs = measured.drop_duplicates([*keys, "precision"])
-    # grouped keeping NaN keys (AdamW's momentum): a pivot dropped those rows
-    both = runs.groupby([*keys, "precision"], dropna=False)["sparsity"].mean().unstack("precision")
-    if {"bf16", "fp32"} <= set(both.columns):
-        gaps = (both["bf16"] - both["fp32"]).dropna()
-        gap = float(gaps.mean())
-        by_seed = gaps.groupby(level="seed").mean() if "seed" in keys else pd.Series({0: gap})
-        add(
-            "bf16 storage hides small updates",
-            "bf16 saves sparser than fp32 saves of the same run",
-            f"bf16 − fp32 sparsity {100 * gap:+.1f} percentage points on average",
-            _agreed({int(k): x > 0 for k, x in by_seed.items()}, bool),
-        )
-    for factor in ("learning_rate", "steps"):
-        sel = r[r["factor"] == factor].assign(x=lambda d: d["value"].astype(float)).groupby("x")["sparsity"].mean()
-        if len(sel) >= 2:
-            values = sorted(set(r.loc[r["factor"] == factor, "value"]), key=float)
-
-            def falls(x: pd.Series) -> bool:  # never rising and falling at least once (a flat response is none)
-                d = np.diff(x.to_numpy())
-                return bool(np.all(d <= 0) and np.any(d < 0))
-
-            add(
-                f"larger {factor.replace('_', ' ')} → denser updates",
-                "sparsity falls as it grows",
-                ", ".join(f"{k:g}: {v:.1%}" for k, v in sel.items()),
-                _agreed({k: falls(x) for k, x in seeds_of(factor, values).items()}, bool),
-            )
-    return pd.DataFrame(out, columns=["conjecture", "expected", "observed", "reproduced"])
-
-
-def _why_no_data(results: pd.DataFrame) -> str:
-    """Why the data axis has no on-policy vs gold measure: not in the grid, or its points' recorded reason."""
-    rows = results[results["factor"] == "data"]
-    if rows.empty:
-        return "the data axis is not in this grid"
-    if "status" in rows.columns:
-        recorded = rows[rows["status"].isin(["not run", "failed"])]
-        for r in recorded.itertuples():
-            return f"{r.value} {r.status}: {r.note}" if r.status == "failed" else str(r.note)
-    return NO_SFT_SETS
-
-
-def _status(results: pd.DataFrame) -> pd.Series:
-    """Each row's status; an older grid (no column) recorded only the runs that were done."""
-    if "status" not in results.columns:
-        return pd.Series("done", index=results.index)
-    return results["status"].fillna("done")
-
-
-def grid_notes(results: pd.DataFrame) -> list[tuple[str, str]]:
-    """What a reader of this grid should know besides its numbers, as (level, one line), level "warning" or "info":
-    its points not run or failed (and why), PPO's clipping value that has no effect (or PPO's absence), the
-    learning rate each optimizer ran at, and what a grid of an older format measured differently. Read from the
-    grid itself, never from the environment that shows it."""
-    notes: list[tuple[str, str]] = []
-    status = _status(results)
-    left: dict[tuple[str, str], list[str]] = {}  # (status, reason) -> its grid points, in the grid's order
-    for i in results.index[status != "done"]:
-        point = f"{results.at[i, 'factor']}={results.at[i, 'value']}"
-        points = left.setdefault((status[i], str(results.at[i, "note"])), [])
-        if point not in points:
-            points.append(point)
-    for (st, why), points in left.items():
-        notes.append(("warning" if st == "failed" else "info", f"{', '.join(points)} {st}: {why}"))
-    still = results[trained_nothing(results) & (results["precision"] == "fp32")]
-    if len(still):
-        points = list(dict.fromkeys(f"{r.factor}={r.value} seed {r.seed}" for r in still.itertuples()))
-        notes.append(
-            (
-                "warning",
-                f"{', '.join(points)} trained nothing: the fp32 save equals the base bit for bit (every step's "
-                "gradient was zero, as when every reward group ties), so a 100 % sparsity and a KL of 0 there measure "
-                "no training; left out of the verdicts and of the bars' means (drawn as ×).",
-            )
-        )
-    same = _same_across_seeds(results[status == "done"])
-    if same:
-        notes.append(
-            (
-                "info",
-                f"{', '.join(same)}: every seed's bf16 save measured the same (sparsity, accuracy and KL equal), so "
-                "its seeds are one sample, not independent ones (as in a grid trained before each seed drew its own "
-                "on-policy and gold sets).",
-            )
-        )
-    done = results[status == "done"]
-    old = "grid_version" not in results.columns or results["grid_version"].isna().all()
-    algos = set(done.loc[done["factor"] == "algorithm", "algorithm"])
-    if old and len(results):
-        parts = []
-        if "ppo" in set(done["algorithm"]):
-            parts.append("its PPO point used a learning rate decaying linearly to 0 (the other runs a constant one)")
-        if (done.loc[done["algorithm"] == "dpo", "beta"] == 0).any():
-            parts.append("its DPO row's β reads 0, but DPO trained with β 0.1")
-        if parts:
-            notes.append(
-                ("warning", "Trained before grid format 2 (this page reads it as is): " + "; ".join(parts) + ".")
-            )
-    if "ppo" in set(done["algorithm"]):
-        notes.append(("info", "PPO: its max_grad_norm has no effect (TRL's PPO loop does not clip gradients)."))
-    elif algos and "ppo" not in set(results["algorithm"]):
-        why = " (the TRL 0.29.1 it needs was not installed where it was trained)" if old else ""
-        notes.append(("info", f"PPO: not in this grid{why}."))
-    opt = done[(done["factor"] == "optimizer") & (done["precision"] == "bf16")]
-    if len(opt):
-        ran = []
-        for value, g in opt.groupby("value", sort=False):
-            lr = ", ".join(f"{x:g}" for x in sorted(set(g["learning_rate"])))
-            mom = sorted(set(g["momentum"].dropna())) if "momentum" in g.columns else []
-            ran.append(f"{value} at learning rate {lr}" + (f" with momentum {mom[0]:g}" if len(mom) == 1 else ""))
-        lrs = set(opt["learning_rate"])
-        caveat = (
-            ": at one learning rate an SGD step is far smaller than an AdamW step, so the SGD point's sparsity "
-            "measures its step size more than the optimizer"
-            if len(lrs) == 1 and len(ran) > 1
-            else ""
-        )
-        notes.append(("info", "Optimizer axis: " + "; ".join(ran) + caveat + "."))
-    return notes
-
-
-def _same_across_seeds(done: pd.DataFrame) -> list[str]:
-    """The grid points whose two or more seeds' bf16 saves measured the same: sparsity, accuracy and KL equal in
-    every seed (one on-policy / gold set pair drawn for every seed: the micro preset's bf16 saves were bit-identical
-    across seeds, the seed changing only the order within one batch). Runs that trained nothing (the base, in every
-    seed alike) are :func:`trained_nothing`'s to name."""
-    cols = [c for c in ("sparsity", "accuracy", "kl_forward") if c in done.columns]
-    done = done[(done["precision"] == "bf16") & ~trained_nothing(done)]
-    if not cols or done.empty:
-        return []
-    points = []
-    for (factor, value), g in done.groupby(["factor", "value"], sort=False):
-        per_seed = g.groupby("seed")[cols].mean()
-        if len(per_seed) >= 2 and per_seed.notna().all().all() and (per_seed.nunique() == 1).all():
-            points.append(f"{factor}={value}")
-    return points
+def _library_output() -> contextlib.AbstractContextManager:
+    """While the grid's libraries draw data and train: what they print goes to stderr (a job's log), not stdout,
+    which is a command's own output (its results table, read by scripts). DeepSpeed, which accelerate imports inside
+    the trainers, logs "Setting accelerator to CPU" at import through a handler it opens on the ``sys.stdout`` of
+    that moment; opened here, it writes to stderr for the rest of the process, at its own level (its warnings and
+    errors still shown, on stderr). Exceptions pass through unchanged."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def run_job(config: dict, ctx) -> None:
@@ -632,18 +404,3 @@ def validate_config(config: dict) -> None:
     seeds = config.get("seeds", 1)  # ("x" failed inside the job with a traceback, 1.7 became 1)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"drivers seeds must be a whole number >= 1, got {seeds!r}.")
-
-
-def read_results(outputs: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A finished grid's results table (``results.csv`` in its outputs folder) and the verdicts read from it. A
-    folder without it (a run's outputs deleted) is a one-line :class:`ConfigError`, not a FileNotFoundError."""
-    from subnetviz.cache import read_frame
-    from subnetviz.config import display_path
-
-    path = Path(outputs) / "results.csv"
-    if not path.is_file():
-        raise ConfigError(
-            f"{display_path(outputs)}: no results.csv; this is not a finished drivers grid's output folder."
-        )
-    results = read_frame(path, dtype={"value": str})  # a value "None" stays text
-    return results, verdicts(results)

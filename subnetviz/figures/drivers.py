@@ -40,9 +40,9 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
     """Small multiples: x = the factor's values (:func:`value_order`), y = ``value`` of the bf16 saves (mean bar,
     seeds as dots); sparsity and accuracy in %, KL on a log axis over its positive values, a KL of 0 drawn as an
     open triangle on the axis' floor. A run that trained nothing (its fp32 save equal to the base:
-    :func:`subnetviz.experiments.drivers.trained_nothing`) is drawn as × and left out of the mean, as the
+    :func:`subnetviz.experiments.drivers_verdicts.trained_nothing`) is drawn as × and left out of the mean, as the
     verdicts leave it out."""
-    from subnetviz.experiments.drivers import trained_nothing
+    from subnetviz.experiments.drivers_verdicts import trained_nothing
 
     name, axis, scale = MEASURE.get(value, (value, value, 1.0))
     title = title or f"{name} against each factor (bf16 saves)"
@@ -128,18 +128,24 @@ _STILL = {"color": "#555555", "size": 9, "symbol": "x-thin-open", "line": {"widt
 @takes_data()
 def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 vs fp32: update sparsity") -> go.Figure:
     """Per run (factor=value, seed): its bf16 and its fp32 save as two dots joined by a line (a dot stays
-    visible at 0 %, where a bar would not: fp32 saves change nearly every weight)."""
+    visible at 0 %, where a bar would not: fp32 saves change nearly every weight). A run that trained nothing (its
+    fp32 save equal to the base: :func:`subnetviz.experiments.drivers_verdicts.trained_nothing`) is drawn as ×, both saves at
+    100 %, and named in the subtitle: its pair measures no training, as :func:`factor_panels` marks it."""
+    from subnetviz.experiments.drivers_verdicts import trained_nothing
+
     _require(results, ["factor", "value", "seed", "precision", "sparsity"], "precision_pairs")
     results = results[results["precision"].notna()]  # a grid point not run or failed has no save
     if results.empty:
         return no_data_figure(title)
     r = results.assign(run=results["factor"] + "=" + results["value"].astype(str) + " s" + results["seed"].astype(str))
     wide = r.pivot_table(index="run", columns="precision", values="sparsity", sort=False)
+    still = list(dict.fromkeys(r.loc[trained_nothing(results), "run"]))  # in the grid's order
+    trained = wide.drop(index=still)
     precisions = sorted(wide.columns)
     fig = go.Figure()
     if len(precisions) > 1:  # one grey segment per run, from its lowest to its highest save
         xs, ys = [], []
-        for run, row in wide.iterrows():
+        for run, row in trained.iterrows():
             xs += [run, run, None]
             ys += [100 * row.min(), 100 * row.max(), None]
         fig.add_trace(
@@ -150,13 +156,34 @@ def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 
     for i, prec in enumerate(precisions):
         fig.add_trace(
             go.Scatter(
-                x=wide.index,
-                y=100 * wide[prec],
+                x=trained.index,
+                y=100 * trained[prec],
                 mode="markers",
                 name=f"{prec} save",
                 marker={"color": PALETTE[i], "size": 9, "symbol": ("circle", "diamond")[i % 2]},
                 hovertemplate="%{x}<br>sparsity %{y:.3g} %<extra>" + prec + "</extra>",
             )
         )
-    fig.update_xaxes(type="category")
-    return _style(fig, title, "run", "update sparsity (%)")
+    if still:
+        saves = wide.loc[still].stack().rename("sparsity").reset_index()  # run, precision, sparsity
+        fig.add_trace(
+            go.Scatter(
+                x=saves["run"],
+                y=100 * saves["sparsity"],
+                text=saves["precision"],
+                mode="markers",
+                name="trained nothing",
+                marker=_STILL,
+                hovertemplate="%{x}<br>%{text} save: sparsity %{y:.3g} %, trained nothing<extra></extra>",
+            )
+        )
+        shown = ", ".join(still[:6]) + (f" and {len(still) - 6} more" if len(still) > 6 else "")
+        title += (
+            f"<br><sup>× trained nothing: {shown} (its fp32 save equals the base bit for bit: no step changed a "
+            "weight), so its 100 % measures no training</sup>"
+        )
+    # the grid's order for every run, those drawn as × too (a trace's own order put them last)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(wide.index))
+    return _style(
+        fig, title, "run", "update sparsity (%)", margin={"l": 70, "r": 30, "t": 100 if still else 80, "b": 60}
+    )
