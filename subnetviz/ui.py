@@ -403,8 +403,9 @@ def workspace_sidebar() -> Workspace:
         masks = st.multiselect("Saved masks", list(mask_files), [], key="masks", **q, **text["masks"])
         with st.expander("Compute", expanded=False):
             prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", **q, **text["precision"])
-            devices = ["auto", "cpu"] + (["cuda"] if uilogic.has_cuda() else [])
-            device = st.selectbox("Device", devices, key="device", **q)
+            devices = uilogic.device_options(st.query_params.get("device"), uilogic.has_cuda())
+            chosen_device = st.selectbox("Device", devices, key="device", **q)
+            device, no_cuda = uilogic.device_used(chosen_device, uilogic.has_cuda())
             cluster_choice()
         st.caption(uilogic.roots_caption())
     chosen = uilogic.sidebar_choice(
@@ -418,6 +419,8 @@ def workspace_sidebar() -> Workspace:
         error(line)
     if repeated := uilogic.repeated_line(chosen.repeated):
         st.caption(plain(repeated))  # (an entry naming the base, or a checkpoint chosen already, was dropped unsaid)
+    if no_cuda:
+        st.caption(plain(no_cuda))  # (a link's device=cuda became 'auto' on a server without CUDA, unsaid)
     if refused is None and z is None and not base:
         # also here, not only in the sidebar: every page's main area says why it has nothing to show
         warning(

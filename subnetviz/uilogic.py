@@ -119,13 +119,14 @@ def sidebar_choice(
         except SubnetvizError as exc:  # (its message names it, shortened where it is too long to be a name)
             left.append((c, "", str(exc)))
             continue
-        if _same(path) in seen:  # a checkpoint named twice (its id and its folder) is compared once
-            repeated.append((entry_name(c), seen[_same(path)]))  # ("the base", or "the same checkpoint as ftB")
+        same = _same(path)
+        if same in seen:  # a checkpoint named twice (its id and its folder, its folder and its file) is compared once
+            repeated.append((entry_name(c), seen[same]))  # ("the base", or "the same checkpoint as ftB")
             continue
         label, k = label_of(c, members), 2
         while label in {lbl for lbl, _ in out}:  # two folders of one name: /a/ft and /b/ft (as the library)
             label, k = f"{label_of(c, members)}-{k}", k + 1
-        seen[_same(path)] = f"the same checkpoint as {label}"
+        seen[same] = f"the same checkpoint as {label}"
         out.append((label, path))
     unread = entries[MAX_EXAMINED:]
     if refused is None and (len(out) > MAX_FINETUNED or unread):
@@ -214,9 +215,29 @@ def repeated_line(repeated: Sequence[tuple[str, str]]) -> str | None:
 
 
 def _same(path: str | None) -> str | None:
-    """What tells two choices of one checkpoint apart from two checkpoints: the real path of a local one (a resolved
-    choice is absolute; a hub id is not, and is not looked up as a folder of the working directory)."""
-    return os.path.realpath(path) if path and os.path.isabs(path) else path
+    """What tells two choices of one checkpoint apart from two checkpoints: the weights they read
+    (:func:`~subnetviz.checkpoints.sources.weights_identity`: a folder, its ``model.safetensors`` or its shard index,
+    a link to it, a cached hub id and its snapshot folder are one; they were compared twice, as ``ftA`` and
+    ``ftA-2``). One that cannot be located (its error is said when it is read): the real path of a local one (a
+    resolved choice is absolute; a hub id is not, and is not looked up as a folder of the working directory)."""
+    from subnetviz.cache import file_stamp
+    from subnetviz.checkpoints.sources import weights_identity
+
+    if not path:
+        return path
+    try:  # a hub id each time (its refs move), a path while its files' stamps hold (every page run asked it)
+        return _identity(path, file_stamp(path)) if os.path.isabs(path) else weights_identity(path)
+    except (SubnetvizError, OSError):
+        return os.path.realpath(path) if os.path.isabs(path) else path
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity(path: str, stamp: str) -> str:
+    """:func:`~subnetviz.checkpoints.sources.weights_identity` of the local ``path`` while ``stamp`` holds (its
+    :func:`~subnetviz.cache.file_stamp`: a folder's files, a file's identity): it reads config.json and index files."""
+    from subnetviz.checkpoints.sources import weights_identity
+
+    return weights_identity(path)
 
 
 def named(label: str, path: str, exc: BaseException) -> str:
@@ -244,10 +265,21 @@ def typed_base_caption(base: str | None, members: dict[str, str]) -> str | None:
 
 # The finetuned chips of typed paths all read "/tmp/review/works…": their text is laid out right to left, so what
 # is cut is the start (the LRM marks keep a leading "/" in its place), and the folder names that tell them apart
-# show. Each chip's title (Streamlit's) gives the whole path on hover. CSS only: the URL keeps the full choice.
-CHIP_TAILS = """<style>
-.st-key-ft [data-tag] > span[title] { direction: rtl; text-align: left; }
-.st-key-ft [data-tag] > span[title]::before, .st-key-ft [data-tag] > span[title]::after { content: "\\200e"; }
+# show. A weights file's chip (``…/ftA/model.safetensors``, ``…/ftB/model.safetensors.index.json``: a name every
+# checkpoint's file shares) showed only that name's end ("afetensors.index.json" for every sharded checkpoint): its
+# path wraps, and its last three lines show, with the folder's name before the file's. Each chip's title
+# (Streamlit's) gives the whole path on hover. CSS only: the URL keeps the full choice.
+_FILE_TITLES = ", ".join(f'[title$="{suffix}"]' for suffix in (".json", ".safetensors", ".bin", ".pt", ".pth"))
+_FILE_CHIP = f".st-key-ft [data-tag] > span:is({_FILE_TITLES})"
+CHIP_TAILS = f"""<style>
+.st-key-ft [data-tag] > span[title] {{ direction: rtl; text-align: left; }}
+.st-key-ft [data-tag] > span[title]::before, .st-key-ft [data-tag] > span[title]::after {{ content: "\\200e"; }}
+.st-key-ft [data-tag]:has(> span:is({_FILE_TITLES})) {{ height: auto; min-height: 1.75rem; }}
+{_FILE_CHIP} {{
+  direction: ltr; white-space: normal; overflow-wrap: anywhere; text-overflow: clip; line-height: 1.25;
+  display: flex; align-items: flex-end; max-height: calc(3 * 1.25em + 1px); overflow: hidden;
+}}
+{_FILE_CHIP}::before, {_FILE_CHIP}::after {{ content: none; }}
 </style>"""
 
 FT_DEFAULT = ("grpo-s0", "grpo-s1", "grpo-s2", "dpo", "sft")
@@ -280,6 +312,24 @@ def has_cuda() -> bool:
     if "torch" in sys.modules:
         return bool(sys.modules["torch"].cuda.is_available())
     return nvidia_driver()
+
+
+def device_options(asked: str | None, cuda: bool) -> list[str]:
+    """The sidebar's Device options: ``cuda`` where this server has CUDA (:func:`has_cuda`), and also where the link
+    asks for it (``asked``, its ``device=``), so that the link keeps it when shared onward: a value not among the
+    options was dropped, and the box read ``auto`` without a word. :func:`device_used` says what is run then."""
+    return ["auto", "cpu"] + (["cuda"] if cuda or asked == "cuda" else [])
+
+
+def device_used(chosen: str, cuda: bool) -> tuple[str, str | None]:
+    """The device the analyses run on for the Device box's ``chosen``, and the line that says why it is another
+    one (None where it is not): ``cuda`` on a server without CUDA runs on the CPU."""
+    if chosen == "cuda" and not cuda:
+        return "cpu", (
+            "This server has no CUDA device: the analyses run on the CPU (the link's device=cuda is kept for "
+            "sharing, under Compute in the sidebar)."
+        )
+    return chosen, None
 
 
 def nvidia_driver() -> bool:

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from subnetviz.cache import stat_identity
-from subnetviz.checkpoints.header import ST_DTYPES, TensorMeta, read_safetensors_header
+from subnetviz.checkpoints.header import ST_DTYPE_INFO, ST_DTYPES, ST_STORED_AS, TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import TIED_HEADS, strip_prefix
-from subnetviz.checkpoints.sources import ADAPTER_WEIGHTS, Checkpoint, holds_model_weights, open_checkpoint, source_of
+from subnetviz.checkpoints.sources import Checkpoint, holds_adapter, holds_model_weights, open_checkpoint, source_of
 from subnetviz.config import check_allowed, check_readable, enforce_roots, read_json, require_memory
 from subnetviz.errors import CheckpointError, PathNotAllowedError, SubnetvizError, suggest
 
@@ -105,11 +105,7 @@ def adapter_folder(spec) -> Path | None:
         if not os.path.isdir(p):  # os.path: False for a name no file can have (Path.is_dir raises)
             return None
         folder = Path(p)
-    if not os.path.isfile(os.path.join(folder, "adapter_config.json")):
-        return None
-    if holds_model_weights(folder) and not any((folder / f).is_file() for f in ADAPTER_WEIGHTS):
-        return None
-    return folder
+    return folder if holds_adapter(folder) else None
 
 
 def is_adapter(spec) -> bool:
@@ -130,11 +126,12 @@ def adapter_info(spec) -> dict:
     cfg = read_json(folder / "adapter_config.json", CheckpointError)
     weights = _adapter_weights(folder)
     header, raw = read_safetensors_header(weights)
-    dtypes: dict[str, int] = {}
+    dtypes: dict[str, int] = {}  # the file's stored dtypes, named as a model's row names them ("bfloat16", not "bf16")
     for name, info in header.items():
         if name != "__metadata__":
-            n = math.prod(int(d) for d in info["shape"])
-            dtypes[str(info["dtype"]).lower()] = dtypes.get(str(info["dtype"]).lower(), 0) + n
+            n, st = math.prod(int(d) for d in info["shape"]), str(info["dtype"])
+            key = ST_STORED_AS.get(st) or ST_DTYPE_INFO.get(st, (st.lower(),))[0]
+            dtypes[key] = dtypes.get(key, 0) + n
     h = hashlib.sha256(raw)
     h.update(json.dumps(cfg, sort_keys=True).encode())
     h.update(f"{weights.resolve()}:{stat_identity(weights.stat())}".encode())  # (two adapters with one mtime)

@@ -796,6 +796,14 @@ def holds_model_weights(folder: Path) -> bool:
     return any((folder / f).is_file() for f in _MODEL_FILES) or any(folder.glob("pytorch_model*.bin"))
 
 
+def holds_adapter(folder: Path) -> bool:
+    """Whether ``folder`` is a PEFT adapter, read as one beside a base: it has ``adapter_config.json``, and adapter
+    weights or no full model's (a merged model saved with its adapter's config left beside it is that model)."""
+    if not (folder / "adapter_config.json").is_file():
+        return False
+    return not holds_model_weights(folder) or any((folder / f).is_file() for f in ADAPTER_WEIGHTS)
+
+
 def _refuse_lone_adapter(folder: Path, spec: str | None = None) -> list[str]:
     """A PEFT adapter folder on its own is no model: its weights are a low-rank update of a base. A folder that
     holds a full model beside ``adapter_config.json`` (a merged model saved where its adapter was, or uploaded
@@ -919,6 +927,19 @@ def checkpoint_files(spec: str | os.PathLike) -> tuple[list[Path], Path | None]:
     config.json lies; None for none), each checked readable; only index files and config.json are read."""
     _s, files, root, _config, _notes = _locate(spec)
     return files, root
+
+
+def weights_identity(spec: str | os.PathLike) -> str:
+    """What two specs reading the same weights share and two reading different weights do not: the real paths of
+    the files read and of the folder whose config.json is read (a folder, its ``model.safetensors``, its shard index,
+    a link to it); for an adapter, its folder's real path (beside a base it is read as that adapter merged, not as
+    any model file the folder also holds). Only index files and config.json are read; CheckpointError (or
+    NotCachedError) where the checkpoint cannot be located. A folder and its weights file were compared twice."""
+    folder = local_folder(spec)
+    if folder is not None and holds_adapter(folder):
+        return f"adapter\0{folder.resolve()}"
+    files, root = checkpoint_files(spec)
+    return "\0".join([str(root.resolve()) if root else "", *sorted(str(f.resolve()) for f in files)])
 
 
 # Bumped when what a fingerprint covers changes, so no cached result keyed by an older one is served again
