@@ -13,6 +13,8 @@ Decisions documented here:
   per process.
 - ``mask``: ``None`` (full finetune), a mask file, or ``"random:<mask file>"`` (a random mask with
   the same per-tensor density as that file, drawn with ``seed``: the chance baseline).
+- The device is not a field: a run trains where ``auto`` points (:func:`train_device`, ``SUBNETVIZ_DEVICE`` as
+  for the analyses), and its ``train_summary.json`` records the device it trained on.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class TrainConfig:
         ]
         if problems:
             raise ConfigError("training config: " + "; ".join(problems) + ".")
+        train_device()  # SUBNETVIZ_DEVICE naming no device here: refused now (at submit), not once the model loaded
         # The rows themselves: a bad file is refused here (naming file and line), not mid-job.
         from subnetviz.training.data import FIELDS, read_jsonl, rows_over_length
 
@@ -322,6 +325,17 @@ class TrainConfig:
         except RecursionError:
             raise ConfigError(f"{path}: JSON nested too deep to be a training config.") from None
         return cls.from_dict(d)
+
+
+def train_device() -> str:
+    """The device a run trains on: ``auto`` as :func:`subnetviz.config.resolve_device` resolves it for the analyses
+    (``SUBNETVIZ_DEVICE`` when it names one, else ``cuda`` when torch sees a GPU, else ``cpu``), read in the process
+    that trains (a job's worker inherits the environment of the process that starts it). A value that names no
+    device here is that function's one-line :class:`ConfigError`. A multi-process run (ddp, fsdp2, zero) takes its
+    kind only: ``cpu``, or one GPU per process."""
+    from subnetviz.config import resolve_device
+
+    return resolve_device("auto")
 
 
 def shown(value, width: int = 40) -> str:

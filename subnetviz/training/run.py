@@ -21,8 +21,8 @@ TensorBoard run per training run, never mixed). The folder then holds:
 - ``train_summary.json``: steps done, final metrics, accuracy, seconds, and the bitwise checks
   against the base (``outside_mask_identical``, changed entries inside/outside) of the saved
   model (``mask_check``, with the weights files it read: size, mtime, sha256) and of the gathered full fp32 state
-  dict (``gathered_check``); for FSDP2 the evidence that it was active (``fsdp2``: DTensor parameters, mesh size,
-  local vs full sizes),
+  dict (``gathered_check``), the device it trained on (``device``); for FSDP2 the evidence that it was active
+  (``fsdp2``: DTensor parameters, mesh size, local vs full sizes),
   for ZeRO likewise (``zero``: stage, partitioned parameters, local vs full sizes, masked steps),
 - ``accelerate_config.yaml`` for a launched multi-process run.
 
@@ -52,7 +52,7 @@ from subnetviz.cache import atomic_write
 from subnetviz.errors import ConfigError, JobError, MaskError, SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext
 from subnetviz.training import sharded, zero
-from subnetviz.training.config import TrainConfig, job_train_config, weights_record
+from subnetviz.training.config import TrainConfig, job_train_config, train_device, weights_record
 from subnetviz.training.evaluate import evaluate_accuracy
 from subnetviz.training.mask_fit import check_mask_fits
 from subnetviz.training.mask_origin import dense_mask_note, densities
@@ -96,6 +96,7 @@ class TrainResult:
     zero: dict | None = None  # zero.zero_evidence() of the DeepSpeed engine, with the steps the mask was applied
     nonfinite_steps: int = 0  # steps whose logged loss or grad_norm was NaN or Inf (the run diverged if > 0)
     first_nonfinite_step: int | None = None  # the first of them
+    device: str | None = None  # the device the trainer trained on (the main process's: "cpu", "cuda:0", ...)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -268,6 +269,7 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
     """
     # every row's length on the main rank only (the notes go to its log; each rank would tokenize the whole data)
     notes = cfg.validate(all_rows=os.environ.get("RANK", "0") == "0")
+    _use_device(cfg, notes)
     if cfg.strategy in zero.ZERO_STRATEGIES:
         if why := zero.zero_available():
             raise ConfigError(why + ".")
@@ -292,6 +294,23 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _use_device(cfg: TrainConfig, notes: list[str]) -> None:
+    """Make the run's device (:func:`~subnetviz.training.config.train_device`) the one its trainer takes. A
+    single process given ``cuda:N`` makes that GPU the current one (accelerate trains on the current CUDA device);
+    a multi-process run puts one process on each GPU, so an index is noted as not used. ``cpu`` is the trainer's
+    ``use_cpu`` (:func:`~subnetviz.training.trainers.trainer_args`)."""
+    device = train_device()
+    if not device.startswith("cuda:"):
+        return
+    if cfg.strategy == "single":
+        torch.cuda.set_device(device)
+    elif os.environ.get("RANK", "0") == "0":
+        notes.append(
+            f"note: SUBNETVIZ_DEVICE names {device}; a {cfg.strategy} run puts each of its processes on a GPU of its "
+            "own (cuda:0 ...), so the index is not used"
+        )
+
+
 class _Run:
     """One :func:`train` call: its config and job context, where it writes, and this process's place
     in the run (main or not, how many processes, the FSDP2 evidence) once the trainer is built."""
@@ -308,12 +327,13 @@ class _Run:
             any_rank=sharded.any_rank if world else None,
             reduce=sharded.reduce_metrics if world else None,  # FSDP2: each process logs its own shard
         )
-        self.is_main, self.n_proc, self.evidence = True, 1, None
+        self.is_main, self.n_proc, self.evidence, self.device = True, 1, None, None
         self.zero_installer: _ZeroMaskInstaller | None = None
         self.notes: list[str] = []  # TrainConfig.validate's (rows TRL leaves out), logged by the main process
         self.saved = False  # the trained model is in the work folder: from then on a failure keeps it
 
     def attach(self, trainer) -> None:
+        self.device = str(trainer.args.device)  # (accelerate's placement: what train_device chose, as trained on)
         if self.world is not None:
             self.is_main, self.n_proc = self.world.is_main, self.world.size
             self.evidence = sharded.fsdp2_evidence(trainer.model)
@@ -340,6 +360,7 @@ class _Run:
             zero=self.zero_installer.evidence if self.zero_installer is not None else None,
             nonfinite_steps=self.progress.nonfinite_steps,
             first_nonfinite_step=self.progress.first_nonfinite_step,
+            device=self.device,
             **fields,
         )
 
@@ -416,7 +437,7 @@ def _announce(run: _Run) -> None:
     _log(
         run.ctx,
         f"training {cfg.algorithm} on {cfg.data} from {cfg.base} ({'mask ' + cfg.mask if cfg.mask else 'full'}; "
-        f"strategy {cfg.strategy}, {run.n_proc} process(es))",
+        f"strategy {cfg.strategy}, {run.n_proc} process(es), on {run.device})",
     )
     if run.evidence is not None:
         _log(run.ctx, f"FSDP2 active: {json.dumps(run.evidence)}")

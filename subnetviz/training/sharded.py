@@ -43,7 +43,7 @@ from typing import NoReturn
 import torch
 
 from subnetviz.errors import ConfigError
-from subnetviz.training.config import STRATEGIES  # noqa: F401  (re-exported)
+from subnetviz.training.config import STRATEGIES, train_device  # noqa: F401  (STRATEGIES re-exported)
 from subnetviz.training.zero import (  # noqa: F401  (re-exported)
     ZERO_STAGE,
     ZERO_STRATEGIES,
@@ -82,6 +82,14 @@ def launched() -> bool:
     return os.environ.get(LAUNCHED_ENV) == "1" or ("WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ)
 
 
+def process_device() -> str:
+    """Where each process of a multi-process run trains: ``cuda`` (its own GPU, ``cuda:LOCAL_RANK``; nccl) when the
+    run's device (:func:`~subnetviz.training.config.train_device`: ``SUBNETVIZ_DEVICE``, else CUDA when torch
+    sees a GPU) is a GPU, else ``cpu`` (gloo; DeepSpeed's CPU accelerator). ``SUBNETVIZ_DEVICE=cpu`` on a machine
+    with GPUs therefore trains on the CPU, as a single-process run does."""
+    return "cuda" if train_device().startswith("cuda") else "cpu"
+
+
 def needs_launch(strategy: str) -> bool:
     """Must this process start the run's processes (instead of training itself)?"""
     return strategy != "single" and not launched()
@@ -99,8 +107,9 @@ def _free_port() -> int:
 def accelerate_config(strategy: str, num_processes: int, *, port: int | None = None) -> str:
     """The ``accelerate launch`` config (YAML text) for a strategy.
 
-    ``ddp`` and ``fsdp2`` launch through torchrun (``MULTI_GPU``; with no CUDA GPU the trainer runs
-    on CPU over gloo); for ``fsdp2`` subnetviz applies ``fully_shard`` itself in each process.
+    ``ddp`` and ``fsdp2`` launch through torchrun (``MULTI_GPU``; where the run's device is the CPU, no CUDA GPU
+    or ``SUBNETVIZ_DEVICE=cpu``, the trainer runs on CPU over gloo); for ``fsdp2`` subnetviz applies
+    ``fully_shard`` itself in each process.
     ``zero2`` / ``zero3`` use accelerate's DeepSpeed plugin (stage 2 / 3, no offload).
     """
     lines = [
@@ -166,7 +175,7 @@ def launch(strategy: str, num_processes: int, config_file: Path, folder: Path, *
     env[ACCELERATE_CONFIG_ENV] = str(yaml)
     env[LAUNCHED_ENV] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")
-    if strategy in ZERO_STRATEGIES and not torch.cuda.is_available():
+    if strategy in ZERO_STRATEGIES and process_device() == "cpu":
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator (gloo); it would probe for CUDA otherwise
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
@@ -273,14 +282,15 @@ class World:
 
 
 def init_world() -> World:
-    """Join the launched run's process group (gloo on CPU, nccl on CUDA) and return this process's place."""
+    """Join the launched run's process group (gloo on CPU, nccl on CUDA: :func:`process_device`) and return this
+    process's place."""
     import torch.distributed as dist
 
     if "WORLD_SIZE" not in os.environ:  # one process started without torchrun: a group of one
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if not dist.is_initialized():
-        if torch.cuda.is_available():
+        if process_device() == "cuda":
             torch.cuda.set_device(local_rank)
             dist.init_process_group("nccl")
         else:
@@ -293,7 +303,7 @@ def shard_model(model: torch.nn.Module, world: World) -> torch.nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = process_device()
     if device == "cuda":
         model.to(f"cuda:{world.local_rank}")
     mesh = init_device_mesh(device, (world.size,))
@@ -365,7 +375,7 @@ def any_rank(flag: bool) -> bool:
     """True on every process if ``flag`` is True on any (a collective: all processes call it)."""
     import torch.distributed as dist
 
-    t = torch.tensor([int(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
+    t = torch.tensor([int(flag)], device=process_device())  # (nccl takes CUDA tensors, gloo CPU ones)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

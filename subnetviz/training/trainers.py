@@ -18,11 +18,14 @@ Fixed choices (why):
 - ``bf16``: TRL's default, bf16 autocast for forward/backward with fp32 master weights (what real
   RL runs do); ``bf16=False`` in the config runs everything in fp32.
 - ``activation_checkpointing=False`` (TRL turns it on by default; pointless for small models and it
-  slows them down), ``use_cpu=True`` when torch sees no CUDA GPU.
+  slows them down), ``use_cpu=True`` when the run's device is the CPU (:func:`~subnetviz.training.config.
+  train_device`: ``SUBNETVIZ_DEVICE``, else CUDA when torch sees a GPU). Models TRL loads from a path are loaded
+  with ``device_map=None`` and placed by accelerate on that device (TRL's ``"auto"`` put them on the first GPUs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,7 +38,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from subnetviz.cache import _UMASK  # the process' umask, read once at import (reading it means setting it)
 from subnetviz.errors import ConfigError
-from subnetviz.training.config import MAX_LENGTH, TrainConfig
+from subnetviz.training.config import MAX_LENGTH, TrainConfig, train_device
 from subnetviz.training.data import exact_match_reward, load_dataset
 
 TENSORBOARD_DIR = "tensorboard"
@@ -90,6 +93,13 @@ def _events_into(trainer, folder: Path):
     return log_lines_to_stderr(trainer)  # (every trainer build_trainer returns passes here)
 
 
+# How TRL loads a model from a folder (the policy given as a path, the references it builds): float32 master
+# weights; ``device_map=None`` so that the model lands whole on the run's device (accelerate's placement: the CPU
+# with ``use_cpu``, else this process's GPU). TRL's default ``"auto"`` spread it over the GPUs the process sees
+# (each process of a launched FSDP2 run sees all of them) and ignored SUBNETVIZ_DEVICE's ``cuda:N``.
+MODEL_INIT = {"dtype": "float32", "device_map": None}
+
+
 def trainer_args(cfg: TrainConfig, scratch_dir: str | os.PathLike) -> dict:
     """The TRL config keyword arguments shared by all three algorithms."""
     return dict(
@@ -106,12 +116,12 @@ def trainer_args(cfg: TrainConfig, scratch_dir: str | os.PathLike) -> dict:
         logging_nan_inf_filter=False,  # a NaN/Inf loss is logged as is (the filter logged a diverged run as 0.0)
         save_strategy="no",
         report_to=["tensorboard"],  # into tensorboard_dir(cfg.output_dir): see build_trainer
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=train_device() == "cpu",
         activation_checkpointing=False,
         bf16=cfg.bf16,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        model_init_kwargs={"dtype": "float32"},
+        model_init_kwargs=dict(MODEL_INIT),
     )
 
 
@@ -171,11 +181,6 @@ def image_text_to_text(base: str | os.PathLike) -> bool:
     return text_model_class(config, base) is not AutoModelForCausalLM
 
 
-def _needs_reference(cfg: TrainConfig) -> bool:
-    """Whether the algorithm keeps a frozen reference model: DPO, and GRPO with a KL term (``beta > 0``)."""
-    return cfg.algorithm == "dpo" or (cfg.algorithm == "grpo" and cfg.effective_beta > 0)
-
-
 def _frozen(model):
     """``model`` in eval mode with no parameter requiring a gradient (a reference model)."""
     model.eval()
@@ -210,8 +215,9 @@ def _build_fsdp2_trainer(cfg: TrainConfig, scratch_dir, callbacks, world):
 
     model = shard_model(_load_model(cfg.base), world)
     ref = None
-    if _needs_reference(cfg):
-        # The frozen reference: sharded like the policy (its forwards all-gather in step on every rank).
+    if cfg.algorithm == "dpo":
+        # DPO's frozen reference: sharded like the policy (its forwards all-gather in step on every rank). GRPO's
+        # (beta > 0) is built by TRL itself, which takes none (see _build).
         ref = _frozen(shard_model(_load_model(cfg.base), world))
     tok = AutoTokenizer.from_pretrained(cfg.base)
     dataset = load_dataset(cfg.data, cfg.algorithm)
@@ -229,7 +235,35 @@ def _build_fsdp2_trainer(cfg: TrainConfig, scratch_dir, callbacks, world):
     return trainer
 
 
+# GRPO's reference model (``beta > 0``) when the policy is given as an instance (FSDP2, a vision-language base):
+# TRL 1.x's GRPOTrainer takes no ``ref_model``; it loads the reference from the policy's folder (config
+# ``_name_or_path``) with ``args.model_init_kwargs`` (:data:`MODEL_INIT`, so that it lands whole on this process's
+# device). Under FSDP2 it is therefore a full, unsharded copy in each process (its forwards need no collective).
+GRPO_LOGGER = "trl.trainer.grpo_trainer"
+# TRL warns that model_init_kwargs are ignored for a model instance, and then loads the reference with them.
+IGNORED_INIT_WARNING = "You passed `model_init_kwargs`"
+
+
+@contextlib.contextmanager
+def _without_warning(logger: str, text: str):
+    """Drop the log records of ``logger`` whose message holds ``text`` (a warning that is wrong here; accelerate's
+    logger puts ``[RANK n]`` before it)."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in str(record.getMessage())
+
+    log = logging.getLogger(logger)
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
+
+
 def _build(cfg: TrainConfig, common: dict, dataset, callbacks, model, processing_class=None, ref_model=None):
+    """The TRL trainer of ``cfg.algorithm``; ``model`` a folder path or an instance, ``ref_model`` DPO's frozen
+    reference for an instance (None: TRL loads it from the model's folder, as it always does for GRPO)."""
     extra = {"processing_class": processing_class} if processing_class is not None else {}
     if not isinstance(model, str):
         common = {k: v for k, v in common.items() if k != "model_init_kwargs"}  # only for a model path
@@ -253,17 +287,24 @@ def _build(cfg: TrainConfig, common: dict, dataset, callbacks, model, processing
     elif cfg.algorithm == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
+        if not isinstance(model, str) and cfg.effective_beta > 0:
+            common = {**common, "model_init_kwargs": dict(MODEL_INIT)}
         args = GRPOConfig(
             **common,
             num_generations=cfg.num_generations,
             max_completion_length=cfg.max_completion_length,
             beta=cfg.effective_beta,
         )
-        if ref_model is not None:
-            extra["ref_model"] = ref_model
-        trainer = GRPOTrainer(
-            model=model, reward_funcs=exact_match_reward, args=args, train_dataset=dataset, callbacks=callbacks, **extra
-        )
+        # (TRL's GRPOTrainer takes no ref_model: with beta > 0 it loads the reference from the model's folder)
+        with _without_warning(GRPO_LOGGER, IGNORED_INIT_WARNING):
+            trainer = GRPOTrainer(
+                model=model,
+                reward_funcs=exact_match_reward,
+                args=args,
+                train_dataset=dataset,
+                callbacks=callbacks,
+                **extra,
+            )
     else:
         raise ConfigError(f"algorithm {cfg.algorithm!r} is unknown; expected sft, dpo or grpo.")
     return trainer

@@ -1,0 +1,217 @@
+"""Training review 3 fixes: the device a run trains on, and FSDP2 GRPO with a KL term.
+
+- ``SUBNETVIZ_DEVICE`` (what device ``auto`` stands for, :func:`subnetviz.config.resolve_device`) decides a
+  training run's device too: ``cpu`` on a machine with a GPU trains on the CPU (the trainer arguments, the
+  FSDP2 / ZeRO process backend and the launch environment all say cpu), a value that names no device is refused
+  at submit and by ``train --config`` in one line, and the device trained on is recorded in the run's summary.
+  torch is told it sees a GPU (``torch.cuda.is_available`` patched) so these run on a CPU machine.
+- GRPO with ``beta > 0`` under FSDP2: TRL 1.x's GRPOTrainer takes no ``ref_model`` (it builds the reference
+  itself); the run passed one and failed with a TypeError before its first step. Two gloo processes train it
+  here, and every entry outside the mask stays bit-identical (read back from the saved file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from subnetviz.errors import ConfigError
+from subnetviz.jobs.kinds import validate_job_config
+from subnetviz.jobs.runner import JobRunner
+from subnetviz.masks import load_mask_set
+from subnetviz.training import sharded
+from subnetviz.training.config import TrainConfig
+from subnetviz.training.trainers import trainer_args
+from tests.models import make_tiny_llama
+from tests.training_fixtures import write_addition_data, write_half_mask
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training3")
+    base = make_tiny_llama(root / "base")
+    data = write_addition_data(root / "data", n=32)
+    rows = [{"prompt": f"{a}+{b}=", "answer": str((a + b) % 10)} for a in range(6) for b in range(6)]
+    data["grpo"].write_text("".join(json.dumps(r) + "\n" for r in rows))  # one-digit answers: reward varies
+    mask = write_half_mask(root / "half.safetensors", base, p=0.5, seed=5)
+    return {"root": root, "base": base, "data": data, "mask": mask}
+
+
+def _config(tiny, out: Path, algorithm: str = "sft", **kw) -> dict:
+    return {
+        "algorithm": algorithm,
+        "base": str(tiny["base"]),
+        "data": str(tiny["data"][algorithm]),
+        "output_dir": str(out),
+        "mask": str(tiny["mask"]),
+        "steps": 1,
+        "learning_rate": 1e-2,
+        "batch_size": 4,
+        **kw,
+    }
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+    for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SUBNETVIZ_DEVICE"):
+        env.pop(k, None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def gpu_seen(monkeypatch):
+    """torch says a CUDA GPU is there (nothing is run on it: each test checks what would be chosen)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+# --- the device -------------------------------------------------------------------------------------------------
+
+
+def test_subnetviz_device_cpu_trains_on_the_cpu_though_a_gpu_is_there(tiny, tmp_path, monkeypatch, gpu_seen):
+    cfg = TrainConfig.from_dict(_config(tiny, tmp_path / "out"))
+    monkeypatch.delenv("SUBNETVIZ_DEVICE", raising=False)
+    assert trainer_args(cfg, tmp_path)["use_cpu"] is False  # auto, with a GPU: the GPU
+    monkeypatch.setenv("SUBNETVIZ_DEVICE", "cpu")
+    assert trainer_args(cfg, tmp_path)["use_cpu"] is True
+    # the processes of a multi-process run: gloo and CPU meshes, DeepSpeed's CPU accelerator
+    assert sharded.process_device() == "cpu"
+    monkeypatch.delenv("SUBNETVIZ_DEVICE")
+    assert sharded.process_device() == "cuda"
+
+
+def test_zero_launch_takes_the_cpu_accelerator_when_subnetviz_device_says_cpu(tmp_path, monkeypatch, gpu_seen):
+    seen = {}
+
+    class Launcher:  # the launcher's environment, and nothing started
+        def __init__(self, cmd, env, **kw):
+            seen.update(env)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(sharded.subprocess, "Popen", Launcher)
+    monkeypatch.setattr(sharded, "zero_available", lambda: None)
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    monkeypatch.setenv("SUBNETVIZ_DEVICE", "cpu")
+    assert sharded.launch("zero2", 2, tmp_path / "c.json", tmp_path / "a") == 0
+    assert seen.get("DS_ACCELERATOR") == "cpu"
+    seen.clear()
+    monkeypatch.delenv("SUBNETVIZ_DEVICE")
+    assert sharded.launch("zero2", 2, tmp_path / "c.json", tmp_path / "b") == 0
+    assert "DS_ACCELERATOR" not in seen  # auto with a GPU: DeepSpeed's CUDA accelerator
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:7", "tpu"])
+def test_a_subnetviz_device_that_names_no_device_is_refused_at_submit(tiny, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("SUBNETVIZ_DEVICE", value)
+    config = {"kind": "train", **_config(tiny, tmp_path / "out")}
+    with pytest.raises(ConfigError) as err:
+        validate_job_config(config)  # what Runner.submit calls before anything is queued
+    msg = str(err.value)
+    assert "\n" not in msg and f"SUBNETVIZ_DEVICE={value!r}" in msg
+    monkeypatch.setenv("SUBNETVIZ_DEVICE", "cpu")
+    validate_job_config(config)  # a device that is there passes
+
+
+def test_train_cli_refuses_a_bad_subnetviz_device_and_records_the_device_it_trained_on(tiny, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(_config(tiny, tmp_path / "out")))
+    cmd = [sys.executable, "-m", "subnetviz", "train", "--config", str(cfg)]
+    bad = subprocess.run(cmd, cwd=ROOT, env=_env(SUBNETVIZ_DEVICE="gpu"), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    lines = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "SUBNETVIZ_DEVICE='gpu'" in lines[0] and "Traceback" not in bad.stderr
+    assert not (tmp_path / "out").exists()
+    ok = subprocess.run(cmd, cwd=ROOT, env=_env(SUBNETVIZ_DEVICE="cpu"), capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["device"] == "cpu"
+
+
+def test_a_train_job_refused_at_submit_or_run_by_its_worker_on_the_device_subnetviz_device_names(
+    tiny, tmp_path, monkeypatch
+):
+    """The Training page's path: JobRunner.submit validates in the page's process, the worker it starts (with that
+    process's environment) trains and records the device."""
+    runner = JobRunner(tmp_path / "runs", max_concurrent=1)
+    config = {"kind": "train", **_config(tiny, tmp_path / "unused")}
+    monkeypatch.setenv("SUBNETVIZ_DEVICE", "gpu")
+    with pytest.raises(ConfigError, match="SUBNETVIZ_DEVICE='gpu'"):
+        runner.submit(config)
+    assert runner.registry.rows() == [] and sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == []
+    monkeypatch.setenv("SUBNETVIZ_DEVICE", "cpu")
+    run_id = runner.submit(config)
+    deadline = time.time() + 240
+    while runner.get(run_id).status in ("queued", "running"):
+        assert time.time() < deadline, "the train job did not end in time"
+        time.sleep(0.2)
+        runner.poll()
+    rec = runner.get(run_id)
+    log = (Path(rec.run_dir) / "log.txt").read_text()
+    assert rec.status == "succeeded", log[-3000:]
+    assert json.loads((Path(rec.run_dir) / "outputs" / "summary.json").read_text())["device"] == "cpu"
+    assert "process(es), on cpu)" in log
+
+
+# --- FSDP2 GRPO with a KL term ----------------------------------------------------------------------------------
+
+
+def _bit_changes(base: Path, out: Path, mask_file: Path) -> tuple[int, int]:
+    masks = load_mask_set(mask_file).masks
+    changed_in = changed_out = 0
+    with safe_open(str(base / "model.safetensors"), "pt") as a, safe_open(str(out / "model.safetensors"), "pt") as b:
+        for k in a.keys():
+            d = a.get_tensor(k).view(torch.int16) != b.get_tensor(k).view(torch.int16)
+            changed_in += int((d & masks[k]).sum())
+            changed_out += int((d & ~masks[k]).sum())
+    return changed_in, changed_out
+
+
+@pytest.mark.slow
+def test_fsdp2_grpo_with_a_kl_term_trains_and_keeps_the_outside_of_the_mask(tiny, tmp_path):
+    out = tmp_path / "out"
+    cfg = tmp_path / "config.json"
+    config = _config(
+        tiny,
+        out,
+        "grpo",
+        steps=2,
+        batch_size=8,
+        num_generations=4,
+        max_completion_length=1,
+        beta=0.5,
+        weight_decay=0.1,
+        bf16=False,
+        strategy="fsdp2",
+        num_processes=2,
+    )
+    cfg.write_text(json.dumps(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "subnetviz", "train", "--config", str(cfg)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["strategy"] == "fsdp2" and summary["steps_done"] == 2
+    assert summary["fsdp2"]["mesh_size"] == 2  # the policy really was sharded over both processes
+    # The KL term was computed against a reference that stayed the base: after the first step moved the policy,
+    # the last step's KL is above 0 (TRL logs "kl" only when beta > 0).
+    assert summary["metrics"]["kl"] > 0
+    assert "model_init_kwargs" not in proc.stderr  # (TRL's "ignored" warning: they load the reference)
+    changed_in, changed_out = _bit_changes(tiny["base"], out, tiny["mask"])  # independent of the summary
+    assert changed_out == 0 and changed_in > 0
