@@ -29,6 +29,7 @@ run (stage, partitioned parameters, local vs full sizes).
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 
 import torch
@@ -52,9 +53,11 @@ def prepare_cpu() -> None:
     compiler when it starts (minutes on a small machine, and a machine without a compiler fails
     there). That op serves only ``inference_all_reduce`` (tensor-parallel inference); ZeRO training's
     collectives (all-gather, reduce-scatter, all-reduce) go through ``torch.distributed`` on gloo.
-    Marking it incompatible (DeepSpeed's own per-launch table of usable ops) skips the build.
+    Marking it incompatible (DeepSpeed's own per-launch table of usable ops) skips the build. "On CPU" is what the
+    launch chose (``DS_ACCELERATOR=cpu``: no GPU, or ``SUBNETVIZ_DEVICE=cpu`` on a machine with one), not whether
+    torch sees a GPU.
     """
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR") != "cpu":
         return
     import deepspeed.ops
 

@@ -113,6 +113,25 @@ def test_zero_launch_takes_the_cpu_accelerator_when_subnetviz_device_says_cpu(tm
     assert "DS_ACCELERATOR" not in seen  # auto with a GPU: DeepSpeed's CUDA accelerator
 
 
+def test_zero_on_the_cpu_accelerator_skips_deepspeeds_shared_memory_op_though_a_gpu_is_there(monkeypatch, gpu_seen):
+    """A ZeRO process the launch put on the CPU (SUBNETVIZ_DEVICE=cpu on a GPU machine) does not JIT-compile
+    DeepSpeed's shared-memory op (minutes, or a failure without a compiler); one on the GPU leaves it alone."""
+    pytest.importorskip("deepspeed")
+    import deepspeed.ops
+
+    from subnetviz.training import zero
+
+    table = dict(deepspeed.ops.__compatible_ops__)
+    monkeypatch.setattr(deepspeed.ops, "__compatible_ops__", table)
+    table.pop(zero._SHM_OP, None)
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    zero.prepare_cpu()
+    assert zero._SHM_OP not in table  # on the GPU: untouched
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    zero.prepare_cpu()
+    assert table[zero._SHM_OP] is False
+
+
 @pytest.mark.parametrize("value", ["gpu", "cuda:7", "tpu"])
 def test_a_subnetviz_device_that_names_no_device_is_refused_at_submit(tiny, tmp_path, monkeypatch, value):
     monkeypatch.setenv("SUBNETVIZ_DEVICE", value)
