@@ -352,6 +352,8 @@ def summary_card(path: Path, cfg: dict, mask: str | None) -> None:
     for i, (col, (label, value)) in enumerate(zip(st.columns(4), shown, strict=False)):
         text = "—" if value is None else (f"{100 * value:.1f} %" if i == len(shown) - 1 else f"{value:.4g}")
         col.metric(label, text)
+    if isinstance(device := s.get("device"), str) and device:  # (recorded since runs follow SUBNETVIZ_DEVICE)
+        st.caption(f"Trained on {ui.plain(device)}.")
     if isinstance(n := s.get("nonfinite_steps"), int) and n > 0:  # its loss went NaN/Inf: a number above is no result
         ui.warning(
             f"The run diverged: loss or gradient norm NaN/Inf at {n:,} step(s), first at "

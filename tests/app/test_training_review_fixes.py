@@ -99,6 +99,20 @@ def test_a_summary_with_text_where_numbers_go_shows_the_numbers_it_has(finished_
     assert any(c.startswith("Full finetune: ? entries changed") for c in _texts(at, "caption"))
 
 
+def test_a_card_says_the_device_the_run_trained_on(finished_run):
+    """The device a run trained on (SUBNETVIZ_DEVICE, else CUDA when present) is in its summary; the card says it,
+    as text (a device string from a file on disk is not markup)."""
+    model = finished_run("device-recorded", {"algorithm": "sft", "steps": 2})
+    (model / "train_summary.json").write_text(json.dumps({"metrics": {"loss": 0.5}, "device": "cpu"}))
+    at = open_page("training", tr_view="Runs", tr_run="device-recorded")
+    assert not at.exception and not at.error
+    assert "Trained on cpu." in _texts(at, "caption")
+    older = finished_run("device-unrecorded", {"algorithm": "sft", "steps": 2})
+    (older / "train_summary.json").write_text(json.dumps({"metrics": {"loss": 0.5}}))
+    at = open_page("training", tr_view="Runs", tr_run="device-unrecorded")
+    assert not any(c.startswith("Trained on") for c in _texts(at, "caption"))
+
+
 def test_a_card_shows_the_defaults_a_run_trained_with(finished_run, runner):
     """A job submitted without learning_rate / seed trains at TrainConfig's defaults (lr 1e-5, seed 0, 100 steps);
     its card read "lr nan · seed ?". The recorded train_config.json wins over both (the config as run)."""
