@@ -14,6 +14,11 @@
 - ``SUBNETVIZ_RAY_ADDRESS``: the Ray cluster that jobs and the pages' analyses use by default
   (:mod:`subnetviz.jobs.ray_backend`); ``SUBNETVIZ_RAY_ADDRESSES``: the other clusters a visitor
   may choose in the app's sidebar (:func:`ray_clusters`). A visitor never types an address.
+- ``SUBNETVIZ_CACHE_GB``: the size of the analyses the cache keeps (default 20; the least recently used go first).
+- ``SUBNETVIZ_UPLOADS_GB``: the size the stored uploaded masks may take together (default 2): past it an upload
+  is refused in one line; nothing stored is removed (:func:`uploads_limit_bytes`).
+- ``SUBNETVIZ_MAX_QUEUED``: jobs that may wait in a server's queue, not yet started (default 16): past it a launch
+  is refused in one line (:func:`max_queued_jobs`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import os
 import re
 import stat
+import threading
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -512,6 +518,13 @@ def require_memory(what: str, host_bytes: int, device: str = "cpu", device_bytes
         raise ConfigError(f"{what} {short}. Refused before loading: use a larger GPU, or the CPU.")
 
 
+MEMORY_LOCK = threading.RLock()
+"""Held, in this process, by work that compares what it will hold with the memory available and then allocates it
+(storing an uploaded mask; the app's computations that load whole models or plan their memory): two visitors'
+checks at once each passed against the same free memory, then together held more than it. Reentrant: such work
+may start another in its thread."""
+
+
 def gib(n: float) -> str:
     """Bytes for people: "1.25 GiB", "300.0 MiB"."""
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
@@ -589,6 +602,47 @@ def cache_limit_bytes() -> float:
     if not value > 0:  # also NaN
         raise ConfigError(f"SUBNETVIZ_CACHE_GB={raw!r}: expected a number of gigabytes > 0 (or 'inf'), e.g. 20.")
     return value * 2**30
+
+
+UPLOADS_LIMIT_GB = 2.0
+"""Gigabytes the stored uploaded masks may take together before a new upload is refused."""
+
+
+def uploads_limit_bytes() -> float:
+    """``SUBNETVIZ_UPLOADS_GB`` (default :data:`UPLOADS_LIMIT_GB`; ``inf``: no limit): the size the masks stored in
+    the uploads folder may take together. Past it an upload is refused in one line, and nothing stored is removed
+    (a saved mask may be the one a visitor's link or a queued run names); the server's operator frees room."""
+    from subnetviz.errors import ConfigError
+
+    raw = (os.environ.get("SUBNETVIZ_UPLOADS_GB") or "").strip()
+    if not raw:
+        return UPLOADS_LIMIT_GB * 2**30
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value > 0:  # also NaN
+        raise ConfigError(f"SUBNETVIZ_UPLOADS_GB={raw!r}: expected a number of gigabytes > 0 (or 'inf'), e.g. 2.")
+    return value * 2**30
+
+
+MAX_QUEUED = 16
+"""Jobs that may wait in a server's queue (queued, not yet started) before a new one is refused."""
+
+
+def max_queued_jobs() -> int:
+    """``SUBNETVIZ_MAX_QUEUED`` (default :data:`MAX_QUEUED`): the jobs that may wait in the queue of a runs folder
+    (a server's) before :meth:`~subnetviz.jobs.runner.JobRunner.submit` refuses another. Each queued job becomes a
+    run folder, a finished training run a full model copy: the queue bounds what visitors who may launch can pile
+    up."""
+    from subnetviz.errors import ConfigError
+
+    raw = (os.environ.get("SUBNETVIZ_MAX_QUEUED") or "").strip()
+    if not raw:
+        return MAX_QUEUED
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"SUBNETVIZ_MAX_QUEUED={raw!r}: expected a whole number of jobs >= 1, e.g. 16.")
+    return int(raw)
 
 
 def default_device() -> str:

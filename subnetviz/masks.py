@@ -58,10 +58,11 @@ class MaskSet:
 
     @property
     def count(self) -> int:
-        """Number of parameters inside the mask (bit-packed masks counted packed)."""
+        """Number of parameters inside the mask (bit-packed masks counted packed). ``count_nonzero``, not ``sum``:
+        the sum of a bool tensor first copies it to int64, 8 bytes per entry (1.5 GiB for 2·10⁸ entries)."""
         if isinstance(self.masks, PackedMasks):
             return self.masks.count()
-        return int(sum(int(m.sum()) for m in self.masks.values()))
+        return int(sum(int(torch.count_nonzero(m)) for m in self.masks.values()))
 
     @property
     def density(self) -> float:
@@ -264,7 +265,9 @@ def packed_bytes(path: str | os.PathLike) -> int:
 
 def _held_bytes(f, meta: Mapping[str, str], packed: bool) -> int:
     """What :func:`load_mask_set` will hold, from the header: each tensor's entries (a byte each as bool, a bit
-    packed), and the largest stored tensor read at once beside them."""
+    packed), and beside them the largest stored tensor read at once with what converting it makes: unpacking
+    bits (np.unpackbits' bytes, then their bool copy), or checking a plain tensor that is not bool to be 0/1
+    (:data:`CHECK_BYTES`)."""
     held = largest = 0
     for name in f.keys():
         stored = f.get_slice(name)
@@ -280,9 +283,36 @@ def _held_bytes(f, meta: Mapping[str, str], packed: bool) -> int:
             stored.get_dtype(), 8
         )
         held += (n + 7) // 8 if packed else n
-        # the stored tensor, and what unpacking it (or checking that it is 0/1) makes beside it
-        largest = max(largest, n_stored * item + (0 if packed and shape_s is not None else 2 * n))
+        if shape_s is not None:  # bits: kept as read when packed, else unpacked
+            beside = 0 if packed else 2 * n
+        else:
+            beside = 0 if stored.get_dtype() == "BOOL" else CHECK_BYTES * n
+        largest = max(largest, n_stored * item + beside)
     return held + largest
+
+
+CHECK_BYTES = 3
+"""Bytes per entry that checking a tensor other than bool to be 0/1 makes beside it (:func:`_check_bool`: ``t == 0``,
+``t == 1`` and their ``|`` at once)."""
+
+
+def _conversion_bytes(tensors, packed: bool) -> int:
+    """What converting ``tensors`` (``(entries, bytes copied before the check, whether bool)`` each, read already)
+    to masks holds beyond them, a tensor at a time: each mask kept (a bit per entry packed, a byte as bool), and
+    beside them the largest one's copy and its 0/1 check (:data:`CHECK_BYTES`; none for a bool tensor)."""
+    held = largest = 0
+    for n, copied, is_bool in tensors:
+        held += (n + 7) // 8 if packed else n
+        largest = max(largest, copied + (0 if is_bool else CHECK_BYTES * n))
+    return held + largest
+
+
+def _kept(out, name: str, m: torch.Tensor) -> None:
+    """Put a checked bool mask into ``out``: a dict as it is, :class:`PackedMasks` bit-packed."""
+    if isinstance(out, PackedMasks):
+        out.add(name, m)
+    else:
+        out[name] = m
 
 
 def _cleared_padding(bits: np.ndarray, n: int) -> np.ndarray:
@@ -512,15 +542,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return encode
 
 
-def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
+def import_bigram_pickle(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     """Convert a released ``subnetwork_dict_lambda*.pickle`` into a :class:`MaskSet`.
 
-    The file holds ``{param_name: numpy bool array, 'orig_model_name': str}``.
+    The file holds ``{param_name: numpy bool array, 'orig_model_name': str}``. ``packed``: the masks held
+    bit-packed (:class:`PackedMasks`), each packed as it is converted. What the unpickling may allocate (its
+    budget) and then what the conversion holds are compared with the memory available first.
     """
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"{path}: no such pickle.")
     check_readable(path)
+    size = path.stat().st_size  # its own bytes, read into objects, and what it may build from them (its budget)
+    require_memory(f"The pickle {path.name}", size + pickle_budget(size))
     try:
         with open(path, "rb") as fh:
             scan_pickle(fh, pickle_budget(path.stat().st_size), str(path))
@@ -544,7 +578,11 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
             "entries share arrays). Refused before copying."
         )
     meta: dict = {"method": "bigram-subnetwork (released pickle)", "source": str(path)}
-    masks: dict[str, torch.Tensor] = {}
+    arrays = [v for k, v in obj.items() if k != "orig_model_name" and isinstance(v, np.ndarray)]
+    require_memory(
+        f"The pickle {path.name}", _conversion_bytes(((a.size, a.nbytes, a.dtype.kind == "b") for a in arrays), packed)
+    )
+    masks: Mapping = PackedMasks() if packed else {}
     for key, value in obj.items():
         if key == "orig_model_name":
             meta["orig_model_name"] = str(value)
@@ -557,7 +595,7 @@ def import_bigram_pickle(path: str | os.PathLike) -> MaskSet:
             )
         _check_name(str(key), path)
         arr = np.array(value, order="C")  # a writable copy: a protocol-5 array is a read-only view of bytes
-        masks[str(key)] = _check_bool(str(key), torch.from_numpy(arr), str(path))
+        _kept(masks, str(key), _check_bool(str(key), torch.from_numpy(arr), str(path)))
     if not masks:
         raise MaskError(f"{path}: the pickle holds no masks.")
     return MaskSet(masks, meta)
@@ -574,13 +612,15 @@ def _check_name(text: str, path: Path) -> None:
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a torch.save file from before PyTorch 1.6
 
 
-def import_torch_masks(path: str | os.PathLike) -> MaskSet:
+def import_torch_masks(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     """A mask file written by ``torch.save``: a dict ``{parameter name: tensor}`` (bool, or 0/1 of any dtype;
     one wrapping dict such as ``{"masks": {...}}`` is looked through; string values are kept as metadata).
 
     Read by ``torch.load(weights_only=True)`` (tensors, dicts, lists, numbers and strings; nothing in the file
     runs), after :func:`check_torch_file` (records stored uncompressed, each inside the file; the one pickle
-    torch will unpickle walked first). Only the zip format of PyTorch >= 1.6 is read."""
+    torch will unpickle walked first). Only the zip format of PyTorch >= 1.6 is read. ``packed``: the masks held
+    bit-packed (:class:`PackedMasks`), each packed as it is checked. What loading holds (the file's records, stored
+    uncompressed) and then what the conversion holds are compared with the memory available first."""
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"{path}: no such mask file.")
@@ -590,6 +630,7 @@ def import_torch_masks(path: str | os.PathLike) -> MaskSet:
         if fh.read(4) != _ZIP_MAGIC:
             raise MaskError(f"{path}: not a readable torch.save file (not a zip archive).")
     check_torch_file(path)
+    require_memory(f"The mask {path.name}", size)
     try:  # from a file object: torch.load reads a path named *.safetensors as safetensors
         with open(path, "rb") as fh:
             obj = torch.load(fh, map_location="cpu", weights_only=True)
@@ -609,14 +650,18 @@ def import_torch_masks(path: str | os.PathLike) -> MaskSet:
     if not isinstance(obj, Mapping):
         raise MaskError(f"{path}: expected a dict of masks (name -> tensor), found {type(obj).__name__}.")
     _check_torch_sizes(obj, pickle_budget(size), path)
+    tensors = [t for t in obj.values() if isinstance(t, torch.Tensor)]
+    # (a view that is not contiguous is copied as it is packed: counted as a copy before the check)
+    conversion = ((t.numel(), 0 if t.is_contiguous() else t.numel(), t.dtype == torch.bool) for t in tensors)
+    require_memory(f"The mask {path.name}", _conversion_bytes(conversion, packed))
     meta: dict = {"method": "torch.save file", "source": str(path)}
-    masks: dict[str, torch.Tensor] = {}
+    masks: Mapping = PackedMasks() if packed else {}
     for key, value in obj.items():
         _check_name(str(key), path)
         if isinstance(value, str):
             meta[str(key)] = value
         elif isinstance(value, torch.Tensor):
-            masks[str(key)] = _check_bool(str(key), value, str(path), floats=True)
+            _kept(masks, str(key), _check_bool(str(key), value, str(path), floats=True))
         else:
             raise MaskError(f"{path}: entry {key!r} is {type(value).__name__}, expected a tensor.")
     if not masks:
@@ -637,13 +682,14 @@ def is_npz(path: str | os.PathLike) -> bool:
     return bool(names) and all(n.endswith(".npy") for n in names)
 
 
-def import_npz_masks(path: str | os.PathLike) -> MaskSet:
+def import_npz_masks(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     """A NumPy ``.npz`` of masks (``np.savez`` / ``np.savez_compressed`` of arrays keyed by tensor name: bool, or
     integers or floats that are exactly 0/1; a 0-d string array is kept as metadata).
 
     Read by ``np.load(allow_pickle=False)``: an array of Python objects, the one kind that would unpickle, is
     refused. Each array's header is read first, and the sizes the arrays declare must fit in their records and
-    in the memory available before any array is read (a few bytes of header may declare a terabyte)."""
+    in the memory available before any array is read (a few bytes of header may declare a terabyte). ``packed``:
+    the masks held bit-packed (:class:`PackedMasks`), each packed as it is read."""
     import zipfile
     import zlib
 
@@ -653,10 +699,10 @@ def import_npz_masks(path: str | os.PathLike) -> MaskSet:
     check_readable(path)
     size = path.stat().st_size
     meta: dict = {"method": "NumPy .npz file", "source": str(path)}
-    masks: dict[str, torch.Tensor] = {}
+    masks: Mapping = PackedMasks() if packed else {}
     try:
         with zipfile.ZipFile(path) as zf:
-            total = 0
+            arrays = []  # (entries, bytes read, whether bool) of each array, read one at a time
             for info in zf.infolist():
                 if info.header_offset + info.compress_size > size:
                     raise MaskError(f"{path}: record {info.filename!r} runs past the end of the file (truncated?).")
@@ -675,8 +721,8 @@ def import_npz_masks(path: str | os.PathLike) -> MaskSet:
                         f"{path}: array {info.filename[:-4]!r} declares {nbytes:,} bytes, its record holds "
                         f"{info.file_size:,}. Refused before allocating."
                     )
-                total += nbytes
-            require_memory(f"The mask {path.name}", total)
+                arrays.append((math.prod(shape), nbytes, dtype.kind == "b"))
+            require_memory(f"The mask {path.name}", _conversion_bytes(arrays, packed))
         with np.load(path, allow_pickle=False) as npz:
             for name in npz.files:
                 _check_name(name, path)
@@ -687,7 +733,7 @@ def import_npz_masks(path: str | os.PathLike) -> MaskSet:
                 if arr.dtype.kind not in "biuf":
                     raise MaskError(f"{path}: mask {name!r} has dtype {arr.dtype}; expected bool (or 0/1 numbers).")
                 native = arr.astype(arr.dtype.newbyteorder("="), order="C", copy=False)  # (0-d stays 0-d)
-                masks[name] = _check_bool(name, torch.from_numpy(native), str(path), floats=True)
+                _kept(masks, name, _check_bool(name, torch.from_numpy(native), str(path), floats=True))
     except (MaskError, ConfigError):
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, TypeError) as exc:
@@ -721,10 +767,12 @@ def _check_torch_sizes(obj: Mapping, budget: int, path: Path) -> None:
         )
 
 
-def import_mask(path: str | os.PathLike) -> MaskSet:
+def import_mask(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     """A mask file in any format the app reads, told by its content (and a pickle also by its name): a NumPy
     ``.npz`` or a ``torch.save`` file (zip archives, told apart by their records), a released bigram-subnetwork
-    pickle, else safetensors (this app's, or plain bool / 0-1 tensors)."""
+    pickle, else safetensors (this app's, or plain bool / 0-1 tensors). ``packed``: the masks held bit-packed
+    (:class:`PackedMasks`), each packed as it is read and checked, as storing them (:func:`save_mask_set`) needs:
+    as bool tensors a bit-packed file held 8 bytes per byte of it."""
     path = Path(path)
     if path.is_dir():
         raise MaskError(f"{path}: a folder, not a mask file.")
@@ -734,23 +782,23 @@ def import_mask(path: str | os.PathLike) -> MaskSet:
     with open(path, "rb") as fh:
         head = fh.read(9)
     if head[:4] == b"PK\x03\x04":  # a zip archive: NumPy's .npz, else torch.save's format
-        return import_npz_masks(path) if is_npz(path) else import_torch_masks(path)
+        return import_npz_masks(path, packed=packed) if is_npz(path) else import_torch_masks(path, packed=packed)
     # safetensors: a little-endian header length, then the header's "{" (its first byte is 0x80 for a header of
     # 128 + 256·k bytes, as a pickle's PROTO opcode is: 1 file in 256 was read as a pickle and refused)
     n = int.from_bytes(head[:8], "little")
     if len(head) == 9 and head[8:9] == b"{" and n <= path.stat().st_size - 8:
-        return _some_masks(load_mask_set(path), path)
+        return _some_masks(load_mask_set(path, packed=packed), path)
     if head[:1] == b"\x80" or path.suffix in (".pickle", ".pkl"):  # a pickle's PROTO opcode (protocol >= 2)
         if _legacy_torch(path):
             raise MaskError(
                 f"{path}: a torch.save file in the format of PyTorch before 1.6, which is not read; "
                 "load it there and save it again with a current PyTorch (or as safetensors)."
             )
-        return import_bigram_pickle(path)
+        return import_bigram_pickle(path, packed=packed)
     if path.suffix.lower() in _ZIP_FORMATS:  # no format's magic: refused in the words of the format the name gives
         what = "it is empty" if path.stat().st_size == 0 else "it is no zip archive"
         raise MaskError(f"{path}: not {_ZIP_FORMATS[path.suffix.lower()]} ({what}), nor a safetensors or pickle mask.")
-    return _some_masks(load_mask_set(path), path)
+    return _some_masks(load_mask_set(path, packed=packed), path)
 
 
 # The formats whose files are zip archives, by suffix: a .pt of text was refused as "not a readable safetensors mask

@@ -258,9 +258,13 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
     two uploads whose names normalise alike never replace each other, and the same file uploaded twice is
     stored once: a stored file is taken for the upload only where its provenance records the upload's whole
     SHA-256 (:data:`UPLOAD_DIGEST_KEY`).
+
+    The masks are read, checked and stored bit-packed (a bit per entry: as bool tensors a bit-packed upload held 8
+    bytes per byte of it, and counting them 64), under :data:`~subnetviz.config.MEMORY_LOCK`: each upload's memory
+    check sees what the one before it holds. The stored uploads may take :func:`~subnetviz.config.uploads_limit_bytes`
+    together; past it an upload is refused (nothing stored is removed).
     """
-    from subnetviz.errors import MaskError
-    from subnetviz.masks import import_mask, save_mask_set
+    from subnetviz.errors import ConfigError, MaskError
 
     if not name.endswith(UPLOAD_SUFFIXES):
         raise MaskError(
@@ -268,6 +272,7 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
         )
     stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     cap, digest, size = max_upload_bytes(), hashlib.sha256(), 0
+    _check_uploads_room(name, 0)  # a full folder refuses before the file is copied
     # Written inside a temporary folder named as the cache names its temporaries (``.upload.tmp-PID-…``): a server
     # killed mid-upload leaves it to the start's sweep (cache.sweep), and no listing of the uploads' masks sees the
     # half file. The file inside keeps the upload's suffix, which tells a pickle (import_mask).
@@ -283,21 +288,62 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
                     )
                 digest.update(chunk)
                 out.write(chunk)
-        ms = import_mask(src)  # the format told by the content, not by the name
+        with config.MEMORY_LOCK:  # its memory check, then what it holds, one upload (or computation) at a time
+            return _store_upload(name, src, digest.hexdigest())
     except MaskError as exc:  # the readers name the file they read, here a temporary one: name the upload
         text = str(exc)
-        raise type(exc)(name + text[len(str(src)) :] if text.startswith(str(src)) else f"{name}: {text}") from None
+        if text.startswith(str(src)):
+            text = name + text[len(str(src)) :]
+        raise type(exc)(text if text.startswith(f"{name}: ") else f"{name}: {text}") from None
+    except ConfigError as exc:  # a memory refusal names the temporary file's name ("The mask upload.pt needs …")
+        raise ConfigError(str(exc).replace(f" {src.name} ", f" {name} ", 1)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _store_upload(name: str, src: Path, full: str) -> Path:
+    """The upload copied to ``src`` (SHA-256 ``full``), read bit-packed and stored (:func:`save_upload`)."""
+    from subnetviz.masks import import_mask, save_mask_set
+
+    ms = import_mask(src, packed=True)  # the format told by the content, not by the name
     if ms.metadata.get("source") == str(src):  # an importer records the file it read: the temporary copy
         ms.metadata["source"] = f"upload {name}"
-    full = digest.hexdigest()
     target = stored_mask_path(name, full)
     if _stored_upload_of(target, full):
         return target  # the same bytes uploaded before (under this name): nothing to write
+    _check_uploads_room(name, ms.masks.nbytes)
     ms.metadata.setdefault("source", f"upload {name}")
     ms.metadata[UPLOAD_DIGEST_KEY] = full  # (replacing whatever the uploaded file's own provenance said)
     return save_mask_set(target, ms)
+
+
+def uploads_bytes() -> int:
+    """Bytes the masks stored in the uploads folder take (its files; not the temporaries of uploads under way)."""
+    total = 0
+    with os.scandir(uploads_dir()) as it:
+        for e in it:
+            try:
+                if not e.name.startswith(".") and e.is_file(follow_symlinks=False):
+                    total += e.stat(follow_symlinks=False).st_size
+            except OSError:  # (removed meanwhile)
+                pass
+    return total
+
+
+def _check_uploads_room(name: str, adding: int) -> None:
+    """Refuse the upload ``name`` when the stored uploads with its ``adding`` bytes would take more than
+    :func:`~subnetviz.config.uploads_limit_bytes`: one line saying what they take and who can free room. Nothing
+    stored is removed to make room (a saved mask may be what a visitor's link or a queued run names)."""
+    from subnetviz.errors import MaskError
+
+    limit, used = config.uploads_limit_bytes(), uploads_bytes()
+    if used + adding > limit or used >= limit:
+        needs = f", and this one needs {config.gib(adding)}" if adding else ""
+        raise MaskError(
+            f"{name}: not stored: the uploaded masks on this server take {config.gib(used)} of the "
+            f"{config.gib(limit)} they may (SUBNETVIZ_UPLOADS_GB){needs}; ask whoever runs the server to remove "
+            "some or raise the limit."
+        )
 
 
 def import_released(path: str, model: str) -> Path:
@@ -314,7 +360,10 @@ def import_released(path: str, model: str) -> Path:
     digest = hashlib.sha256(f"{file_digest(src)}\0{model}".encode()).hexdigest()  # the pickle, for this model
     # (128 bits of it in the name: an upload, whose name carries its own bytes' hash, cannot take this name)
     target = stored_mask_path(src.name, digest)
-    return target if target.exists() else save_released_mask(src, model, target)
+    if target.exists():
+        return target
+    with config.MEMORY_LOCK:  # its memory checks, then what it holds, one at a time (as uploads are)
+        return save_released_mask(src, model, target)
 
 
 def saved_masks() -> dict[str, str]:

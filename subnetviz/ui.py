@@ -735,8 +735,9 @@ def _models_lock() -> threading.RLock:
     its memory matrix by matrix (spectra, subspaces: :func:`one_at_a_time`). Each compares what it will hold with
     the memory available before it allocates (``config.require_memory``, ``config.memory_shortfall``); two
     sessions checking at once could each pass, then together exceed it and take the server down. Reentrant: such
-    a computation may start another in its thread."""
-    return threading.RLock()
+    a computation may start another in its thread. The same lock as the mask uploads' (``config.MEMORY_LOCK``: an
+    upload is unpacked and checked in memory too)."""
+    return config.MEMORY_LOCK
 
 
 def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[], Any]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -144,7 +145,14 @@ class JobRunner:
                 discard_outputs(Path(rec.run_dir))
 
     def submit(self, config: dict, name: str | None = None) -> str:
-        """Validate ``config`` (a dict with ``kind``), create its run folder, queue it; returns the run id."""
+        """Validate ``config`` (a dict with ``kind``), create its run folder, queue it; returns the run id.
+
+        Refused (JobError, one line) while :func:`~subnetviz.config.max_queued_jobs` jobs already wait in this
+        folder's queue: each queued job becomes a run folder, a finished training run a full model copy, and
+        nothing else bounded what visitors who may launch jobs piled up on the server's disk."""
+        from subnetviz.config import max_queued_jobs
+
+        cap = max_queued_jobs()
         try:
             config = json.loads(json.dumps(config, default=_jsonable_path))  # Path objects -> str
         except (TypeError, ValueError) as exc:
@@ -176,8 +184,20 @@ class JobRunner:
             config,
             launch=self.launch.to_dict(),
         )
-        with self.registry.transaction() as con:
-            self.registry.insert(con, rec)
+        try:
+            with self.registry.transaction() as con:  # (counted and inserted in one write transaction: two
+                # submits at once cannot both take the last place)
+                waiting = con.execute("SELECT COUNT(*) FROM runs WHERE status = 'queued'").fetchone()[0]
+                if waiting >= cap:
+                    jobs = "1 job waits" if waiting == 1 else f"{waiting} jobs wait"
+                    raise JobError(
+                        f"Not queued: {jobs} to start in this server's queue already, the most it takes "
+                        "(SUBNETVIZ_MAX_QUEUED); launch again once some have started, or cancel some."
+                    )
+                self.registry.insert(con, rec)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)  # no row names it: the folder goes too
+            raise
         self.poll()
         return run_id
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from subnetviz import figures
+from subnetviz import config, figures
 from subnetviz.jobs.context import METRICS_FILE, read_metrics
 from subnetviz.jobs.kinds import TEST_KIND
 
@@ -43,8 +43,13 @@ def shown_run(df: pd.DataFrame, asked: str | None) -> str:
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The registry's runs as the page lists them (progress as a share, times as HH:MM:SS)."""
+    """The registry's runs as the page lists them (progress as a share, times as HH:MM:SS), its names and errors
+    with every absolute server path shown as the pages show paths (:func:`~subnetviz.config.redact`): a failed
+    run's error quotes the files it read ("data '/srv/…/train.jsonl': no such file"), and the table reaches
+    viewers, its downloads and the HTML export. The registry keeps the whole text (``subnetviz runs``)."""
     show = runs[["id", "name", "kind", "status", "step", "total", "created", "ended", "error"]].copy()
+    for col in ("name", "error"):
+        show[col] = show[col].map(lambda v: config.redact(v) if isinstance(v, str) else v)
     show.insert(
         4,
         "progress",
