@@ -67,19 +67,21 @@ class Launch:
         return asdict(self)
 
 
-READ_POLICY_ENV = ("SUBNETVIZ_ENFORCE_ROOTS", "SUBNETVIZ_ROOTS")
+READ_POLICY_ENV = ("SUBNETVIZ_ENFORCE_ROOTS", "SUBNETVIZ_ROOTS", "SUBNETVIZ_DEVICE")
 
 
 def read_policy() -> dict[str, str | None]:
     """This process's read policy, as a job it queues must run under it: whether the roots are enforced
     (``SUBNETVIZ_ENFORCE_ROOTS``), and the roots as this process resolves them (its home, its
     ``SUBNETVIZ_ROOTS`` or, without them, its HF cache and current folder). A job queued by the app but started
-    by ``subnetviz runs`` in a shell ran with the shell's policy: no enforced roots, and the shell's own."""
+    by ``subnetviz runs`` in a shell ran with the shell's policy: no enforced roots, and the shell's own. The device
+    ``auto`` stands for (``SUBNETVIZ_DEVICE``) travels the same way: checked at submit, trained on by the job."""
     from subnetviz.config import allowed_roots
 
     return {
         "SUBNETVIZ_ENFORCE_ROOTS": os.environ.get("SUBNETVIZ_ENFORCE_ROOTS"),
         "SUBNETVIZ_ROOTS": os.pathsep.join(str(r) for r in allowed_roots()),
+        "SUBNETVIZ_DEVICE": os.environ.get("SUBNETVIZ_DEVICE"),
     }
 
 

@@ -339,14 +339,14 @@ def test_the_progress_callback_writes_the_combined_metrics_back_first():
 # --- defect 6: the read policy of a queued job -----------------------------------------------------------------
 
 ENV_DUMP = (
-    "import json, os, sys; keys = ('SUBNETVIZ_ENFORCE_ROOTS', 'SUBNETVIZ_ROOTS'); "
+    "import json, os, sys; keys = ('SUBNETVIZ_ENFORCE_ROOTS', 'SUBNETVIZ_ROOTS', 'SUBNETVIZ_DEVICE'); "
     "open(os.path.join(sys.argv[1], 'env.json'), 'w').write(json.dumps({k: os.environ.get(k) for k in keys}))"
 )
 
 
 def test_a_queued_job_runs_under_its_submitters_read_policy(tmp_path, monkeypatch, capsys):
     """Queued by the app (roots enforced, its roots), started by ``subnetviz runs`` in a shell without them: it ran
-    with the shell's environment (no enforcement, the shell's roots)."""
+    with the shell's environment (no enforcement, the shell's roots). The device ``auto`` stands for travels too."""
     from subnetviz.jobs.registry import creation_time
     from subnetviz.jobs.runner import JobRunner
 
@@ -358,6 +358,7 @@ def test_a_queued_job_runs_under_its_submitters_read_policy(tmp_path, monkeypatc
     # "the app": one slot, taken by a running job (this very process, alive), and a job queued behind it
     monkeypatch.setenv("SUBNETVIZ_ENFORCE_ROOTS", "1")
     monkeypatch.setenv("SUBNETVIZ_ROOTS", str(app_roots))
+    monkeypatch.setenv("SUBNETVIZ_DEVICE", "cpu")
     app = JobRunner(home / "runs", max_concurrent=1, command=[sys.executable, "-c", ENV_DUMP])
     busy = app.submit({"kind": "python", "target": "tests.training_fixtures:sleep_job"})
     with app.registry.transaction() as con:
@@ -369,6 +370,7 @@ def test_a_queued_job_runs_under_its_submitters_read_policy(tmp_path, monkeypatc
         app.registry.update(con, busy, status="failed", ended=time.time())
     monkeypatch.delenv("SUBNETVIZ_ENFORCE_ROOTS")
     monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path))
+    monkeypatch.setenv("SUBNETVIZ_DEVICE", "cuda:3")
     assert main(["runs"]) == 0
     capsys.readouterr()
     env_file = Path(app.get(queued).run_dir) / "env.json"
@@ -380,6 +382,7 @@ def test_a_queued_job_runs_under_its_submitters_read_policy(tmp_path, monkeypatc
     assert env["SUBNETVIZ_ENFORCE_ROOTS"] == "1"
     roots = env["SUBNETVIZ_ROOTS"].split(os.pathsep)
     assert str(app_roots.resolve()) in roots and str(tmp_path.resolve()) not in roots
+    assert env["SUBNETVIZ_DEVICE"] == "cpu"
 
 
 def test_runs_help_says_listing_starts_queued_runs():
