@@ -230,12 +230,27 @@ def test_spectra_modules_are_those_of_the_chosen_layer(app_env):
     assert every.selectbox(key="spec_module").value == "lm_head" and plotly_specs(every)[0]["data"]
 
 
-def test_an_unchanged_matrix_is_said_not_drawn_on_spectra(app_env, typed_options):
-    """A finetune equal to the base (a frozen module, the same file): its Δ = 0 was a legend entry with an
-    all-NaN curve on the log axis, and the rank view called it "below full rank"."""
+@pytest.fixture
+def base_copy(app_env) -> str:
+    """grpo-s0's weights copied byte for byte into another folder under the roots (named ``grpo-s0`` too, so it is
+    labelled so): a finetune equal to the base. The base's own file would be the base named again (not compared)."""
+    import shutil
+
     from subnetviz.demo.build import load_zoo
 
-    same = str(Path({m.id: m.path for m in load_zoo().members}["grpo-s0"]) / "model.safetensors")
+    src = Path({m.id: m.path for m in load_zoo().members}["grpo-s0"])
+    dst = Path(app_env) / "copies" / "grpo-s0"
+    if not (dst / "model.safetensors").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copyfile(src / name, dst / name)
+    return str(dst / "model.safetensors")
+
+
+def test_an_unchanged_matrix_is_said_not_drawn_on_spectra(app_env, typed_options, base_copy):
+    """A finetune equal to the base (a frozen module, the same file): its Δ = 0 was a legend entry with an
+    all-NaN curve on the log axis, and the rank view called it "below full rank"."""
+    same = base_copy
     # (the file is labelled by its folder, as the library labels it)
     query = {"base": "grpo-s0", "ft": [same, "grpo-s1"], "spec_models": ["grpo-s0"]}
     at = open_page("spectra", **query)
@@ -250,11 +265,9 @@ def test_an_unchanged_matrix_is_said_not_drawn_on_spectra(app_env, typed_options
     assert not plotly_specs(rank) and [i.value for i in rank.info if "every layer matrix is unchanged" in i.value]
 
 
-def test_an_empty_update_mask_on_the_overlap_page_is_said(app_env, typed_options):
+def test_an_empty_update_mask_on_the_overlap_page_is_said(app_env, typed_options, base_copy):
     """A finetune equal to the base has an empty update mask: its o1 row (0 / 0) was blank, with no word why."""
-    from subnetviz.demo.build import load_zoo
-
-    same = str(Path({m.id: m.path for m in load_zoo().members}["grpo-s0"]) / "model.safetensors")
+    same = base_copy
     at = open_page("overlap", base="grpo-s0", ft=[same, "grpo-s1"], ov_tab="Pairwise")
     assert not at.exception and not at.error, [e.value for e in at.error]
     said = [c.value for c in at.caption if "no entry in the mask" in c.value]
