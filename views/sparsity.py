@@ -11,7 +11,7 @@ from subnetviz.analysis.experts import by_expert, routers
 from subnetviz.analysis.sparsity_report import SHORT_DTYPES, compared_dtypes, ulp_dtype
 from subnetviz.errors import SubnetvizError
 from subnetviz.figures import moe
-from subnetviz.figures.updates import percent_text
+from subnetviz.figures.updates import criterion_label, percent_text
 
 
 def body() -> None:
@@ -83,6 +83,7 @@ def body() -> None:
         ui.note(relative_note(eta, compared_dtypes([reports[m] for m in shown] or list(reports.values()))), said)
     value = "sparsity" if weighting == "parameter-weighted" else "mean_sparsity"
     ui.need(bool(shown), "Pick at least one model.")
+    buffers_section([reports[m] for m in shown])  # where the buffers note points ("listed under buffers")
     colors = figures.color_map(list(reports))  # a model keeps its colour whichever models are shown
     # Sections as tabs that draw only when open: a view holds 1–3 charts, not ten (faster to show).
     tabs = st.tabs(
@@ -92,10 +93,19 @@ def body() -> None:
         bind="query-params",
     )
     overall = overall_frame(grids, reports, shown, column)
-    first = partial(layers_tab, overall, grids, tuple(shown), crit + at, value, colors)
+    named = criterion_label(crit, eta) + at  # titles name the criterion with its η or tolerance, and the precision
+    whole = [k for m in shown for k in reports[m].split_exact_only(column)]
+    if whole:  # fused tensors split only under the exact criterion: said, not silently merged
+        ui.note(
+            f"{len(set(whole))} fused tensor(s) ({', '.join(list(dict.fromkeys(whole))[:3])}) are split into their "
+            f"parts (q, k, v; gate, up) under the exact criterion only (packed experts and quantized weights are "
+            f"split from the exact mask's counts): shown whole under {criterion_label(crit, eta)}.",
+            said,
+        )
+    first = partial(layers_tab, overall, grids, tuple(shown), named, value, colors)
     if tabs[0].open:
         with tabs[0]:
-            figs = ui.shared(layers_tab, overall, grids, tuple(shown), crit + at, value, colors)
+            figs = ui.shared(layers_tab, overall, grids, tuple(shown), named, value, colors)
             ui.chart(figs["overall"], key="overall")
             per_row = min(3, len(shown))
             if len(shown) > 2:
@@ -139,7 +149,7 @@ def body() -> None:
         + ["sweep", "ulp", "special", "drill-image", "drill-delta", "drill-ratios"]
         + [f"experts-{m}" for m in shown]
         + ["routers"],  # MoE models only: the Experts section's figures and table
-        ["sweep-table", "special-table", "experts-table"],
+        ["sweep-table", "special-table", "experts-table", "buffers-table"],
         # every tab, whichever is open
         more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors, at), drill),
         notes=said,
@@ -171,8 +181,8 @@ def overall_frame(grids: dict, reports: dict, shown, column: str) -> pd.DataFram
 
 def layers_tab(overall: pd.DataFrame, grids: dict, shown: tuple, crit: str, value: str, colors: dict) -> dict:
     """The first tab's figures: overall sparsity per model and each model's layer × module heatmap on one
-    colour range (the export builds them too when another tab is open); ``crit`` as the titles name it, with the
-    comparison precision (``exact at bf16``)."""
+    colour range (the export builds them too when another tab is open); ``crit`` as the titles name it, with its
+    parameter and the comparison precision (``relative η = 0.001 at bf16``: :func:`criterion_label`)."""
     figs = {
         "overall": figures.overall_bars(overall, title=f"Overall update sparsity per model ({crit})", colors=colors)
     }
@@ -280,6 +290,29 @@ def relative_note(eta: float, dtypes: list[str]) -> str:
     return f"{rule} {what} Choose η ≥ {larger} above to leave out changes that are small against the weight."
 
 
+def buffer_rows(reports) -> pd.DataFrame:
+    """The buffers (rotary frequencies, position ids, causal masks: tensors that are no parameters) the reports
+    compared bitwise apart from the weights, one row per model and buffer: name, shape, dtype, entries and
+    changed entries (0: unchanged). Quantization scales, listed in the same table of a report, are left out."""
+    cols = ["model", "name", "shape", "dtype", "numel", "changed"]
+    frames = [r.buffers for r in reports if r.buffers is not None and len(r.buffers)]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    side = pd.concat(frames, ignore_index=True)
+    return side.loc[side["group"] == "buffers", cols].reset_index(drop=True)
+
+
+def buffers_section(reports) -> None:
+    """A closed expander listing the shown models' buffers (:func:`buffer_rows`), where any was compared: the
+    buffers note says they are listed under buffers, not counted in the weight sparsity."""
+    rows = buffer_rows(reports)
+    if rows.empty:
+        return
+    label = f"Buffers ({len(rows)}): compared bitwise, not counted in the weight sparsity"
+    with st.expander(label, icon=":material/list:"):
+        ui.table(rows, "buffers-table", "Buffers (not counted in the weight sparsity)")
+
+
 def experts_section(analysis, shown, colors: dict, at: str = "") -> None:
     """Mixture-of-experts models only: exact sparsity per layer × expert (shared experts apart) and the routers."""
     experts = ui.shared(expert_tables, analysis, tuple(shown))
@@ -334,35 +367,46 @@ def default_matrix(names: list[str]) -> int:
 
 def drill_parts(ws, reports, crit: str, eta: float, model: str, key: str) -> tuple[dict, Callable[..., str]]:
     """One matrix's three charts (which entries changed, Δ, row and column shares), read from the two checkpoints
-    (one tensor, at most 128 per side drawn), and the line that names it, given how to write the names in it (the
-    page: :func:`ui.plain`, a stranger's text; the export: as they are, escaped there)."""
+    (the pair the analysis compared, by its ``key``: each side's own name, a resized vocabulary's shared rows; at
+    most 128 cells a side drawn), and the line that names it, given how to write the names in it (the page:
+    :func:`ui.plain`, a stranger's text; the export: as they are, escaped there)."""
     from subnetviz.analysis.drill import matrix_update
 
     mats = reports[model].tensors
     row = mats[mats["key"] == key].iloc[0]
     upd = matrix_update(
-        ws.base, dict(ws.finetuned)[model], row["name"], criterion=crit, eta=eta, max_side=128, precision=ws.precision
+        ws.base, dict(ws.finetuned)[model], key, criterion=crit, eta=eta, max_side=128, precision=ws.precision
     )
 
     at = ui.compared_at(ws, say=False)  # the sidebar's comparison precision, as the analysis (said atop the page)
+    named = criterion_label(crit, eta) + at
 
-    def line(esc: Callable[[str], str]) -> str:  # the matrix named as in the picker, then as in the file
-        name = esc(key) + (f" (stored as {esc(row['name'])})" if row["name"] != key else "")
+    def line(esc: Callable[[str], str]) -> str:  # the matrix named as in the picker, then as in each file
+        base_name, ft_name = upd.names
+        if base_name != ft_name:  # (no model. prefix on one side, a head one side ties to its embedding)
+            stored = f" (base: {esc(base_name)}, finetune: {esc(ft_name)})"
+        else:
+            stored = f" (stored as {esc(base_name)})" if base_name != key else ""
         share = percent_text([100 * upd.n_changed / max(1, int(row["numel"]))], decimals=2)[0]  # 1 in 10^5: not 0.00
+        resized = f" · {esc(upd.note)}" if upd.note else ""  # the analysis' own line: shared rows only
         return (
-            f"{name} · shape {row['shape']} · criterion {crit}{at} · {upd.n_changed:,} of "
+            f"{esc(key)}{stored} · shape {row['shape']} · criterion {named} · {upd.n_changed:,} of "
             f"{int(row['numel']):,} changed ({share} %) · "
-            f"largest |Δ| {figures.format_number(row['max_abs_delta'])}"
+            f"largest |Δ| {figures.format_number(row['max_abs_delta'])}{resized}"
         )
 
     subject = f"{model} · {key}"  # in each chart: the export and a paper figure have no picker to say it
+    if upd.rows_compared is not None:
+        subject += f" (the {upd.rows_compared:,} shared rows)"
     axes = {"subject": subject, "orientation": upd.orientation}  # a GPT-2 Conv1D weight's rows are its inputs
     figs = {
-        "drill-image": figures.matrix_image(upd.changed, title=f"Which entries changed ({crit}{at})", **axes),
+        "drill-image": figures.matrix_image(upd.changed, title=f"Which entries changed ({named})", **axes),
         "drill-delta": figures.delta_image(
             upd.delta, **axes, **({"title": f"Signed update Δ = W_ft − W_base{at}"} if at else {})
         ),
-        "drill-ratios": figures.row_col_ratios(upd.row_share, upd.col_share, **axes),
+        "drill-ratios": figures.row_col_ratios(
+            upd.row_share, upd.col_share, title=f"Share of entries changed per row and per column ({named})", **axes
+        ),
     }
     return figs, line
 
@@ -377,7 +421,7 @@ def drill_export(ws, reports, crit: str, eta: float, model: str | None, key: str
     key = uilogic.url_choice(key, names, names[default_matrix(names)])
     try:
         figs, line = drill_parts(ws, reports, crit, eta, model, key)
-    except SubnetvizError as exc:  # (a checkpoint changed or gone since): the other tabs are still exported
+    except SubnetvizError as exc:  # (e.g. a checkpoint changed or gone since): the other tabs are still exported
         return {}, [f"One matrix: {model} · {key} could not be read, so it is not in this export: {exc}"]
     return figs, [f"One matrix: {line(str)}"]
 

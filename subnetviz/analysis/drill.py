@@ -7,6 +7,7 @@ a time, and keeps only what the views draw (block sums, row and column counts).
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from subnetviz.analysis.quant import checkpoint_forms, row_block, weight_rows
 from subnetviz.analysis.sparsity import PRECISIONS, _rel_is_nonzero
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.checkpoints.adapters import _CONV1D, open_finetune
+from subnetviz.checkpoints.align import AlignedTensor, Alignment, align
+from subnetviz.checkpoints.naming import strip_prefix
 from subnetviz.errors import CheckpointError
 from subnetviz.figures.matrix import MatrixBlocks
 
@@ -42,6 +45,9 @@ class MatrixUpdate:
     changed: MatrixBlocks
     delta: MatrixBlocks
     orientation: str = "out_in"
+    names: tuple[str, str] = ("", "")  # its name in the base and in the finetune (they differ: see matrix_update)
+    rows_compared: int | None = None  # set when the vocabulary was resized: the shared rows only
+    note: str = ""  # the alignment's line on a resized vocabulary, else ""
 
     @property
     def row_share(self) -> np.ndarray:
@@ -62,7 +68,12 @@ def matrix_update(
     band_entries: int = BAND_ENTRIES,
     precision: str | None = None,
 ) -> MatrixUpdate:
-    """The update of tensor ``name`` (same name in both checkpoints), a band of rows at a time.
+    """The update of the tensor pair ``name`` (its alignment key, as the tensors table's ``key`` column and the
+    picker name it, or its name in either checkpoint), a band of rows at a time.
+
+    The pair is the one the update analysis compares (:func:`~subnetviz.checkpoints.align`): each side read under
+    its own name (a finetune saved without the ``model.`` prefix, a head one side ties to its input embedding), and
+    only the shared rows of a resized vocabulary.
 
     criterion: ``"exact"`` (bit patterns differ), ``"relative"`` (|Δ| > η·max(|w|, |w'|)) or an absolute
     tolerance as text (``"1e-05"``: |Δ| > tol), counted as :class:`~subnetviz.analysis.sparsity.SparsityReport`
@@ -72,26 +83,26 @@ def matrix_update(
     """
     ck_b = open_checkpoint(base)
     ck_f = open_finetune(finetuned, ck_b)  # a LoRA/PEFT adapter: merged onto the base, as the analysis reads it
-    if name not in ck_b.names:
-        raise CheckpointError(f"{base}: no tensor {name!r} (it is in {finetuned}).")
-    b, f = ck_b.get(name), ck_f.get(name)
-    if b.shape != f.shape or b.ndim != 2:
-        raise CheckpointError(
-            f"{name}: expected two 2-D tensors of one shape; got {tuple(b.shape)} and {tuple(f.shape)}."
-        )
-    rows, cols = (int(x) for x in b.shape)
+    al = align([ck_b, ck_f])
+    at = aligned_pair(al, name, base, finetuned)
+    name_b, name_f = at.names
+    b, f = ck_b.get(name_b), ck_f.get(name_f)
+    if len(at.shape) != 2:
+        raise CheckpointError(f"{at.key}: expected a 2-D tensor; got shape {tuple(at.shape)}.")
+    rows, cols = (int(x) for x in at.shape)  # the shared rows only, where the vocabulary was resized
     changed = MatrixBlocks.empty((rows, cols), max_side, binary=True)
     delta = MatrixBlocks.empty((rows, cols), max_side)
     # FP8 / int8 codes read as the weights they stand for (their difference is no Δ), in bands of whole scale blocks
-    form_b, form_f = checkpoint_forms(ck_b)[name], checkpoint_forms(ck_f)[name]
+    form_b, form_f = checkpoint_forms(ck_b)[name_b], checkpoint_forms(ck_f)[name_f]
     quant_b, quant_f = (fm.kind in ("fp8", "int8") for fm in (form_b, form_f))
     lcm = math.lcm(row_block(ck_b, form_b), row_block(ck_f, form_f))
     step = max(1, band_entries // max(1, cols)) // changed.f * changed.f or changed.f  # whole block rows
     step = max(lcm, step // lcm * lcm) if lcm > 1 else step  # ... and whole scale blocks of FP8 codes
     per_row, per_col = np.zeros(rows, np.int64), np.zeros(cols, np.int64)
     for r0 in range(0, rows, step):
-        xb = weight_rows(ck_b, name, form_b, b, r0, r0 + step)
-        xf = weight_rows(ck_f, name, form_f, f, r0, r0 + step)
+        r1 = min(r0 + step, rows)
+        xb = weight_rows(ck_b, name_b, form_b, b, r0, r1)
+        xf = weight_rows(ck_f, name_f, form_f, f, r0, r1)
         if precision is not None:  # the chosen comparison precision, both sides (as compare_pair casts them)
             xb, xf = xb.to(PRECISIONS[precision]), xf.to(PRECISIONS[precision])
         elif quant_b != quant_f:  # a float side against dequantised codes: at the float side's dtype
@@ -102,10 +113,36 @@ def matrix_update(
         delta.add(r0, d)
         per_row[r0 : r0 + len(c)] = c.sum(axis=1)
         per_col += c.sum(axis=0)
-    orientation = _orientation(ck_f.names_table, name, (rows, cols))
+    orientation = _orientation(ck_f.names_table, at.name, (rows, cols))
+    # the analysis' own line on a resized vocabulary (Alignment.report of this pair alone), else nothing
+    note = " ".join(Alignment(al.checkpoints, [at]).report())
     return MatrixUpdate(
-        name, criterion, (rows, cols), int(per_row.sum()), per_row, per_col, changed, delta, orientation
+        at.key,
+        criterion,
+        (rows, cols),
+        int(per_row.sum()),
+        per_row,
+        per_col,
+        changed,
+        delta,
+        orientation,
+        (name_b, name_f),
+        at.rows,
+        note,
     )
+
+
+def aligned_pair(al: Alignment, name: str, base: str, finetuned: str) -> AlignedTensor:
+    """The pair of alignment ``al`` that ``name`` names: its key, or its name in either checkpoint (a full name
+    strips to its key). One line naming the checkpoints and close keys where none does."""
+    by_key = {t.key: t for t in al.tensors}
+    found = by_key.get(name) or by_key.get(strip_prefix(name))
+    found = found or next((t for t in al.tensors if name in t.names), None)
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(strip_prefix(name), list(by_key), n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise CheckpointError(f"no tensor {name!r} is in both {base} and {finetuned}.{hint}")
 
 
 def _orientation(table, name: str, shape: tuple[int, int]) -> str:

@@ -55,6 +55,7 @@ from subnetviz.analysis.sparsity_report import (  # re-exported: their home befo
     ProgressFn,
     SparsityOptions,
     SparsityReport,
+    _tolerance_columns,
     fused_part_rows,
     stats_row,
     summarize,
@@ -74,6 +75,7 @@ __all__ = [
     "checks_finite",
     "compare_pair",
     "compare_views",
+    "fused_part_criteria",
     "fused_part_rows",
     "stats_row",
     "stored_kernels",
@@ -351,6 +353,29 @@ def compare_pair(
             return _generic_pass(a, a2, b2, options, name, packed)
         b = b2.reshape(a.shape)
     return _compiled_pass(k, a, b, options, name, packed)
+
+
+def fused_part_criteria(
+    table, name: str, a: torch.Tensor, b: torch.Tensor, options: SparsityOptions
+) -> dict[str, dict[str, int]] | None:
+    """The counts under every criterion of each part of a fused tensor (GPT-2's ``c_attn``, GPT-NeoX's, Falcon's
+    and Phi-3's fused QKV, a gated ``q_proj``, Phi-3's ``gate_up_proj``), split as the naming table splits it
+    (:meth:`~subnetviz.checkpoints.naming.NameTable.fused_parts`, as the Overlap page splits masks): part ->
+    ``{"numel", "changed", "changed@tol" per tolerance, "changed_rel"}``, each part compared by
+    :func:`compare_pair` as the whole pair is (``a``, ``b``: the pair as compared, one shape). The exact counts
+    split from the row/column counts (:func:`fused_part_rows`) need no second pass; the tolerances and η do: one
+    more pass over the fused tensor. None where the table does not split it (a packed 3-D expert tensor is split
+    by :meth:`~subnetviz.checkpoints.naming.NameTable.part_counts`, from counts, not here)."""
+    pa, pb = table.fused_parts(name, a), table.fused_parts(name, b)
+    if not pa or not pb or list(pa) != list(pb):
+        return None
+    opts = replace(options, keep_masks=False, row_col=False, mask_tolerance=None)
+    out: dict[str, dict[str, int]] = {}
+    for part, x in pa.items():
+        st = compare_pair(x.contiguous(), pb[part].contiguous(), opts, name=f"{name} ({part})")
+        tol = dict(zip(_tolerance_columns(opts.tolerances), st.changed_tol, strict=True))
+        out[part] = {"numel": st.numel, "changed": st.changed, **tol, "changed_rel": st.changed_rel}
+    return out
 
 
 def checks_finite(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions) -> bool:

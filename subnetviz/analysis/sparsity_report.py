@@ -138,14 +138,20 @@ class SparsityReport:
         (the layer is a multi-token-prediction module's).
 
         ``criterion`` is a column of :attr:`tensors` (``changed``, ``changed@1e-05``, ``changed_rel``).
-        Fused QKV tensors are split into q/k/v when the split is known (exact criterion only).
+        Fused tensors (QKV, gate/up) are split into their parts where the split is known, under that criterion:
+        :attr:`parts` holds each part's count under every criterion, or under the exact one only (packed 3-D
+        experts, quantized forms: :meth:`split_exact_only`), and such a tensor is then shown whole.
         """
         t = self.tensors[["key", "layer", "module", "numel", criterion]].rename(columns={criterion: "changed"})
         t["mtp"] = self.tensors["block"].eq("mtp") if "block" in self.tensors else False
-        if criterion == "changed" and self.parts is not None and len(self.parts):
-            fused = set(self.parts["key"])
+        if self.parts is not None and len(self.parts) and criterion in self.parts.columns:
+            p = self.parts[~self.parts["key"].isin(self.split_exact_only(criterion))]
+            p = p[["key", "module", "numel", criterion]].rename(columns={criterion: "changed"})
+            fused = set(p["key"])
             meta = t.set_index("key")
-            p = self.parts.assign(layer=self.parts["key"].map(meta["layer"]), mtp=self.parts["key"].map(meta["mtp"]))
+            p = p.assign(
+                changed=p["changed"].astype("int64"), layer=p["key"].map(meta["layer"]), mtp=p["key"].map(meta["mtp"])
+            )
             t = pd.concat([t[~t["key"].isin(fused)], p[t.columns]], ignore_index=True)
         t = t.assign(tensor_density=t["changed"] / t["numel"].clip(lower=1))
         g = t.groupby(["layer", "module"], dropna=False, sort=False)
@@ -161,6 +167,15 @@ class SparsityReport:
         out["mean_sparsity"] = 1.0 - out["mean_density"]
         out.insert(0, "model", self.model)
         return out
+
+    def split_exact_only(self, criterion: str) -> list[str]:
+        """The fused tensors whose parts have exact counts only, none under ``criterion`` (a column of
+        :attr:`tensors`): :meth:`by_layer_module` shows them whole under it."""
+        if self.parts is None or not len(self.parts) or criterion == "changed":
+            return []
+        if criterion not in self.parts.columns:  # (a parts table saved before the parts had every criterion)
+            return list(dict.fromkeys(self.parts["key"]))
+        return list(dict.fromkeys(self.parts.loc[self.parts[criterion].isna(), "key"]))
 
     def special(self) -> pd.DataFrame:
         """Norms, embeddings and the head, one row per tensor, apart from the layer matrices."""

@@ -39,6 +39,7 @@ from subnetviz.analysis.sparsity import (
     SparsityOptions,
     SparsityReport,
     compare_views,
+    fused_part_criteria,
     fused_part_rows,
     stats_row,
     stored_kernels,
@@ -351,11 +352,13 @@ class _Walk:
                 x, (y, k, dtype) = loaded["x", at.rows], views
                 st = compare_views(k, x, y, dtype, self.options, name=at.names[0], packed=True)
                 changed_codes, delta_fn = st.changed, _delta_of_views(x, y, dtype)
+                pair = lambda: (torch.from_numpy(x).view(dtype), torch.from_numpy(y).view(dtype))  # noqa: E731
             else:
                 a, b = loaded["a", at.rows], loaded.pop(("b", i))
                 st, changed_codes, delta_fn = compare_aligned(
                     a, b, fa, fb, at, self.ck_base, ck, self.options, self.dev, self.log, i, packed=True
                 )
+                pair = _float_pair(a, b, fa, fb, self.options)
         except NonFiniteError as exc:  # named by file and tensor where the pass checked them (see load)
             _check_read(self.ck_base, at, 0, read_aligned(self.ck_base, at, 0, "cpu"))
             _check_read(ck, at, 1, read_aligned(ck, at, 1, "cpu"))
@@ -366,13 +369,13 @@ class _Walk:
         row["changed_codes"] = changed_codes
         row["expert"] = None if info.expert is None else str(info.expert)
         self.rows[i].append(row)
-        self.parts[i].extend(
-            fused_part_rows(self.table, name, key, at.shape, st)
-            or [
-                {"key": key, "module": m, "numel": n, "changed": c}
-                for m, n, c in self.table.part_counts(name, at.shape, st.row_counts, st.col_counts)
-            ]
-        )
+        parts = fused_part_rows(self.table, name, key, at.shape, st) or [
+            {"key": key, "module": m, "numel": n, "changed": c}
+            for m, n, c in self.table.part_counts(name, at.shape, st.row_counts, st.col_counts)
+        ]
+        if parts and pair is not None and info.expert != "all":  # (packed experts: split by counts, exact only)
+            _add_part_criteria(parts, fused_part_criteria(self.table, name, *pair(), self.options))
+        self.parts[i].extend(parts)
         if st.mask_bits is not None:
             self.masks[i].add_bits(name, st.mask_bits, tuple(at.shape))
         elif st.mask is not None:
@@ -448,6 +451,13 @@ class _Walk:
         )
         return [f"Not compared (in only one of the pair): {head}. Sparsity and density are over the rest.{why}", *lines]
 
+    @property
+    def part_columns(self) -> list[str]:
+        """The parts table's columns: a fused tensor's part, its entries and changed counts under every criterion
+        (NaN under the tolerances and η where only the exact split is known: see :func:`_add_part_criteria`)."""
+        tols = [f"changed@{t:g}" for t in self.options.tolerances]
+        return ["key", "module", "numel", "changed", *tols, "changed_rel"]
+
     def model_notes(self, i: int) -> list[str]:
         return getattr(self.cks[i], "notes", []) + self.log.notes(i)
 
@@ -460,7 +470,7 @@ class _Walk:
                 pd.DataFrame(self.rows[i]),
                 self.masks[i],
                 self.row_col[i],
-                pd.DataFrame(self.parts[i], columns=["key", "module", "numel", "changed"]),
+                pd.DataFrame(self.parts[i], columns=self.part_columns),
                 self.notes + self.model_notes(i) + self.left_out(i),
                 pd.DataFrame(self.side[i], columns=SIDE_COLUMNS),
             )
@@ -564,6 +574,30 @@ def prefetched(items: Sequence, load: Callable, first: Callable | None = None) -
             ahead = pool.submit(load, items[k + 1]) if k + 1 < len(items) else None
             yield current
             del current
+
+
+def _float_pair(a: torch.Tensor, b: torch.Tensor, fa, fb, options: SparsityOptions) -> Callable | None:
+    """A float pair as :func:`~subnetviz.analysis.quant.compare_aligned` compares it (the base cast to the
+    finetune's dtype where they differ and no precision is chosen; a chosen precision is cast by
+    :func:`~subnetviz.analysis.sparsity.compare_pair`), for the fused parts' counts; None for a quantized form."""
+    if not fa.kind == fb.kind == "float":
+        return None
+    if options.precision is None and a.dtype != b.dtype:
+        return lambda: (a.to(b.dtype), b)
+    return lambda: (a, b)
+
+
+def _add_part_criteria(parts: list[dict], counts: dict[str, dict[str, int]] | None) -> None:
+    """The tolerance and η counts of each part of a fused tensor (``counts``: from
+    :func:`~subnetviz.analysis.sparsity.fused_part_criteria`) added to its exact rows, where both split it into the
+    same parts of the same sizes; otherwise none are added and the tensor is split under the exact criterion
+    only (by_layer_module shows it whole under the others)."""
+    if counts is None or [p["module"] for p in parts] != list(counts):
+        return
+    if any(p["numel"] != counts[p["module"]]["numel"] or p["changed"] != counts[p["module"]]["changed"] for p in parts):
+        return
+    for p in parts:
+        p.update({k: v for k, v in counts[p["module"]].items() if k not in ("numel", "changed")})
 
 
 def _int_view(ck: Checkpoint, at, i: int) -> np.ndarray:

@@ -350,3 +350,14 @@ def module_bars(
     return _style(
         fig, title, "sparsity (%)", None, barmode="group", height=max(320, 140 + 22 * len(names) * max(1, len(models)))
     )
+
+
+def criterion_label(criterion: str, eta: float) -> str:
+    """The update criterion as titles and captions name it, with its parameter: ``exact``, ``tol = 1e-05`` (an
+    absolute tolerance, given as its text), ``relative η = 0.001``. A saved chart keeps only its title, and the
+    numbers under "relative" at η = 0.001 and at η = 0.1 differ tenfold."""
+    if criterion == "exact":
+        return "exact"
+    if criterion == "relative":
+        return f"relative η = {eta:g}"
+    return f"tol = {float(criterion):g}"
