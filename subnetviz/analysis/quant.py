@@ -11,7 +11,8 @@ does not take:
   (``⌈m/bs⌉ × ⌈n/bs⌉``, DeepSeek-V3 style), a per-tensor / per-channel ``weight_scale``, or MXFP8's
   uint8 E8M0 exponents per group of 32 along a row (1 × 32 blocks, scale 2^(s − 127):
   :func:`scale_values`); transformers 5's FP8 experts, whose block scales are stored packed for every expert, with
-  each expert's rows of them (:func:`~subnetviz.checkpoints.experts_layout.read_packed_scales`):
+  each expert's rows of them (:func:`~subnetviz.checkpoints.experts_layout.read_packed_scales`); fbgemm's FP8
+  Llama 4 experts, packed (E, ·, N) with a scale per expert and output feature (``check_scale``'s ``expert``):
   the comparison dequantises both sides (w = code × scale[i // bs, j // bs], in float32) and runs the
   float pass on it, in row bands of whole scale blocks, so memory stays a few bands, not two
   float32 copies of the tensor (:func:`compare_quantized`): ``changed``, the mask, the tolerance sweep
@@ -348,10 +349,24 @@ def _same_layout(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 def check_scale(
     name: str, weight_shape: tuple[int, ...], scale_name: str, scale_shape: tuple[int, ...], block: tuple[int, int]
 ) -> str:
-    """How ``scale`` applies to ``weight``: ``tensor``, ``channel`` or ``block``; else a one-line error."""
+    """How ``scale`` applies to ``weight``: ``tensor``, ``channel``, ``block``, or, for experts packed in one 3-D
+    weight (E, ·, N) with a scale per expert and output feature along its last axis, ``expert`` (fbgemm's FP8
+    Llama 4 experts: ``gate_up_proj_scale`` (E, 1, 2I) of ``gate_up_proj`` (E, H, 2I), ``down_proj_scale`` (E, H, 1)
+    of ``down_proj`` (E, I, H), as ``FbgemmFp8Llama4TextExperts`` holds and computes with them); else a one-line
+    error."""
     numel = math.prod(scale_shape)
     if numel == 1:
         return "tensor"
+    if len(weight_shape) == 3:
+        e, _, n = weight_shape
+        if tuple(scale_shape) in ((e, 1, n), (e, n, 1)):
+            return "expert"
+        raise CheckpointError(
+            f"scale {scale_name!r} of {name!r}: expected one value per tensor or, for packed experts of shape "
+            f"{tuple(weight_shape)}, one per expert and output feature (its last axis) as fbgemm's FP8 Llama 4 "
+            f"stores them, ({e}, 1, {n}) or ({e}, {n}, 1); found {tuple(scale_shape)}. Packed FP8 experts with "
+            "scales along another axis, or in blocks, are not read."
+        )
     if len(weight_shape) == 2:
         m, n = weight_shape
         if tuple(scale_shape) in ((m,), (m, 1)):
@@ -415,9 +430,9 @@ def compare_quantized(
         return QuantStats(stats, changed)
     if changed is None:
         changed, above = _code_counts(a, b)
-    if a.dim() != 2:
-        ea = dequantize(a, sa, "tensor", block, 0, divisor, za, table)
-        eb = dequantize(b, sb, "tensor", block, 0, divisor, zb, table)
+    if a.dim() != 2:  # one scale, or packed experts' per-feature ones (how_a / how_b: tensor or expert)
+        ea = dequantize(a, sa, how_a, block, 0, divisor, za, table)
+        eb = dequantize(b, sb, how_b, block, 0, divisor, zb, table)
         eff = compare_pair(ea, eb, options, name=name)
     else:
         rows, cols = a.shape
@@ -470,8 +485,6 @@ def effective(
     if form.kind != "fp8":
         block = form.block({})
     how = check_scale(name, tuple(code.shape), scale_name, tuple(scale.shape), block)
-    if code.dim() != 2:
-        return dequantize(code, scale, "tensor", block, 0, divisor, zero, table)
     return dequantize(code, scale, how, block, 0, divisor, zero, table)
 
 
@@ -655,10 +668,12 @@ def compare_aligned(
         st = compare_codes(a, b, options, name=name)
         log.add(i, f"codes:{fb.label}", name, st.changed)
         return st, st.changed, None
-    if fa.kind == fb.kind and fa.kind in ("fp8", "int8") and fa.layout == fb.layout:
+    if fa.kind == fb.kind and fa.kind in ("fp8", "int8") and _same_scales(fa, fb, ck_base, ck):
         sa, sb = scale_values(ck_base, fa.scale, dev), scale_values(ck, fb.scale, dev)
         za, zb = zero_values(ck_base, fa, dev), zero_values(ck, fb, dev)
         block = fb.block(ck.config)
+        _scale_fits(ck_base, name, a, fa, sa)
+        _scale_fits(ck, name, b, fb, sb)
         q = compare_quantized(
             a,
             sa,
@@ -681,8 +696,9 @@ def compare_aligned(
 
         return q.stats, q.changed_codes, delta
     # Different stored forms (e.g. a bf16 base and an FP8 release): dequantise the quantized side; codes stored in two
-    # layouts (int4 and int8, NF4 and FP4, compressed-tensors' and AWQ's): both sides, compared as weights in float32
-    # (as the series and the drill do; the analysis refused it whole).
+    # layouts (int4 and int8, NF4 and FP4, compressed-tensors' and AWQ's, FP8 with a scale per row and in blocks, or
+    # in blocks of two sizes): both sides, each with its own scales and its own config's block, compared as weights
+    # in float32 (as the series and the drill do; the analysis refused it whole).
     ea = _as_float(a, fa, ck_base, dev, name)
     eb = _as_float(b, fb, ck, dev, name)
     if ea is None or eb is None:
@@ -696,8 +712,44 @@ def compare_aligned(
     st = compare_pair(ea, eb, options, name=name)
     rounding = _rounding_only((a, fa, ck_base), (b, fb, ck), ea, eb, dev, name, options)
     both = fa.kind != "float" and fb.kind != "float"
-    log.add(i, f"{'forms2' if both else 'forms'}:{_layout_said(fa)} vs {_layout_said(fb)}", name, rounding, st.changed)
+    said = f"{_layout_said(fa, _scales_said(ck_base, fa, a))} vs {_layout_said(fb, _scales_said(ck, fb, b))}"
+    log.add(i, f"{'forms2' if both else 'forms'}:{said}", name, rounding, st.changed)
     return st, st.changed, lambda: _f64(eb, None, options.precision) - _f64(ea, None, options.precision)
+
+
+def _same_scales(fa: TensorForm, fb: TensorForm, ck_base, ck) -> bool:
+    """Whether two quantized sides (forms ``fa`` of ``ck_base``, ``fb`` of ``ck``) store their codes alike, so that
+    they are compared code by code: one layout, one scale block by each checkpoint's own config, scales of one
+    shape. Two quantizations of one model may differ in any (FP8 with a scale per row against MXFP8's per 32
+    columns or 16 × 16 blocks; blocks of 44 and 48 whose scale grids have one shape on a 64 × 128 weight): those
+    are both dequantised, each with its own scales and block."""
+    if fa.layout != fb.layout or fa.block(ck_base.config) != fb.block(ck.config):
+        return False
+    return tuple(ck_base.meta(fa.scale).shape) == tuple(ck.meta(fb.scale).shape)
+
+
+def _scale_fits(ck, name: str, x: torch.Tensor, form: TensorForm, scale: torch.Tensor) -> str:
+    """:func:`check_scale` of checkpoint ``ck``'s weight ``name`` (codes ``x`` in ``form``) with its own block; a
+    scale that does not fit is one line naming the checkpoint."""
+    block = form.block(ck.config) if form.kind == "fp8" else form.block({})
+    try:
+        return check_scale(name, tuple(x.shape), form.scale, tuple(scale.shape), block)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{ck.spec}: {exc}") from None
+
+
+def _scales_said(ck, form: TensorForm, x: torch.Tensor) -> str | None:
+    """How an FP8 weight's scales are laid out, as the notes say it (a scale per row, 16×16 blocks, ...); None for
+    other forms (:func:`_layout_said` says theirs)."""
+    if form.kind != "fp8":
+        return None
+    how = check_scale("", tuple(x.shape), form.scale, tuple(ck.meta(form.scale).shape), form.block(ck.config))
+    b0, b1 = form.block(ck.config)
+    return {
+        "tensor": "one scale",
+        "channel": "a scale per row",
+        "expert": "a scale per expert and output feature",
+    }.get(how, f"a scale per {b1} columns" if b0 == 1 else f"{b0}×{b1} blocks")
 
 
 def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name: str, options=None) -> int:
@@ -784,8 +836,9 @@ def scale_values(ck, name: str, dev) -> torch.Tensor:
 
 
 def _as_float(x: torch.Tensor, form: TensorForm, ck, dev, name: str) -> torch.Tensor | None:
-    """``x`` as weights: as stored, or codes dequantised whole (float32, its size asked for first: the pair of a
-    float side and a quantized one, or of two code layouts, is compared whole); None for codes with no values."""
+    """``x`` as weights: as stored, or codes dequantised whole with checkpoint ``ck``'s own scales and block
+    (float32, its size asked for first: the pair of a float side and a quantized one, or of two code layouts, is
+    compared whole); None for codes with no values."""
     if form.kind == "float":
         return x
     if form.kind in ("fp8", "int8"):
@@ -796,14 +849,15 @@ def _as_float(x: torch.Tensor, form: TensorForm, ck, dev, name: str) -> torch.Te
         require_memory(f"{name} dequantised (float32)", need if cpu else 0, str(dev), 0 if cpu else need)
         scale = scale_values(ck, form.scale, dev)
         zero = zero_values(ck, form, dev)
+        _scale_fits(ck, name, x, form, scale)
         return effective(x, scale, form, form.block(ck.config), name=name, scale_name=form.scale, zero=zero)
     return None
 
 
 def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
     """The :class:`FormLog` kind of a quantized pair: ``q:<what>|<how it is dequantised>``."""
-    if form.kind == "fp8":
-        return "q:FP8|code × scale[i // bs, j // bs]"
+    if form.kind == "fp8":  # (packed experts' 3-D scales: one per expert and output feature, fbgemm's)
+        return "q:FP8|code × scale[e, j]" if scale.dim() == 3 else "q:FP8|code × scale[i // bs, j // bs]"
     if form.divisor != 1.0:
         return "q:bitsandbytes int8|code × SCB[i] / 127"
     if form.table == "e2m1":
@@ -816,8 +870,11 @@ def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
     return f"q:{form.label.removesuffix(' codes')}|{code} × {form.scale.rsplit('.', 1)[-1]}{idx}"
 
 
-def _layout_said(form: TensorForm) -> str:
-    """A stored form as the notes name it: its label, and for codes with a scale how the scale is laid out."""
+def _layout_said(form: TensorForm, scales: str | None = None) -> str:
+    """A stored form as the notes name it: its label, and for codes with a scale how the scale is laid out
+    (``scales``: an FP8 form's, :func:`_scales_said`)."""
+    if form.kind == "fp8" and scales:
+        return f"{form.label} ({scales})"
     if form.kind != "int8":
         return form.label
     per = f"a scale per {form.group} columns" if form.group else "a scale per row or tensor"

@@ -174,7 +174,8 @@ def dequantize(
     """float32 effective weights of the code rows ``code`` (which start at row ``r0`` of the tensor).
 
     ``how``: ``tensor`` (one scale), ``channel`` (one per row), ``block`` (``scale[i // bs0, j // bs1]``; a group of
-    ``bs1`` columns of a row where ``bs0`` is 1). w = (code − zero) × scale, then × float32(1 / divisor) where there
+    ``bs1`` columns of a row where ``bs0`` is 1), ``expert`` (packed experts (E, ·, N), whole, with a scale per expert
+    and output feature, (E, 1, N) or (E, N, 1): ``scale[e, j]``, fbgemm's FP8 Llama 4 experts). w = (code − zero) × scale, then × float32(1 / divisor) where there
     is one (bnb int8, 127), in float32 and in that order, as bitsandbytes' ``int8_vectorwise_dequant`` computes it
     (dividing the scale first differed in the last bit of a quarter of the weights). ``zero`` (zero points, laid
     out as the scales): code − zero is a small integer, exact; compressed-tensors forms the same difference before
@@ -194,6 +195,8 @@ def _scaled(
     points ``s``, in place."""
     if how == "tensor":
         return getattr(w, op)(s.reshape(()))
+    if how == "expert":  # (E, ·, N) by (E, 1, N): each expert's column j by its scale j
+        return getattr(w, op)(s.reshape(w.shape[0], 1, w.shape[2]))
     if how == "channel":
         return getattr(w, op)(s.reshape(-1)[r0 : r0 + w.shape[0]].unsqueeze(1))
     b0, b1 = block

@@ -26,7 +26,9 @@ before training (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA, unless converted) are refu
 names a model has in memory; where the base stores the tensor under another (a vision-language model that
 transformers 5 saves under its release names), the target is the base's tensor of the same name past its model
 prefix (:meth:`MergedAdapter._to_base`), and rank_pattern / alpha_pattern / target_modules are matched, as PEFT
-matches them, against the name in memory.
+matches them, against the name in memory. A mixture of experts' router or packed experts saved whole under
+transformers 5's names in memory (Mixtral's and PhiMoE's ``mlp.gate`` / ``mlp.router``, ``mlp.experts.gate_up_proj``)
+replace the base tensors they load into (``block_sparse_moe.gate``, each expert's slice: :meth:`MergedAdapter._placed`).
 """
 
 from __future__ import annotations
@@ -149,6 +151,8 @@ def adapter_info(spec) -> dict:
 class MergedAdapter(Checkpoint):
     """The base checkpoint with a LoRA adapter merged into its target weights, tensor by tensor."""
 
+    computes_tensors = True  # (its tensors are computed, a packed one whole: read as they are, never re-sliced)
+
     def __init__(self, spec: str, base: Checkpoint):
         folder = adapter_folder(spec) or Path(spec).expanduser()
         cfg_path = check_readable(folder / "adapter_config.json")
@@ -174,7 +178,7 @@ class MergedAdapter(Checkpoint):
         self._refuse_codes(folder)
         for target, key in self.replaced.items():  # a replaced tensor's shape is the adapter's (a resized
             # vocabulary); every tensor is given in the base's stored dtype, as a merge of it would save it
-            shape = tuple(header[key]["shape"])
+            shape = self._replaced_shape(header, target, key)
             if target in self._untied:  # a trained head the base does not store: in its embedding's dtype
                 self._meta[target] = TensorMeta(target, weights, self.base.meta(self._untied[target]).dtype, shape)
             elif target in self._new:  # a new head: as the adapter saves it (no base dtype to round it to)
@@ -307,6 +311,10 @@ class MergedAdapter(Checkpoint):
         self._tied_notes: list[str] = []
         # a module the base does not hold, saved whole (a new task head): a tensor of the merged model only
         self._new: set[str] = set()
+        # a base tensor that is a slice of a whole tensor the adapter saves (packed experts saved whole, the base's
+        # stored one by one): (base name, adapter key) -> index into the adapter's tensor; then base name -> index
+        self._slice_at: dict[tuple[str, str], tuple] = {}
+        self._slice_of: dict[str, tuple] = {}
         pairs: dict[str, dict[str, str]] = {}
         full: dict[str, list[str]] = {}  # target -> the whole tensors saved for it
         heads: dict[str, dict[str, str]] = {}  # a tied head's LoRA: its weight in memory -> kind -> key
@@ -340,6 +348,13 @@ class MergedAdapter(Checkpoint):
                 if ".original_module." in short:  # (save_embedding_layers) the base's own copy of a module saved
                     continue  # whole: no update, and PEFT's merge keeps the trained copy
                 target = _whole_target(short)
+                placed = self._placed(key, target, tuple(header[key]["shape"]), base_names)
+                if placed:  # a router or packed experts saved under their names in memory (transformers 5's)
+                    for name, index in placed:
+                        full.setdefault(name, []).append(key)
+                        if index != ():
+                            self._slice_at[name, key] = index
+                    continue
                 if self._new_module(key, target, base_names):
                     self._new.add(target)
                     full.setdefault(target, []).append(key)
@@ -362,6 +377,7 @@ class MergedAdapter(Checkpoint):
             t: min(keys, key=lambda k: (bool(_MODULES_TO_SAVE.search(k)), strip_prefix(_whole_target(k)) in TIED_HEADS))
             for t, keys in full.items()
         }
+        self._slice_of = {t: self._slice_at[t, k] for t, k in replaced.items() if (t, k) in self._slice_at}
         self._plan_tied(heads, head_copies, pairs, replaced, base_names)
         out: dict[str, tuple[str, str, bool]] = {}
         for target, kinds in pairs.items():
@@ -375,18 +391,55 @@ class MergedAdapter(Checkpoint):
                     f"{self.adapter_file}: {target!r} has only one of its LoRA A/B tensors "
                     f"(found {sorted(kinds.values())})."
                 )
-            want = tuple(header[replaced[target]]["shape"] if target in replaced else self.base.meta(target).shape)
+            want = self._replaced_shape(header, target, replaced.get(target))
             if not emb and self._conv1d(target, header[a]["shape"], header[b]["shape"], want):
                 self._fifo.add(target)
             self._check_shapes(target, header[a]["shape"], header[b]["shape"], emb, want)
             out[target] = (a, b, emb)
         for target, (a, b, _) in self._extra.items():
-            want = tuple(header[replaced[target]]["shape"] if target in replaced else self.base.meta(target).shape)
+            want = self._replaced_shape(header, target, replaced.get(target))
             self._check_shapes(target, header[a]["shape"], header[b]["shape"], False, want)
         self._check_target_modules(base_names)
         self.experts = self._plan_parameters(wrapped, per_param, header, out)
         self._plan_extras(extras, header, out, replaced, base_names)
         return out, replaced
+
+    def _placed(
+        self, key: str, target: str, shape: tuple[int, ...], base_names: set[str]
+    ) -> list[tuple[str, tuple]] | None:
+        """Where the whole tensor ``key`` (``target``: its name in memory, of ``shape``) goes in a base that stores it
+        under other names: PEFT under transformers 5 saves the names a model has in memory, and a mixture of
+        experts' router and experts saved whole (modules_to_save, a packed parameter) are named there as transformers
+        loads them, not as the release stores them (Mixtral's router ``mlp.gate`` is ``block_sparse_moe.gate``,
+        PhiMoE's ``mlp.router`` too; Qwen-MoE's and Mixtral's ``mlp.experts.gate_up_proj`` (E, 2I, H) / ``down_proj``
+        (E, H, I) are each expert's ``gate_proj`` / ``up_proj`` / ``down_proj`` (``w1`` / ``w3`` / ``w2``)), by
+        :func:`~subnetviz.checkpoints.experts_layout.param_pieces`: ``[(base name, index into the adapter's
+        tensor)]``, ``()`` for the whole of it. None where the base holds ``target`` by its name (or past its
+        prefix), and where no base tensors of fitting shapes are there."""
+        from subnetviz.checkpoints.experts_layout import param_pieces
+
+        if ".base_layer." in key or target in base_names or self._short_hits(target, base_names):
+            return None
+        shapes = {strip_prefix(n): tuple(self.base.meta(n).shape) for n in sorted(base_names, reverse=True)}
+        pieces = param_pieces(strip_prefix(target), shape, shapes)
+        out = []
+        for short, index in pieces or ():
+            hits = self._short_hits(short, base_names)
+            if len(hits) != 1:
+                return None
+            out.append((hits[0], index))
+        for name, index in out:
+            if index == ():  # (a router: the module in memory, as rank / alpha patterns and target_modules name it)
+                self._memory[name] = target
+        return out or None
+
+    def _replaced_shape(self, header: dict, target: str, key: str | None) -> tuple[int, ...]:
+        """The shape of base tensor ``target`` in the merged model where the adapter's tensor ``key`` replaces it:
+        that tensor's (a resized vocabulary), or the base's where it is a slice of it (:meth:`_placed`) or none
+        replaces it."""
+        if key is None or target in self._slice_of:
+            return tuple(self.base.meta(target).shape)
+        return tuple(header[key]["shape"])
 
     def _new_module(self, key: str, target: str, base_names: set[str]) -> bool:
         """Whether the whole tensor ``key`` (``target``: its name in memory) is of a module the merged model has and
@@ -563,7 +616,7 @@ class MergedAdapter(Checkpoint):
                     f"{self.adapter_file}: DoRA magnitude {key!r} belongs to {what} ({module!r}); DoRA is merged here "
                     "for linear layers only. Merge it with peft and give the merged folder."
                 )
-            shape = header[replaced[weight]]["shape"] if weight in replaced else self.base.meta(weight).shape
+            shape = self._replaced_shape(header, weight, replaced.get(weight))
             self._check_vector(key, header, (shape[1 if weight in self._fifo else 0],))
             self.magnitudes[weight] = key
         linear = len([t for t, (_, _, emb) in pairs.items() if not emb])
@@ -636,8 +689,17 @@ class MergedAdapter(Checkpoint):
             )
         out: dict[str, list[str]] = {}
         self._unpacked = _unpacked_experts(self.base) if tp else {}
+        # the base's tensors by their names in memory where transformers 5 renames them (Mixtral's and PhiMoE's
+        # block_sparse_moe. is mlp., PhiMoE's gate is its router), as PEFT names the target
+        renamed = {
+            n.replace(".block_sparse_moe.", ".mlp.").replace(".mlp.gate.weight", f".mlp.{r}.weight"): n
+            for n in base_names
+            if ".block_sparse_moe." in n
+            for r in ("gate", "router")
+        }
         for t in tp:
             hits = [n for n in [*base_names, *self._unpacked] if n == t or n.endswith(f".{t}")]
+            hits = hits or [n for m, n in renamed.items() if m == t or m.endswith(f".{t}")]
             if not hits:
                 raise CheckpointError(
                     f"{self.spec}: target parameter {t!r} (adapter_config.json target_parameters) matches no "
@@ -798,7 +860,11 @@ class MergedAdapter(Checkpoint):
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
         replaced = self.replaced.get(name)
         stored = self.meta(name).dtype  # the base's (a trained head the base does not store: its embedding's)
-        w = self._adapter[replaced].to(device) if replaced else self.base.get(name, device)
+        if replaced:  # (a slice of it where the adapter saved packed experts whole: _placed)
+            w = self._adapter[replaced]
+            w = (w[self._slice_of[name]] if name in self._slice_of else w).to(device)
+        else:
+            w = self.base.get(name, device)
         if name in self.biases:  # b + s·bias_B, in float32, rounded once
             key, weight = self.biases[name]
             s = self._scale(weight, self._adapter[self.pairs[weight][0]].shape[0])

@@ -4,6 +4,7 @@ skipped."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -152,11 +153,16 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
         held_by.append((keyed[held[0]][key], held))
     table = checkpoints[0].names_table
     tensors: list[AlignedTensor] = []
+    apart: list[str] = []  # quantization companions laid out differently (_quant_companion)
     for key in common:
         names = tuple(km[key] for km in keyed)
         shapes = [ck.meta(n).shape for ck, n in zip(checkpoints, names, strict=True)]
         if all(s == shapes[0] for s in shapes):
             tensors.append(AlignedTensor(key, names, shapes[0]))
+            continue
+        if all(_quant_companion(ck, n) for ck, n in zip(checkpoints, names, strict=True)):
+            laid = ", ".join(f"{ck.spec}: {tuple(s)}" for ck, s in zip(checkpoints, shapes, strict=True))
+            apart.append(f"{names[0]} ({laid})")
             continue
         same_tail = all(len(s) == len(shapes[0]) and s[1:] == shapes[0][1:] for s in shapes)
         if same_tail and _is_vocab_tensor(table, names[0]):
@@ -168,6 +174,12 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
         raise AlignmentError(
             f"tensor {names[0]!r} has different shapes ({found}); only vocabulary rows may differ. "
             "Are these checkpoints of the same architecture?"
+        )
+    if apart:
+        notes.append(
+            f"{len(apart)} quantization scale / zero-point tensor(s) are laid out differently by the checkpoints' "
+            f"own schemes (e.g. {'; '.join(apart[:2])}{' ...' if len(apart) > 2 else ''}): not compared with each "
+            "other; each side's weights are dequantised with its own and compared as weights."
         )
     if not tensors:
         raise AlignmentError(
@@ -213,6 +225,23 @@ def _untied_heads(checkpoints: Sequence[Checkpoint], keyed: list[dict[str, str]]
                     f"{ck.spec}: ties {head} to its input embedding {found[0]}, which another checkpoint stores "
                     f"untied; {head} is compared with that embedding's values there."
                 )
+
+
+# what quantizers save beside a quantized weight (scales, zero points, its shape, its group order): laid out by each
+# checkpoint's own scheme (a scale per row, per 32 columns, per block), so two quantizations of one model store them
+# in different shapes
+_COMPANION = re.compile(
+    r"(^|_)(scale|scale_inv|scale_2|zero_point|global_scale|shape|g_idx)$|^(SCB|scales|qzeros|absmax|quant_map)$"
+)
+
+
+def _quant_companion(ck: Checkpoint, name: str) -> bool:
+    """Whether tensor ``name`` of ``ck`` is a quantization companion of a weight (by its name, in a checkpoint
+    whose config says it is quantized): two quantizations of one model (FP8 with a scale per row and MXFP8's per 32
+    columns, compressed-tensors' int4 groups and int8 rows, blocks of 16 and 128) store them in shapes that differ,
+    and are still one architecture; the analysis dequantises each side's weights with its own."""
+    quantized = isinstance(ck.config.get("quantization_config") or ck.config.get("compression_config"), dict)
+    return quantized and bool(_COMPANION.search(name.rsplit(".", 1)[-1]))
 
 
 # what bitsandbytes saves beside a 4-bit weight (Params4bit's packed uint8 bytes, two codes per byte)

@@ -13,8 +13,20 @@ outside the comparison, listed only as "only in" one checkpoint.
 layer's experts one by one, as that checkpoint's per-expert tensors: expert e's gate is ``gate_up[e, :I]``, its
 up ``gate_up[e, I:]``, its down ``down[e]`` (how transformers packs them, checked on the models it builds), each
 a view of the stored tensor, nothing copied. Shapes are checked against the per-expert tensors; a layer whose
-shapes do not fit is left as it is (its tensors listed as only in one checkpoint, as before). Packed layouts
-that are the release's own (gpt-oss, Llama 4: no per-expert form to match) are never touched.
+shapes do not fit is left as it is (its tensors listed as only in one checkpoint, as before). gpt-oss's packed
+layout (gate and up interleaved) has no per-expert form and is never touched.
+
+Llama 4 releases store their experts packed the other way round (``Llama4TextExperts``: ``feed_forward.experts.
+gate_up_proj`` (E, H, 2I), split by ``chunk(2, -1)``, and ``down_proj`` (E, I, H)), while every quantized Llama 4
+that llm-compressor, GPTQModel or auto-round writes (the compressed-tensors FP8 / W4A16 / NVFP4 releases) stores
+them one by one (their ``SequentialLlama4TextExperts``: ``experts.<e>.gate_proj.weight`` = ``gate_up[e][:, :I]ᵀ``,
+``up_proj`` = ``gate_up[e][:, I:]ᵀ``, ``down_proj`` = ``down[e]ᵀ``). Such a packed checkpoint is read in the
+transposed layout: which of the two a checkpoint uses is its family's (the config's model_type), not a guess from
+the shapes (a gate_up of Llama 4 (E, H, 2I) with H = 2I fits both). A checkpoint whose config names no model type is
+read by the layout its shapes fit: its gate_up and down together fit one at most (both would need H = 2I and
+H = I). fbgemm's FP8 Llama 4 (``FbgemmFp8Llama4TextExperts``) keeps one
+scale per output feature beside the packed codes (``gate_up_proj_scale`` (E, 1, 2I), ``down_proj_scale``
+(E, H, 1)); each expert's are viewed with its codes, as ``<weight>_scale`` (a scale per row).
 
 FP8 experts keep their block scales packed: transformers 5's ``FP8Experts`` (``FineGrainedFP8Config``) holds
 ``experts.gate_up_proj_scale_inv`` (E, ⌈2I/bm⌉, ⌈H/bn⌉) and ``experts.down_proj_scale_inv`` (E, ⌈H/bm⌉, ⌈I/bn⌉)
@@ -29,6 +41,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from subnetviz.checkpoints.header import TensorMeta
 from subnetviz.checkpoints.naming import strip_prefix
@@ -52,21 +66,57 @@ def _per_expert(ck: Checkpoint) -> dict[str, dict[int, dict[str, str]]]:
     return out
 
 
-def _views(ck: Checkpoint, layer: str, packed: dict[str, str], experts: dict[int, dict[str, str]], ref: Checkpoint):
+def _model_type(config: Mapping) -> str:
+    text = config.get("text_config")
+    return str(config.get("model_type") or (text.get("model_type") if isinstance(text, dict) else "") or "")
+
+
+# model types whose releases store packed experts transposed (Llama4TextExperts: (E, H, 2I) and (E, I, H)), and
+# those whose packed experts have no per-expert form (gpt-oss: gate and up interleaved)
+_COLUMNS = ("llama4", "llama4_text")
+_NO_PER_EXPERT = ("gpt_oss",)
+
+
+def _layouts(ck: Checkpoint, ref: Checkpoint) -> tuple[bool, ...]:
+    """The layouts (``transposed`` of :func:`param_pieces`) a packed checkpoint ``ck`` may store its experts in:
+    its family's one (Llama 4's transposed, the others' as transformers packs them), taken from its config's
+    model_type or else ``ref``'s; both where neither config names a model type (the shapes then decide: a layer's
+    gate_up and down fit one of them at most); none for gpt-oss."""
+    kind = _model_type(ck.config) or _model_type(ref.config)
+    if kind in _NO_PER_EXPERT:
+        return ()
+    if kind:
+        return (kind in _COLUMNS,)
+    return (False, True)
+
+
+def _views(
+    ck: Checkpoint,
+    layer: str,
+    packed: dict[str, str],
+    experts: dict[int, dict[str, str]],
+    ref: Checkpoint,
+    transposed: bool = False,
+):
     """The per-expert views of one layer's packed tensors (``packed``: gate_up_proj / down_proj -> name), named
-    as ``ref`` names ``experts``: name -> (packed name, index, shape); None where the shapes do not fit. FP8 codes'
-    packed scales beside them (``<packed>_scale_inv``) are viewed too, as each expert's ``<weight>_scale_inv``
-    (their row blocks, where not the config's, go to ``ck.scale_rows``)."""
+    as ``ref`` names ``experts``: name -> (packed name, index, shape); None where the shapes do not fit
+    (``transposed``: Llama 4's layout, :func:`param_pieces`). FP8 codes' packed scales beside them
+    (``<packed>_scale_inv``) are viewed too, as each expert's ``<weight>_scale_inv`` (their row blocks, where not
+    the config's, go to ``ck.scale_rows``); in the transposed layout fbgemm's per-row ones (``<packed>_scale``), as
+    each expert's ``<weight>_scale``."""
     if set(packed) != {"gate_up_proj", "down_proj"}:
         return None
     full = {strip_prefix(n): n for names in experts.values() for n in names.values()}
     shapes = {short: tuple(ref.meta(n).shape) for short, n in full.items()}
     out = {}
     for name in packed.values():  # each expert's slice, as the model packs them (param_pieces)
-        pieces = param_pieces(strip_prefix(name), tuple(ck.meta(name).shape), shapes)
+        pieces = param_pieces(strip_prefix(name), tuple(ck.meta(name).shape), shapes, transposed=transposed)
         if pieces is None:  # (experts of different sizes, a pruned release, have no packed form to read)
             return None
         out.update({full[short]: (name, index, shapes[short]) for short, index in pieces})
+    if transposed:
+        out.update(_row_scale_views(ck, packed, experts))
+        return out
     block = fp8_block(ck.config)
     gate = ref.meta(experts[0]["gate"]).shape if "gate" in experts.get(0, {}) else None
     for part, name in packed.items():
@@ -102,27 +152,41 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
                 packed.setdefault(m["layer"], {})[m["p"]] = n
         if not packed or _computed(ck):
             continue
-        views, unfit = {}, []
+        views, unfit, read = {}, [], set()
         for layer, names in packed.items():
             ref = next((i for i, s in enumerate(stored) if layer in s and checkpoints[i] is not ck), None)
             if ref is None:
                 continue
-            got = _views(ck, layer, names, stored[ref][layer], checkpoints[ref])
-            if got is None:
-                unfit.append(layer)
+            layouts = _layouts(ck, checkpoints[ref])
+            if not layouts:
+                continue
+            got = {t: g for t in layouts if (g := _views(ck, layer, names, stored[ref][layer], checkpoints[ref], t))}
+            if got:  # (one layout at most: see the module docstring)
+                read |= set(got)
+                views.update(next(iter(got.values())))
             else:
-                views.update(got)
+                unfit.append(layer)
         if views:
             ck.unpack(views)
             example = next(iter(views.values()))[0]
+            how = (
+                "expert e's gate = gate_up_proj[e, :, :I]ᵀ, up = gate_up_proj[e, :, I:]ᵀ, down = down_proj[e]ᵀ, as "
+                "Llama 4 packs them (E, H, 2I) / (E, I, H) and llm-compressor, GPTQModel and auto-round unpack them"
+                if read == {True}
+                else "expert e's gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e], as "
+                "transformers packs them"
+            )
             ck.notes.append(
                 f"its experts are stored packed (e.g. {example}); they are read as the per-expert tensors the other "
-                "checkpoint stores (expert e's gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = "
-                f"down_proj[e], as transformers packs them): {len(views)} tensor(s)."
+                f"checkpoint stores ({how}): {len(views)} tensor(s)."
             )
+        layout = {
+            (True,): "Llama 4's packed layout, (E, H, 2I) / (E, I, H)",
+            (False,): "the packed layout of its family, (E, 2I, H) / (E, H, I)",
+        }.get(_layouts(ck, ck), "either packed layout, (E, 2I, H) / (E, H, I) or Llama 4's (E, H, 2I) / (E, I, H)")
         note = (
             f"packed experts of {len(unfit)} layer(s) (e.g. {unfit[0]}) do not fit the per-expert shapes of the "
-            "other checkpoint; they are listed as only in this checkpoint, not compared."
+            f"other checkpoint in {layout}; they are listed as only in this checkpoint, not compared."
             if unfit
             else None
         )
@@ -175,21 +239,32 @@ def loaded_into(model, stored: Mapping[str, str]) -> tuple[dict[str, list[str]],
 
 
 def param_pieces(
-    key: str, shape: tuple[int, ...], shapes: Mapping[str, tuple[int, ...]], *, partial: bool = False
+    key: str,
+    shape: tuple[int, ...],
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    partial: bool = False,
+    transposed: bool = False,
 ) -> list[tuple[str, tuple]] | None:
     """Where a checkpoint's tensors (prefix-stripped name -> shape, ``shapes``) go in the parameter ``key`` of the
     model transformers 5 builds from it: ``[(name, index into the parameter)]``, ``()`` for the whole of it. By the
     parameter's own name; by a Mixtral-style checkpoint's ``block_sparse_moe.`` for the model's ``mlp.`` (its
-    router); or, for a packed expert parameter (``mlp.experts.gate_up_proj`` (E, 2I, H), ``down_proj`` (E, H, I)),
-    from the per-expert tensors it is packed from, as :func:`match_layouts` reads them (expert e's gate is
-    ``gate_up[e, :I]``, its up ``gate_up[e, I:]``, its down ``down[e]``). None where no tensors of fitting shapes
-    are there; with ``partial`` (a mask naming some experts only) the experts present, if any."""
+    router; PhiMoE's ``mlp.router`` is the ``block_sparse_moe.gate`` it stores, by transformers' phimoe
+    renaming); or, for a packed expert parameter (``mlp.experts.gate_up_proj`` (E, 2I, H), ``down_proj``
+    (E, H, I)), from the per-expert tensors it is packed from, as :func:`match_layouts` reads them (expert e's gate
+    is ``gate_up[e, :I]``, its up ``gate_up[e, I:]``, its down ``down[e]``). With ``transposed``, Llama 4's layout
+    (``gate_up_proj`` (E, H, 2I), ``down_proj`` (E, I, H)): expert e's gate is ``gate_up[e, :, :I]ᵀ``, its up
+    ``gate_up[e, :, I:]ᵀ``, its down ``down[e]ᵀ``, each index ``(array([e]), slice(None), columns)``, which
+    torch and NumPy alike read as the (columns, rows) transpose of those columns (a copy, not a view). None
+    where no tensors of fitting shapes are there; with ``partial`` (a mask naming some experts only) the experts
+    present, if any."""
     if key in shapes:
         return [(key, ())]
     m = _IN_MEMORY.match(key)
-    other = f"{m['layer']}block_sparse_moe.{m['rest']}" if m else None
-    if other is not None and tuple(shapes.get(other, ())) == tuple(shape):
-        return [(other, ())]
+    for rest in (m["rest"], "gate.weight" if m["rest"] == "router.weight" else None) if m else ():
+        other = f"{m['layer']}block_sparse_moe.{rest}" if rest else None
+        if other is not None and tuple(shapes.get(other, ())) == tuple(shape):
+            return [(other, ())]
     packed = _PACKED.match(key)
     if packed is None or len(shape) != 3:
         return None
@@ -198,13 +273,18 @@ def param_pieces(
         one = _ONE.match(n)
         if one and one["layer"] == packed["layer"]:
             experts.setdefault(int(one["e"]), {})[_ROLE[one["p"]]] = n
-    n_e, rows = shape[0], shape[1] // 2
+    n_e, (d1, d2) = shape[0], shape[1:]
+    rows = (d2 if transposed else d1) // 2  # I: half of gate_up's 2I
     if any(e >= n_e for e in experts) or (not partial and sorted(experts) != list(range(n_e))):
         return None
-    if packed["p"] == "gate_up_proj" and 2 * rows != shape[1]:
+    if packed["p"] == "gate_up_proj" and 2 * rows != (d2 if transposed else d1):
         return None
-    where = {"down": (), "gate": (slice(0, rows),), "up": (slice(rows, 2 * rows),)}
-    want = {"down": tuple(shape[1:]), "gate": (rows, shape[2]), "up": (rows, shape[2])}
+    if transposed:
+        cols = {"down": np.arange(d2), "gate": np.arange(rows), "up": np.arange(rows, 2 * rows)}
+        want = {"down": (d2, d1), "gate": (rows, d1), "up": (rows, d1)}
+    else:
+        where = {"down": (), "gate": (slice(0, rows),), "up": (slice(rows, 2 * rows),)}
+        want = {"down": (d1, d2), "gate": (rows, d2), "up": (rows, d2)}
     out: list[tuple[str, tuple]] = []
     for e in sorted(experts):
         names = experts[e]
@@ -213,15 +293,38 @@ def param_pieces(
                 continue
             if tuple(shapes.get(names.get(r, ""), ())) != want[r]:
                 return None
-            out.append((names[r], (e, *where[r])))
+            out.append((names[r], (np.array([e]), slice(None), cols[r]) if transposed else (e, *where[r])))
     return out or None
 
 
-def _computed(ck: Checkpoint) -> bool:
-    """A merged adapter computes its tensors (a packed one whole): it is left as it is."""
-    from subnetviz.checkpoints.adapters import MergedAdapter
+def _row_scale_views(
+    ck: Checkpoint, packed: Mapping[str, str], experts: Mapping[int, Mapping[str, str]]
+) -> dict[str, tuple[str, tuple, tuple[int, ...]]]:
+    """fbgemm's FP8 Llama 4 experts (``FbgemmFp8Llama4TextExperts``): codes packed (E, H, 2I) / (E, I, H) with
+    one float32 scale per output feature, ``gate_up_proj_scale`` (E, 1, 2I) and ``down_proj_scale`` (E, H, 1). Each
+    expert's scales as the per-row ``<weight>_scale`` (I, 1) / (H, 1) of its transposed views (the gate's: scales
+    0 … I−1; the up's: I … 2I−1; the down's: the expert's H); none where the shapes are not those."""
+    out: dict[str, tuple[str, tuple, tuple[int, ...]]] = {}
+    for part, name in packed.items():
+        scale = f"{name}_scale"
+        if scale not in ck.names or str(ck.meta(name).dtype) not in _FP8:
+            continue
+        n_e, d1, d2 = ck.meta(name).shape
+        got = tuple(ck.meta(scale).shape)
+        if part == "down_proj" and got == (n_e, d2, 1):
+            out.update({f"{r['down']}_scale": (scale, (e,), (d2, 1)) for e, r in experts.items()})
+        elif part == "gate_up_proj" and got == (n_e, 1, d2) and d2 % 2 == 0:
+            i = d2 // 2
+            for e, r in experts.items():
+                out[f"{r['gate']}_scale"] = (scale, (np.array([e]), slice(None), np.arange(i)), (i, 1))
+                out[f"{r['up']}_scale"] = (scale, (np.array([e]), slice(None), np.arange(i, 2 * i)), (i, 1))
+    return out
 
-    return isinstance(ck, MergedAdapter)
+
+def _computed(ck: Checkpoint) -> bool:
+    """A merged adapter computes its tensors (a packed one whole): it is left as it is. (Told by its class's flag:
+    the adapters module reads this one's layouts, so this one does not import it.)"""
+    return bool(getattr(ck, "computes_tensors", False))
 
 
 # transformers 5's FP8 experts: the codes stored one by one, the scales packed (FP8Experts' parameters, as they are)
