@@ -14,7 +14,8 @@ scheme:
 - :func:`atomic_write`: the same for a single file (JSON status, manifests, exports);
 - every published entry ends with a manifest (:data:`MANIFEST`: each file's size and sha256, and the
   subnetviz version that wrote it), written last; :meth:`CacheEntry.status` verifies it on read, and a
-  corrupt or truncated entry is removed (with a notice) so that it is computed again, never served;
+  corrupt or truncated entry is removed (with a notice, kept until a new copy is published, so that the caller
+  that computes it again says it) so that it is computed again, never served;
 - :func:`sweep`: temporary folders left by a killed writer are removed at start;
 - :func:`enforce_limit`: the analyses over ``SUBNETVIZ_CACHE_GB`` are removed, least recently used first.
 """
@@ -29,6 +30,7 @@ import json
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -334,37 +336,58 @@ class CacheEntry:
 
         The entry is marked used (:func:`touch`) before it is verified, so that :func:`enforce_limit` in another
         process keeps it while it is hashed and then read. An entry that vanishes meanwhile (evicted, or removed as
-        damaged by another reader) is a plain miss, said by no notice; one replaced meanwhile by a new copy (another
-        process computed it again) is verified again."""
+        damaged by another reader) is a plain miss; one replaced meanwhile by a new copy (another process computed it
+        again) is verified again.
+
+        The notice of a removal is kept (in this process) until a new copy is published: a miss reports it again, so
+        the caller that computes it says it, though a check before it (:attr:`ready`, an ``is_cached``) removed the
+        entry. (Dropped there, the page that computed it again said nothing.)"""
         for _ in range(2):
             before = _identity(self.folder)
             if before is None or not self.folder.is_dir():
-                return False, None
+                return False, self.notice
             touch(self.folder)
             problem = verify_manifest(self.folder)
             now = _identity(self.folder)
             if now is None:
-                return False, None  # gone while it was verified
+                return False, self.notice  # gone while it was verified
             if now != before:
                 continue  # another copy took its place while it was verified: verify that one
             if problem is None:
+                self._keep(None)  # (a sound copy is here: what was said of an earlier one is over)
                 return True, None
             aside = _tmp_name(self.folder, "corrupt")
             try:
                 os.replace(self.folder, aside)
             except OSError:
-                return False, None  # another reader removed it first, or it was evicted
+                return False, self.notice  # another reader removed it first, or it was evicted
             if _identity(aside) != now:  # a new copy took the name just before the move: put it back
                 with contextlib.suppress(OSError):
                     os.rename(aside, self.folder)
                 return False, None
             shutil.rmtree(aside, ignore_errors=True)
-            return False, f"the cached {self.kind} result {self.key} was damaged ({problem}); computed again"
+            notice = f"the cached {self.kind} result {self.key} was damaged ({problem}); computed again"
+            self._keep(notice)
+            return False, notice
         return False, None  # replaced twice while verified: computed again, the copy there wins at publish
 
     @property
     def ready(self) -> bool:
+        """Whether the entry is here and sound (:meth:`status`; a damaged one is removed, its notice kept)."""
         return self.status()[0]
+
+    @property
+    def notice(self) -> str | None:
+        """What :meth:`status` said when it removed this entry as damaged, until a new copy is published."""
+        with _DAMAGED_LOCK:
+            return _DAMAGED.get(str(self.folder))
+
+    def _keep(self, notice: str | None) -> None:
+        with _DAMAGED_LOCK:
+            if notice is None:
+                _DAMAGED.pop(str(self.folder), None)
+            else:
+                _DAMAGED[str(self.folder)] = notice
 
     @contextmanager
     def publish(self, *, replace: bool = False) -> Iterator[Path]:
@@ -374,11 +397,16 @@ class CacheEntry:
         with atomic_folder(self.folder, replace=replace) as tmp:
             yield tmp
             write_manifest(tmp)
+        self._keep(None)  # (a new copy: the damage of the old one has been said by whoever computed it)
         from subnetviz.config import cache_dir, cache_limit_bytes
 
         root = cache_dir().resolve()
         if root in self.folder.resolve().parents:  # (not a folder a user named, e.g. analyze --out)
             enforce_limit(root, cache_limit_bytes(), keep=self.folder)
+
+
+_DAMAGED: dict[str, str] = {}  # entry folder -> the notice of its removal as damaged, until a new copy is published
+_DAMAGED_LOCK = threading.Lock()
 
 
 def _identity(folder: Path) -> tuple[int, int] | None:

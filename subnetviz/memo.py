@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 _PRIMITIVE = (str, bytes, bool, int, float, complex, type(None))
+_ANY = object()  # (Memo._drop: whatever value is stored)
 
 
 class Memo:
@@ -37,47 +38,94 @@ class Memo:
         self.items: dict[str, OrderedDict] = {kind: OrderedDict() for kind in self.sizes}
         self.tags: dict[int, tuple[object, Hashable]] = {}
         self.flights: dict[Hashable, threading.Event] = {}
+        self.checks: dict[tuple[str, Hashable], Callable[[], bool]] = {}  # a provisional value's: does it stand?
+        self.renewed: dict[Hashable, int] = {}  # how often a key's value was dropped (its new value's tag says it)
         self.lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Any], kind: str = "derived") -> Any:
+    def get_or_compute(
+        self,
+        key: Hashable,
+        compute: Callable[[], Any],
+        kind: str = "derived",
+        recheck: Callable[[Any], Callable[[], bool] | None] | None = None,
+    ) -> Any:
         """The value stored under ``key``, else ``compute()``'s (stored). Concurrent callers of one key
-        wait for the first one's result; when it fails (or its session stops), the next one computes."""
+        wait for the first one's result; when it fails (or its session stops), the next one computes.
+
+        ``recheck(value)`` is asked once of a computed value: None when the value is final, else a check, run at
+        each later hit, of whether it still stands. A result that skipped work for lack of memory is a state of the
+        machine, not of its inputs: kept as final, it was served for the server's life once memory was free. A
+        value whose check says no is dropped and computed again (:meth:`forget`)."""
         items = self.items[kind]
         while True:
             with self.lock:
+                stands = None
                 if key in items:
-                    items.move_to_end(key)
-                    self.hits += 1
-                    return items[key]
-                flight = self.flights.get(key)
-                mine = flight is None
-                if mine:
-                    flight = self.flights[key] = threading.Event()
+                    value, stands = items[key], self.checks.get((kind, key))
+                    if stands is None:
+                        items.move_to_end(key)
+                        self.hits += 1
+                        return value
+                else:
+                    flight = self.flights.get(key)
+                    mine = flight is None
+                    if mine:
+                        flight = self.flights[key] = threading.Event()
+            if stands is not None:  # a provisional value: checked outside the lock (the check may read files)
+                if stands():
+                    with self.lock:
+                        self.hits += 1
+                    return value
+                self._drop(key, kind, value)
+                continue
             if mine:
                 break
             flight.wait()
         try:
             value = compute()  # outside the lock: other keys and sessions keep going
-        finally:
+            check = recheck(value) if recheck is not None else None
+        except BaseException:
             with self.lock:
                 del self.flights[key]
-                flight.set()
-        with self.lock:
+                flight.set()  # the next waiter computes
+            raise
+        with self.lock:  # stored before the waiters wake (woken first, one found neither value nor flight: computed)
             self.misses += 1
             items[key] = value
-            self._tag(value, key, 2)
+            if check is not None:
+                self.checks[(kind, key)] = check
+            self._tag(value, self._name(key), 2)
             while len(items) > self.sizes[kind]:
-                _, old = items.popitem(last=False)
+                old_key, old = items.popitem(last=False)
+                self.checks.pop((kind, old_key), None)
                 self._untag(old, 2)
+            del self.flights[key]
+            flight.set()
         return value
 
     def forget(self, key: Hashable, kind: str = "derived") -> None:
         """Drop ``key``'s stored value (its files are gone: the next caller computes it again)."""
+        self._drop(key, kind)
+
+    def _drop(self, key: Hashable, kind: str, value: object = _ANY) -> None:
+        """Drop ``key``'s stored value (only ``value``, when given: another caller may have stored a new one). The
+        next value of ``key`` is tagged under a new name (:meth:`_name`): what was derived from the old value (a
+        table, a figure, keyed by its tag) is not served for the new one, which may differ (more spectra)."""
         with self.lock:
-            value = self.items[kind].pop(key, None)
-            if value is not None:
-                self._untag(value, 2)
+            items = self.items[kind]
+            if key not in items or (value is not _ANY and items[key] is not value):
+                return
+            old = items.pop(key)
+            self.checks.pop((kind, key), None)
+            self.renewed[key] = self.renewed.get(key, 0) + 1
+            self._untag(old, 2)
+
+    def _name(self, key: Hashable) -> Hashable:
+        """What a value stored under ``key`` is tagged as: the key itself, or after a drop the key and how often
+        its value was dropped."""
+        n = self.renewed.get(key, 0)
+        return key if not n else ("renewed", n, key)
 
     def known(self, key: Hashable, kind: str = "derived") -> bool:
         """Whether ``key``'s value is stored, or being computed by some session (a caller would wait for it)."""

@@ -591,17 +591,37 @@ def _checkpoint_files(path: str, where: tuple[str, str]) -> tuple[list[Path], Pa
 def mask_misfits(masks: dict[str, str], model: str, check: Callable | None = None) -> dict[str, str]:
     """The masks (label -> file) that do not fit ``model``, each with why in a few words
     (:func:`~subnetviz.uilogic.mask_misfit`), memoised by the files' stamps. Behaviour and Bigram offer only the
-    others: the newest mask was pre-selected whatever the model, and one of another model stopped the page."""
+    others: the newest mask was pre-selected whatever the model, and one of another model stopped the page. A mask
+    that could not be checked now (:func:`mask_checks`) is among them, saying so: for this run only."""
+    misfit, unchecked = mask_checks(masks, model, check)
+    now = {label: f"it cannot be checked against it now ({why})" for label, why in unchecked.items()}
+    return {label: misfit.get(label) or now[label] for label in masks if label in misfit or label in now}
+
+
+def mask_checks(
+    masks: dict[str, str], model: str, check: Callable | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``(misfits, unchecked)``: the masks (label -> file) that do not fit ``model``, each with why in a few words
+    (``check``, memoised by the files' stamps), and those that could not be checked now, each with why (a memory
+    refusal: a state of the machine, not of the files, so it is not kept and the next run checks them again;
+    memoised as a misfit, a mask refused at a busy moment was left out for the server's life)."""
     from subnetviz.cache import file_stamp
     from subnetviz.uilogic import mask_misfit
 
     check = check or mask_misfit  # (Bigram's: uilogic.bigram_mask_misfit, attention and MLP matrices only)
     stamp = checkpoint_stamp(model)
-    return {
-        label: why
-        for label, path in masks.items()
-        if path != "routers" and (why := shared(check, path, model, (file_stamp(path), stamp)))
-    }
+    misfit, unchecked = {}, {}
+    for label, path in masks.items():
+        if path == "routers":
+            continue
+        try:
+            why = shared(check, path, model, (file_stamp(path), stamp))
+        except SubnetvizError as exc:
+            unchecked[label] = str(exc)
+            continue
+        if why:
+            misfit[label] = why
+    return misfit, unchecked
 
 
 def checkpoint_stamp(path: str) -> tuple[str, ...]:
@@ -668,6 +688,8 @@ def update_analysis(
             priced=spectra,
             planned=spectra,  # (the spectra check each matrix's memory against what is available)
             kind="analysis",
+            # (spectra skipped for lack of memory: kept while memory is still short, computed again once it is not)
+            recheck=functools.partial(uilogic.memory_skip_check, ws=ws),
         )
 
     result = get()
@@ -690,6 +712,7 @@ def heavy(
     planned: bool = False,
     priced: bool = True,
     kind: str = "derived",
+    recheck: Callable[[Any], Callable[[], bool] | None] | None = None,
 ) -> Any:
     """``compute()``'s result for the work under ``key``, asked for first by :func:`confirm_heavy`, unless a
     session is computing it now: then this one waits for that result (a viewer too, who is not told "not
@@ -700,7 +723,9 @@ def heavy(
     against what is available (spectra, subspaces): it too runs one at a time, under the same lock, unless
     ``ready()`` says it is read from the disk cache (a cached revisit never waits for another session's
     computation). ``priced=False``: work that is always cheap enough to simply run (no price asked), still shared.
-    ``kind``: the memory cache's budget it counts against."""
+    ``kind``: the memory cache's budget it counts against. ``recheck``: for a result that skipped work for lack of
+    memory, the check of whether it still stands (:meth:`~subnetviz.memo.Memo.get_or_compute`); kept as final, it
+    was served for the server's life after memory was free, while the disk cache computed it again."""
     flight = ("heavy", key)
     if priced and not _memo().known(flight, kind):
         confirm_heavy(key, ready, estimate)
@@ -715,7 +740,7 @@ def heavy(
             return one_at_a_time(ready, compute)
         return compute()
 
-    return _memo().get_or_compute(flight, run, kind=kind)
+    return _memo().get_or_compute(flight, run, kind=kind, recheck=recheck)
 
 
 def one_at_a_time(ready: Callable[[], bool], compute: Callable[[], Any]) -> Any:
@@ -770,6 +795,16 @@ def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[
         st.session_state[started] = True
         st.rerun()
     st.stop()
+
+
+def damage_note(entry) -> str | None:
+    """Where a page computes a disk-cached result (``entry``, a :class:`~subnetviz.cache.CacheEntry`): the notice
+    that its entry was found damaged and removed, so it is computed again (kept by the entry: a check before, such
+    as an ``is_cached``, removed it), said here in a caption; None when there is none."""
+    notice = entry.status()[1]
+    if notice:
+        st.caption(plain(notice))
+    return notice
 
 
 def heavy_note(ready: Callable[[], bool], estimate: Callable[[], Any]) -> str | None:

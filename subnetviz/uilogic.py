@@ -435,10 +435,15 @@ def mask_misfit(mask: str, base: str, stamps: tuple = ()) -> str | None:
     where the finetune stores the head untied, else merges it into the embedding's entry. Read from the base's
     header and the mask bit-packed; ``stamps`` (the files' stamps) only key the caller's memo. A mask of another
     model (the zoo's Llama mask beside a GPT-2 base) was pre-selected on Behaviour and stopped the page before any
-    KL was computed; a head beside a base that does not tie it was offered and then refused by the run."""
+    KL was computed; a head beside a base that does not tie it was offered and then refused by the run.
+
+    A memory refusal (the ConfigError of ``config.require_memory``) is raised, not returned: it holds for now, not
+    for these files (as :func:`~subnetviz.selection.finetune_misfit`'s), and memoised as a misfit it kept the mask
+    from the page for the server's life."""
     from subnetviz.analysis.revert import tied_embedding
     from subnetviz.checkpoints import open_checkpoint
     from subnetviz.checkpoints.naming import TIED_HEADS, mask_key, match_names
+    from subnetviz.errors import ConfigError
     from subnetviz.masks import load_mask_set
 
     try:
@@ -449,7 +454,9 @@ def mask_misfit(mask: str, base: str, stamps: tuple = ()) -> str | None:
         absent = list(match.unmatched)
         # (the embedding a tied head is merged into: looked for only where the mask names a head the base lacks)
         embed = tied_embedding(ck) if any(mask_key(n) in TIED_HEADS for n in absent) else None
-    except SubnetvizError as exc:
+    except ConfigError:
+        raise  # (lack of memory: a state of the machine, said by the caller for this visit)
+    except (SubnetvizError, OSError) as exc:
         return f"it cannot be checked against the base ({exc})"
     to = dict(match.to)
     if absent and len(absent) == len(shapes):
@@ -569,6 +576,31 @@ def updates_cached(ws: Workspace, *, spectra: bool, mask_tolerance: float | None
     from subnetviz.analysis.updates import is_cached
 
     return is_cached(ws.base, list(ws.paths), **_analysis_options(ws, spectra, mask_tolerance, eta), device=ws.device)
+
+
+def memory_skip_check(analysis, ws: Workspace) -> Callable[[], bool] | None:
+    """None when the update ``analysis`` (with spectra) skipped no spectrum for lack of memory; else a check of
+    whether it still stands, for the app's memo: its cache entry is the one it was read from and no spectrum it
+    skipped fits in the memory available now (the disk cache's rule, ``updates._memory_now_allows``: once one
+    fits, the entry is computed again). Kept as final, the skips stayed in the app for the server's life."""
+    from subnetviz.analysis.updates import MEMORY_SKIP, _memory_now_allows
+    from subnetviz.cache import MANIFEST, file_stamp
+
+    spec = analysis.spectra_table()
+    if not len(spec) or "note" not in spec or not spec["note"].astype(str).str.startswith(MEMORY_SKIP).any():
+        return None
+    folder = analysis.source_dir
+    if folder is None:  # (not read from the cache: nothing to check it against, so read again)
+        return lambda: False
+    stamp, spectra = file_stamp(folder / MANIFEST), _analysis_options(ws, True, None, None)["spectra"]
+
+    def stands() -> bool:
+        try:
+            return file_stamp(folder / MANIFEST) == stamp and not _memory_now_allows(folder, spectra, ws.device)
+        except (SubnetvizError, OSError):  # (unreadable now: read again, which says what is wrong)
+            return False
+
+    return stands
 
 
 def spectra_cost(ws: Workspace):

@@ -24,17 +24,34 @@ def mask_choices(ws) -> dict[str, str]:
     if z is not None and z.manifest.masks:
         out.update({f"zoo {name}": str(z.mask_path(name)) for name in z.manifest.masks})
     out.update({label: str(path) for label, path in ws.masks})
-    if ws.base is not None and ui.shared(has_routers, ws.base, ui.checkpoint_stamp(ws.base)):
+    if ws.base is not None and routers_now(ws.base):
         out[ROUTERS] = "routers"
     return out
+
+
+def routers_now(base: str) -> bool:
+    """:func:`has_routers` of ``base`` (memoised by its stamp); False, said for this run only, when its header
+    could not be read now for lack of memory (not kept: the next run asks again)."""
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        return ui.shared(has_routers, base, ui.checkpoint_stamp(base))
+    except SubnetvizError as exc:
+        st.caption(ui.plain(f"{ROUTERS} is not offered for now: the base could not be read ({exc})."))
+        return False
 
 
 def fitting_masks(masks: dict[str, str], base: str) -> dict[str, str]:
     """The masks that fit ``base`` (:func:`~subnetviz.uilogic.mask_misfit`), the only ones offered: the first was
     pre-selected whatever the base, and the zoo's mask beside another model's base stopped the page before any KL
     was computed. The others are named with why in one line; one the link names, in a warning (the widget drops
-    it from the link)."""
-    misfit = ui.mask_misfits(masks, base)
+    it from the link). A mask that could not be checked now (lack of memory) is not offered on this run, in a
+    warning; the next run checks it again (kept as a misfit, it was left out for the server's life)."""
+    misfit, unchecked = ui.mask_checks(masks, base)
+    if unchecked:
+        said = "; ".join(f"{label} ({why})" for label, why in unchecked.items())
+        ui.warning(f"Not offered for now, as they could not be checked against this base at the moment: {said}")
+        masks = {label: path for label, path in masks.items() if label not in unchecked}
     if not misfit:
         return masks
     asked = [m for m in st.query_params.get_all("bh_masks") if m in misfit]
@@ -52,16 +69,27 @@ def fitting_masks(masks: dict[str, str], base: str) -> dict[str, str]:
     return {label: path for label, path in masks.items() if label not in misfit}
 
 
+def computed(entry, cfg: dict):
+    """The behaviour analysis of ``cfg`` through its disk cache ``entry``, on the session's cluster if any; a
+    damaged entry (removed, and so computed again) is said first (:func:`~subnetviz.ui.damage_note`)."""
+    from subnetviz.jobs.cluster_pages import cached_behavior
+
+    ui.damage_note(entry)
+    return cached_behavior(cfg, address=ui.compute_address())
+
+
 def has_routers(base: str, stamp: tuple = ()) -> bool:
     """Whether the base holds router tensors (a mixture of experts), from its header and naming table. ``stamp``
     (the base's files, :func:`~subnetviz.ui.checkpoint_stamp`) only keys :func:`~subnetviz.ui.shared`'s memo: by
     its path alone, a base folder rewritten with another model kept the old answer for the server's life."""
     from subnetviz.analysis.routing import router_tensors
     from subnetviz.checkpoints import open_checkpoint
-    from subnetviz.errors import SubnetvizError
+    from subnetviz.errors import ConfigError, SubnetvizError
 
     try:
         return bool(router_tensors(open_checkpoint(base)))
+    except ConfigError:
+        raise  # (a memory refusal holds for now, not for the base: memoised as False, for the server's life)
     except SubnetvizError:  # (the page says what is wrong with the base where it reads it)
         return False
 
@@ -127,7 +155,6 @@ def body() -> None:
     else:
         from subnetviz.analysis.behavior import behavior_entry
         from subnetviz.analysis.cost import behavior_cost
-        from subnetviz.jobs.cluster_pages import cached_behavior
 
         entry = behavior_entry(cfg)[0]
         with st.spinner("Teacher-forcing the prompts through every model and reverted model…"):
@@ -135,7 +162,7 @@ def body() -> None:
                 ("behavior", entry.folder.name),
                 lambda: entry.ready,
                 lambda: behavior_cost(cfg),
-                lambda: cached_behavior(cfg, address=ui.compute_address()),  # on the session's cluster, if any
+                lambda: computed(entry, cfg),
                 models=True,
             )
     if ui.allowed("launch") and st.button("Run as a background job (larger prompt sets)", icon=":material/play_arrow:"):

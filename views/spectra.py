@@ -58,6 +58,7 @@ def subspaces(ws) -> None:
         lambda: uilogic.subspaces_cost(ws, int(k)),
         lambda: subspace_data(ws, int(k), progress),
         planned=True,  # (one decomposition at a time in this server: each checks its memory against what is free)
+        recheck=partial(memory_skip_check, ws, int(k)),  # (comparisons skipped for memory: again once it is free)
     )
     figs, tables, _ = subspace_parts(ws, int(k), model, side, data)
     bar.empty()
@@ -113,10 +114,46 @@ def subspaces_cached(ws, k: int) -> bool:
     return is_cached(ws.base, list(ws.paths), labels=list(ws.labels), options=opts, device=ws.device)
 
 
+def memory_skip_check(ws, k: int, data: tuple):
+    """None when the tab's analysis ``data`` skipped no comparison for lack of memory; else a check of whether it
+    still stands, for the app's memo: its cache entry is the one it was read from and the disk cache would serve
+    it as it is (:func:`subspaces_cached`: not while memory allows a comparison it skipped). Kept as final, the
+    skips stayed on the tab for the server's life, after the disk cache had computed them."""
+    from subnetviz.errors import SubnetvizError
+
+    if not data[0]["method"].astype(str).str.startswith("skipped").any():
+        return None
+    stamp = entry_stamp(ws, k)
+
+    def stands() -> bool:
+        try:
+            return entry_stamp(ws, k) == stamp and subspaces_cached(ws, k)
+        except SubnetvizError:  # (unreadable now: computed again, which says what is wrong)
+            return False
+
+    return stands
+
+
+def entry_stamp(ws, k: int) -> str:
+    """The stamp of the manifest of the tab's cache entry at ``k`` (headers only): a new copy is a new stamp."""
+    from subnetviz.cache import MANIFEST, file_stamp
+
+    return file_stamp(subspaces_entry(ws, k).folder / MANIFEST)
+
+
+def subspaces_entry(ws, k: int):
+    """The tab's disk-cache entry at ``k`` and the sidebar's precision, as ``cached_subspaces`` finds it."""
+    from subnetviz.analysis.subspaces import _entry
+
+    return _entry(ws.base, list(ws.paths), list(ws.labels), subspace_options(ws, k), None)[2]
+
+
 def subspace_data(ws, k: int, progress=None) -> tuple:
     """(rows, vectors, notes) of the subspaces analysis at ``k``: from the disk cache, else computed (and cached)."""
     from subnetviz.analysis.subspaces import cached_subspaces
 
+    # an entry found damaged (by subspaces_cached, the check before this) is computed again: said in the notes
+    damaged = subspaces_entry(ws, k).status()[1]
     rows, vectors, notes = cached_subspaces(
         ws.base,
         list(ws.paths),
@@ -132,7 +169,7 @@ def subspace_data(ws, k: int, progress=None) -> tuple:
     from subnetviz.checkpoints.naming import strip_prefix
 
     rows, vectors = (f.assign(name=f["name"].map(strip_prefix)) for f in (rows, vectors))
-    return rows, vectors, notes
+    return rows, vectors, [damaged, *notes] if damaged else notes
 
 
 def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None, *, export: bool = False) -> tuple:

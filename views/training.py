@@ -298,10 +298,20 @@ def run_card(rec, run_label: str | None = None) -> None:
         )
     if note := mask_note(mask, {**cfg, **hp}):
         ui.warning(note)
-    if mask and (
-        note := ui.shared(mask_origin.dense_note_of, str(mask), file_stamp(str(mask).removeprefix("random:")))
-    ):
+    if mask and (note := dense_note(str(mask))):
         ui.warning(note)  # (said on submit only: a run shared by link, or launched by the CLI, said nothing)
+
+
+def dense_note(mask: str) -> str | None:
+    """The run card's warning on a mask denser than 50 % (:func:`~subnetviz.training.mask_origin.dense_note_of`,
+    memoised by the file's stamp), or why it could not be checked now (lack of memory: for this run only, as it
+    is not kept; memoised as no warning, the warning was lost for the server's life)."""
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        return ui.shared(mask_origin.dense_note_of, mask, file_stamp(mask.removeprefix("random:")))
+    except SubnetvizError as exc:
+        return f"Whether this mask is denser than 50 % (1 = frozen?) cannot be checked now: {exc}"
 
 
 def mask_label(mask: str | None) -> str:
@@ -469,8 +479,10 @@ def _comparison(full: str, sub: str, base: str | None, eval_data: str | None, st
     """``stamp``: the checkpoints' fingerprints, the eval file's stamp and with it the model folders' files, so a
     model rewritten in place (a rerun into the same folder, an edited config or tokenizer) is compared again
     instead of being answered from the cache."""
-    from subnetviz.demo.comparison import cached_compare_runs  # on disk too: the demo build fills it
+    from subnetviz.cache import entry
+    from subnetviz.demo.comparison import KIND, cached_compare_runs, comparison_key  # on disk: the demo build fills it
 
+    ui.damage_note(entry(KIND, comparison_key(full, sub, base, eval_data)))  # (damaged, so computed again: said)
     return cached_compare_runs(full, sub, base, eval_data=eval_data)
 
 

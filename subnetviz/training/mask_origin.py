@@ -67,12 +67,15 @@ def dense_mask_note(densities: Mapping[str, float]) -> str | None:
 def dense_note_of(spec: str, stamp: tuple = ()) -> str | None:
     """:func:`dense_mask_note` of a config's ``mask`` (a file, or ``random:<file>``: drawn at that file's
     densities); None when the file cannot be read (the run card says what is wrong with it elsewhere). ``stamp``
-    (the file's) only keys a caller's memo."""
-    from subnetviz.errors import SubnetvizError
+    (the file's) only keys a caller's memo. A memory refusal (ConfigError) is raised: it holds for now, not for the
+    file, and memoised as None the card's warning was lost for the server's life."""
+    from subnetviz.errors import ConfigError, SubnetvizError
 
     path = spec[len("random:") :] if str(spec).startswith("random:") else str(spec)
     try:
         return dense_mask_note(mask_densities(path))
+    except ConfigError:
+        raise
     except (SubnetvizError, OSError):
         return None
 

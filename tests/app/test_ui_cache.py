@@ -98,6 +98,27 @@ def test_concurrent_sessions_asking_for_one_key_compute_it_once():
     assert len(computed) == 1 and len(out) == 8 and all(o is out[0] for o in out)
 
 
+def test_waiters_wake_to_a_stored_value(monkeypatch):
+    """The waiters of a computation were woken before its value was stored: one that took the lock in between found
+    neither the value nor a flight and computed it a second time (a second whole-model computation at once). Each
+    wake-up here checks what a waiter would find at that moment."""
+    import subnetviz.memo as memo_module
+
+    memo, found = Memo(), []
+
+    class Flight(threading.Event):
+        def set(self):
+            found.append((set(memo.items["derived"]), set(memo.flights)))
+            super().set()
+
+    monkeypatch.setattr(memo_module.threading, "Event", Flight)
+    value = memo.get_or_compute("k", object)
+    assert found == [({"k"}, set())] and memo.get_or_compute("k", object) is value
+    with pytest.raises(OSError):  # a failure still wakes the next waiter, with nothing stored
+        memo.get_or_compute("f", lambda: (_ for _ in ()).throw(OSError("disk")))
+    assert found[-1] == ({"k"}, set()) and not memo.flights
+
+
 def test_a_failed_computation_is_not_stored_and_the_next_caller_computes():
     memo, attempts = Memo(), []
 
