@@ -17,6 +17,7 @@ from __future__ import annotations
 import _compat_pickle
 import json
 import math
+import operator
 import os
 import pickle
 import re
@@ -36,6 +37,7 @@ from subnetviz.pickles import (  # noqa: F401 - re-exported: the mask importers'
     MAX_PICKLE_DEPTH,
     PICKLE_CAP_BYTES,
     check_torch_file,
+    encoded_bound,
     pickle_budget,
     scan_pickle,
 )
@@ -75,6 +77,9 @@ class MaskSet:
         return {k: tuple(v.shape) for k, v in self.masks.items()}
 
 
+_INTEGERS = (torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def _check_bool(name: str, t: torch.Tensor, where: str, floats: bool = False) -> torch.Tensor:
     """``t`` as a bool mask: bool as is; integers (and floats, for files other tools wrote: the RL-subnetwork
     code keeps its masks as bf16 0/1) only where every entry is exactly 0 or 1; anything else refused,
@@ -83,9 +88,7 @@ def _check_bool(name: str, t: torch.Tensor, where: str, floats: bool = False) ->
         raise MaskError(f"{where}: mask {name!r} is a {t.layout} tensor; expected a dense one.")
     if t.dtype == torch.bool:
         return t
-    if t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) or (
-        floats and t.dtype.is_floating_point
-    ):
+    if t.dtype in _INTEGERS or (floats and t.dtype.is_floating_point):
         binary = (t == 0) | (t == 1)  # NaN is neither
         if not bool(binary.all()):
             bad = t.reshape(-1)[~binary.reshape(-1)][0].item()
@@ -197,17 +200,34 @@ def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise MaskError(f"{path}: not a readable safetensors mask file ({exc}).") from exc
+    if "subnetviz" not in meta:  # another tool's file: its own header entries are its provenance
+        return MaskSet(out, _foreign_provenance(meta, path))
     try:
-        info = parse_json(meta.get("subnetviz", "{}"), str(path), MaskError)
+        info = parse_json(meta["subnetviz"], str(path), MaskError)
     except MaskError:  # provenance only: the masks themselves were read
         info = {}
     return MaskSet(out, info)
 
 
+def _foreign_provenance(meta: Mapping[str, str], path: Path) -> dict:
+    """The provenance of a safetensors mask another tool wrote, as the ``.pt`` and ``.npz`` importers keep theirs:
+    what file it is, then the header's own entries (``base_model``, ``method``, ...; its ``method`` wins), but for
+    the layout ones (safetensors' ``format``, this app's ``shape:<name>``) and the counts the app works out itself
+    from the masks when it stores them (:data:`_COUNTED`)."""
+    info: dict = {"method": "safetensors file", "source": str(path)}
+    info.update({k: v for k, v in meta.items() if k != "format" and not k.startswith("shape:") and k not in _COUNTED})
+    return info
+
+
+_COUNTED = ("density", "count", "numel")  # written by save_mask_set from the masks themselves
+
+
 def mask_file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Name -> shape of each mask in a safetensors mask file, from its header alone (no value read): a bit-packed
     mask's ``shape:<name>`` metadata, else the stored tensor's shape. MaskError, as :func:`load_mask_set` gives
-    it, for a file that is not a readable safetensors mask."""
+    it, for a file that is not a readable safetensors mask, or a packed mask whose stored bytes (their shape and
+    type, which safetensors matches with the header's data offsets) do not hold the entries of its ``shape:``
+    (the Training form queued a run that failed in the worker as it read the mask)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -219,18 +239,22 @@ def mask_file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
             meta = f.metadata() or {}
             out = {}
             for name in f.keys():
-                packed = meta.get(f"shape:{name}")
+                packed, stored = meta.get(f"shape:{name}"), f.get_slice(name)
                 if packed is None:
-                    out[name] = tuple(f.get_slice(name).get_shape())
+                    out[name] = tuple(stored.get_shape())
                     continue
-                out[name] = tuple(int(d) for d in packed.split(",") if d.strip())
-                if any(d < 0 for d in out[name]):
-                    raise ValueError(f"packed mask {name!r} has shape {packed!r} in its metadata")
+                dtype, count = stored.get_dtype(), math.prod(stored.get_shape())
+                out[name] = _packed_shape(
+                    packed, name, path, dtype == "U8", count, _SAFETENSORS_DTYPES.get(dtype, dtype)
+                )
             return out
     except MaskError:
         raise
     except Exception as exc:  # safetensors' own errors for a corrupt header; shape metadata that is no numbers
         raise MaskError(f"{path}: not a readable safetensors mask file ({exc}).") from None
+
+
+_SAFETENSORS_DTYPES = {"U8": "torch.uint8", "I8": "torch.int8", "BOOL": "torch.bool"}  # as a loaded tensor names them
 
 
 def _add(out, name: str, t: torch.Tensor, meta: Mapping[str, str], path: Path) -> None:
@@ -279,7 +303,7 @@ def _held_bytes(f, meta: Mapping[str, str], packed: bool) -> int:
             n = 0
         if shape_s is not None and (n + 7) // 8 != n_stored:
             n = 0  # a shape its bytes do not hold: refused by name as it is read
-        item = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4, "F32": 4}.get(
+        item = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4}.get(
             stored.get_dtype(), 8
         )
         held += (n + 7) // 8 if packed else n
@@ -469,15 +493,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
             "scalar": self._scalar(real),
             "_frombuffer": self._frombuffer(real),
             "encode": self._encode(real),
+            "dict": self._dict(real),
+            "OrderedDict": self._dict(real),
         }
         return guard.get(name, real)
 
     def _bytes(self, *args):
-        if args and isinstance(args[0], int):
-            self._spend(args[0], "bytes")
-        elif args and isinstance(args[0], (list, tuple)):
-            self._spend(len(args[0]), "bytes")
+        self._spend(_bytes_built(args[0], args[1] if len(args) > 1 else None) if args else 0, "bytes")
         return bytes(*args)
+
+    def _dict(self, real):
+        def build(*args, **kwargs):  # a dict (or OrderedDict) of an iterable's items: ~64 bytes an entry
+            self._spend(64 * len(args[0]) if args and hasattr(args[0], "__len__") else 0, "a dict")
+            return real(*args, **kwargs)
+
+        return build
 
     def _dtype(self, *args, **kwargs):
         dt = np.dtype(*args, **kwargs)
@@ -536,10 +566,45 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def _encode(self, real):
         def encode(obj, *args):
-            self._spend(len(obj) if isinstance(obj, (str, bytes)) else 0, "bytes")
+            codec = args[0] if args else "utf-8"
+            if isinstance(obj, str):
+                self._spend(encoded_bound(len(obj), codec, text=True), "encoded text")
+            else:  # bytes, or an array: its buffer (hex_codec writes two bytes for each)
+                self._spend(encoded_bound(_buffer_bytes(obj), codec, text=False), "encoded bytes")
             return real(obj, *args)
 
         return encode
+
+
+def _buffer_bytes(obj) -> int:
+    """The bytes of ``obj``'s buffer (an array's, a bytes'), without copying them: what a copy of it makes."""
+    try:
+        with memoryview(obj) as view:
+            return view.nbytes
+    except TypeError:
+        raise UnsafePickleError(f"pickle asks to copy the bytes of a {type(obj).__name__}. Refused.") from None
+
+
+def _bytes_built(obj, encoding) -> int:
+    """What ``bytes(obj[, encoding])`` builds, known before the call: a number as the count of zero bytes (a
+    NumPy integer too), an array's or a bytes' buffer as a copy of its bytes, a text as its encoding, a list
+    as a byte per item; the most of those that apply (a NumPy scalar has a buffer and is a number)."""
+    if isinstance(obj, str):
+        return encoded_bound(len(obj), encoding, text=True)
+    sizes = []
+    try:
+        sizes.append(operator.index(obj))
+    except TypeError:
+        pass
+    try:
+        sizes.append(_buffer_bytes(obj))
+    except UnsafePickleError:
+        pass
+    if not sizes and hasattr(obj, "__len__"):
+        sizes.append(len(obj))
+    if not sizes:
+        raise UnsafePickleError(f"pickle asks for the bytes of a {type(obj).__name__}. Refused.")
+    return max(sizes)
 
 
 def import_bigram_pickle(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
@@ -754,6 +819,13 @@ def _check_torch_sizes(obj: Mapping, budget: int, path: Path) -> None:
             continue
         if t.layout != torch.strided:
             raise MaskError(f"{path}: mask {key!r} is a {t.layout} tensor; expected a dense one.")
+        if t.device.type == "meta":  # map_location="cpu" gives it no data: counting or packing it raised
+            raise MaskError(
+                f"{path}: mask {key!r} is a meta tensor (shapes only, no values: saved from a model built without "
+                "weights)."
+            )
+        if t.device.type != "cpu":
+            raise MaskError(f"{path}: mask {key!r} is on device {t.device}; expected a tensor with its values.")
         if not fits_its_storage(t):
             raise MaskError(
                 f"{path}: mask {key!r} of shape {tuple(t.shape)} is a view larger than the bytes it is stored in "
@@ -783,6 +855,8 @@ def import_mask(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
         head = fh.read(9)
     if head[:4] == b"PK\x03\x04":  # a zip archive: NumPy's .npz, else torch.save's format
         return import_npz_masks(path, packed=packed) if is_npz(path) else import_torch_masks(path, packed=packed)
+    if head[:4] == b"PK\x05\x06":  # a zip archive of no records begins with its end: np.savez() of no arrays
+        raise MaskError(f"{path}: an empty zip archive: it holds no arrays, so no masks.")
     # safetensors: a little-endian header length, then the header's "{" (its first byte is 0x80 for a header of
     # 128 + 256·k bytes, as a pickle's PROTO opcode is: 1 file in 256 was read as a pickle and refused)
     n = int.from_bytes(head[:8], "little")

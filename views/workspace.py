@@ -93,9 +93,25 @@ def body() -> None:
         from subnetviz.analysis.updates import mask_path
 
         files.update({f"update mask of {m}": str(mask_path(analysis.source_dir, m)) for m in analysis.labels})
-    mrows = []
+    _mask_table(files)
+    z = ui.zoo()
+    if z is not None:
+        st.subheader("Demo zoo manifest")
+        ui.table(pd.DataFrame([m.to_dict() for m in z.manifest.members]), "zoo-members", "Demo zoo members")
+        with st.expander("Full manifest (JSON)"):
+            st.json(uilogic.redacted(z.manifest.to_dict()), expanded=False)  # (it names the runs folder)
+
+
+def _mask_table(files: dict[str, str]) -> None:
+    """The chosen masks (label -> file) counted in one table, an unreadable one said in one line under it (the others
+    are still listed), and a download of a readable one."""
+    mrows, unread = [], {}
     for label, path in files.items():
-        ms = ui.mask_summary(path)
+        try:
+            ms = ui.mask_summary(path)
+        except SubnetvizError as exc:  # said in one line below the table; the readable masks are still listed
+            unread[label] = uilogic.named(label, path, exc)
+            continue
         mrows.append(
             {
                 "mask": label,
@@ -107,24 +123,22 @@ def body() -> None:
                 "path": config.display_path(path),
             }
         )
+    readable = {label: path for label, path in files.items() if label not in unread}  # (the ones to download)
     if mrows:
         ui.table(pd.DataFrame(mrows), "masks", "Mask sets")
-        pick = st.selectbox("Download a mask (safetensors, bit-packed, with provenance)", list(files), key="mask_dl")
+    for message in unread.values():
+        ui.error(message)
+    if readable:
+        pick = st.selectbox("Download a mask (safetensors, bit-packed, with provenance)", list(readable), key="mask_dl")
         st.download_button(
             "Download mask",
-            lambda: _mask_bytes(files[pick]),  # its provenance names server paths as the pages show them
-            file_name=Path(files[pick]).name,
+            lambda: _mask_bytes(readable[pick]),  # its provenance names server paths as the pages show them
+            file_name=Path(readable[pick]).name,
             mime="application/octet-stream",
             key="mask-dl-btn",
             icon=":material/download:",
             on_click="ignore",
         )
-    z = ui.zoo()
-    if z is not None:
-        st.subheader("Demo zoo manifest")
-        ui.table(pd.DataFrame([m.to_dict() for m in z.manifest.members]), "zoo-members", "Demo zoo members")
-        with st.expander("Full manifest (JSON)"):
-            st.json(uilogic.redacted(z.manifest.to_dict()), expanded=False)  # (it names the runs folder)
 
 
 def _mask_bytes(path: str) -> bytes:

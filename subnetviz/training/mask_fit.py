@@ -24,8 +24,9 @@ def validate_config(config: dict) -> None:
 
 def check_mask_fits(base: str, mask: str) -> None:
     """Refuse, in one line (:class:`MaskError` naming the file), a training mask whose tensor names or shapes do
-    not fit the base, from headers alone: the mask file's names and shapes, and the base's parameters built on
-    the meta device from its config.json (no weights read). The names are matched as the run matches them
+    not fit the base, from headers alone: the mask file's names and shapes (a bit-packed mask's stored bytes must
+    hold the entries of its shape: one a byte short was queued, then failed as the run read it), and the base's
+    parameters built on the meta device from its config.json (no weights read). The names are matched as the run matches them
     (:mod:`subnetviz.training.masking`: another model prefix, tied heads, experts stored one by one), on meta
     tensors. What needs the mask's values is left to the run: whether it selects any entry, and its entries of a
     vision or audio tower the model does not build (a Llama-4 release's: left out where all zero, else refused).
