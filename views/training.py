@@ -134,6 +134,9 @@ def launch(ws) -> None:
             if algorithm == "grpo":
                 cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
             kind = "random " if random_twin else "sub " if mask else ""
+            # the mask read whole (bit-packed) before anything is queued: values outside {0, 1} are refused here,
+            # not by the worker after "Queued run" (the submit check reads headers only)
+            dense = mask_origin.dense_mask_note(mask_origin.mask_densities(masks[mask_label])) if mask else None
             run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {kind}lr={lr:g} s={seed}")
             st.success(f"Queued run {run_id}: [follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
             if eval_path is None:
@@ -143,8 +146,8 @@ def launch(ws) -> None:
                 )
             if note := mask_note(mask, cfg):
                 ui.warning(note)
-            if mask and (note := mask_origin.dense_mask_note(mask_origin.mask_densities(masks[mask_label]))):
-                ui.warning(note)
+            if dense:
+                ui.warning(dense)
 
 
 def mask_note(mask: str | None, cfg: dict) -> str | None:

@@ -89,3 +89,24 @@ def test_training_refuses_a_packed_mask_its_bytes_cannot_hold_and_queues_nothing
     finally:
         for run in set(runner.list_runs()["id"]) - before:  # (what the form queued before the fix)
             runner.cancel(run)
+
+
+def test_training_refuses_a_mask_with_values_outside_0_1_and_queues_nothing(broken_uploads):
+    """The submit check reads headers; the mask's values were read only by the worker, after "Queued run"."""
+    from subnetviz.jobs.runner import JobRunner
+
+    runner = JobRunner()
+    before = set(runner.list_runs()["id"])
+    label = f"uploads/{BAD}"
+    at = open_page("training", masks=[label])
+    at.selectbox(key="tr_mask").set_value(label)
+    at.selectbox(key="tr_alg").set_value("sft")
+    try:
+        next(b for b in at.button if "Launch" in b.label).click().run()
+        assert not at.exception and not at.success, [s.value for s in at.success]
+        (said,) = [_text(e) for e in at.main.error]
+        assert f"{BAD}.safetensors: mask '{broken_uploads[0]}' has values outside {{0, 1}}" in said
+        assert set(runner.list_runs()["id"]) == before
+    finally:
+        for run in set(runner.list_runs()["id"]) - before:  # (what the form queued before the fix)
+            runner.cancel(run)
