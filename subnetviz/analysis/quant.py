@@ -435,27 +435,71 @@ def compare_quantized(
         eb = dequantize(b, sb, how_b, block, 0, divisor, zb, table)
         eff = compare_pair(ea, eb, options, name=name)
     else:
-        rows, cols = a.shape
-        band = _BAND_ELEMENTS if a.device.type == "cpu" else _GPU_BAND_ELEMENTS
-        step = max(block[0], (band // max(cols, 1)) // block[0] * block[0])
-        # The tensor's mask, allocated once and filled band by band: each band's own mask, kept until the merge,
-        # pinned the heap between the bands' float32 temporaries (a 2048 × 4096 int4 pair grew ~12 MB a band)
-        mask = torch.empty(a.shape, dtype=torch.bool) if options.keep_masks else None
-        parts = []
-        for r0 in range(0, rows, step):
-            ea = dequantize(a[r0 : r0 + step], sa, how_a, block, r0, divisor, za, table)
-            eb = dequantize(b[r0 : r0 + step], sb, how_b, block, r0, divisor, zb, table)
-            st = compare_pair(ea, eb, options, name=name)
-            del ea, eb
-            if mask is not None:
-                mask[r0 : r0 + step] = st.mask.reshape(-1, cols)
-                st = replace(st, mask=None)
-            parts.append(st)
-        whole = replace(options, keep_masks=False)
-        eff = parts[0] if len(parts) == 1 else merge_bands(parts, whole, tuple(a.shape))
-        eff = replace(eff, mask=mask)
+        step = band_rows(tuple(a.shape), block[0], a.device)
+        eff = compare_bands(
+            tuple(a.shape),
+            step,
+            lambda r0, r1: (
+                dequantize(a[r0:r1], sa, how_a, block, r0, divisor, za, table),
+                dequantize(b[r0:r1], sb, how_b, block, r0, divisor, zb, table),
+            ),
+            options,
+            name,
+        )
     stats = replace(eff, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype).replace("torch.", ""))
     return QuantStats(stats, changed)
+
+
+def band_rows(shape: tuple[int, ...], unit: int, device) -> int:
+    """Rows of one band of a matrix of ``shape`` compared in row bands: about :data:`_BAND_ELEMENTS` entries
+    (:data:`_GPU_BAND_ELEMENTS` on a GPU), a whole number of ``unit`` rows (a scale block's), one unit at least."""
+    band = _BAND_ELEMENTS if torch.device(device).type == "cpu" else _GPU_BAND_ELEMENTS
+    return max(unit, (band // max(shape[1], 1)) // unit * unit)
+
+
+def compare_bands(
+    shape: tuple[int, int],
+    step: int,
+    pair_of,
+    options: SparsityOptions,
+    name: str,
+    *,
+    packed: bool = False,
+    each=None,
+) -> PairStats:
+    """:func:`~subnetviz.analysis.sparsity.compare_pair` of a (rows × cols) pair, ``step`` rows at a time:
+    ``pair_of(r0, r1)`` gives rows ``r0:r1`` of both sides as compared, and ``each(r0, r1, a, b)``, where given,
+    sees them too (the rounding-only count). The bands' statistics are merged (:func:`merge_bands`); the mask
+    (bool, or bit-packed where ``packed``: ``step`` × cols must then be a multiple of 8, so each band's bits start
+    on a byte) and the row / column counts are allocated once and filled as the bands come, so memory is one band
+    and these outputs (each band's own mask, kept until the merge, pinned the heap between the bands' float32
+    temporaries: a 2048 × 4096 int4 pair grew ~12 MB a band; its column counts, 8 bytes a column a band)."""
+    rows, cols = shape
+    if packed and rows > step and step * cols % 8:
+        raise ValueError(f"{name}: bands of {step} × {cols} entries do not start on a byte of the packed mask.")
+    keep, row_col = options.keep_masks, options.row_col
+    mask = torch.empty(shape, dtype=torch.bool) if keep and not packed else None
+    bits = np.empty((rows * cols + 7) // 8, np.uint8) if keep and packed else None
+    row_counts = np.empty(rows, np.int64) if row_col else None
+    col_counts = np.zeros(cols, np.int64) if row_col else None
+    parts = []
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        ea, eb = pair_of(r0, r1)
+        st = compare_pair(ea, eb, options, name=name, packed=packed)
+        if each is not None:
+            each(r0, r1, ea, eb)
+        del ea, eb
+        if mask is not None:
+            mask[r0:r1] = st.mask.reshape(r1 - r0, cols)
+        if bits is not None:
+            bits[r0 * cols // 8 : r0 * cols // 8 + st.mask_bits.size] = st.mask_bits
+        if row_col:
+            row_counts[r0:r1] = st.row_counts
+            col_counts += st.col_counts
+        parts.append(replace(st, mask=None, mask_bits=None, row_counts=None, col_counts=None))
+    merged = merge_bands(parts, replace(options, keep_masks=False, row_col=False), shape)
+    return replace(merged, mask=mask, mask_bits=bits, row_counts=row_counts, col_counts=col_counts)
 
 
 def _ranked(codes: torch.Tensor, rank: np.ndarray) -> torch.Tensor:
@@ -508,15 +552,27 @@ def zero_values(ck, form: TensorForm, dev) -> torch.Tensor | None:
     return ck.get(form.zero, dev) if form.zero else None
 
 
-def weight_rows(ck, name: str, form: TensorForm, x: torch.Tensor, r0: int = 0, r1: int | None = None) -> torch.Tensor:
+def weight_rows(
+    ck,
+    name: str,
+    form: TensorForm,
+    x: torch.Tensor,
+    r0: int = 0,
+    r1: int | None = None,
+    *,
+    scale: torch.Tensor | None = None,
+    zero: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Rows ``r0:r1`` of checkpoint ``ck``'s stored tensor ``x`` (``name``, in ``form``) as weights: a float tensor
     as stored, FP8 / int8 codes dequantised with their scales (float32; the codes alone are no weights). A tensor
     that is not 2-D is read whole. Read a band at a time, memory stays a band (a whole FP8 expert in float32 is
-    four times its codes)."""
+    four times its codes). ``scale`` / ``zero``: the form's scale values and zero points on ``x``'s device, read
+    once by a caller that reads many bands; else read here, on the CPU."""
     part = x[r0:r1] if x.dim() == 2 else x
     if form.kind not in ("fp8", "int8"):
         return part
-    scale, zero = scale_values(ck, form.scale, "cpu"), zero_values(ck, form, "cpu")
+    if scale is None:
+        scale, zero = scale_values(ck, form.scale, "cpu"), zero_values(ck, form, "cpu")
     block = form.block(ck.config)
     if x.dim() != 2:
         return effective(part, scale, form, block, name=name, scale_name=form.scale, zero=zero)
@@ -698,23 +754,111 @@ def compare_aligned(
     # Different stored forms (e.g. a bf16 base and an FP8 release): dequantise the quantized side; codes stored in two
     # layouts (int4 and int8, NF4 and FP4, compressed-tensors' and AWQ's, FP8 with a scale per row and in blocks, or
     # in blocks of two sizes): both sides, each with its own scales and its own config's block, compared as weights
-    # in float32 (as the series and the drill do; the analysis refused it whole).
-    ea = _as_float(a, fa, ck_base, dev, name)
-    eb = _as_float(b, fb, ck, dev, name)
-    if ea is None or eb is None:
-        raise CheckpointError(
-            f"{name}: stored as {fa.label} in the base and {fb.label} in the finetune; codes "
-            "without an effective form cannot be compared with another form."
-        )
-    target = comparison_dtype(fa, fb, a.dtype, b.dtype)
-    if options.precision is None:
-        ea, eb = ea.to(target), eb.to(target)
-    st = compare_pair(ea, eb, options, name=name)
-    rounding = _rounding_only((a, fa, ck_base), (b, fb, ck), ea, eb, dev, name, options)
+    # in float32 (as the series and the drill do; the analysis refused it whole). A matrix in row bands of whole scale
+    # blocks, as compare_quantized, the drill and the series read them: compared whole, a bf16 base against its FP8
+    # copy held ~30 bytes an entry (a 53248 × 16384 MLP matrix: ~30 GB).
+    st, rounding, delta = _compare_forms(a, b, fa, fb, ck_base, ck, options, dev, name, packed)
     both = fa.kind != "float" and fb.kind != "float"
     said = f"{_layout_said(fa, _scales_said(ck_base, fa, a))} vs {_layout_said(fb, _scales_said(ck, fb, b))}"
     log.add(i, f"{'forms2' if both else 'forms'}:{said}", name, rounding, st.changed)
-    return st, st.changed, lambda: _f64(eb, None, options.precision) - _f64(ea, None, options.precision)
+    return st, st.changed, delta
+
+
+# Bytes per entry of one band of the mixed-forms pass at its peak, bounded above: the dequantised side in float32
+# and the scale image that forms it (with bitsandbytes' table, the codes as int64 indices), both sides as compared,
+# compare_pair's buffers, and the rounding-only count's temporaries (the multiplier image, the float side over it,
+# its codes again, int64 midpoint indices for a table, the two float32 sides it compares). Measured with one band
+# the whole of a 4096 × 8192 matrix: 19-22 (bf16 against FP8 blocks, each precision), 26-28 (against NF4).
+_FORMS_BAND_BYTES = 40
+
+
+class _Side:
+    """One side of a pair in different stored forms: checkpoint ``ck``'s stored tensor ``x`` in ``form``, with
+    the scales and zero points of codes read once (on ``dev``) and checked to fit (one line naming ``ck``)."""
+
+    def __init__(self, x: torch.Tensor, form: TensorForm, ck, dev, name: str):
+        self.x, self.form, self.ck, self.name = x, form, ck, name
+        self.scale = self.zero = None
+        if form.kind in ("fp8", "int8"):
+            self.scale, self.zero = scale_values(ck, form.scale, dev), zero_values(ck, form, dev)
+            _scale_fits(ck, name, x, form, self.scale)
+
+    @property
+    def quantized(self) -> bool:
+        return self.form.kind in ("fp8", "int8")
+
+    def rows(self, r0: int, r1: int | None) -> torch.Tensor:
+        """Rows ``r0:r1`` as weights (:func:`weight_rows`)."""
+        return weight_rows(self.ck, self.name, self.form, self.x, r0, r1, scale=self.scale, zero=self.zero)
+
+
+def _forms_memory(shape: tuple[int, ...], step: int, options: SparsityOptions, packed: bool) -> tuple[int, int]:
+    """(kept, band) bytes the mixed-forms pass of a tensor of ``shape`` holds at its peak, compared ``step`` rows at
+    a time (a tensor that is not 2-D: whole): its outputs (the mask, bit-packed where ``packed``; the row and column
+    counts) and one band (:data:`_FORMS_BAND_BYTES` an entry)."""
+    numel = math.prod(shape)
+    two_d = len(shape) == 2
+    cols = shape[1] if two_d else 0
+    band = min(numel, step * cols) if two_d else numel
+    kept = ((numel + 7) // 8 if packed else numel) if options.keep_masks else 0
+    if options.row_col and len(shape) >= 2:
+        kept += 8 * (shape[0] + 2 * math.prod(shape[1:]))  # (a band's column counts beside the running sum)
+    return kept, _FORMS_BAND_BYTES * band
+
+
+def _compare_forms(a, b, fa: TensorForm, fb: TensorForm, ck_base, ck, options: SparsityOptions, dev, name, packed):
+    """:func:`compare_aligned` of a pair stored in different forms: ``(PairStats, rounding-only count, delta)``.
+    Each side read as weights (:class:`_Side`), cast to :func:`comparison_dtype` where no precision is chosen; a
+    matrix in row bands of whole scale blocks of both sides (a multiple of 8 entries, so the packed mask's bytes
+    follow band by band), the memory asked for first (:func:`_forms_memory`): the bands, not the whole tensor."""
+    if a.shape != b.shape:
+        raise CheckpointError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)}).")
+    for f in (fa, fb):
+        if f.kind not in ("float", "fp8", "int8"):
+            raise CheckpointError(
+                f"{name}: stored as {fa.label} in the base and {fb.label} in the finetune; codes "
+                "without an effective form cannot be compared with another form."
+            )
+    from subnetviz.config import require_memory
+
+    shape = tuple(a.shape)
+    two_d = a.dim() == 2 and a.numel() > 0
+    unit = math.lcm(row_block(ck_base, fa), row_block(ck, fb), 8 // math.gcd(shape[1], 8) if two_d else 1)
+    step = band_rows(shape, unit, a.device) if two_d else 0
+    kept, band = _forms_memory(shape, step, options, packed)
+    cpu = str(dev) == "cpu"
+    require_memory(f"{name} dequantised (float32)", kept + (band if cpu else 0), str(dev), 0 if cpu else band)
+    side_a, side_b = _Side(a, fa, ck_base, dev, name), _Side(b, fb, ck, dev, name)
+    target = comparison_dtype(fa, fb, a.dtype, b.dtype)
+
+    def pair_of(r0: int, r1: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        ea, eb = side_a.rows(r0, r1), side_b.rows(r0, r1)
+        return (ea.to(target), eb.to(target)) if options.precision is None else (ea, eb)
+
+    def delta() -> torch.Tensor:  # the float64 Δ for spectra (checked by spectrum_bytes), a band at a time
+        if not two_d:
+            ea, eb = pair_of(0, None)
+            return _f64(eb, None, options.precision) - _f64(ea, None, options.precision)
+        d = torch.empty(shape, dtype=torch.float64, device=a.device)
+        for r0 in range(0, shape[0], step):
+            ea, eb = pair_of(r0, r0 + step)
+            torch.sub(_f64(eb, None, options.precision), _f64(ea, None, options.precision), out=d[r0 : r0 + step])
+        return d
+
+    if not two_d:
+        ea, eb = pair_of(0, None)
+        return compare_pair(ea, eb, options, name=name, packed=packed), 0, delta
+    rounding = [0]
+    if side_a.quantized != side_b.quantized:  # a float side against a quantized one: how much is rounding
+        quantized = side_a if side_a.quantized else side_b
+
+        def each(r0: int, r1: int, ea: torch.Tensor, eb: torch.Tensor) -> None:
+            rounding[0] += _rounding_only(quantized, r0, r1, eb if side_a.quantized else ea, ea, eb, options)
+
+    else:
+        each = None
+    st = compare_bands(shape, step, pair_of, options, name, packed=packed, each=each)
+    return st, rounding[0], delta
 
 
 def _same_scales(fa: TensorForm, fb: TensorForm, ck_base, ck) -> bool:
@@ -752,60 +896,61 @@ def _scales_said(ck, form: TensorForm, x: torch.Tensor) -> str | None:
     }.get(how, f"a scale per {b1} columns" if b0 == 1 else f"{b0}×{b1} blocks")
 
 
-def _rounding_only(side_a, side_b, ea: torch.Tensor, eb: torch.Tensor, dev, name: str, options=None) -> int:
-    """Of the entries that differ between a float side and a quantized one (``(stored, form, checkpoint)`` each,
-    ``ea`` / ``eb`` as compared), how many are exactly what quantising the float side with the quantized side's
-    own scales gives: rounding, not training. A bf16 base against its own FP8 or int8 copy differs almost
-    everywhere, and each such entry reads as changed. compressed-tensors quantises in the weight's own dtype
-    (w / scale, + zero point, each rounded to it: :attr:`TensorForm.native`), and so does this."""
-    a_quantized = side_a[1].kind in ("fp8", "int8")
-    code, form, ck = side_a if a_quantized else side_b
-    if form.kind not in ("fp8", "int8") or code.dim() != 2 or (side_a[1].kind != "float" and side_b[1].kind != "float"):
-        return 0
-    w = eb if a_quantized else ea  # the float side
+def _rounding_only(side: _Side, r0: int, r1: int, w: torch.Tensor, ea: torch.Tensor, eb: torch.Tensor, options) -> int:
+    """Of the entries of rows ``r0:r1`` that differ between a float side and a quantized one (``side``; ``w`` the
+    float side's rows, ``ea`` / ``eb`` both as compared), how many are exactly what quantising the float side with
+    the quantized side's own scales gives: rounding, not training. A bf16 base against its own FP8 or int8 copy
+    differs almost everywhere, and each such entry reads as changed. compressed-tensors quantises in the weight's
+    own dtype (w / scale, + zero point, each rounded to it: :attr:`TensorForm.native`), and so does this."""
+    form, code = side.form, side.x[r0:r1]
     dt = w.dtype if form.native else torch.float32
     w = w.to(dt)
-    scale = scale_values(ck, form.scale, dev)
-    block = form.block(ck.config)
-    step = effective(  # each entry's multiplier (scale / divisor): the dequantised weight of a code of 1
-        torch.ones_like(code), scale, replace(form, table=None), block, name=name, scale_name=form.scale
-    )
-    zero = zero_values(ck, form, dev)
+    block = form.block(side.ck.config)
+    how = check_scale(side.name, tuple(side.x.shape), form.scale, tuple(side.scale.shape), block)
+    # each entry's multiplier (scale / divisor): the dequantised weight of a code of 1
+    step = dequantize(torch.ones_like(code), side.scale, how, block, r0, form.divisor)
     with torch.no_grad():
         if form.table is not None:  # to the nearest of the type's values (bitsandbytes: A × (1 / absmax))
             w32 = w.to(torch.float32)
             x = w32 / step if form.table == "e2m1" else w32 * (1.0 / step)
+            del step
             return _rounding_only_table(x, code, form, ea, eb, options)
         x = w / step.to(dt)
-        if zero is not None:  # each entry's zero point, laid out as its scale: the weight of a code of 0 is 0 - zero
-            x += -effective(torch.zeros_like(code), torch.ones_like(scale), form, block, name=name, zero=zero).to(dt)
+        del step
+        if side.zero is not None:  # each entry's zero point, laid out as its scale: the weight of a code of 0 is -zero
+            ones = torch.ones_like(side.scale)
+            x += -dequantize(torch.zeros_like(code), ones, how, block, r0, form.divisor, side.zero).to(dt)
         x = x.to(torch.float32)
         if form.kind == "fp8":
             again = x.to(code.dtype).to(torch.float32)  # round to nearest even, as a quantiser does
         else:
             again = torch.round(x).clamp(*form.codes)
+        del x
         same_code = again == code.to(torch.float32)
-        if options is not None and options.precision is not None:  # moved as the comparison sees it
-            from subnetviz.analysis.sparsity import PRECISIONS
+        del again
+        return int(torch.count_nonzero(same_code & _moved(ea, eb, options)))
 
-            ea, eb = ea.to(PRECISIONS[options.precision]), eb.to(PRECISIONS[options.precision])
-        moved = ea.to(torch.float32) != eb.to(torch.float32)
-        return int((same_code & moved).sum())
+
+def _moved(ea: torch.Tensor, eb: torch.Tensor, options) -> torch.Tensor:
+    """Where the two sides differ as the comparison sees them (at the chosen precision, where one is)."""
+    if options is not None and options.precision is not None:
+        from subnetviz.analysis.sparsity import PRECISIONS
+
+        ea, eb = ea.to(PRECISIONS[options.precision]), eb.to(PRECISIONS[options.precision])
+    return ea.to(torch.float32) != eb.to(torch.float32)
 
 
 def _rounding_only_table(x: torch.Tensor, code: torch.Tensor, form: TensorForm, ea, eb, options) -> int:
     """:func:`_rounding_only` for codes that index a data type's values (bitsandbytes' 4-bit quantize_4bit):
     ``x`` the float side over its block's absmax; the nearest value by the midpoints of the sorted values."""
-    t = torch.from_numpy(form_table(form))
+    t = torch.from_numpy(form_table(form)).to(x.device)
     order = torch.argsort(t, stable=True)
     ts = t[order]
     again = ts[torch.bucketize(x.clamp(float(ts[0]), float(ts[-1])), (ts[:-1] + ts[1:]) / 2)]
+    del x
     same_code = again == t[code.long()]
-    if options is not None and options.precision is not None:
-        from subnetviz.analysis.sparsity import PRECISIONS
-
-        ea, eb = ea.to(PRECISIONS[options.precision]), eb.to(PRECISIONS[options.precision])
-    return int((same_code & (ea.to(torch.float32) != eb.to(torch.float32))).sum())
+    del again
+    return int(torch.count_nonzero(same_code & _moved(ea, eb, options)))
 
 
 def _f64(x: torch.Tensor, e: int | None, precision: str | None = None) -> torch.Tensor:
@@ -833,25 +978,6 @@ def scale_values(ck, name: str, dev) -> torch.Tensor:
     from subnetviz.checkpoints.mxfp4 import E8M0_VALUES
 
     return torch.from_numpy(E8M0_VALUES).to(s.device)[s.long()]
-
-
-def _as_float(x: torch.Tensor, form: TensorForm, ck, dev, name: str) -> torch.Tensor | None:
-    """``x`` as weights: as stored, or codes dequantised whole with checkpoint ``ck``'s own scales and block
-    (float32, its size asked for first: the pair of a float side and a quantized one, or of two code layouts, is
-    compared whole); None for codes with no values."""
-    if form.kind == "float":
-        return x
-    if form.kind in ("fp8", "int8"):
-        from subnetviz.config import require_memory
-
-        need = 8 * x.numel()  # the float32 weights and the scale image the dequantisation forms beside them
-        cpu = str(dev) == "cpu"
-        require_memory(f"{name} dequantised (float32)", need if cpu else 0, str(dev), 0 if cpu else need)
-        scale = scale_values(ck, form.scale, dev)
-        zero = zero_values(ck, form, dev)
-        _scale_fits(ck, name, x, form, scale)
-        return effective(x, scale, form, form.block(ck.config), name=name, scale_name=form.scale, zero=zero)
-    return None
 
 
 def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
