@@ -22,9 +22,12 @@ from subnetviz.figures import bigram as bg_figures
 
 def _analysis(model: str, mask: str, optimal: str | None, corpus: str, address: str | None = None):
     """The analysis from the disk cache, else computed (on the session's Ray cluster, if any). Kept in memory by
-    :func:`subnetviz.ui.heavy` under the disk cache's key, which follows every file."""
+    :func:`subnetviz.ui.heavy` under the disk cache's key, which follows every file. A damaged entry (removed, and
+    so computed again) is said first in a caption (:func:`~subnetviz.ui.damage_note`; the page said nothing)."""
+    from subnetviz.cache import entry
     from subnetviz.jobs.cluster_pages import cached_mask_analysis
 
+    ui.damage_note(entry("bigram", analysis_key(model, mask, corpus, optimal)))
     with st.spinner("Analysing the subnetwork (fidelity, ablations, residual stream)…"):
         return cached_mask_analysis(model, mask, corpus=corpus, optimal=optimal, address=address)
 

@@ -473,8 +473,15 @@ def compare(ws, said: list[str] | None = None) -> None:
             ui.table(frame, key, caption)
     with b:
         ui.chart(figs["cmp-ulp"], key="cmp-ulp")
+    for line in _RECOMPUTED.pop((models[full], models[sub], base, eval_data, stamp), []):  # (damaged: computed again)
+        ui.note(line, said)
     for line in pages.comparison_notes(result):  # (in the export too: it dropped them)
         ui.note(line, said)
+
+
+# A damaged disk entry's notice, from the call of _comparison that computed it again to the visit that says it, once:
+# said inside the cached function, Streamlit replayed the caption on every later visit (the entry sound again).
+_RECOMPUTED: dict[tuple, list[str]] = {}
 
 
 @st.cache_data(show_spinner="Comparing the two finetunes tensor by tensor…", max_entries=8)
@@ -482,11 +489,12 @@ def _comparison(full: str, sub: str, base: str | None, eval_data: str | None, st
     """``stamp``: the checkpoints' fingerprints, the eval file's stamp and with it the model folders' files, so a
     model rewritten in place (a rerun into the same folder, an edited config or tokenizer) is compared again
     instead of being answered from the cache."""
-    from subnetviz.cache import entry
-    from subnetviz.demo.comparison import KIND, cached_compare_runs, comparison_key  # on disk: the demo build fills it
+    from subnetviz.demo.comparison import cached_compare_runs  # on disk: the demo build fills it
 
-    ui.damage_note(entry(KIND, comparison_key(full, sub, base, eval_data)))  # (damaged, so computed again: said)
-    return cached_compare_runs(full, sub, base, eval_data=eval_data)
+    result, notes = cached_compare_runs(full, sub, base, eval_data=eval_data, with_notes=True)
+    if notes:
+        _RECOMPUTED[(full, sub, base, eval_data, stamp)] = notes
+    return result
 
 
 def body() -> None:

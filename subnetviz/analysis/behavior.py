@@ -751,13 +751,22 @@ def cached_behavior(
     config: dict, progress: ProgressFn | None = None, cache_root: str | os.PathLike | None = None
 ) -> dict[str, pd.DataFrame]:
     """:func:`run_config` through the disk cache (keyed by checkpoints' fingerprints, the stamps of their folders'
-    files and of the prompt and mask files, and the config)."""
+    files and of the prompt and mask files, and the config).
+
+    A damaged entry this call finds is removed and computed again, said first in ``notes`` (not stored: the new
+    copy is sound). One an earlier check removed is not said again here: the Behaviour page, which checks the entry
+    first, says it (``ui.damage_note``) before it computes."""
     ent, files = behavior_entry(config, cache_root)
-    if not ent.ready:
+    there = ent.folder.is_dir()
+    ready, notice = ent.status()
+    if not ready:
         report = run_config({**config, "prompts": files}, progress)
         with ent.publish() as folder:
             write_behavior(report, folder)
-    return read_behavior(ent.folder)
+    out = read_behavior(ent.folder)
+    if there and notice and not ready:  # (found damaged by this call)
+        out["notes"] = pd.DataFrame({"note": [notice, *out["notes"]["note"]]}, dtype=object)
+    return out
 
 
 def behavior_entry(config: dict, cache_root: str | os.PathLike | None = None):

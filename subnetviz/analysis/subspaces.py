@@ -733,9 +733,29 @@ def is_cached(
     cache_root: str | os.PathLike | None = None,
 ) -> bool:
     """Whether :func:`cached_subspaces` with these arguments would read its result from the cache (not an entry
-    it computes again because memory now allows a comparison it skipped; see :func:`_skips_fit_now`)."""
+    it computes again because memory now allows a comparison it skipped; see :func:`_skips_fit_now`). A damaged
+    entry is left in place (:func:`_sound`), for :func:`cached_subspaces` to remove and say."""
     ck_base, cks, ent = _entry(base, finetuned, labels, options, cache_root)
-    return ent.ready and not _skips_fit_now(ck_base, cks, labels, ent.folder, options, device)
+    return _sound(ent) and not _skips_fit_now(ck_base, cks, labels, ent.folder, options, device)
+
+
+def _sound(ent: _cache.CacheEntry) -> bool:
+    """Whether the cache entry ``ent`` is here and verifies, looked at only: a damaged entry is left for the call
+    that computes it again, which removes it and says so (removed by this check, the computation after it found
+    a plain miss and said nothing)."""
+    if not ent.folder.is_dir():
+        return False
+    _cache.touch(ent.folder)  # (as CacheEntry.status: kept by another process's eviction while it is read)
+    return _cache.verify_manifest(ent.folder) is None
+
+
+def _found(ent: _cache.CacheEntry) -> tuple[bool, str | None]:
+    """``(ready, notice)`` of ``ent`` (:meth:`~subnetviz.cache.CacheEntry.status`), the notice only where this call
+    found the entry damaged and removed it. A notice kept from an earlier removal is not repeated: the page that
+    removed it (``ui.damage_note`` before it computes) has said it, and said here too it was shown twice."""
+    there = ent.folder.is_dir()
+    ready, notice = ent.status()
+    return ready, notice if there and not ready else None
 
 
 def cached_subspaces(
@@ -755,10 +775,14 @@ def cached_subspaces(
     A comparison skipped for lack of memory is a state of the machine when it ran, not of the inputs: an entry
     holding one is computed again (and replaced) once this machine has the memory for it (:func:`_skips_fit_now`),
     and served as it is while it has not (a cached skip was served for ever, however much memory was free later;
-    never caching it computed every matrix again on each visit of a machine that can never fit one)."""
+    never caching it computed every matrix again on each visit of a machine that can never fit one).
+
+    A damaged entry it finds is removed and computed again, said first in the notes (not stored: the new copy is
+    sound); the CLI's ``analyze --subspaces`` printed no word of it."""
     ck_base, cks, ent = _entry(base, finetuned, labels, options, cache_root)
-    stale = ent.ready and _skips_fit_now(ck_base, cks, labels, ent.folder, options, device)
-    if not ent.ready or stale:
+    ready, damaged = _found(ent)  # (a damaged entry is removed: computed again, and said in the notes)
+    stale = ready and _skips_fit_now(ck_base, cks, labels, ent.folder, options, device)
+    if not ready or stale:
         table = analyze_subspaces(ck_base, cks, labels=labels, options=options, device=device, progress=progress)
         if stale:
             table.notes.insert(
@@ -767,4 +791,6 @@ def cached_subspaces(
         with ent.publish(replace=stale) as folder:
             write_subspaces(table, folder)
     frames = read_subspaces(ent.folder)
-    return (*frames, read_subspace_notes(ent.folder)) if with_notes else frames
+    if not with_notes:
+        return frames
+    return (*frames, [damaged, *read_subspace_notes(ent.folder)] if damaged else read_subspace_notes(ent.folder))

@@ -21,7 +21,7 @@ import pandas as pd
 from subnetviz.bigram.evaluate import AblationReport, SubnetworkAnalysis
 from subnetviz.bigram.locate import OverlapReport
 from subnetviz.bigram.residual import ResidualReport
-from subnetviz.cache import atomic_folder, cache_key, entry, file_stamp
+from subnetviz.cache import atomic_folder, cache_key, entry, file_stamp, touch, verify_manifest
 
 _OVERLAP_SCALARS = (
     "n_total",
@@ -203,8 +203,13 @@ def _hf_dataset_stamp(corpus: str) -> str:
 
 
 def is_cached(key: str, cache_root: str | os.PathLike | None = None) -> bool:
-    """Whether the analysis under ``key`` (:func:`analysis_key`) is in the disk cache."""
-    return entry("bigram", key, root=cache_root).ready
+    """Whether the analysis under ``key`` (:func:`analysis_key`) is in the disk cache. Looked at only: a damaged
+    entry is left for the call that computes it again to remove and say (removed here, it said nothing)."""
+    ent = entry("bigram", key, root=cache_root)
+    if not ent.folder.is_dir():
+        return False
+    touch(ent.folder)  # (as CacheEntry.status: kept by another process's eviction while it is read)
+    return verify_manifest(ent.folder) is None
 
 
 def cached_mask_analysis(
@@ -213,13 +218,21 @@ def cached_mask_analysis(
     """:func:`subnetviz.bigram.job.analyse_mask_file` through the on-disk cache: ``(result, generations)``.
 
     Entries live in ``cache_dir()/bigram/<key>`` (or ``cache_root/<key>``), key :func:`analysis_key`.
+
+    A damaged entry this call finds is removed and computed again, said first in the headline's ``notes`` (not
+    stored: the new copy is sound). One an earlier check removed is not said again here: the page that removed it
+    says it (``ui.damage_note``) before it computes.
     """
     from subnetviz.bigram.job import analyse_mask_file
 
     ent = entry("bigram", analysis_key(model, mask, corpus, optimal), root=cache_root)
-    if ent.ready:
+    there = ent.folder.is_dir()
+    ready, notice = ent.status()
+    if ready:
         return load_analysis(ent.folder)
     result, gens = analyse_mask_file(model, mask, corpus=corpus, optimal=optimal, **PAGE_OPTIONS)
     with ent.publish() as folder:
         _write_files(folder, result, gens)
+    if there and notice:  # (found damaged by this call)
+        result.headline["notes"] = [notice, *(result.headline.get("notes") or [])]
     return result, gens

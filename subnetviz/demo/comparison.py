@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from subnetviz.cache import cache_key, entry, file_stamp
+from subnetviz.cache import cache_key, entry, file_stamp, touch, verify_manifest
 
 # Bump when the files change layout. Changed numbers need no bump (2 left buffers and scales out): the key holds
 # the fingerprint of the code in :data:`COMPARISON_CODE`.
@@ -77,8 +77,26 @@ def model_files(*models) -> list[str | None]:
 
 
 def is_cached(full, sub, base=None, eval_data=None, cache_root: str | os.PathLike | None = None) -> bool:
-    """Whether :func:`cached_compare_runs` of these has its disk cache entry (headers only)."""
-    return entry(KIND, comparison_key(full, sub, base, eval_data), root=cache_root).ready
+    """Whether :func:`cached_compare_runs` of these has its disk cache entry (headers only). Looked at only: a
+    damaged entry is left for :func:`cached_compare_runs` to remove and say (removed here, it said nothing)."""
+    return _sound(entry(KIND, comparison_key(full, sub, base, eval_data), root=cache_root))
+
+
+def _sound(ent) -> bool:
+    """Whether the cache entry ``ent`` is here and verifies, without removing a damaged one."""
+    if not ent.folder.is_dir():
+        return False
+    touch(ent.folder)  # (as CacheEntry.status: kept by another process's eviction while it is read)
+    return verify_manifest(ent.folder) is None
+
+
+def _found(ent) -> tuple[bool, str | None]:
+    """``(ready, notice)`` of ``ent`` (:meth:`~subnetviz.cache.CacheEntry.status`), the notice only where this call
+    found the entry damaged and removed it. One kept from an earlier removal is not repeated: the page that removed
+    it has said it (``ui.damage_note``, before it computes), and said here too it was shown twice."""
+    there = ent.folder.is_dir()
+    ready, notice = ent.status()
+    return ready, notice if there and not ready else None
 
 
 def cached_compare_runs(
@@ -88,19 +106,25 @@ def cached_compare_runs(
     *,
     eval_data: str | os.PathLike | None = None,
     cache_root: str | os.PathLike | None = None,
+    with_notes: bool = False,
 ):
     """:func:`~subnetviz.analysis.runs.compare_runs` ``(full, sub, base, eval_data=...)`` through the disk
     cache (``cache_dir()/runs/<key>``, or ``cache_root/<key>``): a :class:`RunComparison`. A hit
-    imports no torch (the key reads headers; the tables are Parquet)."""
-    ent = entry(KIND, comparison_key(full, sub, base, eval_data), root=cache_root)
-    if ent.ready:
-        return load_comparison(ent.folder)
-    from subnetviz.analysis.runs import compare_runs
+    imports no torch (the key reads headers; the tables are Parquet).
 
-    result = compare_runs(full, sub, base, eval_data=eval_data)
-    with ent.publish() as folder:
-        _write(folder, result)
-    return result
+    ``with_notes``: ``(comparison, notes)``, the notes saying a damaged entry this call found, removed and computed
+    again (a comparison has no notes of its own to hold it; dropped, the recomputation was said nowhere)."""
+    ent = entry(KIND, comparison_key(full, sub, base, eval_data), root=cache_root)
+    ready, damaged = _found(ent)
+    if ready:
+        result = load_comparison(ent.folder)
+    else:
+        from subnetviz.analysis.runs import compare_runs
+
+        result = compare_runs(full, sub, base, eval_data=eval_data)
+        with ent.publish() as folder:
+            _write(folder, result)
+    return (result, [damaged] if damaged else []) if with_notes else result
 
 
 def _write(folder: Path, result) -> None:

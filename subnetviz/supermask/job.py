@@ -187,7 +187,10 @@ def run_job(config: dict, ctx: JobContext) -> None:
     key = config_hash(cfg)
     cached = entry("continual", key)
     total = len(runs) * tasks
-    if cached.ready:
+    ready, damaged = cached.status()
+    if damaged:  # (removed, so trained again: said in the job's log, where it was dropped)
+        ctx.log(f"continual: {damaged}")
+    if ready:
         shutil.copytree(cached.folder, ctx.out_dir, dirs_exist_ok=True)
         ctx.log(f"continual: cached result {key} reused")
         ctx.progress(total, total, cached=1.0)
