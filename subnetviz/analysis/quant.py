@@ -523,8 +523,9 @@ def effective(
     scale_name: str = "scale",
     zero: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The whole float32 effective weight (for spectra, one matrix at a time); ``block`` is an FP8 form's (an int8
-    form's is its own: :meth:`TensorForm.block`), ``zero`` the form's zero points where it has them."""
+    """The whole float32 effective weight (a tensor read whole: the subspaces' matrices, one that is not 2-D);
+    ``block`` is an FP8 form's (an int8 form's is its own: :meth:`TensorForm.block`), ``zero`` the form's zero points
+    where it has them."""
     divisor, table = form.divisor, form_table(form)
     if form.kind != "fp8":
         block = form.block({})
@@ -719,17 +720,20 @@ def compare_aligned(
             log.add(i, f"cast:{str(a.dtype)[6:]}>{str(b.dtype)[6:]}", name)
             a = a.to(b.dtype)  # round-to-nearest-even, as saving in b's dtype would
         st = compare_pair(a, b, options, name=name, packed=packed)
-        return st, st.changed, lambda e=None: _f64(b, e, options.precision) - _f64(a, e, options.precision)
+
+        def float_delta(e: int | None = None) -> torch.Tensor:
+            xa, xb = (a, b) if e is None else (a[e], b[e])
+            step = band_rows(tuple(xa.shape), 1, xa.device) if xa.dim() == 2 and xa.numel() else 0
+            return _delta(tuple(xa.shape), step, lambda r0, r1: (xa[r0:r1], xb[r0:r1]), options.precision, xa.device)
+
+        return st, st.changed, float_delta
     if fa.kind == fb.kind == "codes":
         st = compare_codes(a, b, options, name=name)
         log.add(i, f"codes:{fb.label}", name, st.changed)
         return st, st.changed, None
     if fa.kind == fb.kind and fa.kind in ("fp8", "int8") and _same_scales(fa, fb, ck_base, ck):
-        sa, sb = scale_values(ck_base, fa.scale, dev), scale_values(ck, fb.scale, dev)
-        za, zb = zero_values(ck_base, fa, dev), zero_values(ck, fb, dev)
-        block = fb.block(ck.config)
-        _scale_fits(ck_base, name, a, fa, sa)
-        _scale_fits(ck, name, b, fb, sb)
+        side_a, side_b = _Side(a, fa, ck_base, dev, name), _Side(b, fb, ck, dev, name)  # (scales read and checked)
+        sa, sb, za, zb = side_a.scale, side_b.scale, side_a.zero, side_b.zero
         q = compare_quantized(
             a,
             sa,
@@ -744,13 +748,13 @@ def compare_aligned(
             table=form_table(fa),
         )
         log.add(i, _log_kind(fa, sa), name, q.stats.changed, q.changed_codes)
-
-        def delta():
-            ea = effective(a, sa, fa, fa.block(ck_base.config), name=name, scale_name=fa.scale, zero=za)
-            eb = effective(b, sb, fb, block, name=name, scale_name=fb.scale, zero=zb)
-            return _f64(eb, None, options.precision) - _f64(ea, None, options.precision)
-
-        return q.stats, q.changed_codes, delta
+        # the float64 Δ for spectra, each side dequantised with its own scales (float32) a band of whole scale
+        # blocks at a time: dequantised whole, both sides in float32 and float64 and their difference held ~32 bytes
+        # an entry, twice what the spectra's memory check asks for
+        two_d = a.dim() == 2 and a.numel() > 0
+        step = band_rows(tuple(a.shape), math.lcm(row_block(ck_base, fa), row_block(ck, fb)), a.device) if two_d else 0
+        pair_of = lambda r0, r1: (side_a.rows(r0, r1), side_b.rows(r0, r1))  # noqa: E731
+        return q.stats, q.changed_codes, lambda: _delta(tuple(a.shape), step, pair_of, options.precision, a.device)
     # Different stored forms (e.g. a bf16 base and an FP8 release): dequantise the quantized side; codes stored in two
     # layouts (int4 and int8, NF4 and FP4, compressed-tensors' and AWQ's, FP8 with a scale per row and in blocks, or
     # in blocks of two sizes): both sides, each with its own scales and its own config's block, compared as weights
@@ -835,15 +839,8 @@ def _compare_forms(a, b, fa: TensorForm, fb: TensorForm, ck_base, ck, options: S
         ea, eb = side_a.rows(r0, r1), side_b.rows(r0, r1)
         return (ea.to(target), eb.to(target)) if options.precision is None else (ea, eb)
 
-    def delta() -> torch.Tensor:  # the float64 Δ for spectra (checked by spectrum_bytes), a band at a time
-        if not two_d:
-            ea, eb = pair_of(0, None)
-            return _f64(eb, None, options.precision) - _f64(ea, None, options.precision)
-        d = torch.empty(shape, dtype=torch.float64, device=a.device)
-        for r0 in range(0, shape[0], step):
-            ea, eb = pair_of(r0, r0 + step)
-            torch.sub(_f64(eb, None, options.precision), _f64(ea, None, options.precision), out=d[r0 : r0 + step])
-        return d
+    def delta() -> torch.Tensor:  # the float64 Δ for spectra, a band at a time
+        return _delta(shape, step, pair_of, options.precision, a.device)
 
     if not two_d:
         ea, eb = pair_of(0, None)
@@ -951,6 +948,31 @@ def _rounding_only_table(x: torch.Tensor, code: torch.Tensor, form: TensorForm, 
     same_code = again == t[code.long()]
     del again
     return int(torch.count_nonzero(same_code & _moved(ea, eb, options)))
+
+
+def _delta(shape: tuple[int, ...], step: int, pair_of, precision: str | None, device) -> torch.Tensor:
+    """The float64 Δ (finetune − base) the spectra decompose, of a pair whose sides as compared ``pair_of(r0, r1)``
+    gives (rows ``r0:r1``; ``r1`` None: whole), each first rounded to ``precision`` where one is chosen
+    (:func:`_f64`). A matrix (``step`` > 0) is formed ``step`` rows at a time into one float64 array: 8 bytes an
+    entry and one band's temporaries, under the 16 the spectra's memory check asks for
+    (:func:`~subnetviz.analysis.update_pass.spectrum_bytes`). Formed whole, both sides in float64 and their
+    difference held 24 bytes an entry, and two dequantised sides in float32 beside them 32. ``step`` 0: whole (a
+    tensor that is not 2-D)."""
+    if not step:
+        ea, eb = pair_of(0, None)
+        return _f64(eb, None, precision) - _f64(ea, None, precision)
+    d = torch.empty(shape, dtype=torch.float64, device=device)
+    for r0 in range(0, shape[0], step):
+        ea, eb = pair_of(r0, r0 + step)
+        if precision is not None:
+            from subnetviz.analysis.sparsity import PRECISIONS
+
+            ea, eb = ea.to(PRECISIONS[precision]), eb.to(PRECISIONS[precision])
+        # widened in place (exact), then less the other side widened as it is read: the band's float64 copies of
+        # both sides (_f64) are never formed, and the difference is the same float64 subtraction
+        d[r0 : r0 + step].copy_(eb).sub_(ea)
+        del ea, eb
+    return d
 
 
 def _f64(x: torch.Tensor, e: int | None, precision: str | None = None) -> torch.Tensor:
