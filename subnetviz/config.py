@@ -640,7 +640,7 @@ def max_queued_jobs() -> int:
     raw = (os.environ.get("SUBNETVIZ_MAX_QUEUED") or "").strip()
     if not raw:
         return MAX_QUEUED
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:  # ('²'.isdigit(), but int() refuses it)
         raise ConfigError(f"SUBNETVIZ_MAX_QUEUED={raw!r}: expected a whole number of jobs >= 1, e.g. 16.")
     return int(raw)
 
@@ -669,7 +669,7 @@ def resolve_device(device: str | None = None) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isascii() and index.isdigit())):
         raise ConfigError(f"device {device!r} is not one subnetviz can use; expected auto, cpu, cuda or cuda:N.")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU; use 'cpu' or 'auto'.")

@@ -195,9 +195,10 @@ def run_proxy(run_dir: str, address: str) -> int:
     code = 1
     ref = None
     ray = None
+    shutdown = False
 
     def _terminate(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -214,6 +215,9 @@ def run_proxy(run_dir: str, address: str) -> int:
         ref = task.remote(str(rd), env)
         code = int(ray.get(ref))
     except BaseException as exc:  # noqa: BLE001 - a proxy reports every failure in the run's status
+        # a signal with no cancel flag is no user's cancel but the server or machine stopping (it signals every
+        # process it has): failed, said so, and the next job is not started here, to be killed in turn
+        shutdown = isinstance(exc, KeyboardInterrupt) and not ctx.should_stop()
         if ref is not None and ray is not None:
             try:
                 ray.cancel(ref)
@@ -222,11 +226,15 @@ def run_proxy(run_dir: str, address: str) -> int:
                 pass
         if read_json(rd / "status.json").get("state") is None:
             cancelled = ctx.should_stop()
-            _finish(
-                ctx,
-                "cancelled" if cancelled else "failed",
-                "cancelled by the user" if cancelled else f"Ray: {type(exc).__name__}: {exc}",
+            why = (
+                "cancelled by the user"
+                if cancelled
+                else f"interrupted ({exc or 'SIGINT'}) before it finished: the server or machine stopped it, not a user's "
+                "cancel; launch it again"
+                if shutdown
+                else f"Ray: {type(exc).__name__}: {exc}"
             )
+            _finish(ctx, "cancelled" if cancelled else "failed", why)
         code = 2 if ctx.should_stop() else 1
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -235,7 +243,7 @@ def run_proxy(run_dir: str, address: str) -> int:
         status.update(state="failed", error=f"the job process on Ray ended with code {code} and no final status")
         write_json(rd / "status.json", status)
     if registry is not None:
-        _advance_queue(registry, rd.name, ctx)
+        _advance_queue(registry, rd.name, ctx, start_next=not shutdown)
     return code
 
 

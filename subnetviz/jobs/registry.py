@@ -15,12 +15,14 @@ version 1 stored it as clock ticks since boot (``/proc/<pid>/stat``); opening on
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -106,7 +108,8 @@ def _json_column(text: str | None, default: dict | None) -> dict | None:
 
 
 def _record(row: sqlite3.Row) -> RunRecord:
-    d = dict(row)
+    # Only the columns this version knows: a newer subnetviz on the same runs folder may have added some.
+    d = {k: v for k, v in dict(row).items() if k in COLUMNS}
     d["last_metrics"] = _json_column(d["last_metrics"], {})
     d["config"] = _json_column(d["config"], {})
     d["launch"] = _json_column(d["launch"], None)
@@ -128,27 +131,67 @@ def storable(value):
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another's lock
 
 
+def registry_problem(exc: sqlite3.Error | OSError, path: Path) -> str:
+    """What is wrong with the registry at ``path``, and what to do, in one line, told by SQLite's error code
+    (``exc.sqlite_errorname``) or the errno. Only a damaged file is to be moved aside: a healthy registry on a
+    read-only or full disk, or one another process holds, would lose every run record that way."""
+    if isinstance(exc, OSError):
+        code, text = exc.errno, exc.strerror or str(exc)
+        name = {errno.EROFS: "READONLY", errno.EACCES: "PERM", errno.EPERM: "PERM", errno.ENOSPC: "FULL"}.get(code, "")
+        name = "SQLITE_" + name if name else "SQLITE_IOERR" if code == errno.EIO else ""
+    else:
+        name, text = getattr(exc, "sqlite_errorname", "") or "", str(exc)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text:
+        return (
+            f"{path}: the job registry is busy (another process has held it locked for {BUSY_TIMEOUT_S:g} s); "
+            "try again."
+        )
+    if path.is_dir():
+        return (
+            f"{path}: the job registry cannot be opened (a folder is in its place); move it aside to start a new one."
+        )
+    if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH", "SQLITE_CANTOPEN")):
+        return (
+            f"{path}: the job registry cannot be written here ({text}): a read-only file system or no permission; "
+            "make its folder writable and try again."
+        )
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+        return f"{path}: the job registry cannot be written ({text}): the disk is full or failing; free space and try again."
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or type(exc) is sqlite3.DatabaseError:
+        return f"{path}: the job registry cannot be opened ({text}): the file is damaged; move it aside to start a new one."
+    return f"{path}: the job registry cannot be used ({text})."
+
+
+@contextmanager
+def _told(path: Path) -> Iterator[None]:
+    """Turn SQLite's errors about the file (read-only, full, locked, damaged) into one line naming it. A bug in
+    a statement (IntegrityError, ProgrammingError, ...) is left as it is."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise JobError(registry_problem(exc, path)) from None
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is not sqlite3.DatabaseError:  # (a file that is no database: plain DatabaseError)
+            raise
+        raise JobError(registry_problem(exc, path)) from None
+
+
+_NEWER_SAID: set[Path] = set()  # registries already said (once per process) to be of a newer version
+
+
 class Registry:
     """The SQLite registry at ``path`` (created with its table on first use)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(registry_problem(exc, self.path)) from None
         try:
             self._create()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise ConfigError(
-                    f"{self.path}: the job registry cannot be opened ({exc}); move it aside to start a new one."
-                ) from None
-            raise ConfigError(  # a healthy registry: moving it aside, as said above for a broken one, loses the runs
-                f"{self.path}: the job registry is busy (another process has held it locked for {BUSY_TIMEOUT_S:g} s); "
-                "try again."
-            ) from None
-        except sqlite3.DatabaseError as exc:  # a file that is no SQLite database, a folder in its place, ...
-            raise ConfigError(
-                f"{self.path}: the job registry cannot be opened ({exc}); move it aside to start a new one."
-            ) from None
+        except JobError as exc:  # (the transaction's one line): a registry that cannot be opened is a setup error
+            raise ConfigError(str(exc)) from None
 
     def _create(self) -> None:
         with self.transaction() as con:
@@ -159,9 +202,18 @@ class Registry:
             for col, decl in _ADDED_COLUMNS.items():  # registries made by an older version
                 if col not in have:
                     con.execute(f"ALTER TABLE runs ADD COLUMN {col} {decl}")
-            if con.execute("PRAGMA user_version").fetchone()[0] < 1:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version < 1:
                 _ticks_to_create_times(con)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION and self.path not in _NEWER_SAID:  # its extra columns are left alone
+                _NEWER_SAID.add(self.path)
+                logging.getLogger(__name__).warning(
+                    "%s: written by a newer subnetviz (schema %d, this one knows %d); its new columns are ignored.",
+                    self.path,
+                    version,
+                    SCHEMA_VERSION,
+                )
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; 30 s busy timeout for writers.
@@ -173,18 +225,21 @@ class Registry:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error."""
-        con = self._connect()
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error. The file's own
+        troubles (a full or read-only disk, a lock held too long) are one-line JobErrors (:func:`registry_problem`)."""
+        with _told(self.path):
+            con = self._connect()
             try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-        finally:
-            con.close()
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                except BaseException:
+                    with suppress(sqlite3.Error):  # (a failing disk may refuse this too: the first error is the news)
+                        con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            finally:
+                con.close()
 
     def insert(self, con: sqlite3.Connection, rec: RunRecord) -> None:
         d = {
@@ -216,23 +271,25 @@ class Registry:
         args = [status] if status else []
         if con is not None:
             return [_record(r) for r in con.execute(q, args)]
-        c = self._connect()
-        try:
-            return [_record(r) for r in c.execute(q, args)]
-        finally:
-            c.close()
+        with _told(self.path):
+            c = self._connect()
+            try:
+                return [_record(r) for r in c.execute(q, args)]
+            finally:
+                c.close()
 
     def get(self, run_id: str, con: sqlite3.Connection | None = None) -> RunRecord:
-        c = con or self._connect()
-        try:
-            row = c.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone()
-            if row is None:
-                ids = [r[0] for r in c.execute("SELECT id FROM runs")]
-                raise JobError(f"no run {run_id!r} in {self.path}.{suggest(run_id, ids)}")
-            return _record(row)
-        finally:
-            if con is None:
-                c.close()
+        with _told(self.path):
+            c = con or self._connect()
+            try:
+                row = c.execute("SELECT * FROM runs WHERE id = ?", [run_id]).fetchone()
+                if row is None:
+                    ids = [r[0] for r in c.execute("SELECT id FROM runs")]
+                    raise JobError(f"no run {run_id!r} in {self.path}.{suggest(run_id, ids)}")
+                return _record(row)
+            finally:
+                if con is None:
+                    c.close()
 
 
 def _ticks_to_create_times(con: sqlite3.Connection) -> None:

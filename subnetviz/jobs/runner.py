@@ -44,9 +44,12 @@ from subnetviz.jobs.scheduler import (
     REGISTRY_FILE,
     Launch,
     advance,
+    cuda_index,
     default_launch,
     discard_outputs,
+    job_device,
     kill_leftovers,
+    named_gpu,
     read_policy,
     settle,
 )
@@ -113,7 +116,10 @@ class JobRunner:
 
             root = runs_dir()
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{self.root}: the runs folder cannot be made ({exc.strerror or exc}).") from None
         self.ray_address = ray_address if ray_address is not None else _ray_address()
         if self.ray_address and command is None:  # the Ray backend: Ray hands out CPUs and GPUs
             from subnetviz.jobs.ray_backend import launch_command, require_ray
@@ -158,6 +164,7 @@ class JobRunner:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"a job config must be plain JSON (str paths, numbers, lists, dicts): {exc}.") from None
         validate_job_config(config)
+        self._check_named_gpu(config)
         kind = str(config["kind"])
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}"
         run_dir = self.root / run_id
@@ -165,7 +172,13 @@ class JobRunner:
             run_dir.mkdir()
         except FileExistsError:
             raise JobError(f"run folder {run_dir} already exists; refusing to reuse it.") from None
-        write_json(run_dir / "config.json", config)
+        except OSError as exc:  # a full or read-only disk: one line, not a bug
+            raise JobError(f"{run_dir}: the run folder cannot be made ({exc.strerror or exc}).") from None
+        try:
+            write_json(run_dir / "config.json", config)
+        except OSError as exc:
+            shutil.rmtree(run_dir, ignore_errors=True)  # no row names it: nothing is left behind
+            raise JobError(f"{run_dir}: the job's config.json cannot be written ({exc.strerror or exc}).") from None
         rec = RunRecord(
             run_id,
             kind,
@@ -201,6 +214,21 @@ class JobRunner:
         self.poll()
         return run_id
 
+    def _check_named_gpu(self, config: dict) -> None:
+        """A job that names a GPU (``cuda:N`` as its device, or as ``SUBNETVIZ_DEVICE``) is given that GPU, seen
+        as its only one (:func:`~subnetviz.jobs.scheduler.start`): refused here, in one line, when this runner does
+        not hand that GPU out, rather than failing once it starts."""
+        launch = self.launch
+        if not launch.gpus:  # no GPU handed out (CPU, Ray): the job sees what this process sees
+            return
+        device = job_device(config, launch)
+        if cuda_index(device) is not None and (gpu := named_gpu(device, launch)) not in launch.gpus:
+            given = ", ".join(launch.gpus)
+            raise JobError(
+                f"device {device!r} names GPU {gpu if gpu is not None else '(none)'}, which this server does not "
+                f"give to jobs (it gives GPUs {given}); choose cuda:0 … cuda:{len(launch.gpus) - 1}, or auto."
+            )
+
     @property
     def launch(self) -> Launch:
         """How this runner starts jobs; stored with each job it queues (whoever starts it, starts it so)."""
@@ -226,7 +254,18 @@ class JobRunner:
         if rec.finished:
             raise JobError(f"run {run_id} already {rec.status}; nothing to cancel.")
         run_dir = Path(rec.run_dir)
-        (run_dir / CANCEL_FILE).write_text(str(time.time()))
+        try:
+            (run_dir / CANCEL_FILE).write_text(str(time.time()))
+            flagged = True
+        except OSError:  # its folder deleted by hand, or a full disk: no flag for its worker to see
+            flagged = False
+            # So the row says cancelled now, before the signal: a worker stopped without a flag records its run
+            # as stopped by a shutdown, not by the user (and a queued run has nothing else to stop).
+            with self.registry.transaction() as con:
+                if not self.registry.get(run_id, con).finished:
+                    self.registry.update(
+                        con, run_id, status="cancelled", ended=time.time(), error="cancelled by the user"
+                    )
         if rec.status == "running" and is_alive(rec):
             self._signal(rec, signal.SIGTERM)
             deadline = time.time() + self.cancel_grace_s
@@ -238,6 +277,9 @@ class JobRunner:
                 while is_alive(rec) and time.time() < deadline + 5:
                     self._reap(rec.pid)
                     time.sleep(0.05)
+        if not flagged and rec.status == "running":  # (its row is cancelled already: stop what it started)
+            kill_leftovers(run_dir)
+            discard_outputs(run_dir)
         with self.registry.transaction() as con:
             now = self.registry.get(run_id, con)
             if not now.finished:

@@ -85,6 +85,46 @@ def read_policy() -> dict[str, str | None]:
     }
 
 
+DEVICE_ENV = "SUBNETVIZ_DEVICE"
+JOB_GPU_ENV = "SUBNETVIZ_JOB_GPU"
+"""Set in a worker's environment to the GPU id it was given (:func:`start`): its only visible GPU, ``cuda:0`` in it."""
+
+
+def cuda_index(device) -> int | None:
+    """N of a device ``cuda:N`` (ASCII digits), else None."""
+    if not isinstance(device, str):
+        return None
+    kind, _, index = device.strip().partition(":")
+    return int(index) if kind == "cuda" and index.isascii() and index.isdigit() else None
+
+
+def job_device(config: dict, launch: Launch) -> str | None:
+    """The device a job asks for: its config's ``device`` unless blank or ``auto``, else the ``SUBNETVIZ_DEVICE``
+    of its read policy (the starter's own for a run queued by an older version, which carried none)."""
+    device = config.get("device")
+    if isinstance(device, str) and device.strip() not in ("", "auto"):
+        return device.strip()
+    env = launch.read_env.get(DEVICE_ENV) if launch.read_env is not None else os.environ.get(DEVICE_ENV)
+    return (env or "").strip() or None
+
+
+def named_gpu(device: str | None, launch: Launch) -> str | None:
+    """The GPU id that ``cuda:N`` names as the submitter's torch counts its GPUs: the Nth of the submitter's
+    ``CUDA_VISIBLE_DEVICES``, or N when it set none; None when ``device`` names no GPU or the submitter sees no Nth."""
+    n = cuda_index(device)
+    if n is None:
+        return None
+    ids = [d.strip() for d in (launch.cuda_visible_devices or "").split(",") if d.strip()]
+    if not ids:  # it set none (or hid them all, and its runner was given GPU ids by hand): N is GPU N
+        return str(n)
+    return ids[n] if n < len(ids) else None
+
+
+def as_seen_with_one_gpu(device):
+    """A device as a job given one GPU sees it: ``cuda:N`` is that GPU, ``cuda:0`` in the job; others unchanged."""
+    return "cuda:0" if cuda_index(device) is not None else device
+
+
 def default_launch(max_concurrent: int = 1, gpus: list[str] | None = None) -> Launch:
     return Launch(
         [sys.executable, "-m", "subnetviz", "job"], max_concurrent, list(gpus or []), os.environ.get(CVD), read_policy()
@@ -303,6 +343,13 @@ def start(registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | No
             env.pop(key, None)
         else:
             env[key] = value
+    # A job given one GPU sees it as cuda:0, whichever it is: a device cuda:N (N, when it named one, picked this
+    # GPU in advance()) would name a GPU it cannot see. The worker rewrites its config's device the same way.
+    env.pop(JOB_GPU_ENV, None)
+    if gpu is not None:
+        env[JOB_GPU_ENV] = gpu
+        if DEVICE_ENV in env:
+            env[DEVICE_ENV] = as_seen_with_one_gpu(env[DEVICE_ENV])
     try:
         with open(run_dir / "log.txt", "ab") as log:
             proc = subprocess.Popen(
@@ -328,33 +375,42 @@ def start(registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | No
     return proc
 
 
+def _settle_or_abandon(registry: Registry, con, rec: RunRecord, *, over: bool) -> None:
+    try:
+        settle(registry, con, rec, over=over)
+    except Exception as exc:  # noqa: BLE001 - one run that cannot be settled never stops the others'
+        abandon(
+            registry, con, rec, f"its status could not be recorded ({type(exc).__name__}: {exc}); stopped", over=over
+        )
+
+
 def advance(registry: Registry, default: Launch, *, finished: str | None = None) -> list[subprocess.Popen]:
     """Settle every running row, then start queued rows (oldest first) while their limit allows.
 
     ``default``: the launch for queued rows that carry none. ``finished``: the id of the caller's
     own run, whose job has returned (its process is still alive, finishing this). Returns the
-    processes started (the caller's children, for it to reap).
+    processes started (the caller's children, for it to reap). A run whose device names a GPU
+    (``cuda:N``) is given that GPU, and waits for it while another run has it.
     """
     started = []
     with registry.transaction() as con:
         for rec in registry.rows(con, status="running"):
-            try:
-                settle(registry, con, rec, over=rec.id == finished)
-            except Exception as exc:  # noqa: BLE001 - one run that cannot be settled never stops the others'
-                abandon(
-                    registry,
-                    con,
-                    rec,
-                    f"its status could not be recorded ({type(exc).__name__}: {exc}); stopped",
-                    over=rec.id == finished,
-                )
+            _settle_or_abandon(registry, con, rec, over=rec.id == finished)
         busy = [r.gpu for r in registry.rows(con, status="running")]
         for rec in registry.rows(con, status="queued"):
             launch = Launch.of(rec, default)
             if len(busy) >= launch.max_concurrent:
                 break  # first in, first out: a later run never overtakes the head of the queue
             free = [g for g in launch.gpus if g not in busy]
-            gpu = free[0] if free else None
+            device = job_device(rec.config, launch)
+            if not launch.gpus or cuda_index(device) is None:
+                gpu = free[0] if free else None
+            elif (named := named_gpu(device, launch)) in launch.gpus:
+                if named not in free:
+                    break  # it waits for its GPU (and, first in first out, so do the runs behind it)
+                gpu = named
+            else:  # a GPU its runner does not hand out (refused at submit): it sees what its submitter saw
+                gpu = None
             proc = start(registry, con, rec, launch, gpu)
             if proc is not None:
                 started.append(proc)
@@ -397,10 +453,18 @@ def wait_claimed(registry: Registry, run_id: str, timeout: float = 30.0) -> bool
         time.sleep(0.02)
 
 
-def finish(registry: Registry, run_id: str) -> list[subprocess.Popen]:
+def finish(registry: Registry, run_id: str, *, start_next: bool = True) -> list[subprocess.Popen]:
     """The worker's last act: record its own final status (from ``status.json``) and advance the queue.
 
-    Queued runs that carry no launch are started the way this run was.
+    Queued runs that carry no launch are started the way this run was. Not ``start_next`` (the worker was
+    stopped by a signal that was no user's cancel: the server or machine is shutting down): only its own row is
+    settled, and the queued runs stay queued for the next runner's poll, after the restart.
     """
+    if not start_next:
+        with registry.transaction() as con:
+            own = registry.get(run_id, con)
+            if own.status == "running":
+                _settle_or_abandon(registry, con, own, over=True)
+        return []
     own = registry.get(run_id)
     return advance(registry, Launch.of(own, default_launch()), finished=run_id)

@@ -18,7 +18,7 @@ from subnetviz.errors import SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext, read_json, write_json
 from subnetviz.jobs.kinds import job_function, validate_job_config
 from subnetviz.jobs.registry import Registry
-from subnetviz.jobs.scheduler import finish, registry_of, wait_claimed
+from subnetviz.jobs.scheduler import JOB_GPU_ENV, as_seen_with_one_gpu, finish, registry_of, wait_claimed
 from subnetviz.version import version_info
 
 
@@ -84,28 +84,37 @@ def main_job(run_dir: str) -> int:
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = _run_job_in(run_dir_p, ctx)
+        code = _run_job_in(run_dir_p, ctx, queued=registry is not None)
         working = False
         if registry is not None:
-            _advance_queue(registry, run_dir_p.name, ctx)
+            # Stopped by a signal with no cancel flag: no user's cancel (that writes the flag first) but the
+            # server or machine stopping, which signals every process it has: the next job is not started, to be
+            # killed in turn at the end of the stop; the queue stays as it is for the runner after the restart.
+            shutdown = code > 128 and not ctx.should_stop()
+            _advance_queue(registry, run_dir_p.name, ctx, start_next=not shutdown)
         return code
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _advance_queue(registry: Registry, run_id: str, ctx: JobContext) -> None:
+def _advance_queue(registry: Registry, run_id: str, ctx: JobContext, *, start_next: bool = True) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()  # the next job may get this GPU while this process is still exiting
     try:
-        finish(registry, run_id)
+        finish(registry, run_id, start_next=start_next)
     except Exception as exc:  # noqa: BLE001 - the status is in status.json: a poll settles it
         ctx.log(f"job {run_id}: could not record the end in the registry or start the next job: {exc!r}")
 
 
-def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
+def _run_job_in(run_dir_p: Path, ctx: JobContext, *, queued: bool = False) -> int:
+    """Run the job; its final status in ``status.json``. ``queued``: a runner's job, which a user cancels with
+    the cancel flag, so a signal without one stopped it for another reason (a shutdown): failed, not cancelled."""
     try:
         config = json.loads((run_dir_p / "config.json").read_text())
+        if os.environ.get(JOB_GPU_ENV) and isinstance(config, dict) and "device" in config:
+            # given one GPU (the one its cuda:N named): it is cuda:0 here (scheduler.start)
+            config["device"] = as_seen_with_one_gpu(config["device"])
         fn = job_function(config)
         ctx.log(f"job {run_dir_p.name}: kind {config.get('kind')!r}, pid {os.getpid()}")
         fn(config, ctx)
@@ -119,7 +128,15 @@ def _run_job_in(run_dir_p: Path, ctx: JobContext) -> int:
         shutil.rmtree(ctx.out_dir, ignore_errors=True)
         if interrupted:
             signum = signal_of(exc)
-            _finish(ctx, "cancelled", f"interrupted ({_signal_name(signum)}) before it finished")
+            if queued:  # not the user's (a cancel writes the flag first): the page must not say they asked for it
+                _finish(
+                    ctx,
+                    "failed",
+                    f"interrupted ({_signal_name(signum)}) before it finished: the server or machine stopped it, not "
+                    "a user's cancel; launch it again",
+                )
+            else:  # train --run-dir in the foreground: Ctrl-C or kill is its user's own way to stop it
+                _finish(ctx, "cancelled", f"interrupted ({_signal_name(signum)}) before it finished")
             return 128 + signum
         msg = str(exc) if isinstance(exc, SubnetvizError) else f"{type(exc).__name__}: {exc}"
         _finish(ctx, "cancelled" if cancelled else "failed", "cancelled by the user" if cancelled else msg)
