@@ -200,8 +200,11 @@ def test_sparsity_export_from_another_tab_holds_the_heatmaps_and_names_eta(brows
     try:
         wait_for_charts(page)
         html = _export(page, tmp_path)
-        assert "Overall update sparsity per model (relative)" in html  # the closed first tab ...
-        assert "dpo: sparsity (relative)" in html and "sft: sparsity (relative)" in html  # ... and its heatmaps
+        titles = html.replace("\\u03b7", "η")  # (a chart's JSON escapes its non-ASCII letters)
+        assert "Overall update sparsity per model (relative η = 0.05)" in titles  # the closed first tab ...
+        assert (
+            "dpo: sparsity (relative η = 0.05)" in titles and "sft: sparsity (relative η = 0.05)" in titles
+        )  # ... heatmaps
         assert "Update sparsity against tolerance" in html  # the open tab
         assert "<th>relative η</th><td>0.05</td>" in html and "<th>precision</th><td>stored dtype</td>" in html
     finally:
