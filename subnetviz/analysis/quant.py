@@ -14,8 +14,9 @@ does not take:
   each expert's rows of them (:func:`~subnetviz.checkpoints.experts_layout.read_packed_scales`); fbgemm's FP8
   Llama 4 experts, packed (E, ·, N) with a scale per expert and output feature (``check_scale``'s ``expert``):
   the comparison dequantises both sides (w = code × scale[i // bs, j // bs], in float32) and runs the
-  float pass on it, in row bands of whole scale blocks, so memory stays a few bands, not two
-  float32 copies of the tensor (:func:`compare_quantized`): ``changed``, the mask, the tolerance sweep
+  float pass on it, in row bands of whole scale blocks (packed experts: rows of their (E·H, N) view,
+  :func:`compare_stack`), so memory stays a few bands, not two float32 copies of the tensor
+  (:func:`compare_quantized`): ``changed``, the mask, the tolerance sweep
   and the row/column counts are those of the weights the model computes with (a changed block scale
   changes its block's nonzero weights, codes equal or not), so every number of a page agrees with the
   mask; ``changed_codes`` counts the stored codes that differ and the ULP histogram their code steps.
@@ -404,9 +405,11 @@ def compare_quantized(
     zeros: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     table: np.ndarray | None = None,
 ) -> QuantStats:
-    """Codes ``a``/``b`` (FP8 or int8, shape (m, n) or 1-D) with scales ``sa``/``sb`` (and zero points ``zeros``,
-    laid out as the scales): codes compared exactly, then both sides dequantised band by band (whole row blocks,
-    ~1M entries: cache-sized) and compared by the float pass, whose results are merged across bands.
+    """Codes ``a``/``b`` (FP8 or int8, shape (m, n), 1-D or packed experts (E, ·, N)) with scales ``sa``/``sb``
+    (and zero points ``zeros``, laid out as the scales): codes compared exactly, then both sides dequantised band by
+    band (whole row blocks, ~1M entries: cache-sized; a tensor that is not 2-D, rows of its 2-D view:
+    :func:`compare_stack`, its memory asked for first) and compared by the float pass, whose results are merged
+    across bands.
 
     FP8 with block scales on CPU takes :func:`~subnetviz.analysis.quant_codes.compare_blocks`: one pass
     over the codes, dequantising only the changed entries and the blocks whose scale changed.
@@ -430,7 +433,30 @@ def compare_quantized(
         return QuantStats(stats, changed)
     if changed is None:
         changed, above = _code_counts(a, b)
-    if a.dim() != 2:  # one scale, or packed experts' per-feature ones (how_a / how_b: tensor or expert)
+    if a.dim() not in (0, 2) and a.numel():  # one scale, or packed experts' per-feature ones (tensor or expert)
+        # in bands of rows of its 2-D view (packed experts: a few of each expert's rows at a time), the memory asked
+        # for first: dequantised whole, both sides in float32 and the pass' buffers held ~16 bytes an entry, unchecked
+        # (Llama-4-Maverick's 128 packed experts of 5120 × 16384: ~170 GB)
+        from subnetviz.config import require_memory
+
+        shape = tuple(a.shape)
+        step = band_rows(_flat_view(shape), 1, a.device)
+        kept, band = _forms_memory(shape, step, options, packed=False)
+        cpu = a.device.type == "cpu"
+        dev = str(a.device)
+        require_memory(f"{name} dequantised (float32)", kept + (band if cpu else 0), dev, 0 if cpu else band)
+        va, vb = a.reshape(_flat_view(shape)), b.reshape(_flat_view(shape))
+        eff = compare_stack(
+            shape,
+            step,
+            lambda r0, r1: (
+                _stack_rows(va, shape, sa, how_a, r0, r1, divisor, za, table),
+                _stack_rows(vb, shape, sb, how_b, r0, r1, divisor, zb, table),
+            ),
+            options,
+            name,
+        )
+    elif a.dim() != 2:  # (a scalar, or empty: whole)
         ea = dequantize(a, sa, how_a, block, 0, divisor, za, table)
         eb = dequantize(b, sb, how_b, block, 0, divisor, zb, table)
         eff = compare_pair(ea, eb, options, name=name)
@@ -500,6 +526,91 @@ def compare_bands(
         parts.append(replace(st, mask=None, mask_bits=None, row_counts=None, col_counts=None))
     merged = merge_bands(parts, replace(options, keep_masks=False, row_col=False), shape)
     return replace(merged, mask=mask, mask_bits=bits, row_counts=row_counts, col_counts=col_counts)
+
+
+def _flat_view(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, columns) of the 2-D view in which a tensor of ``shape`` that is not 2-D is compared in row bands
+    (:func:`compare_stack`): its last axis as the columns (packed experts (E, H, N): (E·H, N), a few rows of one
+    expert, or a few experts, a band); a 1-D tensor as one column."""
+    if len(shape) <= 1:
+        return math.prod(shape), 1
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def _stack_rows(view, shape, scale, how: str, r0: int, r1: int, divisor=1.0, zero=None, table=None) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``view`` (the codes of a tensor of ``shape`` that is not 2-D, as :func:`_flat_view` lays
+    them out) dequantised as :func:`~subnetviz.analysis.quant_codes.dequantize` forms the whole, entry by entry
+    (``how``: one scale, or packed experts' scale per expert and output feature, ``expert``: row i of the view is
+    expert i // H's, so that is a block of H rows × 1 column of the scales read as (E, N))."""
+    part = view[r0:r1]
+    if how == "expert":
+        e, per, n = shape
+        z = None if zero is None else zero.reshape(e, n)
+        return dequantize(part, scale.reshape(e, n), "block", (per, 1), r0, divisor, z, table)
+    if how != "tensor":
+        raise ValueError(f"a tensor of shape {shape} with {how!r} scales is not read in bands")
+    return dequantize(part, scale, how, (1, 1), r0, divisor, zero, table)
+
+
+def compare_stack(
+    shape: tuple[int, ...], step: int, pair_of, options: SparsityOptions, name: str, *, packed: bool = False
+) -> PairStats:
+    """:func:`~subnetviz.analysis.sparsity.compare_pair` of a pair of ``shape`` that is not 2-D (packed experts, a
+    1-D tensor), ``step`` rows of its 2-D view (:func:`_flat_view`) at a time: ``pair_of(r0, r1)`` gives those rows
+    of both sides as compared. Each band is compared as one row of its entries, whose column counts are then its
+    exact mask: the row / column counts are formed from them as :func:`compare_pair` forms them of the whole tensor
+    viewed (shape[0], rest) (an expert's changed entries, and each (h, n) entry's over the experts), a 1-D tensor's
+    as its own (its mask as row counts, the changed entries as its one column count). The mask (bool, or bit-packed
+    where ``packed``: ``step`` × columns must then be a multiple of 8) is allocated once and filled band by band;
+    the statistics are merged (:func:`merge_bands`). Memory: one band and these outputs."""
+    rows, cols = _flat_view(shape)
+    numel = rows * cols
+    if packed and rows > step and step * cols % 8:
+        raise ValueError(f"{name}: bands of {step} × {cols} entries do not start on a byte of the packed mask.")
+    keep, row_col, one_d = options.keep_masks, options.row_col, len(shape) == 1
+    mask = torch.empty(numel, dtype=torch.bool) if keep and not packed else None
+    bits = np.empty((numel + 7) // 8, np.uint8) if keep and packed else None
+    per = 1 if one_d else math.prod(shape[1:])  # entries of one row of the (shape[0], rest) view
+    row_counts = np.zeros(numel if one_d else shape[0], np.int64) if row_col else None
+    col_counts = np.zeros(1 if one_d else per, np.int64) if row_col else None
+    parts = []
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        i0, i1 = r0 * cols, r1 * cols
+        ea, eb = pair_of(r0, r1)
+        st = compare_pair(ea.reshape(1, -1), eb.reshape(1, -1), options, name=name, packed=packed)
+        del ea, eb
+        if mask is not None:
+            mask[i0:i1] = st.mask.reshape(-1)
+        if bits is not None:
+            bits[i0 // 8 : i0 // 8 + st.mask_bits.size] = st.mask_bits
+        if row_col and one_d:
+            row_counts[i0:i1] = st.col_counts
+            col_counts[0] += st.changed
+        elif row_col:
+            _add_stack_counts(st.col_counts, i0, per, row_counts, col_counts)
+        parts.append(replace(st, mask=None, mask_bits=None, row_counts=None, col_counts=None))
+    merged = merge_bands(parts, replace(options, keep_masks=False, row_col=False), shape)
+    mask = mask.reshape(shape) if mask is not None else None
+    return replace(merged, mask=mask, mask_bits=bits, row_counts=row_counts, col_counts=col_counts)
+
+
+def _add_stack_counts(ne: np.ndarray, i0: int, per: int, row_counts: np.ndarray, col_counts: np.ndarray) -> None:
+    """Add the exact mask ``ne`` (0 / 1) of the entries ``i0:i0 + ne.size`` of a tensor viewed (rows, ``per``) to its
+    row counts (each row's changed entries) and column counts (each column's, over the rows): the band's part of
+    its first row, its whole rows, and the start of its last."""
+    i1 = i0 + ne.size
+    first = i0 // per
+    starts = np.maximum(np.arange(first, (i1 - 1) // per + 1) * per, i0) - i0
+    row_counts[first : first + starts.size] += np.add.reduceat(ne, starts)
+    head = min(i1, (first + 1) * per) - i0  # the rest of the first row
+    col_counts[i0 - first * per : i0 - first * per + head] += ne[:head]
+    full = (ne.size - head) // per
+    if full:
+        col_counts += ne[head : head + full * per].reshape(full, per).sum(0)
+    tail = head + full * per
+    if tail < ne.size:
+        col_counts[: ne.size - tail] += ne[tail:]
 
 
 def _ranked(codes: torch.Tensor, rank: np.ndarray) -> torch.Tensor:
@@ -782,10 +893,12 @@ class _Side:
 
     def __init__(self, x: torch.Tensor, form: TensorForm, ck, dev, name: str):
         self.x, self.form, self.ck, self.name = x, form, ck, name
-        self.scale = self.zero = None
+        self.scale = self.zero = self.how = None
         if form.kind in ("fp8", "int8"):
             self.scale, self.zero = scale_values(ck, form.scale, dev), zero_values(ck, form, dev)
-            _scale_fits(ck, name, x, form, self.scale)
+            self.how = _scale_fits(ck, name, x, form, self.scale)
+        # a tensor that is not 2-D as its 2-D view (compare_stack's bands; a view of the stored tensor)
+        self.view = x.reshape(_flat_view(tuple(x.shape))) if x.dim() != 2 else None
 
     @property
     def quantized(self) -> bool:
@@ -795,18 +908,30 @@ class _Side:
         """Rows ``r0:r1`` as weights (:func:`weight_rows`)."""
         return weight_rows(self.ck, self.name, self.form, self.x, r0, r1, scale=self.scale, zero=self.zero)
 
+    def stack_rows(self, r0: int, r1: int) -> torch.Tensor:
+        """Rows ``r0:r1`` of a tensor that is not 2-D, in its 2-D view (:func:`_flat_view`), as weights."""
+        if not self.quantized:
+            return self.view[r0:r1]
+        f = self.form
+        return _stack_rows(
+            self.view, tuple(self.x.shape), self.scale, self.how, r0, r1, f.divisor, self.zero, form_table(f)
+        )
+
 
 def _forms_memory(shape: tuple[int, ...], step: int, options: SparsityOptions, packed: bool) -> tuple[int, int]:
-    """(kept, band) bytes the mixed-forms pass of a tensor of ``shape`` holds at its peak, compared ``step`` rows at
-    a time (a tensor that is not 2-D: whole): its outputs (the mask, bit-packed where ``packed``; the row and column
-    counts) and one band (:data:`_FORMS_BAND_BYTES` an entry)."""
+    """(kept, band) bytes the banded pass of a tensor of ``shape`` (in different forms, or quantized and not 2-D)
+    holds at its peak, compared ``step`` rows at a time (of its 2-D view where it is not 2-D: :func:`_flat_view`; 0:
+    whole): its outputs (the mask, bit-packed where ``packed``; the row and column counts, a 1-D tensor's row counts
+    8 bytes an entry) and one band (:data:`_FORMS_BAND_BYTES` an entry: a band not 2-D is compared as one row, whose
+    column counts, its exact mask, are 8 bytes an entry of it)."""
     numel = math.prod(shape)
-    two_d = len(shape) == 2
-    cols = shape[1] if two_d else 0
-    band = min(numel, step * cols) if two_d else numel
+    cols = shape[1] if len(shape) == 2 else _flat_view(shape)[1]
+    band = min(numel, step * cols) if step else numel
     kept = ((numel + 7) // 8 if packed else numel) if options.keep_masks else 0
     if options.row_col and len(shape) >= 2:
         kept += 8 * (shape[0] + 2 * math.prod(shape[1:]))  # (a band's column counts beside the running sum)
+    elif options.row_col:
+        kept += 8 * (numel + 1)
     return kept, _FORMS_BAND_BYTES * band
 
 
@@ -827,8 +952,13 @@ def _compare_forms(a, b, fa: TensorForm, fb: TensorForm, ck_base, ck, options: S
 
     shape = tuple(a.shape)
     two_d = a.dim() == 2 and a.numel() > 0
-    unit = math.lcm(row_block(ck_base, fa), row_block(ck, fb), 8 // math.gcd(shape[1], 8) if two_d else 1)
-    step = band_rows(shape, unit, a.device) if two_d else 0
+    stack = a.dim() not in (0, 2) and a.numel() > 0  # (in bands of its 2-D view: compare_stack)
+    if two_d:
+        unit = math.lcm(row_block(ck_base, fa), row_block(ck, fb), 8 // math.gcd(shape[1], 8))
+        step = band_rows(shape, unit, a.device)
+    else:
+        cols = _flat_view(shape)[1]
+        step = band_rows(_flat_view(shape), 8 // math.gcd(cols, 8), a.device) if stack else 0
     kept, band = _forms_memory(shape, step, options, packed)
     cpu = str(dev) == "cpu"
     require_memory(f"{name} dequantised (float32)", kept + (band if cpu else 0), str(dev), 0 if cpu else band)
@@ -839,9 +969,16 @@ def _compare_forms(a, b, fa: TensorForm, fb: TensorForm, ck_base, ck, options: S
         ea, eb = side_a.rows(r0, r1), side_b.rows(r0, r1)
         return (ea.to(target), eb.to(target)) if options.precision is None else (ea, eb)
 
-    def delta() -> torch.Tensor:  # the float64 Δ for spectra, a band at a time
-        return _delta(shape, step, pair_of, options.precision, a.device)
+    def delta() -> torch.Tensor:  # the float64 Δ for spectra, a band at a time (a tensor that is not 2-D: whole)
+        return _delta(shape, step if two_d else 0, pair_of, options.precision, a.device)
 
+    if stack:  # (the rounding-only count is a matrix's: none here, as when it was compared whole)
+
+        def stack_pair(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
+            ea, eb = side_a.stack_rows(r0, r1), side_b.stack_rows(r0, r1)
+            return (ea.to(target), eb.to(target)) if options.precision is None else (ea, eb)
+
+        return compare_stack(shape, step, stack_pair, options, name, packed=packed), 0, delta
     if not two_d:
         ea, eb = pair_of(0, None)
         return compare_pair(ea, eb, options, name=name, packed=packed), 0, delta
