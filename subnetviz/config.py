@@ -590,17 +590,23 @@ def cache_limit_bytes() -> float:
     """``SUBNETVIZ_CACHE_GB`` (default :data:`CACHE_LIMIT_GB`; ``inf``: no limit): the size of the analyses kept
     in the cache (:func:`subnetviz.cache.enforce_limit`). Each distinct URL of a shared server may publish one
     (another order of the finetunes, another precision or tolerance), hundreds of MB for a large model."""
+    return _gigabytes("SUBNETVIZ_CACHE_GB", CACHE_LIMIT_GB)
+
+
+def _gigabytes(name: str, default: float) -> float:
+    """Bytes of the environment variable ``name``, a number of gigabytes > 0 or ``inf`` (``default`` when unset
+    or blank); anything else is refused in one line naming it."""
     from subnetviz.errors import ConfigError
 
-    raw = (os.environ.get("SUBNETVIZ_CACHE_GB") or "").strip()
+    raw = (os.environ.get(name) or "").strip()
     if not raw:
-        return CACHE_LIMIT_GB * 2**30
+        return default * 2**30
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
     if not value > 0:  # also NaN
-        raise ConfigError(f"SUBNETVIZ_CACHE_GB={raw!r}: expected a number of gigabytes > 0 (or 'inf'), e.g. 20.")
+        raise ConfigError(f"{name}={raw!r}: expected a number of gigabytes > 0 (or 'inf'), e.g. {default:g}.")
     return value * 2**30
 
 
@@ -612,18 +618,7 @@ def uploads_limit_bytes() -> float:
     """``SUBNETVIZ_UPLOADS_GB`` (default :data:`UPLOADS_LIMIT_GB`; ``inf``: no limit): the size the masks stored in
     the uploads folder may take together. Past it an upload is refused in one line, and nothing stored is removed
     (a saved mask may be the one a visitor's link or a queued run names); the server's operator frees room."""
-    from subnetviz.errors import ConfigError
-
-    raw = (os.environ.get("SUBNETVIZ_UPLOADS_GB") or "").strip()
-    if not raw:
-        return UPLOADS_LIMIT_GB * 2**30
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not value > 0:  # also NaN
-        raise ConfigError(f"SUBNETVIZ_UPLOADS_GB={raw!r}: expected a number of gigabytes > 0 (or 'inf'), e.g. 2.")
-    return value * 2**30
+    return _gigabytes("SUBNETVIZ_UPLOADS_GB", UPLOADS_LIMIT_GB)
 
 
 MAX_QUEUED = 16
