@@ -222,18 +222,14 @@ def test_float_pair_delta_in_bands_is_the_numpy_reference(case, tmp_path, monkey
 
 _MEASURE = textwrap.dedent(
     """
-    import json, sys, threading, time
+    import json, sys
     import torch
     torch.set_num_threads(1)
+    from tests.memory_probe import checks_asked, peak_during
     from subnetviz.analysis import quant
     from subnetviz.analysis.sparsity import SparsityOptions
     from subnetviz.analysis.update_pass import spectrum_bytes
     from subnetviz.checkpoints import open_checkpoint
-
-    def anon():
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
 
     class At:
         names = (sys.argv[3], sys.argv[3])
@@ -249,19 +245,8 @@ _MEASURE = textwrap.dedent(
     small, _ = compare(*sys.argv[4:6])
     small()  # imports and lazy setup, on a small pair
     delta, shape = compare(*sys.argv[1:3])
-    peak, stop = [0], []
-    def watch():
-        while not stop:
-            peak[0] = max(peak[0], anon())
-            time.sleep(0.001)
-    start = anon()
-    peak[0] = start
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    d = delta()
-    stop.append(1)
-    watcher.join()
-    print(json.dumps({"start": start, "peak": peak[0], "checked": spectrum_bytes(shape, False),
+    d, start, peak = peak_during(delta)
+    print(json.dumps({"start": start, "peak": peak, "checked": spectrum_bytes(shape, False),
                       "nonzero": int(torch.count_nonzero(d))}))
     """
 )

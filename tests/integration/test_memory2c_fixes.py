@@ -283,24 +283,16 @@ def test_short_of_the_bands_memory_is_one_line_before_comparing(tmp_path, monkey
 
 _MEASURE = textwrap.dedent(
     """
-    import json, sys, threading, time
+    import json, sys
     import torch
     torch.set_num_threads(1)
-    from subnetviz import config
+    from tests.memory_probe import checks_asked, peak_during
     from subnetviz.analysis import quant
     from subnetviz.analysis.sparsity import SparsityOptions
     from subnetviz.checkpoints import open_checkpoint
 
-    def anon():
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-
-    asked, real = [0], config.require_memory
-    def record(what, host_bytes, device="cpu", device_bytes=0):
-        asked.append(host_bytes)
-        return real(what, host_bytes, device, device_bytes)
-    config.require_memory = record
+    asked = checks_asked()
+    asked.append(0)  # (read when no check asked at all)
     W = sys.argv[3]
 
     class At:
@@ -315,19 +307,8 @@ _MEASURE = textwrap.dedent(
 
     compare(*sys.argv[4:6])()  # imports and compiled kernels, on a small pair
     run = compare(*sys.argv[1:3])
-    peak, stop = [0], []
-    def watch():
-        while not stop:
-            peak[0] = max(peak[0], anon())
-            time.sleep(0.001)
-    start = anon()
-    peak[0] = start
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    st, _, _ = run()
-    stop.append(1)
-    watcher.join()
-    print(json.dumps({"start": start, "peak": peak[0], "asked": asked[-1], "changed": st.changed}))
+    (st, _, _), start, peak = peak_during(run)
+    print(json.dumps({"start": start, "peak": peak, "asked": asked[-1], "changed": st.changed}))
     """
 )
 

@@ -154,42 +154,23 @@ def wide_pair(tmp_path_factory, tiny_pair) -> tuple[Path, Path]:
 
 _MEASURE = textwrap.dedent(
     """
-    import json, sys, threading, time
+    import json, sys
     import torch
     torch.set_num_threads(1)
-    from subnetviz import config
+    from tests.memory_probe import checks_asked, peak_during
     from subnetviz.analysis.behavior import behavior
     from subnetviz.analysis.behavior_data import Prompt
     from subnetviz.analysis.revert import mask_source
 
-    def anon():
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-
-    counted, real = [], config.require_memory
-    def record(what, host_bytes, device="cpu", device_bytes=0):
-        counted.append(host_bytes)
-        return real(what, host_bytes, device, device_bytes)
-    config.require_memory = record
+    counted = checks_asked()
     tiny, wide = sys.argv[1:3], sys.argv[3:5]
     prompts = [Prompt("12+30=", "42"), Prompt("7+8=", "15"), Prompt("40+2=")]
     def run(pair):
         return behavior(pair[0], [pair[1]], prompts, masks={"update": mask_source("update")}, random_control=True,
                         curve=(0.25, 0.5, 1.0), device="cpu")
     run(tiny)  # the libraries imported and compiled: what is measured next is the computation's own
-    peak, stop = [0], []
-    def watch():
-        while not stop:
-            peak[0] = max(peak[0], anon())
-            time.sleep(0.001)
-    start = anon()
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    run(wide)
-    stop.append(1)
-    watcher.join()
-    print(json.dumps({"start": start, "peak": peak[0], "counted": counted[-1]}))
+    _, start, peak = peak_during(lambda: run(wide))
+    print(json.dumps({"start": start, "peak": peak, "counted": counted[-1]}))
     """
 )
 
