@@ -615,8 +615,9 @@ UPLOADS_LIMIT_GB = 2.0
 
 
 def uploads_limit_bytes() -> float:
-    """``SUBNETVIZ_UPLOADS_GB`` (default :data:`UPLOADS_LIMIT_GB`; ``inf``: no limit): the size the masks stored in
-    the uploads folder may take together. Past it an upload is refused in one line, and nothing stored is removed
+    """``SUBNETVIZ_UPLOADS_GB`` (default :data:`UPLOADS_LIMIT_GB`; ``inf``: no limit): the size the uploaded masks
+    stored in the uploads folder may take together (kept update-mask copies and imported pickles there are not
+    counted). Past it an upload is refused in one line, and nothing stored is removed
     (a saved mask may be the one a visitor's link or a queued run names); the server's operator frees room."""
     return _gigabytes("SUBNETVIZ_UPLOADS_GB", UPLOADS_LIMIT_GB)
 

@@ -6,6 +6,7 @@ choice resolution under the allowed roots, uploaded masks, and the saved masks t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -13,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -248,7 +250,43 @@ def kept_mask(path: str | os.PathLike, name: str) -> str:
 UPLOAD_SUFFIXES = (".safetensors", ".pt", ".pth", ".npz", ".pickle", ".pkl")
 
 
-def save_upload(name: str, data: bytes | BinaryIO) -> Path:
+Wait = Callable[[float | None], None]
+"""A hook told, with the seconds waited so far, that storing an upload waits for another computation on this server
+(:func:`memory_turn`): at once and then about every second, and with None once it goes on. A page shows it; a page's
+hook may raise to stop the wait (Streamlit stops a script that is left or rerun at its next message)."""
+
+WAIT_TICK_S = 1.0
+"""Seconds between two calls of a :data:`Wait` hook."""
+
+
+@contextlib.contextmanager
+def memory_turn(wait: Wait | None = None) -> Iterator[None]:
+    """:data:`~subnetviz.config.MEMORY_LOCK` held for the block: the memory check of what is stored, then what it
+    holds, never beside another such check or a computation that holds whole models (two checks at once each passed
+    against the same free memory). Taken at once when free; else ``wait`` is told until it is (an upload waited,
+    minutes and without a word, behind another visitor's Behaviour run). Without ``wait`` (the CLI: one process)
+    it simply waits."""
+    lock = config.MEMORY_LOCK
+    if not lock.acquire(blocking=False):
+        if wait is None:
+            lock.acquire()
+        else:
+            start = time.monotonic()
+            wait(0.0)
+            while not lock.acquire(timeout=WAIT_TICK_S):
+                wait(time.monotonic() - start)
+            try:
+                wait(None)
+            except BaseException:
+                lock.release()
+                raise
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def save_upload(name: str, data: bytes | BinaryIO, *, wait: Wait | None = None) -> Path:
     """Store an uploaded mask: safetensors as is (validated by reading it), a ``torch.save`` file read with
     ``weights_only``, a NumPy ``.npz`` (no pickles), a released bigram pickle converted through the restricted unpickler
     (:func:`subnetviz.masks.import_mask`). Returns the stored safetensors path.
@@ -260,9 +298,10 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
     SHA-256 (:data:`UPLOAD_DIGEST_KEY`).
 
     The masks are read, checked and stored bit-packed (a bit per entry: as bool tensors a bit-packed upload held 8
-    bytes per byte of it, and counting them 64), under :data:`~subnetviz.config.MEMORY_LOCK`: each upload's memory
-    check sees what the one before it holds. The stored uploads may take :func:`~subnetviz.config.uploads_limit_bytes`
-    together; past it an upload is refused (nothing stored is removed).
+    bytes per byte of it, and counting them 64), under :data:`~subnetviz.config.MEMORY_LOCK` (:func:`memory_turn`,
+    which tells ``wait`` while another computation holds it): each upload's memory check sees what the one before it
+    holds. The stored uploads may take :func:`~subnetviz.config.uploads_limit_bytes` together; past it an upload is
+    refused (nothing stored is removed).
     """
     from subnetviz.errors import ConfigError, MaskError
 
@@ -288,7 +327,7 @@ def save_upload(name: str, data: bytes | BinaryIO) -> Path:
                     )
                 digest.update(chunk)
                 out.write(chunk)
-        with config.MEMORY_LOCK:  # its memory check, then what it holds, one upload (or computation) at a time
+        with memory_turn(wait):  # its memory check, then what it holds, one upload (or computation) at a time
             return _store_upload(name, src, digest.hexdigest())
     except MaskError as exc:  # the readers name the file they read, here a temporary one: name the upload
         text = str(exc)
@@ -318,16 +357,29 @@ def _store_upload(name: str, src: Path, full: str) -> Path:
 
 
 def uploads_bytes() -> int:
-    """Bytes the masks stored in the uploads folder take (its files; not the temporaries of uploads under way)."""
+    """Bytes the uploaded masks stored in the uploads folder take: the files whose provenance records an upload
+    (:data:`UPLOAD_DIGEST_KEY`). The folder also keeps copies of update masks that training runs were launched with
+    (:func:`kept_mask`) and imported released pickles (:func:`import_released`): those are not uploads, and counted
+    they refused every upload once two training launches had kept an 8B model's update masks. Not the temporaries
+    of uploads under way either."""
     total = 0
     with os.scandir(uploads_dir()) as it:
         for e in it:
             try:
                 if not e.name.startswith(".") and e.is_file(follow_symlinks=False):
-                    total += e.stat(follow_symlinks=False).st_size
+                    st = e.stat(follow_symlinks=False)
+                    if _is_upload(e.path, (st.st_ino, st.st_size, st.st_mtime_ns)):
+                        total += st.st_size
             except OSError:  # (removed meanwhile)
                 pass
     return total
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_upload(path: str, stamp: tuple) -> bool:
+    """Whether the stored mask ``path`` was stored from an upload, as its provenance (safetensors header only) says;
+    ``stamp`` (inode, size, mtime) reads a rewritten file again, so an upload check reads no header twice."""
+    return UPLOAD_DIGEST_KEY in _provenance(path)
 
 
 def _check_uploads_room(name: str, adding: int) -> None:
@@ -346,10 +398,11 @@ def _check_uploads_room(name: str, adding: int) -> None:
         )
 
 
-def import_released(path: str, model: str) -> Path:
+def import_released(path: str, model: str, *, wait: Wait | None = None) -> Path:
     """A released bigram-subnetwork pickle at ``path`` (on the server, inside the roots) converted for the
     checkpoint ``model`` and stored among the uploads (:func:`stored_mask_path`: a second pickle of the same
     name, from another folder or for another model, is kept beside the first, never over it); the stored path.
+    Converted under :func:`memory_turn`, which tells ``wait`` while another computation holds the memory lock.
     """
     from subnetviz.bigram.maskable import save_released_mask
     from subnetviz.errors import MaskError
@@ -362,7 +415,7 @@ def import_released(path: str, model: str) -> Path:
     target = stored_mask_path(src.name, digest)
     if target.exists():
         return target
-    with config.MEMORY_LOCK:  # its memory checks, then what it holds, one at a time (as uploads are)
+    with memory_turn(wait):  # its memory checks, then what it holds, one at a time (as uploads are)
         return save_released_mask(src, model, target)
 
 
@@ -414,6 +467,11 @@ def _task_mask_label(info: dict, run: str) -> str | None:
 def mask_info(path: str, stamp: str) -> dict:
     """A mask file's provenance (its safetensors header only; no tensor is read); ``stamp``:
     :func:`~subnetviz.cache.file_stamp` of ``path``, so a rewritten file is read again."""
+    return _provenance(path)
+
+
+def _provenance(path: str) -> dict:
+    """A mask file's provenance read from its safetensors header; {} where it cannot be read."""
     from safetensors import SafetensorError, safe_open
 
     from subnetviz.config import parse_json

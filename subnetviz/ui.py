@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,34 @@ def said_here():
         yield
     except SubnetvizError as exc:
         error(exc)
+
+
+@contextlib.contextmanager
+def memory_wait(doing: str) -> Iterator[selection.Wait]:
+    """A ``wait`` hook for :func:`selection.save_upload` and :func:`selection.import_released` (``doing``: "storing
+    the upload"): while another computation on this server holds the memory lock (:func:`selection.memory_turn`), a
+    spinner says what waits and for how long, gone once it goes on. Every second the hook sends the page a message,
+    where Streamlit stops the script of a visitor who left or did something else: the wait ends with it. (An upload
+    waited minutes, without a word, behind another visitor's Behaviour run.)"""
+    with contextlib.ExitStack() as shown:
+        slot: list = []
+
+        def tick(waited: float | None) -> None:
+            if waited is None:  # its turn: the spinner goes
+                shown.close()
+                return
+            if not slot:
+                shown.enter_context(
+                    st.spinner(
+                        f"Waiting for another computation on this server to finish before {doing} (one at a time: "
+                        "each checks the memory it will hold)…",
+                        show_time=True,
+                    )
+                )
+                slot.append(st.empty())
+            slot[0].empty()  # a message to the page: a stop or rerun asked meanwhile is taken here
+
+        yield tick
 
 
 def run_page(body: Callable[[], None], *, fresh: bool = True) -> None:
@@ -761,7 +789,7 @@ def _models_lock() -> threading.RLock:
     the memory available before it allocates (``config.require_memory``, ``config.memory_shortfall``); two
     sessions checking at once could each pass, then together exceed it and take the server down. Reentrant: such
     a computation may start another in its thread. The same lock as the mask uploads' (``config.MEMORY_LOCK``: an
-    upload is unpacked and checked in memory too)."""
+    upload is unpacked and checked in memory too), which say while they wait for it (:func:`memory_wait`)."""
     return config.MEMORY_LOCK
 
 

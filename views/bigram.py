@@ -113,7 +113,8 @@ def import_released(model: str) -> None:
         path = st.text_input("subnetwork_dict_lambda*.pickle (restricted unpickler)", key="bg_pickle")
         if path and st.button("Import for this model", key="bg_import"):
             with ui.said_here():  # the analysis above stays
-                out = selection.import_released(path, model)
+                with ui.memory_wait("importing the pickle") as wait:
+                    out = selection.import_released(path, model, wait=wait)
                 st.success(f"Saved {ui.plain(out.name)}; it is now among the saved masks.")
 
 

@@ -83,7 +83,8 @@ def body() -> None:
         with ui.said_here():  # under the uploader; the rest of the page stays
             done = st.session_state.get("_mask_stored")
             if not done or done[0] != up.file_id:
-                stored = selection.save_upload(up.name, up)
+                with ui.memory_wait("storing the upload") as wait:
+                    stored = selection.save_upload(up.name, up, wait=wait)
                 st.session_state["_mask_stored"] = (up.file_id, stored.name)
                 # once more, so that the sidebar (drawn before this) lists it: the note said to pick it there
                 st.rerun()
