@@ -762,7 +762,7 @@ def heavy(
         if priced:  # again: a wait for another session's computation can end without its result
             confirm_heavy(key, ready, estimate)
         if models:
-            with _models_lock():
+            with _models_turn():
                 return compute()
         if planned:
             return one_at_a_time(ready, compute)
@@ -778,8 +778,17 @@ def one_at_a_time(ready: Callable[[], bool], compute: Callable[[], Any]) -> Any:
     same first matrix and together held more than the machine had (3.0 GiB on a 2.6 GiB one)."""
     if ready():
         return compute()
-    with _models_lock():
+    with _models_turn():
         return compute()
+
+
+@contextlib.contextmanager
+def _models_turn() -> Iterator[None]:
+    """:func:`_models_lock` held for the block; while another session's computation holds it, a spinner says this
+    one waits for it, with the time waited (two Behaviour runs, or spectra behind a bigram analysis, waited minutes
+    without a word: the page looked hung)."""
+    with memory_wait("this one starts") as tick, selection.memory_turn(tick):
+        yield
 
 
 @st.cache_resource(show_spinner=False)

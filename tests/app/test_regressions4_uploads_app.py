@@ -109,3 +109,19 @@ def test_an_import_behind_a_computation_shows_a_spinner_then_is_stored(app_env, 
     assert len(waits) == 1 and "before importing the pickle" in waits[0][0] and waits[0][1], spinners
     saved = [s.value for s in at.success if s.value.startswith(r"Saved subnetwork\_dict\_lambda1e1\-")]
     assert saved, [s.value for s in at.success]  # (shown as text: Markdown's characters escaped)
+
+
+def test_a_computation_behind_another_shows_a_spinner_then_runs(app_env, spinners):
+    """Behaviour (whole models in memory) behind another session's computation: it waited minutes without a word,
+    the page looking hung; a spinner says it waits, with the time waited, and the page draws once it may go on."""
+    from subnetviz import ui
+
+    query = {"ft": ["grpo-s0"], "bh_limit": "16", "bh_curve": "false", "bh_masks": []}
+    ui._memo.clear()  # (not served from this server's memory: it takes its turn)
+    holder = _hold_memory_lock()
+    at = open_page("behavior", **query)
+    holder.join()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    waits = _waits(spinners)
+    assert len(waits) == 1 and waits[0][1] and "before this one starts" in waits[0][0], waits
+    assert at.get("plotly_chart")
