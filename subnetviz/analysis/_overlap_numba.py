@@ -101,3 +101,35 @@ def take(bins, codes, counts):  # pragma: no cover (compiled)
             counts[j] = v
             bins[c] = 0
             j += 1
+
+
+@jit
+def gather_bits(packed, starts, lengths, out):  # pragma: no cover (compiled)
+    """The bits ``starts[k] : starts[k] + lengths[k]`` of ``packed`` (bit-packed, big bit order), for each k in
+    turn, packed one after another into ``out`` (``ceil(Σ lengths / 8)`` bytes; the unused low bits of its last
+    byte zero): a part of a tensor whose runs do not start on whole bytes. Whole bytes move a byte at a time
+    through a bit accumulator, the few bits before and after them one at a time."""
+    acc = np.uint64(0)
+    held = 0  # bits in acc, fewer than 8 between steps
+    j = 0
+    for k in range(starts.size):
+        i = starts[k]
+        end = i + lengths[k]
+        while i < end:
+            if i & 7 == 0 and i + 8 <= end:
+                acc = (acc << np.uint64(8)) | np.uint64(packed[i >> 3])
+                i += 8
+                out[j] = np.uint8((acc >> np.uint64(held)) & np.uint64(0xFF))
+                j += 1
+                acc &= np.uint64((1 << held) - 1)
+                continue
+            acc = (acc << np.uint64(1)) | np.uint64((packed[i >> 3] >> (7 - (i & 7))) & 1)
+            i += 1
+            held += 1
+            if held == 8:
+                out[j] = np.uint8(acc & np.uint64(0xFF))
+                j += 1
+                acc = np.uint64(0)
+                held = 0
+    if held:
+        out[j] = np.uint8((acc << np.uint64(8 - held)) & np.uint64(0xFF))

@@ -54,12 +54,12 @@ import torch
 from subnetviz.analysis.overlap_counts import (
     GroupRegions,
     PartsOf,
+    PartSource,
     _count_set,
     _packed,
     _shape,
     _source,
-    part_sources,
-    split_groups,
+    split_parts,
 )
 from subnetviz.errors import ConfigError, MaskError, suggest
 
@@ -479,11 +479,12 @@ def mask_overlap(
 
     ``labels`` default to ``m0, m1, ...``. ``group_of(name)`` maps a tensor name to its group
     (e.g. ``(layer, module)``); by default each tensor is its own group. ``parts_of(name, mask)`` (optional)
-    splits a tensor into parts counted in groups of their own: given one mask of the tensor (bool, its
-    shape), the parts as views ``{group: view}`` (a fused QKV's q, k and v: :func:`overlap_by_layer_module`),
-    or None to keep it whole in ``group_of(name)``. In a part's group the per-tensor chance takes the part as
-    its own tensor (its own densities); the overall per-tensor chance, the consensus chance and
-    ``tensor_*`` stay per tensor. A tensor whose shape differs
+    splits a tensor into parts counted in groups of their own: given an empty bool tensor of the tensor's shape
+    (on the meta device: no bits), the parts as views of it ``{group: view}`` (a fused QKV's q, k and v:
+    :func:`overlap_by_layer_module`), or None to keep it whole in ``group_of(name)`` (as is a part that is no
+    view of it). Each mask's parts are then read from its bits a block at a time, never unpacked whole. In a
+    part's group the per-tensor chance takes the part as its own tensor (its own densities); the overall
+    per-tensor chance, the consensus chance and ``tensor_*`` stay per tensor. A tensor whose shape differs
     between the sets only in its first dimension (a resized vocabulary) is compared over the shared leading
     rows (and not split); ``other_shapes`` says what other shape differences do: ``"raise"`` (default) or
     ``"skip"`` (the tensor is left out). Either is said in ``notes``. Raises :class:`MaskError` when names or
@@ -506,7 +507,7 @@ def mask_overlap(
     # each tensor's groups: its own (group_of), or its parts' (parts_of; a whole tensor only, not shared rows)
     shapes = {name: _mask_shape(sets[0], labels[0], name) for name in names}
     split = {
-        name: split_groups(parts_of, name, shapes[name])
+        name: split_parts(parts_of, name, shapes[name])
         if parts_of is not None and entries[name] == math.prod(shapes[name])
         else None
         for name in names
@@ -514,7 +515,7 @@ def mask_overlap(
     whole = {name: group_of(name) for name in names if split[name] is None}
     group_index: dict[Hashable, int] = {}
     for name in names:
-        for group in split[name] or [whole[name]]:
+        for group in [g for g, _ in split[name]] if split[name] else [whole[name]]:
             group_index.setdefault(group, len(group_index))
     groups = list(group_index)
     # the groups' region counts, compact above 8 masks (at N = 16 a dense int64 row is 0.5 MB per group)
@@ -528,9 +529,8 @@ def mask_overlap(
         sources = [_source(s, name) for s in sets]
         if split[name] is None:
             cut = [(whole[name], sources, numel)]
-        else:  # per part: every mask's part, unpacked for this tensor alone
-            by_mask = [part_sources(src, name, shapes[name], parts_of, split[name]) for src in sources]
-            cut = [(g, [m[i] for m in by_mask], by_mask[0][i][1].size) for i, g in enumerate(split[name])]
+        else:  # per part: every mask's part, read from its bits a block at a time (nothing unpacked whole)
+            cut = [(g, [PartSource(src, layout) for src in sources], layout.numel) for g, layout in split[name]]
         for group, srcs, n in cut:
             row = group_index[group]
             group_numel[row] += n

@@ -12,6 +12,11 @@ own bit k (:func:`_lane_rows`), so a lane *is* the region code, counted into int
 in cache. :class:`GroupRegions` keeps each group's counts: above 8 masks only the codes that occur,
 in the smallest type that holds them (a dense int64 row is 0.5 MB per group at N = 16).
 
+A tensor split into parts (a fused QKV's q, k and v: ``parts_of``) is counted part by part, each mask's part
+read from the tensor's own bits a block at a time (:class:`PartSource`: whole bytes sliced where the part's
+runs lie on them, as GPT-2's thirds and rows of heads do, else only the block's bits gathered): never a byte
+per entry of the tensor, whatever its size (:func:`split_bytes`).
+
 Cost per mask per parameter: the copy, the histogram (M / 8 bytes per parameter, M / 16 lanes at
 M = 16) and each of the log2(M) stages see M / 8 bytes per parameter, so only the stages grow with
 N, and they are the cheap part.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,34 +66,135 @@ def _source(masks: Mapping, name: str):
 PartsOf = Callable[[str, torch.Tensor], Mapping[Hashable, torch.Tensor] | None]
 
 
-def split_groups(parts_of: PartsOf, name: str, shape: tuple[int, ...]) -> list[Hashable] | None:
-    """The groups ``parts_of`` splits a mask of ``shape`` into, in its order, or None where it leaves the tensor
-    whole. Asked of an empty meta-device tensor: no bits read. Parts whose sizes do not add up to the tensor's
+@dataclass(frozen=True)
+class PartLayout:
+    """Where a part of a tensor (a view that ``parts_of`` gives) lies among the tensor's row-major entries: runs
+    of ``length`` consecutive entries, one per index of the grid ``outer`` (taken row-major), the run at index
+    ``i`` starting at entry ``offset + Σ_d i_d · strides[d]``. GPT-2's q (columns ``0:d`` of a (d, 3d) c_attn) is
+    d runs of d entries, 3d apart; a block of rows (Phi-3, Falcon) is one run, or one per head group."""
+
+    offset: int
+    outer: tuple[int, ...]
+    strides: tuple[int, ...]
+    length: int
+
+    @property
+    def numel(self) -> int:
+        return self.length * math.prod(self.outer)
+
+    @classmethod
+    def of(cls, view: torch.Tensor) -> PartLayout:
+        """The layout of ``view``, a view of a contiguous tensor (read off a meta-device view: no bits)."""
+        dims = [(int(n), int(s)) for n, s in zip(view.shape, view.stride(), strict=True) if n != 1]
+        length = 1
+        while dims and dims[-1][1] == length:  # trailing dimensions that are contiguous make one run
+            length *= dims.pop()[0]
+        return cls(int(view.storage_offset()), tuple(n for n, _ in dims), tuple(s for _, s in dims), length)
+
+    def segments(self, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(first tensor entry, entries) int64 of each stretch of consecutive tensor entries that part entries
+        ``c0:c1`` (``c0 < c1``) cover, in order: whole runs, the first and last cut at ``c0`` and ``c1``."""
+        n = self.length
+        runs = np.arange(c0 // n, (c1 - 1) // n + 1, dtype=np.int64)
+        starts = np.full(runs.size, self.offset, np.int64)
+        for i, stride in zip(np.unravel_index(runs, self.outer) if self.outer else (), self.strides, strict=True):
+            starts += i * stride
+        lo = np.maximum(c0 - runs * n, 0)
+        return starts + lo, np.minimum(c1 - runs * n, n) - lo
+
+
+def split_parts(parts_of: PartsOf, name: str, shape: tuple[int, ...]) -> list[tuple[Hashable, PartLayout]] | None:
+    """The groups ``parts_of`` splits a mask of ``shape`` into, in its order, each with where its part lies
+    (:class:`PartLayout`), or None where it leaves the tensor whole. Asked of an empty meta-device tensor: no bits
+    read. Parts that are not views of the tensor, lie outside it, or whose sizes do not add up to the tensor's
     are not taken (counted whole), so a split never changes how many entries are counted."""
     probe = torch.empty(shape, dtype=torch.bool, device="meta")
     parts = parts_of(name, probe)
     if not parts or sum(int(p.numel()) for p in parts.values()) != probe.numel():
         return None
-    return list(parts)
+    out = []
+    for group, view in parts.items():
+        if view is not probe and view._base is not probe:  # a copy (torch.cat, ...): its entries are not known
+            return None
+        layout = PartLayout.of(view)
+        last = layout.offset + sum((n - 1) * s for n, s in zip(layout.outer, layout.strides, strict=True))
+        if layout.numel and last + layout.length > probe.numel():
+            return None
+        out.append((group, layout))
+    return out
 
 
-def part_sources(
-    source, name: str, shape: tuple[int, ...], parts_of: PartsOf, groups: list[Hashable]
-) -> list[tuple[None, np.ndarray]]:
-    """One mask's :func:`_source` of a tensor of ``shape`` cut by ``parts_of`` into the parts of ``groups``
-    (:func:`split_groups`): each part's entries, row-major in the part's own shape, as a 0/1 uint8 source.
-    A bit-packed mask is unpacked for this tensor alone (a byte per entry while it is cut)."""
-    packed, plain = source
-    numel = math.prod(shape)
-    bits = np.unpackbits(packed[: (numel + 7) // 8], count=numel) if packed is not None else plain[:numel]
-    parts = parts_of(name, torch.from_numpy(bits.view(np.bool_)).reshape(shape))
-    return [(None, parts[g].reshape(-1).numpy().view(np.uint8)) for g in groups]
+# Part entries a read of a part gathers at a time (its index arithmetic: up to ~24 bytes each, split_bytes)
+PART_STEP = 1 << 18
+COUNT_STEP = 1 << 22  # part entries :func:`_count_part` reads at a time (a multiple of 8)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """int64: ``arange(s, s + n)`` of each (s, n) of ``starts``, ``lengths``, one after the other."""
+    if starts.size == 1:
+        return np.arange(starts[0], starts[0] + lengths[0], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    out = np.arange(ends[-1], dtype=np.int64)
+    out += np.repeat(starts - (ends - lengths), lengths)
+    return out
+
+
+@dataclass(frozen=True)
+class PartSource:
+    """One mask's entries of one part (:class:`PartLayout`) of a tensor, row-major in the part's own shape, read
+    from the tensor's :func:`_source` a block at a time (:meth:`block`): neither the part nor the tensor is ever
+    copied or unpacked whole. Bit-packed bytes are sliced as they are where the part's runs start and (but the
+    last) end on whole bytes (GPT-2's thirds, rows of heads); otherwise only the block's own bits are read."""
+
+    base: tuple
+    layout: PartLayout
+
+    def block(self, c0: int, c1: int) -> np.ndarray:
+        """Packed bytes (big bit order) of part entries ``c0:c1``, ``c0`` a multiple of 8; bits past ``c1`` in the
+        last byte may be set (a read-only view of the mask's own bytes where one slice holds them)."""
+        out = [self._bytes(*self.layout.segments(s0, min(c1, s0 + PART_STEP))) for s0 in range(c0, c1, PART_STEP)]
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def _bytes(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        packed, plain = self.base
+        if packed is None:
+            return np.packbits(plain[_ranges(starts, lengths)])
+        if not (starts % 8).any() and not (lengths[:-1] % 8).any():  # whole bytes: sliced, nothing unpacked
+            if starts.size == 1:
+                return packed[starts[0] // 8 : (starts[0] + lengths[0] + 7) // 8]
+            return packed[_ranges(starts // 8, (lengths + 7) // 8)]
+        jit = _jit()
+        if jit is not None:
+            out = np.empty((int(lengths.sum()) + 7) // 8, np.uint8)
+            jit.gather_bits(packed, starts, lengths, out)
+            return out
+        # not compiled: the whole bytes each run lies in, unpacked, and the run's own bits kept (a 0/1 step mask)
+        first = starts // 8
+        spans = (starts + lengths + 7) // 8 - first
+        bits = np.unpackbits(packed[_ranges(first, spans)])
+        lo = 8 * (np.cumsum(spans) - spans) + starts % 8
+        step = np.zeros(bits.size + 1, np.int8)
+        np.add.at(step, lo, 1)
+        np.add.at(step, lo + lengths, -1)
+        return np.packbits(bits[np.cumsum(step[:-1], dtype=np.int8).view(np.bool_)])
+
+
+def split_bytes(n_masks: int) -> int:
+    """The most a split's reads (:class:`PartSource`) hold at once, whatever the tensor's size: one gather of
+    :data:`PART_STEP` part entries (at most ~24 bytes each, a plain mask's int64 index; bit-packed bits far less)
+    and a block's packed bytes twice (its gathers and their concatenation), the largest block being what
+    :func:`_region_counts` reads at ``n_masks`` masks or :func:`_count_part`'s."""
+    m = 1 << max(0, n_masks - 1).bit_length()
+    block = max(CHUNK * 16 // m, COUNT_STEP)
+    return 24 * PART_STEP + 2 * (block // 8)
 
 
 def _count_set(source, numel: int) -> int:
     """Set entries among the first ``numel`` of a :func:`_source` (the shared leading rows of a tensor whose
     first dimension differs between masks are a prefix of its row-major entries), counted a block at a time:
     the per-tensor sizes behind the per-tensor chance (:func:`subnetviz.analysis.overlap.mask_overlap`)."""
+    if isinstance(source, PartSource):
+        return _count_part(source, numel)
     packed, plain = source
     total, step = 0, 1 << 24
     if packed is None:
@@ -106,10 +213,24 @@ def _count_set(source, numel: int) -> int:
     return total
 
 
+def _count_part(source: PartSource, numel: int) -> int:
+    """:func:`_count_set` of a part, a block of its packed bits at a time."""
+    total = 0
+    for c0 in range(0, numel, COUNT_STEP):
+        c1 = min(numel, c0 + COUNT_STEP)
+        got, whole = source.block(c0, c1), (c1 - c0) // 8
+        total += int(np.bitwise_count(got[:whole]).sum(dtype=np.int64))
+        if (c1 - c0) % 8:  # big bit order: the first (c1 - c0) % 8 bits of the last byte are the high ones
+            total += int(np.bitwise_count(got[whole] & np.uint8((0xFF << (8 - (c1 - c0) % 8)) & 0xFF)))
+    return total
+
+
 def _block_bytes(source, c0: int, c1: int) -> np.ndarray:
-    """Packed bytes (big bit order) of entries ``c0:c1`` of a :func:`_source`; ``c0`` is a multiple
-    of 8, so a packed block is a slice of whole bytes. Bits past ``c1`` in the last byte may be set
+    """Packed bytes (big bit order) of entries ``c0:c1`` of a :func:`_source` or a :class:`PartSource`; ``c0`` is
+    a multiple of 8, so a packed block is a slice of whole bytes. Bits past ``c1`` in the last byte may be set
     (the caller clears them)."""
+    if isinstance(source, PartSource):
+        return source.block(c0, c1)
     packed, plain = source
     if packed is not None:
         return packed[c0 // 8 : (c1 + 7) // 8]

@@ -209,11 +209,14 @@ def expert_label(expert) -> str:
 
 def files_overlap_task(paths: Sequence[str], labels: Sequence[str]) -> FilesOverlap:
     """On a worker (or here): read the mask files and overlap them (:func:`sets_overlap`)."""
+    from subnetviz.analysis.overlap_counts import split_bytes
     from subnetviz.config import require_memory
     from subnetviz.masks import load_mask_set, packed_bytes
 
-    # the masks held together, bit-packed: checked before the first is read (each load checks itself alone)
-    require_memory(f"The overlap of {len(paths)} masks", sum(packed_bytes(p) for p in paths))
+    # the masks held together, bit-packed, and the reads of a fused tensor's parts (q, k, v: a block of bits at a
+    # time, whatever the tensor): checked before the first is read (each load checks itself alone)
+    held = sum(packed_bytes(p) for p in paths) + split_bytes(len(paths))
+    require_memory(f"The overlap of {len(paths)} masks", held)
     return sets_overlap([load_mask_set(p, packed=True) for p in paths], labels)  # each file through the read gate
 
 
