@@ -48,6 +48,32 @@ def write_folder(folder: Path, sd: dict[str, torch.Tensor], config_from: Path | 
     return folder
 
 
+def write_config_folder(folder: Path, sd: dict[str, torch.Tensor], config: dict) -> Path:
+    """``sd`` and a final norm of ones (``model.norm.weight``, ``hidden_size`` wide, bf16) as one
+    ``model.safetensors``, and ``config`` as ``config.json``: a checkpoint of a few hand-made matrices."""
+    norm = {"model.norm.weight": torch.ones(config["hidden_size"], dtype=torch.bfloat16)}
+    folder = write_folder(folder, {**sd, **norm})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def one_layer_llama_config(quant: dict | None = None) -> dict:
+    """A one-layer Llama 64 wide (vocabulary 256, untied head, bf16), with ``quant`` as its quantization_config."""
+    c = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 256,
+        "hidden_size": 64,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "num_key_value_heads": 1,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    }
+    return {**c, "quantization_config": quant} if quant else c
+
+
 def llama64(dtype: torch.dtype = torch.bfloat16, seed: int = 0):
     """A tiny Llama 64 wide (intermediate 128, 2 layers, 4 heads, 2 KV heads: every linear layer's inputs a multiple
     of 64, so quantization groups and blocks of 16, 32 and 64 fit its rows), seeded, in ``dtype``: what the

@@ -25,6 +25,7 @@ import torch
 
 from subnetviz.analysis.sparsity import SparsityOptions
 from subnetviz.analysis.updates import analyze_updates
+from tests.ckpt_fixtures import one_layer_llama_config, write_config_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 W = "model.layers.0.mlp.down_proj.weight"
@@ -33,32 +34,8 @@ ETA = 0.05
 EDGES = (1, 2, 4, 8, 16, 256)  # the ULP histogram's bins: 1, 2, 3-4, 5-8, 9-16, 17-256, >256
 
 
-def _config(quant: dict | None = None) -> dict:
-    c = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": 256,
-        "hidden_size": 64,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 1,
-        "num_key_value_heads": 1,
-        "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
-    }
-    if quant:
-        c["quantization_config"] = quant
-    return c
-
-
 def _write(folder: Path, sd: dict, quant: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = {**sd, "model.norm.weight": torch.ones(64, dtype=torch.bfloat16)}
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(_config(quant)))
-    return folder
+    return write_config_folder(folder, sd, one_layer_llama_config(quant))
 
 
 def _pair(rows: int, cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,38 +27,15 @@ import torch
 from subnetviz.analysis import quant
 from subnetviz.analysis.sparsity import SparsityOptions
 from subnetviz.checkpoints import open_checkpoint
+from tests.ckpt_fixtures import one_layer_llama_config, write_config_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 W = "model.layers.0.mlp.down_proj.weight"
 STEM = W.removesuffix(".weight")
 
 
-def _config(quant_config: dict | None = None) -> dict:
-    c = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": 256,
-        "hidden_size": 64,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 1,
-        "num_key_value_heads": 1,
-        "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
-    }
-    if quant_config:
-        c["quantization_config"] = quant_config
-    return c
-
-
-def _write(folder: Path, sd: dict, quant_config: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = {**sd, "model.norm.weight": torch.ones(64, dtype=torch.bfloat16)}
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(_config(quant_config)))
-    return folder
+def _write(folder: Path, sd: dict, quant: dict | None = None) -> Path:
+    return write_config_folder(folder, sd, one_layer_llama_config(quant))
 
 
 class _At:

@@ -26,6 +26,7 @@ import torch
 
 from subnetviz.analysis.sparsity import SparsityOptions
 from subnetviz.analysis.updates import analyze_updates
+from tests.ckpt_fixtures import write_config_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 GU = "model.layers.0.feed_forward.experts.gate_up_proj"  # (E, H, 2I), scale (E, 1, 2I)
@@ -60,13 +61,7 @@ def _config(quant: dict | None = None) -> dict:
 
 
 def _write(folder: Path, sd: dict, quant: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = {**sd, "model.norm.weight": torch.ones(HID, dtype=torch.bfloat16)}
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(_config(quant)))
-    return folder
+    return write_config_folder(folder, sd, _config(quant))
 
 
 def _experts(seed: int) -> dict[str, torch.Tensor]:
