@@ -378,8 +378,10 @@ def uploads_bytes() -> int:
 @functools.lru_cache(maxsize=4096)
 def _is_upload(path: str, stamp: tuple) -> bool:
     """Whether the stored mask ``path`` was stored from an upload, as its provenance (safetensors header only) says;
-    ``stamp`` (inode, size, mtime) reads a rewritten file again, so an upload check reads no header twice."""
-    return UPLOAD_DIGEST_KEY in _provenance(path)
+    ``stamp`` (inode, size, mtime) reads a rewritten file again, so an upload check reads no header twice. An upload
+    stored before the digest was recorded says so by its source alone (``upload <name>``): counted too."""
+    meta = _provenance(path)
+    return UPLOAD_DIGEST_KEY in meta or str(meta.get("source", "")).startswith("upload ")
 
 
 def _check_uploads_room(name: str, adding: int) -> None:

@@ -192,3 +192,19 @@ def test_the_budget_still_counts_uploads_past_it_before_the_bytes_are_read(home,
 
     with pytest.raises(MaskError, match=rf"take {first.stat().st_size / MiB:.1f} MiB of the 1.0 MiB"):
         selection.save_upload("more.safetensors", Unread())
+
+
+def test_uploads_stored_before_the_digest_was_recorded_still_count(home):
+    """An upload stored by an earlier version recorded only ``source: upload <name>`` (no digest): an upgraded
+    server counted none of what it already held. Beside it, a kept update mask still does not count."""
+    from subnetviz.masks import MaskSet, PackedMasks, save_mask_set
+
+    def stored(name: str, meta: dict) -> Path:
+        pm = PackedMasks()
+        pm.add_bits("w", np.random.default_rng(3).integers(0, 256, MiB, dtype=np.uint8), (8 * MiB,))
+        return save_mask_set(selection.uploads_dir() / name, MaskSet(pm, meta))
+
+    selection.uploads_dir().mkdir(parents=True, exist_ok=True)
+    old = stored("old-upload.safetensors", {"source": "upload old.safetensors", "method": "safetensors file"})
+    stored("update-mask-of-ft.safetensors", {"method": "update mask", "model": "ft"})
+    assert selection.uploads_bytes() == old.stat().st_size
