@@ -7,6 +7,7 @@ the full demo zoo) is used as is instead; the README's screenshots are taken tha
 """
 
 import base64
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -24,6 +25,24 @@ def app_home(micro_zoo, tmp_path_factory) -> Path:  # noqa: F811
     home = tmp_path_factory.mktemp("app-home").resolve()
     (home / "zoo").symlink_to(Path(micro_zoo.root).resolve(), target_is_directory=True)
     return home
+
+
+@contextlib.contextmanager
+def home_of_its_own(micro_zoo, tmp_path_factory, name: str):
+    """A home of its own over the micro zoo (an empty cache, no runs), this process pointed at it while the block
+    runs and the environment restored after: for a module whose tests must not meet other modules' results."""
+    home = tmp_path_factory.mktemp(name).resolve()
+    (home / "zoo").symlink_to(Path(micro_zoo.root).resolve(), target_is_directory=True)
+    saved = {k: os.environ.get(k) for k in ("SUBNETVIZ_HOME", "SUBNETVIZ_ROOTS")}
+    os.environ["SUBNETVIZ_HOME"], os.environ["SUBNETVIZ_ROOTS"] = str(home), app_roots(home)
+    try:
+        yield home
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def app_roots(home: Path) -> str:

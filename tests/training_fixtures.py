@@ -56,6 +56,19 @@ def write_half_mask(path: str | Path, model_dir: str | Path, p: float = 0.5, see
     return save_mask_set(path, MaskSet(masks, {"method": "test: random", "p": p}))
 
 
+def training_inputs(root: Path, mask_seed: int) -> dict:
+    """What a training test runs on, under ``root``: a tiny Llama base, the addition data of every algorithm (GRPO's
+    with one-digit answers, so its reward varies) and a half mask of the base drawn with ``mask_seed``."""
+    from tests.models import make_tiny_llama
+
+    base = make_tiny_llama(root / "base")
+    data = write_addition_data(root / "data", n=32)
+    rows = [{"prompt": f"{a}+{b}=", "answer": str((a + b) % 10)} for a in range(6) for b in range(6)]
+    data["grpo"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mask = write_half_mask(root / "half.safetensors", base, p=0.5, seed=mask_seed)
+    return {"root": root, "base": base, "data": data, "mask": mask}
+
+
 def write_sft_config(tiny: dict, folder: Path, **kw) -> Path:
     """``folder/config.json``: an SFT job on ``tiny``'s base, data and mask (a fixture's dict of
     :func:`write_addition_data` and :func:`write_half_mask`), writing into ``folder/out``; ``kw`` set or override

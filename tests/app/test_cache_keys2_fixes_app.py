@@ -7,14 +7,12 @@ A busy machine is simulated at the lowest level, by replacing ``config.available
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from tests.app_fixtures import app_roots, open_page
+from tests.app_fixtures import home_of_its_own, open_page
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +23,8 @@ TABS = ["Spectra of Δ", "Subspaces of W_base vs W_ft"]
 @pytest.fixture(scope="module")
 def app_home(micro_zoo, tmp_path_factory):
     """A home of its own over the micro zoo: its cache holds results computed under memory pressure."""
-    home = tmp_path_factory.mktemp("cache-keys2-app").resolve()
-    (home / "zoo").symlink_to(Path(micro_zoo.root).resolve(), target_is_directory=True)
-    saved = {k: os.environ.get(k) for k in ("SUBNETVIZ_HOME", "SUBNETVIZ_ROOTS")}
-    os.environ["SUBNETVIZ_HOME"], os.environ["SUBNETVIZ_ROOTS"] = str(home), app_roots(home)
-    yield home
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with home_of_its_own(micro_zoo, tmp_path_factory, "cache-keys2-app") as home:
+        yield home
 
 
 def memory(monkeypatch, n: int) -> None:

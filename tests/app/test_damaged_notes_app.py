@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.app_fixtures import app_roots, open_page
+from tests.app_fixtures import home_of_its_own, open_page
 
 pytestmark = pytest.mark.slow
 
@@ -18,16 +18,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def app_home(micro_zoo, tmp_path_factory):
     """A home of its own over the micro zoo, with an empty cache."""
-    home = tmp_path_factory.mktemp("damaged-notes-app").resolve()
-    (home / "zoo").symlink_to(Path(micro_zoo.root).resolve(), target_is_directory=True)
-    saved = {k: os.environ.get(k) for k in ("SUBNETVIZ_HOME", "SUBNETVIZ_ROOTS")}
-    os.environ["SUBNETVIZ_HOME"], os.environ["SUBNETVIZ_ROOTS"] = str(home), app_roots(home)
-    yield home
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with home_of_its_own(micro_zoo, tmp_path_factory, "damaged-notes-app") as home:
+        yield home
 
 
 def _texts(at) -> list[str]:

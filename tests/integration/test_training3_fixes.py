@@ -30,21 +30,14 @@ from subnetviz.masks import load_mask_set
 from subnetviz.training import sharded
 from subnetviz.training.config import TrainConfig
 from subnetviz.training.trainers import trainer_args
-from tests.models import make_tiny_llama
-from tests.training_fixtures import write_addition_data, write_half_mask
+from tests.training_fixtures import training_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("training3")
-    base = make_tiny_llama(root / "base")
-    data = write_addition_data(root / "data", n=32)
-    rows = [{"prompt": f"{a}+{b}=", "answer": str((a + b) % 10)} for a in range(6) for b in range(6)]
-    data["grpo"].write_text("".join(json.dumps(r) + "\n" for r in rows))  # one-digit answers: reward varies
-    mask = write_half_mask(root / "half.safetensors", base, p=0.5, seed=5)
-    return {"root": root, "base": base, "data": data, "mask": mask}
+    return training_inputs(tmp_path_factory.mktemp("training3"), mask_seed=5)
 
 
 def _config(tiny, out: Path, algorithm: str = "sft", **kw) -> dict:
