@@ -125,6 +125,33 @@ def open_page(name: str, **query):
     return at
 
 
+@pytest.fixture
+def planted_grid(app_env):
+    """``plant(results)``: a "what drives sparsity" grid (a results DataFrame) written as the newest finished drivers
+    run, its "name · id" label returned; removed afterwards."""
+    import shutil
+    import time
+    import uuid
+
+    from subnetviz.jobs.runner import JobRunner
+
+    runner, ids = JobRunner(), []
+
+    def plant(results) -> str:
+        run_id = f"planted-drivers-{uuid.uuid4().hex[:8]}"  # a new folder: the page caches a grid by its path
+        run_dir = add_finished_run(runner, run_id, "drivers", run_id, created=time.time() + 9600 + len(ids))
+        ids.append(run_id)
+        (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
+        results.to_csv(run_dir / "outputs" / "results.csv", index=False)
+        return f"{run_id} · {run_id}"
+
+    yield plant
+    with runner.registry.transaction() as con:
+        con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+    for i in ids:
+        shutil.rmtree(Path(runner.root) / i, ignore_errors=True)
+
+
 def add_finished_run(runner, run_id: str, kind: str, name: str, config: dict | None = None, created=None):
     """A succeeded run in ``runner``'s registry whose folder the caller fills (its outputs written by hand, as
     a finished job leaves them); the run's folder."""

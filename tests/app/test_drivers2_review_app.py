@@ -3,16 +3,11 @@
 paths relative to a root, on the page and in the Tables tab; a 3-seed grid whose seeds disagree reads undecided,
 the rule said beside each verdict; a run that trained nothing is named, and the KL chart keeps its log axis."""
 
-import shutil
-import time
-import uuid
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.app_fixtures import add_finished_run, decode, open_page, plotly_specs
+from tests.app_fixtures import decode, open_page, plotly_specs
 
 pytestmark = pytest.mark.slow
 
@@ -35,28 +30,6 @@ def _grid(points: dict[tuple[str, str], list[float]], kl: float = 0.01) -> pd.Da
         for p in ("bf16", "fp32")
     ]
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-@pytest.fixture
-def planted_grid(app_env):
-    """Write a grid as the newest finished drivers run (its "name · id" label returned); removed afterwards."""
-    from subnetviz.jobs.runner import JobRunner
-
-    runner, ids = JobRunner(), []
-
-    def plant(results: pd.DataFrame) -> str:
-        run_id = f"review2-drivers-{uuid.uuid4().hex[:8]}"  # a new folder: the page caches a grid by its path
-        run_dir = add_finished_run(runner, run_id, "drivers", run_id, created=time.time() + 9500 + len(ids))
-        ids.append(run_id)
-        (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
-        results.to_csv(run_dir / "outputs" / "results.csv", index=False)
-        return f"{run_id} · {run_id}"
-
-    yield plant
-    with runner.registry.transaction() as con:
-        con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
-    for i in ids:
-        shutil.rmtree(Path(runner.root) / i, ignore_errors=True)
 
 
 def _texts(at, *kinds) -> list[str]:

@@ -2,44 +2,17 @@
 tab drew a run that trained nothing as an ordinary 100 % / 100 % pair; it is now drawn as × and named in the
 chart's subtitle, as the "By factor" tab marks it, beside the page's warning that says why."""
 
-import shutil
-import time
-import uuid
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.app_fixtures import add_finished_run, decode, open_page, plotly_specs
+from tests.app_fixtures import decode, open_page, plotly_specs
 
 pytestmark = pytest.mark.slow
 
 BASE = {"algorithm": "grpo", "accuracy": 0.5, "kl_forward": 0.004, "learning_rate": 1e-4, "steps": 2, "beta": 0.0}
 BASE |= {"max_grad_norm": 1.0, "optimizer": "adamw_torch", "data": "task", "train_seconds": 1.0, "status": "done"}
 BASE |= {"note": "", "grid_version": 2}
-
-
-@pytest.fixture
-def planted_grid(app_env):
-    """Write a grid as the newest finished drivers run (its "name · id" label returned); removed afterwards."""
-    from subnetviz.jobs.runner import JobRunner
-
-    runner, ids = JobRunner(), []
-
-    def plant(results: pd.DataFrame) -> str:
-        run_id = f"review3-drivers-{uuid.uuid4().hex[:8]}"  # a new folder: the page caches a grid by its path
-        run_dir = add_finished_run(runner, run_id, "drivers", run_id, created=time.time() + 9600 + len(ids))
-        ids.append(run_id)
-        (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
-        results.to_csv(run_dir / "outputs" / "results.csv", index=False)
-        return f"{run_id} · {run_id}"
-
-    yield plant
-    with runner.registry.transaction() as con:
-        con.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
-    for i in ids:
-        shutil.rmtree(Path(runner.root) / i, ignore_errors=True)
 
 
 def test_the_bf16_vs_fp32_tab_marks_a_run_that_trained_nothing(planted_grid):

@@ -68,14 +68,14 @@ def test_one_unreadable_mask_leaves_the_others_listed(broken_uploads):
     assert pick.options == listed and bad not in pick.options  # (the unreadable file is not offered to download)
 
 
-def test_training_refuses_a_packed_mask_its_bytes_cannot_hold_and_queues_nothing(broken_uploads):
+def _launch_refused(stored: str) -> str:
+    """The Training form launched (SFT) with the stored upload ``stored`` as its mask: the one error it shows, after
+    checking that nothing was queued and no success said (what it queued before the fixes is cancelled)."""
     from subnetviz.jobs.runner import JobRunner
 
-    name, shape = broken_uploads
-    need = (shape[0] * shape[1] + 7) // 8
     runner = JobRunner()
     before = set(runner.list_runs()["id"])
-    label = f"uploads/{SHORT}"
+    label = f"uploads/{stored}"
     at = open_page("training", masks=[label])
     at.selectbox(key="tr_mask").set_value(label)
     at.selectbox(key="tr_alg").set_value("sft")
@@ -83,30 +83,22 @@ def test_training_refuses_a_packed_mask_its_bytes_cannot_hold_and_queues_nothing
         next(b for b in at.button if "Launch" in b.label).click().run()
         assert not at.exception and not at.success, [s.value for s in at.success]
         (said,) = [_text(e) for e in at.main.error]
-        assert f"{SHORT}.safetensors: packed mask '{name}' has {need - 1} values of torch.uint8" in said
-        assert f"expected {need:,} uint8 bytes for shape {shape}" in said and "\n" not in said
         assert set(runner.list_runs()["id"]) == before
+        return said
     finally:
-        for run in set(runner.list_runs()["id"]) - before:  # (what the form queued before the fix)
+        for run in set(runner.list_runs()["id"]) - before:
             runner.cancel(run)
+
+
+def test_training_refuses_a_packed_mask_its_bytes_cannot_hold_and_queues_nothing(broken_uploads):
+    name, shape = broken_uploads
+    need = (shape[0] * shape[1] + 7) // 8
+    said = _launch_refused(SHORT)
+    assert f"{SHORT}.safetensors: packed mask '{name}' has {need - 1} values of torch.uint8" in said
+    assert f"expected {need:,} uint8 bytes for shape {shape}" in said and "\n" not in said
 
 
 def test_training_refuses_a_mask_with_values_outside_0_1_and_queues_nothing(broken_uploads):
     """The submit check reads headers; the mask's values were read only by the worker, after "Queued run"."""
-    from subnetviz.jobs.runner import JobRunner
-
-    runner = JobRunner()
-    before = set(runner.list_runs()["id"])
-    label = f"uploads/{BAD}"
-    at = open_page("training", masks=[label])
-    at.selectbox(key="tr_mask").set_value(label)
-    at.selectbox(key="tr_alg").set_value("sft")
-    try:
-        next(b for b in at.button if "Launch" in b.label).click().run()
-        assert not at.exception and not at.success, [s.value for s in at.success]
-        (said,) = [_text(e) for e in at.main.error]
-        assert f"{BAD}.safetensors: mask '{broken_uploads[0]}' has values outside {{0, 1}}" in said
-        assert set(runner.list_runs()["id"]) == before
-    finally:
-        for run in set(runner.list_runs()["id"]) - before:  # (what the form queued before the fix)
-            runner.cancel(run)
+    said = _launch_refused(BAD)
+    assert f"{BAD}.safetensors: mask '{broken_uploads[0]}' has values outside {{0, 1}}" in said
