@@ -25,6 +25,7 @@ continual-learning demo) is queued as background jobs that the pages pick up whe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -227,15 +228,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         t0 = time.perf_counter()
-        zoo = build_zoo(
-            args.root,
-            preset=args.preset,
-            force=args.force,
-            extras=not args.no_extras,
-            runs_root=args.runs,
-            background=not args.no_background,
-            progress=seen,
-        )
+        # stdout is the command's own output (the zoo's folder and one row per member, read by scripts); what the
+        # stages' trainings print (their run lines, DeepSpeed's import line through a handler it opens on the
+        # stdout of that moment) goes to stderr with the stage lines, as ``experiment drivers`` does.
+        with contextlib.redirect_stdout(sys.stderr):
+            zoo = build_zoo(
+                args.root,
+                preset=args.preset,
+                force=args.force,
+                extras=not args.no_extras,
+                runs_root=args.runs,
+                background=not args.no_background,
+                progress=seen,
+            )
     except SubnetvizError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
