@@ -38,6 +38,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         SubspaceOptions(k=args.subspaces, share=args.subspaces_share, precision=args.precision)
     _check_device(args.device)
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned])
+    for line in _repeats(args.base, args.finetuned):
+        print(f"note: {line}", file=sys.stderr)
     from subnetviz.cache import USED, sweep
     from subnetviz.config import cache_dir
 
@@ -92,6 +94,36 @@ def share_text(x: float) -> str:
 
 
 NAME_MAX = 255  # the longest file name (bytes) Linux and macOS file systems take
+
+
+def _repeats(base: str, finetuned: list[str]) -> list[str]:
+    """A line for each finetuned checkpoint that reads the weights the base or an earlier one reads
+    (:func:`~subnetviz.checkpoints.sources.weights_identity`: a folder, its ``model.safetensors``, its shard index, a
+    link to it). Each is still compared, as named (its row is asked for: a base against itself is a check that
+    reads 0 changed), but the row's name alone did not say so (``base/model.safetensors`` read ``base``; a folder
+    and its file were ``ft`` and ``ft-2``, two rows of one model). A checkpoint that cannot be located is said by
+    the analysis, not here."""
+    from subnetviz.checkpoints.sources import weights_identity
+
+    def identity(spec: str) -> str | None:
+        try:
+            return weights_identity(spec)
+        except (SubnetvizError, OSError):
+            return None
+
+    seen = {identity(base): "the base"}
+    lines = []
+    for spec in finetuned:
+        key = identity(spec)
+        if key is None:
+            continue
+        if seen.get(key) == "the base":
+            lines.append(f"{spec} reads the same weights as the base: its row compares the base with itself.")
+        elif key in seen:
+            lines.append(f"{spec} reads the same weights as {seen[key]}, named before it: its row repeats that one.")
+        else:
+            seen[key] = spec
+    return lines
 
 
 def _check_labels(labels: list[str] | None, mask_files: bool) -> None:

@@ -454,3 +454,23 @@ def test_an_error_is_one_line_whatever_a_library_put_in_it(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(parser, args))
     assert main(["runs"]) == 2
     assert capsys.readouterr().err == "error: base: no tokenizer (transformers said: line one line two)\n"
+
+
+def test_a_checkpoint_named_again_is_said(ckpt_zoo, planted, tmp_path, capsys):
+    """The base's own shard index and a finetune's folder named again by its file are compared as named (four
+    rows), each repeat said on stderr: the rows read ``llama`` (0 changed) and ``ft1``, ``ft1-2`` with nothing
+    telling that the first is the base against itself and the last a second row of one model."""
+    index = ckpt_zoo.llama / "model.safetensors.index.json"
+    ft1 = planted["paths"][0]
+    ft1_file = next(ft1.glob("*.safetensors"))
+    out = tmp_path / "out"
+    args = ["analyze", str(ckpt_zoo.llama), str(index), str(ft1), str(planted["paths"][1]), str(ft1_file)]
+    assert main([*args, "--out", str(out), "--no-spectra"]) == 0
+    err = capsys.readouterr().err
+    notes = [x for x in err.splitlines() if x.startswith("note: ") and "same weights" in x]
+    assert notes == [
+        f"note: {index} reads the same weights as the base: its row compares the base with itself.",
+        f"note: {ft1_file} reads the same weights as {ft1}, named before it: its row repeats that one.",
+    ]
+    sparsity = json.loads((out / "summary.json").read_text())["sparsity"]
+    assert len(sparsity) == 4 and sparsity["llama"] == 1.0 and sparsity["ft1"] == sparsity["ft1-2"] < 1.0
