@@ -12,12 +12,13 @@ app:
 	$(PY) -m subnetviz.serve run app.py --server.headless true --server.port $(PORT)
 
 # Set up (idempotent, with Debian chromium for the browser tests), lint, then every test on two workers
-# (pytest-xdist; tests/conftest.py groups the tests by file and keeps the multi-process ones on one worker).
+# (pytest-xdist; tests/conftest.py groups the tests by file and keeps the multi-process ones on one worker);
+# the 25 slowest are listed at the end (the suite must stay well under 15 minutes).
 test:
 	bash scripts/bootstrap.sh --browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
