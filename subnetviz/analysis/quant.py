@@ -972,25 +972,29 @@ def _compare_forms(a, b, fa: TensorForm, fb: TensorForm, ck_base, ck, options: S
     def delta() -> torch.Tensor:  # the float64 Δ for spectra, a band at a time (a tensor that is not 2-D: whole)
         return _delta(shape, step if two_d else 0, pair_of, options.precision, a.device)
 
-    if stack:  # (the rounding-only count is a matrix's: none here, as when it was compared whole)
+    rounding = [0]
+    # a float side against a quantized one: how many of the changed entries are rounding (band by band)
+    quantized = (side_a if side_a.quantized else side_b) if side_a.quantized != side_b.quantized else None
+    if stack:  # packed experts: the same count in the bands of its 2-D view (it was left at 0: "none rounding")
 
         def stack_pair(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
             ea, eb = side_a.stack_rows(r0, r1), side_b.stack_rows(r0, r1)
-            return (ea.to(target), eb.to(target)) if options.precision is None else (ea, eb)
+            ea, eb = (ea.to(target), eb.to(target)) if options.precision is None else (ea, eb)
+            if quantized is not None:
+                rounding[0] += _rounding_only(quantized, r0, r1, eb if side_a.quantized else ea, ea, eb, options)
+            return ea, eb
 
-        return compare_stack(shape, step, stack_pair, options, name, packed=packed), 0, delta
+        st = compare_stack(shape, step, stack_pair, options, name, packed=packed)
+        return st, rounding[0], delta
     if not two_d:
         ea, eb = pair_of(0, None)
         return compare_pair(ea, eb, options, name=name, packed=packed), 0, delta
-    rounding = [0]
-    if side_a.quantized != side_b.quantized:  # a float side against a quantized one: how much is rounding
-        quantized = side_a if side_a.quantized else side_b
+    each = None
+    if quantized is not None:
 
         def each(r0: int, r1: int, ea: torch.Tensor, eb: torch.Tensor) -> None:
             rounding[0] += _rounding_only(quantized, r0, r1, eb if side_a.quantized else ea, ea, eb, options)
 
-    else:
-        each = None
     st = compare_bands(shape, step, pair_of, options, name, packed=packed, each=each)
     return st, rounding[0], delta
 
@@ -1036,13 +1040,25 @@ def _rounding_only(side: _Side, r0: int, r1: int, w: torch.Tensor, ea: torch.Ten
     the quantized side's own scales gives: rounding, not training. A bf16 base against its own FP8 or int8 copy
     differs almost everywhere, and each such entry reads as changed. compressed-tensors quantises in the weight's
     own dtype (w / scale, + zero point, each rounded to it: :attr:`TensorForm.native`), and so does this."""
-    form, code = side.form, side.x[r0:r1]
+    form = side.form
     dt = w.dtype if form.native else torch.float32
     w = w.to(dt)
-    block = form.block(side.ck.config)
-    how = check_scale(side.name, tuple(side.x.shape), form.scale, tuple(side.scale.shape), block)
+    if side.view is not None:  # packed experts (or a 1-D tensor): rows r0:r1 of their 2-D view
+        code, shape = side.view[r0:r1], tuple(side.x.shape)
+
+        def codes_of(value: float, scale: torch.Tensor, zero: torch.Tensor | None = None) -> torch.Tensor:
+            like = torch.full((1, 1), value, dtype=code.dtype).expand(side.view.shape)  # (no whole-size tensor)
+            return _stack_rows(like, shape, scale, side.how, r0, r1, form.divisor, zero)
+
+    else:
+        code, block = side.x[r0:r1], form.block(side.ck.config)
+        how = check_scale(side.name, tuple(side.x.shape), form.scale, tuple(side.scale.shape), block)
+
+        def codes_of(value: float, scale: torch.Tensor, zero: torch.Tensor | None = None) -> torch.Tensor:
+            return dequantize(torch.full_like(code, value), scale, how, block, r0, form.divisor, zero)
+
     # each entry's multiplier (scale / divisor): the dequantised weight of a code of 1
-    step = dequantize(torch.ones_like(code), side.scale, how, block, r0, form.divisor)
+    step = codes_of(1.0, side.scale)
     with torch.no_grad():
         if form.table is not None:  # to the nearest of the type's values (bitsandbytes: A × (1 / absmax))
             w32 = w.to(torch.float32)
@@ -1052,8 +1068,7 @@ def _rounding_only(side: _Side, r0: int, r1: int, w: torch.Tensor, ea: torch.Ten
         x = w / step.to(dt)
         del step
         if side.zero is not None:  # each entry's zero point, laid out as its scale: the weight of a code of 0 is -zero
-            ones = torch.ones_like(side.scale)
-            x += -dequantize(torch.zeros_like(code), ones, how, block, r0, form.divisor, side.zero).to(dt)
+            x += -codes_of(0.0, torch.ones_like(side.scale), side.zero).to(dt)
         x = x.to(torch.float32)
         if form.kind == "fp8":
             again = x.to(code.dtype).to(torch.float32)  # round to nearest even, as a quantiser does
