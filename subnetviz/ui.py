@@ -1133,6 +1133,13 @@ def kept_choice(key: str, options: Sequence[str]) -> str:
     return value if value in options else options[0]
 
 
+def need_pair(ws: Workspace) -> None:
+    """Stop a page that compares a base with finetunes when the workspace has no such pair, saying why
+    (:func:`~subnetviz.uilogic.missing_pair_line`)."""
+    if line := uilogic.missing_pair_line(ws, bool(st.session_state.get("base"))):
+        need(False, line)
+
+
 def need(condition: bool, message: str) -> None:
     """Stop the page with an informative note (not an error) when a precondition is not met."""
     if not condition:

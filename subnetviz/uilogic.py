@@ -174,6 +174,20 @@ def some_names(names: Sequence[str], shown: int = 3) -> str:
     return head if len(names) <= shown else f"{head} and {len(names) - shown:,} more"
 
 
+def missing_pair_line(ws: Workspace, base_chosen: bool) -> str | None:
+    """What a page comparing a base with finetunes says when it has no pair to compare (None: it has one). A base
+    that was chosen but refused, or finetunes that were chosen but all left out, are said above the page (their
+    errors): the page points there, not to the sidebar ("Choose a base and finetuned checkpoints", with both
+    chosen and still shown in it)."""
+    if ws.base is not None and ws.finetuned:
+        return None
+    if ws.base is None and base_chosen:
+        return "The base could not be opened (see above): choose another in the sidebar."
+    if ws.base is not None and ws.left_out:
+        return "No finetuned checkpoint could be compared with the base (see above): choose others in the sidebar."
+    return "Choose a base and finetuned checkpoints in the sidebar."
+
+
 def left_out_lines(left_out: Sequence[tuple[str, str, str]], most: int = 3) -> list[str]:
     """The finetunes left out (``Workspace.left_out``: label, path, reason) as at most ``most`` + 1 lines: those
     left out for one reason in one line (how many, a few names, the reason), a single one in its own words, the

@@ -118,7 +118,7 @@ def body() -> None:
         "runs the finetune with the base's routers (and the base with the finetune's)."
     )
     ws = ui.workspace()
-    ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
+    ui.need_pair(ws)
     paths, labels = runnable_models(ws)
     files, masks = prompt_files(), mask_choices(ws)
     ui.need(

@@ -21,7 +21,7 @@ def body() -> None:
         "'Exact' compares bit patterns; tolerances count |Δ| ≤ tol as unchanged (the paper uses 1e-5)."
     )
     ws = ui.workspace()
-    ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
+    ui.need_pair(ws)
     at = ui.compared_at(ws)  # the comparison precision, said here and in every chart title below
     analysis = ui.update_analysis(ws)
     reports = {r.model: r for r in analysis.reports}

@@ -16,7 +16,7 @@ def body() -> None:
         "Δ entries uniformly over the matrix: a sparse random matrix is full-rank too."
     )
     ws = ui.workspace()
-    ui.need(ws.base is not None and bool(ws.finetuned), "Choose a base and finetuned checkpoints in the sidebar.")
+    ui.need_pair(ws)
     # Tabs that draw only when open: the subspace pass decomposes every weight, not only the updates.
     tabs = st.tabs(
         ["Spectra of Δ", "Subspaces of W_base vs W_ft"], key="spec_tab", on_change="rerun", bind="query-params"

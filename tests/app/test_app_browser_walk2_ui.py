@@ -65,6 +65,22 @@ def test_a_finetune_of_another_architecture_is_left_out_and_the_rest_drawn(app_e
         assert [m.label for m in at.metric] == ["grpo-s0", "dpo"]
 
 
+@pytest.mark.parametrize("page", ["sparsity", "spectra", "behavior"])
+def test_with_every_finetune_left_out_the_page_points_to_their_errors(app_env, gpt2, page):
+    """Its one finetune left out, the page said "Choose a base and finetuned checkpoints in the sidebar." under the
+    error, though both were chosen and still shown there; a refused base likewise."""
+    at = open_page(page, ft=[str(gpt2)])
+    assert [e[:27] for e in _errors(at)] == ["walk2-gpt2 is left out (it "]
+    assert [_text(i.value) for i in at.info] == [
+        "No finetuned checkpoint could be compared with the base (see above): choose others in the sidebar."
+    ]
+    at = open_page(page, base="/usr/share", ft=["grpo-s0"])  # outside the allowed roots: refused unopened
+    assert len(_errors(at)) == 1 and "outside" in _errors(at)[0] and not plotly_specs(at)
+    assert [_text(i.value) for i in at.info] == [
+        "The base could not be opened (see above): choose another in the sidebar."
+    ]
+
+
 def test_the_misfit_is_decided_once_per_state_of_the_files(app_env, gpt2, monkeypatch):
     """A page revisit asks the memo, not the headers: the alignment runs once for the pair, and again only after
     the finetune's files change."""
