@@ -616,11 +616,9 @@ def validate_config(config: dict) -> None:
     if not config.get("base") or not config.get("finetuned"):
         raise ConfigError("behavior config needs 'base' and a non-empty 'finetuned' list.")
     specials = [m for m in (config.get("masks") or {}).values() if m in SPECIAL_MASKS or str(m).startswith("topk:")]
-    for f in [
-        config["base"],
-        *config["finetuned"],
-        *(m for m in (config.get("masks") or {}).values() if m not in specials),
-    ]:
+    for f in [config["base"], *config["finetuned"]]:
+        _check_model_given(f)
+    for f in (m for m in (config.get("masks") or {}).values() if m not in specials):
         if not Path(f).exists():
             raise ConfigError(f"behavior config: {f} does not exist.")
     _refuse_adapters([config["base"], *config["finetuned"]])
@@ -634,6 +632,19 @@ def validate_config(config: dict) -> None:
     seed = config.get("seed", 0)  # (each tensor's generator is seeded seed * 1_000_003 + its index: an int64)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
         raise ConfigError(f"behavior config: seed must be a whole number from 0 to {MAX_SEED - 1}, got {seed!r}.")
+
+
+def _check_model_given(spec) -> None:
+    """A model of a behaviour config is there: a path that exists, or a hub id (``org/name[@rev]``, hub id or path
+    as :func:`~subnetviz.checkpoints.sources.reads_as_hub_id` says) in the local Hugging Face cache, resolved as the
+    model loader resolves it (NotCachedError, in one line, where it is not cached; nothing is downloaded). Every hub
+    id was refused as "does not exist", though the sidebar, the CLI and the loader take them."""
+    from subnetviz.checkpoints.sources import local_folder, reads_as_hub_id
+
+    if reads_as_hub_id(spec):
+        local_folder(spec)
+    elif not Path(spec).exists():
+        raise ConfigError(f"behavior config: {spec} does not exist.")
 
 
 def _refuse_adapters(models: Sequence) -> None:

@@ -51,7 +51,8 @@ from subnetviz.analysis import series_jit
 from subnetviz.analysis.bits import INT_VIEW, check_finite, int_view
 from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_aligned
 from subnetviz.checkpoints.adapters import open_finetune
-from subnetviz.errors import CheckpointError, ConfigError, NonFiniteError
+from subnetviz.checkpoints.sources import local_folder, reads_as_hub_id
+from subnetviz.errors import CheckpointError, ConfigError, NonFiniteError, SubnetvizError
 
 
 @dataclass(frozen=True)
@@ -731,12 +732,20 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
 
 
 def _folder_of(path: str) -> Path | None:
-    """The folder of checkpoint ``path`` (itself, or a weight file's folder), resolved; None for anything else (a
-    hub id)."""
+    """The folder of checkpoint ``path``, resolved: itself, a weight file's folder, or a cached hub id's snapshot
+    folder; None for anything else (a name of nothing, a hub id that is not cached or is refused: reading it says
+    why). A weight file's folder is the one that holds the file as given, not the one its link leads to: every file
+    of a hub snapshot (and of git-annex or DVC stores) is a link into a store of blobs, where no step is found, and
+    a run's checkpoint-<N>/model.safetensors files read as independent finetunes."""
+    if reads_as_hub_id(path):
+        try:
+            return local_folder(path).resolve()
+        except SubnetvizError:
+            return None
     p = os.path.expanduser(str(path))  # (os.path: False for a name no file can have, where Path.is_dir raises)
     if os.path.isdir(p):
         return Path(p).resolve()
-    return Path(p).resolve().parent if os.path.isfile(p) else None
+    return Path(p).absolute().parent.resolve() if os.path.isfile(p) else None
 
 
 def checkpoint_step(folder: Path) -> tuple[int | None, str]:
