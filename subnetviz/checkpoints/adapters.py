@@ -12,8 +12,12 @@ them); every other tensor is the base's. LoRA on parameters (``target_parameters
 3-D experts, as gpt-oss is adapted) merges each expert's Δ[e] = s·B[:, :, e]·A[e] in the layout PEFT
 picks, PEFT's nested wrappers assigned to the parameters they wrap; where the base stores its experts
 one by one (Qwen-MoE, Mixtral), each expert's tensor takes its rows of that expert's Δ (transformers packs
-gate_up = [gate; up]). DoRA scales each merged linear weight, per output feature, to its learned magnitude
-(W' = m / ‖W + s·B·A‖ · (W + s·B·A)); ``lora_bias`` adds s·bias_B to the module's bias; trainable tokens
+gate_up = [gate; up]); a 2-D parameter (a router's weight, which PEFT under transformers 5 targets for an
+``all-linear`` LoRA on Qwen-MoE or Mixtral) is one such matrix, Δ = s·B·A. A LoRA in transformers 4's layout (each
+expert's Linear and the router adapted as linear layers) is merged as that layout's PEFT merged it, W + Δ rounded
+once; today's PEFT converts it to parameters and rounds Δ first, which the merge note says on a 16-bit base. DoRA
+scales each merged linear weight, per output feature, to its learned magnitude (W' = m / ‖W + s·B·A‖ · (W + s·B·A));
+``lora_bias`` adds s·bias_B to the module's bias; trainable tokens
 (``trainable_token_indices``) replace their rows of the embedding; a module ``modules_to_save`` lists that the base
 does not hold (a classifier's new head, ``score``) is a tensor of the merged model only, and where the adapter's
 ``task_type`` is a classifier's, the base's language head is left out, as PEFT's merged classifier has none. Where
@@ -205,7 +209,8 @@ class MergedAdapter(Checkpoint):
             f"{'DoRA' if self.magnitudes else 'LoRA'} adapter {shown} merged onto {base.spec}: W + s·B·A "
             f"with s = {rule} (r={r}, α={alpha}) for {len(self.pairs)} tensor(s), computed in float32 and rounded to "
             "the base's stored dtype (round-to-nearest-even) as PEFT's merge rounds it: a linear layer's W + Δ once, "
-            f"an embedding's or an expert parameter's Δ first and then W + Δ{dora}"
+            f"an embedding's or a target parameter's (experts, a router's weight) Δ first and then W + Δ{dora}"
+            + self._per_expert_note()
             + self._whole_note()
             + (f"; {len(self.biases)} bias(es) b + s·bias_B (lora_bias)" if self.biases else "")
             + (f"; {rows} embedding row(s) replaced by trainable tokens" if self.tokens else "")
@@ -257,6 +262,36 @@ class MergedAdapter(Checkpoint):
                 else "."
             )
         ]
+
+    def _per_expert_note(self) -> str:
+        """Where the merge note's "as PEFT's merge rounds it" is not what today's PEFT does: a LoRA in the layout of
+        transformers 4 (each expert's Linear adapted, ``experts.<e>.gate_proj`` / ``w1`` …, and the router ``gate``
+        as a Linear) on a mixture of experts stored expert by expert in a 16-bit dtype. Those weights are merged
+        here as the linear layers they were trained as: W + Δ rounded once, as PEFT merged them under transformers 4
+        (the nearest 16-bit value to W + Δ). PEFT 0.21 under transformers 5 converts such an adapter into
+        ``target_parameters`` on the packed experts and the router's weight and rounds Δ to the base's dtype
+        before adding it, so its merge_and_unload is 1 ULP off this one in some of their entries (a float32 base:
+        no difference)."""
+        moe = {n[: m.start()] for n in self.base.names if (m := _EXPERT_TENSOR.search(n))}  # e.g. model.layers.0.mlp
+        linear = [
+            t
+            for t, (_, _, emb) in self.pairs.items()
+            if not emb
+            and t not in self.experts
+            and t not in self._slices
+            and self.meta(t).dtype in _HALF
+            and (_EXPERT_TENSOR.search(t) or (t.endswith(".gate.weight") and t[: -len(".gate.weight")] in moe))
+        ]
+        if not linear:
+            return ""
+        dtype = str(self.meta(linear[0]).dtype).replace("torch.", "")
+        return (
+            f"; but {len(linear)} expert or router weight(s) (e.g. {linear[0]}) carry a LoRA of transformers 4's "
+            "layout, each expert's Linear and the router adapted as linear layers: they are merged as such, W + Δ "
+            "rounded once, as PEFT merged them under transformers 4. PEFT 0.21 under transformers 5 converts such an "
+            f"adapter to target_parameters on the packed experts and the router and rounds Δ to {dtype} first, so "
+            "its merge_and_unload differs from this merge by 1 ULP in some entries of these weights"
+        )
 
     def _whole_note(self) -> str:
         """What the tensors saved whole replace, for the merge note: the biases ``bias: all`` / ``lora_only``
@@ -319,8 +354,11 @@ class MergedAdapter(Checkpoint):
         full: dict[str, list[str]] = {}  # target -> the whole tensors saved for it
         heads: dict[str, dict[str, str]] = {}  # a tied head's LoRA: its weight in memory -> kind -> key
         head_copies: dict[str, str] = {}  # a tied head saved whole (modules_to_save): its weight in memory -> key
-        wrapped = self._parameter_targets(base_names)  # LoRA on 3-D parameters (target_parameters)
-        wrapped_short = {strip_prefix(w): w for w in wrapped}  # (a wrapped module named as in memory)
+        wrapped = self._parameter_targets(base_names)  # LoRA on parameters (target_parameters)
+        # a wrapped module named as in memory: past its model prefix, and (a router transformers 5 renames, Mixtral's
+        # block_sparse_moe.gate held as mlp.gate) under its name in memory
+        wrapped_short = {strip_prefix(w): w for w in wrapped}
+        wrapped_short.update({strip_prefix(m): w for m, w in self._wrapped_in_memory.items() if w in wrapped})
         per_param: dict[str, dict[int, dict[str, str]]] = {}  # wrapped module -> depth -> kind -> key
         extras: dict[str, dict[str, str]] = {}  # "bias" / "magnitude" / "tokens" -> module -> key
         for key in header:
@@ -680,7 +718,10 @@ class MergedAdapter(Checkpoint):
     def _parameter_targets(self, base_names: set[str]) -> dict[str, list[str]]:
         """``target_parameters`` (PEFT's LoRA on parameters, e.g. a model's packed 3-D experts): module ->
         the base's parameters under it that the list names, in the order PEFT wraps them (the experts'
-        own: gate_up / gate / up before down), so that the innermost wrapper is the first."""
+        own: gate_up / gate / up before down), so that the innermost wrapper is the first. A 2-D parameter is
+        read too: PEFT 0.21 under transformers 5 rewrites a LoRA on a mixture of experts (``all-linear``, or a list
+        naming the router ``gate``) into ``target_parameters`` that name the router's weight (``gate.weight``,
+        (experts, hidden)), which it wraps as one Linear-like parameter (:meth:`_plan_parameters`)."""
         tp = self.adapter_config.get("target_parameters") or []
         if not (isinstance(tp, list) and all(isinstance(t, str) for t in tp)):
             raise CheckpointError(
@@ -697,6 +738,8 @@ class MergedAdapter(Checkpoint):
             if ".block_sparse_moe." in n
             for r in ("gate", "router")
         }
+        # a wrapped module's name in memory -> its stored name, where transformers 5 renames it (Mixtral's router)
+        self._wrapped_in_memory = {m.rpartition(".")[0]: n.rpartition(".")[0] for m, n in renamed.items() if m != n}
         for t in tp:
             hits = [n for n in [*base_names, *self._unpacked] if n == t or n.endswith(f".{t}")]
             hits = hits or [n for m, n in renamed.items() if m == t or m.endswith(f".{t}")]
@@ -706,10 +749,11 @@ class MergedAdapter(Checkpoint):
                     f"tensor of the base {self.base.spec}, packed or expert by expert.{suggest(t, base_names)}"
                 )
             for n in hits:
-                if n not in self._unpacked and len(self.base.meta(n).shape) != 3:
+                if n not in self._unpacked and len(self.base.meta(n).shape) not in (2, 3):
                     raise CheckpointError(
-                        f"{self.spec}: target parameter {n!r} has shape {self.base.meta(n).shape}; only 3-D "
-                        "(experts, ·, ·) parameters are read as LoRA targets. Merge it with peft and give the folder."
+                        f"{self.spec}: target parameter {n!r} has shape {tuple(self.base.meta(n).shape)}; only 2-D "
+                        "(out, in) and 3-D (experts, ·, ·) parameters are read as LoRA targets (as PEFT wraps them). "
+                        "Merge it with peft and give the folder."
                     )
                 module, _, param = n.rpartition(".")
                 out.setdefault(module, []).append(param)
@@ -719,7 +763,9 @@ class MergedAdapter(Checkpoint):
     def _plan_parameters(self, wrapped: dict, per_param: dict, header: dict, pairs: dict) -> dict:
         """Each wrapped parameter's LoRA factors (A (r·E, in), B (out, r·E)) checked against its shape
         (E, d1, d2); Δ[e] = B[:, :, e] · A[e] as PEFT forms it, (d1, d2) = (in, out) or, for the
-        experts PEFT swaps, (out, in). Returns name -> (E, swapped)."""
+        experts PEFT swaps, (out, in). A 2-D parameter (out, in) (a router's weight) is one such matrix, as
+        ``ParamWrapper`` takes it (E = 1, never swapped): A (r, in), B (out, r), Δ = B·A as a linear layer's.
+        Returns name -> (E, swapped)."""
         experts: dict[str, tuple[int, bool]] = {}
         for module, params in wrapped.items():
             depths = per_param.get(module, {})
@@ -734,7 +780,18 @@ class MergedAdapter(Checkpoint):
                 if a is None or b is None:
                     raise CheckpointError(f"{self.adapter_file}: {name!r} has only one of its LoRA A/B tensors.")
                 (ra, d_in), (d_out, rb) = header[a]["shape"], header[b]["shape"]
-                e, d1, d2 = self._unpacked[name].shape if name in self._unpacked else self.base.meta(name).shape
+                shape = tuple(self._unpacked[name].shape if name in self._unpacked else self.base.meta(name).shape)
+                if len(shape) == 2:  # (out, in): PEFT's ParamWrapper with num_experts 1, Linear's Δ = s·B·A
+                    if ra != rb or (d_out, d_in) != shape:
+                        raise CheckpointError(
+                            f"{self.adapter_file}: the LoRA tensors of {name!r} have shapes A {(ra, d_in)}, "
+                            f"B {(d_out, rb)}; for a parameter of shape {shape} they must be A (r, {shape[1]}) and "
+                            f"B ({shape[0]}, r)."
+                        )
+                    experts[name] = (1, False)
+                    pairs[name] = (a, b, False)
+                    continue
+                e, d1, d2 = shape
                 square_rule = self.base.names_table.family not in _NOT_SWAPPED
                 swapped = (d_in, d_out) == (d2, d1) and ((d1, d2) != (d2, d1) or square_rule)
                 if ra != rb or ra % e or (d_in, d_out) != ((d2, d1) if swapped else (d1, d2)):
@@ -920,8 +977,13 @@ class MergedAdapter(Checkpoint):
 
     def _merge_experts(self, name: str, w, ka: str, kb: str, stored, device) -> torch.Tensor:
         """W[e] + s·Δ[e], expert by expert (float32 temporaries of one expert), with PEFT's roundings
-        (:func:`_add_cast`)."""
+        (:func:`_add_cast`). A 2-D parameter (a router's weight) is W + s·B·A: the product as PEFT's
+        ``Linear.get_delta_weight`` forms it (B @ A, then times s), cast to W's dtype and added."""
         s, a, b, swapped = self._factors(name, ka, kb)  # A: experts × rank × in, B: out × rank × experts
+        if w.dim() == 2:
+            a2 = self._adapter[ka].to(device, torch.float32)  # (r, in)
+            b2 = self._adapter[kb].to(device, torch.float32)  # (out, r)
+            return _add_cast(w, (b2 @ a2).mul_(s), stored)
         out = torch.empty(w.shape, dtype=stored, device=device)
         for i in range(a.shape[0]):
             out[i] = _add_cast(w[i], _expert_delta(a, b, i, s, swapped, device), stored)

@@ -29,7 +29,6 @@ from safetensors.torch import load_file
 
 from subnetviz.analysis.sparsity import SparsityOptions
 from subnetviz.analysis.updates import analyze_updates
-from subnetviz.errors import CheckpointError
 from tests.ckpt_fixtures import fp8_quantize, read_state_dict, write_folder
 
 EXPERTS = "model.layers.0.feed_forward.experts."
@@ -302,12 +301,16 @@ def test_a_router_or_experts_saved_whole_under_in_memory_names_is_merged_as_peft
     assert not any("new head" in n for n in rep.notes)
 
 
-def test_lora_on_the_router_through_target_parameters_is_refused_as_a_2d_parameter(tmp_path):
-    base, adapter, _ = _adapter(tmp_path, "mixtral", MIXTRAL, dict(r=2, lora_alpha=4, target_modules=["q_proj"],
-                                                                   target_parameters=["mlp.gate.weight"]))  # fmt: skip
-    with pytest.raises(CheckpointError, match=r"block_sparse_moe\.gate\.weight' has shape .*only 3-D") as exc:
-        _run(base, adapter)
-    assert "matches no tensor" not in str(exc.value)
+def test_lora_on_the_router_through_target_parameters_is_merged_as_peft_merges_it(tmp_path):
+    """A 2-D parameter through ``target_parameters`` (Mixtral's router, stored as block_sparse_moe.gate): read as
+    PEFT reads it (it was refused as "only 3-D"), its changed counts those of PEFT's own merge."""
+    base, adapter, merged = _adapter(tmp_path, "mixtral", MIXTRAL, dict(r=2, lora_alpha=4, target_modules=["q_proj"],
+                                                                        target_parameters=["mlp.gate.weight"]))  # fmt: skip
+    ref, b = read_state_dict(merged), read_state_dict(base)
+    want = {k: _changed(_f64(ref[k]), _f64(b[k])) for k in b}
+    assert want["model.layers.0.block_sparse_moe.gate.weight"] > 0
+    got = _run(base, adapter).tensors.set_index("name").changed
+    assert {k: int(got[k]) for k in want if k in got.index} == want
 
 
 # --- 4. fbgemm's FP8 Llama 4 experts ------------------------------------------------------------------------------
