@@ -1,5 +1,5 @@
 """Safetensors headers: parsed and validated (8-byte length + JSON) before any tensor is read, so a
-truncated or corrupt file is reported with its name and what is wrong."""
+truncated or corrupt file is reported with its name and what is wrong (a Git LFS pointer file as one)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,29 @@ def _count(v) -> bool:
     return type(v) is int and v >= 0  # JSON true / 2.0 are no sizes
 
 
+# The first line of a Git LFS pointer file: what a clone made without git-lfs holds in place of each weights file
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def check_not_lfs_pointer(path: Path, head: bytes | None = None) -> None:
+    """Refuse, in one line that says what it is, a Git LFS pointer file (three lines of text: ``version``, ``oid``,
+    ``size``) where a weights file was expected: a repository cloned without git-lfs holds one in place of each
+    weights file, which read as a "corrupt or truncated safetensors header" (its first 8 bytes, ``version ``, taken
+    as a header length) or "not a readable pickle", sending the user to download it all again. ``head``: the
+    file's first bytes where the caller has read them (at least ``len(LFS_POINTER)``), else they are read here."""
+    if head is None:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(len(LFS_POINTER))
+        except OSError:
+            return  # (the reader that follows says what is wrong)
+    if head.startswith(LFS_POINTER):
+        raise CheckpointError(
+            f"{path}: a Git LFS pointer, not the weights (the repository was cloned without git-lfs): run "
+            f"`git lfs pull` in {path.parent} (or download the model with `hf download`)."
+        )
+
+
 def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
     """Parse and validate a safetensors header; returns (header dict, raw header bytes).
 
@@ -92,6 +115,7 @@ def read_safetensors_header(path: Path) -> tuple[dict, bytes]:
                 raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes; no header length).")
             (n,) = struct.unpack("<Q", head)
             if n > _MAX_HEADER or 8 + n > size:
+                check_not_lfs_pointer(path, head + fh.read(len(LFS_POINTER) - 8))
                 raise CheckpointError(
                     f"{path}: corrupt or truncated safetensors header (declares {n} header bytes, file has {size})."
                 )

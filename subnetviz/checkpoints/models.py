@@ -316,6 +316,7 @@ def checked_weights(spec, folder: Path) -> list[Path]:
     also :func:`~subnetviz.pickles.check_torch_file` (a pickle walked before torch unpickles it: a tuple 150,000
     deep crashed the process). A folder where the two differ is refused: the model run would not be the one
     compared, and a ``.bin`` beside another ``.safetensors`` was loaded with its pickle never walked."""
+    from subnetviz.checkpoints.header import check_not_lfs_pointer
     from subnetviz.checkpoints.sources import _folder_files
     from subnetviz.config import check_readable
     from subnetviz.errors import MaskError
@@ -329,6 +330,7 @@ def checked_weights(spec, folder: Path) -> list[Path]:
         )
     for f in loads:
         check_readable(f, what=f"{f.name} of {spec}")
+        check_not_lfs_pointer(f)  # (transformers' own error named no cause)
         if f.suffix != ".safetensors":
             try:
                 check_torch_file(f)

@@ -22,6 +22,7 @@ import json
 import mmap
 import os
 import re
+import stat
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -376,6 +377,7 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
     from subnetviz.errors import MaskError
     from subnetviz.pickles import check_torch_file
 
+    _header.check_not_lfs_pointer(path)  # (its text read as a pickle was "opcode b'v' unknown")
     try:
         check_torch_file(path)
     except MaskError as exc:  # (the mask reader's errors; here the checkpoint's)
@@ -526,8 +528,8 @@ def training_state(file: Path) -> bool:
 
 def _what_it_holds(folder: Path) -> str:
     """The end of the no-weights error of ``folder``: what it holds instead and what to give (``"."`` where it
-    holds nothing known): a GGUF file, PEFT adapters saved under their names, a run's checkpoint folders, FSDP's
-    sharded state, DeepSpeed's ZeRO state, or only a trainer's state."""
+    holds nothing known): a GGUF file, PEFT adapters saved under their names, FSDP's sharded state, DeepSpeed's ZeRO
+    state, a model in a subfolder, a run's checkpoint folders, or only a trainer's state."""
     gguf = sorted(folder.glob("*.gguf"))
     if gguf:
         return f"; {gguf[0].name} is {_GGUF}"
@@ -547,6 +549,22 @@ def _what_it_holds(folder: Path) -> str:
     tags = sorted(p.name for p in folder.glob("global_step*") if p.is_dir())
     if tags or (folder / "zero_to_fp32.py").is_file():
         return f"; it holds DeepSpeed ZeRO state{f' ({tags[0]}/)' if tags else ''}: {_ZERO_TO_FP32}."
+    # a model saved in a subfolder (a hub repository holding it in final/ or model/): a hub id names the repository's
+    # top folder only, so the subfolder is given by its path
+    models = sorted(
+        p.parent
+        for p in folder.glob("*/config.json")
+        if not _CHECKPOINT_DIR.match(p.parent.name) and (holds_model_weights(p.parent) or _any_weights(p.parent))
+    )
+    if models:
+        from subnetviz.config import hub_snapshot_of
+
+        names = ", ".join(f"{p.name}/" for p in models[:3]) + (" …" if len(models) > 3 else "")
+        hub = " (a hub id names only the repository's top folder)" if hub_snapshot_of(folder) else ""
+        return (
+            f"; the model is in {'a subfolder' if len(models) == 1 else f'{len(models)} subfolders'} ({names}): "
+            f"give that folder's path{hub}, e.g. {models[0]}."
+        )
     runs = [
         p for p in (*folder.iterdir(), *folder.glob("checkpoints/*")) if p.is_dir() and _CHECKPOINT_DIR.match(p.name)
     ]
@@ -565,6 +583,12 @@ def _what_it_holds(folder: Path) -> str:
             "not the model: the model's weights were not saved in this folder."
         )
     return "."
+
+
+def _any_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``*.safetensors`` file other than an adapter's (a model :func:`_folder_files`
+    reads where no file transformers names is there)."""
+    return any(not f.name.startswith("adapter_model") for f in folder.glob("*.safetensors"))
 
 
 def _left_aside(folder: Path, picked: Path, files: list[Path]) -> list[str]:
@@ -680,7 +704,10 @@ def check_hub_cache(spec: str) -> None:
     """Refuse hub id ``spec`` (PathNotAllowedError, one line the same for every id) while the roots are enforced
     and the Hugging Face cache lies outside them: before anything under the cache is listed or opened. Its listing
     named the ids and revisions it holds ("the cache holds acme/Tiny-Base", "but these: acme/Tiny-Base@main"), and
-    a cached id's refs were read before its weights were refused, so the message told whether it was cached."""
+    a cached id's refs were read before its weights were refused, so the message told whether it was cached.
+    First, a revision that is no branch, tag or commit name is refused (:func:`check_revision`), whatever the
+    roots: the app's selection calls this before a hub id is let through."""
+    check_revision(*split_revision(spec))  # (a name, whatever the cache holds: refused before it is looked at)
     if not enforce_roots():
         return
     try:
@@ -690,6 +717,105 @@ def check_hub_cache(spec: str) -> None:
             f"{spec}: hub ids are read from the Hugging Face cache, which lies outside the folders this server may "
             "read (its owner adds it with SUBNETVIZ_ROOTS)."
         ) from None
+
+
+# A full commit id: named as it is, no ref read
+_COMMIT = re.compile(r"[0-9a-fA-F]{40}")
+# What git check-ref-format refuses anywhere in a ref name: control characters, space, DEL, ~ ^ : ? * [ and backslash
+_REF_REFUSED = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_REF_MAX = 255  # (a longer name is no file name a cache holds: ENAMETOOLONG)
+# A ref file holds a commit (40 hex digits, huggingface_hub writes no newline): more than this is no ref
+_REF_BYTES = 64
+
+
+def check_revision(repo_id: str, rev: str | None) -> None:
+    """Refuse (CheckpointError, one line) a revision of hub id ``repo_id@rev`` that is no branch, tag or commit
+    name by git's rules (``git check-ref-format``): ``..``, a leading or trailing ``/``, ``//``, a part that
+    begins with ``.`` or ends with ``.lock``, control characters, space or ``~ ^ : ? * [ \\``. huggingface_hub
+    opens ``refs/<rev>`` with the revision joined as a path, ``..`` kept: ``@../../../etc/x`` read a file outside
+    the roots as a ref (its text then opened as the snapshot folder), ``@…/fifo`` hung the page for good and
+    ``@…/dev/zero`` read until memory ran out."""
+    if rev is None:
+        return
+    why = _revision_problem(rev)
+    if why:
+        shown = rev if rev.isprintable() else repr(rev)  # (one line, whatever the revision holds)
+        shown = shown if len(shown) <= 80 else f"{shown[:40]}…{shown[-20:]} ({len(rev):,} characters)"
+        raise CheckpointError(
+            f"{repo_id}@{shown}: the revision is no branch, tag or commit name ({why}); give one, e.g. "
+            f"{repo_id}@main or {repo_id}@<commit>. Refused."
+        )
+
+
+def _revision_problem(rev: str) -> str | None:
+    """Why ``rev`` is no git ref name nor commit (:func:`check_revision`), None where it is one."""
+    if len(rev) > _REF_MAX:
+        return f"longer than {_REF_MAX} characters"
+    bad = _REF_REFUSED.search(rev)
+    if bad:
+        c = bad.group(0)
+        return f"it holds {'a control character' if c < ' ' or c == chr(127) else repr(c)}"
+    if ".." in rev:
+        return "it holds '..'"
+    if rev.startswith("/") or rev.endswith("/") or "//" in rev:
+        return "an empty part between '/'"
+    if rev == "@" or "@{" in rev:
+        return "it holds '@{' or is '@'"
+    if rev.endswith("."):
+        return "it ends with '.'"
+    if any(part.startswith(".") or part.endswith(".lock") for part in rev.split("/")):
+        return "a part begins with '.' or ends with '.lock'"
+    return None
+
+
+def _ref_commit(cache: Path, repo_id: str, rev: str) -> str | None:
+    """The commit that ``rev`` (checked by :func:`check_revision`) names in ``repo_id``'s cache folder: ``rev``
+    itself where it is a full commit; else the commit its ``refs/<rev>`` file holds, read here so that
+    huggingface_hub reads no ref (it opens ``refs/<rev>`` as it finds it). None where ``refs/`` holds no such ref
+    (no file, a folder of refs such as ``refs/pr``); a ref leading out of ``refs/``, outside the roots or to
+    something other than a regular file, or holding no commit, is refused in one line."""
+    if _COMMIT.fullmatch(rev):
+        return rev.lower()
+    refs = _repo_folder(cache, repo_id) / "refs"
+    ref = refs / rev
+    try:
+        os.lstat(ref)
+    except (OSError, ValueError):  # no such ref (or no such repository)
+        return None
+    if os.path.isdir(ref):
+        return None
+    what = f"refs/{rev} of {repo_id} in the Hugging Face cache"
+    real, inside = os.path.realpath(ref), os.path.realpath(refs)
+    if os.path.commonpath([real, inside]) != inside:
+        raise PathNotAllowedError(f"{what}: a link leading out of the repository's refs/ folder; refused.")
+    return read_ref(check_readable(ref, what=what), what)
+
+
+def read_ref(path: Path, what: str) -> str | None:
+    """The commit a ref file at ``path`` (a regular file: checked by the caller) holds: at most
+    :data:`_REF_BYTES` bytes are read, opened without waiting (a file swapped for a named pipe since it was
+    checked is refused, never waited on); None where the file is gone, CheckpointError where it holds no
+    40-hex commit."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CheckpointError(f"{what}: cannot read ({exc.strerror or exc}).") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PathNotAllowedError(f"{what}: not a regular file; refused.")
+        raw = os.read(fd, _REF_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointError(f"{what}: cannot read ({exc.strerror or exc}).") from None
+    finally:
+        os.close(fd)
+    text = raw.decode("ascii", errors="replace").strip()
+    if len(raw) > _REF_BYTES or not _COMMIT.fullmatch(text):
+        raise CheckpointError(
+            f"{what}: holds no commit (a ref file holds 40 hex digits); download the model again to rewrite it."
+        )
+    return text.lower()
 
 
 def split_revision(spec: str) -> tuple[str, str | None]:
@@ -721,8 +847,12 @@ def resolve_hub_id(repo_id: str, revision: str | None = None) -> Path:
 
     repo_id, rev = split_revision(repo_id) if revision is None else (repo_id, revision)
     cache = hf_cache_dir()
+    # the commit, named or read from refs/ here: huggingface_hub, given a commit, opens no ref file
+    commit = _ref_commit(cache, repo_id, rev or "main")
+    cause: Exception | None = None
     try:
-        return Path(snapshot_download(repo_id, revision=rev, local_files_only=True, cache_dir=str(cache)))
+        if commit is not None:
+            return Path(snapshot_download(repo_id, revision=commit, local_files_only=True, cache_dir=str(cache)))
     except IncompleteSnapshotError as exc:
         if getattr(exc, "snapshot_path", None) and Path(exc.snapshot_path).is_dir():
             return Path(exc.snapshot_path)
@@ -775,7 +905,13 @@ def _cached_nearby(cache: Path, repo_id: str, rev: str | None) -> str:
     try:
         for f in sorted((folder / "refs").rglob("*")):
             if f.is_file():  # (a commit several refs name is shown by the first in name order)
-                refs.setdefault(f.read_text().strip(), f.relative_to(folder / "refs").as_posix())
+                name = f.relative_to(folder / "refs").as_posix()
+                try:
+                    commit = read_ref(check_readable(f), name)
+                except SubnetvizError:  # (a ref that cannot be read names no revision here)
+                    continue
+                if commit:
+                    refs.setdefault(commit, name)
         commits = sorted(p.name for p in (folder / "snapshots").iterdir() if p.is_dir())
     except OSError:
         commits = []
@@ -899,8 +1035,8 @@ def _snapshot_label(folder: Path) -> str | None:
         return None
     repo, commit, _ = snap
     try:
-        main = check_readable(folder.parent.parent / "refs" / "main").read_text().strip()
-    except (OSError, PathNotAllowedError):
+        main = read_ref(check_readable(folder.parent.parent / "refs" / "main"), "refs/main")
+    except SubnetvizError:
         main = None
     return repo if main == commit else f"{repo}@{commit[:7]}"
 
