@@ -498,14 +498,54 @@ def enforce_limit(root: str | os.PathLike, limit: float, *, keep: str | os.PathL
     return removed
 
 
+def _boot_fraction() -> float:
+    """What psutil's creation times lack on Linux: they add the boot time in whole seconds (``/proc/stat``'s
+    ``btime``) to the start in clock ticks, so they read up to 1 s early, while a file's times are exact to a few
+    milliseconds. The fraction is read from the clock since boot; 0 where there is no such clock (macOS, whose
+    creation times are exact)."""
+    import psutil
+
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock is None:
+        return 0.0
+    try:
+        fraction = time.time() - time.clock_gettime(clock) - psutil.boot_time()
+    except (OSError, RuntimeError):
+        return 0.0
+    return fraction if 0.0 <= fraction < 1.0 else 0.0
+
+
+def writer_gone(pid: int, changed: float) -> bool:
+    """Has the writer of a leftover named with ``pid`` ended? ``changed``: when the leftover last changed (its
+    ``st_ctime``, which no copy of times sets back: ``copytree`` gives a folder its source's ``st_mtime``).
+
+    Judged as the job registry judges a run (:func:`~subnetviz.jobs.registry.process_start`: the pid *and* its
+    process's creation time): gone when no process has the pid, when that process has ended unreaped (a zombie),
+    or when it was created after the leftover last changed, a later process that reused the pid. Under Docker every
+    server and every ``docker run … subnetviz`` is PID 1, so a killed one's leftovers (``…tmp-1-…``) were never
+    removed by the pid alone. A process not ours to inspect keeps its leftovers, as by the pid alone."""
+    import psutil
+
+    from subnetviz.jobs.registry import creation_time, process_start
+
+    start = process_start(pid)
+    if start is not None:
+        # (exact to a clock tick, 10 ms: a writer changes its leftover far later than that after it starts, its
+        # imports alone take longer, while a server restarted by Docker comes at least that long after the kill)
+        return start + _boot_fraction() > changed
+    return creation_time(pid) is not None or not psutil.pid_exists(pid)  # a zombie, or no such process
+
+
 def sweep_beside(target: str | os.PathLike) -> list[Path]:
     """What a killed writer of ``target`` (an output a user named) left beside it: its temporary folder or file
     (``.NAME.tmp-PID-…``) is removed, and the earlier result it had moved aside to replace (``.NAME.old-PID-…``)
     is put back where it was if ``target`` is missing (killed between the two renames), else removed; only for
-    writers whose process is gone. Only ``target``'s own siblings are looked at. Returns what was removed."""
-    import glob
+    writers whose process is gone (:func:`writer_gone`). Only ``target``'s own siblings are looked at. Returns what
+    was removed.
 
-    import psutil
+    There is no age rule here, unlike :func:`sweep`: a live writer may leave its folder untouched for hours
+    (``analyze --subspaces`` holds the analysis it copied while the subspaces are computed)."""
+    import glob
 
     target = Path(target)
     removed: list[Path] = []
@@ -514,8 +554,13 @@ def sweep_beside(target: str | os.PathLike) -> list[Path]:
     for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
         tag, _, rest = p.name[len(target.name) + 2 :].partition("-")
         pid = rest.split("-", 1)[0]
-        if tag not in ("tmp", "old") or not (pid.isascii() and pid.isdigit()) or psutil.pid_exists(int(pid)):
+        if tag not in ("tmp", "old") or not (pid.isascii() and pid.isdigit()):
             continue
+        try:
+            if not writer_gone(int(pid), p.lstat().st_ctime):
+                continue
+        except OSError:
+            continue  # (removed meanwhile)
         if tag == "old" and not target.exists() and not target.is_symlink():
             os.replace(p, target)  # the earlier result, back in its place
             continue
@@ -529,10 +574,8 @@ def sweep_beside(target: str | os.PathLike) -> list[Path]:
 
 def sweep(root: str | os.PathLike, *, older_than_s: float = 3600.0) -> list[Path]:
     """Remove the temporary folders and files (``.NAME.tmp-PID-…``, ``.old-``, ``.corrupt-``) that a
-    killed writer left under ``root``: those whose writer process is gone, or older than
+    killed writer left under ``root``: those whose writer process is gone (:func:`writer_gone`), or unchanged for
     ``older_than_s``. Returns what was removed."""
-    import psutil
-
     removed = []
     root = Path(root)
     if not root.is_dir():
@@ -547,7 +590,9 @@ def sweep(root: str | os.PathLike, *, older_than_s: float = 3600.0) -> list[Path
         ):
             continue
         try:
-            stale = not psutil.pid_exists(int(parts[1])) or now - p.lstat().st_mtime > older_than_s
+            st = p.lstat()
+            # (the age from its last change, not its st_mtime: a copy gives a live writer's folder its source's)
+            stale = writer_gone(int(parts[1]), st.st_ctime) or now - st.st_ctime > older_than_s
         except OSError:
             continue
         if stale:

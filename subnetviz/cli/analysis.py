@@ -53,24 +53,29 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         analysis = cached_analysis(args.base, args.finetuned, **kwargs)
         if analysis.cached:
             print(f"cached: served from {analysis.source_dir}", file=sys.stderr)
-    subspaces = _subspaces(args, analysis.labels) if args.subspaces or args.subspaces_share else None
-    with publish(out, args.overwrite) as tmp:  # the analysis and its subspaces appear together or not at all
-        if args.no_cache:  # written in a folder of its own, then moved up: a copy would need the space twice
-            written = write_analysis(
-                analysis, tmp / "analysis", params={"base": args.base, "finetuned": args.finetuned}
-            )
-            for f in written.iterdir():
-                os.replace(f, tmp / f.name)
-            written.rmdir()
-        else:
-            source = analysis.source_dir  # (the cache's entry stays: copied, less its use stamp)
-            shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(USED))
-        if subspaces is not None:
-            subspaces[0].to_csv(tmp / "subspaces.csv", index=False)
-            subspaces[1].to_parquet(tmp / "subspaces.parquet", index=False)
-            # its notes (skips, tensors left out, the dtype compared at) kept beside it: on stderr only, the folder
-            # alone could not show that a tensor had been left out
-            (tmp / SUBSPACES_NOTES).write_text(json.dumps(list(subspaces[2]), indent=2))
+    try:
+        with publish(out, args.overwrite) as tmp:  # the analysis and its subspaces appear together or not at all
+            # The analysis first, then the subspaces: its cache entry, marked used when it was read, may be evicted
+            # once the subspaces (hours for a large model) have taken longer than the eviction's grace, by this
+            # command's own publish of them or by any other; its copy here is this command's own.
+            if args.no_cache:  # written in a folder of its own, then moved up: a copy would need the space twice
+                written = write_analysis(
+                    analysis, tmp / "analysis", params={"base": args.base, "finetuned": args.finetuned}
+                )
+                for f in written.iterdir():
+                    os.replace(f, tmp / f.name)
+                written.rmdir()
+            else:
+                source = analysis.source_dir  # (the cache's entry stays: copied, less its use stamp)
+                shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(USED))
+            if args.subspaces or args.subspaces_share:
+                try:
+                    subspaces = _subspaces(args, analysis.labels)
+                except OSError as exc:  # reading the checkpoints, not writing --out: said as before, not as publish's
+                    raise _ReadFailed(exc) from exc
+                _write_subspaces(tmp, subspaces)
+    except _ReadFailed as failed:
+        raise failed.args[0] from None
     for line in analysis.notes:
         print(f"note: {line}", file=sys.stderr)
     summary = analysis.summary()
@@ -78,6 +83,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(summary[["model", "sparsity", "density", "numel", "changed"]].to_string(index=False, formatters=shares))
     print(f"wrote {out}")
     return 0
+
+
+class _ReadFailed(Exception):
+    """An OSError of the subspaces' computation (a checkpoint that cannot be read), carried out of ``publish``,
+    which would say it as "--out O: cannot write the result"."""
+
+
+def _write_subspaces(tmp: Path, subspaces) -> None:
+    """``analyze --subspaces K``'s files in the result's folder: the rows and vectors, and the notes."""
+    rows, vectors, notes = subspaces
+    rows.to_csv(tmp / "subspaces.csv", index=False)
+    vectors.to_parquet(tmp / "subspaces.parquet", index=False)
+    # its notes (skips, tensors left out, the dtype compared at) kept beside it: on stderr only, the folder
+    # alone could not show that a tensor had been left out
+    (tmp / SUBSPACES_NOTES).write_text(json.dumps(list(notes), indent=2))
 
 
 def share_text(x: float) -> str:

@@ -211,7 +211,10 @@ def _partial_entries(out: Path) -> dict[str, dict[str, Path]]:
 def _clear_dead_partials(out: Path, keep: str) -> list[tuple[str, Path]]:
     """Remove the partial folders (and lock files) at ``out`` whose owner is gone (nobody holds the lock, or
     no lock at all: a run creates its lock before its folder and deletes it after); returns ``(pid, folder)``
-    of the live runs."""
+    of the live runs. A dead run whose work folder is still there never published a model (killed: SIGKILL, the
+    OOM killer), so its TensorBoard events go with it, as an interrupted run's do (:func:`_drop_events`): its
+    truncated curve read as a second run of the model. A run killed after it published or kept its model (its
+    folder renamed, its lock not yet removed) keeps them."""
     live = []
     for tag, e in sorted(_partial_entries(out).items()):
         if tag == keep:
@@ -231,6 +234,8 @@ def _clear_dead_partials(out: Path, keep: str) -> list[tuple[str, Path]]:
                     live.append((tag.split("-")[0], folder))
                     continue
         try:
+            if "dir" in e:
+                _remove_events(out, tag)
             shutil.rmtree(folder, ignore_errors=True)
             if lock is not None:
                 lock.unlink(missing_ok=True)
@@ -251,8 +256,14 @@ def _drop_events(run: _Run) -> None:
     """An interrupted run's TensorBoard events (Ctrl-C says 'nothing was written'; they were left under
     ``<output_dir>.tensorboard``): this run's own folder, and ``<output_dir>.tensorboard`` only when that leaves it
     empty; other runs' events stay. A job's events stay in its run folder, beside its log."""
-    events = _events_dir(run.out, run.work.tag)
-    if events == tensorboard_dir(run.out):
+    _remove_events(run.out, run.work.tag)
+
+
+def _remove_events(out: Path, tag: str) -> None:
+    """Remove the TensorBoard events of run ``tag`` at ``out``: its own folder, and ``<output_dir>.tensorboard`` only
+    when that leaves it empty. A job's (``RUN_DIR/tensorboard``, not the run's own) are never removed here."""
+    events = _events_dir(out, tag)
+    if events == tensorboard_dir(out):
         return
     shutil.rmtree(events, ignore_errors=True)
     try:
