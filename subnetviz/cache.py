@@ -498,41 +498,19 @@ def enforce_limit(root: str | os.PathLike, limit: float, *, keep: str | os.PathL
     return removed
 
 
-def _boot_fraction() -> float:
-    """What psutil's creation times lack on Linux: they add the boot time in whole seconds (``/proc/stat``'s
-    ``btime``) to the start in clock ticks, so they read up to 1 s early, while a file's times are exact to a few
-    milliseconds. The fraction is read from the clock since boot; 0 where there is no such clock (macOS, whose
-    creation times are exact)."""
-    import psutil
-
-    clock = getattr(time, "CLOCK_BOOTTIME", None)
-    if clock is None:
-        return 0.0
-    try:
-        fraction = time.time() - time.clock_gettime(clock) - psutil.boot_time()
-    except (OSError, RuntimeError):
-        return 0.0
-    return fraction if 0.0 <= fraction < 1.0 else 0.0
-
-
-def writer_gone(pid: int, changed: float) -> bool:
-    """Has the writer of a leftover named with ``pid`` ended? ``changed``: when the leftover last changed (its
-    ``st_ctime``, which no copy of times sets back: ``copytree`` gives a folder its source's ``st_mtime``).
-
-    Judged as the job registry judges a run (:func:`~subnetviz.jobs.registry.process_start`: the pid *and* its
-    process's creation time): gone when no process has the pid, when that process has ended unreaped (a zombie),
-    or when it was created after the leftover last changed, a later process that reused the pid. Under Docker every
-    server and every ``docker run … subnetviz`` is PID 1, so a killed one's leftovers (``…tmp-1-…``) were never
-    removed by the pid alone. A process not ours to inspect keeps its leftovers, as by the pid alone."""
+def writer_gone(pid: int) -> bool:
+    """Has the writer of a leftover named with ``pid`` ended? Only where no process has the pid, or the one that has
+    it has ended unreaped (a zombie: nothing it holds is written any more). A live process holding the pid keeps the
+    leftover, whatever it is: it may be the writer in a PID namespace other than ours (every container's server is
+    PID 1, and a second container sharing the cache saw its own, later PID 1 "reuse" the first one's pid: its live
+    folder was swept), and a creation time cannot tell (psutil forms it from the wall clock, which a clock step
+    moves). So a killed PID 1's leftovers wait for :func:`sweep`'s age rule."""
     import psutil
 
     from subnetviz.jobs.registry import creation_time, process_start
 
-    start = process_start(pid)
-    if start is not None:
-        # (exact to a clock tick, 10 ms: a writer changes its leftover far later than that after it starts, its
-        # imports alone take longer, while a server restarted by Docker comes at least that long after the kill)
-        return start + _boot_fraction() > changed
+    if process_start(pid) is not None:
+        return False
     return creation_time(pid) is not None or not psutil.pid_exists(pid)  # a zombie, or no such process
 
 
@@ -557,7 +535,7 @@ def sweep_beside(target: str | os.PathLike) -> list[Path]:
         if tag not in ("tmp", "old") or not (pid.isascii() and pid.isdigit()):
             continue
         try:
-            if not writer_gone(int(pid), p.lstat().st_ctime):
+            if not writer_gone(int(pid)):
                 continue
         except OSError:
             continue  # (removed meanwhile)
@@ -592,7 +570,7 @@ def sweep(root: str | os.PathLike, *, older_than_s: float = 3600.0) -> list[Path
         try:
             st = p.lstat()
             # (the age from its last change, not its st_mtime: a copy gives a live writer's folder its source's)
-            stale = writer_gone(int(parts[1]), st.st_ctime) or now - st.st_ctime > older_than_s
+            stale = writer_gone(int(parts[1])) or now - st.st_ctime > older_than_s
         except OSError:
             continue
         if stale:

@@ -1,10 +1,10 @@
 """What a killed run leaves, and what a long one reads, after the second interruptions review.
 
-- A writer's leftovers (``.NAME.tmp-PID-…``) were judged by the pid alone. Under Docker every server and every
-  ``docker run … subnetviz`` is PID 1, and PID 1 always exists, so a killed one's part-files and cut-off uploads
-  were never removed. Now the process holding the pid must also have been created before the leftover last
-  changed. Shown with real PID namespaces (``unshare``, as a container makes them), and a live writer whose
-  leftover carries an old modification time (``copytree`` copies its source's) is still left alone.
+- A writer's leftovers (``.NAME.tmp-PID-…``) are judged by the pid alone: a rule that also took a pid held by a
+  process created after the leftover for a reused one (so that a killed PID 1's leftovers went) swept a live
+  writer's folder when a second container, PID 1 of its own namespace, shared the cache; it was taken back. Shown
+  with real PID namespaces (``unshare``, as a container makes them); a live writer whose leftover carries an old
+  modification time (``copytree`` copies its source's) is left alone by the age rule too.
 - ``analyze … --subspaces K`` through a cache over its limit: its own subspaces publish evicted the update
   analysis it was about to copy into ``--out``, and the run ended in an error with nothing written.
 - A ``train --config`` run killed by SIGKILL left its TensorBoard events for good, beside the finished rerun's.
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from subnetviz import cache
@@ -50,66 +51,49 @@ def _new_pid_namespace() -> list[str] | None:
     return None
 
 
-def _killed_as_pid1(ns: list[str], code: str) -> None:
-    """Run ``code`` as PID 1 of a new PID namespace; it prints "stalled" where it is to be killed, and is SIGKILLed
-    there (a container's server or command killed mid-write: no ``finally`` runs)."""
-    import psutil
-
-    proc = subprocess.Popen(
-        [*ns, sys.executable, "-c", textwrap.dedent(code)], env=ENV, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout.readline().strip() == "stalled"
-        (child,) = psutil.Process(proc.pid).children()  # the PID-1 python, by its pid outside the namespace
-        child.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-
-
-def test_a_killed_pid_1s_leftovers_are_removed_by_the_next_pid_1(tmp_path):
-    """The first "container" writes a user's file through ``publish_file`` (as `report` and `mask import` do) and
-    a cache entry through ``atomic_folder``, both named ``…tmp-1-…``, and is killed mid-write. The next one, PID 1
-    again, sweeps as the CLI (``sweep_beside``) and the server's start (``sweep``) do: both leftovers go."""
+def test_a_live_pid_1s_folder_is_kept_by_a_later_pid_1_sharing_the_cache(tmp_path):
+    """Two "containers" share a cache: the first, PID 1 of its namespace, is writing a cache entry (``…tmp-1-…``);
+    the second, started later, PID 1 of its own, sweeps at its start as the server does. The first's folder stays:
+    a rule that took a pid held by a process started after the folder for a reused pid swept it mid-write."""
     ns = _new_pid_namespace()
     if ns is None:
         pytest.skip("no PID namespace can be made here (unshare needs root or user namespaces)")
-    out, root = tmp_path / "o" / "m.safetensors", tmp_path / "cache"
-    out.parent.mkdir()
-    (out.parent / "mine.txt").write_text("a user's file")
-    _killed_as_pid1(
-        ns,
-        rf"""
+    root = tmp_path / "cache"
+    writer_code = rf"""
         import os, time
         from pathlib import Path
-        from subnetviz.cache import atomic_folder, atomic_path
-        from subnetviz.cli.common import publish_file
+        from subnetviz.cache import atomic_folder
 
         assert os.getpid() == 1
-        with publish_file(Path({str(out)!r}), False) as tmp, atomic_folder(Path({str(root)!r}) / "updates" / "k") as e:
-            with atomic_path(tmp) as part:
-                part.write_bytes(b"x" * 100_000)
-                (e / "half.csv").write_text("x")
-                print("stalled", flush=True)
-                time.sleep(60)
-        """,
+        with atomic_folder(Path({str(root)!r}) / "updates" / "k") as e:
+            (e / "half.csv").write_text("x")
+            print("writing", flush=True)
+            time.sleep(120)
+        """
+    writer = subprocess.Popen(
+        [*ns, sys.executable, "-c", textwrap.dedent(writer_code)], env=ENV, stdout=subprocess.PIPE, text=True
     )
-    beside = [p.name for p in out.parent.iterdir() if p.name != "mine.txt"]
-    in_cache = [p.name for p in (root / "updates").iterdir()]
-    assert len(beside) == 1 and beside[0].startswith(".m.safetensors.tmp-1-"), beside
-    assert len(in_cache) == 1 and in_cache[0].startswith(".k.tmp-1-"), in_cache
-    time.sleep(0.05)  # (a restart takes longer than this; the creation times compared are exact to 10 ms)
-    sweeper = f"""
-        import os
-        from subnetviz.cache import sweep, sweep_beside
-        assert os.getpid() == 1
-        print(len(sweep_beside({str(out)!r})), len(sweep({str(root)!r})))
-    """
-    done = subprocess.run(
-        [*ns, sys.executable, "-c", textwrap.dedent(sweeper)], env=ENV, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["1", "1"]
-    assert [p.name for p in out.parent.iterdir()] == ["mine.txt"] and list((root / "updates").iterdir()) == []
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        (folder,) = (root / "updates").iterdir()
+        assert folder.name.startswith(".k.tmp-1-")
+        time.sleep(1.5)  # (the second container starts well after the first's folder)
+        sweeper = f"""
+            import os
+            from subnetviz.cache import sweep
+            assert os.getpid() == 1
+            print(len(sweep({str(root)!r})))
+        """
+        done = subprocess.run(
+            [*ns, sys.executable, "-c", textwrap.dedent(sweeper)], env=ENV, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["0"] and (folder / "half.csv").is_file()
+    finally:
+        for p in psutil.Process(writer.pid).children(recursive=True):
+            p.kill()
+        writer.kill()
+        writer.wait(timeout=60)
 
 
 def _leftovers(out: Path, root: Path, pid: int) -> list[Path]:
