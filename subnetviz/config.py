@@ -320,12 +320,18 @@ def not_a_file(path: str | os.PathLike) -> str | None:
 JSON_FILE_LIMIT = 64 * 2**20
 
 
-def parse_json(raw: str | bytes, where: str, error: type[Exception], *, obj: bool = True):
+def parse_json(raw: str | bytes, where: str, error: type[Exception], *, obj: bool = True, text: bool = False):
     """JSON text someone else wrote, parsed; ``error`` (a :class:`~subnetviz.errors.SubnetvizError` class)
     with ``where`` in its message for text that is not JSON, not UTF-8, nested too deeply for the parser
     (``[[[[…`` raises RecursionError, which no ``except JSONDecodeError`` catches), holding an integer of more
     digits than Python converts (a plain ValueError, which no ``except JSONDecodeError`` catches either) or,
-    with ``obj``, not an object."""
+    with ``obj``, not an object.
+
+    With ``text`` (what :func:`read_json` always asks), also refused: a key or string that is not UTF-8 text.
+    JSON's ``"\\udcff"`` is valid JSON and parses into a lone surrogate, which every later encoding refuses (a
+    pyarrow table of a config's ``architectures``: the Workspace page's bug notice). The safetensors header reader
+    asks for no such check: it names a bad tensor name or metadata entry itself
+    (:func:`~subnetviz.checkpoints.header.check_utf8`)."""
     import json
     import sys
 
@@ -342,7 +348,56 @@ def parse_json(raw: str | bytes, where: str, error: type[Exception], *, obj: boo
         ) from None
     if obj and not isinstance(value, dict):
         raise error(f"{where}: expected a JSON object, found {type(value).__name__}.")
+    if text and _may_hold_surrogates(raw) and (bad := _lone_surrogate(value)):
+        at, shown = bad
+        raise error(f"{where}: {at} {shown} is not valid UTF-8 text (a lone surrogate escape); refused.")
     return value
+
+
+# A lone surrogate reaches a parsed string only as JSON's escape \uD800 to \uDFFF (UTF-8 bytes decode to none)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _may_hold_surrogates(raw: str | bytes) -> bool:
+    """Whether the JSON text ``raw`` may parse into a string holding a lone surrogate: only where it holds the
+    escape of one, or (text given as ``str``) a surrogate itself. A cheap test before the walk of every string."""
+    if isinstance(raw, bytes | bytearray):
+        return _SURROGATE_ESCAPE_BYTES.search(raw) is not None
+    return _SURROGATE_ESCAPE.search(raw) is not None or not _utf8(raw)
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lone_surrogate(value) -> tuple[str, str] | None:
+    """The first key or string in the parsed JSON ``value`` that is not UTF-8 text: where it lies (``value at
+    ['architectures'][0]``, ``key in ['weight_map']``) and the string as Python writes it (escaped); None if
+    there is none. Walked with a stack, not recursion: the parser accepts nesting deeper than a recursive walk."""
+    stack = [(value, "")]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, str):
+            if not _utf8(v):
+                return f"value at {at}" if at else "the value", _text_shown(v)
+        elif isinstance(v, dict):
+            for k in v:
+                if not _utf8(k):
+                    return f"key in {at}" if at else "key", _text_shown(k)
+            stack.extend((x, f"{at}[{_text_shown(k)}]") for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((x, f"{at}[{i}]") for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def _text_shown(s: str) -> str:
+    """``s`` as Python writes it (a surrogate as ``\\udcff``), its middle cut when long."""
+    return repr(s) if len(s) <= 120 else f"{s[:60]!r}…{s[-20:]!r} ({len(s):,} characters)"
 
 
 def read_json(path: str | os.PathLike, error: type[Exception], *, what: str | None = None, obj: bool = True):
@@ -361,7 +416,7 @@ def read_json(path: str | os.PathLike, error: type[Exception], *, what: str | No
             f"{where}: {max(size, len(raw)):,} bytes, more than a checkpoint's JSON file holds "
             f"({JSON_FILE_LIMIT:,}); refused before reading."
         )
-    return parse_json(raw, where, error, obj=obj)
+    return parse_json(raw, where, error, obj=obj, text=True)
 
 
 LOCAL_COMPUTE = "this server"

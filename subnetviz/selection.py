@@ -55,7 +55,7 @@ def zoo_members(z) -> dict[str, str]:
     if z is not None:
         out.update({m.id: str(m.path) for m in z.members})
         out.update({f"grpo-s0@{step}": str(path) for step, path in z.series})
-    out.update(_run_models(str(config.runs_dir()), listing_stamp()))
+    out.update(_run_models(str(config.runs_dir()), listing_stamp())[0])
     return out
 
 
@@ -85,11 +85,43 @@ def listing_stamp() -> tuple:
 
 
 @functools.lru_cache(maxsize=4)
-def _run_models(runs: str, stamp: tuple) -> dict[str, str]:
+def _run_models(runs: str, stamp: tuple) -> tuple[dict[str, str], tuple[str, ...]]:
     """Finished runs' models, but not a zoo member's registered run: its model links to the member's folder,
-    which the list holds already under the member's name."""
+    which the list holds already under the member's name; and the models left out for a path that is not UTF-8
+    text (:func:`unlisted`)."""
     found = sorted(Path(runs).glob("*/outputs/model/config.json"))  # only complete runs have outputs/
-    return {f"run {model.parts[-4]}": str(model.parent) for model in found if not in_zoo(model.parent)}
+    models = [model.parent for model in found if not in_zoo(model.parent)]
+    listed = {f"run {model.parts[-3]}": str(model) for model in models if _utf8(model)}
+    return listed, tuple(escaped_path(model) for model in models if not _utf8(model))
+
+
+def _utf8(path: Path) -> bool:
+    """Whether ``path`` is UTF-8 text. A file name of other bytes (``m\\xff.safetensors``, copied in from an archive
+    made on a Latin-1 system) reaches Python as a lone surrogate escape, which Streamlit's widgets (their options
+    are protobuf strings) and pyarrow's tables refuse: one such name among a list's options was the bug notice on
+    every page's sidebar."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escaped_path(path: str | os.PathLike) -> str:
+    """``path`` as the app shows it (:func:`~subnetviz.config.display_path`), a byte that is not UTF-8 written as
+    its escape (``uploads/m\\xff.safetensors``): text any widget or table takes."""
+    shown = config.display_path(path)
+    try:
+        return shown.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # (a surrogate no file name decodes to)
+        return shown.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unlisted() -> tuple[str, ...]:
+    """The saved masks and finished runs' models the sidebar's lists leave out because their paths are not UTF-8
+    text (:func:`_utf8`), each shown with its bytes escaped (:func:`escaped_path`): renamed, they are listed."""
+    runs = _run_models(str(config.runs_dir()), listing_stamp())[1]
+    return _saved_masks(str(config.home()), listing_stamp())[1] + runs
 
 
 def in_zoo(path: str | os.PathLike) -> bool:
@@ -426,23 +458,32 @@ def saved_masks() -> dict[str, str]:
 
     Listed again only when :func:`listing_stamp` moves, so a rerun of the sidebar walks no folder.
     """
-    return dict(_saved_masks(str(config.home()), listing_stamp()))
+    return dict(_saved_masks(str(config.home()), listing_stamp())[0])
 
 
 @functools.lru_cache(maxsize=4)
-def _saved_masks(home: str, stamp: tuple) -> dict[str, str]:
+def _saved_masks(home: str, stamp: tuple) -> tuple[dict[str, str], tuple[str, ...]]:
+    """label -> path of the mask files the app can see, and those left out for a path that is not UTF-8 text."""
     found: dict[str, str] = {}
+    unlisted_paths: list[str] = []  # (shown escaped: :func:`unlisted`)
     roots = [config.zoo_dir() / "masks", uploads_dir()]
     for root in roots:
         if root.is_dir():
             for f in sorted(root.glob("*.safetensors")):
-                if not f.name.startswith("."):  # (pathlib's * matches dot files: a writer's temporary ones)
+                if f.name.startswith("."):  # (pathlib's * matches dot files: a writer's temporary ones)
+                    continue
+                if _utf8(f):
                     found[f"{root.name}/{f.stem}"] = str(f)
+                else:
+                    unlisted_paths.append(escaped_path(f))
     runs = config.runs_dir()
     for f in sorted(runs.glob("*/outputs/**/*.safetensors")):
         rel = f.relative_to(runs)
         if f.name.startswith("model") or "checkpoint" in f.parts[-2] or any(p.startswith(".") for p in rel.parts):
             continue  # (a model's weights, a checkpoint's, or a file or folder a writer has not finished)
+        if not _utf8(f):
+            unlisted_paths.append(escaped_path(f))
+            continue
         label = f"run {rel.parts[0]}/{'/'.join(rel.parts[2:])[:-12]}"
         if f.name == "mask.safetensors":  # a bigram-mask job: say what it is
             info = mask_info(str(f), file_stamp(f))
@@ -452,7 +493,7 @@ def _saved_masks(home: str, stamp: tuple) -> dict[str, str]:
         elif f.name.startswith("task"):  # a continual-learning run's task mask (files count tasks from 0)
             label = _task_mask_label(mask_info(str(f), file_stamp(f)), rel.parts[0]) or label
         found[label] = str(f)
-    return found
+    return found, tuple(unlisted_paths)
 
 
 def _task_mask_label(info: dict, run: str) -> str | None:
@@ -481,6 +522,6 @@ def _provenance(path: str) -> dict:
 
     try:
         with safe_open(path, framework="np") as f:
-            return parse_json((f.metadata() or {}).get("subnetviz", "{}"), path, MaskError)
+            return parse_json((f.metadata() or {}).get("subnetviz", "{}"), path, MaskError, text=True)
     except (OSError, ValueError, SafetensorError, MaskError):  # unreadable: a plain label; opening it says why
         return {}

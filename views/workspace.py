@@ -95,6 +95,12 @@ def body() -> None:
 
         files.update({f"update mask of {m}": str(mask_path(analysis.source_dir, m)) for m in analysis.labels})
     _mask_table(files)
+    if unlisted := selection.unlisted():  # (a name Streamlit's lists cannot carry; the rest are listed)
+        more = f", and {len(unlisted) - 5} more" if len(unlisted) > 5 else ""
+        ui.warning(
+            f"Not listed in the sidebar, as the path is not UTF-8 text (rename to list it): {', '.join(unlisted[:5])}"
+            f"{more}."
+        )
     z = ui.zoo()
     if z is not None:
         st.subheader("Demo zoo manifest")

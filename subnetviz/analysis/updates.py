@@ -249,6 +249,7 @@ def _read_analysis(out: Path) -> UpdateAnalysis:
                 f"{out / 'tensors.csv'}: {label!r} has {numel:,} parameters in its rows, "
                 f"summary.json says {int(want):,}; the folder is not as `analyze` wrote it."
             )
+    _check_counts(out / "tensors.csv", tensors)
     rc = _row_col_arrays(out / "row_col.npz", tensors)
     reports = []
     for label in summary["labels"]:
@@ -282,6 +283,29 @@ def _read_analysis(out: Path) -> UpdateAnalysis:
         summary.get("seconds", 0.0),
         out,
     )
+
+
+def _check_counts(path: Path, tensors: pd.DataFrame) -> None:
+    """ConfigError naming ``path`` and the first row whose count of changed entries (``changed``, or one of the
+    tolerance sweep's ``changed@tol``) lies outside ``[0, numel]``: a hand-edited file. Read on, it reached the
+    report as a sparsity outside [0, 1] (-62499), refused by a figure in words meant for its API's callers, with no
+    file named. Values that are not numbers are left to the checks that name them."""
+    numel = pd.to_numeric(tensors["numel"], errors="coerce")
+    for col in [c for c in tensors.columns if c == "changed" or str(c).startswith("changed@")]:
+        count = pd.to_numeric(tensors[col], errors="coerce")
+        bad = (count < 0) | (count > numel)
+        if bad.any():
+            i = bad.to_numpy().nonzero()[0][0]
+            raise ConfigError(
+                f"{path}: {col} = {_count(count.iloc[i])} for {tensors['key'].iloc[i]!r} of "
+                f"{tensors['model'].iloc[i]!r}, which has {_count(numel.iloc[i])} parameters; a count of changed "
+                "entries lies between 0 and that. The folder is not as `analyze` wrote it."
+            )
+
+
+def _count(x: float) -> str:
+    """A count read from a CSV as a person writes it: ``1,000,000``, a fraction as it is."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
 
 
 def _dims(shape) -> list[int] | None:

@@ -89,6 +89,23 @@ def _clear_leftovers(root: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def _remove_manifest(root: Path) -> None:
+    """The manifest removed before it is written again. A folder in its place (a broken disk, a copy gone wrong;
+    the pages read it as a zoo not built) is removed when empty; one holding files is not the build's to delete:
+    ConfigError saying what to remove (unlink raised IsADirectoryError, a traceback, and the zoo was never rebuilt)."""
+    path = root / MANIFEST
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    try:
+        path.rmdir()
+    except OSError:
+        raise ConfigError(
+            f"{path}: a folder holding files where the zoo's manifest file belongs; remove it, then run "
+            "`python -m subnetviz demo build` again."
+        ) from None
+
+
 def _stderr_progress(step: int, total: int, message: str) -> None:
     print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
 
@@ -141,7 +158,7 @@ def build_zoo(
             state = read_json(root / BUILD_STATE)
             if force or (state or {}).get("fingerprint") != fp:
                 _wipe(root)
-            (root / MANIFEST).unlink(missing_ok=True)  # stale or other settings: written again at the end
+            _remove_manifest(root)  # stale, other settings or damaged: written again at the end
             write_json(root / BUILD_STATE, {"format": ZOO_FORMAT, "preset": preset, "fingerprint": fp})
             _build(root, preset, settings, report)
         if extras:

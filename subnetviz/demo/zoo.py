@@ -3,7 +3,6 @@ find, check and load one; the manifest's records are in :mod:`subnetviz.demo.man
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -71,28 +70,47 @@ def zoo_root(root: str | os.PathLike | None) -> Path:
 
 
 def read_manifest(root: Path) -> ZooManifest | None:
-    """The manifest under ``root``, or None when it is missing, not this format, or damaged."""
+    """The manifest under ``root``, or None when it is missing, not this format, or damaged: so the pages say the
+    zoo is not built and ``demo build`` writes it again. Damaged is a folder or other non-file in its place, a
+    file that cannot be read or is larger than any manifest, and anything :func:`~subnetviz.config.parse_json`
+    refuses (bytes that are not UTF-8 text, a lone surrogate escape, nesting or a number too large to parse), and
+    any entry of the wrong JSON type (a list where a path or an object is expected): each was a bug notice on every
+    page, the manifest being read for the sidebar. (The app's own file: read wherever the zoo folder leads, as
+    before, not gated by the read roots.)"""
+    from subnetviz.config import JSON_FILE_LIMIT, not_a_file, parse_json
+
+    path = root / MANIFEST
     try:
-        raw = json.loads((root / MANIFEST).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        if not_a_file(path):  # (a named pipe would block the open for good)
+            return None
+        with open(path, "rb") as fh:
+            data = fh.read(JSON_FILE_LIMIT + 1)
+        if len(data) > JSON_FILE_LIMIT:
+            return None
+        raw = parse_json(data, MANIFEST, CheckpointError, text=True)
+    except (OSError, CheckpointError):
         return None
-    if not isinstance(raw, dict) or raw.get("format") != ZOO_FORMAT:
+    if raw.get("format") != ZOO_FORMAT:
         return None
     try:
         return ZooManifest.from_dict(raw)
-    except (CheckpointError, TypeError):
+    except (CheckpointError, TypeError, ValueError, AttributeError, KeyError):  # dict("ab"), tuple(5), Path([])
         return None
 
 
 def is_complete(root: Path, man: ZooManifest) -> bool:
-    """Every model folder, the bigram file and the masks the manifest names exist."""
+    """Every model folder, the bigram file and the masks the manifest names exist; False where the manifest
+    names them with values that are no paths (a number, a list: ``root / 5`` raises TypeError)."""
     models = [m.path for m in man.members] + [p.path for p in man.series]
-    files = [man.bigram.path, *(m.path for m in man.masks.values())]
-    return (
-        bool(models)
-        and all((root / p / "model.safetensors").is_file() for p in models)
-        and all((root / f).is_file() for f in files)
-    )
+    try:
+        files = [man.bigram.path, *(m.path for m in man.masks.values())]
+        return (
+            bool(models)
+            and all((root / p / "model.safetensors").is_file() for p in models)
+            and all((root / f).is_file() for f in files)
+        )
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 def zoo_is_built(root: str | os.PathLike | None = None) -> bool:

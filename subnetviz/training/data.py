@@ -31,17 +31,33 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The longest JSONL line read (bytes): a prompt and answer of the behaviour readers' 1,000,000 characters
+# (MAX_PROMPT_CHARS) written as JSON escapes take up to 12 bytes a character, with room for a training row's
+# other fields. A file that is one line without end (a binary file, a dump without newlines) is refused at it,
+# holding this much memory, not its whole size.
+MAX_LINE_BYTES = 32 * 2**20
+
+
 def jsonl_objects(path: Path):
     """``(line number, object)`` for every non-blank line of a JSONL file; a line that is not valid JSON
-    or not an object (or not UTF-8, or nested too deeply to parse) is a ConfigError naming the file and line.
+    or not an object (or not UTF-8 text, or nested too deeply to parse), or longer than :data:`MAX_LINE_BYTES`,
+    is a ConfigError naming the file and line. Each line is read with that bound, before it is parsed.
     The file passes :func:`subnetviz.config.check_readable` first (PathNotAllowedError outside enforced roots)."""
     from subnetviz.config import check_readable, display_path, parse_json
 
     resolved = check_readable(path, what=f"data file {display_path(path)}")  # refused outside enforced roots
+    limit = MAX_LINE_BYTES
     with open(resolved, "rb") as fh:
-        for lineno, line in enumerate(fh, start=1):
+        lineno = 0
+        while line := fh.readline(limit + 1):  # (at most limit + 1 bytes: the line's own end, or one past it)
+            lineno += 1
+            if len(line) > limit and not line.endswith(b"\n"):
+                raise ConfigError(
+                    f"{path}, line {lineno}: longer than {limit:,} bytes; no prompt or training row needs a line "
+                    "this long (a file that is not JSONL?). Refused before parsing."
+                )
             if line.strip():
-                yield lineno, parse_json(line, f"{path}, line {lineno}", ConfigError)
+                yield lineno, parse_json(line, f"{path}, line {lineno}", ConfigError, text=True)
 
 
 def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:
