@@ -736,7 +736,8 @@ def _folder_of(path: str) -> Path | None:
     folder; None for anything else (a name of nothing, a hub id that is not cached or is refused: reading it says
     why). A weight file's folder is the one that holds the file as given, not the one its link leads to: every file
     of a hub snapshot (and of git-annex or DVC stores) is a link into a store of blobs, where no step is found, and
-    a run's checkpoint-<N>/model.safetensors files read as independent finetunes."""
+    a run's checkpoint-<N>/model.safetensors files read as independent finetunes. Where that folder says no step
+    and the file is a link, the folder of the file it leads to."""
     if reads_as_hub_id(path):
         try:
             return local_folder(path).resolve()
@@ -745,7 +746,15 @@ def _folder_of(path: str) -> Path | None:
     p = os.path.expanduser(str(path))  # (os.path: False for a name no file can have, where Path.is_dir raises)
     if os.path.isdir(p):
         return Path(p).resolve()
-    return Path(p).absolute().parent.resolve() if os.path.isfile(p) else None
+    if not os.path.isfile(p):
+        return None
+    given = Path(p).absolute().parent.resolve()
+    if checkpoint_step(given)[0] is not None or not os.path.islink(p):
+        return given
+    # a link of the user's own (links/early.safetensors -> out/checkpoint-500/model.safetensors): where the folder
+    # holding it says no step, the folder of the file it leads to (read as the run's before links were kept)
+    target = Path(p).resolve().parent
+    return target if checkpoint_step(target)[0] is not None else given
 
 
 def checkpoint_step(folder: Path) -> tuple[int | None, str]:

@@ -301,3 +301,29 @@ def test_the_series_page_reads_a_runs_snapshot_files_as_one_run_by_step(app_hub,
     assert list(table["changed_vs_previous"]) == vs_prev  # [6, 5, 3]: the run's own steps
     back = [len(set().union(*(PLAN[t] for t in sorted(PLAN) if t <= s)) - PLAN[s]) for s in sorted(PLAN)]
     assert table["back_to_start_share"].tolist() == pytest.approx([100 * b / app_hub["numel"] for b in back])
+
+
+def test_series_a_users_own_links_to_a_runs_checkpoints_keep_their_steps(tmp_path):
+    """links/early.safetensors -> out/checkpoint-500/model.safetensors: the folder holding the link says no step,
+    so the step is the linked file's folder's (taking the link's own folder alone lost it: "carries no training
+    step", the run read as independent finetunes)."""
+    from safetensors.torch import save_file
+
+    from subnetviz.analysis.series import training_run
+
+    run = tmp_path / "out"
+    for s in (500, 1000):
+        d = run / f"checkpoint-{s}"
+        d.mkdir(parents=True)
+        save_file({"w": torch.zeros(2, 2)}, d / "model.safetensors")
+        (d / "trainer_state.json").write_text(json.dumps({"global_step": s}))
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "late.safetensors").symlink_to(run / "checkpoint-1000" / "model.safetensors")
+    (links / "early.safetensors").symlink_to(run / "checkpoint-500" / "model.safetensors")
+    for paths in (
+        [links / "late.safetensors", links / "early.safetensors"],
+        [run / "checkpoint-500" / "model.safetensors", links / "late.safetensors"],
+    ):
+        r = training_run([str(p) for p in paths])
+        assert sorted(r.steps) == [500, 1000] and not r.why_not, (paths, r)
