@@ -172,12 +172,9 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
     try:
         if run_dir is None:
             return _train_in_foreground(config_path)
-        try:
-            config = json.loads(Path(config_path).read_text())
-        except OSError as exc:
-            raise SubnetvizError(f"--config {config_path}: {exc.strerror or exc}.") from None
-        except json.JSONDecodeError as exc:
-            raise SubnetvizError(f"--config {config_path}: not JSON ({exc}).") from None
+        from subnetviz.training.config import read_config_json
+
+        config = read_config_json(config_path, f"--config {config_path}")  # (one line for any file it cannot read)
         if not isinstance(config, dict):
             raise SubnetvizError(f"{config_path}: a JSON {type(config).__name__}, not a training config object.")
         config["kind"] = "train"

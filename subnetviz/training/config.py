@@ -6,8 +6,9 @@ and what ``train_config.json`` beside every trained model records.
 
 Decisions documented here:
 - ``beta``: for GRPO it is the KL coefficient (0 = no reference model, TRL's default). For DPO a
-  ``beta`` of 0 makes the loss flat (zero gradient), so ``beta == 0`` means "TRL's default 0.1";
-  :meth:`TrainConfig.effective_beta` says which value a run uses.
+  ``beta`` of 0 makes the loss flat (TRL's sigmoid loss -logsigmoid(beta * margin) is log 2 whatever the model:
+  zero gradient), so ``beta == 0`` means "TRL's default 0.1", and a DPO config holds (and records, in
+  ``train_config.json``) 0.1, the value that trains; :meth:`TrainConfig.effective_beta` says which value a run uses.
 - ``strategy`` / ``num_processes``: how many processes train together and how they share the model
   (``single``, ``ddp``, ``fsdp2``, ``zero2``, ``zero3``: :mod:`subnetviz.training.sharded`); ``batch_size`` is
   per process.
@@ -44,18 +45,21 @@ MAX_SEED = 2**32 - 1  # NumPy's seed range
 # default ``max_length``, passed to SFTConfig / DPOConfig explicitly so that validation and the trainer agree. A row
 # whose prompt alone fills it keeps no completion token: TRL drops it (validate refuses data where every row would be).
 MAX_LENGTH = 1024
-# The transformers schedules that run with the arguments a run passes (no eval set, no lr_scheduler_kwargs):
-# reduce_lr_on_plateau and greedy need an evaluation strategy, cosine_with_min_lr and
-# cosine_warmup_with_min_lr a min_lr, warmup_stable_decay its num_decay_steps.
+# The transformers schedules that run with the arguments a run passes (no eval set, no lr_scheduler_kwargs, no
+# warmup): reduce_lr_on_plateau and greedy need an evaluation strategy, cosine_with_min_lr and
+# cosine_warmup_with_min_lr a min_lr, warmup_stable_decay its num_decay_steps; constant_with_warmup, with no warmup
+# field in a config, ran exactly as constant (WARMUP_ONLY). polynomial decays to transformers' lr_end of 1e-7, not 0
+# (POLYNOMIAL_LR_END), so it needs a learning rate above that.
 SCHEDULERS = (
     "constant",
     "linear",
     "cosine",
     "cosine_with_restarts",
     "polynomial",
-    "constant_with_warmup",
     "inverse_sqrt",
 )
+WARMUP_ONLY = {"constant_with_warmup": "constant"}  # schedules that differ from another only by a warmup
+POLYNOMIAL_LR_END = 1e-7  # get_polynomial_decay_schedule_with_warmup's lr_end (it raises for a learning rate <= it)
 
 
 @dataclass
@@ -83,6 +87,12 @@ class TrainConfig:
     name: str | None = None  # a label for the run (shown in the registry)
     strategy: str = "single"  # "single" | "ddp" | "fsdp2" | "zero2" | "zero3" (see subnetviz.training.sharded)
     num_processes: int = 1  # processes that train together (launched by accelerate launch / torchrun)
+
+    def __post_init__(self):
+        # DPO's beta 0 is TRL's default 0.1 (module docstring): held as the value that trains, so train_config.json
+        # records 0.1, not a 0 that trained at 0.1. (Only a number: anything else is validate()'s to refuse.)
+        if self.algorithm == "dpo" and type(self.beta) in (int, float) and self.beta == 0:
+            self.beta = DPO_DEFAULT_BETA
 
     @property
     def effective_beta(self) -> float:
@@ -269,10 +279,24 @@ class TrainConfig:
                 f"lr_scheduler_type {str(self.lr_scheduler_type)[:40]!r} is unknown; expected one of "
                 f"{', '.join(schedulers)}"
             )
+        elif self.lr_scheduler_type in WARMUP_ONLY:
+            problems.append(
+                f"lr_scheduler_type {self.lr_scheduler_type!r} is not supported: a training config has no warmup, so "
+                f"it would run exactly as {WARMUP_ONLY[self.lr_scheduler_type]!r}; use that"
+            )
         elif self.lr_scheduler_type not in schedulers:  # they failed after the model had loaded
             problems.append(
                 f"lr_scheduler_type {self.lr_scheduler_type!r} is not supported (it needs an evaluation set or "
                 f"scheduler arguments a training config does not pass); expected one of {', '.join(schedulers)}"
+            )
+        elif (
+            self.lr_scheduler_type == "polynomial"
+            and isinstance(self.learning_rate, int | float)
+            and 0 < self.learning_rate <= POLYNOMIAL_LR_END
+        ):  # (transformers raised once the model had loaded)
+            problems.append(
+                f"lr_scheduler_type 'polynomial' decays to transformers' lr_end {POLYNOMIAL_LR_END:g}, so it needs a "
+                f"learning_rate above that, got {self.learning_rate!r}; give a larger one or another schedule"
             )
         if not isinstance(self.save_steps, list) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in self.save_steps
@@ -315,16 +339,44 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file.")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc}).") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: JSON nested too deep to be a training config.") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_config_json(path, str(path)))
+
+
+def read_config_json(path: str | os.PathLike, where: str):
+    """The JSON value in the training config file ``path``; ``where`` names it in the one-line :class:`ConfigError`
+    for nothing there, a folder (or another thing that is not a regular file), a file too large to be a config,
+    bytes that are not UTF-8, text that is not JSON, JSON nested too deeply for the parser, or an integer of more
+    digits than Python converts (the last three: a UnicodeDecodeError, RecursionError or plain ValueError, which no
+    ``except JSONDecodeError`` catches, were tracebacks)."""
+    import sys
+
+    from subnetviz.config import JSON_FILE_LIMIT, not_a_file
+
+    kind = not_a_file(path)  # (asked with stat: a named pipe is never opened)
+    if kind is not None:
+        raise ConfigError(f"{where}: {kind}, not a training config file.")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(JSON_FILE_LIMIT + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror or exc}.") from None
+    if len(raw) > JSON_FILE_LIMIT:
+        raise ConfigError(f"{where}: more than {JSON_FILE_LIMIT:,} bytes, far more than a training config holds.")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{where}: not JSON: byte {raw[exc.start]:#04x} at offset {exc.start} is not UTF-8."
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not JSON ({exc}).") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: JSON nested too deep to be a training config.") from None
+    except ValueError:  # int("1" * 5000): CPython's limit on the digits of an integer read from text
+        raise ConfigError(
+            f"{where}: holds an integer of more than {sys.get_int_max_str_digits():,} digits, which no training "
+            "config needs."
+        ) from None
 
 
 def train_device() -> str:

@@ -350,7 +350,34 @@ def save_like_base(
     :func:`subnetviz.checkpoints.align` does (``model.``-style prefixes ignored: a GPT-2 stored without its
     ``transformer.`` prefix is saved without it). Arguments as :func:`save_bf16`."""
     dtypes, conf = base_layout(base)
-    return _save_weights(model, tokenizer, folder, extra, state, dtypes=dtypes, config_dtype=conf)
+    state = state or model.state_dict()
+    kept = stored_buffers(base, state)
+    return _save_weights(model, tokenizer, folder, extra, state, dtypes=dtypes, config_dtype=conf, kept=kept)
+
+
+def stored_buffers(base: str | os.PathLike, state_names) -> dict[str, torch.Tensor]:
+    """``{base name: tensor}``, read verbatim, of the buffers the ``base`` checkpoint stores and the live model's
+    state does not hold (lined up as :func:`base_names_in_state` lines names up): the causal masks and rotary
+    frequencies older saves kept (GPT-2's ``h.N.attn.bias``, Pythia's ``attention.bias`` / ``masked_bias``,
+    Llama-2-era ``rotary_emb.inv_freq``), which transformers 5 no longer registers. Training never touches them,
+    so the saved model carries them as the base stores them (the tensors analysis lists as buffers: the same
+    rule, :func:`subnetviz.analysis.quant.checkpoint_forms`); without them it held other tensors than its base."""
+    from subnetviz.analysis.quant import checkpoint_forms  # late: it imports the quantized forms' kernels
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.naming import by_short_name, strip_prefix
+
+    state_names = list(state_names)
+    have, keyed = set(state_names), by_short_name(state_names)
+    ck = open_checkpoint(base)
+    try:
+        forms = checkpoint_forms(ck)
+        return {
+            n: ck.get(n).clone()  # (a view of the mapped file, which closes here)
+            for n in ck.names
+            if forms[n].kind == "buffer" and n not in have and keyed.get(strip_prefix(n)) is None
+        }
+    finally:
+        ck.close()
 
 
 def base_names_in_state(base_names, state_names) -> dict[str, str] | None:
@@ -371,12 +398,16 @@ def base_names_in_state(base_names, state_names) -> dict[str, str] | None:
     return out if len(set(out.values())) == len(out) else None
 
 
-def _save_weights(model, tokenizer, folder, extra, state, *, dtypes: dict, default=None, config_dtype=None) -> Path:
+def _save_weights(
+    model, tokenizer, folder, extra, state, *, dtypes: dict, default=None, config_dtype=None, kept=None
+) -> Path:
     """``dtypes``: name -> dtype of the tensors to write (all of the state's when empty, in ``default``), lined up
-    with the state's names by :func:`base_names_in_state`; when they cannot be, all of the state is written."""
+    with the state's names by :func:`base_names_in_state`; when they cannot be, all of the state is written.
+    ``kept``: base name -> tensor written as it is, the state holding none (:func:`stored_buffers`)."""
     folder = Path(folder)
     state = state or model.state_dict()
-    pairs = base_names_in_state(dtypes, state) if dtypes else None
+    kept = kept or {}
+    pairs = base_names_in_state([n for n in dtypes if n not in kept], state) if dtypes else None
     if default is None:  # names the base does not hold: its most common dtype
         counts: dict[torch.dtype, int] = {}
         for d in dtypes.values():
@@ -411,6 +442,8 @@ def _save_weights(model, tokenizer, folder, extra, state, *, dtypes: dict, defau
             if key not in shared:
                 shared[key] = v.to(key[-1]).cpu()
             out[k] = shared[key]
+    # the base's buffers the state lacks, under the base's names (transformers' renaming on save leaves them be)
+    out.update(kept)
     # Keyed by the base's stored names, the state is written as it is: transformers 5 renames a state dict from
     # the model's names to the stored ones on save, and renamed the stored ones again (a vision-language model's
     # language_model.model.* written as language_model.model.model.*, a run then refused as other tensors).

@@ -20,6 +20,11 @@ The gradient mask and the masked decoupled weight decay are applied between Deep
   step (measured: 211 vs 12 ms per step for the bench's model); they remain the fallback where a
   parameter has no such mapping or still holds a ``.grad``.
 
+The decay, like AdamW's own, goes only to parameters a gradient reached in the step (on any process: a
+post-accumulate-grad hook per parameter, the flags all-reduced), as the single-process path's
+:class:`~subnetviz.training.masking.MaskedUpdateCallback` does: a vision-language model's vision tower, which a text
+run never reaches, stays as the base stores it under every strategy.
+
 With exact zeros outside the mask from the first step, AdamW's moments stay 0 there and the fp32
 master weights never move; :func:`zero_full_state` gathers those masters after training for the
 recorded bit-identity check, and :func:`zero_evidence` records that ZeRO really partitioned the
@@ -107,7 +112,8 @@ def zero_evidence(engine) -> dict:
 
 class ZeroGradientMask:
     """Masks the partitioned gradients of a DeepSpeed engine between its backward and its step, and
-    applies decoupled weight decay only inside the mask to the fp32 master weights (module docstring)."""
+    applies decoupled weight decay only inside the mask to the fp32 master weights of the parameters a gradient
+    reached (module docstring)."""
 
     def __init__(self, model, masks: dict[str, torch.Tensor], weight_decay: float = 0.0, decay_names=()):
         import torch.distributed as dist
@@ -123,8 +129,30 @@ class ZeroGradientMask:
         # so every rank skips the same parameters.
         self._whole = {n for n, m in masks.items() if bool(m.all())}
         self._decayed = {n for n, m in masks.items() if n in self.decay_names and bool(m.any())}  # decay changes these
+        # AdamW steps (and decays) only the parameters with a gradient, as the single-process path does
+        # (masking.MaskedUpdateCallback): a vision-language model's vision tower, which a text run never reaches,
+        # was decayed here and changed. Each parameter's hook records that a gradient reached it in this step.
+        self._order = sorted(self._decayed) if self.weight_decay > 0 else []
+        self._reached: set[str] = set()
+        for name, p in model.named_parameters():
+            if self.weight_decay > 0 and name in self._decayed:
+                p.register_post_accumulate_grad_hook(lambda _p, name=name: self._reached.add(name))
         self.steps = 0  # how many times apply() ran (recorded with the evidence)
         self.seconds = 0.0  # time spent in apply() (the mask's and the decay's own cost)
+
+    def _reached_anywhere(self) -> set[str]:
+        """The decayed parameters a gradient reached in this step on any process (a collective: every process
+        calls it), then forgotten for the next step. Over all processes, as one process with the whole batch
+        sees it; and the same set on each, so each makes the same collective calls in :meth:`apply`."""
+        if not self._order:
+            return set()
+        import torch.distributed as dist
+
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # (where the process group's collectives run)
+        flags = torch.tensor([n in self._reached for n in self._order], dtype=torch.int32, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self._reached.clear()
+        return {n for n, f in zip(self._order, flags.tolist(), strict=True) if f}
 
     def _mask_for(self, name: str, local: torch.Tensor) -> torch.Tensor:
         if name not in self._local:
@@ -136,8 +164,8 @@ class ZeroGradientMask:
             self._local[name] = lm.to(local.device)
         return self._local[name]
 
-    def _apply_fragment(self, name: str, p, lr: float) -> bool:
-        """ZeRO-1/2: mask (and decay) this rank's fragment of ``p`` in place; False where the fragment
+    def _apply_fragment(self, name: str, p, lr: float, decay: bool) -> bool:
+        """ZeRO-1/2: mask (and, ``decay``, decay) this rank's fragment of ``p`` in place; False where the fragment
         is not reachable that way (then :meth:`apply` uses DeepSpeed's full-tensor API)."""
         hm = getattr(p, "_hp_mapping", False)
         if hm is False or p.grad is not None:
@@ -154,22 +182,25 @@ class ZeroGradientMask:
                 g = g.reshape(-1).narrow(0, addr.start, addr.numel)
             m = mask.to(g.device).reshape(g.shape)
             g.data.copy_(torch.where(m, g, 0.0))
-        if self.weight_decay > 0 and name in self._decayed:
+        if decay:
             w = hm.get_hp_fragment()
             factor = torch.tensor(1.0 - lr * self.weight_decay, dtype=w.dtype, device=w.device)
             w.data.mul_(torch.where(mask.to(w.device).reshape(w.shape), factor, 1.0))
         return True
 
     def apply(self, lr: float) -> None:
-        """Mask every listed parameter's gradient (and decay its fp32 master weights inside the mask)."""
+        """Mask every listed parameter's gradient (and decay its fp32 master weights inside the mask, where a
+        gradient reached it in this step)."""
         from deepspeed import utils as dsu
 
         t0 = time.perf_counter()
+        reached = self._reached_anywhere()
         for name, p in self.model.named_parameters():
             if name not in self.masks:
                 continue
             local = hasattr(p, "ds_id")
-            if not local and self._apply_fragment(name, p, lr):
+            decay = name in reached
+            if not local and self._apply_fragment(name, p, lr, decay):
                 continue
             get_g, set_g = (
                 (dsu.safe_get_local_grad, dsu.safe_set_local_grad)
@@ -180,7 +211,7 @@ class ZeroGradientMask:
             if g is not None:
                 # where(), not g * m: a NaN or Inf gradient must still become exactly 0 outside the mask.
                 set_g(p, torch.where(self._mask_for(name, g), g, 0.0))
-            if self.weight_decay > 0 and name in self._decayed:
+            if decay:
                 get_w, set_w = (
                     (dsu.safe_get_local_fp32_param, dsu.safe_set_local_fp32_param)
                     if local
