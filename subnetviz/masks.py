@@ -22,7 +22,8 @@ import os
 import pickle
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,13 +120,22 @@ def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
     info.setdefault("density", mask_set.density)
     info.setdefault("count", mask_set.count)
     info.setdefault("numel", mask_set.numel)
-    meta["subnetviz"] = json.dumps(info, default=str)
+    meta["subnetviz"] = json.dumps(_escaped_info(info), default=str)
     with atomic_path(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata=meta)
         except SafetensorError as exc:  # safetensors' own, not an OSError: it ended in a traceback
             raise _write_failure(path, exc) from None
     return path
+
+
+def _escaped_info(info: dict) -> dict:
+    """A mask's provenance with its keys and text values as UTF-8 text
+    (:func:`~subnetviz.checkpoints.sources.escaped`): a path it names (``source``, ``model_path``) may hold a byte
+    of a folder's name that is not UTF-8, which JSON would keep as ``"\\udcff"``, refused by a JSON reader."""
+    from subnetviz.checkpoints.sources import escaped
+
+    return {escaped(str(k)): escaped(v) if isinstance(v, str) else v for k, v in info.items()}
 
 
 def _write_failure(path: Path, exc: Exception) -> Exception:
@@ -183,14 +193,12 @@ def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     read), for what counts or overlaps masks and never needs them as bool tensors. Either way the memory the
     result will hold is compared with what is available before anything is read (``config.require_memory``):
     a 7B model's mask is 7 GB as bool tensors."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"{path}: no such mask file.")
     check_readable(path)
     try:  # torch, not NumPy: a bf16 0/1 mask has no NumPy dtype
-        with safe_open(str(path), framework="pt") as f:
+        with _safe_open(path, "pt") as f:
             meta = f.metadata() or {}
             require_memory(f"The mask {path.name}", _held_bytes(f, meta, packed))
             out: Mapping = PackedMasks() if packed else {}
@@ -207,6 +215,20 @@ def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     except MaskError:  # provenance only: the masks themselves were read
         info = {}
     return MaskSet(out, info)
+
+
+@contextmanager
+def _safe_open(path: Path, framework: str) -> Iterator:
+    """safetensors' ``safe_open`` of ``path`` (checked readable already), by a name it takes: its torch reader
+    refuses a path that is not UTF-8 text ("Path … is not valid UTF-8": a mask saved in a folder named with a
+    Latin-1 byte, ``dir\\xff``), so such a file is named by a descriptor opened on it
+    (:func:`~subnetviz.checkpoints.sources.utf8_name`)."""
+    from safetensors import safe_open
+
+    from subnetviz.checkpoints.sources import utf8_name
+
+    with utf8_name(path) as name, safe_open(name, framework=framework) as f:
+        yield f
 
 
 def _foreign_provenance(meta: Mapping[str, str], path: Path) -> dict:
@@ -228,14 +250,12 @@ def mask_file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     it, for a file that is not a readable safetensors mask, or a packed mask whose stored bytes (their shape and
     type, which safetensors matches with the header's data offsets) do not hold the entries of its ``shape:``
     (the Training form queued a run that failed in the worker as it read the mask)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"{path}: no such mask file.")
     check_readable(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with _safe_open(path, "pt") as f:
             meta = f.metadata() or {}
             out = {}
             for name in f.keys():
@@ -278,10 +298,8 @@ def _add(out, name: str, t: torch.Tensor, meta: Mapping[str, str], path: Path) -
 def packed_bytes(path: str | os.PathLike) -> int:
     """What :func:`load_mask_set` (``packed=True``) holds for the file at ``path``, from its header alone; 0 for a
     file that is no readable mask (its load says why)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(check_readable(path)), framework="pt") as f:
+        with _safe_open(check_readable(path), "pt") as f:
             return _held_bytes(f, f.metadata() or {}, True)
     except Exception:
         return 0
@@ -694,7 +712,13 @@ def import_torch_masks(path: str | os.PathLike, *, packed: bool = False) -> Mask
     with open(path, "rb") as fh:
         if fh.read(4) != _ZIP_MAGIC:
             raise MaskError(f"{path}: not a readable torch.save file (not a zip archive).")
-    check_torch_file(path)
+    from subnetviz.checkpoints.sources import utf8_name
+
+    with utf8_name(path) as name:  # (torch's zip reader takes a name only as UTF-8 text: a folder ``dir\\xff``)
+        try:
+            check_torch_file(name)
+        except MaskError as exc:  # (named as given, not by the descriptor)
+            raise type(exc)(str(exc).replace(name, str(path))) from None
     require_memory(f"The mask {path.name}", size)
     try:  # from a file object: torch.load reads a path named *.safetensors as safetensors
         with open(path, "rb") as fh:
@@ -902,12 +926,10 @@ def _legacy_torch(path: Path) -> bool:
 
 def load_mask_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
     """One tensor of a mask file, without reading the others (drill-down views)."""
-    from safetensors import safe_open
-
     path = Path(path)
     check_readable(path)
     try:
-        with safe_open(str(path), framework="np") as f:
+        with _safe_open(path, "np") as f:
             meta = f.metadata() or {}
             if name not in f.keys():
                 raise MaskError(f"{path}: no mask for {name!r}.{suggest(name, f.keys())}")

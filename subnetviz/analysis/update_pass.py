@@ -56,7 +56,7 @@ from subnetviz.checkpoints import Checkpoint, align, open_checkpoint, read_align
 from subnetviz.checkpoints.adapters import open_finetune
 from subnetviz.checkpoints.experts_layout import match_layouts
 from subnetviz.checkpoints.naming import NORM_MODULES
-from subnetviz.checkpoints.sources import checkpoint_label, record_path
+from subnetviz.checkpoints.sources import checkpoint_label, escaped, record_path
 from subnetviz.config import resolve_device
 from subnetviz.errors import CheckpointError, MaskError, NonFiniteError
 from subnetviz.masks import PackedMasks
@@ -200,7 +200,8 @@ class _Walk:
         self.ck_base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
         self.cks = [open_finetune(f, self.ck_base) for f in finetuned]  # a PEFT adapter folder is merged onto the base
         used: set[str] = set()
-        self.labels = list(labels) if labels else [_label_for(c.spec, used) for c in self.cks]
+        # as UTF-8 text (a name given with a byte that is not UTF-8 too): every table and file written takes them
+        self.labels = [escaped(x) for x in labels] if labels else [_label_for(c.spec, used) for c in self.cks]
         match_layouts([self.ck_base, *self.cks])  # packed experts read as another's per-expert tensors
         # Stored forms first: a malformed quantized checkpoint is named before any alignment message.
         self.forms_base, *self.forms = [checkpoint_forms(c) for c in (self.ck_base, *self.cks)]
@@ -219,7 +220,7 @@ class _Walk:
         self.row_col: list[dict] = [{} for _ in range(n)]
         self.spec_results: list[list] = [[] for _ in range(n)]
         self.side: list[list[dict]] = [[] for _ in range(n)]
-        self.notes = [x for x in [self.table.notice] if x] + [f"base: {n}" for n in self.ck_base.notes]
+        self.notes = [x for x in [self.table.notice] if x] + [f"base: {escaped(n)}" for n in self.ck_base.notes]
         unknown = [
             x for x in self.table.unmatched(self.ck_base.names) if self.forms_base[x].kind not in ("buffer", "scale")
         ]
@@ -459,7 +460,7 @@ class _Walk:
         return ["key", "module", "numel", "changed", *tols, "changed_rel"]
 
     def model_notes(self, i: int) -> list[str]:
-        return getattr(self.cks[i], "notes", []) + self.log.notes(i)
+        return [escaped(n) for n in getattr(self.cks[i], "notes", [])] + self.log.notes(i)
 
     def result(self, seconds: float) -> UpdateAnalysis:
         reports = [
@@ -488,9 +489,11 @@ class _Walk:
         ]
         overlap, overlap_notes = self.overlap()
         notes += [f"Overlap of the update masks: {n}" for n in overlap_notes]
+        # (as UTF-8 text, a byte of a folder's name that is not UTF-8 escaped: summary.json and the masks' headers
+        # hold them, and a JSON reader refuses a lone surrogate)
         paths = {
-            "": record_path(self.ck_base),
-            **{lab: record_path(c) for lab, c in zip(self.labels, self.cks, strict=True)},
+            "": escaped(record_path(self.ck_base)),
+            **{lab: escaped(record_path(c)) for lab, c in zip(self.labels, self.cks, strict=True)},
         }
         return UpdateAnalysis(
             self.recorded_base, self.labels, reports, spec, None, None, overlap, notes, seconds, paths=paths
@@ -500,8 +503,8 @@ class _Walk:
     def recorded_base(self) -> str:
         """The base as the results name it (summary.json, the masks' provenance): a hub id with the commit of the
         snapshot read (``acme/tiny-base@<40 hex>``), which ``refs/main`` no longer names once a newer revision is
-        downloaded; any other checkpoint by its spec."""
-        return getattr(self.ck_base, "source", self.ck_base.spec)
+        downloaded; any other checkpoint by its spec (a byte of it that is not UTF-8 escaped: :func:`escaped`)."""
+        return escaped(str(getattr(self.ck_base, "source", self.ck_base.spec)))
 
     def overlap(self) -> tuple[OverlapReport | None, list[str]]:
         """The overlap of the models' update masks and its notes (tensors compared over shared rows only, or

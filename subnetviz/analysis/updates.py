@@ -91,7 +91,7 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
         ].rename(columns={"name": "key"})
         tensors = tensors.merge(ranks, on=["model", "key"], how="left")
         spec.to_csv(folder / "spectra.csv", index=False)
-        analysis.sigmas().to_parquet(folder / "sigma.parquet", index=False)
+        write_parquet(analysis.sigmas(), folder / "sigma.parquet")
     else:
         tensors["rank"] = pd.array([pd.NA] * len(tensors), dtype="Int64")
     tensors.to_csv(folder / "tensors.csv", index=False)
@@ -151,9 +151,24 @@ def _write_files(analysis: UpdateAnalysis, folder: Path, params: dict | None) ->
         "mask_files": mask_files,
         "notes": analysis.notes,
         "seconds": analysis.seconds,
-        "params": params or {},
+        "params": _escaped_strings(params or {}),  # (the paths as given: a folder's name may not be UTF-8)
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _escaped_strings(value):
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with each string and key as UTF-8 text
+    (:func:`~subnetviz.checkpoints.sources.escaped`): a path given as it was typed may hold a byte that is not
+    UTF-8, which JSON would keep as ``"\\udcff"``, a lone surrogate every JSON reader here refuses."""
+    from subnetviz.checkpoints.sources import escaped
+
+    if isinstance(value, str):
+        return escaped(value)
+    if isinstance(value, dict):
+        return {escaped(k) if isinstance(k, str) else k: _escaped_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped_strings(v) for v in value]
+    return value
 
 
 def _consensus_table(consensus: pd.DataFrame) -> pd.DataFrame:
@@ -376,7 +391,8 @@ def _sigma_frame(path: Path, tensors: pd.DataFrame) -> pd.DataFrame:
             each = dims[0] * min(dims[1], math.prod(dims[2:])) if len(dims) > 2 else 0
             bound += 2 * max(whole, each)
     try:
-        meta = pq.ParquetFile(path).metadata
+        with open(path, "rb") as fh:  # (a file object: see :func:`write_parquet`)
+            meta = pq.ParquetFile(fh).metadata
         groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
         declared = sum(
             max(g.total_byte_size, sum(g.column(c).total_uncompressed_size for c in range(g.num_columns)))
@@ -390,7 +406,16 @@ def _sigma_frame(path: Path, tensors: pd.DataFrame) -> pd.DataFrame:
             "spectra of min(rows, cols) each). Refused before reading: the folder is not as `analyze` wrote it."
         )
     require_memory(f"Reading {path}", 2 * declared)  # (the Arrow table, and the DataFrame made from it)
-    return pd.read_parquet(path)
+    with open(path, "rb") as fh:
+        return pd.read_parquet(fh)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` as the Parquet file ``path``, written through a file Python opens: pyarrow encodes a path it is
+    given as strict UTF-8, and a folder named with a byte that is not UTF-8 (``out\\xff``, a lone surrogate escape
+    in Python) ended ``analyze --out`` there in a UnicodeEncodeError traceback."""
+    with open(path, "wb") as fh:
+        frame.to_parquet(fh, index=False)
 
 
 def mask_path(analysis_dir: str | os.PathLike, label: str) -> Path:

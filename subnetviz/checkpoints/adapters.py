@@ -49,10 +49,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from subnetviz.cache import stat_identity
 from subnetviz.checkpoints.header import ST_DTYPE_INFO, ST_DTYPES, ST_STORED_AS, TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import TIED_HEADS, strip_prefix
-from subnetviz.checkpoints.sources import Checkpoint, holds_adapter, holds_model_weights, open_checkpoint, source_of
+from subnetviz.checkpoints.sources import (
+    Checkpoint,
+    holds_adapter,
+    holds_model_weights,
+    open_checkpoint,
+    path_identity,
+    source_of,
+    utf8_name,
+)
 from subnetviz.config import check_allowed, check_readable, enforce_roots, read_json, require_memory
 from subnetviz.errors import CheckpointError, PathNotAllowedError, SubnetvizError, suggest
 
@@ -140,7 +147,7 @@ def adapter_info(spec) -> dict:
             dtypes[key] = dtypes.get(key, 0) + n
     h = hashlib.sha256(raw)
     h.update(json.dumps(cfg, sort_keys=True).encode())
-    h.update(f"{weights.resolve()}:{stat_identity(weights.stat())}".encode())  # (two adapters with one mtime)
+    h.update(path_identity(weights))  # (two adapters with one mtime; a folder name that is not UTF-8 taken too)
     kind = "DoRA" if cfg.get("use_dora") else str(cfg.get("peft_type", "LORA"))[:40]
     rank = f" (r={str(cfg['r'])[:20]})" if "r" in cfg else ""  # (IA3 and BOFT have no rank)
     return {
@@ -176,6 +183,7 @@ class MergedAdapter(Checkpoint):
         self.base = base
         self.adapter_file = weights
         r, alpha, self._rank_pattern, self._alpha_pattern = _settings(ac, cfg_path)
+        self._r = r  # (each module's rank as PEFT builds it: rank_pattern first, then r; checked in _plan)
         header, self._adapter_raw = read_safetensors_header(weights)
         self._expert_scales: dict[str, float] = {}
         self.pairs, self.replaced = self._plan(header)
@@ -433,10 +441,12 @@ class MergedAdapter(Checkpoint):
             if not emb and self._conv1d(target, header[a]["shape"], header[b]["shape"], want):
                 self._fifo.add(target)
             self._check_shapes(target, header[a]["shape"], header[b]["shape"], emb, want)
+            self._check_rank(target, a, header[a]["shape"][0])
             out[target] = (a, b, emb)
-        for target, (a, b, _) in self._extra.items():
+        for target, (a, b, module) in self._extra.items():
             want = self._replaced_shape(header, target, replaced.get(target))
             self._check_shapes(target, header[a]["shape"], header[b]["shape"], False, want)
+            self._check_rank(target, a, header[a]["shape"][0], module=module)
         self._check_target_modules(base_names)
         self.experts = self._plan_parameters(wrapped, per_param, header, out)
         self._plan_extras(extras, header, out, replaced, base_names)
@@ -788,6 +798,7 @@ class MergedAdapter(Checkpoint):
                             f"B {(d_out, rb)}; for a parameter of shape {shape} they must be A (r, {shape[1]}) and "
                             f"B ({shape[0]}, r)."
                         )
+                    self._check_rank(name, a, ra, module=name)
                     experts[name] = (1, False)
                     pairs[name] = (a, b, False)
                     continue
@@ -800,6 +811,7 @@ class MergedAdapter(Checkpoint):
                         f"B {(d_out, rb)}; for a parameter of shape {(e, d1, d2)} they must be A (r·{e}, {d1}) and "
                         f"B ({d2}, r·{e}), or A (r·{e}, {d2}) and B ({d1}, r·{e}) for experts PEFT swaps."
                     )
+                self._check_rank(name, a, ra // e, module=name, experts=e)
                 experts[name] = (e, swapped)
                 if name not in self._unpacked:
                     pairs[name] = (a, b, False)
@@ -904,10 +916,42 @@ class MergedAdapter(Checkpoint):
     def _memory_to_base(self) -> dict[str, str]:
         return {v: k for k, v in self._memory.items()}
 
+    def _check_rank(self, target: str, key: str, rank: int, module: str | None = None, experts: int = 1) -> None:
+        """The rank of the LoRA tensor ``key`` of ``target`` (A's rows, ``rank``; per expert of ``experts``) is the
+        one adapter_config.json gives its module (:meth:`_config_rank`). PEFT builds each layer at the config's rank
+        and refuses an adapter whose tensors have another ("size mismatch"); merged here, its scale was α over the
+        tensors' rank while the note said α/r of the config's (a config copied from another run: 4× the Δ PEFT's
+        scale would give, under a note stating the other scale)."""
+        said, which = self._config_rank(target, module)
+        if said == rank:
+            return
+        of = f" per expert ({experts} experts: A has {rank * experts} rows)" if experts > 1 else ""
+        raise CheckpointError(
+            f"{self.adapter_file.parent / 'adapter_config.json'}: {which} = {said} for {self._module(target, module)!r}, "
+            f"but its LoRA tensor {key!r} has rank {rank}{of}; PEFT refuses to load this adapter (a size mismatch). "
+            "Give the adapter_config.json it was trained with."
+        )
+
+    def _config_rank(self, target: str, module: str | None = None) -> tuple[int, str]:
+        """The rank adapter_config.json gives ``target``'s module, as PEFT takes it: the first ``rank_pattern`` key
+        that matches (:meth:`_scale`), else ``r``; and which entry said it."""
+        name = self._module(target, module)
+        where = f"{self.spec}: rank_pattern / alpha_pattern in adapter_config.json"
+        keys = list(self.adapter_config.get("rank_pattern") or {})
+        for i, (pattern, val) in enumerate(self._rank_pattern):
+            if _matches(pattern, name, where):
+                return val, f"rank_pattern[{keys[i]!r}]"
+        return self._r, "r"
+
+    def _module(self, target: str, module: str | None = None) -> str:
+        """The name in memory that PEFT matches rank_pattern / alpha_pattern against: ``module``'s, else the module
+        of the weight ``target``."""
+        return self._memory.get(module, module) if module else self._memory.get(target, target)[: -len(".weight")]
+
     def _scale(self, target: str, r: int, module: str | None = None) -> float:
         # PEFT matches rank_pattern / alpha_pattern against the module's name in memory, and takes the first key
         # that matches, in the config's order (peft.utils.other.get_pattern_key)
-        module = self._memory.get(module, module) if module else self._memory.get(target, target)[: -len(".weight")]
+        module = self._module(target, module)
         where = f"{self.spec}: rank_pattern / alpha_pattern in adapter_config.json"
         r = next((val for pattern, val in self._rank_pattern if _matches(pattern, module, where)), r)
         alpha = self.adapter_config.get("lora_alpha", 8)
@@ -1029,7 +1073,7 @@ class MergedAdapter(Checkpoint):
     @cached_property
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.base.fingerprint.encode())
-        h.update(f"{self.adapter_file.resolve()}:{stat_identity(self.adapter_file.stat())}".encode())
+        h.update(path_identity(self.adapter_file))
         h.update(self._adapter_raw)
         h.update(json.dumps(self.adapter_config, sort_keys=True).encode())
         return h.hexdigest()[:16]
@@ -1311,6 +1355,7 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))  # adapters are small (a few MB to a few hundred)
+        with utf8_name(path) as name:  # (safetensors' torch reader takes a name only as UTF-8 text)
+            return load_file(name)  # adapters are small (a few MB to a few hundred)
     except Exception as exc:  # safetensors' own error types
         raise CheckpointError(f"{path}: cannot read the adapter ({exc}).") from exc

@@ -23,6 +23,8 @@ import mmap
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -378,28 +380,30 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
     from subnetviz.pickles import check_torch_file
 
     _header.check_not_lfs_pointer(path)  # (its text read as a pickle was "opcode b'v' unknown")
-    try:
-        check_torch_file(path)
-    except MaskError as exc:  # (the mask reader's errors; here the checkpoint's)
-        raise CheckpointError(str(exc)) from None
-    try:
+    with utf8_name(path) as name:  # (torch's zip reader and its mmap take a name only as UTF-8 text)
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):  # pre-zipfile torch.save format: readable, just not mappable
-                raise
-            from subnetviz.config import require_memory
+            check_torch_file(name)
+        except MaskError as exc:  # (the mask reader's errors; here the checkpoint's)
+            raise CheckpointError(str(exc).replace(name, str(path))) from None
+        try:
+            try:
+                obj = torch.load(name, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):  # pre-zipfile torch.save format: readable, just not mappable
+                    raise
+                from subnetviz.config import require_memory
 
-            # read whole, into memory (a checkpoint held open until it is closed): refused where it would not fit
-            require_memory(f"{path.name} (a pre-1.6 torch.save file, read whole)", path.stat().st_size)
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except SubnetvizError:
-        raise
-    except Exception as exc:  # UnpicklingError for anything but tensors; RuntimeError for corrupt zips
-        raise CheckpointError(
-            f"{path}: refused or unreadable legacy checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Only plain tensor state dicts are read (torch.load weights_only=True)."
-        ) from exc
+                # read whole, into memory (a checkpoint held open until it is closed): refused where it would not fit
+                require_memory(f"{path.name} (a pre-1.6 torch.save file, read whole)", path.stat().st_size)
+                obj = torch.load(name, map_location="cpu", weights_only=True)
+        except SubnetvizError:
+            raise
+        except Exception as exc:  # UnpicklingError for anything but tensors; RuntimeError for corrupt zips
+            raise CheckpointError(
+                f"{path}: refused or unreadable legacy checkpoint ({type(exc).__name__}: "
+                f"{str(exc).replace(name, str(path))[:200]}). "
+                "Only plain tensor state dicts are read (torch.load weights_only=True)."
+            ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and "ds_version" in obj and isinstance(obj.get("module"), dict):
@@ -1005,7 +1009,8 @@ _GENERIC = ("model", "pytorch_model", "adapter_model", "consolidated")
 
 def checkpoint_label(spec: str | os.PathLike) -> str:
     """The name a checkpoint is shown and saved under (metrics, charts, mask files, exports), the same in the
-    library, the CLI and the app:
+    library, the CLI and the app, as UTF-8 text (a byte of a folder's name that is not UTF-8 written as its escape,
+    ``ft\\xff``: :func:`escaped`):
 
     - a hub id: the id as given, organisation and revision kept (``acme/tiny-sft`` beside ``other/tiny-sft``);
     - a hub cache snapshot folder: its repository's id, and ``@<7 hex>`` where it is not the commit ``refs/main``
@@ -1013,7 +1018,11 @@ def checkpoint_label(spec: str | os.PathLike) -> str:
     - a weights file named for what it is (``model.safetensors``, ``pytorch_model.bin``, an index): its folder's
       label (``…/dpo/model.safetensors`` is ``dpo``); another file: its name before the first dot;
     - any other folder: its name."""
-    s = str(spec)
+    return escaped(_label(str(spec)))
+
+
+def _label(s: str) -> str:
+    """:func:`checkpoint_label` of ``s``, before its escapes."""
     if reads_as_hub_id(s):  # (while the roots are enforced, no path outside them is asked about)
         return s
     path = Path(s.rstrip("/") or s).expanduser()
@@ -1022,6 +1031,45 @@ def checkpoint_label(spec: str | os.PathLike) -> str:
             return path.name.split(".")[0] or s
         path = path.parent
     return _snapshot_label(path) or path.name or s
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escaped(text: str) -> str:
+    """``text`` as UTF-8 text that every writer takes: a byte of a file name that is not UTF-8 (Python's surrogate
+    escape ``\\udcff`` for the byte 0xff) written as ``\\xff``, any other lone surrogate as ``\\udXXX``. A label
+    holding one was refused by pyarrow's strings (the tables, ``sigma.parquet``), by Streamlit's widgets and by
+    ``str.encode``: a traceback where the folder's model was analysed."""
+    return _SURROGATE.sub(_escape, text)
+
+
+def _escape(m: re.Match) -> str:
+    """The escape :func:`escaped` writes for one lone surrogate."""
+    code = ord(m.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+# where a process names its open files (Linux; macOS and the BSDs have /dev/fd)
+_FD_DIR = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+
+
+@contextmanager
+def utf8_name(path: str | os.PathLike) -> Iterator[str]:
+    """A name of the file ``path`` that is UTF-8 text, for readers that take no other (safetensors' torch reader:
+    "Path … is not valid UTF-8"; torch's zip reader and its mmap). ``path`` itself where it is such text; else,
+    a byte of it not being UTF-8 (``ft\\xff``, a lone surrogate escape in Python), the file opened here and named
+    by its descriptor (``/proc/self/fd/7``): the same file, for as long as the block runs. Check ``path`` against
+    the roots first: the descriptor's name lies outside them."""
+    text = os.fspath(path)
+    if not _SURROGATE.search(text):
+        yield text
+        return
+    fd = os.open(text, os.O_RDONLY)
+    try:
+        yield f"{_FD_DIR}/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _snapshot_label(folder: Path) -> str | None:
@@ -1097,9 +1145,16 @@ def _fingerprint(files: list[Path], raw_headers: list[bytes], config_text: str) 
     codes are dequantised; ``model_type``: the naming): an edited config gave the analysis from before the edit."""
     h = hashlib.sha256(f"fingerprint v{FINGERPRINT_VERSION}\0{config_text}\0".encode())
     for f, raw in zip(files, raw_headers, strict=True):
-        h.update(f"{f.resolve()}:{stat_identity(f.stat())}".encode())
+        h.update(path_identity(f))
         h.update(raw)
     return h.hexdigest()[:16]
+
+
+def path_identity(f: Path) -> bytes:
+    """``f``'s resolved path as the file system's bytes (``os.fsencode``: a folder named with a byte that is not
+    UTF-8, ``ft\\xff``, reaches Python as a lone surrogate escape, which ``str.encode`` refused: a traceback for
+    every analysis of it), then its inode, size, mtime and ctime. The same bytes as before for a UTF-8 path."""
+    return os.fsencode(f.resolve()) + f":{stat_identity(f.stat())}".encode()
 
 
 def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict | None, list[str]]:

@@ -274,6 +274,24 @@ def publish(out: Path, overwrite: bool) -> Iterator[Path]:
         raise SubnetvizError(f"--out {out}: cannot write the result ({_first_failure(exc)}).") from None
     except OSError as exc:
         raise SubnetvizError(f"--out {out}: cannot write the result ({exc.strerror or exc}).") from None
+    except UnicodeEncodeError as exc:
+        if not _names_bytes(out, exc):
+            raise
+        from subnetviz.checkpoints.sources import escaped
+
+        raise SubnetvizError(
+            f"--out {escaped(str(out))}: a byte of the folder's name is not UTF-8 text, and a writer of the result "
+            "takes only such names; nothing was written. Choose a folder whose name is UTF-8 text."
+        ) from None
+
+
+def _names_bytes(out: Path, exc: UnicodeEncodeError) -> bool:
+    """Whether ``exc`` is a writer refusing the path of ``out``'s folder (or of the temporary folder beside it)
+    because a byte of it is not UTF-8 (a lone surrogate escape in Python: pyarrow's Parquet writer encodes the
+    path it is given as strict UTF-8), not some other text that failed to encode."""
+    folder = os.path.abspath(out.parent)
+    bad = str(exc.object)[exc.start : exc.end]
+    return "surrogates" in str(exc.reason) and (bad in out.name or bad in folder)
 
 
 def _first_failure(exc: shutil.Error) -> str:
