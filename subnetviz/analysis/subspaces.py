@@ -650,7 +650,8 @@ def write_subspaces(table: SubspaceTable, folder: str | os.PathLike) -> None:
     (the table's notes: what was skipped, left out or taken by the randomized path) in ``folder``."""
     folder = Path(folder)
     table.to_frame().to_csv(folder / "subspaces.csv", index=False)
-    table.vectors().to_parquet(folder / "subspaces.parquet", index=False)
+    with open(folder / "subspaces.parquet", "wb") as fh:  # (a file Python opens: pyarrow takes UTF-8 paths only)
+        table.vectors().to_parquet(fh, index=False)
     (folder / NOTES_FILE).write_text(json.dumps(list(table.notes)))
 
 
@@ -660,7 +661,9 @@ NOTES_FILE = "notes.json"
 def read_subspaces(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The two frames :func:`write_subspaces` wrote: (per-matrix rows, long vectors)."""
     folder = Path(folder)
-    return _cache.read_frame(folder / "subspaces.csv"), pd.read_parquet(folder / "subspaces.parquet")
+    with open(folder / "subspaces.parquet", "rb") as fh:  # (as written: a folder named with a byte not UTF-8)
+        vectors = pd.read_parquet(fh)
+    return _cache.read_frame(folder / "subspaces.csv"), vectors
 
 
 def read_subspace_notes(folder: str | os.PathLike) -> list[str]:

@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise
     except SubnetvizError as exc:
         _end_bars()
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever a library said in it
+        from subnetviz.checkpoints.sources import escaped  # (a name's byte that is not UTF-8 shown as \xff)
+
+        print(f"error: {escaped(' '.join(str(exc).split()))}", file=sys.stderr)  # one line, whatever a library said
         return 2
     except BrokenPipeError:  # the reader went away ('runs | head'): nothing more to say to it
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the exit's flush of what is left goes nowhere

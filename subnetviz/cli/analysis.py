@@ -92,9 +92,11 @@ class _ReadFailed(Exception):
 
 def _write_subspaces(tmp: Path, subspaces) -> None:
     """``analyze --subspaces K``'s files in the result's folder: the rows and vectors, and the notes."""
+    from subnetviz.analysis.updates import write_parquet
+
     rows, vectors, notes = subspaces
     rows.to_csv(tmp / "subspaces.csv", index=False)
-    vectors.to_parquet(tmp / "subspaces.parquet", index=False)
+    write_parquet(vectors, tmp / "subspaces.parquet")  # (through a file Python opens: an --out named out\xff)
     # its notes (skips, tensors left out, the dtype compared at) kept beside it: on stderr only, the folder
     # alone could not show that a tensor had been left out
     (tmp / SUBSPACES_NOTES).write_text(json.dumps(list(notes), indent=2))

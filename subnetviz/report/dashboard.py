@@ -17,6 +17,7 @@ from subnetviz import figures
 from subnetviz.analysis.sparsity_report import ulp_dtype
 from subnetviz.analysis.updates import UpdateAnalysis, read_analysis
 from subnetviz.cache import read_frame
+from subnetviz.checkpoints.sources import escaped
 from subnetviz.errors import ConfigError, SubnetvizError
 from subnetviz.figures import subspaces as subspace_figures
 from subnetviz.report.html import ReportSection, write_report
@@ -131,5 +132,5 @@ def analysis_report(analysis_dir: str | os.PathLike, out: str | os.PathLike) -> 
         out,
         "subnetviz · update analysis",
         sections,
-        {"base": analysis.base, "models": ", ".join(analysis.labels), "folder": str(d), **numbers},
+        {"base": analysis.base, "models": ", ".join(analysis.labels), "folder": escaped(str(d)), **numbers},
     )

@@ -144,14 +144,17 @@ def test_cli_analyzes_such_folders_and_writes_into_one(pair):
     with open(odd / "sigma.parquet", "rb") as fh:  # (pyarrow takes a path only as UTF-8 text)
         assert set(pd.read_parquet(fh)["model"]) == {"ft"}
     odd2 = _named(root, b"sub\xff")
-    p = _run(["analyze", pair["base"], pair["ft"], "--out", odd2], home)
-    assert b"Traceback" not in p.stderr, p.stderr.decode(errors="replace")[-3000:]
-    if p.returncode != 0:
-        last = p.stderr.decode().strip().splitlines()[-1]
-        assert last.startswith("error: --out ") and "sub\\xff" in last and "not UTF-8" in last, last
-        assert not odd2.exists()
-    else:
-        assert (odd2 / "subspaces.parquet").is_file()
+    p = _run(["analyze", pair["base"], pair["ft"], "--out", odd2], home)  # with the subspaces' Parquet too
+    assert p.returncode == 0, p.stderr.decode(errors="replace")[-3000:]
+    with open(odd2 / "subspaces.parquet", "rb") as fh:
+        assert len(pd.read_parquet(fh)) > 0
+    html = root / "report.html"
+    p = _run(["report", odd2, "--out", html], home)  # the dashboard names the folder, escaped
+    assert p.returncode == 0, p.stderr.decode(errors="replace")[-3000:]
+    assert "sub\\xff" in html.read_text(encoding="utf-8")
+    missing = os.path.join(os.fsdecode(root), os.fsdecode(b"gone\xff"))
+    p = _run(["analyze", pair["base"], missing, "--out", root / "none"], home)  # the error names it as shown above
+    assert p.returncode == 2 and b"gone\\xff" in p.stderr and b"\\udcff" not in p.stderr, p.stderr[-2000:]
 
 
 def test_masks_in_such_a_folder_are_read(tmp_path):
