@@ -467,7 +467,8 @@ def transformers_choice(folder: Path, where: str | None = None) -> Path | None:
     is none of them. CheckpointError, naming ``where`` (default the folder), for a ``transformers_weights`` entry
     that names no file of the folder."""
     cfg = folder / "config.json"
-    config = read_json(cfg, CheckpointError, what=f"config.json in {display_path(folder)}") if cfg.is_file() else {}
+    # (a folder or pipe in its place is refused by the reader, in one line; it was read as no config, unsaid)
+    config = read_json(cfg, CheckpointError, what=f"config.json in {display_path(folder)}") if cfg.exists() else {}
     named = config.get("transformers_weights")
     if named is not None:
         if not isinstance(named, str) or not _inside(folder, named) or not (folder / named).is_file():
@@ -1204,7 +1205,7 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
         check_readable(f, what=f"{f.name} in {display_path(root) if root else s}")
     config = None
     cfg_path = root / "config.json" if root else None
-    if cfg_path and cfg_path.is_file():  # what it says decides how tensors are read (quantization, tying)
+    if cfg_path and cfg_path.exists():  # what it says decides how tensors are read (quantization, tying)
         where = f"config.json in {display_path(root)}"
         config = read_json(cfg_path, CheckpointError, what=where)
         check_config(config, where)  # (the naming table checked it later, naming no folder)

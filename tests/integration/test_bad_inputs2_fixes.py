@@ -321,3 +321,24 @@ def test_report_still_reads_counts_at_their_bounds(analysis, tmp_path):
     t.to_csv(folder / "tensors.csv", index=False)
     back = read_analysis(folder)
     assert int(back.reports[0].tensors["changed"].sum()) == int(t["numel"].sum())
+
+
+def test_a_folder_in_place_of_config_json_is_refused_in_one_line(tmp_path, capsys):
+    """A ``config.json`` that is a folder was read as no config at all, unsaid (the naming then came from the
+    tensor names alone); it is refused as the weight files' readers refuse one, by the CLI in one line."""
+    from subnetviz.checkpoints import open_checkpoint
+    from tests.models import make_llama
+
+    base = make_llama(tmp_path / "base")
+    ft = tmp_path / "ft"
+    shutil.copytree(base, ft)
+    (ft / "config.json").unlink()
+    (ft / "config.json").mkdir()
+    from subnetviz.errors import SubnetvizError
+
+    with pytest.raises(SubnetvizError, match=r"config\.json in .*ft: a folder, not a regular file"):
+        open_checkpoint(str(ft))
+    assert main(["analyze", str(base), str(ft), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: config.json in ") and "a folder, not a regular file" in err[-1]
+    assert not (tmp_path / "out").exists()
