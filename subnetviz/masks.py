@@ -211,7 +211,9 @@ def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     if "subnetviz" not in meta:  # another tool's file: its own header entries are its provenance
         return MaskSet(out, _foreign_provenance(meta, path))
     try:
-        info = parse_json(meta["subnetviz"], str(path), MaskError)
+        info = parse_json(
+            meta["subnetviz"], str(path), MaskError, text=True
+        )  # (no lone surrogate: every table refused it)
     except MaskError:  # provenance only: the masks themselves were read
         info = {}
     return MaskSet(out, info)

@@ -342,3 +342,20 @@ def test_a_folder_in_place_of_config_json_is_refused_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: config.json in ") and "a folder, not a regular file" in err[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lone_surrogate_in_a_masks_provenance_is_not_carried_on(tmp_path):
+    """The provenance JSON inside a mask file's header is text in the header (valid UTF-8) that parses into a lone
+    surrogate (``"\\udcff"``): it was carried into the mask's metadata, where a table of masks could not encode it;
+    the provenance is dropped as any unreadable provenance is, the masks read."""
+    import torch
+    from safetensors.torch import save_file
+
+    from subnetviz.masks import load_mask_set
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(2, 3, dtype=torch.bool)}, str(path), metadata={"subnetviz": '{"method": "x\\udcff"}'})
+    ms = load_mask_set(path)
+    assert int(ms.masks["w"].sum()) == 6
+    assert all(str(v).encode("utf-8") for v in ms.metadata.values())
+    assert "x\udcff" not in ms.metadata.values()
