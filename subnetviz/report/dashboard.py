@@ -69,7 +69,10 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
             chance = figures.chance_consensus(list(sizes["density"]), int(sizes["numel"].iloc[0]))
             ofigs.append(figures.consensus_bars(overall, chance=chance))
             otables.append(("Entries changed in exactly k of the masks, against independent masks", overall))
-        sections.append(ReportSection("Overlap of update masks", ofigs, otables))
+        opts = analysis.reports[0].options if analysis.reports else None
+        rule = {"update masks": mask_rule(opts)} if opts is not None else {}
+        # (the masks' rule, said where they are used: at a tolerance they hold fewer entries than Summary's counts)
+        sections.append(ReportSection("Overlap of update masks", ofigs, otables, params=rule))
     if src is not None and (src / "subspaces.csv").exists():  # `analyze` writes it beside the analysis
         sub = read_frame(src / "subspaces.csv")
         sfigs = [
@@ -88,6 +91,14 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
             )
         )
     return sections
+
+
+def mask_rule(opts) -> str:
+    """Which entries the update masks hold (``analyze --mask-tolerance``), as the report says it: the overlap is
+    taken over these, so at a tolerance its masks hold fewer entries than the exact counts of the Summary."""
+    if opts.mask_tolerance is None:
+        return "exact (bitwise: every changed entry)"
+    return f"|Δ| > {opts.mask_tolerance:g} (--mask-tolerance)"
 
 
 def _subspace_notes(src: Path) -> list[str]:
@@ -124,6 +135,7 @@ def analysis_report(analysis_dir: str | os.PathLike, out: str | os.PathLike) -> 
             "precision": opts.precision or "stored dtype",
             "tolerances": ", ".join(f"{t:g}" for t in opts.tolerances) or "none",
             "relative η": f"{opts.eta:g}",
+            "update masks": mask_rule(opts),
         }
         if opts is not None
         else {}

@@ -474,3 +474,22 @@ def test_a_checkpoint_named_again_is_said(ckpt_zoo, planted, tmp_path, capsys):
     ]
     sparsity = json.loads((out / "summary.json").read_text())["sparsity"]
     assert len(sparsity) == 4 and sparsity["llama"] == 1.0 and sparsity["ft1"] == sparsity["ft1-2"] < 1.0
+
+
+@pytest.mark.parametrize("tol", [None, 1e-5])
+def test_the_report_says_which_entries_the_update_masks_hold(ckpt_zoo, planted, tmp_path, tol):
+    """``report`` of an ``analyze --mask-tolerance T`` folder drew the overlap of masks taken at |Δ| > T under a
+    Summary of exact counts, T said nowhere: the Parameters table and the overlap section now name the rule."""
+    import html
+    import re
+
+    out, page = tmp_path / "out", tmp_path / "r.html"
+    extra = ["--mask-tolerance", f"{tol:g}"] if tol is not None else []
+    args = ["analyze", str(ckpt_zoo.llama), *map(str, planted["paths"]), "--out", str(out), "--no-spectra"]
+    assert main([*args, *extra]) == 0
+    assert main(["report", str(out), "--out", str(page)]) == 0
+    text = html.unescape(re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", "", page.read_text(), flags=re.S)))
+    said = "|Δ| > 1e-05 (--mask-tolerance)" if tol is not None else "exact (bitwise: every changed entry)"
+    overlap = text[text.index("Overlap of update masks") :]
+    assert f"update masks {said}" in " ".join(text[: text.index("Summary")].split())  # the page's Parameters
+    assert f"update masks {said}" in " ".join(overlap.split())  # and the overlap section's own
