@@ -26,6 +26,8 @@ from subnetviz.report.html import ReportSection, write_report
 def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
     """Sparsity (per model heatmap, sweep, ULPs, special tensors), spectra and overlap sections."""
     summary = analysis.summary()
+    paper = [c for c in summary.columns if str(c).startswith("sparsity@") and summary[c].isna().all()]
+    summary = summary.drop(columns=paper)  # (the paper's 1e-5 figure where the sweep left 1e-5 out: all dashes)
     sections = [
         ReportSection("Summary", tables=[("Exact update sparsity per model", summary)], notes="; ".join(analysis.notes))
     ]

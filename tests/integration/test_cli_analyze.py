@@ -493,3 +493,15 @@ def test_the_report_says_which_entries_the_update_masks_hold(ckpt_zoo, planted, 
     overlap = text[text.index("Overlap of update masks") :]
     assert f"update masks {said}" in " ".join(text[: text.index("Summary")].split())  # the page's Parameters
     assert f"update masks {said}" in " ".join(overlap.split())  # and the overlap section's own
+
+
+def test_the_reports_summary_leaves_out_the_papers_column_where_the_sweep_has_no_1e5(ckpt_zoo, planted, tmp_path):
+    """With tolerances that leave out 1e-5, the Summary's sparsity@1e-05 column was all dashes, with no word why."""
+    out, page = tmp_path / "out", tmp_path / "r.html"
+    args = ["analyze", str(ckpt_zoo.llama), str(planted["paths"][0]), "--out", str(out), "--no-spectra"]
+    assert main([*args, "--tolerances", "1e-3"]) == 0
+    assert main(["report", str(out), "--out", str(page)]) == 0
+    assert "sparsity@1e-05" not in page.read_text()
+    assert main([*args, "--overwrite"]) == 0  # the default sweep holds 1e-5: the column is there
+    assert main(["report", str(out), "--out", str(page), "--overwrite"]) == 0
+    assert "sparsity@1e-05" in page.read_text()
