@@ -226,11 +226,15 @@ def sparsity_fidelity_curve(
     model, masks: Sequence[MaskSet], table: BigramTable, corpus: TokenCorpus, batch_size: int = 16
 ) -> pd.DataFrame:
     """One row per mask (e.g. a λ sweep): lambda, kept weights, density, fidelity r of the
-    subnetwork alone, its bits/token and the bits/token of the model with it ablated."""
+    subnetwork alone, its bits/token and the bits/token of the model with it ablated. Each mask is taken as
+    :func:`~subnetviz.bigram.maskable.fitted_mask` makes it, as :func:`evaluate_subnetwork` does: a maskable
+    matrix it does not list is outside the subnetwork and counts in the density over all maskable weights. Bits
+    replace infinite surprisals by the largest finite one, as the ablation table's do."""
     check_vocab(table, model)
     ref = bigram_surprisals(table, corpus)
     rows = []
     for ms in masks:
+        ms, _ = fitted_mask(model, ms)
         keep = score_tokens(model, corpus, table, masked_parameters(model, ms, "keep"), batch_size)
         abl = score_tokens(model, corpus, table, masked_parameters(model, ms, "ablate"), batch_size)
         r, r_drop = fidelity(keep.surprisal_bits, ref)
@@ -242,8 +246,8 @@ def sparsity_fidelity_curve(
                 "density": ms.density,
                 "r": r,
                 "r_dropinf": r_drop,
-                "bits": float(keep.surprisal_bits.mean()),
-                "ablated_bits": float(abl.surprisal_bits.mean()),
+                "bits": float(_replace_inf(keep.surprisal_bits).mean()),
+                "ablated_bits": float(_replace_inf(abl.surprisal_bits).mean()),
             }
         )
     return pd.DataFrame(rows).sort_values("density").reset_index(drop=True)

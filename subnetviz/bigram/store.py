@@ -100,15 +100,23 @@ PAGE_OPTIONS = {"eval_sequences": 200, "seeds": (0, 1, 2), "residual_tokens": 20
 def planned_passes(model: str, corpus: str = "zoo") -> tuple[int, int, float, int]:
     """What the page's analysis of a mask (:func:`~subnetviz.bigram.job.analyse_mask_file`
     with :data:`PAGE_OPTIONS`) will run, without loading the model: (forward passes, masked
-    models built, tokens per pass, parameters), from the config and the headers. The ablations run the
-    evaluation sequences through the full model, the subnetwork and its ablation, and each seed's random
-    subnetwork and its ablation; the residual stream runs its tokens through three models; the generations
-    sample up to 20 tokens from a 4-token prompt, once per seed, with the full model and the ablated one."""
+    models built, tokens per pass, parameters), from the config and the headers.
+
+    - The ablations run the held-out sequences through the full model, the empty subnetwork, the subnetwork
+      and its ablation, and each seed's random subnetwork and its ablation.
+    - The residual stream runs whole held-out sequences, up to ``residual_tokens`` (at least one), through the
+      full model, the subnetwork and a random subnetwork.
+    - The generations (only when the model folder has a tokenizer) sample up to 20 tokens from a 4-token prompt,
+      once per seed, with the full model and the ablated one, the whole prefix each step (no cache).
+
+    The zoo corpus holds out exactly ``eval_sequences`` sequences; a text corpus at most that many (at most a
+    fifth of its sequences, which only tokenising it would tell), so its price is an upper bound."""
     from subnetviz.bigram.job import zoo_bigram_path, zoo_doc_length
     from subnetviz.bigram.maskable import model_folder
     from subnetviz.checkpoints import open_checkpoint
 
-    ck = open_checkpoint(model_folder(model))
+    folder = model_folder(model)
+    ck = open_checkpoint(folder)
     cfg = ck.config or {}
     max_pos = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 128
     seq_len = 128
@@ -117,12 +125,20 @@ def planned_passes(model: str, corpus: str = "zoo") -> tuple[int, int, float, in
         seq_len = zoo_doc_length(table) or seq_len
     seq_len = min(seq_len, int(max_pos))
     seeds = len(PAGE_OPTIONS["seeds"])
-    ablation = (3 + 2 * seeds) * PAGE_OPTIONS["eval_sequences"] * seq_len
-    residual = 3 * PAGE_OPTIONS["residual_tokens"]
-    steps = min(20, seq_len)
-    generation = 2 * seeds * sum(4 + t for t in range(steps))  # no cache: the whole prefix each step
-    passes = 3 + 2 * seeds + 3 + 2 * seeds * steps
-    return passes, 2 + 2 * seeds + 2, (ablation + residual + generation) / passes, ck.num_params
+    n_eval = PAGE_OPTIONS["eval_sequences"]
+    ablation_passes = 4 + 2 * seeds
+    residual_passes = 3 if PAGE_OPTIONS["residual_tokens"] else 0
+    residual_seqs = max(1, min(n_eval, (PAGE_OPTIONS["residual_tokens"] or 0) // seq_len))  # as collect_stats
+    has_tokenizer = (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
+    steps = min(20, seq_len) if has_tokenizer else 0
+    tokens = (
+        ablation_passes * n_eval * seq_len
+        + residual_passes * residual_seqs * seq_len
+        + 2 * seeds * sum(4 + t for t in range(steps))
+    )
+    passes = ablation_passes + residual_passes + 2 * seeds * steps
+    builds = (ablation_passes - 1) + (2 if residual_passes else 0) + (1 if has_tokenizer else 0)  # the full model: none
+    return passes, builds, tokens / passes, ck.num_params
 
 
 def analysis_key(model: str, mask: str, corpus: str = "zoo", optimal: str | None = None) -> str:

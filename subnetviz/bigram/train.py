@@ -120,18 +120,28 @@ def _batches(corpus: TokenCorpus, batch_size: int, seed: int):
             yield corpus.ids[perm[i : i + batch_size]]
 
 
-def loss_is_stable(ce, window: int = 10, margin: float = 100) -> bool:
-    """The paper's ``check_loss_stability``: a spike is a CE above the mean of the previous ``window``
-    steps + 0.25 or above 1.25 × that mean; a run is unstable when a spike falls in its last
-    ``margin`` steps (not recovered before the end). The paper retries such runs (up to 3 times).
-    A curve with a NaN or Inf CE is never stable."""
-    ce = np.asarray(ce, dtype=np.float64)
-    if not np.isfinite(ce).all():  # a NaN compares False with everything: it would pass as no spike
+def loss_is_stable(ce, window: int = 10, margin: int = 100) -> bool:
+    """The paper's ``check_loss_stability`` (``paper_code/utils/circuit_utils.py``), over the whole curve.
+
+    Walking from step 1, each CE is compared with the mean of the up to ``window`` steps before it (from step 0,
+    spikes included). A spike is a CE above that mean + 0.25 or above 1.25 × that mean. The run is unstable when,
+    from a spike until ``margin`` steps before the end, no CE comes back down to that earlier mean (so a spike in
+    the last ``margin`` steps always fails). A jump that stays up fails too: it is never re-attained.
+    The paper retries such runs (up to 3 times). Unlike the paper, a curve with a NaN or Inf CE is never stable
+    (a NaN compares False with every threshold and would pass as no spike)."""
+    ce = np.asarray(ce, dtype=np.float64).reshape(-1)
+    if not np.isfinite(ce).all():
         return False
-    for t in range(max(window, len(ce) - int(margin)), len(ce)):
-        prev = ce[t - window : t].mean()
-        if ce[t] > prev + 0.25 or ce[t] > 1.25 * prev:
-            return False
+    end = len(ce) - int(margin)  # a spike must be recovered from before this step
+    prev = list(ce[:1])
+    for i in range(1, len(ce)):
+        prev_mean = float(np.mean(prev))
+        if ce[i] > prev_mean + 0.25 or ce[i] > 1.25 * prev_mean:
+            if i >= end or ce[i:end].min() > prev_mean:
+                return False
+        prev.append(ce[i])
+        if len(prev) > window:
+            prev.pop(0)
     return True
 
 

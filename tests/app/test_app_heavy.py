@@ -216,7 +216,7 @@ def test_a_viewer_waits_for_a_computation_in_flight_and_never_takes_it_over(app_
 
 
 def test_bigram_analysis_and_held_out_accuracy_wait_for_an_editor(app_env, monkeypatch):
-    """The Bigram page's analysis (the model in float32 through the evaluation set eleven times, the residual
+    """The Bigram page's analysis (the model in float32 through the evaluation set ten times, the residual
     stream, generations) and the Training comparison's held-out accuracy (generation with three models) are
     forward passes like Behaviour's: priced and asked for (before, a viewer's URL started them at once)."""
     from subnetviz import config, ui
