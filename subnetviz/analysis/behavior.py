@@ -70,6 +70,7 @@ from subnetviz.analysis.revert import (
     release_freed,
     revert_bytes,
     update_masks,
+    write_unloaded_pieces,
 )
 from subnetviz.analysis.routing import RoutingTap, overall, routing_bytes, routing_frame, routing_rows
 from subnetviz.cache import read_frame
@@ -227,7 +228,9 @@ def behavior(
     _require_room(
         base, finetuned, batches, n_tokens, tok, dev, _revert_room(base, finetuned, masks, random_control, curve)
     )
-    base_model = load_causal_lm(base).to(dev).eval()
+    base_model = load_causal_lm(base)
+    write_unloaded_pieces(base_model, str(base))  # (Llama 4 experts stored one by one: transformers cannot load them)
+    base_model = base_model.to(dev).eval()
     check_model_finite(base_model, str(base))  # each finetune's: by its ModelBuilder
     check_token_ids(encoded, prompts, base_model.get_input_embeddings().weight.shape[0], tok, str(base))
     vocab = base_model.config.get_text_config().vocab_size  # (a vision-language model's is its text config's)

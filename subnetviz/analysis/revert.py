@@ -65,7 +65,7 @@ class ModelBuilder:
     """One model instance whose weights are rewritten, tensor by tensor, as ``where(select, base, ft)``."""
 
     def __init__(self, base: str, ft: str, device):
-        from subnetviz.checkpoints.experts_layout import loaded_into
+        from subnetviz.checkpoints.experts_layout import loaded_into, transposed_experts
         from subnetviz.checkpoints.models import load_causal_lm
         from subnetviz.checkpoints.naming import strip_prefix
 
@@ -87,6 +87,7 @@ class ModelBuilder:
             if t.names[1] not in stored or strip_prefix(t.names[1]) == k:
                 stored[t.names[1]] = k
         loaded, converted = loaded_into(self.model, stored)
+        transposed = transposed_experts(self.model.config.to_dict())  # Llama 4's experts: (E, H, 2I) / (E, I, H)
         self.params: list[tuple[str, torch.Tensor]] = []
         missing = []
         tensors = [(n, p, True) for n, p in self.model.named_parameters()]
@@ -97,12 +98,12 @@ class ModelBuilder:
                     f"{ft}: transformers converts {n} on load ({converted[n]}); behaviour writes each parameter "
                     "back from the stored tensors, and cannot write this one."
                 )
-            pieces = _pieces(n, tuple(p.shape), shapes, loaded)
+            pieces = _pieces(n, tuple(p.shape), shapes, loaded, transposed)
             if pieces is None:
                 if is_param:
                     missing.append(strip_prefix(n))
                 continue  # (a buffer no checkpoint stores: rotary tables, causal masks)
-            self.params += [(key, p.detach()[index] if index else p.detach()) for key, index in pieces]
+            self.params += [(key, _part(p, index)) for key, index in pieces]
         self._resolved: dict[int, Mapping[str, torch.Tensor]] = {}
         # a mask set given as such (by id, held: an id is not reused while it lives) -> it keyed by mask_names
         self._placed: dict[int, tuple[Mapping, MaskPlacement]] = {}
@@ -261,9 +262,12 @@ def _persistent_buffers(model) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def _pieces(name: str, shape: tuple[int, ...], shapes: Mapping, loaded: Mapping) -> list[tuple[str, tuple]] | None:
+def _pieces(
+    name: str, shape: tuple[int, ...], shapes: Mapping, loaded: Mapping, transposed: bool = False
+) -> list[tuple[str, tuple]] | None:
     """The aligned tensors a model tensor ``name`` is made of (:func:`~subnetviz.checkpoints.experts_layout
-    .param_pieces`): those transformers' conversion mapping loads into it (``loaded``), else by the names' rules."""
+    .param_pieces`; ``transposed``: the model packs its experts as Llama 4 does): those transformers' conversion
+    mapping loads into it (``loaded``), else by the names' rules."""
     from subnetviz.checkpoints.experts_layout import param_pieces
     from subnetviz.checkpoints.naming import strip_prefix
 
@@ -271,10 +275,49 @@ def _pieces(name: str, shape: tuple[int, ...], shapes: Mapping, loaded: Mapping)
     if keys:
         if len(keys) == 1 and tuple(shapes[keys[0]]) == tuple(shape):
             return [(keys[0], ())]
-        pieces = param_pieces(strip_prefix(name), shape, {k: shapes[k] for k in keys})
+        pieces = param_pieces(strip_prefix(name), shape, {k: shapes[k] for k in keys}, transposed=transposed)
         if pieces is not None and len(pieces) == len(keys):
             return pieces
-    return param_pieces(strip_prefix(name), shape, shapes)
+    return param_pieces(strip_prefix(name), shape, shapes, transposed=transposed)
+
+
+def write_unloaded_pieces(model, spec: str) -> None:
+    """Write into ``model``, loaded from checkpoint ``spec``, the parameters transformers could not load from it
+    because ``spec`` stores them in pieces its conversion mapping does not know: Llama 4's experts stored one by one
+    (llm-compressor's, GPTQModel's and auto-round's layout, each expert's matrices the transposes of the packed
+    slices), which transformers leaves at their random initial values. Every other parameter is left as loaded."""
+    from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.experts_layout import loaded_into, param_pieces, transposed_experts
+    from subnetviz.checkpoints.naming import strip_prefix
+
+    ck = open_checkpoint(spec)
+    try:
+        full = {strip_prefix(n): n for n in ck.names}
+        shapes = {short: tuple(ck.meta(n).shape) for short, n in full.items()}
+        loaded, _ = loaded_into(model, {n: n for n in ck.names})
+        transposed = transposed_experts(model.config.to_dict())
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if strip_prefix(n) in shapes or n in loaded:  # (transformers loaded it: by its name or its mapping)
+                    continue
+                for key, index in param_pieces(strip_prefix(n), tuple(p.shape), shapes, transposed=transposed) or ():
+                    _part(p, index).copy_(ck.get(full[key], p.device))
+    finally:
+        ck.close()
+
+
+def _part(p: torch.Tensor, index: tuple) -> torch.Tensor:
+    """The part of model tensor ``p`` that a piece's ``index`` names (:func:`_pieces`), as a view of it, which
+    :meth:`ModelBuilder.build` writes into. A Llama 4 expert stored one by one (its gate, up or down: the columns
+    of ``p[e]`` transposed, index ``(array([e]), :, columns)``) is ``p[e, :, first:last + 1].T``; that index
+    itself reads a copy, and what was written into a copy would never reach the model."""
+    t = p.detach()
+    if not index:
+        return t
+    if isinstance(index[0], np.ndarray):  # (its columns are a run, np.arange(first, first + n): param_pieces)
+        (e,), cols = index[0].tolist(), index[2]
+        return t[e, :, int(cols[0]) : int(cols[0]) + len(cols)].T
+    return t[index]
 
 
 def mask_selector(masks: Mapping[str, torch.Tensor], inside: bool) -> Selector:

@@ -12,9 +12,12 @@ outside the comparison, listed only as "only in" one checkpoint.
 :func:`match_layouts` reads such a packed checkpoint, where another checkpoint of the comparison stores the same
 layer's experts one by one, as that checkpoint's per-expert tensors: expert e's gate is ``gate_up[e, :I]``, its
 up ``gate_up[e, I:]``, its down ``down[e]`` (how transformers packs them, checked on the models it builds), each
-a view of the stored tensor, nothing copied. Shapes are checked against the per-expert tensors; a layer whose
-shapes do not fit is left as it is (its tensors listed as only in one checkpoint, as before). gpt-oss's packed
-layout (gate and up interleaved) has no per-expert form and is never touched.
+a view of the stored tensor, nothing copied. The layer's other tensors that transformers renames on load are
+read by the names the other checkpoint stores (:func:`stored_forms`, from transformers' own conversion mapping:
+Mixtral's router ``block_sparse_moe.gate`` is ``mlp.gate`` in memory, PhiMoE's ``mlp.router``). Shapes are
+checked against the per-expert tensors; a layer whose shapes do not fit is left as it is (its tensors listed as
+only in one checkpoint, as before). gpt-oss's packed layout (gate and up interleaved) has no per-expert form and
+is never touched.
 
 Llama 4 releases store their experts packed the other way round (``Llama4TextExperts``: ``feed_forward.experts.
 gate_up_proj`` (E, H, 2I), split by ``chunk(2, -1)``, and ``down_proj`` (E, I, H)), while every quantized Llama 4
@@ -38,6 +41,7 @@ checkpoint's scales with its codes.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -75,6 +79,12 @@ def _model_type(config: Mapping) -> str:
 # those whose packed experts have no per-expert form (gpt-oss: gate and up interleaved)
 _COLUMNS = ("llama4", "llama4_text")
 _NO_PER_EXPERT = ("gpt_oss",)
+
+
+def transposed_experts(config: Mapping) -> bool:
+    """Whether the model ``config`` builds packs its experts the Llama 4 way (``gate_up_proj`` (E, H, 2I),
+    ``down_proj`` (E, I, H)): the ``transposed`` of :func:`param_pieces` for its parameters. By its family."""
+    return _model_type(config) in _COLUMNS
 
 
 def _layouts(ck: Checkpoint, ref: Checkpoint) -> tuple[bool, ...]:
@@ -116,7 +126,7 @@ def _views(
         out.update({full[short]: (name, index, shapes[short]) for short, index in pieces})
     if transposed:
         out.update(_row_scale_views(ck, packed, experts))
-        return out
+        return _with_renamed(out, ck, layer, ref)
     block = fp8_block(ck.config)
     gate = ref.meta(experts[0]["gate"]).shape if "gate" in experts.get(0, {}) else None
     for part, name in packed.items():
@@ -127,13 +137,27 @@ def _views(
         if got is not None:
             out.update(got[0])
             ck.scale_rows.update(got[1])
-    if ".block_sparse_moe." in experts[0]["gate"]:  # Mixtral: the router too is under mlp. in memory
-        for n in ref.names:
-            rest = strip_prefix(n).removeprefix(f"{layer}block_sparse_moe.")
-            if rest != strip_prefix(n) and not rest.startswith("experts."):
-                mine = next((m for m in ck.names if strip_prefix(m) == f"{layer}mlp.{rest}"), None)
-                if mine is not None and tuple(ck.meta(mine).shape) == tuple(ref.meta(n).shape):
-                    out[n] = (mine, (), tuple(ref.meta(n).shape))  # the whole tensor, by the other's name
+    return _with_renamed(out, ck, layer, ref)
+
+
+def _with_renamed(out: dict, ck: Checkpoint, layer: str, ref: Checkpoint) -> dict:
+    """``out`` (a layer's expert views) with the tensors of ``layer`` that the packed checkpoint ``ck`` holds by
+    the model's names and ``ref`` stores by the names transformers renames on load (:func:`stored_forms`:
+    Mixtral's ``block_sparse_moe.gate`` router as ``mlp.gate``, PhiMoE's as ``mlp.router``, HunYuan's
+    ``mlp.router.gate`` as ``mlp.gate``, ...), each viewed whole by ``ref``'s name: name -> (``ck``'s name, (),
+    shape). Only where one stored name of the same shape fits: a router stored by a packed finetune under the
+    model's name was listed as only in that checkpoint, and its change lost."""
+    viewed = {src for src, _, _ in out.values()}
+    mine = {strip_prefix(n): n for n in ck.names}
+    theirs = {strip_prefix(n): n for n in ref.names}
+    for short, n in mine.items():
+        if not short.startswith(layer) or short in theirs or n in viewed or _PACKED.match(short):
+            continue
+        shape = tuple(ck.meta(n).shape)
+        found = [s for s in stored_forms(short) if s in theirs and s not in mine]
+        found = [s for s in found if tuple(ref.meta(theirs[s]).shape) == shape]
+        if len(found) == 1:
+            out[theirs[found[0]]] = (n, (), shape)
     return out
 
 
@@ -194,7 +218,63 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
             ck.notes.append(note)
 
 
-_IN_MEMORY = re.compile(r"^(?P<layer>.*\.)mlp\.(?P<rest>.+)$")
+@functools.cache
+def _moe_renamings() -> tuple[tuple[tuple, tuple], ...]:
+    """transformers 5's renamings of the families whose checkpoints store experts one by one (a conversion mapping
+    that packs them, ``MergeModulelist``), each family's once: (forward, as it loads, in order; backward, as it
+    saves). Those name the tensors such a release stores and the model holds apart (Mixtral's, MiniMax's and
+    Kimi-Linear's ``block_sparse_moe.`` as ``mlp.``; PhiMoE's ``block_sparse_moe.gate`` as ``mlp.router``;
+    HunYuan-V3's ``mlp.router.gate`` as ``mlp.gate``; the expert-choosing biases of MiniMax-M3, Laguna, EXAONE-MoE,
+    Kolibri, Bailing and Sarvam as ``mlp.gate.e_score_correction_bias``; ...). () where transformers has no such
+    mapping."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        from transformers.core_model_loading import MergeModulelist, WeightConverter
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except Exception:  # noqa: BLE001 - another transformers' API: no renamings (the names as stored only)
+        return ()
+    out, seen = [], set()
+    for model_type in CONFIG_MAPPING_NAMES:
+        try:
+            transforms = get_checkpoint_conversion_mapping(model_type) or []
+            converters = [t for t in transforms if isinstance(t, WeightConverter)]
+            forward = tuple(t for t in transforms if not isinstance(t, WeightConverter))
+            if not forward or not any(isinstance(op, MergeModulelist) for c in converters for op in c.operations):
+                continue
+            key = tuple((tuple(t.source_patterns), tuple(t.target_patterns)) for t in forward)
+            if key not in seen:
+                seen.add(key)
+                out.append((forward, tuple(t.reverse_transform() for t in forward[::-1])))
+        except Exception:  # noqa: BLE001 - a family whose mapping cannot be read or reversed: left out
+            continue
+    return tuple(out)
+
+
+def _renamed(name: str, renamings: tuple) -> str:
+    """``name`` through each of ``renamings`` in turn, as transformers renames a key (every one that matches)."""
+    for renaming in renamings:
+        name, _ = renaming.rename_source_key(name)
+    return name
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def stored_forms(key: str) -> tuple[str, ...]:
+    """The names a checkpoint that stores experts one by one may store the model's tensor ``key`` (a name without
+    its prefix) under, where transformers renames it on load (:func:`_moe_renamings`, every such family's, each
+    checked by loading it back into ``key``): ``layers.1.mlp.router.weight`` is PhiMoE's
+    ``layers.1.block_sparse_moe.gate.weight``, ``layers.1.mlp.gate.weight`` Mixtral's
+    ``layers.1.block_sparse_moe.gate.weight`` or HunYuan-V3's ``layers.1.mlp.router.gate.weight``. Which of them a
+    checkpoint holds (its names and shapes) says which is meant: the one table for :func:`param_pieces` and the
+    packed checkpoints :func:`match_layouts` reads."""
+    out: list[str] = []
+    for forward, backward in _moe_renamings():
+        try:
+            stored = _renamed(key, backward)
+            if stored != key and stored not in out and _renamed(stored, forward) == key:
+                out.append(stored)
+        except Exception:  # noqa: BLE001 - a name its patterns cannot take
+            continue
+    return tuple(out)
 
 
 # transformers' conversion ops that pack stored tensors as they are (the experts stored one by one): param_pieces
@@ -248,11 +328,12 @@ def param_pieces(
 ) -> list[tuple[str, tuple]] | None:
     """Where a checkpoint's tensors (prefix-stripped name -> shape, ``shapes``) go in the parameter ``key`` of the
     model transformers 5 builds from it: ``[(name, index into the parameter)]``, ``()`` for the whole of it. By the
-    parameter's own name; by a Mixtral-style checkpoint's ``block_sparse_moe.`` for the model's ``mlp.`` (its
-    router; PhiMoE's ``mlp.router`` is the ``block_sparse_moe.gate`` it stores, by transformers' phimoe
-    renaming); or, for a packed expert parameter (``mlp.experts.gate_up_proj`` (E, 2I, H), ``down_proj``
-    (E, H, I)), from the per-expert tensors it is packed from, as :func:`match_layouts` reads them (expert e's gate
-    is ``gate_up[e, :I]``, its up ``gate_up[e, I:]``, its down ``down[e]``). With ``transposed``, Llama 4's layout
+    parameter's own name; by the one name of that shape a family storing experts one by one stores it under
+    (:func:`stored_forms`: Mixtral's ``block_sparse_moe.gate`` for the model's ``mlp.gate``, PhiMoE's for its
+    ``mlp.router``, as transformers renames them on load); or, for a packed expert parameter
+    (``mlp.experts.gate_up_proj`` (E, 2I, H), ``down_proj`` (E, H, I)), from the per-expert tensors it is packed
+    from, as :func:`match_layouts` reads them (expert e's gate is ``gate_up[e, :I]``, its up ``gate_up[e, I:]``,
+    its down ``down[e]``). With ``transposed``, Llama 4's layout
     (``gate_up_proj`` (E, H, 2I), ``down_proj`` (E, I, H)): expert e's gate is ``gate_up[e, :, :I]ᵀ``, its up
     ``gate_up[e, :, I:]ᵀ``, its down ``down[e]ᵀ``, each index ``(array([e]), slice(None), columns)``, which
     torch and NumPy alike read as the (columns, rows) transpose of those columns (a copy, not a view). None
@@ -260,11 +341,9 @@ def param_pieces(
     present, if any."""
     if key in shapes:
         return [(key, ())]
-    m = _IN_MEMORY.match(key)
-    for rest in (m["rest"], "gate.weight" if m["rest"] == "router.weight" else None) if m else ():
-        other = f"{m['layer']}block_sparse_moe.{rest}" if rest else None
-        if other is not None and tuple(shapes.get(other, ())) == tuple(shape):
-            return [(other, ())]
+    renamed = [s for s in stored_forms(key) if s in shapes and tuple(shapes[s]) == tuple(shape)]
+    if len(renamed) == 1:
+        return [(renamed[0], ())]
     packed = _PACKED.match(key)
     if packed is None or len(shape) != 3:
         return None
