@@ -84,28 +84,41 @@ def hf_cache_dir() -> Path:
     to the environment as it is now (the constants are fixed when huggingface_hub is imported; a cluster's
     ``XDG_CACHE_HOME=/scratch/.cache`` was ignored, and the models ``hf download`` put there were "not cached")."""
 
-    def expand(value: str) -> str:
-        return os.path.expandvars(os.path.expanduser(value))
+    legacy = os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(_hf_home(), "hub")
+    return Path(_expand(os.environ.get("HF_HUB_CACHE") or legacy))
 
-    hf_home = expand(
+
+def hf_datasets_dir() -> Path:
+    """The local Hugging Face datasets cache (``hf:`` corpora and prompt sets are read from it, never downloaded):
+    ``HF_DATASETS_CACHE``, else ``datasets`` in the Hugging Face home (:func:`hf_cache_dir`'s), as ``datasets.config``
+    forms it, applied to the environment as it is now."""
+    return Path(_expand(os.environ.get("HF_DATASETS_CACHE") or os.path.join(_hf_home(), "datasets")))
+
+
+def _expand(value: str) -> str:
+    return os.path.expandvars(os.path.expanduser(value))
+
+
+def _hf_home() -> str:
+    """``HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``; expanded."""
+    return _expand(
         os.environ.get("HF_HOME")
         or os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
         )
     )
-    legacy = os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(hf_home, "hub")
-    return Path(expand(os.environ.get("HF_HUB_CACHE") or legacy))
 
 
 def allowed_roots() -> list[Path]:
     """``SUBNETVIZ_HOME`` (the server's own runs, uploads, cache and demo zoo: always), then the folders of
-    ``SUBNETVIZ_ROOTS``, or by default the Hugging Face cache and the current directory. (The home was left
-    out when ``SUBNETVIZ_ROOTS`` was set: a job then trained to the end and failed reading its own model.)"""
+    ``SUBNETVIZ_ROOTS``, or by default the Hugging Face hub and datasets caches and the current directory (without
+    the datasets cache, ``hf:`` corpora were refused by every server, a laptop's ``make app`` too). (The home was
+    left out when ``SUBNETVIZ_ROOTS`` was set: a job then trained to the end and failed reading its own model.)"""
     env = os.environ.get("SUBNETVIZ_ROOTS")
     if env:
         roots = [home(), *(Path(p).expanduser() for p in env.split(os.pathsep) if p.strip())]
     else:
-        roots = [home(), hf_cache_dir(), Path.cwd()]
+        roots = [home(), hf_cache_dir(), hf_datasets_dir(), Path.cwd()]
     return list(dict.fromkeys(r.resolve() for r in roots))
 
 

@@ -503,7 +503,8 @@ def body() -> None:
         "Runs are OS processes with a run folder and a SQLite registry: they survive closing the tab. "
         "Subnetwork-only runs multiply gradients by the mask and decay only inside it; parameters outside "
         "stay bit-identical (verified after training). Every run also writes TensorBoard events into its run "
-        "folder: open them with `tensorboard --logdir $SUBNETVIZ_HOME/runs`."
+        "folder (the demo zoo's member trainings beside their folders in zoo/): open them all with "
+        "`tensorboard --logdir $SUBNETVIZ_HOME`."
     )
     ws = ui.workspace()
     said: list[str] = []  # the open view's notes on its numbers, for the export

@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_analyze)
 
     b = sub.add_parser("behavior", help="teacher-forced KL and accuracy vs the base, revert experiments for masks")
-    b.add_argument("base", help="base model folder (its tokenizer encodes the prompts)")
-    b.add_argument("finetuned", nargs="+", help="one or more finetuned model folders")
+    b.add_argument("base", help="base model folder or cached hub id (its tokenizer encodes the prompts)")
+    b.add_argument("finetuned", nargs="+", help="one or more finetuned model folders or cached hub ids")
     b.add_argument(
         "--prompts",
         nargs="+",

@@ -162,3 +162,21 @@ def test_the_home_stays_a_root_beside_the_named_ones(two_places):
     assert config.allowed_roots()[:2] == [config.home().resolve(), inside.resolve()]
     with pytest.raises(PathNotAllowedError):
         config.check_readable(outside / "model.safetensors")
+
+
+def test_the_default_roots_hold_the_datasets_cache(tmp_path, monkeypatch):
+    """With no SUBNETVIZ_ROOTS the roots are the home, the hub cache, the datasets cache and the working folder,
+    each where huggingface_hub and datasets put it (HF_HOME, HF_DATASETS_CACHE): without the datasets cache every
+    server, a laptop's ``make app`` too, refused the Bigram page's ``hf:`` corpora."""
+    monkeypatch.delenv("SUBNETVIZ_ROOTS", raising=False)
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    roots = config.allowed_roots()
+    assert (tmp_path / "hf" / "hub").resolve() in roots and (tmp_path / "hf" / "datasets").resolve() in roots
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "ds"))
+    assert (tmp_path / "ds").resolve() in config.allowed_roots()
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path / "data"))  # the owner's roots: only those (and the home)
+    assert config.allowed_roots() == [(tmp_path / "home").resolve(), (tmp_path / "data").resolve()]
