@@ -4,9 +4,10 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-from subnetviz import figures, ui
+from subnetviz import config, figures, ui
 from subnetviz.figures import continual as cl_figures
 from subnetviz.report.training import run_names
 from subnetviz.supermask.config import ContinualConfig, PhaseEpochs, colliding_densities, density_clash
@@ -73,7 +74,7 @@ def launch() -> None:
                 task_inference=inference,
             )
             run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
-            st.success(f"Queued run {run_id}; it appears under Results when it finishes.")
+            st.success(f"Queued run {run_id}; it appears under Results when it finishes (its error, if it fails).")
 
 
 def progress() -> None:
@@ -92,8 +93,31 @@ def owner_figure(masks, layer: str, method: str):
     return cl_figures.owner_image(owner_image(masks, layer), title=title)
 
 
+FAILED_SHOWN = 3  # the newest failed runs said on the page; the Training page lists them all
+
+
+def failed_runs(df: pd.DataFrame) -> None:
+    """An error line for each continual run that failed since the last one succeeded (newest first, at most
+    :data:`FAILED_SHOWN`): a launch that failed was said only in the Training page's list of all runs, and this
+    page went on showing the older run, or offered the demo as if nothing had been launched."""
+    cl = df[df["kind"] == "continual"] if len(df) else df
+    if not len(cl):
+        return
+    ended = pd.to_datetime(cl["ended"], utc=True, errors="coerce")  # (the registry's read gives times already)
+    last_ok = ended[cl["status"] == "succeeded"].max()  # NaT when none did: every failure is shown
+    failed = cl[(cl["status"] == "failed") & ~(ended <= last_ok)]  # (a failure with no end time is shown too)
+    failed = failed.loc[ended[failed.index].sort_values(ascending=False, na_position="first").index]
+    names = run_names(failed)
+    for rec in failed.head(FAILED_SHOWN).itertuples():
+        why = rec.error if isinstance(rec.error, str) and rec.error.strip() else "no error was recorded"
+        ui.error(f"Run {names[rec.id]} failed: {' '.join(config.redact(why).split())}")  # one line, paths as shown
+    if len(failed) > FAILED_SHOWN:
+        st.caption(f"{len(failed) - FAILED_SHOWN} more failed continual runs are listed on the Training page.")
+
+
 def results() -> None:
     df = ui.job_runner().list_runs()
+    failed_runs(df)
     done = df[(df["kind"] == "continual") & (df["status"] == "succeeded")]
     if not len(done):
         from subnetviz.demo.extras import zoo_job_note
@@ -141,6 +165,7 @@ def results() -> None:
     seed = c2.selectbox("Seed", sorted(acc["seed"].unique()), key="cl_seed", bind="query-params")
     table = summary[np.isclose(summary["density"], density) | baseline]
     ui.table(table, "cl-summary", "Final accuracy, forgetting, capacity (mean ± sd over seeds)")
+    ui.note(FORGETTING_NOTE, said)
     if note := supsup_note(table, acc, density):
         ui.note(note, said)
     methods = list(dict.fromkeys(acc["label"]))
@@ -158,7 +183,11 @@ def results() -> None:
                 ui.chart(ui.shared(cl_figures.forgetting_bars, summary, density), key="cl-forgetting")
     if tabs["After each task"].open:
         with tabs["After each task"]:
-            st.caption("Accuracy on each task (column) after training each task (row), per method.")
+            st.caption(
+                "Accuracy on each task (column) after training each task (row), per method. Grey: the task is not "
+                "trained yet. White, in italics: the task's accuracy just before it was trained, which "
+                "forgetting_with_untrained also counts; forgetting counts only the diagonal and below."
+            )
             cols = st.columns(min(len(methods), 3))
             for i, (label, A) in enumerate(accuracy_matrices(acc, seed, density).items()):
                 with cols[i % len(cols)]:
@@ -231,11 +260,49 @@ def accuracy_matrices(acc: pd.DataFrame, seed, density) -> dict:
     return out
 
 
+FORGETTING_NOTE = (
+    "forgetting: the largest drop of a task's accuracy after it was learned, from its best on or after its own "
+    "row to the end (mean over every task but the last). forgetting_with_untrained: as ExSSNeT's code computes "
+    "it, whose best also counts the task's accuracy just before it was trained (the white cells under After each "
+    "task); it reads more where a task scored higher untrained than trained."
+)
+BEFORE_TRAINING = "#FFFFFF"  # the cell A[t, t+1]: the next task's accuracy before it is trained, set apart from both
+
+
 def accuracy_figure(A, label: str, seed):
     """One method's accuracy matrix, tasks counted from 1; the title names the seed (a downloaded figure has no
-    seed picker beside it)."""
-    return figures.accuracy_matrix(
-        A, [f"task {j + 1}" for j in range(A.shape[1])], title=f"{figures.plain_label(label)}, seed {seed}"
+    seed picker beside it). The cells just right of the diagonal, A[t, t+1] (task t+1 just before it is
+    trained), are drawn white with their number in italics and a hover that says so: ExSSNeT's code counts them
+    in its forgetting (forgetting_with_untrained), and they were grey with no number, so the cell behind that
+    number could not be found."""
+    tasks = [f"task {j + 1}" for j in range(A.shape[1])]
+    title = f"{figures.plain_label(label)}, seed {seed}"
+    fig = figures.accuracy_matrix(A, tasks, title=title)
+    n = A.shape[0]
+    if n < 2 or A.shape[1] != n:
+        return fig
+    before = np.full((n, n), np.nan)
+    rows = np.arange(n - 1)
+    before[rows, rows + 1] = 100 * np.asarray(A, dtype=np.float64)[rows, rows + 1]
+    fig.add_trace(
+        go.Heatmap(
+            z=before,
+            x=tasks,
+            y=tasks,
+            text=np.where(np.isnan(before), "", np.char.mod("%.1f", before)),
+            texttemplate="<i>%{text}</i>",
+            textfont={"color": "#555555"},
+            colorscale=[[0, BEFORE_TRAINING], [1, BEFORE_TRAINING]],
+            showscale=False,
+            hoverongaps=False,
+            xgap=2,
+            ygap=2,
+            hovertemplate="after training %{y}<br>on %{x}, before it was trained: %{z:.2f}%"
+            "<br>(counted in forgetting_with_untrained only)<extra></extra>",
+        )
+    )
+    return fig.update_layout(
+        title_text=f"{title}<br><sup>grey: task not trained yet; white, in italics: just before it was trained</sup>"
     )
 
 
@@ -283,12 +350,14 @@ def inference_table(inference: pd.DataFrame) -> pd.DataFrame:
 
 
 def knn_figure(knn: pd.DataFrame, label: str, density, seed):
-    title = f"{figures.plain_label(label)}: KNN accuracy of each earlier mask (density {density:g}, seed {seed})"
+    title = (
+        f"{figures.plain_label(label)}: KNN accuracy of each earlier mask (density {100 * density:g} %, seed {seed})"
+    )
     return cl_figures.knn_bars(knn, title=title)
 
 
 def inference_figure(inference: pd.DataFrame, label: str, density, seed):
-    title = f"{figures.plain_label(label)}: right mask inferred (density {density:g}, seed {seed})"
+    title = f"{figures.plain_label(label)}: right mask inferred (density {100 * density:g} %, seed {seed})"
     return cl_figures.inference_bars(inference, title=title)
 
 
@@ -325,9 +394,9 @@ def closed_parts(
 def body() -> None:
     st.title("Continual learning with supermasks")
     st.caption(
-        "A fixed random network learns one mask per task. SupSup trains masks only (never forgets); SSNeT "
-        "then trains the weights in each mask (forgets); ExSSNeT trains only weights no earlier mask uses "
-        "(no forgetting, more accuracy); KKT starts a task from the most useful earlier mask."
+        "A fixed random network learns one mask per task. SupSup trains masks only (it never forgets what it "
+        "learned); SSNeT then trains the weights in each mask (forgets); ExSSNeT trains only weights no earlier "
+        "mask uses (no forgetting, more accuracy); KKT starts a task from the most useful earlier mask."
     )
     view = st.segmented_control(
         "View",

@@ -142,7 +142,9 @@ def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: 
 
 @takes_data()
 def forgetting_bars(
-    summary: pd.DataFrame, density: float | None = None, title: str = "Forgetting (mean max drop)"
+    summary: pd.DataFrame,
+    density: float | None = None,
+    title: str = "Forgetting (mean max drop once a task is learned)",
 ) -> go.Figure:
     """Bars of forgetting (mean ± sd over seeds) per method at ``density`` (finetune always shown)."""
     s = (
@@ -206,7 +208,7 @@ def capacity_curves(
         )
     )
     _whole_tasks(fig, int(c["task"].max()) + 1)
-    return _style(fig, f"{title} (density {100 * density:g}%, {layer})", "tasks trained", "weights used (%)")
+    return _style(fig, f"{title} (density {100 * density:g} %, {layer})", "tasks trained", "weights used (%)")
 
 
 @takes_data()

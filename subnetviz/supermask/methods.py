@@ -149,7 +149,9 @@ def _train(
 
 @torch.no_grad()
 def knn_accuracies(model: MaskedMLP, task: Task, t: int, k: int, gen: torch.Generator) -> list[float]:
-    """KNN accuracy (L2, majority vote) on task ``t``'s shuffled train data under each mask i < t."""
+    """KNN accuracy (L2, majority vote) on task ``t``'s shuffled train data under each mask i < t; each an exact
+    count over the held-out part divided in float64, as :func:`accuracy` (a float32 mean read 0.70257610 for
+    300/427)."""
     n = task.x_train.shape[0]
     order = torch.randperm(n, generator=gen)
     n_tr = int(round(0.66 * n))
@@ -161,7 +163,7 @@ def knn_accuracies(model: MaskedMLP, task: Task, t: int, k: int, gen: torch.Gene
         f = model.features(task.x_train)
         nn_idx = torch.cdist(f[te], f[tr]).topk(kk, largest=False).indices  # (n_te, kk)
         pred = task.y_train[tr][nn_idx].mode(dim=1).values
-        accs.append(float((pred == task.y_train[te]).float().mean()))
+        accs.append(int((pred == task.y_train[te]).sum()) / int(te.numel()))
     model.set_task(t)
     return accs
 

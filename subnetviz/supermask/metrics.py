@@ -5,10 +5,13 @@ Definitions (``reference/exssnet_supsup.md`` §6), with T tasks and accuracies a
 - ``A[t, j]``: accuracy on task j with mask j after training task t (entries j > t are untrained
   masks, ≈ chance). ``A_rand[j]``: task j's accuracy before any training.
 - final average accuracy: mean_j A[T-1, j].
-- forgetting (larger = more forgotten): mean over j < T-1 of max_{max(j-1, 0) ≤ t < T-1} A[t, j] − A[T-1, j]
-  (the max includes A[j-1, j], task j's untrained mask just before it is learned, as ExSSNeT's code fills it).
-  This is ExSSNeT's ``get_forgetting_metric`` with the sign flipped; not floored (a task whose
-  accuracy grew after it was learned counts negative, as in that code). NaN for a single task.
+- forgetting (larger = more forgotten): mean over j < T-1 of max_{j ≤ t < T-1} A[t, j] − A[T-1, j], the
+  largest drop from any accuracy task j had once it was learned; not floored (a task whose accuracy grew after
+  it was learned counts negative, as in ExSSNeT's code). NaN for a single task.
+- forgetting_with_untrained: ExSSNeT's ``get_forgetting_metric`` with the sign flipped, whose max also runs
+  over A[j-1, j], task j's untrained mask just before it is learned (max_{max(j-1, 0) ≤ t < T-1}). A task
+  that stays near chance can score more untrained than trained, so a method whose accuracies never drop
+  (SupSup, ExSSNeT) reads a positive value there.
 - forward transfer: mean over t ≥ 1 of A[t-1, t] − A_rand[t].
 - overlap of task t (t ≥ 1): common_t = |M_t ∧ U_{t-1}| with U_{t-1} = ∨_{i<t} M_i; sparse
   overlap = common_t / |M_t|, total overlap = common_t / #weights; exclusive fraction e_t = 1 − sparse
@@ -67,17 +70,30 @@ def final_accuracy(acc: np.ndarray) -> float:
 
 
 def forgetting(acc: np.ndarray) -> float:
-    """ExSSNeT's forgetting (``utils/metrics.py::get_forgetting_metric`` with its sign flipped): for each task
-    j < T-1, its best accuracy before the last task, max_{t < T-1} A[t, j], less its accuracy at the end,
-    A[T-1, j]; the mean over j. Not floored: an accuracy that grew after its task (backward transfer) makes it
-    negative, as in the paper's code. The paper's matrix holds A[t, j] for j ≤ t + 1 (its code also fills the
-    next task's accuracy before it is trained, A[j-1, j], which therefore enters the max) and zeros above, which
-    never win; this one is filled whole, so the max runs over max(j-1, 0) ≤ t < T-1, as the paper's does.
-    NaN for a single task."""
+    """Forgetting: for each task j < T-1, its best accuracy from the row it was trained on to the one before the
+    last, max_{j ≤ t < T-1} A[t, j], less its accuracy at the end, A[T-1, j]; the mean over j. Only rows where
+    task j had been trained count, so a method whose accuracy on a task never drops once it is learned reads 0.
+    Not floored: an accuracy that grew after its task (backward transfer) makes it negative, as in ExSSNeT's
+    code. NaN for a single task."""
+    return _mean_drop(acc, first_row=lambda j: j)
+
+
+def forgetting_with_untrained(acc: np.ndarray) -> float:
+    """ExSSNeT's own forgetting (``utils/metrics.py::get_forgetting_metric`` with its sign flipped), kept beside
+    :func:`forgetting` to compare with the paper's numbers: its matrix also holds A[j-1, j] (the next task's
+    accuracy before it is trained, for forward transfer) and zeros further above, so its max runs over
+    max(j-1, 0) ≤ t < T-1 and takes in task j's untrained mask. A task that stays near chance (some
+    arithmetic-text properties) can score more untrained than trained: then this reads a drop that never
+    happened after the task was learned. NaN for a single task."""
+    return _mean_drop(acc, first_row=lambda j: max(j - 1, 0))
+
+
+def _mean_drop(acc: np.ndarray, first_row) -> float:
+    """mean over j < T-1 of max_{first_row(j) ≤ t < T-1} A[t, j] − A[T-1, j] (NaN for a single task)."""
     t_count = acc.shape[0]
     if t_count < 2:
         return float("nan")
-    drops = [float(np.max(acc[max(j - 1, 0) : t_count - 1, j]) - acc[-1, j]) for j in range(t_count - 1)]
+    drops = [float(np.max(acc[first_row(j) : t_count - 1, j]) - acc[-1, j]) for j in range(t_count - 1)]
     return float(np.mean(drops))
 
 
@@ -207,6 +223,7 @@ class ContinualResult:
                     "tasks": r.num_tasks,
                     "final_acc": final_accuracy(r.acc),
                     "forgetting": forgetting(r.acc),
+                    "forgetting_with_untrained": forgetting_with_untrained(r.acc),
                     "forward_transfer": forward_transfer(r.acc, r.acc_rand),
                     "used": float(cf[cf["layer"] == ALL]["used"].iloc[-1]) if len(cf) else float("nan"),
                     "overlap": float(tot["sparse_overlap"].mean()) if len(tot) else float("nan"),
@@ -242,7 +259,17 @@ class ContinualResult:
         }
 
 
-SUMMARY_METRICS = ("final_acc", "forgetting", "forward_transfer", "used", "overlap", "exclusive", "trained", "wall_s")
+SUMMARY_METRICS = (
+    "final_acc",
+    "forgetting",
+    "forgetting_with_untrained",
+    "forward_transfer",
+    "used",
+    "overlap",
+    "exclusive",
+    "trained",
+    "wall_s",
+)
 
 
 def _trained_share(method: str, later_tasks: pd.DataFrame, weight_epochs: int | None = None) -> float:
@@ -256,9 +283,10 @@ def _trained_share(method: str, later_tasks: pd.DataFrame, weight_epochs: int | 
 
 
 def rederived(frames: dict[str, pd.DataFrame], weight_epochs: int | None = None) -> dict[str, pd.DataFrame]:
-    """``frames`` (of :meth:`ContinualResult.to_frames`, as a job saved them) with each run's forgetting
-    computed again from its accuracy matrix, and the summary with it: a result saved before the definition was
-    corrected reads as a new one would (the accuracies are what was measured; the forgetting is derived). With
+    """``frames`` (of :meth:`ContinualResult.to_frames`, as a job saved them) with each run's forgetting (both
+    :func:`forgetting` and :func:`forgetting_with_untrained`) computed again from its accuracy matrix, and the
+    summary with it: a result saved before a definition was corrected, or before the second one was kept, reads
+    as a new one would (the accuracies are what was measured; the forgetting is derived). With
     ``weight_epochs`` 0 (the job's config), SSNeT's and ExSSNeT's trained share is 0: a result saved before that
     was said read 100 % for a weight phase that trained nothing."""
     runs, acc = frames.get("runs"), frames.get("accuracy")
@@ -272,11 +300,17 @@ def rederived(frames: dict[str, pd.DataFrame], weight_epochs: int | None = None)
         n = int(max(g["after_task"].max(), g["task"].max())) + 1
         matrix = np.full((n, n), np.nan)
         matrix[g["after_task"].to_numpy(int), g["task"].to_numpy(int)] = g["acc"].to_numpy(float)
-        found[key] = forgetting(matrix)
-    again = [
-        found.get(tuple(r), f) for r, f in zip(runs[keys].itertuples(index=False), runs["forgetting"], strict=True)
-    ]
-    runs = runs.assign(forgetting=again)
+        found[key] = (forgetting(matrix), forgetting_with_untrained(matrix))
+    saved = zip(
+        runs["forgetting"],
+        runs["forgetting_with_untrained"] if "forgetting_with_untrained" in runs else np.full(len(runs), np.nan),
+        strict=True,
+    )
+    again = [found.get(tuple(r), f) for r, f in zip(runs[keys].itertuples(index=False), saved, strict=True)]
+    runs = runs.assign(
+        forgetting=[a for a, _ in again],
+        forgetting_with_untrained=[b for _, b in again],
+    )
     return {**frames, "runs": runs, "summary": summarize(runs)}
 
 
@@ -285,10 +319,11 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     g = runs.groupby(["label", "method", "kkt", "density"], sort=False)
+    metrics = [m for m in SUMMARY_METRICS if m in runs]  # runs saved before a metric was added lack it
     out = g.agg(
         seeds=("seed", "count"),
-        **{f"{m}_mean": (m, "mean") for m in SUMMARY_METRICS},
-        **{f"{m}_sd": (m, "std") for m in SUMMARY_METRICS},
+        **{f"{m}_mean": (m, "mean") for m in metrics},
+        **{f"{m}_sd": (m, "std") for m in metrics},
     )
     return out.reset_index()
 

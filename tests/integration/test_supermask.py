@@ -25,6 +25,7 @@ from subnetviz.supermask.metrics import (
     ContinualResult,
     capacity_frame,
     forgetting,
+    forgetting_with_untrained,
     forward_transfer,
     independent_capacity,
     owner_image,
@@ -249,15 +250,17 @@ def test_forgetting_and_forward_transfer_by_hand():
     assert math.isnan(forgetting(acc[:1, :1]))
 
 
-def test_forgetting_counts_the_accuracy_before_a_task_is_trained_as_the_papers_code_does():
+def test_forgetting_with_untrained_counts_the_accuracy_before_a_task_is_trained_as_the_papers_code_does():
     """The authors' matrix also holds A[j-1, j] (task j before it is trained, for forward transfer), so their
     max over t < T-1 takes it in; A[t, j] further above is zero there and never wins. Planted: task 1 scores
-    0.95 before it is trained and 0.80 after, so f_1 = 0.80 - 0.95 (it read 0.80 - 0.80 = 0); task 2's 0.99
-    two tasks early is not in the authors' matrix and is not read."""
+    0.95 before it is trained and 0.80 after, so f_1 = 0.80 - 0.95 in their variant (forgetting_with_untrained),
+    while the headline forgetting (from the task's own training row on) is 0: no task drops once learned; task
+    2's 0.99 two tasks early is not in the authors' matrix and is not read."""
     acc = np.array([[0.8, 0.95, 0.99, 0.1], [0.8, 0.8, 0.5, 0.2], [0.8, 0.8, 0.7, 0.3], [0.8, 0.8, 0.7, 0.6]])
     held = np.arange(4)[None, :] <= np.arange(4)[:, None] + 1  # what the authors' code fills: j <= t + 1
     paper = -np.mean([acc[-1, j] - (acc * held)[:-1, j].max() for j in range(acc.shape[0] - 1)])
-    assert forgetting(acc) == pytest.approx(0.05) == pytest.approx(paper)  # (0 + 0.15 + 0) / 3
+    assert forgetting_with_untrained(acc) == pytest.approx(0.05) == pytest.approx(paper)  # (0 + 0.15 + 0) / 3
+    assert forgetting(acc) == 0.0
 
 
 def test_a_saved_result_reads_with_its_forgetting_derived_again_from_its_accuracies():
@@ -275,8 +278,10 @@ def test_a_saved_result_reads_with_its_forgetting_derived_again_from_its_accurac
         for j in range(4)
     ]
     frames = rederived({"runs": runs, "accuracy": pd.DataFrame(rows), "summary": pd.DataFrame()})
-    assert frames["runs"]["forgetting"].tolist() == pytest.approx([0.05, 0.05])
-    assert frames["summary"]["forgetting_mean"].tolist() == pytest.approx([0.05])
+    assert frames["runs"]["forgetting"].tolist() == [0.0, 0.0]
+    assert frames["summary"]["forgetting_mean"].tolist() == [0.0]
+    assert frames["runs"]["forgetting_with_untrained"].tolist() == pytest.approx([0.05, 0.05])
+    assert frames["summary"]["forgetting_with_untrained_mean"].tolist() == pytest.approx([0.05])
     assert frames["summary"]["final_acc_mean"].tolist() == [0.0]  # the other metrics as saved
 
 
