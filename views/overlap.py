@@ -34,6 +34,10 @@ def body() -> None:
         sources.update({f"Δ {m}": str(mask_path(analysis.source_dir, m)) for m in analysis.labels})
         deltas = set(sources)
     sources.update({label: path for label, path in ws.masks})
+    # each update mask in its model's colour (as on every page: by the model's place in the workspace), the saved
+    # masks in colours after the models', ones no model has; keyed by label, whichever masks are chosen
+    models = [f"Δ {m}" for m in analysis.labels] if deltas else []
+    colors = figures.colors_after(models, [lbl for lbl in sources if lbl not in deltas])
     ui.need(len(sources) >= 2, "Overlap needs at least two masks: choose finetuned checkpoints or saved masks.")
     default = list(sources)[: min(3, len(sources))]
     chosen = c2.multiselect(
@@ -89,6 +93,7 @@ def body() -> None:
     # Sections as tabs that draw only when open: 1–3 charts per view instead of six (faster to show).
     precision = ui.compared_at(ws).strip() if deltas.intersection(chosen) else ""  # (said here: above the tabs)
     tabs = st.tabs(TABS, key="ov_tab", on_change="rerun", bind="query-params")
+    hues = tuple(colors[c] for c in chosen)
     pairs = [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()]
     # the criterion in each chart (a downloaded figure has no picker to say it): update masks only, saved ones are
     # as saved
@@ -108,11 +113,11 @@ def body() -> None:
                 )
             if name == "Per layer":
                 pair = st.selectbox("Per-layer view of the pair", pairs, key="ov_pair", bind="query-params")
-                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, pair, at)
+                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, pair, at, hues)
                 if overlap.packed_experts:  # gpt-oss, Llama-4, Granite: every expert of a layer in one tensor
                     st.caption(packed_note(overlap.packed_experts))
             else:
-                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, None, at)
+                figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, None, at, hues)
             draw(figs, tables)
     asked = st.query_params.get("ov_pair")
     params = {"base": ws.base, "masks": chosen, "criterion": crit, "view": VIEW_NAMES[view]}
@@ -125,7 +130,7 @@ def body() -> None:
         params,
         ["venn", "upset", "pw-o1", "pw-jaccard", "layer-overlap", "expert-overlap", "consensus"],
         ["pairwise", "layer-table", "consensus-table"],
-        more=lambda: every_tab(overlap, tuple(chosen), view, asked if asked in pairs else pairs[0], at),
+        more=lambda: every_tab(overlap, tuple(chosen), view, asked if asked in pairs else pairs[0], at, hues),
         notes=said,
     )
 
@@ -159,9 +164,12 @@ def draw(figs: dict, tables: dict) -> None:
         ui.table(frame, key, caption)
 
 
-def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = None, at: str = "") -> tuple[dict, dict]:
+def tab_parts(
+    overlap, chosen: tuple, view: str, name: str, pair: str | None = None, at: str = "", hues: tuple = ()
+) -> tuple[dict, dict]:
     """One tab's figures and tables (key -> figure, key -> (caption, frame)), shared by every session; ``at``: the
-    update masks' criterion, under each title ("" at exact or with no update mask chosen)."""
+    update masks' criterion, under each title ("" at exact or with no update mask chosen); ``hues``: each chosen
+    mask's colour, in ``chosen``'s order (default: by place in ``chosen``)."""
     report = overlap.report
     # Long labels (masks of a run: "SupSup task 1 mask (d=0.05, seed 0) · <run id>") drawn short on the
     # charts, what they share under each title; the tables keep the full labels.
@@ -169,16 +177,20 @@ def tab_parts(overlap, chosen: tuple, view: str, name: str, pair: str | None = N
     under = " · ".join(x for x in (figures.plain_label(shared) if shared else "", at) if x)
     sub = f"<br><sup>{under}</sup>" if under else ""
     crit = f" · {at}" if at else ""  # after a subtitle of its own (the pair)
+    colors = dict(zip(short, hues, strict=True)) if hues else None
     if name == "Sets":
         figs = {}
         # Venn beside the UpSet; beyond three masks the UpSet alone, full width. No Venn of empty masks (no circle)
         if len(chosen) in (2, 3) and report.union > 0:
             venn = figures.venn2 if len(chosen) == 2 else figures.venn3
             figs["venn"] = venn(
-                report.venn_regions()["count"].to_numpy(), short, title=f"Overlap (area-proportional){sub}"
+                report.venn_regions()["count"].to_numpy(),
+                short,
+                title=f"Overlap (area-proportional){sub}",
+                colors=colors,
             )
         regions = report.regions.assign(members=report.regions["code"])  # bit i = chosen[i] = short[i]
-        figs["upset"] = figures.upset(regions, short, title=f"Intersections of masks (UpSet){sub}")
+        figs["upset"] = figures.upset(regions, short, title=f"Intersections of masks (UpSet){sub}", colors=colors)
         return figs, {}
     if name == "Pairwise":  # no o2 panel: o2(A, B) = o1(B, A), the o1 matrix read down its columns
         titles = {"o1": "o1: share of the row mask in the column mask", "jaccard": "Jaccard |A∩B| / |A∪B|"}
@@ -249,11 +261,11 @@ def pair_by_layer(report, a: str, b: str):
     return one.assign(layer=one["group"].map(lambda g: g[0]), module=one["group"].map(lambda g: g[1]))
 
 
-def every_tab(overlap, chosen: tuple, view: str, pair: str, at: str = "") -> tuple[dict, dict]:
+def every_tab(overlap, chosen: tuple, view: str, pair: str, at: str = "", hues: tuple = ()) -> tuple[dict, dict]:
     """Every tab's figures and tables, for the export (the closed tabs are built on click only)."""
     figs, tables = {}, {}
     for name in TABS:
-        f, t = tab_parts(overlap, chosen, view, name, pair, at)
+        f, t = tab_parts(overlap, chosen, view, name, pair, at, hues)
         figs.update(f)
         tables.update(t)
     return figs, tables

@@ -4,6 +4,7 @@ No Streamlit and no ``config`` here: the page (or :mod:`subnetviz.report`) passe
 :data:`PLOTLY_CONFIG` when it shows a figure.
 
 - :mod:`~subnetviz.figures.style`: the shared vocabulary (palette, module order, layout, checks);
+- :mod:`~subnetviz.figures.colors`: a module kind's colour on every chart, masks in their model's colour;
 - :mod:`~subnetviz.figures.updates`: update sparsity, tolerance sweep, ULP, norms / embeddings / head;
 - :mod:`~subnetviz.figures.spectra`: singular values, rank / effective rank / stable rank;
 - :mod:`~subnetviz.figures.matrix`: one update matrix (changed entries, signed Δ, row / column shares);
@@ -16,6 +17,7 @@ No Streamlit and no ``config`` here: the page (or :mod:`subnetviz.report`) passe
 Every builder of the first six is also available here as ``subnetviz.figures.NAME``.
 """
 
+from subnetviz.figures.colors import colors_after, module_colors
 from subnetviz.figures.matrix import delta_image, matrix_image, row_col_ratios
 from subnetviz.figures.overlap import chance_consensus, consensus_bars, overlap_layer_heatmap, pairwise_matrix
 from subnetviz.figures.series import accuracy_matrix, module_series, series_lines, split_bar, training_curves
@@ -60,6 +62,7 @@ __all__ = [
     "accuracy_matrix",
     "chance_consensus",
     "color_map",
+    "colors_after",
     "compact_labels",
     "consensus_bars",
     "delta_image",
@@ -68,6 +71,7 @@ __all__ = [
     "measure_range",
     "model_spectra",
     "module_bars",
+    "module_colors",
     "module_series",
     "no_data_figure",
     "plain_label",

@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from subnetviz.figures.colors import module_colors
 from subnetviz.figures.style import (
     GREY_CELL,
     PALETTE,
@@ -166,8 +167,8 @@ def module_series(
     df: pd.DataFrame, title: str = "Sparsity per module kind over training", first: str = "base", start: int = 0
 ) -> go.Figure:
     """Columns step, module, changed, numel: one line per module kind (weighted sparsity vs ``first``, in %),
-    from the start point at step ``start`` (100 %: ``first`` against itself) as the series chart. Past the
-    palette's eight colours the lines are dashed, then dotted, so no two module kinds look alike."""
+    from the start point at step ``start`` (100 %: ``first`` against itself) as the series chart.
+    Each kind in its colour of :func:`~subnetviz.figures.colors.module_colors`, the same on every chart."""
     if df.empty:
         return no_data_figure(title)
     _require(df, ["step", "module", "changed", "numel"], "module_series")
@@ -176,9 +177,9 @@ def module_series(
     from subnetviz.figures.style import _module_order
 
     mods = _module_order(g["module"])
-    colors = color_map(mods)
+    colors = module_colors(mods)  # a kind's colour on every chart (Spectra's singular values, subspaces)
     fig = go.Figure()
-    for i, m in enumerate(mods):
+    for m in mods:
         sub = g[g["module"] == m].sort_values("step")
         x, y = sub["step"].to_numpy(), sub["sparsity"].to_numpy()
         if x.size and x[0] > start:
@@ -189,7 +190,7 @@ def module_series(
                 y=y,
                 mode="lines+markers",
                 name=m,
-                line={"color": colors[m], "dash": ("solid", "dash", "dot")[(i // len(PALETTE)) % 3]},
+                line={"color": colors[m]},
                 hovertemplate=f"{m}<br>step %{{x}}: %{{y:.2f}}%<extra></extra>",
             )
         )

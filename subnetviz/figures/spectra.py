@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from subnetviz.figures.colors import module_colors
 from subnetviz.figures.style import (
     SEQUENTIAL,
     _grid,
@@ -128,16 +129,21 @@ def spectrum_curves(
     colors = colors or color_map(names)
     thresholds = thresholds or {}
     fig = go.Figure()
+    hidden, drawn = 0, []  # σ left out as numerical zeros; the σ drawn (for the axis' ticks)
     for n in names:
         for kind in ("update", "random"):
             sub = df[(df["name"].astype(str) == n) & (df["kind"] == kind)].sort_values("index")
             if sub.empty:
                 continue
             sig = sub["sigma"].to_numpy(dtype=np.float64, na_value=np.nan)
+            floor = _zero_floor(sig, df, n, thresholds)
+            keep = sig > floor
+            hidden += int((np.isfinite(sig) & ~keep).sum())
+            drawn.extend(sig[keep])
             fig.add_trace(
                 go.Scatter(
                     x=sub["index"].to_numpy(),
-                    y=np.where(sig > 0, sig, np.nan),
+                    y=np.where(keep, sig, np.nan),
                     mode="lines",
                     name=n,
                     legendgroup=n,
@@ -163,8 +169,11 @@ def spectrum_curves(
                     hovertemplate=f"{n}: rank threshold σ₁·max(m,n)·ε = %{{y:.3g}}<extra></extra>",
                 )
             )
-    fig.update_yaxes(type="log", exponentformat="power", dtick=1)
+    drawn.extend(v for v in thresholds.values() if v > 0)
+    fig.update_yaxes(type="log", exponentformat="power", dtick=_decade_step(drawn))
     sub = "dashed: random sparse baseline" + (" · dotted: rank threshold (σ₁·max(m,n)·ε_fp32)" if thresholds else "")
+    if hidden:
+        sub += f" · {hidden:,} σ under the rank threshold (numerical zeros) not drawn"
     if colour_note:
         sub = f"{colour_note} · {sub}"
     title = title.replace(" (dashed: random sparse baseline)", "")
@@ -177,6 +186,31 @@ def spectrum_curves(
         height=460 + 22 * ((len(names) + 2) // 3),
     )
     return fig
+
+
+def _zero_floor(sig: np.ndarray, df: pd.DataFrame, name: str, thresholds: Mapping[str, float]) -> float:
+    """The σ at or under which a curve's values are numerical zeros, not drawn: its rank threshold. That is
+    σ₁·max(m, n)·ε for the update (``thresholds[name]``); the random baseline's is its own σ₁ times the same
+    max(m, n)·ε. Without a threshold, σ₁·k·ε with k the number of σ (min(m, n): a lower bound). Rounding noise of
+    singular values that are exactly zero (an embedding's rows that never changed: 1e-20 … 1e-29 under a
+    threshold of 1e-8) otherwise stretched the log axis over 28 decades."""
+    top = float(np.nanmax(sig)) if np.isfinite(sig).any() else 0.0
+    if top <= 0:
+        return 0.0
+    upd = pd.to_numeric(df.loc[(df["name"].astype(str) == name) & (df["kind"] == "update"), "sigma"]).max()
+    if name in thresholds and np.isfinite(upd) and upd > 0:
+        return top * thresholds[name] / float(upd)
+    return top * len(sig) * EPS32
+
+
+def _decade_step(values) -> int:
+    """Decades between the log axis' ticks: one a decade while the drawn values span at most 8 decades, then
+    wider steps, so the axis never holds more than about 8–10 labels."""
+    v = np.asarray([x for x in values if np.isfinite(x) and x > 0], dtype=np.float64)
+    if not v.size:
+        return 1
+    span = np.ceil(np.log10(v.max())) - np.floor(np.log10(v.min()))
+    return max(1, int(np.ceil(span / 8)))
 
 
 @takes_data()
@@ -197,9 +231,22 @@ def model_spectra(
         pairs = sigmas[["name", "model"]].drop_duplicates()
         curves = {str(n): by_model[m] for n, m in zip(pairs["name"], pairs["model"], strict=True)}
         note = "colour: model"
-    else:
-        curves, note = None, ""
+    else:  # one model: each matrix in its module kind's colour, as on the subspaces and Series charts
+        curves = _kind_colors(shapes)
+        several = curves is not None and shapes["module"].astype(str).duplicated().any()
+        note = "colour: module kind" if several else ""  # (Layer = all: a kind's layers share its colour)
     return spectrum_curves(sigmas, colors=curves, thresholds=rank_thresholds(sigmas, shapes), colour_note=note)
+
+
+def _kind_colors(shapes: pd.DataFrame) -> dict[str, str] | None:
+    """Matrix name -> its module kind's colour (:func:`~subnetviz.figures.colors.module_colors`): the colour the
+    kind has on every chart, at one layer and at every layer (where a kind's layers share it and the hover tells
+    them apart; 23 colours of their own could not be told apart either). None without a module column."""
+    if "module" not in shapes.columns or shapes.empty:
+        return None
+    pairs = shapes[["name", "module"]].astype(str).drop_duplicates("name")
+    by_kind = module_colors(pairs["module"])
+    return {n: by_kind[m] for n, m in zip(pairs["name"], pairs["module"], strict=True)}
 
 
 def _measure_cells(df: pd.DataFrame, measure: str) -> pd.DataFrame:

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from subnetviz.figures.colors import module_colors
 from subnetviz.figures.style import (
-    PALETTE,
     SEQUENTIAL,
     _grid,
     _layer_heatmap,
@@ -20,6 +20,7 @@ from subnetviz.figures.style import (
     _style,
     mtp_layer_ticks,
     no_data_figure,
+    series_color,
     takes_data,
 )
 
@@ -102,7 +103,7 @@ def angle_curves(vectors: pd.DataFrame, names: list[str], side: str = "left", ti
                 y=g[col],
                 mode="lines+markers",
                 name=str(name),
-                line={"color": PALETTE[i % len(PALETTE)]},
+                line={"color": series_color(i)},  # each line a colour of its own (no cycling past eight)
                 hovertemplate=f"{name}<br>i %{{x}}: %{{y:.3f}}°<extra></extra>",
             )
         )
@@ -128,7 +129,9 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
     color = d["module"].astype(str) if "module" in d.columns else None
     fig = go.Figure()
     groups = d.groupby(color, sort=False) if color is not None else [("matrices", d)]
-    for i, (mod, g) in enumerate(groups):
+    # each module kind in its colour on every chart (Spectra's singular values, Series), each a colour of its own
+    colors = module_colors(color) if color is not None else {"matrices": series_color(0)}
+    for mod, g in groups:
         fig.add_trace(
             go.Scatter(
                 x=100 * g["principal_overlap_chance"],
@@ -136,12 +139,7 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
                 mode="markers",
                 name=str(mod),
                 text=g["name"],
-                # past the palette's eight colours another symbol, so no two module kinds look alike
-                marker={
-                    "color": PALETTE[i % len(PALETTE)],
-                    "size": 8,
-                    "symbol": ("circle", "diamond", "square")[(i // len(PALETTE)) % 3],
-                },
+                marker={"color": colors[str(mod)], "size": 8},
                 hovertemplate="%{text}<br>chance %{x:.2f}%<br>inside principal %{y:.2f}%<extra></extra>",
             )
         )
