@@ -954,7 +954,7 @@ def table(df: pd.DataFrame, key: str, caption: str = "", **kwargs) -> None:
 
 def runs_table(df: pd.DataFrame, key: str, caption: str, *, kind: bool = True) -> None:
     """The registry's runs ``df`` as every page lists them (:func:`subnetviz.report.training.runs_table`:
-    progress as a bar, times as HH:MM:SS, counts with separators); ``kind=False`` leaves out the kind
+    progress as a bar, times with their date and zone, counts with separators); ``kind=False`` leaves out the kind
     column (a page that lists one kind of run)."""
     from subnetviz.report.training import runs_table as frame
 

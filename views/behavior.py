@@ -1,5 +1,6 @@
 """Behaviour: what the finetunes now do differently from the base (KL, accuracy), and which weights carry it."""
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -19,11 +20,21 @@ ROUTERS = "MoE routers (swap)"  # the routers as a revert mask: the finetune wit
 
 
 def mask_choices(ws) -> dict[str, str]:
-    out = {}
+    """label -> path of the masks Behaviour may revert: the zoo's, then the sidebar's saved masks; one entry per
+    file (by its real path), named as the sidebar names it (the zoo's grpo-seed0 file was "zoo grpo-s0" here and
+    "masks/grpo-seed0" in the sidebar and on Overlap, and picked in the sidebar it was offered, computed and
+    tabulated twice)."""
+    from subnetviz.selection import saved_masks
+
     z = ui.zoo()
-    if z is not None and z.manifest.masks:
-        out.update({f"zoo {name}": str(z.mask_path(name)) for name in z.manifest.masks})
-    out.update({label: str(path) for label, path in ws.masks})
+    zoo = {f"zoo {name}": str(z.mask_path(name)) for name in z.manifest.masks} if z is not None else {}
+    sidebar = {os.path.realpath(path): label for label, path in saved_masks().items()}
+    out, seen = {}, set()
+    for label, path in [*zoo.items(), *ws.masks]:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            out[sidebar.get(real, label)] = str(path)
     if ws.base is not None and routers_now(ws.base):
         out[ROUTERS] = "routers"
     return out

@@ -117,7 +117,10 @@ def covariance_heatmap(matrix: pd.DataFrame, title: str) -> go.Figure:
             hovertemplate="layers %{y} and %{x}: %{z:.3f}<extra></extra>",
         )
     )
-    fig.update_yaxes(autorange="reversed", scaleanchor="x")
+    # square cells; the axes' domains shrink to the matrix (constrain="domain"), so the x axis stays under it
+    # (the default grew the y range instead, and the matrix floated ~80 px above its layer ticks)
+    fig.update_xaxes(constrain="domain")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
     return _style(fig, title, "layer", "layer")
 
 

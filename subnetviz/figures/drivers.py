@@ -81,7 +81,7 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
             col=j,
         )
         kinds = [  # (legend name, which rows, marker, hover text)
-            (None, ~g["still"] & ~(log & (g[value] == 0)), _SEED, "%{y:.4g}" + unit),
+            (SEED_NAME, ~g["still"] & ~(log & (g[value] == 0)), _SEED, "%{y:.4g}" + unit),
             ("KL 0 (at the axis floor)", ~g["still"] & (log & (g[value] == 0)), _ZERO, "KL 0 (drawn at the floor)"),
             ("trained nothing (not in the mean)", g["still"], _STILL, "%{customdata:.4g}" + unit + ", trained nothing"),
         ]
@@ -98,8 +98,8 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
                     y=y,
                     customdata=scale * d[value],
                     mode="markers",
-                    name=label or "seed",
-                    showlegend=label is not None and label not in legend,
+                    name=label,
+                    showlegend=label not in legend,
                     legendgroup=label,
                     marker=marker,
                     text=d["seed"],
@@ -120,6 +120,7 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
     return fig
 
 
+SEED_NAME = "one seed (bar: mean over seeds)"  # the dots' legend entry, which also says what the bar is
 _SEED = {"color": PALETTE[1], "size": 7}
 _ZERO = {"color": PALETTE[1], "size": 9, "symbol": "triangle-down-open", "line": {"width": 2}}
 _STILL = {"color": "#555555", "size": 9, "symbol": "x-thin-open", "line": {"width": 2}}

@@ -56,8 +56,8 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
         pd.to_numeric(show["step"], errors="coerce").fillna(0)
         / pd.to_numeric(show["total"], errors="coerce").replace(0, float("nan")),
     )
-    for col in ("created", "ended"):
-        show[col] = pd.to_datetime(show[col], unit="s").dt.strftime("%H:%M:%S")
+    for col in ("created", "ended"):  # date, minute and zone: the time alone read a run of the evening before as later
+        show[col] = pd.to_datetime(show[col], unit="s").dt.strftime("%Y-%m-%d %H:%M UTC")
     return show
 
 

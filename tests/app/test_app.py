@@ -1,6 +1,7 @@
 """AppTest for every page on the micro zoo: no exception, no error box, charts with data, and the
 numbers shown equal the backend's for the same inputs."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -834,7 +835,7 @@ def test_bigram_mask_runs_are_picked_by_name_and_drawn_in_percent(app_env):
     (runs,) = [d.value for d in at.dataframe if "progress" in d.value.columns]
     assert list(runs.columns) == ["id", "name", "status", "progress", "step", "total", "created", "ended", "error"]
     (row,) = runs[runs["id"] == run_id].itertuples()
-    assert row.progress == 1.0 and len(row.created) == 8  # HH:MM:SS
+    assert row.progress == 1.0 and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", row.created)  # date and zone
     (spec,) = [s for s in plotly_specs(at) if s["layout"]["title"]["text"] == f"Run optimal mask λ=10 · {run_id}"]
     ys = {t["yaxis"]: list(decode(t["y"])) for t in spec["data"]}
     assert ys["y2"] == pytest.approx([50.0, 10.0]) and ys["y3"] == pytest.approx([100.0, 25.0])  # kept, undecided

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def gpt2_pair(app_env):
 
 def _zoo_masks(app_env) -> list[str]:
     manifest = json.loads((app_env / "zoo" / "manifest.json").read_text())
-    return [f"zoo {name}" for name in manifest["masks"]]
+    return [f"masks/{Path(e['path']).stem}" for e in manifest["masks"].values()]  # (as the sidebar names them)
 
 
 def _read(text: str) -> str:

@@ -291,11 +291,14 @@ def test_a_shared_bigram_link_names_its_masks(app_env, monkeypatch):
     import streamlit as st
 
     from subnetviz import config, ui
+    from subnetviz.bigram.maskable import maskable_shapes, model_skeleton
     from subnetviz.masks import MaskSet, save_mask_set
 
     path = config.home() / "uploads" / "walk-url.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_mask_set(path, MaskSet({"model.layers.0.mlp.up_proj.weight": torch.ones(2, 2, dtype=torch.bool)}))
+    # a bigram mask that fits the zoo's base (one that did not was offered only where another test had trained one)
+    shapes = maskable_shapes(model_skeleton(str(config.zoo_dir() / "base")))
+    save_mask_set(path, MaskSet({n: torch.ones(s, dtype=torch.bool) for n, s in shapes.items()}, {"target": "bigram"}))
     monkeypatch.setattr(ui, "heavy", lambda *a, **k: st.stop())  # the pickers only: no forward passes
     try:
         at = open_page("bigram")

@@ -98,10 +98,10 @@ def test_a_mask_that_could_not_be_checked_for_memory_is_offered_once_memory_is_f
     offered, warnings = page()
     assert offered == []
     said = [w for w in warnings if "could not be checked against this base at the moment" in w]
-    assert len(said) == 1 and "zoo grpo-s0" in said[0] and "memory" in said[0]
+    assert len(said) == 1 and "masks/grpo-seed0" in said[0] and "memory" in said[0]
     memory(monkeypatch, FREE)  # the same server: checked again, and it fits
     offered, warnings = page()
-    assert offered == ["zoo grpo-s0"] and not [w for w in warnings if "could not be checked" in w]
+    assert offered == ["masks/grpo-seed0"] and not [w for w in warnings if "could not be checked" in w]
 
 
 def test_the_run_cards_dense_mask_warning_is_given_once_memory_is_free(app_home, finished_run, monkeypatch):
