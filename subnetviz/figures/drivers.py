@@ -117,6 +117,8 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
         fig.update_yaxes(type="log", exponentformat="power", range=[math.log10(floor) - 0.3, math.log10(top) + 0.3])
     for j in range(2, len(factors) + 1):  # one y title, on the first panel (the axes are shared)
         fig.update_yaxes(title_text=None, row=1, col=j)
+    # the markers' legend above the panels, across: at the right it took the panels' width (ticks overlapped)
+    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.12, "xanchor": "right", "x": 1})
     return fig
 
 
