@@ -33,8 +33,16 @@ def home_of_its_own(micro_zoo, tmp_path_factory, name: str):
     runs and the environment restored after: for a module whose tests must not meet other modules' results."""
     home = tmp_path_factory.mktemp(name).resolve()
     (home / "zoo").symlink_to(Path(micro_zoo.root).resolve(), target_is_directory=True)
+    with pointed_at(home, app_roots(home)):
+        yield home
+
+
+@contextlib.contextmanager
+def pointed_at(home: Path, roots: str):
+    """This process's ``SUBNETVIZ_HOME`` and ``SUBNETVIZ_ROOTS`` set to ``home`` and ``roots`` while the block runs,
+    the earlier values (or their absence) put back after."""
     saved = {k: os.environ.get(k) for k in ("SUBNETVIZ_HOME", "SUBNETVIZ_ROOTS")}
-    os.environ["SUBNETVIZ_HOME"], os.environ["SUBNETVIZ_ROOTS"] = str(home), app_roots(home)
+    os.environ["SUBNETVIZ_HOME"], os.environ["SUBNETVIZ_ROOTS"] = str(home), roots
     try:
         yield home
     finally:

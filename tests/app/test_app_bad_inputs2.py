@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_fixtures import app_roots, home_of_its_own, open_page
+from tests.app_fixtures import app_roots, home_of_its_own, open_page, pointed_at
 
 pytestmark = pytest.mark.slow
 
@@ -75,17 +75,8 @@ def _home_with_zoo_of_its_own(micro_zoo, tmp_path_factory, name: str):
         if p.name != "manifest.json" and not p.name.startswith("."):
             (zoo / p.name).symlink_to(p.resolve(), target_is_directory=p.is_dir())
     shutil.copyfile(Path(micro_zoo.root) / "manifest.json", zoo / "manifest.json")
-    saved = {k: os.environ.get(k) for k in ("SUBNETVIZ_HOME", "SUBNETVIZ_ROOTS")}
-    os.environ["SUBNETVIZ_HOME"] = str(home)
-    os.environ["SUBNETVIZ_ROOTS"] = os.pathsep.join([app_roots(home), str(Path(micro_zoo.root).resolve())])
-    try:
+    with pointed_at(home, os.pathsep.join([app_roots(home), str(Path(micro_zoo.root).resolve())])):
         yield home
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.mark.parametrize("damage", ["byte", "folder"])

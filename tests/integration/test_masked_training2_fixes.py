@@ -33,6 +33,7 @@ from subnetviz.errors import ConfigError
 from subnetviz.masks import MaskSet, save_mask_set
 from subnetviz.training.config import TrainConfig
 from subnetviz.training.run import train
+from tests.integration.test_followups_review import _mistral3  # (a tiny Mistral-3, bf16, char tokenizer)
 from tests.models import char_tokenizer, tiny_model
 from tests.training_fixtures import write_addition_data
 
@@ -154,28 +155,6 @@ def test_a_full_run_on_a_base_with_stored_buffers_is_published_with_them(tmp_pat
 
 
 # --- ZeRO weight decay: only parameters a gradient reached ----------------------------------------------------
-
-
-def _mistral3(root: Path) -> Path:
-    """A tiny Mistral-3 (a vision-language model: vision tower and projector a text prompt never reaches), bf16."""
-    import transformers as T
-
-    text = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1)
-    text.update(head_dim=8, num_hidden_layers=2, model_type="mistral", tie_word_embeddings=False)
-    vision = dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1)
-    vision.update(num_attention_heads=2, image_size=16, patch_size=4, head_dim=8)
-    cfg = T.Mistral3Config(
-        text_config=text, vision_config=vision, image_token_index=5, spatial_merge_size=2, tie_word_embeddings=False
-    )
-    torch.manual_seed(0)
-    model = T.Mistral3ForConditionalGeneration(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    model.to(torch.bfloat16).save_pretrained(root)
-    char_tokenizer().save_pretrained(root)
-    return root
 
 
 needs_deepspeed = pytest.mark.skipif(

@@ -28,6 +28,7 @@ import torch
 from subnetviz.analysis.sparsity import SparsityOptions
 from subnetviz.analysis.updates import analyze_updates
 from tests.ckpt_fixtures import write_config_folder
+from tests.integration.test_memory2_fixes import _round_e4m3  # (e4m3 rounding, ties to even, in NumPy)
 
 ROOT = Path(__file__).resolve().parents[2]
 GU = "model.layers.0.feed_forward.experts.gate_up_proj"  # (E, H, 2I), scale (E, 1, 2I)
@@ -144,17 +145,6 @@ def _hist(ka: np.ndarray, kb: np.ndarray, n: int) -> list[int]:
     dist = np.abs(kb - ka)
     above = [int(np.count_nonzero(dist > e)) for e in EDGES]
     return [n - above[0]] + [above[j] - above[j + 1] for j in range(len(EDGES) - 1)] + [above[-1]]
-
-
-def _round_e4m3(x: np.ndarray) -> np.ndarray:
-    """float32 ``x`` (|x| ≤ 448) rounded to the nearest e4m3 value, ties to the even code, as float64."""
-    v = _e4m3(np.arange(0x7F))  # the non-negative codes in order of value
-    a = np.abs(x.astype(np.float64))
-    hi = np.clip(np.searchsorted(v, a), 1, v.size - 1)
-    lo = hi - 1
-    dl, dh = a - v[lo], v[hi] - a
-    pick = np.where(dl < dh, lo, np.where(dh < dl, hi, np.where(lo % 2 == 0, lo, hi)))
-    return np.copysign(v[pick], x)
 
 
 def _stats(fa: np.ndarray, fb: np.ndarray, changed: np.ndarray) -> dict:
