@@ -643,7 +643,7 @@ def test_behaviour_page_renders(app_env):
     bars = next(s for s in specs if s["data"][0]["type"] == "bar")
     grpo = next(t for t in bars["data"] if t["name"] == "grpo-s0")
     y = dict(zip(grpo["x"], decode(grpo["y"]).tolist(), strict=True))
-    assert y["finetuned"] > 0 and y["zoo grpo-s0/inside"] == 0.0, y
+    assert y["finetuned"] > 0 and y["masks/grpo-seed0/inside"] == 0.0, y
     # The measure is named on the radio as on the charts, and a shared URL carries it.
     from subnetviz.figures.behavior import MEASURE
 
