@@ -37,7 +37,9 @@ def launch() -> None:
             "uses the demo zoo's base model as a frozen encoder.",
         )
         methods = c2.multiselect("Methods", METHODS, default=["finetune", "supsup", "ssnet", "exssnet"])
-        densities = c3.multiselect("Mask density (share kept per layer)", [0.02, 0.05, 0.1, 0.3], default=[0.05])
+        densities = c3.multiselect(  # (in percent, as the results' tables and titles write densities)
+            "Mask density (share kept per layer)", [0.02, 0.05, 0.1, 0.3], default=[0.05], format_func=_percent
+        )
         d1, d2, d3, d4 = st.columns(4)
         tasks = d1.number_input("Tasks", 1, 100, 5)
         seeds = d2.number_input("Seeds", 1, 10, 3)
@@ -413,6 +415,11 @@ def body() -> None:
         launch()
     else:
         results()
+
+
+def _percent(density: float) -> str:
+    """A density as the page writes it elsewhere: ``5 %`` for 0.05."""
+    return f"{100 * density:g} %"
 
 
 ui.run_page(body)

@@ -178,3 +178,11 @@ def test_a_failed_run_with_no_finished_one_is_said_above_the_demo_offer(micro_zo
             assert any("No finished continual-learning run yet" in i.value for i in at.info)
         finally:
             _drop(runner, ["cl3-only"])
+
+
+def test_the_launch_form_writes_densities_in_percent(app_home):
+    """The launch form offered densities as 0.05 while the results' tables and titles write 5 %."""
+    at = _ok(open_page("continual", cl_view="Launch"))
+    (picker,) = [m for m in at.multiselect if m.label.startswith("Mask density")]
+    assert picker.format_func(0.05) == "5 %" and picker.format_func(0.3) == "30 %"
+    assert picker.value == [0.05]  # (the values the config takes are unchanged)
