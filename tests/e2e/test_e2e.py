@@ -173,6 +173,9 @@ def test_side_by_side_heatmaps_share_one_colour_range_in_the_browser(browser, ap
 def test_publication_figure_downloads_as_svg(browser, app_url, tmp_path):
     ctx, page = open_page(browser, app_url + "/sparsity", height=2400)
     try:
+        # the page drawn first: a click on "Make figure" during the first script run (the analysis still computing,
+        # a loaded CI machine) was lost to the rerun, and "Download figure" never came
+        wait_for_charts(page)
         page.get_by_text("Figure for a paper (SVG, PDF, PNG)").click()
         page.get_by_role("button", name="Make figure").click()  # rendered on click: a failure is said in one line
         with page.expect_download(timeout=120_000) as info:
