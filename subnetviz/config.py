@@ -728,8 +728,12 @@ def resolve_device(device: str | None = None) -> str:
         env = default_device()
         try:
             return resolve_device(env)
-        except ConfigError as exc:
-            raise ConfigError(f"SUBNETVIZ_DEVICE={env!r} (the device 'auto' stands for): {exc}") from None
+        except ConfigError as exc:  # (its advice "use 'cpu' or 'auto'" would be circular here: 'auto' is env)
+            reason = str(exc).split("; use ")[0].rstrip(".")
+            raise ConfigError(
+                f"SUBNETVIZ_DEVICE={env!r} (the device 'auto' stands for): {reason}; "
+                "set it to cpu, or unset it for CUDA when present."
+            ) from None
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, index = device.partition(":")

@@ -65,3 +65,19 @@ def test_available_memory_is_the_kernels_estimate():
         line = next(x for x in fh if x.startswith("MemAvailable:"))
     kib = int(line.split()[1])
     assert abs(config.available_memory_bytes() - kib * 1024) < 512 * 2**20  # read a moment apart
+
+
+def test_an_unusable_subnetviz_device_is_not_answered_with_auto(monkeypatch):
+    """SUBNETVIZ_DEVICE=cuda on a machine without CUDA: 'auto' *is* that variable, so advising 'auto' went in a
+    circle; the message says to set it to cpu or unset it."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    monkeypatch.setenv("SUBNETVIZ_DEVICE", "cuda")
+    with pytest.raises(ConfigError) as caught:
+        resolve_device("auto")
+    message = str(caught.value)
+    assert message.startswith("SUBNETVIZ_DEVICE='cuda' (the device 'auto' stands for): device 'cuda' asked for")
+    assert "'auto'." not in message and "or 'auto'" not in message
+    assert message.endswith("set it to cpu, or unset it for CUDA when present.")
