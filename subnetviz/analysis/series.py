@@ -647,8 +647,12 @@ def _window_counts(
 # A run's checkpoint folder, named for its step: the HF Trainer's checkpoint-<N>, this app's step-<N> (and
 # accelerate's checkpoint_<N>), DeepSpeed's global_step<N>.
 STEP_FOLDER = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
-# where a checkpoint's step is read, first found first: the HF Trainer's state, this app's step.json, the name
-STEP_SOURCES = ("trainer_state.json", "step.json", "folder name")
+# A hub repository's training checkpoints pushed as branches: Pythia's step1000 (main is step143000), OLMo's
+# stage1-step1000-tokens5B, and a run's checkpoint-<N> pushed as a branch.
+HUB_STEP = re.compile(r"^(?:(?:stage\d+-)?step(\d+)(?:-tokens\d+[KMBT]?)?|(?:checkpoint|global_step)[-_]?(\d+))$")
+# where a checkpoint's step is read, first found first: the HF Trainer's state, this app's step.json, the name; a
+# cached hub id's revision (Pythia's @step1000)
+STEP_SOURCES = ("trainer_state.json", "step.json", "folder name", "hub revision")
 
 
 @dataclass(frozen=True)
@@ -684,6 +688,8 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
     start (step 0), or, where it is a checkpoint of the same run, at its own step. ``labels`` name the checkpoints
     in ``why_not`` (default: the paths)."""
     labels = list(labels) if labels is not None else [str(p) for p in paths]
+    if paths and all(hub_step(p) for p in paths):  # a hub repository's branches: Pythia's @step1000, …
+        return _hub_run(paths, labels, base)
     folders = [_folder_of(p) for p in paths]
     found = [checkpoint_step(f) if f is not None else (None, "") for f in folders]
     steps, read_from = tuple(s for s, _ in found), tuple(w for _, w in found)
@@ -693,6 +699,8 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
 
     if not paths:
         return refused("no checkpoints.")
+    if hubs := [lab for lab, p in zip(labels, paths, strict=True) if hub_step(p)]:
+        return refused(f"{hubs[0]} is a hub repository's branch and others are not: not one run's checkpoints.")
     missing = [lab for lab, s in zip(labels, steps, strict=True) if s is None]
     if missing:
         return refused(
@@ -720,15 +728,54 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
         )
     at = _folder_of(base) if base is not None else None
     start = checkpoint_step(at)[0] if at is not None and at.parent == root else None
-    start = start or 0
+    return _in_order(steps, read_from, labels, str(root), start or 0)
+
+
+def _in_order(steps: tuple, read_from: tuple, labels: list[str], root: str, start: int) -> TrainingRun:
+    """The run of checkpoints at ``steps`` after the base's ``start``, or why not: two at one step, one not after
+    the base."""
     seen: dict[int, str] = {}
     for lab, s in zip(labels, steps, strict=True):
         if s in seen:
-            return refused(f"{seen[s]} and {lab} are both at step {s}.", str(root))
+            return TrainingRun(steps, read_from, root, f"{seen[s]} and {lab} are both at step {s}.")
         if s <= start:
-            return refused(f"{lab} is at step {s}, not after the base (step {start}).", str(root))
+            return TrainingRun(steps, read_from, root, f"{lab} is at step {s}, not after the base (step {start}).")
         seen[s] = lab
-    return TrainingRun(steps, read_from, str(root), "", start)
+    return TrainingRun(steps, read_from, root, "", start)
+
+
+def hub_step(spec: str | os.PathLike | None) -> tuple[str, int] | None:
+    """(repository, step) of a hub id whose revision names a training step (:data:`HUB_STEP`: Pythia's
+    ``EleutherAI/pythia-70m@step1000``), None for anything else (a path, a hub id at main or at a commit)."""
+    s = str(spec) if spec is not None else ""
+    if "@" not in s or not reads_as_hub_id(s):
+        return None
+    repo, _, rev = s.partition("@")
+    m = HUB_STEP.match(rev)
+    return (repo, int(m.group(1) or m.group(2))) if m else None
+
+
+def _hub_run(paths: Sequence[str], labels: list[str], base: str | None) -> TrainingRun:
+    """Cached hub ids at step branches of one repository as one run (Pythia's ``@step1000``, ``@step2000``): each at
+    the step its revision names; the base is the run's start (step 0) unless it is a step branch of the same
+    repository. A base in that repository at another revision (main: Pythia's step143000, the run's end) says no
+    step: refused, as its place in the run is not known."""
+    found = [hub_step(p) for p in paths]
+    steps, read_from = tuple(s for _, s in found), ("hub revision",) * len(found)
+    repos = list(dict.fromkeys(r for r, _ in found))
+    if len(repos) > 1:
+        why = f"they are branches of {len(repos)} hub repositories ({', '.join(repos[:2])}{' …' * (len(repos) > 2)})."
+        return TrainingRun(steps, read_from, "", why)
+    (repo,) = repos
+    at = hub_step(base)
+    if at is None and base is not None and str(base).partition("@")[0] == repo and reads_as_hub_id(str(base)):
+        why = (
+            f"the base {base} is in the same repository at a revision that names no step (main may be the run's "
+            f"end); choose its step branch (e.g. {repo}@step0) as the base to read them as one run."
+        )
+        return TrainingRun(steps, read_from, repo, why)
+    start = at[1] if at is not None and at[0] == repo else 0
+    return _in_order(steps, read_from, labels, repo, start)
 
 
 def _folder_of(path: str) -> Path | None:
