@@ -104,10 +104,15 @@ def body() -> None:
     ui.need(bool(sources), "A series needs ordered checkpoints: build the demo zoo or pick finetuned checkpoints.")
     # the sidebar's finetunes chosen under the other workspace source's name (a link made before they were read as
     # one run, or a finetune added since): the workspace's source, not the first one
+    # The choice is read from and written into the URL by hand: a bound picker given the replacement above in the
+    # session state showed it, but the address bar kept no series_src, and that link opened the demo zoo's series.
     asked = st.session_state.get("series_src", st.query_params.get("series_src"))
     if asked in (WORKSPACE_RUN, WORKSPACE_ORDER) and asked not in sources and name in sources:
-        st.session_state["series_src"] = name
-    choice = st.selectbox("Series", list(sources), key="series_src", bind="query-params")
+        st.session_state["series_src"] = asked = name
+    options = list(sources)
+    index = {} if "series_src" in st.session_state else {"index": options.index(asked) if asked in sources else 0}
+    choice = st.selectbox("Series", options, key="series_src", **index)
+    st.query_params["series_src"] = choice
     paths, steps, first, ticks, *checkpoints = sources[choice]
     run = ticks is None  # one training run's checkpoints; else independent checkpoints in the sidebar's order
     st.caption(RUN_CAPTION if run else NOT_RUN_CAPTION)

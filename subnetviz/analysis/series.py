@@ -652,7 +652,7 @@ STEP_FOLDER = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
 HUB_STEP = re.compile(r"^(?:(?:stage\d+-)?step(\d+)(?:-tokens\d+[KMBT]?)?|(?:checkpoint|global_step)[-_]?(\d+))$")
 # where a checkpoint's step is read, first found first: the HF Trainer's state, this app's step.json, the name; a
 # cached hub id's revision (Pythia's @step1000)
-STEP_SOURCES = ("trainer_state.json", "step.json", "folder name", "hub revision")
+STEP_SOURCES = ("trainer_state.json", "step.json", "train_summary.json", "folder name", "hub revision")
 
 
 @dataclass(frozen=True)
@@ -691,7 +691,8 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
     if paths and all(hub_step(p) for p in paths):  # a hub repository's branches: Pythia's @step1000, …
         return _hub_run(paths, labels, base)
     folders = [_folder_of(p) for p in paths]
-    found = [checkpoint_step(f) if f is not None else (None, "") for f in folders]
+    parents = {f.parent for f in folders if f is not None}
+    found = [_step_in_run(f, parents) if f is not None else (None, "") for f in folders]
     steps, read_from = tuple(s for s, _ in found), tuple(w for _, w in found)
 
     def refused(why: str, folder: str = "") -> TrainingRun:
@@ -710,8 +711,7 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
         )
     # the run's folder: a checkpoint folder's parent, or the folder itself where it holds another one (the final
     # model saved at the top of a run's output_dir)
-    parents = {f.parent for f in folders}
-    roots = {f if f in parents else f.parent for f in folders}
+    roots = {_run_folder(f, parents) for f in folders}
     if len(roots) > 1:
         shown = sorted(str(r) for r in roots)
         return refused(f"they are in {len(roots)} different folders ({', '.join(shown[:2])}{' …' * (len(shown) > 2)}).")
@@ -719,7 +719,10 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
     # a step read from trainer_state.json is where *a* run ended: two independent finetunes saved side by side
     # (each with the state Trainer.save_state() writes at its top) read as one run's checkpoints. Only folders
     # named as checkpoints, and the run's own folder that holds them, are taken as one run's.
-    loose = [lab for lab, f in zip(labels, folders, strict=True) if f != root and not STEP_FOLDER.match(f.name)]
+    top = root.parent if root.name == "checkpoints" else root  # (this app's runs: the final model holds them)
+    loose = [
+        lab for lab, f in zip(labels, folders, strict=True) if f not in (root, top) and not STEP_FOLDER.match(f.name)
+    ]
     if loose:
         return refused(
             f"{loose[0]} is no checkpoint-<N>, step-<N> or global_step<N> folder of a run (its step says where its "
@@ -728,7 +731,39 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
         )
     at = _folder_of(base) if base is not None else None
     start = checkpoint_step(at)[0] if at is not None and at.parent == root else None
+    if at is not None and at in (root, top):  # the run's own folder: its final model, not its start
+        start = _step_in_run(at, {root})[0]
+        if start is None:
+            return refused(
+                f"the base {base} is the run's own folder, its final model, not its start: choose the model the run "
+                "started from as the base.",
+                str(root),
+            )
     return _in_order(steps, read_from, labels, str(root), start or 0)
+
+
+def _step_in_run(folder: Path, parents: set[Path]) -> tuple[int | None, str]:
+    """:func:`checkpoint_step` of ``folder``, and where it says none and holds the ``checkpoints/`` among the
+    checkpoints' ``parents`` (this app's runs: the final model above ``checkpoints/step-N``), the ``steps_done`` of
+    its ``train_summary.json``. (Not read elsewhere: every finetune this app trained has one, and independent
+    finetunes side by side would read as a run's checkpoints.)"""
+    step, where = checkpoint_step(folder)
+    if step is None and folder / "checkpoints" in parents:
+        from subnetviz.cache import file_stamp
+
+        summary = folder / "train_summary.json"
+        if summary.is_file() and (step := _json_step(str(summary), "steps_done", file_stamp(summary))) is not None:
+            return step, "train_summary.json"
+    return step, where
+
+
+def _run_folder(folder: Path, parents: set[Path]) -> Path:
+    """The run folder a checkpoint ``folder`` belongs to, among the checkpoints' ``parents``: the folder itself where
+    it holds checkpoints (the final model at the top of a Trainer's output_dir), its ``checkpoints/`` where that
+    holds them (this app's runs: ``<out>/checkpoints/step-N``), else its parent."""
+    if folder in parents:
+        return folder
+    return folder / "checkpoints" if folder / "checkpoints" in parents else folder.parent
 
 
 def _in_order(steps: tuple, read_from: tuple, labels: list[str], root: str, start: int) -> TrainingRun:
