@@ -119,18 +119,27 @@ class UpdateAnalysis:
     def spectra_located(self) -> pd.DataFrame:
         """:meth:`spectra_table` with each matrix's layer, module, expert and ``mtp`` (a multi-token-prediction
         module's) from the tensors table: an expert of a packed 3-D tensor, named ``key[e]``, takes its tensor's
-        layer and module and ``e`` as its expert."""
+        layer and module and ``e`` as its expert. Each model's rows from its own tensors table (a finetune that
+        unties and stores ``lm_head`` had no module where the first model ties it), else the first model's."""
         spec = self.spectra_table()
         if not len(spec):
             return spec
-        t = self.reports[0].tensors
-        meta = t[[c for c in ("key", "layer", "module", "expert") if c in t.columns]].drop_duplicates("key")
-        meta = meta.assign(mtp=t.loc[meta.index, "block"].eq("mtp") if "block" in t.columns else False)
+
+        def located(t: pd.DataFrame) -> pd.DataFrame:
+            m = t[[c for c in ("key", "layer", "module", "expert") if c in t.columns]].drop_duplicates("key")
+            return m.assign(mtp=t.loc[m.index, "block"].eq("mtp") if "block" in t.columns else False)
+
+        meta = located(self.reports[0].tensors)
+        own = pd.concat([located(r.tensors).assign(model=m) for m, r in zip(self.labels, self.reports, strict=True)])
         names = spec["name"].astype(str)
         part = names.str.extract(r"^(?P<key>.*?)(?:\[(?P<slice>\d{1,9})\])?$")
         whole = names.isin(meta["key"])  # a tensor whose own name ends in "[3]" is that tensor, not a slice
         key, piece = part["key"].where(~whole, names), part["slice"].where(~whole)
         out = spec.assign(key=key, slice=piece).merge(meta, on="key", how="left")
+        mine = out[["model", "key"]].merge(own, on=["model", "key"], how="left", indicator=True)  # (same rows)
+        found = (mine.pop("_merge") == "both").to_numpy()
+        for c in meta.columns.drop("key"):
+            out[c] = out[c].where(~found, mine[c].to_numpy())
         if "expert" in out.columns:
             out["expert"] = out["slice"].where(out["slice"].notna(), out["expert"])
         else:
