@@ -278,12 +278,42 @@ def redact_value(value):
     return value
 
 
+# Folders under a root that are never read: a checkout's .streamlit/ holds secrets.toml (the OIDC cookie and client
+# secrets), .git/ its history and remotes (a clone's config may hold a token). The app's folder is a default root.
+PRIVATE_FOLDERS = frozenset({".git", ".streamlit"})
+
+
+# ... but a clone's weights stored by git-annex (model.safetensors -> .git/annex/objects/…) or kept by git-lfs
+# (.git/lfs/objects/…) are a model's files, not its history or remotes.
+_CONTENT_STORES = (("annex", "objects"), ("lfs", "objects"))
+
+
+def _private(root: Path, resolved: Path) -> bool:
+    """Whether ``resolved`` lies in a :data:`PRIVATE_FOLDERS` folder below ``root`` (case ignored: a
+    case-insensitive file system opens ``.Streamlit/`` as ``.streamlit/``), other than a .git folder's store of
+    file contents (:data:`_CONTENT_STORES`)."""
+    parts = [part.lower() for part in resolved.relative_to(root).parts]
+    return any(
+        part in PRIVATE_FOLDERS and not (part == ".git" and tuple(parts[i + 1 : i + 3]) in _CONTENT_STORES)
+        for i, part in enumerate(parts)
+    )
+
+
+def _not_readable(shown: str) -> PathNotAllowedError:
+    # (the same words whether anything is there or not: said before the file system is asked)
+    return PathNotAllowedError(f"{shown}: not readable (this server never reads files in .git or .streamlit folders).")
+
+
 def check_allowed(path: str | os.PathLike) -> Path:
-    """Resolve ``path`` (symlinks included) and refuse it unless it lies under an allowed root."""
+    """Resolve ``path`` (symlinks included) and refuse it unless it lies under an allowed root, and not in a
+    :data:`PRIVATE_FOLDERS` folder below that root."""
     resolved = _resolve(path)
-    if _root_of(resolved) is not None:
-        return resolved
+    root = _root_of(resolved)
     shown = path if not Path(path).expanduser().is_absolute() else display_path(path)
+    if root is not None:
+        if _private(root, resolved):
+            raise _not_readable(str(shown))
+        return resolved
     raise PathNotAllowedError(
         f"{shown}: outside the folders this server may read (its owner adds folders with SUBNETVIZ_ROOTS)."
     )
@@ -291,14 +321,19 @@ def check_allowed(path: str | os.PathLike) -> Path:
 
 def check_readable(path: str | os.PathLike, *, what: str | None = None) -> Path:
     """The one gate before a file is opened: ``path`` with symlinks resolved, refused when roots are
-    enforced (:func:`enforce_roots`) and the file itself lies outside them, and refused when something other
-    than a regular file is there (:func:`not_a_file`). ``what`` says how the file was reached (e.g.
-    "model.safetensors in zoo/base"), for the message. A path where nothing is passes: its reader says so."""
+    enforced (:func:`enforce_roots`) and the file itself lies outside them or in a :data:`PRIVATE_FOLDERS` folder
+    below its root, and refused when something other than a regular file is there (:func:`not_a_file`). ``what``
+    says how the file was reached (e.g. "model.safetensors in zoo/base"), for the message. A path where nothing is
+    passes: its reader says so."""
     resolved = _resolve(path, what)
-    if enforce_roots() and _root_of(resolved) is None:
-        raise PathNotAllowedError(
-            f"{what or display_path(path)}: leads outside the folders this server may read; refused."
-        )
+    if enforce_roots():
+        root = _root_of(resolved)
+        if root is None:
+            raise PathNotAllowedError(
+                f"{what or display_path(path)}: leads outside the folders this server may read; refused."
+            )
+        if _private(root, resolved):
+            raise _not_readable(what or display_path(path))
     kind = not_a_file(resolved)
     if kind:
         raise PathNotAllowedError(f"{what or display_path(path)}: {kind}, not a regular file; refused.")

@@ -767,8 +767,9 @@ def redacted(value):
 
 def corpus_choice(corpus: str) -> str:
     """The corpus as typed: 'zoo'; ``hf:<name>[:<split>]`` (a dataset in the local Hugging Face datasets cache,
-    when that cache lies under the roots; it was taken for a relative path and refused); else a file or saved
-    dataset folder under the roots, resolved."""
+    when that cache lies under the roots; it was taken for a relative path and refused); else a text file (by its
+    suffix: :func:`~subnetviz.bigram.stats.check_corpus_file`) or a saved data set's folder (its files checked:
+    :func:`~subnetviz.bigram.stats.check_saved_dataset`) under the roots, resolved."""
     if corpus == "zoo":
         return corpus
     if corpus.startswith("hf:"):
@@ -787,7 +788,13 @@ def corpus_choice(corpus: str) -> str:
                 "this server may read (its owner adds it with SUBNETVIZ_ROOTS)."
             ) from None
         return corpus
-    return str(config.check_allowed(corpus))
+    from subnetviz.bigram.stats import check_corpus_file, check_saved_dataset
+
+    resolved = config.check_allowed(corpus)
+    if resolved.is_dir():  # a saved data set: every file load_from_disk will open, checked
+        return check_saved_dataset(resolved)
+    check_corpus_file(corpus)  # a text file by its name (a link in a hub snapshot leads to blobs/<sha256>)
+    return str(resolved)
 
 
 def share_step(values) -> float | None:

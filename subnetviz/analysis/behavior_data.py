@@ -49,7 +49,7 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prom
     prompt is the first of the columns :data:`PROMPT_COLUMNS`, its answer the first of
     :data:`ANSWER_COLUMNS` (text after a GSM8K-style ``####`` when present).
     """
-    if str(path).startswith("hf:") or (Path(path).is_dir() and (Path(path) / "dataset_info.json").exists()):
+    if str(path).startswith("hf:") or Path(path).is_dir():  # (a DatasetDict's folder holds dataset_dict.json)
         return _dataset_prompts(str(path), limit)
     path = Path(path)
     if not path.is_file():
@@ -102,20 +102,21 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     import datasets
     from huggingface_hub import constants as hub
 
+    from subnetviz.bigram.stats import cached_dataset, check_saved_dataset  # (the corpus reader's rules)
+
+    folder = None if spec.startswith("hf:") else check_saved_dataset(spec)  # every file it opens, checked first
     # The cache only, nothing downloaded or asked of the hub: datasets and huggingface_hub read the offline
     # variables when they are imported, so setting the environment here did nothing (the hub was asked for the
     # data set by name); their flags are set for the call and put back.
     offline = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE
     try:
-        if spec.startswith("hf:"):
+        if folder is None:
             name, config, split = _hub_spec(spec)
-            from subnetviz.bigram.stats import cached_dataset  # (the cache only, as the Bigram page reads it)
-
             path = cached_dataset(spec, name, instead="a JSONL file or a saved data set's folder")
             datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
             ds = datasets.load_dataset(path, config, split=split, download_mode="reuse_cache_if_exists")
         else:
-            ds = datasets.load_from_disk(spec)
+            ds = datasets.load_from_disk(folder)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises anything (an IndexError for 'hf:::'): one line

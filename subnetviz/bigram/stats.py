@@ -415,6 +415,102 @@ def cached_dataset(spec: str, name: str, instead: str = "a text file or a saved 
     return f"hf://datasets/{name}"
 
 
+# A corpus file is text, read as UTF-8 a piece at a time (corpus_from_text): a visitor's link named any file under the
+# roots (a config, a key) and saw its first tokens. A binary file (.parquet, .arrow) is not read as a corpus.
+CORPUS_SUFFIXES = (".txt", ".text", ".md", ".csv", ".tsv", ".json", ".jsonl")
+
+
+def check_corpus_file(spec: str | os.PathLike) -> None:
+    """ConfigError, one line listing what is read, unless the corpus file ``spec`` (its name as given: a hub
+    snapshot's file is a link to a ``blobs/<sha256>`` file) ends in one of :data:`CORPUS_SUFFIXES`. Asks the file
+    system nothing: the same words whether the file exists or not."""
+    from subnetviz.config import display_path
+
+    if Path(spec).suffix.lower() not in CORPUS_SUFFIXES:
+        raise ConfigError(
+            f"{display_path(spec)}: not a corpus; give 'zoo', hf:NAME, a saved data set's folder or a text file "
+            f"({', '.join(CORPUS_SUFFIXES)})."
+        )
+
+
+_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what load_from_disk looks for first
+
+
+def check_saved_dataset(spec: str | os.PathLike) -> str:
+    """The folder ``spec`` (resolved) to give ``datasets.load_from_disk``, once every file it will open passed
+    :func:`~subnetviz.config.check_readable`: ``dataset_info.json``, ``state.json`` (read by
+    :func:`~subnetviz.config.read_json`) and the data files its ``_data_files`` name, or for a ``DatasetDict``
+    folder its ``dataset_dict.json`` and each split's subfolder likewise. ``load_from_disk`` joins those names to
+    the folder as they are: an absolute name, or one with ``..``, opened a file outside every root (a hub data set's
+    ``state.json`` chose which). Such a name, or one that is not a regular file of the folder (after links; a hub
+    snapshot's files link to its repository's ``blobs/``), is refused: ConfigError or PathNotAllowedError, one line
+    naming the folder and the entry."""
+    from subnetviz.config import check_name, check_readable, display_path, read_json
+
+    check_name(spec)  # (a NUL byte, a name too long, a loop of links: one line)
+    shown = display_path(spec)
+    folder = Path(spec).expanduser().resolve()
+    if "::" in str(folder) or "://" in str(folder):  # (fsspec, under load_from_disk, reads those as URLs)
+        raise ConfigError(f"{shown}: a saved data set's folder is a path, not a URL; refused.")
+    present = {n: check_readable(folder / n, what=f"{n} in {shown}").is_file() for n in _DATASET_FILES}
+    if present["dataset_info.json"] and present["state.json"]:
+        _check_dataset_files(folder, shown)
+    elif present["dataset_dict.json"]:
+        splits = read_json(folder / "dataset_dict.json", ConfigError, what=f"dataset_dict.json in {shown}")
+        splits = splits.get("splits")
+        if not isinstance(splits, list) or not splits or not all(isinstance(k, str) for k in splits):
+            raise ConfigError(f"dataset_dict.json in {shown}: expected 'splits', a list of split names.")
+        for i, name in enumerate(splits):
+            what = f"dataset_dict.json in {shown}: split #{i + 1}"
+            if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):  # (joined to the folder as it is)
+                raise ConfigError(f"{what} is not a split name (a subfolder's name); refused.")
+            check_readable(folder / name / "state.json", what=f"{what} ({name})")  # (where a link leads, first)
+            if not (folder / name).is_dir():
+                raise ConfigError(f"{what} ({name}): no such folder in {shown}.")
+            _check_dataset_files((folder / name).resolve(), f"{shown}/{name}")
+    else:
+        raise ConfigError(
+            f"{shown}: not a saved data set (Dataset.save_to_disk writes dataset_info.json and state.json, "
+            "DatasetDict.save_to_disk dataset_dict.json)."
+        )
+    return str(folder)
+
+
+def _check_dataset_files(folder: Path, shown: str) -> None:
+    """The checks of :func:`check_saved_dataset` for one ``Dataset`` folder (``folder`` resolved)."""
+    from subnetviz.config import check_readable, display_path, hub_snapshot_of, read_json
+
+    read_json(folder / "dataset_info.json", ConfigError, what=f"dataset_info.json in {shown}")
+    where = f"state.json in {shown}"
+    files = read_json(folder / "state.json", ConfigError, what=where).get("_data_files")
+    if not isinstance(files, list) or not files:
+        raise ConfigError(f"{where}: expected '_data_files', a list of the data set's files.")
+    snap = hub_snapshot_of(folder)  # (a hub snapshot's files are links to its repository's blobs/ folder)
+    homes = [folder]
+    if snap is not None:
+        homes.append(folder.parents[len(Path(snap[2]).parts) + 1] / "blobs")
+    for i, entry in enumerate(files):
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        what = f"{where}: _data_files entry #{i + 1}"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{what} has no file name; refused.")
+        if name.startswith("/") or ".." in name.split("/"):  # (not shown: it names a place outside, maybe a root's)
+            kind = "an absolute path" if name.startswith("/") else "a path leaving its folder (..)"
+            raise ConfigError(f"{what} is {kind}; a saved data set's files lie in its folder. Refused.")
+        path = folder / name
+        resolved = check_readable(path, what=f"{what} ({_shown_name(name)})")
+        if not path.is_file():
+            raise ConfigError(f"{what} ({_shown_name(name)}): no such file in the folder.")
+        if not any(resolved.is_relative_to(h) for h in homes):
+            raise ConfigError(
+                f"{what} ({_shown_name(name)}): leads out of its folder (to {display_path(resolved)}); refused."
+            )
+
+
+def _shown_name(name: str) -> str:
+    return repr(name) if len(name) <= 80 else f"{name[:40]!r}…{name[-20:]!r} ({len(name):,} characters)"
+
+
 def corpus_from_dataset(
     spec: str, tokenizer, seq_len: int = 128, text_field: str = "text", max_tokens: int | None = None
 ) -> TokenCorpus:
@@ -424,17 +520,18 @@ def corpus_from_dataset(
     import datasets
     from huggingface_hub import constants as hub
 
+    folder = None if spec.startswith("hf:") else check_saved_dataset(spec)  # every file it opens, checked first
     # The cache only: reuse_cache_if_exists fetched a dataset the cache lacked. datasets and huggingface_hub read
     # their offline variables when imported, so their flags are set for the call and put back.
     offline = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE
     try:
-        if spec.startswith("hf:"):
+        if folder is None:
             name, split = hub_dataset(spec)
             path = cached_dataset(spec, name)
             datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
             ds = datasets.load_dataset(path, split=split or "train", download_mode="reuse_cache_if_exists")
         else:
-            ds = datasets.load_from_disk(spec)
+            ds = datasets.load_from_disk(folder)
     except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as exc:
         raise ConfigError(f"{spec}: not a local dataset ({type(exc).__name__}: {exc}).") from exc
     finally:

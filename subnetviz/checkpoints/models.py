@@ -95,7 +95,7 @@ def folder_entries(folder: Path) -> Iterator[tuple[str, Path]]:
     checked. CheckpointError, one line, for that subfolder (roots enforced) or ``folder`` itself not listed, and past
     :data:`FOLDER_ENTRIES` entries (a link to a disk's worth of data in a folder, with the roots not enforced, would
     walk it all before every load)."""
-    from subnetviz.config import display_path, enforce_roots
+    from subnetviz.config import PRIVATE_FOLDERS, display_path, enforce_roots
 
     seen: set[str] = set()
     pending = [(folder, "")]
@@ -129,6 +129,8 @@ def folder_entries(folder: Path) -> Iterator[tuple[str, Path]]:
                     "and the folders they link to), all of which a model's loader may open and are checked first; a "
                     "model folder holds a few dozen: move the rest out."
                 )
+            if entry.name.lower() in PRIVATE_FOLDERS:  # a clone's .git/ (and .streamlit/): never read, by
+                continue  # transformers either; a weight file linked into .git/annex/objects is checked as a file
             yield name, entry
             if _is_folder(entry) and not leads_outside(entry):
                 pending.append((entry, name + "/"))
