@@ -19,8 +19,13 @@ does not take:
   (:func:`compare_quantized`): ``changed``, the mask, the tolerance sweep
   and the row/column counts are those of the weights the model computes with (a changed block scale
   changes its block's nonzero weights, codes equal or not), so every number of a page agrees with the
-  mask; ``changed_codes`` counts the stored codes that differ and the ULP histogram their code steps.
-- **int8 codes with a float scale**: bitsandbytes (``weight`` int8 + ``SCB``, w = code × SCB[i] / 127)
+  mask; ``changed_codes`` counts the stored codes that differ and the ULP histogram their code steps. Under
+  ``quant_method: "fp8"`` the scales may also be ``<stem>.qscale_weight`` or ``<stem>.scale``, the names
+  transformers' loader renames to ``weight_scale_inv`` (:func:`~subnetviz.checkpoints.nvfp4.fp8_scale_names`).
+  A scale that holds NaN / Inf (or an E8M0 byte 255) is refused when read, naming its checkpoint
+  (:func:`scale_values`); static activation scales (``activation_scale``, ``*_activation_scale``) are scales.
+- **int8 codes with a float scale**: bitsandbytes (``weight`` int8 + ``SCB``, w = code × SCB[i] / 127; codes in
+  another layout than rows, ``weight_format`` ≠ 0, refused as bitsandbytes refuses them)
   and compressed-tensors' integer weights (``weight`` int8, or 2/4/8-bit codes packed into int32
   ``weight_packed`` words, which the checkpoint lists unpacked as int8 ``weight``:
   :mod:`~subnetviz.checkpoints.ct_packed`) with a ``weight_scale`` per tensor, per row or per group of
@@ -34,6 +39,9 @@ does not take:
   ``scales`` transposed beside it (:mod:`~subnetviz.checkpoints.awq`): the int8 form with zero points.
 - **NVFP4 codes** (compressed-tensors' and ModelOpt's), listed in the weight's shape with their FP8 block scales as
   float32, the tensor-wide factor applied (:mod:`~subnetviz.checkpoints.nvfp4`): the int8 form with the E2M1 table.
+  So are FineGrainedFP8's FP4 experts (``expert_dtype: "fp4"``: int8 bytes, a float or E8M0 scale per 32 codes of
+  a row, listed as codes by the same module); an integer weight of a quantized checkpoint that no form reads (FP4
+  experts packed for every expert, int8 without ``expert_dtype: "fp4"``) is refused by name, never a buffer.
 - **other integer codes** (GPTQ ``qweight``/``qzeros``, AWQ's GEMV layout, bnb 4-bit bytes it cannot lay out,
   compressed-tensors' MXFP4 bytes and its 3/5/6/7-bit words, NVIDIA ModelOpt's INT4 ``weight`` bytes; ModelOpt's FP8 is the FP8 form above): compared exactly as codes (:func:`compare_codes`), counted with
   the weights; no effective comparison (a notice says so). Their scales, zero points, global scales and ``weight_shape``
@@ -73,6 +81,7 @@ from subnetviz.analysis.quant_codes import (
     check_finite_stored as check_finite_stored,  # re-exported for analyze_updates
 )
 from subnetviz.analysis.sparsity import PairStats, SparsityOptions, compare_pair
+from subnetviz.checkpoints.nvfp4 import FP4_EXPERTS, FP4_GROUP, fp4_experts_declared, fp8_scale_names
 from subnetviz.errors import CheckpointError
 
 DEFAULT_BLOCK = 128
@@ -96,6 +105,9 @@ def _is_causal_mask(name: str, shape) -> bool:
 
 
 _SCALE_SUFFIXES = ("weight_scale_inv", "weight_scale", "input_scale", "SCB", "scales", "weight_zero_point")
+# static activation scales saved beside a quantized weight (FineGrainedFP8's activation_scale, its FP8 experts'
+# gate_up_proj_activation_scale / down_proj_activation_scale; Mistral's qscale_act): names ending so
+_ACTIVATION_SCALES = ("activation_scale", "qscale_act")
 _QUANT_AUX = ("weight_format", "absmax", "quant_map", "nested_absmax", "nested_quant_map")
 # compressed-tensors' companions of a quantized weight (metadata and scales, never parameters)
 _CT_AUX = ("weight_global_scale", "input_global_scale", "weight_shape", "weight_g_idx", "output_scale", "k_scale")
@@ -222,11 +234,15 @@ def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None
     for name, m in metas.items():
         stem, _, last = name.rpartition(".")
         if m.dtype in FP8 and not (method and last in _SCALE_SUFFIXES):  # (NVFP4 stores its scales in FP8)
-            scale = next((f"{name}{s}" for s in ("_scale_inv", "_scale") if f"{name}{s}" in metas), None)
+            scale = next((s for s in fp8_scale_names(name, config) if s in metas), None)
             if scale is None:
                 raise CheckpointError(_no_scale(name, m, metas, config))
             form = TensorForm(
-                "fp8", scale, f"{str(m.dtype).replace('torch.', '')} codes", rows=(scale_rows or {}).get(scale, 0)
+                "fp8",
+                scale,
+                f"{str(m.dtype).replace('torch.', '')} codes",
+                rows=(scale_rows or {}).get(scale, 0),
+                native=method == "compressed-tensors",  # (it quantises in the weight's dtype: _rounding_only)
             )
             check_scale(name, m.shape, scale, metas[scale].shape, form.block(config))
             forms[name] = form
@@ -239,6 +255,14 @@ def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None
             forms[zero] = forms[f"{stem}.scales"] = TensorForm("scale", None, "scale")
         elif m.stored == "AWQ int4 zero points":
             forms[name] = TensorForm("scale", None, "scale")
+        elif m.stored == FP4_EXPERTS:  # (FineGrainedFP8's FP4 experts: checkpoints.nvfp4)
+            scale = next((s for s in fp8_scale_names(name, config) if s in metas), None)
+            if scale is None:
+                raise CheckpointError(_unread_codes(name, m, metas, config, method or "fp8"))
+            forms[name] = TensorForm(
+                "int8", scale, f"{FP4_EXPERTS} codes", group=FP4_GROUP, codes=(0, 15), table="e2m1"
+            )
+            forms[scale] = TensorForm("scale", None, "scale")
         elif m.stored == "NVFP4" and f"{stem}.weight_scale" in metas:
             group = m.shape[1] // max(metas[f"{stem}.weight_scale"].shape[1], 1)
             forms[name] = TensorForm(
@@ -261,15 +285,49 @@ def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None
         elif m.dtype == torch.uint8 and method == "bitsandbytes" and last == "weight":
             forms[name] = TensorForm("codes", None, "bnb 4-bit packed codes")
         elif name not in forms:
-            if method and (last in _SCALE_SUFFIXES or ".quant_state." in name or last in _QUANT_AUX + _CT_AUX):
-                forms[name] = TensorForm("scale", None, "scale")
-            elif not m.dtype.is_floating_point or _BUFFER_NAMES.search(name) or _is_causal_mask(name, m.shape):
-                forms[name] = TensorForm("buffer", None, "buffer")
-            elif m.stored:  # MXFP4 codes, read dequantised (checkpoints.mxfp4)
-                forms[name] = TensorForm("float", None, f"{m.stored} codes as {str(m.dtype)[6:]}")
-            else:
-                forms[name] = TensorForm("float")
+            forms[name] = _other_form(name, m, metas, config, method)
     return forms
+
+
+def _other_form(name: str, m, metas: dict, config: dict, method: str | None) -> TensorForm:
+    """The form of a tensor that is no quantized weight's codes: a quantization companion (scales, zero points,
+    static activation scales, metadata) of a quantized checkpoint, a buffer, or a float weight. An integer weight of
+    a quantized checkpoint that no form reads is refused by name (:func:`_unread_codes`): codes, never a buffer."""
+    last = name.rpartition(".")[2]
+    if method and (last in _SCALE_SUFFIXES or ".quant_state." in name or last in _QUANT_AUX + _CT_AUX):
+        return TensorForm("scale", None, "scale")
+    if method and last.endswith(_ACTIVATION_SCALES):  # (static activation scales: calibration, no weight)
+        return TensorForm("scale", None, "scale")
+    if method and not m.dtype.is_floating_point and (last == "weight" or last.endswith("_proj")):
+        raise CheckpointError(_unread_codes(name, m, metas, config, method))
+    if not m.dtype.is_floating_point or _BUFFER_NAMES.search(name) or _is_causal_mask(name, m.shape):
+        return TensorForm("buffer", None, "buffer")
+    if m.stored:  # MXFP4 codes, read dequantised (checkpoints.mxfp4)
+        return TensorForm("float", None, f"{m.stored} codes as {str(m.dtype)[6:]}")
+    return TensorForm("float")
+
+
+def _unread_codes(name: str, m, metas: dict, config: dict, method: str) -> str:
+    """Why integer weight ``name`` of a quantized checkpoint is not compared: no known form takes it (an integer
+    weight is codes, never a buffer)."""
+    dtype, shape = str(m.dtype).replace("torch.", ""), tuple(m.shape)
+    said = f"tensor {name!r} is stored as {dtype} {shape} in a quant_method {method!r} checkpoint"
+    if method != "fp8":
+        return f"{said}: integer codes of no form read here (no scale of a known layout beside it); cannot compare it."
+    if not fp4_experts_declared(config):
+        return (
+            f"{said} whose quantization_config has no expert_dtype 'fp4': integer codes of no form read here "
+            "(int8 weights are read as FP4 (E2M1) codes only where expert_dtype is 'fp4'); cannot compare it."
+        )
+    if len(shape) != 2:
+        return (
+            f"{said}: FP4 (E2M1) experts packed for every expert in one tensor are not read (each expert's own 2-D "
+            "weight, with its scale per 32 codes of a row, is); cannot compare it."
+        )
+    looked = " or ".join(repr(s) for s in fp8_scale_names(name, config))
+    return (
+        f"{said} as FP4 (E2M1) codes (expert_dtype 'fp4') but has no scale beside it ({looked}); cannot dequantise it."
+    )
 
 
 def _no_scale(name: str, m, metas: dict, config: dict) -> str:
@@ -287,10 +345,8 @@ def _no_scale(name: str, m, metas: dict, config: dict) -> str:
             "blocks (transformers 5's FP8 experts pack them (E, ⌈2I/bm⌉, ⌈H/bn⌉) for gate_up, (E, ⌈H/bm⌉, ⌈I/bn⌉) "
             "for down, every expert 0 … E−1 stored); cannot dequantise it."
         )
-    return (
-        f"tensor {name!r} is stored as {dtype} but has no '{name}_scale_inv' or '{name}_scale' beside it; "
-        "cannot dequantise it."
-    )
+    looked = " or ".join(repr(s) for s in fp8_scale_names(name, config))
+    return f"tensor {name!r} is stored as {dtype} but has no {looked} beside it; cannot dequantise it."
 
 
 def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:
@@ -1039,9 +1095,11 @@ def _rounding_only(side: _Side, r0: int, r1: int, w: torch.Tensor, ea: torch.Ten
     float side's rows, ``ea`` / ``eb`` both as compared), how many are exactly what quantising the float side with
     the quantized side's own scales gives: rounding, not training. A bf16 base against its own FP8 or int8 copy
     differs almost everywhere, and each such entry reads as changed. compressed-tensors quantises in the weight's
-    own dtype (w / scale, + zero point, each rounded to it: :attr:`TensorForm.native`), and so does this."""
+    own dtype (w / scale, + zero point, each rounded to it, its FP8 as its integers: :attr:`TensorForm.native`;
+    torch's dtype of w / scale, the wider where the scale is stored wider), and so does this; FP8 codes are clamped
+    to their largest finite value first, as quantisers do."""
     form = side.form
-    dt = w.dtype if form.native else torch.float32
+    dt = torch.promote_types(w.dtype, side.scale.dtype) if form.native else torch.float32
     w = w.to(dt)
     if side.view is not None:  # packed experts (or a 1-D tensor): rows r0:r1 of their 2-D view
         code, shape = side.view[r0:r1], tuple(side.x.shape)
@@ -1069,11 +1127,11 @@ def _rounding_only(side: _Side, r0: int, r1: int, w: torch.Tensor, ea: torch.Ten
         del step
         if side.zero is not None:  # each entry's zero point, laid out as its scale: the weight of a code of 0 is -zero
             x += -codes_of(0.0, torch.ones_like(side.scale), side.zero).to(dt)
-        x = x.to(torch.float32)
-        if form.kind == "fp8":
-            again = x.to(code.dtype).to(torch.float32)  # round to nearest even, as a quantiser does
+        if form.kind == "fp8":  # clamped, then rounded to nearest even, as a quantiser does
+            big = torch.finfo(code.dtype).max
+            again = x.clamp_(-big, big).to(code.dtype).to(torch.float32)
         else:
-            again = torch.round(x).clamp(*form.codes)
+            again = torch.round(x.to(torch.float32)).clamp(*form.codes)
         del x
         same_code = again == code.to(torch.float32)
         del again
@@ -1142,16 +1200,54 @@ def _f64(x: torch.Tensor, e: int | None, precision: str | None = None) -> torch.
 
 def scale_values(ck, name: str, dev) -> torch.Tensor:
     """A weight's scales as values: stored as they are, or, stored as uint8 (E8M0, MXFP8's group scales),
-    2^(s − 127) in float32 (exact); a byte 255 (NaN in E8M0) is refused, naming where."""
+    2^(s − 127) in float32 (exact); a byte 255 (NaN in E8M0), or a NaN / Inf among float scales (which would make
+    its whole block of weights NaN, on both sides alike where both hold it), is refused, naming the checkpoint and
+    where. bitsandbytes int8's scales (``SCB``) are read only beside row-major codes (:func:`_check_bnb_format`)."""
     s = ck.get(name, dev)
-    if s.dtype != torch.uint8:
-        return s
-    if bool((s == 255).any()):
-        at = tuple(int(i) for i in (s == 255).nonzero()[0])
-        raise CheckpointError(f"{ck.spec}: scale {name!r} holds the byte 255 (NaN in E8M0) at {at}.")
-    from subnetviz.checkpoints.mxfp4 import E8M0_VALUES
+    if name.endswith(".SCB"):
+        _check_bnb_format(ck, name)
+    if s.dtype == torch.uint8:
+        if bool((s == 255).any()):
+            at = tuple(int(i) for i in (s == 255).nonzero()[0])
+            raise CheckpointError(f"{ck.spec}: scale {name!r} holds the byte 255 (NaN in E8M0) at {at}.")
+        from subnetviz.checkpoints.mxfp4 import E8M0_VALUES
 
-    return torch.from_numpy(E8M0_VALUES).to(s.device)[s.long()]
+        return torch.from_numpy(E8M0_VALUES).to(s.device)[s.long()]
+    if s.dtype.is_floating_point:
+        bad = ~torch.isfinite(s.to(torch.float32) if s.dtype.itemsize == 1 else s)  # (FP8 / E8M0 scales: widened)
+        if bool(bad.any()):
+            at = tuple(int(i) for i in bad.nonzero()[0])
+            raise CheckpointError(
+                f"{ck.spec}: scale {name!r} holds {int(bad.sum())} NaN/Inf value(s) (the first at {at}); the "
+                "weights it scales would be NaN or Inf. Analyses need finite weights."
+            )
+    return s
+
+
+# bitsandbytes' LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING, inverted: the int8 codes' layouts it has saved
+_BNB_FORMATS = {0: "row", 1: "col32", 2: "col_turing", 3: "col_ampere"}
+
+
+def _check_bnb_format(ck, scb: str) -> None:
+    """Refuse bitsandbytes int8 codes saved in another layout than row-major: ``weight_format`` (a uint8 scalar
+    beside ``weight`` and ``SCB``; absent, row) other than 0, as bitsandbytes' own loader refuses them. Older
+    releases saved 2 (col_turing) or 3 (col_ampere) after a forward pass reordered the codes, which read as rows
+    would be dequantised with the wrong row's scale."""
+    fmt = f"{scb.removesuffix('.SCB')}.weight_format"
+    if fmt not in ck.names:
+        return
+    v = ck.get(fmt, "cpu")
+    value = int(v.reshape(-1)[0]) if v.numel() == 1 and not v.dtype.is_floating_point else None
+    if value != 0:
+        said = (
+            "not one integer"
+            if value is None
+            else f"{value} ({_BNB_FORMATS.get(value, 'no format bitsandbytes knows')})"
+        )
+        raise CheckpointError(
+            f"{ck.spec}: {fmt!r} is {said}; bitsandbytes int8 codes are read only in its row-major layout "
+            "(weight_format 0, 'row'), the one bitsandbytes itself loads."
+        )
 
 
 def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
@@ -1160,6 +1256,8 @@ def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
         return "q:FP8|code × scale[e, j]" if scale.dim() == 3 else "q:FP8|code × scale[i // bs, j // bs]"
     if form.divisor != 1.0:
         return "q:bitsandbytes int8|code × SCB[i] / 127"
+    if form.table == "e2m1" and form.label.startswith(FP4_EXPERTS):
+        return f"q:{FP4_EXPERTS}|E2M1[code] × {form.scale.rsplit('.', 1)[-1]}[i, j // {form.group}]"
     if form.table == "e2m1":
         return f"q:NVFP4|E2M1[code] × weight_scale[i, j // {form.group}] (with its tensor-wide factor)"
     if form.table is not None:  # (absmax: one scale per block of a row's columns)

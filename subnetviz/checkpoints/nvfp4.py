@@ -15,6 +15,14 @@ A :class:`~subnetviz.checkpoints.sources.Checkpoint` lists such a weight as ``<m
 in the weight's shape, and ``<module>.weight_scale`` as the float32 S (:func:`plan`); the analysis dequantises them
 with the E2M1 values (:data:`E2M1`), entry by entry, under the model's own names. Tested bit for bit against
 compressed-tensors' and ModelOpt's own dequantisation on checkpoints they write.
+
+transformers' FineGrainedFP8 stores the experts of a DeepSeek-V4-style model (``quant_method: "fp8"`` with
+``expert_dtype: "fp4"``, in ``quantization_config`` or, V4, at the config's top level) in E2M1 too: an int8 weight
+(out, in / 2), the first code of a byte in its low nibble (``Fp8Dequantize._unpack_fp4``), and one scale per 32
+codes of a row, (out, ⌈in / 32⌉), E8M0 (``scale_fmt: "ue8m0"``) or float32, under ``weight_scale_inv`` or the
+names its loader renames to it (:func:`fp8_scale_names`). Such a weight is listed as its codes in the weight's shape
+(stored :data:`FP4_EXPERTS`), its scales as stored; w = E2M1[code] × scale, as ``Fp8Dequantize`` computes it in
+float32.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ if TYPE_CHECKING:
 
 E2M1 = np.array(FP4_VALUES, np.float32)  # code -> value (the sign is the code's top bit)
 GROUP = 16  # codes per FP8 scale
+FP4_EXPERTS = "FP4 (E2M1)"  # TensorMeta.stored of FineGrainedFP8's FP4 expert codes
+FP4_GROUP = 32  # codes per scale of FineGrainedFP8's FP4 experts (transformers' sf_gran_k)
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,8 @@ class Codes:
         from subnetviz.checkpoints.bnb4 import nibbles
 
         # (the first code of a byte in its low nibble)
-        return nibbles(get(self.source), *self.shape, high_first=False, what=f"NVFP4 codes of {name} (unpacked)")
+        what = f"{self.stored} codes of {name} (unpacked)"
+        return nibbles(get(self.source), *self.shape, high_first=False, what=what)
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,8 @@ def plan(metas: dict[str, TensorMeta], config: dict) -> dict[str, Codes | Scales
 
     qc = config.get("quantization_config") or config.get("compression_config")
     method = str(qc.get("quant_method", "")).lower() if isinstance(qc, dict) else ""
+    if method == "fp8":
+        return _fp4_experts(metas, config)
     if method not in ("compressed-tensors", "modelopt"):
         return {}
     out: dict[str, Codes | Scales] = {}
@@ -130,14 +143,75 @@ def plan(metas: dict[str, TensorMeta], config: dict) -> dict[str, Codes | Scales
     return out
 
 
+def fp8_scale_names(name: str, config: dict) -> tuple[str, ...]:
+    """The names under which a FineGrainedFP8 checkpoint (``quant_method: "fp8"``) may store the scales of weight
+    ``name``, in the order looked for: ``<name>_scale_inv`` (``_scale``), and beside a ``<stem>.weight`` the two
+    that transformers' loader renames to ``weight_scale_inv``: ``<stem>.qscale_weight`` (Mistral Large) and
+    ``<stem>.scale`` (DeepSeek-V4-Flash), not in an Inkling2 model, whose ``.scale`` tensors are norms
+    (``FineGrainedFP8HfQuantizer.update_weight_conversions``)."""
+    out = (f"{name}_scale_inv", f"{name}_scale")
+    qc = config.get("quantization_config")
+    stem, _, last = name.rpartition(".")
+    if last != "weight" or not isinstance(qc, dict) or str(qc.get("quant_method", "")).lower() != "fp8":
+        return out
+    out += (f"{stem}.qscale_weight",)
+    return out if str(config.get("model_type", "")).startswith("inkling2") else (*out, f"{stem}.scale")
+
+
+def fp4_experts_declared(config: dict) -> bool:
+    """Whether a FineGrainedFP8 config says its experts are FP4 (``expert_dtype: "fp4"`` in its
+    ``quantization_config``, or at the top level, where DeepSeek-V4's config has it)."""
+    qc = config.get("quantization_config")
+    dtype = qc.get("expert_dtype") if isinstance(qc, dict) else None
+    return str(dtype if dtype is not None else config.get("expert_dtype", "")).lower() == "fp4"
+
+
+def _fp4_experts(metas: dict[str, TensorMeta], config: dict) -> dict[str, Codes]:
+    """Logical name -> :class:`Codes` for every FP4 weight of a FineGrainedFP8 checkpoint whose experts are FP4:
+    an int8 ``weight`` (out, in / 2) with a scale beside it (:func:`fp8_scale_names`) of (out, ⌈in / 32⌉), float or
+    E8M0. Another shape is one line naming the weight; an int8 weight without a scale is left as stored (the
+    analysis refuses it by name)."""
+    import torch
+
+    if not fp4_experts_declared(config):
+        return {}
+    out: dict[str, Codes] = {}
+    for name, m in metas.items():
+        if not name.endswith(".weight") or m.dtype != torch.int8 or len(m.shape) != 2 or not all(m.shape):
+            continue
+        scale = next((s for s in fp8_scale_names(name, config) if s in metas), None)
+        if scale is None:
+            continue
+        rows, cols = m.shape[0], m.shape[1] * 2
+        want = (rows, -(-cols // FP4_GROUP))
+        s = metas[scale]
+        if tuple(s.shape) != want or not (s.dtype.is_floating_point or s.dtype == torch.uint8):
+            raise CheckpointError(
+                f"{name} {tuple(m.shape)}: FP4 (E2M1) codes two a byte (expert_dtype 'fp4') need their scale "
+                f"{scale!r} to be {want}, one per {FP4_GROUP} codes of a row, float or E8M0; found "
+                f"{tuple(s.shape)} {str(s.dtype).replace('torch.', '')}."
+            )
+        out[name] = Codes(name, (rows, cols), stored=FP4_EXPERTS)
+    return out
+
+
 def notes(plan_: dict) -> list[str]:
-    weights = [n for n, p in plan_.items() if isinstance(p, Codes)]
-    if not weights:
-        return []
-    ex = ", ".join(weights[:2]) + (" ..." if len(weights) > 2 else "")
-    return [
-        f"NVFP4: {len(weights)} weight(s) ({ex}) are stored as 4-bit E2M1 codes, two per byte, with an FP8 scale per "
-        f"{GROUP} codes and a tensor-wide factor; read as their codes under the model's own names and shapes and "
-        "compared as weights, dequantised as their exporter does (w = E2M1[code] × scale, the scale with the factor "
-        "applied in float32)."
-    ]
+    weights = [n for n, p in plan_.items() if isinstance(p, Codes) and p.stored != FP4_EXPERTS]
+    fp4 = [n for n, p in plan_.items() if isinstance(p, Codes) and p.stored == FP4_EXPERTS]
+    out = []
+    if weights:
+        ex = ", ".join(weights[:2]) + (" ..." if len(weights) > 2 else "")
+        out.append(
+            f"NVFP4: {len(weights)} weight(s) ({ex}) are stored as 4-bit E2M1 codes, two per byte, with an FP8 scale "
+            f"per {GROUP} codes and a tensor-wide factor; read as their codes under the model's own names and shapes "
+            "and compared as weights, dequantised as their exporter does (w = E2M1[code] × scale, the scale with the "
+            "factor applied in float32)."
+        )
+    if fp4:
+        ex = ", ".join(fp4[:2]) + (" ..." if len(fp4) > 2 else "")
+        out.append(
+            f"FP4 experts: {len(fp4)} weight(s) ({ex}) are stored as 4-bit E2M1 codes, two per byte (expert_dtype "
+            f"'fp4'), with a scale per {FP4_GROUP} codes of a row; read as their codes in the weight's shape and "
+            "compared as weights, dequantised as transformers does (w = E2M1[code] × scale, float32)."
+        )
+    return out
