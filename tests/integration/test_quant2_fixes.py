@@ -384,3 +384,19 @@ def test_inkling2_scale_tensors_are_not_read_as_fp8_scales(tmp_path):
     assert tensor_forms(metas, ck.config)[f"{UP}.weight"].scale == f"{UP}.scale"
     with pytest.raises(CheckpointError, match=rf"'{UP}\.weight' is stored as float8_e4m3fn but has no .*beside it"):
         tensor_forms(metas, {**ck.config, "model_type": "inkling2"})
+
+
+def test_two_fp8_quantizations_under_qscale_names_are_one_architecture(tmp_path):
+    """Mistral's `.qscale_weight` in blocks of 16 against one in blocks of 32: scales of two shapes are two
+    quantizations of one model (as `weight_scale_inv` ones are), each side dequantised with its own; they were an
+    alignment error of mismatched shapes."""
+    w = torch.from_numpy(np.random.default_rng(1).normal(0, 0.02, (64, 64)).astype(np.float32))
+    config = one_layer_llama_config({"quant_method": "fp8", "weight_block_size": [16, 16]})
+    (c16, s16), (c32, s32) = fp8_quantize(w, (16, 16)), fp8_quantize(w, (32, 32))
+    base = write_config_folder(tmp_path / "b", {f"{UP}.weight": c16, f"{UP}.qscale_weight": s16}, config)
+    config32 = one_layer_llama_config({"quant_method": "fp8", "weight_block_size": [32, 32]})
+    ft = write_config_folder(tmp_path / "f", {f"{UP}.weight": c32, f"{UP}.qscale_weight": s32}, config32)
+    ref = lambda c, s, b: c.double().numpy() * np.kron(s.double().numpy(), np.ones((b, b)))  # noqa: E731
+
+    r = _analyze(base, ft).tensors.set_index("name").loc[f"{UP}.weight"]
+    assert r["changed"] == int((ref(c16, s16, 16) != ref(c32, s32, 32)).sum())
