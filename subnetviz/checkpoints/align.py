@@ -232,6 +232,7 @@ def _untied_heads(checkpoints: Sequence[Checkpoint], keyed: list[dict[str, str]]
 # in different shapes
 _COMPANION = re.compile(
     r"(^|_)(scale|scale_inv|scale_2|zero_point|global_scale|shape|g_idx)$|^(SCB|scales|qzeros|absmax|quant_map)$"
+    r"|^qscale_(weight|act)$"  # (Mistral's FP8 scale names)
 )
 
 
