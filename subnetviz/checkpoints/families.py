@@ -229,6 +229,20 @@ _GPT2: Table = [
     (r"ln_f\.", "final_norm"),
     (r"lm_head\.", "lm_head"),
 ]
+# EXAONE-3.x (its releases' own names; transformers 5 reads them as Llama's and saves them back so)
+_EXAONE: Table = [
+    (r"^wte\.", "embed"),
+    (r"attn\.attention\.q_proj\.", "q"),
+    (r"attn\.attention\.k_proj\.", "k"),
+    (r"attn\.attention\.v_proj\.", "v"),
+    (r"attn\.attention\.out_proj\.", "o"),
+    (r"mlp\.c_fc_0\.", "gate"),
+    (r"mlp\.c_fc_1\.", "up"),
+    (r"mlp\.c_proj\.", "down"),
+    (r"ln_1\.", "attn_norm"),
+    (r"ln_2\.", "mlp_norm"),
+    (r"^ln_f\.", "final_norm"),
+]
 _NEOX: Table = [
     (r"embed_in\.", "embed"),
     (r"attention\.query_key_value\.", "qkv"),
@@ -297,6 +311,7 @@ FAMILIES: dict[str, Table] = {
     "granite_moe_swa": _GRANITE_MOE_SWA,
     "opt": _OPT + _DENSE,
     "gpt2": _GPT2,
+    "exaone": _EXAONE + _DENSE,
     # GPT-BigCode (StarCoder-1, SantaCoder): GPT-2's names, but its c_attn is an nn.Linear (out, in) whose rows
     # are [q; k; v] as the config says (multi_query or per head; naming.NameTable.fused_parts), not a Conv1D
     "gpt_bigcode": _GPT2,
@@ -337,6 +352,7 @@ MODEL_TYPES = {
     "glm_moe_dsa": "deepseek",
     "minimax_m2": "mixtral",
     "kimi_linear": "mixtral",
+    "exaone": "exaone",  # EXAONE-3.0 / 3.5
     "exaone_moe": "qwen_moe",
     "afmoe": "afmoe",
     "flex_olmo": "olmo2_moe",
@@ -480,7 +496,9 @@ PREFIXES = (
 # embed_vision (Gemma3nMultimodalEmbedder, the tower's output projected into the text embedding) and LLaVA-NeXT's
 # image_newline (the learned vector set after each row of image features) are the projector's.
 VISION = re.compile(r"^(vision_tower|vision_model|visual|vision_encoder)\.")
-PROJECTOR = re.compile(r"^(multi_modal_projector|mm_projector|visual\.merger|embed_vision)\.|^image_newline$")
+PROJECTOR = re.compile(
+    r"^(multi_modal_projector|mm_projector|visual\.merger|visual\.deepstack_merger_list|embed_vision)\.|^image_newline$"
+)  # (Qwen3-VL's deepstack mergers: projectors of vision blocks 8, 16, 24 into the language model, not blocks 0-2)
 # An audio encoder (its own block, as a vision tower is; Gemma-3n's embed_audio, the audio tower's projection into
 # the text embedding, with it), and an omni model's speech side: the talker (a second language model, of speech
 # codes) and the code-to-waveform model, which are not the thinker's layers.
