@@ -128,7 +128,19 @@ def identify(meta: Mapping, members: Mapping[str, object], runs_dir: str | os.Pa
             return str(mid)
     runs = os.path.realpath(runs_dir)
     rel = Path(os.path.relpath(real, runs)).parts if real.startswith(runs + os.sep) else ()
-    return f"run {rel[0]}" if len(rel) == 3 and rel[1:] == ("outputs", "model") else None
+    if len(rel) == 3 and rel[1:] == ("outputs", "model"):
+        return f"run {rel[0]}"
+    if os.path.lexists(path):
+        return None
+    # A home copied or moved since the mask was made (its zoo's mask names /old/home/zoo/grpo-s0): where nothing is
+    # at the recorded path, the member or run at the same place in this home — its folder and the one holding it.
+    tail = Path(path).parts[-2:]
+    for mid, m in members.items():
+        if (p := getattr(m, "path", None)) and Path(p).parts[-2:] == tail:
+            return str(mid)
+    parts = Path(path).parts
+    moved = len(parts) >= 4 and parts[-4] == "runs" and parts[-2:] == ("outputs", "model")
+    return f"run {parts[-3]}" if moved and (Path(runs) / parts[-3] / "outputs" / "model").exists() else None
 
 
 def _number(value) -> float | None:

@@ -76,3 +76,23 @@ def test_a_mask_is_matched_to_a_zoo_member_or_run_by_path_never_by_label(tmp_pat
     assert identify({"model": "sft", "model_path": "acme/sft@" + "a" * 40}, members, runs) is None
     rnd = {"method": "random (same per-tensor density)", "model": "sft", "model_path": str(zoo / "sft")}
     assert identify(rnd, members, runs) is None
+
+
+def test_a_mask_of_a_copied_or_moved_home_is_matched_at_the_same_place_in_this_home(tmp_path):
+    """The zoo's mask records /old/home/zoo/grpo-s0: in a copied or moved home nothing is there, and the page's
+    warning that the mask comes from a run with other hyperparameters went silent. Where nothing is at the
+    recorded path, the member or run at the same place here is taken; where something is, the path alone decides."""
+    zoo, runs, old = tmp_path / "new" / "zoo", tmp_path / "new" / "runs", tmp_path / "old"
+    (zoo / "grpo-s0").mkdir(parents=True)
+    (runs / "r1" / "outputs" / "model").mkdir(parents=True)
+    members = {"grpo-s0": SimpleNamespace(id="grpo-s0", path=zoo / "grpo-s0")}
+    zoo_mask = {"finetuned": "grpo-s0", "finetuned_path": str(old / "zoo" / "grpo-s0")}
+    assert identify(zoo_mask, members, runs) == "grpo-s0"
+    run_mask = {"model": "run r1", "model_path": str(old / "runs" / "r1" / "outputs" / "model")}
+    assert identify(run_mask, members, runs) == "run r1"
+    gone = {"model": "run r9", "model_path": str(old / "runs" / "r9" / "outputs" / "model")}  # no such run here
+    assert identify(gone, members, runs) is None
+    elsewhere = {"finetuned": "grpo-s0", "finetuned_path": str(old / "mine" / "grpo-s0")}  # another folder's name
+    assert identify(elsewhere, members, runs) is None
+    (old / "zoo" / "grpo-s0").mkdir(parents=True)  # the old home still there: its folder is not this one's member
+    assert identify(zoo_mask, members, runs) is None
