@@ -285,7 +285,7 @@ def analyse(model: str, corpus: str) -> None:
     if "Overlap" in tabs and tabs["Overlap"].open:
         with tabs["Overlap"]:
             caption, frame = tables["bg-overlap"][0], tables["bg-overlap"][1]
-            ui.table(frame, "bg-overlap", caption, column_config=_small_shares(frame))
+            ui.table(frame, "bg-overlap", caption)  # shares under 1 % with three digits, as its export (formats)
             ui.chart(figs["bg-null"], key="bg-null")
     if "Generations" in tabs and tabs["Generations"].open:
         with tabs["Generations"]:
@@ -316,13 +316,6 @@ BLOCKS = {
     "(q, k, v on the other pages); O = attention.dense (o); MLP-in = mlp.dense_h_to_4h (mlp_in); MLP-out = "
     "mlp.dense_4h_to_h (mlp_out).",
 }
-
-
-def _small_shares(frame) -> dict:
-    """Column configs for the overlap table's shares below 1 %: three significant digits (two decimals of a
-    percent read 0.09 % and 0.01 % for 0.0854 % and 0.0134 %, beside the table's own 6.35× chance)."""
-    steps = {c: uilogic.share_step(frame[c]) for c in ("overlap", "expected_overlap", "share_of_0_in_1") if c in frame}
-    return {c: st.column_config.NumberColumn(format="percent", step=s) for c, s in steps.items() if s is not None}
 
 
 def _zoo_fits(model: str, table: str, stamps: tuple) -> bool:

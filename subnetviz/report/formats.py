@@ -5,10 +5,12 @@ One rule set (no Streamlit here; :func:`subnetviz.ui.table` turns it into column
 - counts (integer columns, or float columns holding only whole numbers ≥ 1000): thousands separators;
 - shares (a column named like sparsity, density, share, o1, Jaccard, accuracy, ``*_frac``, forgetting…
   whose values all lie in [-1, 1]: a share or a difference of shares): percent, as the charts draw them;
-  a share column holding a non-zero share below 0.01 % (which two decimals round to 0.00 %) or one just
-  short of 100 % (which they round to 100.00 %: one change among 65,536 entries): each cell on its own,
-  two decimals where they tell the share from 0 and 100 (``64.21 %``), scientific notation below 0.01 %
-  (``2.453e-3 %``) and, just below 100 %, the decimals the charts' cell labels use (``99.998 %``);
+  a share column holding a non-zero share below 1 % (which two decimals write with fewer than three digits:
+  0.09 % for 0.0854 %, 0.00 % below 0.005 %) or one just short of 100 % (which they round to 100.00 %: one
+  change among 65,536 entries): each cell on its own, two decimals from 1 % (``64.21 %``), three significant
+  digits below (``0.0854 %``, trailing zeros down to two decimals: ``0.10 %``), scientific notation below
+  0.01 % (``2.453e-3 %``) and, just below 100 %, the decimals the charts' cell labels use (``99.998 %``):
+  never a rounding that hides a number;
 - ratios against chance (``ratio*``, ``*_x_chance``): ``1.23×``;
 - singular-value ratios σ_i(W_ft)/σ_i(W_base) (``sv_ratio``, ``sv_ratio_mean``): no ratio against chance but a
   number near 1 whose distance from 1 is the finding (RL moves σ by about 1e-4): as many fixed decimals as show
@@ -31,8 +33,9 @@ import pandas as pd
 from subnetviz.text import has_controls, visible_controls
 
 COUNT, PERCENT, RATIO, SCIENTIFIC = "localized", "percent", "%.2f×", "%.3e"
-SMALL_PERCENT = "small percent"  # a share column with a share below SMALL_SHARE or near 1: each cell on its own
-SMALL_SHARE = 1e-4
+SMALL_PERCENT = "small percent"  # a share column with a share below FEW_DIGITS or near 1: each cell on its own
+FEW_DIGITS = 1e-2  # a share below 1 %: two decimals of a percent keep fewer than three significant digits
+SMALL_SHARE = 1e-4  # a share below 0.01 %: in e-notation
 NEAR_FULL = 99.995  # a share (in %) at or above this, below 100, reads 100.00 at two decimals
 _SHARE = re.compile(
     r"(^|_)(sparsity|density|share|frac|fraction|o1|o2|jaccard|acc|accuracy|identical|kept|chance|progress|"
@@ -67,7 +70,7 @@ def column_format(name: object, values: pd.Series) -> str | None:
     nonzero = np.abs(v[v != 0])
     if _SHARE.search(text) and v.min() >= -1 and v.max() <= 1:  # a share, or a difference of shares
         near_full = bool(np.any((nonzero < 1) & (100 * nonzero >= NEAR_FULL)))  # two decimals would say 100.00 %
-        return SMALL_PERCENT if (len(nonzero) and nonzero.min() < SMALL_SHARE) or near_full else PERCENT
+        return SMALL_PERCENT if (len(nonzero) and nonzero.min() < FEW_DIGITS) or near_full else PERCENT
     # thousands separators for large numbers: whole ones (counts), and fractional ones with nothing below 1 that a
     # grouped display would round away (an expected count, 121,119.318)
     if np.abs(v).max() >= 1000 and (np.all(v == np.round(v)) or nonzero.min() >= 1):
@@ -130,16 +133,30 @@ def _e(x: float) -> str:
 
 
 def _small_percent(v: float) -> str:
-    """A share (already in percent) of a column that holds shares below 0.01 % or just short of 100 %: two
-    decimals where they show the number, e-notation where they would round it to 0.00 %, and just short of
-    100 % as many decimals as tell it from 100, as the charts' cell labels write it (``99.9985 %``; past six,
-    ``>99.9999 %``), never ``100.00 %`` for a share where something changed."""
-    if abs(v) < 100 * SMALL_SHARE:
+    """A share (already in percent) of a column that holds shares below 1 % or just short of 100 %: two
+    decimals from 1 %, three significant digits below (``0.0854 %``, where two decimals read 0.09 % beside a
+    "6.35× chance" that says 0.0854 against 0.01345), e-notation below 0.01 %, and just short of 100 % as many
+    decimals as tell it from 100, as the charts' cell labels write it (``99.9985 %``; past six, ``>99.9999 %``),
+    never ``100.00 %`` for a share where something changed."""
+    if abs(v) < 100 * SMALL_SHARE:  # (an exact zero: 0)
         return f"{_e(v)} %"
+    if 0 < abs(v) < 100 * FEW_DIGITS:
+        return f"{_three_digits(v)} %"
     if NEAR_FULL <= abs(v) < 100:
         digits = next((d for d in range(2, 7) if abs(float(f"{v:.{d}f}")) < 100), None)
         return f"{v:.{digits}f} %" if digits else (">99.9999 %" if v > 0 else "<-99.9999 %")
     return f"{v:,.2f} %"
+
+
+def _three_digits(v: float) -> str:
+    """``v`` (0 < |v| < 1) with three significant digits, its trailing zeros dropped down to two decimals
+    (``0.0854``, ``0.10``): the digits Streamlit's "percent" format showed on the page."""
+    decimals = 2 - math.floor(math.log10(abs(v)))
+    text = f"{v:.{decimals}f}"
+    if abs(float(text)) >= 1:  # (0.99951 rounds up to 1.000)
+        return f"{v:.2f}"
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def e_text(value: object, percent: bool = False) -> str:

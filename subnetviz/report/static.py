@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 import shutil
 import threading
 
@@ -117,32 +118,39 @@ def lay_out_for_file(fig, width: int = 900, height: int = 500):
     In the browser a long legend scrolls; a file cut it at the figure's bottom edge, so 16 models showed 12
     legend entries and nothing said which lines the others were. A vertical legend that does not fit beside the
     plot moves under it, in as many columns as its names allow, and the figure grows by its rows (the plot keeps
-    its size). A legend name longer than :data:`LEGEND_NAME` characters (a 200-character folder name took the
-    whole width and left the plot a sliver) is cut in the middle, the cuts kept distinct, and the full names are
-    written under the chart."""
+    its size). A horizontal legend the builder put under the plot stays where it put it, its first row there, and
+    the figure grows by the rows it takes at the file's width. A legend name longer than :data:`LEGEND_NAME`
+    characters (a 200-character folder name took the whole width and left the plot a sliver) is cut in the middle,
+    the cuts kept distinct, and the full names are written under the legend (they were printed over a horizontal
+    legend's rows). A title longer than the file is wide is wrapped (:func:`_fit_title`): it was cut at the edge."""
     import plotly.graph_objects as go
 
     from subnetviz.figures.overlap import cut_labels
 
     out = go.Figure(fig)
-    entries = [t for t in out.data if _in_legend(t)]
-    shown = out.layout.showlegend if out.layout.showlegend is not None else len(entries) > 1
-    if not shown or not entries:
-        return out, height
-    names, key = cut_labels([t.name or "" for t in entries], LEGEND_NAME)
-    for t, name in zip(entries, names, strict=True):
-        if html.unescape(t.name or "") != html.unescape(name):
-            t.name = name
     margin = out.layout.margin
     top, bottom = margin.t if margin.t is not None else 100, margin.b if margin.b is not None else 80
     left, right = margin.l if margin.l is not None else 80, margin.r if margin.r is not None else 80
     plot = max(50, height - top - bottom)  # the plot area's height, kept as it is
+    title_top, head = _fit_title(out, width, top)
+    entries = [t for t in out.data if _in_legend(t)]
+    shown = out.layout.showlegend if out.layout.showlegend is not None else len(entries) > 1
+    if not shown or not entries:
+        entries = []
+        if title_top is None:
+            return out, height
+    # a name the page's builder wrapped (<br>) for the page's width: one line, laid out for the file's
+    names, key = cut_labels([_BREAK.sub(" ", t.name or "") for t in entries], LEGEND_NAME)
+    for t, name in zip(entries, names, strict=True):
+        if html.unescape(t.name or "") != html.unescape(name):
+            t.name = name
     groups = [t.legendgroup or f"\x00{i}" for i, t in enumerate(entries)]  # no group: a group of its own
     grouped = any(t.legendgroup for t in entries)
     gap = out.layout.legend.tracegroupgap
     gap = (_GROUP_GAP if gap is None else gap) if grouped else 0
     below = bottom  # where under the plot the next thing goes, px
-    if out.layout.legend.orientation != "h":
+    legend = out.layout.legend
+    if entries and legend.orientation != "h":
         column = len(entries) * _ROW + (len(set(groups)) - 1) * gap + _PAD
         if column > plot:  # it does not fit beside the plot: under it, in columns
             if len(set(groups)) == len(groups):
@@ -161,9 +169,18 @@ def lay_out_for_file(fig, width: int = 900, height: int = 500):
                     "entrywidth": entry,
                     "entrywidthmode": "pixels",
                     "tracegroupgap": gap,
+                    "maxheight": tall + _ROW,
                 }
             )
             below += tall
+    elif entries and (offset := _under_plot(legend, top, plot, bottom)) is not None:
+        # where the builder put it, in px under the plot (a fraction of the page's plot, or the figure's bottom
+        # edge), its rows counted at the file's width: the key goes under its last row, not over them
+        tall = _horizontal_rows(names, groups, gap, width - left - right)
+        out.update_layout(
+            legend={"y": -offset / plot, "yref": "paper", "yanchor": "top", "maxheight": tall + _ROW},
+        )
+        below = max(below, math.ceil(offset + tall))
     if key:
         out.add_annotation(
             text="<br>".join(key),
@@ -178,5 +195,123 @@ def lay_out_for_file(fig, width: int = 900, height: int = 500):
             font={"size": 11},
         )
         below += len(key) * _KEY_ROW + _PAD
-    out.update_layout(margin={"t": top, "b": below, "l": left, "r": right}, height=plot + top + below)
-    return out, plot + top + below
+    top = top if title_top is None else title_top
+    total = plot + top + below
+    if title_top is not None:  # its first line where the page's was, the lines it wrapped into under it
+        out.update_layout(title={"y": 1 - head / total, "yanchor": "top", "yref": "container"})
+    out.update_layout(margin={"t": top, "b": below, "l": left, "r": right}, height=total)
+    return out, total
+
+
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_TAG = re.compile(r"<[^>]*>")
+_GLYPH = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[A-Za-z]\w*);|.", re.DOTALL)  # one character as Plotly draws it
+_TITLE_LINE, _SUP = 1.3, 0.7  # a title line's height in font sizes; a <sup> line's font against the title's
+
+
+def _visible(text: str) -> int:
+    """How many characters ``text`` (Plotly markup) draws: tags left out, an entity one character."""
+    return len(_GLYPH.findall(_TAG.sub("", text)))
+
+
+def _under_plot(legend, top: int, plot: int, bottom: int) -> float | None:
+    """How far under the plot area (px, at the file's size) the builder put the top of a horizontal ``legend``;
+    None when it is not under the plot (above it, or on it). Its anchor is read for a one-row legend (what
+    the builder placed): a legend anchored at its bottom on the figure's bottom edge starts one row above it."""
+    one = _ROW + _PAD
+    container = legend.yref == "container"
+    y = legend.y if legend.y is not None else (0.0 if container else None)
+    if y is None:  # Plotly's default (-0.1 of the plot) is over the x axis' title: under the margin
+        return float(bottom)
+    if container:
+        anchor_below = bottom - y * (top + plot + bottom)  # px under the plot
+    else:
+        anchor_below = -y * plot
+    anchor = legend.yanchor or ("bottom" if container else "top")
+    if anchor == "auto":
+        anchor = "bottom" if y <= 1 / 3 else "middle" if y < 2 / 3 else "top"
+    start = anchor_below - {"top": 0.0, "middle": one / 2, "bottom": one}[anchor]
+    return max(0.0, start) if start + one > 0 and (container or y <= 0) else None
+
+
+def _horizontal_rows(names: list[str], groups: list[str], gap: int, room: int) -> int:
+    """The height (px) Plotly gives a horizontal legend of ``names`` (in ``groups``) ``room`` px wide: entries
+    flow in one row where they fit, else in columns as wide as the widest (Plotly's own rule); legend groups flow
+    as blocks, their rows ``gap`` apart. Text widths on the wide side (:data:`_CHAR`): a row too many, never one
+    too few."""
+    widths = [int(_CHAR * _visible(n)) + _PAD + _SYMBOL for n in names]
+    if len(set(groups)) == len(groups) and gap == 0:
+        if sum(widths) <= room:
+            return _ROW + _PAD
+        columns = max(1, room // max(widths))
+        return math.ceil(len(names) / columns) * _ROW + _PAD
+    blocks: dict[str, list[int]] = {}
+    for g, w in zip(groups, widths, strict=True):
+        blocks.setdefault(g, []).append(w)
+    rows: list[int] = []  # each row's height
+    used = room + 1
+    for ws in blocks.values():
+        if used + max(ws) > room:
+            rows.append(0)
+            used = 0
+        used += max(ws)
+        rows[-1] = max(rows[-1], len(ws) * _ROW)
+    return sum(rows) + gap * (len(rows) - 1) + _PAD
+
+
+def _fit_title(out, width: int, top: int) -> tuple[int | None, float]:
+    """Wrap the title of ``out`` (in place) to a file ``width`` px wide, at spaces (a word longer than a line at
+    any character), and shrink a line that cannot be wrapped; a run's title (name · run id) ran past the file's
+    right edge. Returns the top margin the wrapped lines need (None: the title is left as it was) and where its
+    first line's baseline goes, px from the top (where the page's first line was)."""
+    text = out.layout.title.text
+    if not text:
+        return None, 0.0
+    size = out.layout.title.font.size or out.layout.template.layout.title.font.size
+    size = size or 1.4 * (out.layout.font.size or out.layout.template.layout.font.size or 12)
+    x = out.layout.title.x if out.layout.title.x is not None else out.layout.template.layout.title.x
+    x = 0.5 if x is None else x
+    anchor = out.layout.title.xanchor or "auto"
+    if anchor == "auto":
+        anchor = "left" if x < 1 / 3 else "right" if x > 2 / 3 else "center"
+    room = {"left": width * (1 - x), "right": width * x, "center": 2 * width * min(x, 1 - x)}[anchor] - 20
+    char = _CHAR * size / 12
+    before = _BREAK.split(text)
+    lines = [line for segment in before for line in _wrap(segment, room, char)]
+    longest = max(_visible(line) * char * (_SUP if line.startswith("<sup>") else 1) for line in lines)
+    if len(lines) == len(before) and longest <= room:
+        return None, 0.0
+    title: dict = {"text": "<br>".join(lines)}
+    if longest > room:  # a line with markup inside, not wrapped: smaller
+        title["font"] = {"size": max(8, math.floor(size * room / longest))}
+    out.update_layout(title=title)
+    line = _TITLE_LINE * size
+    # Plotly writes each line at the title's y (its baseline, whatever the anchor) and the lines after it under
+    # it; on the page the lines are centred in the top margin: the first line's baseline where it was there
+    head = max(float(size), top / 2 - (len(before) - 1) * line / 2)
+    return math.ceil(top + (len(lines) - len(before)) * line), head
+
+
+def _wrap(segment: str, room: float, char: float) -> list[str]:
+    """One line of a title (Plotly markup) as lines at most ``room`` px wide, a character ``char`` px. A line
+    all inside one tag (``<sup>…</sup>``) is wrapped inside it; one with other markup is left whole."""
+    tagged = re.fullmatch(r"<(\w+)>([^<]*)</\1>", segment)
+    opening, inner, closing = (f"<{tagged[1]}>", tagged[2], f"</{tagged[1]}>") if tagged else ("", segment, "")
+    if "<" in inner:
+        return [segment]
+    fit = max(8, int(room / (char * (_SUP if opening == "<sup>" else 1))))  # characters on a line
+    lines: list[list[str]] = [[]]  # each line's characters
+    for word in inner.split(" "):
+        glyphs = _GLYPH.findall(word)
+        while glyphs:
+            line = lines[-1]
+            space = 1 if line else 0
+            if len(line) + space + len(glyphs) <= fit:
+                line += [" "] * space + glyphs
+                glyphs = []
+            elif line:
+                lines.append([])
+            else:  # a word longer than a line: cut
+                line += glyphs[:fit]
+                glyphs = glyphs[fit:]
+    return [opening + "".join(line) + closing for line in lines]

@@ -261,10 +261,11 @@ def test_table_numbers_read_as_in_the_app():
         "2.453e-3 %",
         "0 %",
     ]  # as the app shows them: a zero is 0, not 0.000e+0
-    # each cell on its own: two decimals where they show the share, e-notation only below 0.01 %
-    assert list(formatted_frame(tiny)["overlap"]) == ["0.07 %", "2.453e-3 %"]
+    # each cell on its own: two decimals from 1 %, three significant digits below (0.07 % read for 0.075 %),
+    # e-notation only below 0.01 %
+    assert list(formatted_frame(tiny)["overlap"]) == ["0.075 %", "2.453e-3 %"]
     consensus = pd.DataFrame({"fraction": [0.6421, 0.3571, 8.454e-4, 9.042e-6]})
-    assert list(formatted_frame(consensus)["fraction"]) == ["64.21 %", "35.71 %", "0.08 %", "9.042e-4 %"]
+    assert list(formatted_frame(consensus)["fraction"]) == ["64.21 %", "35.71 %", "0.0845 %", "9.042e-4 %"]
     shown_tiny, tiny_fmts = display_frame(tiny)
     assert tiny_fmts["overlap"] == "%.3e %%" and list(shown_tiny["overlap"]) == pytest.approx([0.075, 0.002453])
     # a large fractional number (an expected count) gets separators too, as the app's "localized" shows it
