@@ -686,8 +686,6 @@ def anonymous_role(auth: dict):
 def url_number(raw: str | None, lo: float, hi: float, default: float) -> float:
     """The number in ``raw`` clamped to [lo, hi]; ``default`` where there is none or it is no finite number.
     Always a float (a float slider refuses an int value)."""
-    import math
-
     try:
         x = float(raw) if raw is not None else float(default)
     except ValueError:
@@ -795,15 +793,3 @@ def corpus_choice(corpus: str) -> str:
         return check_saved_dataset(resolved)
     check_corpus_file(corpus)  # a text file by its name (a link in a hub snapshot leads to blobs/<sha256>)
     return str(resolved)
-
-
-def share_step(values) -> float | None:
-    """The step (a power of ten, for Streamlit's "percent" number format) that shows a share column's smallest
-    non-zero share below 1 % with three significant digits: 8.54e-4 → 1e-6, read "0.0854%" (two decimals of a
-    percent read 0.09 % and 0.01 % for 0.0854 % and 0.0134 %, beside a 6.35× that says otherwise). ``None`` where
-    no share is below 1 % (two decimals show them)."""
-    small = [abs(float(v)) for v in values if v == v and 0 < abs(float(v)) < 0.01 and math.isfinite(float(v))]
-    if not small:
-        return None
-    decimals = min(2 - math.floor(math.log10(min(small))), 12)  # of the fraction: the percent shows two fewer
-    return 10.0**-decimals

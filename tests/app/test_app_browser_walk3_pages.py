@@ -97,28 +97,6 @@ def test_the_runs_tables_show_the_date_and_the_zone(home, page, kind, query, tab
             shutil.rmtree(Path(runner.root) / i, ignore_errors=True)
 
 
-def _percent_as_streamlit_shows(x: float, step: float) -> str:
-    """Streamlit's "percent" number format with a step of 10^-d: the fraction rounded to d decimals, shown with
-    d - 2 decimals of a percent."""
-    d = round(-np.log10(step))
-    return f"{100 * round(x, d):.{d - 2}f}"
-
-
-def test_small_shares_of_the_overlap_table_keep_three_significant_digits():
-    from subnetviz.uilogic import share_step
-
-    # the zoo's numbers: 378 of 442,368 weights shared; the rows null's mean and the uniform null's expectation
-    overlap, rows, uniform = 378 / 442_368, 1.345e-4, 2.346e-5
-    assert share_step([overlap, overlap]) == pytest.approx(1e-6)
-    assert _percent_as_streamlit_shows(overlap, share_step([overlap])) == "0.0854"  # was "0.09"
-    step = share_step([uniform, rows])
-    assert step == pytest.approx(1e-7)
-    assert _percent_as_streamlit_shows(rows, step) == "0.01345"  # was "0.01"
-    assert _percent_as_streamlit_shows(uniform, step) == "0.00235"
-    assert share_step([0.5, 0.02, 0.0]) is None  # two decimals show these
-    assert share_step([0.0, float("nan")]) is None
-
-
 def test_drivers_seed_dots_are_named_in_the_legend_with_what_the_bar_is():
     from subnetviz.figures.drivers import factor_panels
 
