@@ -110,6 +110,15 @@ def start_background_jobs(zoo, runner) -> dict[str, str]:
     return ids
 
 
+def _link_to(target: Path, folder: Path) -> str:
+    """What a link in ``folder`` to ``target`` holds: the relative way when both lie in one home (the runs
+    folder's parent), so a copied or moved home's runs show its own zoo's models, not the original's; else the
+    absolute path."""
+    target, folder = Path(os.path.abspath(target)), Path(os.path.abspath(folder))
+    home = folder.parents[2]  # folder is HOME/runs/ID/outputs
+    return os.path.relpath(target, folder) if target.is_relative_to(home) else str(target)
+
+
 def register_member_runs(zoo, runner) -> dict[str, str]:
     """Each finetune's training log as a succeeded ``train`` run (made once per zoo build); run ids by member."""
     from subnetviz.jobs.context import METRICS_FILE, STATUS_FILE
@@ -128,7 +137,7 @@ def register_member_runs(zoo, runner) -> dict[str, str]:
         cfg = {"kind": "train", **json.loads((model / "train_config.json").read_text())}
         cfg.update(zoo_member=recipe.id, zoo_fingerprint=zoo.manifest.fingerprint)
         run_id = f"zoo-{zoo.manifest.fingerprint[:8]}-{recipe.id}-{int(time.time())}"
-        run_dir = Path(runner.root) / run_id
+        run_dir = runner.registry.folder(run_id)
         run_dir.mkdir(parents=True)
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         rows = log.read_text().splitlines() if log.is_file() else []
@@ -140,7 +149,7 @@ def register_member_runs(zoo, runner) -> dict[str, str]:
         )
         (run_dir / "log.txt").write_text(f"trained by `python -m subnetviz demo build` as zoo member {recipe.id}\n")
         (run_dir / "outputs").mkdir()
-        os.symlink(model, run_dir / "outputs" / "model", target_is_directory=True)
+        os.symlink(_link_to(model, run_dir / "outputs"), run_dir / "outputs" / "model", target_is_directory=True)
         now = time.time()
         created = now - (member.train_seconds or 0.0)
         rec = RunRecord(

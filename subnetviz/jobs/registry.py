@@ -11,6 +11,12 @@ last_metrics (JSON), error, run_dir, config (JSON), gpu, launch (JSON)``; ``stat
 seconds, ``psutil.Process.create_time``) that tells our process from a later one that reused its
 pid: :func:`is_alive` is the one liveness check of the package. Registries written before schema
 version 1 stored it as clock ticks since boot (``/proc/<pid>/stat``); opening one converts them.
+
+A run's folder is always the registry's own folder / its id (:meth:`Registry.folder`); the stored ``run_dir``
+is not trusted. A home copied or moved elsewhere (``cp -a``, a new disk) keeps a registry whose rows name the
+*original* home's folders: acting on those stopped the original's jobs and wrote into its folders. A row whose
+stored folder is another is re-rooted here when this home has the run's folder; else the row is another home's
+(:attr:`RunRecord.elsewhere`): never started, signalled or written to, and its error says so.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import psutil
@@ -82,6 +88,9 @@ class RunRecord:
     config: dict
     gpu: str | None = None  # the CUDA device id the job was given (None on CPU)
     launch: dict | None = None  # how to start it: {command, max_concurrent, gpus, cuda_visible_devices, read_env}
+    # Not a column: the folder the row names when that is another home's (a registry copied or moved without
+    # this run's folder); None for a run of this home. Such a run is never started, signalled or written to.
+    elsewhere: str | None = field(default=None, compare=False)
 
     @property
     def finished(self) -> bool:
@@ -93,7 +102,10 @@ class RunRecord:
         return Path(self.run_dir) / "outputs"
 
 
-COLUMNS = [f.name for f in fields(RunRecord)]
+COLUMNS = [f.name for f in fields(RunRecord) if f.name != "elsewhere"]
+JOB_ENV = "SUBNETVIZ_JOB"
+"""Set to the run folder in a worker's environment (:func:`subnetviz.jobs.scheduler.start`), which every process
+it starts inherits: what tells a run's processes (:func:`job_folder`)."""
 
 
 def _json_column(text: str | None, default: dict | None) -> dict | None:
@@ -114,6 +126,32 @@ def _record(row: sqlite3.Row) -> RunRecord:
     d["config"] = _json_column(d["config"], {})
     d["launch"] = _json_column(d["launch"], None)
     return RunRecord(**d)
+
+
+def same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Do two paths name one folder (symbolic links and ``..`` resolved; it need not exist)?"""
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def elsewhere_note(stored: str, root: Path) -> str:
+    """The one line that a run of another home says wherever it is shown."""
+    return (
+        f"its run folder {stored} is another home's: this home ({root}) has no folder for it (a copied or moved "
+        "registry); left alone here"
+    )
+
+
+def placed(rec: RunRecord, root: Path) -> RunRecord:
+    """``rec`` with its folder derived from the registry's folder ``root``: always ``root / id``.
+
+    A row whose stored folder is another (a home copied or moved) is this home's copy of the run when ``root /
+    id`` is here; else the run is another home's: ``elsewhere`` names its folder, and its error says so."""
+    own = root / rec.id
+    if rec.run_dir == str(own) or own.is_dir() or same_folder(rec.run_dir, own):
+        return replace(rec, run_dir=str(own))
+    note = elsewhere_note(rec.run_dir, root)
+    error = rec.error if rec.error and rec.error.startswith(note) else f"{note}; {rec.error}" if rec.error else note
+    return replace(rec, run_dir=str(own), error=error, elsewhere=rec.run_dir)
 
 
 def storable(value):
@@ -184,6 +222,7 @@ class Registry:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.root = Path(os.path.abspath(self.path.parent))  # the runs folder: a run's folder is root / its id
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -241,6 +280,13 @@ class Registry:
             finally:
                 con.close()
 
+    def folder(self, run_id: str) -> Path:
+        """Run ``run_id``'s folder: this registry's folder / the id, whatever folder its row names."""
+        return self.root / run_id
+
+    def _placed(self, row: sqlite3.Row) -> RunRecord:
+        return placed(_record(row), self.root)
+
     def insert(self, con: sqlite3.Connection, rec: RunRecord) -> None:
         d = {
             **{k: storable(v) for k, v in rec.__dict__.items()},
@@ -270,11 +316,11 @@ class Registry:
         q = "SELECT * FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY created, id"
         args = [status] if status else []
         if con is not None:
-            return [_record(r) for r in con.execute(q, args)]
+            return [self._placed(r) for r in con.execute(q, args)]
         with _told(self.path):
             c = self._connect()
             try:
-                return [_record(r) for r in c.execute(q, args)]
+                return [self._placed(r) for r in c.execute(q, args)]
             finally:
                 c.close()
 
@@ -286,7 +332,7 @@ class Registry:
                 if row is None:
                     ids = [r[0] for r in c.execute("SELECT id FROM runs")]
                     raise JobError(f"no run {run_id!r} in {self.path}.{suggest(run_id, ids)}")
-                return _record(row)
+                return self._placed(row)
             finally:
                 if con is None:
                     c.close()
@@ -336,6 +382,25 @@ def process_start(pid: int | None) -> float | None:
         return None
 
 
+def job_folder(pid: int | None) -> str | None:
+    """The run folder process ``pid`` works for (:data:`JOB_ENV` in its environment); None when it names none,
+    or the process is gone or not ours to read."""
+    try:
+        proc = _process(pid)
+        return proc.environ().get(JOB_ENV) if proc is not None else None
+    except (psutil.Error, OSError):
+        return None
+
+
+def _last_argument_is(pid: int | None, folder: str | os.PathLike) -> bool:
+    """Does process ``pid``'s command line end with ``folder``, as every worker's does (the folder it runs)?"""
+    try:
+        command = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, TypeError):
+        return False
+    return bool(command) and same_folder(command[-1], folder)
+
+
 def is_alive(rec: RunRecord) -> bool:
     """Is the run's recorded process still running: same pid *and* same creation time?
 
@@ -344,15 +409,36 @@ def is_alive(rec: RunRecord) -> bool:
     process is still the run's when its command line ends with the run's folder, as every worker's
     does (:func:`subnetviz.jobs.scheduler.start`); a later process that reused the pid does not.
     A row without a recorded start (None or 0, from a platform that could not tell) is judged by
-    its pid alone, as before.
+    its pid alone, as before. A process that is the job of another run folder (:func:`job_folder`) is not
+    the run's: in a copied home, the row names the original home's process, working on the original's folder.
     """
     start = process_start(rec.pid)
     if start is None:
         return False
+    folder = job_folder(rec.pid)
+    if folder is not None and not same_folder(folder, rec.run_dir):
+        return False
     if not rec.pid_start or abs(start - rec.pid_start) < START_TOLERANCE_S:
         return True
-    try:
-        command = psutil.Process(rec.pid).cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    return _last_argument_is(rec.pid, rec.run_dir)
+
+
+def is_job_process(rec: RunRecord) -> bool:
+    """May ``rec``'s process be signalled? Only when the run is this home's (not :attr:`~RunRecord.elsewhere`),
+    its process is alive as recorded (:func:`is_alive`), and that process is the job of this very run folder:
+    its :data:`JOB_ENV` or else its last argument (the folder every worker is started with) names it. A row's pid
+    alone never is enough: a copied registry names the original home's processes."""
+    if rec.elsewhere is not None or not is_alive(rec):
         return False
-    return bool(command) and Path(command[-1]) == Path(rec.run_dir)
+    folder = job_folder(rec.pid)
+    return same_folder(folder, rec.run_dir) if folder is not None else _last_argument_is(rec.pid, rec.run_dir)
+
+
+def working_elsewhere(rec: RunRecord) -> str | None:
+    """The other run folder that ``rec``'s recorded process (same pid and creation time) works for, if it does:
+    the original of a copied home's run. None otherwise."""
+    start = process_start(rec.pid)
+    if start is None or (rec.pid_start and abs(start - rec.pid_start) >= START_TOLERANCE_S):
+        return None
+    folder = job_folder(rec.pid)
+    return folder if folder is not None and not same_folder(folder, rec.run_dir) else None

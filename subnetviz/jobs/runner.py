@@ -38,7 +38,7 @@ from subnetviz.jobs.context import (
     write_json,
 )
 from subnetviz.jobs.kinds import validate_job_config
-from subnetviz.jobs.registry import COLUMNS, Registry, RunRecord, is_alive
+from subnetviz.jobs.registry import COLUMNS, Registry, RunRecord, is_alive, is_job_process
 from subnetviz.jobs.scheduler import (
     CVD,
     REGISTRY_FILE,
@@ -147,7 +147,7 @@ class JobRunner:
         an earlier version, killed after it published its outputs but before its final status, left them there
         for the app to list as complete. One check per ended run, when a runner is made."""
         for rec in self.registry.rows():
-            if rec.status in ("failed", "cancelled") and os.path.lexists(Path(rec.run_dir) / "outputs"):
+            if rec.status in ("failed", "cancelled") and rec.elsewhere is None and os.path.lexists(rec.outputs):
                 discard_outputs(Path(rec.run_dir))
 
     def submit(self, config: dict, name: str | None = None) -> str:
@@ -193,7 +193,7 @@ class JobRunner:
             None,
             {},
             None,
-            str(run_dir),
+            str(self.registry.folder(run_id)),  # (read back as the registry's folder / id, wherever it is now)
             config,
             launch=self.launch.to_dict(),
         )
@@ -249,10 +249,22 @@ class JobRunner:
             self._children[proc.pid] = proc
 
     def cancel(self, run_id: str) -> RunRecord:
-        """Stop a queued or running job: cancel flag, SIGTERM to its process group, SIGKILL after a grace period."""
+        """Stop a queued or running job: cancel flag, SIGTERM to its process group, SIGKILL after a grace period.
+
+        Only this home's run folder gets the flag, and only the job process of that folder is signalled
+        (:func:`~subnetviz.jobs.registry.is_job_process`): a copied or moved home's registry names the original
+        home's folders and processes. A run of another home is marked cancelled here, nothing else."""
         rec = self.get(run_id)
         if rec.finished:
             raise JobError(f"run {run_id} already {rec.status}; nothing to cancel.")
+        if rec.elsewhere is not None:
+            with self.registry.transaction() as con:
+                if not self.registry.get(run_id, con).finished:
+                    self.registry.update(
+                        con, run_id, status="cancelled", ended=time.time(), error="cancelled by the user"
+                    )
+            self.poll()
+            return self.get(run_id)
         run_dir = Path(rec.run_dir)
         try:
             (run_dir / CANCEL_FILE).write_text(str(time.time()))
@@ -266,7 +278,7 @@ class JobRunner:
                     self.registry.update(
                         con, run_id, status="cancelled", ended=time.time(), error="cancelled by the user"
                     )
-        if rec.status == "running" and is_alive(rec):
+        if rec.status == "running" and is_job_process(rec):
             self._signal(rec, signal.SIGTERM)
             deadline = time.time() + self.cancel_grace_s
             while is_alive(rec) and time.time() < deadline:

@@ -30,7 +30,19 @@ import psutil
 from subnetviz.config import RAY_ADDRESS_ENV
 from subnetviz.errors import JobError
 from subnetviz.jobs.context import STATUS_FILE, read_json
-from subnetviz.jobs.registry import INT64_MAX, INT64_MIN, TERMINAL, Registry, RunRecord, creation_time, is_alive
+from subnetviz.jobs.registry import (
+    INT64_MAX,
+    INT64_MIN,
+    JOB_ENV,
+    TERMINAL,
+    Registry,
+    RunRecord,
+    creation_time,
+    is_alive,
+    is_job_process,
+    same_folder,
+    working_elsewhere,
+)
 
 REGISTRY_FILE = "registry.sqlite"
 CVD = "CUDA_VISIBLE_DEVICES"
@@ -238,8 +250,12 @@ def settle(registry: Registry, con, rec: RunRecord, *, over: bool = False) -> No
     has returned): the final status from ``status.json``, or failed when it left none (killed,
     crashed). A succeeded run gets its outputs put in place (:func:`publish_outputs`); any other status
     removes them (:func:`discard_outputs`), so partial outputs never look complete. What the status
-    file holds is checked before it reaches the registry (:func:`progress_of`).
+    file holds is checked before it reaches the registry (:func:`progress_of`). A run of another home
+    (:attr:`~subnetviz.jobs.registry.RunRecord.elsewhere`) is failed here, its folder and process left alone.
     """
+    if rec.elsewhere is not None:
+        registry.update(con, rec.id, status="failed", error=one_line(rec.error or "", MAX_TEXT), ended=time.time())
+        return
     run_dir = Path(rec.run_dir)
     status = read_json(run_dir / STATUS_FILE)
     progress = progress_of(status)
@@ -250,6 +266,12 @@ def settle(registry: Registry, con, rec: RunRecord, *, over: bool = False) -> No
     state = status.get("state")
     if isinstance(state, str) and state in TERMINAL:
         error = _text(status.get("error"))
+    elif other := working_elsewhere(rec):  # (a copied home: the row names the original's process)
+        state = "failed"
+        error = (
+            f"its process (pid {rec.pid}) works on {other}, another home's copy of this run: left alone; "
+            "launch the job again in this home"
+        )
     else:
         state, error = "failed", "the job process ended without a final status (killed or crashed); see log.txt"
     kill_leftovers(run_dir)  # its job is over: what it started goes with it (before outputs.tmp is removed)
@@ -265,7 +287,9 @@ def abandon(registry: Registry, con, rec: RunRecord, reason: str, *, over: bool 
     the caller is that process, finishing) and what it started are killed, its outputs discarded."""
     run_dir = Path(rec.run_dir)
     steps = [lambda: kill_leftovers(run_dir), lambda: discard_outputs(run_dir)]
-    if not over:
+    if rec.elsewhere is not None:  # another home's run: nothing of it is touched
+        steps = []
+    elif not over:
         steps.insert(0, lambda: _stop_worker(rec))
     for step in steps:
         try:
@@ -276,15 +300,11 @@ def abandon(registry: Registry, con, rec: RunRecord, reason: str, *, over: bool 
 
 
 def _stop_worker(rec: RunRecord) -> None:
-    if is_alive(rec):
+    if is_job_process(rec):
         try:
             os.killpg(rec.pid, signal.SIGKILL)  # the worker leads its own session: pgid == pid
         except OSError:
             pass
-
-
-JOB_ENV = "SUBNETVIZ_JOB"
-"""Set to the run folder in a worker's environment (:func:`start`), which every process it starts inherits."""
 
 
 def kill_leftovers(run_dir: Path) -> int:
@@ -294,14 +314,15 @@ def kill_leftovers(run_dir: Path) -> int:
     ``outputs.tmp`` removed for it. Returns how many were killed."""
     import psutil
 
-    mine, killed = str(run_dir), 0
+    mine, killed = os.path.realpath(run_dir), 0  # (the folder as any runner spells it: a home reached by a link)
     try:  # this process and its ancestors (a wrapper that started the worker carries the mark too) are spared
         spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     except psutil.Error:
         spared = {os.getpid()}
     for proc in psutil.process_iter():
         try:
-            if proc.pid not in spared and proc.environ().get(JOB_ENV) == mine:
+            folder = proc.environ().get(JOB_ENV) if proc.pid not in spared else None
+            if folder is not None and (folder == mine or os.path.realpath(folder) == mine):
                 proc.kill()
                 killed += 1
         except (psutil.Error, OSError):  # gone meanwhile, or another user's
@@ -310,7 +331,11 @@ def kill_leftovers(run_dir: Path) -> int:
 
 
 def start(registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | None) -> subprocess.Popen | None:
-    """Start ``rec``'s worker (its own session, output to ``log.txt``) and mark it running; None if it failed."""
+    """Start ``rec``'s worker (its own session, output to ``log.txt``) and mark it running; None if it failed.
+    A run of another home is failed instead: its folder is not this home's to run in."""
+    if rec.elsewhere is not None:
+        registry.update(con, rec.id, status="failed", ended=time.time(), error=one_line(rec.error or "", MAX_TEXT))
+        return None
     run_dir = Path(rec.run_dir)
     if not (run_dir / "config.json").is_file():
         registry.update(
@@ -434,7 +459,7 @@ def registry_of(run_dir: Path) -> Registry | None:
         rec = registry.get(run_dir.name)
     except JobError:  # a folder next to the runs, not one of them
         return None
-    return registry if Path(rec.run_dir).resolve() == run_dir.resolve() else None
+    return registry if rec.elsewhere is None and same_folder(rec.run_dir, run_dir) else None
 
 
 def wait_claimed(registry: Registry, run_id: str, timeout: float = 30.0) -> bool:
