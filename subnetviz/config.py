@@ -28,6 +28,8 @@ import os
 import re
 import stat
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -187,14 +189,41 @@ def exists(path: str | os.PathLike) -> bool:
     return os.path.exists(path)
 
 
+_full_paths = False  # this process names paths as they were given (full_paths), not as visitors see them
+
+
+@contextmanager
+def full_paths() -> Iterator[None]:
+    """Within it, the messages of this process name a path as it was given, ``~`` expanded
+    (``/data/run2/final``), not as a web visitor may see it (:func:`display_path`: ``…/final``). The command
+    line's ``main()`` runs its verbs inside it, for the user at the terminal, who must tell two inputs named
+    alike apart. A flag of this process alone, restored on leaving, never an environment variable: no process it
+    starts inherits it (a job's worker, a launched rank), the app never enters it, and under enforced roots
+    (``SUBNETVIZ_ENFORCE_ROOTS=1``: the app and every job it queues, whoever starts them) paths stay redacted
+    whatever it says. Redacting is the default."""
+    global _full_paths
+    before, _full_paths = _full_paths, True
+    try:
+        yield
+    finally:
+        _full_paths = before
+
+
+def _redacting() -> bool:
+    return not _full_paths or enforce_roots()
+
+
 def _shown(path: str | os.PathLike) -> str:
     """A path that :func:`_resolve` refused, as a visitor may see it: its last component (the whole of a
-    relative one), a NUL byte written as ``\\0``."""
+    relative one), a NUL byte written as ``\\0``. Inside :func:`full_paths`, the whole path (``~`` expanded)."""
     text = os.fspath(path)
     text = text if isinstance(text, str) else os.fsdecode(text)
-    name = text if not text.startswith(("/", "~")) else "…/" + text.rstrip("/").rpartition("/")[2]
-    if len(name) > 80:  # a URL's 300 letters, shortened
-        name = f"{name[:40]}…{name[-20:]} ({len(text):,} characters)"
+    if _redacting():
+        name, limit = (text if not text.startswith(("/", "~")) else "…/" + text.rstrip("/").rpartition("/")[2]), 80
+    else:
+        name, limit = os.path.expanduser(text), 1000  # (a name no file system takes, 5,000 letters: shortened)
+    if len(name) > limit:  # a URL's 300 letters, shortened
+        name = f"{name[: limit // 2]}…{name[-limit // 4 :]} ({len(text):,} characters)"
     return name.replace("\0", "\\0")
 
 
@@ -205,7 +234,10 @@ def display_path(path: str | os.PathLike) -> str:
     shown as given where it lies under that root: a Hugging Face snapshot's ``model.safetensors`` is a link to a
     ``blobs/<sha256>`` file, which no one would recognise in a message. A file of a hub snapshot outside every
     root is named by its repository and commit (``acme/tiny-base@2222222/model.safetensors``).
-    Never raises: it also writes the messages that refuse a path (one with a NUL byte is shown escaped)."""
+    Never raises: it also writes the messages that refuse a path (one with a NUL byte is shown escaped).
+    Inside :func:`full_paths` (the command line), the path as given, ``~`` expanded."""
+    if not _redacting():
+        return _shown(path)
     try:
         resolved = _resolve(path)
     except PathNotAllowedError:

@@ -32,7 +32,7 @@ import torch
 
 from subnetviz.cache import atomic_path
 from subnetviz.config import check_readable, parse_json, require_memory
-from subnetviz.errors import ConfigError, MaskError, UnsafePickleError, suggest
+from subnetviz.errors import ConfigError, MaskError, SubnetvizError, UnsafePickleError, suggest
 from subnetviz.pickles import (  # noqa: F401 - re-exported: the mask importers' home before the split
     _ZIP_MAGIC,
     MAX_PICKLE_DEPTH,
@@ -207,7 +207,7 @@ def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     except (MaskError, ConfigError):
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise MaskError(f"{path}: not a readable safetensors mask file ({exc}).") from exc
+        raise _not_safetensors(path, exc) from exc
     if "subnetviz" not in meta:  # another tool's file: its own header entries are its provenance
         return MaskSet(out, _foreign_provenance(meta, path))
     try:
@@ -273,7 +273,49 @@ def mask_file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     except MaskError:
         raise
     except Exception as exc:  # safetensors' own errors for a corrupt header; shape metadata that is no numbers
-        raise MaskError(f"{path}: not a readable safetensors mask file ({exc}).") from None
+        raise _not_safetensors(path, exc) from None
+
+
+def _not_safetensors(path: Path, exc: Exception) -> MaskError:
+    """The refusal of a mask file safetensors cannot read: a file of another format that :func:`import_mask` reads
+    (a torch.save file given to training read "header too large", after the model had loaded) is named as what it
+    is, with the command that converts it (:func:`convert_hint`); anything else with safetensors' own words."""
+    try:
+        kind = other_mask_format(path)
+    except (OSError, SubnetvizError):  # (read a moment ago: its own words then)
+        kind = None
+    if kind is not None:
+        return MaskError(f"{path}: {kind}, not a safetensors mask file; {convert_hint(path)}.")
+    return MaskError(f"{path}: not a readable safetensors mask file ({exc}).")
+
+
+def other_mask_format(path: str | os.PathLike) -> str | None:
+    """What the mask file at ``path`` is when :func:`import_mask` reads it as another format than safetensors, told
+    by its first bytes as it tells them: "a torch.save file", "a NumPy .npz file" or "a pickle" (a released bigram
+    mask); None for a safetensors file, and for one that no reader takes (reading it says why). It reads the first
+    bytes (and a zip archive's list of records) of a file :func:`~subnetviz.config.check_readable` admits: that
+    refusal, and an OSError of the read, are raised."""
+    path = check_readable(path)
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[:4] == _ZIP_MAGIC:
+        return "a NumPy .npz file" if is_npz(path) else "a torch.save file"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return None  # a safetensors header (its length may begin with 0x80, as a pickle does)
+    return "a pickle" if head[:1] == b"\x80" else None
+
+
+def convert_hint(path: str | os.PathLike) -> str:
+    """The command that writes a mask file of another format as the safetensors file the training and mask readers
+    take (``mask import``, beside it: ``m.pt`` -> ``m.safetensors``), as a clause of a message."""
+    import shlex
+
+    src = Path(path)
+    dst = src.with_suffix(".safetensors")
+    if dst == src:  # (a torch.save file named .safetensors)
+        dst = src.with_name(f"{src.stem}-converted.safetensors")
+    command = f"subnetviz mask import {shlex.quote(str(src))} {shlex.quote(str(dst))}"
+    return f"convert it with `{command}`, then name that file instead"
 
 
 _SAFETENSORS_DTYPES = {"U8": "torch.uint8", "I8": "torch.int8", "BOOL": "torch.bool"}  # as a loaded tensor names them

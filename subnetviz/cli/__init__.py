@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 
 from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
 from subnetviz.cli.app import cmd_app, port
 from subnetviz.cli.common import interrupted, watch_interrupts
 from subnetviz.cli.jobs import cmd_demo, cmd_job, cmd_mask, cmd_report, cmd_runs, cmd_train
+from subnetviz.config import full_paths
 from subnetviz.errors import SubnetvizError
 from subnetviz.training.mask_origin import CONVENTION
 
@@ -212,6 +214,26 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _lenient_stdout()
+    with nullcontext() if _redacts(args.command) else full_paths():  # the paths as the user gave them
+        return _run(args)
+
+
+def _redacts(command: str) -> bool:
+    """Whether this process's messages show paths as a web visitor sees them (``…/final``), not as given: a
+    queued job's worker (``job``: its errors reach the app's pages) and every rank a job launches (``train`` in a
+    job's run folder), and ``app``, which becomes the server. Every other verb runs for the user at the terminal
+    (:func:`~subnetviz.config.full_paths`); under enforced roots paths are redacted whatever this says."""
+    if command in ("app", "job"):
+        return True
+    if command == "train":
+        from subnetviz.training.sharded import RUN_DIR_ENV
+
+        return bool(os.environ.get(RUN_DIR_ENV))
+    return False
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The verb, its failures said in one line on stderr with an exit status (:func:`main`)."""
     try:
         with watch_interrupts():
             try:

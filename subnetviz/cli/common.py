@@ -114,13 +114,18 @@ def quiet_libraries() -> None:
 
 def progress_bar(desc: str, unit: str = "tensor"):
     """A progress callback ``(step, total, what)`` drawing a bar on stderr; ``unit`` names what a step is (a
-    tensor read, an experiment run on a model, a point of a grid)."""
+    tensor read, an experiment run on a model, a point of a grid). The bar is drawn from the first step: work that
+    never reports one (an analysis served from the cache) left an empty bar open, and the next line on stderr
+    ("cached: served from …") was written after it, on its line, and the bar drawn again at exit."""
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    bars = []
 
     def update(step: int, total: int, what: str) -> None:
         raise_if_interrupted()  # a Ctrl-C a library swallowed stops the run here
+        if not bars:
+            bars.append(tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True))
+        bar = bars[0]
         bar.total = total
         bar.n = step
         bar.set_postfix_str(what[-40:], refresh=False)

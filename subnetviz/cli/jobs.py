@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from subnetviz.cli.analysis import share_text
 from subnetviz.cli.common import publish_file, threads
 from subnetviz.errors import SubnetvizError
 
@@ -77,22 +78,16 @@ def cmd_mask(args: argparse.Namespace) -> int:
         # never over a file that appeared at DST meanwhile, without --overwrite (two imports to one name)
         with publish_file(dst, args.overwrite, option="") as tmp:
             save_mask_set(tmp, ms)
-        print(f"wrote {args.dst}: {len(ms.masks)} tensors, density {ms.density:.6f}")
+        # the density as analyze prints it (share_text): 1 entry of 16 million read "density 0.000000"
+        print(
+            f"wrote {args.dst}: {len(ms.masks)} tensors, density {share_text(ms.density)} "
+            f"({ms.count:,} of {ms.numel:,} entries)"
+        )
     else:
         ms = import_mask(src)
-        print(
-            json.dumps(
-                {
-                    "tensors": len(ms.masks),
-                    "count": ms.count,
-                    "numel": ms.numel,
-                    "density": ms.density,
-                    "metadata": ms.metadata,
-                },
-                indent=2,
-                default=str,
-            )
-        )
+        info = dict(tensors=len(ms.masks), count=ms.count, numel=ms.numel, density=ms.density, metadata=ms.metadata)
+        # valid JSON: a header's NaN or Infinity (which json reads and, by default, writes back) as null
+        print(json.dumps(json.loads(json.dumps(info, default=str), parse_constant=lambda _: None), indent=2))
     return 0
 
 

@@ -236,6 +236,8 @@ class TrainConfig:
             mp = self.mask_path
             if not mp or not Path(mp).is_file():
                 problems.append(f"mask {self.mask!r}: no such mask file (use a path, 'random:<path>' or null)")
+            elif problem := _mask_format_problem(self.mask, mp):
+                problems.append(problem)
         if check_output and isinstance(self.output_dir, str) and self.output_dir and Path(self.output_dir).exists():
             problems.append(
                 f"output_dir {self.output_dir!r} already exists; choose a new folder (runs never overwrite)"
@@ -529,6 +531,22 @@ def job_train_config(config: dict) -> TrainConfig:
 def validate_config(config: dict) -> None:
     """The ``train`` job kind's validator (called by the runner before a job is queued)."""
     job_train_config(config).validate(check_output=False)
+
+
+def _mask_format_problem(mask: str, path: str) -> str | None:
+    """The problem of a training mask file that is not safetensors (a torch.save file, a .npz, a bigram pickle:
+    :func:`~subnetviz.masks.other_mask_format`), with the command that converts it; else None. A run read it only
+    once the model had loaded, and said "not a readable safetensors mask file (… header too large)". A file the
+    roots refuse, or that cannot be read, is left to the mask's own checks, which say why
+    (:func:`~subnetviz.training.mask_fit.check_mask_fits`)."""
+    from subnetviz.errors import SubnetvizError
+    from subnetviz.masks import convert_hint, other_mask_format
+
+    try:
+        kind = other_mask_format(path)
+    except (OSError, SubnetvizError):
+        return None
+    return f"mask {mask!r}: {kind}; training reads safetensors masks: {convert_hint(path)}" if kind else None
 
 
 def _base_adapter_problem(base: str) -> str | None:

@@ -297,7 +297,7 @@ def test_a_wrong_typed_config_value_names_its_folder(tok_model, tmp_path, capsys
     assert str(exc.value).startswith(said), str(exc.value)
     out = tmp_path / "out"
     assert main(["analyze", str(tok_model), str(bad), "--out", str(out), "--no-spectra", "--no-cache"]) == 2
-    assert said in _one_error_line(capsys)
+    assert f"config.json in {bad}: {key} is {json.dumps(value)}" in _one_error_line(capsys)  # (the CLI: in full)
     assert not out.exists()
 
 
