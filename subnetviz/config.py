@@ -326,8 +326,17 @@ def _private(root: Path, resolved: Path) -> bool:
     file contents (:data:`_CONTENT_STORES`)."""
     parts = [part.lower() for part in resolved.relative_to(root).parts]
     return any(
-        part in PRIVATE_FOLDERS and not (part == ".git" and tuple(parts[i + 1 : i + 3]) in _CONTENT_STORES)
+        part in PRIVATE_FOLDERS and not (part == ".git" and _content_store(parts[i + 1 :]))
         for i, part in enumerate(parts)
+    )
+
+
+def _content_store(below: list[str]) -> bool:
+    """Whether the parts ``below`` a .git folder lead into its store of file contents: ``annex/objects/…`` or
+    ``lfs/objects/…``, directly or in a submodule's git folder (``modules/<name>/…``, names of several parts and
+    nested submodules included)."""
+    return any(
+        tuple(below[i : i + 2]) in _CONTENT_STORES and (i == 0 or below[0] == "modules") for i in range(len(below))
     )
 
 

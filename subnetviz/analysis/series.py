@@ -719,7 +719,9 @@ def training_run(paths: Sequence[str], labels: Sequence[str] | None = None, base
     # a step read from trainer_state.json is where *a* run ended: two independent finetunes saved side by side
     # (each with the state Trainer.save_state() writes at its top) read as one run's checkpoints. Only folders
     # named as checkpoints, and the run's own folder that holds them, are taken as one run's.
-    top = root.parent if root.name == "checkpoints" else root  # (this app's runs: the final model holds them)
+    # this app's runs: the final model (its train_summary.json) holds them in checkpoints/; not a folder above an
+    # HF Trainer output_dir that happens to be named checkpoints
+    top = root.parent if root.name == "checkpoints" and (root.parent / "train_summary.json").is_file() else root
     loose = [
         lab for lab, f in zip(labels, folders, strict=True) if f not in (root, top) and not STEP_FOLDER.match(f.name)
     ]

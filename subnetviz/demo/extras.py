@@ -116,7 +116,16 @@ def _link_to(target: Path, folder: Path) -> str:
     absolute path."""
     target, folder = Path(os.path.abspath(target)), Path(os.path.abspath(folder))
     home = folder.parents[2]  # folder is HOME/runs/ID/outputs
-    return os.path.relpath(target, folder) if target.is_relative_to(home) else str(target)
+    if not target.is_relative_to(home):
+        return str(target)
+    # the way from where the link really lies (runs/ may be a link to another disk: the way from HOME/runs/ID would
+    # dangle there), and absolute where it would not lead to the target
+    way = os.path.relpath(os.path.realpath(target), os.path.realpath(folder))
+    return (
+        way
+        if os.path.realpath(os.path.join(os.path.realpath(folder), way)) == os.path.realpath(target)
+        else str(target)
+    )
 
 
 def register_member_runs(zoo, runner) -> dict[str, str]:

@@ -48,3 +48,21 @@ def test_weights_kept_by_git_annex_are_read(clone):
     assert config.check_readable(clone / "model.safetensors") == store.resolve()
     with pytest.raises(PathNotAllowedError, match="not readable"):
         config.check_readable(clone / ".git" / "annex" / "config")  # (only the objects store)
+
+
+def test_weights_git_annex_keeps_in_a_submodule_are_read_and_its_config_is_not(tmp_path, monkeypatch):
+    """git-annex in a submodule: the submodule's files lead into <super>/.git/modules/<sub>/annex/objects (they
+    were refused once .git folders became unreadable); the submodule's own config stays unreadable."""
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path))
+    monkeypatch.setenv("SUBNETVIZ_ENFORCE_ROOTS", "1")
+    git = tmp_path / "super" / ".git" / "modules" / "models" / "sub"  # (a submodule named models/sub)
+    store = git / "annex" / "objects" / "Xk" / "Pq" / "K.safetensors" / "K.safetensors"
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"12345678")
+    (git / "config").write_text("[remote]\n")
+    (tmp_path / "super" / "sub").mkdir()
+    (tmp_path / "super" / "sub" / "model.safetensors").symlink_to(store)
+    assert config.check_readable(tmp_path / "super" / "sub" / "model.safetensors") == store.resolve()
+    for private in (git / "config", tmp_path / "super" / ".git" / "config", git / "objects" / "annex" / "x"):
+        with pytest.raises(PathNotAllowedError, match="not readable"):
+            config.check_readable(private)

@@ -56,3 +56,13 @@ def test_this_apps_run_its_final_model_above_checkpoints_is_one_run(tmp_path):
     a, b = (_folder(tmp_path / "zoo" / n, train_summary={"steps_done": 40}) for n in ("sft", "dpo"))
     tr = training_run([a, b], ["sft", "dpo"], base=str(tmp_path / "base"))
     assert tr.steps == (None, None) and "carries no training step" in tr.why_not
+
+
+def test_a_base_above_a_trainer_output_dir_named_checkpoints_is_no_run_folder(tmp_path):
+    """An HF Trainer run with output_dir=checkpoints and the base saved in the project folder above it: only this
+    app's runs (a train_summary.json above checkpoints/) make that folder the run's own (its final model)."""
+    proj = tmp_path / "proj"
+    cks = [_folder(proj / "checkpoints" / f"checkpoint-{s}") for s in (100, 200)]
+    (proj / "config.json").write_text("{}")
+    tr = training_run(cks, ["c100", "c200"], base=str(proj))
+    assert tr.why_not == "" and tr.start == 0 and tr.steps == (100, 200)
