@@ -124,7 +124,7 @@ def headline(h: dict) -> None:
         ("kept weights", f"{h['kept']:,} ({num(100 * h['density'])} %)"),
         ("r full model", num(h["r_full"])),
         ("r subnetwork", num(h["r_subnetwork"])),
-        ("r random", f"{num(h['r_random_mean'])} ± {num(h['r_random_sd'])}"),
+        ("r random", figures.format_mean_sd(h["r_random_mean"], h["r_random_sd"])),
         ("first-layer MLP share", f"{num(100 * h['first_mlp_share'])} %"),
         ("Δ bits/token, subnetwork ablated", num(h["delta_bits_ablated"], sign=True)),
         ("Δ bits/token, random set ablated", num(h["delta_bits_random_ablated"], sign=True)),

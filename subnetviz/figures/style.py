@@ -145,6 +145,22 @@ def format_number(x, digits: int = 3, sign: bool = False) -> str:
     return f"{plus}{x:,.{max(0, digits - 1 - int(np.floor(np.log10(abs(x)))) if x else digits - 1)}f}"
 
 
+def format_mean_sd(mean: float, sd: float) -> str:
+    """A mean ± sd that fits a metric's width: the mean as :func:`format_number` writes it, the sd at its decimals
+    ("0.630 ± 0.004": "0.630 ± 3.82e-03" was cut to "0.630 ± 3.82…", its exponent hidden), "< 0.001" where the sd
+    rounds to 0 there; an sd beside a mean in scientific notation in it too."""
+    shown = format_number(mean)
+    if not np.isfinite(sd):
+        return f"{shown} ± —"
+    if "e" in shown or "." not in shown:
+        return f"{shown} ± {format_number(sd)}"
+    decimals = len(shown.partition(".")[2])
+    sd_text = f"{sd:,.{decimals}f}"
+    return (
+        f"{shown} ± {sd_text}" if sd == 0 or float(sd_text.replace(",", "")) > 0 else f"{shown} ± < {10**-decimals:g}"
+    )
+
+
 def percent_cells(values: np.ndarray, unit: str = "%") -> np.ndarray:
     """Cell labels for percentages: one decimal, but no rounding that hides a number: a small non-zero share
     keeps two significant digits ("0.0065%", not "0.0%" hiding that there is overlap), a share just below

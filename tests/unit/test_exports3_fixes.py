@@ -251,3 +251,16 @@ def test_a_share_under_1_percent_never_loses_a_digit(x):
     assert abs(_percent(text) - p) <= 0.5 * 10.0 ** (np.floor(np.log10(abs(p))) - 2) * (1 + 1e-9), (x, text)
     assert len(text[:-2].split(".")[1]) >= 2 and (text[-3] != "0" or len(text[:-2].split(".")[1]) == 2), text
     assert half == "50.00 %" and zero == "0 %"
+
+
+def test_a_mean_and_sd_fit_a_metric_without_hiding_a_number():
+    """Bigram's "r random": "0.630 ± 3.82e-03" was cut by the metric's width to "0.630 ± 3.82…"."""
+    from subnetviz.figures import format_mean_sd
+
+    assert format_mean_sd(0.6302, 0.00382) == "0.630 ± 0.004"
+    assert format_mean_sd(0.6302, 0.0004) == "0.630 ± < 0.001"  # (not "± 0.000", as if there were no spread)
+    assert format_mean_sd(0.6302, 0.0) == "0.630 ± 0.000"
+    assert format_mean_sd(0.98812, 0.0125) == "0.988 ± 0.013"
+    assert format_mean_sd(2.5e-4, 1e-5) == "2.50e-04 ± 1.00e-05"
+    assert format_mean_sd(0.5, float("nan")) == "0.500 ± —"
+    assert len(format_mean_sd(0.6302, 0.00382)) <= 13
