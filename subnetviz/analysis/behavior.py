@@ -51,6 +51,7 @@ from subnetviz.analysis.behavior_data import (
     kl_terms,
     logits_of,
     read_prompts,
+    tail_note,
     token_frame,
     zoo_prompt_files,
 )
@@ -241,7 +242,7 @@ def behavior(
 
     plan = _plan(masks, random_control, curve, seed)
     summary, tokens, per_prompt, curves, routing = [], [], [], [], []
-    notes = [n for n in (cut_note, apart_note(enc)) if n]
+    notes = [n for n in (cut_note, apart_note(enc), tail_note(enc, tok)) if n]
     static = token_frame(enc, tok)
     static.insert(1, "set", token_domains)
     total, step, t_fwd, fwd_tokens = len(finetuned) * len(plan), 0, 0.0, 0

@@ -27,7 +27,9 @@ class Prompt:
 
 
 PROMPT_COLUMNS = ("prompt", "question", "problem", "input")
-ANSWER_COLUMNS = ("answer", "solution", "output", "target")
+# ``completion``: TRL's prompt-completion rows (the zoo's SFT files), whose completions were dropped with no word.
+ANSWER_COLUMNS = ("answer", "completion", "solution", "output", "target")
+ANSWER_KEYS = ("answer", "completion")  # a JSONL row's answer: the first of these it holds
 # A prompt and its answer longer than this is refused before it is tokenized: far past any context this runs in
 # (positions past the model's are cut anyway), and a 400,000-character line ran for more than 10 CPU-minutes.
 MAX_PROMPT_CHARS = 1_000_000
@@ -36,18 +38,23 @@ _AS_TEXT = (
     "behaviour reads each prompt as text: give it rendered, e.g. "
     "tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)."
 )
+_ANSWER_AS_TEXT = "behaviour reads each answer as text: give the assistant's reply as a string (its 'content')."
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # a hub id (org/name), not a path
 
 
 def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prompt]:
-    """JSONL rows with a string ``prompt`` and an optional string ``answer`` (other keys ignored); any other value
-    is refused naming the file and line, as training's reader refuses it. A prompt rendered by a chat template is
-    text like any other (:func:`encode` adds no second BOS); chat messages are refused with the format expected.
+    """JSONL rows with a string ``prompt`` and an optional string answer, the first of the keys
+    :data:`ANSWER_KEYS` a row holds (``answer``, or ``completion`` as in TRL's prompt-completion rows; other keys
+    ignored); any other value is refused naming the file and line, as training's reader refuses it. A prompt
+    rendered by a chat template is text like any other (:func:`encode` adds no second BOS); chat messages (TRL's
+    conversational rows) are refused with the format expected, and so is a completion of TRL's unpaired preference
+    rows that is not labelled true (it is not an answer to score).
 
     Also a data set already on this machine: ``hf:NAME[:CONFIG]:SPLIT`` from the local ``datasets``
     cache (offline; nothing is downloaded) or a folder written by ``Dataset.save_to_disk``. Its
     prompt is the first of the columns :data:`PROMPT_COLUMNS`, its answer the first of
-    :data:`ANSWER_COLUMNS` (text after a GSM8K-style ``####`` when present).
+    :data:`ANSWER_COLUMNS` (text after a GSM8K-style ``####`` when present), read by the same rules: a prompt and an
+    answer are strings (a null answer is none), anything else refused naming the row.
     """
     if str(path).startswith("hf:") or Path(path).is_dir():  # (a DatasetDict's folder holds dataset_dict.json)
         return _dataset_prompts(str(path), limit)
@@ -63,15 +70,47 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prom
             raise ConfigError(f"{where}: 'prompt' is a list (chat messages?); {_AS_TEXT}")
         if not isinstance(row.get("prompt"), str):
             raise ConfigError(f"{where}: expected an object with a string 'prompt'.")
-        ans = row.get("answer")
-        if ans is not None and not isinstance(ans, str):  # (str() of ["42"] was scored as the text "['42']")
-            raise ConfigError(f"{where}: 'answer' must be a string, got {json.dumps(ans)[:60]}.")
+        key = next((k for k in ANSWER_KEYS if k in row), None)
+        ans = _answer_text(row, key, where)
         out.append(_checked(Prompt(row["prompt"], ans, where), where))
         if limit and len(out) >= limit:
             break
     if not out:
         raise ConfigError(f"{path}: holds no prompts.")
     return out
+
+
+def _shown(value) -> str:
+    """``value`` as JSON (a data set's row may hold any Python object), at most 60 characters."""
+    try:
+        return json.dumps(value)[:60]
+    except (TypeError, ValueError):
+        return f"a {type(value).__name__}"
+
+
+def _answer_text(row: dict, key: str | None, where: str) -> str | None:
+    """The answer ``row[key]`` of a JSONL row or a data set's row: a string, or None (no key, or null). Anything
+    else is refused naming ``where``: str() of ["42"] was scored as the text "['42']", and a data set's column of
+    numbers (pandas makes one float when an answer is missing) as "61.0", a text no model writes after "21+40=".
+    A completion of chat messages (TRL's conversational rows) is refused with the format expected, and one that
+    TRL's unpaired preference rows label false (a rejected completion, not an answer)."""
+    value = row.get(key) if key is not None else None
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        hint = (
+            f" (chat messages?); {_ANSWER_AS_TEXT}"
+            if isinstance(value, list | dict)
+            else "; save the answers as text, as the model should write them (a number is not read: a column of "
+            "numbers turns 61 into 61.0 once a value is missing)."
+        )
+        raise ConfigError(f"{where}: {key!r} must be a string, got {_shown(value)}{hint}")
+    if key == "completion" and "label" in row and row["label"] is not True:
+        raise ConfigError(
+            f"{where}: a 'completion' labelled {_shown(row['label'])} (TRL's unpaired preference rows) is not an "
+            "answer to score; keep the rows labelled true, or give the answer as 'answer'."
+        )
+    return value
 
 
 def _checked(p: Prompt, where: str) -> Prompt:
@@ -139,10 +178,10 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
         where = f"{spec}, row {i}"
         if isinstance(r[pcol], list | dict):  # (its str() was scored as text: "[{'role': 'user', ...")
             raise ConfigError(f"{where}: {pcol!r} is not text (chat messages?); {_AS_TEXT}")
-        if acol is not None and isinstance(r[acol], list | dict):
-            raise ConfigError(f"{where}: {acol!r} must be text (or a number), got {json.dumps(r[acol])[:60]}.")
-        ans = None if acol is None or r[acol] is None else str(r[acol])
-        p = Prompt(str(r[pcol]), ans.split("####")[-1].strip() if ans and "####" in ans else ans, where)
+        if not isinstance(r[pcol], str):  # (str() of a null prompt was scored as the text "None")
+            raise ConfigError(f"{where}: {pcol!r} must be a string, got {_shown(r[pcol])}.")
+        ans = _answer_text(r, acol, where)
+        p = Prompt(r[pcol], ans.split("####")[-1].strip() if ans and "####" in ans else ans, where)
         out.append(_checked(p, p.where))
     if not out:
         raise ConfigError(f"{spec}: holds no rows.")
@@ -163,10 +202,17 @@ def zoo_prompt_files(zoo_root: str | os.PathLike | None = None) -> list[Path]:
 # --- teacher-forced forward passes -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Encoded:
-    ids: torch.Tensor  # (L,) long: prompt then answer tokens
+    ids: torch.Tensor  # (L,) long: prompt then answer tokens (then the special tokens the tokenizer ends a text with)
     answer_start: int | None  # index of the first answer token
     apart: bool = False  # the answer was encoded on its own (the prompt's tokens do not begin prompt + answer's)
     cut: bool = False  # cut to the model's context (:func:`fit_context`): its answer's last tokens are gone, unscored
+    answer_end: int | None = None  # index past the last answer token (None: the end of ``ids``)
+    tail: tuple[int, ...] = ()  # the special tokens the tokenizer ended the text with (an EOS), kept after it
+
+    @property
+    def end(self) -> int:
+        """Index past the last answer token: the special tokens of :attr:`tail` that follow it are not the answer."""
+        return len(self.ids) if self.answer_end is None else min(self.answer_end, len(self.ids))
 
 
 def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
@@ -174,10 +220,13 @@ def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
     answer`` encoded as one text, the answer starting after the prompt's own tokens. (Encoded on its own, an answer
     was a new text: a SentencePiece tokenizer puts a word boundary "▁" before it, a token the model does not see
     after the prompt.) Where the prompt's tokens do not begin the whole text's (the tokenizer merges across the
-    seam, or ends every text with a special token), the answer is encoded on its own and appended, marked
-    :attr:`Encoded.apart`. The tokenizer's special tokens (a BOS in front) are added unless the text already begins
-    with its BOS token (a prompt a chat template rendered). A prompt whose text encodes to no token is refused
-    naming it: no position holds it, and its answer's first token would have no position to predict it."""
+    seam), the answer is encoded on its own and appended, marked :attr:`Encoded.apart`. The tokenizer's special
+    tokens (a BOS in front) are added unless the text already begins with its BOS token (a prompt a chat template
+    rendered). Special tokens the tokenizer appends to every text (Llama-2's ``add_eos_token``: ``<bos> $A <eos>``)
+    end the whole text, never the prompt: ``prompt answer <eos>``, a prompt without an answer ``prompt <eos>``
+    (:attr:`Encoded.tail`; the answer was read after an ``<eos>`` in mid-text, a context the model never sees,
+    and every answer was scored wrong). A prompt whose text encodes to no token is refused naming it: no position
+    holds it, and its answer's first token would have no position to predict it."""
     out = []
     bos = getattr(tokenizer, "bos_token", None)
     for i, p in enumerate(prompts):
@@ -190,17 +239,33 @@ def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
                 f"{p.where or f'prompt {i}'}: the prompt {p.text[:60]!r} encodes to no token with the base's tokenizer "
                 "(it adds none in front of a text); give each prompt some text."
             )
-        start, apart = None, False
+        k = _appended(tokenizer, p.text, ids) if special else 0
+        ids, tail = ids[: len(ids) - k], ids[len(ids) - k :]
+        start, end, apart = None, None, False
         if p.answer is not None:
             start = len(ids)
             whole = list(tokenizer(p.text + p.answer, add_special_tokens=special)["input_ids"])
-            if whole[:start] == ids:
-                ids = whole
+            if whole[:start] == ids and whole[len(whole) - k :] == tail and len(whole) - k >= start:
+                ids, end = whole[: len(whole) - k], len(whole) - k
             else:
                 ids += list(tokenizer(p.answer, add_special_tokens=False)["input_ids"])
-                apart = True
-        out.append(Encoded(torch.tensor(ids, dtype=torch.long), start, apart))
+                end, apart = len(ids), True
+        out.append(Encoded(torch.tensor(ids + tail, dtype=torch.long), start, apart, answer_end=end, tail=tuple(tail)))
     return out
+
+
+def _appended(tokenizer, text: str, ids: list[int]) -> int:
+    """How many special tokens the tokenizer appended at the end of ``ids`` (``text`` encoded with its special
+    tokens): those after the text's own tokens (``text`` encoded without them), each one of its special tokens."""
+    specials = set(getattr(tokenizer, "all_special_ids", None) or ())
+    if not ids or ids[-1] not in specials:
+        return 0
+    own = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    added = len(ids) - len(own)
+    for k in range(added, 0, -1):  # (the text's own tokens sit between the k appended and the added - k in front)
+        if ids[added - k : len(ids) - k] == own and all(t in specials for t in ids[len(ids) - k :]):
+            return k
+    return 0
 
 
 def apart_note(enc: Sequence[Encoded]) -> str | None:
@@ -211,7 +276,21 @@ def apart_note(enc: Sequence[Encoded]) -> str | None:
     return (
         f"{n} of {sum(e.answer_start is not None for e in enc)} answer(s) encoded on their own and appended to the "
         "prompt's tokens: the tokenizer does not encode prompt + answer as the prompt's tokens followed by more "
-        "(it merges tokens across the seam, or ends each text with a special token)."
+        "(it merges tokens across the seam)."
+    )
+
+
+def tail_note(enc: Sequence[Encoded], tok) -> str | None:
+    """The note that says what is scored where the tokenizer ends each text with special tokens (an EOS), kept at
+    the end of the text (None when it ends none)."""
+    tails = [e.tail for e in enc if e.tail]
+    if not tails:
+        return None
+    names = " ".join(tok.convert_ids_to_tokens(list(max(set(tails), key=tails.count))))
+    return (
+        f"the base's tokenizer ends each text with {names} ({len(tails)} of {len(enc)} prompt(s)): scored as "
+        f"prompt + answer + {names} (the answer right after the prompt), a prompt without an answer as prompt + "
+        f"{names}; the KL counts the {names} position(s) too, the answer's exact match does not."
     )
 
 
@@ -251,24 +330,24 @@ def kl_terms(logits_p: torch.Tensor, logits_q: torch.Tensor) -> tuple[torch.Tens
 def correct(pred: torch.Tensor, e: Encoded) -> bool | None:
     """Teacher-forced exact match of the answer tokens given the argmax ``pred`` (L,) at each position
     (None without an answer, with no position before it to predict its first token, or cut to the context)."""
-    if e.answer_start is None or e.cut or not 0 < e.answer_start < len(e.ids):
+    if e.answer_start is None or e.cut or not 0 < e.answer_start < e.end:
         return None
-    return bool(torch.equal(pred[e.answer_start - 1 : len(e.ids) - 1].cpu(), e.ids[e.answer_start :]))
+    return bool(torch.equal(pred[e.answer_start - 1 : e.end - 1].cpu(), e.ids[e.answer_start : e.end]))
 
 
 def token_frame(enc: Sequence[Encoded], tok) -> pd.DataFrame:
     """One row per position of every prompt: prompt, position, token, next_token_id (-1 at the end),
     predicts_answer (the next token is an answer token: the answer's last token predicts what follows it, which is
-    not scored)."""
+    not scored, nor is an EOS the tokenizer ends the text with)."""
     cols: dict[str, list] = {"prompt": [], "position": [], "token": [], "next_token_id": [], "predicts_answer": []}
     for pid, e in enumerate(enc):
         ids = e.ids.tolist()
-        start = e.answer_start if e.answer_start is not None else len(ids) + 1
+        start, end = (e.answer_start, e.end) if e.answer_start is not None else (len(ids) + 1, 0)
         cols["prompt"] += [pid] * len(ids)
         cols["position"] += list(range(len(ids)))
         cols["token"] += tok.convert_ids_to_tokens(ids)
         cols["next_token_id"] += ids[1:] + [-1] if ids else []
-        cols["predicts_answer"] += [start <= t + 1 < len(ids) for t in range(len(ids))]
+        cols["predicts_answer"] += [start <= t + 1 < end for t in range(len(ids))]
     return pd.DataFrame(cols)
 
 
@@ -287,7 +366,8 @@ def fit_context(enc: Sequence[Encoded], positions: int | None) -> tuple[list[Enc
             continue
         cut, unscored = cut + 1, unscored + (e.answer_start is not None)
         start = e.answer_start if e.answer_start is not None and e.answer_start < positions else None
-        out.append(Encoded(e.ids[:positions], start, e.apart and start is not None, cut=True))
+        end = min(e.end, positions) if start is not None else None
+        out.append(Encoded(e.ids[:positions], start, e.apart and start is not None, True, end, e.tail))
     return out, (
         f"{cut} of {len(enc)} prompt(s) longer than the model's context of {positions} positions cut to their first "
         f"{positions} tokens"

@@ -207,14 +207,16 @@ def test_an_answer_is_encoded_as_the_continuation_of_its_prompt_not_as_a_new_wor
     assert apart_note([e]) is None
 
 
-def test_where_the_prompts_tokens_do_not_begin_the_whole_text_the_answer_is_appended_with_a_note():
+def test_a_tokenizer_that_appends_eos_gets_the_answer_right_after_the_prompt():
+    """The prompt "12+30=" ends in </s>; the answer follows the prompt, and the </s> the tokenizer appends ends the text (it
+    was kept between them: "= </s> ▁4 2", an answer scored after a token the model never sees there)."""
     from subnetviz.analysis.behavior_data import apart_note
 
-    tok = _metaspace_tokenizer(post_eos=True)  # "12+30=" ends in </s>; "12+30=42" has it after the 2
+    tok = _metaspace_tokenizer(post_eos=True)
     e, plain = encode(tok, [Prompt("12+30=", "42"), Prompt("7+8=")])
-    assert tok.convert_ids_to_tokens(e.ids.tolist()) == ["▁1", "2", "+", "3", "0", "=", "</s>", "▁4", "2"]
-    assert e.answer_start == 7 and e.apart and not plain.apart
-    assert apart_note([e, plain]).startswith("1 of 1 answer(s) encoded on their own")
+    assert tok.convert_ids_to_tokens(e.ids.tolist()) == ["▁1", "2", "+", "3", "0", "=", "4", "2", "</s>"]
+    assert e.answer_start == 6 and not e.apart and not plain.apart
+    assert apart_note([e, plain]) is None
 
 
 # --- 7. configs that differ ---------------------------------------------------------------------------------------
