@@ -65,6 +65,7 @@ def body() -> None:
     for note in notes:  # names matched without a prefix, tensors compared over shared rows or left out
         ui.note(note, said)
     report = overlap.report
+    compared = len(report.tensor_names)  # the tensors compared (those left out for their shapes are not)
     empty = [lbl for lbl, n in zip(report.sizes["label"], report.sizes["count"], strict=True) if n == 0]
     # A mask empty over the tensors compared here may hold entries elsewhere (a W3 copy's linear layers, not
     # compared, beside a W4 one's 72,248 changed entries): "nothing changed" only of a mask empty in its file.
@@ -77,7 +78,7 @@ def body() -> None:
         )
     if len(truly) < len(empty):
         ui.note(
-            f"{', '.join(lbl for lbl in empty if lbl not in truly)}: no entry in the {overlap.common:,} tensors "
+            f"{', '.join(lbl for lbl in empty if lbl not in truly)}: no entry in the {compared:,} tensors "
             "compared here (its entries lie in tensors not compared), so its share "
             "inside another mask (o1, its row) is undefined here and left blank.",
             said,
@@ -108,7 +109,7 @@ def body() -> None:
                 st.caption(
                     "No mask has any entry (every chosen mask is empty): there is no Venn diagram to draw."
                     if len(truly) == len(chosen)
-                    else f"No chosen mask has any entry in the {overlap.common:,} tensors compared here: there is "
+                    else f"No chosen mask has any entry in the {compared:,} tensors compared here: there is "
                     "no Venn diagram to draw."
                 )
             if name == "Per layer":

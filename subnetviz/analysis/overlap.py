@@ -32,9 +32,12 @@ A tensor can also be split into parts counted in groups of their own (``parts_of
 (:func:`overlap_by_layer_module`) splits a fused QKV into q, k and v as the Update sparsity page does, calling
 the naming table's own split (:meth:`~subnetviz.checkpoints.naming.NameTable.fused_parts`).
 
-Tensors whose shape differs between the masks only in the first dimension (a resized vocabulary) are
-compared over their shared leading rows; other shape differences raise, or with ``other_shapes="skip"``
-leave the tensor out. Either way ``OverlapReport.notes`` says which tensors and how many entries.
+A vocabulary tensor (the embedding, the LM head: the rule :func:`~subnetviz.checkpoints.align.align` aligns
+checkpoints by) whose shape differs between the masks only in the first dimension (a resized vocabulary) is
+compared over its shared leading rows; any other shape difference (a norm or an MLP of another width: masks of
+another model) raises, or with ``other_shapes="skip"`` leaves the tensor out, and where no tensor is left but
+vocabulary rows the masks are said to be of different models. Either way ``OverlapReport.notes`` says which
+tensors and how many entries. :func:`held_by_every` says which tensors not every mask holds.
 
 Ratios with a zero denominator are NaN.
 """
@@ -61,6 +64,8 @@ from subnetviz.analysis.overlap_counts import (
     _source,
     split_parts,
 )
+from subnetviz.checkpoints.align import _is_vocab_tensor
+from subnetviz.checkpoints.naming import NameTable
 from subnetviz.errors import ConfigError, MaskError, suggest
 
 MAX_MASKS = 16  # 2**16 regions; beyond that an UpSet plot is unreadable anyway
@@ -410,16 +415,42 @@ def _listed(items: list[str]) -> str:
     return "; ".join(items[:_LISTED]) + (f"; and {more:,} more" if more > 0 else "")
 
 
+@dataclass(frozen=True)
+class VocabularyRows:
+    """Which tensors may differ in their first dimension between masks of one model (``mask_overlap``'s
+    ``shares_rows``): a resized vocabulary's, the embedding and the LM head under the naming ``table``, by the rule
+    the update analysis aligns checkpoints by (:func:`~subnetviz.checkpoints.align.align`'s own). A table of no
+    family (names no architecture's table reads: ``emb``, ``w``, or too few to tell one) tells no vocabulary apart
+    (``blind``): there any tensor may, and the notes say so."""
+
+    table: NameTable
+
+    @property
+    def blind(self) -> bool:
+        return self.table.family is None
+
+    def __call__(self, name: str) -> bool:
+        return self.blind or _is_vocab_tensor(self.table, name)
+
+
 def _validate(
-    sets: list[Mapping[str, torch.Tensor]], labels: tuple[str, ...], other_shapes: str = "raise"
+    sets: list[Mapping[str, torch.Tensor]],
+    labels: tuple[str, ...],
+    other_shapes: str = "raise",
+    shares_rows: Callable[[str], bool] | None = None,
 ) -> tuple[list[str], dict[str, int], list[str]]:
-    """(the tensors compared, the entries compared of each, notes). A tensor whose shape differs between the
-    masks only in the first dimension (a resized vocabulary) is compared over its shared leading rows (a
-    prefix of its row-major entries); any other difference raises, or (``other_shapes="skip"``) leaves the
-    tensor out. The notes name those tensors and the entries not compared."""
+    """(the tensors compared, the entries compared of each, notes). A tensor that may share rows
+    (``shares_rows(name)``: a vocabulary's, by default :class:`VocabularyRows` of the names' own table) whose shape
+    differs between the masks only in the first dimension (a resized vocabulary) is compared over its shared
+    leading rows (a prefix of its row-major entries); any other difference raises, or (``other_shapes="skip"``)
+    leaves the tensor out. The notes name those tensors and the entries not compared. Where nothing is left to
+    compare but a vocabulary's shared rows (or nothing at all) the masks are of different models: one line saying
+    so is raised."""
     if other_shapes not in OTHER_SHAPES:
         raise ConfigError(f"other_shapes must be one of {OTHER_SHAPES}; got {other_shapes!r}.")
     names = _check_names(sets, labels)
+    # by default the table the names give (as the Overlap page builds it: no config.json beside mask files)
+    shares_rows = shares_rows or VocabularyRows(NameTable.from_config({}, names))
     kept: list[str] = []
     numel: dict[str, int] = {}
     rows_cut: list[str] = []
@@ -433,7 +464,7 @@ def _validate(
         if all(s == shapes[0] for s in shapes):
             kept.append(name)
             numel[name] = int(sizes[0])
-        elif all(len(s) == len(shapes[0]) >= 1 and s[1:] == shapes[0][1:] for s in shapes):
+        elif all(len(s) == len(shapes[0]) >= 1 and s[1:] == shapes[0][1:] for s in shapes) and shares_rows(name):
             rows = min(s[0] for s in shapes)
             kept.append(name)
             numel[name] = rows * math.prod(shapes[0][1:])
@@ -443,27 +474,39 @@ def _validate(
             other = next(k for k, s in enumerate(shapes) if s != shapes[0])
             raise MaskError(
                 f"tensor {name!r}: mask {labels[other]!r} has shape {shapes[other]} but mask {labels[0]!r} has "
-                f"{shapes[0]}."
+                f"{shapes[0]}; only a vocabulary's rows (the embedding's, the LM head's) may differ. Are these "
+                "masks of the same model?"
             )
         else:
             skipped.append(f"{name} ({described})")
             skip_entries += sizes
+    if skipped and len(rows_cut) == len(kept):  # nothing compared whole: masks of another model's shapes
+        what = "only a vocabulary's shared rows would be compared" if kept else "nothing would be compared"
+        raise MaskError(
+            f"no tensor left to compare: the masks are of different models ({what}; the shapes of "
+            f"{len(skipped):,} of their {len(names):,} tensors differ between them, e.g. {skipped[0]})."
+        )
     notes = []
     if rows_cut:
         past = ", ".join(f"{label}: {int(n):,}" for label, n in zip(labels, cut_entries, strict=True) if n)
         notes.append(
-            f"Compared over their shared leading rows only (the first dimension differs between the masks, as a "
-            f"resized vocabulary's does): {len(rows_cut):,} tensor(s): {_listed(rows_cut)}. Entries past those "
-            f"rows, not compared: {past}."
+            f"Compared over their shared leading rows only (a resized vocabulary: the first dimension differs "
+            f"between the masks): {len(rows_cut):,} tensor(s): {_listed(rows_cut)}. Entries past those rows, not "
+            f"compared: {past}."
+            + (
+                " No naming table reads these names, so any tensor whose first dimension alone differs is taken as a "
+                "vocabulary's."
+                if getattr(shares_rows, "blind", False)
+                else ""
+            )
         )
     if skipped:
         left = ", ".join(f"{label}: {int(n):,}" for label, n in zip(labels, skip_entries, strict=True))
         notes.append(
-            f"Left out of the overlap (shapes differ beyond the first dimension): {len(skipped):,} tensor(s): "
-            f"{_listed(skipped)}. Entries not compared: {left}."
+            f"Left out of the overlap (shapes differ between the masks, and only a vocabulary's rows may differ "
+            f"between masks of one model): {len(skipped):,} tensor(s): {_listed(skipped)}. Entries not compared: "
+            f"{left}."
         )
-    if names and not kept:
-        raise MaskError(f"no tensor left to compare: every tensor's shape differs between the masks. {notes[-1]}")
     return kept, numel, notes
 
 
@@ -474,6 +517,7 @@ def mask_overlap(
     group_of: Callable[[str], Hashable] | None = None,
     parts_of: PartsOf | None = None,
     other_shapes: str = "raise",
+    shares_rows: Callable[[str], bool] | None = None,
 ) -> OverlapReport:
     """Overlap of N mask sets (each a MaskSet or a mapping name -> bool tensor) over the same tensors.
 
@@ -484,11 +528,13 @@ def mask_overlap(
     :func:`overlap_by_layer_module`), or None to keep it whole in ``group_of(name)`` (as is a part that is no
     view of it). Each mask's parts are then read from its bits a block at a time, never unpacked whole. In a
     part's group the per-tensor chance takes the part as its own tensor (its own densities); the overall
-    per-tensor chance, the consensus chance and ``tensor_*`` stay per tensor. A tensor whose shape differs
-    between the sets only in its first dimension (a resized vocabulary) is compared over the shared leading
-    rows (and not split); ``other_shapes`` says what other shape differences do: ``"raise"`` (default) or
-    ``"skip"`` (the tensor is left out). Either is said in ``notes``. Raises :class:`MaskError` when names or
-    dtypes differ between the sets, and :class:`ConfigError` for more than :data:`MAX_MASKS` sets.
+    per-tensor chance, the consensus chance and ``tensor_*`` stay per tensor. A tensor that ``shares_rows(name)``
+    (a vocabulary's: :class:`VocabularyRows` of a naming table, by default of the table the names give) whose
+    shape differs between the sets only in its first dimension (a resized vocabulary) is compared over the
+    shared leading rows (and not split); ``other_shapes`` says what other shape differences do: ``"raise"``
+    (default) or ``"skip"`` (the tensor is left out; where nothing but a vocabulary's rows is left, the masks are
+    of different models and :class:`MaskError` says so). Either is said in ``notes``. Raises :class:`MaskError`
+    when names or dtypes differ between the sets, and :class:`ConfigError` for more than :data:`MAX_MASKS` sets.
     """
     sets = [_as_dict(s, i) for i, s in enumerate(mask_sets)]
     n_masks = len(sets)
@@ -499,7 +545,7 @@ def mask_overlap(
         raise ConfigError(f"got {n_masks} mask sets but {len(labels)} labels; give one label per mask set.")
     if len(set(labels)) != n_masks:
         raise ConfigError(f"mask labels must be unique, got {list(labels)}.")
-    names, entries, notes = _validate(sets, labels, other_shapes)
+    names, entries, notes = _validate(sets, labels, other_shapes, shares_rows)
     group_of = group_of or (lambda name: name)
 
     if not names:
@@ -593,6 +639,32 @@ def mask_overlap(
     )
 
 
+def held_by_every(mask_sets: Sequence, labels: Sequence[str]) -> tuple[set[str], list[str]]:
+    """(the tensors every mask set holds, the notes) of N mask sets (each a MaskSet or a mapping name -> bool
+    tensor, bit-packed or not) that need not hold the same tensors: :func:`mask_overlap` compares the common ones,
+    and where some set holds others, one note names them, how many, and each set's entries in them (set, of all:
+    counted on the bits, nothing unpacked whole), which the overlap's counts, o1 denominators and densities
+    leave out."""
+    sets = [_as_dict(s, i) for i, s in enumerate(mask_sets)]
+    labels = [str(lbl) for lbl in labels]
+    held = [set(m) for m in sets]  # (a Mapping's own `in` may fetch the tensor)
+    common = set.intersection(*held) if held else set()
+    others = list(dict.fromkeys(n for m in sets for n in m if n not in common))
+    if not others:
+        return common, []
+    listed = [f"{n} (in {', '.join(lbl for lbl, h in zip(labels, held, strict=True) if n in h)})" for n in others]
+    entries = []
+    for label, masks, h in zip(labels, sets, held, strict=True):
+        size = {n: math.prod(_mask_shape(masks, label, n)) for n in others if n in h}
+        count = sum(_count_set(_source(masks, n), k) for n, k in size.items())
+        entries.append(f"{label}: {count:,} of {sum(size.values()):,}" if size else f"{label}: none")
+    return common, [
+        f"Compared over the {len(common):,} tensors every mask holds; left out, not in every mask: "
+        f"{len(others):,} tensor(s): {_listed(listed)}. Their entries (in the mask, of all), not compared: "
+        f"{', '.join(entries)}; each mask's counts, o1 denominators and densities here leave them out."
+    ]
+
+
 @dataclass(frozen=True)
 class LayerModuleGroups:
     """The per-layer grid's groups under a naming table (:class:`~subnetviz.checkpoints.naming.NameTable`), as
@@ -620,11 +692,19 @@ def overlap_by_layer_module(
     mask_sets: Sequence, labels: Sequence[str] | None, table, *, other_shapes: str = "raise"
 ) -> OverlapReport:
     """:func:`mask_overlap` grouped by (layer, module) of the naming ``table``, fused tensors split into their
-    parts as the Update sparsity page splits them (:class:`LayerModuleGroups`). Where a fused QKV is still
+    parts as the Update sparsity page splits them (:class:`LayerModuleGroups`); only the table's vocabulary
+    tensors may be compared over shared rows (:class:`VocabularyRows`). Where a fused QKV is still
     counted whole as ``qkv`` (its layout unknown: no config.json beside mask files), the notes say so, in the
     table's own words (its ``notice``, as the Update sparsity page gives it) where it has them."""
     grid = LayerModuleGroups(table)
-    report = mask_overlap(mask_sets, labels, group_of=grid.group, parts_of=grid.parts, other_shapes=other_shapes)
+    report = mask_overlap(
+        mask_sets,
+        labels,
+        group_of=grid.group,
+        parts_of=grid.parts,
+        other_shapes=other_shapes,
+        shares_rows=VocabularyRows(table),
+    )
     whole = [g for g in report.region_counts if isinstance(g, tuple) and g[1:] == ("qkv",)]
     if not whole:
         return report

@@ -26,7 +26,7 @@ import torch
 
 from subnetviz.analysis import bits_jit
 from subnetviz.analysis.bits import INT_VIEW
-from subnetviz.analysis.overlap import MAX_MASKS, OverlapReport, mask_overlap
+from subnetviz.analysis.overlap import MAX_MASKS, OverlapReport, VocabularyRows, held_by_every, mask_overlap
 from subnetviz.analysis.quant import (
     SIDE_COLUMNS,
     FormLog,
@@ -497,7 +497,7 @@ class _Walk:
             f"{self.labels[i]}: {n}" for i in range(len(self.cks)) for n in self.model_notes(i) + self.left_out(i)
         ]
         overlap, overlap_notes = self.overlap()
-        notes += [f"Overlap of the update masks: {n}" for n in overlap_notes]
+        notes += [OVERLAP_NOTE + n for n in overlap_notes]
         # (as UTF-8 text, a byte of a folder's name that is not UTF-8 escaped: summary.json and the masks' headers
         # hold them, and a JSON reader refuses a lone surrogate)
         paths = {
@@ -524,27 +524,36 @@ class _Walk:
         return overlap_of(self.masks, self.labels, self.table)
 
 
+OVERLAP_NOTE = "Overlap of the update masks: "  # the analysis notes' prefix for the overlap's (the report's section)
+
+
 def overlap_of(masks: Sequence, labels: Sequence[str], table) -> tuple[OverlapReport | None, list[str]]:
     """The overlap of N models' update masks (``masks``: name -> mask each, bool or bit-packed) over the tensors
-    all of them hold, grouped by (layer, module) of the naming ``table``, and its notes (tensors compared over
-    their shared rows only, or why there is none: more models than the N-way counting takes, or no tensor to
-    compare). It never fails: the reports stand without it. The local pass and a cluster's merge both use it."""
+    all of them hold, grouped by (layer, module) of the naming ``table``, and its notes (tensors some models lack,
+    left out; tensors compared over a resized vocabulary's shared rows only, the table's vocabulary alone; or why
+    there is none: more models than the N-way counting takes, or no tensor to compare). It never fails: the
+    reports stand without it. The local pass and a cluster's merge both use it."""
     if len(masks) > MAX_MASKS:  # 2**N regions: the N-way counting stops at MAX_MASKS masks
         return None, [
             f"not computed for {len(masks)} models; the N-way overlap (Venn, UpSet, pairwise, consensus) "
             f"takes at most {MAX_MASKS} masks. Each model's mask is kept (in its report, and saved with the "
             "analysis): the Overlap page compares up to 8 of them at a time."
         ]
-    common = set.intersection(*(set(m) for m in masks))
+    # a tensor some finetunes lack (not saved, not aligned) is left out, said with each model's entries in it
+    common, missing = held_by_every(masks, labels)
     sets = [MaskSubset(m, common) for m in masks]  # unpacked one tensor at a time by the overlap pass
     describe = table.describe
     try:  # a vocabulary resized in some finetunes only: the shared leading rows (said in the notes)
         report = mask_overlap(
-            sets, list(labels), group_of=lambda n: (describe(n).layer, describe(n).module), other_shapes="skip"
+            sets,
+            list(labels),
+            group_of=lambda n: (describe(n).layer, describe(n).module),
+            other_shapes="skip",
+            shares_rows=VocabularyRows(table),
         )
     except MaskError as exc:  # e.g. no tensor left to compare: the reports stand, the overlap is said missing
-        return None, [f"not computed: {exc}"]
-    return report, list(report.notes)
+        return None, [*missing, f"not computed: {exc}"]
+    return report, [*missing, *report.notes]
 
 
 def warm() -> float:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from subnetviz import figures
 from subnetviz.analysis.sparsity_report import ulp_dtype
+from subnetviz.analysis.update_pass import OVERLAP_NOTE
 from subnetviz.analysis.updates import UpdateAnalysis, read_analysis
 from subnetviz.cache import read_frame
 from subnetviz.checkpoints.sources import escaped
@@ -73,8 +74,10 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
             otables.append(("Entries changed in exactly k of the masks, against independent masks", overall))
         opts = analysis.reports[0].options if analysis.reports else None
         rule = {"update masks": mask_rule(opts)} if opts is not None else {}
-        # (the masks' rule, said where they are used: at a tolerance they hold fewer entries than Summary's counts)
-        sections.append(ReportSection("Overlap of update masks", ofigs, otables, params=rule))
+        # (the masks' rule, said where they are used: at a tolerance they hold fewer entries than Summary's counts;
+        # and the overlap's own notes there too, as the Overlap page says them: tensors some models lack, left out)
+        said = "\n".join(n.removeprefix(OVERLAP_NOTE) for n in analysis.notes if n.startswith(OVERLAP_NOTE))
+        sections.append(ReportSection("Overlap of update masks", ofigs, otables, notes=said, params=rule))
     if src is not None and (src / "subspaces.csv").exists():  # `analyze` writes it beside the analysis
         sub = read_frame(src / "subspaces.csv")
         sfigs = [
