@@ -463,9 +463,9 @@ def validate_mask_set(
         missing = [n for n in shapes if n not in mask_set.masks]
         if missing:
             problems.append(f"{len(missing)} parameters have no mask, e.g. {missing[:3]}.")
-    if problems:
-        head = "; ".join(problems[:5])
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    if problems:  # (each problem a sentence of its own: joined by "; " they read ".; ")
+        head = " ".join(problems[:5])
+        more = f" And {len(problems) - 5} more." if len(problems) > 5 else ""
         raise MaskError(f"{where} does not fit the model: {head}{more}")
 
 

@@ -9,7 +9,7 @@ Verified against the tensor names ``transformers`` 5.24 writes with ``save_pretr
 Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, Llama-4 text, gpt-oss, Phi-3, Gemma-2/3, OLMo-2, Qwen3, GLM-4,
 Hunyuan-MoE, ERNIE-4.5-MoE, Qwen3-Next, Apertus, LFM2, DeepSeek-V3.2, AFMoE, FlexOlmo, MiniMax-M2,
 EXAONE-MoE, Qwen3.5 and Qwen3.5-MoE, Nemotron-H, Granite-4.0-H, Granite MoE, Granite MoE SWA, Falcon-H1, Jamba,
-Mamba, Phi, StarCoder2, OPT, GLM, Gemma-4, GPT-BigCode) and, where no class saves them (transformers-v5 packed
+Mamba, Phi, StarCoder2, OPT, GLM, Gemma-4, GPT-BigCode, Step-3.7) and, where no class saves them (transformers-v5 packed
 experts, DeepSeek's multi-token-prediction layer, vision towers of multimodal releases), the names of the released
 checkpoints.
 """
@@ -201,6 +201,24 @@ _LFM2: Table = [
     (r"ffn_norm\.", "mlp_norm"),
     (r"^embedding_norm\.", "final_norm"),  # applied after the last layer
 ]
+# Step-3.5 / Step-3.7 (step3p5, its multimodal step3p7), in the names its releases store (and transformers 5's
+# save_pretrained writes back): each MoE layer's routed experts stacked per part, moe.gate_proj / moe.up_proj
+# (E, I, H) and moe.down_proj (E, H, I), its router moe.gate with the expert-choosing bias moe.router_bias beside
+# it, and its shared expert share_expert; the MTP layers past num_hidden_layers as DeepSeek-V3's, whose head some
+# releases name shared_head.output. (transformers loads them as mlp.experts.gate_up_proj / down_proj, mlp.gate and
+# its e_score_correction_bias, and mlp.shared_experts: _MOE's names; g_proj, its gate on attention's output, is
+# _DENSE's.)
+_STEP3P5: Table = [
+    (r"moe\.gate_proj\.", "gate"),
+    (r"moe\.up_proj\.", "up"),
+    (r"moe\.down_proj\.", "down"),
+    (r"moe\.gate\.", "router"),
+    (r"moe\.router_bias$", "router"),
+    (r"share_expert\.gate_proj\.", "gate"),
+    (r"share_expert\.up_proj\.", "up"),
+    (r"share_expert\.down_proj\.", "down"),
+    (r"shared_head\.output\.", "lm_head"),
+]
 _PHI3: Table = [(r"self_attn\.qkv_proj\.", "qkv"), (r"mlp\.gate_up_proj\.", "gate_up")]
 # A multi-token-prediction module stored beside the layers (not as a layer past num_hidden_layers, as
 # DeepSeek-V3's is): its own tensors, matched with the mtp component removed (see naming.mtp_split).
@@ -301,6 +319,7 @@ FAMILIES: dict[str, Table] = {
     "phi3": _PHI3 + _DENSE,
     "glm4": _GLM4 + _DENSE,
     "afmoe": _AFMOE + _MOE + _DENSE,
+    "step3p5": _STEP3P5 + _MOE + _DENSE + _MTP_LAYER,
     "olmo2_moe": _POSTNORM + _MOE + _DENSE,  # FlexOlmo: OLMo-2's norms after attention and the MLP
     "lfm2": _LFM2 + _DENSE,
     "gemma2": _PER_LAYER + _POSTNORM + _DENSE,  # Gemma-2/3/4 (text and the multimodal one's language model)
@@ -355,6 +374,8 @@ MODEL_TYPES = {
     "exaone": "exaone",  # EXAONE-3.0 / 3.5
     "exaone_moe": "qwen_moe",
     "afmoe": "afmoe",
+    "step3p5": "step3p5",  # Step-3.5-Flash (text)
+    "step3p7": "step3p5",  # Step-3.7-Flash: Step-3.5's language model beside a vision tower
     "flex_olmo": "olmo2_moe",
     "glm4_moe": "qwen_moe",
     "ernie4_5_moe": "qwen_moe",
@@ -498,6 +519,7 @@ PREFIXES = (
 VISION = re.compile(r"^(vision_tower|vision_model|visual|vision_encoder)\.")
 PROJECTOR = re.compile(
     r"^(multi_modal_projector|mm_projector|visual\.merger|visual\.deepstack_merger_list|embed_vision)\.|^image_newline$"
+    r"|^vit_large_projector\."  # (Step-3.7's release: transformers loads it as model.multi_modal_projector)
 )  # (Qwen3-VL's deepstack mergers: projectors of vision blocks 8, 16, 24 into the language model, not blocks 0-2)
 # An audio encoder (its own block, as a vision tower is; Gemma-3n's embed_audio, the audio tower's projection into
 # the text embedding, with it), and an omni model's speech side: the talker (a second language model, of speech
@@ -505,13 +527,14 @@ PROJECTOR = re.compile(
 AUDIO = re.compile(r"^(audio_tower|audio_model|audio_encoder|embed_audio)\.")
 SPEECH = re.compile(r"^(talker|token2wav|code2wav)\.")
 EXPERT_INDEX = re.compile(r"experts\.(\d{1,9})\.")
-SHARED_EXPERT = re.compile(r"shared_(experts?|mlp)(\.|_gate\.)")  # (shared_mlp: Hunyuan)
+SHARED_EXPERT = re.compile(r"shared_(experts?|mlp)(\.|_gate\.)|(^|\.)share_expert\.")  # (shared_mlp: Hunyuan; Step-3.5)
 PACKED_EXPERTS = re.compile(
     r"experts\.(gate_up_proj|gate_proj|up_proj|down_proj)(_bias|\.weight|\.bias)?$"
     r"|block_sparse_moe\.(input|output)_linear\.weight$"  # (Granite MoE)
+    r"|(^|\.)moe\.(gate_proj|up_proj|down_proj)\.weight$"  # (Step-3.5: every expert's gate, up, down stacked)
 )
-# config.json keys holding the routed-expert count, by family
-EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+# config.json keys holding the routed-expert count, by family (moe_num_experts: Step-3.5's releases)
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 def tie_word_embeddings(config: dict, where: str = "config.json") -> bool:

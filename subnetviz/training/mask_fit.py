@@ -30,13 +30,14 @@ def check_mask_fits(base: str, mask: str) -> None:
     (:mod:`subnetviz.training.masking`: another model prefix, tied heads, experts stored one by one), on meta
     tensors. What needs the mask's values is left to the run: whether it selects any entry, and its entries of a
     vision or audio tower the model does not build (a Llama-4 release's: left out where all zero, else refused).
-    A base whose config transformers cannot build is left to the run too, which loads it and says why."""
+    Entries of the model's buffers (DeepSeek-V3's ``e_score_correction_bias``) are left out, as the run leaves them
+    out (:func:`~subnetviz.training.masking.without_buffers`); names that are neither a parameter nor a buffer are
+    refused. A base whose config transformers cannot build is left to the run too, which loads it and says why."""
     import torch
 
     from subnetviz.checkpoints.naming import _tower, strip_prefix
-    from subnetviz.errors import MaskError
     from subnetviz.masks import MaskSet, mask_file_shapes, validate_mask_set
-    from subnetviz.training.masking import fold_tied_heads, model_names, packed_masks
+    from subnetviz.training.masking import buffer_entries, fold_tied_heads, model_names, packed_masks
 
     where = f"mask {mask}"
     stored = mask_file_shapes(mask)
@@ -44,14 +45,12 @@ def check_mask_fits(base: str, mask: str) -> None:
     if built is None:
         return
     shapes, tied = built
-    try:
-        with torch.device("meta"):  # (packed_masks builds each packed parameter's mask: on meta, no memory)
-            masks = {n: torch.empty(s, dtype=torch.bool) for n, s in stored.items()}
-            masks = packed_masks(fold_tied_heads(model_names(masks, shapes), tied), shapes)
-        unbuilt = {k for k in masks if k not in shapes and _tower(strip_prefix(k))}  # (masking.without_unbuilt_towers)
-        validate_mask_set(MaskSet({k: m for k, m in masks.items() if k not in unbuilt}), shapes, where=where)
-    except MaskError as exc:  # (its per-tensor problems end in "." and were joined as ".; ")
-        raise MaskError(str(exc).replace(".; ", "; ")) from None
+    with torch.device("meta"):  # (packed_masks builds each packed parameter's mask: on meta, no memory)
+        masks = {n: torch.empty(s, dtype=torch.bool) for n, s in stored.items()}
+        masks = packed_masks(fold_tied_heads(model_names(masks, shapes), tied), shapes)
+    unbuilt = {k for k in masks if k not in shapes and _tower(strip_prefix(k))}  # (masking.without_unbuilt_towers)
+    unbuilt |= set(buffer_entries(masks, shapes, getattr(tied, "buffers", ())))  # (masking.without_buffers)
+    validate_mask_set(MaskSet({k: m for k, m in masks.items() if k not in unbuilt}), shapes, where=where)
 
 
 def _meta_model(base: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | None:

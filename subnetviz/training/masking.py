@@ -47,14 +47,28 @@ from subnetviz.training.mask_origin import random_provenance
 from subnetviz.training.sharded import local_mask
 
 
-def tied_heads(model) -> dict[str, str]:
+class StoredNames(dict):
+    """What :func:`tied_heads` says of a model: each stored tensor name that is no parameter of the model but loads
+    into one -> that parameter's name (the mapping), and ``buffers``: the names of the tensors the model holds that
+    are no parameter (its buffers, persistent or not, and any other entry of its state dict: the router's
+    ``mlp.gate.e_score_correction_bias`` of DeepSeek-V3, GLM-4.5-MoE, dots1, MiniMax-M2), under the model's names and
+    the ones a checkpoint stores them by where transformers renames them on load (Step-3.5's ``moe.router_bias``).
+    Training changes no buffer."""
+
+    def __init__(self, loads: dict[str, str] | None = None, buffers=()):
+        super().__init__(loads or {})
+        self.buffers = frozenset(buffers)
+
+
+def tied_heads(model) -> StoredNames:
     """The stored tensor names that are no parameter of ``model`` -> the parameter transformers loads each into:
     the output heads it ties to its input embedding (a tied head is no parameter of its own: ``named_parameters``
     lists the one tensor under the embedding's name), and the names its conversion mapping renames on load
     (:func:`renamed_on_load`: GPT-NeoX stores its head as ``embed_out.weight``, the parameter is
     ``lm_head.weight``). A mask names tensors as the checkpoint stores them; these are folded into the
-    parameters they load into (:func:`fold_tied_heads`)."""
-    out = renamed_on_load(model)
+    parameters they load into (:func:`fold_tied_heads`). Its ``buffers``: the model's tensors that are no parameter
+    (:func:`model_buffers`), whose entries a mask may hold and training leaves out (:func:`without_buffers`)."""
+    out = StoredNames(renamed_on_load(model), model_buffers(model))
     try:
         inp, out_emb = model.get_input_embeddings(), model.get_output_embeddings()
     except (AttributeError, NotImplementedError):
@@ -62,7 +76,20 @@ def tied_heads(model) -> dict[str, str]:
     if inp is None or out_emb is None or getattr(out_emb, "weight", None) is not getattr(inp, "weight", None):
         return out
     name = next((n for n, p in model.named_parameters() if p is inp.weight), None)
-    return out if name is None else {**out, **{head: name for head in TIED_HEADS}}
+    if name is not None:
+        out.update({head: name for head in TIED_HEADS})
+    return out
+
+
+def model_buffers(model) -> frozenset[str]:
+    """The names of the tensors ``model`` holds that are no parameter: its buffers (``named_buffers``) and whatever
+    else its state dict holds beside the parameters, each also under the name a checkpoint stores it by where
+    transformers renames it on load (:func:`_stored_names`). An update mask lists every tensor the two checkpoints
+    store: a persistent buffer (DeepSeek-V3's ``e_score_correction_bias``) is among them."""
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    held = {n for n, _ in model.named_buffers(remove_duplicate=False)} | set(model.state_dict(keep_vars=True))
+    held -= params
+    return frozenset(held | set(_stored_names(model, held, held | params)))
 
 
 def renamed_on_load(model) -> dict[str, str]:
@@ -71,6 +98,14 @@ def renamed_on_load(model) -> dict[str, str]:
     writes them, and kept only where the forward mapping (:func:`~subnetviz.checkpoints.experts_layout
     .loaded_into`, the one the Behaviour page writes weights back by) loads that name into that parameter again.
     Converters (experts packed on load) are left to :func:`packed_masks`. {} where transformers has no mapping."""
+    params = dict(model.named_parameters())
+    return _stored_names(model, params, set(params))
+
+
+def _stored_names(model, names, own: set[str]) -> dict[str, str]:
+    """Of ``names`` (tensors of ``model``), the ones transformers 5 renames on load, by the name a checkpoint stores
+    each under (stored name -> the model's name), as :func:`renamed_on_load` finds them; ``own``: the model's names,
+    which no stored name of another tensor can be. {} where transformers has no mapping."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter
@@ -79,16 +114,15 @@ def renamed_on_load(model) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - another transformers' API: masks by the parameters' own names only
         return {}
     renamings = [t for t in backwards if not isinstance(t, WeightConverter)]
-    params = dict(model.named_parameters())
     stored: dict[str, str] = {}
-    for name in params:
+    for name in names:
         try:
             target = name
             for renaming in renamings:
                 target, _ = renaming.rename_source_key(target)
         except Exception:  # noqa: BLE001 - a name its patterns cannot take: stored as it is
             continue
-        if target != name and target not in params:
+        if target != name and target not in own:
             stored[target] = name
     loaded, _ = loaded_into(model, {s: s for s in stored})
     return {keys[0]: param for param, keys in loaded.items() if len(keys) == 1 and stored.get(keys[0]) == param}
@@ -167,7 +201,7 @@ def load_training_mask(
     shapes: dict[str, tuple[int, ...]],
     *,
     seed: int = 0,
-    tied: dict[str, str] | None = None,
+    tied: StoredNames | dict[str, str] | None = None,
     notes: list[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], MaskSet]:
     """Read the mask of a config's ``mask`` field and check it against ``shapes`` (name -> shape).
@@ -176,7 +210,9 @@ def load_training_mask(
     mask with exactly as many ones as the file's tensor (same per-tensor density), drawn from a
     generator seeded with ``seed``. Returns ``(name -> bool tensor for every parameter, the mask
     set actually used)``; parameters the file does not list come back all False (frozen). ``tied``: the model's
-    tied heads (:func:`tied_heads`), whose own mask entries are merged into the embedding's. A mask written for a
+    tied heads (:func:`tied_heads`), whose own mask entries are merged into the embedding's, and its buffers, whose
+    entries are left out with a line appended to ``notes`` (:func:`without_buffers`: an update mask of a DeepSeek-V3
+    holds its routers' ``e_score_correction_bias``, which the model keeps as a buffer). A mask written for a
     mixture of experts stored one expert at a time (an update mask of a Qwen-MoE, Mixtral, DeepSeek release) is
     packed into the parameters transformers 5 holds those experts in (:func:`packed_masks`). Entries of a vision or
     audio tower the model does not build (Llama-4's text model, trained from a release that stores its vision
@@ -203,10 +239,11 @@ def load_training_mask(
         # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork.
         ms = MaskSet(masks, random_provenance(str(path), ms.metadata, seed))
     kept, note = without_unbuilt_towers(packed_masks(masks, shapes), shapes, path)
+    kept, held = without_buffers(kept, shapes, getattr(tied, "buffers", ()), path)
     packed = MaskSet(kept, ms.metadata)
     validate_mask_set(packed, shapes, where=f"mask {path}")
     if notes is not None:  # (said of a mask that fits: a refusal says why it does not)
-        notes += [f"mask {path}: {n}" for n in matched] + [n for n in [note] if n]
+        notes += [f"mask {path}: {n}" for n in matched] + [n for n in [note, held] if n]
     masks = dict(packed.masks)
     full = {n: masks.get(n, torch.zeros(s, dtype=torch.bool)) for n, s in shapes.items()}
     if not any(bool(m.any()) for m in full.values()):
@@ -239,6 +276,36 @@ def without_unbuilt_towers(
         f"mask {path}: {len(unbuilt)} tensor(s) outside the language model ({_listed(unbuilt)}), none of whose "
         "entries is in the subnetwork, are left out: the model trained is the text model only."
     )
+    return {k: m for k, m in masks.items() if k not in gone}, note
+
+
+def buffer_entries(masks, shapes: dict[str, tuple[int, ...]], buffers) -> list[str]:
+    """The names of ``masks`` that name no parameter of ``shapes`` but a buffer of the model (``buffers``:
+    :attr:`StoredNames.buffers`), as it is or under another model prefix or PEFT's (:func:`~subnetviz.checkpoints
+    .naming.mask_key`)."""
+    keys = {mask_key(b) for b in buffers}
+    return [k for k in masks if k not in shapes and (k in buffers or mask_key(k) in keys)]
+
+
+def without_buffers(
+    masks: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], buffers, path: str
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """``masks`` without its entries for tensors the model holds as buffers, not parameters (``buffers``:
+    :func:`buffer_entries`), and the one line saying which and how many of their entries the mask selected (None
+    where there were none). An update mask lists every tensor its checkpoints store: DeepSeek-V3's, GLM-4.5-MoE's
+    and MiniMax-M2's routers keep ``e_score_correction_bias`` as a persistent buffer, and training refused the mask
+    as naming no parameter. No optimizer step changes a buffer, so leaving the entries out keeps the run's
+    outside-the-mask check exact: the buffer is compared as outside the mask, and unchanged. Names that are neither
+    a parameter nor a buffer are left for the refusal."""
+    held = buffer_entries(masks, shapes, buffers)
+    if not held:
+        return masks, None
+    selected = sum(int(masks[k].sum()) for k in held)
+    note = (
+        f"mask {path}: {len(held)} tensor(s) the model holds as buffers, not parameters ({_listed(held)}), are left "
+        f"out ({selected:,} of their entries in the mask): training changes no buffer, they stay as the base has them."
+    )
+    gone = set(held)
     return {k: m for k, m in masks.items() if k not in gone}, note
 
 
