@@ -400,16 +400,28 @@ def place_masks(masks: Mapping[str, torch.Tensor], builder: ModelBuilder) -> Mas
     (``base_model.model.``, ``.base_layer.``), is the tensor it names. An output head the base ties to its input
     embedding, which neither checkpoint holds apart (the finetune ties it too), is merged (OR) into the
     embedding's entry, as training folds it: the model computes both with that one tensor. Where the finetune
-    stores an untied head, the head keeps its own name. Made once per builder and mask set."""
+    stores an untied head, the head keeps its own name. Experts in the other layout than the base's (a mask of
+    packed ``experts.gate_up_proj`` / ``down_proj`` beside a base that stores them one by one, or the reverse) are
+    read in the base's, as checkpoints are matched (:func:`~subnetviz.checkpoints.experts_layout.mask_layout`), and
+    said in the notes. Made once per builder and mask set."""
+    from subnetviz.checkpoints.experts_layout import mask_layout, relaid_masks, transposed_experts
     from subnetviz.checkpoints.naming import TIED_HEADS, mask_key, match_names
     from subnetviz.masks import mask_shape, renamed_masks
 
     held = builder._placed.get(id(masks))
     if held is not None and held[0] is masks:
         return held[1]
+    given = masks
     names = list(dict.fromkeys(builder.mask_names.values()))
+    # experts in another layout than the base's (packed gate_up_proj / down_proj against one by one): the base's
+    shapes = {builder.mask_names[k]: tuple(t.shape) for k, t in builder.aligned.items()}
+    layout = mask_layout(
+        {n: mask_shape(masks, n) for n in masks}, shapes, transposed=transposed_experts(builder.ck_base.config)
+    )
+    masks = relaid_masks(masks, layout)
     match = match_names(masks, names)
-    to, unknown, notes = dict(match.to), [], [n for n in [match.note("the base")] if n]
+    to, unknown = dict(match.to), []
+    notes = [n for n in [layout.note("the base"), match.note("the base")] if n]
     heads = [n for n in match.unmatched if mask_key(n) in TIED_HEADS]
     embed = tied_embedding(builder.ck_base) if heads else None
     for n in match.unmatched:
@@ -429,7 +441,7 @@ def place_masks(masks: Mapping[str, torch.Tensor], builder: ModelBuilder) -> Mas
         )
     placed = masks if all(k == v for k, v in to.items()) else renamed_masks(masks, to)
     got = MaskPlacement(placed, tuple(unknown), tuple(notes))
-    builder._placed[id(masks)] = (masks, got)
+    builder._placed[id(given)] = (given, got)
     return got
 
 

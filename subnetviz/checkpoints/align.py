@@ -115,7 +115,8 @@ def _is_vocab_tensor(table: NameTable, name: str) -> bool:
 def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     """Pair tensors across checkpoints by name (``model.``-style prefixes ignored).
 
-    Packed experts are read as the per-expert tensors another checkpoint stores
+    Packed experts are read as the per-expert tensors another checkpoint stores, and Qwen3-VL-MoE's packed experts
+    stored (E, in, out) (Qwen's releases) transposed where another stores them (E, out, in) (a transformers 5 save)
     (:func:`~subnetviz.checkpoints.experts_layout.match_layouts`, said in that checkpoint's notes).
     Tied ``lm_head`` weights are counted once (with the embedding), and a head one checkpoint stores untied is
     compared with the input embedding of those that tie it (:func:`_untied_heads`); resized vocabularies compare
@@ -124,7 +125,7 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     """
     if len(checkpoints) < 2:
         raise AlignmentError("align needs at least two checkpoints.")
-    match_layouts(checkpoints)  # packed experts against experts stored one by one: the latter's names for both
+    match_layouts(checkpoints)  # packed experts against experts stored one by one (or transposed): one layout
     keyed: list[dict[str, str]] = []
     notes: list[str] = []
     for ck in checkpoints:

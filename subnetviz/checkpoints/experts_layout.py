@@ -37,6 +37,15 @@ beside the packed codes, and ``save_pretrained`` writes the codes one by one but
 :func:`read_packed_scales` reads them as each expert's ``<weight>_scale_inv`` (the names a DeepSeek-V3-style
 release stores; the stored forms and every alignment call it first), and :func:`match_layouts` views a packed
 checkpoint's scales with its codes.
+
+Qwen's own Qwen3-VL-MoE releases store their packed experts (E, in, out), ``gate_up_proj`` (E, H, 2I) and
+``down_proj`` (E, I, H), while transformers 5 holds and saves the same model (E, 2I, H) / (E, H, I) (its conversion
+mapping transposes the release's on load). Where a comparison holds both, :func:`match_layouts` reads the release's
+transposed (:func:`_transposed_stacks`), so the two compare entry by entry.
+
+Masks come in these layouts too (an update mask of two state-dict saves names the packed tensors, one of two
+releases each expert's): :func:`mask_layout` says how a mask is read in another's layout, by the same
+:func:`param_pieces`, and :func:`relaid_masks` reads it so (Behaviour's mask placement, the Overlap page).
 """
 
 from __future__ import annotations
@@ -45,11 +54,12 @@ import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from subnetviz.checkpoints.header import TensorMeta
-from subnetviz.checkpoints.naming import strip_prefix
+from subnetviz.checkpoints.naming import mask_key, strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint
 
 _PACKED = re.compile(r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe|feed_forward)\.experts\.(?P<p>gate_up_proj|down_proj)$")
@@ -216,6 +226,99 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
         )
         if note and note not in ck.notes:  # (said once, however many alignments look again)
             ck.notes.append(note)
+    _transposed_stacks(checkpoints)
+
+
+@functools.cache
+def _transposing_types() -> frozenset[str]:
+    """The model types whose packed experts transformers 5 transposes on load where a checkpoint stores them
+    (E, in, out) (its conversion mapping's ``Transpose(1, 2)`` on ``experts.gate_up_proj`` / ``down_proj``: Qwen's
+    own Qwen3-VL-MoE releases). ``qwen3_vl_moe`` where transformers cannot say."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        from transformers.core_model_loading import Transpose, WeightConverter
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except Exception:  # noqa: BLE001 - another transformers' API: the one family known to store them so
+        return frozenset({"qwen3_vl_moe"})
+    out = set()
+    for model_type in CONFIG_MAPPING_NAMES:
+        try:
+            for t in get_checkpoint_conversion_mapping(model_type) or []:
+                sources = " ".join(getattr(t, "source_patterns", ()) or ())
+                swaps = [op for op in getattr(t, "operations", ()) if isinstance(op, Transpose)]
+                if isinstance(t, WeightConverter) and re.search(r"experts\.(gate_up|down)_proj", sources):
+                    if any({op.dim0, op.dim1} == {1, 2} for op in swaps):
+                        out.add(model_type)
+        except Exception:  # noqa: BLE001 - a family whose mapping cannot be read: left out
+            continue
+    return frozenset(out)
+
+
+def _stored_in_rows(ck: Checkpoint, short: str, shape: tuple[int, ...], layer: Mapping[str, tuple]) -> bool | None:
+    """Whether packed expert tensor ``short`` (E, a, b) of ``ck`` is stored (E, in, out), Qwen's Qwen3-VL-MoE
+    release layout (``gate_up_proj`` (E, H, 2I), ``down_proj`` (E, I, H)), not the model's (E, 2I, H) / (E, H, I):
+    by the config's hidden size H (along dim 1 of a stored gate_up, dim 2 of a stored down), else by the layer's
+    other packed tensor (``layer``: gate_up_proj / down_proj -> shape; in the model's layout gate_up's last dim is
+    down's dim 1, in the stored one gate_up's dim 1 is down's last). None where neither tells."""
+    part = _PACKED.match(short)["p"]
+    a, b = shape[1:]
+    hidden = ck.names_table.hidden_size
+    if hidden and (a == hidden) != (b == hidden):
+        return (a == hidden) if part == "gate_up_proj" else (b == hidden)
+    gu, dn = layer.get("gate_up_proj"), layer.get("down_proj")
+    if gu is None or dn is None or len(gu) != 3 or len(dn) != 3:
+        return None
+    model, stored = gu[2] == dn[1], gu[1] == dn[2]
+    return stored if model != stored else None
+
+
+def _transposed_stacks(checkpoints: Sequence[Checkpoint]) -> None:
+    """Packed experts that one checkpoint stores (E, in, out), as Qwen's own Qwen3-VL-MoE releases do, and another
+    (E, out, in), as transformers 5 saves the same model (and holds it in memory), read alike: the former's
+    ``experts.gate_up_proj`` / ``down_proj`` transposed, ``[e]ᵀ`` for every expert (a copy, as transformers' loader
+    makes one), under its own name. Only for the families whose conversion mapping transposes them on load
+    (:func:`_transposing_types`), only where the two shapes are each other's transposes (a square one is loaded
+    as stored, and compared so), and said in that checkpoint's notes. Idempotent: the views have the model's
+    shape."""
+    held: dict[str, list[tuple[int, str]]] = {}
+    layers: list[dict[str, dict[str, tuple[int, ...]]]] = []  # per checkpoint: layer -> part -> its shape
+    for i, ck in enumerate(checkpoints):
+        layers.append({})
+        if _computed(ck):
+            continue
+        for n in ck.names:
+            m = _PACKED.match(short := strip_prefix(n))
+            if m and len(ck.meta(n).shape) == 3:
+                held.setdefault(short, []).append((i, n))
+                layers[i].setdefault(m["layer"], {})[m["p"]] = tuple(ck.meta(n).shape)
+    views: dict[int, dict[str, tuple[str, tuple, tuple[int, ...]]]] = {}
+    for short, where in held.items():
+        shapes = {tuple(checkpoints[i].meta(n).shape) for i, n in where}
+        if len(shapes) != 2:
+            continue
+        a, b = shapes
+        if (a[0], a[2], a[1]) != b or a[1] == a[2]:
+            continue
+        for i, n in where:
+            ck = checkpoints[i]
+            kind = _model_type(ck.config) or next((k for c in checkpoints if (k := _model_type(c.config))), "")
+            if not {kind, kind.removesuffix("_text")} & _transposing_types():
+                continue
+            e, rows, cols = shape = tuple(ck.meta(n).shape)
+            if _stored_in_rows(ck, short, shape, layers[i][_PACKED.match(short)["layer"]]):
+                index = (np.arange(e)[:, None], slice(None), np.arange(cols)[None, :])  # [e]ᵀ of every e, (E, b, a)
+                views.setdefault(i, {})[n] = (n, index, (e, cols, rows))
+    for i, got in views.items():
+        ck = checkpoints[i]
+        ck.unpack(got)
+        example, (e, cols, rows) = next((n, shape) for n, (_, _, shape) in got.items())
+        ck.notes.append(
+            f"its packed experts are stored (E, in, out), as Qwen's own Qwen3-VL-MoE releases store them (e.g. "
+            f"{example} {(e, rows, cols)}), another checkpoint of the comparison (E, out, in) ({(e, cols, rows)}), as "
+            "transformers 5 saves them; they are read transposed, expert e's gate_up_proj[e]ᵀ and "
+            f"down_proj[e]ᵀ, as transformers loads them (its conversion mapping's Transpose(1, 2)): {len(got)} "
+            "tensor(s)."
+        )
 
 
 @functools.cache
@@ -374,6 +477,183 @@ def param_pieces(
                 return None
             out.append((names[r], (np.array([e]), slice(None), cols[r]) if transposed else (e, *where[r])))
     return out or None
+
+
+@dataclass(frozen=True)
+class MaskLayout:
+    """A mask's tensors read in the expert layout of another tensor set (a checkpoint's, another mask's):
+    :func:`mask_layout`, applied by :func:`relaid_masks`. ``tensors``: each new tensor, named as the other set names
+    it -> (its shape, its pieces: (the mask's name, the index into that mask tensor, the index into the new one;
+    ``()`` the whole)); ``read``: the mask's names read into them (they leave the mask); ``split``, ``packed``,
+    ``renamed``: the mask's packed tensors split per expert, the other's packed tensors built from the mask's
+    per-expert ones, the mask's tensors taken whole under the name the other stores (Mixtral's ``mlp.gate`` router
+    as ``block_sparse_moe.gate``); ``example``: (the mask's name, the other's) of the first; ``columns``: whether
+    a layer was read in Llama 4's (E, H, 2I) / (E, I, H) layout."""
+
+    tensors: dict[str, tuple[tuple[int, ...], tuple[tuple[str, tuple, tuple], ...]]] = field(default_factory=dict)
+    read: tuple[str, ...] = ()
+    split: int = 0
+    packed: int = 0
+    renamed: int = 0
+    example: tuple[str, str] | None = None
+    columns: bool = False
+
+    def note(self, other: str = "the base") -> str | None:
+        """One line saying how the mask's expert tensors were matched to ``other``'s layout (None: they were not)."""
+        if not self.tensors:
+            return None
+        how = (
+            "gate = gate_up_proj[e, :, :I]ᵀ, up = gate_up_proj[e, :, I:]ᵀ, down = down_proj[e]ᵀ, as Llama 4 packs them"
+            if self.columns
+            else "gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e], as transformers packs them"
+        )
+        parts = []
+        if self.split:
+            parts.append(f"its {self.split} packed expert tensor(s) are read as the per-expert tensors {other} stores")
+        if self.packed:
+            parts.append(
+                f"its per-expert tensors are packed into the {self.packed} packed expert tensor(s) {other} stores "
+                "(an expert it does not name: all outside it)"
+            )
+        if self.renamed:
+            parts.append(f"{self.renamed} tensor(s) are taken under the name {other} stores them by (its router)")
+        mask, theirs = self.example or ("", "")
+        return (
+            f"masks matched across expert layouts (packed experts.gate_up_proj / down_proj against experts stored one "
+            f"by one): {'; '.join(parts)} (expert e's {how}; e.g. {mask!r} -> {theirs!r})."
+        )
+
+
+def _groups(keys) -> list[list[str]]:
+    """``keys`` (prefix-stripped names) grouped as :func:`mask_layout` decides their layout: a layer's packed
+    expert tensors together (gate_up and down tell Llama 4's layout from transformers'), any other alone."""
+    layers: dict[str, list[str]] = {}
+    out: list[list[str]] = []
+    for k in keys:
+        m = _PACKED.match(k)
+        if m:
+            layers.setdefault(m["layer"], []).append(k)
+        else:
+            out.append([k])
+    return list(layers.values()) + out
+
+
+def _fitting(keys: list[str], pieces, transposed: bool | None) -> dict[str, list] | None:
+    """``pieces(key, transposed)`` of every key of one group, in the one layout (transformers' or Llama 4's) all of
+    them fit; where both fit and differ, ``transposed``'s (None: neither). None where none fits."""
+    found = {}
+    for t in (False, True):
+        got = {k: pieces(k, t) for k in keys}
+        if all(got.values()):
+            found[t] = got
+    alike = {t: {k: [(p, repr(i)) for p, i in v] for k, v in got.items()} for t, got in found.items()}
+    if len(found) == 2 and alike[False] != alike[True]:
+        return found.get(transposed) if transposed is not None else None
+    return next(iter(found.values()), None)
+
+
+def mask_layout(
+    mask_shapes: Mapping[str, tuple[int, ...]],
+    other_shapes: Mapping[str, tuple[int, ...]],
+    *,
+    pack: bool = True,
+    transposed: bool | None = None,
+) -> MaskLayout:
+    """How a mask (its names -> shapes) is read in the expert layout of ``other_shapes`` (a checkpoint's tensors, or
+    another mask's), names matched by :func:`~subnetviz.checkpoints.naming.mask_key` (any model prefix): the way
+    checkpoints are matched (:func:`match_layouts`, :func:`param_pieces`). A packed ``experts.gate_up_proj`` /
+    ``down_proj`` the other does not hold is split into the per-expert tensors it stores (expert e's gate =
+    ``gate_up[e, :I]``, ...), and a router under the name the other stores it by is taken whole; with ``pack``, the
+    reverse: the other's packed tensors the mask does not name are packed from the mask's per-expert ones (experts
+    it does not name all False), as masked training packs a mask (``training.masking.packed_masks``). A layer's
+    packed tensors are read in the one layout its shapes fit (transformers' (E, 2I, H) / (E, H, I), or Llama 4's
+    (E, H, 2I) / (E, I, H)); where both fit (square shapes), in ``transposed``'s (None: not at all). Shapes only:
+    nothing is read."""
+    mine: dict[str, str] = {}
+    for n in mask_shapes:
+        mine.setdefault(mask_key(n), n)
+    theirs: dict[str, str] = {}
+    for n in other_shapes:
+        theirs.setdefault(mask_key(n), n)
+    free = {k: tuple(other_shapes[n]) for k, n in theirs.items() if k not in mine}
+    lone = {k: tuple(mask_shapes[n]) for k, n in mine.items() if k not in theirs}
+    if not lone or not free:  # (every tensor of the mask matched by name, or none of the other's left to take)
+        return MaskLayout()
+    tensors: dict[str, tuple[tuple[int, ...], tuple[tuple[str, tuple, tuple], ...]]] = {}
+    read: list[str] = []
+    count = {"split": 0, "packed": 0, "renamed": 0}
+    example, columns, taken = None, False, set()
+    for group in _groups(lone):  # the mask's tensors the other lacks, as the other's tensors the mask lacks
+        got = _fitting(group, lambda k, t: param_pieces(k, lone[k], free, transposed=t), transposed)
+        if got is None or any(p in taken for pieces in got.values() for p, _ in pieces):
+            continue
+        for k, pieces in got.items():
+            for p, index in pieces:
+                tensors[theirs[p]] = (free[p], ((mine[k], index, ()),))
+                taken.add(p)
+            read.append(mine[k])
+            count["split" if _PACKED.match(k) and pieces[0][1] != () else "renamed"] += 1
+            example = example or (mine[k], theirs[pieces[0][0]])
+            columns = columns or any(isinstance(i[0], np.ndarray) for _, i in pieces if i)
+    pool = {k: shape for k, shape in lone.items() if mine[k] not in read}
+    want = [k for k in free if k not in taken] if pack else []
+    used: set[str] = set()
+    for group in _groups(want):  # the other's tensors the mask lacks, packed (or renamed) from the mask's
+        got = _fitting(group, lambda k, t: param_pieces(k, free[k], pool, partial=True, transposed=t), transposed)
+        if got is None or any(p in used for pieces in got.values() for p, _ in pieces):
+            continue
+        for k, pieces in got.items():
+            tensors[theirs[k]] = (free[k], tuple((mine[p], (), index) for p, index in pieces))
+            used |= {p for p, _ in pieces}
+            read += [mine[p] for p, _ in pieces]
+            count["packed" if _PACKED.match(k) and pieces[0][1] != () else "renamed"] += 1
+            example = example or (mine[pieces[0][0]], theirs[k])
+            columns = columns or any(isinstance(i[0], np.ndarray) for _, i in pieces if i)
+    return MaskLayout(tensors, tuple(read), **count, example=example, columns=columns)
+
+
+def relaid_masks(masks: Mapping, layout: MaskLayout) -> Mapping:
+    """``masks`` (name -> bool tensor, bit-packed or not) with the tensors of ``layout`` (:func:`mask_layout`) in
+    place of the ones it reads, each where the first it reads was; a bit-packed set stays bit-packed (one tensor
+    unpacked at a time). ``masks`` itself where the layout changes nothing."""
+    import torch
+
+    from subnetviz.masks import PackedMasks
+
+    if not layout.tensors:
+        return masks
+    bits = isinstance(masks, PackedMasks)
+    at: dict[str, list[str]] = {}
+    for name, (_, pieces) in layout.tensors.items():
+        at.setdefault(pieces[0][0], []).append(name)
+    read = set(layout.read)
+    held: list = [None, None]  # (name, tensor): the last mask tensor read (a packed one is split piece by piece)
+
+    def tensor(n: str):
+        if held[0] != n:
+            held[:] = [n, masks[n].to(torch.bool)]
+        return held[1]
+
+    out = PackedMasks() if bits else {}
+    for n in masks:
+        if n not in read:
+            if bits:
+                out.add_bits(n, *masks.packed(n))
+            else:
+                out[n] = masks[n]
+        for name in at.get(n, ()):
+            shape, pieces = layout.tensors[name]
+            if len(pieces) == 1 and pieces[0][2] == ():
+                made = tensor(pieces[0][0])[pieces[0][1]] if pieces[0][1] != () else tensor(pieces[0][0])
+            else:
+                made = torch.zeros(shape, dtype=torch.bool)
+                for src, index, into in pieces:
+                    made[into] = tensor(src)[index] if index != () else tensor(src)
+            if bits:
+                out.add(name, made)
+            else:
+                out[name] = made.contiguous()
+    return out
 
 
 def _row_scale_views(

@@ -105,8 +105,10 @@ class FilesOverlap:
     many tensors every set holds, and whether some set holds more. Tensors are matched by their name
     without a model prefix (``model.``, ``transformer.``, ... and PEFT's ``base_model.model.`` and
     ``.base_layer.``: :func:`~subnetviz.checkpoints.naming.mask_key`, the rule every page matches masks by) and
-    named as a set that carries the prefix names them. ``notes``: names matched across prefixes, tensors
-    compared over shared rows or left out (shapes that differ), or why there is no overlap."""
+    named as a set that carries the prefix names them. Experts one set stores packed (``experts.gate_up_proj`` /
+    ``down_proj``) and another one by one are matched as checkpoints are (:func:`_same_layouts`). ``notes``: names
+    matched across prefixes or expert layouts, tensors not in every set, tensors compared over shared rows or left
+    out (shapes that differ), or why there is no overlap."""
 
     report: object  # subnetviz.analysis.overlap.OverlapReport
     experts: object | None
@@ -143,6 +145,57 @@ def _matched(sets: Sequence) -> tuple[list[str], list[dict[str, str]], bool, int
     return [shown[k] for k in keys], own, partial, across
 
 
+def _same_layouts(sets: Sequence, labels: Sequence[str]) -> tuple[list, list[str]]:
+    """``sets`` with each set's expert tensors in the layout another set stores them in, where they differ (a
+    packed ``experts.gate_up_proj`` / ``down_proj``, an update mask of state-dict saves, beside the same experts one
+    by one, one of release saves): the packed ones split into the per-expert tensors, a router taken under the name
+    the other stores it by, as checkpoints are matched (:func:`~subnetviz.checkpoints.experts_layout.mask_layout`).
+    Only the tensors some other set lacks are read so, into tensors of the others that this set lacks; the notes
+    say which. Nothing is unpacked where every set holds the same tensors."""
+    from subnetviz.checkpoints.experts_layout import mask_layout, relaid_masks
+    from subnetviz.checkpoints.naming import mask_key
+    from subnetviz.masks import mask_shape
+
+    keys = [{mask_key(n) for n in s} for s in sets]
+    out, notes = list(sets), []
+    for i, s in enumerate(sets):
+        others = [k for j, k in enumerate(keys) if j != i]
+        lone = {n: mask_shape(s, n) for n in s if not all(mask_key(n) in k for k in others)}
+        if not lone or not others:
+            continue
+        theirs: dict[str, tuple[int, ...]] = {}
+        for j, t in enumerate(sets):  # the other sets' tensors this one lacks, by the first set that holds each
+            if j != i:
+                for n in t:
+                    if mask_key(n) not in keys[i] and n not in theirs:
+                        theirs[n] = mask_shape(t, n)
+        layout = mask_layout(lone, theirs, pack=False)
+        if layout.tensors:
+            out[i] = relaid_masks(s, layout)
+            notes.append(f"{labels[i]}: {layout.note('another mask')}")
+    return out, notes
+
+
+def _left_out(sets: Sequence, labels: Sequence[str], common: Sequence[str]) -> str | None:
+    """One line naming the tensors not in every set (left out of the overlap), with the sets that hold them; None
+    where every set holds the same ones."""
+    from subnetviz.checkpoints.naming import mask_key
+
+    shared = {mask_key(n) for n in common}
+    held: dict[str, list[str]] = {}
+    for s, label in zip(sets, labels, strict=True):
+        for n in s:
+            if mask_key(n) not in shared:
+                held.setdefault(mask_key(n), []).append(str(label))
+    if not held:
+        return None
+    listed = [f"{k} (in {', '.join(h)})" for k, h in list(held.items())[:6]]
+    return (
+        f"left out, not in every mask: {len(held):,} tensor(s), e.g. {'; '.join(listed)}"
+        f"{' ...' if len(held) > 6 else ''}."
+    )
+
+
 def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     """The :class:`FilesOverlap` of loaded mask sets (:class:`~subnetviz.masks.MaskSet`), in this process."""
     from subnetviz.analysis.overlap import mask_overlap, overlap_by_layer_module
@@ -150,11 +203,11 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     from subnetviz.errors import MaskError
     from subnetviz.masks import PackedMasks
 
-    sets = [m.masks for m in mask_sets]
+    sets, notes = _same_layouts([m.masks for m in mask_sets], [str(x) for x in labels])
     common, own, partial, across = _matched(sets)
     if not common:
         return FilesOverlap(None, None, 0, partial)
-    notes = []
+    notes += [n for n in [_left_out(sets, labels, common)] if n]
     if across:
         notes.append(
             f"names matched across prefixes: {across:,} tensor(s) matched by name without the model prefix (e.g. "
