@@ -457,6 +457,7 @@ def mask_misfit(mask: str, base: str, stamps: tuple = ()) -> str | None:
     from the page for the server's life."""
     from subnetviz.analysis.revert import tied_embedding
     from subnetviz.checkpoints import open_checkpoint
+    from subnetviz.checkpoints.experts_layout import mask_layout, transposed_experts
     from subnetviz.checkpoints.naming import TIED_HEADS, mask_key, match_names
     from subnetviz.errors import ConfigError
     from subnetviz.masks import load_mask_set
@@ -465,6 +466,10 @@ def mask_misfit(mask: str, base: str, stamps: tuple = ()) -> str | None:
         ck = open_checkpoint(base)
         held = {n: tuple(ck.meta(n).shape) for n in ck.names}
         shapes = load_mask_set(mask, packed=True).shapes()
+        # experts in the other layout than the base's (packed against one by one): read as the run places them
+        layout = mask_layout(shapes, held, transposed=transposed_experts(ck.config))
+        shapes = {n: s for n, s in shapes.items() if n not in layout.read}
+        shapes |= {n: shape for n, (shape, _) in layout.tensors.items()}
         match = match_names(shapes, held)
         absent = list(match.unmatched)
         # (the embedding a tied head is merged into: looked for only where the mask names a head the base lacks)

@@ -293,3 +293,13 @@ def _bits(masks, cls):
     for k, v in masks.items():
         out.add(k, v)
     return out
+
+
+@pytest.mark.parametrize(("pair", "mask"), [("rel", "sd"), ("sd", "rel"), ("rel", "rel")])
+def test_the_behaviour_page_offers_a_mask_of_the_other_expert_layout(moe, pair, mask):
+    """The page's check (uilogic.mask_misfit, by the base's header) left out a mask the run places across layouts:
+    "…experts.gate_up_proj … not in the base"."""
+    from subnetviz.uilogic import mask_misfit
+
+    root, masks, _, _, _ = moe
+    assert mask_misfit(str(masks[mask]), str(root / f"base_{pair}")) is None
