@@ -164,18 +164,31 @@ def results() -> None:
         key="cl_density",
         bind="query-params",
     )
-    seed = c2.selectbox("Seed", sorted(acc["seed"].unique()), key="cl_seed", bind="query-params")
+    seeds = sorted(acc["seed"].unique())
     table = summary[np.isclose(summary["density"], density) | baseline]
     ui.table(table, "cl-summary", "Final accuracy, forgetting, capacity (mean ± sd over seeds)")
     ui.note(FORGETTING_NOTE, said)
     if note := supsup_note(table, acc, density):
         ui.note(note, said)
     methods = list(dict.fromkeys(acc["label"]))
-    knn, inference = one_setting(frames["knn"], density, seed), one_setting(frames["inference"], density, seed)
-    names = ["Summary", "After each task", "Capacity"] + ["KKT"] * bool(len(knn))
-    names += ["Task inference"] * bool(len(inference))
+    at_density = {k: one_setting(frames[k], density) for k in ("knn", "inference")}
+    names = ["Summary", "After each task", "Capacity"] + ["KKT"] * bool(len(at_density["knn"]))
+    names += ["Task inference"] * bool(len(at_density["inference"]))
     # Sections as tabs that draw only when open (2–4 charts, not 9: a revisit draws faster); in the URL.
     tabs = dict(zip(names, st.tabs(names, key="cl_tab", on_change="rerun", bind="query-params"), strict=True))
+    # The seed picker (beside Density, above the tabs) is drawn once the open tab is known: Summary shows means
+    # over the seeds, and there the picker changed nothing, so it is disabled and says so.
+    on_summary = tabs["Summary"].open
+    seed = c2.selectbox(
+        f"Seed ({'not used on Summary' if on_summary else 'this tab'})" if len(seeds) > 1 else "Seed",
+        seeds,
+        key="cl_seed",
+        bind="query-params",
+        disabled=on_summary,
+        help="Summary shows the mean ± sd over every seed; After each task, Capacity, KKT and Task inference "
+        "show one seed's run.",
+    )
+    knn, inference = one_setting(at_density["knn"], density, seed), one_setting(at_density["inference"], density, seed)
     if tabs["Summary"].open:
         with tabs["Summary"]:
             a, b = st.columns(2)
@@ -190,7 +203,7 @@ def results() -> None:
                 "trained yet. White, in italics: the task's accuracy just before it was trained, which "
                 "forgetting_with_untrained also counts; forgetting counts only the diagonal and below."
             )
-            cols = st.columns(min(len(methods), 3))
+            cols = st.columns(min(len(methods), 2))  # two to a row: a 5×5 matrix's numbers need ~450 px
             for i, (label, A) in enumerate(accuracy_matrices(acc, seed, density).items()):
                 with cols[i % len(cols)]:
                     ui.chart(ui.shared(accuracy_figure, A, label, seed), key=f"cl-A-{label}")
@@ -199,10 +212,16 @@ def results() -> None:
             capacity(frames, folder, methods, density, seed)
     if "KKT" in tabs and tabs["KKT"].open:
         with tabs["KKT"]:
-            kkt_tab(knn, density, seed)
+            if len(knn):
+                kkt_tab(knn, density, seed)
+            else:  # (the tab is offered for the density: another seed has KKT results)
+                st.info(f"No KKT results at seed {seed}: pick another seed.")
     if "Task inference" in tabs and tabs["Task inference"].open:
         with tabs["Task inference"]:
-            inference_tab(inference, density, seed)
+            if len(inference):
+                inference_tab(inference, density, seed)
+            else:
+                st.info(f"No task-inference results at seed {seed}: pick another seed.")
     st.caption("Task masks are saved with the run: pick them under *Saved masks* to compare them on the Overlap page.")
     ui.export_button(
         "Continual learning",
@@ -268,6 +287,8 @@ FORGETTING_NOTE = (
     "it, whose best also counts the task's accuracy just before it was trained (the white cells under After each "
     "task); it reads more where a task scored higher untrained than trained."
 )
+# one fixed size for every cell's number: left to Plotly, the italic cells shrank to 2 px beside 7 px ones
+CELL_FONT = 11
 BEFORE_TRAINING = "#FFFFFF"  # the cell A[t, t+1]: the next task's accuracy before it is trained, set apart from both
 
 
@@ -293,7 +314,7 @@ def accuracy_figure(A, label: str, seed):
             y=tasks,
             text=np.where(np.isnan(before), "", np.char.mod("%.1f", before)),
             texttemplate="<i>%{text}</i>",
-            textfont={"color": "#555555"},
+            textfont={"color": "#555555", "size": CELL_FONT},
             colorscale=[[0, BEFORE_TRAINING], [1, BEFORE_TRAINING]],
             showscale=False,
             hoverongaps=False,
@@ -303,14 +324,19 @@ def accuracy_figure(A, label: str, seed):
             "<br>(counted in forgetting_with_untrained only)<extra></extra>",
         )
     )
+    fig.data[0].textfont.size = CELL_FONT
     return fig.update_layout(
-        title_text=f"{title}<br><sup>grey: task not trained yet; white, in italics: just before it was trained</sup>"
+        title_text=f"{title}<br><sup>grey: task not trained yet</sup><br><sup>white, in italics: just before it was trained</sup>",
+        margin_t=100,
     )
 
 
-def one_setting(frame: pd.DataFrame, density, seed) -> pd.DataFrame:
-    """The rows of ``frame`` (knn, inference) at one density and seed (every method's)."""
-    return frame[np.isclose(frame["density"], density) & (frame["seed"] == seed)] if len(frame) else frame
+def one_setting(frame: pd.DataFrame, density, seed=None) -> pd.DataFrame:
+    """The rows of ``frame`` (knn, inference) at one density and seed (every method's; every seed's: None)."""
+    if not len(frame):
+        return frame
+    at = np.isclose(frame["density"], density)
+    return frame[at & (frame["seed"] == seed)] if seed is not None else frame[at]
 
 
 def kkt_tab(knn: pd.DataFrame, density, seed) -> None:

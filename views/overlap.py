@@ -203,7 +203,13 @@ def tab_parts(
                 value=metric,
                 view=view,
                 labels=short,
-                title=title + (" (× per-tensor chance)" if view == "ratio" else "") + sub,
+                # "× per-tensor chance" under the title, not after it: o1's title ran past its chart
+                title=title
+                + (
+                    f"<br><sup>{' · '.join(x for x in ('× per-tensor chance', under) if x)}</sup>"
+                    if view == "ratio"
+                    else sub
+                ),
             )
             for metric, title in titles.items()
         }

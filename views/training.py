@@ -189,7 +189,7 @@ def _runs_view() -> None:
     run_id = st.selectbox("Run", ids, index=default, key="tr_run", format_func=names.get)
     st.query_params["tr_run"] = run_id
     rec = r.get(run_id)
-    cols = st.columns([1, 1, 4])
+    cols = st.columns([2, 1, 3])  # a sixth of the column cut "succeeded" to "succee…"
     cols[0].metric("status", rec.status)
     if (
         not rec.finished
@@ -223,7 +223,7 @@ def _runs_view() -> None:
         key="tr_smooth",
     )
     st.query_params["tr_smooth"] = f"{smoothing:g}"
-    if (fig := pages.curves_figure(r, [run_id, *overlay], names, smoothing)) is not None:
+    if (fig := pages.curves_figure(r, [run_id, *overlay], names, smoothing, ui.workspace().finetuned)) is not None:
         ui.chart(fig, key="curves")
 
 
@@ -631,7 +631,14 @@ def export(ws, view: str, said: Sequence[str] = ()) -> None:
         {"view": view, "runs": run_ids, "smoothing": smoothing, "comparison": compare[::2] if compare else None},
         ["curves", "cmp-ulp"],
         ["runs-table", "comparison", "accuracy"],
-        more=partial(pages.export_parts, r, run_ids, smoothing, compare if view != "Subnetwork vs full" else None),
+        more=partial(
+            pages.export_parts,
+            r,
+            run_ids,
+            smoothing,
+            compare if view != "Subnetwork vs full" else None,
+            ui.workspace().finetuned,
+        ),
         notes=said,
     )
 

@@ -37,7 +37,7 @@ section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:18px 
 .figure{margin:12px 0}.notes{white-space:pre-wrap;line-height:1.45}
 table{border-collapse:collapse;font-size:.88em;margin:6px 0 14px}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;font-variant-numeric:tabular-nums}th{background:#f2f2f2}
-.num{text-align:right}caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
+.num{text-align:right}td.num{white-space:nowrap}caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
 .params td{text-align:left;font-family:ui-monospace,monospace}
 .tablewrap{overflow-x:auto}
 """

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from subnetviz import config, figures
+from subnetviz.figures.style import series_color
 from subnetviz.jobs.context import METRICS_FILE, read_metrics
 from subnetviz.jobs.kinds import TEST_KIND
 
@@ -109,12 +110,21 @@ def curve_points(rows: Sequence[Mapping]) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
 
 
-def curves_figure(runner, run_ids: Sequence[str], names: Mapping[str, str], smoothing: float = 0.0):
+def curves_figure(
+    runner,
+    run_ids: Sequence[str],
+    names: Mapping[str, str],
+    smoothing: float = 0.0,
+    models: Sequence[tuple[str, str]] = (),
+):
     """The metric curves of ``run_ids`` (the first is the chosen run, the others overlaid); None without metrics.
+    ``models``: the workspace's finetunes (label, path); a run whose model is one of them is drawn in that model's
+    colour on every other page (:func:`run_colors`).
     Runs of a kind whose rows are no training steps are left out. A step whose value is NaN or Inf is marked with
     an x at the top of its panel (hover: which metric, which step), and a run whose loss or gradient norm went
     non-finite says "(diverged at step k)" in the legend."""
     frames, marks, cut = [], [], False
+    model_of: dict[str, str | None] = {}  # legend label -> the run's model folder (resolved)
     for rid in run_ids:
         rec = runner.get(rid)
         if rec.kind not in STEP_KINDS:
@@ -126,6 +136,7 @@ def curves_figure(runner, run_ids: Sequence[str], names: Mapping[str, str], smoo
         diverged = bad.loc[bad["metric"].isin(DIVERGED), "step"]
         if len(diverged):
             label += f" (diverged at step {int(diverged.min()):,})"
+        model_of[label] = _model_dir(rec.run_dir)
         frames += [points.assign(run=label)] if len(points) else []
         marks += [bad.assign(run=label)] if len(bad) else []
     if not frames and not marks:
@@ -140,7 +151,7 @@ def curves_figure(runner, run_ids: Sequence[str], names: Mapping[str, str], smoo
     if cut:  # (a page reads the log every 2 s: a long one is read from its end)
         title += "<br><sup>a long metrics log: only its last rows are drawn</sup>"
     runs = list(dict.fromkeys(df["run"]))
-    colors = figures.color_map(runs)
+    colors = run_colors(runs, model_of, models)
     fig = figures.training_curves(df, title=title, smoothing=smoothing, colors=colors)
     _mark_nonfinite(fig, df, bad, colors)
     # Past the palette's eight colours the runs are dashed too (a seed sweep of 20 runs was colour pairs)
@@ -149,6 +160,39 @@ def curves_figure(runner, run_ids: Sequence[str], names: Mapping[str, str], smoo
             line_dash=("dash", "dot", "dashdot")[i % 3], selector={"legendgroup": run, "mode": "lines+markers"}
         )
     return fig
+
+
+def _model_dir(run_dir) -> str | None:
+    """A run's model folder, resolved (a zoo member's run links to the member's folder); None when it has none."""
+    try:
+        model = Path(run_dir) / "outputs" / "model"
+        return os.path.realpath(model) if model.exists() else None
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def run_colors(runs: Sequence[str], model_of: Mapping[str, str | None], models: Sequence[tuple[str, str]]):
+    """Legend label -> colour. A run whose model is a workspace finetune gets that model's colour on the other
+    pages (:func:`~subnetviz.figures.style.color_map` of the workspace's labels: grpo-s1 was green here, orange
+    there, when its colour followed its place in the overlay); the other runs take, in order, colours after the
+    models'."""
+    labels = [lab for lab, _ in models]
+    model_colors = figures.color_map(labels)
+    where = {}
+    for lab, path in models:
+        try:
+            where.setdefault(os.path.realpath(path), lab)
+        except (OSError, TypeError, ValueError):
+            continue
+    out, spare = {}, len(labels)
+    for run in runs:
+        lab = where.get(model_of.get(run) or "")
+        if lab is not None:
+            out[run] = model_colors[lab]
+        else:
+            out[run] = series_color(spare)
+            spare += 1
+    return out
 
 
 def _mark_nonfinite(fig, df: pd.DataFrame, bad: pd.DataFrame, colors: Mapping[str, str]) -> None:
@@ -216,6 +260,7 @@ def export_parts(
     run_ids: Sequence[str],
     smoothing: float,
     compare: tuple[str, str, str, str, str | None] | None,
+    models: Sequence[tuple[str, str]] = (),
 ) -> tuple[dict, dict]:
     """Every view's figures and tables for the export: the runs table and the chosen run's curves
     (``run_ids``: chosen first, then the overlaid ones), and the comparison ``(full label, full path,
@@ -226,7 +271,7 @@ def export_parts(
     tables: dict = {"runs-table": ("Runs", runs_table(runs))} if len(runs) else {}
     names = run_names(runs)
     ids = [i for i in run_ids if i in names]
-    if ids and (fig := curves_figure(runner, ids, names, smoothing)) is not None:
+    if ids and (fig := curves_figure(runner, ids, names, smoothing, models)) is not None:
         figs["curves"] = fig
     if compare is not None:
         from subnetviz.demo.comparison import cached_compare_runs  # the page's own cache entry
