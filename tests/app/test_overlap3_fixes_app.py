@@ -17,24 +17,7 @@ import torch
 
 from subnetviz.masks import MaskSet, save_mask_set
 from tests.app_fixtures import open_page, plotly_specs
-
-VOCAB = {"model.embed_tokens.weight", "lm_head.weight"}
-
-
-def llama_shapes(hidden: int = 8, inter: int = 16, vocab: int = 16, layers: int = 2) -> dict[str, tuple]:
-    shapes = {
-        "model.embed_tokens.weight": (vocab, hidden),
-        "model.norm.weight": (hidden,),
-        "lm_head.weight": (vocab, hidden),
-    }
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update({p + f"self_attn.{m}_proj.weight": (hidden, hidden) for m in "qkvo"})
-        shapes.update({p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden)})
-        shapes[p + "mlp.down_proj.weight"] = (hidden, inter)
-        shapes[p + "input_layernorm.weight"] = (hidden,)
-        shapes[p + "post_attention_layernorm.weight"] = (hidden,)
-    return shapes
+from tests.integration.test_overlap3_fixes import VOCAB, llama_shapes
 
 
 def compared(a: dict, b: dict) -> list[str]:
