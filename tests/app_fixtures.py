@@ -160,6 +160,26 @@ def planted_grid(app_env):
         shutil.rmtree(Path(runner.root) / i, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def finished_continual_run(run_id: str, name: str, result):
+    """A finished continual run whose outputs are ``result`` (saved as the job saves it): its folder, removed with
+    its registry row afterwards."""
+    import shutil
+
+    from subnetviz.jobs.runner import JobRunner
+    from subnetviz.supermask.job import save_result
+
+    runner = JobRunner()
+    run_dir = add_finished_run(runner, run_id, "continual", name, {"kind": "continual"})
+    save_result(result, run_dir / "outputs")
+    try:
+        yield run_dir
+    finally:
+        with runner.registry.transaction() as con:
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(run_dir)
+
+
 def add_finished_run(runner, run_id: str, kind: str, name: str, config: dict | None = None, created=None):
     """A succeeded run in ``runner``'s registry whose folder the caller fills (its outputs written by hand, as
     a finished job leaves them); the run's folder."""

@@ -195,23 +195,25 @@ def _fp4_experts(metas: dict[str, TensorMeta], config: dict) -> dict[str, Codes]
     return out
 
 
+def _examples(names: list[str]) -> str:
+    return ", ".join(names[:2]) + (" ..." if len(names) > 2 else "")
+
+
 def notes(plan_: dict) -> list[str]:
     weights = [n for n, p in plan_.items() if isinstance(p, Codes) and p.stored != FP4_EXPERTS]
     fp4 = [n for n, p in plan_.items() if isinstance(p, Codes) and p.stored == FP4_EXPERTS]
     out = []
     if weights:
-        ex = ", ".join(weights[:2]) + (" ..." if len(weights) > 2 else "")
         out.append(
-            f"NVFP4: {len(weights)} weight(s) ({ex}) are stored as 4-bit E2M1 codes, two per byte, with an FP8 scale "
-            f"per {GROUP} codes and a tensor-wide factor; read as their codes under the model's own names and shapes "
-            "and compared as weights, dequantised as their exporter does (w = E2M1[code] × scale, the scale with the "
-            "factor applied in float32)."
+            f"NVFP4: {len(weights)} weight(s) ({_examples(weights)}) are stored as 4-bit E2M1 codes, two per byte, "
+            f"with an FP8 scale per {GROUP} codes and a tensor-wide factor; read as their codes under the model's own "
+            "names and shapes and compared as weights, dequantised as their exporter does (w = E2M1[code] × scale, "
+            "the scale with the factor applied in float32)."
         )
     if fp4:
-        ex = ", ".join(fp4[:2]) + (" ..." if len(fp4) > 2 else "")
         out.append(
-            f"FP4 experts: {len(fp4)} weight(s) ({ex}) are stored as 4-bit E2M1 codes, two per byte (expert_dtype "
-            f"'fp4'), with a scale per {FP4_GROUP} codes of a row; read as their codes in the weight's shape and "
-            "compared as weights, dequantised as transformers does (w = E2M1[code] × scale, float32)."
+            f"FP4 experts: {len(fp4)} weight(s) ({_examples(fp4)}) are stored as 4-bit E2M1 codes, two per byte "
+            f"(expert_dtype 'fp4'), with a scale per {FP4_GROUP} codes of a row; read as their codes in the weight's "
+            "shape and compared as weights, dequantised as transformers does (w = E2M1[code] × scale, float32)."
         )
     return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -47,18 +46,10 @@ def _result():
 @pytest.fixture
 def planted_cl(app_env):
     """A finished continual run of two methods at two seeds (saved as the job saves it)."""
-    from subnetviz.jobs.runner import JobRunner
-    from subnetviz.supermask.job import save_result
-    from tests.app_fixtures import add_finished_run
+    from tests.app_fixtures import finished_continual_run
 
-    runner = JobRunner()
-    run_id = "continual-browser4"
-    run_dir = add_finished_run(runner, run_id, "continual", "browser4 seeds", {"kind": "continual"})
-    save_result(_result(), run_dir / "outputs")
-    yield run_id
-    with runner.registry.transaction() as con:
-        con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-    shutil.rmtree(run_dir)
+    with finished_continual_run("continual-browser4", "browser4 seeds", _result()):
+        yield "continual-browser4"
 
 
 def _title_lines(title: str) -> list[str]:

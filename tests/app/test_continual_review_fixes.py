@@ -5,7 +5,6 @@ saved, never read); a one-task run says forgetting needs two tasks (an empty cha
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,18 +110,10 @@ def test_one_task_forgetting_says_it_needs_two_tasks():
 @pytest.fixture
 def planted_run(app_env):
     """A finished continual run whose outputs are the planted result (saved as the job saves them)."""
-    from subnetviz.jobs.runner import JobRunner
-    from subnetviz.supermask.job import save_result
-    from tests.app_fixtures import add_finished_run
+    from tests.app_fixtures import finished_continual_run
 
-    runner = JobRunner()
-    run_id = "continual-planted-kkt"
-    run_dir = add_finished_run(runner, run_id, "continual", "planted KKT + inference", {"kind": "continual"})
-    save_result(_result(), run_dir / "outputs")
-    yield run_id, run_dir / "outputs"
-    with runner.registry.transaction() as con:
-        con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-    shutil.rmtree(run_dir)
+    with finished_continual_run("continual-planted-kkt", "planted KKT + inference", _result()) as run_dir:
+        yield "continual-planted-kkt", run_dir / "outputs"
 
 
 def _bars(spec) -> dict:
