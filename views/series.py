@@ -12,8 +12,12 @@ from subnetviz.figures.series import SPLIT_NOT_RUN
 
 def module_figure(per, steps: tuple[int, ...], first: str):
     """Sparsity per module kind at each checkpoint of a run (``steps``: the first checkpoint's, then one per
-    report; built once per analysis, shared)."""
-    frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(per.reports, steps[1:], strict=True)])
+    step): from the series' own counts (``per``: a :class:`SeriesResult` holding them), or from the update analysis
+    of the run's checkpoints against its first (``per``: its reports), built once per analysis, shared."""
+    if getattr(per, "modules", None) is not None:
+        frame = per.modules
+    else:
+        frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(per.reports, steps[1:], strict=True)])
     return figures.module_series(frame, first=first, start=steps[0])
 
 
@@ -135,15 +139,17 @@ def body() -> None:
         ui.chart(ui.shared(figures.split_bar, split), key="split")
         st.caption(RUN_SPLIT_CAPTION if run else NOT_RUN_SPLIT_CAPTION)
     if run:  # one run: its checkpoints against the base, per module kind
-        # bitwise on the stored dtype, as the caption and the series lines beside it say (not at the sidebar's
-        # comparison precision, which would round small updates away in this chart only)
-        steps_ws = replace(
-            ws,
-            base=paths[0],
-            finetuned=tuple((f"step {s}", p) for s, p in zip(steps[1:], paths[1:], strict=True)),
-            precision=None,
-        )
-        per = ui.update_analysis(steps_ws)
+        per = result  # the series pass's own counts per tensor: no second read of the checkpoints
+        if result.modules is None:  # a fused QKV or gate/up: split into parts by the update analysis
+            # bitwise on the stored dtype, as the caption and the series lines beside it say (not at the sidebar's
+            # comparison precision, which would round small updates away in this chart only)
+            steps_ws = replace(
+                ws,
+                base=paths[0],
+                finetuned=tuple((f"step {s}", p) for s, p in zip(steps[1:], paths[1:], strict=True)),
+                precision=None,
+            )
+            per = ui.update_analysis(steps_ws)
         ui.chart(ui.shared(module_figure, per, tuple(steps), first), key="modules")
     names = TABLE_NAMES if run else NOT_RUN_NAMES
     table = result.steps.rename(columns=names)[["step", *names.values()]]

@@ -74,6 +74,10 @@ class SeriesResult:
     # and the checkpoints' own notes (a merged adapter, packed experts)
     reading: list[str] = field(default_factory=list)
     first_step: int = 0
+    # changed entries against the first checkpoint per module kind at each step (step, module, changed, numel), for
+    # the per-module chart without reading the checkpoints again; None where a fused tensor needs the update
+    # analysis's split (:func:`module_counts`), or in a result of an older version
+    modules: pd.DataFrame | None = None
 
     def to_frame(self) -> pd.DataFrame:
         return self.steps
@@ -179,15 +183,15 @@ def checkpoint_series(
                 totals.done += 1
             cast, in_loop, dtype, dtypes = way[run[0].key]
             if dtype is not None:  # by address, a run of tensors in one compiled call
-                totals.add_run(*_mapped_counts(cks, run, dtype, maps, where))
+                totals.add_run(*_mapped_counts(cks, run, dtype, maps, where), [t.key for t in run])
                 continue
             t = run[0]
             if kinds[t.key] != "float":  # dequantised or integer codes, version by version
-                totals.add(_stored_series(cks, t, kinds[t.key], per_forms, where, k))
+                totals.add(_stored_series(cks, t, kinds[t.key], per_forms, where, k), t.key)
                 continue
             checked = (lambda j, v, t=t: check_finite(v, where(t, j))) if in_loop else None
             named = functools.partial(where, t)
-            totals.add(_tensor_series((next(stream) for _ in cks), k, cast, t.key, checked, dtypes, named))
+            totals.add(_tensor_series((next(stream) for _ in cks), k, cast, t.key, checked, dtypes, named), t.key)
     finally:
         maps.close()
     vs_first, vs_prev, ever_back = totals.vs_first.tolist(), totals.vs_prev.tolist(), totals.ever_back.tolist()
@@ -215,7 +219,32 @@ def checkpoint_series(
     )
     split["share"] = split["count"] / numel_or_1
     forms = {kind: keys for kind, keys in forms.items() if keys}
-    return SeriesResult(rows, split, numel, forms, _reading(al), first_step=steps[0])
+    modules = module_counts(cks[0].names_table, todo, totals.per_key, steps[1:])
+    return SeriesResult(rows, split, numel, forms, _reading(al), first_step=steps[0], modules=modules)
+
+
+def module_counts(table, todo: Sequence, per_key: dict[str, tuple[int, list[int]]], steps: Sequence[int]):
+    """:attr:`SeriesResult.modules` (step, module, changed, numel) from each tensor's counts against the first
+    checkpoint, grouped by the module kind the first checkpoint's naming table gives it. None where a tensor is one
+    the update analysis splits into parts by its rows or columns (a fused QKV or gate/up, a gated query): those
+    counts are not the series pass's, and the per-module chart is left to the update analysis."""
+    by_module: dict[str, list] = {}
+    for t in todo:
+        info = table.describe(t.name)
+        if table.is_fused(info):
+            return None
+        numel, vs_first = per_key[t.key]
+        acc = by_module.setdefault(info.module, [0, np.zeros(len(steps), np.int64)])
+        acc[0] += numel
+        acc[1] += np.asarray(vs_first, np.int64)
+    return pd.DataFrame(
+        [
+            {"step": s, "module": m, "changed": int(changed[i]), "numel": numel}
+            for m, (numel, changed) in by_module.items()
+            for i, s in enumerate(steps)
+        ],
+        columns=["step", "module", "changed", "numel"],
+    )
 
 
 def _reading(al) -> list[str]:
@@ -419,8 +448,10 @@ class _Totals:
     def __init__(self, k: int):
         self.vs_prev, self.vs_first, self.ever_back = (np.zeros(k, np.int64) for _ in range(3))
         self.numel = self.never = self.cancelled = self.final = self.done = 0
+        self.per_key: dict[str, tuple[int, list[int]]] = {}  # each tensor's entries and changed vs first, per step
 
-    def add(self, c: _TensorCounts) -> None:
+    def add(self, c: _TensorCounts, key: str) -> None:
+        self.per_key[key] = (c.numel, list(c.vs_first))
         self.numel += c.numel
         self.vs_prev += c.vs_prev
         self.vs_first += c.vs_first
@@ -429,9 +460,11 @@ class _Totals:
         self.cancelled += c.ever - c.vs_first[-1]
         self.never += c.numel - c.ever
 
-    def add_run(self, counts: np.ndarray, sizes: np.ndarray) -> None:
+    def add_run(self, counts: np.ndarray, sizes: np.ndarray, keys: list[str]) -> None:
         """Counts of several tensors (:func:`_mapped_counts`; column 0 is each tensor's first version)."""
         steps, last = counts[:, 1:], counts[:, -1]
+        for key, size, row in zip(keys, sizes.tolist(), steps[..., 1].tolist(), strict=True):
+            self.per_key[key] = (size, row)
         self.vs_prev += steps[..., 0].sum(0)
         self.vs_first += steps[..., 1].sum(0)
         self.ever_back += (steps[..., 2] - steps[..., 1]).sum(0)

@@ -560,6 +560,11 @@ class NameTable:
         d = n // 3
         return {k: tensor[..., i * d : (i + 1) * d] for i, k in enumerate("qkv")}
 
+    def is_fused(self, info: TensorInfo) -> bool:
+        """Whether the update analysis may split a tensor into parts (:meth:`fused_parts`, :meth:`part_counts`): a
+        fused QKV or gate/up (packed experts' too), or a gated query."""
+        return info.module in ("qkv", "gate_up") or self._gated_query(info)
+
     def _gated_query(self, info: TensorInfo) -> bool:
         """Whether a tensor is a ``q_proj`` holding the gate on attention's output beside the query (GATED_QUERY)."""
         return info.module == "q" and self.model_type in GATED_QUERY
@@ -617,8 +622,7 @@ class NameTable:
         :meth:`_gpt2_parts`), from the row/column counts of the (shape[0], rest) view: no extra pass. [] for any
         other tensor."""
         info = self.describe(name)
-        fused = info.module in ("qkv", "gate_up") or self._gated_query(info)
-        if row_counts is None or not fused or self.family == "gpt_neox":
+        if row_counts is None or not self.is_fused(info) or self.family == "gpt_neox":
             return []
         import torch
 

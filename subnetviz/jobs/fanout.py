@@ -169,8 +169,16 @@ def merge_series(parts: Sequence, steps: Sequence[int]):
     for p in parts:  # disjoint tensor groups: each key read one way, listed once
         for kind, keys in getattr(p, "forms", {}).items():
             forms.setdefault(kind, []).extend(keys)
+    # per module kind: disjoint tensor groups, so the counts of a (step, module) add (None where a part has none:
+    # a fused tensor the per-module chart takes from the update analysis)
+    tables = [getattr(p, "modules", None) for p in parts]
+    modules = None
+    if all(t is not None for t in tables):
+        both = pd.concat(tables, ignore_index=True)
+        modules = both.groupby(["step", "module"], as_index=False, sort=False)[["changed", "numel"]].sum()
     # how the checkpoints were paired and read (only-in tensors, resized vocabularies, adapters): every part's same
-    return SeriesResult(rows, split, numel, forms, list(getattr(parts[0], "reading", [])), first_step=list(steps)[0])
+    reading = list(getattr(parts[0], "reading", []))
+    return SeriesResult(rows, split, numel, forms, reading, first_step=list(steps)[0], modules=modules)
 
 
 def _series_part(paths: list[str], steps: list[int], keys: list[str]):

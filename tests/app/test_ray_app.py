@@ -54,7 +54,7 @@ def test_pages_render_with_their_analyses_on_the_cluster(ray_head, fresh_home, m
     assert fresh_home == ["updates", "overlap"] and plotly_specs(at)
     at = open_page("series")
     _clean(at)
-    assert fresh_home == ["updates", "overlap", "series", "updates"] and len(plotly_specs(at)) >= 3
+    assert fresh_home == ["updates", "overlap", "series"] and len(plotly_specs(at)) >= 3  # (modules: from the series)
 
 
 def _closed_port() -> str:
