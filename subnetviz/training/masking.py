@@ -53,11 +53,14 @@ class StoredNames(dict):
     are no parameter (its buffers, persistent or not, and any other entry of its state dict: the router's
     ``mlp.gate.e_score_correction_bias`` of DeepSeek-V3, GLM-4.5-MoE, dots1, MiniMax-M2), under the model's names and
     the ones a checkpoint stores them by where transformers renames them on load (Step-3.5's ``moe.router_bias``).
-    Training changes no buffer."""
+    Training changes no buffer. ``heads``: the stored names of the mapping that are an output head the model ties to
+    its input embedding (no tensor a tied model stores), apart from the names it only renames on load (GPT-NeoX's
+    ``embed_out.weight``, which the model stores as it is)."""
 
-    def __init__(self, loads: dict[str, str] | None = None, buffers=()):
+    def __init__(self, loads: dict[str, str] | None = None, buffers=(), heads=()):
         super().__init__(loads or {})
         self.buffers = frozenset(buffers)
+        self.heads = frozenset(heads)
 
 
 def tied_heads(model) -> StoredNames:
@@ -78,6 +81,7 @@ def tied_heads(model) -> StoredNames:
     name = next((n for n, p in model.named_parameters() if p is inp.weight), None)
     if name is not None:
         out.update({head: name for head in TIED_HEADS})
+        out.heads = frozenset(TIED_HEADS)
     return out
 
 
@@ -209,7 +213,8 @@ def load_training_mask(
     ``spec`` is a mask file or ``"random:<mask file>"``: then every tensor gets a uniformly random
     mask with exactly as many ones as the file's tensor (same per-tensor density), drawn from a
     generator seeded with ``seed``. Returns ``(name -> bool tensor for every parameter, the mask
-    set actually used)``; parameters the file does not list come back all False (frozen). ``tied``: the model's
+    set actually used)`` (a tied head's entry merged into the embedding's there too: :func:`with_tied_heads_merged`);
+    parameters the file does not list come back all False (frozen). ``tied``: the model's
     tied heads (:func:`tied_heads`), whose own mask entries are merged into the embedding's, and its buffers, whose
     entries are left out with a line appended to ``notes`` (:func:`without_buffers`: an update mask of a DeepSeek-V3
     holds its routers' ``e_score_correction_bias``, which the model keeps as a buffer). A mask written for a
@@ -238,6 +243,8 @@ def load_training_mask(
             masks[name] = flat.reshape(m.shape)
         # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork.
         ms = MaskSet(masks, random_provenance(str(path), ms.metadata, seed))
+    else:
+        ms = with_tied_heads_merged(ms, tied or {})
     kept, note = without_unbuilt_towers(packed_masks(masks, shapes), shapes, path)
     kept, held = without_buffers(kept, shapes, getattr(tied, "buffers", ()), path)
     packed = MaskSet(kept, ms.metadata)
@@ -249,6 +256,25 @@ def load_training_mask(
     if not any(bool(m.any()) for m in full.values()):
         raise MaskError(f"mask {path}: selects no parameter entries; training it would change nothing.")
     return full, ms
+
+
+def with_tied_heads_merged(ms: MaskSet, tied: StoredNames | dict[str, str]) -> MaskSet:
+    """The mask set a run saves as the mask it used (``subnetwork_mask.safetensors``): the file as read (``ms``),
+    with each entry of an output head the model ties to its input embedding (``tied``' ``heads``; every name of a
+    plain dict) merged into the embedding's entry, as the run enforces it (:func:`fold_tied_heads`), the file's
+    names kept otherwise. A tied model stores no head: read as written, the head's entry named no tensor of the
+    saved model and the embedding's left out the entries trained for the head, so the saved model had changed
+    entries outside its own mask. ``ms`` itself where nothing is merged; else the file's provenance, its counts
+    (``density``, ``count``, ``numel``) left to the merged mask's and ``merged_tied_heads`` saying what was merged."""
+    heads = getattr(tied, "heads", None)
+    ties = {k: v for k, v in tied.items() if heads is None or k in heads}
+    merged = [k for k in ms.masks if k in ties or mask_key(k) in ties]
+    if not merged:
+        return ms
+    meta = {k: v for k, v in ms.metadata.items() if k not in ("density", "count", "numel")}
+    embed = ", ".join(sorted({ties.get(k, ties.get(mask_key(k))) for k in merged}))
+    meta["merged_tied_heads"] = f"{', '.join(merged)} merged into the entry of the tied input embedding {embed}"
+    return MaskSet(fold_tied_heads(dict(ms.masks), ties), meta)
 
 
 def without_unbuilt_towers(

@@ -16,7 +16,8 @@ TensorBoard run per training run, never mixed). The folder then holds:
 
 - the model (stored as the base stores it: its tensors, each in the base's stored dtype; tied weights
   tied) + tokenizer, ``train_config.json`` (the config as run),
-- ``subnetwork_mask.safetensors`` (masked runs: the mask actually used, e.g. the random one),
+- ``subnetwork_mask.safetensors`` (masked runs: the mask actually used, e.g. the random one; a tied head's own
+  entry merged into the embedding's, as the model stores them),
 - ``checkpoints/step-<k>/`` for each of ``save_steps``,
 - ``train_summary.json``: steps done, final metrics, accuracy, seconds, and the bitwise checks
   against the base (``outside_mask_identical``, changed entries inside/outside) of the saved
