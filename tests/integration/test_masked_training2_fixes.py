@@ -6,7 +6,8 @@
   different tensors". Now the saved model (and each ``step-N`` checkpoint) holds exactly the base's names, the
   buffers byte for byte, every entry outside the mask bit-identical (read back here from the files), and it loads.
 - ZeRO-2 / ZeRO-3 weight decay moved parameters no gradient reaches (a vision-language model's vision tower in a
-  text run), which AdamW and the single-process run leave alone.
+  text run), which AdamW and the single-process run leave alone: tests/integration/test_sharded.py (the
+  multi-process tests run together, on one worker).
 - ``polynomial`` with a learning rate at or below transformers' lr_end (1e-7) ended in a traceback once the model
   had loaded; ``constant_with_warmup`` (no warmup field) ran as ``constant``; a DPO config's ``beta: 0`` was
   recorded as 0 while it trained at 0.1: now refused, refused, and recorded as 0.1.
@@ -16,12 +17,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +30,6 @@ from subnetviz.errors import ConfigError
 from subnetviz.masks import MaskSet, save_mask_set
 from subnetviz.training.config import TrainConfig
 from subnetviz.training.run import train
-from tests.integration.test_followups_review import _mistral3  # (a tiny Mistral-3, bf16, char tokenizer)
 from tests.models import char_tokenizer, tiny_model
 from tests.training_fixtures import write_addition_data
 
@@ -152,41 +148,6 @@ def test_a_full_run_on_a_base_with_stored_buffers_is_published_with_them(tmp_pat
     res = train(cfg)
     assert res.mask_check["outside_mask_identical"]
     assert _check_saved_like_base(base, out, sorted(extra), None) > 0
-
-
-# --- ZeRO weight decay: only parameters a gradient reached ----------------------------------------------------
-
-
-needs_deepspeed = pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed (requirements-deepspeed.txt)"
-)
-
-
-@needs_deepspeed
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
-def test_zero_weight_decay_leaves_a_vision_tower_no_gradient_reaches_untouched(tmp_path, strategy):
-    """Two gloo processes, a full SFT run with weight_decay 0.1: before, 11 of the 15 vision-tower and projector
-    tensors changed under ZeRO (decay alone), none under single or fsdp2."""
-    base = _mistral3(tmp_path / "base")
-    data = write_addition_data(tmp_path / "data", n=8)
-    cfg = {
-        "algorithm": "sft", "base": str(base), "data": str(data["sft"]), "output_dir": str(tmp_path / "out"),
-        "steps": 2, "learning_rate": 1e-2, "batch_size": 4, "weight_decay": 0.1, "bf16": False,
-        "strategy": strategy, "num_processes": 2,
-    }  # fmt: skip
-    (tmp_path / "c.json").write_text(json.dumps(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "DS_ACCELERATOR"):
-        env.pop(k, None)
-    cmd = [sys.executable, "-m", "subnetviz", "train", "--config", str(tmp_path / "c.json")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = _tensors(base), _tensors(tmp_path / "out")
-    text = {n for n in a if n.startswith(("language_model.", "lm_head."))}
-    changed = {n for n in a if not bool(_same_bits(a[n], b[n]).all())}
-    assert len(a) - len(text) == 15 and not changed - text, sorted(changed - text)
-    assert len(changed & text) > 10  # the text model trained (and decayed)
 
 
 # --- config checks --------------------------------------------------------------------------------------------

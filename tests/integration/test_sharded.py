@@ -97,9 +97,13 @@ def _check_fsdp2_run(tiny, out: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["sft", "grpo"])
 def test_fsdp2_two_processes_cli(tiny, tmp_path, algorithm):
+    """GRPO with a KL term (``beta`` > 0): TRL 1.x's GRPOTrainer builds its reference itself and takes no
+    ``ref_model``; the run passed one and failed with a TypeError before its first step (training review 3)."""
     out = tmp_path / "out"
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(_config(tiny, out, algorithm, save_steps=[2])))
+    cfg.write_text(
+        json.dumps(_config(tiny, out, algorithm, save_steps=[2], **({"beta": 0.5} if algorithm == "grpo" else {})))
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "subnetviz", "train", "--config", str(cfg)],
         cwd=ROOT,
@@ -109,9 +113,14 @@ def test_fsdp2_two_processes_cli(tiny, tmp_path, algorithm):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_fsdp2_run(tiny, out)
+    summary = _check_fsdp2_run(tiny, out)
     assert "FSDP::pre_forward" in proc.stderr  # torch's own log: FSDP2 hooks ran the forward passes
     assert (out / "checkpoints" / "step-2" / "model.safetensors").is_file()  # gathered mid-run, all ranks
+    if algorithm == "grpo":
+        # The KL term was computed against a reference that stayed the base: after the first step moved the policy,
+        # the last step's KL is above 0 (TRL logs "kl" only when beta > 0).
+        assert summary["metrics"]["kl"] > 0
+        assert "model_init_kwargs" not in proc.stderr  # (TRL's "ignored" warning: they load the reference)
 
 
 @pytest.mark.slow
@@ -376,3 +385,34 @@ def test_zero_two_processes_dpo_job(tiny, tmp_path, monkeypatch, strategy):
     assert f'DeepSpeed ZeRO active: {{"stage": {ZERO_STAGES[strategy]}' in log
     _check_zero_run(tiny, rec.outputs / "model", strategy)
     assert rec.step == 3 and len(runner.metrics(run_id)) >= 3  # rank 0 reported each step into the run folder
+
+
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_zero_weight_decay_leaves_a_vision_tower_no_gradient_reaches_untouched(tmp_path, strategy):
+    """Two gloo processes, a full SFT run with weight_decay 0.1 of a vision-language model on text: before, 11 of the
+    15 vision-tower and projector tensors changed under ZeRO (decay alone), none under single or fsdp2 (masked
+    training review 2)."""
+    from tests.integration.test_followups_review import _mistral3  # (a tiny Mistral-3, bf16, char tokenizer)
+    from tests.integration.test_masked_training2_fixes import _same_bits, _tensors
+    from tests.training_fixtures import write_addition_data
+
+    base = _mistral3(tmp_path / "base")
+    data = write_addition_data(tmp_path / "data", n=8)
+    cfg = {
+        "algorithm": "sft", "base": str(base), "data": str(data["sft"]), "output_dir": str(tmp_path / "out"),
+        "steps": 2, "learning_rate": 1e-2, "batch_size": 4, "weight_decay": 0.1, "bf16": False,
+        "strategy": strategy, "num_processes": 2,
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    env = _env()
+    env.pop("DS_ACCELERATOR", None)  # the launch sets it
+    cmd = [sys.executable, "-m", "subnetviz", "train", "--config", str(tmp_path / "c.json")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _tensors(base), _tensors(tmp_path / "out")
+    text = {n for n in a if n.startswith(("language_model.", "lm_head."))}
+    changed = {n for n in a if not bool(_same_bits(a[n], b[n]).all())}
+    assert len(a) - len(text) == 15 and not changed - text, sorted(changed - text)
+    assert len(changed & text) > 10  # the text model trained (and decayed)
