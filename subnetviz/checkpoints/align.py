@@ -118,10 +118,12 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     Packed experts are read as the per-expert tensors another checkpoint stores, and Qwen3-VL-MoE's packed experts
     stored (E, in, out) (Qwen's releases) transposed where another stores them (E, out, in) (a transformers 5 save)
     (:func:`~subnetviz.checkpoints.experts_layout.match_layouts`, said in that checkpoint's notes).
-    Tied ``lm_head`` weights are counted once (with the embedding), and a head one checkpoint stores untied is
-    compared with the input embedding of those that tie it (:func:`_untied_heads`); resized vocabularies compare
-    the shared rows; tensors missing on any side are listed in ``only_in`` (and ``held_by``). A shape that differs in
-    anything but the vocabulary rows raises :class:`AlignmentError` naming the tensor.
+    Tied ``lm_head`` weights are counted once (with the embedding; a head stored beside the embedding with values of
+    its own is untied, as transformers 5 loads it: :attr:`~subnetviz.checkpoints.sources.Checkpoint.head_stored_apart`,
+    said in a note), and a head one checkpoint stores untied is compared with the input embedding of those that tie
+    it (:func:`_untied_heads`); resized vocabularies compare the shared rows; tensors missing on any side are listed
+    in ``only_in`` (and ``held_by``). A shape that differs in anything but the vocabulary rows raises
+    :class:`AlignmentError` naming the tensor.
     """
     if len(checkpoints) < 2:
         raise AlignmentError("align needs at least two checkpoints.")
@@ -136,9 +138,17 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
                 table.check_packed(n, ck.meta(n).shape, f"{ck.spec}: ")
             m.setdefault(strip_prefix(n), n)
         keyed.append(m)
-    # Tied embeddings: a head stored in a model that ties it is the embedding (HF ties it on load),
-    # whether one side or every side stored the copy; counting it would count the embedding twice.
+    # Tied embeddings: a head stored in a model that ties it is the embedding's copy (transformers 5 ties the two on
+    # load where their values are equal), whether one side or every side stored it; counting it would count the
+    # embedding twice. Stored with values of its own, transformers loads it untied: compared as a tensor of its own.
     for i, ck in enumerate(checkpoints):
+        apart = ck.head_stored_apart  # (read only where the config ties the head and both tensors are stored)
+        if apart is not None:
+            notes.append(
+                f"{ck.spec}: its config ties {apart[0]} to the input embedding {apart[1]} (tie_word_embeddings), but "
+                "it stores both with different values: transformers 5 loads it untied (it warns it will NOT tie them), "
+                f"so {apart[0]} is compared as a tensor of its own."
+            )
         for head in TIED_HEADS:
             if head in keyed[i] and ck.tied_embeddings:
                 notes.append(f"{ck.spec}: {head} is tied to the input embedding; counted once (as the embedding).")

@@ -42,7 +42,7 @@ from subnetviz.checkpoints import mxfp4 as _mxfp4
 from subnetviz.checkpoints import nvfp4 as _nvfp4
 from subnetviz.checkpoints.families import json_type, tie_word_embeddings
 from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
-from subnetviz.checkpoints.naming import NameTable, check_config
+from subnetviz.checkpoints.naming import TIED_HEADS, NameTable, check_config, strip_prefix
 from subnetviz.config import check_allowed, check_readable, display_path, enforce_roots, hf_cache_dir, read_json
 from subnetviz.errors import CheckpointError, NotCachedError, PathNotAllowedError, SubnetvizError, suggest
 
@@ -174,10 +174,33 @@ class Checkpoint:
 
     @property
     def tied_embeddings(self) -> bool:
-        """Whether the model ties its output head to its input embedding, as transformers loads it: the config's
+        """Whether the model ties its output head to its input embedding, as transformers 5 loads it: the config's
         ``tie_word_embeddings``, or its model type's default where the config leaves it out
-        (:func:`~subnetviz.checkpoints.families.tie_word_embeddings`)."""
-        return tie_word_embeddings(self.config)
+        (:func:`~subnetviz.checkpoints.families.tie_word_embeddings`), unless the checkpoint stores the head with
+        values of its own (:attr:`head_stored_apart`)."""
+        return tie_word_embeddings(self.config) and self.head_stored_apart is None
+
+    @cached_property
+    def head_stored_apart(self) -> tuple[str, str] | None:
+        """``(head, input embedding)``, as stored, where the config ties the output head to the input embedding
+        but the checkpoint stores both with different values: transformers 5 then loads them untied ("both are
+        present in the checkpoints with different values, so we will NOT tie them"), the head a parameter of its
+        own (a PEFT ``modules_to_save=["lm_head"]`` merge of a tied model saves one). None where the config unties
+        them, either is not stored, or both hold the same values (a ``.bin`` of a tied model stores both names):
+        then the head is the embedding. Read only where the config ties the head and both are stored, each tensor
+        once, compared bitwise (transformers' ``torch.equal`` differs only on NaN and signed zeros). A merged
+        adapter (:class:`~subnetviz.checkpoints.adapters.MergedAdapter`) is its base's, as PEFT loads that base."""
+        base = getattr(self, "base", None)  # (a merged adapter: the base transformers loads before the merge)
+        if isinstance(base, Checkpoint) and base is not self:
+            return base.head_stored_apart if tie_word_embeddings(self.config) else None
+        if not tie_word_embeddings(self.config):
+            return None
+        heads = [n for n in self.names if strip_prefix(n) in TIED_HEADS]
+        table = self.names_table
+        embeds = [n for n in self.names if strip_prefix(n) not in TIED_HEADS and table.describe(n).module == "embed"]
+        if not heads or len(embeds) != 1:
+            return None
+        return None if _same_values(self.get(heads[0]), self.get(embeds[0])) else (heads[0], embeds[0])
 
     @property
     def architecture(self) -> str:
@@ -331,6 +354,23 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.spec!r}, {len(self._meta)} tensors, {self.num_params:,} params)"
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same values: bitwise where their dtypes agree, else compared in the dtype both
+    widen to exactly (bfloat16 and float32: float32); a dtype pair torch does not promote (FP8) differs."""
+    import torch
+
+    if a.shape != b.shape:
+        return False
+    if a.dtype == b.dtype:
+        ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(a.element_size())
+        return torch.equal(a.view(ints), b.view(ints)) if ints is not None else torch.equal(a, b)
+    try:
+        wide = torch.promote_types(a.dtype, b.dtype)
+    except RuntimeError:
+        return False
+    return torch.equal(a.to(wide), b.to(wide))
 
 
 def _computed_metas(metas: dict[str, TensorMeta], plan: dict) -> dict[str, TensorMeta]:
@@ -535,6 +575,9 @@ def _what_it_holds(folder: Path) -> str:
     """The end of the no-weights error of ``folder``: what it holds instead and what to give (``"."`` where it
     holds nothing known): a GGUF file, PEFT adapters saved under their names, FSDP's sharded state, DeepSpeed's ZeRO
     state, a model in a subfolder, a run's checkpoint folders, or only a trainer's state."""
+    interrupted = _interrupted_download(folder)
+    if interrupted:
+        return interrupted
     gguf = sorted(folder.glob("*.gguf"))
     if gguf:
         return f"; {gguf[0].name} is {_GGUF}"
@@ -588,6 +631,34 @@ def _what_it_holds(folder: Path) -> str:
             "not the model: the model's weights were not saved in this folder."
         )
     return "."
+
+
+def _interrupted_download(folder: Path) -> str:
+    """Where ``folder`` is a hub cache snapshot and its repository's ``blobs/`` holds ``*.incomplete`` files (what an
+    interrupted ``hf download`` leaves: the file is linked into the snapshot only once it is whole), the end of a
+    missing-weights error saying so and the command that resumes it; else ``""``."""
+    from subnetviz.config import hub_snapshot_of
+
+    snap = hub_snapshot_of(folder)
+    if snap is None or Path(folder).name != snap[1]:  # (the snapshot folder itself, not a subfolder of it)
+        return ""
+    repo_id, commit, _ = snap
+    repo = Path(folder).parent.parent
+    try:
+        partial = sum(1 for _ in (repo / "blobs").glob("*.incomplete"))
+    except OSError:
+        return ""
+    if not partial:
+        return ""
+    try:  # a snapshot refs/main does not name was fetched at a revision: resumed at that one
+        main = _ref_commit(repo.parent, repo_id, "main")
+    except SubnetvizError:
+        main = None
+    revision = "" if main == commit.lower() or not _COMMIT.fullmatch(commit) else f" --revision {commit}"
+    return (
+        f"; a download was interrupted ({partial} .incomplete blob(s) in its repository's blobs/ folder): run "
+        f"`hf download {repo_id}{revision}` again to finish it."
+    )
 
 
 def _any_weights(folder: Path) -> bool:
@@ -651,7 +722,8 @@ def _index_files(index: Path) -> list[Path]:
     files = [index.parent / f for f in entries]
     missing = [f.name for i, f in enumerate(files) if not _is_shard(index, i, entries[i], f)]
     if missing:
-        raise CheckpointError(f"{index}: shard(s) listed but missing: {', '.join(missing[:5])}.")
+        why = _interrupted_download(index.parent) or "."
+        raise CheckpointError(f"{index}: shard(s) listed but missing: {', '.join(missing[:5])}{why}")
     return files
 
 
@@ -882,14 +954,29 @@ def _repo_folder(cache: Path, repo_id: str) -> Path:
 
 
 def _short_commit(cache: Path, repo_id: str, rev: str | None) -> Path | None:
-    """The snapshot of ``repo_id`` whose commit begins with ``rev`` (4 to 39 hex digits; the one such snapshot)."""
+    """The snapshot of ``repo_id`` whose commit begins with ``rev`` (4 to 39 hex digits; the one such snapshot),
+    None where none does. Several that do: a CheckpointError listing them (the message said the cache held no
+    snapshot for ``rev``, and listed one of those that begin with it)."""
     if not rev or not (4 <= len(rev) < 40) or any(c not in "0123456789abcdef" for c in rev.lower()):
         return None
     try:
-        found = [p for p in (_repo_folder(cache, repo_id) / "snapshots").iterdir() if p.name.startswith(rev.lower())]
+        found = sorted(
+            p for p in (_repo_folder(cache, repo_id) / "snapshots").iterdir() if p.name.startswith(rev.lower())
+        )
+        found = [p for p in found if p.is_dir()]
     except OSError:
         return None
-    return found[0] if len(found) == 1 and found[0].is_dir() else None
+    if len(found) > 1:
+        names = [p.name for p in found]
+        n = next(n for n in range(max(7, len(rev) + 1), 41) if n == 40 or len({c[:n] for c in names}) == len(names))
+        shown = ", ".join(f"{repo_id}@{c[:n]}" for c in names[:4]) + (
+            f" and {len(names) - 4} more" if len(names) > 4 else ""
+        )
+        raise CheckpointError(
+            f"{repo_id}@{rev} is ambiguous: {len(names)} snapshots in the local Hugging Face cache have commits that "
+            f"begin with {rev} ({shown}); give more characters of the commit."
+        )
+    return found[0] if found else None
 
 
 def _cached_nearby(cache: Path, repo_id: str, rev: str | None) -> str:

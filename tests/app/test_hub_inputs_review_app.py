@@ -14,16 +14,15 @@ import pytest
 from tests.app_fixtures import open_page
 from tests.unit.test_hub_inputs_review import (
     CHANGED,
-    CHANGED_BODY,
     CONFIG,
     HEAD,
     NUMEL,
     base_weights,
     build_hub,
     folder,
+    head_copies,
     lora_files,
     model_files,
-    planted,
 )
 
 pytestmark = pytest.mark.usefixtures("typed_options")
@@ -80,14 +79,14 @@ def test_a_snapshot_file_and_index_typed_as_paths_open(hub_home):
 
 
 def test_a_config_edit_gives_fresh_numbers_in_a_running_and_a_new_server(app_env):
-    w = base_weights()
-    base = folder(app_env / "config-edit" / "base", model_files(w))
-    ft = folder(app_env / "config-edit" / "ft", model_files(planted(w)))
+    wb, wf = head_copies(base_weights())
+    base = folder(app_env / "config-edit" / "base", model_files(wb))
+    ft = folder(app_env / "config-edit" / "ft", model_files(wf))
     at = _checked(open_page("workspace", base=str(base), ft=[str(ft)]))
-    assert _metrics(at)["ft"].startswith(f"{CHANGED:,} of {NUMEL:,} parameters changed")
-    for f in (base, ft):  # the head is tied to the embedding: the stored head is not counted
+    assert _metrics(at)["ft"].startswith(f"{CHANGED + 2:,} of {NUMEL:,} parameters changed")
+    for f in (base, ft):  # the head is tied to the embedding: its stored copy is not counted
         (f / "config.json").write_text(json.dumps({**CONFIG, "tie_word_embeddings": True}))
-    tied = f"{CHANGED_BODY:,} of {NUMEL - HEAD:,} parameters changed"
+    tied = f"{CHANGED:,} of {NUMEL - HEAD:,} parameters changed"
     assert _metrics(_checked(at.run()))["ft"].startswith(tied)  # the same session, the server's memo
     assert _metrics(_checked(open_page("workspace", base=str(base), ft=[str(ft)])))["ft"].startswith(tied)
 

@@ -53,7 +53,6 @@ HEAD = 16 * 8
 # Planted in the finetune: (tensor, flat entries moved by +0.5); 3 in q_proj, 2 in the head
 PLANT = {"model.layers.0.self_attn.q_proj.weight": [0, 9, 63], "lm_head.weight": [5, 77]}
 CHANGED = sum(len(v) for v in PLANT.values())  # 5
-CHANGED_BODY = len(PLANT["model.layers.0.self_attn.q_proj.weight"])  # 3: the head tied, not counted
 
 NEW = "2" * 40  # acme/tiny-base's refs/main
 OLD = "1" * 40  # acme/tiny-base's tag v1: the finetune's weights
@@ -476,33 +475,45 @@ def test_an_id_not_cached_says_what_is_and_the_command_that_fetches(hub, spec, h
 
 
 # ---------------------------------------------------------------- cache keys 1: config.json in the fingerprint
+def head_copies(weights: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """(base, finetune) weights of a tied model a conversion saved untied: the head stored as a copy of the input
+    embedding in both, the finetune's planted head changes made to its embedding too (as training a tied model
+    does). Untied, the head's changes count twice (CHANGED + 2 of NUMEL); tied, the equal copy is the embedding
+    and counted once (CHANGED of NUMEL - HEAD)."""
+    base = {**weights, "model.embed_tokens.weight": weights["lm_head.weight"].copy()}
+    ft = planted(base)
+    ft["model.embed_tokens.weight"] = ft["lm_head.weight"].copy()
+    return base, ft
+
+
 def test_a_config_edit_gives_fresh_numbers(tmp_path):
-    """``tie_word_embeddings`` set after a conversion wrote it wrong: the stored head is then the embedding's and
-    not counted. The cache served the analysis from before the edit."""
+    """``tie_word_embeddings`` set after a conversion wrote it wrong (the head stored as an equal copy of the
+    embedding): the copy is then the embedding's and counted once. The cache served the analysis from before the
+    edit."""
     from subnetviz.analysis.updates import cached_analysis
     from subnetviz.checkpoints import open_checkpoint
     from subnetviz.checkpoints.sources import fingerprint
 
-    w = base_weights()
-    base = folder(tmp_path / "base", model_files(w))
-    ft = folder(tmp_path / "ft", model_files(planted(w)))
+    wb, wf = head_copies(base_weights())
+    base = folder(tmp_path / "base", model_files(wb))
+    ft = folder(tmp_path / "ft", model_files(wf))
 
     def run():
         a = cached_analysis(str(base), [str(ft)], device="cpu", cache_root=tmp_path / "cache")
         row = a.summary().iloc[0]
         return a.cached, int(row.changed), int(row.numel)
 
-    assert run() == (False, CHANGED, NUMEL)
-    assert run() == (True, CHANGED, NUMEL)
+    assert run() == (False, CHANGED + 2, NUMEL)
+    assert run() == (True, CHANGED + 2, NUMEL)
     before = open_checkpoint(ft).fingerprint
     for f in (base, ft):  # the same values written again (another indent): nothing to compute
         (f / "config.json").write_text(json.dumps(CONFIG, indent=4))
-    assert open_checkpoint(ft).fingerprint == before and run() == (True, CHANGED, NUMEL)
+    assert open_checkpoint(ft).fingerprint == before and run() == (True, CHANGED + 2, NUMEL)
     for f in (base, ft):
         (f / "config.json").write_text(json.dumps({**CONFIG, "tie_word_embeddings": True}))
     assert open_checkpoint(ft).fingerprint != before
     assert fingerprint(ft) == open_checkpoint(ft).fingerprint  # the torch-free key agrees
-    assert run() == (False, CHANGED_BODY, NUMEL - HEAD)
+    assert run() == (False, CHANGED, NUMEL - HEAD)
 
 
 def test_a_mistyped_relative_folder_is_said_to_be_no_folder_too(tmp_path, monkeypatch):
