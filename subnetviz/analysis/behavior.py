@@ -410,17 +410,14 @@ def _labels(labels: Sequence[str] | None, finetuned: Sequence[str], prompts: Seq
 def _context_length(models: Sequence) -> int | None:
     """The fewest positions any of ``models`` takes (``max_position_embeddings``, GPT-2's ``n_positions``, ...;
     from each config's text config: a vision-language model's language model says it, not its top level), None
-    when no config says."""
-    from transformers import AutoConfig
-
-    from subnetviz.checkpoints.models import CONTEXT_KEYS, model_folder
+    when no config says. A config transformers refuses is one CheckpointError naming its model
+    (:func:`~subnetviz.checkpoints.models.model_config`), before any model is loaded: it was passed over here, and
+    its strict validation's errors (no ValueError) were a traceback."""
+    from subnetviz.checkpoints.models import CONTEXT_KEYS, model_config
 
     found = []
     for m in models:
-        try:
-            cfg = AutoConfig.from_pretrained(str(model_folder(m)), local_files_only=True).get_text_config()
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
+        cfg = model_config(m).get_text_config()
         for key in CONTEXT_KEYS:
             n = getattr(cfg, key, None)
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
@@ -503,17 +500,16 @@ def _require_room(base, finetuned, batches, n_tokens: int, tok, dev: str, revert
     (:func:`_revert_room`: mask sets, the |Δ| sample, the build temporaries) and what the libraries take
     (:data:`_LIBRARIES`). On a GPU the host holds one model at a time, while it is loaded, beside the reverting
     (counted whole on both: its masks and permutations are made on the host). All from the headers and the
-    config: nothing is loaded."""
-    from transformers import AutoConfig
-
-    from subnetviz.checkpoints.models import model_folder
+    config: nothing is loaded. A config transformers refuses is one CheckpointError
+    (:func:`~subnetviz.checkpoints.models.model_config`)."""
+    from subnetviz.checkpoints.models import model_config
     from subnetviz.checkpoints.sources import float32_bytes
     from subnetviz.config import require_memory
 
+    cfg = model_config(base).get_text_config()
     try:
-        cfg = AutoConfig.from_pretrained(str(model_folder(base)), local_files_only=True).get_text_config()
         vocab = int(cfg.vocab_size)
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (AttributeError, TypeError, ValueError):  # (no vocab_size, or none a number: the tokenizer's size)
         cfg, vocab = None, len(tok)
     base_b, ft_b = float32_bytes(base), max((float32_bytes(ft) for ft in finetuned), default=0)
     cache = n_tokens * vocab * 4

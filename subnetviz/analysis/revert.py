@@ -551,14 +551,15 @@ def config_difference(base: str, ft: str) -> list[str]:
     """What in ``ft``'s config differs from ``base``'s in a way that can change an eval-mode forward pass's logits
     (``rope_theta: 10000 -> 100``, a norm's eps, the activation; not dropout or a router's loss), nested keys
     dotted; [] when nothing does or a config cannot be read. Every reverted model is built from the finetune's
-    config, so with such a difference even "every weight reverted" is not the base."""
-    from transformers import AutoConfig
-
-    from subnetviz.checkpoints.models import model_folder
+    config, so with such a difference even "every weight reverted" is not the base. The configs are read by
+    :func:`~subnetviz.checkpoints.models.model_config`, whose CheckpointError (a config transformers refuses) is
+    such a config that cannot be read."""
+    from subnetviz.checkpoints.models import model_config
+    from subnetviz.errors import CheckpointError
 
     try:
-        a, b = (AutoConfig.from_pretrained(str(model_folder(m)), local_files_only=True).to_dict() for m in (base, ft))
-    except (OSError, ValueError, TypeError, KeyError):
+        a, b = (model_config(m).to_dict() for m in (base, ft))
+    except (OSError, CheckpointError):
         return []
     out: list[str] = []
 

@@ -273,10 +273,12 @@ def load_local_model(spec: str | Path):
 
 def model_skeleton(spec: str | Path):
     """The model of ``spec`` built from its config on the meta device: its parameters' names and shapes, no
-    weights read or memory allocated (for checking a mask before the model is loaded)."""
+    weights read or memory allocated (for checking a mask before the model is loaded). A config transformers
+    refuses is one CheckpointError naming ``spec`` (:func:`~subnetviz.checkpoints.models.model_config`)."""
     from subnetviz.checkpoints.models import meta_model
 
-    return meta_model(model_folder(spec))  # (the folder first: no config.json is a ConfigError here)
+    model_folder(spec)  # (first: no config.json is a ConfigError here)
+    return meta_model(spec)
 
 
 def model_folder(spec: str | Path) -> Path:

@@ -223,15 +223,20 @@ def load_causal_lm(spec: str | os.PathLike, **kwargs):
     return model
 
 
-def model_config(spec, folder: Path):
-    """transformers' config of the model in ``folder``, from local files only; CheckpointError, one line naming
-    ``spec``, where transformers does not know its model type (a checkpoint that brings its own code, such as
-    Kimi-K2's ``kimi_k2``: such code is never run here) or refuses the config."""
+def model_config(spec, folder: Path | None = None):
+    """transformers' config of checkpoint ``spec``, read from ``folder`` (default its :func:`model_folder`) from local
+    files only: every config subnetviz builds is read here (a model's load, its meta-device skeleton, Behaviour's
+    context length and room, the revert experiments' config difference, a run's model class). CheckpointError, one
+    line naming ``spec``, where transformers does not know its model type (a checkpoint that brings its own code,
+    such as Kimi-K2's ``kimi_k2``: such code is never run here) or refuses the config: ``<spec>: config.json: <the
+    validator's message>`` (:func:`config_problem`). transformers 5 validates a config as a strict dataclass, whose
+    errors are no ValueError: a hidden size no multiple of the heads, ``"hidden_act": 5``, ended in a traceback."""
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     from subnetviz.config import read_json
 
+    folder = model_folder(spec) if folder is None else folder
     model_type = read_json(folder / "config.json", CheckpointError).get("model_type")
     if isinstance(model_type, str) and model_type not in CONFIG_MAPPING_NAMES:
         raise CheckpointError(
@@ -241,18 +246,50 @@ def model_config(spec, folder: Path):
         )
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except ValueError as exc:
-        raise CheckpointError(f"{spec}: transformers cannot read its config.json ({_first_line(exc)}).") from None
+    except (*CONFIG_ERRORS, *_strict_errors()) as exc:
+        raise CheckpointError(f"{spec}: config.json: {config_problem(exc)}") from None
+
+
+# What transformers' config classes raise, besides the strict validation's errors (:func:`_strict_errors`), for a
+# value they cannot build from: an unknown model type (ValueError), rope_parameters missing a key (KeyError),
+# "layer_types": 5 (TypeError), "quantization_config": 5 (AttributeError), 0 attention heads (ZeroDivisionError)
+CONFIG_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, AttributeError, ArithmeticError)
+
+
+def _strict_errors() -> tuple[type[Exception], ...]:
+    """huggingface_hub's StrictDataclassError family (a field of the wrong type, a class validator refusing the
+    config), which transformers 5 raises for a config.json it refuses: an Exception, no ValueError. Empty with a
+    huggingface_hub too old to have it (whose transformers raised ValueError)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
+
+
+def config_problem(exc: Exception) -> str:
+    """Why transformers refused a config, in one line of at most 300 characters: a strict-dataclass error's cause,
+    which is the validator's own message ("The hidden size (97) is not a multiple of the number of attention heads
+    (4)."; the error's own text is "Class validation error for validator '...':" with it on the next line), a
+    ValueError's text, and the type before the text of anything else ("ZeroDivisionError: integer modulo by
+    zero")."""
+    strict = isinstance(exc, _strict_errors())
+    cause = exc.__cause__ if strict and exc.__cause__ is not None else exc
+    text = " ".join(str(cause).split())
+    if not (strict or isinstance(exc, ValueError)) or not text:
+        text = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return text if text.endswith(".") else text + "."
 
 
 def meta_model(spec: str | os.PathLike):
     """The model of ``spec`` (a folder, or a hub id in the local cache) built from its config.json on the meta
     device, with the class a run builds (:func:`text_model_class`): its parameters' names and shapes, no weight
-    read, no memory taken, nothing downloaded (for checking a mask before a model is loaded or a run queued)."""
+    read, no memory taken, nothing downloaded (for checking a mask before a model is loaded or a run queued). A
+    config transformers refuses is one CheckpointError naming ``spec`` (:func:`model_config`)."""
     import torch
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(model_folder(spec)), local_files_only=True)
+    config = model_config(spec)
     with torch.device("meta"):
         return text_model_class(config, spec).from_config(config)
 
@@ -410,7 +447,9 @@ def folder_tokenizer(folder: Path, spec: str | None = None):
     """``AutoTokenizer`` of the files in ``folder`` (checked by the caller: :func:`check_folder_files`), from local
     files only. Whatever transformers raises becomes one CheckpointError naming ``spec`` (default the folder) and,
     where it can be told, the file: a tokenizer file of the wrong JSON type ended in an AttributeError or
-    TypeError traceback from inside transformers (CLI and Behaviour page alike)."""
+    TypeError traceback from inside transformers (CLI and Behaviour page alike). A config.json transformers' strict
+    validation refuses (the tokenizer's loader reads it) is said as :func:`model_config` says it, not as the
+    tokenizer's fault."""
     from transformers import AutoTokenizer
 
     from subnetviz.config import display_path
@@ -419,6 +458,8 @@ def folder_tokenizer(folder: Path, spec: str | None = None):
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line naming the folder and file
         where = spec if spec is not None else display_path(folder)
+        if isinstance(exc, _strict_errors()):  # (AutoTokenizer reads config.json too: the config is refused)
+            raise CheckpointError(f"{where}: config.json: {config_problem(exc)}") from None
         raise CheckpointError(f"{where}: its tokenizer cannot be loaded ({_tokenizer_problem(folder, exc)}).") from None
 
 

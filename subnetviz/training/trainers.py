@@ -168,17 +168,14 @@ def build_trainer(
 def image_text_to_text(base: str | os.PathLike) -> bool:
     """Whether transformers builds ``base``'s text model as an image-text-to-text model only (Mistral-3, Qwen2-VL,
     LLaVA: :func:`~subnetviz.checkpoints.models.text_model_class`), which a run then loads itself; False for a
-    causal LM, and for a config transformers cannot read (TRL loads the base and says why). ConfigError, one line,
-    for a model with no class returning next-token logits (the Qwen omni models)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    causal LM. The config is read by :func:`~subnetviz.checkpoints.models.model_config`: one CheckpointError naming
+    ``base`` where transformers refuses it (its strict validation's errors were a traceback in the run). ConfigError,
+    one line, for a model with no class returning next-token logits (the Qwen omni models)."""
+    from transformers import AutoModelForCausalLM
 
-    from subnetviz.checkpoints.models import text_model_class
+    from subnetviz.checkpoints.models import model_config, text_model_class
 
-    try:
-        config = AutoConfig.from_pretrained(str(base), local_files_only=True)
-    except (OSError, ValueError, KeyError):
-        return False
-    return text_model_class(config, base) is not AutoModelForCausalLM
+    return text_model_class(model_config(base), base) is not AutoModelForCausalLM
 
 
 def _frozen(model):
