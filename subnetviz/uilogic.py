@@ -493,6 +493,21 @@ def mask_misfit(mask: str, base: str, stamps: tuple = ()) -> str | None:
     return None
 
 
+def model_problem(model: str, stamps: tuple = ()) -> str | None:
+    """Why ``model`` cannot be built from its config (no config.json, a config transformers refuses), in one line;
+    None when it can. The Bigram page says it before its masks: each mask was said not to fit for it ("cannot be
+    checked against the model"), with advice to train one, which fails alike. ``stamps`` only key the caller's
+    memo."""
+    from subnetviz.bigram.maskable import model_skeleton
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        model_skeleton(model)
+    except SubnetvizError as exc:
+        return str(exc)
+    return None
+
+
 def bigram_mask_misfit(mask: str, model: str, stamps: tuple = ()) -> str | None:
     """Why the mask file ``mask`` is no bigram subnetwork of ``model``, in a few words; None when it is one.
 

@@ -157,6 +157,9 @@ def _zoo_mask_note() -> None:
 
 def analyse(model: str, corpus: str) -> None:
     import_released(model)
+    if problem := ui.shared(uilogic.model_problem, model, ui.checkpoint_stamp(model)):  # (before its masks)
+        ui.error(problem)
+        return
     masks = {
         k: v for k, v in selection.saved_masks().items() if v.endswith("outputs/mask.safetensors") or "uploads" in k
     }

@@ -164,15 +164,16 @@ def _shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 @pytest.mark.parametrize("case", ["behaviour-finetune", "behaviour-base", "bigram"])
 def test_behaviour_and_bigram_pages_say_the_config_line(in_home, name, case):
     """Behaviour (the finetune's config, or the base's: it blamed the tokenizer) stops with the line as its error;
-    Bigram offers no mask, saying the line as why none can be checked against the model (the page checks the model
-    through its masks). Before: "Something went wrong inside subnetviz (StrictDataclass...Error). This is a bug"."""
+    Bigram stops with it as its error before its masks (each was said not to fit, "cannot be checked against the
+    model", with advice to train one for it). Before: "Something went wrong inside subnetviz
+    (StrictDataclass...Error). This is a bug"."""
     from tests.app_fixtures import open_page
 
     bad, good, said = str(in_home[name]), str(in_home["good"]), BAD[name][1]
     page, query, kind = {
         "behaviour-finetune": ("behavior", {"base": good, "ft": [bad]}, "error"),
         "behaviour-base": ("behavior", {"base": bad, "ft": [good]}, "error"),
-        "bigram": ("bigram", {"bg_model": bad}, "info"),
+        "bigram": ("bigram", {"bg_model": bad}, "error"),
     }[case]
     at = open_page(page, **query)
     assert not at.exception, [e.message for e in at.exception]
@@ -181,3 +182,4 @@ def test_behaviour_and_bigram_pages_say_the_config_line(in_home, name, case):
     hits = [t for t in _texts(at.main, kind) if said in t]
     assert len(hits) == 1 and "\n" not in hits[0] and "tokenizer" not in hits[0], shown
     assert not at.get("plotly_chart") and not at.metric
+    assert not [t for t in shown if "Train one for it" in t], shown
