@@ -33,6 +33,11 @@ prefix (:meth:`MergedAdapter._to_base`), and rank_pattern / alpha_pattern / targ
 matches them, against the name in memory. A mixture of experts' router or packed experts saved whole under
 transformers 5's names in memory (Mixtral's and PhiMoE's ``mlp.gate`` / ``mlp.router``, ``mlp.experts.gate_up_proj``)
 replace the base tensors they load into (``block_sparse_moe.gate``, each expert's slice: :meth:`MergedAdapter._placed`).
+Only the LoRA modules adapter_config.json selects are merged, as PEFT builds LoRA layers only there and its loader
+drops the file's other tensors without a word (``target_modules``, ``exclude_modules``, ``modules_to_save``,
+``layers_to_transform`` / ``layers_pattern``: :meth:`MergedAdapter._not_selected`): a file holding others (a config
+copied from another run) is merged as PEFT merges it, with a note naming them, and one the config selects none of
+is refused.
 """
 
 from __future__ import annotations
@@ -226,6 +231,7 @@ class MergedAdapter(Checkpoint):
             *self._fan_in_fan_out_notes(),
             *self._tied_notes,
             *self._target_notes,
+            *self._unselected_notes(),
             *self._new_notes(),
             *(
                 [
@@ -369,6 +375,8 @@ class MergedAdapter(Checkpoint):
         wrapped_short.update({strip_prefix(m): w for m, w in self._wrapped_in_memory.items() if w in wrapped})
         per_param: dict[str, dict[int, dict[str, str]]] = {}  # wrapped module -> depth -> kind -> key
         extras: dict[str, dict[str, str]] = {}  # "bias" / "magnitude" / "tokens" -> module -> key
+        # a LoRA module adapter_config.json does not select -> (why, its tensors): left out, as PEFT leaves it
+        self._unselected: dict[str, tuple[str, list[str]]] = {}
         for key in header:
             if key == "__metadata__":
                 continue
@@ -388,11 +396,11 @@ class MergedAdapter(Checkpoint):
                 depth = m["module"].count(".base_layer")
                 per_param.setdefault(module, {}).setdefault(depth, {})[m["kind"]] = key
                 continue
+            if self._dropped_key(key, short, m, wrapped_short):
+                continue
             if m is None:  # modules_to_save, trainable biases, and the weight of a LoRA-adapted embedding PEFT saves
                 # as <module>.base_layer.weight (its vocabulary may have been resized): a full tensor replacing
                 # the base's, to which that module's B·A is then added
-                if ".original_module." in short:  # (save_embedding_layers) the base's own copy of a module saved
-                    continue  # whole: no update, and PEFT's merge keeps the trained copy
                 target = _whole_target(short)
                 placed = self._placed(key, target, tuple(header[key]["shape"]), base_names)
                 if placed:  # a router or packed experts saved under their names in memory (transformers 5's)
@@ -417,6 +425,7 @@ class MergedAdapter(Checkpoint):
                 continue
             target = self._to_base(key, target, base_names)
             pairs.setdefault(target, {})[m["kind"]] = key
+        selected = any((pairs, heads, per_param))  # (whether the config selects any of the file's LoRA modules)
         # of the copies saved for one tensor, the one PEFT's loader reads: <module>.weight before the copy under
         # modules_to_save, and a tied tensor's values as its embedding's own key saves them before its head's
         replaced = {
@@ -448,6 +457,7 @@ class MergedAdapter(Checkpoint):
             self._check_shapes(target, header[a]["shape"], header[b]["shape"], False, want)
             self._check_rank(target, a, header[a]["shape"][0], module=module)
         self._check_target_modules(base_names)
+        self._leave_out_unselected(extras, selected)
         self.experts = self._plan_parameters(wrapped, per_param, header, out)
         self._plan_extras(extras, header, out, replaced, base_names)
         return out, replaced
@@ -831,6 +841,150 @@ class MergedAdapter(Checkpoint):
                 f"B·A{'ᵀ' if flip else ''} must have the base weight's shape {want}, with A's rows B's columns."
             )
 
+    def _dropped_key(self, key: str, short: str, m, wrapped_short: dict) -> bool:
+        """Whether the adapter tensor ``key`` (``short``: past PEFT's prefix; ``m``: its :data:`_LORA` match, or
+        None; never a target parameter's) is none of the merged model's:
+
+        - the base's own copy of a module saved whole (``.original_module.``, with ``save_embedding_layers``): no
+          update, and PEFT's merge keeps the trained copy;
+        - a tensor of a LoRA module adapter_config.json does not select (:meth:`_not_selected`): its factors, or the
+          module's own weight or bias saved beside them (``<module>.base_layer.*``: an embedding's with
+          ``save_embedding_layers``, a bias with ``bias: all``), which PEFT's loader drops with the LoRA layer it
+          does not build; recorded in :attr:`_unselected`."""
+        if m is not None:
+            return self._left_out(m["module"], key, m["kind"].startswith("lora_embedding"))
+        if ".original_module." in short:
+            return True
+        owner = short.split(".base_layer.")[0]
+        return ".base_layer." in short and strip_prefix(owner) not in wrapped_short and self._left_out(owner, key)
+
+    def _left_out(self, module: str, key: str, embedding: bool = False) -> bool:
+        """Whether the config selects no LoRA for ``module`` (its name in memory); if so, ``key`` is recorded."""
+        if module in self._unselected:
+            self._unselected[module][1].append(key)
+            return True
+        why = self._not_selected(module, embedding)
+        if why is not None:
+            self._unselected[module] = (why, [key])
+        return why is not None
+
+    def _leave_out_unselected(self, extras: dict, selected: bool) -> None:
+        """The LoRA biases and DoRA magnitudes of modules adapter_config.json does not select taken out of
+        ``extras`` (PEFT's loader drops them with the module's factors). A file whose LoRA modules the config
+        selects none of (``selected``: whether it selects any) is refused: the config and the weights disagree
+        (merged, the adapter would be no update at all), and the line names the first tensor and the key that
+        rules it out."""
+        for kind in ("bias", "magnitude"):
+            extras[kind] = {module: k for module, k in extras.get(kind, {}).items() if not self._left_out(module, k)}
+        if not self._unselected or selected:
+            return
+        _, (why, keys) = next(iter(self._unselected.items()))
+        raise CheckpointError(
+            f"{self.adapter_file.parent / 'adapter_config.json'} selects none of the {len(self._unselected)} "
+            f"module(s) the adapter holds LoRA tensors for (first: {keys[0]!r}: {why}), so PEFT would load none "
+            "of them: the config and the weights disagree. Give the adapter_config.json it was trained with."
+        )
+
+    def _not_selected(self, module: str, embedding: bool) -> str | None:
+        """Why adapter_config.json gives ``module`` (a LoRA module's name in memory, as PEFT saves it; ``embedding``:
+        its factors are an embedding's) no LoRA layer, as PEFT's ``check_target_module_exists`` decides it when it
+        loads the adapter; None where it gives it one. In that order: ``exclude_modules`` (a regular expression
+        matching the whole name, or names matching it or its end after a dot), ``modules_to_save`` (PEFT adapts no
+        module it saves whole), ``target_modules`` (``all-linear``: every linear layer but the output head; another
+        string: a regular expression matching the whole name; a list: the whole name, or its end after a dot),
+        then, for a list entry matching the name's end, ``layers_to_transform``: the module's layer index (the first
+        number after ``layers_pattern``, or after the name's second part) one of them. PEFT loads the adapter with
+        ``strict=False``: the tensors of such a module are dropped without a word, so its merge leaves them out. A
+        config of no ``target_modules`` (PEFT takes the family's defaults) selects by the other keys only."""
+        ac = self.adapter_config
+        cfg = self.adapter_file.parent / "adapter_config.json"
+        tied = self.base.tied_embeddings and strip_prefix(f"{module}.weight") in TIED_HEADS
+        if tied and ac.get("ensure_weight_tying"):
+            return None  # (PEFT adapts a tied head with the embedding, whatever target_modules says: _plan_tied)
+        ex = ac.get("exclude_modules")
+        if isinstance(ex, str) and ex:
+            where = f"{cfg}: exclude_modules {ex[:60]!r}"
+            if _matches(_pattern(ex, where), module, where):
+                return f"exclude_modules {ex[:60]!r} matches it"
+        elif _listed(ex, module):
+            return "exclude_modules lists it"
+        saved = ac.get("modules_to_save")
+        for m in saved if isinstance(saved, list) else ():
+            if isinstance(m, str) and m:  # as PEFT matches them: re.match(rf"(^|.*\.){m}($|\..*)", module)
+                where = f"{cfg}: modules_to_save {m[:60]!r}"
+                if _matches(_pattern(rf"(^|.*\.){m}($|\..*)", where), module, where, how="match"):
+                    return f"modules_to_save lists {m[:60]!r}, and PEFT adapts no module it saves whole"
+        tm = ac.get("target_modules")
+        if isinstance(tm, str):  # (layers_to_transform is not read with one: PEFT refuses it)
+            if tm.lower() == "all-linear":
+                if embedding:
+                    return "target_modules is 'all-linear', and an embedding is no linear layer"
+                if strip_prefix(f"{module}.weight") in TIED_HEADS:
+                    return "target_modules is 'all-linear', which leaves out the output head"
+                return None
+            where = f"{cfg}: target_modules {tm[:80]!r}"
+            return (
+                None
+                if _matches(_pattern(tm, where), module, where)
+                else f"target_modules {tm[:60]!r} does not match it"
+            )
+        names = [t for t in tm if isinstance(t, str)] if isinstance(tm, list) else []
+        if module in names:  # the whole name: PEFT reads no layers_to_transform for it
+            return None
+        if names and not any(module.endswith(f".{t}") for t in names):
+            shown = ", ".join(repr(t[:40]) for t in names[:4]) + (" …" if len(names) > 4 else "")
+            return f"target_modules [{shown}] does not list it"
+        return self._layer_not_selected(module, str(cfg))
+
+    def _layer_not_selected(self, module: str, cfg: str) -> str | None:
+        """Why ``layers_to_transform`` (with ``layers_pattern``) leaves out ``module``, as PEFT reads them; None where
+        it keeps it (or is not set)."""
+        ac = self.adapter_config
+        layers, pattern = ac.get("layers_to_transform"), ac.get("layers_pattern")
+        if layers is None or layers == []:
+            return None
+        wanted = [layers] if isinstance(layers, int) else layers
+        if not (isinstance(wanted, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in wanted)):
+            raise CheckpointError(
+                f"{cfg}: layers_to_transform is {str(layers)[:60]!r}; expected a layer index or a list of them."
+            )
+        patterns = [pattern] if isinstance(pattern, str) else pattern
+        if not patterns:  # the first number after the name's second part
+            found = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
+        elif isinstance(patterns, list) and all(isinstance(p, str) for p in patterns):
+            found = None
+            for p in patterns:  # the first number after the first layers_pattern that has one
+                where = f"{cfg}: layers_pattern {p[:60]!r}"
+                if found := _matches(_pattern(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", where), module, where, how="match"):
+                    break
+        else:
+            raise CheckpointError(
+                f"{cfg}: layers_pattern is {str(pattern)[:60]!r}; expected a name or a list of names."
+            )
+        shown = str(layers)[:60]
+        if not found:
+            return f"layers_to_transform {shown} is set and its name has no layer index" + (
+                f" after layers_pattern {str(pattern)[:60]!r}" if patterns else ""
+            )
+        index = found["idx"]
+        if len(index) > 9 or int(index) not in wanted:
+            return f"its layer {index[:12]} is not in layers_to_transform {shown}"
+        return None
+
+    def _unselected_notes(self) -> list[str]:
+        """A note naming the LoRA modules adapter_config.json does not select, whose tensors are left out."""
+        if not self._unselected:
+            return []
+        first, (why, _) = next(iter(self._unselected.items()))
+        n = sum(len(keys) for _, keys in self._unselected.values())
+        more = f" and {len(self._unselected) - 1} more" if len(self._unselected) > 1 else ""
+        return [
+            f"adapter_config.json does not select {len(self._unselected)} module(s) the adapter holds LoRA tensors "
+            f"for: {first} ({why}){more}; PEFT builds no LoRA layer there and its loader drops their {n} tensor(s) "
+            "without a word, so they are left out of the merge, as PEFT's merge_and_unload leaves them. If the config "
+            "was copied from another run, give the one the adapter was trained with."
+        ]
+
     def _check_target_modules(self, base_names: set[str]) -> None:
         """``target_modules`` names modules of the base: a list of names, a regular expression matched
         against whole module names (as PEFT does with a string), or ``all-linear``. As PEFT, a list is refused only
@@ -851,7 +1005,7 @@ class MergedAdapter(Checkpoint):
                 "names, a regular expression or 'all-linear'."
             )
         if isinstance(tm, str):
-            if tm == "all-linear":
+            if tm.lower() == "all-linear":
                 return
             where = f"{self.spec}: target_modules {tm[:80]!r} in adapter_config.json"
             pattern = _pattern(tm, where)
@@ -1166,8 +1320,9 @@ _NOT_MERGED_HERE = {
 # initialisations that change the base before training (W − s·B₀·A₀, or a quantised W): such an adapter belongs
 # to that changed base, and merged onto the release it is not the model that was trained
 _BASE_CHANGING_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga")
-# every other key PEFT (0.4 to 0.21) writes in a LoRA adapter_config.json: what the merge reads, or what does not
-# change the merged weight (training-time settings, how modules were selected, provenance)
+# every other key PEFT (0.4 to 0.21) writes in a LoRA adapter_config.json: what the merge reads (which modules are
+# selected: target_modules, exclude_modules, layers_to_transform, layers_pattern, modules_to_save), or what does
+# not change the merged weight (training-time settings, provenance)
 _KNOWN_KEYS = {
     *("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "fan_in_fan_out", "target_modules"),
     *("target_parameters", "modules_to_save", "bias", "lora_bias", "use_dora", "trainable_token_indices"),
@@ -1215,26 +1370,50 @@ _NO_MODEL_NAME = re.compile(
 )
 
 
-def _model_name(spec) -> str | None:
-    """The name of the model a path or hub id names, for telling two models apart loosely: the hub id's or the
-    folder's last name (a hub cache's ``models--org--name`` for its snapshot folders), lower-cased and with
-    nothing but letters and digits; None where no component names a model."""
+# name endings that make no other model: a re-save in another dtype or format, a local copy, a quantized copy
+# (QLoRA trains on one: "-bnb-4bit", "-GPTQ-Int4", "-AWQ"). Variant words (-Instruct, -Chat, -it, -Base, -Coder,
+# -Math) are no such ending: such a model is another model of the same shapes.
+_RESAVE_WORDS = frozenset(
+    {
+        *("bf16", "fp16", "fp32", "f16", "f32", "bfloat16", "float16", "float32", "half", "hf"),
+        *("transformers", "safetensors", "st", "local", "copy", "backup", "bak", "orig", "original"),
+        *("bnb", "4bit", "8bit", "nf4", "fp4", "int4", "int8", "gptq", "awq", "unsloth", "mlx"),
+    }
+)
+
+
+def _model_names(spec) -> set[str]:
+    """The names a path or hub id gives its model, for telling two models apart loosely: the hub id's or the
+    folder's last name (a hub cache's ``models--org--name`` for its snapshot folders), lower-cased, with nothing
+    but letters and digits and without trailing re-save words (:data:`_RESAVE_WORDS`: ``Qwen2.5-0.5B-bf16`` is
+    ``qwen2505b``), and that name with the one before it (the hub id's organisation) in front, so that a folder
+    named like the hub id (``Qwen--Qwen2.5-0.5B``, ``Qwen_Qwen2.5-0.5B``) is the same model; empty where no
+    component names a model."""
     if not isinstance(spec, str):
-        return None
+        return set()
+
+    def key(name: str) -> str:
+        words = re.findall(r"[0-9a-z]+", name.lower())
+        while words and words[-1] in _RESAVE_WORDS:
+            words.pop()
+        return "".join(words)
+
     parts = [p for p in re.split(r"[\\/]+", spec.strip()) if p and p not in (".", "..")]
     cached = next((p for p in reversed(parts) if p.startswith("models--")), None)
-    name = cached.split("--")[-1] if cached else next((p for p in reversed(parts) if not _NO_MODEL_NAME.match(p)), "")
-    name = re.sub(r"[^0-9a-z]", "", name.lower())
-    return name or None
+    named = cached.split("--")[1:] if cached else [p for p in parts if not _NO_MODEL_NAME.match(p)]
+    named = [p for p in named if key(p)][-2:]  # (a folder named bf16 in the model's folder is a re-save of it)
+    return {key(named[-1]), key("-".join(named))} if named else set()
 
 
 def _other_base_note(said, base: Checkpoint) -> list[str]:
     """A note where adapter_config.json's ``base_model_name_or_path`` clearly names another model than the base
-    the adapter is merged onto (their names differ and neither holds the other: a local copy of the same model,
-    an ``-bf16`` re-save, is not flagged). Not refused: the adapter may well fit another base of its shapes."""
-    ours = {n for n in (_model_name(base.spec), _model_name(str(base.root) if base.root else None)) if n}
-    theirs = _model_name(said)
-    if not ours or theirs is None or any(theirs in n or n in theirs for n in ours):
+    the adapter is merged onto: no name of one (:func:`_model_names`) is one of the other's. A local copy of the
+    same model, an ``-bf16`` re-save, a quantized copy QLoRA trained on, a folder named like the hub id are not
+    flagged; the base release and its ``-Instruct`` / ``-Chat`` / ``-it`` / ``-Coder`` / ``-Math`` model are (same
+    shapes, another model). Not refused: the adapter may well fit another base of its shapes."""
+    ours = _model_names(base.spec) | _model_names(str(base.root) if base.root else None)
+    theirs = _model_names(said)
+    if not ours or not theirs or ours & theirs:
         return []
     return [
         f"adapter_config.json says it was trained on {str(said)[:120]!r}, but it is merged onto {base.spec}, which "
@@ -1308,9 +1487,11 @@ def _pattern(text: str, where: str):
         raise CheckpointError(f"{where} is not a valid regular expression ({exc}).") from None
 
 
-def _matches(pattern, module: str, where: str) -> bool:
+def _matches(pattern, module: str, where: str, how: str = "fullmatch"):
+    """``pattern``'s match of ``module`` (the whole name, or with ``how="match"`` its start), or None; within the
+    time limit."""
     try:
-        return pattern.fullmatch(module, timeout=_MATCH_SECONDS) is not None
+        return getattr(pattern, how)(module, timeout=_MATCH_SECONDS)
     except TimeoutError:
         raise CheckpointError(
             f"{where}: matching a module name took over {_MATCH_SECONDS:g} s; give a simpler pattern."
