@@ -16,7 +16,7 @@ from contextlib import nullcontext
 
 from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
 from subnetviz.cli.app import cmd_app, port
-from subnetviz.cli.common import interrupted, watch_interrupts
+from subnetviz.cli.common import interrupted, shown, watch_interrupts
 from subnetviz.cli.jobs import cmd_demo, cmd_job, cmd_mask, cmd_report, cmd_runs, cmd_train
 from subnetviz.config import full_paths
 from subnetviz.errors import SubnetvizError
@@ -244,9 +244,8 @@ def _run(args: argparse.Namespace) -> int:
                 raise
     except SubnetvizError as exc:
         _end_bars()
-        from subnetviz.checkpoints.sources import escaped  # (a name's byte that is not UTF-8 shown as \xff)
-
-        print(f"error: {escaped(' '.join(str(exc).split()))}", file=sys.stderr)  # one line, whatever a library said
+        # one line, whatever a library said; a name's control characters and non-UTF-8 bytes as escapes (\x1b, \xff)
+        print(f"error: {shown(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away ('runs | head'): nothing more to say to it
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the exit's flush of what is left goes nowhere
@@ -258,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the environment: a read-only or full file system, a permission, a vanished file
         _end_bars()
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"error: cannot complete{where}: {exc.strerror or exc} (errno {exc.errno}).", file=sys.stderr)
+        print(shown(f"error: cannot complete{where}: {exc.strerror or exc} (errno {exc.errno})."), file=sys.stderr)
         return 2
 
 

@@ -8,9 +8,19 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from subnetviz.cli.common import check_out, progress_bar, publish, quiet_libraries, threads
+from subnetviz.cli.common import (
+    check_out,
+    progress_bar,
+    publish,
+    quiet_libraries,
+    refuse_blank,
+    shown,
+    shown_cells,
+    threads,
+)
 from subnetviz.errors import SubnetvizError
 
 SUBSPACES_NOTES = "subspaces_notes.json"  # analyze --subspaces: the subspaces' notes, a JSON list of lines
@@ -23,6 +33,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from subnetviz.analysis.sparsity import SparsityOptions
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates, cached_analysis, write_analysis
 
+    refuse_blank("analyze", [("BASE", args.base), ("FINETUNED", args.finetuned)])
     threads()
     tols = tuple(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
     options = SparsityOptions(
@@ -31,7 +42,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     spectra = SpectraOptions(enabled=args.spectra, **({"max_dim": None} if args.spectra_embeddings else {}))
     if args.labels and len(args.labels) != len(args.finetuned):
         raise SubnetvizError(f"--labels has {len(args.labels)} names for {len(args.finetuned)} finetuned checkpoints.")
-    _check_labels(args.labels, mask_files=True)
+    _check_labels(args.labels, mask_files=True, finetuned=args.finetuned)
     if args.subspaces or args.subspaces_share:  # its options refused before the update pass, not after it
         from subnetviz.analysis.subspaces import SubspaceOptions
 
@@ -39,7 +50,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _check_device(args.device)
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned])
     for line in _repeats(args.base, args.finetuned):
-        print(f"note: {line}", file=sys.stderr)
+        print(f"note: {shown(line)}", file=sys.stderr)
     from subnetviz.cache import USED, sweep
     from subnetviz.config import cache_dir
 
@@ -52,7 +63,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         analysis = cached_analysis(args.base, args.finetuned, **kwargs)
         if analysis.cached:
-            print(f"cached: served from {analysis.source_dir}", file=sys.stderr)
+            print(f"cached: served from {shown(analysis.source_dir)}", file=sys.stderr)
     try:
         with publish(out, args.overwrite) as tmp:  # the analysis and its subspaces appear together or not at all
             # The analysis first, then the subspaces: its cache entry, marked used when it was read, may be evicted
@@ -77,11 +88,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except _ReadFailed as failed:
         raise failed.args[0] from None
     for line in analysis.notes:
-        print(f"note: {line}", file=sys.stderr)
+        print(f"note: {shown(line)}", file=sys.stderr)
     summary = analysis.summary()
     shares = {"sparsity": share_text, "density": share_text}  # each its own digits: 1e-10 of 7B is not 0.000000
-    print(summary[["model", "sparsity", "density", "numel", "changed"]].to_string(index=False, formatters=shares))
-    print(f"wrote {out}")
+    table = shown_cells(summary[["model", "sparsity", "density", "numel", "changed"]])
+    print(table.to_string(index=False, formatters=shares))
+    print(f"wrote {shown(out)}")
     return 0
 
 
@@ -148,12 +160,15 @@ def _repeats(base: str, finetuned: list[str]) -> list[str]:
     return lines
 
 
-def _check_labels(labels: list[str] | None, mask_files: bool) -> None:
+def _check_labels(labels: list[str] | None, mask_files: bool, finetuned: Sequence[str] = ()) -> None:
     """``--labels`` before any work: none empty or blank (a model with no name, its mask written as the hidden
     ``masks/.safetensors``, and a folder ``report`` then rejects) and, where each model's mask is written
     (``mask_files``), none whose file name the file system refuses (found only once the whole analysis had run,
-    naming a temporary file) and no two that make one file name (``a/b`` and ``a_b`` are both ``a_b.safetensors``)."""
+    naming a temporary file) and no two that make one file name (``a/b`` and ``a_b`` are both ``a_b.safetensors``).
+    Without ``--labels``, the labels the ``finetuned`` checkpoints' names give are checked for blanks too (a folder
+    named ``"   "`` made a model with no name, as an empty label did)."""
     if not labels:
+        _check_derived_labels(finetuned)
         return
     blank = [lbl for lbl in labels if not lbl.strip()]
     if blank:
@@ -183,6 +198,19 @@ def _check_labels(labels: list[str] | None, mask_files: bool) -> None:
             )
 
 
+def _check_derived_labels(finetuned: Sequence[str]) -> None:
+    """:func:`_check_labels`'s blank check on the labels the finetuned checkpoints' names give
+    (:func:`~subnetviz.checkpoints.sources.checkpoint_label`)."""
+    from subnetviz.checkpoints.sources import checkpoint_label
+
+    for spec in finetuned:
+        if not checkpoint_label(spec).strip():
+            raise SubnetvizError(
+                f"FINETUNED {spec!r}: its name, the model's label, is only whitespace; give each finetuned model a "
+                "name with --labels."
+            )
+
+
 def _check_device(device: str) -> None:
     """``--device`` before any work: a result served from the cache never asks for the device, so a misspelt or
     absent one passed unnoticed there and failed only on the next computed run."""
@@ -206,16 +234,17 @@ def _subspaces(args: argparse.Namespace, labels: list[str]):
     else:
         rows, vectors, notes = cached_subspaces(args.base, args.finetuned, with_notes=True, **kwargs)
     for line in notes:
-        print(f"note: {line}", file=sys.stderr)
+        print(f"note: {shown(line)}", file=sys.stderr)
     return rows, vectors, notes
 
 
 def cmd_behavior(args: argparse.Namespace) -> int:
     from subnetviz.analysis.behavior import CURVE_POINTS, MAX_SEED, run_config, write_behavior
 
+    refuse_blank("behavior", [("BASE", args.base), ("FINETUNED", args.finetuned), ("--prompts", args.prompts)])
     threads()
     quiet_libraries()
-    _check_labels(args.labels, mask_files=False)
+    _check_labels(args.labels, mask_files=False, finetuned=args.finetuned)
     _check_device(args.device)
     # '~' as a shell leaves it quoted ("~/m", --opt=~/x, a script's list): analyze's readers expand it, these did not
     args.base, args.finetuned = _home(args.base), [_home(f) for f in args.finetuned]
@@ -244,9 +273,9 @@ def cmd_behavior(args: argparse.Namespace) -> int:
     with publish(out, args.overwrite) as tmp:
         written = write_behavior(report, tmp)
     for line in report.notes:
-        print(f"note: {line}", file=sys.stderr)
+        print(f"note: {shown(line)}", file=sys.stderr)
     cols = ["model", "experiment", "kl_forward", "kl_reverse", "accuracy", "fraction_reverted"]
-    print(report.summary[cols].to_string(index=False))
+    print(shown_cells(report.summary[cols]).to_string(index=False))
     if len(report.routing):  # an MoE model: how far its routing moved from the base's, per model and experiment
         from subnetviz.analysis.routing import overall
 
@@ -258,8 +287,8 @@ def cmd_behavior(args: argparse.Namespace) -> int:
         )
         moved = g[["jaccard", "rerouted_share"]].div(g["tokens"], axis=0).reset_index()
         print(f"routing against the base's (token-weighted over {r['router'].nunique()} routers, every prompt):")
-        print(moved.to_string(index=False))
-    print(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}: {', '.join(written)}")
+        print(shown_cells(moved).to_string(index=False))
+    print(shown(f"{report.tokens_per_second:.0f} tokens/s per model forward; wrote {args.out}: {', '.join(written)}"))
     return 0
 
 
@@ -290,6 +319,7 @@ def _mask_specs(specs: list[str]) -> dict[str, str]:
         if not sep:
             name, path = (spec if _special_mask(spec) else Path(spec).stem), spec
         if not _special_mask(path):
+            refuse_blank("behavior", [(f"--mask {spec}".strip(), path)])  # ('name=$M', M unset: the working folder)
             path = _home(path)
         if not name.strip():
             raise SubnetvizError(f"--mask {spec}: an empty mask name; give it one (--mask NAME=PATH) or leave out '='.")
@@ -304,6 +334,7 @@ def _mask_specs(specs: list[str]) -> dict[str, str]:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from subnetviz.experiments.drivers import grid_notes, run_drivers, verdicts
 
+    refuse_blank("experiment", [("--zoo", args.zoo)])  # (an empty one read as none: the default zoo, unsaid)
     threads()
     quiet_libraries()
     out = check_out(args.out, args.overwrite, [args.zoo])
@@ -313,17 +344,17 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         results.to_csv(tmp / "results.csv", index=False)
         verdict.to_csv(tmp / "verdicts.csv", index=False)
     cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]
-    print(results[cols].to_string(index=False))
-    print(verdict.to_string(index=False))
+    print(shown_cells(results[cols]).to_string(index=False))
+    print(shown_cells(verdict).to_string(index=False))
     for _level, line in grid_notes(results):  # points not run or failed and why, what each optimizer ran at
-        print(f"note: {line}", file=sys.stderr)
-    print(f"wrote {args.out}")
+        print(f"note: {shown(line)}", file=sys.stderr)
+    print(f"wrote {shown(args.out)}")
     failed = results[results["status"] == "failed"]
     if len(failed):  # published (the other runs are valid), but a script must notice
+        first = f"{failed['factor'].iloc[0]}={failed['value'].iloc[0]}: {failed['note'].iloc[0]}"
         print(
-            f"error: drivers: {len(failed)} grid point(s) failed (the first, "
-            f"{failed['factor'].iloc[0]}={failed['value'].iloc[0]}: {failed['note'].iloc[0]}); "
-            f"the other runs' results are in {args.out}",
+            f"error: drivers: {len(failed)} grid point(s) failed (the first, {shown(' '.join(first.split()))}); "
+            f"the other runs' results are in {shown(args.out)}",
             file=sys.stderr,
         )
         return 1

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from subnetviz.cli.common import refuse_blank
 from subnetviz.errors import SubnetvizError
 
 
@@ -80,6 +81,8 @@ def upload_size_mb() -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
+    # ('--roots "$DATA"' with DATA unset: the server would read the working folder, whatever it holds)
+    refuse_blank("app", [("--home", args.home), ("--roots", args.roots)])
     app = app_script()
     env = dict(os.environ)
     if args.home:

@@ -16,6 +16,42 @@ from pathlib import Path
 
 from subnetviz.errors import SubnetvizError
 
+# C0 and C1 control characters and DEL: text a terminal acts on (ESC starts a sequence that recolours, sets the
+# title or, on some terminals, writes the clipboard; BEL rings; a newline splits a one-line note)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: object) -> str:
+    """``text`` as the command line prints it: each C0/C1 control character (and DEL) as its escape (``\\x1b``,
+    ``\\x0a``), a byte of a name that is not UTF-8 as ``\\xff``
+    (:func:`~subnetviz.checkpoints.sources.escaped`); the space and every other character as they are. Every note,
+    error line and progress postfix goes through it: they carry text from checkpoints (tensor names, shard file
+    names, a folder's name), and a tensor named ``up\\x1b[31mRED\\x07_proj`` recoloured the terminal and rang its
+    bell. Text already quoted with ``!r`` holds no control characters and is left as it is."""
+    from subnetviz.checkpoints.sources import escaped
+
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", escaped(str(text)))
+
+
+def shown_cells(frame):
+    """A table with every text cell :func:`shown` (model labels, experiment names, a run's error), to print."""
+    return frame.map(lambda v: shown(v) if isinstance(v, str) else v)
+
+
+def refuse_blank(command: str, arguments: Sequence[tuple[str, str | Sequence[str] | None]]) -> None:
+    """Empty or blank path arguments of ``command`` (``(name, value or values)`` pairs; None: not given), refused
+    in one line before any work. An empty one is the working folder to every reader (``Path("")`` is ``.``):
+    ``analyze BASE "$FT"`` with ``FT`` unset compared the working folder, and failed only after the whole
+    analysis, on a model with no name, leaving that entry in the cache."""
+    for name, value in arguments:
+        values = [value] if isinstance(value, str) else list(value or ())
+        for i, v in enumerate(values):
+            if v.strip():
+                continue
+            which = f"{name} #{i + 1}" if len(values) > 1 else name
+            what = "an empty argument" if not v else "a blank argument, only whitespace,"
+            raise SubnetvizError(f"{command}: {which} is {what} (an unset shell variable?); nothing was read.")
+
 
 def threads() -> None:
     """torch's CPU threads from ``OMP_NUM_THREADS`` (default 1: on a 2-core laptop or CI box torch's own default
@@ -128,7 +164,7 @@ def progress_bar(desc: str, unit: str = "tensor"):
         bar = bars[0]
         bar.total = total
         bar.n = step
-        bar.set_postfix_str(what[-40:], refresh=False)
+        bar.set_postfix_str(shown(what[-40:]), refresh=False)  # (a tensor's name: a checkpoint's text)
         bar.refresh()
         if step >= total:
             bar.close()

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from subnetviz.cli.analysis import share_text
-from subnetviz.cli.common import publish_file, threads
+from subnetviz.cli.common import publish_file, refuse_blank, shown, shown_cells, threads
 from subnetviz.errors import SubnetvizError
 
 
@@ -23,6 +23,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from subnetviz.jobs.worker import main_train
 
+    refuse_blank("train", [("--config", args.config), ("--run-dir", args.run_dir)])
     threads()
     return main_train(args.config, run_dir=args.run_dir)
 
@@ -43,13 +44,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if not args.cancel.strip():
             raise SubnetvizError("--cancel needs a run id (python -m subnetviz runs lists them).")
         runner.cancel(args.cancel)
-        print(f"cancelled {args.cancel}")
+        print(f"cancelled {shown(args.cancel)}")
         return 0
     df = runner.list_runs()
     cols = ["id", "kind", "name", "status", "step", "total", "error"]
     if len(df):  # a missing name or error as nothing, steps as whole numbers (not NaN and 2.0)
         df = df[cols].astype({"step": "Int64", "total": "Int64"}).astype(object).where(lambda d: d.notna(), "")
-    print(df.to_string(index=False, max_colwidth=60) if len(df) else "no runs")
+    # (a run's error quotes a checkpoint's text: a tensor's name, a file's)
+    print(shown_cells(df).to_string(index=False, max_colwidth=60) if len(df) else "no runs")
     return 0
 
 
@@ -57,6 +59,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
     from subnetviz.cache import file_in_the_way
     from subnetviz.masks import import_mask, save_mask_set
 
+    refuse_blank(f"mask {args.action}", [("SRC", args.src), ("DST", args.dst)])
     src = os.path.expanduser(args.src)  # ('~' a shell left quoted: "~/m.pt", a script's argument list)
     if args.action == "info" and (args.dst or args.overwrite):  # (ignored without a word: nothing is written)
         extra = " and ".join([f"DST {args.dst}"] * bool(args.dst) + ["--overwrite"] * args.overwrite)
@@ -80,7 +83,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
             save_mask_set(tmp, ms)
         # the density as analyze prints it (share_text): 1 entry of 16 million read "density 0.000000"
         print(
-            f"wrote {args.dst}: {len(ms.masks)} tensors, density {share_text(ms.density)} "
+            f"wrote {shown(args.dst)}: {len(ms.masks)} tensors, density {share_text(ms.density)} "
             f"({ms.count:,} of {ms.numel:,} entries)"
         )
     else:
@@ -95,6 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from subnetviz.cache import file_in_the_way
     from subnetviz.report.dashboard import analysis_report
 
+    refuse_blank("report", [("ANALYSIS_DIR", args.analysis_dir), ("--out", args.out)])
     out = Path(args.out).expanduser()
     if out.is_dir():
         raise SubnetvizError(
@@ -113,5 +117,5 @@ def cmd_report(args: argparse.Namespace) -> int:
     # report to the same name, a user's) is not replaced; this run fails saying so.
     with publish_file(out, args.overwrite) as tmp:
         analysis_report(args.analysis_dir, tmp)
-    print(f"wrote {out}")
+    print(f"wrote {shown(out)}")
     return 0
