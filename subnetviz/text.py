@@ -22,3 +22,35 @@ def visible_controls(text: str) -> str:
 
 def has_controls(text: str) -> bool:
     return bool(_BIDI.search(text))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escaped(text: str) -> str:
+    """``text`` as UTF-8 text that every writer takes: a byte of a file name that is not UTF-8 (Python's surrogate
+    escape ``\\udcff`` for the byte 0xff) written as ``\\xff``, any other lone surrogate as ``\\udXXX``. A label
+    holding one was refused by pyarrow's strings (the tables, ``sigma.parquet``), by Streamlit's widgets and by
+    ``str.encode``: a traceback where the folder's model was analysed."""
+    return _SURROGATE.sub(_escape, text)
+
+
+def _escape(m: re.Match) -> str:
+    """The escape :func:`escaped` writes for one lone surrogate."""
+    code = ord(m.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+# C0 and C1 control characters and DEL: text a terminal acts on (ESC starts a sequence that recolours, sets the
+# title or, on some terminals, writes the clipboard; BEL rings; a newline splits a one-line note)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_text(text: object) -> str:
+    """``text`` as a terminal or a log is given it: each C0/C1 control character (and DEL) as its escape (``\\x1b``,
+    ``\\x0a``), a byte of a name that is not UTF-8 as ``\\xff`` (:func:`escaped`); the space and every other
+    character as they are. Every note, error line and progress postfix the command line (and a job's log) prints goes
+    through it: they carry text from checkpoints (tensor names, shard file names, a folder's name), and a tensor named
+    ``up\\x1b[31mRED\\x07_proj`` recoloured the terminal and rang its bell. Text already quoted with ``!r`` holds no
+    control characters and is left as it is."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", escaped(str(text)))

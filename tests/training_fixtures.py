@@ -127,3 +127,10 @@ def fail_job(config: dict, ctx) -> None:
     """Test job: writes a partial output, then raises."""
     (ctx.out_dir / "partial.txt").write_text("half")
     raise ValueError("planned failure")
+
+
+def failing_job(config: dict, ctx) -> None:
+    """Test job: fails as a user's input would, with ``message`` (a SubnetvizError: one line in its log)."""
+    from subnetviz.errors import SubnetvizError
+
+    raise SubnetvizError(config["message"])

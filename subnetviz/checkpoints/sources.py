@@ -45,6 +45,7 @@ from subnetviz.checkpoints.header import TensorMeta, read_safetensors_header
 from subnetviz.checkpoints.naming import TIED_HEADS, NameTable, check_config, strip_prefix
 from subnetviz.config import check_allowed, check_readable, display_path, enforce_roots, hf_cache_dir, read_json
 from subnetviz.errors import CheckpointError, NotCachedError, PathNotAllowedError, SubnetvizError, suggest
+from subnetviz.text import _SURROGATE, escaped  # noqa: F401 - escaped: imported from here by many modules
 
 if TYPE_CHECKING:  # torch is imported where tensors are read: locating files and fingerprints need none
     import torch
@@ -1119,23 +1120,6 @@ def _label(s: str) -> str:
             return path.name.split(".")[0] or s
         path = path.parent
     return _snapshot_label(path) or path.name or s
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def escaped(text: str) -> str:
-    """``text`` as UTF-8 text that every writer takes: a byte of a file name that is not UTF-8 (Python's surrogate
-    escape ``\\udcff`` for the byte 0xff) written as ``\\xff``, any other lone surrogate as ``\\udXXX``. A label
-    holding one was refused by pyarrow's strings (the tables, ``sigma.parquet``), by Streamlit's widgets and by
-    ``str.encode``: a traceback where the folder's model was analysed."""
-    return _SURROGATE.sub(_escape, text)
-
-
-def _escape(m: re.Match) -> str:
-    """The escape :func:`escaped` writes for one lone surrogate."""
-    code = ord(m.group())
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 # where a process names its open files (Linux; macOS and the BSDs have /dev/fd)

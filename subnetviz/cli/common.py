@@ -15,22 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from subnetviz.errors import SubnetvizError
-
-# C0 and C1 control characters and DEL: text a terminal acts on (ESC starts a sequence that recolours, sets the
-# title or, on some terminals, writes the clipboard; BEL rings; a newline splits a one-line note)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from subnetviz.text import terminal_text
 
 
 def shown(text: object) -> str:
-    """``text`` as the command line prints it: each C0/C1 control character (and DEL) as its escape (``\\x1b``,
-    ``\\x0a``), a byte of a name that is not UTF-8 as ``\\xff``
-    (:func:`~subnetviz.checkpoints.sources.escaped`); the space and every other character as they are. Every note,
-    error line and progress postfix goes through it: they carry text from checkpoints (tensor names, shard file
-    names, a folder's name), and a tensor named ``up\\x1b[31mRED\\x07_proj`` recoloured the terminal and rang its
-    bell. Text already quoted with ``!r`` holds no control characters and is left as it is."""
-    from subnetviz.checkpoints.sources import escaped
-
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", escaped(str(text)))
+    """``text`` as the command line prints it (:func:`~subnetviz.text.terminal_text`: control characters escaped)."""
+    return terminal_text(text)
 
 
 def shown_cells(frame):

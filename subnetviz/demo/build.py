@@ -51,6 +51,7 @@ from subnetviz.demo.lock import LOCK, build_lock
 from subnetviz.demo.stages import STATE, run_stages, stage_count, write_json
 from subnetviz.demo.zoo import is_complete, read_manifest, zoo_root
 from subnetviz.errors import ConfigError, SubnetvizError, suggest
+from subnetviz.text import terminal_text
 
 __all__ = ["PRESETS", "Zoo", "ZooMember", "ZooSettings", "build_zoo", "load_zoo", "main", "zoo_is_built"]
 Progress = Callable[[int, int, str], None]
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=seen,
             )
     except SubnetvizError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the stages finished so far stay (each renamed in place when complete): said so
         where = f"at [{stage[0]}/{stage[1]}] {stage[2]}" if stage else "before the first stage"

@@ -19,6 +19,7 @@ from subnetviz.jobs.context import STATUS_FILE, JobContext, read_json, write_jso
 from subnetviz.jobs.kinds import job_function, validate_job_config
 from subnetviz.jobs.registry import Registry
 from subnetviz.jobs.scheduler import JOB_GPU_ENV, as_seen_with_one_gpu, finish, registry_of, wait_claimed
+from subnetviz.text import terminal_text
 from subnetviz.version import version_info
 
 
@@ -122,7 +123,7 @@ def _run_job_in(run_dir_p: Path, ctx: JobContext, *, queued: bool = False) -> in
         cancelled = ctx.should_stop()
         interrupted = isinstance(exc, KeyboardInterrupt) and not cancelled  # Ctrl-C or SIGTERM: no bug
         if isinstance(exc, SubnetvizError) and not cancelled:  # what a user gave: one line, as the CLI says it
-            print(f"error: {exc}", flush=True)
+            print(f"error: {terminal_text(exc)}", flush=True)
         elif not cancelled and not interrupted:  # a bug: the traceback, for its report
             traceback.print_exc()
         shutil.rmtree(ctx.out_dir, ignore_errors=True)
@@ -154,7 +155,9 @@ def _run_job_in(run_dir_p: Path, ctx: JobContext, *, queued: bool = False) -> in
     except OSError as exc:
         _finish(ctx, "failed", f"its outputs could not be moved into place ({exc.strerror or exc})")
         shutil.rmtree(ctx.out_dir, ignore_errors=True)  # (after the status: a succeeded one must not meet a part)
-        print(f"error: job {run_dir_p.name}: its outputs could not be moved into place: {exc}", flush=True)
+        print(
+            f"error: job {run_dir_p.name}: its outputs could not be moved into place: {terminal_text(exc)}", flush=True
+        )
         return 1
     ctx.log(f"job {run_dir_p.name}: succeeded")
     return 0
@@ -188,7 +191,7 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
             raise SubnetvizError(f"--run-dir {run_dir}: cannot be made ({exc.strerror or exc}).") from None
         write_json(rd / "config.json", config)
     except (SubnetvizError, FileExistsError, OSError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal_text(exc)}", file=sys.stderr)
         return 2
     except RecursionError:  # json.loads of a config nested 100,000 deep
         print(f"error: {config_path}: JSON nested too deep to be a training config.", file=sys.stderr)

@@ -178,3 +178,19 @@ def test_shown_escapes_control_characters_only():
     quoted = repr(CTRL_NAME)
     assert shown(quoted) == quoted
     assert shown(os.fsdecode(b"ft\xff")) == r"ft\xff"
+
+
+def test_a_jobs_error_line_reaches_its_log_escaped(tmp_path, monkeypatch):
+    """A job's one-line error (printed by its worker into log.txt, which `runs` and the Training page show) carries
+    text from checkpoints and masks too: its control characters are escaped as the command line's are."""
+    from subnetviz.jobs.runner import JobRunner
+
+    monkeypatch.setenv("SUBNETVIZ_ALLOW_TEST_JOBS", "1")
+    runner = JobRunner(tmp_path / "runs")
+    message = "mask names up\x1b[31mRED\x07_proj\n.weight, which the model lacks"
+    run_id = runner.submit({"kind": "python", "target": "tests.training_fixtures:failing_job", "message": message})
+    rec = runner.wait(run_id, timeout=120)
+    log = (Path(rec.run_dir) / "log.txt").read_text()
+    assert rec.status == "failed", log
+    assert "error: mask names up\\x1b[31mRED\\x07_proj\\x0a.weight, which the model lacks" in log, log
+    assert "\x1b" not in log and "\x07" not in log
