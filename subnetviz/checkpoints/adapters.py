@@ -47,6 +47,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -1382,38 +1383,61 @@ _RESAVE_WORDS = frozenset(
 )
 
 
-def _model_names(spec) -> set[str]:
-    """The names a path or hub id gives its model, for telling two models apart loosely: the hub id's or the
-    folder's last name (a hub cache's ``models--org--name`` for its snapshot folders), lower-cased, with nothing
-    but letters and digits and without trailing re-save words (:data:`_RESAVE_WORDS`: ``Qwen2.5-0.5B-bf16`` is
-    ``qwen2505b``), and that name with the one before it (the hub id's organisation) in front, so that a folder
+# words that make another model of the same shapes where a name adds them to another's: a base release and its
+# post-trained models (Qwen3-0.6B is the post-trained one, Qwen3-0.6B-Base the base)
+_VARIANT_WORDS = frozenset(
+    {
+        *("instruct", "chat", "it", "base", "coder", "code", "math", "vl", "vision", "thinking", "reasoning"),
+        *("distill", "sft", "dpo", "grpo", "rlhf", "rl", "reward", "rm", "guard", "tool", "function", "summarize"),
+    }
+)
+
+
+def _model_names(spec) -> set[tuple[str, ...]]:
+    """The names a path or hub id gives its model, as words, for telling two models apart loosely: the hub id's or
+    the folder's last name (a hub cache's ``models--org--name`` for its snapshot folders), lower-cased, split into
+    runs of letters and digits, without trailing re-save words (:data:`_RESAVE_WORDS`: ``Qwen2.5-0.5B-bf16`` is
+    ``qwen2 5 0 5b``), and that name with the one before it (the hub id's organisation) in front, so that a folder
     named like the hub id (``Qwen--Qwen2.5-0.5B``, ``Qwen_Qwen2.5-0.5B``) is the same model; empty where no
     component names a model."""
     if not isinstance(spec, str):
         return set()
 
-    def key(name: str) -> str:
-        words = re.findall(r"[0-9a-z]+", name.lower())
-        while words and words[-1] in _RESAVE_WORDS:
-            words.pop()
-        return "".join(words)
+    def words(name: str) -> tuple[str, ...]:
+        found = re.findall(r"[0-9a-z]+", name.lower())
+        while found and found[-1] in _RESAVE_WORDS:
+            found.pop()
+        return tuple(found)
 
     parts = [p for p in re.split(r"[\\/]+", spec.strip()) if p and p not in (".", "..")]
     cached = next((p for p in reversed(parts) if p.startswith("models--")), None)
     named = cached.split("--")[1:] if cached else [p for p in parts if not _NO_MODEL_NAME.match(p)]
-    named = [p for p in named if key(p)][-2:]  # (a folder named bf16 in the model's folder is a re-save of it)
-    return {key(named[-1]), key("-".join(named))} if named else set()
+    named = [p for p in named if words(p)][-2:]  # (a folder named bf16 in the model's folder is a re-save of it)
+    return {words(named[-1]), words("-".join(named))} if named else set()
+
+
+def _same_model(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether two model names (:func:`_model_names`) may well name one model: equal, or one's letters and digits
+    held in the other's with no variant word (:data:`_VARIANT_WORDS`) among the longer one's extra words. A folder
+    that drops the publisher's prefix or a version (``llama-3-8b`` for ``meta-llama/Meta-Llama-3-8B``, ``mistral-7b``
+    for ``mistralai/Mistral-7B-v0.1``) is the same model; ``Qwen2.5-0.5B`` and ``Qwen2.5-0.5B-Instruct`` are not."""
+    short, long = sorted((a, b), key=lambda w: len("".join(w)))
+    if "".join(short) not in "".join(long):
+        return False
+    extra = Counter(long) - Counter(short)
+    return not any(w in _VARIANT_WORDS for w in extra)
 
 
 def _other_base_note(said, base: Checkpoint) -> list[str]:
     """A note where adapter_config.json's ``base_model_name_or_path`` clearly names another model than the base
-    the adapter is merged onto: no name of one (:func:`_model_names`) is one of the other's. A local copy of the
-    same model, an ``-bf16`` re-save, a quantized copy QLoRA trained on, a folder named like the hub id are not
-    flagged; the base release and its ``-Instruct`` / ``-Chat`` / ``-it`` / ``-Coder`` / ``-Math`` model are (same
-    shapes, another model). Not refused: the adapter may well fit another base of its shapes."""
+    the adapter is merged onto: no name of one (:func:`_model_names`) may be the other's (:func:`_same_model`). A
+    local copy of the same model (its folder named without the publisher or the version), an ``-bf16`` re-save, a
+    quantized copy QLoRA trained on, a folder named like the hub id are not flagged; the base release and its
+    ``-Instruct`` / ``-Chat`` / ``-it`` / ``-Base`` / ``-Coder`` / ``-Math`` model are (same shapes, another model).
+    Not refused: the adapter may well fit another base of its shapes."""
     ours = _model_names(base.spec) | _model_names(str(base.root) if base.root else None)
     theirs = _model_names(said)
-    if not ours or not theirs or ours & theirs:
+    if not ours or not theirs or any(_same_model(a, b) for a in ours for b in theirs):
         return []
     return [
         f"adapter_config.json says it was trained on {str(said)[:120]!r}, but it is merged onto {base.spec}, which "

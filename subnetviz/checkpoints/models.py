@@ -290,8 +290,14 @@ def meta_model(spec: str | os.PathLike):
     import torch
 
     config = model_config(spec)
-    with torch.device("meta"):
-        return text_model_class(config, spec).from_config(config)
+    cls = text_model_class(config, spec)
+    try:
+        with torch.device("meta"):
+            return cls.from_config(config)
+    except CONFIG_ERRORS as exc:  # a config transformers reads but cannot build (GPT-2's n_embd 32 over 5 heads)
+        raise CheckpointError(
+            f"{spec}: config.json: the model cannot be built from it: {config_problem(exc)}"
+        ) from None
 
 
 def text_model_class(config, spec=None):

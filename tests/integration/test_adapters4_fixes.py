@@ -312,6 +312,8 @@ def _noted(said: str, spec: str, root: str | None = None) -> bool:
         ("/home/me/hf/Qwen2.5-0.5B-Instruct", "/models/Qwen2.5-0.5B"),
         ("Qwen/Qwen2.5-0.5B-Instruct", "/hub/models--Qwen--Qwen2.5-0.5B/snapshots/" + "0" * 40),
         ("meta-llama/Llama-3.1-8B", "/models/Qwen2.5-0.5B"),
+        ("meta-llama/Meta-Llama-3-8B-Instruct", "/models/llama-3-8b"),  # a prefix dropped, a variant word added
+        ("mistralai/Mistral-7B-Instruct-v0.2", "/models/mistral-7b-v0.1"),
     ],
 )
 def test_a_base_and_its_instruct_model_are_told_apart(said, spec):
@@ -335,6 +337,9 @@ def test_a_base_and_its_instruct_model_are_told_apart(said, spec):
         ("unsloth/Qwen2.5-0.5B-Instruct-bnb-4bit", "/models/Qwen2.5-0.5B-Instruct", None),
         ("Qwen/Qwen2.5-7B-Instruct-AWQ", "Qwen/Qwen2.5-7B-Instruct", "/hub/models--Qwen--Qwen2.5-7B-Instruct/s"),
         ("/data/runs/Qwen2.5-0.5B/checkpoint-500", "/models/Qwen2.5-0.5B", None),
+        ("meta-llama/Meta-Llama-3-8B", "/models/llama-3-8b", None),  # the publisher's prefix dropped
+        ("mistralai/Mistral-7B-v0.1", "/models/mistral-7b", None),  # the version dropped
+        ("/models/llama-3-8b", "meta-llama/Meta-Llama-3-8B", None),
         ("", "/models/Qwen2.5-0.5B", None),
     ],
 )

@@ -183,3 +183,31 @@ def test_behaviour_and_bigram_pages_say_the_config_line(in_home, name, case):
     assert len(hits) == 1 and "\n" not in hits[0] and "tokenizer" not in hits[0], shown
     assert not at.get("plotly_chart") and not at.metric
     assert not [t for t in shown if "Train one for it" in t], shown
+
+
+@pytest.mark.usefixtures("typed_options")
+def test_a_config_read_but_not_buildable_is_one_line_on_the_bigram_page(app_env, tmp_path):
+    """A config transformers reads but cannot build a model from (GPT-2 with n_embd 16 over 5 heads: its attention
+    raises ValueError): meta_model says it in one line, and the Bigram page stops with it as its error (its model
+    check before the masks showed "This is a bug")."""
+    from subnetviz.checkpoints.models import meta_model
+    from tests.app_fixtures import open_page
+    from tests.models import make_gpt2
+
+    folder = app_env / "inputs4-heads5"
+    try:
+        make_gpt2(folder)
+        path = folder / "config.json"
+        config = json.loads(path.read_text())
+        assert config["n_embd"] % 5
+        path.write_text(json.dumps({**config, "n_head": 5}))
+        with pytest.raises(CheckpointError, match=r"config\.json: the model cannot be built from it: ") as caught:
+            meta_model(str(folder))
+        assert "\n" not in str(caught.value) and "divisible" in str(caught.value)
+        at = open_page("bigram", bg_model=str(folder))
+        assert not at.exception, [e.message for e in at.exception]
+        shown = [t for k in ("error", "warning", "info") for t in _texts(at, k)]
+        assert not [t for t in shown if "This is a bug" in t], shown
+        assert [t for t in _texts(at.main, "error") if "cannot be built from it" in t], shown
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
