@@ -34,26 +34,13 @@ pytestmark = pytest.mark.timeout(300)
 _NOTE = "adapter_config.json does not select"
 
 
-def _peft_saved(tmp_path, family: str, lora: dict, *, save=None, **size):
-    """(base folder, adapter folder): a tiny ``family`` model saved in bf16 and PEFT's LoRA on it (built on the base
-    loaded in float32), every trainable tensor moved off its initial value, saved with save_pretrained."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+def _peft_saved(tmp_path, family: str, lora: dict, *, save=None):
+    """(base folder, adapter folder): a tiny ``family`` model saved in bf16 and PEFT's LoRA on it, every trainable
+    tensor moved off its initial value (tests/integration/test_lora.py's helper)."""
+    from tests.integration.test_lora import _peft_saved as peft_saved
 
-    from tests.models import INTER, save_model, tiny_model
-
-    if family == "llama":
-        size = {"intermediate": INTER, "kv_heads": 2, "tie": False, **size}
-    base = save_model(tiny_model(family, seed=0, **size), tmp_path / "base")
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, **lora))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for _, p in peft_model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    peft_model.save_pretrained(tmp_path / "adapter", **(save or {}))
-    return base, tmp_path / "adapter"
+    base, folder, _ = peft_saved(tmp_path, family, lora, dtype=None, save=save)
+    return base, folder
 
 
 def _edit_config(folder, edit: dict) -> None:
