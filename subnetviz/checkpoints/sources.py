@@ -1233,6 +1233,8 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
     """``(spec, weight files, root folder, config, notes)`` of a checkpoint spec; every file checked readable.
     The notes say which files were read where the folder offered more than one choice."""
     s = str(spec)
+    if not s.strip():  # Path("") is "." : an unset variable read the working folder as a checkpoint
+        raise CheckpointError(f"{s!r}: an empty checkpoint path (an unset variable?); give a folder, file or hub id.")
     path = Path(s).expanduser()
     root: Path | None
     notes: list[str] = []

@@ -205,3 +205,17 @@ def test_a_snapshot_without_weights_and_nothing_interrupted_says_only_that(cache
     add_snapshot(cache, "acme/bare", "6" * 40, {"config.json": model_files(base_weights())["config.json"]})
     _, text = _refusal("acme/bare")
     assert "no weights found" in text and "interrupted" not in text and "hf download" not in text
+
+
+@pytest.mark.parametrize("spec", ["", "   ", "\t"])
+def test_an_empty_checkpoint_path_is_refused_by_the_library_too(tmp_path, monkeypatch, spec):
+    """Path("") is the working folder: a library caller's empty spec (the CLI refuses it itself) compared the folder
+    it ran in, here a model folder, and published an entry for a model with no name."""
+    from subnetviz.checkpoints.sources import checkpoint_files, fingerprint, open_checkpoint
+    from subnetviz.errors import CheckpointError
+    from tests.models import make_tiny_llama
+
+    monkeypatch.chdir(make_tiny_llama(tmp_path / "model"))
+    for read in (open_checkpoint, fingerprint, checkpoint_files):
+        with pytest.raises(CheckpointError, match="an empty checkpoint path"):
+            read(spec)
