@@ -74,3 +74,15 @@ def _roots_enforced_only_where_set():
     this process, so the flag is cleared after each test instead of leaking into the next one."""
     yield
     os.environ.pop("SUBNETVIZ_ENFORCE_ROOTS", None)
+
+
+@pytest.fixture
+def terminal_sigint():
+    """Ctrl-C as a terminal delivers it: Python's default SIGINT handler for the test, the earlier one put back after.
+    A test process started with SIGINT ignored (a background job of a non-interactive shell: `(cmd &)`) inherits
+    SIG_IGN, and the CLI rightly leaves an ignored Ctrl-C ignored, so the tests of what Ctrl-C does need it set."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

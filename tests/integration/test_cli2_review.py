@@ -177,6 +177,7 @@ def _interrupted_in_a_callback(x: int) -> int:
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # (no traceback printed)
+@pytest.mark.usefixtures("terminal_sigint")
 def test_a_ctrl_c_swallowed_by_a_callback_then_failed_on_is_one_line_and_130(tmp_path, monkeypatch, capsys):
     """numba then raised 'RuntimeError: no compiled object yet': 50 lines of traceback and exit 1."""
     callback = _CALLBACK(_interrupted_in_a_callback)
@@ -193,6 +194,7 @@ def test_a_ctrl_c_swallowed_by_a_callback_then_failed_on_is_one_line_and_130(tmp
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # (no traceback printed)
+@pytest.mark.usefixtures("terminal_sigint")
 def test_a_ctrl_c_swallowed_by_a_callback_publishes_nothing(tmp_path, monkeypatch, capsys):
     """A run whose interrupt was dropped went on, published --out and exited 0."""
     from subnetviz.cli.common import progress_bar
@@ -220,6 +222,7 @@ def test_a_ctrl_c_swallowed_by_a_callback_publishes_nothing(tmp_path, monkeypatc
     assert "Traceback" not in err and _lines(err)[-1] == "interrupted: nothing was written."
 
 
+@pytest.mark.usefixtures("terminal_sigint")
 def test_the_default_handler_is_back_after_a_command(monkeypatch):
     monkeypatch.setattr(cli, "cmd_runs", lambda args: 0)
     hook = sys.unraisablehook

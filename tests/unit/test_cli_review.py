@@ -53,6 +53,7 @@ def _sigterm_self(*args, **kwargs):
 # --- defects 1 and 2: SIGTERM / Ctrl-C on `train` --------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("terminal_sigint")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_run_dir_is_one_line_and_recorded_as_cancelled(tiny, tmp_path, monkeypatch, capsys, sig):
     """Ctrl-C or SIGTERM on ``train --run-dir`` printed a 30-line traceback, exited 1 and recorded the run as
