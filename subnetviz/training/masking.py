@@ -226,25 +226,27 @@ def load_training_mask(
     """
     is_random = spec.startswith("random:")
     path = spec[len("random:") :] if is_random else spec
-    ms = load_mask_set(path)
+    source = load_mask_set(path)
     # A tied head's entry merged into the embedding's first: a random control then draws the merged tensor's own
     # count (drawn apart and merged after, two independent draws overlapped by chance only, and the control
     # trained 66 % more embedding entries than the real mask whose head and embedding changes coincide).
-    matched: list[str] = []
-    masks = fold_tied_heads(model_names(dict(ms.masks), shapes, matched), tied or {})
+    ms = with_tied_heads_merged(source, tied or {})
     if is_random:  # per tensor of the file (each stored expert apart, before they are packed)
+        # Drawn under the file's names, as the run saves it: drawn under the model's, the saved control named
+        # GPT-NeoX's head lm_head.weight, which no tensor of the saved model (embed_out.weight) is.
+        drawn = {}
         gen = torch.Generator().manual_seed(int(seed))
         # Sorted names: the draw must not depend on the file's tensor order.
-        for name in sorted(masks):
-            m = masks[name]
+        for name in sorted(ms.masks):
+            m = ms.masks[name]
             k = int(m.sum())
             flat = torch.zeros(m.numel(), dtype=torch.bool)
             flat[torch.randperm(m.numel(), generator=gen)[:k]] = True
-            masks[name] = flat.reshape(m.shape)
+            drawn[name] = flat.reshape(m.shape)
         # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork.
-        ms = MaskSet(masks, random_provenance(str(path), ms.metadata, seed))
-    else:
-        ms = with_tied_heads_merged(ms, tied or {})
+        ms = MaskSet(drawn, random_provenance(str(path), source.metadata, seed))
+    matched: list[str] = []
+    masks = fold_tied_heads(model_names(dict(ms.masks), shapes, matched), tied or {})
     kept, note = without_unbuilt_towers(packed_masks(masks, shapes), shapes, path)
     kept, held = without_buffers(kept, shapes, getattr(tied, "buffers", ()), path)
     packed = MaskSet(kept, ms.metadata)

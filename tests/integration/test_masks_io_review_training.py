@@ -85,6 +85,19 @@ def test_a_neox_update_mask_is_read_onto_the_head_parameter(neox):
     assert int(rnd[QKV].sum()) == int(neox["masks"][QKV].sum())
 
 
+def test_a_neox_random_control_is_saved_under_the_stored_names(neox):
+    """The mask set a random control saves names the head as the checkpoint stores it (``embed_out.weight``), as
+    the real mask's does: under the model's ``lm_head.weight`` it named no tensor of the saved model."""
+    shapes, tied = _shapes_and_tied(neox["base"])
+    full, used = load_training_mask(f"random:{neox['mask_file']}", shapes, tied=tied, seed=5)
+    assert set(used.masks) == {HEAD, QKV}
+    assert torch.equal(used.masks[HEAD], full["lm_head.weight"]) and torch.equal(used.masks[QKV], full[QKV])
+    assert int(used.masks[HEAD].sum()) == int(neox["masks"][HEAD].sum())
+    assert not torch.equal(used.masks[HEAD], neox["masks"][HEAD])  # drawn, not the file's
+    _, real = load_training_mask(str(neox["mask_file"]), shapes, tied=tied)
+    assert set(real.masks) == set(used.masks)
+
+
 def _plant(src: Path, dst: Path, flips: dict[str, list[int]]) -> Path:
     """A copy of ``src`` with the lowest mantissa bit flipped at the given flat indices of each stored tensor."""
     shutil.copytree(src, dst)
