@@ -157,13 +157,16 @@ def results() -> None:
         ui.error(density_clash(*pair, "this run was made before such densities were refused; launch it again."))
         return
     c1, c2 = st.columns(2)
-    density = c1.selectbox(
-        "Density",
-        densities,
-        index=densities.index(0.05) if 0.05 in densities else 0,
-        key="cl_density",
-        bind="query-params",
-    )
+    # Written as a percentage, as the Launch form and the tables write densities. The URL names it the same way by
+    # hand (a bound picker puts its shown text there) and reads an older link's fraction too ("0.05").
+    usual = 0.05 if 0.05 in densities else densities[0]
+    asked = st.query_params.get("cl_density")
+    shown = next((d for d in densities if asked in (_percent(d), f"{d:g}", str(d))), usual)
+    density = c1.selectbox("Density", densities, index=densities.index(shown), format_func=_percent, key="cl_density")
+    if density != usual:
+        st.query_params["cl_density"] = _percent(density)
+    elif "cl_density" in st.query_params:
+        del st.query_params["cl_density"]
     seeds = sorted(acc["seed"].unique())
     table = summary[np.isclose(summary["density"], density) | baseline]
     ui.table(table, "cl-summary", "Final accuracy, forgetting, capacity (mean ± sd over seeds)")

@@ -484,11 +484,14 @@ def test_continual_page_with_a_masked_method_at_density_one(app_env):
     )
     rec = runner.wait(rid, timeout=300)
     assert rec.status == "succeeded", rec.error
-    for density in ("0.05", "1.0"):
+    # written as percentages, as the Launch form writes them; an older link's fraction is read too
+    for density, value in (("5 %", 0.05), ("100 %", 1.0), ("0.05", 0.05), ("1.0", 1.0)):
         for tab in ("Summary", "After each task"):
             at = open_page("continual", cl_run=rid, cl_density=density, cl_tab=tab)
             assert not at.exception and not at.error, [e.value for e in at.error]
-            assert at.selectbox(key="cl_density").options == ["0.05", "1.0"]
+            assert at.selectbox(key="cl_density").options == ["5 %", "100 %"]
+            assert at.selectbox(key="cl_density").value == value, density
+            assert at.query_params.get("cl_density") == (None if value == 0.05 else "100 %"), density
             assert sorted(at.dataframe[0].value["label"]) == ["SupSup", "finetune"], density
 
 
