@@ -141,7 +141,7 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     import datasets
     from huggingface_hub import constants as hub
 
-    from subnetviz.bigram.stats import cached_dataset, check_saved_dataset  # (the corpus reader's rules)
+    from subnetviz.bigram.stats import cached_dataset, check_saved_dataset, plain_columns  # (the corpus reader's rules)
 
     folder = None if spec.startswith("hf:") else check_saved_dataset(spec)  # every file it opens, checked first
     # The cache only, nothing downloaded or asked of the hub: datasets and huggingface_hub read the offline
@@ -172,6 +172,7 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     if pcol is None:
         raise ConfigError(f"{spec}: no prompt column; expected one of {PROMPT_COLUMNS}, found {cols}.")
     acol = next((c for c in ANSWER_COLUMNS if c in cols), None)
+    ds = plain_columns(ds, [pcol] + [acol] * (acol is not None), spec)
     rows = ds.select(range(min(limit, len(ds)))) if limit else ds
     out = []
     for i, r in enumerate(rows):

@@ -507,6 +507,28 @@ def _check_dataset_files(folder: Path, shown: str) -> None:
             )
 
 
+def plain_columns(ds, columns, spec: str):
+    """``ds`` (a ``datasets.Dataset``) with only ``columns``, once none of them is a feature ``datasets`` decodes
+    when it is read (Image, Audio, Video, Pdf, …, also inside a list): ConfigError, one line naming the data set
+    and the column. Such a column stores a path or a URL, and reading it opened that file wherever it lies, or sent
+    the server's requests to that address, whatever the roots (a saved data set's ``dataset_info.json`` chooses
+    its features). The other columns are dropped unread: a row read whole decoded every one of them."""
+    from datasets.features.features import require_decoding
+
+    for col in columns:
+        if require_decoding(ds.features[col]):
+            raise ConfigError(
+                f"{spec}: column {col!r} holds datasets' {_feature_name(ds.features[col])} feature, which it decodes by "
+                "opening the file or URL each row names; expected text. Refused."
+            )
+    return ds.select_columns(list(columns))
+
+
+def _feature_name(feature) -> str:
+    inner = getattr(feature, "feature", None)  # (a List / Sequence of images: the decoded kind inside)
+    return f"list of {_feature_name(inner)}" if inner is not None else type(feature).__name__
+
+
 def _shown_name(name: str) -> str:
     return repr(name) if len(name) <= 80 else f"{name[:40]!r}…{name[-20:]!r} ({len(name):,} characters)"
 
@@ -540,6 +562,7 @@ def corpus_from_dataset(
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     if text_field not in ds.column_names:
         raise ConfigError(f"{spec}: no column {text_field!r}; columns are {ds.column_names}.")
+    ds = plain_columns(ds, [text_field], spec)
     return _corpus_from_texts((str(t) for t in ds[text_field]), tokenizer, seq_len, max_tokens, spec)
 
 
