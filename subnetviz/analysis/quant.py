@@ -29,7 +29,10 @@ does not take:
   and compressed-tensors' integer weights (``weight`` int8, or 2/4/8-bit codes packed into int32
   ``weight_packed`` words, which the checkpoint lists unpacked as int8 ``weight``:
   :mod:`~subnetviz.checkpoints.ct_packed`) with a ``weight_scale`` per tensor, per row or per group of
-  columns and, asymmetric, ``weight_zero_point`` laid out as the scales: w = (code − zero) × scale[i, j // g].
+  columns and, asymmetric, ``weight_zero_point`` laid out as the scales: w = (code − zero) × scale[i, j // g]; in
+  act order (``weight_g_idx``: llm-compressor's GPTQ with ``actorder: "group"``, :class:`ActOrder`) column j's group
+  is g_idx[j], w = (code − zero[i, g_idx[j]]) × scale[i, g_idx[j]], and two sides grouped differently are compared
+  as weights. A float scale that fits no such layout is refused, naming it and its shape.
   Codes compared exactly, then the effective weights (float32, exact: compressed-tensors' own dequantisation
   is them rounded to the scale's dtype).
 - **bitsandbytes 4-bit codes** (NF4 / FP4), which the checkpoint lists in the weight's shape with their block
@@ -52,6 +55,9 @@ does not take:
 The comparisons of stored codes (buffers, codes, the FP8 block-scale pass, row-band dequantisation)
 live in :mod:`subnetviz.analysis.quant_codes`; this module decides forms and dispatches.
 
+A float side against a quantized one counts the changed entries that are only the float side rounded to the other's
+codes, requantised with each library's own arithmetic (:func:`_rounding_only`, :attr:`TensorForm.requant`).
+
 Which form a tensor has is decided from the headers and ``quantization_config``
 (:func:`tensor_forms`); an unknown quantization method or a scale that does not fit its weight's
 blocks is a one-line :class:`~subnetviz.errors.CheckpointError`.
@@ -59,10 +65,11 @@ blocks is a one-line :class:`~subnetviz.errors.CheckpointError`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -118,6 +125,26 @@ _BAND_ELEMENTS = 1 << 18
 _GPU_BAND_ELEMENTS = 1 << 22
 
 
+@dataclass(frozen=True, eq=False)
+class ActOrder:
+    """compressed-tensors' act-order groups of one weight: ``weight_g_idx``, the group of each column, which
+    llm-compressor's GPTQ with ``actorder: "group"`` saves beside ``weight_packed`` / ``weight_scale``. Its
+    dequantisation (compressed-tensors ≤ 0.12, ``_process_quantization``: the columns sorted by group, each group
+    dequantised with its scale, then put back) is w[i, j] = (code[i, j] − zero[i, g[j]]) × scale[i, g[j]].
+    :func:`tensor_forms` names it from the headers; :func:`checkpoint_forms` reads and checks ``groups``. Two are
+    equal where their groups are (``key``, a digest of them)."""
+
+    name: str
+    groups: torch.Tensor | None = field(default=None, repr=False)  # int64 (cols,); None until read
+    key: str = ""
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ActOrder) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
 @dataclass(frozen=True)
 class TensorForm:
     """How one stored tensor is compared.
@@ -136,18 +163,24 @@ class TensorForm:
     zero: str | None = None  # int8: the zero points' tensor (asymmetric compressed-tensors), w = (code − zero) × scale
     group: int = 0  # int8: columns per scale along a row (compressed-tensors' group strategy); 0: per row or one
     codes: tuple[int, int] = (-127, 127)  # int8: the codes' range (compressed-tensors' int4: −8..7)
-    # int8: quantised in the float weight's own dtype (compressed-tensors: w / scale, then + zero point, each rounded
-    # to it; bitsandbytes in float32)
-    native: bool = False
+    # fp8 / int8: how the quantiser rounded a float weight to these codes (_rounding_only follows it): "float32",
+    # round(w / (scale / divisor)) in float32; "native", in the float weight's own dtype (compressed-tensors: w / scale,
+    # then + zero point, each rounded to it); "bnb", round(w × fl(127 / SCB)) in float32 (bitsandbytes'
+    # int8_vectorwise_quant); "awq", round((w + zero × scale) / scale) in the float weight's dtype, the scale as
+    # stored (float16) in the division (AutoAWQ's WQLinear_GEMM.from_linear)
+    requant: str = "float32"
     table: str | None = None  # int8: codes index a data type's values (bitsandbytes' nf4 / fp4: bnb4.TABLES)
     # fp8: rows per scale where not the config's block (an FP8 expert's up projection whose packed scale blocks
     # straddle gate and up: checkpoints.experts_layout.expert_scale_views); 0: the config's
     rows: int = 0
+    # int8: compressed-tensors' act-order groups (weight_g_idx): w = (code − zero[i, g[j]]) × scale[i, g[j]]
+    act_order: ActOrder | None = None
 
     @property
     def layout(self) -> tuple:
-        """What must agree for two stored codes to be compared code by code."""
-        return (self.kind, self.divisor, self.group, self.zero is not None, self.codes, self.table, self.rows)
+        """What must agree for two stored codes to be compared code by code (act order: the same groups)."""
+        z = self.zero is not None
+        return (self.kind, self.divisor, self.group, z, self.codes, self.table, self.rows, self.act_order)
 
     def block(self, config: dict) -> tuple[int, int]:
         """The scale block of this form in a checkpoint of ``config``: FP8's from the config (its rows per scale
@@ -194,22 +227,49 @@ def block_size(config: dict) -> tuple[int, int]:
 
 def _group_block(groups: dict) -> list | None:
     """The scale block of compressed-tensors' FP8 config groups: [1, group_size] for a group strategy,
-    ``block_structure`` for a block one; None for per-tensor / per-channel scales (or no FP8 group)."""
+    ``block_structure`` for a block one (a list [rows, columns], or the string "rows x columns", ``"128x128"``, that
+    compressed-tensors still reads); None for per-tensor / per-channel scales (or no FP8 group). A malformed one is
+    one line naming its key."""
     found = []
-    for g in groups.values():
+    for key, g in groups.items():
         w = g.get("weights") if isinstance(g, dict) else None
         if not isinstance(w, dict) or w.get("type") != "float" or w.get("num_bits") != 8:
             continue
+        at = f"config.json quantization_config.config_groups.{str(key)[:60]}.weights"
         if w.get("strategy") in ("group", "tensor_group"):
-            found.append([1, w.get("group_size")])
-        elif w.get("strategy") == "block":
-            found.append(w.get("block_structure"))
+            size = w.get("group_size")
+            if not (type(size) is int and size >= 1):
+                raise CheckpointError(
+                    f"{at}.group_size is {str(size)[:60]}; expected a whole number >= 1 (columns per scale of a row)."
+                )
+            found.append([1, size])
+        elif w.get("strategy") == "block" and w.get("block_structure") is not None:
+            found.append(_block_structure(w["block_structure"], f"{at}.block_structure"))
     if len({str(b) for b in found}) > 1:
         raise CheckpointError(
             f"config.json quantization_config.config_groups give FP8 weights several block sizes ({found[:3]}); "
             "one per checkpoint is read."
         )
     return found[0] if found else None
+
+
+def _block_structure(value, at: str) -> list[int]:
+    """A compressed-tensors ``block_structure`` as [rows, columns], read as its ``QuantizationArgs`` reads it: a
+    list of two whole numbers >= 1, or a string of them joined by "x" (``"128x128"``, kept "for backward
+    compatibility"); else one line naming ``at``, its key."""
+    bs = value
+    if isinstance(bs, str):
+        try:
+            bs = [int(x) for x in bs.split("x")]
+        except ValueError:
+            bs = None
+    if not (isinstance(bs, list) and len(bs) == 2 and all(type(b) is int and b >= 1 for b in bs)):
+        shown = repr(value[:60]) if isinstance(value, str) else str(value)[:60]
+        raise CheckpointError(
+            f"{at} is {shown}; expected two whole numbers >= 1, the rows and columns of a scale block "
+            '([128, 128], or "128x128").'
+        )
+    return bs
 
 
 def checkpoint_forms(ck) -> dict[str, TensorForm]:
@@ -220,9 +280,58 @@ def checkpoint_forms(ck) -> dict[str, TensorForm]:
 
     read_packed_scales(ck)
     try:
-        return tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config, getattr(ck, "scale_rows", None))
+        forms = tensor_forms({n: ck.meta(n) for n in ck.names}, ck.config, getattr(ck, "scale_rows", None))
+        for name, form in forms.items():
+            if form.act_order is not None:
+                forms[name] = _read_act_order(ck, name, form)
+        return forms
     except CheckpointError as exc:
         raise CheckpointError(f"{ck.spec}: {exc}") from None
+
+
+def _read_act_order(ck, name: str, form: TensorForm) -> TensorForm:
+    """``form`` of checkpoint ``ck``'s weight ``name`` with its act-order groups (``weight_g_idx``) read and checked:
+    integers, one per column, each a group of its scales (0 … groups − 1), every group holding a column (as
+    compressed-tensors numbers the groups by the values present); all −1 (compressed-tensors' placeholder before
+    GPTQ sets it) or each column in its own run's group (j // group): column order, the form as it is."""
+    g_name = form.act_order.name
+    g = ck.get(g_name, "cpu")
+    cols = ck.meta(name).shape[1]
+    groups = cols // form.group
+    said = f"{g_name} ({str(g.dtype)[6:]} {tuple(g.shape)}, the act-order groups of {name!r})"
+    if g.dtype.is_floating_point or g.dtype.is_complex or g.dtype == torch.bool:
+        raise CheckpointError(f"{said} is not integers; expected each column's group.")
+    if tuple(g.shape) != (cols,):
+        raise CheckpointError(f"{said}: expected shape ({cols},), a group for each of its {cols} columns.")
+    g = g.to(torch.int64)
+    if bool((g == -1).all()):
+        return replace(form, act_order=None)
+    bad = (g < 0) | (g >= groups)
+    if bool(bad.any()):
+        j = int(bad.nonzero()[0])
+        raise CheckpointError(
+            f"{said} holds {int(g[j])} at column {j}; expected a group 0 … {groups - 1} (its weight_scale has "
+            f"{groups} per row) in every column, or -1 in every column (unset)."
+        )
+    empty = torch.bincount(g, minlength=groups) == 0
+    if bool(empty.any()):
+        raise CheckpointError(
+            f"{said}: group {int(empty.nonzero()[0])} of its {groups} holds no column; compressed-tensors numbers "
+            "act-order groups by the values present, so the stored scales would not be read as laid out."
+        )
+    if torch.equal(g, torch.arange(cols) // form.group):
+        return replace(form, act_order=None)
+    key = hashlib.blake2b(g.numpy().tobytes(), digest_size=16).hexdigest()
+    return replace(form, act_order=ActOrder(g_name, g, key))
+
+
+def act_groups(form: TensorForm) -> torch.Tensor | None:
+    """A form's act-order groups (each column's, int64), read by :func:`checkpoint_forms`; None in column order."""
+    if form.act_order is None:
+        return None
+    if form.act_order.groups is None:
+        raise ValueError(f"{form.act_order.name}: act-order groups not read (checkpoint_forms reads them)")
+    return form.act_order.groups
 
 
 def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None = None) -> dict[str, TensorForm]:
@@ -242,7 +351,7 @@ def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None
                 scale,
                 f"{str(m.dtype).replace('torch.', '')} codes",
                 rows=(scale_rows or {}).get(scale, 0),
-                native=method == "compressed-tensors",  # (it quantises in the weight's dtype: _rounding_only)
+                requant="native" if method == "compressed-tensors" else "float32",  # (_rounding_only)
             )
             check_scale(name, m.shape, scale, metas[scale].shape, form.block(config))
             forms[name] = form
@@ -251,7 +360,9 @@ def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None
         elif m.stored == "AWQ int4" and last == "weight":
             scale, zero = metas[f"{stem}.scales"], f"{stem}.qzeros"
             group = m.shape[1] // max(scale.shape[1], 1)
-            forms[name] = TensorForm("int8", f"{stem}.scales", "AWQ int4 codes", zero=zero, group=group, codes=(0, 15))
+            forms[name] = TensorForm(
+                "int8", f"{stem}.scales", "AWQ int4 codes", zero=zero, group=group, codes=(0, 15), requant="awq"
+            )
             forms[zero] = forms[f"{stem}.scales"] = TensorForm("scale", None, "scale")
         elif m.stored == "AWQ int4 zero points":
             forms[name] = TensorForm("scale", None, "scale")
@@ -274,7 +385,7 @@ def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None
             forms[f"{name}.absmax"] = TensorForm("scale", None, "scale")
         elif m.dtype == torch.int8 and f"{stem}.SCB" in metas and last == "weight":
             check_scale(name, m.shape, f"{stem}.SCB", metas[f"{stem}.SCB"].shape, (1, 1))
-            forms[name] = TensorForm("int8", f"{stem}.SCB", "bnb int8 codes", 127.0)
+            forms[name] = TensorForm("int8", f"{stem}.SCB", "bnb int8 codes", 127.0, requant="bnb")
             forms[f"{stem}.SCB"] = TensorForm("scale", None, "scale")
         elif method == "compressed-tensors" and last in ("weight", "weight_packed") and not m.dtype.is_floating_point:
             forms[name] = _compressed_tensors_form(name, m, metas)
@@ -351,17 +462,37 @@ def _no_scale(name: str, m, metas: dict, config: dict) -> str:
 
 def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:
     """A compressed-tensors integer weight. int8 codes (stored so, or int4 / int8 packed into int32 words and read
-    unpacked: :mod:`~subnetviz.checkpoints.ct_packed`) with a scale per tensor, per row or per group of columns,
-    and zero points laid out as the scales where the scheme is asymmetric, are ``int8``: effective
-    w = (code − zero) × scale, as compressed-tensors dequantises them. Anything else (NVFP4 / MXFP4 bytes, 3-bit
-    words, a scale that fits no strategy) is compared as ``codes``."""
+    unpacked: :mod:`~subnetviz.checkpoints.ct_packed`) with a float scale per tensor, per row or per group of
+    columns, and integer zero points laid out as the scales where the scheme is asymmetric, are ``int8``: effective
+    w = (code − zero) × scale, as compressed-tensors dequantises them; with act-order groups (``weight_g_idx``,
+    :class:`ActOrder`) scale[i, g[j]]. A float scale (or integer zero points) that fits no such layout is refused,
+    naming the scale and its shape. Formats with no effective form here (NVFP4 / MXFP4 bytes, 3/5/6/7-bit words, no
+    float scale, float zero points) are compared as ``codes``."""
     stem = name.rpartition(".")[0]
     scale, zero = f"{stem}.weight_scale", f"{stem}.weight_zero_point"
     s, z = metas.get(scale), metas.get(zero)
     bits = 4 if m.stored and "int4" in m.stored else 2 if m.stored and "int2" in m.stored else 8
     if m.dtype == torch.int8 and name.endswith(".weight") and s is not None and s.dtype.is_floating_point:
-        how = _ct_strategy(m.shape, tuple(s.shape))
-        if how is not None and (z is None or (not z.dtype.is_floating_point and _same_layout(z.shape, s.shape))):
+        shape, s_shape = tuple(m.shape), tuple(s.shape)
+        how = _ct_strategy(shape, s_shape)
+        if how is None:
+            expected = (
+                f"one value, one per row ({shape[0]},) or ({shape[0]}, 1), or ({shape[0]}, G) for G groups of columns "
+                f"that divide its {shape[1]}"
+                if len(shape) == 2
+                else "one value for the tensor"
+            )
+            raise CheckpointError(
+                f"scale {scale!r} {s_shape} of {name!r} {shape} (compressed-tensors int{bits} codes) fits no "
+                f"per-tensor, per-row or group layout: expected {expected}; cannot dequantise it."
+            )
+        if z is not None and not z.dtype.is_floating_point and not _same_layout(z.shape, s.shape):
+            raise CheckpointError(
+                f"zero points {zero!r} {tuple(z.shape)} of {name!r} {shape}: expected them laid out as its scales "
+                f"{scale!r} {s_shape}."
+            )
+        if z is None or not z.dtype.is_floating_point:
+            g_idx = f"{stem}.weight_g_idx"
             return TensorForm(
                 "int8",
                 scale,
@@ -369,7 +500,8 @@ def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:
                 zero=zero if z is not None else None,
                 group=how,
                 codes=(-(1 << (bits - 1)), (1 << (bits - 1)) - 1),
-                native=True,
+                requant="native",
+                act_order=ActOrder(g_idx) if how and len(shape) == 2 and g_idx in metas else None,
             )
     packed = "packed " if name.endswith("_packed") else ""
     return TensorForm("codes", None, f"compressed-tensors {packed}codes")
@@ -460,9 +592,11 @@ def compare_quantized(
     divisor: float = 1.0,
     zeros: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     table: np.ndarray | None = None,
+    g_idx: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ) -> QuantStats:
     """Codes ``a``/``b`` (FP8 or int8, shape (m, n), 1-D or packed experts (E, ·, N)) with scales ``sa``/``sb``
-    (and zero points ``zeros``, laid out as the scales): codes compared exactly, then both sides dequantised band by
+    (and zero points ``zeros``, laid out as the scales; act-order groups ``g_idx``, each side's or None): codes
+    compared exactly, then both sides dequantised band by
     band (whole row blocks, ~1M entries: cache-sized; a tensor that is not 2-D, rows of its 2-D view:
     :func:`compare_stack`, its memory asked for first) and compared by the float pass, whose results are merged
     across bands.
@@ -476,7 +610,8 @@ def compare_quantized(
     how_b = check_scale(name, tuple(b.shape), scale_names[1], tuple(sb.shape), block)
     a, b = a.contiguous(), b.contiguous()
     za, zb = zeros
-    plain = how_a == how_b == "block" and za is None and zb is None and table is None
+    ga, gb = g_idx
+    plain = how_a == how_b == "block" and za is None and zb is None and table is None and ga is None and gb is None
     changed, above = None, None
     if table is not None:  # code steps along the data type's values in order (NF4's codes are; FP4's and E2M1's not)
         rank = np.argsort(np.argsort(table, kind="stable"), kind="stable").astype(np.uint8)
@@ -522,8 +657,8 @@ def compare_quantized(
             tuple(a.shape),
             step,
             lambda r0, r1: (
-                dequantize(a[r0:r1], sa, how_a, block, r0, divisor, za, table),
-                dequantize(b[r0:r1], sb, how_b, block, r0, divisor, zb, table),
+                dequantize(a[r0:r1], sa, how_a, block, r0, divisor, za, table, ga),
+                dequantize(b[r0:r1], sb, how_b, block, r0, divisor, zb, table, gb),
             ),
             options,
             name,
@@ -692,12 +827,12 @@ def effective(
 ) -> torch.Tensor:
     """The whole float32 effective weight (a tensor read whole: the subspaces' matrices, one that is not 2-D);
     ``block`` is an FP8 form's (an int8 form's is its own: :meth:`TensorForm.block`), ``zero`` the form's zero points
-    where it has them."""
+    where it has them; act-order groups are the form's (:func:`act_groups`)."""
     divisor, table = form.divisor, form_table(form)
     if form.kind != "fp8":
         block = form.block({})
     how = check_scale(name, tuple(code.shape), scale_name, tuple(scale.shape), block)
-    return dequantize(code, scale, how, block, 0, divisor, zero, table)
+    return dequantize(code, scale, how, block, 0, divisor, zero, table, act_groups(form))
 
 
 def form_table(form: TensorForm) -> np.ndarray | None:
@@ -745,7 +880,7 @@ def weight_rows(
     if x.dim() != 2:
         return effective(part, scale, form, block, name=name, scale_name=form.scale, zero=zero)
     how = check_scale(name, tuple(x.shape), form.scale, tuple(scale.shape), block)
-    return dequantize(part, scale, how, block, r0, form.divisor, zero, form_table(form))
+    return dequantize(part, scale, how, block, r0, form.divisor, zero, form_table(form), act_groups(form))
 
 
 # --- the per-tensor dispatch used by analyze_updates ---------------------------------------------
@@ -913,6 +1048,7 @@ def compare_aligned(
             divisor=fa.divisor,
             zeros=(za, zb),
             table=form_table(fa),
+            g_idx=(act_groups(fa), act_groups(fb)),
         )
         log.add(i, _log_kind(fa, sa), name, q.stats.changed, q.changed_codes)
         # the float64 Δ for spectra, each side dequantised with its own scales (float32) a band of whole scale
@@ -930,7 +1066,11 @@ def compare_aligned(
     # copy held ~30 bytes an entry (a 53248 × 16384 MLP matrix: ~30 GB).
     st, rounding, delta = _compare_forms(a, b, fa, fb, ck_base, ck, options, dev, name, packed)
     both = fa.kind != "float" and fb.kind != "float"
-    said = f"{_layout_said(fa, _scales_said(ck_base, fa, a))} vs {_layout_said(fb, _scales_said(ck, fb, b))}"
+    said_a, said_b = _layout_said(fa, _scales_said(ck_base, fa, a)), _layout_said(fb, _scales_said(ck, fb, b))
+    if said_a == said_b and fa.act_order != fb.act_order:  # (the same layout, its columns grouped differently)
+        said = f"{said_a} on both sides, their columns grouped differently (weight_g_idx)"
+    else:
+        said = f"{said_a} vs {said_b}"
     log.add(i, f"{'forms2' if both else 'forms'}:{said}", name, rounding, st.changed)
     return st, st.changed, delta
 
@@ -1094,39 +1234,51 @@ def _rounding_only(side: _Side, r0: int, r1: int, w: torch.Tensor, ea: torch.Ten
     """Of the entries of rows ``r0:r1`` that differ between a float side and a quantized one (``side``; ``w`` the
     float side's rows, ``ea`` / ``eb`` both as compared), how many are exactly what quantising the float side with
     the quantized side's own scales gives: rounding, not training. A bf16 base against its own FP8 or int8 copy
-    differs almost everywhere, and each such entry reads as changed. compressed-tensors quantises in the weight's
-    own dtype (w / scale, + zero point, each rounded to it, its FP8 as its integers: :attr:`TensorForm.native`;
-    torch's dtype of w / scale, the wider where the scale is stored wider), and so does this; FP8 codes are clamped
-    to their largest finite value first, as quantisers do."""
+    differs almost everywhere, and each such entry reads as changed. The float side is quantised with each
+    library's own arithmetic (:attr:`TensorForm.requant`): compressed-tensors in the weight's own dtype (w / scale,
+    + zero point, each rounded to it, its FP8 as its integers; torch's dtype of w / scale, the wider where the scale
+    is stored wider), bitsandbytes int8 as round(w × fl(127 / SCB)) in float32, AutoAWQ as round((w + zero × scale)
+    / scale) in the weight's dtype with its float16 scale, others round(w / step) in float32; act-order groups
+    (:class:`ActOrder`) pick each column's scale. FP8 codes are clamped to their largest finite value first, as
+    quantisers do."""
     form = side.form
-    dt = torch.promote_types(w.dtype, side.scale.dtype) if form.native else torch.float32
-    w = w.to(dt)
+    g_idx = act_groups(form)
     if side.view is not None:  # packed experts (or a 1-D tensor): rows r0:r1 of their 2-D view
         code, shape = side.view[r0:r1], tuple(side.x.shape)
 
-        def codes_of(value: float, scale: torch.Tensor, zero: torch.Tensor | None = None) -> torch.Tensor:
+        def image(value: float, scale: torch.Tensor, zero: torch.Tensor | None = None, divisor=form.divisor):
             like = torch.full((1, 1), value, dtype=code.dtype).expand(side.view.shape)  # (no whole-size tensor)
-            return _stack_rows(like, shape, scale, side.how, r0, r1, form.divisor, zero)
+            return _stack_rows(like, shape, scale, side.how, r0, r1, divisor, zero)
 
     else:
         code, block = side.x[r0:r1], form.block(side.ck.config)
         how = check_scale(side.name, tuple(side.x.shape), form.scale, tuple(side.scale.shape), block)
 
-        def codes_of(value: float, scale: torch.Tensor, zero: torch.Tensor | None = None) -> torch.Tensor:
-            return dequantize(torch.full_like(code, value), scale, how, block, r0, form.divisor, zero)
+        def image(value: float, scale: torch.Tensor, zero: torch.Tensor | None = None, divisor=form.divisor):
+            return dequantize(torch.full_like(code, value), scale, how, block, r0, divisor, zero, None, g_idx)
 
-    # each entry's multiplier (scale / divisor): the dequantised weight of a code of 1
-    step = codes_of(1.0, side.scale)
+    def zeros() -> torch.Tensor:  # each entry's zero point, laid out as its scale: the weight of a code of 0 is -zero
+        return -image(0.0, torch.ones_like(side.scale), side.zero, 1.0)
+
     with torch.no_grad():
         if form.table is not None:  # to the nearest of the type's values (bitsandbytes: A × (1 / absmax))
+            step = image(1.0, side.scale)  # each entry's multiplier (scale / divisor): the weight of a code of 1
             w32 = w.to(torch.float32)
             x = w32 / step if form.table == "e2m1" else w32 * (1.0 / step)
             del step
             return _rounding_only_table(x, code, form, ea, eb, options)
-        x = w / step.to(dt)
-        del step
-        if side.zero is not None:  # each entry's zero point, laid out as its scale: the weight of a code of 0 is -zero
-            x += -codes_of(0.0, torch.ones_like(side.scale), side.zero).to(dt)
+        if form.requant == "bnb":  # int8_vectorwise_quant: round(A * (127.0 / absmax)), float32
+            x = w.to(torch.float32) * image(1.0, 127.0 / side.scale.to(torch.float32), None, 1.0)
+        elif form.requant == "awq":  # from_linear: round((w + zeros * scales) / scales.half()), the layer's dtype
+            dt, s = w.dtype, image(1.0, side.scale, None, 1.0)
+            x = w + (zeros().to(dt) * s.to(dt) if side.zero is not None else 0.0)
+            x = x / s.to(side.scale.dtype)  # (the stored scales: float16; float32 where w is float32 or bfloat16)
+            del s
+        else:
+            dt = torch.promote_types(w.dtype, side.scale.dtype) if form.requant == "native" else torch.float32
+            x = w.to(dt) / image(1.0, side.scale).to(dt)
+            if side.zero is not None:
+                x += zeros().to(dt)
         if form.kind == "fp8":  # clamped, then rounded to nearest even, as a quantiser does
             big = torch.finfo(code.dtype).max
             again = x.clamp_(-big, big).to(code.dtype).to(torch.float32)
@@ -1263,7 +1415,8 @@ def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
     if form.table is not None:  # (absmax: one scale per block of a row's columns)
         t = form.table.upper()
         return f"q:bitsandbytes {t}|{t}[code] × absmax[i, j // {form.group}]"
-    idx = "" if math.prod(scale.shape) == 1 else f"[i, j // {form.group}]" if form.group else "[i]"
+    group = f"[i, {form.act_order.name.rsplit('.', 1)[-1]}[j]]" if form.act_order else f"[i, j // {form.group}]"
+    idx = "" if math.prod(scale.shape) == 1 else group if form.group else "[i]"
     code = f"(code − {form.zero.rsplit('.', 1)[-1]}{idx})" if form.zero else "code"  # (weight_zero_point, qzeros)
     return f"q:{form.label.removesuffix(' codes')}|{code} × {form.scale.rsplit('.', 1)[-1]}{idx}"
 
@@ -1276,4 +1429,5 @@ def _layout_said(form: TensorForm, scales: str | None = None) -> str:
     if form.kind != "int8":
         return form.label
     per = f"a scale per {form.group} columns" if form.group else "a scale per row or tensor"
-    return f"{form.label} ({per}{', zero points' if form.zero else ''})"
+    order = ", in act order (weight_g_idx)" if form.act_order else ""
+    return f"{form.label} ({per}{order}{', zero points' if form.zero else ''})"

@@ -170,6 +170,7 @@ def dequantize(
     divisor: float = 1.0,
     zero: torch.Tensor | None = None,
     table: np.ndarray | None = None,
+    g_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """float32 effective weights of the code rows ``code`` (which start at row ``r0`` of the tensor).
 
@@ -180,19 +181,28 @@ def dequantize(
     (dividing the scale first differed in the last bit of a quarter of the weights). ``zero`` (zero points, laid
     out as the scales): code − zero is a small integer, exact; compressed-tensors forms the same difference before
     its product with the scale. ``table``: the values the codes index (bitsandbytes' NF4 / FP4), looked up first.
+    ``g_idx`` (compressed-tensors' act order, ``weight_g_idx``: each column's group, int64 (cols,)): the ``block``
+    scales of groups along a row (bs0 = 1) are read ``scale[i, g_idx[j]]``, the zero points likewise, as
+    compressed-tensors dequantises act-order weights.
     """
     w = _codes_to_float(code, table)
     if zero is not None:
-        w = _scaled(w, zero.to(torch.float32), how, block, r0, "sub_")
-    w = _scaled(w, scale.to(torch.float32), how, block, r0)
+        w = _scaled(w, zero.to(torch.float32), how, block, r0, "sub_", g_idx)
+    w = _scaled(w, scale.to(torch.float32), how, block, r0, "mul_", g_idx)
     return w.mul_(1.0 / divisor) if divisor != 1.0 else w
 
 
 def _scaled(
-    w: torch.Tensor, s: torch.Tensor, how: str, block: tuple[int, int], r0: int, op: str = "mul_"
+    w: torch.Tensor,
+    s: torch.Tensor,
+    how: str,
+    block: tuple[int, int],
+    r0: int,
+    op: str = "mul_",
+    g_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``w`` (float32 codes, rows from ``r0``) times (``op`` ``mul_``) or less (``sub_``) its scales or zero
-    points ``s``, in place."""
+    points ``s``, in place; ``block`` scales of column groups gathered by ``g_idx`` where given (act order)."""
     if how == "tensor":
         return getattr(w, op)(s.reshape(()))
     if how == "expert":  # (E, ·, N) by (E, 1, N): each expert's column j by its scale j
@@ -202,7 +212,12 @@ def _scaled(
     b0, b1 = block
     rows, cols = w.shape
     sr = s[r0 // b0 : (r0 + rows - 1) // b0 + 1]
-    sr = sr.repeat_interleave(b1, dim=1)[:, :cols]  # (row blocks, cols)
+    if g_idx is not None:  # column j's scale is its group's, g_idx[j] (act order: a group is no run of columns)
+        if b0 != 1 or g_idx.numel() != cols:
+            raise ValueError(f"act-order groups of {g_idx.numel()} columns for {block} blocks of {cols} columns")
+        sr = sr.index_select(1, g_idx.to(sr.device))  # (rows, cols)
+    else:
+        sr = sr.repeat_interleave(b1, dim=1)[:, :cols]  # (row blocks, cols)
     if r0 % b0 == 0 and rows % b0 == 0:
         getattr(w.view(-1, b0, cols), op)(sr.unsqueeze(1))
         return w
