@@ -1,6 +1,7 @@
 """Bigram subnetworks: train a mask as a job or load one, then fidelity, ablation, location, overlap,
 the residual stream and generations (reference/bigram_subnetworks.md)."""
 
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -119,30 +120,41 @@ def import_released(model: str) -> None:
 
 
 def headline(h: dict) -> None:
+    """Eight numbers in two rows. One the analysis leaves undefined (NaN: a share or ×chance of an empty mask) is a
+    dash with why in small grey text under it (in the value, the why was cut off at the column's width)."""
     num = figures.format_number  # 3 significant digits, scientific below 1e-3: no "+0.000" hiding a number
-    items = [
-        ("kept weights", f"{h['kept']:,} ({num(100 * h['density'])} %)"),
-        ("r full model", num(h["r_full"])),
-        ("r subnetwork", num(h["r_subnetwork"])),
-        ("r random", figures.format_mean_sd(h["r_random_mean"], h["r_random_sd"])),
-        ("first-layer MLP share", f"{num(100 * h['first_mlp_share'])} %"),
-        ("Δ bits/token, subnetwork ablated", num(h["delta_bits_ablated"], sign=True)),
-        ("Δ bits/token, random set ablated", num(h["delta_bits_random_ablated"], sign=True)),
+    share = h["first_mlp_share"]  # NaN for an empty mask (it read "0.00 %")
+    items = [  # (label, value, help, why it is undefined: shown in place of a number)
+        ("kept weights", f"{h['kept']:,} ({num(100 * h['density'])} %)", None, None),
+        ("r full model", num(h["r_full"]), None, None),
+        ("r subnetwork", num(h["r_subnetwork"]), None, None),
+        ("r random", figures.format_mean_sd(h["r_random_mean"], h["r_random_sd"]), None, None),
+        ("first-layer MLP share", f"{num(100 * share)} %", None, None)
+        if not math.isnan(share)
+        else ("first-layer MLP share", None, None, h.get("why_no_share") or "undefined"),
+        ("Δ bits/token, subnetwork ablated", num(h["delta_bits_ablated"], sign=True), None, None),
+        ("Δ bits/token, random set ablated", num(h["delta_bits_random_ablated"], sign=True), None, None),
     ]
-    if "overlap_x_chance" in h:
+    if "overlap_x_chance" in h and math.isnan(h["overlap_x_chance"]):  # 0 / 0 (it read "nan×  (p = 1)")
+        tip = "Undefined: no overlap is found, and none is expected by chance."
+        items.append(("overlap × chance", None, tip, h.get("why_no_x_chance") or "undefined"))
+    elif "overlap_x_chance" in h:
         # a permutation p-value is (1 + #null ≥ observed) / (1 + draws): at its floor no draw reached the overlap,
         # and p is below the floor, not equal to it
         draws = int(h.get("overlap_draws", 1000))
         p = h["overlap_p"]
         floor = p <= 1 / (1 + draws)
         shown = f"p < {1 / draws:g}" if floor else f"p = {p:.2g}"
-        why = f"Permutation p-value, {draws:,} draws of the null (the same count per block, drawn uniformly): " + (
+        tip = f"Permutation p-value, {draws:,} draws of the null (the same count per block, drawn uniformly): " + (
             "none reached the observed overlap, so p is below 1/draws." if floor else "(1 + reached) / (1 + draws)."
         )
-        items.append((f"overlap × chance ({shown})", f"{h['overlap_x_chance']:.1f}×", why))
+        items.append((f"overlap × chance ({shown})", f"{h['overlap_x_chance']:.1f}×", tip, None))
     cols = st.columns(4)  # two rows: eight numbers do not fit one row readably
-    for i, (label, value, *why) in enumerate(items):
-        cols[i % 4].metric(label, value, help=why[0] if why else None)
+    for i, (label, value, tip, why) in enumerate(items):
+        if why is None:
+            cols[i % 4].metric(label, value, help=tip)
+        else:  # a dash, and why in grey under it (a delta with no arrow and no colour)
+            cols[i % 4].metric(label, "—", f"({why})", "off", help=tip, delta_arrow="off")
 
 
 def _zoo_mask_note() -> None:
@@ -350,7 +362,8 @@ def result_parts(res, gens) -> tuple[dict, dict]:
                 res.residual.covariance_matrix(label), f"Covariance similarity: {label}"
             )
     if res.overlap is not None:
-        tables["bg-overlap"] = ("Overlap with the optimal subnetwork vs both nulls", res.overlap.to_frame())
+        # (an undefined ×chance or share as a dash with why, not a bare "—"/"nan")
+        tables["bg-overlap"] = ("Overlap with the optimal subnetwork vs both nulls", res.overlap.explained_frame())
         figs["bg-null"] = bg_figures.null_histogram(res.overlap.null_frame(), res.overlap.overlap)
     if gens is not None:
         tables["bg-generations"] = ("Generations at temperature 0.3: full model vs subnetwork ablated", gens)

@@ -29,7 +29,7 @@ from torch.func import functional_call
 
 from subnetviz.bigram.maskable import Block, blocks_of, fitted_mask, full_mask, masked_parameters
 from subnetviz.bigram.stats import BigramTable, TokenCorpus, check_vocab
-from subnetviz.errors import ConfigError
+from subnetviz.errors import ConfigError, NonFiniteError
 from subnetviz.masks import MaskSet
 
 NULLS = ("uniform", "rows")
@@ -73,6 +73,11 @@ class TokenScores:
     kl_bits: float  # mean KL(P_bigram || q)
 
 
+def checkpoint_name(model) -> str:
+    """What messages call ``model``: the folder or hub id it was loaded from, else "the model"."""
+    return str(getattr(model, "name_or_path", "") or "the model")
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -84,9 +89,12 @@ def score_tokens(
     table: BigramTable | None = None,
     params: dict[str, torch.Tensor] | None = None,
     batch_size: int = 16,
+    who: str | None = None,
 ) -> TokenScores:
     """Surprisals of ``model`` (with ``params`` substituted, e.g. masked weights) on ``corpus``;
-    logits are truncated to the table's vocabulary when a table is given."""
+    logits are truncated to the table's vocabulary when a table is given. A NaN logit gives a NaN surprisal;
+    ``who`` (the checkpoint, for the message): refuse NaN or infinite logits instead, with a
+    :class:`~subnetviz.errors.NonFiniteError` that says where they start (:func:`_nonfinite_logits`)."""
     dev = _device(model)
     model.eval()
     surp, ce_sum, kl_sum, n = [], 0.0, 0.0, 0
@@ -94,6 +102,8 @@ def score_tokens(
         ids = corpus.ids[i : i + batch_size].to(dev)
         out = functional_call(model, params or {}, (ids,))
         v = table.vocab_size if table is not None else out.logits.shape[-1]
+        if who is not None and not bool(torch.isfinite(out.logits[:, :-1, :v]).all()):
+            raise _nonfinite_logits(model, params, ids, out.logits[:, :-1, :v], who, i)
         logp = torch.log_softmax(out.logits[:, :-1, :v].float(), dim=-1)  # (b, T-1, V)
         nxt = ids[:, 1:]
         surp.append((-logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) / LN2).reshape(-1).cpu())
@@ -108,6 +118,30 @@ def score_tokens(
     s = torch.cat(surp).double().numpy() if surp else np.zeros(0)
     return TokenScores(
         s, ce_sum / n if table is not None else float("nan"), kl_sum / n if table is not None else float("nan")
+    )
+
+
+def _nonfinite_logits(model, params, ids: torch.Tensor, logits: torch.Tensor, who: str, first: int) -> NonFiniteError:
+    """The one-line error for a batch ``ids`` (``(B, T)``, sequences ``first`` on) whose scored ``logits``
+    (``(B, T-1, V)``) hold NaN or Inf: the first such position, and the first layer whose output is not finite (one
+    more forward pass of this batch, only here), in the rotation figure's numbering (0 = the embeddings)."""
+    from subnetviz.bigram.residual import hidden_states
+
+    seq, pos = (int(x) for x in (~torch.isfinite(logits).all(-1)).nonzero()[0])
+    hs = hidden_states(model, ids, params)  # L + 1: the embeddings, then each layer (the last before the final norm)
+    layer = next((k for k, h in enumerate(hs) if not bool(torch.isfinite(h).all())), None)
+    where = (
+        "every layer's output is finite, so the final norm or the output head overflowed"
+        if layer is None
+        else f"the first layer whose output is not finite is layer {layer} of {len(hs) - 1} (0 = the embeddings)"
+    )
+    weights = {**dict(model.named_parameters()), **(params or {})}
+    broken = next((n for n, w in weights.items() if not bool(torch.isfinite(w).all())), None)
+    cause = f"the weight {broken} holds NaN or Inf" if broken else "from finite weights: a value overflowed float32"
+    return NonFiniteError(
+        f"{who}: its logits are NaN or infinite ({cause}), first at evaluation "
+        f"sequence {first + seq}, position {pos}; {where}. Its fidelity, ablations and residual stream cannot be "
+        "computed."
     )
 
 
@@ -183,11 +217,13 @@ def evaluate_subnetwork(
     seeds: Sequence[int] = (0, 1, 2),
     null: str = "uniform",
     batch_size: int = 16,
+    who: str | None = None,
 ) -> AblationReport:
     """Fidelity and loss for: the bigram model, the full model, the empty subnetwork, the subnetwork
     alone, random subnetworks alone, the subnetwork ablated and random subnetworks ablated. A maskable matrix the
     mask does not list is outside the subnetwork (:func:`~subnetviz.bigram.maskable.fitted_mask`), in the
-    density and the random subnetworks too."""
+    density and the random subnetworks too. ``who`` (the checkpoint): the full model's NaN or infinite logits are
+    refused (:func:`score_tokens`), not scored as NaN."""
     mask_set, _ = fitted_mask(model, mask_set)
     check_vocab(table, model)
     table.check_ids(corpus.ids)
@@ -195,7 +231,7 @@ def evaluate_subnetwork(
     ref = bigram_surprisals(table, corpus)
     bigram_scores = TokenScores(ref, table.row_entropy()[corpus.ids[:, :-1].numpy().reshape(-1)].mean(), 0.0)
     rows = [_row("bigram", None, bigram_scores, ref, float("nan"))]
-    rows.append(_row("full", None, score_tokens(model, corpus, table, None, batch_size), ref, 1.0))
+    rows.append(_row("full", None, score_tokens(model, corpus, table, None, batch_size, who), ref, 1.0))
     empty = masked_parameters(model, full_mask(model, False), "keep")
     rows.append(_row("empty", None, score_tokens(model, corpus, table, empty, batch_size), ref, 0.0))
     d = mask_set.density
@@ -261,9 +297,11 @@ def generate(
     temperature: float = 0.3,
     seed: int = 0,
     params: dict[str, torch.Tensor] | None = None,
+    who: str = "the model",
 ) -> torch.Tensor:
     """Sample ``n_new`` tokens after ``prompt_ids`` (1-D) with p^(1/τ) renormalised, then multinomial
-    (the paper's ``generate_text``; seeded). Returns the 1-D prompt + continuation."""
+    (the paper's ``generate_text``; seeded). Returns the 1-D prompt + continuation. NaN or infinite logits are
+    a :class:`~subnetviz.errors.NonFiniteError` naming ``who`` (torch's multinomial raised a RuntimeError)."""
     if temperature <= 0:
         raise ConfigError(f"temperature {temperature}; must be > 0.")
     dev = _device(model)
@@ -272,6 +310,11 @@ def generate(
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
     for _ in range(n_new):
         logits = functional_call(model, params or {}, (ids[:, -max_pos:],)).logits[0, -1].float()
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteError(
+                f"{who}: NaN or infinite logits at generated token {ids.shape[1] - prompt_ids.numel() + 1} "
+                f"(seed {seed}); no text can be sampled from them."
+            )
         logp = torch.log_softmax(logits, -1) / temperature  # log p^(1/τ), renormalised below
         nxt = torch.multinomial(torch.softmax(logp, -1), 1, generator=gen)
         ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
@@ -296,7 +339,8 @@ def generations(
     rows = []
     for label, params in settings.items():
         for seed in seeds:
-            out = generate(model, prompt_ids, n_new, temperature, seed, params)
+            who = f"{checkpoint_name(model)}, the {label} model's generations"
+            out = generate(model, prompt_ids, n_new, temperature, seed, params, who=who)
             rows.append(
                 {
                     "setting": label,
@@ -334,12 +378,19 @@ def analyse_subnetwork(
     residual_tokens: int | None = 20_000,
     overlap_draws: int = 1000,
     batch_size: int = 16,
+    where: str | None = None,
 ) -> SubnetworkAnalysis:
     """Fidelity and ablations, where the subnetwork lives, the residual stream (full / subnetwork /
     random subnetwork; ``residual_tokens=None`` skips it) and, given ``optimal``, the overlap. Each mask is taken
     as :func:`~subnetviz.bigram.maskable.fitted_mask` makes it (a maskable matrix it does not list is outside
     the subnetwork, in every number); the headline's ``notes`` say how (names matched across prefixes, matrices
-    it does not list)."""
+    it does not list).
+
+    A model whose logits are NaN or infinite (finite weights can overflow float32) is refused with one
+    :class:`~subnetviz.errors.NonFiniteError` naming ``where`` (default :func:`checkpoint_name`). A headline value
+    that is undefined is NaN, with the reason under ``why_no_share`` (the MLP shares of an empty mask) or
+    ``why_no_x_chance`` (×chance and the share inside the optimal mask: :meth:`OverlapReport.why_undefined
+    <subnetviz.bigram.locate.OverlapReport.why_undefined>`)."""
     from subnetviz.bigram.locate import attention_mlp_split, compare_subnetworks, subnetwork_shares
     from subnetviz.bigram.residual import analyse_residual_stream
 
@@ -349,7 +400,8 @@ def analyse_subnetwork(
         optimal, more = fitted_mask(model, optimal, "optimal mask")
         notes += [f"optimal mask: {n}" for n in more]
     blocks = blocks_of(model)
-    ablation = evaluate_subnetwork(model, mask_set, table, corpus, seeds, null, batch_size)
+    where = where or checkpoint_name(model)
+    ablation = evaluate_subnetwork(model, mask_set, table, corpus, seeds, null, batch_size, who=where)
     shares = subnetwork_shares(mask_set, blocks)
     split = attention_mlp_split(shares)
     residual = None
@@ -361,6 +413,7 @@ def analyse_subnetwork(
             {"full": None, "bigram subnetwork": mask_set, "random subnetwork": rnd},
             residual_tokens,
             batch_size,
+            where=where,
         )
     overlap = compare_subnetworks(mask_set, optimal, blocks, overlap_draws) if optimal is not None else None
     s = ablation.summary().set_index("setting")
@@ -373,13 +426,18 @@ def analyse_subnetwork(
         "r_subnetwork": s.loc["subnetwork", "r_mean"],
         "r_random_mean": s.loc["random subnetwork", "r_mean"] if seeds else float("nan"),
         "r_random_sd": s.loc["random subnetwork", "r_sd"] if seeds else float("nan"),
-        "first_mlp_share": float(first.loc[first["block"].isin(["MLP-in", "MLP-out"]), "share"].sum()),
-        "mlp_share": float(split.set_index("group").loc["mlp", "share"]),
+        # a share of nothing is undefined (0 / 0), not 0 %
+        "first_mlp_share": float(first.loc[first["block"].isin(["MLP-in", "MLP-out"]), "share"].sum())
+        if mask_set.count
+        else float("nan"),
+        "mlp_share": float(split.set_index("group").loc["mlp", "share"]) if mask_set.count else float("nan"),
         "bits_full": s.loc["full", "bits_mean"],
         "delta_bits_ablated": s.loc["ablated", "delta_bits"],
         "delta_bits_random_ablated": s.loc["random ablated", "delta_bits"] if seeds else float("nan"),
         "notes": notes,
     }
+    if not mask_set.count:
+        headline["why_no_share"] = "the bigram mask is empty"
     if overlap is not None:
         headline.update(
             optimal_density=optimal.density,
@@ -389,4 +447,6 @@ def analyse_subnetwork(
             overlap_draws=len(overlap.null_uniform),
             share_in_optimal=overlap.share_of_0_in_1,
         )
+        if (why := overlap.why_undefined()) is not None:
+            headline["why_no_x_chance"] = why
     return SubnetworkAnalysis(ablation, shares, split, residual, overlap, headline)

@@ -135,7 +135,7 @@ def tokenizer_size(model_dir) -> int:
 
 def run_job(config: dict, ctx) -> None:
     """Train the mask, report progress, write mask.safetensors, metrics.json and curve.csv."""
-    from subnetviz.bigram.evaluate import bigram_surprisals, fidelity, score_tokens
+    from subnetviz.bigram.evaluate import bigram_surprisals, checkpoint_name, fidelity, score_tokens
     from subnetviz.bigram.maskable import masked_parameters
     from subnetviz.bigram.train import preset_config, train_bigram_mask
     from subnetviz.masks import save_mask_set
@@ -184,7 +184,8 @@ def run_job(config: dict, ctx) -> None:
     }
     model = model.cpu()
     ref = bigram_surprisals(table, evalc)
-    metrics["r_full"] = fidelity(score_tokens(model, evalc, table).surprisal_bits, ref)[0]
+    full = score_tokens(model, evalc, table, who=checkpoint_name(model))  # (NaN logits: one line, not r = NaN)
+    metrics["r_full"] = fidelity(full.surprisal_bits, ref)[0]
     sub = score_tokens(model, evalc, table, masked_parameters(model, ms, "keep"))
     metrics["r_subnetwork"], metrics["r_subnetwork_dropinf"] = fidelity(sub.surprisal_bits, ref)
     (Path(ctx.out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))

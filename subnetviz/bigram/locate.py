@@ -136,6 +136,33 @@ class OverlapReport:
     def ratio_rows(self) -> float:
         return _ratio(self.overlap, self.expected_rows)
 
+    def why_undefined(self, names: tuple[str, str] = ("the bigram mask", "the optimal mask")) -> str | None:
+        """Why this report's ×chance or share of C0 inside C1 is undefined (each a 0 / 0), or None where both are
+        numbers. ``names``: how to call C0 and C1. An empty mask overlaps nothing and no overlap is expected of it;
+        two masks with weights in no common block (or none a row-shuffle draw brings together) have neither an
+        overlap nor an expected one."""
+        if not any(map(np.isnan, (self.ratio_uniform, self.ratio_rows, self.share_of_0_in_1))):
+            return None
+        if not self.kept0 and not self.kept1:
+            return "both masks are empty"
+        if not self.kept0 or not self.kept1:
+            return f"{names[0] if not self.kept0 else names[1]} is empty"
+        return "no overlap found and none expected by chance"
+
+    def explained_frame(self, names: tuple[str, str] = ("the bigram mask", "the optimal mask")) -> pd.DataFrame:
+        """:meth:`to_frame` for people: a column that holds an undefined value (NaN) is text, that value written as
+        the tables' dash with why (:meth:`why_undefined`: "— (the bigram mask is empty)") and the others as numbers
+        read (×chance ``36.20×``, shares in percent), where a NaN read "nan", "None" or a bare dash."""
+        out = self.to_frame()
+        why = self.why_undefined(names)
+        if why is None:
+            return out
+        shown = {"x_chance": lambda x: f"{x:.2f}×", "share_of_0_in_1": lambda x: f"{100 * x:.2f} %"}
+        for col, text in shown.items():
+            if out[col].isna().any():
+                out[col] = [f"— ({why})" if np.isnan(x) else text(x) for x in out[col]]
+        return out
+
     def to_frame(self) -> pd.DataFrame:
         """One row per null model."""
         base = {

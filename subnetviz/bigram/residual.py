@@ -16,6 +16,10 @@ covariance-similarity matrix, for a model with or without a mask applied.
 
 Everything needs only per-layer sums and ``d × d`` cross products (float64), so activations are
 streamed batch by batch into :class:`ResidualStats` and never held for all tokens at once.
+
+NaN or Inf activations (finite weights can overflow float32) are refused with one
+:class:`~subnetviz.errors.NonFiniteError` saying from which layer on (:func:`check_stats`); numpy's eigensolvers
+raised ``LinAlgError`` on them and the ridge solve returned NaN.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch.func import functional_call
 
 from subnetviz.bigram.maskable import FINAL_NORM, family_of, masked_parameters
 from subnetviz.bigram.stats import TokenCorpus
+from subnetviz.errors import NonFiniteError
 from subnetviz.masks import MaskSet
 
 
@@ -60,6 +65,30 @@ class ResidualStats:
             np.einsum("lni,nj->lij", xs, xs[-1]),
             x_in.sum(0),
         )
+
+
+def check_stats(stats: ResidualStats, what: str = "the residual stream") -> None:
+    """Raise :class:`~subnetviz.errors.NonFiniteError` where ``stats`` hold NaN or Inf, naming the first layer
+    (0 = the embeddings) whose own sums are not finite: ``what`` says whose stream it is."""
+    own = [np.isfinite(stats.sums[k]).all() and np.isfinite(stats.gram[k]).all() for k in range(len(stats.sums))]
+    rest = (stats.cross_in, stats.cross_out, stats.sum_in)
+    if all(own) and all(np.isfinite(a).all() for a in rest):
+        return
+    if not np.isfinite(stats.sum_in).all():
+        at = "in the input embeddings"
+    elif all(own):
+        at = "in its cross products with the input embeddings or the last layer"
+    else:
+        at = f"from layer {own.index(False)} of {len(own) - 1} on (0 = the embeddings)"
+    raise NonFiniteError(
+        f"{what}: NaN or Inf activations {at} (a value overflowed float32); its rotation and covariance "
+        "similarity cannot be computed."
+    )
+
+
+def _require_finite(x: np.ndarray, what: str) -> None:
+    if not np.isfinite(x).all():
+        raise NonFiniteError(f"{what} holds NaN or Inf (activations that overflowed); it has no eigenvalues.")
 
 
 def _final_norm(model) -> torch.nn.Module:
@@ -115,7 +144,10 @@ def collect_stats(
 
 def ridge_coef(xtx, xty, mean_x, mean_y, n: int, alpha: float = 1.0) -> np.ndarray:
     """Closed-form ridge with intercept from sufficient statistics; returns sklearn's ``coef_``
-    ``(d_y, d_x)``: ``((XcᵀXc + αI)⁻¹ XcᵀYc)ᵀ`` with ``Xc, Yc`` mean-centred."""
+    ``(d_y, d_x)``: ``((XcᵀXc + αI)⁻¹ XcᵀYc)ᵀ`` with ``Xc, Yc`` mean-centred. NaN or Inf statistics are a
+    :class:`~subnetviz.errors.NonFiniteError` (the solve returned NaN)."""
+    for x in (xtx, xty, mean_x, mean_y):
+        _require_finite(np.asarray(x), "the ridge map's statistics")
     sxx = xtx - n * np.outer(mean_x, mean_x)
     sxy = xty - n * np.outer(mean_x, mean_y)
     return np.linalg.solve(sxx + alpha * np.eye(sxx.shape[0]), sxy).T
@@ -131,7 +163,9 @@ def rotation_angles_deg(coef: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
     """``|arg λ|`` in degrees (in [0, 180]) of the eigenvalues λ of a square map, leaving out those
     with ``|λ| <= rel_tol * max|λ|``: a rank-deficient map (fewer distinct tokens than ``d``, as in
     the demo zoo's 14-letter chain) has numerically-zero eigenvalues whose argument is rounding
-    noise. With a full-rank map (the paper's setting) every eigenvalue is kept."""
+    noise. With a full-rank map (the paper's setting) every eigenvalue is kept. A map with NaN or Inf is a
+    :class:`~subnetviz.errors.NonFiniteError` (numpy raised ``LinAlgError``)."""
+    _require_finite(coef, "the ridge map")
     lam = np.linalg.eigvals(coef)
     mag = np.abs(lam)
     keep = mag > rel_tol * mag.max() if mag.size and mag.max() > 0 else np.zeros(mag.shape, bool)
@@ -145,7 +179,9 @@ def median_rotation_deg(coef: np.ndarray, rel_tol: float = 1e-6) -> float:
 
 
 def rotation_profile(stats: ResidualStats, alpha: float = 1.0, rel_tol: float = 1e-6) -> pd.DataFrame:
-    """Tidy: layer, target ("input" | "output"), angle_deg, n_eigenvalues (how many were not ~0)."""
+    """Tidy: layer, target ("input" | "output"), angle_deg, n_eigenvalues (how many were not ~0). NaN or Inf
+    statistics: :func:`check_stats`."""
+    check_stats(stats)
     mean_in = stats.sum_in / stats.n
     mean_out = stats.sums[-1] / stats.n
     rows = []
@@ -166,7 +202,9 @@ def rotation_profile(stats: ResidualStats, alpha: float = 1.0, rel_tol: float = 
 
 
 def covariance_matrices(stats: ResidualStats) -> np.ndarray:
-    """``(L+1, d, d)``: centred covariance with the top singular direction removed (unnormalised)."""
+    """``(L+1, d, d)``: centred covariance with the top singular direction removed (unnormalised). NaN or Inf
+    statistics: :func:`check_stats` (numpy's ``eigh`` raised ``LinAlgError``)."""
+    check_stats(stats)
     out = []
     for layer in range(stats.sums.shape[0]):
         mean = stats.sums[layer] / stats.n
@@ -209,13 +247,17 @@ def analyse_residual_stream(
     max_tokens: int = 128_000,
     batch_size: int = 16,
     alpha: float = 1.0,
+    where: str | None = None,
 ) -> ResidualReport:
     """Rotation and covariance similarity for each ``label -> mask`` (``None`` = full model; a mask
-    is applied keep-only, i.e. the subnetwork alone), e.g. full / bigram / random."""
+    is applied keep-only, i.e. the subnetwork alone), e.g. full / bigram / random. A stream with NaN or Inf
+    activations is refused (:func:`check_stats`) naming ``where`` (the checkpoint) and the label."""
     rot, cov = [], []
+    where = where or str(getattr(model, "name_or_path", "") or "the model")
     for label, ms in subnetworks.items():
         params = None if ms is None else masked_parameters(model, ms, "keep")
         stats = collect_stats(model, corpus, params, max_tokens, batch_size)
+        check_stats(stats, f"{where}, the residual stream of the {label}" + (" model" if ms is None else ""))
         rot.append(rotation_profile(stats, alpha).assign(model=label))
         cov.append(covariance_similarity(stats).assign(model=label))
     return ResidualReport(pd.concat(rot, ignore_index=True), pd.concat(cov, ignore_index=True))
