@@ -357,20 +357,26 @@ def fit_context(enc: Sequence[Encoded], positions: int | None) -> tuple[list[Enc
     position table, a RoPE model ran past its context and its KLs were reported with no word), and the note that
     says how many were cut (None when none was). A cut answer is not scored (its last tokens are gone), but the
     answer tokens that survive the cut keep their start, so the positions predicting them are still marked
-    (:func:`token_frame`)."""
+    (:func:`token_frame`). An answer the cut leaves whole (only the special tokens after it gone: an ``<eos>`` the
+    tokenizer appends) is scored, and its :attr:`Encoded.tail` keeps what is left of those tokens."""
     if positions is None or all(len(e.ids) <= positions for e in enc):
         return list(enc), None
-    out, cut, unscored = [], 0, 0
+    out, cut, unscored, tail_only = [], 0, 0, 0
     for e in enc:
         if len(e.ids) <= positions:
             out.append(e)
             continue
-        cut, unscored = cut + 1, unscored + (e.answer_start is not None)
+        lost = e.answer_start is not None and e.end > positions  # (answer tokens gone, not only its tail)
+        cut, unscored = cut + 1, unscored + lost
+        tail_only += e.answer_start is not None and not lost
         start = e.answer_start if e.answer_start is not None and e.answer_start < positions else None
         end = min(e.end, positions) if start is not None else None
-        out.append(Encoded(e.ids[:positions], start, e.apart and start is not None, True, end, e.tail))
+        tail = e.tail[: max(0, positions - (len(e.ids) - len(e.tail)))]  # (the tail's tokens the cut keeps)
+        out.append(Encoded(e.ids[:positions], start, e.apart and start is not None, lost, end, tail))
     return out, (
         f"{cut} of {len(enc)} prompt(s) longer than the model's context of {positions} positions cut to their first "
         f"{positions} tokens"
-        + (f"; {unscored} of them lost answer tokens (not scored for accuracy)." if unscored else ".")
+        + (f"; {unscored} of them lost answer tokens (not scored for accuracy)" if unscored else "")
+        + (f"; {tail_only} lost only the special token(s) after the answer (scored)" if tail_only else "")
+        + "."
     )

@@ -257,3 +257,25 @@ def test_answer_tokens_left_by_a_context_cut_stay_marked_and_the_note_counts_pro
         "3 of 4 prompt(s) longer than the model's context of 16 positions cut to their first 16 tokens; "
         "2 of them lost answer tokens (not scored for accuracy)."
     )
+
+
+def test_an_answer_whose_eos_alone_is_cut_is_scored():
+    """A tokenizer that appends <eos> (Llama-2's add_eos_token): 14 prompt tokens + a 2-token answer fill a context
+    of 16 and only the <eos> is cut. The prompt was marked cut, its right answer left unscored (accuracy 0 where it
+    is 1/2) and counted as having lost answer tokens (behaviour review 4)."""
+    from subnetviz.analysis.behavior_data import Encoded, correct, fit_context, tail_note
+
+    eos = 2
+    whole = Encoded(torch.tensor([*range(3, 17), 20, 21, eos]), 14, answer_end=16, tail=(eos,))  # 17 tokens
+    short = Encoded(torch.tensor([3, 4, 5, 20, eos]), 3, answer_end=4, tail=(eos,))  # fits
+    got, note = fit_context([whole, short], 16)
+    assert [len(e.ids) for e in got] == [16, 5]
+    assert not got[0].cut and got[0].end == 16 and got[0].tail == ()
+    perfect = torch.cat([got[0].ids[1:], torch.tensor([0])])
+    assert correct(perfect, got[0]) is True  # the whole answer is there: scored
+    assert note == (
+        "1 of 2 prompt(s) longer than the model's context of 16 positions cut to their first 16 tokens; "
+        "1 lost only the special token(s) after the answer (scored)."
+    )
+    tok = char_tokenizer()
+    assert "(1 of 2 prompt(s))" in tail_note(got, tok)  # the cut one ends with no <eos> now
