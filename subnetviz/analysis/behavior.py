@@ -253,6 +253,7 @@ def behavior(
             if not callable(ms):
                 check_mask_names(ms, builder, name)
                 notes += [f"{label}: {n}" for n in [mask_placement_note(ms, builder, name)] if n]
+        notes += [f"{label}: {n}" for n in [tokenizer_note(str(ft), tok, prompts, encoded)] if n]
         differ = config_difference(str(base), str(ft))
         if differ:
             notes.append(
@@ -334,6 +335,28 @@ def behavior(
         time.perf_counter() - t0,
         fwd_tokens / t_fwd if t_fwd else 0.0,
         routing_frame(routing),
+    )
+
+
+def tokenizer_note(ft: str, tok, prompts: Sequence[Prompt], encoded: Sequence) -> str | None:
+    """The note for a finetune whose own tokenizer encodes prompts otherwise than the base's ``tok`` (which gave
+    ``encoded``): every model is given the base's tokens, and a finetune trained with added tokens, another
+    vocabulary or another end-of-text token was scored silently on an encoding it never saw. None where it has no
+    tokenizer of its own (or one that does not load: only the base's is read) or encodes every prompt the same."""
+    from subnetviz.checkpoints.models import load_tokenizer
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        own = load_tokenizer(ft)
+    except SubnetvizError:
+        return None
+    same = [bool(torch.equal(a.ids, b.ids)) for a, b in zip(encode(own, prompts), encoded, strict=True)]
+    if all(same):
+        return None
+    first = same.index(False)
+    return (
+        f"its own tokenizer encodes {same.count(False):,} of {len(same):,} prompt(s) otherwise than the base's (first: "
+        f"prompt {first}); every model is given the base's tokens, so its numbers are those of the base's encoding."
     )
 
 

@@ -845,3 +845,30 @@ def test_a_tied_finetune_of_an_untied_base_reverts_its_embedding_to_the_bases_em
         assert builder.build(revert.mask_selector({}, False)) > 0  # everything reverted
         got = builder.model.get_input_embeddings().weight.detach().to(torch.bfloat16)
         assert torch.equal(got, emb), order
+
+
+def test_a_finetune_with_a_tokenizer_of_its_own_is_noted(planted, tmp_path):
+    """Every model is given the base's tokens. A finetune whose own tokenizer encodes the prompts otherwise (here
+    the ids of "1" and "2" swapped) was scored on the base's encoding without a word (behaviour review 4); one whose
+    tokenizer is the base's, or that has none, gets no note."""
+    base, ft, _ = planted
+    other = tmp_path / "swapped"
+    shutil.copytree(ft, other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["1"], vocab["2"] = vocab["2"], vocab["1"]
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    bare = tmp_path / "bare"
+    shutil.copytree(ft, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
+    rep = behavior(
+        str(base), [str(ft), str(other), str(bare)], PROMPTS, labels=["ft", "swapped", "bare"], curve=None,
+        random_control=False, device="cpu",
+    )  # fmt: skip
+    n = sum(("1" in p.text + (p.answer or "")) or ("2" in p.text + (p.answer or "")) for p in PROMPTS)
+    assert 0 < n
+    notes = [x for x in rep.notes if "its own tokenizer" in x]
+    assert notes == [
+        f"swapped: its own tokenizer encodes {n} of {len(PROMPTS)} prompt(s) otherwise than the base's (first: prompt "
+        f"{next(i for i, p in enumerate(PROMPTS) if set('12') & set(p.text + (p.answer or '')))}); every model is "
+        "given the base's tokens, so its numbers are those of the base's encoding."
+    ]
