@@ -88,10 +88,11 @@ def progress() -> None:
             ui.job_runner().cancel(rec.id)
 
 
-def owner_figure(masks, layer: str, method: str):
-    """Which task owns each weight of ``layer`` (a tensor's name: text) in ``method``'s masks (built once per
-    content of the masks, shared)."""
-    title = figures.plain_label(f"{method}: owner task of {layer}")
+def owner_figure(masks, layer: str, method: str, density: float, seed):
+    """Which task owns each weight of ``layer`` (a tensor's name: text) in ``method``'s masks at ``density`` and
+    ``seed`` (built once per content of the masks, shared); the title names both, as a downloaded file has no
+    picker beside it."""
+    title = figures.plain_label(f"{method}: owner task of {layer} ({_percent(density)}, seed {seed})")
     return cl_figures.owner_image(owner_image(masks, layer), title=title)
 
 
@@ -209,7 +210,7 @@ def results() -> None:
             cols = st.columns(min(len(methods), 2))  # two to a row: a 5×5 matrix's numbers need ~450 px
             for i, (label, A) in enumerate(accuracy_matrices(acc, seed, density).items()):
                 with cols[i % len(cols)]:
-                    ui.chart(ui.shared(accuracy_figure, A, label, seed), key=f"cl-A-{label}")
+                    ui.chart(ui.shared(accuracy_figure, A, label, seed, density), key=f"cl-A-{label}")
     if tabs["Capacity"].open:
         with tabs["Capacity"]:
             capacity(frames, folder, methods, density, seed)
@@ -267,7 +268,7 @@ def capacity(frames, folder, methods, density, seed) -> None:
         masks = ui.shared(load_task_masks, str(folder), label, density, seed) if label else []
         if masks:
             layer = st.selectbox("Layer", list(masks[0]), key="cl_layer", bind="query-params")
-            ui.chart(ui.shared(owner_figure, masks, layer, label), key="cl-owner")
+            ui.chart(ui.shared(owner_figure, masks, layer, label, density, seed), key="cl-owner")
 
 
 FINETUNE = "finetune"  # the label of the finetuning baseline (supermask.methods), at density 1.0
@@ -295,14 +296,16 @@ CELL_FONT = 11
 BEFORE_TRAINING = "#FFFFFF"  # the cell A[t, t+1]: the next task's accuracy before it is trained, set apart from both
 
 
-def accuracy_figure(A, label: str, seed):
-    """One method's accuracy matrix, tasks counted from 1; the title names the seed (a downloaded figure has no
-    seed picker beside it). The cells just right of the diagonal, A[t, t+1] (task t+1 just before it is
+def accuracy_figure(A, label: str, seed, density: float):
+    """One method's accuracy matrix, tasks counted from 1; the title names the density (finetuning: dense) and the
+    seed (a downloaded figure has no picker beside it). The cells just right of the diagonal, A[t, t+1] (task t+1 just before it is
     trained), are drawn white with their number in italics and a hover that says so: ExSSNeT's code counts them
     in its forgetting (forgetting_with_untrained), and they were grey with no number, so the cell behind that
     number could not be found."""
     tasks = [f"task {j + 1}" for j in range(A.shape[1])]
-    title = f"{figures.plain_label(label)}, seed {seed}"
+    title = (
+        f"{figures.plain_label(label)}, {'dense' if label == FINETUNE else f'density {_percent(density)}'}, seed {seed}"
+    )
     fig = figures.accuracy_matrix(A, tasks, title=title)
     n = A.shape[0]
     if n < 2 or A.shape[1] != n:
@@ -406,7 +409,7 @@ def closed_parts(
         "cl-exclusive": cl_figures.exclusive_fraction(cap, density),
     }
     for label, A in accuracy_matrices(acc, seed, density).items():
-        figs[f"cl-A-{label}"] = accuracy_figure(A, label, seed)
+        figs[f"cl-A-{label}"] = accuracy_figure(A, label, seed, density)
     knn, inference = one_setting(frames["knn"], density, seed), one_setting(frames["inference"], density, seed)
     for label in dict.fromkeys(knn.get("label", ())):
         figs[f"cl-knn-{label}"] = knn_figure(knn[knn["label"] == label], label, density, seed)
@@ -418,7 +421,7 @@ def closed_parts(
     masks = load_task_masks(folder, label, density, seed) if label in masked else []
     if masks:
         layer = layer if layer in masks[0] else next(iter(masks[0]))
-        figs["cl-owner"] = owner_figure(masks, layer, label)
+        figs["cl-owner"] = owner_figure(masks, layer, label, density, seed)
     return figs, tables
 
 

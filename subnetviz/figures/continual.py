@@ -173,7 +173,13 @@ def forgetting_bars(
     )
     _values_above(fig, labels, y, sd, "", signed=True)  # a method that never forgets shows 0.0, not an empty slot
     # below 0: the tasks' accuracy grew after they were learned (backward transfer); not floored (metrics.forgetting)
-    return _style(fig, title, "method", "forgetting (accuracy points; < 0: grew later)", showlegend=False)
+    # the density named, as every figure of a setting names it: a downloaded file has no picker beside it
+    said = (
+        ""
+        if density is None
+        else f" at density {100 * density:g} %" + (" (finetune: dense)" if "finetune" in labels else "")
+    )
+    return _style(fig, title + said, "method", "forgetting (accuracy points; < 0: grew later)", showlegend=False)
 
 
 @takes_data("layer")
@@ -233,7 +239,7 @@ def exclusive_fraction(
             )
         )
     _whole_tasks(fig, int(c["task"].max()) + 1)
-    return _style(fig, title, "task", "exclusive share of the mask (%)")
+    return _style(fig, f"{title} (density {100 * density:g} %)", "task", "exclusive share of the mask (%)")
 
 
 def _task_ticks(n: int, most: int = 15) -> list[int]:

@@ -526,7 +526,10 @@ def test_continual_page_shows_the_runs_numbers(app_env):
     assert list(titles) == ["Summary", "After each task", "Capacity"]
     # only the open tab draws: the default one holds the two summary charts, the others theirs
     assert len(titles["Summary"]) == 2 and "accuracy" in titles["Summary"][0].lower()
-    assert sorted(t.split("<br>")[0] for t in titles["After each task"]) == ["ExSSNeT, seed 0", "SupSup, seed 0"]
+    assert sorted(t.split("<br>")[0] for t in titles["After each task"]) == [
+        "ExSSNeT, density 5 %, seed 0",
+        "SupSup, density 5 %, seed 0",
+    ]
     assert len(titles["Capacity"]) == 3 and "owner task" in titles["Capacity"][2]
 
 
