@@ -121,8 +121,10 @@ def body() -> None:
                 figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, None, at, hues)
             draw(figs, tables)
     asked = st.query_params.get("ov_pair")
-    params = {"base": ws.base, "masks": chosen, "criterion": crit, "view": VIEW_NAMES[view]}
-    if deltas.intersection(chosen):  # update masks: made at the comparison precision (saved masks are as saved)
+    params = {"masks": chosen, "view": VIEW_NAMES[view]}
+    if deltas.intersection(chosen):  # update masks: of the base, at the criterion and the comparison precision
+        # (saved masks are as saved: none of the three is theirs)
+        params = {"base": ws.base, "masks": chosen, "criterion": crit, "view": VIEW_NAMES[view]}
         params["precision"] = ws.precision or "stored dtype"
     if overlap.packed_experts:  # the per-layer chart is in the export whichever tab is open
         said.append(packed_note(overlap.packed_experts))

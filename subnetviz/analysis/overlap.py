@@ -65,7 +65,7 @@ from subnetviz.analysis.overlap_counts import (
     split_parts,
 )
 from subnetviz.checkpoints.align import _is_vocab_tensor
-from subnetviz.checkpoints.naming import NameTable
+from subnetviz.checkpoints.naming import NameTable, looks_like_vocabulary
 from subnetviz.errors import ConfigError, MaskError, suggest
 
 MAX_MASKS = 16  # 2**16 regions; beyond that an UpSet plot is unreadable anyway
@@ -420,8 +420,11 @@ class VocabularyRows:
     """Which tensors may differ in their first dimension between masks of one model (``mask_overlap``'s
     ``shares_rows``): a resized vocabulary's, the embedding and the LM head under the naming ``table``, by the rule
     the update analysis aligns checkpoints by (:func:`~subnetviz.checkpoints.align.align`'s own). A table of no
-    family (names no architecture's table reads: ``emb``, ``w``, or too few to tell one) tells no vocabulary apart
-    (``blind``): there any tensor may, and the notes say so."""
+    family (``blind``: names no architecture's table is chosen for, ``emb``, ``w``, or too few to tell one) takes
+    the tensors named as an embedding or an LM head by any table, or by their module's own name
+    (:func:`~subnetviz.checkpoints.naming.looks_like_vocabulary`: ``emb``, ``tok_embeddings``, ...), and no
+    other: an MLP of another width (``gate_proj`` 16 rows against 20) is left out, not compared over its leading
+    rows as two models' different neurons; the notes say which rule named them."""
 
     table: NameTable
 
@@ -430,7 +433,7 @@ class VocabularyRows:
         return self.table.family is None
 
     def __call__(self, name: str) -> bool:
-        return self.blind or _is_vocab_tensor(self.table, name)
+        return looks_like_vocabulary(name) if self.blind else _is_vocab_tensor(self.table, name)
 
 
 def _validate(
@@ -487,25 +490,26 @@ def _validate(
             f"{len(skipped):,} of their {len(names):,} tensors differ between them, e.g. {skipped[0]})."
         )
     notes = []
+    # (no family's table chosen: which tensors were taken as a vocabulary's, said once, on the first note)
+    blind = (
+        " No naming table is chosen for these names: a tensor is taken as a vocabulary's where it is named as an "
+        "embedding or an LM head (embed_tokens, wte, lm_head, emb, ...)."
+        if getattr(shares_rows, "blind", False)
+        else ""
+    )
     if rows_cut:
         past = ", ".join(f"{label}: {int(n):,}" for label, n in zip(labels, cut_entries, strict=True) if n)
         notes.append(
             f"Compared over their shared leading rows only (a resized vocabulary: the first dimension differs "
             f"between the masks): {len(rows_cut):,} tensor(s): {_listed(rows_cut)}. Entries past those rows, not "
-            f"compared: {past}."
-            + (
-                " No naming table reads these names, so any tensor whose first dimension alone differs is taken as a "
-                "vocabulary's."
-                if getattr(shares_rows, "blind", False)
-                else ""
-            )
+            f"compared: {past}.{blind}"
         )
     if skipped:
         left = ", ".join(f"{label}: {int(n):,}" for label, n in zip(labels, skip_entries, strict=True))
         notes.append(
             f"Left out of the overlap (shapes differ between the masks, and only a vocabulary's rows may differ "
             f"between masks of one model): {len(skipped):,} tensor(s): {_listed(skipped)}. Entries not compared: "
-            f"{left}."
+            f"{left}.{'' if rows_cut else blind}"
         )
     return kept, numel, notes
 
@@ -695,7 +699,8 @@ def overlap_by_layer_module(
     parts as the Update sparsity page splits them (:class:`LayerModuleGroups`); only the table's vocabulary
     tensors may be compared over shared rows (:class:`VocabularyRows`). Where a fused QKV is still
     counted whole as ``qkv`` (its layout unknown: no config.json beside mask files), the notes say so, in the
-    table's own words (its ``notice``, as the Update sparsity page gives it) where it has them."""
+    table's own words (its ``notice``, as the Update sparsity page gives it) where it has them; so too where the
+    table has no family (every module kind ``other``: one column per layer, gate, up and down in it)."""
     grid = LayerModuleGroups(table)
     report = mask_overlap(
         mask_sets,
@@ -705,6 +710,8 @@ def overlap_by_layer_module(
         other_shapes=other_shapes,
         shares_rows=VocabularyRows(table),
     )
+    if table.family is None and table.notice:  # (no table: no qkv either, every tensor is 'other')
+        return dataclasses.replace(report, notes=(*report.notes, table.notice))
     whole = [g for g in report.region_counts if isinstance(g, tuple) and g[1:] == ("qkv",)]
     if not whole:
         return report

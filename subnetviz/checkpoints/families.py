@@ -494,6 +494,15 @@ TELLTALES = [
     ("self_attention.query_key_value", "falcon"),
     ("attention.query_key_value", "gpt_neox"),
     ("attention.self.query", "bert"),
+    # A mask of the MLP alone (masked training or LoRA on the MLP) holds none of the names above. Each of these
+    # reads alike under every table that knows it (gate/up/down; gate_up split in halves, gate first, as Phi-3's,
+    # GLM-4's and GLM's tables split it; GPT-2's, GPT-BigCode's and StarCoder2's c_fc / c_proj): last, so they
+    # tell only where nothing above does. (mlp.c_fc. with its dot: EXAONE's c_fc_0 / c_fc_1 are gate and up.)
+    ("mlp.gate_up_proj.", "phi3"),
+    ("mlp.gate_proj.", "llama"),
+    ("mlp.up_proj.", "llama"),
+    ("mlp.down_proj.", "llama"),
+    ("mlp.c_fc.", "gpt2"),
 ]
 
 # Prefixes stripped before matching (the first that fits): multimodal language models sit under these.

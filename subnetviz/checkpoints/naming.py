@@ -286,6 +286,33 @@ def match_names(names, stored) -> NameMatch:
     return NameMatch(to, tuple(unmatched), tuple(across))
 
 
+# A module whose own name is a vocabulary's (an embedding's or an LM head's), where no family's table reads the
+# names: ``emb``, Meta's Llama releases' ``tok_embeddings``, ...
+_VOCABULARY_MODULES = frozenset(
+    {"emb", "embed", "embedding", "embeddings", "embed_tokens", "tok_embeddings", "word_embeddings", "wte"}
+    | {"embed_in", "lm_head", "embed_out", "unembed"}
+)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def looks_like_vocabulary(name: str) -> bool:
+    """Whether ``name`` is a vocabulary's tensor (an embedding or an LM head: a resized vocabulary changes their
+    rows) by the name alone, where no family's table was chosen for the names: some family's table reads it as module
+    ``embed`` or ``lm_head``, or its module (its last component but a ``weight`` / ``bias``) is named as one
+    (``emb``, ``embed``, ``tok_embeddings``, ...). A vision or audio tower's embeddings are no vocabulary's, nor
+    position embeddings."""
+    short = strip_prefix(unwrapped_name(name))
+    if _tower(short):
+        return False
+    read = {_match_rules(family, short) for family in FAMILIES}
+    if "pos_embed" in read:  # (Mamba's ^embeddings. would take BERT's embeddings.position_embeddings in)
+        return False
+    if read & {"embed", "lm_head"}:
+        return True
+    parts = short.split(".")
+    return (parts[-2] if len(parts) > 1 and parts[-1] in ("weight", "bias") else parts[-1]) in _VOCABULARY_MODULES
+
+
 def mtp_split(short: str) -> tuple[int, str] | None:
     """(j, the name inside the module) for a (prefix-stripped) name in multi-token-prediction module j stored
     beside the layers: ``mtp.layers.0.self_attn.q_proj.weight`` -> (0, ``self_attn.q_proj.weight``),

@@ -199,7 +199,7 @@ def _left_out(sets: Sequence, labels: Sequence[str], common: Sequence[str]) -> s
 def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
     """The :class:`FilesOverlap` of loaded mask sets (:class:`~subnetviz.masks.MaskSet`), in this process."""
     from subnetviz.analysis.overlap import mask_overlap, overlap_by_layer_module
-    from subnetviz.checkpoints.naming import NameTable
+    from subnetviz.checkpoints.naming import NameTable, unwrapped_name
     from subnetviz.errors import MaskError
     from subnetviz.masks import PackedMasks
 
@@ -230,8 +230,10 @@ def sets_overlap(mask_sets: Sequence, labels: Sequence[str]) -> FilesOverlap:
             [only(k, keep) for k in range(len(sets))], list(labels), group_of=group_of, other_shapes="skip"
         )
 
-    # no config.json beside mask files: the family, an MTP module's layer and sandwich norms from the names
-    table = NameTable.from_config({}, sorted(common))
+    # no config.json beside mask files: the family, an MTP module's layer and sandwich norms from the names of
+    # every chosen mask, not only the shared ones (a mask of the MLP alone beside a full one: the full one's
+    # attention names tell the family; the shared MLP names alone may tell none, every module then 'other')
+    table = NameTable.from_config({}, sorted({unwrapped_name(n) for s in sets for n in s}))
     try:
         # fused QKV split into q, k and v as the Update sparsity page's grid splits it (the table's own split)
         report = overlap_by_layer_module(

@@ -71,7 +71,20 @@ def analysis_sections(analysis: UpdateAnalysis) -> list[ReportSection]:
             overall = read_frame(src / "overlap_consensus.csv").groupby("k", as_index=False)["count"].sum()
             chance = figures.chance_consensus(list(sizes["density"]), int(sizes["numel"].iloc[0]))
             ofigs.append(figures.consensus_bars(overall, chance=chance))
-            otables.append(("Entries changed in exactly k of the masks, against independent masks", overall))
+            # the chart's markers as numbers: the global chance (each mask independent at its density over every
+            # entry compared; the folder holds no per-tensor densities), the expected count and the count over it
+            expected = overall[["k"]].merge(chance, on="k", how="left")["chance"]
+            table = overall.assign(
+                expected_count_global=expected.to_numpy(),
+                ratio_over_chance_global=(overall["count"] / expected.where(expected > 0)).to_numpy(),
+            )
+            otables.append(
+                (
+                    "Entries changed in exactly k of the masks, against independent masks: the global chance (each "
+                    "mask at its density over all the entries compared), as the chart's markers",
+                    table,
+                )
+            )
         opts = analysis.reports[0].options if analysis.reports else None
         rule = {"update masks": mask_rule(opts)} if opts is not None else {}
         # (the masks' rule, said where they are used: at a tolerance they hold fewer entries than Summary's counts;
