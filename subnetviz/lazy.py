@@ -5,7 +5,25 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from collections.abc import Callable, Mapping
+
+
+class _Package(types.ModuleType):
+    """A package whose public functions are named like the submodules defining them (``checkpoints.align``).
+    The import system binds a submodule in its package once the submodule is loaded: after a direct import of it
+    (``from subnetviz.checkpoints.align import AlignedTensor``, which the Overlap page's module makes),
+    ``from subnetviz.checkpoints import align`` read the module, not the function, and calling it raised
+    "'module' object is not callable" on whichever page came next. The function is bound instead."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if (
+            name in self.__dict__.get("_named_like_modules", ())
+            and isinstance(value, types.ModuleType)
+            and value.__name__ == f"{self.__name__}.{name}"
+        ):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
 
 
 def exports(package: str, table: Mapping[str, str]) -> Callable[[str], object]:
@@ -13,7 +31,12 @@ def exports(package: str, table: Mapping[str, str]) -> Callable[[str], object]:
     ``package``) that defines it. The first lookup of any of a submodule's names imports it and keeps all of
     them in the package's namespace: importing a submodule binds its name in the package, so a function
     named like its module (``checkpoints.align``) would otherwise read as the module once another of the
-    module's names (``read_aligned``) had been looked up first."""
+    module's names (``read_aligned``) had been looked up first; and since a direct import of such a submodule
+    binds it too, the package's class becomes :class:`_Package`, which binds the function in its place."""
+
+    pkg_module = sys.modules[package]
+    pkg_module.__dict__["_named_like_modules"] = frozenset(n for n, m in table.items() if n == m)
+    pkg_module.__class__ = _Package
 
     def __getattr__(name: str):
         module = table.get(name)
