@@ -115,8 +115,11 @@ def _is_vocab_tensor(table: NameTable, name: str) -> bool:
 def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
     """Pair tensors across checkpoints by name (``model.``-style prefixes ignored).
 
-    Packed experts are read as the per-expert tensors another checkpoint stores, and Qwen3-VL-MoE's packed experts
-    stored (E, in, out) (Qwen's releases) transposed where another stores them (E, out, in) (a transformers 5 save)
+    Packed experts are read as the per-expert tensors another checkpoint stores, tensors a state-dict save holds by
+    the model's names as the names a release stores them by where transformers only renames them on load
+    (Granite-MoE's ``experts.gate_up_proj`` / ``down_proj`` / ``router.weight`` as ``input_linear`` /
+    ``output_linear`` / ``router.layer``), and Qwen3-VL-MoE's packed experts stored (E, in, out) (Qwen's releases)
+    transposed where another stores them (E, out, in) (a transformers 5 save)
     (:func:`~subnetviz.checkpoints.experts_layout.match_layouts`, said in that checkpoint's notes).
     Tied ``lm_head`` weights are counted once (with the embedding; a head stored beside the embedding with values of
     its own is untied, as transformers 5 loads it: :attr:`~subnetviz.checkpoints.sources.Checkpoint.head_stored_apart`,

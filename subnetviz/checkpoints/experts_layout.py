@@ -43,6 +43,13 @@ Qwen's own Qwen3-VL-MoE releases store their packed experts (E, in, out), ``gate
 mapping transposes the release's on load). Where a comparison holds both, :func:`match_layouts` reads the release's
 transposed (:func:`_transposed_stacks`), so the two compare entry by entry.
 
+Granite-MoE's releases store their experts packed under names of their own (``block_sparse_moe.input_linear.weight``
+(E, 2I, H), ``output_linear.weight`` (E, H, I), the router ``router.layer.weight``), which transformers 5 only renames
+on load (``block_sparse_moe.experts.gate_up_proj`` / ``down_proj``, ``router.weight``: the names a state-dict save
+stores), values and shapes as they are; Aria's ``mlp.experts.fc1`` / ``fc2`` alike. Where a comparison holds both,
+:func:`match_layouts` reads the state-dict save's tensors by the release's names (:func:`_renamed_whole`), and masks
+are matched by the same names (:func:`stored_forms`).
+
 Masks come in these layouts too (an update mask of two state-dict saves names the packed tensors, one of two
 releases each expert's): :func:`mask_layout` says how a mask is read in another's layout, by the same
 :func:`param_pieces`, and :func:`relaid_masks` reads it so (Behaviour's mask placement, the Overlap page).
@@ -53,6 +60,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -226,7 +234,54 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
         )
         if note and note not in ck.notes:  # (said once, however many alignments look again)
             ck.notes.append(note)
+    _renamed_whole(checkpoints)
     _transposed_stacks(checkpoints)
+
+
+def _renamed_whole(checkpoints: Sequence[Checkpoint]) -> None:
+    """Tensors one checkpoint holds by the model's names and another by the names its release stores, where
+    transformers renames them on load and leaves them as they are (:func:`stored_forms`): Granite-MoE's packed
+    experts and router, ``block_sparse_moe.experts.gate_up_proj`` / ``down_proj`` / ``router.weight`` in memory and
+    in a state-dict save, ``block_sparse_moe.input_linear.weight`` / ``output_linear.weight`` /
+    ``router.layer.weight`` as released, same shapes; Aria's ``mlp.experts.fc1`` / ``fc2``. Each such tensor not in
+    every checkpoint is read, whole, by the release's name (under its own checkpoint's prefix), where exactly one
+    stored name of its shape fits, held by another checkpoint and not by this one; said in its notes. Without this,
+    every expert and router of such a pair was listed as only in one checkpoint and its change lost. Idempotent: the
+    names so read are the release's."""
+    keys = [{strip_prefix(n): n for n in c.names} for c in checkpoints]
+    held = Counter(k for km in keys for k in km)  # in how many checkpoints each name is
+    for i, ck in enumerate(checkpoints):
+        if _computed(ck):
+            continue
+        mine = keys[i]
+        wanted: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {}  # release name -> (my name, prefix, shape)
+        for short, n in mine.items():
+            forms = [s for s in stored_forms(short) if held[s] and s not in mine] if held[short] < len(keys) else []
+            if not forms:
+                continue
+            shape = tuple(ck.meta(n).shape)
+            found = {
+                s
+                for s in forms
+                for j, other in enumerate(checkpoints)
+                if j != i and s in keys[j] and tuple(other.meta(keys[j][s]).shape) == shape
+            }
+            if len(found) == 1:
+                wanted.setdefault(found.pop(), []).append((n, n[: len(n) - len(short)], shape))
+        views = {prefix + s: (n, (), shape) for s, got in wanted.items() if len(got) == 1 for n, prefix, shape in got}
+        if not views:
+            continue
+        ck.unpack(views)
+        held.subtract(strip_prefix(n) for n, _, _ in views.values())
+        held.update(strip_prefix(v) for v in views)
+        keys[i] = {strip_prefix(n): n for n in ck.names}
+        (name, (src, _, _)) = next(iter(views.items()))
+        ck.notes.append(
+            f"{len(views)} of its tensors are stored by the names the model holds in memory (a state-dict save, e.g. "
+            f"{src}), another checkpoint of the comparison by the names its release stores them under (e.g. {name}); "
+            "transformers renames the latter into the former on load, as they are (its conversion mapping), so they "
+            "are compared under the release's names."
+        )
 
 
 @functools.cache
@@ -321,15 +376,24 @@ def _transposed_stacks(checkpoints: Sequence[Checkpoint]) -> None:
         )
 
 
+# a renaming's target that names packed experts or a router (the model's names: Granite-MoE's
+# block_sparse_moe.experts.gate_up_proj, its block_sparse_moe.router.weight; Aria's mlp.experts.gate_up_proj)
+_EXPERT_TARGET = re.compile(r"experts\.(gate_up_proj|down_proj)\b|(^|\.)router\.")
+
+
 @functools.cache
 def _moe_renamings() -> tuple[tuple[tuple, tuple], ...]:
     """transformers 5's renamings of the families whose checkpoints store experts one by one (a conversion mapping
-    that packs them, ``MergeModulelist``), each family's once: (forward, as it loads, in order; backward, as it
-    saves). Those name the tensors such a release stores and the model holds apart (Mixtral's, MiniMax's and
-    Kimi-Linear's ``block_sparse_moe.`` as ``mlp.``; PhiMoE's ``block_sparse_moe.gate`` as ``mlp.router``;
-    HunYuan-V3's ``mlp.router.gate`` as ``mlp.gate``; the expert-choosing biases of MiniMax-M3, Laguna, EXAONE-MoE,
-    Kolibri, Bailing and Sarvam as ``mlp.gate.e_score_correction_bias``; ...). () where transformers has no such
-    mapping."""
+    that packs them, ``MergeModulelist``), and of those whose mapping only renames, as they are, tensors the model
+    holds as packed experts or a router (Granite-MoE's ``block_sparse_moe.input_linear.weight`` /
+    ``output_linear.weight`` / ``router.layer.weight`` as ``block_sparse_moe.experts.gate_up_proj`` / ``down_proj``
+    / ``router.weight``; Aria's ``mlp.experts.fc1.weight`` / ``fc2.weight`` as ``mlp.experts.gate_up_proj`` /
+    ``down_proj``), each family's once: (forward, as it loads, in order; backward, as it saves). Those name the
+    tensors such a release stores and the model holds apart (Mixtral's, MiniMax's and Kimi-Linear's
+    ``block_sparse_moe.`` as ``mlp.``; PhiMoE's ``block_sparse_moe.gate`` as ``mlp.router``; HunYuan-V3's
+    ``mlp.router.gate`` as ``mlp.gate``; the expert-choosing biases of MiniMax-M3, Laguna, EXAONE-MoE, Kolibri,
+    Bailing and Sarvam as ``mlp.gate.e_score_correction_bias``; ...). A mapping that converts values besides (a
+    split, a transpose: Step-3.7's) is not one of them. () where transformers has no such mapping."""
     try:
         from transformers.conversion_mapping import get_checkpoint_conversion_mapping
         from transformers.core_model_loading import MergeModulelist, WeightConverter
@@ -342,7 +406,11 @@ def _moe_renamings() -> tuple[tuple[tuple, tuple], ...]:
             transforms = get_checkpoint_conversion_mapping(model_type) or []
             converters = [t for t in transforms if isinstance(t, WeightConverter)]
             forward = tuple(t for t in transforms if not isinstance(t, WeightConverter))
-            if not forward or not any(isinstance(op, MergeModulelist) for c in converters for op in c.operations):
+            packs = any(isinstance(op, MergeModulelist) for c in converters for op in c.operations)
+            renames = not converters and any(
+                _EXPERT_TARGET.search(" ".join(getattr(t, "target_patterns", ()) or ())) for t in forward
+            )
+            if not forward or not (packs or renames):
                 continue
             key = tuple((tuple(t.source_patterns), tuple(t.target_patterns)) for t in forward)
             if key not in seen:
@@ -515,9 +583,19 @@ class MaskLayout:
                 f"its per-expert tensors are packed into the {self.packed} packed expert tensor(s) {other} stores "
                 "(an expert it does not name: all outside it)"
             )
-        if self.renamed:
-            parts.append(f"{self.renamed} tensor(s) are taken under the name {other} stores them by (its router)")
         mask, theirs = self.example or ("", "")
+        if not self.split and not self.packed:  # (names alone: Granite-MoE's experts and router, Mixtral's router)
+            return (
+                f"masks matched across names: {self.renamed} tensor(s) are taken under the name {other} stores them "
+                "by, the model's names (as transformers holds them in memory and a state-dict save stores them) "
+                "against a release's, which transformers renames on load, shapes and values as they are (e.g. "
+                f"{mask!r} -> {theirs!r})."
+            )
+        if self.renamed:
+            parts.append(
+                f"{self.renamed} tensor(s) are taken under the name {other} stores them by (routers and their biases, "
+                "as transformers renames them on load)"
+            )
         return (
             f"masks matched across expert layouts (packed experts.gate_up_proj / down_proj against experts stored one "
             f"by one): {'; '.join(parts)} (expert e's {how}; e.g. {mask!r} -> {theirs!r})."

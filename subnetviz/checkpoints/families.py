@@ -120,10 +120,13 @@ _MIXER: Table = [
     (r"lm_head\.", "lm_head"),
 ]
 # Granite MoE (3.0 MoE, Granite-4.0-H): every expert's [gate; up] packed in input_linear (E, 2I, H), down in
-# output_linear (E, H, I), a shared MLP with a fused [gate; up] input_linear.
+# output_linear (E, H, I), a shared MLP with a fused [gate; up] input_linear. transformers 5 holds (and a state-dict
+# save stores) the same tensors as block_sparse_moe.experts.gate_up_proj / down_proj and router.weight.
 _GRANITE_MOE: Table = [
     (r"block_sparse_moe\.input_linear\.", "gate_up"),
     (r"block_sparse_moe\.output_linear\.", "down"),
+    (r"block_sparse_moe\.experts\.gate_up_proj", "gate_up"),
+    (r"block_sparse_moe\.experts\.down_proj", "down"),
     (r"block_sparse_moe\.router\.", "router"),
     (r"shared_mlp\.input_linear\.", "gate_up"),
     (r"shared_mlp\.output_linear\.", "down"),

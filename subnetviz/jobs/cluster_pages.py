@@ -106,7 +106,9 @@ class FilesOverlap:
     without a model prefix (``model.``, ``transformer.``, ... and PEFT's ``base_model.model.`` and
     ``.base_layer.``: :func:`~subnetviz.checkpoints.naming.mask_key`, the rule every page matches masks by) and
     named as a set that carries the prefix names them. Experts one set stores packed (``experts.gate_up_proj`` /
-    ``down_proj``) and another one by one are matched as checkpoints are (:func:`_same_layouts`). ``notes``: names
+    ``down_proj``) and another one by one, and tensors one set names as the model holds them and another as a release
+    stores them (Granite-MoE's ``experts.gate_up_proj`` / ``input_linear.weight``), are matched as checkpoints are
+    (:func:`_same_layouts`). ``notes``: names
     matched across prefixes or expert layouts, tensors not in every set, tensors compared over shared rows or left
     out (shapes that differ), or why there is no overlap."""
 
@@ -148,8 +150,9 @@ def _matched(sets: Sequence) -> tuple[list[str], list[dict[str, str]], bool, int
 def _same_layouts(sets: Sequence, labels: Sequence[str]) -> tuple[list, list[str]]:
     """``sets`` with each set's expert tensors in the layout another set stores them in, where they differ (a
     packed ``experts.gate_up_proj`` / ``down_proj``, an update mask of state-dict saves, beside the same experts one
-    by one, one of release saves): the packed ones split into the per-expert tensors, a router taken under the name
-    the other stores it by, as checkpoints are matched (:func:`~subnetviz.checkpoints.experts_layout.mask_layout`).
+    by one, one of release saves): the packed ones split into the per-expert tensors, a router (or Granite-MoE's
+    packed experts, which transformers only renames on load) taken under the name the other stores it by, as
+    checkpoints are matched (:func:`~subnetviz.checkpoints.experts_layout.mask_layout`).
     Only the tensors some other set lacks are read so, into tensors of the others that this set lacks; the notes
     say which. Nothing is unpacked where every set holds the same tensors."""
     from subnetviz.checkpoints.experts_layout import mask_layout, relaid_masks
