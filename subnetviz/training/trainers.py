@@ -304,7 +304,52 @@ def _build(cfg: TrainConfig, common: dict, dataset, callbacks, model, processing
             )
     else:
         raise ConfigError(f"algorithm {cfg.algorithm!r} is unknown; expected sft, dpo or grpo.")
+    for m in (trainer.model, getattr(trainer, "ref_model", None)):
+        _expert_count_for_trl(m)
     return trainer
+
+
+# The names MoE configs give their count of routed experts where they have no ``num_experts``, in the order tried.
+_EXPERT_COUNTS = ("num_local_experts", "n_routed_experts", "moe_num_experts")
+_ADDED: set[int] = set()  # the configs (by id) whose num_experts this module added, left out on save
+
+
+def _expert_count_for_trl(model) -> None:
+    """TRL's fused LM head (every trainer's, TRL 1.x) adds an MoE model's load-balancing loss with
+    ``config.num_experts``, which Granite-MoE, PhiMoE, Llama-4 and GLM-4.5V's configs name ``num_local_experts`` or
+    ``n_routed_experts``: training them failed before its first step with "'GraniteMoeConfig' object has no
+    attribute 'num_experts'". The count is given under that name too, for the run only: :func:`_save_weights`
+    leaves it out of every saved config.json, so a finetune's config stays its base's."""
+    config = getattr(model, "config", None)
+    try:
+        text = config.get_text_config() if config is not None else None
+    except ValueError:  # (several text configs: no causal LM a run trains)
+        return
+    if text is None or not hasattr(text, "output_router_logits") or hasattr(text, "num_experts"):
+        return
+    count = next((getattr(text, k) for k in _EXPERT_COUNTS if isinstance(getattr(text, k, None), int)), None)
+    if count is not None:
+        text.num_experts = count
+        _ADDED.add(id(text))
+
+
+@contextlib.contextmanager
+def _without_added_expert_count(model):
+    """``model``'s config as loaded while it is saved: the ``num_experts`` :func:`_expert_count_for_trl` added is
+    taken out, then put back for the rest of the run."""
+    config = getattr(model, "config", None)
+    try:
+        text = config.get_text_config() if config is not None else None
+    except ValueError:
+        text = None
+    if text is None or id(text) not in _ADDED or "num_experts" not in text.__dict__:
+        yield
+        return
+    count = text.__dict__.pop("num_experts")
+    try:
+        yield
+    finally:
+        text.num_experts = count
 
 
 def save_bf16(
@@ -444,7 +489,8 @@ def _save_weights(
     # Keyed by the base's stored names, the state is written as it is: transformers 5 renames a state dict from
     # the model's names to the stored ones on save, and renamed the stored ones again (a vision-language model's
     # language_model.model.* written as language_model.model.model.*, a run then refused as other tensors).
-    model.save_pretrained(folder, state_dict=out, save_original_format=pairs is None)
+    with _without_added_expert_count(model):  # (the config as loaded: TRL's needs are the run's, not the model's)
+        model.save_pretrained(folder, state_dict=out, save_original_format=pairs is None)
     for weights in folder.glob("*.safetensors"):
         # as any new file of this process (cache.atomic_path does the same for masks): safetensors writes 0600,
         # so a shared runs folder's or zoo's weights were unreadable to those who could read every other file

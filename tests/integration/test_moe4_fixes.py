@@ -183,9 +183,10 @@ def test_a_masked_run_on_a_release_its_saved_mask_overlaps_its_own_update(tmp_pa
     from subnetviz.training.run import MASK_FILE, SUMMARY_FILE, train
     from tests.training_fixtures import write_addition_data
 
-    # (num_experts beside num_local_experts: TRL's load-balancing loss reads config.num_experts, which Granite's
-    # config does not have; a separate defect, outside what this test proves)
-    model, tok = _model("granitemoe", num_experts=SMALL["num_local_experts"])
+    # Granite's config as transformers writes it: num_local_experts, no num_experts (TRL's load-balancing loss read
+    # config.num_experts and the run failed before its first step), router_aux_loss_coef 0.001 (the loss is on)
+    model, tok = _model("granitemoe")
+    assert not hasattr(model.config, "num_experts") and model.config.router_aux_loss_coef > 0
     model.save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
     gen = torch.Generator().manual_seed(1)
@@ -197,6 +198,9 @@ def test_a_masked_run_on_a_release_its_saved_mask_overlaps_its_own_update(tmp_pa
         mask=str(tmp_path / "mask.safetensors"), steps=2, learning_rate=1e-2, batch_size=16, bf16=False, seed=0,
     )  # fmt: skip
     out = Path(train(cfg).output_dir)
+    base_config = json.loads((tmp_path / "base" / "config.json").read_text())
+    out_config = json.loads((out / "config.json").read_text())
+    assert "num_experts" not in out_config and set(out_config) == set(base_config)  # (the count was the run's only)
     saved = load_mask_set(str(out / MASK_FILE)).masks
     assert f"{MOE}experts.gate_up_proj" in saved  # the model's names, as the mask named them
     check = json.loads((out / SUMMARY_FILE).read_text())["mask_check"]
