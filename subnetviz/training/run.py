@@ -306,6 +306,38 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+_LIBRARY_ROOTS = ("site-packages", "dist-packages")
+
+
+def library_failure(exc: Exception, during: str) -> Exception:
+    """A :class:`JobError`, one line, for ``exc`` raised inside an installed library (the innermost frame of its
+    traceback under site-packages: TRL, transformers, accelerate, torch, ...): the library and its version, the
+    exception and where it was raised. A run of Llama-4's text model ended in a 40-line traceback from TRL's fused
+    LM head ("'MoeCausalLMOutputWithPast' object has no attribute 'last_hidden_state'"). ``exc`` itself where it is
+    subnetviz's own: a :class:`SubnetvizError`, or raised in subnetviz's code (a bug shows its traceback)."""
+    import importlib.metadata
+    import traceback
+
+    if isinstance(exc, SubnetvizError):
+        return exc
+    frames = traceback.extract_tb(exc.__traceback__)
+    parts = Path(frames[-1].filename).parts if frames else ()
+    root = next((i for i, p in enumerate(parts) if p in _LIBRARY_ROOTS), None)
+    if root is None or root + 1 >= len(parts):
+        return exc
+    package = parts[root + 1].removesuffix(".py")
+    try:
+        version = " " + importlib.metadata.version(package)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        version = ""
+    where = "/".join(parts[root + 1 :])
+    said = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return JobError(
+        f"{during} failed inside {package}{version} ({said}; at {where}:{frames[-1].lineno} in "
+        f"{frames[-1].name}): the library does not take this model or setting; nothing was saved."
+    )
+
+
 def _use_device(cfg: TrainConfig, notes: list[str]) -> None:
     """Make the run's device (:func:`~subnetviz.training.config.train_device`) the one its trainer takes. A
     single process given ``cuda:N`` makes that GPU the current one (accelerate trains on the current CUDA device);
@@ -403,7 +435,10 @@ def _train(run: _Run, scratch: Path) -> TrainResult:
     _announce(run)
     if run.is_main:
         _log(ctx, f"TensorBoard events: {events}")
-    trainer.train()
+    try:
+        trainer.train()
+    except Exception as exc:  # (one line where a library failed: TRL's fused head on a model it cannot read)
+        raise library_failure(exc, "training") from exc
     steps_done = int(trainer.state.global_step)
     stopped = _stop_requested(ctx)
     if steps_done == 0 and not stopped:  # (every rank alike: each saw the same empty epoch)
