@@ -72,6 +72,7 @@ def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:
         raise ConfigError(f"{path}: no such data file.")
     rows: list[dict] = []
     need = FIELDS[kind]
+    form: dict[str, tuple[str, int]] = {}  # field -> (text or chat messages, the line it first was so)
     for lineno, row in jsonl_objects(path):
         missing = [k for k in need if k not in row]
         if missing:
@@ -87,6 +88,14 @@ def read_jsonl(path: str | os.PathLike, kind: str) -> list[dict]:
             )
         if kind == "eval" and not isinstance(row["prompt"], str):
             raise ConfigError(f"{path}, line {lineno}: eval prompts must be plain strings.")
+        for k in need:  # one form a column: datasets refused a mix in the worker, after the model had loaded
+            this = "plain text" if isinstance(row[k], str) else "chat messages"
+            first = form.setdefault(k, (this, lineno))
+            if first[0] != this:
+                raise ConfigError(
+                    f"{path}, line {lineno}: {k!r} is {this} here but {first[0]} on line {first[1]}; every row's "
+                    f"{k!r} must be of one form."
+                )
         rows.append(row)
     if not rows:
         raise ConfigError(f"{path}: holds no rows; {kind} data needs at least one {list(need)} object per line.")
@@ -106,15 +115,25 @@ def _text_or_messages(value, key: str) -> bool:
 
 
 def load_dataset(path: str | os.PathLike, algorithm: str):
-    """A ``datasets.Dataset`` for ``algorithm`` ("sft" | "dpo" | "grpo") from a JSONL file."""
+    """A ``datasets.Dataset`` for ``algorithm`` ("sft" | "dpo" | "grpo") from a JSONL file. Extra keys are kept
+    where every row has them and each holds one type; else only the required columns are (no trainer reads the
+    others: an ``id`` that is a number on most rows and a string on one failed in the worker with pyarrow's
+    traceback, after the model had loaded)."""
+    import pyarrow as pa
     from datasets import Dataset
 
     rows = read_jsonl(path, algorithm)
     keys = sorted({k for r in rows for k in r})
+    need = list(FIELDS[algorithm])
     if any(set(r) != set(keys) for r in rows):
         # datasets needs one schema: keep only the required columns when extras differ by row.
-        keys = list(FIELDS[algorithm])
-    return Dataset.from_dict({k: [r[k] for r in rows] for k in keys})
+        keys = need
+    for columns in [keys] + [need] * (keys != need):
+        try:
+            return Dataset.from_dict({k: [r[k] for r in rows] for k in columns})
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            why = " ".join(str(exc).split())[:200]
+    raise ConfigError(f"{path}: its rows' {', '.join(need)} cannot form one table ({why}).")
 
 
 def rows_over_length(

@@ -243,8 +243,12 @@ def load_training_mask(
             flat = torch.zeros(m.numel(), dtype=torch.bool)
             flat[torch.randperm(m.numel(), generator=gen)[:k]] = True
             drawn[name] = flat.reshape(m.shape)
-        # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork.
-        ms = MaskSet(drawn, random_provenance(str(path), source.metadata, seed))
+        # Its own provenance, the source's under density_source_meta: it is no finetune's subnetwork. Drawn at the
+        # merged tensor's count where a tied head was merged, which it says (the file's embedding count is not it).
+        meta = random_provenance(str(path), source.metadata, seed)
+        if "merged_tied_heads" in ms.metadata:
+            meta["merged_tied_heads"] = ms.metadata["merged_tied_heads"]
+        ms = MaskSet(drawn, meta)
     matched: list[str] = []
     masks = fold_tied_heads(model_names(dict(ms.masks), shapes, matched), tied or {})
     kept, note = without_unbuilt_towers(packed_masks(masks, shapes), shapes, path)

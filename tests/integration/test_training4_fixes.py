@@ -121,6 +121,9 @@ def test_both_arms_save_one_form_and_a_renamed_head_is_kept(tied):
     _, control = load_training_mask(f"random:{tied['mask']}", shapes, seed=0, tied=tied_heads(model))
     assert set(real.masks) == set(control.masks) == set(shapes) and HEAD not in real.masks
     assert real.count == sum(int(m.sum()) for m in real.masks.values()) < load_mask_set(tied["mask"]).count
+    # the control says its embedding was drawn at the merged entry's count, not the file's (training review 5)
+    assert control.metadata["merged_tied_heads"] == real.metadata["merged_tied_heads"]
+    assert int(control.masks[EMBED].sum()) == int(real.masks[EMBED].sum())
 
     neox = MaskSet({"embed_out.weight": torch.ones(3, 2, dtype=torch.bool)}, {"method": "update mask"})
     assert with_tied_heads_merged(neox, StoredNames({"embed_out.weight": "lm_head.weight"})) is neox
