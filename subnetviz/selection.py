@@ -506,20 +506,41 @@ def _task_mask_label(info: dict, run: str) -> str | None:
     return f"{method} task {task + 1} mask (d={density:g}, seed {seed}) · {run}"
 
 
-@functools.lru_cache(maxsize=256)
 def mask_info(path: str, stamp: str) -> dict:
     """A mask file's provenance (its safetensors header only; no tensor is read); ``stamp``:
-    :func:`~subnetviz.cache.file_stamp` of ``path``, so a rewritten file is read again."""
+    :func:`~subnetviz.cache.file_stamp` of ``path``, so a rewritten file is read again. {} for a file this
+    process may not read (:func:`~subnetviz.config.check_readable`), asked on every call: the header read is
+    memoised, the roots are not (a run card read the provenance of a mask outside the server's roots, whose
+    density it was refused)."""
+    if not _readable(path):
+        return {}
+    return _header_info(path, stamp)
+
+
+@functools.lru_cache(maxsize=256)
+def _header_info(path: str, stamp: str) -> dict:
     return _provenance(path)
 
 
+def _readable(path: str) -> bool:
+    try:
+        config.check_readable(path)
+    except PathNotAllowedError:
+        return False
+    return True
+
+
 def _provenance(path: str) -> dict:
-    """A mask file's provenance read from its safetensors header; {} where it cannot be read."""
+    """A mask file's provenance read from its safetensors header; {} where it cannot be read, or may not be read
+    here (outside the roots, a folder or a named pipe: :func:`~subnetviz.config.check_readable`, as for every
+    other read)."""
     from safetensors import SafetensorError, safe_open
 
     from subnetviz.config import parse_json
     from subnetviz.errors import MaskError
 
+    if not _readable(path):
+        return {}
     try:
         with safe_open(path, framework="np") as f:
             return parse_json((f.metadata() or {}).get("subnetviz", "{}"), path, MaskError, text=True)

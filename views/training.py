@@ -308,11 +308,14 @@ def run_card(rec, run_label: str | None = None) -> None:
 def dense_note(mask: str) -> str | None:
     """The run card's warning on a mask denser than 50 % (:func:`~subnetviz.training.mask_origin.dense_note_of`,
     memoised by the file's stamp), or why it could not be checked now (lack of memory: for this run only, as it
-    is not kept; memoised as no warning, the warning was lost for the server's life)."""
-    from subnetviz.errors import SubnetvizError
+    is not kept; memoised as no warning, the warning was lost for the server's life), or here (a file this server
+    may not read: its provenance is not read either, so no warning of either kind was dropped without a word)."""
+    from subnetviz.errors import PathNotAllowedError, SubnetvizError
 
     try:
         return ui.shared(mask_origin.dense_note_of, mask, file_stamp(mask.removeprefix("random:")))
+    except PathNotAllowedError as exc:
+        return f"This mask's density (1 = frozen?) and provenance (the run it came from) cannot be checked here: {exc}"
     except SubnetvizError as exc:
         return f"Whether this mask is denser than 50 % (1 = frozen?) cannot be checked now: {exc}"
 

@@ -63,11 +63,13 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def has_curves(runner, run_id: str) -> bool:
-    """Whether the run is of a kind whose rows are training steps and logged any metric the curves draw."""
-    if runner.get(run_id).kind not in STEP_KINDS:
+    """Whether the run is of a kind whose rows are training steps and logged any metric the curves draw, finite or
+    not: a run whose every value is NaN from step 1 had no chart, so no marks, no "diverged" and no overlay."""
+    rec = runner.get(run_id)
+    if rec.kind not in STEP_KINDS:
         return False
-    m = runner.metrics(run_id)
-    return bool(len(m)) and any(c in m.columns and m[c].notna().any() for c in CURVES)
+    points, bad = curve_points(read_metrics(Path(rec.run_dir) / METRICS_FILE)[0])
+    return bool(len(points) or len(bad))
 
 
 def overlay_options(runner, runs: pd.DataFrame, run_id: str) -> list[str]:
@@ -122,8 +124,11 @@ def curves_figure(
     colour on every other page (:func:`run_colors`).
     Runs of a kind whose rows are no training steps are left out. A step whose value is NaN or Inf is marked with
     an x at the top of its panel (hover: which metric, which step), and a run whose loss or gradient norm went
-    non-finite says "(diverged at step k)" in the legend."""
+    non-finite says "(diverged at step k)" in the legend (and the title, for the chosen run). A run with no finite
+    value at all (NaN from step 1) still gets its colour, legend entry and marks: overlaid on a run that drew those
+    metrics, it had none, and the chart failed (KeyError)."""
     frames, marks, cut = [], [], False
+    label_of: dict[str, str] = {}  # run id -> its legend label
     model_of: dict[str, str | None] = {}  # legend label -> the run's model folder (resolved)
     for rid in run_ids:
         rec = runner.get(rid)
@@ -137,23 +142,30 @@ def curves_figure(
         if len(diverged):
             label += f" (diverged at step {int(diverged.min()):,})"
         model_of[label] = _model_dir(rec.run_dir)
+        label_of[rid] = label
+        # A metric this run logged only as NaN/Inf gets an empty line (no point drawn) in its panel: the panel is
+        # there though no run draws it, and the run has its line, colour and legend entry though it drew nothing.
+        lost = bad.loc[~bad["metric"].isin(set(points["metric"]))].drop_duplicates("metric")
         frames += [points.assign(run=label)] if len(points) else []
+        frames += [lost.assign(value=np.nan, run=label)[["step", "metric", "value", "run"]]] if len(lost) else []
         marks += [bad.assign(run=label)] if len(bad) else []
-    if not frames and not marks:
+    if not frames:
         return None
     bad = pd.concat(marks, ignore_index=True) if marks else pd.DataFrame(columns=["step", "metric", "run"])
-    # a metric that is non-finite at every step of every run still gets its panel (an empty line: no point drawn)
-    drawn = set().union(*(f["metric"] for f in frames))
-    lost = bad.loc[~bad["metric"].isin(drawn)].drop_duplicates(["metric", "run"])
-    frames += [lost.assign(value=np.nan)[["step", "metric", "value", "run"]]] if len(lost) else []
     df = pd.concat(frames, ignore_index=True)
-    title = f"Run {figures.plain_label(names[run_ids[0]])}"
+    title = f"Run {figures.plain_label(label_of.get(run_ids[0], names[run_ids[0]]))}"
     if cut:  # (a page reads the log every 2 s: a long one is read from its end)
         title += "<br><sup>a long metrics log: only its last rows are drawn</sup>"
     runs = list(dict.fromkeys(df["run"]))
     colors = run_colors(runs, model_of, models)
     fig = figures.training_curves(df, title=title, smoothing=smoothing, colors=colors)
     _mark_nonfinite(fig, df, bad, colors)
+    if len(runs) > 1:  # the legend is drawn from the first panel: a run with no line there had no entry
+        shown = {t.legendgroup for t in fig.data if t.showlegend}
+        for run in runs:
+            line = next((t for t in fig.data if t.legendgroup == run and t.mode == "lines+markers"), None)
+            if run not in shown and line is not None:
+                line.showlegend = True
     # Past the palette's eight colours the runs are dashed too (a seed sweep of 20 runs was colour pairs)
     for i, run in enumerate(runs[len(figures.PALETTE) :]):
         fig.update_traces(

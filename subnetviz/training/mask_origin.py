@@ -67,14 +67,16 @@ def dense_mask_note(densities: Mapping[str, float]) -> str | None:
 def dense_note_of(spec: str, stamp: tuple = ()) -> str | None:
     """:func:`dense_mask_note` of a config's ``mask`` (a file, or ``random:<file>``: drawn at that file's
     densities); None when the file cannot be read (the run card says what is wrong with it elsewhere). ``stamp``
-    (the file's) only keys a caller's memo. A memory refusal (ConfigError) is raised: it holds for now, not for the
-    file, and memoised as None the card's warning was lost for the server's life."""
-    from subnetviz.errors import ConfigError, SubnetvizError
+    (the file's) only keys a caller's memo. Raised: a memory refusal (ConfigError: it holds for now, not for the
+    file, and memoised as None the card's warning was lost for the server's life), and a file this process may not
+    read (PathNotAllowedError: outside the server's roots), which the card says in place of the warning it cannot
+    check (taken as None, the warning was dropped without a word)."""
+    from subnetviz.errors import ConfigError, PathNotAllowedError, SubnetvizError
 
     path = spec[len("random:") :] if str(spec).startswith("random:") else str(spec)
     try:
         return dense_mask_note(mask_densities(path))
-    except ConfigError:
+    except (ConfigError, PathNotAllowedError):
         raise
     except (SubnetvizError, OSError):
         return None
