@@ -393,16 +393,21 @@ class CacheEntry:
     def publish(self, *, replace: bool = False) -> Iterator[Path]:
         """Write the result into the yielded folder; it appears as :attr:`folder` when the block ends,
         with its manifest written last. An entry already there wins (a concurrent identical computation),
-        unless ``replace`` (a result computed again because the one there is out of date)."""
+        unless ``replace`` (a result computed again because the one there is out of date).
+
+        The cache's size limit (``SUBNETVIZ_CACHE_GB``) is read first: a bad value is refused before anything is
+        written (read after the rename, it failed the command yet left the entry published)."""
+        from subnetviz.config import cache_dir, cache_limit_bytes
+
+        root = cache_dir().resolve()
+        # (None: not a folder under the cache, e.g. one a user named, such as analyze --out)
+        limit = cache_limit_bytes() if root in self.folder.resolve().parents else None
         with atomic_folder(self.folder, replace=replace) as tmp:
             yield tmp
             write_manifest(tmp)
         self._keep(None)  # (a new copy: the damage of the old one has been said by whoever computed it)
-        from subnetviz.config import cache_dir, cache_limit_bytes
-
-        root = cache_dir().resolve()
-        if root in self.folder.resolve().parents:  # (not a folder a user named, e.g. analyze --out)
-            enforce_limit(root, cache_limit_bytes(), keep=self.folder)
+        if limit is not None:
+            enforce_limit(root, limit, keep=self.folder)
 
 
 _DAMAGED: dict[str, str] = {}  # entry folder -> the notice of its removal as damaged, until a new copy is published

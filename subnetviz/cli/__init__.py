@@ -2,7 +2,8 @@
 
 Every subcommand turns a :class:`~subnetviz.errors.SubnetvizError` into one readable line on
 stderr and exit status 2; anything else is a bug and keeps its traceback. Ctrl-C is one line and exit
-status 130, also where a library caught it and went on or failed on it (nothing is published after it).
+status 130, also where a library caught it and went on or failed on it (nothing is published after it); SIGTERM on
+``train`` and ``experiment drivers`` is taken as one, with exit status 143.
 The parser is here, the commands in :mod:`~subnetviz.cli.analysis` (analyze, behavior, experiment),
 :mod:`~subnetviz.cli.jobs` (train, job, demo, runs, mask, report) and :mod:`~subnetviz.cli.app` (app).
 """
@@ -162,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="JSON training config")
     t.add_argument(
         "--run-dir",
-        help="a new folder to run in, as a queued job does (config, status, metrics, log; the model in "
-        "outputs/model); without it the model goes to the config's output_dir",
+        help="a new folder to run in, as a queued job does (config.json, status.json, metrics.jsonl, tensorboard/; "
+        "the model in outputs/model; the log is this terminal's, no log.txt); without it the model goes to the "
+        "config's output_dir",
     )
     t.set_defaults(func=cmd_train)
 
@@ -250,10 +252,12 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader went away ('runs | head'): nothing more to say to it
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the exit's flush of what is left goes nowhere
         return 141
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (nothing half-written is left: see --out)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback (nothing half-written is left: see --out)
+        from subnetviz.jobs.worker import signal_of
+
         _end_bars()
         print("interrupted: nothing was written.", file=sys.stderr)
-        return 130
+        return 128 + signal_of(exc)  # 130, or 143 where SIGTERM was raised as one (sigterm_interrupts)
     except OSError as exc:  # the environment: a read-only or full file system, a permission, a vanished file
         _end_bars()
         where = f" {exc.filename}" if exc.filename else ""

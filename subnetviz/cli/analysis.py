@@ -19,6 +19,7 @@ from subnetviz.cli.common import (
     refuse_blank,
     shown,
     shown_cells,
+    sigterm_interrupts,
     threads,
 )
 from subnetviz.errors import SubnetvizError
@@ -48,6 +49,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         SubspaceOptions(k=args.subspaces, share=args.subspaces_share, precision=args.precision)
     _check_device(args.device)
+    if not args.no_cache:
+        _check_cache_limit()
     out = check_out(args.out, args.overwrite, [args.base, *args.finetuned])
     for line in _repeats(args.base, args.finetuned):
         print(f"note: {shown(line)}", file=sys.stderr)
@@ -219,6 +222,15 @@ def _check_device(device: str) -> None:
     resolve_device(device)
 
 
+def _check_cache_limit() -> None:
+    """``SUBNETVIZ_CACHE_GB`` before any work, where the result is published to the cache: read when an entry is
+    published, a bad value failed the command after the whole analysis (hours for a large model), and passed
+    unnoticed where nothing new was published."""
+    from subnetviz.config import cache_limit_bytes
+
+    cache_limit_bytes()
+
+
 def _subspaces(args: argparse.Namespace, labels: list[str]):
     """``analyze --subspaces K``: principal angles, σ ratios and principal-weight overlap per 2-D weight
     (through the disk cache unless ``--no-cache``); prints the table's notes (skips, left-out tensors, the
@@ -338,11 +350,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     threads()
     quiet_libraries()
     out = check_out(args.out, args.overwrite, [args.zoo])
-    results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers", "point"))  # (grid points)
-    verdict = verdicts(results)
-    with publish(out, args.overwrite) as tmp:
-        results.to_csv(tmp / "results.csv", index=False)
-        verdict.to_csv(tmp / "verdicts.csv", index=False)
+    # SIGTERM as Ctrl-C, as train takes it: the grid's work folders removed, a PPO child it waits on stopped, 143
+    with sigterm_interrupts():
+        results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers", "point"))  # (points)
+        verdict = verdicts(results)
+        with publish(out, args.overwrite) as tmp:
+            results.to_csv(tmp / "results.csv", index=False)
+            verdict.to_csv(tmp / "verdicts.csv", index=False)
     cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]
     print(shown_cells(results[cols]).to_string(index=False))
     print(shown_cells(verdict).to_string(index=False))

@@ -107,6 +107,32 @@ def watch_interrupts() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
 
 
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM (``kill PID``, ``timeout``, a batch system's stop) ends the command as Ctrl-C
+    does, as ``train`` handles it: raised as :class:`~subnetviz.jobs.worker.Interrupted`, so the command's own
+    clean-up runs (its work folders removed, a child process it waits on stopped: ``subprocess.run`` kills it) and
+    the command line says it in one line with exit status 143. (Python's default ended the process at once: the
+    ``experiment drivers`` grid's PPO child ran on, orphaned, and its work folders stayed in the temp folder.) Only
+    in the main thread; the handler found is put back after."""
+    import signal
+
+    from subnetviz.jobs.worker import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def interrupted() -> bool:
     """Whether Ctrl-C arrived while :func:`watch_interrupts` watched (whether or not its KeyboardInterrupt reached
     the command)."""
@@ -336,6 +362,19 @@ def _first_failure(exc: shutil.Error) -> str:
     said = os.strerror(int(code.group(1))) if code else reason
     more = len(failures) - 1
     return said + (f"; {more} more file(s) failed too" if more else "")
+
+
+def file_target(path: Path, where: str) -> Path:
+    """The file a command writes for output ``path`` (``report --out``, ``mask import``'s DST): a link stands for the
+    file it points to, which is replaced, and the link stays, as a ``--out DIR`` that is a link stands for its folder
+    (:func:`check_out`). (``--overwrite`` renamed the new file over the link itself: ``latest.html -> reports/…``
+    became a file of its own and its target stayed stale.) A link to nothing is refused, in one line after
+    ``where`` (the argument as given), as ``check_out`` refuses one: it read "a file is already there"."""
+    if not path.is_symlink():
+        return path
+    if not path.exists():
+        raise SubnetvizError(f"{where}: a link to nothing (its target is gone); choose a file name.")
+    return Path(os.path.realpath(path))
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from subnetviz.cli.analysis import share_text
-from subnetviz.cli.common import publish_file, refuse_blank, shown, shown_cells, threads
+from subnetviz.cli.common import file_target, publish_file, refuse_blank, shown, shown_cells, threads
 from subnetviz.errors import SubnetvizError
 
 
@@ -67,10 +67,11 @@ def cmd_mask(args: argparse.Namespace) -> int:
     if args.action in ("import", "import-pickle"):
         if not args.dst:
             raise SubnetvizError(f"mask {args.action} needs a destination: SRC DST.safetensors")
-        dst = Path(args.dst).expanduser()
+        given = Path(args.dst).expanduser()
+        dst = file_target(given, args.dst)  # a link: its target written, the link kept
         if dst.is_dir():  # (--overwrite never replaces a folder: the message offered it)
             raise SubnetvizError(
-                f"{args.dst}: a folder is there; name the file to write, e.g. {dst / 'mask.safetensors'}."
+                f"{args.dst}: a folder is there; name the file to write, e.g. {given / 'mask.safetensors'}."
             )
         if os.path.lexists(dst) and not args.overwrite:
             raise SubnetvizError(f"{args.dst}: a file is already there; choose a new file name, or pass --overwrite.")
@@ -82,8 +83,9 @@ def cmd_mask(args: argparse.Namespace) -> int:
         with publish_file(dst, args.overwrite, option="") as tmp:
             save_mask_set(tmp, ms)
         # the density as analyze prints it (share_text): 1 entry of 16 million read "density 0.000000"
+        linked = f" (the file it links to, {shown(dst)})" if dst != given else ""
         print(
-            f"wrote {shown(args.dst)}: {len(ms.masks)} tensors, density {share_text(ms.density)} "
+            f"wrote {shown(args.dst)}{linked}: {len(ms.masks)} tensors, density {share_text(ms.density)} "
             f"({ms.count:,} of {ms.numel:,} entries)"
         )
     else:
@@ -99,10 +101,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from subnetviz.report.dashboard import analysis_report
 
     refuse_blank("report", [("ANALYSIS_DIR", args.analysis_dir), ("--out", args.out)])
-    out = Path(args.out).expanduser()
+    given = Path(args.out).expanduser()
+    out = file_target(given, f"--out {args.out}")  # a link: its target written, the link kept
     if out.is_dir():
         raise SubnetvizError(
-            f"--out {args.out}: a folder is there; name the HTML file to write, e.g. {out / 'report.html'}."
+            f"--out {args.out}: a folder is there; name the HTML file to write, e.g. {given / 'report.html'}."
         )
     if os.path.lexists(out) and not args.overwrite:
         raise SubnetvizError(f"--out {args.out}: a file is already there; choose a new file name, or pass --overwrite.")
@@ -117,5 +120,5 @@ def cmd_report(args: argparse.Namespace) -> int:
     # report to the same name, a user's) is not replaced; this run fails saying so.
     with publish_file(out, args.overwrite) as tmp:
         analysis_report(args.analysis_dir, tmp)
-    print(f"wrote {shown(out)}")
+    print(f"wrote {shown(given)}" + (f" (the file it links to, {shown(out)})" if out != given else ""))
     return 0

@@ -114,7 +114,7 @@ def _stderr_progress(step: int, total: int, message: str) -> None:
 def build_zoo(
     root: str | os.PathLike | None = None,
     *,
-    preset: str = "demo",
+    preset: str | None = "demo",
     progress: Progress | None = None,
     force: bool = False,
     extras: bool = False,
@@ -125,16 +125,20 @@ def build_zoo(
 
     ``progress(step, total, message)`` is called at each stage (also printed to stderr).
     ``force`` rebuilds from scratch. Raises :class:`JobError` while another build holds the lock.
+    ``preset=None`` (``demo build`` without ``--preset``, what ``make app`` runs): the preset of the zoo already
+    in ``root`` (a complete one reused, an unfinished build resumed), ``"demo"`` where there is none. A complete zoo
+    of another preset is never replaced without ``force``: ConfigError naming its preset (a plain ``demo build``
+    deleted a finished micro zoo and started the demo preset's build of minutes in its place); a stale zoo of the
+    same preset (older code) or an unfinished build is built again.
     ``extras`` (the CLI's default): also register the members' training logs as runs in the job
     registry under ``runs_root`` (default :func:`~subnetviz.config.runs_dir`), precompute the
     Training page's comparison and, with ``background``, queue the bigram masks and the continual
     demo as background jobs there (:mod:`subnetviz.demo.extras`); recorded in the manifest's ``extras``.
     """
-    if preset not in PRESETS:
+    if preset is not None and preset not in PRESETS:
         raise ConfigError(
             f"unknown zoo preset {preset!r}; expected one of {sorted(PRESETS)}.{suggest(preset, PRESETS)}"
         )
-    settings = PRESETS[preset]
     root = zoo_root(root)
 
     def report(step: int, total: int, message: str) -> None:
@@ -150,14 +154,34 @@ def build_zoo(
             f"{root} is not empty and holds no demo zoo (found {foreign[:5]}); build the zoo in a new or empty folder."
         )
     with build_lock(root):
-        fp = settings.fingerprint()
         man = read_manifest(root)
-        if not force and man is not None and man.fingerprint == fp and is_complete(root, man):
-            report(1, 1, f"demo zoo ({preset}) already built at {root}")
+        complete = man is not None and is_complete(root, man)
+        state = read_json(root / BUILD_STATE)
+        state = state if isinstance(state, dict) else {}
+        asked, preset = preset, preset or _preset_there(man if complete else None, state)
+        settings = PRESETS[preset]
+        fp = settings.fingerprint()
+        if complete and not force and man.preset != preset:
+            raise ConfigError(_other_preset(root, man, preset))
+        if not force and complete and man.fingerprint == fp:
+            kept = "; kept as it is (`--preset demo --force` replaces it)" if asked is None and preset != "demo" else ""
+            report(1, 1, f"demo zoo ({preset}) already built at {root}{kept}")
         else:
             _clear_leftovers(root)
-            state = read_json(root / BUILD_STATE)
-            if force or (state or {}).get("fingerprint") != fp:
+            if force or state.get("fingerprint") != fp:
+                if state or man is not None:  # (said: a zoo or the stages of a build were there, now gone)
+                    was = state.get("preset")
+                    what = (
+                        f"the zoo built with --preset {man.preset}"
+                        if complete
+                        else "the stages of an unfinished build"
+                        + (f" (--preset {was})" if isinstance(was, str) else "")
+                    )
+                    why = "--force" if force else "other settings or an older version"
+                    print(
+                        terminal_text(f"note: {what} in {root} removed ({why}); building --preset {preset}"),
+                        file=sys.stderr,
+                    )
                 _wipe(root)
             _remove_manifest(root)  # stale, other settings or damaged: written again at the end
             write_json(root / BUILD_STATE, {"format": ZOO_FORMAT, "preset": preset, "fingerprint": fp})
@@ -165,6 +189,31 @@ def build_zoo(
         if extras:
             _finish(root, runs_root, background, report)
     return load_zoo(root)
+
+
+def _preset_there(man, state: dict) -> str:
+    """The preset of the zoo in a folder: its complete manifest's (``man``, None when there is none), else that of
+    the build recorded in ``build.json`` (``state``: one interrupted), else ``"demo"`` (nothing there, or a preset
+    this version does not have)."""
+    for name in (man.preset if man is not None else None, state.get("preset")):
+        if isinstance(name, str) and name in PRESETS:
+            return name
+    return "demo"
+
+
+def _other_preset(root: Path, man, preset: str) -> str:
+    """Why a complete zoo built with another preset than ``preset`` is not replaced, and the two ways on."""
+    found = man.preset
+    if not (isinstance(found, str) and found in PRESETS):
+        return (
+            f"the zoo in {root} was built with a preset this version does not have ({found!r}); pass --force to "
+            f"replace it with the {preset} preset."
+        )
+    keep = "reuse it" if PRESETS[found].fingerprint() == man.fingerprint else "rebuild it with that preset"
+    return (
+        f"the zoo in {root} was built with --preset {found}; run `python -m subnetviz demo build --preset {found}` "
+        f"to {keep}, or pass --force to replace it with the {preset} preset."
+    )
 
 
 def _finish(root: Path, runs_root, background: bool, report: Progress) -> None:
@@ -214,8 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m subnetviz demo", description="The demo model zoo.")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the demo zoo (reused when already built)")
-    b.add_argument("--preset", default="demo", choices=sorted(PRESETS))
-    b.add_argument("--force", action="store_true", help="rebuild from scratch")
+    b.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="the zoo's settings: demo (the default for a new zoo) or micro (seconds; for tests). Without it a zoo "
+        "already there is reused, or its unfinished build resumed, with its own preset; a complete zoo of another "
+        "preset is replaced only with --force",
+    )
+    b.add_argument("--force", action="store_true", help="rebuild from scratch (replacing a zoo of any preset)")
     b.add_argument("--root", default=None, help="zoo folder (default: $SUBNETVIZ_HOME/zoo)")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     b.add_argument(
@@ -245,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         stage[:] = [step, total, message]
 
     try:
+        if not args.no_extras:  # its comparison is published to the analysis cache: a bad limit said before the build
+            from subnetviz.config import cache_limit_bytes
+
+            cache_limit_bytes()
         t0 = time.perf_counter()
         # stdout is the command's own output (the zoo's folder and one row per member, read by scripts); what the
         # stages' trainings print (their run lines, DeepSpeed's import line through a handler it opens on the

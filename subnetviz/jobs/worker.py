@@ -14,6 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
+from subnetviz.config import cache_limit_bytes
 from subnetviz.errors import SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext, read_json, write_json
 from subnetviz.jobs.kinds import job_function, validate_job_config
@@ -21,6 +22,8 @@ from subnetviz.jobs.registry import Registry
 from subnetviz.jobs.scheduler import JOB_GPU_ENV, as_seen_with_one_gpu, finish, registry_of, wait_claimed
 from subnetviz.text import terminal_text
 from subnetviz.version import version_info
+
+CACHE_KINDS = ("continual",)  # the job kinds that publish their result to the analysis cache (SUBNETVIZ_CACHE_GB)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -117,6 +120,8 @@ def _run_job_in(run_dir_p: Path, ctx: JobContext, *, queued: bool = False) -> in
             # given one GPU (the one its cuda:N named): it is cuda:0 here (scheduler.start)
             config["device"] = as_seen_with_one_gpu(config["device"])
         fn = job_function(config)
+        if isinstance(config, dict) and config.get("kind") in CACHE_KINDS:  # a bad limit said before the work
+            cache_limit_bytes()
         ctx.log(f"job {run_dir_p.name}: kind {config.get('kind')!r}, pid {os.getpid()}")
         fn(config, ctx)
     except BaseException as exc:  # noqa: BLE001 - the worker reports every failure, then exits non-zero

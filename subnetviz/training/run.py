@@ -555,7 +555,9 @@ def _finish(run: _Run, steps_done: int, masks, gathered: dict) -> TrainResult:
         )
     (partial / SUMMARY_FILE).write_text(json.dumps({**result.to_dict(), **version_info()}, indent=2) + "\n")
     run.work.publish()
-    _log(ctx, f"saved {run.out} after {steps_done} steps ({result.seconds:.1f} s); accuracy {accuracy}")
+    # a job's model is in RUN_DIR/outputs.tmp, renamed to RUN_DIR/outputs once the job ends well: its final place said
+    final = run.out.parent.parent / "outputs" / run.out.name if run.out.parent.name == "outputs.tmp" else run.out
+    _log(ctx, f"saved {final} after {steps_done} steps ({result.seconds:.1f} s); accuracy {accuracy}")
     return result
 
 
