@@ -9,21 +9,14 @@ import types
 from collections.abc import Callable, Mapping
 
 
-class _Package(types.ModuleType):
-    """A package whose public functions are named like the submodules defining them (``checkpoints.align``).
-    The import system binds a submodule in its package once the submodule is loaded: after a direct import of it
-    (``from subnetviz.checkpoints.align import AlignedTensor``, which the Overlap page's module makes),
-    ``from subnetviz.checkpoints import align`` read the module, not the function, and calling it raised
-    "'module' object is not callable" on whichever page came next. The function is bound instead."""
+class CallableModule(types.ModuleType):
+    """A module called as the function of its own name (``subnetviz.checkpoints.align(...)`` is ``align(...)``),
+    so that the package's attribute of that name may be the module, as the import system binds it, and still be
+    called; ``import subnetviz.checkpoints.align as m`` and its attributes read as a module's. Set a module's class
+    to it at the end of the module."""
 
-    def __setattr__(self, name: str, value) -> None:
-        if (
-            name in self.__dict__.get("_named_like_modules", ())
-            and isinstance(value, types.ModuleType)
-            and value.__name__ == f"{self.__name__}.{name}"
-        ):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
+    def __call__(self, *args, **kwargs):
+        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
 
 
 def exports(package: str, table: Mapping[str, str]) -> Callable[[str], object]:
@@ -31,12 +24,10 @@ def exports(package: str, table: Mapping[str, str]) -> Callable[[str], object]:
     ``package``) that defines it. The first lookup of any of a submodule's names imports it and keeps all of
     them in the package's namespace: importing a submodule binds its name in the package, so a function
     named like its module (``checkpoints.align``) would otherwise read as the module once another of the
-    module's names (``read_aligned``) had been looked up first; and since a direct import of such a submodule
-    binds it too, the package's class becomes :class:`_Package`, which binds the function in its place."""
-
-    pkg_module = sys.modules[package]
-    pkg_module.__dict__["_named_like_modules"] = frozenset(n for n, m in table.items() if n == m)
-    pkg_module.__class__ = _Package
+    module's names (``read_aligned``) had been looked up first. Such a module is made callable as its function
+    (:class:`CallableModule`), and the package binds the module: a direct import of it binds the module too (``from
+    subnetviz.checkpoints.align import ...``, which the Overlap page's module makes), and ``from
+    subnetviz.checkpoints import align`` then read a module that could not be called."""
 
     def __getattr__(name: str):
         module = table.get(name)
@@ -45,7 +36,9 @@ def exports(package: str, table: Mapping[str, str]) -> Callable[[str], object]:
         mod, pkg = importlib.import_module(f"{package}.{module}"), sys.modules[package]
         for other, where in table.items():
             if where == module:
-                setattr(pkg, other, getattr(mod, other))
+                # a function named like its module whose module is callable as it (checkpoints.align): the module,
+                # which the import system binds too once anything imports it directly; either way one object
+                setattr(pkg, other, mod if other == module and callable(mod) else getattr(mod, other))
         return getattr(pkg, name)
 
     return __getattr__

@@ -172,7 +172,9 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     if pcol is None:
         raise ConfigError(f"{spec}: no prompt column; expected one of {PROMPT_COLUMNS}, found {cols}.")
     acol = next((c for c in ANSWER_COLUMNS if c in cols), None)
-    ds = plain_columns(ds, [pcol] + [acol] * (acol is not None), spec)
+    # (with TRL's label beside a completion: _answer_text refuses a completion labelled false)
+    label = ["label"] if acol == "completion" and "label" in cols else []
+    ds = plain_columns(ds, [pcol] + [acol] * (acol is not None) + label, spec)
     rows = ds.select(range(min(limit, len(ds)))) if limit else ds
     out = []
     for i, r in enumerate(rows):

@@ -460,14 +460,27 @@ def _validate(
     cut_entries = np.zeros(len(sets), np.int64)  # per mask: entries past the shared rows
     skipped: list[str] = []
     skip_entries = np.zeros(len(sets), np.int64)
+    # No family's table: also a tensor shaped, in every mask, as a tensor named a vocabulary's there (an LM head
+    # beside its embedding: Meta's Llama releases' output.weight, ChatGLM's output_layer, OLMo's ff_out)
+    vocab_shapes = (
+        [
+            {_mask_shape(masks, label, n) for n in names if shares_rows(n)}
+            for label, masks in zip(labels, sets, strict=True)
+        ]
+        if getattr(shares_rows, "blind", False)
+        else None
+    )
     for name in names:
         shapes = [_mask_shape(masks, label, name) for label, masks in zip(labels, sets, strict=True)]
+        like_vocab = vocab_shapes is not None and all(s in v for s, v in zip(shapes, vocab_shapes, strict=True))
         sizes = np.array([math.prod(s) for s in shapes], np.int64)
         described = ", ".join(f"{label}: {s}" for label, s in zip(labels, shapes, strict=True))
         if all(s == shapes[0] for s in shapes):
             kept.append(name)
             numel[name] = int(sizes[0])
-        elif all(len(s) == len(shapes[0]) >= 1 and s[1:] == shapes[0][1:] for s in shapes) and shares_rows(name):
+        elif all(len(s) == len(shapes[0]) >= 1 and s[1:] == shapes[0][1:] for s in shapes) and (
+            shares_rows(name) or like_vocab
+        ):
             rows = min(s[0] for s in shapes)
             kept.append(name)
             numel[name] = rows * math.prod(shapes[0][1:])
@@ -493,7 +506,7 @@ def _validate(
     # (no family's table chosen: which tensors were taken as a vocabulary's, said once, on the first note)
     blind = (
         " No naming table is chosen for these names: a tensor is taken as a vocabulary's where it is named as an "
-        "embedding or an LM head (embed_tokens, wte, lm_head, emb, ...)."
+        "embedding or an LM head (embed_tokens, wte, lm_head, emb, output, ...) or shaped as one in every mask."
         if getattr(shares_rows, "blind", False)
         else ""
     )

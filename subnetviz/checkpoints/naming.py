@@ -294,6 +294,11 @@ _VOCABULARY_MODULES = frozenset(
 )
 
 
+# LM heads named by words that name other modules too, taken as a head outside the numbered layers only: Meta's Llama
+# releases' and InternLM2's output.weight, ChatGLM's output_layer, OLMo-1's ff_out
+_OUTSIDE_LAYERS_HEADS = frozenset({"output", "output_layer", "ff_out"})
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def looks_like_vocabulary(name: str) -> bool:
     """Whether ``name`` is a vocabulary's tensor (an embedding or an LM head: a resized vocabulary changes their
@@ -310,7 +315,10 @@ def looks_like_vocabulary(name: str) -> bool:
     if read & {"embed", "lm_head"}:
         return True
     parts = short.split(".")
-    return (parts[-2] if len(parts) > 1 and parts[-1] in ("weight", "bias") else parts[-1]) in _VOCABULARY_MODULES
+    module = parts[-2] if len(parts) > 1 and parts[-1] in ("weight", "bias") else parts[-1]
+    if module in _OUTSIDE_LAYERS_HEADS:  # (a layer's own output/ff_out is no head: only outside the numbered layers)
+        return not re.search(r"(^|\.)\d+\.", short)
+    return module in _VOCABULARY_MODULES
 
 
 def mtp_split(short: str) -> tuple[int, str] | None:

@@ -326,6 +326,8 @@ def library_failure(exc: Exception, during: str) -> Exception:
     if root is None or root + 1 >= len(parts):
         return exc
     package = parts[root + 1].removesuffix(".py")
+    if package == "subnetviz":  # (an installed copy, pip install .: its own bug keeps its traceback)
+        return exc
     try:
         version = " " + importlib.metadata.version(package)
     except (importlib.metadata.PackageNotFoundError, ValueError):

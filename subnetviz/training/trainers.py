@@ -30,6 +30,7 @@ import json
 import math
 import os
 import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -311,7 +312,9 @@ def _build(cfg: TrainConfig, common: dict, dataset, callbacks, model, processing
 
 # The names MoE configs give their count of routed experts where they have no ``num_experts``, in the order tried.
 _EXPERT_COUNTS = ("num_local_experts", "n_routed_experts", "moe_num_experts")
-_ADDED: set[int] = set()  # the configs (by id) whose num_experts this module added, left out on save
+# the configs whose num_experts this module added, left out on save: by id, each held weakly (a freed config's id
+# may be another's later, which held its own num_experts and kept it)
+_ADDED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def _expert_count_for_trl(model) -> None:
@@ -330,7 +333,7 @@ def _expert_count_for_trl(model) -> None:
     count = next((getattr(text, k) for k in _EXPERT_COUNTS if isinstance(getattr(text, k, None), int)), None)
     if count is not None:
         text.num_experts = count
-        _ADDED.add(id(text))
+        _ADDED[id(text)] = text
 
 
 @contextlib.contextmanager
@@ -342,7 +345,7 @@ def _without_added_expert_count(model):
         text = config.get_text_config() if config is not None else None
     except ValueError:
         text = None
-    if text is None or id(text) not in _ADDED or "num_experts" not in text.__dict__:
+    if text is None or _ADDED.get(id(text)) is not text or "num_experts" not in text.__dict__:
         yield
         return
     count = text.__dict__.pop("num_experts")
