@@ -29,7 +29,13 @@ class AlignmentError(SubnetvizError):
 
 
 class NonFiniteError(SubnetvizError):
-    """A weight holds NaN or Inf."""
+    """A weight holds NaN or Inf. ``checkpoint``: the checkpoint whose stored tensor holds it, as it was given (its
+    ``spec``), where the reader knows it (the update pass); None elsewhere. The app leaves such a finetune out and
+    compares the others: one finetune with an Inf blanked Sparsity and Spectra for every model."""
+
+    def __init__(self, message: str = "", checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 class MaskError(SubnetvizError):

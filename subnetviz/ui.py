@@ -18,14 +18,14 @@ import traceback
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 import streamlit as st
 
 from subnetviz import config, selection, uilogic
 from subnetviz.cache import MANIFEST, file_stamp, touch
-from subnetviz.errors import SubnetvizError
+from subnetviz.errors import NonFiniteError, SubnetvizError
 from subnetviz.memo import Memo
 from subnetviz.selection import PRECISIONS, Workspace, saved_masks, zoo_members
 from subnetviz.uilogic import plain  # pages call ui.plain
@@ -461,9 +461,10 @@ def workspace_sidebar() -> Workspace:
 
 def readable(ws: Workspace) -> Workspace:
     """``ws`` without the finetunes whose headers cannot be read (a run deleted since a link was shared, a folder
-    moved) or that cannot be compared with the base (another architecture: :func:`misfit`), which it adds to
-    ``left_out`` with the reason in one line: one such entry raised in the update analysis, and Workspace, Sparsity,
-    Spectra, Overlap and Behaviour drew nothing for the finetunes that were still there."""
+    moved), that cannot be compared with the base (another architecture: :func:`misfit`) or that an analysis found
+    holding NaN or Inf (:func:`leave_out_nonfinite`, remembered for these files), which it adds to ``left_out`` with
+    the reason in one line: one such entry raised in the update analysis, and Workspace, Sparsity, Spectra, Overlap
+    and Behaviour drew nothing for the finetunes that were still there."""
     kept, left = [], []
     base = _base_fingerprint(ws.base) if ws.finetuned else None
     for label, path in ws.finetuned:
@@ -473,8 +474,11 @@ def readable(ws: Workspace) -> Workspace:
             left.append((label, path, uilogic.named(label, path, exc)))
             continue
         why = misfit(ws.base, base, path, info["fingerprint"]) if base else None
+        bad = _known_nonfinite(ws.base, base, path, info["fingerprint"]) if base and why is None else None
         if why is not None:
             left.append((label, path, f"{label} is left out (it cannot be compared with the base): {why}"))
+        elif bad is not None:
+            left.append((label, path, f"{label} is left out (its weights are not all finite): {bad}"))
         else:
             kept.append((label, path))
     return replace(ws, finetuned=tuple(kept), left_out=ws.left_out + tuple(left)) if left else ws
@@ -499,6 +503,59 @@ def misfit(base: str, base_fingerprint: str, path: str, fingerprint: str) -> str
         return _memo().get_or_compute(key, functools.partial(selection.finetune_misfit, base, path), kind="info")
     except SubnetvizError:  # not a misfit of these files (a memory refusal): the page that computes says it
         return None
+
+
+def _nonfinite_key(base: str, base_fingerprint: str, path: str, fingerprint: str) -> tuple:
+    """The memo's key of what an analysis found of the finetune ``path`` against ``base``: a stored tensor holding
+    NaN or Inf (both checkpoints by path and fingerprint, as :func:`misfit` is: another state of the files is
+    another key)."""
+    return ("nonfinite", base, base_fingerprint, path, fingerprint)
+
+
+def _known_nonfinite(base: str, base_fingerprint: str, path: str, fingerprint: str) -> str | None:
+    """The error an analysis raised for the finetune ``path`` against ``base`` (its stored weights hold NaN or Inf,
+    :func:`leave_out_nonfinite`), or None when none did: a memo lookup, nothing is read."""
+    key = _nonfinite_key(base, base_fingerprint, path, fingerprint)
+    if not _memo().known(key, "info"):
+        return None
+    return _memo().get_or_compute(key, lambda: None, kind="info")
+
+
+def nonfinite_finetune(ws: Workspace, exc: NonFiniteError) -> str | None:
+    """The path of the finetune of ``ws`` whose stored weights ``exc`` says hold NaN or Inf, or None (the base's, a
+    Δ that overflowed, a checkpoint not named). The update pass carries the checkpoint (``exc.checkpoint``); the
+    subspaces pass names it at the start of its one line as the update pass does (``<checkpoint> :: <tensor>: …``),
+    matched against the workspace's paths only."""
+    text = str(exc)
+    for path in ws.paths:
+        if path != ws.base and (exc.checkpoint == path or (exc.checkpoint is None and text.startswith(f"{path} :: "))):
+            return path
+    return None
+
+
+def leave_out_nonfinite(
+    ws: Workspace, exc: NonFiniteError, key_of: Callable[[Workspace], Hashable] | None = None
+) -> NoReturn:
+    """An analysis of ``ws`` found a finetune holding NaN or Inf (``exc``): remembered for its files (process-wide,
+    as analyses are: no session reads it again to find out) and the page run again, where :func:`readable` leaves
+    it out of the sidebar's workspace with ``exc``'s line and every page compares the others. One such finetune
+    blanked Sparsity and Spectra for every model. ``exc`` is raised as it is (one page-wide line, as before) when it
+    names no finetune of the sidebar's workspace: the base holds it, or a workspace a page built itself (Series'
+    steps), which the sidebar's run again would not leave it out of. ``key_of``: the :func:`heavy` key of the work
+    on a workspace; the visitor's Compute for ``ws`` holds for the others (not asked for a second time)."""
+    path, sidebar = nonfinite_finetune(ws, exc), workspace()
+    base = _base_fingerprint(ws.base)
+    if path is None or base is None or sidebar.base != ws.base or path not in sidebar.paths:
+        raise exc
+    if key_of is not None and st.session_state.get(_started(key_of(ws))):
+        rest = replace(ws, finetuned=tuple(f for f in ws.finetuned if f[1] != path))
+        st.session_state[_started(key_of(rest))] = True
+    _memo().get_or_compute(
+        _nonfinite_key(ws.base, base, path, checkpoint_info(path)["fingerprint"]), lambda: str(exc), kind="info"
+    )
+    if path in readable(sidebar).paths:  # (the page run again would meet it again: said here instead, no loop)
+        raise exc
+    st.rerun()
 
 
 def cluster_choice() -> None:
@@ -594,6 +651,11 @@ def checkpoint_info(path: str) -> dict:
         stamped = str(folder)
     key = ("checkpoint", path, stamped, checkpoint_stamp(stamped))
     return dict(_memo().get_or_compute(key, lambda: uilogic.checkpoint_info(path), kind="info"))
+
+
+def fingerprints(ws: Workspace) -> tuple[str, ...]:
+    """The fingerprints of the base and the finetunes of ``ws``, in order (:func:`checkpoint_info`'s, cached)."""
+    return tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
 
 
 def fingerprint(path: str) -> str:
@@ -698,8 +760,7 @@ def update_analysis(
     """
     if not ws.base or not ws.finetuned:
         raise SubnetvizError("Choose a base and at least one finetuned checkpoint in the sidebar.")
-    fps = tuple(checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
-    key = uilogic.analysis_key(ws, fps, spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
+    key = uilogic.analysis_key(ws, fingerprints(ws), spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
     bar, progress = progress_bar("Comparing tensors")
 
     def compute():
@@ -720,7 +781,11 @@ def update_analysis(
             recheck=functools.partial(uilogic.memory_skip_check, ws=ws),
         )
 
-    result = get()
+    try:
+        result = get()
+    except NonFiniteError as exc:  # a finetune holding NaN/Inf: left out, the others compared (the page runs again)
+        opts = dict(spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
+        leave_out_nonfinite(ws, exc, lambda w: uilogic.analysis_key(w, fingerprints(w), **opts))
     if result.source_dir is not None:  # its masks are read from there, when a view needs them
         if not (result.source_dir / MANIFEST).is_file():  # removed from the cache (its size limit): again
             _memo().forget(("heavy", key), "analysis")
@@ -810,7 +875,7 @@ def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[
     cache. Above ``SUBNETVIZ_CONFIRM_ABOVE_S`` seconds (default 60)."""
     from subnetviz.analysis.cost import duration
 
-    started = f"_heavy-{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}"
+    started = _started(key)
     if st.session_state.get(started):
         return
     cost = _over_limit(ready, lambda: _memo().get_or_compute(("cost", key), estimate))
@@ -832,6 +897,11 @@ def confirm_heavy(key: Hashable, ready: Callable[[], bool], estimate: Callable[[
         st.session_state[started] = True
         st.rerun()
     st.stop()
+
+
+def _started(key: Hashable) -> str:
+    """The session-state flag set when the visitor asked for the heavy work under ``key`` (:func:`confirm_heavy`)."""
+    return f"_heavy-{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}"
 
 
 def damage_note(entry) -> str | None:

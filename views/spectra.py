@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui, uilogic
+from subnetviz.errors import NonFiniteError
 
 
 def body() -> None:
@@ -50,20 +51,22 @@ def subspaces(ws) -> None:
     k = c1.selectbox("K (top singular directions)", K_OPTIONS, index=2, key="sub_k", bind="query-params")
     model = c2.selectbox("Model", list(ws.labels), key="sub_model", bind="query-params")
     side = c3.radio("Side", SIDES, horizontal=True, key="sub_side", bind="query-params")
-    fps = tuple(ui.checkpoint_info(p)["fingerprint"] for p in [ws.base, *ws.paths])
     bar, progress = ui.progress_bar("Decomposing every weight matrix of the base and the finetuned models")
-    data = ui.heavy(
-        ("subspaces", fps, tuple(ws.labels), int(k), ws.device, ws.precision),
-        lambda: subspaces_cached(ws, int(k)),
-        lambda: uilogic.subspaces_cost(ws, int(k)),
-        lambda: subspace_data(ws, int(k), progress),
-        planned=True,  # (one decomposition at a time in this server: each checks its memory against what is free)
-        recheck=partial(memory_skip_check, ws, int(k)),  # (comparisons skipped for memory: again once it is free)
-    )
-    figs, tables, _ = subspace_parts(ws, int(k), model, side, data)
+    try:
+        data = ui.heavy(
+            subspaces_key(ws, int(k)),
+            lambda: subspaces_cached(ws, int(k)),
+            lambda: uilogic.subspaces_cost(ws, int(k)),
+            lambda: subspace_data(ws, int(k), progress),
+            planned=True,  # (one decomposition at a time in this server: each checks its memory against what is free)
+            recheck=partial(memory_skip_check, ws, int(k)),  # (comparisons skipped for memory: again once it is free)
+        )
+    except NonFiniteError as exc:  # a finetune holding NaN/Inf: left out, the others compared (as the Δ tab does)
+        ui.leave_out_nonfinite(ws, exc, partial(subspaces_key, k=int(k)))
+    figs, tables, notes = subspace_parts(ws, int(k), model, side, data)
     bar.empty()
     said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
-    for note in data[2]:  # skips for lack of memory, packed experts left out, the randomized path
+    for note in notes:  # skips for lack of memory, packed experts left out, the randomized path, zero matrices
         ui.note(note, said)  # (tensor names: shown as text)
     a, b = st.columns(2)
     with a:
@@ -95,6 +98,11 @@ def subspaces(ws) -> None:
         more=partial(delta_parts, ws, tuple(chosen), layer, module),
         notes=said,
     )
+
+
+def subspaces_key(ws, k: int) -> tuple:
+    """The tab's key of its analysis at ``k`` of the workspace ``ws`` (:func:`ui.heavy`)."""
+    return ("subspaces", ui.fingerprints(ws), tuple(ws.labels), int(k), ws.device, ws.precision)
 
 
 def subspace_options(ws, k: int):
@@ -186,7 +194,6 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
         data = ui.one_at_a_time(lambda: subspaces_cached(ws, k), lambda: subspace_data(ws, k))
     rows, vectors, notes = data
     sel = rows[rows["model"] == model]
-    top = sel.sort_values(f"angle_{side}_max", ascending=False)["name"].head(6).tolist()
     # the model and the comparison precision in each chart: an export or paper figure has no picker
     which = f"<br><sup>{figures.plain_label(model)}, K = {int(k)}{ui.compared_at(ws, say=False)}</sup>"
     figs = {
@@ -198,16 +205,20 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
         "sub-principal": sfig.principal_overlap_scatter(
             sel, title=f"Update mask inside the principal-weight mask vs chance{which}"
         ),
-        "sub-curves": sfig.angle_curves(
+        # the changed matrices only (an unchanged one's angles are 0 by definition), those without angles said
+        "sub-curves": sfig.rotated_curves(
+            sel,
             vectors[vectors["model"] == model],
-            top,
             side=side,
-            title=f"{figures.plain_label(model)}: principal angles of the six most rotated matrices"
+            n=6,
+            title=f"{figures.plain_label(model)}: principal angles of the most rotated changed matrices (at most six)"
             f"{ui.compared_at(ws, say=False)}",
         ),
     }
     table = ("Principal angles, σ ratios and principal-weight overlap per matrix", rows)
-    return figs, {"subspaces-table": table}, list(notes)
+    # matrices whose base (or finetune) is all zero: no angles, a blank heatmap cell, said (on the page and export)
+    zero = sfig.zero_matrix_note(rows)
+    return figs, {"subspaces-table": table}, [*notes, *([zero] if zero else [])]
 
 
 def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:

@@ -645,8 +645,12 @@ def _delta_of_views(x: np.ndarray, y: np.ndarray, dtype: torch.dtype) -> Callabl
 
 
 def _check_read(ck: Checkpoint, at, i: int, x: torch.Tensor) -> None:
-    """Tensor ``i`` of an aligned pair, as read from ``ck``, refused if not finite, named by file and tensor."""
-    check_finite_stored(x, f"{ck.spec} :: {at.names[i]}")
+    """Tensor ``i`` of an aligned pair, as read from ``ck``, refused if not finite, named by file and tensor; the
+    error carries ``ck.spec`` (the app leaves that finetune out and compares the others)."""
+    try:
+        check_finite_stored(x, f"{ck.spec} :: {at.names[i]}")
+    except NonFiniteError as exc:
+        raise NonFiniteError(str(exc), checkpoint=ck.spec) from None
 
 
 def _map_pages(pages: list) -> None:

@@ -2,7 +2,10 @@
 
 - :func:`angle_heatmap`: layers × module kinds of the largest principal angle (degrees);
 - :func:`angle_curves`: the full angle vector of selected matrices against the subspace index;
-- :func:`principal_overlap_scatter`: the update mask's share inside the principal mask against chance.
+  :func:`rotated_curves`: those of the most rotated changed matrices;
+- :func:`principal_overlap_scatter`: the update mask's share inside the principal mask against chance;
+- :func:`zero_sides`, :func:`zero_matrix_note`: the matrices whose base (or finetune) is all zero, which have no
+  top-K subspace, so no angles (a LLaMA-Pro-style expanded base's zero-initialised blocks), and the page's note.
 """
 
 from __future__ import annotations
@@ -111,10 +114,122 @@ def angle_curves(vectors: pd.DataFrame, names: list[str], side: str = "left", ti
 
 
 @takes_data()
+def rotated_curves(df: pd.DataFrame, vectors: pd.DataFrame, side: str = "left", n: int = 6, title: str | None = None):
+    """:func:`angle_curves` of the ``n`` changed matrices (``changed`` > 0) of ``df`` (a subspaces table) with the
+    largest ``angle_{side}_max``. An unchanged matrix is never among them (its angles are 0 by definition: six
+    unchanged matrices were drawn at 0° as "the most rotated" where the one changed matrix had NaN angles); a
+    changed matrix whose angles are undefined (:func:`zero_sides`: its base or finetune all zero) is said under the
+    chart, with why, not drawn."""
+    col = f"angle_{side}_max"
+    title = title or f"Principal angles of the most rotated changed matrices, {side} singular subspaces"
+    _require(df, ["name", "changed", col, "angle_left_max", "sv_ratio_mean"], "rotated_curves")
+    changed = pd.to_numeric(df["changed"], errors="coerce").fillna(0) > 0
+    angle = pd.to_numeric(df[col], errors="coerce")
+    ranked = df.assign(_angle=angle)[changed & angle.notna()].sort_values("_angle", ascending=False, kind="stable")
+    names = list(dict.fromkeys(ranked["name"]))[:n]
+    zero = zero_sides(df)[changed]
+    why = [
+        f"{_changed(int((zero == s).sum()))} whose {words} matrix is all zero ({_some(df['name'][changed][zero == s])})"
+        for s, words in (("base", "base"), ("finetune", "finetuned"))
+        if (zero == s).any()
+    ]
+    undefined = "; ".join(why) + ",<br>so no top-K subspace and no principal angles" if why else ""
+    if not names:
+        empty = "no matrix changed: nothing rotated" if not changed.any() else "no principal angles to draw"
+        return no_data_figure(title, undefined or empty)
+    fig = angle_curves(vectors, names, side=side, title=title)
+    if undefined:
+        _footnote(fig, f"Not drawn: {undefined}.")
+    return fig
+
+
+def zero_sides(df: pd.DataFrame) -> pd.Series:
+    """Per row of a subspaces table (:class:`~subnetviz.analysis.subspaces.SubspaceTable`'s frame): "base" where the
+    base matrix is all zero (σ₁ = 0: no top-K subspace, so its principal angles, σ ratios and principal-weight
+    overlap are NaN), "finetune" where the finetuned matrix is and the base's is not (its angles NaN, its σ ratios
+    0), None elsewhere. Read from the columns as the analysis fills them: angles are NaN only where a side's σ₁ is
+    0 or the comparison was skipped for lack of memory (``method`` "skipped, …": none of these), and every σ ratio
+    is NaN only where the base's σ₁ is."""
+    _require(df, ["angle_left_max", "sv_ratio_mean"], "zero_sides")
+    undefined = pd.to_numeric(df["angle_left_max"], errors="coerce").isna()
+    if "method" in df.columns:
+        undefined &= ~df["method"].astype(str).str.startswith("skipped")
+    base = pd.to_numeric(df["sv_ratio_mean"], errors="coerce").isna()
+    out = pd.Series(None, index=df.index, dtype=object)
+    out[undefined & base] = "base"
+    out[undefined & ~base] = "finetune"
+    return out
+
+
+def zero_matrix_note(df: pd.DataFrame) -> str | None:
+    """The page's note naming the matrices of the subspaces table ``df`` whose base (or finetune) is all zero
+    (:func:`zero_sides`), for which the principal angles (and, for the base, the σ ratios and the principal-weight
+    overlap) are undefined; None when there is none. The heatmap left their cell blank and the charts left them out
+    without a word. Names as they are (the page shows the note as text)."""
+    if df.empty or not {"angle_left_max", "sv_ratio_mean", "name"} <= set(df.columns):
+        return None
+    zero = zero_sides(df)
+    changed = pd.to_numeric(df.get("changed", pd.Series(0, index=df.index)), errors="coerce").fillna(0) > 0
+    said = []
+    base = list(dict.fromkeys(df["name"][zero == "base"].astype(str)))  # (one base: its matrices, whatever the model)
+    if base:
+        moved = len(set(df["name"][(zero == "base") & changed].astype(str)))
+        one = len(base) == 1
+        said.append(
+            f"The base matrix is all zero in {_matrices(len(base))} ({_some(base, 6)}"
+            + (("; changed by a finetune" if one else f"; {moved:,} of them changed by a finetune") if moved else "")
+            + "), as a block-expanded base's zero-initialised projections are (LLaMA-Pro): with no top-K subspace, "
+            f"{'its' if one else 'their'} principal angles, σ ratios and principal-weight overlap are undefined "
+            "(blank on the heatmap, NaN in the table, not in the principal-weight chart nor among the most rotated)."
+        )
+    ft = [f"{m} · {n}" for m, n in zip(df["model"][zero == "finetune"], df["name"][zero == "finetune"], strict=True)]
+    if ft:
+        said.append(
+            f"The finetuned matrix is all zero in {_matrices(len(ft))} ({_some(ft, 6)}): with no top-K subspace, its "
+            "principal angles are undefined (blank on the heatmap, NaN in the table, not among the most rotated); "
+            "its σ ratios are 0."
+        )
+    return " ".join(said) or None
+
+
+def _changed(n: int) -> str:
+    return "1 changed matrix" if n == 1 else f"{n:,} changed matrices"
+
+
+def _matrices(n: int) -> str:
+    return f"{n:,} matrix" if n == 1 else f"{n:,} matrices"
+
+
+def _some(names, most: int = 2) -> str:
+    """At most ``most`` of ``names``, and how many more (each is in the table)."""
+    names = [str(x) for x in dict.fromkeys(names)]
+    return ", ".join(names[:most]) + (f" and {len(names) - most:,} more" if len(names) > most else "")
+
+
+def _footnote(fig: go.Figure, text: str) -> None:
+    """``text`` under the plot (what the chart leaves out, and why), with room made for it."""
+    fig.add_annotation(
+        text=text,
+        xref="paper",
+        yref="paper",
+        x=0,
+        y=-0.2,
+        xanchor="left",
+        yanchor="top",
+        align="left",
+        showarrow=False,
+        font={"size": 11},
+    )
+    fig.update_layout(margin={**fig.layout.margin.to_plotly_json(), "b": 130})
+
+
+@takes_data()
 def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     """principal_overlap against principal_overlap_chance (both fractions, drawn in %) per matrix.
 
-    Points under the diagonal: the update avoids the principal weights more than chance.
+    Points under the diagonal: the update avoids the principal weights more than chance. A changed matrix without a
+    principal overlap (its base matrix all zero: no principal weights) is said, apart from the unchanged ones
+    (none to draw: the chart read "no changed entries in any matrix" where 4,096 entries of a zero base had changed).
     """
     title = title or "Update mask inside the principal-weight mask vs chance"
     _require(
@@ -124,8 +239,23 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
         shares=["principal_overlap", "principal_overlap_chance"],
     )
     d = df.dropna(subset=["principal_overlap"])
+    changed = pd.to_numeric(df["changed"], errors="coerce").fillna(0) > 0 if "changed" in df.columns else None
+    # (a changed matrix's overlap is NaN only where the base matrix is all zero: it has no principal weights)
+    undefined = df["name"][df["principal_overlap"].isna() & changed] if changed is not None else df["name"][:0]
+    zero_base = (
+        f"{_changed(len(undefined))} whose base matrix is all zero ({_some(undefined)}),<br>so no principal weights"
+    )
     if d.empty:
-        return no_data_figure(title, "no changed entries in any matrix")
+        if len(undefined):
+            return no_data_figure(title, zero_base)
+        skipped = df["method"].astype(str).str.startswith("skipped") if "method" in df.columns else None
+        if changed is None:
+            return no_data_figure(title, "no principal-weight overlap to draw")
+        return no_data_figure(
+            title,
+            "no changed entries in any matrix"
+            + (f" compared ({_matrices(int(skipped.sum()))} skipped)" if skipped is not None and skipped.any() else ""),
+        )
     color = d["module"].astype(str) if "module" in d.columns else None
     fig = go.Figure()
     groups = d.groupby(color, sort=False) if color is not None else [("matrices", d)]
@@ -149,4 +279,7 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
             x=[0, hi], y=[0, hi], mode="lines", name="chance", line={"color": "#888", "dash": "dash"}, hoverinfo="skip"
         )
     )
-    return _style(fig, title, "chance: update density (%)", "share of the update inside principal weights (%)")
+    _style(fig, title, "chance: update density (%)", "share of the update inside principal weights (%)")
+    if len(undefined):
+        _footnote(fig, f"Not drawn: {zero_base}.")
+    return fig
