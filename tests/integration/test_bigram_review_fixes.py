@@ -57,18 +57,26 @@ def test_prepare_and_the_page_s_analysis_refuse_a_nan_weight_by_name(nan_zoo, tm
 
 def test_the_mask_job_fails_with_one_line_and_writes_no_mask(nan_zoo, tmp_path, capsys):
     """Before: the job "succeeded" with 0 weights kept, final_loss NaN (not JSON) and stable: true."""
+    folder, _ = nan_zoo
+    run_dir, error = failed_mask_job(folder, tmp_path, steps=5)
+    assert NAN_TENSOR in error
+    assert not list(run_dir.rglob("mask.safetensors")) and not list(run_dir.rglob("metrics.json"))
+    assert "Traceback" not in capsys.readouterr().out
+
+
+def failed_mask_job(folder, tmp_path, steps: int):
+    """(the run folder, its one-line error) of a bigram_mask job on the model ``folder`` that must fail (status
+    failed, exit 1 of the command line's worker)."""
     from subnetviz.jobs.worker import main_job
 
-    folder, _ = nan_zoo
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    config = {"kind": "bigram_mask", "model": str(folder), "steps": 5, "seq_len": 16, "eval_sequences": 20}
+    config = {"kind": "bigram_mask", "model": str(folder), "steps": steps, "seq_len": 16, "eval_sequences": 20}
     (run_dir / "config.json").write_text(json.dumps({**config, "device": "cpu"}))
     assert main_job(str(run_dir)) == 1
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "failed" and NAN_TENSOR in status["error"] and "\n" not in status["error"]
-    assert not list(run_dir.rglob("mask.safetensors")) and not list(run_dir.rglob("metrics.json"))
-    assert "Traceback" not in capsys.readouterr().out
+    assert status["state"] == "failed" and "\n" not in status["error"]
+    return run_dir, status["error"]
 
 
 def test_training_stops_at_the_first_loss_that_is_not_finite():

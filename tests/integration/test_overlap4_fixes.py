@@ -24,6 +24,7 @@ from subnetviz.checkpoints.naming import NameTable, detect_family
 from subnetviz.jobs.cluster_pages import files_overlap_task
 from subnetviz.masks import MaskSet, save_mask_set
 from tests.app_fixtures import open_page
+from tests.integration.test_overlap_inputs import upload_home  # noqa: F401 - a fixture
 
 H, F, V = 12, 20, 33  # hidden, FFN and vocabulary sizes: none a multiple of 8
 
@@ -181,13 +182,7 @@ def test_with_no_naming_table_only_an_embedding_shares_rows_and_the_page_says_no
 
 
 # --- page checks (AppTest) -------------------------------------------------------------------------------------------
-@pytest.fixture
-def uploads(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    (home / "uploads").mkdir(parents=True)
-    monkeypatch.setenv("SUBNETVIZ_HOME", str(home))
-    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(home))
-    return home
+# (a home of its own with an uploads/ folder: test_overlap_inputs' fixture)
 
 
 def _export_text(exports) -> str:
@@ -197,11 +192,11 @@ def _export_text(exports) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
 
 
-def test_the_page_and_its_export_say_no_naming_table_reads_the_names(uploads, exports):
+def test_the_page_and_its_export_say_no_naming_table_reads_the_names(upload_home, exports):  # noqa: F811
     a, b, inter, numel = _blind_masks()
     chosen = []
     for k, m in (("a", a), ("b", b)):
-        save(uploads / "uploads", k, m)
+        save(upload_home / "uploads", k, m)
         chosen.append(f"uploads/{k}")
     at = open_page("overlap", masks=chosen, ov_masks=chosen, ov_tab="Pairwise")
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -221,17 +216,17 @@ def _params(page: str) -> dict[str, str]:
     return {html.unescape(k): html.unescape(v) for k, v in rows}
 
 
-def test_the_export_of_saved_masks_lists_only_their_parameters(uploads, exports, typed_options):
+def test_the_export_of_saved_masks_lists_only_their_parameters(upload_home, exports, typed_options):  # noqa: F811
     """A base chosen in the sidebar (no finetuned checkpoint: no update mask to choose), two saved masks: the
     export said base=... and criterion=exact, which are no saved mask's (their precision was left out already)."""
     from tests.ckpt_fixtures import llama64, write_folder
 
     model = llama64()
-    base = write_folder(uploads / "base", model.state_dict())
+    base = write_folder(upload_home / "base", model.state_dict())
     (base / "config.json").write_text(model.config.to_json_string())
     chosen = []
     for k, seed in (("a", 7), ("b", 8)):
-        save(uploads / "uploads", k, planted(llama(), seed))
+        save(upload_home / "uploads", k, planted(llama(), seed))
         chosen.append(f"uploads/{k}")
     at = open_page("overlap", base=str(base), masks=chosen, ov_masks=chosen, ov_tab="Sets")
     assert not at.exception and not at.error, [e.value for e in at.error]

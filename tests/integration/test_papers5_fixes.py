@@ -6,7 +6,6 @@ as a dash with why, on the page's headline and in its Overlap table and export, 
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -81,16 +80,11 @@ def test_the_page_s_analysis_refuses_nan_logits_in_one_line(overflow_zoo, tmp_pa
 
 def test_the_mask_job_on_that_model_fails_with_one_line(overflow_zoo, tmp_path, capsys):
     """The command line's path (the ``job`` worker of a bigram_mask run): failed, one line, no traceback, no mask."""
-    from subnetviz.jobs.worker import main_job
+    from tests.integration.test_bigram_review_fixes import failed_mask_job
 
     folder, _ = overflow_zoo
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    config = {"kind": "bigram_mask", "model": str(folder), "steps": 3, "seq_len": 16, "eval_sequences": 20}
-    (run_dir / "config.json").write_text(json.dumps({**config, "device": "cpu"}))
-    assert main_job(str(run_dir)) == 1
-    status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "failed" and "NaN/Inf logits" in status["error"] and "\n" not in status["error"]
+    run_dir, error = failed_mask_job(folder, tmp_path, steps=3)
+    assert "NaN/Inf logits" in error
     assert not list(run_dir.rglob("mask.safetensors")) and "Traceback" not in capsys.readouterr().out
 
 
