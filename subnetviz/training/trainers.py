@@ -317,17 +317,25 @@ _EXPERT_COUNTS = ("num_local_experts", "n_routed_experts", "moe_num_experts")
 _ADDED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
+def _text_config(model):
+    """The transformers text config of ``model``, or None: no model, a wrapper whose ``config`` is no transformers
+    config (DeepSpeed's engine, a ZeRO-3 DPO reference: its ``config`` is a dict), several text configs."""
+    get = getattr(getattr(model, "config", None), "get_text_config", None)
+    if not callable(get):
+        return None
+    try:
+        return get()
+    except ValueError:  # (several text configs: no causal LM a run trains)
+        return None
+
+
 def _expert_count_for_trl(model) -> None:
     """TRL's fused LM head (every trainer's, TRL 1.x) adds an MoE model's load-balancing loss with
     ``config.num_experts``, which Granite-MoE, PhiMoE, Llama-4 and GLM-4.5V's configs name ``num_local_experts`` or
     ``n_routed_experts``: training them failed before its first step with "'GraniteMoeConfig' object has no
     attribute 'num_experts'". The count is given under that name too, for the run only: :func:`_save_weights`
     leaves it out of every saved config.json, so a finetune's config stays its base's."""
-    config = getattr(model, "config", None)
-    try:
-        text = config.get_text_config() if config is not None else None
-    except ValueError:  # (several text configs: no causal LM a run trains)
-        return
+    text = _text_config(model)
     if text is None or not hasattr(text, "output_router_logits") or hasattr(text, "num_experts"):
         return
     count = next((getattr(text, k) for k in _EXPERT_COUNTS if isinstance(getattr(text, k, None), int)), None)
@@ -340,11 +348,7 @@ def _expert_count_for_trl(model) -> None:
 def _without_added_expert_count(model):
     """``model``'s config as loaded while it is saved: the ``num_experts`` :func:`_expert_count_for_trl` added is
     taken out, then put back for the rest of the run."""
-    config = getattr(model, "config", None)
-    try:
-        text = config.get_text_config() if config is not None else None
-    except ValueError:
-        text = None
+    text = _text_config(model)
     if text is None or _ADDED.get(id(text)) is not text or "num_experts" not in text.__dict__:
         yield
         return

@@ -86,7 +86,7 @@ def test_a_method_that_never_drops_reads_no_forgetting_and_the_variant_is_named(
 def test_the_cells_just_before_training_are_shown_with_their_numbers(app_home):
     """ExSSNeT's code counts A[t, t+1] in its forgetting; those cells were grey with no number."""
     at = _ok(open_page("continual", cl_run=RUN, cl_tab="After each task"))
-    spec = _figure(at, "SupSup, seed 0")
+    spec = _figure(at, "SupSup, density 5 %, seed 0")
     trained, before = spec["data"]
     z = np.asarray(decode(before["z"]), dtype=float)
     want = np.full((4, 4), np.nan)
@@ -111,8 +111,9 @@ def test_every_title_writes_the_density_one_way(app_home, exports):
         at = _ok(open_page("continual", cl_run=RUN, cl_tab=tab))
         titles += [s["layout"]["title"]["text"] for s in plotly_specs(at)]
     shown = _densities(titles)
-    # the accuracy bars, the capacity curves, the KKT and the task inference charts: "0.05" and "5%" before
-    assert len(shown) == 4 and set(shown) == {"density 5 %"}, titles
+    # the accuracy bars, forgetting, the capacity and exclusive-share curves, the KKT and the task inference charts:
+    # "0.05" and "5%" before
+    assert len(shown) == 6 and set(shown) == {"density 5 %"}, titles
     page = exports["Continual learning"]()
     dec, exported = __import__("json").JSONDecoder(), []
     for m in re.finditer(r'Plotly\.newPlot\(\s*"sv-figure-\d+",\s*', page):
