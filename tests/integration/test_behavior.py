@@ -872,3 +872,38 @@ def test_a_finetune_with_a_tokenizer_of_its_own_is_noted(planted, tmp_path):
         f"{next(i for i, p in enumerate(PROMPTS) if set('12') & set(p.text + (p.answer or '')))}); every model is "
         "given the base's tokens, so its numbers are those of the base's encoding."
     ]
+
+
+def test_a_finetune_saved_with_its_base_s_tokenizer_is_not_loaded_again(planted, tmp_path, monkeypatch):
+    """The note's check read and encoded every prompt with each finetune's own tokenizer: 40 % more time for one
+    demo-zoo finetune, whose files are the base's but for keys TRL's save adds (padding_side, ...). Files that are
+    the base's, so, are not loaded; a real difference still is (the swapped vocabulary of the test above)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    import subnetviz.checkpoints.models as models
+    from subnetviz.analysis.behavior import encode, tokenizer_note
+
+    base, ft, _ = planted
+    saved = tmp_path / "saved"
+    shutil.copytree(ft, saved)
+    conf = json.loads((saved / "tokenizer_config.json").read_text())
+    (saved / "tokenizer_config.json").write_text(json.dumps({**conf, "padding_side": "left", "is_local": True}))
+    tok = AutoTokenizer.from_pretrained(str(base))
+    encoded = encode(tok, PROMPTS)
+
+    def no_load(spec):
+        raise AssertionError(f"{spec}: loaded")
+
+    monkeypatch.setattr(models, "load_tokenizer", no_load)
+    for folder in (ft, saved):
+        assert tokenizer_note(str(folder), tok, PROMPTS, encoded, base=str(base)) is None
+    vocab = json.loads((saved / "tokenizer.json").read_text())
+    vocab["model"]["vocab"]["1"], vocab["model"]["vocab"]["2"] = (
+        vocab["model"]["vocab"]["2"],
+        vocab["model"]["vocab"]["1"],
+    )
+    (saved / "tokenizer.json").write_text(json.dumps(vocab))
+    with pytest.raises(AssertionError, match="loaded"):
+        tokenizer_note(str(saved), tok, PROMPTS, encoded, base=str(base))
