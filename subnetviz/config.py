@@ -785,6 +785,20 @@ def max_queued_jobs() -> int:
     return int(raw)
 
 
+def check_settings() -> None:
+    """Every ``SUBNETVIZ_*`` setting the server reads while it serves, read once: ``subnetviz app`` calls it before
+    the server starts, so a bad value is refused in one line at start-up (naming the variable), not on the first
+    page that publishes an analysis, stores an upload or queues a job. ``SUBNETVIZ_DEVICE`` is checked only when it
+    is set (the check imports torch)."""
+    cache_limit_bytes()
+    uploads_limit_bytes()
+    max_queued_jobs()
+    confirm_above_seconds()
+    ray_clusters()
+    if default_device() != "auto":
+        resolve_device("auto")
+
+
 def default_device() -> str:
     """``SUBNETVIZ_DEVICE`` (blank: ``auto``): the device ``auto`` stands for."""
     return (os.environ.get("SUBNETVIZ_DEVICE") or "").strip() or "auto"

@@ -83,6 +83,9 @@ def upload_size_mb() -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     # ('--roots "$DATA"' with DATA unset: the server would read the working folder, whatever it holds)
     refuse_blank("app", [("--home", args.home), ("--roots", args.roots)])
+    from subnetviz.config import check_settings
+
+    check_settings()  # a bad SUBNETVIZ_* value: one line now, not on the first page that reads it
     app = app_script()
     env = dict(os.environ)
     if args.home:

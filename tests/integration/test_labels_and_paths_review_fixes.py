@@ -272,6 +272,30 @@ def test_app_upload_cap_own_flag_wins_and_a_bad_value_is_one_line(monkeypatch, t
     assert "SUBNETVIZ_MAX_UPLOAD_MB='lots': not a number" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SUBNETVIZ_CACHE_GB", "lots"),
+        ("SUBNETVIZ_UPLOADS_GB", "-1"),
+        ("SUBNETVIZ_MAX_QUEUED", "0"),
+        ("SUBNETVIZ_CONFIRM_ABOVE_S", "soon"),
+        ("SUBNETVIZ_RAY_ADDRESSES", "not an address"),
+        ("SUBNETVIZ_DEVICE", "tpu"),
+    ],
+)
+def test_app_refuses_a_bad_setting_before_the_server_starts(monkeypatch, tmp_path, capsys, name, value):
+    """`subnetviz app` with SUBNETVIZ_CACHE_GB=lots started the server; the bad value was refused only on the first
+    page that published an analysis (and the others only where a page read them). Now: one line at start-up."""
+    monkeypatch.setenv(name, value)
+    started = []
+    monkeypatch.setattr(os, "execve", lambda *a: started.append(a))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["app", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert not started and name in err and err.count("\n") == 1, err
+
+
 @pytest.mark.slow
 def test_pages_show_a_folder_named_100(app_env, tmp_path, monkeypatch):
     """A finetuned folder named 100 (checkpoints saved by step) showed "'100' has 0 parameters in its rows …" on
