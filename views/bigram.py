@@ -344,16 +344,22 @@ def result_parts(res, gens) -> tuple[dict, dict]:
     """Every tab's figures (key -> figure) and tables (key -> (caption, frame)) of one mask analysis:
     built once per analysis for every session; the open tab draws from them, the export takes them all."""
     summary = res.ablation.summary()
+    where, split = "Where the subnetwork lives", res.split
+    if why := res.headline.get("why_no_share"):  # an empty mask: its shares are 0 / 0 (the heatmap read 0 % everywhere)
+        shares = figures.no_data_figure(where, f"nothing to locate: {why}")
+        split = split.assign(share=f"— ({why})")
+    else:
+        shares = figures.sparsity_heatmap(
+            shares_heatmap_frame(res.shares), "share", where, count_label="in the subnetwork"
+        )
     figs = {
         "bg-r": bg_figures.fidelity_bars(summary),
         "bg-bits": bg_figures.delta_bits_bars(summary),
-        "bg-shares": figures.sparsity_heatmap(
-            shares_heatmap_frame(res.shares), "share", "Where the subnetwork lives", count_label="in the subnetwork"
-        ),
+        "bg-shares": shares,
     }
     tables = {
         "bg-ablation": ("Fidelity and loss per setting (random: mean ± sd over seeds)", summary),
-        "bg-split": ("Attention vs MLP", res.split),
+        "bg-split": ("Attention vs MLP", split),
     }
     if res.residual is not None:
         figs["bg-rotation"] = bg_figures.rotation_curves(res.residual.rotation)

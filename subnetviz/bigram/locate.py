@@ -60,7 +60,7 @@ def subnetwork_shares(mask_set: MaskSet, blocks: Sequence[Block]) -> pd.DataFram
     c = grid.merge(c, on=["layer", "block"], how="left").fillna({"kept": 0, "n": 0})
     c[["kept", "n"]] = c[["kept", "n"]].astype(int)
     total = c["kept"].sum()
-    c["share"] = c["kept"] / total if total else 0.0
+    c["share"] = c["kept"] / total if total else np.nan  # a share of nothing is undefined (0 / 0), not 0 %
     c["density"] = np.where(c["n"] > 0, c["kept"] / c["n"].where(c["n"] > 0, 1), np.nan)
     return c
 
@@ -80,7 +80,7 @@ def attention_mlp_split(shares: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for g, labels in groups.items():
         k = int(shares.loc[shares["block"].isin(labels), "kept"].sum())
-        rows.append({"group": g, "kept": k, "share": k / total if total else 0.0})
+        rows.append({"group": g, "kept": k, "share": k / total if total else float("nan")})  # (0 / 0: undefined)
     return pd.DataFrame(rows)
 
 

@@ -16,7 +16,7 @@ from bigram_fixtures import V, planted_transition
 from subnetviz.bigram.maskable import full_mask
 from subnetviz.errors import NonFiniteError
 from subnetviz.masks import MaskSet, save_mask_set
-from tests.app_fixtures import open_page
+from tests.app_fixtures import open_page, plotly_specs
 from tests.models import bigram_model
 
 SCALE = 1e25  # q_proj and k_proj times this: every weight finite (< 3.4e38), the attention scores inf, then NaN
@@ -238,6 +238,32 @@ def test_the_page_shows_a_dash_with_why_for_an_empty_mask(app_env, planted, expo
     assert table["x_chance"].tolist() == table["share_of_0_in_1"].tolist() == ["— (the bigram mask is empty)"] * 2
     html = exports["Bigram subnetworks"]()
     assert "— (the bigram mask is empty)" in html and "nan×" not in html
+
+
+@pytest.mark.slow
+def test_the_location_tab_of_an_empty_mask_says_there_is_nothing_to_locate(app_env, planted):
+    """Before: the heatmap drew 0 % in every cell and the Attention vs MLP table read 0.00 % for each group, shares
+    of a subnetwork of no weight (0 / 0)."""
+    at = open_page("bigram", bg_model="base", bg_mask=EMPTY, bg_tab="Location")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (spec,) = [s for s in plotly_specs(at) if "Where the subnetwork lives" in str(s["layout"].get("title"))]
+    assert not spec["data"], spec["data"]  # no heatmap of zeros
+    assert "nothing to locate: the bigram mask is empty" in str(spec["layout"]["annotations"])
+    (split,) = [d.value for d in at.dataframe if "group" in d.value.columns]
+    assert split["share"].tolist() == ["— (the bigram mask is empty)"] * len(split)
+    assert split["kept"].tolist() == [0] * len(split)
+
+
+def test_shares_of_an_empty_mask_are_undefined_not_zero():
+    from subnetviz.bigram.locate import attention_mlp_split, subnetwork_shares
+    from subnetviz.bigram.maskable import blocks_of
+
+    model = bigram_model("llama")
+    shares = subnetwork_shares(full_mask(model, False), blocks_of(model))
+    assert shares["share"].isna().all() and (shares["kept"] == 0).all()
+    assert attention_mlp_split(shares)["share"].isna().all()
+    some = subnetwork_shares(_random_mask(model, 0.3, 1), blocks_of(model))
+    assert some["share"].sum() == pytest.approx(1.0)
 
 
 @pytest.mark.slow
