@@ -75,7 +75,27 @@ def upload_limit(argv: list[str]) -> list[str]:
         return argv
 
 
+def check_settings() -> None:
+    """Every ``SUBNETVIZ_*`` setting the server reads (:func:`subnetviz.config.check_settings`, and
+    ``SUBNETVIZ_MAX_UPLOAD_MB`` where set), before the server starts: a bad value ends the command with one line
+    naming it (``error: ...``, as ``subnetviz app`` says it) and exit status 2. ``make app`` started the server
+    and the first page that published an analysis, stored an upload or queued a job refused it."""
+    from subnetviz.cli.app import upload_size_mb
+    from subnetviz.config import check_settings as check
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        check()
+        if os.environ.get("SUBNETVIZ_MAX_UPLOAD_MB") is not None:
+            upload_size_mb()
+    except SubnetvizError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["run"]:
+        check_settings()
     from streamlit.web import cli  # Streamlit first: it configures Plotly's theme as it is imported
 
     if os.environ.get(WARM_ENV, "1") != "0":

@@ -214,3 +214,25 @@ def test_the_server_command_guards_uploads_before_the_server_starts(monkeypatch)
     serve.main()
     assert MemoryUploadedFileManager.add_file._subnetviz_guard
     assert starlette_app.create_upload_routes._subnetviz_guard  # the PUT route the server builds, guarded too
+
+
+def test_make_apps_server_refuses_a_bad_setting_before_it_starts(tmp_path):
+    """``make app`` (``python -m subnetviz.serve run app.py``) with SUBNETVIZ_CACHE_GB=lots served the app; the
+    value was refused only on the first page that published an analysis. Now one line, exit 2, no server."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "SUBNETVIZ_CACHE_GB": "lots", "SUBNETVIZ_HOME": str(tmp_path), "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "subnetviz.serve", "run", "app.py", "--server.port", "1"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr == "error: SUBNETVIZ_CACHE_GB='lots': expected a number of gigabytes > 0 (or 'inf'), e.g. 20.\n"
