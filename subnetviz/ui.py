@@ -523,14 +523,9 @@ def _known_nonfinite(base: str, base_fingerprint: str, path: str, fingerprint: s
 
 def nonfinite_finetune(ws: Workspace, exc: NonFiniteError) -> str | None:
     """The path of the finetune of ``ws`` whose stored weights ``exc`` says hold NaN or Inf, or None (the base's, a
-    Δ that overflowed, a checkpoint not named). The update pass carries the checkpoint (``exc.checkpoint``); the
-    subspaces pass names it at the start of its one line as the update pass does (``<checkpoint> :: <tensor>: …``),
-    matched against the workspace's paths only."""
-    text = str(exc)
-    for path in ws.paths:
-        if path != ws.base and (exc.checkpoint == path or (exc.checkpoint is None and text.startswith(f"{path} :: "))):
-            return path
-    return None
+    Δ that overflowed, a checkpoint not named). The update and subspaces passes carry the checkpoint
+    (``exc.checkpoint``), matched against the workspace's paths only."""
+    return next((p for p in ws.paths if p != ws.base and exc.checkpoint == p), None)
 
 
 def leave_out_nonfinite(

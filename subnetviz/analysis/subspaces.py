@@ -74,7 +74,7 @@ from subnetviz.analysis.subspaces_linalg import (
     principal_overlap,
     top_k,
 )
-from subnetviz.errors import ConfigError
+from subnetviz.errors import ConfigError, NonFiniteError
 
 __all__ = [
     "SubspaceOptions",
@@ -623,7 +623,10 @@ def _weights(ck, at, side: int, dev: str, form) -> torch.Tensor:
     if form.kind != "float":
         scale, zero = scale_values(ck, form.scale, dev), zero_values(ck, form, dev)
         x = effective(x, scale, form, form.block(ck.config), name=name, scale_name=form.scale, zero=zero)
-    check_finite_stored(x, f"{ck.spec} :: {name}")
+    try:
+        check_finite_stored(x, f"{ck.spec} :: {name}")
+    except NonFiniteError as exc:  # (carrying the checkpoint, as the update pass's: the app leaves that one out)
+        raise NonFiniteError(str(exc), checkpoint=ck.spec) from None
     return x
 
 

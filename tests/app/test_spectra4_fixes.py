@@ -203,6 +203,20 @@ def test_the_update_pass_names_the_finetune_that_holds_it(inf_home):
     assert caught.value.checkpoint == str(inf_home / "bad_base")
 
 
+def test_the_subspaces_pass_names_the_finetune_that_holds_it(inf_home):
+    """It named it only at the start of its message, which the page matched by prefix."""
+    from subnetviz.analysis.subspaces import SubspaceOptions, analyze_subspaces
+
+    with pytest.raises(NonFiniteError) as caught:
+        analyze_subspaces(
+            str(inf_home / "base"),
+            [str(inf_home / "ok"), str(inf_home / "bad_sub")],
+            options=SubspaceOptions(k=4),
+            device="cpu",
+        )
+    assert caught.value.checkpoint == str(inf_home / "bad_sub")
+
+
 def _left_out(at, label: str) -> None:
     """The page says, in one line and only there, that ``label`` is left out for its Inf."""
     (line,) = _errors(at)
