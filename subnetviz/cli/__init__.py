@@ -17,7 +17,7 @@ from contextlib import nullcontext
 
 from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
 from subnetviz.cli.app import cmd_app, port
-from subnetviz.cli.common import interrupted, shown, watch_interrupts
+from subnetviz.cli.common import interrupted, shown, sigterm_interrupts, watch_interrupts
 from subnetviz.cli.jobs import cmd_demo, cmd_job, cmd_mask, cmd_report, cmd_runs, cmd_train
 from subnetviz.config import full_paths
 from subnetviz.errors import SubnetvizError
@@ -236,8 +236,12 @@ def _redacts(command: str) -> bool:
 
 def _run(args: argparse.Namespace) -> int:
     """The verb, its failures said in one line on stderr with an exit status (:func:`main`)."""
+    # SIGTERM (kill PID, timeout, a batch system's stop) as Ctrl-C for every verb run at a terminal: its temporary
+    # folders removed and one line, exit 143 (the default ended it at once). `app` becomes the server, and `job`
+    # and `train` take it themselves (a run recorded as stopped, its launched ranks stopped).
+    stop = nullcontext() if args.command in ("app", "job", "train") else sigterm_interrupts()
     try:
-        with watch_interrupts():
+        with watch_interrupts(), stop:
             try:
                 return args.func(args)
             except Exception:

@@ -19,7 +19,6 @@ from subnetviz.cli.common import (
     refuse_blank,
     shown,
     shown_cells,
-    sigterm_interrupts,
     threads,
 )
 from subnetviz.errors import SubnetvizError
@@ -350,13 +349,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     threads()
     quiet_libraries()
     out = check_out(args.out, args.overwrite, [args.zoo])
-    # SIGTERM as Ctrl-C, as train takes it: the grid's work folders removed, a PPO child it waits on stopped, 143
-    with sigterm_interrupts():
-        results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers", "point"))  # (points)
-        verdict = verdicts(results)
-        with publish(out, args.overwrite) as tmp:
-            results.to_csv(tmp / "results.csv", index=False)
-            verdict.to_csv(tmp / "verdicts.csv", index=False)
+    # (SIGTERM ends it as Ctrl-C does, cli._run: the grid's work folders removed, a PPO child it waits on stopped)
+    results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers", "point"))  # (points)
+    verdict = verdicts(results)
+    with publish(out, args.overwrite) as tmp:
+        results.to_csv(tmp / "results.csv", index=False)
+        verdict.to_csv(tmp / "verdicts.csv", index=False)
     cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]
     print(shown_cells(results[cols]).to_string(index=False))
     print(shown_cells(verdict).to_string(index=False))

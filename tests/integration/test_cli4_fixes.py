@@ -212,6 +212,38 @@ def test_sigterm_on_drivers_stops_its_child_and_removes_its_work_folder(micro_zo
     assert not out.exists()
 
 
+@pytest.mark.usefixtures("terminal_sigint")
+def test_sigterm_on_analyze_removes_its_half_written_result(ckpt_zoo, tmp_path, monkeypatch, capsys):
+    """SIGTERM while `analyze` wrote its result: Python's default ended the command at once, exit -15, and the
+    half-written temporary folder stayed beside --out (swept only by a later run to the same --out). Now it ends
+    as Ctrl-C does: the folder removed, one line, exit 143."""
+    import subnetviz.analysis.updates as updates
+
+    def write_then_stopped(analysis, folder, **kw):
+        folder.mkdir(parents=True)
+        (folder / "half.parquet").write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        raise AssertionError("SIGTERM did not stop it")
+
+    monkeypatch.setattr(updates, "write_analysis", write_then_stopped)
+
+    def unhandled(signum, frame):  # (Python's default would end this test process itself)
+        raise RuntimeError("analyze left SIGTERM to the handler it found")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    out = tmp_path / "out"
+    try:
+        code = main(["analyze", str(ckpt_zoo.llama), str(ckpt_zoo.llama), "--no-cache", "--out", str(out)])
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back once the command ends
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert code == 143 and "Traceback" not in err, err
+    assert err.replace("\r", "\n").strip().splitlines()[-1] == "interrupted: nothing was written."
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)  # no --out, nothing half-written beside it
+
+
 # --- 4: train --run-dir names the model's final folder ------------------------------------------------------------
 
 
