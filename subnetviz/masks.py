@@ -930,7 +930,7 @@ def import_mask(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     n = int.from_bytes(head[:8], "little")
     if len(head) == 9 and head[8:9] == b"{" and n <= path.stat().st_size - 8:
         return _some_masks(load_mask_set(path, packed=packed), path)
-    if head[:1] == b"\x80" or path.suffix in (".pickle", ".pkl"):  # a pickle's PROTO opcode (protocol >= 2)
+    if head[:1] == b"\x80" or path.suffix.lower() in (".pickle", ".pkl"):  # PROTO (protocol >= 2), or the name
         if _legacy_torch(path):
             raise MaskError(
                 f"{path}: a torch.save file in the format of PyTorch before 1.6, which is not read; "

@@ -244,9 +244,19 @@ was then "the same bytes uploaded before", the planted masks. Masks stored under
 def stored_mask_path(name: str, digest: str) -> Path:
     """Where the uploads folder keeps a mask that came as ``name`` with content hash ``digest`` (hex):
     ``<name's stem, normalised>-<32 hex>.safetensors``. Two sources whose names normalise alike never
-    replace each other; the same content under the same name is stored once."""
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] or "mask"
-    return uploads_dir() / f"{stem}-{digest[:DIGEST_HEX]}.safetensors"
+    replace each other; the same content under the same name is stored once. The stem loses its leading dots
+    (``.hidden.safetensors`` is stored as ``hidden-…``, ``.safetensors`` as ``mask-…``): a stored name never looks
+    like a writer's temporary, which the listing of saved masks skips (an upload named so was stored, never listed)."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in _stem_and_suffix(name)[0])[:80].lstrip(".")
+    return uploads_dir() / f"{stem or 'mask'}-{digest[:DIGEST_HEX]}.safetensors"
+
+
+def _stem_and_suffix(name: str) -> tuple[str, str]:
+    """The stem and suffix of a file named ``name``, a leading dot taken as the start of a suffix: ``.safetensors``
+    is a name of no stem with that suffix (pathlib reads it as a hidden file of no suffix), ``.x.pt`` is ``.x`` and
+    ``.pt``."""
+    shown = Path("_" + Path(name).name)
+    return shown.stem[1:], shown.suffix
 
 
 UPLOAD_DIGEST_KEY = "upload_sha256"
@@ -337,7 +347,7 @@ def save_upload(name: str, data: bytes | BinaryIO, *, wait: Wait | None = None) 
     """
     from subnetviz.errors import ConfigError, MaskError
 
-    if not name.endswith(UPLOAD_SUFFIXES):
+    if not name.lower().endswith(UPLOAD_SUFFIXES):  # (as the browser's file filter and the CLI's mask import)
         raise MaskError(
             f"{name}: upload a mask as .safetensors, a torch.save .pt / .pth, a NumPy .npz or a released bigram .pickle."
         )
@@ -346,9 +356,9 @@ def save_upload(name: str, data: bytes | BinaryIO, *, wait: Wait | None = None) 
     _check_uploads_room(name, 0)  # a full folder refuses before the file is copied
     # Written inside a temporary folder named as the cache names its temporaries (``.upload.tmp-PID-…``): a server
     # killed mid-upload leaves it to the start's sweep (cache.sweep), and no listing of the uploads' masks sees the
-    # half file. The file inside keeps the upload's suffix, which tells a pickle (import_mask).
+    # half file. The file inside keeps the upload's suffix, lower-cased, which tells a pickle (import_mask).
     work = Path(tempfile.mkdtemp(prefix=f".upload.tmp-{os.getpid()}-", dir=uploads_dir()))
-    src = work / f"upload{Path(name).suffix}"
+    src = work / f"upload{_stem_and_suffix(name)[1].lower()}"
     try:
         with open(src, "xb") as out:
             while chunk := stream.read(1 << 20):
@@ -393,12 +403,19 @@ def uploads_bytes() -> int:
     (:data:`UPLOAD_DIGEST_KEY`). The folder also keeps copies of update masks that training runs were launched with
     (:func:`kept_mask`) and imported released pickles (:func:`import_released`): those are not uploads, and counted
     they refused every upload once two training launches had kept an 8B model's update masks. Not the temporaries
-    of uploads under way either."""
+    of uploads under way either (a folder, ``.upload.tmp-…``: not a file).
+
+    A file whose name begins with a dot is counted too, though the saved-mask listing skips it: an older version
+    stored an upload named ``.x.safetensors`` under such a name, and uploads named so filled the disk past the limit.
+    Counted rather than listed, which is the safer of the two: it takes room whatever its name, while a dot name can
+    also be a writer's temporary (``.NAME.tmp-…``, counted here only while its header is whole and says upload),
+    which must never be offered for a link to name. No stored name begins with a dot now (:func:`stored_mask_path`);
+    the operator frees an old one's room by removing it (``ls -a``)."""
     total = 0
     with os.scandir(uploads_dir()) as it:
         for e in it:
             try:
-                if not e.name.startswith(".") and e.is_file(follow_symlinks=False):
+                if e.is_file(follow_symlinks=False):
                     st = e.stat(follow_symlinks=False)
                     if _is_upload(e.path, (st.st_ino, st.st_size, st.st_mtime_ns)):
                         total += st.st_size

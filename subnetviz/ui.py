@@ -428,6 +428,7 @@ def workspace_sidebar() -> Workspace:
         )
         st.html(uilogic.CHIP_TAILS)  # typed paths' chips show their ends (the full path on hover, as before)
         mask_files = saved_masks()
+        linked = st.query_params.get_all("masks")  # (read first: the list drops, unsaid, what is not an option)
         masks = st.multiselect("Saved masks", list(mask_files), [], key="masks", **q, **text["masks"])
         with st.expander("Compute", expanded=False):
             prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", **q, **text["precision"])
@@ -445,6 +446,8 @@ def workspace_sidebar() -> Workspace:
     # the stale entries of a shared link: one line per reason (a few names, how many), every page compares the rest
     for line in uilogic.left_out_lines(ws.left_out):
         error(line)
+    if unsaved := _unsaved_masks(linked, masks, mask_files):
+        error(unsaved)  # (the link's masks this server does not have: dropped from the list and the URL unsaid)
     if repeated := uilogic.repeated_line(chosen.repeated):
         st.caption(plain(repeated))  # (an entry naming the base, or a checkpoint chosen already, was dropped unsaid)
     if no_cuda:
@@ -457,6 +460,22 @@ def workspace_sidebar() -> Workspace:
         )
     st.session_state["_workspace"] = ws
     return ws
+
+
+def _unsaved_masks(linked: list[str], masks: list[str], mask_files: dict[str, str]) -> str | None:
+    """The line naming the link's saved masks that this server does not have (``uilogic.unsaved_masks_line``), or
+    None. The URL holds them on the run that reads the link only (the list then drops them from it): the line is kept
+    for this session's later runs while the list holds what it held then, and goes once the visitor changes it."""
+    said = st.session_state.get("_unsaved_masks")
+    if (line := uilogic.unsaved_masks_line(linked, mask_files)) is not None:
+        st.session_state["_unsaved_masks"] = (linked, list(masks))
+        return line
+    if said is None:
+        return None
+    if said[1] != list(masks):
+        del st.session_state["_unsaved_masks"]
+        return None
+    return uilogic.unsaved_masks_line(said[0], mask_files)  # (None where they are saved masks again)
 
 
 def readable(ws: Workspace) -> Workspace:

@@ -108,7 +108,11 @@ def sidebar_choice(
         refused, base_path, finetuned = exc, None, []
     entries = list(finetuned)
     seen: dict[str | None, str] = {_same(base_path): "the base"} if base_path else {}
+    base_label = label_of(base, members) if base_path else ""  # (a refused base is named by the error alone)
     given: set[str] = set()
+    # labels taken: the base's too, so a finetune in a folder named as the base's (llama/final, rl/final) is final-2
+    # (both were "final" on every page: the Series axis, the Workspace table, Behaviour's and Overlap's legends)
+    taken = {base_label} if base_label else set()
     out, left, repeated = [], [], []
     for c in entries[:MAX_EXAMINED]:
         if c in given or (base and c == base):  # the same text again: nothing to resolve
@@ -125,8 +129,9 @@ def sidebar_choice(
             repeated.append((entry_name(c), seen[same]))  # ("the base", or "the same checkpoint as ftB")
             continue
         label, k = label_of(c, members), 2
-        while label in {lbl for lbl, _ in out}:  # two folders of one name: /a/ft and /b/ft (as the library)
+        while label in taken:  # two folders of one name: /a/ft and /b/ft (as the library)
             label, k = f"{label_of(c, members)}-{k}", k + 1
+        taken.add(label)
         seen[same] = f"the same checkpoint as {label}"
         out.append((label, path))
     unread = entries[MAX_EXAMINED:]
@@ -146,7 +151,7 @@ def sidebar_choice(
         refused, out = SubnetvizError(text), out[:MAX_FINETUNED]
     ws = Workspace(
         base_path,
-        label_of(base, members) if base_path else "",  # (a refused base is named by the error alone)
+        base_label,
         tuple(out),
         tuple((k, mask_files[k]) for k in masks if k in mask_files),
         None if precision == "stored" else precision,
@@ -218,6 +223,21 @@ def _reason(label: str, path: str, why: str) -> str:
             return why[len(name) + 2 :]
     head, sep, tail = why.partition(": ")
     return tail if sep and tail else why
+
+
+def unsaved_masks_line(linked: Sequence[str], mask_files: dict[str, str]) -> str | None:
+    """One line naming the saved masks a link names (``linked``: its ``masks`` entries) that this server does not
+    have among ``mask_files`` (an upload removed since the link was shared, or never here), None when it has them
+    all: the sidebar's list dropped them without a word, and Overlap then asked for masks the link did name."""
+    gone = [entry_name(m) for m in dict.fromkeys(linked) if m and m not in mask_files]
+    if not gone:
+        return None
+    if len(gone) == 1:
+        return f"{gone[0]}: no saved mask of that name on this server (removed since the link was made?); left out."
+    return (
+        f"{len(gone):,} saved masks of the link left out ({some_names(gone)}): no saved masks of those names on this "
+        "server (removed since the link was made?)."
+    )
 
 
 def repeated_line(repeated: Sequence[tuple[str, str]]) -> str | None:

@@ -252,12 +252,12 @@ def test_an_unchanged_matrix_is_said_not_drawn_on_spectra(app_env, typed_options
     """A finetune equal to the base (a frozen module, the same file): its Δ = 0 was a legend entry with an
     all-NaN curve on the log axis, and the rank view called it "below full rank"."""
     same = base_copy
-    # (the file is labelled by its folder, as the library labels it)
-    query = {"base": "grpo-s0", "ft": [same, "grpo-s1"], "spec_models": ["grpo-s0"]}
+    # (the file is labelled by its folder, as the library labels it: grpo-s0-2 beside the base grpo-s0)
+    query = {"base": "grpo-s0", "ft": [same, "grpo-s1"], "spec_models": ["grpo-s0-2"]}
     at = open_page("spectra", **query)
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert not plotly_specs(at) and [i.value for i in at.info if "unchanged (Δ = 0): no singular values" in i.value]
-    both = open_page("spectra", **{**query, "spec_models": ["grpo-s0", "grpo-s1"]})
+    both = open_page("spectra", **{**query, "spec_models": ["grpo-s0-2", "grpo-s1"]})
     drawn = {t["name"].split(" · ")[0] for t in plotly_specs(both)[0]["data"] if t.get("showlegend") is not False}
     assert drawn == {"grpo-s1"} and [c.value for c in both.caption if "unchanged (Δ = 0)" in c.value]
     rank = open_page("spectra", **query, spec_view="Effective and stable rank")
