@@ -1343,6 +1343,86 @@ def job_runner():
     return _job_runner(str(config.runs_dir()), compute_address())
 
 
+_SUBMITTED = "_submitted_jobs"  # session state: the hash of each configuration this session queued -> its run id
+
+
+def submit_job(cfg: dict, name: str) -> tuple[str, bool]:
+    """Queue job ``cfg`` under ``name``: (its run id, True), or (the run id, False) where this session queued the
+    same configuration before and that run is still queued or running, which is not queued twice. A second click
+    on a launch button (a double click, or two 0.2 s apart: each reran the page with the button pressed) queued
+    two identical jobs, and the page named one. Once that run has ended, the same settings queue a new run."""
+    import json
+
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
+    queued = st.session_state.setdefault(_SUBMITTED, {})
+    runner = job_runner()
+    if (earlier := queued.get(key)) is not None:
+        try:
+            if runner.get(earlier).status in ("queued", "running"):
+                return earlier, False
+        except SubnetvizError:  # (removed since: a new run)
+            pass
+    run_id = runner.submit(cfg, name=name)
+    queued[key] = run_id  # (before anything is drawn: the next click's rerun may stop this one at its next element)
+    return run_id, True
+
+
+def queued_line(run_id: str, new: bool, follow: str = "") -> None:
+    """What a launch says (:func:`submit_job`'s answer): ``Queued run X.``, or that the same settings were queued
+    from this tab as run X, which has not finished (not queued twice); then ``follow`` (the page's Markdown: where to
+    follow the run)."""
+    tail = f" {follow}" if follow else ""
+    if new:
+        st.success(f"Queued run {run_id}.{tail}")
+    else:
+        st.info(
+            f"Not queued twice: run {run_id}, queued from this tab with the same settings, has not finished.{tail}",
+            icon=":material/content_copy:",
+        )
+
+
+FAILED_SHOWN = 3  # the newest failed runs of a kind said on its page; the Training page lists them all
+
+
+def failed_runs(df: pd.DataFrame, kind: str, what: str) -> None:
+    """An error line for each run of ``kind`` (``what``: its name in the text) that failed since the last one
+    succeeded, newest first, at most :data:`FAILED_SHOWN`: a launch that failed was said only in the Training
+    page's list of all runs, and the page went on showing the older results as if nothing had been launched."""
+    from subnetviz.report.training import run_names
+
+    runs = df[df["kind"] == kind] if len(df) else df
+    if not len(runs):
+        return
+    ended = pd.to_datetime(runs["ended"], utc=True, errors="coerce")  # (the registry's read gives times already)
+    last_ok = ended[runs["status"] == "succeeded"].max()  # NaT when none did: every failure is shown
+    failed = runs[(runs["status"] == "failed") & ~(ended <= last_ok)]  # (a failure with no end time is shown too)
+    failed = failed.loc[ended[failed.index].sort_values(ascending=False, na_position="first").index]
+    names = run_names(failed)
+    for rec in failed.head(FAILED_SHOWN).itertuples():
+        why = rec.error if isinstance(rec.error, str) and rec.error.strip() else "no error was recorded"
+        error(f"Run {names[rec.id]} failed: {' '.join(config.redact(why).split())}")  # one line, paths as shown
+    if len(failed) > FAILED_SHOWN:
+        st.caption(f"{len(failed) - FAILED_SHOWN} more failed {what} runs are listed on the Training page.")
+
+
+def job_progress(kind: str, unit: str) -> None:
+    """A progress bar for each job of ``kind`` that is queued or running, named as every picker names runs
+    ("name · id": two runs of one name told apart), ``unit`` what its steps count, with Cancel beside it for those
+    who may launch."""
+    from subnetviz.report.training import run_names
+
+    active = active_runs(kind)
+    names = run_names(active) if len(active) else {}
+    for rec in active.itertuples():
+        step, total = (0 if pd.isna(v) else int(v) for v in (rec.step, rec.total))
+        if rec.status == "queued":
+            st.progress(0.0, text=f"{names[rec.id]}: queued")
+        else:
+            st.progress(min(step / total, 1.0) if total else 0.0, text=f"{names[rec.id]}: {step}/{total} {unit}")
+        if can("launch") and st.button("Cancel", key=f"cancel-{kind}-{rec.id}", help=f"Cancel {names[rec.id]}"):
+            job_runner().cancel(rec.id)
+
+
 def active_runs(kind: str | None = None) -> pd.DataFrame:
     """Queued or running jobs (of ``kind``), after a poll of the registry."""
     r = job_runner()

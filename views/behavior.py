@@ -1,6 +1,7 @@
 """Behaviour: what the finetunes now do differently from the base (KL, accuracy), and which weights carry it."""
 
 import os
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -178,8 +179,12 @@ def body() -> None:
             )
     if ui.allowed("launch") and st.button("Run as a background job (larger prompt sets)", icon=":material/play_arrow:"):
         with ui.said_here():  # the results below stay
-            run_id = ui.job_runner().submit({**cfg, "limit": None}, name=f"behaviour {', '.join(labels)}")
-            st.success(f"Queued run {run_id}; it appears under Results when it has finished.")
+            run_id, new = ui.submit_job({**cfg, "limit": None}, name=f"behaviour {', '.join(labels)}")
+            ui.queued_line(run_id, new, "It appears under Results when it has finished.")
+    # the jobs launched and not finished, and those that failed since the last success: neither was shown here (the
+    # Results list holds finished runs only); redrawn while one runs, the page once it is done (its results listed)
+    ui.live(partial(ui.job_progress, "behavior", "model passes"), kind="behavior")
+    ui.failed_runs(ui.job_runner().list_runs(), "behavior", "behaviour")
     if source in runs:  # a finished job's results: its own models, prompts and masks (its run names them)
         context = {"results": source}
     else:

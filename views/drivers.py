@@ -54,10 +54,10 @@ def launch() -> None:
     preset = c1.selectbox("Preset", list(PRESETS), key="dr_preset", help="quick: ≤ 5 min on 2 cores (demo base)")
     seeds = c2.number_input("Seeds", 1, 5, 1, key="dr_seeds")
     if c3.button("Run the grid as a job", icon=":material/play_arrow:", key="dr_launch"):
-        run_id = ui.job_runner().submit(
+        run_id, new = ui.submit_job(
             {"kind": "drivers", "preset": preset, "seeds": int(seeds)}, name=f"drivers {preset} ×{seeds}"
         )
-        st.success(f"Queued run {run_id}.")
+        ui.queued_line(run_id, new, "Its progress is shown below; the results appear when it has finished.")
 
 
 def body() -> None:
@@ -90,6 +90,10 @@ def grid_notes(results: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _results() -> None:
+    # the grids launched and not finished, and those that failed since the last success: neither was shown here
+    # (the page went on showing the older grid, or "No finished drivers run yet" while one ran or after it failed)
+    ui.job_progress("drivers", "runs of the grid")
+    ui.failed_runs(ui.job_runner().list_runs(), "drivers", "drivers")
     runs = finished_runs()
     if not runs:  # inside a polling fragment: return, not st.stop
         from subnetviz.demo.extras import zoo_job_note

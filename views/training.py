@@ -137,8 +137,8 @@ def launch(ws) -> None:
             # the mask read whole (bit-packed) before anything is queued: values outside {0, 1} are refused here,
             # not by the worker after "Queued run" (the submit check reads headers only)
             dense = mask_origin.dense_mask_note(mask_origin.mask_densities(masks[mask_label])) if mask else None
-            run_id = ui.job_runner().submit(cfg, name=f"{algorithm} {kind}lr={lr:g} s={seed}")
-            st.success(f"Queued run {run_id}: [follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
+            run_id, new = ui.submit_job(cfg, name=f"{algorithm} {kind}lr={lr:g} s={seed}")
+            ui.queued_line(run_id, new, f"[Follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
             if eval_path is None:
                 ui.warning(
                     f"No held-out accuracy for this run: {Path(train_path).name} has no held-out set of its own here "
