@@ -23,7 +23,9 @@ does not hold (a classifier's new head, ``score``) is a tensor of the merged mod
 ``task_type`` is a classifier's, the base's language head is left out, as PEFT's merged classifier has none. Where
 the base ties its output head to its input embedding and stores one tensor for both, a LoRA on the head is merged
 into that tensor (as PEFT's merge does), one tied to the embedding's (``ensure_weight_tying``) is counted once,
-and a head trained whole (``modules_to_save``) is the merged model's own, untied head. Merging happens per tensor
+and a head trained whole (``modules_to_save``) is the merged model's own, untied head; an input embedding trained whole
+unties the two as well (PEFT wraps the embedding alone), the head then the base's embedding values, a tensor of its own.
+Merging happens per tensor
 in :meth:`MergedAdapter.get`, so nothing but one tensor pair is ever in memory. Adapter types other than LoRA,
 LoRA variants no merge reproduces (aLoRA, Arrow, KaSA, QA-LoRA, ...) and initialisations that change the base
 before training (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA, unless converted) are refused by name. PEFT saves the
@@ -37,7 +39,9 @@ Only the LoRA modules adapter_config.json selects are merged, as PEFT builds LoR
 drops the file's other tensors without a word (``target_modules``, ``exclude_modules``, ``modules_to_save``,
 ``layers_to_transform`` / ``layers_pattern``: :meth:`MergedAdapter._not_selected`): a file holding others (a config
 copied from another run) is merged as PEFT merges it, with a note naming them, and one the config selects none of
-is refused.
+is refused; modules the config selects that the file holds no factors for are named in a note (PEFT leaves them at
+its initialisation, no update), refused where ``init_lora_weights`` is false (a random B in PEFT). A file holding the
+factors of several adapters (a PeftModel's state_dict dumped) is the adapter ``default``, as PEFT's loader reads it.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ import numpy as np
 import torch
 
 from subnetviz.checkpoints.header import ST_DTYPE_INFO, ST_DTYPES, ST_STORED_AS, TensorMeta, read_safetensors_header
-from subnetviz.checkpoints.naming import TIED_HEADS, strip_prefix
+from subnetviz.checkpoints.naming import NORM_MODULES, TIED_HEADS, strip_prefix
 from subnetviz.checkpoints.sources import (
     Checkpoint,
     holds_adapter,
@@ -69,15 +73,20 @@ from subnetviz.checkpoints.sources import (
 from subnetviz.config import check_allowed, check_readable, enforce_roots, read_json, require_memory
 from subnetviz.errors import CheckpointError, PathNotAllowedError, SubnetvizError, suggest
 
+# a LoRA factor, the adapter's name after its kind where the file keeps it (older PEFT saved it; a dump of a
+# PeftModel's state_dict holds every adapter's, ``.default.`` and ``.other.``): :meth:`MergedAdapter._one_adapter`
 _LORA = re.compile(
-    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
+    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.(?P<adapter>[^.]+))??"
+    r"(?:\.weight)?$"
 )
-# what PEFT saves beside A and B (the adapter's name may follow the kind, as older PEFT saved it)
+# what PEFT saves beside A and B (the adapter's name may follow the kind, as above)
 _EXTRAS = {
-    "bias": re.compile(r"^(?P<module>.+)\.lora_B(?:\.[^.]+)?\.bias$"),
-    "magnitude": re.compile(r"^(?P<module>.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$"),
-    "tokens": re.compile(r"^(?P<module>.+)\.token_adapter\.trainable_tokens_delta(?:\.[^.]+)?$"),
+    "bias": re.compile(r"^(?P<module>.+)\.lora_B(?:\.(?P<adapter>[^.]+))?\.bias$"),
+    "magnitude": re.compile(r"^(?P<module>.+)\.lora_magnitude_vector(?:\.(?P<adapter>[^.]+))??(?:\.weight)?$"),
+    "tokens": re.compile(r"^(?P<module>.+)\.token_adapter\.trainable_tokens_delta(?:\.(?P<adapter>[^.]+))?$"),
 }
+# the adapter PEFT's loader reads (PeftModel.from_pretrained's adapter_name): factors saved without a name are its
+_DEFAULT_ADAPTER = "default"
 _PEFT_PREFIX = "base_model.model."
 # PEFT task types whose merged model is a classifier (AutoModelFor<task>), with its own head and no language head
 _CLASSIFIER_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
@@ -203,6 +212,8 @@ class MergedAdapter(Checkpoint):
                 self._meta[target] = TensorMeta(target, weights, ST_DTYPES[header[key]["dtype"]], shape)
             else:
                 self._meta[target] = replace(self._meta[target], file=weights, shape=shape)
+        for head, emb in self._head_from.items():  # an untied head of the base's embedding values
+            self._meta[head] = replace(self.base.meta(emb), name=head)
         if self._untied:  # the merged model has a head of its own (a copy of the base's config, which stays tied)
             self.config = {**self.config, "tie_word_embeddings": False}
         self._dropped = self._drop_language_head()
@@ -233,6 +244,8 @@ class MergedAdapter(Checkpoint):
             *self._tied_notes,
             *self._target_notes,
             *self._unselected_notes(),
+            *self._absent_notes(),
+            *self._other_adapter_notes(),
             *self._new_notes(),
             *(
                 [
@@ -357,6 +370,11 @@ class MergedAdapter(Checkpoint):
         self._fifo: set[str] = set()  # targets PEFT merges as Conv1D (Δ transposed), decided per layer
         self._extra: dict[str, tuple[str, str, str]] = {}  # tied tensor -> its head's LoRA (A, B, module in memory)
         self._untied: dict[str, str] = {}  # a trained head the base ties and does not store -> the base's embedding
+        # an untied head read from the base's embedding (the embedding trained whole, the head not): head -> embedding
+        self._head_from: dict[str, str] = {}
+        # a 16-bit weight PEFT merges as a DoRA module at its initialisation (selected, no tensors in the file) ->
+        # whether it is a Conv1D's, stored (in, out)
+        self._dora_init: dict[str, bool] = {}
         self._tied_copies: list[tuple[str, str, bool]] = []  # (key, key it must equal, transposed): checked once loaded
         self._tied_notes: list[str] = []
         # a module the base does not hold, saved whole (a new task head): a tensor of the merged model only
@@ -378,13 +396,16 @@ class MergedAdapter(Checkpoint):
         extras: dict[str, dict[str, str]] = {}  # "bias" / "magnitude" / "tokens" -> module -> key
         # a LoRA module adapter_config.json does not select -> (why, its tensors): left out, as PEFT leaves it
         self._unselected: dict[str, tuple[str, list[str]]] = {}
+        head_layers: dict[str, str] = {}  # a tied head's weight saved beside its LoRA: its weight in memory -> key
+        others = self._one_adapter(header)  # the keys of another adapter's than the one PEFT's loader reads
         for key in header:
-            if key == "__metadata__":
+            if key == "__metadata__" or key in others:
                 continue
             short = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
             extra = next(((kind, m) for kind, rx in _EXTRAS.items() if (m := rx.match(short))), None)
             if extra is not None:  # LoRA's bias, DoRA's magnitudes, trainable tokens: checked in _plan_extras
-                extras.setdefault(extra[0], {})[extra[1]["module"]] = key
+                module = extra[1]["module"]
+                self._put(extras.setdefault(extra[0], {}), module, key, f"the LoRA {extra[0]} of {module!r}")
                 continue
             m = _LORA.match(short)
             module = m["module"].split(".base_layer")[0] if m is not None else None
@@ -395,7 +416,8 @@ class MergedAdapter(Checkpoint):
                 module = stored
             if module in wrapped:
                 depth = m["module"].count(".base_layer")
-                per_param.setdefault(module, {}).setdefault(depth, {})[m["kind"]] = key
+                slots = per_param.setdefault(module, {}).setdefault(depth, {})
+                self._put(slots, m["kind"], key, f"the {m['kind']} of {m['module']!r}")
                 continue
             if self._dropped_key(key, short, m, wrapped_short):
                 continue
@@ -417,15 +439,16 @@ class MergedAdapter(Checkpoint):
                     full.setdefault(self._to_base(key, target, base_names), []).append(key)
                 elif ".base_layer." in short:  # a LoRA-adapted tied head's weight: the tensor it shares
                     full.setdefault(self._tied_embedding(target, base_names), []).append(key)
+                    head_layers[target] = key
                 else:
                     head_copies[target] = key
                 continue
             target = f"{m['module']}.weight"
             if self._tied_embedding(target, base_names) is not None:
-                heads.setdefault(target, {})[m["kind"]] = key
+                self._put(heads.setdefault(target, {}), m["kind"], key, f"the {m['kind']} of {target!r}")
                 continue
             target = self._to_base(key, target, base_names)
-            pairs.setdefault(target, {})[m["kind"]] = key
+            self._put(pairs.setdefault(target, {}), m["kind"], key, f"the {m['kind']} of {target!r}")
         selected = any((pairs, heads, per_param))  # (whether the config selects any of the file's LoRA modules)
         # of the copies saved for one tensor, the one PEFT's loader reads: <module>.weight before the copy under
         # modules_to_save, and a tied tensor's values as its embedding's own key saves them before its head's
@@ -434,7 +457,7 @@ class MergedAdapter(Checkpoint):
             for t, keys in full.items()
         }
         self._slice_of = {t: self._slice_at[t, k] for t, k in replaced.items() if (t, k) in self._slice_at}
-        self._plan_tied(heads, head_copies, pairs, replaced, base_names)
+        self._plan_tied(heads, head_copies, head_layers, pairs, replaced, base_names)
         out: dict[str, tuple[str, str, bool]] = {}
         for target, kinds in pairs.items():
             emb = "lora_embedding_A" in kinds
@@ -461,7 +484,67 @@ class MergedAdapter(Checkpoint):
         self._leave_out_unselected(extras, selected)
         self.experts = self._plan_parameters(wrapped, per_param, header, out)
         self._plan_extras(extras, header, out, replaced, base_names)
+        self._absent = self._selected_but_absent(base_names, out, replaced, wrapped)
         return out, replaced
+
+    def _one_adapter(self, header: dict) -> set[str]:
+        """The keys of ``header`` that belong to another adapter than the one PEFT's loader reads, left out.
+
+        PEFT saves one adapter per file, without its name; a file dumped from a PeftModel's ``state_dict`` holding
+        several (``add_adapter``) keeps each factor's adapter name (``…lora_A.default.weight``,
+        ``…lora_A.other.weight``). ``PeftModel.from_pretrained`` loads the adapter named ``default`` (unnamed factors
+        are its) and drops the others' tensors, so the merge is that adapter's: the others' factors, DoRA magnitudes,
+        LoRA biases, trainable tokens and modules saved under their names are left out (:attr:`_other_adapters`,
+        said in a note). A file of several adapters none of which is ``default`` is refused in one line naming them;
+        a file of one adapter is read whatever its name."""
+        named: dict[str, str] = {}  # a factor's key -> its adapter's name
+        for key in header:
+            if key == "__metadata__":
+                continue
+            short = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
+            m = next((m for rx in _EXTRAS.values() if (m := rx.match(short))), None) or _LORA.match(short)
+            if m is not None:
+                named[key] = m["adapter"] or _DEFAULT_ADAPTER
+        names = sorted(set(named.values()))
+        self._other_adapters: tuple[list[str], int] | None = None
+        if len(names) < 2:
+            return set()
+        shown = ", ".join(repr(n[:40]) for n in names[:4]) + (" …" if len(names) > 4 else "")
+        if _DEFAULT_ADAPTER not in names:
+            raise CheckpointError(
+                f"{self.adapter_file}: holds the LoRA tensors of {len(names)} adapters ({shown}) and none of the "
+                f"adapter {_DEFAULT_ADAPTER!r}, the one PEFT's loader reads from such a file; save the adapter to "
+                "analyse on its own (peft's save_pretrained writes one adapter per folder) and give that folder."
+            )
+        others = set(names) - {_DEFAULT_ADAPTER}
+        left = {k for k, n in named.items() if n in others}
+        saved = re.compile(r"\.modules_to_save\.(?P<adapter>[^.]+)\.")  # (a module saved whole under its name)
+        left |= {k for k in header if (m := saved.search(k)) and m["adapter"] in others}
+        self._other_adapters = (sorted(others), len(left))
+        return left
+
+    def _other_adapter_notes(self) -> list[str]:
+        """A note naming the adapters whose tensors the file holds beside the one merged (:meth:`_one_adapter`)."""
+        if self._other_adapters is None:
+            return []
+        others, n = self._other_adapters
+        shown = ", ".join(repr(o[:40]) for o in others[:4]) + (" …" if len(others) > 4 else "")
+        return [
+            f"{self.adapter_file.name} holds the LoRA tensors of {len(others) + 1} adapters: the merge is the adapter "
+            f"{_DEFAULT_ADAPTER!r}, the one PEFT's loader (PeftModel.from_pretrained) reads from it; the {n} "
+            f"tensor(s) of {shown} are left out, as that loader drops them. Save another adapter on its own to "
+            "analyse it."
+        ]
+
+    def _put(self, slots: dict, slot: str, key: str, what: str) -> None:
+        """``slots[slot] = key``, refused in one line where the slot is taken: two A (or B, magnitude, bias) tensors
+        of one module would have one of them merged with the other's partner."""
+        if slot in slots:
+            raise CheckpointError(
+                f"{self.adapter_file}: two tensors are {what} ({slots[slot]!r}, {key!r}); expected one, of one "
+                "adapter. Save the adapter with peft's save_pretrained and give that folder."
+            )
+        slots[slot] = key
 
     def _placed(
         self, key: str, target: str, shape: tuple[int, ...], base_names: set[str]
@@ -497,7 +580,7 @@ class MergedAdapter(Checkpoint):
         that tensor's (a resized vocabulary), or the base's where it is a slice of it (:meth:`_placed`) or none
         replaces it."""
         if key is None or target in self._slice_of:
-            return tuple(self.base.meta(target).shape)
+            return tuple(self.base.meta(self._head_from.get(target, target)).shape)
         return tuple(header[key]["shape"])
 
     def _new_module(self, key: str, target: str, base_names: set[str]) -> bool:
@@ -530,7 +613,9 @@ class MergedAdapter(Checkpoint):
         ]
         return found[0] if len(found) == 1 else None
 
-    def _plan_tied(self, heads: dict, head_copies: dict, pairs: dict, replaced: dict, base_names: set[str]) -> None:
+    def _plan_tied(
+        self, heads: dict, head_copies: dict, head_layers: dict, pairs: dict, replaced: dict, base_names: set[str]
+    ) -> None:
         """An output head the base ties to its input embedding and stores no tensor of (see :meth:`_tied_embedding`),
         as PEFT trains and merges it:
 
@@ -542,8 +627,22 @@ class MergedAdapter(Checkpoint):
           time through the head, so its merge is not the model it trained);
         - a head saved whole (``modules_to_save``) is a trained copy that unties the two: the merged model's own
           ``lm_head.weight`` (:attr:`_untied`), the embedding left as it is; with ``ensure_weight_tying`` it is
-          the embedding's trained copy, checked equal and counted once."""
+          the embedding's trained copy, checked equal and counted once;
+        - an input embedding saved whole (``modules_to_save``) unties the two too: PEFT wraps the embedding alone,
+          so the head keeps the embedding's original values (and its LoRA merges into them), and its merged model
+          has ``tie_word_embeddings`` false and saves both. The merged model's ``lm_head.weight`` is then the
+          base's embedding, unchanged or with the head's LoRA merged into it (:attr:`_head_from`, :attr:`_untied`),
+          a tensor of its own."""
         ensure = bool(self.adapter_config.get("ensure_weight_tying"))
+        emb_key = replaced.get(self._input_embedding) if self._input_embedding else None
+        task = str(self.adapter_config.get("task_type") or "").upper()
+        whole = (  # the input embedding trained whole (not the weight PEFT saves beside its LoRA), the two untied
+            not ensure
+            and task not in _CLASSIFIER_TASKS
+            and emb_key is not None
+            and ".base_layer." not in emb_key
+            and strip_prefix(_whole_target(emb_key)) not in TIED_HEADS
+        )
         for head, kinds in heads.items():
             emb = self._tied_embedding(head, base_names)
             a, b = kinds.get("lora_A"), kinds.get("lora_B")
@@ -561,6 +660,9 @@ class MergedAdapter(Checkpoint):
                     "(transposed), so the head's Δ is the embedding's: added once, the tied model that was trained "
                     "(PEFT's merge_and_unload adds it a second time through the head)."
                 )
+            elif whole:
+                pairs[head] = {"lora_A": a, "lora_B": b}
+                self._untie(head, emb, head_layers.get(head), replaced, lora=True)
             elif own:
                 self._extra[emb] = (a, b, head[: -len(".weight")])
                 self._tied_notes.append(
@@ -593,6 +695,28 @@ class MergedAdapter(Checkpoint):
                 f"is that copy, and its input embedding is {embedding}. The base stores no {head}: the copy is compared "
                 f"with the base's {emb}, the values it was trained from."
             )
+        head = "lm_head.weight"  # (the head of a causal LM in memory, as PEFT's merged model saves it)
+        emb = self._tied_embedding(head, base_names)
+        if whole and emb is not None and head not in heads and head not in head_copies:
+            self._untie(head, emb, None, replaced, lora=False)
+
+    def _untie(self, head: str, emb: str, key: str | None, replaced: dict, *, lora: bool) -> None:
+        """The head ``head`` the base ties to ``emb`` made a tensor of the merged model's own, where the adapter
+        trains the input embedding whole and not the head (:meth:`_plan_tied`): the base's embedding values (or the
+        copy of them PEFT saves beside the head's LoRA, ``key``), with the head's LoRA merged into them (``lora``)."""
+        self._untied[head] = emb
+        if key is not None:
+            replaced[head] = key
+        else:
+            self._head_from[head] = emb
+        self._tied_notes.append(
+            f"the base ties {head} to {emb} (tie_word_embeddings) and stores one tensor for both; the adapter saves a "
+            f"trained copy of the embedding (modules_to_save) and {'a LoRA' if lora else 'no copy'} of {head}, which "
+            "unties the two as PEFT's merge does (its merged model has tie_word_embeddings false and saves both): the "
+            f"merged model's input embedding is that copy, and its {head} is a tensor of its own, the base's {emb} "
+            f"values {'with the LoRA of the head merged into them' if lora else 'unchanged'}. The base stores no "
+            f"{head}: it is compared with the base's {emb}."
+        )
 
     def _check_tied_copies(self) -> None:
         """A tied head's LoRA factors or trained copy, where ``ensure_weight_tying`` counts them once as the
@@ -986,6 +1110,106 @@ class MergedAdapter(Checkpoint):
             "was copied from another run, give the one the adapter was trained with."
         ]
 
+    def _selected_but_absent(self, base_names: set[str], pairs: dict, replaced: dict, wrapped: dict) -> list[str]:
+        """The modules of the base (names in memory) that adapter_config.json selects for a LoRA but the file holds
+        no LoRA tensors for: PEFT builds a LoRA layer on each and loads it at its initialisation ("Found missing
+        adapter keys"), B = 0 (or B·A = 0) at every initialisation but ``init_lora_weights: false``, so their merge
+        is no update (the reverse of :meth:`_not_selected`'s modules, whose tensors are left out). With ``false``,
+        PEFT's B is random there: refused in one line. Read where ``target_modules`` is a list or a pattern (none:
+        PEFT's defaults per family), over the base's 2-D weights but norms, experts and routers (PEFT 0.21 adapts
+        those as target parameters) and the target parameters; with ``all-linear``, over the linear layers the
+        naming table knows (attention and MLP projections). A name is matched as it is in memory: where PEFT saved
+        the file's modules under another model prefix than the base stores, the others take the same prefix, and
+        one of a prefix no tensor of the file shows is not read. With DoRA on a 16-bit base, PEFT's merge scales each
+        such weight by its initial magnitude (its norm, rounded to the base's dtype when PEFT initialises it) over
+        its norm in float32, which moves some entries by 1 ULP: merged so here (:attr:`_dora_init`,
+        :func:`_dora_at_init`)."""
+        ac = self.adapter_config
+        tm = ac.get("target_modules")
+        if not (isinstance(tm, str) and tm) and not (isinstance(tm, list) and tm):
+            return []
+        found: dict[str, tuple[str, bool]] = {}  # each such module's name in memory -> (stored name, embedding)
+        linear_only = isinstance(tm, str) and tm.lower() == "all-linear"
+        held = {*pairs, *self._extra, *replaced, *self.tokens, *(f"{m}.{p}" for m, ps in wrapped.items() for p in ps)}
+        prefixes: dict[str, set[str]] = {}  # a stored model prefix -> the prefixes PEFT's names in memory have there
+        for stored, memory in self._memory.items():
+            short = strip_prefix(stored)
+            if short == strip_prefix(memory) and stored != memory:
+                prefixes.setdefault(stored[: -len(short)], set()).add(memory[: -len(strip_prefix(memory))])
+        table = self.base.names_table
+        moe = {n[: m.start()] for n in base_names if (m := _EXPERT_TENSOR.search(n))}
+        absent = []
+        for n in sorted(base_names):
+            if not n.endswith(".weight") or n in held or _EXPERT_TENSOR.search(n) or len(self.base.meta(n).shape) != 2:
+                continue
+            info = table.describe(n)
+            if info.module in NORM_MODULES or info.module == "router" or info.expert is not None:
+                continue
+            if n.endswith(".gate.weight") and n[: -len(".gate.weight")] in moe:
+                continue
+            if linear_only and info.module not in _LINEAR_KINDS:
+                continue
+            short = strip_prefix(n)
+            prefix = n[: len(n) - len(short)]
+            if prefixes and len(prefixes.get(prefix, ())) != 1:
+                continue  # (where its name in memory is, no tensor of the file shows)
+            memory = next(iter(prefixes[prefix])) + short if prefixes else n
+            if self._not_selected(memory[: -len(".weight")], info.module in _EMBEDDING_KINDS) is None:
+                absent.append(memory[: -len(".weight")])
+                found[memory] = (n, info.module in _EMBEDDING_KINDS)
+        if absent and ac.get("init_lora_weights") is False:
+            raise CheckpointError(
+                f"{self.adapter_file.parent / 'adapter_config.json'}: init_lora_weights is false, and the config "
+                f"selects {len(absent)} module(s) of the base the adapter holds no LoRA tensors for "
+                f"({_few(absent)}): PEFT initialises their LoRA factors at random there (B ≠ 0), so its merge adds an "
+                "untrained, random update to them. Give the adapter_config.json the adapter was trained with."
+            )
+        if ac.get("use_dora"):  # PEFT's merge scales each by its initial magnitude over its norm
+            for memory, (n, embedding) in found.items():
+                if self.base.meta(n).dtype not in _HALF:
+                    continue  # (in float32 that factor is 1: the weight as it is)
+                if embedding:
+                    raise CheckpointError(
+                        f"{self.adapter_file}: use_dora is set and the config selects the embedding {memory!r}, which "
+                        "the adapter holds no tensors for; DoRA is merged here for linear layers only. Merge it with "
+                        "peft and give the merged folder."
+                    )
+                self._dora_init[n] = self._conv1d_layer(memory)
+        return absent
+
+    def _conv1d_layer(self, memory: str) -> bool:
+        """Whether PEFT takes the module weight ``memory`` (its name in memory) as transformers' Conv1D, stored
+        (in, out), where no LoRA tensors show it (:meth:`_conv1d` decides it from their shapes): GPT-2's names in a
+        GPT-2 (where no config.json says so, as the file's other targets were taken), else fan_in_fan_out where no
+        table knows the architecture."""
+        table = self.base.names_table
+        saved = bool(self.adapter_config.get("fan_in_fan_out"))
+        if table.family is None:
+            return saved
+        if table.family != "gpt2" or not _CONV1D.search(memory):
+            return False
+        return not table.guessed or bool(self._fifo) or saved
+
+    def _absent_notes(self) -> list[str]:
+        """A note naming the modules the config selects that the file holds no LoRA tensors for
+        (:meth:`_selected_but_absent`)."""
+        if not self._absent:
+            return []
+        dora = (
+            f"; with DoRA, PEFT initialises each one's magnitude m to its weight's norm rounded to the base's "
+            f"{str(self.base.meta(next(iter(self._dora_init))).dtype).replace('torch.', '')}, and its merge_and_unload "
+            f"scales the weight by m / ‖W‖, which moves some entries by 1 ULP: {len(self._dora_init)} weight(s) "
+            "merged so here, as PEFT merges them"
+            if self._dora_init
+            else ", so they are the base's in the merge, as in PEFT's merge_and_unload"
+        )
+        return [
+            f"adapter_config.json selects {len(self._absent)} module(s) of the base the adapter holds no LoRA tensors "
+            f"for ({_few(self._absent)}): PEFT builds a LoRA layer on each and loads it at its initialisation (it "
+            f"warns of missing adapter keys), where B·A = 0: no update{dora}. If the config was copied from another "
+            "run, give the one the adapter was trained with."
+        ]
+
     def _check_target_modules(self, base_names: set[str]) -> None:
         """``target_modules`` names modules of the base: a list of names, a regular expression matched
         against whole module names (as PEFT does with a string), or ``all-linear``. As PEFT, a list is refused only
@@ -1119,8 +1343,8 @@ class MergedAdapter(Checkpoint):
         if replaced:  # (a slice of it where the adapter saved packed experts whole: _placed)
             w = self._adapter[replaced]
             w = (w[self._slice_of[name]] if name in self._slice_of else w).to(device)
-        else:
-            w = self.base.get(name, device)
+        else:  # (an untied head: the base's embedding, which it was tied to)
+            w = self.base.get(self._head_from.get(name, name), device)
         if name in self.biases:  # b + s·bias_B, in float32, rounded once
             key, weight = self.biases[name]
             s = self._scale(weight, self._adapter[self.pairs[weight][0]].shape[0])
@@ -1130,6 +1354,9 @@ class MergedAdapter(Checkpoint):
             out = w.to(stored, copy=True)
             out[torch.tensor(rows, device=out.device)] = self._adapter[key].to(device, stored)
             return out
+        if name in self._dora_init:  # a DoRA module at PEFT's initialisation: W · m / ‖W‖ (float32 temporaries)
+            require_memory(f"Merging the adapter into {name}", 8 * w.numel() if str(device) == "cpu" else 0)
+            return _dora_at_init(w, stored, self._dora_init[name])
         if name not in self.pairs:
             return w.to(stored)
         ka, kb, emb = self.pairs[name]
@@ -1211,8 +1438,9 @@ class MergedAdapter(Checkpoint):
 
     @cached_property
     def _computed(self) -> set[str]:
-        """The tensors that differ from the base's bytes: merged, replaced, or with rows or a bias changed."""
-        return {*self.pairs, *self.replaced, *self.biases, *self.tokens}
+        """The tensors that are not the base's bytes under their names: merged, replaced, with rows or a bias
+        changed, or an untied head read from the embedding's (:attr:`_head_from`)."""
+        return {*self.pairs, *self.replaced, *self.biases, *self.tokens, *self._head_from, *self._dora_init}
 
     @cached_property
     def _slices(self) -> dict:
@@ -1245,6 +1473,18 @@ def _add_cast(w: torch.Tensor, delta: torch.Tensor, stored: torch.dtype) -> torc
     if stored in _HALF:
         return w.to(stored) + delta.to(stored)
     return delta.add_(w).to(stored)
+
+
+def _dora_at_init(w: torch.Tensor, stored: torch.dtype, conv1d: bool) -> torch.Tensor:
+    """PEFT's merge of a DoRA module at its initialisation (B = 0) on a 16-bit base: the weight W (out, in), or (in,
+    out) for a Conv1D's, scaled per output feature by m / ‖W‖, m its magnitude as PEFT initialises it (the norm taken
+    in the base's dtype) and ‖W‖ the norm in float32 its merge takes, then rounded to the base's dtype."""
+    rows = w.to(stored)
+    rows = rows.T if conv1d else rows  # (out, in)
+    m = torch.linalg.norm(rows, dim=1).float()
+    merged = rows.float()
+    merged.mul_((m / torch.linalg.norm(merged, dim=1)).view(-1, 1))
+    return (merged.T if conv1d else merged).to(stored)
 
 
 def _expert_delta(a, b, i: int, s: float, swapped: bool, device) -> torch.Tensor:
@@ -1333,6 +1573,22 @@ _KNOWN_KEYS = {
     *("qalora_group_size", "velora_config", "ensure_weight_tying", "use_qalora", "use_bdlora"),
     *_NOT_MERGED_HERE,
 }
+
+
+# module kinds (subnetviz.checkpoints.naming) that are linear layers in every family: what an ``all-linear`` LoRA
+# selects, read for the modules it selects that the file holds no tensors for; and the embeddings' kinds
+_LINEAR_KINDS = frozenset(
+    {"q", "k", "v", "qkv", "o", "q_a", "q_b", "kv_a", "kv_b", "gate", "up", "gate_up", "mlp_in", "down", "mlp_out"}
+)
+_EMBEDDING_KINDS = ("embed", "pos_embed", "per_layer")
+
+
+def _few(modules: list[str]) -> str:
+    """What a note names of a list of modules: how many of each module name (the last part), in name order, and the
+    first one's whole name (``o_proj ×2, v_proj ×2; e.g. model.layers.0.self_attn.o_proj``)."""
+    kinds = sorted(Counter(m.rpartition(".")[2] for m in modules).items())
+    by = ", ".join(f"{k[:40]} ×{n}" for k, n in kinds[:4]) + (" …" if len(kinds) > 4 else "")
+    return f"{by}; e.g. {modules[0]}"
 
 
 def _check_variant(ac: dict, cfg_path: Path) -> list[str]:
