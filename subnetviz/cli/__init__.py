@@ -176,11 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "runs",
         help="list runs in the registry, or cancel one; either also starts queued runs while slots are free",
-        description="List the runs in the registry (SUBNETVIZ_HOME/runs), or cancel one. Like every look at the "
-        "registry, it also settles runs whose process has ended and starts queued runs while slots are free: each "
-        "under the settings it was queued with (its worker command, GPUs and read roots), not this shell's.",
+        description="List the runs in the registry (SUBNETVIZ_HOME/runs), or cancel one. A run's error (why it "
+        "failed or was cancelled) is printed in full on the line under its row; its files (config.json, log.txt, "
+        "status.json, outputs/) are in SUBNETVIZ_HOME/runs/RUN_ID. Like every look at the registry, it also "
+        "settles runs whose process has ended and starts queued runs while slots are free: each under the settings "
+        "it was queued with (its worker command, GPUs and read roots), not this shell's. A registry found new or "
+        "empty beside run folders (lost, moved aside, a 0-byte file) is rebuilt from them, said on stderr.",
     )
-    r.add_argument("--cancel", metavar="RUN_ID", help="cancel this queued or running run")
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--cancel", metavar="RUN_ID", help="cancel this queued or running run")
+    which.add_argument(
+        "--rescan",
+        action="store_true",
+        help="register the run folders that no registry row names (a registry restored from an older copy), from "
+        "their config.json and status.json; runs already registered are left as they are",
+    )
     r.set_defaults(func=cmd_runs)
 
     mask_help = (

@@ -1,11 +1,12 @@
 """The job subcommands: ``train`` (one run in the foreground), ``job`` (a queued job's worker), ``demo``,
-``runs`` (list or cancel); and the file subcommands ``mask`` and ``report``."""
+``runs`` (list, cancel or rescan); and the file subcommands ``mask`` and ``report``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from subnetviz.cli.analysis import share_text
@@ -39,6 +40,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from subnetviz.jobs.runner import JobRunner
 
     runner = JobRunner()
+    if args.rescan:
+        added = runner.adopted + runner.rescan()  # (a registry found empty was rebuilt as the runner was made)
+        print(
+            f"registered {len(added)} run folder(s) that the registry did not name: {', '.join(map(shown, added))}"
+            if added
+            else f"every run folder in {shown(runner.root)} is in the registry; nothing to register"
+        )
+        return 0
+    if runner.adopted:
+        n = len(runner.adopted)
+        print(
+            f"note: {shown(runner.registry.path)}: the job registry was new or empty; {n} run(s) were registered "
+            f"again from their folders in {shown(runner.root)}.",
+            file=sys.stderr,
+        )
     runner.poll()
     if args.cancel is not None:
         if not args.cancel.strip():
@@ -47,11 +63,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"cancelled {shown(args.cancel)}")
         return 0
     df = runner.list_runs()
-    cols = ["id", "kind", "name", "status", "step", "total", "error"]
-    if len(df):  # a missing name or error as nothing, steps as whole numbers (not NaN and 2.0)
-        df = df[cols].astype({"step": "Int64", "total": "Int64"}).astype(object).where(lambda d: d.notna(), "")
-    # (a run's error quotes a checkpoint's text: a tensor's name, a file's)
-    print(shown_cells(df).to_string(index=False, max_colwidth=60) if len(df) else "no runs")
+    if not len(df):
+        print("no runs")
+        return 0
+    cols = ["id", "kind", "name", "status", "step", "total"]
+    # a missing name as nothing, steps as whole numbers (not NaN and 2.0); a long name cut, never an error: that is
+    # printed whole on the line under its run (a run's error quotes a checkpoint's text: a tensor's name, a file's)
+    table = df[cols].astype({"step": "Int64", "total": "Int64"}).astype(object).where(lambda d: d.notna(), "")
+    lines = shown_cells(table).to_string(index=False, max_colwidth=60).splitlines()
+    print(lines[0])
+    for line, error in zip(lines[1:], df["error"], strict=True):
+        print(line)
+        if isinstance(error, str) and error.strip():
+            print(f"    error: {shown(error)}")
     return 0
 
 

@@ -167,6 +167,9 @@ def storable(value):
 
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another's lock
+MOVE_ASIDE = (  # a new registry re-registers the runs from their folders (JobRunner, when it finds it empty)
+    "move it aside to start a new one: its runs are then re-read from their run folders beside it."
+)
 
 
 def registry_problem(exc: sqlite3.Error | OSError, path: Path) -> str:
@@ -185,9 +188,7 @@ def registry_problem(exc: sqlite3.Error | OSError, path: Path) -> str:
             "try again."
         )
     if path.is_dir():
-        return (
-            f"{path}: the job registry cannot be opened (a folder is in its place); move it aside to start a new one."
-        )
+        return f"{path}: the job registry cannot be opened (a folder is in its place); {MOVE_ASIDE}"
     if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH", "SQLITE_CANTOPEN")):
         return (
             f"{path}: the job registry cannot be written here ({text}): a read-only file system or no permission; "
@@ -196,7 +197,7 @@ def registry_problem(exc: sqlite3.Error | OSError, path: Path) -> str:
     if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
         return f"{path}: the job registry cannot be written ({text}): the disk is full or failing; free space and try again."
     if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or type(exc) is sqlite3.DatabaseError:
-        return f"{path}: the job registry cannot be opened ({text}): the file is damaged; move it aside to start a new one."
+        return f"{path}: the job registry cannot be opened ({text}): the file is damaged; {MOVE_ASIDE}"
     return f"{path}: the job registry cannot be used ({text})."
 
 
@@ -279,6 +280,15 @@ class Registry:
                 con.execute("COMMIT")
             finally:
                 con.close()
+
+    def empty(self) -> bool:
+        """Does the registry hold no run at all (new, emptied, or a 0-byte file SQLite took for a new one)?"""
+        with _told(self.path):
+            c = self._connect()
+            try:
+                return c.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is None
+            finally:
+                c.close()
 
     def folder(self, run_id: str) -> Path:
         """Run ``run_id``'s folder: this registry's folder / the id, whatever folder its row names."""

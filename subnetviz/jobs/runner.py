@@ -11,6 +11,11 @@ next queued job (:mod:`subnetviz.jobs.scheduler`). A runner's :meth:`JobRunner.p
 same work, and is what notices a worker that was killed before it could (at the latest when a
 runner is made: a server or CLI that starts recovers the runs folder).
 
+The registry is an index, not the record: each run folder holds all its row needs. A registry lost, moved aside
+(damaged) or emptied is rebuilt from the run folders beside it when a runner finds it empty, and
+:meth:`JobRunner.rescan` (``subnetviz runs --rescan``) registers folders that no row names
+(:mod:`subnetviz.jobs.rescan`).
+
 The worker a job runs in is :mod:`subnetviz.jobs.worker`; job kinds and their validation are
 :mod:`subnetviz.jobs.kinds`.
 """
@@ -38,7 +43,14 @@ from subnetviz.jobs.context import (
     write_json,
 )
 from subnetviz.jobs.kinds import validate_job_config
-from subnetviz.jobs.registry import COLUMNS, Registry, RunRecord, is_alive, is_job_process
+from subnetviz.jobs.registry import (
+    COLUMNS,
+    Registry,
+    RunRecord,
+    is_alive,
+    is_job_process,
+)
+from subnetviz.jobs.rescan import adopt_run_folders
 from subnetviz.jobs.scheduler import (
     CVD,
     REGISTRY_FILE,
@@ -138,6 +150,9 @@ class JobRunner:
         self._cuda_visible_devices = os.environ.get(CVD)  # what a job given no GPU sees
         self.cancel_grace_s = cancel_grace_s
         self.registry = Registry(self.root / REGISTRY_FILE)
+        # A registry new or empty beside run folders (lost, moved aside as damaged, a 0-byte file): their runs are
+        # registered again from the folders, so that no page or verb loses them. The ids, for a caller to say so.
+        self.adopted = adopt_run_folders(self.registry, only_when_empty=True)
         self._children: dict[int, subprocess.Popen] = {}  # only to reap our own zombies; never consulted
         self.poll()
         self._hide_outputs_of_unsucceeded()
@@ -207,6 +222,9 @@ class JobRunner:
                         f"Not queued: {jobs} to start in this server's queue already, the most it takes "
                         "(SUBNETVIZ_MAX_QUEUED); launch again once some have started, or cancel some."
                     )
+                # (a rebuild from the run folders that ran since the mkdir above registered this new folder: the
+                # row is this submit's)
+                con.execute("DELETE FROM runs WHERE id = ?", [run_id])
                 self.registry.insert(con, rec)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)  # no row names it: the folder goes too
@@ -235,6 +253,13 @@ class JobRunner:
         return Launch(
             list(self.command), self.max_concurrent, list(self.gpus), self._cuda_visible_devices, read_policy()
         )
+
+    def rescan(self) -> list[str]:
+        """Register the run folders that no registry row names (``subnetviz runs --rescan``:
+        :func:`adopt_run_folders`); the ids registered. A registered run is never touched, a running one included."""
+        added = adopt_run_folders(self.registry)
+        self.poll()
+        return added
 
     def poll(self) -> None:
         """Settle finished or dead runs, read their progress, and start queued runs while slots are free.

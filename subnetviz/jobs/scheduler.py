@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -186,11 +187,12 @@ def progress_of(status: dict) -> dict:
     return progress
 
 
-def _ended(value) -> float:
-    """When the job says it ended: a time no later than now (with a day's slack for clocks), else now."""
+def ended_at(value, default: float | None = None) -> float:
+    """When the job says it ended: a time no later than now (with a day's slack for clocks), else ``default``
+    (now when None)."""
     now = time.time()
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= now + 86400:
-        return now
+        return now if default is None else default
     return float(value)
 
 
@@ -272,6 +274,8 @@ def settle(registry: Registry, con, rec: RunRecord, *, over: bool = False) -> No
             f"its process (pid {rec.pid}) works on {other}, another home's copy of this run: left alone; "
             "launch the job again in this home"
         )
+    elif not run_dir.is_dir():  # (no log.txt to send anyone to)
+        state, error = "failed", "the job process ended without a final status, and its run folder is gone (deleted)"
     else:
         state, error = "failed", "the job process ended without a final status (killed or crashed); see log.txt"
     kill_leftovers(run_dir)  # its job is over: what it started goes with it (before outputs.tmp is removed)
@@ -279,7 +283,7 @@ def settle(registry: Registry, con, rec: RunRecord, *, over: bool = False) -> No
         state, error = "failed", problem
     if state != "succeeded":
         discard_outputs(run_dir)
-    registry.update(con, rec.id, status=state, error=error, ended=_ended(status.get("ended")), **progress)
+    registry.update(con, rec.id, status=state, error=error, ended=ended_at(status.get("ended")), **progress)
 
 
 def abandon(registry: Registry, con, rec: RunRecord, reason: str, *, over: bool = False) -> None:
@@ -296,7 +300,7 @@ def abandon(registry: Registry, con, rec: RunRecord, reason: str, *, over: bool 
             step()
         except Exception:  # noqa: BLE001 - what made settling fail may fail here too: the row is marked anyway
             pass
-    registry.update(con, rec.id, status="failed", error=one_line(reason), ended=time.time())
+    registry.update(con, rec.id, status="failed", error=one_line(reason, MAX_TEXT), ended=time.time())
 
 
 def _stop_worker(rec: RunRecord) -> None:
@@ -330,9 +334,15 @@ def kill_leftovers(run_dir: Path) -> int:
     return killed
 
 
-def start(registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | None) -> subprocess.Popen | None:
+def start(
+    registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | None, environ: Mapping[str, str] | None = None
+) -> subprocess.Popen | None:
     """Start ``rec``'s worker (its own session, output to ``log.txt``) and mark it running; None if it failed.
-    A run of another home is failed instead: its folder is not this home's to run in."""
+    A run of another home is failed instead: its folder is not this home's to run in.
+
+    ``environ``: the environment to start it from (default: this process's). A worker starting the next job gives
+    the one it was started with: a job changes its own process's (a single-process FSDP2 run sets ``RANK``,
+    ``WORLD_SIZE``, ``MASTER_PORT``), and the next job must not inherit that."""
     if rec.elsewhere is not None:
         registry.update(con, rec.id, status="failed", ended=time.time(), error=one_line(rec.error or "", MAX_TEXT))
         return None
@@ -346,7 +356,7 @@ def start(registry: Registry, con, rec: RunRecord, launch: Launch, gpu: str | No
             error=f"run folder {run_dir} or its config.json disappeared before the start",
         )
         return None
-    env = dict(os.environ)
+    env = dict(os.environ if environ is None else environ)
     # Where the job's own fan-out goes (the drivers grid, a series): the cluster it runs on. A local
     # worker runs on "this server" even when the server's default cluster is set (a visitor chose it);
     # the Ray proxy names its cluster to the task (ray_backend.main).
@@ -409,13 +419,19 @@ def _settle_or_abandon(registry: Registry, con, rec: RunRecord, *, over: bool) -
         )
 
 
-def advance(registry: Registry, default: Launch, *, finished: str | None = None) -> list[subprocess.Popen]:
+def advance(
+    registry: Registry,
+    default: Launch,
+    *,
+    finished: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[subprocess.Popen]:
     """Settle every running row, then start queued rows (oldest first) while their limit allows.
 
     ``default``: the launch for queued rows that carry none. ``finished``: the id of the caller's
-    own run, whose job has returned (its process is still alive, finishing this). Returns the
-    processes started (the caller's children, for it to reap). A run whose device names a GPU
-    (``cuda:N``) is given that GPU, and waits for it while another run has it.
+    own run, whose job has returned (its process is still alive, finishing this). ``environ``: the environment
+    to start them from (:func:`start`). Returns the processes started (the caller's children, for it to reap).
+    A run whose device names a GPU (``cuda:N``) is given that GPU, and waits for it while another run has it.
     """
     started = []
     with registry.transaction() as con:
@@ -436,7 +452,7 @@ def advance(registry: Registry, default: Launch, *, finished: str | None = None)
                 gpu = named
             else:  # a GPU its runner does not hand out (refused at submit): it sees what its submitter saw
                 gpu = None
-            proc = start(registry, con, rec, launch, gpu)
+            proc = start(registry, con, rec, launch, gpu, environ)
             if proc is not None:
                 started.append(proc)
                 busy.append(gpu)
@@ -478,13 +494,28 @@ def wait_claimed(registry: Registry, run_id: str, timeout: float = 30.0) -> bool
         time.sleep(0.02)
 
 
-def finish(registry: Registry, run_id: str, *, start_next: bool = True) -> list[subprocess.Popen]:
+def finish(
+    registry: Registry,
+    run_id: str,
+    *,
+    start_next: bool = True,
+    failure: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[subprocess.Popen]:
     """The worker's last act: record its own final status (from ``status.json``) and advance the queue.
 
     Queued runs that carry no launch are started the way this run was. Not ``start_next`` (the worker was
     stopped by a signal that was no user's cancel: the server or machine is shutting down): only its own row is
-    settled, and the queued runs stay queued for the next runner's poll, after the restart.
+    settled, and the queued runs stay queued for the next runner's poll, after the restart. ``failure``: why the
+    worker could not write its final status (its run folder deleted while it ran, a full disk): its row is failed
+    with that, in place of what the folder holds. ``environ``: the environment the worker was started with, to
+    start the next jobs from (:func:`start`).
     """
+    if failure is not None:
+        with registry.transaction() as con:
+            own = registry.get(run_id, con)
+            if own.status == "running":
+                abandon(registry, con, own, failure, over=True)
     if not start_next:
         with registry.transaction() as con:
             own = registry.get(run_id, con)
@@ -492,4 +523,4 @@ def finish(registry: Registry, run_id: str, *, start_next: bool = True) -> list[
                 _settle_or_abandon(registry, con, own, over=True)
         return []
     own = registry.get(run_id)
-    return advance(registry, Launch.of(own, default_launch()), finished=run_id)
+    return advance(registry, Launch.of(own, default_launch()), finished=run_id, environ=environ)

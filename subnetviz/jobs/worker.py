@@ -12,14 +12,23 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import suppress
 from pathlib import Path
 
 from subnetviz.config import cache_limit_bytes
 from subnetviz.errors import SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext, read_json, write_json
 from subnetviz.jobs.kinds import job_function, validate_job_config
-from subnetviz.jobs.registry import Registry
-from subnetviz.jobs.scheduler import JOB_GPU_ENV, as_seen_with_one_gpu, finish, registry_of, wait_claimed
+from subnetviz.jobs.registry import Registry, creation_time
+from subnetviz.jobs.scheduler import (
+    JOB_GPU_ENV,
+    MAX_TEXT,
+    as_seen_with_one_gpu,
+    finish,
+    one_line,
+    registry_of,
+    wait_claimed,
+)
 from subnetviz.text import terminal_text
 from subnetviz.version import version_info
 
@@ -55,10 +64,33 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
+class StatusNotWritten(OSError):
+    """A run's final status could not be written (its run folder deleted while it ran, a full disk); ``state`` and
+    ``error``: what it would have said."""
+
+    def __init__(self, exc: OSError, state: str, error: str | None):
+        super().__init__(exc.errno, exc.strerror or str(exc), exc.filename)
+        self.state, self.error = state, error
+
+
 def _finish(ctx: JobContext, state: str, error: str | None = None) -> None:
     status = read_json(ctx.run_dir / STATUS_FILE)
-    status.update(state=state, error=error, ended=time.time(), **version_info())
-    write_json(ctx.run_dir / STATUS_FILE, status)
+    # ("started": the worker's own start, so that a registry rebuilt from the run folders has it too)
+    status.update(state=state, error=error, ended=time.time(), started=creation_time(os.getpid()), **version_info())
+    try:
+        write_json(ctx.run_dir / STATUS_FILE, status)
+    except OSError as exc:
+        raise StatusNotWritten(exc, state, error) from exc
+
+
+def unrecorded(run_dir: Path, exc: OSError) -> str:
+    """The one line a run gets when its worker could not write its final status (``exc``)."""
+    if not run_dir.is_dir():
+        return "its run folder was deleted while it ran"
+    why = f"its final status could not be written in its run folder ({exc.strerror or exc})"
+    if isinstance(exc, StatusNotWritten) and exc.state == "failed" and exc.error:
+        why += f"; the job had failed: {exc.error}"
+    return one_line(f"{why}; launch it again", MAX_TEXT)
 
 
 def main_job(run_dir: str) -> int:
@@ -72,6 +104,7 @@ def main_job(run_dir: str) -> int:
     with no page or CLI polling it.
     """
     run_dir_p = Path(run_dir)
+    environ = dict(os.environ)  # as this process was started: the next job starts from it, not from what this one set
     if not (run_dir_p / "config.json").is_file():  # (the folder was made, then a traceback)
         print(f"error: {run_dir}: no job folder here (it holds no config.json); nothing to run.", file=sys.stderr)
         return 3
@@ -87,28 +120,47 @@ def main_job(run_dir: str) -> int:
             raise Interrupted(signum)
 
     previous = signal.signal(signal.SIGTERM, _terminate)
+    failure = None
     try:
-        code = _run_job_in(run_dir_p, ctx, queued=registry is not None)
+        try:
+            code = _run_job_in(run_dir_p, ctx, queued=registry is not None)
+        except OSError as exc:  # its end could not be written in its folder: the registry row is told instead
+            code, failure = 1, unrecorded(run_dir_p, exc)
+            with suppress(OSError):  # (the log may be on the full disk, or deleted with the folder)
+                print(f"error: job {run_dir_p.name}: {failure}", flush=True)
         working = False
         if registry is not None:
             # Stopped by a signal with no cancel flag: no user's cancel (that writes the flag first) but the
             # server or machine stopping, which signals every process it has: the next job is not started, to be
             # killed in turn at the end of the stop; the queue stays as it is for the runner after the restart.
             shutdown = code > 128 and not ctx.should_stop()
-            _advance_queue(registry, run_dir_p.name, ctx, start_next=not shutdown)
+            _advance_queue(registry, run_dir_p.name, ctx, start_next=not shutdown, failure=failure, environ=environ)
+        elif failure is not None:  # train --run-dir in the foreground: said on its terminal
+            print(f"error: {run_dir}: {failure}", file=sys.stderr)
         return code
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _advance_queue(registry: Registry, run_id: str, ctx: JobContext, *, start_next: bool = True) -> None:
+def _advance_queue(
+    registry: Registry,
+    run_id: str,
+    ctx: JobContext,
+    *,
+    start_next: bool = True,
+    failure: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> None:
+    """Record the run's end in the registry and start the next jobs (:func:`~subnetviz.jobs.scheduler.finish`);
+    ``failure``: why its final status is not in its folder; ``environ``: the environment to start them from."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()  # the next job may get this GPU while this process is still exiting
     try:
-        finish(registry, run_id, start_next=start_next)
+        finish(registry, run_id, start_next=start_next, failure=failure, environ=environ)
     except Exception as exc:  # noqa: BLE001 - the status is in status.json: a poll settles it
-        ctx.log(f"job {run_id}: could not record the end in the registry or start the next job: {exc!r}")
+        with suppress(OSError):
+            ctx.log(f"job {run_id}: could not record the end in the registry or start the next job: {exc!r}")
 
 
 def _run_job_in(run_dir_p: Path, ctx: JobContext, *, queued: bool = False) -> int:

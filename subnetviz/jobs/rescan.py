@@ -1,0 +1,150 @@
+"""A job registry rebuilt from its run folders.
+
+The registry is an index, not the record: each run folder holds all its row needs (``config.json`` as queued,
+``status.json`` as its worker last wrote it). A registry lost, moved aside as damaged, or emptied is rebuilt from the
+run folders beside it when a runner finds it empty (:class:`~subnetviz.jobs.runner.JobRunner`), and
+``subnetviz runs --rescan`` registers folders that no row names (a registry restored from an older copy):
+:func:`adopt_run_folders`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+
+from subnetviz.jobs.context import CANCEL_FILE, STATUS_FILE, read_json
+from subnetviz.jobs.registry import (
+    JOB_ENV,
+    TERMINAL,
+    Registry,
+    RunRecord,
+    creation_time,
+    process_start,
+    same_folder,
+)
+from subnetviz.jobs.scheduler import (
+    MAX_TEXT,
+    discard_outputs,
+    ended_at,
+    kill_leftovers,
+    progress_of,
+    publish_outputs,
+)
+
+REBUILT = (
+    "no final status in its run folder when the registry was rebuilt from the run folders (it was queued, or its "
+    "worker was stopped or crashed); launch it again"
+)
+
+
+def _run_folders(root: Path) -> list[Path]:
+    """The folders of ``root`` holding a ``config.json`` (runs), by name. A name SQLite cannot hold as text (bytes
+    that are not UTF-8) is left out."""
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return []
+    found = []
+    for p in entries:
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            continue
+        if not p.name.startswith(".") and (p / "config.json").is_file():
+            found.append(p)
+    return found
+
+
+def _workers(folders: list[Path]) -> dict[str, int]:
+    """The live workers of ``folders``: real folder -> pid of the process that carries the folder as its
+    :data:`~subnetviz.jobs.registry.JOB_ENV` and ends its command line with it, as every starter starts one (the
+    oldest, a wrapper's own, when there are several; never a rank it launched, whose command names no folder)."""
+    wanted = {os.path.realpath(f) for f in folders}
+    found: dict[str, tuple[float, int]] = {}
+    for proc in psutil.process_iter():
+        try:
+            folder = proc.environ().get(JOB_ENV)
+            real = os.path.realpath(folder) if folder is not None else None
+            if real not in wanted or (start := process_start(proc.pid)) is None:
+                continue
+            command = proc.cmdline()
+            if command and same_folder(command[-1], real) and (real not in found or start < found[real][0]):
+                found[real] = (start, proc.pid)
+        except (psutil.Error, OSError, ValueError):  # gone meanwhile, or another user's
+            continue
+    return {folder: pid for folder, (_, pid) in found.items()}
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _rebuilt(folder: Path, worker: int | None) -> RunRecord | None:
+    """The registry row of the run in ``folder`` from what the folder holds; None when it is no job's folder (its
+    ``config.json`` names no kind). A run whose worker lives (``worker``) is running, left to it; one that ended
+    gets its final status, or is failed (:data:`REBUILT`) with none; a cancel flag without one reads cancelled.
+    Its outputs are published or discarded as :func:`~subnetviz.jobs.scheduler.settle` does."""
+    config = read_json(folder / "config.json")
+    kind, name = config.get("kind"), config.get("name")
+    if not isinstance(kind, str) or not kind.strip():
+        return None
+    status = read_json(folder / STATUS_FILE)
+    heard = [t for f in ("config.json", STATUS_FILE, "log.txt") if (t := _mtime(folder / f)) is not None]
+    created, last = min(heard, default=time.time()), max(heard, default=time.time())
+    rec = RunRecord(
+        folder.name, kind, name if isinstance(name, str) else None, "failed", None, None, created,
+        None, None, None, None, {}, None, str(folder), config,
+    )  # fmt: skip
+    rec = replace(rec, **progress_of(status))
+    if worker is not None:
+        start = creation_time(worker)
+        return replace(rec, status="running", pid=worker, pid_start=start, started=start)
+    state, error = status.get("state"), status.get("error")
+    if isinstance(state, str) and state in TERMINAL:
+        error = None if error is None else (error if isinstance(error, str) else repr(error))[:MAX_TEXT]
+        if state == "succeeded" and (problem := publish_outputs(folder)):
+            state, error = "failed", problem
+    else:
+        if (folder / "log.txt").exists():  # it was started: what its worker launched goes with it
+            kill_leftovers(folder)
+        state, error = (
+            ("cancelled", "cancelled by the user") if (folder / CANCEL_FILE).exists() else ("failed", REBUILT)
+        )
+    if state != "succeeded":
+        discard_outputs(folder)
+    started = ended_at(status.get("started"), 0.0) or None  # (when its worker started, as it recorded; else unknown)
+    return replace(rec, status=state, error=error, started=started, ended=ended_at(status.get("ended"), last))
+
+
+def adopt_run_folders(registry: Registry, *, only_when_empty: bool = False) -> list[str]:
+    """Register the run folders beside ``registry`` that no row names (a registry lost, moved aside, emptied or
+    restored from an older copy), each from its ``config.json`` and ``status.json`` (:func:`_rebuilt`); its id is
+    its folder's name. A run already registered is never touched. ``only_when_empty``: only when the registry
+    holds no run at all. Returns the ids registered, oldest first."""
+    if only_when_empty and not registry.empty():
+        return []
+    folders = _run_folders(registry.root)
+    if not folders:
+        return []
+    added = []
+    with registry.transaction() as con:  # (one at a time: two runners finding it empty never register a run twice)
+        have = {row[0] for row in con.execute("SELECT id FROM runs")}
+        if only_when_empty and have:
+            return []
+        new = [f for f in folders if f.name not in have]
+        workers = _workers(new) if new else {}
+        for rec in sorted(filter(None, (_rebuilt(f, workers.get(os.path.realpath(f))) for f in new)), key=_age):
+            registry.insert(con, rec)
+            added.append(rec.id)
+    return added
+
+
+def _age(rec: RunRecord) -> tuple[float, str]:
+    return rec.created, rec.id
