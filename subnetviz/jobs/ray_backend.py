@@ -183,7 +183,7 @@ def run_proxy(run_dir: str, address: str) -> int:
     """The registry's worker for a Ray job: claim, submit, wait, record, advance the queue."""
     from subnetviz.jobs.context import JobContext, read_json, write_json
     from subnetviz.jobs.scheduler import registry_of, wait_claimed
-    from subnetviz.jobs.worker import _advance_queue, _finish
+    from subnetviz.jobs.worker import _advance_queue, _finish, unrecorded
 
     rd = Path(run_dir)
     registry = registry_of(rd)
@@ -196,6 +196,7 @@ def run_proxy(run_dir: str, address: str) -> int:
     ref = None
     ray = None
     shutdown = False
+    failure = None  # why the run's final status is not in its folder (deleted while it ran, a full disk)
 
     def _terminate(signum, frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -234,16 +235,22 @@ def run_proxy(run_dir: str, address: str) -> int:
                 if shutdown
                 else f"Ray: {type(exc).__name__}: {exc}"
             )
-            _finish(ctx, "cancelled" if cancelled else "failed", why)
+            try:
+                _finish(ctx, "cancelled" if cancelled else "failed", why)
+            except OSError as err:  # (as the local worker: the registry row is told, and the queue moves on)
+                failure = unrecorded(rd, err)
         code = 2 if ctx.should_stop() else 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if read_json(rd / "status.json").get("state") is None:  # the job process died without a word
+    if failure is None and read_json(rd / "status.json").get("state") is None:  # the job died without a word
         status = read_json(rd / "status.json")
         status.update(state="failed", error=f"the job process on Ray ended with code {code} and no final status")
-        write_json(rd / "status.json", status)
+        try:
+            write_json(rd / "status.json", status)
+        except OSError as err:
+            failure = unrecorded(rd, err)
     if registry is not None:
-        _advance_queue(registry, rd.name, ctx, start_next=not shutdown)
+        _advance_queue(registry, rd.name, ctx, start_next=not shutdown, failure=failure)
     return code
 
 

@@ -332,6 +332,35 @@ def test_a_final_status_the_full_disk_refuses_is_recorded_in_the_registry_and_th
     assert not (tmp_path / a / "outputs.tmp").exists() and not (tmp_path / a / "outputs").exists()
 
 
+def gone_ray_proxy(run_dir: str) -> int:
+    """The Ray proxy of a run whose folder is deleted while it runs there (Ray then fails: its task lost)."""
+    from subnetviz.jobs import ray_backend
+
+    def connect(address):
+        shutil.rmtree(run_dir)
+        raise ConnectionError("the job's task was lost")
+
+    ray_backend.connect = connect
+    return ray_backend.run_proxy(run_dir, "127.0.0.1:1")
+
+
+def test_a_ray_run_whose_folder_is_deleted_is_failed_and_the_next_job_starts(tmp_path, started):
+    """The Ray proxy wrote its final status into the missing folder as the local worker did: it died with a
+    traceback and started nothing."""
+    proxy = [
+        sys.executable,
+        "-c",
+        "import sys; from tests.integration.test_jobs4_fixes import gone_ray_proxy; sys.exit(gone_ray_proxy(sys.argv[1]))",
+    ]
+    r = JobRunner(tmp_path, max_concurrent=1, gpus=[], command=proxy, cancel_grace_s=3.0)
+    a = r.submit({**SLEEP, "seconds": 0.1, "steps": 1})
+    b = _runner(tmp_path).submit({**SLEEP, "seconds": 0.1, "steps": 1})  # (queued with the usual worker)
+    started.extend([(r, a), (r, b)])
+    _wait_for(lambda: _row(tmp_path, b)["status"] == "succeeded", timeout=40)
+    row = _row(tmp_path, a)
+    assert row["status"] == "failed" and row["error"] == "its run folder was deleted while it ran"
+
+
 def test_a_killed_run_whose_folder_is_gone_does_not_send_anyone_to_its_log(tmp_path, started):
     """A worker killed (SIGKILL, the OOM killer) and its folder deleted: the poll that notices said "see log.txt",
     which went with the folder."""
