@@ -89,13 +89,17 @@ def _runs() -> None:
     ui.runs_table(df, "bg-runs", "Mask-training runs", kind=False)
     names = run_names(df)  # "name · id", as every run picker shows it
     run_id = st.selectbox("Run", list(df["id"]), format_func=names.get, key="bg_run")
-    if (
-        not r.get(run_id).finished
-        and ui.can("launch")
-        and st.button("Cancel", key=f"bg-cancel-{run_id}", icon=":material/stop:")
-    ):
+    rec = r.get(run_id)
+    if not rec.finished and ui.can("launch") and st.button("Cancel", key=f"bg-cancel-{run_id}", icon=":material/stop:"):
         r.cancel(run_id)
         st.rerun(scope="fragment")
+    # why it ended, under the picker as the Training page's run card says it: it was only in the table's last
+    # column, off-screen at 1400 px, and a failed run showed nothing (or a killed run's curves as if complete)
+    why = " ".join(str(rec.error or "").split())  # one line
+    if rec.status == "cancelled":  # what the user asked for, not an error
+        st.caption(ui.plain(f"Cancelled: {why}" if why else "Cancelled."))
+    elif rec.status == "failed":
+        ui.error(f"Run {names[run_id]} failed: {why or 'no error was recorded'}")
     metrics = r.metrics(run_id)
     if len(metrics):
         long = metrics.melt(
@@ -167,7 +171,9 @@ def _zoo_mask_note() -> None:
     st.info(note, icon=":material/hourglass_top:")
 
 
-def analyse(model: str, corpus: str) -> None:
+def analyse(model: str, corpus: str, where: str) -> None:
+    """The analysis of the chosen masks of ``model`` on ``corpus``; ``where`` ("model … · corpus …", as the page's
+    fields show them) under each figure's title."""
     import_released(model)
     if problem := ui.shared(uilogic.model_problem, model, ui.checkpoint_stamp(model)):  # (before its masks)
         ui.error(problem)
@@ -214,20 +220,21 @@ def analyse(model: str, corpus: str) -> None:
     # The masks are read from and written into the URL by hand, the newest too: a bound picker leaves its default
     # (the newest mask) out, so a shared link showed whichever mask was newest when it was opened.
     q = st.query_params
+    said = set(misfit)  # (a link's mask that does not fit the model is said above)
     mask = a.selectbox(
         "Bigram subnetwork mask",
         names,
-        index=names.index(uilogic.url_choice(q.get("bg_mask"), names, latest["bigram"] or names[0])),
+        index=names.index(_link_choice("bg_mask", names, latest["bigram"] or names[0], "mask", said)),
         key="bg_mask",
     )
     opts = ["none", *names]
     opt = b.selectbox(
         "Optimal subnetwork mask (overlap)",
         opts,
-        index=opts.index(uilogic.url_choice(q.get("bg_opt"), opts, latest["optimal"] or "none")),
+        index=opts.index(_link_choice("bg_opt", opts, latest["optimal"] or "none", "optimal mask", said)),
         key="bg_opt",
     )
-    q["bg_mask"], q["bg_opt"] = mask, opt
+    q["bg_mask"], q["bg_opt"] = mask, opt  # (a link's entry not on offer replaced by what is shown)
     if latest["optimal"] is None:
         from subnetviz.demo.extras import zoo_job_note
 
@@ -254,7 +261,7 @@ def analyse(model: str, corpus: str) -> None:
     headline(res.headline)
     for note in res.headline.get("notes") or []:  # how the mask was read: names matched, matrices it leaves out
         ui.note(note, notes)
-    figs, tables = ui.shared(result_parts, res, gens)
+    figs, tables = ui.shared(result_parts, res, gens, mask, opt, where)
     names = ["Ablation", "Location"]
     names += ["Residual stream"] * (res.residual is not None) + ["Overlap"] * (res.overlap is not None)
     names += ["Generations"] * (gens is not None)
@@ -315,7 +322,7 @@ def analyse(model: str, corpus: str) -> None:
         {"model": model, "corpus": corpus, "mask": mask, "optimal": opt},  # (the corpus changes every number)
         list(figs),
         list(tables),
-        more=partial(ui.shared, result_parts, res, gens),  # the closed tabs, built on click
+        more=partial(ui.shared, result_parts, res, gens, mask, opt, where),  # the closed tabs, built on click
         notes=notes,
     )
 
@@ -340,17 +347,19 @@ def _zoo_fits(model: str, table: str, stamps: tuple) -> bool:
     return True
 
 
-def result_parts(res, gens) -> tuple[dict, dict]:
+def result_parts(res, gens, mask: str, optimal: str, where: str) -> tuple[dict, dict]:
     """Every tab's figures (key -> figure) and tables (key -> (caption, frame)) of one mask analysis:
-    built once per analysis for every session; the open tab draws from them, the export takes them all."""
+    built once per analysis for every session; the open tab draws from them, the export takes them all.
+    Each figure names under its title the ``mask`` (and the Overlap's ``optimal`` mask) and ``where`` ("model …
+    · corpus …"), as the page shows them: a downloaded figure has no picker beside it."""
     summary = res.ablation.summary()
-    where, split = "Where the subnetwork lives", res.split
+    located, split = "Where the subnetwork lives", res.split
     if why := res.headline.get("why_no_share"):  # an empty mask: its shares are 0 / 0 (the heatmap read 0 % everywhere)
-        shares = figures.no_data_figure(where, f"nothing to locate: {why}")
+        shares = figures.no_data_figure(located, f"nothing to locate: {why}")
         split = split.assign(share=f"— ({why})")
     else:
         shares = figures.sparsity_heatmap(
-            shares_heatmap_frame(res.shares), "share", where, count_label="in the subnetwork"
+            shares_heatmap_frame(res.shares), "share", located, count_label="in the subnetwork"
         )
     figs = {
         "bg-r": bg_figures.fidelity_bars(summary),
@@ -364,8 +373,8 @@ def result_parts(res, gens) -> tuple[dict, dict]:
     if res.residual is not None:
         figs["bg-rotation"] = bg_figures.rotation_curves(res.residual.rotation)
         for label in dict.fromkeys(res.residual.covariance["model"]):
-            figs[f"bg-cov-{label}"] = bg_figures.covariance_heatmap(
-                res.residual.covariance_matrix(label), f"Covariance similarity: {label}"
+            figs[f"bg-cov-{label}"] = bg_figures.covariance_heatmap(  # (short: three to a row, "…subnetwork" was cut)
+                res.residual.covariance_matrix(label), f"Covariance: {label}"
             )
     if res.overlap is not None:
         # (an undefined ×chance or share as a dash with why, not a bare "—"/"nan")
@@ -373,6 +382,9 @@ def result_parts(res, gens) -> tuple[dict, dict]:
         figs["bg-null"] = bg_figures.null_histogram(res.overlap.null_frame(), res.overlap.overlap)
     if gens is not None:
         tables["bg-generations"] = ("Generations at temperature 0.3: full model vs subnetwork ablated", gens)
+    for key, fig in figs.items():  # (built here, for this call: changed in place)
+        narrow = 40 if key.startswith("bg-cov-") else None  # (three to a row: a mask's run id was cut at 1400 px)
+        bg_figures.with_setting(fig, f"mask {mask}", f"vs {optimal}" if key == "bg-null" else "", where, wrap=narrow)
     return figs, tables
 
 
@@ -403,6 +415,8 @@ def body() -> None:
     _to_link("bg_model", model, default)
     _to_link("bg_corpus", corpus, "zoo")
     ui.need(bool(model), "Choose a model (the sidebar's base, a folder or a cached hub id).")
+    # the model and corpus as the fields show them (a server path relative to its root), for the figures' subtitles
+    where = f"model {config.redact_value(model)} · corpus {config.redact_value(corpus)}"
     model = selection.resolve_choice(model, members)
     corpus = uilogic.corpus_choice(corpus)
     view = st.segmented_control(
@@ -414,7 +428,10 @@ def body() -> None:
         bind="query-params",
         label_visibility="collapsed",
     )
-    (analyse if view == "Analyse a mask" else train)(model, corpus)
+    if view == "Analyse a mask":
+        analyse(model, corpus, where)
+    else:
+        train(model, corpus)
 
 
 def _from_link(key: str, default: str, what: str, check: Callable[[str], object]) -> str:
@@ -431,6 +448,18 @@ def _from_link(key: str, default: str, what: str, check: Callable[[str], object]
         ui.warning(f"The link's {what} cannot be used here ({exc}); {default or 'none'} is shown instead.")
         return default
     return raw
+
+
+def _link_choice(key: str, options: list[str], default: str, what: str, said: set[str]) -> str:
+    """The option the URL's ``key`` names, else ``default``. A link's entry that names nothing on offer (a mask
+    deleted since the link was shared, or one of another server: run ids differ) is said in one line with what is
+    shown instead when the field is first drawn, unless it is in ``said`` already (it fell back to the newest with
+    no word); the caller then writes what is shown into the URL."""
+    raw = st.query_params.get(key)
+    shown = uilogic.url_choice(raw, options, default)
+    if raw is not None and raw not in options and raw not in said and key not in st.session_state:
+        ui.warning(f"The link's {what} {raw} is not among this server's bigram masks; {default} is shown instead.")
+    return shown
 
 
 def _to_link(key: str, value: str, default: str) -> None:

@@ -52,9 +52,10 @@ def launch() -> None:
             help="Empty: the benchmark's defaults (split-digits 30 + 30, permuted-digits and arithmetic-text "
             "10 + 10; finetuning twice as many).",
         )
-        kkt = d4.checkbox(
-            "also each masked method + KKT",
-            help="Start each task's mask from the most useful earlier mask (KNN accuracy above chance).",
+        kkt = d4.checkbox(  # short, "KKT" first: a quarter of the form's width cut "also each masked method + KKT"
+            "+ KKT variants",
+            help="Also runs each masked method with KKT (SupSup+KKT, SSNeT+KKT, ExSSNeT+KKT): each task's mask "
+            "starts from the most useful earlier mask (KNN accuracy above chance).",
         )
         inference = d4.checkbox(  # a short label: a quarter of the form's width cut the long one off
             "task inference (SupSup)",
@@ -142,7 +143,15 @@ def results() -> None:
     # out, so a shared link showed whichever run was newest when it was opened (and fell back from a tab that run
     # lacks). The URL names it as the pickers do ("name · id"); an id alone is read too.
     ids, asked = list(labels), st.query_params.get("cl_run")
-    shown = next((i for i in ids if asked in (i, labels[i])), ids[0])
+    named = next((i for i in ids if asked in (i, labels[i])), None)
+    shown = ids[0] if named is None else named
+    if asked is not None and named is None and "cl_run" not in st.session_state:
+        # said as the link is opened (run ids differ from server to server, and runs get deleted: the newest was
+        # shown with no word); the URL then names the run shown
+        ui.warning(
+            f"The link's run {asked} is not among this server's finished continual runs; the newest, "
+            f"{labels[shown]}, is shown instead."
+        )
     run_id = st.selectbox("Run", ids, index=ids.index(shown), format_func=labels.get, key="cl_run")
     st.query_params["cl_run"] = labels[run_id]
     folder = ui.job_runner().get(run_id).outputs
@@ -157,12 +166,15 @@ def results() -> None:
     if pair := colliding_densities(densities):  # a run made before the config refused them: its tables mix them up
         ui.error(density_clash(*pair, "this run was made before such densities were refused; launch it again."))
         return
-    c1, c2 = st.columns(2)
     # Written as a percentage, as the Launch form and the tables write densities. The URL names it the same way by
     # hand (a bound picker puts its shown text there) and reads an older link's fraction too ("0.05").
     usual = 0.05 if 0.05 in densities else densities[0]
     asked = st.query_params.get("cl_density")
-    shown = next((d for d in densities if asked in (_percent(d), f"{d:g}", str(d))), usual)
+    named = next((d for d in densities if asked in (_percent(d), f"{d:g}", str(d))), None)
+    shown = usual if named is None else named
+    if asked is not None and named is None and "cl_density" not in st.session_state:  # (then dropped from the URL)
+        ui.warning(f"The link's density {asked} is not in this run; {_percent(shown)} is shown instead.")
+    c1, c2 = st.columns(2)
     density = c1.selectbox("Density", densities, index=densities.index(shown), format_func=_percent, key="cl_density")
     if density != usual:
         st.query_params["cl_density"] = _percent(density)
@@ -189,8 +201,8 @@ def results() -> None:
         key="cl_seed",
         bind="query-params",
         disabled=on_summary,
-        help="Summary shows the mean ± sd over every seed; After each task, Capacity, KKT and Task inference "
-        "show one seed's run.",
+        help="Summary shows the mean ± sd over every seed; After each task, Capacity (its three charts), KKT and "
+        "Task inference show one seed's run.",
     )
     knn, inference = one_setting(at_density["knn"], density, seed), one_setting(at_density["inference"], density, seed)
     if tabs["Summary"].open:
@@ -260,8 +272,9 @@ def capacity(frames, folder, methods, density, seed) -> None:
     """Which weights the tasks claim: capacity and exclusive share over tasks, and one layer's owner image."""
     a, b = st.columns(2)
     with a:
-        ui.chart(ui.shared(cl_figures.capacity_curves, frames["capacity"], density), key="cl-capacity")
-        ui.chart(ui.shared(cl_figures.exclusive_fraction, frames["capacity"], density), key="cl-exclusive")
+        # the picked seed's, as the owner image beside them (they drew the mean over seeds under "Seed (this tab)")
+        ui.chart(ui.shared(cl_figures.capacity_curves, frames["capacity"], density, seed=seed), key="cl-capacity")
+        ui.chart(ui.shared(cl_figures.exclusive_fraction, frames["capacity"], density, seed=seed), key="cl-exclusive")
     with b:
         masked = [m for m in methods if m != "finetune"]
         label = st.selectbox("Owner image of", masked, key="cl_owner", bind="query-params") if masked else None
@@ -405,8 +418,8 @@ def closed_parts(
     figs = {
         "cl-acc-density": cl_figures.accuracy_vs_density(summary),
         "cl-forgetting": cl_figures.forgetting_bars(summary, density),
-        "cl-capacity": cl_figures.capacity_curves(cap, density),
-        "cl-exclusive": cl_figures.exclusive_fraction(cap, density),
+        "cl-capacity": cl_figures.capacity_curves(cap, density, seed=seed),
+        "cl-exclusive": cl_figures.exclusive_fraction(cap, density, seed=seed),
     }
     for label, A in accuracy_matrices(acc, seed, density).items():
         figs[f"cl-A-{label}"] = accuracy_figure(A, label, seed, density)

@@ -149,3 +149,31 @@ def null_histogram(
     fig = _style(fig, title, "overlap (% of all maskable weights)", "null draws", barmode="overlay")
     fig.update_xaxes(exponentformat="e")  # never an SI prefix (µ, m) on a percent axis
     return fig
+
+
+@takes_data()
+def with_setting(fig: go.Figure, *lines: str, wrap: int | None = None) -> go.Figure:
+    """``fig`` with ``lines`` (data, shown as text: a mask's or a model's name) as small lines under its title, the
+    top margin grown to hold them: a figure downloaded for a paper carries only its title, and no picker beside it
+    says which mask, model and corpus it shows (the corpus changes every number). ``wrap``: a line longer than this
+    many characters is broken at its " · " separators (a chart a third of the page wide cut a mask's run id).
+    Changes ``fig`` and returns it."""
+    shown = [part for line in lines if line for part in _wrapped(line, wrap)]
+    sub = "".join(f"<br><sup>{line}</sup>" for line in shown)
+    top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
+    return fig.update_layout(title_text=f"{fig.layout.title.text or ''}{sub}", margin_t=top + 18 * len(shown))
+
+
+def _wrapped(line: str, width: int | None) -> list[str]:
+    """``line`` in pieces of at most ``width`` characters, broken only where a " · " separator is (the line break
+    stands for it: a figure picker that names a chart by its title reads each break as " · " again); one piece when
+    ``width`` is None or the line fits."""
+    if width is None or len(line) <= width:
+        return [line]
+    out: list[str] = []
+    for part in line.split(" · "):
+        if out and len(out[-1]) + 3 + len(part) <= width:
+            out[-1] += f" · {part}"
+        else:
+            out.append(part)
+    return out

@@ -79,8 +79,7 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
         _values_above(fig, labels, y, sd, " %")
         return _style(
             fig,
-            # finetuning trains every weight: said where the run has it (most SupSup / ExSSNeT runs do not)
-            f"Final average accuracy at density {100 * d:g} %" + (" (finetune: dense)" if "finetune" in labels else ""),
+            "Final average accuracy" + _summary_setting(summary, d, "finetune" in labels),
             "method",
             "final average accuracy (%)",
             showlegend=False,
@@ -108,7 +107,23 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
             )
         )
     fig.update_xaxes(type="log")
+    title += _summary_setting(summary)
     return _style(fig, title, "mask density (% of weights kept, log)", "final average accuracy (%)")
+
+
+def _summary_setting(summary: pd.DataFrame, density: float | None = None, finetune: bool = False) -> str:
+    """The Summary charts' setting as a line under the title: the density (finetuning, which trains every weight,
+    said where the chart has it: most SupSup / ExSSNeT runs do not) and how many seeds the means are over (an
+    export also holds one seed's charts, and names that seed). Under the title, not after it: on one line, a
+    chart half the page wide cut it after "at density 5 % (". Empty when there is nothing to say."""
+    said = []
+    if density is not None:
+        said.append(f"at density {100 * density:g} %" + (" (finetune: dense)" if finetune else ""))
+    counts = sorted({int(n) for n in summary["seeds"].dropna()}) if "seeds" in summary else []
+    if counts:
+        n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        said.append("one seed" if counts == [1] else f"mean ± sd over {n} seeds")
+    return f"<br><sup>{', '.join(said)}</sup>" if said else ""
 
 
 def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: str, signed: bool = False) -> None:
@@ -173,21 +188,39 @@ def forgetting_bars(
     )
     _values_above(fig, labels, y, sd, "", signed=True)  # a method that never forgets shows 0.0, not an empty slot
     # below 0: the tasks' accuracy grew after they were learned (backward transfer); not floored (metrics.forgetting)
-    # the density named, as every figure of a setting names it: a downloaded file has no picker beside it
-    said = (
-        ""
-        if density is None
-        else f" at density {100 * density:g} %" + (" (finetune: dense)" if "finetune" in labels else "")
-    )
+    # the density named, as every figure of a setting names it: a downloaded file has no picker beside it; under
+    # the title (on one line, a chart half the page wide cut it after "at density 5 % (")
+    said = _summary_setting(s, density, "finetune" in labels)
     return _style(fig, title + said, "method", "forgetting (accuracy points; < 0: grew later)", showlegend=False)
+
+
+def _one_setting(capacity: pd.DataFrame, density: float, layer: str, seed) -> tuple[pd.DataFrame, str]:
+    """The capacity rows of ``layer`` at ``density`` and ``seed`` (every seed's: None, to be averaged) and what the
+    subtitle says of them: the density, the layer, and the seed or the number of seeds a mean is over (the charts
+    drew the mean over seeds under a Seed picker that said it applied to them)."""
+    c = capacity[(capacity["layer"] == layer) & np.isclose(capacity["density"], density)] if len(capacity) else capacity
+    if seed is not None and "seed" in c:
+        c = c[c["seed"] == seed]
+    seeds = sorted(c["seed"].unique()) if "seed" in c else []
+    if seed is None and len(seeds) == 1:  # one seed's values: named as such
+        seed = seeds[0]
+    which = [f"density {100 * density:g} %", "whole model" if layer == "all" else f"layer {layer}"]
+    which += [f"seed {seed}"] if seed is not None else [f"mean over {len(seeds)} seeds"] if seeds else []
+    return c, ", ".join(which)
 
 
 @takes_data("layer")
 def capacity_curves(
-    capacity: pd.DataFrame, density: float, layer: str = "all", title: str = "Share of weights used after each task"
+    capacity: pd.DataFrame,
+    density: float,
+    layer: str = "all",
+    title: str = "Share of weights used after each task",
+    seed=None,
 ) -> go.Figure:
-    """u_t per masked method (seed mean) against the independent-mask curve 1 − (1 − d)^t (dashed)."""
-    c = capacity[(capacity["layer"] == layer) & np.isclose(capacity["density"], density)] if len(capacity) else capacity
+    """u_t per masked method at ``seed`` (the mean over seeds: None) against the independent-mask curve
+    1 − (1 − d)^t (dashed); the setting under the title."""
+    c, which = _one_setting(capacity, density, layer, seed)
+    title = f"{title}<br><sup>{which}</sup>"
     if c.empty:
         return no_data_figure(title)
     colors = method_colors(c["label"].unique())
@@ -214,15 +247,17 @@ def capacity_curves(
         )
     )
     _whole_tasks(fig, int(c["task"].max()) + 1)
-    return _style(fig, f"{title} (density {100 * density:g} %, {layer})", "tasks trained", "weights used (%)")
+    return _style(fig, title, "tasks trained", "weights used (%)")
 
 
 @takes_data()
 def exclusive_fraction(
-    capacity: pd.DataFrame, density: float, title: str = "Exclusive share of each task's mask"
+    capacity: pd.DataFrame, density: float, title: str = "Exclusive share of each task's mask", seed=None
 ) -> go.Figure:
-    """e_t = |M_t ∧ ¬U_{t-1}| / |M_t| per task (seed mean), whole model; tasks numbered from 1, as on every chart."""
-    c = capacity[(capacity["layer"] == "all") & np.isclose(capacity["density"], density)] if len(capacity) else capacity
+    """e_t = |M_t ∧ ¬U_{t-1}| / |M_t| per task at ``seed`` (the mean over seeds: None), whole model; tasks numbered
+    from 1, as on every chart; the setting under the title."""
+    c, which = _one_setting(capacity, density, "all", seed)
+    title = f"{title}<br><sup>{which}</sup>"
     if c.empty:
         return no_data_figure(title)
     colors = method_colors(c["label"].unique())
@@ -239,7 +274,7 @@ def exclusive_fraction(
             )
         )
     _whole_tasks(fig, int(c["task"].max()) + 1)
-    return _style(fig, f"{title} (density {100 * density:g} %)", "task", "exclusive share of the mask (%)")
+    return _style(fig, title, "task", "exclusive share of the mask (%)")
 
 
 def _task_ticks(n: int, most: int = 15) -> list[int]:

@@ -575,7 +575,9 @@ def test_bigram_page_shows_the_backend_numbers(app_env):
     assert shown["kept weights"].startswith(f"{result.headline['kept']:,} ")
     titles = _titles_per_tab(at, "bigram", "bg_tab", bg_mask=masks[bigram], bg_opt=masks[optimal])
     assert list(titles)[:2] == ["Ablation", "Location"] and "Overlap" in titles
-    assert len(titles["Ablation"]) == 2 and titles["Location"] == ["Where the subnetwork lives"]
+    assert len(titles["Ablation"]) == 2 and [t.split("<br>")[0] for t in titles["Location"]] == [
+        "Where the subnetwork lives"
+    ]
     assert sum(len(t) for t in titles.values()) >= 5
     # importing a released pickle from outside the roots: refused under the importer, the analysis stays drawn
     at.text_input(key="bg_pickle").input("/etc/passwd").run()

@@ -137,7 +137,9 @@ def test_the_location_tab_names_the_models_own_modules_and_the_mask_in_its_hover
     assert sum(f".0.{m}.weight" in " ".join(ck.names) for m in own) == 4  # (the premise: all four were checked)
     for llama in ("q_proj", "gate_proj", "down_proj"):
         assert llama not in caption
-    (heat,) = [s for s in plotly_specs(at) if s["layout"]["title"]["text"] == "Where the subnetwork lives"]
+    (heat,) = [
+        s for s in plotly_specs(at) if s["layout"]["title"]["text"].split("<br>")[0] == "Where the subnetwork lives"
+    ]
     hover = heat["data"][0]["hovertemplate"]
     assert "in the subnetwork %{customdata[0]:,.0f} of %{customdata[1]:,.0f}" in hover
     assert "changed" not in hover and "sparsity" not in hover

@@ -195,8 +195,8 @@ def test_summary_title_says_finetune_only_for_a_run_with_finetuning():
     )
     with_ft = cf.accuracy_vs_density(one).layout.title.text
     without = cf.accuracy_vs_density(one[one["label"] != "finetune"]).layout.title.text
-    assert with_ft.startswith("Final average accuracy at density 5 % (finetune: dense)")
-    assert without.startswith("Final average accuracy at density 5 %") and "finetune" not in without
+    assert with_ft.startswith("Final average accuracy<br><sup>at density 5 % (finetune: dense)")
+    assert without.startswith("Final average accuracy<br><sup>at density 5 %") and "finetune" not in without
 
 
 def test_task_inference_checkbox_has_a_short_label_and_its_text_as_help(app_env):

@@ -37,7 +37,9 @@ def test_every_continual_figure_names_its_density_and_seed(two_densities):
     at = open_page("continual", cl_run=two_densities, cl_density="10 %", cl_tab="Summary")
     assert not at.exception and not at.error, [e.value for e in at.error]
     forgetting = [t for t in _titles(at) if t.startswith("Forgetting")]
-    assert forgetting == ["Forgetting (mean max drop once a task is learned) at density 10 % (finetune: dense)"]
+    assert forgetting == [
+        "Forgetting (mean max drop once a task is learned)<br><sup>at density 10 % (finetune: dense), one seed</sup>"
+    ]
 
     at = open_page("continual", cl_run=two_densities, cl_density="10 %", cl_tab="After each task")
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -47,5 +49,5 @@ def test_every_continual_figure_names_its_density_and_seed(two_densities):
     at = open_page("continual", cl_run=two_densities, cl_density="10 %", cl_tab="Capacity")
     assert not at.exception and not at.error, [e.value for e in at.error]
     titles = _titles(at)
-    assert "Exclusive share of each task's mask (density 10 %)" in titles, titles
+    assert "Exclusive share of each task's mask<br><sup>density 10 %, whole model, seed 0</sup>" in titles, titles
     assert "SupSup: owner task of layer1.weight (10 %, seed 0)" in titles, titles
