@@ -66,8 +66,8 @@ def train(model: str, corpus: str) -> None:
                 seed=int(seed),
                 device=ui.workspace().device,
             )
-            run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{target} mask λ={lam:g}")
-            st.success(f"Queued run {run_id}; its mask joins the saved masks when it finishes.")
+            run_id, new = ui.submit_job(cfg.to_dict(), name=f"{target} mask λ={lam:g}")
+            ui.queued_line(run_id, new, "Its mask joins the saved masks when it finishes.")
     runs_view()
 
 

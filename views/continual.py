@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from subnetviz import config, figures, ui
+from subnetviz import figures, ui
 from subnetviz.figures import continual as cl_figures
 from subnetviz.report.training import run_names
 from subnetviz.supermask.config import ContinualConfig, PhaseEpochs, colliding_densities, density_clash
@@ -76,17 +76,8 @@ def launch() -> None:
                 kkt=kkt,
                 task_inference=inference,
             )
-            run_id = ui.job_runner().submit(cfg.to_dict(), name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
-            st.success(f"Queued run {run_id}; it appears under Results when it finishes (its error, if it fails).")
-
-
-def progress() -> None:
-    """Progress bars of the continual-learning jobs that are queued or running."""
-    for rec in ui.active_runs("continual").itertuples():
-        step, total = (0 if pd.isna(v) else int(v) for v in (rec.step, rec.total))  # queued: no progress yet
-        st.progress(step / total if total else 0.0, text=f"{rec.name}: {step}/{total} tasks trained ({rec.status})")
-        if ui.can("launch") and st.button("Cancel", key=f"cl-cancel-{rec.id}"):
-            ui.job_runner().cancel(rec.id)
+            run_id, new = ui.submit_job(cfg.to_dict(), name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
+            ui.queued_line(run_id, new, "It appears under Results when it finishes (its error, if it fails).")
 
 
 def owner_figure(masks, layer: str, method: str, density: float, seed):
@@ -97,31 +88,9 @@ def owner_figure(masks, layer: str, method: str, density: float, seed):
     return cl_figures.owner_image(owner_image(masks, layer), title=title)
 
 
-FAILED_SHOWN = 3  # the newest failed runs said on the page; the Training page lists them all
-
-
-def failed_runs(df: pd.DataFrame) -> None:
-    """An error line for each continual run that failed since the last one succeeded (newest first, at most
-    :data:`FAILED_SHOWN`): a launch that failed was said only in the Training page's list of all runs, and this
-    page went on showing the older run, or offered the demo as if nothing had been launched."""
-    cl = df[df["kind"] == "continual"] if len(df) else df
-    if not len(cl):
-        return
-    ended = pd.to_datetime(cl["ended"], utc=True, errors="coerce")  # (the registry's read gives times already)
-    last_ok = ended[cl["status"] == "succeeded"].max()  # NaT when none did: every failure is shown
-    failed = cl[(cl["status"] == "failed") & ~(ended <= last_ok)]  # (a failure with no end time is shown too)
-    failed = failed.loc[ended[failed.index].sort_values(ascending=False, na_position="first").index]
-    names = run_names(failed)
-    for rec in failed.head(FAILED_SHOWN).itertuples():
-        why = rec.error if isinstance(rec.error, str) and rec.error.strip() else "no error was recorded"
-        ui.error(f"Run {names[rec.id]} failed: {' '.join(config.redact(why).split())}")  # one line, paths as shown
-    if len(failed) > FAILED_SHOWN:
-        st.caption(f"{len(failed) - FAILED_SHOWN} more failed continual runs are listed on the Training page.")
-
-
 def results() -> None:
     df = ui.job_runner().list_runs()
-    failed_runs(df)
+    ui.failed_runs(df, "continual", "continual")
     done = df[(df["kind"] == "continual") & (df["status"] == "succeeded")]
     if not len(done):
         from subnetviz.demo.extras import zoo_job_note
@@ -135,7 +104,7 @@ def results() -> None:
             "density 5 %, four methods, 3 seeds) takes a minute or two on one CPU thread."
         )
         if ui.can("launch") and st.button("Run the demo configuration", type="primary", key="cl-demo"):
-            ui.job_runner().submit(DEMO.to_dict(), name="demo: permuted-digits, 5 tasks, d=0.05")
+            ui.submit_job(DEMO.to_dict(), name="demo: permuted-digits, 5 tasks, d=0.05")
             st.rerun()
         st.stop()
     labels = run_names(done)
@@ -455,7 +424,7 @@ def body() -> None:
         label_visibility="collapsed",
     )
     if len(ui.active_runs("continual")):
-        ui.live(progress, "continual")
+        ui.live(partial(ui.job_progress, "continual", "tasks trained"), "continual")
     if view == "Launch":
         launch()
     else:

@@ -76,3 +76,21 @@ def test_behaviour_shows_its_queued_and_failed_jobs(own_home, busy):  # noqa: F8
         at, "error"
     )
     assert _progress(at) == [f"behaviour sft · {queued}: queued"]
+
+
+@pytest.mark.parametrize(
+    ("page", "query", "button", "kind"),
+    [
+        ("bigram", {"bg_view": "Train a mask"}, "Train mask", "bigram_mask"),
+        ("continual", {"cl_view": "Launch"}, "Launch", "continual"),
+    ],
+)
+def test_a_second_click_on_a_form_launch_is_not_queued_twice(own_home, busy, page, query, button, kind):  # noqa: F811
+    """Each click reran the page with the form's button pressed: two jobs of one configuration, one named."""
+    at = open_page(page, **query)
+    next(b for b in at.button if b.label == button).click().run()
+    ((run_id, _),) = _rows(own_home / "runs", kind)
+    assert _texts(at, "success")[0].startswith(f"Queued run {run_id}.")
+    next(b for b in at.button if b.label == button).click().run()
+    assert [r for r, _ in _rows(own_home / "runs", kind)] == [run_id]
+    assert any(t.startswith(f"Not queued twice: run {run_id}") for t in _texts(at, "info")), _texts(at, "info")
