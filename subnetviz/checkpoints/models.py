@@ -25,6 +25,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from subnetviz.checkpoints.config_bounds import (
+    DESCRIBED_FACTOR,
+    DESCRIBED_SLACK,
+    Stored,
+    Unbounded,
+    bounded_build,
+    check_config_counts,
+    check_config_sizes,
+    mismatch,
+)
 from subnetviz.errors import CheckpointError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -37,12 +47,13 @@ def model_folder(spec: str | os.PathLike) -> Path:
     (never downloaded); CheckpointError where there is no ``config.json`` to build the model from (a LoRA
     adapter's folder or hub id said so by name: it was "not a model folder nor a cached hub id"). While the roots
     are enforced, a path outside them is refused first (:func:`_check_within_roots`)."""
-    from subnetviz.checkpoints.sources import local_folder
+    from subnetviz.checkpoints.sources import check_config_link, local_folder
 
     _check_within_roots(spec)
     refuse_adapter(spec)
     path = local_folder(spec) or Path(spec).expanduser()
     if not (path / "config.json").is_file():
+        check_config_link(path / "config.json", f"{spec}: config.json")  # (a cached id: it was "no cached hub id")
         raise CheckpointError(f"{spec}: not a model folder (no config.json) nor a cached hub id.")
     return path
 
@@ -210,8 +221,11 @@ def load_causal_lm(spec: str | os.PathLike, **kwargs):
     with without_adapter(model_folder(spec)) as folder:
         check_not_quantized(spec, folder)
         files = checked_weights(spec, folder)
-        config = model_config(spec, folder)
+        config, stored = _sized_config(spec, folder)
         auto = text_model_class(config, spec)
+        # built on the meta device first (no memory): transformers allocates every parameter the config describes
+        # that the weights lack or store in another shape before it refuses the load (9 TB for 10^9 KV heads)
+        skeleton = built_on_meta(spec, auto, config, stored)
         # use_safetensors: transformers reads the safetensors checked, never a .bin beside them (nor the reverse)
         kwargs["use_safetensors"] = all(f.suffix == ".safetensors" for f in files)
         try:
@@ -220,6 +234,9 @@ def load_causal_lm(spec: str | os.PathLike, **kwargs):
             raise CheckpointError(
                 f"{spec}: transformers cannot load it as {auto.__name__} ({_first_line(exc)})."
             ) from None
+        except (RuntimeError, OverflowError) as exc:  # torch's: a size it cannot allocate, shapes that do not match
+            why = mismatch(skeleton, stored) or _first_line(exc)  # (transformers': "look at the above report!")
+            raise CheckpointError(f"{spec}: config.json does not describe its weights: {why}") from None
     return model
 
 
@@ -231,21 +248,30 @@ def model_config(spec, folder: Path | None = None):
     such as Kimi-K2's ``kimi_k2``: such code is never run here) or refuses the config: ``<spec>: config.json: <the
     validator's message>`` (:func:`config_problem`). transformers 5 validates a config as a strict dataclass, whose
     errors are no ValueError: a hidden size no multiple of the heads, ``"hidden_act": 5``, ended in a traceback."""
+    return _sized_config(spec, folder)[0]
+
+
+def _sized_config(spec, folder: Path | None = None):
+    """(:func:`model_config` of ``spec``, the :class:`~subnetviz.checkpoints.config_bounds.Stored` weights it was checked against): its layer and expert
+    counts are compared with the weights' headers (:func:`~subnetviz.checkpoints.config_bounds.check_config_counts`) before transformers reads it, whose
+    config classes build lists over the layers (Qwen3's ``layer_types``: seconds per million layers)."""
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     from subnetviz.config import read_json
 
     folder = model_folder(spec) if folder is None else folder
-    model_type = read_json(folder / "config.json", CheckpointError).get("model_type")
+    raw = read_json(folder / "config.json", CheckpointError)
+    model_type = raw.get("model_type")
     if isinstance(model_type, str) and model_type not in CONFIG_MAPPING_NAMES:
         raise CheckpointError(
             f"{spec}: model type {model_type!r} is unknown to transformers {_transformers_version()} (its checkpoint "
             "would need code of its own, which is never run here), so it cannot be run; its weights are compared on "
             "the weight pages."
         )
+    stored = check_config_counts(spec, folder, raw)
     try:
-        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True), stored
     except (*CONFIG_ERRORS, *_strict_errors()) as exc:
         raise CheckpointError(f"{spec}: config.json: {config_problem(exc)}") from None
 
@@ -287,17 +313,43 @@ def meta_model(spec: str | os.PathLike):
     device, with the class a run builds (:func:`text_model_class`): its parameters' names and shapes, no weight
     read, no memory taken, nothing downloaded (for checking a mask before a model is loaded or a run queued). A
     config transformers refuses is one CheckpointError naming ``spec`` (:func:`model_config`)."""
+    config, stored = _sized_config(spec)
+    return built_on_meta(spec, text_model_class(config, spec), config, stored)
+
+
+def built_on_meta(spec, cls, config, stored: Stored):
+    """``cls`` (a transformers auto class) built from ``config`` on the meta device (no memory taken), once its
+    size was bounded: refused, one line naming ``spec``, where its widths exceed the weights' by name
+    (:func:`~subnetviz.checkpoints.config_bounds.check_config_sizes`), where the model described holds more than
+    :data:`~subnetviz.checkpoints.config_bounds.DESCRIBED_FACTOR` times the parameters ``stored`` (plus its slack), where building it
+    registers far more modules than the weights hold tensors (a count no key check knows, :func:`~subnetviz.checkpoints.config_bounds.bounded_build`),
+    and where torch cannot build it (a negative head_dim, a size past what it counts: RuntimeError,
+    OverflowError)."""
     import torch
 
-    config = model_config(spec)
-    cls = text_model_class(config, spec)
+    check_config_sizes(spec, stored)
+    limit = DESCRIBED_FACTOR * stored.params + DESCRIBED_SLACK
     try:
-        with torch.device("meta"):
-            return cls.from_config(config)
+        with bounded_build(64 * stored.tensors + 4096), torch.device("meta"):
+            model = cls.from_config(config)
+    except Unbounded as exc:
+        raise CheckpointError(
+            f"{spec}: config.json does not describe its weights: building the model it describes registered more "
+            f"than {exc.limit:,} modules and parameters for the {stored.tensors:,} tensors its weights hold; refused."
+        ) from None
+    except (RuntimeError, OverflowError) as exc:  # (OverflowError is an ArithmeticError: said here, not below)
+        raise CheckpointError(f"{spec}: config.json does not describe its weights: {config_problem(exc)}") from None
     except CONFIG_ERRORS as exc:  # a config transformers reads but cannot build (GPT-2's n_embd 32 over 5 heads)
         raise CheckpointError(
             f"{spec}: config.json: the model cannot be built from it: {config_problem(exc)}"
         ) from None
+    described = sum(p.numel() for p in model.parameters())  # (a tied head once)
+    if described > limit:
+        raise CheckpointError(
+            f"{spec}: config.json does not describe its weights: the model it describes has {described:,} "
+            f"parameters, its weights {stored.params:,}; refused before loading it."
+        )
+    return model
 
 
 def text_model_class(config, spec=None):

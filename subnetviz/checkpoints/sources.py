@@ -21,6 +21,7 @@ import hashlib
 import json
 import mmap
 import os
+import pickle
 import re
 import stat
 from collections.abc import Iterator
@@ -439,7 +440,9 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
                 obj = torch.load(name, map_location="cpu", weights_only=True)
         except SubnetvizError:
             raise
-        except Exception as exc:  # UnpicklingError for anything but tensors; RuntimeError for corrupt zips
+        except pickle.UnpicklingError as exc:  # weights_only refused what the pickle asks for: said as the mask reader
+            raise CheckpointError(f"{path}: {_refused_pickle(exc)}") from None
+        except Exception as exc:  # RuntimeError for corrupt zips, a storage declared larger than stored
             raise CheckpointError(
                 f"{path}: refused or unreadable legacy checkpoint ({type(exc).__name__}: "
                 f"{str(exc).replace(name, str(path))[:200]}). "
@@ -464,6 +467,18 @@ def _load_legacy(path: Path) -> dict[str, torch.Tensor]:
                 "entries. Refused before reading it."
             )
     return obj
+
+
+def _refused_pickle(exc: Exception) -> str:
+    """What torch's weights-only unpickler refused, in one line: the global the pickle asks for (torch names it as
+    ``GLOBAL posix.system``). Its own text, cut at 200 characters, ended in "Re-running `torch.load` with
+    `weights_only` set to `False`": advice to run the file, with what it asked for cut off."""
+    asked = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f"asks for {asked.group(1)}, which is" if asked else "holds objects"
+    return (
+        f"its pickle {what} not part of a state dict of tensors. Refused; nothing in it was run (only plain tensor "
+        "state dicts are read: torch.load weights_only=True)."
+    )
 
 
 def _deepspeed_module(path: Path, module: dict) -> dict:
@@ -507,9 +522,10 @@ def transformers_choice(folder: Path, where: str | None = None) -> Path | None:
     ``transformers_weights``, else the first of :data:`SAFE_NAMES` and :data:`TORCH_NAMES` there; None where there
     is none of them. CheckpointError, naming ``where`` (default the folder), for a ``transformers_weights`` entry
     that names no file of the folder."""
-    cfg = folder / "config.json"
+    cfg, where_cfg = folder / "config.json", f"config.json in {display_path(folder)}"
+    check_config_link(cfg, where_cfg)
     # (a folder or pipe in its place is refused by the reader, in one line; it was read as no config, unsaid)
-    config = read_json(cfg, CheckpointError, what=f"config.json in {display_path(folder)}") if cfg.exists() else {}
+    config = read_json(cfg, CheckpointError, what=where_cfg) if cfg.exists() else {}
     named = config.get("transformers_weights")
     if named is not None:
         if not isinstance(named, str) or not _inside(folder, named) or not (folder / named).is_file():
@@ -519,6 +535,23 @@ def transformers_choice(folder: Path, where: str | None = None) -> Path | None:
             )
         return folder / named
     return next((folder / n for n in (*SAFE_NAMES, *TORCH_NAMES) if (folder / n).is_file()), None)
+
+
+def check_config_link(cfg: Path, where: str) -> None:
+    """CheckpointError, one line naming ``where`` (e.g. "config.json in zoo/base"), where ``cfg`` is a link to
+    nothing: a hub snapshot whose ``config.json`` blob was deleted (by hand, a cleanup, a copy that lost it), a
+    folder's link to a file since removed. ``Path.exists`` follows the link, so such a config was read as no
+    config at all: a tied head counted untied, the quantization and model type unread, nothing said. A link that
+    leads outside the roots while they are enforced is refused as such first (:func:`~subnetviz.config
+    .check_readable`): nothing is said of what lies there."""
+    if not (os.path.islink(cfg) and not os.path.exists(cfg)):
+        return
+    check_readable(cfg, what=where)
+    gone = "its blob is gone from the Hugging Face cache" if cfg.parent.parent.name == "snapshots" else "it is gone"
+    raise CheckpointError(
+        f"{where}: a link to a missing file ({gone}), so the model's config cannot be read; download the model again "
+        "(or restore the file it links to)."
+    )
 
 
 def _inside(folder: Path, name: str) -> bool:
@@ -720,12 +753,16 @@ def _index_files(index: Path) -> list[Path]:
             raise CheckpointError(
                 f"{index}: shard entry #{i + 1} is {kind}; shards must be files beside the index. Refused."
             )
-    files = [index.parent / f for f in entries]
-    missing = [f.name for i, f in enumerate(files) if not _is_shard(index, i, entries[i], f)]
+    # one file per path: "./shard" beside "shard" (or "a//b" beside "a/b") names one file, read once (it was opened
+    # twice, and its tensors noted as "stored in more than one file" naming that file twice)
+    shards: dict[Path, int] = {}
+    for i, entry in enumerate(entries):
+        shards.setdefault(index.parent / Path(entry), i)
+    missing = [f.name for f, i in shards.items() if not _is_shard(index, i, entries[i], f)]
     if missing:
         why = _interrupted_download(index.parent) or "."
         raise CheckpointError(f"{index}: shard(s) listed but missing: {', '.join(missing[:5])}{why}")
-    return files
+    return sorted(shards, key=str)  # (in the name order of the entries, as before)
 
 
 def _is_shard(index: Path, i: int, entry: str, file: Path) -> bool:
@@ -1278,6 +1315,8 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
         check_readable(f, what=f"{f.name} in {display_path(root) if root else s}")
     config = None
     cfg_path = root / "config.json" if root else None
+    if cfg_path:  # (a link to nothing is said: Path.exists read it as no config, counting a tied head untied)
+        check_config_link(cfg_path, f"config.json in {display_path(root)}")
     if cfg_path and cfg_path.exists():  # what it says decides how tensors are read (quantization, tying)
         where = f"config.json in {display_path(root)}"
         config = read_json(cfg_path, CheckpointError, what=where)

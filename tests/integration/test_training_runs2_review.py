@@ -140,9 +140,9 @@ def test_masks_that_fit_pass_the_submit_check(tmp_path):
     def saved(name: str, masks: dict) -> str:
         return str(save_mask_set(tmp_path / f"{name}.safetensors", MaskSet(masks, {})))
 
-    tied = tmp_path / "tied"
-    T.LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=12,
-                  tie_word_embeddings=True).save_pretrained(tied)  # fmt: skip
+    tied = tmp_path / "tied"  # (saved with its weights: the model a config describes is bounded by them)
+    T.LlamaForCausalLM(T.LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     vocab_size=12, tie_word_embeddings=True)).save_pretrained(tied)  # fmt: skip
     head = {"model.embed_tokens.weight": torch.ones(12, 8, dtype=torch.bool), "lm_head.weight": torch.ones(12, 8)}
     check_mask_fits(str(tied), saved("head", {k: v.bool() for k, v in head.items()}))
     into_embedding = r"'model.embed_tokens.weight' has shape \(13, 8\); the model's parameter has \(12, 8\)"
@@ -158,7 +158,7 @@ def test_masks_that_fit_pass_the_submit_check(tmp_path):
     check_mask_fits(str(moe), str(write_half_mask(tmp_path / "moe-half.safetensors", moe)))  # stored experts
 
     gpt2 = tmp_path / "gpt2"
-    T.GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=16, n_positions=8).save_pretrained(gpt2)
+    T.GPT2LMHeadModel(T.GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=16, n_positions=8)).save_pretrained(gpt2)
     check_mask_fits(str(gpt2), saved("c_attn", {"h.0.attn.c_attn.weight": torch.ones(8, 24, dtype=torch.bool)}))
     with pytest.raises(MaskError, match="'h.0.attn.c_atn.weight' is not a parameter of the model"):
         check_mask_fits(str(gpt2), saved("typo", {"h.0.attn.c_atn.weight": torch.ones(8, 24, dtype=torch.bool)}))
