@@ -106,11 +106,11 @@ def has_routers(base: str, stamp: tuple = ()) -> bool:
         return False
 
 
-def finished_runs() -> dict[str, Path]:
-    """Succeeded behaviour jobs by name ("run name · id", as every picker shows runs) -> their outputs."""
+def finished_runs(df: pd.DataFrame) -> dict[str, Path]:
+    """Succeeded behaviour jobs of the registry's runs ``df`` by name ("run name · id", as every picker shows runs)
+    -> their outputs."""
     from subnetviz.report.training import run_names
 
-    df = ui.job_runner().list_runs()
     if not len(df):
         return {}
     done = df[(df["kind"] == "behavior") & (df["status"] == "succeeded")]
@@ -156,7 +156,8 @@ def body() -> None:
         "limit": int(limit),
         "device": ws.device,
     }
-    runs = finished_runs()
+    registry = ui.job_runner().list_runs()  # (read once: the results offered, the failed and the active runs)
+    runs = finished_runs(registry)
     # A select box, whose options are plain text: a radio renders its options as Markdown, and run names hold
     # folder names ("ft-**v2**" was drawn in bold, "![p](…)" an image).
     source = st.selectbox("Results", ["computed here (cached)", *runs], key="bh_source", bind="query-params")
@@ -177,14 +178,18 @@ def body() -> None:
                 lambda: computed(entry, cfg),
                 models=True,
             )
-    if ui.allowed("launch") and st.button("Run as a background job (larger prompt sets)", icon=":material/play_arrow:"):
+    launched = ui.allowed("launch") and st.button(
+        "Run as a background job (larger prompt sets)", icon=":material/play_arrow:"
+    )
+    if launched:
         with ui.said_here():  # the results below stay
             run_id, new = ui.submit_job({**cfg, "limit": None}, name=f"behaviour {', '.join(labels)}")
             ui.queued_line(run_id, new, "It appears under Results when it has finished.")
     # the jobs launched and not finished, and those that failed since the last success: neither was shown here (the
     # Results list holds finished runs only); redrawn while one runs, the page once it is done (its results listed)
-    ui.live(partial(ui.job_progress, "behavior", "model passes"), kind="behavior")
-    ui.failed_runs(ui.job_runner().list_runs(), "behavior", "behaviour")
+    if launched or len(uilogic.active(registry, "behavior")):  # (a page with none reads the registry no more)
+        ui.live(partial(ui.job_progress, "behavior", "model passes"), kind="behavior")
+    ui.failed_runs(registry, "behavior", "behaviour")
     if source in runs:  # a finished job's results: its own models, prompts and masks (its run names them)
         context = {"results": source}
     else:

@@ -382,9 +382,11 @@ def result_parts(res, gens, mask: str, optimal: str, where: str) -> tuple[dict, 
         figs["bg-null"] = bg_figures.null_histogram(res.overlap.null_frame(), res.overlap.overlap)
     if gens is not None:
         tables["bg-generations"] = ("Generations at temperature 0.3: full model vs subnetwork ablated", gens)
+    # "mask X", unless its label says it (a run's "bigram mask λ=10 · id" read "mask bigram mask λ=10")
+    named = mask if "mask" in mask.split(" · ")[0].split() else f"mask {mask}"
     for key, fig in figs.items():  # (built here, for this call: changed in place)
         narrow = 40 if key.startswith("bg-cov-") else None  # (three to a row: a mask's run id was cut at 1400 px)
-        bg_figures.with_setting(fig, f"mask {mask}", f"vs {optimal}" if key == "bg-null" else "", where, wrap=narrow)
+        bg_figures.with_setting(fig, named, f"vs {optimal}" if key == "bg-null" else "", where, wrap=narrow)
     return figs, tables
 
 

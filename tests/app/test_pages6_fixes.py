@@ -329,3 +329,23 @@ def test_a_figures_setting_lines_are_text():
         "<sup>20261206-192908-bigram_mask-af5699</sup>",
         "<sup>model base · corpus zoo</sup>",
     ]
+
+
+def test_a_run_labelled_mask_is_not_called_mask_twice(app_env, planted_mask):
+    """A bigram-mask run's mask is labelled "bigram mask λ=10 · <id>": its figures read "mask bigram mask λ=10 · …"."""
+    import shutil
+
+    from subnetviz import config
+    from subnetviz.masks import load_mask_set, save_mask_set
+
+    run = config.runs_dir() / "20990101-000000-bigram_mask-cccccc"
+    mask = load_mask_set(app_env / f"{planted_mask}.safetensors")
+    mask.metadata.update({"target": "bigram", "lambda": 10})
+    save_mask_set(run / "outputs" / "mask.safetensors", mask)
+    try:
+        at = open_page("bigram", bg_model="base", bg_mask=f"bigram mask λ=10 · {run.name}")
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        lines = [_title_lines(s["layout"]["title"]["text"])[1] for s in plotly_specs(at)]
+    finally:
+        shutil.rmtree(run)
+    assert lines and all(line == f"bigram mask λ=10 · {run.name}" for line in lines), lines
