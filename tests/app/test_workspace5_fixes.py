@@ -27,6 +27,7 @@ from subnetviz.errors import MaskError
 from subnetviz.masks import load_mask_set
 from subnetviz.selection import uploads_dir
 from tests.app_fixtures import home_of_its_own, open_page, plotly_specs
+from tests.integration.test_regressions4_uploads import home  # noqa: F401 - a fresh home, the only root
 
 pytestmark = pytest.mark.usefixtures("typed_options")
 
@@ -45,16 +46,6 @@ def _npz(seed: int, shape=(6, 6)) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, w=np.random.default_rng(seed).random(shape) < 0.5)
     return buf.getvalue()
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """A fresh home, which is the only root, with no uploads limit set by the environment."""
-    monkeypatch.setenv("SUBNETVIZ_HOME", str(tmp_path))
-    monkeypatch.setenv("SUBNETVIZ_ROOTS", str(tmp_path))
-    for var in ("SUBNETVIZ_UPLOADS_GB", "SUBNETVIZ_MAX_UPLOAD_MB"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
 
 
 @pytest.fixture
@@ -90,7 +81,7 @@ def test_an_upload_named_with_a_leading_dot_is_stored_listed_and_counted(micro_z
         assert selection.uploads_bytes() == sum((uploads_dir() / n).stat().st_size for n in stored)
 
 
-def test_an_upload_stored_under_a_dot_name_by_an_older_version_counts_against_the_limit(home, monkeypatch):
+def test_an_upload_stored_under_a_dot_name_by_an_older_version_counts_against_the_limit(home, monkeypatch):  # noqa: F811
     """One such file fills a limit the size of one upload: the next upload is refused, not stored beside it."""
     old = selection.save_upload("m0.npz", _npz(0))
     hidden = old.with_name("." + old.name)  # as an older version stored ``.m0.npz``
@@ -179,7 +170,7 @@ def test_a_link_naming_the_finetune_by_its_new_label_opens_as_it_was(same_names)
 
 
 # ---------------------------------------------------------------- 4. upper-case suffixes
-def test_upper_case_suffixes_are_taken_as_the_cli_takes_them(home):
+def test_upper_case_suffixes_are_taken_as_the_cli_takes_them(home):  # noqa: F811
     planted = np.random.default_rng(3).random((6, 6)) < 0.5
     buf = io.BytesIO()
     torch.save({"w": torch.from_numpy(planted).to(torch.bfloat16)}, buf)  # a bf16 0/1 torch.save file
@@ -195,7 +186,7 @@ def test_upper_case_suffixes_are_taken_as_the_cli_takes_them(home):
         assert np.array_equal(np.asarray(got), planted), name
 
 
-def test_the_cli_s_import_tells_an_upper_case_pickle_by_its_name(home):
+def test_the_cli_s_import_tells_an_upper_case_pickle_by_its_name(home):  # noqa: F811
     """``mask import OLD.PKL``: a pickle of protocol 0 or 1 has no PROTO opcode, and only its name says pickle."""
     from subnetviz.masks import import_mask
 

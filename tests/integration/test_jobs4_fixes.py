@@ -26,6 +26,7 @@ from subnetviz.errors import ConfigError, SubnetvizError
 from subnetviz.jobs.registry import Registry, process_start
 from subnetviz.jobs.rescan import REBUILT, adopt_run_folders
 from subnetviz.jobs.runner import JobRunner
+from tests.integration.test_jobs3_fixes import _wait_for
 
 WORKER = [
     sys.executable,
@@ -106,14 +107,6 @@ def _runner(root, command=WORKER, **kw) -> JobRunner:
     kw.setdefault("max_concurrent", 1)
     kw.setdefault("gpus", [])
     return JobRunner(root, command=command, cancel_grace_s=3.0, **kw)
-
-
-def _wait_for(pred, timeout=30.0):
-    deadline = time.time() + timeout
-    while not pred():
-        if time.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def _rows(root: Path) -> dict[str, dict]:
