@@ -195,15 +195,16 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
     rows, vectors, notes = data
     sel = rows[rows["model"] == model]
     # the model and the comparison precision in each chart: an export or paper figure has no picker
-    which = f"<br><sup>{figures.plain_label(model)}, K = {int(k)}{ui.compared_at(ws, say=False)}</sup>"
+    which = f"{figures.plain_label(model)}, K = {int(k)}{ui.compared_at(ws, say=False)}"
     figs = {
+        # a short first line: in a half-width column the long one lost its unit, "(°)", at 1400 px
         "sub-angles": sfig.angle_heatmap(
             sel[sel["layer"].notna()],
             side=side,
-            title=f"Largest principal angle between top-K {side} singular subspaces (°){which}",
+            title=f"Largest principal angle (°)<br><sup>top-K {side} singular subspaces · {which}</sup>",
         ),
         "sub-principal": sfig.principal_overlap_scatter(
-            sel, title=f"Update mask inside the principal-weight mask vs chance{which}"
+            sel, title=f"Update mask inside the principal-weight mask vs chance<br><sup>{which}</sup>"
         ),
         # the changed matrices only (an unchanged one's angles are 0 by definition), those without angles said
         "sub-curves": sfig.rotated_curves(

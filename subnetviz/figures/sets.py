@@ -4,6 +4,7 @@ inputs are the region counts of :class:`subnetviz.analysis.overlap.OverlapReport
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -21,6 +22,51 @@ from subnetviz.figures.style import (
     takes_data,
 )
 from subnetviz.figures.venn import REGIONS2, REGIONS3, VennLayout, venn2_layout, venn3_layout
+
+_NARROW_PX = 234  # the Venn's plot in a half-width column at 1024 px (274 px less the margins): names fit there
+_CHAR_PX, _LINE_PX = 8.5, 18  # a name in bold 14 px: about 7.5 px a character (8.5 for room), 18 px a line
+
+
+def _names(centers: np.ndarray, radii: np.ndarray, labels: Sequence[str], colors: Mapping, ext: float) -> list[dict]:
+    """Each drawn circle's name: an annotation above or below it, never beside it (there a name ran off a half-width
+    chart: "Δ grpo-s0" read "grpo-s0" at 1024 px). Circles side by side: each name centred on its circle. Else,
+    and where a centred name would cross the chart's edge on the narrowest chart, the name runs from the circle's
+    outer edge inwards. Names on one side whose spans would meet on the narrowest chart are stacked, the outer one
+    a line further out. A circle too small to hold its name: the name on a leader, one above, one below, ..."""
+    centroid = centers.mean(axis=0)
+    per_px = 2 * ext / _NARROW_PX  # data units per pixel on the narrowest chart (its width binds the square axes)
+    notes, placed, small = [], [], 0
+    for (cx, cy), r, lab in zip(centers, radii, labels, strict=True):
+        leader = r < 0.12 * ext and len(radii) > 1
+        lines = html.unescape(lab).split(" · ") if leader else [html.unescape(lab)]  # a long name: two lines
+        width = _CHAR_PX * per_px * max(len(line) for line in lines)
+        d = np.array([cx, cy]) - centroid
+        d = d / np.hypot(*d) if np.hypot(*d) > 1e-9 else np.array([0.0, 1.0])  # (a lone circle: named above)
+        beside = abs(d[1]) < 0.3  # side by side with the others
+        centred = beside or leader or abs(d[0]) < 0.3  # (else it lies to one side of the others, above or below)
+        out = (1 if cx > 0 else -1) if centred else (1 if d[0] > 0 else -1)  # the chart's edge on its side
+        inward = not centred or abs(cx) + width / 2 > ext - 4 * per_px  # (a centred name that would cross it too)
+        xa = {1: "right", -1: "left"}[out] if inward else "center"
+        font = {"color": colors[lab], "size": 14}
+        note = {"text": f"<b>{lab.replace(' · ', '<br>· ') if leader else lab}</b>", "font": font, "xanchor": xa}
+        if leader:
+            up = small % 2 == 0
+            rise = 36 + 44 * (small // 2)
+            small += 1  # (the leader meets the name's inner end where it runs inwards)
+            arrow = {"showarrow": True, "arrowhead": 0, "arrowcolor": font["color"], "ax": 0}
+            notes.append(note | arrow | {"x": cx, "y": cy + (r if up else -r), "ay": -rise if up else rise})
+            continue
+        up = d[1] > -0.3  # side by side: above
+        x, y = cx + r * out if inward else cx, cy + (r if up else -r)
+        lo = x - width * {"right": 1.0, "left": 0.0, "center": 0.5}[xa]
+        notes.append(note | {"x": x, "y": y, "showarrow": False, "yanchor": "bottom" if up else "top"})
+        placed.append((up, y if up else -y, lo, lo + width, notes[-1]))  # (its base's distance out: y, or -y below)
+    line, done = _LINE_PX * per_px, []
+    for up, out, lo, hi, note in sorted(placed, key=lambda p: (p[0], p[1])):  # nearest the circles first
+        base = max([out, *(b + line for u, b, a, z in done if u == up and a < hi and lo < z)])
+        note["yshift"] = (base - out) / per_px * (1 if up else -1)
+        done.append((up, base, lo, hi))
+    return notes
 
 
 def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: Mapping | None) -> go.Figure:
@@ -45,37 +91,11 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
             opacity=0.25,
             layer="below",
         )
-    centroid = layout.centers[drawn].mean(axis=0)
     ext = float(np.max(np.abs(layout.centers) + layout.radii[:, None])) * 1.25
-    small = 0  # circles too small to hold their name beside them: named on leaders, one above, one below, ...
-    for (cx, cy), r, lab in zip(
-        layout.centers[drawn], layout.radii[drawn], np.array(labels, dtype=object)[drawn], strict=True
+    for note in _names(
+        layout.centers[drawn], layout.radii[drawn], [str(x) for x in np.array(labels)[drawn]], colors, ext
     ):
-        text, font = f"<b>{lab}</b>", {"color": colors[str(lab)], "size": 14}
-        if r < 0.12 * ext and drawn.sum() > 1:
-            up = small % 2 == 0
-            fig.add_annotation(
-                x=cx,
-                y=cy + (r if up else -r),
-                text=text.replace(" · ", "<br>· "),  # a long name on two lines
-                showarrow=True,
-                arrowhead=0,
-                arrowcolor=font["color"],
-                ax=0,
-                ay=-(36 + 44 * (small // 2)) if up else 36 + 44 * (small // 2),
-                font=font,
-            )
-            small += 1
-            continue
-        d = np.array([cx, cy]) - centroid
-        d = d / np.hypot(*d) if np.hypot(*d) > 1e-9 else np.array([0.0, 1.0])
-        # Side by side: the label straight above its circle, centred (to the outer side it ran off the chart's edge).
-        d = np.array([0.0, 1.0]) if abs(d[1]) < 0.3 else d
-        xa = "left" if d[0] > 0.3 else "right" if d[0] < -0.3 else "center"
-        ya = "bottom" if d[1] > 0.3 else "top" if d[1] < -0.3 else "middle"
-        fig.add_annotation(
-            x=cx + r * d[0], y=cy + r * d[1], text=text, showarrow=False, xanchor=xa, yanchor=ya, font=font
-        )
+        fig.add_annotation(note)
     empty = [lab for lab, ok in zip(labels, drawn, strict=True) if not ok]
     if empty:
         title += f"<br><sup>empty, not drawn: {', '.join(empty)}</sup>"
@@ -169,8 +189,12 @@ def venn3(
     if _all_empty(counts, 3):
         return no_data_figure(title, EMPTY_UNION)
     layout = venn3_layout(counts, method=method)
-    sub = f"layout accuracy {100 * (1 - layout.region_error):.1f}% ({layout.method}; Σ|drawn − true| area = {100 * layout.region_error:.1f}% of union)"
-    return _venn_figure(layout, labels, f"{title}<br><sup>{sub}</sup>", colors)
+    # two short lines: one ran past a half-width chart at 1024 px (it stopped at "area = 5.0%")
+    sub = (
+        f"<br><sup>layout accuracy {100 * (1 - layout.region_error):.1f}% ({layout.method})</sup>"
+        f"<br><sup>Σ|drawn − true| area = {100 * layout.region_error:.1f}% of union</sup>"
+    )
+    return _venn_figure(layout, labels, title + sub, colors)
 
 
 def _members(v, labels: Sequence[str]) -> tuple[int, ...]:

@@ -38,7 +38,8 @@ def angle_heatmap(df: pd.DataFrame, side: str = "left", title: str | None = None
     when present; a layer whose matrices are all in ``block`` "mtp" (or flagged ``mtp``) is ticked "48 · MTP".
     """
     col = f"angle_{side}_max"
-    title = title or f"Largest principal angle between top-K {side} singular subspaces (°)"
+    # a short first line: in a half-width column a long one lost its unit, "(°)"
+    title = title or f"Largest principal angle (°)<br><sup>top-K {side} singular subspaces</sup>"
     if df.empty:
         return no_data_figure(title)
     _require(df, ["layer", "module", col], "angle_heatmap")

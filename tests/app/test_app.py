@@ -605,7 +605,7 @@ def test_pages_show_live_progress_of_a_queued_or_running_job(app_env):
     try:
         at = open_page("continual")  # the job has no step yet (NaN in the registry): must not break the page
         assert not at.exception and not at.error, [e.value for e in at.error]
-        assert any("live:" in p.proto.text for p in at.get("progress"))
+        assert any(p.proto.text.startswith(f"live · {rid}: ") for p in at.get("progress"))  # (named with its id)
         at = open_page("training", tr_view="Runs")
         assert not at.exception and not at.error
     finally:
