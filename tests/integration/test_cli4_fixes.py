@@ -162,6 +162,22 @@ def test_a_job_that_publishes_to_the_cache_refuses_a_bad_limit_before_its_work(t
 # --- 3: SIGTERM on experiment drivers -------------------------------------------------------------------------------
 
 
+def _main_under_sigterm(argv: list[str]) -> int:
+    """``main(argv)`` with SIGTERM's handler one that raises (Python's default would end this test process itself):
+    the command must take SIGTERM itself, and put that handler back once it ends."""
+
+    def unhandled(signum, frame):
+        raise RuntimeError(f"{argv[0]} left SIGTERM to the handler it found")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        code = main(argv)
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back once the command ends
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    return code
+
+
 @pytest.mark.usefixtures("terminal_sigint")
 def test_sigterm_on_drivers_stops_its_child_and_removes_its_work_folder(micro_zoo, tmp_path, monkeypatch, capsys):
     """SIGTERM (``kill PID``, ``timeout``) while a grid run waits on its child process, as it waits on the PPO child:
@@ -191,16 +207,10 @@ def test_sigterm_on_drivers_stops_its_child_and_removes_its_work_folder(micro_zo
 
     monkeypatch.setattr(drivers, "recipe_rows", run_with_a_child)
 
-    def unhandled(signum, frame):  # (Python's default would end this test process itself)
-        raise RuntimeError("drivers left SIGTERM to the handler it found")
-
-    before = signal.signal(signal.SIGTERM, unhandled)
     out = tmp_path / "out"
-    try:
-        code = main(["experiment", "drivers", "--preset", "micro", "--zoo", str(micro_zoo.root), "--out", str(out)])
-        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back once the command ends
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    code = _main_under_sigterm(
+        ["experiment", "drivers", "--preset", "micro", "--zoo", str(micro_zoo.root), "--out", str(out)]
+    )
     err = capsys.readouterr().err
     assert code == 143
     assert err.replace("\r", "\n").strip().splitlines()[-1] == "interrupted: nothing was written."
@@ -228,16 +238,8 @@ def test_sigterm_on_analyze_removes_its_half_written_result(ckpt_zoo, tmp_path, 
 
     monkeypatch.setattr(updates, "write_analysis", write_then_stopped)
 
-    def unhandled(signum, frame):  # (Python's default would end this test process itself)
-        raise RuntimeError("analyze left SIGTERM to the handler it found")
-
-    before = signal.signal(signal.SIGTERM, unhandled)
     out = tmp_path / "out"
-    try:
-        code = main(["analyze", str(ckpt_zoo.llama), str(ckpt_zoo.llama), "--no-cache", "--out", str(out)])
-        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back once the command ends
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    code = _main_under_sigterm(["analyze", str(ckpt_zoo.llama), str(ckpt_zoo.llama), "--no-cache", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 143 and "Traceback" not in err, err
     assert err.replace("\r", "\n").strip().splitlines()[-1] == "interrupted: nothing was written."
