@@ -1178,10 +1178,12 @@ def _figure_file(keys: list[str], title: str) -> None:
         except StaticExportError as exc:
             print(f"subnetviz: figure {key!r}: {exc}", flush=True)  # one line, no traceback: the reason is known
             made = (None, str(exc))
-        # the file is of this figure object: a page run that rebuilds the chart (new data) leaves it behind
-        st.session_state[f"pub-made-{title}"] = (fig, key, fmt, scale, *made)
+        # the file is of this figure's content: a page run that rebuilds the chart with new data leaves it behind
+        st.session_state[f"pub-made-{title}"] = (_figure_signature(fig), key, fmt, scale, *made)
     kept = st.session_state.get(f"pub-made-{title}")
-    if kept is None or kept[0] is not fig or kept[1:4] != (key, fmt, scale):
+    # compared by content, not by object: a page redrawn every 2 s while a job runs (or any rerun) rebuilds equal
+    # charts, and the file made a moment before vanished with its object
+    if kept is None or kept[1:4] != (key, fmt, scale) or kept[0] != _figure_signature(fig):
         return
     data, why = kept[4:]
     if why is not None:
@@ -1196,6 +1198,11 @@ def _figure_file(keys: list[str], title: str) -> None:
         icon=":material/download:",
         on_click="ignore",
     )
+
+
+def _figure_signature(fig) -> str:
+    """A chart's content as a short digest: equal for a chart rebuilt from the same data and look."""
+    return hashlib.sha1(fig.to_json().encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _chart_name(fig, key: str) -> str:

@@ -176,6 +176,9 @@ def test_publication_figure_downloads_as_svg(browser, app_url, tmp_path):
         # the page drawn first: a click on "Make figure" during the first script run (the analysis still computing,
         # a loaded CI machine) was lost to the rerun, and "Download figure" never came
         wait_for_charts(page)
+        # ... and the script finished: a figure made while a full run was still going was of that run's chart
+        # objects, which the run's end replaced, so its "Download figure" never came (a CI flake)
+        wait_for_app(page)
         page.get_by_text("Figure for a paper (SVG, PDF, PNG)").click()
         page.get_by_role("button", name="Make figure").click()  # rendered on click: a failure is said in one line
         with page.expect_download(timeout=120_000) as info:
