@@ -178,6 +178,8 @@ class JobRunner:
             config = json.loads(json.dumps(config, default=_jsonable_path))  # Path objects -> str
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"a job config must be plain JSON (str paths, numbers, lists, dicts): {exc}.") from None
+        if name:  # kept in the run folder too: a registry rebuilt from the folders (jobs/rescan.py) names the run
+            config["name"] = name
         validate_job_config(config)
         self._check_named_gpu(config)
         kind = str(config["kind"])
