@@ -76,7 +76,7 @@ def launch() -> None:
                 kkt=kkt,
                 task_inference=inference,
             )
-            run_id, new = ui.submit_job(cfg.to_dict(), name=f"{bench} {'/'.join(methods)} d={densities} T={tasks}")
+            run_id, new = ui.submit_job(cfg.to_dict(), name=_run_name(cfg))
             ui.queued_line(run_id, new, "It appears under Results when it finishes (its error, if it fails).")
 
 
@@ -429,6 +429,12 @@ def body() -> None:
         launch()
     else:
         results()
+
+
+def _run_name(cfg: ContinualConfig) -> str:
+    """A launched run's name: its benchmark, methods, densities as the page writes them, and task count."""
+    dens = "/".join(_percent(d) for d in cfg.density)
+    return f"{cfg.benchmark}: {'/'.join(cfg.methods)}, d={dens}, T={cfg.tasks}"
 
 
 def _percent(density: float) -> str:

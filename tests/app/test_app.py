@@ -801,6 +801,8 @@ def test_a_continual_run_left_at_the_form_s_epochs_takes_the_benchmark_s(app_env
     try:
         assert len(new) == 1
         assert runner.get(new[0].id).config["epochs"] == {"mask": None, "weight": None, "finetune": None}
+        # named as the page writes densities (the name held a Python list: "d=[0.05]")
+        assert runner.get(new[0].id).name == "permuted-digits: finetune/supsup/ssnet/exssnet, d=5 %, T=5"
     finally:
         for r in new:
             runner.cancel(r.id)
