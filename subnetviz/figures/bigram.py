@@ -15,6 +15,20 @@ from subnetviz.figures.style import PALETTE, SEQUENTIAL, _style, color_map, no_d
 SETTING_ORDER = ("bigram", "full", "subnetwork", "ablated", "random subnetwork", "random ablated", "empty")
 
 
+def _spread(s: pd.DataFrame, column: str) -> tuple[np.ndarray | None, list[str]]:
+    """Error-bar lengths (0 where a setting has no spread) and each bar's hover text for its spread: "± sd over n
+    seeds" for a setting drawn over several seeds, nothing for one without seeds (it read "± 0.0 (sd)")."""
+    if column not in s:
+        return None, [""] * len(s)
+    sd = s[column].to_numpy(dtype=np.float64)
+    seeds = s["n_seeds"].to_numpy() if "n_seeds" in s else [None] * len(s)
+    said = [
+        "" if not np.isfinite(v) else f" ± {v:.2g} (sd)" if n is None else f" ± {v:.2g} (sd over {int(n)} seeds)"
+        for v, n in zip(sd, seeds, strict=True)
+    ]
+    return np.where(np.isfinite(sd), sd, 0.0), said
+
+
 def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values("setting", key=lambda col: col.map(order_key(SETTING_ORDER)), kind="stable")
 
@@ -27,17 +41,15 @@ def fidelity_bars(
     if summary.empty:
         return no_data_figure(title)
     s = _ordered(summary)
-    sd = s["r_sd"].fillna(0).to_numpy(dtype=np.float64) if "r_sd" in s else None
+    sd, said = _spread(s, "r_sd")
     fig = go.Figure(
         go.Bar(
             x=s["setting"].to_numpy(),
             y=s["r_mean"].to_numpy(dtype=np.float64),
             marker_color=PALETTE[0],
             error_y={"type": "data", "array": sd, "visible": sd is not None},
-            customdata=sd,
-            hovertemplate="%{x}<br>r = %{y:.4f}"
-            + (" ± %{customdata:.2g} (sd)" if sd is not None else "")
-            + "<extra></extra>",
+            customdata=said,
+            hovertemplate="%{x}<br>r = %{y:.4f}%{customdata}<extra></extra>",
         )
     )
     fig.update_yaxes(range=[min(0.0, float(s["r_mean"].min())), 1.0])
@@ -50,18 +62,16 @@ def delta_bits_bars(summary: pd.DataFrame, title: str = "Loss against the full m
     if summary.empty:
         return no_data_figure(title)
     s = _ordered(summary[summary["setting"] != "full"])
-    sd = s["bits_sd"].fillna(0).to_numpy(dtype=np.float64) if "bits_sd" in s else None
+    sd, said = _spread(s, "bits_sd")
     fig = go.Figure(
         go.Bar(
             x=s["setting"].to_numpy(),
             y=s["delta_bits"].to_numpy(dtype=np.float64),
             marker_color=PALETTE[1],
             error_y={"type": "data", "array": sd, "visible": sd is not None},
-            customdata=sd,
+            customdata=said,
             # significant digits, not decimals: a random ablation's +0.0007 would read +0.0000 at .4f
-            hovertemplate="%{x}<br>Δ %{y:+.4g} bits/token"
-            + (" ± %{customdata:.2g} (sd)" if sd is not None else "")
-            + "<extra></extra>",
+            hovertemplate="%{x}<br>Δ %{y:+.4g} bits/token%{customdata}<extra></extra>",
         )
     )
     return _style(fig, title, "setting", "Δ bits per token vs full model")
@@ -140,6 +150,7 @@ def null_histogram(
                 name=f"null: {name}",
                 opacity=0.6,
                 marker_color=PALETTE[i % len(PALETTE)],
+                xhoverformat=".3g",  # (the bin's range: 0.0012000000000000001-0.0014 %)
                 hovertemplate="overlap %{x} %<br>%{y} null draws<extra>%{fullData.name}</extra>",
             )
         )

@@ -25,6 +25,11 @@ def test_fidelity_bars_in_setting_order_with_spread():
     assert list(bar.x) == ["bigram", "full", "subnetwork", "ablated", "random subnetwork", "random ablated", "empty"]
     assert np.allclose(bar.y, [1.0, 0.97, 0.99, 0.96, 0.67, 0.97, 0.67])
     assert np.allclose(bar.error_y.array, [0, 0, 0, 0, 0.002, 0.001, 0])
+    # a setting without seeds has no spread in its hover (it read "± 0.0 (sd)"); one with seeds says over how many
+    s = _summary().assign(n_seeds=[1, 3, 1, 1, 1, 3, 1])
+    hover = dict(zip(bf.fidelity_bars(s).data[0].x, bf.fidelity_bars(s).data[0].customdata, strict=True))
+    assert hover["full"] == "" and hover["random subnetwork"] == " ± 0.002 (sd over 3 seeds)"
+    assert "%{customdata}" in bar.hovertemplate and "± 0.0 " not in str(list(bar.customdata))
 
 
 def test_delta_bits_leaves_out_the_full_model():
