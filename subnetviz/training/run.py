@@ -50,6 +50,7 @@ import torch
 from transformers import TrainerCallback
 
 from subnetviz.cache import atomic_write
+from subnetviz.checkpoints.models import meta_model
 from subnetviz.errors import ConfigError, JobError, MaskError, SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext
 from subnetviz.training import sharded, zero
@@ -281,6 +282,9 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
     """
     # every row's length on the main rank only (the notes go to its log; each rank would tokenize the whole data)
     notes = cfg.validate(all_rows=os.environ.get("RANK", "0") == "0")
+    # the base's config.json bounded by its weights before the trainer builds what it describes (10^30 layers were
+    # built for good, 10^9 key/value heads allocated): one line naming the key and both numbers
+    meta_model(cfg.base)
     _use_device(cfg, notes)
     if cfg.strategy in zero.ZERO_STRATEGIES:
         if why := zero.zero_available():
