@@ -277,7 +277,7 @@ def upset(
             text=[_compact(c) for c in cnt],
             textposition="outside",
             cliponaxis=False,
-            textangle=-90 if k > 20 else 0,
+            textangle=-90 if k > 4 else 0,  # (side by side, five or more labels ran into each other at 1024 px)
             constraintext="none",
             hovertemplate="%{hovertext} (exclusive)<br>%{customdata[0]:,.0f} parameters"
             "<br>%{customdata[1]:.2f}% of union<extra></extra>",
