@@ -14,6 +14,10 @@ the finetuned matrix:
   Entries tied at the mask's threshold count fractionally (the expected overlap under a random choice among
   them), so the number does not depend on where the changes lie.
 
+A pair whose entries differ only in the sign of zero (+0 against −0: other bits, equal values) keeps its changed
+entries in ``changed`` (the update pass counts them so) but is the same matrix: its angles are exactly 0, its σ ratios
+1 and its principal-weight overlap NaN, as an unchanged pair's, and a note names it (``zero_signs_only``).
+
 The update mask follows the update pass (:func:`subnetviz.analysis.quant.compare_aligned`): with a comparison
 precision chosen (``SubspaceOptions.precision``, ``analyze --precision``, the sidebar's), every pair at it (both
 sides cast to it); with none, a float pair at the finetune's stored dtype (the base rounded to it), a float side
@@ -92,7 +96,7 @@ __all__ = [
 
 ProgressFn = Callable[[int, int, str], None]
 METHODS = ("auto", "gram", "randomized", "svd")
-SUBSPACES_VERSION = 5  # bump when the same inputs would give different numbers or files
+SUBSPACES_VERSION = 6  # bump when the same inputs would give different numbers or files
 COLUMNS = [
     "model",
     "name",
@@ -176,6 +180,7 @@ class SubspaceResult:
     module: str | None = None
     expert: str | None = None  # a MoE expert's index (or "shared"); of a packed 3-D tensor, the slice ``e``
     block: str | None = None  # the naming's block ("attn", "mlp", ..., "mtp": a multi-token-prediction module's)
+    zero_signs_only: bool = False  # changed entries, each +0 against −0 only: equal values (said in a note)
 
     def row(self) -> dict:
         finite = self.sv_ratio[np.isfinite(self.sv_ratio)]
@@ -273,7 +278,8 @@ def compare_subspaces(
     changed = int(changed_mask.sum())
     numel = base.numel()
     base_defined = _sigma1(tb) > 0  # a zero base has no top-K subspace: what its angles would measure is arbitrary
-    if not changed:  # identical bits: the same subspaces exactly (no round-off angle of 1e-14°)
+    zero_signs = bool(changed) and equal_values(base, ft)  # bits differ only where +0 meets −0
+    if not changed or zero_signs:  # the same matrix: the same subspaces exactly (no round-off angle of 1e-14°)
         angles = np.zeros(tb.sigma.size) if base_defined else np.full(tb.sigma.size, np.nan)
         return SubspaceResult(
             name,
@@ -283,11 +289,12 @@ def compare_subspaces(
             angles,
             angles.copy(),
             np.where(tb.sigma > 0, 1.0, np.nan),
-            float("nan"),
-            0.0,
-            0,
+            float("nan"),  # no value moved: no update to lie inside or outside the principal weights
+            changed / numel if numel else 0.0,  # (the density of ``changed``, counted as the update pass counts it)
+            changed,
             _gap(tb),
             time.perf_counter() - t0,
+            zero_signs_only=zero_signs,
         )
     tf = top_k(ft, k, **kw)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -321,6 +328,13 @@ def changed_entries(base: torch.Tensor, ft: torch.Tensor, dtype: torch.dtype) ->
     for s in range(0, base.shape[0], step):
         out[s : s + step] = bits_differ(base[s : s + step].to(dtype), ft[s : s + step].to(dtype))
     return out
+
+
+def equal_values(base: torch.Tensor, ft: torch.Tensor) -> bool:
+    """Whether ``base`` and ``ft`` (one shape and dtype, finite) are equal as values, +0 and −0 alike: a band of rows
+    at a time (no whole comparison mask beside the update mask), stopping at the first band that differs."""
+    step = max(1, _CHUNK_ELEMENTS // max(int(base.shape[1]), 1))
+    return all(torch.equal(base[s : s + step], ft[s : s + step]) for s in range(0, base.shape[0], step))
 
 
 def _sigma1(t: TopK) -> float:
@@ -443,6 +457,14 @@ def analyze_subspaces(
             del a_all, b_all
     if progress:
         progress(len(keys), len(keys), "done")
+    signs = [f"{m} · {r.name}" for m, rs in out.results.items() for r in rs if r.zero_signs_only]
+    if signs:
+        ex = ", ".join(signs[:3]) + (" ..." if len(signs) > 3 else "")
+        out.notes.append(
+            f"subspaces: {len(signs)} matrix pair(s) whose changed entries differ only in the sign of zero (+0 against "
+            f"−0: other bits, equal values; {ex}): counted as changed, as the update analysis counts them, but the same "
+            "matrices, so their principal angles are 0, their σ ratios 1 and their principal-weight overlap undefined."
+        )
     methods = sorted({r.method for rs in out.results.values() for r in rs})
     skipped = sum(r.method.startswith("skipped") for rs in out.results.values() for r in rs)
     if skipped:

@@ -129,7 +129,7 @@ def spectrum_curves(
     colors = colors or color_map(names)
     thresholds = thresholds or {}
     fig = go.Figure()
-    hidden, drawn = 0, []  # σ left out as numerical zeros; the σ drawn (for the axis' ticks)
+    hidden, drawn, dots = 0, [], 0  # σ left out as numerical zeros; the σ drawn (for the axis' ticks); lone σ
     for n in names:
         for kind in ("update", "random"):
             sub = df[(df["name"].astype(str) == n) & (df["kind"] == kind)].sort_values("index")
@@ -140,11 +140,13 @@ def spectrum_curves(
             keep = sig > floor
             hidden += int((np.isfinite(sig) & ~keep).sum())
             drawn.extend(sig[keep])
+            lone = int(keep.sum()) == 1  # a rank-1 Δ (or baseline): one σ, no segment for mode="lines" to draw
+            dots += lone
             fig.add_trace(
                 go.Scatter(
                     x=sub["index"].to_numpy(),
                     y=np.where(keep, sig, np.nan),
-                    mode="lines",
+                    mode="lines+markers" if lone else "lines",
                     name=n,
                     legendgroup=n,
                     showlegend=kind == "update",
@@ -153,6 +155,7 @@ def spectrum_curves(
                         "dash": "solid" if kind == "update" else "dash",
                         "width": 2 if kind == "update" else 1.5,
                     },
+                    marker={**_LONE[kind], "color": colors[n]} if lone else None,
                     hovertemplate=f"{n} ({kind})<br>σ#%{{x}} = %{{y:.4g}}<extra></extra>",
                 )
             )
@@ -172,6 +175,8 @@ def spectrum_curves(
     drawn.extend(v for v in thresholds.values() if v > 0)
     fig.update_yaxes(type="log", exponentformat="power", dtick=_decade_step(drawn))
     sub = "dashed: random sparse baseline" + (" · dotted: rank threshold (σ₁·max(m,n)·ε_fp32)" if thresholds else "")
+    if dots:
+        sub += " · a lone σ: a dot (baseline: a ring)"
     if hidden:
         sub += f" · {hidden:,} σ under the rank threshold (numerical zeros) not drawn"
     if colour_note:
@@ -186,6 +191,16 @@ def spectrum_curves(
         height=460 + 22 * ((len(names) + 2) // 3),
     )
     return fig
+
+
+# A curve with one σ above its floor (a rank-1 Δ: one changed entry, row or column; a new token's embedding row) is
+# one point, which mode="lines" does not draw: the update's σ₁, the largest value of the chart, was left out. Such a
+# curve gets a mark: the update a dot, its baseline a ring around it (the two coincide for a single changed entry).
+# Every curve with markers hid the dashes of the baselines under beads at hundreds of σ, so only these get them.
+_LONE = {
+    "update": {"size": 7, "symbol": "circle"},
+    "random": {"size": 11, "symbol": "circle-open", "line": {"width": 1.5}},
+}
 
 
 def _zero_floor(sig: np.ndarray, df: pd.DataFrame, name: str, thresholds: Mapping[str, float]) -> float:
