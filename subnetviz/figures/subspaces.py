@@ -124,7 +124,8 @@ def rotated_curves(df: pd.DataFrame, vectors: pd.DataFrame, side: str = "left", 
     col = f"angle_{side}_max"
     title = title or f"Principal angles of the most rotated changed matrices, {side} singular subspaces"
     _require(df, ["name", "changed", col, "angle_left_max", "sv_ratio_mean"], "rotated_curves")
-    changed = pd.to_numeric(df["changed"], errors="coerce").fillna(0) > 0
+    signs = signs_only(df)
+    changed = (pd.to_numeric(df["changed"], errors="coerce").fillna(0) > 0) & ~signs
     angle = pd.to_numeric(df[col], errors="coerce")
     ranked = df.assign(_angle=angle)[changed & angle.notna()].sort_values("_angle", ascending=False, kind="stable")
     names = list(dict.fromkeys(ranked["name"]))[:n]
@@ -135,6 +136,8 @@ def rotated_curves(df: pd.DataFrame, vectors: pd.DataFrame, side: str = "left", 
         if (zero == s).any()
     ]
     undefined = "; ".join(why) + ",<br>so no top-K subspace and no principal angles" if why else ""
+    if signs.any():  # (drawn at 0°, they read as "the most rotated" where few matrices changed)
+        undefined = "; ".join(filter(None, [undefined, _signs_said(df, signs)]))
     if not names:
         empty = "no matrix changed: nothing rotated" if not changed.any() else "no principal angles to draw"
         return no_data_figure(title, undefined or empty)
@@ -160,6 +163,26 @@ def zero_sides(df: pd.DataFrame) -> pd.Series:
     out[undefined & base] = "base"
     out[undefined & ~base] = "finetune"
     return out
+
+
+def signs_only(df: pd.DataFrame) -> pd.Series:
+    """Per row of a subspaces table: True where the changed entries differ only in the sign of zero (+0 against
+    −0): changed > 0, the principal-weight overlap undefined though neither side is all zero (:func:`zero_sides`)
+    and the comparison not skipped; the analysis compares such a pair as the same matrix (angles 0, σ ratios 1)."""
+    if not {"changed", "principal_overlap", "angle_left_max", "sv_ratio_mean"} <= set(df.columns):
+        return pd.Series(False, index=df.index)
+    out = (pd.to_numeric(df["changed"], errors="coerce").fillna(0) > 0) & df["principal_overlap"].isna()
+    out &= zero_sides(df).isna()
+    if "method" in df.columns:
+        out &= ~df["method"].astype(str).str.startswith("skipped")
+    return out
+
+
+def _signs_said(df: pd.DataFrame, signs: pd.Series) -> str:
+    return (
+        f"{_changed(int(signs.sum()))} whose entries differ only in the sign of zero ({_some(df['name'][signs])}),"
+        "<br>the same matrices as values"
+    )
 
 
 def zero_matrix_note(df: pd.DataFrame) -> str | None:
@@ -232,7 +255,7 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
     principal overlap (its base matrix all zero: no principal weights) is said, apart from the unchanged ones
     (none to draw: the chart read "no changed entries in any matrix" where 4,096 entries of a zero base had changed).
     """
-    title = title or "Update mask inside the principal-weight mask vs chance"
+    title = title or "Update mask inside the principal weights vs chance"
     _require(
         df,
         ["name", "principal_overlap", "principal_overlap_chance"],
@@ -241,13 +264,24 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
     )
     d = df.dropna(subset=["principal_overlap"])
     changed = pd.to_numeric(df["changed"], errors="coerce").fillna(0) > 0 if "changed" in df.columns else None
-    # (a changed matrix's overlap is NaN only where the base matrix is all zero: it has no principal weights)
-    undefined = df["name"][df["principal_overlap"].isna() & changed] if changed is not None else df["name"][:0]
-    zero_base = (
-        f"{_changed(len(undefined))} whose base matrix is all zero ({_some(undefined)}),<br>so no principal weights"
+    signs = signs_only(df)
+    # (a changed matrix's overlap is NaN where the base matrix is all zero, so it has no principal weights, and
+    # where its entries differ only in the sign of zero: no value moved)
+    undefined = df["name"][df["principal_overlap"].isna() & changed & ~signs] if changed is not None else df["name"][:0]
+    zero_base = "; ".join(
+        filter(
+            None,
+            [
+                f"{_changed(len(undefined))} whose base matrix is all zero ({_some(undefined)}),<br>so no principal "
+                "weights"
+                if len(undefined)
+                else "",
+                _signs_said(df, signs) if signs.any() else "",
+            ],
+        )
     )
     if d.empty:
-        if len(undefined):
+        if zero_base:
             return no_data_figure(title, zero_base)
         skipped = df["method"].astype(str).str.startswith("skipped") if "method" in df.columns else None
         if changed is None:
@@ -281,6 +315,6 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
         )
     )
     _style(fig, title, "chance: update density (%)", "share of the update inside principal weights (%)")
-    if len(undefined):
+    if zero_base:
         _footnote(fig, f"Not drawn: {zero_base}.")
     return fig

@@ -135,7 +135,7 @@ def test_a_changed_zero_base_matrix_is_said_not_read_as_unchanged_or_unrotated(z
     # the tab's note names it and says why its cell is blank: no word of it before
     assert ZERO_NOTE in shown and "undefined (blank on the heatmap" in shown
     # the principal-weight chart: the one matrix changed (256 entries) has no principal weights, said as such
-    principal = _annotations(_spec(at, "Update mask inside the principal-weight mask"))
+    principal = _annotations(_spec(at, "principal weights vs chance"))
     assert "no changed entries" not in principal
     assert f"1 changed matrix whose base matrix is all zero ({short(Q)})" in principal
     # the most rotated: changed matrices only (six unchanged ones were drawn at 0°), the zero-base one said
@@ -163,7 +163,7 @@ def test_the_most_rotated_are_changed_matrices_and_their_angles_are_numpys(zero_
     expected = np.sort(np.degrees(subspace_angles(ua, ub)))
     np.testing.assert_allclose(decode(curves["data"][0]["y"]).astype(float), expected, rtol=1e-7, atol=1e-7)
     # the principal-weight chart draws the two matrices that have principal weights, and says which it cannot
-    principal = _spec(at, "Update mask inside the principal-weight mask")
+    principal = _spec(at, "principal weights vs chance")
     drawn = {str(n) for t in principal["data"] if t["name"] != "chance" for n in t["text"]}
     assert drawn == {short(K), short(O1)}
     assert f"1 changed matrix whose base matrix is all zero ({short(Q)})" in _annotations(principal)
