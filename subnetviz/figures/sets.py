@@ -19,6 +19,7 @@ from subnetviz.figures.style import (
     _style,
     color_map,
     no_data_figure,
+    percent_cells,
     takes_data,
 )
 from subnetviz.figures.venn import REGIONS2, REGIONS3, VennLayout, venn2_layout, venn3_layout
@@ -122,9 +123,9 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
             x=layout.label_points[ok, 0],
             y=layout.label_points[ok, 1],
             mode="markers+text",
-            text=[
-                f"{_compact(c)}<br>{s:.1f}%" if big else ""
-                for c, s, big in zip(layout.counts[ok], share[ok], roomy, strict=True)
+            text=[  # (a share as the heatmap cells write it: 99.97 % of the union is not "100.0%")
+                f"{_compact(c)}<br>{s}" if big else ""
+                for c, s, big in zip(layout.counts[ok], percent_cells(share[ok]), roomy, strict=True)
             ],
             customdata=custom,
             hovertext=np.array(names, dtype=object)[ok],
@@ -142,9 +143,14 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
 
 
 def _compact(v: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    """A count in three significant digits, its unit chosen after the rounding: 999,700 is "1M", not "1e+03k"."""
+    units = (("G", 1e9), ("M", 1e6), ("k", 1e3))
+    for i, (unit, div) in enumerate(units):
         if abs(v) >= div:
-            return f"{v / div:.3g}{unit}"
+            shown = float(f"{v / div:.3g}")
+            if abs(shown) >= 1000 and i:  # rounded up into the next unit
+                unit, shown = units[i - 1][0], float(f"{v / units[i - 1][1]:.3g}")
+            return f"{shown:g}{unit}"
     return f"{v:,.0f}"
 
 

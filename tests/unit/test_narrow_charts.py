@@ -30,3 +30,25 @@ def test_a_layer_heatmap_s_colour_bar_title_puts_its_unit_on_a_line_of_its_own()
     fig = F.sparsity_heatmap(df)
     assert fig.data[0].colorbar.title.text == "sparsity<br>(%)"
     assert np.nanmax(fig.data[0].z) == 90.0
+
+
+def test_set_chart_counts_pick_their_unit_after_rounding_and_shares_near_100_keep_their_decimals():
+    """999,700 read "1e+03k" on the Venn and the UpSet bars; a region at 99.97 % of the union read "100.0%"."""
+    from subnetviz.figures.sets import _compact
+
+    assert [_compact(v) for v in (999, 999_499, 999_700, 999_999_999, 98_900, 1_000, 17_000)] == [
+        "999",
+        "999k",
+        "1M",
+        "1G",
+        "98.9k",
+        "1k",
+        "17k",
+    ]
+    labels = ["a", "b"]
+    df = pd.DataFrame({"members": [1, 2, 3], "count": [999_700, 0, 300]})
+    bars = F.upset(df, labels).data[0]
+    assert "1M" in list(bars.text) and not any("e+" in t for t in bars.text)
+    venn = F.venn2([999_700, 0, 300], labels)
+    texts = [t for tr in venn.data for t in (tr.text or []) if t]
+    assert any(t.endswith("99.97%") for t in texts) and not any("100.0%" in t or "e+" in t for t in texts), texts
