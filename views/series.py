@@ -13,12 +13,31 @@ from subnetviz.figures.series import SPLIT_NOT_RUN
 def module_figure(per, steps: tuple[int, ...], first: str):
     """Sparsity per module kind at each checkpoint of a run (``steps``: the first checkpoint's, then one per
     step): from the series' own counts (``per``: a :class:`SeriesResult` holding them), or from the update analysis
-    of the run's checkpoints against its first (``per``: its reports), built once per analysis, shared."""
+    of the run's checkpoints against its first (``per``: its reports, cut to the tensors the series compared),
+    built once per analysis, shared."""
     if getattr(per, "modules", None) is not None:
         frame = per.modules
     else:
-        frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(per.reports, steps[1:], strict=True)])
+        reports = in_every_step(per.reports)
+        frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(reports, steps[1:], strict=True)])
     return figures.module_series(frame, first=first, start=steps[0])
+
+
+def in_every_step(reports: list) -> list:
+    """The update analysis's reports (each checkpoint against the first, one pair at a time) cut to the tensors
+    every pair compared: those every checkpoint holds, as the series compares them and its note says. A pair
+    compares what its two checkpoints share, so a tensor one checkpoint lacks was counted at the other steps only,
+    and a module's line changed its denominator from step to step."""
+    keys = set.intersection(*(set(r.tensors["key"]) for r in reports)) if reports else set()
+    out = []
+    for r in reports:
+        kept = r.tensors["key"].isin(keys)
+        if kept.all():  # (nothing left out at this step: the report as it is)
+            out.append(r)
+            continue
+        parts = None if r.parts is None else r.parts[r.parts["key"].isin(keys)]
+        out.append(replace(r, tensors=r.tensors[kept], parts=parts))
+    return out
 
 
 TABLE_NAMES = {  # the analysis's columns, named in the table as on the chart (the first checkpoint is the base)

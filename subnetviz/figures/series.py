@@ -59,7 +59,10 @@ def series_lines(
     this one; nothing cancelled out between independent finetunes).
     """
     if title is None:
-        title = f"Checkpoint series: update sparsity {'over training' if ticks is None else 'along the checkpoints'}"
+        # (the longer one on two lines: in two thirds of a 1024 px page it was cut at "along the checkp")
+        title = (
+            f"Checkpoint series: update sparsity {'over training' if ticks is None else '<br>along the checkpoints'}"
+        )
     if df.empty:
         return no_data_figure(title)
     _require(
@@ -111,10 +114,18 @@ def series_lines(
     )
     if ticks is not None:
         fig.update_xaxes(tickvals=d["step"].to_numpy(), ticktext=names)
+    elif d["step"].max() - d["step"].min() <= 10:  # whole steps only: a short run reads 1, 2, 3, not 1, 1.5, 2
+        fig.update_xaxes(dtick=1)
     return fig
 
 
-def _wrapped(text: str, width: int = 40) -> str:
+# Characters per line of the split bar's title and legend names: the Series page draws it in a third of the page
+# (beside the series chart), about 180 px wide at a 1024 px window with the sidebar open, where a title line holds
+# about 22 characters (~7.8 px each at the title's size) and a legend name about 25 (~5.4 px, after its symbol).
+NARROW = 20
+
+
+def _wrapped(text: str, width: int = NARROW) -> str:
     """``text`` broken into lines of at most about ``width`` characters at spaces (Plotly's ``<br>``)."""
     lines: list[str] = []
     for word in text.split(" "):
@@ -127,19 +138,25 @@ def _wrapped(text: str, width: int = 40) -> str:
 
 @takes_data()
 def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") -> go.Figure:
-    """One stacked horizontal bar: columns part, count (share computed), in fixed category colours."""
+    """One stacked horizontal bar: columns part, count (share computed), in fixed category colours.
+
+    Drawn for a narrow column (a third of the page): the title and the parts' names are wrapped to
+    :data:`NARROW` characters a line (Plotly clips them at the figure's edge otherwise), the legend listed
+    below the bar one part under another, and the figure as tall as those lines need."""
+    title = _wrapped(title)
     if df.empty:
         return no_data_figure(title)
     _require(df, ["part", "count"], "split_bar")
     total = float(df["count"].sum()) or 1.0
     fig = go.Figure()
-    for i, row in enumerate(df.itertuples()):
+    names = [_wrapped(str(part)) for part in df["part"]]
+    for i, (row, name) in enumerate(zip(df.itertuples(), names, strict=True)):
         share = 100 * row.count / total
         fig.add_trace(
             go.Bar(
                 y=[""],
                 x=[share],
-                name=_wrapped(str(row.part)),  # (a long part name clipped at the legend's right edge)
+                name=name,
                 orientation="h",
                 marker_color=SPLIT_COLORS.get(str(row.part), PALETTE[i % len(PALETTE)]),
                 text=[f"{share:.1f} %"],
@@ -148,15 +165,18 @@ def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") ->
                 hovertemplate=f"{row.part}<br>%{{customdata:,}} parameters (%{{x:.2f}}%)<extra></extra>",
             )
         )
+    # heights in px: the title's lines over the bar, the axis' ticks and the legend's lines under it
+    top = 36 + 22 * (title.count("<br>") + 1)
+    bottom = 34 + sum(16 * (name.count("<br>") + 1) + 6 for name in names)
     _style(
         fig,
         title,
         None,
         None,
         barmode="stack",
-        height=260,
-        legend={"orientation": "h", "y": -0.45},
-        margin={"l": 20, "r": 20, "t": 60, "b": 40},
+        height=top + 90 + bottom,
+        legend={"orientation": "v", "x": 0, "y": 0, "yanchor": "bottom", "yref": "container", "traceorder": "normal"},
+        margin={"l": 20, "r": 20, "t": top, "b": bottom},
     )
     fig.update_xaxes(range=[0, 100], ticksuffix=" %")
     return fig
@@ -194,7 +214,10 @@ def module_series(
                 hovertemplate=f"{m}<br>step %{{x}}: %{{y:.2f}}%<extra></extra>",
             )
         )
-    return _style(fig, title, "training step", f"sparsity vs {first} (%)", legend={"orientation": "h", "y": -0.2})
+    _style(fig, title, "training step", f"sparsity vs {first} (%)", legend={"orientation": "h", "y": -0.2})
+    if g["step"].max() - min(start, g["step"].min()) <= 10:  # whole steps only, as on the series chart beside it
+        fig.update_xaxes(dtick=1)
+    return fig
 
 
 def smooth_ema(values: np.ndarray, weight: float) -> np.ndarray:
