@@ -22,8 +22,8 @@ does not take:
   mask; ``changed_codes`` counts the stored codes that differ and the ULP histogram their code steps. Under
   ``quant_method: "fp8"`` the scales may also be ``<stem>.qscale_weight`` or ``<stem>.scale``, the names
   transformers' loader renames to ``weight_scale_inv`` (:func:`~subnetviz.checkpoints.nvfp4.fp8_scale_names`).
-  A scale that holds NaN / Inf (or an E8M0 byte 255) is refused when read, naming its checkpoint
-  (:func:`scale_values`); static activation scales (``activation_scale``, ``*_activation_scale``) are scales.
+  A scale that holds NaN / Inf (or an E8M0 byte 255), or is stored as integers, is refused, naming its checkpoint
+  (:func:`scale_values`; an FP8 weight's integer scale from the header, :func:`tensor_forms`); static activation scales (``activation_scale``, ``*_activation_scale``) are scales.
 - **int8 codes with a float scale**: bitsandbytes (``weight`` int8 + ``SCB``, w = code × SCB[i] / 127; codes in
   another layout than rows, ``weight_format`` ≠ 0, refused as bitsandbytes refuses them)
   and compressed-tensors' integer weights (``weight`` int8, or 2/4/8-bit codes packed into int32
@@ -95,6 +95,8 @@ DEFAULT_BLOCK = 128
 # quantization_config.quant_method values this module knows (effective comparison or codes).
 KNOWN_METHODS = ("fp8", "fbgemm_fp8", "compressed-tensors", "modelopt", "bitsandbytes", "gptq", "awq", "mxfp4")
 _CODE_ONLY = {"gptq": "GPTQ", "awq": "AWQ"}
+# How each quant_method's exporter rounds a float weight to FP8 codes (TensorForm.requant; others: "float32")
+_FP8_REQUANT = {"compressed-tensors": "native", "modelopt": "modelopt"}
 # Float tensors that are buffers by name (HF registers them with persistent=False today, older
 # saves kept them): rotary inverse frequencies (also transformers 5's original_inv_freq and per-attention-type
 # sliding_attention_inv_freq), GPT-2's masked_bias constants; Gemma-4's per-layer output scale (a persistent
@@ -167,7 +169,10 @@ class TensorForm:
     # round(w / (scale / divisor)) in float32; "native", in the float weight's own dtype (compressed-tensors: w / scale,
     # then + zero point, each rounded to it); "bnb", round(w × fl(127 / SCB)) in float32 (bitsandbytes'
     # int8_vectorwise_quant); "awq", round((w + zero × scale) / scale) in the float weight's dtype, the scale as
-    # stored (float16) in the division (AutoAWQ's WQLinear_GEMM.from_linear)
+    # stored (float16) in the division (AutoAWQ's WQLinear_GEMM.from_linear); "modelopt", w / scale in torch's result
+    # dtype of the two as stored (a 0-dim scale does not widen: a bf16 weight over ModelOpt's 0-dim float32 per-tensor
+    # scale is bf16, one with dimensions float32), computed in float32 and rounded once to it, as torch's CPU kernels
+    # compute ModelOpt's `(weight / weights_scaling_factor).to(torch.float8_e4m3fn)`
     requant: str = "float32"
     table: str | None = None  # int8: codes index a data type's values (bitsandbytes' nf4 / fp4: bnb4.TABLES)
     # fp8: rows per scale where not the config's block (an FP8 expert's up projection whose packed scale blocks
@@ -346,12 +351,18 @@ def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None
             scale = next((s for s in fp8_scale_names(name, config) if s in metas), None)
             if scale is None:
                 raise CheckpointError(_no_scale(name, m, metas, config))
+            sd = metas[scale].dtype
+            if not (sd.is_floating_point or sd == torch.uint8):
+                raise CheckpointError(
+                    f"scale {scale!r} {tuple(metas[scale].shape)} of {name!r} is {str(sd)[6:]}; expected float "
+                    "scales (or uint8 E8M0 exponents); cannot dequantise it."
+                )
             form = TensorForm(
                 "fp8",
                 scale,
                 f"{str(m.dtype).replace('torch.', '')} codes",
                 rows=(scale_rows or {}).get(scale, 0),
-                requant="native" if method == "compressed-tensors" else "float32",  # (_rounding_only)
+                requant=_FP8_REQUANT.get(method, "float32"),  # (_rounding_only)
             )
             check_scale(name, m.shape, scale, metas[scale].shape, form.block(config))
             forms[name] = form
@@ -466,13 +477,21 @@ def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:
     columns, and integer zero points laid out as the scales where the scheme is asymmetric, are ``int8``: effective
     w = (code − zero) × scale, as compressed-tensors dequantises them; with act-order groups (``weight_g_idx``,
     :class:`ActOrder`) scale[i, g[j]]. A float scale (or integer zero points) that fits no such layout is refused,
-    naming the scale and its shape. Formats with no effective form here (NVFP4 / MXFP4 bytes, 3/5/6/7-bit words, no
-    float scale, float zero points) are compared as ``codes``."""
+    naming the scale and its shape; int8 codes whose scale is missing or not float are refused, naming it. Formats
+    with no effective form here (MXFP4 bytes, 3/5/6/7-bit words, float zero points) are compared as ``codes``."""
     stem = name.rpartition(".")[0]
     scale, zero = f"{stem}.weight_scale", f"{stem}.weight_zero_point"
     s, z = metas.get(scale), metas.get(zero)
     bits = 4 if m.stored and "int4" in m.stored else 2 if m.stored and "int2" in m.stored else 8
-    if m.dtype == torch.int8 and name.endswith(".weight") and s is not None and s.dtype.is_floating_point:
+    if m.dtype == torch.int8 and name.endswith(".weight") and (s is None or not s.dtype.is_floating_point):
+        # (int8 codes, stored so or unpacked, are always saved with their float scale: without one they are no
+        # weights, and compared as codes they could not be set against the other side's weights)
+        found = "missing" if s is None else f"{str(s.dtype)[6:]} {tuple(s.shape)}, not float"
+        raise CheckpointError(
+            f"scale {scale!r} of {name!r} {tuple(m.shape)} (compressed-tensors int{bits} codes) is {found}; cannot "
+            "dequantise it."
+        )
+    if m.dtype == torch.int8 and name.endswith(".weight"):
         shape, s_shape = tuple(m.shape), tuple(s.shape)
         how = _ct_strategy(shape, s_shape)
         if how is None:
@@ -1237,10 +1256,11 @@ def _rounding_only(side: _Side, r0: int, r1: int, w: torch.Tensor, ea: torch.Ten
     differs almost everywhere, and each such entry reads as changed. The float side is quantised with each
     library's own arithmetic (:attr:`TensorForm.requant`): compressed-tensors in the weight's own dtype (w / scale,
     + zero point, each rounded to it, its FP8 as its integers; torch's dtype of w / scale, the wider where the scale
-    is stored wider), bitsandbytes int8 as round(w × fl(127 / SCB)) in float32, AutoAWQ as round((w + zero × scale)
-    / scale) in the weight's dtype with its float16 scale, others round(w / step) in float32; act-order groups
-    (:class:`ActOrder`) pick each column's scale. FP8 codes are clamped to their largest finite value first, as
-    quantisers do."""
+    is stored wider), ModelOpt's FP8 as w / scale in torch's result dtype of the two (a 0-dim scale does not widen a
+    bf16 weight), bitsandbytes int8 as round(w × fl(127 / SCB)) in float32, AutoAWQ as round((w + zero × scale)
+    / scale) in the weight's dtype with its float16 scale, NVFP4's E2M1 to the nearest value, ties to even, others
+    round(w / step) in float32; act-order groups (:class:`ActOrder`) pick each column's scale. FP8 codes are clamped
+    to their largest finite value first, as quantisers do."""
     form = side.form
     g_idx = act_groups(form)
     if side.view is not None:  # packed experts (or a 1-D tensor): rows r0:r1 of their 2-D view
@@ -1274,6 +1294,10 @@ def _rounding_only(side: _Side, r0: int, r1: int, w: torch.Tensor, ea: torch.Ten
             x = w + (zeros().to(dt) * s.to(dt) if side.zero is not None else 0.0)
             x = x / s.to(side.scale.dtype)  # (the stored scales: float16; float32 where w is float32 or bfloat16)
             del s
+        elif form.requant == "modelopt":  # weight / scale in torch's result dtype (bf16 for a 0-dim float32 scale),
+            dt = torch.result_type(w, side.scale)  # computed as torch's CPU kernels do: in float32, rounded once to dt
+            wide = torch.promote_types(dt, torch.float32)
+            x = (w.to(wide) / image(1.0, side.scale).to(wide)).to(dt)
         else:
             dt = torch.promote_types(w.dtype, side.scale.dtype) if form.requant == "native" else torch.float32
             x = w.to(dt) / image(1.0, side.scale).to(dt)
@@ -1300,16 +1324,35 @@ def _moved(ea: torch.Tensor, eb: torch.Tensor, options) -> torch.Tensor:
 
 
 def _rounding_only_table(x: torch.Tensor, code: torch.Tensor, form: TensorForm, ea, eb, options) -> int:
-    """:func:`_rounding_only` for codes that index a data type's values (bitsandbytes' 4-bit quantize_4bit):
-    ``x`` the float side over its block's absmax; the nearest value by the midpoints of the sorted values."""
+    """:func:`_rounding_only` for codes that index a data type's values: ``x`` the float side over its block's
+    scale. bitsandbytes' 4-bit (quantize_4bit): the nearest value by the midpoints of the sorted values, a tie to
+    the lower (its argmin takes the first); E2M1 (NVFP4, FP4 experts): the nearest magnitude, a tie to the even
+    code (0.25, 1.25, 2.5, 5 down; 0.75, 1.75, 3.5 up), then the sign, as compressed-tensors' ``cast_to_fp4`` and
+    ModelOpt's ``NVFP4QTensor._cast_fp4`` round."""
     t = torch.from_numpy(form_table(form)).to(x.device)
-    order = torch.argsort(t, stable=True)
-    ts = t[order]
-    again = ts[torch.bucketize(x.clamp(float(ts[0]), float(ts[-1])), (ts[:-1] + ts[1:]) / 2)]
+    if form.table == "e2m1":
+        again = _e2m1_nearest_even(x, t)
+    else:
+        ts = t[torch.argsort(t, stable=True)]
+        again = ts[torch.bucketize(x.clamp(float(ts[0]), float(ts[-1])), (ts[:-1] + ts[1:]) / 2)]
     del x
     same_code = again == t[code.long()]
     del again
     return int(torch.count_nonzero(same_code & _moved(ea, eb, options)))
+
+
+def _e2m1_nearest_even(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The E2M1 value nearest ``x`` (float32), a tie to the even code, as ``cast_to_fp4`` rounds: the magnitude's
+    index among the midpoints of 0, 0.5, 1, 1.5, 2, 3, 4, 6 (a value on one goes to the lower), one up on the odd
+    midpoints (0.75, 1.75, 3.5: the upper value is the even code); beyond 6, 6; the sign put back."""
+    mags = table[:8]  # (codes 0..7: the magnitudes in order; 8..15 their negatives)
+    mid = (mags[:-1] + mags[1:]) / 2
+    a = x.abs()
+    i = torch.bucketize(a, mid)
+    i += torch.isin(a, mid[1::2])
+    v = mags[i.clamp_(max=7)]
+    del a, i
+    return torch.where(x < 0, -v, v)
 
 
 def _delta(shape: tuple[int, ...], step: int, pair_of, precision: str | None, device) -> torch.Tensor:
@@ -1352,9 +1395,10 @@ def _f64(x: torch.Tensor, e: int | None, precision: str | None = None) -> torch.
 
 def scale_values(ck, name: str, dev) -> torch.Tensor:
     """A weight's scales as values: stored as they are, or, stored as uint8 (E8M0, MXFP8's group scales),
-    2^(s − 127) in float32 (exact); a byte 255 (NaN in E8M0), or a NaN / Inf among float scales (which would make
-    its whole block of weights NaN, on both sides alike where both hold it), is refused, naming the checkpoint and
-    where. bitsandbytes int8's scales (``SCB``) are read only beside row-major codes (:func:`_check_bnb_format`)."""
+    2^(s − 127) in float32 (exact); a byte 255 (NaN in E8M0), a NaN / Inf among float scales (which would make
+    its whole block of weights NaN, on both sides alike where both hold it), or a scale of another dtype (integers:
+    no scale format stores them) is refused, naming the checkpoint and where. bitsandbytes int8's scales (``SCB``)
+    are read only beside row-major codes (:func:`_check_bnb_format`)."""
     s = ck.get(name, dev)
     if name.endswith(".SCB"):
         _check_bnb_format(ck, name)
@@ -1365,14 +1409,18 @@ def scale_values(ck, name: str, dev) -> torch.Tensor:
         from subnetviz.checkpoints.mxfp4 import E8M0_VALUES
 
         return torch.from_numpy(E8M0_VALUES).to(s.device)[s.long()]
-    if s.dtype.is_floating_point:
-        bad = ~torch.isfinite(s.to(torch.float32) if s.dtype.itemsize == 1 else s)  # (FP8 / E8M0 scales: widened)
-        if bool(bad.any()):
-            at = tuple(int(i) for i in bad.nonzero()[0])
-            raise CheckpointError(
-                f"{ck.spec}: scale {name!r} holds {int(bad.sum())} NaN/Inf value(s) (the first at {at}); the "
-                "weights it scales would be NaN or Inf. Analyses need finite weights."
-            )
+    if not s.dtype.is_floating_point:  # (read as values, an int32 0.19 scale was 0: every weight of it 0)
+        raise CheckpointError(
+            f"{ck.spec}: scale {name!r} is {str(s.dtype)[6:]} {tuple(s.shape)}; expected float scales (or uint8 E8M0 "
+            "exponents); cannot dequantise the weight it scales."
+        )
+    bad = ~torch.isfinite(s.to(torch.float32) if s.dtype.itemsize == 1 else s)  # (FP8 / E8M0 scales: widened)
+    if bool(bad.any()):
+        at = tuple(int(i) for i in bad.nonzero()[0])
+        raise CheckpointError(
+            f"{ck.spec}: scale {name!r} holds {int(bad.sum())} NaN/Inf value(s) (the first at {at}); the "
+            "weights it scales would be NaN or Inf. Analyses need finite weights."
+        )
     return s
 
 

@@ -85,8 +85,10 @@ class Unpacked:
 
 def plan(metas: dict[str, TensorMeta], config: dict) -> dict[str, Unpacked]:
     """Logical name -> :class:`Unpacked` for every ``qweight`` / ``qzeros`` / ``scales`` triple of an AWQ (GEMM)
-    checkpoint (empty for any other); shapes checked from the headers, a triple that does not fit is a one-line
-    :class:`CheckpointError` naming it."""
+    checkpoint (empty for any other); shapes checked from the headers. A ``qweight`` whose zero points or scales are
+    missing or do not fit, or which is no int32 matrix of whole groups of inputs (AutoAWQ's ``WQLinear_GEMM`` asserts
+    ``in_features % group_size == 0``), is a one-line :class:`CheckpointError` naming the tensor: left as stored
+    codes, it was listed under another name than the other side's weight and dropped from the comparison."""
     found = awq_config(config)
     if found is None:
         return {}
@@ -98,27 +100,37 @@ def plan(metas: dict[str, TensorMeta], config: dict) -> dict[str, Unpacked]:
         if not name.endswith(".qweight"):
             continue
         stem = name[: -len(".qweight")]
-        z, s = metas.get(f"{stem}.qzeros"), metas.get(f"{stem}.scales")
-        if z is None or s is None or m.dtype != torch.int32 or len(m.shape) != 2:
-            continue  # (read as stored codes)
+        if m.dtype != torch.int32 or len(m.shape) != 2:
+            raise CheckpointError(
+                f"{name}: {str(m.dtype)[6:]} {tuple(m.shape)}; expected int32 words (inputs, outputs / 8), AutoAWQ's "
+                "GEMM layout (quantization_config version 'gemm')."
+            )
         n_in, n_out = m.shape[0], m.shape[1] * 8
         if not n_in or not n_out:
             continue  # (an empty layer: nothing to unpack; read as stored)
         groups = math.ceil(n_in / group)
         want = {f"{stem}.qzeros": (torch.int32, (groups, n_out // 8)), f"{stem}.scales": (None, (groups, n_out))}
         for part, (dtype, shape) in want.items():
-            got = metas[part]
+            got = metas.get(part)
             if (
-                tuple(got.shape) != shape
+                got is None
+                or tuple(got.shape) != shape
                 or (dtype is not None and got.dtype != dtype)
                 or (dtype is None and not got.dtype.is_floating_point)
             ):
+                said = "missing" if got is None else f"{str(got.dtype)[6:]} {tuple(got.shape)}"
                 raise CheckpointError(
-                    f"{part}: {str(got.dtype)[6:]} {tuple(got.shape)}; expected {shape} "
-                    f"({'int32 words' if dtype else 'float scales'}) for {name} {tuple(m.shape)} in groups of {group}."
+                    f"{part}: {said}; expected {shape} ({'int32 words' if dtype else 'float scales'}) for {name} "
+                    f"{tuple(m.shape)} in groups of {group}."
                 )
-        if n_in % group or f"{stem}.weight" in metas:
-            continue  # a last, shorter group (not AutoAWQ's layout); or a float weight stored beside it
+        if n_in % group:
+            raise CheckpointError(
+                f"{name} {tuple(m.shape)}: {n_in} input rows, not a whole number of groups of {group} (the "
+                "quantization_config's group_size); AutoAWQ's GEMM layout holds whole groups."
+            )
+        if f"{stem}.weight" in metas:
+            continue  # (a float weight stored beside it)
+        s = metas[f"{stem}.scales"]
         out[f"{stem}.weight"] = Unpacked(name, (n_out, n_in), True, "AWQ int4")
         out[f"{stem}.qzeros"] = Unpacked(f"{stem}.qzeros", (n_out, groups), True, "AWQ int4 zero points")
         out[f"{stem}.scales"] = Unpacked(f"{stem}.scales", (n_out, groups), False, None, (), s.dtype)

@@ -103,8 +103,10 @@ class Scales:
 
 def plan(metas: dict[str, TensorMeta], config: dict) -> dict[str, Codes | Scales]:
     """Logical name -> :class:`Codes` / :class:`Scales` for every NVFP4 weight of a compressed-tensors or ModelOpt
-    checkpoint (empty for any other); shapes checked from the headers, a weight whose scales do not fit is a
-    one-line :class:`CheckpointError` naming it."""
+    checkpoint (empty for any other); shapes checked from the headers. A weight that is NVFP4 (:func:`_is_nvfp4`)
+    but whose bytes, FP8 scales or tensor-wide factor are missing or do not fit is a one-line
+    :class:`CheckpointError` naming the tensor (left as stored, it was listed under another name than the other
+    side's weight, "in only one of the pair", and dropped from the comparison)."""
     import torch
 
     qc = config.get("quantization_config") or config.get("compression_config")
@@ -116,31 +118,80 @@ def plan(metas: dict[str, TensorMeta], config: dict) -> dict[str, Codes | Scales
     out: dict[str, Codes | Scales] = {}
     for name, m in metas.items():
         stem, _, last = name.rpartition(".")
-        if method == "compressed-tensors":
-            if last != "weight_packed" or f"{stem}.weight_global_scale" not in metas:
-                continue
-            factor, divide = f"{stem}.weight_global_scale", True
-        else:
-            if last != "weight" or f"{stem}.weight_scale_2" not in metas:
-                continue
-            factor, divide = f"{stem}.weight_scale_2", False
-        scale = metas.get(f"{stem}.weight_scale")
-        if m.dtype != torch.uint8 or len(m.shape) != 2 or scale is None or scale.dtype != torch.float8_e4m3fn:
+        if last != ("weight_packed" if method == "compressed-tensors" else "weight"):
+            continue
+        if m.dtype != torch.uint8 or len(m.shape) != 2:
             continue  # (another format: left as it is stored)
+        factor = f"{stem}.weight_global_scale" if method == "compressed-tensors" else f"{stem}.weight_scale_2"
+        if not _is_nvfp4(metas, stem, factor, qc, method):
+            continue  # (another format: compressed-tensors' MXFP4 bytes, ModelOpt's INT4; left as stored)
         rows, cols = m.shape[0], m.shape[1] * 2
         if not rows or not cols:
             continue  # (an empty weight: nothing to unpack; read as stored)
-        want = (rows, cols // GROUP)
-        if cols % GROUP or tuple(scale.shape) != want or metas[factor].numel != 1:
-            raise CheckpointError(
-                f"{name} {tuple(m.shape)}: expected its FP8 weight_scale to be {want} (one per {GROUP} codes of a row) "
-                f"and {factor} one value; found {tuple(scale.shape)} and {tuple(metas[factor].shape)}."
-            )
+        want = _check(name, m, metas, f"{stem}.weight_scale", factor)
         if method == "compressed-tensors" and f"{stem}.weight" in metas:
             raise CheckpointError(f"{stem!r} stores both 'weight' and 'weight_packed'.")
         out[f"{stem}.weight"] = Codes(name, (rows, cols))
-        out[f"{stem}.weight_scale"] = Scales(f"{stem}.weight_scale", want, factor, divide)
+        out[f"{stem}.weight_scale"] = Scales(f"{stem}.weight_scale", want, factor, method == "compressed-tensors")
     return out
+
+
+def _is_nvfp4(metas: dict[str, TensorMeta], stem: str, factor: str, qc: dict, method: str) -> bool:
+    """Whether the uint8 bytes of ``stem`` are NVFP4 codes. compressed-tensors: a tensor-wide factor
+    (``weight_global_scale``, which no other format it packs in bytes has) or FP8 scales beside them (its MXFP4's are
+    E8M0 bytes), or a config whose only 4-bit float format is ``nvfp4-pack-quantized``. ModelOpt: its
+    ``quant_algo`` for the layer (the config's, or under ``MIXED_PRECISION`` the layer's in ``quantized_layers``)
+    names NVFP4, or FP8 scales and a ``weight_scale_2`` beside them (W4A8_AWQ's INT4 bytes have float16 scales)."""
+    import torch
+
+    scale = metas.get(f"{stem}.weight_scale")
+    fp8_scale = scale is not None and scale.dtype == torch.float8_e4m3fn
+    if method == "compressed-tensors":
+        groups = qc.get("config_groups")
+        formats = {qc.get("format")} | {
+            g.get("format") for g in (groups.values() if isinstance(groups, dict) else ()) if isinstance(g, dict)
+        }
+        declared = "nvfp4-pack-quantized" in formats and "mxfp4-pack-quantized" not in formats
+        return factor in metas or fp8_scale or declared
+    algo = qc.get("quant_algo")
+    layers = qc.get("quantized_layers")
+    if isinstance(layers, dict) and isinstance(layers.get(stem), dict):
+        algo = layers[stem].get("quant_algo")
+    return "NVFP4" in str(algo or "").upper() or (fp8_scale and factor in metas)
+
+
+def _check(name: str, m: TensorMeta, metas: dict[str, TensorMeta], scale_name: str, factor: str) -> tuple[int, int]:
+    """The shape (rows, codes / 16) of the FP8 scales of NVFP4 bytes ``name`` (``m``), their scales and tensor-wide
+    factor checked from the headers: each present, of its dtype and shape; else one line naming what is wrong."""
+    import torch
+
+    shape, rows, cols = tuple(m.shape), m.shape[0], m.shape[1] * 2
+    scale, f = metas.get(scale_name), metas.get(factor)
+    if cols % GROUP:  # (the bytes hold no whole number of blocks: they, not their scales, are short)
+        fits = ""
+        if scale is not None and len(scale.shape) == 2:
+            fits = f"; its weight_scale {tuple(scale.shape)} is for {scale.shape[1] * GROUP} codes a row"
+        raise CheckpointError(
+            f"{name} {shape}: {m.shape[1]} bytes a row hold {cols} codes, not a whole number of blocks of {GROUP} "
+            f"(NVFP4 has one FP8 scale per {GROUP} codes of a row){fits}."
+        )
+    want = (rows, cols // GROUP)
+    said = f"the NVFP4 weight {name} {shape}"
+    if scale is None or scale.dtype != torch.float8_e4m3fn:
+        found = "missing" if scale is None else f"{str(scale.dtype)[6:]} {tuple(scale.shape)}"
+        raise CheckpointError(
+            f"{scale_name}: {found}; expected {want} FP8 (float8_e4m3fn) scales, one per {GROUP} codes of a row, "
+            f"for {said}."
+        )
+    if f is None or not f.dtype.is_floating_point or f.numel != 1:
+        found = "missing" if f is None else f"{str(f.dtype)[6:]} {tuple(f.shape)}"
+        raise CheckpointError(f"{factor}: {found}; expected one float value, the tensor-wide scale of {said}.")
+    if tuple(scale.shape) != want:
+        raise CheckpointError(
+            f"{name} {shape}: expected its FP8 weight_scale to be {want} (one per {GROUP} codes of a row) "
+            f"and {factor} one value; found {tuple(scale.shape)} and {tuple(f.shape)}."
+        )
+    return want
 
 
 def fp8_scale_names(name: str, config: dict) -> tuple[str, ...]:
