@@ -759,7 +759,8 @@ def progress_bar(what: str):
 
     def progress(step: int, total: int, item: str) -> None:
         if total:
-            bar.progress(min(step / total, 1.0), text=f"{what}: {step}/{total} · {item}")
+            # (the bar renders Markdown; the item, a tensor's name from a checkpoint's header, as text: label_text)
+            bar.progress(min(step / total, 1.0), text=f"{what}: {step}/{total} · {uilogic.label_text(item)}")
 
     return bar, progress
 
@@ -1422,11 +1423,15 @@ def job_progress(kind: str, unit: str) -> None:
     names = run_names(active) if len(active) else {}
     for rec in active.itertuples():
         step, total = (0 if pd.isna(v) else int(v) for v in (rec.step, rec.total))
+        # The bar's text and the button's help render Markdown: the name (a folder's, in a Behaviour job's) and the id
+        # each as text, a plain one as it is (uilogic.label_text). A run named "![px](http://…)" made every visitor's
+        # browser fetch from another host.
+        name = " · ".join(uilogic.label_text(part) for part in names[rec.id].rsplit(" · ", 1))
         if rec.status == "queued":
-            st.progress(0.0, text=f"{names[rec.id]}: queued")
+            st.progress(0.0, text=f"{name}: queued")
         else:
-            st.progress(min(step / total, 1.0) if total else 0.0, text=f"{names[rec.id]}: {step}/{total} {unit}")
-        if can("launch") and st.button("Cancel", key=f"cancel-{kind}-{rec.id}", help=f"Cancel {names[rec.id]}"):
+            st.progress(min(step / total, 1.0) if total else 0.0, text=f"{name}: {step}/{total} {unit}")
+        if can("launch") and st.button("Cancel", key=f"cancel-{kind}-{rec.id}", help=f"Cancel {name}"):
             job_runner().cancel(rec.id)
 
 
