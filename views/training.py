@@ -14,7 +14,7 @@ from subnetviz.figures.updates import percent_text
 from subnetviz.jobs.context import read_json
 from subnetviz.report import training as pages
 from subnetviz.training import mask_origin
-from subnetviz.training.config import STRATEGIES
+from subnetviz.training.config import STRATEGIES, process_room, train_device
 from subnetviz.training.mask_origin import random_origin, run_hparams
 
 AUTO = "zoo set A in this algorithm's format"
@@ -83,7 +83,17 @@ def launch(ws) -> None:
             key="tr_strategy",
             help="single process, DDP, FSDP2 or DeepSpeed ZeRO-2 / ZeRO-3 (sharded; GPUs or CPU)",
         )
-        nproc = e5.number_input("Processes", 1, 256, 1, key="tr_nproc", help="processes that train together")
+        # on this server, as many as it runs at once (a count past the bound arriving from the page is taken as the
+        # default, 1, by Streamlit; its submit or launch refuses it besides); on Ray the job declares what it takes
+        most, each = (256, None) if on_cluster else _process_room()
+        nproc = e5.number_input(
+            "Processes",
+            1,
+            most,
+            1,
+            key="tr_nproc",
+            help="processes that train together" + (f" (here at most {most}: one {each} each)" if each else ""),
+        )
         gpus = (
             e6[0].number_input(
                 "GPUs",
@@ -148,6 +158,19 @@ def launch(ws) -> None:
                 ui.warning(note)
             if dense:
                 ui.warning(dense)
+
+
+def _process_room() -> tuple[int, str | None]:
+    """The most processes a run launched from this server may start here, and what each takes (one CPU core, or
+    one GPU: :func:`~subnetviz.training.config.process_room`); (256, None) where the run's device cannot be told
+    (``SUBNETVIZ_DEVICE`` naming none here: the launch says why)."""
+    from subnetviz.errors import SubnetvizError
+
+    try:
+        most, each = process_room(train_device())
+    except SubnetvizError:
+        return 256, None
+    return max(1, min(most, 256)), each
 
 
 def mask_note(mask: str | None, cfg: dict) -> str | None:

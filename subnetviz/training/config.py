@@ -514,6 +514,40 @@ def strategy_problems(strategy, num_processes) -> list[str]:
     return problems
 
 
+def process_room(device: str) -> tuple[int, str]:
+    """How many processes of one multi-process run this machine runs side by side on ``device`` (the run's,
+    :func:`train_device`), and what each takes: one GPU each on CUDA (those torch sees), else one CPU core each
+    (those this process may run on: its affinity, else the machine's count)."""
+    if device.startswith("cuda"):  # (as sharded.process_device: each rank trains on cuda:LOCAL_RANK)
+        import torch
+
+        return torch.cuda.device_count(), "GPU"
+    try:
+        return len(os.sched_getaffinity(0)), "CPU core"
+    except (AttributeError, OSError):  # (no affinity on this platform)
+        return os.cpu_count() or 1, "CPU core"
+
+
+def check_processes_fit(strategy: str, num_processes: int) -> None:
+    """Refuse, in one line (:class:`ConfigError`), a multi-process run of more processes than this machine runs
+    side by side (:func:`process_room`). Nothing else bounded what one run started: a visitor who may launch jobs
+    queued a 256-process DDP run from the Training form (1024 through a job config), each process ~660 MiB of
+    libraries before its model. Checked where the processes start (the train job kind's validation, on the local
+    backend; :func:`subnetviz.training.run.launch_and_train` before the launch, on any)."""
+    if strategy == "single" or num_processes <= 1:
+        return
+    device = train_device()
+    room, unit = process_room(device)
+    if num_processes <= room:
+        return
+    where = "CUDA" if device.startswith("cuda") else "the CPU"
+    other = " (or train on the CPU: SUBNETVIZ_DEVICE=cpu)" if unit == "GPU" else ""
+    raise ConfigError(
+        f"training config: num_processes {num_processes} is more than this machine runs at once: a {strategy} run "
+        f"on {where} takes one {unit} per process, and it has {room}; ask for at most {room}{other}."
+    )
+
+
 JOB_OUTPUT_PLACEHOLDER = "<job outputs>/model"
 
 

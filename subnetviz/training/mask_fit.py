@@ -13,13 +13,32 @@ from subnetviz.training.config import validate_config as _validate_fields
 
 def validate_config(config: dict) -> None:
     """The ``train`` job kind's validator: the config's fields and data (:func:`~subnetviz.training.config.
-    validate_config`), then whether its mask fits the base (:func:`check_mask_fits`)."""
-    from subnetviz.training.config import job_train_config
+    validate_config`), its processes against this machine's CPUs or GPUs where it runs here
+    (:func:`~subnetviz.training.config.check_processes_fit`), then whether its mask fits the base
+    (:func:`check_mask_fits`)."""
+    from subnetviz.training.config import check_processes_fit, job_train_config
 
     _validate_fields(config)
     cfg = job_train_config(config)
+    if not _jobs_may_go_to_ray():  # (on Ray the job declares its CPUs and GPUs: they are checked where its ranks start)
+        check_processes_fit(cfg.strategy, cfg.num_processes)
     if cfg.mask is not None:
         check_mask_fits(cfg.base, cfg.mask_path)
+
+
+def _jobs_may_go_to_ray() -> bool:
+    """Whether this server may send jobs to a Ray cluster (``SUBNETVIZ_RAY_ADDRESS``, ``SUBNETVIZ_RAY_ADDRESSES``):
+    a job submitted here may then start its processes on another machine, which Ray picks for the CPUs and GPUs
+    the job declares (:func:`~subnetviz.jobs.ray_backend.job_resources`). The launch checks them where they start
+    (:func:`~subnetviz.training.run.launch_and_train`), and the Training form where the visitor computes here. A
+    misconfigured list: none (the visitor's page says why)."""
+    from subnetviz.config import ray_clusters
+    from subnetviz.errors import ConfigError
+
+    try:
+        return any(ray_clusters().values())
+    except ConfigError:
+        return False
 
 
 def check_mask_fits(base: str, mask: str) -> None:

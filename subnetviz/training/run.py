@@ -54,7 +54,7 @@ from subnetviz.checkpoints.models import meta_model
 from subnetviz.errors import ConfigError, JobError, MaskError, SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext
 from subnetviz.training import sharded, zero
-from subnetviz.training.config import TrainConfig, job_train_config, train_device, weights_record
+from subnetviz.training.config import TrainConfig, check_processes_fit, job_train_config, train_device, weights_record
 from subnetviz.training.evaluate import evaluate_accuracy
 from subnetviz.training.mask_fit import check_mask_fits
 from subnetviz.training.mask_origin import dense_mask_note, densities
@@ -604,8 +604,10 @@ def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = No
     ``ctx``: a job's context; the launched rank 0 reports progress into its run folder.
     """
     cfg.validate()
+    check_processes_fit(cfg.strategy, cfg.num_processes)  # where they start (a job of Ray's is checked here only)
     if cfg.mask is not None:  # refused here, from headers, before any process is launched
         check_mask_fits(cfg.base, cfg.mask_path)
+    _check_rank_memory(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "train_config.launch.json"
     config_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -620,6 +622,28 @@ def launch_and_train(cfg: TrainConfig, folder: Path, ctx: JobContext | None = No
         raise JobError(f"the {cfg.num_processes} {cfg.strategy} training processes failed (exit code {code}); {where}.")
     d = json.loads(summary.read_text())
     return TrainResult(**{k: d[k] for k in TrainResult.__dataclass_fields__ if k in d})
+
+
+def _check_rank_memory(cfg: TrainConfig) -> None:
+    """Refuse, in one line naming what the processes need and what is available (ConfigError), a launch whose
+    processes would hold more than the memory available (:func:`~subnetviz.config.memory_shortfall`): each loads
+    the whole model (its size from the base's headers) besides its libraries (:func:`sharded.rank_host_bytes`).
+    256 processes of the demo model took ~165 GiB, and an out-of-memory kill takes the server's other work with it."""
+    from subnetviz.checkpoints.sources import float32_bytes
+    from subnetviz.config import gib, memory_shortfall
+
+    device = train_device()
+    reference = cfg.algorithm == "dpo" or (cfg.algorithm == "grpo" and cfg.beta > 0)
+    per = sharded.rank_host_bytes(
+        cfg.strategy, cfg.num_processes, float32_bytes(cfg.base) // 4, device=device, reference=reference
+    )
+    if short := memory_shortfall(cfg.num_processes * per):
+        held = "the model" if device.startswith("cuda") else "the model, its gradients and optimizer states"
+        raise ConfigError(
+            f"{cfg.num_processes} {cfg.strategy} training processes, about {gib(per)} each ({held} in float32 and "
+            f"{gib(sharded.RANK_FLOOR_BYTES)} of libraries): the run {short}; refused before they start: ask for "
+            "fewer processes, or use a machine with more memory."
+        )
 
 
 def _kept_failure(exc: Exception, kept: Path, ctx: JobContext | None) -> None:
