@@ -104,8 +104,24 @@ def main() -> None:
 
     guard_uploads()  # before the server builds its upload route (see the module docstring)
     sys.argv[1:] = upload_limit(sys.argv[1:])
-    sys.argv[0] = "streamlit"  # click's program name in Streamlit's own messages
-    cli.main()
+    sys.argv[0] = "streamlit"  # (as a plain `streamlit run` has it)
+    cli.main(prog_name=streamlit_command())  # (click made it 'python -m subnetviz.streamlit', which is no module)
+
+
+def streamlit_command() -> str:
+    """Streamlit's command line as Streamlit's own messages name it (``Try 'streamlit run --help' for help.`` after
+    a misspelt option of ``subnetviz app``), a command that works as it is typed: ``streamlit`` where the one found
+    on PATH is this environment's (beside this interpreter), else this interpreter's ``-m streamlit`` (a venv not
+    activated, ``python -m subnetviz app``: no ``streamlit`` on PATH, or another environment's)."""
+    import shlex
+    import shutil
+
+    found = shutil.which("streamlit")
+    try:
+        ours = found is not None and os.path.samefile(os.path.dirname(found), os.path.dirname(sys.executable))
+    except OSError:
+        ours = False
+    return "streamlit" if ours else f"{shlex.quote(sys.executable)} -m streamlit"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 Every subcommand turns a :class:`~subnetviz.errors.SubnetvizError` into one readable line on
 stderr and exit status 2; anything else is a bug and keeps its traceback. Ctrl-C is one line and exit
 status 130, also where a library caught it and went on or failed on it (nothing is published after it); SIGTERM on
-``train`` and ``experiment drivers`` is taken as one, with exit status 143.
+every verb run at a terminal is taken as one, with exit status 143. A Ctrl-C or SIGTERM that arrives once the result
+is in place (``--out``, ``train``'s ``output_dir``, the zoo) stopped only what the command prints after it: the line
+says the result is complete and where, and the exit status is the one the command would have ended with (0; 1 for
+``experiment drivers`` with failed grid points), since the exit status says whether the result is there (a script
+that reran on 130 failed: "the folder exists").
 The parser is here, the commands in :mod:`~subnetviz.cli.analysis` (analyze, behavior, experiment),
 :mod:`~subnetviz.cli.jobs` (train, job, demo, runs, mask, report) and :mod:`~subnetviz.cli.app` (app).
 """
@@ -17,7 +21,14 @@ from contextlib import nullcontext
 
 from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
 from subnetviz.cli.app import cmd_app, port
-from subnetviz.cli.common import interrupted, shown, sigterm_interrupts, watch_interrupts
+from subnetviz.cli.common import (
+    forget_published,
+    interrupted,
+    published,
+    shown,
+    sigterm_interrupts,
+    watch_interrupts,
+)
 from subnetviz.cli.jobs import cmd_demo, cmd_job, cmd_mask, cmd_report, cmd_runs, cmd_train
 from subnetviz.config import full_paths
 from subnetviz.errors import SubnetvizError
@@ -250,6 +261,7 @@ def _run(args: argparse.Namespace) -> int:
     # folders removed and one line, exit 143 (the default ended it at once). `app` becomes the server, and `job`
     # and `train` take it themselves (a run recorded as stopped, its launched ranks stopped).
     stop = nullcontext() if args.command in ("app", "job", "train") else sigterm_interrupts()
+    forget_published()
     try:
         with watch_interrupts(), stop:
             try:
@@ -267,9 +279,16 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the exit's flush of what is left goes nowhere
         return 141
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback (nothing half-written is left: see --out)
-        from subnetviz.jobs.worker import signal_of
+        from subnetviz.jobs.worker import complete_after_interrupt, signal_of
 
         _end_bars()
+        done = published()
+        if done is not None:  # after the result was put in place: only what is printed after it was cut short
+            path, status, error = done
+            print(shown(complete_after_interrupt(path)), file=sys.stderr)
+            if error:
+                print(f"error: {shown(error)}", file=sys.stderr)
+            return status
         print("interrupted: nothing was written.", file=sys.stderr)
         return 128 + signal_of(exc)  # 130, or 143 where SIGTERM was raised as one (sigterm_interrupts)
     except OSError as exc:  # the environment: a read-only or full file system, a permission, a vanished file

@@ -33,7 +33,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from subnetviz.analysis.sparsity import SparsityOptions
     from subnetviz.analysis.updates import SpectraOptions, analyze_updates, cached_analysis, write_analysis
 
-    refuse_blank("analyze", [("BASE", args.base), ("FINETUNED", args.finetuned)])
+    refuse_blank("analyze", [("BASE", args.base), ("FINETUNED", args.finetuned), ("--out", args.out)])
     threads()
     tols = tuple(args.tolerances) if args.tolerances else DEFAULT_TOLERANCES
     options = SparsityOptions(
@@ -252,7 +252,10 @@ def _subspaces(args: argparse.Namespace, labels: list[str]):
 def cmd_behavior(args: argparse.Namespace) -> int:
     from subnetviz.analysis.behavior import CURVE_POINTS, MAX_SEED, run_config, write_behavior
 
-    refuse_blank("behavior", [("BASE", args.base), ("FINETUNED", args.finetuned), ("--prompts", args.prompts)])
+    refuse_blank(
+        "behavior",
+        [("BASE", args.base), ("FINETUNED", args.finetuned), ("--prompts", args.prompts), ("--out", args.out)],
+    )
     threads()
     quiet_libraries()
     _check_labels(args.labels, mask_files=False, finetuned=args.finetuned)
@@ -345,14 +348,24 @@ def _mask_specs(specs: list[str]) -> dict[str, str]:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from subnetviz.experiments.drivers import grid_notes, run_drivers, verdicts
 
-    refuse_blank("experiment", [("--zoo", args.zoo)])  # (an empty one read as none: the default zoo, unsaid)
+    # (an empty --zoo read as none: the default zoo, unsaid; an empty --out was the working folder)
+    refuse_blank("experiment", [("--zoo", args.zoo), ("--out", args.out)])
     threads()
     quiet_libraries()
     out = check_out(args.out, args.overwrite, [args.zoo])
     # (SIGTERM ends it as Ctrl-C does, cli._run: the grid's work folders removed, a PPO child it waits on stopped)
     results = run_drivers(args.zoo, args.preset, args.seeds, progress=progress_bar("drivers", "point"))  # (points)
     verdict = verdicts(results)
-    with publish(out, args.overwrite) as tmp:
+    failed = results[results["status"] == "failed"]
+    error = None
+    if len(failed):  # published (the other runs are valid), but a script must notice
+        first = f"{failed['factor'].iloc[0]}={failed['value'].iloc[0]}: {failed['note'].iloc[0]}"
+        error = (
+            f"drivers: {len(failed)} grid point(s) failed (the first, {' '.join(first.split())}); the other runs' "
+            f"results are in {args.out}"
+        )
+    # (a signal after publishing ends it with this status and line too: cli._run)
+    with publish(out, args.overwrite, status=1 if error else 0, error=error) as tmp:
         results.to_csv(tmp / "results.csv", index=False)
         verdict.to_csv(tmp / "verdicts.csv", index=False)
     cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward"]
@@ -361,13 +374,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     for _level, line in grid_notes(results):  # points not run or failed and why, what each optimizer ran at
         print(f"note: {shown(line)}", file=sys.stderr)
     print(f"wrote {shown(args.out)}")
-    failed = results[results["status"] == "failed"]
-    if len(failed):  # published (the other runs are valid), but a script must notice
-        first = f"{failed['factor'].iloc[0]}={failed['value'].iloc[0]}: {failed['note'].iloc[0]}"
-        print(
-            f"error: drivers: {len(failed)} grid point(s) failed (the first, {shown(' '.join(first.split()))}); "
-            f"the other runs' results are in {shown(args.out)}",
-            file=sys.stderr,
-        )
+    if error:
+        print(f"error: {shown(error)}", file=sys.stderr)
         return 1
     return 0

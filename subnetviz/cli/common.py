@@ -1,6 +1,7 @@
 """What every subcommand shares: torch's thread count, a progress bar on stderr, the ``--out`` check, the
-publishing of a result folder or file that never replaces what appeared there meanwhile, and the record of a Ctrl-C
-that a library swallowed (nothing is published after one)."""
+publishing of a result folder or file that never replaces what appeared there meanwhile (and the record that it was
+published, for a signal that arrives after it), and the record of a Ctrl-C that a library swallowed (nothing is
+published after one)."""
 
 from __future__ import annotations
 
@@ -137,6 +138,44 @@ def interrupted() -> bool:
     """Whether Ctrl-C arrived while :func:`watch_interrupts` watched (whether or not its KeyboardInterrupt reached
     the command)."""
     return _INTERRUPTED.is_set()
+
+
+# The result this command put in place (:func:`publish`, :func:`publish_file`): a Ctrl-C or SIGTERM that arrives after it
+# stopped only what the command prints after it (the summary table, the 'wrote' line), and the command line says so
+# (:func:`published`). Its "identity" is set just before the rename: the temporary result's (device, inode), so a signal
+# between the rename and "done" is told by the inode the published path has then (a rename or hard link keeps it).
+_PUBLISHED: dict = {}
+
+
+def forget_published() -> None:
+    """A new command: nothing of it is published yet."""
+    _PUBLISHED.clear()
+
+
+def _expect_published(path: Path, tmp: Path, status: int, error: str | None) -> None:
+    """``tmp`` is about to become ``path`` (one rename or link); ``status`` and ``error``: the exit status and the
+    line the command ends with once it is (:func:`published`)."""
+    _PUBLISHED.update(path=path, identity=_identity(tmp), status=status, error=error, done=False)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def published() -> tuple[Path, int, str | None] | None:
+    """The result this command has put in place, as ``(path, exit status, error line or None)`` (the status and
+    line the command ends with: 1 and the grid's failed points for ``experiment drivers``), else None: nothing
+    published yet, or its publishing failed."""
+    if not _PUBLISHED:
+        return None
+    path, identity = _PUBLISHED["path"], _PUBLISHED["identity"]
+    if _PUBLISHED["done"] or (identity is not None and _identity(path) == identity):
+        return path, _PUBLISHED["status"], _PUBLISHED["error"]
+    return None
 
 
 def raise_if_interrupted() -> None:
@@ -309,12 +348,14 @@ def _opened_through(path: Path) -> list[Path]:
 
 
 @contextmanager
-def publish(out: Path, overwrite: bool) -> Iterator[Path]:
+def publish(out: Path, overwrite: bool, *, status: int = 0, error: str | None = None) -> Iterator[Path]:
     """A temporary folder beside ``out`` that becomes ``out`` once the block ends: replacing an earlier result
     with ``overwrite``, else only if ``out`` is still absent or empty then (a run writing the same ``--out``
     meanwhile is not replaced: this one fails, saying so). Errors name ``--out``, not the temporary folder.
     A result holding a manifest (an analysis) has the files written beside it listed there too
-    (:func:`~subnetviz.cache.add_to_manifest`: `analyze`'s subspaces, which `report` reads)."""
+    (:func:`~subnetviz.cache.add_to_manifest`: `analyze`'s subspaces, which `report` reads). Once it is in place it
+    is recorded (:func:`published`), with ``status`` and ``error``: the exit status and error line the command ends
+    with, said too when a signal stops what it prints after."""
     from subnetviz.cache import add_to_manifest, atomic_folder
 
     try:
@@ -322,6 +363,8 @@ def publish(out: Path, overwrite: bool) -> Iterator[Path]:
             yield tmp
             add_to_manifest(tmp)
             raise_if_interrupted()  # a Ctrl-C a library swallowed: nothing is published
+            _expect_published(out, tmp, status, error)
+        _PUBLISHED["done"] = True
     except FileExistsError:
         raise SubnetvizError(
             f"--out {out}: another result was written there while this one ran; this one was not written (pass "
@@ -415,11 +458,14 @@ def publish_file(out: Path, overwrite: bool, option: str = "--out") -> Iterator[
                 raise OSError(exc.errno, exc.strerror, str(out)) from None
             raise
         raise_if_interrupted()  # a Ctrl-C a library swallowed: nothing is published
+        _expect_published(out, tmp, 0, None)
         if overwrite:
             os.replace(tmp, out)
+            _PUBLISHED["done"] = True
             return
         try:
             _link_new(tmp, out)
+            _PUBLISHED["done"] = True
         except FileExistsError:
             raise SubnetvizError(
                 f"{where}: another file was written there while this one was made; this one was not written "

@@ -17,6 +17,7 @@ from subnetviz.errors import SubnetvizError
 def cmd_job(args: argparse.Namespace) -> int:
     from subnetviz.jobs.worker import main_job
 
+    refuse_blank("job", [("RUN_DIR", args.run_dir)])  # (an empty one ran a config.json of the working folder)
     threads()
     return main_job(args.run_dir)
 

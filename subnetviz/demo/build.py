@@ -283,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--runs", default=None, help="job registry folder (default: $SUBNETVIZ_HOME/runs)")
     sub.add_parser("path", help="print the zoo folder").add_argument("--root", default=None)
     args = parser.parse_args(argv)
+    from subnetviz.cli.common import refuse_blank  # (the command line's own check, as every verb makes it)
+
+    try:  # ('--root "$ZOO"' with ZOO unset: the zoo was built into the working folder, and 'path' printed it)
+        refuse_blank(f"demo {args.command}", [("--root", args.root), ("--runs", getattr(args, "runs", None))])
+    except SubnetvizError as exc:
+        print(f"error: {terminal_text(exc)}", file=sys.stderr)
+        return 2
     if args.command == "path":  # only said: the folder is not created (a home that cannot be made failed here)
         from subnetviz.config import home_path
 
@@ -331,5 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     rows = [f"{m.id:10s} {m.algorithm:8s} acc {m.accuracy:6.1%}  sparsity {m.sparsity:6.1%}" for m in zoo.members]
-    print("\n".join([f"demo zoo at {zoo.root} ({time.perf_counter() - t0:.1f} s)", *rows]))
+    try:
+        print("\n".join([f"demo zoo at {zoo.root} ({time.perf_counter() - t0:.1f} s)", *rows]))
+    except KeyboardInterrupt:  # the zoo is complete: only its table was cut short (it said "nothing was written")
+        from subnetviz.jobs.worker import complete_after_interrupt
+
+        print(terminal_text(complete_after_interrupt(zoo.root)), file=sys.stderr)
+        return 0
     return 0

@@ -53,6 +53,15 @@ def signal_of(exc: KeyboardInterrupt) -> int:
     return int(m.group(1)) if m else int(signal.SIGINT)
 
 
+def complete_after_interrupt(where: str | os.PathLike) -> str:
+    """The line for a Ctrl-C or SIGTERM that arrived after the command's result was put in place at ``where``: it
+    stopped only what the command prints after that (a summary), and the result is complete (the command then ends
+    with the status it would have ended with, not 130 / 143: a script that took those for "nothing was written" ran
+    the command again, which failed on the folder already there)."""
+    said = f"interrupted after the result was written: {os.fspath(where)} is complete"
+    return f"{said}; only what was to be printed after it was cut short."
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -138,6 +147,11 @@ def main_job(run_dir: str) -> int:
         elif failure is not None:  # train --run-dir in the foreground: said on its terminal
             print(f"error: {run_dir}: {failure}", file=sys.stderr)
         return code
+    except KeyboardInterrupt:  # Ctrl-C after the job's own handling (its end's bookkeeping)
+        if (run_dir_p / "outputs").is_dir():  # the succeeded run's outputs in place (moved there in one rename)
+            print(complete_after_interrupt(run_dir_p / "outputs"), file=sys.stderr, flush=True)
+            return 0
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -222,7 +236,9 @@ def _run_job_in(run_dir_p: Path, ctx: JobContext, *, queued: bool = False) -> in
 
 def main_train(config_path: str, *, run_dir: str | None = None) -> int:
     """Run one training config in the foreground; 0 on success, 1 on a failed run, 2 on a bad config, 130 / 143
-    when Ctrl-C / SIGTERM stopped it (one line on stderr; with ``run_dir`` the run is recorded as cancelled).
+    when Ctrl-C / SIGTERM stopped it (one line on stderr; with ``run_dir`` the run is recorded as cancelled). A
+    Ctrl-C / SIGTERM that arrives once the model is in place (``output_dir``, ``run_dir/outputs``) stopped only what
+    is printed after it: the line says the model is complete and where (:func:`complete_after_interrupt`), exit 0.
 
     Without ``run_dir`` the model goes to the config's ``output_dir`` (this is the form to use
     under ``accelerate launch``). With ``run_dir`` (a new folder) the run gets a job folder like
@@ -266,15 +282,23 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
 def _train_in_foreground(config_path: str) -> int:
     """``train --config`` without ``--run-dir``: the model goes to the config's ``output_dir``. In the process
     a user started (not a launched rank), SIGTERM ends the run as Ctrl-C does: the launched ranks stopped, the
-    work folders removed, one line, exit status 143 (130 for Ctrl-C)."""
+    work folders removed, one line, exit status 143 (130 for Ctrl-C). One that arrives once the model is published
+    (until its summary is printed) says the model is complete in ``output_dir``, exit status 0.
+
+    The model was published by this run where ``output_dir``, absent when the run started (the config's check refuses
+    one that is there), now holds ``train_summary.json``: the run renames its finished folder, summary included, to
+    ``output_dir`` in one step, and refuses to start beside a live run writing the same ``output_dir``."""
     from subnetviz.training import sharded
     from subnetviz.training.config import TrainConfig
-    from subnetviz.training.run import launch_and_train, train
+    from subnetviz.training.run import SUMMARY_FILE, launch_and_train, train
 
     rank = sharded.launched()
     previous = None if rank else signal.signal(signal.SIGTERM, _raise_interrupted)
+    fresh = None  # output_dir, where it was not there when the run started
     try:
         cfg = TrainConfig.from_file(config_path)
+        if isinstance(cfg.output_dir, str) and cfg.output_dir and not os.path.lexists(cfg.output_dir):
+            fresh = Path(cfg.output_dir)
         if sharded.needs_launch(cfg.strategy):  # start cfg.num_processes processes running this same verb
             import tempfile
 
@@ -286,15 +310,20 @@ def _train_in_foreground(config_path: str) -> int:
                 rd = Path(os.environ[sharded.RUN_DIR_ENV])
                 ctx = JobContext(rd, rd / "outputs.tmp")
             res = train(cfg, ctx)
+        if res.is_main_process:
+            print(json.dumps(res.to_dict(), indent=2))
     except KeyboardInterrupt as exc:
-        if not rank:  # (the process that launched the ranks says it, once)
-            print("interrupted: nothing was written.", file=sys.stderr, flush=True)
+        if rank:
+            return 128 + signal_of(exc)
+        # (the process that launched the ranks says it, once)
+        if fresh is not None and (fresh / SUMMARY_FILE).is_file():  # published: only the summary's print was cut
+            print(complete_after_interrupt(fresh), file=sys.stderr, flush=True)
+            return 0
+        print("interrupted: nothing was written.", file=sys.stderr, flush=True)
         return 128 + signal_of(exc)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    if res.is_main_process:
-        print(json.dumps(res.to_dict(), indent=2))
     if rank:  # one rank of a launched run, done: leave without the teardown
         sharded.exit_rank(0)
     return 0

@@ -205,7 +205,7 @@ def test_the_server_command_guards_uploads_before_the_server_starts(monkeypatch)
     make = starlette_app.create_upload_routes
     monkeypatch.setattr(MemoryUploadedFileManager, "add_file", _unguarded())  # (both put back after the test)
     monkeypatch.setattr(starlette_app, "create_upload_routes", getattr(make, "__wrapped__", make))
-    monkeypatch.setattr(cli, "main", lambda: None)
+    monkeypatch.setattr(cli, "main", lambda **kwargs: None)
     monkeypatch.setattr(sys, "argv", ["subnetviz.serve", "run", "app.py"])
     monkeypatch.setenv(serve.WARM_ENV, "0")
     monkeypatch.delenv("SUBNETVIZ_MAX_UPLOAD_MB", raising=False)
