@@ -173,16 +173,18 @@ def stage_mask(root: Path) -> dict:
     """grpo-s0's exact update mask (bf16 bit patterns that differ from the base's), by the analysis."""
     from subnetviz.demo.measure import update_mask
     from subnetviz.masks import MaskSet, save_mask_set
+    from subnetviz.version import version_info
 
-    meta = {
+    meta = {  # (the keys an update mask of `analyze` records, README: base_path, model_path, the code that wrote it)
         "method": "exact update mask: bf16 bit patterns differ",
         "tolerance": 0.0,
         "dtype": "bfloat16",
         "base": "base",
-        "finetuned": "grpo-s0",
+        "model": "grpo-s0",
         "base_path": str(root / "base"),
-        "finetuned_path": str(root / "grpo-s0"),
+        "model_path": str(root / "grpo-s0"),
         "created_by": "subnetviz demo build",
+        **version_info(),
     }
     ms = MaskSet(update_mask(root / "base", root / "grpo-s0"), meta)
     save_mask_set(root / MASK_FILE, ms)
