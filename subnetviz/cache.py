@@ -148,11 +148,15 @@ def atomic_folder(target: str | os.PathLike, *, replace: bool = True, exclusive:
             if not replace:
                 return  # published by someone else meanwhile: theirs is the same result
             old = _tmp_name(target, "old")
-            os.replace(target, old)
             try:
+                os.replace(target, old)
                 os.replace(tmp, target)
             finally:
-                if old.is_dir() and not old.is_symlink():
+                # the old one removed once the new one is in place, else put back: an interrupt (Ctrl-C, SIGTERM)
+                # between the two renames removed the old one and left nothing at ``target``
+                if os.path.lexists(old) and not os.path.lexists(target):
+                    os.replace(old, target)
+                elif old.is_dir() and not old.is_symlink():
                     shutil.rmtree(old, ignore_errors=True)
                 else:
                     old.unlink(missing_ok=True)

@@ -345,3 +345,31 @@ def test_a_writers_message_names_the_users_file_not_the_temporary_one(tmp_path):
                 raise OSError(28, "No space left on device", str(part))
     assert oserr.value.filename == str(out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_between_the_renames_of_an_overwrite_puts_the_old_folder_back(tmp_path, monkeypatch):
+    """``--overwrite``: Ctrl-C after the old result was moved aside and before the new one was renamed in removed the
+    old one and left nothing at the output."""
+    import os
+
+    from subnetviz import cache
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("the user's result")
+    real = os.replace
+    calls = []
+
+    def interrupted_second(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the new folder's rename over the target
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    with pytest.raises(KeyboardInterrupt):
+        with cache.atomic_folder(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+            monkeypatch.setattr(cache.os, "replace", interrupted_second)
+    monkeypatch.setattr(cache.os, "replace", real)
+    assert (target / "old.txt").read_text() == "the user's result" and not (target / "new.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left beside it
