@@ -40,8 +40,8 @@ def random_mask(mask_set: MaskSet, blocks: Sequence[Block], seed: int, null: str
     """A random mask with the same number of kept weights in every block as ``mask_set``.
 
     ``uniform``: the block's entries are permuted uniformly (the paper's description);
-    ``rows``: the rows of the block's stored 2-D sub-matrix are permuted (``np.random.shuffle`` on
-    the un-flattened array, as the paper's code does), which keeps each row's count."""
+    ``rows``: the block's output units are permuted (``np.random.shuffle`` on the un-flattened (out, in) array, as
+    the paper's code does, which transposes GPT-2's (in, out) blocks first), which keeps each unit's count."""
     if null not in NULLS:
         raise ConfigError(f"null model {null!r}; choose one of {NULLS}.")
     gen = torch.Generator().manual_seed(int(seed))
@@ -49,13 +49,13 @@ def random_mask(mask_set: MaskSet, blocks: Sequence[Block], seed: int, null: str
     for b in blocks:
         if b.param not in out:
             continue
-        sub = b.select(mask_set.masks[b.param])
         if null == "uniform":
+            sub = b.select(mask_set.masks[b.param])
             flat = sub.reshape(-1)
-            shuffled = flat[torch.randperm(flat.numel(), generator=gen)].reshape(sub.shape)
+            b.assign(out[b.param], flat[torch.randperm(flat.numel(), generator=gen)].reshape(sub.shape))
         else:
-            shuffled = sub[torch.randperm(sub.shape[0], generator=gen)]
-        b.assign(out[b.param], shuffled)
+            sub = b.units(mask_set.masks[b.param])
+            b.assign_units(out[b.param], sub[torch.randperm(sub.shape[0], generator=gen)])
     meta = {
         **mask_set.metadata,
         "method": f"random ({null}) like {mask_set.metadata.get('method', 'mask')}",

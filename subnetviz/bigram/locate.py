@@ -10,7 +10,8 @@ MLP) and §6.2 overlap with the optimal subnetwork:
 - ×chance = overlap / expected, a permutation p-value ``(1 + #{null >= observed}) / (1 + draws)``
   (never exactly 0), and the share of C0 inside C1 (``|C0 & C1| / |C0|``).
 
-The row-shuffle null permutes the rows of each block's stored 2-D sub-matrix of C1. Its overlap
+The row-shuffle null permutes the output units (rows of the (out, in) sub-matrix, :meth:`Block.units`: GPT-2's
+(in, out) Conv1D blocks transposed first, as the paper's code does) of each block of C1. Its overlap
 for a permutation π is ``sum_i G[i, π(i)]`` with ``G = C0_b @ C1_bᵀ`` (row-by-row overlap counts),
 so every draw is a gather over one small matrix per block rather than a shuffle of the mask.
 """
@@ -247,8 +248,8 @@ def compare_subnetworks(
     for (_, r0), (_, r1), b in zip(
         c0.iterrows(), c1.iterrows(), [b for b in blocks if b.param in mask0.masks], strict=True
     ):
-        a = b.select(mask0.masks[b.param]).float()
-        c = b.select(mask1.masks[b.param]).float()
+        a = b.units(mask0.masks[b.param]).float()  # (out, in): the row-shuffle null permutes output units
+        c = b.units(mask1.masks[b.param]).float()
         a2, c2 = a.reshape(a.shape[0], -1), c.reshape(c.shape[0], -1)
         shared += int((a2 * c2).sum())
         if r0["kept"] and r1["kept"]:

@@ -81,6 +81,9 @@ class Block:
     label: str  # one of BLOCK_LABELS
     axis: int | None = None
     indices: tuple[int, ...] | None = None
+    # stored (in, out), as GPT-2's Conv1D: the block's output units are its columns. The row-shuffle null permutes
+    # output units (the paper's code transposes GPT-2's blocks to (out, in) before it shuffles their rows)
+    stored_in_out: bool = False
 
     def index(self) -> torch.Tensor | None:
         return None if self.indices is None else torch.tensor(self.indices, dtype=torch.long)
@@ -97,6 +100,16 @@ class Block:
             t.copy_(sub)
         else:
             t.index_copy_(self.axis, self.index().to(t.device), sub)
+
+    def units(self, t: torch.Tensor) -> torch.Tensor:
+        """The block's sub-matrix as (out, in): one row per output unit (an MLP neuron, an attention output
+        dimension), whichever way the weight is stored (:attr:`stored_in_out`)."""
+        sub = self.select(t)
+        return sub.T if self.stored_in_out else sub
+
+    def assign_units(self, t: torch.Tensor, sub: torch.Tensor) -> None:
+        """Write ``sub`` (shape of :meth:`units`) back into ``t`` in place."""
+        self.assign(t, sub.T if self.stored_in_out else sub)
 
 
 def family_of(model) -> str:
@@ -145,17 +158,18 @@ def blocks_of(model) -> list[Block]:
     out: list[Block] = []
     for name, (layer, role) in _roles(model).items():
         shape = tuple(params[name].shape)
+        in_out = type(model.get_submodule(name.rpartition(".")[0])).__name__ == "Conv1D"  # GPT-2's (in, out)
         if role == "qkv_conv1d_thirds":  # (d, 3d): columns q | k | v
             d = shape[1] // 3
             for i, lab in enumerate("QKV"):
-                out.append(Block(name, layer, lab, 1, tuple(range(i * d, (i + 1) * d))))
+                out.append(Block(name, layer, lab, 1, tuple(range(i * d, (i + 1) * d)), stored_in_out=in_out))
         elif role == "qkv_neox_interleaved":  # (3d, d): rows [q_h, k_h, v_h] per head h
             s = shape[0] // (3 * n_heads)
             for i, lab in enumerate("QKV"):
                 rows = [h * 3 * s + i * s + j for h in range(n_heads) for j in range(s)]
-                out.append(Block(name, layer, lab, 0, tuple(rows)))
+                out.append(Block(name, layer, lab, 0, tuple(rows), stored_in_out=in_out))
         else:
-            out.append(Block(name, layer, role))
+            out.append(Block(name, layer, role, stored_in_out=in_out))
     return out
 
 
