@@ -13,7 +13,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +172,43 @@ def entry_name(choice: str) -> str:
     if os.path.isabs(choice) or choice.startswith("~"):
         return config.display_path(choice)
     return choice if len(choice) <= 80 else f"{choice[:40]}…{choice[-20:]} ({len(choice):,} characters)"
+
+
+def choice_name(choice: str, names: Mapping[str, str]) -> str:
+    """A sidebar choice as the page's pickers name it: a finished run's (``"run <id>"``, the value the URL keeps) as
+    ``"run <name · id>"`` (``names``: :func:`~subnetviz.report.training.run_names`), a checkpoint of one
+    (``"run <id>@<step>"``) with its step after; any other choice, and a run ``names`` lacks, as it is. (The sidebar,
+    *Train only* and the mask's warning said ``run <id>`` where the Run picker said "name · id".)"""
+    if not choice.startswith("run "):
+        return choice
+    run, at, step = choice[4:].partition("@")
+    return f"run {names[run]}{at}{step}" if run in names else choice
+
+
+METRIC_EMS = 3.5  # the width st.metric shows whole in a quarter of the main column at 1024 px: 129 px of 36 px digits
+_NARROW_EMS = {"-": 0.31, ".": 0.25}  # Source Sans: a minus and a point are narrower than a digit or "e" (0.5 em)
+
+
+def metric_ems(text: str) -> float:
+    """About how wide ``text`` is in ems of the metric's font (digits and "e" half an em; see :data:`_NARROW_EMS`)."""
+    return sum(_NARROW_EMS.get(c, 0.5) for c in text)
+
+
+def metric_number(value: float) -> str:
+    """``value`` in at most :data:`METRIC_EMS` of width: 4 (else 3) significant digits where they fit, a whole number
+    where that fits, else two (or, past an exponent of 99, one) in e-notation with a bare exponent (``-7.5e-9``,
+    ``-2.2e-11``, ``1.2e7``). ``f"{v:.4g}"`` gave "-7.451e-09", which a quarter-width metric at 1024 px cut to
+    "-7.451…": a loss of -7e-9 read as -7.45."""
+    if not math.isfinite(value):
+        return str(value)
+    for text in (f"{value:.4g}", f"{value:.3g}", f"{value:.0f}" if abs(value) >= 1 else ""):
+        if text and "e" not in text and metric_ems(text) <= METRIC_EMS:
+            return text
+    for digits in (1, 0):
+        mantissa, exponent = f"{value:.{digits}e}".split("e")
+        if metric_ems(text := f"{mantissa}e{int(exponent)}") <= METRIC_EMS or not digits:
+            return text
+    return text
 
 
 def some_names(names: Sequence[str], shown: int = 3) -> str:

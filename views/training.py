@@ -48,6 +48,7 @@ def launch(ws) -> None:
             "Train only",
             list(masks),
             key="tr_mask",
+            format_func=_mask_choice_names(masks),  # a run as "name · id", as the page's other pickers name it
             help=f"The subnetwork to train, every other entry left bit-identical: {mask_origin.CONVENTION}.",
         )
         random_twin = c3.checkbox(  # a short label: a third of the form's width cut the long one off
@@ -147,7 +148,9 @@ def launch(ws) -> None:
             # the mask read whole (bit-packed) before anything is queued: values outside {0, 1} are refused here,
             # not by the worker after "Queued run" (the submit check reads headers only)
             dense = mask_origin.dense_mask_note(mask_origin.mask_densities(masks[mask_label])) if mask else None
-            run_id, new = ui.submit_job(cfg, name=f"{algorithm} {kind}lr={lr:g} s={seed}")
+            # (a multi-process run's strategy in its name: runs alike but for it were told apart by their id alone)
+            procs = f" {strategy} n={int(nproc)}" if strategy != "single" else ""
+            run_id, new = ui.submit_job(cfg, name=f"{algorithm} {kind}lr={lr:g} s={seed}{procs}")
             ui.queued_line(run_id, new, f"[Follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
             if eval_path is None:
                 ui.warning(
@@ -158,6 +161,17 @@ def launch(ws) -> None:
                 ui.warning(note)
             if dense:
                 ui.warning(dense)
+
+
+def _mask_choice_names(masks: dict[str, str | None]):
+    """How *Train only* shows its choices: the update mask of a run chosen in the sidebar (``run <id>``, the
+    value kept) as ``update mask of run <name · id>`` (:func:`~subnetviz.uilogic.choice_name`), the rest as they are."""
+    prefix = "update mask of "
+    if not any(k.startswith(prefix + "run ") for k in masks):
+        return str
+    runs = ui.job_runner().list_runs()
+    names = pages.run_names(runs) if len(runs) else {}
+    return lambda k: prefix + uilogic.choice_name(k[len(prefix) :], names) if k.startswith(prefix) else k
 
 
 def _process_room() -> tuple[int, str | None]:
@@ -174,21 +188,26 @@ def _process_room() -> tuple[int, str | None]:
 
 
 def mask_note(mask: str | None, cfg: dict) -> str | None:
-    """A warning when the training mask is the update mask of a run with other hyperparameters."""
+    """A warning when the training mask is the update mask of a run with other hyperparameters: a zoo member, one of
+    its series checkpoints (``grpo-s0@12``), a run's model or checkpoint, a run named as the pickers name it."""
     if not mask:
         return None
     path = mask[7:] if str(mask).startswith("random:") else str(mask)
     z = ui.zoo()
     members = {m.id: m for m in z.members} if z is not None else {}
-    source = mask_origin.identify(selection.mask_info(path, file_stamp(path)), members, config.runs_dir())
+    series = {f"grpo-s0@{step}": folder for step, folder in z.series} if z is not None else {}  # (the sidebar's ids)
+    meta = selection.mask_info(path, file_stamp(path))
+    source = mask_origin.identify(meta, members, config.runs_dir(), series)
     if source is None:
         return None
-    runs = {}
-    if source.startswith("run "):
+    owner, step = mask_origin.checkpoint_of(source)
+    runs, shown = {}, source
+    if owner.startswith("run ") and owner not in members:
         df = ui.job_runner().list_runs()
-        runs = {i: c for i, c in zip(df["id"], df["config"], strict=True) if i == source[4:]}
+        runs = {i: c for i, c in zip(df["id"], df["config"], strict=True) if i == owner[4:]}
+        shown = uilogic.choice_name(source, pages.run_names(df) if len(df) else {})
     hp = mask_origin.source_hparams(source, members, runs)
-    return mask_origin.mismatch_note(source, hp, cfg) if hp else None
+    return mask_origin.mismatch_note(shown, hp, cfg) if hp else None
 
 
 def runs_view() -> None:
@@ -310,10 +329,12 @@ def run_card(rec, run_label: str | None = None) -> None:
     model = Path(rec.run_dir) / "outputs" / "model"
     # The values it trained with: its train_config.json once saved, else its job config with the trainer's
     # defaults for what that left out (a job submitted without lr or seed read "lr nan · seed ?").
-    hp = run_hparams(cfg, read_json(model / "train_config.json"))
+    recorded = read_json(model / "train_config.json")
+    hp = run_hparams(cfg, recorded)
     st.caption(
         f"{ui.plain(hp['algorithm'] or rec.kind)} · mask: {mask_label(mask)} · lr {hp['learning_rate']:.1e} · "
-        f"{hp['steps']} steps · seed {hp['seed']} · data {ui.plain(Path(str(cfg.get('data', '?'))).name)}"
+        f"{hp['steps']} steps · seed {hp['seed']} · data {ui.plain(Path(str(cfg.get('data', '?'))).name)} · "
+        f"{ui.plain(pages.run_processes(cfg, recorded))}"
     )
     summary = model / "train_summary.json"
     if summary.is_file():
@@ -387,12 +408,22 @@ def summary_card(path: Path, cfg: dict, mask: str | None) -> None:
     if accuracy is None:
         accuracy, on = zoo_accuracy(cfg)
     shown = [(k, _number(v)) for k, v in metrics.items() if k in ("loss", "reward", "grad_norm")][:3]
-    shown.append((f"accuracy ({ui.plain(on)})" if on else "accuracy", accuracy))
-    for i, (col, (label, value)) in enumerate(zip(st.columns(4), shown, strict=False)):
-        text = "—" if value is None else (f"{100 * value:.1f} %" if i == len(shown) - 1 else f"{value:.4g}")
-        col.metric(label, text)
+    # Each value short enough for a quarter of the column at 1024 px (uilogic.metric_number; its full digits in the
+    # help), and the held-out file on a caption: "-7.451e-09" was cut to "-7.451…" and read as -7.45, and
+    # "accuracy (A_eval.jsonl)" to "accuracy (A_eval.js…".
+    cols = st.columns(4)
+    for col, (label, value) in zip(cols, shown, strict=False):
+        text = "—" if value is None else uilogic.metric_number(value)
+        full = None if value is None else f"{value:.10g}"
+        col.metric(label, text, help=f"{label} {full}" if full is not None and text != full else None)
+    where = f"on {ui.plain(on)}" if on else ""
+    cols[len(shown)].metric(
+        "accuracy", "—" if accuracy is None else f"{100 * accuracy:.1f} %", help=f"held-out accuracy {where}".strip()
+    )
     if isinstance(device := s.get("device"), str) and device:  # (recorded since runs follow SUBNETVIZ_DEVICE)
         st.caption(f"Trained on {ui.plain(device)}.")
+    if where:
+        st.caption(f"Accuracy {where}.")
     if isinstance(n := s.get("nonfinite_steps"), int) and n > 0:  # its loss went NaN/Inf: a number above is no result
         ui.warning(
             f"The run diverged: loss or gradient norm NaN/Inf at {n:,} step(s), first at "

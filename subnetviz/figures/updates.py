@@ -283,7 +283,8 @@ def ulp_histogram(
     return _style(
         fig,
         title,
-        f"distance (units in the last place of the compared dtype{f' ({dtype})' if dtype else ''})",
+        # two lines: on one, a half-width chart at 1024 px (the Training comparison's) cut it at "of the compare"
+        f"distance (units in the last place<br>of the compared dtype{f' ({dtype})' if dtype else ''})",
         "entries (count, log)" if log_y else "entries (count)",
         barmode="group",
     )

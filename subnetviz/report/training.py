@@ -32,6 +32,19 @@ def run_names(runs: pd.DataFrame) -> dict[str, str]:
     }
 
 
+def run_processes(cfg: Mapping, recorded: Mapping | None = None) -> str:
+    """How a ``train`` job's processes trained, as its card says it: "single process", "fsdp2 × 2 processes",
+    "ddp × 1 process". From the recorded config (``train_config.json``, the config as run) where it holds a value of
+    the right type, else the submitted config's, else the trainer's default (single, 1). Two runs alike but for
+    their strategy had the same card and name, told apart by their id only."""
+    given = [c for c in (recorded or {}, cfg) if isinstance(c, Mapping)]
+    strategy = next((c["strategy"] for c in given if isinstance(c.get("strategy"), str) and c["strategy"]), "single")
+    n = next((c["num_processes"] for c in given if type(c.get("num_processes")) is int), 1)
+    if strategy == "single" and n == 1:
+        return "single process"
+    return f"{strategy} × {n:,} process{'es' if n != 1 else ''}"
+
+
 def shown_run(df: pd.DataFrame, asked: str | None) -> str:
     """The run the Runs view shows (``df``: the registry's runs, newest first, not empty): the URL's, else the
     newest training run not cancelled (bigram and continual jobs have their own pages), else the newest."""
@@ -254,7 +267,9 @@ def comparison_parts(result, full: str, sub: str, base_label: str = "", base_not
     named after ``base_label`` ("base (zoo base)"), its caption with ``base_note`` (why that base)."""
     figs = {
         "cmp-ulp": figures.ulp_histogram(
-            result.ulp_histogram.assign(model=f"{full} vs {sub}"), title="ULP distance between the two finetunes"
+            result.ulp_histogram.assign(model=f"{full} vs {sub}"),
+            # a short head over the measure: on one line, a half-width chart at 1024 px cut it at "two finetun"
+            title="How far apart the weights are<br><sup>ULP distance between the two finetunes</sup>",
         )
     }
     tables = {"comparison": ("Share of parameters identical, exact and along the tolerance sweep", result.to_frame())}

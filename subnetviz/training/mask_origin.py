@@ -115,12 +115,19 @@ def source_path(meta: Mapping) -> str | None:
     return str(path) if path else None
 
 
-def identify(meta: Mapping, members: Mapping[str, object], runs_dir: str | os.PathLike) -> str | None:
+def identify(
+    meta: Mapping,
+    members: Mapping[str, object],
+    runs_dir: str | os.PathLike,
+    series: Mapping[str, str | os.PathLike] | None = None,
+) -> str | None:
     """The run a mask's provenance names *by where it was read*: a zoo member's id (``members``: id -> objects
-    with a ``path``) or ``"run <id>"`` for the model of a run under ``runs_dir`` (``<id>/outputs/model``); None
-    for any other model, and for a provenance that records a label only. Matched by the real path (a run the
-    demo registers links to its member's folder), never by the label: a user's folder called ``sft`` is not the
-    zoo's ``sft``."""
+    with a ``path``), one of the zoo's series checkpoints (``series``: the sidebar's id, ``grpo-s0@<step>`` -> its
+    folder), ``"run <id>"`` for the model of a run under ``runs_dir`` (``<id>/outputs/model``) or ``"run <id>@<step>"``
+    for one of its intermediate checkpoints (``<id>/outputs/model/checkpoints/step-<step>``); None for any other
+    model, and for a provenance that records a label only. Matched by the real path (a run the demo registers links
+    to its member's folder), never by the label: a user's folder called ``sft`` is not the zoo's ``sft``. (A
+    checkpoint's mask was matched to nothing, and a mask of grpo-s0@12 got no hyperparameter warning.)"""
     path = source_path(meta)
     if mask_source(meta) is None or not path or not os.path.isabs(path):  # (a hub id is no member nor run)
         return None
@@ -128,21 +135,47 @@ def identify(meta: Mapping, members: Mapping[str, object], runs_dir: str | os.Pa
     for mid, m in members.items():
         if os.path.realpath(getattr(m, "path", "") or "") == real:
             return str(mid)
+    for sid, folder in (series or {}).items():
+        if os.path.realpath(folder) == real:
+            return str(sid)
     runs = os.path.realpath(runs_dir)
     rel = Path(os.path.relpath(real, runs)).parts if real.startswith(runs + os.sep) else ()
-    if len(rel) == 3 and rel[1:] == ("outputs", "model"):
-        return f"run {rel[0]}"
+    if (run := _run_model(rel)) is not None:
+        return run
     if os.path.lexists(path):
         return None
     # A home copied or moved since the mask was made (its zoo's mask names /old/home/zoo/grpo-s0): where nothing is
-    # at the recorded path, the member or run at the same place in this home — its folder and the one holding it.
+    # at the recorded path, the member or run at the same place in this home — its folder and the one holding it
+    # (a series checkpoint: its folder, checkpoints/ and its member's folder).
     tail = Path(path).parts[-2:]
     for mid, m in members.items():
         if (p := getattr(m, "path", None)) and Path(p).parts[-2:] == tail:
             return str(mid)
+    for sid, folder in (series or {}).items():
+        if len(Path(path).parts) >= 3 and Path(folder).parts[-3:] == Path(path).parts[-3:]:
+            return str(sid)
     parts = Path(path).parts
-    moved = len(parts) >= 4 and parts[-4] == "runs" and parts[-2:] == ("outputs", "model")
-    return f"run {parts[-3]}" if moved and (Path(runs) / parts[-3] / "outputs" / "model").exists() else None
+    at = next((i for i in (len(parts) - 4, len(parts) - 6) if i >= 0 and parts[i] == "runs"), None)
+    run = _run_model(parts[at + 1 :]) if at is not None else None
+    return run if run is not None and Path(runs, *parts[at + 1 :]).exists() else None
+
+
+def _run_model(rel: tuple[str, ...]) -> str | None:
+    """``"run <id>"`` for the parts ``<id>/outputs/model`` of a path under the runs folder, ``"run <id>@<step>"`` for
+    ``<id>/outputs/model/checkpoints/step-<step>``, else None."""
+    if len(rel) == 3 and rel[1:] == ("outputs", "model"):
+        return f"run {rel[0]}"
+    step = rel[4].removeprefix("step-") if len(rel) == 5 else ""
+    if rel[1:4] == ("outputs", "model", "checkpoints") and step.isdigit():
+        return f"run {rel[0]}@{int(step)}"
+    return None
+
+
+def checkpoint_of(source: str) -> tuple[str, int | None]:
+    """A source :func:`identify` names, split into the member or run it is a checkpoint of and the checkpoint's step
+    (``"grpo-s0@12"`` -> ``("grpo-s0", 12)``, ``"run r1@3"`` -> ``("run r1", 3)``); a final model: ``(source, None)``."""
+    owner, at, step = source.rpartition("@")
+    return (owner, int(step)) if at and owner and step.isdigit() else (source, None)
 
 
 def _number(value) -> float | None:
@@ -176,13 +209,18 @@ def run_hparams(cfg: Mapping, recorded: Mapping | None = None) -> dict:
 
 def source_hparams(source: str, members: Mapping[str, object], runs: Mapping[str, Mapping]) -> dict | None:
     """Algorithm, learning rate and steps of ``source``: a zoo member (by id; objects with those
-    attributes) or a finished run (``"run <id>"`` -> that run's config). None when unknown."""
+    attributes) or a finished run (``"run <id>"`` -> that run's config); a checkpoint of either (``"grpo-s0@12"``,
+    ``"run <id>@12"``: :func:`checkpoint_of`) has its member's or run's algorithm and rate, and its step as steps.
+    None when unknown."""
     if source in members:
         m = members[source]
         return {k: getattr(m, k, None) for k in HPARAMS}
     if source.startswith("run ") and source[4:] in runs:
         hp = run_hparams(runs[source[4:]] or {})  # what it ran with: defaults for what its config left out
         return {k: hp[k] for k in HPARAMS}
+    owner, step = checkpoint_of(source)
+    if step is not None and (hp := source_hparams(owner, members, runs)) is not None:
+        return {**hp, "steps": step}
     return None
 
 
