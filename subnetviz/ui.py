@@ -417,24 +417,16 @@ def workspace_sidebar() -> Workspace:
         if z is None:
             st.warning("The demo zoo is not built yet: run `python -m subnetviz demo build` (or `make app`).")
         ids, text, q = list(members), uilogic.SIDEBAR_TEXT, {"bind": "query-params"}
-        # finished runs by "name · id", as every picker names them (the URL keeps "run <id>"); the registry is read
-        # only where the list holds a run
-        named = {}
-        if any(i.startswith("run ") for i in ids):
-            from subnetviz.report.training import run_names
-
-            names = run_names(job_runner().list_runs())
-            named["format_func"] = lambda c: uilogic.choice_name(c, names)
         first = ids.index("base") if "base" in members else None
-        base = st.selectbox(
-            "Base checkpoint", ids, first, key="base", accept_new_options=True, **q, **named, **text["base"]
-        )
+        # (runs stay "run <id>" here: with a format_func the query-param binding writes the label into the URL, and a
+        # shared link broke when a run's name changed)
+        base = st.selectbox("Base checkpoint", ids, first, key="base", accept_new_options=True, **q, **text["base"])
         if shown := uilogic.typed_base_caption(base, members):  # a typed path's box shows its first letters only
             st.caption(plain(shown))
         ft_opts = [m for m in ids if m != base]
         ft_default = [m for m in uilogic.FT_DEFAULT if m in ft_opts]
         finetuned = st.multiselect(
-            "Finetuned checkpoints", ft_opts, ft_default, key="ft", accept_new_options=True, **q, **named, **text["ft"]
+            "Finetuned checkpoints", ft_opts, ft_default, key="ft", accept_new_options=True, **q, **text["ft"]
         )
         st.html(uilogic.CHIP_TAILS)  # typed paths' chips show their ends (the full path on hover, as before)
         mask_files = saved_masks()
