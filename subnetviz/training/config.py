@@ -514,18 +514,27 @@ def strategy_problems(strategy, num_processes) -> list[str]:
     return problems
 
 
+CPU_PROCESSES_FLOOR = 2  # a two-process CPU run is taken on a one-core machine too (time-sliced: slower, it works)
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on: its affinity, else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (no affinity on this platform)
+        return os.cpu_count() or 1
+
+
 def process_room(device: str) -> tuple[int, str]:
     """How many processes of one multi-process run this machine runs side by side on ``device`` (the run's,
     :func:`train_device`), and what each takes: one GPU each on CUDA (those torch sees), else one CPU core each
-    (those this process may run on: its affinity, else the machine's count)."""
+    (:func:`cpu_cores`), but at least :data:`CPU_PROCESSES_FLOOR` (the README's two-process demo on a one-core
+    machine or a one-core batch slot)."""
     if device.startswith("cuda"):  # (as sharded.process_device: each rank trains on cuda:LOCAL_RANK)
         import torch
 
         return torch.cuda.device_count(), "GPU"
-    try:
-        return len(os.sched_getaffinity(0)), "CPU core"
-    except (AttributeError, OSError):  # (no affinity on this platform)
-        return os.cpu_count() or 1, "CPU core"
+    return max(CPU_PROCESSES_FLOOR, cpu_cores()), "CPU core"
 
 
 def check_processes_fit(strategy: str, num_processes: int) -> None:
@@ -542,9 +551,10 @@ def check_processes_fit(strategy: str, num_processes: int) -> None:
         return
     where = "CUDA" if device.startswith("cuda") else "the CPU"
     other = " (or train on the CPU: SUBNETVIZ_DEVICE=cpu)" if unit == "GPU" else ""
+    have = room if unit == "GPU" else cpu_cores()
     raise ConfigError(
         f"training config: num_processes {num_processes} is more than this machine runs at once: a {strategy} run "
-        f"on {where} takes one {unit} per process, and it has {room}; ask for at most {room}{other}."
+        f"on {where} takes one {unit} per process, and it has {have}; ask for at most {room}{other}."
     )
 
 

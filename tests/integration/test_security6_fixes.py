@@ -17,13 +17,14 @@ import pytest
 from subnetviz.cli import main
 from subnetviz.errors import ConfigError, JobError
 from subnetviz.training import run, sharded
-from subnetviz.training.config import TrainConfig, process_room
+from subnetviz.training.config import TrainConfig, check_processes_fit, process_room
 from tests.models import make_tiny_llama
 from tests.training_fixtures import write_addition_data, write_half_mask, write_sft_config
 
 pytestmark = pytest.mark.slow
 
 CORES = len(os.sched_getaffinity(0))
+ROOM = max(2, CORES)  # (a two-process CPU run is taken on one core too)
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +73,23 @@ def _one_line(exc) -> str:
 def _refused_for_cores(msg: str, n: int, strategy: str = "ddp") -> None:
     assert msg == (
         f"training config: num_processes {n} is more than this machine runs at once: a {strategy} run on the CPU "
-        f"takes one CPU core per process, and it has {CORES}; ask for at most {CORES}."
+        f"takes one CPU core per process, and it has {CORES}; ask for at most {ROOM}."
     )
 
 
 def test_the_machine_s_room_is_its_cores_on_the_cpu():
-    assert process_room("cpu") == (CORES, "CPU core")  # the cores this process may run on (os.sched_getaffinity)
+    assert process_room("cpu") == (ROOM, "CPU core")  # the cores this process may run on (os.sched_getaffinity)
+
+
+def test_a_one_core_machine_still_takes_a_two_process_cpu_run(monkeypatch):
+    """The README's two-process CPU demo (scripts/accelerate_2proc.sh) on a one-core machine or a `taskset -c 0`
+    slot: refused once the limit was the core count; two processes share the core (slower, they work)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("SUBNETVIZ_DEVICE", raising=False)
+    assert process_room("cpu") == (2, "CPU core")
+    check_processes_fit("ddp", 2)
+    with pytest.raises(ConfigError, match="and it has 1; ask for at most 2"):
+        check_processes_fit("ddp", 3)
 
 
 # --- at submit, on the local backend ------------------------------------------------------------------------
@@ -89,7 +101,7 @@ def test_more_processes_than_cores_are_refused_at_submit(tiny, tmp_path, strateg
     """The review's 256-process DDP job was queued; now submit refuses it, naming the count and the cores, and
     nothing is queued or made."""
     runner = _runner(tmp_path)
-    n = CORES + extra
+    n = ROOM + extra
     with pytest.raises(ConfigError) as exc:
         runner.submit(_job(tiny, strategy=strategy, num_processes=n))
     _refused_for_cores(_one_line(exc), n, strategy)
@@ -98,14 +110,14 @@ def test_more_processes_than_cores_are_refused_at_submit(tiny, tmp_path, strateg
 
 def test_the_command_line_refuses_them_in_one_line(tiny, tmp_path, capsys):
     """``train --config`` (the processes start here) and ``train --run-dir`` (a job folder): exit 2, one line."""
-    n = CORES + 1
+    n = ROOM + 1
     cfg = write_sft_config(tiny, tmp_path, steps=2, batch_size=4, strategy="ddp", num_processes=n)
     assert main(["train", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: training config: num_processes {n} is more than"), err
     assert main(["train", "--config", str(cfg), "--run-dir", str(tmp_path / "rd")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"and it has {CORES}; ask for at most {CORES}." in err[0], err
+    assert len(err) == 1 and f"and it has {CORES}; ask for at most {ROOM}." in err[0], err
     assert not (tmp_path / "rd").exists()
 
 
@@ -135,10 +147,8 @@ def test_processes_within_the_machine_are_accepted_and_launched(tiny, tmp_path):
     reaches its launch (here a stub that fails: the run's own error, not a refusal)."""
     from subnetviz.jobs.kinds import validate_job_config
 
-    if CORES < 2:
-        pytest.skip("one core: a 2-process run is more than this machine runs")
-    validate_job_config(_job(tiny, strategy="ddp", num_processes=CORES))
-    cfg = TrainConfig.from_file(write_sft_config(tiny, tmp_path, strategy="fsdp2", num_processes=CORES))
+    validate_job_config(_job(tiny, strategy="ddp", num_processes=ROOM))
+    cfg = TrainConfig.from_file(write_sft_config(tiny, tmp_path, strategy="fsdp2", num_processes=ROOM))
     with pytest.raises(JobError, match="training processes failed"):
         run.launch_and_train(cfg, tmp_path / "launch")
 
@@ -152,7 +162,7 @@ def test_with_a_ray_cluster_the_processes_are_checked_where_they_start(tiny, tmp
     from subnetviz.jobs.kinds import validate_job_config
 
     monkeypatch.setenv("SUBNETVIZ_RAY_ADDRESS", "127.0.0.1:1")
-    n = CORES + 1
+    n = ROOM + 1
     validate_job_config(_job(tiny, strategy="ddp", num_processes=n))
     cfg = TrainConfig.from_file(write_sft_config(tiny, tmp_path, strategy="ddp", num_processes=n))
     monkeypatch.setattr(sharded, "launch", lambda *a, **k: pytest.fail("launched more processes than cores"))
@@ -171,8 +181,6 @@ def test_the_ranks_memory_is_held_against_the_memory_available(tiny, tmp_path, m
     from subnetviz import config
     from subnetviz.checkpoints.sources import open_checkpoint
 
-    if CORES < 2:
-        pytest.skip("one core: a 2-process run is refused for its cores first")
     ck = open_checkpoint(str(tiny["base"]))
     params = ck.num_params
     ck.close()
