@@ -9,6 +9,10 @@ them (``mlp.experts.<e>.gate_proj.weight`` (I, H), ``up_proj``, ``down_proj``; M
 shares no expert tensor with its release: every expert, most of an MoE's parameters and all of its update, fell
 outside the comparison, listed only as "only in" one checkpoint.
 
+Nemotron-H's (Nemotron-3 Nano / Super) experts have no gate: its releases store ``mixer.experts.<e>.up_proj.weight``
+(I, H) and ``down_proj.weight`` (H, I), which transformers 5 packs (``MergeModulelist``) into ``mixer.experts.up_proj``
+(E, I, H) and ``down_proj`` (E, H, I); expert e's up is ``up_proj[e]``, its down ``down_proj[e]``.
+
 :func:`match_layouts` reads such a packed checkpoint, where another checkpoint of the comparison stores the same
 layer's experts one by one, as that checkpoint's per-expert tensors: expert e's gate is ``gate_up[e, :I]``, its
 up ``gate_up[e, I:]``, its down ``down[e]`` (how transformers packs them, checked on the models it builds), each
@@ -70,9 +74,12 @@ from subnetviz.checkpoints.header import TensorMeta
 from subnetviz.checkpoints.naming import mask_key, strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint
 
-_PACKED = re.compile(r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe|feed_forward)\.experts\.(?P<p>gate_up_proj|down_proj)$")
+# (mixer.: Nemotron-H's MoE layers, whose experts have no gate: packed up_proj (E, I, H) and down_proj (E, H, I))
+_PACKED = re.compile(
+    r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe|feed_forward|mixer)\.experts\.(?P<p>gate_up_proj|up_proj|down_proj)$"
+)
 _ONE = re.compile(
-    r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe|feed_forward)\.experts\.(?P<e>\d{1,6})\."
+    r"^(?P<layer>.*\.)(?:mlp|block_sparse_moe|feed_forward|mixer)\.experts\.(?P<e>\d{1,6})\."
     r"(?P<p>gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$"
 )
 _ROLE = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}
@@ -132,7 +139,7 @@ def _views(
     (``<packed>_scale_inv``) are viewed too, as each expert's ``<weight>_scale_inv`` (their row blocks, where not
     the config's, go to ``ck.scale_rows``); in the transposed layout fbgemm's per-row ones (``<packed>_scale``), as
     each expert's ``<weight>_scale``."""
-    if set(packed) != {"gate_up_proj", "down_proj"}:
+    if set(packed) not in ({"gate_up_proj", "down_proj"}, {"up_proj", "down_proj"}):
         return None
     full = {strip_prefix(n): n for names in experts.values() for n in names.values()}
     shapes = {short: tuple(ref.meta(n).shape) for short, n in full.items()}
@@ -194,7 +201,7 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
                 packed.setdefault(m["layer"], {})[m["p"]] = n
         if not packed or _computed(ck):
             continue
-        views, unfit, read = {}, [], set()
+        views, unfit, read, ungated = {}, [], set(), False
         for layer, names in packed.items():
             ref = next((i for i, s in enumerate(stored) if layer in s and checkpoints[i] is not ck), None)
             if ref is None:
@@ -205,6 +212,7 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
             got = {t: g for t in layouts if (g := _views(ck, layer, names, stored[ref][layer], checkpoints[ref], t))}
             if got:  # (one layout at most: see the module docstring)
                 read |= set(got)
+                ungated = ungated or "up_proj" in names
                 views.update(next(iter(got.values())))
             else:
                 unfit.append(layer)
@@ -215,6 +223,9 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
                 "expert e's gate = gate_up_proj[e, :, :I]ᵀ, up = gate_up_proj[e, :, I:]ᵀ, down = down_proj[e]ᵀ, as "
                 "Llama 4 packs them (E, H, 2I) / (E, I, H) and llm-compressor, GPTQModel and auto-round unpack them"
                 if read == {True}
+                else "expert e's up = up_proj[e], down = down_proj[e], as transformers packs experts without a gate "
+                "(Nemotron-H's)"
+                if ungated
                 else "expert e's gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e], as "
                 "transformers packs them"
             )
@@ -226,6 +237,8 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
             (True,): "Llama 4's packed layout, (E, H, 2I) / (E, I, H)",
             (False,): "the packed layout of its family, (E, 2I, H) / (E, H, I)",
         }.get(_layouts(ck, ck), "either packed layout, (E, 2I, H) / (E, H, I) or Llama 4's (E, H, 2I) / (E, I, H)")
+        if unfit and "up_proj" in packed[unfit[0]]:
+            layout = "the packed layout of experts without a gate, up_proj (E, I, H) / down_proj (E, H, I)"
         note = (
             f"packed experts of {len(unfit)} layer(s) (e.g. {unfit[0]}) do not fit the per-expert shapes of the "
             f"other checkpoint in {layout}; they are listed as only in this checkpoint, not compared."
@@ -507,9 +520,12 @@ def param_pieces(
     its down ``down[e]``). With ``transposed``, Llama 4's layout
     (``gate_up_proj`` (E, H, 2I), ``down_proj`` (E, I, H)): expert e's gate is ``gate_up[e, :, :I]ᵀ``, its up
     ``gate_up[e, :, I:]ᵀ``, its down ``down[e]ᵀ``, each index ``(array([e]), slice(None), columns)``, which
-    torch and NumPy alike read as the (columns, rows) transpose of those columns (a copy, not a view). None
-    where no tensors of fitting shapes are there; with ``partial`` (a mask naming some experts only) the experts
-    present, if any."""
+    torch and NumPy alike read as the (columns, rows) transpose of those columns (a copy, not a view). Experts
+    without a gate (Nemotron-H's squared-ReLU ones, ``mixer.experts.up_proj`` (E, I, H) and ``down_proj``
+    (E, H, I), which transformers packs from each expert's ``up_proj`` / ``down_proj`` by ``MergeModulelist``):
+    expert e's up is ``up_proj[e]``, its down ``down_proj[e]``; never where the layer's experts have a gate, nor
+    transposed. None where no tensors of fitting shapes are there; with ``partial`` (a mask naming some experts
+    only) the experts present, if any."""
     if key in shapes:
         return [(key, ())]
     renamed = [s for s in stored_forms(key) if s in shapes and tuple(shapes[s]) == tuple(shape)]
@@ -527,18 +543,22 @@ def param_pieces(
     rows = (d2 if transposed else d1) // 2  # I: half of gate_up's 2I
     if any(e >= n_e for e in experts) or (not partial and sorted(experts) != list(range(n_e))):
         return None
+    ungated = packed["p"] == "up_proj"  # (Nemotron-H: each expert's up whole, where its experts have no gate)
+    if ungated and (transposed or any("gate" in names for names in experts.values())):
+        return None
     if packed["p"] == "gate_up_proj" and 2 * rows != (d2 if transposed else d1):
         return None
     if transposed:
         cols = {"down": np.arange(d2), "gate": np.arange(rows), "up": np.arange(rows, 2 * rows)}
         want = {"down": (d2, d1), "gate": (rows, d1), "up": (rows, d1)}
     else:
-        where = {"down": (), "gate": (slice(0, rows),), "up": (slice(rows, 2 * rows),)}
-        want = {"down": (d1, d2), "gate": (rows, d2), "up": (rows, d2)}
+        where = {"down": (), "gate": (slice(0, rows),), "up": () if ungated else (slice(rows, 2 * rows),)}
+        want = {"down": (d1, d2), "gate": (rows, d2), "up": (d1, d2) if ungated else (rows, d2)}
+    roles = {"down_proj": ("down",), "up_proj": ("up",)}.get(packed["p"], ("gate", "up"))
     out: list[tuple[str, tuple]] = []
     for e in sorted(experts):
         names = experts[e]
-        for r in ("down",) if packed["p"] == "down_proj" else ("gate", "up"):
+        for r in roles:
             if r not in names and partial:
                 continue
             if tuple(shapes.get(names.get(r, ""), ())) != want[r]:
@@ -556,7 +576,8 @@ class MaskLayout:
     ``renamed``: the mask's packed tensors split per expert, the other's packed tensors built from the mask's
     per-expert ones, the mask's tensors taken whole under the name the other stores (Mixtral's ``mlp.gate`` router
     as ``block_sparse_moe.gate``); ``example``: (the mask's name, the other's) of the first; ``columns``: whether
-    a layer was read in Llama 4's (E, H, 2I) / (E, I, H) layout."""
+    a layer was read in Llama 4's (E, H, 2I) / (E, I, H) layout; ``ungated``: whether a layer's experts have no gate
+    (Nemotron-H's packed ``up_proj`` / ``down_proj``)."""
 
     tensors: dict[str, tuple[tuple[int, ...], tuple[tuple[str, tuple, tuple], ...]]] = field(default_factory=dict)
     read: tuple[str, ...] = ()
@@ -565,6 +586,7 @@ class MaskLayout:
     renamed: int = 0
     example: tuple[str, str] | None = None
     columns: bool = False
+    ungated: bool = False
 
     def note(self, other: str = "the base") -> str | None:
         """One line saying how the mask's expert tensors were matched to ``other``'s layout (None: they were not)."""
@@ -573,6 +595,8 @@ class MaskLayout:
         how = (
             "gate = gate_up_proj[e, :, :I]ᵀ, up = gate_up_proj[e, :, I:]ᵀ, down = down_proj[e]ᵀ, as Llama 4 packs them"
             if self.columns
+            else "up = up_proj[e], down = down_proj[e], as transformers packs experts without a gate (Nemotron-H's)"
+            if self.ungated
             else "gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e], as transformers packs them"
         )
         parts = []
@@ -597,8 +621,8 @@ class MaskLayout:
                 "as transformers renames them on load)"
             )
         return (
-            f"masks matched across expert layouts (packed experts.gate_up_proj / down_proj against experts stored one "
-            f"by one): {'; '.join(parts)} (expert e's {how}; e.g. {mask!r} -> {theirs!r})."
+            f"masks matched across expert layouts (packed experts.{'up_proj' if self.ungated else 'gate_up_proj'} / "
+            f"down_proj against experts stored one by one): {'; '.join(parts)} (expert e's {how}; e.g. {mask!r} -> {theirs!r})."
         )
 
 
@@ -660,7 +684,7 @@ def mask_layout(
     tensors: dict[str, tuple[tuple[int, ...], tuple[tuple[str, tuple, tuple], ...]]] = {}
     read: list[str] = []
     count = {"split": 0, "packed": 0, "renamed": 0}
-    example, columns, taken = None, False, set()
+    example, columns, ungated, taken = None, False, False, set()
     for group in _groups(lone):  # the mask's tensors the other lacks, as the other's tensors the mask lacks
         got = _fitting(group, lambda k, t: param_pieces(k, lone[k], free, transposed=t), transposed)
         if got is None or any(p in taken for pieces in got.values() for p, _ in pieces):
@@ -671,6 +695,7 @@ def mask_layout(
                 taken.add(p)
             read.append(mine[k])
             count["split" if _PACKED.match(k) and pieces[0][1] != () else "renamed"] += 1
+            ungated = ungated or k.endswith("experts.up_proj")
             example = example or (mine[k], theirs[pieces[0][0]])
             columns = columns or any(isinstance(i[0], np.ndarray) for _, i in pieces if i)
     pool = {k: shape for k, shape in lone.items() if mine[k] not in read}
@@ -685,9 +710,10 @@ def mask_layout(
             used |= {p for p, _ in pieces}
             read += [mine[p] for p, _ in pieces]
             count["packed" if _PACKED.match(k) and pieces[0][1] != () else "renamed"] += 1
+            ungated = ungated or k.endswith("experts.up_proj")
             example = example or (mine[pieces[0][0]], theirs[k])
             columns = columns or any(isinstance(i[0], np.ndarray) for _, i in pieces if i)
-    return MaskLayout(tensors, tuple(read), **count, example=example, columns=columns)
+    return MaskLayout(tensors, tuple(read), **count, example=example, columns=columns, ungated=ungated)
 
 
 def relaid_masks(masks: Mapping, layout: MaskLayout) -> Mapping:

@@ -115,6 +115,10 @@ _MIXER: Table = [
     (rf"mixer\.({_SSM_PARTS})", "ssm"),
     (r"mixer\.(shared_experts\.|experts\.\d+\.)?up_proj\.", "up"),  # Nemotron-H: squared-ReLU MLPs, no gate
     (r"mixer\.(shared_experts\.|experts\.\d+\.)?down_proj\.", "down"),
+    # the same experts packed, as transformers 5 holds them and a state-dict save stores them: up_proj (E, I, H),
+    # down_proj (E, H, I)
+    (r"mixer\.experts\.up_proj$", "up"),
+    (r"mixer\.experts\.down_proj$", "down"),
     (r"mixer\.gate\.", "router"),
     (r"layers\.\d+\.norm\.", "norm"),  # the norm before each layer's one mixer, whatever it is
     (r"lm_head\.", "lm_head"),
