@@ -13,7 +13,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +215,34 @@ def some_names(names: Sequence[str], shown: int = 3) -> str:
     """A few names of a list and how many more: ``a, b, c and 97 more``."""
     head = ", ".join(names[:shown])
     return head if len(names) <= shown else f"{head} and {len(names) - shown:,} more"
+
+
+def link_fallback(state: MutableMapping, key: str, line: str | None, shown: object) -> str | None:
+    """What a page says of a shared link whose ``key`` names nothing on offer here (a run of another server, or one
+    deleted since: run ids differ from server to server), or None. ``line``: the sentence (naming the link's entry
+    and what is shown instead; None when the link's entry is on offer or there is none), read as the picker ``key``
+    is first drawn in this session (``state``: its session state); ``shown``: the picker's value shown instead.
+    The line is kept while the picker still shows ``shown``: inside a polling fragment (redrawn every 2 s while a
+    job runs) a line said once was gone before it was read. A picker changed since says nothing."""
+    memo = f"_link_fallback:{key}"
+    if key not in state:  # the picker's first draw: the link is read now
+        if line is None:
+            state.pop(memo, None)
+            return None
+        state[memo] = (line, shown)
+    kept = state.get(memo)
+    if kept is None:
+        return None
+    if key in state and state[key] != kept[1]:  # another value chosen since
+        state.pop(memo, None)
+        return None
+    return kept[0]
+
+
+def stale_link_line(what: str, asked: object, among: str, shown: str) -> str:
+    """The sentence for :func:`link_fallback`: "The link's run X is not among this server's runs; Y is shown
+    instead." (the link's entry shortened as a sidebar line shortens one, shown as text by the caller)."""
+    return f"The link's {what} {entry_name(str(asked))} is not among {among}; {shown} is shown instead."
 
 
 def missing_pair_line(ws: Workspace, base_chosen: bool) -> str | None:

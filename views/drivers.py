@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from subnetviz import ui
+from subnetviz import ui, uilogic
 from subnetviz.figures import drivers as dfig
 
 
@@ -112,7 +112,13 @@ def _results() -> None:
     # (the newest run) out, so a shared link showed whichever run was newest when opened; and inside this live
     # fragment a bound widget does not restore from the address bar. By its "name · id" label, or its id.
     ids, asked = list(runs), st.query_params.get("dr_run")
-    shown = next((i for i in ids if asked in (i, runs[i][0])), ids[0])
+    named = next((i for i in ids if asked in (i, runs[i][0])), None)
+    shown = ids[0] if named is None else named
+    # a link's grid this server lacks (run ids differ between servers; runs get deleted): said, with the one shown
+    among, stale = "this server's finished drivers runs", asked is not None and named is None
+    line = uilogic.stale_link_line("run", asked, among, f"the newest, {runs[shown][0]},") if stale else None
+    if said := uilogic.link_fallback(st.session_state, "dr_run", line, shown):
+        ui.warning(said)
     choice = st.selectbox("Results", ids, index=ids.index(shown), format_func=lambda r: runs[r][0], key="dr_run")
     st.query_params["dr_run"] = runs[choice][0]
     results, v = ui.shared(read_results, str(runs[choice][1]))  # a finished run's files: read once, for every session

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-from subnetviz import figures, ui
+from subnetviz import figures, ui, uilogic
 from subnetviz.analysis.series import training_run
 from subnetviz.figures.series import SPLIT_NOT_RUN
 
@@ -134,6 +134,11 @@ def body() -> None:
         st.session_state["series_src"] = asked = name
     options = list(sources)
     index = {} if "series_src" in st.session_state else {"index": options.index(asked) if asked in sources else 0}
+    # a link's series not on offer here (a zoo not built on this server, finetunes not in its sidebar): said
+    stale = "series_src" not in st.session_state and asked is not None and asked not in sources
+    line = uilogic.stale_link_line("series", asked, "the series on offer here", options[0]) if stale else None
+    if said := uilogic.link_fallback(st.session_state, "series_src", line, options[0]):
+        ui.warning(said)
     choice = st.selectbox("Series", options, key="series_src", **index)
     st.query_params["series_src"] = choice
     paths, steps, first, ticks, *checkpoints = sources[choice]

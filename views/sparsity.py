@@ -208,19 +208,22 @@ def other_tabs(analysis, shown: tuple, colors: dict, at: str = "") -> tuple[dict
     """The sweep / ULP and norms tabs' figures and tables for the models shown, in the page's colours
     (built for the open tab, or at export for all); ``at``: the comparison precision as titles add it."""
     reports = [analysis.report(m) for m in shown]
+    # Short titles, the precision on a line of its own: the two charts sit side by side, 274 px each at 1024 px,
+    # where "Distance between base and finetuned weights in ULPs" ran past its chart's edge.
+    sub = f"<br><sup>compared{at}</sup>" if at else ""
     sweep = pd.concat([r.sweep() for r in reports], ignore_index=True)
     ulp = pd.concat([r.ulp_histogram() for r in reports], ignore_index=True)
     special = pd.concat([r.special_by_module() for r in reports], ignore_index=True)
     return (
         {
             "sweep": figures.tolerance_sweep(
-                sweep[sweep["tolerance"].notna()], title=f"Update sparsity against tolerance{at}", colors=colors
+                sweep[sweep["tolerance"].notna()], title=f"Update sparsity against tolerance{sub}", colors=colors
             ),
             "ulp": figures.ulp_histogram(
                 ulp,
                 colors=colors,
                 dtype=ulp_dtype(reports),
-                title=f"Distance between base and finetuned weights in ULPs{at}",
+                title=f"Base-to-finetuned distance in ULPs{sub}",
             ),
             "special": figures.module_bars(  # bitwise, whatever the criterion above (the table's 'changed')
                 special, title=f"Norms, embeddings and head: update sparsity (exact{at})", colors=colors

@@ -226,9 +226,15 @@ def _runs_view() -> None:
     names = pages.run_names(df)
     # Inside this live fragment the URL is read and written by hand (stale ids dropped): bound widgets
     # in a fragment do not restore from the address bar.
-    ids = list(df["id"])
-    default = ids.index(pages.shown_run(df, st.query_params.get("tr_run")))
-    run_id = st.selectbox("Run", ids, index=default, key="tr_run", format_func=names.get)
+    ids, asked = list(df["id"]), st.query_params.get("tr_run")
+    shown = pages.shown_run(df, asked)
+    # a link's run this server lacks (ids differ between servers; runs get deleted): said, with the run shown
+    stale = asked is not None and asked not in ids
+    newest = "the newest training run" if dict(zip(ids, df["kind"], strict=True))[shown] == "train" else "the newest"
+    line = uilogic.stale_link_line("run", asked, "this server's runs", f"{newest}, {names[shown]},") if stale else None
+    if said := uilogic.link_fallback(st.session_state, "tr_run", line, shown):
+        ui.warning(said)
+    run_id = st.selectbox("Run", ids, index=ids.index(shown), key="tr_run", format_func=names.get)
     st.query_params["tr_run"] = run_id
     rec = r.get(run_id)
     cols = st.columns([2, 1, 3])  # a sixth of the column cut "succeeded" to "succee…"
@@ -248,11 +254,23 @@ def _runs_view() -> None:
     if not pages.has_curves(r, run_id):  # nothing to overlay or smooth (a job that logs no curves, or none yet)
         return
     others = pages.overlay_options(r, df, run_id)  # the same kind's runs with curves (a continual log is no curve)
+    linked = st.query_params.get_all("tr_overlay")
+    kept = [i for i in linked if i in others]
+    dropped = [uilogic.entry_name(i) for i in dict.fromkeys(linked) if i not in others]
+    line = (  # (left out with no word: the chart showed fewer runs than the link named)
+        f"The link's overlay run{'s' if len(dropped) > 1 else ''} {uilogic.some_names(dropped)} "
+        f"{'are' if len(dropped) > 1 else 'is'} not among this server's runs of this kind with curves; "
+        f"{'they are' if len(dropped) > 1 else 'it is'} left out."
+        if dropped
+        else None
+    )
+    if said := uilogic.link_fallback(st.session_state, "tr_overlay", line, kept):
+        ui.warning(said)
     overlay = st.multiselect(
         "Overlay runs (full / subnetwork / random-mask control)",
         others,
         format_func=names.get,
-        default=[i for i in st.query_params.get_all("tr_overlay") if i in others],
+        default=kept,
         key="tr_overlay",
     )
     st.query_params["tr_overlay"] = overlay

@@ -323,16 +323,17 @@ def _keep_differences(label: str, others: list[str], width: int) -> str:
     return "…".join(label[a:b] for a, b in merged)
 
 
-def cut_labels(labels: Sequence[str], width: int = 24) -> tuple[list[str], list[str]]:
+def cut_labels(labels: Sequence[str], width: int = 24, line: int = KEY_LINE) -> tuple[list[str], list[str]]:
     """Chart labels (text as builders get it, markup escaped) cut to about ``width`` characters and told apart
     (:func:`distinct_cuts`), and the lines of a key naming each cut label in full ("cut = full name", a long
-    name wrapped), for a figure read with no hover (a file, a print): no lines when nothing was cut."""
+    name wrapped at ``line`` characters), for a figure read with no hover (a file, a print): no lines when nothing
+    was cut."""
     plain = [html.unescape(str(x)) for x in labels]
     cuts = distinct_cuts(plain, width)
     lines = []
     for cut, full in zip(cuts, plain, strict=True):
         if cut != full:
-            lines += textwrap.wrap(f"{cut} = {full}", KEY_LINE, subsequent_indent="    ")
+            lines += textwrap.wrap(f"{cut} = {full}", line, subsequent_indent="    ")
     return [plain_label(c) for c in cuts], [plain_label(x) for x in lines]
 
 

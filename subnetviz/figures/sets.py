@@ -26,20 +26,52 @@ from subnetviz.figures.venn import REGIONS2, REGIONS3, VennLayout, venn2_layout,
 
 _NARROW_PX = 234  # the Venn's plot in a half-width column at 1024 px (274 px less the margins): names fit there
 _CHAR_PX, _LINE_PX = 8.5, 18  # a name in bold 14 px: about 7.5 px a character (8.5 for room), 18 px a line
+# A set's name at most this many characters a line on the chart (a name on a leader: two lines, split at " · "),
+# else cut in the middle where names differ (cut_labels), whole in its hover and in a key under the plot: a name of
+# 100 characters ran past the chart's and the file's edges, and two that differ only at their end ("…-variant-A",
+# "…-variant-B") lost the part that tells them apart.
+_NAME = 24
+_KEY_LINE, _KEY_ROW = 42, 15  # the key: characters a line (11 px, within the 254 px of a half-width chart), px a row
 
 
-def _names(centers: np.ndarray, radii: np.ndarray, labels: Sequence[str], colors: Mapping, ext: float) -> list[dict]:
+def _on_leaders(radii: np.ndarray, ext: float) -> np.ndarray:
+    """Which circles are too small to hold their name: named on a leader (a lone circle never is)."""
+    return (radii < 0.12 * ext) & (len(radii) > 1)
+
+
+def _lines(label: str, leader: bool) -> list[str]:
+    """A name's lines as drawn (plain text): on a leader, a run's "name · id" on two lines."""
+    return html.unescape(label).split(" · ") if leader else [html.unescape(label)]
+
+
+def _shown_names(labels: Sequence[str], leaders: Sequence[bool]) -> tuple[list[str], list[str]]:
+    """The names as the chart draws them, those with a line longer than :data:`_NAME` cut (told apart), and the
+    key's lines naming the cut ones in full (none when nothing was cut)."""
+    long = [
+        i for i, (lab, lead) in enumerate(zip(labels, leaders, strict=True)) if max(map(len, _lines(lab, lead))) > _NAME
+    ]
+    cuts, key = cut_labels([labels[i] for i in long], _NAME, _KEY_LINE)
+    shown = list(labels)
+    for i, cut in zip(long, cuts, strict=True):
+        shown[i] = cut
+    return shown, key
+
+
+def _names(
+    centers: np.ndarray, radii: np.ndarray, labels: Sequence[str], shown: Sequence[str], colors: Mapping, ext: float
+) -> list[dict]:
     """Each drawn circle's name: an annotation above or below it, never beside it (there a name ran off a half-width
-    chart: "Δ grpo-s0" read "grpo-s0" at 1024 px). Circles side by side: each name centred on its circle. Else,
+    chart: "Δ grpo-s0" read "grpo-s0" at 1024 px). ``shown``: the names as drawn (cut short, :data:`_NAME`); each
+    one's hover is its label in full, and ``colors`` are keyed by the labels. Circles side by side: each name
+    centred on its circle. Else,
     and where a centred name would cross the chart's edge on the narrowest chart, the name runs from the circle's
     outer edge inwards. Names on one side whose spans would meet on the narrowest chart are stacked, the outer one
     a line further out. A circle too small to hold its name: the name on a leader, one above, one below, ..."""
     centroid = centers.mean(axis=0)
     per_px = 2 * ext / _NARROW_PX  # data units per pixel on the narrowest chart (its width binds the square axes)
     notes, placed, small = [], [], 0
-    for (cx, cy), r, lab in zip(centers, radii, labels, strict=True):
-        leader = r < 0.12 * ext and len(radii) > 1
-        lines = html.unescape(lab).split(" · ") if leader else [html.unescape(lab)]  # a long name: two lines
+    for (cx, cy), r, leader, full, lab in zip(centers, radii, _on_leaders(radii, ext), labels, shown, strict=True):
+        lines = _lines(lab, leader)
         width = _CHAR_PX * per_px * max(len(line) for line in lines)
         d = np.array([cx, cy]) - centroid
         d = d / np.hypot(*d) if np.hypot(*d) > 1e-9 else np.array([0.0, 1.0])  # (a lone circle: named above)
@@ -48,8 +80,9 @@ def _names(centers: np.ndarray, radii: np.ndarray, labels: Sequence[str], colors
         out = (1 if cx > 0 else -1) if centred else (1 if d[0] > 0 else -1)  # the chart's edge on its side
         inward = not centred or abs(cx) + width / 2 > ext - 4 * per_px  # (a centred name that would cross it too)
         xa = {1: "right", -1: "left"}[out] if inward else "center"
-        font = {"color": colors[lab], "size": 14}
-        note = {"text": f"<b>{lab.replace(' · ', '<br>· ') if leader else lab}</b>", "font": font, "xanchor": xa}
+        font = {"color": colors[full], "size": 14}
+        text = f"<b>{lab.replace(' · ', '<br>· ') if leader else lab}</b>"
+        note = {"text": text, "font": font, "xanchor": xa} | ({"hovertext": full} if full != lab else {})
         if leader:
             up = small % 2 == 0
             rise = 36 + 44 * (small // 2)
@@ -93,25 +126,40 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
             layer="below",
         )
     ext = float(np.max(np.abs(layout.centers) + layout.radii[:, None])) * 1.25
+    leaders = np.zeros(n, dtype=bool)
+    leaders[drawn] = _on_leaders(layout.radii[drawn], ext)
+    cuts, key = _shown_names([str(x) for x in labels], leaders)
+    on = np.flatnonzero(drawn)
     for note in _names(
-        layout.centers[drawn], layout.radii[drawn], [str(x) for x in np.array(labels)[drawn]], colors, ext
+        layout.centers[drawn], layout.radii[drawn], [str(labels[i]) for i in on], [cuts[i] for i in on], colors, ext
     ):
         fig.add_annotation(note)
-    empty = [lab for lab, ok in zip(labels, drawn, strict=True) if not ok]
+    if key:  # the names in full under the plot, for a file or a print (no hover there)
+        fig.add_annotation(
+            text="<br>".join(key),
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=0,
+            xanchor="left",
+            yanchor="top",
+            yshift=-8,
+            align="left",
+            showarrow=False,
+            font={"size": 11},
+        )
+    empty = [cut for cut, ok in zip(cuts, drawn, strict=True) if not ok]  # (as drawn: the key names them in full)
     if empty:
         title += f"<br><sup>empty, not drawn: {', '.join(empty)}</sup>"
     total = layout.counts.sum()
     ok = ~np.isnan(layout.label_points[:, 0]) & (layout.counts > 0)
-    names = [
-        "only " + " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1")
-        if code.count("1") == 1
-        else " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1") + (" only" if code.count("0") else "")
-        for code in layout.regions
-    ]
+    names = [_region_name(code, labels) for code in layout.regions]  # (the hover: names in full)
     # a region with members but no drawn point (its drawn area is nil or a sliver): named with its count
     unseen = np.isnan(layout.label_points[:, 0]) & (layout.counts > 0)
     if unseen.any():
-        missing = ", ".join(f"{names[k]} ({layout.counts[k]:,.0f})" for k in np.flatnonzero(unseen))
+        missing = ", ".join(
+            f"{_region_name(layout.regions[k], cuts)} ({layout.counts[k]:,.0f})" for k in np.flatnonzero(unseen)
+        )
         title += f"<br><sup>too small to draw: {missing}</sup>"
     share = 100 * layout.counts / total
     custom = np.stack([layout.counts, share, 100 * layout.actual / layout.target.sum()], axis=-1)[ok]
@@ -139,7 +187,16 @@ def _venn_figure(layout: VennLayout, labels: Sequence[str], title: str, colors: 
     fig.update_xaxes(visible=False, range=[-ext, ext])
     fig.update_yaxes(visible=False, range=[-ext, ext], scaleanchor="x", scaleratio=1)
     top = max(80, 56 + 18 * title.count("<br>"))  # the title and each of its subtitle lines
-    return _style(fig, title, height=520, margin={"l": 20, "r": 20, "t": top, "b": 20})
+    below = 20 + (_KEY_ROW * len(key) + 8 if key else 0)  # the key's rows under the plot, which keeps its size
+    return _style(fig, title, height=500 + below, margin={"l": 20, "r": 20, "t": top, "b": below})
+
+
+def _region_name(code: str, labels: Sequence[str]) -> str:
+    """A region by its members ("only a", "a ∩ b only", "a ∩ b ∩ c"); ``code``: bit i = labels[i]."""
+    members = " ∩ ".join(str(labels[i]) for i, ch in enumerate(code) if ch == "1")
+    if code.count("1") == 1:
+        return f"only {members}"
+    return members + (" only" if code.count("0") else "")
 
 
 def _compact(v: float) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from subnetviz.figures.overlap import cut_labels
 from subnetviz.figures.style import (
     SEQUENTIAL,
     FigureDataError,
@@ -154,10 +155,15 @@ def overall_bars(
             hovertemplate=hover + "<extra></extra>",
         )
     )
-    _style(fig, title, None, f"{value} (%)", height=320, showlegend=False)
+    # Long names (a folder of 100 characters) cut in the middle where they differ, whole in the hover and in a key
+    # under the chart: in full, the ticks ran past the figure's bottom and two names that differ only at their end
+    # ("…-variant-A", "…-variant-B") both read "…-steps100-", with no way to tell which bar was which model.
+    cuts, key = cut_labels(models, 24)
+    names = "".join(f"<br><span style='font-size:11px'>{line}</span>" for line in key)
+    _style(fig, title, names[4:] if key else None, f"{value} (%)", height=320 + 15 * len(key), showlegend=False)
     # Room above 100 % for a bar's value: at [0, 105] the label of a 98 % bar was cut off at the top.
     fig.update_yaxes(range=[0, 114], tickvals=[0, 20, 40, 60, 80, 100])
-    fig.update_xaxes(type="category")
+    fig.update_xaxes(type="category", tickmode="array", tickvals=models, ticktext=cuts)
     return fig
 
 

@@ -4,6 +4,7 @@ export builds the views that are not open (run curves, the subnetwork-vs-full co
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +22,10 @@ CURVES = ("loss", "reward", "accuracy", "grad_norm", "kept", "entropy")
 # train runs. Drivers and behaviour jobs log progress only. (The test kind's jobs log steps.)
 STEP_KINDS = ("train", "bigram_mask", TEST_KIND)
 DIVERGED = ("loss", "grad_norm")  # a non-finite value of these is a diverged step (the runner's count)
+# Characters in a line of a run's curves title, wrapped at spaces: at 1024 px the chart is about 564 px wide (some 72
+# bold title characters), and "Run <name> · <id>" of a zoo run (100 characters) ran past its right edge.
+TITLE_LINE = 60
+_TITLE_ROW = 22  # px a title line takes (17 px font)
 
 
 def run_names(runs: pd.DataFrame) -> dict[str, str]:
@@ -166,12 +171,17 @@ def curves_figure(
         return None
     bad = pd.concat(marks, ignore_index=True) if marks else pd.DataFrame(columns=["step", "metric", "run"])
     df = pd.concat(frames, ignore_index=True)
-    title = f"Run {figures.plain_label(label_of.get(run_ids[0], names[run_ids[0]]))}"
+    head = f"Run {label_of.get(run_ids[0], names[run_ids[0]])}"
+    lines = textwrap.wrap(head, TITLE_LINE, break_on_hyphens=False, replace_whitespace=False) or [head]
+    title = "<br>".join(figures.plain_label(line) for line in lines)
     if cut:  # (a page reads the log every 2 s: a long one is read from its end)
         title += "<br><sup>a long metrics log: only its last rows are drawn</sup>"
     runs = list(dict.fromkeys(df["run"]))
     colors = run_colors(runs, model_of, models)
     fig = figures.training_curves(df, title=title, smoothing=smoothing, colors=colors)
+    if len(lines) > 1 and fig.layout.height:  # room above the panels for the title's extra lines (same panels)
+        more = _TITLE_ROW * (len(lines) - 1)
+        fig.update_layout(margin_t=(fig.layout.margin.t or 80) + more, height=fig.layout.height + more)
     _mark_nonfinite(fig, df, bad, colors)
     if len(runs) > 1:  # the legend is drawn from the first panel: a run with no line there had no entry
         shown = {t.legendgroup for t in fig.data if t.showlegend}

@@ -244,7 +244,7 @@ def _fmt(k: str, v: object) -> str:
     if k == "learning_rate":
         return f"lr {float(v):.1e}"
     if k == "steps":
-        return f"{int(v):,} steps"
+        return f"{int(v):,} step{'' if int(v) == 1 else 's'}"  # "1 step", never "1 steps"
     return str(v)
 
 

@@ -139,7 +139,8 @@ def test_the_card_warns_about_a_mask_of_a_zoo_series_checkpoint(finished_run, ap
     assert not at.exception and not at.error, [e.value for e in at.error]
     (note,) = [w for w in _texts(at, "warning") if "The mask comes from" in w]
     assert note.startswith(
-        f"The mask comes from grpo-s0@{step}, trained with grpo, lr {member.learning_rate:.1e}, {step} steps; "
+        f"The mask comes from grpo-s0@{step}, trained with grpo, lr {member.learning_rate:.1e}, {step} "
+        f"step{'s' if step != 1 else ''}; "
         "this run uses sft, lr 7.0e-04, 3 steps."
     ), note
 
@@ -161,7 +162,8 @@ def test_the_launch_form_warns_about_the_update_mask_of_a_series_checkpoint(app_
     assert len(queued) == 1 and queued[0][0]["mask"]
     (note,) = [w for w in _texts(at, "warning") if "The mask comes from" in w]
     assert note.startswith(
-        f"The mask comes from grpo-s0@{step}, trained with grpo, lr {member.learning_rate:.1e}, {step} steps; "
+        f"The mask comes from grpo-s0@{step}, trained with grpo, lr {member.learning_rate:.1e}, {step} "
+        f"step{'s' if step != 1 else ''}; "
         "this run uses sft, lr 7.0e-04, 3 steps."
     ), note
 
