@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.app.test_training_runs2_app import _launch
 from tests.app_fixtures import add_finished_run, open_page
 
 pytestmark = pytest.mark.slow
@@ -46,10 +47,13 @@ def queued(monkeypatch):
     return seen
 
 
-def _launch(at):
-    next(b for b in at.button if b.label == "Launch run").click().run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+def _warns_of_series_mask(at, member, step: int) -> None:
+    """The page warns that the mask comes from the series checkpoint ``grpo-s0@<step>`` of ``member``."""
+    (note,) = [w for w in _texts(at, "warning") if "The mask comes from" in w]
+    assert note.startswith(
+        f"The mask comes from grpo-s0@{step}, trained with grpo, lr {member.learning_rate:.1e}, {step} "
+        f"step{'s' if step != 1 else ''}; this run uses sft, lr 7.0e-04, 3 steps."
+    ), note
 
 
 @pytest.fixture
@@ -137,12 +141,7 @@ def test_the_card_warns_about_a_mask_of_a_zoo_series_checkpoint(finished_run, ap
     finally:
         mask.unlink()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    (note,) = [w for w in _texts(at, "warning") if "The mask comes from" in w]
-    assert note.startswith(
-        f"The mask comes from grpo-s0@{step}, trained with grpo, lr {member.learning_rate:.1e}, {step} "
-        f"step{'s' if step != 1 else ''}; "
-        "this run uses sft, lr 7.0e-04, 3 steps."
-    ), note
+    _warns_of_series_mask(at, member, step)
 
 
 def test_the_launch_form_warns_about_the_update_mask_of_a_series_checkpoint(app_env, queued):
@@ -160,12 +159,7 @@ def test_the_launch_form_warns_about_the_update_mask_of_a_series_checkpoint(app_
     at.number_input(key="tr_lr").set_value(7e-4)
     _launch(at)
     assert len(queued) == 1 and queued[0][0]["mask"]
-    (note,) = [w for w in _texts(at, "warning") if "The mask comes from" in w]
-    assert note.startswith(
-        f"The mask comes from grpo-s0@{step}, trained with grpo, lr {member.learning_rate:.1e}, {step} "
-        f"step{'s' if step != 1 else ''}; "
-        "this run uses sft, lr 7.0e-04, 3 steps."
-    ), note
+    _warns_of_series_mask(at, member, step)
 
 
 # --- 2: the card's numbers fit their column ------------------------------------------------------------------------

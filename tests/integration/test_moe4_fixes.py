@@ -173,20 +173,14 @@ def test_a_series_across_the_two_layouts(granite):
     assert [n for n in r.notes if "ft_sd" in n and "compared under the release's names" in n], r.notes
 
 
-@pytest.mark.slow
-def test_a_masked_run_on_a_release_its_saved_mask_overlaps_its_own_update(tmp_path):
-    """A mask in the model's names (packed experts, ``router.weight``) on a Granite release: the run saves that mask
-    under those names and its checkpoint under the release's; the two overlap over every tensor."""
-    from subnetviz.jobs.cluster_pages import files_overlap_task
-    from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
+def masked_sft_run(tmp_path: Path, model, tok) -> tuple[Path, dict]:
+    """``model`` saved as ``tmp_path/base`` and trained 2 SFT steps under a random half mask in the model's names
+    (``tmp_path/mask.safetensors``); returns the run's output folder and the mask."""
+    from subnetviz.masks import MaskSet, save_mask_set
     from subnetviz.training.config import TrainConfig
-    from subnetviz.training.run import MASK_FILE, SUMMARY_FILE, train
+    from subnetviz.training.run import train
     from tests.training_fixtures import write_addition_data
 
-    # Granite's config as transformers writes it: num_local_experts, no num_experts (TRL's load-balancing loss read
-    # config.num_experts and the run failed before its first step), router_aux_loss_coef 0.001 (the loss is on)
-    model, tok = _model("granitemoe")
-    assert not hasattr(model.config, "num_experts") and model.config.router_aux_loss_coef > 0
     model.save_pretrained(tmp_path / "base")
     tok.save_pretrained(tmp_path / "base")
     gen = torch.Generator().manual_seed(1)
@@ -197,7 +191,22 @@ def test_a_masked_run_on_a_release_its_saved_mask_overlaps_its_own_update(tmp_pa
         algorithm="sft", base=str(tmp_path / "base"), data=str(data["sft"]), output_dir=str(tmp_path / "out"),
         mask=str(tmp_path / "mask.safetensors"), steps=2, learning_rate=1e-2, batch_size=16, bf16=False, seed=0,
     )  # fmt: skip
-    out = Path(train(cfg).output_dir)
+    return Path(train(cfg).output_dir), masks
+
+
+@pytest.mark.slow
+def test_a_masked_run_on_a_release_its_saved_mask_overlaps_its_own_update(tmp_path):
+    """A mask in the model's names (packed experts, ``router.weight``) on a Granite release: the run saves that mask
+    under those names and its checkpoint under the release's; the two overlap over every tensor."""
+    from subnetviz.jobs.cluster_pages import files_overlap_task
+    from subnetviz.masks import MaskSet, load_mask_set, save_mask_set
+    from subnetviz.training.run import MASK_FILE, SUMMARY_FILE
+
+    # Granite's config as transformers writes it: num_local_experts, no num_experts (TRL's load-balancing loss read
+    # config.num_experts and the run failed before its first step), router_aux_loss_coef 0.001 (the loss is on)
+    model, tok = _model("granitemoe")
+    assert not hasattr(model.config, "num_experts") and model.config.router_aux_loss_coef > 0
+    out, masks = masked_sft_run(tmp_path, model, tok)
     base_config = json.loads((tmp_path / "base" / "config.json").read_text())
     out_config = json.loads((out / "config.json").read_text())
     assert "num_experts" not in out_config and set(out_config) == set(base_config)  # (the count was the run's only)

@@ -213,22 +213,11 @@ def test_a_release_update_mask_is_packed_into_the_models_parameters(nemotron, up
 def test_a_masked_run_on_a_nemotron_release_passes_its_own_check(tmp_path):
     """A random mask in the model's names on a Nemotron-H release: the run's post-check (on the release layout it
     saves) agrees with a count on the weights transformers loads, 0 outside (before: it failed, 4,049 "outside")."""
-    from subnetviz.training.config import TrainConfig
-    from subnetviz.training.run import SUMMARY_FILE, train
-    from tests.training_fixtures import write_addition_data
+    from subnetviz.training.run import SUMMARY_FILE
+    from tests.integration.test_moe4_fixes import masked_sft_run
 
     model, tok = _model(tie_word_embeddings=False)
-    model.save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
-    gen = torch.Generator().manual_seed(1)
-    masks = {k: torch.rand(p.shape, generator=gen) < 0.5 for k, p in model.named_parameters()}
-    save_mask_set(tmp_path / "mask.safetensors", MaskSet(masks, {"method": "test: random"}))
-    data = write_addition_data(tmp_path / "data", n=16)
-    cfg = TrainConfig(
-        algorithm="sft", base=str(tmp_path / "base"), data=str(data["sft"]), output_dir=str(tmp_path / "out"),
-        mask=str(tmp_path / "mask.safetensors"), steps=2, learning_rate=1e-2, batch_size=16, bf16=False, seed=0,
-    )  # fmt: skip
-    out = Path(train(cfg).output_dir)
+    out, masks = masked_sft_run(tmp_path, model, tok)
     check = json.loads((out / SUMMARY_FILE).read_text())["mask_check"]
     a = T.AutoModelForCausalLM.from_pretrained(str(tmp_path / "base")).state_dict()
     b = T.AutoModelForCausalLM.from_pretrained(str(out)).state_dict()
