@@ -7,11 +7,7 @@ def _script():
     import plotly.graph_objects as go
     import streamlit as st
 
-    import subnetviz.report.static as static
     from subnetviz import ui
-
-    static.unavailable = lambda: None  # no browser needed: the file's bytes are made here
-    static.figure_bytes = lambda fig, fmt, scale=1.0: b"<svg>" + str(fig.data[0].y).encode() + b"</svg>"
 
     def body():
         y = st.session_state.get("y", [1, 2, 3])
@@ -25,9 +21,14 @@ def _downloads(at) -> list:
     return [e for e in at.get("download_button")]
 
 
-def test_a_made_figure_survives_a_rerun_that_rebuilds_the_same_chart():
+def test_a_made_figure_survives_a_rerun_that_rebuilds_the_same_chart(monkeypatch):
     """Pages redrawn every 2 s while a job runs (Training, Drivers, Bigram) rebuild every chart: the file just made
     vanished with its chart object before its "Download figure" could be clicked (compared by identity)."""
+    import subnetviz.report.static as static
+
+    # no browser needed: the file's bytes are made here (patched for this test only: the script runs in this process)
+    monkeypatch.setattr(static, "unavailable", lambda: None)
+    monkeypatch.setattr(static, "figure_bytes", lambda fig, fmt, scale=1.0: b"<svg>" + str(fig.data[0].y).encode())
     at = AppTest.from_function(_script, default_timeout=60).run()
     assert not _downloads(at)
     at.button(key="pub-make-page").click().run()

@@ -179,7 +179,7 @@ def test_mask_is_grpo_s0_exact_update_and_overlap_numbers_agree(micro_zoo):
     assert set(ms.masks) == set(diff)
     for name, d in diff.items():
         np.testing.assert_array_equal(ms.masks[name].numpy(), d, err_msg=name)
-    assert ms.metadata["finetuned"] == "grpo-s0" and ms.metadata["tolerance"] == 0.0
+    assert ms.metadata["model"] == "grpo-s0" and ms.metadata["tolerance"] == 0.0
     s1 = changed_bits(micro_zoo.base, micro_zoo.member_path("grpo-s1"))
     inter = sum(int((diff[k] & s1[k]).sum()) for k in diff)
     row = micro_zoo.manifest.pair("grpo-s0", "grpo-s1")
