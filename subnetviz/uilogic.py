@@ -828,7 +828,7 @@ def dashboard_html(
 ) -> str:
     """One self-contained HTML dashboard: this view's figures and tables, then ``more()``'s (closed tabs):
     ``(figures, tables)``, or ``(figures, tables, notes)`` where a closed tab was left out (its notes say why)."""
-    from subnetviz.report.html import ReportSection, _fmt_param, build_report
+    from subnetviz.report.html import ReportSection, build_report, fmt_param
 
     try:
         f, t, *left = more() if more is not None else ({}, {})  # (figures, tables[, notes on what is left out])
@@ -842,7 +842,7 @@ def dashboard_html(
         tables=[allt[k] for k in table_keys if k in allt],
         notes="\n".join(
             # each value spelt as in the Parameters table above it (["a", "b"], true), not as a Python repr
-            ["Parameters: " + ", ".join(f"{k}={_fmt_param(v)}" for k, v in params.items()), *(left[0] if left else [])]
+            ["Parameters: " + ", ".join(f"{k}={fmt_param(v)}" for k, v in params.items()), *(left[0] if left else [])]
         ),
     )
     return build_report(f"subnetviz · {title}", [section], params)

@@ -460,7 +460,7 @@ def _link_choice(key: str, options: list[str], default: str, what: str, said: se
     raw = st.query_params.get(key)
     shown = uilogic.url_choice(raw, options, default)
     if raw is not None and raw not in options and raw not in said and key not in st.session_state:
-        ui.warning(f"The link's {what} {raw} is not among this server's bigram masks; {default} is shown instead.")
+        ui.warning(uilogic.stale_link_line(what, raw, "this server's bigram masks", default))
     return shown
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from subnetviz import figures, ui
+from subnetviz import figures, ui, uilogic
 from subnetviz.figures import continual as cl_figures
 from subnetviz.report.training import run_names
 from subnetviz.supermask.config import ContinualConfig, PhaseEpochs, colliding_densities, density_clash
@@ -117,10 +117,8 @@ def results() -> None:
     if asked is not None and named is None and "cl_run" not in st.session_state:
         # said as the link is opened (run ids differ from server to server, and runs get deleted: the newest was
         # shown with no word); the URL then names the run shown
-        ui.warning(
-            f"The link's run {asked} is not among this server's finished continual runs; the newest, "
-            f"{labels[shown]}, is shown instead."
-        )
+        among = "this server's finished continual runs"
+        ui.warning(uilogic.stale_link_line("run", asked, among, f"the newest, {labels[shown]},"))
     run_id = st.selectbox("Run", ids, index=ids.index(shown), format_func=labels.get, key="cl_run")
     st.query_params["cl_run"] = labels[run_id]
     folder = ui.job_runner().get(run_id).outputs

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui, uilogic
-from subnetviz.analysis.series import training_run
+from subnetviz.analysis.series import in_every_step, training_run
 from subnetviz.figures.series import SPLIT_NOT_RUN
 
 
@@ -21,23 +21,6 @@ def module_figure(per, steps: tuple[int, ...], first: str):
         reports = in_every_step(per.reports)
         frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(reports, steps[1:], strict=True)])
     return figures.module_series(frame, first=first, start=steps[0])
-
-
-def in_every_step(reports: list) -> list:
-    """The update analysis's reports (each checkpoint against the first, one pair at a time) cut to the tensors
-    every pair compared: those every checkpoint holds, as the series compares them and its note says. A pair
-    compares what its two checkpoints share, so a tensor one checkpoint lacks was counted at the other steps only,
-    and a module's line changed its denominator from step to step."""
-    keys = set.intersection(*(set(r.tensors["key"]) for r in reports)) if reports else set()
-    out = []
-    for r in reports:
-        kept = r.tensors["key"].isin(keys)
-        if kept.all():  # (nothing left out at this step: the report as it is)
-            out.append(r)
-            continue
-        parts = None if r.parts is None else r.parts[r.parts["key"].isin(keys)]
-        out.append(replace(r, tensors=r.tensors[kept], parts=parts))
-    return out
 
 
 TABLE_NAMES = {  # the analysis's columns, named in the table as on the chart (the first checkpoint is the base)

@@ -40,7 +40,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -901,3 +901,20 @@ def _json_step(path: str, key: str, stamp: str) -> int | None:
     except SubnetvizError:
         return None
     return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def in_every_step(reports: list) -> list:
+    """The update analysis's reports (each checkpoint against the first, one pair at a time) cut to the tensors
+    every pair compared: those every checkpoint holds, as the series compares them and its note says. A pair
+    compares what its two checkpoints share, so a tensor one checkpoint lacks was counted at the other steps only,
+    and a module's line changed its denominator from step to step."""
+    keys = set.intersection(*(set(r.tensors["key"]) for r in reports)) if reports else set()
+    out = []
+    for r in reports:
+        kept = r.tensors["key"].isin(keys)
+        if kept.all():  # (nothing left out at this step: the report as it is)
+            out.append(r)
+            continue
+        parts = None if r.parts is None else r.parts[r.parts["key"].isin(keys)]
+        out.append(replace(r, tensors=r.tensors[kept], parts=parts))
+    return out

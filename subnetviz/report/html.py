@@ -62,11 +62,11 @@ def _esc(text: object) -> str:
 def _params_table(params: Mapping[str, object], caption: str) -> str:
     if not params:
         return ""
-    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_fmt_param(v))}</td></tr>" for k, v in params.items())
+    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(fmt_param(v))}</td></tr>" for k, v in params.items())
     return f'<table class="params"><caption>{_esc(caption)}</caption>{rows}</table>'
 
 
-def _fmt_param(v: object) -> str:
+def fmt_param(v: object) -> str:
     if isinstance(v, str):
         return v
     try:
