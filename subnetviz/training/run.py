@@ -117,6 +117,7 @@ class _Partial:
         self.path = out.with_name(f".{out.name}.{self.tag}{PARTIAL_SUFFIX}")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._fd: int | None = None
+        self.published = False  # renamed to ``out``: from then on the run is complete, its events with it
 
     def acquire(self) -> None:
         """Take the lock, clear the partial folders of dead runs at the same ``output_dir``, refuse to start
@@ -190,6 +191,7 @@ class _Partial:
                 f"output_dir {self.out} appeared while this run trained (another run wrote it) and was not "
                 f"replaced; this run's finished model is kept in {kept}."
             ) from None
+        self.published = True
         self.release()
 
 
@@ -303,7 +305,9 @@ def train(cfg: TrainConfig, ctx: JobContext | None = None) -> TrainResult:
                 # A trained model is never thrown away: a failed check (or anything after the save) keeps it.
                 _kept_failure(exc, run.work.keep(), ctx)
             run.work.remove()  # (a no-op on the ranks that never took it)
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, KeyboardInterrupt) and not run.work.published:
+                # (an interrupt once the model is published stopped only what is said after it: the command line
+                # says the model is complete, and its TensorBoard events are its curves)
                 _drop_events(run)
         raise
     finally:

@@ -184,7 +184,8 @@ def _train_config(tiny, tmp_path: Path, **edits) -> Path:
 @pytest.mark.parametrize("kind", ["SIGINT", "SIGTERM"])
 def test_a_signal_after_train_published_its_model_says_the_model_is_complete(tiny, tmp_path, monkeypatch, capsys, kind):
     """Ctrl-C / SIGTERM right after the run renamed its folder to output_dir (at its 'saved' log line): "nothing
-    was written.", 130 / 143, while output_dir held the whole model. Now the line names it, exit 0."""
+    was written.", 130 / 143, while output_dir held the whole model. Now the line names it, exit 0, and the run's
+    TensorBoard events (its curves) stay: they were deleted as an interrupted run's."""
     from subnetviz.training import run
 
     real = run._log
@@ -201,6 +202,7 @@ def test_a_signal_after_train_published_its_model_says_the_model_is_complete(tin
     err = capsys.readouterr().err
     assert code == 0 and _last(err) == COMPLETE.format(out), err
     assert (out / "train_summary.json").is_file() and (out / "model.safetensors").is_file()
+    assert len(list(out.with_name("model.tensorboard").glob("*/events.out.tfevents.*"))) == 1
     assert signal.getsignal(signal.SIGTERM) is before
 
 
