@@ -17,6 +17,10 @@ from subnetviz.jobs.context import JOB_KINDS
 TEST_KIND = "python"
 TEST_ENV = "SUBNETVIZ_ALLOW_TEST_JOBS"
 VALIDATORS = {"train": "subnetviz.training.mask_fit:validate_config"}
+# what a kind checks of the machine that runs it, where the runner knows that it is this one (the local backend): a
+# train job's processes against its CPUs or GPUs. Its validator cannot tell where a job goes on a server that also
+# offers a Ray cluster, and left the check to the launch: a 64-process config was queued, then failed.
+LOCAL_CHECKS = {"train": "subnetviz.training.mask_fit:check_runs_here"}
 
 
 def _import(target: str):
@@ -61,3 +65,10 @@ def validate_job_config(config: dict) -> None:
     validator = getattr(mod, func, None)
     if validator is not None:
         validator(config)
+
+
+def check_runs_here(config: dict) -> None:
+    """The checks of ``config`` (already validated) against this machine, for a job the local backend runs
+    (:data:`LOCAL_CHECKS`; nothing for the other kinds)."""
+    if (target := LOCAL_CHECKS.get(config.get("kind"))) is not None:
+        _import(target)(config)

@@ -42,7 +42,7 @@ from subnetviz.jobs.context import (
     read_metrics,
     write_json,
 )
-from subnetviz.jobs.kinds import validate_job_config
+from subnetviz.jobs.kinds import check_runs_here, validate_job_config
 from subnetviz.jobs.registry import (
     COLUMNS,
     Registry,
@@ -181,6 +181,8 @@ class JobRunner:
         if name:  # kept in the run folder too: a registry rebuilt from the folders (jobs/rescan.py) names the run
             config["name"] = name
         validate_job_config(config)
+        if not self.ray_address:  # (runs here: its processes against this machine, wherever else jobs may go)
+            check_runs_here(config)
         self._check_named_gpu(config)
         kind = str(config["kind"])
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}"

@@ -26,6 +26,16 @@ def validate_config(config: dict) -> None:
         check_mask_fits(cfg.base, cfg.mask_path)
 
 
+def check_runs_here(config: dict) -> None:
+    """A valid train config's processes against this machine (:func:`~subnetviz.training.config.
+    check_processes_fit`), for a job the local backend runs (:func:`subnetviz.jobs.kinds.check_runs_here`): on a
+    server that also offers a Ray cluster, :func:`validate_config` cannot tell where a job goes."""
+    from subnetviz.training.config import check_processes_fit, job_train_config
+
+    cfg = job_train_config(config)
+    check_processes_fit(cfg.strategy, cfg.num_processes)
+
+
 def _jobs_may_go_to_ray() -> bool:
     """Whether this server may send jobs to a Ray cluster (``SUBNETVIZ_RAY_ADDRESS``, ``SUBNETVIZ_RAY_ADDRESSES``):
     a job submitted here may then start its processes on another machine, which Ray picks for the CPUs and GPUs

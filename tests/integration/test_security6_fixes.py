@@ -172,6 +172,24 @@ def test_with_a_ray_cluster_the_processes_are_checked_where_they_start(tiny, tmp
     assert not (tmp_path / "launch").exists()
 
 
+def test_a_local_run_on_a_server_that_also_offers_ray_is_checked_at_submit(tiny, tmp_path, monkeypatch):
+    """A server offering both a Ray cluster and "this server": its local runner queued a run of more processes than
+    this machine's cores (the validator cannot tell where a job goes), which then failed at its launch. The local
+    runner now refuses it at submit; the Ray runner still leaves it to where its processes start."""
+    from subnetviz.jobs.runner import JobRunner
+
+    monkeypatch.setenv("SUBNETVIZ_RAY_ADDRESS", "127.0.0.1:1")
+    n = ROOM + 1
+    local = JobRunner(tmp_path / "runs", max_concurrent=1, command=["true"], gpus=[], ray_address="")
+    with pytest.raises(ConfigError) as exc:
+        local.submit(_job(tiny, strategy="ddp", num_processes=n))
+    _refused_for_cores(_one_line(exc), n)
+    assert local.list_runs().empty
+    on_ray = JobRunner(tmp_path / "ray", max_concurrent=1, command=["true"], gpus=[], ray_address="127.0.0.1:1")
+    on_ray.submit(_job(tiny, strategy="ddp", num_processes=n))
+    assert len(on_ray.list_runs()) == 1
+
+
 # --- the memory of the ranks, before the launch --------------------------------------------------------------
 
 
