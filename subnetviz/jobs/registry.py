@@ -86,7 +86,7 @@ class RunRecord:
     error: str | None
     run_dir: str
     config: dict
-    gpu: str | None = None  # the CUDA device id the job was given (None on CPU)
+    gpu: str | None = None  # the CUDA device id(s) the job was given ("2", "2,3"; None on CPU)
     launch: dict | None = None  # how to start it: {command, max_concurrent, gpus, cuda_visible_devices, read_env}
     # Not a column: the folder the row names when that is another home's (a registry copied or moved without
     # this run's folder); None for a run of this home. Such a run is never started, signalled or written to.

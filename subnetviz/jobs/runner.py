@@ -59,6 +59,7 @@ from subnetviz.jobs.scheduler import (
     cuda_index,
     default_launch,
     discard_outputs,
+    gpus_wanted,
     job_device,
     kill_leftovers,
     named_gpu,
@@ -108,7 +109,8 @@ class JobRunner:
     ``max_concurrent``: running jobs allowed at once across every runner on this root (default:
     1 on CPU, the number of GPUs with CUDA). ``command``: the worker command, RUN_DIR appended
     (default ``python -m subnetviz job``). ``gpus``: device ids to hand out (default: the visible
-    CUDA devices); each job gets one free id as its ``CUDA_VISIBLE_DEVICES`` (recorded as ``gpu``).
+    CUDA devices); each job gets one free id as its ``CUDA_VISIBLE_DEVICES`` (recorded as ``gpu``), a multi-process
+    training run one per process (``"2,3"``).
     A job is stored with these settings (:attr:`launch`), and is started with them by whoever
     starts it: this runner, another, or the worker of the job before it.
     """
@@ -239,10 +241,16 @@ class JobRunner:
     def _check_named_gpu(self, config: dict) -> None:
         """A job that names a GPU (``cuda:N`` as its device, or as ``SUBNETVIZ_DEVICE``) is given that GPU, seen
         as its only one (:func:`~subnetviz.jobs.scheduler.start`): refused here, in one line, when this runner does
-        not hand that GPU out, rather than failing once it starts."""
+        not hand that GPU out, rather than failing once it starts; so is a multi-process run of more processes than
+        the GPUs it hands out (each takes one, :func:`~subnetviz.jobs.scheduler.gpus_wanted`)."""
         launch = self.launch
         if not launch.gpus:  # no GPU handed out (CPU, Ray): the job sees what this process sees
             return
+        if (n := gpus_wanted(config, launch)) > len(launch.gpus):  # (it would wait for them forever)
+            raise JobError(
+                f"a {config.get('strategy')} run of {n} processes takes one GPU per process, and this server gives "
+                f"jobs {len(launch.gpus)} (GPUs {', '.join(launch.gpus)}); ask for at most {len(launch.gpus)}."
+            )
         device = job_device(config, launch)
         if cuda_index(device) is not None and (gpu := named_gpu(device, launch)) not in launch.gpus:
             given = ", ".join(launch.gpus)

@@ -133,6 +133,27 @@ def named_gpu(device: str | None, launch: Launch) -> str | None:
     return ids[n] if n < len(ids) else None
 
 
+def gpus_wanted(config: dict, launch: Launch) -> int:
+    """How many GPUs a job takes: one per process for a multi-process training run (``ddp``, ``fsdp2``, ZeRO) whose
+    device is not the CPU and names no one GPU (each rank trains on ``cuda:LOCAL_RANK``), else one. A two-process
+    DDP run was given one GPU, and its launch refused it ("it has 1")."""
+    if config.get("kind") != "train" or config.get("strategy", "single") == "single":
+        return 1
+    n = config.get("num_processes", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 1:
+        return 1
+    device = job_device(config, launch)
+    if device is not None and (device.startswith("cpu") or cuda_index(device) is not None):
+        return 1
+    return n
+
+
+def held_gpus(gpu: str | None) -> list[str]:
+    """The GPU ids a running job holds, from its registry row's ``gpu`` (``"2"``, or ``"2,3"`` for a job given one
+    per process)."""
+    return [g for g in (gpu or "").split(",") if g]
+
+
 def as_seen_with_one_gpu(device):
     """A device as a job given one GPU sees it: ``cuda:N`` is that GPU, ``cuda:0`` in the job; others unchanged."""
     return "cuda:0" if cuda_index(device) is not None else device
@@ -365,8 +386,8 @@ def start(
     pkg_root = str(Path(__file__).resolve().parents[2])  # so the worker imports this very subnetviz
     paths = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *(p for p in paths if p != pkg_root)])
-    # One GPU per job, so concurrent jobs never share a device. A job given none sees what its
-    # submitter saw, not the device of the worker that happens to start it.
+    # One GPU per job (one per process of a multi-process training run: "2,3"), so concurrent jobs never share a
+    # device. A job given none sees what its submitter saw, not the device of the worker that happens to start it.
     want = gpu if gpu is not None else launch.cuda_visible_devices
     if want is None:
         env.pop(CVD, None)
@@ -431,20 +452,28 @@ def advance(
     ``default``: the launch for queued rows that carry none. ``finished``: the id of the caller's
     own run, whose job has returned (its process is still alive, finishing this). ``environ``: the environment
     to start them from (:func:`start`). Returns the processes started (the caller's children, for it to reap).
-    A run whose device names a GPU (``cuda:N``) is given that GPU, and waits for it while another run has it.
+    A run whose device names a GPU (``cuda:N``) is given that GPU, and waits for it while another run has it. A
+    multi-process training run is given one GPU per process (:func:`gpus_wanted`), and waits until that many are free.
     """
     started = []
     with registry.transaction() as con:
         for rec in registry.rows(con, status="running"):
             _settle_or_abandon(registry, con, rec, over=rec.id == finished)
-        busy = [r.gpu for r in registry.rows(con, status="running")]
+        running = [r.gpu for r in registry.rows(con, status="running")]
+        busy = [g for gpu in running for g in held_gpus(gpu)]
         for rec in registry.rows(con, status="queued"):
             launch = Launch.of(rec, default)
-            if len(busy) >= launch.max_concurrent:
+            if len(running) >= launch.max_concurrent:
                 break  # first in, first out: a later run never overtakes the head of the queue
             free = [g for g in launch.gpus if g not in busy]
             device = job_device(rec.config, launch)
-            if not launch.gpus or cuda_index(device) is None:
+            if launch.gpus and (n := gpus_wanted(rec.config, launch)) > 1:
+                if len(free) < n:
+                    break  # it waits for its GPUs (and, first in first out, so do the runs behind it)
+                gpu = ",".join(free[:n])
+            elif launch.gpus and not free and launch.max_concurrent <= len(launch.gpus):
+                break  # a multi-process run holds the free ones: never two jobs on one GPU the runner hands out
+            elif not launch.gpus or cuda_index(device) is None:
                 gpu = free[0] if free else None
             elif (named := named_gpu(device, launch)) in launch.gpus:
                 if named not in free:
@@ -455,7 +484,8 @@ def advance(
             proc = start(registry, con, rec, launch, gpu, environ)
             if proc is not None:
                 started.append(proc)
-                busy.append(gpu)
+                running.append(gpu)
+                busy.extend(held_gpus(gpu))
     return started
 
 
