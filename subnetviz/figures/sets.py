@@ -391,8 +391,9 @@ def upset(
     # long mask names (an upload's name and hash) cut in the middle, whole in the hover (as the pairwise matrix
     # does): one 74-character name took the chart's width and left the intersection bars a few pixels each
     # (cut apart where the names differ, and named in full under the chart: three runs that differ in their
-    # middle read as one label, with no hover in a figure file)
-    cuts, key = cut_labels([str(lab) for lab in labels])
+    # middle read as one label, with no hover in a figure file); the key is the set-size axis's title, centred under
+    # that narrow panel: lines of 90 characters ran past the chart's left edge at 1024 px, 42 fit (as the Venn's)
+    cuts, key = cut_labels([str(lab) for lab in labels], line=_KEY_LINE)
     fig.update_yaxes(
         tickvals=np.arange(n),
         ticktext=cuts,
