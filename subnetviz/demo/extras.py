@@ -19,9 +19,10 @@ After the models are built (or found built), :func:`finish_zoo`:
   any finished run's;
   :func:`pending_jobs` says which are still queued or running and about how long they need.
 
-Everything is idempotent: a member run, or a background job that is queued, running or has
-succeeded for this zoo (same settings fingerprint), is found by name and not made again. What
-was made is recorded in the manifest as :class:`~subnetviz.demo.manifest.ZooExtras`.
+Everything is idempotent: a background job that is queued, running or has succeeded for this zoo
+(same settings fingerprint) is found by name, a member run by the member and zoo fingerprint its
+config names (:func:`_member_runs`), and not made again. What was made is recorded in the manifest
+as :class:`~subnetviz.demo.manifest.ZooExtras`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,23 +130,63 @@ def _link_to(target: Path, folder: Path) -> str:
     )
 
 
+def _member_runs(runner, fingerprint: str) -> dict[str, object]:
+    """The succeeded member runs of the zoo of ``fingerprint`` in the registry, by member, the newest last (so it
+    wins): found by the ``zoo_member`` and ``zoo_fingerprint`` of their config and their id (what
+    :func:`register_member_runs` names them), which a registry rebuilt from the run folders keeps
+    (:mod:`subnetviz.jobs.rescan`); it keeps their name only where ``config.json`` holds it."""
+    found = {}
+    for r in runner.registry.rows():
+        cfg = r.config or {}
+        member = cfg.get("zoo_member")
+        if (
+            r.status == "succeeded"
+            and cfg.get("zoo_fingerprint") == fingerprint
+            and isinstance(member, str)
+            and r.id.startswith(f"zoo-{fingerprint[:8]}-{member}-")
+        ):
+            found[member] = r
+    return found
+
+
+def _keep_name(runner, rec, name: str) -> None:
+    """Make member run ``rec`` carry ``name`` in its row and in its run folder's ``config.json`` (as a submitted
+    run's does), so a registry rebuilt from the folder names it so too. A home built before the name went into
+    ``config.json`` gets it here, and a row rebuilt from such a folder (named as its training was) its name back."""
+    from subnetviz.jobs.context import read_json, write_json
+
+    cfg = {**(rec.config or {}), "name": name}
+    if rec.elsewhere is None:  # (another home's folder is never written to)
+        folder = Path(rec.run_dir)
+        on_disk = read_json(folder / "config.json")
+        if on_disk and on_disk.get("name") != name:
+            with suppress(OSError):  # a folder that cannot be written: its row is named all the same
+                write_json(folder / "config.json", {**on_disk, "name": name})
+    if rec.name != name or rec.config != cfg:
+        with runner.registry.transaction() as con:
+            runner.registry.update(con, rec.id, name=name, config=cfg)
+
+
 def register_member_runs(zoo, runner) -> dict[str, str]:
-    """Each finetune's training log as a succeeded ``train`` run (made once per zoo build); run ids by member."""
+    """Each finetune's training log as a succeeded ``train`` run (made once per zoo build); run ids by member.
+    A member's run already registered (:func:`_member_runs`) is kept, under its registry name."""
     from subnetviz.jobs.context import METRICS_FILE, STATUS_FILE
     from subnetviz.jobs.registry import RunRecord
 
-    have = _by_name(runner)
+    have = _member_runs(runner, zoo.manifest.fingerprint)
     ids = {}
     for recipe in MEMBERS:
         member = zoo.manifest.member(recipe.id)
         name = f"{_tag(zoo)}: {recipe.id} ({recipe.label})"
-        if name in have and have[name].status == "succeeded":
-            ids[recipe.id] = have[name].id
+        if recipe.id in have:
+            _keep_name(runner, have[recipe.id], name)
+            ids[recipe.id] = have[recipe.id].id
             continue
         model = zoo.root / member.path
         log = member_log_dir(zoo.root, recipe.id) / METRICS_FILE
         cfg = {"kind": "train", **json.loads((model / "train_config.json").read_text())}
-        cfg.update(zoo_member=recipe.id, zoo_fingerprint=zoo.manifest.fingerprint)
+        # (the registry name in config.json too, as a submitted run's: a registry rebuilt from the folder keeps it)
+        cfg.update(zoo_member=recipe.id, zoo_fingerprint=zoo.manifest.fingerprint, name=name)
         run_id = f"zoo-{zoo.manifest.fingerprint[:8]}-{recipe.id}-{int(time.time())}"
         run_dir = runner.registry.folder(run_id)
         run_dir.mkdir(parents=True)

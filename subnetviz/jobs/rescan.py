@@ -4,7 +4,8 @@ The registry is an index, not the record: each run folder holds all its row need
 ``status.json`` as its worker last wrote it). A registry lost, moved aside as damaged, or emptied is rebuilt from the
 run folders beside it when a runner finds it empty (:class:`~subnetviz.jobs.runner.JobRunner`), and
 ``subnetviz runs --rescan`` registers folders that no row names (a registry restored from an older copy):
-:func:`adopt_run_folders`.
+:func:`adopt_run_folders`. A run whose process still works in its folder is registered running, left to it: a
+queued job's worker, or a ``subnetviz train --run-dir`` in the foreground (:func:`_workers`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from subnetviz.jobs.scheduler import (
     publish_outputs,
 )
 
+RUN_DIR_OPTION = "--run-dir"  # ``subnetviz train``'s: the folder of a run in the foreground
 REBUILT = (
     "no final status in its run folder when the registry was rebuilt from the run folders (it was queued, or its "
     "worker was stopped or crashed); launch it again"
@@ -59,20 +61,44 @@ def _run_folders(root: Path) -> list[Path]:
     return found
 
 
+def _foreground_run_dir(command: list[str]) -> str | None:
+    """The folder that a ``subnetviz train ... --run-dir FOLDER`` command line names (``--run-dir=FOLDER``, and the
+    abbreviations argparse takes, too), as it was typed (relative to the process's folder); None for any other."""
+    if "train" not in command:
+        return None
+    args = command[command.index("train") + 1 :]
+    for i, arg in enumerate(args):
+        if arg == "--":  # (what follows is no option)
+            return None
+        option, eq, value = arg.partition("=")
+        if len(option) > 2 and RUN_DIR_OPTION.startswith(option):
+            return value if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return None
+
+
 def _workers(folders: list[Path]) -> dict[str, int]:
-    """The live workers of ``folders``: real folder -> pid of the process that carries the folder as its
+    """The live workers of ``folders``: real folder -> pid. A queued job's worker carries its folder as its
     :data:`~subnetviz.jobs.registry.JOB_ENV` and ends its command line with it, as every starter starts one (the
-    oldest, a wrapper's own, when there are several; never a rank it launched, whose command names no folder)."""
+    oldest, a wrapper's own, when there are several; never a rank it launched, whose command names no folder). A
+    ``train --run-dir FOLDER`` in the foreground (:func:`~subnetviz.jobs.worker.main_train`), which no starter
+    started, names its folder in its command line only: its environment is its shell's (the mark it sets reaches
+    only what it starts), so it is found by its command line, the folder read from the process's own folder."""
     wanted = {os.path.realpath(f) for f in folders}
     found: dict[str, tuple[float, int]] = {}
     for proc in psutil.process_iter():
         try:
-            folder = proc.environ().get(JOB_ENV)
-            real = os.path.realpath(folder) if folder is not None else None
+            marked, command = proc.environ().get(JOB_ENV), proc.cmdline()
+            if marked is not None:  # a job's worker, or a process its job started
+                real = os.path.realpath(marked)
+                if not (command and same_folder(command[-1], real)):
+                    continue
+            elif (named := _foreground_run_dir(command)) is not None:
+                real = os.path.realpath(os.path.join(proc.cwd(), named))
+            else:
+                continue
             if real not in wanted or (start := process_start(proc.pid)) is None:
                 continue
-            command = proc.cmdline()
-            if command and same_folder(command[-1], real) and (real not in found or start < found[real][0]):
+            if real not in found or start < found[real][0]:
                 found[real] = (start, proc.pid)
         except (psutil.Error, OSError, ValueError):  # gone meanwhile, or another user's
             continue

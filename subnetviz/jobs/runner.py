@@ -59,10 +59,13 @@ from subnetviz.jobs.scheduler import (
     cuda_index,
     default_launch,
     discard_outputs,
+    ended_at,
     gpus_wanted,
     job_device,
     kill_leftovers,
     named_gpu,
+    progress_of,
+    publish_outputs,
     read_policy,
     settle,
 )
@@ -162,10 +165,31 @@ class JobRunner:
     def _hide_outputs_of_unsucceeded(self) -> None:
         """Move aside the ``outputs/`` of runs that ended failed or cancelled (:func:`discard_outputs`): a worker of
         an earlier version, killed after it published its outputs but before its final status, left them there
-        for the app to list as complete. One check per ended run, when a runner is made."""
+        for the app to list as complete. One check per ended run, when a runner is made.
+
+        A run whose ``status.json`` says it succeeded is no such run: its worker writes that last but the rename of
+        its outputs, so they are complete. Its row is what is wrong (a registry rebuilt while it ran in the
+        foreground by an earlier version, a cancel that came once it had finished): the row is settled again from
+        its folder, as :func:`~subnetviz.jobs.scheduler.settle` would have settled it."""
         for rec in self.registry.rows():
             if rec.status in ("failed", "cancelled") and rec.elsewhere is None and os.path.lexists(rec.outputs):
-                discard_outputs(Path(rec.run_dir))
+                run_dir = Path(rec.run_dir)
+                status = read_json(run_dir / STATUS_FILE)
+                if status.get("state") != "succeeded":
+                    discard_outputs(run_dir)
+                    continue
+                with self.registry.transaction() as con:
+                    now = self.registry.get(rec.id, con)
+                    if now.status not in ("failed", "cancelled"):
+                        continue
+                    if publish_outputs(run_dir) is not None:  # (no outputs folder after all: nothing to show)
+                        discard_outputs(run_dir)
+                        continue
+                    started = now.started or ended_at(status.get("started"), 0.0) or None
+                    self.registry.update(
+                        con, rec.id, status="succeeded", error=None, started=started,
+                        ended=ended_at(status.get("ended"), now.ended), **progress_of(status),
+                    )  # fmt: skip
 
     def submit(self, config: dict, name: str | None = None) -> str:
         """Validate ``config`` (a dict with ``kind``), create its run folder, queue it; returns the run id.

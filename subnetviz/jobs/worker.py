@@ -19,7 +19,7 @@ from subnetviz.config import cache_limit_bytes
 from subnetviz.errors import SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext, read_json, write_json
 from subnetviz.jobs.kinds import job_function, validate_job_config
-from subnetviz.jobs.registry import Registry, creation_time
+from subnetviz.jobs.registry import JOB_ENV, Registry, creation_time
 from subnetviz.jobs.scheduler import (
     JOB_GPU_ENV,
     MAX_TEXT,
@@ -269,7 +269,19 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
     except RecursionError:  # json.loads of a config nested 100,000 deep
         print(f"error: {config_path}: JSON nested too deep to be a training config.", file=sys.stderr)
         return 2
-    code = main_job(str(rd))
+    # Marked as the run's, as a queued job's worker is (scheduler.start): what it starts (a launch's ranks) carries
+    # the mark, for a runner to stop once the run is over. (This process's own mark is not seen from outside: a
+    # registry rebuilt from the run folders knows it by its --run-dir, rescan._workers.) Set for the run only: a
+    # caller in this process (a test, a notebook) starts its later processes unmarked.
+    before = os.environ.get(JOB_ENV)
+    os.environ[JOB_ENV] = os.path.abspath(rd)
+    try:
+        code = main_job(str(rd))
+    finally:
+        if before is None:
+            os.environ.pop(JOB_ENV, None)
+        else:
+            os.environ[JOB_ENV] = before
     if code > 128:  # interrupted: its status says so; one line here, as the run without --run-dir says it
         print(
             f"interrupted ({_signal_name(code - 128)}): the run in {run_dir} is recorded as cancelled; no model "
