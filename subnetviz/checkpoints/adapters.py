@@ -18,7 +18,10 @@ expert's Linear and the router adapted as linear layers) is merged as that layou
 once; today's PEFT converts it to parameters and rounds Δ first, which the merge note says on a 16-bit base. DoRA
 scales each merged linear weight, per output feature, to its learned magnitude (W' = m / ‖W + s·B·A‖ · (W + s·B·A));
 ``lora_bias`` adds s·bias_B to the module's bias; trainable tokens
-(``trainable_token_indices``) replace their rows of the embedding; a module ``modules_to_save`` lists that the base
+(``trainable_token_indices``) replace their rows of the embedding (where tokens were added and the vocabulary
+resized, of the resized embedding PEFT saves whole beside them, ``<module>.token_adapter.base_layer.weight``, as its
+loader loads it; on a tied base the head's token adapter is the embedding's, counted once); a module
+``modules_to_save`` lists that the base
 does not hold (a classifier's new head, ``score``) is a tensor of the merged model only, and where the adapter's
 ``task_type`` is a classifier's, the base's language head is left out, as PEFT's merged classifier has none. Where
 the base ties its output head to its input embedding and stores one tensor for both, a LoRA on the head is merged
@@ -100,6 +103,9 @@ _CONV1D = re.compile(r"(?:^|\.)(?:(?:attn|crossattention)\.(?:c_attn|q_attn|c_pr
 # a module PEFT saves whole (modules_to_save): its trained copy, under the adapter's name or (save_embedding_layers)
 # without it; PEFT's loader reads <module>.weight, the copy without the infix, where both are saved
 _MODULES_TO_SAVE = re.compile(r"\.modules_to_save(?:\.default)?\.")
+# the layer a module's trainable tokens wrap, saved whole (save_embedding_layers: a resized vocabulary) as
+# <module>.token_adapter.base_layer.weight; PEFT's loader loads it into that layer (the module's weight)
+_TOKEN_LAYER = ".token_adapter.base_layer."
 # dtypes PEFT rounds an embedding's or a wrapped parameter's Δ to before adding it (its merge casts Δ to W's dtype)
 _HALF = (torch.float16, torch.bfloat16)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # weights, not codes
@@ -241,6 +247,7 @@ class MergedAdapter(Checkpoint):
             + (f"; {rows} embedding row(s) replaced by trainable tokens" if self.tokens else "")
             + ".",
             *self._fan_in_fan_out_notes(),
+            *self._resized_notes(),
             *self._tied_notes,
             *self._target_notes,
             *self._unselected_notes(),
@@ -323,10 +330,12 @@ class MergedAdapter(Checkpoint):
 
     def _whole_note(self) -> str:
         """What the tensors saved whole replace, for the merge note: the biases ``bias: all`` / ``lora_only``
-        trains, the embedding weights ``save_embedding_layers`` saves beside their LoRA, and modules_to_save (a new
-        head is noted apart, :meth:`_new_notes`)."""
+        trains, the embedding weights ``save_embedding_layers`` saves beside their LoRA, the embedding layers it
+        saves otherwise (a resized vocabulary: the layer trainable tokens wrap, a head no adapter wraps), and
+        modules_to_save (a new head is noted apart, :meth:`_new_notes`)."""
         setting = self.adapter_config.get("bias")
-        biases, layers, modules = [], [], []
+        table = self.base.names_table
+        biases, layers, embeddings, modules = [], [], [], []
         for target, key in self.replaced.items():
             if target in self._new:
                 continue
@@ -334,15 +343,51 @@ class MergedAdapter(Checkpoint):
             listed = _MODULES_TO_SAVE.search(key) or _listed(self.adapter_config.get("modules_to_save"), module)
             if setting in ("all", "lora_only") and target.endswith(".bias") and not listed:
                 biases.append(target)
+            elif _TOKEN_LAYER in key:
+                embeddings.append(target)
             elif ".base_layer." in key and not listed:
                 layers.append(target)
+            elif not listed and table.describe(self._untied.get(target, target)).module in ("embed", "lm_head"):
+                embeddings.append(target)
             else:
                 modules.append(target)
         return (
             (f"; {len(modules)} tensor(s) replaced by modules_to_save" if modules else "")
             + (f"; {len(biases)} bias(es) trained whole (bias = {setting!r})" if biases else "")
             + (f"; {len(layers)} embedding weight(s) saved whole beside their LoRA" if layers else "")
+            + (f"; {len(embeddings)} embedding layer(s) saved whole (save_embedding_layers)" if embeddings else "")
         )
+
+    def _resized_notes(self) -> list[str]:
+        """A note where the tensors the adapter saves whole have another number of rows than the base's (tokens were
+        added and the vocabulary resized before training): PEFT's loader loads them, so the merged model's are these
+        (its embedding and head), and an analysis compares the rows they share with the base."""
+        resized = {
+            t: (self.base.meta(self._untied.get(t, t)).shape[0], self._meta[t].shape[0])
+            for t in self.replaced
+            if t not in self._new
+            and len(self._meta[t].shape) == 2
+            and self._meta[t].shape[0] != self.base.meta(self._untied.get(t, t)).shape[0]
+        }
+        if not resized:
+            return []
+        sizes = sorted(set(resized.values()))
+        names = ", ".join(resized)
+        said = (
+            f"from {sizes[0][0]} to {sizes[0][1]} rows"
+            if len(sizes) == 1
+            else "; ".join(f"{t} from {n} to {m} rows" for t, (n, m) in resized.items())
+        )
+        return [
+            f"the adapter's vocabulary was resized {said} (tokens added before training): it saves {names} whole at "
+            "that size, which PEFT's loader loads into the resized base, so the merged model's are those tensors"
+            + (
+                f" (the trainable tokens' rows replaced in {', '.join(t for t in resized if t in self.tokens)})"
+                if set(resized) & set(self.tokens)
+                else ""
+            )
+            + f"; compared with the base {self.base.spec} over the rows they share."
+        ]
 
     def _refuse_codes(self, folder: Path) -> None:
         """A LoRA merges W + s·B·A onto float weights: a target the base stores as quantized codes (FP8, int8,
@@ -375,7 +420,8 @@ class MergedAdapter(Checkpoint):
         # a 16-bit weight PEFT merges as a DoRA module at its initialisation (selected, no tensors in the file) ->
         # whether it is a Conv1D's, stored (in, out)
         self._dora_init: dict[str, bool] = {}
-        self._tied_copies: list[tuple[str, str, bool]] = []  # (key, key it must equal, transposed): checked once loaded
+        # (key, key it must equal, transposed, why): checked once loaded
+        self._tied_copies: list[tuple[str, str, bool, str]] = []
         self._tied_notes: list[str] = []
         # a module the base does not hold, saved whole (a new task head): a tensor of the merged model only
         self._new: set[str] = set()
@@ -654,7 +700,8 @@ class MergedAdapter(Checkpoint):
             tied = f"the base ties {head} to {emb} (tie_word_embeddings) and stores one tensor for both"
             own = pairs.get(emb, {})
             if ensure and "lora_embedding_A" in own and "lora_embedding_B" in own:
-                self._tied_copies += [(a, own["lora_embedding_B"], True), (b, own["lora_embedding_A"], True)]
+                why = "ensure_weight_tying is set"
+                self._tied_copies += [(a, own["lora_embedding_B"], True, why), (b, own["lora_embedding_A"], True, why)]
                 self._tied_notes.append(
                     f"ensure_weight_tying: {tied}, and the LoRA factors saved for {head} are the embedding's own "
                     "(transposed), so the head's Δ is the embedding's: added once, the tied model that was trained "
@@ -680,7 +727,7 @@ class MergedAdapter(Checkpoint):
         for head, key in head_copies.items():
             emb = self._tied_embedding(head, base_names)
             if ensure and emb in replaced:
-                self._tied_copies.append((key, replaced[emb], False))
+                self._tied_copies.append((key, replaced[emb], False, "ensure_weight_tying is set"))
                 self._tied_notes.append(
                     f"ensure_weight_tying: the copy of {head} the adapter saves is the embedding's trained copy, "
                     f"tied to it: counted once, as {emb}."
@@ -720,12 +767,13 @@ class MergedAdapter(Checkpoint):
 
     def _check_tied_copies(self) -> None:
         """A tied head's LoRA factors or trained copy, where ``ensure_weight_tying`` counts them once as the
-        embedding's: equal to the embedding's, or the adapter is not the tied model it says it is."""
-        for key, other, transposed in self._tied_copies:
+        embedding's, and its trainable tokens, which PEFT ties to the embedding's (:meth:`_plan_tied_tokens`): equal
+        to the embedding's, or the adapter is not the tied model it says it is."""
+        for key, other, transposed, why in self._tied_copies:
             want = self._adapter[other].T if transposed else self._adapter[other]
             if not torch.equal(self._adapter[key], want):
                 raise CheckpointError(
-                    f"{self.adapter_file}: ensure_weight_tying is set, but {key!r} is not the embedding's "
+                    f"{self.adapter_file}: {why}, but {key!r} is not the embedding's "
                     f"{other!r}{' transposed' if transposed else ''}, which it is tied to. Merge it with peft and give "
                     "the merged folder."
                 )
@@ -813,15 +861,22 @@ class MergedAdapter(Checkpoint):
                 f"{self.adapter_file}: the adapter holds DoRA magnitudes (lora_magnitude_vector) but "
                 "adapter_config.json does not set use_dora."
             )
+        # the layers trainable tokens wrap, saved whole (a resized vocabulary): weight -> its key
+        layers = {t: k for t, k in replaced.items() if _TOKEN_LAYER in k}
+        tied: dict[str, tuple[str, str]] = {}  # a tied head's trainable tokens: module -> (key, the embedding)
         for module, key in extras.get("tokens", {}).items():
+            emb = self._tied_embedding(f"{module}.weight", base_names)
+            if emb is not None:  # the head's token adapter, tied to the embedding's: below
+                tied[module] = (key, emb)
+                continue
             weight = self._to_base(key, f"{module}.weight", base_names)
-            if weight in pairs or weight in replaced:
+            if weight in pairs or (weight in replaced and weight not in layers):
                 raise CheckpointError(
                     f"{self.adapter_file}: {module!r} has trainable tokens and is also adapted or saved whole by the "
                     "adapter; merge it with peft and give the merged folder."
                 )
             rows = self._token_rows(module)
-            shape = self.base.meta(weight).shape
+            shape = self._replaced_shape(header, weight, replaced.get(weight))  # (the resized one PEFT saved)
             got = tuple(header[key]["shape"])
             bad = next((i for i in rows if not 0 <= i < shape[0]), None)
             if len(shape) != 2 or got != (len(rows), shape[1]) or bad is not None or len(set(rows)) != len(rows):
@@ -830,9 +885,58 @@ class MergedAdapter(Checkpoint):
                     f"trainable_token_indices"
                     + (f" (index {bad} outside the {shape[0]} rows)" if bad is not None else "")
                     + f" do not fit {weight!r} {tuple(shape)}: expected ({len(rows)}, {shape[1] if shape else '?'})"
-                    " distinct rows of it."
+                    " distinct rows of it"
+                    + (
+                        "; a token added to a resized vocabulary needs the resized embedding beside it, which "
+                        "peft's save_pretrained saves (save_embedding_layers)."
+                        if bad is not None and bad >= shape[0] and weight not in layers
+                        else "."
+                    )
                 )
             self.tokens[weight] = (key, rows)
+        self._plan_tied_tokens(tied, header, replaced)
+        missing = next((t for t in layers if t not in self.tokens), None)
+        if missing is not None:
+            raise CheckpointError(
+                f"{self.adapter_file}: {layers[missing]!r} is the weight PEFT saves beside trainable tokens, but the "
+                f"adapter holds no trainable_tokens_delta for {missing!r}; save the adapter with peft's "
+                "save_pretrained and give that folder."
+            )
+
+    def _plan_tied_tokens(self, tied: dict, header: dict, replaced: dict) -> None:
+        """The trainable tokens PEFT saves for an output head the base ties to its input embedding (with
+        ``save_embedding_layers``, a resized vocabulary): PEFT ties the head's token adapter to the embedding's (the
+        same rows, the same values, one shared weight), so they are checked equal to the embedding's once loaded and
+        its rows are replaced once, in the tensor the two share. The head's own indices (a dict
+        ``trainable_token_indices`` naming it with others) would have PEFT wrap it apart: refused in one line."""
+        tti = self.adapter_config.get("trainable_token_indices")
+        for module, (key, emb) in tied.items():
+            own = self.tokens.get(emb)
+            named = isinstance(tti, dict) and any(
+                isinstance(k, str) and (module == k or module.endswith(f".{k}")) for k in tti
+            )
+            rows = self._token_rows(module) if named else own[1] if own else None
+            if own is None or rows != own[1]:
+                raise CheckpointError(
+                    f"{self.adapter_file}: {key!r} holds trainable tokens of {module!r}, which the base ties to {emb} "
+                    "(tie_word_embeddings) and stores one tensor for, "
+                    + (
+                        "but none of that embedding"
+                        if own is None
+                        else f"at other token indices ({str(rows)[:40]}) than the embedding's ({str(own[1])[:40]})"
+                    )
+                    + "; merge it with peft and give the merged folder."
+                )
+            why = f"the base ties {module}.weight to {emb} (tie_word_embeddings)"
+            self._tied_copies.append((key, own[0], False, why))
+            layer = key[: key.index(".token_adapter.")] + _TOKEN_LAYER + "weight"
+            if layer in header and replaced.get(emb) not in (None, layer):
+                self._tied_copies.append((layer, replaced[emb], False, why))
+            self._tied_notes.append(
+                f"{why} and stores one tensor for both: the trainable tokens the adapter saves for {module} are the "
+                "embedding's (PEFT ties the head's token adapter to the embedding's), so their rows are replaced once, "
+                f"in {emb}, which the merged model's head shares."
+            )
 
     def _slices_of(self, pairs: dict) -> set[str]:
         return {t for u in getattr(self, "_unpacked", {}).values() for t in u.slices if t in pairs}
@@ -975,11 +1079,16 @@ class MergedAdapter(Checkpoint):
         - a tensor of a LoRA module adapter_config.json does not select (:meth:`_not_selected`): its factors, or the
           module's own weight or bias saved beside them (``<module>.base_layer.*``: an embedding's with
           ``save_embedding_layers``, a bias with ``bias: all``), which PEFT's loader drops with the LoRA layer it
-          does not build; recorded in :attr:`_unselected`."""
+          does not build; recorded in :attr:`_unselected`.
+
+        The weight a module's trainable tokens wrap (``<module>.token_adapter.base_layer.weight``) is no LoRA
+        module's: PEFT's loader loads it into that layer (checked with the tokens in :meth:`_plan_extras`)."""
         if m is not None:
             return self._left_out(m["module"], key, m["kind"].startswith("lora_embedding"))
         if ".original_module." in short:
             return True
+        if _TOKEN_LAYER in short:
+            return False
         owner = short.split(".base_layer.")[0]
         return ".base_layer." in short and strip_prefix(owner) not in wrapped_short and self._left_out(owner, key)
 
@@ -1788,10 +1897,11 @@ def _listed(modules, module: str) -> bool:
 
 def _whole_target(key: str) -> str:
     """The weight in memory that a whole tensor the adapter saves stands for: ``<module>.weight`` of a module saved
-    whole (under ``modules_to_save``, with or without the adapter's name) or of a LoRA-adapted module's
-    ``base_layer``."""
+    whole (under ``modules_to_save``, with or without the adapter's name), of a LoRA-adapted module's
+    ``base_layer``, or of the layer a module's trainable tokens wrap (``<module>.token_adapter.base_layer.weight``,
+    which ``save_embedding_layers`` saves where the vocabulary was resized)."""
     short = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
-    return _MODULES_TO_SAVE.sub(".", short).replace(".base_layer.", ".")
+    return _MODULES_TO_SAVE.sub(".", short).replace(_TOKEN_LAYER, ".").replace(".base_layer.", ".")
 
 
 def _adapter_weights(folder: Path) -> Path:

@@ -1052,6 +1052,25 @@ def _cached_nearby(cache: Path, repo_id: str, rev: str | None) -> str:
     return f"; it holds no snapshot for {rev or 'main'}, but these: {', '.join(shown)}{more}"
 
 
+def _adapter_without_config(folder: Path) -> str | None:
+    """What to say of ``folder`` where its only weights are a PEFT adapter's (``adapter_model.safetensors``, or
+    ``adapter_model.bin``) and it has no ``adapter_config.json`` (a partial download, ``hf download --include
+    "*.safetensors"``, or the weights copied alone); None for any other folder. Read as a model, its LoRA factors
+    matched none of the base's tensors ("no tensor names in common"), and the Workspace listed it as a model."""
+    found = [f for f in ADAPTER_WEIGHTS if (folder / f).is_file()]
+    if not found or holds_model_weights(folder):
+        return None
+    if any(f.name not in ADAPTER_WEIGHTS for f in folder.glob("*.safetensors")):
+        return None  # (other weights beside it: read as they are)
+    return f"{found[0]} holds a PEFT adapter's weights, and the folder has no adapter_config.json; " + _NEEDS_CONFIG
+
+
+_NEEDS_CONFIG = (
+    "the merge needs it (rank, scale, target modules): download or copy the adapter's adapter_config.json beside its "
+    "weights, then give the folder as a finetuned model beside its base."
+)
+
+
 # a full model's weights, as transformers finds them in a folder (what makes an adapter's folder hold a model too)
 _MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -1073,8 +1092,12 @@ def holds_adapter(folder: Path) -> bool:
 def _refuse_lone_adapter(folder: Path, spec: str | None = None) -> list[str]:
     """A PEFT adapter folder on its own is no model: its weights are a low-rank update of a base. A folder that
     holds a full model beside ``adapter_config.json`` (a merged model saved where its adapter was, or uploaded
-    with it) is read as that model: returns a note saying so."""
+    with it) is read as that model: returns a note saying so. A folder whose only weights are an adapter's, without
+    its ``adapter_config.json`` (:func:`_adapter_without_config`), is refused in one line saying so."""
     if not (folder / "adapter_config.json").is_file():
+        lone = _adapter_without_config(folder)
+        if lone is not None:
+            raise CheckpointError(f"{spec or folder}: {lone}")
         return []
     if not holds_model_weights(folder):
         raise CheckpointError(
@@ -1296,6 +1319,10 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
             raise CheckpointError(
                 f"{path}: a PEFT adapter's weight file (adapter_config.json beside it), not a model: give its folder "
                 f"{root} as a finetuned model beside the base it was trained on, where it is merged onto that base."
+            )
+        elif path.name in ADAPTER_WEIGHTS:
+            raise CheckpointError(
+                f"{path}: a PEFT adapter's weights, and its folder has no adapter_config.json; " + _NEEDS_CONFIG
             )
         elif training_state(path):
             raise CheckpointError(
