@@ -83,8 +83,10 @@ def launch() -> None:
 def owner_figure(masks, layer: str, method: str, density: float, seed):
     """Which task owns each weight of ``layer`` (a tensor's name: text) in ``method``'s masks at ``density`` and
     ``seed`` (built once per content of the masks, shared); the title names both, as a downloaded file has no
-    picker beside it."""
-    title = figures.plain_label(f"{method}: owner task of {layer} ({_percent(density)}, seed {seed})")
+    picker beside it. The setting is on a second line, as the capacity charts write theirs: on one line, a chart
+    half the page wide at 1024 px cut it after "(5"."""
+    setting = figures.plain_label(f"{method}, {_percent(density)}, seed {seed}")
+    title = f"owner task of {figures.plain_label(layer)}<br><sup>{setting}</sup>"
     return cl_figures.owner_image(owner_image(masks, layer), title=title)
 
 
@@ -286,7 +288,7 @@ def accuracy_figure(A, label: str, seed, density: float):
     title = (
         f"{figures.plain_label(label)}, {'dense' if label == FINETUNE else f'density {_percent(density)}'}, seed {seed}"
     )
-    fig = figures.accuracy_matrix(A, tasks, title=title)
+    fig = cl_figures.mark_missing_accuracies(figures.accuracy_matrix(A, tasks, title=title), A)  # NaN: "n/a"
     n = A.shape[0]
     if n < 2 or A.shape[1] != n:
         return fig

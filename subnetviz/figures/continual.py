@@ -53,7 +53,7 @@ def _whole_tasks(fig: go.Figure, tasks: int) -> None:
 
 
 @takes_data()
-def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accuracy vs mask density") -> go.Figure:
+def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accuracy vs density") -> go.Figure:
     """One line per masked method (mean ± sd over seeds); finetune as a dashed horizontal line."""
     if summary.empty:
         return no_data_figure(title)
@@ -77,12 +77,14 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
             )
         )
         _values_above(fig, labels, y, sd, " %")
+        said = _summary_setting(summary, d, "finetune" in labels)
         return _style(
             fig,
-            "Final average accuracy" + _summary_setting(summary, d, "finetune" in labels),
+            "Final average accuracy" + said,
             "method",
             "final average accuracy (%)",
             showlegend=False,
+            margin=_summary_margin(said),
         )
     for label in _ordered(summary["label"]):
         s = summary[summary["label"] == label].sort_values("density")
@@ -107,15 +109,22 @@ def accuracy_vs_density(summary: pd.DataFrame, title: str = "Final average accur
             )
         )
     fig.update_xaxes(type="log")
-    title += _summary_setting(summary)
-    return _style(fig, title, "mask density (% of weights kept, log)", "final average accuracy (%)")
+    said = _summary_setting(summary)
+    return _style(
+        fig,
+        title + said,
+        "mask density (% of weights kept, log)",
+        "final average accuracy (%)",
+        margin=_summary_margin(said),
+    )
 
 
 def _summary_setting(summary: pd.DataFrame, density: float | None = None, finetune: bool = False) -> str:
-    """The Summary charts' setting as a line under the title: the density (finetuning, which trains every weight,
+    """The Summary charts' setting as lines under the title: the density (finetuning, which trains every weight,
     said where the chart has it: most SupSup / ExSSNeT runs do not) and how many seeds the means are over (an
     export also holds one seed's charts, and names that seed). Under the title, not after it: on one line, a
-    chart half the page wide cut it after "at density 5 % (". Empty when there is nothing to say."""
+    chart half the page wide cut it after "at density 5 % ("; each on a line of its own, as one line under the
+    title ran 3 px past that chart at 1024 px, cutting the "s" of "seeds". Empty when there is nothing to say."""
     said = []
     if density is not None:
         said.append(f"at density {100 * density:g} %" + (" (finetune: dense)" if finetune else ""))
@@ -123,7 +132,12 @@ def _summary_setting(summary: pd.DataFrame, density: float | None = None, finetu
     if counts:
         n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
         said.append("one seed" if counts == [1] else f"mean ± sd over {n} seeds")
-    return f"<br><sup>{', '.join(said)}</sup>" if said else ""
+    return "".join(f"<br><sup>{line}</sup>" for line in said)
+
+
+def _summary_margin(said: str) -> dict:
+    """The Summary charts' margins: above the plot, room for the title and the ``said`` lines under it."""
+    return {"l": 70, "r": 30, "t": 80 + 18 * max(0, said.count("<sup>") - 1), "b": 60}
 
 
 def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: str, signed: bool = False) -> None:
@@ -159,7 +173,7 @@ def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: 
 def forgetting_bars(
     summary: pd.DataFrame,
     density: float | None = None,
-    title: str = "Forgetting (mean max drop once a task is learned)",
+    title: str = "Forgetting (max drop once learned)",  # (a longer one ran 81 px past a half-width chart)
 ) -> go.Figure:
     """Bars of forgetting (mean ± sd over seeds) per method at ``density`` (finetune always shown)."""
     s = (
@@ -191,7 +205,14 @@ def forgetting_bars(
     # the density named, as every figure of a setting names it: a downloaded file has no picker beside it; under
     # the title (on one line, a chart half the page wide cut it after "at density 5 % (")
     said = _summary_setting(s, density, "finetune" in labels)
-    return _style(fig, title + said, "method", "forgetting (accuracy points; < 0: grew later)", showlegend=False)
+    return _style(
+        fig,
+        title + said,
+        "method",
+        "forgetting (accuracy points; < 0: grew later)",
+        showlegend=False,
+        margin=_summary_margin(said),
+    )
 
 
 def _one_setting(capacity: pd.DataFrame, density: float, layer: str, seed) -> tuple[pd.DataFrame, str]:
@@ -317,6 +338,45 @@ def owner_image(owner: np.ndarray, title: str = "Owner task of each weight") -> 
     )
     fig.update_yaxes(autorange="reversed")
     return _style(fig, title, "input unit", "output unit")
+
+
+MISSING_CELL = "#F4CCCC"  # pale red: a cell that should hold an accuracy but holds none (not the grey of "not trained")
+
+
+@takes_data()
+def mark_missing_accuracies(fig: go.Figure, A) -> go.Figure:
+    """``fig``, an accuracy matrix of ``A`` (:func:`subnetviz.figures.accuracy_matrix`, A[t, j] a fraction), with
+    each cell that should hold a number but holds NaN drawn pale red and marked "n/a", with a hover that says so:
+    in a square matrix the diagonal, the cells below it and those just right of it (task t+1 before it is trained),
+    else every cell. Left to the heatmap, such a cell (a damaged or hand-edited result's: a job measures every one)
+    was a gap in the grey the matrix means as "task not trained yet", though it lies below the diagonal. ``fig`` is
+    changed in place and returned."""
+    a = np.asarray(A, dtype=np.float64)
+    if a.ndim != 2 or a.size == 0 or not fig.data:
+        return fig
+    n, m = a.shape
+    expected = np.tril(np.ones((n, m), dtype=bool), k=1) if n == m else np.ones((n, m), dtype=bool)
+    missing = np.isnan(a) & expected
+    if not missing.any():
+        return fig
+    base = fig.data[0]  # the matrix itself: its cells' x and y names
+    fig.add_trace(
+        go.Heatmap(
+            z=np.where(missing, 0.0, np.nan),
+            x=list(base.x),
+            y=list(base.y),
+            text=np.where(missing, "n/a", ""),
+            texttemplate="%{text}",
+            textfont={"color": "#8B0000", "size": 11},
+            colorscale=[[0, MISSING_CELL], [1, MISSING_CELL]],
+            showscale=False,
+            hoverongaps=False,
+            xgap=2,
+            ygap=2,
+            hovertemplate="after training %{y}<br>on %{x}: no accuracy saved (n/a)<extra></extra>",
+        )
+    )
+    return fig
 
 
 @takes_data()

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from subnetviz.cache import cache_key, entry, file_stamp
 from subnetviz.config import available_memory_bytes
@@ -132,12 +133,25 @@ def save_result(result: ContinualResult, folder: Path) -> None:
 
 
 def load_result(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
-    """The frames a finished continual job (or cache entry) saved, by name."""
+    """The frames a finished continual job (or cache entry) saved, by name. ConfigError naming the file for a frame
+    file that is missing or unreadable (pyarrow's own error reached the page as a bug notice)."""
     folder = Path(folder)
     if not (folder / "result.json").is_file():
         raise ConfigError(f"{folder}: no result.json; this is not a finished continual job's output folder.")
-    frames = {n: pd.read_parquet(folder / "frames" / f"{n}.parquet") for n in FRAMES}
+    frames = {n: _read_frame(folder / "frames" / f"{n}.parquet") for n in FRAMES}
     return rederived(frames, _weight_epochs(folder))
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    """One saved frame; ConfigError saying which file is missing or damaged (cut off, not Parquet)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; the run's results are incomplete. Launch the run again.")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException):
+        raise ConfigError(
+            f"{path}: unreadable (cut off or not a Parquet file); the run's results are damaged. Launch the run again."
+        ) from None
 
 
 def _weight_epochs(folder: Path) -> int | None:

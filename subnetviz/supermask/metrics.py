@@ -331,11 +331,14 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 def supsup_note(table: pd.DataFrame, acc: pd.DataFrame, density: float) -> str | None:
     """Why SupSup ends below finetuning, when it does, in the run's own numbers (``table``: :func:`summarize` rows
     at ``density`` and finetuning's; ``acc``: the accuracy frame): the accuracy on each task right after learning
-    it (mean over tasks and seeds), then what each forgets. None when SupSup ends level or above."""
+    it (mean over tasks and seeds), then what each forgets. None when SupSup ends level or above, or when either
+    final accuracy is not a number (a damaged or edited result's NaN: the note claimed "55.0 % vs nan %")."""
     by = table.set_index("label")
     if not {"SupSup", "finetune"} <= set(by.index):
         return None
     sup, ft = by.loc["SupSup"], by.loc["finetune"]
+    if not (np.isfinite(sup["final_acc_mean"]) and np.isfinite(ft["final_acc_mean"])):
+        return None
     if sup["final_acc_mean"] >= ft["final_acc_mean"]:
         return None
     just = acc[

@@ -38,7 +38,7 @@ def test_every_continual_figure_names_its_density_and_seed(two_densities):
     assert not at.exception and not at.error, [e.value for e in at.error]
     forgetting = [t for t in _titles(at) if t.startswith("Forgetting")]
     assert forgetting == [
-        "Forgetting (mean max drop once a task is learned)<br><sup>at density 10 % (finetune: dense), one seed</sup>"
+        "Forgetting (max drop once learned)<br><sup>at density 10 % (finetune: dense)</sup><br><sup>one seed</sup>"
     ]
 
     at = open_page("continual", cl_run=two_densities, cl_density="10 %", cl_tab="After each task")
@@ -50,4 +50,4 @@ def test_every_continual_figure_names_its_density_and_seed(two_densities):
     assert not at.exception and not at.error, [e.value for e in at.error]
     titles = _titles(at)
     assert "Exclusive share of each task's mask<br><sup>density 10 %, whole model, seed 0</sup>" in titles, titles
-    assert "SupSup: owner task of layer1.weight (10 %, seed 0)" in titles, titles
+    assert "owner task of layer1.weight<br><sup>SupSup, 10 %, seed 0</sup>" in titles, titles

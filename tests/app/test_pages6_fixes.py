@@ -138,11 +138,14 @@ def test_the_summary_titles_put_the_density_under_the_title_and_kkt_is_in_view(p
     at = open_page("continual", cl_run=run_id)
     assert not at.exception and not at.error, [e.value for e in at.error]
     titles = {s["layout"]["title"]["text"].split("<br>")[0]: s["layout"]["title"]["text"] for s in plotly_specs(at)}
-    assert set(titles) == {"Final average accuracy", "Forgetting (mean max drop once a task is learned)"}, titles
+    assert set(titles) == {"Final average accuracy", "Forgetting (max drop once learned)"}, titles
     for title in titles.values():
         lines = _title_lines(title)
-        assert lines[1] == "at density 5 % (finetune: dense), mean ± sd over 2 seeds", lines
-        assert max(map(len, lines)) <= 56, lines
+        assert lines[1:] == ["at density 5 % (finetune: dense)", "mean ± sd over 2 seeds"], lines
+        # within a half-width chart at 1024 px (274 px): the bold line ~34 characters of ~7.5 px (56 let "Forgetting
+        # (mean max drop once a task is learned)" run 81 px past it), a <sup> line 48 of ~5.3 px (both on one ran 3 px
+        # past: 56 characters)
+        assert len(lines[0]) <= 34 and max(map(len, lines[1:])) <= 48, lines
     launch = open_page("continual", cl_view="Launch")
     assert not launch.exception, [e.value for e in launch.exception]
     (kkt,) = [c for c in launch.checkbox if "KKT" in c.label]

@@ -260,7 +260,11 @@ def test_continual_export_holds_the_owner_image_the_url_names(browser, app_url, 
     try:
         page.locator("[data-testid='stPlotlyChart']").first.wait_for(timeout=60_000)  # (a tiny run's bars may be 0)
         html = _export(page, tmp_path)
-        assert "ExSSNeT: owner task of layer2.weight" in html and "SupSup: owner task" not in html
+        assert (
+            "owner task of layer2.weight" in html
+            and "ExSSNeT, 5 %, seed 0" in html
+            and "SupSup, 5 %, seed 0" not in html
+        )
     finally:
         ctx.close()
 
