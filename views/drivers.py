@@ -119,6 +119,7 @@ def _results() -> None:
     line = uilogic.stale_link_line("run", asked, among, f"the newest, {runs[shown][0]},") if stale else None
     if said := uilogic.link_fallback(st.session_state, "dr_run", line, shown):
         ui.warning(said)
+    value = chosen_measure()
     choice = st.selectbox("Results", ids, index=ids.index(shown), format_func=lambda r: runs[r][0], key="dr_run")
     st.query_params["dr_run"] = runs[choice][0]
     results, v = ui.shared(read_results, str(runs[choice][1]))  # a finished run's files: read once, for every session
@@ -156,20 +157,20 @@ def _results() -> None:
         )
     # Sections as tabs that draw only when open (one chart, not two and both tables); in the URL.
     tabs = st.tabs(TABS, key="dr_tab", on_change="rerun", bind="query-params")
-    # The measure is By factor's own control (the other tabs do not depend on it): in that tab, and while
-    # another tab is open, the last one chosen.
-    value = ui.kept_choice("dr_value", list(dfig.MEASURE))
+    # The measure is By factor's own control (the other tabs do not depend on it, the export does): drawn in that
+    # tab, read by chosen_measure whichever tab is open.
     for tab, keys in zip(tabs, TAB_PARTS.values(), strict=True):
         if tab.open:
             with tab:
                 if "dr-factors" in keys:
+                    options = list(dfig.MEASURE)
                     value = st.radio(
                         "Measure",
-                        list(dfig.MEASURE),
+                        options,
                         format_func=lambda m: dfig.MEASURE[m][0],
                         horizontal=True,
                         key="dr_value",
-                        bind="query-params",
+                        **({} if "dr_value" in st.session_state else {"index": options.index(value)}),
                     )
                 figs, tables = ui.shared(result_parts, results, v, value)
                 for key in keys:
@@ -186,6 +187,28 @@ def _results() -> None:
         more=partial(ui.shared, result_parts, results, v, value),  # the closed tabs, built on click
         notes=said,
     )
+
+
+def chosen_measure() -> str:
+    """The By-factor measure: the radio's choice in this session, else the one shown last in it, else the link's
+    (an option's key, "kl_forward", or its label), else the first; written into the URL by hand whichever tab is
+    open (the radio, bound and drawn only in its tab, left the URL when another tab was open: a link copied there
+    showed sparsity, and its export another chart). A link's measure not on offer is said, as a stale run is."""
+    options, state, asked = list(dfig.MEASURE), st.session_state, st.query_params.get("dr_value")
+    first, linked = "dr_measure" not in state, dfig.measure_key(asked)
+    value = next((v for v in (state.get("dr_value"), state.get("dr_measure"), linked) if v in options), options[0])
+    stale = first and asked is not None and linked is None
+    line = uilogic.stale_link_line("measure", asked, "this page's measures", dfig.MEASURE[value][0]) if stale else None
+    if not first:  # the value shown now (another chosen since the link was read: its line is no longer said)
+        state["dr_measure"] = value
+    if said := uilogic.link_fallback(state, "dr_measure", line, value):
+        ui.warning(said)
+    state["dr_measure"] = value
+    if value != options[0]:
+        st.query_params["dr_value"] = dfig.MEASURE[value][0]  # as a link holds it: the label the radio shows
+    elif "dr_value" in st.query_params:
+        del st.query_params["dr_value"]
+    return value
 
 
 TAB_PARTS = {  # tab -> its charts and tables, in order

@@ -74,22 +74,37 @@ def _agreed(readings: dict[int, object], ok) -> tuple[bool | None, str]:
 
 
 def verdicts(results: pd.DataFrame) -> pd.DataFrame:
-    """Which conjectures the grid reproduces: conjecture, expected, observed (bf16 sparsity, the mean over seeds),
-    reproduced (True, False, or None: not measured, or undecided by the seeds: :data:`SEED_RULE`). Runs that
-    trained nothing (:func:`trained_nothing`) are left out of every verdict."""
-    r = results[(results["precision"] == "bf16") & ~trained_nothing(results)]
+    """Which conjectures the grid reproduces: conjecture, expected, observed (bf16 sparsity, the mean over the seeds
+    that decide the verdict, and the seeds left out and why), reproduced (True, False, or None: not measured, or
+    undecided by the seeds: :data:`SEED_RULE`). Runs that trained nothing (:func:`trained_nothing`) are left out
+    of every verdict."""
+    still = trained_nothing(results)
+    r = results[(results["precision"] == "bf16") & ~still]
     per_seed = r.groupby(["factor", "value", "seed"])["sparsity"].mean()  # (factor, value, seed) -> sparsity
 
-    def mean(factor: str, value: str) -> float:
-        sel = r[(r["factor"] == factor) & (r["value"] == value)]["sparsity"]
-        return float(sel.mean()) if len(sel) else float("nan")
-
-    def seeds_of(factor: str, values) -> dict[int, pd.Series]:
-        """seed -> the values' sparsities in that seed, for the seeds that measured every one of ``values``."""
-        if factor not in per_seed.index.get_level_values(0):
-            return {}
-        table = per_seed.loc[factor].unstack("value").reindex(columns=list(values)).dropna()
-        return {int(seed): row for seed, row in table.iterrows()}
+    def seeds_of(factor: str, values) -> tuple[dict[int, pd.Series], pd.Series, str]:
+        """For the seeds that measured every one of ``values``: seed -> its values' sparsities, and the mean over
+        those seeds per value (the observed text's numbers: the seeds the verdict reads, no other: a seed that
+        lacked one value entered the others' means, and a falling sequence read as rising beside "reproduced");
+        then what to add to the observed text of the factor's other seeds (the point each lacks and why). Where no
+        seed measured every value, the means are over the seeds that measured each one (the verdict: undecided)."""
+        values = list(values)
+        if factor in per_seed.index.get_level_values(0):
+            table = per_seed.loc[factor].unstack("value").reindex(columns=values)
+        else:
+            table = pd.DataFrame(columns=values, dtype=float)
+        full = table.dropna()
+        seeds = sorted({int(k) for k in results.loc[results["factor"] == factor, "seed"].dropna()})
+        left = []
+        for k in (k for k in seeds if k not in full.index):
+            row = table.loc[k] if k in table.index else pd.Series(np.nan, index=values)
+            lacks = ", ".join(
+                f"{factor}={v} {_why_missing(results, still, factor, v, k)}" for v in values if np.isnan(row[v])
+            )
+            left.append(f"seed {k} left out: {lacks}" if len(full) else f"seed {k}: {lacks}")
+        said = "".join(f"; {x}" for x in left) if len(full) else f"; no seed measured every value ({'; '.join(left)})"
+        means = (full if len(full) else table).mean()
+        return {int(k): x for k, x in full.iterrows()}, means, said if left else ""
 
     out = []
 
@@ -104,46 +119,44 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
             }
         )
 
-    on, gold = mean("data", "on_policy"), mean("data", "gold")
+    data, means, left = seeds_of("data", ["on_policy", "gold"])
+    on, gold = means["on_policy"], means["gold"]
     add(
         "in-distribution data drives sparsity",
         "on-policy SFT sparser than gold SFT",
-        f"on-policy {on:.1%} vs gold {gold:.1%}"
+        f"on-policy {on:.1%} vs gold {gold:.1%}{left}"
         if not np.isnan(on + gold)
         else f"not measured: {_why_no_data(results)}",
-        (None, "")
-        if np.isnan(on + gold)
-        else _agreed({k: x["on_policy"] > x["gold"] for k, x in seeds_of("data", ["on_policy", "gold"]).items()}, bool),
+        (None, "") if np.isnan(on + gold) else _agreed({k: x["on_policy"] > x["gold"] for k, x in data.items()}, bool),
     )
-    algos = r[r["factor"] == "algorithm"].groupby("value")["sparsity"].mean()
-    rl = algos.drop("sft", errors="ignore")
-    if "sft" in algos and len(rl):
+    algorithms = sorted(set(r.loc[r["factor"] == "algorithm", "value"]))  # in any seed: a seed lacking one is out
+    rl = [a for a in algorithms if a != "sft"]
+    if "sft" in algorithms and rl:
+        seeds, algos, left = seeds_of("algorithm", algorithms)
         add(
             "RL updates are sparser than SFT",
             "every RL algorithm (and DPO) sparser than SFT on the same task",
-            ", ".join(f"{k.upper()}: {v:.1%}" for k, v in algos.items()),
-            _agreed(
-                {k: bool((x[rl.index] > x["sft"]).all()) for k, x in seeds_of("algorithm", ["sft", *rl.index]).items()},
-                bool,
-            ),
+            ", ".join(f"{k.upper()}: {v:.1%}" for k, v in algos.items()) + left,
+            _agreed({k: bool((x[rl] > x["sft"]).all()) for k, x in seeds.items()}, bool),
         )
     for factor in ("beta", "clipping"):
-        vals = r[r["factor"] == factor].groupby("value")["sparsity"].mean()
-        if len(vals) >= 2:
+        values = sorted(set(r.loc[r["factor"] == factor, "value"]))
+        if len(values) >= 2:
+            seeds, vals, left = seeds_of(factor, values)
             # a seed's reading: "small" (within 2 points), else the values from sparsest to densest (the direction)
             readings = {
                 k: "small" if float(x.max() - x.min()) <= 0.02 else tuple(x.sort_values(ascending=False).index)
-                for k, x in seeds_of(factor, vals.index).items()
+                for k, x in seeds.items()
             }
             add(
                 f"{'KL coefficient' if factor == 'beta' else 'gradient clipping'} has little effect",
                 "sparsity within 2 points across its values",
-                ", ".join(f"{k}: {v:.1%}" for k, v in vals.items()),
+                ", ".join(f"{k}: {v:.1%}" for k, v in vals.items()) + left,
                 _agreed(readings, lambda x: x == "small"),
             )
     # one row per distinct run: the default recipe stands on up to six factor axes, and was weighted that often
     keys = [c for c in RECIPE_COLUMNS if c in results.columns]
-    measured = results[results["precision"].notna() & ~trained_nothing(results)]
+    measured = results[results["precision"].notna() & ~still]
     runs = measured.drop_duplicates([*keys, "precision"])
     # grouped keeping NaN keys (AdamW's momentum): a pivot dropped those rows
     both = runs.groupby([*keys, "precision"], dropna=False)["sparsity"].mean().unstack("precision")
@@ -158,9 +171,9 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
             _agreed({int(k): x > 0 for k, x in by_seed.items()}, bool),
         )
     for factor in ("learning_rate", "steps"):
-        sel = r[r["factor"] == factor].assign(x=lambda d: d["value"].astype(float)).groupby("x")["sparsity"].mean()
-        if len(sel) >= 2:
-            values = sorted(set(r.loc[r["factor"] == factor, "value"]), key=float)
+        values = sorted(set(r.loc[r["factor"] == factor, "value"]), key=float)
+        if len(values) >= 2:
+            seeds, sel, left = seeds_of(factor, values)
 
             def falls(x: pd.Series) -> bool:  # never rising and falling at least once (a flat response is none)
                 d = np.diff(x.to_numpy())
@@ -169,14 +182,26 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
             add(
                 f"larger {factor.replace('_', ' ')} → denser updates",
                 "sparsity falls as it grows",
-                ", ".join(f"{k:g}: {v:.1%}" for k, v in sel.items()),
-                _agreed({k: falls(x) for k, x in seeds_of(factor, values).items()}, bool),
+                ", ".join(f"{float(k):g}: {v:.1%}" for k, v in sel.items()) + left,
+                _agreed({k: falls(x) for k, x in seeds.items()}, bool),
             )
     return pd.DataFrame(out, columns=["conjecture", "expected", "observed", "reproduced"])
 
 
+def _why_missing(results: pd.DataFrame, still: pd.Series, factor: str, value: str, seed: int) -> str:
+    """Why one seed has no bf16 sparsity at one grid point: its recorded status (failed, not run), trained nothing
+    (:func:`trained_nothing`, ``still``), or not measured (no row)."""
+    at = (results["factor"] == factor) & (results["value"].astype(str) == str(value)) & (results["seed"] == seed)
+    status = set(_status(results[at]))
+    for st in ("failed", "not run"):
+        if st in status:
+            return st
+    return "trained nothing" if still[at].any() else "not measured"
+
+
 def _why_no_data(results: pd.DataFrame) -> str:
-    """Why the data axis has no on-policy vs gold measure: not in the grid, or its points' recorded reason."""
+    """Why the data axis has no on-policy vs gold measure: not in the grid, its points' recorded reason, or its runs
+    trained nothing (left out of the verdicts)."""
     rows = results[results["factor"] == "data"]
     if rows.empty:
         return "the data axis is not in this grid"
@@ -184,6 +209,10 @@ def _why_no_data(results: pd.DataFrame) -> str:
         recorded = rows[rows["status"].isin(["not run", "failed"])]
         for r in recorded.itertuples():
             return f"{r.value} {r.status}: {r.note}" if r.status == "failed" else str(r.note)
+    still = results[trained_nothing(results) & (results["factor"] == "data") & (results["precision"] == "fp32")]
+    if len(still):
+        points = ", ".join(dict.fromkeys(f"data={r.value} seed {r.seed}" for r in still.itertuples()))
+        return f"{points} trained nothing (its fp32 save equals the base): left out"
     return NO_SFT_SETS
 
 

@@ -23,6 +23,17 @@ MEASURE = {
     "kl_forward": (BEHAVIOUR["kl_forward"], "nats per token", 1.0),
 }
 
+# The factor chart's height and top margin (px): the title from 12 px down, the markers' legend across from 40 px,
+# in one or two lines (at the right it took the panels' width and the ticks overlapped; on the title's line a long
+# title ran under it), then the panels' titles just over the panels
+HEIGHT, TOP = 420, 130
+
+
+def measure_key(raw: str | None) -> str | None:
+    """The measure of :data:`MEASURE` that ``raw`` names (its key, "kl_forward", or its label, as a link holds
+    it), else None."""
+    return next((key for key, (label, *_) in MEASURE.items() if raw in (key, label)), None)
+
 
 def value_order(results: pd.DataFrame, factor: str) -> list[str]:
     """The x order of one factor's values: by value where every value is a number (learning rate, steps, β), else
@@ -57,9 +68,18 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
     positive = r.loc[r[value] > 0, value] if value == "kl_forward" else pd.Series(dtype=float)
     log = value == "kl_forward" and len(positive) > 0 and bool((r[value].dropna() >= 0).all())
     floor = float(positive.min()) / 10 if log else None
+    # each panel as wide as its values ask (a bar as wide in every panel): five algorithms in a seventh of a 1024 px
+    # page left their names no room, beside two optimizers with room to spare
+    counts = [r.loc[r["factor"] == f, "value"].nunique() for f in factors]
     fig = make_subplots(
-        rows=1, cols=len(factors), subplot_titles=[f.replace("_", " ") for f in factors], shared_yaxes=True
+        rows=1,
+        cols=len(factors),
+        subplot_titles=[f.replace("_", " ") for f in factors],
+        shared_yaxes=True,
+        column_widths=[n + 1 for n in counts],
+        horizontal_spacing=0.1 / len(factors),
     )
+    fig.update_annotations(font_size=13)  # the panels' titles: "learning rate" and "optimizer" over narrow panels
     unit = " %" if scale == 100 else ""
     legend = set()  # the marker kinds named once in the legend
     for j, f in enumerate(factors, start=1):
@@ -109,16 +129,45 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
                 col=j,
             )
             legend.add(label)
-        fig.update_xaxes(type="category", categoryorder="array", categoryarray=order, row=1, col=j)
+        # every value named (Plotly's automatic spacing skipped labels in a narrow panel: at 1024 px the algorithm
+        # panel named sft, grpo and ppo under five bars); turned upright where they do not fit across
+        fig.update_xaxes(
+            type="category",
+            categoryorder="array",
+            categoryarray=order,
+            tickmode="array",
+            tickvals=order,
+            ticktext=order,
+            tickfont={"size": 11},
+            row=1,
+            col=j,
+        )
     zero = log and bool((r[value] == 0).any())
-    _style(fig, title, None, f"{axis} (log{'; 0 at the floor' if zero else ''})" if log else axis, height=380)
+    _style(
+        fig,
+        # the title pinned to the top and the legend on a line of its own under it, above the panels' titles (on
+        # the title's line a long measure's name ran under the legend at 1024 px)
+        {"text": title, "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 12}},
+        None,
+        f"{axis} (log{'; 0 at the floor' if zero else ''})" if log else axis,
+        height=HEIGHT,
+        margin={"l": 70, "r": 30, "t": TOP, "b": 60},
+        legend={
+            "orientation": "h",
+            "yref": "container",
+            "yanchor": "top",
+            "y": 1 - 40 / HEIGHT,
+            "xanchor": "left",
+            "xref": "container",
+            "x": 0,
+            "font": {"size": 11},
+        },
+    )
     if log:
         top = float(positive.max())
         fig.update_yaxes(type="log", exponentformat="power", range=[math.log10(floor) - 0.3, math.log10(top) + 0.3])
     for j in range(2, len(factors) + 1):  # one y title, on the first panel (the axes are shared)
         fig.update_yaxes(title_text=None, row=1, col=j)
-    # the markers' legend above the panels, across: at the right it took the panels' width (ticks overlapped)
-    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.12, "xanchor": "right", "x": 1})
     return fig
 
 
