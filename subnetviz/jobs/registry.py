@@ -104,6 +104,8 @@ class RunRecord:
 
 COLUMNS = [f.name for f in fields(RunRecord) if f.name != "elsewhere"]
 JOB_ENV = "SUBNETVIZ_JOB"
+# a foreground ``train --run-dir``'s own record of its process in the folder it made: ``{"pid", "pid_start"}``
+FOREGROUND_FILE = "foreground.json"
 """Set to the run folder in a worker's environment (:func:`subnetviz.jobs.scheduler.start`), which every process
 it starts inherits: what tells a run's processes (:func:`job_folder`)."""
 

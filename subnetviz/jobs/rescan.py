@@ -19,6 +19,7 @@ import psutil
 
 from subnetviz.jobs.context import CANCEL_FILE, STATUS_FILE, read_json
 from subnetviz.jobs.registry import (
+    FOREGROUND_FILE,
     JOB_ENV,
     TERMINAL,
     Registry,
@@ -76,6 +77,20 @@ def _foreground_run_dir(command: list[str]) -> str | None:
     return None
 
 
+def _recorded_by(folder: Path, pid: int) -> bool:
+    """Whether ``folder`` is the run folder that process ``pid`` made as a foreground ``train --run-dir``: its
+    :data:`~subnetviz.jobs.registry.FOREGROUND_FILE` names that pid and that process's start (a pid reused since
+    starts later). A command line alone proves nothing: any process may name any folder in it."""
+    record = read_json(folder / FOREGROUND_FILE)
+    start = process_start(pid)
+    return (
+        record.get("pid") == pid
+        and isinstance(record.get("pid_start"), (int, float))
+        and start is not None
+        and abs(float(record["pid_start"]) - start) < 1e-3
+    )
+
+
 def _workers(folders: list[Path]) -> dict[str, int]:
     """The live workers of ``folders``: real folder -> pid. A queued job's worker carries its folder as its
     :data:`~subnetviz.jobs.registry.JOB_ENV` and ends its command line with it, as every starter starts one (the
@@ -94,6 +109,8 @@ def _workers(folders: list[Path]) -> dict[str, int]:
                     continue
             elif (named := _foreground_run_dir(command)) is not None:
                 real = os.path.realpath(os.path.join(proc.cwd(), named))
+                if real in wanted and not _recorded_by(Path(real), proc.pid):
+                    continue  # (another process that names the folder: a script's own --run-dir, a mimic)
             else:
                 continue
             if real not in wanted or (start := process_start(proc.pid)) is None:
@@ -129,10 +146,11 @@ def _rebuilt(folder: Path, worker: int | None) -> RunRecord | None:
         None, None, None, None, {}, None, str(folder), config,
     )  # fmt: skip
     rec = replace(rec, **progress_of(status))
-    if worker is not None:
+    state = status.get("state")
+    if worker is not None and not (isinstance(state, str) and state in TERMINAL):  # (a run that ended is not its)
         start = creation_time(worker)
         return replace(rec, status="running", pid=worker, pid_start=start, started=start)
-    state, error = status.get("state"), status.get("error")
+    error = status.get("error")
     if isinstance(state, str) and state in TERMINAL:
         error = None if error is None else (error if isinstance(error, str) else repr(error))[:MAX_TEXT]
         if state == "succeeded" and (problem := publish_outputs(folder)):

@@ -19,7 +19,7 @@ from subnetviz.config import cache_limit_bytes
 from subnetviz.errors import SubnetvizError
 from subnetviz.jobs.context import STATUS_FILE, JobContext, read_json, write_json
 from subnetviz.jobs.kinds import job_function, validate_job_config
-from subnetviz.jobs.registry import JOB_ENV, Registry, creation_time
+from subnetviz.jobs.registry import FOREGROUND_FILE, JOB_ENV, Registry, creation_time
 from subnetviz.jobs.scheduler import (
     JOB_GPU_ENV,
     MAX_TEXT,
@@ -263,6 +263,9 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
         except OSError as exc:
             raise SubnetvizError(f"--run-dir {run_dir}: cannot be made ({exc.strerror or exc}).") from None
         write_json(rd / "config.json", config)
+        # this process, in the folder it made: a registry rebuilt while it runs takes it for the run's process only
+        # where it is this very process (its pid and start), never another that names the folder (rescan._workers)
+        write_json(rd / FOREGROUND_FILE, {"pid": os.getpid(), "pid_start": creation_time(os.getpid())})
     except (SubnetvizError, FileExistsError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {terminal_text(exc)}", file=sys.stderr)
         return 2

@@ -145,6 +145,63 @@ def test_a_foreground_run_dir_is_live_to_a_rebuild_and_keeps_its_model(tiny, tmp
             proc.wait(timeout=30)
 
 
+@pytest.mark.parametrize("state", [None, "succeeded"])
+def test_a_process_that_only_names_a_run_folder_is_not_taken_for_its_run(tmp_path, state):
+    """security7: a rebuild took any process whose command line held ``train ... --run-dir X`` (``--r X`` too) for
+    run X's, registered the run running under that pid (a succeeded one too), so a visitor's Cancel signalled an
+    unrelated process or moved a finished run's outputs aside. Now only the process the folder records as its own
+    (``foreground.json``: pid and start) is taken, and never for a run whose status is final."""
+    home = tmp_path / "home"
+    root = home / "runs"
+    rd = root / "mine"
+    rd.mkdir(parents=True)
+    (rd / "config.json").write_text(json.dumps({"kind": "train", "name": "a run"}))
+    if state is not None:
+        (rd / "status.json").write_text(json.dumps({"state": state, "ended": time.time()}))
+        (rd / "outputs").mkdir()
+    mimic = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "train", "--r", str(rd)], start_new_session=True
+    )
+    try:
+        if state is None:  # a folder that records another process (the mimic's pid, another start)
+            (rd / "foreground.json").write_text(json.dumps({"pid": mimic.pid, "pid_start": 1.0}))
+        out = _cli(home, "runs")
+        assert out.returncode == 0, out.stderr
+        row = _rows(root)["mine"]
+        assert row["pid"] != mimic.pid and row["status"] == (state or "failed"), row
+        assert mimic.poll() is None  # untouched
+        if state == "succeeded":
+            assert (rd / "outputs").is_dir() and not (rd / "outputs.failed").exists()
+    finally:
+        mimic.kill()
+        mimic.wait(timeout=30)
+
+
+def test_the_process_a_foreground_folder_records_is_taken_while_its_run_is_not_over(tmp_path):
+    """The other side: the process the folder records (its pid and start) is the run's, while the run has no final
+    status."""
+    from subnetviz.jobs.registry import creation_time
+
+    home = tmp_path / "home"
+    root = home / "runs"
+    rd = root / "mine"
+    rd.mkdir(parents=True)
+    (rd / "config.json").write_text(json.dumps({"kind": "train", "name": "a run"}))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "train", "--run-dir", str(rd)], start_new_session=True
+    )
+    try:
+        _wait_for(lambda: creation_time(proc.pid) is not None)
+        (rd / "foreground.json").write_text(json.dumps({"pid": proc.pid, "pid_start": creation_time(proc.pid)}))
+        out = _cli(home, "runs")
+        assert out.returncode == 0, out.stderr
+        row = _rows(root)["mine"]
+        assert (row["status"], row["pid"]) == ("running", proc.pid), row
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def starts_a_detached_child(config: dict, ctx) -> None:
     """Test job: starts a process in a session of its own (as ``accelerate launch`` starts a run's ranks), which
     sleeps; its pid in ``child.pid`` of the run folder."""
