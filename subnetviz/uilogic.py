@@ -13,6 +13,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,7 @@ def sidebar_choice(
     given: set[str] = set()
     # labels taken: the base's too, so a finetune in a folder named as the base's (llama/final, rl/final) is final-2
     # (both were "final" on every page: the Series axis, the Workspace table, Behaviour's and Overlap's legends)
-    taken = {base_label} if base_label else set()
+    taken = {label_key(base_label)} if base_label else set()
     out, left, repeated = [], [], []
     for c in entries[:MAX_EXAMINED]:
         if c in given or (base and c == base):  # the same text again: nothing to resolve
@@ -129,9 +130,11 @@ def sidebar_choice(
             repeated.append((entry_name(c), seen[same]))  # ("the base", or "the same checkpoint as ftB")
             continue
         label, k = label_of(c, members), 2
-        while label in taken:  # two folders of one name: /a/ft and /b/ft (as the library)
+        # two folders of one name (/a/ft and /b/ft, as the library), or of names that read alike (NFC and NFD "café",
+        # "ft" and "ft " and "ft\u200b" were three metrics and three Series ticks reading "ft")
+        while label_key(label) in taken:
             label, k = f"{label_of(c, members)}-{k}", k + 1
-        taken.add(label)
+        taken.add(label_key(label))
         seen[same] = f"the same checkpoint as {label}"
         out.append((label, path))
     unread = entries[MAX_EXAMINED:]
@@ -160,6 +163,21 @@ def sidebar_choice(
         tuple(left),
     )
     return SidebarChoice(ws, refused, tuple(repeated))
+
+
+# invisible where shown but neither a format (Cf) nor a control character: the combining grapheme joiner, the Hangul
+# fillers, Khmer's inherent vowels, Mongolian's variation selectors and the variation selectors
+_IGNORABLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
+
+
+def label_key(label: str) -> str:
+    """What a label reads as on a page, for telling two labels apart: NFC (a name in NFD, as macOS writes names, read
+    as the same word in NFC), without its invisible characters (format characters such as U+200B and U+202E, control
+    characters, :data:`_IGNORABLE`), each run of whitespace as one space and none at the ends (a browser shows
+    ``ft `` as ``ft``)."""
+    text = unicodedata.normalize("NFC", label)
+    text = "".join(c if c.isspace() else "" if unicodedata.category(c) in ("Cf", "Cc") else c for c in text)
+    return " ".join(_IGNORABLE.sub("", text).split())
 
 
 MAX_FINETUNED = 32  # finetuned checkpoints one view compares
@@ -209,6 +227,18 @@ def metric_number(value: float) -> str:
         if metric_ems(text := f"{mantissa}e{int(exponent)}") <= METRIC_EMS or not digits:
             return text
     return text
+
+
+def metrics_per_row(values: Sequence[str]) -> int:
+    """How many ``st.metric`` showing ``values`` a row takes so that each shows whole at 1024 px with the sidebar open:
+    4 (a quarter of the main column each, :data:`METRIC_EMS`) where the widest value fits a quarter, else the most that
+    leave it wide enough ("99.9998 %": 3), and never more than there are values. Six to a row cut "68.09 %" to
+    "68.0…" and "99.9998 %" (one change in 10^5) to "99.99…" on Workspace."""
+    widest = max((metric_ems(v) for v in values), default=0.0)
+    n = 4
+    while n > 1 and widest > METRIC_EMS * 4 / n:  # (n columns get at least 4/n quarters: the gaps between them more)
+        n -= 1
+    return max(1, min(n, len(values)))
 
 
 def some_names(names: Sequence[str], shown: int = 3) -> str:

@@ -1,5 +1,6 @@
 """Workspace: what is loaded (architecture, parameters, dtypes, the zoo manifest) and a one-glance sparsity table."""
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,12 +58,16 @@ def body() -> None:
         st.subheader(f"Exact update sparsity against the base{at}")
         analysis = ui.update_analysis(ws)
         summary = analysis.summary()
-        width = max(1, min(len(summary), 6))
-        for start in range(0, len(summary), width):  # rows of 6: every finetune has its headline number
-            for col, r in zip(st.columns(width), summary.iloc[start : start + width].itertuples(), strict=False):
+        # 1 change in 10^5 is not 100.00 %: "99.9998 %", in rows narrow enough to show it whole at 1024 px
+        shares = summary["sparsity"].to_numpy(float, na_value=math.nan)
+        values = [f"{t} %" for t in percent_text(100 * shares, decimals=2)]
+        width = uilogic.metrics_per_row(values)
+        for start in range(0, len(summary), width):  # every finetune has its headline number
+            rows = zip(values[start : start + width], summary.iloc[start : start + width].itertuples(), strict=True)
+            for col, (value, r) in zip(st.columns(width), rows, strict=False):
                 col.metric(
                     uilogic.label_text(r.model),  # a metric's label is Markdown: a folder's name shown as text
-                    f"{percent_text([100 * r.sparsity], decimals=2)[0]} %",  # 1 change in 10^5 is not 100.00 %
+                    value,
                     help=f"{r.changed:,} of {r.numel:,} parameters changed "
                     f"(bitwise{at}); sparsity = 1 − changed / all, parameter-weighted.",
                 )
