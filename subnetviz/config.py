@@ -284,15 +284,40 @@ def hub_snapshot_of(path: str | os.PathLike) -> tuple[str, str, str] | None:
     return None
 
 
-# not inside URLs (://), tags (</b>) or a path shown already ("…/name", "zoo/base"), nor floor division ("j // 16")
-_ABS_PATH = re.compile(r"(?<![\w.~:/<>…-])/(?!/)(?:[^\s'\"`,;:()<>\[\]{}|]+)")
+# not inside URLs (://), tags (</b>) or a path shown already ("…/name", "zoo/base", "ckpts/(old)/model",
+# "x/'q'/m": a quote after a name), nor floor division ("j // 16"). A component may hold brackets and quotes
+# ("ckpts/(old)/model", "x/<y"): a path runs to a space, a comma, a colon, a semicolon, a "|", a backtick or a closing
+# tag, and :func:`_path_end` gives back what closes the text around it. (It stopped at the first bracket or quote:
+# "…/ckpts/(old)/model" read "main/ckpts(old)…/model", its "/" lost.)
+_ABS_PATH = re.compile(r"(?<![\w.~:/<>…)\]}-])(?<![\w.~/<>…)\]}-]['\"’”])/(?!/)(?:(?!</)[^\s`,;:|])+")
+_CLOSERS = {")": "(", "]": "[", "}": "{", ">": "<"}
+_TRAILING = ".'\"’”/"  # after a path: the end of a sentence, a closing quote, a folder's "/" (Path drops it)
+
+
+def _path_end(match: str) -> int:
+    """Where the path ends in ``match`` (an :data:`_ABS_PATH` match): before its trailing punctuation, quotes and
+    "/", and before a closing bracket that no bracket of the path opens ("(see /srv/x)", "['/srv/x']")."""
+    end, count = len(match), {c: match.count(c) for c in (*_CLOSERS, *_CLOSERS.values())}
+    while end > 1:
+        last = match[end - 1]
+        opener = _CLOSERS.get(last)
+        if last not in _TRAILING and (opener is None or count[last] <= count[opener]):
+            break
+        end -= 1
+        count[last] = count.get(last, 0) - 1
+    return end
+
+
+def _redacted_path(match: str) -> str:
+    end = _path_end(match)
+    if end <= 1:  # ("/)", "/.": no path)
+        return match
+    return display_path(match[:end]) + match[end:]  # (what follows the path: punctuation only, shown as it is)
 
 
 def redact(text: str) -> str:
     """``text`` with every absolute path shown as :func:`display_path` shows it (error messages to visitors)."""
-    return _ABS_PATH.sub(
-        lambda m: display_path(m.group(0).rstrip(".")) + ("." if m.group(0).endswith(".") else ""), text
-    )
+    return _ABS_PATH.sub(lambda m: _redacted_path(m.group(0)), text)
 
 
 def redact_value(value):

@@ -1209,13 +1209,17 @@ def _figure_signature(fig) -> str:
 
 
 def _chart_name(fig, key: str) -> str:
-    """A chart as the figure picker names it: its title as read on the page, else its key. Plotly's tags go
-    first, then the entities are decoded: a name drawn as text ("<v1>", escaped by ``plain_label``) stays in the
-    picker's name (decoded first, it was taken for a tag and removed)."""
+    """A chart as the figure picker names it: the name it gives itself (``layout.meta["name"]``, written as a title
+    is: a run's curves, whose title may break inside a long name), else its title as read on the page (each line
+    break read as a " · " separator), else its key. Plotly's tags go first, then the entities are decoded: a name
+    drawn as text ("<v1>", escaped by ``plain_label``) stays in the picker's name (decoded first, it was taken for a
+    tag and removed)."""
     import html
     import re
 
-    text = (fig.layout.title.text or "") if fig.layout.title else ""
+    meta = fig.layout.meta
+    named = meta.get("name") if isinstance(meta, dict) else None
+    text = named if isinstance(named, str) else (fig.layout.title.text or "") if fig.layout.title else ""
     text = re.sub(r"<[^>]*>", "", re.sub(r"<br\s*/?>", " · ", text, flags=re.I))
     return html.unescape(text).strip() or key
 

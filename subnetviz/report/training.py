@@ -22,8 +22,8 @@ CURVES = ("loss", "reward", "accuracy", "grad_norm", "kept", "entropy")
 # train runs. Drivers and behaviour jobs log progress only. (The test kind's jobs log steps.)
 STEP_KINDS = ("train", "bigram_mask", TEST_KIND)
 DIVERGED = ("loss", "grad_norm")  # a non-finite value of these is a diverged step (the runner's count)
-# Characters in a line of a run's curves title, wrapped at spaces: at 1024 px the chart is about 564 px wide (some 72
-# bold title characters), and "Run <name> · <id>" of a zoo run (100 characters) ran past its right edge.
+# Characters in a line of a run's curves title (:func:`title_lines`): at 1024 px the chart is about 564 px wide (some
+# 72 bold title characters), and "Run <name> · <id>" of a zoo run (100 characters) ran past its right edge.
 TITLE_LINE = 60
 _TITLE_ROW = 22  # px a title line takes (17 px font)
 
@@ -172,7 +172,7 @@ def curves_figure(
     bad = pd.concat(marks, ignore_index=True) if marks else pd.DataFrame(columns=["step", "metric", "run"])
     df = pd.concat(frames, ignore_index=True)
     head = f"Run {label_of.get(run_ids[0], names[run_ids[0]])}"
-    lines = textwrap.wrap(head, TITLE_LINE, break_on_hyphens=False, replace_whitespace=False) or [head]
+    lines = title_lines(head)
     title = "<br>".join(figures.plain_label(line) for line in lines)
     if cut:  # (a page reads the log every 2 s: a long one is read from its end)
         title += "<br><sup>a long metrics log: only its last rows are drawn</sup>"
@@ -182,6 +182,9 @@ def curves_figure(
     if len(lines) > 1 and fig.layout.height:  # room above the panels for the title's extra lines (same panels)
         more = _TITLE_ROW * (len(lines) - 1)
         fig.update_layout(margin_t=(fig.layout.margin.t or 80) + more, height=fig.layout.height + more)
+    # The figure picker's name for it (ui._chart_name): the title on one line. A break inside a part too long for a
+    # line (a run's long name) is no " · " separator, which the picker reads every break of a title as.
+    fig.update_layout(meta={"name": figures.plain_label(head)})
     _mark_nonfinite(fig, df, bad, colors)
     if len(runs) > 1:  # the legend is drawn from the first panel: a run with no line there had no entry
         shown = {t.legendgroup for t in fig.data if t.showlegend}
@@ -195,6 +198,25 @@ def curves_figure(
             line_dash=("dash", "dot", "dashdot")[i % 3], selector={"legendgroup": run, "mode": "lines+markers"}
         )
     return fig
+
+
+def title_lines(head: str, width: int = TITLE_LINE) -> list[str]:
+    """``head`` (a run's curves title, as text) in lines of at most ``width`` characters, broken where its " · "
+    separators are, as the Bigram titles are (figures.bigram); a part longer than a line on its own is wrapped at its
+    spaces, its last line followed by the next part where that fits. Wrapped at any space, the title broke beside a
+    separator ("… (fast)" / "· 2026…") and inside a phrase where a separator would do, and the figure picker, which
+    reads each break as " · ", named the chart "… the base · gets wrong (A)) · …" and "… (fast) · · 2026…"."""
+    lines: list[str] = []
+    for part in head.split(" · "):
+        pieces = (
+            [part]
+            if len(part) <= width
+            else textwrap.wrap(part, width, break_on_hyphens=False, replace_whitespace=False) or [part]
+        )
+        if lines and len(lines[-1]) + 3 + len(pieces[0]) <= width:
+            lines[-1] += f" · {pieces.pop(0)}"
+        lines += pieces
+    return lines
 
 
 def _model_dir(run_dir) -> str | None:
