@@ -183,4 +183,10 @@ def _band(b: torch.Tensor, f: torch.Tensor, criterion: str, eta: float) -> tuple
         changed = d.abs() > torch.tensor(eta, dtype=ctype) * torch.maximum(x.abs(), y.abs())
     else:
         changed = d.abs() > torch.tensor(float(criterion), dtype=ctype)
-    return changed.numpy(), d.numpy()
+    delta = d.numpy()
+    if ctype == torch.float32 and not np.isfinite(delta).all():
+        # the image's Δ of finite 16-bit weights past float32's range (3e38 to -3e38) in float64, as the analysis'
+        # largest |Δ| takes it: it drew -inf (the comparison above is the analysis' own, in float32)
+        wide = (y.double() - x.double()).numpy()
+        delta = np.where(np.isinf(delta) & np.isfinite(wide), wide, delta)
+    return changed.numpy(), delta

@@ -153,7 +153,9 @@ class SparsityReport:
                 changed=p["changed"].astype("int64"), layer=p["key"].map(meta["layer"]), mtp=p["key"].map(meta["mtp"])
             )
             t = pd.concat([t[~t["key"].isin(fused)], p[t.columns]], ignore_index=True)
-        t = t.assign(tensor_density=t["changed"] / t["numel"].clip(lower=1))
+        # (a 0-element tensor has no density: it entered the per-tensor mean as 100 % sparse, where the summary's
+        # mean_tensor_sparsity leaves it out)
+        t = t.assign(tensor_density=t["changed"] / t["numel"].where(t["numel"] > 0))
         g = t.groupby(["layer", "module"], dropna=False, sort=False)
         out = g.agg(
             changed=("changed", "sum"),

@@ -92,7 +92,8 @@ def delta_image(
         }
     fig = go.Figure(
         go.Heatmap(
-            z=mean.astype(np.float32),
+            # (float32 where it holds the values: a Δ past its range, bf16 weights from 3e38 to -3e38, stays finite)
+            z=mean.astype(np.float32) if span <= float(np.finfo(np.float32).max) else mean,
             x=c0 + (cols_in - 1) / 2,  # each block's centre, as matrix_image places it (edge blocks ragged)
             y=r0 + (rows_in - 1) / 2,
             colorscale=DIVERGING,
