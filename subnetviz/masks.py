@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from subnetviz.cache import atomic_path
-from subnetviz.config import check_readable, parse_json, require_memory
+from subnetviz.config import check_readable, not_a_file, parse_json, require_memory
 from subnetviz.errors import ConfigError, MaskError, SubnetvizError, UnsafePickleError, suggest
 from subnetviz.pickles import (  # noqa: F401 - re-exported: the mask importers' home before the split
     _ZIP_MAGIC,
@@ -115,18 +115,53 @@ def save_mask_set(path: str | os.PathLike, mask_set: MaskSet) -> Path:
         else:
             m = _check_bool(name, mask_set.masks[name], str(path))
             tensors[name], shape = np.packbits(m.detach().cpu().numpy().reshape(-1)), tuple(m.shape)
-        meta[f"shape:{name}"] = ",".join(str(s) for s in shape)
-    info = dict(mask_set.metadata)
-    info.setdefault("density", mask_set.density)
-    info.setdefault("count", mask_set.count)
-    info.setdefault("numel", mask_set.numel)
-    meta["subnetviz"] = json.dumps(_escaped_info(info), default=str)
+        meta[f"shape:{name}"] = _shape_text(shape)
+    meta["subnetviz"] = _provenance_text(mask_set)
     with atomic_path(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata=meta)
         except SafetensorError as exc:  # safetensors' own, not an OSError: it ended in a traceback
             raise _write_failure(path, exc) from None
     return path
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return ",".join(str(s) for s in shape)
+
+
+def _provenance_text(mask_set: MaskSet) -> str:
+    """The provenance :func:`save_mask_set` writes under ``subnetviz``: the metadata, with the counts."""
+    info = dict(mask_set.metadata)
+    info.setdefault("density", mask_set.density)
+    info.setdefault("count", mask_set.count)
+    info.setdefault("numel", mask_set.numel)
+    return json.dumps(_escaped_info(info), default=str)
+
+
+def stored_bytes(mask_set: MaskSet) -> int:
+    """The size of the file :func:`save_mask_set` writes for ``mask_set``, worked out before anything is written
+    or packed: the packed bits, and the header, whose metadata (the provenance, as JSON) may be far larger than the
+    bits (an upload of 117 KB whose text entry, deflated, held 30 MB stored 30 MB; its bits alone were counted
+    against the uploads' room). The header as safetensors writes it: compact JSON, text as UTF-8, the tensors laid
+    out by name, padded to 8 bytes."""
+    packed = mask_set.masks if isinstance(mask_set.masks, PackedMasks) else None
+    sizes, meta = {}, {"format": FORMAT}
+    for name in mask_set.masks:
+        if packed is not None:
+            bits, shape = packed.packed(name)
+            sizes[name] = bits.nbytes
+        else:
+            m = mask_set.masks[name]
+            sizes[name], shape = (m.numel() + 7) // 8, tuple(m.shape)
+        meta[f"shape:{name}"] = _shape_text(shape)
+    meta["subnetviz"] = _provenance_text(mask_set)
+    header: dict = {"__metadata__": meta}
+    offset = 0
+    for name in sorted(sizes):
+        header[name] = {"dtype": "U8", "shape": [sizes[name]], "data_offsets": [offset, offset + sizes[name]]}
+        offset += sizes[name]
+    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return 8 + len(text) + (-len(text) % 8) + offset
 
 
 def _escaped_info(info: dict) -> dict:
@@ -186,6 +221,18 @@ def _shareable_entry(text: str) -> str:
     return text if clean == value else json.dumps(clean, default=str)
 
 
+def _check_file(path: Path, missing: str) -> None:
+    """MaskError for a mask file ``path`` that is something other than a regular file (links followed): a named pipe
+    or a device named as what it is, never opened (a pipe blocks its reader, a device reads without end), not
+    ``missing`` ("no such mask file"), which sent its sender looking for a file that is there; ``missing`` where
+    nothing is."""
+    kind = not_a_file(path)
+    if kind:
+        raise MaskError(f"{path}: {kind}, not a regular file; refused.")
+    if not path.is_file():
+        raise MaskError(f"{path}: {missing}.")
+
+
 def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     """Read a mask set written by :func:`save_mask_set` (or plain bool/uint8 safetensors).
 
@@ -194,8 +241,7 @@ def load_mask_set(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     result will hold is compared with what is available before anything is read (``config.require_memory``):
     a 7B model's mask is 7 GB as bool tensors."""
     path = Path(path)
-    if not path.is_file():
-        raise MaskError(f"{path}: no such mask file.")
+    _check_file(path, "no such mask file")
     check_readable(path)
     try:  # torch, not NumPy: a bf16 0/1 mask has no NumPy dtype
         with _safe_open(path, "pt") as f:
@@ -239,11 +285,42 @@ def _foreign_provenance(meta: Mapping[str, str], path: Path) -> dict:
     the layout ones (safetensors' ``format``, this app's ``shape:<name>``) and the counts the app works out itself
     from the masks when it stores them (:data:`_COUNTED`)."""
     info: dict = {"method": "safetensors file", "source": str(path)}
-    info.update({k: v for k, v in meta.items() if k != "format" and not k.startswith("shape:") and k not in _COUNTED})
+    own = {k: v for k, v in meta.items() if k != "format" and not k.startswith("shape:") and k not in _COUNTED}
+    info.update(bounded_texts(dict(sorted(own.items()))))  # (by name: a header's entries come in any order)
     return info
 
 
 _COUNTED = ("density", "count", "numel")  # written by save_mask_set from the masks themselves
+
+# The longest text entry a mask file another tool wrote brings into the provenance this app keeps (a model's name, a
+# method, a note), and all of them together: each is written into every copy stored, and read with the list of
+# masks. A NumPy .npz's 0-d string of 30 million characters, deflated to 117 KB, was stored as a 30 MB file.
+METADATA_TEXT_LIMIT = 4096
+METADATA_TOTAL_LIMIT = 64 * 2**10
+LEFT_OUT_KEY = "metadata_left_out"  # where the provenance says which of the file's texts it left out
+
+
+def bounded_texts(texts: Mapping[str, str]) -> dict[str, str]:
+    """The text entries ``texts`` of a mask file (name -> text), as the provenance keeps them: each of at most
+    :data:`METADATA_TEXT_LIMIT` characters (its name too), all of them within :data:`METADATA_TOTAL_LIMIT` (the
+    first, in the order given); the others left out, named under :data:`LEFT_OUT_KEY` (the longest first) with
+    their lengths."""
+    kept, left, total = {}, [], 0
+    for key, text in texts.items():
+        n = len(key) + len(text)
+        if max(len(key), len(text)) > METADATA_TEXT_LIMIT or total + n > METADATA_TOTAL_LIMIT:
+            left.append((n, key))
+            continue
+        kept[key], total = text, total + n
+    if left:
+        left.sort(key=lambda e: -e[0])  # (the longest named first)
+        shown = ", ".join(f"{key[:40]!r} ({len(texts[key]):,} characters)" for _, key in left[:5])
+        more = f" and {len(left) - 5:,} more" if len(left) > 5 else ""
+        kept[LEFT_OUT_KEY] = (
+            f"{shown}{more}: longer than {METADATA_TEXT_LIMIT:,} characters, or past "
+            f"{METADATA_TOTAL_LIMIT:,} in all; left out"
+        )
+    return kept
 
 
 def mask_file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -253,8 +330,7 @@ def mask_file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     type, which safetensors matches with the header's data offsets) do not hold the entries of its ``shape:``
     (the Training form queued a run that failed in the worker as it read the mask)."""
     path = Path(path)
-    if not path.is_file():
-        raise MaskError(f"{path}: no such mask file.")
+    _check_file(path, "no such mask file")
     check_readable(path)
     try:
         with _safe_open(path, "pt") as f:
@@ -677,8 +753,7 @@ def import_bigram_pickle(path: str | os.PathLike, *, packed: bool = False) -> Ma
     budget) and then what the conversion holds are compared with the memory available first.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MaskError(f"{path}: no such pickle.")
+    _check_file(path, "no such pickle")
     check_readable(path)
     size = path.stat().st_size  # its own bytes, read into objects, and what it may build from them (its budget)
     require_memory(f"The pickle {path.name}", size + pickle_budget(size))
@@ -712,7 +787,7 @@ def import_bigram_pickle(path: str | os.PathLike, *, packed: bool = False) -> Ma
     masks: Mapping = PackedMasks() if packed else {}
     for key, value in obj.items():
         if key == "orig_model_name":
-            meta["orig_model_name"] = str(value)
+            meta.update(bounded_texts({"orig_model_name": str(value)}))
             continue
         if not isinstance(value, np.ndarray):
             raise MaskError(f"{path}: entry {key!r} is {type(value).__name__}, expected a numpy array.")
@@ -749,8 +824,7 @@ def import_torch_masks(path: str | os.PathLike, *, packed: bool = False) -> Mask
     bit-packed (:class:`PackedMasks`), each packed as it is checked. What loading holds (the file's records, stored
     uncompressed) and then what the conversion holds are compared with the memory available first."""
     path = Path(path)
-    if not path.is_file():
-        raise MaskError(f"{path}: no such mask file.")
+    _check_file(path, "no such mask file")
     check_readable(path)
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -789,16 +863,18 @@ def import_torch_masks(path: str | os.PathLike, *, packed: bool = False) -> Mask
     require_memory(f"The mask {path.name}", _conversion_bytes(conversion, packed))
     meta: dict = {"method": "torch.save file", "source": str(path)}
     masks: Mapping = PackedMasks() if packed else {}
+    texts: dict[str, str] = {}
     for key, value in obj.items():
         _check_name(str(key), path)
         if isinstance(value, str):
-            meta[str(key)] = value
+            texts[str(key)] = value
         elif isinstance(value, torch.Tensor):
             _kept(masks, str(key), _check_bool(str(key), value, str(path), floats=True))
         else:
             raise MaskError(f"{path}: entry {key!r} is {type(value).__name__}, expected a tensor.")
     if not masks:
         raise MaskError(f"{path}: the file holds no masks.")
+    meta.update(bounded_texts(texts))
     return MaskSet(masks, meta)
 
 
@@ -827,8 +903,7 @@ def import_npz_masks(path: str | os.PathLike, *, packed: bool = False) -> MaskSe
     import zlib
 
     path = Path(path)
-    if not path.is_file():
-        raise MaskError(f"{path}: no such mask file.")
+    _check_file(path, "no such mask file")
     check_readable(path)
     size = path.stat().st_size
     meta: dict = {"method": "NumPy .npz file", "source": str(path)}
@@ -856,12 +931,13 @@ def import_npz_masks(path: str | os.PathLike, *, packed: bool = False) -> MaskSe
                     )
                 arrays.append((math.prod(shape), nbytes, dtype.kind == "b"))
             require_memory(f"The mask {path.name}", _conversion_bytes(arrays, packed))
+        texts: dict[str, str] = {}
         with np.load(path, allow_pickle=False) as npz:
             for name in npz.files:
                 _check_name(name, path)
                 arr = npz[name]
                 if arr.dtype.kind in "US" and arr.ndim == 0:
-                    meta[name] = str(arr.item())
+                    texts[name] = str(arr.item())
                     continue
                 if arr.dtype.kind not in "biuf":
                     raise MaskError(f"{path}: mask {name!r} has dtype {arr.dtype}; expected bool (or 0/1 numbers).")
@@ -873,6 +949,7 @@ def import_npz_masks(path: str | os.PathLike, *, packed: bool = False) -> MaskSe
         raise MaskError(f"{path}: not a readable NumPy .npz file ({type(exc).__name__}: {exc}).") from None
     if not masks:
         raise MaskError(f"{path}: the file holds no masks.")
+    meta.update(bounded_texts(texts))
     return MaskSet(masks, meta)
 
 
@@ -916,8 +993,7 @@ def import_mask(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     path = Path(path)
     if path.is_dir():
         raise MaskError(f"{path}: a folder, not a mask file.")
-    if not path.is_file():
-        raise MaskError(f"{path}: no such mask file.")
+    _check_file(path, "no such mask file")
     check_readable(path)
     with open(path, "rb") as fh:
         head = fh.read(9)

@@ -384,7 +384,7 @@ def save_upload(name: str, data: bytes | BinaryIO, *, wait: Wait | None = None) 
 
 def _store_upload(name: str, src: Path, full: str) -> Path:
     """The upload copied to ``src`` (SHA-256 ``full``), read bit-packed and stored (:func:`save_upload`)."""
-    from subnetviz.masks import import_mask, save_mask_set
+    from subnetviz.masks import import_mask, save_mask_set, stored_bytes
 
     ms = import_mask(src, packed=True)  # the format told by the content, not by the name
     if ms.metadata.get("source") == str(src):  # an importer records the file it read: the temporary copy
@@ -392,9 +392,11 @@ def _store_upload(name: str, src: Path, full: str) -> Path:
     target = stored_mask_path(name, full)
     if _stored_upload_of(target, full):
         return target  # the same bytes uploaded before (under this name): nothing to write
-    _check_uploads_room(name, ms.masks.nbytes)
     ms.metadata.setdefault("source", f"upload {name}")
     ms.metadata[UPLOAD_DIGEST_KEY] = full  # (replacing whatever the uploaded file's own provenance said)
+    # every byte the file will hold, before any is written: its header's provenance as well as its bits (the bits
+    # alone were counted, and a 117 KB upload of a long text stored 30 MB past the limit)
+    _check_uploads_room(name, stored_bytes(ms))
     return save_mask_set(target, ms)
 
 
@@ -459,6 +461,8 @@ def import_released(path: str, model: str, *, wait: Wait | None = None) -> Path:
     from subnetviz.errors import MaskError
 
     src = config.check_allowed(path)
+    if kind := config.not_a_file(src):  # (a named pipe blocked the hash below; said as what it is, not "no such")
+        raise MaskError(f"{config.display_path(src)}: {kind}, not a regular file; refused.")
     if not src.is_file():
         raise MaskError(f"{config.display_path(src)}: no such pickle.")
     digest = hashlib.sha256(f"{file_digest(src)}\0{model}".encode()).hexdigest()  # the pickle, for this model

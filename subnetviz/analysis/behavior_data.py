@@ -58,7 +58,11 @@ def read_prompts(path: str | os.PathLike, limit: int | None = None) -> list[Prom
     """
     if str(path).startswith("hf:") or Path(path).is_dir():  # (a DatasetDict's folder holds dataset_dict.json)
         return _dataset_prompts(str(path), limit)
+    from subnetviz.config import not_a_file
+
     path = Path(path)
+    if kind := not_a_file(path):  # (a named pipe blocked the read below, a device read without end)
+        raise ConfigError(f"{path}: {kind}, not a regular file; refused.")
     if not path.is_file():
         raise ConfigError(f"{path}: no such prompt file (JSONL with 'prompt' and optional 'answer').")
     from subnetviz.training.data import jsonl_objects

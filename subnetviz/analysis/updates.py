@@ -235,9 +235,47 @@ READ_FILES = (
 )
 
 
+# The most one table of an analysis folder (a CSV of READ_FILES) holds, refused past it before it is read: a row is
+# about 250 bytes, so this is 17 million rows (a 671B model's ~92 000 tensors for 180 finetunes). pandas holds
+# about 6 times a CSV's bytes once read (its text columns as Python strings): :data:`_CSV_HELD` times what the
+# folder's tables hold together is compared with the memory available as well.
+TABLE_FILE_LIMIT = 4 * 2**30
+_CSV_HELD = 8
+
+
+def _check_files(out: Path) -> None:
+    """Refuse, before any of them is opened, a file of ``out`` that :func:`_read_analysis` or the report reads
+    (:data:`READ_FILES`, the manifest) but that is not a regular file (links followed): a named pipe blocked the
+    reader for good, ``/dev/zero`` grew the CSV parser until memory ran out. Their sizes too: a JSON file within
+    :data:`~subnetviz.config.JSON_FILE_LIMIT`, a table within :data:`TABLE_FILE_LIMIT`, the tables together within
+    the memory available. A folder without a manifest (a copy whose manifest was deleted, as a refusal advises) is
+    read as it is: these are its only checks. ConfigError, one line naming the file."""
+    from subnetviz.cache import MANIFEST
+    from subnetviz.config import JSON_FILE_LIMIT, not_a_file, require_memory
+
+    tables = 0
+    for name in (MANIFEST, *READ_FILES):
+        path = out / name
+        kind = not_a_file(path)
+        if kind:
+            raise ConfigError(f"{path}: {kind}, not a regular file as `analyze` writes it; refused before reading.")
+        try:
+            size = path.stat().st_size
+        except OSError:  # (nothing there: its reader says so, or goes without it)
+            continue
+        limit = JSON_FILE_LIMIT if name.endswith(".json") else TABLE_FILE_LIMIT if name.endswith(".csv") else None
+        if limit is not None and size > limit:
+            raise ConfigError(
+                f"{path}: {size:,} bytes, more than `analyze` writes there ({limit:,}); refused before reading."
+            )
+        tables += size if name.endswith(".csv") else 0
+    require_memory(f"Reading the tables of {out}", _CSV_HELD * tables)
+
+
 def _read_analysis(out: Path) -> UpdateAnalysis:
     from subnetviz.cache import MANIFEST, verify_manifest
 
+    _check_files(out)  # (the manifest's check reads them too: a named pipe there blocked it)
     if (out / MANIFEST).exists() and (problem := verify_manifest(out, READ_FILES)):  # a truncated or edited copy
         raise ConfigError(
             f"{out}: {problem}; the folder changed after `analyze` wrote it (a cut copy?). Run `analyze` again, or "

@@ -352,7 +352,11 @@ def corpus_from_text(
     read :data:`PIECE_CHARS` characters at a time (cut at a line or word break), and only until ``max_tokens``
     tokens: memory and time stay bounded whatever the file's size or lines. A file that is not text (a NUL byte,
     or bytes that are not UTF-8, in what is read) is refused, naming where."""
+    from subnetviz.config import not_a_file
+
     path = Path(path)
+    if kind := not_a_file(path):  # (a named pipe blocked the read below, a device read without end)
+        raise ConfigError(f"{path}: {kind}, not a regular file; refused.")
     if not path.is_file():
         raise ConfigError(f"{path}: no such corpus file.")
 

@@ -206,8 +206,9 @@ class Checkpoint:
 
     @property
     def architecture(self) -> str:
-        arch = self.config.get("architectures") or []
-        return arch[0] if arch else (self.names_table.family or "unknown")
+        arch = self.config.get("architectures")  # (checked where config.json is read: a list of names, or none)
+        named = arch[0] if isinstance(arch, list) and arch and isinstance(arch[0], str) else None
+        return named or self.names_table.family or "unknown"
 
     @cached_property
     def fingerprint(self) -> str:
@@ -1348,4 +1349,28 @@ def _locate(spec: str | os.PathLike) -> tuple[str, list[Path], Path | None, dict
         where = f"config.json in {display_path(root)}"
         config = read_json(cfg_path, CheckpointError, what=where)
         check_config(config, where)  # (the naming table checked it later, naming no folder)
+        check_architectures(config, where)
     return s, files, root, config, notes
+
+
+def check_architectures(config: dict, where: str) -> None:
+    """CheckpointError, one line naming ``where`` ("config.json in FOLDER"), for a config.json whose
+    ``architectures`` is given but is not a list of class names (strings), as transformers writes it: the
+    Workspace page showed ``{'a': 1}`` or, of the string "LlamaForCausalLM", its first letter "L" as the model's
+    architecture, and its table's Parquet export failed without a word. Absent, null or an empty list is no
+    architecture named (the naming family stands in)."""
+    arch = config.get("architectures")
+    if arch is None:
+        return
+    if not isinstance(arch, list):
+        raise CheckpointError(
+            f"{where}: architectures is {json.dumps(arch, default=str)[:40]} ({json_type(arch)}); expected a list of "
+            'class names such as ["LlamaForCausalLM"].'
+        )
+    for i, name in enumerate(arch):
+        if not isinstance(name, str):
+            kind = "" if name is None else f" ({json_type(name)})"
+            raise CheckpointError(
+                f"{where}: architectures[{i}] is {json.dumps(name, default=str)[:40]}{kind}; expected a class name "
+                '(a string) such as "LlamaForCausalLM".'
+            )
