@@ -10,6 +10,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import math
 import os
 import shutil
 import tempfile
@@ -232,7 +233,12 @@ refuses a larger file before buffering it). ``SUBNETVIZ_MAX_UPLOAD_MB`` lowers o
 
 
 def max_upload_bytes() -> int:
-    return int(float(os.environ.get("SUBNETVIZ_MAX_UPLOAD_MB", MAX_UPLOAD_MB)) * (1 << 20))
+    """``SUBNETVIZ_MAX_UPLOAD_MB`` in bytes; ValueError where it is no positive finite number of megabytes (-3 started
+    a server whose uploads took 1 MB, refused above 0 bytes by the app)."""
+    mb = float(os.environ.get("SUBNETVIZ_MAX_UPLOAD_MB", MAX_UPLOAD_MB))
+    if not (mb > 0 and math.isfinite(mb)):
+        raise ValueError(mb)
+    return int(mb * (1 << 20))
 
 
 DIGEST_HEX = 32
@@ -352,7 +358,13 @@ def save_upload(name: str, data: bytes | BinaryIO, *, wait: Wait | None = None) 
             f"{name}: upload a mask as .safetensors, a torch.save .pt / .pth, a NumPy .npz or a released bigram .pickle."
         )
     stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-    cap, digest, size = max_upload_bytes(), hashlib.sha256(), 0
+    try:
+        cap = max_upload_bytes()
+    except (ValueError, OverflowError):  # (a server started past the start-up check: one line on the upload)
+        raise ConfigError(
+            f"SUBNETVIZ_MAX_UPLOAD_MB={os.environ.get('SUBNETVIZ_MAX_UPLOAD_MB')!r}: not a number of megabytes above 0."
+        ) from None
+    digest, size = hashlib.sha256(), 0
     _check_uploads_room(name, 0)  # a full folder refuses before the file is copied
     # Written inside a temporary folder named as the cache names its temporaries (``.upload.tmp-PID-…``): a server
     # killed mid-upload leaves it to the start's sweep (cache.sweep), and no listing of the uploads' masks sees the

@@ -75,7 +75,7 @@ def upload_size_mb() -> int:
     except (ValueError, OverflowError):
         raise SubnetvizError(
             f"SUBNETVIZ_MAX_UPLOAD_MB={os.environ.get('SUBNETVIZ_MAX_UPLOAD_MB')!r}: not a number of megabytes "
-            "(e.g. 500)."
+            "above 0 (e.g. 500)."
         ) from None
     return max(1, math.ceil(cap / (1 << 20)))
 

@@ -265,11 +265,12 @@ def test_app_upload_cap_own_flag_wins_and_a_bad_value_is_one_line(monkeypatch, t
     cmd = _app_command(monkeypatch, tmp_path, "--server.maxUploadSize", "50")
     at = [i for i, a in enumerate(cmd) if a == "--server.maxUploadSize"]
     assert [cmd[i + 1] for i in at] == ["1000", "50"]  # the user's own, last, is the one Streamlit keeps
-    monkeypatch.setenv("SUBNETVIZ_MAX_UPLOAD_MB", "lots")
-    capsys.readouterr()
-    assert main(["app", "--port", "0"]) == 2
-    err = capsys.readouterr().err
-    assert "SUBNETVIZ_MAX_UPLOAD_MB='lots': not a number" in err and err.count("\n") == 1
+    for bad in ("lots", "-3", "0", "nan", "inf"):  # (-3 started a server whose uploads took 1 MB: readme4)
+        monkeypatch.setenv("SUBNETVIZ_MAX_UPLOAD_MB", bad)
+        capsys.readouterr()
+        assert main(["app", "--port", "0"]) == 2, bad
+        err = capsys.readouterr().err
+        assert f"SUBNETVIZ_MAX_UPLOAD_MB='{bad}': not a number of megabytes above 0" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
