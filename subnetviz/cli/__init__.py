@@ -7,7 +7,8 @@ every verb run at a terminal is taken as one, with exit status 143. A Ctrl-C or 
 is in place (``--out``, ``train``'s ``output_dir``, the zoo) stopped only what the command prints after it: the line
 says the result is complete and where, and the exit status is the one the command would have ended with (0; 1 for
 ``experiment drivers`` with failed grid points), since the exit status says whether the result is there (a script
-that reran on 130 failed: "the folder exists").
+that reran on 130 failed: "the folder exists"). So does a stdout that cannot be written after it (a full disk): the
+line says the result is complete and what was lost, with the same exit status.
 The parser is here, the commands in :mod:`~subnetviz.cli.analysis` (analyze, behavior, experiment),
 :mod:`~subnetviz.cli.jobs` (train, job, demo, runs, mask, report) and :mod:`~subnetviz.cli.app` (app).
 """
@@ -20,7 +21,7 @@ import sys
 from contextlib import nullcontext
 
 from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
-from subnetviz.cli.app import cmd_app, port
+from subnetviz.cli.app import DEFAULT_PORT, cmd_app, port
 from subnetviz.cli.common import (
     forget_published,
     interrupted,
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--home", help="SUBNETVIZ_HOME for this server: zoo, runs and cache (default ~/.cache/subnetviz)")
     w.add_argument("--roots", nargs="+", metavar="DIR", help="SUBNETVIZ_ROOTS: the folders the server may read")
-    w.add_argument("--port", type=port, default=8501, help="port to serve on (default 8501; 0: any free port)")
+    w.add_argument(
+        "--port", type=port, help=f"port to serve on (default {DEFAULT_PORT}; 0: any free port; or --server.port)"
+    )
     w.set_defaults(func=cmd_app)
 
     a = sub.add_parser("analyze", help="update sparsity (+ spectra, overlap) of finetuned checkpoints vs a base")
@@ -152,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output folder: results.csv, verdicts.csv")
     x.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     x.add_argument("--preset", default="quick", help="quick (≤ 5 min on 2 cores, default) or micro")
-    x.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
+    # (drivers.MAX_SEEDS: importing it here would load torch for every verb's --help)
+    x.add_argument(
+        "--seeds", type=int, default=1, help="seeds per grid point: each a whole grid (default 1, at most 100)"
+    )
     x.add_argument("--zoo", help="a built demo zoo (default SUBNETVIZ_HOME/zoo)")
     x.set_defaults(func=cmd_experiment)
 
@@ -230,13 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``subnetviz`` command (console script) and ``python -m subnetviz``; returns the exit status."""
+    _lenient_stdout()  # before parsing: --help prints there (its Δ and ≤ under PYTHONIOENCODING=ascii)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "app":
         args.streamlit_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    _lenient_stdout()
     with nullcontext() if _redacts(args.command) else full_paths():  # the paths as the user gave them
         return _run(args)
 
@@ -265,7 +271,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with watch_interrupts(), stop:
             try:
-                return args.func(args)
+                status = args.func(args)
+                _flush_stdout()  # a full disk or a closed pipe said here, as the command's, not at the exit's flush
+                return status
             except Exception:
                 if interrupted():  # a Ctrl-C a library swallowed, and then failed on (numba, compiling): said as one
                     raise KeyboardInterrupt from None
@@ -293,9 +301,57 @@ def _run(args: argparse.Namespace) -> int:
         return 128 + signal_of(exc)  # 130, or 143 where SIGTERM was raised as one (sigterm_interrupts)
     except OSError as exc:  # the environment: a read-only or full file system, a permission, a vanished file
         _end_bars()
+        done = published()
+        if done is not None:  # after the result was put in place: only printing its summary failed (stdout full)
+            path, status, error = done
+            _discard_stdout()
+            print(shown(complete_but_unprinted(path, exc)), file=sys.stderr)
+            if error:
+                print(f"error: {shown(error)}", file=sys.stderr)
+            return status
         where = f" {exc.filename}" if exc.filename else ""
+        try:
+            _flush_stdout()  # what was printed before the failure, where stdout still takes it
+        except OSError:  # stdout itself failed (a full disk): else the exit's flush failed again, exit status 120
+            _discard_stdout()
+            where = where or " (writing to stdout)"
         print(shown(f"error: cannot complete{where}: {exc.strerror or exc} (errno {exc.errno})."), file=sys.stderr)
         return 2
+
+
+def complete_but_unprinted(path: os.PathLike | str, exc: OSError) -> str:
+    """The line for a write that failed (``exc``) once the command's result was in place at ``path``: only what was
+    to be printed after it (the summary table, the "wrote" line, to a full disk) is lost, and the command ends with
+    the status it would have ended with, as after a Ctrl-C there (:func:`_run`). It ended with exit status 2 and
+    "error: cannot complete: No space left on device": a script that took that for "nothing was written" ran the
+    command again, which failed on the folder already there."""
+    said = f"{exc.strerror or exc} (errno {exc.errno})" if exc.errno else str(exc)
+    return (
+        f"the result was written: {os.fspath(path)} is complete; what was to be printed after it could not be "
+        f"written: {said}."
+    )
+
+
+def _flush_stdout() -> None:
+    """stdout's buffer written now (what a command printed to a file or pipe waits there until the exit, where a
+    failure to write it is only "Exception ignored" and exit status 120)."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
+def _discard_stdout() -> None:
+    """What stdout could not write stays in its buffer, and the exit's flush would fail on it again: it now goes to
+    nowhere (the file descriptor made /dev/null's, where there is one; else a new stdout)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # (no file descriptor: a stand-in stream)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the exit's flush of what is left goes nowhere
+    finally:
+        os.close(null)
 
 
 def _lenient_stdout() -> None:

@@ -346,10 +346,11 @@ def _mask_specs(specs: list[str]) -> dict[str, str]:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from subnetviz.experiments.drivers import grid_notes, run_drivers, verdicts
+    from subnetviz.experiments.drivers import grid_notes, run_drivers, validate_config, verdicts
 
     # (an empty --zoo read as none: the default zoo, unsaid; an empty --out was the working folder)
     refuse_blank("experiment", [("--zoo", args.zoo), ("--out", args.out)])
+    validate_config({"preset": args.preset, "seeds": args.seeds})  # as a job's: one line before --out is looked at
     threads()
     quiet_libraries()
     out = check_out(args.out, args.overwrite, [args.zoo])

@@ -23,6 +23,42 @@ def port(text: str) -> int:
     return value
 
 
+DEFAULT_PORT = 8501  # (Streamlit's own)
+PORT_FLAG = "--server.port"
+
+
+def served_port(given: int | None, extra: list[str]) -> tuple[int, list[str]]:
+    """The port the server listens on, and the options for ``streamlit run`` without their own ``--server.port``:
+    ``--port`` (``given``; None: not given), or the pass-through ``--server.port V`` / ``--server.port=V`` (the
+    last, as Streamlit reads it; only before a ``--``, after which the words are the script's), else
+    :data:`DEFAULT_PORT`. Both, naming two ports, are refused in one line. (The pass-through one won, after
+    ``--port``'s, while the start-up line named ``--port``'s: "on port 8904", the server on 8905.)"""
+    end = extra.index("--") if "--" in extra else len(extra)
+    kept, values, i = [], [], 0
+    while i < end:
+        word = extra[i]
+        if word == PORT_FLAG:
+            if i + 1 >= end:
+                raise SubnetvizError(f"app: {PORT_FLAG} needs a port number (or use --port).")
+            values.append(extra[i + 1])
+            i += 2
+            continue
+        if word.startswith(f"{PORT_FLAG}="):
+            values.append(word.partition("=")[2])
+        else:
+            kept.append(word)
+        i += 1
+    if not values:
+        return (DEFAULT_PORT if given is None else given), extra
+    try:
+        chosen = port(values[-1])
+    except argparse.ArgumentTypeError as exc:
+        raise SubnetvizError(f"app: {PORT_FLAG} {values[-1]}: {exc}.") from None
+    if given is not None and given != chosen:
+        raise SubnetvizError(f"app: --port {given} and {PORT_FLAG} {chosen} name two ports; give one of them (--port).")
+    return chosen, kept + extra[end:]
+
+
 def app_script() -> Path:
     """The web app's entry script: the wheel's copy (``subnetviz/_app/app.py``), else the clone's ``app.py``."""
     package = Path(__file__).resolve().parents[1]  # subnetviz/
@@ -93,6 +129,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     if args.roots:
         env["SUBNETVIZ_ROOTS"] = os.pathsep.join(str(Path(r).expanduser().resolve()) for r in args.roots)
     extra = args.streamlit_args[1:] if args.streamlit_args[:1] == ["--"] else args.streamlit_args
+    served, extra = served_port(args.port, extra)
     packaged = streamlit_config_flags(app, Path.cwd())
     if UPLOAD_FLAG in packaged:  # the upload cap follows SUBNETVIZ_MAX_UPLOAD_MB instead (just below)
         i = packaged.index(UPLOAD_FLAG)
@@ -107,12 +144,12 @@ def cmd_app(args: argparse.Namespace) -> int:
         *packaged,
         UPLOAD_FLAG,
         str(upload_size_mb()),
-        "--server.port",
-        str(args.port),
+        PORT_FLAG,
+        str(served),
         *extra,
     ]
     print(
-        f"subnetviz app: {app} on port {args.port} (SUBNETVIZ_HOME={env.get('SUBNETVIZ_HOME', 'default')})",
+        f"subnetviz app: {app} on port {served} (SUBNETVIZ_HOME={env.get('SUBNETVIZ_HOME', 'default')})",
         file=sys.stderr,
         flush=True,
     )

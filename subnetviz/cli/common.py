@@ -257,8 +257,39 @@ def check_out(out: str, overwrite: bool, inputs: Sequence[str | os.PathLike | No
         raise SubnetvizError(
             f"--out {out}: the folder holds {held}; replacing it would delete that. Choose a folder of its own."
         )
+    check_name_length(path, f"--out {out}")
     _writable_beside(path, out)
     return path
+
+
+def check_name_length(path: Path, where: str) -> None:
+    """``path``'s name no longer than the file system takes once it is made a temporary name (the result is written
+    as ``.NAME.tmp-PID-CLOCK`` beside ``path``, :func:`~subnetviz.cache.longest_tmp_name`, then renamed to it): said
+    before any work, in one line after ``where`` (the argument as given). A name the file system takes (``mkdir``,
+    ``touch``) but within those 27 to 54 bytes of its limit failed with "File name too long" only once the whole
+    analysis, or the whole training grid, had run."""
+    from subnetviz.cache import longest_tmp_name
+
+    size = len(os.fsencode(path.name))
+    spare = name_max(path) - (longest_tmp_name(path.name) - size)
+    if size > spare:
+        raise SubnetvizError(
+            f"{where}: its name is {size} bytes long; at most {spare} bytes here (the result is first written under "
+            "a temporary name made from it). Choose a shorter name."
+        )
+
+
+def name_max(path: Path) -> int:
+    """The longest file name (bytes) the file system of ``path``'s nearest existing folder takes: 255 on most, less
+    on some (eCryptfs' 143)."""
+    from subnetviz.config import NAME_MAX
+
+    there = next((p for p in path.parents if p.is_dir()), Path(path.anchor or "."))
+    try:
+        limit = os.pathconf(there, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # (no pathconf, or the file system does not say)
+        return NAME_MAX
+    return limit if limit and limit > 0 else NAME_MAX
 
 
 def _writable_beside(path: Path, out: str) -> None:

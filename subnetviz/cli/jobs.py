@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 from subnetviz.cli.analysis import share_text
-from subnetviz.cli.common import file_target, publish_file, refuse_blank, shown, shown_cells, threads
+from subnetviz.cli.common import (
+    check_name_length,
+    file_target,
+    publish_file,
+    refuse_blank,
+    shown,
+    shown_cells,
+    threads,
+)
 from subnetviz.errors import SubnetvizError
 
 
@@ -102,6 +110,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
             raise SubnetvizError(f"{args.dst}: a file is already there; choose a new file name, or pass --overwrite.")
         if (blocked := file_in_the_way(dst)) is not None:
             raise SubnetvizError(f"{args.dst}: {blocked} is a file, not a folder; choose a path in a folder.")
+        check_name_length(dst, args.dst)  # (its temporary name's "File name too long" came after the reading)
         ms = import_mask(src)  # safetensors, torch.save or a released bigram pickle, told by the content
         dst.parent.mkdir(parents=True, exist_ok=True)
         # never over a file that appeared at DST meanwhile, without --overwrite (two imports to one name)
@@ -141,6 +150,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SubnetvizError(f"--out {args.out}: {blocked} is a file, not a folder; choose a path in a folder.")
     if not out.parent.is_dir():
         raise SubnetvizError(f"--out {args.out}: folder {out.parent} does not exist; create it first.")
+    check_name_length(out, f"--out {args.out}")  # (else "File name too long" once the page was built)
     # The page takes seconds to build: without --overwrite, a file that appears at --out meanwhile (another
     # report to the same name, a user's) is not replaced; this run fails saying so.
     with publish_file(out, args.overwrite) as tmp:

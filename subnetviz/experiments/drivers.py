@@ -194,6 +194,29 @@ class DriversPreset:
         return [replace(s, seed=k) for k in range(seeds) for s in specs]
 
 
+# Seeds of one grid: each is a whole grid of its own (19 points, the quick preset's ~3 min on 2 cores), so 100 is a
+# long night on a cluster; the Drivers page offers 1 to 5. Unbounded, '--seeds 99999999999' planned 19 runs a seed
+# before its first line (18.8 GB in 20 s, until the machine ran out).
+MAX_SEEDS = 100
+
+
+def check_seeds(seeds: object, what: str = "") -> None:
+    """``seeds`` (``--seeds``, a job config's ``seeds``) a whole number from 1 to :data:`MAX_SEEDS`, else a
+    :class:`ConfigError` in one line whose text begins with ``what``, before anything is planned (0 or -1 ran nothing
+    and exited 0; "x" failed inside the job, 1.7 became 1)."""
+    whole = isinstance(seeds, int) and not isinstance(seeds, bool)
+    if whole and 1 <= seeds <= MAX_SEEDS:
+        return
+    try:
+        got = repr(seeds)
+    except ValueError:  # (an int past Python's 4300 digits has no repr)
+        got = "a number of thousands of digits"
+    got = got if len(got) <= 40 else f"{got[:40]}…"
+    if whole and seeds > MAX_SEEDS:
+        raise ConfigError(f"{what}seeds must be at most {MAX_SEEDS} (each seed trains a whole grid), got {got}.")
+    raise ConfigError(f"{what}seeds must be a whole number >= 1, got {got}.")
+
+
 PRESETS = {
     # ≤ 5 min on a 2-core machine with the demo base (measured: see the README's drivers section).
     "quick": DriversPreset(
@@ -293,8 +316,7 @@ def run_drivers(
 
     if preset not in PRESETS:
         raise ConfigError(f"drivers preset {preset!r} is unknown; expected one of {sorted(PRESETS)}.")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:  # 0 or -1 ran nothing, exit 0
-        raise ConfigError(f"seeds must be a whole number >= 1, got {seeds!r}.")
+    check_seeds(seeds)
     p = PRESETS[preset]
     root = Path(zoo_root) if zoo_root else zoo_dir()
     base, data = str(root / "base"), root / "data"
@@ -401,6 +423,4 @@ def run_job(config: dict, ctx) -> None:
 def validate_config(config: dict) -> None:
     if config.get("preset", "quick") not in PRESETS:
         raise ConfigError(f"drivers preset {config.get('preset')!r} is unknown; expected one of {sorted(PRESETS)}.")
-    seeds = config.get("seeds", 1)  # ("x" failed inside the job with a traceback, 1.7 became 1)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"drivers seeds must be a whole number >= 1, got {seeds!r}.")
+    check_seeds(config.get("seeds", 1), "drivers ")  # ("x" failed inside the job with a traceback, 1.7 became 1)
