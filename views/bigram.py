@@ -20,6 +20,9 @@ from subnetviz.bigram.store import analysis_key, is_cached
 from subnetviz.errors import SubnetvizError
 from subnetviz.figures import bigram as bg_figures
 
+HALF_WIDTH = ("bg-r", "bg-bits")  # the figures drawn two to a row (the covariance maps too)
+TITLE_ROW = 22  # px a line of a run chart's title takes (17 px font), as on the Training page
+
 
 def _analysis(model: str, mask: str, optimal: str | None, corpus: str, address: str | None = None):
     """The analysis from the disk cache, else computed (on the session's Ray cluster, if any). Kept in memory by
@@ -77,7 +80,7 @@ def runs_view() -> None:
 
 
 def _runs() -> None:
-    from subnetviz.report.training import run_names
+    from subnetviz.report.training import run_names, title_lines
 
     r = ui.job_runner()
     r.poll()
@@ -105,10 +108,18 @@ def _runs() -> None:
         long = metrics.melt(
             id_vars=["step"], value_vars=[c for c in ("loss", "kept", "undecided") if c in metrics], var_name="metric"
         ).dropna()
-        title = f"Run {figures.plain_label(names[run_id])}"
+        # in lines broken at its " · ", as the Training page's (one line of 100 characters ran 167 px past the
+        # chart's right edge at 1024 px); the figure picker names it by the title on one line
+        head = f"Run {names[run_id]}"
+        lines = title_lines(head)
+        title = "<br>".join(figures.plain_label(line) for line in lines)
         if metrics.attrs.get("left_out"):  # (read from its end: a page reads it every 2 s)
             title += "<br><sup>a long metrics log: only its last rows are drawn</sup>"
-        ui.chart(figures.training_curves(long, title=title), key="bg-curves")
+        fig = figures.training_curves(long, title=title)
+        if len(lines) > 1 and fig.layout.height:  # room above the panels for the title's extra lines (same panels)
+            more = TITLE_ROW * (len(lines) - 1)
+            fig.update_layout(margin_t=(fig.layout.margin.t or 80) + more, height=fig.layout.height + more)
+        ui.chart(fig.update_layout(meta={"name": figures.plain_label(head)}), key="bg-curves")
 
 
 def import_released(model: str) -> None:
@@ -124,24 +135,27 @@ def import_released(model: str) -> None:
 
 
 def headline(h: dict) -> None:
-    """Eight numbers in two rows. One the analysis leaves undefined (NaN: a share or ×chance of an empty mask) is a
-    dash with why in small grey text under it (in the value, the why was cut off at the column's width)."""
+    """Eight numbers, in rows of as many as show whole at 1024 px (:func:`~subnetviz.uilogic.metrics_per_row`; four
+    to a row cut "903 (0.204 %)" to "903 (0…" and "0.630 ± < 0.001" to "0.630 …"). The kept weights' share is in
+    small grey text under their count (in the value, a large mask's "145,000 (0.170 %)" needed a row to itself). One
+    the analysis leaves undefined (NaN: a share or ×chance of an empty mask) is a dash with why in the grey text
+    (in the value, the why was cut off at the column's width)."""
     num = figures.format_number  # 3 significant digits, scientific below 1e-3: no "+0.000" hiding a number
     share = h["first_mlp_share"]  # NaN for an empty mask (it read "0.00 %")
-    items = [  # (label, value, help, why it is undefined: shown in place of a number)
-        ("kept weights", f"{h['kept']:,} ({num(100 * h['density'])} %)", None, None),
+    items = [  # (label, value, help, grey text under it: why it is undefined, with a dash for the value, or more)
+        ("kept weights", f"{h['kept']:,}", None, f"{num(100 * h['density'])} % of the maskable weights"),
         ("r full model", num(h["r_full"]), None, None),
         ("r subnetwork", num(h["r_subnetwork"]), None, None),
         ("r random", figures.format_mean_sd(h["r_random_mean"], h["r_random_sd"]), None, None),
         ("first-layer MLP share", f"{num(100 * share)} %", None, None)
         if not math.isnan(share)
-        else ("first-layer MLP share", None, None, h.get("why_no_share") or "undefined"),
+        else ("first-layer MLP share", None, None, f"({h.get('why_no_share') or 'undefined'})"),
         ("Δ bits/token, subnetwork ablated", num(h["delta_bits_ablated"], sign=True), None, None),
         ("Δ bits/token, random set ablated", num(h["delta_bits_random_ablated"], sign=True), None, None),
     ]
     if "overlap_x_chance" in h and math.isnan(h["overlap_x_chance"]):  # 0 / 0 (it read "nan×  (p = 1)")
         tip = "Undefined: no overlap is found, and none is expected by chance."
-        items.append(("overlap × chance", None, tip, h.get("why_no_x_chance") or "undefined"))
+        items.append(("overlap × chance", None, tip, f"({h.get('why_no_x_chance') or 'undefined'})"))
     elif "overlap_x_chance" in h:
         # a permutation p-value is (1 + #null ≥ observed) / (1 + draws): at its floor no draw reached the overlap,
         # and p is below the floor, not equal to it
@@ -153,12 +167,12 @@ def headline(h: dict) -> None:
             "none reached the observed overlap, so p is below 1/draws." if floor else "(1 + reached) / (1 + draws)."
         )
         items.append((f"overlap × chance ({shown})", f"{h['overlap_x_chance']:.1f}×", tip, None))
-    cols = st.columns(4)  # two rows: eight numbers do not fit one row readably
-    for i, (label, value, tip, why) in enumerate(items):
-        if why is None:
-            cols[i % 4].metric(label, value, help=tip)
-        else:  # a dash, and why in grey under it (a delta with no arrow and no colour)
-            cols[i % 4].metric(label, "—", f"({why})", "off", help=tip, delta_arrow="off")
+    # At most two to a row: the longest labels ("Δ bits/token, random set ablated") need half the main column there.
+    width = min(uilogic.metrics_per_row([value or "—" for _, value, _, _ in items]), 2)
+    for start in range(0, len(items), width):
+        for col, (label, value, tip, grey) in zip(st.columns(width), items[start : start + width], strict=False):
+            # the grey text as a delta with no arrow and no colour
+            col.metric(label, value or "—", grey, "off", help=tip, delta_arrow="off")
 
 
 def _zoo_mask_note() -> None:
@@ -297,9 +311,10 @@ def analyse(model: str, corpus: str, where: str) -> None:
                 "not comparable to the paper's."
             )
             cov = [k for k in figs if k.startswith("bg-cov-")]
-            for col, key in zip(st.columns(len(cov)), cov, strict=True):
-                with col:
-                    ui.chart(figs[key], key=key)
+            for start in range(0, len(cov), 2):  # two to a row: three cut their titles and run ids at 1024 px
+                for col, key in zip(st.columns(2), cov[start : start + 2], strict=False):
+                    with col:
+                        ui.chart(figs[key], key=key)
             st.caption(
                 "Covariance similarity between layers' residual streams (1 = the same geometry): a block that "
                 "stays bright across layers means the representation did not change there."
@@ -373,7 +388,7 @@ def result_parts(res, gens, mask: str, optimal: str, where: str) -> tuple[dict, 
     if res.residual is not None:
         figs["bg-rotation"] = bg_figures.rotation_curves(res.residual.rotation)
         for label in dict.fromkeys(res.residual.covariance["model"]):
-            figs[f"bg-cov-{label}"] = bg_figures.covariance_heatmap(  # (short: three to a row, "…subnetwork" was cut)
+            figs[f"bg-cov-{label}"] = bg_figures.covariance_heatmap(
                 res.residual.covariance_matrix(label), f"Covariance: {label}"
             )
     if res.overlap is not None:
@@ -385,7 +400,8 @@ def result_parts(res, gens, mask: str, optimal: str, where: str) -> tuple[dict, 
     # "mask X", unless its label says it (a run's "bigram mask λ=10 · id" read "mask bigram mask λ=10")
     named = mask if "mask" in mask.split(" · ")[0].split() else f"mask {mask}"
     for key, fig in figs.items():  # (built here, for this call: changed in place)
-        narrow = 40 if key.startswith("bg-cov-") else None  # (three to a row: a mask's run id was cut at 1400 px)
+        # half the page wide: a line broken at its " · " (a mask's run id was cut at 1024 px)
+        narrow = 40 if key in HALF_WIDTH or key.startswith("bg-cov-") else None
         bg_figures.with_setting(fig, named, f"vs {optimal}" if key == "bg-null" else "", where, wrap=narrow)
     return figs, tables
 

@@ -12,7 +12,6 @@ def body() -> None:
         "subnetwork every time?** Interactive analyses from papers on sparse updates and subnetworks in language "
         "models."
     )
-    cols = st.columns(3)
     cards = [
         (
             "Update sparsity",
@@ -62,10 +61,13 @@ def body() -> None:
         ),
         ("Workspace", "workspace", "What is loaded: checkpoints, masks, the demo zoo's measured numbers?"),
     ]
-    for i, (title, path, text) in enumerate(cards):
-        with cols[i % 3].container(border=True):
-            st.page_link(f"views/{path}.py", label=title, icon=":material/arrow_forward:")
-            st.caption(text)
+    # Two to a row: three cut "Bigram subnetworks", "What drives sparsity" and "Continual learning" at 1024 px (a
+    # page link's label does not wrap). The cards of a row are as tall as its taller one.
+    for start in range(0, len(cards), 2):
+        for col, (title, path, text) in zip(st.columns(2), cards[start : start + 2], strict=False):
+            with col.container(border=True, height="stretch"):
+                st.page_link(f"views/{path}.py", label=title, icon=":material/arrow_forward:")
+                st.caption(text)
     z = ui.zoo()
     if z is not None:  # without a zoo, the workspace's warning above every page says how to build it
         st.success(

@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 
 from subnetviz.figures.style import PALETTE, SEQUENTIAL, _style, color_map, no_data_figure, order_key, takes_data
 
+SETTING_LINE = 18  # px a small line under a title takes (:func:`with_setting`)
+PLOTLY_HEIGHT = 450  # a figure's height where its layout sets none (Plotly's default)
 SETTING_ORDER = ("bigram", "full", "subnetwork", "ablated", "random subnetwork", "random ablated", "empty")
 
 
@@ -34,10 +36,10 @@ def _ordered(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 @takes_data()
-def fidelity_bars(
-    summary: pd.DataFrame, title: str = "Fidelity: surprisal correlation with the bigram model"
-) -> go.Figure:
-    """Bars of r (mean ± sd over random seeds) per setting; columns setting, r_mean, r_sd."""
+def fidelity_bars(summary: pd.DataFrame, title: str = "Fidelity to the bigram model") -> go.Figure:
+    """Bars of r (mean ± sd over random seeds) per setting; columns setting, r_mean, r_sd. The title is short enough
+    for a chart half the page wide at 1024 px ("Fidelity: surprisal correlation with the bigram model" ran 99 px past
+    its edge); the y axis says what r correlates."""
     if summary.empty:
         return no_data_figure(title)
     s = _ordered(summary)
@@ -165,14 +167,20 @@ def null_histogram(
 @takes_data()
 def with_setting(fig: go.Figure, *lines: str, wrap: int | None = None) -> go.Figure:
     """``fig`` with ``lines`` (data, shown as text: a mask's or a model's name) as small lines under its title, the
-    top margin grown to hold them: a figure downloaded for a paper carries only its title, and no picker beside it
-    says which mask, model and corpus it shows (the corpus changes every number). ``wrap``: a line longer than this
-    many characters is broken at its " · " separators (a chart a third of the page wide cut a mask's run id).
-    Changes ``fig`` and returns it."""
+    top margin and the figure grown to hold them (the plot keeps its height: a half-width chart's y-axis title, taller
+    than its plot, reached into the lines): a figure downloaded for a paper carries only its title, and no picker
+    beside it says which mask, model and corpus it shows (the corpus changes every number). ``wrap``: a line longer
+    than this many characters is broken at its " · " separators (a chart half the page wide cut a mask's run id at
+    1024 px). Changes ``fig`` and returns it."""
     shown = [part for line in lines if line for part in _wrapped(line, wrap)]
     sub = "".join(f"<br><sup>{line}</sup>" for line in shown)
     top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
-    return fig.update_layout(title_text=f"{fig.layout.title.text or ''}{sub}", margin_t=top + 18 * len(shown))
+    room = SETTING_LINE * len(shown)
+    return fig.update_layout(
+        title_text=f"{fig.layout.title.text or ''}{sub}",
+        margin_t=top + room,
+        height=(fig.layout.height or PLOTLY_HEIGHT) + room,
+    )
 
 
 def _wrapped(line: str, width: int | None) -> list[str]:

@@ -240,7 +240,8 @@ SHARE_METRICS = ("accuracy", "kept", "undecided")  # fractions in the logs, draw
 def training_curves(
     df: pd.DataFrame, title: str = "Training curves", colors: Mapping | None = None, smoothing: float = 0.0
 ) -> go.Figure:
-    """One small multiple per metric: columns step, metric, value; optional run (one line per run).
+    """One small multiple per metric, titled with the metric (and "(%)" for a share): columns step, metric, value;
+    optional run (one line per run).
 
     Lines carry markers, so a one-point curve is visible. ``smoothing`` (0–0.99) draws the
     exponential moving average over a faint raw curve. With several runs the first is drawn wide, under
@@ -257,7 +258,10 @@ def training_curves(
     wide = set(runs[:1]) if len(runs) > 1 else set()
     ncol = min(3, len(metrics))
     nrow = int(np.ceil(len(metrics) / ncol))
-    fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=metrics, horizontal_spacing=0.08, vertical_spacing=0.15)
+    # Each panel is named, with its unit, by its title only: a y-axis title too sat in the gap between two panels,
+    # which at 1024 px (about 36 px) holds the tick labels only, and was drawn inside the panel on its left.
+    names = [f"{met} (%)" if met in SHARE_METRICS else met for met in metrics]
+    fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=names, horizontal_spacing=0.08, vertical_spacing=0.15)
     for i, met in enumerate(metrics):
         for run in runs:
             sub = df[
@@ -302,15 +306,31 @@ def training_curves(
         steps = df.loc[df["metric"].astype(str) == met, "step"]
         span = float(steps.max() - steps.min())  # per metric: a one-point curve has span 0
         fig.update_xaxes(title_text="step", dtick=1 if span <= 10 else None, row=i // ncol + 1, col=i % ncol + 1)
-        fig.update_yaxes(title_text=f"{met} (%)" if met in SHARE_METRICS else met, row=i // ncol + 1, col=i % ncol + 1)
     # The legend at the figure's very bottom, under the last row's axis titles (a bottom margin for both).
     return _style(
         fig,
         title,
         height=320 * nrow + 110,
         legend={"orientation": "h", "y": 0.0, "yanchor": "bottom", "yref": "container", "x": 0},
-        margin={"l": 70, "r": 30, "t": 80, "b": 120},
+        margin={"l": 50, "r": 30, "t": 80, "b": 120},  # (no y-axis title left of the first panel: its ticks only)
     )
+
+
+# The accuracy matrix's colour bar lies under the matrix, across it: beside it, with its title, it took some 190 px
+# of a chart half the page wide (274 px at 1024 px), leaving cells 16 px wide for labels of 20 px ("97.6"), which ran
+# into each other ("42.497.06.5"). COLORBAR_ROOM: px for the bar, its ticks and its title under the x axis's title
+# (and its tick labels, turned where the cells are narrow).
+COLORBAR_ROOM = 70
+ACCURACY_COLORBAR = {
+    "title": {"text": "accuracy (%)", "side": "bottom"},
+    "orientation": "h",
+    "thickness": 10,
+    "len": 1.0,  # (as wide as the matrix)
+    "y": 0,
+    "yref": "container",
+    "yanchor": "bottom",
+    "ypad": 8,
+}
 
 
 @takes_data()
@@ -341,7 +361,7 @@ def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: 
             hoverongaps=False,
             xgap=2,
             ygap=2,
-            colorbar={"title": {"text": "accuracy (%)"}},
+            colorbar=ACCURACY_COLORBAR,
             hovertemplate="after training %{y}<br>on %{x}: %{z:.2f}%<extra></extra>",
         )
     )
@@ -352,6 +372,7 @@ def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: 
         title + "<br><sup>grey: task not trained yet</sup>",
         "evaluated on task",
         "after training task",
-        height=max(360, 140 + 50 * a.shape[0]),
+        height=max(360, 140 + 50 * a.shape[0]) + COLORBAR_ROOM,
         plot_bgcolor=GREY_CELL,
+        margin={"l": 70, "r": 30, "t": 80, "b": 60 + COLORBAR_ROOM},
     )
