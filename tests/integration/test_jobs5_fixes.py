@@ -30,16 +30,12 @@ import pytest
 from subnetviz.jobs.rescan import REBUILT
 from subnetviz.jobs.runner import JobRunner
 from tests.app_fixtures import add_finished_run
+from tests.integration.test_jobs4_fixes import _rows
+from tests.integration.test_runner import SLEEP, WORKER
 from tests.models import make_tiny_llama
 from tests.training_fixtures import write_addition_data, write_half_mask, write_sft_config
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKER = [
-    sys.executable,
-    "-c",
-    "import sys; from subnetviz.jobs.worker import main_job; sys.exit(main_job(sys.argv[1]))",
-]
-SLEEP = {"kind": "python", "target": "tests.training_fixtures:sleep_job"}
 
 
 @pytest.fixture(autouse=True)
@@ -68,16 +64,6 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "subnetviz", *args], capture_output=True, text=True, env=_env(home), timeout=300
     )
-
-
-def _rows(root: Path) -> dict[str, dict]:
-    """The registry's rows as SQLite holds them (read without the code under test), by id."""
-    con = sqlite3.connect(root / "registry.sqlite")
-    try:
-        con.row_factory = sqlite3.Row
-        return {r["id"]: dict(r) for r in con.execute("SELECT * FROM runs")}
-    finally:
-        con.close()
 
 
 def _wait_for(pred, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
