@@ -4,6 +4,7 @@ import streamlit as st
 
 from subnetviz import figures, ui
 from subnetviz.analysis.updates import mask_path
+from subnetviz.figures.style import subtitle
 
 
 def body() -> None:
@@ -196,7 +197,9 @@ def tab_parts(
         figs["upset"] = figures.upset(regions, short, title=f"Intersections of masks (UpSet){sub}", colors=colors)
         return figs, {}
     if name == "Pairwise":  # no o2 panel: o2(A, B) = o1(B, A), the o1 matrix read down its columns
-        titles = {"o1": "o1: share of the row mask in the column mask", "jaccard": "Jaccard |A∩B| / |A∪B|"}
+        # (title, what opens the line under it): "in the column mask" under o1's title, as "× per-tensor chance"
+        # is: in one line the title ran 51 px past a chart half the page wide at 1024 px
+        titles = {"o1": ("o1: share of the row mask", "in the column mask"), "jaccard": ("Jaccard |A∩B| / |A∪B|", "")}
         to_short = dict(zip(chosen, short, strict=True))
         pairwise = report.pairwise.assign(a=report.pairwise["a"].map(to_short), b=report.pairwise["b"].map(to_short))
         figs = {
@@ -205,15 +208,10 @@ def tab_parts(
                 value=metric,
                 view=view,
                 labels=short,
-                # "× per-tensor chance" under the title, not after it: o1's title ran past its chart
                 title=title
-                + (
-                    f"<br><sup>{' · '.join(x for x in ('× per-tensor chance', under) if x)}</sup>"
-                    if view == "ratio"
-                    else sub
-                ),
+                + subtitle(" · ".join(x for x in (lead, "× per-tensor chance" if view == "ratio" else "", under) if x)),
             )
-            for metric, title in titles.items()
+            for metric, (title, lead) in titles.items()
         }
         table = report.pairwise.rename(columns=PAPER_CHANCE)
         caption = "Pairwise overlap against the per-tensor chance and the paper's global chance (App. E)"
@@ -254,8 +252,9 @@ def tab_parts(
     )
     table["ratio_over_chance_per_tensor"] = table["count"] / table["expected_count_per_tensor"]
     table["ratio_over_chance_global"] = table["count"] / table["expected_count_global"]
-    # (the criterion on the title's line: the chart adds a subtitle of its own, parameters in no mask)
-    title = "Consensus: in how many masks is a changed parameter? (markers: per-tensor chance)" + crit
+    # what the markers are on a line under the title (after it, the title ran 43 px past the page's width at 1024 px)
+    # with the criterion; the chart adds a line of its own, the parameters in no mask
+    title = "Consensus: in how many masks is a changed parameter?" + subtitle("markers: per-tensor chance" + crit)
     caption = "Entries changed in exactly k of the masks, against independent masks: per-tensor and global chance"
     return (
         {"consensus": figures.consensus_bars(overall, title=title, chance=chance)},

@@ -11,6 +11,7 @@ from subnetviz.analysis.experts import by_expert, routers
 from subnetviz.analysis.sparsity_report import SHORT_DTYPES, compared_dtypes, ulp_dtype
 from subnetviz.errors import SubnetvizError
 from subnetviz.figures import moe
+from subnetviz.figures.style import heatmaps_per_row
 from subnetviz.figures.updates import criterion_label, percent_text
 
 
@@ -107,7 +108,8 @@ def body() -> None:
         with tabs[0]:
             figs = ui.shared(layers_tab, overall, grids, tuple(shown), named, value, colors)
             ui.chart(figs["overall"], key="overall")
-            per_row = min(3, len(shown))
+            # every module kind named under its column: two to a row where three leave the names no room
+            per_row = min(heatmaps_per_row(max(grids[m]["module"].nunique() for m in shown)), len(shown))
             if len(shown) > 2:
                 st.caption("One colour range across the models; cell values on hover.")
             for start in range(0, len(shown), per_row):

@@ -262,15 +262,29 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
             notes.append(f"{m}: every layer matrix is unchanged (Δ = 0).")
             continue
         figs[f"eff-{m}"] = figures.rank_measure_heatmap(
-            one, "effective_rank_99", title=f"{figures.plain_label(m)}: effective rank (99 % of Σσ²) / min(m, n){at}"
+            one, "effective_rank_99", title=rank_title(m, "effective_rank_99", at)
         )
         figs[f"stable-{m}"] = figures.rank_measure_heatmap(
             one,
             "stable_rank",
-            title=f"{figures.plain_label(m)}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n){at}",
+            title=rank_title(m, "stable_rank", at),
             zrange=figures.measure_range(grid, "stable_rank"),
         )
     return figs, {"spectra-table": ("Rank, effective rank and stable rank", spec)}, notes
+
+
+RANK_MEASURES = {
+    "effective_rank_99": ("effective rank", "(99 % of Σσ²)"),
+    "stable_rank": ("stable rank", "‖Δ‖F²/‖Δ‖₂²"),
+}
+
+
+def rank_title(model: str, measure: str, at: str = "") -> str:
+    """The title of ``model``'s heatmap of ``measure`` (a key of :data:`RANK_MEASURES`): the model and the measure,
+    its formula over min(m, n) and the precision (``at``) under it. On one line they ran up to 62 px past a chart
+    half the page wide at 1024 px."""
+    name, formula = RANK_MEASURES[measure]
+    return f"{figures.plain_label(model)}: {name}<br><sup>{formula} / min(m, n){at}</sup>"
 
 
 def unchanged_note(here) -> str | None:
@@ -440,7 +454,7 @@ def rank_view(spec, chosen: list, skipped: int = 0, at: str = "") -> None:
                     figures.rank_measure_heatmap,
                     one,
                     "effective_rank_99",
-                    title=f"{figures.plain_label(model)}: effective rank (99 % of Σσ²) / min(m, n){at}",
+                    title=rank_title(model, "effective_rank_99", at),
                 ),
                 key=f"eff-{model}",
             )
@@ -450,7 +464,7 @@ def rank_view(spec, chosen: list, skipped: int = 0, at: str = "") -> None:
                     figures.rank_measure_heatmap,
                     one,
                     "stable_rank",
-                    title=f"{figures.plain_label(model)}: stable rank ‖Δ‖F²/‖Δ‖₂² / min(m, n){at}",
+                    title=rank_title(model, "stable_rank", at),
                     zrange=figures.measure_range(grid, "stable_rank"),
                 ),
                 key=f"stable-{model}",

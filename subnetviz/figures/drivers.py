@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from subnetviz.figures.behavior import MEASURE as BEHAVIOUR
-from subnetviz.figures.style import PALETTE, _require, _style, no_data_figure, takes_data
+from subnetviz.figures.style import PALETTE, _require, _style, no_data_figure, number_labels, takes_data
 
 FACTOR_ORDER = ("learning_rate", "steps", "beta", "clipping", "optimizer", "data", "algorithm")
 # how a measure is named and drawn: shares in % (as the tables and the other pages show them), KL in nats
@@ -86,6 +86,9 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
         g = r[r["factor"] == f].assign(value=lambda d: d["value"].astype(str))
         order = [v for v in value_order(results, f) if v in set(g["value"])]
         mean = g[~g["still"]].groupby("value")[value].mean().reindex(order)
+        # the values as the axis names them: one notation on an axis ("1e-6, 1e-5, 1e-4", not "1e-06, 1e-05,
+        # 0.0001"); the x positions keep the grid's spelling, which the tables and verdicts use
+        named = dict(zip(order, number_labels(order), strict=True))
         bars = scale * mean.to_numpy()
         if log:
             bars = [None if not (y > 0) else y for y in bars]  # a mean of 0 has no height on a log axis
@@ -95,7 +98,8 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
                 y=bars,
                 marker_color=PALETTE[0],
                 showlegend=False,
-                hovertemplate=f"{f} %{{x}}<br>mean {name.lower()}: %{{y:.4g}}{unit}<extra></extra>",
+                hovertext=[named[v] for v in order],
+                hovertemplate=f"{f} %{{hovertext}}<br>mean {name.lower()}: %{{y:.4g}}{unit}<extra></extra>",
             ),
             row=1,
             col=j,
@@ -137,7 +141,7 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
             categoryarray=order,
             tickmode="array",
             tickvals=order,
-            ticktext=order,
+            ticktext=[named[v] for v in order],
             tickfont={"size": 11},
             row=1,
             col=j,
@@ -189,7 +193,17 @@ def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 
     results = results[results["precision"].notna()]  # a grid point not run or failed has no save
     if results.empty:
         return no_data_figure(title)
-    r = results.assign(run=results["factor"] + "=" + results["value"].astype(str) + " s" + results["seed"].astype(str))
+    # each factor's values named in one notation ("learning_rate=1e-6 s0" … "learning_rate=1e-4 s0", not "1e-06" …
+    # "0.0001"): the run names are this chart's own
+    values = results["value"].astype(str)
+    named = {}  # (factor, value) -> the value as named
+    for factor, these in values.groupby(results["factor"], sort=False):
+        distinct = list(dict.fromkeys(these))
+        named |= {(factor, v): text for v, text in zip(distinct, number_labels(distinct), strict=True)}
+    values = pd.Series(
+        [named.get(key, key[1]) for key in zip(results["factor"], values, strict=True)], index=results.index
+    )
+    r = results.assign(run=results["factor"] + "=" + values + " s" + results["seed"].astype(str))
     wide = r.pivot_table(index="run", columns="precision", values="sparsity", sort=False)
     still = list(dict.fromkeys(r.loc[trained_nothing(results), "run"]))  # in the grid's order
     trained = wide.drop(index=still)

@@ -10,7 +10,17 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from subnetviz.figures.style import DIVERGING, PALETTE, SEQUENTIAL, FigureDataError, _style, no_data_figure, takes_data
+from subnetviz.figures.style import (
+    DIVERGING,
+    PALETTE,
+    SEQUENTIAL,
+    FigureDataError,
+    _style,
+    no_data_figure,
+    subtitle,
+    takes_data,
+    title_margin,
+)
 from subnetviz.figures.updates import percent_text
 
 AXIS_TITLES = {
@@ -146,15 +156,17 @@ def _matrix_layout(
     block = f"{min(f, m)}×{min(f, n)}"  # a 4096 × 16 matrix in 32-row blocks: 32×16, not 32×32
     ragged = (m > f and m % f) or (n > f and n % f)
     sub = (
-        f"{m}×{n}, each cell the mean of a {block} block" + (" (fewer at the edges)" if ragged else "")
+        f"{m}×{n} · each cell the mean of a {block} block" + (" (fewer at the edges)" if ragged else "")
         if f > 1
-        else f"{m}×{n}, full resolution (a cell per entry)"
+        else f"{m}×{n} · full resolution (a cell per entry)"
     )
-    sub = f"{subject} · {sub}" if subject else sub
     if orientation not in AXIS_TITLES:
         raise FigureDataError(f"matrix figures: orientation must be one of {sorted(AXIS_TITLES)}; got {orientation!r}.")
     y_title, x_title = AXIS_TITLES[orientation]
-    _style(fig, f"{title}<br><sup>{sub}</sup>", x_title, y_title)
+    # the model, matrix, size and cell on lines broken at their " · ": in one line they ran 130 px past a 274 px
+    # chart (half the page at 1024 px)
+    head = title + subtitle(f"{subject} · {sub}" if subject else sub)
+    _style(fig, head, x_title, y_title, margin={"l": 70, "r": 30, "t": title_margin(head), "b": 60})
     fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain")
     fig.update_xaxes(constrain="domain")
     return fig
@@ -251,7 +263,9 @@ def row_col_ratios(
     r, c = np.asarray(row_ratio, dtype=np.float64).ravel(), np.asarray(col_ratio, dtype=np.float64).ravel()
     if r.size == 0 and c.size == 0:
         return no_data_figure(title)
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1)
+    # one y axis for both panels (they share a range): a y title on the column panel sat inside the row panel's
+    # plotting area at 1024 px, over its line
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06)
     # One y range for both panels, fitted to the data: on a fixed 0-100 axis a matrix with 2 % changed
     # per row drew a flat line on the floor.
     finite = np.concatenate([r, c])
@@ -283,5 +297,6 @@ def row_col_ratios(
         )
         said = "; ".join(filter(None, (dims[what], f"mean of {f}" if f > 1 else "")))
         fig.update_xaxes(title_text=f"{what} index" + (f" ({said})" if said else ""), row=1, col=k)
-        fig.update_yaxes(title_text="changed (%)", range=[0, top], row=1, col=k)
-    return _style(fig, f"{title}<br><sup>{subject}</sup>" if subject else title, showlegend=False)
+        fig.update_yaxes(title_text="changed (%)" if k == 1 else None, range=[0, top], row=1, col=k)
+    head = title + subtitle(subject)
+    return _style(fig, head, showlegend=False, margin={"l": 70, "r": 30, "t": title_margin(head), "b": 60})

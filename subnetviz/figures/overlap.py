@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from subnetviz.figures.style import (
+    ACROSS_OR_UPRIGHT,
     GREY_CELL,
     PALETTE,
     SEQUENTIAL,
@@ -34,6 +35,7 @@ from subnetviz.figures.style import (
     percent_cells,
     plain_label,
     takes_data,
+    title_margin,
 )
 
 PER_TENSOR = "per-tensor chance"  # masks drawn independently within each tensor, at its own densities
@@ -243,7 +245,11 @@ def pairwise_matrix(
     # the middle read alike cut plainly), and the full names go under the x axis: a file or a print has no hover.
     cuts, key = cut_labels(labels)
     ticks = {"tickmode": "array", "tickvals": labels, "ticktext": cuts}
-    fig.update_xaxes(type="category", side="bottom", showgrid=False, constrain="domain", **ticks)
+    # across, or upright where they do not fit: at Plotly's 30° the last mask's name ran right, under the colour bar
+    # ("Δ grpo-s2" read "Δ grpo" at 1024 px), and o1 and Jaccard beside it turned theirs differently
+    fig.update_xaxes(
+        type="category", side="bottom", showgrid=False, constrain="domain", autotickangles=ACROSS_OR_UPRIGHT, **ticks
+    )
     fig.update_yaxes(
         type="category",
         autorange="reversed",
@@ -255,7 +261,12 @@ def pairwise_matrix(
     )
     names = "".join(f"<br><span style='font-size:11px'>{line}</span>" for line in key)
     return _style(
-        fig, title, f"column mask{names}", "row mask", height=max(380, 160 + 60 * len(labels)) + 15 * len(key)
+        fig,
+        title,
+        f"column mask{names}",
+        "row mask",
+        height=max(380, 160 + 60 * len(labels)) + 15 * len(key) + title_margin(title) - 80,
+        margin={"l": 70, "r": 30, "t": title_margin(title), "b": 60},
     )
 
 
@@ -411,6 +422,7 @@ def consensus_bars(
             "parameters (count)",
             showlegend=chance is not None,
             legend={"orientation": "h", "y": -0.25},
+            margin={"l": 70, "r": 30, "t": title_margin(title + sub), "b": 60},
         )
     layers = _layer_order(d[by])
     piv = d.assign(_x=d[by].map(_layer_label)).pivot_table(index="_x", columns="k", values="count", aggfunc="sum")
@@ -433,4 +445,11 @@ def consensus_bars(
             )
         )
     fig.update_xaxes(type="category")
-    return _style(fig, title + sub, by, "share of changed parameters (%)", barmode="stack")
+    return _style(
+        fig,
+        title + sub,
+        by,
+        "share of changed parameters (%)",
+        barmode="stack",
+        margin={"l": 70, "r": 30, "t": title_margin(title + sub), "b": 60},
+    )

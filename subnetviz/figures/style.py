@@ -161,6 +161,33 @@ def format_mean_sd(mean: float, sd: float) -> str:
     )
 
 
+def number_labels(values: Sequence) -> list[str]:
+    """Numbers written as text (a grid's values, as Python's ``:g`` wrote them) in one notation, for an axis or a
+    name: where any is in e-notation, every one is, its exponent with no "+" or leading zero ("1e-6", "1e-5",
+    "1e-4": ``:g`` wrote "1e-06", "1e-05", "0.0001" on one axis); else they come back as they are, and so do labels
+    that are not all finite numbers (on, off; adamw, sgd) or that would read alike. Text for the eye only: the
+    values themselves (keys, tables, files) keep their spelling."""
+    texts = [str(v) for v in values]
+    try:
+        numbers = [float(t) for t in texts]
+    except ValueError:
+        return texts
+    if not any("e" in t.lower() for t in texts) or not np.isfinite(numbers).all():
+        return texts
+    out = [_e_notation(x) for x in numbers]
+    return out if len(set(out)) == len(set(texts)) else texts
+
+
+def _e_notation(x: float) -> str:
+    """``x`` in e-notation with the fewest digits that read back as ``x``: 1e-05 -> "1e-5", 0.005 -> "5e-3",
+    2.5e-05 -> "2.5e-5", 0 -> "0"."""
+    if x == 0:
+        return "0"
+    text = next((t for p in range(17) if float(t := f"{x:.{p}e}") == x), f"{x:.16e}")
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def percent_cells(values: np.ndarray, unit: str = "%") -> np.ndarray:
     """Cell labels for percentages: one decimal, but no rounding that hides a number: a small non-zero share
     keeps two significant digits ("0.0065%", not "0.0%" hiding that there is overlap), a share just below
@@ -351,6 +378,34 @@ def _style(fig: go.Figure, title: str, x: str | None = None, y: str | None = Non
     return fig
 
 
+SUB_LINE = 50
+"""Characters a ``<sup>`` line under a title holds in a chart half the page wide at 1024 px with the sidebar open
+(274 px; about 5 px a character at the subtitle's size)."""
+
+
+def subtitle(*lines: str, width: int = SUB_LINE) -> str:
+    """``lines`` as small lines under a title ("<br><sup>…</sup>" each; "" for none), a line longer than ``width``
+    characters broken where its " · " separators are (the break stands for one: the figure picker reads each break
+    as " · "), never inside a name. One line of "grpo-s0 · layers.0.self_attn.q_proj.weight · 96×96, full
+    resolution (a cell per entry)" ran 130 px past a 274 px chart."""
+    out: list[str] = []
+    for line in filter(None, lines):
+        parts: list[str] = []
+        for part in line.split(" · "):
+            if parts and len(parts[-1]) + 3 + len(part) <= width:
+                parts[-1] += f" · {part}"
+            else:
+                parts.append(part)
+        out += parts
+    return "".join(f"<br><sup>{part}</sup>" for part in out)
+
+
+def title_margin(title: str, top: int = 80) -> int:
+    """The top margin (px) a ``title`` of title and subtitle lines needs: ``top`` holds a title and one
+    ``<sup>`` line (every builder's default), each further line 18 px more."""
+    return top + 18 * max(0, len(re.findall(r"<br\s*/?>", title, flags=re.I)) - 1)
+
+
 def _unique(values) -> list:
     return list(dict.fromkeys(values))
 
@@ -438,9 +493,46 @@ def _layer_heatmap(layers, modules, z, customdata, hover, title, bar_title, text
         )
     )
     _style(fig, title, "module kind", "layer", height=max(360, 120 + 26 * len(layers)))
-    fig.update_xaxes(type="category", side="bottom", showgrid=False)
+    fig.update_xaxes(type="category", side="bottom", showgrid=False, **every_category(modules))
     fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
     return fig
+
+
+ACROSS_OR_UPRIGHT = [0, 90]
+"""A category axis' tick angles (``autotickangles``): across where the labels fit, else upright. Plotly's default
+tries 30° first, which moves each label right of its column: a heatmap's last one ran under its colour bar."""
+EVERY_LABEL = 32
+"""Up to this many columns a heatmap names every one (:func:`every_category`); past it (a layer × expert grid of
+64 experts) Plotly's own spacing skips some, rather than draw the names over one another."""
+
+
+HEATMAP_PLOT_AT_1024 = {3: 63, 2: 122, 1: 408}
+"""The plotting area's width (px) of a layer × module heatmap at 1024 px with the sidebar open, by how many
+heatmaps share the row (charts 177, 274 and 564 px wide; the rest is the axes and the colour bar), measured in
+Chromium on Update sparsity."""
+
+
+def heatmaps_per_row(columns: int, most: int = 3) -> int:
+    """How many layer × module heatmaps of ``columns`` columns to put side by side (at most ``most``): as many as
+    leave each column the 12 px its upright name needs (:func:`every_category`) at 1024 px with the sidebar open
+    (:data:`HEATMAP_PLOT_AT_1024`). Three to a row there left nine module kinds 7 px each: named, they overlapped."""
+    for k in sorted(HEATMAP_PLOT_AT_1024, reverse=True):
+        if k <= most and HEATMAP_PLOT_AT_1024[k] / max(1, columns) >= 12:
+            return k
+    return 1
+
+
+def every_category(categories: Sequence[str], font: int = 11) -> dict:
+    """An axis' settings that name every one of ``categories`` (a heatmap's module kinds, masks), across where they
+    fit and upright where they do not, never at 30°. Plotly spaces a category axis' ticks by its length: three
+    layer × module heatmaps side by side at 1024 px named q, v, gate, down and mlp_norm of nine kinds, and left
+    k, o, up and attn_norm unnamed; at 30° a last label ran right, under the colour bar. Past :data:`EVERY_LABEL`
+    categories, only the angles."""
+    angles = {"autotickangles": ACROSS_OR_UPRIGHT, "tickfont": {"size": font}}
+    cats = [str(c) for c in categories]
+    if not 0 < len(cats) <= EVERY_LABEL:
+        return angles
+    return {"tickmode": "array", "tickvals": cats, "ticktext": cats, **angles}
 
 
 def mtp_layer_ticks(fig: go.Figure, df: pd.DataFrame, layers, axis: str = "y") -> None:

@@ -144,7 +144,7 @@ def test_spectra_names_the_precision_of_the_deltas(app_env):
     (title,) = _titles(at)
     assert title.startswith("Singular values of updates at bf16")
     ranks = open_page("spectra", ft=["grpo-s0"], precision="bf16", spec_view="Effective and stable rank")
-    assert len(_titles(ranks)) == 2 and all(t.endswith("at bf16") for t in _titles(ranks)), _titles(ranks)
+    assert len(_titles(ranks)) == 2 and all(t.rstrip().endswith("at bf16") for t in _titles(ranks)), _titles(ranks)
     stored = open_page("spectra", ft=["grpo-s0"])
     assert "bf16" not in " ".join(_titles(stored)) and "Compared at" not in _captions(stored)
 

@@ -136,7 +136,7 @@ def test_the_per_tensor_chance_titles_put_the_suffix_under_the_title():
     titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
     o1 = next(t for t in titles if t.startswith("o1"))
     lines = _title_lines(o1)
-    assert lines[0] == "o1: share of the row mask in the column mask", lines  # was "… (× per-tensor chanc"
+    assert lines[0] == "o1: share of the row mask" and lines[1].startswith("in the column mask"), lines
     assert "× per-tensor chance" in lines[1]
 
 
