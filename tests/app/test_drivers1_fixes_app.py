@@ -13,19 +13,11 @@ import pytest
 
 from tests.app_fixtures import open_page, plotly_specs
 from tests.browser import E2E, wait_for_app, wait_for_charts
+from tests.integration.test_drivers1_fixes import AXES
 
 pytestmark = pytest.mark.slow
 
 KL = "Forward KL(π_base ‖ π)"
-AXES = {  # the quick preset's axes, five algorithms
-    "learning_rate": ["1e-06", "1e-05", "0.0001"],
-    "steps": ["4", "8", "16"],
-    "beta": ["0", "0.1"],
-    "clipping": ["on", "off"],
-    "optimizer": ["adamw", "sgd"],
-    "data": ["on_policy", "gold"],
-    "algorithm": ["sft", "dpo", "grpo", "rloo", "ppo"],
-}
 BASE = {"seed": 0, "algorithm": "grpo", "accuracy": 0.5, "kl_forward": 0.004, "learning_rate": 1e-5, "steps": 8}
 BASE |= {"beta": 0.0, "max_grad_norm": 1.0, "optimizer": "adamw_torch", "data": "task", "train_seconds": 1.0}
 BASE |= {"status": "done", "note": "", "grid_version": 2}

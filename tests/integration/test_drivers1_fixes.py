@@ -129,17 +129,20 @@ def test_a_data_run_that_trained_nothing_is_the_reason_given():
 
 
 # --- the factor chart ---------------------------------------------------------------------------------------------
+AXES = {  # the quick preset's axes, five algorithms
+    "learning_rate": ["1e-06", "1e-05", "0.0001"],
+    "steps": ["4", "8", "16"],
+    "beta": ["0", "0.1"],
+    "clipping": ["on", "off"],
+    "optimizer": ["adamw", "sgd"],
+    "data": ["on_policy", "gold"],
+    "algorithm": ["sft", "dpo", "grpo", "rloo", "ppo"],
+}
+
+
 def _quick_like() -> pd.DataFrame:
     """The quick preset's axes with five algorithms (the demo grid at 1024 px named sft, grpo and ppo only)."""
-    axes = {
-        "learning_rate": ["1e-06", "1e-05", "0.0001"],
-        "steps": ["4", "8", "16"],
-        "beta": ["0", "0.1"],
-        "clipping": ["on", "off"],
-        "optimizer": ["adamw", "sgd"],
-        "data": ["on_policy", "gold"],
-        "algorithm": ["sft", "dpo", "grpo", "rloo", "ppo"],
-    }
+    axes = AXES
     return _grid({(f, v): [0.5 + 0.01 * i] for f, values in axes.items() for i, v in enumerate(values)}), axes
 
 

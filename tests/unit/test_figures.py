@@ -253,7 +253,10 @@ def test_matrix_image_block_mean_matches_loop_and_keeps_aspect():
     assert fig.data[0].colorbar.title.text == "changed (%)" and full.colorbar.title.text == "changed (%)"
     binary = F.matrix_image(mask, max_side=64, subject="grpo · layers.0.q.weight")  # a cell per entry, 0 or 100
     assert list(binary.data[0].colorbar.ticktext) == ["unchanged", "changed"]
-    assert "<sup>grpo · layers.0.q.weight · 50×23</sup><br><sup>full resolution (a cell per entry)" in binary.layout.title.text
+    assert (
+        "<sup>grpo · layers.0.q.weight · 50×23</sup><br><sup>full resolution (a cell per entry)"
+        in binary.layout.title.text
+    )
 
 
 def test_one_matrix_charts_name_their_model_and_matrix():
