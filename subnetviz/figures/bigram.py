@@ -10,7 +10,16 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from subnetviz.figures.style import PALETTE, SEQUENTIAL, _style, color_map, no_data_figure, order_key, takes_data
+from subnetviz.figures.style import (
+    PALETTE,
+    SEQUENTIAL,
+    _style,
+    at_separators,
+    color_map,
+    no_data_figure,
+    order_key,
+    takes_data,
+)
 
 SETTING_LINE = 18  # px a small line under a title takes (:func:`with_setting`)
 PLOTLY_HEIGHT = 450  # a figure's height where its layout sets none (Plotly's default)
@@ -189,10 +198,4 @@ def _wrapped(line: str, width: int | None) -> list[str]:
     ``width`` is None or the line fits."""
     if width is None or len(line) <= width:
         return [line]
-    out: list[str] = []
-    for part in line.split(" · "):
-        if out and len(out[-1]) + 3 + len(part) <= width:
-            out[-1] += f" · {part}"
-        else:
-            out.append(part)
-    return out
+    return at_separators(line, width)

@@ -383,20 +383,25 @@ SUB_LINE = 50
 (274 px; about 5 px a character at the subtitle's size)."""
 
 
+def at_separators(line: str, width: int) -> list[str]:
+    """``line`` in pieces of at most ``width`` characters where its " · " separators allow, broken only there (each
+    break stands for one: a figure picker that names a chart by its title reads each break as " · " again); a part
+    longer than ``width`` stays whole."""
+    out: list[str] = []
+    for part in line.split(" · "):
+        if out and len(out[-1]) + 3 + len(part) <= width:
+            out[-1] += f" · {part}"
+        else:
+            out.append(part)
+    return out
+
+
 def subtitle(*lines: str, width: int = SUB_LINE) -> str:
     """``lines`` as small lines under a title ("<br><sup>…</sup>" each; "" for none), a line longer than ``width``
     characters broken where its " · " separators are (the break stands for one: the figure picker reads each break
     as " · "), never inside a name. One line of "grpo-s0 · layers.0.self_attn.q_proj.weight · 96×96, full
     resolution (a cell per entry)" ran 130 px past a 274 px chart."""
-    out: list[str] = []
-    for line in filter(None, lines):
-        parts: list[str] = []
-        for part in line.split(" · "):
-            if parts and len(parts[-1]) + 3 + len(part) <= width:
-                parts[-1] += f" · {part}"
-            else:
-                parts.append(part)
-        out += parts
+    out = [part for line in filter(None, lines) for part in at_separators(line, width)]
     return "".join(f"<br><sup>{part}</sup>" for part in out)
 
 
