@@ -205,6 +205,8 @@ class TrainConfig:
             )
 
     def _path_problems(self, check_output: bool) -> list[str]:
+        from subnetviz.config import not_a_file
+
         problems: list[str] = []
         if self.algorithm not in ALGORITHMS:
             problems.append(f"algorithm {self.algorithm!r} is unknown; expected one of {', '.join(ALGORITHMS)}")
@@ -234,7 +236,9 @@ class TrainConfig:
             problems.append(f"eval_data {self.eval_data!r}: no such file")
         if isinstance(self.mask, str):
             mp = self.mask_path
-            if not mp or not Path(mp).is_file():
+            if mp and (kind := not_a_file(mp)):  # (a named pipe read "no such mask file": it is there)
+                problems.append(f"mask {self.mask!r}: {kind}, not a regular file; refused")
+            elif not mp or not Path(mp).is_file():
                 problems.append(f"mask {self.mask!r}: no such mask file (use a path, 'random:<path>' or null)")
             elif problem := _mask_format_problem(self.mask, mp):
                 problems.append(problem)
