@@ -19,6 +19,7 @@ from subnetviz.analysis.update_pass import OVERLAP_NOTE
 from subnetviz.analysis.updates import UpdateAnalysis, read_analysis
 from subnetviz.cache import read_frame
 from subnetviz.checkpoints.sources import escaped
+from subnetviz.config import not_a_file
 from subnetviz.errors import ConfigError, SubnetvizError
 from subnetviz.figures import subspaces as subspace_figures
 from subnetviz.report.html import ReportSection, write_report
@@ -136,6 +137,8 @@ def _subspace_notes(src: Path) -> list[str]:
 def analysis_report(analysis_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the dashboard of ``analysis_dir`` (a folder from ``analyze --out``) to ``out``."""
     d = Path(analysis_dir)
+    if kind := not_a_file(d / "summary.json"):  # (a named pipe there read "no summary.json"; nothing is opened)
+        raise ConfigError(f"{d / 'summary.json'}: {kind}, not a regular file; refused.")
     if not (d / "summary.json").is_file():
         raise ConfigError(f"{d}: not an analysis folder (no summary.json); run `python -m subnetviz analyze` first.")
     analysis = read_analysis(d)
