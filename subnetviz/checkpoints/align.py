@@ -198,12 +198,34 @@ def align(checkpoints: Sequence[Checkpoint]) -> Alignment:
             "other; each side's weights are dequantised with its own and compared as weights."
         )
     if not tensors:
+        _refuse_lora_factors(checkpoints)
         raise AlignmentError(
             "no tensor names in common between "
             + " and ".join(ck.spec for ck in checkpoints)
             + f" (e.g. {checkpoints[0].names[:2]} vs {checkpoints[1].names[:2]})."
         )
     return Alignment(list(checkpoints), tensors, only_in, notes, held_by)
+
+
+# a PEFT adapter's own tensors: LoRA's factors (lora_A / lora_B, lora_embedding_A / _B for embeddings) and DoRA's
+# magnitude vector, as PEFT names them in the file it saves
+_LORA_FACTOR = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)(?:\.|$)")
+
+
+def _refuse_lora_factors(checkpoints: Sequence[Checkpoint]) -> None:
+    """AlignmentError naming a checkpoint that holds a LoRA adapter's factors where no tensor pairs: its weights
+    saved under another name than ``adapter_model.*`` (or without its config) were read as a model and said "no
+    tensor names in common", which sent their sender comparing names. An adapter is merged onto its base only from
+    its folder with ``adapter_config.json``."""
+    for ck in checkpoints:
+        factors = [n for n in ck.names if _LORA_FACTOR.search(n)]
+        if factors:
+            raise AlignmentError(
+                f"{ck.spec} holds a PEFT adapter's LoRA factors (e.g. {factors[0]!r}), not a model's weights: an "
+                "adapter is merged onto its base from its folder, its weights named adapter_model.safetensors beside "
+                "its adapter_config.json (rank, scale, target modules); give that folder as a finetuned model beside "
+                "its base."
+            )
 
 
 def _refuse_other_architectures(checkpoints: Sequence[Checkpoint], keyed: list[dict[str, str]]) -> None:
