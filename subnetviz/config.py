@@ -289,7 +289,11 @@ def hub_snapshot_of(path: str | os.PathLike) -> tuple[str, str, str] | None:
 # ("ckpts/(old)/model", "x/<y"): a path runs to a space, a comma, a colon, a semicolon, a "|", a backtick or a closing
 # tag, and :func:`_path_end` gives back what closes the text around it. (It stopped at the first bracket or quote:
 # "…/ckpts/(old)/model" read "main/ckpts(old)…/model", its "/" lost.)
-_ABS_PATH = re.compile(r"(?<![\w.~:/<>…)\]}-])(?<![\w.~/<>…)\]}-]['\"’”])/(?!/)(?:(?!</)[^\s`,;:|])+")
+_ABS_PATH = re.compile(r"(?<![\w.~:/<>…-])/(?!/)(?:(?!</)[^\s`,;:|])+")
+# a "/" after a closing bracket or a quote that follows a name ("(old)/model", "x/'q'/m"): inside a path shown
+# already only where its word has a "/" before it ("ckpts/(old)/model"); "[Errno 2]/srv/x", "b'/srv/x'" (a bytes
+# file name as OSError writes it) and "u'/srv/x'" are absolute paths
+_AFTER_NAME = re.compile(r"(?:[)\]}]|[\w.~/<>…)\]}-]['\"’”])$")
 _CLOSERS = {")": "(", "]": "[", "}": "{", ">": "<"}
 _TRAILING = ".'\"’”/"  # after a path: the end of a sentence, a closing quote, a folder's "/" (Path drops it)
 
@@ -317,7 +321,14 @@ def _redacted_path(match: str) -> str:
 
 def redact(text: str) -> str:
     """``text`` with every absolute path shown as :func:`display_path` shows it (error messages to visitors)."""
-    return _ABS_PATH.sub(lambda m: _redacted_path(m.group(0)), text)
+
+    def one(m: re.Match) -> str:
+        before = text[max(0, m.start() - 4096) : m.start()]  # (bounded: a long log's every path rescanned it)
+        if _AFTER_NAME.search(before[-2:]) and "/" in re.split(r"\s", before)[-1]:
+            return m.group(0)  # (a component of a path shown already)
+        return _redacted_path(m.group(0))
+
+    return _ABS_PATH.sub(one, text)
 
 
 def redact_value(value):

@@ -73,6 +73,28 @@ def test_what_is_no_path_stays_as_it_is(two_places):
         assert config.redact(text) == text
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "No such file or directory: b'{outside}/s/model.safetensors'",  # (a bytes file name, as OSError writes it)
+        "[Errno 2]{outside}/s/model.safetensors",
+        "(see above){outside}/s/model.safetensors",
+        "{{'a': 1}}{outside}/s/model.safetensors",
+        "u'{outside}/s/model.safetensors'",
+        "f-'{outside}/s/model.safetensors'",
+        "x’{outside}/s/model.safetensors",
+    ],
+)
+def test_a_path_after_a_bracket_or_a_quote_that_no_path_holds_is_hidden(two_places, template):
+    """The regressions12 review: the rule that keeps "ckpts/(old)/model" whole (a "/" after a closing bracket or a
+    quote after a name is no new path) also showed "[Errno 2]/srv/…" and "b'/srv/…'" whole; it applies only where
+    the word already holds a "/"."""
+    _, outside = two_places
+    shown = config.redact(template.format(outside=outside))
+    assert str(outside) not in shown and "…/model.safetensors" in shown, shown
+    assert config.redact(shown) == shown
+
+
 # --- 2: a run's curves title breaks at its " · " separators ----------------------------------------------------
 @pytest.mark.parametrize(
     ("head", "lines"),
