@@ -262,6 +262,23 @@ def test_a_full_stdout_with_nothing_published_is_exit_2_naming_stdout(capsys, fu
         assert "(writing to stdout)" in line, line
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_runs_to_dev_full_names_stdout_in_a_process(tmp_path):
+    """'runs > /dev/full', a real full device with stdout buffered as for any '> file' (the fixture above fakes the
+    device): the line names stdout. (Under PYTHONUNBUFFERED each print fails inside the command, and the line names
+    nothing: left alone.)"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[2]), SUBNETVIZ_HOME=str(tmp_path / "home"))
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "subnetviz", "runs"], env=env, stdout=full, stderr=subprocess.PIPE, timeout=300
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 2 and err.strip().splitlines() == [
+        f"error: cannot complete (writing to stdout): {os.strerror(errno.ENOSPC)} (errno 28)."
+    ], err
+
+
 # --- 4: app --port and a pass-through --server.port ------------------------------------------------------------
 
 
