@@ -44,6 +44,12 @@ KEY_LINE = 90  # characters in a line of the key naming cut labels in full
 _SEPARATORS = " -_./·:=,"  # where a label's parts end ("lr1e-5", "seed1")
 
 
+def _bar_lines(title: str, width: int = 12) -> str:
+    """A colour bar's ``title`` in lines of at most ``width`` characters ("× per-tensor<br>chance"): on one line,
+    "× per-tensor chance" ran past its chart at 1024 px."""
+    return "<br>".join(textwrap.wrap(title, width, break_on_hyphens=False) or [title])
+
+
 def chance_name(column: str) -> str:
     """What a chance column of :class:`~subnetviz.analysis.overlap.OverlapReport` is, as charts name it:
     ``*_per_tensor`` the per-tensor (stratified) chance, the others the global one (the paper's, App. E)."""
@@ -96,7 +102,7 @@ def overlap_layer_heatmap(
     )
     if view == "ratio":
         z, trace = _ratio_axis(ratio)
-        bar = f"Jaccard × {which}"
+        bar = _bar_lines(f"Jaccard × {which}")
         fig = _layer_heatmap(layers, modules, z, custom, hover, title, bar, text=_times(ratio), **trace)
     else:
         text = percent_cells(100 * g["jaccard"])
@@ -219,7 +225,7 @@ def pairwise_matrix(
     if view == "ratio":
         z, trace = _ratio_axis(ratio)
         text = _times(ratio)
-        trace["colorbar"]["title"] = {"text": f"× {which}"}
+        trace["colorbar"]["title"] = {"text": _bar_lines(f"× {which}")}
     else:
         z, trace = (
             100 * val,

@@ -345,11 +345,11 @@ def test_overlap_figures_colour_by_the_per_tensor_chance_and_say_so():
     assert tr.customdata[0, 1, 4] == pytest.approx(r["o1"] / r["o1_chance"], rel=1e-12)  # the paper's, in the hover
     assert tr.z[0, 1] == pytest.approx(np.log2(r["ratio_over_chance_per_tensor"]), rel=1e-9)
     assert "per-tensor chance" in tr.hovertemplate and "paper" in tr.hovertemplate
-    assert tr.colorbar.title.text == "× per-tensor chance" and "per-tensor chance" in fig.layout.title.text
+    assert tr.colorbar.title.text == "× per-tensor<br>chance" and "per-tensor chance" in fig.layout.title.text
     heat = rep.by_group[(rep.by_group["a"] == "a") & (rep.by_group["b"] == "b")]
     heat = heat.assign(layer=0, module=heat["group"].map(lambda g: g[1]))
     h = figures.overlap_layer_heatmap(heat, view="ratio").data[0]
-    assert "per-tensor chance" in h.hovertemplate and h.colorbar.title.text == "Jaccard × per-tensor chance"
+    assert "per-tensor chance" in h.hovertemplate and h.colorbar.title.text == "Jaccard ×<br>per-tensor<br>chance"
     want = heat.set_index("module")
     for col, module in enumerate(h.x):
         ratio = want.loc[module, "jaccard"] / want.loc[module, "jaccard_chance_per_tensor"]
