@@ -61,6 +61,27 @@ def test_one_matrix_titles_fit_and_its_panels_share_one_y_title(app_env):
     assert "title" not in ratios["layout"]["yaxis2"] and ratios["layout"]["yaxis2"]["matches"] == "y"
 
 
+@pytest.mark.parametrize(
+    "crit", [{"sp_crit": "relative", "sp_eta": "0.004"}, {"sp_crit": "1e-05"}, {"sp_crit": "exact"}]
+)
+def test_one_matrix_titles_fit_under_every_criterion_and_precision(app_env, crit):
+    """The criterion and the precision under the titles, with the matrix: "Which entries changed (relative η =
+    0.004 at bf16)" in the title ran past its half-page chart, "Signed update Δ = W_ft − W_base at bf16" too."""
+    at = _ok(open_page("sparsity", sp_tab="One matrix", precision="bf16", **crit))
+    charts = _charts(at)
+    images = [s for t, s in charts.items() if t.startswith(("Which entries changed", "Signed update"))]
+    (ratios,) = [s for t, s in charts.items() if t.startswith("Share of entries changed")]
+    named = {"relative": "relative η = 0.004", "1e-05": "tol = 1e-05", "exact": "exact"}[crit["sp_crit"]]
+    assert len(images) == 2
+    for spec in images:
+        title = spec["layout"]["title"]["text"]
+        assert _fits(title, HALF), title
+        assert "at bf16" in _plain(title) and "layers.0.self_attn.q_proj.weight" in title, title
+    for spec in (images[0], ratios):
+        assert f"{named} at bf16" in _plain(spec["layout"]["title"]["text"].replace("<br>", " · "))
+    assert _fits(ratios["layout"]["title"]["text"], FULL)
+
+
 def test_sparsity_heatmaps_name_every_module_kind_two_to_a_row(app_env):
     at = _ok(open_page("sparsity", sp_models=["grpo-s0", "grpo-s1", "dpo"]))
     heat = [s for s in plotly_specs(at) if s["data"][0]["type"] == "heatmap"]
