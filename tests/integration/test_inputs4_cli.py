@@ -170,11 +170,13 @@ def test_a_checkpoints_control_characters_reach_the_terminal_escaped(models, tmp
 
 
 def test_shown_escapes_control_characters_only():
-    """C0, DEL and C1 as \\xNN; the space, tab-free Unicode (Cyrillic, emoji, zero-width and RTL marks, a
-    no-break space) and text already quoted with !r as they are; a byte of a name that is not UTF-8 as \\xff."""
+    """C0, DEL and C1 as \\xNN; the space, tab-free Unicode (Cyrillic, emoji, zero-width, a no-break space) and text
+    already quoted with !r as they are; a byte of a name that is not UTF-8 as \\xff; a direction control (U+202E) as
+    ⟨U+202E⟩, as the page shows it (tests/integration/test_cli_bidi_names.py)."""
     assert shown("a\x1b[31mb\x07c\nd\te\x7ff\x85g\x9bh\x00") == r"a\x1b[31mb\x07c\x0ad\x09e\x7ff\x85g\x9bh\x00"
-    plain = "model.layers.0.мlp up_proj\u00a0\u200b\u202e😀 é"
+    plain = "model.layers.0.мlp up_proj\u00a0\u200b😀 é"
     assert shown(plain) == plain
+    assert shown(plain + "\u202e") == plain + "⟨U+202E⟩"
     quoted = repr(CTRL_NAME)
     assert shown(quoted) == quoted
     assert shown(os.fsdecode(b"ft\xff")) == r"ft\xff"
