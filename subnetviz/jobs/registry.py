@@ -86,7 +86,7 @@ class RunRecord:
     error: str | None
     run_dir: str
     config: dict
-    gpu: str | None = None  # the CUDA device id(s) the job was given ("2", "2,3"; None on CPU)
+    gpu: str | None = None  # the CUDA device id(s) the job was given ("2", "2,3"; None on CPU; "*": not known)
     launch: dict | None = None  # how to start it: {command, max_concurrent, gpus, cuda_visible_devices, read_env}
     # Not a column: the folder the row names when that is another home's (a registry copied or moved without
     # this run's folder); None for a run of this home. Such a run is never started, signalled or written to.
@@ -413,13 +413,49 @@ def _last_argument_is(pid: int | None, folder: str | os.PathLike) -> bool:
     return bool(command) and same_folder(command[-1], folder)
 
 
+RUN_DIR_OPTION = "--run-dir"  # ``subnetviz train``'s: the folder of a run in the foreground
+
+
+def foreground_run_dir(command: list[str]) -> str | None:
+    """The folder that a ``subnetviz train ... --run-dir FOLDER`` command line names (``--run-dir=FOLDER``, and the
+    abbreviations argparse takes, too), as it was typed (relative to the process's folder); None for any other."""
+    if "train" not in command:
+        return None
+    args = command[command.index("train") + 1 :]
+    for i, arg in enumerate(args):
+        if arg == "--":  # (what follows is no option)
+            return None
+        option, eq, value = arg.partition("=")
+        if len(option) > 2 and RUN_DIR_OPTION.startswith(option):
+            return value if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return None
+
+
+def _is_recorded_foreground(pid: int | None, folder: str | os.PathLike) -> bool:
+    """Is process ``pid`` the foreground ``train --run-dir`` of ``folder``: the pid its :data:`FOREGROUND_FILE`
+    records, whose command line names that folder (:func:`foreground_run_dir`, read from the process's folder)?
+    Its recorded start is not compared: this is what is asked when the clock was stepped (:func:`is_alive`)."""
+    try:
+        record = json.loads((Path(folder) / FOREGROUND_FILE).read_text())
+        if not isinstance(record, dict) or record.get("pid") != pid:
+            return False
+        proc = psutil.Process(pid)
+        named = foreground_run_dir(proc.cmdline())
+        return named is not None and same_folder(os.path.join(proc.cwd(), named), folder)
+    except (psutil.Error, OSError, ValueError, TypeError, RecursionError):
+        return False
+
+
 def is_alive(rec: RunRecord) -> bool:
     """Is the run's recorded process still running: same pid *and* same creation time?
 
     Creation times are wall-clock based: when the clock is stepped while a job runs (NTP after boot,
     a virtual machine restored or migrated) the same process reports another creation time. Then the
     process is still the run's when its command line ends with the run's folder, as every worker's
-    does (:func:`subnetviz.jobs.scheduler.start`); a later process that reused the pid does not.
+    does (:func:`subnetviz.jobs.scheduler.start`), or when it is the run's foreground ``train --run-dir`` (the
+    pid its folder's :data:`FOREGROUND_FILE` records, naming the folder by ``--run-dir`` anywhere in its command
+    line: a run adopted by a rebuilt registry, :mod:`subnetviz.jobs.rescan`); a later process that reused the pid
+    does not.
     A row without a recorded start (None or 0, from a platform that could not tell) is judged by
     its pid alone, as before. A process that is the job of another run folder (:func:`job_folder`) is not
     the run's: in a copied home, the row names the original home's process, working on the original's folder.
@@ -432,7 +468,7 @@ def is_alive(rec: RunRecord) -> bool:
         return False
     if not rec.pid_start or abs(start - rec.pid_start) < START_TOLERANCE_S:
         return True
-    return _last_argument_is(rec.pid, rec.run_dir)
+    return _last_argument_is(rec.pid, rec.run_dir) or _is_recorded_foreground(rec.pid, rec.run_dir)
 
 
 def is_job_process(rec: RunRecord) -> bool:

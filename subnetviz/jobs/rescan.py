@@ -25,11 +25,16 @@ from subnetviz.jobs.registry import (
     Registry,
     RunRecord,
     creation_time,
+    foreground_run_dir,
     process_start,
     same_folder,
 )
 from subnetviz.jobs.scheduler import (
+    CVD,
+    DEVICE_ENV,
+    JOB_GPU_ENV,
     MAX_TEXT,
+    UNKNOWN_GPUS,
     discard_outputs,
     ended_at,
     kill_leftovers,
@@ -37,7 +42,6 @@ from subnetviz.jobs.scheduler import (
     publish_outputs,
 )
 
-RUN_DIR_OPTION = "--run-dir"  # ``subnetviz train``'s: the folder of a run in the foreground
 REBUILT = (
     "no final status in its run folder when the registry was rebuilt from the run folders (it was queued, or its "
     "worker was stopped or crashed); launch it again"
@@ -62,21 +66,6 @@ def _run_folders(root: Path) -> list[Path]:
     return found
 
 
-def _foreground_run_dir(command: list[str]) -> str | None:
-    """The folder that a ``subnetviz train ... --run-dir FOLDER`` command line names (``--run-dir=FOLDER``, and the
-    abbreviations argparse takes, too), as it was typed (relative to the process's folder); None for any other."""
-    if "train" not in command:
-        return None
-    args = command[command.index("train") + 1 :]
-    for i, arg in enumerate(args):
-        if arg == "--":  # (what follows is no option)
-            return None
-        option, eq, value = arg.partition("=")
-        if len(option) > 2 and RUN_DIR_OPTION.startswith(option):
-            return value if eq else (args[i + 1] if i + 1 < len(args) else None)
-    return None
-
-
 def _recorded_by(folder: Path, pid: int) -> bool:
     """Whether ``folder`` is the run folder that process ``pid`` made as a foreground ``train --run-dir``: its
     :data:`~subnetviz.jobs.registry.FOREGROUND_FILE` names that pid and that process's start (a pid reused since
@@ -91,23 +80,37 @@ def _recorded_by(folder: Path, pid: int) -> bool:
     )
 
 
-def _workers(folders: list[Path]) -> dict[str, int]:
-    """The live workers of ``folders``: real folder -> pid. A queued job's worker carries its folder as its
+def _held_gpus(env: dict[str, str]) -> str | None:
+    """The GPUs a live run's process holds, from its environment: the ids a starter gave it
+    (:data:`~subnetviz.jobs.scheduler.JOB_GPU_ENV`), else its ``CUDA_VISIBLE_DEVICES`` (a worker of an older version,
+    a foreground run started with it set); None (none) when that hides every GPU or the process trains on the CPU
+    (``SUBNETVIZ_DEVICE=cpu``, a foreground run); else :data:`~subnetviz.jobs.scheduler.UNKNOWN_GPUS`: it may use
+    any, so none is handed out while it runs."""
+    given = env.get(JOB_GPU_ENV) or env.get(CVD)
+    if given is None:
+        return None if (env.get(DEVICE_ENV) or "").strip().startswith("cpu") else UNKNOWN_GPUS
+    return ",".join(g.strip() for g in given.split(",") if g.strip()) or None
+
+
+def _workers(folders: list[Path]) -> dict[str, tuple[int, str | None]]:
+    """The live workers of ``folders``: real folder -> (pid, the GPUs it holds, :func:`_held_gpus`; a registry
+    rebuilt while it runs must not hand them out again). A queued job's worker carries its folder as its
     :data:`~subnetviz.jobs.registry.JOB_ENV` and ends its command line with it, as every starter starts one (the
     oldest, a wrapper's own, when there are several; never a rank it launched, whose command names no folder). A
     ``train --run-dir FOLDER`` in the foreground (:func:`~subnetviz.jobs.worker.main_train`), which no starter
     started, names its folder in its command line only: its environment is its shell's (the mark it sets reaches
     only what it starts), so it is found by its command line, the folder read from the process's own folder."""
     wanted = {os.path.realpath(f) for f in folders}
-    found: dict[str, tuple[float, int]] = {}
+    found: dict[str, tuple[float, int, str | None]] = {}
     for proc in psutil.process_iter():
         try:
-            marked, command = proc.environ().get(JOB_ENV), proc.cmdline()
+            env, command = proc.environ(), proc.cmdline()
+            marked = env.get(JOB_ENV)
             if marked is not None:  # a job's worker, or a process its job started
                 real = os.path.realpath(marked)
                 if not (command and same_folder(command[-1], real)):
                     continue
-            elif (named := _foreground_run_dir(command)) is not None:
+            elif (named := foreground_run_dir(command)) is not None:
                 real = os.path.realpath(os.path.join(proc.cwd(), named))
                 if real in wanted and not _recorded_by(Path(real), proc.pid):
                     continue  # (another process that names the folder: a script's own --run-dir, a mimic)
@@ -116,10 +119,10 @@ def _workers(folders: list[Path]) -> dict[str, int]:
             if real not in wanted or (start := process_start(proc.pid)) is None:
                 continue
             if real not in found or start < found[real][0]:
-                found[real] = (start, proc.pid)
+                found[real] = (start, proc.pid, _held_gpus(env))
         except (psutil.Error, OSError, ValueError):  # gone meanwhile, or another user's
             continue
-    return {folder: pid for folder, (_, pid) in found.items()}
+    return {folder: (pid, gpu) for folder, (_, pid, gpu) in found.items()}
 
 
 def _mtime(path: Path) -> float | None:
@@ -129,9 +132,10 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _rebuilt(folder: Path, worker: int | None) -> RunRecord | None:
+def _rebuilt(folder: Path, worker: tuple[int, str | None] | None) -> RunRecord | None:
     """The registry row of the run in ``folder`` from what the folder holds; None when it is no job's folder (its
-    ``config.json`` names no kind). A run whose worker lives (``worker``) is running, left to it; one that ended
+    ``config.json`` names no kind). A run whose worker lives (``worker``: its pid and the GPUs it holds) is running,
+    left to it, with those GPUs as its ``gpu``; one that ended
     gets its final status, or is failed (:data:`REBUILT`) with none; a cancel flag without one reads cancelled.
     Its outputs are published or discarded as :func:`~subnetviz.jobs.scheduler.settle` does."""
     config = read_json(folder / "config.json")
@@ -148,8 +152,9 @@ def _rebuilt(folder: Path, worker: int | None) -> RunRecord | None:
     rec = replace(rec, **progress_of(status))
     state = status.get("state")
     if worker is not None and not (isinstance(state, str) and state in TERMINAL):  # (a run that ended is not its)
-        start = creation_time(worker)
-        return replace(rec, status="running", pid=worker, pid_start=start, started=start)
+        pid, gpu = worker
+        start = creation_time(pid)
+        return replace(rec, status="running", pid=pid, pid_start=start, started=start, gpu=gpu)
     error = status.get("error")
     if isinstance(state, str) and state in TERMINAL:
         error = None if error is None else (error if isinstance(error, str) else repr(error))[:MAX_TEXT]

@@ -266,7 +266,8 @@ class JobRunner:
         """A job that names a GPU (``cuda:N`` as its device, or as ``SUBNETVIZ_DEVICE``) is given that GPU, seen
         as its only one (:func:`~subnetviz.jobs.scheduler.start`): refused here, in one line, when this runner does
         not hand that GPU out, rather than failing once it starts; so is a multi-process run of more processes than
-        the GPUs it hands out (each takes one, :func:`~subnetviz.jobs.scheduler.gpus_wanted`)."""
+        the GPUs it hands out (each takes one, :func:`~subnetviz.jobs.scheduler.gpus_wanted`). Such a run is never
+        given the GPU its device names (each rank trains on ``cuda:LOCAL_RANK``): that GPU is not checked."""
         launch = self.launch
         if not launch.gpus:  # no GPU handed out (CPU, Ray): the job sees what this process sees
             return
@@ -275,6 +276,8 @@ class JobRunner:
                 f"a {config.get('strategy')} run of {n} processes takes one GPU per process, and this server gives "
                 f"jobs {len(launch.gpus)} (GPUs {', '.join(launch.gpus)}); ask for at most {len(launch.gpus)}."
             )
+        if n > 1:
+            return
         device = job_device(config, launch)
         if cuda_index(device) is not None and (gpu := named_gpu(device, launch)) not in launch.gpus:
             given = ", ".join(launch.gpus)

@@ -135,22 +135,32 @@ def named_gpu(device: str | None, launch: Launch) -> str | None:
 
 def gpus_wanted(config: dict, launch: Launch) -> int:
     """How many GPUs a job takes: one per process for a multi-process training run (``ddp``, ``fsdp2``, ZeRO) whose
-    device is not the CPU and names no one GPU (each rank trains on ``cuda:LOCAL_RANK``), else one. A two-process
-    DDP run was given one GPU, and its launch refused it ("it has 1")."""
+    device is not the CPU, else one. A two-process DDP run was given one GPU, and its launch refused it ("it has 1").
+
+    A device that names one GPU (``SUBNETVIZ_DEVICE=cuda:1``, what ``auto`` stands for on a server) counts as CUDA
+    here: such a run takes the device's kind only, each rank training on ``cuda:LOCAL_RANK`` whatever the index
+    (:func:`subnetviz.training.sharded.process_device`), so it wants one GPU per process, not the GPU it names."""
     if config.get("kind") != "train" or config.get("strategy", "single") == "single":
         return 1
     n = config.get("num_processes", 1)
     if not isinstance(n, int) or isinstance(n, bool) or n <= 1:
         return 1
     device = job_device(config, launch)
-    if device is not None and (device.startswith("cpu") or cuda_index(device) is not None):
+    if device is not None and device.startswith("cpu"):
         return 1
     return n
 
 
+UNKNOWN_GPUS = "*"
+"""A running row's ``gpu`` when which GPUs its process holds is not known: a live run adopted by a registry rebuilt
+from the run folders (:mod:`subnetviz.jobs.rescan`) whose environment names none (a ``train --run-dir`` in the
+foreground, a job started with no GPU of its own). It counts as holding every GPU a runner hands out
+(:func:`advance`): no job is given one until that run ends."""
+
+
 def held_gpus(gpu: str | None) -> list[str]:
     """The GPU ids a running job holds, from its registry row's ``gpu`` (``"2"``, or ``"2,3"`` for a job given one
-    per process)."""
+    per process; :data:`UNKNOWN_GPUS` when not known)."""
     return [g for g in (gpu or "").split(",") if g]
 
 
@@ -453,7 +463,9 @@ def advance(
     own run, whose job has returned (its process is still alive, finishing this). ``environ``: the environment
     to start them from (:func:`start`). Returns the processes started (the caller's children, for it to reap).
     A run whose device names a GPU (``cuda:N``) is given that GPU, and waits for it while another run has it. A
-    multi-process training run is given one GPU per process (:func:`gpus_wanted`), and waits until that many are free.
+    multi-process training run is given one GPU per process (:func:`gpus_wanted`), and waits until that many are free;
+    the GPU its device may name is not its (each rank trains on ``cuda:LOCAL_RANK``). While a running row holds GPUs
+    not known (:data:`UNKNOWN_GPUS`) no GPU counts as free: never two jobs on one GPU.
     """
     started = []
     with registry.transaction() as con:
@@ -465,7 +477,7 @@ def advance(
             launch = Launch.of(rec, default)
             if len(running) >= launch.max_concurrent:
                 break  # first in, first out: a later run never overtakes the head of the queue
-            free = [g for g in launch.gpus if g not in busy]
+            free = [] if UNKNOWN_GPUS in busy else [g for g in launch.gpus if g not in busy]
             device = job_device(rec.config, launch)
             if launch.gpus and (n := gpus_wanted(rec.config, launch)) > 1:
                 if len(free) < n:

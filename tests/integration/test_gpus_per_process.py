@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,13 +81,14 @@ def _status(runner: JobRunner, run_id: str) -> str:
 def test_how_many_gpus_a_job_takes():
     launch = Launch(["true"], 4, ["0", "1", "2", "3"], None, {})
     assert gpus_wanted(_job({"base": "b", "data": {"sft": "d"}}, strategy="ddp", num_processes=3), launch) == 3
-    for single in (
-        {"strategy": "single"},
-        {"strategy": "ddp", "num_processes": 1},
-        {"strategy": "ddp", "num_processes": 2, "device": "cpu"},
-        {"strategy": "ddp", "num_processes": 2, "device": "cuda:1"},  # one GPU named: it gets that one
-    ):
+    for single in ({"strategy": "single"}, {"strategy": "ddp", "num_processes": 1}):
         assert gpus_wanted(_job({"base": "b", "data": {"sft": "d"}}, **single), launch) == 1, single
+    # The device a train run asks for is SUBNETVIZ_DEVICE, as submitted (a train config has no device key). On the
+    # CPU a multi-process run takes no GPU of its own; a device naming one GPU is CUDA to its ranks, each on
+    # cuda:LOCAL_RANK (sharded.process_device): one GPU per process, not the one named.
+    two = _job({"base": "b", "data": {"sft": "d"}}, strategy="ddp", num_processes=2)
+    for device, wanted in (("cpu", 1), ("cuda:1", 2), ("cuda", 2)):
+        assert gpus_wanted(two, replace(launch, read_env={"SUBNETVIZ_DEVICE": device})) == wanted, device
     assert gpus_wanted({"kind": "behavior", "strategy": "ddp", "num_processes": 2}, launch) == 1
     assert held_gpus("2,3") == ["2", "3"] and held_gpus("1") == ["1"] and held_gpus(None) == []
 
