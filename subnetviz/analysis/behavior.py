@@ -47,6 +47,7 @@ from subnetviz.analysis.behavior_data import (
     check_token_ids,
     correct,
     encode,
+    encodings,
     fit_context,
     kl_terms,
     logits_of,
@@ -212,12 +213,15 @@ def behavior(
     dev = resolve_device(device)
     labels = _labels(labels, finetuned, prompts)
     masks = dict(masks or {})
+    refuse_control_names(masks, "behaviour")
     curve = sorted({float(f) for f in curve}) if curve else None  # a fraction given twice was run twice
     _refuse_adapters([base, *finetuned])
     for ft in finetuned:  # from the headers, before any model is loaded: a pair behaviour cannot compare
         aligned_pair(str(base), str(ft))
     tok = load_tokenizer(base)  # (any failure to load it: one line naming the folder and the file)
     encoded = encode(tok, prompts)
+    # each finetune's own tokenizer against the base's, before any model is loaded (not after the earlier finetunes)
+    tok_notes = [tokenizer_note(str(ft), tok, prompts, encoded, base=str(base)) for ft in finetuned]
     enc, cut_note = fit_context(encoded, _context_length([base, *finetuned]))
     domains = list(domains) if domains is not None else ["all"] * len(prompts)
     if len(domains) != len(prompts):
@@ -246,14 +250,14 @@ def behavior(
     static = token_frame(enc, tok)
     static.insert(1, "set", token_domains)
     total, step, t_fwd, fwd_tokens = len(finetuned) * len(plan), 0, 0.0, 0
-    for label, ft in zip(labels, finetuned, strict=True):
+    for label, ft, tok_note in zip(labels, finetuned, tok_notes, strict=True):
         builder = ModelBuilder(str(base), str(ft), dev)
         tap = RoutingTap(builder.model)  # (its routers found once; hooked for each experiment's pass)
         for name, ms in masks.items():
             if not callable(ms):
                 check_mask_names(ms, builder, name)
                 notes += [f"{label}: {n}" for n in [mask_placement_note(ms, builder, name)] if n]
-        notes += [f"{label}: {n}" for n in [tokenizer_note(str(ft), tok, prompts, encoded, base=str(base))] if n]
+        notes += [f"{label}: {tok_note}"] if tok_note else []
         differ = config_difference(str(base), str(ft))
         if differ:
             notes.append(
@@ -354,13 +358,16 @@ def tokenizer_note(ft: str, tok, prompts: Sequence[Prompt], encoded: Sequence, b
         own = load_tokenizer(ft)
     except SubnetvizError:
         return None
-    same = [bool(torch.equal(a.ids, b.ids)) for a, b in zip(encode(own, prompts), encoded, strict=True)]
+    theirs = encodings(own, prompts)  # (a prompt it encodes to no token: encoded otherwise, not a refusal)
+    same = [a is not None and bool(torch.equal(a.ids, b.ids)) for a, b in zip(theirs, encoded, strict=True)]
     if all(same):
         return None
-    first = same.index(False)
+    first, empty = same.index(False), sum(a is None for a in theirs)
     return (
         f"its own tokenizer encodes {same.count(False):,} of {len(same):,} prompt(s) otherwise than the base's (first: "
-        f"prompt {first}); every model is given the base's tokens, so its numbers are those of the base's encoding."
+        f"prompt {first}"
+        + (f"; {empty:,} of them to no token at all" if empty else "")
+        + "); every model is given the base's tokens, so its numbers are those of the base's encoding."
     )
 
 
@@ -502,6 +509,26 @@ class Step:
     order: str | None = None
 
 
+def control_name(mask: str) -> str:
+    """The name of the random control of the mask named ``mask`` (its experiment: ``random(NAME)/inside``)."""
+    return f"random({mask})"
+
+
+def refuse_control_names(names, where: str) -> None:
+    """Refuse a mask named as another mask's random control (:func:`control_name`: ``random(X)`` beside a mask
+    ``X``), in one line that says so from ``where`` (``--mask``, ``behavior config``): both made the experiment
+    ``random(X)/inside``, two summary rows of one mask and side, of which ``behavior.json`` kept one and the page drew
+    both in one chart."""
+    names = [str(n) for n in names]
+    taken = {control_name(n): n for n in names}
+    clash = next((n for n in names if n in taken), None)
+    if clash is not None:
+        raise ConfigError(
+            f"{where}: the mask name {clash!r} is that of the random control of the mask {taken[clash]!r} (its "
+            f"experiment {clash}/inside); give the mask another name."
+        )
+
+
 def _plan(masks: Mapping, random_control: bool, curve: Sequence[float] | None, seed: int) -> list[Step]:
     """The experiments run on each finetune: the plain finetune first, then each mask inside / outside (and its
     random control), then the curves."""
@@ -512,7 +539,7 @@ def _plan(masks: Mapping, random_control: bool, curve: Sequence[float] | None, s
             Step(f"{name}/outside", name, "outside", lambda b, ms=ms: mask_selector(b.resolve(ms), False)),
         ]
         if random_control and not getattr(ms, "whole_tensors", False):  # (the routers: the same mask drawn)
-            rand = f"random({name})"
+            rand = control_name(name)
             plan.append(Step(f"{rand}/inside", rand, "inside", lambda b, ms=ms: random_selector(b.resolve(ms), seed)))
     for f in curve or ():
         at = f"{f:g}"
@@ -678,6 +705,7 @@ def validate_config(config: dict) -> None:
     if not config.get("base") or not config.get("finetuned"):
         raise ConfigError("behavior config needs 'base' and a non-empty 'finetuned' list.")
     specials = [m for m in (config.get("masks") or {}).values() if m in SPECIAL_MASKS or str(m).startswith("topk:")]
+    refuse_control_names(config.get("masks") or {}, "behavior config")
     for f in [config["base"], *config["finetuned"]]:
         _check_model_given(f)
     for f in (m for m in (config.get("masks") or {}).values() if m not in specials):

@@ -232,22 +232,38 @@ def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
     rendered). Special tokens the tokenizer appends to every text (Llama-2's ``add_eos_token``: ``<bos> $A <eos>``)
     end the whole text, never the prompt: ``prompt answer <eos>``, a prompt without an answer ``prompt <eos>``
     (:attr:`Encoded.tail`; the answer was read after an ``<eos>`` in mid-text, a context the model never sees,
-    and every answer was scored wrong). A prompt whose text encodes to no token is refused naming it: no position
-    holds it, and its answer's first token would have no position to predict it."""
-    out = []
-    bos = getattr(tokenizer, "bos_token", None)
-    for i, p in enumerate(prompts):
-        # A prompt that already begins with the BOS text (rendered by a chat template) gets no second one: the
-        # models were scored on "<bos> <bos> ...", a context they never see.
-        special = not (isinstance(bos, str) and bos and p.text.startswith(bos))
-        ids = list(tokenizer(p.text, add_special_tokens=special)["input_ids"])
-        if not ids:
+    and every answer was scored wrong). Which of the special tokens go in front and which at the end is learnt
+    from a probe text with tokens of its own (:func:`special_layout`): an empty prompt's ``<bos>`` was taken for an
+    appended token and scored after its answer. A prompt left with no token in front of its answer (a text that
+    encodes to nothing, with no BOS added in front) is refused naming it: no position holds it, and its answer's
+    first token would have no position to predict it."""
+    out = encodings(tokenizer, prompts)
+    for i, (e, p) in enumerate(zip(out, prompts, strict=True)):
+        if e is None:
             raise ConfigError(
                 f"{p.where or f'prompt {i}'}: the prompt {p.text[:60]!r} encodes to no token with the base's tokenizer "
                 "(it adds none in front of a text); give each prompt some text."
             )
-        k = _appended(tokenizer, p.text, ids) if special else 0
+    return out
+
+
+def encodings(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded | None]:
+    """:func:`encode`'s encodings, None for a prompt left with no token of its own (not refused here: a
+    finetune's own tokenizer is only compared with the base's, :func:`~subnetviz.analysis.behavior
+    .tokenizer_note`)."""
+    out: list[Encoded | None] = []
+    bos = getattr(tokenizer, "bos_token", None)
+    layout = special_layout(tokenizer)
+    for p in prompts:
+        # A prompt that already begins with the BOS text (rendered by a chat template) gets no second one: the
+        # models were scored on "<bos> <bos> ...", a context they never see.
+        special = not (isinstance(bos, str) and bos and p.text.startswith(bos))
+        ids = list(tokenizer(p.text, add_special_tokens=special)["input_ids"])
+        k = _appended(tokenizer, p.text, ids, layout) if special else 0
         ids, tail = ids[: len(ids) - k], ids[len(ids) - k :]
+        if not ids:
+            out.append(None)
+            continue
         start, end, apart = None, None, False
         if p.answer is not None:
             start = len(ids)
@@ -261,14 +277,43 @@ def encode(tokenizer, prompts: Sequence[Prompt]) -> list[Encoded]:
     return out
 
 
-def _appended(tokenizer, text: str, ids: list[int]) -> int:
+# Texts that every tokenizer gives tokens of their own (a character tokenizer its <unk> at worst): the first that
+# encodes to some token tells what the tokenizer adds in front of a text and at its end (:func:`special_layout`).
+_PROBES = ("a", "0", "The", " ")
+
+
+def special_layout(tokenizer) -> tuple[int, int] | None:
+    """(in front, at the end): how many tokens the tokenizer's special tokens add before a text's own tokens and
+    after them, learnt from a probe text (:data:`_PROBES`) encoded with and without them (``<bos> $A``: (1, 0);
+    Llama-2's ``add_eos_token``: (1, 1)); None where no probe encodes to a token, or its own tokens do not sit
+    together in its encoding with the special tokens."""
+    for probe in _PROBES:
+        own = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+        if not own:
+            continue
+        ids = list(tokenizer(probe)["input_ids"])
+        for front in range(len(ids) - len(own) + 1):
+            if ids[front : front + len(own)] == own:
+                return front, len(ids) - front - len(own)
+        return None
+    return None
+
+
+def _appended(tokenizer, text: str, ids: list[int], layout: tuple[int, int] | None = None) -> int:
     """How many special tokens the tokenizer appended at the end of ``ids`` (``text`` encoded with its special
-    tokens): those after the text's own tokens (``text`` encoded without them), each one of its special tokens."""
+    tokens): those after the text's own tokens (``text`` encoded without them), each one of its special tokens.
+    ``layout`` (:func:`special_layout`): the tokens the tokenizer adds in front and at the end, which decide where
+    ``text``'s added tokens go when they number as many. Without it, a text with no token of its own has every added
+    token in front: an empty prompt's ``<bos>`` passed for appended (its text's tokens, none, sit before it)."""
     specials = set(getattr(tokenizer, "all_special_ids", None) or ())
     if not ids or ids[-1] not in specials:
         return 0
     own = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     added = len(ids) - len(own)
+    if layout is not None and added == sum(layout) and ids[layout[0] : len(ids) - layout[1]] == own:
+        return layout[1] if all(t in specials for t in ids[len(ids) - layout[1] :]) else 0
+    if not own:
+        return 0
     for k in range(added, 0, -1):  # (the text's own tokens sit between the k appended and the added - k in front)
         if ids[added - k : len(ids) - k] == own and all(t in specials for t in ids[len(ids) - k :]):
             return k

@@ -324,7 +324,11 @@ def _mask_specs(specs: list[str]) -> dict[str, str]:
     name (the later one replaced the earlier, with no word) refused. A value that is an existing path, or whose
     part before the first '=' holds a '/' (no name does: it would name experiments 'a/b/inside'), is a bare path:
     run folders named after their settings (``sweep/lr=1e-5/mask.safetensors``) were split into the name
-    'sweep/lr' and the path '1e-5/mask.safetensors'. A leading ``~`` of a path is expanded."""
+    'sweep/lr' and the path '1e-5/mask.safetensors'. A leading ``~`` of a path is expanded. A name that is another
+    mask's random control's (``random(m)`` beside ``m``) is refused (:func:`~subnetviz.analysis.behavior
+    .refuse_control_names`)."""
+    from subnetviz.analysis.behavior import refuse_control_names
+
     masks: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -342,6 +346,7 @@ def _mask_specs(specs: list[str]) -> dict[str, str]:
                 f"--mask: two masks named {name!r} ({masks[name]}, {path}); name each one: --mask NAME=PATH."
             )
         masks[name] = path
+    refuse_control_names(masks, "--mask")  # (a mask 'random(m)' beside 'm': two experiments 'random(m)/inside')
     return masks
 
 

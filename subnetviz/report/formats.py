@@ -16,7 +16,9 @@ One rule set (no Streamlit here; :func:`subnetviz.ui.table` turns it into column
   number near 1 whose distance from 1 is the finding (RL moves σ by about 1e-4): as many fixed decimals as show
   that distance (``1.000500``); their deviations (``sv_ratio_maxdev``) take the rules of other floats;
 - other floats with a non-zero magnitude below 10⁻³: scientific notation (``1.234e-5``), so a small
-  number never reads as ``0.0000``.
+  number never reads as ``0.0000``; a KL (``kl``, ``kl_*``, ``*_kl``: nats or bits per token, usually in
+  [10⁻³, 10⁻²] after finetuning) below 10⁻² too, so that it keeps four significant digits (``5.312e-3``, where
+  the default four decimals wrote ``0.0053`` on the page and the export ``0.00531234``).
 
 Formats are Streamlit ``NumberColumn`` format names or printf strings; :func:`format_value` writes
 the same text in Python for the export.
@@ -48,6 +50,8 @@ _RATIO = re.compile(r"(^|_)(ratio|x_chance|times_chance)($|_)", re.IGNORECASE)
 _SIGMA_RATIO = re.compile(r"(^|_)sv_ratio($|_)", re.IGNORECASE)
 _DEVIATION = re.compile(r"(^|_)(maxdev|dev|std)$", re.IGNORECASE)
 SMALL = 1e-3
+_KL = re.compile(r"(^|_)kl($|_)", re.IGNORECASE)
+KL_SMALL = 1e-2  # a KL column with a non-zero value below this: e-notation (four decimals kept one or two digits)
 MISSING = "—"  # a missing value, in the app's tables (their placeholder) and in the export
 
 
@@ -75,7 +79,7 @@ def column_format(name: object, values: pd.Series) -> str | None:
     # grouped display would round away (an expected count, 121,119.318)
     if np.abs(v).max() >= 1000 and (np.all(v == np.round(v)) or nonzero.min() >= 1):
         return COUNT
-    if len(nonzero) and nonzero.min() < SMALL:
+    if len(nonzero) and nonzero.min() < (KL_SMALL if _KL.search(text) else SMALL):
         return SCIENTIFIC
     return None
 
