@@ -192,6 +192,11 @@ def analyse(model: str, corpus: str, where: str) -> None:
     if problem := ui.shared(uilogic.model_problem, model, ui.checkpoint_stamp(model)):  # (before its masks)
         ui.error(problem)
         return
+    try:  # an architecture without a bigram-mask table (config.json only): one line, not one per saved mask
+        model_family(model)
+    except SubnetvizError as exc:
+        ui.error(exc)
+        return
     masks = {
         k: v for k, v in selection.saved_masks().items() if v.endswith("outputs/mask.safetensors") or "uploads" in k
     }
@@ -215,8 +220,8 @@ def analyse(model: str, corpus: str, where: str) -> None:
         asked = [q for q in (st.query_params.get("bg_mask"), st.query_params.get("bg_opt")) if q in misfit]
         said = "; ".join(f"{label} ({misfit[label]})" for label in (asked or misfit))
         if len(misfit) == len(masks):
-            st.info(
-                ui.plain(f"No saved mask fits this model: {said}. Train one for it under *Train a mask*."),
+            st.info(  # (the advice as Markdown: through ui.plain its asterisks were shown)
+                ui.plain(f"No saved mask fits this model: {said}.") + " Train one for it under *Train a mask*.",
                 icon=":material/info:",
             )
             return
@@ -227,10 +232,7 @@ def analyse(model: str, corpus: str, where: str) -> None:
         masks = {label: path for label, path in masks.items() if label not in misfit}
     a, b = st.columns(2)
     names = list(masks)
-    latest = {
-        t: max((n for n in names if n.startswith(f"{t} mask")), key=lambda n: n.rsplit("· ", 1)[-1], default=None)
-        for t in ("bigram", "optimal")
-    }  # the newest mask of each target is the default
+    latest = {t: _default_of(masks, t) for t in ("bigram", "optimal")}  # the defaults, each of its target
     # The masks are read from and written into the URL by hand, the newest too: a bound picker leaves its default
     # (the newest mask) out, so a shared link showed whichever mask was newest when it was opened.
     q = st.query_params
@@ -249,13 +251,17 @@ def analyse(model: str, corpus: str, where: str) -> None:
         key="bg_opt",
     )
     q["bg_mask"], q["bg_opt"] = mask, opt  # (a link's entry not on offer replaced by what is shown)
-    if latest["optimal"] is None:
+    # only while no optimal mask is chosen (it was said beside an uploaded optimal mask and its overlap)
+    if opt == "none" and latest["optimal"] is None:
         from subnetviz.demo.extras import zoo_job_note
 
         st.caption(
             zoo_job_note(ui.zoo(), ui.job_runner(), "optimal")
-            or "No optimal-target mask yet: train one with target *optimal* under *Train a mask* to see the overlap."
+            or "No optimal-target mask yet: train one with target *optimal* under *Train a mask*, or choose another "
+            "saved mask as the optimal one above, to see the overlap."
         )
+    elif opt == "none":
+        st.caption("Choose an optimal mask above to see the overlap.")
     table = zoo_bigram_path()
     if corpus == "zoo" and table.is_file():  # refused before it is priced, computed, or read from the disk cache
         from subnetviz.cache import file_stamp
@@ -355,6 +361,22 @@ BLOCKS = {
 }
 
 
+def _default_of(masks: dict[str, str], target: str) -> str | None:
+    """The mask of ``target`` ("bigram", "optimal") a picker starts at: the newest mask-training run's (its label
+    says its target), else the first other mask (an upload, an import, the zoo's) whose file's metadata says that
+    target, as a run's mask says it (:func:`~subnetviz.selection.mask_info`: its header only). Only runs' labels
+    were read: an uploaded optimal mask was never the default, and the page said there was none."""
+    from subnetviz.cache import file_stamp
+
+    runs = [label for label in masks if label.startswith(f"{target} mask")]
+    if runs:
+        return max(runs, key=lambda label: label.rsplit("· ", 1)[-1])
+    others = (label for label in masks if not label.startswith(("bigram mask", "optimal mask")))
+    return next(
+        (n for n in others if selection.mask_info(masks[n], file_stamp(masks[n])).get("target") == target), None
+    )
+
+
 def _zoo_fits(model: str, table: str, stamps: tuple) -> bool:
     """:func:`~subnetviz.bigram.config.check_zoo_tokenizer` (it raises for a model whose tokenizer does not give
     the zoo's letters the zoo's ids), memoised for every session by the files' ``stamps``: it loads a tokenizer."""
@@ -428,7 +450,9 @@ def body() -> None:
         "Corpus",
         value=_from_link("bg_corpus", "zoo", "corpus", _existing_corpus),
         key="bg_corpus",
-        help="'zoo' = the demo chain's exact bigram law, or a text file (model's own tokenizer)",
+        help="`zoo` = the demo chain's exact bigram law; or, cut with the model's own tokenizer, a text file, a "
+        "saved data-set folder (`Dataset.save_to_disk`, column `text`) or `hf:NAME[:SPLIT]` from the local "
+        "data-set cache.",
     )
     _to_link("bg_model", model, default)
     _to_link("bg_corpus", corpus, "zoo")

@@ -99,6 +99,21 @@ def check_zoo_tokenizer(model: str, table: str | Path) -> None:
             )
 
 
+def _check_has_tokenizer(model: str, corpus: str) -> None:
+    """Refuse a text or dataset ``corpus`` for a model folder with none of the tokenizer files: the job was queued
+    and then failed (for GPT-2 and GPT-NeoX, transformers built an empty tokenizer and the corpus "tokenized to 0
+    tokens")."""
+    from subnetviz.bigram.maskable import model_folder
+    from subnetviz.checkpoints.models import TOKENIZER_FILES
+
+    folder = model_folder(model)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(
+            f"{folder}: no tokenizer file there (none of {', '.join(TOKENIZER_FILES)}) to cut corpus {corpus!r} "
+            "with; save the model's tokenizer beside its weights (tokenizer.save_pretrained)."
+        )
+
+
 # Each preset's step cap, as bigram.train.PRESETS holds it (here for pages without torch; a test keeps them equal).
 PRESET_MAX_STEPS = {"paper": 15000, "fast": 3000}
 # Upper bounds (far above any real run): ``steps`` becomes the registry's progress total (2**63 overflowed SQLite's
@@ -172,8 +187,9 @@ class BigramJobConfig:
     def validate(self) -> None:
         """ConfigError for a model folder without config.json, an architecture without a maskable-weight
         table, a corpus or table that does not exist, the zoo corpus for a model whose tokenizer does not
-        read the zoo's ids (:func:`check_zoo_tokenizer`), or a device torch does not see. Reads the model's
-        ``config.json`` (and, for the zoo corpus, its tokenizer), never its weights."""
+        read the zoo's ids (:func:`check_zoo_tokenizer`), a text or dataset corpus for a model folder without a
+        tokenizer file, or a device torch does not see. Reads the model's ``config.json`` (and, for the zoo corpus,
+        its tokenizer), never its weights."""
         from subnetviz.config import resolve_device
 
         model_family(self.model)
@@ -189,6 +205,8 @@ class BigramJobConfig:
             )
         elif self.bigram and not Path(self.bigram).is_file():
             raise ConfigError(f"bigram table {self.bigram!r} does not exist.")
+        if self.corpus != "zoo":  # (the zoo corpus' own check says it): the model's tokenizer cuts the corpus
+            _check_has_tokenizer(self.model, self.corpus)
         resolve_device(self.device)
 
     # --- JSON ------------------------------------------------------------------------------------

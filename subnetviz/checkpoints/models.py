@@ -507,15 +507,20 @@ def folder_tokenizer(folder: Path, spec: str | None = None):
     where it can be told, the file: a tokenizer file of the wrong JSON type ended in an AttributeError or
     TypeError traceback from inside transformers (CLI and Behaviour page alike). A config.json transformers' strict
     validation refuses (the tokenizer's loader reads it) is said as :func:`model_config` says it, not as the
-    tokenizer's fault."""
+    tokenizer's fault. A folder with none of :data:`TOKENIZER_FILES` is refused before transformers is asked: for a
+    GPT-2 or GPT-NeoX config it built an empty tokenizer (1 or 2 tokens) instead of raising, and a text corpus then
+    "tokenized to 0 tokens"."""
     from transformers import AutoTokenizer
 
     from subnetviz.config import display_path
 
+    where = spec if spec is not None else display_path(folder)
+    if not any((folder / f).exists() for f in TOKENIZER_FILES):  # (a folder in a file's place: said below)
+        said = f"no tokenizer file there (none of {', '.join(TOKENIZER_FILES)})"  # (as _tokenizer_problem says it)
+        raise CheckpointError(f"{where}: its tokenizer cannot be loaded ({said}).")
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line naming the folder and file
-        where = spec if spec is not None else display_path(folder)
         if isinstance(exc, _strict_errors()):  # (AutoTokenizer reads config.json too: the config is refused)
             raise CheckpointError(f"{where}: config.json: {config_problem(exc)}") from None
         raise CheckpointError(f"{where}: its tokenizer cannot be loaded ({_tokenizer_problem(folder, exc)}).") from None

@@ -248,11 +248,13 @@ def main_train(config_path: str, *, run_dir: str | None = None) -> int:
     try:
         if run_dir is None:
             return _train_in_foreground(config_path)
-        from subnetviz.training.config import read_config_json
+        from subnetviz.training.config import TrainConfig, read_config_json
 
         config = read_config_json(config_path, f"--config {config_path}")  # (one line for any file it cannot read)
         if not isinstance(config, dict):
             raise SubnetvizError(f"{config_path}: a JSON {type(config).__name__}, not a training config object.")
+        if config.get("kind", "train") != "train":  # another job kind's config: refused by its kind, as without it
+            TrainConfig.from_dict(config)
         config["kind"] = "train"
         validate_job_config(config)
         rd = Path(run_dir)

@@ -324,9 +324,25 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Build from a dict; unknown keys are refused by name (the job-level keys ``kind`` and
-        ``num_gpus``, the GPUs a Ray job asks for, are allowed and ignored)."""
+        ``num_gpus``, the GPUs a Ray job asks for, are allowed and ignored). A ``kind`` other than ``"train"`` is
+        refused by name before the fields are read: a bigram-mask run's own config.json was told its ``model`` was
+        an unknown field, with no word that ``train`` runs TRL training configs only."""
         if not isinstance(d, dict):
             raise ConfigError(f"training config must be a JSON object, got {type(d).__name__}.")
+        if d.get("kind", "train") != "train":
+            elsewhere = {  # where each other job kind is started (jobs.context.JOB_KINDS)
+                "bigram_mask": "a bigram-mask training job: bigram masks are trained on the Bigram subnetworks "
+                "page (Train a mask)",
+                "continual": "a continual-learning job: it is started on the Continual learning page",
+                "behavior": "a behaviour job: run it with `subnetviz behavior` or on the Behaviour page",
+                "drivers": "a what-drives-sparsity job: run it with `subnetviz experiment drivers` or on its page",
+            }
+            kind = d["kind"]
+            what = elsewhere.get(kind, "not a training job") if isinstance(kind, str) else "not a training job"
+            raise ConfigError(
+                f"training config: kind {str(kind)[:40]!r} is {what}; `train` runs TRL training configs "
+                "(kind 'train', or no kind)."
+            )
         known = {f.name for f in fields(cls)}
         unknown = [k for k in d if k not in known and k not in JOB_KEYS]
         if unknown:
