@@ -798,17 +798,19 @@ def update_analysis(
             recheck=functools.partial(uilogic.memory_skip_check, ws=ws),
         )
 
-    try:
-        result = get()
-    except NonFiniteError as exc:  # a finetune holding NaN/Inf: left out, the others compared (the page runs again)
-        opts = dict(spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
-        leave_out_nonfinite(ws, exc, lambda w: uilogic.analysis_key(w, fingerprints(w), **opts))
-    if result.source_dir is not None:  # its masks are read from there, when a view needs them
-        if not (result.source_dir / MANIFEST).is_file():  # removed from the cache (its size limit): again
-            _memo().forget(("heavy", key), "analysis")
+    try:  # (the bar emptied also where the computation raises: it stood part-way over the error)
+        try:
             result = get()
-        touch(result.source_dir)  # in use: kept
-    bar.empty()
+        except NonFiniteError as exc:  # a finetune holding NaN/Inf: left out, the others compared (the page runs again)
+            opts = dict(spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
+            leave_out_nonfinite(ws, exc, lambda w: uilogic.analysis_key(w, fingerprints(w), **opts))
+        if result.source_dir is not None:  # its masks are read from there, when a view needs them
+            if not (result.source_dir / MANIFEST).is_file():  # removed from the cache (its size limit): again
+                _memo().forget(("heavy", key), "analysis")
+                result = get()
+            touch(result.source_dir)  # in use: kept
+    finally:
+        bar.empty()
     return result
 
 
@@ -1278,11 +1280,12 @@ def mask_files_overlap(paths: Sequence[str], labels: Sequence[str]):
             key, lambda: cluster_pages.files_overlap_task(list(paths), list(labels)), kind="analysis"
         )
     bar, progress = progress_bar("Overlapping the masks")
-    out = _memo().get_or_compute(
-        key, lambda: cluster_pages.files_overlap(paths, labels, address=address, progress=progress), kind="analysis"
-    )
-    bar.empty()
-    return out
+    try:  # (emptied also where it raises)
+        return _memo().get_or_compute(
+            key, lambda: cluster_pages.files_overlap(paths, labels, address=address, progress=progress), kind="analysis"
+        )
+    finally:
+        bar.empty()
 
 
 def series(paths: Sequence[str], steps: Sequence[int]):
@@ -1291,13 +1294,14 @@ def series(paths: Sequence[str], steps: Sequence[int]):
 
     fps = tuple(checkpoint_info(p)["fingerprint"] for p in paths)
     bar, progress = progress_bar("Walking the series")
-    out = _memo().get_or_compute(
-        ("series", tuple(paths), tuple(steps), fps),
-        lambda: checkpoint_series(list(paths), list(steps), progress=progress, address=compute_address()),
-        kind="analysis",
-    )
-    bar.empty()
-    return out
+    try:  # (emptied also where it raises: a NaN in a checkpoint left it at "20/21 · norm.weight" over the error)
+        return _memo().get_or_compute(
+            ("series", tuple(paths), tuple(steps), fps),
+            lambda: checkpoint_series(list(paths), list(steps), progress=progress, address=compute_address()),
+            kind="analysis",
+        )
+    finally:
+        bar.empty()
 
 
 # --- jobs ----------------------------------------------------------------------------------------

@@ -583,11 +583,43 @@ def _folder_files(folder: Path, notes: list[str] | None = None) -> list[Path]:
         or sorted(f for f in folder.glob("*.pt") if not training_state(f))
     )
     if found:
+        _check_shards_whole(folder, found)
         return found
     raise CheckpointError(
         f"{folder}: no weights found (expected *.safetensors, model.safetensors.index.json or pytorch_model*.bin)"
         + _what_it_holds(folder)
     )
+
+
+# a shard's name as save_pretrained writes it: model-00001-of-00002.safetensors (prefix, number, count)
+_SHARD_NAME = re.compile(r"^(.*)-(\d{5,})-of-(\d{5,})\.(safetensors|bin)$")
+
+
+def _check_shards_whole(folder: Path, files: list[Path]) -> None:
+    """CheckpointError, in one line naming the missing shard(s), where ``files`` (a folder's weights found without
+    an index) are shards named as save_pretrained names them (``…-00001-of-00002.safetensors``) but not numbered
+    1 to their count: save_pretrained writes the shards first and the index last, so a run's checkpoint caught
+    mid-save (or an incomplete copy) holds shard 1 of 2 and no index. Read as a whole model, its 11 tensors of 21
+    cut the other 10 out of every checkpoint of the series, unsaid. The same refusal the index gives
+    (:func:`_index_files`)."""
+    groups: dict[tuple[str, str, int, int], set[int]] = {}
+    for f in files:
+        m = _SHARD_NAME.match(f.name)
+        if m:
+            groups.setdefault((m[1], m[4], len(m[3]), int(m[3])), set()).add(int(m[2]))
+    named: list[str] = []  # the first few missing (a name's count may be any number: never listed whole)
+    count = 0
+    for (prefix, ext, width, total), have in sorted(groups.items()):
+        count += total - sum(1 for i in have if 1 <= i <= total)
+        for i in range(1, total + 1):
+            if len(named) == 5:
+                break
+            if i not in have:
+                named.append(f"{prefix}-{i:0{width}d}-of-{total:0{width}d}.{ext}")
+    if count:
+        why = _interrupted_download(folder) or ": a save still in progress or an incomplete copy."
+        more = f" and {count - len(named)} more" if count > len(named) else ""
+        raise CheckpointError(f"{display_path(folder)}: shard(s) missing and no index: {', '.join(named)}{more}{why}")
 
 
 # What trainers save beside a model, never its weights: the HF Trainer's and accelerate's optimizer, scheduler and

@@ -5,6 +5,8 @@ accuracy matrix (conventions as in :mod:`subnetviz.figures.updates`).
 
 from __future__ import annotations
 
+import html
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -13,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from subnetviz.figures.colors import module_colors
+from subnetviz.figures.overlap import cut_labels
 from subnetviz.figures.style import (
     GREY_CELL,
     PALETTE,
@@ -23,6 +26,7 @@ from subnetviz.figures.style import (
     _style,
     _unique,
     color_map,
+    every_category,
     no_data_figure,
     takes_data,
 )
@@ -105,17 +109,48 @@ def series_lines(
                     hovertemplate=f"{where}<br>{name}: %{{y:.2f}}%<extra></extra>",
                 )
             )
+    if ticks is None:
+        _style(fig, title, "training step", "share of parameters (%)", legend={"orientation": "h", "y": -0.2})
+        if d["step"].max() - d["step"].min() <= 10:  # whole steps only: a short run reads 1, 2, 3, not 1, 1.5, 2
+            fig.update_xaxes(dtick=1)
+        return fig
+    return _named_checkpoints(fig, title, d["step"].to_numpy(), names)
+
+
+# The axis of checkpoints that are not one run names each (its folder name, "llama-3.2-1b-grpo-math-seed0-lr1e-6"):
+# at Plotly's 30° those ran right, under the legend (0.2 of the plot under it) and past the figure's edge, where the
+# last one was not drawn at all. They are drawn across where they fit, else upright (every_category), a name past
+# TICK_NAME characters cut in its middle (told apart; the whole name in the hover), and the legend goes at the
+# figure's bottom, under room reserved for the upright names and the axis title.
+TICK_NAME = 40
+LEGEND_ROW = 22  # px a legend row takes: room for an entry a row (two took two in two thirds of a 1024 px page)
+PLOT = 310  # px of the plot area (Plotly's 450 px figure less the default margins)
+
+
+def _upright_px(text: str) -> int:
+    """The px an upright tick label ``text`` (11 px) takes, on the wide side: in Chromium a lowercase letter or digit
+    takes 4.9 px on the page (Source Sans), 5.1 in a file; capitals, m and w up to 7."""
+    return math.ceil(sum(7.0 if c.isupper() or c in "mw@%" else 5.4 for c in text))
+
+
+def _named_checkpoints(fig: go.Figure, title: str, steps: np.ndarray, names: list[str]) -> go.Figure:
+    """``fig`` with checkpoint ``names`` (escaped text) on its x axis at ``steps``, laid out as :data:`TICK_NAME`
+    says; the figure grows by the room under the plot, the plot keeping its height."""
+    shown = cut_labels(names, TICK_NAME)[0]
+    upright = max((_upright_px(html.unescape(n)) for n in shown), default=0)
+    bottom = 16 + upright + 30 + LEGEND_ROW * len(fig.data)  # ticks, names, axis title, legend rows
     _style(
         fig,
         title,
-        "checkpoint" if ticks is not None else "training step",
+        "checkpoint",
         "share of parameters (%)",
-        legend={"orientation": "h", "y": -0.2},
+        height=80 + PLOT + bottom,
+        legend={"orientation": "h", "x": 0, "y": 0, "yanchor": "bottom", "yref": "container"},
+        margin={"l": 70, "r": 30, "t": 80, "b": bottom},
     )
-    if ticks is not None:
-        fig.update_xaxes(tickvals=d["step"].to_numpy(), ticktext=names)
-    elif d["step"].max() - d["step"].min() <= 10:  # whole steps only: a short run reads 1, 2, 3, not 1, 1.5, 2
-        fig.update_xaxes(dtick=1)
+    axis = every_category(shown)  # (its angles and font; the ticks are at the steps here, the axis is not categories)
+    axis |= {"tickmode": "array", "tickvals": steps, "ticktext": shown, "automargin": True}
+    fig.update_xaxes(**axis)
     return fig
 
 
