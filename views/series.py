@@ -1,26 +1,74 @@
 """Series: update sparsity along a training run, against the start and step to step."""
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from subnetviz import figures, ui, uilogic
+from subnetviz import config, figures, ui, uilogic
 from subnetviz.analysis.series import in_every_step, training_run
 from subnetviz.figures.series import SPLIT_NOT_RUN
+from subnetviz.text import visible_controls
+
+# Each chart names the series it shows under its title (a downloaded figure has no picker beside it: two runs' charts
+# were the same file): in subtitle lines of at most this many characters (~5 px each) at 1024 px with the sidebar
+# open: the series chart two thirds of the page (~365 px), the split bar a third (~180 px), the module chart the page.
+TWO_THIRDS, THIRD, PAGE = 70, 34, 110
 
 
-def module_figure(per, steps: tuple[int, ...], first: str):
+def name_lines(pieces: tuple[str, ...], width: int) -> list[str]:
+    """A series' name in ``pieces`` (a path's folders, each with its "/"; " … last") as subtitle lines of at most
+    ``width`` characters, broken only between pieces, a piece longer than a line cut in its middle; as text."""
+    lines: list[str] = []
+    for piece in map(visible_controls, pieces):  # (measured as drawn: a U+202E as ⟨U+202E⟩)
+        if lines and len(lines[-1]) + len(piece) <= width:
+            lines[-1] += piece
+        else:
+            lines.append(piece.lstrip())
+    half = (width - 1) // 2
+    return [figures.plain_label(x if len(x) <= width else f"{x[:half]}…{x[half + 1 - width :]}") for x in lines]
+
+
+def subtitled(fig, lines: list[str]):
+    """``fig`` (new, not shared yet) with ``lines`` (text) under its title, its top margin (and height: the plot keeps
+    its own) grown where the title's lines need more. Plotly puts the first line's baseline in the middle of the top
+    margin and the others under it, so a line takes twice its height of margin (in Chromium a title line 21 px, a
+    subtitle line 20; the last one ran into the plot of the split bar where the margin grew by one line's height)."""
+    title = (fig.layout.title.text or "") + "".join(f"<br><sup>{line}</sup>" for line in lines)
+    fig.layout.title.text = title
+    parts = re.split(r"<br\s*/?>", title, flags=re.I)
+    sub = sum(part.startswith("<sup>") for part in parts)
+    need = 42 * (len(parts) - sub) + 40 * sub - 30  # px: half of it above the first baseline, the lines under it
+    top = fig.layout.margin.t or 80
+    if need > top:
+        fig.update_layout(margin_t=need, height=(fig.layout.height or 450) + need - top)
+    return fig
+
+
+def series_figure(lines, first: str, ticks, start: int, called: tuple[str, ...]):
+    """The series chart, named by ``called`` (:func:`name_lines`' pieces)."""
+    fig = figures.series_lines(lines, first=first, ticks=ticks, start=start)
+    return subtitled(fig, name_lines(called, TWO_THIRDS))
+
+
+def split_figure(split, called: tuple[str, ...]):
+    """Where the parameters ended up, named by ``called``."""
+    return subtitled(figures.split_bar(split), name_lines(called, THIRD))
+
+
+def module_figure(per, steps: tuple[int, ...], first: str, called: tuple[str, ...] = ()):
     """Sparsity per module kind at each checkpoint of a run (``steps``: the first checkpoint's, then one per
     step): from the series' own counts (``per``: a :class:`SeriesResult` holding them), or from the update analysis
     of the run's checkpoints against its first (``per``: its reports, cut to the tensors the series compared),
-    built once per analysis, shared."""
+    built once per analysis, shared; named by ``called``."""
     if getattr(per, "modules", None) is not None:
         frame = per.modules
     else:
         reports = in_every_step(per.reports)
         frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(reports, steps[1:], strict=True)])
-    return figures.module_series(frame, first=first, start=steps[0])
+    return subtitled(figures.module_series(frame, first=first, start=steps[0]), name_lines(called, PAGE))
 
 
 TABLE_NAMES = {  # the analysis's columns, named in the table as on the chart (the first checkpoint is the base)
@@ -57,15 +105,23 @@ WORKSPACE_RUN = "workspace: one training run, by step"
 WORKSPACE_ORDER = "workspace: base → finetuned in sidebar order"
 
 
-def workspace_source(ws) -> tuple[str, tuple, list[str]]:
-    """The sidebar's finetunes as a series source (name, source, what to say of it): one training run's checkpoints
-    in training order (steps from trainer_state.json, step.json or checkpoint-<N> names), else independent
-    finetunes in the sidebar's order."""
+def run_folder(folder: str) -> str:
+    """A run's folder as a visitor sees it (relative to its root); a hub repository's id as it is."""
+    return config.display_path(folder) if Path(folder).is_absolute() else folder
+
+
+def workspace_source(ws) -> tuple[str, tuple, list[str], tuple[str, ...], dict]:
+    """The sidebar's finetunes as a series source (name, source, what to say of it, the series' name in pieces for
+    the charts (:func:`name_lines`), what the export's parameters add): one training run's checkpoints in training
+    order (steps from trainer_state.json, step.json or checkpoint-<N> names), named by the run's folder, else
+    independent finetunes in the sidebar's order, named by the first and the last."""
     tr = training_run(ws.paths, ws.labels, ws.base)
     first = ws.base_label or "base"
     if tr.why_not:  # said where the finetunes look like a run's checkpoints (some carry a step), not for any finetune
         why = [f"Not read as one training run: {tr.why_not}"] if any(s is not None for s in tr.steps) else []
-        return WORKSPACE_ORDER, ([ws.base, *ws.paths], list(range(len(ws.paths) + 1)), first, [first, *ws.labels]), why
+        source = ([ws.base, *ws.paths], list(range(len(ws.paths) + 1)), first, [first, *ws.labels])
+        called = (first, f" → {ws.labels[0]}", *((f" … {ws.labels[-1]}",) if len(ws.labels) > 1 else ()))
+        return WORKSPACE_ORDER, source, why, called, {"finetunes": ", ".join(ws.labels)}
     o = tr.order
     how = ", ".join(dict.fromkeys(tr.read_from[i] for i in o))
     said = [
@@ -86,7 +142,9 @@ def workspace_source(ws) -> tuple[str, tuple, list[str]]:
         None,
         [ws.labels[i] for i in o],
     )
-    return WORKSPACE_RUN, source, said
+    folder = run_folder(tr.folder)
+    called = ("run ", *(part + "/" for part in folder.split("/")[:-1]), folder.split("/")[-1])
+    return WORKSPACE_RUN, source, said, called, {"run": folder}
 
 
 def body() -> None:
@@ -103,9 +161,11 @@ def body() -> None:
             None,
         )
     about: dict[str, list[str]] = {}  # what to say of a source where it is chosen
+    called = {name: (name,) for name in sources}  # the series' name on its charts (the zoo's: its source's)
+    params: dict[str, dict] = {}  # what the export's parameters say of it beyond the source's kind
     name = None
     if ws.base and len(ws.finetuned) >= 1:
-        name, source, notes = workspace_source(ws)
+        name, source, notes, called[name], params[name] = workspace_source(ws)
         sources[name], about[name] = source, notes
     ui.need(bool(sources), "A series needs ordered checkpoints: build the demo zoo or pick finetuned checkpoints.")
     # the sidebar's finetunes chosen under the other workspace source's name (a link made before they were read as
@@ -141,9 +201,9 @@ def body() -> None:
     split = result.split if run else result.split.assign(part=result.split["part"].map(SPLIT_NOT_RUN))
     a, b = st.columns([2, 1])
     with a:
-        ui.chart(ui.shared(figures.series_lines, lines, first=first, ticks=ticks, start=steps[0]), key="series")
+        ui.chart(ui.shared(series_figure, lines, first, ticks, steps[0], called[choice]), key="series")
     with b:
-        ui.chart(ui.shared(figures.split_bar, split), key="split")
+        ui.chart(ui.shared(split_figure, split, called[choice]), key="split")
         st.caption(RUN_SPLIT_CAPTION if run else NOT_RUN_SPLIT_CAPTION)
     if run:  # one run: its checkpoints against the base, per module kind
         per = result  # the series pass's own counts per tensor: no second read of the checkpoints
@@ -157,7 +217,7 @@ def body() -> None:
                 precision=None,
             )
             per = ui.update_analysis(steps_ws)
-        ui.chart(ui.shared(module_figure, per, tuple(steps), first), key="modules")
+        ui.chart(ui.shared(module_figure, per, tuple(steps), first, called[choice]), key="modules")
     names = TABLE_NAMES if run else NOT_RUN_NAMES
     table = result.steps.rename(columns=names)[["step", *names.values()]]
     if not run:  # each row names its checkpoint (the step is its place in the sidebar)
@@ -172,7 +232,7 @@ def body() -> None:
     )
     ui.export_button(
         "Series",
-        {"series": choice, "checkpoints": len(paths)},
+        {"series": choice, **params.get(choice, {}), "checkpoints": len(paths)},
         ["series", "split", "modules"],
         ["series-table", "split-table"],
         notes=said,

@@ -528,20 +528,23 @@ def _selected(spec, chosen: tuple, layer: str, module: str):
     return sel
 
 
+def spectrum_title(chosen: tuple, at: str = "") -> str:
+    """The singular values' first title line: the comparison precision (``at``) and, with one model, the model
+    (its curves are named by matrix only: a figure file had no word of whose update), as the rank heatmaps'."""
+    return f"Singular values of updates{at}" + (f": {figures.plain_label(chosen[0])}" if len(chosen) == 1 else "")
+
+
 def spectrum_figure(analysis, spec, chosen: tuple, layer: str, module: str, at: str = ""):
     """The singular-value curves of the chosen models' matrices in one layer and module (or all); an unchanged
     matrix (Δ = 0, all σ zero) is left out: on the log axis it was a legend entry with an invisible curve. ``at``:
-    the comparison precision, added to the title's first line."""
+    the comparison precision, in the title's first line (:func:`spectrum_title`)."""
     sel = _selected(spec, chosen, layer, module)
     sel = sel[sel["rank"] > 0]
     sig = analysis.sigmas()
     sig = sig[sig["model"].isin(chosen)].merge(sel[["model", "name"]], on=["model", "name"])
     # each model in the colour it has on the Update sparsity page (by its place in the workspace)
-    fig = figures.model_spectra(sig, sel, chosen, colors=figures.color_map(list(analysis.labels)))
-    if at:  # (a new figure: not shared yet)
-        head, br, rest = (fig.layout.title.text or "").partition("<br>")
-        fig.layout.title.text = f"{head}{at}{br}{rest}"
-    return fig
+    colors = figures.color_map(list(analysis.labels))
+    return figures.model_spectra(sig, sel, chosen, colors=colors, title=spectrum_title(chosen, at))
 
 
 ui.run_page(body)

@@ -230,15 +230,23 @@ def _decade_step(values) -> int:
 
 @takes_data()
 def model_spectra(
-    sigmas: pd.DataFrame, shapes: pd.DataFrame, models: Sequence[str], colors: Mapping | None = None
+    sigmas: pd.DataFrame,
+    shapes: pd.DataFrame,
+    models: Sequence[str],
+    colors: Mapping | None = None,
+    title: str | None = None,
 ) -> go.Figure:
     """:func:`spectrum_curves` of the matrices of ``models`` (sigmas: model, name, index, sigma, kind; shapes:
     model, name, rows, cols), with each matrix's rank threshold. With several models each curve is named
     "model · matrix" and drawn in its model's colour, so the models compare at a glance (by matrix, seven
     modules' colours repeat across models and a model's curves cannot be told from another's); the
     Module picker narrows it to one matrix per model. ``colors``: model → colour (default: by order of
-    ``models``), e.g. the workspace's, so a model has the colour it has on the other pages."""
+    ``models``), e.g. the workspace's, so a model has the colour it has on the other pages.
+    ``title``: its first line (the caller's text); by default "Singular values of updates", with one model
+    ": model" after it: its curves are named by matrix only, and a figure file had no word of whose update."""
     models = list(models)
+    if title is None:
+        title = "Singular values of updates" + (f": {models[0]}" if len(models) == 1 else "")
     if len(models) > 1:
         sigmas = sigmas.assign(name=sigmas["model"] + " · " + sigmas["name"].astype(str).str.removeprefix("model."))
         shapes = shapes.assign(name=shapes["model"] + " · " + shapes["name"].astype(str).str.removeprefix("model."))
@@ -250,7 +258,8 @@ def model_spectra(
         curves = _kind_colors(shapes)
         several = curves is not None and shapes["module"].astype(str).duplicated().any()
         note = "colour: module kind" if several else ""  # (Layer = all: a kind's layers share its colour)
-    return spectrum_curves(sigmas, colors=curves, thresholds=rank_thresholds(sigmas, shapes), colour_note=note)
+    thresholds = rank_thresholds(sigmas, shapes)
+    return spectrum_curves(sigmas, title, colors=curves, thresholds=thresholds, colour_note=note)
 
 
 def _kind_colors(shapes: pd.DataFrame) -> dict[str, str] | None:

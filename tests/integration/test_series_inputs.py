@@ -282,7 +282,8 @@ def test_the_series_page_on_the_workspace_checkpoints(app_env):
         bar = next(
             s
             for s in plotly_specs(at)
-            if s["layout"]["title"]["text"].replace("<br>", " ") == "Where the parameters ended up"
+            if s["layout"]["title"]["text"].split("<br><sup>")[0].replace("<br>", " ")
+            == "Where the parameters ended up"
         )
         assert [t["name"].replace("<br>", " ") for t in bar["data"]] == list(SPLIT_NOT_RUN.values())
         split = next(d.value for d in at.dataframe if "part" in d.value.columns)
@@ -300,7 +301,7 @@ def test_the_series_page_on_the_workspace_checkpoints(app_env):
     bar = next(
         s
         for s in plotly_specs(run)
-        if s["layout"]["title"]["text"].replace("<br>", " ") == "Where the parameters ended up"
+        if s["layout"]["title"]["text"].split("<br><sup>")[0].replace("<br>", " ") == "Where the parameters ended up"
     )
     assert [t["name"].replace("<br>", " ") for t in bar["data"]] == list(SPLIT_NOT_RUN)
 
