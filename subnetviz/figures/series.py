@@ -368,6 +368,12 @@ ACCURACY_COLORBAR = {
 }
 
 
+# the number written in each accuracy cell by the tasks' count: at 1024 px the matrix is half the page (174 px of
+# cells), and "42.4" in each of eight 20 px cells ran into its neighbours ("42.497.06.5"); from nine tasks on, even
+# "100" does not fit a cell, and the numbers are on hover only
+_ACCURACY_CELL = {n: "%.1f" for n in range(1, 7)} | {7: "%.0f", 8: "%.0f"}
+
+
 @takes_data()
 def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: accuracy after each task") -> go.Figure:
     """A[t, j] (fraction) = accuracy on task j after training task t, as an annotated heatmap in %."""
@@ -382,7 +388,8 @@ def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: 
     )
     if a.shape[0] == a.shape[1]:  # task j not trained yet after task t < j: grey, not a number to read
         a = np.where(np.triu(np.ones_like(a, dtype=bool), k=1), np.nan, a)
-    text = np.where(np.isnan(a), "", np.char.mod("%.1f", 100 * a))
+    cells = _ACCURACY_CELL.get(a.shape[1])  # (None: too many tasks for a number in each cell; on hover)
+    text = np.where(np.isnan(a) | (cells is None), "", np.char.mod(cells or "%.0f", 100 * a))
     fig = go.Figure(
         go.Heatmap(
             z=100 * a,
@@ -404,7 +411,7 @@ def accuracy_matrix(A, labels: Sequence[str], title: str = "Continual learning: 
     fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
     return _style(
         fig,
-        title + "<br><sup>grey: task not trained yet</sup>",
+        title + "<br><sup>grey: task not trained yet" + ("" if cells else " · accuracies on hover") + "</sup>",
         "evaluated on task",
         "after training task",
         height=max(360, 140 + 50 * a.shape[0]) + COLORBAR_ROOM,

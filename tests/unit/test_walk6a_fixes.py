@@ -193,3 +193,13 @@ def test_each_accuracy_cell_holds_its_number_and_the_bar_clears_the_x_axis(width
     assert drawn["colorbar"] is not None and drawn["colorbar"]["bottom"] <= drawn["bottom"]
     assert not [b for b in drawn["xbits"] if _overlap(b, drawn["colorbar"]) > 0]
     assert all(b["bottom"] <= drawn["colorbar"]["top"] for b in drawn["xbits"])
+
+
+@pytest.mark.parametrize(("n", "cell"), [(5, "97.6"), (6, "97.6"), (7, "98"), (8, "98"), (9, ""), (12, "")])
+def test_the_accuracy_cells_hold_what_fits_them_at_1024_px(n, cell):
+    """Eight tasks or more: "42.4" in 20 px cells ran into its neighbours; whole numbers up to eight tasks, then the
+    numbers on hover only, said under the title."""
+    fig = _continual_matrix(n)
+    assert fig.data[0].text[0][0] == cell
+    assert fig.data[0].hovertemplate.endswith("%{z:.2f}%<extra></extra>")
+    assert ("accuracies on hover" in fig.layout.title.text) == (cell == "")
