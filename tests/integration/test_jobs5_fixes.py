@@ -313,3 +313,32 @@ def test_the_zoo_member_runs_keep_their_names_across_a_rebuild_and_are_not_regis
     assert {i: row for i, row in _member_rows(root).items()} == {i: (n, n) for i, n in names.items()}
     assert register_member_runs(micro_zoo, JobRunner(root, max_concurrent=1, gpus=[])) == first
     assert len(_rows(root)) == len(first)
+
+
+def test_cancel_signals_an_adopted_foreground_run_that_leads_no_process_group(tmp_path):
+    """A ``train --run-dir`` started by a script without job control shares the script's process group: Cancel's
+    signal to the group of its pid found none, and the run trained on until its next step saw the cancel flag (the
+    page waited out the grace period). The process itself gets the signal now."""
+    from subnetviz.jobs.registry import creation_time
+
+    home = tmp_path / "home"
+    root = home / "runs"
+    rd = root / "mine"
+    rd.mkdir(parents=True)
+    (rd / "config.json").write_text(json.dumps({"kind": "train", "name": "a run"}))
+    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); time.sleep(120)"
+    proc = subprocess.Popen([sys.executable, "-c", code, "train", "--run-dir", str(rd)])  # (pytest's group)
+    try:
+        assert os.getpgid(proc.pid) != proc.pid
+        _wait_for(lambda: creation_time(proc.pid) is not None)
+        (rd / "foreground.json").write_text(json.dumps({"pid": proc.pid, "pid_start": creation_time(proc.pid)}))
+        assert _cli(home, "runs").returncode == 0 and _rows(root)["mine"]["status"] == "running"
+        runner = JobRunner(root, max_concurrent=1, gpus=[])
+        runner.cancel_grace_s = 20.0
+        started = time.monotonic()
+        assert runner.cancel("mine").status == "cancelled"
+        assert proc.wait(timeout=5) == 7 and time.monotonic() - started < 10  # (SIGTERM, not the grace period out)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
