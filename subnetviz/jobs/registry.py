@@ -474,12 +474,16 @@ def is_alive(rec: RunRecord) -> bool:
 def is_job_process(rec: RunRecord) -> bool:
     """May ``rec``'s process be signalled? Only when the run is this home's (not :attr:`~RunRecord.elsewhere`),
     its process is alive as recorded (:func:`is_alive`), and that process is the job of this very run folder:
-    its :data:`JOB_ENV` or else its last argument (the folder every worker is started with) names it. A row's pid
+    its :data:`JOB_ENV` or else its last argument (the folder every worker is started with) names it, or the folder
+    records it as its foreground ``train --run-dir`` (:data:`FOREGROUND_FILE`: pid and start). A row's pid
     alone never is enough: a copied registry names the original home's processes."""
     if rec.elsewhere is not None or not is_alive(rec):
         return False
     folder = job_folder(rec.pid)
-    return same_folder(folder, rec.run_dir) if folder is not None else _last_argument_is(rec.pid, rec.run_dir)
+    if folder is not None:
+        return same_folder(folder, rec.run_dir)
+    # a foreground ``train --run-dir X --config C`` (adopted by a rebuild) ends with its config, not its folder
+    return _last_argument_is(rec.pid, rec.run_dir) or _is_recorded_foreground(rec.pid, rec.run_dir)
 
 
 def working_elsewhere(rec: RunRecord) -> str | None:

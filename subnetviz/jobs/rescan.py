@@ -83,10 +83,12 @@ def _recorded_by(folder: Path, pid: int) -> bool:
 def _held_gpus(env: dict[str, str]) -> str | None:
     """The GPUs a live run's process holds, from its environment: the ids a starter gave it
     (:data:`~subnetviz.jobs.scheduler.JOB_GPU_ENV`), else its ``CUDA_VISIBLE_DEVICES`` (a worker of an older version,
-    a foreground run started with it set); None (none) when that hides every GPU or the process trains on the CPU
-    (``SUBNETVIZ_DEVICE=cpu``, a foreground run); else :data:`~subnetviz.jobs.scheduler.UNKNOWN_GPUS`: it may use
+    a foreground run started with it set); None (none) when that hides every GPU, for a queued job's worker given
+    none, or where the process trains on the CPU (``SUBNETVIZ_DEVICE=cpu``, a foreground run); else :data:`~subnetviz.jobs.scheduler.UNKNOWN_GPUS`: it may use
     any, so none is handed out while it runs."""
     given = env.get(JOB_GPU_ENV) or env.get(CVD)
+    if given is None and env.get(JOB_ENV) is not None:  # a queued job's worker its runner gave no GPU (a Ray job's
+        return None  # proxy, a runner handing out none): recorded as "*", it held every GPU and stalled the queue
     if given is None:
         return None if (env.get(DEVICE_ENV) or "").strip().startswith("cpu") else UNKNOWN_GPUS
     return ",".join(g.strip() for g in given.split(",") if g.strip()) or None

@@ -68,6 +68,7 @@ from subnetviz.jobs.scheduler import (
     publish_outputs,
     read_policy,
     settle,
+    signal_job,
 )
 
 if TYPE_CHECKING:  # pandas is imported lazily: the worker process should start fast
@@ -375,18 +376,7 @@ class JobRunner:
         return self.get(run_id)
 
     def _signal(self, rec: RunRecord, sig: int) -> None:
-        """``sig`` to the job's process group: a queued job's worker leads its own session (pgid == pid). A
-        ``train --run-dir`` in the foreground, adopted by a rebuilt registry (its ``foreground.json``), leads no group
-        where a script without job control started it: the signal goes to the process itself, which stops its
-        launched ranks on SIGTERM (the group signal found no such group, and a Cancel waited out its grace period
-        while the run trained on until its next step saw the flag)."""
-        try:
-            if os.getpgid(rec.pid) == rec.pid:
-                os.killpg(rec.pid, sig)
-            else:  # (is_job_process checked it is this run's own: the folder records its pid and start)
-                os.kill(rec.pid, sig)
-        except ProcessLookupError:
-            pass
+        signal_job(rec.pid, sig)  # (its group, or an adopted foreground run that leads none: itself)
 
     def _reap(self, pid: int | None) -> None:
         proc = self._children.get(pid) if pid is not None else None

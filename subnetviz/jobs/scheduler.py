@@ -336,10 +336,21 @@ def abandon(registry: Registry, con, rec: RunRecord, reason: str, *, over: bool 
 
 def _stop_worker(rec: RunRecord) -> None:
     if is_job_process(rec):
-        try:
-            os.killpg(rec.pid, signal.SIGKILL)  # the worker leads its own session: pgid == pid
-        except OSError:
-            pass
+        signal_job(rec.pid, signal.SIGKILL)
+
+
+def signal_job(pid: int, sig: int) -> None:
+    """``sig`` to a job's process group (a queued job's worker leads its own session: pgid == pid), or to the process
+    itself where it leads none: a ``train --run-dir`` in the foreground, adopted by a rebuilt registry, started by a
+    script without job control (the group signal found no such group; the run trained on). Asked only of a process
+    :func:`~subnetviz.jobs.registry.is_job_process` took for the run's."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except OSError:  # (gone meanwhile, or another user's)
+        pass
 
 
 def kill_leftovers(run_dir: Path) -> int:

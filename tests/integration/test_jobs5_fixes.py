@@ -315,10 +315,13 @@ def test_the_zoo_member_runs_keep_their_names_across_a_rebuild_and_are_not_regis
     assert len(_rows(root)) == len(first)
 
 
-def test_cancel_signals_an_adopted_foreground_run_that_leads_no_process_group(tmp_path):
+@pytest.mark.parametrize("order", ["--config last", "--run-dir last"])
+def test_cancel_signals_an_adopted_foreground_run_that_leads_no_process_group(tmp_path, order):
     """A ``train --run-dir`` started by a script without job control shares the script's process group: Cancel's
     signal to the group of its pid found none, and the run trained on until its next step saw the cancel flag (the
-    page waited out the grace period). The process itself gets the signal now."""
+    page waited out the grace period). The process itself gets the signal now; with its folder not the last
+    argument (regressions13) it was no job process to Cancel at all: the row read cancelled, its outputs.tmp was
+    deleted, and it trained on."""
     from subnetviz.jobs.registry import creation_time
 
     home = tmp_path / "home"
@@ -327,7 +330,8 @@ def test_cancel_signals_an_adopted_foreground_run_that_leads_no_process_group(tm
     rd.mkdir(parents=True)
     (rd / "config.json").write_text(json.dumps({"kind": "train", "name": "a run"}))
     code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); time.sleep(120)"
-    proc = subprocess.Popen([sys.executable, "-c", code, "train", "--run-dir", str(rd)])  # (pytest's group)
+    args = ["--run-dir", str(rd), "--config", "c.json"] if order == "--config last" else ["--run-dir", str(rd)]
+    proc = subprocess.Popen([sys.executable, "-c", code, "train", *args])  # (pytest's group)
     try:
         assert os.getpgid(proc.pid) != proc.pid
         _wait_for(lambda: creation_time(proc.pid) is not None)

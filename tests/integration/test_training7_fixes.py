@@ -132,6 +132,25 @@ def test_a_rebuilt_registry_never_hands_out_the_gpus_its_live_workers_hold(tiny,
         _kill_workers(rebuilt)
 
 
+def test_a_rebuilt_registry_leaves_the_gpus_free_of_a_worker_given_none(tiny, server):  # noqa: F811
+    """regressions13: a live worker its runner gave no GPU (a Ray job's local proxy, a runner handing out none) was
+    rebuilt as holding every GPU ("*"), and a new local job waited beside GPUs 1-3 free."""
+    root = Path(server.root)
+    gpuless = JobRunner(root, gpus=[], command=[sys.executable, "-c", SEES])
+    remote = gpuless.submit(_job(tiny))
+    assert _status(gpuless, remote) == "running" and gpuless.registry.get(remote).gpu is None
+    local = server.submit(_job(tiny))
+    assert _seen(server, local) == "0"
+    _lose_registry(root)
+    rebuilt = _gpu_runner(root)
+    try:
+        assert sorted(rebuilt.adopted) == sorted([remote, local])
+        assert (rebuilt.registry.get(remote).gpu, rebuilt.registry.get(local).gpu) == (None, "0")
+        assert _seen(rebuilt, rebuilt.submit(_job(tiny))) == "1"
+    finally:
+        _kill_workers(rebuilt)
+
+
 @pytest.mark.parametrize(
     ("env", "row_gpu", "new_sees"),
     [
