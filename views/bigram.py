@@ -91,7 +91,16 @@ def _runs() -> None:
         return
     ui.runs_table(df, "bg-runs", "Mask-training runs", kind=False)
     names = run_names(df)  # "name · id", as every run picker shows it
-    run_id = st.selectbox("Run", list(df["id"]), format_func=names.get, key="bg_run")
+    # Inside this live fragment the URL is read and written by hand, as the Training page's run (a bound picker in a
+    # fragment does not restore from the address bar: a shared link opened the newest run's curves, not the sender's)
+    ids, asked = list(df["id"]), st.query_params.get("bg_run")
+    shown = asked if asked in ids else ids[0]
+    among = "this server's mask-training runs"
+    line = uilogic.stale_link_line("run", asked, among, f"the newest, {names[shown]},") if asked not in ids else None
+    if said := uilogic.link_fallback(st.session_state, "bg_run", line if asked is not None else None, shown):
+        ui.warning(said)
+    run_id = st.selectbox("Run", ids, index=ids.index(shown), format_func=names.get, key="bg_run")
+    st.query_params["bg_run"] = run_id
     rec = r.get(run_id)
     if not rec.finished and ui.can("launch") and st.button("Cancel", key=f"bg-cancel-{run_id}", icon=":material/stop:"):
         r.cancel(run_id)
