@@ -22,10 +22,15 @@ from subnetviz.figures.style import (
     mtp_layer_ticks,
     no_data_figure,
     percent_cells,
+    subtitle,
     takes_data,
+    title_margin,
 )
 
 EPS32 = float(np.finfo(np.float32).eps)
+CURVES_LINE = 100
+"""Characters a subtitle line of :func:`spectrum_curves` holds: the chart is the page's width, 564 px at 1024 px
+with the sidebar open (about 5 px a character at the subtitle's size)."""
 
 
 @takes_data()
@@ -181,14 +186,18 @@ def spectrum_curves(
         sub += f" · {hidden:,} σ under the rank threshold (numerical zeros) not drawn"
     if colour_note:
         sub = f"{colour_note} · {sub}"
-    title = title.replace(" (dashed: random sparse baseline)", "")
+    # in lines broken at " · " (one line of a below-full-rank Δ's notes ran 300 px past the chart at 1024 px: the
+    # hidden-σ count and the lone σ's key were cut off), the chart as much taller as its title is
+    title = title.replace(" (dashed: random sparse baseline)", "") + subtitle(sub, width=CURVES_LINE)
+    top = title_margin(title)
     _style(
         fig,
-        f"{title}<br><sup>{sub}</sup>",
+        title,
         "singular value index (descending)",
         "singular value σ (log)",
         legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0},
-        height=460 + 22 * ((len(names) + 2) // 3),
+        height=460 + 22 * ((len(names) + 2) // 3) + top - 80,
+        margin={"l": 70, "r": 30, "t": top, "b": 60},
     )
     return fig
 

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -140,10 +142,10 @@ def rotated_curves(df: pd.DataFrame, vectors: pd.DataFrame, side: str = "left", 
         undefined = "; ".join(filter(None, [undefined, _signs_said(df, signs)]))
     if not names:
         empty = "no matrix changed: nothing rotated" if not changed.any() else "no principal angles to draw"
-        return no_data_figure(title, undefined or empty)
+        return no_data_figure(title, _wrapped(undefined or empty, FULL_NO_DATA))  # (a chart the page's width)
     fig = angle_curves(vectors, names, side=side, title=title)
     if undefined:
-        _footnote(fig, f"Not drawn: {undefined}.")
+        _footnote(fig, f"Not drawn: {undefined}.", FULL_FOOTNOTE)
     return fig
 
 
@@ -216,6 +218,27 @@ def zero_matrix_note(df: pd.DataFrame) -> str | None:
     return " ".join(said) or None
 
 
+HALF_NO_DATA, FULL_NO_DATA, HALF_FOOTNOTE, FULL_FOOTNOTE = 36, 76, 36, 90
+"""Characters a line holds at 1024 px with the sidebar open: of a no-data message (16 px, about 6.5 px a character,
+centred) in a chart half the page wide (274 px) and in one the page's width (564 px), and of a footnote (11 px, about
+5 px a character, from the plot's left edge, 70 px in) in each."""
+
+
+def _wrapped(text: str, width: int) -> str:
+    """``text`` in lines ("<br>") of at most ``width`` characters, broken between words (its own breaks read as
+    spaces), and inside a word longer than ``width`` (a matrix's name) after its dots. In one line, a zero base
+    matrix's explanation in the half-width principal-weight chart ran off both its sides."""
+    out = [""]
+    for word in re.sub(r"<br\s*/?>", " ", text, flags=re.I).split():
+        for i, piece in enumerate(re.split(r"(?<=\.)(?=.)", word) if len(word) > width else [word]):
+            glue = " " if i == 0 and out[-1] else ""
+            if out[-1] and len(out[-1]) + len(glue) + len(piece) > width:
+                out.append(piece)
+            else:
+                out[-1] += glue + piece
+    return "<br>".join(out)
+
+
 def _changed(n: int) -> str:
     return "1 changed matrix" if n == 1 else f"{n:,} changed matrices"
 
@@ -230,8 +253,12 @@ def _some(names, most: int = 2) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most:,} more" if len(names) > most else "")
 
 
-def _footnote(fig: go.Figure, text: str) -> None:
-    """``text`` under the plot (what the chart leaves out, and why), with room made for it."""
+def _footnote(fig: go.Figure, text: str, width: int) -> None:
+    """``text`` under the plot (what the chart leaves out, and why) in lines of at most ``width`` characters, with
+    room made for it: 4 lines fit the bottom margin this makes, each further one 14 px more (the chart as much
+    taller). Three matrices' names on one line ran 140 px past the page-wide chart at 1024 px."""
+    text = _wrapped(text, width)
+    more = max(0, text.count("<br>") - 3)
     fig.add_annotation(
         text=text,
         xref="paper",
@@ -244,7 +271,9 @@ def _footnote(fig: go.Figure, text: str) -> None:
         showarrow=False,
         font={"size": 11},
     )
-    fig.update_layout(margin={**fig.layout.margin.to_plotly_json(), "b": 130})
+    fig.update_layout(margin={**fig.layout.margin.to_plotly_json(), "b": 130 + 14 * more})
+    if more:
+        fig.update_layout(height=450 + 14 * more)
 
 
 @takes_data()
@@ -281,8 +310,8 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
         )
     )
     if d.empty:
-        if zero_base:
-            return no_data_figure(title, zero_base)
+        if zero_base:  # (the chart is half the page wide: 274 px at 1024 px with the sidebar open)
+            return no_data_figure(title, _wrapped(zero_base, HALF_NO_DATA))
         skipped = df["method"].astype(str).str.startswith("skipped") if "method" in df.columns else None
         if changed is None:
             return no_data_figure(title, "no principal-weight overlap to draw")
@@ -316,5 +345,5 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
     )
     _style(fig, title, "chance: update density (%)", "share of the update inside principal weights (%)")
     if zero_base:
-        _footnote(fig, f"Not drawn: {zero_base}.")
+        _footnote(fig, f"Not drawn: {zero_base}.", HALF_FOOTNOTE)
     return fig

@@ -116,7 +116,7 @@ def _spec(at, title: str) -> dict:
 
 
 def _annotations(spec) -> str:
-    return " ".join(_plain(a.get("text", "")) for a in spec["layout"].get("annotations", []))
+    return " ".join(_plain(a.get("text", "").replace("<br>", " ")) for a in spec["layout"].get("annotations", []))
 
 
 def _export_notes(page: str) -> str:
@@ -188,7 +188,7 @@ def test_the_principal_weight_chart_still_says_no_change_where_nothing_changed()
     fig = principal_overlap_scatter(rows.assign(changed=[0, 0]))
     assert [a.text for a in fig.layout.annotations] == ["no changed entries in any matrix"]
     fig = principal_overlap_scatter(rows.assign(changed=[0, 12]))  # b's base is all zero: no principal weights
-    assert "1 changed matrix whose base matrix is all zero (b)" in fig.layout.annotations[0].text
+    assert "1 changed matrix whose base matrix is all zero (b)" in fig.layout.annotations[0].text.replace("<br>", " ")
 
 
 # ---------------------------------------------------------------- 2. a finetune holding Inf

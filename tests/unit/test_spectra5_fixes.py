@@ -166,8 +166,8 @@ def test_the_subspace_charts_say_a_sign_flip_matrix_is_the_same_not_a_zero_base(
 
     df, vectors = _table_with_a_sign_flip_row()
     assert list(signs_only(df)) == [True, False]
-    notes = " ".join(a.text for a in principal_overlap_scatter(df).layout.annotations)
+    notes = " ".join(a.text.replace("<br>", " ") for a in principal_overlap_scatter(df).layout.annotations)
     assert "all zero" not in notes and "differ only in the sign of zero (layers.0.self_attn.v_proj.weight)" in notes
     fig = rotated_curves(df, vectors, n=6)
     assert [t.name for t in fig.data] == ["layers.0.self_attn.q_proj.weight"]
-    assert "sign of zero" in " ".join(a.text for a in fig.layout.annotations)
+    assert "sign of zero" in " ".join(a.text.replace("<br>", " ") for a in fig.layout.annotations)
