@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from subnetviz.errors import CheckpointError, ConfigError
-from tests.browser import CHROMIUM, FLAGS, NEEDS_CHROMIUM
+from tests.browser import NEEDS_CHROMIUM
 from tests.models import char_tokenizer, save_model, tiny_model
 
 CORPUS = "0+1=1\n2+3=5\n4+4=8\n" * 40
@@ -137,20 +137,9 @@ TICKS = r"""() => Array.from(document.querySelectorAll('.xtick text')).map(t => 
 
 def _tick_boxes(fig, width: int) -> list[dict]:
     """The x tick labels' boxes of ``fig`` drawn by plotly.js in Chromium in a div ``width`` px wide."""
-    import plotly.offline
-    from playwright.sync_api import sync_playwright
+    from tests.unit.test_walk6a_fixes import _drawn
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": width + 40, "height": 900})
-            page.set_content(f'<html><body style="margin:0"><div id="g" style="width:{width}px"></div></body></html>')
-            page.add_script_tag(content=plotly.offline.get_plotlyjs())
-            page.add_script_tag(content=f"Plotly.newPlot('g', {fig.to_json()}).then(() => window.drawn = true);")
-            page.wait_for_function("() => window.drawn === true", timeout=60_000)
-            return page.evaluate(TICKS)
-        finally:
-            browser.close()
+    return _drawn([fig], width, probe=TICKS)
 
 
 @NEEDS_CHROMIUM

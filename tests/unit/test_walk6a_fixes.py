@@ -48,10 +48,10 @@ GEOMETRY = r"""() => Array.from(document.querySelectorAll('.js-plotly-plot')).ma
 })"""
 
 
-def _drawn(figs: list[go.Figure], width: int) -> list[dict]:
+def _drawn(figs: list[go.Figure], width: int, probe: str = GEOMETRY):
     """Each figure drawn by plotly.js (the plotly package's) in Chromium in a div ``width`` px wide: its box, its
     subplots' plotting areas, its title lines, axis titles, heatmap cell width and labels, colour bar and x-axis text
-    (page coordinates, px)."""
+    (page coordinates, px). ``probe``: another script to evaluate there instead."""
     import plotly.offline
     from playwright.sync_api import sync_playwright
 
@@ -65,7 +65,7 @@ def _drawn(figs: list[go.Figure], width: int) -> list[dict]:
             page.add_script_tag(content=plotly.offline.get_plotlyjs())
             page.add_script_tag(content=f"Promise.all([{calls.replace(';', ',')}]).then(() => window.drawn = true);")
             page.wait_for_function("() => window.drawn === true", timeout=60_000)
-            return page.evaluate(GEOMETRY)
+            return page.evaluate(probe)
         finally:
             browser.close()
 
