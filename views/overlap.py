@@ -4,6 +4,7 @@ import streamlit as st
 
 from subnetviz import figures, ui
 from subnetviz.analysis.updates import mask_path
+from subnetviz.figures.overlap import cut_labels, matrices_per_row
 from subnetviz.figures.style import subtitle
 
 
@@ -71,17 +72,17 @@ def body() -> None:
     # A mask empty over the tensors compared here may hold entries elsewhere (a W3 copy's linear layers, not
     # compared, beside a W4 one's 72,248 changed entries): "nothing changed" only of a mask empty in its file.
     truly = {lbl for lbl in empty if ui.mask_summary(sources[lbl])["count"] == 0}
-    if truly:  # its o1 row is 0 / 0: blank cells, said why
+    if truly:  # its o1 row is 0 / 0: grey cells, said why
         ui.note(
             f"{', '.join(lbl for lbl in empty if lbl in truly)}: no entry in the mask (nothing changed in the "
-            "tensors it covers), so its share inside another mask (o1, its row) is undefined and left blank.",
+            'tensors it covers), so its share inside another mask (o1, its row) is undefined: a grey "—".',
             said,
         )
     if len(truly) < len(empty):
         ui.note(
             f"{', '.join(lbl for lbl in empty if lbl not in truly)}: no entry in the {compared:,} tensors "
             "compared here (its entries lie in tensors not compared), so its share "
-            "inside another mask (o1, its row) is undefined here and left blank.",
+            'inside another mask (o1, its row) is undefined here: a grey "—".',
             said,
         )
     view = st.radio(
@@ -120,7 +121,7 @@ def body() -> None:
                     st.caption(packed_note(overlap.packed_experts))
             else:
                 figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, None, at, hues)
-            draw(figs, tables)
+            draw(figs, tables, per_row(name, chosen, view))
     asked = st.query_params.get("ov_pair")
     params = {"masks": chosen, "view": VIEW_NAMES[view]}
     if deltas.intersection(chosen):  # update masks: of the base, at the criterion and the comparison precision
@@ -156,11 +157,21 @@ PAPER_CHANCE = {
 }
 
 
-def draw(figs: dict, tables: dict) -> None:
-    """A tab's charts, two to a row (a lone last one full width), then its tables."""
+def per_row(name: str, chosen: list, view: str) -> int:
+    """How many of tab ``name``'s charts share a row. Pairwise: o1 and Jaccard side by side while a half-page chart
+    at 1024 px leaves their cells readable, else one under the other (eight masks left 8 px cells, the names drawn
+    over one another). Per layer: one a row, the layer × expert grid under the layer × module one (side by side at
+    1024 px, their titles ran past them and the module kinds were drawn over one another)."""
+    if name == "Pairwise":
+        return matrices_per_row(figures.compact_labels(chosen)[0], view)
+    return 1 if name == "Per layer" else 2
+
+
+def draw(figs: dict, tables: dict, per: int = 2) -> None:
+    """A tab's charts, ``per`` to a row (a lone last one full width), then its tables."""
     keys = list(figs)
-    for start in range(0, len(keys), 2):
-        row = keys[start : start + 2]
+    for start in range(0, len(keys), per):
+        row = keys[start : start + per]
         for col, key in zip(st.columns(len(row)), row, strict=True):
             with col:
                 ui.chart(figs[key], key=key)
@@ -225,19 +236,23 @@ def tab_parts(
         one = pair_by_layer(report, pa, pb)
         what = "Jaccard × per-tensor chance" if view == "ratio" else "Jaccard"
         # The pair under the title (the exported dashboard and the paper figure name it), on a line of its
-        # own: two run labels in one line ran past the chart's right edge.
+        # own: two run labels in one line ran past the chart's right edge. Its names cut as the pairwise matrices
+        # cut them (two 36-character names ran 145 px past a half-page chart), the criterion on a line after it.
+        cuts = dict(zip(chosen, cut_labels([figures.plain_label(c) for c in chosen])[0], strict=True))
+        named = subtitle(" ∩ ".join(cuts.get(x, figures.plain_label(x)) for x in (pa, pb)), at)
         figs = {
             "layer-overlap": figures.overlap_layer_heatmap(
                 one[one["layer"].notna()].assign(mtp=lambda d: d["layer"].isin(overlap.mtp_layers)),
                 view=view,
-                title=f"{what} by layer and module<br><sup>{figures.plain_label(pair)}{crit}</sup>",
+                title=f"{what} by layer and module{named}",
             )
         }
         if overlap.experts is not None:  # mixture-of-experts masks: the pair per layer × expert
             figs["expert-overlap"] = figures.overlap_layer_heatmap(
                 pair_by_layer(overlap.experts, pa, pb).assign(mtp=lambda d: d["layer"].isin(overlap.mtp_layers)),
                 view=view,
-                title=f"{what} per layer × expert<br><sup>{figures.plain_label(pair)}{crit}</sup>",
+                title=f"{what} per layer × expert{named}",
+                x_title="expert",
             )
         # the heatmap's cells as numbers (o1, o2 and both chances beside Jaccard), one row per layer × module
         cells = one.drop(columns="group")[["layer", "module", *one.columns.drop(["group", "layer", "module"])]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import textwrap
 from collections.abc import Sequence
 
@@ -63,12 +64,16 @@ def _default_chance(df: pd.DataFrame, value: str) -> str:
 
 @takes_data()
 def overlap_layer_heatmap(
-    df: pd.DataFrame, view: str = "value", title: str | None = None, chance_col: str | None = None
+    df: pd.DataFrame,
+    view: str = "value",
+    title: str | None = None,
+    chance_col: str | None = None,
+    x_title: str = "module kind",
 ) -> go.Figure:
     """Layers × module kinds of mask overlap: columns layer, module, jaccard and its chance (fractions):
     ``chance_col``, by default ``jaccard_chance_per_tensor`` (masks independent within each tensor) where
     the frame has it, else ``jaccard_chance`` (global over the cell's parameters). Hover and colour bar name
-    which.
+    which. ``x_title`` names the columns ("expert" for a layer × expert grid, whose modules are E0, E1, …).
 
     view "value" draws Jaccard in %; "ratio" draws Jaccard / chance on a diverging ×-scale.
     """
@@ -103,12 +108,21 @@ def overlap_layer_heatmap(
     if view == "ratio":
         z, trace = _ratio_axis(ratio)
         bar = _bar_lines(f"Jaccard × {which}")
-        fig = _layer_heatmap(layers, modules, z, custom, hover, title, bar, text=_times(ratio), **trace)
+        fig = _layer_heatmap(layers, modules, z, custom, hover, title, bar, _times(ratio), x_title, **trace)
     else:
         text = percent_cells(100 * g["jaccard"])
         text = np.char.add(text, np.where(np.isfinite(ratio), np.char.add("<br>", _times(ratio)), ""))
         fig = _layer_heatmap(
-            layers, modules, 100 * g["jaccard"], custom, hover, title, "Jaccard (%)", text=text, colorscale=SEQUENTIAL
+            layers,
+            modules,
+            100 * g["jaccard"],
+            custom,
+            hover,
+            title,
+            "Jaccard (%)",
+            text,
+            x_title,
+            colorscale=SEQUENTIAL,
         )
     fig = _undefined_cells(fig, layers, modules, g["jaccard"], ratio if view == "ratio" else None)
     mtp_layer_ticks(fig, df, layers)  # (df["mtp"], where given: a multi-token-prediction module's layers)
@@ -119,15 +133,26 @@ NEITHER = "neither mask has a weight here"
 ONE_SIDED = "one mask has no weight here: Jaccard 0, and no chance baseline to divide by"
 
 
-def _undefined_cells(fig: go.Figure, layers, modules, jaccard: np.ndarray, ratio: np.ndarray | None) -> go.Figure:
+def _undefined_cells(
+    fig: go.Figure,
+    layers,
+    modules,
+    jaccard: np.ndarray,
+    ratio: np.ndarray | None,
+    notes: tuple[str, str] = (NEITHER, ONE_SIDED),
+    place: str = "layer %{y} · %{x}",
+    gap: int = 1,
+) -> go.Figure:
     """The cells with nothing to colour, drawn grey with a dash and what is missing in the hover (left blank
-    they read as missing data): no weight in either mask (Jaccard 0/0), or, on the ×chance scale, a mask
-    with no weight in the cell (chance 0)."""
+    they read as missing data): no weight in either mask (the value, ``jaccard``, 0/0: NaN), or, on the ×chance
+    scale, a mask with no weight in the cell (chance 0: ``ratio`` NaN beside a value). ``notes``: the hover's
+    reason for each of the two; ``place``: how the hover names the cell (rows ``layers``, columns ``modules``);
+    ``gap``: the cells' gap (px), the heatmap's own."""
     neither = ~np.isfinite(jaccard)
     one = ~neither & ~np.isfinite(ratio) if ratio is not None else np.zeros_like(neither)
     if not (neither | one).any():
         return fig
-    note = np.where(neither, NEITHER, np.where(one, ONE_SIDED, ""))
+    note = np.where(neither, notes[0], np.where(one, notes[1], ""))
     fig.add_trace(
         go.Heatmap(
             z=np.where(neither | one, 0.0, np.nan),
@@ -138,10 +163,10 @@ def _undefined_cells(fig: go.Figure, layers, modules, jaccard: np.ndarray, ratio
             text=np.where(neither | one, "—", ""),
             texttemplate="%{text}",
             customdata=note,
-            hovertemplate="layer %{y} · %{x}<br>%{customdata}<extra></extra>",
+            hovertemplate=f"{place}<br>%{{customdata}}<extra></extra>",
             hoverongaps=False,
-            xgap=1,
-            ygap=1,
+            xgap=gap,
+            ygap=gap,
         )
     )
     return fig
@@ -229,7 +254,8 @@ def pairwise_matrix(
     else:
         z, trace = (
             100 * val,
-            {"colorscale": SEQUENTIAL, "zmin": 0, "zmax": 100, "colorbar": {"title": {"text": f"{value} (%)"}}},
+            # its unit on a line of its own: "jaccard (%)" ran 6 px past a half-page chart at 1024 px
+            {"colorscale": SEQUENTIAL, "zmin": 0, "zmax": 100, "colorbar": {"title": {"text": f"{value}<br>(%)"}}},
         )
     fig = go.Figure(
         go.Heatmap(
@@ -249,7 +275,10 @@ def pairwise_matrix(
     # long mask names (an upload's name and hash) cut in the middle on the axes, whole in the hover: a 49-character
     # name took the plot area and left the matrix a few pixels wide. The cuts stay distinct (names that differ in
     # the middle read alike cut plainly), and the full names go under the x axis: a file or a print has no hover.
+    # (a key, names cut, only in a matrix drawn full width, :func:`matrices_per_row`: its 90-character lines, 420 px,
+    # ran 72 px past a half-page chart at 1024 px, and fit the 564 px of a full-width one)
     cuts, key = cut_labels(labels)
+    longest = _longest(cuts)
     ticks = {"tickmode": "array", "tickvals": labels, "ticktext": cuts}
     # across, or upright where they do not fit: at Plotly's 30° the last mask's name ran right, under the colour bar
     # ("Δ grpo-s2" read "Δ grpo" at 1024 px), and o1 and Jaccard beside it turned theirs differently
@@ -265,15 +294,62 @@ def pairwise_matrix(
         constrain="domain",
         **ticks,
     )
+    # cells with no value or no chance to divide by: a grey "—" and why in the hover (blank, they read as missing
+    # data; a mask beside an empty one had a blank column in the × chance view). The diagonal stays blank.
+    diagonal = np.eye(len(labels), dtype=bool)
+    _undefined_cells(
+        fig,
+        labels,
+        labels,
+        np.where(diagonal, 0.0, val),
+        np.where(diagonal, 1.0, ratio) if view == "ratio" else None,
+        (
+            _UNDEFINED[value],
+            f"one mask has no weight in the tensors compared: {_NAMES[value]} 0, and no chance baseline to divide by",
+        ),
+        "row %{y} · column %{x}",
+        gap=2,
+    )
     names = "".join(f"<br><span style='font-size:11px'>{line}</span>" for line in key)
     return _style(
         fig,
         title,
         f"column mask{names}",
         "row mask",
-        height=max(380, 160 + 60 * len(labels)) + 15 * len(key) + title_margin(title) - 80,
+        # the column names upright under the matrix: 24-character ones left four masks a plot 96 px high
+        height=max(380, 160 + 60 * len(labels)) + 15 * len(key) + title_margin(title) - 80 + 7 * max(0, longest - 10),
         margin={"l": 70, "r": 30, "t": title_margin(title), "b": 60},
     )
+
+
+_NAMES = {"o1": "o1", "o2": "o2", "jaccard": "Jaccard"}
+_UNDEFINED = {  # a cell whose value is 0 / 0
+    "o1": "the row mask has no weight in the tensors compared: its share in the column mask (o1) is 0 / 0",
+    "o2": "the column mask has no weight in the tensors compared: its share in the row mask (o2) is 0 / 0",
+    "jaccard": "neither mask has a weight in the tensors compared: Jaccard is 0 / 0",
+}
+HALF_CHART = 274
+"""A chart's width (px) half the page wide at 1024 px with the sidebar open."""
+MATRIX_FRAME = {"value": 125, "ratio": 147}
+"""What of a half-width pairwise matrix chart is not its plotting area or its row names (px), by view: the row title
+and margins (43) and the colour bar (82; the × chance one's 104), measured in Chromium at 1024 px."""
+NAME_PX = 7  # a row name's width a character (px, 12 px font), at most
+MIN_CELL = 24  # a matrix cell's side (px) that still holds its value readably
+
+
+def matrices_per_row(labels: Sequence[str], view: str = "value") -> int:
+    """How many pairwise matrices of ``labels`` (as :func:`pairwise_matrix` gets them, in ``view``) to set side by
+    side: two where a chart half the page wide at 1024 px leaves each cell :data:`MIN_CELL` px, else one, full width.
+    Side by side, eight masks left the cells 8 px and the names drawn over one another; 24-character names left
+    none, and the full-name key under a matrix of cut names ran past its chart (always full width, then)."""
+    cuts = cut_labels(labels)[0]
+    return 2 if HALF_CHART - MATRIX_FRAME[view] - NAME_PX * _longest(cuts) >= MIN_CELL * len(cuts) else 1
+
+
+def _longest(cuts: Sequence[str]) -> int:
+    """The characters in the longest line of the chart labels ``cuts`` (markup escaped, a label's lines split by
+    "<br>")."""
+    return max((len(p) for c in cuts for p in re.split(r"<br\s*/?>", html.unescape(c))), default=0)
 
 
 def _middle_cut(label: str, width: int = 24) -> str:

@@ -476,8 +476,11 @@ def _grid(df: pd.DataFrame, columns: Sequence[str], builder: str):
     return layers, modules, out
 
 
-def _layer_heatmap(layers, modules, z, customdata, hover, title, bar_title, text=None, **trace) -> go.Figure:
-    """The shared layer × module heatmap; ``text`` (strings per cell) replaces the default "%{z:.1f}"."""
+def _layer_heatmap(
+    layers, modules, z, customdata, hover, title, bar_title, text=None, x_title: str = "module kind", **trace
+) -> go.Figure:
+    """The shared layer × module heatmap; ``text`` (strings per cell) replaces the default "%{z:.1f}"; ``x_title``
+    names the columns (a layer × expert grid's are experts)."""
     show_text = z.size <= 400  # cell values printed in the cells while they stay readable
     # its unit on a line of its own: three heatmaps side by side at 1024 px cut "sparsity (%)" to "sparsity (9"
     bar = {"title": {"text": bar_title.replace(" (", "<br>(", 1)}, **trace.pop("colorbar", {})}
@@ -497,7 +500,7 @@ def _layer_heatmap(layers, modules, z, customdata, hover, title, bar_title, text
             **trace,
         )
     )
-    _style(fig, title, "module kind", "layer", height=max(360, 120 + 26 * len(layers)))
+    _style(fig, title, x_title, "layer", height=max(360, 120 + 26 * len(layers)))
     fig.update_xaxes(type="category", side="bottom", showgrid=False, **every_category(modules))
     fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
     return fig
