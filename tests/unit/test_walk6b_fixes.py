@@ -80,7 +80,7 @@ def test_one_matrix_images_say_the_matrix_and_its_size_on_lines_that_fit(build):
     assert _fits(title, HALF), _lines(title)
     head, subs = _lines(title)
     assert subs == ["grpo-s0 · layers.0.self_attn.q_proj.weight · 96×96", "full resolution (a cell per entry)"]
-    assert fig.layout.margin.t == 98  # a line more under the title: 18 px more room above the plot
+    assert fig.layout.margin.t == 116  # a line more under the title: 36 px more room above the plot
     # the figure picker reads each break as " · ": it names the chart by the whole line
     assert " · ".join([head, *subs]).endswith(f"{SUBJECT} · 96×96 · full resolution (a cell per entry)")
 
@@ -104,7 +104,7 @@ def test_subtitle_breaks_only_at_separators_and_keeps_short_lines_whole():
     assert " · ".join(lines) == " · ".join(parts)  # nothing cut inside a name, nothing lost
     assert re.findall(r"<sup>(.*?)</sup>", subtitle("x" * 80)) == ["x" * 80]  # no separator: whole
     assert title_margin("t") == 80 and title_margin("t<br><sup>a</sup>") == 80
-    assert title_margin("t<br><sup>a</sup><br><sup>b</sup>") == 98
+    assert title_margin("t<br><sup>a</sup><br><sup>b</sup>") == 116
 
 
 def _pairs() -> pd.DataFrame:
@@ -119,8 +119,8 @@ def _pairs() -> pd.DataFrame:
 def test_the_pairwise_matrix_makes_room_for_a_longer_title():
     one = pairwise_matrix(_pairs(), value="o1", title="o1: share of the row mask" + subtitle("in the column mask"))
     two = pairwise_matrix(_pairs(), value="o1", title="o1" + subtitle("a" * 40 + " · " + "b" * 40))
-    assert one.layout.margin.t == 80 and two.layout.margin.t == 98
-    assert two.layout.height - one.layout.height == 18  # the matrix keeps its size
+    assert one.layout.margin.t == 80 and two.layout.margin.t == 116
+    assert two.layout.height - one.layout.height == 36  # the matrix keeps its size
 
 
 def test_the_consensus_chart_makes_room_for_the_views_line_and_its_own():
@@ -133,7 +133,7 @@ def test_the_consensus_chart_makes_room_for_the_views_line_and_its_own():
         "markers: per-tensor chance",
         "not shown: 262,393 parameters in no mask",
     ]
-    assert fig.layout.margin.t == 98
+    assert fig.layout.margin.t == 116
 
 
 # --- 4. o1's column names clear of its colour bar ------------------------------------------------------------
@@ -224,3 +224,19 @@ def test_the_precision_chart_names_runs_in_one_notation():
         "steps=4 s0",
         "steps=8 s0",
     ]
+
+
+def test_a_four_line_matrix_title_ends_above_its_heatmap_in_chromium():
+    """walk7: One matrix's title of four lines (the criterion under it) ended 4 px into the heatmap at 1440 px (a
+    500 px chart): the margin grew 18 px a line while Plotly's title, set in the middle of the margin, moved 31."""
+    import torch
+
+    from tests.unit.test_walk6a_fixes import _drawn
+
+    m = torch.rand(96, 96, generator=torch.Generator().manual_seed(0)) > 0.5
+    subject = "grpo-s0 · layers.0.self_attn.q_proj.weight · relative η = 0.004 at bf16"
+    fig = F.matrix_image(m, title="Which entries changed", subject=subject)
+    assert len(_lines(fig.layout.title.text)[1]) >= 3  # (the four-line case)
+    for width in (274, 500):
+        (drawn,) = _drawn([fig], width)
+        assert max(t["bottom"] for t in drawn["titles"]) + 8 <= min(p["top"] for p in drawn["plots"]), width
