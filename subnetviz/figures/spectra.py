@@ -189,17 +189,30 @@ def spectrum_curves(
     # in lines broken at " · " (one line of a below-full-rank Δ's notes ran 300 px past the chart at 1024 px: the
     # hidden-σ count and the lone σ's key were cut off), the chart as much taller as its title is
     title = title.replace(" (dashed: random sparse baseline)", "") + subtitle(sub, width=CURVES_LINE)
-    top = title_margin(title)
+    top, bottom = title_margin(title), _legend_room(names)
     _style(
         fig,
         title,
         "singular value index (descending)",
         "singular value σ (log)",
-        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0},
-        height=460 + 22 * ((len(names) + 2) // 3) + top - 80,
-        margin={"l": 70, "r": 30, "t": top, "b": 60},
+        # the legend in the bottom margin, under the axis title: at y = -0.2 of the plot it lay on the axis title,
+        # and two models' longer names (two to a row at 1024 px, not three) shrank the plot to 150 px
+        legend={"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0, "xanchor": "left", "x": 0},
+        height=PLOT_HEIGHT + top + bottom,
+        margin={"l": 70, "r": 30, "t": top, "b": bottom},
     )
     return fig
+
+
+PLOT_HEIGHT = 320  # px of the singular-value plot itself, whatever its title and legend take
+LEGEND_WIDTH = 494  # px a legend row has in a chart as wide as the page at 1024 px (564 px, less the left margin)
+
+
+def _legend_room(names: Sequence[str]) -> int:
+    """The bottom margin (px) for the tick labels, the x-axis title and a legend of ``names`` under them, in as many
+    rows as they take at 1024 px (an entry: its line's key, 40 px, and its name at about 6 px a character)."""
+    per_row = max(1, int(LEGEND_WIDTH // (40 + 6 * max((len(str(n)) for n in names), default=1))))
+    return 70 + 22 * -(-len(names) // per_row)
 
 
 # A curve with one σ above its floor (a rank-1 Δ: one changed entry, row or column; a new token's embedding row) is

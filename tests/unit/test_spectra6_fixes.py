@@ -72,8 +72,21 @@ def test_the_singular_value_subtitle_fits_a_page_wide_chart_below_full_rank(mode
     assert said.startswith("colour: model · ") == (len(models) > 1)
     # the title's lines have room above the plot, which keeps its height
     assert fig.layout.margin.t == title_margin(title) > 80
-    rows = (2 * len(models) + 2) // 3
-    assert fig.layout.height - fig.layout.margin.t == 460 + 22 * rows - 80
+    assert fig.layout.height - fig.layout.margin.t - fig.layout.margin.b == 320  # (the plot's own height)
+
+
+@pytest.mark.parametrize("models", [["grpo-qwen-math-seed0", "grpo-qwen-math-seed1"], ["ftA"]])
+def test_the_singular_value_legend_lies_under_the_axis_title_in_chromium(models):
+    """walk7: with two models at 1024 px (564 px) the legend, set at -0.2 of the plot's height, lay on the x-axis
+    title, and its two-to-a-row names shrank the plot to about 150 px."""
+    from tests.unit.test_walk6a_fixes import _drawn
+
+    probe = r"""() => { const gd = document.querySelector('.js-plotly-plot'); const b = e => e.getBoundingClientRect();
+      return {fig: b(gd).bottom, legend: [b(gd.querySelector('.legend')).top, b(gd.querySelector('.legend')).bottom],
+              xtitle: b(gd.querySelector('.g-xtitle text')).bottom, plot: b(gd.querySelector('.nsewdrag')).height}; }"""
+    drawn = _drawn([model_spectra(*_frames(models), models)], FULL, probe=probe)
+    assert drawn["xtitle"] <= drawn["legend"][0] and drawn["legend"][1] <= drawn["fig"] + 1, drawn
+    assert drawn["plot"] >= 300, drawn
 
 
 # --- 2. the zero-base explanations --------------------------------------------------------------------------
