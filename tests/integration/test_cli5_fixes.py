@@ -135,9 +135,8 @@ def test_a_signal_after_behavior_published_says_the_result_is_complete(tiny, tmp
     assert (out / "behavior.json").is_file() and (out / "summary.csv").is_file()
 
 
-def test_a_signal_after_a_grid_with_failed_points_published_keeps_its_status_and_error(tmp_path, monkeypatch, capsys):
-    """``experiment drivers`` publishes a grid with failed points and exits 1 saying so; a signal while it printed
-    the table ends it with that status and line too, after saying the result is complete."""
+def plant_failed_grid(monkeypatch) -> None:
+    """``experiment drivers`` computes a grid of two learning rates, the second failed ("diverged"), with no run."""
     from subnetviz.experiments import drivers
 
     cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward", "status", "note"]
@@ -147,6 +146,13 @@ def test_a_signal_after_a_grid_with_failed_points_published_keeps_its_status_and
     ]
     monkeypatch.setattr(drivers, "run_drivers", lambda *a, **k: pd.DataFrame(rows, columns=cols))
     monkeypatch.setattr(drivers, "verdicts", lambda results: pd.DataFrame({"factor": ["lr"], "verdict": ["-"]}))
+
+
+def test_a_signal_after_a_grid_with_failed_points_published_keeps_its_status_and_error(tmp_path, monkeypatch, capsys):
+    """``experiment drivers`` publishes a grid with failed points and exits 1 saying so; a signal while it printed
+    the table ends it with that status and line too, after saying the result is complete."""
+
+    plant_failed_grid(monkeypatch)
     import subnetviz.cli.analysis as analysis
 
     _raise_when_printed(monkeypatch, analysis, "shown_cells", "SIGINT")

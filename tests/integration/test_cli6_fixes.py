@@ -21,7 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -231,14 +230,9 @@ def test_a_full_stdout_after_a_grid_with_failed_points_keeps_its_status_and_erro
     tmp_path, monkeypatch, capsys, full_stdout
 ):
     from subnetviz.experiments import drivers
+    from tests.integration.test_cli5_fixes import plant_failed_grid
 
-    cols = ["factor", "value", "seed", "algorithm", "precision", "sparsity", "accuracy", "kl_forward", "status", "note"]
-    rows = [
-        ["lr", 1e-5, 0, "grpo", "bf16", 0.9, 0.5, 0.1, "ok", ""],
-        ["lr", 1e-3, 0, "grpo", "bf16", None, None, None, "failed", "diverged"],
-    ]
-    monkeypatch.setattr(drivers, "run_drivers", lambda *a, **k: pd.DataFrame(rows, columns=cols))
-    monkeypatch.setattr(drivers, "verdicts", lambda results: pd.DataFrame({"factor": ["lr"], "verdict": ["-"]}))
+    plant_failed_grid(monkeypatch)
     monkeypatch.setattr(drivers, "grid_notes", lambda results: [])
     out = tmp_path / "grid"
     full_stdout()
