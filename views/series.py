@@ -1,6 +1,5 @@
 """Series: update sparsity along a training run, against the start and step to step."""
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,31 +30,15 @@ def name_lines(pieces: tuple[str, ...], width: int) -> list[str]:
     return [figures.plain_label(x if len(x) <= width else f"{x[:half]}…{x[half + 1 - width :]}") for x in lines]
 
 
-def subtitled(fig, lines: list[str]):
-    """``fig`` (new, not shared yet) with ``lines`` (text) under its title, its top margin (and height: the plot keeps
-    its own) grown where the title's lines need more. Plotly puts the first line's baseline in the middle of the top
-    margin and the others under it, so a line takes twice its height of margin (in Chromium a title line 21 px, a
-    subtitle line 20; the last one ran into the plot of the split bar where the margin grew by one line's height)."""
-    title = (fig.layout.title.text or "") + "".join(f"<br><sup>{line}</sup>" for line in lines)
-    fig.layout.title.text = title
-    parts = re.split(r"<br\s*/?>", title, flags=re.I)
-    sub = sum(part.startswith("<sup>") for part in parts)
-    need = 42 * (len(parts) - sub) + 40 * sub - 30  # px: half of it above the first baseline, the lines under it
-    top = fig.layout.margin.t or 80
-    if need > top:
-        fig.update_layout(margin_t=need, height=(fig.layout.height or 450) + need - top)
-    return fig
-
-
 def series_figure(lines, first: str, ticks, start: int, called: tuple[str, ...]):
     """The series chart, named by ``called`` (:func:`name_lines`' pieces)."""
     fig = figures.series_lines(lines, first=first, ticks=ticks, start=start)
-    return subtitled(fig, name_lines(called, TWO_THIRDS))
+    return figures.with_subtitles(fig, name_lines(called, TWO_THIRDS))
 
 
 def split_figure(split, called: tuple[str, ...]):
     """Where the parameters ended up, named by ``called``."""
-    return subtitled(figures.split_bar(split), name_lines(called, THIRD))
+    return figures.with_subtitles(figures.split_bar(split), name_lines(called, THIRD))
 
 
 def module_figure(per, steps: tuple[int, ...], first: str, called: tuple[str, ...] = ()):
@@ -68,7 +51,7 @@ def module_figure(per, steps: tuple[int, ...], first: str, called: tuple[str, ..
     else:
         reports = in_every_step(per.reports)
         frame = pd.concat([r.by_layer_module().assign(step=s) for r, s in zip(reports, steps[1:], strict=True)])
-    return subtitled(figures.module_series(frame, first=first, start=steps[0]), name_lines(called, PAGE))
+    return figures.with_subtitles(figures.module_series(frame, first=first, start=steps[0]), name_lines(called, PAGE))
 
 
 TABLE_NAMES = {  # the analysis's columns, named in the table as on the chart (the first checkpoint is the base)

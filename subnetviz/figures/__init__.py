@@ -43,6 +43,7 @@ from subnetviz.figures.style import (
     format_number,
     no_data_figure,
     plain_label,
+    with_subtitles,
 )
 from subnetviz.figures.updates import (
     module_bars,
@@ -95,4 +96,5 @@ __all__ = [
     "upset",
     "venn2",
     "venn3",
+    "with_subtitles",
 ]

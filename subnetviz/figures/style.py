@@ -413,6 +413,17 @@ def title_margin(title: str, top: int = 80) -> int:
     return top + 36 * max(0, len(re.findall(r"<br\s*/?>", title, flags=re.I)) - 1)
 
 
+def with_subtitles(fig, lines: Sequence[str]):
+    """``fig`` (new, not shared yet) with ``lines`` (text, each its own ``<sup>`` line) under its title, its top margin
+    grown to :func:`title_margin`'s where the lines need more, and its height with it (the plot keeps its own)."""
+    title = (fig.layout.title.text or "") + "".join(f"<br><sup>{line}</sup>" for line in lines)
+    fig.layout.title.text = title
+    top, need = fig.layout.margin.t or 80, title_margin(title)
+    if need > top:
+        fig.update_layout(margin_t=need, height=(fig.layout.height or 450) + need - top)
+    return fig
+
+
 def _unique(values) -> list:
     return list(dict.fromkeys(values))
 
