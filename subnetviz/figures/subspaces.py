@@ -27,6 +27,7 @@ from subnetviz.figures.style import (
     no_data_figure,
     series_color,
     takes_data,
+    title_margin,
 )
 
 
@@ -343,7 +344,31 @@ def principal_overlap_scatter(df: pd.DataFrame, title: str | None = None) -> go.
             x=[0, hi], y=[0, hi], mode="lines", name="chance", line={"color": "#888", "dash": "dash"}, hoverinfo="skip"
         )
     )
-    _style(fig, title, "chance: update density (%)", "share of the update inside principal weights (%)")
-    if zero_base:
-        _footnote(fig, f"Not drawn: {zero_base}.", HALF_FOOTNOTE)
+    # Drawn half the page wide (274 px at 1024 px with the sidebar open): the legend beside the plot left it 82 px
+    # wide, and a y-axis title longer than the plot ran up into the title's last line. The legend and the note of
+    # what is not drawn lie under the x-axis title, each in the room it takes; the plot keeps its height.
+    names = [str(t.name) for t in fig.data]
+    per_row = max(1, int((274 - 100) // (40 + 6 * max(map(len, names)))))
+    rows = -(-len(names) // per_row)
+    note = _wrapped(f"Not drawn: {zero_base}.", HALF_FOOTNOTE) if zero_base else ""
+    top, under = title_margin(title), SCATTER_AXIS + 22 * rows
+    bottom = under + (14 * (note.count("<br>") + 1) + 14 if note else 8)
+    _style(
+        fig,
+        title,
+        "chance: update density (%)",
+        "inside principal weights (%)",
+        legend={"orientation": "h", "yref": "paper", "y": -SCATTER_AXIS / SCATTER_PLOT, "yanchor": "top", "x": 0},
+        height=top + SCATTER_PLOT + bottom,
+        margin={"l": 70, "r": 30, "t": top, "b": bottom},
+    )
+    if note:
+        fig.add_annotation(
+            text=note,
+            **{"xref": "paper", "yref": "paper", "x": 0, "y": -(under + 6) / SCATTER_PLOT},
+            **{"xanchor": "left", "yanchor": "top", "align": "left", "showarrow": False, "font": {"size": 11}},
+        )
     return fig
+
+
+SCATTER_PLOT, SCATTER_AXIS = 310, 64  # px: the principal-weight scatter's plot; its x ticks and axis title under it
