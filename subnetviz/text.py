@@ -9,7 +9,9 @@ of data they show.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 
 # embeddings, overrides and isolates (U+202A–E, U+2066–9), and the marks U+200E/F, U+061C
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
@@ -56,3 +58,18 @@ def terminal_text(text: object) -> str:
     as the page and the exports show them: after a folder name ending in U+202E, ``analyze``'s summary line read
     right to left in a browser's log view or a notebook (sparsity 0.697930 as "039796.0")."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", visible_controls(escaped(str(text))))
+
+
+def file_slug(text: str, limit: int = 80) -> str:
+    """``text`` (a chart's name, as the figure picker shows it) as a file-name part: ASCII letters and digits in
+    lower case joined by "-", at most ``limit`` characters, cut at a "-"; a name cut, or one with no such letters
+    (a Hebrew run name), ends in 8 hex digits of its whole text, so two charts' files differ where their names do.
+    Two runs' Series charts were both ``subnetviz-series.svg``."""
+    ascii_ = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_.lower()).strip("-")
+    whole = slug and len(slug) <= limit and slug == re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if whole:
+        return slug
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    cut = slug[: limit - 9].rsplit("-", 1)[0] if len(slug) > limit - 9 else slug
+    return f"{cut}-{digest}" if cut else digest

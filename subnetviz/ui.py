@@ -28,6 +28,7 @@ from subnetviz.cache import MANIFEST, file_stamp, touch
 from subnetviz.errors import NonFiniteError, SubnetvizError
 from subnetviz.memo import Memo
 from subnetviz.selection import PRECISIONS, Workspace, saved_masks, zoo_members
+from subnetviz.text import file_slug
 from subnetviz.uilogic import plain  # pages call ui.plain
 
 
@@ -1197,7 +1198,7 @@ def _figure_file(keys: list[str], title: str) -> None:
     d.download_button(
         "Download figure",
         data,
-        file_name=f"subnetviz-{key}.{fmt}",
+        file_name=f"subnetviz-{key}-{file_slug(names[key])}.{fmt}",  # (two runs' charts: two files)
         mime=FORMATS[fmt],
         key=f"pub-dl-{title}",
         icon=":material/download:",
