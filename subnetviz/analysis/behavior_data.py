@@ -143,21 +143,19 @@ def _hub_spec(spec: str) -> tuple[str, str | None, str]:
 
 def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
     import datasets
-    from huggingface_hub import constants as hub
 
-    from subnetviz.bigram.stats import cached_dataset, check_saved_dataset, plain_columns  # (the corpus reader's rules)
+    # (the corpus reader's rules)
+    from subnetviz.bigram.stats import cached_dataset, check_saved_dataset, hub_offline, plain_columns
 
     folder = None if spec.startswith("hf:") else check_saved_dataset(spec)  # every file it opens, checked first
-    # The cache only, nothing downloaded or asked of the hub: datasets and huggingface_hub read the offline
-    # variables when they are imported, so setting the environment here did nothing (the hub was asked for the
-    # data set by name); their flags are set for the call and put back.
-    offline = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE
+    # The cache only, nothing downloaded or asked of the hub (hub_offline: setting the environment here did
+    # nothing, and the hub was asked for the data set by name).
     try:
         if folder is None:
             name, config, split = _hub_spec(spec)
             path = cached_dataset(spec, name, instead="a JSONL file or a saved data set's folder")
-            datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
-            ds = datasets.load_dataset(path, config, split=split, download_mode="reuse_cache_if_exists")
+            with hub_offline():
+                ds = datasets.load_dataset(path, config, split=split, download_mode="reuse_cache_if_exists")
         else:
             ds = datasets.load_from_disk(folder)
     except ConfigError:
@@ -167,8 +165,6 @@ def _dataset_prompts(spec: str, limit: int | None) -> list[Prompt]:
         if spec.startswith("hf:") and isinstance(exc, ConnectionError | FileNotFoundError):  # (the hub, offline)
             why = f"not in the datasets cache {datasets.config.HF_DATASETS_CACHE}; hf: data sets are never downloaded"
         raise ConfigError(f"{spec[:120]}: not a data set on this machine ({why}).") from None
-    finally:
-        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE = offline
     if isinstance(ds, datasets.DatasetDict):
         raise ConfigError(f"{spec}: holds splits {list(ds)}; name one (hf:NAME:SPLIT, or save one split).")
     cols = ds.column_names

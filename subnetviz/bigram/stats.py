@@ -20,8 +20,10 @@ token id of each state) and optionally ``vocab_size`` (int; default ``max(token_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -437,6 +439,35 @@ def check_corpus_file(spec: str | os.PathLike) -> None:
         )
 
 
+_OFFLINE_LOCK = threading.Lock()
+_OFFLINE_USERS = [0, None]  # loads inside hub_offline() now, and the flags as they were before the first
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """datasets and huggingface_hub kept offline for the block (the cache only, nothing asked of the hub), their
+    flags put back when the last such block in the process ends. datasets and huggingface_hub read their offline
+    variables when they are imported, so the environment cannot do it; and two loads that each saved and put back
+    the flags turned them off under each other (the first to end put "online" back while the other loaded)."""
+    import datasets
+    from huggingface_hub import constants as hub
+
+    with _OFFLINE_LOCK:
+        if _OFFLINE_USERS[0] == 0:
+            _OFFLINE_USERS[1] = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE
+        _OFFLINE_USERS[0] += 1
+        datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        with _OFFLINE_LOCK:
+            _OFFLINE_USERS[0] -= 1
+            if _OFFLINE_USERS[0] == 0:
+                datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE = (
+                    _OFFLINE_USERS[1]
+                )
+
+
 _DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what load_from_disk looks for first
 
 
@@ -544,24 +575,19 @@ def corpus_from_dataset(
     ``hf:<name>[:<split>]`` already in the local Hugging Face datasets cache (never downloaded, and never a
     folder of the working directory: :func:`cached_dataset`). Each record is one piece of the token stream."""
     import datasets
-    from huggingface_hub import constants as hub
 
     folder = None if spec.startswith("hf:") else check_saved_dataset(spec)  # every file it opens, checked first
-    # The cache only: reuse_cache_if_exists fetched a dataset the cache lacked. datasets and huggingface_hub read
-    # their offline variables when imported, so their flags are set for the call and put back.
-    offline = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE
+    # The cache only: reuse_cache_if_exists fetched a dataset the cache lacked (hub_offline: nothing asked of it).
     try:
         if folder is None:
             name, split = hub_dataset(spec)
             path = cached_dataset(spec, name)
-            datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
-            ds = datasets.load_dataset(path, split=split or "train", download_mode="reuse_cache_if_exists")
+            with hub_offline():
+                ds = datasets.load_dataset(path, split=split or "train", download_mode="reuse_cache_if_exists")
         else:
             ds = datasets.load_from_disk(folder)
     except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as exc:
         raise ConfigError(f"{spec}: not a local dataset ({type(exc).__name__}: {exc}).") from exc
-    finally:
-        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE = offline
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     if text_field not in ds.column_names:
