@@ -393,9 +393,12 @@ def typed_base_caption(base: str | None, members: dict[str, str]) -> str | None:
     return f"Base: {where}" if where in (label, f"…/{label}") else f"Base: {label} ({where})"
 
 
-# The finetuned chips of typed paths all read "/tmp/review/works…": their text is laid out right to left, so what
-# is cut is the start (the LRM marks keep a leading "/" in its place), and the folder names that tell them apart
-# show. A weights file's chip (``…/ftA/model.safetensors``, ``…/ftB/model.safetensors.index.json``: a name every
+# The finetuned chips of typed paths all read "/tmp/review/works…": their box is laid out right to left, so what
+# is cut is the start, and the folder names that tell them apart show. The text in it is one left-to-right isolate
+# (LRI … PDI), its end at the box's right edge whatever its script: with LRM marks around it, a Hebrew or Arabic last
+# folder was placed left of its parent by the right-to-left paragraph, where it was cut (two such chips both read
+# "…/ckpts/names"). Two right-to-left folders in a row still read right to left, as a path does in any left-to-right
+# text (…/ckpts/A/B shows B left of A). A weights file's chip (``…/ftA/model.safetensors``, ``…/ftB/model.safetensors.index.json``: a name every
 # checkpoint's file shares) showed only that name's end ("afetensors.index.json" for every sharded checkpoint): its
 # path wraps, and its last three lines show, with the folder's name before the file's. Each chip's title
 # (Streamlit's) gives the whole path on hover. CSS only: the URL keeps the full choice.
@@ -403,7 +406,8 @@ _FILE_TITLES = ", ".join(f'[title$="{suffix}"]' for suffix in (".json", ".safete
 _FILE_CHIP = f".st-key-ft [data-tag] > span:is({_FILE_TITLES})"
 CHIP_TAILS = f"""<style>
 .st-key-ft [data-tag] > span[title] {{ direction: rtl; text-align: left; }}
-.st-key-ft [data-tag] > span[title]::before, .st-key-ft [data-tag] > span[title]::after {{ content: "\\200e"; }}
+.st-key-ft [data-tag] > span[title]::before {{ content: "\\2066"; }}
+.st-key-ft [data-tag] > span[title]::after {{ content: "\\2069"; }}
 .st-key-ft [data-tag]:has(> span:is({_FILE_TITLES})) {{ height: auto; min-height: 1.75rem; }}
 {_FILE_CHIP} {{
   direction: ltr; white-space: normal; overflow-wrap: anywhere; text-overflow: clip; line-height: 1.25;
@@ -838,6 +842,17 @@ def url_int(raw: str | None, default: int | None = None) -> int | None:
 def url_choice(raw: str | None, options: Sequence, default):
     """The option of ``options`` that ``raw`` names (compared as text: a URL holds "16" for 16), else ``default``."""
     return next((o for o in options if str(o) == raw), default)
+
+
+def url_choices(raw: Sequence[str], options: Sequence, default: list) -> list:
+    """A multiple choice from a URL's repeated entries ``raw`` (compared as text, as :func:`url_choice`): the options
+    they name, in the link's order, once each, entries naming nothing offered here dropped; ``default`` where there
+    are none or none of them is offered; none for one empty entry (``?k=``: nothing chosen, as a bound picker reads
+    it)."""
+    if list(raw) == [""]:
+        return []
+    named = [o for text in dict.fromkeys(raw) for o in options if str(o) == text]
+    return list(dict.fromkeys(named)) or list(default)
 
 
 # --- export ------------------------------------------------------------------------------------------

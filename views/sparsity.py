@@ -29,9 +29,14 @@ def body() -> None:
     tols = list(analysis.reports[0].options.tolerances)
     criteria = ["exact"] + [f"{t:g}" for t in tols] + ["relative"]
     c1, c2, c3 = st.columns([3, 2, 2])
-    shown = c1.multiselect(
-        "Models side by side", list(reports), default=list(reports)[:3], key="sp_models", bind="query-params"
-    )
+    # The models and One matrix's model are read from the URL and written back by hand, as the Bigram and Continual
+    # pages' runs: when the sidebar's finetunes changed, a bound picker's fallback (a removed model dropped) left the
+    # URL as it was, and its default (the first three) grew back with the model, so a shared link showed other models
+    # and other numbers than the sender's page.
+    usual = list(reports)[:3]
+    linked = uilogic.url_choices(st.query_params.get_all("sp_models"), list(reports), usual)
+    shown = c1.multiselect("Models side by side", list(reports), default=linked, key="sp_models")
+    in_url("sp_models", shown, usual)
     eta = analysis.reports[0].options.eta
     crit = c2.selectbox(
         "Criterion",
@@ -156,6 +161,18 @@ def body() -> None:
         more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors, at), drill),
         notes=said,
     )
+
+
+def in_url(key: str, value: str | list[str], default: str | list[str]) -> None:
+    """The URL's ``key`` made to say the picker's ``value``: left out where it is the ``default`` (as a bound picker
+    leaves it), an empty list as ``key=`` (read back as none, not as the default); written only when it differs."""
+    if value == default:
+        if key in st.query_params:
+            del st.query_params[key]
+        return
+    text = (value or [""]) if isinstance(value, list) else [value]
+    if st.query_params.get_all(key) != text:
+        st.query_params[key] = text
 
 
 def _merged(figs: dict, rest: tuple[dict, dict], drill=None) -> tuple[dict, dict, list[str]]:
@@ -345,7 +362,10 @@ def expert_tables(analysis, shown: tuple) -> dict:
 
 def drill_down(ws, reports, crit: str, eta: float, said: list[str]) -> None:
     a, b = st.columns(2)
-    model = a.selectbox("Model", list(reports), key="dd_model", bind="query-params")
+    models = list(reports)  # (by hand, as the models side by side above)
+    linked = uilogic.url_choice(st.query_params.get("dd_model"), models, models[0])
+    model = a.selectbox("Model", models, index=models.index(linked), key="dd_model")
+    in_url("dd_model", model, models[0])
     names = matrix_names(reports[model])
     ui.need(bool(names), "No 2-D tensors to show.")
     key = b.selectbox("Matrix", names, index=default_matrix(names), key="dd_tensor", bind="query-params")

@@ -735,22 +735,29 @@ def _any_weights(folder: Path) -> bool:
 
 
 def _left_aside(folder: Path, picked: Path, files: list[Path]) -> list[str]:
-    """One note naming the other weight files of ``folder`` that were not read, where there are any."""
+    """The notes naming the other weight files of ``folder`` that were not read, where there are any: a stray
+    ``*.safetensors``, and a ``pytorch_model*.bin`` (its shards, its index) or a ``*.pt`` other than a trainer's
+    state. A base's folder copied and then trained into with ``torch.save`` (``safe_serialization=False``) holds the
+    base's model.safetensors, which is read, and the trained pytorch_model.bin, which was left aside unsaid: the
+    finetune read as 100 % sparse, nothing changed."""
     index = folder / "model.safetensors.index.json"
+    notes, read = [], {picked.name, *(f.name for f in files)}
     if picked.name == "model.safetensors" and index.is_file():
-        return [
+        notes.append(
             f"the folder holds both model.safetensors and {index.name}: model.safetensors was read (as "
             "transformers loads such a folder) and the index, with the shards it lists, was ignored."
-        ]
-    read = {f.name for f in files}
+        )
+        read |= {f.name for f in folder.glob("*.safetensors")}  # (the shards: said by that note)
     other = sorted(
         f.name
         for f in folder.glob("*.safetensors")
         if f.name not in read and not f.name.startswith("adapter_model")  # (an adapter: is_adapter decides)
     )
+    legacy = (*folder.glob("pytorch_model*.bin"), *folder.glob("pytorch_model*.bin.index.json"), *folder.glob("*.pt"))
+    other += sorted(f.name for f in legacy if f.name not in read and f.is_file() and not training_state(f))
     if not other:
-        return []
-    return [
+        return notes
+    return notes + [
         f"{picked.name} was read, as transformers loads the folder; {', '.join(other[:3])}"
         f"{' …' if len(other) > 3 else ''} beside it {'was' if len(other) == 1 else 'were'} not read (not compared)."
     ]
