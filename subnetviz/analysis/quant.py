@@ -45,10 +45,15 @@ does not take:
   So are FineGrainedFP8's FP4 experts (``expert_dtype: "fp4"``: int8 bytes, a float or E8M0 scale per 32 codes of
   a row, listed as codes by the same module); an integer weight of a quantized checkpoint that no form reads (FP4
   experts packed for every expert, int8 without ``expert_dtype: "fp4"``) is refused by name, never a buffer.
-- **other integer codes** (GPTQ ``qweight``/``qzeros``, AWQ's GEMV layout, bnb 4-bit bytes it cannot lay out,
-  compressed-tensors' MXFP4 bytes and its 3/5/6/7-bit words, NVIDIA ModelOpt's INT4 ``weight`` bytes; ModelOpt's FP8 is the FP8 form above): compared exactly as codes (:func:`compare_codes`), counted with
-  the weights; no effective comparison (a notice says so). Their scales, zero points, global scales and ``weight_shape``
-  are listed with the scales.
+- **other integer codes** (GPTQ ``qweight``, AWQ's GEMV layout, bnb 4-bit bytes it cannot lay out,
+  compressed-tensors' MXFP4 bytes and its 3/5/6/7-bit words, NVIDIA ModelOpt's INT4 ``weight`` bytes; ModelOpt's FP8
+  is the FP8 form above): compared exactly as codes (:func:`compare_codes`), counted with the weights; no effective
+  comparison (a notice says so). GPTQ's 2/4/8-bit words in its own layout are unpacked into their codes and compared
+  code by code (:func:`compare_unpacked`); the others stay stored words or bytes, and ``stored_as`` and the notice say
+  what one entry holds (:func:`_packed_said`: "int32 word of 8 4-bit codes"). Their scales, zero points (GPTQ's and
+  AWQ's packed ``qzeros`` too), global scales and ``weight_shape`` are listed with the scales.
+- **sparsity compression** (compressed-tensors' ``sparsity_config.format`` other than ``"dense"``: nonzero values and
+  a bitmask per weight) is refused by name (:func:`_check_dense`).
 - **MXFP4** (gpt-oss experts): the checkpoint reader already lists them dequantised, exactly, as the
   bfloat16 tensors transformers loads (:mod:`subnetviz.checkpoints.mxfp4`); compared as floats.
 
@@ -57,6 +62,9 @@ live in :mod:`subnetviz.analysis.quant_codes`; this module decides forms and dis
 
 A float side against a quantized one counts the changed entries that are only the float side rounded to the other's
 codes, requantised with each library's own arithmetic (:func:`_rounding_only`, :attr:`TensorForm.requant`).
+
+A float pair stored in two dtypes is compared at the finetune's, the base cast to it; a base value past that dtype's
+range is refused naming the base (:func:`_cast_base`).
 
 Which form a tensor has is decided from the headers and ``quantization_config``
 (:func:`tensor_forms`); an unknown quantization method or a scale that does not fit its weight's
@@ -70,6 +78,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -87,9 +96,9 @@ from subnetviz.analysis.quant_codes import (
 from subnetviz.analysis.quant_codes import (
     check_finite_stored as check_finite_stored,  # re-exported for analyze_updates
 )
-from subnetviz.analysis.sparsity import PairStats, SparsityOptions, compare_pair
+from subnetviz.analysis.sparsity import PairStats, SparsityOptions, cast_overflow, compare_pair
 from subnetviz.checkpoints.nvfp4 import FP4_EXPERTS, FP4_GROUP, fp4_experts_declared, fp8_scale_names
-from subnetviz.errors import CheckpointError
+from subnetviz.errors import CheckpointError, ConfigError
 
 DEFAULT_BLOCK = 128
 # quantization_config.quant_method values this module knows (effective comparison or codes).
@@ -180,6 +189,12 @@ class TensorForm:
     rows: int = 0
     # int8: compressed-tensors' act-order groups (weight_g_idx): w = (code − zero[i, g[j]]) × scale[i, g[j]]
     act_order: ActOrder | None = None
+    # codes: bits per code where the stored words are unpacked into their codes and compared code by code (GPTQ's
+    # qweight: unpack_words); 0: compared as stored
+    unpack: int = 0
+    # codes: what one stored entry holds where it is not one code ("int32 word of 8 4-bit codes": _packed_said; an
+    # unpacked form, the word it unpacks, "int32 word"); the notes say it
+    entry: str = ""
 
     @property
     def layout(self) -> tuple:
@@ -211,6 +226,28 @@ def quant_method(config: dict) -> str | None:
             f"(expected one of {', '.join(KNOWN_METHODS)}); its tensors cannot be compared."
         )
     return method or None
+
+
+def _check_dense(config: dict) -> None:
+    """Refuse compressed-tensors' sparsity compression (``sparsity_config.format`` other than ``"dense"``:
+    ``sparse-bitmask``, ``sparse-24-bitmask``, ...), which stores a weight as its nonzero values
+    (``<name>.compressed``) with a packed bitmask and its shape beside them: read as stored, those values were
+    compared index by index as a float weight (an index no longer the same matrix entry once the kept positions
+    differ) and the bitmasks as buffers, its zeros never counted. (The weight pages only: a model is run by
+    transformers, which decompresses it.)"""
+    qc = config.get("quantization_config") or config.get("compression_config")
+    sc = qc.get("sparsity_config") if isinstance(qc, dict) else None
+    fmt = sc.get("format") if isinstance(sc, dict) else None  # (no sparsity: compressed-tensors writes {})
+    if fmt is None or fmt == "dense":
+        return
+    said = repr(fmt[:60]) if isinstance(fmt, str) else str(fmt)[:60]
+    raise CheckpointError(
+        f"config.json quantization_config.sparsity_config.format is {said}: "
+        "compressed-tensors' sparsity compression (weights stored as their nonzero values and a bitmask) is not "
+        "read here, only dense weights; save the model decompressed (load it with transformers and "
+        "compressed-tensors, then save_pretrained(..., save_compressed=False) under llm-compressor) and compare "
+        "that copy."
+    )
 
 
 def block_size(config: dict) -> tuple[int, int]:
@@ -344,6 +381,7 @@ def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None
     ``scale_rows``: scale name -> rows per scale where not the config's block, the checkpoint's
     ``scale_rows``)."""
     method = quant_method(config)
+    _check_dense(config)
     forms: dict[str, TensorForm] = {}
     for name, m in metas.items():
         stem, _, last = name.rpartition(".")
@@ -399,13 +437,18 @@ def tensor_forms(metas: dict, config: dict, scale_rows: Mapping[str, int] | None
             forms[name] = TensorForm("int8", f"{stem}.SCB", "bnb int8 codes", 127.0, requant="bnb")
             forms[f"{stem}.SCB"] = TensorForm("scale", None, "scale")
         elif method == "compressed-tensors" and last in ("weight", "weight_packed") and not m.dtype.is_floating_point:
-            forms[name] = _compressed_tensors_form(name, m, metas)
+            forms[name] = _compressed_tensors_form(name, m, metas, config)
         elif method == "modelopt" and last == "weight" and not m.dtype.is_floating_point:
-            forms[name] = TensorForm("codes", None, "ModelOpt packed codes")  # NVFP4 / INT4 bytes
-        elif not m.dtype.is_floating_point and method in _CODE_ONLY and last in ("qweight", "qzeros"):
-            forms[name] = TensorForm("codes", None, f"{_CODE_ONLY[method]} packed codes")
+            # INT4 (and NVFP4 no reader laid out) as uint8 bytes of two codes; INT8 (SmoothQuant) one int8 code a byte
+            forms[name] = (
+                _words_form("ModelOpt", m, 4) if m.dtype == torch.uint8 else TensorForm("codes", None, "ModelOpt codes")
+            )
+        elif not m.dtype.is_floating_point and method in _CODE_ONLY and last == "qzeros":
+            forms[name] = TensorForm("scale", None, "scale")  # (packed zero points: listed with the scales)
+        elif not m.dtype.is_floating_point and method in _CODE_ONLY and last == "qweight":
+            forms[name] = _code_only_form(method, m, config)
         elif m.dtype == torch.uint8 and method == "bitsandbytes" and last == "weight":
-            forms[name] = TensorForm("codes", None, "bnb 4-bit packed codes")
+            forms[name] = _words_form("bnb 4-bit", m, 4)
         elif name not in forms:
             forms[name] = _other_form(name, m, metas, config, method)
     return forms
@@ -471,14 +514,16 @@ def _no_scale(name: str, m, metas: dict, config: dict) -> str:
     return f"tensor {name!r} is stored as {dtype} but has no {looked} beside it; cannot dequantise it."
 
 
-def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:
+def _compressed_tensors_form(name: str, m, metas: dict, config: dict) -> TensorForm:
     """A compressed-tensors integer weight. int8 codes (stored so, or int4 / int8 packed into int32 words and read
     unpacked: :mod:`~subnetviz.checkpoints.ct_packed`) with a float scale per tensor, per row or per group of
     columns, and integer zero points laid out as the scales where the scheme is asymmetric, are ``int8``: effective
     w = (code − zero) × scale, as compressed-tensors dequantises them; with act-order groups (``weight_g_idx``,
     :class:`ActOrder`) scale[i, g[j]]. A float scale (or integer zero points) that fits no such layout is refused,
     naming the scale and its shape; int8 codes whose scale is missing or not float are refused, naming it. Formats
-    with no effective form here (MXFP4 bytes, 3/5/6/7-bit words, float zero points) are compared as ``codes``."""
+    with no effective form here (MXFP4 bytes, 3/5/6/7-bit words, float zero points) are compared as ``codes``: a
+    stored entry is then one byte of two 4-bit codes, one int32 word of the config's width's codes
+    (:func:`~subnetviz.checkpoints.ct_packed.packed_format`, where it names one), or one int8 code."""
     stem = name.rpartition(".")[0]
     scale, zero = f"{stem}.weight_scale", f"{stem}.weight_zero_point"
     s, z = metas.get(scale), metas.get(zero)
@@ -522,8 +567,75 @@ def _compressed_tensors_form(name: str, m, metas: dict) -> TensorForm:
                 requant="native",
                 act_order=ActOrder(g_idx) if how and len(shape) == 2 and g_idx in metas else None,
             )
-    packed = "packed " if name.endswith("_packed") else ""
-    return TensorForm("codes", None, f"compressed-tensors {packed}codes")
+    if m.dtype == torch.int8:  # (one code an entry: int8 codes with float zero points)
+        return TensorForm("codes", None, "compressed-tensors codes")
+    from subnetviz.checkpoints.ct_packed import packed_format
+
+    widths = packed_format(config)
+    bits = 4 if m.dtype == torch.uint8 else next(iter(widths)) if len(widths) == 1 else None
+    return _words_form("compressed-tensors", m, bits)
+
+
+def _code_only_form(method: str, m, config: dict) -> TensorForm:
+    """The form of a GPTQ / AWQ ``qweight`` that no reader lists as codes (its zero points ``qzeros`` are listed
+    with the scales). GPTQ's own layout (``checkpoint_format`` "gptq" / "gptq_v2", or none) at 2, 4 or 8 bits:
+    each word holds the codes of consecutive input rows, code k of word r in bits k·b.. being input row
+    (words / b)·r + k (AutoGPTQ's and GPTQModel's ``pack``); such words are unpacked into their codes
+    (:func:`unpack_words`) and compared code by code. Any other width (3 bits: codes straddle words) or layout
+    (marlin, AWQ's GEMV): compared as stored words, each said to hold its codes (:func:`_words_form`)."""
+    qc = config.get("quantization_config") or config.get("compression_config") or {}
+    bits = qc.get("bits", qc.get("w_bit"))
+    fmt = str(qc.get("checkpoint_format") or qc.get("format") or "gptq").lower()
+    width = m.dtype.itemsize * 8
+    if (
+        method == "gptq"
+        and bits in (2, 4, 8)
+        and type(bits) is int
+        and fmt in ("gptq", "gptq_v2")
+        and len(m.shape) == 2
+    ):
+        unit = f"{str(m.dtype)[6:]} word"
+        return TensorForm(
+            "codes", None, f"GPTQ int{bits} codes (qweight unpacked, {width // bits} a word)", unpack=bits, entry=unit
+        )
+    layout = "" if method != "gptq" or fmt in ("gptq", "gptq_v2") else f" {fmt}"
+    return _words_form(f"{_CODE_ONLY[method]}{layout}", m, bits if type(bits) is int else None)
+
+
+def _words_form(what: str, m, bits: int | None) -> TensorForm:
+    """Codes compared as their stored words or bytes, each holding several codes (``bits`` wide; None: unknown):
+    the label and the notes say what one entry is (:func:`_packed_said`)."""
+    said = _packed_said(m.dtype, bits)
+    return TensorForm("codes", None, f"{what} packed codes (an entry: one {said})", entry=said)
+
+
+def _packed_said(dtype: torch.dtype, bits: int | None) -> str:
+    """What one stored entry of packed codes holds: "int32 word of 8 4-bit codes", "byte of 2 4-bit codes",
+    "int32 word of 10 2/3 3-bit codes" (codes straddling words), "int32 word of packed codes" (width unknown)."""
+    width = dtype.itemsize * 8
+    unit = "byte" if width == 8 else f"{str(dtype)[6:]} word"
+    if not (type(bits) is int and 1 <= bits <= width):
+        return f"{unit} of packed codes"
+    n = Fraction(width, bits)
+    whole = n.numerator // n.denominator
+    count = str(whole) if n.denominator == 1 else f"{whole} {n - whole}"
+    return f"{unit} of {count} {bits}-bit codes"
+
+
+def stored_codes(x: torch.Tensor, form: TensorForm) -> torch.Tensor:
+    """Stored integer tensor ``x`` of a ``codes`` form as its entries are compared: a form that unpacks its words
+    (GPTQ's qweight) as its codes (:func:`unpack_words`), any other as stored (a series compares them alike)."""
+    return unpack_words(x, form.unpack) if form.kind == "codes" and form.unpack else x
+
+
+def unpack_words(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """GPTQ-packed integer ``words`` (R, C) as their codes (R·k, C), k = word bits / ``bits`` codes a word: code i
+    of word r (bits i·b .. i·b + b − 1) is row k·r + i. int8 codes (int16 for 8-bit codes, 0 … 255)."""
+    per = words.dtype.itemsize * 8 // bits
+    low = (1 << bits) - 1
+    out = torch.int16 if bits == 8 else torch.int8
+    parts = [((words >> (bits * i)) & low).to(out) for i in range(per)]
+    return torch.stack(parts, dim=1).reshape(words.shape[0] * per, *words.shape[1:])
 
 
 def _bnb4_form(name: str, m, absmax) -> TensorForm:
@@ -684,6 +796,33 @@ def compare_quantized(
         )
     stats = replace(eff, ulp_hist=tuple(ulp_bins(changed, above)), dtype=str(a.dtype).replace("torch.", ""))
     return QuantStats(stats, changed)
+
+
+def compare_unpacked(a: torch.Tensor, b: torch.Tensor, bits: int, options: SparsityOptions, name: str) -> PairStats:
+    """:func:`~subnetviz.analysis.quant_codes.compare_codes` of GPTQ-packed words ``a`` / ``b`` (R, C) unpacked into
+    their codes (R·k, C) (:func:`unpack_words`, k codes a word), a band of words at a time (about
+    :data:`_BAND_ELEMENTS` codes): every count, the mask (bool, of the codes' shape (R·k, C), allocated once and
+    filled band by band) and the row / column counts are per code. Memory: one band and these outputs."""
+    if a.shape != b.shape or a.dim() != 2:
+        raise CheckpointError(
+            f"{name}: packed codes of shapes {tuple(a.shape)} and {tuple(b.shape)}; expected one 2-D shape."
+        )
+    a, b = a.cpu(), b.cpu()  # (codes are compared on the CPU: compare_codes' counts are NumPy arrays)
+    per = a.dtype.itemsize * 8 // bits
+    rows, cols = a.shape
+    shape = (rows * per, cols)
+    step = band_rows(shape, per, a.device) // per
+    mask = torch.empty(shape, dtype=torch.bool) if options.keep_masks else None
+    parts = []
+    for r0 in range(0, max(rows, 1), step):
+        ca, cb = unpack_words(a[r0 : r0 + step], bits), unpack_words(b[r0 : r0 + step], bits)
+        st = compare_codes(ca, cb, options, name=name)
+        del ca, cb
+        if mask is not None:
+            mask[r0 * per : r0 * per + st.mask.shape[0]] = st.mask
+        parts.append(replace(st, mask=None))
+    merged = merge_bands(parts, replace(options, keep_masks=False), shape)
+    return replace(merged, mask=mask)
 
 
 def band_rows(shape: tuple[int, ...], unit: int, device) -> int:
@@ -950,8 +1089,21 @@ class FormLog:
                     f"overlap). Stored codes that differ (changed_codes): {codes:,}; their ULP bins count code steps."
                 )
             elif kind.startswith("codes:"):
+                label, per, entry = kind[6:].split("|")
+                if int(per):
+                    said = (
+                        f"; each {entry} unpacked into its {per} codes (code k of word r is input row {per}r + k), "
+                        "so an entry is one code"
+                    )
+                else:
+                    said = (
+                        f"; an entry is one {entry}, changed when any of its codes changed: numel, changed and the "
+                        "sparsity count stored words, not weights"
+                        if entry
+                        else ""
+                    )
                 out.append(
-                    f"{kind[6:]}: {n} tensor(s) ({ex}) compared as stored codes only ({changed:,} changed); "
+                    f"{label}: {n} tensor(s) ({ex}) compared as stored codes only ({changed:,} changed){said}; "
                     "this format is not dequantised here, so there is no effective comparison: a weight whose "
                     "scales or zero points changed while its codes did not is not counted as changed (the "
                     "Quantization scales note counts those)."
@@ -1039,7 +1191,7 @@ def compare_aligned(
     if fa.kind == fb.kind == "float":
         if options.precision is None and a.dtype != b.dtype:
             log.add(i, f"cast:{str(a.dtype)[6:]}>{str(b.dtype)[6:]}", name)
-            a = a.to(b.dtype)  # round-to-nearest-even, as saving in b's dtype would
+            a = _cast_base(a, b.dtype, ck_base, name)  # round-to-nearest-even, as saving in b's dtype would
         st = compare_pair(a, b, options, name=name, packed=packed)
 
         def float_delta(e: int | None = None) -> torch.Tensor:
@@ -1049,8 +1201,14 @@ def compare_aligned(
 
         return st, st.changed, float_delta
     if fa.kind == fb.kind == "codes":
-        st = compare_codes(a, b, options, name=name)
-        log.add(i, f"codes:{fb.label}", name, st.changed)
+        if fa.unpack != fb.unpack or (fa.unpack and a.dtype != b.dtype):
+            raise CheckpointError(
+                f"{name}: stored as {fa.label} in the base and {fb.label} in the finetune; packed codes of two "
+                "layouts cannot be compared code by code."
+            )
+        st = compare_unpacked(a, b, fb.unpack, options, name) if fb.unpack else compare_codes(a, b, options, name=name)
+        per = a.dtype.itemsize * 8 // fb.unpack if fb.unpack else 0  # (codes a word, where unpacked)
+        log.add(i, f"codes:{fb.label}|{per}|{fb.entry}", name, st.changed)
         return st, st.changed, None
     if fa.kind == fb.kind and fa.kind in ("fp8", "int8") and _same_scales(fa, fb, ck_base, ck):
         side_a, side_b = _Side(a, fa, ck_base, dev, name), _Side(b, fb, ck, dev, name)  # (scales read and checked)
@@ -1092,6 +1250,22 @@ def compare_aligned(
         said = f"{said_a} vs {said_b}"
     log.add(i, f"{'forms2' if both else 'forms'}:{said}", name, rounding, st.changed)
     return st, st.changed, delta
+
+
+def _cast_base(a: torch.Tensor, dtype: torch.dtype, ck_base, name: str) -> torch.Tensor:
+    """Base float tensor ``a`` cast to the finetune's ``dtype`` (round-to-nearest-even), as a mixed-precision pair
+    is compared when no precision is chosen; refused in one line naming the base where the cast overflows (a bf16
+    base's outliers past float16's ±65504 would read as Inf, and the finetune be said to hold NaN/Inf), as the
+    float16 precision refuses it (:func:`~subnetviz.analysis.sparsity.cast_overflow`)."""
+    cast = a.to(dtype)
+    if torch.finfo(a.dtype).max <= torch.finfo(dtype).max or not (over := cast_overflow(a, cast)):
+        return cast
+    wider = "fp32 or bf16" if dtype == torch.float16 else "fp32"
+    raise ConfigError(
+        f"{ck_base.spec}: {name}: {over:,} value(s) of the base tensor ({str(a.dtype)[6:]}) lie beyond "
+        f"{str(dtype)[6:]}'s range (±{torch.finfo(dtype).max:g}), the finetune's dtype, at which a mixed-precision "
+        f"pair is compared by default; compare at {wider} (--precision) instead."
+    )
 
 
 # Bytes per entry of one band of the mixed-forms pass at its peak, bounded above: the dequantised side in float32

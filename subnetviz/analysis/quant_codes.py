@@ -123,8 +123,8 @@ def compare_codes(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, *,
         changed_rel=changed,
         ulp_hist=tuple(ulp_bins(changed, above)),
         max_abs_delta=steps,
-        row_counts=a2.sum(1, dtype=torch.int32).numpy() if options.row_col else None,
-        col_counts=a2.sum(0, dtype=torch.int32).numpy() if options.row_col else None,
+        row_counts=a2.sum(1, dtype=torch.int32).cpu().numpy() if options.row_col else None,  # (codes on a GPU too)
+        col_counts=a2.sum(0, dtype=torch.int32).cpu().numpy() if options.row_col else None,
         mask=ne if options.keep_masks else None,
     )
 

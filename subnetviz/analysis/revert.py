@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from subnetviz.analysis.sparsity import cast_overflow
 from subnetviz.errors import AlignmentError, ConfigError, MaskError, suggest
 
 _CASTABLE = (torch.bfloat16, torch.float16, torch.float32, torch.float64)  # values, not codes with a scale
@@ -130,7 +131,12 @@ class ModelBuilder:
                     "behaviour reverts float weights of one of the types bfloat16, float16, float32, float64."
                 )
             self.cast[at.names[0]] = (a.dtype, b.dtype)
-            a = a.to(b.dtype)
+            a, wide = a.to(b.dtype), a
+            if over := cast_overflow(wide, a):  # (a bf16 base past float16's range read as Inf, blamed on nothing)
+                raise ConfigError(
+                    f"{at.names[0]}: {over:,} value(s) of the base tensor lie beyond {str(b.dtype)[6:]}'s range once "
+                    "cast to the finetune's type; behaviour reverts a base and finetune of one float type."
+                )
         return a, b
 
     def cast_note(self, label: str) -> str | None:

@@ -329,14 +329,15 @@ def _stored_versions(
     compared in float32 where every version is quantized, and at the first float version's dtype where one is not,
     as the update analysis compares a float side with a quantized one (in float32 a bf16 model against its W4A16
     copy counted 72,946 changed entries, the analysis and compressed-tensors' own decompression 72,248)."""
-    from subnetviz.analysis.quant import weight_rows
+    from subnetviz.analysis.quant import stored_codes, weight_rows
 
     r0, r1 = rows if rows is not None else (0, None)
     floats = [ck.meta(t.names[j]).dtype for j, ck in enumerate(cks) if forms[j][t.names[j]].kind == "float"]
     target = floats[0] if floats and kind != "codes" else torch.float32
     for j, ck in enumerate(cks):
         v = read_aligned(ck, t, j)
-        if kind == "codes":
+        if kind == "codes":  # (GPTQ's words as their codes, as the update analysis compares them)
+            v = stored_codes(v, forms[j][t.names[j]])
             yield v.view(_SIGNED[v.dtype]) if v.dtype in _SIGNED else v
             continue
         w = weight_rows(ck, t.names[j], forms[j][t.names[j]], v, r0, r1).to(target)

@@ -279,6 +279,15 @@ class _Pass:
         return _pack(self.mask) if self.mask is not None else None
 
 
+def cast_overflow(x: torch.Tensor, cx: torch.Tensor) -> int:
+    """Entries of float ``x`` that its cast ``cx`` (``x.to(dtype)``, a narrower range) holds as ±Inf where ``x``
+    held a finite value: beyond the range of ``cx``'s dtype (a bf16 or float32 weight past float16's ±65504).
+    0 where ``cx`` holds no Inf (one pass over ``cx``, the count only then)."""
+    if not bool(torch.isinf(cx).any()):
+        return 0
+    return int(torch.count_nonzero(torch.isinf(cx) & ~torch.isinf(x)))
+
+
 def _comparable(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name: str):
     """``a``, ``b`` in the compared dtype, contiguous, as 2-D (shape[0], rest) views (1-D: a column). The
     rest is its product, not -1: a tensor of no rows (shape [0, N]) has no entries from which to infer it."""
@@ -289,12 +298,11 @@ def _comparable(a: torch.Tensor, b: torch.Tensor, options: SparsityOptions, name
         ca, cb = a.to(dt), b.to(dt)
         if dt == torch.float16:  # finite weights beyond fp16's range read as Inf: said as that, not as NaN/Inf
             for side, x, cx in (("base", a, ca), ("finetuned", b, cb)):
-                if x.dtype != dt and x.dtype.is_floating_point and (over := int(torch.count_nonzero(torch.isinf(cx)))):
-                    if over > int(torch.count_nonzero(torch.isinf(x))):
-                        raise ConfigError(
-                            f"{name}: {over:,} value(s) of the {side} tensor lie beyond float16's range (±65504) "
-                            "once cast; compare at bf16 or fp32 (--precision) instead."
-                        )
+                if x.dtype != dt and x.dtype.is_floating_point and (over := cast_overflow(x, cx)):
+                    raise ConfigError(
+                        f"{name}: {over:,} value(s) of the {side} tensor lie beyond float16's range (±65504) "
+                        "once cast; compare at bf16 or fp32 (--precision) instead."
+                    )
         a, b = ca, cb
     elif a.dtype != b.dtype:
         a, b = a.to(torch.float32), b.to(torch.float32)

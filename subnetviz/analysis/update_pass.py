@@ -373,7 +373,9 @@ class _Walk:
             _check_read(self.ck_base, at, 0, read_aligned(self.ck_base, at, 0, "cpu"))
             _check_read(ck, at, 1, read_aligned(ck, at, 1, "cpu"))
             raise NonFiniteError(f"{ck.spec}: {exc}") from None
-        row = stats_row(self.labels[i], key, name, info, at.shape, st, self.options)
+        # (GPTQ's words compared as their codes: the shape of the codes, k to a word, as the mask is saved)
+        shown = (st.numel // at.shape[-1], at.shape[-1]) if fb.kind == "codes" and fb.unpack else at.shape
+        row = stats_row(self.labels[i], key, name, info, shown, st, self.options)
         row["rows_compared"] = at.rows  # set when the vocabulary was resized (shared rows only)
         row["stored_as"] = fb.label if fa.label == fb.label else f"{fa.label} -> {fb.label}"
         row["changed_codes"] = changed_codes

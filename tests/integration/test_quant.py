@@ -197,9 +197,11 @@ def test_gptq_codes_are_compared_as_codes_with_a_notice(tmp_path):
         (f / "config.json").write_text(json.dumps(cfg))
     rep = analyze_updates(str(base), [str(ft)]).reports[0]
     t = rep.tensors.set_index("name")
-    assert t.loc[f"{stem}.qweight", "changed"] == 1 and t.loc[f"{stem}.qweight", "stored_as"] == "GPTQ packed codes"
-    assert any(n.startswith("GPTQ packed codes") and "no effective comparison" in n for n in rep.notes)
-    assert set(rep.buffers["key"]) == {"layers.0.mlp.up_proj.scales", "layers.0.mlp.up_proj.g_idx"}
+    said = "GPTQ int4 codes (qweight unpacked, 8 a word)"
+    assert t.loc[f"{stem}.qweight", "changed"] == 1 and t.loc[f"{stem}.qweight", "stored_as"] == said
+    assert any(n.startswith(said) and "no effective comparison" in n for n in rep.notes)
+    scales = {"layers.0.mlp.up_proj.scales", "layers.0.mlp.up_proj.qzeros", "layers.0.mlp.up_proj.g_idx"}
+    assert set(rep.buffers["key"]) == scales
 
 
 def test_bad_scale_shape_is_one_line(fp8_base, tmp_path):
@@ -408,7 +410,7 @@ def test_a_gptq_finetune_against_a_float_base_says_what_was_left_out(tmp_path):
     res = analyze_updates(str(base), [str(ft)], labels=["gptq"])
     (said,) = [n for n in res.notes if "Not compared" in n]
     assert said.startswith("gptq: Not compared") and "2,048 of its 2,112 stored entries (97.0%)" in said
-    assert "quantized integer codes (g_idx, qweight, qzeros" in said
+    assert "quantized integer codes (g_idx, qweight: GPTQ" in said
     assert res.reports[0].numel == 64  # the norm alone was compared, as the note says
 
 
@@ -483,7 +485,7 @@ def test_a_series_leaves_buffers_out_and_compares_integer_codes_exactly(tmp_path
         (versions[-1] / "config.json").write_text(json.dumps(cfg))
     s = checkpoint_series([str(v) for v in versions])
     reports = analyze_updates(str(versions[0]), [str(v) for v in versions[1:]]).reports
-    assert s.numel == reports[0].numel == 4 * 8 + 1 * 8 + 8 * 8  # qweight, qzeros, o_proj
+    assert s.numel == reports[0].numel == 4 * 8 * 8 + 8 * 8  # qweight's codes, o_proj (qzeros: with the scales)
     assert s.steps["changed_vs_first"].tolist() == [r.changed for r in reports] == [2, 2]
     assert s.steps["changed_vs_previous"].tolist() == [2, 2]
     assert any("buffer tensor(s), not parameters, are not counted" in n for n in s.notes)
