@@ -140,6 +140,41 @@ def _summary_margin(said: str) -> dict:
     return {"l": 70, "r": 30, "t": 80 + 18 * max(0, said.count("<sup>") - 1), "b": 60}
 
 
+HALF_PLOT = 174
+"""Px across the plot of a Summary chart at 1024 px with the sidebar open: 274 px, half the main column, less the
+70 + 30 px of its side margins. Seven methods give each bar 24.9 px there."""
+SLANT_PX = 34
+"""Px of the plot that Plotly gives the right margin when it slants the method names under the bars by 30° (4 or 5
+methods at :data:`HALF_PLOT`; with 6 or 7, names with "+KKT" among them, it turns them upright, which costs none)."""
+_CHAR_PX = {".": 3.4, " ": 3.4, "%": 10.6, "-": 4.0}  # at 12 px, as Chromium draws them; a digit 6.7
+LABEL_GAP = 3  # px kept free between two neighbouring value labels
+
+
+def _label_px(text: str, size: int, other: float = 6.7) -> float:
+    """About how wide ``text`` is drawn at ``size`` px: :data:`_CHAR_PX` per character (``other`` for the rest, a
+    digit's by default), measured in Chromium at 12 px."""
+    return size / 12 * sum(_CHAR_PX.get(c, other) for c in text)
+
+
+def value_labels(y: np.ndarray, unit: str) -> tuple[list[str], int]:
+    """The value labels of bars ``y`` and their font size, the first that fits side by side in a chart half the page
+    wide at 1024 px (:data:`HALF_PLOT`): "84.8 %" at 12 px; without the unit (the axis title says it); at 10 px;
+    whole numbers at 10 px. With seven methods "84.8 %" took 38 px of a bar's 25 px and ran into its neighbours
+    ("84.8 %90.3 %"). A value that rounds to 0 is written without a sign ("0.0", not "-0.0")."""
+    pitch = (HALF_PLOT - SLANT_PX * (len(y) <= 5)) / max(len(y), 1)
+    text, size = [], 12
+    for suffix, size, digits in ((unit, 12, 1), ("", 12, 1), ("", 10, 1), ("", 10, 0)):
+        text = [_unsigned_zero(f"{v:.{digits}f}") + suffix for v in y]
+        widths = [_label_px(t, size) if np.isfinite(v) else 0.0 for t, v in zip(text, y, strict=True)]
+        if all((a + b) / 2 + LABEL_GAP <= pitch for a, b in zip(widths, widths[1:], strict=False)):
+            break
+    return text, size
+
+
+def _unsigned_zero(text: str) -> str:
+    return text.lstrip("-") if text.startswith("-") and not text.strip("-0.") else text
+
+
 def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: str, signed: bool = False) -> None:
     """Each bar's value beyond its error bar's cap (a bar's own outside text sits on the bar's end, where the error
     bar crosses it and hides the digits; a zero bar would show nothing), clear of the cap, and the axis tall enough
@@ -152,12 +187,14 @@ def _values_above(fig: go.Figure, x: list, y: np.ndarray, sd: np.ndarray, unit: 
     bottom = min(float((y - sd)[finite].min()) if signed and finite.any() else 0.0, 0.0)
     span = top - bottom
     pad = 0.015 * span
+    text, size = value_labels(y, unit)
     fig.add_trace(
         go.Scatter(
             x=x,
             y=np.where(neg, y - sd - pad, y + sd + pad),
             mode="text",
-            text=[f"{v:.1f}{unit}" for v in y],
+            text=text,
+            textfont={"size": size},
             textposition=["bottom center" if n else "top center" for n in neg],
             hoverinfo="skip",
             cliponaxis=False,
@@ -394,6 +431,13 @@ def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier 
         raise FigureDataError(f"knn_bars draws one run; the frame holds several: {found}. Filter it to one first.")
     fig = go.Figure()
     colors = task_colors(knn["source_task"].nunique())  # one per earlier mask, none repeated
+    upright = knn["task"].nunique() > CHOSEN_ACROSS
+    mark = {  # "chosen" at its own size, never shrunk to the bar's width (then 8 px tall at 1024 px, or 1 px)
+        "textfont": {"size": CHOSEN_PX},
+        "constraintext": "inside",
+        "cliponaxis": False,
+        "textangle": -90 if upright else 0,
+    }
     for i, (src, s) in enumerate(knn.sort_values(["source_task", "task"]).groupby("source_task")):
         chosen = s["chosen"].to_numpy(bool) if "chosen" in s else np.zeros(len(s), bool)
         fig.add_trace(
@@ -407,6 +451,7 @@ def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier 
                 },
                 text=["chosen" if c else "" for c in chosen],
                 textposition="outside",
+                **mark,
                 customdata=np.where(chosen, "chosen: the new task started from this mask", "not chosen"),
                 hovertemplate=f"new task %{{x}}, mask of task {src + 1}: %{{y:.1f}}%<br>%{{customdata}}<extra></extra>",
             )
@@ -423,7 +468,20 @@ def knn_bars(knn: pd.DataFrame, title: str = "KKT: KNN accuracy of each earlier 
     )
     fig.update_layout(barmode="group")
     fig.update_xaxes(dtick=1)
+    top = float(np.nanmax([100 * knn["knn_acc"].max(), 100 * knn["chance"].max(), 1.0]))
+    if "chosen" in knn and knn["chosen"].astype(bool).any():  # room above the highest bar for its word
+        word = _label_px("chosen", CHOSEN_PX, CHOSEN_CHAR_PX) if upright else CHOSEN_PX + 1
+        top /= 1 - (word + 4) / KNN_PLOT_HEIGHT
+    fig.update_yaxes(range=[0, 1.05 * top])
     return _style(fig, title, "new task", "KNN accuracy (%)")
+
+
+CHOSEN_PX = 11  # the size of the word "chosen" over a KKT bar
+CHOSEN_CHAR_PX = 6.5  # px a letter of it takes at 12 px ("chosen" is 35.5 px long at 11 px in Chromium)
+CHOSEN_ACROSS = 7
+"""Groups of bars (new tasks) up to which "chosen" lies across its bar; with more, it stands upright (12 px wide):
+across, at 1024 px (a chart 564 px wide), neighbouring words ran into each other from 9 new tasks on."""
+KNN_PLOT_HEIGHT = 310  # px: the plot of a 450 px figure, less its 80 + 60 px top and bottom margins
 
 
 @takes_data()

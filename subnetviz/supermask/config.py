@@ -25,6 +25,7 @@ from pathlib import Path
 
 from subnetviz.errors import ConfigError, suggest
 from subnetviz.supermask.data import BENCHMARKS, N_SPLIT_TASKS, TEXT_PROPERTIES
+from subnetviz.supermask.layers import kept_count
 from subnetviz.supermask.methods import METHODS, MethodConfig
 from subnetviz.training.config import shown
 
@@ -91,6 +92,46 @@ def density_clash(a: float, b: float, fix: str) -> str:
     return f"densities {a!r} and {b!r} are too close to tell apart ({why}); {fix}"
 
 
+# Each benchmark's network inputs and shared head (its classes), as data.py builds them: 8×8 digits, the 10 digits
+# (permuted) or two classes; arithmetic-text's inputs are the demo zoo's encoder width, read only when it is built.
+_NET_ENDS = {"split-digits": (64, 2), "permuted-digits": (64, 10), "arithmetic-text": (None, 2)}
+
+
+def masked_layer_sizes(benchmark: str) -> dict[str, int]:
+    """Mask name -> weights of each layer of ``benchmark``'s masked network whose size is known before its data is
+    built (all but arithmetic-text's first: its encoder width × the first hidden width, larger than its head for any
+    encoder wider than one unit)."""
+    inputs, head = _NET_ENDS[benchmark]
+    sizes = (inputs, *MethodConfig("supsup").hidden, head)
+    return {f"layer{i + 1}.weight": a * b for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)) if a}
+
+
+def thin_density(benchmark: str, density: float) -> str | None:
+    """One line refusing ``density`` for ``benchmark`` where a layer holds less than one weight's worth of it
+    (density × its weights < 1), or None. There a mask still keeps one weight (a layer is never empty:
+    :func:`~subnetviz.supermask.layers.kept_count`), up to any multiple of the density, while every title, note,
+    reference curve and mask file gives the density asked for: 1e-6 kept 1 of the 1,280 weights (0.078 %) of
+    permuted-digits' head, 781 times the density. From one weight's worth on, each layer keeps density × its
+    weights to the nearest whole weight, within a third of it."""
+    sizes = masked_layer_sizes(benchmark)
+    name = min(sizes, key=sizes.__getitem__)
+    numel = sizes[name]
+    if density * numel >= 1 - 1e-9:
+        return None
+    kept, least = kept_count(numel, density), _rounded_up(1 / numel)
+    return (
+        f"density {density!r} is too small for {benchmark}: {name} has {numel:,} weights, and a mask keeps "
+        f"{kept} of them ({100 * kept / numel:.3g} %, not {100 * density:g} %); use a density of at least {least:g} "
+        f"(one weight's worth of {name})."
+    )
+
+
+def _rounded_up(x: float, digits: int = 3) -> float:
+    """``x`` > 0 rounded up to ``digits`` significant digits (so that the number a message gives passes its check)."""
+    step = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return float(f"{math.ceil(x / step - 1e-9) * step:.{digits}g}")
+
+
 @dataclass(frozen=True)
 class ContinualConfig:
     """One continual-learning job. Every instance is valid: ``__post_init__`` raises :class:`ConfigError`."""
@@ -149,6 +190,10 @@ class ContinualConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}.")
         self.plan()  # every run's own settings (epochs, rates, batch size, kkt) are checked by MethodConfig
+        if any(base != "finetune" for base, _ in self.variants()):  # (finetune is dense: it has no density)
+            for d in self.density:
+                if thin := thin_density(self.benchmark, d):
+                    raise ConfigError(thin)
 
     def _check_limits(self) -> None:
         """Upper bounds of the integers (their types and lower bounds are MethodConfig's to check)."""

@@ -23,6 +23,7 @@ Definitions (``reference/exssnet_supsup.md`` §6), with T tasks and accuracies a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -314,18 +315,38 @@ def rederived(frames: dict[str, pd.DataFrame], weight_epochs: int | None = None)
     return {**frames, "runs": runs, "summary": summarize(runs)}
 
 
+SUMMARY_DECIMALS = 12
+"""The decimals a summary's means and sds keep. The metrics are differences and means of accuracies (counts over
+at most thousands of test samples) and of weight shares (counts over at most millions of weights): a true value
+is 0 or above 1e-9. What lies below 1e-12 is floating-point leftover, as in the mean of two seeds whose forward
+transfer was +0.0023148 and -0.0023148 (sums of k/540, each rounded its own way), which is 3.5e-18, not 0, and
+read "3.469e-16 %" in the Summary table and its exports."""
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample sd over seeds of each metric, per (label, method, kkt, density)."""
+    """Mean and sample sd over seeds of each metric, per (label, method, kkt, density), to
+    :data:`SUMMARY_DECIMALS` decimals (a mean of values that cancel is 0, not a floating-point leftover)."""
     if runs.empty:
         return pd.DataFrame()
     g = runs.groupby(["label", "method", "kkt", "density"], sort=False)
     metrics = [m for m in SUMMARY_METRICS if m in runs]  # runs saved before a metric was added lack it
     out = g.agg(
         seeds=("seed", "count"),
-        **{f"{m}_mean": (m, "mean") for m in metrics},
-        **{f"{m}_sd": (m, "std") for m in metrics},
+        **{f"{m}_mean": (m, _mean) for m in metrics},
+        **{f"{m}_sd": (m, lambda v: _settled(v.std())) for m in metrics},
     )
     return out.reset_index()
+
+
+def _mean(values: pd.Series) -> float:
+    """The mean of the values that are numbers (NaN if none), summed exactly (``math.fsum``), then settled."""
+    v = values.dropna().to_numpy(dtype=np.float64)
+    return _settled(math.fsum(v) / len(v)) if len(v) else float("nan")
+
+
+def _settled(x: float) -> float:
+    """``x`` to :data:`SUMMARY_DECIMALS` decimals, with no negative zero; NaN (no seed has the metric) stays."""
+    return round(float(x), SUMMARY_DECIMALS) + 0.0 if np.isfinite(x) else float(x)
 
 
 def supsup_note(table: pd.DataFrame, acc: pd.DataFrame, density: float) -> str | None:
