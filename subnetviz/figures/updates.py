@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 
 from subnetviz.figures.overlap import cut_labels
 from subnetviz.figures.style import (
+    HEATMAP_PLOT_AT_1024,
     SEQUENTIAL,
     FigureDataError,
     _grid,
@@ -30,6 +31,8 @@ from subnetviz.figures.style import (
     _style,
     _unique,
     color_map,
+    every_category,
+    heatmaps_per_row,
     mtp_layer_ticks,
     no_data_figure,
     percent_cells,
@@ -73,9 +76,9 @@ def sparsity_heatmap(
     numel, sparsity, density (fractions) and any extra share column to show, e.g.
     ``sparsity_unweighted``. Missing cells stay NaN (blank), never 0. ``zrange`` (zmin, zmax in %)
     shares one colour range between heatmaps drawn side by side (see :func:`shared_range`);
-    ``cell_text=False`` leaves the values to the hover (narrow columns). ``count_label``: what the counted
-    weights are when they are no update's changes (a mask's kept weights: "in the subnetwork"); the hover then
-    reads "<count_label> k of n (density %)", with no word of changes or sparsity.
+    ``cell_text=False`` leaves the values to the hover (narrow columns: :func:`heatmap_cell_text` decides).
+    ``count_label``: what the counted weights are when they are no update's changes (a mask's kept weights: "in
+    the subnetwork"); the hover then reads "<count_label> k of n (density %)", with no word of changes or sparsity.
     """
     title = title or f"Update {value.replace('_', ' ')} by layer and module"
     if df.empty:
@@ -120,6 +123,37 @@ def sparsity_heatmap(
         fig.update_traces(text=None, texttemplate=None)
     mtp_layer_ticks(fig, df, layers)
     return fig
+
+
+CELL_FONT = 9
+"""The smallest font (px) a heatmap's cell values are printed in (:func:`heatmap_cell_text`); below it, hover only."""
+PLOTLY_CHAR_EM = 0.65
+"""The width Plotly reserves for each character of a heatmap's cell text, in em (half its 1.3 line spacing): it
+draws the cell values in the largest font, up to the layout's 12 px, in which the longest label fits the narrowest
+cell less its gap, ``floor((cell - xgap) / (characters * 0.65))``, measured in Chromium."""
+
+
+def heatmap_cell_text(frames: Sequence[pd.DataFrame], value: str = "sparsity") -> bool:
+    """Whether the layer × module heatmaps of ``frames`` (one per model shown) can print their cell values in
+    :data:`CELL_FONT` px or more, laid out as the page lays them out: :func:`~subnetviz.figures.style.heatmaps_per_row`
+    to a row, no more than there are frames, at 1024 px with the sidebar open (:data:`HEATMAP_PLOT_AT_1024`). Pass
+    the answer as :func:`sparsity_heatmap`'s ``cell_text``, and say "cell values on hover" where it is False.
+
+    Plotly shrinks the text to fit the cell (:data:`PLOTLY_CHAR_EM`): two models of nine module kinds side by side
+    left 13 px columns and printed "68.3" in 3 px, specks rather than numbers. The model count did not tell it; the
+    columns' width and the longest label do ("99.9996" needs 42 px a column, "68.3" 25 px).
+    """
+    frames = [f for f in frames if len(f) and {"module", value} <= set(f.columns)]
+    if not frames:
+        return True
+    columns = max(f["module"].nunique() for f in frames)
+    per_row = min(heatmaps_per_row(columns), len(frames))
+    cell = HEATMAP_PLOT_AT_1024[per_row] / max(1, columns) - 1  # less the heatmap's xgap
+    labels = [
+        percent_cells(100 * pd.to_numeric(f[value], errors="coerce").to_numpy(np.float64), unit="") for f in frames
+    ]
+    longest = max((len(s) for lab in labels for s in lab), default=0)
+    return longest == 0 or cell / (longest * PLOTLY_CHAR_EM) >= CELL_FONT
 
 
 @takes_data()
@@ -173,9 +207,14 @@ def tolerance_sweep(
 ) -> go.Figure:
     """Lines per model of sparsity (fraction) against |Δ| tolerance on a log axis.
 
-    df columns model, tolerance (exact comparison = 0), sparsity; optional changed, numel (for the
-    hover). The exact point cannot sit on a log axis, so it is drawn a decade left of the smallest
-    tolerance, as a distinct open diamond labelled "exact", behind a dotted divider.
+    df columns model, tolerance, sparsity; optional criterion (``SparsityReport.sweep``: "exact", "|Δ|>1e-05"),
+    changed, numel (for the hover). The exact point is the row whose criterion is "exact" (without a criterion
+    column, tolerance 0). It cannot sit on a log axis, so it is drawn a decade left of the smallest tolerance, as a
+    distinct open diamond labelled "exact", behind a dotted divider. A tolerance of 0 beside it (``--tolerances 0``:
+    "|Δ|>0") is another criterion: the values differ, where exact asks whether the bits do, so a -0 -> +0 flip is
+    changed under exact and not under it (weights are finite: NaN / Inf are refused before comparing). It is drawn
+    as its own open square, labelled "0", between the exact point and the divider. Ticks and hovers name each
+    tolerance with ``:g``, as the criteria ("|Δ|>1.5e-05") and summary.json do.
     """
     if df.empty:
         return no_data_figure(title)
@@ -183,15 +222,26 @@ def tolerance_sweep(
     tol = pd.to_numeric(df["tolerance"]).to_numpy(dtype=np.float64, na_value=np.nan)
     if np.any(tol < 0):
         raise FigureDataError(f"tolerance_sweep: tolerances must be ≥ 0; got {sorted(set(tol[tol < 0]))}.")
+    # the exact criterion by its name: a "|Δ|>0" row has tolerance 0 too (drawn with it, it read "exact (bitwise)")
+    exact_rows = (
+        df["criterion"].astype(str).eq("exact").to_numpy() if "criterion" in df.columns else np.asarray(tol == 0)
+    )
     positive = np.unique(tol[tol > 0])
+    has_zero = bool(np.any((tol == 0) & ~exact_rows))
     lo = positive.min() if positive.size else 1e-5
-    exact_x = lo / 10
+    exact_x = lo / 100 if has_zero else lo / 10
+    zero_x = lo / 10
     models = _unique(df["model"].astype(str))
     colors = colors or color_map(models)
     fig = go.Figure()
+    counts = (
+        "<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}" if {"changed", "numel"} <= set(df.columns) else ""
+    )
     for m in models:
-        sub = df[df["model"].astype(str) == m].sort_values("tolerance")
+        mine = (df["model"].astype(str) == m).to_numpy()
+        sub = df[mine].assign(_exact=exact_rows[mine]).sort_values("tolerance", kind="stable")
         t = sub["tolerance"].to_numpy(dtype=np.float64, na_value=np.nan)
+        ex = sub["_exact"].to_numpy(dtype=bool)
         s = 100 * sub["sparsity"].to_numpy(dtype=np.float64, na_value=np.nan)
         # Optional counts: changed entries of numel at each tolerance.
         cd = np.stack(
@@ -201,46 +251,51 @@ def tolerance_sweep(
             ],
             axis=-1,
         )
-        counts = (
-            "<br>changed %{customdata[0]:,.0f} of %{customdata[1]:,.0f}"
-            if {"changed", "numel"} <= set(df.columns)
-            else ""
-        )
-        hov = "%{fullData.name}<br>tolerance %{x:.0e}<br>sparsity %{text}%" + counts + "<extra></extra>"
         shown = percent_text(s)  # the hover's share as text: 1 change in 10^6 reads 99.9999, not 100.000
+        named = np.array([f"{v:g}" for v in t], dtype=object)  # as the criteria name it: 1.5e-05, never 2e-05
+        on_axis = ~ex & (t > 0)
         fig.add_trace(
             go.Scatter(
-                x=t[t > 0],
-                y=s[t > 0],
+                x=t[on_axis],
+                y=s[on_axis],
                 mode="lines+markers",
                 name=m,
                 legendgroup=m,
-                customdata=cd[t > 0],
-                text=shown[t > 0],
+                customdata=cd[on_axis],
+                text=shown[on_axis],
+                hovertext=named[on_axis],
                 line={"color": colors[m]},
-                hovertemplate=hov,
+                hovertemplate="%{fullData.name}<br>tolerance %{hovertext}<br>sparsity %{text}%"
+                + counts
+                + "<extra></extra>",
             )
         )
-        if (t == 0).any():
-            fig.add_trace(
-                go.Scatter(
-                    x=np.full((t == 0).sum(), exact_x),
-                    y=s[t == 0],
-                    mode="markers",
-                    name=f"{m} (exact)",
-                    customdata=cd[t == 0],
-                    text=shown[t == 0],
-                    legendgroup=m,
-                    showlegend=False,
-                    marker={"symbol": "diamond-open", "size": 13, "color": colors[m], "line": {"width": 2}},
-                    hovertemplate="%{fullData.name}<br>exact (bitwise)<br>sparsity %{text}%"
-                    + counts
-                    + "<extra></extra>",
+        apart = [
+            (ex, exact_x, f"{m} (exact)", "diamond-open", "exact (bitwise)"),
+            (~ex & (t == 0), zero_x, f"{m} (tolerance 0)", "square-open", "tolerance 0: |Δ| > 0 (-0 and +0 equal)"),
+        ]
+        for rows, x, name, symbol, what in apart:
+            if rows.any():
+                fig.add_trace(
+                    go.Scatter(
+                        x=np.full(int(rows.sum()), x),
+                        y=s[rows],
+                        mode="markers",
+                        name=name,
+                        customdata=cd[rows],
+                        text=shown[rows],
+                        legendgroup=m,
+                        showlegend=False,
+                        marker={"symbol": symbol, "size": 13, "color": colors[m], "line": {"width": 2}},
+                        hovertemplate=f"%{{fullData.name}}<br>{what}<br>sparsity %{{text}}%"
+                        + counts
+                        + "<extra></extra>",
+                    )
                 )
-            )
-    ticks = np.concatenate([[exact_x], positive])
-    fig.update_xaxes(type="log", tickvals=ticks, ticktext=["exact"] + [f"{v:.0e}" for v in positive])
-    fig.add_vline(x=exact_x * np.sqrt(10), line={"dash": "dot", "color": "#999", "width": 1})
+    ticks = [exact_x, *([zero_x] if has_zero else []), *positive]
+    labels = ["exact", *(["0"] if has_zero else []), *(f"{v:g}" for v in positive)]
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=labels)
+    fig.add_vline(x=lo / np.sqrt(10), line={"dash": "dot", "color": "#999", "width": 1})
     return _style(fig, title, "absolute tolerance |Δ| ≤ τ (log)", "sparsity (%)", hovermode="closest")
 
 
@@ -283,7 +338,9 @@ def ulp_histogram(
                 hovertemplate="%{fullData.name}<br>%{x} ULP<br>%{y:,.0f} entries (%{text}%)<extra></extra>",
             )
         )
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=bins)
+    # every bin named (across, or upright where they do not fit): with a legend beside it in half the page at
+    # 1024 px, Plotly's own spacing named 1, 3-4, 9-16 and >256 only, under seven unevenly wide bins
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=bins, **every_category(bins))
     if log_y:
         fig.update_yaxes(type="log", dtick=1)
     return _style(
