@@ -1075,10 +1075,20 @@ class FormLog:
                     f"in {touched}; listed under buffers, not counted in the weight sparsity."
                 )
             elif kind == "scale":
+                # (a model whose weights are compared as codes only counts no weight for a changed scale: the
+                # note said "changed counts them" beside the codes note saying it does not)
+                mine = {k for (m, k) in self.events if m == i}
+                codes_only = any(k.startswith("codes:") for k in mine) and not any(k.startswith("q:") for k in mine)
                 out.append(
                     f"Quantization scales: {n} tensor(s) ({ex}) compared bitwise: {changed:,} of {numel:,} "
-                    f"scale values changed in {touched}. A changed block scale changes every weight of its "
-                    "block: changed counts them (the weights as dequantised), changed_codes the stored codes that differ."
+                    f"scale values changed in {touched}. "
+                    + (
+                        "The weights are compared as stored codes only, so a weight whose scale changed while its "
+                        "code did not is not counted in changed."
+                        if codes_only
+                        else "A changed block scale changes every weight of its block: changed counts them (the "
+                        "weights as dequantised), changed_codes the stored codes that differ."
+                    )
                 )
             elif kind.startswith("q:"):
                 what, rule = kind[2:].split("|")

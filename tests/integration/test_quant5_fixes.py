@@ -314,3 +314,17 @@ def test_behaviours_revert_refuses_a_base_past_the_finetunes_range(monkeypatch):
     monkeypatch.setattr(checkpoints, "read_aligned", lambda ck, at, side, device="cpu": (ok, ok.half())[side])
     x, y = ModelBuilder.pair(owner, SimpleNamespace(names=["w", "w"]))
     assert x.dtype == y.dtype == torch.float16 and torch.isfinite(x).all()
+
+
+def test_the_scales_note_of_a_codes_only_pair_says_a_changed_scale_is_not_counted(tmp_path):
+    """readme5: a GPTQ pair whose scales alone differ read "changed counts them" (0 changed, sparsity 100 %)."""
+    from safetensors.torch import load_file, save_file
+
+    base, ft, _ = _gptq_pair(tmp_path, 4)
+    base_sd = load_file(f"{base}/model.safetensors")
+    save_file({**base_sd, f"{S}.scales": base_sd[f"{S}.scales"] * 2}, f"{ft}/model.safetensors")
+    rep = analyze_updates(base, [ft]).reports[0]
+    (said,) = [n for n in rep.notes if n.startswith("Quantization scales")]
+    assert rep.changed == 0 and "128 of 144 scale values changed" in said  # (qzeros: 16 more, unchanged)
+    assert "compared as stored codes only" in said and "not counted in changed" in said
+    assert "changed counts them" not in said
