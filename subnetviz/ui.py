@@ -1227,6 +1227,24 @@ def _chart_name(fig, key: str) -> str:
     return html.unescape(text).strip() or key
 
 
+def in_url(key: str, value: str | list[str], default: str | list[str]) -> None:
+    """The URL's ``key`` made to say the picker's ``value``: left out where it is the ``default`` (as a bound picker
+    leaves it), an empty list as ``key=`` (read back as none, not as the default); written only when it differs.
+
+    For a picker whose options come from the workspace (its models, masks, tensors, layers), read from the URL by
+    hand (:func:`uilogic.url_choice`, :func:`uilogic.url_choices`) and written back after it is drawn. Bound to the
+    URL instead (``bind="query-params"``), its value fell back (to the first option, a removed one dropped) when the
+    sidebar's finetunes changed, while the URL kept the old choice: once the option came back, the page showed one
+    choice and a link made from its URL opened another."""
+    if value == default:
+        if key in st.query_params:
+            del st.query_params[key]
+        return
+    text = (value or [""]) if isinstance(value, list) else [value]
+    if st.query_params.get_all(key) != text:
+        st.query_params[key] = text
+
+
 def kept_choice(key: str, options: Sequence[str]) -> str:
     """A control's value while the tab holding it is closed (it draws only when open): the last one chosen
     there (Streamlit keeps an unmounted widget's value under its key), else the first option."""

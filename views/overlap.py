@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from subnetviz import figures, ui
+from subnetviz import figures, ui, uilogic
 from subnetviz.analysis.updates import mask_path
 from subnetviz.figures.overlap import cut_labels, matrices_per_row
 from subnetviz.figures.style import subtitle
@@ -42,14 +42,18 @@ def body() -> None:
     colors = figures.colors_after(models, [lbl for lbl in sources if lbl not in deltas])
     ui.need(len(sources) >= 2, "Overlap needs at least two masks: choose finetuned checkpoints or saved masks.")
     default = list(sources)[: min(3, len(sources))]
+    # The masks (and the Per layer tab's pair) are read from the URL and written back by hand (ui.in_url): bound, a
+    # finetune removed in the sidebar dropped its mask while the URL kept it, and a link made from it opened other
+    # masks than the sender's page showed once the finetune was back.
+    linked = uilogic.url_choices(st.query_params.get_all("ov_masks"), list(sources), default)[:MAX_CHOSEN]
     chosen = c2.multiselect(
         f"Masks (2–{MAX_CHOSEN})",
         list(sources),
-        default=default,
+        default=linked,
         key="ov_masks",
-        bind="query-params",
         max_selections=MAX_CHOSEN,
     )
+    ui.in_url("ov_masks", chosen, default)
     if len(sources) > MAX_CHOSEN:  # e.g. 17–32 finetunes: the analysis keeps every mask, the page compares 8
         st.caption(f"{len(sources)} masks to choose from; this page compares up to {MAX_CHOSEN} of them at a time.")
     ui.need(len(chosen) >= 2, "Pick at least two masks.")
@@ -115,7 +119,9 @@ def body() -> None:
                     "no Venn diagram to draw."
                 )
             if name == "Per layer":
-                pair = st.selectbox("Per-layer view of the pair", pairs, key="ov_pair", bind="query-params")
+                pair = uilogic.url_choice(st.query_params.get("ov_pair"), pairs, pairs[0])
+                pair = st.selectbox("Per-layer view of the pair", pairs, index=pairs.index(pair), key="ov_pair")
+                ui.in_url("ov_pair", pair, pairs[0])
                 figs, tables = ui.shared(tab_parts, overlap, tuple(chosen), view, name, pair, at, hues)
                 if overlap.packed_experts:  # gpt-oss, Llama-4, Granite: every expert of a layer in one tensor
                     st.caption(packed_note(overlap.packed_experts))

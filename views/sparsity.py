@@ -12,7 +12,7 @@ from subnetviz.analysis.sparsity_report import SHORT_DTYPES, compared_dtypes, ul
 from subnetviz.errors import SubnetvizError
 from subnetviz.figures import moe
 from subnetviz.figures.style import heatmaps_per_row
-from subnetviz.figures.updates import criterion_label, percent_text
+from subnetviz.figures.updates import criterion_label, heatmap_cell_text, percent_text
 
 
 def body() -> None:
@@ -36,7 +36,7 @@ def body() -> None:
     usual = list(reports)[:3]
     linked = uilogic.url_choices(st.query_params.get_all("sp_models"), list(reports), usual)
     shown = c1.multiselect("Models side by side", list(reports), default=linked, key="sp_models")
-    in_url("sp_models", shown, usual)
+    ui.in_url("sp_models", shown, usual)
     eta = analysis.reports[0].options.eta
     crit = c2.selectbox(
         "Criterion",
@@ -115,8 +115,9 @@ def body() -> None:
             ui.chart(figs["overall"], key="overall")
             # every module kind named under its column: two to a row where three leave the names no room
             per_row = min(heatmaps_per_row(max(grids[m]["module"].nunique() for m in shown)), len(shown))
-            if len(shown) > 2:
-                st.caption("One colour range across the models; cell values on hover.")
+            if not heatmap_cell_text([grids[m] for m in shown], value):
+                shared = "One colour range across the models; cell" if len(shown) > 1 else "Cell"
+                st.caption(f"{shared} values on hover.")
             for start in range(0, len(shown), per_row):
                 cols = st.columns(per_row)
                 for col, model in zip(cols, shown[start : start + per_row], strict=False):
@@ -163,18 +164,6 @@ def body() -> None:
     )
 
 
-def in_url(key: str, value: str | list[str], default: str | list[str]) -> None:
-    """The URL's ``key`` made to say the picker's ``value``: left out where it is the ``default`` (as a bound picker
-    leaves it), an empty list as ``key=`` (read back as none, not as the default); written only when it differs."""
-    if value == default:
-        if key in st.query_params:
-            del st.query_params[key]
-        return
-    text = (value or [""]) if isinstance(value, list) else [value]
-    if st.query_params.get_all(key) != text:
-        st.query_params[key] = text
-
-
 def _merged(figs: dict, rest: tuple[dict, dict], drill=None) -> tuple[dict, dict, list[str]]:
     """The export's closed tabs: the layer figures, the other tabs' parts and, unless its tab is open, One matrix's."""
     more, notes = drill() if drill is not None else ({}, [])
@@ -211,7 +200,7 @@ def layers_tab(overall: pd.DataFrame, grids: dict, shown: tuple, crit: str, valu
             grids[model],
             value=value,
             zrange=zrange,
-            cell_text=len(shown) <= 2,
+            cell_text=heatmap_cell_text([grids[m] for m in shown], value),
             title=f"{figures.plain_label(model)}: {value.replace('_', ' ')} ({crit})",
         )
     return figs
@@ -365,10 +354,14 @@ def drill_down(ws, reports, crit: str, eta: float, said: list[str]) -> None:
     models = list(reports)  # (by hand, as the models side by side above)
     linked = uilogic.url_choice(st.query_params.get("dd_model"), models, models[0])
     model = a.selectbox("Model", models, index=models.index(linked), key="dd_model")
-    in_url("dd_model", model, models[0])
+    ui.in_url("dd_model", model, models[0])
     names = matrix_names(reports[model])
     ui.need(bool(names), "No 2-D tensors to show.")
-    key = b.selectbox("Matrix", names, index=default_matrix(names), key="dd_tensor", bind="query-params")
+    # (by hand too: the matrices are the model's, and one another model lacks fell back while the URL kept it)
+    usual = names[default_matrix(names)]
+    key = uilogic.url_choice(st.query_params.get("dd_tensor"), names, usual)
+    key = b.selectbox("Matrix", names, index=names.index(key), key="dd_tensor")
+    ui.in_url("dd_tensor", key, usual)
     figs, line = drill_parts(ws, reports, crit, eta, model, key)
     st.caption(line(ui.plain))
     said.append(f"One matrix: {line(str)}")

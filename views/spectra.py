@@ -49,7 +49,13 @@ def subspaces(ws) -> None:
     ui.compared_at(ws)
     c1, c2, c3 = st.columns(3)
     k = c1.selectbox("K (top singular directions)", K_OPTIONS, index=2, key="sub_k", bind="query-params")
-    model = c2.selectbox("Model", list(ws.labels), key="sub_model", bind="query-params")
+    # The model, and the Δ tab's models, layer and module, are read from the URL and written back by hand
+    # (ui.in_url): bound, a model removed in the sidebar fell back while the URL kept it, and a link made from it
+    # opened another model than the sender's page showed once the model was back.
+    models = list(ws.labels)
+    model = uilogic.url_choice(st.query_params.get("sub_model"), models, models[0])
+    model = c2.selectbox("Model", models, index=models.index(model), key="sub_model")
+    ui.in_url("sub_model", model, models[0])
     side = c3.radio("Side", SIDES, horizontal=True, key="sub_side", bind="query-params")
     bar, progress = ui.progress_bar("Decomposing every weight matrix of the base and the finetuned models")
     try:
@@ -344,29 +350,36 @@ def updates(ws) -> None:
     )
     every = view != VIEWS[0]  # the rank view shows every layer and module: its pickers rest
     c1, c2, c3 = st.columns([2, 1, 1])
-    chosen = c1.multiselect("Models", models, default=models[:1], key="spec_models", bind="query-params")
+    # (by hand, as the Subspaces tab's model: the models, the layers and a layer's modules are the workspace's)
+    linked = uilogic.url_choices(st.query_params.get_all("spec_models"), models, models[:1])
+    chosen = c1.multiselect("Models", models, default=linked, key="spec_models")
+    ui.in_url("spec_models", chosen, models[:1])
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
     layer_opts = ["all"] + [str(v) for v in layers]
+    usual = layer_opts[1 if len(layer_opts) > 1 else 0]
+    layer = uilogic.url_choice(st.query_params.get("spec_layer"), layer_opts, usual)
     layer = c2.selectbox(
         "Layer",
         layer_opts,
-        index=1 if len(layer_opts) > 1 else 0,
+        index=layer_opts.index(layer),
         key="spec_layer",
-        bind="query-params",
         disabled=every,
         help="The singular values' layer; the rank view shows every layer." if every else None,
     )
+    ui.in_url("spec_layer", layer, usual)
     # the modules of the chosen layer: lm_head and the embedding have none, so they are offered under "all"
     in_layer = spec if layer == "all" else spec[spec["layer"] == uilogic.url_int(layer)]
-    mods = [m for m in in_layer["module"].dropna().unique()]
+    mods = ["all", *map(str, in_layer["module"].dropna().unique())]
+    module = uilogic.url_choice(st.query_params.get("spec_module"), mods, "all")
     module = c3.selectbox(
         "Module",
-        ["all", *mods],
+        mods,
+        index=mods.index(module),
         key="spec_module",
-        bind="query-params",
         disabled=every,
         help="The singular values' module; the rank view shows every module." if every else None,
     )
+    ui.in_url("spec_module", module, "all")
     ui.need(bool(chosen), "Pick at least one model.")
     keys = ["spectra"] + [f"{kind}-{m}" for m in chosen for kind in ("eff", "stable")]
     if view == VIEWS[0]:
