@@ -146,11 +146,7 @@ def _results() -> None:
     )
     ui.note(f"{seeds} seed(s) per point on {model}: {rule}", said)
     for row in v.itertuples():
-        mark = {
-            True: ":material/check_circle: reproduced",
-            False: ":material/cancel: not reproduced",
-            None: ":material/help: undecided",
-        }[row.reproduced]
+        mark = f"{MARKS.get(row.verdict, '')} {row.verdict}"  # (the table's words: "not measured" is not "undecided")
         st.markdown(
             f"**{row.conjecture}** — {mark}. Expected: {ui.plain(row.expected)}; observed: {ui.plain(row.observed)}.",
             help=SEED_RULE,
@@ -211,6 +207,12 @@ def chosen_measure() -> str:
     return value
 
 
+MARKS = {  # each verdict's word (drivers_verdicts.verdicts' "verdict") -> its icon beside the conjecture
+    "reproduced": ":material/check_circle:",
+    "not reproduced": ":material/cancel:",
+    "undecided": ":material/help:",
+    "not measured": ":material/remove_circle:",
+}
 TAB_PARTS = {  # tab -> its charts and tables, in order
     "By factor": ["dr-factors"],
     "bf16 vs fp32": ["dr-precision"],
@@ -229,9 +231,13 @@ def result_parts(results: pd.DataFrame, verdicts: pd.DataFrame, value: str) -> t
     notes = results["note"].map(lambda n: redact(n) if isinstance(n, str) else n) if "note" in results else None
     shown = results if notes is None else results.assign(note=notes)
     tables = {
+        # the verdict in words (True / False / None read "—" for both undecided and not measured), beside its
+        # conjecture: after the long observed texts it lay past the table's right edge at 1440 px
         "drivers-verdicts": (
-            "The paper's conjectures: expected, observed, reproduced",
-            verdicts.assign(observed=verdicts["observed"].map(redact)),
+            "The paper's conjectures: verdict, expected, observed",
+            verdicts.assign(observed=verdicts["observed"].map(redact))[
+                ["conjecture", "verdict", "expected", "observed"]
+            ],
         ),
         "drivers-results": ("One row per run and storage precision", shown),
     }

@@ -45,7 +45,6 @@ its names importable from here too.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -243,7 +242,7 @@ def _data_files(base: str, data: Path, work: Path, p: DriversPreset, seeds: Sequ
     seed in ``seeds`` (keyed ``("sft", origin, seed)``): each seed its own prompts, so that the data axis' seeds
     sample which prompts land in each set (one draw for every seed made its seeds one model: the micro preset's 8
     rows form one batch, the seed changing only their order). Seed 0 draws what a one-seed grid always drew."""
-    train_rows = [json.loads(x) for x in (data / "A_train.jsonl").read_text().splitlines() if x.strip()]
+    train_rows = _train_rows(data / "A_train.jsonl")
     files = {
         ("sft", "task"): str(data / "sft_A.jsonl"),
         ("dpo", "task"): str(data / "dpo_A.jsonl"),
@@ -257,6 +256,24 @@ def _data_files(base: str, data: Path, work: Path, p: DriversPreset, seeds: Sequ
         files[("sft", "on_policy", seed)] = _write_jsonl(work / f"on_policy-s{seed}.jsonl", on) if on else None
         files[("sft", "gold", seed)] = _write_jsonl(work / f"gold-s{seed}.jsonl", gold) if gold else None
     return files
+
+
+def _train_rows(path: Path) -> list[dict]:
+    """The zoo's set-A training rows (prompt, answer), read by the project's JSONL reader: a file that is not JSONL,
+    a row without its fields, or no row at all is a one-line :class:`ConfigError` naming the file and the line, before
+    any model loads (a malformed line was a JSONDecodeError traceback naming "line 1" of the record, an empty file an
+    IndexError deep in the tokenizer). The on-policy / gold draw tokenizes the prompts as text: chat messages are
+    refused here too."""
+    from subnetviz.training.data import read_jsonl
+
+    rows = read_jsonl(path, "grpo")  # (missing file, bad line, missing field, no rows: each one line)
+    for i, row in enumerate(rows):
+        if not isinstance(row["prompt"], str):
+            raise ConfigError(
+                f"{path}: row {i + 1} (blank lines not counted) has a prompt of chat messages; the drivers grid "
+                "draws its on-policy and gold SFT sets from plain-text prompts."
+            )
+    return rows
 
 
 def _train_file(files: dict, spec: RunSpec) -> str | None:

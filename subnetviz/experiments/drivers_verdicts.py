@@ -75,12 +75,24 @@ def _agreed(readings: dict[int, object], ok) -> tuple[bool | None, str]:
 
 def verdicts(results: pd.DataFrame) -> pd.DataFrame:
     """Which conjectures the grid reproduces: conjecture, expected, observed (bf16 sparsity, the mean over the seeds
-    that decide the verdict, and the seeds left out and why), reproduced (True, False, or None: not measured, or
-    undecided by the seeds: :data:`SEED_RULE`). Runs that trained nothing (:func:`trained_nothing`) are left out
-    of every verdict."""
+    that decide the verdict, the seeds left out and why, and the values no seed measured and why), reproduced (True,
+    False, or None: not measured, or undecided by the seeds: :data:`SEED_RULE`), and verdict, the same in words
+    (:data:`VERDICT_WORDS`: "not measured" and "undecided" told apart). Runs that trained nothing
+    (:func:`trained_nothing`) are left out of every verdict; a conjecture whose axis kept fewer than two measured
+    values (no SFT or no RL point for the algorithms) is listed as not measured, with why. An axis not in the grid
+    at all (a grid of chosen factors) has no row, except the data axis' ("not in this grid")."""
     still = trained_nothing(results)
     r = results[(results["precision"] == "bf16") & ~still]
+    measured = r[r["sparsity"].notna()]
     per_seed = r.groupby(["factor", "value", "seed"])["sparsity"].mean()  # (factor, value, seed) -> sparsity
+
+    def values_of(factor: str) -> tuple[list, list]:
+        """The factor's values in the grid (every point recorded: run, failed or not run) and those some seed
+        measured: the verdict compares these, and names the others (before, a value no seed measured was neither
+        compared nor said, and an axis left with one value vanished from the verdicts)."""
+        every = list(dict.fromkeys(results.loc[results["factor"] == factor, "value"].dropna()))
+        have = set(measured.loc[measured["factor"] == factor, "value"])
+        return every, [v for v in every if v in have]
 
     def seeds_of(factor: str, values) -> tuple[dict[int, pd.Series], pd.Series, str]:
         """For the seeds that measured every one of ``values``: seed -> its values' sparsities, and the mean over
@@ -108,16 +120,17 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
 
     out = []
 
-    def add(name, expected, observed, verdict):
+    def add(name, expected, observed, verdict, *, seen: bool = True):
         ok, extra = verdict
+        ok = None if ok is None or (isinstance(ok, float) and np.isnan(ok)) else bool(ok)
+        word = VERDICT_WORDS[ok] if seen else NOT_MEASURED
         out.append(
-            {
-                "conjecture": name,
-                "expected": expected,
-                "observed": observed + extra,
-                "reproduced": None if ok is None or (isinstance(ok, float) and np.isnan(ok)) else bool(ok),
-            }
+            {"conjecture": name, "expected": expected, "observed": observed + extra, "reproduced": ok, "verdict": word}
         )
+
+    def not_measured(name: str, expected: str, factor: str, gone: list, why: str) -> None:
+        lost = _missing(results, still, factor, gone)
+        add(name, expected, f"not measured: {lost}{why}", (None, ""), seen=False)
 
     data, means, left = seeds_of("data", ["on_policy", "gold"])
     on, gold = means["on_policy"], means["gold"]
@@ -128,51 +141,75 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
         if not np.isnan(on + gold)
         else f"not measured: {_why_no_data(results)}",
         (None, "") if np.isnan(on + gold) else _agreed({k: x["on_policy"] > x["gold"] for k, x in data.items()}, bool),
+        seen=not np.isnan(on + gold),
     )
-    algorithms = sorted(set(r.loc[r["factor"] == "algorithm", "value"]))  # in any seed: a seed lacking one is out
+    every, algorithms = values_of("algorithm")
+    algorithms = sorted(algorithms)  # measured in some seed: a seed lacking one is left out
     rl = [a for a in algorithms if a != "sft"]
-    if "sft" in algorithms and rl:
+    name, expected = "RL updates are sparser than SFT", "every RL algorithm (and DPO) sparser than SFT on the same task"
+    gone = [v for v in every if v not in algorithms]
+    if every and not ("sft" in algorithms and rl):
+        lacking = "SFT" if "sft" not in algorithms else "RL"
+        not_measured(name, expected, "algorithm", gone, f", so no {lacking} point to compare")
+    elif every:
         seeds, algos, left = seeds_of("algorithm", algorithms)
         add(
-            "RL updates are sparser than SFT",
-            "every RL algorithm (and DPO) sparser than SFT on the same task",
-            ", ".join(f"{k.upper()}: {v:.1%}" for k, v in algos.items()) + left,
+            name,
+            expected,
+            ", ".join(f"{k.upper()}: {v:.1%}" for k, v in algos.items())
+            + left
+            + _left_out(results, still, "algorithm", gone),
             _agreed({k: bool((x[rl] > x["sft"]).all()) for k, x in seeds.items()}, bool),
         )
     for factor in ("beta", "clipping"):
-        values = sorted(set(r.loc[r["factor"] == factor, "value"]))
-        if len(values) >= 2:
+        every, values = values_of(factor)
+        values, gone = sorted(values), [v for v in every if v not in values]
+        name = f"{'KL coefficient' if factor == 'beta' else 'gradient clipping'} has little effect"
+        expected = "sparsity within 2 points across its values"
+        if every and len(values) < 2:
+            not_measured(name, expected, factor, gone, ", so fewer than two of its values to compare")
+        elif every:
             seeds, vals, left = seeds_of(factor, values)
             # a seed's reading: "small" (within 2 points), else the values from sparsest to densest (the direction)
             readings = {
-                k: "small" if float(x.max() - x.min()) <= 0.02 else tuple(x.sort_values(ascending=False).index)
+                k: "small" if within_points(x.max() - x.min(), 2) else tuple(x.sort_values(ascending=False).index)
                 for k, x in seeds.items()
             }
             add(
-                f"{'KL coefficient' if factor == 'beta' else 'gradient clipping'} has little effect",
-                "sparsity within 2 points across its values",
-                ", ".join(f"{k}: {v:.1%}" for k, v in vals.items()) + left,
+                name,
+                expected,
+                ", ".join(f"{k}: {v:.1%}" for k, v in vals.items()) + left + _left_out(results, still, factor, gone),
                 _agreed(readings, lambda x: x == "small"),
             )
     # one row per distinct run: the default recipe stands on up to six factor axes, and was weighted that often
     keys = [c for c in RECIPE_COLUMNS if c in results.columns]
-    measured = results[results["precision"].notna() & ~still]
-    runs = measured.drop_duplicates([*keys, "precision"])
+    saved = results[results["precision"].notna() & ~still]
+    runs = saved.drop_duplicates([*keys, "precision"])
     # grouped keeping NaN keys (AdamW's momentum): a pivot dropped those rows
     both = runs.groupby([*keys, "precision"], dropna=False)["sparsity"].mean().unstack("precision")
-    if {"bf16", "fp32"} <= set(both.columns):
-        gaps = (both["bf16"] - both["fp32"]).dropna()
-        gap = float(gaps.mean())
-        by_seed = gaps.groupby(level="seed").mean() if "seed" in keys else pd.Series({0: gap})
-        add(
-            "bf16 storage hides small updates",
-            "bf16 saves sparser than fp32 saves of the same run",
-            f"bf16 − fp32 sparsity {100 * gap:+.1f} percentage points on average",
-            _agreed({int(k): x > 0 for k, x in by_seed.items()}, bool),
+    if {"bf16", "fp32"} <= set(results["precision"].dropna()):  # (a grid of one precision has no such row)
+        gaps = (
+            (both["bf16"] - both["fp32"]).dropna() if {"bf16", "fp32"} <= set(both.columns) else pd.Series(dtype=float)
         )
+        name, expected = "bf16 storage hides small updates", "bf16 saves sparser than fp32 saves of the same run"
+        if gaps.empty:  # (every run trained nothing, or lacks one of its two saves' sparsity)
+            add(name, expected, "not measured: no run that trained has both saves' sparsity", (None, ""), seen=False)
+        else:
+            gap = float(gaps.mean())
+            by_seed = gaps.groupby(level="seed").mean() if "seed" in keys else pd.Series({0: gap})
+            add(
+                name,
+                expected,
+                f"bf16 − fp32 sparsity {100 * gap:+.1f} percentage points on average",
+                _agreed({int(k): x > 0 for k, x in by_seed.items()}, bool),
+            )
     for factor in ("learning_rate", "steps"):
-        values = sorted(set(r.loc[r["factor"] == factor, "value"]), key=float)
-        if len(values) >= 2:
+        every, values = values_of(factor)
+        values, gone = sorted(values, key=float), sorted((v for v in every if v not in values), key=float)
+        name, expected = f"larger {factor.replace('_', ' ')} → denser updates", "sparsity falls as it grows"
+        if every and len(values) < 2:
+            not_measured(name, expected, factor, gone, ", so fewer than two of its values to compare")
+        elif every:
             seeds, sel, left = seeds_of(factor, values)
 
             def falls(x: pd.Series) -> bool:  # never rising and falling at least once (a flat response is none)
@@ -180,12 +217,49 @@ def verdicts(results: pd.DataFrame) -> pd.DataFrame:
                 return bool(np.all(d <= 0) and np.any(d < 0))
 
             add(
-                f"larger {factor.replace('_', ' ')} → denser updates",
-                "sparsity falls as it grows",
-                ", ".join(f"{float(k):g}: {v:.1%}" for k, v in sel.items()) + left,
+                name,
+                expected,
+                ", ".join(f"{float(k):g}: {v:.1%}" for k, v in sel.items())
+                + left
+                + _left_out(results, still, factor, gone),
                 _agreed({k: falls(x) for k, x in seeds.items()}, bool),
             )
-    return pd.DataFrame(out, columns=["conjecture", "expected", "observed", "reproduced"])
+    return pd.DataFrame(out, columns=["conjecture", "expected", "observed", "reproduced", "verdict"])
+
+
+def within_points(difference: float, points: float) -> bool:
+    """Whether a difference of two shares (fractions: 0.02 is 2 points) is at most ``points`` percentage points,
+    compared in points rounded to 1e-9, so that float error does not decide a tie: 0.97 − 0.95 is
+    0.020000000000000018 in binary floating point, and an exact 2-point difference read as beyond 2 points."""
+    return round(100 * float(difference), 9) <= points
+
+
+NOT_MEASURED = "not measured"
+# the verdict in words, as the page says it beside each conjecture and its table and export show it (None alone
+# is undecided: a conjecture not measured says so, "—" was both)
+VERDICT_WORDS = {True: "reproduced", False: "not reproduced", None: "undecided"}
+
+
+def _missing(results: pd.DataFrame, still: pd.Series, factor: str, values) -> str:
+    """``values`` of ``factor`` (none of them measured in any seed), each with why: "beta=0.1 failed", "… failed in
+    every seed", or each seed's reason where they differ ("failed in seed 0, trained nothing in seed 1")."""
+    seeds = sorted({int(k) for k in results.loc[results["factor"] == factor, "seed"].dropna()})
+    parts = []
+    for v in values:
+        why = {k: _why_missing(results, still, factor, v, k) for k in seeds}
+        reasons = list(dict.fromkeys(why.values()))
+        if len(reasons) == 1:
+            parts.append(f"{factor}={v} {reasons[0]}" + (" in every seed" if len(seeds) > 1 else ""))
+        else:
+            each = ", ".join(f"{x} in seed {', '.join(str(k) for k in why if why[k] == x)}" for x in reasons)
+            parts.append(f"{factor}={v} {each}")
+    return "; ".join(parts)
+
+
+def _left_out(results: pd.DataFrame, still: pd.Series, factor: str, values) -> str:
+    """What to add to an observed text for ``factor``'s ``values`` that no seed measured: "; left out: …" and why
+    ("" for none)."""
+    return f"; left out: {_missing(results, still, factor, values)}" if len(values) else ""
 
 
 def _why_missing(results: pd.DataFrame, still: pd.Series, factor: str, value: str, seed: int) -> str:

@@ -13,7 +13,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from subnetviz.figures.behavior import MEASURE as BEHAVIOUR
-from subnetviz.figures.style import PALETTE, _require, _style, no_data_figure, number_labels, takes_data
+from subnetviz.figures.style import (
+    PALETTE,
+    _require,
+    _style,
+    no_data_figure,
+    number_labels,
+    takes_data,
+    with_subtitles,
+)
 
 FACTOR_ORDER = ("learning_rate", "steps", "beta", "clipping", "optimizer", "data", "algorithm")
 # how a measure is named and drawn: shares in % (as the tables and the other pages show them), KL in nats
@@ -104,10 +112,18 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
             row=1,
             col=j,
         )
+        # a run whose measure is NaN (not measured) is no dot: on the log axis "not > 0" put it on the floor, as a
+        # seed that measured 1e-4 ("seed 0: 0.0001"); it is named under the chart instead (:func:`_unmeasured`)
+        seen, zero = g[value].notna(), log & (g[value] == 0)
         kinds = [  # (legend name, which rows, marker, hover text)
-            (SEED_NAME, ~g["still"] & ~(log & (g[value] == 0)), _SEED, "%{y:.4g}" + unit),
-            ("KL 0 (at the axis floor)", ~g["still"] & (log & (g[value] == 0)), _ZERO, "KL 0 (drawn at the floor)"),
-            ("trained nothing (not in the mean)", g["still"], _STILL, "%{customdata:.4g}" + unit + ", trained nothing"),
+            (SEED_NAME, ~g["still"] & seen & ~zero, _SEED, "%{y:.4g}" + unit),
+            ("KL 0 (at the axis floor)", ~g["still"] & zero, _ZERO, "KL 0 (drawn at the floor)"),
+            (
+                "trained nothing (not in the mean)",
+                g["still"] & seen,
+                _STILL,
+                "%{customdata:.4g}" + unit + ", trained nothing",
+            ),
         ]
         for label, sel, marker, shown in kinds:
             d = g[sel]
@@ -115,7 +131,7 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
                 continue
             y = scale * d[value]
             if log:
-                y = y.where(y > 0, floor)
+                y = y.mask(y == 0, floor)  # a 0 only: the others are positive (a NaN is drawn nowhere)
             fig.add_trace(
                 go.Scatter(
                     x=d["value"],
@@ -147,6 +163,7 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
             col=j,
         )
     zero = log and bool((r[value] == 0).any())
+    missing = _unmeasured(r, value)
     _style(
         fig,
         # the title pinned to the top and the legend on a line of its own under it, above the panels' titles (on
@@ -167,12 +184,55 @@ def factor_panels(results: pd.DataFrame, value: str = "sparsity", title: str | N
             "font": {"size": 11},
         },
     )
+    if missing:  # under the x axis' labels, in lines of their own that grow the chart (the panels keep their height)
+        grow = NOTE_LINE * len(missing) + 8
+        fig.update_layout(height=HEIGHT + grow, margin_b=60 + grow)
+        fig.add_annotation(
+            text="<br>".join(missing),
+            xref="paper",
+            x=0,
+            xanchor="left",
+            xshift=-60,  # from under the y axis' title: the line's room is the chart's width, not the panels'
+            yref="paper",
+            y=0,
+            yanchor="bottom",
+            yshift=-(60 + grow) + 4,
+            showarrow=False,
+            align="left",
+            font={"size": 11, "color": "#555555"},
+        )
     if log:
         top = float(positive.max())
         fig.update_yaxes(type="log", exponentformat="power", range=[math.log10(floor) - 0.3, math.log10(top) + 0.3])
     for j in range(2, len(factors) + 1):  # one y title, on the first panel (the axes are shared)
         fig.update_yaxes(title_text=None, row=1, col=j)
     return fig
+
+
+NOTE_LINE = 16  # px: a line under the factor chart that names the runs not measured (:func:`_unmeasured`)
+NOTE_CHARS = 80  # characters such a line holds in a chart the page's width at 1024 px (564 px; 11 px text)
+SHOWN_RUNS = 4  # the runs it names, then "and N more"
+SHORT = {"sparsity": "sparsity", "accuracy": "accuracy", "kl_forward": "KL"}
+
+
+def _unmeasured(bf16: pd.DataFrame, value: str) -> list[str]:
+    """The lines under the factor chart naming the runs whose ``value`` is NaN (not measured: no dot, and out of
+    its bar's mean), as "steps=4 s0", broken between runs; none where every run measured it."""
+    gone = bf16[bf16[value].isna()]
+    if gone.empty:
+        return []
+    runs = list(
+        dict.fromkeys(f"{f}={v} s{k}" for f, v, k in zip(gone["factor"], gone["value"], gone["seed"], strict=True))
+    )
+    more = [f"and {len(runs) - SHOWN_RUNS} more"] if len(runs) > SHOWN_RUNS else []
+    lines = [f"{SHORT.get(value, value)} not measured (NaN), not drawn:"]
+    for part in runs[:SHOWN_RUNS] + more:
+        if len(lines[-1]) + 3 + len(part) <= NOTE_CHARS:  # (a space, and a comma at each end but the last)
+            lines[-1] += (" " if lines[-1].endswith(":") else ", ") + part
+        else:
+            lines[-1] += ","
+            lines.append(part)
+    return lines
 
 
 SEED_NAME = "one seed (bar: mean over seeds)"  # the dots' legend entry, which also says what the bar is
@@ -243,13 +303,30 @@ def precision_pairs(results: pd.DataFrame, title: str = "Same run saved in bf16 
                 hovertemplate="%{x}<br>%{text} save: sparsity %{y:.3g} %, trained nothing<extra></extra>",
             )
         )
-        shown = ", ".join(still[:6]) + (f" and {len(still) - 6} more" if len(still) > 6 else "")
-        title += (
-            f"<br><sup>× trained nothing: {shown} (its fp32 save equals the base bit for bit: no step changed a "
-            "weight), so its 100 % measures no training</sup>"
-        )
     # the grid's order for every run, those drawn as × too (a trace's own order put them last)
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(wide.index))
-    return _style(
-        fig, title, "run", "update sparsity (%)", margin={"l": 70, "r": 30, "t": 100 if still else 80, "b": 60}
-    )
+    _style(fig, title, "run", "update sparsity (%)", margin={"l": 70, "r": 30, "t": 80, "b": 60})
+    if still:  # in lines the chart holds (one line ran off it at 1024 and 1440 px, its "why" unread), under the title
+        shown = [f"{run}," for run in still[:6]] + ([f"and {len(still) - 6} more"] if len(still) > 6 else [])
+        shown[-1] = shown[-1].rstrip(",")
+        why = "(its fp32 save equals the base bit for bit: no step changed a weight), so its 100 % measures no training"
+        with_subtitles(fig, _lines(["× trained nothing:", *shown, *why.split(" ")], SUBTITLE_CHARS))
+    return fig
+
+
+# Characters a subtitle line holds in a chart the page's width at 1024 px with the sidebar open (564 px; about
+# 5.4 px a character at the subtitle's size, measured in Chromium)
+SUBTITLE_CHARS = 90
+
+
+def _lines(pieces: list[str], width: int) -> list[str]:
+    """``pieces`` joined by spaces into lines of at most ``width`` characters, broken only between pieces (a run's
+    name, "learning_rate=1e-5 s0", is one piece: never split at its space); a piece longer than ``width`` stays
+    whole."""
+    lines: list[str] = []
+    for piece in pieces:
+        if lines and len(lines[-1]) + 1 + len(piece) <= width:
+            lines[-1] += f" {piece}"
+        else:
+            lines.append(piece)
+    return lines
