@@ -463,7 +463,11 @@ def parse_json(raw: str | bytes, where: str, error: type[Exception], *, obj: boo
     try:
         value = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{where}: not valid JSON ({exc}).") from None
+        # (one line, a JSONL record: its column, not "line 1" or, with its newline, "line 2" beside the file's line)
+        why = exc
+        if isinstance(exc, json.JSONDecodeError) and "\n" not in (line := exc.doc.rstrip("\r\n")):
+            why = f"{exc.msg} " + ("at the end of the line" if exc.pos >= len(line) else f"at column {exc.pos + 1}")
+        raise error(f"{where}: not valid JSON ({why}).") from None
     except RecursionError:
         raise error(f"{where}: JSON nested too deeply to read.") from None
     except ValueError:  # int("1" * 5000): CPython's limit on the digits of an integer read from text
