@@ -139,9 +139,14 @@ def body() -> None:
     masks = fitting_masks(masks, ws.base)
     c1, c2, c3 = st.columns([2, 2, 1])
     chosen = c1.multiselect("Prompt sets", list(files), default=list(files)[:1], key="bh_prompts", bind="query-params")
-    mask_names = c2.multiselect(
-        "Masks to revert", list(masks), default=list(masks)[:1], key="bh_masks", bind="query-params"
-    )
+    # The masks (and Per token's model and experiment) are read from the URL and written back by hand (ui.in_url):
+    # bound, a mask removed in the sidebar was dropped while the URL kept it, and a link made from it reverted other
+    # masks than the sender's page showed once the mask was back. (A link's mask offered no more, as an old
+    # "zoo grpo-s0", is left out, as the bound picker left it.)
+    usual = list(masks)[:1]
+    linked = uilogic.url_choices(st.query_params.get_all("bh_masks"), list(masks), usual)
+    mask_names = c2.multiselect("Masks to revert", list(masks), default=linked, key="bh_masks")
+    ui.in_url("bh_masks", mask_names, usual)
     limit = c3.selectbox("Prompts per set", [16, 64, 256], key="bh_limit", bind="query-params")
     curve = st.toggle("Revert curve (|Δ| order vs random order)", value=True, key="bh_curve", bind="query-params")
     ui.need(bool(chosen), "Pick at least one prompt set.")
@@ -271,8 +276,9 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
     if tabs[2].open:
         with tabs[2]:
             c1, c2, c3 = st.columns(3)
-            model = c1.selectbox("Model", models, key="bh_model", bind="query-params")
-            experiment = c2.selectbox("Experiment", experiments_of(tokens, model), key="bh_exp", bind="query-params")
+            # (by hand, as the masks: the models are the workspace's finetunes, the experiments the masks reverted)
+            model = _url_select(c1, "Model", models, "bh_model")
+            experiment = _url_select(c2, "Experiment", experiments_of(tokens, model), "bh_exp")
             n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
             prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind=prompt_bind)
             selection = {"model": model, "experiment": experiment, "prompt": int(prompt)}
@@ -325,6 +331,16 @@ def side_by_side(figs: dict, tables: dict) -> None:
 def _measure(label: str, options: list[str], key: str) -> str:
     """A measure radio, named as on the charts (the tables keep the column names)."""
     return st.radio(label, options, format_func=bfig.MEASURE.get, horizontal=True, key=key, bind="query-params")
+
+
+def _url_select(where, label: str, options: list[str], key: str) -> str | None:
+    """A select box in ``where`` whose option the URL's ``key`` names (else the first), written back once drawn
+    (:func:`~subnetviz.ui.in_url`): its options come from the results, which follow the workspace."""
+    usual = options[0] if options else None
+    value = uilogic.url_choice(st.query_params.get(key), options, usual)
+    value = where.selectbox(label, options, index=options.index(value) if options else 0, key=key)
+    ui.in_url(key, value, usual)
+    return value
 
 
 def experiments_of(tokens: pd.DataFrame, model: str) -> list[str]:
