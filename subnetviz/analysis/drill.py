@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from subnetviz.analysis.quant import checkpoint_forms, row_block, weight_rows
+from subnetviz.analysis.quant import checkpoint_forms, row_block, stored_codes, weight_rows
 from subnetviz.analysis.sparsity import PRECISIONS, _rel_is_nonzero
 from subnetviz.checkpoints import open_checkpoint
 from subnetviz.checkpoints.adapters import _CONV1D, open_finetune
@@ -89,20 +89,24 @@ def matrix_update(
     b, f = ck_b.get(name_b), ck_f.get(name_f)
     if len(at.shape) != 2:
         raise CheckpointError(f"{at.key}: expected a 2-D tensor; got shape {tuple(at.shape)}.")
-    rows, cols = (int(x) for x in at.shape)  # the shared rows only, where the vocabulary was resized
+    words, cols = (int(x) for x in at.shape)  # the shared rows only, where the vocabulary was resized
+    form_b, form_f = checkpoint_forms(ck_b)[name_b], checkpoint_forms(ck_f)[name_f]
+    # GPTQ's packed words as their codes, k to a word, as the update analysis compares them (stored_codes): the
+    # caption's count was of words under the codes' total and shape
+    k = b.dtype.itemsize * 8 // form_b.unpack if form_b.kind == "codes" and form_b.unpack else 1
+    rows = words * k
     changed = MatrixBlocks.empty((rows, cols), max_side, binary=True)
     delta = MatrixBlocks.empty((rows, cols), max_side)
     # FP8 / int8 codes read as the weights they stand for (their difference is no Δ), in bands of whole scale blocks
-    form_b, form_f = checkpoint_forms(ck_b)[name_b], checkpoint_forms(ck_f)[name_f]
     quant_b, quant_f = (fm.kind in ("fp8", "int8") for fm in (form_b, form_f))
-    lcm = math.lcm(row_block(ck_b, form_b), row_block(ck_f, form_f))
+    lcm = math.lcm(row_block(ck_b, form_b), row_block(ck_f, form_f), k)
     step = max(1, band_entries // max(1, cols)) // changed.f * changed.f or changed.f  # whole block rows
-    step = max(lcm, step // lcm * lcm) if lcm > 1 else step  # ... and whole scale blocks of FP8 codes
+    step = max(lcm, step // lcm * lcm) if lcm > 1 else step  # ... and whole FP8 scale blocks, whole words
     per_row, per_col = np.zeros(rows, np.int64), np.zeros(cols, np.int64)
     for r0 in range(0, rows, step):
         r1 = min(r0 + step, rows)
-        xb = weight_rows(ck_b, name_b, form_b, b, r0, r1)
-        xf = weight_rows(ck_f, name_f, form_f, f, r0, r1)
+        xb = stored_codes(weight_rows(ck_b, name_b, form_b, b, r0 // k, -(-r1 // k)), form_b)
+        xf = stored_codes(weight_rows(ck_f, name_f, form_f, f, r0 // k, -(-r1 // k)), form_f)
         if precision is not None:  # the chosen comparison precision, both sides (as compare_pair casts them)
             xb, xf = xb.to(PRECISIONS[precision]), xf.to(PRECISIONS[precision])
         elif quant_b != quant_f:  # a float side against dequantised codes: at the float side's dtype

@@ -623,8 +623,17 @@ def _check_shards_whole(folder: Path, files: list[Path]) -> None:
 
 
 # What trainers save beside a model, never its weights: the HF Trainer's and accelerate's optimizer, scheduler and
-# RNG state and arguments, DeepSpeed's partitioned optimizer state (global_step*/*optim_states.pt)
-TRAINING_STATE = ("optimizer*.pt", "scheduler*.pt", "rng_state*.pth", "*optim_states.pt", "training_args.bin")
+# RNG state, fp16 grad scaler and arguments (and SageMaker MP's user content), DeepSpeed's partitioned optimizer
+# state (global_step*/*optim_states.pt)
+TRAINING_STATE = (
+    "optimizer*.pt",
+    "scheduler*.pt",
+    "rng_state*.pth",
+    "scaler*.pt",
+    "user_content.pt",
+    "*optim_states.pt",
+    "training_args.bin",
+)
 # a training run's checkpoint folders (HF Trainer, this app, accelerate's automatic naming)
 _CHECKPOINT_DIR = re.compile(r"^(?:checkpoint|step)[-_]?(\d+)$")
 _ZERO_TO_FP32 = (

@@ -69,9 +69,14 @@ class MatrixBlocks:
         return out
 
     def add(self, row: int, band: np.ndarray) -> None:
-        """Add rows ``row`` … ``row + len(band) - 1`` (``row`` a multiple of the block size)."""
-        if row % self.f:
-            raise FigureDataError(f"MatrixBlocks.add: a band must start on a block row (a multiple of {self.f}).")
+        """Add rows ``row`` … ``row + len(band) - 1``, anywhere: rows before the band's first block row are added to
+        the block they end (bands of whole FP8 scale blocks or GPTQ words need not start on one: 128-row scale
+        blocks in 56-row cells raised here)."""
+        if head := min((-row) % self.f, len(band)):
+            self.sums[row // self.f] += _block_sum(band[:head], self.f)[0]
+            row, band = row + head, band[head:]
+            if not len(band):
+                return
         part = _block_sum(band, self.f)
         self.sums[row // self.f : row // self.f + part.shape[0]] += part
 

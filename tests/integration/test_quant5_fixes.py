@@ -328,3 +328,36 @@ def test_the_scales_note_of_a_codes_only_pair_says_a_changed_scale_is_not_counte
     assert rep.changed == 0 and "128 of 144 scale values changed" in said  # (qzeros: 16 more, unchanged)
     assert "compared as stored codes only" in said and "not counted in changed" in said
     assert "changed counts them" not in said
+
+
+def test_one_matrix_draws_and_counts_gptq_codes_as_the_analysis_does(tmp_path):
+    """regressions14: after per-code counting, One matrix still compared the words: "512 of 4,096 changed" beside
+    the analysis' 1,024 changed codes, and an all-yellow 8 × 64 image of words."""
+    from subnetviz.analysis.drill import matrix_update
+
+    base, ft, truth = _gptq_pair(tmp_path, 4)
+    rep = analyze_updates(base, [ft]).reports[0]
+    row = rep.tensors.set_index("name").loc[f"{S}.qweight"]
+    for band in (1 << 22, 64 * 3):  # one band; bands of 3 code rows rounded to whole words (8 rows)
+        upd = matrix_update(base, ft, f"{S}.qweight", max_side=16, band_entries=band)
+        assert upd.shape == (64, 64) and f"{upd.shape[0]}x{upd.shape[1]}" == row["shape"]
+        assert upd.n_changed == row["changed"] == truth.sum()
+        assert upd.rows_changed.tolist() == truth.sum(1).tolist() and upd.cols_changed.tolist() == truth.sum(0).tolist()
+
+
+def test_bands_that_start_inside_a_cell_add_up_to_the_whole():
+    """Bands of whole FP8 scale blocks (128 rows) need not start on an image cell's row (56 rows for 7,168 rows in
+    128 cells): MatrixBlocks.add refused such a band."""
+    from subnetviz.figures.matrix import MatrixBlocks
+
+    rng = np.random.default_rng(0)
+    a = rng.random((300, 40)) < 0.3
+    whole = MatrixBlocks.of(a, 6)  # 50-row cells
+    banded = MatrixBlocks.empty(a.shape, 6, binary=True)
+    for r0 in range(0, 300, 128):  # bands at 0, 128, 256: inside cells 2 and 5
+        banded.add(r0, a[r0 : r0 + 128])
+    assert banded.f == whole.f == 50 and np.array_equal(banded.sums, whole.sums)
+    tiny = MatrixBlocks.empty(a.shape, 6, binary=True)
+    for r0 in range(0, 300, 7):  # bands shorter than a cell, each inside one
+        tiny.add(r0, a[r0 : r0 + 7])
+    assert np.array_equal(tiny.sums, whole.sums)

@@ -58,7 +58,8 @@ def test_a_pytorch_model_bin_beside_model_safetensors_is_named_as_a_stray_safete
     sharded = ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json")
     assert _notes(_folder(tmp_path / "shards", *sharded)) == [said.format(", ".join(sharded), "were")]
     # a .pt of weights is named; a trainer's own state (optimizer, scheduler, its arguments) is not a model's
-    trainer = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
+    # (scaler.pt: the HF Trainer's fp16 grad scaler, in every mixed-precision checkpoint; regressions14)
+    trainer = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt", "user_content.pt", "training_args.bin")
     assert _notes(_folder(tmp_path / "pt", "weights.pt", *trainer)) == [said.format("weights.pt", "was")]
     assert _notes(_folder(tmp_path / "trainer", *trainer)) == []
     assert _notes(_folder(tmp_path / "alone")) == []
