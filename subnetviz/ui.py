@@ -1198,7 +1198,8 @@ def _figure_file(keys: list[str], title: str) -> None:
     d.download_button(
         "Download figure",
         data,
-        file_name=f"subnetviz-{key}-{file_slug(names[key])}.{fmt}",  # (two runs' charts: two files)
+        # (two runs' charts: two files; the key holds a model's label too, a hub id's "/" or a U+202E: slugged)
+        file_name=f"subnetviz-{file_slug(key, 40)}-{file_slug(names[key])}.{fmt}",
         mime=FORMATS[fmt],
         key=f"pub-dl-{title}",
         icon=":material/download:",

@@ -249,7 +249,10 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
     chosen = tuple(m for m in chosen if m in analysis.labels) or tuple(analysis.labels[:1])
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
     layer = layer if layer == "all" or uilogic.url_int(layer) in layers else (str(layers[0]) if layers else "all")
-    # the view's layer and module as drawn (from another tab they come from the URL, a stale one replaced)
+    # the view's layer and module as drawn (from another tab they come from the URL, a stale one replaced: a
+    # module the layer lacks, or a stranger's text, was named in the export's notes over an empty chart)
+    in_layer = spec if layer == "all" else spec[spec["layer"] == uilogic.url_int(layer)]
+    module = uilogic.url_choice(module, ["all", *map(str, in_layer["module"].dropna().unique())], "all")
     figs, notes = {}, list(analysis.notes)  # what was compared and how, as the tab says above its views
     notes.append(f"Singular values: {', '.join(chosen)} · layer {layer} · module {module}.")
     notes += [n for n in [skipped_summary(skipped)] if n]

@@ -58,5 +58,5 @@ def test_the_downloaded_figure_is_named_by_its_chart(app_env, figure_files):
     (button,) = [b for b in at.button if str(b.key).startswith("pub-make-Update sparsity")]
     button.click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert figure_files == [f"subnetviz-{picker.value}-{file_slug(name)}.svg"]
+    assert figure_files == [f"subnetviz-{file_slug(picker.value, 40)}-{file_slug(name)}.svg"]
     assert len(file_slug(name)) > 10  # the chart's title, not only its key
