@@ -210,9 +210,10 @@ def subspace_parts(ws, k: int, model: str, side: str, data: tuple | None = None,
             title=f"Largest principal angle (°)<br><sup>top-K {side} singular subspaces · {which}</sup>",
         ),
         # (on two lines: in a half-width column at 1024 px one line was cut at "principal-weig")
+        # (named in the figure picker as one line: its break is for width only, not a " · ")
         "sub-principal": sfig.principal_overlap_scatter(
             sel, title=f"Update mask inside the<br>principal weights vs chance<br><sup>{which}</sup>"
-        ),
+        ).update_layout(meta={"name": f"Update mask inside the principal weights vs chance · {which}"}),
         # the changed matrices only (an unchanged one's angles are 0 by definition), those without angles said
         "sub-curves": sfig.rotated_curves(
             sel,

@@ -178,7 +178,7 @@ def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") ->
     Drawn for a narrow column (a third of the page): the title and the parts' names are wrapped to
     :data:`NARROW` characters a line (Plotly clips them at the figure's edge otherwise), the legend listed
     below the bar one part under another, and the figure as tall as those lines need."""
-    title = _wrapped(title)
+    named, title = title, _wrapped(title)
     if df.empty:
         return no_data_figure(title)
     _require(df, ["part", "count"], "split_bar")
@@ -214,6 +214,8 @@ def split_bar(df: pd.DataFrame, title: str = "Where the parameters ended up") ->
         margin={"l": 20, "r": 20, "t": top, "b": bottom},
     )
     fig.update_xaxes(range=[0, 100], ticksuffix=" %")
+    # the figure picker's name: the title as one line (its breaks, for width only, read as " · " there)
+    fig.update_layout(meta={"name": named})
     return fig
 
 

@@ -418,6 +418,9 @@ def with_subtitles(fig, lines: Sequence[str]):
     grown to :func:`title_margin`'s where the lines need more, and its height with it (the plot keeps its own)."""
     title = (fig.layout.title.text or "") + "".join(f"<br><sup>{line}</sup>" for line in lines)
     fig.layout.title.text = title
+    meta = fig.layout.meta
+    if isinstance(meta, dict) and isinstance(meta.get("name"), str):  # (the figure picker's name: the lines too)
+        fig.update_layout(meta={**meta, "name": " · ".join([meta["name"], *lines])})
     top, need = fig.layout.margin.t or 80, title_margin(title)
     if need > top:
         fig.update_layout(margin_t=need, height=(fig.layout.height or 450) + need - top)

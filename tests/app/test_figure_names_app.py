@@ -60,3 +60,26 @@ def test_the_downloaded_figure_is_named_by_its_chart(app_env, figure_files):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert figure_files == [f"subnetviz-{file_slug(picker.value, 40)}-{file_slug(name)}.svg"]
     assert len(file_slug(name)) > 10  # the chart's title, not only its key
+
+
+@pytest.mark.parametrize(
+    ("page", "query", "head"),
+    [
+        ("series", {}, "Where the parameters ended up · "),
+        (
+            "spectra",
+            {"spec_tab": "Subspaces of W_base vs W_ft"},
+            "Update mask inside the principal weights vs chance · ",
+        ),
+    ],
+)
+def test_a_title_broken_for_width_is_named_in_one_line(app_env, page, query, head):
+    """walk8: the figure picker read a break made for a narrow column as a " · " ("Where the parameters · ended
+    up"); a chart whose title is wrapped names itself (layout.meta), its subtitle lines after a " · "."""
+    at = open_page(page, **query)
+    assert not at.exception, [e.message for e in at.exception]
+    (picker,) = [s for s in at.selectbox if str(s.key).startswith("pub-chart-")]
+    names = list(picker.options)  # (AppTest gives the options as the picker shows them)
+    named = [n for n in names if n.startswith(head)]
+    assert len(named) == 1 and len(named[0]) > len(head), names
+    assert not any(n.startswith(head.split()[0]) and " · " in n.split(head.rstrip(" · "))[0] for n in names)
