@@ -365,12 +365,21 @@ def drill_down(ws, reports, crit: str, eta: float, said: list[str]) -> None:
     figs, line = drill_parts(ws, reports, crit, eta, model, key)
     st.caption(line(ui.plain))
     said.append(f"One matrix: {line(str)}")
-    c, d = st.columns(2)
+    # side by side, or one under the other for a matrix twice as wide as tall or more: half the page gave a
+    # 96 × 384 down_proj a strip of 100 × 25 px at 1024 px, its row labels over each other (walk8)
+    wide = wide_matrix(reports[model].tensors.set_index("key").loc[key, "shape"])
+    c, d = (st.container(),) * 2 if wide else st.columns(2)
     with c:
         ui.chart(figs["drill-image"], key="drill-image")
     with d:
         ui.chart(figs["drill-delta"], key="drill-delta")
     ui.chart(figs["drill-ratios"], key="drill-ratios")
+
+
+def wide_matrix(shape: str) -> bool:
+    """Whether a matrix of ``shape`` ("96x384", as the tensors table writes it) is twice as wide as tall or more."""
+    rows, cols = (int(x) for x in str(shape).split("x")[:2])
+    return cols >= 2 * rows
 
 
 def matrix_names(report) -> list[str]:

@@ -1,16 +1,17 @@
-"""security8: a shared link's text, read by the export of a tab that is not open, is checked as the open tab checks
+"""security8 (and walk8): a shared link's text, read by the export of a tab that is not open, is checked as the open tab checks
 it. Spectra's export from the Subspaces tab wrote the link's ``spec_module`` into its notes as it stood (a module
 the layer lacks drew an empty "no data" chart; a stranger's sentence read as the app's note)."""
 
 from __future__ import annotations
 
 import html
+import json
 import re
 
 import pytest
 
 from subnetviz.text import file_slug
-from tests.app_fixtures import open_page
+from tests.app_fixtures import open_page, plotly_specs
 
 pytestmark = pytest.mark.slow
 
@@ -37,3 +38,27 @@ def test_a_figure_files_key_part_is_slugged_too():
     for key in ("heat-org/model", "eff-ft\u202egvs.exe", 'bg-cov-a"b\\c'):
         slug = file_slug(key, 40)
         assert slug and all(c.isascii() and (c.isalnum() or c == "-") for c in slug) and len(slug) <= 40
+
+
+def _in_columns(at) -> list[str]:
+    """The first title line of every chart drawn inside a column."""
+    return [
+        json.loads(el.proto.spec)["layout"]["title"]["text"].split("<br>")[0]
+        for col in at.columns
+        for el in col.get("plotly_chart")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tensor", "side_by_side"),
+    [("layers.1.mlp.down_proj.weight", False), ("layers.0.self_attn.q_proj.weight", True)],  # (32 × 64, 32 × 32)
+)
+def test_a_wide_matrix_is_drawn_one_image_under_the_other(app_env, tensor, side_by_side):
+    """walk8: One matrix's two images of a 96 × 384 down_proj, each half the page wide, were strips of 100 × 25 px
+    at 1024 px, their row labels over each other; a matrix twice as wide as tall or more takes the page's width."""
+    at = open_page("sparsity", sp_tab="One matrix", dd_model="dpo", dd_tensor=tensor)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
+    assert any(t.startswith("Which entries changed") for t in titles) and any(t.startswith("Signed") for t in titles)
+    paired = [t for t in _in_columns(at) if t.startswith(("Which entries changed", "Signed"))]
+    assert len(paired) == (2 if side_by_side else 0), paired
