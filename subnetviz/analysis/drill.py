@@ -34,7 +34,8 @@ class MatrixUpdate:
     :class:`~subnetviz.figures.matrix.MatrixBlocks`, the changed count of each row and column, and the total.
     Nothing of the matrix's size is kept. ``orientation``: what its rows and columns are, as
     :data:`~subnetviz.figures.matrix.AXIS_TITLES` names them ("out_in": an nn.Linear's [out, in]; "in_out":
-    transformers' Conv1D, GPT-2's attention and MLP weights, stored [in, out]; "": not known)."""
+    transformers' Conv1D, GPT-2's attention and MLP weights, stored [in, out], and GPTQ's ``qweight`` unpacked into its
+    codes; "": not known)."""
 
     name: str
     criterion: str
@@ -117,7 +118,11 @@ def matrix_update(
         delta.add(r0, d)
         per_row[r0 : r0 + len(c)] = c.sum(axis=1)
         per_col += c.sum(axis=0)
-    orientation = _orientation(ck_f.names_table, at.name, (rows, cols))
+    # GPTQ's qweight unpacked is (in, out): code i of word r is input row k·r + i (an nn.Linear's [out, in] read as
+    # its transpose), not the model's weight as AWQ's reader lists it
+    orientation = (
+        "in_out" if form_b.kind == "codes" and form_b.unpack else _orientation(ck_f.names_table, at.name, (rows, cols))
+    )
     # the analysis' own line on a resized vocabulary (Alignment.report of this pair alone), else nothing
     note = " ".join(Alignment(al.checkpoints, [at]).report())
     return MatrixUpdate(

@@ -94,7 +94,7 @@ class SeriesResult:
             if kind.startswith("mixed:"):
                 out.append(_mixed_note(kind.removeprefix("mixed:"), n, ex))
                 continue
-            out.append(f"{n} {_FORM_NOTES[kind]} ({ex}).")
+            out.append(f"{n} {_scale_note(self.forms) if kind == 'scale' else _FORM_NOTES[kind]} ({ex}).")
         return out
 
 
@@ -105,6 +105,24 @@ _FORM_NOTES = {
     "int8": "integer-code weight tensor(s) compared dequantised ((code − zero point) × scale, float32)",
     "codes": "tensor(s) of packed integer codes (GPTQ, AWQ, int4, ...) compared as stored codes, not dequantised",
 }
+
+
+def _scale_note(forms: dict[str, list[str]]) -> str:
+    """The scales' note, by the forms of the weights beside them, as the update analysis says it: integer codes
+    (GPTQ, AWQ's GEMV, int4) are compared as codes only, so their scales and zero points count for nothing (the
+    fixed "compared with the scales applied" said so of a GPTQ series whose every scale had changed); FP8 and int8
+    codes are dequantised with their scales."""
+    codes, applied = bool(forms.get("codes")), bool(forms.get("fp8") or forms.get("int8"))
+    if not codes:
+        return _FORM_NOTES["scale"]
+    said = "quantization scale and zero-point tensor(s) are not counted"
+    only = (
+        "the weights stored as integer codes (GPTQ, AWQ, int4, ...) are compared as their codes only, so a weight "
+        "whose scale or zero point changed while its code did not is not counted as changed"
+    )
+    if applied:
+        return f"{said}; FP8 / int8 weights are compared with their scales applied, and {only}"
+    return f"{said}, nor compared: {only}"
 
 
 def _mixed_note(dtypes: str, n: int, ex: str) -> str:

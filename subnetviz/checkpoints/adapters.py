@@ -652,12 +652,9 @@ class MergedAdapter(Checkpoint):
 
     @cached_property
     def _input_embedding(self) -> str | None:
-        """The base's one input embedding (its naming table's ``embed``, no head), else None."""
-        table = self.base.names_table
-        found = [
-            n for n in self.base.names if strip_prefix(n) not in TIED_HEADS and table.describe(n).module == "embed"
-        ]
-        return found[0] if len(found) == 1 else None
+        """The base's input embedding its tied head is (:attr:`Checkpoint.input_embedding`: Gemma-4's per-layer
+        embedding beside it is not), else None."""
+        return self.base.input_embedding
 
     def _plan_tied(
         self, heads: dict, head_copies: dict, head_layers: dict, pairs: dict, replaced: dict, base_names: set[str]

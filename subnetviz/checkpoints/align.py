@@ -255,12 +255,11 @@ def _untied_heads(checkpoints: Sequence[Checkpoint], keyed: list[dict[str, str]]
         for i, ck in enumerate(checkpoints):
             if head in keyed[i] or not ck.tied_embeddings:
                 continue
-            table = ck.names_table
-            found = [n for n in ck.names if strip_prefix(n) not in TIED_HEADS and table.describe(n).module == "embed"]
-            if len(found) == 1:
-                keyed[i][head] = found[0]
+            embed = ck.input_embedding  # (not Gemma-4's per-layer embedding beside it)
+            if embed is not None:
+                keyed[i][head] = embed
                 notes.append(
-                    f"{ck.spec}: ties {head} to its input embedding {found[0]}, which another checkpoint stores "
+                    f"{ck.spec}: ties {head} to its input embedding {embed}, which another checkpoint stores "
                     f"untied; {head} is compared with that embedding's values there."
                 )
 

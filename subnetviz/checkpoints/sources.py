@@ -52,6 +52,18 @@ if TYPE_CHECKING:  # torch is imported where tensors are read: locating files an
     import torch
 
 
+INPUT_EMBEDDINGS = frozenset({"embed_tokens", "wte", "embed_in", "word_embeddings", "embeddings", "embed"})
+"""The module names of the input embeddings transformers ties an output head to (Llama's and Gemma's
+``embed_tokens``, GPT-2's ``wte``, GPT-NeoX's ``embed_in``, BERT's and BLOOM's ``word_embeddings``, Mamba's
+``embeddings``, DeepSeek-V4's ``embed``): :attr:`Checkpoint.input_embedding` among several embedding tables."""
+
+
+def _module_of(name: str) -> str:
+    """The module a parameter belongs to, by its name: ``model.embed_tokens.weight`` -> ``embed_tokens``."""
+    parts = name.rsplit(".", 2)
+    return parts[-2] if len(parts) > 1 else ""
+
+
 class Checkpoint:
     """A lazy per-tensor view of one checkpoint. Nothing is loaded until :meth:`get` is called."""
 
@@ -198,11 +210,23 @@ class Checkpoint:
         if not tie_word_embeddings(self.config):
             return None
         heads = [n for n in self.names if strip_prefix(n) in TIED_HEADS]
-        table = self.names_table
-        embeds = [n for n in self.names if strip_prefix(n) not in TIED_HEADS and table.describe(n).module == "embed"]
-        if not heads or len(embeds) != 1:
+        embed = self.input_embedding
+        if not heads or embed is None:
             return None
-        return None if _same_values(self.get(heads[0]), self.get(embeds[0])) else (heads[0], embeds[0])
+        return None if _same_values(self.get(heads[0]), self.get(embed)) else (heads[0], embed)
+
+    @property
+    def input_embedding(self) -> str | None:
+        """The stored input embedding an output head tied to it is (transformers' ``_tied_weights_keys``, e.g.
+        ``lm_head.weight`` -> ``model.embed_tokens.weight``): the one tensor its naming table files as ``embed``, no
+        head; where it files several (Gemma-3n's and Gemma-4's per-layer embedding ``embed_tokens_per_layer``, BERT's
+        ``token_type_embeddings``, OPT-350m's ``project_in`` / ``project_out``), the one of them that is an input
+        embedding's weight by its module's name (:data:`INPUT_EMBEDDINGS`). None where there is no such one."""
+        table = self.names_table
+        found = [n for n in self.names if strip_prefix(n) not in TIED_HEADS and table.describe(n).module == "embed"]
+        if len(found) > 1:  # (the per-layer embedding of Gemma-4 may have the input embedding's very shape)
+            found = [n for n in found if _module_of(n) in INPUT_EMBEDDINGS and n.endswith(".weight")]
+        return found[0] if len(found) == 1 else None
 
     @property
     def architecture(self) -> str:

@@ -547,10 +547,8 @@ class _MaskOf:
                 for piece, index in param_pieces(strip_prefix(key), tuple(m.shape), stored) or ():
                     self.keyed.setdefault(piece, m[index] if index else m)
         self.embedding: str | None = None
-        if ck.tied_embeddings:
-            table = ck.names_table
-            found = [n for n in ck.names if n not in TIED_HEADS and table.describe(n).module == "embed"]
-            self.embedding = found[0] if len(found) == 1 else None
+        if ck.tied_embeddings:  # (the one a tied head is: Gemma-4's per-layer embedding beside it is not)
+            self.embedding = ck.input_embedding
 
     def __call__(self, *names: str) -> torch.Tensor | bool | None:
         if self.masks is None:
