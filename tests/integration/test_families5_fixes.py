@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from tests.ckpt_fixtures import read_state_dict, write_folder
+from tests.integration.test_inputs4_fixes import _loaded_counts  # (transformers' own count of a pair)
 
 HEAD, EMBED, PER_LAYER = "lm_head.weight", "model.embed_tokens.weight", "model.embed_tokens_per_layer.weight"
 TEXT = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_attention_heads=4, num_key_value_heads=2)
@@ -68,29 +69,6 @@ def gemma(request, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _loaded_changed(base: Path, ft: Path) -> tuple[int, int]:
-    """(parameters, entries changed bitwise) of ``ft`` against ``base`` as transformers 5 loads both: its
-    ``named_parameters`` (a tied head is its embedding's one tensor, counted once), a head a model ties read as
-    ``get_input_embeddings()``. Independent of subnetviz's reading and alignment."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # (the warning that it will NOT tie them)
-    try:
-        a, b = (AutoModelForCausalLM.from_pretrained(str(m), dtype=torch.bfloat16) for m in (base, ft))
-    finally:
-        logging.set_verbosity(verbosity)
-    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
-    numel = changed = 0
-    for name in sorted(set(pa) | set(pb)):
-        x = pa.get(name, a.get_input_embeddings().weight if name == HEAD else None)
-        y = pb.get(name, b.get_input_embeddings().weight if name == HEAD else None)
-        numel += y.numel()
-        changed += int((x.view(torch.int16) != y.view(torch.int16)).sum())
-    return numel, changed
-
-
 def test_the_input_embedding_a_gemma_head_ties_to_is_embed_tokens(gemma):
     from subnetviz.checkpoints import open_checkpoint
 
@@ -108,7 +86,7 @@ def test_a_gemma_finetune_storing_its_own_head_is_counted_as_transformers_loads_
 
     a = analyze_updates(str(gemma["base"]), [str(gemma[tag])], device="cpu")
     row = a.summary().iloc[0]
-    numel, changed = _loaded_changed(gemma["base"], gemma[tag])
+    numel, changed = _loaded_counts(gemma["base"], gemma[tag])
     assert changed == 5 and (int(row.numel), int(row.changed)) == (numel, changed)
     t = a.reports[0].tensors.set_index("name")
     assert t.loc[HEAD, "changed"] == 5 and t.loc[PER_LAYER, "changed"] == 0

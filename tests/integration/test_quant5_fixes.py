@@ -31,22 +31,11 @@ from subnetviz.analysis.quant import tensor_forms, unpack_words
 from subnetviz.analysis.sparsity import SparsityOptions
 from subnetviz.analysis.updates import analyze_updates
 from subnetviz.errors import CheckpointError, ConfigError
-from tests.ckpt_fixtures import write_folder
+from tests.ckpt_fixtures import one_layer_llama_config, write_folder
 
 S = "model.layers.0.mlp.up_proj"
 W = f"{S}.weight"
-LLAMA = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 256,
-    "hidden_size": 64,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 1,
-    "num_key_value_heads": 1,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
+LLAMA = one_layer_llama_config()
 NORM = {"model.norm.weight": torch.ones(64, dtype=torch.bfloat16)}
 
 
