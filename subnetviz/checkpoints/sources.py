@@ -52,10 +52,12 @@ if TYPE_CHECKING:  # torch is imported where tensors are read: locating files an
     import torch
 
 
-INPUT_EMBEDDINGS = frozenset({"embed_tokens", "wte", "embed_in", "word_embeddings", "embeddings", "embed"})
-"""The module names of the input embeddings transformers ties an output head to (Llama's and Gemma's
-``embed_tokens``, GPT-2's ``wte``, GPT-NeoX's ``embed_in``, BERT's and BLOOM's ``word_embeddings``, Mamba's
-``embeddings``, DeepSeek-V4's ``embed``): :attr:`Checkpoint.input_embedding` among several embedding tables."""
+BESIDE_INPUT_EMBEDDING = re.compile(r"(^|\.)(embed_tokens_per_layer|altup_projections|altup_unembed_projections)\.")
+"""Names of tables filed as embeddings beside the input embedding that no output head is tied to (Gemma-3n's and
+Gemma-4's per-layer embedding, Gemma-3n's AltUp projections): :attr:`Checkpoint.input_embedding` leaves them out.
+Only these: a
+model with other tables beside its word embedding (BERT's position and token-type embeddings) may have no head at
+all (a classifier), and its embedding was never taken for one; it still is not."""
 
 
 def _module_of(name: str) -> str:
@@ -219,13 +221,13 @@ class Checkpoint:
     def input_embedding(self) -> str | None:
         """The stored input embedding an output head tied to it is (transformers' ``_tied_weights_keys``, e.g.
         ``lm_head.weight`` -> ``model.embed_tokens.weight``): the one tensor its naming table files as ``embed``, no
-        head; where it files several (Gemma-3n's and Gemma-4's per-layer embedding ``embed_tokens_per_layer``, BERT's
-        ``token_type_embeddings``, OPT-350m's ``project_in`` / ``project_out``), the one of them that is an input
-        embedding's weight by its module's name (:data:`INPUT_EMBEDDINGS`). None where there is no such one."""
+        head, less the tables no head is tied to (:data:`BESIDE_INPUT_EMBEDDING`: Gemma-3n's and Gemma-4's per-layer
+        embedding ``embed_tokens_per_layer``, which may have the input embedding's very shape, and Gemma-3n's AltUp
+        projections). None where that
+        leaves none or several (BERT's word, position and token-type embeddings)."""
         table = self.names_table
         found = [n for n in self.names if strip_prefix(n) not in TIED_HEADS and table.describe(n).module == "embed"]
-        if len(found) > 1:  # (the per-layer embedding of Gemma-4 may have the input embedding's very shape)
-            found = [n for n in found if _module_of(n) in INPUT_EMBEDDINGS and n.endswith(".weight")]
+        found = [n for n in found if not BESIDE_INPUT_EMBEDDING.search(n)]
         return found[0] if len(found) == 1 else None
 
     @property
