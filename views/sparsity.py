@@ -367,7 +367,8 @@ def drill_down(ws, reports, crit: str, eta: float, said: list[str]) -> None:
     said.append(f"One matrix: {line(str)}")
     # side by side, or one under the other for a matrix twice as wide as tall or more: half the page gave a
     # 96 × 384 down_proj a strip of 100 × 25 px at 1024 px, its row labels over each other (walk8)
-    wide = wide_matrix(reports[model].tensors.set_index("key").loc[key, "shape"])
+    mats = reports[model].tensors
+    wide = wide_matrix(mats.loc[mats["key"] == key, "shape"].iloc[0])  # (as drill_parts finds its row)
     c, d = (st.container(),) * 2 if wide else st.columns(2)
     with c:
         ui.chart(figs["drill-image"], key="drill-image")
