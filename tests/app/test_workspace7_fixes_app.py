@@ -10,6 +10,7 @@ import pytest
 
 from tests.app_fixtures import open_page
 from tests.browser import E2E, wait_for_app
+from tests.unit.test_workspace7_fixes import CHIP_VISIBLE
 
 pytestmark = pytest.mark.slow
 
@@ -70,16 +71,7 @@ def test_the_model_picked_and_an_empty_choice_travel_in_the_link(app_env):
 
 
 # --- finding 3 in the app: the chips of right-to-left folder names, Chromium at 1024 px -------------------------------
-VISIBLE = """(e) => {
-    const text = e.firstChild, range = document.createRange(), box = e.getBoundingClientRect();
-    let shown = "";
-    for (let i = 0; i < text.length; i++) {
-        range.setStart(text, i); range.setEnd(text, i + 1);
-        const r = range.getBoundingClientRect();
-        if (r.width > 0 && r.left >= box.left - 0.5 && r.right <= box.right + 0.5) shown += text.data[i];
-    }
-    return shown;
-}"""
+VISIBLE = CHIP_VISIBLE  # the characters of a chip's text drawn whole inside its box
 
 
 @pytest.mark.e2e

@@ -83,7 +83,7 @@ CHIP = """<div class="st-key-ft"><span data-tag="" style="display:flex; width:16
 <span title="{path}" style="display:block; overflow:hidden; text-overflow:ellipsis; white-space:nowrap;
 font: 14px sans-serif; width:130px">{path}</span><button style="width:23px">×</button></span></div>"""
 # the characters of a chip's text drawn whole inside its box, in their order in the text (test_workspace3_fixes_app)
-VISIBLE = """() => Array.from(document.querySelectorAll("[data-tag] > span[title]")).map(e => {
+CHIP_VISIBLE = """(e) => {
     const text = e.firstChild, range = document.createRange(), box = e.getBoundingClientRect();
     let shown = "";
     for (let i = 0; i < text.length; i++) {
@@ -92,7 +92,8 @@ VISIBLE = """() => Array.from(document.querySelectorAll("[data-tag] > span[title
         if (r.width > 0 && r.left >= box.left - 0.5 && r.right <= box.right + 0.5) shown += text.data[i];
     }
     return shown;
-})"""
+}"""  # (one chip's; the app test runs it on the live page's chips)
+VISIBLE = f"""() => Array.from(document.querySelectorAll("[data-tag] > span[title]")).map({CHIP_VISIBLE})"""
 NAMES = ["מודל \u200fעברית", "نموذج", "my model v2", "emoji 🤖 model", "ckpt_٣"]
 
 
