@@ -175,7 +175,8 @@ def headline(h: dict) -> None:
         tip = f"Permutation p-value, {draws:,} draws of the null (the same count per block, drawn uniformly): " + (
             "none reached the observed overlap, so p is below 1/draws." if floor else "(1 + reached) / (1 + draws)."
         )
-        items.append((f"overlap × chance ({shown})", f"{h['overlap_x_chance']:.1f}×", tip, None))
+        # (3 significant digits as the values above: at one decimal 0.166 read "0.2×" and any ratio under 0.05 "0.0×")
+        items.append((f"overlap × chance ({shown})", f"{num(h['overlap_x_chance'])}×", tip, None))
     # At most two to a row: the longest labels ("Δ bits/token, random set ablated") need half the main column there.
     width = min(uilogic.metrics_per_row([value or "—" for _, value, _, _ in items]), 2)
     for start in range(0, len(items), width):
@@ -295,6 +296,7 @@ def analyse(model: str, corpus: str, where: str) -> None:
     names += ["Residual stream"] * (res.residual is not None) + ["Overlap"] * (res.overlap is not None)
     names += ["Generations"] * (gens is not None)
     # Sections as tabs that draw only when open (2–4 charts, not 8: a revisit draws faster); in the URL.
+    _said_if_not_offered("bg_tab", names, "tab", "this analysis's tabs")
     tabs = dict(zip(names, st.tabs(names, key="bg_tab", on_change="rerun", bind="query-params"), strict=True))
     if tabs["Ablation"].open:
         with tabs["Ablation"]:
@@ -470,10 +472,12 @@ def body() -> None:
     where = f"model {config.redact_value(model)} · corpus {config.redact_value(corpus)}"
     model = selection.resolve_choice(model, members)
     corpus = uilogic.corpus_choice(corpus)
+    views = ["Analyse a mask", "Train a mask"]
+    _said_if_not_offered("bg_view", views, "view", "this page's views")
     view = st.segmented_control(
         "View",
-        ["Analyse a mask", "Train a mask"],
-        default="Analyse a mask",
+        views,
+        default=views[0],
         required=True,
         key="bg_view",
         bind="query-params",
@@ -511,6 +515,17 @@ def _link_choice(key: str, options: list[str], default: str, what: str, said: se
     if raw is not None and raw not in options and raw not in said and key not in st.session_state:
         ui.warning(uilogic.stale_link_line(what, raw, "this server's bigram masks", default))
     return shown
+
+
+def _said_if_not_offered(key: str, options: list[str], what: str, among: str) -> None:
+    """Before the widget ``key`` bound to the URL is drawn (the tabs, the view): a link's entry that names none of
+    its ``options`` is said in one line with the first option, shown instead, as the pickers' entries are. Streamlit
+    drops such an entry from the URL with no word."""
+    raw = st.query_params.get(key)
+    stale = raw is not None and raw not in options
+    line = uilogic.stale_link_line(what, raw, among, options[0]) if stale else None
+    if said := uilogic.link_fallback(st.session_state, key, line, options[0]):
+        ui.warning(said)
 
 
 def _to_link(key: str, value: str, default: str) -> None:

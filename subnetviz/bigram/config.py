@@ -186,7 +186,8 @@ class BigramJobConfig:
 
     def validate(self) -> None:
         """ConfigError for a model folder without config.json, an architecture without a maskable-weight
-        table, a corpus or table that does not exist, the zoo corpus for a model whose tokenizer does not
+        table, a corpus or table that does not exist (an ``hf:`` data set or split the local datasets cache lacks:
+        :func:`~subnetviz.bigram.stats.check_cached_hub_dataset`), the zoo corpus for a model whose tokenizer does not
         read the zoo's ids (:func:`check_zoo_tokenizer`), a text or dataset corpus for a model folder without a
         tokenizer file, or a device torch does not see. Reads the model's ``config.json`` (and, for the zoo corpus,
         its tokenizer), never its weights."""
@@ -197,13 +198,15 @@ class BigramJobConfig:
             if not self.table_path.is_file():
                 raise ConfigError(f"{self.table_path}: the zoo's bigram table is missing; build the demo zoo first.")
             check_zoo_tokenizer(self.model, self.table_path)
-        elif self.corpus.startswith("hf:"):
-            pass  # a hub id (checked with the config's shape), read from the local datasets cache
+        elif self.corpus.startswith("hf:"):  # in the local datasets cache, as the run will load it (a lookup)
+            from subnetviz.bigram.stats import check_cached_hub_dataset
+
+            check_cached_hub_dataset(self.corpus)
         elif not Path(self.corpus).expanduser().exists():
             raise ConfigError(
                 f"corpus {self.corpus!r}: not 'zoo', an existing text file, a saved dataset folder or hf:<name>."
             )
-        elif self.bigram and not Path(self.bigram).is_file():
+        if self.corpus != "zoo" and self.bigram and not Path(self.bigram).is_file():  # (hf: corpora too)
             raise ConfigError(f"bigram table {self.bigram!r} does not exist.")
         if self.corpus != "zoo":  # (the zoo corpus' own check says it): the model's tokenizer cuts the corpus
             _check_has_tokenizer(self.model, self.corpus)

@@ -468,6 +468,34 @@ def hub_offline():
                 )
 
 
+def check_cached_hub_dataset(spec: str) -> tuple[str, str]:
+    """``hf:<name>[:<split>]`` -> (what ``load_dataset`` is given, the split: "train" unless named), once the local
+    datasets cache holds the data set and that split: ConfigError, one line naming it, otherwise. A cache lookup
+    (``datasets.load_dataset_builder`` inside :func:`hub_offline`: its ``dataset_info.json``, no row read, nothing
+    asked of the hub), as :func:`corpus_from_dataset` then loads it: a bigram-mask job's config is checked with it
+    when it is queued (a mistyped name was queued and failed only when the run started, minutes later)."""
+    import datasets
+
+    from subnetviz.config import display_path
+
+    name, split = hub_dataset(spec)
+    path = cached_dataset(spec, name)
+    try:
+        with hub_offline():
+            builder = datasets.load_dataset_builder(path)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as exc:
+        cache = display_path(datasets.config.HF_DATASETS_CACHE)
+        raise ConfigError(
+            f"{spec}: not a local dataset: {name} is not in the local Hugging Face datasets cache ({cache}), and "
+            f"nothing is downloaded ({type(exc).__name__})."
+        ) from None
+    split = split or "train"
+    splits = list(builder.info.splits or ())  # (unknown for some cached layouts: the load then says it)
+    if splits and split not in splits:
+        raise ConfigError(f"{spec}: the local datasets cache's {name} has no split {split!r}; it holds {splits}.")
+    return path, split
+
+
 _DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what load_from_disk looks for first
 
 
@@ -580,10 +608,9 @@ def corpus_from_dataset(
     # The cache only: reuse_cache_if_exists fetched a dataset the cache lacked (hub_offline: nothing asked of it).
     try:
         if folder is None:
-            name, split = hub_dataset(spec)
-            path = cached_dataset(spec, name)
+            path, split = check_cached_hub_dataset(spec)  # (a name the cache lacks: the job's own words, first)
             with hub_offline():
-                ds = datasets.load_dataset(path, split=split or "train", download_mode="reuse_cache_if_exists")
+                ds = datasets.load_dataset(path, split=split, download_mode="reuse_cache_if_exists")
         else:
             ds = datasets.load_from_disk(folder)
     except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as exc:
