@@ -54,6 +54,21 @@ class ConfigError(SubnetvizError):
     """A job or analysis configuration with a missing, unknown or out-of-range field."""
 
 
+class CastRangeError(ConfigError):
+    """A mixed-precision pair that cannot be compared at the precision it is compared at by default (the
+    finetune's dtype): the base's values lie beyond that dtype's range and would read as Inf. ``checkpoint``: the
+    finetune's ``spec``, as :class:`NonFiniteError`'s. It depends on the precision, not on the files alone: the app
+    leaves that finetune out at this precision only (compared again at fp32 or bf16) and compares the others; one
+    fp16 finetune among bf16 ones blanked every analysis page."""
+
+    def __init__(self, message: str = "", checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+    def __reduce__(self):  # (pickled with its checkpoint: a Ray worker's error reaches the app whole)
+        return type(self), (str(self), self.checkpoint)
+
+
 class JobError(SubnetvizError):
     """A job cannot be started, found or cancelled (run folder exists, build already running)."""
 

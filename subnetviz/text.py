@@ -60,15 +60,20 @@ def terminal_text(text: object) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", visible_controls(escaped(str(text))))
 
 
+_SEPARATORS = re.compile(r"[^A-Za-z0-9_]+")
+
+
 def file_slug(text: str, limit: int = 80) -> str:
-    """``text`` (a chart's name, as the figure picker shows it) as a file-name part: ASCII letters and digits in
-    lower case joined by "-", at most ``limit`` characters, cut at a "-"; a name cut, or one with no such letters
-    (a Hebrew run name), ends in 8 hex digits of its whole text, so two charts' files differ where their names do.
-    Two runs' Series charts were both ``subnetviz-series.svg``."""
+    """``text`` (a chart's name, as the figure picker shows it) as a file-name part: its ASCII letters, digits and
+    "_" as they are (case kept), every run of other characters one "-", at most ``limit`` characters, cut at a "-";
+    a slug that lost more than separators (a name cut, an accent dropped, no such letters at all: a Hebrew run name)
+    ends in 8 hex digits of its whole text, so two charts' files differ where their names do. Two runs' Series
+    charts were both ``subnetviz-series.svg``; lower-cased with "_" folded, the finetunes ``grpo_s0``, ``grpo-s0``
+    and ``GRPO-s0`` had one slug, and their heatmaps one file name. Names differing only in which separator they
+    use ("a b", "a-b") still share one (the browser numbers a second download; no file is overwritten)."""
     ascii_ = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_.lower()).strip("-")
-    whole = slug and len(slug) <= limit and slug == re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    if whole:
+    slug = _SEPARATORS.sub("-", ascii_).strip("-")
+    if slug and slug == _SEPARATORS.sub("-", text).strip("-") and len(slug) <= limit:
         return slug
     digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     cut = slug[: limit - 9].rsplit("-", 1)[0] if len(slug) > limit - 9 else slug

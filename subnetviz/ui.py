@@ -25,7 +25,7 @@ import streamlit as st
 
 from subnetviz import config, selection, uilogic
 from subnetviz.cache import MANIFEST, file_stamp, touch
-from subnetviz.errors import NonFiniteError, SubnetvizError
+from subnetviz.errors import CastRangeError, NonFiniteError, SubnetvizError
 from subnetviz.memo import Memo
 from subnetviz.selection import PRECISIONS, Workspace, saved_masks, zoo_members
 from subnetviz.text import file_slug
@@ -484,9 +484,9 @@ def _unsaved_masks(linked: list[str], masks: list[str], mask_files: dict[str, st
 def readable(ws: Workspace) -> Workspace:
     """``ws`` without the finetunes whose headers cannot be read (a run deleted since a link was shared, a folder
     moved), that cannot be compared with the base (another architecture: :func:`misfit`) or that an analysis found
-    holding NaN or Inf (:func:`leave_out_nonfinite`, remembered for these files), which it adds to ``left_out`` with
-    the reason in one line: one such entry raised in the update analysis, and Workspace, Sparsity, Spectra, Overlap
-    and Behaviour drew nothing for the finetunes that were still there."""
+    holding NaN or Inf or could not compare at its precision (:func:`leave_out_nonfinite`, remembered for these
+    files), which it adds to ``left_out`` with the reason in one line: one such entry raised in the update analysis,
+    and Workspace, Sparsity, Spectra, Overlap and Behaviour drew nothing for the finetunes that were still there."""
     kept, left = [], []
     base = _base_fingerprint(ws.base) if ws.finetuned else None
     for label, path in ws.finetuned:
@@ -496,11 +496,11 @@ def readable(ws: Workspace) -> Workspace:
             left.append((label, path, uilogic.named(label, path, exc)))
             continue
         why = misfit(ws.base, base, path, info["fingerprint"]) if base else None
-        bad = _known_nonfinite(ws.base, base, path, info["fingerprint"]) if base and why is None else None
+        bad = _known_nonfinite(ws.base, base, path, info["fingerprint"], ws.precision) if base and not why else None
         if why is not None:
             left.append((label, path, f"{label} is left out (it cannot be compared with the base): {why}"))
         elif bad is not None:
-            left.append((label, path, f"{label} is left out (its weights are not all finite): {bad}"))
+            left.append((label, path, f"{label} is left out ({bad[0]}): {bad[1]}"))
         else:
             kept.append((label, path))
     return replace(ws, finetuned=tuple(kept), left_out=ws.left_out + tuple(left)) if left else ws
@@ -534,24 +534,42 @@ def _nonfinite_key(base: str, base_fingerprint: str, path: str, fingerprint: str
     return ("nonfinite", base, base_fingerprint, path, fingerprint)
 
 
-def _known_nonfinite(base: str, base_fingerprint: str, path: str, fingerprint: str) -> str | None:
-    """The error an analysis raised for the finetune ``path`` against ``base`` (its stored weights hold NaN or Inf,
-    :func:`leave_out_nonfinite`), or None when none did: a memo lookup, nothing is read."""
-    key = _nonfinite_key(base, base_fingerprint, path, fingerprint)
-    if not _memo().known(key, "info"):
-        return None
-    return _memo().get_or_compute(key, lambda: None, kind="info")
+def _cast_range_key(base: str, base_fingerprint: str, path: str, fingerprint: str, precision: str | None) -> tuple:
+    """The memo's key of a pair that cannot be compared at ``precision`` (the sidebar's; None: the stored dtypes,
+    :class:`~subnetviz.errors.CastRangeError`), as :func:`_nonfinite_key` with the precision: at another precision
+    the finetune is compared again."""
+    return ("cast-range", base, base_fingerprint, path, fingerprint, precision)
 
 
-def nonfinite_finetune(ws: Workspace, exc: NonFiniteError) -> str | None:
-    """The path of the finetune of ``ws`` whose stored weights ``exc`` says hold NaN or Inf, or None (the base's, a
-    Δ that overflowed, a checkpoint not named). The update and subspaces passes carry the checkpoint
-    (``exc.checkpoint``), matched against the workspace's paths only."""
+# what each remembered refusal says of the finetune it leaves out (readable's line)
+_LEFT_OUT_WHY = {"nonfinite": "its weights are not all finite", "cast-range": "not comparable at this precision"}
+
+
+def _known_nonfinite(
+    base: str, base_fingerprint: str, path: str, fingerprint: str, precision: str | None
+) -> tuple[str, str] | None:
+    """``(why, error)`` of what an analysis raised for the finetune ``path`` against ``base`` (its stored weights
+    hold NaN or Inf, or the pair cannot be compared at ``precision``: :func:`leave_out_nonfinite`), or None when it
+    raised neither: memo lookups, nothing is read."""
+    for key in (
+        _nonfinite_key(base, base_fingerprint, path, fingerprint),
+        _cast_range_key(base, base_fingerprint, path, fingerprint, precision),
+    ):
+        if _memo().known(key, "info"):
+            return _LEFT_OUT_WHY[key[0]], _memo().get_or_compute(key, lambda: None, kind="info")
+    return None
+
+
+def nonfinite_finetune(ws: Workspace, exc: NonFiniteError | CastRangeError) -> str | None:
+    """The path of the finetune of ``ws`` whose stored weights ``exc`` says hold NaN or Inf (or whose pair with the
+    base cannot be compared at this precision), or None (the base's, a Δ that overflowed, a checkpoint not named).
+    The update and subspaces passes carry the checkpoint (``exc.checkpoint``), matched against the workspace's paths
+    only."""
     return next((p for p in ws.paths if p != ws.base and exc.checkpoint == p), None)
 
 
 def leave_out_nonfinite(
-    ws: Workspace, exc: NonFiniteError, key_of: Callable[[Workspace], Hashable] | None = None
+    ws: Workspace, exc: NonFiniteError | CastRangeError, key_of: Callable[[Workspace], Hashable] | None = None
 ) -> NoReturn:
     """An analysis of ``ws`` found a finetune holding NaN or Inf (``exc``): remembered for its files (process-wide,
     as analyses are: no session reads it again to find out) and the page run again, where :func:`readable` leaves
@@ -559,7 +577,9 @@ def leave_out_nonfinite(
     blanked Sparsity and Spectra for every model. ``exc`` is raised as it is (one page-wide line, as before) when it
     names no finetune of the sidebar's workspace: the base holds it, or a workspace a page built itself (Series'
     steps), which the sidebar's run again would not leave it out of. ``key_of``: the :func:`heavy` key of the work
-    on a workspace; the visitor's Compute for ``ws`` holds for the others (not asked for a second time)."""
+    on a workspace; the visitor's Compute for ``ws`` holds for the others (not asked for a second time). A
+    :class:`~subnetviz.errors.CastRangeError` (a base past the finetune's fp16 range, at the stored precision) is
+    remembered for ``ws``'s precision only: at fp32 that finetune is compared again."""
     path, sidebar = nonfinite_finetune(ws, exc), workspace()
     base = _base_fingerprint(ws.base)
     if path is None or base is None or sidebar.base != ws.base or path not in sidebar.paths:
@@ -567,9 +587,12 @@ def leave_out_nonfinite(
     if key_of is not None and st.session_state.get(_started(key_of(ws))):
         rest = replace(ws, finetuned=tuple(f for f in ws.finetuned if f[1] != path))
         st.session_state[_started(key_of(rest))] = True
-    _memo().get_or_compute(
-        _nonfinite_key(ws.base, base, path, checkpoint_info(path)["fingerprint"]), lambda: str(exc), kind="info"
-    )
+    fingerprint = checkpoint_info(path)["fingerprint"]
+    if isinstance(exc, CastRangeError):
+        key = _cast_range_key(ws.base, base, path, fingerprint, ws.precision)
+    else:
+        key = _nonfinite_key(ws.base, base, path, fingerprint)
+    _memo().get_or_compute(key, lambda: str(exc), kind="info")
     if path in readable(sidebar).paths:  # (the page run again would meet it again: said here instead, no loop)
         raise exc
     st.rerun()
@@ -802,7 +825,9 @@ def update_analysis(
     try:  # (the bar emptied also where the computation raises: it stood part-way over the error)
         try:
             result = get()
-        except NonFiniteError as exc:  # a finetune holding NaN/Inf: left out, the others compared (the page runs again)
+        # a finetune holding NaN/Inf, or that cannot be compared at this precision: left out, the others compared (the
+        # page runs again)
+        except (NonFiniteError, CastRangeError) as exc:
             opts = dict(spectra=spectra, mask_tolerance=mask_tolerance, eta=eta)
             leave_out_nonfinite(ws, exc, lambda w: uilogic.analysis_key(w, fingerprints(w), **opts))
         if result.source_dir is not None:  # its masks are read from there, when a view needs them

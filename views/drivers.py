@@ -159,14 +159,18 @@ def _results() -> None:
         if tab.open:
             with tab:
                 if "dr-factors" in keys:
+                    # its default always the measure shown (the widget is known by its key alone): drawn with the
+                    # first option's default on later runs, a browser whose radio the polling fragment redrew
+                    # before it had taken the first run's value sent that default back, and a link's KL fell to
+                    # sparsity while a drivers job was queued or running (the URL lost dr_value)
                     options = list(dfig.MEASURE)
                     value = st.radio(
                         "Measure",
                         options,
+                        index=options.index(value),
                         format_func=lambda m: dfig.MEASURE[m][0],
                         horizontal=True,
                         key="dr_value",
-                        **({} if "dr_value" in st.session_state else {"index": options.index(value)}),
                     )
                 figs, tables = ui.shared(result_parts, results, v, value)
                 for key in keys:

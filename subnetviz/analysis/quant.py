@@ -64,7 +64,8 @@ A float side against a quantized one counts the changed entries that are only th
 codes, requantised with each library's own arithmetic (:func:`_rounding_only`, :attr:`TensorForm.requant`).
 
 A float pair stored in two dtypes is compared at the finetune's, the base cast to it; a base value past that dtype's
-range is refused naming the base (:func:`_cast_base`).
+range is refused naming the base and carrying the finetune (:func:`_cast_base`: the app leaves that finetune out
+and compares the others).
 
 Which form a tensor has is decided from the headers and ``quantization_config``
 (:func:`tensor_forms`); an unknown quantization method or a scale that does not fit its weight's
@@ -98,7 +99,7 @@ from subnetviz.analysis.quant_codes import (
 )
 from subnetviz.analysis.sparsity import PairStats, SparsityOptions, cast_overflow, compare_pair
 from subnetviz.checkpoints.nvfp4 import FP4_EXPERTS, FP4_GROUP, fp4_experts_declared, fp8_scale_names
-from subnetviz.errors import CheckpointError, ConfigError
+from subnetviz.errors import CastRangeError, CheckpointError
 
 DEFAULT_BLOCK = 128
 # quantization_config.quant_method values this module knows (effective comparison or codes).
@@ -582,7 +583,8 @@ def _code_only_form(method: str, m, config: dict) -> TensorForm:
     each word holds the codes of consecutive input rows, code k of word r in bits k·b.. being input row
     (words / b)·r + k (AutoGPTQ's and GPTQModel's ``pack``); such words are unpacked into their codes
     (:func:`unpack_words`) and compared code by code. Any other width (3 bits: codes straddle words) or layout
-    (marlin, AWQ's GEMV): compared as stored words, each said to hold its codes (:func:`_words_form`)."""
+    (marlin, AWQ's GEMV): compared as stored words, each said to hold its codes (:func:`_words_form`); the label
+    names the layout, cut to :data:`_ECHO_CHARS` (a config's text, echoed in ``stored_as`` and the notes)."""
     qc = config.get("quantization_config") or config.get("compression_config") or {}
     bits = qc.get("bits", qc.get("w_bit"))
     fmt = str(qc.get("checkpoint_format") or qc.get("format") or "gptq").lower()
@@ -598,8 +600,17 @@ def _code_only_form(method: str, m, config: dict) -> TensorForm:
         return TensorForm(
             "codes", None, f"GPTQ int{bits} codes (qweight unpacked, {width // bits} a word)", unpack=bits, entry=unit
         )
-    layout = "" if method != "gptq" or fmt in ("gptq", "gptq_v2") else f" {fmt}"
+    layout = "" if method != "gptq" or fmt in ("gptq", "gptq_v2") else f" {_echoed(fmt)}"
     return _words_form(f"{_CODE_ONLY[method]}{layout}", m, bits if type(bits) is int else None)
+
+
+_ECHO_CHARS = 60  # the most of a config's own text that a label echoes
+
+
+def _echoed(text: str, limit: int = _ECHO_CHARS) -> str:
+    """A config's own text as a label echoes it: cut to ``limit`` characters with an ellipsis (a 300-character
+    ``checkpoint_format`` went whole into ``stored_as`` and the notes)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _words_form(what: str, m, bits: int | None) -> TensorForm:
@@ -1046,12 +1057,16 @@ SIDE_COLUMNS = ["model", "key", "name", "group", "layer", "module", "shape", "nu
 
 
 class FormLog:
-    """What took a non-default path, per finetuned model, turned into one note per kind."""
+    """What took a non-default path, per finetuned model, turned into one note per kind.
+
+    A kind is a tuple: its name (``"codes"``, ``"q"``, ``"cast"``, ``"scale"``, ...) and its fields, kept apart: a
+    field can be a config's own text (GPTQ's ``checkpoint_format``), which a kind packed into one string with "|"
+    between its fields split into too many parts (a ValueError for ``"marlin|v2"``)."""
 
     def __init__(self):
-        self.events: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
+        self.events: dict[tuple[int, tuple], list[tuple[str, int, int]]] = {}
 
-    def add(self, i: int, kind: str, name: str, changed: int = 0, numel: int = 0) -> None:
+    def add(self, i: int, kind: tuple, name: str, changed: int = 0, numel: int = 0) -> None:
         self.events.setdefault((i, kind), []).append((name, changed, numel))
 
     def notes(self, i: int) -> list[str]:
@@ -1062,23 +1077,24 @@ class FormLog:
             n, changed, numel = len(ev), sum(e[1] for e in ev), sum(e[2] for e in ev)
             ex = ", ".join(e[0] for e in ev[:4]) + (" ..." if n > 4 else "")
             touched = sum(1 for e in ev if e[1])
-            if kind.startswith("cast:"):
-                da, db = kind[5:].split(">")
+            what, *fields = kind
+            if what == "cast":
+                da, db = fields
                 out.append(
                     f"Mixed precision: {n} tensor(s) stored as {da} in the base and {db} in the finetune "
                     f"({ex}): compared at the finetune's stored dtype {db}, the base cast with "
                     "round-to-nearest-even as saving would. --precision / the precision control override."
                 )
-            elif kind == "buffer":
+            elif what == "buffer":
                 out.append(
                     f"Buffers: {n} non-parameter tensor(s) ({ex}) compared bitwise: {changed:,} changed entries "
                     f"in {touched}; listed under buffers, not counted in the weight sparsity."
                 )
-            elif kind == "scale":
+            elif what == "scale":
                 # (a model whose weights are compared as codes only counts no weight for a changed scale: the
                 # note said "changed counts them" beside the codes note saying it does not)
                 mine = {k for (m, k) in self.events if m == i}
-                codes_only = any(k.startswith("codes:") for k in mine) and not any(k.startswith("q:") for k in mine)
+                codes_only = any(k[0] == "codes" for k in mine) and not any(k[0] == "q" for k in mine)
                 out.append(
                     f"Quantization scales: {n} tensor(s) ({ex}) compared bitwise: {changed:,} of {numel:,} "
                     f"scale values changed in {touched}. "
@@ -1090,17 +1106,17 @@ class FormLog:
                         "weights as dequantised), changed_codes the stored codes that differ."
                     )
                 )
-            elif kind.startswith("q:"):
-                what, rule = kind[2:].split("|")
+            elif what == "q":
+                form, rule = fields
                 codes = numel  # this kind's events carry the changed codes in the third slot
                 out.append(
-                    f"{what} weights: {n} tensor(s) ({ex}) compared as the model computes with them, dequantised "
+                    f"{form} weights: {n} tensor(s) ({ex}) compared as the model computes with them, dequantised "
                     f"(w = {rule}, float32): {changed:,} changed; as everywhere else (masks, tolerances, spectra, "
                     f"overlap). Stored codes that differ (changed_codes): {codes:,}; their ULP bins count code steps."
                 )
-            elif kind.startswith("codes:"):
-                label, per, entry = kind[6:].split("|")
-                if int(per):
+            elif what == "codes":
+                label, per, entry = fields
+                if per:
                     said = (
                         f"; each {entry} unpacked into its {per} codes (code k of word r is input row {per}r + k), "
                         "so an entry is one code"
@@ -1118,15 +1134,15 @@ class FormLog:
                     "scales or zero points changed while its codes did not is not counted as changed (the "
                     "Quantization scales note counts those)."
                 )
-            elif kind.startswith("forms2:"):
+            elif what == "forms2":
                 out.append(
-                    f"Stored forms differ ({kind[7:]}): {n} tensor(s) ({ex}); both sides were dequantised (float32) "
+                    f"Stored forms differ ({fields[0]}): {n} tensor(s) ({ex}); both sides were dequantised (float32) "
                     f"and compared as weights ({numel:,} changed), not code by code: changed_codes counts the same "
                     "entries."
                 )
-            elif kind.startswith("forms:"):
+            elif what == "forms":
                 out.append(
-                    f"Stored forms differ ({kind[6:]}): {n} tensor(s) ({ex}); the quantized side was "
+                    f"Stored forms differ ({fields[0]}): {n} tensor(s) ({ex}); the quantized side was "
                     "dequantised (float32) and compared with the other at its stored dtype."
                     + (
                         f" Of their {numel:,} changed entries, {changed:,} ({changed / numel:.2%}) are exactly what "
@@ -1148,7 +1164,7 @@ def side_row(
     a, b = read_aligned(ck_base, at, 0, dev), read_aligned(ck, at, 1, dev)
     group = "buffers" if "buffer" in (fa.kind, fb.kind) else "scales"
     changed = compare_buffer(a, b)
-    log.add(i, "buffer" if group == "buffers" else "scale", at.names[0], changed, b.numel())
+    log.add(i, ("buffer",) if group == "buffers" else ("scale",), at.names[0], changed, b.numel())
     dtype = str(b.dtype).replace("torch.", "") + ("" if a.dtype == b.dtype else f" (base {str(a.dtype)[6:]})")
     return {
         "model": model,
@@ -1200,8 +1216,8 @@ def compare_aligned(
     name = at.names[0]
     if fa.kind == fb.kind == "float":
         if options.precision is None and a.dtype != b.dtype:
-            log.add(i, f"cast:{str(a.dtype)[6:]}>{str(b.dtype)[6:]}", name)
-            a = _cast_base(a, b.dtype, ck_base, name)  # round-to-nearest-even, as saving in b's dtype would
+            log.add(i, ("cast", str(a.dtype)[6:], str(b.dtype)[6:]), name)
+            a = _cast_base(a, b.dtype, ck_base, ck, name)  # round-to-nearest-even, as saving in b's dtype would
         st = compare_pair(a, b, options, name=name, packed=packed)
 
         def float_delta(e: int | None = None) -> torch.Tensor:
@@ -1218,7 +1234,7 @@ def compare_aligned(
             )
         st = compare_unpacked(a, b, fb.unpack, options, name) if fb.unpack else compare_codes(a, b, options, name=name)
         per = a.dtype.itemsize * 8 // fb.unpack if fb.unpack else 0  # (codes a word, where unpacked)
-        log.add(i, f"codes:{fb.label}|{per}|{fb.entry}", name, st.changed)
+        log.add(i, ("codes", fb.label, per, fb.entry), name, st.changed)
         return st, st.changed, None
     if fa.kind == fb.kind and fa.kind in ("fp8", "int8") and _same_scales(fa, fb, ck_base, ck):
         side_a, side_b = _Side(a, fa, ck_base, dev, name), _Side(b, fb, ck, dev, name)  # (scales read and checked)
@@ -1258,23 +1274,27 @@ def compare_aligned(
         said = f"{said_a} on both sides, their columns grouped differently (weight_g_idx)"
     else:
         said = f"{said_a} vs {said_b}"
-    log.add(i, f"{'forms2' if both else 'forms'}:{said}", name, rounding, st.changed)
+    log.add(i, ("forms2" if both else "forms", said), name, rounding, st.changed)
     return st, st.changed, delta
 
 
-def _cast_base(a: torch.Tensor, dtype: torch.dtype, ck_base, name: str) -> torch.Tensor:
+def _cast_base(a: torch.Tensor, dtype: torch.dtype, ck_base, ck, name: str) -> torch.Tensor:
     """Base float tensor ``a`` cast to the finetune's ``dtype`` (round-to-nearest-even), as a mixed-precision pair
-    is compared when no precision is chosen; refused in one line naming the base where the cast overflows (a bf16
-    base's outliers past float16's ±65504 would read as Inf, and the finetune be said to hold NaN/Inf), as the
-    float16 precision refuses it (:func:`~subnetviz.analysis.sparsity.cast_overflow`)."""
+    is compared when no precision is chosen; refused in one line naming the base, the finetune ``ck`` and the count
+    where the cast overflows (a bf16 base's outliers past float16's ±65504 would read as Inf, and the finetune be
+    said to hold NaN/Inf), as the float16 precision refuses it (:func:`~subnetviz.analysis.sparsity.cast_overflow`).
+    The error carries ``ck.spec``: this pair alone cannot be compared at this precision, and the app leaves that
+    finetune out, not every other (a ConfigError blanked every analysis page)."""
     cast = a.to(dtype)
     if torch.finfo(a.dtype).max <= torch.finfo(dtype).max or not (over := cast_overflow(a, cast)):
         return cast
     wider = "fp32 or bf16" if dtype == torch.float16 else "fp32"
-    raise ConfigError(
+    raise CastRangeError(
         f"{ck_base.spec}: {name}: {over:,} value(s) of the base tensor ({str(a.dtype)[6:]}) lie beyond "
-        f"{str(dtype)[6:]}'s range (±{torch.finfo(dtype).max:g}), the finetune's dtype, at which a mixed-precision "
-        f"pair is compared by default; compare at {wider} (--precision) instead."
+        f"{str(dtype)[6:]}'s range (±{torch.finfo(dtype).max:g}), the dtype of the finetune {ck.spec}, at which a "
+        f"mixed-precision pair is compared by default; compare at {wider} (the comparison precision, --precision) "
+        "instead.",
+        checkpoint=ck.spec,
     )
 
 
@@ -1634,23 +1654,23 @@ def _check_bnb_format(ck, scb: str) -> None:
         )
 
 
-def _log_kind(form: TensorForm, scale: torch.Tensor) -> str:
-    """The :class:`FormLog` kind of a quantized pair: ``q:<what>|<how it is dequantised>``."""
+def _log_kind(form: TensorForm, scale: torch.Tensor) -> tuple[str, str, str]:
+    """The :class:`FormLog` kind of a quantized pair: ``("q", <what>, <how it is dequantised>)``."""
     if form.kind == "fp8":  # (packed experts' 3-D scales: one per expert and output feature, fbgemm's)
-        return "q:FP8|code × scale[e, j]" if scale.dim() == 3 else "q:FP8|code × scale[i // bs, j // bs]"
+        return "q", "FP8", "code × scale[e, j]" if scale.dim() == 3 else "code × scale[i // bs, j // bs]"
     if form.divisor != 1.0:
-        return "q:bitsandbytes int8|code × SCB[i] / 127"
+        return "q", "bitsandbytes int8", "code × SCB[i] / 127"
     if form.table == "e2m1" and form.label.startswith(FP4_EXPERTS):
-        return f"q:{FP4_EXPERTS}|E2M1[code] × {form.scale.rsplit('.', 1)[-1]}[i, j // {form.group}]"
+        return "q", FP4_EXPERTS, f"E2M1[code] × {form.scale.rsplit('.', 1)[-1]}[i, j // {form.group}]"
     if form.table == "e2m1":
-        return f"q:NVFP4|E2M1[code] × weight_scale[i, j // {form.group}] (with its tensor-wide factor)"
+        return "q", "NVFP4", f"E2M1[code] × weight_scale[i, j // {form.group}] (with its tensor-wide factor)"
     if form.table is not None:  # (absmax: one scale per block of a row's columns)
         t = form.table.upper()
-        return f"q:bitsandbytes {t}|{t}[code] × absmax[i, j // {form.group}]"
+        return "q", f"bitsandbytes {t}", f"{t}[code] × absmax[i, j // {form.group}]"
     group = f"[i, {form.act_order.name.rsplit('.', 1)[-1]}[j]]" if form.act_order else f"[i, j // {form.group}]"
     idx = "" if math.prod(scale.shape) == 1 else group if form.group else "[i]"
     code = f"(code − {form.zero.rsplit('.', 1)[-1]}{idx})" if form.zero else "code"  # (weight_zero_point, qzeros)
-    return f"q:{form.label.removesuffix(' codes')}|{code} × {form.scale.rsplit('.', 1)[-1]}{idx}"
+    return "q", form.label.removesuffix(" codes"), f"{code} × {form.scale.rsplit('.', 1)[-1]}{idx}"
 
 
 def _layout_said(form: TensorForm, scales: str | None = None) -> str:

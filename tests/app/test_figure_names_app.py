@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize(
     "name,slug",
     [
-        ("Which entries changed", "which-entries-changed"),
-        ("Series: update sparsity · 20261207-110000-grpo-sub/", "series-update-sparsity-20261207-110000-grpo-sub"),
+        ("Which entries changed", "Which-entries-changed"),
+        ("Series: update sparsity · 20261207-110000-grpo-sub/", "Series-update-sparsity-20261207-110000-grpo-sub"),
     ],
 )
 def test_an_ascii_name_is_its_own_slug(name, slug):
