@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from subnetviz import figures, ui, uilogic
-from subnetviz.errors import NonFiniteError
+from subnetviz.errors import CastRangeError, NonFiniteError
 
 
 def body() -> None:
@@ -67,7 +67,9 @@ def subspaces(ws) -> None:
             planned=True,  # (one decomposition at a time in this server: each checks its memory against what is free)
             recheck=partial(memory_skip_check, ws, int(k)),  # (comparisons skipped for memory: again once it is free)
         )
-    except NonFiniteError as exc:  # a finetune holding NaN/Inf: left out, the others compared (as the Δ tab does)
+    # a finetune holding NaN/Inf, or past a dtype's range at its pair's precision: left out, the others compared (as
+    # the Δ tab does)
+    except (NonFiniteError, CastRangeError) as exc:
         ui.leave_out_nonfinite(ws, exc, partial(subspaces_key, k=int(k)))
     figs, tables, notes = subspace_parts(ws, int(k), model, side, data)
     bar.empty()

@@ -78,7 +78,7 @@ from subnetviz.analysis.subspaces_linalg import (
     principal_overlap,
     top_k,
 )
-from subnetviz.errors import ConfigError, NonFiniteError
+from subnetviz.errors import CastRangeError, ConfigError, NonFiniteError
 
 __all__ = [
     "SubspaceOptions",
@@ -429,15 +429,15 @@ def analyze_subspaces(
                 what = (_read_as(a_all, fa), _read_as(b_all, fb), _dtype_name(dtype))
                 cast[what] = cast.get(what, 0) + len(_parts(at))
             if not packed:  # the pair as compared (the stored tensors dropped where cast)
-                a_all = _cast(a_all, dtype, ck_base, at.names[0], chosen is not None)
-                b_all = _cast(b_all, dtype, ck, at.names[1], chosen is not None)
+                a_all = _cast(a_all, dtype, ck_base, at.names[0], chosen is not None, ck)
+                b_all = _cast(b_all, dtype, ck, at.names[1], chosen is not None, ck)
             for name, e in _parts(at):
                 a, b = (
                     (a_all, b_all)
                     if e is None
                     else (
-                        _cast(a_all[e].to(dev), dtype, ck_base, name, chosen is not None),
-                        _cast(b_all[e].to(dev), dtype, ck, name, chosen is not None),
+                        _cast(a_all[e].to(dev), dtype, ck_base, name, chosen is not None, ck),
+                        _cast(b_all[e].to(dev), dtype, ck, name, chosen is not None, ck),
                     )
                 )
                 if (at.rows, e, dtype) not in base_top:  # (finetunes of other dtypes compare other base roundings)
@@ -509,17 +509,20 @@ def _read_as(x: torch.Tensor, form) -> str:
     return _dtype_name(x.dtype) + ("" if form.kind == "float" else " (dequantised)")
 
 
-def _cast(x: torch.Tensor, dtype: torch.dtype, ck, name: str, chosen: bool = False) -> torch.Tensor:
+def _cast(x: torch.Tensor, dtype: torch.dtype, ck, name: str, chosen: bool = False, finetune=None) -> torch.Tensor:
     """``x`` (finite weights of ``name`` in ``ck``) at the compared ``dtype``; refused in one line where the cast
     overflows (an fp32 or bf16 weight beyond float16's ±65504 against an fp16 finetune, or with fp16 ``chosen`` as
-    the comparison precision)."""
+    the comparison precision). At the pair's own dtype (not ``chosen``) the refusal is the pair's: a
+    :class:`~subnetviz.errors.CastRangeError` carrying the finetune's spec (``finetune``, the pair's checkpoint),
+    which the app leaves out at this precision, the others compared (as the update analysis' refusal)."""
     y = x.to(dtype)
     if y.dtype != x.dtype and not bool(torch.isfinite(y).all()):
         what = "the comparison precision chosen" if chosen else "the dtype the pair is compared at"
-        fix = "compare at bf16 or fp32 (--precision)" if chosen else "compare checkpoints stored in one dtype"
-        raise ConfigError(
-            f"{ck.spec} :: {name}: weights beyond {_dtype_name(dtype)}'s range once cast to it ({what}); {fix}."
-        )
+        fix = "compare at bf16 or fp32 (--precision)" if chosen else "compare at fp32 or bf16 (--precision)"
+        line = f"{ck.spec} :: {name}: weights beyond {_dtype_name(dtype)}'s range once cast to it ({what}); {fix}."
+        if chosen:
+            raise ConfigError(line)
+        raise CastRangeError(line, checkpoint=finetune.spec)
     return y
 
 

@@ -60,3 +60,14 @@ def test_a_drivers_links_measure_is_the_radios_default_on_every_run(grid):  # no
     radio.set_value("accuracy").run()  # another measure chosen: shown, and the default it is drawn with
     radio = at.radio(key="dr_value")
     assert radio.value == "accuracy" and radio.proto.default == 1 and not at.warning
+
+
+def test_the_subspaces_tab_leaves_the_fp16_finetune_out_too(app_env):
+    """Spectra's Subspaces tab decomposes the pair as compared (the base cast to the fp16 finetune's dtype): its
+    refusal was a ConfigError naming no finetune, one page-wide line for the tab and the bf16 finetune not drawn."""
+    home = app_env / "regressions15-cast-sub"
+    outlier_pair(home)
+    at = _open(home, ["A", "B"], base="b", ok=False, spec_tab="Subspaces of W_base vs W_ft")
+    (line,) = _errors(at)
+    assert line.startswith("B is left out (not comparable at this precision): ") and "float16's range" in line, line
+    assert at.selectbox(key="sub_model").options == ["A"]  # the bf16 finetune decomposed, the fp16 one not offered
