@@ -76,7 +76,11 @@ def launch(ws) -> None:
         on_cluster = bool(resolve_address(ui.compute_address()))  # jobs go to a Ray cluster: it hands out GPUs
         e1, e2, e3, e4, e5, *e6 = st.columns(6 if on_cluster else 5)
         steps = e1.number_input("Steps", 1, 100_000, 30, key="tr_steps")
-        lr = e2.number_input("Learning rate", 1e-8, 1.0, 1e-5, format="%.1e", key="tr_lr")
+        # below 1, as a run takes it (1.0 was offered, then refused on launch); 0.99 is the largest the field's
+        # two digits show as itself (0.999 read "1.0e+00")
+        lr = e2.number_input(
+            "Learning rate", 1e-8, 0.99, 1e-5, format="%.1e", key="tr_lr", help="above 0 and below 1 (at most 0.99)"
+        )
         seed = e3.number_input("Seed", 0, 2**31 - 1, 0, key="tr_seed")
         strategy = e4.selectbox(
             "Strategy",
@@ -144,13 +148,11 @@ def launch(ws) -> None:
             }
             if algorithm == "grpo":
                 cfg.update(batch_size=16, num_generations=8, max_completion_length=4)
-            kind = "random " if random_twin else "sub " if mask else ""
             # the mask read whole (bit-packed) before anything is queued: values outside {0, 1} are refused here,
             # not by the worker after "Queued run" (the submit check reads headers only)
             dense = mask_origin.dense_mask_note(mask_origin.mask_densities(masks[mask_label])) if mask else None
-            # (a multi-process run's strategy in its name: runs alike but for it were told apart by their id alone)
-            procs = f" {strategy} n={int(nproc)}" if strategy != "single" else ""
-            run_id, new = ui.submit_job(cfg, name=f"{algorithm} {kind}lr={lr:g} s={seed}{procs}")
+            name = pages.run_name(cfg, mask_label if mask else None, random_twin)
+            run_id, new = ui.submit_job(cfg, name=name)
             ui.queued_line(run_id, new, f"[Follow it in Runs](training?tr_view=Runs&tr_run={run_id}).")
             if eval_path is None:
                 ui.warning(

@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 from contextlib import nullcontext
+from pathlib import Path
 
 from subnetviz.cli.analysis import cmd_analyze, cmd_behavior, cmd_experiment
 from subnetviz.cli.app import DEFAULT_PORT, cmd_app, port
@@ -181,10 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--run-dir",
         help="a new folder to run in, as a queued job does (config.json, status.json, metrics.jsonl, tensorboard/; "
-        "the model in outputs/model; the log is this terminal's, no log.txt); without it the model goes to the "
-        "config's output_dir",
+        "the model in outputs/model; the log is this terminal's, no log.txt); one in SUBNETVIZ_HOME/runs is "
+        "registered when the run ends, so 'subnetviz runs' and the Training page list it ('runs --rescan' lists "
+        "it while it runs); without it the model goes to the config's output_dir",
     )
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=_train)
 
     j = sub.add_parser("job", help="(internal) the worker process of one queued job")
     j.add_argument("run_dir")
@@ -232,6 +234,47 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     rep.set_defaults(func=cmd_report)
     return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    """``train``; a ``--run-dir`` among the home's runs is registered once the run ends (:func:`register_run_dir`)."""
+    code = cmd_train(args)
+    if args.run_dir:
+        register_run_dir(args.run_dir)
+    return code
+
+
+def register_run_dir(run_dir: str) -> None:
+    """Register the folder of a ``train --run-dir`` that has ended, when it is one of SUBNETVIZ_HOME/runs and this
+    process made it (its foreground record names this process: not a folder that was there, refused), from its
+    config and final status as ``runs --rescan`` registers a folder (:mod:`~subnetviz.jobs.rescan`). A registry new
+    or empty is first rebuilt from every run folder, as any runner does on its first look. Left alone when already
+    registered (a rescan while it ran). It was listed by no page or ``runs`` until a rescan, though its help said
+    the folder is used "as a queued job does". A registry that cannot take it is said, the run's status kept."""
+    import sqlite3
+
+    from subnetviz import config
+    from subnetviz.jobs.context import read_json
+    from subnetviz.jobs.registry import FOREGROUND_FILE, Registry, same_folder
+    from subnetviz.jobs.rescan import _rebuilt, _run_folders, adopt_run_folders
+    from subnetviz.jobs.scheduler import REGISTRY_FILE
+
+    folder, root = Path(os.path.abspath(run_dir)), config.home_path() / "runs"
+    if not same_folder(folder.parent, root) or read_json(folder / FOREGROUND_FILE).get("pid") != os.getpid():
+        return
+    try:
+        registry = Registry(root / REGISTRY_FILE)
+        if adopt_run_folders(registry, only_when_empty=True) or folder.name not in {f.name for f in _run_folders(root)}:
+            return  # (rebuilt with it; or a name a rescan leaves out too: a dot folder's, one SQLite cannot hold)
+        with registry.transaction() as con:  # (one at a time with a runner's rescan: never registered twice)
+            if not con.execute("SELECT 1 FROM runs WHERE id = ?", (folder.name,)).fetchone():
+                if (rec := _rebuilt(folder, None)) is not None:
+                    registry.insert(con, rec)
+    except (SubnetvizError, OSError, sqlite3.Error) as exc:
+        print(
+            f"note: {shown(str(folder))} is not registered ({shown(str(exc))}); 'subnetviz runs --rescan' registers it.",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ export builds the views that are not open (run curves, the subnetwork-vs-full co
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,38 @@ def run_names(runs: pd.DataFrame) -> dict[str, str]:
         i: f"{n if isinstance(n, str) and n else k} · {i}"
         for i, n, k in zip(runs["id"], runs["name"], runs["kind"], strict=True)
     }
+
+
+# A runner's run id (runner.submit: "20261207-203318-train-ae5862"), whose random tail tells it from the others
+_RUN_ID = re.compile(r"\b\d{8}-\d{6}-[a-z_]+-([0-9a-f]{6})\b")
+_KEPT_COPY = re.compile(r"^update-mask-of-|-[0-9a-f]{16,}$")  # a kept update mask's file: selection.stored_mask_path
+MASK_NAME = 28  # characters of a mask's source in a run's generated name
+
+
+def mask_source(choice: str, width: int = MASK_NAME) -> str:
+    """A *Train only* choice as a run's generated name says where its mask came from: "update mask of grpo-s0" as
+    "grpo-s0", a saved "masks/grpo-seed0" as "grpo-seed0", a kept copy "uploads/update-mask-of-dpo-<hash>" as "dpo",
+    a run's id by its random tail ("run ae5862"); past ``width`` characters cut with "…"."""
+    name = _RUN_ID.sub(r"\1", choice.removeprefix("update mask of "))
+    folder, _, stem = name.partition("/")
+    if folder in ("masks", "uploads") and stem:  # a saved mask, by its file's name
+        name = _KEPT_COPY.sub("", stem) or stem
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def run_name(cfg: Mapping, mask_choice: str | None, random: bool = False) -> str:
+    """The name the Launch form gives the ``train`` run of ``cfg`` (the job config it queues): algorithm, what it
+    trains (``sub(<mask's source>)``, ``random(<source>)`` for the random control, nothing for a full finetune:
+    :func:`mask_source` of ``mask_choice``), steps, learning rate, seed, and a multi-process strategy. A 3-step run
+    and a 400-step one on other masks were both "sft sub lr=1e-05 s=0", told apart by their ids alone."""
+    what = f"{'random' if random else 'sub'}({mask_source(mask_choice)}) " if mask_choice else ""
+    strategy, n = cfg.get("strategy", "single"), cfg.get("num_processes", 1)
+    procs = f" {strategy} n={n}" if strategy != "single" else ""  # (runs alike but for it were told apart by id)
+    steps = cfg["steps"]
+    return (
+        f"{cfg['algorithm']} {what}{steps:,} step{'s' if steps != 1 else ''} lr={cfg['learning_rate']:g} "
+        f"s={cfg['seed']}{procs}"
+    )
 
 
 def run_processes(cfg: Mapping, recorded: Mapping | None = None) -> str:
@@ -142,7 +175,8 @@ def curves_figure(
     colour on every other page (:func:`run_colors`).
     Runs of a kind whose rows are no training steps are left out. A step whose value is NaN or Inf is marked with
     an x at the top of its panel (hover: which metric, which step), and a run whose loss or gradient norm went
-    non-finite says "(diverged at step k)" in the legend (and the title, for the chosen run). A run with no finite
+    non-finite says "(diverged at step k)" in the legend (and the title, for the chosen run), and one that failed or
+    was cancelled where it stopped, "(failed at step k of n)" (:func:`stopped_at`). A run with no finite
     value at all (NaN from step 1) still gets its colour, legend entry and marks: overlaid on a run that drew those
     metrics, it had none, and the chart failed (KeyError)."""
     frames, marks, cut = [], [], False
@@ -155,10 +189,10 @@ def curves_figure(
         rows, left_out = read_metrics(Path(rec.run_dir) / METRICS_FILE)
         cut = cut or left_out
         points, bad = curve_points(rows)
-        label = names[rid]
         diverged = bad.loc[bad["metric"].isin(DIVERGED), "step"]
-        if len(diverged):
-            label += f" (diverged at step {int(diverged.min()):,})"
+        said = [f"diverged at step {int(diverged.min()):,}"] if len(diverged) else []
+        said += [stop] if (stop := stopped_at(rec, rows)) else []
+        label = names[rid] + (f" ({'; '.join(said)})" if said else "")
         model_of[label] = _model_dir(rec.run_dir)
         label_of[rid] = label
         # A metric this run logged only as NaN/Inf gets an empty line (no point drawn) in its panel: the panel is
@@ -198,6 +232,21 @@ def curves_figure(
             line_dash=("dash", "dot", "dashdot")[i % 3], selector={"legendgroup": run, "mode": "lines+markers"}
         )
     return fig
+
+
+def stopped_at(rec, rows: Sequence[Mapping] = ()) -> str | None:
+    """Where a run that failed or was cancelled stopped, as its curves' legend says it: "failed at step 12 of 400",
+    "cancelled at step 35 of 400" (the registry's step, else the last step its metrics ``rows`` logged; "of N" where
+    its total is known); None for a run that did not stop so. Unmarked, a run killed at step 12 of 400 read as a
+    finished run of 12 steps beside the full-length runs it was overlaid on."""
+    if rec.status not in ("failed", "cancelled"):
+        return None
+    logged = [r["step"] for r in rows if type(r.get("step")) is int]
+    step = rec.step if type(rec.step) is int else max(logged, default=None)
+    if step is None:
+        return rec.status
+    total = f" of {rec.total:,}" if type(rec.total) is int and rec.total > 0 else ""
+    return f"{rec.status} at step {step:,}{total}"
 
 
 def title_lines(head: str, width: int = TITLE_LINE) -> list[str]:

@@ -257,13 +257,15 @@ class TrainConfig:
             ("max_completion_length", 1, MAX_COMPLETION_LENGTH),
         ):
             problems += int_problems(name, getattr(self, name), lo, hi)
-        for name in ("learning_rate", "beta", "weight_decay", "max_grad_norm"):
+        for name in ("beta", "weight_decay", "max_grad_norm"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < math.inf:  # NaN, ∞ too
                 why = " (0: no clipping)" if name == "max_grad_norm" else ""
                 problems.append(f"{name} must be a finite number >= 0{why}, got {v!r}")
-        if isinstance(self.learning_rate, int | float) and not 0 < self.learning_rate < 1:
-            problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
+        # One rule, said once: a negative or NaN rate was told both ">= 0" and "in (0, 1)" (NaN, ∞ fail it too)
+        lr = self.learning_rate
+        if not isinstance(lr, int | float) or isinstance(lr, bool) or not 0 < lr < 1:
+            problems.append(f"learning_rate must be a number above 0 and below 1, got {lr!r}")
         if not isinstance(self.bf16, bool):
             problems.append(f"bf16 must be true or false, got {self.bf16!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:

@@ -273,7 +273,7 @@ def test_the_default_run_name_says_a_multi_process_strategy(app_env, queued, str
     at.selectbox(key="tr_alg").select("sft")
     at.selectbox(key="tr_strategy").select(strategy)
     _launch(at)
-    assert [(c["strategy"], name) for c, name in queued] == [(strategy, f"sft lr=1e-05 {tail}")]
+    assert [(c["strategy"], name) for c, name in queued] == [(strategy, f"sft 30 steps lr=1e-05 {tail}")]
 
 
 # --- 5: a run named as the other pickers name it -------------------------------------------------------------------

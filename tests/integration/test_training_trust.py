@@ -326,7 +326,8 @@ def test_an_infinite_hyperparameter_is_refused_before_training(tiny, tmp_path, n
     was published, and its analysis ended on 2,880 NaN/Inf values."""
     from subnetviz.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=rf"{name} must be a finite number >= 0"):
+    rule = "a number above 0 and below 1" if name == "learning_rate" else "a finite number >= 0"
+    with pytest.raises(ConfigError, match=rf"{name} must be {rule}"):
         train(_cfg(tiny, tmp_path, **{name: float("inf")}))
     assert not (tmp_path / "out").exists()
 
