@@ -184,18 +184,42 @@ def test_a_summary_without_the_weights_record_says_so(finished_run, app_env):
 # --- D3: the comparison's base row ------------------------------------------------------------------------------------
 
 
+def _planted_eval(sft: Path, base: Path, out: Path) -> Path:
+    """An eval set on which the zoo's sft and base score differently, planted: the prompts "a+b=" whose greedy
+    completions (8 new tokens, as the held-out accuracy generates) differ between the two, answered with sft's. The
+    micro zoo's members all scored 0 % on A_eval on some machines, where the two bases could not be told apart."""
+    from subnetviz.checkpoints.models import load_causal_lm, load_tokenizer
+
+    prompts = [f"{a}+{b}=" for a in range(10) for b in range(10)]
+    done = {}
+    for folder in (sft, base):
+        tok = load_tokenizer(folder)
+        enc = tok(prompts, return_tensors="pt")  # (one length: no padding)
+        model = load_causal_lm(folder).eval()
+        with torch.no_grad():
+            gen = model.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=tok.eos_token_id)
+        done[folder] = [
+            t.strip() for t in tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        ]
+    rows = [(p, a) for p, a, b in zip(prompts, done[sft], done[base], strict=True) if a != b][:64]
+    assert rows, "sft and the base complete every prompt alike"
+    out.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in rows))
+    return out
+
+
 def test_the_comparison_base_row_is_the_base_both_runs_were_trained_from(finished_run, app_env):
     """Two runs trained from another base (here the zoo's sft member, their models exact copies of it) were
     scored beside the sidebar's base (the zoo's base) under the label "base". The base row is their base: scored
-    as the identical copies are, and as the zoo build measured sft on set A."""
+    as the identical copies are, on an eval set where the two bases differ."""
     from subnetviz.demo import load_zoo
+    from subnetviz.training.evaluate import evaluate_accuracy
 
     zoo = load_zoo()
-    sft, base = zoo.manifest.member("sft"), zoo.manifest.member("base")
-    assert sft.accuracy_A != base.accuracy_A  # the planted difference between the two bases
-    eval_file = str(Path(app_env) / "zoo" / "data" / "A_eval.jsonl")
+    eval_file = _planted_eval(zoo.root / "sft", zoo.root / "base", Path(app_env) / "runs2-planted-eval.jsonl")
+    sft, base = (evaluate_accuracy(zoo.root / m, eval_file) for m in ("sft", "base"))
+    assert sft != base  # the planted difference between the two bases
     for run_id in ("runs2-full", "runs2-sub"):
-        model = finished_run(run_id, {"algorithm": "sft", "base": str(zoo.root / "sft"), "eval_data": eval_file})
+        model = finished_run(run_id, {"algorithm": "sft", "base": str(zoo.root / "sft"), "eval_data": str(eval_file)})
         model.rmdir()
         shutil.copytree(zoo.root / "sft", model)
     at = open_page(
@@ -210,7 +234,7 @@ def test_the_comparison_base_row_is_the_base_both_runs_were_trained_from(finishe
     rows = dict(zip(acc["model"], acc["accuracy"], strict=True))
     (label,) = [m for m in rows if m.startswith("base")]
     assert label.startswith("base (") and "sft" in label
-    assert rows[label] == rows["full"] == rows["subnetwork"] == pytest.approx(sft.accuracy_A)
+    assert rows[label] == rows["full"] == rows["subnetwork"] == pytest.approx(100 * sft)  # (in %)
 
 
 # --- D4 / D8: curves of a continual job, and of a run that went NaN ---------------------------------------------------
