@@ -1271,13 +1271,6 @@ def in_url(key: str, value: str | list[str], default: str | list[str]) -> None:
         st.query_params[key] = text
 
 
-def kept_choice(key: str, options: Sequence[str]) -> str:
-    """A control's value while the tab holding it is closed (it draws only when open): the last one chosen
-    there (Streamlit keeps an unmounted widget's value under its key), else the first option."""
-    value = st.session_state.get(key)
-    return value if value in options else options[0]
-
-
 def need_pair(ws: Workspace) -> None:
     """Stop a page that compares a base with finetunes when the workspace has no such pair, saying why
     (:func:`~subnetviz.uilogic.missing_pair_line`)."""

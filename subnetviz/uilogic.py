@@ -275,6 +275,23 @@ def stale_link_line(what: str, asked: object, among: str, shown: str) -> str:
     return f"The link's {what} {entry_name(str(asked))} is not among {among}; {shown} is shown instead."
 
 
+def stale_choices_line(what: str, dropped: Sequence[str], among: str, instead: Sequence[str] | None) -> str | None:
+    """:func:`stale_link_line` for a multiple choice read from a link (:func:`url_choices`): the link's entries
+    ``dropped`` (those naming nothing on offer; ``what``: one's kind, singular) and what is shown instead,
+    ``instead`` (the picker's default, where none of the link's entries is left), or, for None, that they are left
+    out (the link's other entries shown); None when nothing was dropped. "The link's masks a, b are not among the
+    masks on offer here; they are left out." """
+    if not dropped:
+        return None
+    many = len(dropped) > 1
+    names = some_names([entry_name(str(d)) for d in dropped])
+    head = f"The link's {what}{'s' if many else ''} {names} {'are' if many else 'is'} not among {among}"
+    if instead is None:
+        return f"{head}; {'they are' if many else 'it is'} left out."
+    shown = some_names([str(i) for i in instead]) or "none"
+    return f"{head}; {shown} {'are' if len(instead) > 1 else 'is'} shown instead."
+
+
 def missing_pair_line(ws: Workspace, base_chosen: bool) -> str | None:
     """What a page comparing a base with finetunes says when it has no pair to compare (None: it has one). A base
     that was chosen but refused, or finetunes that were chosen but all left out, are said above the page (their

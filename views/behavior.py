@@ -1,6 +1,7 @@
 """Behaviour: what the finetunes now do differently from the base (KL, accuracy), and which weights carry it."""
 
 import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +19,8 @@ def prompt_files() -> dict[str, str]:
 
 
 ROUTERS = "MoE routers (swap)"  # the routers as a revert mask: the finetune with the base's, and the other way
+HERE = "computed here (cached)"  # the Results picker's own computation, beside the finished background jobs
+LIMITS = [16, 64, 256]  # prompts per set
 
 
 def mask_choices(ws) -> dict[str, str]:
@@ -136,18 +139,24 @@ def body() -> None:
     ui.need(
         bool(files), "No prompt sets: build the demo zoo, or run `python -m subnetviz behavior ... --prompts FILE`."
     )
-    masks = fitting_masks(masks, ws.base)
-    c1, c2, c3 = st.columns([2, 2, 1])
-    chosen = c1.multiselect("Prompt sets", list(files), default=list(files)[:1], key="bh_prompts", bind="query-params")
+    offered, masks = masks, fitting_masks(masks, ws.base)
+    # A link's prompt sets, masks, count and results this server does not offer are said, with what is shown
+    # instead: they were swapped for the defaults without a word (a finished job's results this server lacks, for
+    # the visitor's own workspace's numbers).
+    sets = _linked_many("bh_prompts", list(files), list(files)[:1], "prompt set", "this server's prompt sets")
     # The masks (and Per token's model and experiment) are read from the URL and written back by hand (ui.in_url):
     # bound, a mask removed in the sidebar was dropped while the URL kept it, and a link made from it reverted other
     # masks than the sender's page showed once the mask was back. (A link's mask offered no more, as an old
-    # "zoo grpo-s0", is left out, as the bound picker left it.)
+    # "zoo grpo-s0", is left out, with a line; one that does not fit this base is said by fitting_masks.)
     usual = list(masks)[:1]
-    linked = uilogic.url_choices(st.query_params.get_all("bh_masks"), list(masks), usual)
+    linked = _linked_many("bh_masks", list(masks), usual, "mask", "the masks on offer here", set(offered) - set(masks))
+    _said_if_not_offered("bh_limit", LIMITS, "prompts per set", f"the counts on offer ({', '.join(map(str, LIMITS))})")
+    c1, c2, c3 = st.columns([2, 2, 1])
+    chosen = c1.multiselect("Prompt sets", list(files), default=sets, key="bh_prompts")
+    ui.in_url("bh_prompts", chosen, list(files)[:1])
     mask_names = c2.multiselect("Masks to revert", list(masks), default=linked, key="bh_masks")
     ui.in_url("bh_masks", mask_names, usual)
-    limit = c3.selectbox("Prompts per set", [16, 64, 256], key="bh_limit", bind="query-params")
+    limit = c3.selectbox("Prompts per set", LIMITS, key="bh_limit", bind="query-params")
     curve = st.toggle("Revert curve (|Δ| order vs random order)", value=True, key="bh_curve", bind="query-params")
     ui.need(bool(chosen), "Pick at least one prompt set.")
     cfg = {
@@ -165,7 +174,9 @@ def body() -> None:
     runs = finished_runs(registry)
     # A select box, whose options are plain text: a radio renders its options as Markdown, and run names hold
     # folder names ("ft-**v2**" was drawn in bold, "![p](…)" an image).
-    source = st.selectbox("Results", ["computed here (cached)", *runs], key="bh_source", bind="query-params")
+    among = "this server's finished behaviour runs"
+    _said_if_not_offered("bh_source", [HERE, *runs], "results", among, f"{HERE}, for the models in the sidebar,")
+    source = st.selectbox("Results", [HERE, *runs], key="bh_source", bind="query-params")
     if source in runs:
         from subnetviz.analysis.behavior import read_behavior
 
@@ -247,45 +258,57 @@ KL = ["kl_forward", "kl_reverse"]  # a prompt's accuracy is one right-or-wrong: 
 
 def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
     """The results' tabs and the export; ``context``: what made them (named in the export)."""
-    # A shared URL's prompt the number input cannot take ("inf", "1e999": its int() overflowed, a bug notice) is
-    # dropped, and the input not seeded from the URL in this run (Streamlit seeds it from the URL as first read).
-    raw = st.query_params.get("bh_prompt")
-    prompt_bind = "query-params" if raw is None or uilogic.url_int(raw) is not None else None
-    if prompt_bind is None:
-        del st.query_params["bh_prompt"]
     said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
     notes = res.get("notes")
     for note in dict.fromkeys(notes["note"] if notes is not None else ()):  # masks placed, prompts cut, ...
         ui.note(str(note), said)
+    # Each tab has its own controls (Per token draws both KLs, with no measure to choose). They are read and written
+    # by hand (_linked, _keep), whichever tab is open: a closed tab's control is not drawn, and bound to the URL, its
+    # entry left the URL as its tab closed (a link copied on Per prompt opened Per model on the forward KL, while the
+    # sender's page and export kept accuracy). A link's entry they cannot take is said, with what is shown instead.
+    name = bfig.MEASURE.get
+    value = _linked("bh_value", list(bfig.MEASURE), "measure", "the Per model tab's measures", name)
+    kl = _linked("bh_kl", KL, "KL", "the Per prompt tab's KLs", name)
+    tokens = res["tokens"]
+    models = list(dict.fromkeys(tokens["model"]))
+    places = ui.shared(bfig.prompt_places, tokens)  # each prompt's set and its number there
+    names = {p: bfig.prompt_name(place) for p, place in places.items()}
+    if models:  # Per token's model, experiment and prompt (the export's too)
+        model = _linked("bh_model", models, "model", "these results' models")
+        experiments = experiments_of(tokens, model)
+        experiment = _linked("bh_exp", experiments, "experiment", f"the experiments run on {model}")
+        prompt = _linked("bh_prompt", list(names), "prompt", "these results' prompts", names.get)
+    routing = res.get("routing")
+    sets = routing_sets(routing)
+    domain = _linked("bh_domain", sets, "prompt set", "the routing's prompt sets") if sets else None
+    _said_if_not_offered("bh_tab", TABS, "tab", "this page's tabs")
     # Sections as tabs that draw only when open: 1-2 charts per view instead of four (faster to show).
     tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")
-    # Each tab has its own controls (Per token draws both KLs, with no measure to choose); a closed tab's
-    # choice stays as last made (Streamlit keeps it under its key), for the export.
-    value, kl = ui.kept_choice("bh_value", list(bfig.MEASURE)), ui.kept_choice("bh_kl", KL)
     if tabs[0].open:
         with tabs[0]:
-            value = _measure("Measure", list(bfig.MEASURE), "bh_value")
+            value = _measure("Measure", list(bfig.MEASURE), "bh_value", value)
             side_by_side(*ui.shared(model_parts, res, value))
     if tabs[1].open:
         with tabs[1]:
-            kl = _measure("KL", KL, "bh_kl")
+            kl = _measure("KL", KL, "bh_kl", kl)
             ui.chart(ui.shared(prompt_spread, res, kl), key="bh-hist")
-    tokens = res["tokens"]
-    models = list(dict.fromkeys(tokens["model"]))
-    selection = {}
+    _keep("bh_value", value, list(bfig.MEASURE)[0], name)
+    _keep("bh_kl", kl, KL[0], name)
     if tabs[2].open:
         with tabs[2]:
-            c1, c2, c3 = st.columns(3)
-            # (by hand, as the masks: the models are the workspace's finetunes, the experiments the masks reverted)
-            model = _url_select(c1, "Model", models, "bh_model")
-            experiment = _url_select(c2, "Experiment", experiments_of(tokens, model), "bh_exp")
-            n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
-            prompt = c3.number_input("Prompt", 0, max(n_prompts - 1, 0), 0, key="bh_prompt", bind=prompt_bind)
-            selection = {"model": model, "experiment": experiment, "prompt": int(prompt)}
-            ui.chart(ui.shared(token_figure, tokens, model, experiment, int(prompt)), key="bh-tokens")
-    routing = res.get("routing")
-    sets = routing_sets(routing)
-    domain = ui.kept_choice("bh_domain", sets) if sets else None
+            if not models:
+                st.info("These results hold no per-token rows.", icon=":material/info:")
+            else:
+                c1, c2, c3 = st.columns(3)
+                model = _select(c1, "Model", models, model, "bh_model")
+                experiments = experiments_of(tokens, model)
+                experiment = _select(c2, "Experiment", experiments, experiment, "bh_exp")
+                prompt = _select(c3, "Prompt", list(names), prompt, "bh_prompt", names.get)
+                ui.chart(ui.shared(token_figure, tokens, model, experiment, prompt, names[prompt]), key="bh-tokens")
+    if models:
+        _keep("bh_model", model, models[0])
+        _keep("bh_exp", experiment, experiments[0])
+        _keep("bh_prompt", prompt, list(names)[0])
     if tabs[3].open:
         with tabs[3]:
             if not sets:
@@ -295,18 +318,13 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
                 )
             else:
                 if len(sets) > 1:
-                    domain = st.selectbox("Prompt set", sets, key="bh_domain", bind="query-params")
+                    domain = _select(st, "Prompt set", sets, domain, "bh_domain")
                 side_by_side(*ui.shared(routing_parts, routing, domain))
-    if not selection and models:  # the token view's selection as the URL holds it, for the export
-        q = st.query_params
-        model = q.get("bh_model") if q.get("bh_model") in models else models[0]
-        experiments = experiments_of(tokens, model)
-        experiment = q.get("bh_exp") if q.get("bh_exp") in experiments else experiments[0]
-        # a prompt the results hold, as the tab's own number input takes it (a URL's "999" with 16 prompts: 0)
-        n_prompts = int(tokens["prompt"].max()) + 1 if len(tokens) else 1
-        prompt = uilogic.url_int(q.get("bh_prompt"), 0)
-        prompt = prompt if prompt < n_prompts else 0
-        selection = {"model": model, "experiment": experiment, "prompt": prompt}
+    if domain:
+        _keep("bh_domain", domain, sets[0])
+    # the token view's selection, named in the export: the prompt by its set and its number there
+    picked = (model, experiment, prompt, names[prompt]) if models else None
+    selection = {"model": model, "experiment": experiment, **_place(places[prompt])} if models else {}
     routing_params = {"routing prompt set": domain} if domain else {}
     ui.export_button(
         "Behaviour",
@@ -314,9 +332,16 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
         | routing_params,
         ["bh-bars", "bh-curves", "bh-hist", "bh-tokens", "bh-routing", "bh-load"],
         ["behavior-summary", "behavior-curves", "behavior-routing"],
-        more=lambda: every_tab(res, value, kl, selection, domain),
+        more=lambda: every_tab(res, value, kl, picked, domain),
         notes=said,
     )
+
+
+def _place(place: tuple[str | None, int]) -> dict:
+    """A prompt as the export names it: its set and its number there, or its number alone where the results name
+    no set (:func:`~subnetviz.figures.behavior.prompt_places`)."""
+    of_set, number = place
+    return {"prompt": number} if of_set is None else {"prompt set": of_set, "prompt": number}
 
 
 def side_by_side(figs: dict, tables: dict) -> None:
@@ -328,19 +353,79 @@ def side_by_side(figs: dict, tables: dict) -> None:
         ui.table(frame, key, caption)
 
 
-def _measure(label: str, options: list[str], key: str) -> str:
-    """A measure radio, named as on the charts (the tables keep the column names)."""
-    return st.radio(label, options, format_func=bfig.MEASURE.get, horizontal=True, key=key, bind="query-params")
+def _measure(label: str, options: list[str], key: str, value: str) -> str:
+    """A measure radio showing ``value`` (:func:`_linked`), named as on the charts (the tables keep the column
+    names)."""
+    return st.radio(label, options, index=options.index(value), format_func=bfig.MEASURE.get, horizontal=True, key=key)
 
 
-def _url_select(where, label: str, options: list[str], key: str) -> str | None:
-    """A select box in ``where`` whose option the URL's ``key`` names (else the first), written back once drawn
-    (:func:`~subnetviz.ui.in_url`): its options come from the results, which follow the workspace."""
-    usual = options[0] if options else None
-    value = uilogic.url_choice(st.query_params.get(key), options, usual)
-    value = where.selectbox(label, options, index=options.index(value) if options else 0, key=key)
-    ui.in_url(key, value, usual)
+def _select(where, label: str, options: list, value, key: str, name: Callable | None = None):
+    """A select box in ``where`` showing ``value`` (:func:`_linked`), its options named by ``name``."""
+    shown = {} if name is None else {"format_func": name}
+    return where.selectbox(label, options, index=options.index(value), key=key, **shown)
+
+
+def _mark(key: str) -> str:
+    return f"_bh_link:{key}"  # the session's value shown last of the control ``key``, once its link is read
+
+
+def _said_once(key: str, line: str | None, shown: object) -> None:
+    """``line`` (a link's ``key`` naming nothing on offer here, and what is shown instead; None when it names what
+    is on offer, or nothing) said from the run that first reads the link while ``shown`` stays shown
+    (:func:`~subnetviz.uilogic.link_fallback`). First read by a mark of the page's own: a control in a closed tab
+    is not drawn (its key is not in the session state), and a bound one is not there before its first draw."""
+    state, mark = st.session_state, _mark(key)
+    if mark in state:  # read already: what is shown now, compared with what was shown then
+        state[mark] = shown
+    if said := uilogic.link_fallback(state, mark, line, shown):
+        ui.warning(said)
+    state[mark] = shown
+
+
+def _said_if_not_offered(key: str, options: list, what: str, among: str, shown: str | None = None) -> None:
+    """Before the widget ``key`` bound to the URL is drawn: a link's entry naming none of its ``options`` is said,
+    with the first option (or ``shown``: how to name it), which the widget shows instead. Streamlit drops such an
+    entry from the URL with no word."""
+    raw = st.query_params.get(key)
+    stale = raw not in (None, "") and uilogic.url_choice(raw, options, None) is None
+    line = uilogic.stale_link_line(what, raw, among, shown or str(options[0])) if stale else None
+    _said_once(key, line, st.session_state.get(key, options[0]))
+
+
+def _linked_many(key: str, options: list[str], default: list[str], what: str, among: str, elsewhere=()) -> list:
+    """A multiple choice as the link's ``key`` gives it (:func:`~subnetviz.uilogic.url_choices`), its entries
+    naming nothing on offer said (:func:`~subnetviz.uilogic.stale_choices_line`) with the rest of the link's, or
+    ``default`` where none is left. Those in ``elsewhere`` are said by the caller (a mask that does not fit)."""
+    asked = st.query_params.get_all(key)
+    linked = uilogic.url_choices(asked, options, default)
+    dropped = [a for a in dict.fromkeys(asked) if a and a not in options and a not in elsewhere]
+    kept = any(a in options for a in asked)
+    line = uilogic.stale_choices_line(what, dropped, among, None if kept else linked)
+    _said_once(key, line, st.session_state.get(key, linked))  # (the picker's value, once it is drawn)
+    return linked
+
+
+def _linked(key: str, options: list, what: str, among: str, name: Callable = str):
+    """The value a tab's control shows: its own in this session (while its tab is open), else the one shown last
+    (Streamlit drops a control's value as its tab closes), else the one the link's ``key`` names (as ``name``
+    names it, or as text), else the first. A link's entry naming none of ``options`` is said, with the one shown."""
+    state, asked = st.session_state, st.query_params.get(key)
+    linked = next((o for o in options if asked in (str(o), name(o))), None)
+    value = next((v for v in (state.get(key), state.get(_mark(key)), linked) if _among(v, options)), options[0])
+    stale = asked not in (None, "") and linked is None
+    _said_once(key, uilogic.stale_link_line(what, asked, among, name(value)) if stale else None, value)
     return value
+
+
+def _among(value, options: list) -> bool:
+    return value is not None and not isinstance(value, list) and value in options
+
+
+def _keep(key: str, value, first, name: Callable = str) -> None:
+    """``value`` kept as the control's shown last (:func:`_linked`) and written into the URL whichever tab is open,
+    named as ``name`` names it (left out where it is the ``first`` option, as a bound control leaves it)."""
+    st.session_state[_mark(key)] = value
+    ui.in_url(key, name(value), name(first))
 
 
 def experiments_of(tokens: pd.DataFrame, model: str) -> list[str]:
@@ -365,9 +450,11 @@ def prompt_spread(res: dict, kl: str):
     return bfig.prompt_spread(finetuned, value=kl)
 
 
-def token_figure(tokens: pd.DataFrame, model: str, experiment: str, prompt: int):
+def token_figure(tokens: pd.DataFrame, model: str, experiment: str, prompt: int, name: str):
+    """Per token: one prompt's tokens (``prompt``: its number across every set; ``name``: its set and its number
+    there, :func:`~subnetviz.figures.behavior.prompt_name`)."""
     one = tokens[(tokens["model"] == model) & (tokens["experiment"] == experiment) & (tokens["prompt"] == prompt)]
-    return bfig.token_bars(one, title=f"{plain_label(model)} · {experiment} · prompt {prompt}: which tokens moved")
+    return bfig.token_bars(one, title=f"{plain_label(model)} · {experiment} · {plain_label(name)}: which tokens moved")
 
 
 def routing_sets(routing: pd.DataFrame | None) -> list[str]:
@@ -398,14 +485,13 @@ def routing_parts(routing: pd.DataFrame, domain: str) -> tuple[dict, dict]:
     return figs, tables
 
 
-def every_tab(res: dict, value: str, kl: str, selection: dict, domain: str | None = None) -> tuple[dict, dict]:
-    """Every tab's figures and tables, for the export (the closed tabs are built on click only)."""
+def every_tab(res: dict, value: str, kl: str, picked: tuple | None, domain: str | None = None) -> tuple[dict, dict]:
+    """Every tab's figures and tables, for the export (the closed tabs are built on click only); ``picked``: Per
+    token's model, experiment, prompt and its name (:func:`token_figure`)."""
     figs, tables = model_parts(res, value)
     figs = {**figs, "bh-hist": prompt_spread(res, kl)}
-    if selection:
-        figs["bh-tokens"] = token_figure(
-            res["tokens"], selection["model"], selection["experiment"], selection["prompt"]
-        )
+    if picked:
+        figs["bh-tokens"] = token_figure(res["tokens"], *picked)
     if domain:  # an MoE model's routing
         rf, rt = routing_parts(res["routing"], domain)
         figs, tables = {**figs, **rf}, {**tables, **rt}

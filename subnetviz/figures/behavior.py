@@ -3,7 +3,7 @@
 - :func:`kl_bars`: mean KL (nats/token) per model and experiment (finetuned, reverts, random control);
 - :func:`revert_curves`: KL or accuracy against the fraction of Δ reverted, |Δ| order vs random order;
 - :func:`prompt_spread`: the per-prompt distribution of mean KL, per model;
-- :func:`token_bars`: per-token KL along one prompt (which tokens moved);
+- :func:`token_bars`: per-token KL along one prompt (which tokens moved), :func:`prompt_places` placing it in its set;
 - :func:`routing_overlap`, :func:`routing_entropy`: an MoE model's routing against the base's, per layer.
 """
 
@@ -22,6 +22,31 @@ MEASURE = {  # what a measure is called on every chart (its column name is for t
     "kl_reverse": "Reverse KL(π ‖ π_base)",
     "accuracy": "Teacher-forced answer accuracy",
 }
+
+
+def prompt_places(frame: pd.DataFrame) -> dict[int, tuple[str | None, int]]:
+    """Each prompt of ``frame`` (its ``prompt`` column: numbered across every prompt set, in the results' order)
+    -> its set (``set``) and its number there, from 0: with two sets of 16, prompt 16 is the second set's first
+    (it was named "prompt 16", as if the first set's). Results that name no set (no ``set`` column): (None, the
+    prompt's number)."""
+    if "prompt" not in frame.columns or frame.empty:
+        return {}
+    cols = ["prompt", "set"] if "set" in frame.columns else ["prompt"]
+    first = frame[cols].drop_duplicates("prompt").sort_values("prompt", kind="stable")
+    if "set" not in first.columns:
+        return {int(p): (None, int(p)) for p in first["prompt"]}
+    counted: dict[str, int] = {}
+    places = {}
+    for p, s in zip(first["prompt"], first["set"].astype(str), strict=True):
+        places[int(p)] = (s, counted.setdefault(s, 0))
+        counted[s] += 1
+    return places
+
+
+def prompt_name(place: tuple[str | None, int]) -> str:
+    """A prompt as the charts and pickers name it (:func:`prompt_places`): "set B, prompt 0", or "prompt 16"."""
+    of_set, number = place
+    return f"prompt {number}" if of_set is None else f"set {of_set}, prompt {number}"
 
 
 def _scaled(value: str, y):
@@ -103,8 +128,11 @@ def prompt_spread(prompts: pd.DataFrame, value: str = "kl_forward", title: str |
         return no_data_figure(title)
     _require(prompts, ["model", value], "prompt_spread")
     colors = color_map(list(dict.fromkeys(prompts["model"])))
+    # the hover names a prompt by its set and its number there ("prompt 16" was the second set's first prompt)
+    named = {p: prompt_name(at) for p, at in prompt_places(prompts).items()} if "set" in prompts.columns else None
     fig = go.Figure()
     for model, g in prompts.groupby("model", sort=False):
+        which = None if "prompt" not in g.columns else g["prompt"] if named is None else g["prompt"].map(named)
         fig.add_trace(
             go.Box(
                 y=g[value],
@@ -115,8 +143,10 @@ def prompt_spread(prompts: pd.DataFrame, value: str = "kl_forward", title: str |
                 marker={"color": colors[str(model)], "size": 6, "opacity": 0.8},
                 line={"color": colors[str(model)]},
                 fillcolor="rgba(0,0,0,0)",
-                customdata=g["prompt"] if "prompt" in g.columns else None,
-                hovertemplate=("prompt %{customdata}: " if "prompt" in g.columns else "")
+                customdata=which,
+                hovertemplate=(
+                    "" if which is None else "prompt %{customdata}: " if named is None else "%{customdata}: "
+                )
                 + "%{y:.4g} nats per token<extra>"
                 + str(model)
                 + "</extra>",

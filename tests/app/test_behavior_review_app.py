@@ -1,4 +1,4 @@
-"""Behaviour page review fixes (AppTest): a shared URL whose prompt number the number input cannot take ("inf") falls
+"""Behaviour page review fixes (AppTest): a shared URL whose prompt number the prompt picker cannot take ("inf") falls
 back to the first prompt instead of a bug notice, and finished runs are offered as plain text (a select box), not as
 Markdown radio options that drew a folder named ``ft-**v2**`` in bold."""
 
@@ -16,7 +16,7 @@ def test_a_prompt_number_the_input_cannot_take_falls_back_to_the_first_prompt(ap
     at = open_page("behavior", bh_tab="Per token", bh_prompt=value)
     assert not at.exception, [e.message for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    assert at.number_input(key="bh_prompt").value == 0
+    assert at.selectbox(key="bh_prompt").value == 0
     titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
     assert any(t.endswith("prompt 0: which tokens moved") for t in titles), titles  # the Per token chart, prompt 0
 
