@@ -50,8 +50,17 @@ def by_expert(report: SparsityReport) -> pd.DataFrame:
 
 def routers(report: SparsityReport) -> pd.DataFrame:
     """The router tensors (module ``router``) of an MoE model: one row each, with their update counts (``mtp``:
-    the router of a multi-token-prediction module's layer)."""
+    the router of a multi-token-prediction module's layer). A shared expert's gate (Qwen2-MoE's
+    ``shared_expert_gate``, expert ``shared``: a sigmoid on that one expert, choosing none) is no router, and
+    is left out (:func:`is_router`)."""
     t = report.tensors
-    r = t[t["module"] == "router"]
+    r = t[[is_router(m, e) for m, e in zip(t["module"], t["expert"], strict=True)]]
     cols = ["model", "key", "layer", "expert", "numel", "changed", "sparsity", "max_abs_delta"]
     return r[cols].assign(mtp=r["block"].eq("mtp") if "block" in r else False).reset_index(drop=True)
+
+
+def is_router(module, expert) -> bool:
+    """Whether a tensor of naming ``module`` and ``expert`` is a router's (module ``router``), not a shared expert's
+    gate (Qwen2-MoE's ``shared_expert_gate``, module ``router`` of expert ``shared``: a sigmoid on that one expert,
+    which chooses no expert, as :func:`~subnetviz.analysis.routing.find_routers` says)."""
+    return module == "router" and not (isinstance(expert, str) and expert == "shared")  # (None / NA: no expert)

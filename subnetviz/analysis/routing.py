@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from subnetviz.analysis.experts import is_router
 from subnetviz.errors import ConfigError
 
 COLUMNS = [
@@ -235,9 +236,10 @@ def routing_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def router_tensors(ck) -> list[str]:
-    """The tensors checkpoint ``ck`` stores for its routers (module ``router`` in its naming table)."""
+    """The tensors checkpoint ``ck`` stores for its routers (module ``router`` in its naming table; a shared
+    expert's gate is none: :func:`is_router`)."""
     table = ck.names_table
-    return [n for n in ck.names if table.describe(n).module == "router"]
+    return [n for n in ck.names if is_router((i := table.describe(n)).module, i.expert)]
 
 
 def router_masks(builder) -> dict[str, torch.Tensor]:

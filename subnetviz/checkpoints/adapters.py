@@ -183,7 +183,7 @@ def adapter_info(spec) -> dict:
 class MergedAdapter(Checkpoint):
     """The base checkpoint with a LoRA adapter merged into its target weights, tensor by tensor."""
 
-    computes_tensors = True  # (its tensors are computed, a packed one whole: read as they are, never re-sliced)
+    computes_tensors = True  # (its tensors are computed: a packed one is viewed per expert by :meth:`unpack` only)
 
     def __init__(self, spec: str, base: Checkpoint):
         folder = adapter_folder(spec) or Path(spec).expanduser()
@@ -199,6 +199,8 @@ class MergedAdapter(Checkpoint):
         unknown = _check_variant(ac, cfg_path)
         weights = _adapter_weights(folder)
         super().__init__(base.spec, base.files, base.root, base.config)
+        self._whole: dict[str, TensorMeta] = {}  # a tensor read through views (:meth:`unpack`) -> its own meta
+        self._merged_views: dict[str, tuple[str, tuple]] = {}  # a view of a merged tensor -> (that tensor, index)
         self.spec = spec
         self.source = source_of(spec, folder)  # (a hub id with the commit of the snapshot read)
         self.base = base
@@ -1443,14 +1445,64 @@ class MergedAdapter(Checkpoint):
         alpha = next((val for pattern, val in self._alpha_pattern if _matches(pattern, module, where)), alpha)
         return alpha / math.sqrt(r) if self.adapter_config.get("use_rslora") else alpha / r
 
+    def unpack(self, views: dict[str, tuple[str, tuple, tuple[int, ...]]]) -> None:
+        """Read its tensors through ``views`` (name -> (its tensor, index, shape)), the per-expert views its packed
+        base is read by where another checkpoint of the comparison stores the experts one by one
+        (:func:`~subnetviz.checkpoints.experts_layout.match_layouts`): a view of a merged tensor is computed where
+        it is read (one expert's W[e] + s·Δ[e], :meth:`_merged_view`), any other is the base's bytes. Without this
+        the adapter kept the packed names its base no longer had, and its expert updates fell outside the
+        comparison whenever a per-expert checkpoint stood beside it."""
+        for name, (src, index, _) in views.items():
+            self._whole.setdefault(src, self.meta(src))
+            if src in self._computed:
+                self._merged_views[name] = (src, index)
+        super().unpack(views)
+
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
+        if name in self._merged_views:
+            return self._merged_view(name, device)
+        if name in self._views:  # (a view of a tensor the adapter leaves as it is: the base's bytes)
+            return super().get(name, device)
+        return self._merged(name, device)
+
+    def _merged_view(self, name: str, device: str | torch.device) -> torch.Tensor:
+        """View ``name`` of a merged tensor (:meth:`unpack`). One expert's view of packed experts is that expert's
+        merge alone, W[e] + s·Δ[e] (the values :meth:`_merge_experts` gives it), then indexed as the view says;
+        any other view is read from the whole merged tensor."""
+        src, index = self._merged_views[name]
+        plain = not ({src} & {*self.replaced, *self.biases, *self.tokens, *self._dora_init})
+        first = index[0] if index else None
+        if not (plain and src in self.experts and self.experts[src][0] > 1 and isinstance(first, int | np.ndarray)):
+            whole = self._merged(src, device)
+            return whole[index] if index else whole
+        e = first if isinstance(first, int) else int(first.reshape(-1)[0])
+        m = self._whole[src]
+        numel = math.prod(m.shape[1:])
+        cpu = str(device) == "cpu"
+        need = numel * m.dtype.itemsize + 4 * numel
+        require_memory(f"Merging the adapter into {name}", need if cpu else 0, str(device), 0 if cpu else need)
+        ka, kb, _ = self.pairs[src]
+        s, a, b, swapped = self._factors(src, ka, kb)
+        w = self._base_tensor(src, device)[e]
+        one = _add_cast(w, _expert_delta(a, b, e, s, swapped, device), m.dtype).unsqueeze(0)
+        return one[(0 if isinstance(first, int) else np.array([0]), *index[1:])]
+
+    def _base_tensor(self, name: str, device: str | torch.device) -> torch.Tensor:
+        """The base's tensor ``name`` (its stored bytes where the base is now read through views of it)."""
+        if name in self._whole:
+            return self.base.get_stored(self._whole[name]).to(device)
+        return self.base.get(name, device)
+
+    def _merged(self, name: str, device: str | torch.device) -> torch.Tensor:
+        """Tensor ``name`` of the merged model, whole (also one now read through views: :meth:`unpack`)."""
         replaced = self.replaced.get(name)
-        stored = self.meta(name).dtype  # the base's (a trained head the base does not store: its embedding's)
+        meta = self._whole[name] if name in self._whole else self.meta(name)
+        stored = meta.dtype  # the base's (a trained head the base does not store: its embedding's)
         if replaced:  # (a slice of it where the adapter saved packed experts whole: _placed)
             w = self._adapter[replaced]
             w = (w[self._slice_of[name]] if name in self._slice_of else w).to(device)
         else:  # (an untied head: the base's embedding, which it was tied to)
-            w = self.base.get(self._head_from.get(name, name), device)
+            w = self._base_tensor(self._head_from.get(name, name), device)
         if name in self.biases:  # b + s·bias_B, in float32, rounded once
             key, weight = self.biases[name]
             s = self._scale(weight, self._adapter[self.pairs[weight][0]].shape[0])
@@ -1469,7 +1521,7 @@ class MergedAdapter(Checkpoint):
         # the merge's float32 product (one expert's, for packed experts) and the merged tensor: checked
         # against the memory available before either is allocated (a vocabulary-sized Δ is gigabytes)
         e = self.experts.get(name, (1,))[0]
-        numel = math.prod(self.meta(name).shape)
+        numel = math.prod(meta.shape)
         fifo = name in self._fifo
         two = (name in self.magnitudes and fifo) or name in self._extra  # a second float32 temporary
         need, cpu = numel * stored.itemsize + 4 * numel // e * (2 if two else 1), str(device) == "cpu"
@@ -1505,7 +1557,7 @@ class MergedAdapter(Checkpoint):
         return merged
 
     def stored_as_read(self, name: str) -> bool:
-        return name not in self._computed and self.base.stored_as_read(name)
+        return name not in self._computed and name not in self._views and self.base.stored_as_read(name)
 
     def _merge_experts(self, name: str, w, ka: str, kb: str, stored, device) -> torch.Tensor:
         """W[e] + s·Δ[e], expert by expert (float32 temporaries of one expert), with PEFT's roundings
@@ -1555,8 +1607,10 @@ class MergedAdapter(Checkpoint):
     def array(self, name: str, view: np.dtype) -> np.ndarray | None:
         """The base's mapped bytes for a tensor the adapter leaves as it is; None (read through :meth:`get`)
         for a merged or replaced one, which exists only once computed."""
-        if name in self._computed:
+        if name in self._computed or name in self._merged_views:
             return None
+        if name in self._views:  # (a view of a tensor the adapter leaves as it is: that part of the base's bytes)
+            return super().array(name, view)
         return self.base.array(name, view)
 
     @cached_property

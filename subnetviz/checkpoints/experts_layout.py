@@ -20,8 +20,11 @@ a view of the stored tensor, nothing copied. The layer's other tensors that tran
 read by the names the other checkpoint stores (:func:`stored_forms`, from transformers' own conversion mapping:
 Mixtral's router ``block_sparse_moe.gate`` is ``mlp.gate`` in memory, PhiMoE's ``mlp.router``). Shapes are
 checked against the per-expert tensors; a layer whose shapes do not fit is left as it is (its tensors listed as
-only in one checkpoint, as before). gpt-oss's packed layout (gate and up interleaved) has no per-expert form and
-is never touched.
+only in one checkpoint, as before: a release whose experts were pruned to other sizes), unless a packed tensor's
+own shape is not the one its config.json implies, which is refused (:func:`_check_packed_dims`). gpt-oss's packed
+layout (gate and up interleaved) has no per-expert form and is never touched. A merged LoRA adapter over a packed
+base is read through the same views as its base (each view of a merged tensor computed when read), so that its
+numbers do not depend on which other checkpoints stand beside it.
 
 Llama 4 releases store their experts packed the other way round (``Llama4TextExperts``: ``feed_forward.experts.
 gate_up_proj`` (E, H, 2I), split by ``chunk(2, -1)``, and ``down_proj`` (E, I, H)), while every quantized Llama 4
@@ -71,8 +74,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from subnetviz.checkpoints.header import TensorMeta
-from subnetviz.checkpoints.naming import mask_key, strip_prefix
+from subnetviz.checkpoints.naming import config_count, language_config, mask_key, strip_prefix
 from subnetviz.checkpoints.sources import Checkpoint
+from subnetviz.errors import CheckpointError
 
 # (mixer.: Nemotron-H's MoE layers, whose experts have no gate: packed up_proj (E, I, H) and down_proj (E, H, I))
 _PACKED = re.compile(
@@ -165,6 +169,40 @@ def _views(
     return _with_renamed(out, ck, layer, ref)
 
 
+def _check_packed_dims(ck: Checkpoint, packed: Mapping[str, str], layouts: tuple[bool, ...]) -> None:
+    """Refuse, in one line naming the checkpoint, the tensor, its shape and the one config.json implies, a packed
+    experts tensor of layer ``packed`` (gate_up_proj / up_proj / down_proj -> name) whose own sizes are not its
+    config's (hidden_size H; the experts' intermediate size I, moe_intermediate_size or else intermediate_size) in
+    any of ``layouts`` (:func:`_layouts`; also (E, in, out) for the families transformers transposes on load,
+    :func:`_transposing_types`): transformers would not load it, and left unread the layer's experts fell silently
+    out of the comparison. The expert count along dim 0 is :meth:`NameTable.check_packed`'s to refuse."""
+    text, path = language_config(ck.config)
+    hidden = config_count(text, "hidden_size")
+    key = "moe_intermediate_size" if "moe_intermediate_size" in text else "intermediate_size"
+    inter = config_count(text, key)
+    if hidden is None or inter is None:  # (one per layer, a list, says nothing of this layer's: not checked)
+        return
+    want = {  # (part, transposed) -> its two inner sizes
+        ("gate_up_proj", False): (2 * inter, hidden),
+        ("up_proj", False): (inter, hidden),
+        ("down_proj", False): (hidden, inter),
+        ("gate_up_proj", True): (hidden, 2 * inter),
+        ("down_proj", True): (inter, hidden),
+    }
+    kind = _model_type(ck.config)
+    if {kind, kind.removesuffix("_text")} & _transposing_types():  # (Qwen3-VL-MoE's releases: (E, in, out))
+        layouts = (*layouts, True)
+    for part, name in packed.items():
+        shape = tuple(ck.meta(name).shape)
+        fits = list(dict.fromkeys(want[part, t] for t in layouts if (part, t) in want))
+        if fits and all(shape[1:] != w for w in fits):
+            implied = " or ".join(str((shape[0], *w)) for w in fits)
+            raise CheckpointError(
+                f"{ck.spec}: packed experts tensor {name!r} has shape {shape}; config.json implies {implied} "
+                f"({path}hidden_size {hidden}, {path}{key} {inter}). Is it a checkpoint of this model?"
+            )
+
+
 def _with_renamed(out: dict, ck: Checkpoint, layer: str, ref: Checkpoint) -> dict:
     """``out`` (a layer's expert views) with the tensors of ``layer`` that the packed checkpoint ``ck`` holds by
     the model's names and ``ref`` stores by the names transformers renames on load (:func:`stored_forms`:
@@ -199,7 +237,7 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
             m = _PACKED.match(strip_prefix(n))
             if m and len(ck.meta(n).shape) == 3:
                 packed.setdefault(m["layer"], {})[m["p"]] = n
-        if not packed or _computed(ck):
+        if not packed:  # (a merged adapter too: its packed experts are viewed as its base's are)
             continue
         views, unfit, read, ungated = {}, [], set(), False
         for layer, names in packed.items():
@@ -215,6 +253,7 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
                 ungated = ungated or "up_proj" in names
                 views.update(next(iter(got.values())))
             else:
+                _check_packed_dims(ck, names, layouts)
                 unfit.append(layer)
         if views:
             ck.unpack(views)
@@ -229,8 +268,13 @@ def match_layouts(checkpoints: Sequence[Checkpoint]) -> None:
                 else "expert e's gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e], as "
                 "transformers packs them"
             )
+            held = (
+                "its merged experts are packed as its base stores them"
+                if _computed(ck)
+                else "its experts are stored packed"
+            )
             ck.notes.append(
-                f"its experts are stored packed (e.g. {example}); they are read as the per-expert tensors the other "
+                f"{held} (e.g. {example}); they are read as the per-expert tensors the other "
                 f"checkpoint stores ({how}): {len(views)} tensor(s)."
             )
         layout = {
@@ -785,8 +829,9 @@ def _row_scale_views(
 
 
 def _computed(ck: Checkpoint) -> bool:
-    """A merged adapter computes its tensors (a packed one whole): it is left as it is. (Told by its class's flag:
-    the adapters module reads this one's layouts, so this one does not import it.)"""
+    """A merged adapter computes its tensors: its scales, renamings and transposes are left as they are, and its
+    packed experts are viewed only as :func:`match_layouts` views its base's (its ``unpack`` computes each view).
+    (Told by its class's flag: the adapters module reads this one's layouts, so this one does not import it.)"""
     return bool(getattr(ck, "computes_tensors", False))
 
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("typed_options")]
 E = "model.layers.{}.mlp.experts.{}.{}_proj.weight"
 ROUTED = 3 * 8 * 16  # gate, up (8 × 16) and down (16 × 8) of one routed expert
 SHARED = 3 * 16 * 16  # the shared expert's gate, up and down (intermediate 16)
-ROUTER = 4 * 16 + 16  # mlp.gate (4 experts × 16) + shared_expert_gate (1 × 16)
+ROUTER = 4 * 16  # mlp.gate (4 experts × 16); the shared_expert_gate (1 × 16) is no router
 # Planted: tensor -> {finetune: (row, first column, entries moved one bf16 ULP)}
 PLANT = {
     E.format(0, 1, "gate"): {"ft1": (2, 0, 5), "ft2": (2, 2, 5)},  # overlap: columns 2..4 (3 entries)

@@ -4,16 +4,20 @@ A finetune saved from transformers 5's in-memory state dict stores an MoE's expe
 (``mlp.experts.gate_up_proj`` (E, 2I, H), ``down_proj`` (E, H, I)); its release, and ``save_pretrained``, store them
 one by one. Proves: such a pair is compared expert by expert, its counts equal to what transformers itself loads
 from the two folders (both read into its packed form and compared entry by entry), in either direction and beside a
-finetune stored one by one; the packed side says how it was read; shapes that do not fit are left listed as before.
+finetune stored one by one; the packed side says how it was read; shapes that do not fit are left listed as before,
+unless a packed tensor's own shape is not its config's (refused).
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from subnetviz.analysis.updates import SpectraOptions, analyze_updates
+from subnetviz.errors import CheckpointError
 
 SMALL = dict(
     vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
@@ -87,20 +91,21 @@ def test_a_packed_finetune_beside_one_stored_expert_by_expert(tmp_path):
     assert list(a.tensors["name"]) == list(b.tensors["name"])  # one alignment, tensor for tensor
 
 
-def test_packed_experts_that_do_not_fit_stay_listed(tmp_path):
-    """A packed layer whose shapes do not fit the per-expert tensors (here down_proj stored (E, I, H)) is not read
-    into them: listed as only in the finetune, with a note saying why, as before."""
+def test_packed_experts_whose_own_shape_is_not_the_configs_are_refused(tmp_path):
+    """A packed layer whose own shape is not the one config.json implies (here down_proj stored (E, I, H)), which
+    transformers would not load, is refused in one line naming the finetune, the tensor, its shape and the config's
+    (it was listed as only in the finetune, its changes dropped)."""
     from safetensors.torch import load_file
 
     base, ft = _pair(tmp_path, "qwen3_moe", packed="ft")
     sd = load_file(str(ft / "model.safetensors"))
     key = next(k for k in sd if k.endswith("layers.1.mlp.experts.down_proj"))
+    e, h, i = sd[key].shape
     sd[key] = sd[key].transpose(1, 2).contiguous()
     save_file(sd, str(ft / "model.safetensors"))
-    rep = analyze_updates(str(base), [str(ft)], spectra=SpectraOptions(enabled=False)).reports[0]
-    notes = " ".join(rep.notes)
-    assert notes.count("do not fit the per-expert shapes") == 1 and "only in" in notes
-    assert rep.tensors["expert"].notna().any()  # layer 0 still read expert by expert
+    said = f"{ft}: packed experts tensor {key!r} has shape {(e, i, h)}; config.json implies {(e, h, i)}"
+    with pytest.raises(CheckpointError, match=re.escape(said)):
+        analyze_updates(str(base), [str(ft)], spectra=SpectraOptions(enabled=False))
 
 
 def test_packed_experts_beside_experts_of_different_sizes_stay_listed(tmp_path):
