@@ -277,6 +277,7 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
         model = _linked("bh_model", models, "model", "these results' models")
         experiments = experiments_of(tokens, model)
         experiment = _linked("bh_exp", experiments, "experiment", f"the experiments run on {model}")
+        _follow("bh_prompt", names)
         prompt = _linked("bh_prompt", list(names), "prompt", "these results' prompts", names.get)
     routing = res.get("routing")
     sets = routing_sets(routing)
@@ -309,6 +310,7 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
         _keep("bh_model", model, models[0])
         _keep("bh_exp", experiment, experiments[0])
         _keep("bh_prompt", prompt, list(names)[0])
+        st.session_state[_named("bh_prompt")] = names[prompt]
     if tabs[3].open:
         with tabs[3]:
             if not sets:
@@ -419,6 +421,27 @@ def _linked(key: str, options: list, what: str, among: str, name: Callable = str
 
 def _among(value, options: list) -> bool:
     return value is not None and not isinstance(value, list) and value in options
+
+
+def _named(key: str) -> str:
+    return f"_bh_named:{key}"  # the name of the value shown last of the control ``key`` (:func:`_follow`)
+
+
+def _follow(key: str, names: dict) -> None:
+    """Per token's prompt is numbered across every prompt set chosen (``names``: number -> "set B, prompt 2"):
+    with an earlier set removed the others are numbered anew, and the number shown last named another prompt ("set
+    B, prompt 2", 18 of A and B, read "set B, prompt 0" once A was gone, the URL's entry dropped without a word).
+    The prompt shown last is found again by its name, under its new number, unless this run's pick replaced it."""
+    state = st.session_state
+    shown, named = state.get(_mark(key)), state.get(_named(key))
+    if key in state and state[key] != shown:  # a prompt picked in this run
+        return
+    if shown is None or named is None or names.get(shown) == named:
+        return
+    moved = next((p for p, n in names.items() if n == named), None)
+    if moved is not None:
+        state.pop(key, None)  # (the picker drawn at its new number, as the mark gives it)
+        state[_mark(key)] = moved
 
 
 def _keep(key: str, value, first, name: Callable = str) -> None:

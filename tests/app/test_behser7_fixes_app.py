@@ -203,3 +203,18 @@ def test_per_token_names_the_prompts_set_and_its_number_there(exports, app_env):
     params = _params(page)
     assert params["prompt set"] == "B" and params["prompt"] == "0"
     assert [_title(f) for f in _figures(page) if "which tokens moved" in _title(f)] == [title]
+
+
+def test_the_prompt_shown_follows_its_set_when_an_earlier_set_is_removed():
+    """Prompts are numbered across every set chosen: "set B, prompt 2" is 18 of A and B (16 each), 2 of B alone.
+    With A removed the picker showed "set B, prompt 0" (18 was no prompt any more) and dropped it from the URL; a
+    number still held would have named another set's prompt. It follows the prompt by its name."""
+    at = _open(bh_prompts=SETS, bh_tab="Per token", bh_prompt="18")
+    picker = at.selectbox(key="bh_prompt")
+    assert picker.options[picker.index] == "set B, prompt 2"
+    _ok(at.multiselect(key="bh_prompts").set_value(["B_eval"]).run())
+    picker = at.selectbox(key="bh_prompt")
+    assert picker.options[picker.index] == "set B, prompt 2" and picker.value == 2, picker.options[picker.index]
+    assert _all(at, "bh_prompt") == ["2"] and not _warnings(at)
+    _ok(at.selectbox(key="bh_prompt").set_value(5).run())  # a pick after it is kept as picked
+    assert at.selectbox(key="bh_prompt").value == 5 and _all(at, "bh_prompt") == ["5"]
