@@ -522,7 +522,7 @@ def _said_if_not_offered(key: str, options: list[str], what: str, among: str) ->
     its ``options`` is said in one line with the first option, shown instead, as the pickers' entries are. Streamlit
     drops such an entry from the URL with no word."""
     raw = st.query_params.get(key)
-    stale = raw is not None and raw not in options
+    stale = raw not in (None, "") and raw not in options  # (an empty entry names nothing: no line, as Behaviour)
     line = uilogic.stale_link_line(what, raw, among, options[0]) if stale else None
     if said := uilogic.link_fallback(st.session_state, key, line, options[0]):
         ui.warning(said)

@@ -89,6 +89,8 @@ def test_a_link_s_unknown_view_is_said_and_the_analysis_shown(app_env):
     assert not [w for w in _warnings(at) if "view" in w and w != line]
     ok = open_page("bigram", bg_view="Train a mask")
     assert not [w for w in _warnings(ok) if "The link's view" in w]
+    empty = open_page("bigram", bg_view="")  # (an empty entry names nothing: no line with a blank name)
+    assert not empty.exception and not [w for w in _warnings(empty) if "The link's" in w], _warnings(empty)
 
 
 # --- 1. on the page: the Train form refuses an hf: name the local cache lacks, and queues nothing ------------------
