@@ -39,7 +39,7 @@ def run_names(runs: pd.DataFrame) -> dict[str, str]:
 
 
 # A runner's run id (runner.submit: "20261207-203318-train-ae5862"), whose random tail tells it from the others
-_RUN_ID = re.compile(r"\b\d{8}-\d{6}-[a-z_]+-([0-9a-f]{6})\b")
+_RUN_ID = re.compile(r"\b(?:run )?\d{8}-\d{6}-[a-z_]+-([0-9a-f]{6})\b")  # (the sidebar's "run <id>" or the id)
 _KEPT_COPY = re.compile(r"^update-mask-of-|-[0-9a-f]{16,}$")  # a kept update mask's file: selection.stored_mask_path
 MASK_NAME = 28  # characters of a mask's source in a run's generated name
 
@@ -48,7 +48,7 @@ def mask_source(choice: str, width: int = MASK_NAME) -> str:
     """A *Train only* choice as a run's generated name says where its mask came from: "update mask of grpo-s0" as
     "grpo-s0", a saved "masks/grpo-seed0" as "grpo-seed0", a kept copy "uploads/update-mask-of-dpo-<hash>" as "dpo",
     a run's id by its random tail ("run ae5862"); past ``width`` characters cut with "…"."""
-    name = _RUN_ID.sub(r"\1", choice.removeprefix("update mask of "))
+    name = _RUN_ID.sub(r"run \1", choice.removeprefix("update mask of "))
     folder, _, stem = name.partition("/")
     if folder in ("masks", "uploads") and stem:  # a saved mask, by its file's name
         name = _KEPT_COPY.sub("", stem) or stem

@@ -104,6 +104,7 @@ def _cfg(**kw) -> dict:
         (_cfg(steps=1), None, False, "sft 1 step lr=1e-05 s=0"),
         (_cfg(steps=1000, strategy="fsdp2", num_processes=2), None, False, "sft 1,000 steps lr=1e-05 s=0 fsdp2 n=2"),
         (_cfg(), "update mask of run 20261207-203318-train-ae5862", False, "sft sub(run ae5862) 3 steps lr=1e-05 s=0"),
+        (_cfg(), "update mask of 20261207-203318-train-ae5862", False, "sft sub(run ae5862) 3 steps lr=1e-05 s=0"),
         (_cfg(), "update mask of grpo-s0@12", False, "sft sub(grpo-s0@12) 3 steps lr=1e-05 s=0"),
         (_cfg(), "masks/grpo-seed0", False, "sft sub(grpo-seed0) 3 steps lr=1e-05 s=0"),
         (  # a kept copy of an update mask, by the finetune it came from
