@@ -175,7 +175,9 @@ def _check_packed_dims(ck: Checkpoint, packed: Mapping[str, str], layouts: tuple
     config's (hidden_size H; the experts' intermediate size I, moe_intermediate_size or else intermediate_size) in
     any of ``layouts`` (:func:`_layouts`; also (E, in, out) for the families transformers transposes on load,
     :func:`_transposing_types`): transformers would not load it, and left unread the layer's experts fell silently
-    out of the comparison. The expert count along dim 0 is :meth:`NameTable.check_packed`'s to refuse."""
+    out of the comparison. The expert count along dim 0 is :meth:`NameTable.check_packed`'s to refuse. Only
+    tensors stored as 16- or 32-bit floats are checked: quantized codes are shaped by their packing (FP4 experts two
+    codes a byte: an int8 (E, 2I, H/2) was refused by size before its own one-line refusal)."""
     text, path = language_config(ck.config)
     hidden = config_count(text, "hidden_size")
     key = "moe_intermediate_size" if "moe_intermediate_size" in text else "intermediate_size"
@@ -193,7 +195,10 @@ def _check_packed_dims(ck: Checkpoint, packed: Mapping[str, str], layouts: tuple
     if {kind, kind.removesuffix("_text")} & _transposing_types():  # (Qwen3-VL-MoE's releases: (E, in, out))
         layouts = (*layouts, True)
     for part, name in packed.items():
-        shape = tuple(ck.meta(name).shape)
+        meta = ck.meta(name)
+        if not meta.dtype.is_floating_point or meta.dtype.itemsize < 2 or meta.stored is not None:
+            continue  # (codes: FP8, FP4 two a byte, int4 words... are shaped as their packing stores them)
+        shape = tuple(meta.shape)
         fits = list(dict.fromkeys(want[part, t] for t in layouts if (part, t) in want))
         if fits and all(shape[1:] != w for w in fits):
             implied = " or ".join(str((shape[0], *w)) for w in fits)
