@@ -393,6 +393,8 @@ def check_torch_file(path: str | os.PathLike) -> None:
 
     path = Path(path)
     size = path.stat().st_size
+    if size == 0:  # (read as an old-format pickle it said "pickle exhausted before seeing STOP")
+        raise MaskError(f"{path}: an empty file (0 bytes), not a torch.save file; re-download or save it again.")
     budget = pickle_budget(size)
     with open(path, "rb") as fh:
         if fh.read(4) != _ZIP_MAGIC:

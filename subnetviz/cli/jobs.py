@@ -106,6 +106,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
             raise SubnetvizError(
                 f"{args.dst}: a folder is there; name the file to write, e.g. {given / 'mask.safetensors'}."
             )
+        if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(dst, src):  # (even with --overwrite)
+            raise SubnetvizError(f"{args.dst}: this is the file being imported (SRC); write the mask to another file.")
         if os.path.lexists(dst) and not args.overwrite:
             raise SubnetvizError(f"{args.dst}: a file is already there; choose a new file name, or pass --overwrite.")
         if (blocked := file_in_the_way(dst)) is not None:
