@@ -1271,6 +1271,36 @@ def in_url(key: str, value: str | list[str], default: str | list[str]) -> None:
         st.query_params[key] = text
 
 
+def link_mark(key: str) -> str:
+    """Where the session keeps the value a control ``key`` read from the URL showed last, once its link is read."""
+    return f"_link_shown:{key}"
+
+
+def said_once(key: str, line: str | None, shown: object) -> None:
+    """``line`` (a link's ``key`` naming nothing on offer here, and what is shown instead; None when it names what
+    is on offer, or nothing) said from the run that first reads the link while ``shown`` stays shown
+    (:func:`~subnetviz.uilogic.link_fallback`). First read by a mark of the page's own (:func:`link_mark`): a
+    control in a closed tab is not drawn (its key is not in the session state), and a bound one is not there before
+    its first draw."""
+    state, mark = st.session_state, link_mark(key)
+    if mark in state:  # read already: what is shown now, compared with what was shown then
+        state[mark] = shown
+    if said := uilogic.link_fallback(state, mark, line, shown):
+        warning(said)
+    state[mark] = shown
+
+
+def said_if_not_offered(key: str, options: Sequence, what: str, among: str, shown: str | None = None) -> None:
+    """Before the control ``key`` bound to the URL is drawn (a page's tabs, its view, a count): a link's entry naming
+    none of its ``options`` (compared as text, :func:`~subnetviz.uilogic.url_choice`) is said with the first option
+    (or ``shown``: how to name it), which the control shows instead (:func:`said_once`). Streamlit drops such an
+    entry from the URL with no word. An empty entry names nothing: no line."""
+    raw = st.query_params.get(key)
+    stale = raw not in (None, "") and uilogic.url_choice(raw, options, None) is None
+    line = uilogic.stale_link_line(what, raw, among, shown or str(options[0])) if stale else None
+    said_once(key, line, st.session_state.get(key, options[0]))
+
+
 def need_pair(ws: Workspace) -> None:
     """Stop a page that compares a base with finetunes when the workspace has no such pair, saying why
     (:func:`~subnetviz.uilogic.missing_pair_line`)."""

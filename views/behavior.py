@@ -150,7 +150,9 @@ def body() -> None:
     # "zoo grpo-s0", is left out, with a line; one that does not fit this base is said by fitting_masks.)
     usual = list(masks)[:1]
     linked = _linked_many("bh_masks", list(masks), usual, "mask", "the masks on offer here", set(offered) - set(masks))
-    _said_if_not_offered("bh_limit", LIMITS, "prompts per set", f"the counts on offer ({', '.join(map(str, LIMITS))})")
+    ui.said_if_not_offered(
+        "bh_limit", LIMITS, "prompts per set", f"the counts on offer ({', '.join(map(str, LIMITS))})"
+    )
     c1, c2, c3 = st.columns([2, 2, 1])
     chosen = c1.multiselect("Prompt sets", list(files), default=sets, key="bh_prompts")
     ui.in_url("bh_prompts", chosen, list(files)[:1])
@@ -175,7 +177,7 @@ def body() -> None:
     # A select box, whose options are plain text: a radio renders its options as Markdown, and run names hold
     # folder names ("ft-**v2**" was drawn in bold, "![p](…)" an image).
     among = "this server's finished behaviour runs"
-    _said_if_not_offered("bh_source", [HERE, *runs], "results", among, f"{HERE}, for the models in the sidebar,")
+    ui.said_if_not_offered("bh_source", [HERE, *runs], "results", among, f"{HERE}, for the models in the sidebar,")
     source = st.selectbox("Results", [HERE, *runs], key="bh_source", bind="query-params")
     if source in runs:
         from subnetviz.analysis.behavior import read_behavior
@@ -282,7 +284,7 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
     routing = res.get("routing")
     sets = routing_sets(routing)
     domain = _linked("bh_domain", sets, "prompt set", "the routing's prompt sets") if sets else None
-    _said_if_not_offered("bh_tab", TABS, "tab", "this page's tabs")
+    ui.said_if_not_offered("bh_tab", TABS, "tab", "this page's tabs")
     # Sections as tabs that draw only when open: 1-2 charts per view instead of four (faster to show).
     tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")
     if tabs[0].open:
@@ -367,33 +369,6 @@ def _select(where, label: str, options: list, value, key: str, name: Callable | 
     return where.selectbox(label, options, index=options.index(value), key=key, **shown)
 
 
-def _mark(key: str) -> str:
-    return f"_bh_link:{key}"  # the session's value shown last of the control ``key``, once its link is read
-
-
-def _said_once(key: str, line: str | None, shown: object) -> None:
-    """``line`` (a link's ``key`` naming nothing on offer here, and what is shown instead; None when it names what
-    is on offer, or nothing) said from the run that first reads the link while ``shown`` stays shown
-    (:func:`~subnetviz.uilogic.link_fallback`). First read by a mark of the page's own: a control in a closed tab
-    is not drawn (its key is not in the session state), and a bound one is not there before its first draw."""
-    state, mark = st.session_state, _mark(key)
-    if mark in state:  # read already: what is shown now, compared with what was shown then
-        state[mark] = shown
-    if said := uilogic.link_fallback(state, mark, line, shown):
-        ui.warning(said)
-    state[mark] = shown
-
-
-def _said_if_not_offered(key: str, options: list, what: str, among: str, shown: str | None = None) -> None:
-    """Before the widget ``key`` bound to the URL is drawn: a link's entry naming none of its ``options`` is said,
-    with the first option (or ``shown``: how to name it), which the widget shows instead. Streamlit drops such an
-    entry from the URL with no word."""
-    raw = st.query_params.get(key)
-    stale = raw not in (None, "") and uilogic.url_choice(raw, options, None) is None
-    line = uilogic.stale_link_line(what, raw, among, shown or str(options[0])) if stale else None
-    _said_once(key, line, st.session_state.get(key, options[0]))
-
-
 def _linked_many(key: str, options: list[str], default: list[str], what: str, among: str, elsewhere=()) -> list:
     """A multiple choice as the link's ``key`` gives it (:func:`~subnetviz.uilogic.url_choices`), its entries
     naming nothing on offer said (:func:`~subnetviz.uilogic.stale_choices_line`) with the rest of the link's, or
@@ -403,7 +378,7 @@ def _linked_many(key: str, options: list[str], default: list[str], what: str, am
     dropped = [a for a in dict.fromkeys(asked) if a and a not in options and a not in elsewhere]
     kept = any(a in options for a in asked)
     line = uilogic.stale_choices_line(what, dropped, among, None if kept else linked)
-    _said_once(key, line, st.session_state.get(key, linked))  # (the picker's value, once it is drawn)
+    ui.said_once(key, line, st.session_state.get(key, linked))  # (the picker's value, once it is drawn)
     return linked
 
 
@@ -413,9 +388,9 @@ def _linked(key: str, options: list, what: str, among: str, name: Callable = str
     names it, or as text), else the first. A link's entry naming none of ``options`` is said, with the one shown."""
     state, asked = st.session_state, st.query_params.get(key)
     linked = next((o for o in options if asked in (str(o), name(o))), None)
-    value = next((v for v in (state.get(key), state.get(_mark(key)), linked) if _among(v, options)), options[0])
+    value = next((v for v in (state.get(key), state.get(ui.link_mark(key)), linked) if _among(v, options)), options[0])
     stale = asked not in (None, "") and linked is None
-    _said_once(key, uilogic.stale_link_line(what, asked, among, name(value)) if stale else None, value)
+    ui.said_once(key, uilogic.stale_link_line(what, asked, among, name(value)) if stale else None, value)
     return value
 
 
@@ -433,7 +408,7 @@ def _follow(key: str, names: dict) -> None:
     B, prompt 2", 18 of A and B, read "set B, prompt 0" once A was gone, the URL's entry dropped without a word).
     The prompt shown last is found again by its name, under its new number, unless this run's pick replaced it."""
     state = st.session_state
-    shown, named = state.get(_mark(key)), state.get(_named(key))
+    shown, named = state.get(ui.link_mark(key)), state.get(_named(key))
     if key in state and state[key] != shown:  # a prompt picked in this run
         return
     if shown is None or named is None or names.get(shown) == named:
@@ -441,13 +416,13 @@ def _follow(key: str, names: dict) -> None:
     moved = next((p for p, n in names.items() if n == named), None)
     if moved is not None:
         state.pop(key, None)  # (the picker drawn at its new number, as the mark gives it)
-        state[_mark(key)] = moved
+        state[ui.link_mark(key)] = moved
 
 
 def _keep(key: str, value, first, name: Callable = str) -> None:
     """``value`` kept as the control's shown last (:func:`_linked`) and written into the URL whichever tab is open,
     named as ``name`` names it (left out where it is the ``first`` option, as a bound control leaves it)."""
-    st.session_state[_mark(key)] = value
+    st.session_state[ui.link_mark(key)] = value
     ui.in_url(key, name(value), name(first))
 
 

@@ -296,7 +296,7 @@ def analyse(model: str, corpus: str, where: str) -> None:
     names += ["Residual stream"] * (res.residual is not None) + ["Overlap"] * (res.overlap is not None)
     names += ["Generations"] * (gens is not None)
     # Sections as tabs that draw only when open (2–4 charts, not 8: a revisit draws faster); in the URL.
-    _said_if_not_offered("bg_tab", names, "tab", "this analysis's tabs")
+    ui.said_if_not_offered("bg_tab", names, "tab", "this analysis's tabs")
     tabs = dict(zip(names, st.tabs(names, key="bg_tab", on_change="rerun", bind="query-params"), strict=True))
     if tabs["Ablation"].open:
         with tabs["Ablation"]:
@@ -473,7 +473,7 @@ def body() -> None:
     model = selection.resolve_choice(model, members)
     corpus = uilogic.corpus_choice(corpus)
     views = ["Analyse a mask", "Train a mask"]
-    _said_if_not_offered("bg_view", views, "view", "this page's views")
+    ui.said_if_not_offered("bg_view", views, "view", "this page's views")
     view = st.segmented_control(
         "View",
         views,
@@ -515,17 +515,6 @@ def _link_choice(key: str, options: list[str], default: str, what: str, said: se
     if raw is not None and raw not in options and raw not in said and key not in st.session_state:
         ui.warning(uilogic.stale_link_line(what, raw, "this server's bigram masks", default))
     return shown
-
-
-def _said_if_not_offered(key: str, options: list[str], what: str, among: str) -> None:
-    """Before the widget ``key`` bound to the URL is drawn (the tabs, the view): a link's entry that names none of
-    its ``options`` is said in one line with the first option, shown instead, as the pickers' entries are. Streamlit
-    drops such an entry from the URL with no word."""
-    raw = st.query_params.get(key)
-    stale = raw not in (None, "") and raw not in options  # (an empty entry names nothing: no line, as Behaviour)
-    line = uilogic.stale_link_line(what, raw, among, options[0]) if stale else None
-    if said := uilogic.link_fallback(st.session_state, key, line, options[0]):
-        ui.warning(said)
 
 
 def _to_link(key: str, value: str, default: str) -> None:
