@@ -256,7 +256,7 @@ def register_run_dir(run_dir: str) -> None:
     from subnetviz import config
     from subnetviz.jobs.context import read_json
     from subnetviz.jobs.registry import FOREGROUND_FILE, Registry, same_folder
-    from subnetviz.jobs.rescan import _rebuilt, _run_folders, adopt_run_folders
+    from subnetviz.jobs.rescan import adopt_run_folders
     from subnetviz.jobs.scheduler import REGISTRY_FILE
 
     folder, root = Path(os.path.abspath(run_dir)), config.home_path() / "runs"
@@ -264,12 +264,8 @@ def register_run_dir(run_dir: str) -> None:
         return
     try:
         registry = Registry(root / REGISTRY_FILE)
-        if adopt_run_folders(registry, only_when_empty=True) or folder.name not in {f.name for f in _run_folders(root)}:
-            return  # (rebuilt with it; or a name a rescan leaves out too: a dot folder's, one SQLite cannot hold)
-        with registry.transaction() as con:  # (one at a time with a runner's rescan: never registered twice)
-            if not con.execute("SELECT 1 FROM runs WHERE id = ?", (folder.name,)).fetchone():
-                if (rec := _rebuilt(folder, None)) is not None:
-                    registry.insert(con, rec)
+        if not adopt_run_folders(registry, only_when_empty=True):  # (a registry new or empty: rebuilt with it)
+            adopt_run_folders(registry, names={folder.name})  # (a name a rescan leaves out is left out here too)
     except (SubnetvizError, OSError, sqlite3.Error) as exc:
         print(
             f"note: {shown(str(folder))} is not registered ({shown(str(exc))}); 'subnetviz runs --rescan' registers it.",

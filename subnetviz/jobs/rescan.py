@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -174,14 +175,17 @@ def _rebuilt(folder: Path, worker: tuple[int, str | None] | None) -> RunRecord |
     return replace(rec, status=state, error=error, started=started, ended=ended_at(status.get("ended"), last))
 
 
-def adopt_run_folders(registry: Registry, *, only_when_empty: bool = False) -> list[str]:
+def adopt_run_folders(
+    registry: Registry, *, only_when_empty: bool = False, names: Collection[str] | None = None
+) -> list[str]:
     """Register the run folders beside ``registry`` that no row names (a registry lost, moved aside, emptied or
     restored from an older copy), each from its ``config.json`` and ``status.json`` (:func:`_rebuilt`); its id is
     its folder's name. A run already registered is never touched. ``only_when_empty``: only when the registry
-    holds no run at all. Returns the ids registered, oldest first."""
+    holds no run at all; ``names``: only the folders of those names (a ``train --run-dir`` that has ended). Returns
+    the ids registered, oldest first."""
     if only_when_empty and not registry.empty():
         return []
-    folders = _run_folders(registry.root)
+    folders = [f for f in _run_folders(registry.root) if names is None or f.name in names]
     if not folders:
         return []
     added = []
