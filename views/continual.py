@@ -143,6 +143,7 @@ def results() -> None:
     shown = usual if named is None else named
     if asked is not None and named is None and "cl_density" not in st.session_state:  # (then dropped from the URL)
         ui.warning(f"The link's density {asked} is not in this run; {_percent(shown)} is shown instead.")
+    links = st.container()  # what a link names that this run lacks, said above the pickers and tabs
     c1, c2 = st.columns(2)
     density = c1.selectbox("Density", densities, index=densities.index(shown), format_func=_percent, key="cl_density")
     if density != usual:
@@ -159,11 +160,18 @@ def results() -> None:
     at_density = {k: one_setting(frames[k], density) for k in ("knn", "inference")}
     names = ["Summary", "After each task", "Capacity"] + ["KKT"] * bool(len(at_density["knn"]))
     names += ["Task inference"] * bool(len(at_density["inference"]))
-    # Sections as tabs that draw only when open (2–4 charts, not 9: a revisit draws faster); in the URL.
+    # Sections as tabs that draw only when open (2–4 charts, not 9: a revisit draws faster); in the URL. A link's
+    # tab, seed or method this run lacks is said (the bound pickers fell back to their first option with no word).
+    with links:
+        ui.said_if_not_offered("cl_tab", names, "tab", f"this run's tabs ({', '.join(names)})")
     tabs = dict(zip(names, st.tabs(names, key="cl_tab", on_change="rerun", bind="query-params"), strict=True))
     # The seed picker (beside Density, above the tabs) is drawn once the open tab is known: Summary shows means
     # over the seeds, and there the picker changed nothing, so it is disabled and says so.
     on_summary = tabs["Summary"].open
+    with links:
+        ui.said_if_not_offered(
+            "cl_seed", seeds, "seed", f"this run's seeds ({', '.join(map(str, seeds))})", f"seed {seeds[0]}"
+        )
     seed = c2.selectbox(
         f"Seed ({'not used on Summary' if on_summary else 'this tab'})" if len(seeds) > 1 else "Seed",
         seeds,
@@ -174,6 +182,8 @@ def results() -> None:
         "Task inference show one seed's run.",
     )
     knn, inference = one_setting(at_density["knn"], density, seed), one_setting(at_density["inference"], density, seed)
+    with links:
+        linked_methods(methods, tabs, knn, inference, density)
     if tabs["Summary"].open:
         with tabs["Summary"]:
             a, b = st.columns(2)
@@ -245,12 +255,44 @@ def capacity(frames, folder, methods, density, seed) -> None:
         ui.chart(ui.shared(cl_figures.capacity_curves, frames["capacity"], density, seed=seed), key="cl-capacity")
         ui.chart(ui.shared(cl_figures.exclusive_fraction, frames["capacity"], density, seed=seed), key="cl-exclusive")
     with b:
-        masked = [m for m in methods if m != "finetune"]
+        masked = [m for m in methods if m != FINETUNE]
         label = st.selectbox("Owner image of", masked, key="cl_owner", bind="query-params") if masked else None
         masks = ui.shared(load_task_masks, str(folder), label, density, seed) if label else []
         if masks:
-            layer = st.selectbox("Layer", list(masks[0]), key="cl_layer", bind="query-params")
+            layers = list(masks[0])
+            _linked("cl_layer", layers, "layer", f"the layers of {label}'s task masks", density, listed=False)
+            layer = st.selectbox("Layer", layers, key="cl_layer", bind="query-params")
             ui.chart(ui.shared(owner_figure, masks, layer, label, density, seed), key="cl-owner")
+
+
+def linked_methods(methods, tabs: dict, knn: pd.DataFrame, inference: pd.DataFrame, density) -> None:
+    """A link's owner-image, KKT and task-inference methods this run lacks (at ``density`` and the seed of ``knn``
+    and ``inference``) said as the link is read, the open tab whichever it is (:func:`_linked`)."""
+    masked = [m for m in methods if m != FINETUNE]
+    _linked("cl_owner", masked, "owner-image method", "this run's masked methods", density)
+    for key, what, frame, tab in [
+        ("cl_kkt", "KKT", knn, "KKT"),
+        ("cl_inf", "task-inference", inference, "Task inference"),
+    ]:
+        if tab not in tabs or len(frame):  # (an offered tab with none at this seed says so; its entry is kept)
+            options = list(dict.fromkeys(frame.get("label", ())))
+            _linked(key, options, f"{what} method", f"this run's {what} methods", density)
+
+
+def _linked(key: str, options: list, what: str, among: str, density: float, listed: bool = True) -> None:
+    """A link's entry for the picker ``key`` (drawn later, in a tab that may be closed or not offered) naming none of
+    its ``options`` (``among``: what they are, listed after it unless not ``listed``): said once, with the first
+    option shown instead, or left out where there are none (at ``density``), and dropped from the URL as the link is
+    read (Streamlit leaves the entry of a picker it does not draw). An empty entry says nothing."""
+    raw, first = st.query_params.get(key), ui.link_mark(key) not in st.session_state
+    if options:
+        ui.said_if_not_offered(key, options, what, f"{among} ({', '.join(options)})" if listed else among)
+    else:
+        among = f"{among} (none at density {_percent(density)})"
+        line = uilogic.stale_choices_line(what, [raw], among, None) if raw else None
+        ui.said_once(key, line, None)
+    if first and raw is not None and (not options or uilogic.url_choice(raw, options, None) is None):
+        del st.query_params[key]  # (a bound picker drops it as it is drawn; one in a closed tab is not drawn)
 
 
 FINETUNE = "finetune"  # the label of the finetuning baseline (supermask.methods), at density 1.0
@@ -414,9 +456,11 @@ def body() -> None:
         "learned); SSNeT then trains the weights in each mask (forgets); ExSSNeT trains only weights no earlier "
         "mask uses (no forgetting, more accuracy); KKT starts a task from the most useful earlier mask."
     )
+    views = ["Results", "Launch"]
+    ui.said_if_not_offered("cl_view", views, "view", f"this page's views ({', '.join(views)})")
     view = st.segmented_control(
         "View",
-        ["Results", "Launch"],
+        views,
         default="Results",
         required=True,
         key="cl_view",

@@ -126,10 +126,25 @@ def cmd_mask(args: argparse.Namespace) -> int:
         )
     else:
         ms = import_mask(src)
-        info = dict(tensors=len(ms.masks), count=ms.count, numel=ms.numel, density=ms.density, metadata=ms.metadata)
+        info = dict(tensors=len(ms.masks), count=ms.count, numel=ms.numel, density=ms.density)
+        if (task := _page_task(ms.metadata)) is not None:
+            info[PAGE_TASK] = task
+        info["metadata"] = ms.metadata
         # valid JSON: a header's NaN or Infinity (which json reads and, by default, writes back) as null
         print(json.dumps(json.loads(json.dumps(info, default=str), parse_constant=lambda _: None), indent=2))
     return 0
+
+
+PAGE_TASK = "task (counted from 1, as the app shows it)"
+
+
+def _page_task(metadata: dict) -> int | None:
+    """A continual run's task mask's task as the Continual page and the sidebar's *Saved masks* count it, from 1
+    (the file ``task2.safetensors`` and its ``"task": 2``, kept for scripts, count from 0); None for other masks."""
+    task = metadata.get("task")
+    if metadata.get("source") != "subnetviz.supermask" or isinstance(task, bool) or not isinstance(task, int):
+        return None
+    return task + 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
