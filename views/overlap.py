@@ -22,9 +22,12 @@ def body() -> None:
     )
     ws = ui.workspace()
     c1, c2 = st.columns([1, 3])
+    # A link's criterion, masks, view, tab and pair this server does not offer are said, with what is shown instead:
+    # they were swapped for the defaults without a word (another comparison than the sender's).
+    ui.said_if_not_offered("ov_crit", CRITERIA, "criterion", f"the criteria on offer ({', '.join(CRITERIA)})")
     crit = c1.selectbox(
         "Update masks at",
-        ["exact", "1e-08", "1e-07", "1e-06", "1e-05", "0.0001"],
+        CRITERIA,
         key="ov_crit",
         bind="query-params",
         help="Exact = bitwise changed; a tolerance counts |Δ| ≤ tol as unchanged.",
@@ -45,7 +48,12 @@ def body() -> None:
     # The masks (and the Per layer tab's pair) are read from the URL and written back by hand (ui.in_url): bound, a
     # finetune removed in the sidebar dropped its mask while the URL kept it, and a link made from it opened other
     # masks than the sender's page showed once the finetune was back.
-    linked = uilogic.url_choices(st.query_params.get_all("ov_masks"), list(sources), default)[:MAX_CHOSEN]
+    asked = st.query_params.get_all("ov_masks")
+    linked = uilogic.url_choices(asked, list(sources), default)[:MAX_CHOSEN]
+    dropped = [a for a in dict.fromkeys(asked) if a and a not in sources]
+    kept = any(a in sources for a in asked)
+    line = uilogic.stale_choices_line("mask", dropped, "the masks on offer here", None if kept else linked)
+    ui.said_once("ov_masks", line, st.session_state.get("ov_masks", linked))  # (the picker's value, once drawn)
     chosen = c2.multiselect(
         f"Masks (2–{MAX_CHOSEN})",
         list(sources),
@@ -89,6 +97,11 @@ def body() -> None:
             'inside another mask (o1, its row) is undefined here: a grey "—".',
             said,
         )
+    # (the URL names the view as the radio does, "× per-tensor chance"; the session holds "ratio")
+    raw, names = st.query_params.get("ov_view"), list(VIEW_NAMES.values())
+    stale = raw not in (None, "") and raw not in names
+    line = uilogic.stale_link_line("view", raw, f"this page's views ({', '.join(names)})", names[0]) if stale else None
+    ui.said_once("ov_view", line, st.session_state.get("ov_view", "value"))
     view = st.radio(
         "Pairwise and per-layer values",
         ["value", "ratio"],
@@ -99,9 +112,15 @@ def body() -> None:
     )
     # Sections as tabs that draw only when open: 1–3 charts per view instead of six (faster to show).
     precision = ui.compared_at(ws).strip() if deltas.intersection(chosen) else ""  # (said here: above the tabs)
+    pairs = [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()]
+    # the Per layer tab's pair: said whichever tab is open (the export draws it)
+    asked = st.query_params.get("ov_pair")
+    stale = asked not in (None, "") and asked not in pairs
+    line = uilogic.stale_link_line("pair", asked, "the pairs of the masks chosen", pairs[0]) if stale else None
+    ui.said_once("ov_pair", line, st.session_state.get("ov_pair", uilogic.url_choice(asked, pairs, pairs[0])))
+    ui.said_if_not_offered("ov_tab", TABS, "tab", "this page's tabs")
     tabs = st.tabs(TABS, key="ov_tab", on_change="rerun", bind="query-params")
     hues = tuple(colors[c] for c in chosen)
-    pairs = [f"{r.a} ∩ {r.b}" for r in report.pairwise.itertuples()]
     # the criterion in each chart (a downloaded figure has no picker to say it): update masks only, saved ones are
     # as saved
     # and the sidebar's comparison precision they were made at (said once above the tabs)
@@ -154,6 +173,7 @@ def packed_note(n: int) -> str:
 
 
 TABS = ["Sets", "Pairwise", "Per layer", "Consensus"]
+CRITERIA = ["exact", "1e-08", "1e-07", "1e-06", "1e-05", "0.0001"]  # the update masks' tolerances on offer
 VIEW_NAMES = {"value": "values", "ratio": "× per-tensor chance"}  # the view as the radio and the export name it
 MAX_CHOSEN = 8  # masks compared at once (the N-way counting takes up to 16; beyond 8 the UpSet is unreadable)
 # the pairwise table's global chance columns, named as the paper's (App. E) beside the per-tensor ones

@@ -18,22 +18,53 @@ def body() -> None:
     )
     ws = ui.workspace()
     ui.need_pair(ws)
-    # Tabs that draw only when open: the subspace pass decomposes every weight, not only the updates.
-    tabs = st.tabs(
-        ["Spectra of Δ", "Subspaces of W_base vs W_ft"], key="spec_tab", on_change="rerun", bind="query-params"
+    # Each tab's choices are read from the URL and written back by hand (_linked), whichever tab is open: a closed
+    # tab's control is not drawn, and bound to the URL its entry left the URL as its tab closed (a link copied on
+    # the Δ tab opened the Subspaces tab at K = 16, left, while the sender's page and export kept 32, right). A link's
+    # entry naming nothing on offer here is said, with what is shown instead. (The model's options are the sidebar's
+    # finetunes: bound, one removed there fell back while the URL kept it, and a link made from it opened another
+    # model than the sender's page showed once the model was back.)
+    ks = ", ".join(map(str, K_OPTIONS))
+    models = list(ws.labels)
+    sub = (
+        _linked("sub_k", K_OPTIONS, 16, "K", f"the Subspaces tab's K values ({ks})"),
+        _linked("sub_model", models, models[0], "model", "the finetunes in the sidebar"),
+        _linked("sub_side", SIDES, SIDES[0], "side", f"the Subspaces tab's sides ({', '.join(SIDES)})"),
     )
+    view = _linked("spec_view", VIEWS, VIEWS[0], "view", "the Spectra of Δ tab's views")
+    ui.said_if_not_offered("spec_tab", TABS, "tab", "this page's tabs")
+    # Tabs that draw only when open: the subspace pass decomposes every weight, not only the updates.
+    tabs = st.tabs(TABS, key="spec_tab", on_change="rerun", bind="query-params")
     if tabs[1].open:
         with tabs[1]:
-            subspaces(ws)
+            subspaces(ws, *sub)
     if tabs[0].open:
         with tabs[0]:
-            updates(ws)
+            updates(ws, view, sub)
+
+
+TABS = ["Spectra of Δ", "Subspaces of W_base vs W_ft"]
+
+
+def _linked(key: str, options: list, default, what: str, among: str):
+    """The value a tab's control ``key`` shows: its own in this session (while its tab is open), else the one shown
+    last (Streamlit drops a control's value as its tab closes), else the one the link names, else ``default``;
+    written into the URL whichever tab is open (left out where it is the ``default``, as a bound control leaves it).
+    A link's entry naming none of ``options`` (compared as text) is said, with the one shown (``what``, ``among``:
+    :func:`~subnetviz.uilogic.stale_link_line`)."""
+    state, asked = st.session_state, st.query_params.get(key)
+    linked = uilogic.url_choice(asked, options, None)
+    value = next((v for v in (state.get(key), state.get(ui.link_mark(key)), linked) if v in options), default)
+    stale = asked not in (None, "") and linked is None
+    ui.said_once(key, uilogic.stale_link_line(what, asked, among, str(value)) if stale else None, value)
+    ui.in_url(key, str(value), str(default))
+    return value
 
 
 K_OPTIONS, SIDES = [4, 8, 16, 32, 64], ["left", "right"]
 
 
-def subspaces(ws) -> None:
+def subspaces(ws, k: int, model: str, side: str) -> None:
     from subnetviz.analysis.subspaces import GRAM_SIDE, SubspaceOptions
 
     st.caption(
@@ -48,15 +79,11 @@ def subspaces(ws) -> None:
     # the sidebar's comparison precision, as the update mask and the Δ take it: said atop the tab
     ui.compared_at(ws)
     c1, c2, c3 = st.columns(3)
-    k = c1.selectbox("K (top singular directions)", K_OPTIONS, index=2, key="sub_k", bind="query-params")
-    # The model, and the Δ tab's models, layer and module, are read from the URL and written back by hand
-    # (ui.in_url): bound, a model removed in the sidebar fell back while the URL kept it, and a link made from it
-    # opened another model than the sender's page showed once the model was back.
+    # each shown as read (body: _linked), the model's options the sidebar's finetunes
+    k = c1.selectbox("K (top singular directions)", K_OPTIONS, index=K_OPTIONS.index(k), key="sub_k")
     models = list(ws.labels)
-    model = uilogic.url_choice(st.query_params.get("sub_model"), models, models[0])
     model = c2.selectbox("Model", models, index=models.index(model), key="sub_model")
-    ui.in_url("sub_model", model, models[0])
-    side = c3.radio("Side", SIDES, horizontal=True, key="sub_side", bind="query-params")
+    side = c3.radio("Side", SIDES, index=SIDES.index(side), horizontal=True, key="sub_side")
     bar, progress = ui.progress_bar("Decomposing every weight matrix of the base and the finetuned models")
     try:
         data = ui.heavy(
@@ -267,7 +294,7 @@ def delta_parts(ws, chosen: tuple, layer: str | None, module: str) -> tuple:
         figs["spectra"] = spectrum_figure(analysis, spec, chosen, layer, module, at)
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
-    notes.append(rank_note(grid, skipped=_skipped_layers(skipped, chosen)))
+    notes.append(rank_note(spec[spec["model"].isin(chosen)], skipped=_skipped_layers(skipped, chosen)))
     for m in chosen:
         one = grid[grid["model"] == m]
         if len(one) and (one["rank"] == 0).all():  # the page draws no heatmap of zeros: said instead
@@ -310,19 +337,36 @@ def unchanged_note(here) -> str | None:
     return f"{unchanged:,} of the matrices chosen are unchanged (Δ = 0): they have no singular values to draw."
 
 
-def rank_note(grid, esc=str, skipped: int = 0) -> str:
-    """The rank view's sentence on the numerical rank of the chosen models' layer matrices ``grid``; ``esc``: how
-    the labels and tensor names in it are written (the page: :func:`ui.plain`, a stranger's text; the export: as
-    they are, escaped there); ``skipped``: the chosen models' layer matrices that got no spectrum (said, not
-    silently missing from the count)."""
-    zero = grid["rank"] == 0  # unchanged (Δ = 0): no rank to speak of, said apart
-    below = grid[~zero & (grid["rank"] < grid[["rows", "cols"]].min(axis=1))]
+def rank_note(rows, esc=str, skipped: int = 0) -> str:
+    """The rank view's sentence on the numerical rank of every decomposed matrix of the chosen models, ``rows``: the
+    layer matrices (the heatmaps'), and those outside the layers (the embeddings and the head: only in the table)
+    counted apart; each below full rank named with its rank (those outside the layers were named nowhere, the
+    sentence reading "42 of 42 layer matrices are full-rank" while the embedding's update had rank 21 of 30).
+    ``esc``: how the labels and tensor names in it are written (the page: :func:`ui.plain`, a stranger's text; the
+    export: as they are, escaped there); ``skipped``: the chosen models' layer matrices that got no spectrum (said,
+    not silently missing from the count)."""
+    zero = rows["rank"] == 0  # unchanged (Δ = 0): no rank to speak of, said apart
+    most = rows[["rows", "cols"]].min(axis=1)
+    low = ~zero & (rows["rank"] < most)
+    below = rows[low]
     # at most six (an MoE model has thousands of matrices); each is in the table
-    named = [esc(f"{m} · {n}") for m, n in zip(below["model"], below["name"], strict=True)]
+    named = [
+        esc(f"{m} · {n} (rank {int(r):,} of {int(f):,})")
+        for m, n, r, f in zip(below["model"], below["name"], below["rank"], most[low], strict=True)
+    ]
     named = ", ".join(named[:6]) + (f" and {len(named) - 6:,} more (each in the table below)" if len(named) > 6 else "")
+    inside = rows["layer"].notna()
+    full = ~zero & ~low
+    outside = (
+        f"and {int((full & ~inside).sum()):,} of {int((~inside).sum()):,} matrices outside the layers (in the "
+        "table only) "
+        if (~inside).any()
+        else ""
+    )
     return (
-        f"Numerical rank: {len(grid) - len(below) - int(zero.sum()):,} of {len(grid):,} layer matrices "
+        f"Numerical rank: {int((full & inside).sum()):,} of {int(inside.sum()):,} layer matrices "
         + (f"decomposed ({skipped:,} more got no spectrum, as said above) " if skipped else "")
+        + outside
         + "are full-rank "
         "(as a random sparse matrix of the same density is), so rank alone says little; effective and stable rank "
         "below show how the update's energy is spread."
@@ -331,7 +375,9 @@ def rank_note(grid, esc=str, skipped: int = 0) -> str:
     )
 
 
-def updates(ws) -> None:
+def updates(ws, view: str, sub: tuple) -> None:
+    """The Spectra of Δ tab in ``view`` (read by :func:`body`); ``sub``: the Subspaces tab's K, model and side, for
+    the export."""
     at = ui.compared_at(ws)  # Δ at the sidebar's comparison precision: said atop the tab and in its titles
     analysis = ui.update_analysis(ws, spectra=True)
     spec = ui.shared(spectra_rows, analysis)  # once per analysis, for every session
@@ -346,24 +392,26 @@ def updates(ws) -> None:
     models = list(analysis.labels)
     # Two views that draw only when chosen (one chart, or two heatmaps per model and the table); in the URL.
     view = st.segmented_control(
-        "View",
-        VIEWS,
-        default=VIEWS[0],
-        required=True,
-        key="spec_view",
-        bind="query-params",
-        label_visibility="collapsed",
+        "View", VIEWS, default=view, required=True, key="spec_view", label_visibility="collapsed"
     )
     every = view != VIEWS[0]  # the rank view shows every layer and module: its pickers rest
     c1, c2, c3 = st.columns([2, 1, 1])
-    # (by hand, as the Subspaces tab's model: the models, the layers and a layer's modules are the workspace's)
-    linked = uilogic.url_choices(st.query_params.get_all("spec_models"), models, models[:1])
+    # (by hand, as the Subspaces tab's model: the models, the layers and a layer's modules are the workspace's; a
+    # link's entry naming none of them said, with what is shown instead)
+    asked = st.query_params.get_all("spec_models")
+    linked = uilogic.url_choices(asked, models, models[:1])
+    dropped = [a for a in dict.fromkeys(asked) if a and a not in models]
+    line = uilogic.stale_choices_line(
+        "model", dropped, "the models compared here", None if any(a in models for a in asked) else linked
+    )
+    ui.said_once("spec_models", line, st.session_state.get("spec_models", linked))
     chosen = c1.multiselect("Models", models, default=linked, key="spec_models")
     ui.in_url("spec_models", chosen, models[:1])
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
     layer_opts = ["all"] + [str(v) for v in layers]
     usual = layer_opts[1 if len(layer_opts) > 1 else 0]
-    layer = uilogic.url_choice(st.query_params.get("spec_layer"), layer_opts, usual)
+    named = "every layer" if usual == "all" else f"layer {usual}"
+    layer = _read("spec_layer", layer_opts, usual, "layer", "the layers of the models compared here", named)
     layer = c2.selectbox(
         "Layer",
         layer_opts,
@@ -376,7 +424,8 @@ def updates(ws) -> None:
     # the modules of the chosen layer: lm_head and the embedding have none, so they are offered under "all"
     in_layer = spec if layer == "all" else spec[spec["layer"] == uilogic.url_int(layer)]
     mods = ["all", *map(str, in_layer["module"].dropna().unique())]
-    module = uilogic.url_choice(st.query_params.get("spec_module"), mods, "all")
+    where = "every layer" if layer == "all" else f"layer {layer}"
+    module = _read("spec_module", mods, "all", "module", f"the modules of {where}", "every module")
     module = c3.selectbox(
         "Module",
         mods,
@@ -420,9 +469,7 @@ def updates(ws) -> None:
             partial(
                 subspace_parts,
                 ws,
-                uilogic.url_choice(st.query_params.get("sub_k"), K_OPTIONS, 16),
-                uilogic.url_choice(st.query_params.get("sub_model"), list(ws.labels), chosen[0]),
-                uilogic.url_choice(st.query_params.get("sub_side"), SIDES, "left"),
+                *sub,
                 export=True,
             ),
         ),
@@ -458,7 +505,7 @@ def rank_view(spec, chosen: list, skipped: int = 0, at: str = "") -> None:
     titles add it."""
     grid = spec[spec["model"].isin(chosen) & spec["layer"].notna()]
     grid = grid.assign(layer=grid["layer"].astype(int))
-    st.caption(rank_note(grid, ui.plain, skipped))
+    st.caption(rank_note(spec[spec["model"].isin(chosen)], ui.plain, skipped))  # (every matrix, the heatmaps' apart)
     for model in chosen:
         one = grid[grid["model"] == model]
         if len(one) and (one["rank"] == 0).all():  # two heatmaps of zeros on an empty colour range: said instead
@@ -535,6 +582,17 @@ def skipped_summary(skipped) -> str | None:
 def _skipped_layers(skipped, chosen) -> int:
     """How many layer matrices of the ``chosen`` models are among the ``skipped`` rows."""
     return int((skipped["model"].isin(list(chosen)) & skipped["layer"].notna()).sum())
+
+
+def _read(key: str, options: list, default: str, what: str, among: str, shown: str):
+    """The option the link's ``key`` names (:func:`~subnetviz.uilogic.url_choice`), else ``default``; a link's entry
+    naming none of ``options`` said once, with the one shown, ``default``, named as ``shown`` (:func:`ui.said_once`)."""
+    asked = st.query_params.get(key)
+    value = uilogic.url_choice(asked, options, default)
+    stale = asked not in (None, "") and asked not in options
+    line = uilogic.stale_link_line(what, asked, among, shown) if stale else None
+    ui.said_once(key, line, st.session_state.get(key, value))
+    return value
 
 
 def _selected(spec, chosen: tuple, layer: str, module: str):
