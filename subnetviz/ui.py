@@ -1301,6 +1301,40 @@ def said_if_not_offered(key: str, options: Sequence, what: str, among: str, show
     said_once(key, line, st.session_state.get(key, options[0]))
 
 
+def linked(key: str, options: Sequence, what: str, among: str, name: Callable = str, default: Any = None):
+    """The value a control ``key`` read from the URL shows (a tab's, drawn only while its tab is open): its own in
+    this session (while drawn), else the one shown last (Streamlit drops a control's value as its tab closes;
+    :func:`link_mark`), else the one the link's ``key`` names (as ``name`` names it, or as text), else ``default``
+    (None: the first option). A link's entry naming none of ``options`` is said, with the one shown
+    (:func:`said_once`; ``what``, ``among``: :func:`~subnetviz.uilogic.stale_link_line`). The caller writes the
+    value shown into the URL (:func:`in_url`) whichever tab is open, and keeps it under :func:`link_mark`."""
+    state, asked = st.session_state, st.query_params.get(key)
+    named = next((o for o in options if asked in (str(o), name(o))), None)
+    first = options[0] if default is None else default
+    value = next((v for v in (state.get(key), state.get(link_mark(key)), named) if _offered(v, options)), first)
+    stale = asked not in (None, "") and named is None
+    said_once(key, uilogic.stale_link_line(what, asked, among, name(value)) if stale else None, value)
+    return value
+
+
+def _offered(value, options: Sequence) -> bool:
+    return value is not None and not isinstance(value, list) and value in options
+
+
+def linked_many(key: str, options: Sequence, default: list, what: str, among: str, elsewhere=()) -> list:
+    """A multiple choice as the link's ``key`` gives it (:func:`~subnetviz.uilogic.url_choices`), its entries
+    naming nothing on offer said (:func:`~subnetviz.uilogic.stale_choices_line`, :func:`said_once`) with the rest
+    of the link's, or ``default`` where none is left. Those in ``elsewhere`` are said by the caller (a mask that
+    does not fit)."""
+    asked, texts = st.query_params.get_all(key), {str(o) for o in options}
+    chosen = uilogic.url_choices(asked, options, default)
+    dropped = [a for a in dict.fromkeys(asked) if a and a not in texts and a not in elsewhere]
+    kept = any(a in texts for a in asked)
+    line = uilogic.stale_choices_line(what, dropped, among, None if kept else chosen)
+    said_once(key, line, st.session_state.get(key, chosen))  # (the picker's value, once it is drawn)
+    return chosen
+
+
 def need_pair(ws: Workspace) -> None:
     """Stop a page that compares a base with finetunes when the workspace has no such pair, saying why
     (:func:`~subnetviz.uilogic.missing_pair_line`)."""

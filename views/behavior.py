@@ -143,13 +143,15 @@ def body() -> None:
     # A link's prompt sets, masks, count and results this server does not offer are said, with what is shown
     # instead: they were swapped for the defaults without a word (a finished job's results this server lacks, for
     # the visitor's own workspace's numbers).
-    sets = _linked_many("bh_prompts", list(files), list(files)[:1], "prompt set", "this server's prompt sets")
+    sets = ui.linked_many("bh_prompts", list(files), list(files)[:1], "prompt set", "this server's prompt sets")
     # The masks (and Per token's model and experiment) are read from the URL and written back by hand (ui.in_url):
     # bound, a mask removed in the sidebar was dropped while the URL kept it, and a link made from it reverted other
     # masks than the sender's page showed once the mask was back. (A link's mask offered no more, as an old
     # "zoo grpo-s0", is left out, with a line; one that does not fit this base is said by fitting_masks.)
     usual = list(masks)[:1]
-    linked = _linked_many("bh_masks", list(masks), usual, "mask", "the masks on offer here", set(offered) - set(masks))
+    linked = ui.linked_many(
+        "bh_masks", list(masks), usual, "mask", "the masks on offer here", set(offered) - set(masks)
+    )
     ui.said_if_not_offered(
         "bh_limit", LIMITS, "prompts per set", f"the counts on offer ({', '.join(map(str, LIMITS))})"
     )
@@ -265,25 +267,25 @@ def show(res: dict[str, pd.DataFrame], context: dict | None = None) -> None:
     for note in dict.fromkeys(notes["note"] if notes is not None else ()):  # masks placed, prompts cut, ...
         ui.note(str(note), said)
     # Each tab has its own controls (Per token draws both KLs, with no measure to choose). They are read and written
-    # by hand (_linked, _keep), whichever tab is open: a closed tab's control is not drawn, and bound to the URL, its
+    # by hand (ui.linked, _keep), whichever tab is open: a closed tab's control is not drawn, and bound to the URL, its
     # entry left the URL as its tab closed (a link copied on Per prompt opened Per model on the forward KL, while the
     # sender's page and export kept accuracy). A link's entry they cannot take is said, with what is shown instead.
     name = bfig.MEASURE.get
-    value = _linked("bh_value", list(bfig.MEASURE), "measure", "the Per model tab's measures", name)
-    kl = _linked("bh_kl", KL, "KL", "the Per prompt tab's KLs", name)
+    value = ui.linked("bh_value", list(bfig.MEASURE), "measure", "the Per model tab's measures", name)
+    kl = ui.linked("bh_kl", KL, "KL", "the Per prompt tab's KLs", name)
     tokens = res["tokens"]
     models = list(dict.fromkeys(tokens["model"]))
     places = ui.shared(bfig.prompt_places, tokens)  # each prompt's set and its number there
     names = {p: bfig.prompt_name(place) for p, place in places.items()}
     if models:  # Per token's model, experiment and prompt (the export's too)
-        model = _linked("bh_model", models, "model", "these results' models")
+        model = ui.linked("bh_model", models, "model", "these results' models")
         experiments = experiments_of(tokens, model)
-        experiment = _linked("bh_exp", experiments, "experiment", f"the experiments run on {model}")
+        experiment = ui.linked("bh_exp", experiments, "experiment", f"the experiments run on {model}")
         _follow("bh_prompt", names)
-        prompt = _linked("bh_prompt", list(names), "prompt", "these results' prompts", names.get)
+        prompt = ui.linked("bh_prompt", list(names), "prompt", "these results' prompts", names.get)
     routing = res.get("routing")
     sets = routing_sets(routing)
-    domain = _linked("bh_domain", sets, "prompt set", "the routing's prompt sets") if sets else None
+    domain = ui.linked("bh_domain", sets, "prompt set", "the routing's prompt sets") if sets else None
     ui.said_if_not_offered("bh_tab", TABS, "tab", "this page's tabs")
     # Sections as tabs that draw only when open: 1-2 charts per view instead of four (faster to show).
     tabs = st.tabs(TABS, key="bh_tab", on_change="rerun", bind="query-params")
@@ -358,44 +360,15 @@ def side_by_side(figs: dict, tables: dict) -> None:
 
 
 def _measure(label: str, options: list[str], key: str, value: str) -> str:
-    """A measure radio showing ``value`` (:func:`_linked`), named as on the charts (the tables keep the column
+    """A measure radio showing ``value`` (:func:`~subnetviz.ui.linked`), named as on the charts (the tables keep the column
     names)."""
     return st.radio(label, options, index=options.index(value), format_func=bfig.MEASURE.get, horizontal=True, key=key)
 
 
 def _select(where, label: str, options: list, value, key: str, name: Callable | None = None):
-    """A select box in ``where`` showing ``value`` (:func:`_linked`), its options named by ``name``."""
+    """A select box in ``where`` showing ``value`` (:func:`~subnetviz.ui.linked`), its options named by ``name``."""
     shown = {} if name is None else {"format_func": name}
     return where.selectbox(label, options, index=options.index(value), key=key, **shown)
-
-
-def _linked_many(key: str, options: list[str], default: list[str], what: str, among: str, elsewhere=()) -> list:
-    """A multiple choice as the link's ``key`` gives it (:func:`~subnetviz.uilogic.url_choices`), its entries
-    naming nothing on offer said (:func:`~subnetviz.uilogic.stale_choices_line`) with the rest of the link's, or
-    ``default`` where none is left. Those in ``elsewhere`` are said by the caller (a mask that does not fit)."""
-    asked = st.query_params.get_all(key)
-    linked = uilogic.url_choices(asked, options, default)
-    dropped = [a for a in dict.fromkeys(asked) if a and a not in options and a not in elsewhere]
-    kept = any(a in options for a in asked)
-    line = uilogic.stale_choices_line(what, dropped, among, None if kept else linked)
-    ui.said_once(key, line, st.session_state.get(key, linked))  # (the picker's value, once it is drawn)
-    return linked
-
-
-def _linked(key: str, options: list, what: str, among: str, name: Callable = str):
-    """The value a tab's control shows: its own in this session (while its tab is open), else the one shown last
-    (Streamlit drops a control's value as its tab closes), else the one the link's ``key`` names (as ``name``
-    names it, or as text), else the first. A link's entry naming none of ``options`` is said, with the one shown."""
-    state, asked = st.session_state, st.query_params.get(key)
-    linked = next((o for o in options if asked in (str(o), name(o))), None)
-    value = next((v for v in (state.get(key), state.get(ui.link_mark(key)), linked) if _among(v, options)), options[0])
-    stale = asked not in (None, "") and linked is None
-    ui.said_once(key, uilogic.stale_link_line(what, asked, among, name(value)) if stale else None, value)
-    return value
-
-
-def _among(value, options: list) -> bool:
-    return value is not None and not isinstance(value, list) and value in options
 
 
 def _named(key: str) -> str:
@@ -420,7 +393,7 @@ def _follow(key: str, names: dict) -> None:
 
 
 def _keep(key: str, value, first, name: Callable = str) -> None:
-    """``value`` kept as the control's shown last (:func:`_linked`) and written into the URL whichever tab is open,
+    """``value`` kept as the control's shown last (:func:`~subnetviz.ui.linked`) and written into the URL whichever tab is open,
     named as ``name`` names it (left out where it is the ``first`` option, as a bound control leaves it)."""
     st.session_state[ui.link_mark(key)] = value
     ui.in_url(key, name(value), name(first))

@@ -48,12 +48,7 @@ def body() -> None:
     # The masks (and the Per layer tab's pair) are read from the URL and written back by hand (ui.in_url): bound, a
     # finetune removed in the sidebar dropped its mask while the URL kept it, and a link made from it opened other
     # masks than the sender's page showed once the finetune was back.
-    asked = st.query_params.get_all("ov_masks")
-    linked = uilogic.url_choices(asked, list(sources), default)[:MAX_CHOSEN]
-    dropped = [a for a in dict.fromkeys(asked) if a and a not in sources]
-    kept = any(a in sources for a in asked)
-    line = uilogic.stale_choices_line("mask", dropped, "the masks on offer here", None if kept else linked)
-    ui.said_once("ov_masks", line, st.session_state.get("ov_masks", linked))  # (the picker's value, once drawn)
+    linked = ui.linked_many("ov_masks", list(sources), default, "mask", "the masks on offer here")[:MAX_CHOSEN]
     chosen = c2.multiselect(
         f"Masks (2–{MAX_CHOSEN})",
         list(sources),

@@ -52,11 +52,7 @@ def _linked(key: str, options: list, default, what: str, among: str):
     written into the URL whichever tab is open (left out where it is the ``default``, as a bound control leaves it).
     A link's entry naming none of ``options`` (compared as text) is said, with the one shown (``what``, ``among``:
     :func:`~subnetviz.uilogic.stale_link_line`)."""
-    state, asked = st.session_state, st.query_params.get(key)
-    linked = uilogic.url_choice(asked, options, None)
-    value = next((v for v in (state.get(key), state.get(ui.link_mark(key)), linked) if v in options), default)
-    stale = asked not in (None, "") and linked is None
-    ui.said_once(key, uilogic.stale_link_line(what, asked, among, str(value)) if stale else None, value)
+    value = ui.linked(key, options, what, among, default=default)
     ui.in_url(key, str(value), str(default))
     return value
 
@@ -398,13 +394,7 @@ def updates(ws, view: str, sub: tuple) -> None:
     c1, c2, c3 = st.columns([2, 1, 1])
     # (by hand, as the Subspaces tab's model: the models, the layers and a layer's modules are the workspace's; a
     # link's entry naming none of them said, with what is shown instead)
-    asked = st.query_params.get_all("spec_models")
-    linked = uilogic.url_choices(asked, models, models[:1])
-    dropped = [a for a in dict.fromkeys(asked) if a and a not in models]
-    line = uilogic.stale_choices_line(
-        "model", dropped, "the models compared here", None if any(a in models for a in asked) else linked
-    )
-    ui.said_once("spec_models", line, st.session_state.get("spec_models", linked))
+    linked = ui.linked_many("spec_models", models, models[:1], "model", "the models compared here")
     chosen = c1.multiselect("Models", models, default=linked, key="spec_models")
     ui.in_url("spec_models", chosen, models[:1])
     layers = sorted(int(v) for v in spec["layer"].dropna().unique())
