@@ -358,8 +358,12 @@ def _not_safetensors(path: Path, exc: Exception) -> MaskError:
     is, with the command that converts it (:func:`convert_hint`); anything else with safetensors' own words."""
     try:
         kind = other_mask_format(path)
+        with open(path, "rb") as fh:
+            cut = _cut_in_header(path, fh.read(9))
     except (OSError, SubnetvizError):  # (read a moment ago: its own words then)
-        kind = None
+        kind = cut = None
+    if cut:
+        return MaskError(cut)
     if kind is not None:
         return MaskError(f"{path}: {kind}, not a safetensors mask file; {convert_hint(path)}.")
     return MaskError(f"{path}: not a readable safetensors mask file ({exc}).")
@@ -376,8 +380,8 @@ def other_mask_format(path: str | os.PathLike) -> str | None:
         head = fh.read(9)
     if head[:4] == _ZIP_MAGIC:
         return "a NumPy .npz file" if is_npz(path) else "a torch.save file"
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
-        return None  # a safetensors header (its length may begin with 0x80, as a pickle does)
+    if len(head) == 9 and head[8:9] == b"{":
+        return None  # a safetensors header, whole or cut (its length may begin with 0x80, as a pickle does)
     return "a pickle" if head[:1] == b"\x80" else None
 
 
@@ -1006,6 +1010,8 @@ def import_mask(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
     n = int.from_bytes(head[:8], "little")
     if len(head) == 9 and head[8:9] == b"{" and n <= path.stat().st_size - 8:
         return _some_masks(load_mask_set(path, packed=packed), path)
+    if cut := _cut_in_header(path, head):  # (before the pickle test: such a file's first byte may be 0x80)
+        raise MaskError(cut)
     if head[:1] == b"\x80" or path.suffix.lower() in (".pickle", ".pkl"):  # PROTO (protocol >= 2), or the name
         if _legacy_torch(path):
             raise MaskError(
@@ -1022,6 +1028,23 @@ def import_mask(path: str | os.PathLike, *, packed: bool = False) -> MaskSet:
 # The formats whose files are zip archives, by suffix: a .pt of text was refused as "not a readable safetensors mask
 # file (Error while deserializing header …)", a format its sender did not use and a parser's detail.
 _ZIP_FORMATS = {".pt": "a torch.save file", ".pth": "a torch.save file", ".npz": "a NumPy .npz file"}
+
+
+def _cut_in_header(path: Path, head: bytes) -> str | None:
+    """Why ``path`` reads as a safetensors file cut inside its header (an interrupted copy or upload), where it does
+    (``head``: its first 9 bytes): its 9th byte is the header's "{" but the header length in the first 8 runs past
+    the file's end, or a file named .safetensors ends before its header begins; else None. Such a file whose header
+    length begins with 0x80 (128 + 256·k bytes) was read as a pickle: "unsupported pickle protocol: 8"."""
+    size = path.stat().st_size
+    n = int.from_bytes(head[:8], "little")
+    named = path.suffix.lower() == ".safetensors"
+    if not ((head[8:9] == b"{" and n > size - 8) or (named and 0 < size < 9)):
+        return None
+    length = f"header length {n:,} bytes" if len(head) >= 8 else "its 8-byte header length cut short"
+    return (
+        f"{path}: not a readable safetensors mask file: a truncated safetensors file ({length}, file {size:,} "
+        "bytes); copy or upload the whole file again."
+    )
 
 
 def _some_masks(ms: MaskSet, path: Path) -> MaskSet:

@@ -93,6 +93,13 @@ def run_folder(folder: str) -> str:
     return config.display_path(folder) if Path(folder).is_absolute() else folder
 
 
+def base_name(label: str, path: str) -> str:
+    """The base as the page names it (``label``: the series' first tick) and where it is (:func:`run_folder`), for
+    the caption and the export: every number of the series is against it, and a shared file has no sidebar."""
+    where = run_folder(str(path))
+    return label if where == label else f"{label} ({where})"
+
+
 def workspace_source(ws) -> tuple[str, tuple, list[str], tuple[str, ...], dict]:
     """The sidebar's finetunes as a series source (name, source, what to say of it, the series' name in pieces for
     the charts (:func:`name_lines`), what the export's parameters add): one training run's checkpoints in training
@@ -169,7 +176,8 @@ def body() -> None:
     st.query_params["series_src"] = choice
     paths, steps, first, ticks, *checkpoints = sources[choice]
     run = ticks is None  # one training run's checkpoints; else independent checkpoints in the sidebar's order
-    st.caption(RUN_CAPTION if run else NOT_RUN_CAPTION)
+    base = base_name(first, paths[0])
+    st.caption(f"{RUN_CAPTION if run else NOT_RUN_CAPTION} Base: {ui.plain(base)}.")
     said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
     for note in about.get(choice, []):
         ui.note(note, said)
@@ -215,7 +223,7 @@ def body() -> None:
     )
     ui.export_button(
         "Series",
-        {"series": choice, **params.get(choice, {}), "checkpoints": len(paths)},
+        {"series": choice, "base": base, **params.get(choice, {}), "checkpoints": len(paths)},
         ["series", "split", "modules"],
         ["series-table", "split-table"],
         notes=said,

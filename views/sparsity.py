@@ -1,6 +1,7 @@
 """Update sparsity: which entries changed, per layer × module, along a tolerance sweep, in ULPs."""
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import pandas as pd
@@ -125,7 +126,7 @@ def body() -> None:
                         ui.chart(figs[f"heat-{model}"], key=f"heat-{model}")
     if tabs[1].open:
         with tabs[1]:
-            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors, at)
+            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors, at, column, named)
             a, b = st.columns(2)
             with a:
                 ui.chart(f["sweep"], key="sweep")
@@ -134,9 +135,9 @@ def body() -> None:
             ui.table(tables["sweep-table"][1], "sweep-table", "Sparsity per criterion")
     if tabs[2].open:
         with tabs[2]:
-            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors, at)
+            f, tables = ui.shared(other_tabs, analysis, tuple(shown), colors, at, column, named)
             ui.chart(f["special"], key="special")
-            ui.table(tables["special-table"][1], "special-table", "Every norm, embedding and head tensor")
+            ui.table(tables["special-table"][1], "special-table", tables["special-table"][0])
     if tabs[3].open:
         with tabs[3]:
             drill_down(ws, reports, crit, eta, said)
@@ -159,7 +160,7 @@ def body() -> None:
         + ["routers"],  # MoE models only: the Experts section's figures and table
         ["sweep-table", "special-table", "experts-table", "buffers-table"],
         # every tab, whichever is open
-        more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors, at), drill),
+        more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors, at, column, named), drill),
         notes=said,
     )
 
@@ -212,16 +213,21 @@ def layer_grids(analysis, column: str) -> dict:
     return {m: g[g["layer"].notna()] for m, g in grids.items()}
 
 
-def other_tabs(analysis, shown: tuple, colors: dict, at: str = "") -> tuple[dict, dict]:
+def other_tabs(
+    analysis, shown: tuple, colors: dict, at: str = "", column: str = "changed", named: str = "exact"
+) -> tuple[dict, dict]:
     """The sweep / ULP and norms tabs' figures and tables for the models shown, in the page's colours
-    (built for the open tab, or at export for all); ``at``: the comparison precision as titles add it."""
+    (built for the open tab, or at export for all); ``at``: the comparison precision as titles add it. The norms,
+    embeddings and head are counted under the page's criterion (``column`` of the tensors table, as the layer grid
+    is; ``named``: as titles name it, with the precision): they were exact under a "criterion 1e-05" header."""
     reports = [analysis.report(m) for m in shown]
     # Short titles, the precision on a line of its own: the two charts sit side by side, 274 px each at 1024 px,
     # where "Distance between base and finetuned weights in ULPs" ran past its chart's edge.
     sub = f"<br><sup>compared{at}</sup>" if at else ""
     sweep = pd.concat([r.sweep() for r in reports], ignore_index=True)
     ulp = pd.concat([r.ulp_histogram() for r in reports], ignore_index=True)
-    special = pd.concat([r.special_by_module() for r in reports], ignore_index=True)
+    counted = [under(r, column) for r in reports]
+    special = pd.concat([r.special_by_module() for r in counted], ignore_index=True)
     return (
         {
             "sweep": figures.tolerance_sweep(
@@ -233,18 +239,28 @@ def other_tabs(analysis, shown: tuple, colors: dict, at: str = "") -> tuple[dict
                 dtype=ulp_dtype(reports),
                 title=f"Base-to-finetuned distance in ULPs{sub}",
             ),
-            "special": figures.module_bars(  # bitwise, whatever the criterion above (the table's 'changed')
-                special, title=f"Norms, embeddings and head: update sparsity (exact{at})", colors=colors
+            "special": figures.module_bars(  # under the criterion above, as the table under it
+                special, title=f"Norms, embeddings and head: update sparsity ({named})", colors=colors
             ),
         },
         {
             "sweep-table": ("Sparsity per criterion", sweep),
             "special-table": (
-                "Every norm, embedding and head tensor",
-                pd.concat([r.special() for r in reports], ignore_index=True),
+                f"Every norm, embedding and head tensor ({named})",
+                pd.concat([r.special() for r in counted], ignore_index=True),
             ),
         },
     )
+
+
+def under(report, column: str):
+    """``report`` with each tensor's ``changed`` and ``sparsity`` under the criterion's ``column`` of its tensors
+    table (the analysis counts every tensor under every criterion: no other pass), for its per-tensor tables."""
+    if column == "changed":
+        return report
+    t = report.tensors
+    counts = t[column]
+    return replace(report, tensors=t.assign(changed=counts, sparsity=1.0 - counts / t["numel"].where(t["numel"] > 0)))
 
 
 def special_changed(report, column: str) -> int:

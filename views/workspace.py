@@ -53,7 +53,7 @@ def body() -> None:
     if ws.base is None:  # (a base refused is said at the top; masks and the manifest below do not need one)
         st.info("Choose a base checkpoint in the sidebar.", icon=":material/info:")
     ws = replace(ws, finetuned=tuple((lab, p) for lab, p in ws.finetuned if p not in unreadable))
-    analysis = None
+    analysis, said = None, []  # said: the analysis' notes, on the page and in its export
     if ws.finetuned and ws.base is not None and ws.base not in unreadable:  # the one section that needs the base
         st.subheader(f"Exact update sparsity against the base{at}")
         analysis = ui.update_analysis(ws)
@@ -73,7 +73,7 @@ def body() -> None:
                 )
         ui.table(summary, "sparsity-summary", f"Exact (bitwise) update sparsity{at}, parameter-weighted")
         for note in analysis.notes:
-            st.caption(ui.plain(note))
+            ui.note(note, said)
     st.subheader("Masks")
     up = None
     if ui.allowed("upload"):
@@ -112,6 +112,13 @@ def body() -> None:
         ui.table(pd.DataFrame([m.to_dict() for m in z.manifest.members]), "zoo-members", "Demo zoo members")
         with st.expander("Full manifest (JSON)"):
             st.json(uilogic.redacted(z.manifest.to_dict()), expanded=False)  # (it names the runs folder)
+    params = {
+        "base": ws.base or "none chosen",  # (a path: shown relative to its root)
+        "finetunes": [lab for lab, _ in ws.finetuned],
+        "masks": [lab for lab, _ in ws.masks],
+        "precision": ws.precision or "stored dtype",
+    }
+    ui.export_button("Workspace", params, [], ["checkpoints", "sparsity-summary", "masks", "zoo-members"], notes=said)
 
 
 def _mask_table(files: dict[str, str]) -> None:
