@@ -48,7 +48,11 @@ def body() -> None:
     # The masks (and the Per layer tab's pair) are read from the URL and written back by hand (ui.in_url): bound, a
     # finetune removed in the sidebar dropped its mask while the URL kept it, and a link made from it opened other
     # masks than the sender's page showed once the finetune was back.
-    linked = ui.linked_many("ov_masks", list(sources), default, "mask", "the masks on offer here")[:MAX_CHOSEN]
+    asked = ui.linked_many("ov_masks", list(sources), default, "mask", "the masks on offer here")
+    linked = asked[:MAX_CHOSEN]
+    cut = len(asked) > MAX_CHOSEN  # (cut to the first 8 without a word: another comparison than the sender's)
+    line = f"The link names {len(asked)} masks; the first {MAX_CHOSEN} are compared, at most {MAX_CHOSEN} at a time."
+    ui.said_once("ov_masks_cut", line if cut else None, st.session_state.get("ov_masks", linked))
     chosen = c2.multiselect(
         f"Masks (2–{MAX_CHOSEN})",
         list(sources),

@@ -427,3 +427,29 @@ def test_empty_masks_on_the_sets_tab_say_so_instead_of_a_venn(upload_home):
     assert [b for b in at.get("download_button") if "Export" in b.label]
     fig = figures.venn3([0] * 7, ["a", "b", "c"])  # the builder too: a figure that says so, no exception
     assert "no mask has any entry" in fig.layout.annotations[0].text
+
+
+def test_a_link_naming_more_masks_than_the_page_compares_says_so(many, monkeypatch, typed_options):
+    """A link naming all seventeen masks was cut to the first eight without a word (another comparison than the
+    sender's page could show); now one line says how many the link names and which are compared."""
+    from tests.app.test_behser7_fixes_app import _warnings
+    from views.overlap import MAX_CHOSEN
+
+    root, base, fts = many
+    home = root / "apphome"
+    monkeypatch.setenv("SUBNETVIZ_HOME", str(home))
+    monkeypatch.setenv("SUBNETVIZ_ROOTS", f"{home}:{root}")
+    at = open_page("overlap", base=base, ft=fts, ov_tab="Pairwise")
+    (picker,) = [m for m in at.multiselect if m.key == "ov_masks"]
+    every = list(picker.options)
+    assert len(every) == MAX_MASKS + 1
+    at = open_page("overlap", base=base, ft=fts, ov_tab="Pairwise", ov_masks=every)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    line = f"The link names {MAX_MASKS + 1} masks; the first {MAX_CHOSEN} are compared, at most {MAX_CHOSEN} at a time."
+    assert _warnings(at).count(line) == 1, _warnings(at)
+    (picker,) = [m for m in at.multiselect if m.key == "ov_masks"]
+    assert list(picker.value) == every[:MAX_CHOSEN]
+    table = next(d.value for d in at.dataframe if "o1_chance_global_paper" in d.value.columns)
+    assert len(table) == MAX_CHOSEN * (MAX_CHOSEN - 1) // 2  # every pair of the eight compared
+    at = open_page("overlap", base=base, ft=fts, ov_tab="Pairwise", ov_masks=every[:MAX_CHOSEN])
+    assert not [w for w in _warnings(at) if w.startswith("The link names")]  # eight named: nothing to say
