@@ -434,8 +434,13 @@ def workspace_sidebar() -> Workspace:
         linked = st.query_params.get_all("masks")  # (read first: the list drops, unsaid, what is not an option)
         masks = st.multiselect("Saved masks", list(mask_files), [], key="masks", **q, **text["masks"])
         with st.expander("Compute", expanded=False):
-            prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", **q, **text["precision"])
             devices = uilogic.device_options(st.query_params.get("device"), uilogic.has_cuda())
+            # a link's precision or device not on offer: said in the main area (the bound boxes fell back unsaid)
+            unoffered = [
+                said_if_not_offered(key, options, what, f"the {what}s on offer ({', '.join(options)})", say=False)
+                for key, options, what in [("precision", PRECISIONS, "precision"), ("device", devices, "device")]
+            ]
+            prec = st.selectbox("Comparison precision", PRECISIONS, key="precision", **q, **text["precision"])
             chosen_device = st.selectbox("Device", devices, key="device", **q)
             device, no_cuda = uilogic.device_used(chosen_device, uilogic.has_cuda())
             cluster_choice()
@@ -451,6 +456,8 @@ def workspace_sidebar() -> Workspace:
         error(line)
     if unsaved := _unsaved_masks(linked, masks, mask_files):
         error(unsaved)  # (the link's masks this server does not have: dropped from the list and the URL unsaid)
+    for line in filter(None, unoffered):
+        warning(line)
     if repeated := uilogic.repeated_line(chosen.repeated):
         st.caption(plain(repeated))  # (an entry naming the base, or a checkpoint chosen already, was dropped unsaid)
     if no_cuda:
@@ -1276,29 +1283,34 @@ def link_mark(key: str) -> str:
     return f"_link_shown:{key}"
 
 
-def said_once(key: str, line: str | None, shown: object) -> None:
+def said_once(key: str, line: str | None, shown: object, say: bool = True) -> str | None:
     """``line`` (a link's ``key`` naming nothing on offer here, and what is shown instead; None when it names what
     is on offer, or nothing) said from the run that first reads the link while ``shown`` stays shown
     (:func:`~subnetviz.uilogic.link_fallback`). First read by a mark of the page's own (:func:`link_mark`): a
     control in a closed tab is not drawn (its key is not in the session state), and a bound one is not there before
-    its first draw."""
+    its first draw. Returned, and shown as a warning where the control is unless not ``say`` (the caller shows it
+    elsewhere: the sidebar's settings are said in the main area)."""
     state, mark = st.session_state, link_mark(key)
     if mark in state:  # read already: what is shown now, compared with what was shown then
         state[mark] = shown
-    if said := uilogic.link_fallback(state, mark, line, shown):
+    if (said := uilogic.link_fallback(state, mark, line, shown)) and say:
         warning(said)
     state[mark] = shown
+    return said
 
 
-def said_if_not_offered(key: str, options: Sequence, what: str, among: str, shown: str | None = None) -> None:
+def said_if_not_offered(
+    key: str, options: Sequence, what: str, among: str, shown: str | None = None, say: bool = True
+) -> str | None:
     """Before the control ``key`` bound to the URL is drawn (a page's tabs, its view, a count): a link's entry naming
     none of its ``options`` (compared as text, :func:`~subnetviz.uilogic.url_choice`) is said with the first option
     (or ``shown``: how to name it), which the control shows instead (:func:`said_once`). Streamlit drops such an
-    entry from the URL with no word. An empty entry names nothing: no line."""
+    entry from the URL with no word. An empty entry names nothing: no line. The line is returned (``say``:
+    :func:`said_once`)."""
     raw = st.query_params.get(key)
     stale = raw not in (None, "") and uilogic.url_choice(raw, options, None) is None
     line = uilogic.stale_link_line(what, raw, among, shown or str(options[0])) if stale else None
-    said_once(key, line, st.session_state.get(key, options[0]))
+    return said_once(key, line, st.session_state.get(key, options[0]), say)
 
 
 def linked(key: str, options: Sequence, what: str, among: str, name: Callable = str, default: Any = None):
