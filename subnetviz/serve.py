@@ -79,13 +79,18 @@ def check_settings() -> None:
     """Every ``SUBNETVIZ_*`` setting the server reads (:func:`subnetviz.config.check_settings`, and
     ``SUBNETVIZ_MAX_UPLOAD_MB`` where set), before the server starts: a bad value ends the command with one line
     naming it (``error: ...``, as ``subnetviz app`` says it) and exit status 2. ``make app`` started the server
-    and the first page that published an analysis, stored an upload or queued a job refused it."""
+    and the first page that published an analysis, stored an upload or queued a job refused it. The access settings
+    too (:func:`subnetviz.access.policy`: tokens, passwords, accounts and the secrets' ``[auth]``): a too-short
+    ``SUBNETVIZ_EDITOR_TOKEN`` served every visitor "Access to this server is misconfigured" and the console said
+    nothing."""
+    from subnetviz.access import policy
     from subnetviz.cli.app import upload_size_mb
     from subnetviz.config import check_settings as check
     from subnetviz.errors import SubnetvizError
 
     try:
         check()
+        policy()
         if os.environ.get("SUBNETVIZ_MAX_UPLOAD_MB") is not None:
             upload_size_mb()
     except SubnetvizError as exc:

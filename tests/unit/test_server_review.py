@@ -236,3 +236,33 @@ def test_make_apps_server_refuses_a_bad_setting_before_it_starts(tmp_path):
     )
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr == "error: SUBNETVIZ_CACHE_GB='lots': expected a number of gigabytes > 0 (or 'inf'), e.g. 20.\n"
+
+
+def test_make_apps_server_refuses_a_bad_access_setting_before_it_starts(tmp_path):
+    """A too-short SUBNETVIZ_EDITOR_TOKEN started the server (health ok, the console silent) and every visitor read
+    "Access to this server is misconfigured"; now one line naming the setting, exit 2, no server (the secret is
+    never quoted)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "SUBNETVIZ_EDITOR_TOKEN": "edsecret123",
+        "SUBNETVIZ_HOME": str(tmp_path),
+        "PYTHONPATH": str(root),
+    }
+    env.pop("SUBNETVIZ_ACCESS_TOKEN", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "subnetviz.serve", "run", "app.py", "--server.port", "1"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("error: SUBNETVIZ_EDITOR_TOKEN") and "16" in done.stderr, done.stderr
+    assert "edsecret123" not in done.stderr and done.stderr.count("\n") == 1
