@@ -83,6 +83,27 @@ class Launch:
 READ_POLICY_ENV = ("SUBNETVIZ_ENFORCE_ROOTS", "SUBNETVIZ_ROOTS", "SUBNETVIZ_DEVICE")
 
 
+def within_starters(read_env: dict[str, str | None] | None, environ: Mapping[str, str] | None) -> dict | None:
+    """The read policy a job runs under: its submitter's (``read_env``, :func:`read_policy`), kept inside its
+    starter's where the starter (``environ``, default this process's) enforces roots (a server strangers open): a
+    job queued under wider settings (a home copied from a laptop, its jobs queued there) read outside this server's
+    roots. Then enforced, its roots those of the submitter's that lie within the starter's (:func:`allowed_roots`;
+    the job's home is always one): a job whose inputs lie outside fails, saying so. None (a run queued by an older
+    version) runs under its starter's, as before."""
+    from subnetviz.config import allowed_roots, home
+
+    starter = os.environ if environ is None else environ
+    if read_env is None or starter.get("SUBNETVIZ_ENFORCE_ROOTS") != "1":
+        return read_env
+    mine = allowed_roots()
+    listed = read_env.get("SUBNETVIZ_ROOTS") or ""
+    theirs = [Path(p).resolve() for p in listed.split(os.pathsep) if p.strip()]
+    kept = [r for r in theirs if any(r == m or m in r.parents for m in mine)]
+    kept += [m for m in mine if any(r in m.parents for r in theirs)]  # (a root of mine inside a wider one of theirs)
+    roots = os.pathsep.join(dict.fromkeys(str(r) for r in kept)) or str(home())
+    return {**read_env, "SUBNETVIZ_ENFORCE_ROOTS": "1", "SUBNETVIZ_ROOTS": roots}
+
+
 def read_policy() -> dict[str, str | None]:
     """This process's read policy, as a job it queues must run under it: whether the roots are enforced
     (``SUBNETVIZ_ENFORCE_ROOTS``), and the roots as this process resolves them (its home, its
@@ -414,8 +435,9 @@ def start(
         env.pop(CVD, None)
     else:
         env[CVD] = want
-    # The read policy the job was submitted under, not the starter's (never wider than what was checked at submit).
-    for key, value in (launch.read_env or {}).items():
+    # The read policy the job was submitted under, not the starter's (never wider than what was checked at submit),
+    # kept inside the starter's own where it enforces roots.
+    for key, value in (within_starters(launch.read_env, environ) or {}).items():
         if value is None:
             env.pop(key, None)
         else:
