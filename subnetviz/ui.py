@@ -1300,17 +1300,24 @@ def said_once(key: str, line: str | None, shown: object, say: bool = True) -> st
 
 
 def said_if_not_offered(
-    key: str, options: Sequence, what: str, among: str, shown: str | None = None, say: bool = True
+    key: str,
+    options: Sequence,
+    what: str,
+    among: str,
+    shown: str | None = None,
+    say: bool = True,
+    default: Any = None,
 ) -> str | None:
     """Before the control ``key`` bound to the URL is drawn (a page's tabs, its view, a count): a link's entry naming
     none of its ``options`` (compared as text, :func:`~subnetviz.uilogic.url_choice`) is said with the first option
-    (or ``shown``: how to name it), which the control shows instead (:func:`said_once`). Streamlit drops such an
+    (or ``default``: the one it shows without a link; ``shown``: how to name it), which the control shows instead (:func:`said_once`). Streamlit drops such an
     entry from the URL with no word. An empty entry names nothing: no line. The line is returned (``say``:
     :func:`said_once`)."""
     raw = st.query_params.get(key)
     stale = raw not in (None, "") and uilogic.url_choice(raw, options, None) is None
-    line = uilogic.stale_link_line(what, raw, among, shown or str(options[0])) if stale else None
-    return said_once(key, line, st.session_state.get(key, options[0]), say)
+    first = options[0] if default is None else default  # (the option the control shows without a link)
+    line = uilogic.stale_link_line(what, raw, among, shown or str(first)) if stale else None
+    return said_once(key, line, st.session_state.get(key, first), say)
 
 
 def linked(key: str, options: Sequence, what: str, among: str, name: Callable = str, default: Any = None):

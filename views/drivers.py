@@ -151,7 +151,9 @@ def _results() -> None:
             f"**{row.conjecture}** — {mark}. Expected: {ui.plain(row.expected)}; observed: {ui.plain(row.observed)}.",
             help=SEED_RULE,
         )
-    # Sections as tabs that draw only when open (one chart, not two and both tables); in the URL.
+    # Sections as tabs that draw only when open (one chart, not two and both tables); in the URL. A link's tab not on
+    # offer is said, with the one shown (it fell back to the first without a word).
+    ui.said_if_not_offered("dr_tab", TABS, "tab", "this page's tabs")
     tabs = st.tabs(TABS, key="dr_tab", on_change="rerun", bind="query-params")
     # The measure is By factor's own control (the other tabs do not depend on it, the export does): drawn in that
     # tab, read by chosen_measure whichever tab is open.

@@ -34,11 +34,15 @@ def body() -> None:
     # pages' runs: when the sidebar's finetunes changed, a bound picker's fallback (a removed model dropped) left the
     # URL as it was, and its default (the first three) grew back with the model, so a shared link showed other models
     # and other numbers than the sender's page.
+    # A link's entry naming nothing on offer here (a model, criterion, η, average, tab, One matrix's model or matrix)
+    # is said, with what is shown instead: each fell back to the default without a word (other numbers than the
+    # sender's).
     usual = list(reports)[:3]
-    linked = uilogic.url_choices(st.query_params.get_all("sp_models"), list(reports), usual)
+    linked = ui.linked_many("sp_models", list(reports), usual, "model", "the models compared here")
     shown = c1.multiselect("Models side by side", list(reports), default=linked, key="sp_models")
     ui.in_url("sp_models", shown, usual)
     eta = analysis.reports[0].options.eta
+    ui.said_if_not_offered("sp_crit", criteria, "criterion", f"the criteria on offer ({', '.join(criteria)})")
     crit = c2.selectbox(
         "Criterion",
         criteria,
@@ -48,11 +52,13 @@ def body() -> None:
         f"η = {eta:g}.",
     )
     if crit == "relative":
+        usual_eta = _eta_text(eta) if _eta_text(eta) in ETAS else ETAS[1]
+        ui.said_if_not_offered("sp_eta", ETAS, "η", f"the η on offer ({', '.join(ETAS)})", default=usual_eta)
         eta = float(
             st.select_slider(
                 "η of the relative criterion",
                 ETAS,
-                value=_eta_text(eta) if _eta_text(eta) in ETAS else ETAS[1],
+                value=usual_eta,
                 key="sp_eta",
                 bind="query-params",
                 help="|Δ| ≤ η·max(|w|,|w'|) counts as unchanged. Below a dtype's smallest relative step (bf16 2⁻⁸ "
@@ -70,6 +76,7 @@ def body() -> None:
     averages = ["parameter-weighted", "per-tensor mean"]
     why = "per-tensor mean is offered when a layer × module cell holds several tensors (e.g. experts)"
     if several:
+        ui.said_if_not_offered("sp_avg", averages, "average", f"the averages on offer ({', '.join(averages)})")
         weighting = c3.radio("Average", averages, key="sp_avg", bind="query-params", horizontal=True, help=why)
     else:  # both shown, greyed: the choice exists, and the help says why it does not apply here
         c3.radio(
@@ -81,7 +88,11 @@ def body() -> None:
             help=f"{why}; here every cell holds one tensor, so both averages are the same.",
         )
         weighting = averages[0]
-        if "sp_avg" in st.query_params:  # a shared URL's choice that this workspace cannot show
+        asked = st.query_params.get("sp_avg")  # a shared URL's choice that this workspace cannot show: said, dropped
+        among = f"the averages this workspace can show ({weighting} only, as each layer × module cell holds one tensor)"
+        stale = asked not in (None, "", weighting)
+        ui.said_once("sp_avg_one", uilogic.stale_link_line("average", asked, among, weighting) if stale else None, 0)
+        if "sp_avg" in st.query_params:
             del st.query_params["sp_avg"]
     said: list[str] = []  # the notes that qualify the numbers: on the page and in its export
     # what was left out of the comparison, stored forms (quantized: changes that are only rounding), mixed precision
@@ -92,9 +103,11 @@ def body() -> None:
     ui.need(bool(shown), "Pick at least one model.")
     buffers_section([reports[m] for m in shown])  # where the buffers note points ("listed under buffers")
     colors = figures.color_map(list(reports))  # a model keeps its colour whichever models are shown
+    drill_links(reports)  # (said whichever tab is open: the export draws One matrix)
     # Sections as tabs that draw only when open: a view holds 1–3 charts, not ten (faster to show).
+    ui.said_if_not_offered("sp_tab", TABS, "tab", "this page's tabs")
     tabs = st.tabs(
-        ["Layers × modules", "Tolerance sweep and ULPs", "Norms, embeddings, head", "One matrix"],
+        TABS,
         key="sp_tab",
         on_change="rerun",
         bind="query-params",
@@ -163,6 +176,9 @@ def body() -> None:
         more=lambda: _merged(first(), other_tabs(analysis, tuple(shown), colors, at, column, named), drill),
         notes=said,
     )
+
+
+TABS = ["Layers × modules", "Tolerance sweep and ULPs", "Norms, embeddings, head", "One matrix"]
 
 
 def _merged(figs: dict, rest: tuple[dict, dict], drill=None) -> tuple[dict, dict, list[str]]:
@@ -391,6 +407,23 @@ def drill_down(ws, reports, crit: str, eta: float, said: list[str]) -> None:
     with d:
         ui.chart(figs["drill-delta"], key="drill-delta")
     ui.chart(figs["drill-ratios"], key="drill-ratios")
+
+
+def drill_links(reports) -> None:
+    """One matrix's model and matrix in a link naming nothing on offer here: said (:func:`ui.said_once`) with the
+    ones shown instead (the tab's, or the export's from another tab: :func:`drill_export`)."""
+    models, q = list(reports), st.query_params
+    asked = q.get("dd_model")
+    model = uilogic.url_choice(asked, models, models[0])
+    stale = asked not in (None, "") and asked not in models
+    line = uilogic.stale_link_line("model", asked, "the models compared here", models[0]) if stale else None
+    ui.said_once("dd_model", line, st.session_state.get("dd_model", model))
+    model = uilogic.url_choice(st.session_state.get("dd_model"), models, model)  # the tab's, once drawn
+    names, asked = matrix_names(reports[model]), q.get("dd_tensor")
+    usual = names[default_matrix(names)] if names else None
+    stale = bool(names) and asked not in (None, "") and asked not in names
+    line = uilogic.stale_link_line("matrix", asked, f"the matrices of {model}", usual) if stale else None
+    ui.said_once("dd_tensor", line, st.session_state.get("dd_tensor", uilogic.url_choice(asked, names, usual)))
 
 
 def wide_matrix(shape: str) -> bool:

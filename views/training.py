@@ -276,11 +276,17 @@ def _runs_view() -> None:
         key="tr_overlay",
     )
     st.query_params["tr_overlay"] = overlay
+    # a link's smoothing outside 0–0.95, or no number: said, with the one shown (read unclamped, it differs from it)
+    asked = st.query_params.get("tr_smooth")
+    smooth = uilogic.url_number(asked, 0, 0.95, 0)
+    stale = asked not in (None, "") and uilogic.url_number(asked, -1, 2, -1) != smooth
+    line = uilogic.stale_link_line("smoothing", asked, "the smoothings on offer (0 to 0.95)", f"{smooth:g}")
+    ui.said_once("tr_smooth", line if stale else None, st.session_state.get("tr_smooth", smooth))
     smoothing = st.slider(
         "Smoothing (EMA)",
         0.0,
         0.95,
-        uilogic.url_number(st.query_params.get("tr_smooth"), 0, 0.95, 0),
+        smooth,
         0.05,
         key="tr_smooth",
     )
@@ -495,21 +501,34 @@ def compare(ws, said: list[str] | None = None) -> None:
     ui.need(len(models) >= 2, "Two finished models are needed for a comparison.")
     keys = list(models)
     c1, c2 = st.columns(2)
+    usual = (
+        keys.index("zoo grpo-s0") if "zoo grpo-s0" in keys else 0,
+        keys.index("zoo grpo-sub") if "zoo grpo-sub" in keys else 1,
+    )
+    # A link's model, accuracy toggle or held-out set naming nothing on offer here: said, with what is shown instead
+    # (each fell back to its default without a word: another comparison than the sender's).
+    among = "the finished models on offer here"
+    ui.said_if_not_offered("cmp_full", keys, "full finetune", among, default=keys[usual[0]])
+    ui.said_if_not_offered("cmp_sub", keys, "subnetwork-only twin", among, default=keys[usual[1]])
     full = c1.selectbox(
         "Full finetune",
         keys,
-        index=keys.index("zoo grpo-s0") if "zoo grpo-s0" in keys else 0,
+        index=usual[0],
         key="cmp_full",
         bind="query-params",
     )
     sub = c2.selectbox(
         "Subnetwork-only twin",
         keys,
-        index=keys.index("zoo grpo-sub") if "zoo grpo-sub" in keys else 1,
+        index=usual[1],
         key="cmp_sub",
         bind="query-params",
     )
     # Held-out accuracy generates with both models (seconds): on request, so the bitwise comparison shows at once.
+    asked = st.query_params.get("cmp_acc")  # (a bound toggle reads true or false, in any case)
+    stale = asked not in (None, "") and asked.lower() not in ("true", "false")
+    line = uilogic.stale_link_line("accuracy setting", asked, "true or false", "false (off)") if stale else None
+    ui.said_once("cmp_acc", line, st.session_state.get("cmp_acc", False))
     with_acc = st.toggle("Also held-out accuracy (generates with both models)", key="cmp_acc", bind="query-params")
     eval_data = eval_set(full, sub, own) if with_acc else None
     # The base row and the changes vs base: the base both models were trained from, else the sidebar's.
@@ -586,6 +605,8 @@ def body() -> None:
     ws = ui.workspace()
     said: list[str] = []  # the open view's notes on its numbers, for the export
     views = {"Launch": launch, "Runs": lambda _ws: runs_view(), "Subnetwork vs full": partial(compare, said=said)}
+    among = f"this page's views ({', '.join(views)})"
+    ui.said_if_not_offered("tr_view", list(views), "view", among)  # (it fell back to Launch without a word)
     view = st.segmented_control(
         "View",
         list(views),
@@ -616,6 +637,9 @@ def eval_set(full: str, sub: str, own: dict[str, str | None]) -> str | None:
     labels = list(sets)
     want = own.get(full) or own.get(sub)
     default = next((i for i, k in enumerate(labels) if sets[k] == want), 0)
+    ui.said_if_not_offered(
+        "cmp_eval", labels, "held-out set", "the held-out sets on offer here", default=labels[default]
+    )
     label = st.selectbox("Held-out set for accuracy", labels, index=default, key="cmp_eval", bind="query-params")
     chosen = sets[label]
     other = [f"{m} on {Path(own[m]).name}" for m in (full, sub) if own.get(m) and own[m] != chosen]
