@@ -32,6 +32,7 @@ nav = {
     for section, entries in SECTIONS.items()
 }
 page = st.navigation(nav)
+ui.page_opened(page.url_path)  # a link's lines are said on the page that read it, not on the next ones
 # A shared server reads only under its roots: every file it opens, and every job it starts (children
 # inherit the environment). The CLI and the library set nothing and are not restricted.
 os.environ["SUBNETVIZ_ENFORCE_ROOTS"] = "1"

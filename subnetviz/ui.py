@@ -1283,6 +1283,18 @@ def link_mark(key: str) -> str:
     return f"_link_shown:{key}"
 
 
+def page_opened(name: str) -> None:
+    """Called by the app each run with the page it runs (its URL path): once the session opens another page, the
+    lines a link was said with (:func:`said_once`) are forgotten. A link's ``precision=fp64`` was still said on every
+    page the visitor went to afterwards, none of whose addresses named it (the sidebar reads it on every page), and a
+    stale tab's line came back on a bare address of its page. The values shown last (:func:`link_mark`) stay."""
+    state = st.session_state
+    if state.get("_link_page") != name:
+        for key in [k for k in state if str(k).startswith(uilogic.LINK_FALLBACK)]:
+            del state[key]
+        state["_link_page"] = name
+
+
 def said_once(key: str, line: str | None, shown: object, say: bool = True) -> str | None:
     """``line`` (a link's ``key`` naming nothing on offer here, and what is shown instead; None when it names what
     is on offer, or nothing) said from the run that first reads the link while ``shown`` stays shown

@@ -247,6 +247,9 @@ def some_names(names: Sequence[str], shown: int = 3) -> str:
     return head if len(names) <= shown else f"{head} and {len(names) - shown:,} more"
 
 
+LINK_FALLBACK = "_link_fallback:"  # the session's keys of the lines links were said with (:func:`link_fallback`)
+
+
 def link_fallback(state: MutableMapping, key: str, line: str | None, shown: object) -> str | None:
     """What a page says of a shared link whose ``key`` names nothing on offer here (a run of another server, or one
     deleted since: run ids differ from server to server), or None. ``line``: the sentence (naming the link's entry
@@ -254,7 +257,7 @@ def link_fallback(state: MutableMapping, key: str, line: str | None, shown: obje
     is first drawn in this session (``state``: its session state); ``shown``: the picker's value shown instead.
     The line is kept while the picker still shows ``shown``: inside a polling fragment (redrawn every 2 s while a
     job runs) a line said once was gone before it was read. A picker changed since says nothing."""
-    memo = f"_link_fallback:{key}"
+    memo = f"{LINK_FALLBACK}{key}"
     if key not in state:  # the picker's first draw: the link is read now
         if line is None:
             state.pop(memo, None)

@@ -44,7 +44,7 @@ def _lines(at) -> list[str]:
     ],
 )
 def test_a_links_precision_or_device_not_on_offer_is_said_in_the_main_area(query, line):
-    at = open_page("sparsity", ft=["dpo"], **query)
+    at = open_page("home", ft=["dpo"], **query)  # (the page the link opens: AppTest runs Home before any other)
     assert not at.exception
     assert _lines(at) == [line]
     assert not [w for w in at.sidebar.warning if "The link" in str(w.value)]  # (in the main area, not the sidebar)
@@ -54,5 +54,30 @@ def test_a_links_precision_or_device_not_on_offer_is_said_in_the_main_area(query
 
 @pytest.mark.parametrize("query", [{"precision": "bf16"}, {"precision": ""}, {"device": "cpu"}, {}])
 def test_a_precision_or_device_on_offer_says_nothing(query):
-    at = open_page("sparsity", ft=["dpo"], **query)
+    at = open_page("home", ft=["dpo"], **query)
     assert not at.exception and _lines(at) == []
+
+
+def test_a_links_lines_stay_on_the_page_that_read_it():
+    """(regressions17) A link's lines were said on every page the visitor went to afterwards (the sidebar's
+    precision on each of them), and a stale criterion's line came back on a bare /sparsity: they are the page's that
+    read the link, and go once another page opens."""
+    at = open_page("home", ft=["dpo"], precision="fp64")
+    assert [w[:30] for w in _lines(at)] == ["The link's precision fp64 is n"]
+    assert len(_lines(at.run())) == 1  # (kept while the visitor stays on the page: a rerun says it again)
+    _away(at, "sparsity")
+    assert _lines(at) == []
+    at = open_page("sparsity", ft=["dpo"], sp_crit="zzz")
+    assert [w[:30] for w in _lines(at)] == ["The link's criterion zzz is no"]
+    assert len(_lines(at.run())) == 1
+    for page in ("spectra", "workspace", "sparsity"):  # the sidebar's links: addresses with no query
+        _away(at, page)
+        assert _lines(at) == [], (page, _lines(at))
+
+
+def _away(at, page: str) -> None:
+    """The sidebar's link to ``page``: its address names no query."""
+    for key in list(at.query_params):
+        del at.query_params[key]
+    at.switch_page(f"views/{page}.py").run()
+    assert not at.exception
